@@ -1,0 +1,508 @@
+"""Tests for textinv.data: finding, loading and preparing training pictures, and their captions."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+from textinv import data
+from textinv.data import (
+    OBJECT_TEMPLATES,
+    STYLE_TEMPLATES,
+    CaptionSampler,
+    CaptionWithoutMarkerWarning,
+    SkippedFilesWarning,
+    SmallImageWarning,
+    TrainingImage,
+    check_property,
+    default_templates,
+    find_images,
+    flip_default,
+    load_image,
+    load_training_images,
+    make_caption,
+    prepare_image,
+    random_hflip,
+    read_caption,
+    read_template_file,
+    to_rgb,
+)
+from textinv.errors import ConfigError, DataError
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def solid(path, color=RED, size=(16, 16), mode="RGB", **save):
+    Image.new(mode, size, color).save(path, **save)
+    return path
+
+
+def noise_png(path, size=(32, 32)):
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def caught(category):
+    """Collect warnings of one category raised inside the `with` block."""
+
+    class Recorder:
+        def __enter__(self):
+            self._cm = warnings.catch_warnings(record=True)
+            self._all = self._cm.__enter__()
+            warnings.simplefilter("always")
+            return self
+
+        def __exit__(self, *exc):
+            self._cm.__exit__(*exc)
+            self.list = [w.message for w in self._all if issubclass(w.category, category)]
+
+    return Recorder()
+
+
+def pixel(tensor, row, col):
+    """The 0..255 RGB colour of a prepared tensor at (row, col)."""
+    return tuple(round(float(v)) for v in (tensor[:, row, col] + 1) * 127.5)
+
+
+def close(a, b, tol=3):
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# finding images
+
+
+def test_missing_folder_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        find_images(tmp_path / "nowhere")
+
+
+def test_a_file_is_not_a_folder(tmp_path):
+    path = solid(tmp_path / "a.png")
+    with pytest.raises(DataError, match="a.png"):
+        find_images(path)
+
+
+def test_empty_folder_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match=r"no images found in .*3-10"):
+        find_images(tmp_path)
+
+
+def test_junk_is_skipped_with_one_warning_naming_it(tmp_path):
+    solid(tmp_path / "b.jpg")
+    solid(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a {} on a beach")  # caption beside a picture: expected
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(100))  # hidden: expected
+    (tmp_path / "Thumbs.db").write_bytes(bytes(64))  # OS litter: expected
+    (tmp_path / "junk.bin").write_bytes(np.random.default_rng(1).bytes(200))
+    (tmp_path / "notes.md").write_text("# my cat\n")
+    (tmp_path / "fake.png").write_bytes(np.random.default_rng(2).bytes(200))  # named like a picture, is not
+    (tmp_path / "orphan.txt").write_text("a caption for nothing")
+    (tmp_path / "sub").mkdir()
+    solid(tmp_path / "sub" / "c.png")  # subfolders are not searched
+
+    with caught(SkippedFilesWarning) as rec:
+        found = find_images(tmp_path)
+
+    assert found == [tmp_path / "a.png", tmp_path / "b.jpg"]
+    assert len(rec.list) == 1
+    message = str(rec.list[0])
+    for name in ("junk.bin", "notes.md", "fake.png", "orphan.txt"):
+        assert name in message
+    for name in ("a.txt", ".DS_Store", "Thumbs.db", "c.png"):
+        assert name not in message
+
+
+def test_folder_of_only_junk_is_a_data_error(tmp_path):
+    (tmp_path / "notes.md").write_text("nothing here")
+    with pytest.warns(SkippedFilesWarning), pytest.raises(DataError, match="no images found"):
+        find_images(tmp_path)
+
+
+def test_clean_folder_gives_no_warning(tmp_path):
+    solid(tmp_path / "a.webp")
+    solid(tmp_path / "b.png")
+    (tmp_path / "a.txt").write_text("{} in snow")
+    (tmp_path / "b.TXT").write_text("{} on grass")  # upper case, as Windows tools may write it
+    with caught(Warning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.webp", tmp_path / "b.png"]
+    assert rec.list == []
+    assert read_caption(tmp_path / "a.webp") == "{} in snow"
+    assert read_caption(tmp_path / "b.png") == "{} on grass"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_truncated_file_is_a_data_error_naming_it(tmp_path, fmt):
+    whole = tmp_path / f"whole.{fmt}"
+    noise_png(tmp_path / "n.png")
+    Image.open(tmp_path / "n.png").save(whole)
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+
+    assert find_images(tmp_path)  # the header is intact, so it counts as a picture...
+    with pytest.raises(DataError, match=f"cut.{fmt}"):
+        load_image(cut)  # ...but reading it fails cleanly
+    assert load_image(whole).size == (32, 32)
+
+
+def test_missing_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="gone.png"):
+        load_image(tmp_path / "gone.png")
+
+
+def test_transparency_is_composited_onto_white(tmp_path):
+    img = Image.new("RGBA", (3, 1))
+    img.putdata([(0, 0, 0, 0), (255, 0, 0, 255), (0, 0, 255, 128)])
+    img.save(tmp_path / "a.png")
+    out = load_image(tmp_path / "a.png")
+    assert out.mode == "RGB"
+    assert out.getpixel((0, 0)) == (255, 255, 255)  # fully transparent -> white, not black
+    assert out.getpixel((1, 0)) == RED  # opaque stays as it was
+    assert close(out.getpixel((2, 0)), (127, 127, 255), tol=2)  # half-transparent blue over white
+
+
+def test_grey_with_alpha_is_composited_onto_white(tmp_path):
+    img = Image.new("LA", (2, 1))
+    img.putdata([(0, 0), (10, 255)])
+    img.save(tmp_path / "la.png")
+    out = load_image(tmp_path / "la.png")
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((1, 0)) == (10, 10, 10)
+
+
+def test_palette_with_transparency(tmp_path):
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 255, 0, 255, 0, 0] + [0] * (254 * 3))  # index 0 green, index 1 red
+    img.putdata([0, 1])
+    img.save(tmp_path / "p.png", transparency=0)  # index 0 is transparent
+    out = load_image(tmp_path / "p.png")
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((1, 0)) == RED
+
+
+@pytest.mark.parametrize("fmt, tol", [("tiff", 0), ("jpeg", 4)])
+def test_cmyk_cyan_becomes_rgb_cyan(tmp_path, fmt, tol):
+    path = solid(tmp_path / f"c.{fmt}", color=(255, 0, 0, 0), size=(8, 8), mode="CMYK")
+    out = load_image(path)
+    assert out.mode == "RGB"
+    assert close(out.getpixel((4, 4)), (0, 255, 255), tol)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    Image.fromarray(np.array([[0, 32768, 65535, 257]], dtype=np.uint16)).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")  # really 16-bit on disk
+    out = load_image(tmp_path / "g16.png")
+    assert [out.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255), (1, 1, 1)]
+
+
+def test_big_endian_sixteen_bit_tiff(tmp_path):
+    img = Image.new("I;16B", (2, 1))
+    img.putpixel((0, 0), 65535)
+    img.putpixel((1, 0), 32768)
+    img.save(tmp_path / "g16b.tiff")
+    out = load_image(tmp_path / "g16b.tiff")
+    assert [out.getpixel((x, 0)) for x in range(2)] == [(255, 255, 255), (128, 128, 128)]
+
+
+def test_float_grey_in_unit_range(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tmp_path / "f.tiff")
+    out = load_image(tmp_path / "f.tiff")
+    assert [out.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
+
+
+@pytest.mark.parametrize(
+    "mode, values, expected",
+    [
+        ("I", [0, 32768, 65535], [0, 128, 255]),  # 16-bit data held as 32-bit ints
+        ("I", [0, 100, 255], [0, 100, 255]),  # 8-bit data held as ints
+        ("I", [-1000, 0, 1000], [0, 128, 255]),  # no known range: stretched
+        ("F", [0.0, 127.0, 255.0], [0, 127, 255]),
+    ],
+)
+def test_wide_grey_ranges(mode, values, expected):
+    dtype = np.int32 if mode == "I" else np.float32
+    img = Image.fromarray(np.array([values], dtype=dtype))
+    assert img.mode == mode
+    out = to_rgb(img)
+    assert [out.getpixel((x, 0))[0] for x in range(3)] == expected
+
+
+def test_one_bit_and_grey_become_rgb(tmp_path):
+    bw = Image.new("1", (2, 1))
+    bw.putpixel((1, 0), 1)
+    bw.save(tmp_path / "bw.png")
+    out = load_image(tmp_path / "bw.png")
+    assert out.mode == "RGB" and [out.getpixel((x, 0)) for x in range(2)] == [(0, 0, 0), (255, 255, 255)]
+    out = load_image(solid(tmp_path / "l.png", color=77, mode="L"))
+    assert out.getpixel((0, 0)) == (77, 77, 77)
+
+
+@pytest.mark.parametrize("orientation, top, bottom", [(6, RED, BLUE), (8, BLUE, RED)])
+def test_exif_rotation_is_applied(tmp_path, orientation, top, bottom):
+    img = Image.new("RGB", (40, 20), BLUE)
+    img.paste(RED, (0, 0, 20, 20))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # 6: turn 90 degrees clockwise to view; 8: anticlockwise
+    img.save(tmp_path / "r.jpg", exif=exif, quality=95)
+
+    out = load_image(tmp_path / "r.jpg")
+    assert out.size == (20, 40)  # portrait now
+    assert close(out.getpixel((10, 5)), top, tol=8)
+    assert close(out.getpixel((10, 34)), bottom, tol=8)
+
+
+def test_embedded_srgb_profile_keeps_colours(tmp_path):
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    solid(tmp_path / "p.png", color=(200, 100, 50), icc_profile=profile)
+    assert close(load_image(tmp_path / "p.png").getpixel((0, 0)), (200, 100, 50), tol=1)
+
+
+def _xyz_tag(x, y, z):
+    return b"XYZ " + bytes(4) + b"".join(struct.pack(">i", round(v * 65536)) for v in (x, y, z))
+
+
+def rgb_icc_profile(red, green, blue):
+    """A minimal ICC v2 RGB profile with these primaries (D50 XYZ) and linear tone curves."""
+    linear = b"curv" + bytes(4) + struct.pack(">I", 0)
+    tags = [(b"wtpt", _xyz_tag(0.9642, 1.0, 0.8249)), (b"rXYZ", _xyz_tag(*red)), (b"gXYZ", _xyz_tag(*green)),
+            (b"bXYZ", _xyz_tag(*blue)), (b"rTRC", linear), (b"gTRC", linear), (b"bTRC", linear)]
+    start = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, payload in tags:
+        table += signature + struct.pack(">II", start + len(body), len(payload))
+        body += payload + bytes(-len(payload) % 4)
+    header = (struct.pack(">I", start + len(body)) + bytes(4) + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+              + bytes(12) + b"acsp" + bytes(28) + _xyz_tag(0.9642, 1.0, 0.8249)[8:] + bytes(48))
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def test_embedded_profile_is_converted_to_srgb(tmp_path):
+    # sRGB's primaries adapted to D50, with red and green swapped: stored red means sRGB green
+    srgb_red, srgb_green, srgb_blue = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+    swapped = rgb_icc_profile(srgb_green, srgb_red, srgb_blue)
+    solid(tmp_path / "p.png", color=RED, icc_profile=swapped)
+    assert close(load_image(tmp_path / "p.png").getpixel((0, 0)), GREEN, tol=2)
+
+
+def test_broken_profile_falls_back_to_plain_conversion(tmp_path):
+    solid(tmp_path / "p.png", color=(200, 100, 50), icc_profile=b"not a profile")
+    assert load_image(tmp_path / "p.png").getpixel((0, 0)) == (200, 100, 50)
+
+
+def test_pillow_bomb_limit_is_lifted_and_ours_applies(tmp_path, monkeypatch):
+    path = solid(tmp_path / "a.png", size=(32, 32))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow would refuse 1024 pixels (> 2 x 100)
+    with caught(Warning) as rec:
+        assert find_images(tmp_path) == [path]
+        assert load_image(path).size == (32, 32)
+    assert rec.list == []
+    assert Image.MAX_IMAGE_PIXELS == 100  # Pillow's setting is put back
+
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match="32x32"):
+        load_image(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# preparing
+
+
+def test_tiny_image_is_upscaled_with_a_warning(tmp_path):
+    path = solid(tmp_path / "tiny.png", color=(255, 0, 128), size=(8, 8))
+    with pytest.warns(SmallImageWarning) as rec:
+        (image,) = load_training_images([path], 32)
+    message = str(rec[0].message)
+    assert "tiny.png" in message and "8x8" in message and "32" in message
+    assert image.pixels.shape == (3, 32, 32) and image.pixels.dtype == torch.float32
+    expected = torch.tensor([1.0, -1.0, 128 / 127.5 - 1]).view(3, 1, 1)
+    assert torch.allclose(image.pixels, expected.expand(3, 32, 32), atol=1e-6)
+
+
+def test_big_photo_is_cropped_from_its_centre(tmp_path):
+    img = Image.new("RGB", (4000, 3000), BLUE)
+    img.paste(RED, (0, 0, 2000, 3000))  # left half red; the centre square spans x = 500..3500
+    img.save(tmp_path / "big.jpg")
+    with caught(Warning) as rec:
+        (image,) = load_training_images([tmp_path / "big.jpg"], 64)
+    assert rec.list == []
+    assert image.pixels.shape == (3, 64, 64)
+    assert close(pixel(image.pixels, 32, 10), RED, tol=6)
+    assert close(pixel(image.pixels, 32, 54), BLUE, tol=6)
+
+
+@pytest.mark.parametrize("landscape", [True, False])
+def test_centre_crop_keeps_the_centre(landscape):
+    img = Image.new("RGB", (60, 20), GREEN)
+    img.paste(RED, (20, 0, 40, 20))
+    img.paste(BLUE, (40, 0, 60, 20))  # green | red | blue
+    if not landscape:
+        img = img.transpose(Image.Transpose.ROTATE_90)  # 20 wide, 60 tall: blue on top
+
+    cropped = prepare_image(img, 10)
+    for row in range(2, 8):
+        for col in range(2, 8):
+            assert close(pixel(cropped, row, col), RED, tol=2)
+
+    squeezed = prepare_image(img, 12, center_crop=False)  # the whole picture, squeezed
+    along = (lambda i: pixel(squeezed, 6, i)) if landscape else (lambda i: pixel(squeezed, i, 6))
+    first, last = (GREEN, BLUE) if landscape else (BLUE, GREEN)
+    assert close(along(1), first, tol=10) and close(along(6), RED, tol=10) and close(along(10), last, tol=10)
+
+
+def test_values_span_minus_one_to_one():
+    img = Image.new("RGB", (16, 16), (0, 0, 0))
+    img.paste((255, 255, 255), (8, 0, 16, 16))
+    pixels = prepare_image(img, 16)
+    assert pixels.min().item() == -1.0 and pixels.max().item() == 1.0
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    out = prepare_image(noisy, 24)
+    assert out.dtype == torch.float32 and -1.0 <= out.min() and out.max() <= 1.0
+
+
+def test_prepare_refuses_bad_input():
+    with pytest.raises(ConfigError, match="resolution"):
+        prepare_image(Image.new("RGB", (8, 8)), 0)
+    with pytest.raises(ValueError, match="RGBA"):
+        prepare_image(Image.new("RGBA", (8, 8)), 8)
+
+
+def test_random_hflip_is_reproducible_and_mirrors():
+    pixels = torch.arange(6.0).view(1, 2, 3)
+    assert torch.equal(random_hflip(pixels, p=1.0), pixels.flip(-1))
+    assert torch.equal(random_hflip(pixels, p=0.0), pixels)
+
+    def corners(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return [random_hflip(pixels, generator)[0, 0, 0].item() for _ in range(20)]
+
+    assert corners(3) == corners(3)
+    assert set(corners(3)) == {0.0, 2.0}  # both outcomes happen
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# captions
+
+
+def test_template_constants():
+    for template in OBJECT_TEMPLATES + STYLE_TEMPLATES:
+        assert template.count("{}") == 1, template
+    assert len(OBJECT_TEMPLATES) == 27 and len(STYLE_TEMPLATES) == 19
+    assert "a photo of a {}" in OBJECT_TEMPLATES and "a painting in the style of {}" in STYLE_TEMPLATES
+    assert default_templates("object") is OBJECT_TEMPLATES and default_templates("style") is STYLE_TEMPLATES
+
+
+def test_invalid_property_is_a_config_error():
+    with pytest.raises(ConfigError, match="'object', 'style'.*'styel'"):
+        check_property("styel")
+    with pytest.raises(ConfigError):
+        default_templates("Object")
+    with pytest.raises(ConfigError):
+        flip_default("thing")
+    assert flip_default("object") is True and flip_default("style") is True
+
+
+def test_template_file_with_a1111_markers(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("a photo of a [name]\n\n  a painting of [filewords], art by [name]  \na {} , [filewords]\n")
+    templates = read_template_file(path)
+    assert templates == ["a photo of a {}", "a painting of [filewords], art by {}", "a {} , [filewords]"]
+    assert make_caption(templates[1], "<s>", "a harbour") == "a painting of a harbour, art by <s>"
+    assert make_caption(templates[1], "<s>") == "a painting of art by <s>"
+    assert make_caption(templates[2], "<s> <s>_1") == "a <s> <s>_1"
+    assert make_caption("[filewords], by [name]", "<s>") == "by <s>"
+    assert make_caption("a, [filewords], by {}", "<s>") == "a, by <s>"
+
+
+def test_template_line_without_marker_is_a_data_error(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("a photo of a {}\n\nan oil painting\n")
+    with pytest.raises(DataError, match=r"t\.txt, line 3.*an oil painting"):
+        read_template_file(path)
+
+
+def test_empty_or_missing_template_file(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(DataError, match="no templates"):
+        read_template_file(tmp_path / "empty.txt")
+    with pytest.raises(DataError, match="gone.txt"):
+        read_template_file(tmp_path / "gone.txt")
+
+
+def test_make_caption_refuses_text_without_marker():
+    with pytest.raises(ConfigError):
+        make_caption("a photo", "<t>")
+    with pytest.raises(ConfigError):
+        make_caption("a photo of {}", "")
+
+
+def image(tmp_path, name, caption=None):
+    path = solid(tmp_path / f"{name}.png", size=(8, 8))
+    if caption is not None:
+        (tmp_path / f"{name}.txt").write_text(caption)
+    return TrainingImage(path=path, pixels=torch.zeros(3, 8, 8), caption=read_caption(path))
+
+
+def test_own_caption_is_used_and_others_draw_templates(tmp_path):
+    images = [image(tmp_path, "a", "a [name] on a\nbeach\n"), image(tmp_path, "b")]
+    assert images[0].caption == "a {} on a beach"
+    sampler = CaptionSampler(images, OBJECT_TEMPLATES, "<t> <t>_1", torch.Generator().manual_seed(0))
+    assert [sampler(0) for _ in range(5)] == ["a <t> <t>_1 on a beach"] * 5
+    filled = {t.replace("{}", "<t> <t>_1") for t in OBJECT_TEMPLATES}
+    drawn = [sampler(1) for _ in range(30)]
+    assert set(drawn) <= filled and len(set(drawn)) > 5
+
+
+def test_caption_sampling_is_reproducible(tmp_path):
+    images = [image(tmp_path, "a")]
+
+    def run(seed):
+        sampler = CaptionSampler(images, STYLE_TEMPLATES, "<s>", torch.Generator().manual_seed(seed))
+        return [sampler(0) for _ in range(20)]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_caption_without_marker_gets_token_in_front_with_one_warning(tmp_path):
+    images = [image(tmp_path, "a", "on a beach"), image(tmp_path, "b", "in snow"), image(tmp_path, "c", "{} x")]
+    with pytest.warns(CaptionWithoutMarkerWarning) as rec:
+        sampler = CaptionSampler(images, OBJECT_TEMPLATES, "<t>")
+    assert len(rec) == 1 and "a.txt" in str(rec[0].message) and "b.txt" in str(rec[0].message)
+    assert "c.txt" not in str(rec[0].message)
+    assert sampler(0) == "<t> on a beach" and sampler(2) == "<t> x"
+
+
+def test_filewords_templates_take_the_caption(tmp_path):
+    images = [image(tmp_path, "a", "a red hat"), image(tmp_path, "b")]
+    with caught(CaptionWithoutMarkerWarning) as rec:
+        sampler = CaptionSampler(images, ["a photo of [name], [filewords]"], "<t>")
+    assert rec.list == []  # in [filewords] use a caption is not a prompt, so it needs no marker
+    assert sampler(0) == "a photo of <t>, a red hat"
+    assert sampler(1) == "a photo of <t>"
+
+
+def test_sampler_refuses_bad_templates(tmp_path):
+    images = [image(tmp_path, "a")]
+    with pytest.raises(ConfigError):
+        CaptionSampler(images, [], "<t>")
+    with pytest.raises(ConfigError):
+        CaptionSampler(images, "a photo of {}", "<t>")
+    with pytest.raises(ConfigError, match="a photo"):
+        CaptionSampler(images, ["a photo"], "<t>")
+
+
+def test_non_utf8_caption_is_a_data_error(tmp_path):
+    solid(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_bytes(b"caf\xe9 {}")
+    with pytest.raises(DataError, match="a.txt"):
+        read_caption(tmp_path / "a.png")

@@ -1,0 +1,618 @@
+"""The training images and their captions.
+
+Textual Inversion learns from 3-10 pictures of one concept (Gal et al. 2023, section 4). This module turns a folder
+of pictures into training samples, in four steps:
+
+1. `find_images`: which files in the folder are pictures (Pillow must be able to read them: the name alone
+   does not decide);
+2. `load_image`: one picture as upright 8-bit sRGB, whatever its colour mode, bit depth or EXIF rotation;
+3. `prepare_image`: a square `(3, resolution, resolution)` float32 tensor in [-1, 1], the range the VAE expects;
+4. captions: the image's own caption file (`dog1.txt` beside `dog1.jpg`) or one of the paper's prompt templates,
+   with the placeholder put where the marker `{}` (or A1111's `[name]`) stands.
+
+`load_training_images` runs steps 1-3 for a list of files and reads the captions; `CaptionSampler` gives each
+training sample its prompt. The images are decoded once: 3-10 tensors of 3 x 512 x 512 floats take a few MB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import ConfigError, DataError
+
+__all__ = [
+    "OBJECT_TEMPLATES",
+    "STYLE_TEMPLATES",
+    "PROPERTIES",
+    "MAX_IMAGE_PIXELS",
+    "SkippedFilesWarning",
+    "SmallImageWarning",
+    "CaptionWithoutMarkerWarning",
+    "TrainingImage",
+    "CaptionSampler",
+    "find_images",
+    "load_image",
+    "to_rgb",
+    "prepare_image",
+    "load_training_images",
+    "read_caption",
+    "read_template_file",
+    "make_caption",
+    "check_property",
+    "default_templates",
+    "flip_default",
+    "random_hflip",
+]
+
+
+# The prompt templates of the paper's code, as the diffusers example also uses them ("imagenet_templates_small"
+# and "imagenet_style_templates_small", a subset of CLIP's ImageNet prompts). The style list really has two
+# entries twice; they are kept so that sampling matches the reference.
+OBJECT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a photo of the clean {}",
+    "a rendition of a {}",
+    "a photo of a nice {}",
+    "a good photo of a {}",
+    "a photo of the nice {}",
+    "a photo of the small {}",
+    "a photo of the weird {}",
+    "a photo of the large {}",
+    "a photo of a cool {}",
+    "a photo of a small {}",
+)
+
+STYLE_TEMPLATES: tuple[str, ...] = (
+    "a painting in the style of {}",
+    "a rendering in the style of {}",
+    "a cropped painting in the style of {}",
+    "the painting in the style of {}",
+    "a clean painting in the style of {}",
+    "a dirty painting in the style of {}",
+    "a dark painting in the style of {}",
+    "a picture in the style of {}",
+    "a cool painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "a bright painting in the style of {}",
+    "a cropped painting in the style of {}",
+    "a good painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "a rendition in the style of {}",
+    "a nice painting in the style of {}",
+    "a small painting in the style of {}",
+    "a weird painting in the style of {}",
+    "a large painting in the style of {}",
+)
+
+PROPERTIES = ("object", "style")
+
+MARKER = "{}"  # where the placeholder goes in a template or caption
+A1111_MARKER = "[name]"  # the same, as AUTOMATIC1111's template files write it
+FILEWORDS = "[filewords]"  # A1111: the image's own caption text
+
+# Pillow refuses images over 2 x 89.5 megapixels as possible decompression bombs (and warns above 89.5). Training
+# pictures are the user's own files, and a 100-megapixel photo is ordinary, so we lift Pillow's check while opening
+# and apply this larger limit of our own: 300 megapixels is about 0.9 GB as 8-bit RGB.
+MAX_IMAGE_PIXELS = 300_000_000
+
+# Files that operating systems leave in folders: never the user's data, so skipped without a word.
+_OS_LITTER = {"thumbs.db", "desktop.ini"}
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
+
+
+class SkippedFilesWarning(UserWarning):
+    """Some files in the image folder are not pictures Pillow can read, and were left out."""
+
+
+class SmallImageWarning(UserWarning):
+    """A picture is smaller than the training resolution and will be upscaled (and so blurred)."""
+
+
+class CaptionWithoutMarkerWarning(UserWarning):
+    """A caption file has no `{}` or `[name]` marker, so the placeholder is put in front of its text."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Finding the images
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """The pictures in `folder` (not its subfolders), sorted by name.
+
+    A file counts as a picture if Pillow can read its header, whatever its name says. Hidden files, OS litter
+    (`Thumbs.db`, `desktop.ini`) and caption files beside a picture (`dog1.txt` next to `dog1.jpg`) are expected
+    and skipped quietly; any other file is skipped with one `SkippedFilesWarning` that names them all.
+
+    >>> find_images("photos/my_cat")  # doctest: +SKIP
+    [PosixPath('photos/my_cat/cat1.jpg'), PosixPath('photos/my_cat/cat2.png')]
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"the image folder {folder} does not exist; give the folder that holds your pictures")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder; give the folder that holds your pictures")
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise DataError(f"cannot list the image folder {folder}: {e}") from e
+
+    images: list[Path] = []
+    others: list[Path] = []
+    for path in entries:
+        if path.name.startswith(".") or path.name.lower() in _OS_LITTER or path.is_dir():
+            continue
+        (images if _is_image(path) else others).append(path)
+
+    stems = {p.stem for p in images}
+    skipped = [p for p in others if not (p.suffix.lower() == ".txt" and p.stem in stems)]
+    if skipped:
+        names = ", ".join(_describe_skipped(p) for p in skipped)
+        hint = ""
+        if any(p.suffix.lower() in (".heic", ".heif") for p in skipped):
+            hint = " (Pillow cannot read HEIC photos: convert them to JPEG first)"
+        warnings.warn(
+            SkippedFilesWarning(f"skipped {len(skipped)} file(s) in {folder} that are not pictures: {names}{hint}"),
+            stacklevel=2,
+        )
+    if not images:
+        raise DataError(f"no images found in {folder}; put 3-10 .jpg/.png/.webp pictures of your concept there")
+    return images
+
+
+def _describe_skipped(path: Path) -> str:
+    if path.suffix.lower() == ".txt":
+        return f"{path.name} (a caption with no picture of the same name)"
+    return path.name
+
+
+def _is_image(path: Path) -> bool:
+    """Whether Pillow recognises the file (it reads the header only; a truncated picture still counts)."""
+    try:
+        with _open_image(path):
+            return True
+    except Exception:  # Pillow's format plugins raise many kinds of error on bytes that are not theirs
+        return False
+
+
+@contextlib.contextmanager
+def _open_image(path: Path) -> Iterator[Image.Image]:
+    """`Image.open` without Pillow's decompression-bomb check; `load_image` applies `MAX_IMAGE_PIXELS` instead.
+
+    Pillow's limit is a module global, so it is lifted only for the `open` call, where the check happens.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        img = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    with img:
+        yield img
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Loading one image
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read a picture as upright 8-bit RGB in sRGB.
+
+    The EXIF orientation is applied first (phones store portraits sideways with an "Orientation" tag); then
+    `to_rgb` converts the colours. A missing, corrupt or truncated file raises `DataError` naming it.
+
+    >>> load_image("photos/my_cat/cat1.jpg").mode  # doctest: +SKIP
+    'RGB'
+    """
+    path = Path(path)
+    try:
+        with _open_image(path) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} textinv reads; "
+                    "shrink it (it is scaled down to the training resolution anyway)"
+                )
+            img.load()  # decode now, inside the try, so that a truncated file fails here and not later
+            img = ImageOps.exif_transpose(img)
+    except DataError:
+        raise
+    except FileNotFoundError as e:
+        raise DataError(f"the picture {path} does not exist") from e
+    except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError... on bad bytes
+        raise DataError(f"cannot read the picture {path} ({e}); it may be corrupt or cut short: "
+                        "re-export it or remove it from the folder") from e
+    try:
+        return to_rgb(img)
+    except ValueError as e:  # a colour mode Pillow cannot convert
+        raise DataError(f"cannot convert {path} (colour mode {img.mode}) to RGB: {e}; re-save it as RGB") from e
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a Pillow image of any mode to 8-bit RGB in sRGB (the conversions `load_image` applies).
+
+    - Transparency (RGBA, LA, PA, or a palette/grey/RGB image with a transparent colour) is composited onto
+      white: a cut-out object on white is what product photos show and what prompts like "a photo of a {}"
+      describe; black would read as a dark background and teach the token one.
+    - 16-bit grey ("I;16", "I;16B"...) is scaled, not clipped: 65535 becomes 255 and 32768 becomes 128.
+      32-bit "I" and float "F" have no fixed range, so it is read from the data: floats within [0, 1] are scaled
+      by 255, values within 0..255 kept, within 0..65535 scaled as 16-bit, anything else (negative values, say)
+      stretched from its minimum to its maximum.
+    - An embedded ICC profile (CMYK from print work, Display P3 from phones, Adobe RGB) is converted to sRGB;
+      if the profile cannot be used, or there is none, Pillow's plain conversion is used (for CMYK that is
+      R = 255 - C - K, clipped, and likewise for G and B).
+
+    >>> to_rgb(Image.new("CMYK", (1, 1), (255, 0, 0, 0))).getpixel((0, 0))
+    (0, 255, 255)
+    """
+    icc = img.info.get("icc_profile")
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        img = _gray_to_8bit(img)
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba).convert("RGB")  # the "over" operator, white underneath
+    if icc and img.mode in ("RGB", "CMYK"):
+        converted = _icc_to_srgb(img, icc)
+        if converted is not None:
+            return converted
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _icc_to_srgb(img: Image.Image, icc: bytes) -> Image.Image | None:
+    try:
+        from PIL import ImageCms
+
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        srgb = ImageCms.createProfile("sRGB")
+        return ImageCms.profileToProfile(img, source, srgb, outputMode="RGB")
+    except Exception:  # no LittleCMS, a broken profile, or one for another colour space: use the plain way
+        return None
+
+
+def _gray_to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer or float grey to 8-bit "L", by the rules in `to_rgb`'s docstring."""
+    values = np.asarray(img).astype(np.float32)  # any byte order in, native float32 out
+    if img.mode in _SIXTEEN_BIT_MODES:
+        scaled = values / 257.0  # 65535 / 257 = 255 exactly
+    else:
+        finite = values[np.isfinite(values)]
+        low = float(finite.min()) if finite.size else 0.0
+        high = float(finite.max()) if finite.size else 0.0
+        if low >= 0 and high <= 1 and img.mode == "F":
+            scaled = values * 255.0
+        elif low >= 0 and high <= 255:
+            scaled = values
+        elif low >= 0 and high <= 65535:
+            scaled = values / 257.0
+        else:
+            scaled = (values - low) * (255.0 / (high - low))
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Preparing an image for training
+
+
+def prepare_image(img: Image.Image, resolution: int, center_crop: bool = True) -> torch.Tensor:
+    """A square training image: float32 tensor of shape (3, resolution, resolution), values in [-1, 1].
+
+    With `center_crop` the largest centred square is kept and scaled to `resolution` (the short side becomes
+    `resolution`); without it the whole picture is squeezed to a square, changing its proportions. Shrinking uses
+    Lanczos (sharp, no aliasing); enlarging uses bicubic, whose overshoot rings less than Lanczos' on small pictures.
+
+    >>> prepare_image(Image.new("RGB", (640, 480), "white"), 512).shape
+    torch.Size([3, 512, 512])
+    """
+    _check_resolution(resolution)
+    if img.mode != "RGB":
+        raise ValueError(f"prepare_image takes an RGB image, got mode {img.mode!r}; read pictures with load_image")
+    width, height = img.size
+    if center_crop:
+        side = min(width, height)
+        # the crop as a box in source pixels: resize reads only around it, so cropping and scaling are one pass
+        box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    else:
+        box = (0.0, 0.0, float(width), float(height))
+    enlarging = min(width, height) < resolution
+    resample = Image.Resampling.BICUBIC if enlarging else Image.Resampling.LANCZOS
+    # reducing_gap: huge pictures are first shrunk by whole-pixel averaging, then filtered; fast, same quality
+    square = img.resize((resolution, resolution), resample=resample, box=box, reducing_gap=3.0)
+    pixels = torch.from_numpy(np.array(square, dtype=np.uint8))  # (H, W, 3), 0..255
+    return (pixels.permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0).contiguous()  # (3, H, W), -1..1
+
+
+def _check_resolution(resolution: int) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ConfigError(f"resolution must be a positive whole number of pixels (such as 512), got {resolution!r}")
+
+
+@dataclass(eq=False)
+class TrainingImage:
+    """One training picture, decoded and prepared."""
+
+    path: Path
+    pixels: torch.Tensor  # (3, resolution, resolution), float32 in [-1, 1]
+    caption: str | None  # the text of the caption file beside it, `[name]` written as `{}`; None if it has none
+
+
+def load_training_images(
+    paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True
+) -> list[TrainingImage]:
+    """Load, prepare and caption each picture in `paths` (typically `find_images(folder)`).
+
+    Pictures smaller than `resolution` are upscaled, with one `SmallImageWarning` naming each and its size.
+
+    >>> images = load_training_images(find_images("photos/my_cat"), 512)  # doctest: +SKIP
+    >>> images[0].pixels.shape, images[0].caption  # doctest: +SKIP
+    (torch.Size([3, 512, 512]), None)
+    """
+    _check_resolution(resolution)
+    if not paths:
+        raise DataError("no pictures to train on; give 3-10 pictures of your concept")
+    result: list[TrainingImage] = []
+    small: list[str] = []
+    for path in paths:
+        path = Path(path)
+        img = load_image(path)
+        if min(img.size) < resolution:
+            small.append(f"{path} ({img.width}x{img.height})")
+        pixels = prepare_image(img, resolution, center_crop)
+        result.append(TrainingImage(path=path, pixels=pixels, caption=read_caption(path)))
+    if small:
+        warnings.warn(
+            SmallImageWarning(
+                f"{len(small)} picture(s) are smaller than the training resolution {resolution}x{resolution} "
+                f"and will be upscaled, which blurs them: {', '.join(small)}; use larger pictures or a lower "
+                "resolution"
+            ),
+            stacklevel=2,
+        )
+    return result
+
+
+def random_hflip(pixels: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
+    """Mirror `pixels` (..., H, W) left to right with probability `p`, drawing from `generator`.
+
+    >>> random_hflip(torch.tensor([[[1.0, 2.0]]]), p=1.0)
+    tensor([[[2., 1.]]])
+    """
+    if torch.rand((), generator=generator).item() < p:
+        return pixels.flip(-1)
+    return pixels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. Captions
+
+
+def check_property(learnable_property: str) -> str:
+    """Return `learnable_property` if it is "object" or "style"; else raise ConfigError listing the choices.
+
+    (The reference script treated any other value, a typo included, as "object" without a word.)
+
+    >>> check_property("style")
+    'style'
+    """
+    if learnable_property not in PROPERTIES:
+        raise ConfigError(
+            f"the learnable property must be one of {', '.join(repr(p) for p in PROPERTIES)}, "
+            f"got {learnable_property!r}"
+        )
+    return learnable_property
+
+
+def default_templates(learnable_property: str) -> tuple[str, ...]:
+    """The paper's prompt templates for an "object" or a "style".
+
+    >>> default_templates("style")[0]
+    'a painting in the style of {}'
+    """
+    return STYLE_TEMPLATES if check_property(learnable_property) == "style" else OBJECT_TEMPLATES
+
+
+def flip_default(learnable_property: str) -> bool:
+    """Whether training mirrors pictures at random by default: yes, for objects and styles alike.
+
+    This is what the paper's code and the diffusers example do (each sample is flipped with p = 0.5). With 3-10
+    pictures mirroring is the one augmentation that costs nothing: a style (brushwork, palette) does not change in
+    a mirror, and for an object it stops the token from learning which way the object faced. Turn it off for
+    concepts that are not mirror-symmetric in meaning: lettering, logos, a face's parting.
+
+    >>> flip_default("object"), flip_default("style")
+    (True, True)
+    """
+    check_property(learnable_property)
+    return True
+
+
+def _has_marker(text: str) -> bool:
+    return MARKER in text or A1111_MARKER in text
+
+
+def read_template_file(path: str | os.PathLike) -> list[str]:
+    """Read prompt templates, one per non-empty line, with `{}` (or A1111's `[name]`) where the token goes.
+
+    Lines keep A1111's `[filewords]`, which `make_caption` fills with the image's caption. `[name]` comes back
+    as `{}`. A line without a marker raises DataError naming the file and line: the token would never appear in
+    that prompt, so the sample would teach it nothing.
+
+    >>> read_template_file("templates/style_filewords.txt")  # doctest: +SKIP
+    ['a painting of [filewords], art by {}', ...]
+    """
+    path = Path(path)
+    text = _read_text(path, "template file")
+    templates = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if not _has_marker(line):
+            raise DataError(
+                f"{path}, line {number}: the template {line!r} has no {MARKER} (or {A1111_MARKER}) marker; "
+                "put one where the new token goes, as in 'a photo of a {}'"
+            )
+        templates.append(line.replace(A1111_MARKER, MARKER))
+    if not templates:
+        raise DataError(f"the template file {path} has no templates; write one per line, as in 'a photo of a {{}}'")
+    return templates
+
+
+def read_caption(image_path: str | os.PathLike) -> str | None:
+    """The caption of a picture: the text of the `.txt` (or `.TXT`) file of the same name beside it, or None.
+
+    Lines are joined with spaces; `[name]` comes back as `{}`. An empty caption file counts as none.
+
+    >>> read_caption("photos/my_cat/cat1.jpg")  # reads photos/my_cat/cat1.txt  # doctest: +SKIP
+    'a {} asleep on a red sofa'
+    """
+    image_path = Path(image_path)
+    # ".TXT" too: made on Windows or macOS, where names ignore case, it works there and must work here
+    found = [p for p in (image_path.with_suffix(".txt"), image_path.with_suffix(".TXT")) if p.is_file()]
+    if not found:
+        return None
+    text = " ".join(_read_text(found[0], "caption file").split())
+    return text.replace(A1111_MARKER, MARKER) or None
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")  # -sig: drop the byte-order mark some Windows editors write
+    except FileNotFoundError as e:
+        raise DataError(f"the {what} {path} does not exist") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"the {what} {path} is not UTF-8 text ({e}); save it as UTF-8") from e
+    except OSError as e:
+        raise DataError(f"cannot read the {what} {path}: {e}") from e
+
+
+# "[filewords]" with the comma or semicolon on either side of it, so that removing it leaves no stray separator
+_FILEWORDS_RE = re.compile(r"\s*([,;]?)\s*\[filewords\]\s*([,;]?)\s*")
+
+
+def make_caption(template_or_caption: str, placeholder: str, filewords: str | None = None) -> str:
+    """Fill the marker(s) `{}` / `[name]` with `placeholder`, and `[filewords]` with `filewords`.
+
+    `placeholder` is the text of the new token as the tokenizer will see it, already expanded for several vectors
+    (such as "<cat> <cat>_1"). With no `filewords`, `[filewords]` is removed together with one separator next to
+    it. Whitespace is tidied. Text without a marker raises ConfigError.
+
+    >>> make_caption("a photo of {}, [filewords]", "<cat> <cat>_1")
+    'a photo of <cat> <cat>_1'
+    >>> make_caption("a painting of [filewords], art by [name]", "<s>", filewords="a harbour at dusk")
+    'a painting of a harbour at dusk, art by <s>'
+    """
+    if not isinstance(placeholder, str) or not placeholder.strip():
+        raise ConfigError(f"the placeholder text must be a non-empty string, got {placeholder!r}")
+    if not _has_marker(template_or_caption):
+        raise ConfigError(f"{template_or_caption!r} has no {MARKER} (or {A1111_MARKER}) marker for the new token")
+    if filewords:
+        text = template_or_caption.replace(FILEWORDS, filewords)
+    else:
+        # keep one separator only when the removed words stood between two parts: "a, [filewords], b" -> "a, b"
+        text = _FILEWORDS_RE.sub(lambda m: f"{m.group(1)} " if m.group(1) and m.group(2) else " ",
+                                 template_or_caption)
+    # the marker is filled after [filewords], as A1111 does, so a caption's own "{}" gets the token too
+    text = text.replace(A1111_MARKER, placeholder).replace(MARKER, placeholder)
+    return " ".join(text.split()).strip(" ,;")
+
+
+class CaptionSampler:
+    """Gives each training sample its prompt.
+
+    An image with its own caption is trained with that caption; one without gets a template drawn uniformly at
+    random from `generator` (so a seed reproduces the sequence). When the templates use `[filewords]`
+    (A1111 style), every sample draws a template and the image's caption fills `[filewords]` instead.
+
+    A caption with no marker, outside `[filewords]` use, gets the token in front ("{} <caption>"), with one
+    `CaptionWithoutMarkerWarning` naming the files: refusing it would be harsh, and anything longer, such as
+    "a photo of {}, ", would be wrong for styles.
+
+    >>> sampler = CaptionSampler(images, OBJECT_TEMPLATES, "<cat>", torch.Generator().manual_seed(0))  # doctest: +SKIP
+    >>> sampler(0)  # doctest: +SKIP
+    'a photo of the small <cat>'
+    """
+
+    def __init__(
+        self,
+        images: Sequence[TrainingImage],
+        templates: Sequence[str],
+        placeholder: str,
+        generator: torch.Generator | None = None,
+    ):
+        if isinstance(templates, str) or not templates:
+            raise ConfigError("give the prompt templates as a non-empty list of strings, such as OBJECT_TEMPLATES")
+        for template in templates:
+            if not _has_marker(template):
+                raise ConfigError(f"the template {template!r} has no {MARKER} (or {A1111_MARKER}) marker")
+        if not isinstance(placeholder, str) or not placeholder.strip():
+            raise ConfigError(f"the placeholder text must be a non-empty string, got {placeholder!r}")
+
+        self.templates = [t.replace(A1111_MARKER, MARKER) for t in templates]
+        self.placeholder = placeholder
+        self.generator = generator
+        self.uses_filewords = any(FILEWORDS in t for t in self.templates)
+
+        self.captions: list[str | None] = []  # per image; None means "draw a template"
+        unmarked = []
+        for image in images:
+            caption = image.caption
+            if caption is not None and not self.uses_filewords and not _has_marker(caption):
+                unmarked.append(image.path.with_suffix(".txt").name)
+                caption = f"{MARKER} {caption}"
+            self.captions.append(caption)
+        if unmarked:
+            warnings.warn(
+                CaptionWithoutMarkerWarning(
+                    f"{len(unmarked)} caption file(s) have no {MARKER} (or {A1111_MARKER}) marker, so the new token "
+                    f"is put in front of their text: {', '.join(unmarked)}; write {MARKER} where the token belongs"
+                ),
+                stacklevel=2,
+            )
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def candidates(self, index: int) -> list[str]:
+        """Every prompt image number `index` can get, each equally likely (the trainer tokenizes them once)."""
+        caption = self.captions[index]
+        if caption is not None and not self.uses_filewords:
+            return [make_caption(caption, self.placeholder)]
+        return [make_caption(t, self.placeholder, filewords=caption) for t in self.templates]
+
+    def __call__(self, index: int) -> str:
+        """The prompt for image number `index`."""
+        caption = self.captions[index]
+        if caption is not None and not self.uses_filewords:
+            return make_caption(caption, self.placeholder)
+        choice = int(torch.randint(len(self.templates), (), generator=self.generator))
+        return make_caption(self.templates[choice], self.placeholder, filewords=caption)
