@@ -1,0 +1,152 @@
+"""The `textinv` command line: it parses, calls the library, and shows; no logic of its own.
+
+    textinv train --images photos/my-dog --token "<my-dog>" --init dog --out runs/my-dog
+    textinv generate --embedding runs/my-dog/learned_embeds.safetensors --prompt "a photo of <my-dog>" -n 4
+    textinv convert runs/my-dog/learned_embeds.safetensors my-dog.pt
+    textinv inspect my-dog.pt
+
+The flags of `train` and `generate` are built from the fields of `TrainConfig` and `GenerateConfig` (their help is
+the `--help`); `--config FILE` (YAML, TOML or JSON) supplies settings that flags then override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+from . import __version__
+from .config import GenerateConfig, TrainConfig, build, read_config_file
+from .errors import TextinvError
+
+_LIST_FIELDS_REPEATABLE = {"prompt", "embedding", "token", "sample_prompts"}
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field; defaults are suppressed so only flags actually given override the file."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
+        kind = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        if default not in (None, [], ""):
+            help_text += f" (default: {default})"
+        kwargs: dict = dict(dest=f.name, help=help_text, default=argparse.SUPPRESS)
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if kind is bool:
+            if default is False:
+                parser.add_argument(*names, action="store_true", **kwargs)
+            else:  # tri-state or default-on: --flip / --no-flip
+                parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
+        elif kind is list:
+            parser.add_argument(*names, action="extend", nargs="+", **kwargs)
+        else:
+            parser.add_argument(*names, type=kind if kind in (int, float) else str, **kwargs)
+
+
+def _config_from_args(cls, args: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
+    return build(cls, *layers, flags)
+
+
+def cmd_train(args) -> int:
+    from .train import TrainingInterrupted, train
+
+    config = _config_from_args(TrainConfig, args)
+    try:
+        train(config)
+    except TrainingInterrupted as e:
+        print(f"\ninterrupted: {e}. Continue with the same command and --resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate
+
+    config = _config_from_args(GenerateConfig, args)
+    paths = generate(config)
+    print(f"wrote {len(paths)} image(s) to {config.out}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .formats import convert
+
+    written = convert(args.src, args.dst, to=args.to, token=args.token)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import inspect_file
+
+    report = inspect_file(args.file, model=args.model, top_k=args.top_k)
+    print(json.dumps(report, indent=2) if args.json else report["text"])
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textinv", description="Textual Inversion: learn a new word for a concept "
+                                     "from a few pictures, and generate with it.")
+    parser.add_argument("--version", action="version", version=f"textinv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="learn a token from a folder of pictures",
+                       description="Learn new token vectors so the frozen model reconstructs your pictures.")
+    p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="generate images with learned tokens")
+    p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
+    add_config_flags(p, GenerateConfig)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("convert", help="convert an embedding file between formats (lossless)")
+    p.add_argument("src", help="embedding file in any supported format")
+    p.add_argument("dst", help="file to write")
+    p.add_argument("--to", choices=("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "sdxl",
+                                     "diffusers-sdxl"), help="target format (default: from dst's suffix)")
+    p.add_argument("--token", help="token name to store (default: the one in the file)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("inspect", help="what an embedding file holds and which model it fits")
+    p.add_argument("file", help="embedding file in any supported format")
+    p.add_argument("--model", help="also compare with this model's vocabulary (norms, nearest tokens)")
+    p.add_argument("--top-k", type=int, default=5, help="nearest vocabulary tokens per vector (with --model)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TextinvError as e:
+        print(f"textinv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Settings of each job: one typed dataclass per job is the single source of defaults, help text and checks.
+
+`TrainConfig` is written next to every training output (`config.yaml`) so a run can be reproduced, and read back
+by `--resume`. Settings come from, in rising priority: the defaults here, a YAML or TOML file (`--config`), and
+command-line flags. The command line builds its flags from these fields (their `help` metadata is the `--help`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def opt(default, help: str, **extra):
+    """A dataclass field with its command-line help (and optional `choices`, `flag`, `short`) as metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+from .data import PROPERTIES, flip_default
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+SAVE_FORMATS = ("diffusers", "a1111", "kohya")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a textual-inversion training run."""
+
+    images: str = opt(None, "folder with 3-10 pictures of the concept (captions in NAME.txt beside an image are used)")
+    token: str = opt(None, "the new word to learn, e.g. '<my-dog>'; write it in prompts later")
+    out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log")
+    model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name")
+    init: str = opt(None, "word or phrase to start from (e.g. 'dog'); default: the --property word")
+    property: str = opt("object", "what the images share: an object or a style", choices=PROPERTIES)
+    vectors: int = opt(1, "vectors per token (more = more capacity, less editability)")
+    steps: int = opt(3000, "optimizer steps")
+    batch: int = opt(4, "images per step (per process)")
+    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
+    lr: float = opt(5e-3, "learning rate (the paper's base rate is 0.005)")
+    scale_lr: bool = opt(False, "multiply lr by batch * grad_accum * processes, as the reference's --scale_lr")
+    lr_schedule: str = opt("constant", "learning-rate schedule", choices=LR_SCHEDULES)
+    warmup_steps: int = opt(0, "linear lr warm-up steps")
+    weight_decay: float = opt(0.01, "AdamW weight decay, applied to the new vectors only (the reference's 1e-2)")
+    max_grad_norm: float = opt(None, "clip the vectors' gradient norm to this (off by default)")
+    min_snr_gamma: float = opt(None, "min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is typical); off by default")
+    resolution: int = opt(None, "training image size; default: the model's native size")
+    center_crop: bool = opt(True, "resize the short side then center-crop (false: squash the whole image)")
+    flip: bool = opt(None, "random horizontal flips (p=0.5); default on, as in the paper's code")
+    repeats: int = opt(1, "times each image appears per epoch (weighting between images)")
+    templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token")
+    precision: str = opt("auto", "weights' precision; auto = bf16 on a GPU that has it, else fp32", choices=PRECISIONS)
+    seed: int = opt(0, "random seed: same seed and settings give the same run")
+    save_every: int = opt(500, "checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = opt(2, "how many checkpoints to keep (older ones are deleted)")
+    sample_every: int = opt(500, "sample grid every N steps (0: never)")
+    sample_prompts: list = opt([], "prompts for the sample grids ('{}' marks the token); default by --property")
+    sample_steps: int = opt(25, "denoising steps for sample grids")
+    log_every: int = opt(10, "loss log interval in steps")
+    format: str = opt("diffusers", "file format of the learned embedding", choices=SAVE_FORMATS)
+    prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
+    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
+    gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet")
+    overwrite: bool = opt(False, "replace an existing output folder")
+    resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+
+    def validate(self) -> "TrainConfig":
+        """Check every setting before anything is loaded; raise ConfigError naming the bad value and the fix."""
+        for name in ("images", "token", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} is required ({_help(name)})")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(choices)}")
+        positive = ("vectors", "steps", "batch", "grad_accum", "repeats", "sample_steps", "log_every")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
+        for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
+        if not (self.lr > 0):
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        for name in ("max_grad_norm", "min_snr_gamma"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"--{_flag(name)} must be > 0 when given, got {getattr(self, name)}")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
+        if self.vectors > 75:
+            raise ConfigError(f"--vectors {self.vectors} leaves no room in a 77-token prompt; use at most 75 (1-8 is usual)")
+        if self.warmup_steps and self.lr_schedule == "constant":
+            raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear or cosine")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: resume keeps the folder, overwrite empties it")
+        for prompt in self.sample_prompts:
+            if "{}" not in prompt:
+                raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' where the token goes")
+        return self
+
+    @builtins.property  # (the field `property` hides the builtin inside this class)
+    def use_flip(self) -> bool:
+        return flip_default(self.property) if self.flip is None else self.flip
+
+    @builtins.property
+    def init_text(self) -> str:
+        return self.init if self.init else self.property
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class GenerateConfig:
+    """Everything that defines a generation run."""
+
+    prompt: list = opt([], "prompt(s); write the learned token in them, e.g. 'a photo of <my-dog> on the moon'")
+    embedding: list = opt([], "learned embedding file(s) to load (any supported format)")
+    out: str = opt("renders", "output folder for the PNGs")
+    model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name")
+    token: list = opt([], "token name(s) for the embedding files, in order (default: from each file)")
+    negative_prompt: str = opt("", "what to steer away from")
+    n: int = opt(4, "images per prompt", short="-n")
+    seed: int = opt(0, "seed of the first image; image i uses seed + i")
+    steps: int = opt(None, "denoising steps (default: 25; 50 for the bundled model)")
+    guidance: float = opt(7.5, "classifier-free guidance scale")
+    resolution: int = opt(None, "image size; default: the model's native size")
+    precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
+    prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
+    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
+
+    def validate(self) -> "GenerateConfig":
+        if not self.prompt:
+            raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
+        if self.n < 1:
+            raise ConfigError(f"-n must be >= 1, got {self.n}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
+        if self.token and len(self.token) != len(self.embedding):
+            raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
+        return self
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _help(name: str) -> str:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}[name]
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML (.yaml/.yml), TOML (.toml) or JSON file, as a dict; keys may use - or _."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot parse config file {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def build(cls, *layers: dict[str, Any]):
+    """An instance of config class `cls` from layered dicts (later ones win); unknown keys are refused.
+
+    >>> build(TrainConfig, {"steps": 10}, {"steps": 20}).steps
+    20
+    """
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in names:
+                raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(names)}")
+            merged[key] = value
+    for key, value in merged.items():
+        default = names[key].default if names[key].default is not dataclasses.MISSING else names[key].default_factory()
+        if isinstance(default, list) and isinstance(value, str):
+            merged[key] = [value]
+    return cls(**merged)
+
+
+def save_config(config, path: str | Path) -> None:
+    """Write a config as YAML, atomically, with a header saying how to reuse it."""
+    from . import __version__
+    from .io import write_text
+
+    header = f"# textinv {__version__} settings; rerun with: textinv train --config {Path(path).name}\n"
+    write_text(path, header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

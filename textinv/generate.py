@@ -1,0 +1,167 @@
+"""Generating images with learned tokens.
+
+`generate(config)` loads the model, installs each embedding file's vectors as new tokens (any format textinv reads),
+expands multi-vector tokens in the prompts, and writes one PNG per image with the prompt, seed and settings in the
+PNG's text chunks (also as the A1111 `parameters` text, which many image viewers and UIs show). Image i of a prompt
+uses seed + i, so any single image can be made again on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import GenerateConfig
+from .errors import FormatError, TokenError
+from .families import describe_widths
+from .formats import LearnedEmbedding, load_embedding
+from .io import atomic_path
+from .models import DTYPES, Model, load_model
+from .tokens import add_tokens, expand_prompt, token_names
+
+DEFAULT_STEPS = 25
+
+
+def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
+    """Add one learned embedding to the model's tokenizer and text encoder; all checks happen first.
+
+    Refuses an embedding whose width does not fit the model (naming both widths and their families) and a token
+    that clashes with one the tokenizer already has.
+    """
+    if set(emb.vectors) != {"text_encoder"}:
+        raise FormatError(
+            f"embedding {emb.token!r} is for a two-encoder model ({describe_widths(emb.widths)}); "
+            f"{model.source} has one text encoder ({describe_widths((model.width,))})"
+        )
+    if emb.widths != (model.width,):
+        raise FormatError(
+            f"embedding {emb.token!r} has width {describe_widths(emb.widths)} but the model {model.source} has "
+            f"width {describe_widths((model.width,))}; use an embedding trained for this model's family"
+        )
+    try:
+        add_tokens(model.tokenizer, model.text_encoder, token_names(emb.token, emb.num_vectors), emb.vectors["text_encoder"])
+    except TokenError as e:
+        raise TokenError(f"cannot add embedding {emb.token!r}: {e} (pass a different name with --token)") from e
+
+
+def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
+    """Expand every loaded multi-vector token in `prompt`."""
+    for emb in embeddings:
+        prompt = expand_prompt(prompt, emb.token, emb.num_vectors)
+    return prompt
+
+
+@torch.no_grad()
+def render(
+    model: Model,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int = DEFAULT_STEPS,
+    resolution: int | None = None,
+    guidance: float = 7.5,
+    negative_prompt: str = "",
+) -> list[Image.Image]:
+    """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`.
+
+    Generators live on the CPU so a seed gives the same starting noise on every machine.
+    """
+    pipe = model.pipeline
+    size = resolution or model.resolution
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    latents = torch.stack([
+        torch.randn((pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
+                    generator=g) for g in generators
+    ]).to(pipe.device, pipe.unet.dtype)
+    was_training = pipe.unet.training
+    pipe.unet.eval()
+    try:
+        result = pipe(prompts, negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+                      num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                      latents=latents, output_type="pil")
+    finally:
+        pipe.unet.train(was_training)
+    return list(result.images)
+
+
+def make_grid(images: list[Image.Image], cols: int) -> Image.Image:
+    """Images (all one size) in a grid with `cols` columns."""
+    w, h = images[0].size
+    rows = -(-len(images) // cols)
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, img in enumerate(images):
+        grid.paste(img, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def png_text(params: dict[str, str]) -> PngInfo:
+    """PNG text chunks: each setting under its own key, plus A1111's one-line `parameters` summary."""
+    info = PngInfo()
+    for key, value in params.items():
+        info.add_text(key, str(value))
+    summary = f"{params['prompt']}\n"
+    if params.get("negative_prompt"):
+        summary += f"Negative prompt: {params['negative_prompt']}\n"
+    summary += ", ".join(f"{k.replace('_', ' ').capitalize()}: {params[k]}" for k in
+                         ("steps", "guidance", "seed", "size", "model") if k in params)
+    info.add_text("parameters", summary)
+    return info
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit] or "image"
+
+
+def generate(config: GenerateConfig, model: Model | None = None, progress: bool = True) -> list[Path]:
+    """Write `config.n` images for each prompt into `config.out`; return their paths.
+
+    >>> from textinv.config import GenerateConfig
+    >>> generate(GenerateConfig(prompt=["a photo of <my-dog>"], embedding=["runs/dog/learned_embeds.safetensors"]))  # doctest: +SKIP
+    [PosixPath('renders/000-a-photo-of-my-dog-s0.png'), ...]
+    """
+    config.validate()
+    tokens = config.token or [None] * len(config.embedding)
+    embeddings = [load_embedding(path, token=tok) for path, tok in zip(config.embedding, tokens)]
+    seen: dict[str, str] = {}
+    for emb, path in zip(embeddings, config.embedding):  # a clash between two files, before the model loads
+        if emb.token in seen:
+            raise TokenError(f"{path} and {seen[emb.token]} both define the token {emb.token!r}; rename one "
+                             f"with --token (one --token per --embedding, in order)")
+        seen[emb.token] = str(path)
+    if model is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = DTYPES[config.precision] if config.precision != "auto" else (
+            torch.float16 if device == "cuda" else torch.float32)
+        model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
+                           single_file_config=config.single_file_config)
+    for emb in embeddings:
+        install_embedding(model, emb)
+    steps = config.steps or DEFAULT_STEPS
+    size = config.resolution or model.resolution
+    out = Path(config.out)
+    written: list[Path] = []
+    jobs = [(p, i) for p in config.prompt for i in range(config.n)]
+    bar = tqdm(total=len(jobs), disable=not progress, desc="generate", unit="img")
+    for index, prompt in enumerate(config.prompt):
+        expanded = expand_all(prompt, embeddings)
+        seeds = [config.seed + i for i in range(config.n)]
+        for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
+            chunk = seeds[start:start + 4]
+            images = render(model, [expanded] * len(chunk), chunk, steps, size, config.guidance, config.negative_prompt)
+            for seed, img in zip(chunk, images):
+                params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
+                          "seed": seed, "steps": steps, "guidance": config.guidance, "size": f"{size}x{size}",
+                          "model": str(config.model), "embeddings": ", ".join(str(e) for e in config.embedding),
+                          "textinv_version": __version__}
+                path = out / f"{index:03d}-{_slug(prompt)}-s{seed}.png"
+                with atomic_path(path) as tmp:
+                    img.save(tmp, format="PNG", pnginfo=png_text(params))
+                written.append(path)
+                bar.update(1)
+    bar.close()
+    return written

@@ -1,0 +1,258 @@
+"""Loading a Stable Diffusion 1.x/2.x model from wherever the user has it, and telling which family it is.
+
+Sources, in the order they are tried:
+1. a bundled name (`shapes`, our small embedded model; also the default when no model is given);
+2. a local diffusers folder (it has `model_index.json`);
+3. a local single-file checkpoint (`.safetensors` / `.ckpt`, the A1111/ComfyUI layout), through diffusers'
+   `from_single_file`, with the family read from the checkpoint's keys before anything heavy is loaded;
+4. anything else that looks like `owner/name` is a hub id, loaded with `from_pretrained` (needs a network or a
+   filled cache).
+SDXL is recognised and refused with a clear message (its own training path is a later issue).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+from .errors import ModelError
+from .families import FAMILY_NAMES, family_for_widths
+
+BUNDLED_MODELS = {"shapes": Path(__file__).parent / "shapes" / "model"}
+DEFAULT_MODEL = "shapes"
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+# diffusers' single-file model types (infer_diffusers_model_type) -> our family names
+_SINGLE_FILE_FAMILIES = {
+    "v1": "sd1",
+    "inpainting": "sd1",
+    "v2": "sd2",
+    "inpainting_v2": "sd2",
+    "xl_base": "sdxl",
+    "xl_refiner": "sdxl",
+    "xl_inpaint": "sdxl",
+    "playground-v2-5": "sdxl",
+}
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Model:
+    """A loaded SD pipeline and what we know about it. The pipeline's components are the ones we train with."""
+
+    pipeline: StableDiffusionPipeline
+    family: str  # "sd1", "sd2", or "custom" (a width no public family has, e.g. our bundled model)
+    source: str
+    prediction_type: str  # "epsilon" or "v_prediction", from the scheduler config unless overridden
+
+    @property
+    def tokenizer(self):
+        return self.pipeline.tokenizer
+
+    @property
+    def text_encoder(self):
+        return self.pipeline.text_encoder
+
+    @property
+    def unet(self):
+        return self.pipeline.unet
+
+    @property
+    def vae(self):
+        return self.pipeline.vae
+
+    @property
+    def width(self) -> int:
+        """The text encoder's embedding width (768 for SD 1.x, 1024 for SD 2.x)."""
+        return self.text_encoder.get_input_embeddings().embedding_dim
+
+    @property
+    def resolution(self) -> int:
+        """The image size the UNet was built for (latent size times the VAE's downscale)."""
+        return int(self.unet.config.sample_size) * int(self.pipeline.vae_scale_factor)
+
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The training noise schedule: the model's own betas, with its prediction type."""
+        return DDPMScheduler.from_config(self.pipeline.scheduler.config, prediction_type=self.prediction_type)
+
+    def describe(self) -> str:
+        name = FAMILY_NAMES.get(self.family, "custom model")
+        return f"{self.source} ({name}, text width {self.width}, {self.resolution}px, {self.prediction_type})"
+
+
+class _ShapeOnly:
+    """A stand-in tensor that knows only its shape, so checkpoint keys can be inspected without loading weights."""
+
+    def __init__(self, shape):
+        self.shape = torch.Size(shape)
+
+
+class _LazyKeys(Mapping):
+    """A read-only mapping over a safetensors file's header: keys and shapes, no tensor data."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self._file = safe_open(str(path), framework="pt")
+        self._keys = list(self._file.keys())
+
+    def __getitem__(self, key):
+        return _ShapeOnly(self._file.get_slice(key).get_shape())
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
+def checkpoint_family(path: str | os.PathLike) -> str:
+    """The family of a single-file checkpoint, read from its keys and shapes ("sd1", "sd2", "sdxl").
+
+    Raises ModelError for a file that is not a Stable Diffusion checkpoint or is a kind we do not train.
+    """
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            keys = _LazyKeys(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            keys = state.get("state_dict", state) if isinstance(state, dict) else {}
+    except Exception as e:  # safetensors and torch raise many types for a bad file
+        raise ModelError(f"cannot read checkpoint {path}: {e}. Is it a complete .safetensors/.ckpt file?") from e
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise ModelError(
+            f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' weights). If it is a "
+            f"textual-inversion embedding, pass it to --embedding instead."
+        )
+    kind = infer_diffusers_model_type(keys)
+    family = _SINGLE_FILE_FAMILIES.get(kind)
+    if family is None:
+        raise ModelError(f"{path} is a '{kind}' checkpoint; textinv trains Stable Diffusion 1.x and 2.x models")
+    return family
+
+
+def _refuse(family: str, source: str) -> None:
+    if family == "sdxl":
+        raise ModelError(
+            f"{source} is a Stable Diffusion XL model; this version of textinv trains SD 1.x and 2.x only "
+            f"(SDXL support is planned). Use an SD 1.5 or 2.x model."
+        )
+
+
+def _index_family(folder: Path) -> str | None:
+    index = json.loads((folder / "model_index.json").read_text())
+    if "text_encoder_2" in index or "XL" in index.get("_class_name", ""):
+        return "sdxl"
+    return None
+
+
+def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
+    """Classify a `--model` value: ("bundled" | "folder" | "file" | "hub", location). Raises for a bad path."""
+    source = DEFAULT_MODEL if source in (None, "") else str(source)
+    if source in BUNDLED_MODELS:
+        folder = BUNDLED_MODELS[source]
+        if not (folder / "model_index.json").exists():
+            raise ModelError(f"the bundled model '{source}' is missing from this install ({folder}); reinstall textinv")
+        return "bundled", str(folder)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise ModelError(
+                f"{path} is a folder but not a diffusers model (no model_index.json). Give a diffusers folder, a "
+                f".safetensors/.ckpt checkpoint, or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'."
+            )
+        return "folder", str(path)
+    if path.is_file():
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ModelError(f"{path} is not a model checkpoint (expected one of {', '.join(CHECKPOINT_SUFFIXES)})")
+        return "file", str(path)
+    is_hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~"))
+    if not is_hub_id or Path(source).suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ModelError(
+            f"model {source!r} not found: no such folder or file, and not a hub id of the form 'owner/name'. "
+            f"Bundled models: {', '.join(BUNDLED_MODELS)}."
+        )
+    return "hub", source
+
+
+def load_model(
+    source: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    prediction_type: str | None = None,
+    single_file_config: str | None = None,
+) -> Model:
+    """Load an SD 1.x/2.x pipeline from a bundled name, diffusers folder, single file or hub id; everything frozen.
+
+    >>> model = load_model("shapes")            # doctest: +SKIP
+    >>> model.family, model.resolution          # doctest: +SKIP
+    ('custom', 64)
+    """
+    kind, location = resolve_source(source)
+    family = None
+    if kind in ("bundled", "folder"):
+        family = _index_family(Path(location))
+    elif kind == "file":
+        family = checkpoint_family(location)
+    if family:
+        _refuse(family, location)
+    common = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    try:
+        if kind == "file":
+            kwargs = dict(common)
+            if single_file_config:
+                kwargs["config"] = single_file_config
+            pipe = StableDiffusionPipeline.from_single_file(location, **kwargs)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(location, **common)
+    except ModelError:
+        raise
+    except Exception as e:
+        hint = (
+            " A single file needs the model's config files: they come from the hub (network) or pass "
+            "--single-file-config with a local diffusers folder of the same family."
+            if kind == "file"
+            else " Hub ids need a network or a filled Hugging Face cache; or download the model and pass its folder."
+            if kind == "hub"
+            else ""
+        )
+        raise ModelError(f"cannot load model {location!r}: {type(e).__name__}: {e}.{hint}") from e
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        _refuse("sdxl", location)
+    _check_tokenizer(pipe, location)
+    width = pipe.text_encoder.get_input_embeddings().embedding_dim
+    family = family or family_for_widths((width,)) or "custom"
+    if family == "sdxl":
+        _refuse(family, location)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    pipe.to(device)
+    pred = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
+    if pred not in ("epsilon", "v_prediction"):
+        raise ModelError(f"prediction type {pred!r} is not supported; use 'epsilon' or 'v_prediction'")
+    return Model(pipeline=pipe, family=family, source=str(source or DEFAULT_MODEL), prediction_type=pred)
+
+
+def _check_tokenizer(pipe, location: str) -> None:
+    """A tokenizer folder without its files silently loads as a 2-token tokenizer: catch that here."""
+    rows = pipe.text_encoder.get_input_embeddings().num_embeddings
+    size = len(pipe.tokenizer)
+    if size != rows:
+        raise ModelError(
+            f"the tokenizer of {location} has {size} entries but its text encoder has {rows} token rows; the "
+            f"tokenizer folder is incomplete or belongs to another model (it needs vocab.json + merges.txt or "
+            f"tokenizer.json)"
+        )

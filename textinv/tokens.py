@@ -1,0 +1,186 @@
+"""Placeholder tokens: add them to a tokenizer, hold their vectors as the only trainable parameter, expand prompts.
+
+Textual inversion (Gal et al. 2023, sec. 3) learns new rows of the text encoder's token-embedding table while every
+other weight stays frozen. Rather than train the whole 49,408-row table and copy the old rows back after each step
+(the diffusers example does this; it keeps the full table in AdamW and applies weight decay to frozen rows), we keep
+the frozen table as it is and put the new rows in their own small parameter, `(num_new, dim)`, read on the forward
+pass for ids past the end of the table (as peft's trainable-tokens method does).
+
+A token with N vectors is N tokenizer entries named as diffusers names them: `<tok>`, `<tok>_1`, ... `<tok>_{N-1}`;
+`expand_prompt` rewrites `<tok>` in a prompt into all N of them, in training and in generation alike.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+from torch import nn
+
+from .errors import TokenError
+
+
+def token_names(token: str, num_vectors: int) -> list[str]:
+    """The tokenizer entries of a token with `num_vectors` vectors, diffusers' naming.
+
+    >>> token_names("<cat-toy>", 3)
+    ['<cat-toy>', '<cat-toy>_1', '<cat-toy>_2']
+    """
+    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+
+
+def expand_prompt(prompt: str, token: str, num_vectors: int) -> str:
+    """Replace each standalone `token` in `prompt` with its N entries (unchanged when N is 1).
+
+    An entry that is already expanded (`<tok>_1`) is left alone, so expanding twice is harmless.
+
+    >>> expand_prompt("a photo of <t> on a table", "<t>", 2)
+    'a photo of <t> <t>_1 on a table'
+    """
+    if num_vectors == 1:
+        return prompt
+    pattern = re.compile(re.escape(token) + r"(?!_\d)")
+    return pattern.sub(" ".join(token_names(token, num_vectors)), prompt)
+
+
+class ExtendedEmbedding(nn.Module):
+    """A frozen `nn.Embedding` of V rows plus extra rows held in `self.vectors` (a parameter), for ids V, V+1, ...
+
+    The extra rows are kept in float32 whatever the frozen table's dtype (the optimizer's master copy) and cast to
+    the table's dtype on the way out, so a bf16 text encoder still trains fp32 vectors.
+
+    >>> table = nn.Embedding(10, 4)
+    >>> ext = ExtendedEmbedding(table, torch.ones(2, 4))
+    >>> ext(torch.tensor([[1, 10, 11]])).shape
+    torch.Size([1, 3, 4])
+    """
+
+    def __init__(self, base: nn.Embedding, vectors: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.num_base = base.num_embeddings
+        self.vectors = nn.Parameter(vectors.detach().to(device=base.weight.device, dtype=torch.float32).clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base table only: code that reads `.weight` (vocabulary norms, nearest tokens) sees real words."""
+        return self.base.weight
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.base.embedding_dim
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, C)
+        is_new = input_ids >= self.num_base
+        out = self.base(input_ids.clamp(max=self.num_base - 1))
+        if self.vectors.shape[0] == 0:
+            return out
+        extra = self.vectors.to(out.dtype)[(input_ids - self.num_base).clamp(min=0, max=self.vectors.shape[0] - 1)]
+        return torch.where(is_new.unsqueeze(-1), extra, out)
+
+
+def base_embedding(text_encoder: nn.Module) -> nn.Embedding:
+    """The text encoder's frozen vocabulary table, whether or not our extension is installed."""
+    emb = text_encoder.get_input_embeddings()
+    return emb.base if isinstance(emb, ExtendedEmbedding) else emb
+
+
+def check_new_token(tokenizer, token: str) -> None:
+    """Refuse a placeholder that the tokenizer already reads as one known token (it must not be silently reused).
+
+    CLIP lower-cases text before matching, so `<Dog>` clashes with an existing `<dog>`: both are caught here.
+    """
+    if not token or token != token.strip() or any(c.isspace() for c in token):
+        raise TokenError(f"token {token!r} must be one non-empty word without spaces, e.g. '<my-dog>'")
+    if token in tokenizer.get_vocab():
+        raise TokenError(
+            f"token {token!r} is already in the tokenizer's vocabulary; training it would overwrite the meaning of "
+            f"an existing word. Pick a new string, e.g. '<{token.strip('<>')}-concept>'."
+        )
+    ids = tokenizer(token, add_special_tokens=False).input_ids
+    if len(ids) == 1 and ids[0] not in tokenizer.all_special_ids:
+        known = tokenizer.convert_ids_to_tokens(ids)[0]
+        why = " (CLIP lower-cases text before matching)" if token.lower() != token else ""
+        raise TokenError(
+            f"token {token!r} is read by the tokenizer as the existing token {known!r}{why}; pick a string it "
+            f"does not know yet, e.g. '<{token.strip('<>')}-concept>'."
+        )
+
+
+def encode_init(tokenizer, text: str) -> list[int]:
+    """The token ids of an init word or phrase, without BOS/EOS; TokenError if it yields nothing usable."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
+    unk = tokenizer.unk_token_id
+    # CLIP's unk is its EOS token: an id of it means the text had something the vocabulary cannot spell.
+    if not ids or (unk is not None and unk in ids):
+        raise TokenError(
+            f"init text {text!r} cannot be encoded by this model's tokenizer (it gives {ids}); use a plain word "
+            f"close to your concept, e.g. --init dog"
+        )
+    return ids
+
+
+def init_vectors(table: torch.Tensor, ids: list[int], num_vectors: int) -> torch.Tensor:
+    """Starting vectors `(num_vectors, dim)` from the init text's token rows.
+
+    The init tokens are split into `num_vectors` contiguous runs and each vector is the mean of its run: one vector
+    from a phrase is the phrase's mean; N vectors from N tokens copy them one for one; more vectors than tokens
+    repeat each token over a contiguous block (vector i takes token floor(i * len / N)).
+
+    >>> table = torch.arange(12.0).reshape(6, 2)
+    >>> init_vectors(table, [1, 3], 1).tolist()
+    [[4.0, 5.0]]
+    >>> init_vectors(table, [1, 3], 4).tolist()
+    [[2.0, 3.0], [2.0, 3.0], [6.0, 7.0], [6.0, 7.0]]
+    """
+    rows = table[torch.tensor(ids, device=table.device)].float()  # (L, C)
+    n = len(ids)
+    if num_vectors >= n:
+        return rows[[i * n // num_vectors for i in range(num_vectors)]].clone()
+    return torch.stack([chunk.mean(0) for chunk in torch.tensor_split(rows, num_vectors)])
+
+
+def add_tokens(tokenizer, text_encoder: nn.Module, names: list[str], vectors: torch.Tensor) -> ExtendedEmbedding:
+    """Add tokenizer entries `names` and their rows `vectors` (len(names), dim) to a tokenizer/text-encoder pair.
+
+    Installs an `ExtendedEmbedding` on the text encoder (or grows the one already there) and returns it. The new
+    ids must follow the table's last row in order; checks run before anything is changed.
+    """
+    table = base_embedding(text_encoder)
+    if vectors.ndim != 2 or vectors.shape[0] != len(names) or vectors.shape[1] != table.embedding_dim:
+        raise TokenError(
+            f"{len(names)} token(s) need vectors of shape ({len(names)}, {table.embedding_dim}); got {tuple(vectors.shape)}"
+        )
+    for name in names:
+        check_new_token(tokenizer, name)
+    current = text_encoder.get_input_embeddings()
+    existing = current.vectors.detach() if isinstance(current, ExtendedEmbedding) else vectors.new_zeros(0, vectors.shape[1])
+    if len(tokenizer) != table.num_embeddings + existing.shape[0]:
+        raise TokenError(
+            f"the tokenizer has {len(tokenizer)} entries but the text encoder {table.num_embeddings} rows "
+            f"(+{existing.shape[0]} added); they must match before new tokens can be added"
+        )
+    tokenizer.add_tokens(names)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    expected = list(range(table.num_embeddings + existing.shape[0], table.num_embeddings + existing.shape[0] + len(names)))
+    if ids != expected:  # cannot happen with a consistent tokenizer; never leave a half-installed token
+        raise TokenError(f"tokenizer gave ids {ids} to {names}, expected {expected}")
+    ext = ExtendedEmbedding(table, torch.cat([existing.float(), vectors.detach().float().to(existing.device)]))
+    text_encoder.set_input_embeddings(ext)
+    return ext
+
+
+def added_rows(text_encoder: nn.Module) -> torch.Tensor:
+    """All rows added by `add_tokens` so far, `(num_added, dim)` (empty when none)."""
+    emb = text_encoder.get_input_embeddings()
+    if isinstance(emb, ExtendedEmbedding):
+        return emb.vectors
+    return torch.zeros(0, emb.embedding_dim)
+
+
+def warn_if_long(tokenizer, prompt: str) -> None:
+    """Warn when a prompt is cut at the tokenizer's limit (the placeholder could be among the lost tokens)."""
+    n = len(tokenizer(prompt).input_ids)
+    if n > tokenizer.model_max_length:
+        warnings.warn(f"prompt is {n} tokens, cut to {tokenizer.model_max_length}: {prompt!r}", stacklevel=2)

@@ -1,0 +1,461 @@
+"""The training loop: learn new token vectors so the frozen model reconstructs the concept's pictures.
+
+Textual inversion (Gal et al., ICLR 2023, eq. 2): find v* = argmin_v E_{z, y, eps, t} || eps - eps_theta(z_t, t,
+c_theta(y(v))) ||^2, where only the new token vectors v are optimised; the UNet eps_theta, the text encoder c_theta
+and the VAE that gives z stay frozen. For v-prediction models (SD 2.x 768) the target is the velocity instead.
+
+`train(config)` reads top to bottom:
+1. check the settings and the output folder (before anything heavy is loaded);
+2. load the model, add the token, initialise its vectors from the init text;
+3. load the pictures, encode each (and its mirror image) with the VAE once, tokenize every caption once;
+4. loop: sample a batch from the cached latent distributions, noise it, predict, step the optimizer;
+   log, checkpoint, draw sample grids along the way;
+5. save the embedding (and on Ctrl-C or a non-finite loss, the last good vectors before stopping).
+
+Every random draw of the loop comes from one seeded generator whose state goes into each checkpoint, so a resumed
+run ends exactly where an uninterrupted one does (bit for bit on the CPU). Data parallel training (`accelerate
+launch`) draws the global batch on every process from that same generator, each process takes its slice, and the
+vectors' gradient is averaged across processes before the step.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import TrainConfig, build, read_config_file, save_config
+from .data import CaptionSampler, default_templates, find_images, load_training_images, read_template_file
+from .errors import ConfigError, TrainingError
+from .formats import LearnedEmbedding, default_filename, save_embedding
+from .io import atomic_path, write_text
+from .models import DTYPES, Model, load_model
+from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init_vectors, token_names
+
+CHECKPOINT_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+LOSS_LOG = "loss.csv"
+CONFIG_FILE = "config.yaml"
+# settings that may differ between a run and its resumption (they do not change what is learned step by step)
+RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "sample_every", "sample_steps", "log_every",
+                     "resume", "overwrite", "sample_prompts"}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the vectors at the last finished step were saved before stopping."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(f"stopped at step {step}; vectors saved to {path}")
+        self.step, self.path = step, path
+
+
+@dataclass
+class TrainResult:
+    embedding: LearnedEmbedding
+    files: list[Path]
+    steps: int
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over the log interval)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. settings and output folder
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on a GPU that supports it and fp32 elsewhere (fp32 is the safe, exact CPU default)."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return DTYPES[precision]
+
+
+def prepare_output(config: TrainConfig, is_main: bool = True) -> TrainConfig:
+    """Check the output folder against --resume/--overwrite; on resume, return the saved config (with new steps)."""
+    out = Path(config.out)
+    holds_run = out.exists() and any(out.iterdir()) if out.is_dir() else out.exists()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    if config.resume:
+        saved = out / CONFIG_FILE
+        if not saved.exists():
+            raise ConfigError(f"cannot resume: {out} holds no {CONFIG_FILE}; start a new run without --resume")
+        old = read_config_file(saved)
+        new = config.to_dict()
+        diffs = [k for k in new if k not in RESUMABLE_CHANGES and k in old and old[k] != new[k]]
+        if diffs:
+            detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diffs)
+            raise ConfigError(f"cannot resume {out} with different settings ({detail}); resume with the same "
+                              f"settings or start a new run in another folder")
+        return build(TrainConfig, {**old, **{k: new[k] for k in RESUMABLE_CHANGES}}).validate()
+    if holds_run and not config.overwrite:
+        raise ConfigError(f"output folder {out} is not empty; pass --resume to continue the run there, "
+                          f"--overwrite to replace it, or choose another --out")
+    if holds_run and is_main:
+        _clear_run(out)
+    return config
+
+
+def _clear_run(out: Path) -> None:
+    """--overwrite: delete what a textinv run writes, and nothing else a user may keep in the folder."""
+    for name in (CHECKPOINT_DIR, SAMPLES_DIR):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for path in out.iterdir():
+        if path.is_file() and (path.name in (LOSS_LOG, CONFIG_FILE) or path.name.startswith("learned_embeds")
+                               or path.suffix in (".pt", ".safetensors")):
+            path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. data: cached latent distributions and pre-tokenized captions
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the VAE's latent distribution for each picture (N, 3, H, W) -> 2 x (N, 4, H/8, W/8).
+
+    The VAE encoder runs once per picture; training then samples z = mean + std * eps each step, which is exactly
+    what running the encoder every step would give (its output is deterministic), for a fraction of the cost.
+    """
+    means, stds = [], []
+    for chunk in pixels.split(batch):
+        dist = vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+class CaptionBank:
+    """Every caption a picture can get, tokenized once: `ids` (C, 77) and per picture the rows it draws from."""
+
+    def __init__(self, tokenizer, sampler: CaptionSampler, device):
+        texts: list[str] = []
+        rows: list[list[int]] = []
+        for i in range(len(sampler)):
+            options = sampler.candidates(i)
+            rows.append([len(texts) + j for j in range(len(options))])
+            texts.extend(options)
+        self.texts = texts
+        self.ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                             return_tensors="pt").input_ids.to(device)
+        width = max(len(r) for r in rows)
+        self.choices = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], device=device)  # (I, K)
+        self.counts = torch.tensor([len(r) for r in rows], device=device)  # (I,)
+
+    def pick(self, image: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, 77) for pictures `image` (B,) given uniform draws `u` (B,) in [0, 1)."""
+        k = (u * self.counts[image]).long().clamp(max=self.choices.shape[1] - 1)
+        return self.ids[self.choices[image, k]]
+
+
+class BatchSampler:
+    """Draws the random parts of each batch from one generator: pictures (in shuffled epochs), flips, captions,
+    latent samples, noise and timesteps. Its state (generator + epoch position) goes into checkpoints."""
+
+    def __init__(self, num_images: int, repeats: int, flip: bool, seed: int):
+        self.num_items = num_images * repeats
+        self.num_images = num_images
+        self.flip = flip
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long)
+        self.cursor = 0
+
+    def _next_images(self, n: int) -> torch.Tensor:
+        picked = []
+        while n > 0:
+            if self.cursor >= len(self.order):  # a new epoch: every picture `repeats` times, shuffled
+                self.order = torch.randperm(self.num_items, generator=self.generator) % self.num_images
+                self.cursor = 0
+            take = self.order[self.cursor:self.cursor + n]
+            self.cursor += len(take)
+            n -= len(take)
+            picked.append(take)
+        return torch.cat(picked)
+
+    def draw(self, n: int, latent_shape: tuple[int, ...], num_timesteps: int) -> dict[str, torch.Tensor]:
+        g = self.generator
+        return {
+            "image": self._next_images(n),
+            "flip": (torch.rand(n, generator=g) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool),
+            "caption": torch.rand(n, generator=g),
+            "eps_latent": torch.randn((n, *latent_shape), generator=g),
+            "noise": torch.randn((n, *latent_shape), generator=g),
+            "timestep": torch.randint(0, num_timesteps, (n,), generator=g),
+        }
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = state["order"]
+        self.cursor = int(state["cursor"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. the loss
+
+
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting", 2023).
+
+    For epsilon prediction the weight is min(SNR, gamma) / SNR; for v prediction min(SNR, gamma) / (SNR + 1).
+    """
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    clipped = snr.clamp(max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
+def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids, min_snr_gamma=None) -> torch.Tensor:
+    """The denoising loss of one batch: the model's own target (epsilon or velocity), mean over pixels, (B,)."""
+    unet, text_encoder = model.unet, model.text_encoder
+    noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
+    hidden = text_encoder(input_ids)[0]  # (B, 77, C): last hidden state, as the SD pipelines condition on
+    pred = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype)).sample.float()
+    target = scheduler.get_velocity(latents, noise, timesteps) if model.prediction_type == "v_prediction" else noise
+    loss = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    if min_snr_gamma:
+        loss = loss * snr_weights(scheduler, timesteps, min_snr_gamma, model.prediction_type)
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def train(config: TrainConfig, model: Model | None = None, progress: bool = True) -> TrainResult:
+    """Learn `config.token` from the pictures in `config.images`; write everything into `config.out`.
+
+    >>> from textinv.config import TrainConfig
+    >>> result = train(TrainConfig(images="photos/dog", token="<my-dog>", init="dog", out="runs/dog"))  # doctest: +SKIP
+    >>> result.files  # doctest: +SKIP
+    [PosixPath('runs/dog/learned_embeds.safetensors')]
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
+
+    # 1. settings and output folder ---------------------------------------------------------------------------
+    config = prepare_output(config.validate(), is_main)
+    out = Path(config.out)
+    images = find_images(config.images)  # fail on bad data before the (slow) model load
+    templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
+
+    # 2. model and token ------------------------------------------------------------------------------------------
+    device = state.device
+    dtype = resolve_precision(config.precision, device)
+    if model is None:
+        model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
+                           single_file_config=config.single_file_config)
+    tokenizer, text_encoder = model.tokenizer, model.text_encoder
+    names = token_names(config.token, config.vectors)
+    table = base_embedding(text_encoder).weight
+    start = init_vectors(table, encode_init(tokenizer, config.init_text), config.vectors)
+    ext = add_tokens(tokenizer, text_encoder, names, start)
+    rows = slice(ext.vectors.shape[0] - config.vectors, ext.vectors.shape[0])  # this token's rows in the extension
+    if config.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        model.unet.train()  # diffusers checkpoints only in training mode; the frozen UNet has no dropout
+
+    # 3. data -----------------------------------------------------------------------------------------------------
+    resolution = config.resolution or model.resolution
+    pictures = load_training_images(images, resolution, config.center_crop)
+    pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
+    mean, std = encode_latents(model.vae, torch.cat([pixels, pixels.flip(-1)]))  # (2I, 4, h, w): then mirrored
+    placeholder = expand_prompt(config.token, config.token, config.vectors)
+    bank = CaptionBank(tokenizer, CaptionSampler(pictures, templates, placeholder), device)
+    scheduler = model.noise_scheduler()
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    scaling = model.vae.config.scaling_factor
+    sampler = BatchSampler(len(pictures), config.repeats, config.use_flip, config.seed)
+
+    # optimizer over the new vectors only
+    lr = config.lr * (config.batch * config.grad_accum * world if config.scale_lr else 1)
+    optimizer = torch.optim.AdamW([ext.vectors], lr=lr, weight_decay=config.weight_decay)
+    from diffusers.optimization import get_scheduler
+
+    lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                                num_training_steps=config.steps)
+
+    step, history = 0, []
+    if config.resume:
+        step, history = _load_checkpoint(out, ext, optimizer, lr_schedule, sampler)
+    elif is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / CONFIG_FILE)
+
+    meta = {"token": config.token, "vectors": str(config.vectors), "base_model": str(config.model),
+            "family": model.family, "property": config.property, "init": config.init_text,
+            "textinv_version": __version__}
+    embedding_path = out / default_filename(config.format, config.token)
+
+    def current_embedding(at_step: int, vectors: torch.Tensor | None = None) -> LearnedEmbedding:
+        v = (vectors if vectors is not None else ext.vectors[rows]).detach().float().cpu().clone()
+        return LearnedEmbedding(config.token, {"text_encoder": v}, {**meta, "steps": str(at_step)})
+
+    def save_all(at_step: int) -> list[Path]:
+        """The embedding at the top of --out, and a checkpoint to resume from (main process only)."""
+        if not is_main:
+            return []
+        emb = current_embedding(at_step)
+        files = save_embedding(emb, embedding_path, config.format)
+        _save_checkpoint(out, at_step, ext, optimizer, lr_schedule, sampler, history, config)
+        _write_loss_log(out / LOSS_LOG, history)
+        return files
+
+    sample_prompts = config.sample_prompts or [t for t in templates if "[filewords]" not in t][:4]
+
+    def draw_samples(at_step: int) -> None:
+        if is_main and config.sample_every:
+            grid = sample_grid(model, [expand_prompt(p.replace("{}", config.token), config.token, config.vectors)
+                                       for p in sample_prompts], config.seed, config.sample_steps, resolution)
+            with atomic_path(out / SAMPLES_DIR / f"step-{at_step:06d}.png") as tmp:
+                grid.save(tmp, format="PNG")
+
+    # 4. the loop -------------------------------------------------------------------------------------------------
+    latent_shape = tuple(mean.shape[1:])
+    num_t = scheduler.config.num_train_timesteps
+    last_good = ext.vectors.detach().clone()
+    interval_loss = torch.zeros((), device=device)
+    interval_steps = 0
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
+    started = time.time()
+    if step == 0 and not config.resume:
+        draw_samples(0)
+    try:
+        while step < config.steps:
+            for _ in range(config.grad_accum):
+                drawn = sampler.draw(config.batch * world, latent_shape, num_t)
+                mine = {k: v[rank * config.batch:(rank + 1) * config.batch].to(device) for k, v in drawn.items()}
+                which = mine["image"] + mine["flip"].long() * len(pictures)  # mirrored pictures sit after the originals
+                latents = (mean[which] + std[which] * mine["eps_latent"]) * scaling
+                ids = bank.pick(mine["image"], mine["caption"])
+                loss = diffusion_loss(model, scheduler, latents, mine["noise"], mine["timestep"], ids,
+                                      config.min_snr_gamma).mean()
+                (loss / config.grad_accum).backward()
+                interval_loss += loss.detach() / config.grad_accum
+            if world > 1:
+                torch.distributed.all_reduce(ext.vectors.grad)
+                ext.vectors.grad /= world
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_([ext.vectors], config.max_grad_norm)
+            optimizer.step()
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            interval_steps += 1
+            bar.update(1)
+
+            if step % config.log_every == 0 or step == config.steps:
+                mean_loss = (interval_loss / interval_steps).item()  # the only host sync, once per interval
+                if not math.isfinite(mean_loss) or not torch.isfinite(ext.vectors).all():
+                    _stop_non_finite(out, step, last_good[rows], current_embedding, embedding_path, config, is_main)
+                last_good = ext.vectors.detach().clone()
+                history.append((step, mean_loss))
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_schedule.get_last_lr()[0]:.2e}")
+                interval_loss.zero_()
+                interval_steps = 0
+                if is_main and step % (config.log_every * 10) == 0:
+                    _write_loss_log(out / LOSS_LOG, history)
+            if config.save_every and step % config.save_every == 0 and step < config.steps:
+                save_all(step)
+            if config.sample_every and step % config.sample_every == 0:
+                draw_samples(step)
+    except KeyboardInterrupt:
+        bar.close()
+        optimizer.zero_grad(set_to_none=True)
+        save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
+        raise TrainingInterrupted(step, embedding_path) from None
+    bar.close()
+
+    # 5. results --------------------------------------------------------------------------------------------------
+    files = save_all(step)
+    if config.sample_every and step % config.sample_every:
+        draw_samples(step)
+    if is_main and progress:
+        took = time.time() - started
+        print(f"learned {config.token} in {step} steps ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
+    return TrainResult(embedding=current_embedding(step), files=files, steps=step, losses=history)
+
+
+def _stop_non_finite(out, step, good_rows, current_embedding, path, config, is_main) -> None:
+    if is_main:
+        save_embedding(current_embedding(step, good_rows), path, config.format)
+    raise TrainingError(
+        f"the loss became non-finite (NaN/inf) by step {step}; the last good vectors were saved to {path}. "
+        f"Lower --lr (now {config.lr}), set --max-grad-norm 1.0, or use --precision fp32/bf16 instead of fp16."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints, loss log, sample grids
+
+
+def _checkpoint_path(out: Path, step: int) -> Path:
+    return out / CHECKPOINT_DIR / f"step-{step:06d}.pt"
+
+
+def _save_checkpoint(out, step, ext, optimizer, lr_schedule, sampler, history, config) -> None:
+    """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step."""
+    state = {
+        "step": step,
+        "vectors": ext.vectors.detach().cpu().clone(),
+        "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
+        "sampler": sampler.state_dict(),
+        "history": [list(h) for h in history],
+        "textinv_version": __version__,
+    }
+    path = _checkpoint_path(out, step)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    kept = sorted((out / CHECKPOINT_DIR).glob("step-*.pt"))
+    for old in kept[: max(0, len(kept) - max(config.keep_checkpoints, 1))]:
+        old.unlink(missing_ok=True)
+
+
+def _load_checkpoint(out, ext, optimizer, lr_schedule, sampler) -> tuple[int, list[tuple[int, float]]]:
+    found = sorted((out / CHECKPOINT_DIR).glob("step-*.pt"))
+    if not found:
+        raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint; start a new run with --overwrite")
+    state = torch.load(found[-1], map_location="cpu", weights_only=True)
+    if state["vectors"].shape != ext.vectors.shape:
+        raise ConfigError(f"checkpoint {found[-1]} holds vectors of shape {tuple(state['vectors'].shape)}, this run "
+                          f"needs {tuple(ext.vectors.shape)}; it belongs to another run")
+    with torch.no_grad():
+        ext.vectors.copy_(state["vectors"])
+    optimizer.load_state_dict(state["optimizer"])
+    lr_schedule.load_state_dict(state["lr_schedule"])
+    sampler.load_state_dict(state["sampler"])
+    return int(state["step"]), [(int(s), float(v)) for s, v in state["history"]]
+
+
+def _write_loss_log(path: Path, history: list[tuple[int, float]]) -> None:
+    lines = ["step,loss"] + [f"{s},{v:.6f}" for s, v in history]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def read_loss_log(path: str | Path) -> list[tuple[int, float]]:
+    """The (step, loss) rows of a run's loss.csv."""
+    with open(path, newline="") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+@torch.no_grad()
+def sample_grid(model: Model, prompts: list[str], seed: int, steps: int, resolution: int):
+    """One image per prompt at fixed seeds, side by side: the same grid at every step shows the progress."""
+    from .generate import make_grid, render
+
+    images = render(model, prompts, seeds=[seed + i for i in range(len(prompts))], steps=steps,
+                    resolution=resolution)
+    return make_grid(images, cols=len(images))

@@ -1,0 +1,64 @@
+"""A compact CLIP-style byte-level BPE vocabulary built from a word list.
+
+CLIP's tokenizer is byte-level BPE: every byte has a symbol, every symbol also exists with the end-of-word marker
+`</w>`, and ranked merges join symbols into words. Real Stable Diffusion ships 49,408 tokens; our embedded "shapes"
+model and the tests need only a few hundred, so we build a vocabulary of the same kind from the words we know. Any
+text still tokenizes (unknown words fall back to smaller pieces, down to single bytes), exactly as with real CLIP.
+"""
+
+from __future__ import annotations
+
+from transformers import CLIPTokenizer
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins for bytes used by GPT-2/CLIP byte-level BPE (a published, fixed table)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    symbols = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
+def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP-style (vocab, merges) pair in which each of `words` (lower case ASCII) becomes one token.
+
+    Merges join a word's characters left to right; they are ranked in the order the words come, so a word given
+    earlier wins a conflict. Returns the dict and the merge list that `CLIPTokenizer(vocab=..., merges=...)` takes.
+
+    >>> vocab, merges = build_vocab(["dog", "cat"])
+    >>> "dog</w>" in vocab and ("d", "o") in merges
+    True
+    """
+    symbols = _byte_symbols()
+    tokens = symbols + [s + "</w>" for s in symbols]
+    merges: list[tuple[str, str]] = []
+    seen = set(tokens)
+    for word in dict.fromkeys(w.strip().lower() for w in words if w.strip()):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        left = parts[0]
+        for right in parts[1:]:
+            merged = left + right
+            if merged not in seen:
+                merges.append((left, right))
+                tokens.append(merged)
+                seen.add(merged)
+            left = merged
+    tokens += [BOS, EOS]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def build_tokenizer(words: list[str], model_max_length: int = 77) -> CLIPTokenizer:
+    """A `CLIPTokenizer` whose vocabulary holds `words` as single tokens (plus every byte, as in CLIP).
+
+    >>> tok = build_tokenizer(["a", "photo", "of", "dog"])
+    >>> len(tok("a photo of a dog").input_ids)   # BOS + 5 words + EOS
+    7
+    """
+    vocab, merges = build_vocab(words)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
