@@ -1,0 +1,495 @@
+"""Embedding files: every writer round-trips exactly, every foreign layout of FORMATS.md loads, bad files are refused
+with a FormatError, and a file we write loads through diffusers' own textual-inversion loader."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+from safetensors.torch import load_file, save_file
+
+from textinv.errors import FormatError
+from textinv.formats import (
+    FORMATS,
+    LearnedEmbedding,
+    convert,
+    default_filename,
+    describe,
+    detect_format,
+    load_embedding,
+    load_embedding_pair,
+    save_embedding,
+    second_file,
+)
+
+WIDTHS = {"sd1": (768,), "sd2": (1024,), "sdxl": (768, 1280)}
+SINGLE = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya")
+PAIR = ("sdxl", "diffusers-sdxl")
+META = {"base_model": "tiny/model", "steps": "500", "vectors": "3", "textinv_version": "0.1.0"}
+
+
+def make_emb(family="sd1", n=3, token="<my-dog>", metadata=None, seed=0) -> LearnedEmbedding:
+    g = torch.Generator().manual_seed(seed)
+    vectors = {name: torch.randn(n, w, generator=g) * 0.02
+               for name, w in zip(("text_encoder", "text_encoder_2"), WIDTHS[family])}
+    return LearnedEmbedding(token, vectors, dict(META if metadata is None else metadata))
+
+
+def assert_same_vectors(a: LearnedEmbedding, b: LearnedEmbedding):
+    assert list(a.vectors) == list(b.vectors)
+    for name in a.vectors:
+        assert b.vectors[name].dtype == torch.float32 and b.vectors[name].is_contiguous()
+        assert torch.equal(a.vectors[name], b.vectors[name]), name
+
+
+def safetensors_header(path) -> dict:
+    """Parse the header by hand (8-byte little-endian length, then JSON), independently of our reader."""
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# LearnedEmbedding
+
+
+def test_learned_embedding_properties_and_copies():
+    t = torch.randn(2, 768, dtype=torch.float16)
+    emb = LearnedEmbedding("<x>", {"text_encoder": t}, {"steps": 10})
+    assert (emb.num_vectors, emb.widths, emb.family) == (2, (768,), "sd1")
+    assert emb.vectors["text_encoder"].dtype == torch.float32
+    assert emb.metadata == {"steps": "10"}
+    sdxl = LearnedEmbedding("<x>", {"text_encoder_2": torch.zeros(1, 1280), "text_encoder": torch.zeros(1, 768)})
+    assert sdxl.widths == (768, 1280) and sdxl.family == "sdxl"  # TEXT_ENCODERS order, whatever the dict order
+    t32 = torch.zeros(1, 768)
+    LearnedEmbedding("<x>", {"text_encoder": t32}).vectors["text_encoder"].add_(1)
+    assert t32.sum() == 0  # the embedding holds its own copy
+
+
+@pytest.mark.parametrize("token, vectors, match", [
+    ("", {"text_encoder": torch.zeros(1, 8)}, "token"),
+    ("<x>", {"text_encoder": torch.zeros(8)}, "shape"),
+    ("<x>", {"text_encoder": torch.zeros(0, 8)}, "shape"),
+    ("<x>", {"text_encoder": torch.zeros(1, 8, dtype=torch.long)}, "dtype"),
+    ("<x>", {"text_encoder": torch.full((1, 8), float("nan"))}, "NaN"),
+    ("<x>", {"text_encoder": torch.zeros(2, 8), "text_encoder_2": torch.zeros(3, 8)}, "disagree"),
+    ("<x>", {"text_encoder_3": torch.zeros(1, 8), "text_encoder": torch.zeros(1, 8)}, "text_encoder_3"),
+    ("<x>", {"text_encoder_2": torch.zeros(1, 8)}, "no 'text_encoder'"),
+])
+def test_learned_embedding_validation(token, vectors, match):
+    with pytest.raises(FormatError, match=match):
+        LearnedEmbedding(token, vectors)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writers round-trip exactly
+
+
+ROUND_TRIPS = [(f, fam, n) for f in SINGLE for fam in ("sd1", "sd2") for n in (1, 3)]
+ROUND_TRIPS += [(f, "sdxl", n) for f in PAIR for n in (1, 3)]
+
+
+@pytest.mark.parametrize("fmt, family, n", ROUND_TRIPS)
+def test_round_trip(tmp_path, fmt, family, n):
+    emb = make_emb(family, n)
+    written = save_embedding(emb, tmp_path, format=fmt)  # a folder: the default file name is used
+    assert written[0] == tmp_path / default_filename(fmt, emb.token)
+    assert all(p.is_file() for p in written)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no leftovers
+    if fmt == "diffusers-sdxl":
+        assert [p.name for p in written] == ["learned_embeds.safetensors", "learned_embeds_2.safetensors"]
+
+    back = load_embedding(written[0])
+    assert back.token == emb.token
+    assert back.family == family and back.num_vectors == n
+    assert_same_vectors(emb, back)
+    if fmt == "diffusers-bin":
+        assert back.metadata == {}  # exactly one key is all diffusers accepts: no room for metadata
+    else:
+        assert back.metadata == {**emb.metadata, "token": emb.token}
+    expected = {"diffusers-sdxl": "diffusers"}.get(fmt, fmt)
+    assert detect_format(written[0]) == expected
+
+
+def test_written_files_follow_the_documented_layouts(tmp_path):
+    """Check the bytes against FORMATS.md with plain readers, not ours, so a format change is caught."""
+    sd1, sdxl = make_emb("sd1", 3), make_emb("sdxl", 2)
+    (p,) = save_embedding(sd1, tmp_path / "learned_embeds.safetensors")
+    header = safetensors_header(p)
+    assert header["__metadata__"]["format"] == "pt" and header["__metadata__"]["base_model"] == "tiny/model"
+    assert header["<my-dog>"]["dtype"] == "F32" and header["<my-dog>"]["shape"] == [3, 768]
+    assert set(header) == {"__metadata__", "<my-dog>"}
+
+    (p,) = save_embedding(sd1, tmp_path / "learned_embeds.bin", format="diffusers-bin")
+    raw = torch.load(p, weights_only=True)
+    assert list(raw) == ["<my-dog>"] and torch.equal(raw["<my-dog>"], sd1.vectors["text_encoder"])
+
+    (p,) = save_embedding(sd1, tmp_path / "my-dog.pt", format="a1111")
+    raw = torch.load(p, weights_only=True)
+    assert raw["string_to_token"] == {"*": 265} and raw["name"] == "<my-dog>" and raw["step"] == 500
+    assert torch.equal(raw["string_to_param"]["*"], sd1.vectors["text_encoder"])
+    assert raw["sd_checkpoint_name"] == "tiny/model" and raw["sd_checkpoint"] is None
+
+    (p,) = save_embedding(sd1, tmp_path / "my-dog.png", format="a1111-png")
+    with Image.open(p) as image:
+        data = json.loads(base64.b64decode(image.text["sd-ti-embedding"]))
+    assert data["name"] == "<my-dog>" and data["string_to_token"] == {"*": 265}
+    assert torch.equal(torch.tensor(data["string_to_param"]["*"]["TORCHTENSOR"]), sd1.vectors["text_encoder"])
+
+    (p,) = save_embedding(sd1, tmp_path / "my-dog.safetensors", format="kohya")
+    assert list(load_file(p)) == ["emb_params"]
+
+    (p,) = save_embedding(sdxl, tmp_path / "my-dog.safetensors", format="sdxl")
+    header = safetensors_header(p)
+    assert header["clip_l"]["shape"] == [2, 768] and header["clip_g"]["shape"] == [2, 1280]
+    assert header["__metadata__"]["token"] == "<my-dog>"
+
+    p1, p2 = save_embedding(sdxl, tmp_path / "learned_embeds.safetensors", format="diffusers-sdxl")
+    assert load_file(p1)["<my-dog>"].shape == (2, 768) and load_file(p2)["<my-dog>"].shape == (2, 1280)
+
+
+def test_png_keeps_the_preview_image(tmp_path):
+    preview = Image.new("RGB", (40, 30), (200, 10, 10))
+    (p,) = save_embedding(make_emb(), tmp_path / "dog.png", format="a1111-png", preview=preview)
+    with Image.open(p) as image:
+        assert image.size == (40, 30) and image.convert("RGB").getpixel((0, 0)) == (200, 10, 10)
+
+
+def test_default_filename():
+    assert default_filename("diffusers", "<my-dog>") == "learned_embeds.safetensors"
+    assert default_filename("diffusers-bin", "<my-dog>") == "learned_embeds.bin"
+    assert default_filename("diffusers-sdxl", "<my-dog>") == "learned_embeds.safetensors"
+    assert default_filename("a1111", "<my-dog>") == "my-dog.pt"
+    assert default_filename("a1111-png", "<my-dog>") == "my-dog.png"
+    assert default_filename("kohya", "<my-dog>") == "my-dog.safetensors"
+    assert default_filename("sdxl", "<a/b c>") == "a_b_c.safetensors"
+    assert second_file("x/learned_embeds.safetensors").name == "learned_embeds_2.safetensors"
+    assert second_file("x/learned_embeds-steps-500.safetensors").name == "learned_embeds_2-steps-500.safetensors"
+    assert second_file("x/dog.safetensors").name == "dog_2.safetensors"
+    with pytest.raises(FormatError, match="unknown embedding format"):
+        default_filename("ckpt", "<x>")
+
+
+@pytest.mark.parametrize("fmt", SINGLE)
+def test_sdxl_pair_is_refused_by_single_encoder_formats(tmp_path, fmt):
+    with pytest.raises(FormatError, match="'sdxl'.*'diffusers-sdxl'"):
+        save_embedding(make_emb("sdxl"), tmp_path, format=fmt)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", PAIR)
+def test_single_encoder_embedding_is_refused_by_sdxl_formats(tmp_path, fmt):
+    with pytest.raises(FormatError, match="Stable Diffusion 1.x"):
+        save_embedding(make_emb("sd1"), tmp_path, format=fmt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_refuses_wrong_extension_and_unknown_format(tmp_path):
+    with pytest.raises(FormatError, match=r"\.pt or \.bin"):
+        save_embedding(make_emb(), tmp_path / "dog.safetensors", format="a1111")
+    with pytest.raises(FormatError, match="choose one of"):
+        save_embedding(make_emb(), tmp_path / "dog.safetensors", format="ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Foreign layouts, built here from FORMATS.md
+
+
+def test_a1111_pt(tmp_path):
+    t = torch.randn(4, 768)
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": t.clone().requires_grad_()},
+                "name": "charturner", "step": 1200, "sd_checkpoint": "a1b2c3", "sd_checkpoint_name": "v1-5"},
+               tmp_path / "charturner-v2.pt")
+    emb = load_embedding(tmp_path / "charturner-v2.pt")
+    assert emb.token == "charturner" and torch.equal(emb.vectors["text_encoder"], t)
+    assert emb.metadata == {"steps": "1200", "sd_checkpoint": "a1b2c3", "sd_checkpoint_name": "v1-5"}
+    assert detect_format(tmp_path / "charturner-v2.pt") == "a1111"
+
+
+def test_old_a1111_pt_without_name_is_named_after_its_file(tmp_path):
+    t = torch.randn(2, 1024)
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": t}}, tmp_path / "old-style.pt")
+    emb = load_embedding(tmp_path / "old-style.pt")
+    assert emb.token == "old-style" and emb.family == "sd2" and emb.metadata == {}
+    assert load_embedding(tmp_path / "old-style.pt", token="<new>").token == "<new>"  # an explicit token wins
+
+
+def test_paper_code_parameter_dict(tmp_path):
+    """rinongal/textual_inversion saves string_to_param as an nn.ParameterDict, which weights_only refuses."""
+    t = torch.randn(1, 768)
+    torch.save({"string_to_token": {"*": torch.tensor(265)},
+                "string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(t.clone())})},
+               tmp_path / "embeddings_gs-6099.pt")
+    emb = load_embedding(tmp_path / "embeddings_gs-6099.pt")
+    assert emb.token == "embeddings_gs-6099" and torch.equal(emb.vectors["text_encoder"], t)
+    assert detect_format(tmp_path / "embeddings_gs-6099.pt") == "a1111"
+
+
+def test_a1111_png_chunk(tmp_path):
+    t = torch.randn(2, 768)
+    data = {"string_to_token": {"*": 265}, "string_to_param": {"*": {"TORCHTENSOR": t.tolist()}},
+            "name": "pngdog", "step": 300, "sd_checkpoint": None, "sd_checkpoint_name": None}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("sd-ti-embedding", base64.b64encode(json.dumps(data).encode()).decode())
+    Image.new("RGB", (16, 16)).save(tmp_path / "whatever.png", pnginfo=info)
+    emb = load_embedding(tmp_path / "whatever.png")
+    assert emb.token == "pngdog" and emb.metadata == {"steps": "300"}
+    assert torch.equal(emb.vectors["text_encoder"], t)
+    assert detect_format(tmp_path / "whatever.png") == "a1111-png"
+
+
+def test_kohya(tmp_path):
+    t = torch.randn(3, 768, dtype=torch.float16)
+    save_file({"emb_params": t}, tmp_path / "kdog.safetensors",
+              metadata={"modelspec.architecture": "stable-diffusion-v1/textual-inversion"})
+    emb = load_embedding(tmp_path / "kdog.safetensors")
+    assert emb.token == "kdog" and torch.equal(emb.vectors["text_encoder"], t.float())
+    assert emb.metadata == {"modelspec.architecture": "stable-diffusion-v1/textual-inversion"}
+    assert detect_format(tmp_path / "kdog.safetensors") == "kohya"
+
+
+def test_onetrainer_ignores_emp_params_out(tmp_path):
+    t = torch.randn(2, 768)
+    save_file({"emp_params": t, "emp_params_out": torch.randn(2, 768)}, tmp_path / "otdog.safetensors")
+    emb = load_embedding(tmp_path / "otdog.safetensors")
+    assert emb.token == "otdog" and torch.equal(emb.vectors["text_encoder"], t)
+    assert detect_format(tmp_path / "otdog.safetensors") == "onetrainer"
+
+
+def test_sdxl_clip_l_clip_g(tmp_path):
+    l, g = torch.randn(2, 768), torch.randn(2, 1280)
+    save_file({"clip_g": g, "clip_l": l}, tmp_path / "xl-dog.safetensors")
+    emb = load_embedding(tmp_path / "xl-dog.safetensors")
+    assert emb.token == "xl-dog" and emb.family == "sdxl"
+    assert torch.equal(emb.vectors["text_encoder"], l) and torch.equal(emb.vectors["text_encoder_2"], g)
+    assert detect_format(tmp_path / "xl-dog.safetensors") == "sdxl"
+
+
+def test_diffusers_bin_with_one_dimensional_tensor(tmp_path):
+    t = torch.randn(768)
+    torch.save({"<cat-toy>": t}, tmp_path / "learned_embeds.bin")
+    emb = load_embedding(tmp_path)  # a diffusers output folder
+    assert emb.token == "<cat-toy>" and emb.num_vectors == 1
+    assert torch.equal(emb.vectors["text_encoder"], t[None])
+    assert detect_format(tmp_path / "learned_embeds.bin") == "diffusers-bin"
+
+
+def test_diffusers_sdxl_example_pair(tmp_path):
+    l, g = torch.randn(3, 768), torch.randn(3, 1280)
+    first = tmp_path / "learned_embeds-steps-500.safetensors"
+    second = tmp_path / "learned_embeds_2-steps-500.safetensors"
+    save_file({"<cat>": l}, first, metadata={"format": "pt"})
+    save_file({"<cat>": g}, second, metadata={"format": "pt"})
+    emb = load_embedding(first)
+    assert emb.token == "<cat>" and emb.family == "sdxl" and emb.metadata == {}
+    assert torch.equal(emb.vectors["text_encoder"], l) and torch.equal(emb.vectors["text_encoder_2"], g)
+    assert load_embedding(first, pair=False).family == "sd1"
+    assert load_embedding(second).widths == (1280,)  # the second file alone is just a diffusers file
+    assert torch.equal(load_embedding_pair(first, second).vectors["text_encoder_2"], g)
+
+    save_file({"<cat>": g[:1]}, second)  # a partner from another run: refuse rather than guess
+    with pytest.raises(FormatError, match="hold 3 and 1 vectors"):
+        load_embedding(first)
+    save_file({"<other>": g[:1]}, second)  # a different token: not a partner, the first file loads alone
+    assert load_embedding(first).family == "sd1"
+
+
+def test_two_versions_of_one_embedding_are_not_paired(tmp_path):
+    save_file({"<dog>": torch.randn(2, 768)}, tmp_path / "dog.safetensors")
+    save_file({"<dog>": torch.randn(2, 768)}, tmp_path / "dog_2.safetensors")  # same token and width: a re-run
+    assert load_embedding(tmp_path / "dog.safetensors").widths == (768,)
+
+
+def test_legacy_torch_pickle(tmp_path):
+    """torch.save before the zip format (A1111 files from 2022 and older scripts) starts with a raw pickle."""
+    t = torch.randn(2, 768)
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": t}, "name": "legacy"},
+               tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert (tmp_path / "legacy.pt").read_bytes()[:1] == b"\x80"
+    emb = load_embedding(tmp_path / "legacy.pt")
+    assert emb.token == "legacy" and torch.equal(emb.vectors["text_encoder"], t)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad files
+
+
+def test_unknown_layout_names_the_keys(tmp_path):
+    save_file({"alpha": torch.zeros(1, 8), "beta": torch.zeros(1, 8)}, tmp_path / "two.safetensors")
+    with pytest.raises(FormatError, match="'alpha', 'beta'") as info:
+        load_embedding(tmp_path / "two.safetensors")
+    assert "two.safetensors" in str(info.value)
+
+
+class _Evil:
+    """A pickle payload that would run a shell command if unpickled with plain pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_with_code_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "PWNED"
+    torch.save({"<x>": _Evil(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(FormatError, match="refusing to unpickle evil.pt: it is not a plain tensor file") as info:
+        load_embedding(tmp_path / "evil.pt")
+    assert "system" in str(info.value)
+    assert not marker.exists()
+
+
+def test_parameter_dict_fallback_still_refuses_code(tmp_path):
+    marker = tmp_path / "PWNED"
+    torch.save({"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.zeros(1, 8))}),
+                "extra": _Evil(marker)}, tmp_path / "mixed.pt")
+    with pytest.raises(FormatError, match="refusing to unpickle"):
+        load_embedding(tmp_path / "mixed.pt")
+    assert not marker.exists()
+
+
+def test_truncated_and_empty_files(tmp_path):
+    save_file({"<x>": torch.randn(3, 768)}, tmp_path / "full.safetensors")
+    raw = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(raw[:-100])
+    with pytest.raises(FormatError, match="cut.safetensors.*truncated or damaged"):
+        load_embedding(tmp_path / "cut.safetensors")
+    (tmp_path / "header.safetensors").write_bytes(raw[:20])
+    with pytest.raises(FormatError, match="truncated safetensors"):
+        load_embedding(tmp_path / "header.safetensors")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(FormatError, match="empty"):
+        load_embedding(tmp_path / "empty.safetensors")
+    torch.save({"<x>": torch.randn(3, 768)}, tmp_path / "full.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "full.pt").read_bytes()[:200])
+    with pytest.raises(FormatError, match="cut.pt"):
+        load_embedding(tmp_path / "cut.pt")
+    (tmp_path / "notes.txt").write_text("hello, not an embedding")
+    with pytest.raises(FormatError, match="not an embedding file"):
+        load_embedding(tmp_path / "notes.txt")
+
+
+def test_png_without_chunk(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    with pytest.raises(FormatError, match="photo.png.*no 'sd-ti-embedding'"):
+        load_embedding(tmp_path / "photo.png")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FormatError, match="nope.pt: no such file"):
+        load_embedding(tmp_path / "nope.pt")
+    with pytest.raises(FormatError, match="folder without"):
+        load_embedding(tmp_path)
+
+
+@pytest.mark.parametrize("content, match", [
+    ({"<x>": torch.zeros(2, 3, 4)}, r"shape \[2, 3, 4\]"),
+    ({"<x>": torch.zeros(0, 768)}, r"shape \[0, 768\]"),
+    ({"string_to_param": {"*": torch.zeros(1, 8), "@": torch.zeros(1, 8)}}, "holds 2 embeddings"),
+    ([torch.zeros(1, 8)], "holds a list"),
+    ({"hash": "abc", "optimizer_state_dict": {}}, r"\.pt\.optim"),
+])
+def test_bad_pickled_contents(tmp_path, content, match):
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(FormatError, match=match):
+        load_embedding(tmp_path / "bad.pt")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# convert and describe
+
+
+def test_convert_chain_is_exact(tmp_path):
+    emb = make_emb("sd1", 3)
+    save_embedding(emb, tmp_path / "learned_embeds.safetensors")
+    assert convert(tmp_path / "learned_embeds.safetensors", tmp_path / "a.pt") == [tmp_path / "a.pt"]
+    convert(tmp_path / "a.pt", tmp_path / "b.png")
+    convert(tmp_path / "b.png", tmp_path / "c.safetensors", to="kohya")
+    convert(tmp_path / "c.safetensors", tmp_path / "d.bin")
+    back = load_embedding(tmp_path / "c.safetensors")
+    assert back.token == emb.token and back.metadata == {**emb.metadata, "token": emb.token}
+    assert_same_vectors(emb, back)
+    assert_same_vectors(emb, load_embedding(tmp_path / "d.bin"))
+    assert [detect_format(tmp_path / n) for n in ("a.pt", "b.png", "c.safetensors", "d.bin")] == \
+        ["a1111", "a1111-png", "kohya", "diffusers-bin"]
+
+    convert(tmp_path / "a.pt", tmp_path / "renamed.safetensors", token="<cat>")
+    renamed = load_embedding(tmp_path / "renamed.safetensors")
+    assert renamed.token == "<cat>" and renamed.metadata["token"] == "<cat>"
+
+
+def test_convert_sdxl(tmp_path):
+    emb = make_emb("sdxl", 2)
+    save_embedding(emb, tmp_path / "xl.safetensors", format="sdxl")
+    convert(tmp_path / "xl.safetensors", tmp_path / "out.safetensors")  # .safetensors + a pair -> sdxl
+    assert detect_format(tmp_path / "out.safetensors") == "sdxl"
+    written = convert(tmp_path / "out.safetensors", tmp_path / "d" / "learned_embeds.safetensors", to="diffusers-sdxl")
+    assert_same_vectors(emb, load_embedding(written[0]))
+    with pytest.raises(FormatError, match="'sdxl'"):
+        convert(tmp_path / "xl.safetensors", tmp_path / "xl.pt")
+    with pytest.raises(FormatError, match="extension '.ckpt'"):
+        convert(tmp_path / "xl.safetensors", tmp_path / "xl.ckpt")
+
+
+def test_describe():
+    emb = LearnedEmbedding("<x>", {"text_encoder": torch.tensor([[3.0, 4.0], [0.0, 1.0]])}, {"steps": "5"})
+    info = describe(emb, vocab_norms=torch.tensor([1.0, 3.0]))
+    assert info["token"] == "<x>" and info["num_vectors"] == 2 and info["widths"] == [2]
+    assert info["family"] == "2 (no known Stable Diffusion family)" and info["metadata"] == {"steps": "5"}
+    enc = info["encoders"]["text_encoder"]
+    assert enc["norms"] == [5.0, 1.0] and enc["mean_norm"] == 3.0
+    assert enc["vocab_norm_mean"] == 2.0 and enc["vocab_norm_std"] == 1.0
+    xl = describe(make_emb("sdxl", 1), vocab_norms={"text_encoder_2": torch.ones(4)})
+    assert xl["family"] == "768 + 1280 (Stable Diffusion XL)"
+    assert "vocab_norm_mean" not in xl["encoders"]["text_encoder"]
+    assert xl["encoders"]["text_encoder_2"]["vocab_norm_std"] == 0.0
+    json.dumps(xl)  # plain data, ready for the CLI to print
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# diffusers' own loader reads what we write
+
+
+def _tiny_clip(tmp_path):
+    """A CLIP tokenizer (a character-level BPE vocabulary written here: no hub) and a tiny CLIPTextModel."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789<>-_"
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab.update({"do": len(vocab), "dog</w>": len(vocab) + 1})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nd o\ndo g</w>\n")
+    tokenizer = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                            vocab_size=len(vocab), max_position_embeddings=77, pad_token_id=1,
+                            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"])
+    return tokenizer, CLIPTextModel(config)
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "diffusers-bin", "a1111"])
+def test_diffusers_loader_reads_our_files(tmp_path, fmt):
+    from diffusers.loaders.textual_inversion import TextualInversionLoaderMixin
+
+    class Pipe(TextualInversionLoaderMixin):
+        hf_device_map = None  # the mixin checks these two pipeline attributes for offloading hooks
+        components = {}
+
+    tokenizer, text_encoder = _tiny_clip(tmp_path)
+    assert tokenizer.tokenize("a dog") == ["a</w>", "dog</w>"]
+    emb = LearnedEmbedding("<my-dog>", {"text_encoder": torch.randn(3, 32)})
+    (tmp_path / "out").mkdir()
+    (path,) = save_embedding(emb, tmp_path / "out", format=fmt)
+    Pipe().load_textual_inversion(str(path), tokenizer=tokenizer, text_encoder=text_encoder)
+    ids = tokenizer.convert_tokens_to_ids(["<my-dog>", "<my-dog>_1", "<my-dog>_2"])
+    rows = text_encoder.get_input_embeddings().weight[ids].detach()
+    assert torch.equal(rows, emb.vectors["text_encoder"])
+    assert Pipe().maybe_convert_prompt("a <my-dog>", tokenizer) == "a <my-dog> <my-dog>_1 <my-dog>_2"

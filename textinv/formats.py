@@ -1,0 +1,623 @@
+"""Embedding files: read every layout the ecosystem writes, write the ones other tools read.
+
+A learned embedding is a token plus, for each text encoder of the pipeline, a `(num_vectors, width)` float32 tensor.
+The files that carry it (see /work/shared/FORMATS.md for the full table):
+
+    diffusers        learned_embeds.safetensors   {token: [n, d]}, metadata {"format": "pt", ...}
+    diffusers-bin    learned_embeds.bin           torch.save({token: [n, d]}); a 1-D [d] means n = 1
+    a1111            <name>.pt                    {"string_to_token": {"*": 265}, "string_to_param": {"*": [n, d]},
+                                                   "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
+    a1111-png        <name>.png                   text chunk "sd-ti-embedding" = base64(JSON of the a1111 dict)
+    kohya            <name>.safetensors           {"emb_params": [n, d]}
+    onetrainer       <name>.safetensors           {"emp_params": [n, d]} (+ "emp_params_out", ignored); read only
+    sdxl             <name>.safetensors           {"clip_l": [n, 768], "clip_g": [n, 1280]}
+    diffusers-sdxl   learned_embeds.safetensors + learned_embeds_2.safetensors, one {token: [n, d]} per encoder
+
+Decisions worth knowing:
+- Files are recognised by their bytes (safetensors header, torch zip/pickle, PNG/WebP signature), never by the
+  extension alone. Pickles are only ever opened with `torch.load(..., weights_only=True)`.
+- The paper's code stores `string_to_param` as an `nn.ParameterDict`, which `weights_only` refuses. We map that one
+  class name onto an inert stand-in that only keeps the pickled state, so those files load without running code.
+- Every writer that has room for metadata also records `token`, so a kohya or sdxl file (whose tensors are not named
+  after the token) gives the same token back. The safetensors container key `format` is not part of the metadata.
+- diffusers-sdxl: `load_embedding("learned_embeds.safetensors")` also reads `learned_embeds_2.safetensors` beside it
+  when that file is keyed by the same token and has another width (diffusers' SDXL example writes exactly this pair,
+  also as `learned_embeds-steps-N` / `learned_embeds_2-steps-N`; for other names the partner of `x.safetensors` is
+  `x_2.safetensors`, as our writer names it). A partner with another number of vectors is an error. Pass
+  `pair=False` to read one file alone, or name both files with `load_embedding_pair`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+import torch
+
+from .errors import ConfigError, FormatError
+from .families import TEXT_ENCODERS, describe_widths, family_for_widths
+from .io import atomic_path
+
+# Formats we write, and the ones `detect_format` can name (we read OneTrainer files but do not write them).
+FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "sdxl", "diffusers-sdxl")
+DETECTED_FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "onetrainer", "sdxl")
+
+PNG_CHUNK = "sd-ti-embedding"  # the text chunk A1111 reads an embedding from
+A1111_STAR_ID = 265  # CLIP's id for "*", the placeholder string A1111 files are keyed by
+
+_SINGLE_ENCODER_FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya")
+_TWO_ENCODER_FORMATS = ("sdxl", "diffusers-sdxl")
+_SUFFIXES = {  # what each format's file must be called for the tools that pick a loader by extension
+    "diffusers": (".safetensors",),
+    "diffusers-bin": (".bin", ".pt"),
+    "a1111": (".pt", ".bin"),
+    "a1111-png": (".png",),
+    "kohya": (".safetensors",),
+    "sdxl": (".safetensors",),
+    "diffusers-sdxl": (".safetensors",),
+}
+_SDXL_KEYS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}  # the standard SDXL file's names for our encoders
+_DIFFUSERS_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")  # what a diffusers output folder holds
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses larger headers too
+
+
+@dataclass
+class LearnedEmbedding:
+    """A placeholder token and its vectors, one `(num_vectors, width)` tensor per text encoder.
+
+    The tensors are stored as float32 CPU contiguous copies, so the caller can keep changing its own.
+
+    >>> emb = LearnedEmbedding("<my-dog>", {"text_encoder": torch.zeros(2, 768)})
+    >>> emb.num_vectors, emb.widths, emb.family
+    (2, (768,), 'sd1')
+    """
+
+    token: str
+    vectors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.token, str) or not self.token.strip():
+            raise FormatError(f"the token must be a non-empty string, got {self.token!r}")
+        if not isinstance(self.vectors, Mapping) or not self.vectors:
+            raise FormatError(f"vectors must map text-encoder names {TEXT_ENCODERS} to tensors, got {self.vectors!r}")
+        unknown = [name for name in self.vectors if name not in TEXT_ENCODERS]
+        if unknown:
+            raise FormatError(f"unknown text encoder(s) {unknown} in vectors: use the names {TEXT_ENCODERS}")
+        if "text_encoder" not in self.vectors:
+            raise FormatError("vectors has no 'text_encoder' entry: every pipeline has one, SDXL adds 'text_encoder_2'")
+        vectors = {}
+        for name in TEXT_ENCODERS:  # keep the pipeline's order whatever order the caller used
+            if name not in self.vectors:
+                continue
+            t = self.vectors[name]
+            if not isinstance(t, torch.Tensor):
+                raise FormatError(f"vectors[{name!r}] is a {type(t).__name__}, not a tensor")
+            if t.dim() != 2 or t.numel() == 0:
+                raise FormatError(f"vectors[{name!r}] has shape {list(t.shape)}: it must be (num_vectors, width), "
+                                  "both at least 1")
+            if not t.is_floating_point():
+                raise FormatError(f"vectors[{name!r}] has dtype {t.dtype}: embeddings are floating-point")
+            t = t.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
+            if not torch.isfinite(t).all():
+                raise FormatError(f"vectors[{name!r}] contains NaN or infinite values: this embedding is broken "
+                                  "(training diverged?); use an earlier checkpoint")
+            vectors[name] = t
+        counts = {name: t.shape[0] for name, t in vectors.items()}
+        if len(set(counts.values())) > 1:
+            raise FormatError(f"the text encoders disagree on the number of vectors: {counts}")
+        self.vectors = vectors
+
+        if not isinstance(self.metadata, Mapping):
+            raise FormatError(f"metadata must be a dict of strings, got {type(self.metadata).__name__}")
+        metadata = {}
+        for key, value in self.metadata.items():
+            if not isinstance(value, (str, int, float, bool)):  # files store strings; other types do not round-trip
+                raise FormatError(f"metadata[{key!r}] is a {type(value).__name__}; use a str, int, float or bool")
+            metadata[str(key)] = str(value)
+        self.metadata = metadata
+
+    @property
+    def num_vectors(self) -> int:
+        return self.vectors["text_encoder"].shape[0]
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(t.shape[1] for t in self.vectors.values())  # vectors is kept in TEXT_ENCODERS order
+
+    @property
+    def family(self) -> str | None:
+        return family_for_widths(self.widths)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# File names
+
+
+def default_filename(format: str, token: str) -> str:
+    """The file name a format's readers expect. A1111 and ComfyUI call an embedding by its file name, so those
+    formats are named after the token (without its angle brackets); diffusers looks for `learned_embeds.*`.
+    For diffusers-sdxl this is the first file; `second_file` gives the other.
+
+    >>> default_filename("a1111", "<my-dog>"), default_filename("diffusers", "<my-dog>")
+    ('my-dog.pt', 'learned_embeds.safetensors')
+    """
+    _check_format(format)
+    if format in ("diffusers", "diffusers-sdxl"):
+        return "learned_embeds.safetensors"
+    if format == "diffusers-bin":
+        return "learned_embeds.bin"
+    # characters that are not allowed (or mean something else) in file names on some system become "_"
+    name = re.sub(r'[\\/:*?"<>|\s\x00-\x1f]', "_", token.strip().strip("<>")).strip("._") or "embedding"
+    return name + {"a1111": ".pt", "a1111-png": ".png"}.get(format, ".safetensors")
+
+
+def second_file(path: str | Path) -> Path:
+    """Where diffusers' SDXL example keeps the second text encoder's vectors, beside `path`.
+
+    >>> second_file("out/learned_embeds-steps-500.safetensors").name
+    'learned_embeds_2-steps-500.safetensors'
+    """
+    path = Path(path)
+    prefix = "learned_embeds"
+    if path.name.startswith(prefix) and not path.name.startswith(prefix + "_2"):
+        return path.with_name(prefix + "_2" + path.name[len(prefix):])
+    return path.with_name(f"{path.stem}_2{path.suffix}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffusers", preview=None) -> list[Path]:
+    """Write `emb` to `path` in `format` (one of FORMATS), atomically; return the files written.
+
+    `path` may be an existing folder, in which case the file gets `default_filename(format, emb.token)`. For
+    diffusers-sdxl `path` names the first file and the second is written beside it (see `second_file`). `preview`,
+    a PIL image, is only used by a1111-png (a plain placeholder picture is drawn when it is None).
+
+    >>> save_embedding(emb, "out/my-dog.pt", format="a1111")   # doctest: +SKIP
+    [PosixPath('out/my-dog.pt')]
+    """
+    # 1. Check everything before touching the disk.
+    _check_format(format)
+    if not isinstance(emb, LearnedEmbedding):
+        raise FormatError(f"save_embedding needs a LearnedEmbedding, got {type(emb).__name__}")
+    two = "text_encoder_2" in emb.vectors
+    if format in _SINGLE_ENCODER_FORMATS and two:
+        raise FormatError(
+            f"the {format!r} format holds the vectors of one text encoder, but {emb.token!r} has two "
+            f"({describe_widths(emb.widths)}): save it as 'sdxl' (one file, read by A1111, ComfyUI and kohya) or "
+            "'diffusers-sdxl' (two files, one per encoder)")
+    if format in _TWO_ENCODER_FORMATS and not two:
+        raise FormatError(
+            f"the {format!r} format is for SDXL's two text encoders, but {emb.token!r} has one "
+            f"({describe_widths(emb.widths)}): save it as 'diffusers', 'a1111' or 'kohya'")
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_filename(format, emb.token)
+    if path.suffix.lower() not in _SUFFIXES[format]:
+        raise FormatError(
+            f"{path}: a {format!r} file must end in {' or '.join(_SUFFIXES[format])} (tools choose their loader "
+            f"by extension): rename it, e.g. {default_filename(format, emb.token)!r}, or pick another format")
+
+    # 2. Write.
+    vectors = {name: t.detach().to(torch.float32).contiguous().clone() for name, t in emb.vectors.items()}
+    if format == "diffusers":
+        _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb)
+    elif format == "kohya":
+        _write_safetensors(path, {"emb_params": vectors["text_encoder"]}, emb)
+    elif format == "sdxl":
+        _write_safetensors(path, {key: vectors[name] for key, name in _SDXL_KEYS.items()}, emb)
+    elif format == "diffusers-sdxl":
+        second = second_file(path)
+        # the second file first: the one users point at appears last, once its partner is complete
+        _write_safetensors(second, {emb.token: vectors["text_encoder_2"]}, emb)
+        _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb)
+        return [path, second]
+    elif format == "diffusers-bin":
+        with atomic_path(path) as tmp:
+            torch.save({emb.token: vectors["text_encoder"]}, tmp)  # diffusers wants exactly one key: no metadata
+    elif format == "a1111":
+        with atomic_path(path) as tmp:
+            torch.save(_a1111_dict(emb, vectors["text_encoder"]), tmp)
+    elif format == "a1111-png":
+        _write_a1111_png(path, emb, vectors["text_encoder"], preview)
+    return [path]
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], emb: LearnedEmbedding) -> None:
+    from safetensors.torch import save_file
+
+    # "format": "pt" is what diffusers' own files carry; the token is kept for layouts not keyed by it
+    metadata = {**emb.metadata, "token": emb.token, "format": "pt"}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _a1111_dict(emb: LearnedEmbedding, tensor) -> dict:
+    """The dict A1111 pickles into a .pt (and JSON-encodes into a PNG); loaders ignore our extra "textinv" key."""
+    try:
+        step = int(emb.metadata.get("steps", 0))
+    except ValueError:
+        step = 0
+    return {
+        "string_to_token": {"*": A1111_STAR_ID},
+        "string_to_param": {"*": tensor},
+        "name": emb.token,
+        "step": step,
+        "sd_checkpoint": emb.metadata.get("sd_checkpoint"),
+        "sd_checkpoint_name": emb.metadata.get("sd_checkpoint_name", emb.metadata.get("base_model")),
+        "textinv": {**emb.metadata, "token": emb.token},
+    }
+
+
+def _write_a1111_png(path: Path, emb: LearnedEmbedding, tensor, preview) -> None:
+    from PIL import Image, ImageDraw, PngImagePlugin
+
+    data = _a1111_dict(emb, None)
+    # float32 -> Python float -> JSON text is exact both ways: repr() of a double round-trips
+    data["string_to_param"] = {"*": {"TORCHTENSOR": tensor.tolist()}}
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_CHUNK, base64.b64encode(json.dumps(data).encode("utf-8")).decode("ascii"))
+    if preview is None:
+        image = Image.new("RGB", (256, 256), (40, 44, 52))
+        ImageDraw.Draw(image).text((12, 12), f"{emb.token}\n{emb.num_vectors} x {describe_widths(emb.widths)}",
+                                   fill=(230, 230, 230))
+    elif not isinstance(preview, Image.Image):
+        raise FormatError(f"preview must be a PIL image, got {type(preview).__name__}")
+    else:
+        image = preview if preview.mode in ("1", "L", "LA", "I", "P", "RGB", "RGBA") else preview.convert("RGB")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+class _Read(NamedTuple):
+    """One file, understood: its format, vectors per encoder (raw tensors), the token it names (or None), metadata."""
+
+    format: str
+    vectors: dict[str, torch.Tensor]
+    token: str | None
+    metadata: dict[str, str]
+
+
+def load_embedding(path: str | Path, token: str | None = None, *, pair: bool = True) -> LearnedEmbedding:
+    """Read an embedding file of any layout in FORMATS.md.
+
+    The token is, in order: `token` if given; the key of a diffusers file; the `name` of an A1111 file; the
+    metadata's "token"; the file name without extension (what A1111 and ComfyUI call it). `path` may be a diffusers
+    output folder holding learned_embeds.safetensors or .bin. With `pair` (the default) a diffusers file whose
+    diffusers-sdxl partner (`second_file(path)`) lies beside it, keyed by the same token at another width, is read
+    as one SDXL pair.
+
+    >>> emb = load_embedding("embeddings/charturner.pt")   # doctest: +SKIP
+    >>> emb.token, emb.num_vectors, emb.family              # doctest: +SKIP
+    ('charturner', 6, 'sd1')
+    """
+    path = _resolve(path)
+    read = _read(path)
+    if pair and read.format == "diffusers" and set(read.vectors) == {"text_encoder"}:
+        second = second_file(path)
+        if second != path and second.is_file():
+            other = _read(second)
+            # a partner holds the same token at another width (768 vs 1280 for SDXL); two versions of one
+            # embedding have equal widths and must not be fused
+            width1, width2 = read.vectors["text_encoder"].shape[-1], other.vectors["text_encoder"].shape[-1]
+            if other.format == "diffusers" and other.token == read.token and width1 != width2:
+                n1, n2 = read.vectors["text_encoder"].shape[0], other.vectors["text_encoder"].shape[0]
+                if n1 != n2:
+                    raise FormatError(f"{path} and {second} look like one diffusers-sdxl pair for {read.token!r} but "
+                                      f"hold {n1} and {n2} vectors: they come from different runs; load one with "
+                                      "pair=False or pass the two right files to load_embedding_pair")
+                read = read._replace(vectors={"text_encoder": read.vectors["text_encoder"],
+                                              "text_encoder_2": other.vectors["text_encoder"]})
+    return _build(path, read, token)
+
+
+def load_embedding_pair(path1: str | Path, path2: str | Path, token: str | None = None) -> LearnedEmbedding:
+    """Read one SDXL embedding kept as two single-encoder files (diffusers' SDXL example writes
+    learned_embeds.safetensors for the first text encoder and learned_embeds_2.safetensors for the second).
+
+    >>> load_embedding_pair("learned_embeds.safetensors", "learned_embeds_2.safetensors").family  # doctest: +SKIP
+    'sdxl'
+    """
+    path1, path2 = _resolve(path1), _resolve(path2)
+    first, second = _read(path1), _read(path2)
+    for p, r in ((path1, first), (path2, second)):
+        if set(r.vectors) != {"text_encoder"}:
+            raise FormatError(f"{p} already holds two text encoders' vectors ({r.format} layout): load it alone "
+                              "with load_embedding")
+    vectors = {"text_encoder": first.vectors["text_encoder"], "text_encoder_2": second.vectors["text_encoder"]}
+    read = first._replace(vectors=vectors, metadata={**second.metadata, **first.metadata})
+    try:
+        return _build(path1, read, token)
+    except FormatError as e:
+        raise FormatError(f"{e} (second file: {path2})") from None
+
+
+def detect_format(path: str | Path) -> str:
+    """Which layout a file has (one of DETECTED_FORMATS), judged from its content.
+
+    >>> detect_format("embeddings/charturner.pt")   # doctest: +SKIP
+    'a1111'
+    """
+    return _read(_resolve(path)).format
+
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        for name in _DIFFUSERS_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise FormatError(f"{path} is a folder without {' or '.join(_DIFFUSERS_NAMES)}: name the embedding file")
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file: check the path (embedding files end in .safetensors, .pt, .bin "
+                          "or .png)")
+    return path
+
+
+def _build(path: Path, read: _Read, token: str | None) -> LearnedEmbedding:
+    token = token if token is not None else read.token or read.metadata.get("token") or path.stem
+    metadata = dict(read.metadata)
+    if "token" in metadata:  # keep the metadata in step with the token actually used
+        metadata["token"] = token
+    try:
+        return LearnedEmbedding(token, read.vectors, metadata)
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from None
+
+
+def _read(path: Path) -> _Read:
+    """Open `path` as whatever its first bytes say it is and interpret the content's layout."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise FormatError(f"{path}: the file is empty: the download or save did not finish; get the file again")
+    if head.startswith(b"\x89PNG\r\n\x1a\n") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return _interpret(path, _read_image(path), {}, "a1111-png")
+    header_len = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and header_len <= _MAX_SAFETENSORS_HEADER:  # checked first: a header length can start 0x80
+        obj, metadata = _read_safetensors(path, header_len)
+        return _interpret(path, obj, metadata, "diffusers")
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip archive, or a legacy raw pickle
+        return _interpret(path, _read_pickle(path), {}, "diffusers-bin")
+    raise FormatError(f"{path}: not an embedding file: it is neither safetensors, a torch .pt/.bin, nor a PNG/WebP "
+                      "with an embedding chunk")
+
+
+def _read_safetensors(path: Path, header_len: int) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    size = path.stat().st_size
+    if 8 + header_len > size:
+        raise FormatError(f"{path}: truncated safetensors file (its header needs {8 + header_len} bytes, the file "
+                          f"has {size}): the download or save did not finish; get the file again")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as e:  # SafetensorError and friends: the header does not match the bytes that follow
+        raise FormatError(f"{path}: not a readable safetensors file ({e}); it may be truncated or damaged: "
+                          "get the file again") from None
+    metadata.pop("format", None)  # the container's own tag ("pt"), not something about the embedding
+    return tensors, metadata
+
+
+class _PickledParameterDict:
+    """Stands in for `torch.nn.ParameterDict` while unpickling: the paper's code saves `string_to_param` as one.
+
+    It only keeps the pickled attribute dict (whose `_parameters` holds the tensors); unlike the real class it runs
+    no code of the file's choosing, so `weights_only` stays safe.
+    """
+
+    def __setstate__(self, state):
+        self._parameters = dict(state.get("_parameters") or {}) if isinstance(state, dict) else {}
+
+
+_PARAMETER_DICT = "torch.nn.modules.container.ParameterDict"
+
+
+def _read_pickle(path: Path):
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if _PARAMETER_DICT not in str(e) or not hasattr(torch.serialization, "safe_globals"):
+                raise
+        # The paper's file: read it again with our inert stand-in allow-listed under ParameterDict's name (torch
+        # >= 2.6 substitutes (object, "name") pairs). Only here, so no other file ever depends on that feature.
+        with torch.serialization.safe_globals([(_PickledParameterDict, _PARAMETER_DICT)]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only stopped at something that is not a tensor, a container or a number: possibly code
+        found = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"WeightsUnpickler error: ([^\n]+)", str(e))
+        reason = f" (it asks for {found.group(1)})" if found else ""
+        raise FormatError(
+            f"{path}: refusing to unpickle {path.name}: it is not a plain tensor file{reason}, and loading it could "
+            "run code. If you trust its source, re-save the embedding with plain tensors (or as .safetensors) "
+            "and load that") from None
+    except Exception as e:  # a damaged zip, a cut-off pickle...
+        raise FormatError(f"{path}: cannot read this torch file ({type(e).__name__}: {e}); it may be truncated or "
+                          "damaged: get the file again") from None
+
+
+def _read_image(path: Path) -> dict:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            chunks = getattr(image, "text", None) or image.info  # PNG text chunks; other formats' info
+            chunk = chunks.get(PNG_CHUNK)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
+    if not isinstance(chunk, (str, bytes)):
+        raise FormatError(
+            f"{path}: this image has no {PNG_CHUNK!r} text chunk, so it carries no embedding textinv can read "
+            "(A1111 also hides embeddings in the pixels of some preview images, which textinv does not decode): "
+            "use the embedding's .pt or .safetensors file instead")
+    try:
+        return json.loads(base64.b64decode(chunk, validate=True), object_hook=_decode_json_tensor)
+    except (ValueError, TypeError, RuntimeError, binascii.Error) as e:
+        raise FormatError(f"{path}: the {PNG_CHUNK!r} chunk is not base64-encoded JSON of an embedding ({e})") from None
+
+
+def _decode_json_tensor(obj: dict):
+    # A1111 writes each tensor as {"TORCHTENSOR": nested list}; float64 keeps every decimal digit JSON carried
+    if set(obj) == {"TORCHTENSOR"}:
+        return torch.tensor(obj["TORCHTENSOR"], dtype=torch.float64)
+    return obj
+
+
+def _interpret(path: Path, obj, metadata: dict, container_format: str) -> _Read:
+    """Recognise the layout of a loaded object. `container_format` is the format a single {token: tensor} dict
+    has in this container (diffusers in safetensors, diffusers-bin in a pickle, a1111-png for an image)."""
+    metadata = {str(k): str(v) for k, v in metadata.items()}
+    if isinstance(obj, torch.Tensor):  # a bare tensor, as some scripts torch.save; the token must come from elsewhere
+        return _Read("diffusers-bin", {"text_encoder": _vectors(path, obj, "the tensor")}, None, metadata)
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors: not an embedding file")
+    keys = set(obj)
+
+    if "string_to_param" in obj:  # A1111 .pt / PNG, and the paper's code
+        params = obj["string_to_param"]
+        params = getattr(params, "_parameters", params)  # the paper's ParameterDict (see _PickledParameterDict)
+        if not isinstance(params, Mapping) or not params:
+            raise FormatError(f"{path}: 'string_to_param' holds {type(params).__name__}, not a dict with one tensor: "
+                              "the A1111 file is damaged")
+        if len(params) != 1:
+            raise FormatError(f"{path}: the A1111 file holds {len(params)} embeddings ({sorted(map(str, params))}); "
+                              "textinv reads files with one")
+        (key, tensor), = params.items()
+        name = obj.get("name")
+        extra = obj.get("textinv")
+        if isinstance(extra, dict):  # our own full record, written by _a1111_dict
+            metadata = {str(k): str(v) for k, v in extra.items()}
+        else:
+            for field_name, meta_key in (("step", "steps"), ("sd_checkpoint", "sd_checkpoint"),
+                                         ("sd_checkpoint_name", "sd_checkpoint_name")):
+                if obj.get(field_name) is not None:
+                    metadata[meta_key] = str(obj[field_name])
+        fmt = "a1111-png" if container_format == "a1111-png" else "a1111"
+        vectors = {"text_encoder": _vectors(path, tensor, f"string_to_param[{key!r}]")}
+        return _Read(fmt, vectors, name if isinstance(name, str) and name else None, metadata)
+
+    if keys == set(_SDXL_KEYS):
+        return _Read("sdxl", {name: _vectors(path, obj[key], key) for key, name in _SDXL_KEYS.items()}, None, metadata)
+    if keys == {"emb_params"}:
+        return _Read("kohya", {"text_encoder": _vectors(path, obj["emb_params"], "emb_params")}, None, metadata)
+    if "emp_params" in keys and keys <= {"emp_params", "emp_params_out"}:  # OneTrainer's spelling; "_out" unused
+        return _Read("onetrainer", {"text_encoder": _vectors(path, obj["emp_params"], "emp_params")}, None, metadata)
+    if len(obj) == 1:
+        (key, tensor), = obj.items()
+        if isinstance(key, str) and isinstance(tensor, torch.Tensor):
+            fmt = "diffusers-bin" if container_format == "diffusers-bin" else "diffusers"
+            return _Read(fmt, {"text_encoder": _vectors(path, tensor, repr(key))}, key, metadata)
+
+    shown = sorted(map(str, keys))
+    names = ", ".join(repr(k) for k in shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
+    hint = (" This is A1111's optimizer state (.pt.optim), not the embedding: load the .pt beside it."
+            if "optimizer_state_dict" in keys else "")
+    raise FormatError(
+        f"{path}: unknown embedding layout with keys {names}. textinv reads one {{token: tensor}} (diffusers), "
+        "'string_to_param' (A1111), 'emb_params' (kohya), 'emp_params' (OneTrainer) or 'clip_l' + 'clip_g' (SDXL)."
+        + hint)
+
+
+def _vectors(path: Path, value, where: str) -> torch.Tensor:
+    """Check one stored tensor and give it the (num_vectors, width) shape; a diffusers file may store one [d]."""
+    if not isinstance(value, torch.Tensor):
+        raise FormatError(f"{path}: {where} is a {type(value).__name__}, not a tensor")
+    if value.dim() == 1:
+        value = value.unsqueeze(0)
+    if value.dim() != 2 or value.numel() == 0:
+        raise FormatError(f"{path}: {where} has shape {list(value.shape)}, but an embedding is (num_vectors, width) "
+                          "with both at least 1")
+    if not value.is_floating_point():
+        raise FormatError(f"{path}: {where} has dtype {value.dtype}, but embeddings are floating-point")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Converting and describing
+
+
+def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str | None = None) -> list[Path]:
+    """Read `src` (any layout) and write it to `dst` as `to`; return the files written.
+
+    Without `to`, the format follows dst's extension: .pt -> a1111, .png -> a1111-png, .bin -> diffusers-bin,
+    .safetensors (or a folder) -> sdxl for an SDXL pair, else diffusers. `token` renames the embedding.
+
+    >>> convert("learned_embeds.safetensors", "my-dog.pt")   # doctest: +SKIP
+    [PosixPath('my-dog.pt')]
+    """
+    emb = load_embedding(src, token=token)
+    if to is None:
+        dst_path = Path(dst)
+        suffix = dst_path.suffix.lower()
+        if dst_path.is_dir() or suffix == ".safetensors":
+            to = "sdxl" if "text_encoder_2" in emb.vectors else "diffusers"
+        else:
+            to = {".pt": "a1111", ".png": "a1111-png", ".bin": "diffusers-bin"}.get(suffix)
+        if to is None:
+            raise FormatError(f"{dst}: cannot tell the format from the extension {suffix or '(none)'!r}: end it in "
+                              f".safetensors, .pt, .bin or .png, or pass one of {FORMATS}")
+    return save_embedding(emb, dst, format=to)
+
+
+def describe(emb: LearnedEmbedding, vocab_norms: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> dict:
+    """A summary of `emb` for `textinv inspect`: token, vector count, widths, family and each vector's L2 norm.
+
+    `vocab_norms` gives, per text encoder, the row norms of the model's vocabulary (a bare tensor means
+    "text_encoder"); their mean and standard deviation are added so a norm far off the vocabulary's shows.
+
+    >>> describe(LearnedEmbedding("<x>", {"text_encoder": torch.ones(1, 768)}))["encoders"]["text_encoder"]["norms"]
+    [27.712812423706055]
+    """
+    if isinstance(vocab_norms, torch.Tensor):
+        vocab_norms = {"text_encoder": vocab_norms}
+    vocab_norms = dict(vocab_norms or {})
+    unknown = [name for name in vocab_norms if name not in emb.vectors]
+    if unknown:
+        raise ConfigError(f"vocab_norms names {unknown}, but {emb.token!r} has vectors for {list(emb.vectors)}")
+    encoders = {}
+    for name, t in emb.vectors.items():
+        norms = t.norm(dim=1)
+        entry = {"width": t.shape[1], "norms": norms.tolist(), "mean_norm": norms.mean().item()}
+        if name in vocab_norms:
+            v = vocab_norms[name]
+            if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.numel() == 0:
+                raise ConfigError(f"vocab_norms[{name!r}] must be a non-empty 1-D tensor of row norms")
+            v = v.detach().float().cpu()
+            entry["vocab_norm_mean"] = v.mean().item()
+            entry["vocab_norm_std"] = v.std(correction=0).item()
+        encoders[name] = entry
+    return {
+        "token": emb.token,
+        "num_vectors": emb.num_vectors,
+        "widths": list(emb.widths),
+        "family": describe_widths(emb.widths),
+        "encoders": encoders,
+        "metadata": dict(emb.metadata),
+    }
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise FormatError(f"unknown embedding format {format!r}: choose one of {', '.join(FORMATS)}")
+
+
+__all__ = [
+    "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "LearnedEmbedding", "default_filename", "second_file",
+    "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "describe",
+]
