@@ -40,7 +40,8 @@ def expand_prompt(prompt: str, token: str, num_vectors: int) -> str:
     """
     if num_vectors == 1:
         return prompt
-    pattern = re.compile(re.escape(token) + r"(?!_\d)")
+    t = re.escape(token)
+    pattern = re.compile(t + r"(?!_\d)(?!\s+" + t + r"_1(?!\d))")  # not an entry, nor already expanded
     return pattern.sub(" ".join(token_names(token, num_vectors)), prompt)
 
 

@@ -330,10 +330,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     interval_steps = 0
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
     started = time.time()
+    sampler_at_step = None
     if step == 0 and not config.resume:
         draw_samples(0)
     try:
         while step < config.steps:
+            sampler_at_step = sampler.state_dict()  # what a checkpoint of `step` must hold if Ctrl-C comes mid-step
             for _ in range(config.grad_accum):
                 drawn = sampler.draw(config.batch * world, latent_shape, num_t)
                 mine = {k: v[rank * config.batch:(rank + 1) * config.batch].to(device) for k, v in drawn.items()}
@@ -350,9 +352,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([ext.vectors], config.max_grad_norm)
             optimizer.step()
+            step += 1
+            sampler_at_step = None  # from here on the sampler's state is that of the finished step
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
             interval_steps += 1
             bar.update(1)
 
@@ -374,6 +377,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     except KeyboardInterrupt:
         bar.close()
         optimizer.zero_grad(set_to_none=True)
+        if sampler_at_step is not None and step < config.steps:  # the half-drawn step is redone on resume
+            sampler.load_state_dict(sampler_at_step)
         save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
         raise TrainingInterrupted(step, embedding_path) from None
     bar.close()

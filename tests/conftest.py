@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny random SD 1.x / 2.x pipelines saved once per session, and small image folders."""
+
+import os
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from textinv.tiny import build_tiny_pipeline
+
+# Tiny models run fastest on one thread, and two threads crawl when another process holds a core.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def sd1_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-sd1")
+    build_tiny_pipeline("sd1", seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sd2_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-sd2")
+    build_tiny_pipeline("sd2", seed=1).save_pretrained(path)
+    return path
+
+
+def write_images(folder, n=4, size=24, seed=0):
+    """`n` small random-colour pictures with a bright square in each (so there is something to learn)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = np.full((size, size, 3), rng.integers(0, 80, 3), dtype=np.uint8)
+        arr[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = (230, 40, 40)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def images(tmp_path):
+    return write_images(tmp_path / "images")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield

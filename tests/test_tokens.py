@@ -1,0 +1,101 @@
+"""Placeholder tokens: naming, prompt expansion, init vectors, clashes, and the extended embedding table."""
+
+import pytest
+import torch
+from torch import nn
+
+from textinv.errors import TokenError
+from textinv.tiny import build_tiny_pipeline
+from textinv.tokens import (
+    ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt, init_vectors,
+    token_names,
+)
+
+
+@pytest.fixture
+def pipe():
+    return build_tiny_pipeline("sd1")
+
+
+def test_expand_prompt_leaves_expanded_entries_and_other_text():
+    assert expand_prompt("<t> and <t>", "<t>", 3) == "<t> <t>_1 <t>_2 and <t> <t>_1 <t>_2"
+    once = expand_prompt("a <t>", "<t>", 2)
+    assert expand_prompt(once, "<t>", 2) == once
+    assert expand_prompt("a <t>", "<t>", 1) == "a <t>"
+
+
+def test_multi_vector_token_tokenizes_to_consecutive_new_ids(pipe):
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    v0 = len(tok)
+    add_tokens(tok, te, token_names("<dog-x>", 3), torch.randn(3, 32))
+    ids = tok(expand_prompt("a photo of <dog-x>", "<dog-x>", 3), add_special_tokens=False).input_ids
+    assert ids[-3:] == [v0, v0 + 1, v0 + 2]
+
+
+def test_extended_embedding_reads_old_rows_from_table_and_new_rows_from_vectors():
+    table = nn.Embedding(5, 3)
+    new = torch.randn(2, 3)
+    ext = ExtendedEmbedding(table, new)
+    out = ext(torch.tensor([[0, 4, 5, 6]]))
+    assert torch.equal(out[0, :2], table.weight[[0, 4]])
+    assert torch.equal(out[0, 2:], new)
+
+
+def test_gradient_reaches_only_the_new_vectors(pipe):
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    te.requires_grad_(False)
+    ext = add_tokens(tok, te, ["<g>"], torch.randn(1, 32))
+    ids = tok("a photo of <g>", return_tensors="pt").input_ids
+    te(ids)[0].sum().backward()
+    assert ext.vectors.grad is not None and ext.vectors.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in te.named_parameters() if n != "embeddings.token_embedding.vectors")
+
+
+def test_init_single_word_copies_its_row(pipe):
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    ids = encode_init(tok, "dog")
+    assert len(ids) == 1
+    v = init_vectors(base_embedding(te).weight, ids, 1)
+    assert torch.equal(v[0], base_embedding(te).weight[ids[0]])
+
+
+def test_init_phrase_is_averaged_or_spread(pipe):
+    table = base_embedding(pipe.text_encoder).weight
+    ids = encode_init(pipe.tokenizer, "red dog")
+    assert len(ids) == 2
+    one = init_vectors(table, ids, 1)
+    assert torch.allclose(one[0], table[ids].mean(0))
+    two = init_vectors(table, ids, 2)
+    assert torch.equal(two, table[ids])
+    four = init_vectors(table, ids, 4)
+    assert torch.equal(four, table[[ids[0], ids[0], ids[1], ids[1]]])
+
+
+def test_token_already_known_is_refused(pipe):
+    with pytest.raises(TokenError, match="already"):
+        check_new_token(pipe.tokenizer, "dog</w>")
+    with pytest.raises(TokenError, match="existing token 'dog</w>'"):
+        check_new_token(pipe.tokenizer, "dog")
+    add_tokens(pipe.tokenizer, pipe.text_encoder, ["<cat-x>"], torch.zeros(1, 32))
+    with pytest.raises(TokenError, match="lower-cases"):
+        check_new_token(pipe.tokenizer, "<Cat-X>")
+
+
+def test_bad_token_strings_are_refused(pipe):
+    for bad in ("", "two words", " <x>"):
+        with pytest.raises(TokenError):
+            check_new_token(pipe.tokenizer, bad)
+
+
+def test_init_text_that_cannot_be_encoded_is_refused(pipe):
+    for bad in ("", "   "):
+        with pytest.raises(TokenError, match="cannot be encoded"):
+            encode_init(pipe.tokenizer, bad)
+
+
+def test_add_tokens_checks_shape_before_changing_anything(pipe):
+    size = len(pipe.tokenizer)
+    with pytest.raises(TokenError, match="shape"):
+        add_tokens(pipe.tokenizer, pipe.text_encoder, ["<a>", "<a>_1"], torch.zeros(1, 32))
+    assert len(pipe.tokenizer) == size
+    assert not isinstance(pipe.text_encoder.get_input_embeddings(), ExtendedEmbedding)

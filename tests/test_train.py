@@ -1,0 +1,207 @@
+"""Training invariants on tiny random SD 1.x / 2.x models: what changes, what must not, resume, and failures."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from textinv.config import TrainConfig
+from textinv.errors import ConfigError, DataError, TrainingError
+from textinv.formats import load_embedding
+from textinv.models import load_model
+from textinv.tokens import base_embedding, encode_init, init_vectors
+from textinv import train as train_module
+from textinv.train import TrainingInterrupted, read_loss_log, train
+
+
+def config(images, out, **kw):
+    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2, save_every=0,
+                sample_every=0, log_every=2, lr=5e-2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def frozen_state(model):
+    return {f"{name}.{k}".replace("token_embedding.base.", "token_embedding."): v.clone() for name, m in (("unet", model.unet), ("vae", model.vae),
+                                                      ("te", model.text_encoder)) for k, v in m.state_dict().items()
+            if "token_embedding.vectors" not in k}
+
+
+@pytest.mark.parametrize("family_dir", ["sd1_dir", "sd2_dir"])
+def test_only_new_rows_change_and_frozen_weights_are_bit_identical(family_dir, request, images, tmp_path):
+    model = load_model(request.getfixturevalue(family_dir))
+    before = frozen_state(model)
+    table_before = base_embedding(model.text_encoder).weight.detach().clone()
+    init_row = table_before[model.tokenizer("dog", add_special_tokens=False).input_ids[0]].clone()
+    result = train(config(images, tmp_path / "out", vectors=2), model=model, progress=False)
+    after = frozen_state(model)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), f"frozen weight {key} changed"
+    assert torch.equal(base_embedding(model.text_encoder).weight, table_before)
+    learned = result.embedding.vectors["text_encoder"]
+    assert learned.shape == (2, 32)
+    assert not torch.allclose(learned[0], init_row), "the new vector did not move"
+    for p in list(model.unet.parameters()) + list(model.vae.parameters()):
+        assert p.grad is None
+
+
+def test_v_prediction_model_trains_on_velocity(sd2_dir, images, tmp_path, monkeypatch):
+    model = load_model(sd2_dir)
+    assert model.prediction_type == "v_prediction"
+    seen = []
+    real = model.noise_scheduler
+
+    def spy():
+        sched = real()
+        original = sched.get_velocity
+        sched.get_velocity = lambda *a: seen.append(1) or original(*a)
+        return sched
+
+    monkeypatch.setattr(model, "noise_scheduler", spy)
+    train(config(images, tmp_path / "out", steps=2), model=model, progress=False)
+    assert seen, "v-prediction model was not trained on the velocity target"
+
+
+def test_outputs_written_and_embedding_file_is_diffusers_layout(sd1_dir, images, tmp_path):
+    out = tmp_path / "out"
+    train(config(images, out, steps=4, save_every=2, sample_every=2), model=load_model(sd1_dir), progress=False)
+    raw = load_file(out / "learned_embeds.safetensors")
+    assert list(raw) == ["<zq>"] and raw["<zq>"].shape == (1, 32)
+    emb = load_embedding(out / "learned_embeds.safetensors")
+    assert emb.metadata["steps"] == "4" and emb.metadata["token"] == "<zq>" and "textinv_version" in emb.metadata
+    assert (out / "config.yaml").exists()
+    assert [s for s, _ in read_loss_log(out / "loss.csv")] == [2, 4]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000000.png", "step-000002.png",
+                                                                  "step-000004.png"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002.pt", "step-000004.pt"]
+
+
+@pytest.mark.parametrize("fmt, name", [("a1111", "zq.pt"), ("kohya", "zq.safetensors")])
+def test_other_save_formats(fmt, name, sd1_dir, images, tmp_path):
+    out = tmp_path / "out"
+    result = train(config(images, out, steps=2, format=fmt), model=load_model(sd1_dir), progress=False)
+    loaded = load_embedding(out / name)
+    assert loaded.token == "<zq>"
+    assert torch.equal(loaded.vectors["text_encoder"], result.embedding.vectors["text_encoder"])
+
+
+def fixed_batch_loss(model, images, prompt, n=64, seed=123):
+    """The denoising loss on one fixed set of (picture, noise, timestep) draws: comparable across vectors."""
+    from textinv.data import find_images, load_training_images
+    from textinv.train import diffusion_loss, encode_latents
+
+    pixels = torch.stack([p.pixels for p in load_training_images(find_images(images), model.resolution)])
+    mean, _ = encode_latents(model.vae, pixels)
+    g = torch.Generator().manual_seed(seed)
+    latents = mean[torch.randint(len(mean), (n,), generator=g)] * model.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    ids = model.tokenizer([prompt] * n, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return diffusion_loss(model, model.noise_scheduler(), latents, noise, t, ids).mean().item()
+
+
+def test_loss_goes_down_on_a_tiny_learnable_target(sd1_dir, images, tmp_path):
+    model = load_model(sd1_dir)
+    result = train(config(images, tmp_path / "out", steps=150, batch=4, lr=5e-2, log_every=50, vectors=2),
+                   model=model, progress=False)
+    ext = model.text_encoder.get_input_embeddings()
+    prompt = "a photo of a <zq> <zq>_1"
+    learned = fixed_batch_loss(model, images, prompt)
+    with torch.no_grad():
+        ext.vectors.copy_(init_vectors(base_embedding(model.text_encoder).weight,
+                                       encode_init(model.tokenizer, "dog"), 2))
+    initial = fixed_batch_loss(model, images, prompt)
+    assert learned < initial * 0.995, (learned, initial, result.losses)  # seen: 1.8% lower with seeds 0 and 1
+
+
+def test_resume_equals_uninterrupted_run_bit_for_bit(sd1_dir, images, tmp_path):
+    straight = train(config(images, tmp_path / "a", steps=8, save_every=4), model=load_model(sd1_dir),
+                     progress=False)
+    first = train(config(images, tmp_path / "b", steps=4, save_every=4), model=load_model(sd1_dir), progress=False)
+    assert not torch.equal(first.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    resumed = train(config(images, tmp_path / "b", steps=8, save_every=4, resume=True), model=load_model(sd1_dir),
+                    progress=False)
+    assert resumed.steps == 8
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.losses == straight.losses
+
+
+def test_resume_with_changed_settings_is_refused(sd1_dir, images, tmp_path):
+    train(config(images, tmp_path / "b", steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    with pytest.raises(ConfigError, match="lr"):
+        train(config(images, tmp_path / "b", steps=4, lr=1e-3, resume=True), model=load_model(sd1_dir),
+              progress=False)
+
+
+def test_existing_output_folder_is_not_overwritten_silently(sd1_dir, images, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="--resume .* --overwrite"):
+        train(config(images, out), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, overwrite=True), model=load_model(sd1_dir), progress=False)
+    assert (out / "keep.txt").read_text() == "mine"  # --overwrite removes only what a run writes
+    assert (out / "learned_embeds.safetensors").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_vectors(sd1_dir, images, tmp_path, monkeypatch):
+    real = train_module.diffusion_loss
+    calls = []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) > 4 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match="non-finite.*--lr"):
+        train(config(images, out, steps=10, log_every=2), model=load_model(sd1_dir), progress=False)
+    saved = load_embedding(out / "learned_embeds.safetensors")
+    assert torch.isfinite(saved.vectors["text_encoder"]).all()
+
+
+def test_ctrl_c_saves_current_vectors_and_resume_finishes_the_run(sd1_dir, images, tmp_path, monkeypatch):
+    straight = train(config(images, tmp_path / "a", steps=6), model=load_model(sd1_dir), progress=False)
+    real = train_module.diffusion_loss
+    calls = []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", interrupted)
+    out = tmp_path / "b"
+    with pytest.raises(TrainingInterrupted) as info:
+        train(config(images, out, steps=6), model=load_model(sd1_dir), progress=False)
+    assert info.value.step == 3
+    assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "3"
+    monkeypatch.setattr(train_module, "diffusion_loss", real)
+    resumed = train(config(images, out, steps=6, resume=True), model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
+def test_min_snr_weighting_changes_the_loss(sd1_dir, images, tmp_path):
+    plain = train(config(images, tmp_path / "a", steps=2), model=load_model(sd1_dir), progress=False)
+    snr = train(config(images, tmp_path / "b", steps=2, min_snr_gamma=1.0), model=load_model(sd1_dir),
+                progress=False)
+    assert plain.losses != snr.losses
+
+
+def test_grad_accumulation_and_clipping_run(sd1_dir, images, tmp_path):
+    result = train(config(images, tmp_path / "a", steps=2, grad_accum=2, max_grad_norm=1e-6, lr_schedule="cosine",
+                          warmup_steps=1), model=load_model(sd1_dir), progress=False)
+    assert result.steps == 2
+
+
+def test_bad_settings_fail_before_loading_anything(tmp_path, images):
+    with pytest.raises(ConfigError, match="--property"):
+        train(config(images, tmp_path / "o", property="objet"), progress=False)
+    with pytest.raises(DataError, match="no images"):
+        (tmp_path / "empty").mkdir()
+        train(config(tmp_path / "empty", tmp_path / "o"), progress=False)
+    with pytest.raises(ConfigError, match="--vectors"):
+        train(config(images, tmp_path / "o", vectors=0), progress=False)
