@@ -58,6 +58,14 @@ def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
 
 
 @torch.no_grad()
+def encode_prompts(model: Model, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder hidden states (B, 77, C) for prompts whose tokens are already expanded."""
+    ids = model.tokenizer(prompts, padding="max_length", max_length=model.tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt").input_ids.to(model.text_encoder.device)
+    return model.text_encoder(ids)[0].to(model.unet.dtype)
+
+
+@torch.no_grad()
 def render(
     model: Model,
     prompts: list[str],
@@ -78,12 +86,15 @@ def render(
         torch.randn((pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
                     generator=g) for g in generators
     ]).to(pipe.device, pipe.unet.dtype)
+    # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
+    # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
+    cond = encode_prompts(model, prompts)
+    uncond = encode_prompts(model, [negative_prompt] * len(prompts))
     was_training = pipe.unet.training
     pipe.unet.eval()
     try:
-        result = pipe(prompts, negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
-                      num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-                      latents=latents, output_type="pil")
+        result = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=steps,
+                      guidance_scale=guidance, height=size, width=size, latents=latents, output_type="pil")
     finally:
         pipe.unet.train(was_training)
     return list(result.images)

@@ -102,9 +102,15 @@ class _LazyKeys(Mapping):
 
         self._file = safe_open(str(path), framework="pt")
         self._keys = list(self._file.keys())
+        self._known = set(self._keys)
 
     def __getitem__(self, key):
+        if key not in self._known:
+            raise KeyError(key)
         return _ShapeOnly(self._file.get_slice(key).get_shape())
+
+    def __contains__(self, key):
+        return key in self._known
 
     def __iter__(self):
         return iter(self._keys)

@@ -242,7 +242,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     """
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
+    state = PartialState(cpu=not torch.cuda.is_available())
     is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
 
     # 1. settings and output folder ---------------------------------------------------------------------------

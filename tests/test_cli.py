@@ -1,0 +1,92 @@
+"""The real command line, end to end on a tiny model: train -> generate -> convert -> inspect, and its errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from textinv.cli import main
+from textinv.formats import load_embedding
+
+
+def run_cli(*args):
+    """Run `python -m textinv ARGS` as a user would; returns the completed process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "textinv", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_train_then_generate_end_to_end(sd1_dir, images, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--model", sd1_dir, "--images", images, "--token", "<my-dog>", "--init", "dog",
+                   "--vectors", "2", "--steps", "4", "--batch", "2", "--save-every", "2", "--sample-every", "2",
+                   "--sample-steps", "2", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    emb = load_embedding(out / "learned_embeds.safetensors")
+    assert emb.token == "<my-dog>" and emb.num_vectors == 2 and emb.metadata["steps"] == "4"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["vectors"] == 2 and saved["token"] == "<my-dog>"
+    proc = run_cli("generate", "--model", sd1_dir, "--embedding", out / "learned_embeds.safetensors",
+                   "--prompt", "a photo of <my-dog>", "-n", "2", "--steps", "2", "--out", tmp_path / "renders")
+    assert proc.returncode == 0, proc.stderr
+    pngs = sorted((tmp_path / "renders").glob("*.png"))
+    assert len(pngs) == 2
+    assert Image.open(pngs[0]).text["expanded_prompt"] == "a photo of <my-dog> <my-dog>_1"
+
+
+def test_config_file_with_flag_override(sd1_dir, images, tmp_path):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(f'images = "{images}"\ntoken = "<t>"\ninit = "dog"\nsteps = 50\nbatch = 1\n'
+                   f'sample-every = 0\nsave_every = 0\nmodel = "{sd1_dir}"\nformat = "kohya"\n')
+    assert main(["train", "--config", str(cfg), "--steps", "2", "--out", str(tmp_path / "o")]) == 0
+    emb = load_embedding(tmp_path / "o" / "t.safetensors")
+    assert emb.metadata["steps"] == "2"  # the flag beat the file's 50
+
+
+def test_errors_are_one_clear_line_and_exit_2(tmp_path, images, capsys):
+    code = main(["train", "--images", str(tmp_path / "missing"), "--token", "<t>", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "textinv train: error:" in err and "missing" in err and "Traceback" not in err
+    code = main(["train", "--images", str(images), "--token", "<t>", "--out", str(tmp_path / "o"),
+                 "--model", str(tmp_path / "no-model")])
+    assert code == 2 and "not found" in capsys.readouterr().err
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("lerning_rate: 1\n")
+    code = main(["train", "--config", str(cfg), "--images", str(images), "--token", "<t>", "--out", str(tmp_path)])
+    assert code == 2 and "unknown setting 'lerning_rate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse refuses a choice typo itself
+        main(["train", "--property", "objet"])
+
+
+def test_convert_and_inspect(tmp_path, sd1_dir, capsys):
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    src = save_embedding(LearnedEmbedding("<c>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "learned_embeds.safetensors")[0]
+    assert main(["convert", str(src), str(tmp_path / "c.pt")]) == 0
+    assert torch.equal(load_embedding(tmp_path / "c.pt").vectors["text_encoder"],
+                       load_embedding(src).vectors["text_encoder"])
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "c.pt"), "--model", str(sd1_dir), "--top-k", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "token: <c>" in text and "vectors: 2" in text and "vector 1 reads as:" in text and "a1111" in text
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
+def test_accelerate_two_cpu_processes_match_one_process_with_twice_the_batch(sd1_dir, images, tmp_path):
+    """Data parallel: 2 processes x batch 2 draw the same global batch as 1 process x batch 4 and average grads."""
+    common = ["--model", sd1_dir, "--images", images, "--token", "<t>", "--init", "dog", "--steps", "3",
+              "--save-every", "0", "--sample-every", "0", "--lr", "0.05"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "textinv", "train", *map(str, common), "--batch", "2", "--out", str(tmp_path / "ddp")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["train", *map(str, common), "--batch", "4", "--out", str(tmp_path / "single")]) == 0
+    ddp = load_embedding(tmp_path / "ddp" / "learned_embeds.safetensors").vectors["text_encoder"]
+    single = load_embedding(tmp_path / "single" / "learned_embeds.safetensors").vectors["text_encoder"]
+    assert torch.allclose(ddp, single, atol=1e-5), (ddp - single).abs().max()

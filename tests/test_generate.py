@@ -1,0 +1,87 @@
+"""Generation with learned tokens, and interoperability with diffusers' own textual-inversion loader."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from textinv.config import GenerateConfig
+from textinv.errors import FormatError, TokenError
+from textinv.formats import LearnedEmbedding, save_embedding
+from textinv.generate import expand_all, generate, install_embedding, render
+from textinv.models import load_model
+
+
+def test_embedding_of_another_width_is_refused_naming_both(sd1_dir):
+    model = load_model(sd1_dir)
+    emb = LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 768)})
+    with pytest.raises(FormatError, match=r"768 \(Stable Diffusion 1.x\).*32 \(no known"):
+        install_embedding(model, emb)
+    xl = LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 768), "text_encoder_2": torch.zeros(1, 1280)})
+    with pytest.raises(FormatError, match="two-encoder"):
+        install_embedding(model, xl)
+
+
+def test_generate_writes_pngs_with_settings_and_token_changes_output(sd1_dir, tmp_path):
+    emb_path = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32) * 3}),
+                              tmp_path / "learned_embeds.safetensors")[0]
+    cfg = GenerateConfig(prompt=["a photo of <q>"], embedding=[str(emb_path)], out=str(tmp_path / "r"), n=2,
+                         steps=3, model=str(sd1_dir))
+    paths = generate(cfg, progress=False)
+    assert [p.name for p in paths] == ["000-a-photo-of-q-s0.png", "000-a-photo-of-q-s1.png"]
+    img = Image.open(paths[1])
+    assert img.size == (16, 16)
+    assert img.text["prompt"] == "a photo of <q>" and img.text["expanded_prompt"] == "a photo of <q> <q>_1"
+    assert img.text["seed"] == "1" and "Steps: 3" in img.text["parameters"]
+    # image 1 (seed 1) can be made again alone, and the token changes the picture
+    again = generate(GenerateConfig(prompt=["a photo of <q>"], embedding=[str(emb_path)], out=str(tmp_path / "s"),
+                                    n=1, seed=1, steps=3, model=str(sd1_dir)), progress=False)
+    assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(img))
+    plain = generate(GenerateConfig(prompt=["a photo of dog"], out=str(tmp_path / "t"), n=1, seed=1, steps=3,
+                                    model=str(sd1_dir)), progress=False)
+    assert not np.array_equal(np.asarray(Image.open(plain[0])), np.asarray(img))
+
+
+def test_two_embeddings_in_one_prompt_and_clash_refused(sd1_dir, tmp_path):
+    a = save_embedding(LearnedEmbedding("<a>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "a.safetensors", "kohya")[0]
+    b = save_embedding(LearnedEmbedding("<b>", {"text_encoder": torch.randn(3, 32)}), tmp_path / "b.pt", "a1111")[0]
+    paths = generate(GenerateConfig(prompt=["<a> next to <b>"], embedding=[str(a), str(b)], out=str(tmp_path / "r"),
+                                    n=1, steps=2, model=str(sd1_dir)), progress=False)
+    assert Image.open(paths[0]).text["expanded_prompt"] == "<a> next to <b> <b>_1 <b>_2"
+    with pytest.raises(TokenError, match="both define"):
+        generate(GenerateConfig(prompt=["<a>"], embedding=[str(a), str(a)], out=str(tmp_path / "x"), n=1, steps=2,
+                                model=str(sd1_dir)), progress=False)
+    with pytest.raises(TokenError, match="--token"):
+        generate(GenerateConfig(prompt=["dog"], embedding=[str(a)], token=["dog"], out=str(tmp_path / "x"), n=1,
+                                steps=2, model=str(sd1_dir)), progress=False)
+
+
+def test_trained_file_loads_through_diffusers_own_loader_and_matches_our_generation(sd1_dir, images, tmp_path):
+    from textinv.config import TrainConfig
+    from textinv.train import train
+
+    result = train(TrainConfig(images=str(images), token="<zq>", init="dog", out=str(tmp_path / "run"), steps=3,
+                               batch=2, save_every=0, sample_every=0, vectors=2, lr=0.5), model=load_model(sd1_dir),
+                   progress=False)
+    path = result.files[0]
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_dir, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(p, prompt):
+        return p(prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0), height=16, width=16,
+                 output_type="np").images[0]
+
+    before = run(pipe, "a photo of <zq>")
+    pipe.load_textual_inversion(str(path))
+    after = run(pipe, "a photo of <zq>")
+    assert not np.allclose(before, after), "the learned token did not change diffusers' output"
+    ids = pipe.tokenizer.convert_tokens_to_ids(["<zq>", "<zq>_1"])
+    rows = pipe.text_encoder.get_input_embeddings().weight[ids]
+    assert torch.equal(rows, result.embedding.vectors["text_encoder"])
+    # our own generation with the same file gives the same image diffusers gives
+    ours = load_model(sd1_dir)
+    install_embedding(ours, result.embedding)
+    mine = render(ours, [expand_all("a photo of <zq>", [result.embedding])], seeds=[0], steps=3)[0]
+    theirs = (after * 255).round().astype("uint8")
+    assert np.abs(np.asarray(mine).astype(int) - theirs.astype(int)).max() <= 1

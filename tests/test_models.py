@@ -1,0 +1,96 @@
+"""Model loading: every kind of source, family detection, and clear errors for what cannot be used."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from textinv.errors import ModelError
+from textinv.models import checkpoint_family, load_model, resolve_source
+
+
+def test_diffusers_folder_loads_frozen_with_its_prediction_type(sd1_dir, sd2_dir):
+    m1, m2 = load_model(sd1_dir), load_model(sd2_dir)
+    assert (m1.prediction_type, m2.prediction_type) == ("epsilon", "v_prediction")
+    assert m1.family == "custom" and m1.width == 32 and m1.resolution == 16
+    assert not any(p.requires_grad for p in m1.pipeline.unet.parameters())
+    assert load_model(sd1_dir, prediction_type="v_prediction").prediction_type == "v_prediction"
+
+
+def test_missing_path_and_non_model_folder(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        resolve_source(str(tmp_path / "nope"))
+    with pytest.raises(ModelError, match="not found"):
+        resolve_source("./models/sd15.safetensors")
+    with pytest.raises(ModelError, match="no model_index.json"):
+        resolve_source(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ModelError, match="not a model checkpoint"):
+        resolve_source(str(tmp_path / "notes.txt"))
+    assert resolve_source("stable-diffusion-v1-5/stable-diffusion-v1-5") == ("hub", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+
+
+def test_hub_id_offline_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="network"):
+        load_model("someone/no-such-model-here")
+
+
+def test_empty_tokenizer_folder_is_caught(sd1_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(sd1_dir, broken)
+    for f in (broken / "tokenizer").iterdir():
+        f.unlink()
+    (broken / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer"}))
+    with pytest.raises(ModelError):
+        load_model(broken)
+
+
+def test_sdxl_folder_is_refused(sd1_dir, tmp_path):
+    xl = tmp_path / "xl"
+    shutil.copytree(sd1_dir, xl)
+    index = json.loads((xl / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionXLPipeline"
+    index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+    (xl / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelError, match="XL.*SD 1.x and 2.x"):
+        load_model(xl)
+
+
+def _fake_checkpoint(path, keys):
+    save_file({k: torch.zeros(shape) for k, shape in keys.items()}, path)
+    return path
+
+
+def test_single_file_family_is_read_from_keys(tmp_path):
+    unet = "model.diffusion_model."
+    sd1 = _fake_checkpoint(tmp_path / "sd1.safetensors", {
+        unet + "output_blocks.11.0.skip_connection.weight": (2, 2),
+        unet + "input_blocks.0.0.weight": (320, 4, 3, 3),
+        unet + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+    })
+    sd2 = _fake_checkpoint(tmp_path / "sd2.safetensors", {
+        unet + "input_blocks.0.0.weight": (320, 4, 3, 3),
+        unet + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
+    })
+    xl = _fake_checkpoint(tmp_path / "xl.safetensors", {
+        unet + "input_blocks.0.0.weight": (320, 4, 3, 3),
+        "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias": (1280,),
+    })
+    assert checkpoint_family(sd1) == "sd1"
+    assert checkpoint_family(sd2) == "sd2"
+    assert checkpoint_family(xl) == "sdxl"
+    with pytest.raises(ModelError, match="XL"):
+        load_model(xl)
+
+
+def test_single_file_that_is_not_a_checkpoint(tmp_path):
+    emb = _fake_checkpoint(tmp_path / "emb.safetensors", {"emb_params": (1, 768)})
+    with pytest.raises(ModelError, match="--embedding"):
+        load_model(emb)
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ModelError, match="cannot read checkpoint"):
+        load_model(bad)
