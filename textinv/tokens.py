@@ -45,6 +45,12 @@ def expand_prompt(prompt: str, token: str, num_vectors: int) -> str:
     return pattern.sub(" ".join(token_names(token, num_vectors)), prompt)
 
 
+class _Rows(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+
 class ExtendedEmbedding(nn.Module):
     """A frozen `nn.Embedding` of V rows plus extra rows held in `self.vectors` (a parameter), for ids V, V+1, ...
 
@@ -61,7 +67,14 @@ class ExtendedEmbedding(nn.Module):
         super().__init__()
         self.base = base
         self.num_base = base.num_embeddings
-        self.vectors = nn.Parameter(vectors.detach().to(device=base.weight.device, dtype=torch.float32).clone())
+        # A child module registered after `base`, so the model's first parameter (what `model.dtype` reports, and
+        # what pipelines cast prompt embeddings to) stays the frozen table's dtype.
+        self.rows = _Rows(vectors.detach().to(device=base.weight.device, dtype=torch.float32).clone())
+
+    @property
+    def vectors(self) -> nn.Parameter:
+        """The added rows, `(num_added, dim)`, float32: the only trainable parameter."""
+        return self.rows.weight
 
     @property
     def weight(self) -> torch.Tensor:

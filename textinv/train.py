@@ -288,9 +288,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                 num_training_steps=config.steps)
 
+    # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step, history = 0, []
     if config.resume:
-        step, history = _load_checkpoint(out, ext, optimizer, lr_schedule, sampler)
+        step, history = _load_checkpoint(out, ext, optimizer, lr_schedule, sampler, scaler)
     elif is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / CONFIG_FILE)
@@ -310,7 +312,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             return []
         emb = current_embedding(at_step)
         files = save_embedding(emb, embedding_path, config.format)
-        _save_checkpoint(out, at_step, ext, optimizer, lr_schedule, sampler, history, config)
+        _save_checkpoint(out, at_step, ext, optimizer, lr_schedule, sampler, scaler, history, config)
         _write_loss_log(out / LOSS_LOG, history)
         return files
 
@@ -345,14 +347,16 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 ids = bank.pick(mine["image"], mine["caption"])
                 loss = diffusion_loss(model, scheduler, latents, mine["noise"], mine["timestep"], ids,
                                       config.min_snr_gamma).mean()
-                (loss / config.grad_accum).backward()
+                scaler.scale(loss / config.grad_accum).backward()
                 interval_loss += loss.detach() / config.grad_accum
             if world > 1:
                 torch.distributed.all_reduce(ext.vectors.grad)
                 ext.vectors.grad /= world
+            scaler.unscale_(optimizer)
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([ext.vectors], config.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
+            scaler.update()
             step += 1
             sampler_at_step = None  # from here on the sampler's state is that of the finished step
             lr_schedule.step()
@@ -411,7 +415,7 @@ def _checkpoint_path(out: Path, step: int) -> Path:
     return out / CHECKPOINT_DIR / f"step-{step:06d}.pt"
 
 
-def _save_checkpoint(out, step, ext, optimizer, lr_schedule, sampler, history, config) -> None:
+def _save_checkpoint(out, step, ext, optimizer, lr_schedule, sampler, scaler, history, config) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step."""
     state = {
         "step": step,
@@ -419,6 +423,7 @@ def _save_checkpoint(out, step, ext, optimizer, lr_schedule, sampler, history, c
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
         "sampler": sampler.state_dict(),
+        "scaler": scaler.state_dict(),
         "history": [list(h) for h in history],
         "textinv_version": __version__,
     }
@@ -430,7 +435,7 @@ def _save_checkpoint(out, step, ext, optimizer, lr_schedule, sampler, history, c
         old.unlink(missing_ok=True)
 
 
-def _load_checkpoint(out, ext, optimizer, lr_schedule, sampler) -> tuple[int, list[tuple[int, float]]]:
+def _load_checkpoint(out, ext, optimizer, lr_schedule, sampler, scaler) -> tuple[int, list[tuple[int, float]]]:
     found = sorted((out / CHECKPOINT_DIR).glob("step-*.pt"))
     if not found:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint; start a new run with --overwrite")
@@ -443,6 +448,8 @@ def _load_checkpoint(out, ext, optimizer, lr_schedule, sampler) -> tuple[int, li
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["lr_schedule"])
     sampler.load_state_dict(state["sampler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     return int(state["step"]), [(int(s), float(v)) for s, v in state["history"]]
 
 
