@@ -72,6 +72,8 @@ class TrainConfig:
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet")
+    reference_like: bool = opt(False, "benchmarks only: do what the diffusers example does (VAE every step, whole "
+                               "vocabulary table in AdamW with old rows restored, fp32 text encoder)")
     overwrite: bool = opt(False, "replace an existing output folder")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
 

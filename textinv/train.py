@@ -232,13 +232,15 @@ def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids
 # the run
 
 
-def train(config: TrainConfig, model: Model | None = None, progress: bool = True) -> TrainResult:
+def train(config: TrainConfig, model: Model | None = None, progress: bool = True, on_step=None) -> TrainResult:
     """Learn `config.token` from the pictures in `config.images`; write everything into `config.out`.
 
     >>> from textinv.config import TrainConfig
     >>> result = train(TrainConfig(images="photos/dog", token="<my-dog>", init="dog", out="runs/dog"))  # doctest: +SKIP
     >>> result.files  # doctest: +SKIP
     [PosixPath('runs/dog/learned_embeds.safetensors')]
+
+    `on_step(step)` is called after each optimizer step (benchmarks time steps with it).
     """
     from accelerate import PartialState
 
@@ -282,7 +284,14 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
 
     # optimizer over the new vectors only
     lr = config.lr * (config.batch * config.grad_accum * world if config.scale_lr else 1)
-    optimizer = torch.optim.AdamW([ext.vectors], lr=lr, weight_decay=config.weight_decay)
+    trained = [ext.vectors]
+    if config.reference_like:  # the diffusers example's costs, for side-by-side benchmarks
+        text_encoder.float()
+        ext.base.weight.requires_grad_(True)
+        trained.append(ext.base.weight)
+        table_copy = ext.base.weight.detach().clone()
+        pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
+    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay)
     from diffusers.optimization import get_scheduler
 
     lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
@@ -343,7 +352,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 drawn = sampler.draw(config.batch * world, latent_shape, num_t)
                 mine = {k: v[rank * config.batch:(rank + 1) * config.batch].to(device) for k, v in drawn.items()}
                 which = mine["image"] + mine["flip"].long() * len(pictures)  # mirrored pictures sit after the originals
-                latents = (mean[which] + std[which] * mine["eps_latent"]) * scaling
+                if config.reference_like:  # the VAE encoder runs every step
+                    with torch.no_grad():
+                        dist = model.vae.encode(pixels[which]).latent_dist
+                        latents = (dist.mean + dist.std * mine["eps_latent"].to(dist.mean.dtype)).float() * scaling
+                else:
+                    latents = (mean[which] + std[which] * mine["eps_latent"]) * scaling
                 ids = bank.pick(mine["image"], mine["caption"])
                 loss = diffusion_loss(model, scheduler, latents, mine["noise"], mine["timestep"], ids,
                                       config.min_snr_gamma).mean()
@@ -357,12 +371,17 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 torch.nn.utils.clip_grad_norm_([ext.vectors], config.max_grad_norm)
             scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
             scaler.update()
+            if config.reference_like:  # put the frozen rows back, as the reference does after every step
+                with torch.no_grad():
+                    ext.base.weight.copy_(table_copy)
             step += 1
             sampler_at_step = None  # from here on the sampler's state is that of the finished step
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
             interval_steps += 1
             bar.update(1)
+            if on_step is not None:
+                on_step(step)
 
             if step % config.log_every == 0 or step == config.steps:
                 mean_loss = (interval_loss / interval_steps).item()  # the only host sync, once per interval

@@ -53,7 +53,7 @@ def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def build_tokenizer(words: list[str], model_max_length: int = 77) -> CLIPTokenizer:
+def build_tokenizer(words: list[str], model_max_length: int = 77, size: int | None = None) -> CLIPTokenizer:
     """A `CLIPTokenizer` whose vocabulary holds `words` as single tokens (plus every byte, as in CLIP).
 
     >>> tok = build_tokenizer(["a", "photo", "of", "dog"])
@@ -61,4 +61,11 @@ def build_tokenizer(words: list[str], model_max_length: int = 77) -> CLIPTokeniz
     7
     """
     vocab, merges = build_vocab(words)
+    if size is not None:  # pad to a real model's vocabulary size (e.g. 49,408) with entries no text produces
+        if size < len(vocab):
+            raise ValueError(f"size {size} is smaller than the {len(vocab)} entries the words need")
+        specials = [BOS, EOS]
+        tokens = [t for t in vocab if t not in specials]
+        tokens += [f"<|filler-{i}|>" for i in range(size - len(vocab))]
+        vocab = {tok: i for i, tok in enumerate(tokens + specials)}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
