@@ -19,7 +19,7 @@ def test_embedding_of_another_width_is_refused_naming_both(sd1_dir):
     with pytest.raises(FormatError, match=r"768 \(Stable Diffusion 1.x\).*32 \(no known"):
         install_embedding(model, emb)
     xl = LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 768), "text_encoder_2": torch.zeros(1, 1280)})
-    with pytest.raises(FormatError, match="two-encoder"):
+    with pytest.raises(FormatError, match=r"768 \+ 1280 \(Stable Diffusion XL\).*32"):
         install_embedding(model, xl)
 
 

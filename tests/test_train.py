@@ -98,7 +98,7 @@ def fixed_batch_loss(model, images, prompt, n=64, seed=123):
     t = torch.randint(0, 1000, (n,), generator=g)
     ids = model.tokenizer([prompt] * n, padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
-        return diffusion_loss(model, model.noise_scheduler(), latents, noise, t, ids).mean().item()
+        return diffusion_loss(model, model.noise_scheduler(), latents, noise, t, [ids]).mean().item()
 
 
 def test_loss_goes_down_on_a_tiny_learnable_target(sd1_dir, images, tmp_path):

@@ -30,7 +30,7 @@ def opt(default, help: str, **extra):
 from .data import PROPERTIES, flip_default
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-SAVE_FORMATS = ("diffusers", "a1111", "kohya")
+SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
@@ -68,9 +68,11 @@ class TrainConfig:
     sample_prompts: list = opt([], "prompts for the sample grids ('{}' marks the token); default by --property")
     sample_steps: int = opt(25, "denoising steps for sample grids")
     log_every: int = opt(10, "loss log interval in steps")
-    format: str = opt("diffusers", "file format of the learned embedding", choices=SAVE_FORMATS)
+    format: str = opt(None, "file format of the embedding; default: diffusers (SD 1.x/2.x), sdxl (SDXL: one "
+                      "clip_l+clip_g file; 'diffusers' writes the diffusers SDXL script's two files)", choices=SAVE_FORMATS)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
+    vae: str = opt(None, "use this VAE instead of the model's (e.g. SDXL's fp16-fixed VAE): folder, file or hub id")
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet")
     reference_like: bool = opt(False, "benchmarks only: do what the diffusers example does (VAE every step, whole "
                                "vocabulary table in AdamW with old rows restored, fp32 text encoder)")

@@ -363,6 +363,15 @@ class TrainingImage:
     path: Path
     pixels: torch.Tensor  # (3, resolution, resolution), float32 in [-1, 1]
     caption: str | None  # the text of the caption file beside it, `[name]` written as `{}`; None if it has none
+    original_size: tuple[int, int] = (0, 0)  # (height, width) as loaded, upright: SDXL conditions on it
+
+    def crop_top_left(self, resolution: int, center_crop: bool = True) -> tuple[int, int]:
+        """(top, left) of the crop in the picture resized so its short side is `resolution` (SDXL's crop ids)."""
+        h, w = self.original_size
+        if not center_crop or not h or not w:
+            return (0, 0)
+        scale = resolution / min(h, w)
+        return (max(0, round(h * scale) - resolution) // 2, max(0, round(w * scale) - resolution) // 2)
 
 
 def load_training_images(
@@ -387,7 +396,8 @@ def load_training_images(
         if min(img.size) < resolution:
             small.append(f"{path} ({img.width}x{img.height})")
         pixels = prepare_image(img, resolution, center_crop)
-        result.append(TrainingImage(path=path, pixels=pixels, caption=read_caption(path)))
+        result.append(TrainingImage(path=path, pixels=pixels, caption=read_caption(path),
+                                    original_size=(img.height, img.width)))
     if small:
         warnings.warn(
             SmallImageWarning(

@@ -8,6 +8,7 @@ uses seed + i, so any single image can be made again on its own.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -22,32 +23,47 @@ from .errors import FormatError, TokenError
 from .families import describe_widths
 from .formats import LearnedEmbedding, load_embedding
 from .io import atomic_path
-from .models import DTYPES, Model, load_model
-from .tokens import add_tokens, expand_prompt, token_names
+from .models import DTYPES, Model, encode_text, load_model
+from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
 DEFAULT_STEPS = 25
 
 
 def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
-    """Add one learned embedding to the model's tokenizer and text encoder; all checks happen first.
+    """Add one learned embedding to the model's tokenizer(s) and text encoder(s); all checks happen first.
 
     Refuses an embedding whose width does not fit the model (naming both widths and their families) and a token
-    that clashes with one the tokenizer already has.
+    that clashes with one the tokenizer already has. SDXL embeddings go into both encoders, each half into its own.
+    Undo with `unload_embeddings`.
     """
-    if set(emb.vectors) != {"text_encoder"}:
-        raise FormatError(
-            f"embedding {emb.token!r} is for a two-encoder model ({describe_widths(emb.widths)}); "
-            f"{model.source} has one text encoder ({describe_widths((model.width,))})"
-        )
-    if emb.widths != (model.width,):
+    if emb.widths != model.widths or set(emb.vectors) != {name for name, _, _ in model.encoders}:
         raise FormatError(
             f"embedding {emb.token!r} has width {describe_widths(emb.widths)} but the model {model.source} has "
-            f"width {describe_widths((model.width,))}; use an embedding trained for this model's family"
+            f"width {describe_widths(model.widths)}; use an embedding trained for this model's family"
         )
-    try:
-        add_tokens(model.tokenizer, model.text_encoder, token_names(emb.token, emb.num_vectors), emb.vectors["text_encoder"])
-    except TokenError as e:
-        raise TokenError(f"cannot add embedding {emb.token!r}: {e} (pass a different name with --token)") from e
+    names = token_names(emb.token, emb.num_vectors)
+    for _, tokenizer, _ in model.encoders:  # check every encoder before changing any
+        for name in names:
+            try:
+                check_new_token(tokenizer, name)
+            except TokenError as e:
+                raise TokenError(f"cannot add embedding {emb.token!r}: {e} (pass a different name with --token)") from e
+    if not hasattr(model, "_pristine"):  # what unload_embeddings restores
+        model._pristine = [(copy.deepcopy(tok), te.get_input_embeddings()) for _, tok, te in model.encoders]
+    for name, tokenizer, encoder in model.encoders:
+        add_tokens(tokenizer, encoder, names, emb.vectors[name])
+
+
+def unload_embeddings(model: Model) -> None:
+    """Remove every embedding `install_embedding` added: vocabulary sizes and outputs are as before."""
+    pristine = getattr(model, "_pristine", None)
+    if pristine is None:
+        return
+    attrs = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")]
+    for (tok_attr, te_attr), (tokenizer, table) in zip(attrs, pristine):
+        setattr(model.pipeline, tok_attr, tokenizer)
+        getattr(model.pipeline, te_attr).set_input_embeddings(table)
+    del model._pristine
 
 
 def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
@@ -58,11 +74,14 @@ def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
 
 
 @torch.no_grad()
-def encode_prompts(model: Model, prompts: list[str]) -> torch.Tensor:
-    """Text-encoder hidden states (B, 77, C) for prompts whose tokens are already expanded."""
-    ids = model.tokenizer(prompts, padding="max_length", max_length=model.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids.to(model.text_encoder.device)
-    return model.text_encoder(ids)[0].to(model.unet.dtype)
+def encode_prompts(model: Model, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Conditioning for prompts whose tokens are already expanded: hidden states (B, 77, C) and, for SDXL, the
+    pooled embedding (B, C2), made as in training (`models.encode_text`)."""
+    ids = [tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids.to(te.device) for _, tok, te in model.encoders]
+    hidden, pooled = encode_text(model, ids)
+    dtype = model.unet.dtype
+    return hidden.to(dtype), (pooled.to(dtype) if pooled is not None else None)
 
 
 @torch.no_grad()
@@ -88,13 +107,19 @@ def render(
     ]).to(pipe.device, pipe.unet.dtype)
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
-    cond = encode_prompts(model, prompts)
-    uncond = encode_prompts(model, [negative_prompt] * len(prompts))
+    cond, pooled = encode_prompts(model, prompts)
+    uncond, neg_pooled = encode_prompts(model, [negative_prompt] * len(prompts))
+    kwargs = dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
+    if model.is_xl:
+        if not negative_prompt and pipe.config.force_zeros_for_empty_prompt:  # as the SDXL pipeline does
+            uncond, neg_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
+        kwargs = dict(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
+                      negative_pooled_prompt_embeds=neg_pooled, original_size=(size, size), target_size=(size, size))
     was_training = pipe.unet.training
     pipe.unet.eval()
     try:
-        result = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=steps,
-                      guidance_scale=guidance, height=size, width=size, latents=latents, output_type="pil")
+        result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                      latents=latents, output_type="pil")
     finally:
         pipe.unet.train(was_training)
     return list(result.images)

@@ -1,4 +1,4 @@
-"""Loading a Stable Diffusion 1.x/2.x model from wherever the user has it, and telling which family it is.
+"""Loading a Stable Diffusion 1.x/2.x/XL model from wherever the user has it, telling its family, encoding text.
 
 Sources, in the order they are tried:
 1. a bundled name (`shapes`, our small embedded model; also the default when no model is given);
@@ -7,7 +7,8 @@ Sources, in the order they are tried:
    `from_single_file`, with the family read from the checkpoint's keys before anything heavy is loaded;
 4. anything else that looks like `owner/name` is a hub id, loaded with `from_pretrained` (needs a network or a
    filled cache).
-SDXL is recognised and refused with a clear message (its own training path is a later issue).
+SDXL pipelines have two tokenizer/text-encoder pairs; `Model.encoders` lists the pairs of any family, and
+`encode_text` turns token ids into the UNet's conditioning the way each family's pipeline does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .errors import ModelError
 from .families import FAMILY_NAMES, family_for_widths
@@ -47,10 +48,22 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 class Model:
     """A loaded SD pipeline and what we know about it. The pipeline's components are the ones we train with."""
 
-    pipeline: StableDiffusionPipeline
-    family: str  # "sd1", "sd2", or "custom" (a width no public family has, e.g. our bundled model)
+    pipeline: StableDiffusionPipeline | StableDiffusionXLPipeline
+    family: str  # "sd1", "sd2", "sdxl", or "custom" (a width no public family has, e.g. our bundled model)
     source: str
     prediction_type: str  # "epsilon" or "v_prediction", from the scheduler config unless overridden
+
+    @property
+    def is_xl(self) -> bool:
+        return getattr(self.pipeline, "text_encoder_2", None) is not None
+
+    @property
+    def encoders(self) -> list[tuple[str, object, torch.nn.Module]]:
+        """(component name, tokenizer, text encoder) for each text encoder, in pipeline order."""
+        pairs = [("text_encoder", self.pipeline.tokenizer, self.pipeline.text_encoder)]
+        if self.is_xl:
+            pairs.append(("text_encoder_2", self.pipeline.tokenizer_2, self.pipeline.text_encoder_2))
+        return pairs
 
     @property
     def tokenizer(self):
@@ -69,9 +82,14 @@ class Model:
         return self.pipeline.vae
 
     @property
+    def widths(self) -> tuple[int, ...]:
+        """Each text encoder's embedding width: (768,) SD 1.x, (1024,) SD 2.x, (768, 1280) SDXL."""
+        return tuple(te.get_input_embeddings().embedding_dim for _, _, te in self.encoders)
+
+    @property
     def width(self) -> int:
-        """The text encoder's embedding width (768 for SD 1.x, 1024 for SD 2.x)."""
-        return self.text_encoder.get_input_embeddings().embedding_dim
+        """The first text encoder's embedding width."""
+        return self.widths[0]
 
     @property
     def resolution(self) -> int:
@@ -84,7 +102,37 @@ class Model:
 
     def describe(self) -> str:
         name = FAMILY_NAMES.get(self.family, "custom model")
-        return f"{self.source} ({name}, text width {self.width}, {self.resolution}px, {self.prediction_type})"
+        widths = "+".join(map(str, self.widths))
+        return f"{self.source} ({name}, text width {widths}, {self.resolution}px, {self.prediction_type})"
+
+
+def encode_text(model: Model, ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The UNet's text conditioning for token ids (one (B, 77) tensor per text encoder), as the pipelines make it.
+
+    SD 1.x/2.x: the encoder's last hidden state (B, 77, C) (SD 2.x's config already drops its last layer).
+    SDXL: both encoders' penultimate hidden states concatenated (B, 77, 768 + 1280), and the pooled, projected
+    output of the second (B, 1280). The pooled vector is read at the first end-of-text token: transformers picks
+    the position of the largest id for configs with the old `eos_token_id=2`, which is a new token's position
+    once tokens are added, so we do not rely on it.
+    Returns (hidden states, pooled or None).
+    """
+    if not model.is_xl:
+        return model.text_encoder(ids[0])[0], None
+    hidden, pooled = [], None
+    for (name, tokenizer, encoder), token_ids in zip(model.encoders, ids):
+        out = encoder(token_ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        if name == "text_encoder_2":
+            eos = (token_ids == tokenizer.eos_token_id).int().argmax(dim=-1)  # (B,)
+            last = out.last_hidden_state[torch.arange(len(token_ids), device=token_ids.device), eos]  # (B, C)
+            pooled = encoder.text_projection(last)
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def xl_time_ids(original_hw: torch.Tensor, crop_tl: torch.Tensor, target: int) -> torch.Tensor:
+    """SDXL's micro-conditioning per sample: (orig_h, orig_w, crop_top, crop_left, target_h, target_w), (B, 6)."""
+    target_hw = torch.full_like(original_hw, target)
+    return torch.cat([original_hw, crop_tl, target_hw], dim=1).float()
 
 
 class _ShapeOnly:
@@ -147,17 +195,14 @@ def checkpoint_family(path: str | os.PathLike) -> str:
     return family
 
 
-def _refuse(family: str, source: str) -> None:
-    if family == "sdxl":
-        raise ModelError(
-            f"{source} is a Stable Diffusion XL model; this version of textinv trains SD 1.x and 2.x only "
-            f"(SDXL support is planned). Use an SD 1.5 or 2.x model."
-        )
-
-
 def _index_family(folder: Path) -> str | None:
+    """"sdxl" for an SDXL folder, None for another SD folder (the widths decide later); refuse other pipelines."""
     index = json.loads((folder / "model_index.json").read_text())
-    if "text_encoder_2" in index or "XL" in index.get("_class_name", ""):
+    name = index.get("_class_name", "")
+    if not name.startswith("StableDiffusion") or name.startswith("StableDiffusion3") or "text_encoder_3" in index:
+        raise ModelError(f"{folder} holds a {name or 'unnamed'} pipeline; textinv trains Stable Diffusion 1.x, "
+                         f"2.x and XL models")
+    if "text_encoder_2" in index or "XL" in name:
         return "sdxl"
     return None
 
@@ -198,8 +243,9 @@ def load_model(
     device: str | torch.device = "cpu",
     prediction_type: str | None = None,
     single_file_config: str | None = None,
+    vae: str | os.PathLike | None = None,
 ) -> Model:
-    """Load an SD 1.x/2.x pipeline from a bundled name, diffusers folder, single file or hub id; everything frozen.
+    """Load an SD 1.x/2.x/XL pipeline from a bundled name, diffusers folder, single file or hub id; all frozen.
 
     >>> model = load_model("shapes")            # doctest: +SKIP
     >>> model.family, model.resolution          # doctest: +SKIP
@@ -211,17 +257,22 @@ def load_model(
         family = _index_family(Path(location))
     elif kind == "file":
         family = checkpoint_family(location)
-    if family:
-        _refuse(family, location)
-    common = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    common = dict(torch_dtype=dtype)
     try:
-        if kind == "file":
-            kwargs = dict(common)
-            if single_file_config:
-                kwargs["config"] = single_file_config
-            pipe = StableDiffusionPipeline.from_single_file(location, **kwargs)
+        if kind == "hub":  # the family is known only after loading: let diffusers pick the pipeline class
+            from diffusers import DiffusionPipeline
+
+            pipe = DiffusionPipeline.from_pretrained(location, **common)
         else:
-            pipe = StableDiffusionPipeline.from_pretrained(location, **common)
+            cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+            if cls is StableDiffusionPipeline:
+                common.update(safety_checker=None, requires_safety_checker=False)
+            if kind == "file":
+                if single_file_config:
+                    common["config"] = single_file_config
+                pipe = cls.from_single_file(location, **common)
+            else:
+                pipe = cls.from_pretrained(location, **common)
     except ModelError:
         raise
     except Exception as e:
@@ -234,28 +285,51 @@ def load_model(
             else ""
         )
         raise ModelError(f"cannot load model {location!r}: {type(e).__name__}: {e}.{hint}") from e
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        _refuse("sdxl", location)
-    _check_tokenizer(pipe, location)
+    if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
+        raise ModelError(f"{location} is a {type(pipe).__name__}; textinv trains Stable Diffusion 1.x, 2.x and XL")
+    if getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker = None  # it is not part of what we train or judge
+    is_xl = isinstance(pipe, StableDiffusionXLPipeline)
     width = pipe.text_encoder.get_input_embeddings().embedding_dim
-    family = family or family_for_widths((width,)) or "custom"
-    if family == "sdxl":
-        _refuse(family, location)
+    family = "sdxl" if is_xl else (family or family_for_widths((width,)) or "custom")
+    if vae is not None:
+        pipe.vae = _load_vae(vae, dtype)
+    elif is_xl and dtype == torch.float16:
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (--vae takes a fixed one instead)
     pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    model = Model(pipeline=pipe, family=family, source=str(source or DEFAULT_MODEL), prediction_type="epsilon")
+    for _, tokenizer, encoder in model.encoders:
+        _check_tokenizer(tokenizer, encoder, location)
+    for module in [pipe.unet, pipe.vae] + [te for _, _, te in model.encoders]:
         module.requires_grad_(False)
         module.eval()
     pipe.to(device)
     pred = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
     if pred not in ("epsilon", "v_prediction"):
         raise ModelError(f"prediction type {pred!r} is not supported; use 'epsilon' or 'v_prediction'")
-    return Model(pipeline=pipe, family=family, source=str(source or DEFAULT_MODEL), prediction_type=pred)
+    model.prediction_type = pred
+    return model
 
 
-def _check_tokenizer(pipe, location: str) -> None:
+def _load_vae(source, dtype: torch.dtype):
+    """A replacement VAE (e.g. SDXL's fp16-fixed one) from a folder, a single file or a hub id."""
+    from diffusers import AutoencoderKL
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            return AutoencoderKL.from_single_file(str(path), torch_dtype=dtype)
+        folder = path / "vae" if (path / "vae" / "config.json").exists() else path
+        return AutoencoderKL.from_pretrained(str(folder) if path.exists() else str(source), torch_dtype=dtype)
+    except Exception as e:
+        raise ModelError(f"cannot load the VAE {source!r}: {type(e).__name__}: {e}. Give a diffusers VAE folder "
+                         f"(with config.json), a single .safetensors file, or a hub id") from e
+
+
+def _check_tokenizer(tokenizer, text_encoder, location: str) -> None:
     """A tokenizer folder without its files silently loads as a 2-token tokenizer: catch that here."""
-    rows = pipe.text_encoder.get_input_embeddings().num_embeddings
-    size = len(pipe.tokenizer)
+    rows = text_encoder.get_input_embeddings().num_embeddings
+    size = len(tokenizer)
     if size != rows:
         raise ModelError(
             f"the tokenizer of {location} has {size} entries but its text encoder has {rows} token rows; the "

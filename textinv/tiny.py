@@ -8,8 +8,9 @@ runs on them in seconds without downloading anything.
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from .vocab import build_tokenizer
 
@@ -19,6 +20,53 @@ TINY_WORDS = (
     "small large cool weird nice close up good one picture drawing sketch red blue green yellow purple orange pink "
     "black white"
 ).split()
+
+
+def _text_config(tokenizer, width: int, act: str) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, hidden_act=act, projection_dim=width,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4, norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=16,
+    )
+
+
+def build_tiny_xl_pipeline(seed: int = 0, widths: tuple[int, int] = (32, 64)) -> StableDiffusionXLPipeline:
+    """A tiny random SDXL pipeline: two text encoders (the second with a projection), text-time conditioning.
+
+    >>> pipe = build_tiny_xl_pipeline()
+    >>> pipe.unet.config.cross_attention_dim
+    96
+    """
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(list(TINY_WORDS))
+    tokenizer_2 = build_tokenizer(list(TINY_WORDS))
+    # the old CLIP configs' eos_token_id=2, as the real SDXL text encoders have: pooling must not rely on it
+    text_encoder = CLIPTextModel(_text_config(tokenizer, widths[0], "quick_gelu"))
+    config_2 = _text_config(tokenizer_2, widths[1], "gelu")
+    config_2.eos_token_id = 2
+    text_encoder_2 = CLIPTextModelWithProjection(config_2)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=sum(widths), attention_head_dim=(2, 4), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + widths[1], transformer_layers_per_block=(1, 1),
+        norm_num_groups=16,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=_tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def build_tiny_pipeline(family: str = "sd1", seed: int = 0, width: int = 32) -> StableDiffusionPipeline:

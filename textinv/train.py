@@ -37,7 +37,7 @@ from .data import CaptionSampler, default_templates, find_images, load_training_
 from .errors import ConfigError, TrainingError
 from .formats import LearnedEmbedding, default_filename, save_embedding
 from .io import atomic_path, write_text
-from .models import DTYPES, Model, load_model
+from .models import DTYPES, Model, encode_text, load_model, xl_time_ids
 from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init_vectors, token_names
 
 CHECKPOINT_DIR = "checkpoints"
@@ -134,9 +134,10 @@ def encode_latents(vae, pixels: torch.Tensor, batch: int = 8) -> tuple[torch.Ten
 
 
 class CaptionBank:
-    """Every caption a picture can get, tokenized once: `ids` (C, 77) and per picture the rows it draws from."""
+    """Every caption a picture can get, tokenized once per tokenizer: `ids[k]` (C, 77), and per picture the
+    caption rows it draws from."""
 
-    def __init__(self, tokenizer, sampler: CaptionSampler, device):
+    def __init__(self, tokenizers: list, sampler: CaptionSampler, device):
         texts: list[str] = []
         rows: list[list[int]] = []
         for i in range(len(sampler)):
@@ -144,16 +145,17 @@ class CaptionBank:
             rows.append([len(texts) + j for j in range(len(options))])
             texts.extend(options)
         self.texts = texts
-        self.ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                             return_tensors="pt").input_ids.to(device)
+        self.ids = [tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device) for tok in tokenizers]
         width = max(len(r) for r in rows)
         self.choices = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], device=device)  # (I, K)
         self.counts = torch.tensor([len(r) for r in rows], device=device)  # (I,)
 
-    def pick(self, image: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, 77) for pictures `image` (B,) given uniform draws `u` (B,) in [0, 1)."""
+    def pick(self, image: torch.Tensor, u: torch.Tensor) -> list[torch.Tensor]:
+        """Token ids (B, 77) per tokenizer for pictures `image` (B,) given uniform draws `u` (B,) in [0, 1)."""
         k = (u * self.counts[image]).long().clamp(max=self.choices.shape[1] - 1)
-        return self.ids[self.choices[image, k]]
+        rows = self.choices[image, k]
+        return [ids[rows] for ids in self.ids]
 
 
 class BatchSampler:
@@ -215,12 +217,19 @@ def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction_typ
     return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
-def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids, min_snr_gamma=None) -> torch.Tensor:
-    """The denoising loss of one batch: the model's own target (epsilon or velocity), mean over pixels, (B,)."""
-    unet, text_encoder = model.unet, model.text_encoder
+def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
+                   min_snr_gamma=None, time_ids=None) -> torch.Tensor:
+    """The denoising loss of one batch: the model's own target (epsilon or velocity), mean over pixels, (B,).
+
+    `input_ids` holds one (B, 77) tensor per text encoder; `time_ids` (B, 6) is SDXL's size/crop conditioning.
+    """
+    unet = model.unet
     noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
-    hidden = text_encoder(input_ids)[0]  # (B, 77, C): last hidden state, as the SD pipelines condition on
-    pred = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype)).sample.float()
+    hidden, pooled = encode_text(model, input_ids)  # (B, 77, C) [+ (B, C2) for SDXL]
+    extra = {}
+    if pooled is not None:
+        extra["added_cond_kwargs"] = {"text_embeds": pooled.to(unet.dtype), "time_ids": time_ids.to(unet.dtype)}
+    pred = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), **extra).sample.float()
     target = scheduler.get_velocity(latents, noise, timesteps) if model.prediction_type == "v_prediction" else noise
     loss = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
     if min_snr_gamma:
@@ -259,13 +268,13 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     dtype = resolve_precision(config.precision, device)
     if model is None:
         model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
-                           single_file_config=config.single_file_config)
-    tokenizer, text_encoder = model.tokenizer, model.text_encoder
+                           single_file_config=config.single_file_config, vae=config.vae)
     names = token_names(config.token, config.vectors)
-    table = base_embedding(text_encoder).weight
-    start = init_vectors(table, encode_init(tokenizer, config.init_text), config.vectors)
-    ext = add_tokens(tokenizer, text_encoder, names, start)
-    rows = slice(ext.vectors.shape[0] - config.vectors, ext.vectors.shape[0])  # this token's rows in the extension
+    # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
+    starts = [init_vectors(base_embedding(te).weight, encode_init(tok, config.init_text), config.vectors)
+              for _, tok, te in model.encoders]
+    exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
+    rows = [slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts]  # this token's rows
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         model.unet.train()  # diffusers checkpoints only in training mode; the frozen UNet has no dropout
@@ -276,7 +285,13 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
     mean, std = encode_latents(model.vae, torch.cat([pixels, pixels.flip(-1)]))  # (2I, 4, h, w): then mirrored
     placeholder = expand_prompt(config.token, config.token, config.vectors)
-    bank = CaptionBank(tokenizer, CaptionSampler(pictures, templates, placeholder), device)
+    bank = CaptionBank([tok for _, tok, _ in model.encoders], CaptionSampler(pictures, templates, placeholder),
+                       device)
+    time_ids = None
+    if model.is_xl:  # SDXL's size/crop conditioning, per picture (mirrored pictures share it)
+        time_ids = torch.stack([xl_time_ids(torch.tensor([p.original_size]),
+                                            torch.tensor([p.crop_top_left(resolution, config.center_crop)]),
+                                            resolution)[0] for p in pictures]).to(device)
     scheduler = model.noise_scheduler()
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
     scaling = model.vae.config.scaling_factor
@@ -284,12 +299,13 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
 
     # optimizer over the new vectors only
     lr = config.lr * (config.batch * config.grad_accum * world if config.scale_lr else 1)
-    trained = [ext.vectors]
+    trained = [e.vectors for e in exts]
     if config.reference_like:  # the diffusers example's costs, for side-by-side benchmarks
-        text_encoder.float()
-        ext.base.weight.requires_grad_(True)
-        trained.append(ext.base.weight)
-        table_copy = ext.base.weight.detach().clone()
+        for (_, _, te), e in zip(model.encoders, exts):
+            te.float()
+            e.base.weight.requires_grad_(True)
+            trained.append(e.base.weight)
+        table_copies = [e.base.weight.detach().clone() for e in exts]
         pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay)
     from diffusers.optimization import get_scheduler
@@ -301,7 +317,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step, history = 0, []
     if config.resume:
-        step, history = _load_checkpoint(out, ext, optimizer, lr_schedule, sampler, scaler)
+        step, history = _load_checkpoint(out, exts, optimizer, lr_schedule, sampler, scaler)
     elif is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / CONFIG_FILE)
@@ -309,19 +325,22 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     meta = {"token": config.token, "vectors": str(config.vectors), "base_model": str(config.model),
             "family": model.family, "property": config.property, "init": config.init_text,
             "textinv_version": __version__}
-    embedding_path = out / default_filename(config.format, config.token)
+    file_format = _file_format(config.format, model)
+    embedding_path = out / default_filename(file_format, config.token)
 
-    def current_embedding(at_step: int, vectors: torch.Tensor | None = None) -> LearnedEmbedding:
-        v = (vectors if vectors is not None else ext.vectors[rows]).detach().float().cpu().clone()
-        return LearnedEmbedding(config.token, {"text_encoder": v}, {**meta, "steps": str(at_step)})
+    def current_embedding(at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
+        vectors = vectors or [e.vectors for e in exts]
+        per_encoder = {name: v[r].detach().float().cpu().clone()
+                       for (name, _, _), v, r in zip(model.encoders, vectors, rows)}
+        return LearnedEmbedding(config.token, per_encoder, {**meta, "steps": str(at_step)})
 
     def save_all(at_step: int) -> list[Path]:
         """The embedding at the top of --out, and a checkpoint to resume from (main process only)."""
         if not is_main:
             return []
         emb = current_embedding(at_step)
-        files = save_embedding(emb, embedding_path, config.format)
-        _save_checkpoint(out, at_step, ext, optimizer, lr_schedule, sampler, scaler, history, config)
+        files = save_embedding(emb, embedding_path, file_format)
+        _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, sampler, scaler, history, config)
         _write_loss_log(out / LOSS_LOG, history)
         return files
 
@@ -337,7 +356,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # 4. the loop -------------------------------------------------------------------------------------------------
     latent_shape = tuple(mean.shape[1:])
     num_t = scheduler.config.num_train_timesteps
-    last_good = ext.vectors.detach().clone()
+    last_good = [e.vectors.detach().clone() for e in exts]
     interval_loss = torch.zeros((), device=device)
     interval_steps = 0
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
@@ -359,21 +378,24 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 else:
                     latents = (mean[which] + std[which] * mine["eps_latent"]) * scaling
                 ids = bank.pick(mine["image"], mine["caption"])
+                cond_ids = time_ids[mine["image"]] if time_ids is not None else None
                 loss = diffusion_loss(model, scheduler, latents, mine["noise"], mine["timestep"], ids,
-                                      config.min_snr_gamma).mean()
+                                      config.min_snr_gamma, cond_ids).mean()
                 scaler.scale(loss / config.grad_accum).backward()
                 interval_loss += loss.detach() / config.grad_accum
             if world > 1:
-                torch.distributed.all_reduce(ext.vectors.grad)
-                ext.vectors.grad /= world
+                for e in exts:
+                    torch.distributed.all_reduce(e.vectors.grad)
+                    e.vectors.grad /= world
             scaler.unscale_(optimizer)
             if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([ext.vectors], config.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_([e.vectors for e in exts], config.max_grad_norm)
             scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
             scaler.update()
             if config.reference_like:  # put the frozen rows back, as the reference does after every step
                 with torch.no_grad():
-                    ext.base.weight.copy_(table_copy)
+                    for e, copy in zip(exts, table_copies):
+                        e.base.weight.copy_(copy)
             step += 1
             sampler_at_step = None  # from here on the sampler's state is that of the finished step
             lr_schedule.step()
@@ -385,9 +407,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
 
             if step % config.log_every == 0 or step == config.steps:
                 mean_loss = (interval_loss / interval_steps).item()  # the only host sync, once per interval
-                if not math.isfinite(mean_loss) or not torch.isfinite(ext.vectors).all():
-                    _stop_non_finite(out, step, last_good[rows], current_embedding, embedding_path, config, is_main)
-                last_good = ext.vectors.detach().clone()
+                if not math.isfinite(mean_loss) or not all(torch.isfinite(e.vectors).all() for e in exts):
+                    _stop_non_finite(step, current_embedding(step, last_good), embedding_path, file_format,
+                                     config, is_main)
+                last_good = [e.vectors.detach().clone() for e in exts]
                 history.append((step, mean_loss))
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_schedule.get_last_lr()[0]:.2e}")
                 interval_loss.zero_()
@@ -417,9 +440,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     return TrainResult(embedding=current_embedding(step), files=files, steps=step, losses=history)
 
 
-def _stop_non_finite(out, step, good_rows, current_embedding, path, config, is_main) -> None:
+def _stop_non_finite(step, good: LearnedEmbedding, path, file_format, config, is_main) -> None:
     if is_main:
-        save_embedding(current_embedding(step, good_rows), path, config.format)
+        save_embedding(good, path, file_format)
     raise TrainingError(
         f"the loss became non-finite (NaN/inf) by step {step}; the last good vectors were saved to {path}. "
         f"Lower --lr (now {config.lr}), set --max-grad-norm 1.0, or use --precision fp32/bf16 instead of fp16."
@@ -430,15 +453,27 @@ def _stop_non_finite(out, step, good_rows, current_embedding, path, config, is_m
 # checkpoints, loss log, sample grids
 
 
+def _file_format(name: str | None, model: Model) -> str:
+    """The file format for --format on this model: SDXL's are the single `sdxl` file or diffusers' two files."""
+    if model.is_xl:
+        if name not in (None, "sdxl", "diffusers"):
+            raise ConfigError(f"--format {name} holds one text encoder; an SDXL embedding is saved as 'sdxl' "
+                              f"(one file: clip_l + clip_g) or 'diffusers' (two files)")
+        return "diffusers-sdxl" if name == "diffusers" else "sdxl"
+    if name == "sdxl":
+        raise ConfigError(f"--format sdxl is for SDXL models; {model.source} is {model.family}")
+    return name or "diffusers"
+
+
 def _checkpoint_path(out: Path, step: int) -> Path:
     return out / CHECKPOINT_DIR / f"step-{step:06d}.pt"
 
 
-def _save_checkpoint(out, step, ext, optimizer, lr_schedule, sampler, scaler, history, config) -> None:
+def _save_checkpoint(out, step, exts, optimizer, lr_schedule, sampler, scaler, history, config) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step."""
     state = {
         "step": step,
-        "vectors": ext.vectors.detach().cpu().clone(),
+        "vectors": [e.vectors.detach().cpu().clone() for e in exts],
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
         "sampler": sampler.state_dict(),
@@ -454,16 +489,18 @@ def _save_checkpoint(out, step, ext, optimizer, lr_schedule, sampler, scaler, hi
         old.unlink(missing_ok=True)
 
 
-def _load_checkpoint(out, ext, optimizer, lr_schedule, sampler, scaler) -> tuple[int, list[tuple[int, float]]]:
+def _load_checkpoint(out, exts, optimizer, lr_schedule, sampler, scaler) -> tuple[int, list[tuple[int, float]]]:
     found = sorted((out / CHECKPOINT_DIR).glob("step-*.pt"))
     if not found:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint; start a new run with --overwrite")
     state = torch.load(found[-1], map_location="cpu", weights_only=True)
-    if state["vectors"].shape != ext.vectors.shape:
-        raise ConfigError(f"checkpoint {found[-1]} holds vectors of shape {tuple(state['vectors'].shape)}, this run "
-                          f"needs {tuple(ext.vectors.shape)}; it belongs to another run")
+    shapes = [tuple(v.shape) for v in state["vectors"]]
+    if shapes != [tuple(e.vectors.shape) for e in exts]:
+        raise ConfigError(f"checkpoint {found[-1]} holds vectors of shapes {shapes}, this run needs "
+                          f"{[tuple(e.vectors.shape) for e in exts]}; it belongs to another run")
     with torch.no_grad():
-        ext.vectors.copy_(state["vectors"])
+        for e, v in zip(exts, state["vectors"]):
+            e.vectors.copy_(v)
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["lr_schedule"])
     sampler.load_state_dict(state["sampler"])
