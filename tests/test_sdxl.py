@@ -136,3 +136,18 @@ def test_generate_sdxl_and_unload_restores_the_pipeline(xl_dir, tmp_path):
     paths = generate(GenerateConfig(prompt=["a <gq>"], embedding=[str(path)], out=str(tmp_path / "r"), n=1, steps=2,
                                     model=str(xl_dir)), progress=False)
     assert Image.open(paths[0]).size == (16, 16)
+
+
+def test_inspect_sdxl_file_against_the_model(xl_dir, tmp_path):
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.inspect import inspect_file
+
+    model = load_model(xl_dir)
+    dog = [base_embedding(te).weight[tok.convert_tokens_to_ids("dog</w>")] for _, tok, te in model.encoders]
+    emb = LearnedEmbedding("<iq>", {"text_encoder": dog[0][None], "text_encoder_2": dog[1][None]})
+    path = save_embedding(emb, tmp_path / "iq.safetensors", "sdxl")[0]
+    report = inspect_file(path, model=str(xl_dir), top_k=1)
+    assert report["format"] == "sdxl" and report["widths"] == [32, 64]
+    assert report["nearest_tokens"]["text_encoder"][0][0][0] == "dog</w>"
+    assert report["nearest_tokens"]["text_encoder_2"][0][0][0] == "dog</w>"
+    assert "vocab_norm_mean" in report["encoders"]["text_encoder_2"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .families import describe_widths
 from .formats import describe, detect_format, load_embedding
 from .models import load_model
 from .tokens import base_embedding
@@ -29,13 +30,17 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
     nearest = None
     if model is not None:
         loaded = load_model(model)
-        table = base_embedding(loaded.text_encoder).weight.detach()
-        report.update(describe(emb, {"text_encoder": table.float().norm(dim=1)}))
-        if emb.widths == (table.shape[1],):
-            nearest = nearest_tokens(table, emb.vectors["text_encoder"], loaded.tokenizer, top_k)
+        tables = {name: base_embedding(te).weight.detach() for name, _, te in loaded.encoders}
+        tokenizers = {name: tok for name, tok, _ in loaded.encoders}
+        if emb.widths == loaded.widths and set(emb.vectors) == set(tables):
+            report.update(describe(emb, {name: t.float().norm(dim=1) for name, t in tables.items()}))
+            nearest = {name: nearest_tokens(tables[name], emb.vectors[name], tokenizers[name], top_k)
+                       for name in emb.vectors}
             report["nearest_tokens"] = nearest
         else:
-            report["model_mismatch"] = f"model width {table.shape[1]} does not fit this embedding"
+            report.update(describe(emb))
+            report["model_mismatch"] = (f"this embedding ({describe_widths(emb.widths)}) does not fit "
+                                        f"{model} ({describe_widths(loaded.widths)})")
     else:
         report.update(describe(emb))
     lines = [f"{report['file']}: {report['format']} format", f"token: {emb.token}",
@@ -46,8 +51,10 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
         if "vocab_norm_mean" in entry:
             line += f" (vocabulary: {entry['vocab_norm_mean']:.3f} +/- {entry['vocab_norm_std']:.3f})"
         lines.append(line)
-    for i, near in enumerate(nearest or []):
-        lines.append(f"vector {i} reads as: " + ", ".join(f"{t} ({s:.2f})" for t, s in near))
+    for name, per_vector in (nearest or {}).items():
+        where = f" ({name})" if len(nearest) > 1 else ""
+        for i, near in enumerate(per_vector):
+            lines.append(f"vector {i}{where} reads as: " + ", ".join(f"{t} ({s:.2f})" for t, s in near))
     if "model_mismatch" in report:
         lines.append(report["model_mismatch"])
     if emb.metadata:
