@@ -151,3 +151,22 @@ def test_inspect_sdxl_file_against_the_model(xl_dir, tmp_path):
     assert report["nearest_tokens"]["text_encoder"][0][0][0] == "dog</w>"
     assert report["nearest_tokens"]["text_encoder_2"][0][0][0] == "dog</w>"
     assert "vocab_norm_mean" in report["encoders"]["text_encoder_2"]
+
+
+def test_two_file_layout_loads_through_diffusers_each_file_into_its_encoder(xl_dir, images, tmp_path):
+    result = train(xl_config(images, tmp_path / "run", format="diffusers", steps=2), model=load_model(xl_dir),
+                   progress=False)
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl_dir)
+    pipe.set_progress_bar_config(disable=True)
+    before = pipe("a photo of <xq>", num_inference_steps=2, generator=torch.Generator().manual_seed(0), height=16,
+                  width=16, output_type="np").images[0]
+    pipe.load_textual_inversion(str(tmp_path / "run" / "learned_embeds.safetensors"), text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(str(tmp_path / "run" / "learned_embeds_2.safetensors"),
+                                text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+    after = pipe("a photo of <xq>", num_inference_steps=2, generator=torch.Generator().manual_seed(0), height=16,
+                 width=16, output_type="np").images[0]
+    assert not np.allclose(before, after)
+    ids = pipe.tokenizer_2.convert_tokens_to_ids(["<xq>", "<xq>_1"])
+    assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[ids],
+                       result.embedding.vectors["text_encoder_2"])
