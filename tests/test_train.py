@@ -217,3 +217,32 @@ def test_half_precision_loss_curve_matches_fp32(precision, sd1_dir, images, tmp_
     assert half.embedding.vectors["text_encoder"].dtype == torch.float32
     for (s1, l1), (s2, l2) in zip(ref.losses, half.losses):
         assert s1 == s2 and abs(l1 - l2) / l1 < 0.02, (ref.losses, half.losses)  # within 2% (seen: < 0.1%)
+
+
+def test_several_concepts_in_one_run_each_equal_to_its_own_run(sd1_dir, tmp_path):
+    """K concepts share the frozen model and each batch, yet each learns what a run of its own learns."""
+    from conftest import write_images
+    from textinv.train import concept_seed
+
+    dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
+    common = dict(steps=4, batch=2, save_every=0, sample_every=0, log_every=2, lr=5e-2, max_grad_norm=0.05)
+    joint = train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", {"images": str(cats), "token": "<jc>", "init": "cat"}],
+                              out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir), progress=False)
+    alone_d = train(TrainConfig(images=str(dogs), token="<jd>", init="dog", out=str(tmp_path / "d"), **common),
+                    model=load_model(sd1_dir), progress=False)
+    alone_c = train(TrainConfig(images=str(cats), token="<jc>", init="cat", out=str(tmp_path / "c"),
+                                seed=concept_seed(0, 1), **common), model=load_model(sd1_dir), progress=False)
+    assert [e.token for e in joint.embeddings] == ["<jd>", "<jc>"]
+    for mine, alone in zip(joint.embeddings, (alone_d, alone_c)):
+        assert torch.allclose(mine.vectors["text_encoder"], alone.embedding.vectors["text_encoder"], atol=1e-5)
+    assert load_embedding(tmp_path / "joint" / "jd" / "learned_embeds.safetensors").token == "<jd>"
+    assert load_embedding(tmp_path / "joint" / "jc" / "learned_embeds.safetensors").token == "<jc>"
+
+
+def test_concepts_settings_are_checked(images, tmp_path):
+    with pytest.raises(ConfigError, match="not both"):
+        TrainConfig(images=str(images), token="<a>", concepts=[f"{images}=<b>"], out=str(tmp_path)).validate()
+    with pytest.raises(ConfigError, match="repeats a token"):
+        TrainConfig(concepts=[f"{images}=<b>", f"{images}=<b>"], out=str(tmp_path)).validate()
+    with pytest.raises(ConfigError, match="FOLDER=TOKEN"):
+        TrainConfig(concepts=[f"{images}"], out=str(tmp_path)).validate()

@@ -40,6 +40,8 @@ class TrainConfig:
 
     images: str = opt(None, "folder with 3-10 pictures of the concept (captions in NAME.txt beside an image are used)")
     token: str = opt(None, "the new word to learn, e.g. '<my-dog>'; write it in prompts later")
+    concepts: list = opt([], "several concepts in one run instead of --images/--token: FOLDER=TOKEN[=INIT] each "
+                             "(in a config file, also mappings with images, token, init)")
     out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name")
     init: str = opt(None, "word or phrase to start from (e.g. 'dog'); default: the --property word")
@@ -81,9 +83,14 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every setting before anything is loaded; raise ConfigError naming the bad value and the fix."""
-        for name in ("images", "token", "out"):
-            if not getattr(self, name):
-                raise ConfigError(f"--{name} is required ({_help(name)})")
+        if not self.out:
+            raise ConfigError(f"--out is required ({_help('out')})")
+        if self.concepts and (self.images or self.token):
+            raise ConfigError("give either --images and --token (one concept) or --concepts (several), not both")
+        specs = self.concept_list()
+        tokens = [spec["token"] for spec in specs]
+        if len(set(tokens)) != len(tokens):
+            raise ConfigError(f"--concepts repeats a token: {tokens}; each concept needs its own")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
@@ -123,6 +130,30 @@ class TrainConfig:
     @builtins.property
     def init_text(self) -> str:
         return self.init if self.init else self.property
+
+    def concept_list(self) -> list[dict[str, str]]:
+        """The run's concepts as dicts of images, token and init (one for --images/--token)."""
+        if not self.concepts:
+            for name in ("images", "token"):
+                if not getattr(self, name):
+                    raise ConfigError(f"--{name} is required ({_help(name)}), or give --concepts")
+            return [{"images": self.images, "token": self.token, "init": self.init_text}]
+        specs = []
+        for item in self.concepts:
+            if isinstance(item, dict):
+                spec = {k: item.get(k) for k in ("images", "token", "init")}
+                if set(item) - {"images", "token", "init"}:
+                    raise ConfigError(f"concept {item!r}: only the keys images, token and init are known")
+            else:
+                parts = str(item).split("=")
+                if len(parts) not in (2, 3):
+                    raise ConfigError(f"--concepts {item!r} must be FOLDER=TOKEN or FOLDER=TOKEN=INIT")
+                spec = dict(zip(("images", "token", "init"), parts))
+            if not spec.get("images") or not spec.get("token"):
+                raise ConfigError(f"concept {item!r} needs both a folder and a token")
+            spec["init"] = spec.get("init") or self.init_text
+            specs.append(spec)
+        return specs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

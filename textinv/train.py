@@ -63,6 +63,7 @@ class TrainResult:
     files: list[Path]
     steps: int
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over the log interval)
+    embeddings: list[LearnedEmbedding] = field(default_factory=list)  # every concept's, in order
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,8 +242,30 @@ def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids
 # the run
 
 
+@dataclass
+class ConceptState:
+    """One concept of a run: its token, pictures, cached latents, captions, sampler and rows in the tables."""
+
+    token: str
+    init: str
+    pictures: list
+    mean: torch.Tensor  # (2I, 4, h, w): the pictures, then their mirror images
+    std: torch.Tensor
+    bank: CaptionBank
+    sampler: BatchSampler
+    time_ids: torch.Tensor | None  # (I, 6) for SDXL
+    rows: list[slice]  # this token's rows in each encoder's added vectors
+    out: Path  # where its embedding goes
+    pixels: torch.Tensor | None = None  # kept only by the reference-like mode, which encodes every step
+
+
 def train(config: TrainConfig, model: Model | None = None, progress: bool = True, on_step=None) -> TrainResult:
     """Learn `config.token` from the pictures in `config.images`; write everything into `config.out`.
+
+    With `config.concepts` it learns several independent tokens in one run that shares the frozen model: each
+    step draws `batch` samples per concept, all go through the UNet as one batch, and the loss is the sum of each
+    concept's mean, so every concept gets the gradient its own run would get (the returned result is the first
+    concept's; each concept's file is in `out/<name>/`).
 
     >>> from textinv.config import TrainConfig
     >>> result = train(TrainConfig(images="photos/dog", token="<my-dog>", init="dog", out="runs/dog"))  # doctest: +SKIP
@@ -260,42 +283,55 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # 1. settings and output folder ---------------------------------------------------------------------------
     config = prepare_output(config.validate(), is_main)
     out = Path(config.out)
-    images = find_images(config.images)  # fail on bad data before the (slow) model load
+    specs = config.concept_list()
+    images = [find_images(spec["images"]) for spec in specs]  # fail on bad data before the (slow) model load
     templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
 
-    # 2. model and token ------------------------------------------------------------------------------------------
+    # 2. model and tokens -----------------------------------------------------------------------------------------
     device = state.device
     dtype = resolve_precision(config.precision, device)
     if model is None:
         model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
                            single_file_config=config.single_file_config, vae=config.vae)
-    names = token_names(config.token, config.vectors)
-    # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
-    starts = [init_vectors(base_embedding(te).weight, encode_init(tok, config.init_text), config.vectors)
-              for _, tok, te in model.encoders]
-    exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
-    rows = [slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts]  # this token's rows
+    file_format = _file_format(config.format, model)
+    rows_per_concept = []
+    for spec in specs:
+        names = token_names(spec["token"], config.vectors)
+        # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
+        starts = [init_vectors(base_embedding(te).weight, encode_init(tok, spec["init"]), config.vectors)
+                  for _, tok, te in model.encoders]
+        exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
+        rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         model.unet.train()  # diffusers checkpoints only in training mode; the frozen UNet has no dropout
 
     # 3. data -----------------------------------------------------------------------------------------------------
     resolution = config.resolution or model.resolution
-    pictures = load_training_images(images, resolution, config.center_crop)
-    pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
-    mean, std = encode_latents(model.vae, torch.cat([pixels, pixels.flip(-1)]))  # (2I, 4, h, w): then mirrored
-    placeholder = expand_prompt(config.token, config.token, config.vectors)
-    bank = CaptionBank([tok for _, tok, _ in model.encoders], CaptionSampler(pictures, templates, placeholder),
-                       device)
-    time_ids = None
-    if model.is_xl:  # SDXL's size/crop conditioning, per picture (mirrored pictures share it)
-        time_ids = torch.stack([xl_time_ids(torch.tensor([p.original_size]),
-                                            torch.tensor([p.crop_top_left(resolution, config.center_crop)]),
-                                            resolution)[0] for p in pictures]).to(device)
+    tokenizers = [tok for _, tok, _ in model.encoders]
+    concepts: list[ConceptState] = []
+    for k, (spec, paths, rows) in enumerate(zip(specs, images, rows_per_concept)):
+        pictures = load_training_images(paths, resolution, config.center_crop)
+        pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
+        mean, std = encode_latents(model.vae, torch.cat([pixels, pixels.flip(-1)]))  # (2I, 4, h, w)
+        placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
+        bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder), device)
+        time_ids = None
+        if model.is_xl:  # SDXL's size/crop conditioning, per picture (mirrored pictures share it)
+            time_ids = torch.stack([xl_time_ids(torch.tensor([p.original_size]),
+                                                torch.tensor([p.crop_top_left(resolution, config.center_crop)]),
+                                                resolution)[0] for p in pictures]).to(device)
+        # concept k draws from its own generator: a concept of a joint run sees what its own run would see
+        sampler = BatchSampler(len(pictures), config.repeats, config.use_flip, concept_seed(config.seed, k))
+        concept_out = out if len(specs) == 1 else out / Path(default_filename("a1111", spec["token"])).stem
+        concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
+                                     concept_out))
+        if config.reference_like:
+            concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
     scheduler = model.noise_scheduler()
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
     scaling = model.vae.config.scaling_factor
-    sampler = BatchSampler(len(pictures), config.repeats, config.use_flip, config.seed)
+    exts = [te.get_input_embeddings() for _, _, te in model.encoders]
 
     # optimizer over the new vectors only
     lr = config.lr * (config.batch * config.grad_accum * world if config.scale_lr else 1)
@@ -306,7 +342,6 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             e.base.weight.requires_grad_(True)
             trained.append(e.base.weight)
         table_copies = [e.base.weight.detach().clone() for e in exts]
-        pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay)
     from diffusers.optimization import get_scheduler
 
@@ -315,72 +350,73 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
 
     # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    samplers = [c.sampler for c in concepts]
     step, history = 0, []
     if config.resume:
-        step, history = _load_checkpoint(out, exts, optimizer, lr_schedule, sampler, scaler)
+        step, history = _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler)
     elif is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / CONFIG_FILE)
 
-    meta = {"token": config.token, "vectors": str(config.vectors), "base_model": str(config.model),
-            "family": model.family, "property": config.property, "init": config.init_text,
-            "textinv_version": __version__}
-    file_format = _file_format(config.format, model)
-    embedding_path = out / default_filename(file_format, config.token)
-
-    def current_embedding(at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
+    def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
         vectors = vectors or [e.vectors for e in exts]
         per_encoder = {name: v[r].detach().float().cpu().clone()
-                       for (name, _, _), v, r in zip(model.encoders, vectors, rows)}
-        return LearnedEmbedding(config.token, per_encoder, {**meta, "steps": str(at_step)})
+                       for (name, _, _), v, r in zip(model.encoders, vectors, c.rows)}
+        meta = {"token": c.token, "vectors": str(config.vectors), "base_model": str(config.model),
+                "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
+                "textinv_version": __version__}
+        return LearnedEmbedding(c.token, per_encoder, meta)
 
-    def save_all(at_step: int) -> list[Path]:
-        """The embedding at the top of --out, and a checkpoint to resume from (main process only)."""
+    def embedding_path(c: ConceptState) -> Path:
+        return c.out / default_filename(file_format, c.token)
+
+    def save_all(at_step: int, vectors: list[torch.Tensor] | None = None, checkpoint: bool = True) -> list[Path]:
+        """Each concept's embedding, and a checkpoint to resume from (main process only)."""
         if not is_main:
             return []
-        emb = current_embedding(at_step)
-        files = save_embedding(emb, embedding_path, file_format)
-        _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, sampler, scaler, history, config)
-        _write_loss_log(out / LOSS_LOG, history)
+        files = [f for c in concepts for f in save_embedding(embedding_of(c, at_step, vectors), embedding_path(c),
+                                                               file_format)]
+        if checkpoint:
+            _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, history, config)
+            _write_loss_log(out / LOSS_LOG, history)
         return files
 
     sample_prompts = config.sample_prompts or [t for t in templates if "[filewords]" not in t][:4]
 
     def draw_samples(at_step: int) -> None:
-        if is_main and config.sample_every:
-            grid = sample_grid(model, [expand_prompt(p.replace("{}", config.token), config.token, config.vectors)
+        if not (is_main and config.sample_every):
+            return
+        for c in concepts:
+            grid = sample_grid(model, [expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
                                        for p in sample_prompts], config.seed, config.sample_steps, resolution)
-            with atomic_path(out / SAMPLES_DIR / f"step-{at_step:06d}.png") as tmp:
+            with atomic_path(c.out / SAMPLES_DIR / f"step-{at_step:06d}.png") as tmp:
                 grid.save(tmp, format="PNG")
 
     # 4. the loop -------------------------------------------------------------------------------------------------
-    latent_shape = tuple(mean.shape[1:])
+    latent_shape = tuple(concepts[0].mean.shape[1:])
     num_t = scheduler.config.num_train_timesteps
     last_good = [e.vectors.detach().clone() for e in exts]
     interval_loss = torch.zeros((), device=device)
     interval_steps = 0
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
     started = time.time()
-    sampler_at_step = None
+    samplers_at_step = None
     if step == 0 and not config.resume:
         draw_samples(0)
     try:
         while step < config.steps:
-            sampler_at_step = sampler.state_dict()  # what a checkpoint of `step` must hold if Ctrl-C comes mid-step
+            # what a checkpoint of `step` must hold if Ctrl-C comes in the middle of this step
+            samplers_at_step = [s.state_dict() for s in samplers]
             for _ in range(config.grad_accum):
-                drawn = sampler.draw(config.batch * world, latent_shape, num_t)
-                mine = {k: v[rank * config.batch:(rank + 1) * config.batch].to(device) for k, v in drawn.items()}
-                which = mine["image"] + mine["flip"].long() * len(pictures)  # mirrored pictures sit after the originals
-                if config.reference_like:  # the VAE encoder runs every step
-                    with torch.no_grad():
-                        dist = model.vae.encode(pixels[which]).latent_dist
-                        latents = (dist.mean + dist.std * mine["eps_latent"].to(dist.mean.dtype)).float() * scaling
-                else:
-                    latents = (mean[which] + std[which] * mine["eps_latent"]) * scaling
-                ids = bank.pick(mine["image"], mine["caption"])
-                cond_ids = time_ids[mine["image"]] if time_ids is not None else None
-                loss = diffusion_loss(model, scheduler, latents, mine["noise"], mine["timestep"], ids,
-                                      config.min_snr_gamma, cond_ids).mean()
+                batch = [_draw(c, config, world, rank, latent_shape, num_t, device, scaling, model) for c in concepts]
+                ids = [torch.cat(parts) for parts in zip(*(b["ids"] for b in batch))]
+                cond_ids = torch.cat([b["time_ids"] for b in batch]) if model.is_xl else None
+                per_sample = diffusion_loss(model, scheduler, torch.cat([b["latents"] for b in batch]),
+                                            torch.cat([b["noise"] for b in batch]),
+                                            torch.cat([b["timestep"] for b in batch]), ids, config.min_snr_gamma,
+                                            cond_ids)  # (K * B,)
+                # the sum over concepts of each concept's mean: concept k's gradient is its own run's
+                loss = per_sample.view(len(concepts), -1).mean(dim=1).sum()
                 scaler.scale(loss / config.grad_accum).backward()
                 interval_loss += loss.detach() / config.grad_accum
             if world > 1:
@@ -389,7 +425,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                     e.vectors.grad /= world
             scaler.unscale_(optimizer)
             if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([e.vectors for e in exts], config.max_grad_norm)
+                for c in concepts:  # each concept clipped on its own, as in its own run
+                    _clip_rows([(e.vectors.grad, r) for e, r in zip(exts, c.rows)], config.max_grad_norm)
             scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
             scaler.update()
             if config.reference_like:  # put the frozen rows back, as the reference does after every step
@@ -397,7 +434,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                     for e, copy in zip(exts, table_copies):
                         e.base.weight.copy_(copy)
             step += 1
-            sampler_at_step = None  # from here on the sampler's state is that of the finished step
+            samplers_at_step = None  # from here on the samplers' state is that of the finished step
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
             interval_steps += 1
@@ -408,8 +445,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             if step % config.log_every == 0 or step == config.steps:
                 mean_loss = (interval_loss / interval_steps).item()  # the only host sync, once per interval
                 if not math.isfinite(mean_loss) or not all(torch.isfinite(e.vectors).all() for e in exts):
-                    _stop_non_finite(step, current_embedding(step, last_good), embedding_path, file_format,
-                                     config, is_main)
+                    save_all(step, last_good, checkpoint=False)
+                    raise TrainingError(
+                        f"the loss became non-finite (NaN/inf) by step {step}; the last good vectors were saved to "
+                        f"{embedding_path(concepts[0])}. Lower --lr (now {config.lr}), set --max-grad-norm 1.0, or "
+                        f"use --precision fp32/bf16 instead of fp16.")
                 last_good = [e.vectors.detach().clone() for e in exts]
                 history.append((step, mean_loss))
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_schedule.get_last_lr()[0]:.2e}")
@@ -424,10 +464,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     except KeyboardInterrupt:
         bar.close()
         optimizer.zero_grad(set_to_none=True)
-        if sampler_at_step is not None and step < config.steps:  # the half-drawn step is redone on resume
-            sampler.load_state_dict(sampler_at_step)
+        if samplers_at_step is not None and step < config.steps:  # the half-drawn step is redone on resume
+            for s, saved in zip(samplers, samplers_at_step):
+                s.load_state_dict(saved)
         save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
-        raise TrainingInterrupted(step, embedding_path) from None
+        raise TrainingInterrupted(step, embedding_path(concepts[0])) from None
     bar.close()
 
     # 5. results --------------------------------------------------------------------------------------------------
@@ -436,17 +477,39 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         draw_samples(step)
     if is_main and progress:
         took = time.time() - started
-        print(f"learned {config.token} in {step} steps ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
-    return TrainResult(embedding=current_embedding(step), files=files, steps=step, losses=history)
+        learned = ", ".join(c.token for c in concepts)
+        print(f"learned {learned} in {step} steps ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
+    return TrainResult(embedding=embedding_of(concepts[0], step), files=files, steps=step, losses=history,
+                       embeddings=[embedding_of(c, step) for c in concepts])
 
 
-def _stop_non_finite(step, good: LearnedEmbedding, path, file_format, config, is_main) -> None:
-    if is_main:
-        save_embedding(good, path, file_format)
-    raise TrainingError(
-        f"the loss became non-finite (NaN/inf) by step {step}; the last good vectors were saved to {path}. "
-        f"Lower --lr (now {config.lr}), set --max-grad-norm 1.0, or use --precision fp32/bf16 instead of fp16."
-    )
+def concept_seed(seed: int, index: int) -> int:
+    """The data seed of concept `index` in a run seeded `seed` (the first concept's is the run's own)."""
+    return seed + 1_000_003 * index
+
+
+def _draw(c: ConceptState, config, world, rank, latent_shape, num_t, device, scaling, model) -> dict:
+    """One concept's part of a micro-batch: latents, noise, timesteps, token ids, SDXL time ids."""
+    drawn = c.sampler.draw(config.batch * world, latent_shape, num_t)
+    mine = {k: v[rank * config.batch:(rank + 1) * config.batch].to(device) for k, v in drawn.items()}
+    which = mine["image"] + mine["flip"].long() * len(c.pictures)  # mirrored pictures sit after the originals
+    if c.pixels is not None:  # reference-like mode: the VAE encoder runs every step
+        with torch.no_grad():
+            dist = model.vae.encode(c.pixels[which]).latent_dist
+            latents = (dist.mean + dist.std * mine["eps_latent"].to(dist.mean.dtype)).float() * scaling
+    else:
+        latents = (c.mean[which] + c.std[which] * mine["eps_latent"]) * scaling
+    return {"latents": latents, "noise": mine["noise"], "timestep": mine["timestep"],
+            "ids": c.bank.pick(mine["image"], mine["caption"]),
+            "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None}
+
+
+def _clip_rows(grads_and_rows: list[tuple[torch.Tensor, slice]], max_norm: float) -> None:
+    """Clip the gradient of some rows (across encoders) to a total L2 norm of `max_norm`, in place."""
+    norm = torch.sqrt(sum((g[r].float() ** 2).sum() for g, r in grads_and_rows))
+    factor = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for g, r in grads_and_rows:
+        g[r] *= factor
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -469,14 +532,14 @@ def _checkpoint_path(out: Path, step: int) -> Path:
     return out / CHECKPOINT_DIR / f"step-{step:06d}.pt"
 
 
-def _save_checkpoint(out, step, exts, optimizer, lr_schedule, sampler, scaler, history, config) -> None:
+def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step."""
     state = {
         "step": step,
         "vectors": [e.vectors.detach().cpu().clone() for e in exts],
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
-        "sampler": sampler.state_dict(),
+        "samplers": [s.state_dict() for s in samplers],
         "scaler": scaler.state_dict(),
         "history": [list(h) for h in history],
         "textinv_version": __version__,
@@ -489,7 +552,7 @@ def _save_checkpoint(out, step, exts, optimizer, lr_schedule, sampler, scaler, h
         old.unlink(missing_ok=True)
 
 
-def _load_checkpoint(out, exts, optimizer, lr_schedule, sampler, scaler) -> tuple[int, list[tuple[int, float]]]:
+def _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler) -> tuple[int, list[tuple[int, float]]]:
     found = sorted((out / CHECKPOINT_DIR).glob("step-*.pt"))
     if not found:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint; start a new run with --overwrite")
@@ -503,7 +566,8 @@ def _load_checkpoint(out, exts, optimizer, lr_schedule, sampler, scaler) -> tupl
             e.vectors.copy_(v)
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["lr_schedule"])
-    sampler.load_state_dict(state["sampler"])
+    for s, saved in zip(samplers, state["samplers"], strict=True):
+        s.load_state_dict(saved)
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return int(state["step"]), [(int(s), float(v)) for s, v in state["history"]]
