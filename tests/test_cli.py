@@ -90,3 +90,13 @@ def test_accelerate_two_cpu_processes_match_one_process_with_twice_the_batch(sd1
     ddp = load_embedding(tmp_path / "ddp" / "learned_embeds.safetensors").vectors["text_encoder"]
     single = load_embedding(tmp_path / "single" / "learned_embeds.safetensors").vectors["text_encoder"]
     assert torch.allclose(ddp, single, atol=1e-5), (ddp - single).abs().max()
+
+
+def test_resume_needs_only_the_output_folder(sd1_dir, images, tmp_path):
+    out = tmp_path / "run"
+    args = ["--model", str(sd1_dir), "--images", str(images), "--token", "<r>", "--init", "dog", "--batch", "1",
+            "--sample-every", "0", "--save-every", "2"]
+    assert main(["train", *args, "--steps", "2", "--out", str(out)]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 0
+    assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "4"
+    assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--lr", "0.1"]) == 2  # a changed setting

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import sys
 import typing
+from pathlib import Path
 
 from . import __version__
 from .config import GenerateConfig, TrainConfig, build, read_config_file
@@ -62,6 +63,12 @@ def _config_from_args(cls, args: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
     layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
+    if flags.get("resume") and flags.get("out"):  # `--out DIR --resume` alone continues the saved run
+        from .train import CONFIG_FILE
+
+        saved = Path(flags["out"]) / CONFIG_FILE
+        if saved.exists():
+            layers.insert(0, {k: v for k, v in read_config_file(saved).items() if k not in ("resume", "overwrite")})
     return build(cls, *layers, flags)
 
 

@@ -171,7 +171,7 @@ class GenerateConfig:
     negative_prompt: str = opt("", "what to steer away from")
     n: int = opt(4, "images per prompt", short="-n")
     seed: int = opt(0, "seed of the first image; image i uses seed + i")
-    steps: int = opt(None, "denoising steps (default: 25; 50 for the bundled model)")
+    steps: int = opt(None, "denoising steps (default: 25)")
     guidance: float = opt(7.5, "classifier-free guidance scale")
     resolution: int = opt(None, "image size; default: the model's native size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
