@@ -47,7 +47,7 @@ def _sync(device: str) -> None:
 
 
 def time_mode(pipe, mode: str, batch: int, warmup: int, steps: int, precision: str, device: str, work: Path,
-              resolution: int | None) -> dict:
+              resolution: int | None, concepts: int = 1) -> dict:
     """Train `warmup + steps` steps of the real trainer; time the last `steps`."""
     stamps: list[float] = []
 
@@ -63,8 +63,11 @@ def time_mode(pipe, mode: str, batch: int, warmup: int, steps: int, precision: s
     model = Model(pipeline=pipe, family="sd1", source="benchmark", prediction_type="epsilon")
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    config = TrainConfig(images=str(work / "images"), token=f"<bench-{mode}-{batch}>", init="dog",
-                         out=str(work / f"{mode}-{batch}"), steps=warmup + steps, batch=batch, save_every=0,
+    tag = f"{mode}-{batch}-{concepts}"
+    one = dict(images=str(work / "images"), token=f"<bench-{tag}>", init="dog")
+    if concepts > 1:  # K concepts in one run (each with the same pictures: compute is what is measured)
+        one = dict(concepts=[f"{work / 'images'}=<bench-{tag}-{k}>=dog" for k in range(concepts)])
+    config = TrainConfig(**one, out=str(work / tag), steps=warmup + steps, batch=batch, save_every=0,
                          sample_every=0, log_every=max(warmup + steps, 1), precision=precision, resolution=resolution,
                          reference_like=(mode == "reference"), overwrite=True)
     train(config, model=model, progress=False, on_step=on_step)
@@ -76,7 +79,7 @@ def time_mode(pipe, mode: str, batch: int, warmup: int, steps: int, precision: s
     emb.base.weight.requires_grad_(False)
     pipe.tokenizer = tokenizer
     pipe.text_encoder.to(te_dtype)
-    return {"mode": mode, "batch": batch, "ms_per_step": seconds * 1e3, "samples_per_s": batch / seconds,
+    return {"mode": mode, "batch": batch, "ms_per_step": seconds * 1e3, "samples_per_s": concepts * batch / seconds,
             "peak_gib": peak}
 
 
@@ -89,13 +92,19 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--modes", nargs="+", default=["textinv", "reference"], choices=("textinv", "reference"))
     p.add_argument("--resolution", type=int, default=None, help="default: the architecture's (512 for sd15)")
+    p.add_argument("--concepts", type=int, default=1,
+                   help="also time K concepts in one run against K separate runs (concepts per hour)")
+    p.add_argument("--run-steps", type=int, default=3000, help="steps of a whole run, for concepts per hour")
     args = p.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from textinv.train import resolve_precision
 
     dtype = resolve_precision(args.precision, torch.device(device))
+    started = time.perf_counter()
     pipe = build(args.arch, device, dtype)
+    _sync(device)
+    load_s = time.perf_counter() - started  # building stands in for loading a checkpoint
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
@@ -121,6 +130,18 @@ def main(argv=None) -> int:
             if len(by_mode) == 2:
                 print(f"{'':<10} {batch:>5} speedup over reference: "
                       f"{by_mode['textinv']['samples_per_s'] / by_mode['reference']['samples_per_s']:.2f}x")
+        if args.concepts > 1:
+            print(f"# {args.concepts} concepts in one run vs {args.concepts} separate runs of {args.run_steps} steps "
+                  f"(model load {load_s:.1f} s counted once per run)")
+            for batch in args.batch:
+                single = next(r for r in results if r["mode"] == "textinv" and r["batch"] == batch)
+                joint = time_mode(pipe, "textinv", batch, args.warmup, args.steps, args.precision, device, work,
+                                  args.resolution, concepts=args.concepts)
+                separate_s = args.concepts * (load_s + args.run_steps * single["ms_per_step"] / 1e3)
+                joint_s = load_s + args.run_steps * joint["ms_per_step"] / 1e3
+                print(f"concepts {batch:>5} {joint['ms_per_step']:>9.1f} ms/step joint; concepts per hour: joint "
+                      f"{3600 * args.concepts / joint_s:.1f} vs separate {3600 * args.concepts / separate_s:.1f} "
+                      f"({separate_s / joint_s:.2f}x)", flush=True)
     return 0
 
 

@@ -20,6 +20,13 @@ def test_train_speed_benchmark_prints_both_modes_and_the_ratio(capsys):
     assert out.count("speedup over reference") == 2
 
 
+def test_train_speed_benchmark_times_several_concepts_in_one_run(capsys):
+    assert train_speed(["--arch", "tiny", "--batch", "1", "--steps", "2", "--warmup", "1", "--concepts", "2",
+                        "--modes", "textinv"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("concepts"))
+    assert "concepts per hour: joint" in line and line.rstrip().endswith("x)")
+
+
 def test_reference_like_mode_learns_the_same_vectors_and_restores_the_table(sd1_dir, images, tmp_path):
     """Same seed: the whole-table AdamW with rows copied back and the VAE every step give our result."""
     ours = train(config(images, tmp_path / "a", steps=4), model=load_model(sd1_dir), progress=False)
