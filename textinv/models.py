@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,8 +258,9 @@ def load_model(
         family = _index_family(Path(location))
     elif kind == "file":
         family = checkpoint_family(location)
-    common = dict(torch_dtype=dtype)
+    common = dict(torch_dtype=dtype)  # (newer diffusers call it `dtype` and warn; older ones know only this)
     try:
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
         if kind == "hub":  # the family is known only after loading: let diffusers pick the pipeline class
             from diffusers import DiffusionPipeline
 
