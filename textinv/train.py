@@ -12,10 +12,11 @@ and the VAE that gives z stay frozen. For v-prediction models (SD 2.x 768) the t
    log, checkpoint, draw sample grids along the way;
 5. save the embedding (and on Ctrl-C or a non-finite loss, the last good vectors before stopping).
 
-Every random draw of the loop comes from one seeded generator whose state goes into each checkpoint, so a resumed
-run ends exactly where an uninterrupted one does (bit for bit on the CPU). Data parallel training (`accelerate
-launch`) draws the global batch on every process from that same generator, each process takes its slice, and the
-vectors' gradient is averaged across processes before the step.
+Every random draw of the loop comes from seeded generators (one per concept) whose state goes into each checkpoint,
+so a resumed run ends exactly where an uninterrupted one does (bit for bit on the CPU). Data parallel training
+(`accelerate launch`) draws the global batch on every process from those same generators, each process takes its
+slice, and the vectors' gradient is averaged across processes before the step. Several concepts in one run share
+the frozen model and every batch; each concept's loss term is its own mean, so it learns what its own run would.
 """
 
 from __future__ import annotations
