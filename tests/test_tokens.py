@@ -101,3 +101,12 @@ def test_add_tokens_checks_shape_before_changing_anything(pipe):
         add_tokens(pipe.tokenizer, pipe.text_encoder, ["<a>", "<a>_1"], torch.zeros(1, 32))
     assert len(pipe.tokenizer) == size
     assert not isinstance(pipe.text_encoder.get_input_embeddings(), ExtendedEmbedding)
+
+
+def test_built_vocabulary_keeps_every_word_one_token_even_when_merges_conflict():
+    from textinv.vocab import build_tokenizer
+
+    # 'cres' + 'cen' + 't': merges made for the earlier words split 'crescent' without the fix-up
+    words = ["cent", "ce", "res", "crescent", "cyan", "hexagon", "triangle", "stripes", "striped"]
+    tok = build_tokenizer(words)
+    assert [w for w in words if len(tok.tokenize(w)) != 1] == []

@@ -53,14 +53,39 @@ def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
+def _join_split_words(words: list[str], vocab: dict[str, int], merges: list[tuple[str, str]]):
+    """Make every word one token. BPE applies merges by rank across the whole word, so a merge made for an earlier
+    word can split a later one ('cres' + 'cen' + 't'); for each word that still comes out in pieces, merges joining
+    those pieces are appended. Ranked last, they cannot change a word that is already one token."""
+    tokens = [t for t in sorted(vocab, key=vocab.get) if t not in (BOS, EOS)]
+
+    def tokenizer():
+        return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens + [BOS, EOS])}, merges=merges,
+                             model_max_length=77)
+
+    current = tokenizer()
+    for word in dict.fromkeys(w.strip().lower() for w in words if w.strip()):
+        pieces = current.tokenize(word)
+        if len(pieces) < 2:
+            continue
+        left = pieces[0]
+        for right in pieces[1:]:
+            merges.append((left, right))
+            left = left + right
+            if left not in tokens:
+                tokens.append(left)
+        current = tokenizer()
+    return {t: i for i, t in enumerate(tokens + [BOS, EOS])}, merges
+
+
 def build_tokenizer(words: list[str], model_max_length: int = 77, size: int | None = None) -> CLIPTokenizer:
-    """A `CLIPTokenizer` whose vocabulary holds `words` as single tokens (plus every byte, as in CLIP).
+    """A `CLIPTokenizer` whose vocabulary holds each of `words` as one token (plus every byte, as in CLIP).
 
     >>> tok = build_tokenizer(["a", "photo", "of", "dog"])
     >>> len(tok("a photo of a dog").input_ids)   # BOS + 5 words + EOS
     7
     """
-    vocab, merges = build_vocab(words)
+    vocab, merges = _join_split_words(words, *build_vocab(words))
     if size is not None:  # pad to a real model's vocabulary size (e.g. 49,408) with entries no text produces
         if size < len(vocab):
             raise ValueError(f"size {size} is smaller than the {len(vocab)} entries the words need")
