@@ -1,0 +1,74 @@
+"""The embedded `shapes` model: the bundled folder loads offline and generates, and its pretraining command runs."""
+
+import json
+
+import pytest
+import torch
+
+from textinv.models import BUNDLED_MODELS, load_model
+from textinv.shapes import world
+from textinv.shapes.pretrain import build_tokenizer_for_world, main as pretrain_main
+
+BUNDLED = BUNDLED_MODELS["shapes"]
+needs_bundled = pytest.mark.skipif(not (BUNDLED / "model_index.json").exists(),
+                                   reason="the shapes model is not exported yet (python -m textinv.shapes.pretrain)")
+
+
+@pytest.fixture(scope="module")
+def shapes_model():
+    return load_model("shapes")
+
+
+def test_world_tokenizer_has_every_word_as_one_token():
+    tok = build_tokenizer_for_world()
+    split = {w: tok.tokenize(w) for w in world.VOCABULARY if len(tok.tokenize(w)) != 1}
+    assert split == {}
+
+
+@needs_bundled
+def test_bundled_model_loads_as_float32_with_a_complete_tokenizer(shapes_model):
+    assert shapes_model.family == "custom"
+    assert shapes_model.resolution == world.RESOLUTION
+    assert shapes_model.prediction_type == "epsilon"
+    for module in (shapes_model.unet, shapes_model.vae, shapes_model.text_encoder):
+        assert next(module.parameters()).dtype == torch.float32
+    assert shapes_model.pipeline.scheduler.config.steps_offset == 1
+    # Both tokenizer formats are there, so slow and fast tokenizers (and other tools) can read it.
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        assert (BUNDLED / "tokenizer" / name).is_file()
+    record = json.loads((BUNDLED / "training.json").read_text())
+    assert record["stages"]["vae"]["steps"] > 0
+
+
+@needs_bundled
+def test_bundled_tokenizer_knows_every_world_word(shapes_model):
+    tok = shapes_model.tokenizer
+    split = [w for w in world.VOCABULARY if len(tok(w, add_special_tokens=False).input_ids) != 1]
+    assert split == []
+    assert tok.model_max_length == shapes_model.text_encoder.config.max_position_embeddings == 77
+
+
+@needs_bundled
+def test_bundled_model_generates_a_64px_picture(shapes_model):
+    pipe = shapes_model.pipeline
+    out = pipe("a red star on a white background", num_inference_steps=4, guidance_scale=3.0,
+               generator=torch.Generator().manual_seed(0), output_type="pt")
+    image = out.images
+    assert image.shape == (1, 3, 64, 64)
+    assert torch.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
+
+
+def test_quick_pretraining_runs_end_to_end(tmp_path):
+    """`--quick` (tiny sizes, both stages, export) is the whole pipeline in about 10 s, well under a minute."""
+    work, out = tmp_path / "work", tmp_path / "model"
+    assert pretrain_main(["--quick", "--work", str(work), "--out", str(out), "--steps", "2"]) == 0
+    log = json.loads((work / "log.json").read_text())
+    assert log["vae"]["steps"] == 2 and log["unet"]["steps"] == 2
+    record = json.loads((out / "training.json").read_text())
+    assert record["stages"]["unet"]["steps"] == 2 and "command" in record
+    model = load_model(out)
+    assert model.resolution == world.RESOLUTION
+    assert next(model.unet.parameters()).dtype == torch.float32
+    # A re-run resumes from the checkpoint instead of starting over.
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
+    assert json.loads((work / "log.json").read_text())["unet"]["steps"] == 3

@@ -1,0 +1,618 @@
+"""Pretraining the embedded `shapes` model from scratch: a small latent diffusion pipeline for the shapes world.
+
+The result is an ordinary diffusers `StableDiffusionPipeline` folder (CLIP tokenizer with the world's words, CLIP
+text encoder, UNet2DConditionModel, AutoencoderKL, a multistep scheduler), so textinv loads, trains and samples it
+exactly as it does Stable Diffusion. Training follows latent diffusion (Rombach et al., CVPR 2022) in two stages:
+
+1. `vae`:  an autoencoder, 64x64x3 pixels <-> 16x16x4 latents, on MSE + L1 reconstruction and a tiny KL term;
+2. `unet`: the UNet and the text encoder together on the epsilon-prediction loss (Ho et al., 2020) over the frozen
+   VAE's latents, with Min-SNR-5 loss weights (Hang et al., ICCV 2023) for faster convergence, 10% empty captions
+   so classifier-free guidance works (Ho & Salimans, 2022), and an EMA of the weights that is what gets exported.
+
+Every batch is freshly sampled and rendered with tensor ops (`world.sample_batch` + `world.render`), so no picture
+is ever seen twice. A run is split in chunks bounded by `--minutes`; each stage checkpoints into `--work` every few
+minutes (weights, optimizer moments, step, RNG states) and a re-run carries on from there.
+
+    python -m textinv.shapes.pretrain --stage vae  --work runs/shapes-pretrain --minutes 15
+    python -m textinv.shapes.pretrain --stage unet --work runs/shapes-pretrain --minutes 60
+    python -m textinv.shapes.pretrain --export --work runs/shapes-pretrain --out textinv/shapes/model
+    python -m textinv.shapes.pretrain --quick --work /tmp/q      # all of it on tiny sizes, in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from textinv.errors import ConfigError
+from textinv.shapes import world
+
+STAGES = ("vae", "unet")
+# Fields that fix the architecture: once a work folder exists they come from its config.json, never from the CLI.
+ARCHITECTURE = ("vae_channels", "vae_groups", "unet_channels", "unet_attention", "unet_groups", "unet_heads",
+                "text_width", "text_layers", "text_heads")
+
+
+@dataclass
+class PretrainConfig:
+    """Sizes and training settings of the shapes model. Written to `<work>/config.json` on the first run."""
+
+    # Architecture. The VAE's 3 blocks downscale twice: 64x64 pixels -> 16x16 latents.
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    vae_groups: int = 8
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_attention: tuple[bool, ...] = (False, True, True)  # cross-attention per level (16x16, 8x8, 4x4)
+    unet_groups: int = 16
+    unet_heads: int = 8
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    # Stage 1: autoencoder.
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    # Stage 2: UNet + text encoder.
+    unet_batch: int = 32
+    unet_lr: float = 1.5e-3
+    empty_caption_prob: float = 0.1
+    min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off
+    ema_decay: float = 0.998
+    # Both stages.
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    checkpoint_minutes: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self):
+        self.vae_channels = tuple(int(c) for c in self.vae_channels)
+        self.unet_channels = tuple(int(c) for c in self.unet_channels)
+        self.unet_attention = tuple(bool(a) for a in self.unet_attention)
+        if len(self.vae_channels) != 3:
+            raise ConfigError(f"vae_channels needs 3 levels (a 4x downscale), got {self.vae_channels}")
+        if len(self.unet_attention) != len(self.unet_channels):
+            raise ConfigError(f"unet_attention has {len(self.unet_attention)} entries for "
+                              f"{len(self.unet_channels)} UNet levels {self.unet_channels}; give one per level")
+        for name in ("vae_channels", "unet_channels"):
+            groups = self.vae_groups if name == "vae_channels" else self.unet_groups
+            if any(c % groups for c in getattr(self, name)):
+                raise ConfigError(f"every entry of {name} {getattr(self, name)} must be a multiple of its group "
+                                  f"norm's {groups} groups")
+        for name in ("vae_batch", "unet_batch", "warmup", "text_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("vae_lr", "unet_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.empty_caption_prob < 1.0:
+            raise ConfigError(f"empty_caption_prob must be in [0, 1), got {self.empty_caption_prob}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+QUICK = dict(vae_channels=(8, 8, 16), vae_groups=4, unet_channels=(16, 32), unet_attention=(False, True),
+             unet_groups=8, unet_heads=2, text_width=32, text_layers=1, text_heads=2, vae_batch=4, unet_batch=4,
+             warmup=2, checkpoint_minutes=0.0)
+"""Tiny sizes for `--quick`, the end-to-end test of this file."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline's parts, built in code
+# ---------------------------------------------------------------------------------------------------------------
+
+def build_tokenizer_for_world():
+    """A CLIPTokenizer in which every word a caption can use is one token (`world.VOCABULARY`).
+
+    >>> tok = build_tokenizer_for_world()
+    >>> len(tok.tokenize("crescent"))
+    1
+    """
+    from textinv.vocab import build_tokenizer
+
+    words = list(world.VOCABULARY)
+    tokenizer = build_tokenizer(words)
+    split = [w for w in words if len(tokenizer.tokenize(w)) != 1]
+    if split:  # a bug in vocab.py, not a user error: say which words
+        raise RuntimeError(f"world words still split into several tokens: {split}")
+    return tokenizer
+
+
+def build_text_encoder(config: PretrainConfig, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=config.text_width, intermediate_size=4 * config.text_width,
+        num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads,
+        max_position_embeddings=tokenizer.model_max_length, hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
+def build_unet(config: PretrainConfig):
+    from diffusers import UNet2DConditionModel
+
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.unet_attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.unet_attention))
+    return UNet2DConditionModel(
+        sample_size=world.RESOLUTION // 4, in_channels=4, out_channels=4, block_out_channels=config.unet_channels,
+        layers_per_block=1, down_block_types=down, up_block_types=up, cross_attention_dim=config.text_width,
+        attention_head_dim=config.unet_heads, norm_num_groups=config.unet_groups,
+    )
+
+
+def build_vae(config: PretrainConfig, scaling_factor: float = 1.0):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=config.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4, layers_per_block=1, norm_num_groups=config.vae_groups, sample_size=world.RESOLUTION,
+        scaling_factor=scaling_factor,
+    )
+
+
+def build_scheduler():
+    """SD's noise schedule (scaled linear betas, 1000 steps, epsilon) with DPM-Solver++(2M) for sampling."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        prediction_type="epsilon", algorithm_type="dpmsolver++", solver_order=2, steps_offset=1,
+        timestep_spacing="leading",
+    )
+    # SD's own scheduler configs say this too: a DDIM/DDPM made `from_config` of ours must not clip x0 to [-1, 1]
+    # (its default), since unit-variance latents are not bounded there.
+    scheduler.register_to_config(clip_sample=False, set_alpha_to_one=False)
+    return scheduler
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints: a folder per stage, replaced atomically
+# ---------------------------------------------------------------------------------------------------------------
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    """Swap a fully written `tmp` folder in for `final` (the old one survives until the new one is in place)."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _moments(optimizer, params) -> dict[str, torch.Tensor]:
+    """AdamW's moments in bfloat16 (a quarter of fp32 Adam state): enough to resume a run without a jolt."""
+    out = {}
+    for i, p in enumerate(params):
+        state = optimizer.state.get(p, {})
+        if "exp_avg" in state:
+            out[f"m.{i}"] = state["exp_avg"].to("cpu", torch.bfloat16)
+            out[f"v.{i}"] = state["exp_avg_sq"].to("cpu", torch.bfloat16)
+            out[f"step.{i}"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu()
+    return out
+
+
+def _load_moments(optimizer, params, tensors: dict[str, torch.Tensor]) -> None:
+    for i, p in enumerate(params):
+        if f"m.{i}" in tensors:
+            optimizer.state[p] = {
+                "step": tensors[f"step.{i}"].reshape(()).clone(),
+                "exp_avg": tensors[f"m.{i}"].to(p.device, torch.float32),
+                "exp_avg_sq": tensors[f"v.{i}"].to(p.device, torch.float32),
+            }
+
+
+def save_checkpoint(folder: Path, modules: dict, optimizer, params, state: dict, ema: dict | None = None) -> None:
+    """Weights (fp32, one file per module), EMA weights (fp16), optimizer moments (bf16) and `state.json`."""
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, module in modules.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                  str(tmp / f"{name}.safetensors"))
+    if ema:
+        save_file({k: v.to("cpu", torch.float16).contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    save_file(_moments(optimizer, params), str(tmp / "optimizer.safetensors"))
+    _write_json(tmp / "state.json", state)
+    _replace_folder(tmp, folder)
+
+
+def load_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / f"{name}.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+def _lr(step: int, base: float, warmup: int) -> float:
+    # Linear warm-up, then constant: a chunked run never knows its last step, and the EMA does the averaging.
+    return base * min(1.0, (step + 1) / warmup)
+
+
+def _generator_state(g: torch.Generator) -> list[int]:
+    return g.get_state().tolist()
+
+
+def _set_generator_state(g: torch.Generator, state: list[int]) -> None:
+    g.set_state(torch.tensor(state, dtype=torch.uint8))
+
+
+def _log_chunk(work: Path, stage: str, chunk: dict) -> None:
+    path = work / "log.json"
+    log = json.loads(path.read_text()) if path.exists() else {}
+    entry = log.setdefault(stage, {"steps": 0, "wall_seconds": 0.0, "chunks": []})
+    entry["chunks"].append(chunk)
+    entry["steps"] = chunk["step_end"]
+    entry["wall_seconds"] = round(sum(c["seconds"] for c in entry["chunks"]), 1)
+    _write_json(path, log)
+
+
+def _images(n: int, g: torch.Generator, device) -> tuple[world.SceneBatch, torch.Tensor]:
+    batch = world.sample_batch(n, g, device)
+    return batch, world.render(batch, device) * 2 - 1  # (B, 3, 64, 64) in [-1, 1], what the VAE takes
+
+
+def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", max_steps: int | None = None,
+              log=print) -> int:
+    """Train (or continue) the autoencoder for `minutes` of wall time or up to `max_steps`; returns the step."""
+    folder = work / "vae"
+    vae = build_vae(config).to(device).train()
+    params = [p for p in vae.parameters()]
+    opt = torch.optim.AdamW(params, lr=config.vae_lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    g = torch.Generator().manual_seed(config.seed)
+    step = 0
+    if (folder / "state.json").exists():
+        state = json.loads((folder / "state.json").read_text())
+        vae.load_state_dict(load_weights(folder, "vae"))
+        from safetensors.torch import load_file
+        _load_moments(opt, params, load_file(str(folder / "optimizer.safetensors")))
+        _set_generator_state(g, state["generator"])
+        step = state["step"]
+        log(f"vae: resuming at step {step}")
+    torch.manual_seed(config.seed + step)  # the posterior's sampling noise
+    start = last_save = time.perf_counter()
+    step0, running = step, []
+
+    def save():
+        save_checkpoint(folder, {"vae": vae}, opt, params, {"step": step, "generator": _generator_state(g)})
+
+    while time.perf_counter() - start < minutes * 60 and (max_steps is None or step < max_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, config.vae_lr, config.warmup)
+        _, x = _images(config.vae_batch, g, device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+        recon = recon.float()
+        rec_loss = F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x)
+        loss = rec_loss + config.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        step += 1
+        running.append(rec_loss.item())
+        if log and step % 50 == 0:
+            log(f"vae step {step:6d}  rec {sum(running) / len(running):.5f}  "
+                f"{(step - step0) / (time.perf_counter() - start):.2f} it/s")
+            running = []
+        if config.checkpoint_minutes and time.perf_counter() - last_save > config.checkpoint_minutes * 60:
+            save()
+            last_save = time.perf_counter()
+    save()
+    _log_chunk(work, "vae", {"step_start": step0, "step_end": step, "seconds": round(time.perf_counter() - start, 1),
+                             "device": str(device), "batch": config.vae_batch, "ended": _now()})
+    return step
+
+
+@torch.no_grad()
+def latent_scale(vae, device, n: int = 512, seed: int = 1234) -> float:
+    """1 / std of the VAE's latents over fresh renders: makes latents unit-variance, as SD's 0.18215 does."""
+    g = torch.Generator().manual_seed(seed)
+    zs = [vae.encode(_images(64, g, device)[1]).latent_dist.sample() for _ in range(max(1, n // 64))]
+    return float(1.0 / torch.cat(zs).float().std())
+
+
+def _tokenize(tokenizer, texts: list[str], device) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
+def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu", max_steps: int | None = None,
+               log=print) -> int:
+    """Train (or continue) the UNet and the text encoder on the frozen VAE's latents; returns the step."""
+    from diffusers import DDPMScheduler
+
+    if not (work / "vae" / "state.json").exists():
+        raise ConfigError(f"no trained VAE in {work / 'vae'}: run `--stage vae --work {work}` first")
+    folder = work / "unet"
+    vae = build_vae(config)
+    vae.load_state_dict(load_weights(work / "vae", "vae"))
+    vae.to(device).eval().requires_grad_(False)
+    tokenizer = build_tokenizer_for_world()
+    text_encoder = build_text_encoder(config, tokenizer).to(device).train()
+    unet = build_unet(config).to(device).train()
+    noise_scheduler = DDPMScheduler.from_config(build_scheduler().config)
+    alphas = noise_scheduler.alphas_cumprod.to(device)  # (1000,)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=config.unet_lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    g = torch.Generator().manual_seed(config.seed + 1)
+    rng = np.random.default_rng(config.seed + 1)  # caption wording
+    names = [f"unet.{k}" for k, _ in unet.named_parameters()] + [f"text_encoder.{k}" for k, _ in
+                                                                   text_encoder.named_parameters()]
+    step, scale = 0, None
+    if (folder / "state.json").exists():
+        state = json.loads((folder / "state.json").read_text())
+        unet.load_state_dict(load_weights(folder, "unet"))
+        text_encoder.load_state_dict(load_weights(folder, "text_encoder"), strict=False)
+        from safetensors.torch import load_file
+        _load_moments(opt, params, load_file(str(folder / "optimizer.safetensors")))
+        _set_generator_state(g, state["generator"])
+        rng.bit_generator.state = state["rng"]
+        step, scale = state["step"], state["scaling_factor"]
+        ema = {k: v.to(device, torch.float32) for k, v in load_weights(folder, "ema").items()}
+        log(f"unet: resuming at step {step}")
+    else:
+        ema = {n: p.detach().clone() for n, p in zip(names, params)}
+    if scale is None:
+        scale = latent_scale(vae, device)
+        log(f"unet: latent scaling factor {scale:.4f}")
+    torch.manual_seed(config.seed + 1 + step)  # the VAE posterior's sampling noise
+    start = last_save = time.perf_counter()
+    step0, running = step, []
+
+    def save():
+        save_checkpoint(folder, {"unet": unet, "text_encoder": text_encoder}, opt, params,
+                        {"step": step, "generator": _generator_state(g), "rng": rng.bit_generator.state,
+                         "scaling_factor": scale}, ema)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
+    while time.perf_counter() - start < minutes * 60 and (max_steps is None or step < max_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, config.unet_lr, config.warmup)
+        batch, x = _images(config.unet_batch, g, device)
+        texts = world.captions(batch, rng)
+        drop = rng.random(len(texts)) < config.empty_caption_prob  # unconditional, for classifier-free guidance
+        texts = ["" if d else t for t, d in zip(texts, drop)]
+        ids = _tokenize(tokenizer, texts, device)  # (B, 77)
+        with torch.no_grad(), autocast:
+            latents = vae.encode(x).latent_dist.sample(generator=None).float() * scale  # (B, 4, 16, 16)
+        noise = torch.randn(latents.shape, generator=g).to(device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        with autocast:
+            context = text_encoder(ids)[0]  # (B, 77, width)
+            pred = unet(noisy, t, context).sample
+        per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        if config.min_snr_gamma:
+            snr = alphas[t] / (1 - alphas[t])
+            per_sample = per_sample * snr.clamp(max=config.min_snr_gamma) / snr
+        loss = per_sample.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        step += 1
+        with torch.no_grad():  # EMA with a short warm-up, so early exports are not dominated by the random init
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            for n, p in zip(names, params):
+                ema[n].lerp_(p.detach(), 1 - decay)
+        running.append(loss.item())
+        if log and step % 25 == 0:
+            log(f"unet step {step:6d}  loss {sum(running) / len(running):.4f}  "
+                f"{(step - step0) / (time.perf_counter() - start):.3f} it/s")
+            running = []
+        if config.checkpoint_minutes and time.perf_counter() - last_save > config.checkpoint_minutes * 60:
+            save()
+            last_save = time.perf_counter()
+    save()
+    _log_chunk(work, "unet", {"step_start": step0, "step_end": step, "seconds": round(time.perf_counter() - start, 1),
+                              "device": str(device), "batch": config.unet_batch, "ended": _now()})
+    return step
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------------------------
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def build_pipeline(config: PretrainConfig, work: Path, use_ema: bool = True):
+    """The trained pipeline from a work folder (the UNet stage may be missing: its parts are then random)."""
+    from diffusers import StableDiffusionPipeline
+
+    tokenizer = build_tokenizer_for_world()
+    text_encoder, unet = build_text_encoder(config, tokenizer), build_unet(config)
+    scale = 1.0
+    unet_dir = work / "unet"
+    if (unet_dir / "state.json").exists():
+        scale = json.loads((unet_dir / "state.json").read_text())["scaling_factor"]
+        if use_ema:
+            ema = {k: v.float() for k, v in load_weights(unet_dir, "ema").items()}
+            unet.load_state_dict({k[5:]: v for k, v in ema.items() if k.startswith("unet.")})
+            te_state = text_encoder.state_dict()
+            te_state.update({k[13:]: v for k, v in ema.items() if k.startswith("text_encoder.")})
+            text_encoder.load_state_dict(te_state)
+        else:
+            unet.load_state_dict(load_weights(unet_dir, "unet"))
+            text_encoder.load_state_dict(load_weights(unet_dir, "text_encoder"), strict=False)
+    vae = build_vae(config, scaling_factor=scale)
+    if (work / "vae" / "state.json").exists():
+        vae.load_state_dict(load_weights(work / "vae", "vae"))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def export(config: PretrainConfig, work: Path, out: Path, command: str, dtype=torch.float16, log=print) -> Path:
+    """Write the diffusers folder to `out` atomically (a sibling temp folder, then a rename), with its record."""
+    pipe = build_pipeline(config, work)
+    pipe.to(dtype=dtype)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    pipe.tokenizer.save_pretrained(tmp / "tokenizer")  # again: some versions write only tokenizer.json
+    _write_vocab_files(pipe.tokenizer, tmp / "tokenizer")
+    log_path = work / "log.json"
+    stages = json.loads(log_path.read_text()) if log_path.exists() else {}
+    record = {
+        "format": "textinv-shapes-model/1",
+        "exported": _now(),
+        "command": command,
+        "stages": stages,
+        "config": asdict(config),
+        "parameters": {"unet": count_parameters(pipe.unet), "text_encoder": count_parameters(pipe.text_encoder),
+                       "vae": count_parameters(pipe.vae)},
+        "scaling_factor": pipe.vae.config.scaling_factor,
+        "weights_dtype": str(dtype).replace("torch.", ""),
+    }
+    _write_json(tmp / "training.json", record)
+    (tmp / "README.md").write_text(_readme(record))
+    for path in tmp.rglob("*"):  # safetensors writes owner-only files; a model folder is for everyone to read
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    _replace_folder(tmp, out)
+    log(f"exported to {out}")
+    return out
+
+
+def _write_vocab_files(tokenizer, folder: Path) -> None:
+    """Make sure the slow-tokenizer files (vocab.json + merges.txt) exist beside tokenizer.json."""
+    from textinv.vocab import build_vocab
+
+    if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+        return
+    vocab, merges = build_vocab(list(world.VOCABULARY))
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+
+
+def _readme(record: dict) -> str:
+    stages = "\n".join(f"- `{s}`: {v['steps']} steps in {v['wall_seconds'] / 60:.1f} min on "
+                       f"{', '.join(sorted({c['device'] for c in v['chunks']}))}"
+                       for s, v in record["stages"].items()) or "- (no training recorded)"
+    params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in record["parameters"].items())
+    return f"""# textinv `shapes` model
+
+A small Stable Diffusion-style pipeline (diffusers `StableDiffusionPipeline`) trained from scratch on textinv's
+procedural shapes world (`textinv/shapes/world.py`): 64x64 pictures, 16x16x4 latents, a CLIP tokenizer whose
+vocabulary is the world's words. It is textinv's default model for trying Textual Inversion offline.
+
+- parameters: {params}
+- weights stored as {record['weights_dtype']} (loaded as float32 by `textinv.models.load_model`)
+- exported {record['exported']} with `{record['command']}`
+
+Training (see `training.json` for every chunk):
+{stages}
+
+Reproduce with `python -m textinv.shapes.pretrain --stage vae ...`, `--stage unet ...`, then `--export` (the
+module docstring lists the commands).
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+def _config_for(work: Path, overrides: dict) -> PretrainConfig:
+    """The work folder's config (architecture fixed at its first run), with training overrides applied."""
+    path = work / "config.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        wanted = json.loads(json.dumps(asdict(PretrainConfig(**{**stored, **overrides}))))  # tuples as lists
+        clash = [k for k in ARCHITECTURE if wanted[k] != stored[k]]
+        if clash:
+            raise ConfigError(f"{work} was started with other sizes ({', '.join(clash)}); use a new --work folder")
+        config = PretrainConfig(**{**stored, **overrides})
+    else:
+        config = PretrainConfig(**overrides)
+    work.mkdir(parents=True, exist_ok=True)
+    _write_json(path, asdict(config))
+    return config
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m textinv.shapes.pretrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=STAGES, help="train this stage for --minutes (resuming if possible)")
+    parser.add_argument("--export", action="store_true", help="write the diffusers folder to --out")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps of both stages, then export")
+    parser.add_argument("--work", type=Path, required=True, help="folder for checkpoints, config.json and log.json")
+    parser.add_argument("--out", type=Path, help="where --export writes (default: <work>/model)")
+    parser.add_argument("--minutes", type=float, default=20.0, help="wall-time bound of this chunk")
+    parser.add_argument("--steps", type=int, help="stop at this total step count of the stage")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch", type=int, help="batch size of the stage")
+    parser.add_argument("--lr", type=float, help="peak learning rate of the stage")
+    parser.add_argument("--seed", type=int, help="seed of a new work folder")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
+    parser.add_argument("--fp32", action="store_true", help="export float32 weights instead of float16")
+    args = parser.parse_args(argv)
+    if not (args.stage or args.export or args.quick):
+        parser.error("give --stage vae|unet, --export, or --quick")
+    if args.stage and args.export:
+        parser.error("--stage and --export are separate runs; do one, then the other")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device} asked for, but torch sees no CUDA device")
+    torch.set_num_threads(args.threads)
+    command = "python -m textinv.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    overrides = dict(QUICK) if args.quick else {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.stage and args.batch:
+        overrides[f"{args.stage}_batch"] = args.batch
+    if args.stage and args.lr:
+        overrides[f"{args.stage}_lr"] = args.lr
+    config = _config_for(args.work, overrides)
+    out = args.out or args.work / "model"
+    if args.quick:
+        steps = args.steps or 3
+        train_vae(config, args.work, args.minutes, args.device, max_steps=steps)
+        train_unet(config, args.work, args.minutes, args.device, max_steps=steps)
+        export(config, args.work, out, command)
+        return 0
+    if args.stage == "vae":
+        train_vae(config, args.work, args.minutes, args.device, max_steps=args.steps)
+    elif args.stage == "unet":
+        train_unet(config, args.work, args.minutes, args.device, max_steps=args.steps)
+    if args.export:
+        export(config, args.work, out, command, dtype=torch.float32 if args.fp32 else torch.float16)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
