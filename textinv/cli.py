@@ -4,6 +4,8 @@
     textinv generate --embedding runs/my-dog/learned_embeds.safetensors --prompt "a photo of <my-dog>" -n 4
     textinv convert runs/my-dog/learned_embeds.safetensors my-dog.pt
     textinv inspect my-dog.pt
+    textinv demo                      # learn an example concept on the bundled model, write an HTML/PNG report
+    textinv evaluate --out benchmarks/results
 
 The flags of `train` and `generate` are built from the fields of `TrainConfig` and `GenerateConfig` (their help is
 the `--help`); `--config FILE` (YAML, TOML or JSON) supplies settings that flags then override.
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import GenerateConfig, TrainConfig, build, read_config_file
-from .errors import TextinvError
+from .errors import ConfigError, TextinvError
 
 _LIST_FIELDS_REPEATABLE = {"prompt", "embedding", "token", "sample_prompts"}
 
@@ -109,6 +111,42 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    import torch
+
+    from .shapes.demo import DemoConfig, run_demo
+
+    torch.set_num_threads(args.threads)
+    config = _config_from_args(DemoConfig, args)
+    run_demo(config)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .models import load_model
+    from .shapes.evaluate import FAST, EvalConfig, evaluate, print_table, write_results
+    from .shapes.probe import DEFAULT_PATH, Probe
+    from .shapes.world import BENCHMARK_CONCEPTS
+
+    torch.set_num_threads(args.threads)
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    config = build(EvalConfig, FAST if args.fast else {}, flags).validate()
+    count = len(BENCHMARK_CONCEPTS) if args.concepts is None else args.concepts
+    if not 1 <= count <= len(BENCHMARK_CONCEPTS):
+        raise ConfigError(f"--concepts must be between 1 and {len(BENCHMARK_CONCEPTS)}, got {count}")
+    probe = Probe.load(args.probe or DEFAULT_PATH)
+    model = load_model(args.model)
+    result = evaluate(model, probe, BENCHMARK_CONCEPTS[:count], config=config)
+    print_table(result)
+    if args.out:
+        paths = write_results(result, args.out)
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="textinv", description="Textual Inversion: learn a new word for a concept "
                                      "from a few pictures, and generate with it.")
@@ -140,6 +178,29 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="nearest vocabulary tokens per vector (with --model)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
+
+    from .shapes.demo import DemoConfig
+    from .shapes.evaluate import EvalConfig
+
+    p = sub.add_parser("demo", help="learn an example concept on the bundled model and write a report",
+                       description="Learn the example concept in examples/ (a teal star) on the CPU with the "
+                                   "bundled shapes model, draw it in new prompts beside the init word, judge the "
+                                   "pictures with the attribute probe, and write report.html + report.png.")
+    add_config_flags(p, DemoConfig)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this small model)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="the quality benchmark: reconstruction and editability per concept",
+                       description="Learn each benchmark concept of the shapes world and score it, with two "
+                                   "baselines (init word, best description), by the attribute probe.")
+    p.add_argument("--concepts", type=int, help="evaluate the first N benchmark concepts (default: all)")
+    p.add_argument("--out", help="folder to write quality-YYYY-MM-DD.json and .md into")
+    p.add_argument("--model", default="shapes", help="the model (default: the bundled shapes model)")
+    p.add_argument("--probe", help="attribute probe weights (default: the bundled probe)")
+    p.add_argument("--fast", action="store_true", help="a smoke run: few steps and samples (flags override it)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this small model)")
+    add_config_flags(p, EvalConfig)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

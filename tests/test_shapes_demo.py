@@ -1,0 +1,177 @@
+"""`textinv demo` and the quality benchmark (`textinv evaluate`): end to end on a small shapes model, and the scoring.
+
+The bundled shapes model is used when it is installed; otherwise a tiny one is made with the pretraining module's
+quick mode (seconds). The probe is the bundled one when its weights exist, else a two-step probe: enough to run
+every stage, not to judge anything (the test that needs a real judge skips without it).
+"""
+
+import html
+import json
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from textinv.cli import main
+from textinv.models import BUNDLED_MODELS, load_model
+from textinv.shapes import world
+from textinv.shapes.demo import EXAMPLES, DEFAULT_CONCEPT, draw_loss_curve, find_concept, slug
+from textinv.shapes.evaluate import (FAST, METHODS, all_hold, attribute_hits, best_description, evaluate, fill,
+                                     prompt_sets, score_images, training_templates, write_results)
+from textinv.shapes.probe import DEFAULT_PATH as PROBE_PATH
+from textinv.shapes.probe import Probe, train_probe
+
+HAVE_PROBE = PROBE_PATH.is_file()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    bundled = BUNDLED_MODELS["shapes"]
+    if (bundled / "model_index.json").exists():
+        return bundled
+    from textinv.shapes.pretrain import main as pretrain
+
+    work = tmp_path_factory.mktemp("shapes-quick")
+    assert pretrain(["--quick", "--work", str(work / "work"), "--out", str(work / "model"), "--steps", "1"]) == 0
+    return work / "model"
+
+
+@pytest.fixture(scope="module")
+def probe_path(tmp_path_factory):
+    if HAVE_PROBE:
+        return PROBE_PATH
+    path = tmp_path_factory.mktemp("probe") / "probe.safetensors"
+    train_probe(steps=2, batch=4, log=None).save(path)
+    return path
+
+
+def test_demo_quick_writes_the_html_and_png_report(model_dir, probe_path, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--model", str(model_dir), "--probe", str(probe_path)]) == 0
+    assert "report.html" in capsys.readouterr().out  # it says where the report is
+
+    page = (out / "report.html").read_text()
+    for section in ("training", "loss", "samples", "scores", "settings"):
+        assert f"id='{section}'" in page
+    concept = find_concept(DEFAULT_CONCEPT)
+    prompts = prompt_sets(concept, "textual-inversion")
+    n_prompts = 1 + len(concept.edit_prompts())  # 'a photo of S*' and the edits
+    # self-contained: 5 training pictures + the loss curve + S* and init-word pictures, all inlined
+    assert page.count("data:image/png;base64,") == 5 + 1 + 2 * n_prompts
+    assert not re.search(r"src=['\"](?!data:)", page)
+    assert html.escape(prompts[0][1]) in page and concept.init_word in page
+
+    sheet = Image.open(out / "report.png")
+    assert sheet.width >= 900 and sheet.height > 8 * 128
+
+    report = json.loads((out / "scores.json").read_text())
+    assert len(report["prompts"]) == n_prompts
+    assert report["settings"]["quick"] and report["seeds"] == [0]
+    for method in ("textual-inversion", "init-word"):
+        passed, total = report["summary"][method]["editability"]
+        assert total == n_prompts - 1 and 0 <= passed <= total
+    assert (out / "run" / "learned_embeds.safetensors").is_file()
+    assert report["loss"] and all(np.isfinite(v) for _, v in report["loss"])
+
+
+def test_demo_without_the_model_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    code = main(["demo", "--quick", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "no-model")])
+    assert code == 2 and "not found" in capsys.readouterr().err
+    monkeypatch.setitem(BUNDLED_MODELS, "shapes", tmp_path / "missing")
+    code = main(["demo", "--quick", "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code == 2 and "textinv.shapes.pretrain" in err and "Traceback" not in err
+    assert not (tmp_path / "d" / "report.html").exists()
+
+
+def test_evaluate_fast_returns_the_table(model_dir, probe_path, tmp_path):
+    model = load_model(model_dir)
+    vocab_before = len(model.tokenizer)
+    probe = Probe.load(probe_path)
+    concepts = [find_concept("teal-star"), find_concept("crayon-style")]  # an object and a style
+    result = evaluate(model, probe, concepts, progress=False, **FAST)
+
+    assert [(r["concept"], r["method"]) for r in result["rows"]] == [(c.name, m) for c in concepts for m in METHODS]
+    for row in result["rows"]:
+        assert 0.0 <= row["reconstruction"] <= 1.0 and 0.0 <= row["editability"] <= 1.0
+        has_hue = row["concept"] == "teal star"
+        assert (row["hue_error_deg"] is not None) == has_hue
+        if has_hue:
+            assert 0.0 <= row["hue_error_deg"] <= 180.0
+    assert set(result["mean"]) == set(METHODS)
+    assert result["settings"]["seeds"] == [result["settings"]["seed"]]
+    # the model comes back as it was: no learned token left behind
+    assert len(model.tokenizer) == vocab_before and "<teal-star>" not in model.tokenizer.get_vocab()
+
+    json_path, md_path = write_results(result, tmp_path / "results")
+    assert json.loads(json_path.read_text())["rows"] == result["rows"]
+    text = md_path.read_text()
+    assert md_path.name == f"quality-{result['date']}.md"
+    assert "| concept | method |" in text and "`<teal-star>`" in text and "seeds 1000..1000" in text
+
+
+def test_match_counting():
+    predicted = {"shape": ["star", "star", "ring", "star"], "hue": [358.0, 20.0, 0.0, 350.0],
+                 "stripe_angle": [178.0, 10.0, 0.0, 40.0], "has_second": [True, False, True, True]}
+    expected = {"shape": "star", "hue": 2.0, "stripe_angle": 1.0}
+    hits = attribute_hits(predicted, expected, hue_tolerance=15.0, angle_tolerance=15.0)
+    assert hits == {"shape": [True, True, False, True],
+                    "hue": [True, False, True, True],  # 358 and 350 are 4 and 12 degrees from 2, around the circle
+                    "stripe_angle": [True, True, True, False]}  # 178 is 3 degrees from 1 (stripes repeat at 180)
+    assert all_hold(hits, 4) == [True, False, False, False]
+    assert attribute_hits(predicted, {"has_second": True})["has_second"] == [True, False, True, True]
+    with pytest.raises(Exception, match="does not read 'size'"):
+        attribute_hits(predicted, {"size": "small"})
+
+
+def test_every_prompt_uses_only_words_the_model_knows():
+    """Baselines must be fair: outside the world's vocabulary a word is byte pieces the model never learnt."""
+    known = set(world.VOCABULARY)
+    for concept in world.BENCHMARK_CONCEPTS:
+        assert set(best_description(concept).split()) <= known
+        texts = [p for m in METHODS for _, p, _ in prompt_sets(concept, m)] + list(training_templates(concept))
+        for text in texts:
+            words = text.replace(concept.token, " ").replace("{}", " ").replace(",", " ").split()
+            assert set(words) <= known, text
+    assert fill("a photo of {} on a black background", "orange star", article=True) == \
+        "a photo of an orange star on a black background"
+    assert fill("an outlined {}", "star", article=True) == "an outlined star"
+    assert fill("{} and a yellow circle", "<t>", article=False) == "<t> and a yellow circle"
+
+
+@pytest.mark.skipif(not HAVE_PROBE, reason=f"no probe weights at {PROBE_PATH} yet (python -m textinv.shapes.probe "
+                                           "--train): the match test needs a real judge")
+def test_rendered_concept_pictures_score_as_the_concept():
+    probe = Probe.load()
+    for name in ("teal-star", "candy-heart"):
+        concept = find_concept(name)
+        scenes = concept.training_scenes(10, seed=7)
+        own = [world.render_pil(s) for s in scenes]
+        passed, _, _ = score_images(probe, own, concept.attributes)
+        assert sum(passed) >= 7, (name, passed)
+        # the same scenes with a red object are not the concept
+        red = [world.render_pil(replace(s, obj=replace(s.obj, color="red", rgb=None))) for s in scenes]
+        passed, _, _ = score_images(probe, red, concept.attributes)
+        assert sum(passed) <= 1, (name, passed)
+
+
+def test_committed_examples_are_the_worlds_renders():
+    concept = find_concept(DEFAULT_CONCEPT)
+    files = sorted((EXAMPLES / slug(concept)).glob("*.png"))
+    assert len(files) == 5, "regenerate with: python -m textinv.shapes.demo --write-examples"
+    for path, scene in zip(files, concept.training_scenes(5, seed=0)):
+        committed = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+        rendered = np.asarray(world.render_pil(scene), dtype=np.int16)
+        assert committed.shape == (64, 64, 3)
+        assert np.abs(committed - rendered).max() <= 1, \
+            f"{path} differs from the world's render: python -m textinv.shapes.demo --write-examples"
+
+
+def test_loss_curve_draws_any_history():
+    for losses in ([], [(1, 0.5)], [(1, 0.5), (2, 0.5)], [(s, 1.0 / s) for s in range(1, 50)]):
+        img = draw_loss_curve(losses)
+        assert img.size == (420, 190)
+    curve = np.asarray(draw_loss_curve([(s, 1.0 / s) for s in range(1, 50)]))
+    assert (np.abs(curve.astype(int) - [40, 90, 200]).sum(-1) < 30).sum() > 100  # the line is there

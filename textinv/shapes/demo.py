@@ -1,0 +1,550 @@
+"""`textinv demo`: learn one concept from its few pictures on the CPU, then show what the new word can do.
+
+The pictures are committed in `examples/<concept>/` (five 64x64 renders of a benchmark concept of the shapes world,
+the teal star by default: a hue between two named colours, which no word of the world says). `run_demo` reads top to
+bottom:
+
+1. check the settings, the model folder, the pictures and the probe before anything heavy is loaded;
+2. learn the concept's token with `train()` from the pictures (the world's caption phrasing, see `evaluate`);
+3. draw the concept in new prompts ("a photo of S*" and the concept's edit prompts), and beside each the same
+   prompt with the init word instead of S* (same seeds), for contrast;
+4. judge every picture with the attribute probe: does it show the concept, and does it obey the edit?
+5. write `report.html` (self-contained: pictures inlined as PNGs, scaled up without smoothing), `report.png`
+   (the same on one sheet, drawn with Pillow), `scores.json`, and the learned embedding under `run/`.
+
+    textinv demo                    # about 2-3 minutes on 2 CPU cores
+    textinv demo --quick            # a few seconds; every stage runs, nothing is really learned
+    python -m textinv.shapes.demo --write-examples     # re-render examples/teal-star/ from the world
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from textinv import __version__
+from textinv.config import opt
+from textinv.errors import ConfigError, ModelError
+from textinv.io import atomic_path, write_json, write_text
+from textinv.shapes.evaluate import (prompt_sets, sample, score_images, scratch_tokens, train_config, write_templates,
+                                     write_training_images)
+from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+"""The committed example pictures, one folder per concept (present in a source checkout / editable install)."""
+DEFAULT_CONCEPT = "teal-star"
+METHODS = ("textual-inversion", "init-word")  # what the report puts side by side
+SCALE = 2  # 64-pixel pictures are shown at 128 pixels, nearest-neighbour
+
+
+def slug(concept: Concept) -> str:
+    """The concept's folder name under `examples/`: its name with dashes ("teal-star")."""
+    return concept.name.replace(" ", "-")
+
+
+def find_concept(name: str) -> Concept:
+    """A benchmark concept by folder name, name or token ("teal-star", "teal star", "<teal-star>")."""
+    for c in BENCHMARK_CONCEPTS:
+        if name in (slug(c), c.name, c.token):
+            return c
+    raise ConfigError(f"unknown demo concept {name!r}; choose one of {', '.join(slug(c) for c in BENCHMARK_CONCEPTS)}")
+
+
+# The full run is sized for a 3-minute budget on 2 CPU cores with room to spare. Measured on 2 cores shared with
+# other jobs: loading 5-7 s, training 0.10-0.17 s/step (batch 4), drawing 0.35-0.55 s per picture (25 steps with
+# guidance), so 400 steps and 64 pictures take 1.5-2 minutes (each report lists its own times).
+FULL = dict(steps=400, samples=4, sample_steps=25)
+QUICK = dict(steps=3, samples=1, sample_steps=2)
+
+
+@dataclass
+class DemoConfig:
+    """Settings of `textinv demo`; saved in its scores.json."""
+
+    out: str = opt("demo-out", "folder for report.html, report.png, scores.json and the learned embedding (run/)")
+    concept: str = opt(DEFAULT_CONCEPT, "which concept to learn: a folder of examples/ named after a benchmark concept")
+    model: str = opt("shapes", "the model: a bundled name or a diffusers folder")
+    probe: str = opt(None, "attribute probe weights (default: the probe installed with textinv)")
+    steps: int = opt(None, f"training steps (default: {FULL['steps']}; {QUICK['steps']} with --quick)")
+    lr: float = opt(5e-3, "learning rate")
+    batch: int = opt(4, "training images per step")
+    samples: int = opt(None, f"pictures per prompt and method (default: {FULL['samples']}; {QUICK['samples']} with "
+                             f"--quick)")
+    sample_steps: int = opt(None, f"denoising steps per picture (default: {FULL['sample_steps']}; "
+                                  f"{QUICK['sample_steps']} with --quick)")
+    guidance: float = opt(7.5, "classifier-free guidance scale")
+    seed: int = opt(0, "seed of the training run; picture i of every prompt uses seed + i")
+    quick: bool = opt(False, "a few seconds' run through every stage (for tests): learns nothing")
+
+    def resolved(self) -> "DemoConfig":
+        """A copy with every unset setting filled in (the full run's values, or --quick's), checked."""
+        defaults = QUICK if self.quick else FULL
+        filled = {k: (defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k))
+                  for k in (f.name for f in dataclasses.fields(self))}
+        config = DemoConfig(**filled)
+        for name in ("steps", "batch", "samples", "sample_steps"):
+            value = getattr(config, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+        if not config.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {config.lr}")
+        find_concept(config.concept)
+        return config
+
+
+@dataclass
+class DemoResult:
+    html: Path
+    png: Path
+    scores: Path
+    embedding: Path
+    seconds: float
+    report: dict
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. checks
+
+
+def example_images(concept: Concept, out: Path) -> tuple[Path, bool]:
+    """The folder of the concept's example pictures, and whether they came from `examples/` (True) or had to be
+    rendered into `out` because this install has no examples folder (False; the pictures are the same)."""
+    from textinv.data import find_images
+
+    folder = EXAMPLES / slug(concept)
+    if folder.is_dir():
+        find_images(folder)  # raises a clear DataError if the folder holds no pictures
+        return folder, True
+    rendered = out / "examples" / slug(concept)
+    write_training_images(concept, rendered)
+    return rendered, False
+
+
+def _check_model(source: str) -> None:
+    from textinv.models import BUNDLED_MODELS, resolve_source
+
+    folder = BUNDLED_MODELS.get(source)
+    if folder is not None and not (folder / "model_index.json").exists():
+        raise ModelError(
+            f"the demo needs the bundled '{source}' model in {folder}, which this install does not have. Export "
+            f"it with `python -m textinv.shapes.pretrain --export --work WORK --out {folder}` after pretraining "
+            f"(see that module's help), or pass --model with a diffusers folder of a shapes model"
+        )
+    resolve_source(source)  # a clear error for a bad path
+
+
+def load_probe(path: str | None):
+    """The attribute probe, or None (with the reason) when the default weights are not installed. An explicit
+    path that does not load is an error."""
+    from textinv.shapes.probe import DEFAULT_PATH, Probe
+
+    if path is None and not DEFAULT_PATH.is_file():
+        return None, (f"no probe weights installed ({DEFAULT_PATH}), so the pictures are shown without scores; "
+                      f"train them with `python -m textinv.shapes.probe --train`")
+    return Probe.load(path or DEFAULT_PATH), None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress: bool = True) -> DemoResult:
+    """Learn the demo concept and write the report; return where it is.
+
+    >>> result = run_demo(DemoConfig(out="demo-out"))  # doctest: +SKIP
+    >>> result.html                                    # doctest: +SKIP
+    PosixPath('demo-out/report.html')
+    """
+    log = print if progress else (lambda *a, **k: None)
+    started = time.perf_counter()
+
+    # 1. checks -----------------------------------------------------------------------------------------------------
+    config = (config or DemoConfig()).resolved()
+    concept = find_concept(config.concept)
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the report")
+    if model is None:
+        _check_model(config.model)
+    note = None
+    if probe is None:
+        probe, note = load_probe(config.probe)
+    images_dir, committed = example_images(concept, out)
+    pictures = [Image.open(p).convert("RGB") for p in sorted(images_dir.glob("*.png"))]
+    if model is None:
+        from textinv.models import load_model
+
+        model = load_model(config.model)
+    t_ready = time.perf_counter()
+
+    # 2. learn --------------------------------------------------------------------------------------------------------
+    from textinv.train import train
+
+    out.mkdir(parents=True, exist_ok=True)
+    templates = write_templates(concept, out / "templates.txt")
+    tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
+                      seed=config.seed, model=config.model)
+    log(f"learning {concept.token} ({concept.name}) from {len(pictures)} pictures in {images_dir}, "
+        f"{config.steps} steps", flush=True)
+    rows = {m: _demo_prompts(concept, m) for m in METHODS}
+    seeds = [config.seed + i for i in range(config.samples)]
+    drawn = {}
+    with scratch_tokens(model):  # a model passed in comes back without the token
+        result = train(tc, model=model, progress=progress)  # the learned token stays installed, ready to draw
+        t_trained = time.perf_counter()
+
+        # 3. draw ---------------------------------------------------------------------------------------------------
+        log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
+            f"'{concept.init_word}'", flush=True)
+        for m in METHODS:
+            prompts = [p for _, p, _ in rows[m] for _ in seeds]
+            drawn[m] = sample(model, prompts, seeds * len(rows[m]), config.sample_steps, config.guidance)
+    t_drawn = time.perf_counter()
+
+    # 4. judge ------------------------------------------------------------------------------------------------------
+    k = len(seeds)
+    table = []
+    for j in range(len(rows[METHODS[0]])):
+        entry = {"kind": rows[METHODS[0]][j][0], "expects": rows[METHODS[0]][j][2]}
+        for m in METHODS:
+            _, prompt, expected = rows[m][j]
+            pics = drawn[m][j * k:(j + 1) * k]
+            verdicts, readings, glimpses = [None] * k, [None] * k, [None] * k
+            if probe is not None:
+                verdicts, _, predicted = score_images(probe, pics, expected)
+                per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
+                readings = [_reading(p) for p in per_picture]
+                glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
+            entry[m] = {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
+                        "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k}
+        table.append(entry)
+    t_judged = time.perf_counter()
+
+    # 5. report -----------------------------------------------------------------------------------------------------
+    report = {
+        "title": f"textinv demo: learning {concept.token} from {len(pictures)} pictures",
+        "concept": {"name": concept.name, "token": concept.token, "init_word": concept.init_word,
+                    "kind": concept.kind, "description": concept.description, "attributes": concept.attributes},
+        "images": str(images_dir), "images_committed": committed,
+        "model": model.describe(), "textinv_version": __version__,
+        "settings": dataclasses.asdict(config), "seeds": seeds,
+        "probe": None if probe is None else (getattr(probe, "metrics", None) or "loaded"), "probe_note": note,
+        "loss": [list(x) for x in result.losses],
+        "prompts": table,
+        "summary": _summary(table) if probe is not None else None,
+        "embedding": str(result.files[0]) if result.files else None,
+        "seconds": {"load": round(t_ready - started, 1), "train": round(t_trained - t_ready, 1),
+                    "draw": round(t_drawn - t_trained, 1), "judge": round(t_judged - t_drawn, 1)},
+    }
+    report["seconds"]["total"] = round(time.perf_counter() - started, 1)  # the drawing below takes well under 1 s
+    loss_png = draw_loss_curve(result.losses)
+    sheet = draw_sheet(report, pictures, drawn, loss_png)
+    html_path, png_path, json_path = out / "report.html", out / "report.png", out / "scores.json"
+    with atomic_path(png_path) as tmp:
+        sheet.save(tmp, format="PNG")
+    write_text(html_path, render_html(report, pictures, drawn, loss_png))
+    write_json(json_path, report)
+    log(f"report: {html_path} (open it in a browser) and {png_path}; scores in {json_path}")
+    if note:
+        log(f"note: {note}")
+    return DemoResult(html=html_path, png=png_path, scores=json_path, embedding=Path(report["embedding"] or ""),
+                      seconds=report["seconds"]["total"], report=report)
+
+
+def _demo_prompts(concept: Concept, method: str) -> list[tuple[str, str, dict]]:
+    """'a photo of S*' (or the style's first) and the concept's edit prompts."""
+    rows = prompt_sets(concept, method)
+    return [r for r in rows if r[0] == "reconstruction"][:1] + [r for r in rows if r[0] == "edit"]
+
+
+def _reading(p: dict) -> str:
+    """The probe's reading of one picture, in a few words."""
+    text = f"{p['size']} {p['color']} {p['pattern']} {p['shape']} (hue {p['hue']:.0f}), {p['position']}, " \
+           f"{p['background']} background, {p['style']}"
+    if p.get("has_second"):
+        text += f", and a {p['second_color']} {p['second_shape']}"
+    return text
+
+
+def _summary(table: list[dict]) -> dict:
+    out = {}
+    for m in METHODS:
+        recon = [e[m] for e in table if e["kind"] == "reconstruction"]
+        edit = [e[m] for e in table if e["kind"] == "edit"]
+        out[m] = {"reconstruction": [sum(x["passed"] for x in recon), sum(x["of"] for x in recon)],
+                  "editability": [sum(x["passed"] for x in edit), sum(x["of"] for x in edit)]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# drawing (Pillow only)
+
+INK, MUTED, PAPER, LINE = (25, 25, 30), (110, 110, 120), (255, 255, 255), (220, 220, 226)
+PASS, FAIL, UNKNOWN = (40, 160, 70), (210, 50, 45), (190, 190, 196)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font when Pillow has FreeType (its wheels do)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _big(img: Image.Image, scale: int = SCALE) -> Image.Image:
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+
+
+def draw_loss_curve(losses: list[tuple[int, float]], size: tuple[int, int] = (420, 190)) -> Image.Image:
+    """The training loss (mean over each log interval) against the step, as a small chart."""
+    w, h = size
+    img = Image.new("RGB", size, PAPER)
+    d = ImageDraw.Draw(img)
+    font = _font(12)
+    left, right, top, bottom = 52, w - 12, 24, h - 28
+    d.text((left, 4), "training loss", fill=INK, font=_font(14))
+    d.rectangle([left, top, right, bottom], outline=LINE)
+    if not losses:
+        d.text((left + 8, top + 8), "no loss logged", fill=MUTED, font=font)
+        return img
+    steps = [s for s, _ in losses]
+    values = [v for _, v in losses]
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5 * abs(lo or 1), hi + 0.5 * abs(hi or 1)
+    s0, s1 = min(steps), max(steps)
+    span = max(s1 - s0, 1)
+
+    def xy(s, v):
+        return left + (s - s0) / span * (right - left), bottom - (v - lo) / (hi - lo) * (bottom - top)
+
+    for frac in (0.25, 0.5, 0.75):  # light grid
+        y = top + frac * (bottom - top)
+        d.line([left + 1, y, right - 1, y], fill=(240, 240, 244))
+    points = [xy(s, v) for s, v in losses]
+    if len(points) == 1:
+        d.ellipse([points[0][0] - 3, points[0][1] - 3, points[0][0] + 3, points[0][1] + 3], fill=(40, 90, 200))
+    else:
+        # The diffusion loss of a few steps is noisy (each draws its own timesteps): the raw interval means in a
+        # light line, their running mean (over about a tenth of the run) in a dark one.
+        d.line(points, fill=(175, 195, 235), width=1)
+        window = max(1, len(values) // 10)
+        smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                  for i in range(len(values))]
+        d.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(40, 90, 200), width=2)
+    d.text((4, top - 6), f"{hi:.3f}", fill=MUTED, font=font)
+    d.text((4, bottom - 8), f"{lo:.3f}", fill=MUTED, font=font)
+    d.text((left, bottom + 6), f"step {s0}", fill=MUTED, font=font)
+    label = f"step {s1}"
+    d.text((right - d.textlength(label, font=font), bottom + 6), label, fill=MUTED, font=font)
+    return img
+
+
+def _count(entry: dict) -> str:
+    return "not judged" if entry["passed"] is None else f"{entry['passed']}/{entry['of']} pass"
+
+
+def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image) -> Image.Image:
+    """The whole report on one PNG: training pictures, loss, every prompt's pictures (S* beside the init word,
+    a green/red bar under each for the probe's verdict), and the totals."""
+    title_font, head_font, font, small = _font(22), _font(16), _font(13), _font(11)
+    k = len(report["seeds"])
+    cell = 64 * SCALE
+    gap = 8
+    block = max(k * (cell + gap), 280)
+    col_gap = 36
+    width = max(2 * block + col_gap + 2 * 24, len(pictures) * (cell + gap) + loss_png.width + 3 * 24, 900)
+    n_prompts = len(report["prompts"])
+    row_height = cell + 56
+    height = 90 + 34 + cell + 70 + 48 + n_prompts * row_height + 150
+    sheet = Image.new("RGB", (width, height), PAPER)
+    d = ImageDraw.Draw(sheet)
+    x0, y = 24, 18
+    c = report["concept"]
+    d.text((x0, y), report["title"], fill=INK, font=title_font)
+    y += 32
+    d.text((x0, y), f"{c['name']}: {c['description']}. Model: {report['model']}. {report['settings']['steps']} "
+           f"steps, {report['seconds']['train']:.0f} s of training.", fill=MUTED, font=font)
+    y += 40
+
+    # training pictures and the loss curve
+    d.text((x0, y), "1. The pictures it learns from", fill=INK, font=head_font)
+    y += 28
+    for i, pic in enumerate(pictures):
+        sheet.paste(_big(pic), (x0 + i * (cell + gap), y))
+    sheet.paste(loss_png, (width - loss_png.width - 24, y - 30))
+    y += max(cell, loss_png.height - 30) + 30
+
+    # prompts
+    d.text((x0, y), f"2. New prompts: {c['token']} (left) and the init word '{c['init_word']}' in its place (right), "
+           f"same seeds", fill=INK, font=head_font)
+    y += 24
+    d.text((x0, y), report["probe_note"] or "bar under each picture: green = the probe sees the concept and the "
+           "edit, red = it does not", fill=FAIL if report["probe_note"] else MUTED, font=small)
+    y += 24
+    xs = {"textual-inversion": x0, "init-word": x0 + block + col_gap}
+    labels = {"textual-inversion": c["token"], "init-word": f"'{c['init_word']}' instead"}
+    for j, entry in enumerate(report["prompts"]):
+        d.text((x0, y), entry["textual-inversion"]["prompt"], fill=INK, font=font)
+        for m in METHODS:
+            e = entry[m]
+            d.text((xs[m], y + 19), f"{labels[m]}: {_count(e)}", fill=MUTED, font=small)
+            for i in range(k):
+                px, py = xs[m] + i * (cell + gap), y + 36
+                sheet.paste(_big(drawn[m][j * k + i]), (px, py))
+                verdict = e["pass"][i]
+                color = UNKNOWN if verdict is None else PASS if verdict else FAIL
+                d.rectangle([px, py + cell + 2, px + cell - 1, py + cell + 7], fill=color)
+        y += row_height
+
+    # totals
+    d.line([x0, y, width - 24, y], fill=LINE)
+    y += 12
+    d.text((x0, y), "3. Scores (the attribute probe's verdict)", fill=INK, font=head_font)
+    y += 28
+    if report["summary"] is None:
+        d.text((x0, y), "not judged: " + (report["probe_note"] or "no probe"), fill=MUTED, font=font)
+    else:
+        for m in METHODS:
+            s = report["summary"][m]
+            name = c["token"] if m == "textual-inversion" else f"init word '{c['init_word']}'"
+            d.text((x0, y), f"{name}:  shows the concept in {s['reconstruction'][0]}/{s['reconstruction'][1]} "
+                   f"of 'a photo of' pictures;  obeys the edit and keeps the concept in {s['editability'][0]}/"
+                   f"{s['editability'][1]} edited pictures", fill=INK, font=font)
+            y += 22
+    y += 28
+    d.text((x0, y), f"seeds {report['seeds']}; textinv {report['textinv_version']}; total "
+           f"{report['seconds'].get('total', 0):.0f} s", fill=MUTED, font=small)
+    return sheet.crop((0, 0, width, min(height, y + 30)))
+
+
+def _data_uri(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1200px;
+       color: #19191e; padding: 0 1rem; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+.muted { color: #6e6e78; } .note { color: #b4322d; }
+img.px { image-rendering: pixelated; width: 128px; height: 128px; display: block; }
+.row { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
+.prompt { display: grid; grid-template-columns: 1fr 1fr; gap: 28px; margin: 1rem 0; }
+.prompt h3 { font-size: .95rem; font-weight: 600; margin: 0 0 .3rem; font-family: ui-monospace, monospace; }
+figure { margin: 0; } figure.pass img { outline: 5px solid #28a046; outline-offset: -5px; }
+figure.fail img { outline: 5px solid #d2322d; outline-offset: -5px; }
+figcaption { font-size: .7rem; color: #6e6e78; max-width: 128px; }
+table { border-collapse: collapse; }
+td, th { padding: .3rem .8rem; border-bottom: 1px solid #dcdce2; text-align: left; }
+code { background: #f2f2f5; padding: 0 .25rem; border-radius: 3px; }
+"""
+
+
+def render_html(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image) -> str:
+    """The report as one self-contained HTML page (every picture inlined)."""
+    esc = html.escape
+    c = report["concept"]
+    k = len(report["seeds"])
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(report['title'])}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>{esc(report['title'])}</h1>",
+             f"<p class='muted'>{esc(c['name'])}: {esc(c['description'])}. Learned as <code>{esc(c['token'])}</code> "
+             f"from the init word <code>{esc(c['init_word'])}</code> on {esc(report['model'])}.</p>"]
+    if report["probe_note"]:
+        parts.append(f"<p class='note'>{esc(report['probe_note'])}</p>")
+
+    parts.append("<section id='training'><h2>1. The pictures it learns from</h2><div class='row'>")
+    parts += [f"<img class='px' src='{_data_uri(_big(p))}' alt='training picture {i + 1}'>"
+              for i, p in enumerate(pictures)]
+    parts.append(f"</div><p class='muted'>{esc(report['images'])}</p></section>")
+
+    s = report["seconds"]
+    parts.append(f"<section id='loss'><h2>Training</h2><img src='{_data_uri(loss_png)}' alt='training loss'>"
+                 f"<p class='muted'>{report['settings']['steps']} steps in {s['train']:.0f} s; loading took "
+                 f"{s['load']:.0f} s, drawing {s['draw']:.0f} s, judging {s['judge']:.0f} s.</p></section>")
+
+    parts.append(f"<section id='samples'><h2>2. New prompts: <code>{esc(c['token'])}</code> beside the init word "
+                 f"<code>{esc(c['init_word'])}</code></h2><p class='muted'>Same seeds on both sides. A green frame: "
+                 f"the probe sees the concept and the edit; red: it does not (hover a picture for what it sees)."
+                 f"</p>")
+    for j, entry in enumerate(report["prompts"]):
+        parts.append("<div class='prompt'>")
+        for m in METHODS:
+            e = entry[m]
+            parts.append(f"<div><h3>{esc(e['prompt'])} <span class='muted'>[{_count(e)}]</span></h3><div class='row'>")
+            for i in range(k):
+                verdict = e["pass"][i]
+                cls = "" if verdict is None else "pass" if verdict else "fail"
+                read = e["read"][i] or ""
+                parts.append(f"<figure class='{cls}' title='{esc(read, quote=True)}'><img class='px' "
+                             f"src='{_data_uri(_big(drawn[m][j * k + i]))}' alt='{esc(e['prompt'], quote=True)}'>"
+                             f"<figcaption>seed {report['seeds'][i]}"
+                             + (f": {esc(e['glimpse'][i])}" if e["glimpse"][i] else "") + "</figcaption></figure>")
+            parts.append("</div></div>")
+        parts.append("</div>")
+    parts.append("</section>")
+
+    parts.append("<section id='scores'><h2>3. Scores</h2>")
+    expects = ", ".join(f"{a} {v}" for a, v in c["attributes"].items())
+    if report["summary"] is None:
+        parts.append(f"<p class='muted'>Not judged: {esc(report['probe_note'] or 'no probe')}</p>")
+    else:
+        parts.append(f"<p>The attribute probe reads each picture. <b>Reconstruction</b>: 'a photo of' pictures "
+                     f"that show the concept ({esc(expects)}). <b>Editability</b>: edited pictures that obey the "
+                     f"edit and still show the concept.</p><table><tr><th></th><th>reconstruction</th>"
+                     f"<th>editability</th></tr>")
+        for m in METHODS:
+            sm = report["summary"][m]
+            name = f"<code>{esc(c['token'])}</code>" if m == "textual-inversion" else \
+                f"init word <code>{esc(c['init_word'])}</code>"
+            parts.append(f"<tr><td>{name}</td><td>{sm['reconstruction'][0]}/{sm['reconstruction'][1]}</td>"
+                         f"<td>{sm['editability'][0]}/{sm['editability'][1]}</td></tr>")
+        parts.append("</table>")
+    parts.append("</section>")
+
+    settings = json.dumps(report["settings"], indent=1)
+    parts.append(f"<section id='settings'><h2>Reproduce</h2><p>The learned embedding: "
+                 f"<code>{esc(str(report['embedding']))}</code>. Use it with <code>textinv generate --embedding "
+                 f"{esc(str(report['embedding']))} --prompt 'a photo of {esc(c['token'])}'</code>.</p>"
+                 f"<pre>{esc(settings)}</pre><p class='muted'>seeds {report['seeds']}; textinv "
+                 f"{esc(report['textinv_version'])}; total {s.get('total', 0):.0f} s</p></section></body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the example pictures
+
+
+def write_examples(concept: Concept | None = None, folder: Path | None = None) -> list[Path]:
+    """Render a concept's five training pictures into `examples/<concept>/` (what is committed there)."""
+    concept = concept or find_concept(DEFAULT_CONCEPT)
+    return write_training_images(concept, folder or EXAMPLES / slug(concept), k=5, seed=0)
+
+
+def _main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m textinv.shapes.demo",
+                                     description="Re-render the demo's example pictures (the demo itself is "
+                                                 "`textinv demo`).")
+    parser.add_argument("--write-examples", action="store_true", help="write examples/<concept>/*.png")
+    parser.add_argument("--concept", default=DEFAULT_CONCEPT)
+    args = parser.parse_args(argv)
+    if not args.write_examples:
+        parser.error("say --write-examples (run the demo with `textinv demo`)")
+    for path in write_examples(find_concept(args.concept)):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,508 @@
+"""The quality benchmark: Textual Inversion's two axes, measured in the shapes world by the attribute probe.
+
+Gal et al. (ICLR 2023, sec. 5) judge a learned word on two things: reconstruction (pictures made from "a photo of
+S*" show the concept) and editability (prompts that put S* somewhere new are obeyed, and the concept survives). They
+measure both with CLIP similarities; in the shapes world the attribute probe (`probe.Probe`) reads exactly what a
+picture shows, so both become counts:
+
+- reconstruction: the share of samples from the concept's own prompts whose probed attributes all match
+  `concept.attributes` (a hue within `hue_tolerance` degrees, a stripe angle within `angle_tolerance`);
+- editability: the share of samples from `concept.edit_prompts()` where the edit's attributes AND the concept's
+  own attributes hold.
+
+Each concept is scored for three ways of naming it, sampled with the same seeds:
+  textual-inversion  the learned token S*;
+  init-word          the word S* started from (`concept.init_word`), i.e. no learning at all;
+  description        the most the world's words can say about the concept (the paper's human-caption baseline).
+
+`evaluate(model, probe)` does, for each concept: 1. render its training scenes to PNGs in a temporary folder;
+2. learn its token with `train()` (on a copy of the tokenizer and embedding table, restored afterwards); 3. sample
+every method's prompts; 4. probe the samples and count. `print_table` shows the result, `write_results` saves it as
+JSON + Markdown (`quality-YYYY-MM-DD.{json,md}`).
+
+    textinv evaluate --out benchmarks/results          # every concept, the default settings
+    textinv evaluate --concepts 2 --fast               # a quick look
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from textinv import __version__
+from textinv.config import TrainConfig, build, opt
+from textinv.errors import ConfigError
+from textinv.io import write_json, write_text
+from textinv.shapes import world
+from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
+
+METHODS = ("textual-inversion", "init-word", "description")
+
+# Training captions in the world's own phrasing. The paper's templates ("a cropped photo of the {}", "a painting in
+# the style of {}") are mostly words the shapes model never saw: its tokenizer spells them as byte pieces whose
+# vectors were never trained, so they would only add noise around the token.
+OBJECT_TEMPLATES = ("a photo of {}", "an image of {}", "a picture of {}", "a drawing of {}", "a rendering of {}", "{}")
+STYLE_TEMPLATES = ("a shape, {} style", "a photo of a shape in {} style", "a picture of a shape in a {} style",
+                   "an image of a shape, {} style")
+
+# Reconstruction prompts: the concept itself, in the paper's "a photo of S*" and the world's other plain wordings.
+OBJECT_RECONSTRUCTION = ("a photo of {}", "an image of {}", "{}")
+STYLE_RECONSTRUCTION = ("a star, {} style", "a circle in {} style", "a square on a white background, {} style")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of a quality benchmark run; written into its results."""
+
+    steps: int = opt(400, "training steps per concept")
+    lr: float = opt(5e-3, "learning rate (the paper's base rate)")
+    batch: int = opt(4, "training images per step")
+    vectors: int = opt(1, "vectors per learned token")
+    images: int = opt(5, "training pictures per concept (the paper uses 3-5)")
+    train_seed: int = opt(0, "seed of the training pictures and of the training run")
+    samples: int = opt(8, "samples per prompt and method")
+    seed: int = opt(1000, "seed of the first sample; sample i of every prompt uses seed + i")
+    sample_steps: int = opt(25, "denoising steps per sample")
+    guidance: float = opt(7.5, "classifier-free guidance scale")
+    hue_tolerance: float = opt(15.0, "a hue within this many degrees of the concept's counts as a match")
+    angle_tolerance: float = opt(15.0, "a stripe angle within this many degrees counts as a match")
+    chunk: int = opt(32, "samples drawn per pipeline call (bounds memory)")
+
+    def validate(self) -> "EvalConfig":
+        for name in ("steps", "batch", "vectors", "images", "samples", "sample_steps", "chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("hue_tolerance", "angle_tolerance"):
+            if not 0 < getattr(self, name) <= 180:
+                raise ConfigError(f"{name} must be in (0, 180] degrees, got {getattr(self, name)}")
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.samples)]
+
+
+FAST = dict(steps=3, samples=1, sample_steps=2, images=4, batch=2)
+"""Settings of `--fast`: every stage runs, nothing is learned (tests, a smoke check of a new model)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts for each method
+
+
+def best_description(concept: Concept) -> str:
+    """The most the world's own words can say about a concept: for an object its nearest named colour, pattern and
+    shape ("cyan solid star"), for a style the style's name.
+
+    This stands for the paper's human caption. `concept.description` is written for people ("a greener cyan than
+    any named colour"), but the shapes model knows only `world.VOCABULARY`: other words fall apart into byte tokens
+    it never learnt, so they would add noise, not information.
+
+    >>> best_description(BENCHMARK_CONCEPTS[0])
+    'cyan solid star'
+    """
+    if concept.kind == "style":
+        return concept.style
+    o = concept.base
+    # world.describe's noun phrase, read up to the shape, without its article and size (prompts give their own)
+    words = world.describe(world.Scene(o)).replace(",", " ").split()
+    phrase = words[1:words.index(o.shape) + 1]
+    return " ".join(w for w in phrase if w != o.size)
+
+
+def method_phrases(concept: Concept) -> dict[str, str]:
+    """What stands in a prompt's `{}` for each method: the token, the init word, the best description."""
+    return {"textual-inversion": concept.token, "init-word": concept.init_word,
+            "description": best_description(concept)}
+
+
+def fill(template: str, phrase: str, article: bool) -> str:
+    """Put `phrase` into `template` at `{}`. With `article`, a noun phrase gets "a"/"an" where the template has
+    none for it (at the start or after "of"), as the token itself is written bare in the world's prompts.
+
+    >>> fill("a photo of {} on a black background", "star", article=True)
+    'a photo of a star on a black background'
+    >>> fill("a small {} in the top left corner", "star", article=True)
+    'a small star in the top left corner'
+    """
+    if article:
+        before = template.split("{}")[0].split()
+        if not before or before[-1] == "of":
+            phrase = f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
+    return template.replace("{}", phrase)
+
+
+def reconstruction_templates(concept: Concept) -> tuple[str, ...]:
+    return STYLE_RECONSTRUCTION if concept.kind == "style" else OBJECT_RECONSTRUCTION
+
+
+def training_templates(concept: Concept) -> tuple[str, ...]:
+    return STYLE_TEMPLATES if concept.kind == "style" else OBJECT_TEMPLATES
+
+
+def prompt_sets(concept: Concept, method: str) -> list[tuple[str, str, dict]]:
+    """(kind, prompt, expected attributes) for every prompt of one method: "reconstruction" prompts expect the
+    concept's attributes, "edit" prompts the edit's attributes on top of them."""
+    phrase = method_phrases(concept)[method]
+    article = method != "textual-inversion" and concept.kind == "object"
+    rows = [("reconstruction", fill(t, phrase, article), dict(concept.attributes))
+            for t in reconstruction_templates(concept)]
+    rows += [("edit", fill(t, phrase, article), {**concept.attributes, **edit})
+             for t, edit in concept.edit_prompts()]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _circular(a: float, b: float, period: float) -> float:
+    return abs((a - b + period / 2) % period - period / 2)
+
+
+def attribute_hits(predicted: dict[str, list], expected: dict, hue_tolerance: float = 15.0,
+                   angle_tolerance: float = 15.0) -> dict[str, list[bool]]:
+    """For each expected attribute, whether the probe's reading of each picture matches it.
+
+    `predicted` is `Probe.predict`'s output; hue compares around the 360-degree circle, stripe angle around 180.
+
+    >>> attribute_hits({"shape": ["star", "ring"], "hue": [170.0, 160.0]}, {"shape": "star", "hue": 163.0})
+    {'shape': [True, False], 'hue': [True, True]}
+    """
+    hits = {}
+    for name, want in expected.items():
+        if name not in predicted:
+            raise ConfigError(f"the probe does not read {name!r} (it reads {', '.join(predicted)}); "
+                              f"expected attributes must be among those")
+        got = predicted[name]
+        if name == "hue":
+            hits[name] = [_circular(g, want, 360.0) <= hue_tolerance for g in got]
+        elif name == "stripe_angle":
+            hits[name] = [_circular(g, want, 180.0) <= angle_tolerance for g in got]
+        else:
+            hits[name] = [g == want for g in got]
+    return hits
+
+
+def all_hold(hits: dict[str, list[bool]], n: int) -> list[bool]:
+    """Per picture: does every attribute match? (`n` pictures; with no attributes, all pass.)"""
+    return [all(col[i] for col in hits.values()) for i in range(n)]
+
+
+def to_tensor(images) -> torch.Tensor:
+    """PIL RGB images (one size) -> (B, 3, H, W) float32 in [0, 1], what the probe reads."""
+    arr = np.stack([np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0 for img in images])  # (B, H, W, 3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def score_images(probe, images, expected: dict, hue_tolerance: float = 15.0, angle_tolerance: float = 15.0):
+    """Probe `images` against `expected`: (per-picture pass list, per-attribute hits, the probe's readings)."""
+    predicted = probe.predict(to_tensor(images))
+    hits = attribute_hits(predicted, expected, hue_tolerance, angle_tolerance)
+    return all_hold(hits, len(images)), hits, predicted
+
+
+def sample(model, prompts: list[str], seeds: list[int], steps: int, guidance: float, chunk: int = 32) -> list:
+    """One picture per (prompt, seed) pair, drawn `chunk` at a time."""
+    from textinv.generate import render  # diffusers: imported when needed, so the CLI starts fast
+
+    out = []
+    for i in range(0, len(prompts), chunk):
+        out += render(model, prompts[i:i + chunk], seeds[i:i + chunk], steps=steps, guidance=guidance)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One concept
+
+
+def write_training_images(concept: Concept, folder: Path, k: int = 5, seed: int = 0) -> list[Path]:
+    """Render the concept's `k` training scenes as PNGs into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, scene in enumerate(concept.training_scenes(k, seed)):
+        path = folder / f"{concept.token.strip('<>')}-{i + 1}.png"
+        world.render_pil(scene).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_templates(concept: Concept, path: Path) -> Path:
+    """Write the concept's training caption templates (the world's phrasing), one per line, for `--templates`."""
+    write_text(path, "\n".join(training_templates(concept)) + "\n")
+    return path
+
+
+def train_config(concept: Concept, images: Path, templates: Path, out: Path, steps: int, lr: float, batch: int,
+                 vectors: int = 1, seed: int = 0, model: str = "shapes") -> TrainConfig:
+    """The `TrainConfig` the benchmark and the demo learn a concept with.
+
+    Mirroring is off when the concept's stripe angle is judged: a mirror image turns 35-degree stripes into
+    145-degree ones, so the orientation is part of the concept.
+    """
+    return TrainConfig(images=str(images), token=concept.token, init=concept.init_word, property=concept.kind,
+                       out=str(out), model=model, steps=steps, lr=lr, batch=batch, vectors=vectors, seed=seed,
+                       templates=str(templates), flip="stripe_angle" not in concept.attributes, save_every=0,
+                       sample_every=0, log_every=max(1, steps // 60), overwrite=True)
+
+
+@contextlib.contextmanager
+def scratch_tokens(model):
+    """Undo every token `train()` adds to `model` on exit: the tokenizers and embedding tables are put back."""
+    attrs = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+    saved = [(attrs[name], copy.deepcopy(tok), te, te.get_input_embeddings()) for name, tok, te in model.encoders]
+    try:
+        yield model
+    finally:
+        for tok_attr, tok, te, table in saved:
+            setattr(model.pipeline, tok_attr, tok)
+            te.set_input_embeddings(table)
+
+
+def learn(model, concept: Concept, config: EvalConfig, workdir: Path, progress: bool = False):
+    """Learn the concept's token from its rendered training scenes; the model comes back unchanged."""
+    from textinv.train import train
+
+    images = workdir / "images"
+    write_training_images(concept, images, config.images, config.train_seed)
+    templates = write_templates(concept, workdir / "templates.txt")
+    tc = train_config(concept, images, templates, workdir / "run", config.steps, config.lr, config.batch,
+                      config.vectors, config.train_seed, model=model.source)
+    with scratch_tokens(model):
+        return train(tc, model=model, progress=progress)
+
+
+def score_method(model, probe, concept: Concept, method: str, config: EvalConfig) -> dict:
+    """Sample and probe every prompt of one method; returns its rates and per-prompt counts."""
+    rows = prompt_sets(concept, method)
+    seeds = config.seeds
+    prompts = [p for _, p, _ in rows for _ in seeds]
+    images = sample(model, prompts, seeds * len(rows), config.sample_steps, config.guidance, config.chunk)
+    per_prompt, recon, edit, hue_errors = [], [], [], []
+    attr_rates: dict[str, list[bool]] = {}
+    for j, (kind, prompt, expected) in enumerate(rows):
+        pics = images[j * len(seeds):(j + 1) * len(seeds)]
+        passed, hits, predicted = score_images(probe, pics, expected, config.hue_tolerance, config.angle_tolerance)
+        (recon if kind == "reconstruction" else edit).extend(passed)
+        if kind == "reconstruction":
+            for name, col in hits.items():
+                attr_rates.setdefault(name, []).extend(col)
+            if "hue" in concept.attributes:
+                hue_errors += [_circular(h, concept.attributes["hue"], 360.0) for h in predicted["hue"]]
+        per_prompt.append({"kind": kind, "prompt": prompt, "passed": sum(passed), "of": len(passed)})
+    return {
+        "phrase": method_phrases(concept)[method],
+        "reconstruction": _mean(recon),
+        "editability": _mean(edit),
+        "hue_error_deg": _mean(hue_errors) if hue_errors else None,
+        "reconstruction_by_attribute": {k: _mean(v) for k, v in attr_rates.items()},
+        "prompts": per_prompt,
+    }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | None = None, out=None,
+             progress: bool = True, **settings) -> dict:
+    """Learn each concept and score it against the two baselines; return the table (and write it when `out`).
+
+    Keyword `settings` override `config`'s fields (`steps`, `samples`, `seed`, ...).
+
+    >>> from textinv.models import load_model; from textinv.shapes.probe import Probe      # doctest: +SKIP
+    >>> result = evaluate(load_model("shapes"), Probe.load(), BENCHMARK_CONCEPTS[:2], samples=4)  # doctest: +SKIP
+    >>> result["rows"][0]["method"], result["rows"][0]["reconstruction"]                     # doctest: +SKIP
+    ('textual-inversion', 0.75)
+    """
+    from textinv.generate import install_embedding, unload_embeddings
+
+    config = build(EvalConfig, dataclasses.asdict(config or EvalConfig()), settings).validate()
+    concepts = list(concepts)
+    if not concepts:
+        raise ConfigError("no concepts to evaluate: pass at least one world.Concept (see world.BENCHMARK_CONCEPTS)")
+    for c in concepts:
+        if not isinstance(c, Concept):
+            raise ConfigError(f"concepts must be world.Concept objects, got {type(c).__name__}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the results")
+    log = print if progress else (lambda *a, **k: None)
+
+    started = time.perf_counter()
+    rows, details = [], []
+    for n, concept in enumerate(concepts, 1):
+        log(f"[{n}/{len(concepts)}] {concept.name}: learning {concept.token} ({config.steps} steps)", flush=True)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="textinv-eval-") as tmp:
+            result = learn(model, concept, config, Path(tmp))
+        t1 = time.perf_counter()
+        install_embedding(model, result.embedding)
+        try:
+            scores = {m: score_method(model, probe, concept, m, config) for m in METHODS}
+        finally:
+            unload_embeddings(model)
+        t2 = time.perf_counter()
+        for method, s in scores.items():
+            rows.append({"concept": concept.name, "method": method, "phrase": s["phrase"],
+                         "reconstruction": s["reconstruction"], "editability": s["editability"],
+                         "hue_error_deg": s["hue_error_deg"]})
+        details.append({"concept": concept.name, "token": concept.token, "kind": concept.kind,
+                        "description": concept.description, "attributes": concept.attributes,
+                        "train_seconds": round(t1 - t0, 1), "sample_seconds": round(t2 - t1, 1),
+                        "final_loss": result.losses[-1][1] if result.losses else None,
+                        "methods": scores})
+        ti = scores["textual-inversion"]
+        log(f"    reconstruction {ti['reconstruction']:.2f}  editability {ti['editability']:.2f}  "
+            f"(init word {scores['init-word']['reconstruction']:.2f} / {scores['init-word']['editability']:.2f}); "
+            f"train {t1 - t0:.0f} s, sample {t2 - t1:.0f} s", flush=True)
+
+    result = {
+        "benchmark": "textinv shapes quality",
+        "date": datetime.date.today().isoformat(),
+        "textinv_version": __version__,
+        "model": describe_model(model),
+        "probe": getattr(probe, "metrics", {}) or {},
+        "settings": {**dataclasses.asdict(config), "seeds": config.seeds},
+        "rows": rows,
+        "mean": _means(rows),
+        "concepts": details,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if out is not None:
+        write_results(result, out)
+    return result
+
+
+def _means(rows: list[dict]) -> dict[str, dict]:
+    means = {}
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        hue = [r["hue_error_deg"] for r in mine if r["hue_error_deg"] is not None]
+        means[method] = {"reconstruction": _mean(r["reconstruction"] for r in mine),
+                         "editability": _mean(r["editability"] for r in mine),
+                         "hue_error_deg": _mean(hue) if hue else None}
+    return means
+
+
+def describe_model(model) -> dict:
+    """Which model was measured: its source and, for an exported shapes model, its training record."""
+    from textinv.models import resolve_source
+
+    record = {"source": str(model.source), "description": model.describe()}
+    try:
+        kind, location = resolve_source(model.source)
+    except Exception:  # a model built in code has no folder to read
+        return record
+    path = Path(location) / "training.json"
+    if kind in ("bundled", "folder") and path.is_file():
+        training = json.loads(path.read_text())
+        record["exported"] = training.get("exported")
+        record["steps"] = {stage: v.get("steps") for stage, v in training.get("stages", {}).items()}
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The table
+
+
+def _num(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def format_table(result: dict) -> str:
+    """The result as a Markdown table: concept x method, reconstruction, editability, hue error; then the means."""
+    lines = ["| concept | method | prompt words | reconstruction | editability | hue error (deg) |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        lines.append(f"| {r['concept']} | {r['method']} | `{r['phrase']}` | {_num(r['reconstruction'])} | "
+                     f"{_num(r['editability'])} | {_num(r['hue_error_deg'], 1)} |")
+    for method, m in result["mean"].items():
+        lines.append(f"| **mean** | **{method}** | | **{_num(m['reconstruction'])}** | **{_num(m['editability'])}** | "
+                     f"**{_num(m['hue_error_deg'], 1)}** |")
+    return "\n".join(lines)
+
+
+def _settings_line(result: dict) -> str:
+    s = result["settings"]
+    return (f"{s['steps']} training steps (lr {s['lr']}, batch {s['batch']}, {s['vectors']} vector(s), "
+            f"{s['images']} pictures); {s['samples']} samples per prompt and method, seeds {s['seeds'][0]}.."
+            f"{s['seeds'][-1]}, {s['sample_steps']} denoising steps, guidance {s['guidance']}; match tolerances: "
+            f"hue {s['hue_tolerance']} deg, stripe angle {s['angle_tolerance']} deg")
+
+
+def print_table(result: dict) -> None:
+    """Print the table with the model, the settings and the seeds it was measured with."""
+    model = result["model"]
+    print(f"\nshapes quality benchmark, {result['date']}, model {model['description']}"
+          + (f", exported {model['exported']} ({model['steps']})" if model.get("exported") else ""))
+    print(_settings_line(result))
+    print(format_table(result))
+    per = [c["train_seconds"] + c["sample_seconds"] for c in result["concepts"]]
+    print(f"{len(per)} concept(s) in {result['seconds']:.0f} s ({_mean(per):.0f} s per concept)")
+
+
+def format_markdown(result: dict) -> str:
+    """The whole results page: what was measured, how, the table, and each concept's details."""
+    model = result["model"]
+    out = [f"# Shapes quality benchmark, {result['date']}", "",
+           "Textual Inversion's two axes (Gal et al., ICLR 2023, sec. 5) in the shapes world, judged by the attribute "
+           "probe: **reconstruction** is the share of samples from the concept's own prompts whose probed attributes "
+           "all match the concept; **editability** the share of samples from its edit prompts where the edit and the "
+           "concept both hold. Baselines: the init word alone, and the best description in the world's words (the "
+           "paper's human caption). Regenerate with `textinv evaluate` (settings below).", "",
+           f"- model: {model['description']}" + (f", exported {model['exported']}, training steps {model['steps']}"
+                                                  if model.get("exported") else ""),
+           f"- textinv {result['textinv_version']}; probe: {json.dumps(result['probe']) if result['probe'] else 'n/a'}",
+           f"- settings: {_settings_line(result)}",
+           f"- wall time: {result['seconds']:.0f} s", "", format_table(result), "", "## Concepts", ""]
+    for c in result["concepts"]:
+        attrs = ", ".join(f"{k} {v}" for k, v in c["attributes"].items())
+        out.append(f"### {c['concept']} `{c['token']}` ({c['kind']})")
+        out.append("")
+        out.append(f"{c['description']}. Judged on: {attrs}. Trained in {c['train_seconds']} s "
+                   f"(final loss {_num(c['final_loss'], 4)}), sampled in {c['sample_seconds']} s.")
+        out.append("")
+        out.append("| prompt | " + " | ".join(METHODS) + " |")
+        out.append("| --- |" + " ---: |" * len(METHODS))
+        ti_prompts = c["methods"]["textual-inversion"]["prompts"]
+        for j, p in enumerate(ti_prompts):
+            counts = [c["methods"][m]["prompts"][j] for m in METHODS]
+            cells = [f"{x['passed']}/{x['of']}" for x in counts]
+            out.append(f"| {p['kind']}: `{p['prompt']}` | " + " | ".join(cells) + " |")
+        out.append("")
+        out.append("Reconstruction by attribute (which part of the concept is missed): " + "; ".join(
+            f"{m} " + ", ".join(f"{a} {_num(v)}" for a, v in c["methods"][m]["reconstruction_by_attribute"].items())
+            for m in METHODS) + ".")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def write_results(result: dict, out) -> tuple[Path, Path]:
+    """Write `quality-<date>.json` and `quality-<date>.md` into the folder `out` (atomically)."""
+    out = Path(out)
+    stem = out / f"quality-{result['date']}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    write_json(json_path, result)
+    write_text(md_path, format_markdown(result))
+    return json_path, md_path
