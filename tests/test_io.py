@@ -1,0 +1,27 @@
+"""Atomic writes: the target is replaced whole or not at all, with ordinary permissions."""
+
+import os
+
+import pytest
+
+from textinv.io import atomic_path, write_text
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "emb.safetensors"
+    write_text(target, "good")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "good"
+    assert os.listdir(tmp_path) == ["emb.safetensors"]
+
+
+def test_written_file_gets_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
