@@ -74,6 +74,18 @@ def test_command_line_trains_saves_and_evaluates(tmp_path, capsys):
     assert probe_mod._main(["--eval", "--weights", str(tmp_path / "nope.safetensors")]) == 2
 
 
+def test_refine_hues_measures_the_object_not_the_background():
+    scenes = [world.Scene(world.ObjectSpec(shape, rgb=world.color_at_hue(hue), pattern=pattern, size="small"),
+                          background=bg, style=style)
+              for shape, hue, pattern, bg, style in [("star", 163.0, "solid", "white", "flat"),
+                                                     ("ring", 296.0, "dots", "navy", "shaded"),
+                                                     ("heart", 41.0, "stripes", "maroon", "sketchy")]]
+    rough = torch.tensor([175.0, 283.0, 50.0])  # what a biased head might say
+    refined = probe_mod.refine_hues(world.render(scenes), rough)
+    # within 5 degrees even where shading or crayon grain over a dark red background pull it a little
+    assert torch.allclose(refined, torch.tensor([163.0, 296.0, 41.0]), atol=5.0)
+
+
 def test_matches_compares_names_exactly_and_angles_around_the_circle():
     pred = {"shape": ["star", "ring"], "hue": [358.0, 20.0], "stripe_angle": [178.0, 90.0]}
     rows = matches(pred, {"shape": "star", "hue": 5.0, "stripe_angle": 3.0})
@@ -123,19 +135,17 @@ def test_shipped_probe_reads_fresh_renders(trained):
     for name in CLASS_HEADS:
         if name not in BELOW_TARGET:
             assert result[name] >= 0.95, (name, result[name])
-    assert result["hue_error_deg"] < 5.0
+    assert result["hue_error_deg"] < 3.0  # refined from the pixels (refine_hues)
 
 
 @shipped
-@pytest.mark.xfail(reason="pattern head below target (about 0.7-0.8 on fresh renders): retrain longer", strict=False)
+@pytest.mark.xfail(reason="pattern head below target (about 0.90 on fresh renders): retrain longer", strict=False)
 def test_shipped_probe_reads_patterns(trained):
     result = evaluate(trained, n=256, seed=2024)
     assert result["pattern"] >= 0.95 and result["stripe_angle_error_deg"] < 8.0
 
 
 @shipped
-@pytest.mark.xfail(reason="the shipped probe reads the teal star's hue (163 deg) as 172-179 deg, 3/5 within tolerance: "
-                          "retrain it longer (issue 3 note)", strict=False)
 def test_shipped_probe_reads_the_benchmark_concepts(trained):
     # Reconstruction's upper bound: the concepts' own training pictures must score (almost) fully.
     for c in world.BENCHMARK_CONCEPTS:

@@ -125,18 +125,19 @@ def cmd_demo(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from .models import load_model
     from .shapes.evaluate import FAST, EvalConfig, evaluate, print_table, write_results
-    from .shapes.probe import DEFAULT_PATH, Probe
     from .shapes.world import BENCHMARK_CONCEPTS
 
-    torch.set_num_threads(args.threads)
     names = {f.name for f in dataclasses.fields(EvalConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names}
     config = build(EvalConfig, FAST if args.fast else {}, flags).validate()
     count = len(BENCHMARK_CONCEPTS) if args.concepts is None else args.concepts
     if not 1 <= count <= len(BENCHMARK_CONCEPTS):
         raise ConfigError(f"--concepts must be between 1 and {len(BENCHMARK_CONCEPTS)}, got {count}")
+    from .models import load_model
+    from .shapes.probe import DEFAULT_PATH, Probe
+
+    torch.set_num_threads(args.threads)
     probe = Probe.load(args.probe or DEFAULT_PATH)
     model = load_model(args.model)
     result = evaluate(model, probe, BENCHMARK_CONCEPTS[:count], config=config)

@@ -86,7 +86,8 @@ class ProbeConfig:
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
         if len(self.widths) != 4 or min(self.widths) < 1:
-            raise ConfigError(f"widths must be four positive channel counts (stem, then three stages), got {self.widths}")
+            raise ConfigError(f"widths must be four positive channel counts (stem, then three stages), "
+                              f"got {self.widths}")
         for name in ("steps", "batch", "hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -145,11 +146,11 @@ class ProbeNet(nn.Module):
     them (32, 16, 8 pixels), then two readouts of the last 8x8 map into a shared layer and one linear layer for all
     heads.
 
-    The input is `background_channels(images)`. The readouts: global max and mean pooling, which are the same wherever the object stands (so a shape learnt at
-    one place is known at all nine), and a coarse 4x4 map of a few channels, which keeps where things are (position,
-    and which object is the second one). The stem halves the resolution at once (it sees each 2x2 block with its
-    neighbours, so no detail is lost) because full-resolution convs cost most of the time on a CPU. Input
-    (B, 3, 64, 64) in [0, 1]; other sizes are resized to 64.
+    The input is `background_channels(images)`. The readouts: global max and mean pooling, which are the same
+    wherever the object stands (so a shape learnt at one place is known at all nine), and a coarse 4x4 map of a few
+    channels, which keeps where things are (position, and which object is the second one). The stem halves the
+    resolution at once (it sees each 2x2 block with its neighbours, so no detail is lost) because full-resolution
+    convs cost most of the time on a CPU. Input (B, 3, 64, 64) in [0, 1]; other sizes are resized to 64.
     """
 
     def __init__(self, widths=(24, 32, 64, 128), hidden: int = 256, map_channels: int = 16):
@@ -210,6 +211,30 @@ def probe_loss(out: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], pa
     return loss
 
 
+def refine_hues(images: torch.Tensor, estimate: torch.Tensor, window: float = 25.0) -> torch.Tensor:
+    """Sharpen the network's hue estimates (B,) by measuring the pixels: the circular mean hue of the object's pixels
+    whose hue lies within `window` degrees of the estimate, weighted by saturation and distance from the background.
+
+    The regression head pulls hues between two named colours towards the nearer name (it saw named hues most), by
+    up to 15 degrees; the pixels do not, since patterns, shading and strokes in this world keep the hue (they mix
+    with white or black). Images with no such pixels keep the estimate.
+    """
+    images = images.detach().float().cpu()
+    rgb = images.permute(0, 2, 3, 1).reshape(images.shape[0], -1, 3)  # (B, HW, 3)
+    hue = world.rgb_to_hue(rgb.reshape(-1, 3)).view(rgb.shape[:2])  # (B, HW)
+    mx, mn = rgb.max(-1).values, rgb.min(-1).values
+    saturation = (mx - mn) / mx.clamp_min(1e-6)
+    border = torch.cat([images[:, :, 0, :], images[:, :, -1, :], images[:, :, :, 0], images[:, :, :, -1]], dim=2)
+    background = border.median(dim=2).values[:, None, :]  # (B, 1, 3)
+    fg = (rgb - background).abs().amax(-1)
+    near = ((hue - estimate[:, None] + 180.0) % 360.0 - 180.0).abs() < window
+    weight = saturation * fg * near * (fg > 0.15) * (saturation > 0.3)
+    a = torch.deg2rad(hue)
+    c, s = (weight * torch.cos(a)).sum(1), (weight * torch.sin(a)).sum(1)
+    measured = torch.rad2deg(torch.atan2(s, c)) % 360.0
+    return torch.where(weight.sum(1) > 1.0, measured, estimate.float())
+
+
 class Probe:
     """A trained `ProbeNet` with its config: reads attributes from pictures.
 
@@ -241,7 +266,7 @@ class Probe:
                  for i in range(0, images.shape[0], batch_size)]
         return {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
 
-    def predict(self, images: torch.Tensor) -> dict[str, list]:
+    def predict(self, images: torch.Tensor, refine_hue: bool = True) -> dict[str, list]:
         """Attribute -> one value per image: class names, hue and stripe angle in degrees, `has_second` as a bool,
         and the second object's shape and colour (None where the probe sees no second object)."""
         out = self.logits(images)
@@ -253,6 +278,8 @@ class Probe:
             pred[name] = [v if has else None for v, has in zip(pred[name], pred["has_second"])]
         for name, factor in ANGLE_HEADS.items():
             pred[name] = _angle_of(out[name], factor).tolist()
+        if refine_hue:
+            pred["hue"] = refine_hues(images, _angle_of(out["hue"], 1)).tolist()
         return pred
 
     def save(self, path: str | Path = DEFAULT_PATH, dtype: torch.dtype = torch.float16) -> Path:
@@ -415,7 +442,7 @@ def evaluate(probe: Probe, n: int = 1024, seed: int = 12345, free_hue_prob: floa
     for name in CLASS_HEADS:
         keep = labels[name] >= 0
         result[name] = (out[name].argmax(1)[keep] == labels[name][keep]).float().mean().item()
-    hue_err = (_angle_of(out["hue"], 1) - labels["hue"] + 180.0) % 360.0 - 180.0
+    hue_err = (refine_hues(images, _angle_of(out["hue"], 1)) - labels["hue"] + 180.0) % 360.0 - 180.0
     result["hue_error_deg"] = hue_err.abs().mean().item()
     stripes = labels["pattern"] == world.PATTERNS.index("stripes")
     angle_err = (_angle_of(out["stripe_angle"][stripes], 2) - labels["stripe_angle"][stripes] + 90.0) % 180.0 - 90.0
