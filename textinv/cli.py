@@ -24,9 +24,6 @@ from . import __version__
 from .config import GenerateConfig, TrainConfig, build, read_config_file
 from .errors import ConfigError, TextinvError
 
-_LIST_FIELDS_REPEATABLE = {"prompt", "embedding", "token", "sample_prompts"}
-
-
 def _bool(text: str) -> bool:
     low = text.lower()
     if low in ("1", "true", "yes", "on"):

@@ -13,7 +13,6 @@ A token with N vectors is N tokenizer entries named as diffusers names them: `<t
 from __future__ import annotations
 
 import re
-import warnings
 
 import torch
 from torch import nn
@@ -183,18 +182,3 @@ def add_tokens(tokenizer, text_encoder: nn.Module, names: list[str], vectors: to
     ext = ExtendedEmbedding(table, torch.cat([existing.float(), vectors.detach().float().to(existing.device)]))
     text_encoder.set_input_embeddings(ext)
     return ext
-
-
-def added_rows(text_encoder: nn.Module) -> torch.Tensor:
-    """All rows added by `add_tokens` so far, `(num_added, dim)` (empty when none)."""
-    emb = text_encoder.get_input_embeddings()
-    if isinstance(emb, ExtendedEmbedding):
-        return emb.vectors
-    return torch.zeros(0, emb.embedding_dim)
-
-
-def warn_if_long(tokenizer, prompt: str) -> None:
-    """Warn when a prompt is cut at the tokenizer's limit (the placeholder could be among the lost tokens)."""
-    n = len(tokenizer(prompt).input_ids)
-    if n > tokenizer.model_max_length:
-        warnings.warn(f"prompt is {n} tokens, cut to {tokenizer.model_max_length}: {prompt!r}", stacklevel=2)
