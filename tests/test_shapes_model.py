@@ -72,3 +72,33 @@ def test_quick_pretraining_runs_end_to_end(tmp_path):
     # A re-run resumes from the checkpoint instead of starting over.
     assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
     assert json.loads((work / "log.json").read_text())["unet"]["steps"] == 3
+
+
+def test_deterministic_vae_posterior_samples_its_mean_and_keeps_it():
+    from textinv.shapes.pretrain import PretrainConfig, QUICK, build_vae, make_deterministic
+
+    vae = build_vae(PretrainConfig(**QUICK)).eval()
+    x = world.render(world.sample_batch(4, torch.Generator().manual_seed(0))) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(x).latent_dist
+        assert (before.sample() - before.mean).abs().max() > 0.1  # a fresh VAE's posterior is wide
+        make_deterministic(vae)
+        after = vae.encode(x).latent_dist
+    assert torch.equal(after.mean, before.mean)
+    assert (after.sample() - after.mean).abs().max() < 1e-5
+
+
+def test_object_weights_put_the_weight_on_the_objects():
+    from textinv.shapes.pretrain import object_weights
+
+    scenes = [world.Scene(world.ObjectSpec("square", "red", size="large"), background="white"),
+              world.Scene(world.ObjectSpec("circle", "blue", size="small"), background="black", style="sketchy")]
+    batch = world.SceneBatch.from_scenes(scenes)
+    images = world.render(batch)
+    w = object_weights(batch, images, 8.0)
+    assert w.shape == (2, 1, 64, 64)
+    torch.testing.assert_close(w.mean(dim=(1, 2, 3)), torch.ones(2))
+    for i in range(2):
+        on_object = (images[i] - batch.background_rgb[i].view(3, 1, 1)).abs().amax(0) > 0.3
+        assert w[i, 0][on_object].min() > 4 * w[i, 0][~on_object].min()
+    assert torch.equal(object_weights(batch, images, 0.0), torch.ones_like(w))
