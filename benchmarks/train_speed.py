@@ -1,19 +1,26 @@
-"""Training speed of the real trainer, side by side with a reference-like mode of it.
+"""Training speed of the real trainer: our path, a reference-like mode of it, and each speed lever on its own.
 
-    python -m benchmarks.train_speed --arch sd15 --batch 1 8 32            # on a GPU
-    python -m benchmarks.train_speed --arch tiny --batch 1 4 --steps 5     # anywhere (CI runs a fast version)
+    python -m benchmarks.train_speed --arch sd15 --batch 1 8 32                       # on a GPU
+    python -m benchmarks.train_speed --arch sd15 --batch 1 8 --modes textinv channels-last compile-blocks cudagraphs
+    python -m benchmarks.train_speed --arch sd15 --batch 32 --modes fast --wall-samples 12000   # load + a whole run
+    python -m benchmarks.train_speed --arch sdxl --batch 1 4 --modes textinv fast               # SDXL at 1024
+    python -m benchmarks.train_speed --arch tiny --batch 1 4 --steps 5                # anywhere (CI runs this)
 
-For each batch size it times `textinv.train.train` (warm-up steps, then timed steps) in two modes:
+Each mode is `textinv.train.train` with a few `TrainConfig` settings (the MODES table below), timed over warm-up
+steps then timed steps, side by side in one process on one pipeline, so every figure is a ratio on one machine:
 - `textinv`: our path (cached latents, frozen weights in the chosen precision, only the new vectors trained);
 - `reference`: what the diffusers example does (VAE encoder every step, the whole vocabulary table in AdamW with
-  the old rows copied back, fp32 text encoder), so every speedup is a ratio measured on one machine in one run.
-It prints samples/s, ms/step, peak GPU memory and, for sd15 on a GPU, the fraction of the bf16 limit.
+  the old rows copied back, fp32 text encoder);
+- one mode per lever on top of ours: channels-last, regional or whole-UNet torch.compile, CUDA graphs, all of them
+  (`fast`), and gradient checkpointing (for memory).
+It prints ms/step, samples/s, peak GPU memory (allocated and reserved by PyTorch), the fraction of the bf16 limit,
+which measured batch fits in 12 and 24 GiB, and with `--wall-samples` the wall time of a whole run from loading
+the model (saved to disk first) to the saved embedding.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import platform
 import tempfile
@@ -25,19 +32,33 @@ import torch
 from PIL import Image
 
 from textinv.config import TrainConfig
-from textinv.models import Model
-from textinv.train import train
+from textinv.models import Model, load_model
+from textinv.tokens import scratch_tokens
+from textinv.train import resolve_precision, train
 
-from .architectures import FLOP_PER_SAMPLE, build
+from .architectures import ARCHITECTURES, FLOP_PER_SAMPLE, RESOLUTION, build
 
 PEAK_BF16_FLOPS = {"H100": 790e12, "H200": 790e12}  # dense bf16, as issue 4 uses
+CARDS_GIB = (12, 24)  # consumer cards: which batch fits
+
+MODES = {
+    "textinv": {},
+    "reference": {"reference_like": True},
+    "channels-last": {"channels_last": True},
+    "compile-blocks": {"compile": "blocks"},
+    "compile-unet": {"compile": "unet"},
+    "cudagraphs": {"compile": "unet", "compile_mode": "reduce-overhead"},
+    "fast": {"compile": "unet", "compile_mode": "reduce-overhead", "channels_last": True},
+    "checkpointing": {"gradient_checkpointing": True},
+}
+"""Benchmark modes: `TrainConfig` settings on top of our default path."""
 
 
-def _images(folder: Path, n: int = 4) -> Path:
+def _images(folder: Path, n: int = 4, size: int = 512) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     return folder
 
 
@@ -46,102 +67,172 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_mode(pipe, mode: str, batch: int, warmup: int, steps: int, precision: str, device: str, work: Path,
-              resolution: int | None, concepts: int = 1) -> dict:
-    """Train `warmup + steps` steps of the real trainer; time the last `steps`."""
-    stamps: list[float] = []
+def reset_unet(unet) -> None:
+    """Undo the UNet levers a mode applied (compiled modules, NHWC weights, checkpointing) for the next mode."""
+    for module in unet.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+    unet.to(memory_format=torch.contiguous_format)
+    if unet.is_gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
+    unet.eval()
+    torch._dynamo.reset()
 
-    def on_step(step: int) -> None:
-        if step > warmup:
-            _sync(device)
-            stamps.append(time.perf_counter())
-        elif step == warmup:
-            _sync(device)
-            stamps.append(time.perf_counter())
 
-    tokenizer, te_dtype = copy.deepcopy(pipe.tokenizer), pipe.text_encoder.dtype
-    model = Model(pipeline=pipe, family="sd1", source="benchmark", prediction_type="epsilon")
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+def run_config(work: Path, mode: str, batch: int, steps: int, concepts: int = 1, **settings) -> TrainConfig:
     tag = f"{mode}-{batch}-{concepts}"
     one = dict(images=str(work / "images"), token=f"<bench-{tag}>", init="dog")
     if concepts > 1:  # K concepts in one run (each with the same pictures: compute is what is measured)
         one = dict(concepts=[f"{work / 'images'}=<bench-{tag}-{k}>=dog" for k in range(concepts)])
-    config = TrainConfig(**one, out=str(work / tag), steps=warmup + steps, batch=batch, save_every=0,
-                         sample_every=0, log_every=max(warmup + steps, 1), precision=precision, resolution=resolution,
-                         reference_like=(mode == "reference"), overwrite=True)
-    train(config, model=model, progress=False, on_step=on_step)
+    return TrainConfig(**one, out=str(work / tag), steps=steps, batch=batch, save_every=0, sample_every=0,
+                       log_every=max(steps, 1), overwrite=True, **MODES[mode], **settings)
+
+
+def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, precision: str, device: str, work: Path,
+              resolution: int | None, concepts: int = 1) -> dict:
+    """Train `warmup + steps` steps of the real trainer in `mode`; time the last `steps`."""
+    stamps: list[float] = []
+
+    def on_step(step: int) -> None:
+        if step >= warmup:
+            _sync(device)
+            stamps.append(time.perf_counter())
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    config = run_config(work, mode, batch, warmup + steps, concepts, precision=precision, resolution=resolution)
+    te_dtypes = [te.dtype for _, _, te in model.encoders]
+    result = {"mode": mode, "batch": batch, "concepts": concepts}
+    try:
+        with scratch_tokens(model):  # the next mode starts from the same pipeline
+            train(config, model=model, progress=False, on_step=on_step)
+    except torch.OutOfMemoryError:
+        return {**result, "oom": True}
+    finally:
+        reset_unet(model.unet)
+        for (_, _, te), dtype in zip(model.encoders, te_dtypes):
+            te.to(dtype)  # the reference-like mode makes the text encoder fp32
+            te.get_input_embeddings().weight.requires_grad_(False)
     seconds = (stamps[-1] - stamps[0]) / steps
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    # undo what training added, so the next mode starts from the same pipeline
-    emb = pipe.text_encoder.get_input_embeddings()
-    pipe.text_encoder.set_input_embeddings(emb.base)
-    emb.base.weight.requires_grad_(False)
-    pipe.tokenizer = tokenizer
-    pipe.text_encoder.to(te_dtype)
-    return {"mode": mode, "batch": batch, "ms_per_step": seconds * 1e3, "samples_per_s": concepts * batch / seconds,
-            "peak_gib": peak}
+    cuda = device.startswith("cuda")
+    return {**result, "ms_per_step": seconds * 1e3, "samples_per_s": concepts * batch / seconds,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+            "reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan")}
+
+
+def wall_run(pipe, mode: str, batch: int, samples: int, precision: str, device: str, work: Path,
+             resolution: int | None) -> dict:
+    """A whole run as a user runs it: load the model from disk, train `samples` samples, save the embedding."""
+    folder = work / "model"
+    if not folder.exists():
+        pipe.save_pretrained(folder)  # safetensors, in the benchmark's precision
+    steps = -(-samples // batch)
+    _sync(device)
+    started = time.perf_counter()
+    model = load_model(folder, dtype=resolve_precision(precision, torch.device(device)), device=device)
+    loaded = time.perf_counter()
+    config = run_config(work, mode, batch, steps, precision=precision, resolution=resolution)
+    train(config, model=model, progress=False)
+    _sync(device)
+    done = time.perf_counter()
+    del model
+    return {"mode": mode, "batch": batch, "steps": steps, "samples": steps * batch, "load_s": loaded - started,
+            "train_s": done - loaded, "wall_s": done - started}
+
+
+def fits(results: list[dict], gib: float) -> dict[str, int]:
+    """Per mode, the largest measured batch whose reserved peak memory is within `gib`."""
+    out = {}
+    for r in results:
+        if not r.get("oom") and r["reserved_gib"] <= gib:
+            out[r["mode"]] = max(out.get(r["mode"], 0), r["batch"])
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="tiny", choices=("tiny", "sd15"))
+    p.add_argument("--arch", default="tiny", choices=ARCHITECTURES)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiling happens here)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    p.add_argument("--modes", nargs="+", default=["textinv", "reference"], choices=("textinv", "reference"))
-    p.add_argument("--resolution", type=int, default=None, help="default: the architecture's (512 for sd15)")
+    p.add_argument("--modes", nargs="+", default=["textinv", "reference"], choices=tuple(MODES))
+    p.add_argument("--resolution", type=int, default=None, help="default: the architecture's (512 sd15, 1024 sdxl)")
     p.add_argument("--concepts", type=int, default=1,
                    help="also time K concepts in one run against K separate runs (concepts per hour)")
     p.add_argument("--run-steps", type=int, default=3000, help="steps of a whole run, for concepts per hour")
+    p.add_argument("--wall-samples", type=int, default=0,
+                   help="also time a whole run of this many samples (the reference recipe: 12000), model load "
+                        "included, in the first mode at the largest batch")
     args = p.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        p.error("--warmup and --steps must be at least 1 (the first timed step starts after a warm-up step)")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    from textinv.train import resolve_precision
-
     dtype = resolve_precision(args.precision, torch.device(device))
     started = time.perf_counter()
     pipe = build(args.arch, device, dtype)
     _sync(device)
     load_s = time.perf_counter() - started  # building stands in for loading a checkpoint
     pipe.set_progress_bar_config(disable=True)
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
-        m.requires_grad_(False)
+    for m in pipe.components.values():
+        if isinstance(m, torch.nn.Module):
+            m.requires_grad_(False)
+    model = Model(pipeline=pipe, family="sdxl" if "xl" in args.arch else "sd1", source="benchmark",
+                  prediction_type="epsilon")
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     print(f"# train_speed {datetime.date.today()} arch={args.arch} device={name} dtype={dtype} "
-          f"torch={torch.__version__} threads={torch.get_num_threads()}")
-    print(f"{'mode':<10} {'batch':>5} {'ms/step':>9} {'samples/s':>10} {'peak GiB':>9} {'of limit':>9}")
+          f"torch={torch.__version__} threads={torch.get_num_threads()} resolution="
+          f"{args.resolution or model.resolution}")
+    print(f"{'mode':<15} {'batch':>5} {'ms/step':>9} {'samples/s':>10} {'peak GiB':>9} {'reserved':>9} {'of limit':>9}")
+    peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    flop = FLOP_PER_SAMPLE.get(args.arch) if (args.resolution or RESOLUTION.get(args.arch)) == RESOLUTION.get(
+        args.arch) else None
+    limit = peak_flops / flop if (peak_flops and flop) else None
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _images(work / "images")
+        _images(work / "images", size=RESOLUTION.get(args.arch, 512))
         for batch in args.batch:
             for mode in args.modes:
-                r = time_mode(pipe, mode, batch, args.warmup, args.steps, args.precision, device, work,
+                r = time_mode(model, mode, batch, args.warmup, args.steps, args.precision, device, work,
                               args.resolution)
-                peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-                limit = (peak_flops / FLOP_PER_SAMPLE[args.arch]) if (peak_flops and args.arch in FLOP_PER_SAMPLE) else None
-                frac = f"{r['samples_per_s'] / limit:.1%}" if limit else "-"
-                print(f"{mode:<10} {batch:>5} {r['ms_per_step']:>9.1f} {r['samples_per_s']:>10.2f} "
-                      f"{r['peak_gib']:>9.2f} {frac:>9}", flush=True)
                 results.append(r)
-            by_mode = {r["mode"]: r for r in results if r["batch"] == batch}
-            if len(by_mode) == 2:
-                print(f"{'':<10} {batch:>5} speedup over reference: "
-                      f"{by_mode['textinv']['samples_per_s'] / by_mode['reference']['samples_per_s']:.2f}x")
+                if r.get("oom"):
+                    print(f"{mode:<15} {batch:>5} {'out of memory':>9}", flush=True)
+                    continue
+                frac = f"{r['samples_per_s'] / limit:.1%}" if limit else "-"
+                print(f"{mode:<15} {batch:>5} {r['ms_per_step']:>9.1f} {r['samples_per_s']:>10.2f} "
+                      f"{r['peak_gib']:>9.2f} {r['reserved_gib']:>9.2f} {frac:>9}", flush=True)
+            by_mode = {r["mode"]: r for r in results if r["batch"] == batch and not r.get("oom")}
+            if "reference" in by_mode:
+                for mode, r in by_mode.items():
+                    if mode != "reference":
+                        print(f"{'':<15} {batch:>5} {mode} over reference: "
+                              f"{r['samples_per_s'] / by_mode['reference']['samples_per_s']:.2f}x")
+        if device == "cuda":
+            for gib in CARDS_GIB:
+                largest = fits(results, gib)
+                print(f"# fits in {gib} GiB (largest measured batch, PyTorch's reserved peak; the CUDA context adds "
+                      f"~0.5 GiB): " + (", ".join(f"{m} {b}" for m, b in largest.items()) or "none"))
         if args.concepts > 1:
             print(f"# {args.concepts} concepts in one run vs {args.concepts} separate runs of {args.run_steps} steps "
                   f"(model load {load_s:.1f} s counted once per run)")
             for batch in args.batch:
-                single = next(r for r in results if r["mode"] == "textinv" and r["batch"] == batch)
-                joint = time_mode(pipe, "textinv", batch, args.warmup, args.steps, args.precision, device, work,
+                single = next(r for r in results if r["mode"] == args.modes[0] and r["batch"] == batch)
+                joint = time_mode(model, args.modes[0], batch, args.warmup, args.steps, args.precision, device, work,
                                   args.resolution, concepts=args.concepts)
                 separate_s = args.concepts * (load_s + args.run_steps * single["ms_per_step"] / 1e3)
                 joint_s = load_s + args.run_steps * joint["ms_per_step"] / 1e3
                 print(f"concepts {batch:>5} {joint['ms_per_step']:>9.1f} ms/step joint; concepts per hour: joint "
                       f"{3600 * args.concepts / joint_s:.1f} vs separate {3600 * args.concepts / separate_s:.1f} "
                       f"({separate_s / joint_s:.2f}x)", flush=True)
+        if args.wall_samples:
+            w = wall_run(pipe, args.modes[0], max(args.batch), args.wall_samples, args.precision,
+                         device, work, args.resolution)
+            print(f"wall {w['mode']} batch {w['batch']}: {w['samples']} samples ({w['steps']} steps) in "
+                  f"{w['wall_s']:.1f} s (load {w['load_s']:.1f} s + train {w['train_s']:.1f} s)", flush=True)
     return 0
 
 

@@ -17,7 +17,33 @@ def test_train_speed_benchmark_prints_both_modes_and_the_ratio(capsys):
     assert [(r[0], r[1]) for r in rows] == [("textinv", "1"), ("reference", "1"), ("textinv", "2"),
                                             ("reference", "2")]
     assert all(float(r[3]) > 0 for r in rows)  # samples/s
-    assert out.count("speedup over reference") == 2
+    assert out.count("textinv over reference") == 2
+
+
+def test_train_speed_benchmark_times_levers_on_sdxl_and_a_whole_run_from_disk(capsys):
+    """Each lever is its own row; the model comes back unchanged between modes; a whole run includes the load."""
+    assert train_speed(["--arch", "tiny-xl", "--batch", "2", "--steps", "1", "--warmup", "1", "--modes", "textinv",
+                        "channels-last", "checkpointing", "textinv", "--wall-samples", "6"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["textinv"], ["channels-last"],
+                                                                              ["checkpointing"])]
+    assert [r[0] for r in rows] == ["textinv", "channels-last", "checkpointing", "textinv"]
+    assert all(float(r[3]) > 0 for r in rows)
+    wall = next(line for line in out.splitlines() if line.startswith("wall "))
+    assert "6 samples (3 steps)" in wall and "load" in wall
+
+
+def test_reset_unet_undoes_every_lever(sd1_dir):
+    from benchmarks.train_speed import reset_unet
+    from textinv.train import speed_up_unet
+
+    unet = load_model(sd1_dir).unet
+    speed_up_unet(unet, compile="blocks", channels_last=True)
+    unet.enable_gradient_checkpointing()
+    reset_unet(unet)
+    assert not unet.is_gradient_checkpointing
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in unet.modules())
+    assert all(p.is_contiguous() for p in unet.parameters())
 
 
 def test_train_speed_benchmark_times_several_concepts_in_one_run(capsys):

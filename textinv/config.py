@@ -32,6 +32,8 @@ from .data import PROPERTIES, flip_default
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+COMPILE = ("off", "blocks", "unet")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -76,6 +78,12 @@ class TrainConfig:
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
     vae: str = opt(None, "use this VAE instead of the model's (e.g. SDXL's fp16-fixed VAE): folder, file or hub id")
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet")
+    compile: str = opt("off", "torch.compile the frozen UNet: 'blocks' compiles its repeated transformer blocks "
+                       "(compiles in seconds), 'unet' the whole UNet (longer compile, fuses more)", choices=COMPILE)
+    compile_mode: str = opt("default", "torch.compile mode; 'reduce-overhead' adds CUDA graphs (small batches on a "
+                            "GPU are launch-bound)", choices=COMPILE_MODES)
+    channels_last: bool = opt(False, "keep the UNet's weights and activations channels-last (NHWC), the layout "
+                              "tensor-core convolutions prefer")
     reference_like: bool = opt(False, "benchmarks only: do what the diffusers example does (VAE every step, whole "
                                "vocabulary table in AdamW with old rows restored, fp32 text encoder)")
     overwrite: bool = opt(False, "replace an existing output folder")

@@ -12,6 +12,8 @@ A token with N vectors is N tokenizer entries named as diffusers names them: `<t
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import re
 
 import torch
@@ -182,3 +184,21 @@ def add_tokens(tokenizer, text_encoder: nn.Module, names: list[str], vectors: to
     ext = ExtendedEmbedding(table, torch.cat([existing.float(), vectors.detach().float().to(existing.device)]))
     text_encoder.set_input_embeddings(ext)
     return ext
+
+
+@contextlib.contextmanager
+def scratch_tokens(model):
+    """Undo on exit every token added to `model` (a `textinv.models.Model`) inside the block: its tokenizers and
+    embedding tables are put back, so one loaded model can serve several training runs (evaluation, benchmarks).
+
+    >>> with scratch_tokens(model):        # doctest: +SKIP
+    ...     train(config, model=model)
+    """
+    attrs = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+    saved = [(attrs[name], copy.deepcopy(tok), te, te.get_input_embeddings()) for name, tok, te in model.encoders]
+    try:
+        yield model
+    finally:
+        for tok_attr, tok, te, table in saved:
+            setattr(model.pipeline, tok_attr, tok)
+            te.set_input_embeddings(table)

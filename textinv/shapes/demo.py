@@ -34,9 +34,10 @@ from textinv import __version__
 from textinv.config import opt
 from textinv.errors import ConfigError, ModelError
 from textinv.io import atomic_path, write_json, write_text
-from textinv.shapes.evaluate import (prompt_sets, sample, score_images, scratch_tokens, train_config, write_templates,
+from textinv.shapes.evaluate import (prompt_sets, sample, score_images, train_config, write_templates,
                                      write_training_images)
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
+from textinv.tokens import scratch_tokens
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 """The committed example pictures, one folder per concept (present in a source checkout / editable install)."""

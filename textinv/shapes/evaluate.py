@@ -26,8 +26,6 @@ JSON + Markdown (`quality-YYYY-MM-DD.{json,md}`).
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import datetime
 import json
@@ -44,6 +42,7 @@ from textinv import __version__
 from textinv.config import TrainConfig, build, opt
 from textinv.errors import ConfigError
 from textinv.io import write_json, write_text
+from textinv.tokens import scratch_tokens
 from textinv.shapes import world
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
 
@@ -258,19 +257,6 @@ def train_config(concept: Concept, images: Path, templates: Path, out: Path, ste
                        out=str(out), model=model, steps=steps, lr=lr, batch=batch, vectors=vectors, seed=seed,
                        templates=str(templates), flip="stripe_angle" not in concept.attributes, save_every=0,
                        sample_every=0, log_every=max(1, steps // 60), overwrite=True)
-
-
-@contextlib.contextmanager
-def scratch_tokens(model):
-    """Undo every token `train()` adds to `model` on exit: the tokenizers and embedding tables are put back."""
-    attrs = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
-    saved = [(attrs[name], copy.deepcopy(tok), te, te.get_input_embeddings()) for name, tok, te in model.encoders]
-    try:
-        yield model
-    finally:
-        for tok_attr, tok, te, table in saved:
-            setattr(model.pipeline, tok_attr, tok)
-            te.set_input_embeddings(table)
 
 
 def learn(model, concept: Concept, config: EvalConfig, workdir: Path, progress: bool = False):
