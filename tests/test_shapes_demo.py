@@ -175,3 +175,17 @@ def test_loss_curve_draws_any_history():
         assert img.size == (420, 190)
     curve = np.asarray(draw_loss_curve([(s, 1.0 / s) for s in range(1, 50)]))
     assert (np.abs(curve.astype(int) - [40, 90, 200]).sum(-1) < 30).sum() > 100  # the line is there
+
+
+def test_evaluate_settings_layer_fast_then_flags_and_check_the_concept_count():
+    from textinv.errors import ConfigError
+    from textinv.shapes.evaluate import EvalConfig, first_concepts, settings
+
+    assert settings().steps == EvalConfig().steps
+    assert settings(fast=True).steps == FAST["steps"]
+    assert settings(fast=True, flags={"steps": 7, "out": "ignored: not a setting"}).steps == 7
+    assert len(first_concepts(None)) == len(first_concepts(len(first_concepts(None))))
+    assert first_concepts(2)[0].name == first_concepts(None)[0].name
+    for bad in (0, len(first_concepts(None)) + 1):
+        with pytest.raises(ConfigError, match="--concepts must be between 1 and"):
+            first_concepts(bad)

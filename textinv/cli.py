@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import GenerateConfig, TrainConfig, build, read_config_file
-from .errors import ConfigError, TextinvError
+from .errors import TextinvError
 
 def _bool(text: str) -> bool:
     low = text.lower()
@@ -122,22 +122,13 @@ def cmd_demo(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from .shapes.evaluate import FAST, EvalConfig, evaluate, print_table, write_results
-    from .shapes.world import BENCHMARK_CONCEPTS
-
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
-    flags = {k: v for k, v in vars(args).items() if k in names}
-    config = build(EvalConfig, FAST if args.fast else {}, flags).validate()
-    count = len(BENCHMARK_CONCEPTS) if args.concepts is None else args.concepts
-    if not 1 <= count <= len(BENCHMARK_CONCEPTS):
-        raise ConfigError(f"--concepts must be between 1 and {len(BENCHMARK_CONCEPTS)}, got {count}")
     from .models import load_model
+    from .shapes.evaluate import evaluate, first_concepts, print_table, settings, write_results
     from .shapes.probe import DEFAULT_PATH, Probe
 
+    config, concepts = settings(args.fast, vars(args)), first_concepts(args.concepts)
     torch.set_num_threads(args.threads)
-    probe = Probe.load(args.probe or DEFAULT_PATH)
-    model = load_model(args.model)
-    result = evaluate(model, probe, BENCHMARK_CONCEPTS[:count], config=config)
+    result = evaluate(load_model(args.model), Probe.load(args.probe or DEFAULT_PATH), concepts, config=config)
     print_table(result)
     if args.out:
         paths = write_results(result, args.out)

@@ -309,6 +309,20 @@ def _mean(values) -> float:
 # The benchmark
 
 
+def settings(fast: bool = False, flags: dict | None = None) -> EvalConfig:
+    """The benchmark's settings: defaults, then `FAST` when `fast`, then `flags` (fields of EvalConfig)."""
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    return build(EvalConfig, FAST if fast else {}, {k: v for k, v in (flags or {}).items() if k in names}).validate()
+
+
+def first_concepts(count: int | None) -> tuple[Concept, ...]:
+    """The first `count` benchmark concepts (all of them for None)."""
+    count = len(BENCHMARK_CONCEPTS) if count is None else count
+    if not 1 <= count <= len(BENCHMARK_CONCEPTS):
+        raise ConfigError(f"--concepts must be between 1 and {len(BENCHMARK_CONCEPTS)}, got {count}")
+    return tuple(BENCHMARK_CONCEPTS[:count])
+
+
 def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | None = None, out=None,
              progress: bool = True, **settings) -> dict:
     """Learn each concept and score it against the two baselines; return the table (and write it when `out`).
