@@ -311,6 +311,46 @@ def _images(n: int, g: torch.Generator, device) -> tuple[world.SceneBatch, torch
     return batch, world.render(batch, device) * 2 - 1  # (B, 3, 64, 64) in [-1, 1], what the VAE takes
 
 
+def _optimizer_step(opt, params, loss: torch.Tensor, clip: float) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
+class _Chunk:
+    """What both stages' loops share: a running loss kept on the device (one host sync per log line), log lines,
+    a checkpoint every `checkpoint_minutes`, and the chunk's entry in `log.json` at the end."""
+
+    def __init__(self, stage: str, work: Path, config: PretrainConfig, step: int, save, log_every: int, log):
+        self.stage, self.work, self.config, self.save, self.log_every, self.log = stage, work, config, save, log_every, log
+        self.step = self.step0 = step
+        self.start = self.last_save = time.perf_counter()
+        self.total, self.count = 0.0, 0
+
+    def running(self, minutes: float, max_steps: int | None) -> bool:
+        return time.perf_counter() - self.start < minutes * 60 and (max_steps is None or self.step < max_steps)
+
+    def tick(self, shown: torch.Tensor, name: str) -> None:
+        """After an optimizer step (and anything that belongs to it, e.g. the EMA): count, log, checkpoint."""
+        self.step += 1
+        self.total, self.count = self.total + shown.detach(), self.count + 1
+        if self.log and self.step % self.log_every == 0:
+            rate = (self.step - self.step0) / (time.perf_counter() - self.start)
+            self.log(f"{self.stage} step {self.step:6d}  {name} {float(self.total) / self.count:.5f}  {rate:.3f} it/s")
+            self.total, self.count = 0.0, 0
+        if self.config.checkpoint_minutes and time.perf_counter() - self.last_save > self.config.checkpoint_minutes * 60:
+            self.save()
+            self.last_save = time.perf_counter()
+
+    def finish(self, device, batch: int, **record) -> int:
+        self.save()
+        _log_chunk(self.work, self.stage, {"step_start": self.step0, "step_end": self.step,
+                                           "seconds": round(time.perf_counter() - self.start, 1),
+                                           "device": str(device), "batch": batch, **record, "ended": _now()})
+        return self.step
+
+
 def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", max_steps: int | None = None,
               log=print) -> int:
     """Train (or continue) the autoencoder for `minutes` of wall time or up to `max_steps`; returns the step."""
@@ -329,15 +369,14 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
         step = state["step"]
         log(f"vae: resuming at step {step}")
     torch.manual_seed(config.seed + step)  # the posterior's sampling noise
-    start = last_save = time.perf_counter()
-    step0, running = step, []
 
     def save():
-        save_checkpoint(folder, {"vae": vae}, opt, params, {"step": step, "generator": _generator_state(g)})
+        save_checkpoint(folder, {"vae": vae}, opt, params, {"step": chunk.step, "generator": _generator_state(g)})
 
-    while time.perf_counter() - start < minutes * 60 and (max_steps is None or step < max_steps):
+    chunk = _Chunk("vae", work, config, step, save, 50, log)
+    while chunk.running(minutes, max_steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, config.vae_lr, config.warmup)
+            group["lr"] = _lr(chunk.step, config.vae_lr, config.warmup)
         batch, x = _images(config.vae_batch, g, device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
             posterior = vae.encode(x).latent_dist
@@ -346,26 +385,10 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
         err = recon.float() - x
         w = object_weights(batch, (x + 1) / 2, config.object_weight)  # (B, 1, H, W)
         rec_loss = (w * err.pow(2)).mean() + 0.1 * (w * err.abs()).mean()
-        loss = rec_loss + config.kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        opt.step()
-        step += 1
-        running.append(rec_loss.item())
-        if log and step % 50 == 0:
-            log(f"vae step {step:6d}  rec {sum(running) / len(running):.5f}  "
-                f"{(step - step0) / (time.perf_counter() - start):.2f} it/s")
-            running = []
-        if config.checkpoint_minutes and time.perf_counter() - last_save > config.checkpoint_minutes * 60:
-            save()
-            last_save = time.perf_counter()
-    save()
-    _log_chunk(work, "vae", {"step_start": step0, "step_end": step, "seconds": round(time.perf_counter() - start, 1),
-                             "device": str(device), "batch": config.vae_batch, "lr": config.vae_lr,
-                             "object_weight": config.object_weight, "posterior": config.vae_posterior,
-                             "ended": _now()})
-    return step
+        _optimizer_step(opt, params, rec_loss + config.kl_weight * posterior.kl().mean(), config.grad_clip)
+        chunk.tick(rec_loss, "rec")
+    return chunk.finish(device, config.vae_batch, lr=config.vae_lr, object_weight=config.object_weight,
+                        posterior=config.vae_posterior)
 
 
 @torch.no_grad()
@@ -425,19 +448,18 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     if scale is None:
         scale = latent_scale(vae, device)
         log(f"unet: latent scaling factor {scale:.4f}")
-    torch.manual_seed(config.seed + 1 + step)  # the VAE posterior's sampling noise
-    start = last_save = time.perf_counter()
-    step0, running = step, []
+    torch.manual_seed(config.seed + 1 + step)  # the VAE posterior's sampling noise (none once deterministic)
 
     def save():
         save_checkpoint(folder, {"unet": unet, "text_encoder": text_encoder}, opt, params,
-                        {"step": step, "generator": _generator_state(g), "rng": rng.bit_generator.state,
+                        {"step": chunk.step, "generator": _generator_state(g), "rng": rng.bit_generator.state,
                          "scaling_factor": scale, "vae_step": vae_step}, ema)
 
+    chunk = _Chunk("unet", work, config, step, save, 25, log)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
-    while time.perf_counter() - start < minutes * 60 and (max_steps is None or step < max_steps):
+    while chunk.running(minutes, max_steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, config.unet_lr, config.warmup)
+            group["lr"] = _lr(chunk.step, config.unet_lr, config.warmup)
         batch, x = _images(config.unet_batch, g, device)
         texts = world.captions(batch, rng)
         drop = rng.random(len(texts)) < config.empty_caption_prob  # unconditional, for classifier-free guidance
@@ -456,28 +478,13 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
             snr = alphas[t] / (1 - alphas[t])
             per_sample = per_sample * snr.clamp(max=config.min_snr_gamma) / snr
         loss = per_sample.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        opt.step()
-        step += 1
+        _optimizer_step(opt, params, loss, config.grad_clip)
         with torch.no_grad():  # EMA with a short warm-up, so early exports are not dominated by the random init
-            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            decay = min(config.ema_decay, (2 + chunk.step) / (11 + chunk.step))
             for n, p in zip(names, params):
                 ema[n].lerp_(p.detach(), 1 - decay)
-        running.append(loss.item())
-        if log and step % 25 == 0:
-            log(f"unet step {step:6d}  loss {sum(running) / len(running):.4f}  "
-                f"{(step - step0) / (time.perf_counter() - start):.3f} it/s")
-            running = []
-        if config.checkpoint_minutes and time.perf_counter() - last_save > config.checkpoint_minutes * 60:
-            save()
-            last_save = time.perf_counter()
-    save()
-    _log_chunk(work, "unet", {"step_start": step0, "step_end": step, "seconds": round(time.perf_counter() - start, 1),
-                              "device": str(device), "batch": config.unet_batch, "lr": config.unet_lr,
-                              "vae_step": vae_step, "ended": _now()})
-    return step
+        chunk.tick(loss, "loss")
+    return chunk.finish(device, config.unet_batch, lr=config.unet_lr, vae_step=vae_step)
 
 
 # ---------------------------------------------------------------------------------------------------------------
