@@ -189,3 +189,41 @@ def test_evaluate_settings_layer_fast_then_flags_and_check_the_concept_count():
     for bad in (0, len(first_concepts(None)) + 1):
         with pytest.raises(ConfigError, match="--concepts must be between 1 and"):
             first_concepts(bad)
+
+
+@pytest.mark.skipif(not HAVE_PROBE, reason="needs the bundled probe to judge pictures")
+def test_caption_fidelity_scores_each_picture_against_its_own_caption(monkeypatch):
+    """With a 'model' that draws each caption's true scene the check reads near 1; with the same pictures handed
+    back in another order it reads near chance: pictures, captions and truths stay aligned."""
+    import textinv.shapes.evaluate as ev
+
+    n, seed = 48, 2000
+    truth = world.render(world.sample_batch(n, torch_generator(seed), second_prob=0.0, free_hue_prob=0.0))
+    pictures = [world.to_pil(img) for img in truth]
+    probe = Probe.load(PROBE_PATH)
+    monkeypatch.setattr(ev, "sample", lambda model, prompts, seeds, *a: pictures[:len(prompts)])
+    monkeypatch.setattr(ev, "describe_model", lambda model: {"description": "renderer"})
+    right = ev.caption_fidelity(None, probe, n, seed=seed)
+    assert right["accuracy"]["shape"] > 0.95 and right["accuracy"]["color"] > 0.95 and right["all_core"] > 0.8
+    monkeypatch.setattr(ev, "sample", lambda model, prompts, seeds, *a: pictures[1:] + pictures[:1])
+    wrong = ev.caption_fidelity(None, probe, n, seed=seed)
+    assert wrong["accuracy"]["shape"] < 0.4 and wrong["all_core"] < 0.1
+
+
+def torch_generator(seed):
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def test_evaluate_captions_only_writes_the_fidelity_table(model_dir, probe_path, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["evaluate", "--captions", "2", "--concepts", "0", "--fast", "--model", str(model_dir), "--probe",
+                 str(probe_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-in captions: 2 pictures" in printed and "reconstruction" not in printed
+    (json_path,) = out.glob("fidelity-*.json")
+    result = json.loads(json_path.read_text())
+    assert result["n"] == 2 and set(result["accuracy"]) >= {"shape", "color", "pattern", "background"}
+    assert "shape+colour+pattern+background" in json_path.with_suffix(".md").read_text()
+    assert main(["evaluate", "--concepts", "0", "--model", str(model_dir)]) == 2  # nothing to do: an error

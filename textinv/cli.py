@@ -123,15 +123,26 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from .models import load_model
-    from .shapes.evaluate import evaluate, first_concepts, print_table, settings, write_results
+    from .shapes.evaluate import (caption_fidelity, evaluate, first_concepts, format_fidelity, print_table, settings,
+                                  write_results)
     from .shapes.probe import DEFAULT_PATH, Probe
 
-    config, concepts = settings(args.fast, vars(args)), first_concepts(args.concepts)
+    config = settings(args.fast, vars(args))
+    concepts = first_concepts(args.concepts, allow_none=bool(args.captions))
     torch.set_num_threads(args.threads)
-    result = evaluate(load_model(args.model), Probe.load(args.probe or DEFAULT_PATH), concepts, config=config)
-    print_table(result)
+    model, probe = load_model(args.model), Probe.load(args.probe or DEFAULT_PATH)
+    results = []
+    if args.captions:
+        fidelity = caption_fidelity(model, probe, args.captions, sample_steps=config.sample_steps,
+                                    guidance=config.guidance, chunk=config.chunk)
+        print(format_fidelity(fidelity))
+        results.append((fidelity, "fidelity"))
+    if concepts:
+        result = evaluate(model, probe, concepts, config=config)
+        print_table(result)
+        results.append((result, "quality"))
     if args.out:
-        paths = write_results(result, args.out)
+        paths = [path for result, name in results for path in write_results(result, args.out, name)]
         print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -182,7 +193,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="the quality benchmark: reconstruction and editability per concept",
                        description="Learn each benchmark concept of the shapes world and score it, with two "
                                    "baselines (init word, best description), by the attribute probe.")
-    p.add_argument("--concepts", type=int, help="evaluate the first N benchmark concepts (default: all)")
+    p.add_argument("--concepts", type=int, help="evaluate the first N benchmark concepts (default: all; 0 with "
+                   "--captions: none)")
+    p.add_argument("--captions", type=int, default=0, help="first check the model itself: draw N held-in captions "
+                   "and probe whether shape, colour, pattern and background come out as captioned")
     p.add_argument("--out", help="folder to write quality-YYYY-MM-DD.json and .md into")
     p.add_argument("--model", default="shapes", help="the model (default: the bundled shapes model)")
     p.add_argument("--probe", help="attribute probe weights (default: the bundled probe)")

@@ -315,11 +315,12 @@ def settings(fast: bool = False, flags: dict | None = None) -> EvalConfig:
     return build(EvalConfig, FAST if fast else {}, {k: v for k, v in (flags or {}).items() if k in names}).validate()
 
 
-def first_concepts(count: int | None) -> tuple[Concept, ...]:
-    """The first `count` benchmark concepts (all of them for None)."""
+def first_concepts(count: int | None, allow_none: bool = False) -> tuple[Concept, ...]:
+    """The first `count` benchmark concepts (all of them for None; none for 0 when `allow_none`)."""
     count = len(BENCHMARK_CONCEPTS) if count is None else count
-    if not 1 <= count <= len(BENCHMARK_CONCEPTS):
-        raise ConfigError(f"--concepts must be between 1 and {len(BENCHMARK_CONCEPTS)}, got {count}")
+    if not (0 if allow_none else 1) <= count <= len(BENCHMARK_CONCEPTS):
+        low = "0 (with --captions)" if allow_none else "1"
+        raise ConfigError(f"--concepts must be between {low} and {len(BENCHMARK_CONCEPTS)}, got {count}")
     return tuple(BENCHMARK_CONCEPTS[:count])
 
 
@@ -498,11 +499,58 @@ def format_markdown(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_results(result: dict, out) -> tuple[Path, Path]:
-    """Write `quality-<date>.json` and `quality-<date>.md` into the folder `out` (atomically)."""
+# ---------------------------------------------------------------------------------------------------------------
+# The pretrained model itself: does it draw what a caption says?
+
+FIDELITY_ATTRIBUTES = ("shape", "color", "pattern", "background", "size", "position", "style")
+FIDELITY_CORE = ("shape", "color", "pattern", "background")
+"""The issue's bar: a held-in caption's shape, colour, pattern and background all drawn, in >= 90% of pictures."""
+
+
+def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_steps: int = 25,
+                     guidance: float = 7.5, chunk: int = 32) -> dict:
+    """Draw `n` fresh held-in scenes' full captions (`world.describe`: one object, every attribute named, never a
+    held-out combination) and probe each picture against its own scene: per-attribute accuracy, and the share of
+    pictures with shape, colour, pattern and background all right. Sample i uses seed + i."""
+    g = torch.Generator().manual_seed(seed)
+    batch = world.sample_batch(n, g, second_prob=0.0, free_hue_prob=0.0)  # named hues: a caption can say them
+    scenes = batch.scenes()
+    prompts = [world.describe(sc) for sc in scenes]
+    started = time.perf_counter()
+    images = sample(model, prompts, [seed + i for i in range(n)], sample_steps, guidance, chunk)
+    predicted = probe.predict(to_tensor(images))
+    truth = {"shape": [sc.obj.shape for sc in scenes], "color": [sc.obj.color for sc in scenes],
+             "pattern": [sc.obj.pattern for sc in scenes], "background": [sc.background for sc in scenes],
+             "size": [sc.obj.size for sc in scenes], "position": [sc.obj.position for sc in scenes],
+             "style": [sc.style for sc in scenes]}
+    hits = {a: [p == t for p, t in zip(predicted[a], truth[a])] for a in FIDELITY_ATTRIBUTES}
+    core = [all(hits[a][i] for a in FIDELITY_CORE) for i in range(n)]
+    return {"n": n, "seed": seed, "sample_steps": sample_steps, "guidance": guidance,
+            "accuracy": {a: _mean(h) for a, h in hits.items()}, "all_core": _mean(core),
+            "seconds": round(time.perf_counter() - started, 1), "model": describe_model(model),
+            "examples": [{"prompt": p, "ok": ok} for p, ok in list(zip(prompts, core))[:8]],
+            "date": datetime.date.today().isoformat()}
+
+
+def format_fidelity(result: dict) -> str:
+    acc = result["accuracy"]
+    lines = [f"held-in captions: {result['n']} pictures (seeds {result['seed']}..{result['seed'] + result['n'] - 1}, "
+             f"{result['sample_steps']} steps, guidance {result['guidance']})",
+             "| attribute | " + " | ".join(FIDELITY_ATTRIBUTES) + " | shape+colour+pattern+background |",
+             "| --- |" + " --- |" * (len(FIDELITY_ATTRIBUTES) + 1),
+             "| drawn as captioned | " + " | ".join(f"{acc[a]:.2f}" for a in FIDELITY_ATTRIBUTES) +
+             f" | {result['all_core']:.2f} |"]
+    return "\n".join(lines)
+
+
+def write_results(result: dict, out, name: str = "quality") -> tuple[Path, Path]:
+    """Write `<name>-<date>.json` and `<name>-<date>.md` into the folder `out` (atomically)."""
     out = Path(out)
-    stem = out / f"quality-{result['date']}"
+    stem = out / f"{name}-{result['date']}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     write_json(json_path, result)
-    write_text(md_path, format_markdown(result))
+    text = format_markdown(result) if name == "quality" else f"# Held-in caption fidelity, {result['date']}\n\n" \
+        f"Model: {result['model']['description']}; command: `textinv evaluate --captions {result['n']}`\n\n" \
+        f"{format_fidelity(result)}\n"
+    write_text(md_path, text)
     return json_path, md_path
