@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from textinv.errors import ConfigError
 from textinv.models import BUNDLED_MODELS, load_model
 from textinv.shapes import world
 from textinv.shapes.pretrain import build_tokenizer_for_world, main as pretrain_main
@@ -72,6 +73,28 @@ def test_quick_pretraining_runs_end_to_end(tmp_path):
     # A re-run resumes from the checkpoint instead of starting over.
     assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
     assert json.loads((work / "log.json").read_text())["unet"]["steps"] == 3
+
+
+def test_pretraining_continues_from_an_exported_model(tmp_path):
+    """Without the original checkpoints, a new work folder starts from an exported model's weights and steps; with
+    no further training, exporting it again gives the same pipeline."""
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "2"]) == 0
+    work = tmp_path / "w2"
+    assert pretrain_main(["--from-model", str(first), "--work", str(work)]) == 0
+    assert json.loads((work / "unet" / "state.json").read_text())["step"] == 2
+    again = tmp_path / "again"
+    assert pretrain_main(["--export", "--work", str(work), "--out", str(again)]) == 0
+    for part, name in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                       ("text_encoder", "model")):
+        a, b = (load_file(str(d / part / f"{name}.safetensors")) for d in (first, again))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
+    assert json.loads((work / "log.json").read_text())["unet"]["steps"] == 3
+    with pytest.raises(ConfigError, match="already holds a run"):
+        pretrain_main(["--from-model", str(first), "--work", str(work)])
 
 
 def test_deterministic_vae_posterior_samples_its_mean_and_keeps_it():

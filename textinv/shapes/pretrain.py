@@ -21,6 +21,7 @@ minutes (weights, optimizer moments, step, RNG states) and a re-run carries on f
     python -m textinv.shapes.pretrain --stage unet --work runs/shapes-pretrain --minutes 60
     python -m textinv.shapes.pretrain --export --work runs/shapes-pretrain --out textinv/shapes/model
     python -m textinv.shapes.pretrain --quick --work /tmp/q      # all of it on tiny sizes, in seconds
+    python -m textinv.shapes.pretrain --from-model textinv/shapes/model --work runs/more   # go on from an export
 """
 
 from __future__ import annotations
@@ -596,6 +597,50 @@ module docstring lists the commands).
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
 
+def start_from_model(model_dir: Path, work: Path, log=print) -> PretrainConfig:
+    """Make a new work folder that continues an exported model (e.g. the committed `textinv/shapes/model`), so a
+    machine without the original checkpoints can train on: its weights become each stage's weights (the UNet's and
+    text encoder's also their EMA), its step counts and training log carry over; the optimizer starts afresh."""
+    from safetensors.torch import load_file
+
+    model_dir, work = Path(model_dir), Path(work)
+    record_path = model_dir / "training.json"
+    if not record_path.is_file():
+        raise ConfigError(f"{model_dir} has no training.json: only a folder written by --export can be continued")
+    if (work / "config.json").exists():
+        raise ConfigError(f"{work} already holds a run; give --from-model a new --work folder")
+    record = json.loads(record_path.read_text())
+    config = PretrainConfig(**record["config"])
+    steps = {stage: v["steps"] for stage, v in record.get("stages", {}).items()}
+
+    def weights(part: str) -> dict[str, torch.Tensor]:
+        return {k: v.float() for k, v in load_file(str(model_dir / part / "diffusion_pytorch_model.safetensors"
+                                                        if part != "text_encoder" else model_dir / part /
+                                                        "model.safetensors")).items()}
+
+    g = torch.Generator().manual_seed(config.seed)
+    stage_dirs = {"vae": {"vae": weights("vae")},
+                  "unet": {"unet": weights("unet"), "text_encoder": weights("text_encoder")}}
+    for stage, modules in stage_dirs.items():
+        folder = work / stage
+        folder.mkdir(parents=True)
+        from safetensors.torch import save_file
+        for name, tensors in modules.items():
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"{name}.safetensors"))
+        save_file({}, str(folder / "optimizer.safetensors"))
+        state = {"step": steps.get(stage, 0), "generator": _generator_state(g)}
+        if stage == "unet":
+            save_file({f"{n}.{k}": v.to(torch.float16).contiguous() for n, t in modules.items() for k, v in t.items()},
+                      str(folder / "ema.safetensors"))
+            state.update(rng=np.random.default_rng(config.seed + 1 + state["step"]).bit_generator.state,
+                         scaling_factor=record["scaling_factor"], vae_step=steps.get("vae", 0))
+        _write_json(folder / "state.json", state)
+    _write_json(work / "config.json", asdict(config))
+    _write_json(work / "log.json", record.get("stages", {}))
+    log(f"{work}: continues {model_dir} (vae step {steps.get('vae', 0)}, unet step {steps.get('unet', 0)})")
+    return config
+
+
 def _config_for(work: Path, overrides: dict) -> PretrainConfig:
     """The work folder's config (architecture fixed at its first run), with training overrides applied."""
     path = work / "config.json"
@@ -620,6 +665,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps of both stages, then export")
     parser.add_argument("--work", type=Path, required=True, help="folder for checkpoints, config.json and log.json")
     parser.add_argument("--out", type=Path, help="where --export writes (default: <work>/model)")
+    parser.add_argument("--from-model", type=Path, help="start the new --work folder from an exported model (e.g. "
+                        "textinv/shapes/model) to train it further without its original checkpoints")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-time bound of this chunk")
     parser.add_argument("--steps", type=int, help="stop at this total step count of the stage")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -629,14 +676,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--fp32", action="store_true", help="export float32 weights instead of float16")
     args = parser.parse_args(argv)
-    if not (args.stage or args.export or args.quick):
-        parser.error("give --stage vae|unet, --export, or --quick")
+    if not (args.stage or args.export or args.quick or args.from_model):
+        parser.error("give --stage vae|unet, --export, --quick or --from-model")
     if args.stage and args.export:
         parser.error("--stage and --export are separate runs; do one, then the other")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device} asked for, but torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     command = "python -m textinv.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.from_model:
+        start_from_model(args.from_model, args.work)
     overrides = dict(QUICK) if args.quick else {}
     if args.seed is not None:
         overrides["seed"] = args.seed
