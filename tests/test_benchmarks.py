@@ -61,3 +61,10 @@ def test_reference_like_mode_learns_the_same_vectors_and_restores_the_table(sd1_
     ref = train(config(images, tmp_path / "b", steps=4, reference_like=True), model=model, progress=False)
     assert torch.equal(base_embedding(model.text_encoder).weight, table)
     assert torch.allclose(ours.embedding.vectors["text_encoder"], ref.embedding.vectors["text_encoder"], atol=1e-5)
+
+
+def test_compile_check_command_passes_a_faithful_regional_compile(capsys):
+    from benchmarks.compile_check import main as compile_check
+
+    assert compile_check(["--arch", "tiny", "--compile", "blocks"]) == 0
+    assert "compiled UNet matches the plain one" in capsys.readouterr().out
