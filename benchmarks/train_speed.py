@@ -34,7 +34,7 @@ from PIL import Image
 from textinv.config import TrainConfig
 from textinv.models import Model, load_model
 from textinv.tokens import scratch_tokens
-from textinv.train import resolve_precision, train
+from textinv.train import resolve_precision, train, uncompile
 
 from .architectures import ARCHITECTURES, FLOP_PER_SAMPLE, RESOLUTION, build
 
@@ -69,9 +69,7 @@ def _sync(device: str) -> None:
 
 def reset_unet(unet) -> None:
     """Undo the UNet levers a mode applied (compiled modules, NHWC weights, checkpointing) for the next mode."""
-    for module in unet.modules():
-        if getattr(module, "_compiled_call_impl", None) is not None:
-            module._compiled_call_impl = None
+    uncompile(unet)
     unet.to(memory_format=torch.contiguous_format)
     if unet.is_gradient_checkpointing:
         unet.disable_gradient_checkpointing()

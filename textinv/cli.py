@@ -123,8 +123,8 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from .models import load_model
-    from .shapes.evaluate import (caption_fidelity, evaluate, first_concepts, format_fidelity, print_table, settings,
-                                  write_results)
+    from .shapes.evaluate import (caption_fidelity, evaluate, fidelity_markdown, first_concepts, format_fidelity,
+                                  format_markdown, print_table, settings, write_results)
     from .shapes.probe import DEFAULT_PATH, Probe
 
     config = settings(args.fast, vars(args))
@@ -136,13 +136,13 @@ def cmd_evaluate(args) -> int:
         fidelity = caption_fidelity(model, probe, args.captions, sample_steps=config.sample_steps,
                                     guidance=config.guidance, chunk=config.chunk)
         print(format_fidelity(fidelity))
-        results.append((fidelity, "fidelity"))
+        results.append((fidelity, "fidelity", fidelity_markdown))
     if concepts:
         result = evaluate(model, probe, concepts, config=config)
         print_table(result)
-        results.append((result, "quality"))
+        results.append((result, "quality", format_markdown))
     if args.out:
-        paths = [path for result, name in results for path in write_results(result, args.out, name)]
+        paths = [path for result, name, markdown in results for path in write_results(result, args.out, name, markdown)]
         print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

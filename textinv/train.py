@@ -526,6 +526,14 @@ def _unet_and_input_gradient(unet, example: dict) -> tuple[torch.Tensor, torch.T
     return out.detach().float(), context.grad.float()
 
 
+def uncompile(unet) -> list[tuple[torch.nn.Module, object]]:
+    """Make every compiled module of `unet` run eagerly again; returns (module, compiled call) to put them back."""
+    compiled = [(m, m._compiled_call_impl) for m in unet.modules() if getattr(m, "_compiled_call_impl", None)]
+    for m, _ in compiled:
+        m._compiled_call_impl = None
+    return compiled
+
+
 def check_compiled_unet(unet, example: dict) -> bool:
     """Run the compiled UNet and the same UNet uncompiled on `example`; if the output or the gradient it sends back
     to the text conditioning (all textual inversion learns from) differ beyond rounding, uncompile it with a
@@ -533,10 +541,8 @@ def check_compiled_unet(unet, example: dict) -> bool:
     gradients, which trains silently wrong. Returns whether the compiled UNet is kept."""
     import warnings
 
-    compiled = [(m, m._compiled_call_impl) for m in unet.modules() if getattr(m, "_compiled_call_impl", None)]
     fast = _unet_and_input_gradient(unet, example)
-    for m, _ in compiled:
-        m._compiled_call_impl = None
+    compiled = uncompile(unet)
     plain = _unet_and_input_gradient(unet, example)
     errors = [((f - p).norm() / p.norm().clamp(min=1e-12)).item() for f, p in zip(fast, plain)]
     tolerance = 1e-3 if unet.dtype == torch.float32 else 5e-2

@@ -543,14 +543,16 @@ def format_fidelity(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(result: dict, out, name: str = "quality") -> tuple[Path, Path]:
-    """Write `<name>-<date>.json` and `<name>-<date>.md` into the folder `out` (atomically)."""
+def fidelity_markdown(result: dict) -> str:
+    return (f"# Held-in caption fidelity, {result['date']}\n\nModel: {result['model']['description']}; command: "
+            f"`textinv evaluate --captions {result['n']}`\n\n{format_fidelity(result)}\n")
+
+
+def write_results(result: dict, out, name: str = "quality", markdown=format_markdown) -> tuple[Path, Path]:
+    """Write `<name>-<date>.json` and `<name>-<date>.md` (`markdown(result)`) into the folder `out` (atomically)."""
     out = Path(out)
     stem = out / f"{name}-{result['date']}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     write_json(json_path, result)
-    text = format_markdown(result) if name == "quality" else f"# Held-in caption fidelity, {result['date']}\n\n" \
-        f"Model: {result['model']['description']}; command: `textinv evaluate --captions {result['n']}`\n\n" \
-        f"{format_fidelity(result)}\n"
-    write_text(md_path, text)
+    write_text(md_path, markdown(result))
     return json_path, md_path

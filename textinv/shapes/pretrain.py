@@ -324,7 +324,8 @@ class _Chunk:
     a checkpoint every `checkpoint_minutes`, and the chunk's entry in `log.json` at the end."""
 
     def __init__(self, stage: str, work: Path, config: PretrainConfig, step: int, save, log_every: int, log):
-        self.stage, self.work, self.config, self.save, self.log_every, self.log = stage, work, config, save, log_every, log
+        self.stage, self.work, self.config, self.save = stage, work, config, save
+        self.log_every, self.log = log_every, log
         self.step = self.step0 = step
         self.start = self.last_save = time.perf_counter()
         self.total, self.count = 0.0, 0
@@ -340,7 +341,8 @@ class _Chunk:
             rate = (self.step - self.step0) / (time.perf_counter() - self.start)
             self.log(f"{self.stage} step {self.step:6d}  {name} {float(self.total) / self.count:.5f}  {rate:.3f} it/s")
             self.total, self.count = 0.0, 0
-        if self.config.checkpoint_minutes and time.perf_counter() - self.last_save > self.config.checkpoint_minutes * 60:
+        minutes = self.config.checkpoint_minutes
+        if minutes and time.perf_counter() - self.last_save > minutes * 60:
             self.save()
             self.last_save = time.perf_counter()
 
@@ -601,7 +603,9 @@ def start_from_model(model_dir: Path, work: Path, log=print) -> PretrainConfig:
     """Make a new work folder that continues an exported model (e.g. the committed `textinv/shapes/model`), so a
     machine without the original checkpoints can train on: its weights become each stage's weights (the UNet's and
     text encoder's also their EMA), its step counts and training log carry over; the optimizer starts afresh."""
-    from safetensors.torch import load_file
+    from safetensors.torch import save_file
+
+    from textinv.models import load_model
 
     model_dir, work = Path(model_dir), Path(work)
     record_path = model_dir / "training.json"
@@ -613,24 +617,23 @@ def start_from_model(model_dir: Path, work: Path, log=print) -> PretrainConfig:
     config = PretrainConfig(**record["config"])
     steps = {stage: v["steps"] for stage, v in record.get("stages", {}).items()}
 
-    def weights(part: str) -> dict[str, torch.Tensor]:
-        return {k: v.float() for k, v in load_file(str(model_dir / part / "diffusion_pytorch_model.safetensors"
-                                                        if part != "text_encoder" else model_dir / part /
-                                                        "model.safetensors")).items()}
+    model = load_model(model_dir)  # float32, as the loader gives every model
+
+    def weights(module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
 
     g = torch.Generator().manual_seed(config.seed)
-    stage_dirs = {"vae": {"vae": weights("vae")},
-                  "unet": {"unet": weights("unet"), "text_encoder": weights("text_encoder")}}
+    stage_dirs = {"vae": {"vae": weights(model.vae)},
+                  "unet": {"unet": weights(model.unet), "text_encoder": weights(model.text_encoder)}}
     for stage, modules in stage_dirs.items():
         folder = work / stage
         folder.mkdir(parents=True)
-        from safetensors.torch import save_file
         for name, tensors in modules.items():
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"{name}.safetensors"))
+            save_file(tensors, str(folder / f"{name}.safetensors"))
         save_file({}, str(folder / "optimizer.safetensors"))
         state = {"step": steps.get(stage, 0), "generator": _generator_state(g)}
         if stage == "unet":
-            save_file({f"{n}.{k}": v.to(torch.float16).contiguous() for n, t in modules.items() for k, v in t.items()},
+            save_file({f"{n}.{k}": v.to(torch.float16) for n, t in modules.items() for k, v in t.items()},
                       str(folder / "ema.safetensors"))
             state.update(rng=np.random.default_rng(config.seed + 1 + state["step"]).bit_generator.state,
                          scaling_factor=record["scaling_factor"], vae_step=steps.get("vae", 0))
