@@ -30,10 +30,14 @@ def test_world_tokenizer_has_every_word_as_one_token():
 def test_bundled_model_loads_as_float32_with_a_complete_tokenizer(shapes_model):
     assert shapes_model.family == "custom"
     assert shapes_model.resolution == world.RESOLUTION
-    assert shapes_model.prediction_type == "epsilon"
+    assert shapes_model.prediction_type == "v_prediction"
     for module in (shapes_model.unet, shapes_model.vae, shapes_model.text_encoder):
         assert next(module.parameters()).dtype == torch.float32
-    assert shapes_model.pipeline.scheduler.config.steps_offset == 1
+    # Zero terminal SNR: training reached pure noise, and sampling starts there.
+    assert shapes_model.noise_scheduler().alphas_cumprod[-1] < 1e-6
+    scheduler = type(shapes_model.pipeline.scheduler).from_config(shapes_model.pipeline.scheduler.config)
+    scheduler.set_timesteps(25)
+    assert int(scheduler.timesteps[0]) == 999
     # Both tokenizer formats are there, so slow and fast tokenizers (and other tools) can read it.
     for name in ("tokenizer.json", "vocab.json", "merges.txt"):
         assert (BUNDLED / "tokenizer" / name).is_file()
@@ -69,6 +73,7 @@ def test_quick_pretraining_runs_end_to_end(tmp_path):
     assert record["stages"]["unet"]["steps"] == 2 and "command" in record
     model = load_model(out)
     assert model.resolution == world.RESOLUTION
+    assert model.prediction_type == "v_prediction"
     assert next(model.unet.parameters()).dtype == torch.float32
     # A re-run resumes from the checkpoint instead of starting over.
     assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
@@ -125,3 +130,65 @@ def test_object_weights_put_the_weight_on_the_objects():
         on_object = (images[i] - batch.background_rgb[i].view(3, 1, 1)).abs().amax(0) > 0.3
         assert w[i, 0][on_object].min() > 4 * w[i, 0][~on_object].min()
     assert torch.equal(object_weights(batch, images, 0.0), torch.ones_like(w))
+
+
+def test_noise_schedule_is_sd_rescaled_to_zero_terminal_snr_with_trailing_steps():
+    """The shapes model's schedule is SD's scaled-linear one with its last timestep moved to pure noise (so the
+    background cannot leak through the noisy input's mean), and sampling starts at that last timestep. The first
+    exports' schedule (SD's own, epsilon, leading steps) stays available."""
+    from diffusers import DDPMScheduler
+
+    from textinv.shapes.pretrain import PretrainConfig, build_scheduler
+
+    def schedule(config):
+        sampler = build_scheduler(config)
+        sampler.set_timesteps(25)
+        return DDPMScheduler.from_config(sampler.config).alphas_cumprod, int(sampler.timesteps[0])
+
+    zero, first = schedule(PretrainConfig())
+    sd, sd_first = schedule(PretrainConfig(prediction_type="epsilon", zero_terminal_snr=False))
+    assert zero[-1] < 1e-6 and first == 999
+    assert abs(float(sd[-1]) - 0.0047) < 2e-4 and sd_first < 999  # SD 1.x: alpha-bar 0.0047 at the end
+    torch.testing.assert_close(zero[0], sd[0])  # the rescale keeps the clean end
+
+
+def test_zero_terminal_snr_needs_v_prediction():
+    from textinv.shapes.pretrain import PretrainConfig
+
+    with pytest.raises(ConfigError, match="zero_terminal_snr needs prediction_type 'v_prediction'"):
+        PretrainConfig(prediction_type="epsilon")
+    with pytest.raises(ConfigError, match="prediction_type must be"):
+        PretrainConfig(prediction_type="sample")
+
+
+def test_an_epsilon_run_resumes_as_a_v_prediction_fine_tune(tmp_path, capsys):
+    """A work folder from before the schedule change (its state names no objective: epsilon on SD's schedule) goes
+    on with the current objective, says so, and records it."""
+    work = tmp_path / "work"
+    assert pretrain_main(["--quick", "--work", str(work), "--out", str(tmp_path / "model"), "--steps", "1"]) == 0
+    state_path = work / "unet" / "state.json"
+    state = json.loads(state_path.read_text())
+    assert (state["prediction_type"], state["zero_terminal_snr"]) == ("v_prediction", True)
+    del state["prediction_type"], state["zero_terminal_snr"]
+    state_path.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "2"]) == 0
+    assert "fine-tuning from epsilon (zero terminal SNR: False) to v_prediction" in capsys.readouterr().out
+    assert json.loads(state_path.read_text())["prediction_type"] == "v_prediction"
+
+
+@needs_bundled
+def test_bundled_model_draws_the_background_its_caption_names(shapes_model):
+    """The same starting noise under captions that differ only in the background gives those backgrounds. The first
+    exports (SD's schedule, which leaves signal at the last timestep) drew the background from the starting noise's
+    mean instead: with one seed, one background whatever the caption said."""
+    from textinv.generate import render
+    from textinv.shapes.evaluate import to_tensor
+    from textinv.shapes.probe import Probe
+
+    backgrounds, seeds = ("white", "black", "navy", "maroon"), [0, 1, 2, 3]
+    prompts = [f"a red circle on a {b} background" for b in backgrounds for _ in seeds]
+    images = render(shapes_model, prompts, seeds * len(backgrounds), steps=10, guidance=7.5)
+    drawn = Probe.load().predict(to_tensor(images))["background"]
+    expected = [b for b in backgrounds for _ in seeds]
+    assert sum(d == e for d, e in zip(drawn, expected)) >= 12, list(zip(expected, drawn))

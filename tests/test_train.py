@@ -191,6 +191,24 @@ def test_min_snr_weighting_changes_the_loss(sd1_dir, images, tmp_path):
     assert plain.losses != snr.losses
 
 
+def test_loss_weights_cap_the_clean_latent_weight_at_gamma():
+    """Min-SNR in the terms of the error of the predicted clean latent (epsilon loss = SNR x that error, v loss =
+    (SNR + 1) x that error), finite at SNR 0 (a zero-terminal-SNR schedule's last timestep)."""
+    from textinv.train import loss_weights
+
+    alphas = torch.tensor([0.0, 1e-3, 0.5, 0.9, 0.999])
+    snr = alphas / (1 - alphas)
+    eps, v, v1 = (loss_weights(alphas, 5.0, p, plus_one=one) for p, one in
+                  (("epsilon", False), ("v_prediction", False), ("v_prediction", True)))
+    for w in (eps, v, v1):
+        assert torch.isfinite(w).all() and (w <= 1).all() and (w > 0)[1:].all()
+    torch.testing.assert_close(eps[1:] * snr[1:], snr[1:].clamp(max=5.0))
+    assert eps[0] == 1.0  # the limit of min(SNR, gamma) / SNR
+    torch.testing.assert_close(v * (snr + 1), snr.clamp(max=5.0))
+    torch.testing.assert_close(v1 * (snr + 1), (snr + 1).clamp(max=5.0))
+    assert v[0] == 0.0 and v1[0] == 1.0
+
+
 def test_grad_accumulation_and_clipping_run(sd1_dir, images, tmp_path):
     result = train(config(images, tmp_path / "a", steps=2, grad_accum=2, max_grad_norm=1e-6, lr_schedule="cosine",
                           warmup_steps=1), model=load_model(sd1_dir), progress=False)

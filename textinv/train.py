@@ -208,15 +208,26 @@ class BatchSampler:
 # 4. the loss
 
 
-def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting", 2023).
+def loss_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str,
+                 plus_one: bool = False) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting", 2023) for
+    timesteps with these cumulative alphas.
 
-    For epsilon prediction the weight is min(SNR, gamma) / SNR; for v prediction min(SNR, gamma) / (SNR + 1).
+    Measured on the error of the predicted clean latent, the plain epsilon loss weighs a timestep by SNR and the
+    plain v loss by SNR + 1; Min-SNR caps that at `gamma`: weight min(SNR, gamma) / SNR for epsilon, and
+    min(SNR, gamma) / (SNR + 1) for v. `plus_one` caps v's own SNR + 1 instead, min(SNR + 1, gamma) / (SNR + 1),
+    which keeps full weight at the noisy end (SNR -> 0 on a zero-terminal-SNR schedule, where min(SNR, gamma)
+    would weigh the last timesteps zero). Where SNR = 0 the epsilon weight is its limit, 1.
     """
-    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    clipped = snr.clamp(max=gamma)
-    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+    snr = alphas_cumprod / (1 - alphas_cumprod).clamp(min=1e-12)
+    if prediction_type == "v_prediction":
+        return ((snr + 1) if plus_one else snr).clamp(max=gamma) / (snr + 1)
+    return (gamma / snr.clamp(min=1e-12)).clamp(max=1.0)
+
+
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """`loss_weights` at these timesteps of `scheduler` (Min-SNR-gamma as diffusers' and kohya's scripts use it)."""
+    return loss_weights(scheduler.alphas_cumprod.to(timesteps.device)[timesteps], gamma, prediction_type)
 
 
 def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
