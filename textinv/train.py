@@ -225,9 +225,16 @@ def loss_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type: st
     return (gamma / snr.clamp(min=1e-12)).clamp(max=1.0)
 
 
-def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """`loss_weights` at these timesteps of `scheduler` (Min-SNR-gamma as diffusers' and kohya's scripts use it)."""
-    return loss_weights(scheduler.alphas_cumprod.to(timesteps.device)[timesteps], gamma, prediction_type)
+def denoising_loss(scheduler, pred, latents, noise, timesteps, prediction_type: str, min_snr_gamma=None,
+                   plus_one: bool = False) -> torch.Tensor:
+    """Mean squared error of `pred` against the prediction type's target (epsilon or velocity), per sample (B,),
+    times `loss_weights` when `min_snr_gamma` is given. Shared by textual inversion and the shapes pretraining."""
+    target = scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
+    loss = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    if min_snr_gamma:
+        alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        loss = loss * loss_weights(alphas, min_snr_gamma, prediction_type, plus_one)
+    return loss
 
 
 def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
@@ -242,12 +249,8 @@ def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids
     extra = {}
     if pooled is not None:
         extra["added_cond_kwargs"] = {"text_embeds": pooled.to(unet.dtype), "time_ids": time_ids.to(unet.dtype)}
-    pred = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), **extra).sample.float()
-    target = scheduler.get_velocity(latents, noise, timesteps) if model.prediction_type == "v_prediction" else noise
-    loss = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
-    if min_snr_gamma:
-        loss = loss * snr_weights(scheduler, timesteps, min_snr_gamma, model.prediction_type)
-    return loss
+    pred = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), **extra).sample
+    return denoising_loss(scheduler, pred, latents, noise, timesteps, model.prediction_type, min_snr_gamma)
 
 
 # ---------------------------------------------------------------------------------------------------------------

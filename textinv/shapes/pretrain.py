@@ -197,7 +197,7 @@ def build_scheduler(config: PretrainConfig | None = None):
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
         prediction_type=config.prediction_type, algorithm_type="dpmsolver++", solver_order=2,
-        steps_offset=0 if zero else 1, timestep_spacing="trailing" if zero else "leading",
+        steps_offset=1, timestep_spacing="trailing" if zero else "leading",
         rescale_betas_zero_snr=zero,
     )
     # SD's own scheduler configs say this too: a DDIM/DDPM made `from_config` of ours must not clip x0 to [-1, 1]
@@ -429,7 +429,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     """Train (or continue) the UNet and the text encoder on the frozen VAE's latents; returns the step."""
     from diffusers import DDPMScheduler
 
-    from textinv.train import loss_weights
+    from textinv.train import denoising_loss
 
     if not (work / "vae" / "state.json").exists():
         raise ConfigError(f"no trained VAE in {work / 'vae'}: run `--stage vae --work {work}` first")
@@ -443,7 +443,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     text_encoder = build_text_encoder(config, tokenizer).to(device).train()
     unet = build_unet(config).to(device).train()
     noise_scheduler = DDPMScheduler.from_config(build_scheduler(config).config)
-    alphas = noise_scheduler.alphas_cumprod.to(device)  # (1000,)
+    noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)  # (1000,), read every step
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=config.unet_lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
     g = torch.Generator().manual_seed(config.seed + 1)
@@ -452,7 +452,6 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
                                                                    text_encoder.named_parameters()]
     step, scale = 0, None
     objective = (config.prediction_type, config.zero_terminal_snr)
-    v_pred = config.prediction_type == "v_prediction"
     if (folder / "state.json").exists():
         state = json.loads((folder / "state.json").read_text())
         unet.load_state_dict(load_weights(folder, "unet"))
@@ -502,12 +501,8 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
         with autocast:
             context = text_encoder(ids)[0]  # (B, 77, width)
             pred = unet(noisy, t, context).sample
-        target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
-        per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
-        if config.min_snr_gamma:
-            per_sample = per_sample * loss_weights(alphas[t], config.min_snr_gamma, config.prediction_type,
-                                                       plus_one=True)
-        loss = per_sample.mean()
+        loss = denoising_loss(noise_scheduler, pred, latents, noise, t, config.prediction_type, config.min_snr_gamma,
+                              plus_one=True).mean()
         _optimizer_step(opt, params, loss, config.grad_clip)
         with torch.no_grad():  # EMA with a short warm-up, so early exports are not dominated by the random init
             decay = min(config.ema_decay, (2 + chunk.step) / (11 + chunk.step))
