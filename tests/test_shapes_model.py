@@ -80,6 +80,23 @@ def test_quick_pretraining_runs_end_to_end(tmp_path):
     assert json.loads((work / "log.json").read_text())["unet"]["steps"] == 3
 
 
+def test_fresh_pretraining_runs_are_reproducible_from_the_seed(tmp_path):
+    """Two fresh runs with one seed export the same weights (initial weights included); another seed does not."""
+    from safetensors.torch import load_file
+
+    def run(name, seed):
+        out = tmp_path / f"{name}-model"
+        assert pretrain_main(["--quick", "--work", str(tmp_path / name), "--out", str(out), "--steps", "2",
+                              "--seed", str(seed)]) == 0
+        return {part: load_file(str(out / part / f"{file}.safetensors")) for part, file in
+                (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"))}
+
+    a, b, c = run("a", 3), run("b", 3), run("c", 4)
+    for part in a:
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+        assert not all(torch.equal(a[part][k], c[part][k]) for k in a[part]), part
+
+
 def test_pretraining_continues_from_an_exported_model(tmp_path):
     """Without the original checkpoints, a new work folder starts from an exported model's weights and steps; with
     no further training, exporting it again gives the same pipeline."""

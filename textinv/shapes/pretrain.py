@@ -375,6 +375,7 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
               log=print) -> int:
     """Train (or continue) the autoencoder for `minutes` of wall time or up to `max_steps`; returns the step."""
     folder = work / "vae"
+    torch.manual_seed(config.seed)  # the initial weights of a fresh run come from the seed too
     vae = build_vae(config).to(device).train()
     params = [p for p in vae.parameters()]
     opt = torch.optim.AdamW(params, lr=config.vae_lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
@@ -440,6 +441,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     vae.to(device).eval().requires_grad_(False)
     vae_step = json.loads((work / "vae" / "state.json").read_text())["step"]
     tokenizer = build_tokenizer_for_world()
+    torch.manual_seed(config.seed + 1)  # the initial weights of a fresh run come from the seed too
     text_encoder = build_text_encoder(config, tokenizer).to(device).train()
     unet = build_unet(config).to(device).train()
     noise_scheduler = DDPMScheduler.from_config(build_scheduler(config).config)
