@@ -203,8 +203,11 @@ def test_caption_fidelity_scores_each_picture_against_its_own_caption(monkeypatc
     probe = Probe.load(PROBE_PATH)
     monkeypatch.setattr(ev, "sample", lambda model, prompts, seeds, *a: pictures[:len(prompts)])
     monkeypatch.setattr(ev, "describe_model", lambda model: {"description": "renderer"})
+    monkeypatch.setattr(ev, "round_trip", lambda model, images: images.flip(-1))  # an autoencoder that mirrors
     right = ev.caption_fidelity(None, probe, n, seed=seed)
     assert right["accuracy"]["shape"] > 0.95 and right["accuracy"]["color"] > 0.95 and right["all_core"] > 0.8
+    mirrored = right["autoencoder"]["accuracy"]  # left and right swap, the rest stays
+    assert mirrored["color"] > 0.95 and mirrored["position"] < right["accuracy"]["position"] - 0.2
     monkeypatch.setattr(ev, "sample", lambda model, prompts, seeds, *a: pictures[1:] + pictures[:1])
     wrong = ev.caption_fidelity(None, probe, n, seed=seed)
     assert wrong["accuracy"]["shape"] < 0.4 and wrong["all_core"] < 0.1
@@ -225,5 +228,7 @@ def test_evaluate_captions_only_writes_the_fidelity_table(model_dir, probe_path,
     (json_path,) = out.glob("fidelity-*.json")
     result = json.loads(json_path.read_text())
     assert result["n"] == 2 and set(result["accuracy"]) >= {"shape", "color", "pattern", "background"}
-    assert "shape+colour+pattern+background" in json_path.with_suffix(".md").read_text()
+    assert set(result["autoencoder"]["accuracy"]) == set(result["accuracy"])
+    markdown = json_path.with_suffix(".md").read_text()
+    assert "shape+colour+pattern+background" in markdown and "through the autoencoder" in markdown
     assert main(["evaluate", "--concepts", "0", "--model", str(model_dir)]) == 2  # nothing to do: an error

@@ -195,6 +195,23 @@ def test_an_epsilon_run_resumes_as_a_v_prediction_fine_tune(tmp_path, capsys):
 
 
 @needs_bundled
+def test_bundled_autoencoder_keeps_what_the_probe_reads(shapes_model):
+    """Renders through the bundled VAE and back still read as their scenes (colour, background, position: the
+    attributes it keeps best), and a picture is not another's: the round trip is the ceiling of caption fidelity."""
+    from textinv.shapes.evaluate import round_trip
+    from textinv.shapes.probe import Probe
+
+    batch = world.sample_batch(32, torch.Generator().manual_seed(3), second_prob=0.0, free_hue_prob=0.0)
+    images = world.render(batch)
+    back = round_trip(shapes_model, images)
+    assert back.shape == images.shape and 0 <= back.min() and back.max() <= 1
+    read = Probe.load().predict(back)
+    for attr in ("color", "background", "position"):
+        truth = [getattr(sc.obj, attr) if attr != "background" else sc.background for sc in batch.scenes()]
+        assert sum(r == t for r, t in zip(read[attr], truth)) >= 29, attr
+
+
+@needs_bundled
 def test_bundled_model_draws_the_background_its_caption_names(shapes_model):
     """The same starting noise under captions that differ only in the background gives those backgrounds. The first
     exports (SD's schedule, which leaves signal at the last timestep) drew the background from the starting noise's
