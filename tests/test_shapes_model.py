@@ -119,6 +119,33 @@ def test_pretraining_continues_from_an_exported_model(tmp_path):
         pretrain_main(["--from-model", str(first), "--work", str(work)])
 
 
+def test_a_killed_chunk_keeps_its_record_up_to_its_last_checkpoint(tmp_path, monkeypatch):
+    """log.json is written with each checkpoint, not only at a chunk's normal end: a run killed mid-chunk (a lost
+    GPU lease, Ctrl-C) keeps the steps it checkpointed on record, and the next chunk carries on from there."""
+    import textinv.shapes.pretrain as pretrain
+
+    config = pretrain.PretrainConfig(**{**pretrain.QUICK, "checkpoint_minutes": 1e-9})  # a checkpoint every step
+    steps, real_step = [], pretrain._optimizer_step
+
+    def dies_on_the_third(*args):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        real_step(*args)
+
+    monkeypatch.setattr(pretrain, "_optimizer_step", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.train_vae(config, tmp_path, minutes=5, max_steps=10, log=lambda line: None)
+    log = json.loads((tmp_path / "log.json").read_text())["vae"]
+    assert [(c["step_start"], c["step_end"]) for c in log["chunks"]] == [(0, 2)] and log["steps"] == 2
+    assert json.loads((tmp_path / "vae" / "state.json").read_text())["step"] == 2
+    monkeypatch.setattr(pretrain, "_optimizer_step", real_step)
+    assert pretrain.train_vae(config, tmp_path, minutes=5, max_steps=3, log=lambda line: None) == 3
+    log = json.loads((tmp_path / "log.json").read_text())["vae"]
+    assert [(c["step_start"], c["step_end"]) for c in log["chunks"]] == [(0, 2), (2, 3)] and log["steps"] == 3
+    assert log["chunks"][-1]["batch"] == config.vae_batch and log["chunks"][-1]["lr"] == config.vae_lr
+
+
 def test_deterministic_vae_posterior_samples_its_mean_and_keeps_it():
     from textinv.shapes.pretrain import PretrainConfig, QUICK, build_vae, make_deterministic
 

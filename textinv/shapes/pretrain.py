@@ -314,11 +314,16 @@ def _set_generator_state(g: torch.Generator, state: list[int]) -> None:
     g.set_state(torch.tensor(state, dtype=torch.uint8))
 
 
-def _log_chunk(work: Path, stage: str, chunk: dict) -> None:
+def _log_chunk(work: Path, stage: str, chunk: dict, update: bool = False) -> None:
+    """Add `chunk` to the stage's history in `log.json`, or with `update`, replace its last entry (the running
+    chunk's record, written again at each checkpoint)."""
     path = work / "log.json"
     log = json.loads(path.read_text()) if path.exists() else {}
     entry = log.setdefault(stage, {"steps": 0, "wall_seconds": 0.0, "chunks": []})
-    entry["chunks"].append(chunk)
+    if update:
+        entry["chunks"][-1] = chunk
+    else:
+        entry["chunks"].append(chunk)
     entry["steps"] = chunk["step_end"]
     entry["wall_seconds"] = round(sum(c["seconds"] for c in entry["chunks"]), 1)
     _write_json(path, log)
@@ -338,14 +343,17 @@ def _optimizer_step(opt, params, loss: torch.Tensor, clip: float) -> None:
 
 class _Chunk:
     """What both stages' loops share: a running loss kept on the device (one host sync per log line), log lines,
-    a checkpoint every `checkpoint_minutes`, and the chunk's entry in `log.json` at the end."""
+    a checkpoint every `checkpoint_minutes`, and the chunk's entry in `log.json` with each checkpoint (so a chunk
+    that is killed keeps its record up to its last checkpoint). `record`: the settings the entry notes."""
 
-    def __init__(self, stage: str, work: Path, config: PretrainConfig, step: int, save, log_every: int, log):
+    def __init__(self, stage: str, work: Path, config: PretrainConfig, step: int, save, log_every: int, log,
+                 **record):
         self.stage, self.work, self.config, self.save = stage, work, config, save
-        self.log_every, self.log = log_every, log
+        self.log_every, self.log, self.record = log_every, log, record
         self.step = self.step0 = step
         self.start = self.last_save = time.perf_counter()
         self.total, self.count = 0.0, 0
+        self.logged = False
 
     def running(self, minutes: float, max_steps: int | None) -> bool:
         return time.perf_counter() - self.start < minutes * 60 and (max_steps is None or self.step < max_steps)
@@ -360,14 +368,18 @@ class _Chunk:
             self.total, self.count = 0.0, 0
         minutes = self.config.checkpoint_minutes
         if minutes and time.perf_counter() - self.last_save > minutes * 60:
-            self.save()
+            self.checkpoint()
             self.last_save = time.perf_counter()
 
-    def finish(self, device, batch: int, **record) -> int:
+    def checkpoint(self) -> None:
         self.save()
         _log_chunk(self.work, self.stage, {"step_start": self.step0, "step_end": self.step,
                                            "seconds": round(time.perf_counter() - self.start, 1),
-                                           "device": str(device), "batch": batch, **record, "ended": _now()})
+                                           **self.record, "ended": _now()}, update=self.logged)
+        self.logged = True
+
+    def finish(self) -> int:
+        self.checkpoint()
         return self.step
 
 
@@ -394,7 +406,8 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
     def save():
         save_checkpoint(folder, {"vae": vae}, opt, params, {"step": chunk.step, "generator": _generator_state(g)})
 
-    chunk = _Chunk("vae", work, config, step, save, 50, log)
+    chunk = _Chunk("vae", work, config, step, save, 50, log, device=str(device), batch=config.vae_batch,
+                   lr=config.vae_lr, object_weight=config.object_weight, posterior=config.vae_posterior)
     while chunk.running(minutes, max_steps):
         for group in opt.param_groups:
             group["lr"] = _lr(chunk.step, config.vae_lr, config.warmup)
@@ -408,8 +421,7 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
         rec_loss = (w * err.pow(2)).mean() + 0.1 * (w * err.abs()).mean()
         _optimizer_step(opt, params, rec_loss + config.kl_weight * posterior.kl().mean(), config.grad_clip)
         chunk.tick(rec_loss, "rec")
-    return chunk.finish(device, config.vae_batch, lr=config.vae_lr, object_weight=config.object_weight,
-                        posterior=config.vae_posterior)
+    return chunk.finish()
 
 
 @torch.no_grad()
@@ -485,7 +497,8 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
                          "scaling_factor": scale, "vae_step": vae_step, "prediction_type": objective[0],
                          "zero_terminal_snr": objective[1]}, ema)
 
-    chunk = _Chunk("unet", work, config, step, save, 25, log)
+    chunk = _Chunk("unet", work, config, step, save, 25, log, device=str(device), batch=config.unet_batch,
+                   lr=config.unet_lr, vae_step=vae_step)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
     while chunk.running(minutes, max_steps):
         for group in opt.param_groups:
@@ -511,7 +524,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
             for n, p in zip(names, params):
                 ema[n].lerp_(p.detach(), 1 - decay)
         chunk.tick(loss, "loss")
-    return chunk.finish(device, config.unet_batch, lr=config.unet_lr, vae_step=vae_step)
+    return chunk.finish()
 
 
 # ---------------------------------------------------------------------------------------------------------------
