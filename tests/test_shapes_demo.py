@@ -206,6 +206,7 @@ def test_caption_fidelity_scores_each_picture_against_its_own_caption(monkeypatc
     monkeypatch.setattr(ev, "round_trip", lambda model, images: images.flip(-1))  # an autoencoder that mirrors
     right = ev.caption_fidelity(None, probe, n, seed=seed)
     assert right["accuracy"]["shape"] > 0.95 and right["accuracy"]["color"] > 0.95 and right["all_core"] > 0.8
+    assert right["renders"] == {"accuracy": right["accuracy"], "all_core": right["all_core"]}  # the same pictures
     mirrored = right["autoencoder"]["accuracy"]  # left and right swap, the rest stays
     assert mirrored["color"] > 0.95 and mirrored["position"] < right["accuracy"]["position"] - 0.2
     monkeypatch.setattr(ev, "sample", lambda model, prompts, seeds, *a: pictures[1:] + pictures[:1])
@@ -231,4 +232,5 @@ def test_evaluate_captions_only_writes_the_fidelity_table(model_dir, probe_path,
     assert set(result["autoencoder"]["accuracy"]) == set(result["accuracy"])
     markdown = json_path.with_suffix(".md").read_text()
     assert "shape+colour+pattern+background" in markdown and "through the autoencoder" in markdown
+    assert "the probe's own ceiling" in markdown
     assert main(["evaluate", "--concepts", "0", "--model", str(model_dir)]) == 2  # nothing to do: an error
