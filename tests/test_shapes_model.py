@@ -8,7 +8,7 @@ import torch
 from textinv.errors import ConfigError
 from textinv.models import BUNDLED_MODELS, load_model
 from textinv.shapes import world
-from textinv.shapes.pretrain import build_tokenizer_for_world, main as pretrain_main
+from textinv.shapes.pretrain import STAGES, build_tokenizer_for_world, main as pretrain_main
 
 BUNDLED = BUNDLED_MODELS["shapes"]
 needs_bundled = pytest.mark.skipif(not (BUNDLED / "model_index.json").exists(),
@@ -144,6 +144,60 @@ def test_a_killed_chunk_keeps_its_record_up_to_its_last_checkpoint(tmp_path, mon
     log = json.loads((tmp_path / "log.json").read_text())["vae"]
     assert [(c["step_start"], c["step_end"]) for c in log["chunks"]] == [(0, 2), (2, 3)] and log["steps"] == 3
     assert log["chunks"][-1]["batch"] == config.vae_batch and log["chunks"][-1]["lr"] == config.vae_lr
+
+
+def test_a_decoder_only_chunk_keeps_the_latents_and_the_unet_trained_on_them(tmp_path, capsys):
+    """`--decoder-only` changes the decoder and nothing that makes latents (encoder and quant_conv stay bit-equal),
+    so the next UNet chunk goes on with its latent scale instead of re-fitting to new latents; a full VAE chunk
+    after it changes the encoder again and the UNet notices."""
+    from safetensors.torch import load_file
+
+    work = tmp_path / "work"
+    assert pretrain_main(["--quick", "--work", str(work), "--out", str(tmp_path / "model"), "--steps", "2"]) == 0
+    before = load_file(str(work / "vae" / "vae.safetensors"))
+    scale = json.loads((work / "unet" / "state.json").read_text())["scaling_factor"]
+    assert pretrain_main(["--stage", "vae", "--decoder-only", "--work", str(work), "--steps", "5"]) == 0
+    after = load_file(str(work / "vae" / "vae.safetensors"))
+    makes_latents = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert makes_latents and all(torch.equal(before[k], after[k]) for k in makes_latents)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    log = json.loads((work / "log.json").read_text())["vae"]
+    assert log["steps"] == 5 and log["chunks"][-1]["trained"] == "decoder"
+
+    capsys.readouterr()
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
+    assert "fine-tuning on its latents" not in capsys.readouterr().out
+    assert json.loads((work / "unet" / "state.json").read_text())["scaling_factor"] == scale
+
+    assert pretrain_main(["--stage", "vae", "--work", str(work), "--steps", "6"]) == 0  # the whole VAE again
+    assert json.loads((work / "log.json").read_text())["vae"]["chunks"][-1]["trained"] == "all"
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "4"]) == 0
+    assert "encoder is now at step 6 (was 2); fine-tuning on its latents" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        pretrain_main(["--stage", "unet", "--decoder-only", "--work", str(work)])
+
+
+def _write_log_entries(work, stage, n):
+    from textinv.shapes.pretrain import _log_chunk
+
+    for i in range(n):
+        _log_chunk(work, stage, {"step_start": 0, "step_end": i + 1, "seconds": 1.0}, update=i > 0)
+
+
+def test_two_stages_running_at_once_both_keep_their_log(tmp_path):
+    """A VAE and a UNet chunk in one work folder each rewrite log.json at their checkpoints; neither may lose the
+    other's record (the file is read, changed and replaced under a lock)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_write_log_entries, args=(tmp_path, stage, 300)) for stage in STAGES]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert all(w.exitcode == 0 for w in writers)
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert {stage: log[stage]["steps"] for stage in STAGES} == {stage: 300 for stage in STAGES}
 
 
 def test_deterministic_vae_posterior_samples_its_mean_and_keeps_it():

@@ -8,7 +8,10 @@ exactly as it does Stable Diffusion. Training follows latent diffusion (Rombach 
    The objects' pixels weigh `object_weight` times more than the background's (an object is a few percent of a
    picture; a plain MSE spends the autoencoder on backgrounds and returns objects in the wrong colour), and the
    decoder reads the posterior mean: a sampled latent with the early, wide posterior hides the colour, and the
-   exported VAE is deterministic anyway (`make_deterministic`), as SD's nearly is;
+   exported VAE is deterministic anyway (`make_deterministic`), as SD's nearly is. A `--decoder-only` chunk
+   trains the decoder alone (SD's own VAE updates, "ft-MSE", were decoder fine-tunes): the latents stay exactly
+   what the UNet learned on, so it sharpens the pictures of a trained UNet without a refit, and it can run beside a
+   UNet chunk in the same work folder (one core each);
 2. `unet`: the UNet and the text encoder together on the frozen VAE's latents, with 10% empty captions so
    classifier-free guidance works (Ho & Salimans, 2022) and an EMA of the weights that is what gets exported.
    The noise schedule is SD's scaled-linear one rescaled to zero terminal SNR, with v-prediction and "trailing"
@@ -25,6 +28,7 @@ minutes (weights, optimizer moments, step, RNG states) and a re-run carries on f
 
     python -m textinv.shapes.pretrain --stage vae  --work runs/shapes-pretrain --minutes 15
     python -m textinv.shapes.pretrain --stage unet --work runs/shapes-pretrain --minutes 60
+    python -m textinv.shapes.pretrain --stage vae  --work runs/shapes-pretrain --minutes 30 --decoder-only
     python -m textinv.shapes.pretrain --export --work runs/shapes-pretrain --out textinv/shapes/model
     python -m textinv.shapes.pretrain --quick --work /tmp/q      # all of it on tiny sizes, in seconds
     python -m textinv.shapes.pretrain --from-model textinv/shapes/model --work runs/more   # go on from an export
@@ -33,6 +37,7 @@ minutes (weights, optimizer moments, step, RNG states) and a re-run carries on f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -76,6 +81,7 @@ class PretrainConfig:
     kl_weight: float = 1e-6
     object_weight: float = 8.0  # extra reconstruction weight on object pixels (0: plain MSE + L1)
     vae_posterior: str = "mode"  # what the decoder reads in training: "mode" (the mean) or "sample"
+    vae_part: str = "all"  # what a VAE chunk trains: "all", or "decoder" (the latents stay as they are)
     # Stage 2: UNet + text encoder.
     unet_batch: int = 32
     unet_lr: float = 1.5e-3
@@ -113,6 +119,8 @@ class PretrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.vae_posterior not in ("mode", "sample"):
             raise ConfigError(f"vae_posterior must be 'mode' or 'sample', got {self.vae_posterior!r}")
+        if self.vae_part not in ("all", "decoder"):
+            raise ConfigError(f"vae_part must be 'all' or 'decoder', got {self.vae_part!r}")
         if self.object_weight < 0:
             raise ConfigError(f"object_weight must be >= 0, got {self.object_weight}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -314,19 +322,37 @@ def _set_generator_state(g: torch.Generator, state: list[int]) -> None:
     g.set_state(torch.tensor(state, dtype=torch.uint8))
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on `path` + ".lock" (POSIX; elsewhere no lock): a VAE and a UNet chunk may run at once
+    in one work folder, and each rewrites `log.json`."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: two chunks at once in one folder are not supported there
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _log_chunk(work: Path, stage: str, chunk: dict, update: bool = False) -> None:
     """Add `chunk` to the stage's history in `log.json`, or with `update`, replace its last entry (the running
     chunk's record, written again at each checkpoint)."""
     path = work / "log.json"
-    log = json.loads(path.read_text()) if path.exists() else {}
-    entry = log.setdefault(stage, {"steps": 0, "wall_seconds": 0.0, "chunks": []})
-    if update:
-        entry["chunks"][-1] = chunk
-    else:
-        entry["chunks"].append(chunk)
-    entry["steps"] = chunk["step_end"]
-    entry["wall_seconds"] = round(sum(c["seconds"] for c in entry["chunks"]), 1)
-    _write_json(path, log)
+    with _locked(path):
+        log = json.loads(path.read_text()) if path.exists() else {}
+        entry = log.setdefault(stage, {"steps": 0, "wall_seconds": 0.0, "chunks": []})
+        if update:
+            entry["chunks"][-1] = chunk
+        else:
+            entry["chunks"].append(chunk)
+        entry["steps"] = chunk["step_end"]
+        entry["wall_seconds"] = round(sum(c["seconds"] for c in entry["chunks"]), 1)
+        _write_json(path, log)
 
 
 def _images(n: int, g: torch.Generator, device) -> tuple[world.SceneBatch, torch.Tensor]:
@@ -389,10 +415,13 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
     folder = work / "vae"
     torch.manual_seed(config.seed)  # the initial weights of a fresh run come from the seed too
     vae = build_vae(config).to(device).train()
-    params = [p for p in vae.parameters()]
+    params = [p for p in vae.parameters()]  # all of them, frozen or not, so the saved moments line up
+    if config.vae_part == "decoder":  # no gradient, so AdamW leaves them exactly as they are (no decay either)
+        for module in (vae.encoder, vae.quant_conv):
+            module.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=config.vae_lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
     g = torch.Generator().manual_seed(config.seed)
-    step = 0
+    step = encoder_step = 0  # encoder_step: the last step that changed the encoder, i.e. the latents
     if (folder / "state.json").exists():
         state = json.loads((folder / "state.json").read_text())
         vae.load_state_dict(load_weights(folder, "vae"))
@@ -400,20 +429,26 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
         _load_moments(opt, params, load_file(str(folder / "optimizer.safetensors")))
         _set_generator_state(g, state["generator"])
         step = state["step"]
-        log(f"vae: resuming at step {step}")
+        encoder_step = state.get("encoder_step", step)
+        log(f"vae: resuming at step {step}" + (" (decoder only)" if config.vae_part == "decoder" else ""))
     torch.manual_seed(config.seed + step)  # the posterior's sampling noise
 
     def save():
-        save_checkpoint(folder, {"vae": vae}, opt, params, {"step": chunk.step, "generator": _generator_state(g)})
+        latents_from = encoder_step if config.vae_part == "decoder" else chunk.step
+        save_checkpoint(folder, {"vae": vae}, opt, params, {"step": chunk.step, "generator": _generator_state(g),
+                                                            "encoder_step": latents_from})
 
     chunk = _Chunk("vae", work, config, step, save, 50, log, device=str(device), batch=config.vae_batch,
-                   lr=config.vae_lr, object_weight=config.object_weight, posterior=config.vae_posterior)
+                   lr=config.vae_lr, object_weight=config.object_weight, posterior=config.vae_posterior,
+                   trained=config.vae_part)
+    frozen_encoder = torch.no_grad() if config.vae_part == "decoder" else contextlib.nullcontext()
     while chunk.running(minutes, max_steps):
         for group in opt.param_groups:
             group["lr"] = _lr(chunk.step, config.vae_lr, config.warmup)
         batch, x = _images(config.vae_batch, g, device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
-            posterior = vae.encode(x).latent_dist
+            with frozen_encoder:
+                posterior = vae.encode(x).latent_dist
             z = posterior.mode() if config.vae_posterior == "mode" else posterior.sample()
             recon = vae.decode(z).sample
         err = recon.float() - x
@@ -451,7 +486,9 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     vae.load_state_dict(load_weights(work / "vae", "vae"))
     make_deterministic(vae)
     vae.to(device).eval().requires_grad_(False)
-    vae_step = json.loads((work / "vae" / "state.json").read_text())["step"]
+    vae_state = json.loads((work / "vae" / "state.json").read_text())
+    vae_step = vae_state["step"]
+    latents_from = vae_state.get("encoder_step", vae_step)  # a decoder-only chunk leaves the latents as they were
     tokenizer = build_tokenizer_for_world()
     torch.manual_seed(config.seed + 1)  # the initial weights of a fresh run come from the seed too
     text_encoder = build_text_encoder(config, tokenizer).to(device).train()
@@ -477,9 +514,10 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
         step, scale = state["step"], state["scaling_factor"]
         ema = {k: v.to(device, torch.float32) for k, v in load_weights(folder, "ema").items()}
         log(f"unet: resuming at step {step}")
-        if state.get("vae_step") != vae_step:  # the VAE trained on since: its latents' spread moved
+        if state.get("latents_from", state.get("vae_step")) != latents_from:  # the encoder trained on since
             scale = None
-            log(f"unet: the VAE is now at step {vae_step} (was {state.get('vae_step')}); fine-tuning on its latents")
+            was = state.get("latents_from", state.get("vae_step"))
+            log(f"unet: the VAE's encoder is now at step {latents_from} (was {was}); fine-tuning on its latents")
         was = (state.get("prediction_type", "epsilon"), state.get("zero_terminal_snr", False))  # first exports
         if was != objective:
             log(f"unet: fine-tuning from {was[0]} (zero terminal SNR: {was[1]}) to {objective[0]} "
@@ -494,7 +532,8 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     def save():
         save_checkpoint(folder, {"unet": unet, "text_encoder": text_encoder}, opt, params,
                         {"step": chunk.step, "generator": _generator_state(g), "rng": rng.bit_generator.state,
-                         "scaling_factor": scale, "vae_step": vae_step, "prediction_type": objective[0],
+                         "scaling_factor": scale, "vae_step": vae_step, "latents_from": latents_from,
+                         "prediction_type": objective[0],
                          "zero_terminal_snr": objective[1]}, ema)
 
     chunk = _Chunk("unet", work, config, step, save, 25, log, device=str(device), batch=config.unet_batch,
@@ -717,6 +756,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch", type=int, help="batch size of the stage")
     parser.add_argument("--lr", type=float, help="peak learning rate of the stage")
+    parser.add_argument("--decoder-only", action="store_true", help="with --stage vae: train the decoder alone, "
+                        "so the latents (and a UNet trained on them) stay valid")
     parser.add_argument("--seed", type=int, help="seed of a new work folder")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--fp32", action="store_true", help="export float32 weights instead of float16")
@@ -738,6 +779,10 @@ def main(argv=None) -> int:
         overrides[f"{args.stage}_batch"] = args.batch
     if args.stage and args.lr:
         overrides[f"{args.stage}_lr"] = args.lr
+    if args.decoder_only and args.stage != "vae":
+        parser.error("--decoder-only goes with --stage vae")
+    if args.stage == "vae":
+        overrides["vae_part"] = "decoder" if args.decoder_only else "all"
     config = _config_for(args.work, overrides)
     out = args.out or args.work / "model"
     if args.quick:
