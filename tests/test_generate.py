@@ -34,6 +34,7 @@ def test_generate_writes_pngs_with_settings_and_token_changes_output(sd1_dir, tm
     assert img.size == (16, 16)
     assert img.text["prompt"] == "a photo of <q>" and img.text["expanded_prompt"] == "a photo of <q> <q>_1"
     assert img.text["seed"] == "1" and "Steps: 3" in img.text["parameters"]
+    assert img.text["guidance"] == "7.5"  # the tiny model records no guidance of its own: SD's
     # image 1 (seed 1) can be made again alone, and the token changes the picture
     again = generate(GenerateConfig(prompt=["a photo of <q>"], embedding=[str(emb_path)], out=str(tmp_path / "s"),
                                     n=1, seed=1, steps=3, model=str(sd1_dir)), progress=False)
@@ -85,3 +86,22 @@ def test_trained_file_loads_through_diffusers_own_loader_and_matches_our_generat
     mine = render(ours, [expand_all("a photo of <zq>", [result.embedding])], seeds=[0], steps=3)[0]
     theirs = (after * 255).round().astype("uint8")
     assert np.abs(np.asarray(mine).astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_generate_defaults_to_the_models_own_guidance(sd1_dir, tmp_path):
+    """A model folder that records its guidance scale (the bundled shapes model: 3) is sampled with it unless
+    --guidance says otherwise; the PNG says which was used."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(sd1_dir, folder)
+    (folder / "training.json").write_text(json.dumps({"config": {"sample_guidance": 2.0}}))
+
+    def drawn(**flags):
+        cfg = GenerateConfig(prompt=["a photo"], out=str(tmp_path / str(len(flags))), n=1, steps=2, model=str(folder),
+                             **flags)
+        return Image.open(generate(cfg, progress=False)[0]).text["guidance"]
+
+    assert drawn() == "2.0"
+    assert drawn(guidance=5.0) == "5.0"

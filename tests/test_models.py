@@ -19,6 +19,19 @@ def test_diffusers_folder_loads_frozen_with_its_prediction_type(sd1_dir, sd2_dir
     assert load_model(sd1_dir, prediction_type="v_prediction").prediction_type == "v_prediction"
 
 
+def test_a_model_folder_can_name_its_guidance_scale_else_sd_s(sd1_dir, tmp_path):
+    """A folder whose training.json records `config.sample_guidance` (what `textinv.shapes.pretrain` exports) loads
+    with that guidance; any other folder, or an unreadable record, gets SD's 7.5."""
+    assert load_model(sd1_dir).guidance == 7.5
+    folder = tmp_path / "recorded"
+    shutil.copytree(sd1_dir, folder)
+    (folder / "training.json").write_text(json.dumps({"config": {"sample_guidance": 2.5}}))
+    assert load_model(folder).guidance == 2.5
+    for broken in ("{not json", json.dumps({"config": {"sample_guidance": -1}}), json.dumps([1])):
+        (folder / "training.json").write_text(broken)
+        assert load_model(folder).guidance == 7.5
+
+
 def test_missing_path_and_non_model_folder(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         resolve_source(str(tmp_path / "nope"))

@@ -9,13 +9,14 @@ import html
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from textinv.cli import main
-from textinv.models import BUNDLED_MODELS, load_model
+from textinv.models import BUNDLED_MODELS, load_model, recorded_guidance
 from textinv.shapes import world
 from textinv.shapes.demo import EXAMPLES, DEFAULT_CONCEPT, draw_loss_curve, find_concept, slug
 from textinv.shapes.evaluate import (FAST, METHODS, all_hold, attribute_hits, best_description, evaluate, fill,
@@ -69,6 +70,7 @@ def test_demo_quick_writes_the_html_and_png_report(model_dir, probe_path, tmp_pa
     report = json.loads((out / "scores.json").read_text())
     assert len(report["prompts"]) == n_prompts
     assert report["settings"]["quick"] and report["seeds"] == [0]
+    assert report["settings"]["guidance"] == recorded_guidance(Path(model_dir))  # the model's own
     for method in ("textual-inversion", "init-word"):
         passed, total = report["summary"][method]["editability"]
         assert total == n_prompts - 1 and 0 <= passed <= total
@@ -102,6 +104,7 @@ def test_evaluate_fast_returns_the_table(model_dir, probe_path, tmp_path):
             assert 0.0 <= row["hue_error_deg"] <= 180.0
     assert set(result["mean"]) == set(METHODS)
     assert result["settings"]["seeds"] == [result["settings"]["seed"]]
+    assert result["settings"]["guidance"] == model.guidance  # unset: the model's own
     # the model comes back as it was: no learned token left behind
     assert len(model.tokenizer) == vocab_before and "<teal-star>" not in model.tokenizer.get_vocab()
 
@@ -204,13 +207,13 @@ def test_caption_fidelity_scores_each_picture_against_its_own_caption(monkeypatc
     monkeypatch.setattr(ev, "sample", lambda model, prompts, seeds, *a: pictures[:len(prompts)])
     monkeypatch.setattr(ev, "describe_model", lambda model: {"description": "renderer"})
     monkeypatch.setattr(ev, "round_trip", lambda model, images: images.flip(-1))  # an autoencoder that mirrors
-    right = ev.caption_fidelity(None, probe, n, seed=seed)
+    right = ev.caption_fidelity(None, probe, n, seed=seed, guidance=3.0)
     assert right["accuracy"]["shape"] > 0.95 and right["accuracy"]["color"] > 0.95 and right["all_core"] > 0.8
     assert right["renders"] == {"accuracy": right["accuracy"], "all_core": right["all_core"]}  # the same pictures
     mirrored = right["autoencoder"]["accuracy"]  # left and right swap, the rest stays
     assert mirrored["color"] > 0.95 and mirrored["position"] < right["accuracy"]["position"] - 0.2
     monkeypatch.setattr(ev, "sample", lambda model, prompts, seeds, *a: pictures[1:] + pictures[:1])
-    wrong = ev.caption_fidelity(None, probe, n, seed=seed)
+    wrong = ev.caption_fidelity(None, probe, n, seed=seed, guidance=3.0)
     assert wrong["accuracy"]["shape"] < 0.4 and wrong["all_core"] < 0.1
 
 
@@ -229,6 +232,7 @@ def test_evaluate_captions_only_writes_the_fidelity_table(model_dir, probe_path,
     (json_path,) = out.glob("fidelity-*.json")
     result = json.loads(json_path.read_text())
     assert result["n"] == 2 and set(result["accuracy"]) >= {"shape", "color", "pattern", "background"}
+    assert result["guidance"] == recorded_guidance(Path(model_dir))
     assert set(result["autoencoder"]["accuracy"]) == set(result["accuracy"])
     markdown = json_path.with_suffix(".md").read_text()
     assert "shape+colour+pattern+background" in markdown and "through the autoencoder" in markdown

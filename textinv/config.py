@@ -180,7 +180,7 @@ class GenerateConfig:
     n: int = opt(4, "images per prompt", short="-n")
     seed: int = opt(0, "seed of the first image; image i uses seed + i")
     steps: int = opt(None, "denoising steps (default: 25)")
-    guidance: float = opt(7.5, "classifier-free guidance scale")
+    guidance: float = opt(None, "classifier-free guidance scale (default: the model's own; 7.5 for SD)")
     resolution: int = opt(None, "image size; default: the model's native size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))

@@ -179,6 +179,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
         install_embedding(model, emb)
     steps = config.steps or DEFAULT_STEPS
     size = config.resolution or model.resolution
+    guidance = model.guidance if config.guidance is None else config.guidance
     out = Path(config.out)
     written: list[Path] = []
     jobs = [(p, i) for p in config.prompt for i in range(config.n)]
@@ -188,10 +189,10 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
         seeds = [config.seed + i for i in range(config.n)]
         for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + 4]
-            images = render(model, [expanded] * len(chunk), chunk, steps, size, config.guidance, config.negative_prompt)
+            images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, config.negative_prompt)
             for seed, img in zip(chunk, images):
                 params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
-                          "seed": seed, "steps": steps, "guidance": config.guidance, "size": f"{size}x{size}",
+                          "seed": seed, "steps": steps, "guidance": guidance, "size": f"{size}x{size}",
                           "model": str(config.model), "embeddings": ", ".join(str(e) for e in config.embedding),
                           "textinv_version": __version__}
                 path = out / f"{index:03d}-{_slug(prompt)}-s{seed}.png"

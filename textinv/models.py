@@ -43,6 +43,7 @@ _SINGLE_FILE_FAMILIES = {
 }
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_GUIDANCE = 7.5  # SD's classifier-free guidance scale, the default of its pipelines and of A1111
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Model:
     family: str  # "sd1", "sd2", "sdxl", or "custom" (a width no public family has, e.g. our bundled model)
     source: str
     prediction_type: str  # "epsilon" or "v_prediction", from the scheduler config unless overridden
+    guidance: float = DEFAULT_GUIDANCE  # the guidance scale it samples best at (see `recorded_guidance`)
 
     @property
     def is_xl(self) -> bool:
@@ -310,7 +312,21 @@ def load_model(
     if pred not in ("epsilon", "v_prediction"):
         raise ModelError(f"prediction type {pred!r} is not supported; use 'epsilon' or 'v_prediction'")
     model.prediction_type = pred
+    if kind in ("bundled", "folder"):
+        model.guidance = recorded_guidance(Path(location))
     return model
+
+
+def recorded_guidance(folder: Path) -> float:
+    """The classifier-free guidance scale a model folder says it samples best at, else SD's 7.5. A model written by
+    `textinv.shapes.pretrain` records it in its `training.json` (`config.sample_guidance`): the small shapes model
+    draws its captions best at 3 (at 7.5 it gets fewer shapes, colours and styles right)."""
+    record = folder / "training.json"
+    try:
+        value = json.loads(record.read_text())["config"]["sample_guidance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_GUIDANCE
+    return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_GUIDANCE
 
 
 def _load_vae(source, dtype: torch.dtype):

@@ -81,7 +81,7 @@ class DemoConfig:
                              f"--quick)")
     sample_steps: int = opt(None, f"denoising steps per picture (default: {FULL['sample_steps']}; "
                                   f"{QUICK['sample_steps']} with --quick)")
-    guidance: float = opt(7.5, "classifier-free guidance scale")
+    guidance: float = opt(None, "classifier-free guidance scale (default: the model's own, 3 for the shapes model)")
     seed: int = opt(0, "seed of the training run; picture i of every prompt uses seed + i")
     quick: bool = opt(False, "a few seconds' run through every stage (for tests): learns nothing")
 
@@ -184,6 +184,8 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
         from textinv.models import load_model
 
         model = load_model(config.model)
+    if config.guidance is None:
+        config = dataclasses.replace(config, guidance=model.guidance)
     t_ready = time.perf_counter()
 
     # 2. learn --------------------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class EvalConfig:
     samples: int = opt(8, "samples per prompt and method")
     seed: int = opt(1000, "seed of the first sample; sample i of every prompt uses seed + i")
     sample_steps: int = opt(25, "denoising steps per sample")
-    guidance: float = opt(7.5, "classifier-free guidance scale")
+    guidance: float = opt(None, "classifier-free guidance scale (default: the model's own, 3 for the shapes model)")
     hue_tolerance: float = opt(15.0, "a hue within this many degrees of the concept's counts as a match")
     angle_tolerance: float = opt(15.0, "a stripe angle within this many degrees counts as a match")
     chunk: int = opt(32, "samples drawn per pipeline call (bounds memory)")
@@ -338,6 +338,8 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
     from textinv.generate import install_embedding, unload_embeddings
 
     config = build(EvalConfig, dataclasses.asdict(config or EvalConfig()), settings).validate()
+    if config.guidance is None:
+        config = dataclasses.replace(config, guidance=model.guidance)
     concepts = list(concepts)
     if not concepts:
         raise ConfigError("no concepts to evaluate: pass at least one world.Concept (see world.BENCHMARK_CONCEPTS)")
@@ -525,13 +527,15 @@ def _fidelity(predicted: dict[str, list], truth: dict[str, list]) -> tuple[dict[
 
 
 def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_steps: int = 25,
-                     guidance: float = 7.5, chunk: int = 32) -> dict:
+                     guidance: float | None = None, chunk: int = 32) -> dict:
     """Draw `n` fresh held-in scenes' full captions (`world.describe`: one object, every attribute named, never a
     held-out combination) and probe each picture against its own scene: per-attribute accuracy, and the share of
     pictures with shape, colour, pattern and background all right. Sample i uses seed + i.
 
     Two ceilings come with it: the same scenes' true renders probed (`renders`: the probe's own errors) and those
-    renders round-tripped through the model's autoencoder (`autoencoder`: what it loses cannot be drawn either)."""
+    renders round-tripped through the model's autoencoder (`autoencoder`: what it loses cannot be drawn either).
+    `guidance`: by default the model's own (`Model.guidance`)."""
+    guidance = model.guidance if guidance is None else guidance
     g = torch.Generator().manual_seed(seed)
     batch = world.sample_batch(n, g, second_prob=0.0, free_hue_prob=0.0)  # named hues: a caption can say them
     scenes = batch.scenes()
