@@ -520,10 +520,10 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
         step, scale = state["step"], state["scaling_factor"]
         ema = {k: v.to(device, torch.float32) for k, v in load_weights(folder, "ema").items()}
         log(f"unet: resuming at step {step}")
-        if state.get("latents_from", state.get("vae_step")) != latents_from:  # the encoder trained on since
+        trained_on = state.get("latents_from", state.get("vae_step"))  # older checkpoints name only the VAE step
+        if trained_on != latents_from:  # the encoder trained on since: its latents moved
             scale = None
-            was = state.get("latents_from", state.get("vae_step"))
-            log(f"unet: the VAE's encoder is now at step {latents_from} (was {was}); fine-tuning on its latents")
+            log(f"unet: the VAE's encoder is now at step {latents_from} (was {trained_on}); fine-tuning on its latents")
         was = (state.get("prediction_type", "epsilon"), state.get("zero_terminal_snr", False))  # first exports
         if was != objective:
             log(f"unet: fine-tuning from {was[0]} (zero terminal SNR: {was[1]}) to {objective[0]} "
