@@ -105,3 +105,15 @@ def test_generate_defaults_to_the_models_own_guidance(sd1_dir, tmp_path):
 
     assert drawn() == "2.0"
     assert drawn(guidance=5.0) == "5.0"
+
+
+def test_render_defaults_to_the_models_own_guidance(sd1_dir):
+    """The library call follows the model too, as the commands above it do: no guidance given is the model's."""
+    model = load_model(sd1_dir)
+    model.guidance = 2.0
+
+    def drawn(**kwargs):
+        return np.asarray(render(model, ["a photo"], seeds=[0], steps=2, **kwargs)[0])
+
+    assert np.array_equal(drawn(), drawn(guidance=2.0))
+    assert not np.array_equal(drawn(), drawn(guidance=7.5))

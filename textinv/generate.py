@@ -91,15 +91,17 @@ def render(
     seeds: list[int],
     steps: int = DEFAULT_STEPS,
     resolution: int | None = None,
-    guidance: float = 7.5,
+    guidance: float | None = None,
     negative_prompt: str = "",
 ) -> list[Image.Image]:
-    """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`.
+    """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
+    `guidance` (by default the model's own, `Model.guidance`).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine.
     """
     pipe = model.pipeline
     size = resolution or model.resolution
+    guidance = model.guidance if guidance is None else guidance
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     latents = torch.stack([
         torch.randn((pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
