@@ -121,6 +121,42 @@ def test_pretraining_continues_from_an_exported_model(tmp_path):
         pretrain_main(["--from-model", str(first), "--work", str(work)])
 
 
+def test_a_new_unet_of_other_sizes_trains_on_a_kept_vae(tmp_path):
+    """`--from-model M --keep vae` keeps the autoencoder bit-equal and starts a new UNet + text encoder, whose sizes
+    `--set` may change; once a stage has a checkpoint its sizes are fixed (the error names the way out)."""
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "2"]) == 0
+    work, out = tmp_path / "w2", tmp_path / "wider"
+    assert pretrain_main(["--from-model", str(first), "--work", str(work), "--keep", "vae"]) == 0
+    assert not (work / "unet").exists() and set(json.loads((work / "log.json").read_text())) == {"vae"}
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "2", "--set", "unet_channels=16,24",
+                          "--set", "unet_layers=2", "--set", "unet_attention=1,1"]) == 0
+    assert pretrain_main(["--export", "--work", str(work), "--out", str(out)]) == 0
+    unet = load_model(out).unet
+    assert tuple(unet.config.block_out_channels) == (16, 24) and unet.config.layers_per_block == 2
+    assert [type(b).__name__ for b in unet.down_blocks] == ["CrossAttnDownBlock2D"] * 2
+    a, b = (load_file(str(d / "vae" / "diffusion_pytorch_model.safetensors")) for d in (first, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((work / "log.json").read_text())["unet"]["steps"] == 2  # a new UNet counts from 0
+    with pytest.raises(ConfigError, match="other sizes .*unet_layers"):
+        pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3", "--set", "unet_layers=1"])
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3", "--set", "ema_decay=0.99"]) == 0
+    with pytest.raises(ConfigError, match="keep 'vae' or 'vae,unet'"):
+        pretrain_main(["--from-model", str(first), "--work", str(tmp_path / "w3"), "--keep", "unet"])
+
+
+@pytest.mark.parametrize("text, error", [("unet_layers", "KEY=VALUE"), ("wings=2", "KEY=VALUE"),
+                                         ("unet_layers=two", "'two' is not a whole number"),
+                                         ("unet_attention=1,maybe", "'maybe' is not true or false")])
+def test_bad_settings_name_the_setting(text, error):
+    from textinv.shapes.pretrain import parse_setting
+
+    with pytest.raises(ConfigError, match=error):
+        parse_setting(text)
+
+
 def test_a_killed_chunk_keeps_its_record_up_to_its_last_checkpoint(tmp_path, monkeypatch):
     """log.json is written with each checkpoint, not only at a chunk's normal end: a run killed mid-chunk (a lost
     GPU lease, Ctrl-C) keeps the steps it checkpointed on record, and the next chunk carries on from there."""

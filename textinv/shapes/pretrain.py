@@ -32,6 +32,8 @@ minutes (weights, optimizer moments, step, RNG states) and a re-run carries on f
     python -m textinv.shapes.pretrain --export --work runs/shapes-pretrain --out textinv/shapes/model
     python -m textinv.shapes.pretrain --quick --work /tmp/q      # all of it on tiny sizes, in seconds
     python -m textinv.shapes.pretrain --from-model textinv/shapes/model --work runs/more   # go on from an export
+    python -m textinv.shapes.pretrain --from-model textinv/shapes/model --keep vae --work runs/wide   # its VAE, and
+    python -m textinv.shapes.pretrain --stage unet --work runs/wide --set unet_layers=2 ...        # a new UNet
 """
 
 from __future__ import annotations
@@ -57,8 +59,11 @@ from textinv.shapes import world
 
 STAGES = ("vae", "unet")
 # Fields that fix the architecture: once a work folder exists they come from its config.json, never from the CLI.
-ARCHITECTURE = ("vae_channels", "vae_groups", "unet_channels", "unet_attention", "unet_groups", "unet_heads",
-                "text_width", "text_layers", "text_heads")
+ARCHITECTURE = {  # the sizes each stage's checkpoints are tied to (fixed once the stage has started)
+    "vae": ("vae_channels", "vae_groups"),
+    "unet": ("unet_channels", "unet_attention", "unet_groups", "unet_heads", "unet_layers", "text_width",
+             "text_layers", "text_heads"),
+}
 
 
 @dataclass
@@ -72,6 +77,7 @@ class PretrainConfig:
     unet_attention: tuple[bool, ...] = (False, True, True)  # cross-attention per level (16x16, 8x8, 4x4)
     unet_groups: int = 16
     unet_heads: int = 8
+    unet_layers: int = 1  # ResNet blocks per level on the way down (one more on the way up); SD has 2
     text_width: int = 128
     text_layers: int = 2
     text_heads: int = 4
@@ -115,7 +121,7 @@ class PretrainConfig:
             if any(c % groups for c in getattr(self, name)):
                 raise ConfigError(f"every entry of {name} {getattr(self, name)} must be a multiple of its group "
                                   f"norm's {groups} groups")
-        for name in ("vae_batch", "unet_batch", "warmup", "text_layers"):
+        for name in ("vae_batch", "unet_batch", "warmup", "text_layers", "unet_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("vae_lr", "unet_lr"):
@@ -185,8 +191,8 @@ def build_unet(config: PretrainConfig):
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.unet_attention))
     return UNet2DConditionModel(
         sample_size=world.RESOLUTION // 4, in_channels=4, out_channels=4, block_out_channels=config.unet_channels,
-        layers_per_block=1, down_block_types=down, up_block_types=up, cross_attention_dim=config.text_width,
-        attention_head_dim=config.unet_heads, norm_num_groups=config.unet_groups,
+        layers_per_block=config.unet_layers, down_block_types=down, up_block_types=up,
+        cross_attention_dim=config.text_width, attention_head_dim=config.unet_heads, norm_num_groups=config.unet_groups,
     )
 
 
@@ -684,10 +690,12 @@ module docstring lists the commands).
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
 
-def start_from_model(model_dir: Path, work: Path, log=print) -> PretrainConfig:
+def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES, log=print) -> PretrainConfig:
     """Make a new work folder that continues an exported model (e.g. the committed `textinv/shapes/model`), so a
-    machine without the original checkpoints can train on: its weights become each stage's weights (the UNet's and
-    text encoder's also their EMA), its step counts and training log carry over; the optimizer starts afresh."""
+    machine without the original checkpoints can train on: its weights become each kept stage's weights (the
+    UNet's and text encoder's also their EMA), their step counts and training log carry over; the optimizer starts
+    afresh. `keep=("vae",)` keeps only the autoencoder: the next UNet chunk starts a new UNet and text encoder on
+    its latents, with sizes that may differ from the export's (`--set unet_channels=...`)."""
     from safetensors.torch import save_file
 
     from textinv.models import load_model
@@ -698,6 +706,9 @@ def start_from_model(model_dir: Path, work: Path, log=print) -> PretrainConfig:
         raise ConfigError(f"{model_dir} has no training.json: only a folder written by --export can be continued")
     if (work / "config.json").exists():
         raise ConfigError(f"{work} already holds a run; give --from-model a new --work folder")
+    unknown = [k for k in keep if k not in STAGES]
+    if unknown or "vae" not in keep:
+        raise ConfigError(f"--keep {','.join(keep)}: keep 'vae' or 'vae,unet' (a UNet is tied to its VAE's latents)")
     record = json.loads(record_path.read_text())
     config = PretrainConfig(**record["config"])
     steps = {stage: v["steps"] for stage, v in record.get("stages", {}).items()}
@@ -711,6 +722,8 @@ def start_from_model(model_dir: Path, work: Path, log=print) -> PretrainConfig:
     stage_dirs = {"vae": {"vae": weights(model.vae)},
                   "unet": {"unet": weights(model.unet), "text_encoder": weights(model.text_encoder)}}
     for stage, modules in stage_dirs.items():
+        if stage not in keep:
+            continue
         folder = work / stage
         folder.mkdir(parents=True)
         for name, tensors in modules.items():
@@ -726,26 +739,61 @@ def start_from_model(model_dir: Path, work: Path, log=print) -> PretrainConfig:
                          zero_terminal_snr=bool(model.pipeline.scheduler.config.get("rescale_betas_zero_snr")))
         _write_json(folder / "state.json", state)
     _write_json(work / "config.json", asdict(config))
-    _write_json(work / "log.json", record.get("stages", {}))
-    log(f"{work}: continues {model_dir} (vae step {steps.get('vae', 0)}, unet step {steps.get('unet', 0)})")
+    _write_json(work / "log.json", {k: v for k, v in record.get("stages", {}).items() if k in keep})
+    log(f"{work}: continues {model_dir} (" + ", ".join(f"{k} step {steps.get(k, 0)}" for k in keep)
+        + ("" if "unet" in keep else "; a new UNet and text encoder start at the next --stage unet") + ")")
     return config
 
 
 def _config_for(work: Path, overrides: dict) -> PretrainConfig:
-    """The work folder's config (architecture fixed at its first run), with training overrides applied."""
+    """The work folder's config with `overrides` applied. A stage's sizes (`ARCHITECTURE`) are fixed once it has a
+    checkpoint; before that they may change (e.g. a new, wider UNet on a kept VAE: `--from-model M --keep vae`)."""
     path = work / "config.json"
     if path.exists():
         stored = json.loads(path.read_text())
         wanted = json.loads(json.dumps(asdict(PretrainConfig(**{**stored, **overrides}))))  # tuples as lists
-        clash = [k for k in ARCHITECTURE if wanted[k] != stored[k]]
+        stored = {**json.loads(json.dumps(asdict(PretrainConfig()))), **stored}  # fields newer than the folder
+        clash = [k for stage, keys in ARCHITECTURE.items() if (work / stage / "state.json").exists()
+                 for k in keys if wanted[k] != stored[k]]
         if clash:
-            raise ConfigError(f"{work} was started with other sizes ({', '.join(clash)}); use a new --work folder")
+            raise ConfigError(f"{work} has checkpoints made with other sizes ({', '.join(clash)}); use a new "
+                              f"--work folder (--from-model M --keep vae keeps the VAE and starts a new UNet)")
         config = PretrainConfig(**{**stored, **overrides})
     else:
         config = PretrainConfig(**overrides)
     work.mkdir(parents=True, exist_ok=True)
     _write_json(path, asdict(config))
     return config
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` for one `PretrainConfig` field, VALUE read as the field's type (tuples comma-separated).
+
+    >>> parse_setting("unet_channels=64,128,128")
+    ('unet_channels', (64, 128, 128))
+    >>> parse_setting("unet_attention=1,1,0")
+    ('unet_attention', (True, True, False))
+    """
+    key, sep, value = text.partition("=")
+    types = {f.name: f.type for f in fields(PretrainConfig)}
+    if not sep or key not in types:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
+    kind = str(types[key])  # "int", "float", "bool", "str" or "tuple[int, ...]" (the module's annotations are text)
+    tuple_of = kind[len("tuple["):].split(",")[0] if kind.startswith("tuple[") else None
+
+    def one(v: str, as_type: str):
+        v = v.strip().lower() if as_type == "bool" else v.strip()
+        try:
+            if as_type == "bool":
+                return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[v]
+            return {"int": int, "float": float, "str": str}[as_type](v)
+        except (KeyError, ValueError):
+            wanted = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(as_type, as_type)
+            raise ConfigError(f"--set {text!r}: {v!r} is not {wanted}") from None
+
+    if tuple_of:
+        return key, tuple(one(v, tuple_of) for v in value.split(","))
+    return key, one(value, kind)
 
 
 def main(argv=None) -> int:
@@ -757,6 +805,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="where --export writes (default: <work>/model)")
     parser.add_argument("--from-model", type=Path, help="start the new --work folder from an exported model (e.g. "
                         "textinv/shapes/model) to train it further without its original checkpoints")
+    parser.add_argument("--keep", default="vae,unet", help="with --from-model: the stages to take from it "
+                        "('vae' alone: a new UNet and text encoder, e.g. of other sizes, on its autoencoder)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a PretrainConfig field "
+                        "(e.g. unet_channels=64,128,128 or ema_decay=0.999); sizes only for a stage not started yet")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-time bound of this chunk")
     parser.add_argument("--steps", type=int, help="stop at this total step count of the stage")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -777,14 +829,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     command = "python -m textinv.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.from_model:
-        start_from_model(args.from_model, args.work)
+        start_from_model(args.from_model, args.work, tuple(k.strip() for k in args.keep.split(",")))
     overrides = dict(QUICK) if args.quick else {}
+    overrides.update(parse_setting(text) for text in args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.stage and args.batch:
         overrides[f"{args.stage}_batch"] = args.batch
     if args.stage and args.lr:
         overrides[f"{args.stage}_lr"] = args.lr
+    if args.keep != "vae,unet" and not args.from_model:
+        parser.error("--keep goes with --from-model")
     if args.decoder_only and args.stage != "vae":
         parser.error("--decoder-only goes with --stage vae")
     if args.stage == "vae":
