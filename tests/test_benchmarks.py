@@ -68,3 +68,25 @@ def test_compile_check_command_passes_a_faithful_regional_compile(capsys):
 
     assert compile_check(["--arch", "tiny", "--compile", "blocks"]) == 0
     assert "compiled UNet matches the plain one" in capsys.readouterr().out
+
+
+def test_gpu_session_runs_every_part_and_packs_a_loadable_model(tmp_path):
+    """The one-call GPU script (here in its CPU --quick form): each part is recorded, and the shapes part's new UNet
+    (other sizes, on the committed VAE) comes back as a model folder the normal loader takes."""
+    import tarfile
+
+    from benchmarks.gpu_session import main as session
+    from textinv.models import load_model
+
+    out = tmp_path / "out"
+    assert session(["--quick", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    parts = [line.split(": ", 1) for line in (out / "session.txt").read_text().splitlines()]
+    assert [name for name, _ in parts] == ["environment", "speed", "shapes"]
+    assert all(status.startswith("ok (") for _, status in parts), parts
+    assert "reference" in (out / "speed.txt").read_text()
+    with tarfile.open(out / "shapes-model.tar.gz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    model = load_model(tmp_path / "unpacked" / "shapes-model")
+    assert tuple(model.unet.config.block_out_channels) == (16, 16)
+    bundled = load_model("shapes")
+    assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), bundled.vae.state_dict().values()))
