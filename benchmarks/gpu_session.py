@@ -40,22 +40,22 @@ QUICK_UNET = ("unet_channels=16,16", "unet_attention=0,1", "unet_layers=1", "une
 def run_part(name: str, commands: list[list[str]], seconds: float, log_path: Path) -> dict:
     """Run `commands` one after another, all within `seconds`, their output appended to `log_path`."""
     started = time.monotonic()
-    record = {"part": name, "commands": [" ".join(c) for c in commands], "status": "ok"}
+    record = {"part": name, "status": "ok"}
     with open(log_path, "a") as log:
         for command in commands:
-            left = seconds - (time.monotonic() - started)
-            log.write(f"\n$ {' '.join(command)}   # {left:.0f} s left for {name}\n")
+            shown, left = " ".join(command), seconds - (time.monotonic() - started)
+            log.write(f"\n$ {shown}   # {left:.0f} s left for {name}\n")
             log.flush()
             if left <= 5:
-                record["status"] = f"skipped (no time left): {' '.join(command)}"
+                record["status"] = f"skipped (no time left): {shown}"
                 break
             try:
                 done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=left)
             except subprocess.TimeoutExpired:
-                record["status"] = f"stopped at its time limit: {' '.join(command)}"
+                record["status"] = f"stopped at its time limit: {shown}"
                 break
             if done.returncode:
-                record["status"] = f"failed (exit {done.returncode}): {' '.join(command)}"
+                record["status"] = f"failed (exit {done.returncode}): {shown}"
                 break
     record["seconds"] = round(time.monotonic() - started, 1)
     print(f"[{name}] {record['status']} in {record['seconds']} s (log: {log_path})", flush=True)

@@ -101,7 +101,7 @@ def render(
     """
     pipe = model.pipeline
     size = resolution or model.resolution
-    guidance = model.guidance if guidance is None else guidance
+    guidance = model.guidance_or_own(guidance)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     latents = torch.stack([
         torch.randn((pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
@@ -181,7 +181,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
         install_embedding(model, emb)
     steps = config.steps or DEFAULT_STEPS
     size = config.resolution or model.resolution
-    guidance = model.guidance if config.guidance is None else config.guidance
+    guidance = model.guidance_or_own(config.guidance)
     out = Path(config.out)
     written: list[Path] = []
     jobs = [(p, i) for p in config.prompt for i in range(config.n)]

@@ -56,6 +56,10 @@ class Model:
     prediction_type: str  # "epsilon" or "v_prediction", from the scheduler config unless overridden
     guidance: float = DEFAULT_GUIDANCE  # the guidance scale it samples best at (see `recorded_guidance`)
 
+    def guidance_or_own(self, guidance: float | None) -> float:
+        """`guidance` if one was asked for, else the model's own: the one rule every drawing command follows."""
+        return self.guidance if guidance is None else guidance
+
     @property
     def is_xl(self) -> bool:
         return getattr(self.pipeline, "text_encoder_2", None) is not None

@@ -184,8 +184,7 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
         from textinv.models import load_model
 
         model = load_model(config.model)
-    if config.guidance is None:
-        config = dataclasses.replace(config, guidance=model.guidance)
+    config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
     t_ready = time.perf_counter()
 
     # 2. learn --------------------------------------------------------------------------------------------------------

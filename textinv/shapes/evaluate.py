@@ -340,8 +340,7 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
     from textinv.generate import install_embedding, unload_embeddings
 
     config = build(EvalConfig, dataclasses.asdict(config or EvalConfig()), settings).validate()
-    if config.guidance is None:
-        config = dataclasses.replace(config, guidance=model.guidance)
+    config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
     concepts = list(concepts)
     if not concepts:
         raise ConfigError("no concepts to evaluate: pass at least one world.Concept (see world.BENCHMARK_CONCEPTS)")
@@ -537,7 +536,7 @@ def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_ste
     Two ceilings come with it: the same scenes' true renders probed (`renders`: the probe's own errors) and those
     renders round-tripped through the model's autoencoder (`autoencoder`: what it loses cannot be drawn either).
     `guidance`: by default the model's own (`Model.guidance`)."""
-    guidance = model.guidance if guidance is None else guidance
+    guidance = model.guidance if guidance is None else guidance  # (asks the model only when it must)
     g = torch.Generator().manual_seed(seed)
     batch = world.sample_batch(n, g, second_prob=0.0, free_hue_prob=0.0)  # named hues: a caption can say them
     scenes = batch.scenes()

@@ -58,8 +58,9 @@ from textinv.errors import ConfigError
 from textinv.shapes import world
 
 STAGES = ("vae", "unet")
-# Fields that fix the architecture: once a work folder exists they come from its config.json, never from the CLI.
-ARCHITECTURE = {  # the sizes each stage's checkpoints are tied to (fixed once the stage has started)
+# The sizes each stage's checkpoints are tied to: once a stage has a checkpoint they come from the work folder's
+# config.json, and a different value from the CLI is refused (`_config_for`).
+ARCHITECTURE = {
     "vae": ("vae_channels", "vae_groups"),
     "unet": ("unet_channels", "unet_attention", "unet_groups", "unet_heads", "unet_layers", "text_width",
              "text_layers", "text_heads"),
@@ -745,14 +746,19 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
     return config
 
 
+def _as_stored(config: PretrainConfig) -> dict:
+    """The config as config.json holds it (tuples as lists), for comparing with what a work folder stored."""
+    return json.loads(json.dumps(asdict(config)))
+
+
 def _config_for(work: Path, overrides: dict) -> PretrainConfig:
     """The work folder's config with `overrides` applied. A stage's sizes (`ARCHITECTURE`) are fixed once it has a
     checkpoint; before that they may change (e.g. a new, wider UNet on a kept VAE: `--from-model M --keep vae`)."""
     path = work / "config.json"
     if path.exists():
         stored = json.loads(path.read_text())
-        wanted = json.loads(json.dumps(asdict(PretrainConfig(**{**stored, **overrides}))))  # tuples as lists
-        stored = {**json.loads(json.dumps(asdict(PretrainConfig()))), **stored}  # fields newer than the folder
+        wanted = _as_stored(PretrainConfig(**{**stored, **overrides}))
+        stored = {**_as_stored(PretrainConfig()), **stored}  # fields newer than the folder take their defaults
         clash = [k for stage, keys in ARCHITECTURE.items() if (work / stage / "state.json").exists()
                  for k in keys if wanted[k] != stored[k]]
         if clash:
