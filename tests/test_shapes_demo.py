@@ -238,3 +238,53 @@ def test_evaluate_captions_only_writes_the_fidelity_table(model_dir, probe_path,
     assert "shape+colour+pattern+background" in markdown and "through the autoencoder" in markdown
     assert "the probe's own ceiling" in markdown
     assert main(["evaluate", "--concepts", "0", "--model", str(model_dir)]) == 2  # nothing to do: an error
+
+
+def test_several_training_runs_pool_textual_inversion_and_sample_the_baselines_once(model_dir, probe_path, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """`--runs 2`: each concept is learned from two training seeds (other pictures, another run), each learned
+    token is sampled with the same seeds, and the table gives their mean and range; the baselines do not depend on
+    the run and are drawn once. `--precision bf16` loads the frozen model in bf16 and trains over it."""
+    import torch
+
+    import textinv.shapes.evaluate as ev
+
+    learned = []
+    real_learn = ev.learn
+
+    def spy(model, concept, config, workdir, progress=False, seed=None):
+        result = real_learn(model, concept, config, workdir, progress, seed)
+        learned.append((seed, model.unet.dtype, result.embedding))
+        return result
+
+    monkeypatch.setattr(ev, "learn", spy)
+    out = tmp_path / "results"
+    assert main(["evaluate", "--fast", "--concepts", "1", "--runs", "2", "--train-seed", "5", "--samples", "2",
+                 "--precision", "bf16", "--model", str(model_dir), "--probe", str(probe_path), "--out", str(out)]) == 0
+    assert [(seed, dtype) for seed, dtype, _ in learned] == [(5, torch.bfloat16), (6, torch.bfloat16)]
+    first, second = (e.vectors["text_encoder"] for _, _, e in learned)
+    assert not torch.equal(first, second)  # two different runs
+
+    result = json.loads(next(out.glob("quality-*.json")).read_text())
+    ti, init, description = result["rows"]
+    assert [r["train_seed"] for r in ti["runs"]] == [5, 6] and "runs" not in init and "runs" not in description
+    assert ti["reconstruction"] == pytest.approx(sum(r["reconstruction"] for r in ti["runs"]) / 2)
+    assert ti["hue_error_deg"] == pytest.approx(sum(r["hue_error_deg"] for r in ti["runs"]) / 2)
+    assert [r["train_seed"] for r in result["mean"]["textual-inversion"]["runs"]] == [5, 6]
+    methods = result["concepts"][0]["methods"]
+    assert {p["of"] for p in methods["textual-inversion"]["prompts"]} == {4}  # 2 runs x 2 samples
+    assert {p["of"] for p in methods["init-word"]["prompts"]} == {2}
+    markdown = next(out.glob("quality-*.md")).read_text()
+    assert "training seeds 5..6, bf16 weights" in markdown
+    low, high = sorted(r["hue_error_deg"] for r in ti["runs"])
+    assert f"{ti['hue_error_deg']:.1f} ({low:.1f}-{high:.1f})" in markdown
+
+
+def test_evaluate_refuses_bad_runs_and_precision():
+    from textinv.errors import ConfigError
+    from textinv.shapes.evaluate import settings
+
+    with pytest.raises(ConfigError, match="runs must be a whole number >= 1"):
+        settings(flags={"runs": 0})
+    with pytest.raises(ConfigError, match="precision must be fp32, bf16 or fp16"):
+        settings(flags={"precision": "int8"})

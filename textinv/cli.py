@@ -122,7 +122,7 @@ def cmd_demo(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from .models import load_model
+    from .models import DTYPES, load_model
     from .shapes.evaluate import (caption_fidelity, evaluate, fidelity_markdown, first_concepts, format_fidelity,
                                   format_markdown, print_table, settings, write_results)
     from .shapes.probe import DEFAULT_PATH, Probe
@@ -130,7 +130,7 @@ def cmd_evaluate(args) -> int:
     config = settings(args.fast, vars(args))
     concepts = first_concepts(args.concepts, allow_none=bool(args.captions))
     torch.set_num_threads(args.threads)
-    model, probe = load_model(args.model), Probe.load(args.probe or DEFAULT_PATH)
+    model, probe = load_model(args.model, dtype=DTYPES[config.precision]), Probe.load(args.probe or DEFAULT_PATH)
     results = []
     if args.captions:
         fidelity = caption_fidelity(model, probe, args.captions, sample_steps=config.sample_steps,
