@@ -288,3 +288,26 @@ def test_evaluate_refuses_bad_runs_and_precision():
         settings(flags={"runs": 0})
     with pytest.raises(ConfigError, match="precision must be fp32, bf16 or fp16"):
         settings(flags={"precision": "int8"})
+
+
+def test_learning_can_start_from_the_description_one_vector_per_word(model_dir, probe_path, monkeypatch):
+    """`--init description --vectors 3`: the token's three vectors start as the rows of the best description's three
+    words ("cyan solid star"), so the learned word starts where the description baseline is."""
+    import torch
+
+    import textinv.shapes.evaluate as ev
+    from textinv.tokens import base_embedding
+
+    model = load_model(model_dir)
+    concept = find_concept("teal-star")
+    learned = []
+    real_learn = ev.learn
+    monkeypatch.setattr(ev, "learn", lambda *a, **k: learned.append(real_learn(*a, **k)) or learned[-1])
+    evaluate(model, Probe.load(probe_path), [concept], progress=False, **{**FAST, "steps": 1, "lr": 1e-9},
+             vectors=3, init="description")
+    words = best_description(concept).split()
+    ids = [model.tokenizer.convert_tokens_to_ids(w + "</w>") for w in words]
+    assert len(words) == 3 and model.tokenizer.unk_token_id not in ids
+    rows = base_embedding(model.text_encoder).weight[ids].float()
+    vectors = learned[0].embedding.vectors["text_encoder"]
+    assert vectors.shape == rows.shape and torch.allclose(vectors, rows, atol=1e-4)

@@ -78,6 +78,9 @@ class EvalConfig:
     # 24 deg on one seed and 93 on a near-identical model), so a choice between two models needs several runs.
     runs: int = opt(1, "learn each concept this many times (training seeds train_seed, train_seed+1, ...); the table "
                        "gives the mean and the range over the runs")
+    init: str = opt("word", "what the learned vectors start from: the concept's init word (the paper's setting) or "
+                            "its best description in the world's words (one vector per word with --vectors 3)",
+                    choices=("word", "description"))
     precision: str = opt("fp32", "frozen weights' precision while learning and sampling (bf16 is the GPU's fast path)",
                          choices=("fp32", "bf16", "fp16"))
     samples: int = opt(8, "samples per prompt and method")
@@ -95,6 +98,8 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.init not in ("word", "description"):
+            raise ConfigError(f"init must be 'word' or 'description', got {self.init!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         for name in ("hue_tolerance", "angle_tolerance"):
@@ -263,13 +268,14 @@ def write_templates(concept: Concept, path: Path) -> Path:
 
 
 def train_config(concept: Concept, images: Path, templates: Path, out: Path, steps: int, lr: float, batch: int,
-                 vectors: int = 1, seed: int = 0, model: str = "shapes") -> TrainConfig:
-    """The `TrainConfig` the benchmark and the demo learn a concept with.
+                 vectors: int = 1, seed: int = 0, model: str = "shapes", init: str | None = None) -> TrainConfig:
+    """The `TrainConfig` the benchmark and the demo learn a concept with; `init`: the text its vectors start from
+    (default: the concept's init word).
 
     Mirroring is off when the concept's stripe angle is judged: a mirror image turns 35-degree stripes into
     145-degree ones, so the orientation is part of the concept.
     """
-    return TrainConfig(images=str(images), token=concept.token, init=concept.init_word, property=concept.kind,
+    return TrainConfig(images=str(images), token=concept.token, init=init or concept.init_word, property=concept.kind,
                        out=str(out), model=model, steps=steps, lr=lr, batch=batch, vectors=vectors, seed=seed,
                        templates=str(templates), flip="stripe_angle" not in concept.attributes, save_every=0,
                        sample_every=0, log_every=max(1, steps // 60), overwrite=True)
@@ -285,7 +291,8 @@ def learn(model, concept: Concept, config: EvalConfig, workdir: Path, progress: 
     write_training_images(concept, images, config.images, seed)
     templates = write_templates(concept, workdir / "templates.txt")
     tc = train_config(concept, images, templates, workdir / "run", config.steps, config.lr, config.batch,
-                      config.vectors, seed, model=model.source)
+                      config.vectors, seed, model=model.source,
+                      init=best_description(concept) if config.init == "description" else None)
     tc.precision = config.precision
     with scratch_tokens(model):
         return train(tc, model=model, progress=progress)
@@ -517,7 +524,8 @@ def _settings_line(result: dict) -> str:
     runs = s.get("runs", 1)  # (results written before runs existed had one)
     trained = (f"training seeds {s['train_seed']}..{s['train_seed'] + runs - 1}" if runs > 1
                else f"training seed {s['train_seed']}")
-    return (f"{s['steps']} training steps (lr {s['lr']}, batch {s['batch']}, {s['vectors']} vector(s), "
+    init = " from the description" if s.get("init") == "description" else ""
+    return (f"{s['steps']} training steps (lr {s['lr']}, batch {s['batch']}, {s['vectors']} vector(s){init}, "
             f"{s['images']} pictures, {trained}, {s.get('precision', 'fp32')} weights); {s['samples']} samples per prompt and method, seeds {s['seeds'][0]}.."
             f"{s['seeds'][-1]}, {s['sample_steps']} denoising steps, guidance {s['guidance']}; match tolerances: "
             f"hue {s['hue_tolerance']} deg, stripe angle {s['angle_tolerance']} deg")
