@@ -112,8 +112,7 @@ def test_round_trip(tmp_path, fmt, family, n):
         assert back.metadata == {}  # exactly one key is all diffusers accepts: no room for metadata
     else:
         assert back.metadata == {**emb.metadata, "token": emb.token}
-    expected = {"diffusers-sdxl": "diffusers"}.get(fmt, fmt)
-    assert detect_format(written[0]) == expected
+    assert detect_format(written[0]) == fmt
 
 
 def test_written_files_follow_the_documented_layouts(tmp_path):
@@ -269,6 +268,44 @@ def test_sdxl_clip_l_clip_g(tmp_path):
     assert emb.token == "xl-dog" and emb.family == "sdxl"
     assert torch.equal(emb.vectors["text_encoder"], l) and torch.equal(emb.vectors["text_encoder_2"], g)
     assert detect_format(tmp_path / "xl-dog.safetensors") == "sdxl"
+    # OneTrainer also stores its output vectors; A1111 and ComfyUI read such files by clip_l and clip_g alone
+    save_file({"clip_g": g, "clip_l": l, "clip_l_out": l + 1, "clip_g_out": g + 1}, tmp_path / "ot-xl.safetensors")
+    emb = load_embedding(tmp_path / "ot-xl.safetensors")
+    assert torch.equal(emb.vectors["text_encoder"], l) and torch.equal(emb.vectors["text_encoder_2"], g)
+
+
+def test_clip_l_alone_is_an_sd1_embedding_named_like_kohya(tmp_path):
+    """diffusers' advanced SD 1.5 script writes {"clip_l": [n, 768]}: one encoder in the SDXL naming. Its token is
+    the metadata's or the file's name, not the key."""
+    l = torch.randn(2, 768)
+    save_file({"clip_l": l}, tmp_path / "my-toy.safetensors")
+    emb = load_embedding(tmp_path / "my-toy.safetensors")
+    assert emb.token == "my-toy" and emb.family == "sd1" and torch.equal(emb.vectors["text_encoder"], l)
+    assert detect_format(tmp_path / "my-toy.safetensors") == "clip_l"
+    save_file({"clip_l": l}, tmp_path / "x.safetensors", metadata={"token": "<toy>"})
+    assert load_embedding(tmp_path / "x.safetensors").token == "<toy>"
+
+
+@pytest.mark.parametrize("fmt", ["a1111", "diffusers-bin"])
+def test_pickled_files_pass_a1111s_safe_loader_checks(fmt, tmp_path):
+    """A1111 (modules/safe.py) refuses a zip archive with entries beyond data.pkl, data/N, version, byteorder and
+    .data/serialization_id; newer torch adds .format_version and .storage_alignment. We write the non-zip layout,
+    which A1111 reads with its restricted unpickler instead."""
+    import pickletools
+    import zipfile
+
+    (path,) = save_embedding(make_emb("sd1", 2), tmp_path, format=fmt)
+    assert not zipfile.is_zipfile(path)
+    globals_used = set()
+    with open(path, "rb") as f:
+        for _ in range(5):  # magic number, protocol, sys info, the object, the storage keys (A1111 reads these 5)
+            for op, arg, _pos in pickletools.genops(f):
+                if op.name in ("GLOBAL", "STACK_GLOBAL") and arg:
+                    globals_used.add(arg)
+    allowed = {"torch._utils _rebuild_tensor_v2", "collections OrderedDict", "torch FloatStorage",
+               "torch._utils _rebuild_parameter"}
+    assert globals_used <= allowed, globals_used - allowed
+    assert_same_vectors(make_emb("sd1", 2), load_embedding(path))
 
 
 def test_diffusers_bin_with_one_dimensional_tensor(tmp_path):
@@ -292,6 +329,9 @@ def test_diffusers_sdxl_example_pair(tmp_path):
     assert load_embedding(first, pair=False).family == "sd1"
     assert load_embedding(second).widths == (1280,)  # the second file alone is just a diffusers file
     assert torch.equal(load_embedding_pair(first, second).vectors["text_encoder_2"], g)
+    swapped = load_embedding_pair(second, first)  # handed over the wrong way round: the widths tell
+    assert torch.equal(swapped.vectors["text_encoder"], l) and torch.equal(swapped.vectors["text_encoder_2"], g)
+    assert detect_format(first) == "diffusers-sdxl" and detect_format(second) == "diffusers"
 
     save_file({"<cat>": g[:1]}, second)  # a partner from another run: refuse rather than guess
     with pytest.raises(FormatError, match="hold 3 and 1 vectors"):

@@ -46,7 +46,8 @@ from .io import atomic_path
 
 # Formats we write, and the ones `detect_format` can name (we read OneTrainer files but do not write them).
 FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "sdxl", "diffusers-sdxl")
-DETECTED_FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "onetrainer", "sdxl")
+DETECTED_FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "onetrainer", "sdxl", "clip_l",
+                    "diffusers-sdxl")
 
 PNG_CHUNK = "sd-ti-embedding"  # the text chunk A1111 reads an embedding from
 A1111_STAR_ID = 265  # CLIP's id for "*", the placeholder string A1111 files are keyed by
@@ -222,14 +223,20 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
         _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb)
         return [path, second]
     elif format == "diffusers-bin":
-        with atomic_path(path) as tmp:
-            torch.save({emb.token: vectors["text_encoder"]}, tmp)  # diffusers wants exactly one key: no metadata
+        _write_pickle(path, {emb.token: vectors["text_encoder"]})  # diffusers wants exactly one key: no metadata
     elif format == "a1111":
-        with atomic_path(path) as tmp:
-            torch.save(_a1111_dict(emb, vectors["text_encoder"]), tmp)
+        _write_pickle(path, _a1111_dict(emb, vectors["text_encoder"]))
     elif format == "a1111-png":
         _write_a1111_png(path, emb, vectors["text_encoder"], preview)
     return [path]
+
+
+def _write_pickle(path: Path, obj: dict) -> None:
+    """torch.save in the pre-1.6 (non-zip) layout. A1111 checks a zip archive's entry names against a fixed list
+    (modules/safe.py) that newer torch's `.format_version` and `.storage_alignment` entries are not on, and skips
+    such an embedding; the old layout it reads with its restricted unpickler, and every torch.load reads it too."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp, _use_new_zipfile_serialization=False)
 
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], emb: LearnedEmbedding) -> None:
@@ -305,6 +312,11 @@ def load_embedding(path: str | Path, token: str | None = None, *, pair: bool = T
     ('charturner', 6, 'sd1')
     """
     path = _resolve(path)
+    return _build(path, _read_paired(path, pair), token)
+
+
+def _read_paired(path: Path, pair: bool = True) -> _Read:
+    """`_read`, and with `pair` a diffusers file's diffusers-sdxl partner beside it read in (see load_embedding)."""
     read = _read(path)
     if pair and read.format == "diffusers" and set(read.vectors) == {"text_encoder"}:
         second = second_file(path)
@@ -319,9 +331,9 @@ def load_embedding(path: str | Path, token: str | None = None, *, pair: bool = T
                     raise FormatError(f"{path} and {second} look like one diffusers-sdxl pair for {read.token!r} but "
                                       f"hold {n1} and {n2} vectors: they come from different runs; load one with "
                                       "pair=False or pass the two right files to load_embedding_pair")
-                read = read._replace(vectors={"text_encoder": read.vectors["text_encoder"],
-                                              "text_encoder_2": other.vectors["text_encoder"]})
-    return _build(path, read, token)
+                read = read._replace(format="diffusers-sdxl", vectors={
+                    "text_encoder": read.vectors["text_encoder"], "text_encoder_2": other.vectors["text_encoder"]})
+    return read
 
 
 def load_embedding_pair(path1: str | Path, path2: str | Path, token: str | None = None) -> LearnedEmbedding:
@@ -337,8 +349,11 @@ def load_embedding_pair(path1: str | Path, path2: str | Path, token: str | None 
         if set(r.vectors) != {"text_encoder"}:
             raise FormatError(f"{p} already holds two text encoders' vectors ({r.format} layout): load it alone "
                               "with load_embedding")
-    vectors = {"text_encoder": first.vectors["text_encoder"], "text_encoder_2": second.vectors["text_encoder"]}
-    read = first._replace(vectors=vectors, metadata={**second.metadata, **first.metadata})
+    vectors = [first.vectors["text_encoder"], second.vectors["text_encoder"]]
+    if [v.shape[1] for v in vectors] == [1280, 768]:  # handed over as (second, first): SDXL's CLIP-L is the 768 one
+        vectors.reverse()
+    read = first._replace(format="diffusers-sdxl", vectors=dict(zip(("text_encoder", "text_encoder_2"), vectors)),
+                          metadata={**second.metadata, **first.metadata})
     try:
         return _build(path1, read, token)
     except FormatError as e:
@@ -346,12 +361,13 @@ def load_embedding_pair(path1: str | Path, path2: str | Path, token: str | None 
 
 
 def detect_format(path: str | Path) -> str:
-    """Which layout a file has (one of DETECTED_FORMATS), judged from its content.
+    """Which layout a file has (one of DETECTED_FORMATS), judged from its content; a diffusers file with its SDXL
+    partner beside it is "diffusers-sdxl", as load_embedding reads it.
 
     >>> detect_format("embeddings/charturner.pt")   # doctest: +SKIP
     'a1111'
     """
-    return _read(_resolve(path)).format
+    return _read_paired(_resolve(path)).format
 
 
 def _resolve(path: str | Path) -> Path:
@@ -512,8 +528,11 @@ def _interpret(path: Path, obj, metadata: dict, container_format: str) -> _Read:
         vectors = {"text_encoder": _vectors(path, tensor, f"string_to_param[{key!r}]")}
         return _Read(fmt, vectors, name if isinstance(name, str) and name else None, metadata)
 
-    if keys == set(_SDXL_KEYS):
+    # OneTrainer adds "clip_l_out"/"clip_g_out" (its output vectors) that A1111 and ComfyUI ignore; so do we
+    if set(_SDXL_KEYS) <= keys <= {*_SDXL_KEYS, "clip_l_out", "clip_g_out"}:
         return _Read("sdxl", {name: _vectors(path, obj[key], key) for key, name in _SDXL_KEYS.items()}, None, metadata)
+    if keys == {"clip_l"}:  # the SDXL naming for one CLIP-L encoder (diffusers' advanced SD 1.5 script writes it)
+        return _Read("clip_l", {"text_encoder": _vectors(path, obj["clip_l"], "clip_l")}, None, metadata)
     if keys == {"emb_params"}:
         return _Read("kohya", {"text_encoder": _vectors(path, obj["emb_params"], "emb_params")}, None, metadata)
     if "emp_params" in keys and keys <= {"emp_params", "emp_params_out"}:  # OneTrainer's spelling; "_out" unused
@@ -530,7 +549,8 @@ def _interpret(path: Path, obj, metadata: dict, container_format: str) -> _Read:
             if "optimizer_state_dict" in keys else "")
     raise FormatError(
         f"{path}: unknown embedding layout with keys {names}. textinv reads one {{token: tensor}} (diffusers), "
-        "'string_to_param' (A1111), 'emb_params' (kohya), 'emp_params' (OneTrainer) or 'clip_l' + 'clip_g' (SDXL)."
+        "'string_to_param' (A1111), 'emb_params' (kohya), 'emp_params' (OneTrainer) or 'clip_l' (+ 'clip_g' for "
+        "SDXL)."
         + hint)
 
 
