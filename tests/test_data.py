@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
+import threading
 import warnings
 
 import numpy as np
@@ -137,6 +140,45 @@ def test_clean_folder_gives_no_warning(tmp_path):
     assert read_caption(tmp_path / "b.png") == "{} on grass"
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need os.mkfifo")
+def test_named_pipe_is_skipped_not_opened(tmp_path):
+    solid(tmp_path / "a.png")
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    result = {}
+
+    def run():
+        with caught(SkippedFilesWarning) as rec:
+            result["found"] = find_images(tmp_path)
+        result["warnings"] = rec.list
+
+    # in a thread, so that a find_images that opens the pipe (and waits for a writer) fails the test, not hangs it
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if thread.is_alive():
+        with contextlib.suppress(OSError):  # be the writer the open waits for, so the thread ends
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout=10)
+        pytest.fail("find_images opened the named pipe and blocked")
+    assert result["found"] == [tmp_path / "a.png"]
+    assert len(result["warnings"]) == 1
+    assert "pipe.png (not a regular file)" in str(result["warnings"][0])
+
+
+def test_broken_link_is_reported_as_one(tmp_path):
+    solid(tmp_path / "a.png")
+    try:
+        (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+        (tmp_path / "b.png").symlink_to(tmp_path / "a.png")  # a link to a picture is a picture
+    except OSError:
+        pytest.skip("cannot make symbolic links here")
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.png", tmp_path / "b.png"]
+    assert len(rec.list) == 1
+    assert "gone.jpg (a broken link)" in str(rec.list[0])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # loading
 
@@ -235,6 +277,45 @@ def test_wide_grey_ranges(mode, values, expected):
     assert img.mode == mode
     out = to_rgb(img)
     assert [out.getpixel((x, 0))[0] for x in range(3)] == expected
+
+
+@pytest.mark.parametrize(
+    "mode, value",
+    [("F", -5.0), ("F", 1e6), ("I", 70000), ("I", -3)],  # outside every fixed range, so there is no range to stretch
+)
+def test_constant_wide_grey_is_mid_grey(tmp_path, mode, value):
+    dtype = np.int32 if mode == "I" else np.float32
+    Image.fromarray(np.full((4, 3), value, dtype=dtype)).save(tmp_path / "c.tiff")
+    assert Image.open(tmp_path / "c.tiff").mode == mode
+    out = load_image(tmp_path / "c.tiff")
+    assert set(out.getdata()) == {(128, 128, 128)}
+
+
+def test_constant_float_grey_keeps_infinities_extreme():
+    img = Image.fromarray(np.array([[-5.0, np.inf, -np.inf, np.nan]], dtype=np.float32))
+    out = to_rgb(img)
+    assert [out.getpixel((x, 0))[0] for x in range(4)] == [128, 255, 0, 0]
+
+
+def test_any_conversion_failure_is_a_data_error_naming_the_file(tmp_path, monkeypatch):
+    path = solid(tmp_path / "odd.png")
+
+    def broken(img):
+        raise OSError("decoder exploded")
+
+    monkeypatch.setattr(data, "to_rgb", broken)
+    with pytest.raises(DataError, match=r"odd\.png.*decoder exploded"):
+        load_image(path)
+
+
+def test_sixteen_bit_grey_transparency_is_composited_onto_white(tmp_path):
+    values = np.array([[1000, 1001, 0, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "t16.png", transparency=1000)
+    with Image.open(tmp_path / "t16.png") as img:
+        assert img.mode == "I;16" and img.info["transparency"] == 1000  # really 16-bit with a tRNS key on disk
+    out = load_image(tmp_path / "t16.png")
+    # the key -> white; 1001 (the same 8-bit level, 4) stays opaque and dark
+    assert [out.getpixel((x, 0)) for x in range(4)] == [(255, 255, 255), (4, 4, 4), (0, 0, 0), (255, 255, 255)]
 
 
 def test_one_bit_and_grey_become_rgb(tmp_path):

@@ -3,6 +3,8 @@
 import os
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from textinv.io import atomic_path, write_text
 
@@ -25,3 +27,18 @@ def test_written_file_gets_the_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_file_made_anew_by_the_writer_gets_the_umask_permissions(tmp_path):
+    # safetensors' save_file writes a file of its own (mode 0600) in place of the temporary one it is given
+    old = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "learned_embeds.safetensors") as tmp:
+            save_file({"emb": torch.ones(2, 4)}, tmp)
+        with open(tmp_path / "plain.txt", "w"):
+            pass
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "learned_embeds.safetensors").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o640
+    assert torch.equal(load_file(tmp_path / "learned_embeds.safetensors")["emb"], torch.ones(2, 4))

@@ -150,7 +150,8 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
 
     A file counts as a picture if Pillow can read its header, whatever its name says. Hidden files, OS litter
     (`Thumbs.db`, `desktop.ini`) and caption files beside a picture (`dog1.txt` next to `dog1.jpg`) are expected
-    and skipped quietly; any other file is skipped with one `SkippedFilesWarning` that names them all.
+    and skipped quietly; any other file is skipped with one `SkippedFilesWarning` that names them all. Only
+    regular files (or links to them) are opened: a named pipe or a device is skipped, as is a broken link.
 
     >>> find_images("photos/my_cat")  # doctest: +SKIP
     [PosixPath('photos/my_cat/cat1.jpg'), PosixPath('photos/my_cat/cat2.png')]
@@ -170,10 +171,11 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     for path in entries:
         if path.name.startswith(".") or path.name.lower() in _OS_LITTER or path.is_dir():
             continue
-        (images if _is_image(path) else others).append(path)
+        # is_file follows links; opening a named pipe would wait forever for a writer, and a device never ends
+        (images if path.is_file() and _is_image(path) else others).append(path)
 
     stems = {p.stem for p in images}
-    skipped = [p for p in others if not (p.suffix.lower() == ".txt" and p.stem in stems)]
+    skipped = [p for p in others if not (p.suffix.lower() == ".txt" and p.stem in stems and p.is_file())]
     if skipped:
         names = ", ".join(_describe_skipped(p) for p in skipped)
         hint = ""
@@ -189,6 +191,10 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def _describe_skipped(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return f"{path.name} (a broken link)"
+    if not path.is_file():
+        return f"{path.name} (not a regular file)"
     if path.suffix.lower() == ".txt":
         return f"{path.name} (a caption with no picture of the same name)"
     return path.name
@@ -252,7 +258,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                         "re-export it or remove it from the folder") from e
     try:
         return to_rgb(img)
-    except ValueError as e:  # a colour mode Pillow cannot convert
+    except Exception as e:  # a colour mode Pillow cannot convert, or a decoder or colour library failing
         raise DataError(f"cannot convert {path} (colour mode {img.mode}) to RGB: {e}; re-save it as RGB") from e
 
 
@@ -265,7 +271,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     - 16-bit grey ("I;16", "I;16B"...) is scaled, not clipped: 65535 becomes 255 and 32768 becomes 128.
       32-bit "I" and float "F" have no fixed range, so it is read from the data: floats within [0, 1] are scaled
       by 255, values within 0..255 kept, within 0..65535 scaled as 16-bit, anything else (negative values, say)
-      stretched from its minimum to its maximum.
+      stretched from its minimum to its maximum; a constant picture outside those ranges becomes mid-grey (128).
+      A transparent grey value (PNG's tRNS) makes exactly the pixels of that value transparent.
     - An embedded ICC profile (CMYK from print work, Display P3 from phones, Adobe RGB) is converted to sRGB;
       if the profile cannot be used, or there is none, Pillow's plain conversion is used (for CMYK that is
       R = 255 - C - K, clipped, and likewise for G and B).
@@ -299,8 +306,14 @@ def _icc_to_srgb(img: Image.Image, icc: bytes) -> Image.Image | None:
 
 
 def _gray_to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer or float grey to 8-bit "L", by the rules in `to_rgb`'s docstring."""
-    values = np.asarray(img).astype(np.float32)  # any byte order in, native float32 out
+    """16-bit, 32-bit integer or float grey to 8-bit "L" (or "LA"), by the rules in `to_rgb`'s docstring.
+
+    A transparent value in `img.info` becomes an alpha channel marking exactly the pixels of that value: as an
+    8-bit key it would also hide every neighbouring value that rounds to the same 8-bit level (257 of them in
+    16-bit data), such as the dark detail next to a black key.
+    """
+    raw = np.asarray(img)
+    values = raw.astype(np.float32)  # any byte order in, native float32 out
     if img.mode in _SIXTEEN_BIT_MODES:
         scaled = values / 257.0  # 65535 / 257 = 255 exactly
     else:
@@ -313,10 +326,17 @@ def _gray_to_8bit(img: Image.Image) -> Image.Image:
             scaled = values
         elif low >= 0 and high <= 65535:
             scaled = values / 257.0
-        else:
+        elif high > low:
             scaled = (values - low) * (255.0 / (high - low))
+        else:  # one value, outside the known ranges: nothing to stretch, so mid-grey (infinities stay extreme)
+            scaled = values - low + 128.0
         scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, (int, float)) and not isinstance(transparent, bool):
+        alpha = np.where(raw == transparent, 0, 255).astype(np.uint8)
+        return Image.merge("LA", (grey, Image.fromarray(alpha)))
+    return grey
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,12 +25,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes 0600; give the file the permissions open() would. Only now: a writer may have made the
+        # file anew (safetensors' save_file does), with mode 0600 again, so a chmod before the write is lost.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:  # make the bytes durable before the rename publishes them
             os.fsync(f.fileno())
         os.replace(tmp, path)
