@@ -100,3 +100,31 @@ def test_resume_needs_only_the_output_folder(sd1_dir, images, tmp_path):
     assert main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 0
     assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "4"
     assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--lr", "0.1"]) == 2  # a changed setting
+
+
+def test_config_file_values_take_their_settings_types(tmp_path):
+    """PyYAML reads `lr: 1e-4` as text and `center_crop: "false"` would be true in Python: values become the
+    setting's type, and what cannot be meant as it is refused naming the setting, never a traceback."""
+    from textinv.config import TrainConfig, build, read_config_file
+    from textinv.errors import ConfigError
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text('lr: 1e-4\nsteps: "20"\ncenter_crop: "false"\nflip: no\nresolution: 64.0\nsample_prompts: "a {}"\n'
+                   "weight_decay: 1e-2\n")
+    config = build(TrainConfig, read_config_file(cfg), {"out": "o", "images": "i", "token": "<t>"}).validate()
+    assert (config.lr, config.steps, config.center_crop, config.flip, config.resolution, config.weight_decay) == \
+        (1e-4, 20, False, False, 64, 0.01)
+    assert config.sample_prompts == ["a {}"] and type(config.lr) is float and type(config.steps) is int
+    for text, message in (("lr: fast\n", "'lr' must be a number"), ("steps: 2.5\n", "'steps' must be a whole number"),
+                          ("center_crop: maybe\n", "'center_crop' must be true or false"),
+                          ("steps:\n", "'steps' needs a value"), ("sample_prompts: [[1]]\n", "each entry must be text"),
+                          ("weight_decay: .nan\n", "--weight-decay must be >= 0"), ("1: 2\n", "unknown setting '1'")):
+        cfg.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            build(TrainConfig, read_config_file(cfg), {"out": "o", "images": "i", "token": "<t>"}).validate()
+    cfg.write_bytes(b"init: \xff\xfe dog\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_config_file(cfg)
+    upper = tmp_path / "train.TOML"
+    upper.write_text("steps = 7\n")
+    assert read_config_file(upper) == {"steps": 7}

@@ -11,6 +11,7 @@ import builtins
 import dataclasses
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
         if not (self.lr > 0):
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
+        if not self.weight_decay >= 0:  # (also refuses NaN)
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         for name in ("max_grad_norm", "min_snr_gamma"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
@@ -213,11 +214,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
     try:
-        if path.suffix == ".toml":
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from e
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix == ".json":
+        elif suffix == ".json":
             data = json.loads(text)
         else:
             data = yaml.safe_load(text) or {}
@@ -225,7 +230,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot parse config file {path}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def build(cls, *layers: dict[str, Any]):
@@ -241,11 +246,63 @@ def build(cls, *layers: dict[str, Any]):
             if key not in names:
                 raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(names)}")
             merged[key] = value
+    hints = typing.get_type_hints(cls)
     for key, value in merged.items():
-        default = names[key].default if names[key].default is not dataclasses.MISSING else names[key].default_factory()
-        if isinstance(default, list) and isinstance(value, str):
-            merged[key] = [value]
+        f = names[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        merged[key] = _coerce(key, hints[key], value, default)
     return cls(**merged)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _coerce(name: str, kind: type, value: Any, default: Any) -> Any:
+    """A setting's value as its field's type. Config files hand over strings where a number is meant (PyYAML reads
+    `lr: 1e-4` as a string) and `"false"`, which Python would take as true; these become the number and the bool.
+    Anything that cannot be meant as the type is refused with the setting's name."""
+    where = f"setting {name!r}"
+    if value is None:
+        if default is None:
+            return None
+        raise ConfigError(f"{where} needs a value (default: {default!r}); leave it out to get the default")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (str, int)) and str(value).strip().lower() in _TRUE + _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            number = None
+        if kind is int and isinstance(number, float) and number.is_integer():
+            number = int(number)
+        if kind is float and isinstance(number, int):
+            number = float(number)
+        if not isinstance(number, kind):
+            what = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{where} must be {what}, got {value!r}")
+        return number
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where} must be text, got {type(value).__name__} {value!r}")
+    if kind is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where} must be a list (or one text), got {type(value).__name__} {value!r}")
+        out = []
+        for item in items:
+            if isinstance(item, dict) or (isinstance(item, (str, int, float)) and not isinstance(item, bool)):
+                out.append(item if isinstance(item, (str, dict)) else str(item))
+            else:
+                raise ConfigError(f"{where}: each entry must be text, got {type(item).__name__} {item!r}")
+        return out
+    return value
 
 
 def save_config(config, path: str | Path) -> None:
