@@ -145,6 +145,63 @@ def test_existing_output_folder_is_not_overwritten_silently(sd1_dir, images, tmp
     assert (out / "learned_embeds.safetensors").exists()
 
 
+def test_overwrite_keeps_the_old_run_until_the_inputs_load_and_deletes_only_its_files(sd1_dir, images, tmp_path):
+    """A run that fails on its inputs leaves the folder as it was; a good one replaces the old run's files and
+    keeps the user's own: a model file, another embedding, notes."""
+    out = tmp_path / "out"
+    train(config(images, out, steps=2, format="a1111"), model=load_model(sd1_dir), progress=False)
+    old = (out / "zq.pt").read_bytes()
+    mine = {"model.safetensors": b"weights", "other-lora.pt": b"lora", "notes.md": b"notes"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    with pytest.raises(DataError, match="goood"):
+        train(config(tmp_path / "goood", out, steps=2, overwrite=True), model=load_model(sd1_dir), progress=False)
+    assert (out / "zq.pt").read_bytes() == old and (out / "config.yaml").exists()
+    train(config(images, out, steps=2, overwrite=True), model=load_model(sd1_dir), progress=False)
+    assert not (out / "zq.pt").exists() and (out / "learned_embeds.safetensors").exists()  # the old run is gone
+    assert {name: (out / name).read_bytes() for name in mine} == mine
+
+
+def test_concepts_whose_tokens_would_share_a_folder_are_refused(images, tmp_path):
+    with pytest.raises(ConfigError, match="share an output folder"):
+        train(TrainConfig(concepts=[f"{images}=<zq>", f"{images}=zq"], out=str(tmp_path / "o"), steps=1),
+              progress=False)
+
+
+def test_out_that_cannot_be_made_fails_before_the_model_loads(images, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        train(config(images, tmp_path / "a-file" / "run", model=str(tmp_path / "no-model")), progress=False)
+
+
+def test_resume_from_another_directory_and_another_spelling_of_the_folder(sd1_dir, images, tmp_path, monkeypatch):
+    """Relative --images and --out, then resumed from elsewhere with the folder written absolute with a slash:
+    the same run (the saved paths are absolute)."""
+    straight = train(config(images, tmp_path / "a", steps=4, save_every=2), model=load_model(sd1_dir),
+                     progress=False)
+    monkeypatch.chdir(images.parent)
+    train(config(images.name, "b", steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = train(config(f"../{images.name}", str(images.parent / "b") + "/", steps=4, save_every=2, resume=True),
+                    model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
+def test_sigterm_saves_like_ctrl_c(sd1_dir, images, tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "b"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(config(images, out, steps=6), model=load_model(sd1_dir), progress=False,
+              on_step=lambda step: step == 2 and os.kill(os.getpid(), signal.SIGTERM))
+    assert info.value.step == 2
+    assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "2"
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_vectors(sd1_dir, images, tmp_path, monkeypatch):
     real = train_module.diffusion_loss
     calls = []

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import shlex
 import typing
 from pathlib import Path
 
@@ -78,7 +79,9 @@ def cmd_train(args) -> int:
     try:
         train(config)
     except TrainingInterrupted as e:
-        print(f"\ninterrupted: {e}. Continue with the same command and --resume.", file=sys.stderr)
+        # the saved config.yaml holds every setting: the folder alone resumes (a repeated --overwrite would refuse)
+        print(f"\ninterrupted: {e}. Continue with: textinv train --out {shlex.quote(str(config.out))} --resume",
+              file=sys.stderr)
         return 130
     return 0
 

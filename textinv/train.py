@@ -22,8 +22,12 @@ the frozen model and every batch; each concept's loss term is its own mean, so i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +40,7 @@ from . import __version__
 from .config import TrainConfig, build, read_config_file, save_config
 from .data import CaptionSampler, default_templates, find_images, load_training_images, read_template_file
 from .errors import ConfigError, TrainingError
-from .formats import LearnedEmbedding, default_filename, save_embedding
+from .formats import FORMATS, LearnedEmbedding, default_filename, save_embedding
 from .io import atomic_path, write_text
 from .models import DTYPES, Model, encode_text, load_model, xl_time_ids
 from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init_vectors, token_names
@@ -47,7 +51,8 @@ LOSS_LOG = "loss.csv"
 CONFIG_FILE = "config.yaml"
 # settings that may differ between a run and its resumption (they do not change what is learned step by step)
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "sample_every", "sample_steps", "log_every",
-                     "resume", "overwrite", "sample_prompts"}
+                     "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
+PATH_SETTINGS = ("images", "templates")  # stored absolute, so a run resumes from any working directory
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -80,39 +85,90 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[precision]
 
 
-def prepare_output(config: TrainConfig, is_main: bool = True) -> TrainConfig:
-    """Check the output folder against --resume/--overwrite; on resume, return the saved config (with new steps)."""
+def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConfig, dict | None]:
+    """Check the output folder against --resume/--overwrite before anything heavy is loaded. Returns the config
+    (on resume the saved one, with the settings that may change taken from `config`) and, when --overwrite is to
+    replace a previous run, that run's saved settings (`{}` if it has none) for `clear_run` to find its files;
+    nothing is deleted here, so a run that fails on its inputs leaves the folder as it was."""
     out = Path(config.out)
-    holds_run = out.exists() and any(out.iterdir()) if out.is_dir() else out.exists()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
+    _check_writable(out)
+    folders = [concept_folder(spec["token"]) for spec in config.concept_list()]
+    if len(folders) > 1 and len(set(folders)) < len(folders):
+        raise ConfigError(f"--concepts tokens {[spec['token'] for spec in config.concept_list()]} would share an "
+                          f"output folder ({', '.join(folders)}): give each concept a token that differs in more than "
+                          "its <angle brackets> or punctuation")
+    holds_run = out.is_dir() and any(out.iterdir())
     if config.resume:
         saved = out / CONFIG_FILE
         if not saved.exists():
             raise ConfigError(f"cannot resume: {out} holds no {CONFIG_FILE}; start a new run without --resume")
         old = read_config_file(saved)
-        new = config.to_dict()
-        diffs = [k for k in new if k not in RESUMABLE_CHANGES and k in old and old[k] != new[k]]
+        new = _absolute_paths(config).to_dict()
+        diffs = [k for k in new if k not in RESUMABLE_CHANGES and k in old and not _same(k, old[k], new[k])]
         if diffs:
             detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diffs)
             raise ConfigError(f"cannot resume {out} with different settings ({detail}); resume with the same "
                               f"settings or start a new run in another folder")
-        return build(TrainConfig, {**old, **{k: new[k] for k in RESUMABLE_CHANGES}}).validate()
+        return build(TrainConfig, {**old, **{k: new[k] for k in RESUMABLE_CHANGES}}).validate(), None
     if holds_run and not config.overwrite:
         raise ConfigError(f"output folder {out} is not empty; pass --resume to continue the run there, "
                           f"--overwrite to replace it, or choose another --out")
+    previous = None
     if holds_run and is_main:
-        _clear_run(out)
-    return config
+        try:
+            previous = read_config_file(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else {}
+        except ConfigError:
+            previous = {}  # a damaged record: only the files every run writes are cleared
+    return _absolute_paths(config), previous
 
 
-def _clear_run(out: Path) -> None:
-    """--overwrite: delete what a textinv run writes, and nothing else a user may keep in the folder."""
+def concept_folder(token: str) -> str:
+    """The subfolder of --out that holds one concept's files in a run of several (its token as a file name)."""
+    return Path(default_filename("a1111", token)).stem
+
+
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    changes = {k: str(Path(getattr(config, k)).expanduser().resolve()) for k in PATH_SETTINGS if getattr(config, k)}
+    return dataclasses.replace(config, **changes)
+
+
+def _same(name: str, old, new) -> bool:
+    if name in PATH_SETTINGS and old and new:  # runs saved before paths were stored absolute hold relative ones
+        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+    return old == new
+
+
+def _check_writable(out: Path) -> None:
+    """Fail now, not after the model has loaded, when --out cannot be created or written."""
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {out}: {probe} is a file, so the folder cannot be made there; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {probe} is not writable by you; choose another --out")
+
+
+def clear_run(out: Path, previous: dict) -> None:
+    """--overwrite: delete what the previous textinv run in `out` wrote (its record `previous` names its tokens
+    and format), and nothing else a user may keep in the folder (a model file, other embeddings, notes)."""
     for name in (CHECKPOINT_DIR, SAMPLES_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
+    names = {LOSS_LOG, CONFIG_FILE}
+    try:
+        tokens = [spec["token"] for spec in build(TrainConfig, previous, {"out": str(out)}).concept_list()]
+    except (ConfigError, TypeError):
+        tokens = []
+    for token in tokens:
+        names.update(default_filename(fmt, token) for fmt in FORMATS)
+        if len(tokens) > 1:
+            shutil.rmtree(out / concept_folder(token), ignore_errors=True)
     for path in out.iterdir():
-        if path.is_file() and (path.name in (LOSS_LOG, CONFIG_FILE) or path.name.startswith("learned_embeds")
-                               or path.suffix in (".pt", ".safetensors")):
+        if path.is_file() and (path.name in names or path.name.startswith("learned_embeds")):
             path.unlink()
 
 
@@ -296,7 +352,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
 
     # 1. settings and output folder ---------------------------------------------------------------------------
-    config = prepare_output(config.validate(), is_main)
+    config, previous = prepare_output(config.validate(), is_main)
     out = Path(config.out)
     specs = config.concept_list()
     images = [find_images(spec["images"]) for spec in specs]  # fail on bad data before the (slow) model load
@@ -338,7 +394,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                                                 resolution)[0] for p in pictures]).to(device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
         sampler = BatchSampler(len(pictures), config.repeats, config.use_flip, concept_seed(config.seed, k))
-        concept_out = out if len(specs) == 1 else out / Path(default_filename("a1111", spec["token"])).stem
+        concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
                                      concept_out))
         if config.reference_like:
@@ -373,7 +429,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     if config.resume:
         step, history = _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler)
     elif is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
+            clear_run(out, previous)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror}); choose another --out") from e
         save_config(config, out / CONFIG_FILE)
 
     def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
@@ -422,6 +483,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     if step == 0 and not config.resume:
         draw_samples(0)
     try:
+        stop_on_sigterm = _sigterm_as_interrupt()
         while step < config.steps:
             # what a checkpoint of `step` must hold if Ctrl-C comes in the middle of this step
             samplers_at_step = [s.state_dict() for s in samplers]
@@ -487,6 +549,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 s.load_state_dict(saved)
         save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
         raise TrainingInterrupted(step, embedding_path(concepts[0])) from None
+    finally:
+        stop_on_sigterm()
     bar.close()
 
     # 5. results --------------------------------------------------------------------------------------------------
@@ -499,6 +563,19 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         print(f"learned {learned} in {step} steps ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
     return TrainResult(embedding=embedding_of(concepts[0], step), files=files, steps=step, losses=history,
                        embeddings=[embedding_of(c, step) for c in concepts])
+
+
+def _sigterm_as_interrupt():
+    """Make SIGTERM (what `kill`, job schedulers and container stops send) stop training the way Ctrl-C does: the
+    vectors and a checkpoint are saved first. Returns the function that puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def speed_up_unet(unet, compile: str = "off", mode: str = "default", channels_last: bool = False) -> None:
