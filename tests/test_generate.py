@@ -117,3 +117,44 @@ def test_render_defaults_to_the_models_own_guidance(sd1_dir):
 
     assert np.array_equal(drawn(), drawn(guidance=2.0))
     assert not np.array_equal(drawn(), drawn(guidance=7.5))
+
+
+def test_negative_prompt_uses_every_vector_of_a_learned_negative_embedding(sd1_dir, tmp_path, monkeypatch):
+    """A negative embedding (EasyNegative-style) with 3 vectors: the negative prompt is expanded like the prompt,
+    so its 3 vectors all act, and the picture differs from one made with its first vector alone."""
+    import textinv.generate as gen
+
+    vectors = torch.randn(3, 32) * 3
+    many = save_embedding(LearnedEmbedding("<bad>", {"text_encoder": vectors}), tmp_path / "bad.pt", "a1111")[0]
+    one = save_embedding(LearnedEmbedding("<bad>", {"text_encoder": vectors[:1]}), tmp_path / "one.pt", "a1111")[0]
+    seen = []
+    real = gen.render
+    monkeypatch.setattr(gen, "render", lambda *a: seen.append(a[-1]) or real(*a))
+    pictures = [generate(GenerateConfig(prompt=["a dog"], negative_prompt="<BAD>, blurry", embedding=[str(path)],
+                                        out=str(tmp_path / path.stem), n=1, steps=3, model=str(sd1_dir)),
+                         progress=False)[0] for path in (many, one)]
+    assert seen == ["<bad> <bad>_1 <bad>_2, blurry", "<BAD>, blurry"]  # (case is the tokenizer's business)
+    assert not np.array_equal(*(np.asarray(Image.open(p)) for p in pictures))
+    assert "Negative prompt: <BAD>, blurry" in Image.open(pictures[0]).text["parameters"]
+    assert "CFG scale: 7.5" in Image.open(pictures[0]).text["parameters"]  # A1111's own label
+
+
+def test_generate_hands_a_given_model_back_as_it_was(sd1_dir, tmp_path):
+    model = load_model(sd1_dir)
+    size = len(model.tokenizer)
+    emb = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "q.pt", "a1111")[0]
+    for run in ("a", "b"):  # the second call would find <q> already in the vocabulary
+        generate(GenerateConfig(prompt=["<q>"], embedding=[str(emb)], out=str(tmp_path / run), n=1, steps=2,
+                                model=str(sd1_dir)), model=model, progress=False)
+        assert len(model.tokenizer) == size
+
+
+def test_generate_settings_refused_before_loading(tmp_path):
+    from textinv.errors import ConfigError
+
+    (tmp_path / "file.png").write_bytes(b"x")
+    for settings, message in (({"seed": 2**64}, "--seed must be between"), ({"seed": -1}, "--seed must be between"),
+                              ({"seed": 2**64 - 1, "n": 2}, "--seed must be between"),
+                              ({"out": str(tmp_path / "file.png")}, "is a file")):
+        with pytest.raises(ConfigError, match=message):
+            generate(GenerateConfig(prompt=["a dog"], model=str(tmp_path / "no-model"), **settings), progress=False)

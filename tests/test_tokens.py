@@ -110,3 +110,10 @@ def test_built_vocabulary_keeps_every_word_one_token_even_when_merges_conflict()
     words = ["cent", "ce", "res", "crescent", "cyan", "hexagon", "triangle", "stripes", "striped"]
     tok = build_tokenizer(words)
     assert [w for w in words if len(tok.tokenize(w)) != 1] == []
+
+
+def test_expansion_ignores_case_as_clip_does():
+    from textinv.tokens import expand_prompt
+
+    assert expand_prompt("a <mydog> and <MYDOG>", "<MyDog>", 2) == "a <MyDog> <MyDog>_1 and <MyDog> <MyDog>_1"
+    assert expand_prompt("a <MyDog> <mydog>_1", "<MyDog>", 2) == "a <MyDog> <mydog>_1"  # already expanded

@@ -192,6 +192,10 @@ class GenerateConfig:
             raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
         if self.n < 1:
             raise ConfigError(f"-n must be >= 1, got {self.n}")
+        if not 0 <= self.seed <= 2**64 - self.n:  # what torch.Generator.manual_seed takes, for every image's seed
+            raise ConfigError(f"--seed must be between 0 and {2**64 - self.n} (image i uses seed + i), got {self.seed}")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ConfigError(f"--out {self.out} is a file; give a folder for the PNGs")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
         if self.token and len(self.token) != len(self.embedding):

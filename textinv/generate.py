@@ -145,8 +145,8 @@ def png_text(params: dict[str, str]) -> PngInfo:
     summary = f"{params['prompt']}\n"
     if params.get("negative_prompt"):
         summary += f"Negative prompt: {params['negative_prompt']}\n"
-    summary += ", ".join(f"{k.replace('_', ' ').capitalize()}: {params[k]}" for k in
-                         ("steps", "guidance", "seed", "size", "model") if k in params)
+    labels = {"steps": "Steps", "guidance": "CFG scale", "seed": "Seed", "size": "Size", "model": "Model"}  # A1111's
+    summary += ", ".join(f"{label}: {params[k]}" for k, label in labels.items() if k in params)
     info.add_text("parameters", summary)
     return info
 
@@ -177,21 +177,30 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
             torch.float16 if device == "cuda" else torch.float32)
         model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
                            single_file_config=config.single_file_config)
+    owned = not hasattr(model, "_pristine")  # a model handed in clean is handed back clean
     for emb in embeddings:
         install_embedding(model, emb)
+    try:
+        return _draw_all(config, model, embeddings, progress)
+    finally:
+        if owned:
+            unload_embeddings(model)
+
+
+def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], progress: bool) -> list[Path]:
     steps = config.steps or DEFAULT_STEPS
     size = config.resolution or model.resolution
     guidance = model.guidance_or_own(config.guidance)
     out = Path(config.out)
     written: list[Path] = []
-    jobs = [(p, i) for p in config.prompt for i in range(config.n)]
-    bar = tqdm(total=len(jobs), disable=not progress, desc="generate", unit="img")
+    negative = expand_all(config.negative_prompt, embeddings)  # a learned negative embedding needs all its vectors
+    bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
     for index, prompt in enumerate(config.prompt):
         expanded = expand_all(prompt, embeddings)
         seeds = [config.seed + i for i in range(config.n)]
         for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + 4]
-            images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, config.negative_prompt)
+            images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, negative)
             for seed, img in zip(chunk, images):
                 params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
                           "seed": seed, "steps": steps, "guidance": guidance, "size": f"{size}x{size}",

@@ -34,15 +34,19 @@ def token_names(token: str, num_vectors: int) -> list[str]:
 def expand_prompt(prompt: str, token: str, num_vectors: int) -> str:
     """Replace each standalone `token` in `prompt` with its N entries (unchanged when N is 1).
 
-    An entry that is already expanded (`<tok>_1`) is left alone, so expanding twice is harmless.
+    An entry that is already expanded (`<tok>_1`) is left alone, so expanding twice is harmless. Case does not
+    matter, as it does not to CLIP's tokenizer (it lowercases the prompt): `<MyDog>` in a prompt is `<mydog>`.
 
     >>> expand_prompt("a photo of <t> on a table", "<t>", 2)
     'a photo of <t> <t>_1 on a table'
+    >>> expand_prompt("a photo of <mydog>", "<MyDog>", 2)
+    'a photo of <MyDog> <MyDog>_1'
     """
     if num_vectors == 1:
         return prompt
     t = re.escape(token)
-    pattern = re.compile(t + r"(?!_\d)(?!\s+" + t + r"_1(?!\d))")  # not an entry, nor already expanded
+    # not an entry, nor already expanded
+    pattern = re.compile(t + r"(?!_\d)(?!\s+" + t + r"_1(?!\d))", re.IGNORECASE)
     return pattern.sub(" ".join(token_names(token, num_vectors)), prompt)
 
 
