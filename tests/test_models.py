@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -128,3 +129,96 @@ def test_vae_option_replaces_the_models_vae(sd1_dir, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), vae.state_dict().values()))
     with pytest.raises(ModelError, match="cannot load the VAE"):
         load_model(sd1_dir, vae=tmp_path / "missing-vae")
+
+
+def test_prediction_type_override_reaches_the_sampler_and_the_training_schedule(sd1_dir):
+    from textinv.generate import render
+
+    own, forced = load_model(sd1_dir), load_model(sd1_dir, prediction_type="v_prediction")
+    assert own.pipeline.scheduler.config.prediction_type == "epsilon"
+    assert forced.pipeline.scheduler.config.prediction_type == "v_prediction"
+    assert type(forced.pipeline.scheduler) is type(own.pipeline.scheduler)
+    assert forced.noise_scheduler().config.prediction_type == "v_prediction"
+    assert not np.array_equal(np.asarray(render(own, ["a dog"], [0], steps=2)[0]),
+                              np.asarray(render(forced, ["a dog"], [0], steps=2)[0]))
+    with pytest.raises(ModelError, match="'sample' is not supported"):
+        load_model(sd1_dir, prediction_type="sample")
+
+
+def _saved_with_unet_channels(path, channels, class_name):
+    from diffusers import UNet2DConditionModel
+
+    from textinv.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd1")
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": channels})
+    pipe.save_pretrained(path)
+    index = json.loads((path / "model_index.json").read_text())
+    (path / "model_index.json").write_text(json.dumps({**index, "_class_name": class_name}))
+    return path
+
+
+def test_inpainting_and_other_image_conditioned_models_are_refused(tmp_path):
+    inpaint = _saved_with_unet_channels(tmp_path / "inpaint", 9, "StableDiffusionInpaintPipeline")
+    with pytest.raises(ModelError, match="is an inpainting model; textinv needs a base text-to-image model"):
+        load_model(inpaint)
+    depth = _saved_with_unet_channels(tmp_path / "depth", 5, "StableDiffusionDepth2ImgPipeline")
+    with pytest.raises(ModelError, match="5 input channels, the VAE makes 4"):
+        load_model(depth)
+    # single files are told apart from their keys, before diffusers loads anything
+    unet = "model.diffusion_model."
+    sd1_inpaint = _fake_checkpoint(tmp_path / "inpaint.safetensors", {unet + "input_blocks.0.0.weight": (320, 9, 3, 3)})
+    with pytest.raises(ModelError, match="an inpainting model"):
+        load_model(sd1_inpaint)
+    refiner = _fake_checkpoint(tmp_path / "refiner.safetensors", {
+        unet + "input_blocks.0.0.weight": (384, 4, 3, 3),
+        "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias": (1280,),
+    })
+    with pytest.raises(ModelError, match="an SDXL refiner"):
+        checkpoint_family(refiner)
+
+
+def test_a_damaged_model_index_is_a_model_error(sd1_dir, tmp_path):
+    folder = tmp_path / "damaged"
+    shutil.copytree(sd1_dir, folder)
+    for broken in ('{"_class_name": "StableDiffusionPipeline", "unet": [', "[1, 2]", ""):
+        (folder / "model_index.json").write_text(broken)
+        with pytest.raises(ModelError, match=r"model_index.json is damaged or incomplete"):
+            load_model(folder)
+
+
+def test_single_files_old_torch_format_empty_and_upper_case_suffix(tmp_path):
+    unet = "model.diffusion_model."
+    keys = {unet + "input_blocks.0.0.weight": (320, 4, 3, 3),
+            unet + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)}
+    # the pickle format torch wrote before 1.6 (many SD 1.x .ckpt files): no mmap, but readable
+    old = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {k: torch.zeros(s) for k, s in keys.items()}, "global_step": 1}, old,
+               _use_new_zipfile_serialization=False)
+    assert checkpoint_family(old) == "sd1"
+    for name in ("empty.ckpt", "empty.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(ModelError, match=r"is empty \(0 bytes\): the download did not finish"):
+            load_model(tmp_path / name)
+    upper = _fake_checkpoint(tmp_path / "sd1.SAFETENSORS", keys)
+    assert checkpoint_family(upper) == "sd1"
+    with pytest.raises(ModelError, match="rename it to sd1.safetensors"):  # diffusers goes by the lower-case suffix
+        load_model(upper)
+
+
+def test_local_paths_that_do_not_exist_are_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("models/sd15") == ("hub", "models/sd15")  # no models/ folder here: it reads as a hub id
+    (tmp_path / "models").mkdir()
+    for missing in ("models/sd15", "./x", "x/", "~/no-such-textinv-model", "a/b/c", "models\\sd15", "sd15.ckpt",
+                    "owner/name.safetensors", str(tmp_path / "nope")):
+        with pytest.raises(ModelError, match="does not exist"):
+            resolve_source(missing)
+    for hub_id in ("runwayml/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0"):
+        assert resolve_source(hub_id) == ("hub", hub_id)
+    checkpoint = _fake_checkpoint(tmp_path / "sd1.safetensors", {
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+        "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)})
+    for missing in ("./configs/sd15", "models/sd15", str(checkpoint)):
+        with pytest.raises(ModelError, match="--single-file-config .* is not a folder"):
+            load_model(checkpoint, single_file_config=missing)

@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from textinv.config import GenerateConfig, TrainConfig
-from textinv.errors import ConfigError
+from textinv.errors import ConfigError, ModelError
 from textinv.formats import load_embedding
 from textinv.generate import encode_prompts, generate, install_embedding, render, unload_embeddings
 from textinv.models import encode_text, load_model
@@ -170,3 +170,31 @@ def test_two_file_layout_loads_through_diffusers_each_file_into_its_encoder(xl_d
     ids = pipe.tokenizer_2.convert_tokens_to_ids(["<xq>", "<xq>_1"])
     assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[ids],
                        result.embedding.vectors["text_encoder_2"])
+
+
+def test_fp16_sdxl_renders_with_its_vae_kept_in_fp32(xl_dir, images):
+    """SDXL's VAE stays fp32 under fp16 (it overflows in fp16): training encodes with it, and the pipeline's fp16
+    latents are decoded by it (they met fp32 weights: "Input type (c10::Half) and bias type (float)")."""
+    from textinv.data import find_images, load_training_images
+    from textinv.train import encode_latents
+
+    half = load_model(xl_dir, dtype=torch.float16)
+    assert half.unet.dtype == torch.float16 and half.vae.dtype == torch.float32
+    image = np.asarray(render(half, ["a photo of a dog"], [0], steps=2)[0], dtype=float)
+    full = np.asarray(render(load_model(xl_dir), ["a photo of a dog"], [0], steps=2)[0], dtype=float)
+    assert image.shape == (16, 16, 3) and np.abs(image - full).max() <= 8
+    pixels = torch.stack([p.pixels for p in load_training_images(find_images(str(images)), 16, True)])
+    mean, std = encode_latents(half.vae, pixels)
+    assert mean.shape == (len(pixels), 4, 8, 8) and torch.isfinite(mean).all() and torch.isfinite(std).all()
+
+
+def test_an_sdxl_refiner_is_refused(tmp_path):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    base = build_tiny_xl_pipeline()
+    refiner = StableDiffusionXLImg2ImgPipeline(vae=base.vae, text_encoder=None, tokenizer=None,
+                                               text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2,
+                                               unet=base.unet, scheduler=base.scheduler, requires_aesthetics_score=True)
+    refiner.save_pretrained(tmp_path / "refiner")
+    with pytest.raises(ModelError, match="is an SDXL refiner .*textinv needs a base text-to-image model"):
+        load_model(tmp_path / "refiner")

@@ -6,7 +6,8 @@ Sources, in the order they are tried:
 3. a local single-file checkpoint (`.safetensors` / `.ckpt`, the A1111/ComfyUI layout), through diffusers'
    `from_single_file`, with the family read from the checkpoint's keys before anything heavy is loaded;
 4. anything else that looks like `owner/name` is a hub id, loaded with `from_pretrained` (needs a network or a
-   filled cache).
+   filled cache). A missing path (`./x`, `~/x`, `a/b/c`, `x.ckpt`, or `models/x` where `models/` is a folder here) is
+   reported as missing rather than looked up on the hub.
 SDXL pipelines have two tokenizer/text-encoder pairs; `Model.encoders` lists the pairs of any family, and
 `encode_text` turns token ids into the UNet's conditioning the way each family's pipeline does.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,15 @@ _SINGLE_FILE_FAMILIES = {
     "xl_inpaint": "sdxl",
     "playground-v2-5": "sdxl",
 }
+# single-file kinds that load as one of those families but are not the text-to-image model textinv trains on
+_NOT_TEXT_TO_IMAGE = {
+    "inpainting": "an inpainting model",
+    "inpainting_v2": "an inpainting model",
+    "xl_inpaint": "an inpainting model",
+    "xl_refiner": "an SDXL refiner",
+}
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_GUIDANCE = 7.5  # SD's classifier-free guidance scale, the default of its pipelines and of A1111
 
@@ -182,11 +192,15 @@ def checkpoint_family(path: str | os.PathLike) -> str:
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelError(f"checkpoint {path} is empty (0 bytes): the download did not finish; download it again")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             keys = _LazyKeys(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            # mmap avoids reading gigabytes just to see the keys, but torch maps only its zip format: older .ckpt
+            # files are plain pickles, which diffusers reads too
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
             keys = state.get("state_dict", state) if isinstance(state, dict) else {}
     except Exception as e:  # safetensors and torch raise many types for a bad file
         raise ModelError(f"cannot read checkpoint {path}: {e}. Is it a complete .safetensors/.ckpt file?") from e
@@ -196,15 +210,29 @@ def checkpoint_family(path: str | os.PathLike) -> str:
             f"textual-inversion embedding, pass it to --embedding instead."
         )
     kind = infer_diffusers_model_type(keys)
+    if kind in _NOT_TEXT_TO_IMAGE:
+        raise ModelError(_not_text_to_image(path, _NOT_TEXT_TO_IMAGE[kind]))
     family = _SINGLE_FILE_FAMILIES.get(kind)
     if family is None:
         raise ModelError(f"{path} is a '{kind}' checkpoint; textinv trains Stable Diffusion 1.x and 2.x models")
     return family
 
 
+def _not_text_to_image(location, what: str) -> str:
+    return (f"{location} is {what}; textinv needs a base text-to-image model (such as stable-diffusion-v1-5 or "
+            f"stable-diffusion-xl-base-1.0)")
+
+
 def _index_family(folder: Path) -> str | None:
     """"sdxl" for an SDXL folder, None for another SD folder (the widths decide later); refuse other pipelines."""
-    index = json.loads((folder / "model_index.json").read_text())
+    record = folder / "model_index.json"
+    try:
+        index = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON or not UTF-8
+        raise ModelError(f"{record} is damaged or incomplete ({e}); download or copy the model folder again") from e
+    if not isinstance(index, dict):
+        raise ModelError(f"{record} is damaged or incomplete (a JSON {type(index).__name__}, not an object); download "
+                         f"or copy the model folder again")
     name = index.get("_class_name", "")
     if not name.startswith("StableDiffusion") or name.startswith("StableDiffusion3") or "text_encoder_3" in index:
         raise ModelError(f"{folder} holds a {name or 'unnamed'} pipeline; textinv trains Stable Diffusion 1.x, "
@@ -234,13 +262,39 @@ def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise ModelError(f"{path} is not a model checkpoint (expected one of {', '.join(CHECKPOINT_SUFFIXES)})")
         return "file", str(path)
-    is_hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~"))
-    if not is_hub_id or Path(source).suffix.lower() in CHECKPOINT_SUFFIXES:
+    if _is_local_path(source):
+        raise ModelError(f"model {source!r} not found: the path {path} does not exist. Check the path, or give a hub "
+                         f"id 'owner/name' or a bundled model ({', '.join(BUNDLED_MODELS)}).")
+    if not _is_hub_id(source):
         raise ModelError(
             f"model {source!r} not found: no such folder or file, and not a hub id of the form 'owner/name'. "
             f"Bundled models: {', '.join(BUNDLED_MODELS)}."
         )
     return "hub", source
+
+
+def _is_local_path(text: str) -> bool:
+    """Whether a value that names nothing on disk was meant as a local path rather than a hub id 'owner/name':
+    it starts with . / ~, has a backslash or more than one slash, ends in a checkpoint suffix, or its first part
+    is a folder here (`models/sd15` with a `models/` folder present)."""
+    if text.startswith((".", "~")) or Path(text).is_absolute() or "\\" in text or text.count("/") > 1:
+        return True
+    if text.endswith("/") or Path(text).suffix.lower() in CHECKPOINT_SUFFIXES:
+        return True
+    return "/" in text and Path(text.split("/")[0]).is_dir()
+
+
+def _is_hub_id(text: str) -> bool:
+    """'owner/name' with the characters the Hugging Face hub allows."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if text.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def load_model(
@@ -258,11 +312,19 @@ def load_model(
     >>> model.family, model.resolution          # doctest: +SKIP
     ('custom', 64)
     """
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ModelError(f"prediction type {prediction_type!r} is not supported; use 'epsilon' or 'v_prediction'")
     kind, location = resolve_source(source)
     family = None
     if kind in ("bundled", "folder"):
         family = _index_family(Path(location))
     elif kind == "file":
+        suffix = Path(location).suffix
+        if suffix.lower() == ".safetensors" and suffix != ".safetensors":
+            raise ModelError(f"{location}: diffusers reads a file as safetensors only by a lower-case suffix; rename "
+                             f"it to {Path(location).with_suffix('.safetensors').name}")
+        if single_file_config is not None:
+            single_file_config = _check_single_file_config(single_file_config)
         family = checkpoint_family(location)
     common = dict(torch_dtype=dtype)  # (newer diffusers call it `dtype` and warn; older ones know only this)
     try:
@@ -295,6 +357,7 @@ def load_model(
         raise ModelError(f"cannot load model {location!r}: {type(e).__name__}: {e}.{hint}") from e
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise ModelError(f"{location} is a {type(pipe).__name__}; textinv trains Stable Diffusion 1.x, 2.x and XL")
+    _check_text_to_image(pipe, location)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # it is not part of what we train or judge
     is_xl = isinstance(pipe, StableDiffusionXLPipeline)
@@ -303,7 +366,10 @@ def load_model(
     if vae is not None:
         pipe.vae = _load_vae(vae, dtype)
     elif is_xl and dtype == torch.float16:
-        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (--vae takes a fixed one instead)
+        # SDXL's VAE overflows in fp16 (--vae takes a fixed one instead), so it stays in fp32, for training's encoding
+        # as well as for decoding
+        pipe.vae.to(torch.float32)
+        _decode_any_dtype(pipe.vae)
     pipe.set_progress_bar_config(disable=True)
     model = Model(pipeline=pipe, family=family, source=str(source or DEFAULT_MODEL), prediction_type="epsilon")
     for _, tokenizer, encoder in model.encoders:
@@ -312,13 +378,62 @@ def load_model(
         module.requires_grad_(False)
         module.eval()
     pipe.to(device)
-    pred = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
-    if pred not in ("epsilon", "v_prediction"):
-        raise ModelError(f"prediction type {pred!r} is not supported; use 'epsilon' or 'v_prediction'")
+    own = pipe.scheduler.config.get("prediction_type", "epsilon")
+    pred = prediction_type or own
+    if pred not in PREDICTION_TYPES:
+        raise ModelError(f"{location}'s scheduler predicts {pred!r}, which textinv does not support; pass "
+                         f"--prediction-type epsilon or v_prediction")
+    if pred != own:  # sampling must follow the override too, not only training (`Model.noise_scheduler`)
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=pred)
     model.prediction_type = pred
     if kind in ("bundled", "folder"):
         model.guidance = recorded_guidance(Path(location))
     return model
+
+
+def _check_single_file_config(value: str | os.PathLike) -> str:
+    """`single_file_config` as diffusers takes it: an existing local folder, or a hub id. A value that looks like a
+    local path but names nothing is refused here rather than sent to the hub."""
+    text = str(value)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists() or _is_local_path(text) or not _is_hub_id(text):
+        raise ModelError(f"--single-file-config {text!r} is not a folder (it does not exist or is a file); give a "
+                         f"local diffusers folder of the model's family (with model_index.json) or a hub id "
+                         f"'owner/name'")
+    return text
+
+
+def _check_text_to_image(pipe, location: str) -> None:
+    """Refuse pipelines that load as SD/SDXL but are not the text-to-image model: an SDXL refiner (no first text
+    encoder), an inpainting or other image-conditioned UNet (more input channels than the VAE's latents)."""
+    if pipe.text_encoder is None or pipe.tokenizer is None:
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            raise ModelError(_not_text_to_image(location, "an SDXL refiner (it has only text_encoder_2)"))
+        raise ModelError(f"{location} has no text encoder or tokenizer; textinv needs a complete text-to-image model")
+    channels, latents = pipe.unet.config.in_channels, pipe.vae.config.latent_channels
+    if channels == 2 * latents + 1:  # noisy latents + masked-image latents + mask
+        raise ModelError(_not_text_to_image(location, "an inpainting model"))
+    if channels != latents:
+        raise ModelError(_not_text_to_image(
+            location, f"an image-conditioned model (its UNet takes {channels} input channels, the VAE makes {latents}; "
+                      f"e.g. depth-to-image, InstructPix2Pix or an upscaler)"))
+
+
+def _decode_any_dtype(vae) -> None:
+    """Let an fp32 VAE decode fp16 latents, by casting what enters its decoder to the VAE's dtype.
+
+    The SDXL pipeline casts latents to the VAE's dtype only when it upcasts an fp16 VAE itself (`force_upcast`);
+    with the VAE already in fp32 its fp16 latents would meet fp32 weights ("Input type (c10::Half) and bias type
+    (float) should be the same").
+    """
+    first = vae.post_quant_conv if vae.post_quant_conv is not None else vae.decoder
+
+    def cast(module, args):
+        return (args[0].to(vae.dtype), *args[1:])
+
+    first.register_forward_pre_hook(cast)
 
 
 def recorded_guidance(folder: Path) -> float:
