@@ -4,6 +4,8 @@ import json
 import shutil
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -129,6 +131,28 @@ def test_vae_option_replaces_the_models_vae(sd1_dir, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), vae.state_dict().values()))
     with pytest.raises(ModelError, match="cannot load the VAE"):
         load_model(sd1_dir, vae=tmp_path / "missing-vae")
+
+
+def test_single_file_vae_takes_the_models_own_vae_config(sd1_dir, tmp_path, monkeypatch):
+    """A VAE file holds weights only: its architecture and scaling factor come from the model's own VAE, offline,
+    not from the SD 1.5 config diffusers would fetch from the hub (wrong for SDXL's 0.13025)."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    seen = {}
+
+    def from_single_file(path, config=None, torch_dtype=None):
+        seen["config"] = json.loads((Path(config) / "config.json").read_text())
+        return AutoencoderKL.from_config(seen["config"]).to(torch_dtype)
+
+    monkeypatch.setattr(AutoencoderKL, "from_single_file", from_single_file)
+    (tmp_path / "fixed-vae.safetensors").write_bytes(b"weights")
+    own = load_model(sd1_dir).vae.config
+    model = load_model(sd1_dir, vae=tmp_path / "fixed-vae.safetensors")
+    assert seen["config"]["scaling_factor"] == own.scaling_factor
+    assert seen["config"]["block_out_channels"] == list(own.block_out_channels)
+    assert model.vae.config.latent_channels == own.latent_channels
 
 
 def test_prediction_type_override_reaches_the_sampler_and_the_training_schedule(sd1_dir):

@@ -364,7 +364,7 @@ def load_model(
     width = pipe.text_encoder.get_input_embeddings().embedding_dim
     family = "sdxl" if is_xl else (family or family_for_widths((width,)) or "custom")
     if vae is not None:
-        pipe.vae = _load_vae(vae, dtype)
+        pipe.vae = _load_vae(vae, dtype, like=pipe.vae)
     elif is_xl and dtype == torch.float16:
         # SDXL's VAE overflows in fp16 (--vae takes a fixed one instead), so it stays in fp32, for training's encoding
         # as well as for decoding
@@ -448,14 +448,24 @@ def recorded_guidance(folder: Path) -> float:
     return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_GUIDANCE
 
 
-def _load_vae(source, dtype: torch.dtype):
-    """A replacement VAE (e.g. SDXL's fp16-fixed one) from a folder, a single file or a hub id."""
+def _load_vae(source, dtype: torch.dtype, like=None):
+    """A replacement VAE (e.g. SDXL's fp16-fixed one) from a folder, a single file or a hub id.
+
+    A single file holds weights only; its architecture and scaling factor are taken from `like`, the model's own
+    VAE (diffusers would otherwise fetch SD 1.5's config from the hub for any VAE file: offline that fails, and for
+    SDXL it gives the wrong scaling factor, 0.18215 instead of 0.13025)."""
+    import tempfile
+
     from diffusers import AutoencoderKL
 
     path = Path(source).expanduser()
     try:
         if path.is_file():
-            return AutoencoderKL.from_single_file(str(path), torch_dtype=dtype)
+            if like is None:
+                return AutoencoderKL.from_single_file(str(path), torch_dtype=dtype)
+            with tempfile.TemporaryDirectory(prefix="textinv-vae-config-") as config:
+                like.save_config(config)
+                return AutoencoderKL.from_single_file(str(path), config=config, torch_dtype=dtype)
         folder = path / "vae" if (path / "vae" / "config.json").exists() else path
         return AutoencoderKL.from_pretrained(str(folder) if path.exists() else str(source), torch_dtype=dtype)
     except Exception as e:
