@@ -2,10 +2,9 @@
 
 import json
 import shutil
-
-import numpy as np
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
