@@ -158,3 +158,11 @@ def test_generate_settings_refused_before_loading(tmp_path):
                               ({"out": str(tmp_path / "file.png")}, "is a file")):
         with pytest.raises(ConfigError, match=message):
             generate(GenerateConfig(prompt=["a dog"], model=str(tmp_path / "no-model"), **settings), progress=False)
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_about(sd1_dir, tmp_path):
+    emb = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(8, 32)}), tmp_path / "q.pt", "a1111")[0]
+    long = "a photo of <q> " + "dog " * 66  # 1 + 3 + 8 vectors + 66 + 1 = 79 tokens once <q> is expanded
+    with pytest.warns(UserWarning, match="is 79 tokens"):
+        generate(GenerateConfig(prompt=[long], embedding=[str(emb)], out=str(tmp_path / "r"), n=1, steps=1,
+                                model=str(sd1_dir)), progress=False)

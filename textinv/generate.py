@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -127,6 +128,16 @@ def render(
     return list(result.images)
 
 
+def _warn_if_cut(model: Model, prompt: str) -> None:
+    """CLIP reads 77 tokens (start and end included); A1111 splits longer prompts into chunks, diffusers and we cut
+    them. Say so rather than drop the end silently."""
+    tokenizer = model.tokenizer
+    count = len(tokenizer(prompt).input_ids)
+    if count > tokenizer.model_max_length:
+        warnings.warn(f"prompt {prompt[:60]!r}... is {count} tokens (learned tokens expanded); the text encoder "
+                      f"reads the first {tokenizer.model_max_length}, the rest is ignored: shorten it", stacklevel=3)
+
+
 def make_grid(images: list[Image.Image], cols: int) -> Image.Image:
     """Images (all one size) in a grid with `cols` columns."""
     w, h = images[0].size
@@ -197,6 +208,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
     for index, prompt in enumerate(config.prompt):
         expanded = expand_all(prompt, embeddings)
+        _warn_if_cut(model, expanded)
         seeds = [config.seed + i for i in range(config.n)]
         for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + 4]
