@@ -198,3 +198,20 @@ def test_an_sdxl_refiner_is_refused(tmp_path):
     refiner.save_pretrained(tmp_path / "refiner")
     with pytest.raises(ModelError, match="is an SDXL refiner .*textinv needs a base text-to-image model"):
         load_model(tmp_path / "refiner")
+
+
+def test_playground_style_edm_model_is_refused_for_training_but_still_generates(xl_dir, images, tmp_path):
+    """Playground v2.5 loads as an SDXL pipeline but samples on an EDM schedule with normalised latents: DDPM
+    training would run and learn the wrong thing, so it is refused before the loop; drawing with it works."""
+    from diffusers import EDMDPMSolverMultistepScheduler
+
+    model = load_model(xl_dir)
+    model.pipeline.scheduler = EDMDPMSolverMultistepScheduler()
+    with pytest.raises(ModelError, match="EDM noise schedule"):
+        train(xl_config(images, tmp_path / "a"), model=model, progress=False)
+    assert not (tmp_path / "a").exists()
+    assert render(model, ["a dog"], [0], steps=2)[0].size == (model.resolution, model.resolution)
+    normalised = load_model(xl_dir)
+    normalised.vae.register_to_config(latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    with pytest.raises(ModelError, match="normalised latents"):
+        train(xl_config(images, tmp_path / "b"), model=normalised, progress=False)

@@ -113,6 +113,17 @@ class Model:
         """The image size the UNet was built for (latent size times the VAE's downscale)."""
         return int(self.unet.config.sample_size) * int(self.pipeline.vae_scale_factor)
 
+    def check_trainable(self) -> None:
+        """Refuse what textinv's DDPM training objective does not fit: a model sampled on an EDM schedule or with
+        normalised latents (Playground v2.5 loads as an SDXL pipeline but is both). It would train without error
+        and learn the wrong thing."""
+        scheduler = type(self.pipeline.scheduler).__name__
+        vae = self.vae.config
+        if "EDM" in scheduler or getattr(vae, "latents_mean", None) is not None:
+            what = f"an EDM noise schedule ({scheduler})" if "EDM" in scheduler else "normalised latents (latents_mean)"
+            raise ModelError(f"{self.source} uses {what}, as Playground v2.5 does; textinv trains models with SD's "
+                             f"DDPM schedule (SD 1.x, 2.x, XL and their fine-tunes). Generating with it works.")
+
     def noise_scheduler(self) -> DDPMScheduler:
         """The training noise schedule: the model's own betas, with its prediction type."""
         return DDPMScheduler.from_config(self.pipeline.scheduler.config, prediction_type=self.prediction_type)

@@ -364,6 +364,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     if model is None:
         model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
                            single_file_config=config.single_file_config, vae=config.vae)
+    model.check_trainable()
     file_format = _file_format(config.format, model)
     rows_per_concept = []
     for spec in specs:
