@@ -128,3 +128,43 @@ def test_config_file_values_take_their_settings_types(tmp_path):
     upper = tmp_path / "train.TOML"
     upper.write_text("steps = 7\n")
     assert read_config_file(upper) == {"steps": 7}
+
+
+def test_resume_of_a_folder_without_a_run_says_so(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "nowhere"), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot resume" in err and "holds no config.yaml" in err
+
+
+def test_a_mistyped_choice_is_one_line_not_the_whole_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--precision", "fp33"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and "invalid choice: 'fp33'" in err[0] and "--help" in err[0]
+
+
+def test_filewords_only_templates_train_and_draw_sample_grids(sd1_dir, images, tmp_path):
+    """A1111's *_filewords.txt has [filewords] on every line; the sample grids fall back to the default templates."""
+    templates = tmp_path / "style_filewords.txt"
+    templates.write_text("a photo of [name], [filewords]\nan image of [name], [filewords]\n")
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(sd1_dir), "--images", str(images), "--token", "<t>", "--init", "dog",
+                 "--steps", "2", "--batch", "1", "--sample-every", "2", "--sample-steps", "1", "--templates",
+                 str(templates), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step-000000.png", "step-000002.png"]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["out"] == str(out.resolve()) and saved["templates"] == str(templates.resolve())
+
+
+def test_an_embedding_no_prompt_uses_is_warned_about(sd1_dir, tmp_path, capsys):
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    (emb,) = save_embedding(LearnedEmbedding("<my-star>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "s.pt",
+                            "a1111")
+    with pytest.warns(UserWarning, match="'<my-star>' .* is in no --prompt") as caught:
+        assert main(["generate", "--model", str(sd1_dir), "--embedding", str(emb), "--prompt", "a photo of <my-stra>",
+                     "-n", "1", "--steps", "1", "--out", str(tmp_path / "r")]) == 0
+    from textinv.cli import _short_warning
+
+    w = caught[0]
+    assert _short_warning(w.message, w.category, w.filename, w.lineno) == f"textinv: warning: {w.message}\n"

@@ -19,11 +19,12 @@ import json
 import sys
 import shlex
 import typing
+import warnings
 from pathlib import Path
 
 from . import __version__
 from .config import GenerateConfig, TrainConfig, build, read_config_file
-from .errors import TextinvError
+from .errors import ConfigError, TextinvError
 
 def _bool(text: str) -> bool:
     low = text.lower()
@@ -67,8 +68,10 @@ def _config_from_args(cls, args: argparse.Namespace):
         from .train import CONFIG_FILE
 
         saved = Path(flags["out"]) / CONFIG_FILE
-        if saved.exists():
-            layers.insert(0, {k: v for k, v in read_config_file(saved).items() if k not in ("resume", "overwrite")})
+        if not saved.exists():  # (said now: the missing --images would be the first complaint otherwise)
+            raise ConfigError(f"cannot resume: {flags['out']} holds no {CONFIG_FILE}, so no run was started there; "
+                              "check --out, or start a new run without --resume")
+        layers.insert(0, {k: v for k, v in read_config_file(saved).items() if k not in ("resume", "overwrite")})
     return build(cls, *layers, flags)
 
 
@@ -150,8 +153,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse prints the whole usage (30 lines for `train`) above a mistyped flag; the mistake and where the help
+    is are enough. Subcommand parsers are made of the same class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _short_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"textinv: warning: {message}\n"  # (not Python's file:line and the source line of the warning call)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textinv", description="Textual Inversion: learn a new word for a concept "
+    parser = _Parser(prog="textinv", description="Textual Inversion: learn a new word for a concept "
                                      "from a few pictures, and generate with it.")
     parser.add_argument("--version", action="version", version=f"textinv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,7 +177,9 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="generate images with learned tokens")
+    p = sub.add_parser("generate", help="generate images with learned tokens",
+                       description="Draw pictures from prompts that use learned tokens (embedding files of any "
+                                   "supported format); each PNG carries its prompt, seed and settings.")
     p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
     add_config_flags(p, GenerateConfig)
     p.set_defaults(func=cmd_generate)
@@ -212,6 +229,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    python_format, warnings.formatwarning = warnings.formatwarning, _short_warning
     try:
         return args.func(args)
     except TextinvError as e:
@@ -220,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = python_format
 
 
 if __name__ == "__main__":

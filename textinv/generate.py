@@ -182,6 +182,10 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
             raise TokenError(f"{path} and {seen[emb.token]} both define the token {emb.token!r}; rename one "
                              f"with --token (one --token per --embedding, in order)")
         seen[emb.token] = str(path)
+        said = " ".join(config.prompt + [config.negative_prompt]).lower()
+        if emb.token.lower() not in said:  # a typo in the prompt would leave the embedding silently unused
+            warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
+                          f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
     if model is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = DTYPES[config.precision] if config.precision != "auto" else (

@@ -52,7 +52,7 @@ CONFIG_FILE = "config.yaml"
 # settings that may differ between a run and its resumption (they do not change what is learned step by step)
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "sample_every", "sample_steps", "log_every",
                      "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
-PATH_SETTINGS = ("images", "templates")  # stored absolute, so a run resumes from any working directory
+PATH_SETTINGS = ("images", "templates", "out")  # stored absolute: a run resumes, or reruns, from any directory
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -429,6 +429,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     step, history = 0, []
     if config.resume:
         step, history = _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler)
+        if is_main:
+            save_config(config, out / CONFIG_FILE)  # the settings a resume may change (--steps) as now in force
+            if progress:
+                print(f"resuming {out} at step {step} of {config.steps}")
     elif is_main:
         if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
             clear_run(out, previous)
@@ -461,7 +465,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             _write_loss_log(out / LOSS_LOG, history)
         return files
 
-    sample_prompts = config.sample_prompts or [t for t in templates if "[filewords]" not in t][:4]
+    # the grids' prompts: the run's templates, but a [filewords] template has no picture's words to fill in, and
+    # when every template has one (A1111's *_filewords.txt) the property's default templates stand in
+    sample_prompts = (config.sample_prompts or [t for t in templates if "[filewords]" not in t][:4]
+                      or list(default_templates(config.property))[:4])
 
     def draw_samples(at_step: int) -> None:
         if not (is_main and config.sample_every):

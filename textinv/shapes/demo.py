@@ -350,7 +350,7 @@ def draw_loss_curve(losses: list[tuple[int, float]], size: tuple[int, int] = (42
 
 
 def _count(entry: dict) -> str:
-    return "not judged" if entry["passed"] is None else f"{entry['passed']}/{entry['of']} pass"
+    return "not judged" if entry["passed"] is None else f"passed {entry['passed']}/{entry['of']}"
 
 
 def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image) -> Image.Image:
