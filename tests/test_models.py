@@ -49,8 +49,11 @@ def test_missing_path_and_non_model_folder(tmp_path):
 
 def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match="network"):
+    with pytest.raises(ModelError, match="network") as info:
         load_model("someone/no-such-model-here")
+    message = str(info.value)
+    assert "not in the local Hugging Face cache" in message and "HF_HUB_OFFLINE is set" in message
+    assert "\n" not in message and "stacktrace" not in message  # one line, not diffusers' wording
 
 
 def test_empty_tokenizer_folder_is_caught(sd1_dir, tmp_path):

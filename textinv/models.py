@@ -342,8 +342,14 @@ def load_model(
         warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
         if kind == "hub":  # the family is known only after loading: let diffusers pick the pipeline class
             from diffusers import DiffusionPipeline
+            from diffusers.utils import logging as diffusers_logging
 
-            pipe = DiffusionPipeline.from_pretrained(location, **common)
+            level = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # its "couldn't connect" lines: our error below says it once
+            try:
+                pipe = DiffusionPipeline.from_pretrained(location, **common)
+            finally:
+                diffusers_logging.set_verbosity(level)
         else:
             cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
             if cls is StableDiffusionPipeline:
@@ -357,6 +363,11 @@ def load_model(
     except ModelError:
         raise
     except Exception as e:
+        if kind == "hub" and isinstance(e, (OSError, ConnectionError)):  # not cached, and no network
+            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+            raise ModelError(f"model {location!r} is not in the local Hugging Face cache and the hub could not be "
+                             f"reached{offline}: download it where there is a network (huggingface-cli download "
+                             f"{location}) and pass its folder, or pass a local folder or .safetensors file") from e
         hint = (
             " A single file needs the model's config files: they come from the hub (network) or pass "
             "--single-file-config with a local diffusers folder of the same family."
