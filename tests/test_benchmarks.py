@@ -1,5 +1,6 @@
 """The speed benchmark runs (fast, tiny architecture), and its reference-like mode learns what our path learns."""
 
+import pytest
 import torch
 
 from benchmarks.train_speed import main as train_speed
@@ -90,3 +91,15 @@ def test_gpu_session_runs_every_part_and_packs_a_loadable_model(tmp_path):
     assert tuple(model.unet.config.block_out_channels) == (16, 16)
     bundled = load_model("shapes")
     assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), bundled.vae.state_dict().values()))
+
+
+def test_shapes_speed_prints_a_row_per_thread_count(capsys):
+    from benchmarks.shapes_speed import main as shapes_speed
+    from textinv.models import BUNDLED_MODELS
+
+    if not (BUNDLED_MODELS["shapes"] / "model_index.json").exists():
+        pytest.skip("needs the bundled shapes model")
+    assert shapes_speed(["--threads", "1", "--pictures", "1", "--steps", "2", "--warmup", "1",
+                         "--sample-steps", "2"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 1 and float(rows[0][2].split()[0]) > 0 and float(rows[0][3]) > 0
