@@ -3,12 +3,16 @@
 A session is lent about 15 minutes of one GPU, start-up included, and a command may run 10 of them, so the work
 is prepared here and run as one call (the device tool copies the repo; diffusers travels as a wheel):
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl && export PYTHONPATH=/tmp/site || exit
     PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_session --out $OUT --minutes 9
 
+(`--minutes`: what the lease leaves, less a minute for packing; the device tool's status says what is left.)
 Parts, in order (a part that fails or runs out of its time is recorded, and the next one still runs):
-1. `speed` (issue 4): `benchmarks.train_speed` on the full-size SD 1.5 architecture, ours against the
-   reference-like mode at batch 1, 8 and 32, then the all-levers mode (`fast`);
+1. `speed` (issue 4): `benchmarks.train_speed` on the full-size SD 1.5 architecture: ours against the
+   reference-like mode at batch 32, 8 and 1 (the issue's headline batch first); the levers that compile in seconds
+   (regional compile, channels-last) at batch 32; then the all-levers mode (`fast`: whole-UNet compile with CUDA
+   graphs, minutes to compile) at batch 32 and then 1, each its own command so a slow compile costs only itself;
 2. `shapes` (issue 3): a new, bigger UNet + text encoder for the shapes model on its committed VAE
    (`pretrain --from-model textinv/shapes/model --keep vae`, then `--stage unet --device cuda`), exported and
    packed as `shapes-model.tar.gz` (the diffusers folder; `pretrain --from-model` goes on training from it on any
@@ -37,8 +41,10 @@ SHAPES_UNET = ("unet_channels=32,64,96", "unet_attention=0,1,1", "unet_layers=2"
 QUICK_UNET = ("unet_channels=16,16", "unet_attention=0,1", "unet_layers=1", "unet_groups=8", "unet_heads=2")
 
 
-def run_part(name: str, commands: list[list[str]], seconds: float, log_path: Path) -> dict:
-    """Run `commands` one after another, all within `seconds`, their output appended to `log_path`."""
+def run_part(name: str, commands: list[list[str]], seconds: float, log_path: Path, keep_going: bool = False) -> dict:
+    """Run `commands` one after another, all within `seconds`, their output appended to `log_path`. A command that
+    fails or overruns ends the part, unless `keep_going` (independent measurements): then the next one runs in
+    the time left."""
     started = time.monotonic()
     record = {"part": name, "status": "ok"}
     with open(log_path, "a") as log:
@@ -51,23 +57,25 @@ def run_part(name: str, commands: list[list[str]], seconds: float, log_path: Pat
                 break
             try:
                 done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=left)
+                problem = f"failed (exit {done.returncode}): {shown}" if done.returncode else None
             except subprocess.TimeoutExpired:
-                record["status"] = f"stopped at its time limit: {shown}"
-                break
-            if done.returncode:
-                record["status"] = f"failed (exit {done.returncode}): {shown}"
-                break
+                problem = f"stopped at its time limit: {shown}"
+            if problem:
+                record["status"] = problem if record["status"] == "ok" else f"{record['status']}; {problem}"
+                if not keep_going:
+                    break
     record["seconds"] = round(time.monotonic() - started, 1)
     print(f"[{name}] {record['status']} in {record['seconds']} s (log: {log_path})", flush=True)
     return record
 
 
 def pack(out: Path, name: str, folder: Path) -> Path | None:
+    """`folder` as `out/<name>.tar.gz`, holding it under the name `<name>`."""
     if not folder.exists():
         return None
-    path = out / name
+    path = out / f"{name}.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name)
+        tar.add(folder, arcname=name)
     return path
 
 
@@ -75,7 +83,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu-session")))
     p.add_argument("--minutes", type=float, default=9.0, help="the whole session's budget (default 9)")
-    p.add_argument("--speed-share", type=float, default=0.35, help="part of the budget for the speed part")
+    p.add_argument("--speed-share", type=float, default=0.6, help="part of the budget for the speed part")
     p.add_argument("--work", type=Path, default=Path("/tmp/textinv-gpu-session"), help="scratch folder")
     p.add_argument("--quick", action="store_true", help="CPU, tiny sizes, a few steps: a smoke test")
     args = p.parse_args(argv)
@@ -90,15 +98,20 @@ def main(argv=None) -> int:
                                          "and torch.cuda.get_device_name())"]] +
                         ([] if args.quick else [["nvidia-smi"]]), 60, args.out / "environment.txt")]
 
-    speed_arch, batches = ("tiny", ["1", "2"]) if args.quick else ("sd15", ["1", "8", "32"])
     steps = ["--steps", "1", "--warmup", "1"] if args.quick else ["--steps", "10", "--warmup", "3"]
-    speed_log = args.out / "speed.txt"
-    speed = [[py, "-m", "benchmarks.train_speed", "--arch", speed_arch, "--batch", *batches, *steps, "--modes", *modes]
-             for modes in ([["textinv", "reference"]] if args.quick else [["textinv", "reference"], ["fast"]])]
-    records.append(run_part("speed", speed, budget * args.speed_share, speed_log))
+    plan = [("tiny", ["2", "1"], ["textinv", "reference"])] if args.quick else [
+        ("sd15", ["32", "8", "1"], ["textinv", "reference"]),
+        ("sd15", ["32"], ["compile-blocks", "channels-last"]),
+        ("sd15", ["32"], ["fast"]),
+        ("sd15", ["1"], ["fast"]),
+    ]
+    speed = [[py, "-m", "benchmarks.train_speed", "--arch", arch, "--batch", *batches, *steps, "--modes", *modes]
+             for arch, batches, modes in plan]
+    records.append(run_part("speed", speed, budget * args.speed_share, args.out / "speed.txt", keep_going=True))
 
-    work = args.work / "shapes"
-    model = args.work / "shapes-model"
+    # a fresh work folder: /tmp survives on a warm machine, and pretrain refuses to start over a run it finds
+    work = args.work / f"shapes-{os.getpid()}-{time.time_ns()}"
+    model = work.parent / f"{work.name}-model"
     left = budget - sum(r["seconds"] for r in records)
     pretrain = [py, "-m", "textinv.shapes.pretrain", "--work", str(work)]
     sets = [x for s in (QUICK_UNET if args.quick else SHAPES_UNET) for x in ("--set", s)]
@@ -109,7 +122,7 @@ def main(argv=None) -> int:
         pretrain + ["--stage", "unet", *train, *sets],
         pretrain + ["--export", "--out", str(model)],
     ], left, args.out / "shapes.txt"))
-    path = pack(args.out, "shapes-model.tar.gz", model)
+    path = pack(args.out, "shapes-model", model)
     print(f"[shapes] shapes-model.tar.gz: {'written' if path else 'nothing to pack'}", flush=True)
     (args.out / "session.txt").write_text("\n".join(f"{r['part']}: {r['status']} ({r['seconds']} s)"
                                                      for r in records) + "\n")

@@ -25,6 +25,7 @@ import datetime
 import platform
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,35 +89,47 @@ def run_config(work: Path, mode: str, batch: int, steps: int, concepts: int = 1,
 
 def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, precision: str, device: str, work: Path,
               resolution: int | None, concepts: int = 1) -> dict:
-    """Train `warmup + steps` steps of the real trainer in `mode`; time the last `steps`."""
+    """Train `warmup + steps` steps of the real trainer in `mode`; time the last `steps`.
+
+    Peak memory is that of the training steps: the stats are reset after the first step, so the one-off caching of
+    the pictures' latents (the VAE encoder at full resolution) does not count. Any error is returned as the row's
+    "error", so one failing mode or batch does not stop the others (a GPU lease is short)."""
+    cuda = device.startswith("cuda")
     stamps: list[float] = []
+    started = time.perf_counter()
 
     def on_step(step: int) -> None:
+        if cuda and step == 1:
+            torch.cuda.reset_peak_memory_stats()
         if step >= warmup:
             _sync(device)
             stamps.append(time.perf_counter())
 
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     config = run_config(work, mode, batch, warmup + steps, concepts, precision=precision, resolution=resolution)
     te_dtypes = [te.dtype for _, _, te in model.encoders]
     result = {"mode": mode, "batch": batch, "concepts": concepts}
     try:
-        with scratch_tokens(model):  # the next mode starts from the same pipeline
+        with scratch_tokens(model), warnings.catch_warnings(record=True) as caught:  # the next mode starts afresh
+            warnings.simplefilter("always")
             train(config, model=model, progress=False, on_step=on_step)
+        peak = (torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30) if cuda else (
+            float("nan"), float("nan"))  # (read before reset_unet, which copies weights back for channels-last)
     except torch.OutOfMemoryError:
         return {**result, "oom": True}
+    except Exception as e:  # noqa: BLE001 (reported in the row; the next measurement still runs)
+        return {**result, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
     finally:
         reset_unet(model.unet)
         for (_, _, te), dtype in zip(model.encoders, te_dtypes):
             te.to(dtype)  # the reference-like mode makes the text encoder fp32
             te.get_input_embeddings().weight.requires_grad_(False)
     seconds = (stamps[-1] - stamps[0]) / steps
-    cuda = device.startswith("cuda")
+    dropped = any("torch.compile changed" in str(w.message) for w in caught)
     return {**result, "ms_per_step": seconds * 1e3, "samples_per_s": concepts * batch / seconds,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
-            "reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan")}
+            "warmup_s": stamps[0] - started, "compile_dropped": dropped, "peak_gib": peak[0], "reserved_gib": peak[1]}
 
 
 def wall_run(pipe, mode: str, batch: int, samples: int, precision: str, device: str, work: Path,
@@ -143,7 +156,7 @@ def fits(results: list[dict], gib: float) -> dict[str, int]:
     """Per mode, the largest measured batch whose reserved peak memory is within `gib`."""
     out = {}
     for r in results:
-        if not r.get("oom") and r["reserved_gib"] <= gib:
+        if "ms_per_step" in r and r["reserved_gib"] <= gib:
             out[r["mode"]] = max(out.get(r["mode"], 0), r["batch"])
     return out
 
@@ -197,13 +210,15 @@ def main(argv=None) -> int:
                 r = time_mode(model, mode, batch, args.warmup, args.steps, args.precision, device, work,
                               args.resolution)
                 results.append(r)
-                if r.get("oom"):
-                    print(f"{mode:<15} {batch:>5} {'out of memory':>9}", flush=True)
+                if r.get("oom") or r.get("error"):
+                    print(f"{mode:<15} {batch:>5} {r.get('error') or 'out of memory'}", flush=True)
                     continue
                 frac = f"{r['samples_per_s'] / limit:.1%}" if limit else "-"
+                note = " (compile dropped: ran uncompiled)" if r["compile_dropped"] else ""
                 print(f"{mode:<15} {batch:>5} {r['ms_per_step']:>9.1f} {r['samples_per_s']:>10.2f} "
-                      f"{r['peak_gib']:>9.2f} {r['reserved_gib']:>9.2f} {frac:>9}", flush=True)
-            by_mode = {r["mode"]: r for r in results if r["batch"] == batch and not r.get("oom")}
+                      f"{r['peak_gib']:>9.2f} {r['reserved_gib']:>9.2f} {frac:>9}   warm-up {r['warmup_s']:.1f} s"
+                      f"{note}", flush=True)
+            by_mode = {r["mode"]: r for r in results if r["batch"] == batch and "ms_per_step" in r}
             if "reference" in by_mode:
                 for mode, r in by_mode.items():
                     if mode != "reference":
@@ -221,6 +236,9 @@ def main(argv=None) -> int:
                 single = next(r for r in results if r["mode"] == args.modes[0] and r["batch"] == batch)
                 joint = time_mode(model, args.modes[0], batch, args.warmup, args.steps, args.precision, device, work,
                                   args.resolution, concepts=args.concepts)
+                if "ms_per_step" not in single or "ms_per_step" not in joint:
+                    print(f"concepts {batch:>5} not measured: {joint.get('error') or single.get('error') or 'oom'}")
+                    continue
                 separate_s = args.concepts * (load_s + args.run_steps * single["ms_per_step"] / 1e3)
                 joint_s = load_s + args.run_steps * joint["ms_per_step"] / 1e3
                 print(f"concepts {batch:>5} {joint['ms_per_step']:>9.1f} ms/step joint; concepts per hour: joint "

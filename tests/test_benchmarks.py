@@ -103,3 +103,27 @@ def test_shapes_speed_prints_a_row_per_thread_count(capsys):
                          "--sample-steps", "2"]) == 0
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
     assert len(rows) == 1 and float(rows[0][2].split()[0]) > 0 and float(rows[0][3]) > 0
+
+
+def test_a_failing_mode_is_a_row_and_the_next_measurements_still_run(capsys, monkeypatch):
+    import benchmarks.train_speed as ts
+
+    monkeypatch.setitem(ts.MODES, "broken", {"lr": -1.0})  # refused by the trainer's settings check
+    assert train_speed(["--arch", "tiny", "--batch", "1", "2", "--steps", "1", "--warmup", "1",
+                        "--modes", "broken", "textinv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("broken ") and "ConfigError" in line and "--lr" in line for line in lines) == 2
+    timed = [line.split() for line in lines if line.startswith("textinv ")]
+    assert [row[1] for row in timed] == ["1", "2"] and all("warm-up" in " ".join(row) for row in timed)
+
+
+def test_a_session_part_of_independent_commands_goes_on_past_a_failure(tmp_path):
+    import sys
+
+    from benchmarks.gpu_session import run_part
+
+    ok, fail = [sys.executable, "-c", "print('ran')"], [sys.executable, "-c", "raise SystemExit(3)"]
+    going = run_part("speed", [fail, ok], 60, tmp_path / "a.txt", keep_going=True)
+    assert going["status"].startswith("failed (exit 3)") and "\nran\n" in (tmp_path / "a.txt").read_text()
+    stopping = run_part("shapes", [fail, ok], 60, tmp_path / "b.txt")
+    assert stopping["status"].startswith("failed (exit 3)") and "ran\n" not in (tmp_path / "b.txt").read_text()
