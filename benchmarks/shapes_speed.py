@@ -36,10 +36,11 @@ def picture_seconds(model, pictures: int, steps: int = 25) -> list[float]:
 
 def train_step_ms(model, steps: int, warmup: int, batch: int = 4) -> float:
     from textinv.config import TrainConfig
+    from textinv.tokens import scratch_tokens
     from textinv.train import train
 
     stamps = []
-    with tempfile.TemporaryDirectory(prefix="textinv-speed-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="textinv-speed-") as tmp, scratch_tokens(model):  # (again next time)
         train(TrainConfig(images=str(EXAMPLES), token="<speed>", init="star", out=str(Path(tmp) / "run"),
                           steps=warmup + steps, batch=batch, save_every=0, sample_every=0, log_every=max(1, steps)),
               model=model, progress=False, on_step=lambda step: stamps.append(time.perf_counter()))
