@@ -129,6 +129,38 @@ def test_match_counting():
         attribute_hits(predicted, {"size": "small"})
 
 
+@pytest.mark.skipif(not HAVE_PROBE, reason="needs the bundled probe to judge pictures")
+def test_a_named_colour_never_passes_for_an_in_between_hue():
+    """Renders of the amber hexagon (41 deg) pass as it; the same hexagon in plain yellow (52 deg, what the words
+    can say) and in orange (28) do not, though both are within the flat 15-degree tolerance."""
+    from textinv.shapes.evaluate import concept_hue_tolerance
+
+    probe = Probe.load(PROBE_PATH)
+    concept = find_concept("amber-dotted-hexagon")
+    base = concept.base
+    for hue in (world.COLORS[name][0] for name in world.COLORS):
+        assert concept_hue_tolerance(hue) == 0.0  # a named hue itself has no room
+    for colour, want in ((None, True), ("yellow", False), ("orange", False)):
+        spec = base if colour is None else replace(base, color=colour, rgb=None)
+        _, hits, read = score_images(probe, [world.render_pil(world.Scene(spec))], concept.attributes)
+        assert hits["hue"] == [want], colour
+        if colour:  # the flat 15 degrees alone would have passed it
+            assert attribute_hits(read, {"hue": concept.attributes["hue"]}, hue_tolerance=15.0)["hue"] == [True]
+
+
+def test_means_are_also_given_for_objects_and_styles_apart(model_dir, probe_path):
+    result = evaluate(load_model(model_dir), Probe.load(probe_path),
+                      [find_concept("teal-star"), find_concept("crayon-style")], progress=False, **FAST)
+    by_kind = result["mean_by_kind"]
+    assert set(by_kind) == {"object", "style"}
+    for kind, name in (("object", "teal star"), ("style", "crayon style")):
+        row = next(r for r in result["rows"] if r["concept"] == name and r["method"] == "textual-inversion")
+        assert by_kind[kind]["textual-inversion"]["reconstruction"] == row["reconstruction"]
+    from textinv.shapes.evaluate import format_table
+
+    assert "| **mean, objects** | **textual-inversion** |" in format_table(result)
+
+
 def test_every_prompt_uses_only_words_the_model_knows():
     """Baselines must be fair: outside the world's vocabulary a word is byte pieces the model never learnt."""
     known = set(world.VOCABULARY)
