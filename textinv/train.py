@@ -490,8 +490,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     samplers_at_step = None
     if step == 0 and not config.resume:
         draw_samples(0)
+    stop_on_sigterm = _sigterm_as_interrupt()
     try:
-        stop_on_sigterm = _sigterm_as_interrupt()
         while step < config.steps:
             # what a checkpoint of `step` must hold if Ctrl-C comes in the middle of this step
             samplers_at_step = [s.state_dict() for s in samplers]
