@@ -321,6 +321,11 @@ def test_concepts_settings_are_checked(images, tmp_path):
         TrainConfig(concepts=[f"{images}=<b>", f"{images}=<b>"], out=str(tmp_path)).validate()
     with pytest.raises(ConfigError, match="FOLDER=TOKEN"):
         TrainConfig(concepts=[f"{images}"], out=str(tmp_path)).validate()
+    odd = tmp_path / "size=large"  # a folder whose name holds "=" is found as the folder
+    odd.mkdir()
+    specs = TrainConfig(concepts=[f"{odd}=<b>=dog", f"{images}=<c>"], out=str(tmp_path)).concept_list()
+    assert [(s["images"], s["token"], s["init"]) for s in specs] == [(str(odd), "<b>", "dog"),
+                                                                      (str(images), "<c>", "object")]
 
 
 @pytest.mark.parametrize("levers", [dict(channels_last=True), dict(compile="blocks"),

@@ -155,6 +155,10 @@ class TrainConfig:
                     raise ConfigError(f"concept {item!r}: only the keys images, token and init are known")
             else:
                 parts = str(item).split("=")
+                for cut in range(len(parts) - 1, 0, -1):  # a folder name may hold "=": the longest that exists
+                    if len(parts) - cut in (1, 2) and Path("=".join(parts[:cut])).is_dir():
+                        parts = ["=".join(parts[:cut])] + parts[cut:]
+                        break
                 if len(parts) not in (2, 3):
                     raise ConfigError(f"--concepts {item!r} must be FOLDER=TOKEN or FOLDER=TOKEN=INIT")
                 spec = dict(zip(("images", "token", "init"), parts))
