@@ -166,3 +166,15 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_about(sd1_dir, tm
     with pytest.warns(UserWarning, match="is 79 tokens"):
         generate(GenerateConfig(prompt=[long], embedding=[str(emb)], out=str(tmp_path / "r"), n=1, steps=1,
                                 model=str(sd1_dir)), progress=False)
+
+
+def test_generate_takes_a_replacement_vae(sd1_dir, tmp_path):
+    from textinv.tiny import _tiny_vae
+
+    torch.manual_seed(5)
+    _tiny_vae().save_pretrained(tmp_path / "vae")
+    pictures = [np.asarray(Image.open(generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / name), n=1,
+                                                              steps=2, model=str(sd1_dir), **extra),
+                                               progress=False)[0]))
+                for name, extra in (("own", {}), ("other", {"vae": str(tmp_path / "vae")}))]
+    assert not np.array_equal(*pictures)  # the same latents, decoded by another VAE

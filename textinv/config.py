@@ -190,6 +190,7 @@ class GenerateConfig:
     precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
+    vae: str = opt(None, "use this VAE instead of the model's (e.g. SDXL's fp16-fixed one): folder, file or hub id")
 
     def validate(self) -> "GenerateConfig":
         if not self.prompt:

@@ -191,7 +191,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
         dtype = DTYPES[config.precision] if config.precision != "auto" else (
             torch.float16 if device == "cuda" else torch.float32)
         model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
-                           single_file_config=config.single_file_config)
+                           single_file_config=config.single_file_config, vae=config.vae)
     owned = not hasattr(model, "_pristine")  # a model handed in clean is handed back clean
     for emb in embeddings:
         install_embedding(model, emb)
