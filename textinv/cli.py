@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import shlex
+import sys
 import typing
 import warnings
 from pathlib import Path
@@ -25,14 +25,6 @@ from pathlib import Path
 from . import __version__
 from .config import GenerateConfig, TrainConfig, build, read_config_file
 from .errors import ConfigError, TextinvError
-
-def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:

@@ -177,12 +177,12 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     tokens = config.token or [None] * len(config.embedding)
     embeddings = [load_embedding(path, token=tok) for path, tok in zip(config.embedding, tokens)]
     seen: dict[str, str] = {}
+    said = " ".join(config.prompt + [config.negative_prompt]).lower()
     for emb, path in zip(embeddings, config.embedding):  # a clash between two files, before the model loads
         if emb.token in seen:
             raise TokenError(f"{path} and {seen[emb.token]} both define the token {emb.token!r}; rename one "
                              f"with --token (one --token per --embedding, in order)")
         seen[emb.token] = str(path)
-        said = " ".join(config.prompt + [config.negative_prompt]).lower()
         if emb.token.lower() not in said:  # a typo in the prompt would leave the embedding silently unused
             warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)

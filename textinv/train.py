@@ -94,9 +94,10 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
     _check_writable(out)
-    folders = [concept_folder(spec["token"]) for spec in config.concept_list()]
+    tokens = [spec["token"] for spec in config.concept_list()]
+    folders = [concept_folder(token) for token in tokens]
     if len(folders) > 1 and len(set(folders)) < len(folders):
-        raise ConfigError(f"--concepts tokens {[spec['token'] for spec in config.concept_list()]} would share an "
+        raise ConfigError(f"--concepts tokens {tokens} would share an "
                           f"output folder ({', '.join(folders)}): give each concept a token that differs in more than "
                           "its <angle brackets> or punctuation")
     holds_run = out.is_dir() and any(out.iterdir())

@@ -439,10 +439,11 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
             rows.append({"concept": concept.name, "kind": concept.kind, "method": method, "phrase": s["phrase"],
                          "reconstruction": s["reconstruction"], "editability": s["editability"],
                          "hue_error_deg": s["hue_error_deg"], **({"runs": s["runs"]} if "runs" in s else {})})
+        finals = [x for x in losses if x is not None]  # each run's last logged loss
         details.append({"concept": concept.name, "token": concept.token, "kind": concept.kind,
                         "description": concept.description, "attributes": concept.attributes,
                         "train_seconds": round(train_seconds, 1), "sample_seconds": round(sample_seconds, 1),
-                        "final_loss": _mean(x for x in losses if x is not None) if any(losses) else None,
+                        "final_loss": _mean(finals) if finals else None,
                         "methods": scores})
         ti = scores["textual-inversion"]
         log(f"    reconstruction {ti['reconstruction']:.2f}  editability {ti['editability']:.2f}  "
@@ -551,7 +552,8 @@ def _settings_line(result: dict) -> str:
                else f"training seed {s['train_seed']}")
     init = " from the description" if s.get("init") == "description" else ""
     return (f"{s['steps']} training steps (lr {s['lr']}, batch {s['batch']}, {s['vectors']} vector(s){init}, "
-            f"{s['images']} pictures, {trained}, {s.get('precision', 'fp32')} weights); {s['samples']} samples per prompt and method, seeds {s['seeds'][0]}.."
+            f"{s['images']} pictures, {trained}, {s.get('precision', 'fp32')} weights); {s['samples']} samples per "
+            f"prompt and method, seeds {s['seeds'][0]}.."
             f"{s['seeds'][-1]}, {s['sample_steps']} denoising steps, guidance {s['guidance']}; match tolerances: "
             f"hue {s['hue_tolerance']} deg (at most half the way to the nearest named colour), stripe angle "
             f"{s['angle_tolerance']} deg")
