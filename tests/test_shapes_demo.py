@@ -19,7 +19,7 @@ from textinv.cli import main
 from textinv.models import BUNDLED_MODELS, load_model, recorded_guidance
 from textinv.shapes import world
 from textinv.shapes.demo import EXAMPLES, DEFAULT_CONCEPT, draw_loss_curve, find_concept, slug
-from textinv.shapes.evaluate import (FAST, METHODS, all_hold, attribute_hits, best_description, evaluate, fill,
+from textinv.shapes.evaluate import (CEILINGS, FAST, METHODS, all_hold, attribute_hits, best_description, evaluate, fill,
                                      prompt_sets, score_images, training_templates, write_results)
 from textinv.shapes.probe import DEFAULT_PATH as PROBE_PATH
 from textinv.shapes.probe import Probe, train_probe
@@ -95,14 +95,17 @@ def test_evaluate_fast_returns_the_table(model_dir, probe_path, tmp_path):
     concepts = [find_concept("teal-star"), find_concept("crayon-style")]  # an object and a style
     result = evaluate(model, probe, concepts, progress=False, **FAST)
 
-    assert [(r["concept"], r["method"]) for r in result["rows"]] == [(c.name, m) for c in concepts for m in METHODS]
+    methods = METHODS + CEILINGS  # the methods, then the ceilings: each prompt's true scene rendered, and round-tripped
+    assert [(r["concept"], r["method"]) for r in result["rows"]] == [(c.name, m) for c in concepts for m in methods]
     for row in result["rows"]:
         assert 0.0 <= row["reconstruction"] <= 1.0 and 0.0 <= row["editability"] <= 1.0
         has_hue = row["concept"] == "teal star"
         assert (row["hue_error_deg"] is not None) == has_hue
         if has_hue:
             assert 0.0 <= row["hue_error_deg"] <= 180.0
-    assert set(result["mean"]) == set(METHODS)
+    assert set(result["mean"]) == set(methods)
+    if HAVE_PROBE:  # the shipped judge confirms the true renders of the concepts' own prompts
+        assert all(r["reconstruction"] >= 0.9 for r in result["rows"] if r["method"] == "true-render")
     assert result["settings"]["seeds"] == [result["settings"]["seed"]]
     assert result["settings"]["guidance"] == model.guidance  # unset: the model's own
     # the model comes back as it was: no learned token left behind
@@ -298,7 +301,7 @@ def test_several_training_runs_pool_textual_inversion_and_sample_the_baselines_o
     assert not torch.equal(first, second)  # two different runs
 
     result = json.loads(next(out.glob("quality-*.json")).read_text())
-    ti, init, description = result["rows"]
+    ti, init, description, true, autoencoder = result["rows"]
     assert [r["train_seed"] for r in ti["runs"]] == [5, 6] and "runs" not in init and "runs" not in description
     assert ti["reconstruction"] == pytest.approx(sum(r["reconstruction"] for r in ti["runs"]) / 2)
     assert ti["hue_error_deg"] == pytest.approx(sum(r["hue_error_deg"] for r in ti["runs"]) / 2)
@@ -306,8 +309,12 @@ def test_several_training_runs_pool_textual_inversion_and_sample_the_baselines_o
     methods = result["concepts"][0]["methods"]
     assert {p["of"] for p in methods["textual-inversion"]["prompts"]} == {4}  # 2 runs x 2 samples
     assert {p["of"] for p in methods["init-word"]["prompts"]} == {2}
+    # the ceilings are scored once, on their own number of true pictures, and shown beside the methods
+    assert "runs" not in true and "runs" not in autoencoder and (true["method"], autoencoder["method"]) == CEILINGS
+    assert {p["of"] for p in methods["true-render"]["prompts"]} == {ev.CEILING_SCENES}
     markdown = next(out.glob("quality-*.md")).read_text()
     assert "training seeds 5..6, bf16 weights" in markdown
+    assert "| prompt | textual-inversion | init-word | description | true-render | autoencoder |" in markdown
     low, high = sorted(r["hue_error_deg"] for r in ti["runs"])
     assert f"{ti['hue_error_deg']:.1f} ({low:.1f}-{high:.1f})" in markdown
 

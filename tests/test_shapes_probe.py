@@ -152,3 +152,20 @@ def test_shipped_probe_reads_the_benchmark_concepts(trained):
         rows = matches(trained.predict(world.render(c.training_scenes(5, seed=0))), c.attributes)
         for name in set(c.attributes) - BELOW_TARGET:
             assert sum(r[name] for r in rows) >= 4, (c.name, name)
+
+
+@shipped
+def test_shipped_probe_confirms_true_renders_of_the_benchmark_prompts(trained):
+    # The benchmark's ceilings: each prompt's own scene, rendered, judged as samples are. The concept itself must be
+    # confirmed almost always; edits mostly (the outlined style hides some fills: the violet ring's dots in 12/32).
+    from textinv.shapes.evaluate import prompt_sets, score_images
+
+    for c in world.BENCHMARK_CONCEPTS:
+        edits = []
+        for kind, _, expected in prompt_sets(c, "textual-inversion"):
+            passed, _, _ = score_images(trained, world.render(c.scenes_for(expected, 32, seed=1000)), expected)
+            if kind == "reconstruction":
+                assert sum(passed) >= 28, (c.name, expected, sum(passed))
+            else:
+                edits += passed
+        assert sum(edits) / len(edits) >= 0.8, (c.name, sum(edits) / len(edits))

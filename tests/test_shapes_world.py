@@ -294,6 +294,34 @@ def test_benchmark_concepts_are_well_formed():
             assert template.count("{}") == 1 and expected
 
 
+def _scene_value(scene, name):
+    o = scene.obj
+    return {"hue": o.hue, "stripe_angle": o.pattern_angle, "background": scene.background, "style": scene.style,
+            "has_second": scene.second is not None,
+            "second_shape": scene.second and scene.second.shape,
+            "second_color": scene.second and scene.second.color}.get(name, getattr(o, name, None))
+
+
+def test_scenes_for_draw_what_each_benchmark_prompt_asks():
+    for c in BENCHMARK_CONCEPTS:
+        prompts = [c.attributes] + [{**c.attributes, **edit} for _, edit in c.edit_prompts()]
+        for expected in prompts:
+            scenes = c.scenes_for(expected, k=12, seed=5)
+            assert len(scenes) == 12 and scenes == c.scenes_for(expected, k=12, seed=5)
+            for s in scenes:
+                for name, want in expected.items():
+                    got = _scene_value(s, name)
+                    assert (abs(got - want) < 0.5 if name == "hue" else got == want), (c.name, expected, name, got)
+                if s.second is not None:  # laid out as the world lays out two objects
+                    assert s.obj.position in world.TWO_OBJECT_POSITIONS and s.obj.size != "large"
+                    assert s.second.position == world.MIRROR[s.obj.position] and s.second.size == "small"
+            # the rest still varies, as in the training pictures
+            free = [n for n in ("background", "position") if n not in expected]
+            assert all(len({_scene_value(s, n) for s in scenes}) > 1 for n in free), (c.name, expected)
+    with pytest.raises(ConfigError, match="cannot draw"):
+        BENCHMARK_CONCEPTS[0].scenes_for({"smell": "sweet"})
+
+
 def test_training_scenes_show_the_concept_in_varied_settings():
     for c in BENCHMARK_CONCEPTS:
         scenes = c.training_scenes(5, seed=0)

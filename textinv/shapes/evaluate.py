@@ -225,7 +225,9 @@ def all_hold(hits: dict[str, list[bool]], n: int) -> list[bool]:
 
 
 def to_tensor(images) -> torch.Tensor:
-    """PIL RGB images (one size) -> (B, 3, H, W) float32 in [0, 1], what the probe reads."""
+    """PIL RGB images (one size) -> (B, 3, H, W) float32 in [0, 1], what the probe reads (a tensor passes as it is)."""
+    if isinstance(images, torch.Tensor):
+        return images
     arr = np.stack([np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0 for img in images])  # (B, H, W, 3)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
@@ -321,10 +323,34 @@ def score_method(model, probe, concept: Concept, method: str, config: EvalConfig
     seeds = config.seeds
     prompts = [p for _, p, _ in rows for _ in seeds]
     images = sample(model, prompts, seeds * len(rows), config.sample_steps, config.guidance, config.chunk)
+    return _score_prompts(probe, concept, rows, to_tensor(images).split(len(seeds)), config,
+                          method_phrases(concept)[method])
+
+
+CEILINGS = ("true-render", "autoencoder")
+"""The two ceilings scored beside the methods: each prompt's own scene rendered (`Concept.scenes_for`), what the
+probe can read at best; and those renders through the model's autoencoder, what the model could draw at best."""
+
+CEILING_SCENES = 32  # true pictures per prompt
+
+
+def score_ceilings(model, probe, concept: Concept, config: EvalConfig) -> dict[str, dict]:
+    """Score `CEILING_SCENES` true renders of every prompt (and their autoencoder round trips) as the methods'
+    samples are scored: where even these miss, a prompt's samples cannot score, whatever the word."""
+    rows = prompt_sets(concept, "textual-inversion")
+    renders = torch.cat([world.render(concept.scenes_for(expected, CEILING_SCENES, config.seed))
+                         for _, _, expected in rows])
+    pictures = {"true-render": renders, "autoencoder": round_trip(model, renders)}
+    return {name: _score_prompts(probe, concept, rows, pics.split(CEILING_SCENES), config, "")
+            for name, pics in pictures.items()}
+
+
+def _score_prompts(probe, concept: Concept, rows, pictures, config: EvalConfig, phrase: str) -> dict:
+    """Probe each prompt's pictures ((n, 3, H, W) tensors, one per row of `prompt_sets`) and count: the
+    method-shaped result `score_method` returns."""
     per_prompt, recon, edit, hue_errors = [], [], [], []
     attr_rates: dict[str, list[bool]] = {}
-    for j, (kind, prompt, expected) in enumerate(rows):
-        pics = images[j * len(seeds):(j + 1) * len(seeds)]
+    for (kind, prompt, expected), pics in zip(rows, pictures):
         passed, hits, predicted = score_images(probe, pics, expected, config.hue_tolerance, config.angle_tolerance)
         (recon if kind == "reconstruction" else edit).extend(passed)
         if kind == "reconstruction":
@@ -334,7 +360,7 @@ def score_method(model, probe, concept: Concept, method: str, config: EvalConfig
                 hue_errors += [_circular(h, concept.attributes["hue"], 360.0) for h in predicted["hue"]]
         per_prompt.append({"kind": kind, "prompt": prompt, "passed": sum(passed), "of": len(passed)})
     return {
-        "phrase": method_phrases(concept)[method],
+        "phrase": phrase,
         "reconstruction": _mean(recon),
         "editability": _mean(edit),
         "hue_error_deg": _mean(hue_errors) if hue_errors else None,
@@ -433,7 +459,8 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
         t1 = time.perf_counter()
         # the baselines do not depend on the training run: sampled once
         scores = {"textual-inversion": pool_runs(runs, config.train_seeds),
-                  **{m: score_method(model, probe, concept, m, config) for m in METHODS[1:]}}
+                  **{m: score_method(model, probe, concept, m, config) for m in METHODS[1:]},
+                  **score_ceilings(model, probe, concept, config)}
         sample_seconds += time.perf_counter() - t1
         for method, s in scores.items():
             rows.append({"concept": concept.name, "kind": concept.kind, "method": method, "phrase": s["phrase"],
@@ -447,7 +474,8 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
                         "methods": scores})
         ti = scores["textual-inversion"]
         log(f"    reconstruction {ti['reconstruction']:.2f}  editability {ti['editability']:.2f}  "
-            f"(init word {scores['init-word']['reconstruction']:.2f} / {scores['init-word']['editability']:.2f}); "
+            f"(init word {scores['init-word']['reconstruction']:.2f} / {scores['init-word']['editability']:.2f}, "
+            f"true render {scores['true-render']['reconstruction']:.2f} / {scores['true-render']['editability']:.2f}); "
             f"train {train_seconds:.0f} s, sample {sample_seconds:.0f} s", flush=True)
 
     result = {
@@ -482,8 +510,10 @@ def _means(rows: list[dict]) -> dict[str, dict]:
     """Each method's mean over the concepts; for textual inversion also each training run's mean (the table one
     run alone would have given)."""
     means = {}
-    for method in METHODS:
+    for method in METHODS + CEILINGS:
         mine = [r for r in rows if r["method"] == method]
+        if not mine and method in CEILINGS:  # (results written before the ceilings were scored lack them)
+            continue
         means[method] = _summary(mine)
         if mine and "runs" in mine[0]:
             means[method]["runs"] = [{"train_seed": run["train_seed"], **_summary([r["runs"][k] for r in mine])}
@@ -533,7 +563,8 @@ def format_table(result: dict) -> str:
     lines = ["| concept | method | prompt words | reconstruction | editability | hue error (deg) |",
              "| --- | --- | --- | ---: | ---: | ---: |"]
     for r in result["rows"]:
-        lines.append(f"| {r['concept']} | {r['method']} | `{r['phrase']}` | {_cell(r, 'reconstruction')} | "
+        words = f"`{r['phrase']}`" if r["phrase"] else "(the prompt's own scene)"
+        lines.append(f"| {r['concept']} | {r['method']} | {words} | {_cell(r, 'reconstruction')} | "
                      f"{_cell(r, 'editability')} | {_cell(r, 'hue_error_deg', 1)} |")
     means = [("mean", result["mean"])]
     if len(result.get("mean_by_kind", {})) > 1:
@@ -578,7 +609,10 @@ def format_markdown(result: dict) -> str:
            "probe: **reconstruction** is the share of samples from the concept's own prompts whose probed attributes "
            "all match the concept; **editability** the share of samples from its edit prompts where the edit and the "
            "concept both hold. Baselines: the init word alone, and the best description in the world's words (the "
-           "paper's human caption). Regenerate with `textinv evaluate` (settings below).", "",
+           "paper's human caption). Two ceilings are scored the same way: **true-render**, each prompt's own scene "
+           "rendered (the most the probe can confirm: it misreads some fills, e.g. an outlined ring's dots), and "
+           "**autoencoder**, those renders through the model's VAE (the most the model could draw). Regenerate with "
+           "`textinv evaluate` (settings below).", "",
            f"- model: {model['description']}" + (f", exported {model['exported']}, training steps {model['steps']}"
                                                   if model.get("exported") else ""),
            f"- textinv {result['textinv_version']}; probe: {json.dumps(result['probe']) if result['probe'] else 'n/a'}",
@@ -591,11 +625,12 @@ def format_markdown(result: dict) -> str:
         out.append(f"{c['description']}. Judged on: {attrs}. Trained in {c['train_seconds']} s "
                    f"(final loss {_num(c['final_loss'], 4)}), sampled in {c['sample_seconds']} s.")
         out.append("")
-        out.append("| prompt | " + " | ".join(METHODS) + " |")
-        out.append("| --- |" + " ---: |" * len(METHODS))
+        columns = [m for m in METHODS + CEILINGS if m in c["methods"]]
+        out.append("| prompt | " + " | ".join(columns) + " |")
+        out.append("| --- |" + " ---: |" * len(columns))
         ti_prompts = c["methods"]["textual-inversion"]["prompts"]
         for j, p in enumerate(ti_prompts):
-            counts = [c["methods"][m]["prompts"][j] for m in METHODS]
+            counts = [c["methods"][m]["prompts"][j] for m in columns]
             cells = [f"{x['passed']}/{x['of']}" for x in counts]
             out.append(f"| {p['kind']}: `{p['prompt']}` | " + " | ".join(cells) + " |")
         out.append("")

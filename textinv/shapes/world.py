@@ -988,6 +988,11 @@ VOCABULARY = _vocabulary()
 world's tokenizer can be small."""
 
 
+_SCENE_KEYS = ("shape", "color", "hue", "pattern", "stripe_angle", "size", "position", "background", "style",
+               "has_second", "second_shape", "second_color")
+"""The probe attributes `Concept.scenes_for` can draw into a scene."""
+
+
 @dataclass(frozen=True)
 class Concept:
     """A benchmark concept: one object (or one style) that the world's words only approximate.
@@ -1033,6 +1038,44 @@ class Concept:
                 obj = replace(obj, **common)
             scenes.append(Scene(obj, background=str(backgrounds[i % len(backgrounds)]), style=self.style,
                                 style_strength=self.style_strength, seed=int(rng.integers(2**31))))
+        return scenes
+
+    def scenes_for(self, expected: dict, k: int = 32, seed: int = 0) -> list[Scene]:
+        """`k` true pictures of what a benchmark prompt asks for: the training scenes' variety (`training_scenes`),
+        with every attribute in `expected` (a prompt's probe expectations, as `edit_prompts` and `attributes` give
+        them) set. What the probe reads from their renders is the most a prompt's samples can score.
+
+        A second object is drawn as the world draws one (small, solid, mirrored), its main object moved to a
+        left or top place and kept at most medium size unless `expected` fixes them.
+
+        >>> scenes = BENCHMARK_CONCEPTS[0].scenes_for({"background": "black", "size": "small"}, k=3)
+        >>> [(s.background, s.obj.size, s.obj.shape) for s in scenes][0]
+        ('black', 'small', 'star')
+        """
+        unknown = set(expected) - set(_SCENE_KEYS)
+        if unknown:
+            raise ConfigError(f"cannot draw {sorted(unknown)} into a scene: expected attributes must be among "
+                              f"{', '.join(_SCENE_KEYS)}")
+        obj_keys = {"shape": "shape", "color": "color", "pattern": "pattern", "size": "size", "position": "position",
+                    "stripe_angle": "pattern_angle"}
+        scenes = []
+        for i, scene in enumerate(self.training_scenes(k, seed)):
+            obj = replace(scene.obj, **{obj_keys[key]: v for key, v in expected.items() if key in obj_keys})
+            if "color" in expected:
+                obj = replace(obj, rgb=None)
+            if "hue" in expected:
+                obj = replace(obj, rgb=color_at_hue(expected["hue"]), color=None)
+            second = None
+            if expected.get("has_second"):
+                if "position" not in expected and obj.position not in TWO_OBJECT_POSITIONS:
+                    obj = replace(obj, position=TWO_OBJECT_POSITIONS[i % len(TWO_OBJECT_POSITIONS)])
+                if "size" not in expected and obj.size == "large":
+                    obj = replace(obj, size="medium")
+                second = ObjectSpec(expected.get("second_shape", "circle"), expected.get("second_color", "red"),
+                                    size="small", position=MIRROR[obj.position])
+            scenes.append(replace(scene, obj=obj, second=second,
+                                  background=expected.get("background", scene.background),
+                                  style=expected.get("style", scene.style)))
         return scenes
 
     def edit_prompts(self) -> list[tuple[str, dict]]:
