@@ -155,7 +155,8 @@ def test_generate_settings_refused_before_loading(tmp_path):
     (tmp_path / "file.png").write_bytes(b"x")
     for settings, message in (({"seed": 2**64}, "--seed must be between"), ({"seed": -1}, "--seed must be between"),
                               ({"seed": 2**64 - 1, "n": 2}, "--seed must be between"),
-                              ({"out": str(tmp_path / "file.png")}, "is a file")):
+                              ({"out": str(tmp_path / "file.png")}, "is a file"),
+                              ({"precision": "int8"}, "--precision 'int8' is not one of: auto, fp32")):
         with pytest.raises(ConfigError, match=message):
             generate(GenerateConfig(prompt=["a dog"], model=str(tmp_path / "no-model"), **settings), progress=False)
 

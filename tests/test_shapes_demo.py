@@ -325,8 +325,10 @@ def test_evaluate_refuses_bad_runs_and_precision():
 
     with pytest.raises(ConfigError, match="runs must be a whole number >= 1"):
         settings(flags={"runs": 0})
-    with pytest.raises(ConfigError, match="precision must be fp32, bf16 or fp16"):
+    with pytest.raises(ConfigError, match="--precision 'int8' is not one of: fp32, bf16, fp16"):
         settings(flags={"precision": "int8"})
+    with pytest.raises(ConfigError, match="--init 'caption' is not one of: word, description"):
+        settings(flags={"init": "caption"})
 
 
 def test_learning_can_start_from_the_description_one_vector_per_word(model_dir, probe_path, monkeypatch):

@@ -37,6 +37,16 @@ COMPILE = ("off", "blocks", "unet")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def check_choices(config) -> None:
+    """Raise ConfigError for any field of the dataclass `config` whose value is not among its `choices` (the
+    command line's argparse checks them too; config files and Python callers come here)."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(choices)}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a textual-inversion training run."""
@@ -100,11 +110,7 @@ class TrainConfig:
         tokens = [spec["token"] for spec in specs]
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"--concepts repeats a token: {tokens}; each concept needs its own")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value is not None and value not in choices:
-                raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(choices)}")
+        check_choices(self)
         positive = ("vectors", "steps", "batch", "grad_accum", "repeats", "sample_steps", "log_every")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -193,6 +199,7 @@ class GenerateConfig:
     vae: str = opt(None, "use this VAE instead of the model's (e.g. SDXL's fp16-fixed one): folder, file or hub id")
 
     def validate(self) -> "GenerateConfig":
+        check_choices(self)
         if not self.prompt:
             raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
         if self.n < 1:

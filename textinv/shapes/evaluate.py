@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from textinv import __version__
-from textinv.config import TrainConfig, build, opt
+from textinv.config import TrainConfig, build, check_choices, opt
 from textinv.errors import ConfigError
 from textinv.io import write_json, write_text
 from textinv.tokens import scratch_tokens
@@ -99,10 +99,7 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.init not in ("word", "description"):
-            raise ConfigError(f"init must be 'word' or 'description', got {self.init!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        check_choices(self)
         for name in ("hue_tolerance", "angle_tolerance"):
             if not 0 < getattr(self, name) <= 180:
                 raise ConfigError(f"{name} must be in (0, 180] degrees, got {getattr(self, name)}")
