@@ -169,3 +169,11 @@ def test_shipped_probe_confirms_true_renders_of_the_benchmark_prompts(trained):
             else:
                 edits += passed
         assert sum(edits) / len(edits) >= 0.8, (c.name, sum(edits) / len(edits))
+
+
+def test_a_damaged_probe_file_is_a_model_error(tmp_path):
+    for content in (b"", b"not a safetensors file at all", b"\xff" * 64):
+        path = tmp_path / "junk.safetensors"
+        path.write_bytes(content)
+        with pytest.raises(ModelError, match="not a readable safetensors file"):
+            Probe.load(path)

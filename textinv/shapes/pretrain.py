@@ -122,7 +122,13 @@ class PretrainConfig:
             if any(c % groups for c in getattr(self, name)):
                 raise ConfigError(f"every entry of {name} {getattr(self, name)} must be a multiple of its group "
                                   f"norm's {groups} groups")
-        for name in ("vae_batch", "unet_batch", "warmup", "text_layers", "unet_layers"):
+        if self.text_width % self.text_heads:
+            raise ConfigError(f"text_width {self.text_width} must be a multiple of text_heads {self.text_heads}")
+        split = [c for c, a in zip(self.unet_channels, self.unet_attention) if a and c % self.unet_heads]
+        if split:
+            raise ConfigError(f"unet_channels {split} at attention levels must be multiples of unet_heads "
+                              f"{self.unet_heads}")
+        for name in ("vae_batch", "unet_batch", "warmup", "text_layers", "unet_layers", "text_heads", "unet_heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("vae_lr", "unet_lr"):
@@ -262,7 +268,7 @@ def _write_json(path: Path, data) -> None:
 
 def _replace_folder(tmp: Path, final: Path) -> None:
     """Swap a fully written `tmp` folder in for `final` (the old one survives until the new one is in place)."""
-    old = final.with_name(final.name + ".old")
+    old = _recover_folder(final)
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -270,6 +276,15 @@ def _replace_folder(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _recover_folder(final: Path) -> Path:
+    """Put back `final` from its `.old` copy if a process died between the two renames of `_replace_folder`
+    (`final` gone, `.old` the last good one); returns the `.old` path."""
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.exists():
+        os.replace(old, final)
+    return old
 
 
 def _moments(optimizer, params) -> dict[str, torch.Tensor]:
@@ -426,6 +441,7 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
               log=print) -> int:
     """Train (or continue) the autoencoder for `minutes` of wall time or up to `max_steps`; returns the step."""
     folder = work / "vae"
+    _recover_folder(folder)
     torch.manual_seed(config.seed)  # the initial weights of a fresh run come from the seed too
     vae = build_vae(config).to(device).train()
     params = [p for p in vae.parameters()]  # all of them, frozen or not, so the saved moments line up
@@ -444,7 +460,6 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
         step = state["step"]
         encoder_step = state.get("encoder_step", step)
         log(f"vae: resuming at step {step}" + (" (decoder only)" if config.vae_part == "decoder" else ""))
-    torch.manual_seed(config.seed + step)  # the posterior's sampling noise
 
     def save():
         latents_from = encoder_step if config.vae_part == "decoder" else chunk.step
@@ -459,6 +474,7 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
         for group in opt.param_groups:
             group["lr"] = _lr(chunk.step, config.vae_lr, config.warmup)
         batch, x = _images(config.vae_batch, g, device)
+        torch.manual_seed(config.seed + chunk.step)  # the posterior's sampling noise: by step, so chunks = one run
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
             with frozen_encoder:
                 posterior = vae.encode(x).latent_dist
@@ -492,9 +508,11 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
 
     from textinv.train import denoising_loss
 
+    folder = work / "unet"
+    for stage in (work / "vae", folder):
+        _recover_folder(stage)
     if not (work / "vae" / "state.json").exists():
         raise ConfigError(f"no trained VAE in {work / 'vae'}: run `--stage vae --work {work}` first")
-    folder = work / "unet"
     vae = build_vae(config)
     vae.load_state_dict(load_weights(work / "vae", "vae"))
     make_deterministic(vae)
@@ -618,10 +636,25 @@ def build_pipeline(config: PretrainConfig, work: Path, use_ema: bool = True):
 
 
 def export(config: PretrainConfig, work: Path, out: Path, command: str, dtype=torch.float16, log=print) -> Path:
-    """Write the diffusers folder to `out` atomically (a sibling temp folder, then a rename), with its record."""
+    """Write the diffusers folder to `out` atomically (a sibling temp folder, then a rename), with its record.
+
+    Refused (ConfigError) when `work` has no checkpoint at all, and when `out` is the work folder or holds it, or is
+    anything but an earlier export (a folder with `training.json`) or an empty folder: the swap replaces it whole."""
+    out = Path(out)
+    for stage in STAGES:
+        _recover_folder(work / stage)
+    if not any((work / stage / "state.json").exists() for stage in STAGES):
+        raise ConfigError(f"no checkpoints in {work}: train a stage first (--stage vae, then --stage unet), or check "
+                          f"the --work path")
+    if out.resolve() == work.resolve() or out.resolve() in work.resolve().parents:
+        raise ConfigError(f"--out {out} would replace the work folder {work} and its checkpoints; give another folder")
+    if out.exists() and not (out.is_dir() and ((out / "training.json").is_file() or not any(out.iterdir()))):
+        raise ConfigError(f"--out {out} exists and is not an earlier export (no training.json in it): give a new "
+                          f"folder, or remove it first")
+    if not (work / "unet" / "state.json").exists():
+        log(f"warning: {work / 'unet'} has no checkpoint: the exported UNet and text encoder are untrained")
     pipe = build_pipeline(config, work)
     pipe.to(dtype=dtype)
-    out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -751,24 +784,28 @@ def _as_stored(config: PretrainConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-def _config_for(work: Path, overrides: dict) -> PretrainConfig:
-    """The work folder's config with `overrides` applied. A stage's sizes (`ARCHITECTURE`) are fixed once it has a
-    checkpoint; before that they may change (e.g. a new, wider UNet on a kept VAE: `--from-model M --keep vae`)."""
+def _config_for(work: Path, overrides: dict, write: bool = True) -> PretrainConfig:
+    """The work folder's config with `overrides` applied. A stage's sizes (`ARCHITECTURE`) and the seed are fixed
+    once it has a checkpoint; before that they may change (e.g. a new, wider UNet on a kept VAE: `--from-model M
+    --keep vae`). `write`: store it as the folder's config.json (training does; an export only reads)."""
     path = work / "config.json"
+    if not write and not path.exists():
+        raise ConfigError(f"{work} is not a pretraining work folder (no config.json): check the --work path")
     if path.exists():
         stored = json.loads(path.read_text())
         wanted = _as_stored(PretrainConfig(**{**stored, **overrides}))
         stored = {**_as_stored(PretrainConfig()), **stored}  # fields newer than the folder take their defaults
         clash = [k for stage, keys in ARCHITECTURE.items() if (work / stage / "state.json").exists()
-                 for k in keys if wanted[k] != stored[k]]
+                 for k in keys + ("seed",) if wanted[k] != stored[k]]
         if clash:
-            raise ConfigError(f"{work} has checkpoints made with other sizes ({', '.join(clash)}); use a new "
+            raise ConfigError(f"{work} has checkpoints made with another {', '.join(sorted(set(clash)))}; use a new "
                               f"--work folder (--from-model M --keep vae keeps the VAE and starts a new UNet)")
         config = PretrainConfig(**{**stored, **overrides})
     else:
         config = PretrainConfig(**overrides)
-    work.mkdir(parents=True, exist_ok=True)
-    _write_json(path, asdict(config))
+    if write:
+        work.mkdir(parents=True, exist_ok=True)
+        _write_json(path, asdict(config))
     return config
 
 
@@ -803,6 +840,17 @@ def parse_setting(text: str) -> tuple[str, object]:
 
 
 def main(argv=None) -> int:
+    """The command line; a TextinvError (a bad setting, a missing or mismatched folder) is one `error:` line, exit 2."""
+    from textinv.errors import TextinvError
+
+    try:
+        return _run(argv)
+    except TextinvError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(argv) -> int:
     parser = argparse.ArgumentParser(prog="python -m textinv.shapes.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=STAGES, help="train this stage for --minutes (resuming if possible)")
     parser.add_argument("--export", action="store_true", help="write the diffusers folder to --out")
@@ -840,9 +888,9 @@ def main(argv=None) -> int:
     overrides.update(parse_setting(text) for text in args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
-    if args.stage and args.batch:
+    if args.stage and args.batch is not None:
         overrides[f"{args.stage}_batch"] = args.batch
-    if args.stage and args.lr:
+    if args.stage and args.lr is not None:
         overrides[f"{args.stage}_lr"] = args.lr
     if args.keep != "vae,unet" and not args.from_model:
         parser.error("--keep goes with --from-model")
@@ -850,7 +898,7 @@ def main(argv=None) -> int:
         parser.error("--decoder-only goes with --stage vae")
     if args.stage == "vae":
         overrides["vae_part"] = "decoder" if args.decoder_only else "all"
-    config = _config_for(args.work, overrides)
+    config = _config_for(args.work, overrides, write=bool(args.stage or args.quick or args.from_model))
     out = args.out or args.work / "model"
     if args.quick:
         steps = args.steps or 3

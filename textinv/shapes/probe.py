@@ -313,9 +313,13 @@ class Probe:
         if not path.is_file():
             raise ModelError(f"no probe weights at {path}: train them with "
                              f"`python -m textinv.shapes.probe --train --out {path}`")
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("textinv")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("textinv")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # SafetensorError and friends: not a (whole) safetensors file
+            raise ModelError(f"{path} is not a readable safetensors file ({e}): is it a probe written by "
+                             f"Probe.save?") from None
         try:
             meta = json.loads(raw)
         except (TypeError, ValueError):
