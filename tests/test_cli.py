@@ -73,6 +73,9 @@ def test_convert_and_inspect(tmp_path, sd1_dir, capsys):
     assert main(["inspect", str(tmp_path / "c.pt"), "--model", str(sd1_dir), "--top-k", "2"]) == 0
     text = capsys.readouterr().out
     assert "token: <c>" in text and "vectors: 2" in text and "vector 1 reads as:" in text and "a1111" in text
+    for k in ("0", "-1"):
+        assert main(["inspect", str(tmp_path / "c.pt"), "--model", str(sd1_dir), "--top-k", k]) == 2
+        assert "--top-k must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")

@@ -533,3 +533,23 @@ def test_diffusers_loader_reads_our_files(tmp_path, fmt):
     rows = text_encoder.get_input_embeddings().weight[ids].detach()
     assert torch.equal(rows, emb.vectors["text_encoder"])
     assert Pipe().maybe_convert_prompt("a <my-dog>", tokenizer) == "a <my-dog> <my-dog>_1 <my-dog>_2"
+
+
+def test_a_torch_file_named_safetensors_is_read_by_its_bytes(tmp_path):
+    # newer torch.load picks its loader from a path's extension; files are recognised by their content here
+    emb = make_emb("sd1", 2)
+    for fmt, name in (("a1111", "a.pt"), ("diffusers-bin", "b.bin")):
+        save_embedding(emb, tmp_path / name, fmt)
+        wrong = tmp_path / (name + ".safetensors")
+        wrong.write_bytes((tmp_path / name).read_bytes())
+        assert detect_format(wrong) == fmt
+        assert_same_vectors(emb, load_embedding(wrong))
+
+
+def test_an_unwritable_destination_is_a_format_error_naming_it(tmp_path):
+    emb = make_emb("sd1", 1)
+    (tmp_path / "file.safetensors").write_bytes(b"x")
+    with pytest.raises(FormatError, match="cannot write .*file.safetensors/e.pt"):
+        save_embedding(emb, tmp_path / "file.safetensors" / "e.pt", "a1111")
+    with pytest.raises(FormatError, match="cannot write .*File name too long"):  # (an OSError even for root)
+        save_embedding(emb, tmp_path / ("x" * 300 + ".safetensors"))

@@ -379,3 +379,78 @@ def test_compiled_runs_track_the_plain_run(levers, sd1_dir, images, tmp_path):
         fast = train(config(images, tmp_path / "b", **levers, **kw), model=load_model(sd1_dir), progress=False)
     for (s1, l1), (s2, l2) in zip(plain.losses, fast.losses, strict=True):
         assert s1 == s2 and abs(l1 - l2) <= 1e-3 * l1, (plain.losses, fast.losses)
+
+
+def test_a_signal_that_lands_inside_a_step_stops_the_run_between_steps(sd1_dir, images, tmp_path, monkeypatch):
+    """Ctrl-C arriving just after the optimizer's update (here: inside GradScaler.update of step 3) must not leave a
+    checkpoint labelled step 2 holding step 3's vectors: the run finishes the step, stops, and resumes exactly."""
+    import os
+    import signal
+
+    straight = train(config(images, tmp_path / "a", steps=6), model=load_model(sd1_dir), progress=False)
+    real, calls = torch.amp.GradScaler.update, []
+
+    def update_then_signal(self, *a, **k):
+        real(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "update", update_then_signal)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "b"
+    with pytest.raises(TrainingInterrupted) as info:
+        train(config(images, out, steps=6), model=load_model(sd1_dir), progress=False)
+    assert info.value.step == 3 and signal.getsignal(signal.SIGINT) == before
+    monkeypatch.setattr(torch.amp.GradScaler, "update", real)
+    resumed = train(config(images, out, steps=6, resume=True), model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
+def test_a_resumed_loss_log_is_the_uninterrupted_runs(sd1_dir, images, tmp_path):
+    """Stopped inside a log interval (step 4 of intervals of 3), the checkpoint keeps the interval's loss so far:
+    loss.csv after the resume has the uninterrupted run's rows."""
+    import os
+    import signal
+
+    straight = train(config(images, tmp_path / "a", steps=8, log_every=3), model=load_model(sd1_dir),
+                     progress=False)
+    out = tmp_path / "b"
+    with pytest.raises(TrainingInterrupted):
+        train(config(images, out, steps=8, log_every=3), model=load_model(sd1_dir), progress=False,
+              on_step=lambda step: step == 4 and os.kill(os.getpid(), signal.SIGTERM))
+    resumed = train(config(images, out, steps=8, log_every=3, resume=True), model=load_model(sd1_dir),
+                    progress=False)
+    assert resumed.losses == straight.losses and [s for s, _ in resumed.losses] == [3, 6, 8]
+    assert read_loss_log(out / "loss.csv") == read_loss_log(tmp_path / "a" / "loss.csv")
+
+
+def test_resume_with_fewer_steps_than_done_is_refused(sd1_dir, images, tmp_path):
+    out = tmp_path / "b"
+    train(config(images, out, steps=4), model=load_model(sd1_dir), progress=False)
+    with pytest.raises(ConfigError, match="at step 4 with --steps 2.*--steps 4 or more"):
+        train(config(images, out, steps=2, resume=True), model=load_model(sd1_dir), progress=False)
+    assert "steps: 4" in (out / "config.yaml").read_text()  # the record still says what made the file
+
+
+def test_a_run_with_a_relative_model_and_concepts_resumes_from_anywhere(sd1_dir, images, tmp_path, monkeypatch):
+    """--model and --concepts given relative to where the run started are stored absolute, like --images."""
+    import shutil
+
+    shutil.copytree(sd1_dir, tmp_path / "sd1")
+    shutil.copytree(images, tmp_path / "pics")
+    monkeypatch.chdir(tmp_path)
+    run = dict(concepts=["pics=<zq>=dog", "pics=<zr>=cat"], out="multi", model="sd1", steps=4, batch=2,
+               save_every=2, sample_every=0, log_every=2)
+    with pytest.raises(TrainingInterrupted):
+        import os
+        import signal
+
+        train(TrainConfig(**run), progress=False, on_step=lambda s: s == 2 and os.kill(os.getpid(), signal.SIGTERM))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    from textinv.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "multi"), "--resume"]) == 0
+    for name in ("zq", "zr"):
+        assert load_embedding(tmp_path / "multi" / name / "learned_embeds.safetensors").metadata["steps"] == "4"

@@ -101,6 +101,8 @@ def cmd_convert(args) -> int:
 def cmd_inspect(args) -> int:
     from .inspect import inspect_file
 
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     report = inspect_file(args.file, model=args.model, top_k=args.top_k)
     print(json.dumps(report, indent=2) if args.json else report["text"])
     return 0

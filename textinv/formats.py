@@ -201,14 +201,20 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
             f"the {format!r} format is for SDXL's two text encoders, but {emb.token!r} has one "
             f"({describe_widths(emb.widths)}): save it as 'diffusers', 'a1111' or 'kohya'")
     path = Path(path)
-    if path.is_dir():
-        path = path / default_filename(format, emb.token)
-    if path.suffix.lower() not in _SUFFIXES[format]:
-        raise FormatError(
-            f"{path}: a {format!r} file must end in {' or '.join(_SUFFIXES[format])} (tools choose their loader "
-            f"by extension): rename it, e.g. {default_filename(format, emb.token)!r}, or pick another format")
+    try:
+        if path.is_dir():
+            path = path / default_filename(format, emb.token)
+        if path.suffix.lower() not in _SUFFIXES[format]:
+            raise FormatError(
+                f"{path}: a {format!r} file must end in {' or '.join(_SUFFIXES[format])} (tools choose their loader "
+                f"by extension): rename it, e.g. {default_filename(format, emb.token)!r}, or pick another format")
+        # 2. Write.
+        return _write_embedding(emb, path, format, preview)
+    except OSError as e:  # a read-only or full disk, a file where a folder should be, a name too long: say which
+        raise FormatError(f"cannot write {path}: {e.strerror or e}; choose another output path") from None
 
-    # 2. Write.
+
+def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview) -> list[Path]:
     vectors = {name: t.detach().to(torch.float32).contiguous().clone() for name, t in emb.vectors.items()}
     if format == "diffusers":
         _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb)
@@ -444,17 +450,24 @@ class _PickledParameterDict:
 _PARAMETER_DICT = "torch.nn.modules.container.ParameterDict"
 
 
+def _torch_load(path: Path):
+    # From an open file, not the path: newer torch picks its loader by the name, and a torch file renamed
+    # .safetensors must still be read by its bytes.
+    with open(path, "rb") as f:
+        return torch.load(f, map_location="cpu", weights_only=True)
+
+
 def _read_pickle(path: Path):
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _torch_load(path)
         except pickle.UnpicklingError as e:
             if _PARAMETER_DICT not in str(e) or not hasattr(torch.serialization, "safe_globals"):
                 raise
         # The paper's file: read it again with our inert stand-in allow-listed under ParameterDict's name (torch
         # >= 2.6 substitutes (object, "name") pairs). Only here, so no other file ever depends on that feature.
         with torch.serialization.safe_globals([(_PickledParameterDict, _PARAMETER_DICT)]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _torch_load(path)
     except pickle.UnpicklingError as e:
         # weights_only stopped at something that is not a tensor, a container or a number: possibly code
         found = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"WeightsUnpickler error: ([^\n]+)", str(e))

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from .data import CaptionSampler, default_templates, find_images, load_training_
 from .errors import ConfigError, TrainingError
 from .formats import FORMATS, LearnedEmbedding, default_filename, save_embedding
 from .io import atomic_path, write_text
-from .models import DTYPES, Model, encode_text, load_model, xl_time_ids
+from .models import BUNDLED_MODELS, DTYPES, Model, encode_text, load_model, xl_time_ids
 from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init_vectors, token_names
 
 CHECKPOINT_DIR = "checkpoints"
@@ -53,6 +54,7 @@ CONFIG_FILE = "config.yaml"
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "sample_every", "sample_steps", "log_every",
                      "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
 PATH_SETTINGS = ("images", "templates", "out")  # stored absolute: a run resumes, or reruns, from any directory
+MODEL_SETTINGS = ("model", "vae", "single_file_config")  # stored absolute when they name something on disk
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -107,7 +109,7 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
             raise ConfigError(f"cannot resume: {out} holds no {CONFIG_FILE}; start a new run without --resume")
         old = read_config_file(saved)
         new = _absolute_paths(config).to_dict()
-        diffs = [k for k in new if k not in RESUMABLE_CHANGES and k in old and not _same(k, old[k], new[k])]
+        diffs = [k for k in new if k not in RESUMABLE_CHANGES and k in old and not _same(k, old[k], new[k], config)]
         if diffs:
             detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diffs)
             raise ConfigError(f"cannot resume {out} with different settings ({detail}); resume with the same "
@@ -131,13 +133,30 @@ def concept_folder(token: str) -> str:
 
 
 def _absolute_paths(config: TrainConfig) -> TrainConfig:
-    changes = {k: str(Path(getattr(config, k)).expanduser().resolve()) for k in PATH_SETTINGS if getattr(config, k)}
+    """The config with every local path in it absolute (the concepts' folders and a model, VAE or config folder
+    on disk too; bundled names and hub ids stay as they are), so the saved config works from any directory."""
+    changes = {k: _absolute(getattr(config, k)) for k in PATH_SETTINGS if getattr(config, k)}
+    for k in MODEL_SETTINGS:
+        value = getattr(config, k)
+        if value and value not in BUNDLED_MODELS and Path(value).expanduser().exists():
+            changes[k] = _absolute(value)
+    if config.concepts:
+        changes["concepts"] = [{**spec, "images": _absolute(spec["images"])} for spec in config.concept_list()]
     return dataclasses.replace(config, **changes)
 
 
-def _same(name: str, old, new) -> bool:
-    if name in PATH_SETTINGS and old and new:  # runs saved before paths were stored absolute hold relative ones
-        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+def _absolute(path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _same(name: str, old, new, config: TrainConfig) -> bool:
+    """Whether a saved setting and a resume's agree. Runs saved before paths were stored absolute hold relative
+    ones, read from where the resume runs."""
+    if name == "concepts" and old and new:
+        return (_absolute_paths(dataclasses.replace(config, concepts=old)).concepts
+                == _absolute_paths(dataclasses.replace(config, concepts=new)).concepts)
+    if name in PATH_SETTINGS + MODEL_SETTINGS and old and new:  # (a hub id resolves to itself under any cwd)
+        return old == new or _absolute(old) == _absolute(new)
     return old == new
 
 
@@ -427,9 +446,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     samplers = [c.sampler for c in concepts]
-    step, history = 0, []
+    step, history, interval = 0, [], (0.0, 0)
     if config.resume:
-        step, history = _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler)
+        step, history, interval = _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler)
+        if step > config.steps:
+            raise ConfigError(f"cannot resume {out} at step {step} with --steps {config.steps}: the run is past "
+                              f"it; give --steps {step} or more")
         if is_main:
             save_config(config, out / CONFIG_FILE)  # the settings a resume may change (--steps) as now in force
             if progress:
@@ -462,7 +484,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         files = [f for c in concepts for f in save_embedding(embedding_of(c, at_step, vectors), embedding_path(c),
                                                                file_format)]
         if checkpoint:
-            _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, history, config)
+            _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
+                             (interval_loss.item(), interval_steps))
             _write_loss_log(out / LOSS_LOG, history)
         return files
 
@@ -484,18 +507,22 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     latent_shape = tuple(concepts[0].mean.shape[1:])
     num_t = scheduler.config.num_train_timesteps
     last_good = [e.vectors.detach().clone() for e in exts]
-    interval_loss = torch.zeros((), device=device)
-    interval_steps = 0
+    # the loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed loss.csv is the
+    # uninterrupted run's)
+    interval_loss = torch.tensor(interval[0], device=device)
+    interval_steps = interval[1]
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
     started = time.time()
     samplers_at_step = None
     if step == 0 and not config.resume:
         draw_samples(0)
-    stop_on_sigterm = _sigterm_as_interrupt()
+    stop = _StopRequest()
     try:
         while step < config.steps:
-            # what a checkpoint of `step` must hold if Ctrl-C comes in the middle of this step
+            stop.check()  # Ctrl-C or SIGTERM since the last step: stop here, between two steps
+            # what a checkpoint of `step` must hold if a second Ctrl-C stops the run in the middle of this step
             samplers_at_step = [s.state_dict() for s in samplers]
+            step_loss = torch.zeros((), device=device)
             for _ in range(config.grad_accum):
                 batch = [_draw(c, config, world, rank, latent_shape, num_t, device, scaling, model) for c in concepts]
                 ids = [torch.cat(parts) for parts in zip(*(b["ids"] for b in batch))]
@@ -507,7 +534,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 # the sum over concepts of each concept's mean: concept k's gradient is its own run's
                 loss = per_sample.view(len(concepts), -1).mean(dim=1).sum()
                 scaler.scale(loss / config.grad_accum).backward()
-                interval_loss += loss.detach() / config.grad_accum
+                step_loss += loss.detach() / config.grad_accum
             if world > 1:
                 for e in exts:
                     torch.distributed.all_reduce(e.vectors.grad)
@@ -522,11 +549,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 with torch.no_grad():
                     for e, copy in zip(exts, table_copies):
                         e.base.weight.copy_(copy)
+            interval_loss += step_loss
+            interval_steps += 1
             step += 1
             samplers_at_step = None  # from here on the samplers' state is that of the finished step
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            interval_steps += 1
             bar.update(1)
             if on_step is not None:
                 on_step(step)
@@ -559,7 +587,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
         raise TrainingInterrupted(step, embedding_path(concepts[0])) from None
     finally:
-        stop_on_sigterm()
+        stop.release()
     bar.close()
 
     # 5. results --------------------------------------------------------------------------------------------------
@@ -574,17 +602,35 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                        embeddings=[embedding_of(c, step) for c in concepts])
 
 
-def _sigterm_as_interrupt():
-    """Make SIGTERM (what `kill`, job schedulers and container stops send) stop training the way Ctrl-C does: the
-    vectors and a checkpoint are saved first. Returns the function that puts the previous handler back."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        return lambda: None
+class _StopRequest:
+    """Ctrl-C and SIGTERM (what `kill`, job schedulers and container stops send) during training: noted, and the
+    loop stops at the next step boundary (`check`), where the vectors, optimizer, schedule and data stream all
+    belong to one step, so the checkpoint saved then resumes exactly. An interrupt raised wherever the signal landed
+    could fall between the optimizer's update and the step count, and a resume would apply that update twice. A
+    second Ctrl-C stops at once (the half-done step is then redone on resume). Only the main thread gets signals;
+    elsewhere nothing is installed."""
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    def __init__(self):
+        self.asked = False
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    def _handle(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving; Ctrl-C again stops at once",
+              file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+
+    def release(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def speed_up_unet(unet, compile: str = "off", mode: str = "default", channels_last: bool = False) -> None:
@@ -706,7 +752,8 @@ def _checkpoint_path(out: Path, step: int) -> Path:
     return out / CHECKPOINT_DIR / f"step-{step:06d}.pt"
 
 
-def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config) -> None:
+def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
+                     interval: tuple[float, int] = (0.0, 0)) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step."""
     state = {
         "step": step,
@@ -716,6 +763,7 @@ def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, 
         "samplers": [s.state_dict() for s in samplers],
         "scaler": scaler.state_dict(),
         "history": [list(h) for h in history],
+        "interval": [float(interval[0]), int(interval[1])],  # the log interval's loss sum and steps so far
         "textinv_version": __version__,
     }
     path = _checkpoint_path(out, step)
@@ -726,7 +774,9 @@ def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, 
         old.unlink(missing_ok=True)
 
 
-def _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler) -> tuple[int, list[tuple[int, float]]]:
+def _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler
+                     ) -> tuple[int, list[tuple[int, float]], tuple[float, int]]:
+    """Restore a run from its newest checkpoint: returns the step, the loss history and the open log interval."""
     found = sorted((out / CHECKPOINT_DIR).glob("step-*.pt"))
     if not found:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint; start a new run with --overwrite")
@@ -744,7 +794,9 @@ def _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler) -> tup
         s.load_state_dict(saved)
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    return int(state["step"]), [(int(s), float(v)) for s, v in state["history"]]
+    interval = state.get("interval", (0.0, 0))  # (checkpoints before 0.1.0's interval record: a fresh interval)
+    return int(state["step"]), [(int(s), float(v)) for s, v in state["history"]], (float(interval[0]),
+                                                                                     int(interval[1]))
 
 
 def _write_loss_log(path: Path, history: list[tuple[int, float]]) -> None:
