@@ -127,3 +127,34 @@ def test_a_session_part_of_independent_commands_goes_on_past_a_failure(tmp_path)
     assert going["status"].startswith("failed (exit 3)") and "\nran\n" in (tmp_path / "a.txt").read_text()
     stopping = run_part("shapes", [fail, ok], 60, tmp_path / "b.txt")
     assert stopping["status"].startswith("failed (exit 3)") and "ran\n" not in (tmp_path / "b.txt").read_text()
+
+
+def test_hue_by_guidance_prints_a_row_per_phrase_and_scale(capsys):
+    from benchmarks.hue_by_guidance import main as hue_by_guidance
+    from textinv.errors import ConfigError
+    from textinv.models import BUNDLED_MODELS
+
+    if not (BUNDLED_MODELS["shapes"] / "model_index.json").exists():
+        pytest.skip("needs the bundled shapes model")
+    assert hue_by_guidance(["--steps", "2", "--samples", "2", "--sample-steps", "2", "--guidance", "1", "3",
+                            "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split("|")[1:3] for r in rows[1:]] == [[" <teal-star> ", " 1 "], [" <teal-star> ", " 3 "],
+                                                     [" cyan solid star ", " 1 "], [" cyan solid star ", " 3 "]]
+    with pytest.raises(ConfigError, match="no exact hue"):
+        hue_by_guidance(["--concept", "candy-heart"])
+
+
+def test_signed_hue_error_is_positive_towards_the_named_colour():
+    from benchmarks.hue_by_guidance import signed_hue_errors
+
+    class Reads:  # a probe that reads the given hues
+        def __init__(self, hues):
+            self.hues = hues
+
+        def predict(self, images):
+            return {"hue": self.hues}
+
+    pictures = torch.zeros(3, 3, 8, 8)
+    assert signed_hue_errors(Reads([170.0, 160.0, 163.0]), pictures, 163.0, 185.0) == [7.0, -3.0, 0.0]
+    assert signed_hue_errors(Reads([350.0, 10.0]), pictures, 355.0, 325.0) == [5.0, -15.0]  # around 0, towards pink
