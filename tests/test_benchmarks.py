@@ -100,9 +100,10 @@ def test_shapes_speed_prints_a_row_per_thread_count(capsys):
     if not (BUNDLED_MODELS["shapes"] / "model_index.json").exists():
         pytest.skip("needs the bundled shapes model")
     assert shapes_speed(["--threads", "1", "2", "--pictures", "1", "--steps", "2", "--warmup", "1",
-                         "--sample-steps", "2"]) == 0
-    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
-    assert len(rows) == 2 and all(float(r[2].split()[0]) > 0 and float(r[3]) > 0 for r in rows)
+                         "--sample-steps", "2", "--precision", "fp32", "bf16"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith(("| fp32", "| bf16"))]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("fp32", "1"), ("fp32", "2"), ("bf16", "1"), ("bf16", "2")]
+    assert all(float(r[3].split()[0]) > 0 and float(r[4]) > 0 for r in rows)
 
 
 def test_a_failing_mode_is_a_row_and_the_next_measurements_still_run(capsys, monkeypatch):

@@ -151,7 +151,8 @@ def test_overwrite_keeps_the_old_run_until_the_inputs_load_and_deletes_only_its_
     out = tmp_path / "out"
     train(config(images, out, steps=2, format="a1111"), model=load_model(sd1_dir), progress=False)
     old = (out / "zq.pt").read_bytes()
-    mine = {"model.safetensors": b"weights", "other-lora.pt": b"lora", "notes.md": b"notes"}
+    mine = {"model.safetensors": b"weights", "other-lora.pt": b"lora", "notes.md": b"notes",
+            "learned_embeds-backup.safetensors": b"an older run the user kept"}
     for name, data in mine.items():
         (out / name).write_bytes(data)
     with pytest.raises(DataError, match="goood"):

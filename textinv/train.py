@@ -41,7 +41,7 @@ from . import __version__
 from .config import TrainConfig, build, read_config_file, save_config
 from .data import CaptionSampler, default_templates, find_images, load_training_images, read_template_file
 from .errors import ConfigError, TrainingError
-from .formats import FORMATS, LearnedEmbedding, default_filename, save_embedding
+from .formats import FORMATS, LearnedEmbedding, default_filename, save_embedding, second_file
 from .io import atomic_path, write_text
 from .models import BUNDLED_MODELS, DTYPES, Model, encode_text, load_model, xl_time_ids
 from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init_vectors, token_names
@@ -178,7 +178,9 @@ def clear_run(out: Path, previous: dict) -> None:
     and format), and nothing else a user may keep in the folder (a model file, other embeddings, notes)."""
     for name in (CHECKPOINT_DIR, SAMPLES_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
-    names = {LOSS_LOG, CONFIG_FILE}
+    # the files every run writes whatever its token (the diffusers layouts), and the log and record
+    plain = {default_filename(fmt, "<any>") for fmt in ("diffusers", "diffusers-bin", "diffusers-sdxl")}
+    names = {LOSS_LOG, CONFIG_FILE} | plain | {second_file(name).name for name in plain}
     try:
         tokens = [spec["token"] for spec in build(TrainConfig, previous, {"out": str(out)}).concept_list()]
     except (ConfigError, TypeError):
@@ -188,7 +190,7 @@ def clear_run(out: Path, previous: dict) -> None:
         if len(tokens) > 1:
             shutil.rmtree(out / concept_folder(token), ignore_errors=True)
     for path in out.iterdir():
-        if path.is_file() and (path.name in names or path.name.startswith("learned_embeds")):
+        if path.is_file() and path.name in names:
             path.unlink()
 
 
