@@ -335,3 +335,17 @@ def test_training_scenes_show_the_concept_in_varied_settings():
             assert len({s.obj.shape for s in scenes}) > 1
         imgs = render(scenes)
         assert all((imgs[i] - imgs[j]).abs().mean() > 0.01 for i in range(5) for j in range(i + 1, 5))
+
+
+def test_pattern_visibility_counts_the_pixels_a_fill_shows_in():
+    big = Scene(ObjectSpec("square", "red", pattern="stripes", size="large"), background="white")
+    thin = Scene(ObjectSpec("ring", "red", pattern="dots", size="small"), background="white", style="outlined",
+                 style_strength=1.0)
+    solid = Scene(ObjectSpec("square", "red", size="large"), background="white")
+    seen = world.pattern_visibility([big, thin, solid]).tolist()
+    assert seen[0] > 300 and seen[1] < 32 and seen[2] > 100  # a solid square has room for a pattern: it shows
+    assert world.pattern_visibility(big).tolist() == seen[:1]  # a scene alone counts as in a batch
+    batch = world.sample_batch(4, torch.Generator().manual_seed(3))
+    before = batch.obj.pattern.clone()
+    world.pattern_visibility(batch)
+    assert torch.equal(batch.obj.pattern, before)  # the caller's batch is left as it was

@@ -436,6 +436,10 @@ def train_probe(config: ProbeConfig | None = None, device="cpu", log=print, **ov
     return probe
 
 
+LEGIBLE_PIXELS = 32
+"""A fill shown in fewer pixels than this (a 5x5 patch and a bit) is not counted in `pattern_where_visible`."""
+
+
 def evaluate(probe: Probe, n: int = 1024, seed: int = 12345, free_hue_prob: float = 0.0,
              noise: float = 0.0) -> dict[str, float]:
     """Per-attribute accuracy of `probe` on `n` fresh renders (seed apart from training's), plus mean absolute hue
@@ -448,6 +452,11 @@ def evaluate(probe: Probe, n: int = 1024, seed: int = 12345, free_hue_prob: floa
     for name in CLASS_HEADS:
         keep = labels[name] >= 0
         result[name] = (out[name].argmax(1)[keep] == labels[name][keep]).float().mean().item()
+    # the pattern again, on the pictures whose fill shows in enough pixels to be read (see world.pattern_visibility)
+    visible = world.pattern_visibility(batch) >= LEGIBLE_PIXELS
+    pattern_ok = out["pattern"].argmax(1) == labels["pattern"]
+    result["pattern_where_visible"] = pattern_ok[visible].float().mean().item()
+    result["pattern_visible_share"] = visible.float().mean().item()
     hue_err = (refine_hues(images, _angle_of(out["hue"], 1)) - labels["hue"] + 180.0) % 360.0 - 180.0
     result["hue_error_deg"] = hue_err.abs().mean().item()
     stripes = labels["pattern"] == world.PATTERNS.index("stripes")
@@ -509,7 +518,7 @@ def _main(argv=None) -> int:
             print(f"any hue: hue error {free['hue_error_deg']:.2f} deg")
             noisy = evaluate(probe, args.n, seed=777, noise=0.03)
             print(f"with pixel noise up to 0.03: worst accuracy "
-                  f"{min(v for k, v in noisy.items() if not k.endswith('_deg')):.4f}")
+                  f"{min(v for k, v in noisy.items() if not k.endswith(('_deg', '_share'))):.4f}")
     except TextinvError as e:
         print(f"error: {e}")
         return 2

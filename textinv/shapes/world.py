@@ -818,6 +818,24 @@ def render(scenes, device="cpu", resolution: int = RESOLUTION) -> torch.Tensor:
     return img.clamp_(0, 1)
 
 
+def pattern_visibility(scenes) -> torch.Tensor:
+    """(B,) how many pixels of each picture show its main object's fill: those (any channel off by more than 0.1)
+    that change when the fill is swapped for solid, or for a solid object for dots (the room a pattern would
+    have). A fill seen in a handful of pixels, as on a small outlined ring, cannot be read by anyone.
+
+    >>> [int(n) > 100 for n in pattern_visibility([Scene(ObjectSpec("square", "red", pattern="stripes",
+    ...                                                             size="large"))])]
+    [True]
+    """
+    batch = scenes if isinstance(scenes, SceneBatch) else SceneBatch.from_scenes(
+        [scenes] if isinstance(scenes, Scene) else list(scenes))
+    swapped = batch.index(slice(None))  # new tensors' holder: the main object's pattern is replaced, not written into
+    swapped.obj = swapped.obj.index(slice(None))
+    solid = swapped.obj.pattern == PATTERNS.index("solid")
+    swapped.obj.pattern = torch.where(solid, PATTERNS.index("dots"), PATTERNS.index("solid"))
+    return ((render(batch) - render(swapped)).abs().amax(1) > 0.1).sum((1, 2))
+
+
 def to_pil(images: torch.Tensor):
     """A (3, H, W) or (B, 3, H, W) tensor in [0, 1] -> a PIL image (a batch becomes one row)."""
     from PIL import Image
