@@ -215,3 +215,49 @@ def test_playground_style_edm_model_is_refused_for_training_but_still_generates(
     normalised.vae.register_to_config(latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
     with pytest.raises(ModelError, match="normalised latents"):
         train(xl_config(images, tmp_path / "b"), model=normalised, progress=False)
+
+
+def test_the_two_file_layout_given_as_two_embeddings_is_one_token(xl_dir, tmp_path):
+    """diffusers users hand both halves over (as they call load_textual_inversion twice): by their own names, in
+    either order, renamed, or beside the folder that already pairs them, they draw what the one-file layout draws."""
+    from textinv.formats import save_embedding
+
+    model = load_model(xl_dir)
+    emb = load_embedding_from(model, "<gq>")
+    one = save_embedding(emb, tmp_path / "one" / "gq.safetensors", "sdxl")[0]
+    first, second = save_embedding(emb, tmp_path / "pair" / "learned_embeds.safetensors", "diffusers-sdxl")
+    renamed = [tmp_path / "gq_l.safetensors", tmp_path / "gq_g.safetensors"]
+    for src, dst in zip((first, second), renamed):
+        dst.write_bytes(src.read_bytes())
+
+    def draw(embeddings, name):
+        config = GenerateConfig(prompt=["a <gq>"], embedding=[str(e) for e in embeddings], out=str(tmp_path / name),
+                                n=1, steps=2, model=str(xl_dir))
+        return np.asarray(Image.open(generate(config, model=model, progress=False)[0]))
+
+    want = draw([one], "one")
+    for k, embeddings in enumerate(([first, second], [second, first], renamed, [first.parent, second])):
+        assert np.array_equal(draw(embeddings, f"r{k}"), want), embeddings
+    with pytest.raises(Exception, match="pass the second file too"):
+        draw([renamed[0]], "half")
+
+
+def test_an_sdxl_file_without_clip_l_is_named_incomplete(tmp_path):
+    from safetensors.torch import save_file
+
+    from textinv.errors import FormatError
+
+    save_file({"clip_g": torch.randn(1, 1280)}, str(tmp_path / "g.safetensors"))
+    with pytest.raises(FormatError, match="'clip_g' .* but no 'clip_l'"):
+        load_embedding(tmp_path / "g.safetensors")
+
+
+def test_convert_to_diffusers_writes_the_sdxl_pair(xl_dir, tmp_path):
+    from textinv.formats import convert, save_embedding
+
+    emb = load_embedding_from(load_model(xl_dir), "<gq>")
+    src = save_embedding(emb, tmp_path / "gq.safetensors", "sdxl")[0]
+    written = convert(src, tmp_path / "out" / "learned_embeds.safetensors", to="diffusers")
+    assert [p.name for p in written] == ["learned_embeds.safetensors", "learned_embeds_2.safetensors"]
+    back = load_embedding(written[0])
+    assert all(torch.equal(back.vectors[k], emb.vectors[k]) for k in emb.vectors)

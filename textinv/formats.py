@@ -544,6 +544,9 @@ def _interpret(path: Path, obj, metadata: dict, container_format: str) -> _Read:
     # OneTrainer adds "clip_l_out"/"clip_g_out" (its output vectors) that A1111 and ComfyUI ignore; so do we
     if set(_SDXL_KEYS) <= keys <= {*_SDXL_KEYS, "clip_l_out", "clip_g_out"}:
         return _Read("sdxl", {name: _vectors(path, obj[key], key) for key, name in _SDXL_KEYS.items()}, None, metadata)
+    if "clip_g" in keys and "clip_l" not in keys and keys <= {*_SDXL_KEYS, "clip_l_out", "clip_g_out"}:
+        raise FormatError(f"{path}: an SDXL embedding with 'clip_g' (the second text encoder's vectors) but no "
+                          "'clip_l' (the first's): the file is incomplete; get the whole file again")
     if keys == {"clip_l"}:  # the SDXL naming for one CLIP-L encoder (diffusers' advanced SD 1.5 script writes it)
         return _Read("clip_l", {"text_encoder": _vectors(path, obj["clip_l"], "clip_l")}, None, metadata)
     if keys == {"emb_params"}:
@@ -589,12 +592,15 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
     """Read `src` (any layout) and write it to `dst` as `to`; return the files written.
 
     Without `to`, the format follows dst's extension: .pt -> a1111, .png -> a1111-png, .bin -> diffusers-bin,
-    .safetensors (or a folder) -> sdxl for an SDXL pair, else diffusers. `token` renames the embedding.
+    .safetensors (or a folder) -> sdxl for an SDXL pair, else diffusers; `to="diffusers"` for an SDXL pair writes
+    diffusers-sdxl (two files), as training does. `token` renames the embedding.
 
     >>> convert("learned_embeds.safetensors", "my-dog.pt")   # doctest: +SKIP
     [PosixPath('my-dog.pt')]
     """
     emb = load_embedding(src, token=token)
+    if to == "diffusers" and "text_encoder_2" in emb.vectors:  # as training's --format diffusers on SDXL
+        to = "diffusers-sdxl"
     if to is None:
         dst_path = Path(dst)
         suffix = dst_path.suffix.lower()

@@ -22,7 +22,7 @@ from . import __version__
 from .config import GenerateConfig
 from .errors import FormatError, TokenError
 from .families import describe_widths
-from .formats import LearnedEmbedding, load_embedding
+from .formats import LearnedEmbedding, load_embedding, load_embedding_pair, second_file
 from .io import atomic_path
 from .models import DTYPES, Model, encode_text, load_model
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
@@ -41,6 +41,8 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
         raise FormatError(
             f"embedding {emb.token!r} has width {describe_widths(emb.widths)} but the model {model.source} has "
             f"width {describe_widths(model.widths)}; use an embedding trained for this model's family"
+            + (" (an SDXL embedding kept as two files, one per text encoder, needs both: pass the second file too)"
+               if model.is_xl and len(emb.widths) == 1 and emb.widths[0] in model.widths else "")
         )
     names = token_names(emb.token, emb.num_vectors)
     for _, tokenizer, _ in model.encoders:  # check every encoder before changing any
@@ -166,6 +168,42 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit] or "image"
 
 
+def _join_sdxl_halves(embeddings: list[LearnedEmbedding], paths: list) -> tuple[list[LearnedEmbedding], list[str]]:
+    """diffusers' SDXL example keeps one token as two files, one per text encoder. Given both as --embedding (same
+    token, two widths), they are one SDXL embedding: the first encoder's file is the one given first, unless the
+    names say otherwise (learned_embeds_2.* is the second) or the widths do (768 is SDXL's first, 1280 its second).
+    A half given beside the pair it was already read with (learned_embeds.safetensors finds learned_embeds_2 beside
+    it) is dropped."""
+    out, labels, used = [], [], set()
+    for i, emb in enumerate(embeddings):
+        if i in used:
+            continue
+        label = str(paths[i])
+        for j in range(i + 1, len(embeddings)):
+            other = embeddings[j]
+            if j in used or other.token != emb.token:
+                continue
+            if len(emb.widths) == len(other.widths) == 1 and emb.widths != other.widths:
+                # the first encoder's file first: as given, unless this one is named as the other's partner
+                first, second = (j, i) if Path(paths[i]).name == second_file(paths[j]).name else (i, j)
+                emb = load_embedding_pair(paths[first], paths[second], token=emb.token)
+                label = f"{paths[first]} + {paths[second]}"
+                used.add(j)
+            elif _half_of(other, emb):
+                used.add(j)
+            elif _half_of(emb, other):
+                emb, label = other, str(paths[j])
+                used.add(j)
+        out.append(emb)
+        labels.append(label)
+    return out, labels
+
+
+def _half_of(half: LearnedEmbedding, whole: LearnedEmbedding) -> bool:
+    return len(half.widths) == 1 and len(whole.widths) == 2 and any(
+        torch.equal(half.vectors["text_encoder"], v) for v in whole.vectors.values())
+
+
 def generate(config: GenerateConfig, model: Model | None = None, progress: bool = True) -> list[Path]:
     """Write `config.n` images for each prompt into `config.out`; return their paths.
 
@@ -176,9 +214,10 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     config.validate()
     tokens = config.token or [None] * len(config.embedding)
     embeddings = [load_embedding(path, token=tok) for path, tok in zip(config.embedding, tokens)]
+    embeddings, paths = _join_sdxl_halves(embeddings, list(config.embedding))
     seen: dict[str, str] = {}
     said = " ".join(config.prompt + [config.negative_prompt]).lower()
-    for emb, path in zip(embeddings, config.embedding):  # a clash between two files, before the model loads
+    for emb, path in zip(embeddings, paths):  # a clash between two files, before the model loads
         if emb.token in seen:
             raise TokenError(f"{path} and {seen[emb.token]} both define the token {emb.token!r}; rename one "
                              f"with --token (one --token per --embedding, in order)")
