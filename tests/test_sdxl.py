@@ -261,3 +261,17 @@ def test_convert_to_diffusers_writes_the_sdxl_pair(xl_dir, tmp_path):
     assert [p.name for p in written] == ["learned_embeds.safetensors", "learned_embeds_2.safetensors"]
     back = load_embedding(written[0])
     assert all(torch.equal(back.vectors[k], emb.vectors[k]) for k in emb.vectors)
+
+
+def test_convert_joins_two_renamed_halves(xl_dir, tmp_path):
+    from textinv.cli import main
+    from textinv.formats import save_embedding
+
+    emb = load_embedding_from(load_model(xl_dir), "<gq>")
+    first, second = save_embedding(emb, tmp_path / "pair" / "learned_embeds.safetensors", "diffusers-sdxl")
+    halves = [tmp_path / "gq_l.safetensors", tmp_path / "gq_g.safetensors"]
+    for src, dst in zip((first, second), halves):
+        dst.write_bytes(src.read_bytes())
+    assert main(["convert", str(halves[1]), str(tmp_path / "gq.safetensors"), "--second", str(halves[0])]) == 0
+    back = load_embedding(tmp_path / "gq.safetensors")
+    assert back.token == "<gq>" and all(torch.equal(back.vectors[k], emb.vectors[k]) for k in emb.vectors)

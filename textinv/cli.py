@@ -93,7 +93,7 @@ def cmd_generate(args) -> int:
 def cmd_convert(args) -> int:
     from .formats import convert
 
-    written = convert(args.src, args.dst, to=args.to, token=args.token)
+    written = convert(args.src, args.dst, to=args.to, token=args.token, second=args.second)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -184,6 +184,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "sdxl",
                                      "diffusers-sdxl"), help="target format (default: from dst's suffix)")
     p.add_argument("--token", help="token name to store (default: the one in the file)")
+    p.add_argument("--second", help="SDXL kept as two files (diffusers' SDXL script): the second text encoder's "
+                                    "file, when it is not named as src's partner (learned_embeds_2.* is found alone)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("inspect", help="what an embedding file holds and which model it fits")

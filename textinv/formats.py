@@ -356,8 +356,8 @@ def load_embedding_pair(path1: str | Path, path2: str | Path, token: str | None 
             raise FormatError(f"{p} already holds two text encoders' vectors ({r.format} layout): load it alone "
                               "with load_embedding")
     vectors = [first.vectors["text_encoder"], second.vectors["text_encoder"]]
-    if [v.shape[1] for v in vectors] == [1280, 768]:  # handed over as (second, first): SDXL's CLIP-L is the 768 one
-        vectors.reverse()
+    if vectors[0].shape[1] > vectors[1].shape[1]:  # handed over as (second, first): SDXL's first encoder (CLIP-L,
+        vectors.reverse()                           # 768) is the narrower one
     read = first._replace(format="diffusers-sdxl", vectors=dict(zip(("text_encoder", "text_encoder_2"), vectors)),
                           metadata={**second.metadata, **first.metadata})
     try:
@@ -588,17 +588,19 @@ def _vectors(path: Path, value, where: str) -> torch.Tensor:
 # Converting and describing
 
 
-def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str | None = None) -> list[Path]:
+def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str | None = None,
+            second: str | Path | None = None) -> list[Path]:
     """Read `src` (any layout) and write it to `dst` as `to`; return the files written.
 
     Without `to`, the format follows dst's extension: .pt -> a1111, .png -> a1111-png, .bin -> diffusers-bin,
     .safetensors (or a folder) -> sdxl for an SDXL pair, else diffusers; `to="diffusers"` for an SDXL pair writes
-    diffusers-sdxl (two files), as training does. `token` renames the embedding.
+    diffusers-sdxl (two files), as training does. `token` renames the embedding. `second`: the other half of an SDXL
+    embedding kept as two single-encoder files (`load_embedding_pair`), for names that do not pair by themselves.
 
     >>> convert("learned_embeds.safetensors", "my-dog.pt")   # doctest: +SKIP
     [PosixPath('my-dog.pt')]
     """
-    emb = load_embedding(src, token=token)
+    emb = load_embedding(src, token=token) if second is None else load_embedding_pair(src, second, token=token)
     if to == "diffusers" and "text_encoder_2" in emb.vectors:  # as training's --format diffusers on SDXL
         to = "diffusers-sdxl"
     if to is None:

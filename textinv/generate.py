@@ -22,7 +22,7 @@ from . import __version__
 from .config import GenerateConfig
 from .errors import FormatError, TokenError
 from .families import describe_widths
-from .formats import LearnedEmbedding, load_embedding, load_embedding_pair, second_file
+from .formats import LearnedEmbedding, load_embedding, load_embedding_pair
 from .io import atomic_path
 from .models import DTYPES, Model, encode_text, load_model
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
@@ -170,9 +170,8 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def _join_sdxl_halves(embeddings: list[LearnedEmbedding], paths: list) -> tuple[list[LearnedEmbedding], list[str]]:
     """diffusers' SDXL example keeps one token as two files, one per text encoder. Given both as --embedding (same
-    token, two widths), they are one SDXL embedding: the first encoder's file is the one given first, unless the
-    names say otherwise (learned_embeds_2.* is the second) or the widths do (768 is SDXL's first, 1280 its second).
-    A half given beside the pair it was already read with (learned_embeds.safetensors finds learned_embeds_2 beside
+    token, two widths), they are one SDXL embedding, the narrower half the first encoder's (768 and 1280). A half
+    given beside the pair it was already read with (learned_embeds.safetensors finds learned_embeds_2 beside
     it) is dropped."""
     out, labels, used = [], [], set()
     for i, emb in enumerate(embeddings):
@@ -184,10 +183,8 @@ def _join_sdxl_halves(embeddings: list[LearnedEmbedding], paths: list) -> tuple[
             if j in used or other.token != emb.token:
                 continue
             if len(emb.widths) == len(other.widths) == 1 and emb.widths != other.widths:
-                # the first encoder's file first: as given, unless this one is named as the other's partner
-                first, second = (j, i) if Path(paths[i]).name == second_file(paths[j]).name else (i, j)
-                emb = load_embedding_pair(paths[first], paths[second], token=emb.token)
-                label = f"{paths[first]} + {paths[second]}"
+                emb = load_embedding_pair(paths[i], paths[j], token=emb.token)  # (it puts the narrower first)
+                label = f"{paths[i]} + {paths[j]}"
                 used.add(j)
             elif _half_of(other, emb):
                 used.add(j)
