@@ -352,3 +352,47 @@ def test_learning_can_start_from_the_description_one_vector_per_word(model_dir, 
     rows = base_embedding(model.text_encoder).weight[ids].float()
     vectors = learned[0].embedding.vectors["text_encoder"]
     assert vectors.shape == rows.shape and torch.allclose(vectors, rows, atol=1e-4)
+
+
+def test_demo_and_evaluate_refuse_bad_settings_before_the_work(model_dir, probe_path, tmp_path, capsys):
+    """A bad --out, --guidance or --threads is one error line before the model loads, not a traceback after an
+    hour; a model that draws another size than the judge reads is refused by name."""
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["evaluate", "--fast", "--concepts", "1", "--out", str(tmp_path / "afile")], "is a file"),
+        (["evaluate", "--fast", "--concepts", "1", "--out", str(tmp_path / "afile" / "sub")], "cannot create"),
+        (["demo", "--quick", "--out", str(tmp_path / "afile" / "sub")], "cannot create"),
+        (["demo", "--quick", "--guidance", "-5", "--out", str(tmp_path / "d")], "--guidance must be at least 1"),
+        (["evaluate", "--fast", "--guidance", "0", "--concepts", "1"], "--guidance must be at least 1"),
+        (["demo", "--quick", "--threads", "0", "--out", str(tmp_path / "d")], "--threads must be at least 1"),
+        (["evaluate", "--fast", "--threads", "-1", "--concepts", "1"], "--threads must be at least 1"),
+    ]
+    for argv, message in cases:
+        assert main(argv + ["--model", str(model_dir), "--probe", str(probe_path)]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+    from textinv.errors import ConfigError
+    from textinv.shapes.evaluate import check_judged_size
+
+    class Sd:
+        resolution, source = 512, "an SD model"
+    with pytest.raises(ConfigError, match="draws 512px pictures"):
+        check_judged_size(Sd())
+
+
+def test_an_interrupted_demo_rerun_leaves_no_stale_report(model_dir, probe_path, tmp_path, monkeypatch):
+    import textinv.train as train_module
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--model", str(model_dir), "--probe", str(probe_path)]) == 0
+    assert (out / "report.html").exists() and (out / "scores.json").exists()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "diffusion_loss", interrupted)
+    assert main(["demo", "--quick", "--concept", "candy-heart", "--out", str(out), "--model", str(model_dir),
+                 "--probe", str(probe_path)]) == 130
+    # the old report would name the teal star beside a run folder that now holds the candy heart
+    assert not any((out / name).exists() for name in ("report.html", "report.png", "scores.json"))

@@ -113,24 +113,34 @@ def cmd_demo(args) -> int:
 
     from .shapes.demo import DemoConfig, run_demo
 
-    torch.set_num_threads(args.threads)
+    _set_threads(torch, args.threads)
     config = _config_from_args(DemoConfig, args)
     run_demo(config)
     return 0
 
 
+def _set_threads(torch, threads: int) -> None:
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
+    from .io import output_folder
     from .models import DTYPES, load_model
-    from .shapes.evaluate import (caption_fidelity, evaluate, fidelity_markdown, first_concepts, format_fidelity,
-                                  format_markdown, print_table, settings, write_results)
+    from .shapes.evaluate import (caption_fidelity, check_judged_size, evaluate, fidelity_markdown, first_concepts,
+                                  format_fidelity, format_markdown, print_table, settings, write_results)
     from .shapes.probe import DEFAULT_PATH, Probe
 
     config = settings(args.fast, vars(args))
     concepts = first_concepts(args.concepts, allow_none=bool(args.captions))
-    torch.set_num_threads(args.threads)
+    _set_threads(torch, args.threads)
+    if args.out:  # now, not after an hour of benchmark
+        output_folder(args.out)
     model, probe = load_model(args.model, dtype=DTYPES[config.precision]), Probe.load(args.probe or DEFAULT_PATH)
+    check_judged_size(model)
     results = []
     if args.captions:
         fidelity = caption_fidelity(model, probe, args.captions, sample_steps=config.sample_steps,

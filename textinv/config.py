@@ -210,6 +210,8 @@ class GenerateConfig:
             raise ConfigError(f"--out {self.out} is a file; give a folder for the PNGs")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
+        if self.guidance is not None and not self.guidance >= 1:  # pipelines guide only above 1
+            raise ConfigError(f"--guidance must be at least 1 (1 turns guidance off), got {self.guidance}")
         if self.token and len(self.token) != len(self.embedding):
             raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):

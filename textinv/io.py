@@ -55,3 +55,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write `obj` as indented JSON to `path` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create the folder `path` (and its parents) now, before any slow work, or raise ConfigError naming `flag` and
+    why (a file in the way, no permission, a read-only disk)."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot create the folder ({e.strerror or e}); choose another {flag}") from None
+    return path

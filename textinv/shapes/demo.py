@@ -33,9 +33,9 @@ from PIL import Image, ImageDraw, ImageFont
 from textinv import __version__
 from textinv.config import opt
 from textinv.errors import ConfigError, ModelError
-from textinv.io import atomic_path, write_json, write_text
-from textinv.shapes.evaluate import (prompt_sets, sample, score_images, train_config, write_templates,
-                                     write_training_images)
+from textinv.io import atomic_path, output_folder, write_json, write_text
+from textinv.shapes.evaluate import (check_guidance, check_judged_size, prompt_sets, sample, score_images,
+                                     train_config, write_templates, write_training_images)
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
 from textinv.tokens import scratch_tokens
 
@@ -97,6 +97,7 @@ class DemoConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
         if not config.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {config.lr}")
+        check_guidance(config.guidance)
         find_concept(config.concept)
         return config
 
@@ -170,9 +171,9 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     # 1. checks -----------------------------------------------------------------------------------------------------
     config = (config or DemoConfig()).resolved()
     concept = find_concept(config.concept)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for the report")
+    out = output_folder(config.out)
+    for name in ("report.html", "report.png", "scores.json"):  # an interrupted re-run must not leave the old report
+        (out / name).unlink(missing_ok=True)                  # beside the new run's embedding
     if model is None:
         _check_model(config.model)
     note = None
@@ -184,6 +185,7 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
         from textinv.models import load_model
 
         model = load_model(config.model)
+    check_judged_size(model)
     config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
     t_ready = time.perf_counter()
 

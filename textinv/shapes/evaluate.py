@@ -100,6 +100,7 @@ class EvalConfig:
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         check_choices(self)
+        check_guidance(self.guidance)
         for name in ("hue_tolerance", "angle_tolerance"):
             if not 0 < getattr(self, name) <= 180:
                 raise ConfigError(f"{name} must be in (0, 180] degrees, got {getattr(self, name)}")
@@ -112,6 +113,20 @@ class EvalConfig:
     @property
     def train_seeds(self) -> list[int]:
         return [self.train_seed + r for r in range(self.runs)]
+
+
+def check_guidance(guidance: float | None) -> None:
+    """Refuse a guidance scale below 1: the pipelines only guide above 1, so 0 or -5 would draw unguided pictures
+    while the report said otherwise."""
+    if guidance is not None and not guidance >= 1:
+        raise ConfigError(f"--guidance must be at least 1 (1 turns guidance off), got {guidance}")
+
+
+def check_judged_size(model) -> None:
+    """The judge reads the shapes world's 64-pixel pictures: refuse a model that draws another size (an SD model)."""
+    if model.resolution != world.RESOLUTION:
+        raise ConfigError(f"the model {model.source} draws {model.resolution}px pictures; the benchmark's judge reads "
+                          f"the shapes world's {world.RESOLUTION}px ones: use a shapes-world model (the default)")
 
 
 FAST = dict(steps=3, samples=1, sample_steps=2, images=4, batch=2)
@@ -423,6 +438,7 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
     from textinv.generate import install_embedding, unload_embeddings
 
     config = build(EvalConfig, dataclasses.asdict(config or EvalConfig()), settings).validate()
+    check_judged_size(model)
     config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
     concepts = list(concepts)
     if not concepts:
@@ -672,6 +688,7 @@ def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_ste
     Two ceilings come with it: the same scenes' true renders probed (`renders`: the probe's own errors) and those
     renders round-tripped through the model's autoencoder (`autoencoder`: what it loses cannot be drawn either).
     `guidance`: by default the model's own (`Model.guidance`)."""
+    check_guidance(guidance)
     guidance = model.guidance if guidance is None else guidance  # (asks the model only when it must)
     g = torch.Generator().manual_seed(seed)
     batch = world.sample_batch(n, g, second_prob=0.0, free_hue_prob=0.0)  # named hues: a caption can say them
