@@ -396,3 +396,10 @@ def test_an_interrupted_demo_rerun_leaves_no_stale_report(model_dir, probe_path,
                  "--probe", str(probe_path)]) == 130
     # the old report would name the teal star beside a run folder that now holds the candy heart
     assert not any((out / name).exists() for name in ("report.html", "report.png", "scores.json"))
+
+
+def test_a_diverging_demo_gives_advice_the_demo_can_take(model_dir, probe_path, tmp_path, capsys):
+    assert main(["demo", "--quick", "--lr", "inf", "--out", str(tmp_path / "d"), "--model", str(model_dir),
+                 "--probe", str(probe_path)]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "lower --lr (now inf)" in err and "--max-grad-norm" not in err

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from textinv import __version__
 from textinv.config import opt
-from textinv.errors import ConfigError, ModelError
+from textinv.errors import ConfigError, ModelError, TrainingError
 from textinv.io import atomic_path, output_folder, write_json, write_text
 from textinv.shapes.evaluate import (check_guidance, check_judged_size, prompt_sets, sample, score_images,
                                      train_config, write_templates, write_training_images)
@@ -202,7 +202,11 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     seeds = [config.seed + i for i in range(config.samples)]
     drawn = {}
     with scratch_tokens(model):  # a model passed in comes back without the token
-        result = train(tc, model=model, progress=progress)  # the learned token stays installed, ready to draw
+        try:
+            result = train(tc, model=model, progress=progress)  # the learned token stays installed, ready to draw
+        except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
+            raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
+                                f"--lr (now {config.lr})") from None
         t_trained = time.perf_counter()
 
         # 3. draw ---------------------------------------------------------------------------------------------------
