@@ -109,25 +109,23 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import torch
-
     from .shapes.demo import DemoConfig, run_demo
 
-    _set_threads(torch, args.threads)
+    _set_threads(args.threads)
     config = _config_from_args(DemoConfig, args)
     run_demo(config)
     return 0
 
 
-def _set_threads(torch, threads: int) -> None:
+def _set_threads(threads: int) -> None:
+    import torch
+
     if threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
     from .io import output_folder
     from .models import DTYPES, load_model
     from .shapes.evaluate import (caption_fidelity, check_judged_size, evaluate, fidelity_markdown, first_concepts,
@@ -136,7 +134,7 @@ def cmd_evaluate(args) -> int:
 
     config = settings(args.fast, vars(args))
     concepts = first_concepts(args.concepts, allow_none=bool(args.captions))
-    _set_threads(torch, args.threads)
+    _set_threads(args.threads)
     if args.out:  # now, not after an hour of benchmark
         output_folder(args.out)
     model, probe = load_model(args.model, dtype=DTYPES[config.precision]), Probe.load(args.probe or DEFAULT_PATH)

@@ -172,8 +172,6 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     config = (config or DemoConfig()).resolved()
     concept = find_concept(config.concept)
     out = output_folder(config.out)
-    for name in ("report.html", "report.png", "scores.json"):  # an interrupted re-run must not leave the old report
-        (out / name).unlink(missing_ok=True)                  # beside the new run's embedding
     if model is None:
         _check_model(config.model)
     note = None
@@ -192,7 +190,8 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     # 2. learn --------------------------------------------------------------------------------------------------------
     from textinv.train import train
 
-    out.mkdir(parents=True, exist_ok=True)
+    for name in ("report.html", "report.png", "scores.json"):  # the old report must not outlive its embedding,
+        (out / name).unlink(missing_ok=True)                  # which this run now replaces
     templates = write_templates(concept, out / "templates.txt")
     tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
                       seed=config.seed, model=config.model)

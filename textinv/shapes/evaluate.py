@@ -43,7 +43,7 @@ import torch
 from textinv import __version__
 from textinv.config import TrainConfig, build, check_choices, opt
 from textinv.errors import ConfigError
-from textinv.io import write_json, write_text
+from textinv.io import output_folder, write_json, write_text
 from textinv.tokens import scratch_tokens
 from textinv.shapes import world
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
@@ -446,8 +446,8 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
     for c in concepts:
         if not isinstance(c, Concept):
             raise ConfigError(f"concepts must be world.Concept objects, got {type(c).__name__}")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for the results")
+    if out is not None:
+        output_folder(out)  # now, not after the benchmark
     log = print if progress else (lambda *a, **k: None)
 
     started = time.perf_counter()
