@@ -381,21 +381,54 @@ def test_demo_and_evaluate_refuse_bad_settings_before_the_work(model_dir, probe_
         check_judged_size(Sd())
 
 
-def test_an_interrupted_demo_rerun_leaves_no_stale_report(model_dir, probe_path, tmp_path, monkeypatch):
+def _snapshot(folder: Path) -> dict:
+    """Every file of a demo's --out but the rendered example pictures (a cache: the same pictures every run)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).parts[0] != "examples"}
+
+
+def test_a_demo_rerun_that_fails_or_is_killed_keeps_the_last_report(model_dir, probe_path, tmp_path, monkeypatch):
     import textinv.train as train_module
+    from textinv.shapes.demo import PREVIOUS, _put_back, _set_aside
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--model", str(model_dir), "--probe", str(probe_path)]) == 0
-    assert (out / "report.html").exists() and (out / "scores.json").exists()
+    args = ["demo", "--quick", "--out", str(out), "--model", str(model_dir), "--probe", str(probe_path)]
+    assert main(args) == 0
+    assert not (out / PREVIOUS).exists()
+    good = _snapshot(out)
+    assert json.loads(good["scores.json"])["concept"]["name"] == "teal star"
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "diffusion_loss", interrupted)
-    assert main(["demo", "--quick", "--concept", "candy-heart", "--out", str(out), "--model", str(model_dir),
-                 "--probe", str(probe_path)]) == 130
-    # the old report would name the teal star beside a run folder that now holds the candy heart
-    assert not any((out / name).exists() for name in ("report.html", "report.png", "scores.json"))
+    # Ctrl-C in the middle of a re-run for another concept: the teal star's report and embedding are as they were
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "diffusion_loss", interrupted)
+        assert main(args + ["--concept", "candy-heart"]) == 130
+    assert _snapshot(out) == good
+
+    # killed outright after the set-aside, with part of a new run written: the next demo restores the last report
+    _set_aside(out)
+    (out / "run").mkdir()
+    (out / "run" / "learned_embeds.safetensors").write_bytes(b"half a file")
+    (out / "report.html").write_text("a report of another run")
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "diffusion_loss", interrupted)
+        assert main(args + ["--concept", "candy-heart"]) == 130
+    assert _snapshot(out) == good
+
+    # killed in the middle of the set-aside itself (no marker yet, the old files split between two folders)
+    keep = out / PREVIOUS
+    keep.mkdir()
+    (out / "run").rename(keep / "run")
+    (out / "report.png").rename(keep / "report.png")
+    _put_back(out)
+    assert _snapshot(out) == good
+
+    # a re-run that finishes replaces the report and leaves nothing set aside
+    assert main(args + ["--concept", "candy-heart"]) == 0
+    assert json.loads((out / "scores.json").read_text())["concept"]["name"] == "candy heart"
+    assert not (out / PREVIOUS).exists() and not list(out.glob(PREVIOUS + "*"))
 
 
 def test_a_diverging_demo_gives_advice_the_demo_can_take(model_dir, probe_path, tmp_path, capsys):

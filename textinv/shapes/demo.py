@@ -12,6 +12,9 @@ bottom:
 5. write `report.html` (self-contained: pictures inlined as PNGs, scaled up without smoothing), `report.png`
    (the same on one sheet, drawn with Pillow), `scores.json`, and the learned embedding under `run/`.
 
+A re-run into the same --out sets the last report (and the run it describes) aside until its own is complete, so a
+run that fails, is interrupted or is killed leaves the last good report where it was (see `_set_aside`).
+
     textinv demo                    # about 2-3 minutes on 2 CPU cores
     textinv demo --quick            # a few seconds; every stage runs, nothing is really learned
     python -m textinv.shapes.demo --write-examples     # re-render examples/teal-star/ from the world
@@ -20,10 +23,13 @@ bottom:
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import html
 import io
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +50,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEFAULT_CONCEPT = "teal-star"
 METHODS = ("textual-inversion", "init-word")  # what the report puts side by side
 SCALE = 2  # 64-pixel pictures are shown at 128 pixels, nearest-neighbour
+OWNED = ("report.html", "report.png", "scores.json", "templates.txt", "run")  # what a run writes in --out
+PREVIOUS = ".previous-report"  # where a re-run keeps the last report until its own is complete
 
 
 def slug(concept: Concept) -> str:
@@ -155,6 +163,63 @@ def load_probe(path: str | None):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the last report, kept until the next is complete
+
+
+@contextlib.contextmanager
+def _replacing_report(out: Path):
+    """Move the last report's files (`OWNED`) into `out/PREVIOUS`, run the block that writes the new ones, then
+    drop the old; if the block raises (a diverging run, Ctrl-C), put the old back in place of the partial new.
+
+    A run killed outright (power cut, SIGKILL) leaves PREVIOUS behind, and the next demo's `_put_back` restores it
+    first. The marker file `.complete` inside says the set-aside finished, so the new run may have written
+    files of its own, which the put-back removes; without it the move was cut short and the old files are split
+    between the two folders, with nothing new yet.
+    """
+    _set_aside(out)
+    try:
+        yield
+    except BaseException:
+        _put_back(out)
+        raise
+    gone = out / (PREVIOUS + ".gone")
+    os.replace(out / PREVIOUS, gone)  # one rename: from here on the new report is the current one
+    shutil.rmtree(gone)
+
+
+def _set_aside(out: Path) -> None:
+    keep = out / PREVIOUS
+    keep.mkdir()
+    for name in OWNED:
+        if (out / name).exists():
+            os.replace(out / name, keep / name)
+    (keep / ".complete").touch()
+
+
+def _put_back(out: Path) -> None:
+    shutil.rmtree(out / (PREVIOUS + ".gone"), ignore_errors=True)  # a finished run killed while tidying up
+    keep = out / PREVIOUS
+    if not keep.is_dir():
+        return
+    if (keep / ".complete").exists():
+        for name in OWNED:  # the unfinished run's files
+            _remove(out / name)
+        (keep / ".complete").unlink()  # (a put-back cut short here must not remove what it then moves back)
+    for name in OWNED:
+        if (keep / name).exists():
+            _remove(out / name)
+            os.replace(keep / name, out / name)
+    shutil.rmtree(keep)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the run
 
 
@@ -172,6 +237,7 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     config = (config or DemoConfig()).resolved()
     concept = find_concept(config.concept)
     out = output_folder(config.out)
+    _put_back(out)  # a demo killed before it finished left the last good report set aside: it is the current one
     if model is None:
         _check_model(config.model)
     note = None
@@ -187,78 +253,77 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
     t_ready = time.perf_counter()
 
-    # 2. learn --------------------------------------------------------------------------------------------------------
-    from textinv.train import train
+    with _replacing_report(out):  # the last report stays until this one is written
+        # 2. learn -----------------------------------------------------------------------------------------------------
+        from textinv.train import train
 
-    for name in ("report.html", "report.png", "scores.json"):  # the old report must not outlive its embedding,
-        (out / name).unlink(missing_ok=True)                  # which this run now replaces
-    templates = write_templates(concept, out / "templates.txt")
-    tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
-                      seed=config.seed, model=config.model)
-    log(f"learning {concept.token} ({concept.name}) from {len(pictures)} pictures in {images_dir}, "
-        f"{config.steps} steps", flush=True)
-    rows = {m: _demo_prompts(concept, m) for m in METHODS}
-    seeds = [config.seed + i for i in range(config.samples)]
-    drawn = {}
-    with scratch_tokens(model):  # a model passed in comes back without the token
-        try:
-            result = train(tc, model=model, progress=progress)  # the learned token stays installed, ready to draw
-        except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
-            raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
-                                f"--lr (now {config.lr})") from None
-        t_trained = time.perf_counter()
+        templates = write_templates(concept, out / "templates.txt")
+        tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
+                          seed=config.seed, model=config.model)
+        log(f"learning {concept.token} ({concept.name}) from {len(pictures)} pictures in {images_dir}, "
+            f"{config.steps} steps", flush=True)
+        rows = {m: _demo_prompts(concept, m) for m in METHODS}
+        seeds = [config.seed + i for i in range(config.samples)]
+        drawn = {}
+        with scratch_tokens(model):  # a model passed in comes back without the token
+            try:
+                result = train(tc, model=model, progress=progress)  # the learned token stays installed
+            except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
+                raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
+                                    f"--lr (now {config.lr})") from None
+            t_trained = time.perf_counter()
 
-        # 3. draw ---------------------------------------------------------------------------------------------------
-        log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
-            f"'{concept.init_word}'", flush=True)
-        for m in METHODS:
-            prompts = [p for _, p, _ in rows[m] for _ in seeds]
-            drawn[m] = sample(model, prompts, seeds * len(rows[m]), config.sample_steps, config.guidance)
-    t_drawn = time.perf_counter()
+            # 3. draw --------------------------------------------------------------------------------------------------
+            log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
+                f"'{concept.init_word}'", flush=True)
+            for m in METHODS:
+                prompts = [p for _, p, _ in rows[m] for _ in seeds]
+                drawn[m] = sample(model, prompts, seeds * len(rows[m]), config.sample_steps, config.guidance)
+        t_drawn = time.perf_counter()
 
-    # 4. judge ------------------------------------------------------------------------------------------------------
-    k = len(seeds)
-    table = []
-    for j in range(len(rows[METHODS[0]])):
-        entry = {"kind": rows[METHODS[0]][j][0], "expects": rows[METHODS[0]][j][2]}
-        for m in METHODS:
-            _, prompt, expected = rows[m][j]
-            pics = drawn[m][j * k:(j + 1) * k]
-            verdicts, readings, glimpses = [None] * k, [None] * k, [None] * k
-            if probe is not None:
-                verdicts, _, predicted = score_images(probe, pics, expected)
-                per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
-                readings = [_reading(p) for p in per_picture]
-                glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
-            entry[m] = {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
-                        "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k}
-        table.append(entry)
-    t_judged = time.perf_counter()
+        # 4. judge -----------------------------------------------------------------------------------------------------
+        k = len(seeds)
+        table = []
+        for j in range(len(rows[METHODS[0]])):
+            entry = {"kind": rows[METHODS[0]][j][0], "expects": rows[METHODS[0]][j][2]}
+            for m in METHODS:
+                _, prompt, expected = rows[m][j]
+                pics = drawn[m][j * k:(j + 1) * k]
+                verdicts, readings, glimpses = [None] * k, [None] * k, [None] * k
+                if probe is not None:
+                    verdicts, _, predicted = score_images(probe, pics, expected)
+                    per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
+                    readings = [_reading(p) for p in per_picture]
+                    glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
+                entry[m] = {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
+                            "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k}
+            table.append(entry)
+        t_judged = time.perf_counter()
 
-    # 5. report -----------------------------------------------------------------------------------------------------
-    report = {
-        "title": f"textinv demo: learning {concept.token} from {len(pictures)} pictures",
-        "concept": {"name": concept.name, "token": concept.token, "init_word": concept.init_word,
-                    "kind": concept.kind, "description": concept.description, "attributes": concept.attributes},
-        "images": str(images_dir), "images_committed": committed,
-        "model": model.describe(), "textinv_version": __version__,
-        "settings": dataclasses.asdict(config), "seeds": seeds,
-        "probe": None if probe is None else (getattr(probe, "metrics", None) or "loaded"), "probe_note": note,
-        "loss": [list(x) for x in result.losses],
-        "prompts": table,
-        "summary": _summary(table) if probe is not None else None,
-        "embedding": str(result.files[0]) if result.files else None,
-        "seconds": {"load": round(t_ready - started, 1), "train": round(t_trained - t_ready, 1),
-                    "draw": round(t_drawn - t_trained, 1), "judge": round(t_judged - t_drawn, 1)},
-    }
-    report["seconds"]["total"] = round(time.perf_counter() - started, 1)  # the drawing below takes well under 1 s
-    loss_png = draw_loss_curve(result.losses)
-    sheet = draw_sheet(report, pictures, drawn, loss_png)
-    html_path, png_path, json_path = out / "report.html", out / "report.png", out / "scores.json"
-    with atomic_path(png_path) as tmp:
-        sheet.save(tmp, format="PNG")
-    write_text(html_path, render_html(report, pictures, drawn, loss_png))
-    write_json(json_path, report)
+        # 5. report ----------------------------------------------------------------------------------------------------
+        report = {
+            "title": f"textinv demo: learning {concept.token} from {len(pictures)} pictures",
+            "concept": {"name": concept.name, "token": concept.token, "init_word": concept.init_word,
+                        "kind": concept.kind, "description": concept.description, "attributes": concept.attributes},
+            "images": str(images_dir), "images_committed": committed,
+            "model": model.describe(), "textinv_version": __version__,
+            "settings": dataclasses.asdict(config), "seeds": seeds,
+            "probe": None if probe is None else (getattr(probe, "metrics", None) or "loaded"), "probe_note": note,
+            "loss": [list(x) for x in result.losses],
+            "prompts": table,
+            "summary": _summary(table) if probe is not None else None,
+            "embedding": str(result.files[0]) if result.files else None,
+            "seconds": {"load": round(t_ready - started, 1), "train": round(t_trained - t_ready, 1),
+                        "draw": round(t_drawn - t_trained, 1), "judge": round(t_judged - t_drawn, 1)},
+        }
+        report["seconds"]["total"] = round(time.perf_counter() - started, 1)  # drawing the report: well under 1 s
+        loss_png = draw_loss_curve(result.losses)
+        sheet = draw_sheet(report, pictures, drawn, loss_png)
+        html_path, png_path, json_path = out / "report.html", out / "report.png", out / "scores.json"
+        with atomic_path(png_path) as tmp:
+            sheet.save(tmp, format="PNG")
+        write_text(html_path, render_html(report, pictures, drawn, loss_png))
+        write_json(json_path, report)
     log(f"report: {html_path} (open it in a browser) and {png_path}; scores in {json_path}")
     if note:
         log(f"note: {note}")
