@@ -128,6 +128,33 @@ def test_folder_of_only_junk_is_a_data_error(tmp_path):
         find_images(tmp_path)
 
 
+def test_folder_whose_pictures_are_in_subfolders_names_them(tmp_path):
+    # kohya's layout: the pictures one level down, in "<repeats>_<name>" folders
+    (tmp_path / "10_sks dog").mkdir()
+    solid(tmp_path / "10_sks dog" / "a.png")
+    with pytest.raises(DataError, match=r"subfolders \(10_sks dog\) are not searched.*10_sks dog"):
+        find_images(tmp_path)
+
+
+def test_camera_raw_is_skipped_with_a_hint_not_trained_from_its_preview(tmp_path):
+    solid(tmp_path / "a.png")
+    solid(tmp_path / "IMG_0001.DNG", format="TIFF", size=(160, 120))  # a RAW file is a TIFF with a preview first
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.png"]
+    assert len(rec.list) == 1 and "IMG_0001.DNG (camera RAW" in str(rec.list[0])
+
+
+def test_eps_without_ghostscript_is_skipped_with_a_hint(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: False)
+    solid(tmp_path / "a.png")
+    solid(tmp_path / "logo.eps")  # Pillow reads an EPS header, but needs Ghostscript to draw it
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.png"]
+    assert len(rec.list) == 1 and "logo.eps (EPS needs Ghostscript" in str(rec.list[0])
+
+
 def test_clean_folder_gives_no_warning(tmp_path):
     solid(tmp_path / "a.webp")
     solid(tmp_path / "b.png")
@@ -380,6 +407,14 @@ def test_broken_profile_falls_back_to_plain_conversion(tmp_path):
     assert load_image(tmp_path / "p.png").getpixel((0, 0)) == (200, 100, 50)
 
 
+def test_palette_picture_with_a_profile_is_converted_to_srgb(tmp_path):
+    srgb_red, srgb_green, srgb_blue = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+    swapped = rgb_icc_profile(srgb_green, srgb_red, srgb_blue)
+    Image.new("RGB", (8, 8), RED).convert("P").save(tmp_path / "p.png", icc_profile=swapped)
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    assert close(load_image(tmp_path / "p.png").getpixel((0, 0)), GREEN, tol=2)
+
+
 def test_pillow_bomb_limit_is_lifted_and_ours_applies(tmp_path, monkeypatch):
     path = solid(tmp_path / "a.png", size=(32, 32))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow would refuse 1024 pixels (> 2 x 100)
@@ -570,6 +605,28 @@ def test_filewords_templates_take_the_caption(tmp_path):
     assert rec.list == []  # in [filewords] use a caption is not a prompt, so it needs no marker
     assert sampler(0) == "a photo of <t>, a red hat"
     assert sampler(1) == "a photo of <t>"
+
+
+def test_caption_that_names_the_token_gets_all_its_vectors_once(tmp_path):
+    # kohya's and A1111's captions write the token itself where it goes, in any case
+    images = [image(tmp_path, "a", "a photo of <my-dog> on a sofa"), image(tmp_path, "b", "<My-Dog>, outdoors"),
+              image(tmp_path, "c", "<my-dog> <my-dog>_1 asleep"), image(tmp_path, "d", "<my-dog>_1 alone")]
+    placeholder = "<my-dog> <my-dog>_1"
+    with caught(CaptionWithoutMarkerWarning) as rec:
+        sampler = CaptionSampler(images, OBJECT_TEMPLATES, placeholder)
+    assert [str(w) for w in rec.list if "a.txt" in str(w) or "b.txt" in str(w) or "c.txt" in str(w)] == []
+    assert sampler(0) == "a photo of <my-dog> <my-dog>_1 on a sofa"
+    assert sampler(1) == "<my-dog> <my-dog>_1, outdoors"
+    assert sampler(2) == "<my-dog> <my-dog>_1 asleep"  # already expanded: kept as it is
+    assert sampler(3) == "<my-dog> <my-dog>_1 <my-dog>_1 alone"  # one entry is not the token: warned, put in front
+    assert len(rec.list) == 1 and "d.txt" in str(rec.list[0])
+
+    filewords = CaptionSampler(images[:1], ["a [name], [filewords]"], placeholder)
+    assert filewords(0) == "a <my-dog> <my-dog>_1, a photo of <my-dog> <my-dog>_1 on a sofa"
+
+    # a bare-word token (kohya's "sks") only as a whole word
+    bare = CaptionSampler([image(tmp_path, "e", "sks asks for a Sks treat")], OBJECT_TEMPLATES, "sks sks_1")
+    assert bare(0) == "sks sks_1 asks for a sks sks_1 treat"
 
 
 def test_sampler_refuses_bad_templates(tmp_path):

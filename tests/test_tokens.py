@@ -117,3 +117,24 @@ def test_expansion_ignores_case_as_clip_does():
 
     assert expand_prompt("a <mydog> and <MYDOG>", "<MyDog>", 2) == "a <MyDog> <MyDog>_1 and <MyDog> <MyDog>_1"
     assert expand_prompt("a <MyDog> <mydog>_1", "<MyDog>", 2) == "a <MyDog> <mydog>_1"  # already expanded
+
+
+def test_init_from_a_token_added_in_this_session_is_a_token_error(pipe):
+    # a second concept started from the first one's token: its id has no row in the frozen table
+    add_tokens(pipe.tokenizer, pipe.text_encoder, ["<a-x>"], torch.zeros(1, 32))
+    ids = encode_init(pipe.tokenizer, "<a-x>")
+    with pytest.raises(TokenError, match="no row in the model's vocabulary"):
+        init_vectors(base_embedding(pipe.text_encoder).weight, ids, 1)
+
+
+def test_init_text_of_start_or_end_markers_is_refused(pipe):
+    for bad in ("<|startoftext|>", "dog <|endoftext|>"):
+        with pytest.raises(TokenError, match="cannot be encoded"):
+            encode_init(pipe.tokenizer, bad)
+
+
+def test_built_vocabulary_refuses_a_word_with_a_space():
+    from textinv.vocab import build_tokenizer
+
+    with pytest.raises(ValueError, match="ice cream"):
+        build_tokenizer(["dog", "ice cream"])

@@ -125,6 +125,11 @@ MAX_IMAGE_PIXELS = 300_000_000
 # Files that operating systems leave in folders: never the user's data, so skipped without a word.
 _OS_LITTER = {"thumbs.db", "desktop.ini"}
 
+# Camera RAW files are TIFF inside, so Pillow opens them, but what it reads is the small preview in the first
+# directory (often 160x120), not the photo: they are skipped with a hint to export them instead.
+_CAMERA_RAW = {".dng", ".cr2", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef", ".srw",
+               ".3fr", ".erf", ".kdc", ".mos", ".iiq", ".rwl"}
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 
@@ -148,7 +153,8 @@ class CaptionWithoutMarkerWarning(UserWarning):
 def find_images(folder: str | os.PathLike) -> list[Path]:
     """The pictures in `folder` (not its subfolders), sorted by name.
 
-    A file counts as a picture if Pillow can read its header, whatever its name says. Hidden files, OS litter
+    A file counts as a picture if Pillow can read its header, whatever its name says, except camera RAW files
+    (`.dng`, `.cr2`, `.nef`...), where Pillow would read only the small preview inside. Hidden files, OS litter
     (`Thumbs.db`, `desktop.ini`) and caption files beside a picture (`dog1.txt` next to `dog1.jpg`) are expected
     and skipped quietly; any other file is skipped with one `SkippedFilesWarning` that names them all. Only
     regular files (or links to them) are opened: a named pipe or a device is skipped, as is a broken link.
@@ -168,11 +174,16 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
 
     images: list[Path] = []
     others: list[Path] = []
+    subfolders: list[Path] = []
     for path in entries:
-        if path.name.startswith(".") or path.name.lower() in _OS_LITTER or path.is_dir():
+        if path.name.startswith(".") or path.name.lower() in _OS_LITTER:
+            continue
+        if path.is_dir():
+            subfolders.append(path)
             continue
         # is_file follows links; opening a named pipe would wait forever for a writer, and a device never ends
-        (images if path.is_file() and _is_image(path) else others).append(path)
+        picture = path.is_file() and path.suffix.lower() not in _CAMERA_RAW and _is_image(path)
+        (images if picture else others).append(path)
 
     stems = {p.stem for p in images}
     skipped = [p for p in others if not (p.suffix.lower() == ".txt" and p.stem in stems and p.is_file())]
@@ -184,6 +195,13 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
         warnings.warn(
             SkippedFilesWarning(f"skipped {len(skipped)} file(s) in {folder} that are not pictures: {names}{hint}"),
             stacklevel=2,
+        )
+    if not images and subfolders:
+        # kohya's layout puts the pictures one level down ("train/10_sks dog/"): say so rather than "no images"
+        names = ", ".join(p.name for p in subfolders[:5]) + (", ..." if len(subfolders) > 5 else "")
+        raise DataError(
+            f"no images found in {folder}, and its subfolders ({names}) are not searched; give the folder that "
+            f"holds the pictures itself, e.g. {subfolders[0]}"
         )
     if not images:
         raise DataError(f"no images found in {folder}; put 3-10 .jpg/.png/.webp pictures of your concept there")
@@ -197,13 +215,24 @@ def _describe_skipped(path: Path) -> str:
         return f"{path.name} (not a regular file)"
     if path.suffix.lower() == ".txt":
         return f"{path.name} (a caption with no picture of the same name)"
+    if path.suffix.lower() in _CAMERA_RAW:
+        return f"{path.name} (camera RAW: Pillow reads only its small preview; export it as JPEG or PNG)"
+    if path.suffix.lower() in (".eps", ".ps", ".epsf") and _is_image(path, need_ghostscript=False):
+        return f"{path.name} (EPS needs Ghostscript installed; or convert it to PNG)"
     return path.name
 
 
-def _is_image(path: Path) -> bool:
-    """Whether Pillow recognises the file (it reads the header only; a truncated picture still counts)."""
+def _is_image(path: Path, need_ghostscript: bool = True) -> bool:
+    """Whether Pillow recognises the file (it reads the header only; a truncated picture still counts).
+
+    EPS counts only where Ghostscript is installed: Pillow knows its header but needs Ghostscript to draw it.
+    """
     try:
-        with _open_image(path):
+        with _open_image(path) as img:
+            if img.format == "EPS" and need_ghostscript:
+                from PIL import EpsImagePlugin
+
+                return bool(EpsImagePlugin.has_ghostscript())
             return True
     except Exception:  # Pillow's format plugins raise many kinds of error on bytes that are not theirs
         return False
@@ -287,6 +316,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba).convert("RGB")  # the "over" operator, white underneath
+    if icc and img.mode == "P":  # a palette holds RGB colours, in the profile's space like any RGB picture's
+        img = img.convert("RGB")
     if icc and img.mode in ("RGB", "CMYK"):
         converted = _icc_to_srgb(img, icc)
         if converted is not None:
@@ -583,6 +614,10 @@ class CaptionSampler:
     random from `generator` (so a seed reproduces the sequence). When the templates use `[filewords]`
     (A1111 style), every sample draws a template and the image's caption fills `[filewords]` instead.
 
+    A caption may also name the token itself ("a photo of <my-dog> on a sofa"), as kohya's and A1111's captions
+    do: it counts as the marker there (any case, as CLIP lower-cases), so the token gets all its vectors and is
+    not put in a second time. `placeholder`'s first word is the token, as `expand_prompt` writes it.
+
     A caption with no marker, outside `[filewords]` use, gets the token in front ("{} <caption>"), with one
     `CaptionWithoutMarkerWarning` naming the files: refusing it would be harsh, and anything longer, such as
     "a photo of {}, ", would be wrong for styles.
@@ -612,10 +647,17 @@ class CaptionSampler:
         self.generator = generator
         self.uses_filewords = any(FILEWORDS in t for t in self.templates)
 
+        # the token as written in a caption, alone or already expanded ("<t> <t>_1"), but not one entry ("<t>_1"),
+        # and as a whole word: a bare token such as "sks" is not the end of "asks"
+        token = re.escape(placeholder.split()[0])
+        written = re.compile(rf"(?<!\w){token}(?:\s+{token}_\d+)*(?!\w)", re.IGNORECASE)
+
         self.captions: list[str | None] = []  # per image; None means "draw a template"
         unmarked = []
         for image in images:
             caption = image.caption
+            if caption is not None:
+                caption = written.sub(MARKER, caption)
             if caption is not None and not self.uses_filewords and not _has_marker(caption):
                 unmarked.append(image.path.with_suffix(".txt").name)
                 caption = f"{MARKER} {caption}"
@@ -623,8 +665,9 @@ class CaptionSampler:
         if unmarked:
             warnings.warn(
                 CaptionWithoutMarkerWarning(
-                    f"{len(unmarked)} caption file(s) have no {MARKER} (or {A1111_MARKER}) marker, so the new token "
-                    f"is put in front of their text: {', '.join(unmarked)}; write {MARKER} where the token belongs"
+                    f"{len(unmarked)} caption file(s) have no {MARKER} (or {A1111_MARKER}) marker and do not name the "
+                    f"token, so it is put in front of their text: {', '.join(unmarked)}; write {MARKER} where the "
+                    "token belongs"
                 ),
                 stacklevel=2,
             )

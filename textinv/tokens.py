@@ -130,9 +130,10 @@ def check_new_token(tokenizer, token: str) -> None:
 def encode_init(tokenizer, text: str) -> list[int]:
     """The token ids of an init word or phrase, without BOS/EOS; TokenError if it yields nothing usable."""
     ids = tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
-    unk = tokenizer.unk_token_id
-    # CLIP's unk is its EOS token: an id of it means the text had something the vocabulary cannot spell.
-    if not ids or (unk is not None and unk in ids):
+    # CLIP's unk is its EOS token: an id of it means the text had something the vocabulary cannot spell. BOS/EOS
+    # written out in the text are markers, not words: their rows mean nothing to start from.
+    markers = {tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id} - {None}
+    if not ids or markers.intersection(ids):
         raise TokenError(
             f"init text {text!r} cannot be encoded by this model's tokenizer (it gives {ids}); use a plain word "
             f"close to your concept, e.g. --init dog"
@@ -153,6 +154,15 @@ def init_vectors(table: torch.Tensor, ids: list[int], num_vectors: int) -> torch
     >>> init_vectors(table, [1, 3], 4).tolist()
     [[2.0, 3.0], [2.0, 3.0], [6.0, 7.0], [6.0, 7.0]]
     """
+    if not ids:
+        raise TokenError("no init token ids to start from; give a word or phrase, e.g. --init dog")
+    beyond = [i for i in ids if not 0 <= i < table.shape[0]]
+    if beyond:  # an id past the frozen table is a token added in this session, such as another concept's
+        raise TokenError(
+            f"init token id(s) {beyond} have no row in the model's vocabulary of {table.shape[0]} tokens: the init "
+            "text names a new token (another concept's?), which has no meaning yet; start from plain words, "
+            "e.g. --init dog"
+        )
     rows = table[torch.tensor(ids, device=table.device)].float()  # (L, C)
     n = len(ids)
     if num_vectors >= n:
@@ -178,7 +188,8 @@ def add_tokens(tokenizer, text_encoder: nn.Module, names: list[str], vectors: to
     if len(tokenizer) != table.num_embeddings + existing.shape[0]:
         raise TokenError(
             f"the tokenizer has {len(tokenizer)} entries but the text encoder {table.num_embeddings} rows "
-            f"(+{existing.shape[0]} added); they must match before new tokens can be added"
+            f"(+{existing.shape[0]} added); they must match before new tokens can be added: the model's tokenizer "
+            "and text encoder do not belong together (one saved with tokens added, the other without?)"
         )
     tokenizer.add_tokens(names)
     ids = tokenizer.convert_tokens_to_ids(names)

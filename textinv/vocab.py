@@ -35,6 +35,9 @@ def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]
     >>> "dog</w>" in vocab and ("d", "o") in merges
     True
     """
+    spaced = [w for w in words if len(w.split()) > 1]
+    if spaced:  # CLIP splits text at whitespace before BPE, so no merge can make a token across it
+        raise ValueError(f"words must not contain spaces, got {spaced}; give each word on its own")
     symbols = _byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols]
     merges: list[tuple[str, str]] = []
