@@ -32,6 +32,25 @@ def test_multi_vector_token_tokenizes_to_consecutive_new_ids(pipe):
     assert ids[-3:] == [v0, v0 + 1, v0 + 2]
 
 
+def test_a_token_that_begins_another_does_not_expand_inside_it(pipe):
+    # <dog> and <dog>2 loaded together: the tokenizer reads <dog>2 as itself (longest match), so must the expansion
+    from textinv.generate import expand_all
+    from textinv.formats import LearnedEmbedding
+
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    v0 = len(tok)
+    add_tokens(tok, te, token_names("<dog>", 2), torch.randn(2, 32))
+    add_tokens(tok, te, token_names("<dog>2", 3), torch.randn(3, 32))
+    embs = [LearnedEmbedding("<dog>", {"text_encoder": torch.randn(2, 32)}),
+            LearnedEmbedding("<dog>2", {"text_encoder": torch.randn(3, 32)})]
+    for order in (embs, embs[::-1]):
+        prompt = expand_all("<dog>2 chases <dog>", order)
+        assert prompt == "<dog>2 <dog>2_1 <dog>2_2 chases <dog> <dog>_1"
+        chases = tok("chases", add_special_tokens=False).input_ids
+        assert tok(prompt, add_special_tokens=False).input_ids == [v0 + 2, v0 + 3, v0 + 4, *chases, v0, v0 + 1]
+    assert expand_prompt("<dog>2", "<dog>", 2) == "<dog> <dog>_12"  # what it did without knowing the other token
+
+
 def test_extended_embedding_reads_old_rows_from_table_and_new_rows_from_vectors():
     table = nn.Embedding(5, 3)
     new = torch.randn(2, 3)

@@ -71,8 +71,9 @@ def unload_embeddings(model: Model) -> None:
 
 def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
     """Expand every loaded multi-vector token in `prompt`."""
+    tokens = [emb.token for emb in embeddings]
     for emb in embeddings:
-        prompt = expand_prompt(prompt, emb.token, emb.num_vectors)
+        prompt = expand_prompt(prompt, emb.token, emb.num_vectors, others=tokens)
     return prompt
 
 

@@ -13,6 +13,7 @@ A token with N vectors is N tokenizer entries named as diffusers names them: `<t
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 import copy
 import re
 
@@ -31,22 +32,28 @@ def token_names(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
-def expand_prompt(prompt: str, token: str, num_vectors: int) -> str:
+def expand_prompt(prompt: str, token: str, num_vectors: int, others: Iterable[str] = ()) -> str:
     """Replace each standalone `token` in `prompt` with its N entries (unchanged when N is 1).
 
     An entry that is already expanded (`<tok>_1`) is left alone, so expanding twice is harmless. Case does not
     matter, as it does not to CLIP's tokenizer (it lowercases the prompt): `<MyDog>` in a prompt is `<mydog>`.
+    `others`: the other tokens loaded beside it. One that begins with `token` is matched as itself, as the
+    tokenizer matches the longest added token: with `<dog>` and `<dog>2` loaded, `<dog>2` is not `<dog>` + "2".
 
     >>> expand_prompt("a photo of <t> on a table", "<t>", 2)
     'a photo of <t> <t>_1 on a table'
     >>> expand_prompt("a photo of <mydog>", "<MyDog>", 2)
     'a photo of <MyDog> <MyDog>_1'
+    >>> expand_prompt("<dog> beside <dog>2", "<dog>", 2, others=["<dog>2"])
+    '<dog> <dog>_1 beside <dog>2'
     """
     if num_vectors == 1:
         return prompt
     t = re.escape(token)
-    # not an entry, nor already expanded
-    pattern = re.compile(t + r"(?!_\d)(?!\s+" + t + r"_1(?!\d))", re.IGNORECASE)
+    longer = [re.escape(o) for o in others if len(o) > len(token) and o.lower().startswith(token.lower())]
+    not_longer = f"(?!{'|'.join(longer)})" if longer else ""
+    # not a longer token, not an entry, nor already expanded
+    pattern = re.compile(not_longer + t + r"(?!_\d)(?!\s+" + t + r"_1(?!\d))", re.IGNORECASE)
     return pattern.sub(" ".join(token_names(token, num_vectors)), prompt)
 
 
