@@ -93,6 +93,61 @@ def test_accelerate_two_cpu_processes_match_one_process_with_twice_the_batch(sd1
     ddp = load_embedding(tmp_path / "ddp" / "learned_embeds.safetensors").vectors["text_encoder"]
     single = load_embedding(tmp_path / "single" / "learned_embeds.safetensors").vectors["text_encoder"]
     assert torch.allclose(ddp, single, atol=1e-5), (ddp - single).abs().max()
+    # the logged loss is the global batch's too, not the main process's half of it
+    from textinv.train import read_loss_log
+
+    logged = [read_loss_log(tmp_path / run / "loss.csv") for run in ("ddp", "single")]
+    assert [s for s, _ in logged[0]] == [s for s, _ in logged[1]] == [3]
+    assert logged[0][0][1] == pytest.approx(logged[1][0][1], rel=1e-5), logged
+
+
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
+def test_accelerate_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes(sd1_dir, images, tmp_path):
+    """SIGTERM that reaches only process 1 (a scheduler signals each process on its own; they never get it at the
+    same instant): both processes stop after the same step and the main one saves. It was process 1 alone that
+    stopped, while the main one went on into a step its peer never took and died there without saving."""
+    import textwrap
+
+    from textinv.train import read_loss_log
+
+    out = tmp_path / "ddp"
+    script = tmp_path / "interrupted.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        from textinv.config import TrainConfig
+        from textinv.train import TrainingInterrupted, train
+        rank = int(os.environ["RANK"])
+        config = TrainConfig(model={str(sd1_dir)!r}, images={str(images)!r}, token="<t>", init="dog", steps=4,
+                             batch=2, save_every=0, sample_every=0, log_every=1, lr=0.05, out={str(out)!r})
+        try:
+            train(config, progress=False,
+                  on_step=lambda step: rank == 1 and step == 2 and os.kill(os.getpid(), signal.SIGTERM))
+        except TrainingInterrupted as e:
+            print(f"process {{rank}} stopped at step {{e.step}}", flush=True)
+            sys.exit(130)
+    """))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*ACCELERATE, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert "process 0 stopped at step 2" in proc.stdout and "process 1 stopped at step 2" in proc.stdout, \
+        proc.stdout + proc.stderr[-3000:]
+    assert (out / "checkpoints" / "step-000002.pt").exists()
+    assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "2"
+    proc = subprocess.run([*ACCELERATE, "-m", "textinv", "train", "--out", str(out), "--resume"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["train", "--model", str(sd1_dir), "--images", str(images), "--token", "<t>", "--init", "dog",
+                 "--steps", "4", "--batch", "4", "--save-every", "0", "--sample-every", "0", "--log-every", "1",
+                 "--lr", "0.05", "--out", str(tmp_path / "single")]) == 0
+    resumed = load_embedding(out / "learned_embeds.safetensors").vectors["text_encoder"]
+    single = load_embedding(tmp_path / "single" / "learned_embeds.safetensors").vectors["text_encoder"]
+    assert torch.allclose(resumed, single, atol=1e-5), (resumed - single).abs().max()
+    logged = [read_loss_log(path / "loss.csv") for path in (out, tmp_path / "single")]
+    assert [s for s, _ in logged[0]] == [1, 2, 3, 4]
+    assert [v for _, v in logged[0]] == pytest.approx([v for _, v in logged[1]], rel=1e-5), logged
 
 
 def test_resume_needs_only_the_output_folder(sd1_dir, images, tmp_path):

@@ -169,6 +169,62 @@ def test_concepts_whose_tokens_would_share_a_folder_are_refused(images, tmp_path
               progress=False)
 
 
+@pytest.mark.parametrize("tokens, vectors, message", [
+    (["<loss.csv>", "<b>"], 1, "where the run keeps its own loss.csv"),  # was an IsADirectoryError after training
+    (["<b>", "<checkpoints>"], 1, "where the run keeps its own checkpoints"),
+    (["<a>", "<a>_1"], 2, "both need the tokenizer entry '<a>_1' .with --vectors 2, '<a>' also takes '<a>_1'"),
+    (["<a>", "<A>"], 1, "both need the tokenizer entry '<a>' .the tokenizer lower-cases text"),
+])
+def test_concept_tokens_that_clash_with_the_run_or_each_other_are_refused_before_loading(tokens, vectors, message,
+                                                                                         images, tmp_path):
+    """A concept named like the run's own files, or two whose tokenizer entries coincide, are refused by name
+    before the model loads (the model here does not exist)."""
+    with pytest.raises(ConfigError, match=message):
+        train(TrainConfig(concepts=[f"{images}={t}" for t in tokens], vectors=vectors, out=str(tmp_path / "o"),
+                          model=str(tmp_path / "no-model"), steps=1), progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_after_the_pictures_changed_is_refused_before_loading(sd1_dir, tmp_path, monkeypatch):
+    """The checkpoint's epoch order indexes the pictures: fewer pictures were an IndexError mid-run, more a silently
+    different run. Now the resume names the folder and what changed."""
+    import shutil
+
+    from conftest import write_images
+
+    dogs, cats = write_images(tmp_path / "dogs", n=4, seed=1), write_images(tmp_path / "cats", n=3, seed=2)
+    run = dict(concepts=[f"{dogs}=<jd>", f"{cats}=<jc>"], out=str(tmp_path / "o"), model=str(sd1_dir), steps=2,
+               batch=3, save_every=2, sample_every=0)
+    train(TrainConfig(**run), progress=False)
+    (cats / "img2.png").unlink()
+    real_load = train_module.load_model
+    monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(ConfigError, match=f"pictures in {cats} changed since the run started .missing now: "
+                                          "img2.png.*put the folder back"):
+        train(TrainConfig(**run, resume=True), progress=False)
+    shutil.copy(dogs / "img0.png", cats / "img2.png")
+    shutil.copy(dogs / "img0.png", dogs / "img9.png")
+    with pytest.raises(ConfigError, match=f"pictures in {dogs} changed since the run started .new: img9.png"):
+        train(TrainConfig(**run, resume=True), progress=False)
+    (dogs / "img9.png").unlink()
+    monkeypatch.setattr(train_module, "load_model", real_load)
+    assert train(TrainConfig(**{**run, "steps": 4}, resume=True), progress=False).steps == 4
+
+
+def test_resume_with_another_number_of_processes_is_refused(sd1_dir, images, tmp_path, monkeypatch):
+    """Each process draws its slice of a global batch of --batch x processes: resuming a 2-process run in one
+    process would silently halve the batch of every remaining step."""
+    out = tmp_path / "o"
+    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    path = out / "checkpoints" / "step-000002.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["processes"] == 1
+    torch.save({**state, "processes": 2}, path)  # as a 2-process run saves it
+    monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(ConfigError, match="trained by 2 process.*this launch has 1.*--num_processes 2"):
+        train(config(images, out, steps=4, resume=True), progress=False)
+
+
 def test_out_that_cannot_be_made_fails_before_the_model_loads(images, tmp_path):
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
@@ -313,6 +369,28 @@ def test_several_concepts_in_one_run_each_equal_to_its_own_run(sd1_dir, tmp_path
         assert torch.allclose(mine.vectors["text_encoder"], alone.embedding.vectors["text_encoder"], atol=1e-5)
     assert load_embedding(tmp_path / "joint" / "jd" / "learned_embeds.safetensors").token == "<jd>"
     assert load_embedding(tmp_path / "joint" / "jc" / "learned_embeds.safetensors").token == "<jc>"
+
+
+def test_an_interrupted_run_of_several_concepts_resumes_to_the_uninterrupted_one(sd1_dir, tmp_path):
+    """Concepts of 1 and 4 pictures (their epochs turn over at different steps), stopped mid log interval."""
+    import os
+    import signal
+
+    from conftest import write_images
+
+    one, four = write_images(tmp_path / "one", n=1, seed=1), write_images(tmp_path / "four", seed=2)
+    run = dict(concepts=[f"{one}=<jd>=dog", f"{four}=<jc>=cat"], steps=6, batch=3, save_every=4, sample_every=0,
+               log_every=4, lr=5e-2)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **run), model=load_model(sd1_dir), progress=False)
+    with pytest.raises(TrainingInterrupted):
+        train(TrainConfig(out=str(tmp_path / "b"), **run), model=load_model(sd1_dir), progress=False,
+              on_step=lambda step: step == 3 and os.kill(os.getpid(), signal.SIGTERM))
+    resumed = train(TrainConfig(out=str(tmp_path / "b"), resume=True, **run), model=load_model(sd1_dir),
+                    progress=False)
+    for mine, theirs in zip(resumed.embeddings, straight.embeddings, strict=True):
+        assert torch.equal(mine.vectors["text_encoder"], theirs.vectors["text_encoder"]), mine.token
+    assert resumed.losses == straight.losses
+    assert read_loss_log(tmp_path / "b" / "loss.csv") == read_loss_log(tmp_path / "a" / "loss.csv")
 
 
 def test_concepts_settings_are_checked(images, tmp_path):

@@ -102,6 +102,12 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         raise ConfigError(f"--concepts tokens {tokens} would share an "
                           f"output folder ({', '.join(folders)}): give each concept a token that differs in more than "
                           "its <angle brackets> or punctuation")
+    own = {CHECKPOINT_DIR, SAMPLES_DIR, LOSS_LOG, CONFIG_FILE}  # what the run itself writes at the top of --out
+    taken = [t for t, f in zip(tokens, folders) if f.lower() in own] if len(folders) > 1 else []
+    if taken:
+        raise ConfigError(f"--concepts token {taken[0]} would put its files in {out / concept_folder(taken[0])}, "
+                          f"where the run keeps its own {concept_folder(taken[0])}; give that concept another token")
+    _check_token_names(tokens, config.vectors)
     holds_run = out.is_dir() and any(out.iterdir())
     if config.resume:
         saved = out / CONFIG_FILE
@@ -125,6 +131,21 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         except ConfigError:
             previous = {}  # a damaged record: only the files every run writes are cleared
     return _absolute_paths(config), previous
+
+
+def _check_token_names(tokens: list[str], vectors: int) -> None:
+    """Refuse concepts whose tokenizer entries would collide: CLIP lower-cases text, and with --vectors N a token
+    `<a>` also takes `<a>_1` ... `<a>_{N-1}`, which may be another concept's token."""
+    owner: dict[str, tuple[str, str]] = {}  # tokenizer entry (lower-cased) -> (token, entry as that token has it)
+    for token in tokens:
+        for name in token_names(token, vectors):
+            other, other_name = owner.setdefault(name.lower(), (token, name))
+            if other != token:
+                taker, taken = (other, other_name) if other_name != other else (token, name)
+                why = (f"with --vectors {vectors}, '{taker}' also takes '{taken}'" if taken != taker
+                       else "the tokenizer lower-cases text")
+                raise ConfigError(f"--concepts tokens '{other}' and '{token}' both need the tokenizer entry "
+                                  f"'{name.lower()}' ({why}); rename one of them")
 
 
 def concept_folder(token: str) -> str:
@@ -378,6 +399,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     out = Path(config.out)
     specs = config.concept_list()
     images = [find_images(spec["images"]) for spec in specs]  # fail on bad data before the (slow) model load
+    checkpoint = _newest_checkpoint(out) if config.resume else None
+    if checkpoint is not None:
+        _check_resumable(checkpoint, config, specs, images, world)
     templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
 
     # 2. model and tokens -----------------------------------------------------------------------------------------
@@ -450,10 +474,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     samplers = [c.sampler for c in concepts]
     step, history, interval = 0, [], (0.0, 0)
     if config.resume:
-        step, history, interval = _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler)
-        if step > config.steps:
-            raise ConfigError(f"cannot resume {out} at step {step} with --steps {config.steps}: the run is past "
-                              f"it; give --steps {step} or more")
+        step, history, interval = _load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers, scaler)
         if is_main:
             save_config(config, out / CONFIG_FILE)  # the settings a resume may change (--steps) as now in force
             if progress:
@@ -479,6 +500,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     def embedding_path(c: ConceptState) -> Path:
         return c.out / default_filename(file_format, c.token)
 
+    def saved_where() -> Path:
+        """What a message names as saved: the embedding file, or with several concepts the folder of them all."""
+        return embedding_path(concepts[0]) if len(concepts) == 1 else out
+
     def save_all(at_step: int, vectors: list[torch.Tensor] | None = None, checkpoint: bool = True) -> list[Path]:
         """Each concept's embedding, and a checkpoint to resume from (main process only)."""
         if not is_main:
@@ -487,7 +512,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                                                                file_format)]
         if checkpoint:
             _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
-                             (interval_loss.item(), interval_steps))
+                             (interval_loss.item(), interval_steps),
+                             pictures=[[p.path.name for p in c.pictures] for c in concepts], processes=world)
             _write_loss_log(out / LOSS_LOG, history)
         return files
 
@@ -518,7 +544,19 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     samplers_at_step = None
     if step == 0 and not config.resume:
         draw_samples(0)
-    stop = _StopRequest()
+    # data parallel: the processes agree at every step boundary on whether to stop (a signal reaches them at
+    # different moments, or only one of them), over a CPU group, so the check costs no GPU synchronisation
+    group, own_group = None, False
+    if world > 1:
+        own_group = torch.distributed.get_backend() != "gloo"  # (NCCL's collectives need GPU tensors)
+        group = torch.distributed.new_group(backend="gloo") if own_group else torch.distributed.group.WORLD
+    stop = _StopRequest(group)
+
+    def wait_for_main() -> None:
+        """The other processes leave only once the main one has saved: a launcher that sees one process end
+        stops the rest, which would cut the main process's save short."""
+        if group is not None:
+            torch.distributed.barrier(group=group)
     try:
         while step < config.steps:
             stop.check()  # Ctrl-C or SIGTERM since the last step: stop here, between two steps
@@ -537,10 +575,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 loss = per_sample.view(len(concepts), -1).mean(dim=1).sum()
                 scaler.scale(loss / config.grad_accum).backward()
                 step_loss += loss.detach() / config.grad_accum
-            if world > 1:
-                for e in exts:
-                    torch.distributed.all_reduce(e.vectors.grad)
-                    e.vectors.grad /= world
+            if world > 1:  # the mean over the global batch: of the gradient, and of the loss that is logged
+                for tensor in [e.vectors.grad for e in exts] + [step_loss]:
+                    torch.distributed.all_reduce(tensor)
+                    tensor /= world
             scaler.unscale_(optimizer)
             if config.max_grad_norm:
                 for c in concepts:  # each concept clipped on its own, as in its own run
@@ -564,10 +602,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             if step % config.log_every == 0 or step == config.steps:
                 mean_loss = (interval_loss / interval_steps).item()  # the only host sync, once per interval
                 if not math.isfinite(mean_loss) or not all(torch.isfinite(e.vectors).all() for e in exts):
-                    save_all(step, last_good, checkpoint=False)
+                    save_all(step, last_good, checkpoint=False)  # (every process gets here: loss and grads are shared)
+                    wait_for_main()
                     raise TrainingError(
                         f"the loss became non-finite (NaN/inf) by step {step}; the last good vectors were saved to "
-                        f"{embedding_path(concepts[0])}. Lower --lr (now {config.lr}), set --max-grad-norm 1.0, or "
+                        f"{saved_where()}. Lower --lr (now {config.lr}), set --max-grad-norm 1.0, or "
                         f"use --precision fp32/bf16 instead of fp16.")
                 last_good = [e.vectors.detach().clone() for e in exts]
                 history.append((step, mean_loss))
@@ -587,9 +626,13 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             for s, saved in zip(samplers, samplers_at_step):
                 s.load_state_dict(saved)
         save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
-        raise TrainingInterrupted(step, embedding_path(concepts[0])) from None
+        if stop.agreed:  # (every process stopped here; after a second Ctrl-C they may be anywhere)
+            wait_for_main()
+        raise TrainingInterrupted(step, saved_where()) from None
     finally:
         stop.release()
+        if own_group:
+            torch.distributed.destroy_process_group(group)
     bar.close()
 
     # 5. results --------------------------------------------------------------------------------------------------
@@ -609,11 +652,16 @@ class _StopRequest:
     loop stops at the next step boundary (`check`), where the vectors, optimizer, schedule and data stream all
     belong to one step, so the checkpoint saved then resumes exactly. An interrupt raised wherever the signal landed
     could fall between the optimizer's update and the step count, and a resume would apply that update twice. A
-    second Ctrl-C stops at once (the half-done step is then redone on resume). Only the main thread gets signals;
-    elsewhere nothing is installed."""
+    second Ctrl-C stops at once (the half-done step is then redone on resume). In data-parallel training every
+    process asks the others at each boundary (`group`), so all stop at the same step even when the signal reaches
+    them at different moments, or only one of them; otherwise a process would wait forever, or fail, for a step its
+    peers never take, and the main process could stop without saving. Only the main thread gets signals; elsewhere
+    nothing is installed."""
 
-    def __init__(self):
+    def __init__(self, group=None):
         self.asked = False
+        self.agreed = False  # whether `check` stopped the run (every process at the same step)
+        self.group = group  # data parallel: the processes that must stop together
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -627,7 +675,13 @@ class _StopRequest:
               file=sys.stderr, flush=True)
 
     def check(self) -> None:
-        if self.asked:
+        asked = self.asked
+        if self.group is not None:  # stop if any process was asked to: all of them at this same step
+            flag = torch.tensor([int(asked)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.group)
+            asked = bool(flag.item())
+        if asked:
+            self.agreed = True
             raise KeyboardInterrupt
 
     def release(self) -> None:
@@ -755,10 +809,14 @@ def _checkpoint_path(out: Path, step: int) -> Path:
 
 
 def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
-                     interval: tuple[float, int] = (0.0, 0)) -> None:
-    """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step."""
+                     interval: tuple[float, int] = (0.0, 0), pictures: list[list[str]] | None = None,
+                     processes: int = 1) -> None:
+    """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, and
+    what the data stream depends on (each concept's picture names, the number of processes sharing a batch)."""
     state = {
         "step": step,
+        "pictures": pictures,
+        "processes": processes,
         "vectors": [e.vectors.detach().cpu().clone() for e in exts],
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
@@ -776,16 +834,56 @@ def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, 
         old.unlink(missing_ok=True)
 
 
-def _load_checkpoint(out, exts, optimizer, lr_schedule, samplers, scaler
-                     ) -> tuple[int, list[tuple[int, float]], tuple[float, int]]:
-    """Restore a run from its newest checkpoint: returns the step, the loss history and the open log interval."""
+def _newest_checkpoint(out: Path) -> tuple[Path, dict]:
+    """The newest checkpoint in `out` and its contents (small: vectors, optimizer and data-stream state)."""
     found = sorted((out / CHECKPOINT_DIR).glob("step-*.pt"))
     if not found:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint; start a new run with --overwrite")
-    state = torch.load(found[-1], map_location="cpu", weights_only=True)
+    return found[-1], torch.load(found[-1], map_location="cpu", weights_only=True)
+
+
+def _check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, specs: list[dict], images: list[list[Path]],
+                     processes: int) -> None:
+    """Refuse, before the model loads, a resume whose data stream would not continue the saved one: the step is
+    past --steps, a concept's pictures changed (the saved epoch order indexes them), or another number of processes
+    would split another global batch (each process draws `batch` x processes samples per step)."""
+    state = checkpoint[1]
+    out, step = Path(config.out), int(state["step"])
+    if step > config.steps:
+        raise ConfigError(f"cannot resume {out} at step {step} with --steps {config.steps}: the run is past "
+                          f"it; give --steps {step} or more")
+    saved = state.get("processes", processes)  # (older checkpoints do not record it)
+    if saved != processes:
+        how = "without accelerate launch" if saved == 1 else f"with accelerate launch --num_processes {saved}"
+        raise ConfigError(f"cannot resume {out}: it was trained by {saved} process(es) at --batch {config.batch} "
+                          f"each, this launch has {processes}, which would change the batch of every step; resume "
+                          f"{how}")
+    for spec, paths, names, sampler in zip(specs, images, state.get("pictures") or [None] * len(specs),
+                                           state["samplers"]):
+        now = [p.name for p in paths]
+        if names is None:  # (older checkpoints keep no names: the epoch order's length still tells the count)
+            was = len(sampler["order"]) // config.repeats
+            if not was or was == len(now):
+                continue
+            detail = f"{was} pictures then, {len(now)} now"
+        elif names != now:
+            gone, new = sorted(set(names) - set(now)), sorted(set(now) - set(names))
+            detail = "; ".join(part for part in (gone and f"missing now: {', '.join(gone)}",
+                                                 new and f"new: {', '.join(new)}") if part)
+        else:
+            continue
+        raise ConfigError(f"cannot resume {out}: the pictures in {spec['images']} changed since the run started "
+                          f"({detail}); put the folder back as it was, or start a new run with --overwrite")
+
+
+def _load_checkpoint(checkpoint: tuple[Path, dict], exts, optimizer, lr_schedule, samplers, scaler
+                     ) -> tuple[int, list[tuple[int, float]], tuple[float, int]]:
+    """Restore a run from a checkpoint (`_newest_checkpoint`): returns the step, the loss history and the open log
+    interval."""
+    path, state = checkpoint
     shapes = [tuple(v.shape) for v in state["vectors"]]
     if shapes != [tuple(e.vectors.shape) for e in exts]:
-        raise ConfigError(f"checkpoint {found[-1]} holds vectors of shapes {shapes}, this run needs "
+        raise ConfigError(f"checkpoint {path} holds vectors of shapes {shapes}, this run needs "
                           f"{[tuple(e.vectors.shape) for e in exts]}; it belongs to another run")
     with torch.no_grad():
         for e, v in zip(exts, state["vectors"]):
