@@ -339,6 +339,20 @@ def test_bad_settings_fail_before_loading_anything(tmp_path, images):
         train(config(images, tmp_path / "o", vectors=0), progress=False)
 
 
+def test_a_caption_whose_token_falls_past_the_text_window_is_refused(sd1_dir, images, tmp_path):
+    # 75 vectors after "a photo of the cool": the last ones would lie past the 77-token window, never trained
+    with pytest.raises(ConfigError, match="cuts the token's 75 vector"):
+        train(config(images, tmp_path / "a", vectors=75, steps=1), model=load_model(sd1_dir), progress=False)
+    # a caption file that writes the token at the end of 100 words loses it: refused, naming the caption
+    first = sorted(images.glob("*.png"))[0]
+    first.with_suffix(".txt").write_text("word " * 100 + "{}")
+    with pytest.raises(ConfigError, match="training caption 'word word"):
+        train(config(images, tmp_path / "b", steps=1), model=load_model(sd1_dir), progress=False)
+    # a long caption with its token early is only cut at the end, as everywhere: it trains
+    first.with_suffix(".txt").write_text("{} " + "word " * 100)
+    assert train(config(images, tmp_path / "c", steps=1), model=load_model(sd1_dir), progress=False).steps == 1
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_loss_curve_matches_fp32(precision, sd1_dir, images, tmp_path):
     """Frozen weights in bf16/fp16 (vectors stay fp32, fp16 with loss scaling) track the fp32 run."""

@@ -238,7 +238,7 @@ class CaptionBank:
     """Every caption a picture can get, tokenized once per tokenizer: `ids[k]` (C, 77), and per picture the
     caption rows it draws from."""
 
-    def __init__(self, tokenizers: list, sampler: CaptionSampler, device):
+    def __init__(self, tokenizers: list, sampler: CaptionSampler, device, entries: list[str] | None = None):
         texts: list[str] = []
         rows: list[list[int]] = []
         for i in range(len(sampler)):
@@ -246,6 +246,9 @@ class CaptionBank:
             rows.append([len(texts) + j for j in range(len(options))])
             texts.extend(options)
         self.texts = texts
+        if entries:
+            for tok in tokenizers:
+                _check_token_fits(tok, texts, entries)
         self.ids = [tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(device) for tok in tokenizers]
         width = max(len(r) for r in rows)
@@ -257,6 +260,19 @@ class CaptionBank:
         k = (u * self.counts[image]).long().clamp(max=self.choices.shape[1] - 1)
         rows = self.choices[image, k]
         return [ids[rows] for ids in self.ids]
+
+
+def _check_token_fits(tokenizer, texts: list[str], entries: list[str]) -> None:
+    """Refuse captions that the text encoder's 77-token window cuts inside the token's entries (`entries`: the
+    token and its `_1`... names). The rest of a long caption may be cut, as everywhere, but a caption whose token
+    is cut teaches nothing, or trains only the first of its vectors."""
+    ids = set(tokenizer.convert_tokens_to_ids(entries))
+    limit = tokenizer.model_max_length - 1  # the last place is the end marker
+    for text, full in zip(texts, tokenizer(texts, verbose=False).input_ids):
+        if len(full) > limit + 1 and sum(i in ids for i in full[:limit]) < sum(i in ids for i in full):
+            raise ConfigError(f"the training caption {text!r} is {len(full)} tokens long and the text encoder reads "
+                              f"the first {limit + 1}, so it cuts the token's {len(entries)} vector(s); shorten the "
+                              f"caption or template, put the token earlier in it, or use fewer --vectors")
 
 
 class BatchSampler:
@@ -433,7 +449,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
         mean, std = encode_latents(model.vae, torch.cat([pixels, pixels.flip(-1)]))  # (2I, 4, h, w)
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
-        bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder), device)
+        bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder), device,
+                           entries=token_names(spec["token"], config.vectors))
         time_ids = None
         if model.is_xl:  # SDXL's size/crop conditioning, per picture (mirrored pictures share it)
             time_ids = torch.stack([xl_time_ids(torch.tensor([p.original_size]),
