@@ -150,6 +150,20 @@ def test_accelerate_a_signal_to_one_process_stops_both_at_one_step_and_the_run_r
     assert [v for _, v in logged[0]] == pytest.approx([v for _, v in logged[1]], rel=1e-5), logged
 
 
+def test_an_interrupted_data_parallel_run_says_how_to_continue_once(images, tmp_path, monkeypatch, capsys):
+    import textinv.train as train_module
+
+    def interrupted(config, **kw):
+        raise train_module.TrainingInterrupted(3, tmp_path / "run" / "learned_embeds.safetensors")
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    args = ["train", "--images", str(images), "--token", "<t>", "--init", "dog", "--out", str(tmp_path / "run")]
+    for rank, says in (("1", False), ("0", True)):  # accelerate sets RANK in every process; the main one is 0
+        monkeypatch.setenv("RANK", rank)
+        assert main(args) == 130
+        assert ("Continue with: textinv train" in capsys.readouterr().err) == says
+
+
 def test_resume_needs_only_the_output_folder(sd1_dir, images, tmp_path):
     out = tmp_path / "run"
     args = ["--model", str(sd1_dir), "--images", str(images), "--token", "<r>", "--init", "dog", "--batch", "1",

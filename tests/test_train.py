@@ -353,6 +353,15 @@ def test_a_caption_whose_token_falls_past_the_text_window_is_refused(sd1_dir, im
     assert train(config(images, tmp_path / "c", steps=1), model=load_model(sd1_dir), progress=False).steps == 1
 
 
+def test_checkpoints_are_ordered_by_step_past_six_digits(tmp_path):
+    folder = tmp_path / train_module.CHECKPOINT_DIR
+    folder.mkdir()
+    for step in (1_000_000, 999_999, 2):
+        train_module._checkpoint_path(tmp_path, step).write_bytes(b"")
+    assert [p.name for p in train_module._checkpoints(tmp_path)] == ["step-000002.pt", "step-999999.pt",
+                                                                     "step-1000000.pt"]
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_loss_curve_matches_fp32(precision, sd1_dir, images, tmp_path):
     """Frozen weights in bf16/fp16 (vectors stay fp32, fp16 with loss scaling) track the fp32 run."""

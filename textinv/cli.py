@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import typing
@@ -74,6 +75,8 @@ def cmd_train(args) -> int:
     try:
         train(config)
     except TrainingInterrupted as e:
+        if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch every process stops: one says so
+            return 130
         # the saved config.yaml holds every setting: the folder alone resumes (a repeated --overwrite would refuse)
         print(f"\ninterrupted: {e}. Continue with: textinv train --out {shlex.quote(str(config.out))} --resume",
               file=sys.stderr)

@@ -846,14 +846,19 @@ def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, 
     path = _checkpoint_path(out, step)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    kept = sorted((out / CHECKPOINT_DIR).glob("step-*.pt"))
+    kept = _checkpoints(out)
     for old in kept[: max(0, len(kept) - max(config.keep_checkpoints, 1))]:
         old.unlink(missing_ok=True)
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """A run's checkpoints, oldest first (by step number: past step 999,999 the names no longer sort)."""
+    return sorted((out / CHECKPOINT_DIR).glob("step-*.pt"), key=lambda p: (len(p.stem), p.stem))
+
+
 def _newest_checkpoint(out: Path) -> tuple[Path, dict]:
     """The newest checkpoint in `out` and its contents (small: vectors, optimizer and data-stream state)."""
-    found = sorted((out / CHECKPOINT_DIR).glob("step-*.pt"))
+    found = _checkpoints(out)
     if not found:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint; start a new run with --overwrite")
     return found[-1], torch.load(found[-1], map_location="cpu", weights_only=True)
