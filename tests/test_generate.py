@@ -179,3 +179,46 @@ def test_generate_takes_a_replacement_vae(sd1_dir, tmp_path):
                                                progress=False)[0]))
                 for name, extra in (("own", {}), ("other", {"vae": str(tmp_path / "vae")}))]
     assert not np.array_equal(*pictures)  # the same latents, decoded by another VAE
+
+
+def test_a_second_run_into_the_same_folder_keeps_the_first_runs_pictures(sd1_dir, tmp_path):
+    """The names say prompt and seed, not the embedding, steps or guidance: comparing two embeddings with the same
+    prompt into the default --out overwrote the first run's pictures in silence. A later run gets one suffix."""
+    def run(steps, n=2):
+        return generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / "r"), n=n, steps=steps,
+                                       model=str(sd1_dir)), progress=False)
+
+    first = run(2)
+    before = [p.read_bytes() for p in first]
+    second, third = run(3), run(2, n=3)
+    assert [p.name for p in second] == ["000-a-dog-s0-2.png", "000-a-dog-s1-2.png"]
+    assert [p.name for p in third] == ["000-a-dog-s0-3.png", "000-a-dog-s1-3.png", "000-a-dog-s2-3.png"]
+    assert [p.read_bytes() for p in first] == before
+    assert Image.open(second[0]).text["steps"] == "3"
+
+
+def test_file_names_keep_the_words_of_non_ascii_prompts(sd1_dir, tmp_path):
+    paths = generate(GenerateConfig(prompt=["un chien à Zürich", "一只猫"], out=str(tmp_path / "ü r"), n=1,
+                                    steps=1, model=str(sd1_dir)), progress=False)
+    assert [p.name for p in paths] == ["000-un-chien-à-Zürich-s0.png", "001-一只猫-s0.png"]
+    assert Image.open(paths[1]).text["prompt"] == "一只猫"
+
+
+def test_steps_beyond_the_schedule_and_infinite_guidance_are_refused_before_drawing(sd1_dir, tmp_path):
+    from textinv.errors import ConfigError
+
+    for settings, message in (({"steps": 1001}, r"--steps 1001 is more than the 1000 noise levels"),
+                              ({"guidance": float("inf")}, r"--guidance must be a finite number")):
+        with pytest.raises(ConfigError, match=message):  # (DDIM raised a ValueError mid-call; inf drew NaN)
+            generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / "r"), n=1, model=str(sd1_dir), **settings),
+                     progress=False)
+    assert not list((tmp_path / "r").iterdir())
+
+
+def test_an_out_that_cannot_be_a_folder_is_refused_before_the_model_loads(tmp_path):
+    from textinv.errors import ConfigError
+
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"--out .*file.png/renders: cannot create the folder"):
+        generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / "file.png" / "renders"),
+                                model=str(tmp_path / "no-model")), progress=False)

@@ -131,7 +131,7 @@ def test_vae_option_replaces_the_models_vae(sd1_dir, tmp_path):
     vae.save_pretrained(tmp_path / "vae")
     model = load_model(sd1_dir, vae=tmp_path / "vae")
     assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), vae.state_dict().values()))
-    with pytest.raises(ModelError, match="cannot load the VAE"):
+    with pytest.raises(ModelError, match="--vae .* not found"):
         load_model(sd1_dir, vae=tmp_path / "missing-vae")
 
 
@@ -248,3 +248,76 @@ def test_local_paths_that_do_not_exist_are_not_sent_to_the_hub(tmp_path, monkeyp
     for missing in ("./configs/sd15", "models/sd15", str(checkpoint)):
         with pytest.raises(ModelError, match="--single-file-config .* is not a folder"):
             load_model(checkpoint, single_file_config=missing)
+
+
+def test_a_model_folder_missing_a_component_names_it_and_fp16_only_weights_load(sd1_dir, tmp_path):
+    """diffusers' own error names a file ("no file named config.json found in directory ..."), or for a component
+    the index leaves out, lists what it expected; ours names the part that is missing. A folder downloaded with
+    only the `*.fp16.safetensors` files is complete: it loads as that variant."""
+    def broken(name, change):
+        folder = tmp_path / name
+        shutil.copytree(sd1_dir, folder)
+        change(folder)
+        return folder
+
+    cases = {
+        "no-unet": (lambda f: shutil.rmtree(f / "unet"), r"its unet/ folder is missing or empty"),
+        "empty-text-encoder": (lambda f: [p.unlink() for p in (f / "text_encoder").iterdir()],
+                               r"its text_encoder/ folder is missing or empty"),
+        "no-vae-weights": (lambda f: (f / "vae" / "diffusion_pytorch_model.safetensors").unlink(),
+                           r"vae/ has no weights"),
+        "index-without-text-encoder": (
+            lambda f: (f / "model_index.json").write_text(json.dumps(
+                {**json.loads((f / "model_index.json").read_text()), "text_encoder": [None, None]})),
+            r"model_index.json lists no text_encoder"),
+    }
+    for name, (change, message) in cases.items():
+        with pytest.raises(ModelError, match=message):
+            load_model(broken(name, change))
+    fp16 = broken("fp16-only", lambda f: [p.rename(p.with_name(p.name.replace(".safetensors", ".fp16.safetensors")))
+                                          for p in f.glob("*/*.safetensors")])
+    model = load_model(fp16)
+    want = load_model(sd1_dir)
+    assert torch.equal(model.unet.conv_in.weight, want.unet.conv_in.weight)
+
+
+def test_single_file_config_must_be_a_model_folder_of_the_checkpoints_family(sd1_dir, tmp_path):
+    sd1 = _fake_checkpoint(tmp_path / "sd1.safetensors", {
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+        "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"is not a diffusers model folder \(no model_index.json\).*1\.x"):
+        load_model(sd1, single_file_config=tmp_path / "empty")
+    for name, index, width, theirs in (("xl", {"_class_name": "StableDiffusionXLPipeline"}, 768, "XL"),
+                                       ("sd2", {"_class_name": "StableDiffusionPipeline"}, 1024, "2.x")):
+        (tmp_path / name / "text_encoder").mkdir(parents=True)
+        (tmp_path / name / "model_index.json").write_text(json.dumps(index))
+        (tmp_path / name / "text_encoder" / "config.json").write_text(json.dumps({"hidden_size": width}))
+        with pytest.raises(ModelError, match=rf"is a Stable Diffusion {theirs} model but the checkpoint is Stable "
+                                             rf"Diffusion 1\.x"):
+            load_model(sd1, single_file_config=tmp_path / name)
+    # a checkpoint without some component's weights (a UNet-only file): diffusers' several lines and code to
+    # paste become one line that says what the file lacks
+    with pytest.raises(ModelError, match="not a complete checkpoint") as info:
+        load_model(sd1, single_file_config=sd1_dir)
+    assert "\n" not in str(info.value)
+
+
+def test_a_vae_that_is_missing_offline_or_of_another_latent_shape_is_refused(sd1_dir, tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:  # said before the model loads, and not sent to the hub
+        m.setattr("textinv.models.StableDiffusionPipeline.from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+        for missing in ("vae-typo", "./vae", str(tmp_path / "nope")):
+            with pytest.raises(ModelError, match=r"--vae .* not found: the path .* does not exist"):
+                load_model(sd1_dir, vae=missing)
+    with pytest.raises(ModelError, match=r"--vae 'someone/no-such-vae' is not in the local Hugging Face cache") as info:
+        load_model(sd1_dir, vae="someone/no-such-vae")
+    assert "\n" not in str(info.value)
+    AutoencoderKL(block_out_channels=(16, 32), latent_channels=16, norm_num_groups=16,
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  ).save_pretrained(tmp_path / "vae16")
+    with pytest.raises(ModelError, match=r"makes 16-channel latents but the model's UNet works on 4"):
+        load_model(sd1_dir, vae=tmp_path / "vae16")

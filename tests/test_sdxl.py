@@ -238,7 +238,7 @@ def test_the_two_file_layout_given_as_two_embeddings_is_one_token(xl_dir, tmp_pa
     want = draw([one], "one")
     for k, embeddings in enumerate(([first, second], [second, first], renamed, [first.parent, second])):
         assert np.array_equal(draw(embeddings, f"r{k}"), want), embeddings
-    with pytest.raises(Exception, match="pass the second file too"):
+    with pytest.raises(Exception, match="one half of an SDXL embedding.*pass both files"):
         draw([renamed[0]], "half")
 
 
@@ -275,3 +275,15 @@ def test_convert_joins_two_renamed_halves(xl_dir, tmp_path):
     assert main(["convert", str(halves[1]), str(tmp_path / "gq.safetensors"), "--second", str(halves[0])]) == 0
     back = load_embedding(tmp_path / "gq.safetensors")
     assert back.token == "<gq>" and all(torch.equal(back.vectors[k], emb.vectors[k]) for k in emb.vectors)
+
+
+def test_inspect_names_a_lone_second_half_of_the_two_file_layout(tmp_path):
+    """Alone, learned_embeds_2 (1280 wide) "fits no known family"; say what it is and which file to give."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.inspect import inspect_file
+
+    emb = LearnedEmbedding("<hq>", {"text_encoder": torch.randn(1, 768), "text_encoder_2": torch.randn(1, 1280)})
+    _, second = save_embedding(emb, tmp_path / "learned_embeds.safetensors", "diffusers-sdxl")
+    report = inspect_file(second)
+    assert "second half of an SDXL embedding kept as two files" in report["text"]
+    assert "note" not in inspect_file(tmp_path / "learned_embeds.safetensors")

@@ -9,6 +9,7 @@ uses seed + i, so any single image can be made again on its own.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import warnings
 from pathlib import Path
@@ -20,10 +21,10 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import GenerateConfig
-from .errors import FormatError, TokenError
+from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import LearnedEmbedding, load_embedding, load_embedding_pair
-from .io import atomic_path
+from .io import atomic_path, output_folder
 from .models import DTYPES, Model, encode_text, load_model
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
@@ -41,7 +42,8 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
         raise FormatError(
             f"embedding {emb.token!r} has width {describe_widths(emb.widths)} but the model {model.source} has "
             f"width {describe_widths(model.widths)}; use an embedding trained for this model's family"
-            + (" (an SDXL embedding kept as two files, one per text encoder, needs both: pass the second file too)"
+            + ("; if it is one half of an SDXL embedding kept as two files (diffusers' SDXL script: learned_embeds"
+               " and learned_embeds_2), pass both files to --embedding"
                if model.is_xl and len(emb.widths) == 1 and emb.widths[0] in model.widths else "")
         )
     names = token_names(emb.token, emb.num_vectors)
@@ -106,6 +108,7 @@ def render(
     pipe = model.pipeline
     size = resolution or model.resolution
     guidance = model.guidance_or_own(guidance)
+    _check_sampling(model, steps, guidance)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     latents = torch.stack([
         torch.randn((pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
@@ -129,6 +132,18 @@ def render(
     finally:
         pipe.unet.train(was_training)
     return list(result.images)
+
+
+def _check_sampling(model: Model, steps: int, guidance: float) -> None:
+    """Refuse what the pipelines take without complaint or fail on mid-call: more steps than the model's training
+    timesteps (DDIM/PNDM raise, Euler quietly repeats timesteps and draws noise) and an infinite guidance scale
+    (it passes `>= 1` and draws NaN, black pictures)."""
+    if not math.isfinite(guidance):
+        raise ConfigError(f"--guidance must be a finite number, got {guidance}")
+    most = model.pipeline.scheduler.config.get("num_train_timesteps")
+    if most and steps > most:
+        raise ConfigError(f"--steps {steps} is more than the {most} noise levels {model.source} was trained with; use "
+                          f"at most {most} (25-50 is usual)")
 
 
 def _warn_if_cut(model: Model, prompt: str) -> None:
@@ -166,7 +181,8 @@ def png_text(params: dict[str, str]) -> PngInfo:
 
 
 def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit] or "image"
+    """A file-name-safe short form of a prompt: letters and digits of any script, the rest as '-'."""
+    return re.sub(r"[\W_]+", "-", text).strip("-")[:limit].strip("-") or "image"
 
 
 def _join_sdxl_halves(embeddings: list[LearnedEmbedding], paths: list) -> tuple[list[LearnedEmbedding], list[str]]:
@@ -210,6 +226,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     [PosixPath('renders/000-a-photo-of-my-dog-s0.png'), ...]
     """
     config.validate()
+    output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     tokens = config.token or [None] * len(config.embedding)
     embeddings = [load_embedding(path, token=tok) for path, tok in zip(config.embedding, tokens)]
     embeddings, paths = _join_sdxl_halves(embeddings, list(config.embedding))
@@ -243,14 +260,18 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     steps = config.steps or DEFAULT_STEPS
     size = config.resolution or model.resolution
     guidance = model.guidance_or_own(config.guidance)
+    _check_sampling(model, steps, guidance)
     out = Path(config.out)
     written: list[Path] = []
     negative = expand_all(config.negative_prompt, embeddings)  # a learned negative embedding needs all its vectors
+    seeds = [config.seed + i for i in range(config.n)]
+    names = {(index, seed): f"{index:03d}-{_slug(prompt)}-s{seed}" for index, prompt in enumerate(config.prompt)
+             for seed in seeds}
+    run = _new_run_suffix(out, names.values())
     bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
     for index, prompt in enumerate(config.prompt):
         expanded = expand_all(prompt, embeddings)
         _warn_if_cut(model, expanded)
-        seeds = [config.seed + i for i in range(config.n)]
         for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + 4]
             images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, negative)
@@ -259,10 +280,21 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                           "seed": seed, "steps": steps, "guidance": guidance, "size": f"{size}x{size}",
                           "model": str(config.model), "embeddings": ", ".join(str(e) for e in config.embedding),
                           "textinv_version": __version__}
-                path = out / f"{index:03d}-{_slug(prompt)}-s{seed}.png"
+                path = out / f"{names[index, seed]}{run}.png"
                 with atomic_path(path) as tmp:
                     img.save(tmp, format="PNG", pnginfo=png_text(params))
                 written.append(path)
                 bar.update(1)
     bar.close()
     return written
+
+
+def _new_run_suffix(out: Path, names) -> str:
+    """'' when none of this run's file names is taken in `out`, else '-2', '-3', ...: the first suffix free for
+    every name, so a second run into the same folder (another embedding, more steps, the same prompt and seeds)
+    keeps the first run's pictures, as A1111 does, and its own share one suffix."""
+    names = list(names)
+    run = 1
+    while any((out / f"{name}{'' if run == 1 else f'-{run}'}.png").exists() for name in names):
+        run += 1
+    return "" if run == 1 else f"-{run}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .families import describe_widths
+from .families import FAMILY_WIDTHS, describe_widths
 from .formats import describe, detect_format, load_embedding
 from .models import load_model
 from .tokens import base_embedding
@@ -55,6 +55,11 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
         where = f" ({name})" if len(nearest) > 1 else ""
         for i, near in enumerate(per_vector):
             lines.append(f"vector {i}{where} reads as: " + ", ".join(f"{t} ({s:.2f})" for t, s in near))
+    if emb.widths == (FAMILY_WIDTHS["sdxl"][1],):  # alone, the second half of diffusers' two-file SDXL layout
+        report["note"] = (f"{FAMILY_WIDTHS['sdxl'][1]} is the width of SDXL's second text encoder: this file "
+                          f"looks like the second half of an SDXL embedding kept as two files (learned_embeds and "
+                          f"learned_embeds_2); inspect or use the first file, which finds this one beside it")
+        lines.append(report["note"])
     if "model_mismatch" in report:
         lines.append(report["model_mismatch"])
     if emb.metadata:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -253,6 +254,47 @@ def _index_family(folder: Path) -> str | None:
     return None
 
 
+# a component's weights: plain (`model.safetensors`), sharded (`-00001-of-00002`), a variant (`model.fp16.safetensors`)
+_WEIGHTS = re.compile(r"^(?:diffusion_pytorch_model|model|pytorch_model)(?:\.(?P<variant>\w+))??(?:-\d+-of-\d+)?"
+                      r"\.(?:safetensors|bin)$")
+
+
+def _folder_variant(folder: Path, xl: bool) -> str | None:
+    """Check that a diffusers folder has every component textinv loads, before diffusers tries (its errors name a
+    file, not the missing part). Returns the weights variant to load ("fp16") when some component has only variant
+    files, as a download of just `*.fp16.safetensors` gives; else None.
+
+    The SDXL refiner lists no first text encoder: `_check_text_to_image` names it once loaded.
+    """
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    needed = ["unet", "vae", "scheduler"] + (["text_encoder_2", "tokenizer_2"] if xl else ["text_encoder", "tokenizer"])
+    if xl and index.get("text_encoder") not in (None, [None, None]):
+        needed += ["text_encoder", "tokenizer"]
+    variants = set()
+    for name in needed:
+        entry = index.get(name)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+            raise ModelError(f"{folder} is not a complete text-to-image model: its model_index.json lists no {name}; "
+                             f"textinv needs unet, vae, scheduler, text_encoder and tokenizer")
+        sub = folder / name
+        files = [f.name for f in sub.iterdir() if f.is_file()] if sub.is_dir() else []
+        if not files:
+            raise ModelError(f"{folder} is incomplete: its {name}/ folder is missing or empty; download or copy "
+                             f"the whole model folder again")
+        if name.startswith(("scheduler", "tokenizer")):
+            continue
+        found = [m.group("variant") for m in map(_WEIGHTS.match, files) if m]
+        if not found:
+            raise ModelError(f"{folder} is incomplete: {name}/ has no weights (no .safetensors or .bin file); "
+                             f"download or copy the whole model folder again")
+        if None not in found:  # variant files only
+            variants.update(found)
+    if len(variants) > 1:
+        raise ModelError(f"{folder} has weights of several variants ({', '.join(sorted(variants))}) and no plain ones; "
+                         f"keep one variant's files")
+    return variants.pop() if variants else None
+
+
 def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
     """Classify a `--model` value: ("bundled" | "folder" | "file" | "hub", location). Raises for a bad path."""
     source = DEFAULT_MODEL if source in (None, "") else str(source)
@@ -326,17 +368,24 @@ def load_model(
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ModelError(f"prediction type {prediction_type!r} is not supported; use 'epsilon' or 'v_prediction'")
     kind, location = resolve_source(source)
+    if vae is not None:  # a mistyped --vae is said now, not after the model has loaded
+        _check_vae_source(vae)
     family = None
+    variant = None
     if kind in ("bundled", "folder"):
         family = _index_family(Path(location))
+        variant = _folder_variant(Path(location), xl=family == "sdxl")
+        if single_file_config is not None:
+            warnings.warn(f"--single-file-config is for a single-file checkpoint; {location} is a diffusers folder "
+                          f"with its own configs, so it is not used", stacklevel=2)
     elif kind == "file":
         suffix = Path(location).suffix
         if suffix.lower() == ".safetensors" and suffix != ".safetensors":
             raise ModelError(f"{location}: diffusers reads a file as safetensors only by a lower-case suffix; rename "
                              f"it to {Path(location).with_suffix('.safetensors').name}")
-        if single_file_config is not None:
-            single_file_config = _check_single_file_config(single_file_config)
         family = checkpoint_family(location)
+        if single_file_config is not None:
+            single_file_config = _check_single_file_config(single_file_config, family)
     common = dict(torch_dtype=dtype)  # (newer diffusers call it `dtype` and warn; older ones know only this)
     try:
         warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
@@ -355,28 +404,39 @@ def load_model(
             if cls is StableDiffusionPipeline:
                 common.update(safety_checker=None, requires_safety_checker=False)
             if kind == "file":
+                from diffusers.utils import logging as diffusers_logging
+
                 if single_file_config:
                     common["config"] = single_file_config
-                pipe = cls.from_single_file(location, **common)
+                level = diffusers_logging.get_verbosity()
+                diffusers_logging.set_verbosity_error()  # its "attempting to download" lines: our error says it
+                try:
+                    pipe = cls.from_single_file(location, **common)
+                finally:
+                    diffusers_logging.set_verbosity(level)
             else:
-                pipe = cls.from_pretrained(location, **common)
+                pipe = cls.from_pretrained(location, **common, **({"variant": variant} if variant else {}))
     except ModelError:
         raise
     except Exception as e:
         if kind == "hub" and isinstance(e, (OSError, ConnectionError)):  # not cached, and no network
             offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
             raise ModelError(f"model {location!r} is not in the local Hugging Face cache and the hub could not be "
-                             f"reached{offline}: download it where there is a network (huggingface-cli download "
-                             f"{location}) and pass its folder, or pass a local folder or .safetensors file") from e
+                             f"reached{offline}: download it where there is a network (`hf download "
+                             f"{location}`) and pass its folder, or pass a local folder or .safetensors file") from e
+        if kind == "file" and type(e).__name__ == "SingleFileComponentError":  # a component's weights are missing
+            raise ModelError(f"cannot load model {location!r}: {_first_line(e)}: it is not a complete checkpoint (a "
+                             f"UNet-only or pruned file?); textinv needs one with the UNet, VAE and text encoder(s), "
+                             f"or the model's diffusers folder") from e
         hint = (
-            " A single file needs the model's config files: they come from the hub (network) or pass "
-            "--single-file-config with a local diffusers folder of the same family."
+            f" A single file needs the model's config files: they come from the hub (network) or pass "
+            f"--single-file-config with a local diffusers folder of the same family ({FAMILY_NAMES[family]})."
             if kind == "file"
             else " Hub ids need a network or a filled Hugging Face cache; or download the model and pass its folder."
             if kind == "hub"
             else ""
         )
-        raise ModelError(f"cannot load model {location!r}: {type(e).__name__}: {e}.{hint}") from e
+        raise ModelError(f"cannot load model {location!r}: {type(e).__name__}: {_first_line(e)}.{hint}") from e
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise ModelError(f"{location} is a {type(pipe).__name__}; textinv trains Stable Diffusion 1.x, 2.x and XL")
     _check_text_to_image(pipe, location)
@@ -413,18 +473,44 @@ def load_model(
     return model
 
 
-def _check_single_file_config(value: str | os.PathLike) -> str:
+def _first_line(error: BaseException) -> str:
+    """An exception's message as one line: diffusers' own messages run to several, with code to paste."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__).rstrip(".")
+
+
+def _check_single_file_config(value: str | os.PathLike, family: str) -> str:
     """`single_file_config` as diffusers takes it: an existing local folder, or a hub id. A value that looks like a
-    local path but names nothing is refused here rather than sent to the hub."""
+    local path but names nothing is refused here rather than sent to the hub, and so is a folder that is not a
+    diffusers model or is of another family than the checkpoint (`family`)."""
     text = str(value)
     path = Path(text).expanduser()
     if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"--single-file-config {text!r} is not a diffusers model folder (no model_index.json); "
+                             f"give the folder of a {FAMILY_NAMES[family]} model in diffusers layout")
+        theirs = _folder_family(path)
+        if theirs is not None and theirs != family:
+            raise ModelError(f"--single-file-config {text!r} is a {FAMILY_NAMES[theirs]} model but the checkpoint is "
+                             f"{FAMILY_NAMES[family]}; give a diffusers folder of the checkpoint's family")
         return str(path)
     if path.exists() or _is_local_path(text) or not _is_hub_id(text):
         raise ModelError(f"--single-file-config {text!r} is not a folder (it does not exist or is a file); give a "
                          f"local diffusers folder of the model's family (with model_index.json) or a hub id "
                          f"'owner/name'")
     return text
+
+
+def _folder_family(folder: Path) -> str | None:
+    """A diffusers folder's family from its model_index.json and text encoder config, without loading weights;
+    None if that does not tell."""
+    if _index_family(folder) == "sdxl":
+        return "sdxl"
+    try:
+        width = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))["hidden_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return family_for_widths((width,)) if isinstance(width, int) else None
 
 
 def _check_text_to_image(pipe, location: str) -> None:
@@ -470,6 +556,17 @@ def recorded_guidance(folder: Path) -> float:
     return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_GUIDANCE
 
 
+def _check_vae_source(source) -> None:
+    """Refuse a `--vae` that names nothing: a local-looking path that does not exist, or a value that is neither a
+    path nor a hub id."""
+    text = str(source)
+    if Path(text).expanduser().exists():
+        return
+    if _is_local_path(text) or not _is_hub_id(text):
+        raise ModelError(f"--vae {text!r} not found: the path {Path(text).expanduser()} does not exist. Give a VAE "
+                         f"folder (with config.json), a .safetensors file, or a hub id 'owner/name'")
+
+
 def _load_vae(source, dtype: torch.dtype, like=None):
     """A replacement VAE (e.g. SDXL's fp16-fixed one) from a folder, a single file or a hub id.
 
@@ -489,10 +586,32 @@ def _load_vae(source, dtype: torch.dtype, like=None):
                 like.save_config(config)
                 return AutoencoderKL.from_single_file(str(path), config=config, torch_dtype=dtype)
         folder = path / "vae" if (path / "vae" / "config.json").exists() else path
-        return AutoencoderKL.from_pretrained(str(folder) if path.exists() else str(source), torch_dtype=dtype)
+        if path.exists():
+            loaded = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype)
+        else:  # a hub id
+            from diffusers.utils import logging as diffusers_logging
+
+            level = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()
+            try:
+                with warnings.catch_warnings():  # huggingface_hub's deprecation notes about diffusers' arguments
+                    warnings.simplefilter("ignore")
+                    loaded = AutoencoderKL.from_pretrained(str(source), torch_dtype=dtype)
+            finally:
+                diffusers_logging.set_verbosity(level)
     except Exception as e:
-        raise ModelError(f"cannot load the VAE {source!r}: {type(e).__name__}: {e}. Give a diffusers VAE folder "
-                         f"(with config.json), a single .safetensors file, or a hub id") from e
+        if not path.exists() and isinstance(e, (OSError, ConnectionError)):
+            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+            raise ModelError(f"--vae {str(source)!r} is not in the local Hugging Face cache or the hub could not be "
+                             f"reached{offline}: download it where there is a network and pass its folder or "
+                             f".safetensors file") from e
+        raise ModelError(f"cannot load the VAE {str(source)!r}: {type(e).__name__}: {_first_line(e)}. Give a diffusers "
+                         f"VAE folder (with config.json), a single .safetensors file, or a hub id") from e
+    if like is not None and loaded.config.latent_channels != like.config.latent_channels:
+        raise ModelError(f"the VAE {str(source)!r} makes {loaded.config.latent_channels}-channel latents but the "
+                         f"model's UNet works on {like.config.latent_channels}; give a VAE of the model's family (an SD "
+                         f"1.x/2.x/XL VAE has 4)")
+    return loaded
 
 
 def _check_tokenizer(tokenizer, text_encoder, location: str) -> None:
