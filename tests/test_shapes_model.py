@@ -8,7 +8,7 @@ import torch
 from textinv.errors import ConfigError, ModelError
 from textinv.models import BUNDLED_MODELS, load_model
 from textinv.shapes import world
-from textinv.shapes.pretrain import STAGES, build_tokenizer_for_world, main as pretrain_main
+from textinv.shapes.pretrain import STAGES, PretrainConfig, build_tokenizer_for_world, main as pretrain_main
 
 BUNDLED = BUNDLED_MODELS["shapes"]
 needs_bundled = pytest.mark.skipif(not (BUNDLED / "model_index.json").exists(),
@@ -137,10 +137,12 @@ def test_a_new_unet_of_other_sizes_trains_on_a_kept_vae(tmp_path):
     from safetensors.torch import load_file
 
     first = tmp_path / "first"
-    assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "2"]) == 0
+    assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "2",
+                          "--set", "unet_lr=1e-5"]) == 0  # as a final fine-tune leaves it
     work, out = tmp_path / "w2", tmp_path / "wider"
     assert pretrain_main(["--from-model", str(first), "--work", str(work), "--keep", "vae"]) == 0
     assert not (work / "unet").exists() and set(json.loads((work / "log.json").read_text())) == {"vae"}
+    assert json.loads((work / "config.json").read_text())["unet_lr"] == PretrainConfig().unet_lr  # a new UNet's rate
     assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "2", "--set", "unet_channels=16,24",
                           "--set", "unet_layers=2", "--set", "unet_attention=1,1"]) == 0
     assert pretrain_main(["--export", "--work", str(work), "--out", str(out)]) == 0

@@ -724,6 +724,11 @@ module docstring lists the commands).
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
 
+NEW_UNET_RESETS = ("unet_lr", "ema_decay")
+"""Settings `--keep vae` puts back to their defaults: an export records its last chunk's, which a final fine-tune
+lowers, and a new UNet would start at them (`--set` still changes them)."""
+
+
 def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES, log=print) -> PretrainConfig:
     """Make a new work folder that continues an exported model (e.g. the committed `textinv/shapes/model`), so a
     machine without the original checkpoints can train on: its weights become each kept stage's weights (the
@@ -745,6 +750,9 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
         raise ConfigError(f"--keep {','.join(keep)}: keep 'vae' or 'vae,unet' (a UNet is tied to its VAE's latents)")
     record = json.loads(record_path.read_text())
     config = PretrainConfig(**record["config"])
+    if "unet" not in keep:  # a new UNet trains from the start's rates, not the export's last fine-tune's (1e-4)
+        for name in NEW_UNET_RESETS:
+            setattr(config, name, getattr(PretrainConfig(), name))
     steps = {stage: v["steps"] for stage, v in record.get("stages", {}).items()}
 
     model = load_model(model_dir)  # float32, as the loader gives every model
