@@ -116,6 +116,10 @@ def test_evaluate_fast_returns_the_table(model_dir, probe_path, tmp_path):
     text = md_path.read_text()
     assert md_path.name == f"quality-{result['date']}.md"
     assert "| concept | method |" in text and "`<teal-star>`" in text and "seeds 1000..1000" in text
+    # a second run on the same day keeps the first table (a quick run must not replace the published one)
+    again = write_results({**result, "rows": []}, tmp_path / "results")
+    assert [p.name for p in again] == [f"quality-{result['date']}-2.json", f"quality-{result['date']}-2.md"]
+    assert md_path.read_text() == text and json.loads(json_path.read_text())["rows"] == result["rows"]
 
 
 def test_match_counting():

@@ -328,5 +328,5 @@ def save_config(config, path: str | Path) -> None:
     from . import __version__
     from .io import write_text
 
-    header = f"# textinv {__version__} settings; rerun with: textinv train --config {Path(path).name}\n"
+    header = f"# textinv {__version__} settings; rerun with: textinv train --config {Path(path).name} --out NEW_DIR\n"
     write_text(path, header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

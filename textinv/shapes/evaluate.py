@@ -733,13 +733,18 @@ def format_fidelity(result: dict) -> str:
 
 def fidelity_markdown(result: dict) -> str:
     return (f"# Held-in caption fidelity, {result['date']}\n\nModel: {result['model']['description']}; command: "
-            f"`textinv evaluate --captions {result['n']}`\n\n{format_fidelity(result)}\n")
+            f"`textinv evaluate --captions {result['n']} --concepts 0`\n\n{format_fidelity(result)}\n")
 
 
 def write_results(result: dict, out, name: str = "quality", markdown=format_markdown) -> tuple[Path, Path]:
-    """Write `<name>-<date>.json` and `<name>-<date>.md` (`markdown(result)`) into the folder `out` (atomically)."""
+    """Write `<name>-<date>.json` and `<name>-<date>.md` (`markdown(result)`) into the folder `out` (atomically).
+    A table of that name and date already there is kept: the new one is `<name>-<date>-2`, `-3`, ... (a quick run
+    into benchmarks/results must not replace the published table)."""
     out = Path(out)
-    stem = out / f"{name}-{result['date']}"
+    stem, n = out / f"{name}-{result['date']}", 1
+    while stem.with_suffix(".json").exists() or stem.with_suffix(".md").exists():
+        n += 1
+        stem = out / f"{name}-{result['date']}-{n}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     write_json(json_path, result)
     write_text(md_path, markdown(result))
