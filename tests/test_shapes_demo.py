@@ -435,8 +435,14 @@ def test_a_demo_rerun_that_fails_or_is_killed_keeps_the_last_report(model_dir, p
     assert not (out / PREVIOUS).exists() and not list(out.glob(PREVIOUS + "*"))
 
 
-def test_a_diverging_demo_gives_advice_the_demo_can_take(model_dir, probe_path, tmp_path, capsys):
-    assert main(["demo", "--quick", "--lr", "inf", "--out", str(tmp_path / "d"), "--model", str(model_dir),
+def test_a_diverging_demo_gives_advice_the_demo_can_take(model_dir, probe_path, tmp_path, capsys, monkeypatch):
+    import textinv.train as train_module
+
+    real = train_module.diffusion_loss
+    monkeypatch.setattr(train_module, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    assert main(["demo", "--quick", "--lr", "0.5", "--out", str(tmp_path / "d"), "--model", str(model_dir),
                  "--probe", str(probe_path)]) == 2
     err = capsys.readouterr().err
-    assert "non-finite" in err and "lower --lr (now inf)" in err and "--max-grad-norm" not in err
+    assert "non-finite" in err and "lower --lr (now 0.5)" in err and "--max-grad-norm" not in err
+    assert main(["demo", "--quick", "--lr", "inf", "--out", str(tmp_path / "d")]) == 2  # refused before loading
+    assert "--lr must be > 0 and at most" in capsys.readouterr().err

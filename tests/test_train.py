@@ -274,6 +274,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_vectors(sd1_dir, images, tmp_
         train(config(images, out, steps=10, log_every=2), model=load_model(sd1_dir), progress=False)
     saved = load_embedding(out / "learned_embeds.safetensors")
     assert torch.isfinite(saved.vectors["text_encoder"]).all()
+    logged = read_loss_log(out / "loss.csv")  # the curve up to the last finite interval, to see where it went
+    assert [s for s, _ in logged] == [2, 4] and all(v == v for _, v in logged)
 
 
 def test_ctrl_c_saves_current_vectors_and_resume_finishes_the_run(sd1_dir, images, tmp_path, monkeypatch):
@@ -337,6 +339,8 @@ def test_bad_settings_fail_before_loading_anything(tmp_path, images):
         train(config(tmp_path / "empty", tmp_path / "o"), progress=False)
     with pytest.raises(ConfigError, match="--vectors"):
         train(config(images, tmp_path / "o", vectors=0), progress=False)
+    with pytest.raises(ConfigError, match="--lr must be > 0 and at most"):  # Adam's first step would overflow
+        train(config(images, tmp_path / "o", lr=1e38), progress=False)
 
 
 def test_a_caption_whose_token_falls_past_the_text_window_is_refused(sd1_dir, images, tmp_path):

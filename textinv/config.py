@@ -47,6 +47,9 @@ def check_choices(config) -> None:
             raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(choices)}")
 
 
+MAX_LR = 1e6  # far above any useful rate, far below where float32 arithmetic overflows
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a textual-inversion training run."""
@@ -118,8 +121,9 @@ class TrainConfig:
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
-        if not (self.lr > 0):
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not (0 < self.lr <= MAX_LR):  # (Adam's first step divides by 0.1: near float32's limit it overflows)
+            raise ConfigError(f"--lr must be > 0 and at most {MAX_LR:g}, got {self.lr}; textual inversion uses about "
+                              f"5e-3")
         if not self.weight_decay >= 0:  # (also refuses NaN)
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         for name in ("max_grad_norm", "min_snr_gamma"):

@@ -531,7 +531,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
                              (interval_loss.item(), interval_steps),
                              pictures=[[p.path.name for p in c.pictures] for c in concepts], processes=world)
-            _write_loss_log(out / LOSS_LOG, history)
+        _write_loss_log(out / LOSS_LOG, history)  # (a run stopped by a non-finite loss keeps its finite curve)
         return files
 
     # the grids' prompts: the run's templates, but a [filewords] template has no picture's words to fill in, and
