@@ -118,6 +118,7 @@ def test_junk_is_skipped_with_one_warning_naming_it(tmp_path):
     message = str(rec.list[0])
     for name in ("junk.bin", "notes.md", "fake.png", "orphan.txt"):
         assert name in message
+    assert "fake.png (named as a picture but unreadable" in message  # not left to look like a misplaced file
     for name in ("a.txt", ".DS_Store", "Thumbs.db", "c.png"):
         assert name not in message
 

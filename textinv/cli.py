@@ -214,7 +214,7 @@ def make_parser() -> argparse.ArgumentParser:
                                    "bundled shapes model, draw it in new prompts beside the init word, judge the "
                                    "pictures with the attribute probe, and write report.html + report.png.")
     add_config_flags(p, DemoConfig)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this small model)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, the fastest for this small model)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="the quality benchmark: reconstruction and editability per concept",
@@ -228,7 +228,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="shapes", help="the model (default: the bundled shapes model)")
     p.add_argument("--probe", help="attribute probe weights (default: the bundled probe)")
     p.add_argument("--fast", action="store_true", help="a smoke run: few steps and samples (flags override it)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this small model)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, the fastest for this small model)")
     add_config_flags(p, EvalConfig)
     p.set_defaults(func=cmd_evaluate)
     return parser

@@ -130,6 +130,8 @@ _OS_LITTER = {"thumbs.db", "desktop.ini"}
 _CAMERA_RAW = {".dng", ".cr2", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef", ".srw",
                ".3fr", ".erf", ".kdc", ".mos", ".iiq", ".rwl"}
 
+_PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic"}
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 
@@ -219,6 +221,8 @@ def _describe_skipped(path: Path) -> str:
         return f"{path.name} (camera RAW: Pillow reads only its small preview; export it as JPEG or PNG)"
     if path.suffix.lower() in (".eps", ".ps", ".epsf") and _is_image(path, need_ghostscript=False):
         return f"{path.name} (EPS needs Ghostscript installed; or convert it to PNG)"
+    if path.suffix.lower() in _PICTURE_SUFFIXES:
+        return f"{path.name} (named as a picture but unreadable: damaged, or not what its name says)"
     return path.name
 
 
