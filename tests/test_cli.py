@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import signal
 import sys
 
 import pytest
@@ -153,15 +154,19 @@ def test_accelerate_a_signal_to_one_process_stops_both_at_one_step_and_the_run_r
 def test_an_interrupted_data_parallel_run_says_how_to_continue_once(images, tmp_path, monkeypatch, capsys):
     import textinv.train as train_module
 
+    signum = []
+
     def interrupted(config, **kw):
-        raise train_module.TrainingInterrupted(3, tmp_path / "run" / "learned_embeds.safetensors")
+        raise train_module.TrainingInterrupted(3, tmp_path / "run" / "learned_embeds.safetensors", *signum)
 
     monkeypatch.setattr(train_module, "train", interrupted)
     args = ["train", "--images", str(images), "--token", "<t>", "--init", "dog", "--out", str(tmp_path / "run")]
     for rank, says in (("1", False), ("0", True)):  # accelerate sets RANK in every process; the main one is 0
         monkeypatch.setenv("RANK", rank)
-        assert main(args) == 130
+        assert main(args) == 130  # Ctrl-C's status, as a shell gives it
         assert ("Continue with: textinv train" in capsys.readouterr().err) == says
+    signum.append(signal.SIGTERM)
+    assert main(args) == 143  # SIGTERM's
 
 
 def test_resume_needs_only_the_output_folder(sd1_dir, images, tmp_path):

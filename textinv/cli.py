@@ -76,11 +76,11 @@ def cmd_train(args) -> int:
         train(config)
     except TrainingInterrupted as e:
         if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch every process stops: one says so
-            return 130
+            return 128 + e.signum
         # the saved config.yaml holds every setting: the folder alone resumes (a repeated --overwrite would refuse)
         print(f"\ninterrupted: {e}. Continue with: textinv train --out {shlex.quote(str(config.out))} --resume",
               file=sys.stderr)
-        return 130
+        return 128 + e.signum  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports them
     return 0
 
 

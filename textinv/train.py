@@ -60,9 +60,10 @@ MODEL_SETTINGS = ("model", "vae", "single_file_config")  # stored absolute when 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the vectors at the last finished step were saved before stopping."""
 
-    def __init__(self, step: int, path: Path):
+    def __init__(self, step: int, path: Path, signum: int = signal.SIGINT):
         super().__init__(f"stopped at step {step}; vectors saved to {path}")
         self.step, self.path = step, path
+        self.signum = int(signum)  # which signal stopped it: the command's exit status is 128 + it, as a shell's
 
 
 @dataclass
@@ -645,7 +646,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
         if stop.agreed:  # (every process stopped here; after a second Ctrl-C they may be anywhere)
             wait_for_main()
-        raise TrainingInterrupted(step, saved_where()) from None
+        raise TrainingInterrupted(step, saved_where(), stop.signum) from None
     finally:
         stop.release()
         if own_group:
@@ -677,6 +678,7 @@ class _StopRequest:
 
     def __init__(self, group=None):
         self.asked = False
+        self.signum = signal.SIGINT  # the first signal that asked
         self.agreed = False  # whether `check` stopped the run (every process at the same step)
         self.group = group  # data parallel: the processes that must stop together
         self._previous = {}
@@ -687,7 +689,7 @@ class _StopRequest:
     def _handle(self, signum, frame):
         if self.asked:
             raise KeyboardInterrupt
-        self.asked = True
+        self.asked, self.signum = True, signum
         print(f"\n{signal.Signals(signum).name}: stopping after this step and saving; Ctrl-C again stops at once",
               file=sys.stderr, flush=True)
 
