@@ -215,7 +215,9 @@ def test_a_decoder_only_chunk_keeps_the_latents_and_the_unet_trained_on_them(tmp
 
     capsys.readouterr()
     assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
-    assert "fine-tuning on its latents" not in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "fine-tuning on its latents" not in said
+    assert "unet: 1 step in" in said and "now at step 3" in said  # a chunk says where it ended
     assert json.loads((work / "unet" / "state.json").read_text())["scaling_factor"] == scale
 
     assert pretrain_main(["--stage", "vae", "--work", str(work), "--steps", "6"]) == 0  # the whole VAE again

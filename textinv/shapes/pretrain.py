@@ -434,6 +434,10 @@ class _Chunk:
 
     def finish(self) -> int:
         self.checkpoint()
+        if self.log:  # a chunk shorter than one log interval would otherwise end without a word
+            n = self.step - self.step0
+            self.log(f"{self.stage}: {n} step{'' if n == 1 else 's'} in {time.perf_counter() - self.start:.0f} s, "
+                     f"now at step {self.step}; checkpoint in {self.work / self.stage}")
         return self.step
 
 
