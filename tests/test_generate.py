@@ -153,12 +153,23 @@ def test_generate_settings_refused_before_loading(tmp_path):
     from textinv.errors import ConfigError
 
     (tmp_path / "file.png").write_bytes(b"x")
-    for settings, message in (({"seed": 2**64}, "--seed must be between"), ({"seed": -1}, "--seed must be between"),
-                              ({"seed": 2**64 - 1, "n": 2}, "--seed must be between"),
+    for settings, message in (({"seed": 2**64}, "--seed must be -1 .* or between"), ({"seed": -2}, "--seed must be"),
+                              ({"seed": 2**64 - 1, "n": 2}, "--seed must be"),
                               ({"out": str(tmp_path / "file.png")}, "is a file"),
                               ({"precision": "int8"}, "--precision 'int8' is not one of: auto, fp32")):
         with pytest.raises(ConfigError, match=message):
             generate(GenerateConfig(prompt=["a dog"], model=str(tmp_path / "no-model"), **settings), progress=False)
+
+
+def test_seed_minus_one_draws_a_seed_that_is_recorded(sd1_dir, tmp_path):
+    from PIL import Image
+
+    config = GenerateConfig(prompt=["a dog"], seed=-1, n=2, steps=1, out=str(tmp_path / "r"), model=str(sd1_dir))
+    paths = generate(config, progress=False)
+    seed = config.seed  # drawn once, A1111's -1
+    assert 0 <= seed < 2**32
+    assert [p.name for p in paths] == [f"000-a-dog-s{seed}.png", f"000-a-dog-s{seed + 1}.png"]
+    assert Image.open(paths[1]).text["seed"] == str(seed + 1)  # so the picture can be made again
 
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_about(sd1_dir, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import random
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -193,7 +194,8 @@ class GenerateConfig:
     token: list = opt([], "token name(s) for the embedding files, in order (default: from each file)")
     negative_prompt: str = opt("", "what to steer away from")
     n: int = opt(4, "images per prompt", short="-n")
-    seed: int = opt(0, "seed of the first image; image i uses seed + i")
+    seed: int = opt(0, "seed of the first image; image i uses seed + i; -1 draws one (as A1111), kept in the file "
+                       "names and PNG text")
     steps: int = opt(None, "denoising steps (default: 25)")
     guidance: float = opt(None, "classifier-free guidance scale (default: the model's own; 7.5 for SD)")
     resolution: int = opt(None, "image size; default: the model's native size")
@@ -208,8 +210,11 @@ class GenerateConfig:
             raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
         if self.n < 1:
             raise ConfigError(f"-n must be >= 1, got {self.n}")
+        if self.seed == -1:  # A1111's "random": drawn once here, then recorded with every image like any seed
+            self.seed = random.randrange(2**32)
         if not 0 <= self.seed <= 2**64 - self.n:  # what torch.Generator.manual_seed takes, for every image's seed
-            raise ConfigError(f"--seed must be between 0 and {2**64 - self.n} (image i uses seed + i), got {self.seed}")
+            raise ConfigError(f"--seed must be -1 (a random one) or between 0 and {2**64 - self.n} (image i uses "
+                              f"seed + i), got {self.seed}")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ConfigError(f"--out {self.out} is a file; give a folder for the PNGs")
         if self.steps is not None and self.steps < 1:
