@@ -418,6 +418,33 @@ def test_an_interrupted_run_of_several_concepts_resumes_to_the_uninterrupted_one
         assert torch.equal(mine.vectors["text_encoder"], theirs.vectors["text_encoder"]), mine.token
     assert resumed.losses == straight.losses
     assert read_loss_log(tmp_path / "b" / "loss.csv") == read_loss_log(tmp_path / "a" / "loss.csv")
+    # with several concepts loss.csv also gives each concept's own loss (columns named by token; they sum to loss)
+    import csv
+
+    for folder in ("a", "b"):
+        rows = list(csv.DictReader(open(tmp_path / folder / "loss.csv", newline="")))
+        assert list(rows[0]) == ["step", "loss", "<jd>", "<jc>"] and [r["step"] for r in rows] == ["4", "6"]
+        for r in rows:
+            assert float(r["<jd>"]) > 0 and float(r["<jc>"]) > 0
+            assert float(r["<jd>"]) + float(r["<jc>"]) == pytest.approx(float(r["loss"]), abs=2e-6)
+    assert (tmp_path / "b" / "loss.csv").read_text() == (tmp_path / "a" / "loss.csv").read_text()
+
+
+def test_a_diverging_concept_of_several_is_named(sd1_dir, tmp_path, monkeypatch):
+    from conftest import write_images
+
+    real = train_module.diffusion_loss
+
+    def second_concept_diverges(*a, **k):
+        loss = real(*a, **k)  # (K * B,): the second concept's samples are the second half
+        return torch.cat([loss[: len(loss) // 2], loss[len(loss) // 2:] * float("nan")])
+
+    monkeypatch.setattr(train_module, "diffusion_loss", second_concept_diverges)
+    one, two = write_images(tmp_path / "one", n=2, seed=1), write_images(tmp_path / "two", n=2, seed=2)
+    with pytest.raises(TrainingError, match=r"the loss \(<jc>'s\) became non-finite"):
+        train(TrainConfig(concepts=[f"{one}=<jd>=dog", f"{two}=<jc>=cat"], steps=2, batch=2, save_every=0,
+                          sample_every=0, log_every=1, out=str(tmp_path / "o")), model=load_model(sd1_dir),
+              progress=False)
 
 
 def test_concepts_settings_are_checked(images, tmp_path):

@@ -490,9 +490,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     samplers = [c.sampler for c in concepts]
-    step, history, interval = 0, [], (0.0, 0)
+    # history: (step, loss) per log interval, the loss summed over concepts; by_concept: each concept's, with several
+    step, history, by_concept, interval = 0, [], [], ([0.0] * len(concepts), 0)
     if config.resume:
-        step, history, interval = _load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers, scaler)
+        step, history, by_concept, interval = _load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers,
+                                                               scaler)
         if is_main:
             save_config(config, out / CONFIG_FILE)  # the settings a resume may change (--steps) as now in force
             if progress:
@@ -529,10 +531,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         files = [f for c in concepts for f in save_embedding(embedding_of(c, at_step, vectors), embedding_path(c),
                                                                file_format)]
         if checkpoint:
-            _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
-                             (interval_loss.item(), interval_steps),
+            _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
+                             config, (interval_loss.tolist(), interval_steps),
                              pictures=[[p.path.name for p in c.pictures] for c in concepts], processes=world)
-        _write_loss_log(out / LOSS_LOG, history)  # (a run stopped by a non-finite loss keeps its finite curve)
+        # (a run stopped by a non-finite loss keeps its finite curve)
+        _write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
         return files
 
     # the grids' prompts: the run's templates, but a [filewords] template has no picture's words to fill in, and
@@ -553,9 +556,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     latent_shape = tuple(concepts[0].mean.shape[1:])
     num_t = scheduler.config.num_train_timesteps
     last_good = [e.vectors.detach().clone() for e in exts]
-    # the loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed loss.csv is the
-    # uninterrupted run's)
-    interval_loss = torch.tensor(interval[0], device=device)
+    # each concept's loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed
+    # loss.csv is the uninterrupted run's)
+    interval_loss = torch.tensor(interval[0], device=device)  # (K,)
     interval_steps = interval[1]
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
     started = time.time()
@@ -580,7 +583,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             stop.check()  # Ctrl-C or SIGTERM since the last step: stop here, between two steps
             # what a checkpoint of `step` must hold if a second Ctrl-C stops the run in the middle of this step
             samplers_at_step = [s.state_dict() for s in samplers]
-            step_loss = torch.zeros((), device=device)
+            step_loss = torch.zeros(len(concepts), device=device)
             for _ in range(config.grad_accum):
                 batch = [_draw(c, config, world, rank, latent_shape, num_t, device, scaling, model) for c in concepts]
                 ids = [torch.cat(parts) for parts in zip(*(b["ids"] for b in batch))]
@@ -590,9 +593,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                                             torch.cat([b["timestep"] for b in batch]), ids, config.min_snr_gamma,
                                             cond_ids)  # (K * B,)
                 # the sum over concepts of each concept's mean: concept k's gradient is its own run's
-                loss = per_sample.view(len(concepts), -1).mean(dim=1).sum()
-                scaler.scale(loss / config.grad_accum).backward()
-                step_loss += loss.detach() / config.grad_accum
+                per_concept = per_sample.view(len(concepts), -1).mean(dim=1)  # (K,)
+                scaler.scale(per_concept.sum() / config.grad_accum).backward()
+                step_loss += per_concept.detach() / config.grad_accum
             if world > 1:  # the mean over the global batch: of the gradient, and of the loss that is logged
                 for tensor in [e.vectors.grad for e in exts] + [step_loss]:
                     torch.distributed.all_reduce(tensor)
@@ -618,21 +621,26 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 on_step(step)
 
             if step % config.log_every == 0 or step == config.steps:
-                mean_loss = (interval_loss / interval_steps).item()  # the only host sync, once per interval
+                means = (interval_loss / interval_steps).tolist()  # the only host sync, once per interval
+                mean_loss = sum(means)
                 if not math.isfinite(mean_loss) or not all(torch.isfinite(e.vectors).all() for e in exts):
                     save_all(step, last_good, checkpoint=False)  # (every process gets here: loss and grads are shared)
                     wait_for_main()
+                    bad = [c.token for c, m in zip(concepts, means) if not math.isfinite(m)]
+                    which = f" ({', '.join(bad)}'s)" if len(concepts) > 1 and bad else ""
                     raise TrainingError(
-                        f"the loss became non-finite (NaN/inf) by step {step}; the last good vectors were saved to "
-                        f"{saved_where()}. Lower --lr (now {config.lr}), set --max-grad-norm 1.0, or "
+                        f"the loss{which} became non-finite (NaN/inf) by step {step}; the last good vectors were "
+                        f"saved to {saved_where()}. Lower --lr (now {config.lr}), set --max-grad-norm 1.0, or "
                         f"use --precision fp32/bf16 instead of fp16.")
                 last_good = [e.vectors.detach().clone() for e in exts]
                 history.append((step, mean_loss))
+                if len(concepts) > 1:
+                    by_concept.append(means)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_schedule.get_last_lr()[0]:.2e}")
                 interval_loss.zero_()
                 interval_steps = 0
                 if is_main and step % (config.log_every * 10) == 0:
-                    _write_loss_log(out / LOSS_LOG, history)
+                    _write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
             if config.save_every and step % config.save_every == 0 and step < config.steps:
                 save_all(step)
             if config.sample_every and step % config.sample_every == 0:
@@ -828,7 +836,7 @@ def _checkpoint_path(out: Path, step: int) -> Path:
 
 
 def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
-                     interval: tuple[float, int] = (0.0, 0), pictures: list[list[str]] | None = None,
+                     interval: tuple[list[float], int] = ([0.0], 0), pictures: list[list[str]] | None = None,
                      processes: int = 1) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, and
     what the data stream depends on (each concept's picture names, the number of processes sharing a batch)."""
@@ -841,8 +849,11 @@ def _save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, 
         "lr_schedule": lr_schedule.state_dict(),
         "samplers": [s.state_dict() for s in samplers],
         "scaler": scaler.state_dict(),
-        "history": [list(h) for h in history],
-        "interval": [float(interval[0]), int(interval[1])],  # the log interval's loss sum and steps so far
+        "history": [list(h) for h in history[0]],
+        "history_by_concept": [list(map(float, h)) for h in history[1]],
+        # the log interval's loss sum over its steps so far (summed over concepts), each concept's, and the steps
+        "interval": [float(sum(interval[0])), int(interval[1])],
+        "interval_by_concept": [float(v) for v in interval[0]],
         "textinv_version": __version__,
     }
     path = _checkpoint_path(out, step)
@@ -901,9 +912,9 @@ def _check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, specs: 
 
 
 def _load_checkpoint(checkpoint: tuple[Path, dict], exts, optimizer, lr_schedule, samplers, scaler
-                     ) -> tuple[int, list[tuple[int, float]], tuple[float, int]]:
-    """Restore a run from a checkpoint (`_newest_checkpoint`): returns the step, the loss history and the open log
-    interval."""
+                     ) -> tuple[int, list[tuple[int, float]], list[list[float]], tuple[list[float], int]]:
+    """Restore a run from a checkpoint (`_newest_checkpoint`): returns the step, the loss history (total, and per
+    concept with several) and the open log interval (each concept's loss sum, the steps)."""
     path, state = checkpoint
     shapes = [tuple(v.shape) for v in state["vectors"]]
     if shapes != [tuple(e.vectors.shape) for e in exts]:
@@ -919,13 +930,27 @@ def _load_checkpoint(checkpoint: tuple[Path, dict], exts, optimizer, lr_schedule
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     interval = state.get("interval", (0.0, 0))  # (checkpoints before 0.1.0's interval record: a fresh interval)
-    return int(state["step"]), [(int(s), float(v)) for s, v in state["history"]], (float(interval[0]),
-                                                                                     int(interval[1]))
+    k = len(samplers)
+    # (checkpoints before the per-concept record: the total shared out evenly, the per-concept curve starts later)
+    sums = state.get("interval_by_concept") or [float(interval[0]) / k] * k
+    return (int(state["step"]), [(int(s), float(v)) for s, v in state["history"]],
+            [list(map(float, h)) for h in state.get("history_by_concept", [])], (sums, int(interval[1])))
 
 
-def _write_loss_log(path: Path, history: list[tuple[int, float]]) -> None:
-    lines = ["step,loss"] + [f"{s},{v:.6f}" for s, v in history]
-    write_text(path, "\n".join(lines) + "\n")
+def _write_loss_log(path: Path, history: list[tuple[int, float]], by_concept: list[list[float]] = (),
+                    tokens: list[str] = ()) -> None:
+    """loss.csv: `step,loss` (the loss summed over concepts), and with several concepts a column per token for each
+    one's own loss (their sum is `loss`; the curve of one that diverges or stalls shows there)."""
+    if len(tokens) > 1 and len(by_concept) == len(history):
+        header = ",".join(["step", "loss"] + [_csv_field(t) for t in tokens])
+        rows = [f"{s},{v:.6f}," + ",".join(f"{x:.6f}" for x in per) for (s, v), per in zip(history, by_concept)]
+    else:  # (one concept; or a run resumed from a checkpoint made before the per-concept record)
+        header, rows = "step,loss", [f"{s},{v:.6f}" for s, v in history]
+    write_text(path, "\n".join([header] + rows) + "\n")
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def read_loss_log(path: str | Path) -> list[tuple[int, float]]:
