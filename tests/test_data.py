@@ -599,13 +599,28 @@ def test_caption_without_marker_gets_token_in_front_with_one_warning(tmp_path):
     assert sampler(0) == "<t> on a beach" and sampler(2) == "<t> x"
 
 
-def test_filewords_templates_take_the_caption(tmp_path):
-    images = [image(tmp_path, "a", "a red hat"), image(tmp_path, "b")]
+def test_filewords_templates_take_the_caption_or_else_the_file_name(tmp_path):
+    images = [image(tmp_path, "a", "a red hat"), image(tmp_path, "0002"), image(tmp_path, "00003-a blue_cap")]
     with caught(CaptionWithoutMarkerWarning) as rec:
         sampler = CaptionSampler(images, ["a photo of [name], [filewords]"], "<t>")
     assert rec.list == []  # in [filewords] use a caption is not a prompt, so it needs no marker
     assert sampler(0) == "a photo of <t>, a red hat"
-    assert sampler(1) == "a photo of <t>"
+    assert sampler(1) == "a photo of <t>"  # a name of numbers only has no words
+    assert sampler(2) == "a photo of <t>, a blue_cap"  # as A1111: the file name less its leading numbers
+    assert CaptionSampler(images[2:], OBJECT_TEMPLATES, "<t>").captions == [None]  # only for [filewords]
+
+
+def test_kohya_caption_files_are_read_and_not_called_strays(tmp_path):
+    solid(tmp_path / "a.png")
+    (tmp_path / "a.caption").write_text("a {} on the grass")
+    solid(tmp_path / "b.png")
+    (tmp_path / "b.txt").write_text("from the txt")
+    (tmp_path / "b.caption").write_text("from the caption file")  # both: .txt wins, as the docs say
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.png", tmp_path / "b.png"]
+    assert rec.list == []
+    assert read_caption(tmp_path / "a.png") == "a {} on the grass"
+    assert read_caption(tmp_path / "b.png") == "from the txt"
 
 
 def test_caption_that_names_the_token_gets_all_its_vectors_once(tmp_path):

@@ -47,6 +47,7 @@ __all__ = [
     "prepare_image",
     "load_training_images",
     "read_caption",
+    "filename_words",
     "read_template_file",
     "make_caption",
     "check_property",
@@ -132,6 +133,9 @@ _CAMERA_RAW = {".dng", ".cr2", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", "
 
 _PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic"}
 
+# a caption file beside its picture: `.txt` (diffusers, A1111, kohya) or kohya's default `.caption`
+CAPTION_SUFFIXES = (".txt", ".caption")
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 
@@ -188,7 +192,7 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
         (images if picture else others).append(path)
 
     stems = {p.stem for p in images}
-    skipped = [p for p in others if not (p.suffix.lower() == ".txt" and p.stem in stems and p.is_file())]
+    skipped = [p for p in others if not (p.suffix.lower() in CAPTION_SUFFIXES and p.stem in stems and p.is_file())]
     if skipped:
         names = ", ".join(_describe_skipped(p) for p in skipped)
         hint = ""
@@ -215,7 +219,7 @@ def _describe_skipped(path: Path) -> str:
         return f"{path.name} (a broken link)"
     if not path.is_file():
         return f"{path.name} (not a regular file)"
-    if path.suffix.lower() == ".txt":
+    if path.suffix.lower() in CAPTION_SUFFIXES:
         return f"{path.name} (a caption with no picture of the same name)"
     if path.suffix.lower() in _CAMERA_RAW:
         return f"{path.name} (camera RAW: Pillow reads only its small preview; export it as JPEG or PNG)"
@@ -553,7 +557,8 @@ def read_template_file(path: str | os.PathLike) -> list[str]:
 
 
 def read_caption(image_path: str | os.PathLike) -> str | None:
-    """The caption of a picture: the text of the `.txt` (or `.TXT`) file of the same name beside it, or None.
+    """The caption of a picture: the text of the `.txt` file of the same name beside it (`.TXT`, or kohya's
+    `.caption`, when there is no `.txt`), or None.
 
     Lines are joined with spaces; `[name]` comes back as `{}`. An empty caption file counts as none.
 
@@ -562,7 +567,8 @@ def read_caption(image_path: str | os.PathLike) -> str | None:
     """
     image_path = Path(image_path)
     # ".TXT" too: made on Windows or macOS, where names ignore case, it works there and must work here
-    found = [p for p in (image_path.with_suffix(".txt"), image_path.with_suffix(".TXT")) if p.is_file()]
+    found = [p for p in (image_path.with_suffix(".txt"), image_path.with_suffix(".TXT"),
+                         image_path.with_suffix(".caption")) if p.is_file()]
     if not found:
         return None
     text = " ".join(_read_text(found[0], "caption file").split())
@@ -611,12 +617,23 @@ def make_caption(template_or_caption: str, placeholder: str, filewords: str | No
     return " ".join(text.split()).strip(" ,;")
 
 
+def filename_words(path: str | os.PathLike) -> str | None:
+    """A picture's words for `[filewords]` when it has no caption file, as A1111 takes them: its file name without
+    the extension and without the numbers and dashes it starts with; None when nothing is left.
+
+    >>> filename_words("dogs/00012-my dog on a sofa.png"), filename_words("dogs/0001.png")
+    ('my dog on a sofa', None)
+    """
+    return " ".join(re.sub(r"^[-\d]+\s*", "", Path(path).stem).split()) or None
+
+
 class CaptionSampler:
     """Gives each training sample its prompt.
 
     An image with its own caption is trained with that caption; one without gets a template drawn uniformly at
     random from `generator` (so a seed reproduces the sequence). When the templates use `[filewords]`
-    (A1111 style), every sample draws a template and the image's caption fills `[filewords]` instead.
+    (A1111 style), every sample draws a template and the image's caption fills `[filewords]` instead (without a
+    caption file, the words of its file name, as A1111 does: `filename_words`).
 
     A caption may also name the token itself ("a photo of <my-dog> on a sofa"), as kohya's and A1111's captions
     do: it counts as the marker there (any case, as CLIP lower-cases), so the token gets all its vectors and is
@@ -660,6 +677,8 @@ class CaptionSampler:
         unmarked = []
         for image in images:
             caption = image.caption
+            if caption is None and self.uses_filewords:  # A1111 takes [filewords] from the file name then
+                caption = filename_words(image.path)
             if caption is not None:
                 caption = written.sub(MARKER, caption)
             if caption is not None and not self.uses_filewords and not _has_marker(caption):
