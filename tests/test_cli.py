@@ -90,7 +90,10 @@ def test_accelerate_two_cpu_processes_match_one_process_with_twice_the_batch(sd1
                            "-m", "textinv", "train", *map(str, common), "--batch", "2", "--out", str(tmp_path / "ddp")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # config.yaml says how to rerun it: with as many processes (each draws --batch samples)
+    assert "accelerate launch --num_processes 2" in (tmp_path / "ddp" / "config.yaml").read_text().splitlines()[0]
     assert main(["train", *map(str, common), "--batch", "4", "--out", str(tmp_path / "single")]) == 0
+    assert "accelerate launch" not in (tmp_path / "single" / "config.yaml").read_text()
     ddp = load_embedding(tmp_path / "ddp" / "learned_embeds.safetensors").vectors["text_encoder"]
     single = load_embedding(tmp_path / "single" / "learned_embeds.safetensors").vectors["text_encoder"]
     assert torch.allclose(ddp, single, atol=1e-5), (ddp - single).abs().max()

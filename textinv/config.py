@@ -332,10 +332,14 @@ def _coerce(name: str, kind: type, value: Any, default: Any) -> Any:
     return value
 
 
-def save_config(config, path: str | Path) -> None:
-    """Write a config as YAML, atomically, with a header saying how to reuse it."""
+def save_config(config, path: str | Path, processes: int = 1) -> None:
+    """Write a config as YAML, atomically, with a header saying how to reuse it (and, for a data-parallel run, with
+    how many processes: each draws --batch samples, so the same result needs as many)."""
     from . import __version__
     from .io import write_text
 
-    header = f"# textinv {__version__} settings; rerun with: textinv train --config {Path(path).name} --out NEW_DIR\n"
+    rerun = f"textinv train --config {Path(path).name} --out NEW_DIR"
+    if processes > 1:
+        rerun = f"accelerate launch --num_processes {processes} -m {rerun} (trained by {processes} processes)"
+    header = f"# textinv {__version__} settings; rerun with: {rerun}\n"
     write_text(path, header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -496,7 +496,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         step, history, by_concept, interval = _load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers,
                                                                scaler)
         if is_main:
-            save_config(config, out / CONFIG_FILE)  # the settings a resume may change (--steps) as now in force
+            save_config(config, out / CONFIG_FILE, world)  # the settings a resume may change (--steps) as now in force
             if progress:
                 print(f"resuming {out} at step {step} of {config.steps}")
     elif is_main:
@@ -506,7 +506,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror}); choose another --out") from e
-        save_config(config, out / CONFIG_FILE)
+        save_config(config, out / CONFIG_FILE, world)
 
     def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
         vectors = vectors or [e.vectors for e in exts]
