@@ -248,3 +248,9 @@ def test_an_embedding_no_prompt_uses_is_warned_about(sd1_dir, tmp_path, capsys):
 
     w = caught[0]
     assert _short_warning(w.message, w.category, w.filename, w.lineno) == f"textinv: warning: {w.message}\n"
+
+
+def test_inspect_writes_tokens_as_words():
+    from textinv.inspect import _readable
+
+    assert [_readable(t) for t in ("dog</w>", "do", "<|endoftext|>")] == ["dog", "do…", "<|endoftext|>"]

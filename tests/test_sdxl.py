@@ -148,8 +148,8 @@ def test_inspect_sdxl_file_against_the_model(xl_dir, tmp_path):
     path = save_embedding(emb, tmp_path / "iq.safetensors", "sdxl")[0]
     report = inspect_file(path, model=str(xl_dir), top_k=1)
     assert report["format"] == "sdxl" and report["widths"] == [32, 64]
-    assert report["nearest_tokens"]["text_encoder"][0][0][0] == "dog</w>"
-    assert report["nearest_tokens"]["text_encoder_2"][0][0][0] == "dog</w>"
+    assert report["nearest_tokens"]["text_encoder"][0][0][0] == "dog"  # (the token dog</w>, as read)
+    assert report["nearest_tokens"]["text_encoder_2"][0][0][0] == "dog"
     assert "vocab_norm_mean" in report["encoders"]["text_encoder_2"]
 
 

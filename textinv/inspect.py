@@ -16,11 +16,18 @@ from .tokens import base_embedding
 
 
 def nearest_tokens(table: torch.Tensor, vectors: torch.Tensor, tokenizer, k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each vector (n, d), the `k` vocabulary tokens of `table` (V, d) nearest by cosine similarity."""
+    """For each vector (n, d), the `k` vocabulary tokens of `table` (V, d) nearest by cosine similarity, written as
+    a person reads them (`_readable`)."""
     sims = torch.nn.functional.normalize(vectors.float(), dim=1) @ torch.nn.functional.normalize(table.float(), dim=1).T
     top = sims.topk(min(k, table.shape[0]), dim=1)
-    return [[(tokenizer.convert_ids_to_tokens(int(i)), round(float(s), 4)) for s, i in zip(vals, ids)]
+    return [[(_readable(tokenizer.convert_ids_to_tokens(int(i))), round(float(s), 4)) for s, i in zip(vals, ids)]
             for vals, ids in zip(top.values, top.indices)]
+
+
+def _readable(token: str) -> str:
+    """A CLIP BPE token as text: a whole word without its end-of-word mark ("dog</w>" -> "dog"), the start of a
+    word with a trailing ellipsis ("do" -> "do…")."""
+    return token[:-len("</w>")] if token.endswith("</w>") else token if token.startswith("<|") else token + "…"
 
 
 def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
