@@ -233,3 +233,11 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_the_model_loads(tmp_pa
     with pytest.raises(ConfigError, match=r"--out .*file.png/renders: cannot create the folder"):
         generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / "file.png" / "renders"),
                                 model=str(tmp_path / "no-model")), progress=False)
+
+
+def test_a_resolution_far_above_the_models_is_warned_about(sd1_dir, tmp_path):
+    model = load_model(sd1_dir)
+    config = GenerateConfig(prompt=["a dog"], n=1, steps=1, out=str(tmp_path / "r"), model=str(sd1_dir),
+                            resolution=4 * model.resolution)
+    with pytest.warns(UserWarning, match=r"is 4x the .* each picture takes about 16x as long"):
+        generate(config, model=model, progress=False)

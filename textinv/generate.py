@@ -259,6 +259,10 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], progress: bool) -> list[Path]:
     steps = config.steps or DEFAULT_STEPS
     size = config.resolution or model.resolution
+    if size > 2 * model.resolution:  # compute grows with the square of the size, and quality falls off far from it
+        warnings.warn(f"--resolution {size} is {size / model.resolution:.0f}x the {model.resolution}px {model.source} "
+                      f"was trained at: each picture takes about {(size / model.resolution) ** 2:.0f}x as long, and "
+                      f"models draw poorly far from their training size", stacklevel=2)
     guidance = model.guidance_or_own(config.guidance)
     _check_sampling(model, steps, guidance)
     out = Path(config.out)
