@@ -621,6 +621,13 @@ def test_kohya_caption_files_are_read_and_not_called_strays(tmp_path):
     assert rec.list == []
     assert read_caption(tmp_path / "a.png") == "a {} on the grass"
     assert read_caption(tmp_path / "b.png") == "from the txt"
+    solid(tmp_path / "c.png")  # a name made where case does not matter
+    (tmp_path / "c.CAPTION").write_text("my dog on a sofa")
+    assert read_caption(tmp_path / "c.png") == "my dog on a sofa"
+    with caught(CaptionWithoutMarkerWarning) as rec:  # the warning names the file to edit
+        CaptionSampler([TrainingImage(path=tmp_path / "c.png", pixels=torch.zeros(3, 8, 8),
+                                      caption=read_caption(tmp_path / "c.png"))], OBJECT_TEMPLATES, "<t>")
+    assert "c.CAPTION" in str(rec.list[0])
 
 
 def test_caption_that_names_the_token_gets_all_its_vectors_once(tmp_path):

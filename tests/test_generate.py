@@ -213,6 +213,13 @@ def test_file_names_keep_the_words_of_non_ascii_prompts(sd1_dir, tmp_path):
                                     steps=1, model=str(sd1_dir)), progress=False)
     assert [p.name for p in paths] == ["000-un-chien-à-Zürich-s0.png", "001-一只猫-s0.png"]
     assert Image.open(paths[1]).text["prompt"] == "一只猫"
+    # combining marks belong to their word: Devanagari's vowel signs, an accent typed decomposed (macOS)
+    import unicodedata
+
+    from textinv.generate import _slug
+
+    assert _slug("नमस्ते दुनिया") == "नमस्ते-दुनिया"
+    assert _slug(unicodedata.normalize("NFD", "café crème")) == unicodedata.normalize("NFD", "café-crème")
 
 
 def test_steps_beyond_the_schedule_and_infinite_guidance_are_refused_before_drawing(sd1_dir, tmp_path):

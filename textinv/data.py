@@ -133,8 +133,10 @@ _CAMERA_RAW = {".dng", ".cr2", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", "
 
 _PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic"}
 
-# a caption file beside its picture: `.txt` (diffusers, A1111, kohya) or kohya's default `.caption`
+# a caption file beside its picture: `.txt` (diffusers, A1111, kohya) or kohya's default `.caption`, in the cases
+# a file made on Windows or macOS (where names ignore case) may have; the first found is read
 CAPTION_SUFFIXES = (".txt", ".caption")
+_CAPTION_NAMES = tuple(v for s in CAPTION_SUFFIXES for v in dict.fromkeys((s, s.upper(), s[0] + s[1:].capitalize())))
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
@@ -192,7 +194,7 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
         (images if picture else others).append(path)
 
     stems = {p.stem for p in images}
-    skipped = [p for p in others if not (p.suffix.lower() in CAPTION_SUFFIXES and p.stem in stems and p.is_file())]
+    skipped = [p for p in others if not (p.suffix in _CAPTION_NAMES and p.stem in stems and p.is_file())]
     if skipped:
         names = ", ".join(_describe_skipped(p) for p in skipped)
         hint = ""
@@ -219,7 +221,7 @@ def _describe_skipped(path: Path) -> str:
         return f"{path.name} (a broken link)"
     if not path.is_file():
         return f"{path.name} (not a regular file)"
-    if path.suffix.lower() in CAPTION_SUFFIXES:
+    if path.suffix in _CAPTION_NAMES:
         return f"{path.name} (a caption with no picture of the same name)"
     if path.suffix.lower() in _CAMERA_RAW:
         return f"{path.name} (camera RAW: Pillow reads only its small preview; export it as JPEG or PNG)"
@@ -565,14 +567,17 @@ def read_caption(image_path: str | os.PathLike) -> str | None:
     >>> read_caption("photos/my_cat/cat1.jpg")  # reads photos/my_cat/cat1.txt  # doctest: +SKIP
     'a {} asleep on a red sofa'
     """
-    image_path = Path(image_path)
-    # ".TXT" too: made on Windows or macOS, where names ignore case, it works there and must work here
-    found = [p for p in (image_path.with_suffix(".txt"), image_path.with_suffix(".TXT"),
-                         image_path.with_suffix(".caption")) if p.is_file()]
-    if not found:
+    found = caption_file(image_path)
+    if found is None:
         return None
-    text = " ".join(_read_text(found[0], "caption file").split())
+    text = " ".join(_read_text(found, "caption file").split())
     return text.replace(A1111_MARKER, MARKER) or None
+
+
+def caption_file(image_path: str | os.PathLike) -> Path | None:
+    """The caption file beside a picture (`read_caption`), or None."""
+    image_path = Path(image_path)
+    return next((p for p in map(image_path.with_suffix, _CAPTION_NAMES) if p.is_file()), None)
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -637,7 +642,7 @@ class CaptionSampler:
 
     A caption may also name the token itself ("a photo of <my-dog> on a sofa"), as kohya's and A1111's captions
     do: it counts as the marker there (any case, as CLIP lower-cases), so the token gets all its vectors and is
-    not put in a second time. `placeholder`'s first word is the token, as `expand_prompt` writes it.
+    not put in a second time (under `[filewords]` a template's own `[name]` still adds it, as in A1111). `placeholder`'s first word is the token, as `expand_prompt` writes it.
 
     A caption with no marker, outside `[filewords]` use, gets the token in front ("{} <caption>"), with one
     `CaptionWithoutMarkerWarning` naming the files: refusing it would be harsh, and anything longer, such as
@@ -682,7 +687,7 @@ class CaptionSampler:
             if caption is not None:
                 caption = written.sub(MARKER, caption)
             if caption is not None and not self.uses_filewords and not _has_marker(caption):
-                unmarked.append(image.path.with_suffix(".txt").name)
+                unmarked.append((caption_file(image.path) or image.path.with_suffix(".txt")).name)
                 caption = f"{MARKER} {caption}"
             self.captions.append(caption)
         if unmarked:

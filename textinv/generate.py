@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -181,8 +182,10 @@ def png_text(params: dict[str, str]) -> PngInfo:
 
 
 def _slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of a prompt: letters and digits of any script, the rest as '-'."""
-    return re.sub(r"[\W_]+", "-", text).strip("-")[:limit].strip("-") or "image"
+    """A file-name-safe short form of a prompt: letters and digits of any script (with their combining marks, as
+    Devanagari's vowel signs or a decomposed accent), the rest as '-'."""
+    kept = "".join(c if c.isalnum() or unicodedata.category(c).startswith("M") else "-" for c in text)
+    return re.sub(r"-+", "-", kept).strip("-")[:limit].strip("-") or "image"
 
 
 def _join_sdxl_halves(embeddings: list[LearnedEmbedding], paths: list) -> tuple[list[LearnedEmbedding], list[str]]:
@@ -226,7 +229,6 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     [PosixPath('renders/000-a-photo-of-my-dog-s0.png'), ...]
     """
     config.validate()
-    output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     tokens = config.token or [None] * len(config.embedding)
     embeddings = [load_embedding(path, token=tok) for path, tok in zip(config.embedding, tokens)]
     embeddings, paths = _join_sdxl_halves(embeddings, list(config.embedding))
@@ -240,6 +242,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
         if emb.token.lower() not in said:  # a typo in the prompt would leave the embedding silently unused
             warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
+    output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = DTYPES[config.precision] if config.precision != "auto" else (
@@ -260,8 +263,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     steps = config.steps or DEFAULT_STEPS
     size = config.resolution or model.resolution
     if size > 2 * model.resolution:  # compute grows with the square of the size, and quality falls off far from it
-        warnings.warn(f"--resolution {size} is {size / model.resolution:.0f}x the {model.resolution}px {model.source} "
-                      f"was trained at: each picture takes about {(size / model.resolution) ** 2:.0f}x as long, and "
+        warnings.warn(f"--resolution {size} is {size / model.resolution:g}x the {model.resolution}px {model.source} "
+                      f"was trained at: each picture takes about {(size / model.resolution) ** 2:.3g}x as long, and "
                       f"models draw poorly far from their training size", stacklevel=2)
     guidance = model.guidance_or_own(config.guidance)
     _check_sampling(model, steps, guidance)

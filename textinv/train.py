@@ -270,7 +270,8 @@ def _check_token_fits(tokenizer, texts: list[str], entries: list[str]) -> None:
     ids = set(tokenizer.convert_tokens_to_ids(entries))
     limit = tokenizer.model_max_length - 1  # the last place is the end marker
     for text, full in zip(texts, tokenizer(texts, verbose=False).input_ids):
-        if len(full) > limit + 1 and sum(i in ids for i in full[:limit]) < sum(i in ids for i in full):
+        # every entry inside the window <=> its first mention is whole (a later mention may be cut, as any words)
+        if len(full) > limit + 1 and ids & set(full) and not ids <= set(full[:limit]):
             raise ConfigError(f"the training caption {text!r} is {len(full)} tokens long and the text encoder reads "
                               f"the first {limit + 1}, so it cuts the token's {len(entries)} vector(s); shorten the "
                               f"caption or template, put the token earlier in it, or use fewer --vectors")
