@@ -51,6 +51,20 @@ def check_choices(config) -> None:
 MAX_LR = 1e6  # far above any useful rate, far below where float32 arithmetic overflows
 
 
+def check_lr(lr: float) -> None:
+    """Refuse a learning rate that is not positive, or so large that Adam's first step overflows float32 (it
+    divides by 0.1)."""
+    if not (0 < lr <= MAX_LR):
+        raise ConfigError(f"--lr must be > 0 and at most {MAX_LR:g}, got {lr}; textual inversion uses about 5e-3")
+
+
+def check_guidance(guidance: float | None) -> None:
+    """Refuse a guidance scale below 1: the pipelines only guide above 1, so 0 or -5 would draw unguided pictures
+    while the settings said otherwise."""
+    if guidance is not None and not guidance >= 1:
+        raise ConfigError(f"--guidance must be at least 1 (1 turns guidance off), got {guidance}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a textual-inversion training run."""
@@ -122,9 +136,7 @@ class TrainConfig:
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
-        if not (0 < self.lr <= MAX_LR):  # (Adam's first step divides by 0.1: near float32's limit it overflows)
-            raise ConfigError(f"--lr must be > 0 and at most {MAX_LR:g}, got {self.lr}; textual inversion uses about "
-                              f"5e-3")
+        check_lr(self.lr)
         if not self.weight_decay >= 0:  # (also refuses NaN)
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         for name in ("max_grad_norm", "min_snr_gamma"):
@@ -219,8 +231,7 @@ class GenerateConfig:
             raise ConfigError(f"--out {self.out} is a file; give a folder for the PNGs")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
-        if self.guidance is not None and not self.guidance >= 1:  # pipelines guide only above 1
-            raise ConfigError(f"--guidance must be at least 1 (1 turns guidance off), got {self.guidance}")
+        check_guidance(self.guidance)
         if self.token and len(self.token) != len(self.embedding):
             raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):

@@ -37,11 +37,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from textinv import __version__
-from textinv.config import MAX_LR, opt
+from textinv.config import check_guidance, check_lr, opt
 from textinv.errors import ConfigError, ModelError, TrainingError
 from textinv.io import atomic_path, output_folder, write_json, write_text
-from textinv.shapes.evaluate import (check_guidance, check_judged_size, prompt_sets, sample, score_images,
-                                     train_config, write_templates, write_training_images)
+from textinv.shapes.evaluate import (check_judged_size, prompt_sets, sample, score_images, train_config,
+                                     write_templates, write_training_images)
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
 from textinv.tokens import scratch_tokens
 
@@ -103,8 +103,7 @@ class DemoConfig:
             value = getattr(config, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
-        if not 0 < config.lr <= MAX_LR:
-            raise ConfigError(f"--lr must be > 0 and at most {MAX_LR:g}, got {config.lr}")
+        check_lr(config.lr)
         check_guidance(config.guidance)
         find_concept(config.concept)
         return config

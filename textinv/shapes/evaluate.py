@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from textinv import __version__
-from textinv.config import TrainConfig, build, check_choices, opt
+from textinv.config import TrainConfig, build, check_choices, check_guidance, opt
 from textinv.errors import ConfigError
 from textinv.io import output_folder, write_json, write_text
 from textinv.tokens import scratch_tokens
@@ -113,13 +113,6 @@ class EvalConfig:
     @property
     def train_seeds(self) -> list[int]:
         return [self.train_seed + r for r in range(self.runs)]
-
-
-def check_guidance(guidance: float | None) -> None:
-    """Refuse a guidance scale below 1: the pipelines only guide above 1, so 0 or -5 would draw unguided pictures
-    while the report said otherwise."""
-    if guidance is not None and not guidance >= 1:
-        raise ConfigError(f"--guidance must be at least 1 (1 turns guidance off), got {guidance}")
 
 
 def check_judged_size(model) -> None:
