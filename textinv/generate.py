@@ -266,8 +266,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
         warnings.warn(f"--resolution {size} is {size / model.resolution:g}x the {model.resolution}px {model.source} "
                       f"was trained at: each picture takes about {(size / model.resolution) ** 2:.3g}x as long, and "
                       f"models draw poorly far from their training size", stacklevel=2)
-    guidance = model.guidance_or_own(config.guidance)
-    _check_sampling(model, steps, guidance)
+    guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
     out = Path(config.out)
     written: list[Path] = []
     negative = expand_all(config.negative_prompt, embeddings)  # a learned negative embedding needs all its vectors
