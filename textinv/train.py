@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 import shutil
@@ -42,7 +43,7 @@ from .config import TrainConfig, build, read_config_file, save_config
 from .data import CaptionSampler, default_templates, find_images, load_training_images, read_template_file
 from .errors import ConfigError, TrainingError
 from .formats import FORMATS, LearnedEmbedding, default_filename, save_embedding, second_file
-from .io import atomic_path, write_text
+from .io import atomic_path, output_folder, write_text
 from .models import BUNDLED_MODELS, DTYPES, Model, encode_text, load_model, xl_time_ids
 from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init_vectors, token_names
 
@@ -503,10 +504,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     elif is_main:
         if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
             clear_run(out, previous)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror}); choose another --out") from e
+        output_folder(out)
         save_config(config, out / CONFIG_FILE, world)
 
     def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
@@ -942,16 +940,13 @@ def _write_loss_log(path: Path, history: list[tuple[int, float]], by_concept: li
                     tokens: list[str] = ()) -> None:
     """loss.csv: `step,loss` (the loss summed over concepts), and with several concepts a column per token for each
     one's own loss (their sum is `loss`; the curve of one that diverges or stalls shows there)."""
-    if len(tokens) > 1 and len(by_concept) == len(history):
-        header = ",".join(["step", "loss"] + [_csv_field(t) for t in tokens])
-        rows = [f"{s},{v:.6f}," + ",".join(f"{x:.6f}" for x in per) for (s, v), per in zip(history, by_concept)]
-    else:  # (one concept; or a run resumed from a checkpoint made before the per-concept record)
-        header, rows = "step,loss", [f"{s},{v:.6f}" for s, v in history]
-    write_text(path, "\n".join([header] + rows) + "\n")
-
-
-def _csv_field(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+    per_concept = len(tokens) > 1 and len(by_concept) == len(history)  # (not from a checkpoint made before them)
+    text = io.StringIO()
+    rows = csv.writer(text, lineterminator="\n")  # (quotes a token with a comma in it)
+    rows.writerow(["step", "loss", *(tokens if per_concept else [])])
+    for (s, v), per in zip(history, by_concept if per_concept else [()] * len(history)):
+        rows.writerow([s, f"{v:.6f}", *(f"{x:.6f}" for x in per)])
+    write_text(path, text.getvalue())
 
 
 def read_loss_log(path: str | Path) -> list[tuple[int, float]]:
