@@ -14,6 +14,7 @@ SDXL pipelines have two tokenizer/text-encoder pairs; `Model.encoders` lists the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -391,29 +392,18 @@ def load_model(
         warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
         if kind == "hub":  # the family is known only after loading: let diffusers pick the pipeline class
             from diffusers import DiffusionPipeline
-            from diffusers.utils import logging as diffusers_logging
 
-            level = diffusers_logging.get_verbosity()
-            diffusers_logging.set_verbosity_error()  # its "couldn't connect" lines: our error below says it once
-            try:
+            with _quiet_diffusers():  # its "couldn't connect" lines: our error below says it once
                 pipe = DiffusionPipeline.from_pretrained(location, **common)
-            finally:
-                diffusers_logging.set_verbosity(level)
         else:
             cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
             if cls is StableDiffusionPipeline:
                 common.update(safety_checker=None, requires_safety_checker=False)
             if kind == "file":
-                from diffusers.utils import logging as diffusers_logging
-
                 if single_file_config:
                     common["config"] = single_file_config
-                level = diffusers_logging.get_verbosity()
-                diffusers_logging.set_verbosity_error()  # its "attempting to download" lines: our error says it
-                try:
+                with _quiet_diffusers():  # its "attempting to download" lines: our error says it
                     pipe = cls.from_single_file(location, **common)
-                finally:
-                    diffusers_logging.set_verbosity(level)
             else:
                 pipe = cls.from_pretrained(location, **common, **({"variant": variant} if variant else {}))
     except ModelError:
@@ -471,6 +461,20 @@ def load_model(
     if kind in ("bundled", "folder"):
         model.guidance = recorded_guidance(Path(location))
     return model
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """diffusers' log at error level only, for the block: its download and connection notes, which the error we
+    raise on failure says once, in our words."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _first_line(error: BaseException) -> str:
@@ -589,16 +593,9 @@ def _load_vae(source, dtype: torch.dtype, like=None):
         if path.exists():
             loaded = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype)
         else:  # a hub id
-            from diffusers.utils import logging as diffusers_logging
-
-            level = diffusers_logging.get_verbosity()
-            diffusers_logging.set_verbosity_error()
-            try:
-                with warnings.catch_warnings():  # huggingface_hub's deprecation notes about diffusers' arguments
-                    warnings.simplefilter("ignore")
-                    loaded = AutoencoderKL.from_pretrained(str(source), torch_dtype=dtype)
-            finally:
-                diffusers_logging.set_verbosity(level)
+            with _quiet_diffusers(), warnings.catch_warnings():  # (and huggingface_hub's deprecation notes)
+                warnings.simplefilter("ignore")
+                loaded = AutoencoderKL.from_pretrained(str(source), torch_dtype=dtype)
     except Exception as e:
         if not path.exists() and isinstance(e, (OSError, ConnectionError)):
             offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
