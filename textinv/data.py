@@ -642,7 +642,8 @@ class CaptionSampler:
 
     A caption may also name the token itself ("a photo of <my-dog> on a sofa"), as kohya's and A1111's captions
     do: it counts as the marker there (any case, as CLIP lower-cases), so the token gets all its vectors and is
-    not put in a second time (under `[filewords]` a template's own `[name]` still adds it, as in A1111). `placeholder`'s first word is the token, as `expand_prompt` writes it.
+    not put in a second time (under `[filewords]` a template's own `[name]` still adds it, as in A1111).
+    `placeholder`'s first word is the token, as `expand_prompt` writes it.
 
     A caption with no marker, outside `[filewords]` use, gets the token in front ("{} <caption>"), with one
     `CaptionWithoutMarkerWarning` naming the files: refusing it would be harsh, and anything longer, such as

@@ -13,9 +13,9 @@ A token with N vectors is N tokenizer entries named as diffusers names them: `<t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 import copy
 import re
+from collections.abc import Iterable
 
 import torch
 from torch import nn
