@@ -323,7 +323,7 @@ def test_several_training_runs_pool_textual_inversion_and_sample_the_baselines_o
     assert f"{ti['hue_error_deg']:.1f} ({low:.1f}-{high:.1f})" in markdown
 
 
-def test_evaluate_refuses_bad_runs_and_precision():
+def test_evaluate_refuses_bad_runs_precision_and_lr():
     from textinv.errors import ConfigError
     from textinv.shapes.evaluate import settings
 
@@ -333,6 +333,9 @@ def test_evaluate_refuses_bad_runs_and_precision():
         settings(flags={"precision": "int8"})
     with pytest.raises(ConfigError, match="--init 'caption' is not one of: word, description"):
         settings(flags={"init": "caption"})
+    for lr in (0, 1e38):  # the trainer's own bounds, so a benchmark fails here, not after the model loads
+        with pytest.raises(ConfigError, match="--lr must be > 0 and at most"):
+            settings(flags={"lr": lr})
 
 
 def test_learning_can_start_from_the_description_one_vector_per_word(model_dir, probe_path, monkeypatch):

@@ -120,6 +120,10 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, the fastest for this small model)")
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -214,7 +218,7 @@ def make_parser() -> argparse.ArgumentParser:
                                    "bundled shapes model, draw it in new prompts beside the init word, judge the "
                                    "pictures with the attribute probe, and write report.html + report.png.")
     add_config_flags(p, DemoConfig)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, the fastest for this small model)")
+    _add_threads(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="the quality benchmark: reconstruction and editability per concept",
@@ -228,7 +232,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="shapes", help="the model (default: the bundled shapes model)")
     p.add_argument("--probe", help="attribute probe weights (default: the bundled probe)")
     p.add_argument("--fast", action="store_true", help="a smoke run: few steps and samples (flags override it)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, the fastest for this small model)")
+    _add_threads(p)
     add_config_flags(p, EvalConfig)
     p.set_defaults(func=cmd_evaluate)
     return parser

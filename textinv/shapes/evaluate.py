@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from textinv import __version__
-from textinv.config import TrainConfig, build, check_choices, check_guidance, opt
+from textinv.config import TrainConfig, build, check_choices, check_guidance, check_lr, opt
 from textinv.errors import ConfigError
 from textinv.io import output_folder, write_json, write_text
 from textinv.tokens import scratch_tokens
@@ -97,8 +97,7 @@ class EvalConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        check_lr(self.lr)
         check_choices(self)
         check_guidance(self.guidance)
         for name in ("hue_tolerance", "angle_tolerance"):
