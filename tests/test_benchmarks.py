@@ -159,3 +159,37 @@ def test_signed_hue_error_is_positive_towards_the_named_colour():
     pictures = torch.zeros(3, 3, 8, 8)
     assert signed_hue_errors(Reads([170.0, 160.0, 163.0]), pictures, 163.0, 185.0) == [7.0, -3.0, 0.0]
     assert signed_hue_errors(Reads([350.0, 10.0]), pictures, 355.0, 325.0) == [5.0, -15.0]  # around 0, towards pink
+
+
+def _table(out: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith("| ") and "---" not in line][1:]
+
+
+def test_loss_by_words_pairs_the_draws_so_a_repeated_prompt_differs_by_nothing(capsys):
+    from benchmarks.loss_by_words import main as loss_by_words
+    from textinv.models import BUNDLED_MODELS
+
+    if not (BUNDLED_MODELS["shapes"] / "model_index.json").exists():
+        pytest.skip("needs the bundled shapes model")
+    star, circle = "a photo of a cyan solid star", "a photo of a red striped circle"
+    assert loss_by_words(["--no-learn", "--draws", "80", "--threads", "1", "--prompt", star, star, circle]) == 0
+    rows = _table(capsys.readouterr().out)
+    assert [r[0] for r in rows] == [f"`{star}`", f"`{star}`", f"`{circle}`"]
+    assert rows[1][1] == rows[0][1] and rows[1][2] == "+0.0000 ± 0.0000"
+    difference, error = (float(x) for x in rows[2][2].split(" ± "))
+    assert difference > 5 * error  # the wrong words explain the teal star's pictures worse, well beyond the noise
+
+
+def test_loss_by_words_learns_the_concept_and_scores_it_beside_its_words(capsys):
+    from benchmarks.loss_by_words import main as loss_by_words
+    from textinv.models import BUNDLED_MODELS
+
+    if not (BUNDLED_MODELS["shapes"] / "model_index.json").exists():
+        pytest.skip("needs the bundled shapes model")
+    assert loss_by_words(["--steps", "2", "--draws", "40", "--threads", "1"]) == 0
+    prompts = [r[0] for r in _table(capsys.readouterr().out)]
+    assert prompts[:2] == ["`a photo of <teal-star>`", "`a photo of <teal-star> solid`"]
+    assert "`a photo of a cyan solid star`" in prompts and "`a photo of a cyan dotted star`" in prompts
+    with pytest.raises(SystemExit):
+        loss_by_words(["--draws", "39"])
