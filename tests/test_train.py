@@ -307,6 +307,25 @@ def test_min_snr_weighting_changes_the_loss(sd1_dir, images, tmp_path):
     assert plain.losses != snr.losses
 
 
+def test_timesteps_are_drawn_only_from_the_given_range(sd1_dir, images, tmp_path, monkeypatch):
+    real, seen = train_module.diffusion_loss, []
+
+    def recording(model, scheduler, latents, noise, timesteps, *a, **k):
+        seen.append(timesteps.clone())
+        return real(model, scheduler, latents, noise, timesteps, *a, **k)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", recording)
+    train(config(images, tmp_path / "a", min_timestep=300, max_timestep=310), model=load_model(sd1_dir),
+          progress=False)
+    drawn = torch.cat(seen)
+    assert len(drawn) == 12 and drawn.min() >= 300 and drawn.max() < 310 and len(drawn.unique()) > 1
+    with pytest.raises(ConfigError, match="do not fit the model's 1000 timesteps"):
+        train(config(images, tmp_path / "b", max_timestep=1001), model=load_model(sd1_dir), progress=False)
+    for bad in (dict(min_timestep=-1), dict(min_timestep=500, max_timestep=500)):
+        with pytest.raises(ConfigError, match="timestep must be a whole number"):
+            config(images, tmp_path / "c", **bad).validate()
+
+
 def test_loss_weights_cap_the_clean_latent_weight_at_gamma():
     """Min-SNR in the terms of the error of the predicted clean latent (epsilon loss = SNR x that error, v loss =
     (SNR + 1) x that error), finite at SNR 0 (a zero-terminal-SNR schedule's last timestep)."""

@@ -88,6 +88,9 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay, applied to the new vectors only (the reference's 1e-2)")
     max_grad_norm: float = opt(None, "clip the vectors' gradient norm to this (off by default)")
     min_snr_gamma: float = opt(None, "min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is typical); off by default")
+    min_timestep: int = opt(0, "draw training timesteps from this one up (kohya's --min_timestep)")
+    max_timestep: int = opt(None, "draw training timesteps below this one (kohya's --max_timestep); default: the "
+                                  "model's schedule length (1000 for SD)")
     resolution: int = opt(None, "training image size; default: the model's native size")
     center_crop: bool = opt(True, "resize the short side then center-crop (false: squash the whole image)")
     flip: bool = opt(None, "random horizontal flips (p=0.5); default on, as in the paper's code")
@@ -144,6 +147,12 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} must be > 0 when given, got {getattr(self, name)}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
+        if not isinstance(self.min_timestep, int) or self.min_timestep < 0:
+            raise ConfigError(f"--min-timestep must be a whole number >= 0, got {self.min_timestep!r}")
+        if self.max_timestep is not None and not (isinstance(self.max_timestep, int)
+                                                  and self.max_timestep > self.min_timestep):
+            raise ConfigError(f"--max-timestep must be a whole number above --min-timestep ({self.min_timestep}), "
+                              f"got {self.max_timestep!r}")
         if self.vectors > 75:
             raise ConfigError(f"--vectors {self.vectors} leaves no room in a 77-token prompt; use at most 75 (1-8 is usual)")
         if self.warmup_steps and self.lr_schedule == "constant":

@@ -302,7 +302,8 @@ class BatchSampler:
             picked.append(take)
         return torch.cat(picked)
 
-    def draw(self, n: int, latent_shape: tuple[int, ...], num_timesteps: int) -> dict[str, torch.Tensor]:
+    def draw(self, n: int, latent_shape: tuple[int, ...], timesteps: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """`n` samples' random parts; timesteps uniform in [timesteps[0], timesteps[1])."""
         g = self.generator
         return {
             "image": self._next_images(n),
@@ -310,7 +311,7 @@ class BatchSampler:
             "caption": torch.rand(n, generator=g),
             "eps_latent": torch.randn((n, *latent_shape), generator=g),
             "noise": torch.randn((n, *latent_shape), generator=g),
-            "timestep": torch.randint(0, num_timesteps, (n,), generator=g),
+            "timestep": torch.randint(*timesteps, (n,), generator=g),
         }
 
     def state_dict(self) -> dict:
@@ -431,6 +432,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                            single_file_config=config.single_file_config, vae=config.vae)
     model.check_trainable()
     file_format = _file_format(config.format, model)
+    timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
     rows_per_concept = []
     for spec in specs:
         names = token_names(spec["token"], config.vectors)
@@ -553,7 +555,6 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
 
     # 4. the loop -------------------------------------------------------------------------------------------------
     latent_shape = tuple(concepts[0].mean.shape[1:])
-    num_t = scheduler.config.num_train_timesteps
     last_good = [e.vectors.detach().clone() for e in exts]
     # each concept's loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed
     # loss.csv is the uninterrupted run's)
@@ -584,7 +585,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             samplers_at_step = [s.state_dict() for s in samplers]
             step_loss = torch.zeros(len(concepts), device=device)
             for _ in range(config.grad_accum):
-                batch = [_draw(c, config, world, rank, latent_shape, num_t, device, scaling, model) for c in concepts]
+                batch = [_draw(c, config, world, rank, latent_shape, timesteps, device, scaling, model)
+                         for c in concepts]
                 ids = [torch.cat(parts) for parts in zip(*(b["ids"] for b in batch))]
                 cond_ids = torch.cat([b["time_ids"] for b in batch]) if model.is_xl else None
                 per_sample = diffusion_loss(model, scheduler, torch.cat([b["latents"] for b in batch]),
@@ -790,9 +792,9 @@ def concept_seed(seed: int, index: int) -> int:
     return seed + 1_000_003 * index
 
 
-def _draw(c: ConceptState, config, world, rank, latent_shape, num_t, device, scaling, model) -> dict:
+def _draw(c: ConceptState, config, world, rank, latent_shape, timesteps, device, scaling, model) -> dict:
     """One concept's part of a micro-batch: latents, noise, timesteps, token ids, SDXL time ids."""
-    drawn = c.sampler.draw(config.batch * world, latent_shape, num_t)
+    drawn = c.sampler.draw(config.batch * world, latent_shape, timesteps)
     mine = {k: v[rank * config.batch:(rank + 1) * config.batch].to(device) for k, v in drawn.items()}
     which = mine["image"] + mine["flip"].long() * len(c.pictures)  # mirrored pictures sit after the originals
     if c.pixels is not None:  # reference-like mode: the VAE encoder runs every step
@@ -804,6 +806,16 @@ def _draw(c: ConceptState, config, world, rank, latent_shape, num_t, device, sca
     return {"latents": latents, "noise": mine["noise"], "timestep": mine["timestep"],
             "ids": c.bank.pick(mine["image"], mine["caption"]),
             "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None}
+
+
+def timestep_range(config: TrainConfig, num_timesteps: int) -> tuple[int, int]:
+    """The [low, high) range training timesteps are drawn from: --min-timestep and --max-timestep within the model's
+    schedule of `num_timesteps`."""
+    high = num_timesteps if config.max_timestep is None else config.max_timestep
+    if high > num_timesteps or config.min_timestep >= high:
+        raise ConfigError(f"--min-timestep {config.min_timestep} / --max-timestep {high} do not fit the model's "
+                          f"{num_timesteps} timesteps: draw from a range within 0..{num_timesteps}")
+    return config.min_timestep, high
 
 
 def _clip_rows(grads_and_rows: list[tuple[torch.Tensor, slice]], max_norm: float) -> None:
