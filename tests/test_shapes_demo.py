@@ -20,7 +20,7 @@ from textinv.models import BUNDLED_MODELS, load_model, recorded_guidance
 from textinv.shapes import world
 from textinv.shapes.demo import EXAMPLES, DEFAULT_CONCEPT, draw_loss_curve, find_concept, slug
 from textinv.shapes.evaluate import (CEILINGS, FAST, METHODS, all_hold, attribute_hits, best_description, evaluate, fill,
-                                     prompt_sets, score_images, training_templates, write_results)
+                                     format_markdown, prompt_sets, score_images, training_templates, write_results)
 from textinv.shapes.probe import DEFAULT_PATH as PROBE_PATH
 from textinv.shapes.probe import Probe, train_probe
 
@@ -336,6 +336,24 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
     for lr in (0, 1e38):  # the trainer's own bounds, so a benchmark fails here, not after the model loads
         with pytest.raises(ConfigError, match="--lr must be > 0 and at most"):
             settings(flags={"lr": lr})
+    for item, error in (("min_snr_gamma", "expected KEY=VALUE"), ("steps=5", "sets steps itself \\(use --steps\\)"),
+                        ("flip=false", "sets flip itself"), ("min_snr_gamma=0", "--min-snr-gamma must be > 0"),
+                        ("max_timestep=soon", "'max_timestep' must be a whole number"),
+                        ("colour=red", "unknown setting 'colour'")):
+        with pytest.raises(ConfigError, match=f"--train-set.*{error}"):
+            settings(flags={"train_set": [item]})
+
+
+def test_evaluate_learns_with_further_trainer_settings_and_records_them(model_dir, probe_path, monkeypatch):
+    import textinv.train
+
+    real, used = textinv.train.train, []
+    monkeypatch.setattr(textinv.train, "train", lambda config, **k: used.append(config) or real(config, **k))
+    result = evaluate(load_model(model_dir), Probe.load(probe_path), [find_concept("teal-star")], progress=False,
+                      **FAST, train_set=["min_snr_gamma=5", "max-timestep=700"])
+    assert (used[0].min_snr_gamma, used[0].max_timestep, used[0].lr_schedule) == (5.0, 700, "constant")
+    assert result["settings"]["train_set"] == ["min_snr_gamma=5", "max-timestep=700"]
+    assert "1 vector(s), min_snr_gamma=5, max-timestep=700, 4 pictures" in format_markdown(result)
 
 
 def test_learning_can_start_from_the_description_one_vector_per_word(model_dir, probe_path, monkeypatch):

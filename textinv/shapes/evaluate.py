@@ -91,6 +91,8 @@ class EvalConfig:
                                      "more than half the way to the nearest named colour: see concept_hue_tolerance)")
     angle_tolerance: float = opt(15.0, "a stripe angle within this many degrees counts as a match")
     chunk: int = opt(32, "samples drawn per pipeline call (bounds memory)")
+    train_set: list = opt([], "further `textinv train` settings for learning, KEY=VALUE each (e.g. min_snr_gamma=5 "
+                              "lr_schedule=cosine): measures a trainer setting on the benchmark")
 
     def validate(self) -> "EvalConfig":
         for name in ("steps", "batch", "vectors", "images", "samples", "sample_steps", "chunk", "runs"):
@@ -103,7 +105,29 @@ class EvalConfig:
         for name in ("hue_tolerance", "angle_tolerance"):
             if not 0 < getattr(self, name) <= 180:
                 raise ConfigError(f"{name} must be in (0, 180] degrees, got {getattr(self, name)}")
+        self.trainer_settings()
         return self
+
+    def trainer_settings(self) -> dict:
+        """`train_set` as TrainConfig fields with their types; refused: malformed items, unknown keys, and the
+        settings the benchmark makes itself (the concept's pictures, token, init and flips, and what has its own
+        flag here, such as steps and lr)."""
+        settings = {}
+        for item in self.train_set:
+            key, sep, value = str(item).partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep:
+                raise ConfigError(f"--train-set {item!r}: expected KEY=VALUE, e.g. min_snr_gamma=5")
+            if key in BENCHMARK_SETS:
+                own = f" (use --{key.replace('_', '-')})" if key in {f.name for f in dataclasses.fields(self)} else ""
+                raise ConfigError(f"--train-set {item!r}: the benchmark sets {key} itself{own}")
+            settings[key] = value.strip()
+        # unknown keys, wrong types and bad values refused now, by name, not after the model has loaded
+        try:
+            coerced = build(TrainConfig, {"out": "-", "images": "-", "token": "<-"}, settings).validate()
+        except ConfigError as e:
+            raise ConfigError(f"--train-set: {e}") from None
+        return {key: getattr(coerced, key) for key in settings}
 
     @property
     def seeds(self) -> list[int]:
@@ -290,6 +314,12 @@ def write_templates(concept: Concept, path: Path) -> Path:
     return path
 
 
+BENCHMARK_SETS = frozenset({"images", "token", "concepts", "init", "property", "out", "model", "steps", "lr", "batch",
+                            "vectors", "seed", "templates", "flip", "save_every", "sample_every", "log_every",
+                            "overwrite", "resume", "precision"})
+"""TrainConfig fields the benchmark sets for each concept (`train_config`, `learn`): not open to `--train-set`."""
+
+
 def train_config(concept: Concept, images: Path, templates: Path, out: Path, steps: int, lr: float, batch: int,
                  vectors: int = 1, seed: int = 0, model: str = "shapes", init: str | None = None) -> TrainConfig:
     """The `TrainConfig` the benchmark and the demo learn a concept with; `init`: the text its vectors start from
@@ -316,7 +346,7 @@ def learn(model, concept: Concept, config: EvalConfig, workdir: Path, progress: 
     tc = train_config(concept, images, templates, workdir / "run", config.steps, config.lr, config.batch,
                       config.vectors, seed, model=model.source,
                       init=best_description(concept) if config.init == "description" else None)
-    tc.precision = config.precision
+    tc = dataclasses.replace(tc, precision=config.precision, **config.trainer_settings())
     with scratch_tokens(model):
         return train(tc, model=model, progress=progress)
 
@@ -587,6 +617,7 @@ def _settings_line(result: dict) -> str:
     trained = (f"training seeds {s['train_seed']}..{s['train_seed'] + runs - 1}" if runs > 1
                else f"training seed {s['train_seed']}")
     init = " from the description" if s.get("init") == "description" else ""
+    init += "".join(f", {item}" for item in s.get("train_set", []))
     return (f"{s['steps']} training steps (lr {s['lr']}, batch {s['batch']}, {s['vectors']} vector(s){init}, "
             f"{s['images']} pictures, {trained}, {s.get('precision', 'fp32')} weights); {s['samples']} samples per "
             f"prompt and method, seeds {s['seeds'][0]}.."
