@@ -248,3 +248,50 @@ def test_a_resolution_far_above_the_models_is_warned_about(sd1_dir, tmp_path):
                             resolution=4 * model.resolution)
     with pytest.warns(UserWarning, match=r"is 4x the .* each picture takes about 16x as long"):
         generate(config, model=model, progress=False)
+
+
+def test_emphasis_is_read_as_the_a1111_web_ui_reads_it():
+    from textinv.emphasis import parse, plain_text
+
+    assert parse("a photo of a dog") == [("a photo of a dog", 1.0)]
+    assert parse("a (red:1.5) car") == [("a ", 1.0), ("red", 1.5), (" car", 1.0)]
+    assert parse("((shiny)) [[dull]]") == [("shiny", 1.21), (" ", 1.0), ("dull", round(1 / 1.21, 5))]
+    assert parse("((a) b:2)") == [("a", 2.2), (" b", 2.0)]  # nested weights multiply
+    assert parse(r"\(not weighted\) \[nor this\]") == [("(not weighted) [nor this]", 1.0)]
+    assert parse("open (rest") == [("open ", 1.0), ("rest", 1.1)]  # a bracket left open weighs the rest
+    assert parse("a smile :) 12:30") == [("a smile :) 12:30", 1.0)]  # what closes nothing is text
+    assert plain_text("a (<q> <q>_1:1.2) on [grass]") == "a <q> <q>_1 on grass"
+
+
+def test_emphasis_scales_its_tokens_and_plain_prompts_encode_as_in_training(sd1_dir):
+    from textinv.generate import encode_prompts
+    from textinv.models import encode_text
+
+    model = load_model(sd1_dir)
+    tok = model.tokenizer
+    prompts = ["a photo of a dog", "dog " * 90]  # the second is cut to 77 tokens, as the tokenizer cuts it
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids
+    assert torch.equal(encode_prompts(model, prompts)[0], encode_text(model, [ids])[0])
+    plain = encode_prompts(model, ["a photo of a dog"])[0][0]
+    assert torch.equal(encode_prompts(model, ["a photo of a (dog:1)"])[0][0], plain)
+    literal = tok(["a photo of a (dog)"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert torch.equal(encode_prompts(model, [r"a photo of a \(dog\)"])[0], encode_text(model, [literal])[0])
+    weighted = encode_prompts(model, ["a photo of a (dog:1.5)"])[0][0]
+    # positions: start, a, photo, of, a, dog; every hidden state is scaled by one factor that keeps the mean, and
+    # the weighted token's by 1.5 more
+    factor = plain.mean() / (plain * torch.tensor([1.5 if i == 5 else 1.0 for i in range(77)])[:, None]).mean()
+    assert torch.allclose(weighted.mean(), plain.mean(), atol=1e-6)
+    assert torch.allclose(weighted[2], plain[2] * factor, atol=1e-5)
+    assert torch.allclose(weighted[5], plain[5] * 1.5 * factor, atol=1e-5)
+
+
+def test_generate_draws_emphasis_and_names_files_by_the_words(sd1_dir, tmp_path):
+    def draw(prompt, out):
+        path = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=2, model=str(sd1_dir)),
+                        progress=False)[0]
+        return path, np.asarray(Image.open(path))
+
+    path, weighted = draw("a photo of a (dog:1.8)", "w")
+    assert path.name == "000-a-photo-of-a-dog-s0.png" and Image.open(path).text["prompt"] == "a photo of a (dog:1.8)"
+    assert not np.array_equal(weighted, draw("a photo of a dog", "p")[1])

@@ -80,6 +80,19 @@ def test_pooled_embedding_is_read_at_end_of_text_not_at_a_new_token(xl_dir):
     assert torch.allclose(pooled[0], expected, atol=1e-6)
 
 
+def test_emphasis_weighs_both_encoders_halves_and_leaves_the_pooled_embedding(xl_dir):
+    from textinv.generate import encode_prompts
+
+    model = load_model(xl_dir)
+    plain, pooled = encode_prompts(model, ["a photo of a dog"])
+    weighted, weighted_pooled = encode_prompts(model, ["a photo of a (dog:1.5)"])
+    assert torch.equal(weighted_pooled, pooled)  # the web UI leaves the pooled embedding unweighted too
+    ratio = weighted[0] / plain[0]  # (77, 768 + 1280): one factor everywhere, 1.5 times it on "dog" (position 5)
+    factor = ratio[2, 0]
+    assert torch.allclose(ratio[5], 1.5 * factor * torch.ones_like(ratio[5]), atol=1e-4)
+    assert torch.allclose(ratio[2], factor * torch.ones_like(ratio[2]), atol=1e-4)
+
+
 def load_embedding_from(model, token):
     from textinv.formats import LearnedEmbedding
 

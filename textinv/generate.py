@@ -20,7 +20,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, emphasis
 from .config import GenerateConfig
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
@@ -83,12 +83,41 @@ def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
 @torch.no_grad()
 def encode_prompts(model: Model, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Conditioning for prompts whose tokens are already expanded: hidden states (B, 77, C) and, for SDXL, the
-    pooled embedding (B, C2), made as in training (`models.encode_text`)."""
-    ids = [tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-               return_tensors="pt").input_ids.to(te.device) for _, tok, te in model.encoders]
+    pooled embedding (B, C2), made as in training (`models.encode_text`).
+
+    A1111's emphasis (`(word:1.3)`, `(word)`, `[word]`; see `emphasis`) scales each token's hidden state by its
+    weight, then every prompt's hidden states are scaled back to their unweighted mean, as the web UI does; the
+    pooled embedding is left unweighted, as there. A prompt without emphasis is encoded exactly as in training."""
+    pieces = [emphasis.parse(p) for p in prompts]
+    ids, weights = [], []
+    for _, tok, te in model.encoders:
+        rows = [_weighted_ids(tok, p) for p in pieces]
+        ids.append(torch.tensor([r[0] for r in rows], device=te.device))
+        weights.append(torch.tensor([r[1] for r in rows]))
     hidden, pooled = encode_text(model, ids)
+    if not all(emphasis.is_plain(p) for p in pieces):
+        widths = [te.config.hidden_size for _, _, te in model.encoders]
+        scale = torch.cat([w[..., None].expand(-1, -1, c) for w, c in zip(weights, widths)], dim=-1)
+        scale = scale.to(hidden.device, hidden.dtype)
+        before = hidden.mean(dim=(1, 2), keepdim=True)
+        hidden = hidden * scale
+        hidden = hidden * (before / hidden.mean(dim=(1, 2), keepdim=True))
     dtype = model.unet.dtype
     return hidden.to(dtype), (pooled.to(dtype) if pooled is not None else None)
+
+
+def _weighted_ids(tokenizer, pieces: list[tuple[str, float]]) -> tuple[list[int], list[float]]:
+    """A prompt's (text, weight) pieces as the tokenizer's 77 ids (start, words cut to fit, end, padding) and one
+    weight per id; the same ids the tokenizer gives the pieces' text in one call."""
+    ids, weights = [tokenizer.bos_token_id], [1.0]
+    for text, weight in pieces:
+        part = tokenizer(text, add_special_tokens=False, verbose=False).input_ids  # (cut below)
+        ids += part
+        weights += [weight] * len(part)
+    size = tokenizer.model_max_length
+    ids, weights = ids[:size - 1] + [tokenizer.eos_token_id], weights[:size - 1] + [1.0]
+    pad = size - len(ids)
+    return ids + [tokenizer.pad_token_id] * pad, weights + [1.0] * pad
 
 
 @torch.no_grad()
@@ -151,7 +180,7 @@ def _warn_if_cut(model: Model, prompt: str) -> None:
     """CLIP reads 77 tokens (start and end included); A1111 splits longer prompts into chunks, diffusers and we cut
     them. Say so rather than drop the end silently."""
     tokenizer = model.tokenizer
-    count = len(tokenizer(prompt).input_ids)
+    count = len(tokenizer(emphasis.plain_text(prompt)).input_ids)
     if count > tokenizer.model_max_length:
         warnings.warn(f"prompt {prompt[:60]!r}... is {count} tokens (learned tokens expanded); the text encoder "
                       f"reads the first {tokenizer.model_max_length}, the rest is ignored: shorten it", stacklevel=3)
@@ -271,8 +300,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     written: list[Path] = []
     negative = expand_all(config.negative_prompt, embeddings)  # a learned negative embedding needs all its vectors
     seeds = [config.seed + i for i in range(config.n)]
-    names = {(index, seed): f"{index:03d}-{_slug(prompt)}-s{seed}" for index, prompt in enumerate(config.prompt)
-             for seed in seeds}
+    names = {(index, seed): f"{index:03d}-{_slug(emphasis.plain_text(prompt))}-s{seed}"
+             for index, prompt in enumerate(config.prompt) for seed in seeds}
     run = _new_run_suffix(out, names.values())
     bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
     for index, prompt in enumerate(config.prompt):
