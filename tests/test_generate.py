@@ -10,6 +10,7 @@ from textinv.config import GenerateConfig
 from textinv.errors import FormatError, TokenError
 from textinv.formats import LearnedEmbedding, save_embedding
 from textinv.generate import expand_all, generate, install_embedding, render
+from textinv.tokens import expand_prompt
 from textinv.models import load_model
 
 
@@ -172,12 +173,49 @@ def test_seed_minus_one_draws_a_seed_that_is_recorded(sd1_dir, tmp_path):
     assert Image.open(paths[1]).text["seed"] == str(seed + 1)  # so the picture can be made again
 
 
-def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_about(sd1_dir, tmp_path):
-    emb = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(8, 32)}), tmp_path / "q.pt", "a1111")[0]
-    long = "a photo of <q> " + "dog " * 66  # 1 + 3 + 8 vectors + 66 + 1 = 79 tokens once <q> is expanded
-    with pytest.warns(UserWarning, match="is 79 tokens"):
-        generate(GenerateConfig(prompt=[long], embedding=[str(emb)], out=str(tmp_path / "r"), n=1, steps=1,
-                                model=str(sd1_dir)), progress=False)
+def test_a_prompt_longer_than_the_text_encoder_reads_is_encoded_in_chunks_as_the_web_ui_does(sd1_dir, tmp_path):
+    from textinv.generate import count_chunks, encode_prompts
+
+    model = load_model(sd1_dir)
+    install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(8, 32)}))
+    long = "a photo of <q> " + "dog " * 66  # 3 + 8 vectors + 66 = 77 tokens once <q> is expanded: two chunks
+    expanded = expand_all(long, [LearnedEmbedding("<q>", {"text_encoder": torch.zeros(8, 32)})])
+    assert count_chunks(model, expanded) == 2 and count_chunks(model, "a photo of <q> " + "dog " * 64) == 1
+    hidden = encode_prompts(model, [expanded + "cat", expanded + "house", ""], chunks=3)[0]
+    assert hidden.shape == (3, 3 * 77, 32)
+    assert not torch.equal(hidden[0], hidden[1])  # the words past the 75th are read, not cut
+    assert torch.equal(hidden[0, :77], hidden[1, :77])  # ... in the second chunk only
+    empty = encode_prompts(model, [""])[0][0]
+    assert all(torch.equal(hidden[2, k * 77:(k + 1) * 77], empty) for k in range(3))  # padded with empty chunks
+    paths = generate(GenerateConfig(prompt=[long], embedding=[str(save_embedding(
+        LearnedEmbedding("<q>", {"text_encoder": torch.randn(8, 32)}), tmp_path / "q.pt", "a1111")[0])],
+        out=str(tmp_path / "r"), n=1, steps=1, negative_prompt="blurry", model=str(sd1_dir)), progress=False)
+    assert len(paths) == 1
+
+
+def test_long_prompts_are_cut_into_chunks_at_commas_breaks_and_around_learned_tokens(sd1_dir):
+    from textinv.emphasis import CHUNK, token_chunks
+
+    model = load_model(sd1_dir)
+    tok = model.tokenizer
+    one = tok("dog", add_special_tokens=False).input_ids[0]
+    comma = tok(",", add_special_tokens=False).input_ids[0]
+
+    def words(chunk):  # a chunk's tokens between start and end
+        ids = chunk[0]
+        return ids[1:ids.index(tok.eos_token_id)]
+
+    chunks = token_chunks(tok, "dog " * 70 + ", " + "dog " * 10)  # 81 tokens; the comma is 11 from the end
+    assert [len(words(c)) for c in chunks] == [71, 10] and words(chunks[0])[-1] == comma
+    assert all(len(c[0]) == len(c[1]) == CHUNK + 2 for c in chunks)
+    chunks = token_chunks(tok, "dog " * 40 + ", " + "dog " * 40)  # the comma is 35 back: too far, cut at 75
+    assert [len(words(c)) for c in chunks] == [75, 6]
+    assert [len(words(c)) for c in token_chunks(tok, "dog dog BREAK dog")] == [2, 1]
+    assert [c[1][1:3] for c in token_chunks(tok, "(dog:1.5) BREAK [dog]")] == [[1.5, 1.0], [round(1 / 1.1, 5), 1.0]]
+    install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(4, 32)}))
+    q = expand_prompt("<q>", "<q>", 4)
+    chunks = token_chunks(model.tokenizer, "dog " * 73 + q)  # the token's 4 vectors do not fit: all go on
+    assert [len(words(c)) for c in chunks] == [73, 4] and one not in words(chunks[1])
 
 
 def test_generate_takes_a_replacement_vae(sd1_dir, tmp_path):
@@ -269,7 +307,7 @@ def test_emphasis_scales_its_tokens_and_plain_prompts_encode_as_in_training(sd1_
 
     model = load_model(sd1_dir)
     tok = model.tokenizer
-    prompts = ["a photo of a dog", "dog " * 90]  # the second is cut to 77 tokens, as the tokenizer cuts it
+    prompts = ["a photo of a dog", "dog " * 75]  # 75 words: one chunk, no padding
     ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids
     assert torch.equal(encode_prompts(model, prompts)[0], encode_text(model, [ids])[0])

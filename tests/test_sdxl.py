@@ -93,6 +93,17 @@ def test_emphasis_weighs_both_encoders_halves_and_leaves_the_pooled_embedding(xl
     assert torch.allclose(ratio[2], factor * torch.ones_like(ratio[2]), atol=1e-4)
 
 
+def test_a_long_prompt_is_read_in_chunks_by_both_encoders_with_the_first_chunks_pooled_embedding(xl_dir):
+    from textinv.generate import encode_prompts
+
+    model = load_model(xl_dir)
+    head = "a photo of a " + "dog " * 71  # 75 tokens: the first chunk
+    short, short_pooled = encode_prompts(model, [head])
+    long, long_pooled = encode_prompts(model, [head + "cat"])
+    assert long.shape == (1, 154, short.shape[-1]) and torch.equal(long[:, :77], short)
+    assert torch.equal(long_pooled, short_pooled)
+
+
 def load_embedding_from(model, token):
     from textinv.formats import LearnedEmbedding
 

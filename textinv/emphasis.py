@@ -1,10 +1,15 @@
-"""A1111's prompt emphasis: `(words)`, `[words]`, `(words:1.3)`, so prompts written for the web UI draw alike here.
+"""A1111's prompt syntax, so prompts written for the web UI draw alike here: emphasis (`(words)`, `[words]`,
+`(words:1.3)`), `BREAK`, and prompts longer than the 75 words one pass of CLIP reads.
 
 The syntax (as AUTOMATIC1111's web UI reads it): `(x)` multiplies the attention to x by 1.1, `((x))` by 1.21, `[x]`
 divides it by 1.1, `(x:1.3)` multiplies it by 1.3; brackets nest and multiply; `\\(` `\\)` `\\[` `\\]` are the literal
-characters; a bracket left open weighs everything after it. `parse` turns a prompt into (text, weight) pieces;
-`encode_weighted` in `generate` scales each token's hidden state by its weight and then restores the mean of the
-hidden states, as the web UI does, so a weight changes the balance between the words, not the conditioning's scale.
+characters; a bracket left open weighs everything after it. `parse` turns a prompt into (text, weight) pieces.
+
+Long prompts: the web UI splits the tokens into chunks of 75 (breaking after the last comma when there is one among
+the chunk's last 20 tokens, and never through a learned token's vectors), `BREAK` starts a new chunk, and each chunk
+is encoded on its own between start and end tokens; the hidden states are laid end to end. `token_chunks` makes the
+chunks; `generate.encode_prompts` encodes them, scales each token's hidden state by its weight and restores each
+chunk's mean, as the web UI does, so a weight changes the balance between the words, not the conditioning's scale.
 """
 
 from __future__ import annotations
@@ -74,3 +79,61 @@ def plain_text(prompt: str) -> str:
     'a red car, dull'
     """
     return "".join(text for text, _ in parse(prompt))
+
+
+CHUNK = 75  # tokens per chunk, between its start and end tokens: CLIP reads 77
+COMMA_BACKTRACK = 20  # a full chunk breaks after a comma this many tokens back at most (the web UI's default)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+
+
+def token_chunks(tokenizer, prompt: str) -> list[tuple[list[int], list[float]]]:
+    """`prompt` as the web UI feeds it to CLIP: chunks of 77 ids (start, up to 75 tokens, end, padding) with one
+    weight per id. A prompt of up to 75 tokens is one chunk, with the ids the tokenizer gives it in one call.
+
+    Tokens the tokenizer has beyond its base vocabulary (learned ones, expanded as `<t> <t>_1 ...`) are kept in one
+    chunk when a run of them fits in one."""
+    comma = tokenizer(",", add_special_tokens=False, verbose=False).input_ids
+    comma = comma[0] if len(comma) == 1 else None
+    chunks: list[tuple[list[int], list[float]]] = []
+    ids: list[int] = []
+    weights: list[float] = []
+
+    def close(keep: int | None = None) -> None:
+        """End the current chunk (after its first `keep` tokens; the rest begins the next)."""
+        nonlocal ids, weights
+        keep = len(ids) if keep is None else keep
+        body, rest = (ids[:keep], weights[:keep]), (ids[keep:], weights[keep:])
+        pad = CHUNK - len(body[0])
+        chunks.append(([tokenizer.bos_token_id] + body[0] + [tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad,
+                       [1.0] + body[1] + [1.0] * (pad + 1)))
+        ids, weights = list(rest[0]), list(rest[1])
+
+    def learned_run_at(tokens: list[int], i: int) -> int:
+        j = i
+        while j < len(tokens) and tokens[j] >= tokenizer.vocab_size:
+            j += 1
+        return j - i
+
+    for text, weight in parse(prompt):
+        for n, part in enumerate(_BREAK.split(text)):
+            if n:  # a BREAK: the next words begin a chunk
+                close()
+            tokens = tokenizer(part, add_special_tokens=False, verbose=False).input_ids
+            i = 0
+            while i < len(tokens):
+                run = learned_run_at(tokens, i) or 1
+                if len(ids) + run > CHUNK:
+                    commas = [k for k, t in enumerate(ids) if t == comma]
+                    if run > 1 and run <= CHUNK:
+                        close()  # the learned token's vectors go whole into the next chunk
+                    elif commas and len(ids) - (commas[-1] + 1) <= COMMA_BACKTRACK:
+                        close(commas[-1] + 1)
+                    else:
+                        close()
+                take = tokens[i:i + max(1, min(run, CHUNK - len(ids)))]
+                ids += take
+                weights += [weight] * len(take)
+                i += len(take)
+    if ids or not chunks:
+        close()
+    return chunks

@@ -81,43 +81,42 @@ def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
 
 
 @torch.no_grad()
-def encode_prompts(model: Model, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Conditioning for prompts whose tokens are already expanded: hidden states (B, 77, C) and, for SDXL, the
-    pooled embedding (B, C2), made as in training (`models.encode_text`).
-
-    A1111's emphasis (`(word:1.3)`, `(word)`, `[word]`; see `emphasis`) scales each token's hidden state by its
-    weight, then every prompt's hidden states are scaled back to their unweighted mean, as the web UI does; the
-    pooled embedding is left unweighted, as there. A prompt without emphasis is encoded exactly as in training."""
-    pieces = [emphasis.parse(p) for p in prompts]
-    ids, weights = [], []
-    for _, tok, te in model.encoders:
-        rows = [_weighted_ids(tok, p) for p in pieces]
-        ids.append(torch.tensor([r[0] for r in rows], device=te.device))
-        weights.append(torch.tensor([r[1] for r in rows]))
-    hidden, pooled = encode_text(model, ids)
-    if not all(emphasis.is_plain(p) for p in pieces):
-        widths = [te.config.hidden_size for _, _, te in model.encoders]
+def encode_prompts(model: Model, prompts: list[str], chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Conditioning for prompts whose tokens are already expanded: hidden states (B, 77 * k, C) and, for SDXL, the
+    pooled embedding (B, C2), made as in training (`models.encode_text`) and read as the A1111 web UI reads them
+    (see `emphasis`): a prompt of more than 75 tokens, or with `BREAK`, in k chunks of 77 laid end to end (every
+    prompt padded with empty chunks to the longest's count, and to at least `chunks`: a prompt and its negative
+    must have as many); SDXL's pooled embedding is the first chunk's. Emphasis (`(word:1.3)`, `[word]`) scales
+    each token's hidden state by its weight, then each chunk is scaled back to its unweighted mean; the pooled
+    embedding is left unweighted, as there. A prompt of up to 75 tokens without emphasis is encoded exactly as in
+    training."""
+    per_encoder = [[emphasis.token_chunks(tok, p) for p in prompts] for _, tok, _ in model.encoders]
+    count = max([chunks] + [len(c) for rows in per_encoder for c in rows])
+    widths = [te.config.hidden_size for _, _, te in model.encoders]
+    hidden, pooled = [], None
+    for k in range(count):
+        ids, weights = [], []
+        for (_, tok, te), rows in zip(model.encoders, per_encoder):
+            empty = emphasis.token_chunks(tok, "")[0]
+            part = [c[k] if k < len(c) else empty for c in rows]
+            ids.append(torch.tensor([p[0] for p in part], device=te.device))
+            weights.append(torch.tensor([p[1] for p in part]))
+        h, pool = encode_text(model, ids)
         scale = torch.cat([w[..., None].expand(-1, -1, c) for w, c in zip(weights, widths)], dim=-1)
-        scale = scale.to(hidden.device, hidden.dtype)
-        before = hidden.mean(dim=(1, 2), keepdim=True)
-        hidden = hidden * scale
-        hidden = hidden * (before / hidden.mean(dim=(1, 2), keepdim=True))
+        if not bool((scale == 1).all()):
+            scale = scale.to(h.device, h.dtype)
+            before = h.mean(dim=(1, 2), keepdim=True)
+            h = h * scale
+            h = h * (before / h.mean(dim=(1, 2), keepdim=True))
+        hidden.append(h)
+        pooled = pool if k == 0 else pooled
     dtype = model.unet.dtype
-    return hidden.to(dtype), (pooled.to(dtype) if pooled is not None else None)
+    return torch.cat(hidden, dim=1).to(dtype), (pooled.to(dtype) if pooled is not None else None)
 
 
-def _weighted_ids(tokenizer, pieces: list[tuple[str, float]]) -> tuple[list[int], list[float]]:
-    """A prompt's (text, weight) pieces as the tokenizer's 77 ids (start, words cut to fit, end, padding) and one
-    weight per id; the same ids the tokenizer gives the pieces' text in one call."""
-    ids, weights = [tokenizer.bos_token_id], [1.0]
-    for text, weight in pieces:
-        part = tokenizer(text, add_special_tokens=False, verbose=False).input_ids  # (cut below)
-        ids += part
-        weights += [weight] * len(part)
-    size = tokenizer.model_max_length
-    ids, weights = ids[:size - 1] + [tokenizer.eos_token_id], weights[:size - 1] + [1.0]
-    pad = size - len(ids)
-    return ids + [tokenizer.pad_token_id] * pad, weights + [1.0] * pad
+def count_chunks(model: Model, prompt: str) -> int:
+    """How many 77-token chunks `prompt` (tokens expanded) is encoded in."""
+    return len(emphasis.token_chunks(model.tokenizer, prompt))
 
 
 @torch.no_grad()
@@ -146,8 +145,9 @@ def render(
     ]).to(pipe.device, pipe.unet.dtype)
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
-    cond, pooled = encode_prompts(model, prompts)
-    uncond, neg_pooled = encode_prompts(model, [negative_prompt] * len(prompts))
+    chunks = max(count_chunks(model, p) for p in prompts + [negative_prompt])
+    cond, pooled = encode_prompts(model, prompts, chunks)
+    uncond, neg_pooled = encode_prompts(model, [negative_prompt] * len(prompts), chunks)
     kwargs = dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
     if model.is_xl:
         if not negative_prompt and pipe.config.force_zeros_for_empty_prompt:  # as the SDXL pipeline does
@@ -174,16 +174,6 @@ def _check_sampling(model: Model, steps: int, guidance: float) -> None:
     if most and steps > most:
         raise ConfigError(f"--steps {steps} is more than the {most} noise levels {model.source} was trained with; use "
                           f"at most {most} (25-50 is usual)")
-
-
-def _warn_if_cut(model: Model, prompt: str) -> None:
-    """CLIP reads 77 tokens (start and end included); A1111 splits longer prompts into chunks, diffusers and we cut
-    them. Say so rather than drop the end silently."""
-    tokenizer = model.tokenizer
-    count = len(tokenizer(emphasis.plain_text(prompt)).input_ids)
-    if count > tokenizer.model_max_length:
-        warnings.warn(f"prompt {prompt[:60]!r}... is {count} tokens (learned tokens expanded); the text encoder "
-                      f"reads the first {tokenizer.model_max_length}, the rest is ignored: shorten it", stacklevel=3)
 
 
 def make_grid(images: list[Image.Image], cols: int) -> Image.Image:
@@ -306,7 +296,6 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
     for index, prompt in enumerate(config.prompt):
         expanded = expand_all(prompt, embeddings)
-        _warn_if_cut(model, expanded)
         for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + 4]
             images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, negative)
