@@ -333,3 +333,56 @@ def test_generate_draws_emphasis_and_names_files_by_the_words(sd1_dir, tmp_path)
     path, weighted = draw("a photo of a (dog:1.8)", "w")
     assert path.name == "000-a-photo-of-a-dog-s0.png" and Image.open(path).text["prompt"] == "a photo of a (dog:1.8)"
     assert not np.array_equal(weighted, draw("a photo of a dog", "p")[1])
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc"])
+def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp_path, sampler):
+    from textinv.generate import A1111_SAMPLER_NAMES
+
+    model = load_model(sd1_dir)
+    own = model.pipeline.scheduler
+    config = GenerateConfig(prompt=["a photo of a dog"], out=str(tmp_path / "r"), n=1, steps=4, sampler=sampler,
+                            model=str(sd1_dir))
+    path = generate(config, model=model, progress=False)[0]
+    assert model.pipeline.scheduler is own  # the model's own scheduler is put back
+    img = Image.open(path)
+    assert img.text["sampler"] == sampler and f"Sampler: {A1111_SAMPLER_NAMES[sampler]}, " in img.text["parameters"]
+    pixels = np.asarray(img)
+    assert pixels.std() > 0  # a picture, not a blank from a sampler that failed on the schedule
+    default = generate(GenerateConfig(prompt=["a photo of a dog"], out=str(tmp_path / "d"), n=1, steps=4,
+                                      model=str(sd1_dir)), model=model, progress=False)[0]
+    assert type(own).__name__ == "DDIMScheduler"  # the tiny model's own: "ddim" draws as the default, the rest not
+    assert np.array_equal(np.asarray(Image.open(default)), pixels) == (sampler == "ddim")
+    assert "Sampler" not in Image.open(default).text["parameters"]
+
+
+def test_an_unknown_sampler_is_refused_with_the_list():
+    from textinv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--sampler 'k_lms' is not one of: default, euler, euler_a"):
+        GenerateConfig(prompt=["a dog"], sampler="k_lms").validate()
+
+
+def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
+    from textinv.errors import ConfigError
+    from textinv.generate import sampling_scheduler
+
+    model = load_model(sd1_dir)
+    zero_snr = type(model.pipeline.scheduler).from_config(model.pipeline.scheduler.config, rescale_betas_zero_snr=True)
+    with pytest.raises(ConfigError, match="dpm\\+\\+2m_karras cannot sample a model with a zero-terminal-SNR"):
+        sampling_scheduler(zero_snr, "dpm++2m_karras")
+    assert sampling_scheduler(zero_snr, "dpm++2m").config.rescale_betas_zero_snr  # the schedule is kept
+    model.pipeline.scheduler = zero_snr
+    with pytest.raises(ConfigError, match="zero-terminal-SNR"):
+        render(model, ["a dog"], [0], steps=2, sampler="dpm++2m_karras")
+
+
+def test_every_other_sampler_draws_the_bundled_zero_terminal_snr_model():
+    from textinv.models import BUNDLED_MODELS
+
+    if not (BUNDLED_MODELS["shapes"] / "model_index.json").exists():
+        pytest.skip("needs the bundled shapes model")
+    model = load_model("shapes")  # v-prediction on SD's schedule rescaled to zero terminal SNR, trailing steps
+    for sampler in ("euler", "euler_a", "dpm++2m", "ddim", "unipc"):
+        pixels = np.asarray(render(model, ["a red star on a navy background"], [0], steps=6, sampler=sampler)[0])
+        assert pixels.std() > 10, sampler  # a drawing, not a flat or broken picture

@@ -35,6 +35,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 COMPILE = ("off", "blocks", "unet")
+SAMPLERS = ("default", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -219,6 +220,8 @@ class GenerateConfig:
                        "names and PNG text")
     steps: int = opt(None, "denoising steps (default: 25)")
     guidance: float = opt(None, "classifier-free guidance scale (default: the model's own; 7.5 for SD)")
+    sampler: str = opt("default", "sampling method, by A1111's names: default (the model's own scheduler), euler, "
+                                  "euler_a, dpm++2m, dpm++2m_karras, ddim, unipc", choices=SAMPLERS)
     resolution: int = opt(None, "image size; default: the model's native size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))

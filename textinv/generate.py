@@ -21,7 +21,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import GenerateConfig
+from .config import SAMPLERS, GenerateConfig
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import LearnedEmbedding, load_embedding, load_embedding_pair
@@ -128,9 +128,10 @@ def render(
     resolution: int | None = None,
     guidance: float | None = None,
     negative_prompt: str = "",
+    sampler: str = "default",
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
-    `guidance` (by default the model's own, `Model.guidance`).
+    `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `sampling_scheduler`).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine.
     """
@@ -154,14 +155,46 @@ def render(
             uncond, neg_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
         kwargs = dict(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
                       negative_pooled_prompt_embeds=neg_pooled, original_size=(size, size), target_size=(size, size))
-    was_training = pipe.unet.training
+    was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
+    pipe.scheduler = sampling_scheduler(own_scheduler, sampler)
     try:
         result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
                       latents=latents, output_type="pil")
     finally:
         pipe.unet.train(was_training)
+        pipe.scheduler = own_scheduler
     return list(result.images)
+
+
+A1111_SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "dpm++2m": "DPM++ 2M", "dpm++2m_karras": "DPM++ 2M Karras",
+                       "ddim": "DDIM", "unipc": "UniPC"}
+"""How the web UI writes each sampler in a PNG's `parameters` (the model's own scheduler has no name there)."""
+
+
+def sampling_scheduler(scheduler, sampler: str):
+    """The diffusers scheduler for an A1111 sampler name, made from the model's own scheduler's config, so it keeps
+    the model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler."""
+    import diffusers
+
+    if sampler == "default":
+        return scheduler
+    name, options = {
+        "euler": ("EulerDiscreteScheduler", {}),
+        "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+        "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "dpm++2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                           "use_karras_sigmas": True}),
+        "ddim": ("DDIMScheduler", {}),
+        "unipc": ("UniPCMultistepScheduler", {}),
+    }.get(sampler, (None, None))
+    if name is None:
+        raise ConfigError(f"--sampler {sampler!r} is not one of: {', '.join(SAMPLERS)}")
+    if options.get("use_karras_sigmas") and scheduler.config.get("rescale_betas_zero_snr"):
+        # its largest noise level is infinite: Karras spacing puts most steps at the top, on the same timestep
+        raise ConfigError(f"--sampler {sampler} cannot sample a model with a zero-terminal-SNR noise schedule (as "
+                          f"this one's); use dpm++2m")
+    return getattr(diffusers, name).from_config(scheduler.config, **options)
 
 
 def _check_sampling(model: Model, steps: int, guidance: float) -> None:
@@ -194,8 +227,10 @@ def png_text(params: dict[str, str]) -> PngInfo:
     summary = f"{params['prompt']}\n"
     if params.get("negative_prompt"):
         summary += f"Negative prompt: {params['negative_prompt']}\n"
-    labels = {"steps": "Steps", "guidance": "CFG scale", "seed": "Seed", "size": "Size", "model": "Model"}  # A1111's
-    summary += ", ".join(f"{label}: {params[k]}" for k, label in labels.items() if k in params)
+    labels = {"steps": "Steps", "sampler": "Sampler", "guidance": "CFG scale", "seed": "Seed", "size": "Size",
+              "model": "Model"}  # A1111's
+    values = {**params, "sampler": A1111_SAMPLER_NAMES.get(params.get("sampler"))}
+    summary += ", ".join(f"{label}: {values[k]}" for k, label in labels.items() if values.get(k) is not None)
     info.add_text("parameters", summary)
     return info
 
@@ -298,10 +333,11 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
         expanded = expand_all(prompt, embeddings)
         for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + 4]
-            images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, negative)
+            images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, negative, config.sampler)
             for seed, img in zip(chunk, images):
                 params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
-                          "seed": seed, "steps": steps, "guidance": guidance, "size": f"{size}x{size}",
+                          "seed": seed, "steps": steps, "sampler": config.sampler, "guidance": guidance,
+                          "size": f"{size}x{size}",
                           "model": str(config.model), "embeddings": ", ".join(str(e) for e in config.embedding),
                           "textinv_version": __version__}
                 path = out / f"{names[index, seed]}{run}.png"
