@@ -130,7 +130,7 @@ def test_negative_prompt_uses_every_vector_of_a_learned_negative_embedding(sd1_d
     one = save_embedding(LearnedEmbedding("<bad>", {"text_encoder": vectors[:1]}), tmp_path / "one.pt", "a1111")[0]
     seen = []
     real = gen.render
-    monkeypatch.setattr(gen, "render", lambda *a: seen.append(a[-1]) or real(*a))
+    monkeypatch.setattr(gen, "render", lambda *a: seen.append(a[6]) or real(*a))  # (its negative prompt)
     pictures = [generate(GenerateConfig(prompt=["a dog"], negative_prompt="<BAD>, blurry", embedding=[str(path)],
                                         out=str(tmp_path / path.stem), n=1, steps=3, model=str(sd1_dir)),
                          progress=False)[0] for path in (many, one)]
@@ -386,3 +386,21 @@ def test_every_other_sampler_draws_the_bundled_zero_terminal_snr_model():
     for sampler in ("euler", "euler_a", "dpm++2m", "ddim", "unipc"):
         pixels = np.asarray(render(model, ["a red star on a navy background"], [0], steps=6, sampler=sampler)[0])
         assert pixels.std() > 10, sampler  # a drawing, not a flat or broken picture
+
+
+def test_generate_draws_with_the_clip_skip_the_embedding_was_trained_with(sd1_dir, tmp_path):
+    def draw(out, **kw):
+        path = generate(GenerateConfig(prompt=["a photo of <q>"], embedding=[str(emb)], out=str(tmp_path / out), n=1,
+                                       steps=2, model=str(sd1_dir), **kw), progress=False)[0]
+        return Image.open(path)
+
+    vectors = {"text_encoder": torch.randn(1, 32) * 3}
+    emb = save_embedding(LearnedEmbedding("<q>", vectors, {"clip_skip": "2"}), tmp_path / "q.safetensors")[0]
+    trained = draw("a")
+    assert trained.text["clip_skip"] == "2" and "Clip skip: 2" in trained.text["parameters"]
+    assert np.array_equal(np.asarray(draw("b", clip_skip=2)), np.asarray(trained))
+    with pytest.warns(UserWarning, match="drawing with clip skip 1, but <q> was trained with 2"):
+        last = draw("c", clip_skip=1)
+    assert "Clip skip" not in last.text["parameters"] and not np.array_equal(np.asarray(last), np.asarray(trained))
+    emb = save_embedding(LearnedEmbedding("<q>", vectors), tmp_path / "plain.safetensors")[0]  # says nothing
+    assert draw("d").text["clip_skip"] == "1"

@@ -81,8 +81,6 @@ def test_pooled_embedding_is_read_at_end_of_text_not_at_a_new_token(xl_dir):
 
 
 def test_emphasis_weighs_both_encoders_halves_and_leaves_the_pooled_embedding(xl_dir):
-    from textinv.generate import encode_prompts
-
     model = load_model(xl_dir)
     plain, pooled = encode_prompts(model, ["a photo of a dog"])
     weighted, weighted_pooled = encode_prompts(model, ["a photo of a (dog:1.5)"])
@@ -94,8 +92,6 @@ def test_emphasis_weighs_both_encoders_halves_and_leaves_the_pooled_embedding(xl
 
 
 def test_a_long_prompt_is_read_in_chunks_by_both_encoders_with_the_first_chunks_pooled_embedding(xl_dir):
-    from textinv.generate import encode_prompts
-
     model = load_model(xl_dir)
     head = "a photo of a " + "dog " * 71  # 75 tokens: the first chunk
     short, short_pooled = encode_prompts(model, [head])
@@ -311,3 +307,11 @@ def test_inspect_names_a_lone_second_half_of_the_two_file_layout(tmp_path):
     report = inspect_file(second)
     assert "second half of an SDXL embedding kept as two files" in report["text"]
     assert "note" not in inspect_file(tmp_path / "learned_embeds.safetensors")
+
+
+def test_clip_skip_is_refused_on_sdxl(xl_dir, images, tmp_path):
+    with pytest.raises(ConfigError, match="SDXL already reads its text encoders' penultimate layers"):
+        train(xl_config(images, tmp_path / "a", clip_skip=2), model=load_model(xl_dir), progress=False)
+    with pytest.raises(ConfigError, match="SDXL already reads"):
+        generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / "r"), n=1, steps=1, clip_skip=2,
+                                model=str(xl_dir)), progress=False)

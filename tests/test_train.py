@@ -607,3 +607,25 @@ def test_a_run_with_a_relative_model_and_concepts_resumes_from_anywhere(sd1_dir,
     assert main(["train", "--out", str(tmp_path / "multi"), "--resume"]) == 0
     for name in ("zq", "zr"):
         assert load_embedding(tmp_path / "multi" / name / "learned_embeds.safetensors").metadata["steps"] == "4"
+
+
+def test_clip_skip_reads_an_earlier_layer_in_training_and_is_recorded_in_the_file(sd1_dir, images, tmp_path):
+    from textinv.models import check_clip_skip, encode_text
+
+    model = load_model(sd1_dir)
+    ids = model.tokenizer(["a photo of a dog"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    te = model.text_encoder
+    norm = getattr(te, "final_layer_norm", None) or te.text_model.final_layer_norm  # (transformers 5, 4)
+    penultimate = norm(te(ids, output_hidden_states=True).hidden_states[-2])
+    assert torch.equal(encode_text(model, [ids], clip_skip=2)[0], penultimate)
+    assert torch.equal(encode_text(model, [ids], clip_skip=1)[0], te(ids)[0])
+    assert not torch.allclose(penultimate, te(ids)[0])
+    with pytest.raises(ConfigError, match="more than the 2 layers"):
+        check_clip_skip(model, 3)
+    plain = train(config(images, tmp_path / "a"), model=load_model(sd1_dir), progress=False)
+    skipped = train(config(images, tmp_path / "b", clip_skip=2), model=load_model(sd1_dir), progress=False)
+    assert plain.losses != skipped.losses
+    assert (plain.embedding.metadata["clip_skip"], skipped.embedding.metadata["clip_skip"]) == ("1", "2")
+    assert load_embedding(tmp_path / "b" / "learned_embeds.safetensors").metadata["clip_skip"] == "2"
+    with pytest.raises(ConfigError, match="--clip-skip must be a whole number >= 1"):
+        config(images, tmp_path / "c", clip_skip=0).validate()

@@ -89,6 +89,8 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay, applied to the new vectors only (the reference's 1e-2)")
     max_grad_norm: float = opt(None, "clip the vectors' gradient norm to this (off by default)")
     min_snr_gamma: float = opt(None, "min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is typical); off by default")
+    clip_skip: int = opt(1, "text-encoder layer read, counted from the end as A1111 and kohya count (1: the last; 2: "
+                            "the penultimate, usual for anime SD 1.x models); generate with the same. SD 1.x/2.x")
     min_timestep: int = opt(0, "draw training timesteps from this one up (kohya's --min_timestep)")
     max_timestep: int = opt(None, "draw training timesteps below this one (kohya's --max_timestep); default: the "
                                   "model's schedule length (1000 for SD)")
@@ -148,6 +150,8 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} must be > 0 when given, got {getattr(self, name)}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
+        if not isinstance(self.clip_skip, int) or self.clip_skip < 1:
+            raise ConfigError(f"--clip-skip must be a whole number >= 1 (1: the last layer), got {self.clip_skip!r}")
         if not isinstance(self.min_timestep, int) or self.min_timestep < 0:
             raise ConfigError(f"--min-timestep must be a whole number >= 0, got {self.min_timestep!r}")
         if self.max_timestep is not None and not (isinstance(self.max_timestep, int)
@@ -220,6 +224,8 @@ class GenerateConfig:
                        "names and PNG text")
     steps: int = opt(None, "denoising steps (default: 25)")
     guidance: float = opt(None, "classifier-free guidance scale (default: the model's own; 7.5 for SD)")
+    clip_skip: int = opt(None, "text-encoder layer read, counted from the end as A1111 counts (1: the last, 2: the "
+                               "penultimate); default: what the embeddings were trained with, else 1. SD 1.x/2.x")
     sampler: str = opt("default", "sampling method, by A1111's names: default (the model's own scheduler), euler, "
                                   "euler_a, dpm++2m, dpm++2m_karras, ddim, unipc", choices=SAMPLERS)
     resolution: int = opt(None, "image size; default: the model's native size")
@@ -244,6 +250,8 @@ class GenerateConfig:
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
         check_guidance(self.guidance)
+        if self.clip_skip is not None and (not isinstance(self.clip_skip, int) or self.clip_skip < 1):
+            raise ConfigError(f"--clip-skip must be a whole number >= 1 (1: the last layer), got {self.clip_skip!r}")
         if self.token and len(self.token) != len(self.embedding):
             raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):

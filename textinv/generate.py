@@ -26,7 +26,7 @@ from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import LearnedEmbedding, load_embedding, load_embedding_pair
 from .io import atomic_path, output_folder
-from .models import DTYPES, Model, encode_text, load_model
+from .models import DTYPES, Model, check_clip_skip, encode_text, load_model
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
 DEFAULT_STEPS = 25
@@ -81,7 +81,8 @@ def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
 
 
 @torch.no_grad()
-def encode_prompts(model: Model, prompts: list[str], chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_prompts(model: Model, prompts: list[str], chunks: int = 1,
+                   clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Conditioning for prompts whose tokens are already expanded: hidden states (B, 77 * k, C) and, for SDXL, the
     pooled embedding (B, C2), made as in training (`models.encode_text`) and read as the A1111 web UI reads them
     (see `emphasis`): a prompt of more than 75 tokens, or with `BREAK`, in k chunks of 77 laid end to end (every
@@ -89,7 +90,7 @@ def encode_prompts(model: Model, prompts: list[str], chunks: int = 1) -> tuple[t
     must have as many); SDXL's pooled embedding is the first chunk's. Emphasis (`(word:1.3)`, `[word]`) scales
     each token's hidden state by its weight, then each chunk is scaled back to its unweighted mean; the pooled
     embedding is left unweighted, as there. A prompt of up to 75 tokens without emphasis is encoded exactly as in
-    training."""
+    training (with the same `clip_skip`)."""
     per_encoder = [[emphasis.token_chunks(tok, p) for p in prompts] for _, tok, _ in model.encoders]
     count = max([chunks] + [len(c) for rows in per_encoder for c in rows])
     widths = [te.config.hidden_size for _, _, te in model.encoders]
@@ -101,7 +102,7 @@ def encode_prompts(model: Model, prompts: list[str], chunks: int = 1) -> tuple[t
             part = [c[k] if k < len(c) else empty for c in rows]
             ids.append(torch.tensor([p[0] for p in part], device=te.device))
             weights.append(torch.tensor([p[1] for p in part]))
-        h, pool = encode_text(model, ids)
+        h, pool = encode_text(model, ids, clip_skip)
         scale = torch.cat([w[..., None].expand(-1, -1, c) for w, c in zip(weights, widths)], dim=-1)
         if not bool((scale == 1).all()):
             scale = scale.to(h.device, h.dtype)
@@ -129,9 +130,11 @@ def render(
     guidance: float | None = None,
     negative_prompt: str = "",
     sampler: str = "default",
+    clip_skip: int = 1,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
-    `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `sampling_scheduler`).
+    `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `sampling_scheduler`), reading
+    the text encoder's layer `clip_skip` from the end (`models.encode_text`).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine.
     """
@@ -139,6 +142,7 @@ def render(
     size = resolution or model.resolution
     guidance = model.guidance_or_own(guidance)
     _check_sampling(model, steps, guidance)
+    check_clip_skip(model, clip_skip)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     latents = torch.stack([
         torch.randn((pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
@@ -147,8 +151,8 @@ def render(
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     chunks = max(count_chunks(model, p) for p in prompts + [negative_prompt])
-    cond, pooled = encode_prompts(model, prompts, chunks)
-    uncond, neg_pooled = encode_prompts(model, [negative_prompt] * len(prompts), chunks)
+    cond, pooled = encode_prompts(model, prompts, chunks, clip_skip)
+    uncond, neg_pooled = encode_prompts(model, [negative_prompt] * len(prompts), chunks, clip_skip)
     kwargs = dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
     if model.is_xl:
         if not negative_prompt and pipe.config.force_zeros_for_empty_prompt:  # as the SDXL pipeline does
@@ -228,11 +232,26 @@ def png_text(params: dict[str, str]) -> PngInfo:
     if params.get("negative_prompt"):
         summary += f"Negative prompt: {params['negative_prompt']}\n"
     labels = {"steps": "Steps", "sampler": "Sampler", "guidance": "CFG scale", "seed": "Seed", "size": "Size",
-              "model": "Model"}  # A1111's
-    values = {**params, "sampler": A1111_SAMPLER_NAMES.get(params.get("sampler"))}
+              "model": "Model", "clip_skip": "Clip skip"}  # A1111's (it writes a clip skip only above 1)
+    values = {**params, "sampler": A1111_SAMPLER_NAMES.get(params.get("sampler")),
+              "clip_skip": params["clip_skip"] if int(params.get("clip_skip", 1)) > 1 else None}
     summary += ", ".join(f"{label}: {values[k]}" for k, label in labels.items() if values.get(k) is not None)
     info.add_text("parameters", summary)
     return info
+
+
+def generation_clip_skip(asked: int | None, embeddings: list[LearnedEmbedding]) -> int:
+    """The clip skip to draw with: `asked` (--clip-skip), else the one the embeddings were trained with (textinv
+    records it in each file), else 1. An embedding trained with another one than is drawn with is warned about: its
+    vectors were fitted to another layer's output."""
+    trained = {e.token: int(e.metadata["clip_skip"]) for e in embeddings
+               if str(e.metadata.get("clip_skip", "")).isdigit()}
+    clip_skip = asked or (next(iter(trained.values())) if len(set(trained.values())) == 1 else 1)
+    other = {token: n for token, n in trained.items() if n != clip_skip}
+    if other:
+        warnings.warn(f"drawing with clip skip {clip_skip}, but " + ", ".join(f"{t} was trained with {n}"
+                      for t, n in other.items()) + ": pass --clip-skip as it was trained", stacklevel=3)
+    return clip_skip
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -321,6 +340,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                       f"was trained at: each picture takes about {(size / model.resolution) ** 2:.3g}x as long, and "
                       f"models draw poorly far from their training size", stacklevel=2)
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
+    clip_skip = generation_clip_skip(config.clip_skip, embeddings)
     out = Path(config.out)
     written: list[Path] = []
     negative = expand_all(config.negative_prompt, embeddings)  # a learned negative embedding needs all its vectors
@@ -333,11 +353,12 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
         expanded = expand_all(prompt, embeddings)
         for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + 4]
-            images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, negative, config.sampler)
+            images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, negative, config.sampler,
+                            clip_skip)
             for seed, img in zip(chunk, images):
                 params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
                           "seed": seed, "steps": steps, "sampler": config.sampler, "guidance": guidance,
-                          "size": f"{size}x{size}",
+                          "size": f"{size}x{size}", "clip_skip": clip_skip,
                           "model": str(config.model), "embeddings": ", ".join(str(e) for e in config.embedding),
                           "textinv_version": __version__}
                 path = out / f"{names[index, seed]}{run}.png"

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .families import FAMILY_NAMES, family_for_widths
 
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "shapes" / "model"}
@@ -136,7 +136,21 @@ class Model:
         return f"{self.source} ({name}, text width {widths}, {self.resolution}px, {self.prediction_type})"
 
 
-def encode_text(model: Model, ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def check_clip_skip(model: Model, clip_skip: int) -> None:
+    """Refuse a clip skip the model cannot take: SDXL reads its encoders' penultimate layers already (its pipelines
+    and the web UI keep that), and no encoder has fewer layers than it skips."""
+    if clip_skip == 1:
+        return
+    if model.is_xl:
+        raise ConfigError(f"--clip-skip {clip_skip}: SDXL already reads its text encoders' penultimate layers; "
+                          "clip skip is for SD 1.x/2.x, leave it at 1")
+    layers = model.text_encoder.config.num_hidden_layers
+    if clip_skip > layers:
+        raise ConfigError(f"--clip-skip {clip_skip} is more than the {layers} layers of {model.source}'s text "
+                          f"encoder; 2 is the usual value (the penultimate layer)")
+
+
+def encode_text(model: Model, ids: list[torch.Tensor], clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The UNet's text conditioning for token ids (one (B, 77) tensor per text encoder), as the pipelines make it.
 
     SD 1.x/2.x: the encoder's last hidden state (B, 77, C) (SD 2.x's config already drops its last layer).
@@ -144,10 +158,17 @@ def encode_text(model: Model, ids: list[torch.Tensor]) -> tuple[torch.Tensor, to
     output of the second (B, 1280). The pooled vector is read at the first end-of-text token: transformers picks
     the position of the largest id for configs with the old `eos_token_id=2`, which is a new token's position
     once tokens are added, so we do not rely on it.
+    `clip_skip` (SD 1.x/2.x; the web UI's and kohya's numbering): 1 reads the last layer, 2 the one before it
+    (through the encoder's final layer norm, as they do), and so on.
     Returns (hidden states, pooled or None).
     """
     if not model.is_xl:
-        return model.text_encoder(ids[0])[0], None
+        if clip_skip == 1:
+            return model.text_encoder(ids[0])[0], None
+        encoder = model.text_encoder
+        hidden = encoder(ids[0], output_hidden_states=True).hidden_states[-clip_skip]
+        norm = getattr(encoder, "final_layer_norm", None) or encoder.text_model.final_layer_norm  # transformers 5, 4
+        return norm(hidden), None
     hidden, pooled = [], None
     for (name, tokenizer, encoder), token_ids in zip(model.encoders, ids):
         out = encoder(token_ids, output_hidden_states=True)

@@ -44,7 +44,7 @@ from .data import CaptionSampler, default_templates, find_images, load_training_
 from .errors import ConfigError, TrainingError
 from .formats import FORMATS, LearnedEmbedding, default_filename, save_embedding, second_file
 from .io import atomic_path, output_folder, write_text
-from .models import BUNDLED_MODELS, DTYPES, Model, encode_text, load_model, xl_time_ids
+from .models import BUNDLED_MODELS, DTYPES, Model, check_clip_skip, encode_text, load_model, xl_time_ids
 from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init_vectors, token_names
 
 CHECKPOINT_DIR = "checkpoints"
@@ -357,14 +357,14 @@ def denoising_loss(scheduler, pred, latents, noise, timesteps, prediction_type: 
 
 
 def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
-                   min_snr_gamma=None, time_ids=None) -> torch.Tensor:
+                   min_snr_gamma=None, time_ids=None, clip_skip: int = 1) -> torch.Tensor:
     """The denoising loss of one batch: the model's own target (epsilon or velocity), mean over pixels, (B,).
 
     `input_ids` holds one (B, 77) tensor per text encoder; `time_ids` (B, 6) is SDXL's size/crop conditioning.
     """
     unet = model.unet
     noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
-    hidden, pooled = encode_text(model, input_ids)  # (B, 77, C) [+ (B, C2) for SDXL]
+    hidden, pooled = encode_text(model, input_ids, clip_skip)  # (B, 77, C) [+ (B, C2) for SDXL]
     extra = {}
     if pooled is not None:
         extra["added_cond_kwargs"] = {"text_embeds": pooled.to(unet.dtype), "time_ids": time_ids.to(unet.dtype)}
@@ -433,6 +433,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     model.check_trainable()
     file_format = _file_format(config.format, model)
     timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
+    check_clip_skip(model, config.clip_skip)
     rows_per_concept = []
     for spec in specs:
         names = token_names(spec["token"], config.vectors)
@@ -515,7 +516,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                        for (name, _, _), v, r in zip(model.encoders, vectors, c.rows)}
         meta = {"token": c.token, "vectors": str(config.vectors), "base_model": str(config.model),
                 "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
-                "textinv_version": __version__}
+                "clip_skip": str(config.clip_skip), "textinv_version": __version__}
         return LearnedEmbedding(c.token, per_encoder, meta)
 
     def embedding_path(c: ConceptState) -> Path:
@@ -549,7 +550,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             return
         for c in concepts:
             grid = sample_grid(model, [expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
-                                       for p in sample_prompts], config.seed, config.sample_steps, resolution)
+                                       for p in sample_prompts], config.seed, config.sample_steps, resolution,
+                               config.clip_skip)
             with atomic_path(c.out / SAMPLES_DIR / f"step-{at_step:06d}.png") as tmp:
                 grid.save(tmp, format="PNG")
 
@@ -592,7 +594,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 per_sample = diffusion_loss(model, scheduler, torch.cat([b["latents"] for b in batch]),
                                             torch.cat([b["noise"] for b in batch]),
                                             torch.cat([b["timestep"] for b in batch]), ids, config.min_snr_gamma,
-                                            cond_ids)  # (K * B,)
+                                            cond_ids, config.clip_skip)  # (K * B,)
                 # the sum over concepts of each concept's mean: concept k's gradient is its own run's
                 per_concept = per_sample.view(len(concepts), -1).mean(dim=1)  # (K,)
                 scaler.scale(per_concept.sum() / config.grad_accum).backward()
@@ -968,10 +970,10 @@ def read_loss_log(path: str | Path) -> list[tuple[int, float]]:
 
 
 @torch.no_grad()
-def sample_grid(model: Model, prompts: list[str], seed: int, steps: int, resolution: int):
+def sample_grid(model: Model, prompts: list[str], seed: int, steps: int, resolution: int, clip_skip: int = 1):
     """One image per prompt at fixed seeds, side by side: the same grid at every step shows the progress."""
     from .generate import make_grid, render
 
     images = render(model, prompts, seeds=[seed + i for i in range(len(prompts))], steps=steps,
-                    resolution=resolution)
+                    resolution=resolution, clip_skip=clip_skip)
     return make_grid(images, cols=len(images))
