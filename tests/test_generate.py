@@ -212,10 +212,17 @@ def test_long_prompts_are_cut_into_chunks_at_commas_breaks_and_around_learned_to
     assert [len(words(c)) for c in chunks] == [75, 6]
     assert [len(words(c)) for c in token_chunks(tok, "dog dog BREAK dog")] == [2, 1]
     assert [c[1][1:3] for c in token_chunks(tok, "(dog:1.5) BREAK [dog]")] == [[1.5, 1.0], [round(1 / 1.1, 5), 1.0]]
+    assert [len(words(c)) for c in token_chunks(tok, "dog " * 54 + ", " + "dog " * 21)] == [75, 1]  # 21 back: cut
+    chunks = token_chunks(tok, "dog " * 60 + ", " + "dog " * 14 + ", dog")  # the 76th token, a comma, moves on
+    assert [len(words(c)) for c in chunks] == [75, 2] and words(chunks[1])[0] == comma
     install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(4, 32)}))
-    q = expand_prompt("<q>", "<q>", 4)
+    install_embedding(model, LearnedEmbedding("<r>", {"text_encoder": torch.randn(4, 32)}))
+    q, r = expand_prompt("<q>", "<q>", 4), expand_prompt("<r>", "<r>", 4)
     chunks = token_chunks(model.tokenizer, "dog " * 73 + q)  # the token's 4 vectors do not fit: all go on
     assert [len(words(c)) for c in chunks] == [73, 4] and one not in words(chunks[1])
+    # two learned tokens side by side are two units, not one of 8; and a late comma still cuts first
+    assert [len(words(c)) for c in token_chunks(model.tokenizer, "dog " * 70 + f"{q} {r}")] == [74, 4]
+    assert [len(words(c)) for c in token_chunks(model.tokenizer, "dog " * 60 + ", " + "dog " * 14 + q)] == [61, 18]
 
 
 def test_generate_takes_a_replacement_vae(sd1_dir, tmp_path):
@@ -404,3 +411,25 @@ def test_generate_draws_with_the_clip_skip_the_embedding_was_trained_with(sd1_di
     assert "Clip skip" not in last.text["parameters"] and not np.array_equal(np.asarray(last), np.asarray(trained))
     emb = save_embedding(LearnedEmbedding("<q>", vectors), tmp_path / "plain.safetensors")[0]  # says nothing
     assert draw("d").text["clip_skip"] == "1"
+
+
+def test_an_ancestral_sampler_draws_each_picture_from_its_own_seed(sd1_dir, tmp_path):
+    def draw(out, n, seed):
+        return [np.asarray(Image.open(p)) for p in generate(GenerateConfig(
+            prompt=["a photo of a dog"], out=str(tmp_path / out), n=n, seed=seed, steps=4, sampler="euler_a",
+            model=str(sd1_dir)), progress=False)]
+
+    alone = draw("a", 1, 1)[0]
+    assert np.array_equal(draw("b", 1, 1)[0], alone)  # the same seed, the same picture
+    assert np.array_equal(draw("c", 2, 0)[1], alone)  # picture i of a batch uses seed + i, as alone
+
+
+def test_web_ui_syntax_textinv_does_not_apply_is_warned_about(sd1_dir, tmp_path):
+    from textinv.emphasis import unsupported
+
+    assert unsupported("a [cat:dog:0.5] on [grass|sand] <lora:style:0.8>") == [
+        "extra-network tags <lora:style:0.8>", "prompt editing [cat:dog:0.5]", "alternation [grass|sand]"]
+    assert unsupported(r"a (red:1.2) [blue] \[a:b\] <my-token> 12:30") == []
+    with pytest.warns(UserWarning, match="uses the web UI's prompt editing \\[cat:dog:0.5\\], which textinv does not"):
+        generate(GenerateConfig(prompt=["a [cat:dog:0.5]"], out=str(tmp_path / "r"), n=1, steps=1,
+                                model=str(sd1_dir)), progress=False)

@@ -81,6 +81,21 @@ def plain_text(prompt: str) -> str:
     return "".join(text for text, _ in parse(prompt))
 
 
+_UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:lora|lyco|hypernet):[^<>]*>", re.I)),
+                ("prompt editing", re.compile(r"(?<!\\)\[[^\[\]|]*:[^\[\]|]*\]")),
+                ("alternation", re.compile(r"(?<!\\)\[[^\[\]]*\|[^\[\]]*\]")))
+
+
+def unsupported(prompt: str) -> list[str]:
+    """The web UI's prompt features in `prompt` that textinv does not apply (they are read as words): extra-network
+    tags (`<lora:name:0.8>`), prompt editing (`[cat:dog:0.5]`) and alternation (`[cat|dog]`).
+
+    >>> unsupported("a [cat:dog:0.5] <lora:x:0.8>, (red:1.2)")
+    ['extra-network tags <lora:x:0.8>', 'prompt editing [cat:dog:0.5]']
+    """
+    return [f"{what} {m.group(0)}" for what, pattern in _UNSUPPORTED for m in pattern.finditer(prompt)]
+
+
 CHUNK = 75  # tokens per chunk, between its start and end tokens: CLIP reads 77
 COMMA_BACKTRACK = 20  # a full chunk breaks after a comma this many tokens back at most (the web UI's default)
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
@@ -90,29 +105,22 @@ def token_chunks(tokenizer, prompt: str) -> list[tuple[list[int], list[float]]]:
     """`prompt` as the web UI feeds it to CLIP: chunks of 77 ids (start, up to 75 tokens, end, padding) with one
     weight per id. A prompt of up to 75 tokens is one chunk, with the ids the tokenizer gives it in one call.
 
-    Tokens the tokenizer has beyond its base vocabulary (learned ones, expanded as `<t> <t>_1 ...`) are kept in one
-    chunk when a run of them fits in one."""
+    A full chunk whose last comma has at most `COMMA_BACKTRACK` tokens after it (counting the comma) ends after the
+    comma, its tail beginning the next chunk. A learned token's vectors (`<t> <t>_1 ...`, as `expand_prompt` writes
+    them) go whole into the next chunk when they do not fit in this one (split only when they are more than 75)."""
     comma = tokenizer(",", add_special_tokens=False, verbose=False).input_ids
     comma = comma[0] if len(comma) == 1 else None
     chunks: list[tuple[list[int], list[float]]] = []
     ids: list[int] = []
     weights: list[float] = []
+    last_comma = -1  # the index in `ids` of the current chunk's last comma
 
-    def close(keep: int | None = None) -> None:
-        """End the current chunk (after its first `keep` tokens; the rest begins the next)."""
-        nonlocal ids, weights
-        keep = len(ids) if keep is None else keep
-        body, rest = (ids[:keep], weights[:keep]), (ids[keep:], weights[keep:])
-        pad = CHUNK - len(body[0])
-        chunks.append(([tokenizer.bos_token_id] + body[0] + [tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad,
-                       [1.0] + body[1] + [1.0] * (pad + 1)))
-        ids, weights = list(rest[0]), list(rest[1])
-
-    def learned_run_at(tokens: list[int], i: int) -> int:
-        j = i
-        while j < len(tokens) and tokens[j] >= tokenizer.vocab_size:
-            j += 1
-        return j - i
+    def close() -> None:
+        nonlocal ids, weights, last_comma
+        pad = CHUNK - len(ids)
+        chunks.append(([tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad,
+                       [1.0] + weights + [1.0] * (pad + 1)))
+        ids, weights, last_comma = [], [], -1
 
     for text, weight in parse(prompt):
         for n, part in enumerate(_BREAK.split(text)):
@@ -121,19 +129,35 @@ def token_chunks(tokenizer, prompt: str) -> list[tuple[list[int], list[float]]]:
             tokens = tokenizer(part, add_special_tokens=False, verbose=False).input_ids
             i = 0
             while i < len(tokens):
-                run = learned_run_at(tokens, i) or 1
-                if len(ids) + run > CHUNK:
-                    commas = [k for k, t in enumerate(ids) if t == comma]
-                    if run > 1 and run <= CHUNK:
-                        close()  # the learned token's vectors go whole into the next chunk
-                    elif commas and len(ids) - (commas[-1] + 1) <= COMMA_BACKTRACK:
-                        close(commas[-1] + 1)
-                    else:
+                if tokens[i] == comma:
+                    last_comma = len(ids)
+                elif len(ids) == CHUNK and last_comma >= 0 and len(ids) - last_comma <= COMMA_BACKTRACK:
+                    tail, tail_weights = ids[last_comma + 1:], weights[last_comma + 1:]
+                    ids, weights = ids[:last_comma + 1], weights[:last_comma + 1]
+                    close()
+                    ids, weights = tail, tail_weights
+                if len(ids) == CHUNK:
+                    close()
+                unit = _learned_token_length(tokenizer, tokens, i)
+                if len(ids) + unit > CHUNK and ids:
+                    close()
+                for token in tokens[i:i + unit]:  # (a unit longer than a chunk is split)
+                    if len(ids) == CHUNK:
                         close()
-                take = tokens[i:i + max(1, min(run, CHUNK - len(ids)))]
-                ids += take
-                weights += [weight] * len(take)
-                i += len(take)
+                    ids.append(token)
+                    weights.append(weight)
+                i += unit
     if ids or not chunks:
         close()
     return chunks
+
+
+def _learned_token_length(tokenizer, tokens: list[int], i: int) -> int:
+    """How many ids from `tokens[i]` make one learned token (`<t>` then `<t>_1`, `<t>_2`, ...); 1 for any other."""
+    if tokens[i] < tokenizer.vocab_size:
+        return 1
+    name = tokenizer.convert_ids_to_tokens(tokens[i])
+    length = 1
+    while i + length < len(tokens) and tokenizer.convert_ids_to_tokens(tokens[i + length]) == f"{name}_{length}":
+        length += 1
+    return length

@@ -163,8 +163,9 @@ def render(
     pipe.unet.eval()
     pipe.scheduler = sampling_scheduler(own_scheduler, sampler)
     try:
+        # the generators also draw an ancestral sampler's noise at each step (euler_a): a seed gives its picture
         result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-                      latents=latents, output_type="pil")
+                      latents=latents, generator=generators, output_type="pil")
     finally:
         pipe.unet.train(was_training)
         pipe.scheduler = own_scheduler
@@ -349,6 +350,10 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
              for index, prompt in enumerate(config.prompt) for seed in seeds}
     run = _new_run_suffix(out, names.values())
     bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
+    for text in dict.fromkeys(config.prompt + [config.negative_prompt]):
+        if emphasis.unsupported(text):
+            warnings.warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
+                          "textinv does not apply: they are read as words", stacklevel=2)
     for index, prompt in enumerate(config.prompt):
         expanded = expand_all(prompt, embeddings)
         for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
