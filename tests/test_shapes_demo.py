@@ -339,13 +339,15 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
     for item, error in (("min_snr_gamma", "expected KEY=VALUE"), ("steps=5", "sets steps itself \\(use --steps\\)"),
                         ("flip=false", "sets flip itself"), ("min_snr_gamma=0", "--min-snr-gamma must be > 0"),
                         ("max_timestep=soon", "'max_timestep' must be a whole number"),
-                        ("colour=red", "unknown setting 'colour'")):
+                        ("colour=red", "unknown setting 'colour'"), ("vae=/a/vae", "would load or change the model"),
+                        ("channels_last=true", "would load or change the model")):
         with pytest.raises(ConfigError, match=f"--train-set.*{error}"):
             settings(flags={"train_set": [item]})
 
 
 def test_evaluate_learns_with_further_trainer_settings_and_records_them(model_dir, probe_path, monkeypatch):
     import textinv.train
+    from textinv.errors import ConfigError
 
     real, used = textinv.train.train, []
     monkeypatch.setattr(textinv.train, "train", lambda config, **k: used.append(config) or real(config, **k))
@@ -353,6 +355,13 @@ def test_evaluate_learns_with_further_trainer_settings_and_records_them(model_di
                       **FAST, train_set=["min_snr_gamma=5", "max-timestep=700"])
     assert (used[0].min_snr_gamma, used[0].max_timestep, used[0].lr_schedule) == (5.0, 700, "constant")
     assert result["settings"]["train_set"] == ["min_snr_gamma=5", "max-timestep=700"]
+    for item, error in (("max_timestep=2000", "do not fit the model's 1000 timesteps"),
+                        ("clip_skip=40", "more than the \\d+ layers")):  # refused before the first concept learns
+        used.clear()
+        with pytest.raises(ConfigError, match=f"--train-set: --(min|max|clip).*{error}"):
+            evaluate(load_model(model_dir), Probe.load(probe_path), [find_concept("teal-star")], progress=False,
+                     **FAST, train_set=[item])
+        assert not used
     assert "1 vector(s), min_snr_gamma=5, max-timestep=700, 4 pictures" in format_markdown(result)
 
 

@@ -121,6 +121,9 @@ class EvalConfig:
             if key in BENCHMARK_SETS:
                 own = f" (use --{key.replace('_', '-')})" if key in {f.name for f in dataclasses.fields(self)} else ""
                 raise ConfigError(f"--train-set {item!r}: the benchmark sets {key} itself{own}")
+            if key in MODEL_SETS:
+                raise ConfigError(f"--train-set {item!r}: {key} would load or change the model, which the benchmark "
+                                  f"loads once (--model) and shares between its concepts")
             settings[key] = value.strip()
         # unknown keys, wrong types and bad values refused now, by name, not after the model has loaded
         try:
@@ -319,6 +322,24 @@ BENCHMARK_SETS = frozenset({"images", "token", "concepts", "init", "property", "
                             "overwrite", "resume", "precision"})
 """TrainConfig fields the benchmark sets for each concept (`train_config`, `learn`): not open to `--train-set`."""
 
+MODEL_SETS = frozenset({"prediction_type", "vae", "single_file_config", "gradient_checkpointing", "compile",
+                        "compile_mode", "channels_last"})
+"""TrainConfig fields that load the model or change it in place: the benchmark's concepts share one loaded model."""
+
+
+def check_trainer_settings(model, config: EvalConfig) -> None:
+    """The `--train-set` values that depend on the model (a timestep range, a clip skip), checked once it has loaded
+    rather than when the first concept starts learning."""
+    from textinv.models import check_clip_skip
+    from textinv.train import timestep_range
+
+    trainer = build(TrainConfig, {"out": "-", "images": "-", "token": "<-"}, config.trainer_settings())
+    try:
+        timestep_range(trainer, model.noise_scheduler().config.num_train_timesteps)
+        check_clip_skip(model, trainer.clip_skip)
+    except ConfigError as e:
+        raise ConfigError(f"--train-set: {e}") from None
+
 
 def train_config(concept: Concept, images: Path, templates: Path, out: Path, steps: int, lr: float, batch: int,
                  vectors: int = 1, seed: int = 0, model: str = "shapes", init: str | None = None) -> TrainConfig:
@@ -461,6 +482,7 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
 
     config = build(EvalConfig, dataclasses.asdict(config or EvalConfig()), settings).validate()
     check_judged_size(model)
+    check_trainer_settings(model, config)
     config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
     concepts = list(concepts)
     if not concepts:
