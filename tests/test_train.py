@@ -629,3 +629,26 @@ def test_clip_skip_reads_an_earlier_layer_in_training_and_is_recorded_in_the_fil
     assert load_embedding(tmp_path / "b" / "learned_embeds.safetensors").metadata["clip_skip"] == "2"
     with pytest.raises(ConfigError, match="--clip-skip must be a whole number >= 1"):
         config(images, tmp_path / "c", clip_skip=0).validate()
+
+
+def test_a1111_stepped_learning_rate_changes_the_rate_at_its_steps_and_resumes(sd1_dir, images, tmp_path):
+    def vectors(out, **kw):
+        result = train(config(images, tmp_path / out, **kw), model=load_model(sd1_dir), progress=False)
+        return result.embedding.vectors["text_encoder"]
+
+    stepped = vectors("a", lr_steps="0.05:3, 1e-9")  # 6 steps: three at 0.05, then (almost) none
+    assert torch.allclose(stepped, vectors("b", steps=3, lr=0.05), atol=1e-6)
+    assert not torch.allclose(stepped, vectors("c", lr=0.05), atol=1e-4)
+    vectors("d", steps=3, save_every=3, lr_steps="0.05:3, 1e-9")
+    assert torch.equal(vectors("d", steps=6, lr_steps="0.05:3, 1e-9", resume=True), stepped)
+
+
+@pytest.mark.parametrize("text, error", [("0.05:10, fast", "'fast' is not RATE:STEP"),
+                                         ("0.05, 0.01:10", "only the last rate may go without a step"),
+                                         ("0.05:10, 0.01:5, 0.001", "the steps must rise from 1, got 5 after 10"),
+                                         ("0:10, 0.01", "--lr must be > 0")])
+def test_bad_stepped_learning_rates_are_refused_naming_the_part(images, tmp_path, text, error):
+    with pytest.raises(ConfigError, match=error):
+        config(images, tmp_path / "a", lr_steps=text).validate()
+    with pytest.raises(ConfigError, match="--lr-steps is a schedule of its own"):
+        config(images, tmp_path / "a", lr_steps="0.05", lr_schedule="cosine").validate()

@@ -59,6 +59,31 @@ def check_lr(lr: float) -> None:
         raise ConfigError(f"--lr must be > 0 and at most {MAX_LR:g}, got {lr}; textual inversion uses about 5e-3")
 
 
+def parse_lr_steps(text: str) -> list[tuple[float, int | None]]:
+    """The A1111 web UI's stepped learning rate as (rate, until step) pairs; the last step may be None (to the end).
+
+    >>> parse_lr_steps("0.05:10, 0.02:20, 0.005")
+    [(0.05, 10), (0.02, 20), (0.005, None)]
+    """
+    pairs: list[tuple[float, int | None]] = []
+    items = [item.strip() for item in str(text).split(",")]
+    for n, item in enumerate(items):
+        rate, sep, until = (part.strip() for part in item.partition(":"))
+        try:
+            value = float(rate)
+            step = int(until) if sep else None
+        except ValueError:
+            raise ConfigError(f"--lr-steps {text!r}: {item!r} is not RATE:STEP (e.g. 0.005:100) or a last RATE") from None
+        check_lr(value)
+        if step is None and n < len(items) - 1:
+            raise ConfigError(f"--lr-steps {text!r}: only the last rate may go without a step (RATE:STEP, ..., RATE)")
+        if step is not None and step <= (pairs[-1][1] if pairs else 0):
+            raise ConfigError(f"--lr-steps {text!r}: the steps must rise from 1, got {step} after "
+                              f"{pairs[-1][1] if pairs else 'the start'}")
+        pairs.append((value, step))
+    return pairs
+
+
 def check_guidance(guidance: float | None) -> None:
     """Refuse a guidance scale below 1: the pipelines only guide above 1, so 0 or -5 would draw unguided pictures
     while the settings said otherwise."""
@@ -85,6 +110,9 @@ class TrainConfig:
     lr: float = opt(5e-3, "learning rate (the paper's base rate is 0.005)")
     scale_lr: bool = opt(False, "multiply lr by batch * grad_accum * processes, as the reference's --scale_lr")
     lr_schedule: str = opt("constant", "learning-rate schedule", choices=LR_SCHEDULES)
+    lr_steps: str = opt(None, "the A1111 web UI's stepped rate instead of --lr: 'RATE:STEP, RATE:STEP, ..., RATE' "
+                              "uses each RATE until optimizer step STEP, the last to the end, e.g. "
+                              "'0.05:10, 0.02:20, 0.01:60, 0.005'")
     warmup_steps: int = opt(0, "linear lr warm-up steps")
     weight_decay: float = opt(0.01, "AdamW weight decay, applied to the new vectors only (the reference's 1e-2)")
     max_grad_norm: float = opt(None, "clip the vectors' gradient norm to this (off by default)")
@@ -160,6 +188,11 @@ class TrainConfig:
                               f"got {self.max_timestep!r}")
         if self.vectors > 75:
             raise ConfigError(f"--vectors {self.vectors} leaves no room in a 77-token prompt; use at most 75 (1-8 is usual)")
+        if self.lr_steps is not None:
+            parse_lr_steps(self.lr_steps)
+            if self.lr_schedule != "constant" or self.warmup_steps:
+                raise ConfigError("--lr-steps is a schedule of its own: leave --lr-schedule constant and "
+                                  "--warmup-steps 0")
         if self.warmup_steps and self.lr_schedule == "constant":
             raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear or cosine")
         if self.resume and self.overwrite:

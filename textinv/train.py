@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import TrainConfig, build, read_config_file, save_config
+from .config import TrainConfig, build, parse_lr_steps, read_config_file, save_config
 from .data import CaptionSampler, default_templates, find_images, load_training_images, read_template_file
 from .errors import ConfigError, TrainingError
 from .formats import FORMATS, LearnedEmbedding, default_filename, save_embedding, second_file
@@ -478,7 +478,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     exts = [te.get_input_embeddings() for _, _, te in model.encoders]
 
     # optimizer over the new vectors only
-    lr = config.lr * (config.batch * config.grad_accum * world if config.scale_lr else 1)
+    stepped = parse_lr_steps(config.lr_steps) if config.lr_steps else None
+    base = stepped[0][0] if stepped else config.lr
+    lr = base * (config.batch * config.grad_accum * world if config.scale_lr else 1)
     trained = [e.vectors for e in exts]
     if config.reference_like:  # the diffusers example's costs, for side-by-side benchmarks
         for (_, _, te), e in zip(model.encoders, exts):
@@ -489,8 +491,14 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay)
     from diffusers.optimization import get_scheduler
 
-    lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
-                                num_training_steps=config.steps)
+    if stepped:  # A1111's: each rate until its step (the LambdaLR is rebuilt from the settings on resume)
+        def factor(step: int) -> float:
+            return next((rate for rate, until in stepped if until is None or step < until), stepped[-1][0]) / base
+
+        lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    else:
+        lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                                    num_training_steps=config.steps)
 
     # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
