@@ -652,3 +652,29 @@ def test_bad_stepped_learning_rates_are_refused_naming_the_part(images, tmp_path
         config(images, tmp_path / "a", lr_steps=text).validate()
     with pytest.raises(ConfigError, match="--lr-steps is a schedule of its own"):
         config(images, tmp_path / "a", lr_steps="0.05", lr_schedule="cosine").validate()
+
+
+def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
+    from textinv.errors import FormatError
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    start = torch.randn(2, 32)
+    path = save_embedding(LearnedEmbedding("<old>", {"text_encoder": start}), tmp_path / "old.pt", "a1111")[0]
+    result = train(config(images, tmp_path / "a", vectors=2, init=None, init_embedding=str(path), lr=1e-9, steps=1),
+                   model=load_model(sd1_dir), progress=False)
+    assert torch.allclose(result.embedding.vectors["text_encoder"], start, atol=1e-5)  # (one step at a rate of ~0)
+    assert result.embedding.metadata["init"] == f"embedding {path}"
+    moved = train(config(images, tmp_path / "b", vectors=2, init=None, init_embedding=str(path)),
+                  model=load_model(sd1_dir), progress=False).embedding.vectors["text_encoder"]
+    assert not torch.allclose(moved, start, atol=1e-3)  # and it learns from there
+    with pytest.raises(ConfigError, match="has 2 vector\\(s\\) per encoder; pass --vectors 2"):
+        train(config(images, tmp_path / "c", init=None, init_embedding=str(path)), model=load_model(sd1_dir),
+              progress=False)
+    wide = save_embedding(LearnedEmbedding("<w>", {"text_encoder": torch.randn(1, 1024)}), tmp_path / "w.pt", "a1111")[0]
+    with pytest.raises(FormatError, match="has width 1024"):
+        train(config(images, tmp_path / "d", init=None, init_embedding=str(wide)), model=load_model(sd1_dir),
+              progress=False)
+    with pytest.raises(FormatError):  # an unreadable file: said before the model loads
+        train(config(images, tmp_path / "e", init=None, init_embedding=str(images / "missing.pt")), progress=False)
+    with pytest.raises(ConfigError, match="leave out --init"):
+        config(images, tmp_path / "f", init_embedding=str(path)).validate()

@@ -102,6 +102,9 @@ class TrainConfig:
     out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name")
     init: str = opt(None, "word or phrase to start from (e.g. 'dog'); default: the --property word")
+    init_embedding: str = opt(None, "start from this embedding file's vectors instead (any format: continue a run "
+                                    "whose checkpoints are gone, or refine a downloaded embedding, as kohya's "
+                                    "--weights); --vectors must match its count")
     property: str = opt("object", "what the images share: an object or a style", choices=PROPERTIES)
     vectors: int = opt(1, "vectors per token (more = more capacity, less editability)")
     steps: int = opt(3000, "optimizer steps")
@@ -158,6 +161,9 @@ class TrainConfig:
             raise ConfigError(f"--out is required ({_help('out')})")
         if self.concepts and (self.images or self.token):
             raise ConfigError("give either --images and --token (one concept) or --concepts (several), not both")
+        if self.init_embedding and (self.init or self.concepts):
+            raise ConfigError("--init-embedding gives the starting vectors of the one --token: leave out --init "
+                              "and --concepts")
         specs = self.concept_list()
         tokens = [spec["token"] for spec in specs]
         if len(set(tokens)) != len(tokens):

@@ -32,13 +32,8 @@ from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 DEFAULT_STEPS = 25
 
 
-def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
-    """Add one learned embedding to the model's tokenizer(s) and text encoder(s); all checks happen first.
-
-    Refuses an embedding whose width does not fit the model (naming both widths and their families) and a token
-    that clashes with one the tokenizer already has. SDXL embeddings go into both encoders, each half into its own.
-    Undo with `unload_embeddings`.
-    """
+def check_fits(model: Model, emb: LearnedEmbedding) -> None:
+    """Refuse an embedding whose widths or text encoders are not the model's, naming both widths and families."""
     if emb.widths != model.widths or set(emb.vectors) != {name for name, _, _ in model.encoders}:
         raise FormatError(
             f"embedding {emb.token!r} has width {describe_widths(emb.widths)} but the model {model.source} has "
@@ -47,6 +42,16 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
                " and learned_embeds_2), pass both files to --embedding"
                if model.is_xl and len(emb.widths) == 1 and emb.widths[0] in model.widths else "")
         )
+
+
+def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
+    """Add one learned embedding to the model's tokenizer(s) and text encoder(s); all checks happen first.
+
+    Refuses an embedding whose width does not fit the model (naming both widths and their families) and a token
+    that clashes with one the tokenizer already has. SDXL embeddings go into both encoders, each half into its own.
+    Undo with `unload_embeddings`.
+    """
+    check_fits(model, emb)
     names = token_names(emb.token, emb.num_vectors)
     for _, tokenizer, _ in model.encoders:  # check every encoder before changing any
         for name in names:

@@ -42,7 +42,8 @@ from . import __version__
 from .config import TrainConfig, build, parse_lr_steps, read_config_file, save_config
 from .data import CaptionSampler, default_templates, find_images, load_training_images, read_template_file
 from .errors import ConfigError, TrainingError
-from .formats import FORMATS, LearnedEmbedding, default_filename, save_embedding, second_file
+from .formats import FORMATS, LearnedEmbedding, default_filename, load_embedding, save_embedding, second_file
+from .generate import check_fits
 from .io import atomic_path, output_folder, write_text
 from .models import BUNDLED_MODELS, DTYPES, Model, check_clip_skip, encode_text, load_model, xl_time_ids
 from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init_vectors, token_names
@@ -54,7 +55,7 @@ CONFIG_FILE = "config.yaml"
 # settings that may differ between a run and its resumption (they do not change what is learned step by step)
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "sample_every", "sample_steps", "log_every",
                      "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
-PATH_SETTINGS = ("images", "templates", "out")  # stored absolute: a run resumes, or reruns, from any directory
+PATH_SETTINGS = ("images", "templates", "out", "init_embedding")  # stored absolute: a run resumes, or reruns, from any directory
 MODEL_SETTINGS = ("model", "vae", "single_file_config")  # stored absolute when they name something on disk
 
 
@@ -419,6 +420,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     out = Path(config.out)
     specs = config.concept_list()
     images = [find_images(spec["images"]) for spec in specs]  # fail on bad data before the (slow) model load
+    start_from = load_embedding(config.init_embedding) if config.init_embedding else None  # (read errors now too)
+    if start_from is not None:
+        specs[0]["init"] = f"embedding {config.init_embedding}"  # (what the file's metadata records)
+        if start_from.num_vectors != config.vectors:
+            raise ConfigError(f"--init-embedding {config.init_embedding} has {start_from.num_vectors} vector(s) "
+                              f"per encoder; pass --vectors {start_from.num_vectors}")
     checkpoint = _newest_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         _check_resumable(checkpoint, config, specs, images, world)
@@ -438,8 +445,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     for spec in specs:
         names = token_names(spec["token"], config.vectors)
         # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
-        starts = [init_vectors(base_embedding(te).weight, encode_init(tok, spec["init"]), config.vectors)
-                  for _, tok, te in model.encoders]
+        if start_from is not None:
+            check_fits(model, start_from)
+            starts = [start_from.vectors[name] for name, _, _ in model.encoders]
+        else:
+            starts = [init_vectors(base_embedding(te).weight, encode_init(tok, spec["init"]), config.vectors)
+                      for _, tok, te in model.encoders]
         exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
         rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
     if config.gradient_checkpointing:
