@@ -337,7 +337,7 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
         with pytest.raises(ConfigError, match="--lr must be > 0 and at most"):
             settings(flags={"lr": lr})
     for item, error in (("min_snr_gamma", "expected KEY=VALUE"), ("steps=5", "sets steps itself \\(use --steps\\)"),
-                        ("flip=false", "sets flip itself"), ("min_snr_gamma=0", "--min-snr-gamma must be > 0"),
+                        ("flip=false", "sets flip itself"), ("init_embedding=a.pt", "sets init_embedding itself"), ("min_snr_gamma=0", "--min-snr-gamma must be > 0"),
                         ("max_timestep=soon", "'max_timestep' must be a whole number"),
                         ("colour=red", "unknown setting 'colour'"), ("vae=/a/vae", "would load or change the model"),
                         ("channels_last=true", "would load or change the model")):

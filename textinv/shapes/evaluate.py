@@ -317,7 +317,7 @@ def write_templates(concept: Concept, path: Path) -> Path:
     return path
 
 
-BENCHMARK_SETS = frozenset({"images", "token", "concepts", "init", "property", "out", "model", "steps", "lr", "batch",
+BENCHMARK_SETS = frozenset({"images", "token", "concepts", "init", "init_embedding", "property", "out", "model", "steps", "lr", "batch",
                             "vectors", "seed", "templates", "flip", "save_every", "sample_every", "log_every",
                             "overwrite", "resume", "precision"})
 """TrainConfig fields the benchmark sets for each concept (`train_config`, `learn`): not open to `--train-set`."""
