@@ -317,9 +317,9 @@ def write_templates(concept: Concept, path: Path) -> Path:
     return path
 
 
-BENCHMARK_SETS = frozenset({"images", "token", "concepts", "init", "init_embedding", "property", "out", "model", "steps", "lr", "batch",
-                            "vectors", "seed", "templates", "flip", "save_every", "sample_every", "log_every",
-                            "overwrite", "resume", "precision"})
+BENCHMARK_SETS = frozenset({"images", "token", "concepts", "init", "init_embedding", "property", "out", "model",
+                            "steps", "lr", "batch", "vectors", "seed", "templates", "flip", "save_every",
+                            "sample_every", "log_every", "overwrite", "resume", "precision"})
 """TrainConfig fields the benchmark sets for each concept (`train_config`, `learn`): not open to `--train-set`."""
 
 MODEL_SETS = frozenset({"prediction_type", "vae", "single_file_config", "gradient_checkpointing", "compile",
