@@ -315,3 +315,12 @@ def test_clip_skip_is_refused_on_sdxl(xl_dir, images, tmp_path):
     with pytest.raises(ConfigError, match="SDXL already reads"):
         generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / "r"), n=1, steps=1, clip_skip=2,
                                 model=str(xl_dir)), progress=False)
+
+
+def test_starting_from_one_half_of_an_sdxl_pair_says_how_to_give_both(xl_dir, images, tmp_path):
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    half = save_embedding(LearnedEmbedding("<h>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "h.pt", "a1111")[0]
+    with pytest.raises(Exception, match="join the two with textinv convert FIRST OUT --second SECOND"):
+        train(xl_config(images, tmp_path / "a", init=None, init_embedding=str(half), vectors=1),
+              model=load_model(xl_dir), progress=False)

@@ -343,6 +343,8 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
                         ("channels_last=true", "would load or change the model")):
         with pytest.raises(ConfigError, match=f"--train-set.*{error}"):
             settings(flags={"train_set": [item]})
+    with pytest.raises(ConfigError, match="--train-set lr_steps gives the rates: leave out --lr"):
+        settings(flags={"lr": 0.01, "train_set": ["lr_steps=0.05:2, 0.005"]})
 
 
 def test_evaluate_learns_with_further_trainer_settings_and_records_them(model_dir, probe_path, monkeypatch):

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from textinv.config import TrainConfig
-from textinv.errors import ConfigError, DataError, TrainingError
+from textinv.errors import ConfigError, DataError, FormatError, TrainingError
 from textinv.formats import load_embedding
 from textinv.models import load_model
 from textinv.tokens import base_embedding, encode_init, init_vectors
@@ -636,26 +636,33 @@ def test_a1111_stepped_learning_rate_changes_the_rate_at_its_steps_and_resumes(s
         result = train(config(images, tmp_path / out, **kw), model=load_model(sd1_dir), progress=False)
         return result.embedding.vectors["text_encoder"]
 
-    stepped = vectors("a", lr_steps="0.05:3, 1e-9")  # 6 steps: three at 0.05, then (almost) none
+    stepped = vectors("a", lr=5e-3, lr_steps="0.05:3, 1e-9")  # 6 steps: three at 0.05, then (almost) none
     assert torch.allclose(stepped, vectors("b", steps=3, lr=0.05), atol=1e-6)
     assert not torch.allclose(stepped, vectors("c", lr=0.05), atol=1e-4)
-    vectors("d", steps=3, save_every=3, lr_steps="0.05:3, 1e-9")
-    assert torch.equal(vectors("d", steps=6, lr_steps="0.05:3, 1e-9", resume=True), stepped)
+    vectors("d", steps=3, save_every=3, lr=5e-3, lr_steps="0.05:3, 1e-9")
+    assert torch.equal(vectors("d", steps=6, lr=5e-3, lr_steps="0.05:3, 1e-9", resume=True), stepped)
 
 
 @pytest.mark.parametrize("text, error", [("0.05:10, fast", "'fast' is not RATE:STEP"),
                                          ("0.05, 0.01:10", "only the last rate may go without a step"),
                                          ("0.05:10, 0.01:5, 0.001", "the steps must rise from 1, got 5 after 10"),
-                                         ("0:10, 0.01", "--lr must be > 0")])
+                                         ("0:10, 0.01", "the rate 0 must be > 0"), (" , ", "holds no rate")])
 def test_bad_stepped_learning_rates_are_refused_naming_the_part(images, tmp_path, text, error):
     with pytest.raises(ConfigError, match=error):
         config(images, tmp_path / "a", lr_steps=text).validate()
     with pytest.raises(ConfigError, match="--lr-steps is a schedule of its own"):
         config(images, tmp_path / "a", lr_steps="0.05", lr_schedule="cosine").validate()
+    with pytest.raises(ConfigError, match="--lr-steps gives the rates: leave out --lr"):
+        config(images, tmp_path / "a", lr_steps="0.05").validate()  # (the tests' config sets --lr 5e-2)
+
+
+def test_stepped_rates_read_the_web_uis_to_the_end_and_trailing_comma():
+    from textinv.config import parse_lr_steps
+
+    assert parse_lr_steps("0.05:10, 0.005:-1") == parse_lr_steps("0.05:10, 0.005,") == [(0.05, 10), (0.005, None)]
 
 
 def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
-    from textinv.errors import FormatError
     from textinv.formats import LearnedEmbedding, save_embedding
 
     start = torch.randn(2, 32)
@@ -678,3 +685,23 @@ def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
         train(config(images, tmp_path / "e", init=None, init_embedding=str(images / "missing.pt")), progress=False)
     with pytest.raises(ConfigError, match="leave out --init"):
         config(images, tmp_path / "f", init_embedding=str(path)).validate()
+    with pytest.raises(ConfigError, match="--init-embedding needs an embedding file"):
+        config(images, tmp_path / "f", init=None, init_embedding=" ").validate()
+
+
+def test_a_run_started_from_an_embedding_file_resumes_without_it(sd1_dir, images, tmp_path):
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    path = save_embedding(LearnedEmbedding("<old>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "old.pt",
+                          "a1111")[0]
+    settings = dict(vectors=2, init=None, init_embedding=str(path))
+    straight = train(config(images, tmp_path / "a", **settings), model=load_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "b", steps=3, save_every=3, **settings), model=load_model(sd1_dir),
+          progress=False)
+    path.unlink()  # the checkpoint holds the vectors now
+    resumed = train(config(images, tmp_path / "b", resume=True, **settings), model=load_model(sd1_dir),
+                    progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.embedding.metadata["init"] == f"embedding {path}"
+    with pytest.raises(FormatError, match="^--init-embedding: "):  # a fresh run needs it, and says which flag
+        train(config(images, tmp_path / "c", **settings), model=load_model(sd1_dir), progress=False)

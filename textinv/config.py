@@ -66,7 +66,9 @@ def parse_lr_steps(text: str) -> list[tuple[float, int | None]]:
     [(0.05, 10), (0.02, 20), (0.005, None)]
     """
     pairs: list[tuple[float, int | None]] = []
-    items = [item.strip() for item in str(text).split(",")]
+    items = [item.strip() for item in str(text).split(",") if item.strip()]  # (the web UI skips empty parts too)
+    if not items:
+        raise ConfigError(f"--lr-steps {text!r} holds no rate; e.g. '0.05:10, 0.005'")
     for n, item in enumerate(items):
         rate, sep, until = (part.strip() for part in item.partition(":"))
         try:
@@ -74,7 +76,10 @@ def parse_lr_steps(text: str) -> list[tuple[float, int | None]]:
             step = int(until) if sep else None
         except ValueError:
             raise ConfigError(f"--lr-steps {text!r}: {item!r} is not RATE:STEP (e.g. 0.005:100) or a last RATE") from None
-        check_lr(value)
+        if step == -1 and n == len(items) - 1:  # the web UI's "to the end"
+            step = None
+        if not 0 < value <= MAX_LR:
+            raise ConfigError(f"--lr-steps {text!r}: the rate {value:g} must be > 0 and at most {MAX_LR:g}")
         if step is None and n < len(items) - 1:
             raise ConfigError(f"--lr-steps {text!r}: only the last rate may go without a step (RATE:STEP, ..., RATE)")
         if step is not None and step <= (pairs[-1][1] if pairs else 0):
@@ -199,6 +204,10 @@ class TrainConfig:
             if self.lr_schedule != "constant" or self.warmup_steps:
                 raise ConfigError("--lr-steps is a schedule of its own: leave --lr-schedule constant and "
                                   "--warmup-steps 0")
+            if self.lr != _default(TrainConfig, "lr"):
+                raise ConfigError(f"--lr-steps gives the rates: leave out --lr (got {self.lr})")
+        if self.init_embedding is not None and not str(self.init_embedding).strip():
+            raise ConfigError("--init-embedding needs an embedding file")
         if self.warmup_steps and self.lr_schedule == "constant":
             raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear or cosine")
         if self.resume and self.overwrite:
@@ -296,6 +305,10 @@ class GenerateConfig:
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
         return self
+
+
+def _default(cls, name: str):
+    return {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
 
 def _flag(name: str) -> str:

@@ -32,14 +32,16 @@ from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 DEFAULT_STEPS = 25
 
 
-def check_fits(model: Model, emb: LearnedEmbedding) -> None:
-    """Refuse an embedding whose widths or text encoders are not the model's, naming both widths and families."""
+def check_fits(model: Model, emb: LearnedEmbedding,
+               pair_hint: str = "pass both files to --embedding") -> None:
+    """Refuse an embedding whose widths or text encoders are not the model's, naming both widths and families
+    (and, for one half of an SDXL pair, `pair_hint`: how the caller's command takes both)."""
     if emb.widths != model.widths or set(emb.vectors) != {name for name, _, _ in model.encoders}:
         raise FormatError(
             f"embedding {emb.token!r} has width {describe_widths(emb.widths)} but the model {model.source} has "
             f"width {describe_widths(model.widths)}; use an embedding trained for this model's family"
             + ("; if it is one half of an SDXL embedding kept as two files (diffusers' SDXL script: learned_embeds"
-               " and learned_embeds_2), pass both files to --embedding"
+               f" and learned_embeds_2), {pair_hint}"
                if model.is_xl and len(emb.widths) == 1 and emb.widths[0] in model.widths else "")
         )
 

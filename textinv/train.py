@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import TrainConfig, build, parse_lr_steps, read_config_file, save_config
 from .data import CaptionSampler, default_templates, find_images, load_training_images, read_template_file
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, FormatError, TrainingError
 from .formats import FORMATS, LearnedEmbedding, default_filename, load_embedding, save_embedding, second_file
 from .generate import check_fits
 from .io import atomic_path, output_folder, write_text
@@ -420,15 +420,14 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     out = Path(config.out)
     specs = config.concept_list()
     images = [find_images(spec["images"]) for spec in specs]  # fail on bad data before the (slow) model load
-    start_from = load_embedding(config.init_embedding) if config.init_embedding else None  # (read errors now too)
-    if start_from is not None:
-        specs[0]["init"] = f"embedding {config.init_embedding}"  # (what the file's metadata records)
-        if start_from.num_vectors != config.vectors:
-            raise ConfigError(f"--init-embedding {config.init_embedding} has {start_from.num_vectors} vector(s) "
-                              f"per encoder; pass --vectors {start_from.num_vectors}")
     checkpoint = _newest_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         _check_resumable(checkpoint, config, specs, images, world)
+    start_from = None
+    if config.init_embedding:
+        specs[0]["init"] = f"embedding {config.init_embedding}"  # (what the file's metadata records)
+        if checkpoint is None:  # (a resume takes the vectors from its checkpoint: the file may be gone by now)
+            start_from = _read_init_embedding(config)
     templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
 
     # 2. model and tokens -----------------------------------------------------------------------------------------
@@ -446,8 +445,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         names = token_names(spec["token"], config.vectors)
         # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
         if start_from is not None:
-            check_fits(model, start_from)
+            check_fits(model, start_from, PAIR_HINT)
             starts = [start_from.vectors[name] for name, _, _ in model.encoders]
+        elif config.init_embedding:  # resuming: the checkpoint's vectors replace these
+            starts = [torch.zeros(config.vectors, base_embedding(te).weight.shape[1]) for _, _, te in model.encoders]
         else:
             starts = [init_vectors(base_embedding(te).weight, encode_init(tok, spec["init"]), config.vectors)
                       for _, tok, te in model.encoders]
@@ -636,6 +637,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             interval_steps += 1
             step += 1
             samplers_at_step = None  # from here on the samplers' state is that of the finished step
+            lr_used = lr_schedule.get_last_lr()[0]  # (a Python float: no host sync)
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
@@ -652,13 +654,14 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                     which = f" ({', '.join(bad)}'s)" if len(concepts) > 1 and bad else ""
                     raise TrainingError(
                         f"the loss{which} became non-finite (NaN/inf) by step {step}; the last good vectors were "
-                        f"saved to {saved_where()}. Lower --lr (now {config.lr}), set --max-grad-norm 1.0, or "
+                        f"saved to {saved_where()}. Lower {'--lr-steps' if config.lr_steps else '--lr'} (the rate "
+                        f"is {lr_used:g} now), set --max-grad-norm 1.0, or "
                         f"use --precision fp32/bf16 instead of fp16.")
                 last_good = [e.vectors.detach().clone() for e in exts]
                 history.append((step, mean_loss))
                 if len(concepts) > 1:
                     by_concept.append(means)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_schedule.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_used:.2e}")  # (the rate of the step just taken)
                 interval_loss.zero_()
                 interval_steps = 0
                 if is_main and step % (config.log_every * 10) == 0:
@@ -827,6 +830,22 @@ def _draw(c: ConceptState, config, world, rank, latent_shape, timesteps, device,
     return {"latents": latents, "noise": mine["noise"], "timestep": mine["timestep"],
             "ids": c.bank.pick(mine["image"], mine["caption"]),
             "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None}
+
+
+PAIR_HINT = ("give its first file (learned_embeds) with its partner (learned_embeds_2) beside it, or join the two "
+             "with textinv convert FIRST OUT --second SECOND")
+
+
+def _read_init_embedding(config: TrainConfig) -> LearnedEmbedding:
+    """The --init-embedding file, read before the model loads, with its vector count checked."""
+    try:
+        start = load_embedding(config.init_embedding)
+    except FormatError as e:
+        raise FormatError(f"--init-embedding: {e}") from None
+    if start.num_vectors != config.vectors:
+        raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vector(s) per encoder; "
+                          f"pass --vectors {start.num_vectors}")
+    return start
 
 
 def timestep_range(config: TrainConfig, num_timesteps: int) -> tuple[int, int]:

@@ -125,6 +125,8 @@ class EvalConfig:
                 raise ConfigError(f"--train-set {item!r}: {key} would load or change the model, which the benchmark "
                                   f"loads once (--model) and shares between its concepts")
             settings[key] = value.strip()
+        if "lr_steps" in settings and self.lr != EvalConfig.lr:
+            raise ConfigError(f"--train-set lr_steps gives the rates: leave out --lr (got {self.lr})")
         # unknown keys, wrong types and bad values refused now, by name, not after the model has loaded
         try:
             coerced = build(TrainConfig, {"out": "-", "images": "-", "token": "<-"}, settings).validate()
