@@ -7,7 +7,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from textinv.config import GenerateConfig
-from textinv.errors import FormatError, TokenError
+from textinv.errors import ConfigError, FormatError, TokenError
 from textinv.formats import LearnedEmbedding, save_embedding
 from textinv.generate import expand_all, generate, install_embedding, render
 from textinv.tokens import expand_prompt
@@ -151,7 +151,6 @@ def test_generate_hands_a_given_model_back_as_it_was(sd1_dir, tmp_path):
 
 
 def test_generate_settings_refused_before_loading(tmp_path):
-    from textinv.errors import ConfigError
 
     (tmp_path / "file.png").write_bytes(b"x")
     for settings, message in (({"seed": 2**64}, "--seed must be -1 .* or between"), ({"seed": -2}, "--seed must be"),
@@ -268,7 +267,6 @@ def test_file_names_keep_the_words_of_non_ascii_prompts(sd1_dir, tmp_path):
 
 
 def test_steps_beyond_the_schedule_and_infinite_guidance_are_refused_before_drawing(sd1_dir, tmp_path):
-    from textinv.errors import ConfigError
 
     for settings, message in (({"steps": 1001}, r"--steps 1001 is more than the 1000 noise levels"),
                               ({"guidance": float("inf")}, r"--guidance must be a finite number")):
@@ -279,7 +277,6 @@ def test_steps_beyond_the_schedule_and_infinite_guidance_are_refused_before_draw
 
 
 def test_an_out_that_cannot_be_a_folder_is_refused_before_the_model_loads(tmp_path):
-    from textinv.errors import ConfigError
 
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(ConfigError, match=r"--out .*file.png/renders: cannot create the folder"):
@@ -364,14 +361,12 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
 
 
 def test_an_unknown_sampler_is_refused_with_the_list():
-    from textinv.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--sampler 'k_lms' is not one of: default, euler, euler_a"):
         GenerateConfig(prompt=["a dog"], sampler="k_lms").validate()
 
 
 def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
-    from textinv.errors import ConfigError
     from textinv.generate import sampling_scheduler
 
     model = load_model(sd1_dir)
@@ -433,3 +428,26 @@ def test_web_ui_syntax_textinv_does_not_apply_is_warned_about(sd1_dir, tmp_path)
     with pytest.warns(UserWarning, match="uses the web UI's prompt editing \\[cat:dog:0.5\\], which textinv does not"):
         generate(GenerateConfig(prompt=["a [cat:dog:0.5]"], out=str(tmp_path / "r"), n=1, steps=1,
                                 model=str(sd1_dir)), progress=False)
+
+
+def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir, tmp_path):
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    save_embedding(LearnedEmbedding("whatever", {"text_encoder": torch.randn(2, 32) * 3}), folder / "EasyNeg.pt",
+                   "a1111")
+    save_embedding(LearnedEmbedding("<wide>", {"text_encoder": torch.randn(1, 1024)}), folder / "unused.pt", "a1111")
+    (folder / "notes.txt").write_text("not an embedding")
+
+    def draw(out, negative, **kw):
+        path = generate(GenerateConfig(prompt=["a dog"], negative_prompt=negative, embedding=[str(folder)],
+                                       out=str(tmp_path / out), n=1, steps=2, model=str(sd1_dir), **kw),
+                        progress=False)[0]
+        return np.asarray(Image.open(path))
+
+    # the file's name is its token (its own says "whatever"); the unused file of another width is not even read
+    with_it = draw("a", "easyneg, blurry")
+    with pytest.warns(UserWarning, match="no embedding in the folder .* is named in the prompts"):
+        without = draw("b", "easynegative, blurry")  # (not its name: a word inside another is no match)
+    assert not np.array_equal(with_it, without)
+    with pytest.raises(ConfigError, match="--token x renames one embedding file; .* is a folder"):
+        draw("c", "easyneg", token=["x"])

@@ -310,11 +310,11 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     [PosixPath('renders/000-a-photo-of-my-dog-s0.png'), ...]
     """
     config.validate()
-    tokens = config.token or [None] * len(config.embedding)
-    embeddings = [load_embedding(path, token=tok) for path, tok in zip(config.embedding, tokens)]
-    embeddings, paths = _join_sdxl_halves(embeddings, list(config.embedding))
-    seen: dict[str, str] = {}
     said = " ".join(config.prompt + [config.negative_prompt]).lower()
+    files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
+    embeddings = [load_embedding(path, token=tok) for path, tok in files]
+    embeddings, paths = _join_sdxl_halves(embeddings, [path for path, _ in files])
+    seen: dict[str, str] = {}
     for emb, path in zip(embeddings, paths):  # a clash between two files, before the model loads
         if emb.token in seen:
             raise TokenError(f"{path} and {seen[emb.token]} both define the token {emb.token!r}; rename one "
@@ -338,6 +338,33 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     finally:
         if owned:
             unload_embeddings(model)
+
+
+EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")
+
+
+def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> list[tuple[str, str | None]]:
+    """(file, token) for each --embedding. A folder that is not a diffusers run folder (learned_embeds.*) is read as
+    the A1111 web UI reads its embeddings folder: each file's name is its token, and the files named in the
+    prompts (`said`, lowercased) are loaded, the others left alone."""
+    files: list[tuple[str, str | None]] = []
+    for entry, token in zip(entries, tokens):
+        folder = Path(entry)
+        if not folder.is_dir() or any((folder / name).is_file() for name in ("learned_embeds.safetensors",
+                                                                             "learned_embeds.bin")):
+            files.append((entry, token))
+            continue
+        if token:
+            raise ConfigError(f"--token {token} renames one embedding file; {entry} is a folder of them, each named "
+                              f"by its file name (rename the file instead)")
+        named = [f for f in sorted(folder.iterdir()) if f.suffix.lower() in EMBEDDING_SUFFIXES and f.is_file()
+                 and re.search(rf"(?<![\w<-]){re.escape(f.stem.lower())}(?![\w>-])", said)]
+        if not named:
+            warnings.warn(f"no embedding in the folder {entry} is named in the prompts; a folder's embeddings are "
+                          f"written by their file names, as in the A1111 web UI (e.g. 'easynegative' for "
+                          f"easynegative.safetensors)", stacklevel=3)
+        files += [(str(f), f.stem) for f in named]
+    return files
 
 
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], progress: bool) -> list[Path]:
