@@ -202,6 +202,11 @@ def test_config_file_values_take_their_settings_types(tmp_path):
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=message):
             build(TrainConfig, read_config_file(cfg), {"out": "o", "images": "i", "token": "<t>"}).validate()
+    cfg.write_text('lr_steps: 0.05:10, 0.005\n')  # (YAML reads this as text: it holds a decimal point)
+    assert read_config_file(cfg)["lr_steps"] == "0.05:10, 0.005"
+    cfg.write_text("lr_steps: 1:30\n")  # YAML 1.1's base 60: the number 90, which would train at a rate of 90
+    with pytest.raises(ConfigError, match="put lr_steps in quotes .* here 90"):
+        read_config_file(cfg)
     cfg.write_bytes(b"init: \xff\xfe dog\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         read_config_file(cfg)

@@ -340,7 +340,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot parse config file {path}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if suffix in (".yaml", ".yml") and type(data.get("lr_steps")) is int:  # YAML 1.1 reads 1:30 as 90 (base 60)
+        raise ConfigError(f"config file {path}: put lr_steps in quotes (lr_steps: \"1:30\"): YAML reads an unquoted "
+                          f"RATE:STEP of whole numbers as one number, here {data['lr_steps']}")
+    return data
 
 
 def build(cls, *layers: dict[str, Any]):
