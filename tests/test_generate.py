@@ -173,13 +173,15 @@ def test_seed_minus_one_draws_a_seed_that_is_recorded(sd1_dir, tmp_path):
 
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_encoded_in_chunks_as_the_web_ui_does(sd1_dir, tmp_path):
-    from textinv.generate import count_chunks, encode_prompts
+    from textinv.emphasis import token_chunks
+    from textinv.generate import encode_prompts
 
     model = load_model(sd1_dir)
     install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(8, 32)}))
     long = "a photo of <q> " + "dog " * 66  # 3 + 8 vectors + 66 = 77 tokens once <q> is expanded: two chunks
     expanded = expand_all(long, [LearnedEmbedding("<q>", {"text_encoder": torch.zeros(8, 32)})])
-    assert count_chunks(model, expanded) == 2 and count_chunks(model, "a photo of <q> " + "dog " * 64) == 1
+    assert len(token_chunks(model.tokenizer, expanded)) == 2
+    assert len(token_chunks(model.tokenizer, "a photo of <q> " + "dog " * 64)) == 1
     hidden = encode_prompts(model, [expanded + "cat", expanded + "house", ""], chunks=3)[0]
     assert hidden.shape == (3, 3 * 77, 32)
     assert not torch.equal(hidden[0], hidden[1])  # the words past the 75th are read, not cut

@@ -98,15 +98,24 @@ def encode_prompts(model: Model, prompts: list[str], chunks: int = 1,
     each token's hidden state by its weight, then each chunk is scaled back to its unweighted mean; the pooled
     embedding is left unweighted, as there. A prompt of up to 75 tokens without emphasis is encoded exactly as in
     training (with the same `clip_skip`)."""
-    per_encoder = [[emphasis.token_chunks(tok, p) for p in prompts] for _, tok, _ in model.encoders]
-    count = max([chunks] + [len(c) for rows in per_encoder for c in rows])
+    rows = _prompt_chunks(model, prompts)
+    return _encode_chunks(model, rows, max([chunks] + [len(c) for per in rows for c in per]), clip_skip)
+
+
+def _prompt_chunks(model: Model, prompts: list[str]) -> list[list[list[tuple[list[int], list[float]]]]]:
+    """Each prompt's 77-id chunks (`emphasis.token_chunks`) in each text encoder's tokenizer: [encoder][prompt]."""
+    return [[emphasis.token_chunks(tok, p) for p in prompts] for _, tok, _ in model.encoders]
+
+
+def _encode_chunks(model: Model, rows, count: int, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`encode_prompts` on prompts already cut into chunks (`_prompt_chunks`), each padded to `count` chunks."""
     widths = [te.config.hidden_size for _, _, te in model.encoders]
+    empties = [emphasis.token_chunks(tok, "")[0] for _, tok, _ in model.encoders]
     hidden, pooled = [], None
     for k in range(count):
         ids, weights = [], []
-        for (_, tok, te), rows in zip(model.encoders, per_encoder):
-            empty = emphasis.token_chunks(tok, "")[0]
-            part = [c[k] if k < len(c) else empty for c in rows]
+        for (_, _, te), per_prompt, empty in zip(model.encoders, rows, empties):
+            part = [c[k] if k < len(c) else empty for c in per_prompt]
             ids.append(torch.tensor([p[0] for p in part], device=te.device))
             weights.append(torch.tensor([p[1] for p in part]))
         h, pool = encode_text(model, ids, clip_skip)
@@ -120,11 +129,6 @@ def encode_prompts(model: Model, prompts: list[str], chunks: int = 1,
         pooled = pool if k == 0 else pooled
     dtype = model.unet.dtype
     return torch.cat(hidden, dim=1).to(dtype), (pooled.to(dtype) if pooled is not None else None)
-
-
-def count_chunks(model: Model, prompt: str) -> int:
-    """How many 77-token chunks `prompt` (tokens expanded) is encoded in."""
-    return len(emphasis.token_chunks(model.tokenizer, prompt))
 
 
 @torch.no_grad()
@@ -157,9 +161,11 @@ def render(
     ]).to(pipe.device, pipe.unet.dtype)
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
-    chunks = max(count_chunks(model, p) for p in prompts + [negative_prompt])
-    cond, pooled = encode_prompts(model, prompts, chunks, clip_skip)
-    uncond, neg_pooled = encode_prompts(model, [negative_prompt] * len(prompts), chunks, clip_skip)
+    rows = _prompt_chunks(model, prompts)
+    negative_rows = [per * len(prompts) for per in _prompt_chunks(model, [negative_prompt])]  # (cut once)
+    chunks = max(len(c) for per in rows + negative_rows for c in per)  # (a prompt and its negative: as many)
+    cond, pooled = _encode_chunks(model, rows, chunks, clip_skip)
+    uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip)
     kwargs = dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
     if model.is_xl:
         if not negative_prompt and pipe.config.force_zeros_for_empty_prompt:  # as the SDXL pipeline does
