@@ -89,6 +89,12 @@ def parse_lr_steps(text: str) -> list[tuple[float, int | None]]:
     return pairs
 
 
+def check_clip_skip_value(clip_skip: int) -> None:
+    """Refuse a clip skip below 1 (the model's own depth is checked once it has loaded: `models.check_clip_skip`)."""
+    if not isinstance(clip_skip, int) or clip_skip < 1:
+        raise ConfigError(f"--clip-skip must be a whole number >= 1 (1: the last layer), got {clip_skip!r}")
+
+
 def check_guidance(guidance: float | None) -> None:
     """Refuse a guidance scale below 1: the pipelines only guide above 1, so 0 or -5 would draw unguided pictures
     while the settings said otherwise."""
@@ -189,8 +195,7 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} must be > 0 when given, got {getattr(self, name)}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
-        if not isinstance(self.clip_skip, int) or self.clip_skip < 1:
-            raise ConfigError(f"--clip-skip must be a whole number >= 1 (1: the last layer), got {self.clip_skip!r}")
+        check_clip_skip_value(self.clip_skip)
         if not isinstance(self.min_timestep, int) or self.min_timestep < 0:
             raise ConfigError(f"--min-timestep must be a whole number >= 0, got {self.min_timestep!r}")
         if self.max_timestep is not None and not (isinstance(self.max_timestep, int)
@@ -204,7 +209,7 @@ class TrainConfig:
             if self.lr_schedule != "constant" or self.warmup_steps:
                 raise ConfigError("--lr-steps is a schedule of its own: leave --lr-schedule constant and "
                                   "--warmup-steps 0")
-            if self.lr != _default(TrainConfig, "lr"):
+            if self.lr != TrainConfig.lr:  # (the field's default)
                 raise ConfigError(f"--lr-steps gives the rates: leave out --lr (got {self.lr})")
         if self.init_embedding is not None and not str(self.init_embedding).strip():
             raise ConfigError("--init-embedding needs an embedding file")
@@ -298,17 +303,13 @@ class GenerateConfig:
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {self.steps}")
         check_guidance(self.guidance)
-        if self.clip_skip is not None and (not isinstance(self.clip_skip, int) or self.clip_skip < 1):
-            raise ConfigError(f"--clip-skip must be a whole number >= 1 (1: the last layer), got {self.clip_skip!r}")
+        if self.clip_skip is not None:
+            check_clip_skip_value(self.clip_skip)
         if self.token and len(self.token) != len(self.embedding):
             raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
         return self
-
-
-def _default(cls, name: str):
-    return {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
 
 def _flag(name: str) -> str:

@@ -55,7 +55,8 @@ CONFIG_FILE = "config.yaml"
 # settings that may differ between a run and its resumption (they do not change what is learned step by step)
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "sample_every", "sample_steps", "log_every",
                      "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
-PATH_SETTINGS = ("images", "templates", "out", "init_embedding")  # stored absolute: a run resumes, or reruns, from any directory
+# stored absolute: a run resumes, or reruns, from any directory
+PATH_SETTINGS = ("images", "templates", "out", "init_embedding")
 MODEL_SETTINGS = ("model", "vae", "single_file_config")  # stored absolute when they name something on disk
 
 

@@ -112,6 +112,14 @@ class EvalConfig:
         """`train_set` as TrainConfig fields with their types; refused: malformed items, unknown keys, and the
         settings the benchmark makes itself (the concept's pictures, token, init and flips, and what has its own
         flag here, such as steps and lr)."""
+        given, trainer = self._trainer()
+        return {key: getattr(trainer, key) for key in given}
+
+    def trainer_config(self) -> TrainConfig:
+        """A TrainConfig with `train_set` applied (placeholders for what each concept fills in)."""
+        return self._trainer()[1]
+
+    def _trainer(self) -> tuple[dict, TrainConfig]:
         settings = {}
         for item in self.train_set:
             key, sep, value = str(item).partition("=")
@@ -129,10 +137,9 @@ class EvalConfig:
             raise ConfigError(f"--train-set lr_steps gives the rates: leave out --lr (got {self.lr})")
         # unknown keys, wrong types and bad values refused now, by name, not after the model has loaded
         try:
-            coerced = build(TrainConfig, {"out": "-", "images": "-", "token": "<-"}, settings).validate()
+            return settings, build(TrainConfig, {"out": "-", "images": "-", "token": "<-"}, settings).validate()
         except ConfigError as e:
             raise ConfigError(f"--train-set: {e}") from None
-        return {key: getattr(coerced, key) for key in settings}
 
     @property
     def seeds(self) -> list[int]:
@@ -335,7 +342,7 @@ def check_trainer_settings(model, config: EvalConfig) -> None:
     from textinv.models import check_clip_skip
     from textinv.train import timestep_range
 
-    trainer = build(TrainConfig, {"out": "-", "images": "-", "token": "<-"}, config.trainer_settings())
+    trainer = config.trainer_config()
     try:
         timestep_range(trainer, model.noise_scheduler().config.num_train_timesteps)
         check_clip_skip(model, trainer.clip_skip)
