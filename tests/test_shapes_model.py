@@ -158,6 +158,37 @@ def test_a_new_unet_of_other_sizes_trains_on_a_kept_vae(tmp_path):
     refused(["--from-model", str(first), "--work", str(tmp_path / "w3"), "--keep", "unet"], "keep 'vae' or 'vae,unet'")
 
 
+def test_a_kept_unet_grows_attention_that_starts_as_the_identity(tmp_path):
+    """`--from-model M --set unet_attention=1,1` adds attention at the level that had none: the grown UNet predicts
+    exactly what the export did (the new blocks' output projections start at zero), trains from there (the new
+    blocks move), and exports a UNet with the block; any other size change of a kept UNet or VAE is refused."""
+    first = tmp_path / "first"
+    assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "2"]) == 0
+    work, grown_out = tmp_path / "grown", tmp_path / "grown-model"
+    assert pretrain_main(["--from-model", str(first), "--work", str(work), "--set", "unet_attention=1,1",
+                          "--set", "unet_heads=1,2"]) == 0
+    assert pretrain_main(["--export", "--work", str(work), "--out", str(grown_out)]) == 0
+    before, after = load_model(first).unet, load_model(grown_out).unet
+    assert [type(b).__name__ for b in before.down_blocks] == ["DownBlock2D", "CrossAttnDownBlock2D"]
+    assert [type(b).__name__ for b in after.down_blocks] == ["CrossAttnDownBlock2D"] * 2
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([10, 900])
+    context = torch.randn(2, 77, before.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        assert torch.allclose(before(x, t, context).sample, after(x, t, context).sample, atol=1e-6)
+    new = {k: v.clone() for k, v in after.state_dict().items() if k.startswith("down_blocks.0.attentions.")}
+    assert new and not any(torch.equal(v, torch.zeros_like(v)) for k, v in new.items() if "proj_in" in k)
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "4"]) == 0
+    assert pretrain_main(["--export", "--work", str(work), "--out", str(tmp_path / "trained")]) == 0
+    trained = load_model(tmp_path / "trained").unet.state_dict()
+    moved = [k for k in new if "proj_out" in k and not torch.equal(trained[k], new[k])]
+    assert moved  # the zero projection leaves zero once trained: the block joins in
+    for setting, message in (("unet_attention=1,0", "can only gain attention"), ("unet_layers=2", "can only gain"),
+                             ("unet_heads=1", "can only gain"), ("vae_channels=8,16,16", "the VAE is kept")):
+        refused(["--from-model", str(first), "--work", str(tmp_path / setting.split("=")[0]), "--set", setting],
+                message)
+
+
 @pytest.mark.parametrize("text, error", [("unet_layers", "KEY=VALUE"), ("wings=2", "KEY=VALUE"),
                                          ("unet_layers=two", "'two' is not a whole number"),
                                          ("unet_attention=1,maybe", "'maybe' is not true or false")])

@@ -77,7 +77,7 @@ class PretrainConfig:
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_attention: tuple[bool, ...] = (False, True, True)  # cross-attention per level (16x16, 8x8, 4x4)
     unet_groups: int = 16
-    unet_heads: int = 8
+    unet_heads: tuple[int, ...] = (8,)  # attention heads per level, or one count for every level
     unet_layers: int = 1  # ResNet blocks per level on the way down (one more on the way up); SD has 2
     text_width: int = 128
     text_layers: int = 2
@@ -112,6 +112,8 @@ class PretrainConfig:
         self.vae_channels = tuple(int(c) for c in self.vae_channels)
         self.unet_channels = tuple(int(c) for c in self.unet_channels)
         self.unet_attention = tuple(bool(a) for a in self.unet_attention)
+        heads = self.unet_heads if isinstance(self.unet_heads, (list, tuple)) else (self.unet_heads,)
+        self.unet_heads = tuple(int(h) for h in heads)  # first configs stored one int
         if len(self.vae_channels) != 3:
             raise ConfigError(f"vae_channels needs 3 levels (a 4x downscale), got {self.vae_channels}")
         if len(self.unet_attention) != len(self.unet_channels):
@@ -124,11 +126,16 @@ class PretrainConfig:
                                   f"norm's {groups} groups")
         if self.text_width % self.text_heads:
             raise ConfigError(f"text_width {self.text_width} must be a multiple of text_heads {self.text_heads}")
-        split = [c for c, a in zip(self.unet_channels, self.unet_attention) if a and c % self.unet_heads]
+        if len(self.unet_heads) not in (1, len(self.unet_channels)):
+            raise ConfigError(f"unet_heads has {len(self.unet_heads)} entries for {len(self.unet_channels)} UNet "
+                              f"levels {self.unet_channels}; give one count for all or one per level")
+        if min(self.unet_heads) < 1:
+            raise ConfigError(f"unet_heads must be at least 1 at every level, got {self.unet_heads}")
+        split = [c for c, a, h in zip(self.unet_channels, self.unet_attention, self.heads_per_level) if a and c % h]
         if split:
-            raise ConfigError(f"unet_channels {split} at attention levels must be multiples of unet_heads "
+            raise ConfigError(f"unet_channels {split} at attention levels must be multiples of their unet_heads "
                               f"{self.unet_heads}")
-        for name in ("vae_batch", "unet_batch", "warmup", "text_layers", "unet_layers", "text_heads", "unet_heads"):
+        for name in ("vae_batch", "unet_batch", "warmup", "text_layers", "unet_layers", "text_heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("vae_lr", "unet_lr"):
@@ -151,6 +158,10 @@ class PretrainConfig:
             raise ConfigError(f"sample_guidance must be positive, got {self.sample_guidance}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @property
+    def heads_per_level(self) -> tuple[int, ...]:
+        return self.unet_heads * len(self.unet_channels) if len(self.unet_heads) == 1 else self.unet_heads
 
 
 QUICK = dict(vae_channels=(8, 8, 16), vae_groups=4, unet_channels=(16, 32), unet_attention=(False, True),
@@ -199,7 +210,9 @@ def build_unet(config: PretrainConfig):
     return UNet2DConditionModel(
         sample_size=world.RESOLUTION // 4, in_channels=4, out_channels=4, block_out_channels=config.unet_channels,
         layers_per_block=config.unet_layers, down_block_types=down, up_block_types=up,
-        cross_attention_dim=config.text_width, attention_head_dim=config.unet_heads, norm_num_groups=config.unet_groups,
+        cross_attention_dim=config.text_width, norm_num_groups=config.unet_groups,
+        # diffusers' attention_head_dim is the number of heads (its old misnomer); one int as the first exports had
+        attention_head_dim=config.unet_heads[0] if len(config.unet_heads) == 1 else config.unet_heads,
     )
 
 
@@ -733,12 +746,14 @@ NEW_UNET_RESETS = ("unet_lr", "ema_decay")
 lowers, and a new UNet would start at them (`--set` still changes them)."""
 
 
-def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES, log=print) -> PretrainConfig:
+def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES, settings: dict | None = None,
+                     log=print) -> PretrainConfig:
     """Make a new work folder that continues an exported model (e.g. the committed `textinv/shapes/model`), so a
     machine without the original checkpoints can train on: its weights become each kept stage's weights (the
     UNet's and text encoder's also their EMA), their step counts and training log carry over; the optimizer starts
     afresh. `keep=("vae",)` keeps only the autoencoder: the next UNet chunk starts a new UNet and text encoder on
-    its latents, with sizes that may differ from the export's (`--set unet_channels=...`)."""
+    its latents, with sizes that may differ from the export's (`--set unet_channels=...`). `settings` (`--set`)
+    apply to the new folder; a kept UNet may only grow attention at levels that had none (`grow_unet`)."""
     from safetensors.torch import save_file
 
     from textinv.models import load_model
@@ -757,16 +772,23 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
     if "unet" not in keep:  # a new UNet trains from the start's rates, not the export's last fine-tune's (1e-4)
         for name in NEW_UNET_RESETS:
             setattr(config, name, getattr(PretrainConfig(), name))
+    exported = config
+    config = PretrainConfig(**{**asdict(config), **(settings or {})})
     steps = {stage: v["steps"] for stage, v in record.get("stages", {}).items()}
 
+    changed = [k for k in ARCHITECTURE["vae"] if getattr(exported, k) != getattr(config, k)]
+    if changed:
+        raise ConfigError(f"--set {', '.join(changed)}: the VAE is kept from {model_dir}, so its sizes stay")
+    added = _grown_levels(exported, config) if "unet" in keep else []
     model = load_model(model_dir)  # float32, as the loader gives every model
+    unet = grow_unet(model.unet, config, added, log) if added else None
 
     def weights(module) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
 
     g = torch.Generator().manual_seed(config.seed)
     stage_dirs = {"vae": {"vae": weights(model.vae)},
-                  "unet": {"unet": weights(model.unet), "text_encoder": weights(model.text_encoder)}}
+                  "unet": {"unet": weights(unet or model.unet), "text_encoder": weights(model.text_encoder)}}
     for stage, modules in stage_dirs.items():
         if stage not in keep:
             continue
@@ -791,6 +813,49 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
     return config
 
 
+def _grown_levels(exported: PretrainConfig, config: PretrainConfig) -> list[int]:
+    """The UNet levels at which `config` adds attention to a kept, exported UNet (none: the same sizes). Any other
+    change of its sizes is refused before anything loads or is written (`--keep vae` starts a new UNet instead)."""
+    names = ARCHITECTURE["unet"]
+    if all(getattr(exported, k) == getattr(config, k) for k in names):
+        return []
+    pairs = list(zip(exported.unet_attention, config.unet_attention))
+    added = [i for i, (was, now) in enumerate(pairs) if now and not was]
+    same_heads = all(h == g for h, g, a in zip(exported.heads_per_level, config.heads_per_level, exported.unet_attention)
+                     if a)
+    others = [k for k in names if k not in ("unet_attention", "unet_heads") and getattr(exported, k) != getattr(config, k)]
+    if others or not same_heads or not added or any(was and not now for was, now in pairs):
+        raise ConfigError(
+            f"a kept UNet can only gain attention at levels without it (it has unet_attention "
+            f"{','.join(str(int(a)) for a in exported.unet_attention)}: e.g. --set unet_attention=1,1,1 --set "
+            f"unet_heads=1,8,8); its other sizes stay as exported. For a UNet of other sizes start a new one with "
+            f"--keep vae")
+    return added
+
+
+def grow_unet(unet, config: PretrainConfig, added: list[int], log=print):
+    """The exported `unet` as a UNet of `config`'s sizes: the same function, with attention (self- and
+    cross-attention, diffusers' Transformer2DModel) added at the levels `added`. A new block's output projection
+    starts at zero, so the block adds nothing until training moves it: the grown UNet draws exactly what the export
+    drew, and fine-tuning starts from there rather than from scratch."""
+    grown = build_unet(config)
+    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    levels = len(config.unet_channels)
+    new_blocks = tuple(f"down_blocks.{i}.attentions." for i in added) + tuple(
+        f"up_blocks.{levels - 1 - i}.attentions." for i in added)
+    if unexpected or not missing or any(not k.startswith(new_blocks) for k in missing):  # a diffusers layout change
+        raise RuntimeError(f"growing the UNet: unexpected weights {unexpected}, missing {missing[:5]}")
+    with torch.no_grad():
+        for name, module in grown.named_modules():
+            if name.startswith(new_blocks) and name.endswith("proj_out"):
+                module.weight.zero_()
+                module.bias.zero_()
+    sizes = [f"{world.RESOLUTION // 4 // 2 ** i}x{world.RESOLUTION // 4 // 2 ** i}" for i in added]
+    log(f"unet: attention added at {', '.join(sizes)} ({len(missing)} new tensors, "
+        f"{sum(p.numel() for n, p in grown.named_parameters() if n in missing):,} parameters), starting as the identity")
+    return grown
+
+
 def _as_stored(config: PretrainConfig) -> dict:
     """The config as config.json holds it (tuples as lists), for comparing with what a work folder stored."""
     return json.loads(json.dumps(asdict(config)))
@@ -806,7 +871,7 @@ def _config_for(work: Path, overrides: dict, write: bool = True) -> PretrainConf
     if path.exists():
         stored = json.loads(path.read_text())
         wanted = _as_stored(PretrainConfig(**{**stored, **overrides}))
-        stored = {**_as_stored(PretrainConfig()), **stored}  # fields newer than the folder take their defaults
+        stored = _as_stored(PretrainConfig(**stored))  # fields newer than the folder take their defaults
         clash = [k for stage, keys in ARCHITECTURE.items() if (work / stage / "state.json").exists()
                  for k in keys + ("seed",) if wanted[k] != stored[k]]
         if clash:
@@ -894,10 +959,10 @@ def _run(argv) -> int:
         parser.error(f"--device {args.device} asked for, but torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     command = "python -m textinv.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.from_model:
-        start_from_model(args.from_model, args.work, tuple(k.strip() for k in args.keep.split(",")))
     overrides = dict(QUICK) if args.quick else {}
     overrides.update(parse_setting(text) for text in args.set)
+    if args.from_model:
+        start_from_model(args.from_model, args.work, tuple(k.strip() for k in args.keep.split(",")), overrides)
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.stage and args.batch is not None:
