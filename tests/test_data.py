@@ -667,3 +667,70 @@ def test_non_utf8_caption_is_a_data_error(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"caf\xe9 {}")
     with pytest.raises(DataError, match="a.txt"):
         read_caption(tmp_path / "a.png")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --alpha-mask: each picture's transparency, prepared as its pixels are
+
+
+def test_alpha_is_read_from_every_kind_of_transparency(tmp_path):
+    rgba = Image.new("RGBA", (2, 1))
+    rgba.putdata([(9, 9, 9, 0), (9, 9, 9, 200)])
+    rgba.save(tmp_path / "rgba.png")
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 255, 0, 255, 0, 0] + [0] * (254 * 3))
+    palette.putdata([0, 1])
+    palette.save(tmp_path / "p.png", transparency=0)
+    Image.fromarray(np.array([[1000, 5]], dtype=np.uint16)).save(tmp_path / "t16.png", transparency=1000)
+    Image.new("RGB", (2, 1), RED).save(tmp_path / "opaque.png")
+    alphas = {name: data.load_image_and_alpha(tmp_path / name)[1] for name in ("rgba.png", "p.png", "t16.png",
+                                                                              "opaque.png")}
+    assert list(alphas["rgba.png"].getdata()) == [0, 200]
+    assert list(alphas["p.png"].getdata()) == [0, 255]
+    assert list(alphas["t16.png"].getdata()) == [0, 255]
+    assert alphas["opaque.png"] is None
+    assert load_image(tmp_path / "rgba.png").getpixel((0, 0)) == (255, 255, 255)  # the picture is as it was
+
+
+def test_training_alpha_is_cropped_scaled_and_turned_as_the_picture_is(tmp_path):
+    """An EXIF-rotated landscape RGBA photo whose left third is transparent: after the turn to portrait and the
+    centre crop, the alpha lines up with the pixels (transparent where the picture shows white)."""
+    arr = np.zeros((60, 90, 4), dtype=np.uint8)
+    arr[..., :3] = (200, 30, 30)
+    arr[..., 3] = 255
+    arr[:, :30, 3] = 0  # the left third transparent
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the transparent third ends up at the top
+    Image.fromarray(arr, "RGBA").save(tmp_path / "a.png", exif=exif)
+    (picture,) = load_training_images([tmp_path / "a.png"], 30, use_alpha=True)
+    assert picture.alpha.shape == (1, 30, 30) and 0.0 <= picture.alpha.min() and picture.alpha.max() <= 1.0
+    white = (picture.pixels > 0.95).all(dim=0)  # composited onto white where transparent
+    # turned to 60x90 portrait, rows 15-75 kept (the transparent rows 15-30 of them), scaled by 1/2: rows 0-7.5
+    assert white[:7].all() and not white[8:].any()
+    assert picture.alpha[0, :5].max() == 0.0 and picture.alpha[0, 7].sub(0.5).abs().max() < 0.01
+    assert picture.alpha[0, 10:].min() == 1.0  # (Lanczos rings by 2% beside the edge)
+    (plain,) = load_training_images([tmp_path / "a.png"], 30)
+    assert plain.alpha is None and torch.equal(plain.pixels, picture.pixels)
+
+
+def test_a_picture_transparent_all_over_is_refused_with_alpha_mask(tmp_path):
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "ghost.png")
+    with pytest.raises(DataError, match="ghost.png is transparent all over"):
+        load_training_images([tmp_path / "ghost.png"], 8, use_alpha=True)
+    assert load_training_images([tmp_path / "ghost.png"], 8)[0].alpha is None  # without it, a white picture
+
+
+def test_latent_weights_average_the_alpha_and_mirror_with_the_latents(tmp_path):
+    arr = np.zeros((16, 16, 4), dtype=np.uint8)
+    arr[..., 3] = 255
+    arr[:, :4, 3] = 0  # the left quarter transparent
+    Image.fromarray(arr, "RGBA").save(tmp_path / "a.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "b.png")
+    pictures = load_training_images([tmp_path / "a.png", tmp_path / "b.png"], 16, use_alpha=True)
+    weights = data.latent_weights(pictures, (2, 2), tmp_path)  # (2 pictures + 2 mirrored, 1, 2, 2)
+    assert weights.shape == (4, 1, 2, 2)
+    assert torch.allclose(weights[0, 0], torch.tensor([[0.5, 1.0], [0.5, 1.0]]))  # a left latent: half its pixels
+    assert torch.equal(weights[1], torch.ones(1, 2, 2)) and torch.equal(weights[3], torch.ones(1, 2, 2))
+    assert torch.equal(weights[2], weights[0].flip(-1))
+    with pytest.warns(data.AlphaMaskWarning, match="no picture in .* has an alpha channel"):
+        data.latent_weights(pictures[1:], (2, 2), tmp_path)

@@ -705,3 +705,77 @@ def test_a_run_started_from_an_embedding_file_resumes_without_it(sd1_dir, images
     assert resumed.embedding.metadata["init"] == f"embedding {path}"
     with pytest.raises(FormatError, match="^--init-embedding: "):  # a fresh run needs it, and says which flag
         train(config(images, tmp_path / "c", **settings), model=load_model(sd1_dir), progress=False)
+
+
+def cut_out(images, folder, keep=lambda a: a):
+    """RGBA copies of `images` whose opaque part is `keep(alpha)` of the left half of the bright square (the rest
+    transparent: an asymmetric cut-out, so a mirrored picture's weights differ)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    for path in sorted(images.glob("*.png")):
+        rgb = np.array(Image.open(path).convert("RGB"))
+        size = rgb.shape[0]
+        alpha = np.zeros(rgb.shape[:2], dtype=np.uint8)
+        alpha[size // 4: 3 * size // 4, size // 4: size // 2] = 255
+        Image.fromarray(np.dstack([rgb, keep(alpha)]), "RGBA").save(folder / path.name)
+    return folder
+
+
+def test_weighted_loss_ignores_pixels_of_weight_zero_and_keeps_the_plain_scale():
+    from diffusers import DDPMScheduler
+
+    from textinv.train import denoising_loss
+
+    scheduler = DDPMScheduler()
+    g = torch.Generator().manual_seed(0)
+    latents, noise, pred = (torch.randn(3, 4, 6, 6, generator=g) for _ in range(3))
+    t = torch.tensor([5, 500, 995])
+    weight = torch.zeros(3, 1, 6, 6)
+    weight[:, :, :, :3] = 1.0  # the left half counts
+    other = pred.clone()
+    other[..., 3:] += 10.0  # a worse prediction where the weight is 0
+    for kind in ("epsilon", "v_prediction"):
+        a, b = (denoising_loss(scheduler, p, latents, noise, t, kind, pixel_weight=weight) for p in (pred, other))
+        torch.testing.assert_close(a, b)
+        left = denoising_loss(scheduler, pred[..., :3], latents[..., :3], noise[..., :3], t, kind)
+        torch.testing.assert_close(a, left)  # the plain mean over the weighted pixels, not a smaller number
+        torch.testing.assert_close(denoising_loss(scheduler, pred, latents, noise, t, kind,
+                                                  pixel_weight=torch.full_like(weight, 0.3)),
+                                   denoising_loss(scheduler, pred, latents, noise, t, kind))
+
+
+def test_alpha_mask_weighs_each_drawn_picture_by_its_own_alpha(sd1_dir, images, tmp_path, monkeypatch):
+    from textinv.data import latent_weights, load_training_images
+
+    cut = cut_out(images, tmp_path / "cut")
+    real, seen = train_module.diffusion_loss, []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("pixel_weight", args[9] if len(args) > 9 else None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", recording)
+    model = load_model(sd1_dir)
+    masked = train(config(cut, tmp_path / "a", alpha_mask=True, steps=8), model=model, progress=False)
+    pictures = load_training_images(sorted(cut.glob("*.png")), model.resolution, use_alpha=True)
+    latent_size = seen[0].shape[-2:]
+    known = latent_weights(pictures, latent_size, cut)  # the pictures', then the mirrored pictures'
+    drawn = torch.cat(seen)
+    assert len(drawn) == 16 and drawn.min() == 0.0 and drawn.max() > 0.9  # (the 24 px pictures are enlarged)
+    which = [next(i for i, w in enumerate(known) if torch.equal(w, d)) for d in drawn]  # each is one of them
+    assert min(which) < len(pictures) <= max(which)  # plain and mirrored pictures both drawn, with their weights
+    seen.clear()
+    plain = train(config(cut, tmp_path / "b", steps=8), model=load_model(sd1_dir), progress=False)
+    assert seen == [None] * 8
+    assert not torch.allclose(masked.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
+    assert "alpha_mask: true" in (tmp_path / "a" / "config.yaml").read_text()
+
+
+def test_alpha_mask_on_opaque_pictures_learns_what_a_plain_run_learns(sd1_dir, images, tmp_path):
+    opaque = cut_out(images, tmp_path / "opaque", keep=lambda a: a * 0 + 255)
+    runs = [train(config(opaque, tmp_path / name, alpha_mask=mask), model=load_model(sd1_dir), progress=False)
+            for name, mask in (("a", True), ("b", False))]
+    torch.testing.assert_close(runs[0].embedding.vectors["text_encoder"], runs[1].embedding.vectors["text_encoder"],
+                               rtol=1e-5, atol=1e-6)

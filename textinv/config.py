@@ -138,6 +138,9 @@ class TrainConfig:
                                   "model's schedule length (1000 for SD)")
     resolution: int = opt(None, "training image size; default: the model's native size")
     center_crop: bool = opt(True, "resize the short side then center-crop (false: squash the whole image)")
+    alpha_mask: bool = opt(False, "weigh the loss by each picture's alpha channel (the web UI's 'use PNG alpha "
+                                  "channel as loss weight', kohya's --alpha_mask): transparent parts are not "
+                                  "learned; pictures without one weigh 1 everywhere")
     flip: bool = opt(None, "random horizontal flips (p=0.5); default on, as in the paper's code")
     repeats: int = opt(1, "times each image appears per epoch (weighting between images)")
     templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token")

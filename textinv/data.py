@@ -150,6 +150,10 @@ class SmallImageWarning(UserWarning):
     """A picture is smaller than the training resolution and will be upscaled (and so blurred)."""
 
 
+class AlphaMaskWarning(UserWarning):
+    """--alpha-mask was asked for, but none of a concept's pictures has any transparency."""
+
+
 class CaptionWithoutMarkerWarning(UserWarning):
     """A caption file has no `{}` or `[name]` marker, so the placeholder is put in front of its text."""
 
@@ -277,6 +281,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     >>> load_image("photos/my_cat/cat1.jpg").mode  # doctest: +SKIP
     'RGB'
     """
+    return load_image_and_alpha(path)[0]
+
+
+def load_image_and_alpha(path: str | os.PathLike) -> tuple[Image.Image, Image.Image | None]:
+    """`load_image`'s RGB picture and its transparency as an upright 8-bit "L" image (255: opaque), or None for
+    a picture without any (`alpha_channel`)."""
     path = Path(path)
     try:
         with _open_image(path) as img:
@@ -296,9 +306,24 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"cannot read the picture {path} ({e}); it may be corrupt or cut short: "
                         "re-export it or remove it from the folder") from e
     try:
-        return to_rgb(img)
+        return to_rgb(img), alpha_channel(img)
     except Exception as e:  # a colour mode Pillow cannot convert, or a decoder or colour library failing
         raise DataError(f"cannot convert {path} (colour mode {img.mode}) to RGB: {e}; re-save it as RGB") from e
+
+
+def alpha_channel(img: Image.Image) -> Image.Image | None:
+    """The transparency of a picture of any mode as 8-bit "L" (0: transparent, 255: opaque), or None if it has
+    none: an alpha channel (RGBA, LA, PA, premultiplied RGBa) or a transparent colour (a palette entry, or PNG's
+    tRNS grey or RGB value, 16-bit grey included). The transparency `to_rgb` composites onto white.
+
+    >>> alpha_channel(Image.new("LA", (1, 1), (9, 70))).getpixel((0, 0)), alpha_channel(Image.new("RGB", (1, 1)))
+    (70, None)
+    """
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        img = _gray_to_8bit(img)
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        return img.convert("RGBA").getchannel("A")
+    return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -394,9 +419,26 @@ def prepare_image(img: Image.Image, resolution: int, center_crop: bool = True) -
     >>> prepare_image(Image.new("RGB", (640, 480), "white"), 512).shape
     torch.Size([3, 512, 512])
     """
-    _check_resolution(resolution)
     if img.mode != "RGB":
         raise ValueError(f"prepare_image takes an RGB image, got mode {img.mode!r}; read pictures with load_image")
+    pixels = torch.from_numpy(np.array(_square(img, resolution, center_crop), dtype=np.uint8))  # (H, W, 3), 0..255
+    return (pixels.permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0).contiguous()  # (3, H, W), -1..1
+
+
+def prepare_alpha(alpha: Image.Image, resolution: int, center_crop: bool = True) -> torch.Tensor:
+    """An "L" transparency (`alpha_channel`) cropped and scaled as `prepare_image` does its picture: (1, H, W)
+    float32 in [0, 1], 1 where the picture is opaque.
+
+    >>> prepare_alpha(Image.new("L", (640, 480), 255), 64).shape
+    torch.Size([1, 64, 64])
+    """
+    values = np.array(_square(alpha, resolution, center_crop), dtype=np.float32) / 255.0
+    return torch.from_numpy(values).clamp(0.0, 1.0)[None]  # (bicubic can overshoot a little)
+
+
+def _square(img: Image.Image, resolution: int, center_crop: bool) -> Image.Image:
+    """`img` cropped to its centred square (or squeezed to a square) and scaled to `resolution`."""
+    _check_resolution(resolution)
     width, height = img.size
     if center_crop:
         side = min(width, height)
@@ -407,9 +449,7 @@ def prepare_image(img: Image.Image, resolution: int, center_crop: bool = True) -
     enlarging = min(width, height) < resolution
     resample = Image.Resampling.BICUBIC if enlarging else Image.Resampling.LANCZOS
     # reducing_gap: huge pictures are first shrunk by whole-pixel averaging, then filtered; fast, same quality
-    square = img.resize((resolution, resolution), resample=resample, box=box, reducing_gap=3.0)
-    pixels = torch.from_numpy(np.array(square, dtype=np.uint8))  # (H, W, 3), 0..255
-    return (pixels.permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0).contiguous()  # (3, H, W), -1..1
+    return img.resize((resolution, resolution), resample=resample, box=box, reducing_gap=3.0)
 
 
 def _check_resolution(resolution: int) -> None:
@@ -425,6 +465,7 @@ class TrainingImage:
     pixels: torch.Tensor  # (3, resolution, resolution), float32 in [-1, 1]
     caption: str | None  # the text of the caption file beside it, `[name]` written as `{}`; None if it has none
     original_size: tuple[int, int] = (0, 0)  # (height, width) as loaded, upright: SDXL conditions on it
+    alpha: torch.Tensor | None = None  # (1, resolution, resolution) in [0, 1] with `use_alpha` and a transparency
 
     def crop_top_left(self, resolution: int, center_crop: bool = True) -> tuple[int, int]:
         """(top, left) of the crop in the picture resized so its short side is `resolution` (SDXL's crop ids)."""
@@ -436,11 +477,13 @@ class TrainingImage:
 
 
 def load_training_images(
-    paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True
+    paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True, use_alpha: bool = False
 ) -> list[TrainingImage]:
     """Load, prepare and caption each picture in `paths` (typically `find_images(folder)`).
 
-    Pictures smaller than `resolution` are upscaled, with one `SmallImageWarning` naming each and its size.
+    Pictures smaller than `resolution` are upscaled, with one `SmallImageWarning` naming each and its size. With
+    `use_alpha` each picture's transparency is kept too (`TrainingImage.alpha`, None for an opaque picture); a
+    picture that is transparent all over raises `DataError`.
 
     >>> images = load_training_images(find_images("photos/my_cat"), 512)  # doctest: +SKIP
     >>> images[0].pixels.shape, images[0].caption  # doctest: +SKIP
@@ -453,12 +496,16 @@ def load_training_images(
     small: list[str] = []
     for path in paths:
         path = Path(path)
-        img = load_image(path)
+        img, alpha = load_image_and_alpha(path)
         if min(img.size) < resolution:
             small.append(f"{path} ({img.width}x{img.height})")
         pixels = prepare_image(img, resolution, center_crop)
+        weight = prepare_alpha(alpha, resolution, center_crop) if use_alpha and alpha is not None else None
+        if weight is not None and not weight.max() > 0:
+            raise DataError(f"{path} is transparent all over, so with --alpha-mask none of it would be learned; "
+                            "remove it, or fix its alpha channel")
         result.append(TrainingImage(path=path, pixels=pixels, caption=read_caption(path),
-                                    original_size=(img.height, img.width)))
+                                    original_size=(img.height, img.width), alpha=weight))
     if small:
         warnings.warn(
             SmallImageWarning(
@@ -469,6 +516,19 @@ def load_training_images(
             stacklevel=2,
         )
     return result
+
+
+def latent_weights(pictures: list, size: tuple[int, int], folder) -> torch.Tensor:
+    """Each picture's transparency at the latents' size, (2I, 1, h, w): the pictures', then their mirror images',
+    as the cached latents are laid out. A latent pixel's weight is the mean alpha of the picture pixels it covers
+    (area averaging); an opaque picture weighs 1 everywhere."""
+    alphas = torch.stack([p.alpha if p.alpha is not None else torch.ones_like(p.pixels[:1]) for p in pictures])
+    if all(p.alpha is None for p in pictures):
+        warnings.warn(AlphaMaskWarning(f"--alpha-mask: no picture in {folder} has an alpha channel or a transparent "
+                                       f"colour, so every pixel weighs 1; save the pictures as PNGs with the "
+                                       f"background transparent"), stacklevel=3)
+    weights = torch.nn.functional.interpolate(alphas, size=tuple(size), mode="area")  # (I, 1, h, w)
+    return torch.cat([weights, weights.flip(-1)])
 
 
 def random_hflip(pixels: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:

@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import TrainConfig, build, parse_lr_steps, read_config_file, save_config
-from .data import CaptionSampler, default_templates, find_images, load_training_images, read_template_file
+from .data import (CaptionSampler, default_templates, find_images, latent_weights, load_training_images,
+                   read_template_file)
 from .errors import ConfigError, FormatError, TrainingError
 from .formats import FORMATS, LearnedEmbedding, default_filename, load_embedding, save_embedding, second_file
 from .generate import check_fits
@@ -347,11 +348,19 @@ def loss_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type: st
 
 
 def denoising_loss(scheduler, pred, latents, noise, timesteps, prediction_type: str, min_snr_gamma=None,
-                   plus_one: bool = False) -> torch.Tensor:
+                   plus_one: bool = False, pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error of `pred` against the prediction type's target (epsilon or velocity), per sample (B,),
-    times `loss_weights` when `min_snr_gamma` is given. Shared by textual inversion and the shapes pretraining."""
+    times `loss_weights` when `min_snr_gamma` is given. Shared by textual inversion and the shapes pretraining.
+
+    `pixel_weight` (B, 1, h, w) >= 0 makes each sample's mean a weighted mean over the latent pixels (`--alpha-mask`):
+    a pixel of weight 0 adds nothing, and a sample's loss keeps the scale of the plain mean whatever its weights'
+    total, so the learning rate means what it does without weights."""
     target = scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
-    loss = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    error = F.mse_loss(pred.float(), target, reduction="none")  # (B, C, h, w)
+    if pixel_weight is None:
+        loss = error.mean(dim=(1, 2, 3))  # (B,)
+    else:
+        loss = (error * pixel_weight).sum(dim=(1, 2, 3)) / (pixel_weight.sum(dim=(1, 2, 3)) * error.shape[1])
     if min_snr_gamma:
         alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
         loss = loss * loss_weights(alphas, min_snr_gamma, prediction_type, plus_one)
@@ -359,10 +368,11 @@ def denoising_loss(scheduler, pred, latents, noise, timesteps, prediction_type: 
 
 
 def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
-                   min_snr_gamma=None, time_ids=None, clip_skip: int = 1) -> torch.Tensor:
+                   min_snr_gamma=None, time_ids=None, clip_skip: int = 1, pixel_weight=None) -> torch.Tensor:
     """The denoising loss of one batch: the model's own target (epsilon or velocity), mean over pixels, (B,).
 
-    `input_ids` holds one (B, 77) tensor per text encoder; `time_ids` (B, 6) is SDXL's size/crop conditioning.
+    `input_ids` holds one (B, 77) tensor per text encoder; `time_ids` (B, 6) is SDXL's size/crop conditioning;
+    `pixel_weight` (B, 1, h, w) weighs the latent pixels (`denoising_loss`).
     """
     unet = model.unet
     noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
@@ -371,7 +381,8 @@ def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids
     if pooled is not None:
         extra["added_cond_kwargs"] = {"text_embeds": pooled.to(unet.dtype), "time_ids": time_ids.to(unet.dtype)}
     pred = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), **extra).sample
-    return denoising_loss(scheduler, pred, latents, noise, timesteps, model.prediction_type, min_snr_gamma)
+    return denoising_loss(scheduler, pred, latents, noise, timesteps, model.prediction_type, min_snr_gamma,
+                          pixel_weight=pixel_weight)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -393,6 +404,7 @@ class ConceptState:
     rows: list[slice]  # this token's rows in each encoder's added vectors
     out: Path  # where its embedding goes
     pixels: torch.Tensor | None = None  # kept only by the reference-like mode, which encodes every step
+    pixel_weight: torch.Tensor | None = None  # (2I, 1, h, w) with --alpha-mask: `latent_weights`
 
 
 def train(config: TrainConfig, model: Model | None = None, progress: bool = True, on_step=None) -> TrainResult:
@@ -464,9 +476,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     tokenizers = [tok for _, tok, _ in model.encoders]
     concepts: list[ConceptState] = []
     for k, (spec, paths, rows) in enumerate(zip(specs, images, rows_per_concept)):
-        pictures = load_training_images(paths, resolution, config.center_crop)
+        pictures = load_training_images(paths, resolution, config.center_crop, use_alpha=config.alpha_mask)
         pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
         mean, std = encode_latents(model.vae, torch.cat([pixels, pixels.flip(-1)]))  # (2I, 4, h, w)
+        pixel_weight = latent_weights(pictures, mean.shape[-2:], spec["images"]).to(device) if config.alpha_mask \
+            else None
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
         bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder), device,
                            entries=token_names(spec["token"], config.vectors))
@@ -479,7 +493,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         sampler = BatchSampler(len(pictures), config.repeats, config.use_flip, concept_seed(config.seed, k))
         concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
-                                     concept_out))
+                                     concept_out, pixel_weight=pixel_weight))
         if config.reference_like:
             concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
     speed_up_unet(model.unet, config.compile, config.compile_mode, config.channels_last)
@@ -615,7 +629,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 per_sample = diffusion_loss(model, scheduler, torch.cat([b["latents"] for b in batch]),
                                             torch.cat([b["noise"] for b in batch]),
                                             torch.cat([b["timestep"] for b in batch]), ids, config.min_snr_gamma,
-                                            cond_ids, config.clip_skip)  # (K * B,)
+                                            cond_ids, config.clip_skip,
+                                            torch.cat([b["pixel_weight"] for b in batch]) if config.alpha_mask
+                                            else None)  # (K * B,)
                 # the sum over concepts of each concept's mean: concept k's gradient is its own run's
                 per_concept = per_sample.view(len(concepts), -1).mean(dim=1)  # (K,)
                 scaler.scale(per_concept.sum() / config.grad_accum).backward()
@@ -830,7 +846,8 @@ def _draw(c: ConceptState, config, world, rank, latent_shape, timesteps, device,
         latents = (c.mean[which] + c.std[which] * mine["eps_latent"]) * scaling
     return {"latents": latents, "noise": mine["noise"], "timestep": mine["timestep"],
             "ids": c.bank.pick(mine["image"], mine["caption"]),
-            "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None}
+            "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None,
+            "pixel_weight": c.pixel_weight[which] if c.pixel_weight is not None else None}
 
 
 PAIR_HINT = ("give its first file (learned_embeds) with its partner (learned_embeds_2) beside it, or join the two "
