@@ -734,3 +734,42 @@ def test_latent_weights_average_the_alpha_and_mirror_with_the_latents(tmp_path):
     assert torch.equal(weights[2], weights[0].flip(-1))
     with pytest.warns(data.AlphaMaskWarning, match="no picture in .* has an alpha channel"):
         data.latent_weights(pictures[1:], (2, 2), tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tag shuffling and dropout
+
+
+def test_tag_variation_shuffles_drops_and_keeps_what_it_must():
+    rng = np.random.default_rng(0)
+    tags = ["red", "on grass", "sunny", "{}", "close-up", "blurry"]
+    text = ", ".join(["a photo", *tags])
+    shuffled = [data.TagVariation(shuffle=True, keep=1).vary(text, rng) for _ in range(200)]
+    assert all(s.startswith("a photo, ") and sorted(s.split(", ")[1:]) == sorted(tags) for s in shuffled)
+    assert len(set(shuffled)) > 100
+    thinned = [data.TagVariation(dropout=0.5, keep=1).vary(text, rng).split(", ") for _ in range(2000)]
+    assert all(t[0] == "a photo" and "{}" in t for t in thinned)  # kept, and the token's tag never dropped
+    assert all(t[1:] == [x for x in tags if x in t[1:]] for t in thinned)  # no shuffle: the order stays
+    kept = sum(len(t) - 2 for t in thinned) / (2000 * 5)  # each other tag's share of prompts it is in
+    assert abs(kept - 0.5) < 0.03
+    assert data.TagVariation().vary(text, rng) == text  # nothing asked: the caption as it was
+
+
+def test_captions_get_seeded_tag_variants_and_templates_stay_as_they_are(tmp_path):
+    images = [image(tmp_path, "a", "{}, red, on grass, sunny"), image(tmp_path, "b")]
+
+    def sampler(seed, **kw):
+        return CaptionSampler(images, OBJECT_TEMPLATES, "<t>", tags=data.TagVariation(seed=seed, **kw))
+
+    varied = sampler(3, shuffle=True).candidates(0)
+    assert len(varied) == 256 and all(sorted(v.split(", ")) == ["<t>", "on grass", "red", "sunny"] for v in varied)
+    assert len(set(varied)) == 24  # every order of the four tags turns up
+    assert varied == sampler(3, shuffle=True).candidates(0) and varied != sampler(4, shuffle=True).candidates(0)
+    assert sampler(3, shuffle=True).candidates(1) == sampler(3).candidates(1)  # no caption: the templates
+    assert sampler(3).candidates(0) == ["<t>, red, on grass, sunny"]  # nothing asked: one prompt, as before
+    filewords = CaptionSampler(images[:1], ["a photo of [name], [filewords]", "art by [name], [filewords]"], "<t>",
+                               tags=data.TagVariation(dropout=0.5, seed=0)).candidates(0)
+    assert {v.split(",")[0] for v in filewords} == {"a photo of <t>", "art by <t>"}  # templates drawn too
+    assert len({len(v.split(", ")) for v in filewords}) > 2  # tags left out in some, not in others
+    with pytest.warns(data.TagOptionsWarning, match="no picture has a caption"):
+        CaptionSampler(images[1:], OBJECT_TEMPLATES, "<t>", tags=data.TagVariation(shuffle=True))

@@ -779,3 +779,30 @@ def test_alpha_mask_on_opaque_pictures_learns_what_a_plain_run_learns(sd1_dir, i
             for name, mask in (("a", True), ("b", False))]
     torch.testing.assert_close(runs[0].embedding.vectors["text_encoder"], runs[1].embedding.vectors["text_encoder"],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_shuffled_tags_reach_the_training_prompts_and_resume_exactly(sd1_dir, images, tmp_path, monkeypatch):
+    for i, path in enumerate(sorted(images.glob("*.png"))):
+        path.with_suffix(".txt").write_text(f"{{}}, red square, dark background, picture {i}, small")
+    banks = []
+    real = train_module.CaptionBank
+
+    def recording(*args, **kwargs):
+        banks.append(real(*args, **kwargs))
+        return banks[-1]
+
+    monkeypatch.setattr(train_module, "CaptionBank", recording)
+    shuffled = train(config(images, tmp_path / "a", shuffle_tags=True, tag_dropout=0.3, keep_tags=1),
+                     model=load_model(sd1_dir), progress=False)
+    texts = banks[-1].texts
+    assert len(texts) == 4 * 256 and all(t.split(",")[0] == "<zq>" for t in texts)  # the kept first tag
+    assert len(set(texts)) > 150 and any("small" not in t for t in texts)  # of 4 x 65 possible
+    plain = train(config(images, tmp_path / "b"), model=load_model(sd1_dir), progress=False)
+    assert len(banks[-1].texts) == 4
+    assert not torch.equal(shuffled.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
+    tags = dict(shuffle_tags=True, tag_dropout=0.3, keep_tags=1, save_every=3)  # the bank is rebuilt the same
+    train(config(images, tmp_path / "c", steps=3, **tags), model=load_model(sd1_dir), progress=False)
+    resumed = train(config(images, tmp_path / "c", resume=True, **tags), model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], shuffled.embedding.vectors["text_encoder"])
+    with pytest.raises(ConfigError, match="--tag-dropout is a chance in"):
+        config(images, tmp_path / "d", tag_dropout=1.0).validate()

@@ -143,6 +143,11 @@ class TrainConfig:
                                   "learned; pictures without one weigh 1 everywhere")
     flip: bool = opt(None, "random horizontal flips (p=0.5); default on, as in the paper's code")
     repeats: int = opt(1, "times each image appears per epoch (weighting between images)")
+    shuffle_tags: bool = opt(False, "shuffle the comma-separated tags of each caption every time it is used (the web "
+                                    "UI's 'shuffle tags', kohya's --shuffle_caption)")
+    tag_dropout: float = opt(0.0, "leave out each caption tag with this chance (the web UI's 'drop out tags', "
+                                  "kohya's --caption_tag_dropout_rate); the tag holding the token stays")
+    keep_tags: int = opt(0, "the first N caption tags stay first and are never dropped (kohya's --keep_tokens)")
     templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token")
     precision: str = opt("auto", "weights' precision; auto = bf16 on a GPU that has it, else fp32", choices=PRECISIONS)
     seed: int = opt(0, "random seed: same seed and settings give the same run")
@@ -187,7 +192,9 @@ class TrainConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
-        for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints"):
+        if not 0.0 <= self.tag_dropout < 1.0:  # (also refuses NaN)
+            raise ConfigError(f"--tag-dropout is a chance in [0, 1), got {self.tag_dropout}")
+        for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints", "keep_tags"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
         check_lr(self.lr)

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import TrainConfig, build, parse_lr_steps, read_config_file, save_config
-from .data import (CaptionSampler, default_templates, find_images, latent_weights, load_training_images,
-                   read_template_file)
+from .data import (CaptionSampler, TagVariation, default_templates, find_images, latent_weights,
+                   load_training_images, read_template_file)
 from .errors import ConfigError, FormatError, TrainingError
 from .formats import FORMATS, LearnedEmbedding, default_filename, load_embedding, save_embedding, second_file
 from .generate import check_fits
@@ -482,7 +482,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         pixel_weight = latent_weights(pictures, mean.shape[-2:], spec["images"]).to(device) if config.alpha_mask \
             else None
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
-        bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder), device,
+        tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags, seed=concept_seed(config.seed, k))
+        bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder, tags=tags), device,
                            entries=token_names(spec["token"], config.vectors))
         time_ids = None
         if model.is_xl:  # SDXL's size/crop conditioning, per picture (mirrored pictures share it)
