@@ -806,3 +806,50 @@ def test_shuffled_tags_reach_the_training_prompts_and_resume_exactly(sd1_dir, im
     assert torch.equal(resumed.embedding.vectors["text_encoder"], shuffled.embedding.vectors["text_encoder"])
     with pytest.raises(ConfigError, match="--tag-dropout is a chance in"):
         config(images, tmp_path / "d", tag_dropout=1.0).validate()
+
+
+def test_an_fp16_overflow_skips_only_its_own_concepts_step():
+    """Under fp16 loss scaling, a concept whose gradients overflowed keeps its vectors and Adam moments, while the
+    other concepts (rows of the same tensors) take the step their own runs would; the scale is lowered."""
+    from types import SimpleNamespace
+
+    from textinv.train import _step_skipping_overflows
+
+    def setup():
+        encoders = [SimpleNamespace(vectors=torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator()
+                                                                           .manual_seed(i)))) for i in range(2)]
+        optimizer = torch.optim.AdamW([e.vectors for e in encoders], lr=0.1, weight_decay=0.01)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        scaler.scale(torch.ones(()))  # (as a scaled loss would: the scale starts here)
+        return encoders, optimizer, scaler
+
+    rows = [[slice(0, 2)] * 2, [slice(2, 4)] * 2]  # concept A: rows 0-1 of both encoders; B: rows 2-3
+
+    def step(encoders, optimizer, scaler, overflow_in_a: bool):
+        for i, e in enumerate(encoders):
+            e.vectors.grad = torch.full((4, 3), 1024.0 * (i + 1))  # scaled gradients
+            if overflow_in_a:
+                e.vectors.grad[0, 1] = float("inf")
+        scaler.unscale_(optimizer)
+        _step_skipping_overflows(scaler, optimizer, encoders, rows)
+
+    encoders, optimizer, scaler = setup()
+    step(encoders, optimizer, scaler, False)  # a normal step first, so there are moments to keep
+    before = [e.vectors.detach().clone() for e in encoders]
+    moments = [optimizer.state[e.vectors]["exp_avg"].clone() for e in encoders]
+    step(encoders, optimizer, scaler, True)
+    assert scaler.get_scale() < 1024.0
+    reference, ref_optimizer, ref_scaler = setup()  # B's own run: two finite steps
+    step(reference, ref_optimizer, ref_scaler, False)
+    step(reference, ref_optimizer, ref_scaler, False)
+    for e, ref, old, m in zip(encoders, reference, before, moments):
+        assert torch.equal(e.vectors[:2], old[:2]) and torch.equal(optimizer.state[e.vectors]["exp_avg"][:2], m[:2])
+        torch.testing.assert_close(e.vectors[2:], ref.vectors[2:])
+        assert not torch.equal(e.vectors[2:], old[2:])
+    encoders, optimizer, scaler = setup()  # every concept overflowed: nothing moves, as GradScaler does
+    start = [e.vectors.detach().clone() for e in encoders]
+    for e in encoders:
+        e.vectors.grad = torch.full((4, 3), float("inf"))
+    scaler.unscale_(optimizer)
+    _step_skipping_overflows(scaler, optimizer, encoders, rows)
+    assert all(torch.equal(e.vectors, s) for e, s in zip(encoders, start)) and scaler.get_scale() < 1024.0

@@ -645,8 +645,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             if config.max_grad_norm:
                 for c in concepts:  # each concept clipped on its own, as in its own run
                     _clip_rows([(e.vectors.grad, r) for e, r in zip(exts, c.rows)], config.max_grad_norm)
-            scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
-            scaler.update()
+            # (the reference-like mode trains the whole table too, and skips whole steps as the reference does)
+            _step_skipping_overflows(scaler, optimizer, exts, [c.rows for c in concepts] if not config.reference_like
+                                     else [[slice(None)] * len(exts)])
             if config.reference_like:  # put the frozen rows back, as the reference does after every step
                 with torch.no_grad():
                     for e, copy in zip(exts, table_copies):
@@ -875,6 +876,36 @@ def timestep_range(config: TrainConfig, num_timesteps: int) -> tuple[int, int]:
         raise ConfigError(f"--min-timestep {config.min_timestep} / --max-timestep {high} do not fit the model's "
                           f"{num_timesteps} timesteps: draw from a range within 0..{num_timesteps}")
     return config.min_timestep, high
+
+
+def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[list[slice]]) -> None:
+    """The optimizer step under fp16 loss scaling (`scaler` enabled; else a plain step), skipped only for the
+    concepts whose gradients overflowed. GradScaler skips the whole step when any gradient is not finite, and all
+    concepts' vectors share one tensor per encoder, so one concept's overflow would cost every concept its step:
+    here the others step as in their own runs, and an overflowed concept's vectors and Adam moments are put back
+    (its bias-correction count, shared, moves on by one). The scale is lowered for the next step either way."""
+    bad = []
+    if scaler.is_enabled():  # (scaler.step syncs with the host here anyway)
+        bad = [rows for rows in rows_per_concept
+               if not all(torch.isfinite(e.vectors.grad[r]).all() for e, r in zip(exts, rows))]
+    if not bad or len(bad) == len(rows_per_concept):
+        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
+        scaler.update()
+        return
+    kept = []
+    for rows in bad:
+        for e, r in zip(exts, rows):
+            e.vectors.grad[r] = 0.0
+            state = optimizer.state.get(e.vectors, {})
+            kept.append((e.vectors, r, {k: v[r].clone() for k, v in state.items() if k != "step"},
+                         e.vectors.detach()[r].clone()))
+    optimizer.step()  # the finite concepts' step (gradients already unscaled)
+    with torch.no_grad():
+        for vectors, r, moments, old in kept:
+            vectors[r] = old
+            for k, v in moments.items():
+                optimizer.state[vectors][k][r] = v
+    scaler.update()  # lowers the scale: the unscale found an overflow
 
 
 def _clip_rows(grads_and_rows: list[tuple[torch.Tensor, slice]], max_norm: float) -> None:
