@@ -424,12 +424,64 @@ def test_an_ancestral_sampler_draws_each_picture_from_its_own_seed(sd1_dir, tmp_
 def test_web_ui_syntax_textinv_does_not_apply_is_warned_about(sd1_dir, tmp_path):
     from textinv.emphasis import unsupported
 
-    assert unsupported("a [cat:dog:0.5] on [grass|sand] <lora:style:0.8>") == [
-        "extra-network tags <lora:style:0.8>", "prompt editing [cat:dog:0.5]", "alternation [grass|sand]"]
+    assert unsupported("a [cat:dog:0.5] on [grass|sand] <lora:style:0.8>") == ["extra-network tags <lora:style:0.8>"]
     assert unsupported(r"a (red:1.2) [blue] \[a:b\] <my-token> 12:30") == []
-    with pytest.warns(UserWarning, match="uses the web UI's prompt editing \\[cat:dog:0.5\\], which textinv does not"):
-        generate(GenerateConfig(prompt=["a [cat:dog:0.5]"], out=str(tmp_path / "r"), n=1, steps=1,
+    with pytest.warns(UserWarning, match="uses the web UI's extra-network tags <lora:x:1>, which textinv does not"):
+        generate(GenerateConfig(prompt=["a <lora:x:1> cat"], out=str(tmp_path / "r"), n=1, steps=1,
                                 model=str(sd1_dir)), progress=False)
+
+
+@pytest.mark.parametrize("prompt, steps, schedule", [
+    ("a [cat:dog:0.5] on [grass::3]", 10, [(3, "a cat on grass"), (5, "a cat on "), (10, "a dog on ")]),
+    ("a [dog:4]", 8, [(4, "a "), (8, "a dog")]),  # [to:when]: added after step 4
+    ("[cat:dog:3]", 2, [(2, "cat")]),  # a step past the end: cut to it
+    ("[cat:dog:0]", 5, [(5, "dog")]), ("[cat:dog:1.0]", 5, [(5, "cat")]),  # "1.0" is a fraction: all of them
+    ("[cat:dog:0.25]", 10, [(2, "cat"), (10, "dog")]),  # int(2.5)
+    ("[red|blue] car", 3, [(1, "red car"), (2, "blue car"), (3, "red car")]),
+    ("[a|b|] x", 4, [(1, "a x"), (2, "b x"), (3, " x"), (4, "a x")]),
+    ("[[red|blue]:green:2] car", 4, [(1, "red car"), (2, "blue car"), (4, "green car")]),  # nested
+    ("a ([cat:dog:0.5]:1.2), [x]", 4, [(2, "a (cat:1.2), [x]"), (4, "a (dog:1.2), [x]")]),  # inside emphasis
+    ("[(cat:1.3):dog:1]", 3, [(1, "(cat:1.3)"), (3, "dog")]),  # holding it
+    (r"a \[cat:dog:0.5\] [b:c] [a:b:c:0.5] [open:x:1", 4, [(4, r"a \[cat:dog:0.5\] [b:c] [a:b:c:0.5] [open:x:1")]),
+])
+def test_prompt_editing_and_alternation_are_scheduled_as_the_web_ui_does(prompt, steps, schedule):
+    from textinv.emphasis import prompt_schedule
+
+    assert prompt_schedule(prompt, steps) == schedule
+
+
+def _conditioning_seen(model):
+    """Each UNet call's text conditioning (encoder hidden states and SDXL's pooled text embedding), in order."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        hidden = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        pooled = (kwargs.get("added_cond_kwargs") or {}).get("text_embeds")
+        seen.append((hidden.clone(), None if pooled is None else pooled.clone()))
+
+    model.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("guidance", [7.5, 1.0])
+def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidance):
+    from textinv.generate import encode_prompts
+
+    model = load_model(sd1_dir)
+    seen = _conditioning_seen(model)
+    edited = render(model, ["a [red:blue:2] dog"], [0], steps=4, guidance=guidance, negative_prompt="[ugly|dark]")
+    red, blue = (encode_prompts(model, [f"a {c} dog"])[0] for c in ("red", "blue"))
+    ugly, dark = (encode_prompts(model, [c])[0] for c in ("ugly", "dark"))
+    assert len(seen) == 4
+    for step, (hidden, _) in enumerate(seen, start=1):
+        cond = red if step <= 2 else blue
+        expected = torch.cat([ugly if step % 2 else dark, cond]) if guidance > 1 else cond
+        torch.testing.assert_close(hidden, expected)
+    plain = render(load_model(sd1_dir), ["a red dog"], [0], steps=4, guidance=guidance, negative_prompt="ugly")
+    assert not np.array_equal(np.asarray(edited[0]), np.asarray(plain[0]))
+    whole = render(load_model(sd1_dir), ["a [red:blue:1.0] dog"], [0], steps=4, guidance=guidance,
+                   negative_prompt="ugly")  # one stretch: the plain path, the same picture
+    assert np.array_equal(np.asarray(whole[0]), np.asarray(plain[0]))
 
 
 def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir, tmp_path):

@@ -324,3 +324,18 @@ def test_starting_from_one_half_of_an_sdxl_pair_says_how_to_give_both(xl_dir, im
     with pytest.raises(Exception, match="join the two with textinv convert FIRST OUT --second SECOND"):
         train(xl_config(images, tmp_path / "a", init=None, init_embedding=str(half), vectors=1),
               model=load_model(xl_dir), progress=False)
+
+
+def test_an_edited_sdxl_prompt_switches_the_pooled_embedding_too(xl_dir):
+    from test_generate import _conditioning_seen
+
+    model = load_model(xl_dir)
+    seen = _conditioning_seen(model)
+    render(model, ["[a dog:a cat:1]"], [0], steps=3)
+    (dog, dog_pooled), (cat, cat_pooled) = (encode_prompts(model, [p]) for p in ("a dog", "a cat"))
+    assert len(seen) == 3 and not torch.equal(dog_pooled, cat_pooled)
+    for step, (hidden, pooled) in enumerate(seen, start=1):
+        want, want_pooled = (dog, dog_pooled) if step == 1 else (cat, cat_pooled)
+        torch.testing.assert_close(hidden[1:], want)  # (the negative, empty: zeros, first)
+        torch.testing.assert_close(pooled[1:], want_pooled)
+        assert not pooled[0].any()

@@ -1,5 +1,6 @@
 """A1111's prompt syntax, so prompts written for the web UI draw alike here: emphasis (`(words)`, `[words]`,
-`(words:1.3)`), `BREAK`, and prompts longer than the 75 words one pass of CLIP reads.
+`(words:1.3)`), `BREAK`, prompts longer than the 75 words one pass of CLIP reads, and prompt editing and
+alternation (`[cat:dog:0.5]`, `[cat|dog]`: `prompt_schedule` gives each stretch of sampling steps its text).
 
 The syntax (as AUTOMATIC1111's web UI reads it): `(x)` multiplies the attention to x by 1.1, `((x))` by 1.21, `[x]`
 divides it by 1.1, `(x:1.3)` multiplies it by 1.3; brackets nest and multiply; `\\(` `\\)` `\\[` `\\]` are the literal
@@ -81,19 +82,164 @@ def plain_text(prompt: str) -> str:
     return "".join(text for text, _ in parse(prompt))
 
 
-_UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:lora|lyco|hypernet):[^<>]*>", re.I)),
-                ("prompt editing", re.compile(r"(?<!\\)\[[^\[\]|]*:[^\[\]|]*\]")),
-                ("alternation", re.compile(r"(?<!\\)\[[^\[\]]*\|[^\[\]]*\]")))
+_UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:lora|lyco|hypernet):[^<>]*>", re.I)),)
 
 
 def unsupported(prompt: str) -> list[str]:
     """The web UI's prompt features in `prompt` that textinv does not apply (they are read as words): extra-network
-    tags (`<lora:name:0.8>`), prompt editing (`[cat:dog:0.5]`) and alternation (`[cat|dog]`).
+    tags (`<lora:name:0.8>`).
 
     >>> unsupported("a [cat:dog:0.5] <lora:x:0.8>, (red:1.2)")
-    ['extra-network tags <lora:x:0.8>', 'prompt editing [cat:dog:0.5]']
+    ['extra-network tags <lora:x:0.8>']
     """
     return [f"{what} {m.group(0)}" for what, pattern in _UNSUPPORTED for m in pattern.finditer(prompt)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt editing and alternation: which text conditions which sampling step
+
+_NUMBER = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*")
+
+
+def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+    """The web UI's prompt editing and alternation as (last step, text) pairs over sampling steps 1..`steps`: the
+    text conditions every step after the previous pair's last step up to its own. The texts keep their emphasis,
+    `BREAK` and escapes for `token_chunks`.
+
+    `[from:to:when]` reads `from` up to step `when` and `to` after it; `[to:when]` adds `to` after `when`, and
+    `[from::when]` removes `from` after it. A `when` with a decimal point is a fraction of the steps (`0.25` of 20
+    steps: step 5), a whole number is a step; either is cut to `steps`. `[a|b|c]` takes a, b, c, a... in turn, one
+    a step. They nest, and may sit inside emphasis (`([cat:dog:0.5]:1.2)`) or hold it. Other brackets are emphasis,
+    left for `parse`; a bracket that is never closed is text, as are escaped `\\[` and `\\]`.
+
+    >>> prompt_schedule("a [cat:dog:0.5] on [grass::3]", 10)
+    [(3, 'a cat on grass'), (5, 'a cat on '), (10, 'a dog on ')]
+    >>> prompt_schedule("[red|blue] car", 3)
+    [(1, 'red car'), (2, 'blue car'), (3, 'red car')]
+    """
+    tree = _parse_schedule(prompt)
+    ends = {steps}
+    _collect_steps(tree, steps, ends)
+    schedule: list[tuple[int, str]] = []
+    for end in sorted(e for e in ends if 1 <= e <= steps):
+        text = _text_at(tree, end, steps)
+        if schedule and schedule[-1][1] == text:  # nothing changed at the previous boundary: one longer stretch
+            schedule[-1] = (end, text)
+        else:
+            schedule.append((end, text))
+    return schedule
+
+
+def _parse_schedule(prompt: str) -> list:
+    """`prompt` as nodes: text (str, emphasis brackets included), ("edit", before, after, when) and
+    ("alternate", options), where before, after and each option are node lists themselves."""
+    return _parse_until(prompt, 0, "")[0]
+
+
+def _parse_until(prompt: str, i: int, closers: str) -> tuple[list, int]:
+    """Nodes from `prompt[i:]` up to the first of `closers` at this level (not consumed) or the end."""
+    nodes: list = []
+    text: list[str] = []
+
+    def add(*more) -> None:
+        if text:
+            nodes.append("".join(text))
+            text.clear()
+        nodes.extend(more)
+
+    while i < len(prompt):
+        ch = prompt[i]
+        if ch == "\\" and i + 1 < len(prompt):  # an escape stays as written, for `parse`
+            text.append(prompt[i:i + 2])
+            i += 2
+        elif ch in closers:
+            break
+        elif ch == "[":
+            parts, seps, end = _bracket(prompt, i)
+            if end is None:  # never closed: the bracket is text
+                text.append(ch)
+                i += 1
+                continue
+            add(*_square(parts, seps))
+            i = end
+        elif ch == "(":
+            inner, end = _parse_until(prompt, i + 1, ")")
+            if end >= len(prompt):  # never closed: text here (`parse` weighs the rest of the prompt by it)
+                text.append(ch)
+                i += 1
+                continue
+            add("(", *inner, ")")
+            i = end + 1
+        else:
+            text.append(ch)
+            i += 1
+    add()
+    return nodes, i
+
+
+def _bracket(prompt: str, i: int) -> tuple[list[list], list[str], int | None]:
+    """The parts of the square bracket opening at `i`, split at its own `:` and `|`, those separators, and the index
+    after its `]` (None if it is never closed)."""
+    parts, seps = [], []
+    j = i + 1
+    while True:
+        part, j = _parse_until(prompt, j, "]:|")
+        parts.append(part)
+        if j >= len(prompt):
+            return parts, seps, None
+        if prompt[j] == "]":
+            return parts, seps, j + 1
+        seps.append(prompt[j])
+        j += 1
+
+
+def _square(parts: list[list], seps: list[str]) -> list:
+    """The nodes a closed square bracket stands for: an alternation, an edit, or else emphasis (kept as text)."""
+    if seps and set(seps) == {"|"}:
+        return [("alternate", parts)]
+    when = parts[-1]
+    if seps and set(seps) == {":"} and len(parts) in (2, 3) and len(when) == 1 and isinstance(when[0], str) \
+            and _NUMBER.fullmatch(when[0]):
+        before, after = (parts[0], parts[1]) if len(parts) == 3 else ([], parts[0])
+        return [("edit", before, after, when[0].strip())]
+    nodes: list = ["["]
+    for k, part in enumerate(parts):
+        nodes.extend(part)
+        if k < len(seps):
+            nodes.append(seps[k])
+    return nodes + ["]"]
+
+
+def _edit_step(when: str, steps: int) -> int:
+    value = float(when) * steps if "." in when else float(when)
+    return min(steps, int(value))
+
+
+def _collect_steps(nodes: list, steps: int, ends: set[int]) -> None:
+    """Add to `ends` every step after which some edit or alternation changes the text."""
+    for node in nodes:
+        if isinstance(node, str):
+            continue
+        if node[0] == "edit":
+            ends.add(_edit_step(node[3], steps))
+            _collect_steps(node[1], steps, ends)
+            _collect_steps(node[2], steps, ends)
+        else:
+            ends.update(range(1, steps + 1))
+            for option in node[1]:
+                _collect_steps(option, steps, ends)
+
+
+def _text_at(nodes: list, step: int, steps: int) -> str:
+    out = []
+    for node in nodes:
+        if isinstance(node, str):
+            out.append(node)
+        elif node[0] == "edit":
+            out.append(_text_at(node[1] if step <= _edit_step(node[3], steps) else node[2], step, steps))
+        else:
+            out.append(_text_at(node[1][(step - 1) % len(node[1])], step, steps))
+    return "".join(out)
 
 
 CHUNK = 75  # tokens per chunk, between its start and end tokens: CLIP reads 77

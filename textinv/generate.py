@@ -8,6 +8,7 @@ uses seed + i, so any single image can be made again on its own.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import re
@@ -161,17 +162,19 @@ def render(
     ]).to(pipe.device, pipe.unet.dtype)
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
-    rows = _prompt_chunks(model, prompts)
-    negative_rows = [per * len(prompts) for per in _prompt_chunks(model, [negative_prompt])]  # (cut once)
-    chunks = max(len(c) for per in rows + negative_rows for c in per)  # (a prompt and its negative: as many)
-    cond, pooled = _encode_chunks(model, rows, chunks, clip_skip)
-    uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip)
-    kwargs = dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
-    if model.is_xl:
-        if not negative_prompt and pipe.config.force_zeros_for_empty_prompt:  # as the SDXL pipeline does
-            uncond, neg_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
-        kwargs = dict(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
-                      negative_pooled_prompt_embeds=neg_pooled, original_size=(size, size), target_size=(size, size))
+    # Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps with texts of their own;
+    # a prompt without them is one stretch.
+    schedules = [emphasis.prompt_schedule(text, steps) for text in prompts + [negative_prompt]]
+    ends = sorted({end for schedule in schedules for end, _ in schedule})
+    texts = [[next(text for end, text in schedule if last <= end) for schedule in schedules] for last in ends]
+    rows = [_prompt_chunks(model, stretch[:-1]) for stretch in texts]
+    negative_rows = [[per * len(prompts) for per in _prompt_chunks(model, stretch[-1:])] for stretch in texts]
+    chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
+    conditioning = [_conditioning(model, r, n, stretch[-1], chunks, clip_skip, size)
+                    for r, n, stretch in zip(rows, negative_rows, texts)]
+    kwargs = dict(conditioning[0])
+    if len(ends) > 1:
+        kwargs.update(_switching_conditioning(model, ends, conditioning))
     was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
     pipe.scheduler = sampling_scheduler(own_scheduler, sampler)
@@ -183,6 +186,41 @@ def render(
         pipe.unet.train(was_training)
         pipe.scheduler = own_scheduler
     return list(result.images)
+
+
+def _conditioning(model: Model, rows, negative_rows, negative_prompt: str, chunks: int, clip_skip: int,
+                  size: int) -> dict:
+    """The pipeline's conditioning arguments for prompts and their negative already cut into chunks."""
+    cond, pooled = _encode_chunks(model, rows, chunks, clip_skip)
+    uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip)
+    if not model.is_xl:
+        return dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
+    if not negative_prompt and model.pipeline.config.force_zeros_for_empty_prompt:  # as the SDXL pipeline does
+        uncond, neg_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
+    return dict(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
+                negative_pooled_prompt_embeds=neg_pooled, original_size=(size, size), target_size=(size, size))
+
+
+def _switching_conditioning(model: Model, ends: list[int], conditioning: list[dict]) -> dict:
+    """Pipeline arguments that move the conditioning on to stretch k + 1 once step `ends[k]` (counted from 1) is
+    done: diffusers calls `callback_on_step_end` after each step, and what it returns replaces the tensors the
+    next steps read (under classifier-free guidance the negative's and the prompt's, laid end to end)."""
+    names = ["prompt_embeds"] + (["add_text_embeds"] if model.is_xl else [])
+    current = [0]
+
+    def switch(pipe, i, t, tensors):
+        k = bisect.bisect_left(ends, i + 2)  # the stretch of the next step (step i + 2 counted from 1)
+        if k == current[0] or k >= len(ends):
+            return {}
+        current[0] = k
+        c = conditioning[k]
+        pairs = [(c["negative_prompt_embeds"], c["prompt_embeds"])]
+        if model.is_xl:
+            pairs.append((c["negative_pooled_prompt_embeds"], c["pooled_prompt_embeds"]))
+        guided = pipe.do_classifier_free_guidance
+        return {name: torch.cat(pair) if guided else pair[1] for name, pair in zip(names, pairs)}
+
+    return dict(callback_on_step_end=switch, callback_on_step_end_tensor_inputs=names)
 
 
 A1111_SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "dpm++2m": "DPM++ 2M", "dpm++2m_karras": "DPM++ 2M Karras",
