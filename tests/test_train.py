@@ -689,6 +689,33 @@ def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
         config(images, tmp_path / "f", init=None, init_embedding=" ").validate()
 
 
+def test_a_result_can_be_refined_in_place_with_overwrite(sd1_dir, images, tmp_path):
+    """--init-embedding OUT/learned_embeds.safetensors --out OUT --overwrite: the file is read, kept while the old
+    run's other files are cleared (so after a crash before the first checkpoint the same command starts again from
+    it), and replaced by the refined result, which equals a refinement elsewhere."""
+    import shutil
+
+    first = train(config(images, tmp_path / "a", steps=3, save_every=0), model=load_model(sd1_dir), progress=False)
+    learned = tmp_path / "a" / "learned_embeds.safetensors"
+    shutil.copy(learned, tmp_path / "copy.safetensors")
+    refine = dict(init=None, steps=4, save_every=2)
+
+    def crash(step):
+        raise RuntimeError("the machine went down")
+
+    with pytest.raises(RuntimeError, match="went down"):
+        train(config(images, tmp_path / "a", init_embedding=str(learned), overwrite=True, **refine),
+              model=load_model(sd1_dir), progress=False, on_step=crash)
+    assert learned.exists()
+    again = train(config(images, tmp_path / "a", init_embedding=str(learned), overwrite=True, **refine),
+                  model=load_model(sd1_dir), progress=False)
+    elsewhere = train(config(images, tmp_path / "b", init_embedding=str(tmp_path / "copy.safetensors"), **refine),
+                      model=load_model(sd1_dir), progress=False)
+    assert torch.equal(again.embedding.vectors["text_encoder"], elsewhere.embedding.vectors["text_encoder"])
+    assert not torch.equal(again.embedding.vectors["text_encoder"], first.embedding.vectors["text_encoder"])
+    assert torch.equal(load_embedding(learned).vectors["text_encoder"], again.embedding.vectors["text_encoder"])
+
+
 def test_a_run_started_from_an_embedding_file_resumes_without_it(sd1_dir, images, tmp_path):
     from textinv.formats import LearnedEmbedding, save_embedding
 

@@ -199,9 +199,11 @@ def _check_writable(out: Path) -> None:
         raise ConfigError(f"--out {out}: {probe} is not writable by you; choose another --out")
 
 
-def clear_run(out: Path, previous: dict) -> None:
+def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
     """--overwrite: delete what the previous textinv run in `out` wrote (its record `previous` names its tokens
-    and format), and nothing else a user may keep in the folder (a model file, other embeddings, notes)."""
+    and format), and nothing else a user may keep in the folder (a model file, other embeddings, notes). `keep`,
+    the new run's --init-embedding, stays even if the old run wrote it ("refine my last result in place"): a
+    restart before the first checkpoint reads it again; the new result replaces it at the first save."""
     for name in (CHECKPOINT_DIR, SAMPLES_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
     # the files every run writes whatever its token (the diffusers layouts), and the log and record
@@ -216,7 +218,7 @@ def clear_run(out: Path, previous: dict) -> None:
         if len(tokens) > 1:
             shutil.rmtree(out / concept_folder(token), ignore_errors=True)
     for path in out.iterdir():
-        if path.is_file() and path.name in names:
+        if path.is_file() and path.name in names and not (keep is not None and path.resolve() == keep.resolve()):
             path.unlink()
 
 
@@ -542,7 +544,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 print(f"resuming {out} at step {step} of {config.steps}")
     elif is_main:
         if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
-            clear_run(out, previous)
+            clear_run(out, previous, Path(config.init_embedding) if config.init_embedding else None)
         output_folder(out)
         save_config(config, out / CONFIG_FILE, world)
 
