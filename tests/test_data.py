@@ -773,3 +773,12 @@ def test_captions_get_seeded_tag_variants_and_templates_stay_as_they_are(tmp_pat
     assert len({len(v.split(", ")) for v in filewords}) > 2  # tags left out in some, not in others
     with pytest.warns(data.TagOptionsWarning, match="no picture has a caption"):
         CaptionSampler(images[1:], OBJECT_TEMPLATES, "<t>", tags=data.TagVariation(shuffle=True))
+
+
+def test_tag_variation_takes_any_seed_and_keeps_an_unmarked_captions_token_a_tag_of_its_own(tmp_path):
+    images = [image(tmp_path, "a", "red, on grass, sunny")]  # no marker: the token goes in front
+    with pytest.warns(data.CaptionWithoutMarkerWarning):
+        sampler = CaptionSampler(images, OBJECT_TEMPLATES, "<t>", tags=data.TagVariation(dropout=0.9, seed=-1))
+    variants = sampler.candidates(0)  # a negative seed, as `--seed -1` gives
+    assert all(v.split(", ")[0] == "<t>" for v in variants)
+    assert any(v == "<t>" for v in variants)  # "red" can be left out too: it is not glued to the token

@@ -437,6 +437,8 @@ def test_web_ui_syntax_textinv_does_not_apply_is_warned_about(sd1_dir, tmp_path)
     ("[cat:dog:3]", 2, [(2, "cat")]),  # a step past the end: cut to it
     ("[cat:dog:0]", 5, [(5, "dog")]), ("[cat:dog:1.0]", 5, [(5, "cat")]),  # "1.0" is a fraction: all of them
     ("[cat:dog:0.25]", 10, [(2, "cat"), (10, "dog")]),  # int(2.5)
+    ("[cat:dog:+2]", 5, [(2, "cat"), (5, "dog")]), ("[cat:dog:-1]", 5, [(5, "dog")]),  # signed numbers,
+    ("[cat:dog:1e1]", 20, [(10, "cat"), (20, "dog")]),  # and exponents, as the web UI's grammar reads them
     ("[red|blue] car", 3, [(1, "red car"), (2, "blue car"), (3, "red car")]),
     ("[a|b|] x", 4, [(1, "a x"), (2, "b x"), (3, " x"), (4, "a x")]),
     ("[[red|blue]:green:2] car", 4, [(1, "red car"), (2, "blue car"), (4, "green car")]),  # nested
@@ -463,24 +465,38 @@ def _conditioning_seen(model):
     return seen
 
 
-@pytest.mark.parametrize("guidance", [7.5, 1.0])
-def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidance):
+@pytest.mark.parametrize("guidance, scheduler, steps_of_calls", [
+    (7.5, "euler", [0, 1, 2, 3]), (1.0, "euler", [0, 1, 2, 3]),
+    (7.5, "pndm", [0, 1, 1, 2, 3]),  # SD 1.x's own sampler: 5 UNet calls for 4 steps, one timestep twice
+])
+def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidance, scheduler, steps_of_calls):
+    """As the web UI: step s (from 0) takes the first text whose last step is >= s, so `[red:blue:2]` draws red
+    for steps 0-2 and `[ugly|dark]` goes ugly, ugly, dark, ugly; a sampler's extra calls keep their step's text."""
+    from diffusers import PNDMScheduler
+
     from textinv.generate import encode_prompts
 
     model = load_model(sd1_dir)
+    sampler = "euler"
+    if scheduler == "pndm":
+        model.pipeline.scheduler = PNDMScheduler.from_config(model.pipeline.scheduler.config, skip_prk_steps=True)
+        sampler = "default"
     seen = _conditioning_seen(model)
-    edited = render(model, ["a [red:blue:2] dog"], [0], steps=4, guidance=guidance, negative_prompt="[ugly|dark]")
+    edited = render(model, ["a [red:blue:2] dog"], [0], steps=4, guidance=guidance, negative_prompt="[ugly|dark]",
+                    sampler=sampler)
     red, blue = (encode_prompts(model, [f"a {c} dog"])[0] for c in ("red", "blue"))
     ugly, dark = (encode_prompts(model, [c])[0] for c in ("ugly", "dark"))
-    assert len(seen) == 4
-    for step, (hidden, _) in enumerate(seen, start=1):
+    assert len(seen) == len(steps_of_calls)
+    for step, (hidden, _) in zip(steps_of_calls, seen):
         cond = red if step <= 2 else blue
-        expected = torch.cat([ugly if step % 2 else dark, cond]) if guidance > 1 else cond
+        expected = torch.cat([dark if step == 2 else ugly, cond]) if guidance > 1 else cond
         torch.testing.assert_close(hidden, expected)
-    plain = render(load_model(sd1_dir), ["a red dog"], [0], steps=4, guidance=guidance, negative_prompt="ugly")
-    assert not np.array_equal(np.asarray(edited[0]), np.asarray(plain[0]))
+    plain = render(load_model(sd1_dir), ["a red dog"], [0], steps=4, guidance=guidance, negative_prompt="ugly",
+                   sampler="euler")
+    if scheduler == "euler":
+        assert not np.array_equal(np.asarray(edited[0]), np.asarray(plain[0]))
     whole = render(load_model(sd1_dir), ["a [red:blue:1.0] dog"], [0], steps=4, guidance=guidance,
-                   negative_prompt="ugly")  # one stretch: the plain path, the same picture
+                   negative_prompt="ugly", sampler="euler")  # one stretch: the plain path, the same picture
     assert np.array_equal(np.asarray(whole[0]), np.asarray(plain[0]))
 
 

@@ -334,8 +334,16 @@ def test_an_edited_sdxl_prompt_switches_the_pooled_embedding_too(xl_dir):
     render(model, ["[a dog:a cat:1]"], [0], steps=3)
     (dog, dog_pooled), (cat, cat_pooled) = (encode_prompts(model, [p]) for p in ("a dog", "a cat"))
     assert len(seen) == 3 and not torch.equal(dog_pooled, cat_pooled)
-    for step, (hidden, pooled) in enumerate(seen, start=1):
-        want, want_pooled = (dog, dog_pooled) if step == 1 else (cat, cat_pooled)
+    for step, (hidden, pooled) in enumerate(seen):  # steps 0 and 1 (<= 1) the dog, then the cat
+        want, want_pooled = (dog, dog_pooled) if step <= 1 else (cat, cat_pooled)
         torch.testing.assert_close(hidden[1:], want)  # (the negative, empty: zeros, first)
         torch.testing.assert_close(pooled[1:], want_pooled)
         assert not pooled[0].any()
+    seen.clear()  # a negative that is empty only at some steps is encoded there, as "" (the web UI zeroes only
+    render(model, ["a dog"], [0], steps=3, negative_prompt="[ugly::1]")  # one empty at every step)
+    empty, empty_pooled = encode_prompts(model, [""])
+    ugly, ugly_pooled = encode_prompts(model, ["ugly"])
+    torch.testing.assert_close(seen[0][1][:1], ugly_pooled)
+    torch.testing.assert_close(seen[2][0][:1], empty)
+    torch.testing.assert_close(seen[2][1][:1], empty_pooled)
+    assert seen[2][1][0].any()

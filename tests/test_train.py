@@ -735,17 +735,18 @@ def test_a_run_started_from_an_embedding_file_resumes_without_it(sd1_dir, images
 
 
 def cut_out(images, folder, keep=lambda a: a):
-    """RGBA copies of `images` whose opaque part is `keep(alpha)` of the left half of the bright square (the rest
-    transparent: an asymmetric cut-out, so a mirrored picture's weights differ)."""
+    """RGBA copies of `images` whose opaque part is `keep(alpha)` of the left part of the bright square, wider in
+    each picture (the rest transparent: asymmetric, so a mirrored picture's weights differ, and every picture's
+    differ from the others')."""
     import numpy as np
     from PIL import Image
 
     folder.mkdir()
-    for path in sorted(images.glob("*.png")):
+    for i, path in enumerate(sorted(images.glob("*.png"))):
         rgb = np.array(Image.open(path).convert("RGB"))
         size = rgb.shape[0]
         alpha = np.zeros(rgb.shape[:2], dtype=np.uint8)
-        alpha[size // 4: 3 * size // 4, size // 4: size // 2] = 255
+        alpha[size // 4: 3 * size // 4, size // 4: size // 2 + 2 * i] = 255
         Image.fromarray(np.dstack([rgb, keep(alpha)]), "RGBA").save(folder / path.name)
     return folder
 
@@ -777,25 +778,31 @@ def test_alpha_mask_weighs_each_drawn_picture_by_its_own_alpha(sd1_dir, images, 
     from textinv.data import latent_weights, load_training_images
 
     cut = cut_out(images, tmp_path / "cut")
-    real, seen = train_module.diffusion_loss, []
+    for i, path in enumerate(sorted(cut.glob("*.png"))):
+        path.with_suffix(".txt").write_text(f"{{}} number {i}")  # the caption tells which picture a sample is
+    real, drawn = train_module._draw, []
 
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("pixel_weight", args[9] if len(args) > 9 else None))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "diffusion_loss", recording)
     model = load_model(sd1_dir)
+
+    def recording(c, *args, **kwargs):
+        part = real(c, *args, **kwargs)
+        texts = model.pipeline.tokenizer.batch_decode(part["ids"][0], skip_special_tokens=True)
+        drawn.extend(zip(texts, part["pixel_weight"]))
+        return part
+
+    monkeypatch.setattr(train_module, "_draw", recording)
     masked = train(config(cut, tmp_path / "a", alpha_mask=True, steps=8), model=model, progress=False)
     pictures = load_training_images(sorted(cut.glob("*.png")), model.resolution, use_alpha=True)
-    latent_size = seen[0].shape[-2:]
-    known = latent_weights(pictures, latent_size, cut)  # the pictures', then the mirrored pictures'
-    drawn = torch.cat(seen)
-    assert len(drawn) == 16 and drawn.min() == 0.0 and drawn.max() > 0.9  # (the 24 px pictures are enlarged)
-    which = [next(i for i, w in enumerate(known) if torch.equal(w, d)) for d in drawn]  # each is one of them
-    assert min(which) < len(pictures) <= max(which)  # plain and mirrored pictures both drawn, with their weights
-    seen.clear()
+    known = latent_weights(pictures, drawn[0][1].shape[-2:], cut)  # the pictures', then the mirrored pictures'
+    assert len(drawn) == 16 and len({known[i].sum().item() for i in range(4)}) == 4  # four different cut-outs
+    mirrored = 0
+    for text, weight in drawn:
+        i = int(text.split()[-1])
+        assert torch.equal(weight, known[i]) or torch.equal(weight, known[i + 4]), text  # its own picture's
+        mirrored += torch.equal(weight, known[i + 4])
+    assert 0 < mirrored < 16  # plain and mirrored pictures both drawn, the mirror with mirrored weights
+    monkeypatch.undo()
     plain = train(config(cut, tmp_path / "b", steps=8), model=load_model(sd1_dir), progress=False)
-    assert seen == [None] * 8
     assert not torch.allclose(masked.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
     assert "alpha_mask: true" in (tmp_path / "a" / "config.yaml").read_text()
 
@@ -880,3 +887,47 @@ def test_an_fp16_overflow_skips_only_its_own_concepts_step():
     scaler.unscale_(optimizer)
     _step_skipping_overflows(scaler, optimizer, encoders, rows)
     assert all(torch.equal(e.vectors, s) for e, s in zip(encoders, start)) and scaler.get_scale() < 1024.0
+
+
+def test_overwrite_keeps_an_init_embedding_with_its_partner_and_in_a_concept_folder(tmp_path):
+    """clear_run keeps the --init-embedding file wherever the old run put it: an SDXL pair's second file beside
+    it, or inside one concept's folder of a run of several (that folder's other files go)."""
+    from textinv.train import clear_run
+
+    out = tmp_path / "out"
+    (out / "dg" / "checkpoints").mkdir(parents=True)
+    (out / "ct").mkdir()
+    for name in ("config.yaml", "loss.csv", "learned_embeds.safetensors", "learned_embeds_2.safetensors", "notes.md",
+                 "dg/learned_embeds.safetensors", "dg/checkpoints/step-2.pt", "ct/learned_embeds.safetensors"):
+        (out / name).write_text("x")
+    previous = {"concepts": ["a=<dg>", "b=<ct>"], "out": str(out)}
+    clear_run(out, previous, keep=out / "dg" / "learned_embeds.safetensors")
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == ["dg/learned_embeds.safetensors", "notes.md"]
+    for name in ("learned_embeds.safetensors", "learned_embeds_2.safetensors", "config.yaml"):
+        (out / name).write_text("x")
+    clear_run(out, {"token": "<xq>", "images": "a"}, keep=out / "learned_embeds.safetensors")
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == ["dg/learned_embeds.safetensors", "learned_embeds.safetensors", "learned_embeds_2.safetensors",
+                    "notes.md"]
+
+
+def test_a_saved_run_older_than_a_setting_resumes_only_with_its_default(sd1_dir, images, tmp_path):
+    train(config(images, tmp_path / "a", steps=2, save_every=1), model=load_model(sd1_dir), progress=False)
+    saved = tmp_path / "a" / "config.yaml"
+    saved.write_text("\n".join(line for line in saved.read_text().splitlines()
+                               if not line.startswith("alpha_mask:")) + "\n")  # as a run saved before it existed
+    with pytest.raises(ConfigError, match="alpha_mask: False -> True"):
+        train(config(images, tmp_path / "a", steps=3, save_every=1, alpha_mask=True, resume=True),
+              model=load_model(sd1_dir), progress=False)
+    assert train(config(images, tmp_path / "a", steps=3, save_every=1, resume=True), model=load_model(sd1_dir),
+                 progress=False).steps == 3
+
+
+def test_a_shuffled_long_caption_that_loses_its_token_names_keep_tags(sd1_dir, images, tmp_path):
+    for path in sorted(images.glob("*.png")):
+        path.with_suffix(".txt").write_text("{}, " + ", ".join(f"tag{i} word{i} more{i}" for i in range(30)))
+    with pytest.raises(ConfigError, match="--keep-tags 1 keeps a first tag"):
+        train(config(images, tmp_path / "a", shuffle_tags=True), model=load_model(sd1_dir), progress=False)
+    assert train(config(images, tmp_path / "b", shuffle_tags=True, keep_tags=1, steps=1),
+                 model=load_model(sd1_dir), progress=False).steps == 1

@@ -794,7 +794,8 @@ class CaptionSampler:
                 caption = written.sub(MARKER, caption)
             if caption is not None and not self.uses_filewords and not _has_marker(caption):
                 unmarked.append((caption_file(image.path) or image.path.with_suffix(".txt")).name)
-                caption = f"{MARKER} {caption}"
+                # (with tag variation the token is a tag of its own, not glued to the first one)
+                caption = f"{MARKER}{',' if tags.active else ''} {caption}"
             self.captions.append(caption)
         if unmarked:
             warnings.warn(
@@ -819,7 +820,7 @@ class CaptionSampler:
         tag variation, `tags.variants` prompts drawn from the seed and the picture's number (a multiset)."""
         caption = self.captions[index]
         if caption is not None and self.tags.active:
-            rng = np.random.default_rng([self.tags.seed, index])
+            rng = np.random.default_rng([self.tags.seed % 2**63, index])  # (numpy takes no negative seed)
             if not self.uses_filewords:
                 return [make_caption(self.tags.vary(caption, rng), self.placeholder) for _ in range(self.tags.variants)]
             return [make_caption(self.templates[rng.integers(len(self.templates))], self.placeholder,

@@ -98,13 +98,14 @@ def unsupported(prompt: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # Prompt editing and alternation: which text conditions which sampling step
 
-_NUMBER = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*")
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")  # the web UI's grammar: a signed number
 
 
 def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
-    """The web UI's prompt editing and alternation as (last step, text) pairs over sampling steps 1..`steps`: the
-    text conditions every step after the previous pair's last step up to its own. The texts keep their emphasis,
-    `BREAK` and escapes for `token_chunks`.
+    """The web UI's prompt editing and alternation as (last step, text) pairs, last steps in 1..`steps`, as its
+    parser gives them. The web UI counts the sampling steps from 0 and gives step s the text of the first pair
+    whose last step is at least s (`generate` does the same), so `[cat:dog:5]` draws "cat" for 6 steps. The texts
+    keep their emphasis, `BREAK` and escapes for `token_chunks`. A prompt nested too deep to read is one text.
 
     `[from:to:when]` reads `from` up to step `when` and `to` after it; `[to:when]` adds `to` after `when`, and
     `[from::when]` removes `from` after it. A `when` with a decimal point is a fraction of the steps (`0.25` of 20
@@ -117,12 +118,15 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     >>> prompt_schedule("[red|blue] car", 3)
     [(1, 'red car'), (2, 'blue car'), (3, 'red car')]
     """
-    tree = _parse_schedule(prompt)
-    ends = {steps}
-    _collect_steps(tree, steps, ends)
+    try:
+        tree = _parse_schedule(prompt)
+        ends = {steps}
+        _collect_steps(tree, steps, ends)
+        texts = [(end, _text_at(tree, end, steps)) for end in sorted(e for e in ends if 1 <= e <= steps)]
+    except RecursionError:  # (thousands of nested brackets; the web UI's parser gives up on such a prompt too)
+        return [(steps, prompt)]
     schedule: list[tuple[int, str]] = []
-    for end in sorted(e for e in ends if 1 <= e <= steps):
-        text = _text_at(tree, end, steps)
+    for end, text in texts:
         if schedule and schedule[-1][1] == text:  # nothing changed at the previous boundary: one longer stretch
             schedule[-1] = (end, text)
         else:
@@ -133,11 +137,16 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
 def _parse_schedule(prompt: str) -> list:
     """`prompt` as nodes: text (str, emphasis brackets included), ("edit", before, after, when) and
     ("alternate", options), where before, after and each option are node lists themselves."""
-    return _parse_until(prompt, 0, "")[0]
+    return _parse_until(prompt, 0, "", {})[0]
 
 
-def _parse_until(prompt: str, i: int, closers: str) -> tuple[list, int]:
-    """Nodes from `prompt[i:]` up to the first of `closers` at this level (not consumed) or the end."""
+def _parse_until(prompt: str, i: int, closers: str, seen: dict) -> tuple[list, int]:
+    """Nodes from `prompt[i:]` up to the first of `closers` at this level (not consumed) or the end. `seen` keeps
+    every result by (i, closers): a bracket never closed is read as text and what follows it read again, which
+    without it would take twice as long for each such bracket."""
+    if (i, closers) in seen:
+        return seen[i, closers]
+    start = i
     nodes: list = []
     text: list[str] = []
 
@@ -155,7 +164,7 @@ def _parse_until(prompt: str, i: int, closers: str) -> tuple[list, int]:
         elif ch in closers:
             break
         elif ch == "[":
-            parts, seps, end = _bracket(prompt, i)
+            parts, seps, end = _bracket(prompt, i, seen)
             if end is None:  # never closed: the bracket is text
                 text.append(ch)
                 i += 1
@@ -163,7 +172,7 @@ def _parse_until(prompt: str, i: int, closers: str) -> tuple[list, int]:
             add(*_square(parts, seps))
             i = end
         elif ch == "(":
-            inner, end = _parse_until(prompt, i + 1, ")")
+            inner, end = _parse_until(prompt, i + 1, ")", seen)
             if end >= len(prompt):  # never closed: text here (`parse` weighs the rest of the prompt by it)
                 text.append(ch)
                 i += 1
@@ -174,16 +183,17 @@ def _parse_until(prompt: str, i: int, closers: str) -> tuple[list, int]:
             text.append(ch)
             i += 1
     add()
+    seen[start, closers] = nodes, i
     return nodes, i
 
 
-def _bracket(prompt: str, i: int) -> tuple[list[list], list[str], int | None]:
+def _bracket(prompt: str, i: int, seen: dict) -> tuple[list[list], list[str], int | None]:
     """The parts of the square bracket opening at `i`, split at its own `:` and `|`, those separators, and the index
     after its `]` (None if it is never closed)."""
     parts, seps = [], []
     j = i + 1
     while True:
-        part, j = _parse_until(prompt, j, "]:|")
+        part, j = _parse_until(prompt, j, "]:|", seen)
         parts.append(part)
         if j >= len(prompt):
             return parts, seps, None

@@ -170,11 +170,13 @@ def render(
     rows = [_prompt_chunks(model, stretch[:-1]) for stretch in texts]
     negative_rows = [[per * len(prompts) for per in _prompt_chunks(model, stretch[-1:])] for stretch in texts]
     chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
-    conditioning = [_conditioning(model, r, n, stretch[-1], chunks, clip_skip, size)
-                    for r, n, stretch in zip(rows, negative_rows, texts)]
+    # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
+    zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in texts)
+    conditioning = [_conditioning(model, r, n, zero_negative, chunks, clip_skip, size)
+                    for r, n in zip(rows, negative_rows)]
     kwargs = dict(conditioning[0])
     if len(ends) > 1:
-        kwargs.update(_switching_conditioning(model, ends, conditioning))
+        kwargs.update(_switching_conditioning(model, steps, ends, conditioning))
     was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
     pipe.scheduler = sampling_scheduler(own_scheduler, sampler)
@@ -188,29 +190,38 @@ def render(
     return list(result.images)
 
 
-def _conditioning(model: Model, rows, negative_rows, negative_prompt: str, chunks: int, clip_skip: int,
+def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
                   size: int) -> dict:
-    """The pipeline's conditioning arguments for prompts and their negative already cut into chunks."""
+    """The pipeline's conditioning arguments for prompts and their negative already cut into chunks;
+    `zero_negative`: SDXL's zeros for an empty negative prompt."""
     cond, pooled = _encode_chunks(model, rows, chunks, clip_skip)
     uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip)
     if not model.is_xl:
         return dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
-    if not negative_prompt and model.pipeline.config.force_zeros_for_empty_prompt:  # as the SDXL pipeline does
+    if zero_negative:
         uncond, neg_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
     return dict(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
                 negative_pooled_prompt_embeds=neg_pooled, original_size=(size, size), target_size=(size, size))
 
 
-def _switching_conditioning(model: Model, ends: list[int], conditioning: list[dict]) -> dict:
-    """Pipeline arguments that move the conditioning on to stretch k + 1 once step `ends[k]` (counted from 1) is
-    done: diffusers calls `callback_on_step_end` after each step, and what it returns replaces the tensors the
-    next steps read (under classifier-free guidance the negative's and the prompt's, laid end to end)."""
+def _switching_conditioning(model: Model, steps: int, ends: list[int], conditioning: list[dict]) -> dict:
+    """Pipeline arguments that give each sampling step its stretch's conditioning, as the web UI does: step s,
+    counted from 0, takes the first stretch whose last step `ends[k]` is at least s (so an edit at step 5 of 10
+    switches after 6 steps, and `[a|b]` draws a, a, b, a, ...). Diffusers calls `callback_on_step_end` after each
+    iteration and what it returns replaces the tensors the next ones read (under classifier-free guidance the
+    negative's and the prompt's, laid end to end). An iteration's step is its timestep's place among the
+    schedule's distinct timesteps: PNDM repeats one (steps + 1 iterations), Heun-like samplers take two per step."""
     names = ["prompt_embeds"] + (["add_text_embeds"] if model.is_xl else [])
     current = [0]
 
     def switch(pipe, i, t, tensors):
-        k = bisect.bisect_left(ends, i + 2)  # the stretch of the next step (step i + 2 counted from 1)
-        if k == current[0] or k >= len(ends):
+        timesteps = pipe.scheduler.timesteps.tolist()
+        if i + 1 >= len(timesteps):
+            return {}
+        distinct = list(dict.fromkeys(timesteps))
+        step = distinct.index(timesteps[i + 1]) * steps // len(distinct)  # of the next iteration, from 0
+        k = min(bisect.bisect_left(ends, step), len(ends) - 1)
+        if k == current[0]:
             return {}
         current[0] = k
         c = conditioning[k]

@@ -120,9 +120,11 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
             raise ConfigError(f"cannot resume: {out} holds no {CONFIG_FILE}; start a new run without --resume")
         old = read_config_file(saved)
         new = _absolute_paths(config).to_dict()
-        diffs = [k for k in new if k not in RESUMABLE_CHANGES and k in old and not _same(k, old[k], new[k], config)]
+        defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
+        diffs = [k for k in new if k not in RESUMABLE_CHANGES and not _same(k, old.get(k, defaults.get(k)), new[k],
+                                                                             config)]
         if diffs:
-            detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diffs)
+            detail = ", ".join(f"{k}: {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in diffs)
             raise ConfigError(f"cannot resume {out} with different settings ({detail}); resume with the same "
                               f"settings or start a new run in another folder")
         return build(TrainConfig, {**old, **{k: new[k] for k in RESUMABLE_CHANGES}}).validate(), None
@@ -213,12 +215,21 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
         tokens = [spec["token"] for spec in build(TrainConfig, previous, {"out": str(out)}).concept_list()]
     except (ConfigError, TypeError):
         tokens = []
+    kept = set()
+    if keep is not None and keep.is_file():
+        kept = {keep.resolve()} | ({second_file(keep).resolve()} if second_file(keep).is_file() else set())
     for token in tokens:
         names.update(default_filename(fmt, token) for fmt in FORMATS)
-        if len(tokens) > 1:
-            shutil.rmtree(out / concept_folder(token), ignore_errors=True)
+        folder = out / concept_folder(token)
+        if len(tokens) > 1 and folder.is_dir():
+            if any(k.parent == folder.resolve() for k in kept):  # the kept file stays; the rest of its folder goes
+                for path in folder.rglob("*"):
+                    if path.is_file() and path.resolve() not in kept:
+                        path.unlink()
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
     for path in out.iterdir():
-        if path.is_file() and path.name in names and not (keep is not None and path.resolve() == keep.resolve()):
+        if path.is_file() and path.name in names and path.resolve() not in kept:
             path.unlink()
 
 
@@ -255,7 +266,7 @@ class CaptionBank:
         self.texts = texts
         if entries:
             for tok in tokenizers:
-                _check_token_fits(tok, texts, entries)
+                _check_token_fits(tok, texts, entries, moved=sampler.tags.active and not sampler.tags.keep)
         self.ids = [tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(device) for tok in tokenizers]
         width = max(len(r) for r in rows)
@@ -269,10 +280,11 @@ class CaptionBank:
         return [ids[rows] for ids in self.ids]
 
 
-def _check_token_fits(tokenizer, texts: list[str], entries: list[str]) -> None:
+def _check_token_fits(tokenizer, texts: list[str], entries: list[str], moved: bool = False) -> None:
     """Refuse captions that the text encoder's 77-token window cuts inside the token's entries (`entries`: the
     token and its `_1`... names). The rest of a long caption may be cut, as everywhere, but a caption whose token
-    is cut teaches nothing, or trains only the first of its vectors."""
+    is cut teaches nothing, or trains only the first of its vectors. `moved`: tag shuffling may have moved the
+    token's tag back (the fix is then to keep it in place)."""
     ids = set(tokenizer.convert_tokens_to_ids(entries))
     limit = tokenizer.model_max_length - 1  # the last place is the end marker
     for text, full in zip(texts, tokenizer(texts, verbose=False).input_ids):
@@ -280,7 +292,9 @@ def _check_token_fits(tokenizer, texts: list[str], entries: list[str]) -> None:
         if len(full) > limit + 1 and ids & set(full) and not ids <= set(full[:limit]):
             raise ConfigError(f"the training caption {text!r} is {len(full)} tokens long and the text encoder reads "
                               f"the first {limit + 1}, so it cuts the token's {len(entries)} vector(s); shorten the "
-                              f"caption or template, put the token earlier in it, or use fewer --vectors")
+                              f"caption or template, put the token earlier in it, or use fewer --vectors"
+                              + ("; --shuffle-tags moved it back: --keep-tags 1 keeps a first tag that holds it "
+                                 "in place" if moved else ""))
 
 
 class BatchSampler:
