@@ -276,7 +276,8 @@ class TrainConfig:
 class GenerateConfig:
     """Everything that defines a generation run."""
 
-    prompt: list = opt([], "prompt(s); write the learned token in them, e.g. 'a photo of <my-dog> on the moon'")
+    prompt: list = opt([], "prompt(s); write the learned token in them, e.g. 'a photo of <my-dog> on the moon'; "
+                           "the web UI's syntax works: (word:1.3), [word], BREAK, [from:to:0.5], [a|b]")
     embedding: list = opt([], "learned embedding file(s) to load (any supported format)")
     out: str = opt("renders", "output folder for the PNGs")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name")
