@@ -281,12 +281,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     >>> load_image("photos/my_cat/cat1.jpg").mode  # doctest: +SKIP
     'RGB'
     """
-    return load_image_and_alpha(path)[0]
+    return load_image_and_alpha(path, alpha=False)[0]
 
 
-def load_image_and_alpha(path: str | os.PathLike) -> tuple[Image.Image, Image.Image | None]:
+def load_image_and_alpha(path: str | os.PathLike, alpha: bool = True) -> tuple[Image.Image, Image.Image | None]:
     """`load_image`'s RGB picture and its transparency as an upright 8-bit "L" image (255: opaque), or None for
-    a picture without any (`alpha_channel`)."""
+    a picture without any (`alpha_channel`) or when `alpha` is off (it is not read then)."""
     path = Path(path)
     try:
         with _open_image(path) as img:
@@ -306,7 +306,8 @@ def load_image_and_alpha(path: str | os.PathLike) -> tuple[Image.Image, Image.Im
         raise DataError(f"cannot read the picture {path} ({e}); it may be corrupt or cut short: "
                         "re-export it or remove it from the folder") from e
     try:
-        return to_rgb(img), alpha_channel(img)
+        img = _eight_bit(img)  # (once, for both)
+        return to_rgb(img), alpha_channel(img) if alpha else None
     except Exception as e:  # a colour mode Pillow cannot convert, or a decoder or colour library failing
         raise DataError(f"cannot convert {path} (colour mode {img.mode}) to RGB: {e}; re-save it as RGB") from e
 
@@ -319,11 +320,18 @@ def alpha_channel(img: Image.Image) -> Image.Image | None:
     >>> alpha_channel(Image.new("LA", (1, 1), (9, 70))).getpixel((0, 0)), alpha_channel(Image.new("RGB", (1, 1)))
     (70, None)
     """
-    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
-        img = _gray_to_8bit(img)
-    if img.mode in _ALPHA_MODES or "transparency" in img.info:
-        return img.convert("RGBA").getchannel("A")
-    return None
+    img = _eight_bit(img)
+    return img.convert("RGBA").getchannel("A") if _has_transparency(img) else None
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey as 8-bit (`_gray_to_8bit`, a transparent value kept as alpha); others as they are."""
+    return _gray_to_8bit(img) if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F") else img
+
+
+def _has_transparency(img: Image.Image) -> bool:
+    """An alpha channel, or a transparent colour (palette entry, PNG tRNS value)."""
+    return img.mode in _ALPHA_MODES or "transparency" in img.info
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -345,9 +353,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     (0, 255, 255)
     """
     icc = img.info.get("icc_profile")
-    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
-        img = _gray_to_8bit(img)
-    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+    img = _eight_bit(img)
+    if _has_transparency(img):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba).convert("RGB")  # the "over" operator, white underneath
@@ -496,11 +503,11 @@ def load_training_images(
     small: list[str] = []
     for path in paths:
         path = Path(path)
-        img, alpha = load_image_and_alpha(path)
+        img, alpha = load_image_and_alpha(path, alpha=use_alpha)
         if min(img.size) < resolution:
             small.append(f"{path} ({img.width}x{img.height})")
         pixels = prepare_image(img, resolution, center_crop)
-        weight = prepare_alpha(alpha, resolution, center_crop) if use_alpha and alpha is not None else None
+        weight = prepare_alpha(alpha, resolution, center_crop) if alpha is not None else None
         if weight is not None and not weight.max() > 0:
             raise DataError(f"{path} is transparent all over, so with --alpha-mask none of it would be learned; "
                             "remove it, or fix its alpha channel")

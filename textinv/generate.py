@@ -213,14 +213,16 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
     schedule's distinct timesteps: PNDM repeats one (steps + 1 iterations), Heun-like samplers take two per step."""
     names = ["prompt_embeds"] + (["add_text_embeds"] if model.is_xl else [])
     current = [0]
+    step_of: list[int] = []  # each iteration's step, from 0 (the timesteps are set once sampling starts)
 
     def switch(pipe, i, t, tensors):
-        timesteps = pipe.scheduler.timesteps.tolist()
-        if i + 1 >= len(timesteps):
+        if not step_of:
+            timesteps = pipe.scheduler.timesteps.tolist()
+            place = {value: n for n, value in enumerate(dict.fromkeys(timesteps))}
+            step_of.extend(place[value] * steps // len(place) for value in timesteps)
+        if i + 1 >= len(step_of):
             return {}
-        distinct = list(dict.fromkeys(timesteps))
-        step = distinct.index(timesteps[i + 1]) * steps // len(distinct)  # of the next iteration, from 0
-        k = min(bisect.bisect_left(ends, step), len(ends) - 1)
+        k = min(bisect.bisect_left(ends, step_of[i + 1]), len(ends) - 1)  # the next iteration's stretch
         if k == current[0]:
             return {}
         current[0] = k

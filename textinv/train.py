@@ -215,9 +215,7 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
         tokens = [spec["token"] for spec in build(TrainConfig, previous, {"out": str(out)}).concept_list()]
     except (ConfigError, TypeError):
         tokens = []
-    kept = set()
-    if keep is not None and keep.is_file():
-        kept = {keep.resolve()} | ({second_file(keep).resolve()} if second_file(keep).is_file() else set())
+    kept = {path.resolve() for path in ((keep, second_file(keep)) if keep is not None else ()) if path.is_file()}
     for token in tokens:
         names.update(default_filename(fmt, token) for fmt in FORMATS)
         folder = out / concept_folder(token)
@@ -901,9 +899,10 @@ def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[lis
     here the others step as in their own runs, and an overflowed concept's vectors and Adam moments are put back
     (its bias-correction count, shared, moves on by one). The scale is lowered for the next step either way."""
     bad = []
-    if scaler.is_enabled():  # (scaler.step syncs with the host here anyway)
-        bad = [rows for rows in rows_per_concept
-               if not all(torch.isfinite(e.vectors.grad[r]).all() for e, r in zip(exts, rows))]
+    if scaler.is_enabled():  # one host sync for every concept (scaler.step syncs here anyway)
+        finite = torch.stack([torch.stack([torch.isfinite(e.vectors.grad[r]).all() for e, r in zip(exts, rows)]).all()
+                              for rows in rows_per_concept]).tolist()
+        bad = [rows for rows, ok in zip(rows_per_concept, finite) if not ok]
     if not bad or len(bad) == len(rows_per_concept):
         scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
         scaler.update()
