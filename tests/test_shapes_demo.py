@@ -18,7 +18,8 @@ from PIL import Image
 from textinv.cli import main
 from textinv.models import BUNDLED_MODELS, load_model, recorded_guidance
 from textinv.shapes import world
-from textinv.shapes.demo import EXAMPLES, DEFAULT_CONCEPT, draw_loss_curve, find_concept, slug
+from textinv.report import draw_loss_curve
+from textinv.shapes.demo import EXAMPLES, DEFAULT_CONCEPT, find_concept, slug
 from textinv.shapes.evaluate import (CEILINGS, FAST, METHODS, all_hold, attribute_hits, best_description, evaluate, fill,
                                      format_markdown, prompt_sets, score_images, training_templates, write_results)
 from textinv.shapes.probe import DEFAULT_PATH as PROBE_PATH

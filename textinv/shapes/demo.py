@@ -22,11 +22,9 @@ run that fails, is interrupted or is killed leaves the last good report where it
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import html
-import io
 import json
 import os
 import shutil
@@ -34,12 +32,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from textinv import __version__
 from textinv.config import check_guidance, check_lr, opt
 from textinv.errors import ConfigError, ModelError, TrainingError
 from textinv.io import atomic_path, output_folder, write_json, write_text
+from textinv.report import FAIL, INK, LINE, MUTED, PAPER, PASS, UNKNOWN, data_uri, draw_loss_curve, font
 from textinv.shapes.evaluate import (check_judged_size, prompt_sets, sample, score_images, train_config,
                                      write_templates, write_training_images)
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
@@ -356,66 +355,11 @@ def _summary(table: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# drawing (Pillow only)
-
-INK, MUTED, PAPER, LINE = (25, 25, 30), (110, 110, 120), (255, 255, 255), (220, 220, 226)
-PASS, FAIL, UNKNOWN = (40, 160, 70), (210, 50, 45), (190, 190, 196)
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)  # a scalable font when Pillow has FreeType (its wheels do)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+# drawing (Pillow only; the shared pieces are in textinv.report)
 
 
 def _big(img: Image.Image, scale: int = SCALE) -> Image.Image:
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-
-
-def draw_loss_curve(losses: list[tuple[int, float]], size: tuple[int, int] = (420, 190)) -> Image.Image:
-    """The training loss (mean over each log interval) against the step, as a small chart."""
-    w, h = size
-    img = Image.new("RGB", size, PAPER)
-    d = ImageDraw.Draw(img)
-    font = _font(12)
-    left, right, top, bottom = 52, w - 12, 24, h - 28
-    d.text((left, 4), "training loss", fill=INK, font=_font(14))
-    d.rectangle([left, top, right, bottom], outline=LINE)
-    if not losses:
-        d.text((left + 8, top + 8), "no loss logged", fill=MUTED, font=font)
-        return img
-    steps = [s for s, _ in losses]
-    values = [v for _, v in losses]
-    lo, hi = min(values), max(values)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5 * abs(lo or 1), hi + 0.5 * abs(hi or 1)
-    s0, s1 = min(steps), max(steps)
-    span = max(s1 - s0, 1)
-
-    def xy(s, v):
-        return left + (s - s0) / span * (right - left), bottom - (v - lo) / (hi - lo) * (bottom - top)
-
-    for frac in (0.25, 0.5, 0.75):  # light grid
-        y = top + frac * (bottom - top)
-        d.line([left + 1, y, right - 1, y], fill=(240, 240, 244))
-    points = [xy(s, v) for s, v in losses]
-    if len(points) == 1:
-        d.ellipse([points[0][0] - 3, points[0][1] - 3, points[0][0] + 3, points[0][1] + 3], fill=(40, 90, 200))
-    else:
-        # The diffusion loss of a few steps is noisy (each draws its own timesteps): the raw interval means in a
-        # light line, their running mean (over about a tenth of the run) in a dark one.
-        d.line(points, fill=(175, 195, 235), width=1)
-        window = max(1, len(values) // 10)
-        smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-                  for i in range(len(values))]
-        d.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(40, 90, 200), width=2)
-    d.text((4, top - 6), f"{hi:.3f}", fill=MUTED, font=font)
-    d.text((4, bottom - 8), f"{lo:.3f}", fill=MUTED, font=font)
-    d.text((left, bottom + 6), f"step {s0}", fill=MUTED, font=font)
-    label = f"step {s1}"
-    d.text((right - d.textlength(label, font=font), bottom + 6), label, fill=MUTED, font=font)
-    return img
 
 
 def _count(entry: dict) -> str:
@@ -425,7 +369,7 @@ def _count(entry: dict) -> str:
 def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image) -> Image.Image:
     """The whole report on one PNG: training pictures, loss, every prompt's pictures (S* beside the init word,
     a green/red bar under each for the probe's verdict), and the totals."""
-    title_font, head_font, font, small = _font(22), _font(16), _font(13), _font(11)
+    title_font, head_font, text_font, small = font(22), font(16), font(13), font(11)
     k = len(report["seeds"])
     cell = 64 * SCALE
     gap = 8
@@ -442,7 +386,7 @@ def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png:
     d.text((x0, y), report["title"], fill=INK, font=title_font)
     y += 32
     d.text((x0, y), f"{c['name']}: {c['description']}. Model: {report['model']}. {report['settings']['steps']} "
-           f"steps, {report['seconds']['train']:.0f} s of training.", fill=MUTED, font=font)
+           f"steps, {report['seconds']['train']:.0f} s of training.", fill=MUTED, font=text_font)
     y += 40
 
     # training pictures and the loss curve
@@ -463,7 +407,7 @@ def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png:
     xs = {"textual-inversion": x0, "init-word": x0 + block + col_gap}
     labels = {"textual-inversion": c["token"], "init-word": f"'{c['init_word']}' instead"}
     for j, entry in enumerate(report["prompts"]):
-        d.text((x0, y), entry["textual-inversion"]["prompt"], fill=INK, font=font)
+        d.text((x0, y), entry["textual-inversion"]["prompt"], fill=INK, font=text_font)
         for m in METHODS:
             e = entry[m]
             d.text((xs[m], y + 19), f"{labels[m]}: {_count(e)}", fill=MUTED, font=small)
@@ -481,25 +425,19 @@ def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png:
     d.text((x0, y), "3. Scores (the attribute probe's verdict)", fill=INK, font=head_font)
     y += 28
     if report["summary"] is None:
-        d.text((x0, y), "not judged: " + (report["probe_note"] or "no probe"), fill=MUTED, font=font)
+        d.text((x0, y), "not judged: " + (report["probe_note"] or "no probe"), fill=MUTED, font=text_font)
     else:
         for m in METHODS:
             s = report["summary"][m]
             name = c["token"] if m == "textual-inversion" else f"init word '{c['init_word']}'"
             d.text((x0, y), f"{name}:  shows the concept in {s['reconstruction'][0]}/{s['reconstruction'][1]} "
                    f"of 'a photo of' pictures;  obeys the edit and keeps the concept in {s['editability'][0]}/"
-                   f"{s['editability'][1]} edited pictures", fill=INK, font=font)
+                   f"{s['editability'][1]} edited pictures", fill=INK, font=text_font)
             y += 22
     y += 28
     d.text((x0, y), f"seeds {report['seeds']}; textinv {report['textinv_version']}; total "
            f"{report['seconds'].get('total', 0):.0f} s", fill=MUTED, font=small)
     return sheet.crop((0, 0, width, min(height, y + 30)))
-
-
-def _data_uri(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 _CSS = """
@@ -534,12 +472,12 @@ def render_html(report: dict, pictures: list[Image.Image], drawn: dict, loss_png
         parts.append(f"<p class='note'>{esc(report['probe_note'])}</p>")
 
     parts.append("<section id='training'><h2>1. The pictures it learns from</h2><div class='row'>")
-    parts += [f"<img class='px' src='{_data_uri(_big(p))}' alt='training picture {i + 1}'>"
+    parts += [f"<img class='px' src='{data_uri(_big(p))}' alt='training picture {i + 1}'>"
               for i, p in enumerate(pictures)]
     parts.append(f"</div><p class='muted'>{esc(report['images'])}</p></section>")
 
     s = report["seconds"]
-    parts.append(f"<section id='loss'><h2>Training</h2><img src='{_data_uri(loss_png)}' alt='training loss'>"
+    parts.append(f"<section id='loss'><h2>Training</h2><img src='{data_uri(loss_png)}' alt='training loss'>"
                  f"<p class='muted'>{report['settings']['steps']} steps in {s['train']:.0f} s; loading took "
                  f"{s['load']:.0f} s, drawing {s['draw']:.0f} s, judging {s['judge']:.0f} s.</p></section>")
 
@@ -557,7 +495,7 @@ def render_html(report: dict, pictures: list[Image.Image], drawn: dict, loss_png
                 cls = "" if verdict is None else "pass" if verdict else "fail"
                 read = e["read"][i] or ""
                 parts.append(f"<figure class='{cls}' title='{esc(read, quote=True)}'><img class='px' "
-                             f"src='{_data_uri(_big(drawn[m][j * k + i]))}' alt='{esc(e['prompt'], quote=True)}'>"
+                             f"src='{data_uri(_big(drawn[m][j * k + i]))}' alt='{esc(e['prompt'], quote=True)}'>"
                              f"<figcaption>seed {report['seeds'][i]}"
                              + (f": {esc(e['glimpse'][i])}" if e["glimpse"][i] else "") + "</figcaption></figure>")
             parts.append("</div></div>")
