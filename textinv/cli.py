@@ -4,6 +4,7 @@
     textinv generate --embedding runs/my-dog/learned_embeds.safetensors --prompt "a photo of <my-dog>" -n 4
     textinv convert runs/my-dog/learned_embeds.safetensors my-dog.pt
     textinv inspect my-dog.pt
+    textinv score --embedding runs/my-dog --description "a corgi"   # CLIP scores beside baselines, a report
     textinv demo                      # learn an example concept on the bundled model, write an HTML/PNG report
     textinv evaluate --out benchmarks/results
 
@@ -120,6 +121,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from .score import ScoreConfig, score
+
+    config = _config_from_args(ScoreConfig, args)
+    score(config)
+    return 0
+
+
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, the fastest for this small model)")
 
@@ -209,6 +218,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="nearest vocabulary tokens per vector (with --model)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
+
+    from .score import ScoreConfig
+
+    p = sub.add_parser("score", help="how good is an embedding: CLIP reconstruction and editability, with a report",
+                       description="Draw the concept in 'a photo of' and edit prompts, with the learned token and "
+                                   "with baselines (the init word, your description) at the same seeds, judge the "
+                                   "pictures with CLIP as the textual inversion paper does, and write report.html, "
+                                   "report.png and scores.json.")
+    p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
+    add_config_flags(p, ScoreConfig)
+    p.set_defaults(func=cmd_score)
 
     from .shapes.demo import DemoConfig
     from .shapes.evaluate import EvalConfig

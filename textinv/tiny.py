@@ -139,3 +139,33 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0, width: int = 32) -> 
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_tiny_clip(seed: int = 0, width: int = 32, image_size: int = 32):
+    """A tiny random CLIP (both towers, the tiny tokenizer, an image processor at `image_size`): a stand-in for
+    the judge `textinv score` loads (`CLIPModel` + tokenizer + `CLIPImageProcessor`), saved to a folder with
+    `save_tiny_clip`.
+
+    >>> model, tokenizer, processor = build_tiny_clip()
+    >>> model.config.projection_dim
+    16
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(list(TINY_WORDS))
+    text = _text_config(tokenizer, width, "quick_gelu").to_dict()
+    vision = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=image_size, patch_size=8)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                   crop_size={"height": image_size, "width": image_size})
+    return model, tokenizer, processor
+
+
+def save_tiny_clip(folder, seed: int = 0):
+    """`build_tiny_clip` saved where `CLIPModel.from_pretrained(folder)` (and `textinv score --clip folder`) reads it."""
+    model, tokenizer, processor = build_tiny_clip(seed)
+    for part in (model, tokenizer, processor):
+        part.save_pretrained(folder)
+    return folder

@@ -1,0 +1,213 @@
+"""`textinv score`: the paper's CLIP measures of an embedding, on tiny random SD and CLIP models built in code."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from textinv.cli import main
+from textinv.config import TrainConfig
+from textinv.data import find_images, load_image
+from textinv.errors import ConfigError, ModelError
+from textinv.models import load_model
+from textinv.score import (EDITS, ClipJudge, ScoreConfig, _template, concept_similarity, run_settings, score,
+                           scored_text, training_similarity)
+from textinv.tiny import save_tiny_clip
+from textinv.train import train
+
+from conftest import write_images
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="module")
+def judge(clip_dir):
+    return ClipJudge.load(str(clip_dir))
+
+
+@pytest.fixture(scope="module")
+def run_dir(sd1_dir, tmp_path_factory):
+    """A finished training run on the tiny SD 1.x model: config.yaml, loss.csv, learned_embeds.safetensors."""
+    root = tmp_path_factory.mktemp("score-run")
+    images = write_images(root / "images", n=3)
+    train(TrainConfig(images=str(images), token="<zq>", init="dog", model=str(sd1_dir), out=str(root / "run"),
+                      steps=4, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2), progress=False)
+    return root / "run"
+
+
+def settings(run_dir, clip_dir, out, **kw):
+    return ScoreConfig(**{**dict(embedding=str(run_dir), clip=str(clip_dir), out=str(out), n=2, steps=2), **kw})
+
+
+def _reference_features(clip_dir, pictures):
+    """CLIP image features by transformers' own entry point (not the judge's code), unnormalised."""
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    model = CLIPModel.from_pretrained(str(clip_dir)).eval()
+    pixels = CLIPImageProcessor.from_pretrained(str(clip_dir))(images=pictures, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=pixels)
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def test_scored_text_leaves_the_concept_out_and_templates_take_the_token():
+    assert scored_text("a photo of {} on a sandy beach") == "a photo of on a sandy beach"
+    assert scored_text("{} floating in outer space") == "floating in outer space"
+    assert scored_text("an (oil:1.2) painting of {}, detailed") == "an oil painting of, detailed"
+    assert _template("a photo of <zq> in snow", "<zq>") == "a photo of {} in snow"
+    with pytest.raises(ConfigError, match="where the concept goes"):
+        _template("a photo of a dog", "<zq>")
+    assert all("{}" in t for kind in EDITS.values() for t in kind)
+
+
+def test_similarities_are_the_mean_cosine_over_pairs(clip_dir, judge, tmp_path):
+    pictures = [load_image(p) for p in find_images(write_images(tmp_path / "a", n=3, seed=1))]
+    others = [load_image(p) for p in find_images(write_images(tmp_path / "b", n=2, seed=2))]
+    ref = _reference_features(clip_dir, pictures + others)
+    train_ref, drawn_ref = ref[:3], ref[3:]
+    got = concept_similarity(judge.images(others), judge.images(pictures))
+    for i in range(2):
+        want = sum(torch.cosine_similarity(drawn_ref[i], t, dim=0) for t in train_ref) / 3
+        assert got[i].item() == pytest.approx(want.item(), abs=1e-5)
+    pairs = [torch.cosine_similarity(train_ref[i], train_ref[j], dim=0).item()
+             for i in range(3) for j in range(3) if i != j]
+    assert training_similarity(judge.images(pictures)) == pytest.approx(sum(pairs) / len(pairs), abs=1e-5)
+    assert training_similarity(judge.images(pictures[:1])) is None
+
+
+def test_score_reports_what_its_pictures_show(run_dir, clip_dir, judge, sd1_dir, tmp_path):
+    out = tmp_path / "report"
+    result = score(settings(run_dir, clip_dir, out, description="a red square"), judge=judge, progress=False)
+    report = json.loads(result.scores.read_text())
+    assert [m["name"] for m in report["methods"]] == ["textual inversion", "init word", "description"]
+    assert [m["words"] for m in report["methods"]] == ["<zq>", "dog", "a red square"]  # the init word: the run's
+    assert result.html.is_file() and Image.open(result.png).size[0] >= 900
+    assert report["seeds"] == [0, 1] and report["settings"]["property"] == "object"
+    assert len(report["loss"]) == 4  # the run's loss curve, from its loss.csv
+    training = judge.images([load_image(p) for p in find_images(report["images"])])
+    html = result.html.read_text()
+    for m in report["methods"]:
+        assert len(m["prompts"]) == 1 + len(EDITS["object"])
+        for row in m["prompts"]:
+            assert row["prompt"].startswith(("a photo of", "an oil", "a pencil", row["prompt"][:3]))
+            assert len(row["files"]) == 2
+            drawn = judge.images([Image.open(out / f) for f in row["files"]])  # the saved pictures, judged again
+            assert row["concept"] == pytest.approx(concept_similarity(drawn, training).tolist(), abs=1e-3)
+            text = judge.texts([row["scored_text"]])[0]
+            assert row["text"] == pytest.approx((drawn @ text).tolist(), abs=1e-3)
+            assert all(f in html for f in row["files"])
+        recon = m["prompts"][0]
+        assert m["reconstruction"] == pytest.approx(sum(recon["concept"]) / 2, abs=1e-3)
+        edits = [v for row in m["prompts"][1:] for v in row["text"]]
+        assert m["editability"] == pytest.approx(sum(edits) / len(edits), abs=1e-3)
+    # same seeds for every method: the init word's pictures are the ones `generate` draws from its prompt
+    from textinv.generate import render
+
+    model = load_model(str(sd1_dir))
+    again = render(model, ["a photo of dog"], [1], steps=2)[0]
+    first = Image.open(out / report["methods"][1]["prompts"][0]["files"][1])
+    assert list(again.getdata()) == list(first.convert("RGB").getdata())
+    # the learned token draws other pictures than its init word at the same seeds
+    ti = Image.open(out / report["methods"][0]["prompts"][0]["files"][1])
+    assert list(ti.convert("RGB").getdata()) != list(first.convert("RGB").getdata())
+
+
+def test_a_rerun_replaces_the_report_only_when_complete(run_dir, clip_dir, judge, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    score(settings(run_dir, clip_dir, out, init="none"), judge=judge, progress=False)
+    first = (out / "scores.json").read_text()
+    assert [m["name"] for m in json.loads(first)["methods"]] == ["textual inversion"]
+
+    def broken(texts):
+        raise RuntimeError("killed while judging")
+
+    monkeypatch.setattr(judge, "texts", broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        score(settings(run_dir, clip_dir, out, n=1), judge=judge, progress=False)
+    assert (out / "scores.json").read_text() == first  # the last report stands
+    monkeypatch.undo()
+    score(settings(run_dir, clip_dir, out, n=1, init="none"), judge=judge, progress=False)
+    report = json.loads((out / "scores.json").read_text())
+    assert report["seeds"] == [0] and len(list((out / "pictures").rglob("*.png"))) == 1 + len(EDITS["object"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no half-built or set-aside folder is left
+
+
+def test_a_report_moved_aside_by_a_killed_swap_is_put_back(run_dir, clip_dir, judge, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    score(settings(run_dir, clip_dir, out, init="none", n=1), judge=judge, progress=False)
+    first = (out / "scores.json").read_text()
+    out.rename(tmp_path / ".report.previous")  # killed between the two renames of the swap
+    monkeypatch.setattr(judge, "texts", lambda texts: 1 / 0)  # the next run fails after it has started
+    with pytest.raises(ZeroDivisionError):
+        score(settings(run_dir, clip_dir, out, n=2), judge=judge, progress=False)
+    assert (out / "scores.json").read_text() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def _lone_copy(run_dir, tmp_path):
+    """The run's embedding file alone, away from its config.yaml."""
+    import shutil
+
+    lone = tmp_path / "lone" / "zq.safetensors"
+    lone.parent.mkdir()
+    shutil.copy(run_dir / "learned_embeds.safetensors", lone)
+    return lone
+
+
+def test_bad_input_is_refused_before_anything_is_drawn(run_dir, clip_dir, judge, tmp_path, monkeypatch):
+    lone = _lone_copy(run_dir, tmp_path)
+    with pytest.raises(ConfigError, match="--images is required"):
+        score(ScoreConfig(embedding=str(lone), clip=str(clip_dir), out=str(tmp_path / "o")), judge=judge)
+    with pytest.raises(ConfigError, match="--embedding .* does not exist"):
+        score(ScoreConfig(embedding=str(tmp_path / "nope.pt")), judge=judge)
+    with pytest.raises(ConfigError, match="no {} and no <zq>"):
+        score(settings(run_dir, clip_dir, tmp_path / "o", prompts=["a dog on a beach"]), judge=judge)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a score report"):
+        score(settings(run_dir, clip_dir, busy), judge=judge)
+    assert (busy / "mine.txt").read_text() == "keep me"
+    with pytest.raises(ConfigError, match="-n must be"):
+        score(settings(run_dir, clip_dir, tmp_path / "o", n=0), judge=judge)
+    with pytest.raises(ConfigError, match="--sampler"):
+        score(settings(run_dir, clip_dir, tmp_path / "o", sampler="plms"), judge=judge)
+
+
+def test_an_unreachable_clip_model_says_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="--clip 'openai/clip-vit-base-patch32'.*local folder"):
+        ClipJudge.load("openai/clip-vit-base-patch32")
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(ModelError, match="could not be loaded as a CLIP model"):
+        ClipJudge.load(str(tmp_path / "junk"))
+
+
+def test_one_concept_of_a_run_of_several_finds_its_pictures_and_loss(sd1_dir, clip_dir, judge, tmp_path):
+    a, b = write_images(tmp_path / "a", n=2, seed=3), write_images(tmp_path / "b", n=2, seed=4)
+    run = tmp_path / "pets"
+    train(TrainConfig(concepts=[f"{a}=<aa>=cat", f"{b}=<bb>=dog"], model=str(sd1_dir), out=str(run), steps=2,
+                      batch=1, save_every=0, sample_every=0, log_every=1), progress=False)
+    folder = next(p for p in run.iterdir() if p.is_dir() and "bb" in p.name)
+    found = run_settings(folder, "<bb>")
+    assert found["images"] == str(b) and found["init"] == "dog" and found["loss_column"] == "<bb>"
+    result = score(ScoreConfig(embedding=str(folder), clip=str(clip_dir), out=str(tmp_path / "o"), n=1, steps=1,
+                               prompts=["<bb> on a table"]), judge=judge, progress=False)
+    report = result.report
+    assert report["images"] == str(b) and len(report["loss"]) == 2
+    assert [r["prompt"] for r in report["methods"][1]["prompts"]] == ["a photo of dog", "dog on a table"]
+
+
+def test_the_command_line_prints_the_table(run_dir, clip_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["score", "--embedding", str(run_dir), "--clip", str(clip_dir), "-n", "1", "--steps", "1",
+                 "--out", str(out), "--property", "style"]) == 0
+    printed = capsys.readouterr().out
+    assert "reconstruction" in printed and "<zq>" in printed and "init word 'dog'" in printed
+    report = json.loads((out / "scores.json").read_text())
+    assert report["methods"][0]["prompts"][1]["prompt"] == EDITS["style"][0].replace("{}", "<zq>")
+    assert main(["score", "--embedding", str(tmp_path / "missing")]) == 2

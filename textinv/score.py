@@ -1,0 +1,623 @@
+"""`textinv score`: how good is a learned embedding? Measured as the paper measures it, with CLIP, and shown.
+
+Gal et al. (ICLR 2023, section 5.1) score textual inversion on two axes in the embedding space of CLIP ViT-B/32:
+- reconstruction: how alike, in CLIP's image space, the pictures drawn from "a photo of S*" are to the concept's
+  training pictures (the mean cosine similarity over every pair of a drawn and a training picture);
+- editability: how well pictures drawn from new prompts ("a photo of S* on a beach") follow the prompt (the cosine
+  similarity between each picture and the CLIP text embedding of its prompt with S* left out: "a photo of on a
+  beach").
+They put the same numbers beside baselines: the init word, and a person's description of the concept, in place of
+S*. `score` does this for one embedding on the user's own model, at fixed seeds (the same seeds for every method, so
+the pictures compare one to one), and also tells how much of the concept the edited pictures keep (their image
+similarity to the training pictures): an embedding that ignores the edit and one that forgets the concept both
+show.
+
+`score(config)` reads top to bottom:
+
+1. settings, the embedding, the training pictures, the prompts, CLIP: every check before the (slow) model load;
+2. draw every prompt with every method (the learned token, the init word, the description) at the same seeds;
+3. CLIP features of the training pictures, the drawn pictures and the prompts; the similarities per picture;
+4. write `pictures/`, `report.html`, `report.png` and `scores.json` into --out. The report is built in a folder
+   beside it and swapped in when complete: a run that fails or is killed leaves the last report as it was.
+
+    textinv score --embedding runs/my-dog                       # a training run's folder: pictures, model, init
+    textinv score --embedding my-dog.pt --images photos/my-dog --model ~/models/sd15 --description "a corgi"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from . import __version__, emphasis
+from .config import (PRECISIONS, SAMPLERS, build, check_choices, check_clip_skip_value, check_guidance, opt,
+                     read_config_file)
+from .data import PROPERTIES, find_images, load_image
+from .errors import ConfigError, ModelError
+from .formats import LearnedEmbedding, load_embedding
+from .generate import (DEFAULT_STEPS, _slug, expand_all, generation_clip_skip, install_embedding, png_text, render,
+                       unload_embeddings)
+from .io import atomic_path, output_folder, write_json, write_text
+from .models import DTYPES, Model, load_model
+from .report import INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the paper's judge
+MARKER = "{}"
+
+RECONSTRUCTION = {"object": "a photo of {}", "style": "a painting in the style of {}"}
+# Edit prompts of the kinds the paper varies (place, medium, composition, style), in our own words.
+EDITS = {
+    "object": (
+        "a photo of {} on a sandy beach",
+        "a photo of {} in the snow",
+        "a photo of {} on a kitchen table",
+        "an oil painting of {}",
+        "a pencil sketch of {}",
+        "{} floating in outer space",
+    ),
+    "style": (
+        "a castle on a hill in the style of {}",
+        "a portrait of an old man in the style of {}",
+        "a bowl of fruit in the style of {}",
+        "a city street at night in the style of {}",
+        "a cat asleep on a sofa in the style of {}",
+        "a lighthouse by the sea in the style of {}",
+    ),
+}
+SHEET_PICTURES = 8  # report.png shows at most this many pictures per prompt and method (report.html shows all)
+
+
+@dataclass
+class ScoreConfig:
+    """Settings of `textinv score`; saved in its scores.json."""
+
+    embedding: str = opt(None, "the learned embedding: a file of any supported format, or a training run's --out "
+                               "folder (its pictures, model and init word are then the defaults)")
+    images: str = opt(None, "the concept's training pictures (default: the training run's, read from the "
+                            "config.yaml beside the embedding)")
+    model: str = opt(None, "the model it was learned for (default: the training run's, else the embedding's "
+                           "base model): diffusers folder, single file, hub id or a bundled name")
+    out: str = opt("score-out", "folder for report.html, report.png, scores.json and the pictures; an earlier "
+                                "report there is replaced once the new one is complete")
+    prompts: list = opt([], "edit prompts, {} (or the token) where the concept goes (default: six for --property)")
+    property: str = opt(None, "object or style: picks the default prompts (default: the embedding's, else object)",
+                        choices=PROPERTIES)
+    init: str = opt(None, "baseline: this word in the token's place (default: the embedding's init word; 'none' "
+                          "leaves the baseline out)")
+    description: str = opt(None, "baseline: your own words for the concept in the token's place, e.g. 'a corgi "
+                                 "with a red collar' (the paper's human-caption baseline)")
+    clip: str = opt(DEFAULT_CLIP, "the CLIP model that judges (the paper's ViT-B/32): hub id or a local folder")
+    n: int = opt(8, "pictures per prompt and method (the paper drew 64)", short="-n")
+    seed: int = opt(0, "seed of the first picture of every prompt; picture i uses seed + i")
+    steps: int = opt(None, f"denoising steps (default: {DEFAULT_STEPS})")
+    guidance: float = opt(None, "classifier-free guidance scale (default: the model's own; 7.5 for SD)")
+    negative_prompt: str = opt("", "negative prompt for every picture")
+    sampler: str = opt("default", "sampling method (see textinv generate --help)", choices=SAMPLERS)
+    clip_skip: int = opt(None, "text-encoder layer read, counted from the end (default: the embedding's)")
+    resolution: int = opt(None, "picture size; default: the model's native size")
+    precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
+    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
+    vae: str = opt(None, "use this VAE instead of the model's: folder, file or hub id")
+
+    def validate(self) -> "ScoreConfig":
+        if not self.embedding:
+            raise ConfigError("--embedding is required: the embedding file, or the training run's --out folder")
+        if not Path(self.embedding).exists():
+            raise ConfigError(f"--embedding {self.embedding} does not exist")
+        check_choices(self)
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ConfigError(f"-n must be a whole number >= 1, got {self.n!r}")
+        if not 0 <= self.seed <= 2**64 - self.n:
+            raise ConfigError(f"--seed must be between 0 and {2**64 - self.n} (picture i uses seed + i), got {self.seed}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
+        check_guidance(self.guidance)
+        if self.clip_skip is not None:
+            check_clip_skip_value(self.clip_skip)
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
+        if self.description is not None and not self.description.strip():
+            raise ConfigError("--description is empty; give the words you would use for the concept, or leave it out")
+        return self
+
+
+@dataclass
+class ScoreResult:
+    html: Path
+    png: Path
+    scores: Path
+    report: dict
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the judge
+
+
+class ClipJudge:
+    """CLIP's image and text towers: unit-length embeddings of pictures and texts, compared by cosine similarity.
+
+    >>> judge = ClipJudge.load("openai/clip-vit-base-patch32")    # doctest: +SKIP
+    >>> (judge.images([picture]) @ judge.texts(["a dog"]).T).item()  # doctest: +SKIP
+    0.27
+    """
+
+    def __init__(self, model, tokenizer, processor, source: str = "", device: str | torch.device = "cpu"):
+        self.model = model.to(device).eval()
+        self.tokenizer, self.processor, self.source, self.device = tokenizer, processor, source, torch.device(device)
+
+    @classmethod
+    def load(cls, source: str, device: str | torch.device = "cpu") -> "ClipJudge":
+        """A CLIP model (transformers' CLIPModel, its tokenizer and image processor) from a hub id or a folder.
+        Raises ModelError naming `source` and the fix when it cannot be had (no network and not cached)."""
+        import os
+
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # (transformers 5 notes that it falls back to its Pillow image processor)
+        try:
+            model = CLIPModel.from_pretrained(source, torch_dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            processor = CLIPImageProcessor.from_pretrained(source)
+        except Exception as e:
+            local = Path(source).expanduser().exists()
+            if not local and isinstance(e, (OSError, ConnectionError)):
+                offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+                raise ModelError(f"--clip {source!r}, the CLIP model that judges the pictures, is not in the local "
+                                 f"Hugging Face cache and the hub could not be reached{offline}; connect once to "
+                                 f"download it, or pass --clip a local folder holding a CLIP model (CLIPModel's "
+                                 f"save_pretrained, with its tokenizer and image processor)") from None
+            raise ModelError(f"--clip {source!r} could not be loaded as a CLIP model ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); give a CLIP model's hub id or folder, "
+                             f"e.g. {DEFAULT_CLIP}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return cls(model, tokenizer, processor, source, device)
+
+    @torch.no_grad()
+    def images(self, pictures: list[Image.Image], batch: int = 32) -> torch.Tensor:
+        """(N, D) unit-length image embeddings."""
+        out = []
+        for start in range(0, len(pictures), batch):
+            pixels = self.processor(images=[p.convert("RGB") for p in pictures[start:start + batch]],
+                                    return_tensors="pt")["pixel_values"].to(self.device)
+            pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+            out.append(self.model.visual_projection(pooled).float())
+        return torch.nn.functional.normalize(torch.cat(out), dim=-1).cpu()
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        """(N, D) unit-length text embeddings (texts past CLIP's 77 tokens are cut, as CLIP itself reads them)."""
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        pooled = self.model.text_model(input_ids=enc["input_ids"].to(self.device),
+                                       attention_mask=enc["attention_mask"].to(self.device)).pooler_output
+        return torch.nn.functional.normalize(self.model.text_projection(pooled).float(), dim=-1).cpu()
+
+
+def concept_similarity(drawn: torch.Tensor, training: torch.Tensor) -> torch.Tensor:
+    """Each drawn picture's mean cosine similarity to the training pictures: (N, D), (T, D) -> (N,)."""
+    return (drawn @ training.T).mean(dim=1)
+
+
+def training_similarity(training: torch.Tensor) -> float | None:
+    """The training pictures' mean cosine similarity to each other (every pair of two different pictures): what
+    reconstruction is read against; None for a single picture."""
+    t = len(training)
+    if t < 2:
+        return None
+    sims = training @ training.T
+    return ((sims.sum() - sims.diagonal().sum()) / (t * (t - 1))).item()
+
+
+def scored_text(template: str) -> str:
+    """The prompt CLIP reads for editability: the template with the concept left out, as in the paper, and
+    emphasis or prompt-editing brackets reduced to their words.
+
+    >>> scored_text("a photo of {} on a sandy beach")
+    'a photo of on a sandy beach'
+    """
+    text = emphasis.plain_text(template.replace(MARKER, " "))
+    text = re.sub(r"\s+", " ", text).strip()
+    return re.sub(r" ([,.;:!?])", r"\1", text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. checks
+
+
+def run_settings(embedding: Path, token: str) -> dict:
+    """What the training run beside `embedding` says: images, model, property, init and its loss curve file, from
+    the config.yaml in the run folder (the embedding's folder, or its parent for one concept of a run of several).
+    Empty when there is none."""
+    from .config import TrainConfig
+    from .train import CONFIG_FILE, LOSS_LOG
+
+    folder = embedding if embedding.is_dir() else embedding.parent
+    for run in (folder, folder.parent):
+        if not (run / CONFIG_FILE).is_file():
+            continue
+        try:
+            saved = build(TrainConfig, {k: v for k, v in read_config_file(run / CONFIG_FILE).items()
+                                        if k not in ("resume", "overwrite")})
+            specs = saved.concept_list()
+        except ConfigError:  # not a textinv training config: no defaults from it
+            return {}
+        spec = next((s for s in specs if s["token"] == token), specs[0] if len(specs) == 1 else None)
+        if spec is None:
+            return {}
+        settings = {"run": str(run), "images": spec["images"], "init": spec["init"], "model": saved.model,
+                    "property": saved.property, "loss_column": "loss" if len(specs) == 1 else spec["token"]}
+        if (run / LOSS_LOG).is_file():
+            settings["loss_log"] = str(run / LOSS_LOG)
+        return settings
+    return {}
+
+
+def _template(prompt: str, token: str) -> str:
+    """An edit prompt with {} where the concept goes (the token written out is taken as its place too)."""
+    if MARKER in prompt:
+        return prompt
+    if token in prompt:
+        return prompt.replace(token, MARKER)
+    raise ConfigError(f"--prompts {prompt!r} has no {MARKER} and no {token}: write {MARKER} where the concept goes, "
+                      f"e.g. 'a photo of {MARKER} on a beach'")
+
+
+def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict) -> list[dict]:
+    """What stands in the concept's place, one method each: the learned token, then the baselines."""
+    methods = [{"name": "textual inversion", "words": emb.token, "label": emb.token}]
+    init = config.init if config.init is not None else (run.get("init") or emb.metadata.get("init"))
+    if init and init.strip().lower() != "none" and not init.startswith("embedding "):  # (an init file has no word)
+        methods.append({"name": "init word", "words": init.strip(), "label": f"init word '{init.strip()}'"})
+    if config.description:
+        methods.append({"name": "description", "words": config.description.strip(),
+                        "label": f"description '{config.description.strip()}'"})
+    return methods
+
+
+def _prepare_out(out: Path) -> tuple[Path, Path]:
+    """The folder to build the report in, beside `out`; refuses an `out` that holds something else than a report
+    (it is replaced whole). Puts back a report that a run killed during the swap had moved aside."""
+    previous, partial = out.parent / f".{out.name}.previous", out.parent / f".{out.name}.partial"
+    if not out.exists() and previous.is_dir():
+        previous.rename(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "scores.json").is_file():
+        raise ConfigError(f"--out {out} holds files that are not a score report (it would be replaced whole); give "
+                          f"a new or empty folder")
+    if partial.exists():
+        shutil.rmtree(partial)
+    output_folder(partial, "--out")
+    return previous, partial
+
+
+def _swap_in(partial: Path, out: Path, previous: Path) -> None:
+    """Publish the finished report: the old one (if any) is moved aside, the new one renamed into place."""
+    if out.exists():
+        if previous.exists():
+            shutil.rmtree(previous)
+        out.rename(previous)
+    partial.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | None = None,
+          progress: bool = True) -> ScoreResult:
+    """Draw, judge and report one embedding (see the module's docstring); return where the report is.
+
+    >>> score(ScoreConfig(embedding="runs/my-dog", description="a corgi"))  # doctest: +SKIP
+    ScoreResult(html=PosixPath('score-out/report.html'), ...)
+    """
+    log = print if progress else (lambda *a, **k: None)
+    started = time.perf_counter()
+
+    # 1. checks -------------------------------------------------------------------------------------------------
+    config = config.validate()
+    emb = load_embedding(config.embedding)
+    run = run_settings(Path(config.embedding), emb.token)
+    images = config.images or run.get("images")
+    if not images:
+        raise ConfigError("--images is required: the concept's training pictures, which reconstruction is measured "
+                          "against (no training run's config.yaml beside the embedding says where they are)")
+    paths = find_images(images)
+    pictures = [load_image(p) for p in paths]
+    source = config.model or run.get("model") or emb.metadata.get("base_model")
+    if not source:
+        raise ConfigError("--model is required: the model the embedding was learned for (the embedding does not "
+                          "record it)")
+    kind = config.property or run.get("property") or emb.metadata.get("property") or "object"
+    if kind not in PROPERTIES:
+        kind = "object"
+    edits = [_template(p, emb.token) for p in config.prompts] or list(EDITS[kind])
+    prompts = [("reconstruction", RECONSTRUCTION[kind])] + [("edit", t) for t in edits]
+    methods = _methods(config, emb, run)
+    out = Path(config.out)
+    previous, partial = _prepare_out(out)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if judge is None:
+        judge = ClipJudge.load(config.clip, device)
+    if model is None:
+        dtype = DTYPES[config.precision] if config.precision != "auto" else (
+            torch.float16 if device == "cuda" else torch.float32)
+        model = load_model(source, dtype=dtype, device=device, prediction_type=None,
+                           single_file_config=config.single_file_config, vae=config.vae)
+    steps = config.steps or DEFAULT_STEPS
+    size = config.resolution or model.resolution
+    guidance = model.guidance_or_own(config.guidance)
+    clip_skip = generation_clip_skip(config.clip_skip, [emb])
+    seeds = [config.seed + i for i in range(config.n)]
+    t_ready = time.perf_counter()
+
+    try:
+        # 2. draw -----------------------------------------------------------------------------------------------
+        owned = not hasattr(model, "_pristine")
+        install_embedding(model, emb)
+        log(f"drawing {len(prompts)} prompts x {len(seeds)} seeds with {', '.join(m['label'] for m in methods)} "
+            f"on {model.describe()}", flush=True)
+        bar = tqdm(total=len(methods) * len(prompts) * len(seeds), disable=not progress, desc="score", unit="img")
+        drawn: dict[tuple[int, int], list[Image.Image]] = {}
+        try:
+            for i, method in enumerate(methods):
+                for j, (_, template) in enumerate(prompts):
+                    text = template.replace(MARKER, method["words"])
+                    expanded = expand_all(text, [emb])
+                    drawn[i, j] = []
+                    for start in range(0, len(seeds), 4):  # a few pictures per pipeline call bounds the memory
+                        chunk = seeds[start:start + 4]
+                        drawn[i, j] += render(model, [expanded] * len(chunk), chunk, steps, size, guidance,
+                                              expand_all(config.negative_prompt, [emb]), config.sampler, clip_skip)
+                        bar.update(len(chunk))
+        finally:
+            bar.close()
+            if owned:
+                unload_embeddings(model)
+        t_drawn = time.perf_counter()
+
+        # 3. judge ----------------------------------------------------------------------------------------------
+        training = judge.images(pictures)  # (T, D)
+        texts = judge.texts([scored_text(t) for _, t in prompts])  # (P, D)
+        table = []
+        for i, method in enumerate(methods):
+            rows = []
+            for j, (kind_j, template) in enumerate(prompts):
+                feats = judge.images(drawn[i, j])  # (n, D)
+                rows.append({"kind": kind_j, "prompt": template.replace(MARKER, method["words"]),
+                             "scored_text": scored_text(template),
+                             "concept": [round(v, 4) for v in concept_similarity(feats, training).tolist()],
+                             "text": [round(v, 4) for v in (feats @ texts[j]).tolist()],
+                             "files": []})
+            table.append({**method, "prompts": rows, **_summary(rows)})
+        t_judged = time.perf_counter()
+
+        # 4. report ---------------------------------------------------------------------------------------------
+        for i, method in enumerate(methods):
+            for j, row in enumerate(table[i]["prompts"]):
+                for seed, img in zip(seeds, drawn[i, j]):
+                    name = f"pictures/{_slug(method['name'])}/{j:02d}-{_slug(emphasis.plain_text(row['prompt']))}-s{seed}.png"
+                    params = {"prompt": row["prompt"], "negative_prompt": config.negative_prompt, "seed": seed,
+                              "steps": steps, "sampler": config.sampler, "guidance": guidance,
+                              "size": f"{size}x{size}", "clip_skip": clip_skip, "model": str(source),
+                              "embeddings": str(config.embedding), "textinv_version": __version__}
+                    with atomic_path(partial / name) as tmp:
+                        img.save(tmp, format="PNG", pnginfo=png_text(params))
+                    row["files"].append(name)
+        training_files = []
+        for k, pic in enumerate(pictures):
+            name = f"training/{k:02d}.png"
+            thumb = pic.copy()
+            thumb.thumbnail((256, 256))
+            with atomic_path(partial / name) as tmp:
+                thumb.save(tmp, format="PNG")
+            training_files.append(name)
+        losses = _losses(run)
+        report = {
+            "title": f"textinv score: {emb.token}",
+            "embedding": {"path": str(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
+                          "metadata": emb.metadata},
+            "images": str(images), "training_files": training_files, "model": model.describe(),
+            "clip": judge.source, "settings": {**dataclasses.asdict(config), "steps": steps, "guidance": guidance,
+                                               "clip_skip": clip_skip, "resolution": size, "property": kind},
+            "seeds": seeds, "training_similarity": training_similarity(training), "methods": table,
+            "loss": [list(x) for x in losses], "textinv_version": __version__,
+            "seconds": {"load": round(t_ready - started, 1), "draw": round(t_drawn - t_ready, 1),
+                        "judge": round(t_judged - t_drawn, 1)},
+        }
+        report["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        loss_png = draw_loss_curve(losses) if losses else None
+        with atomic_path(partial / "report.png") as tmp:
+            draw_sheet(report, pictures, drawn, loss_png).save(tmp, format="PNG")
+        write_text(partial / "report.html", render_html(report, loss_png))
+        write_json(partial / "scores.json", report)
+        _swap_in(partial, out, previous)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log(format_table(report))
+    log(f"report: {out / 'report.html'} (open it in a browser) and {out / 'report.png'}; scores in "
+        f"{out / 'scores.json'}")
+    return ScoreResult(html=out / "report.html", png=out / "report.png", scores=out / "scores.json", report=report)
+
+
+def _summary(rows: list[dict]) -> dict:
+    """A method's three numbers: reconstruction (the 'a photo of' pictures' similarity to the training pictures),
+    editability (the edited pictures' similarity to their prompts) and how much of the concept the edits keep."""
+    def mean(values):
+        return round(sum(values) / len(values), 4) if values else None
+
+    recon = [v for r in rows if r["kind"] == "reconstruction" for v in r["concept"]]
+    edits = [r for r in rows if r["kind"] == "edit"]
+    return {"reconstruction": mean(recon), "editability": mean([v for r in edits for v in r["text"]]),
+            "kept_in_edits": mean([v for r in edits for v in r["concept"]])}
+
+
+def _losses(run: dict) -> list[tuple[int, float]]:
+    """The training run's loss curve for this concept (its own column in a run of several), if there is one."""
+    import csv
+
+    if "loss_log" not in run:
+        return []
+    try:
+        with open(run["loss_log"], newline="") as f:
+            return [(int(r["step"]), float(r[run["loss_column"]])) for r in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError) as e:  # a damaged log costs the chart, not the report
+        warnings.warn(f"could not read the loss curve {run['loss_log']} ({e}); the report leaves it out", stacklevel=3)
+        return []
+
+
+def format_table(report: dict) -> str:
+    """The scores as a small text table."""
+    lines = [f"{'':34s} reconstruction  editability  concept kept in edits"]
+    for m in report["methods"]:
+        lines.append(f"{m['label'][:34]:34s} {m['reconstruction']:14.3f} {m['editability']:12.3f} "
+                     f"{m['kept_in_edits']:12.3f}")
+    if report["training_similarity"] is not None:
+        lines.append(f"(the training pictures among themselves: {report['training_similarity']:.3f}; CLIP "
+                     f"{report['clip']}, {len(report['seeds'])} pictures a prompt)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# drawing
+
+
+THUMB = 128
+
+
+def _thumb(img: Image.Image) -> Image.Image:
+    return img.resize((THUMB, THUMB), Image.Resampling.LANCZOS if img.width > THUMB else Image.Resampling.NEAREST)
+
+
+def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image | None) -> Image.Image:
+    """The report on one PNG: the scores, the training pictures (and loss), then each prompt's pictures, one row per
+    method at the same seeds, each picture's CLIP similarity under it."""
+    title_font, head_font, text_font, small = font(22), font(16), font(13), font(11)
+    gap, label_w = 8, 230
+    k = min(len(report["seeds"]), SHEET_PICTURES)
+    methods = report["methods"]
+    n_prompts = len(methods[0]["prompts"])
+    width = max(label_w + k * (THUMB + gap) + 24, len(pictures[:10]) * (THUMB + gap) + 48 +
+                (loss_png.width if loss_png else 0), 900)
+    row_h = THUMB + 22
+    height = 200 + 22 * len(methods) + THUMB + 60 + n_prompts * (28 + len(methods) * row_h) + 60
+    sheet = Image.new("RGB", (width, height), PAPER)
+    d = ImageDraw.Draw(sheet)
+    x0, y = 24, 18
+    d.text((x0, y), report["title"], fill=INK, font=title_font)
+    y += 32
+    d.text((x0, y), f"{report['model']}; judged by CLIP {report['clip']}", fill=MUTED, font=text_font)
+    y += 30
+    d.text((x0, y), "reconstruction: similarity to the training pictures of 'a photo of' pictures;  editability: "
+           "similarity of edited pictures to their prompt", fill=MUTED, font=small)
+    y += 22
+    for m in methods:
+        d.text((x0, y), f"{m['label']}:  reconstruction {m['reconstruction']:.3f}   editability {m['editability']:.3f}"
+               f"   concept kept in edits {m['kept_in_edits']:.3f}", fill=INK, font=text_font)
+        y += 22
+    if report["training_similarity"] is not None:
+        d.text((x0, y), f"the training pictures among themselves: {report['training_similarity']:.3f}", fill=MUTED,
+               font=small)
+    y += 30
+    d.text((x0, y), "the training pictures", fill=INK, font=head_font)
+    y += 24
+    for i, pic in enumerate(pictures[:10]):
+        sheet.paste(_thumb(pic), (x0 + i * (THUMB + gap), y))
+    if loss_png is not None:
+        sheet.paste(loss_png.resize((loss_png.width * THUMB // loss_png.height, THUMB)),
+                    (width - 24 - loss_png.width * THUMB // loss_png.height, y))
+    y += THUMB + 24
+    for j in range(n_prompts):
+        d.line([x0, y, width - 24, y], fill=LINE)
+        d.text((x0, y + 6), f"{methods[0]['prompts'][j]['kind']}: {methods[0]['prompts'][j]['prompt']}", fill=INK,
+               font=head_font)
+        y += 28
+        for i, m in enumerate(methods):
+            row = m["prompts"][j]
+            d.text((x0, y + 4), m["label"][:32], fill=INK, font=text_font)
+            what = "concept" if row["kind"] == "reconstruction" else "text"
+            d.text((x0, y + 24), f"{what} {sum(row[what]) / len(row[what]):.3f}", fill=MUTED, font=small)
+            for s in range(k):
+                px = x0 + label_w - 24 + s * (THUMB + gap)
+                sheet.paste(_thumb(drawn[i, j][s]), (px, y))
+                d.text((px, y + THUMB + 3), f"{row[what][s]:.3f}", fill=MUTED, font=small)
+            y += row_h
+    y += 10
+    d.text((x0, y), f"seeds {report['seeds'][:k]}{' ...' if k < len(report['seeds']) else ''}; textinv "
+           f"{report['textinv_version']}; {report['seconds']['total']:.0f} s", fill=MUTED, font=small)
+    return sheet.crop((0, 0, width, min(height, y + 30)))
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1300px;
+       color: #19191e; padding: 0 1rem; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+h3 { font-size: .95rem; font-family: ui-monospace, monospace; margin: 1.2rem 0 .3rem; }
+.muted { color: #6e6e78; } .row { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
+img.pic { width: 160px; height: 160px; object-fit: cover; display: block; }
+figure { margin: 0; } figcaption { font-size: .7rem; color: #6e6e78; }
+table { border-collapse: collapse; } td, th { padding: .3rem .8rem; border-bottom: 1px solid #dcdce2; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code { background: #f2f2f5; padding: 0 .25rem; border-radius: 3px; }
+"""
+
+
+def render_html(report: dict, loss_png: Image.Image | None) -> str:
+    """The report as an HTML page beside its pictures/ and training/ folders (the pictures are files, not inlined:
+    a few hundred full-size pictures would make one page of hundreds of megabytes)."""
+    esc = html.escape
+    methods = report["methods"]
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(report['title'])}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{esc(report['title'])}</h1>",
+             f"<p class='muted'>{esc(report['model'])}; pictures judged by CLIP <code>{esc(report['clip'])}</code>; "
+             f"{len(report['seeds'])} pictures a prompt at seeds {report['seeds'][0]}-{report['seeds'][-1]}, the same "
+             f"for every method.</p>",
+             "<h2>Scores</h2><p>As in the textual inversion paper: <b>reconstruction</b> is the mean CLIP image "
+             "similarity of the 'a photo of' pictures to the training pictures; <b>editability</b> the mean CLIP "
+             "similarity of the edited pictures to their prompt with the concept left out; <b>concept kept in "
+             "edits</b> the edited pictures' similarity to the training pictures. Higher is better; they compare "
+             "between methods and embeddings judged by the same CLIP, not across CLIP models.</p>",
+             "<table><tr><th></th><th>reconstruction</th><th>editability</th><th>concept kept in edits</th></tr>"]
+    for m in methods:
+        parts.append(f"<tr><td>{esc(m['label'])}</td><td class='num'>{m['reconstruction']:.3f}</td><td class='num'>"
+                     f"{m['editability']:.3f}</td><td class='num'>{m['kept_in_edits']:.3f}</td></tr>")
+    parts.append("</table>")
+    if report["training_similarity"] is not None:
+        parts.append(f"<p class='muted'>The training pictures among themselves: {report['training_similarity']:.3f} "
+                     f"(what reconstruction is read against).</p>")
+    parts.append(f"<h2>The training pictures</h2><p class='muted'>{esc(report['images'])}</p><div class='row'>")
+    parts += [f"<img class='pic' src='{esc(f, quote=True)}' alt='training picture'>" for f in report["training_files"]]
+    parts.append("</div>")
+    if loss_png is not None:
+        parts.append(f"<h2>Training</h2><img src='{data_uri(loss_png)}' alt='training loss'>")
+    parts.append("<h2>The pictures</h2>")
+    for j in range(len(methods[0]["prompts"])):
+        for m in methods:
+            row = m["prompts"][j]
+            what = "concept" if row["kind"] == "reconstruction" else "text"
+            parts.append(f"<h3>{esc(row['prompt'])} <span class='muted'>({row['kind']}; {what} similarity "
+                         f"{sum(row[what]) / len(row[what]):.3f})</span></h3><div class='row'>")
+            for seed, f, v in zip(report["seeds"], row["files"], row[what]):
+                parts.append(f"<figure><a href='{esc(f, quote=True)}'><img class='pic' src='{esc(f, quote=True)}' "
+                             f"alt='{esc(row['prompt'], quote=True)}'></a><figcaption>seed {seed}: {v:.3f}"
+                             f"</figcaption></figure>")
+            parts.append("</div>")
+    settings = json.dumps(report["settings"], indent=1, default=str)
+    parts.append(f"<h2>Settings</h2><pre>{esc(settings)}</pre><p class='muted'>textinv {esc(report['textinv_version'])}"
+                 f"; {report['seconds']['total']:.0f} s (drawing {report['seconds']['draw']:.0f} s)</p></body></html>")
+    return "\n".join(parts)
