@@ -931,3 +931,50 @@ def test_a_shuffled_long_caption_that_loses_its_token_names_keep_tags(sd1_dir, i
         train(config(images, tmp_path / "a", shuffle_tags=True), model=load_model(sd1_dir), progress=False)
     assert train(config(images, tmp_path / "b", shuffle_tags=True, keep_tags=1, steps=1),
                  model=load_model(sd1_dir), progress=False).steps == 1
+
+
+def test_each_saved_step_keeps_its_embedding_and_a_resumed_run_writes_the_same(sd1_dir, images, tmp_path):
+    straight = train(config(images, tmp_path / "a", steps=6, save_every=2, keep_checkpoints=3),
+                     model=load_model(sd1_dir), progress=False)
+    steps = tmp_path / "a" / "embeddings"
+    names = [f"learned_embeds-steps-{n}.safetensors" for n in (2, 4, 6)]
+    assert sorted(p.name for p in steps.iterdir()) == sorted(names)
+    for n, name in zip((2, 4, 6), names):
+        emb = load_embedding(steps / name)
+        saved = torch.load(tmp_path / "a" / "checkpoints" / f"step-{n:06d}.pt", weights_only=True)["vectors"][0]
+        assert emb.metadata["steps"] == str(n) and emb.token == "<zq>"
+        assert torch.equal(emb.vectors["text_encoder"], saved[-1:])  # the step's vectors, not the last ones
+    assert torch.equal(load_embedding(steps / names[-1]).vectors["text_encoder"],
+                       straight.embedding.vectors["text_encoder"])
+    train(config(images, tmp_path / "b", steps=4, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "b", steps=6, save_every=2, resume=True), model=load_model(sd1_dir),
+          progress=False)
+    resumed = sorted((tmp_path / "b" / "embeddings").iterdir())
+    assert [p.name for p in resumed] == sorted(names)
+    for mine, theirs in zip(resumed, sorted(steps.iterdir())):  # (safetensors orders its metadata at random)
+        a, b = load_embedding(mine), load_embedding(theirs)
+        assert torch.equal(a.vectors["text_encoder"], b.vectors["text_encoder"]) and a.metadata == b.metadata
+
+
+def test_step_embeddings_are_named_as_the_formats_tools_name_them_and_can_be_left_out(sd1_dir, images, tmp_path):
+    train(config(images, tmp_path / "a", steps=2, save_every=1, format="a1111"), model=load_model(sd1_dir),
+          progress=False)
+    assert sorted(p.name for p in (tmp_path / "a" / "embeddings").iterdir()) == ["zq-1.pt", "zq-2.pt"]
+    assert load_embedding(tmp_path / "a" / "embeddings" / "zq-1.pt").metadata["steps"] == "1"
+    train(config(images, tmp_path / "b", steps=2, save_every=1, step_embeddings=False), model=load_model(sd1_dir),
+          progress=False)
+    assert not (tmp_path / "b" / "embeddings").exists()
+
+
+def test_overwrite_deletes_the_step_embeddings_but_not_a_users_file_or_the_init_embedding(sd1_dir, images, tmp_path):
+    out = tmp_path / "out"
+    train(config(images, out, steps=3, save_every=1), model=load_model(sd1_dir), progress=False)
+    (out / "embeddings" / "my-favourite.pt").write_bytes(b"mine")
+    start = out / "embeddings" / "learned_embeds-steps-2.safetensors"
+    vectors = load_embedding(start).vectors["text_encoder"]
+    result = train(config(images, out, steps=1, save_every=1, init=None, init_embedding=str(start), overwrite=True),
+                   model=load_model(sd1_dir), progress=False)
+    left = sorted(p.name for p in (out / "embeddings").iterdir())
+    assert left == ["learned_embeds-steps-1.safetensors", "learned_embeds-steps-2.safetensors", "my-favourite.pt"]
+    assert torch.equal(load_embedding(start).vectors["text_encoder"], vectors)  # the file it started from
+    assert not torch.equal(result.embedding.vectors["text_encoder"], vectors)

@@ -153,6 +153,8 @@ class TrainConfig:
     seed: int = opt(0, "random seed: same seed and settings give the same run")
     save_every: int = opt(500, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = opt(2, "how many checkpoints to keep (older ones are deleted)")
+    step_embeddings: bool = opt(True, "at every --save-every step also keep that step's embedding in embeddings/ "
+                                      "(as A1111 and the diffusers script do), to pick the best step by its samples")
     sample_every: int = opt(500, "sample grid every N steps (0: never)")
     sample_prompts: list = opt([], "prompts for the sample grids ('{}' marks the token); default by --property")
     sample_steps: int = opt(25, "denoising steps for sample grids")

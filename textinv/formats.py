@@ -159,6 +159,19 @@ def default_filename(format: str, token: str) -> str:
     return name + {"a1111": ".pt", "a1111-png": ".png"}.get(format, ".safetensors")
 
 
+def step_filename(format: str, token: str, step: int) -> str:
+    """The name of one step's embedding as the format's own training tools name it: the diffusers script's
+    `learned_embeds-steps-500.safetensors` (its SDXL pair's second file follows by `second_file`), the A1111
+    web UI's `my-dog-500.pt` (and the same for the other token-named formats).
+
+    >>> step_filename("diffusers", "<my-dog>", 500), step_filename("a1111", "<my-dog>", 500)
+    ('learned_embeds-steps-500.safetensors', 'my-dog-500.pt')
+    """
+    name = Path(default_filename(format, token))
+    joint = "-steps-" if format in ("diffusers", "diffusers-sdxl", "diffusers-bin") else "-"
+    return f"{name.stem}{joint}{step}{name.suffix}"
+
+
 def second_file(path: str | Path) -> Path:
     """Where diffusers' SDXL example keeps the second text encoder's vectors, beside `path`.
 

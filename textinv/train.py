@@ -26,6 +26,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -43,7 +44,8 @@ from .config import TrainConfig, build, parse_lr_steps, read_config_file, save_c
 from .data import (CaptionSampler, TagVariation, default_templates, find_images, latent_weights,
                    load_training_images, read_template_file)
 from .errors import ConfigError, FormatError, TrainingError
-from .formats import FORMATS, LearnedEmbedding, default_filename, load_embedding, save_embedding, second_file
+from .formats import (FORMATS, LearnedEmbedding, default_filename, load_embedding, save_embedding, second_file,
+                      step_filename)
 from .generate import check_fits
 from .io import atomic_path, output_folder, write_text
 from .models import BUNDLED_MODELS, DTYPES, Model, check_clip_skip, encode_text, load_model, xl_time_ids
@@ -51,10 +53,12 @@ from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init
 
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
+STEP_EMBEDDINGS_DIR = "embeddings"  # each --save-every step's embedding (see step_filename)
 LOSS_LOG = "loss.csv"
 CONFIG_FILE = "config.yaml"
 # settings that may differ between a run and its resumption (they do not change what is learned step by step)
-RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "sample_every", "sample_steps", "log_every",
+RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "step_embeddings", "sample_every", "sample_steps",
+                     "log_every",
                      "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
 # stored absolute: a run resumes, or reruns, from any directory
 PATH_SETTINGS = ("images", "templates", "out", "init_embedding")
@@ -220,7 +224,7 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
         names.update(default_filename(fmt, token) for fmt in FORMATS)
         folder = out / concept_folder(token)
         if len(tokens) > 1 and folder.is_dir():
-            if any(k.parent == folder.resolve() for k in kept):  # the kept file stays; the rest of its folder goes
+            if any(folder.resolve() in k.parents for k in kept):  # the kept file stays; the rest of its folder goes
                 for path in folder.rglob("*"):
                     if path.is_file() and path.resolve() not in kept:
                         path.unlink()
@@ -229,6 +233,18 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
     for path in out.iterdir():
         if path.is_file() and path.name in names and path.resolve() not in kept:
             path.unlink()
+    steps = out / STEP_EMBEDDINGS_DIR  # the steps' embeddings by their names (the folder may hold a user's own)
+    if steps.is_dir():
+        sentinel = "123456789"
+        patterns = [re.escape(name).replace(sentinel, r"\d+")
+                    for fmt in FORMATS for token in tokens + ["<any>"]
+                    for first in [step_filename(fmt, token, int(sentinel))]
+                    for name in (first, second_file(first).name)]
+        for path in steps.iterdir():
+            if path.is_file() and path.resolve() not in kept and any(re.fullmatch(p, path.name) for p in patterns):
+                path.unlink()
+        if not any(steps.iterdir()):
+            steps.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -582,6 +598,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             return []
         files = [f for c in concepts for f in save_embedding(embedding_of(c, at_step, vectors), embedding_path(c),
                                                                file_format)]
+        if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0:
+            for c in concepts:  # (the step's files are the same bytes as the main file's at that step)
+                save_embedding(embedding_of(c, at_step, vectors),
+                               c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step), file_format)
         if checkpoint:
             _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
