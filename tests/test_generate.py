@@ -424,11 +424,96 @@ def test_an_ancestral_sampler_draws_each_picture_from_its_own_seed(sd1_dir, tmp_
 def test_web_ui_syntax_textinv_does_not_apply_is_warned_about(sd1_dir, tmp_path):
     from textinv.emphasis import unsupported
 
-    assert unsupported("a [cat:dog:0.5] on [grass|sand] <lora:style:0.8>") == ["extra-network tags <lora:style:0.8>"]
+    assert unsupported("a [cat:dog:0.5] on [grass|sand] <hypernet:style:0.8> <lora:x>") == \
+        ["extra-network tags <hypernet:style:0.8>"]
     assert unsupported(r"a (red:1.2) [blue] \[a:b\] <my-token> 12:30") == []
-    with pytest.warns(UserWarning, match="uses the web UI's extra-network tags <lora:x:1>, which textinv does not"):
-        generate(GenerateConfig(prompt=["a <lora:x:1> cat"], out=str(tmp_path / "r"), n=1, steps=1,
+    with pytest.warns(UserWarning, match="uses the web UI's extra-network tags <hypernet:x:1>, which textinv does not"):
+        generate(GenerateConfig(prompt=["a <hypernet:x:1> cat"], out=str(tmp_path / "r"), n=1, steps=1,
                                 model=str(sd1_dir)), progress=False)
+
+
+def test_lora_tags_are_read_as_the_web_ui_reads_them():
+    from textinv.emphasis import LoraTag, lora_tags
+
+    text, tags = lora_tags("a <my-dog> <lora:a> [<lora:b:0.5>:x:3] <LyCo:c:0.2:0.7> <lora:d:1:unet=0.3:te=0.6> "
+                           "<lora:e:0.4:0.9:8>")
+    assert text == "a <my-dog>  [:x:3]   "
+    assert tags == [LoraTag("a", 1, 1), LoraTag("b", 0.5, 0.5), LoraTag("c", 0.2, 0.7), LoraTag("d", 0.6, 0.3),
+                    LoraTag("e", 0.4, 0.9)]
+    for bad in ("<lora:a:strong>", "<lora::0.5>"):
+        with pytest.raises(ConfigError, match="LoRA"):
+            lora_tags(bad)
+
+
+def _save_tiny_lora(folder, name):
+    """A LoRA (UNet and text encoder parts, nonzero) for the tiny SD 1.x pipeline, as `folder/name.safetensors`."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    from textinv.tiny import build_tiny_pipeline
+
+    torch.manual_seed(5)
+    pipe = build_tiny_pipeline("sd1")
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    # (peft's own injection: transformers' add_adapter asks for a newer peft than the one on PyPI)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                       target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), pipe.text_encoder)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+                                              text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder))
+    (folder / "pytorch_lora_weights.safetensors").rename(folder / f"{name}.safetensors")
+
+
+def test_lora_tags_apply_their_loras_at_their_multipliers_and_leave_the_model_clean(sd1_dir, tmp_path):
+    loras = tmp_path / "Lora"
+    (loras / "styles").mkdir(parents=True)
+    _save_tiny_lora(loras / "styles", "mystyle")
+    model = load_model(sd1_dir)
+
+    def draw(*prompts, out):
+        paths = generate(GenerateConfig(prompt=list(prompts), out=str(tmp_path / out), n=1, steps=2,
+                                        lora_dir=[str(loras)]), model=model, progress=False)
+        return paths, [np.asarray(Image.open(p)) for p in paths]
+
+    _, (plain,) = draw("a photo of a dog", out="plain")
+    paths, (full, off, te_only, unet_only, after) = draw(
+        "a photo of a dog <lora:mystyle:1>", "a photo of a dog <lora:mystyle:0>", "a photo of a dog <lora:mystyle:1:0>",
+        "a photo of a dog <lora:mystyle:0:1>", "a photo of a dog", out="tagged")
+    assert not np.array_equal(full, plain)
+    assert np.array_equal(off, plain)  # a multiplier of 0 is no LoRA
+    assert not np.array_equal(te_only, plain) and not np.array_equal(te_only, full)  # each part on its own
+    assert not np.array_equal(unet_only, plain) and not np.array_equal(unet_only, full)
+    assert np.array_equal(after, plain)  # a later prompt without the tag draws without it
+    assert paths[0].name == "000-a-photo-of-a-dog-s0.png"  # the tag is not part of the name
+    _, (again,) = draw("a photo of a dog", out="again")
+    assert np.array_equal(again, plain) and not hasattr(model, "_loras")  # the model handed back clean
+    from peft.tuners.lora import LoraLayer
+
+    assert not any(isinstance(m, LoraLayer) for m in list(model.unet.modules()) + list(model.text_encoder.modules()))
+
+
+def test_lora_tags_without_their_file_are_refused_before_the_model_loads(tmp_path):
+    missing_model = str(tmp_path / "no-model")
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    (loras / "old.pt").write_bytes(b"pickle")
+    cases = [([], "<lora:x:1>", "give --lora-dir"), ([str(loras)], "<lora:x:1>", "no x.safetensors in --lora-dir"),
+             ([str(loras)], "<lora:old>", "pickled file"), ([str(tmp_path / "nope")], "<lora:x>", "is not a folder")]
+    for folders, tag, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            generate(GenerateConfig(prompt=[f"a cat {tag}"], out=str(tmp_path / "r"), model=missing_model,
+                                    lora_dir=folders), progress=False)
+
+
+
+def test_a_file_that_is_no_lora_for_the_model_is_refused_by_name(sd1_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"foo": torch.zeros(3)}, str(tmp_path / "junk.safetensors"))
+    model = load_model(sd1_dir)
+    with pytest.raises(FormatError, match="<lora:junk> .*junk.safetensors. could not be applied"):
+        generate(GenerateConfig(prompt=["a cat <lora:junk:0.5>"], out=str(tmp_path / "r"), n=1, steps=1,
+                                lora_dir=[str(tmp_path)]), model=model, progress=False)
+    assert not hasattr(model, "_loras")
 
 
 @pytest.mark.parametrize("prompt, steps, schedule", [

@@ -299,6 +299,8 @@ class GenerateConfig:
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
     vae: str = opt(None, "use this VAE instead of the model's (e.g. SDXL's fp16-fixed one): folder, file or hub id")
+    lora_dir: list = opt([], "folder(s) of LoRA files (.safetensors, searched with their subfolders) for the "
+                             "prompts' <lora:name:0.8> tags, e.g. the web UI's models/Lora")
 
     def validate(self) -> "GenerateConfig":
         check_choices(self)

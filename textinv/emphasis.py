@@ -16,6 +16,9 @@ chunk's mean, as the web UI does, so a weight changes the balance between the wo
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+from .errors import ConfigError
 
 ROUND, SQUARE = 1.1, 1 / 1.1
 
@@ -82,15 +85,59 @@ def plain_text(prompt: str) -> str:
     return "".join(text for text, _ in parse(prompt))
 
 
-_UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:lora|lyco|hypernet):[^<>]*>", re.I)),)
+_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # the web UI's extra-network tag: <kind:params>
+LORA_KINDS = ("lora", "lyco")  # (the web UI reads the LyCORIS extension's old tag as a LoRA too)
+
+
+@dataclass(frozen=True)
+class LoraTag:
+    """One `<lora:...>` tag: the file's name and the multipliers of its text-encoder and UNet parts."""
+
+    name: str
+    te: float = 1.0
+    unet: float = 1.0
+
+
+def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
+    """The prompt without its LoRA tags, and the tags, read as the web UI reads them: `<lora:name>` applies both
+    parts at 1, `<lora:name:0.8>` both at 0.8, `<lora:name:0.8:0.5>` the text encoder at 0.8 and the UNet at 0.5,
+    and `te=`/`unet=` name them (a further number, the dynamic rank, is ignored). A tag applies to the whole picture
+    wherever it stands, as there (also inside prompt editing). A malformed multiplier raises ConfigError.
+
+    >>> lora_tags("a photo of <my-dog>, <lora:ghibli:0.8> <lora:film:1:unet=0.5>")
+    ('a photo of <my-dog>,  ', [LoraTag(name='ghibli', te=0.8, unet=0.8), LoraTag(name='film', te=1.0, unet=0.5)])
+    """
+    tags: list[LoraTag] = []
+
+    def take(match: re.Match) -> str:
+        if match.group(1).lower() not in LORA_KINDS:
+            return match.group(0)  # a learned token such as <my-dog>, or another kind of tag: left in the text
+        items = match.group(2).split(":")
+        positional = [x for x in items if "=" not in x]
+        named = dict(x.split("=", 1) for x in items if "=" in x)
+        try:
+            te = float(named.get("te", positional[1] if len(positional) > 1 else 1.0))
+            unet = float(named.get("unet", positional[2] if len(positional) > 2 else te))
+        except ValueError:
+            raise ConfigError(f"{match.group(0)}: a LoRA tag's multipliers are numbers, as in <lora:name:0.8> or "
+                              f"<lora:name:0.8:0.5> (text encoder, UNet)") from None
+        if not positional or not positional[0].strip():
+            raise ConfigError(f"{match.group(0)} names no LoRA file: write <lora:name:0.8>")
+        tags.append(LoraTag(positional[0].strip(), te, unet))
+        return ""
+
+    return _EXTRA_NETWORK.sub(take, prompt), tags
+
+
+_UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:hypernet):[^<>]*>", re.I)),)
 
 
 def unsupported(prompt: str) -> list[str]:
-    """The web UI's prompt features in `prompt` that textinv does not apply (they are read as words): extra-network
-    tags (`<lora:name:0.8>`).
+    """The web UI's prompt features in `prompt` that textinv does not apply (they are read as words): hypernetwork
+    tags (`<hypernet:name:0.8>`).
 
-    >>> unsupported("a [cat:dog:0.5] <lora:x:0.8>, (red:1.2)")
-    ['extra-network tags <lora:x:0.8>']
+    >>> unsupported("a [cat:dog:0.5] <hypernet:x:0.8>, (red:1.2) <lora:y>")
+    ['extra-network tags <hypernet:x:0.8>']
     """
     return [f"{what} {m.group(0)}" for what, pattern in _UNSUPPORTED for m in pattern.finditer(prompt)]
 

@@ -27,7 +27,7 @@ from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import LearnedEmbedding, load_embedding, load_embedding_pair
 from .io import atomic_path, output_folder
-from .models import DTYPES, Model, check_clip_skip, encode_text, load_model
+from .models import DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, encode_text, load_model
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
 DEFAULT_STEPS = 25
@@ -380,6 +380,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
         if emb.token.lower() not in said:  # a typo in the prompt would leave the embedding silently unused
             warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
+    loras = lora_files([tag for prompt in config.prompt for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -391,13 +392,82 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     for emb in embeddings:
         install_embedding(model, emb)
     try:
-        return _draw_all(config, model, embeddings, progress)
+        return _draw_all(config, model, embeddings, loras, progress)
     finally:
+        unload_loras(model)
         if owned:
             unload_embeddings(model)
 
 
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")
+PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin")
+
+
+def lora_files(tags: list[emphasis.LoraTag], folders: list[str]) -> dict[str, Path]:
+    """The file of each LoRA the prompts name, found as the web UI finds it: by file name (without its suffix) in
+    the folders and their subfolders. Checked before the model loads; refuses a missing file, a missing --lora-dir,
+    a pickled file (it could carry code) and a missing peft (what diffusers loads LoRAs with), each with the fix."""
+    if not tags:
+        return {}
+    named = ", ".join(f"<lora:{t.name}>" for t in tags)
+    if not folders:
+        raise ConfigError(f"the prompt names {named}: give --lora-dir the folder of your LoRA files (the web UI's "
+                          f"models/Lora)")
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigError(f"the prompt names {named}; diffusers applies LoRAs with the peft package: pip install peft")
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--lora-dir {folder} is not a folder")
+    candidates = [f for folder in folders for f in sorted(Path(folder).rglob("*")) if f.is_file()]
+    for tag in tags:
+        same = [f for f in candidates if f.stem == tag.name] or [f for f in candidates if f.stem.lower() == tag.name.lower()]
+        usable = [f for f in same if f.suffix.lower() == ".safetensors"]
+        if usable:
+            found[tag.name] = usable[0]
+        elif any(f.suffix.lower() in PICKLE_SUFFIXES for f in same):
+            raise ConfigError(f"<lora:{tag.name}> is a pickled file ({same[0]}); textinv loads LoRAs only from "
+                              f".safetensors (a pickle can carry code): use the .safetensors version")
+        else:
+            raise ConfigError(f"<lora:{tag.name}>: no {tag.name}.safetensors in --lora-dir {', '.join(folders)} or "
+                              f"its subfolders; the tag names the file without its suffix")
+    return found
+
+
+def apply_loras(model: Model, tags: list[emphasis.LoraTag], files: dict[str, Path]) -> None:
+    """Make exactly `tags` active on the model, at their multipliers (text encoders and UNet apart, as the web UI
+    applies them); each file is loaded once per run. No tags: any loaded LoRA is switched off."""
+    pipe = model.pipeline
+    loaded: dict[str, str] = model.__dict__.setdefault("_loras", {})  # LoRA name -> adapter name
+    tags = list({t.name: t for t in tags}.values())  # a LoRA named twice: its last tag counts
+    with _quiet_diffusers():  # (its notes that a LoRA has no text-encoder part, which is common)
+        for tag in tags:
+            if tag.name not in loaded:
+                adapter = f"lora{len(loaded)}"
+                try:
+                    pipe.load_lora_weights(str(files[tag.name]), adapter_name=adapter)
+                except (ValueError, KeyError, RuntimeError) as e:  # not a LoRA, or one for another architecture
+                    raise FormatError(f"<lora:{tag.name}> ({files[tag.name]}) could not be applied to "
+                                      f"{model.source}: {_first_line(e)}; is it a LoRA for this model's family "
+                                      f"({model.family})?") from None
+                loaded[tag.name] = adapter
+        if not tags:
+            if loaded:
+                pipe.disable_lora()
+            return
+        pipe.enable_lora()
+        parts = pipe.get_list_adapters()  # {component: [adapters]}: a LoRA's weight goes to the parts it has
+        pipe.set_adapters([loaded[t.name] for t in tags],
+                          [{part: t.unet if part == "unet" else t.te for part, has in parts.items()
+                            if loaded[t.name] in has} for t in tags])
+
+
+def unload_loras(model: Model) -> None:
+    """Take every LoRA `apply_loras` loaded off the model: its weights are as before."""
+    if model.__dict__.pop("_loras", None):
+        model.pipeline.unload_lora_weights()
 
 
 def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> list[tuple[str, str | None]]:
@@ -424,7 +494,8 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
     return files
 
 
-def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], progress: bool) -> list[Path]:
+def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
+              progress: bool) -> list[Path]:
     steps = config.steps or DEFAULT_STEPS
     size = config.resolution or model.resolution
     if size > 2 * model.resolution:  # compute grows with the square of the size, and quality falls off far from it
@@ -435,10 +506,15 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     clip_skip = generation_clip_skip(config.clip_skip, embeddings)
     out = Path(config.out)
     written: list[Path] = []
-    negative = expand_all(config.negative_prompt, embeddings)  # a learned negative embedding needs all its vectors
+    negative, negative_loras = emphasis.lora_tags(config.negative_prompt)
+    if negative_loras:
+        warnings.warn("LoRA tags in the negative prompt are not applied (only the prompt's are): "
+                      + ", ".join(f"<lora:{t.name}>" for t in negative_loras), stacklevel=2)
+    negative = expand_all(negative, embeddings)  # a learned negative embedding needs all its vectors
     seeds = [config.seed + i for i in range(config.n)]
-    names = {(index, seed): f"{index:03d}-{_slug(emphasis.plain_text(prompt))}-s{seed}"
-             for index, prompt in enumerate(config.prompt) for seed in seeds}
+    texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
+    names = {(index, seed): f"{index:03d}-{_slug(emphasis.plain_text(texts[index][0]))}-s{seed}"
+             for index in range(len(config.prompt)) for seed in seeds}
     run = _new_run_suffix(out, names.values())
     bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
     for text in dict.fromkeys(config.prompt + [config.negative_prompt]):
@@ -446,7 +522,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
             warnings.warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
                           "textinv does not apply: they are read as words", stacklevel=2)
     for index, prompt in enumerate(config.prompt):
-        expanded = expand_all(prompt, embeddings)
+        apply_loras(model, texts[index][1], loras)
+        expanded = expand_all(texts[index][0], embeddings)
         for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + 4]
             images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, negative, config.sampler,
