@@ -9,7 +9,7 @@ from PIL import Image
 from textinv.cli import main
 from textinv.config import TrainConfig
 from textinv.data import find_images, load_image
-from textinv.errors import ConfigError, ModelError
+from textinv.errors import ConfigError, DataError, ModelError
 from textinv.models import load_model
 from textinv.score import (EDITS, ClipJudge, ScoreConfig, _template, concept_similarity, run_settings, score,
                            scored_text, training_similarity)
@@ -185,6 +185,8 @@ def test_an_unreachable_clip_model_says_how_to_get_one(monkeypatch, tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(ModelError, match="could not be loaded as a CLIP model"):
         ClipJudge.load(str(tmp_path / "junk"))
+    with pytest.raises(ModelError, match="no-clip does not exist; check the path"):  # not "not in the cache"
+        ClipJudge.load(str(tmp_path / "no-clip"))
 
 
 def test_one_concept_of_a_run_of_several_finds_its_pictures_and_loss(sd1_dir, clip_dir, judge, tmp_path):
@@ -211,3 +213,164 @@ def test_the_command_line_prints_the_table(run_dir, clip_dir, tmp_path, capsys):
     report = json.loads((out / "scores.json").read_text())
     assert report["methods"][0]["prompts"][1]["prompt"] == EDITS["style"][0].replace("{}", "<zq>")
     assert main(["score", "--embedding", str(tmp_path / "missing")]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# found in review
+
+
+@pytest.fixture(scope="module")
+def xl_dir(tmp_path_factory):
+    from textinv.tiny import build_tiny_xl_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-xl")
+    build_tiny_xl_pipeline().save_pretrained(path)
+    return path
+
+
+def _train(model_dir, images, out, **kw):
+    train(TrainConfig(**{**dict(images=str(images), token="<zq>", init="dog", model=str(model_dir), out=str(out),
+                                steps=1, batch=1, save_every=0, sample_every=0, log_every=1), **kw}), progress=False)
+    return out
+
+
+def _quick(embedding, clip_dir, out, **kw):
+    return ScoreConfig(**{**dict(embedding=str(embedding), clip=str(clip_dir), out=str(out), n=1, steps=1,
+                                 prompts=["{} on a table"]), **kw})
+
+
+def test_a_run_folder_is_read_whatever_format_its_run_saved(sd1_dir, xl_dir, clip_dir, judge, tmp_path):
+    images = write_images(tmp_path / "images", n=2)
+    a1111 = _train(sd1_dir, images, tmp_path / "a1111", format="a1111")  # zq.pt, no learned_embeds.*
+    report = score(_quick(a1111, clip_dir, tmp_path / "o1"), judge=judge, progress=False).report
+    assert report["embedding"]["token"] == "<zq>" and report["images"] == str(images)
+    xl = _train(xl_dir, images, tmp_path / "xl")  # SDXL's default: one zq.safetensors (clip_l + clip_g)
+    report = score(_quick(xl, clip_dir, tmp_path / "o2"), judge=judge, progress=False).report
+    assert report["embedding"]["vectors"] == 1 and [m["words"] for m in report["methods"]] == ["<zq>", "dog"]
+    pair = _train(xl_dir, images, tmp_path / "pair", format="diffusers")  # learned_embeds + learned_embeds_2
+    report = score(_quick(pair / "learned_embeds_2.safetensors", clip_dir, tmp_path / "o3"), judge=judge,
+                   progress=False).report  # the second half names the pair
+    assert report["embedding"]["token"] == "<zq>" and report["images"] == str(images)
+    several = tmp_path / "pets"
+    train(TrainConfig(concepts=[f"{images}=<aa>", f"{images}=<bb>"], model=str(sd1_dir), out=str(several),
+                      steps=1, batch=1, save_every=0, sample_every=0, log_every=1), progress=False)
+    with pytest.raises(ConfigError, match=r"run of 2 concepts.*pets/aa, .*pets/bb"):
+        score(_quick(several, clip_dir, tmp_path / "o4"), judge=judge, progress=False)
+
+
+def test_a_run_started_from_an_embedding_file_has_no_init_word(sd1_dir, clip_dir, judge, tmp_path):
+    images = write_images(tmp_path / "images", n=2)
+    first = _train(sd1_dir, images, tmp_path / "first")
+    again = _train(sd1_dir, images, tmp_path / "again", init=None,
+                   init_embedding=str(first / "learned_embeds.safetensors"))
+    found = run_settings(again, "<zq>")
+    assert found["init"].startswith("embedding ")  # not the --property word its config's concept list says
+    report = score(_quick(again, clip_dir, tmp_path / "o"), judge=judge, progress=False).report
+    assert [m["name"] for m in report["methods"]] == ["textual inversion"]
+
+
+def test_token_renames_an_embedding_whose_name_the_tokenizer_knows(run_dir, sd1_dir, clip_dir, judge, tmp_path):
+    from textinv.errors import TokenError
+    from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
+
+    emb = load_embedding(run_dir)
+    save_embedding(LearnedEmbedding("dog", emb.vectors), tmp_path / "dog.pt", "a1111")  # an A1111 file named 'dog'
+    base = dict(images=str(run_dir.parent / "images"), model=str(sd1_dir), prompts=["a photo of {}"])
+    with pytest.raises(TokenError, match="--token"):
+        score(_quick(tmp_path / "dog.pt", clip_dir, tmp_path / "o", **base), judge=judge, progress=False)
+    report = score(_quick(tmp_path / "dog.pt", clip_dir, tmp_path / "o", token="<dg>", **base), judge=judge,
+                   progress=False).report
+    assert report["methods"][0]["words"] == "<dg>"
+    with pytest.raises(ConfigError, match="--token"):
+        ScoreConfig(embedding=str(tmp_path / "dog.pt"), token="my dog").validate()
+
+
+def test_out_is_never_the_folder_the_command_runs_in(run_dir, clip_dir, judge, tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "./", str(here), ".."):
+        with pytest.raises(ConfigError, match="folder you are in"):
+            score(_quick(run_dir, clip_dir, out), judge=judge, progress=False)
+    score(_quick(run_dir, clip_dir, "report/", init="none"), judge=judge, progress=False)  # a trailing slash
+    assert (here / "report" / "scores.json").is_file() and sorted(p.name for p in here.iterdir()) == ["report"]
+
+
+def test_a_report_folder_with_a_users_file_in_it_is_not_replaced(run_dir, clip_dir, judge, tmp_path):
+    out = tmp_path / "report"
+    score(_quick(run_dir, clip_dir, out, init="none"), judge=judge, progress=False)
+    (out / "notes.txt").write_text("mine")
+    (out / ".DS_Store").write_text("")  # a file browser's litter goes with the report
+    with pytest.raises(ConfigError, match="more than a score report.*notes.txt"):
+        score(_quick(run_dir, clip_dir, out, init="none"), judge=judge, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_load_leaves_no_half_built_report(run_dir, clip_dir, tmp_path):
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(ModelError, match="could not be loaded as a CLIP model"):
+        score(_quick(run_dir, tmp_path / "junk", tmp_path / "reports" / "report"), progress=False)
+    assert list((tmp_path / "reports").iterdir()) == []  # no .report.partial
+
+
+def test_prompts_take_the_token_in_any_case_and_score_the_text_drawn_last():
+    assert _template("a photo of <ZQ> in snow", "<zq>") == "a photo of {} in snow"
+    assert _template("<a{}b> on a table", "<a{}b>") == "{} on a table"  # a token holding {} is not cut in two
+    assert scored_text("[a photo of {}:an oil painting of {}:0.5]") == "an oil painting of"
+    assert scored_text("a photo of {} [:in the snow:3]") == "a photo of in the snow"
+    assert scored_text("a photo of {} BREAK on a beach") == "a photo of on a beach"
+    with pytest.raises(ConfigError, match="not text"):
+        ScoreConfig(embedding=".", prompts=[{}]).validate()  # YAML's `- {}`
+
+
+def test_the_runs_model_is_loaded_as_the_run_loaded_it(run_dir, clip_dir, judge, sd1_dir, tmp_path, monkeypatch):
+    import textinv.score as score_module
+
+    images = write_images(tmp_path / "images", n=2)
+    run = _train(sd1_dir, images, tmp_path / "v", prediction_type="v_prediction")
+    seen = []
+
+    def spy(source, **kw):
+        seen.append(kw)
+        return load_model(source, **kw)
+
+    monkeypatch.setattr(score_module, "load_model", spy)
+    score(_quick(run, clip_dir, tmp_path / "o"), judge=judge, progress=False)
+    assert seen[-1]["prediction_type"] == "v_prediction"
+    score(_quick(run, clip_dir, tmp_path / "o", model=str(sd1_dir)), judge=judge, progress=False)
+    assert seen[-1]["prediction_type"] is None  # another --model: the run's settings are not its
+
+
+def test_a_run_whose_pictures_moved_says_so(run_dir, clip_dir, judge, sd1_dir, tmp_path):
+    import shutil
+
+    images = write_images(tmp_path / "images", n=2)
+    run = _train(sd1_dir, images, tmp_path / "run")
+    shutil.rmtree(images)
+    with pytest.raises(DataError, match=r"config.yaml names; pass --images"):
+        score(_quick(run, clip_dir, tmp_path / "o"), judge=judge, progress=False)
+
+
+def test_pictures_are_judged_as_drawn_and_the_sheet_keeps_thumbnails(run_dir, clip_dir, judge, tmp_path,
+                                                                       monkeypatch):
+    import textinv.score as score_module
+
+    kept = {}
+    real = score_module.draw_sheet
+
+    def spy(report, pictures, drawn, loss_png):
+        kept.update(drawn)
+        return real(report, pictures, drawn, loss_png)
+
+    monkeypatch.setattr(score_module, "draw_sheet", spy)
+    result = score(_quick(run_dir, clip_dir, tmp_path / "o", n=9, init="none"), judge=judge, progress=False)
+    assert all(len(v) == score_module.SHEET_PICTURES for v in kept.values())  # not all 9 held to the end
+    assert all(len(r["files"]) == len(r["concept"]) == 9 for r in result.report["methods"][0]["prompts"])
+
+
+def test_thumbnails_crop_rather_than_squash():
+    from textinv.score import THUMB, _thumb
+
+    wide = Image.new("RGB", (3 * THUMB, THUMB), (200, 0, 0))
+    wide.paste((0, 200, 0), (THUMB, 0, 2 * THUMB, THUMB))  # green middle third
+    assert _thumb(wide).getpixel((2, THUMB // 2)) == (0, 200, 0)

@@ -37,19 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
 from .config import (PRECISIONS, SAMPLERS, build, check_choices, check_clip_skip_value, check_guidance, opt,
                      read_config_file)
 from .data import PROPERTIES, find_images, load_image
-from .errors import ConfigError, ModelError
-from .formats import LearnedEmbedding, load_embedding
-from .generate import (DEFAULT_STEPS, _slug, expand_all, generation_clip_skip, install_embedding, png_text, render,
-                       unload_embeddings)
+from .errors import ConfigError, DataError, FormatError, ModelError
+from .formats import LearnedEmbedding, default_filename, load_embedding, second_file
+from .generate import (DEFAULT_STEPS, _slug, check_fits, expand_all, generation_clip_skip, install_embedding,
+                       png_text, render, unload_embeddings)
 from .io import atomic_path, output_folder, write_json, write_text
-from .models import DTYPES, Model, load_model
+from .models import DTYPES, Model, _is_local_path, load_model
 from .report import INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the paper's judge
@@ -105,10 +105,16 @@ class ScoreConfig:
     negative_prompt: str = opt("", "negative prompt for every picture")
     sampler: str = opt("default", "sampling method (see textinv generate --help)", choices=SAMPLERS)
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end (default: the embedding's)")
+    token: str = opt(None, "the token's name while scoring (default: the file's); for an embedding whose name the "
+                           "model's tokenizer already knows as a word, e.g. an A1111 file named 'dog'")
     resolution: int = opt(None, "picture size; default: the model's native size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
-    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
-    vae: str = opt(None, "use this VAE instead of the model's: folder, file or hub id")
+    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family "
+                                        "(default: the training run's, when the model is the run's)")
+    vae: str = opt(None, "use this VAE instead of the model's: folder, file or hub id (default: the training run's, "
+                         "when the model is the run's)")
+    prediction_type: str = opt(None, "override the model's prediction type (default: the training run's, when the "
+                                     "model is the run's)", choices=("epsilon", "v_prediction"))
 
     def validate(self) -> "ScoreConfig":
         if not self.embedding:
@@ -129,6 +135,12 @@ class ScoreConfig:
             raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
         if self.description is not None and not self.description.strip():
             raise ConfigError("--description is empty; give the words you would use for the concept, or leave it out")
+        if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
+            raise ConfigError(f"--token {self.token!r} must be one word without spaces, e.g. '<my-dog>'")
+        for prompt in self.prompts:  # (a config file's list may hold a mapping: YAML reads `- {}` as one)
+            if not isinstance(prompt, str):
+                raise ConfigError(f"--prompts {prompt!r} is not text; in a YAML file put a prompt that starts with "
+                                  f"{MARKER} in quotes: - \"{MARKER} on a beach\"")
         return self
 
 
@@ -173,6 +185,9 @@ class ClipJudge:
             processor = CLIPImageProcessor.from_pretrained(source)
         except Exception as e:
             local = Path(source).expanduser().exists()
+            if not local and _is_local_path(source):  # a mistyped folder is not a hub id to download
+                raise ModelError(f"--clip {source!r}: the folder {Path(source).expanduser()} does not exist; check "
+                                 f"the path, or give a CLIP model's hub id, e.g. {DEFAULT_CLIP}") from None
             if not local and isinstance(e, (OSError, ConnectionError)):
                 offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
                 raise ModelError(f"--clip {source!r}, the CLIP model that judges the pictures, is not in the local "
@@ -221,14 +236,18 @@ def training_similarity(training: torch.Tensor) -> float | None:
     return ((sims.sum() - sims.diagonal().sum()) / (t * (t - 1))).item()
 
 
-def scored_text(template: str) -> str:
-    """The prompt CLIP reads for editability: the template with the concept left out, as in the paper, and
-    emphasis or prompt-editing brackets reduced to their words.
+def scored_text(template: str, steps: int = DEFAULT_STEPS) -> str:
+    """The prompt CLIP reads for editability: the template with the concept left out, as in the paper, and the
+    web UI's syntax reduced to the words drawn: emphasis brackets and BREAK dropped, and of prompt editing or
+    alternation the text in force at the last of `steps` (the text the picture ends with).
 
     >>> scored_text("a photo of {} on a sandy beach")
     'a photo of on a sandy beach'
+    >>> scored_text("[a photo of {}:an (oil:1.2) painting of {}:0.5]")
+    'an oil painting of'
     """
-    text = emphasis.plain_text(template.replace(MARKER, " "))
+    text = emphasis.prompt_schedule(template.replace(MARKER, " "), steps)[-1][1]
+    text = re.sub(r"\bBREAK\b", " ", emphasis.plain_text(text))  # (the web UI's chunk break, not a word)
     text = re.sub(r"\s+", " ", text).strip()
     return re.sub(r" ([,.;:!?])", r"\1", text)
 
@@ -237,28 +256,89 @@ def scored_text(template: str) -> str:
 # 1. checks
 
 
-def run_settings(embedding: Path, token: str) -> dict:
-    """What the training run beside `embedding` says: images, model, property, init and its loss curve file, from
-    the config.yaml in the run folder (the embedding's folder, or its parent for one concept of a run of several).
-    Empty when there is none."""
+def _saved_run(run: Path):
+    """The training settings (a TrainConfig) and its concepts saved in `run`'s config.yaml; None when there is none
+    or it is not a textinv training config."""
     from .config import TrainConfig
+    from .train import CONFIG_FILE
+
+    if not (run / CONFIG_FILE).is_file():
+        return None
+    try:
+        saved = build(TrainConfig, {k: v for k, v in read_config_file(run / CONFIG_FILE).items()
+                                    if k not in ("resume", "overwrite")})
+        return saved, saved.concept_list()
+    except ConfigError:  # not a textinv training config: no defaults from it
+        return None
+
+
+def embedding_file(path: Path) -> Path:
+    """The file `--embedding` names: `path` itself, a diffusers folder (learned_embeds.*, read by load_embedding),
+    or a training run's folder whose run saved it under the token's name (--format a1111 or kohya, and SDXL's
+    default sdxl file); a run of several concepts is refused, naming its concepts' folders. The second file of a
+    diffusers-sdxl pair (learned_embeds_2) names the pair: its first file reads both."""
+    from .train import concept_folder
+
+    if path.is_file():
+        first = _first_of_pair(path)
+        try:
+            return first if first is not None and len(load_embedding(first).widths) == 2 else path
+        except FormatError:  # (a damaged partner: the file named is read, and said, alone)
+            return path
+    if not path.is_dir() or any((path / name).is_file() for name in ("learned_embeds.safetensors",
+                                                                       "learned_embeds.bin")):
+        return path
+    for run in (path, path.parent):
+        found = _saved_run(run)
+        if found is None:
+            continue
+        saved, specs = found
+        if run == path and len(specs) > 1:
+            folders = ", ".join(str(path / concept_folder(s["token"])) for s in specs)
+            raise ConfigError(f"--embedding {path} is a training run of {len(specs)} concepts; score one at a time: "
+                              f"pass its folder ({folders})")
+        spec = specs[0] if run == path else next((s for s in specs if concept_folder(s["token"]) == path.name), None)
+        if spec is not None:  # (an SDXL run's default format is sdxl; diffusers' files were looked for above)
+            file = path / default_filename(saved.format or "sdxl", spec["token"])
+            if file.is_file():
+                return file
+        break
+    return path
+
+
+def _first_of_pair(path: Path) -> Path | None:
+    """The first file of the diffusers-sdxl pair whose second file is `path`, when it lies beside it."""
+    stem = path.name.replace("learned_embeds_2", "learned_embeds", 1)
+    for name in (stem, path.stem[:-2] + path.suffix if path.stem.endswith("_2") else None):
+        if name and name != path.name and (path.parent / name).is_file() and second_file(path.parent / name) == path:
+            return path.parent / name
+    return None
+
+
+def run_settings(embedding: Path, token: str) -> dict:
+    """What the training run beside `embedding` says: images, model (and the VAE, single-file config and prediction
+    type it was loaded with), property, init and its loss curve file, from the config.yaml in the run folder (the
+    embedding's folder, or its parent for one concept of a run of several). Empty when there is none."""
     from .train import CONFIG_FILE, LOSS_LOG
 
     folder = embedding if embedding.is_dir() else embedding.parent
     for run in (folder, folder.parent):
-        if not (run / CONFIG_FILE).is_file():
+        found = _saved_run(run)
+        if found is None:
+            if (run / CONFIG_FILE).is_file():
+                return {}
             continue
-        try:
-            saved = build(TrainConfig, {k: v for k, v in read_config_file(run / CONFIG_FILE).items()
-                                        if k not in ("resume", "overwrite")})
-            specs = saved.concept_list()
-        except ConfigError:  # not a textinv training config: no defaults from it
-            return {}
+        saved, specs = found
         spec = next((s for s in specs if s["token"] == token), specs[0] if len(specs) == 1 else None)
         if spec is None:
             return {}
-        settings = {"run": str(run), "images": spec["images"], "init": spec["init"], "model": saved.model,
-                    "property": saved.property, "loss_column": "loss" if len(specs) == 1 else spec["token"]}
+        # a run started from --init-embedding saves no init word (its concept list says the --property word): the
+        # file is what it started from, as the embedding's own metadata records
+        init = f"embedding {saved.init_embedding}" if saved.init_embedding else spec["init"]
+        settings = {"run": str(run), "config": str(run / CONFIG_FILE), "images": spec["images"], "init": init,
+                    "model": saved.model, "vae": saved.vae, "single_file_config": saved.single_file_config,
+                    "prediction_type": saved.prediction_type, "property": saved.property,
+                    "loss_column": "loss" if len(specs) == 1 else spec["token"]}
         if (run / LOSS_LOG).is_file():
             settings["loss_log"] = str(run / LOSS_LOG)
         return settings
@@ -266,11 +346,14 @@ def run_settings(embedding: Path, token: str) -> dict:
 
 
 def _template(prompt: str, token: str) -> str:
-    """An edit prompt with {} where the concept goes (the token written out is taken as its place too)."""
+    """An edit prompt with {} where the concept goes (the token written out is taken as its place too, in any case:
+    CLIP's tokenizer lower-cases the prompt, so `<ZQ>` is `<zq>` in `generate` too). The token is looked for first:
+    one that holds "{}" itself must not be cut in two."""
+    written = re.compile(re.escape(token), re.IGNORECASE)
+    if written.search(prompt):
+        return written.sub(lambda m: MARKER, prompt)
     if MARKER in prompt:
         return prompt
-    if token in prompt:
-        return prompt.replace(token, MARKER)
     raise ConfigError(f"--prompts {prompt!r} has no {MARKER} and no {token}: write {MARKER} where the concept goes, "
                       f"e.g. 'a photo of {MARKER} on a beach'")
 
@@ -287,17 +370,39 @@ def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict) -> list[dict
     return methods
 
 
+REPORT_ENTRIES = ("pictures", "training", "report.html", "report.png", "scores.json")  # what a report folder holds
+
+
+def out_folder(text: str) -> Path:
+    """--out as an absolute path without `.`, `..` or a trailing slash: the swap renames it and the folders beside
+    it are named after it. Refuses the folder the command runs in, or one above it: replacing it whole would pull
+    the ground from under the shell."""
+    import os
+
+    out = Path(os.path.abspath(Path(text).expanduser()))
+    here = Path.cwd()
+    if out == here or out in here.parents:
+        raise ConfigError(f"--out {text} is {'the folder you are in' if out == here else 'above the folder you are in'}"
+                          f"; the report replaces its folder whole: give a folder of its own, e.g. --out score-out")
+    return out
+
+
 def _prepare_out(out: Path) -> tuple[Path, Path]:
-    """The folder to build the report in, beside `out`; refuses an `out` that holds something else than a report
-    (it is replaced whole). Puts back a report that a run killed during the swap had moved aside."""
+    """The folder to build the report in, beside `out`; refuses an `out` that holds anything a report does not
+    write (it is replaced whole, and a user's file put in it would go too). Puts back a report that a run killed
+    during the swap had moved aside."""
     previous, partial = out.parent / f".{out.name}.previous", out.parent / f".{out.name}.partial"
     if not out.exists() and previous.is_dir():
         previous.rename(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "scores.json").is_file():
-        raise ConfigError(f"--out {out} holds files that are not a score report (it would be replaced whole); give "
-                          f"a new or empty folder")
+    # (hidden files and OS litter, as a file browser's .DS_Store, go with the report)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in REPORT_ENTRIES and not p.name.startswith(".")
+                     and p.name.lower() not in ("thumbs.db", "desktop.ini")) if out.is_dir() else []
+    if foreign:
+        what = "is not a score report" if not (out / "scores.json").is_file() else "holds more than a score report"
+        raise ConfigError(f"--out {out} {what} (it holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''})"
+                          f" and would be replaced whole; give a new or empty folder, or move those out")
     if partial.exists():
         shutil.rmtree(partial)
     output_folder(partial, "--out")
@@ -330,14 +435,15 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
 
     # 1. checks -------------------------------------------------------------------------------------------------
     config = config.validate()
-    emb = load_embedding(config.embedding)
-    run = run_settings(Path(config.embedding), emb.token)
+    emb = load_embedding(embedding_file(Path(config.embedding)))
+    run = run_settings(Path(config.embedding), emb.token)  # (by the file's own token)
+    if config.token is not None:
+        emb = LearnedEmbedding(config.token, emb.vectors, {**emb.metadata, "token": config.token})
     images = config.images or run.get("images")
     if not images:
         raise ConfigError("--images is required: the concept's training pictures, which reconstruction is measured "
                           "against (no training run's config.yaml beside the embedding says where they are)")
-    paths = find_images(images)
-    pictures = [load_image(p) for p in paths]
+    pictures = _training_pictures(images, None if config.images else run)
     source = config.model or run.get("model") or emb.metadata.get("base_model")
     if not source:
         raise ConfigError("--model is required: the model the embedding was learned for (the embedding does not "
@@ -348,84 +454,53 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     edits = [_template(p, emb.token) for p in config.prompts] or list(EDITS[kind])
     prompts = [("reconstruction", RECONSTRUCTION[kind])] + [("edit", t) for t in edits]
     methods = _methods(config, emb, run)
-    out = Path(config.out)
+    out = out_folder(config.out)
     previous, partial = _prepare_out(out)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if judge is None:
-        judge = ClipJudge.load(config.clip, device)
-    if model is None:
-        dtype = DTYPES[config.precision] if config.precision != "auto" else (
-            torch.float16 if device == "cuda" else torch.float32)
-        model = load_model(source, dtype=dtype, device=device, prediction_type=None,
-                           single_file_config=config.single_file_config, vae=config.vae)
-    steps = config.steps or DEFAULT_STEPS
-    size = config.resolution or model.resolution
-    guidance = model.guidance_or_own(config.guidance)
-    clip_skip = generation_clip_skip(config.clip_skip, [emb])
-    seeds = [config.seed + i for i in range(config.n)]
-    t_ready = time.perf_counter()
+    try:  # (from here on a failure takes the half-built report with it)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if judge is None:
+            judge = ClipJudge.load(config.clip, device)
+        if model is None:
+            model = _load(config, source, run, device)
+        steps = config.steps or DEFAULT_STEPS
+        size = config.resolution or model.resolution
+        guidance = model.guidance_or_own(config.guidance)
+        clip_skip = generation_clip_skip(config.clip_skip, [emb])
+        seeds = [config.seed + i for i in range(config.n)]
+        # the training pictures' features, and thumbnails for the report, now: the full-size pictures go
+        training = judge.images(pictures)  # (T, D)
+        texts = judge.texts([scored_text(t, steps) for _, t in prompts])  # (P, D)
+        training_files = _save_training(partial, pictures)
+        pictures = [_thumb(p) for p in pictures[:10]]
+        t_ready = time.perf_counter()
 
-    try:
-        # 2. draw -----------------------------------------------------------------------------------------------
+        # 2. draw each prompt with each method at the same seeds; 3. judge each picture as it is drawn -----------
         owned = not hasattr(model, "_pristine")
+        check_fits(model, emb, "pass the first file, learned_embeds.safetensors, with learned_embeds_2.safetensors "
+                               "beside it")
         install_embedding(model, emb)
         log(f"drawing {len(prompts)} prompts x {len(seeds)} seeds with {', '.join(m['label'] for m in methods)} "
             f"on {model.describe()}", flush=True)
         bar = tqdm(total=len(methods) * len(prompts) * len(seeds), disable=not progress, desc="score", unit="img")
-        drawn: dict[tuple[int, int], list[Image.Image]] = {}
+        drawing = Drawing(model, judge, emb, partial, training, bar, seeds, steps, size, guidance, clip_skip,
+                          config.sampler, config.negative_prompt, str(source), str(config.embedding))
+        drawn: dict[tuple[int, int], list[Image.Image]] = {}  # the first SHEET_PICTURES of each, as thumbnails
+        table = []
         try:
             for i, method in enumerate(methods):
-                for j, (_, template) in enumerate(prompts):
-                    text = template.replace(MARKER, method["words"])
-                    expanded = expand_all(text, [emb])
-                    drawn[i, j] = []
-                    for start in range(0, len(seeds), 4):  # a few pictures per pipeline call bounds the memory
-                        chunk = seeds[start:start + 4]
-                        drawn[i, j] += render(model, [expanded] * len(chunk), chunk, steps, size, guidance,
-                                              expand_all(config.negative_prompt, [emb]), config.sampler, clip_skip)
-                        bar.update(len(chunk))
+                rows = []
+                for j, (kind_j, template) in enumerate(prompts):
+                    row, drawn[i, j] = drawing.row(method, j, template, texts[j])
+                    rows.append({"kind": kind_j, **row})
+                table.append({**method, "prompts": rows, **_summary(rows)})
         finally:
             bar.close()
             if owned:
                 unload_embeddings(model)
         t_drawn = time.perf_counter()
-
-        # 3. judge ----------------------------------------------------------------------------------------------
-        training = judge.images(pictures)  # (T, D)
-        texts = judge.texts([scored_text(t) for _, t in prompts])  # (P, D)
-        table = []
-        for i, method in enumerate(methods):
-            rows = []
-            for j, (kind_j, template) in enumerate(prompts):
-                feats = judge.images(drawn[i, j])  # (n, D)
-                rows.append({"kind": kind_j, "prompt": template.replace(MARKER, method["words"]),
-                             "scored_text": scored_text(template),
-                             "concept": [round(v, 4) for v in concept_similarity(feats, training).tolist()],
-                             "text": [round(v, 4) for v in (feats @ texts[j]).tolist()],
-                             "files": []})
-            table.append({**method, "prompts": rows, **_summary(rows)})
-        t_judged = time.perf_counter()
+        judging = drawing.judging
 
         # 4. report ---------------------------------------------------------------------------------------------
-        for i, method in enumerate(methods):
-            for j, row in enumerate(table[i]["prompts"]):
-                for seed, img in zip(seeds, drawn[i, j]):
-                    name = f"pictures/{_slug(method['name'])}/{j:02d}-{_slug(emphasis.plain_text(row['prompt']))}-s{seed}.png"
-                    params = {"prompt": row["prompt"], "negative_prompt": config.negative_prompt, "seed": seed,
-                              "steps": steps, "sampler": config.sampler, "guidance": guidance,
-                              "size": f"{size}x{size}", "clip_skip": clip_skip, "model": str(source),
-                              "embeddings": str(config.embedding), "textinv_version": __version__}
-                    with atomic_path(partial / name) as tmp:
-                        img.save(tmp, format="PNG", pnginfo=png_text(params))
-                    row["files"].append(name)
-        training_files = []
-        for k, pic in enumerate(pictures):
-            name = f"training/{k:02d}.png"
-            thumb = pic.copy()
-            thumb.thumbnail((256, 256))
-            with atomic_path(partial / name) as tmp:
-                thumb.save(tmp, format="PNG")
-            training_files.append(name)
         losses = _losses(run)
         report = {
             "title": f"textinv score: {emb.token}",
@@ -436,8 +511,8 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
                                                "clip_skip": clip_skip, "resolution": size, "property": kind},
             "seeds": seeds, "training_similarity": training_similarity(training), "methods": table,
             "loss": [list(x) for x in losses], "textinv_version": __version__,
-            "seconds": {"load": round(t_ready - started, 1), "draw": round(t_drawn - t_ready, 1),
-                        "judge": round(t_judged - t_drawn, 1)},
+            "seconds": {"load": round(t_ready - started, 1), "draw": round(t_drawn - t_ready - judging, 1),
+                        "judge": round(judging, 1)},
         }
         report["seconds"]["total"] = round(time.perf_counter() - started, 1)
         loss_png = draw_loss_curve(losses) if losses else None
@@ -453,6 +528,104 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     log(f"report: {out / 'report.html'} (open it in a browser) and {out / 'report.png'}; scores in "
         f"{out / 'scores.json'}")
     return ScoreResult(html=out / "report.html", png=out / "report.png", scores=out / "scores.json", report=report)
+
+
+@dataclass
+class Drawing:
+    """What every picture of a report is drawn and judged with; `row` draws one prompt for one method."""
+
+    model: Model
+    judge: ClipJudge
+    emb: LearnedEmbedding
+    partial: Path  # the report being built
+    training: torch.Tensor  # (T, D) the training pictures' CLIP features
+    bar: object
+    seeds: list
+    steps: int
+    size: int
+    guidance: float
+    clip_skip: int
+    sampler: str
+    negative_prompt: str
+    source: str  # (for the PNG text)
+    embedding: str
+    judging: float = 0.0  # seconds spent judging, of the time spent here
+
+    def row(self, method: dict, j: int, template: str, text: torch.Tensor) -> tuple[dict, list[Image.Image]]:
+        """Prompt `j` with the method's words in the concept's place: each picture written into the report and
+        judged as it is drawn, a few at a time, and only the sheet's thumbnails kept (-n 64 on SDXL is over a
+        thousand 1024px pictures: gigabytes held for nothing). Returns the row and those thumbnails."""
+        prompt = template.replace(MARKER, method["words"])
+        expanded, negative = expand_all(prompt, [self.emb]), expand_all(self.negative_prompt, [self.emb])
+        row = {"prompt": prompt, "scored_text": scored_text(template, self.steps), "concept": [], "text": [],
+               "files": []}
+        thumbs = []
+        for start in range(0, len(self.seeds), 4):  # a few pictures per pipeline call bounds the memory
+            chunk = self.seeds[start:start + 4]
+            pictures = render(self.model, [expanded] * len(chunk), chunk, self.steps, self.size, self.guidance,
+                              negative, self.sampler, self.clip_skip)
+            started = time.perf_counter()
+            feats = self.judge.images(pictures)  # (len(chunk), D)
+            row["concept"] += [round(v, 4) for v in concept_similarity(feats, self.training).tolist()]
+            row["text"] += [round(v, 4) for v in (feats @ text).tolist()]
+            self.judging += time.perf_counter() - started
+            for seed, img in zip(chunk, pictures):
+                row["files"].append(self._save(method, j, prompt, seed, img))
+            thumbs += [_thumb(img) for img in pictures[:SHEET_PICTURES - len(thumbs)]]
+            self.bar.update(len(chunk))
+        return row, thumbs
+
+    def _save(self, method: dict, j: int, prompt: str, seed: int, img: Image.Image) -> str:
+        name = f"pictures/{_slug(method['name'])}/{j:02d}-{_slug(emphasis.plain_text(prompt))}-s{seed}.png"
+        params = {"prompt": prompt, "negative_prompt": self.negative_prompt, "seed": seed, "steps": self.steps,
+                  "sampler": self.sampler, "guidance": self.guidance, "size": f"{self.size}x{self.size}",
+                  "clip_skip": self.clip_skip, "model": self.source, "embeddings": self.embedding,
+                  "textinv_version": __version__}
+        with atomic_path(self.partial / name) as tmp:
+            img.save(tmp, format="PNG", pnginfo=png_text(params))
+        return name
+
+
+def _training_pictures(images: str, run: dict | None) -> list[Image.Image]:
+    """The concept's training pictures, read now (a bad one is said before the model loads). `run`: the training
+    run they came from, when --images was not given: a folder moved or deleted since is said as that."""
+    try:
+        return [load_image(p) for p in find_images(images)]
+    except DataError as e:
+        if not run:
+            raise
+        raise DataError(f"{e} (the training pictures {run['config']} names; pass --images where they are "
+                        f"now)") from None
+
+
+def _load(config: ScoreConfig, source: str, run: dict, device: str) -> Model:
+    """The model to draw with, loaded as the training run loaded it (its VAE, single-file config and prediction
+    type) when it is the run's; a failure to load the run's model says where the name came from."""
+    dtype = DTYPES[config.precision] if config.precision != "auto" else (
+        torch.float16 if device == "cuda" else torch.float32)
+    same = not config.model and source == run.get("model")
+    extras = {k: getattr(config, k) or (run.get(k) if same else None)
+              for k in ("vae", "single_file_config", "prediction_type")}
+    try:
+        return load_model(source, dtype=dtype, device=device, **extras)
+    except ModelError as e:
+        if config.model:
+            raise
+        where = run["config"] if same else f"the embedding's metadata ({config.embedding})"
+        raise ModelError(f"{e} (the model named by {where}; pass --model to score on another)") from None
+
+
+def _save_training(partial: Path, pictures: list[Image.Image]) -> list[str]:
+    """The training pictures as small PNGs beside the report (a 24-megapixel photo need not be copied whole)."""
+    names = []
+    for k, pic in enumerate(pictures):
+        name = f"training/{k:02d}.png"
+        thumb = pic.copy()
+        thumb.thumbnail((256, 256))
+        with atomic_path(partial / name) as tmp:
+            thumb.save(tmp, format="PNG")
+        names.append(name)
+    return names
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -501,7 +674,9 @@ THUMB = 128
 
 
 def _thumb(img: Image.Image) -> Image.Image:
-    return img.resize((THUMB, THUMB), Image.Resampling.LANCZOS if img.width > THUMB else Image.Resampling.NEAREST)
+    """A THUMB-pixel square of the picture's middle (a 3:2 photo is cropped, not squashed, as report.html shows it)."""
+    small = min(img.size) > THUMB
+    return ImageOps.fit(img, (THUMB, THUMB), Image.Resampling.LANCZOS if small else Image.Resampling.NEAREST)
 
 
 def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image | None) -> Image.Image:
