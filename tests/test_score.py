@@ -374,3 +374,28 @@ def test_thumbnails_crop_rather_than_squash():
     wide = Image.new("RGB", (3 * THUMB, THUMB), (200, 0, 0))
     wide.paste((0, 200, 0), (THUMB, 0, 2 * THUMB, THUMB))  # green middle third
     assert _thumb(wide).getpixel((2, THUMB // 2)) == (0, 200, 0)
+
+
+def test_compare_scores_each_step_beside_the_embedding_at_the_same_seeds(sd1_dir, clip_dir, judge, tmp_path):
+    images = write_images(tmp_path / "images", n=2)
+    run = tmp_path / "run"
+    train(TrainConfig(images=str(images), token="<zq>", init="dog", model=str(sd1_dir), out=str(run), steps=4,
+                      batch=1, save_every=2, sample_every=0, log_every=1, lr=5e-2), progress=False)
+    steps = sorted((run / "embeddings").iterdir())
+    assert [p.name for p in steps] == ["learned_embeds-steps-2.safetensors", "learned_embeds-steps-4.safetensors"]
+    result = score(settings(run, clip_dir, tmp_path / "o", n=1, steps=1, init="none",
+                            compare=[str(p) for p in steps]), judge=judge, progress=False)
+    methods = result.report["methods"]
+    assert [m["label"] for m in methods] == ["<zq>", "learned_embeds-steps-2.safetensors (step 2)",
+                                            "learned_embeds-steps-4.safetensors (step 4)"]
+    files = [Image.open(tmp_path / "o" / m["prompts"][0]["files"][0]).convert("RGB") for m in methods]
+    assert list(files[2].getdata()) == list(files[0].getdata())  # step 4 is the run's result: the same picture
+    assert list(files[1].getdata()) != list(files[0].getdata())  # step 2 is not
+    assert methods[2]["reconstruction"] == methods[0]["reconstruction"]
+    from textinv.score import format_table
+
+    table = format_table(result.report)
+    best = max(methods, key=lambda m: m["editability"])["label"]
+    assert f"best editability: {best}" in table and "best reconstruction: " in table
+    with pytest.raises(ConfigError, match="--compare .* does not exist"):
+        score(settings(run, clip_dir, tmp_path / "o", compare=[str(tmp_path / "none.pt")]), judge=judge)

@@ -105,6 +105,8 @@ class ScoreConfig:
     negative_prompt: str = opt("", "negative prompt for every picture")
     sampler: str = opt("default", "sampling method (see textinv generate --help)", choices=SAMPLERS)
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end (default: the embedding's)")
+    compare: list = opt([], "further embeddings of the same concept to score beside it at the same seeds, e.g. "
+                            "a run's embeddings/* to find its best step (each shown by its file name)")
     token: str = opt(None, "the token's name while scoring (default: the file's); for an embedding whose name the "
                            "model's tokenizer already knows as a word, e.g. an A1111 file named 'dog'")
     resolution: int = opt(None, "picture size; default: the model's native size")
@@ -358,9 +360,37 @@ def _template(prompt: str, token: str) -> str:
                       f"e.g. 'a photo of {MARKER} on a beach'")
 
 
-def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict) -> list[dict]:
-    """What stands in the concept's place, one method each: the learned token, then the baselines."""
+def _compared(paths: list[str], emb: LearnedEmbedding) -> list[tuple[LearnedEmbedding, str]]:
+    """The --compare embeddings, each under a token of its own (they are often the same token at other steps,
+    and all are installed at once): its file's name in angle brackets, numbered if two files share a name."""
+    found, tokens = [], {emb.token.lower()}
+    for text in paths:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise ConfigError(f"--compare {text} does not exist")
+        other = load_embedding(embedding_file(path))
+        base = f"<{(path.stem if path.is_file() else path.name).strip('<>')}>"
+        token, k = base, 2
+        while token.lower() in tokens:
+            token, k = f"{base[:-1]}-{k}>", k + 1
+        tokens.add(token.lower())
+        if other.num_vectors != emb.num_vectors or other.widths != emb.widths:
+            raise ConfigError(f"--compare {text} has {other.num_vectors} vector(s) of width "
+                              f"{'+'.join(map(str, other.widths))}, the scored one {emb.num_vectors} of width "
+                              f"{'+'.join(map(str, emb.widths))}: compare embeddings of one concept, trained alike")
+        found.append((LearnedEmbedding(token, other.vectors, {**other.metadata, "token": token}), str(path)))
+    return found
+
+
+def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict,
+             others: list[tuple[LearnedEmbedding, str]] = ()) -> list[dict]:
+    """What stands in the concept's place, one method each: the learned token, the embeddings compared with it
+    (labelled by file and step), then the baselines."""
     methods = [{"name": "textual inversion", "words": emb.token, "label": emb.token}]
+    for k, (other, path) in enumerate(others):
+        step = other.metadata.get("steps")
+        methods.append({"name": f"compared {k + 1}", "words": other.token,
+                        "label": Path(path).name + (f" (step {step})" if step else "")})
     init = config.init if config.init is not None else (run.get("init") or emb.metadata.get("init"))
     if init and init.strip().lower() != "none" and not init.startswith("embedding "):  # (an init file has no word)
         methods.append({"name": "init word", "words": init.strip(), "label": f"init word '{init.strip()}'"})
@@ -439,6 +469,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     run = run_settings(Path(config.embedding), emb.token)  # (by the file's own token)
     if config.token is not None:
         emb = LearnedEmbedding(config.token, emb.vectors, {**emb.metadata, "token": config.token})
+    others = _compared(config.compare, emb)
     images = config.images or run.get("images")
     if not images:
         raise ConfigError("--images is required: the concept's training pictures, which reconstruction is measured "
@@ -453,7 +484,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         kind = "object"
     edits = [_template(p, emb.token) for p in config.prompts] or list(EDITS[kind])
     prompts = [("reconstruction", RECONSTRUCTION[kind])] + [("edit", t) for t in edits]
-    methods = _methods(config, emb, run)
+    methods = _methods(config, emb, run, others)
     out = out_folder(config.out)
     previous, partial = _prepare_out(out)
     try:  # (from here on a failure takes the half-built report with it)
@@ -465,7 +496,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         steps = config.steps or DEFAULT_STEPS
         size = config.resolution or model.resolution
         guidance = model.guidance_or_own(config.guidance)
-        clip_skip = generation_clip_skip(config.clip_skip, [emb])
+        clip_skip = generation_clip_skip(config.clip_skip, [emb] + [e for e, _ in others])
         seeds = [config.seed + i for i in range(config.n)]
         # the training pictures' features, and thumbnails for the report, now: the full-size pictures go
         training = judge.images(pictures)  # (T, D)
@@ -478,11 +509,15 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         owned = not hasattr(model, "_pristine")
         check_fits(model, emb, "pass the first file, learned_embeds.safetensors, with learned_embeds_2.safetensors "
                                "beside it")
-        install_embedding(model, emb)
+        for other, path in others:
+            check_fits(model, other, "pass the first file, learned_embeds.safetensors, with "
+                                     "learned_embeds_2.safetensors beside it")
+        for e in [emb] + [e for e, _ in others]:
+            install_embedding(model, e)
         log(f"drawing {len(prompts)} prompts x {len(seeds)} seeds with {', '.join(m['label'] for m in methods)} "
             f"on {model.describe()}", flush=True)
         bar = tqdm(total=len(methods) * len(prompts) * len(seeds), disable=not progress, desc="score", unit="img")
-        drawing = Drawing(model, judge, emb, partial, training, bar, seeds, steps, size, guidance, clip_skip,
+        drawing = Drawing(model, judge, [emb] + [e for e, _ in others], partial, training, bar, seeds, steps, size, guidance, clip_skip,
                           config.sampler, config.negative_prompt, str(source), str(config.embedding))
         drawn: dict[tuple[int, int], list[Image.Image]] = {}  # the first SHEET_PICTURES of each, as thumbnails
         table = []
@@ -506,6 +541,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
             "title": f"textinv score: {emb.token}",
             "embedding": {"path": str(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
                           "metadata": emb.metadata},
+            "compared": [{"path": path, "token": other.token, "metadata": other.metadata} for other, path in others],
             "images": str(images), "training_files": training_files, "model": model.describe(),
             "clip": judge.source, "settings": {**dataclasses.asdict(config), "steps": steps, "guidance": guidance,
                                                "clip_skip": clip_skip, "resolution": size, "property": kind},
@@ -536,7 +572,7 @@ class Drawing:
 
     model: Model
     judge: ClipJudge
-    emb: LearnedEmbedding
+    embeddings: list  # the scored embedding and those compared with it, all installed
     partial: Path  # the report being built
     training: torch.Tensor  # (T, D) the training pictures' CLIP features
     bar: object
@@ -556,7 +592,8 @@ class Drawing:
         judged as it is drawn, a few at a time, and only the sheet's thumbnails kept (-n 64 on SDXL is over a
         thousand 1024px pictures: gigabytes held for nothing). Returns the row and those thumbnails."""
         prompt = template.replace(MARKER, method["words"])
-        expanded, negative = expand_all(prompt, [self.emb]), expand_all(self.negative_prompt, [self.emb])
+        expanded = expand_all(prompt, self.embeddings)
+        negative = expand_all(self.negative_prompt, self.embeddings)
         row = {"prompt": prompt, "scored_text": scored_text(template, self.steps), "concept": [], "text": [],
                "files": []}
         thumbs = []
@@ -660,6 +697,11 @@ def format_table(report: dict) -> str:
     for m in report["methods"]:
         lines.append(f"{m['label'][:34]:34s} {m['reconstruction']:14.3f} {m['editability']:12.3f} "
                      f"{m['kept_in_edits']:12.3f}")
+    learned = [m for m in report["methods"] if m["name"] not in ("init word", "description")]
+    if len(learned) > 1:  # (which is best is a trade-off between the two: both are named)
+        for measure in ("reconstruction", "editability"):
+            best = max(learned, key=lambda m: m[measure])
+            lines.append(f"best {measure}: {best['label']} ({best[measure]:.3f})")
     if report["training_similarity"] is not None:
         lines.append(f"(the training pictures among themselves: {report['training_similarity']:.3f}; CLIP "
                      f"{report['clip']}, {len(report['seeds'])} pictures a prompt)")
