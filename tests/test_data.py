@@ -782,3 +782,33 @@ def test_tag_variation_takes_any_seed_and_keeps_an_unmarked_captions_token_a_tag
     variants = sampler.candidates(0)  # a negative seed, as `--seed -1` gives
     assert all(v.split(", ")[0] == "<t>" for v in variants)
     assert any(v == "<t>" for v in variants)  # "red" can be left out too: it is not glued to the token
+
+
+def test_buckets_keep_a_pictures_proportions_within_the_area_and_steps():
+    from textinv.data import bucket_size, bucket_sizes
+
+    for resolution, step in ((512, 64), (1024, 64), (64, 16), (16, 4)):
+        sizes = bucket_sizes(resolution, step)
+        assert (resolution, resolution) in sizes
+        for w, h in sizes:
+            assert w % step == 0 and h % step == 0 and w * h <= resolution ** 2
+            assert resolution // 2 <= min(w, h) and max(w, h) <= 2 * resolution
+    assert bucket_size(1000, 1000, 512, 64) == (512, 512)
+    assert bucket_size(2000, 3000, 512, 64) == (384, 640) and bucket_size(3000, 2000, 512, 64) == (640, 384)
+    assert bucket_size(5000, 1000, 512, 64) == (1024, 256)  # as far as buckets go
+
+
+def test_a_bucketed_picture_keeps_what_the_square_crops_off(tmp_path):
+    arr = np.full((40, 80, 3), 128, np.uint8)  # 2:1, a red band at the left edge, a blue one at the right
+    arr[:, :16] = (255, 0, 0)
+    arr[:, -16:] = (0, 0, 255)
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    (square,) = load_training_images([tmp_path / "wide.png"], 32)
+    (bucketed,) = load_training_images([tmp_path / "wide.png"], 32, bucket_step=8)
+    assert square.pixels.shape == (3, 32, 32) and bucketed.pixels.shape == (3, 24, 40)
+    assert square.pixels[0, :, 0].mean() < 0.1 and square.pixels[2, :, -1].mean() < 0.1  # the square lost both bands
+    assert bucketed.pixels[0, :, 0].mean() > 0.9 and bucketed.pixels[2, :, -1].mean() > 0.9
+    # SDXL's crop ids: the 80x40 picture scaled to cover 40x24 is 48x24, cut 4 pixels in from the left
+    assert bucketed.crop_top_left() == (0, 4) and square.crop_top_left() == (0, 16)
+    (tall,) = load_training_images([tmp_path / "wide.png"], 32, bucket_step=8, center_crop=False)
+    assert tall.pixels.shape == (3, 24, 40)

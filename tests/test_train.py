@@ -978,3 +978,99 @@ def test_overwrite_deletes_the_step_embeddings_but_not_a_users_file_or_the_init_
     assert left == ["learned_embeds-steps-1.safetensors", "learned_embeds-steps-2.safetensors", "my-favourite.pt"]
     assert torch.equal(load_embedding(start).vectors["text_encoder"], vectors)  # the file it started from
     assert not torch.equal(result.embedding.vectors["text_encoder"], vectors)
+
+
+def _mixed_pictures(folder, alpha=False):
+    """Pictures of three proportions (2:1, 1:2, square), so --buckets gives three latent shapes."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, (w, h) in {"wide": (48, 24), "tall": (24, 48), "square": (32, 32)}.items():
+        arr = rng.integers(0, 255, (h, w, 4 if alpha else 3), dtype=np.uint8)
+        if alpha:
+            arr[..., 3] = 0
+            arr[h // 4: 3 * h // 4, w // 4: 3 * w // 4, 3] = 255
+        Image.fromarray(arr).save(folder / f"{name}.png")
+    return folder
+
+
+def test_buckets_train_each_picture_at_its_own_shape_and_resume_exactly(sd1_dir, tmp_path, monkeypatch):
+    pictures = _mixed_pictures(tmp_path / "mixed")
+    seen = []
+    real = train_module.diffusion_loss
+
+    def spy(model, scheduler, latents, *a, **k):
+        seen.append(tuple(latents.shape[-2:]))
+        return real(model, scheduler, latents, *a, **k)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", spy)
+    straight = train(config(pictures, tmp_path / "a", steps=6, batch=3, save_every=2, buckets=True),
+                     model=load_model(sd1_dir), progress=False)
+    assert set(seen) == {(6, 10), (10, 6), (8, 8)}  # 20x12, 12x20, 16x16 pixels: the buckets of 2:1, 1:2, 1:1
+    monkeypatch.setattr(train_module, "diffusion_loss", real)
+    square = train(config(pictures, tmp_path / "s", steps=6, batch=3), model=load_model(sd1_dir), progress=False)
+    assert not torch.equal(straight.embedding.vectors["text_encoder"], square.embedding.vectors["text_encoder"])
+    train(config(pictures, tmp_path / "b", steps=4, batch=3, save_every=2, buckets=True), model=load_model(sd1_dir),
+          progress=False)
+    resumed = train(config(pictures, tmp_path / "b", steps=6, batch=3, save_every=2, buckets=True, resume=True),
+                    model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.losses == straight.losses
+
+
+def test_buckets_on_square_pictures_change_nothing(sd1_dir, images, tmp_path):
+    plain = train(config(images, tmp_path / "a", steps=4), model=load_model(sd1_dir), progress=False)
+    bucketed = train(config(images, tmp_path / "b", steps=4, buckets=True), model=load_model(sd1_dir), progress=False)
+    assert torch.equal(plain.embedding.vectors["text_encoder"], bucketed.embedding.vectors["text_encoder"])
+
+
+def test_grouped_loss_is_each_shapes_loss_in_the_batchs_order(sd1_dir):
+    from textinv.train import diffusion_loss, grouped_loss
+
+    model = load_model(sd1_dir)
+    scheduler = model.noise_scheduler()
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8, 8), (6, 10), (8, 8), (10, 6), (6, 10)]
+    latents = [torch.randn(4, *s, generator=g) for s in shapes]
+    noise = [torch.randn(4, *s, generator=g) for s in shapes]
+    steps = torch.randint(0, 1000, (5,), generator=g)
+    ids = [torch.randint(0, 40, (5, 77), generator=g)]
+    with torch.no_grad():
+        got = grouped_loss(model, scheduler, latents, noise, steps, ids)
+        for group in ([0, 2], [1, 4], [3]):
+            at = torch.tensor(group)
+            want = diffusion_loss(model, scheduler, torch.stack([latents[n] for n in group]),
+                                  torch.stack([noise[n] for n in group]), steps[at], [ids[0][at]])
+            assert torch.equal(got[at], want)
+        same = [torch.stack([latents[0], latents[2]])], [torch.stack([noise[0], noise[2]])]
+        at = torch.tensor([0, 2])
+        assert torch.equal(grouped_loss(model, scheduler, same[0][0], same[1][0], steps[at], [ids[0][at]]),
+                           grouped_loss(model, scheduler, list(same[0][0]), list(same[1][0]), steps[at], [ids[0][at]]))
+
+
+def test_buckets_with_alpha_masks_and_sdxl(tmp_path):
+    from textinv.tiny import build_tiny_xl_pipeline
+
+    folder = tmp_path / "xl"
+    build_tiny_xl_pipeline().save_pretrained(folder)
+    pictures = _mixed_pictures(tmp_path / "cut", alpha=True)
+    model = load_model(folder)
+    seen = []
+    real = train_module.diffusion_loss
+
+    def spy(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight):
+        seen.append((tuple(latents.shape[-2:]), time_ids[:, 4:].tolist(), tuple(pixel_weight.shape[-2:])))
+        return real(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight)
+
+    train_module.diffusion_loss, saved = spy, train_module.diffusion_loss
+    try:
+        result = train(config(pictures, tmp_path / "o", steps=2, batch=3, buckets=True, alpha_mask=True),
+                       model=model, progress=False)
+    finally:
+        train_module.diffusion_loss = saved
+    assert result.steps == 2 and {hw for hw, _, _ in seen} == {(6, 10), (10, 6), (8, 8)}
+    for latent_hw, targets, weight_hw in seen:  # SDXL is told each bucket's size; the masks are at latent size
+        assert weight_hw == latent_hw
+        assert all(t == [latent_hw[0] * 2, latent_hw[1] * 2] for t in targets)

@@ -141,6 +141,9 @@ class TrainConfig:
     alpha_mask: bool = opt(False, "weigh the loss by each picture's alpha channel (the web UI's 'use PNG alpha "
                                   "channel as loss weight', kohya's --alpha_mask): transparent parts are not "
                                   "learned; pictures without one weigh 1 everywhere")
+    buckets: bool = opt(False, "aspect-ratio buckets (kohya's --enable_bucket): each picture trains at the size "
+                               "nearest its own proportions, about --resolution's area, instead of its centre "
+                               "square, so a portrait keeps its head and feet")
     flip: bool = opt(None, "random horizontal flips (p=0.5); default on, as in the paper's code")
     repeats: int = opt(1, "times each image appears per epoch (weighting between images)")
     shuffle_tags: bool = opt(False, "shuffle the comma-separated tags of each caption every time it is used (the web "
@@ -227,6 +230,8 @@ class TrainConfig:
             raise ConfigError("--init-embedding needs an embedding file")
         if self.warmup_steps and self.lr_schedule == "constant":
             raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear or cosine")
+        if self.buckets and self.reference_like:
+            raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: resume keeps the folder, overwrite empties it")
         for prompt in self.sample_prompts:

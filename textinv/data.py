@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import warnings
@@ -416,47 +417,86 @@ def _gray_to_8bit(img: Image.Image) -> Image.Image:
 # 3. Preparing an image for training
 
 
-def prepare_image(img: Image.Image, resolution: int, center_crop: bool = True) -> torch.Tensor:
-    """A square training image: float32 tensor of shape (3, resolution, resolution), values in [-1, 1].
+def prepare_image(img: Image.Image, resolution: int, center_crop: bool = True,
+                  size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A training image: float32 tensor of shape (3, resolution, resolution), or (3, H, W) for `size` (W, H) (an
+    aspect-ratio bucket, see `bucket_size`), values in [-1, 1].
 
-    With `center_crop` the largest centred square is kept and scaled to `resolution` (the short side becomes
-    `resolution`); without it the whole picture is squeezed to a square, changing its proportions. Shrinking uses
-    Lanczos (sharp, no aliasing); enlarging uses bicubic, whose overshoot rings less than Lanczos' on small pictures.
+    With `center_crop` the largest centred box of the target's proportions is kept and scaled to it (for a square,
+    the short side becomes `resolution`); without it the whole picture is squeezed to the target, changing its
+    proportions. Shrinking uses Lanczos (sharp, no aliasing); enlarging uses bicubic, whose overshoot rings less
+    than Lanczos' on small pictures.
 
     >>> prepare_image(Image.new("RGB", (640, 480), "white"), 512).shape
     torch.Size([3, 512, 512])
+    >>> prepare_image(Image.new("RGB", (640, 480), "white"), 512, size=(576, 448)).shape
+    torch.Size([3, 448, 576])
     """
     if img.mode != "RGB":
         raise ValueError(f"prepare_image takes an RGB image, got mode {img.mode!r}; read pictures with load_image")
-    pixels = torch.from_numpy(np.array(_square(img, resolution, center_crop), dtype=np.uint8))  # (H, W, 3), 0..255
+    pixels = torch.from_numpy(np.array(_fit(img, size or (resolution, resolution), center_crop),
+                                       dtype=np.uint8))  # (H, W, 3), 0..255
     return (pixels.permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0).contiguous()  # (3, H, W), -1..1
 
 
-def prepare_alpha(alpha: Image.Image, resolution: int, center_crop: bool = True) -> torch.Tensor:
+def prepare_alpha(alpha: Image.Image, resolution: int, center_crop: bool = True,
+                  size: tuple[int, int] | None = None) -> torch.Tensor:
     """An "L" transparency (`alpha_channel`) cropped and scaled as `prepare_image` does its picture: (1, H, W)
     float32 in [0, 1], 1 where the picture is opaque.
 
     >>> prepare_alpha(Image.new("L", (640, 480), 255), 64).shape
     torch.Size([1, 64, 64])
     """
-    values = np.array(_square(alpha, resolution, center_crop), dtype=np.float32) / 255.0
+    values = np.array(_fit(alpha, size or (resolution, resolution), center_crop), dtype=np.float32) / 255.0
     return torch.from_numpy(values).clamp(0.0, 1.0)[None]  # (bicubic can overshoot a little)
 
 
-def _square(img: Image.Image, resolution: int, center_crop: bool) -> Image.Image:
-    """`img` cropped to its centred square (or squeezed to a square) and scaled to `resolution`."""
-    _check_resolution(resolution)
+def _fit(img: Image.Image, size: tuple[int, int], center_crop: bool) -> Image.Image:
+    """`img` cropped to its largest centred box of `size`'s proportions (or squeezed) and scaled to `size` (W, H)."""
+    for side in size:
+        _check_resolution(side)
     width, height = img.size
+    target_w, target_h = size
     if center_crop:
-        side = min(width, height)
+        if width * target_h > height * target_w:  # wider than the target: the full height, the middle of the width
+            box_w, box_h = height * target_w / target_h, float(height)
+        else:
+            box_w, box_h = float(width), width * target_h / target_w
         # the crop as a box in source pixels: resize reads only around it, so cropping and scaling are one pass
-        box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+        box = ((width - box_w) / 2, (height - box_h) / 2, (width + box_w) / 2, (height + box_h) / 2)
     else:
         box = (0.0, 0.0, float(width), float(height))
-    enlarging = min(width, height) < resolution
+    enlarging = box[2] - box[0] < target_w or box[3] - box[1] < target_h
     resample = Image.Resampling.BICUBIC if enlarging else Image.Resampling.LANCZOS
     # reducing_gap: huge pictures are first shrunk by whole-pixel averaging, then filtered; fast, same quality
-    return img.resize((resolution, resolution), resample=resample, box=box, reducing_gap=3.0)
+    return img.resize((target_w, target_h), resample=resample, box=box, reducing_gap=3.0)
+
+
+def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
+    """The aspect-ratio buckets at `resolution`: sizes (W, H) whose sides are multiples of `step` (what the model's
+    down-sampling needs: 64 pixels for SD), no larger in area than resolution x resolution, each as large as its
+    width allows, sides between half and twice `resolution` (as kohya's buckets: at most 4:1).
+
+    >>> bucket_sizes(512, 64)[:3]
+    [(256, 1024), (320, 768), (384, 640)]
+    """
+    sizes = []
+    for width in range(max(step, (resolution // 2) // step * step), 2 * resolution + 1, step):
+        height = min(resolution * resolution // width // step * step, 2 * resolution)
+        if height >= max(step, resolution // 2):
+            sizes.append((width, height))
+    return sizes
+
+
+def bucket_size(width: int, height: int, resolution: int, step: int) -> tuple[int, int]:
+    """The bucket (W, H) a `width` x `height` picture trains at: the one whose proportions are nearest its own (on a
+    log scale, so 2:1 and 1:2 are as far from square), the larger on a tie; square pictures get the square.
+
+    >>> bucket_size(3000, 2000, 512, 64), bucket_size(2000, 3000, 512, 64), bucket_size(800, 800, 512, 64)
+    ((640, 384), (384, 640), (512, 512))
+    """
+    aspect = math.log(width / height)
+    return min(bucket_sizes(resolution, step), key=lambda s: (abs(math.log(s[0] / s[1]) - aspect), -s[0] * s[1]))
 
 
 def _check_resolution(resolution: int) -> None:
@@ -469,26 +509,30 @@ class TrainingImage:
     """One training picture, decoded and prepared."""
 
     path: Path
-    pixels: torch.Tensor  # (3, resolution, resolution), float32 in [-1, 1]
+    pixels: torch.Tensor  # (3, resolution, resolution), or (3, H, W) at its bucket; float32 in [-1, 1]
     caption: str | None  # the text of the caption file beside it, `[name]` written as `{}`; None if it has none
     original_size: tuple[int, int] = (0, 0)  # (height, width) as loaded, upright: SDXL conditions on it
     alpha: torch.Tensor | None = None  # (1, resolution, resolution) in [0, 1] with `use_alpha` and a transparency
 
-    def crop_top_left(self, resolution: int, center_crop: bool = True) -> tuple[int, int]:
-        """(top, left) of the crop in the picture resized so its short side is `resolution` (SDXL's crop ids)."""
+    def crop_top_left(self, center_crop: bool = True) -> tuple[int, int]:
+        """(top, left) of the crop in the picture resized to cover its training size (SDXL's crop ids); for a
+        square, the picture whose short side is the resolution."""
         h, w = self.original_size
+        target_h, target_w = self.pixels.shape[-2:]
         if not center_crop or not h or not w:
             return (0, 0)
-        scale = resolution / min(h, w)
-        return (max(0, round(h * scale) - resolution) // 2, max(0, round(w * scale) - resolution) // 2)
+        scale = max(target_h / h, target_w / w)
+        return (max(0, round(h * scale) - target_h) // 2, max(0, round(w * scale) - target_w) // 2)
 
 
 def load_training_images(
-    paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True, use_alpha: bool = False
+    paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True, use_alpha: bool = False,
+    bucket_step: int | None = None,
 ) -> list[TrainingImage]:
-    """Load, prepare and caption each picture in `paths` (typically `find_images(folder)`).
+    """Load, prepare and caption each picture in `paths` (typically `find_images(folder)`), as a square of
+    `resolution`, or with `bucket_step` at its aspect-ratio bucket (`bucket_size`).
 
-    Pictures smaller than `resolution` are upscaled, with one `SmallImageWarning` naming each and its size. With
+    Pictures smaller than their training size are upscaled, with one `SmallImageWarning` naming each and its size. With
     `use_alpha` each picture's transparency is kept too (`TrainingImage.alpha`, None for an opaque picture); a
     picture that is transparent all over raises `DataError`.
 
@@ -504,10 +548,11 @@ def load_training_images(
     for path in paths:
         path = Path(path)
         img, alpha = load_image_and_alpha(path, alpha=use_alpha)
-        if min(img.size) < resolution:
+        size = bucket_size(img.width, img.height, resolution, bucket_step) if bucket_step else (resolution,) * 2
+        if img.width < size[0] or img.height < size[1] if bucket_step else min(img.size) < resolution:
             small.append(f"{path} ({img.width}x{img.height})")
-        pixels = prepare_image(img, resolution, center_crop)
-        weight = prepare_alpha(alpha, resolution, center_crop) if alpha is not None else None
+        pixels = prepare_image(img, resolution, center_crop, size)
+        weight = prepare_alpha(alpha, resolution, center_crop, size) if alpha is not None else None
         if weight is not None and not weight.max() > 0:
             raise DataError(f"{path} is transparent all over, so with --alpha-mask none of it would be learned; "
                             "remove it, or fix its alpha channel")
@@ -517,7 +562,7 @@ def load_training_images(
         warnings.warn(
             SmallImageWarning(
                 f"{len(small)} picture(s) are smaller than the training resolution {resolution}x{resolution} "
-                f"and will be upscaled, which blurs them: {', '.join(small)}; use larger pictures or a lower "
+                f"{'(their buckets) ' if bucket_step else ''}and will be upscaled, which blurs them: {', '.join(small)}; use larger pictures or a lower "
                 "resolution"
             ),
             stacklevel=2,
@@ -529,13 +574,19 @@ def latent_weights(pictures: list, size: tuple[int, int], folder) -> torch.Tenso
     """Each picture's transparency at the latents' size, (2I, 1, h, w): the pictures', then their mirror images',
     as the cached latents are laid out. A latent pixel's weight is the mean alpha of the picture pixels it covers
     (area averaging); an opaque picture weighs 1 everywhere."""
-    alphas = torch.stack([p.alpha if p.alpha is not None else torch.ones_like(p.pixels[:1]) for p in pictures])
+    weights = torch.cat(latent_weights_each(pictures, [size] * len(pictures), folder))  # (I, 1, h, w)
+    return torch.cat([weights, weights.flip(-1)])
+
+
+def latent_weights_each(pictures: list, sizes: list[tuple[int, int]], folder) -> list[torch.Tensor]:
+    """`latent_weights` for pictures of several sizes (aspect-ratio buckets): picture i's (1, 1, h_i, w_i) at
+    its latents' size `sizes[i]` (the mirror images are the caller's: `w.flip(-1)`)."""
     if all(p.alpha is None for p in pictures):
         warnings.warn(AlphaMaskWarning(f"--alpha-mask: no picture in {folder} has an alpha channel or a transparent "
                                        f"colour, so every pixel weighs 1; save the pictures as PNGs with the "
                                        f"background transparent"), stacklevel=3)
-    weights = torch.nn.functional.interpolate(alphas, size=tuple(size), mode="area")  # (I, 1, h, w)
-    return torch.cat([weights, weights.flip(-1)])
+    return [torch.nn.functional.interpolate((p.alpha if p.alpha is not None else torch.ones_like(p.pixels[:1]))[None],
+                                            size=tuple(size), mode="area") for p, size in zip(pictures, sizes)]
 
 
 def random_hflip(pixels: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:

@@ -180,9 +180,10 @@ def encode_text(model: Model, ids: list[torch.Tensor], clip_skip: int = 1) -> tu
     return torch.cat(hidden, dim=-1), pooled
 
 
-def xl_time_ids(original_hw: torch.Tensor, crop_tl: torch.Tensor, target: int) -> torch.Tensor:
-    """SDXL's micro-conditioning per sample: (orig_h, orig_w, crop_top, crop_left, target_h, target_w), (B, 6)."""
-    target_hw = torch.full_like(original_hw, target)
+def xl_time_ids(original_hw: torch.Tensor, crop_tl: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
+    """SDXL's micro-conditioning per sample: (orig_h, orig_w, crop_top, crop_left, target_h, target_w), (B, 6);
+    `target` is the square's side, or each sample's (h, w), (B, 2)."""
+    target_hw = torch.full_like(original_hw, target) if isinstance(target, int) else target
     return torch.cat([original_hw, crop_tl, target_hw], dim=1).float()
 
 

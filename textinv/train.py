@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import TrainConfig, build, parse_lr_steps, read_config_file, save_config
 from .data import (CaptionSampler, TagVariation, default_templates, find_images, latent_weights,
-                   load_training_images, read_template_file)
+                   latent_weights_each, load_training_images, read_template_file)
 from .errors import ConfigError, FormatError, TrainingError
 from .formats import (FORMATS, LearnedEmbedding, default_filename, load_embedding, save_embedding, second_file,
                       step_filename)
@@ -426,8 +426,8 @@ class ConceptState:
     token: str
     init: str
     pictures: list
-    mean: torch.Tensor  # (2I, 4, h, w): the pictures, then their mirror images
-    std: torch.Tensor
+    mean: torch.Tensor | list  # (2I, 4, h, w): the pictures, then their mirror images (--buckets with pictures of
+    std: torch.Tensor | list  # several shapes: a list of 2I (4, h_i, w_i), see _latents_each)
     bank: CaptionBank
     sampler: BatchSampler
     time_ids: torch.Tensor | None  # (I, 6) for SDXL
@@ -505,12 +505,18 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     resolution = config.resolution or model.resolution
     tokenizers = [tok for _, tok, _ in model.encoders]
     concepts: list[ConceptState] = []
+    step_px = bucket_step(model) if config.buckets else None
     for k, (spec, paths, rows) in enumerate(zip(specs, images, rows_per_concept)):
-        pictures = load_training_images(paths, resolution, config.center_crop, use_alpha=config.alpha_mask)
-        pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
-        mean, std = encode_latents(model.vae, torch.cat([pixels, pixels.flip(-1)]))  # (2I, 4, h, w)
-        pixel_weight = latent_weights(pictures, mean.shape[-2:], spec["images"]).to(device) if config.alpha_mask \
-            else None
+        pictures = load_training_images(paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
+                                        bucket_step=step_px)
+        if len({p.pixels.shape for p in pictures}) == 1:
+            pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
+            mean, std = encode_latents(model.vae, torch.cat([pixels, pixels.flip(-1)]))  # (2I, 4, h, w)
+            pixel_weight = latent_weights(pictures, mean.shape[-2:], spec["images"]).to(device) \
+                if config.alpha_mask else None
+        else:  # --buckets with pictures of several shapes: lists of 2I, each latent (4, h_i, w_i) at its own size
+            mean, std, pixel_weight = _latents_each(model.vae, pictures, spec["images"], config.alpha_mask, device)
+            pixels = None
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags, seed=concept_seed(config.seed, k))
         bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder, tags=tags), device,
@@ -518,8 +524,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         time_ids = None
         if model.is_xl:  # SDXL's size/crop conditioning, per picture (mirrored pictures share it)
             time_ids = torch.stack([xl_time_ids(torch.tensor([p.original_size]),
-                                                torch.tensor([p.crop_top_left(resolution, config.center_crop)]),
-                                                resolution)[0] for p in pictures]).to(device)
+                                                torch.tensor([p.crop_top_left(config.center_crop)]),
+                                                torch.tensor([list(p.pixels.shape[-2:])]))[0]
+                                    for p in pictures]).to(device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
         sampler = BatchSampler(len(pictures), config.repeats, config.use_flip, concept_seed(config.seed, k))
         concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
@@ -529,7 +536,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
     speed_up_unet(model.unet, config.compile, config.compile_mode, config.channels_last)
     if config.compile != "off":
-        check_compiled_unet(model.unet, unet_example(model, len(concepts) * config.batch, concepts[0].mean.shape[1:]))
+        check_compiled_unet(model.unet, unet_example(model, len(concepts) * config.batch, concepts[0].mean[0].shape))
     scheduler = model.noise_scheduler()
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
     scaling = model.vae.config.scaling_factor
@@ -626,7 +633,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 grid.save(tmp, format="PNG")
 
     # 4. the loop -------------------------------------------------------------------------------------------------
-    latent_shape = tuple(concepts[0].mean.shape[1:])
+    # the noise's shape: the latents', or with buckets the largest height and width any has (each sample takes
+    # its own size's corner, so without buckets the stream of random numbers is what it always was)
+    shapes = [m.shape for c in concepts for m in c.mean]
+    latent_shape = (shapes[0][0], max(s[1] for s in shapes), max(s[2] for s in shapes))
     last_good = [e.vectors.detach().clone() for e in exts]
     # each concept's loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed
     # loss.csv is the uninterrupted run's)
@@ -661,12 +671,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                          for c in concepts]
                 ids = [torch.cat(parts) for parts in zip(*(b["ids"] for b in batch))]
                 cond_ids = torch.cat([b["time_ids"] for b in batch]) if model.is_xl else None
-                per_sample = diffusion_loss(model, scheduler, torch.cat([b["latents"] for b in batch]),
-                                            torch.cat([b["noise"] for b in batch]),
-                                            torch.cat([b["timestep"] for b in batch]), ids, config.min_snr_gamma,
-                                            cond_ids, config.clip_skip,
-                                            torch.cat([b["pixel_weight"] for b in batch]) if config.alpha_mask
-                                            else None)  # (K * B,)
+                per_sample = grouped_loss(model, scheduler, _join([b["latents"] for b in batch]),
+                                          _join([b["noise"] for b in batch]),
+                                          torch.cat([b["timestep"] for b in batch]), ids, config.min_snr_gamma,
+                                          cond_ids, config.clip_skip,
+                                          _join([b["pixel_weight"] for b in batch]) if config.alpha_mask
+                                          else None)  # (K * B,)
                 # the sum over concepts of each concept's mean: concept k's gradient is its own run's
                 per_concept = per_sample.view(len(concepts), -1).mean(dim=1)  # (K,)
                 scaler.scale(per_concept.sum() / config.grad_accum).backward()
@@ -872,18 +882,84 @@ def concept_seed(seed: int, index: int) -> int:
 def _draw(c: ConceptState, config, world, rank, latent_shape, timesteps, device, scaling, model) -> dict:
     """One concept's part of a micro-batch: latents, noise, timesteps, token ids, SDXL time ids."""
     drawn = c.sampler.draw(config.batch * world, latent_shape, timesteps)
-    mine = {k: v[rank * config.batch:(rank + 1) * config.batch].to(device) for k, v in drawn.items()}
+    mine_cpu = {k: v[rank * config.batch:(rank + 1) * config.batch] for k, v in drawn.items()}
+    mine = {k: v.to(device) for k, v in mine_cpu.items()}
     which = mine["image"] + mine["flip"].long() * len(c.pictures)  # mirrored pictures sit after the originals
-    if c.pixels is not None:  # reference-like mode: the VAE encoder runs every step
+    noise = mine["noise"]
+    pixel_weight = c.pixel_weight[which] if c.pixel_weight is not None and not isinstance(c.mean, list) else None
+    if isinstance(c.mean, list):  # pictures of several shapes (--buckets): one latent a sample, at its own size
+        picks = (mine_cpu["image"] + mine_cpu["flip"].long() * len(c.pictures)).tolist()  # (on the host: no sync)
+        corner = [(slice(None), slice(0, c.mean[i].shape[-2]), slice(0, c.mean[i].shape[-1])) for i in picks]
+        latents = [(c.mean[i] + c.std[i] * mine["eps_latent"][n][at]) * scaling
+                   for n, (i, at) in enumerate(zip(picks, corner))]
+        noise = [mine["noise"][n][at] for n, at in enumerate(corner)]
+        pixel_weight = [c.pixel_weight[i] for i in picks] if c.pixel_weight is not None else None
+    elif c.pixels is not None:  # reference-like mode: the VAE encoder runs every step
         with torch.no_grad():
             dist = model.vae.encode(c.pixels[which]).latent_dist
             latents = (dist.mean + dist.std * mine["eps_latent"].to(dist.mean.dtype)).float() * scaling
     else:
         latents = (c.mean[which] + c.std[which] * mine["eps_latent"]) * scaling
-    return {"latents": latents, "noise": mine["noise"], "timestep": mine["timestep"],
+    return {"latents": latents, "noise": noise, "timestep": mine["timestep"],
             "ids": c.bank.pick(mine["image"], mine["caption"]),
             "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None,
-            "pixel_weight": c.pixel_weight[which] if c.pixel_weight is not None else None}
+            "pixel_weight": pixel_weight}
+
+
+def _join(parts: list):
+    """The concepts' parts of a batch as one: a tensor, or (when any concept has pictures of several shapes) a
+    list of per-sample tensors."""
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        return torch.cat(parts)
+    return [x for p in parts for x in (p if isinstance(p, list) else p.unbind(0))]
+
+
+def grouped_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
+                 min_snr_gamma=None, time_ids=None, clip_skip: int = 1, pixel_weight=None) -> torch.Tensor:
+    """`diffusion_loss` of a batch whose latents may be of several shapes (`--buckets`: a list of (4, h_i, w_i)):
+    the samples of each shape go through the UNet together, and the (B,) losses come back in the batch's order.
+    A batch of one shape (a tensor) is one call, as always."""
+    if isinstance(latents, torch.Tensor):
+        return diffusion_loss(model, scheduler, latents, noise, timesteps, input_ids, min_snr_gamma, time_ids,
+                              clip_skip, pixel_weight)
+    groups: dict[tuple, list[int]] = {}
+    for n, latent in enumerate(latents):
+        groups.setdefault(tuple(latent.shape), []).append(n)
+    losses, order = [], []
+    for members in groups.values():
+        at = torch.tensor(members, device=timesteps.device)
+        losses.append(diffusion_loss(
+            model, scheduler, torch.stack([latents[n] for n in members]), torch.stack([noise[n] for n in members]),
+            timesteps[at], [ids[at] for ids in input_ids], min_snr_gamma,
+            time_ids[at] if time_ids is not None else None, clip_skip,
+            torch.stack([pixel_weight[n] for n in members]) if pixel_weight is not None else None))
+        order += members
+    back = torch.empty(len(order), dtype=torch.long, device=timesteps.device)
+    back[torch.tensor(order, device=timesteps.device)] = torch.arange(len(order), device=timesteps.device)
+    return torch.cat(losses)[back]  # (B,) in the batch's order
+
+
+def bucket_step(model: Model) -> int:
+    """The pixels a bucket's sides step by: the VAE's down-sampling times the UNet's, so every level of the UNet
+    gets a whole number of latent pixels (64 for SD)."""
+    return model.pipeline.vae_scale_factor * 2 ** (len(model.unet.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def _latents_each(vae, pictures: list, folder, alpha_mask: bool, device) -> tuple[list, list, list | None]:
+    """Cached latent distributions of pictures of several sizes, one at a time: (means, stds, pixel weights), each
+    a list of 2I: the pictures', then their mirror images' (as `encode_latents` lays them out)."""
+    means, stds = [], []
+    for p in pictures:
+        mean, std = encode_latents(vae, torch.stack([p.pixels, p.pixels.flip(-1)]))  # (2, 4, h, w)
+        means.append(mean)
+        stds.append(std)
+    means, stds = [m[0] for m in means] + [m[1] for m in means], [s[0] for s in stds] + [s[1] for s in stds]
+    weights = None
+    if alpha_mask:
+        each = [w[0].to(device) for w in latent_weights_each(pictures, [m.shape[-2:] for m in means], folder)]
+        weights = each + [w.flip(-1) for w in each]
+    return means, stds, weights
 
 
 PAIR_HINT = ("give its first file (learned_embeds) with its partner (learned_embeds_2) beside it, or join the two "
