@@ -1074,3 +1074,19 @@ def test_buckets_with_alpha_masks_and_sdxl(tmp_path):
     for latent_hw, targets, weight_hw in seen:  # SDXL is told each bucket's size; the masks are at latent size
         assert weight_hw == latent_hw
         assert all(t == [latent_hw[0] * 2, latent_hw[1] * 2] for t in targets)
+
+
+def test_bucketed_concepts_of_a_joint_run_each_equal_their_own_run(sd1_dir, tmp_path):
+    from conftest import write_images
+    from textinv.train import concept_seed
+
+    mixed, squares = _mixed_pictures(tmp_path / "mixed"), write_images(tmp_path / "squares", n=2, seed=3)
+    common = dict(steps=3, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2, buckets=True)
+    joint = train(TrainConfig(concepts=[f"{mixed}=<jm>=dog", f"{squares}=<js>=cat"], out=str(tmp_path / "joint"),
+                              **common), model=load_model(sd1_dir), progress=False)
+    alone_m = train(TrainConfig(images=str(mixed), token="<jm>", init="dog", out=str(tmp_path / "m"), **common),
+                    model=load_model(sd1_dir), progress=False)
+    alone_s = train(TrainConfig(images=str(squares), token="<js>", init="cat", out=str(tmp_path / "s"),
+                                seed=concept_seed(0, 1), **common), model=load_model(sd1_dir), progress=False)
+    for mine, alone in zip(joint.embeddings, (alone_m, alone_s)):
+        assert torch.allclose(mine.vectors["text_encoder"], alone.embedding.vectors["text_encoder"], atol=1e-5)

@@ -633,10 +633,6 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 grid.save(tmp, format="PNG")
 
     # 4. the loop -------------------------------------------------------------------------------------------------
-    # the noise's shape: the latents', or with buckets the largest height and width any has (each sample takes
-    # its own size's corner, so without buckets the stream of random numbers is what it always was)
-    shapes = [m.shape for c in concepts for m in c.mean]
-    latent_shape = (shapes[0][0], max(s[1] for s in shapes), max(s[2] for s in shapes))
     last_good = [e.vectors.detach().clone() for e in exts]
     # each concept's loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed
     # loss.csv is the uninterrupted run's)
@@ -667,7 +663,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             samplers_at_step = [s.state_dict() for s in samplers]
             step_loss = torch.zeros(len(concepts), device=device)
             for _ in range(config.grad_accum):
-                batch = [_draw(c, config, world, rank, latent_shape, timesteps, device, scaling, model)
+                batch = [_draw(c, config, world, rank, timesteps, device, scaling, model)
                          for c in concepts]
                 ids = [torch.cat(parts) for parts in zip(*(b["ids"] for b in batch))]
                 cond_ids = torch.cat([b["time_ids"] for b in batch]) if model.is_xl else None
@@ -879,9 +875,14 @@ def concept_seed(seed: int, index: int) -> int:
     return seed + 1_000_003 * index
 
 
-def _draw(c: ConceptState, config, world, rank, latent_shape, timesteps, device, scaling, model) -> dict:
+def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, model) -> dict:
     """One concept's part of a micro-batch: latents, noise, timesteps, token ids, SDXL time ids."""
-    drawn = c.sampler.draw(config.batch * world, latent_shape, timesteps)
+    # the noise is drawn at the latents' shape, or with buckets at the largest height and width the concept's
+    # have, each sample taking its own size's corner: a square run's random numbers are what they always were,
+    # and a concept's are its own run's whatever the other concepts' shapes
+    shapes = [m.shape for m in c.mean]
+    noise_shape = (shapes[0][0], max(s[1] for s in shapes), max(s[2] for s in shapes))
+    drawn = c.sampler.draw(config.batch * world, noise_shape, timesteps)
     mine_cpu = {k: v[rank * config.batch:(rank + 1) * config.batch] for k, v in drawn.items()}
     mine = {k: v.to(device) for k, v in mine_cpu.items()}
     which = mine["image"] + mine["flip"].long() * len(c.pictures)  # mirrored pictures sit after the originals
