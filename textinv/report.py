@@ -13,6 +13,17 @@ from PIL import Image, ImageDraw, ImageFont
 INK, MUTED, PAPER, LINE = (25, 25, 30), (110, 110, 120), (255, 255, 255), (220, 220, 226)
 PASS, FAIL, UNKNOWN = (40, 160, 70), (210, 50, 45), (190, 190, 196)
 
+BASE_CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1250px;
+       color: #19191e; padding: 0 1rem; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+.muted { color: #6e6e78; } .row { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
+figure { margin: 0; } figcaption { font-size: .7rem; color: #6e6e78; }
+table { border-collapse: collapse; } td, th { padding: .3rem .8rem; border-bottom: 1px solid #dcdce2; text-align: left; }
+code { background: #f2f2f5; padding: 0 .25rem; border-radius: 3px; }
+"""
+"""The look both reports' pages share; each adds its own rules."""
+
 
 def font(size: int):
     """Pillow's default font at `size` pixels (a scalable one when Pillow has FreeType, as its wheels do)."""

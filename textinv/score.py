@@ -50,7 +50,7 @@ from .generate import (DEFAULT_STEPS, _slug, check_fits, expand_all, generation_
                        png_text, render, unload_embeddings)
 from .io import atomic_path, output_folder, write_json, write_text
 from .models import DTYPES, Model, _is_local_path, load_model
-from .report import INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
+from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the paper's judge
 MARKER = "{}"
@@ -780,17 +780,10 @@ def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png:
     return sheet.crop((0, 0, width, min(height, y + 30)))
 
 
-_CSS = """
-body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1300px;
-       color: #19191e; padding: 0 1rem; }
-h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+_CSS = BASE_CSS + """
 h3 { font-size: .95rem; font-family: ui-monospace, monospace; margin: 1.2rem 0 .3rem; }
-.muted { color: #6e6e78; } .row { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
 img.pic { width: 160px; height: 160px; object-fit: cover; display: block; }
-figure { margin: 0; } figcaption { font-size: .7rem; color: #6e6e78; }
-table { border-collapse: collapse; } td, th { padding: .3rem .8rem; border-bottom: 1px solid #dcdce2; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { background: #f2f2f5; padding: 0 .25rem; border-radius: 3px; }
 """
 
 

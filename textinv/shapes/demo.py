@@ -38,7 +38,8 @@ from textinv import __version__
 from textinv.config import check_guidance, check_lr, opt
 from textinv.errors import ConfigError, ModelError, TrainingError
 from textinv.io import atomic_path, output_folder, write_json, write_text
-from textinv.report import FAIL, INK, LINE, MUTED, PAPER, PASS, UNKNOWN, data_uri, draw_loss_curve, font
+from textinv.report import (BASE_CSS, FAIL, INK, LINE, MUTED, PAPER, PASS, UNKNOWN, data_uri, draw_loss_curve,
+                            font)
 from textinv.shapes.evaluate import (check_judged_size, prompt_sets, sample, score_images, train_config,
                                      write_templates, write_training_images)
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
@@ -440,21 +441,14 @@ def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png:
     return sheet.crop((0, 0, width, min(height, y + 30)))
 
 
-_CSS = """
-body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1200px;
-       color: #19191e; padding: 0 1rem; }
-h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
-.muted { color: #6e6e78; } .note { color: #b4322d; }
+_CSS = BASE_CSS + """
+.note { color: #b4322d; }
 img.px { image-rendering: pixelated; width: 128px; height: 128px; display: block; }
-.row { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
 .prompt { display: grid; grid-template-columns: 1fr 1fr; gap: 28px; margin: 1rem 0; }
 .prompt h3 { font-size: .95rem; font-weight: 600; margin: 0 0 .3rem; font-family: ui-monospace, monospace; }
-figure { margin: 0; } figure.pass img { outline: 5px solid #28a046; outline-offset: -5px; }
+figure.pass img { outline: 5px solid #28a046; outline-offset: -5px; }
 figure.fail img { outline: 5px solid #d2322d; outline-offset: -5px; }
-figcaption { font-size: .7rem; color: #6e6e78; max-width: 128px; }
-table { border-collapse: collapse; }
-td, th { padding: .3rem .8rem; border-bottom: 1px solid #dcdce2; text-align: left; }
-code { background: #f2f2f5; padding: 0 .25rem; border-radius: 3px; }
+figcaption { max-width: 128px; }
 """
 
 
