@@ -15,7 +15,8 @@ cycles (warmup, cosine decay); `--init` starts a further cycle from earlier weig
     python -m textinv.shapes.probe --train --init /tmp/p1.safetensors --steps 2000 --lr 1e-3 --out /tmp/p2.safetensors
     then five more cycles, each `--init` the last, all with `--pattern-weight 3 --free-hue-prob 0.6`:
     --steps 2400 --lr 1e-3; --steps 1400 --lr 7e-4; --steps 2400 --lr 5e-4; --steps 2200 --lr 3e-4 --seed 7;
-    --steps 5000 --lr 3e-4 --seed 8 (the shipped weights: 19,400 steps, 164 min on one CPU thread in all)
+    --steps 5000 --lr 3e-4 --seed 8; then (at the default --free-hue-prob 0.25) --steps 8000 --lr 1.5e-4
+    --seed 10 (the shipped weights: 27,400 steps, 205 min on one CPU thread in all)
     python -m textinv.shapes.probe --eval
 
 Every head but one learns quickly. The pattern (stripes, dots or checks, and so the stripe angle) is the slow one: a
