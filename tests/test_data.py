@@ -798,6 +798,26 @@ def test_buckets_keep_a_pictures_proportions_within_the_area_and_steps():
     assert bucket_size(5000, 1000, 512, 64) == (1024, 256)  # as far as buckets go
 
 
+@pytest.mark.parametrize("resolution, step", [(624, 64), (500, 64), (96, 64), (1016, 32), (32, 64)])
+def test_square_pictures_stay_square_at_a_resolution_between_the_buckets_steps(tmp_path, resolution, step):
+    """At a --resolution that is not a multiple of the model's step no width's largest height is its own: square
+    pictures were cut to a 9:10 portrait (624 on SD) or to 1:2 (96), the narrowest buckets passed 4:1, and below
+    one step there was no bucket at all. The square is the resolution's own, as without buckets."""
+    from textinv.data import bucket_size, bucket_sizes
+
+    sizes = bucket_sizes(resolution, step)
+    assert bucket_size(900, 900, resolution, step) == (resolution, resolution)
+    for w, h in set(sizes) - {(resolution, resolution)}:
+        assert w % step == 0 and h % step == 0 and w * h <= resolution ** 2
+        assert resolution // 2 <= min(w, h) and max(w, h) <= 2 * resolution
+    arr = np.zeros((40, 40, 3), np.uint8)
+    arr[:, :4] = 255  # a white band at the left edge, which a portrait crop would cut off
+    Image.fromarray(arr).save(tmp_path / "square.png")
+    (square,) = load_training_images([tmp_path / "square.png"], 24)
+    (bucketed,) = load_training_images([tmp_path / "square.png"], 24, bucket_step=16)
+    assert torch.equal(bucketed.pixels, square.pixels) and bucketed.crop_top_left() == square.crop_top_left()
+
+
 def test_a_bucketed_picture_keeps_what_the_square_crops_off(tmp_path):
     arr = np.full((40, 80, 3), 128, np.uint8)  # 2:1, a red band at the left edge, a blue one at the right
     arr[:, :16] = (255, 0, 0)

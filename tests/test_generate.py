@@ -516,6 +516,65 @@ def test_a_file_that_is_no_lora_for_the_model_is_refused_by_name(sd1_dir, tmp_pa
     assert not hasattr(model, "_loras")
 
 
+def test_a_lora_that_fails_part_way_leaves_the_model_clean_and_the_next_one_loads(sd1_dir, tmp_path):
+    """A LoRA whose text-encoder part does not fit gets its UNet part in before it fails (so does the UNet part of a
+    LoRA of another family): the model was handed back drawing with it, and the next LoRA failed as 'lora0 already
+    in use', blamed on its family. A file cut short (an interrupted download) was a traceback."""
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import load_file, save_file
+
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    _save_tiny_lora(loras, "good")
+    state = load_file(str(loras / "good.safetensors"))
+    save_file({k: torch.zeros(v.shape[0], 2 * v.shape[1]) if k.startswith("text_encoder") and "lora_A" in k else v
+               for k, v in state.items()}, str(loras / "halfway.safetensors"))
+    (loras / "cut.safetensors").write_bytes((loras / "good.safetensors").read_bytes()[:300])
+    model = load_model(sd1_dir)
+
+    def draw(prompt, out, model=model):
+        (path,) = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=2,
+                                          lora_dir=[str(loras)]), model=model, progress=False)
+        return np.asarray(Image.open(path))
+
+    plain = draw("a dog", "plain")
+    for name, message in (("halfway", "could not be applied"), ("cut", "could not be read.*download it again")):
+        with pytest.raises(FormatError, match=f"<lora:{name}> .*{message}"):
+            draw(f"a dog <lora:{name}>", name)
+        assert not any(isinstance(m, LoraLayer) for m in list(model.unet.modules()) + list(model.text_encoder.modules()))
+        assert np.array_equal(draw("a dog", f"after-{name}"), plain) and not hasattr(model, "_loras")
+    assert np.array_equal(draw("a dog <lora:good>", "good"), draw("a dog <lora:good>", "fresh", load_model(sd1_dir)))
+
+
+def test_a_second_lora_with_a_text_encoder_part_loads_without_false_alarms(sd1_dir, tmp_path):
+    """transformers reported the first LoRA's text-encoder weights 'MISSING ... newly initialized' (they are not:
+    the pictures are the fresh model's) and peft warned of several adapters, on every run with two LoRAs."""
+    import io
+    import logging
+    import warnings
+
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    _save_tiny_lora(loras, "one")
+    (loras / "two.safetensors").write_bytes((loras / "one.safetensors").read_bytes())
+    said = io.StringIO()
+    handler = logging.StreamHandler(said)
+    logging.getLogger("transformers").addHandler(handler)  # (its own handler writes to the stderr it first saw)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            paths = generate(GenerateConfig(prompt=["a dog <lora:one:0.5>", "a dog <lora:two:1:0.5> <lora:one:0.3>"],
+                                            out=str(tmp_path / "r"), n=1, steps=2, lora_dir=[str(loras)]),
+                             model=load_model(sd1_dir), progress=False)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert "MISSING" not in said.getvalue() and "newly initialized" not in said.getvalue(), said.getvalue()
+    assert not [w for w in seen if "peft_config" in str(w.message)]
+    fresh = generate(GenerateConfig(prompt=["a dog <lora:two:1:0.5> <lora:one:0.3>"], out=str(tmp_path / "f"), n=1,
+                                    steps=2, lora_dir=[str(loras)]), model=load_model(sd1_dir), progress=False)
+    assert np.array_equal(np.asarray(Image.open(paths[1])), np.asarray(Image.open(fresh[0])))
+
+
 @pytest.mark.parametrize("prompt, steps, schedule", [
     ("a [cat:dog:0.5] on [grass::3]", 10, [(3, "a cat on grass"), (5, "a cat on "), (10, "a dog on ")]),
     ("a [dog:4]", 8, [(4, "a "), (8, "a dog")]),  # [to:when]: added after step 4

@@ -933,6 +933,25 @@ def test_a_shuffled_long_caption_that_loses_its_token_names_keep_tags(sd1_dir, i
                  model=load_model(sd1_dir), progress=False).steps == 1
 
 
+def test_a_run_stopped_by_a_non_finite_loss_writes_no_step_file_of_an_earlier_steps_vectors(sd1_dir, images,
+                                                                                           tmp_path, monkeypatch):
+    """The loss goes NaN at step 5 and the check at step 6 stops the run, saving the last good vectors (step 4's):
+    they were also written as step 6's embedding, which a user picking steps by their names would take."""
+    real, calls = train_module.diffusion_loss, []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) > 4 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match="non-finite"):
+        train(config(images, out, steps=8, log_every=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    names = sorted(p.name for p in (out / "embeddings").iterdir())
+    assert names == ["learned_embeds-steps-2.safetensors", "learned_embeds-steps-4.safetensors"]
+
+
 def test_each_saved_step_keeps_its_embedding_and_a_resumed_run_writes_the_same(sd1_dir, images, tmp_path):
     straight = train(config(images, tmp_path / "a", steps=6, save_every=2, keep_checkpoints=3),
                      model=load_model(sd1_dir), progress=False)

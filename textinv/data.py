@@ -475,17 +475,21 @@ def _fit(img: Image.Image, size: tuple[int, int], center_crop: bool) -> Image.Im
 def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
     """The aspect-ratio buckets at `resolution`: sizes (W, H) whose sides are multiples of `step` (what the model's
     down-sampling needs: 64 pixels for SD), no larger in area than resolution x resolution, each as large as its
-    width allows, sides between half and twice `resolution` (as kohya's buckets: at most 4:1).
+    width allows, sides between half and twice `resolution` (as kohya's buckets: at most 4:1), and the square of
+    `resolution` itself, a multiple of `step` or not, so square pictures train as they do without buckets (at a
+    resolution between the steps, 624 for SD, no width's largest height is its own: they were cut to 9:10).
 
     >>> bucket_sizes(512, 64)[:3]
     [(256, 1024), (320, 768), (384, 640)]
+    >>> (624, 624) in bucket_sizes(624, 64)
+    True
     """
-    sizes = []
-    for width in range(max(step, (resolution // 2) // step * step), 2 * resolution + 1, step):
+    sizes = {(resolution, resolution)}
+    for width in range(-(-resolution // (2 * step)) * step, 2 * resolution + 1, step):  # (from half the resolution)
         height = min(resolution * resolution // width // step * step, 2 * resolution)
         if height >= max(step, resolution // 2):
-            sizes.append((width, height))
-    return sizes
+            sizes.add((width, height))
+    return sorted(sizes)
 
 
 def bucket_size(width: int, height: int, resolution: int, step: int) -> tuple[int, int]:

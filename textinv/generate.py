@@ -9,6 +9,7 @@ uses seed + i, so any single image can be made again on its own.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import math
 import re
@@ -442,16 +443,11 @@ def apply_loras(model: Model, tags: list[emphasis.LoraTag], files: dict[str, Pat
     pipe = model.pipeline
     loaded: dict[str, str] = model.__dict__.setdefault("_loras", {})  # LoRA name -> adapter name
     tags = list({t.name: t for t in tags}.values())  # a LoRA named twice: its last tag counts
-    with _quiet_diffusers():  # (its notes that a LoRA has no text-encoder part, which is common)
+    with _quiet_lora_loading():
         for tag in tags:
             if tag.name not in loaded:
                 adapter = f"lora{len(loaded)}"
-                try:
-                    pipe.load_lora_weights(str(files[tag.name]), adapter_name=adapter)
-                except (ValueError, KeyError, RuntimeError) as e:  # not a LoRA, or one for another architecture
-                    raise FormatError(f"<lora:{tag.name}> ({files[tag.name]}) could not be applied to "
-                                      f"{model.source}: {_first_line(e)}; is it a LoRA for this model's family "
-                                      f"({model.family})?") from None
+                _load_lora(model, tag.name, files[tag.name], adapter)
                 loaded[tag.name] = adapter
         if not tags:
             if loaded:
@@ -462,6 +458,43 @@ def apply_loras(model: Model, tags: list[emphasis.LoraTag], files: dict[str, Pat
         pipe.set_adapters([loaded[t.name] for t in tags],
                           [{part: t.unet if part == "unet" else t.te for part, has in parts.items()
                             if loaded[t.name] in has} for t in tags])
+
+
+def _load_lora(model: Model, name: str, path: Path, adapter: str) -> None:
+    """Load one LoRA file as `adapter`. A file that fails can fail part-way (a LoRA of another family leaves its
+    adapter in the UNet, one whose text-encoder part does not fit leaves its UNet part): every LoRA comes off
+    then, or the model would be handed back with half of it, and the next file would find its adapter name taken."""
+    try:
+        model.pipeline.load_lora_weights(str(path), adapter_name=adapter)
+    except Exception as e:
+        model.__dict__.pop("_loras", None)
+        model.pipeline.unload_lora_weights()
+        why = _first_line(e).split(". For details look at the above report")[0].rstrip(":")  # (a report not shown)
+        if isinstance(e, OSError):  # (what diffusers makes of a file safetensors cannot read)
+            raise FormatError(f"<lora:{name}> ({path}) could not be read: {why}; is the file whole? download it "
+                              f"again") from None
+        if isinstance(e, (ValueError, KeyError, RuntimeError)):  # not a LoRA, or one for another architecture
+            raise FormatError(f"<lora:{name}> ({path}) could not be applied to {model.source}: {why}; is it a LoRA "
+                              f"for this model's family ({model.family})?") from None
+        raise
+
+
+@contextlib.contextmanager
+def _quiet_lora_loading():
+    """The libraries' notes while LoRAs load, which mislead: diffusers' that a LoRA has no text-encoder part (which
+    is common); transformers' report that a second LoRA loaded into a text encoder leaves the first one's weights
+    'MISSING ... newly initialized' (they are untouched), and peft's warning that the model now holds several
+    adapters (as meant). A file that fails is refused in our words (`_load_lora`)."""
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        with _quiet_diffusers(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            yield
+    finally:
+        transformers_logging.set_verbosity(level)
 
 
 def unload_loras(model: Model) -> None:

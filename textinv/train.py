@@ -605,9 +605,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             return []
         files = [f for c in concepts for f in save_embedding(embedding_of(c, at_step, vectors), embedding_path(c),
                                                                file_format)]
-        if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0:
+        # (not for the last good vectors a non-finite loss falls back to: they are an earlier step's)
+        if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0 \
+                and vectors is None:
             for c in concepts:  # (the step's files are the same bytes as the main file's at that step)
-                save_embedding(embedding_of(c, at_step, vectors),
+                save_embedding(embedding_of(c, at_step),
                                c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step), file_format)
         if checkpoint:
             _save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
