@@ -1109,3 +1109,22 @@ def test_bucketed_concepts_of_a_joint_run_each_equal_their_own_run(sd1_dir, tmp_
                                 seed=concept_seed(0, 1), **common), model=load_model(sd1_dir), progress=False)
     for mine, alone in zip(joint.embeddings, (alone_m, alone_s)):
         assert torch.allclose(mine.vectors["text_encoder"], alone.embedding.vectors["text_encoder"], atol=1e-5)
+
+
+def test_vectors_gone_non_finite_between_loss_checks_stop_at_the_save_with_the_last_good_ones(sd1_dir, images,
+                                                                                             tmp_path, monkeypatch):
+    """The loss (and so the vectors) goes NaN at step 5; the loss is checked every 4 steps, the run saved every 3:
+    the save at step 6 finds the vectors broken, keeps step 4's and says so (it died writing a NaN file)."""
+    real, calls = train_module.diffusion_loss, []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) > 4 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match=r"non-finite .* by step 6; the last good vectors \(step 4\)"):
+        train(config(images, out, steps=12, log_every=4, save_every=3), model=load_model(sd1_dir), progress=False)
+    saved = load_embedding(out / "learned_embeds.safetensors")
+    assert torch.isfinite(saved.vectors["text_encoder"]).all() and saved.metadata["steps"] == "4"

@@ -635,7 +635,18 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 grid.save(tmp, format="PNG")
 
     # 4. the loop -------------------------------------------------------------------------------------------------
-    last_good = [e.vectors.detach().clone() for e in exts]
+    last_good, last_good_step = [e.vectors.detach().clone() for e in exts], step
+
+    def stop_non_finite(at_step: int, bad: list[str]) -> None:
+        """Save the last good vectors (as of their step) and stop with what to change."""
+        save_all(last_good_step, last_good, checkpoint=False)  # (every process gets here: loss and grads are shared)
+        wait_for_main()
+        which = f" ({', '.join(bad)}'s)" if len(concepts) > 1 and bad else ""
+        raise TrainingError(
+            f"the loss{which} became non-finite (NaN/inf) by step {at_step}; the last good vectors (step "
+            f"{last_good_step}) were saved to {saved_where()}. Lower {'--lr-steps' if config.lr_steps else '--lr'} "
+            f"(the rate is {lr_used:g} now), set --max-grad-norm 1.0, or use --precision "
+            f"fp32/bf16 instead of fp16.")
     # each concept's loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed
     # loss.csv is the uninterrupted run's)
     interval_loss = torch.tensor(interval[0], device=device)  # (K,)
@@ -709,16 +720,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 means = (interval_loss / interval_steps).tolist()  # the only host sync, once per interval
                 mean_loss = sum(means)
                 if not math.isfinite(mean_loss) or not all(torch.isfinite(e.vectors).all() for e in exts):
-                    save_all(step, last_good, checkpoint=False)  # (every process gets here: loss and grads are shared)
-                    wait_for_main()
-                    bad = [c.token for c, m in zip(concepts, means) if not math.isfinite(m)]
-                    which = f" ({', '.join(bad)}'s)" if len(concepts) > 1 and bad else ""
-                    raise TrainingError(
-                        f"the loss{which} became non-finite (NaN/inf) by step {step}; the last good vectors were "
-                        f"saved to {saved_where()}. Lower {'--lr-steps' if config.lr_steps else '--lr'} (the rate "
-                        f"is {lr_used:g} now), set --max-grad-norm 1.0, or "
-                        f"use --precision fp32/bf16 instead of fp16.")
-                last_good = [e.vectors.detach().clone() for e in exts]
+                    stop_non_finite(step, [c.token for c, m in zip(concepts, means) if not math.isfinite(m)])
+                last_good, last_good_step = [e.vectors.detach().clone() for e in exts], step
                 history.append((step, mean_loss))
                 if len(concepts) > 1:
                     by_concept.append(means)
@@ -728,6 +731,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 if is_main and step % (config.log_every * 10) == 0:
                     _write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
             if config.save_every and step % config.save_every == 0 and step < config.steps:
+                if not all(torch.isfinite(e.vectors).all() for e in exts):  # (a save step between loss checks)
+                    stop_non_finite(step, [])
                 save_all(step)
             if config.sample_every and step % config.sample_every == 0:
                 draw_samples(step)
