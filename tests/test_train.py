@@ -989,12 +989,14 @@ def test_overwrite_deletes_the_step_embeddings_but_not_a_users_file_or_the_init_
     out = tmp_path / "out"
     train(config(images, out, steps=3, save_every=1), model=load_model(sd1_dir), progress=False)
     (out / "embeddings" / "my-favourite.pt").write_bytes(b"mine")
+    (out / "embeddings" / "any-3.pt").write_bytes(b"mine too")  # (named like a step file of no token of the run)
     start = out / "embeddings" / "learned_embeds-steps-2.safetensors"
     vectors = load_embedding(start).vectors["text_encoder"]
     result = train(config(images, out, steps=1, save_every=1, init=None, init_embedding=str(start), overwrite=True),
                    model=load_model(sd1_dir), progress=False)
     left = sorted(p.name for p in (out / "embeddings").iterdir())
-    assert left == ["learned_embeds-steps-1.safetensors", "learned_embeds-steps-2.safetensors", "my-favourite.pt"]
+    assert left == ["any-3.pt", "learned_embeds-steps-1.safetensors", "learned_embeds-steps-2.safetensors",
+                    "my-favourite.pt"]
     assert torch.equal(load_embedding(start).vectors["text_encoder"], vectors)  # the file it started from
     assert not torch.equal(result.embedding.vectors["text_encoder"], vectors)
 

@@ -235,10 +235,10 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
             path.unlink()
     steps = out / STEP_EMBEDDINGS_DIR  # the steps' embeddings by their names (the folder may hold a user's own)
     if steps.is_dir():
-        sentinel = "123456789"
+        sentinel, plain = "123456789", ("diffusers", "diffusers-bin", "diffusers-sdxl")  # (plain: token-free names)
+        named = [(fmt, "<any>") for fmt in plain] + [(fmt, t) for fmt in FORMATS if fmt not in plain for t in tokens]
         patterns = [re.escape(name).replace(sentinel, r"\d+")
-                    for fmt in FORMATS for token in tokens + ["<any>"]
-                    for first in [step_filename(fmt, token, int(sentinel))]
+                    for fmt, token in named for first in [step_filename(fmt, token, int(sentinel))]
                     for name in (first, second_file(first).name)]
         for path in steps.iterdir():
             if path.is_file() and path.resolve() not in kept and any(re.fullmatch(p, path.name) for p in patterns):
