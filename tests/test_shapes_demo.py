@@ -75,6 +75,10 @@ def test_demo_quick_writes_the_html_and_png_report(model_dir, probe_path, tmp_pa
     for method in ("textual-inversion", "init-word"):
         passed, total = report["summary"][method]["editability"]
         assert total == n_prompts - 1 and 0 <= passed <= total
+        for entry in report["prompts"]:  # each attribute counted; a picture passes only with all of them right
+            e = entry[method]
+            assert set(e["hits"]) == set(entry["expects"]) and e["passed"] <= min(e["hits"].values()) <= e["of"]
+    assert page.count("right on: ") == 2 * n_prompts and page.count("the concept's attributes right") == 1
     assert (out / "run" / "learned_embeds.safetensors").is_file()
     assert report["loss"] and all(np.isfinite(v) for _, v in report["loss"])
 

@@ -288,14 +288,16 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
             for m in METHODS:
                 _, prompt, expected = rows[m][j]
                 pics = drawn[m][j * k:(j + 1) * k]
-                verdicts, readings, glimpses = [None] * k, [None] * k, [None] * k
+                verdicts, readings, glimpses, hits = [None] * k, [None] * k, [None] * k, None
                 if probe is not None:
-                    verdicts, _, predicted = score_images(probe, pics, expected)
+                    verdicts, per_attribute, predicted = score_images(probe, pics, expected)
+                    hits = {a: sum(v) for a, v in per_attribute.items()}  # how many pictures get each one right
                     per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
                     readings = [_reading(p) for p in per_picture]
                     glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
                 entry[m] = {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
-                            "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k}
+                            "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k,
+                            "hits": hits}
             table.append(entry)
         t_judged = time.perf_counter()
 
@@ -367,6 +369,22 @@ def _count(entry: dict) -> str:
     return "not judged" if entry["passed"] is None else f"passed {entry['passed']}/{entry['of']}"
 
 
+def _concept_hits(report: dict, method: str) -> str:
+    """How many of all a method's pictures (every prompt's) get each of the concept's own attributes right."""
+    own = next(e["expects"] for e in report["prompts"] if e["kind"] == "reconstruction")
+    entries = [e[method] for e in report["prompts"] if e[method].get("hits")]
+    total = sum(e["of"] for e in entries)
+    return ", ".join(f"{a} {sum(e['hits'].get(a, 0) for e in entries)}/{total}" for a in own)
+
+
+def _hits(entry: dict) -> str:
+    """Which attributes the pictures get right, each counted: a picture passes only with all of them, so this
+    shows what a method did learn when few pass ("shape 4/4, hue 4/4, pattern 0/4")."""
+    if not entry.get("hits"):
+        return ""
+    return ", ".join(f"{a.replace('_', ' ')} {n}/{entry['of']}" for a, n in entry["hits"].items())
+
+
 def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image) -> Image.Image:
     """The whole report on one PNG: training pictures, loss, every prompt's pictures (S* beside the init word,
     a green/red bar under each for the probe's verdict), and the totals."""
@@ -379,7 +397,7 @@ def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png:
     width = max(2 * block + col_gap + 2 * 24, len(pictures) * (cell + gap) + loss_png.width + 3 * 24, 900)
     n_prompts = len(report["prompts"])
     row_height = cell + 56
-    height = 90 + 34 + cell + 70 + 48 + n_prompts * row_height + 150
+    height = 90 + 34 + cell + 70 + 48 + n_prompts * row_height + 200
     sheet = Image.new("RGB", (width, height), PAPER)
     d = ImageDraw.Draw(sheet)
     x0, y = 24, 18
@@ -434,7 +452,10 @@ def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png:
             d.text((x0, y), f"{name}:  shows the concept in {s['reconstruction'][0]}/{s['reconstruction'][1]} "
                    f"of 'a photo of' pictures;  obeys the edit and keeps the concept in {s['editability'][0]}/"
                    f"{s['editability'][1]} edited pictures", fill=INK, font=text_font)
-            y += 22
+            y += 20
+            d.text((x0 + 16, y), f"the concept's attributes, over all its pictures: {_concept_hits(report, m)}",
+                   fill=MUTED, font=small)
+            y += 24
     y += 28
     d.text((x0, y), f"seeds {report['seeds']}; textinv {report['textinv_version']}; total "
            f"{report['seconds'].get('total', 0):.0f} s", fill=MUTED, font=small)
@@ -442,7 +463,7 @@ def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png:
 
 
 _CSS = BASE_CSS + """
-.note { color: #b4322d; }
+.note { color: #b4322d; } p.hits { font-size: .75rem; margin: 0 0 .3rem; }
 img.px { image-rendering: pixelated; width: 128px; height: 128px; display: block; }
 .prompt { display: grid; grid-template-columns: 1fr 1fr; gap: 28px; margin: 1rem 0; }
 .prompt h3 { font-size: .95rem; font-weight: 600; margin: 0 0 .3rem; font-family: ui-monospace, monospace; }
@@ -483,7 +504,9 @@ def render_html(report: dict, pictures: list[Image.Image], drawn: dict, loss_png
         parts.append("<div class='prompt'>")
         for m in METHODS:
             e = entry[m]
-            parts.append(f"<div><h3>{esc(e['prompt'])} <span class='muted'>[{_count(e)}]</span></h3><div class='row'>")
+            parts.append(f"<div><h3>{esc(e['prompt'])} <span class='muted'>[{_count(e)}]</span></h3>"
+                         + (f"<p class='muted hits'>right on: {esc(_hits(e))}</p>" if _hits(e) else "")
+                         + "<div class='row'>")
             for i in range(k):
                 verdict = e["pass"][i]
                 cls = "" if verdict is None else "pass" if verdict else "fail"
@@ -504,13 +527,14 @@ def render_html(report: dict, pictures: list[Image.Image], drawn: dict, loss_png
         parts.append(f"<p>The attribute probe reads each picture. <b>Reconstruction</b>: 'a photo of' pictures "
                      f"that show the concept ({esc(expects)}). <b>Editability</b>: edited pictures that obey the "
                      f"edit and still show the concept.</p><table><tr><th></th><th>reconstruction</th>"
-                     f"<th>editability</th></tr>")
+                     f"<th>editability</th><th>the concept's attributes right, over all its pictures</th></tr>")
         for m in METHODS:
             sm = report["summary"][m]
             name = f"<code>{esc(c['token'])}</code>" if m == "textual-inversion" else \
                 f"init word <code>{esc(c['init_word'])}</code>"
             parts.append(f"<tr><td>{name}</td><td>{sm['reconstruction'][0]}/{sm['reconstruction'][1]}</td>"
-                         f"<td>{sm['editability'][0]}/{sm['editability'][1]}</td></tr>")
+                         f"<td>{sm['editability'][0]}/{sm['editability'][1]}</td>"
+                         f"<td>{esc(_concept_hits(report, m))}</td></tr>")
         parts.append("</table>")
     parts.append("</section>")
 
