@@ -253,7 +253,11 @@ def test_caption_fidelity_scores_each_picture_against_its_own_caption(monkeypatc
     monkeypatch.setattr(ev, "round_trip", lambda model, images: images.flip(-1))  # an autoencoder that mirrors
     right = ev.caption_fidelity(None, probe, n, seed=seed, guidance=3.0)
     assert right["accuracy"]["shape"] > 0.95 and right["accuracy"]["color"] > 0.95 and right["all_core"] > 0.8
-    assert right["renders"] == {"accuracy": right["accuracy"], "all_core": right["all_core"]}  # the same pictures
+    # the same scenes: the renders are probed as rendered, the 'drawn' pictures after 8-bit rounding, which may tip
+    # one borderline reading (the latest probe reads one sketchy picture's style otherwise)
+    renders = right["renders"]
+    assert all(abs(renders["accuracy"][a] - right["accuracy"][a]) <= 1 / n + 1e-9 for a in right["accuracy"])
+    assert abs(renders["all_core"] - right["all_core"]) <= 1 / n + 1e-9
     mirrored = right["autoencoder"]["accuracy"]  # left and right swap, the rest stays
     assert mirrored["color"] > 0.95 and mirrored["position"] < right["accuracy"]["position"] - 0.2
     monkeypatch.setattr(ev, "sample", lambda model, prompts, seeds, *a: pictures[1:] + pictures[:1])
