@@ -12,7 +12,8 @@ steps then timed steps, side by side in one process on one pipeline, so every fi
 - `reference`: what the diffusers example does (VAE encoder every step, the whole vocabulary table in AdamW with
   the old rows copied back, fp32 text encoder);
 - one mode per lever on top of ours: channels-last, regional or whole-UNet torch.compile, CUDA graphs, all of them
-  (`fast`), and gradient checkpointing (for memory).
+  (`fast`), and gradient checkpointing (for memory); `buckets` times --buckets on pictures of three proportions
+  (3:2, 2:3, 1:1: a step's samples go through the UNet in one call per shape).
 It prints ms/step, samples/s, peak GPU memory (allocated and reserved by PyTorch), the fraction of the bf16 limit,
 which measured batch fits in 12 and 24 GiB, and with `--wall-samples` the wall time of a whole run from loading
 the model (saved to disk first) to the saved embedding.
@@ -51,15 +52,19 @@ MODES = {
     "cudagraphs": {"compile": "unet", "compile_mode": "reduce-overhead"},
     "fast": {"compile": "unet", "compile_mode": "reduce-overhead", "channels_last": True},
     "checkpointing": {"gradient_checkpointing": True},
+    "buckets": {"buckets": True},  # on pictures of three proportions: one UNet call per shape in a step
 }
 """Benchmark modes: `TrainConfig` settings on top of our default path."""
 
 
-def _images(folder: Path, n: int = 4, size: int = 512) -> Path:
+def _images(folder: Path, n: int = 4, size: int = 512, mixed: bool = False) -> Path:
+    """`n` random pictures: squares, or (`mixed`) in turn 3:2, 2:3 and 1:1, which train at three buckets."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
+    shapes = [(size * 3 // 2, size), (size, size * 3 // 2), (size, size)] if mixed else [(size, size)]
     for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        w, h = shapes[i % len(shapes)]
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     return folder
 
 
@@ -80,9 +85,10 @@ def reset_unet(unet) -> None:
 
 def run_config(work: Path, mode: str, batch: int, steps: int, concepts: int = 1, **settings) -> TrainConfig:
     tag = f"{mode}-{batch}-{concepts}"
-    one = dict(images=str(work / "images"), token=f"<bench-{tag}>", init="dog")
+    images = work / ("images-mixed" if MODES[mode].get("buckets") else "images")
+    one = dict(images=str(images), token=f"<bench-{tag}>", init="dog")
     if concepts > 1:  # K concepts in one run (each with the same pictures: compute is what is measured)
-        one = dict(concepts=[f"{work / 'images'}=<bench-{tag}-{k}>=dog" for k in range(concepts)])
+        one = dict(concepts=[f"{images}=<bench-{tag}-{k}>=dog" for k in range(concepts)])
     return TrainConfig(**one, out=str(work / tag), steps=steps, batch=batch, save_every=0, sample_every=0,
                        log_every=max(steps, 1), overwrite=True, **MODES[mode], **settings)
 
@@ -205,6 +211,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         _images(work / "images", size=RESOLUTION.get(args.arch, 512))
+        _images(work / "images-mixed", n=6, size=RESOLUTION.get(args.arch, 512), mixed=True)
         for batch in args.batch:
             for mode in args.modes:
                 r = time_mode(model, mode, batch, args.warmup, args.steps, args.precision, device, work,

@@ -24,11 +24,11 @@ def test_train_speed_benchmark_prints_both_modes_and_the_ratio(capsys):
 def test_train_speed_benchmark_times_levers_on_sdxl_and_a_whole_run_from_disk(capsys):
     """Each lever is its own row; the model comes back unchanged between modes; a whole run includes the load."""
     assert train_speed(["--arch", "tiny-xl", "--batch", "2", "--steps", "1", "--warmup", "1", "--modes", "textinv",
-                        "channels-last", "checkpointing", "textinv", "--wall-samples", "6"]) == 0
+                        "channels-last", "checkpointing", "buckets", "textinv", "--wall-samples", "6"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["textinv"], ["channels-last"],
-                                                                              ["checkpointing"])]
-    assert [r[0] for r in rows] == ["textinv", "channels-last", "checkpointing", "textinv"]
+                                                                              ["checkpointing"], ["buckets"])]
+    assert [r[0] for r in rows] == ["textinv", "channels-last", "checkpointing", "buckets", "textinv"]
     assert all(float(r[3]) > 0 for r in rows)
     wall = next(line for line in out.splitlines() if line.startswith("wall "))
     assert "6 samples (3 steps)" in wall and "load" in wall
