@@ -1,6 +1,7 @@
 """`textinv score`: the paper's CLIP measures of an embedding, on tiny random SD and CLIP models built in code."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -399,3 +400,104 @@ def test_compare_scores_each_step_beside_the_embedding_at_the_same_seeds(sd1_dir
     assert f"best editability: {best}" in table and "best reconstruction: " in table
     with pytest.raises(ConfigError, match="--compare .* does not exist"):
         score(settings(run, clip_dir, tmp_path / "o", compare=[str(tmp_path / "none.pt")]), judge=judge)
+
+
+def _a1111_copies(folder, vectors, token, names):
+    """The same vectors saved as A1111 .pt files under `names` (A1111 reads a file's token from its 'name')."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        save_embedding(LearnedEmbedding(token, {"text_encoder": vectors}, {"steps": "4"}), folder / name,
+                       format="a1111")
+    return [folder / name for name in names]
+
+
+def _first_pictures(result, out):
+    return [list(Image.open(out / m["prompts"][0]["files"][0]).convert("RGB").getdata())
+            for m in result.report["methods"]]
+
+
+def test_compare_tokens_do_not_hold_the_scored_token(sd1_dir, clip_dir, judge, tmp_path):
+    """A web UI run: 'zqdogx.pt' (token 'zqdogx', no brackets, 2 vectors) and its step file 'zqdogx-4.pt'. The step
+    file's token must not hold 'zqdogx', or the prompt expansion (and the tokenizer) read the scored token inside
+    it and the step's pictures are the scored embedding's with stray characters: the same vectors must draw the
+    same pictures."""
+    images = write_images(tmp_path / "images", n=2)
+    vectors = torch.randn(2, load_model(sd1_dir).widths[0]) * 0.02
+    main, step = _a1111_copies(tmp_path / "emb", vectors, "zqdogx", ["zqdogx.pt", "zqdogx-4.pt"])
+    out = tmp_path / "o"
+    result = score(settings(main, clip_dir, out, n=1, steps=1, init="none", images=str(images), model=str(sd1_dir),
+                            compare=[str(step)]), judge=judge, progress=False)
+    first, other = _first_pictures(result, out)
+    assert other == first
+    assert "zqdogx" not in result.report["compared"][0]["token"]
+
+
+def test_compare_files_named_with_spaces_or_brackets_are_drawn_with_their_vectors(sd1_dir, clip_dir, judge,
+                                                                                  tmp_path):
+    """A space cannot be in a token, and brackets are emphasis to the prompt parser: 'zq (copy).pt' was refused
+    after the model loaded, 'zq[4].pt' drawn without its vectors at all."""
+    images = write_images(tmp_path / "images", n=2)
+    vectors = torch.randn(1, load_model(sd1_dir).widths[0]) * 0.02
+    main, spaced, bracketed = _a1111_copies(tmp_path / "emb", vectors, "<zq>",
+                                            ["zq.pt", "zq (copy).pt", "zq[4].pt"])
+    out = tmp_path / "o"
+    result = score(settings(main, clip_dir, out, n=1, steps=1, init="none", images=str(images), model=str(sd1_dir),
+                            compare=[str(spaced), str(bracketed)]), judge=judge, progress=False)
+    assert [m["label"] for m in result.report["methods"]][1:] == ["zq (copy).pt (step 4)", "zq[4].pt (step 4)"]
+    first, *others = _first_pictures(result, out)
+    assert all(o == first for o in others)
+
+
+def test_compare_reads_each_embedding_once_and_names_files_of_one_name_apart(tmp_path):
+    """`--compare run/embeddings/*` of a diffusers-sdxl run gives both files of each step's pair (each reads the
+    pair), and a file given twice is the same embedding: each is scored once. Files of one name from two runs are
+    labelled by their folders."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.score import _compared, _methods
+
+    def xl(seed, steps):
+        g = torch.Generator().manual_seed(seed)
+        return LearnedEmbedding("<zq>", {"text_encoder": torch.randn(1, 768, generator=g),
+                                         "text_encoder_2": torch.randn(1, 1280, generator=g)}, {"steps": steps})
+
+    emb = xl(0, "4")
+    steps = tmp_path / "run" / "embeddings"
+    for k in (2, 4):
+        save_embedding(xl(k, str(k)), steps / f"learned_embeds-steps-{k}.safetensors", format="diffusers-sdxl")
+    for run in ("a", "b"):
+        save_embedding(xl(5, "4"), tmp_path / run / "learned_embeds.safetensors", format="diffusers-sdxl")
+    given = sorted(str(p) for p in steps.iterdir())  # the first and the second file of each step
+    assert len(given) == 4
+    found = _compared(given + [given[0]], emb)
+    assert [Path(p).name for _, p in found] == ["learned_embeds-steps-2.safetensors",
+                                                "learned_embeds-steps-4.safetensors"]
+    found = _compared([str(tmp_path / run / "learned_embeds.safetensors") for run in ("a", "b")], emb)
+    labels = [m["label"] for m in _methods(ScoreConfig(embedding=str(tmp_path), init="none"), emb, {}, found)]
+    assert labels[1:] == ["a/learned_embeds.safetensors (step 4)", "b/learned_embeds.safetensors (step 4)"]
+
+
+def test_a_compared_embedding_that_cannot_be_installed_leaves_the_model_as_it_was(sd1_dir, clip_dir, judge,
+                                                                                 tmp_path, monkeypatch):
+    import textinv.score as score_module
+    from textinv.errors import TokenError
+
+    model = load_model(sd1_dir)
+    size = len(model.encoders[0][1])
+    real, calls = score_module.install_embedding, []
+
+    def second_fails(m, e):
+        calls.append(e.token)
+        if len(calls) == 2:
+            raise TokenError(f"cannot add embedding {e.token!r}")
+        real(m, e)
+
+    monkeypatch.setattr(score_module, "install_embedding", second_fails)
+    images = write_images(tmp_path / "images", n=2)
+    main, other = _a1111_copies(tmp_path / "emb", torch.randn(1, model.widths[0]) * 0.02, "<zq>",
+                                ["zq.pt", "zq-4.pt"])
+    with pytest.raises(TokenError):
+        score(settings(main, clip_dir, tmp_path / "o", n=1, steps=1, init="none", images=str(images),
+                       model=str(sd1_dir), compare=[str(other)]), model=model, judge=judge, progress=False)
+    assert len(model.encoders[0][1]) == size and not hasattr(model, "_pristine")

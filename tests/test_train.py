@@ -1130,3 +1130,46 @@ def test_vectors_gone_non_finite_between_loss_checks_stop_at_the_save_with_the_l
         train(config(images, out, steps=12, log_every=4, save_every=3), model=load_model(sd1_dir), progress=False)
     saved = load_embedding(out / "learned_embeds.safetensors")
     assert torch.isfinite(saved.vectors["text_encoder"]).all() and saved.metadata["steps"] == "4"
+
+
+def test_interrupt_after_the_vectors_went_non_finite_between_loss_checks_keeps_the_last_good_ones(
+        sd1_dir, images, tmp_path, monkeypatch):
+    """NaN from step 5, the loss checked every 4 steps, SIGTERM at step 6: the stop must not die writing a NaN
+    file (nor leave a checkpoint of NaN vectors to resume from); it keeps step 4's and says why."""
+    import os
+    import signal
+
+    real, calls = train_module.diffusion_loss, []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) > 4 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match=r"non-finite .* by step 6; the last good vectors \(step 4\)"):
+        train(config(images, out, steps=12, log_every=4), model=load_model(sd1_dir), progress=False,
+              on_step=lambda step: step == 6 and os.kill(os.getpid(), signal.SIGTERM))
+    saved = load_embedding(out / "learned_embeds.safetensors")
+    assert torch.isfinite(saved.vectors["text_encoder"]).all() and saved.metadata["steps"] == "4"
+
+
+def test_a_save_between_loss_checks_is_the_last_good_point_a_later_stop_falls_back_to(sd1_dir, images, tmp_path,
+                                                                                      monkeypatch):
+    """Loss checked every 4 steps, saved every 3, NaN from step 7: the check at step 8 stops the run and keeps step
+    6's saved vectors, not step 4's (which would overwrite the newer good file with older ones)."""
+    real, calls = train_module.diffusion_loss, []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) > 6 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match=r"by step 8; the last good vectors \(step 6\)"):
+        train(config(images, out, steps=12, log_every=4, save_every=3), model=load_model(sd1_dir), progress=False)
+    saved = load_embedding(out / "learned_embeds.safetensors")
+    step6 = load_embedding(out / "embeddings" / "learned_embeds-steps-6.safetensors")
+    assert saved.metadata["steps"] == "6" and torch.equal(saved.vectors["text_encoder"], step6.vectors["text_encoder"])

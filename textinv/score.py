@@ -360,19 +360,22 @@ def _template(prompt: str, token: str) -> str:
                       f"e.g. 'a photo of {MARKER} on a beach'")
 
 
-def _compared(paths: list[str], emb: LearnedEmbedding) -> list[tuple[LearnedEmbedding, str]]:
+def _compared(paths: list[str], emb: LearnedEmbedding,
+              scored: Path | None = None) -> list[tuple[LearnedEmbedding, str]]:
     """The --compare embeddings, each under a token of its own (they are often the same token at other steps,
-    and all are installed at once): its file's name in angle brackets, numbered if two files share a name."""
-    found, tokens = [], {emb.token.lower()}
+    and all are installed at once; see `_compare_token`). Each embedding is read once: `run/embeddings/*` of a
+    diffusers-sdxl run names both files of every step's pair (either reads the pair), and a file given twice, or
+    the `scored` file itself, would only be drawn again at the same seeds."""
+    found, tokens, read = [], {emb.token.lower()}, {_read_file(scored)} if scored is not None else set()
     for text in paths:
         path = Path(text).expanduser()
         if not path.exists():
             raise ConfigError(f"--compare {text} does not exist")
-        other = load_embedding(embedding_file(path))
-        base = f"<{(path.stem if path.is_file() else path.name).strip('<>')}>"
-        token, k = base, 2
-        while token.lower() in tokens:
-            token, k = f"{base[:-1]}-{k}>", k + 1
+        other, file = load_embedding(embedding_file(path)), _read_file(path)
+        if file in read:
+            continue
+        read.add(file)
+        token = _compare_token(path.stem if path.is_file() else path.name, tokens, text)
         tokens.add(token.lower())
         if other.num_vectors != emb.num_vectors or other.widths != emb.widths:
             raise ConfigError(f"--compare {text} has {other.num_vectors} vector(s) of width "
@@ -382,15 +385,42 @@ def _compared(paths: list[str], emb: LearnedEmbedding) -> list[tuple[LearnedEmbe
     return found
 
 
+def _read_file(path: Path) -> Path:
+    """The file an embedding is read from (a pair's first file; a diffusers folder's learned_embeds.*)."""
+    from .formats import _resolve
+
+    return _resolve(embedding_file(Path(path).expanduser())).resolve()
+
+
+def _compare_token(name: str, taken: set[str], text: str) -> str:
+    """A compared file's token: its name in angle brackets, lower-case, with only letters, digits, '_', '.' and '-'
+    (a space splits a token, brackets and ':' are emphasis to the prompt parser, BREAK a chunk break), numbered if
+    taken. Nor may it hold a token taken or be held in one: the tokenizer and the prompt expansion find a token
+    inside longer text (a web UI run's 'zq' in its step file's '<zq-500>' would draw zq's vectors), so a name that
+    holds one gives way to 'compared'."""
+    name = re.sub(r"[^\w.-]+", "-", name.lower()).strip("-") or "compared"
+    if any(t in f"<{name}>" and t != f"<{name}>" for t in taken):  # (the same token is numbered below)
+        name = "compared"
+    for k in range(1, 1000):
+        token = f"<{name}>" if k == 1 else f"<{name}-{k}>"
+        if not any(t in token or token in t for t in taken):
+            return token
+    raise ConfigError(f"--compare {text}: no token of its own could be made beside {', '.join(sorted(taken))}; "
+                      f"score it with --token set to a name of angle brackets, e.g. --token '<my-concept>'")
+
+
 def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict,
              others: list[tuple[LearnedEmbedding, str]] = ()) -> list[dict]:
     """What stands in the concept's place, one method each: the learned token, the embeddings compared with it
-    (labelled by file and step), then the baselines."""
+    (labelled by file and step; files of one name, as two runs' learned_embeds, by their folder too), then the
+    baselines."""
     methods = [{"name": "textual inversion", "words": emb.token, "label": emb.token}]
+    names = [Path(path).name for _, path in others]
     for k, (other, path) in enumerate(others):
         step = other.metadata.get("steps")
+        name = names[k] if names.count(names[k]) == 1 else f"{Path(path).parent.name}/{names[k]}"
         methods.append({"name": f"compared {k + 1}", "words": other.token,
-                        "label": Path(path).name + (f" (step {step})" if step else "")})
+                        "label": name + (f" (step {step})" if step else "")})
     init = config.init if config.init is not None else (run.get("init") or emb.metadata.get("init"))
     if init and init.strip().lower() != "none" and not init.startswith("embedding "):  # (an init file has no word)
         methods.append({"name": "init word", "words": init.strip(), "label": f"init word '{init.strip()}'"})
@@ -469,7 +499,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     run = run_settings(Path(config.embedding), emb.token)  # (by the file's own token)
     if config.token is not None:
         emb = LearnedEmbedding(config.token, emb.vectors, {**emb.metadata, "token": config.token})
-    others = _compared(config.compare, emb)
+    others = _compared(config.compare, emb, Path(config.embedding))
     images = config.images or run.get("images")
     if not images:
         raise ConfigError("--images is required: the concept's training pictures, which reconstruction is measured "
@@ -509,19 +539,17 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         owned = not hasattr(model, "_pristine")
         check_fits(model, emb, "pass the first file, learned_embeds.safetensors, with learned_embeds_2.safetensors "
                                "beside it")
-        for other, path in others:
-            check_fits(model, other, "pass the first file, learned_embeds.safetensors, with "
-                                     "learned_embeds_2.safetensors beside it")
-        for e in [emb] + [e for e, _ in others]:
-            install_embedding(model, e)
         log(f"drawing {len(prompts)} prompts x {len(seeds)} seeds with {', '.join(m['label'] for m in methods)} "
             f"on {model.describe()}", flush=True)
         bar = tqdm(total=len(methods) * len(prompts) * len(seeds), disable=not progress, desc="score", unit="img")
-        drawing = Drawing(model, judge, [emb] + [e for e, _ in others], partial, training, bar, seeds, steps, size, guidance, clip_skip,
-                          config.sampler, config.negative_prompt, str(source), str(config.embedding))
+        drawing = Drawing(model, judge, [emb] + [e for e, _ in others], partial, training, bar, seeds, steps, size,
+                          guidance, clip_skip, config.sampler, config.negative_prompt, str(source),
+                          str(config.embedding))
         drawn: dict[tuple[int, int], list[Image.Image]] = {}  # the first SHEET_PICTURES of each, as thumbnails
         table = []
         try:
+            for e in [emb] + [e for e, _ in others]:  # (in here: one that fails takes those before it off again)
+                install_embedding(model, e)
             for i, method in enumerate(methods):
                 rows = []
                 for j, (kind_j, template) in enumerate(prompts):

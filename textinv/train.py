@@ -637,10 +637,13 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # 4. the loop -------------------------------------------------------------------------------------------------
     last_good, last_good_step = [e.vectors.detach().clone() for e in exts], step
 
-    def stop_non_finite(at_step: int, bad: list[str]) -> None:
-        """Save the last good vectors (as of their step) and stop with what to change."""
-        save_all(last_good_step, last_good, checkpoint=False)  # (every process gets here: loss and grads are shared)
-        wait_for_main()
+    def stop_non_finite(at_step: int, bad: list[str], together: bool = True) -> None:
+        """Save the last good vectors (as of their step) and stop with what to change. `together`: every process
+        gets here at this step (loss and grads are shared, so the vectors are too), and so may wait for the main
+        one's save; after a second Ctrl-C they may be anywhere."""
+        save_all(last_good_step, last_good, checkpoint=False)
+        if together:
+            wait_for_main()
         which = f" ({', '.join(bad)}'s)" if len(concepts) > 1 and bad else ""
         raise TrainingError(
             f"the loss{which} became non-finite (NaN/inf) by step {at_step}; the last good vectors (step "
@@ -733,12 +736,15 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             if config.save_every and step % config.save_every == 0 and step < config.steps:
                 if not all(torch.isfinite(e.vectors).all() for e in exts):  # (a save step between loss checks)
                     stop_non_finite(step, [])
+                last_good, last_good_step = [e.vectors.detach().clone() for e in exts], step  # (finite: checked)
                 save_all(step)
             if config.sample_every and step % config.sample_every == 0:
                 draw_samples(step)
     except KeyboardInterrupt:
         bar.close()
         optimizer.zero_grad(set_to_none=True)
+        if not all(torch.isfinite(e.vectors).all() for e in exts):  # (gone non-finite since the last loss check:
+            stop_non_finite(step, [], together=stop.agreed)          # no NaN file, nor a checkpoint to resume)
         if samplers_at_step is not None and step < config.steps:  # the half-drawn step is redone on resume
             for s, saved in zip(samplers, samplers_at_step):
                 s.load_state_dict(saved)

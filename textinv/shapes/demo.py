@@ -374,7 +374,7 @@ def _concept_hits(report: dict, method: str) -> str:
     own = next(e["expects"] for e in report["prompts"] if e["kind"] == "reconstruction")
     entries = [e[method] for e in report["prompts"] if e[method].get("hits")]
     total = sum(e["of"] for e in entries)
-    return ", ".join(f"{a} {sum(e['hits'].get(a, 0) for e in entries)}/{total}" for a in own)
+    return ", ".join(f"{a.replace('_', ' ')} {sum(e['hits'].get(a, 0) for e in entries)}/{total}" for a in own)
 
 
 def _hits(entry: dict) -> str:
