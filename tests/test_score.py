@@ -398,6 +398,9 @@ def test_compare_scores_each_step_beside_the_embedding_at_the_same_seeds(sd1_dir
     table = format_table(result.report)
     best = max(methods, key=lambda m: m["editability"])["label"]
     assert f"best editability: {best}" in table and "best reconstruction: " in table
+    folder = score(settings(run, clip_dir, tmp_path / "o2", n=1, steps=1, init="none",
+                            compare=[str(run / "embeddings")]), judge=judge, progress=False)  # the folder: its files
+    assert [m["label"] for m in folder.report["methods"]] == [m["label"] for m in methods]
     with pytest.raises(ConfigError, match="--compare .* does not exist"):
         score(settings(run, clip_dir, tmp_path / "o", compare=[str(tmp_path / "none.pt")]), judge=judge)
 
@@ -501,3 +504,19 @@ def test_a_compared_embedding_that_cannot_be_installed_leaves_the_model_as_it_wa
         score(settings(main, clip_dir, tmp_path / "o", n=1, steps=1, init="none", images=str(images),
                        model=str(sd1_dir), compare=[str(other)]), model=model, judge=judge, progress=False)
     assert len(model.encoders[0][1]) == size and not hasattr(model, "_pristine")
+
+
+def test_a_compare_folder_gives_its_files_in_step_order(tmp_path):
+    from textinv.score import _expand_folders
+
+    steps = tmp_path / "embeddings"
+    steps.mkdir()
+    for n in (1000, 500, 1500):
+        (steps / f"learned_embeds-steps-{n}.safetensors").write_bytes(b"x")
+    (steps / "notes.txt").write_text("not an embedding")
+    assert [Path(p).name for p in _expand_folders([str(steps)])] == [
+        "learned_embeds-steps-500.safetensors", "learned_embeds-steps-1000.safetensors",
+        "learned_embeds-steps-1500.safetensors"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="folder without embedding files"):
+        _expand_folders([str(tmp_path / "empty")])

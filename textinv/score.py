@@ -367,7 +367,7 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
     diffusers-sdxl run names both files of every step's pair (either reads the pair), and a file given twice, or
     the `scored` file itself, would only be drawn again at the same seeds."""
     found, tokens, read = [], {emb.token.lower()}, {_read_file(scored)} if scored is not None else set()
-    for text in paths:
+    for text in _expand_folders(paths):
         path = Path(text).expanduser()
         if not path.exists():
             raise ConfigError(f"--compare {text} does not exist")
@@ -383,6 +383,26 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
                               f"{'+'.join(map(str, emb.widths))}: compare embeddings of one concept, trained alike")
         found.append((LearnedEmbedding(token, other.vectors, {**other.metadata, "token": token}), str(path)))
     return found
+
+
+def _expand_folders(paths: list[str]) -> list[str]:
+    """--compare entries with a folder of embedding files (a run's `embeddings/`) given as its files, in the order
+    of the step number in their names (500 before 1000); a diffusers run or concept folder stays one entry."""
+    from .generate import EMBEDDING_SUFFIXES
+
+    out = []
+    for text in paths:
+        folder = Path(text).expanduser()
+        if not folder.is_dir() or any(folder.glob("learned_embeds.*")) or (folder / "config.yaml").is_file():
+            out.append(text)
+            continue
+        files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in EMBEDDING_SUFFIXES]
+        if not files:
+            raise ConfigError(f"--compare {text} is a folder without embedding files; give the files, or a run's "
+                              f"embeddings/ folder")
+        out += [str(f) for f in sorted(files, key=lambda f: [int(x) if x.isdigit() else x
+                                                           for x in re.split(r"(\d+)", f.name)])]
+    return out
 
 
 def _read_file(path: Path) -> Path:
