@@ -933,18 +933,23 @@ def test_a_shuffled_long_caption_that_loses_its_token_names_keep_tags(sd1_dir, i
                  model=load_model(sd1_dir), progress=False).steps == 1
 
 
+def _nan_loss_after(monkeypatch, calls: int) -> None:
+    """Make the training loss NaN from its (calls + 1)th evaluation on (and so the vectors, one step later)."""
+    real, seen = train_module.diffusion_loss, []
+
+    def poisoned(*a, **k):
+        seen.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(seen) > calls else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+
+
 def test_a_run_stopped_by_a_non_finite_loss_writes_no_step_file_of_an_earlier_steps_vectors(sd1_dir, images,
                                                                                            tmp_path, monkeypatch):
     """The loss goes NaN at step 5 and the check at step 6 stops the run, saving the last good vectors (step 4's):
     they were also written as step 6's embedding, which a user picking steps by their names would take."""
-    real, calls = train_module.diffusion_loss, []
-
-    def poisoned(*a, **k):
-        calls.append(1)
-        loss = real(*a, **k)
-        return loss * float("nan") if len(calls) > 4 else loss
-
-    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    _nan_loss_after(monkeypatch, 4)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match="non-finite"):
         train(config(images, out, steps=8, log_every=2, save_every=2), model=load_model(sd1_dir), progress=False)
@@ -1117,14 +1122,7 @@ def test_vectors_gone_non_finite_between_loss_checks_stop_at_the_save_with_the_l
                                                                                              tmp_path, monkeypatch):
     """The loss (and so the vectors) goes NaN at step 5; the loss is checked every 4 steps, the run saved every 3:
     the save at step 6 finds the vectors broken, keeps step 4's and says so (it died writing a NaN file)."""
-    real, calls = train_module.diffusion_loss, []
-
-    def poisoned(*a, **k):
-        calls.append(1)
-        loss = real(*a, **k)
-        return loss * float("nan") if len(calls) > 4 else loss
-
-    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    _nan_loss_after(monkeypatch, 4)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"non-finite .* by step 6; the last good vectors \(step 4\)"):
         train(config(images, out, steps=12, log_every=4, save_every=3), model=load_model(sd1_dir), progress=False)
@@ -1139,14 +1137,7 @@ def test_interrupt_after_the_vectors_went_non_finite_between_loss_checks_keeps_t
     import os
     import signal
 
-    real, calls = train_module.diffusion_loss, []
-
-    def poisoned(*a, **k):
-        calls.append(1)
-        loss = real(*a, **k)
-        return loss * float("nan") if len(calls) > 4 else loss
-
-    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    _nan_loss_after(monkeypatch, 4)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"non-finite .* by step 6; the last good vectors \(step 4\)"):
         train(config(images, out, steps=12, log_every=4), model=load_model(sd1_dir), progress=False,
@@ -1159,14 +1150,7 @@ def test_a_save_between_loss_checks_is_the_last_good_point_a_later_stop_falls_ba
                                                                                       monkeypatch):
     """Loss checked every 4 steps, saved every 3, NaN from step 7: the check at step 8 stops the run and keeps step
     6's saved vectors, not step 4's (which would overwrite the newer good file with older ones)."""
-    real, calls = train_module.diffusion_loss, []
-
-    def poisoned(*a, **k):
-        calls.append(1)
-        loss = real(*a, **k)
-        return loss * float("nan") if len(calls) > 6 else loss
-
-    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    _nan_loss_after(monkeypatch, 6)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"by step 8; the last good vectors \(step 6\)"):
         train(config(images, out, steps=12, log_every=4, save_every=3), model=load_model(sd1_dir), progress=False)
