@@ -396,6 +396,7 @@ def test_compare_scores_each_step_beside_the_embedding_at_the_same_seeds(sd1_dir
     from textinv.score import format_table
 
     table = format_table(result.report)
+    assert all(m["label"] in table.splitlines()[k + 1] for k, m in enumerate(methods))  # whole, however long
     best = max(methods, key=lambda m: m["editability"])["label"]
     assert f"best editability: {best}" in table and "best reconstruction: " in table
     folder = score(settings(run, clip_dir, tmp_path / "o2", n=1, steps=1, init="none",

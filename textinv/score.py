@@ -741,9 +741,10 @@ def _losses(run: dict) -> list[tuple[int, float]]:
 
 def format_table(report: dict) -> str:
     """The scores as a small text table."""
-    lines = [f"{'':34s} reconstruction  editability  concept kept in edits"]
+    width = max([34] + [len(m["label"]) for m in report["methods"]])  # (step files differ at their ends)
+    lines = [f"{'':{width}s} reconstruction  editability  concept kept in edits"]
     for m in report["methods"]:
-        lines.append(f"{m['label'][:34]:34s} {m['reconstruction']:14.3f} {m['editability']:12.3f} "
+        lines.append(f"{m['label']:{width}s} {m['reconstruction']:14.3f} {m['editability']:12.3f} "
                      f"{m['kept_in_edits']:12.3f}")
     learned = [m for m in report["methods"] if m["name"] not in ("init word", "description")]
     if len(learned) > 1:  # (which is best is a trade-off between the two: both are named)
