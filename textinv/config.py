@@ -320,16 +320,22 @@ class GenerateConfig:
                               f"seed + i), got {self.seed}")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ConfigError(f"--out {self.out} is a file; give a folder for the PNGs")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
-        check_guidance(self.guidance)
-        if self.clip_skip is not None:
-            check_clip_skip_value(self.clip_skip)
+        check_drawing(self.steps, self.guidance, self.clip_skip, self.resolution)
         if self.token and len(self.token) != len(self.embedding):
             raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
         return self
+
+
+def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | None, resolution: int | None) -> None:
+    """The drawing settings `generate` and `score` share (None: the default): --steps, --guidance, --clip-skip,
+    --resolution; raise ConfigError naming the bad one."""
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    check_guidance(guidance)
+    if clip_skip is not None:
+        check_clip_skip_value(clip_skip)
+    if resolution is not None and (resolution < 8 or resolution % 8):
+        raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {resolution}")
 
 
 def _flag(name: str) -> str:

@@ -553,7 +553,7 @@ def load_training_images(
         path = Path(path)
         img, alpha = load_image_and_alpha(path, alpha=use_alpha)
         size = bucket_size(img.width, img.height, resolution, bucket_step) if bucket_step else (resolution,) * 2
-        if img.width < size[0] or img.height < size[1] if bucket_step else min(img.size) < resolution:
+        if img.width < size[0] or img.height < size[1]:  # (for a square: the short side below the resolution)
             small.append(f"{path} ({img.width}x{img.height})")
         pixels = prepare_image(img, resolution, center_crop, size)
         weight = prepare_alpha(alpha, resolution, center_crop, size) if alpha is not None else None
@@ -566,8 +566,8 @@ def load_training_images(
         warnings.warn(
             SmallImageWarning(
                 f"{len(small)} picture(s) are smaller than the training resolution {resolution}x{resolution} "
-                f"{'(their buckets) ' if bucket_step else ''}and will be upscaled, which blurs them: {', '.join(small)}; use larger pictures or a lower "
-                "resolution"
+                f"{'(their buckets) ' if bucket_step else ''}and will be upscaled, which blurs them: "
+                f"{', '.join(small)}; use larger pictures or a lower resolution"
             ),
             stacklevel=2,
         )

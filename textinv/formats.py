@@ -46,6 +46,7 @@ from .io import atomic_path
 
 # Formats we write, and the ones `detect_format` can name (we read OneTrainer files but do not write them).
 FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "sdxl", "diffusers-sdxl")
+TOKEN_FREE_FORMATS = ("diffusers", "diffusers-bin", "diffusers-sdxl")  # files named learned_embeds.*, any token
 DETECTED_FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "onetrainer", "sdxl", "clip_l",
                     "diffusers-sdxl")
 
@@ -168,7 +169,7 @@ def step_filename(format: str, token: str, step: int) -> str:
     ('learned_embeds-steps-500.safetensors', 'my-dog-500.pt')
     """
     name = Path(default_filename(format, token))
-    joint = "-steps-" if format in ("diffusers", "diffusers-sdxl", "diffusers-bin") else "-"
+    joint = "-steps-" if format in TOKEN_FREE_FORMATS else "-"
     return f"{name.stem}{joint}{step}{name.suffix}"
 
 

@@ -28,7 +28,8 @@ from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import LearnedEmbedding, load_embedding, load_embedding_pair
 from .io import atomic_path, output_folder
-from .models import DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, encode_text, load_model
+from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, encode_text, load_model,
+                     quiet_transformers)
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
 DEFAULT_STEPS = 25
@@ -385,9 +386,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = DTYPES[config.precision] if config.precision != "auto" else (
-            torch.float16 if device == "cuda" else torch.float32)
-        model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
+        model = load_model(config.model, dtype=drawing_dtype(config.precision, device), device=device, prediction_type=config.prediction_type,
                            single_file_config=config.single_file_config, vae=config.vae)
     owned = not hasattr(model, "_pristine")  # a model handed in clean is handed back clean
     for emb in embeddings:
@@ -398,6 +397,13 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
         unload_loras(model)
         if owned:
             unload_embeddings(model)
+
+
+def drawing_dtype(precision: str, device: str) -> torch.dtype:
+    """The weights' dtype for drawing: `precision` as asked, and for "auto" fp16 on a GPU, fp32 on the CPU."""
+    if precision != "auto":
+        return DTYPES[precision]
+    return torch.float16 if device == "cuda" else torch.float32
 
 
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")
@@ -485,16 +491,9 @@ def _quiet_lora_loading():
     is common); transformers' report that a second LoRA loaded into a text encoder leaves the first one's weights
     'MISSING ... newly initialized' (they are untouched), and peft's warning that the model now holds several
     adapters (as meant). A file that fails is refused in our words (`_load_lora`)."""
-    from transformers.utils import logging as transformers_logging
-
-    level = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        with _quiet_diffusers(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            yield
-    finally:
-        transformers_logging.set_verbosity(level)
+    with quiet_transformers(), _quiet_diffusers(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        yield
 
 
 def unload_loras(model: Model) -> None:

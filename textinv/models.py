@@ -432,7 +432,7 @@ def load_model(
         raise
     except Exception as e:
         if kind == "hub" and isinstance(e, (OSError, ConnectionError)):  # not cached, and no network
-            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+            offline = offline_note()
             raise ModelError(f"model {location!r} is not in the local Hugging Face cache and the hub could not be "
                              f"reached{offline}: download it where there is a network (`hf download "
                              f"{location}`) and pass its folder, or pass a local folder or .safetensors file") from e
@@ -485,18 +485,40 @@ def load_model(
     return model
 
 
+def offline_note() -> str:
+    """' (HF_HUB_OFFLINE is set)' when it is, for an error that says the hub could not be reached; else ''."""
+    return " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+
+
 @contextlib.contextmanager
 def _quiet_diffusers():
     """diffusers' log at error level only, for the block: its download and connection notes, which the error we
     raise on failure says once, in our words."""
     from diffusers.utils import logging as diffusers_logging
 
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
+    with _log_level_error(diffusers_logging):
+        yield
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' log at error level only, for the block (its notes on falling back to the Pillow image
+    processor, or on weights it reports missing when a second adapter loads)."""
+    from transformers.utils import logging as transformers_logging
+
+    with _log_level_error(transformers_logging):
+        yield
+
+
+@contextlib.contextmanager
+def _log_level_error(library_logging):
+    """A Hugging Face library's `utils.logging` at error level for the block, then back to what it was."""
+    level = library_logging.get_verbosity()
+    library_logging.set_verbosity_error()
     try:
         yield
     finally:
-        diffusers_logging.set_verbosity(level)
+        library_logging.set_verbosity(level)
 
 
 def _first_line(error: BaseException) -> str:
@@ -620,7 +642,7 @@ def _load_vae(source, dtype: torch.dtype, like=None):
                 loaded = AutoencoderKL.from_pretrained(str(source), torch_dtype=dtype)
     except Exception as e:
         if not path.exists() and isinstance(e, (OSError, ConnectionError)):
-            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+            offline = offline_note()
             raise ModelError(f"--vae {str(source)!r} is not in the local Hugging Face cache or the hub could not be "
                              f"reached{offline}: download it where there is a network and pass its folder or "
                              f".safetensors file") from e

@@ -41,15 +41,14 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import (PRECISIONS, SAMPLERS, build, check_choices, check_clip_skip_value, check_guidance, opt,
-                     read_config_file)
+from .config import PRECISIONS, SAMPLERS, build, check_choices, check_drawing, opt, read_config_file
 from .data import PROPERTIES, find_images, load_image
 from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, default_filename, load_embedding, second_file
-from .generate import (DEFAULT_STEPS, _slug, check_fits, expand_all, generation_clip_skip, install_embedding,
-                       png_text, render, unload_embeddings)
+from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
+                       install_embedding, png_text, render, unload_embeddings)
 from .io import atomic_path, output_folder, write_json, write_text
-from .models import DTYPES, Model, _is_local_path, load_model
+from .models import Model, _is_local_path, load_model, offline_note, quiet_transformers
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the paper's judge
@@ -128,13 +127,7 @@ class ScoreConfig:
             raise ConfigError(f"-n must be a whole number >= 1, got {self.n!r}")
         if not 0 <= self.seed <= 2**64 - self.n:
             raise ConfigError(f"--seed must be between 0 and {2**64 - self.n} (picture i uses seed + i), got {self.seed}")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
-        check_guidance(self.guidance)
-        if self.clip_skip is not None:
-            check_clip_skip_value(self.clip_skip)
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
+        check_drawing(self.steps, self.guidance, self.clip_skip, self.resolution)
         if self.description is not None and not self.description.strip():
             raise ConfigError("--description is empty; give the words you would use for the concept, or leave it out")
         if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
@@ -174,33 +167,26 @@ class ClipJudge:
     def load(cls, source: str, device: str | torch.device = "cpu") -> "ClipJudge":
         """A CLIP model (transformers' CLIPModel, its tokenizer and image processor) from a hub id or a folder.
         Raises ModelError naming `source` and the fix when it cannot be had (no network and not cached)."""
-        import os
-
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
-        from transformers.utils import logging as hf_logging
 
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # (transformers 5 notes that it falls back to its Pillow image processor)
         try:
-            model = CLIPModel.from_pretrained(source, torch_dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            processor = CLIPImageProcessor.from_pretrained(source)
+            with quiet_transformers():  # (transformers 5 notes that it falls back to its Pillow image processor)
+                model = CLIPModel.from_pretrained(source, torch_dtype=torch.float32)
+                tokenizer = AutoTokenizer.from_pretrained(source)
+                processor = CLIPImageProcessor.from_pretrained(source)
         except Exception as e:
             local = Path(source).expanduser().exists()
             if not local and _is_local_path(source):  # a mistyped folder is not a hub id to download
                 raise ModelError(f"--clip {source!r}: the folder {Path(source).expanduser()} does not exist; check "
                                  f"the path, or give a CLIP model's hub id, e.g. {DEFAULT_CLIP}") from None
             if not local and isinstance(e, (OSError, ConnectionError)):
-                offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
                 raise ModelError(f"--clip {source!r}, the CLIP model that judges the pictures, is not in the local "
-                                 f"Hugging Face cache and the hub could not be reached{offline}; connect once to "
-                                 f"download it, or pass --clip a local folder holding a CLIP model (CLIPModel's "
+                                 f"Hugging Face cache and the hub could not be reached{offline_note()}; connect once "
+                                 f"to download it, or pass --clip a local folder holding a CLIP model (CLIPModel's "
                                  f"save_pretrained, with its tokenizer and image processor)") from None
             raise ModelError(f"--clip {source!r} could not be loaded as a CLIP model ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); give a CLIP model's hub id or folder, "
                              f"e.g. {DEFAULT_CLIP}") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
         return cls(model, tokenizer, processor, source, device)
 
     @torch.no_grad()
@@ -389,11 +375,12 @@ def _expand_folders(paths: list[str]) -> list[str]:
     """--compare entries with a folder of embedding files (a run's `embeddings/`) given as its files, in the order
     of the step number in their names (500 before 1000); a diffusers run or concept folder stays one entry."""
     from .generate import EMBEDDING_SUFFIXES
+    from .train import CONFIG_FILE
 
     out = []
     for text in paths:
         folder = Path(text).expanduser()
-        if not folder.is_dir() or any(folder.glob("learned_embeds.*")) or (folder / "config.yaml").is_file():
+        if not folder.is_dir() or any(folder.glob("learned_embeds.*")) or (folder / CONFIG_FILE).is_file():
             out.append(text)
             continue
         files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in EMBEDDING_SUFFIXES]
@@ -520,6 +507,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     if config.token is not None:
         emb = LearnedEmbedding(config.token, emb.vectors, {**emb.metadata, "token": config.token})
     others = _compared(config.compare, emb, Path(config.embedding))
+    installed = [emb] + [e for e, _ in others]  # (all at once: each is drawn under its own token)
     images = config.images or run.get("images")
     if not images:
         raise ConfigError("--images is required: the concept's training pictures, which reconstruction is measured "
@@ -546,7 +534,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         steps = config.steps or DEFAULT_STEPS
         size = config.resolution or model.resolution
         guidance = model.guidance_or_own(config.guidance)
-        clip_skip = generation_clip_skip(config.clip_skip, [emb] + [e for e, _ in others])
+        clip_skip = generation_clip_skip(config.clip_skip, installed)
         seeds = [config.seed + i for i in range(config.n)]
         # the training pictures' features, and thumbnails for the report, now: the full-size pictures go
         training = judge.images(pictures)  # (T, D)
@@ -562,13 +550,13 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         log(f"drawing {len(prompts)} prompts x {len(seeds)} seeds with {', '.join(m['label'] for m in methods)} "
             f"on {model.describe()}", flush=True)
         bar = tqdm(total=len(methods) * len(prompts) * len(seeds), disable=not progress, desc="score", unit="img")
-        drawing = Drawing(model, judge, [emb] + [e for e, _ in others], partial, training, bar, seeds, steps, size,
+        drawing = Drawing(model, judge, installed, partial, training, bar, seeds, steps, size,
                           guidance, clip_skip, config.sampler, config.negative_prompt, str(source),
                           str(config.embedding))
         drawn: dict[tuple[int, int], list[Image.Image]] = {}  # the first SHEET_PICTURES of each, as thumbnails
         table = []
         try:
-            for e in [emb] + [e for e, _ in others]:  # (in here: one that fails takes those before it off again)
+            for e in installed:  # (in here: one that fails takes those before it off again)
                 install_embedding(model, e)
             for i, method in enumerate(methods):
                 rows = []
@@ -686,13 +674,11 @@ def _training_pictures(images: str, run: dict | None) -> list[Image.Image]:
 def _load(config: ScoreConfig, source: str, run: dict, device: str) -> Model:
     """The model to draw with, loaded as the training run loaded it (its VAE, single-file config and prediction
     type) when it is the run's; a failure to load the run's model says where the name came from."""
-    dtype = DTYPES[config.precision] if config.precision != "auto" else (
-        torch.float16 if device == "cuda" else torch.float32)
     same = not config.model and source == run.get("model")
     extras = {k: getattr(config, k) or (run.get(k) if same else None)
               for k in ("vae", "single_file_config", "prediction_type")}
     try:
-        return load_model(source, dtype=dtype, device=device, **extras)
+        return load_model(source, dtype=drawing_dtype(config.precision, device), device=device, **extras)
     except ModelError as e:
         if config.model:
             raise
@@ -727,13 +713,12 @@ def _summary(rows: list[dict]) -> dict:
 
 def _losses(run: dict) -> list[tuple[int, float]]:
     """The training run's loss curve for this concept (its own column in a run of several), if there is one."""
-    import csv
+    from .train import read_loss_log
 
     if "loss_log" not in run:
         return []
     try:
-        with open(run["loss_log"], newline="") as f:
-            return [(int(r["step"]), float(r[run["loss_column"]])) for r in csv.DictReader(f)]
+        return read_loss_log(run["loss_log"], run["loss_column"])
     except (OSError, KeyError, ValueError) as e:  # a damaged log costs the chart, not the report
         warnings.warn(f"could not read the loss curve {run['loss_log']} ({e}); the report leaves it out", stacklevel=3)
         return []

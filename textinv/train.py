@@ -44,8 +44,8 @@ from .config import TrainConfig, build, parse_lr_steps, read_config_file, save_c
 from .data import (CaptionSampler, TagVariation, default_templates, find_images, latent_weights,
                    latent_weights_each, load_training_images, read_template_file)
 from .errors import ConfigError, FormatError, TrainingError
-from .formats import (FORMATS, LearnedEmbedding, default_filename, load_embedding, save_embedding, second_file,
-                      step_filename)
+from .formats import (FORMATS, TOKEN_FREE_FORMATS, LearnedEmbedding, default_filename, load_embedding,
+                      save_embedding, second_file, step_filename)
 from .generate import check_fits
 from .io import atomic_path, output_folder, write_text
 from .models import BUNDLED_MODELS, DTYPES, Model, check_clip_skip, encode_text, load_model, xl_time_ids
@@ -213,7 +213,7 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
     for name in (CHECKPOINT_DIR, SAMPLES_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
     # the files every run writes whatever its token (the diffusers layouts), and the log and record
-    plain = {default_filename(fmt, "<any>") for fmt in ("diffusers", "diffusers-bin", "diffusers-sdxl")}
+    plain = {default_filename(fmt, "<any>") for fmt in TOKEN_FREE_FORMATS}
     names = {LOSS_LOG, CONFIG_FILE} | plain | {second_file(name).name for name in plain}
     try:
         tokens = [spec["token"] for spec in build(TrainConfig, previous, {"out": str(out)}).concept_list()]
@@ -235,8 +235,9 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
             path.unlink()
     steps = out / STEP_EMBEDDINGS_DIR  # the steps' embeddings by their names (the folder may hold a user's own)
     if steps.is_dir():
-        sentinel, plain = "123456789", ("diffusers", "diffusers-bin", "diffusers-sdxl")  # (plain: token-free names)
-        named = [(fmt, "<any>") for fmt in plain] + [(fmt, t) for fmt in FORMATS if fmt not in plain for t in tokens]
+        sentinel = "123456789"
+        named = [(fmt, "<any>") for fmt in TOKEN_FREE_FORMATS] + [(fmt, t) for fmt in FORMATS
+                                                                  if fmt not in TOKEN_FREE_FORMATS for t in tokens]
         patterns = [re.escape(name).replace(sentinel, r"\d+")
                     for fmt, token in named for first in [step_filename(fmt, token, int(sentinel))]
                     for name in (first, second_file(first).name)]
@@ -435,6 +436,14 @@ class ConceptState:
     out: Path  # where its embedding goes
     pixels: torch.Tensor | None = None  # kept only by the reference-like mode, which encodes every step
     pixel_weight: torch.Tensor | None = None  # (2I, 1, h, w) with --alpha-mask: `latent_weights`
+    noise_shape: tuple = field(init=False)  # what the concept's noise is drawn at, each step (see __post_init__)
+
+    def __post_init__(self):
+        # the latents' shape, or with buckets the largest height and width its latents have, each sample taking its
+        # own size's corner (`_draw`): a square run's random numbers are what they always were, and a concept's are
+        # its own run's whatever the other concepts' shapes
+        shapes = [m.shape for m in self.mean]
+        self.noise_shape = (shapes[0][0], max(s[1] for s in shapes), max(s[2] for s in shapes))
 
 
 def train(config: TrainConfig, model: Model | None = None, progress: bool = True, on_step=None) -> TrainResult:
@@ -635,7 +644,13 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 grid.save(tmp, format="PNG")
 
     # 4. the loop -------------------------------------------------------------------------------------------------
-    last_good, last_good_step = [e.vectors.detach().clone() for e in exts], step
+    def vectors_finite() -> bool:
+        return all(torch.isfinite(e.vectors).all() for e in exts)
+
+    def snapshot() -> list[torch.Tensor]:
+        return [e.vectors.detach().clone() for e in exts]
+
+    last_good, last_good_step = snapshot(), step
 
     def stop_non_finite(at_step: int, bad: list[str], together: bool = True) -> None:
         """Save the last good vectors (as of their step) and stop with what to change. `together`: every process
@@ -722,9 +737,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             if step % config.log_every == 0 or step == config.steps:
                 means = (interval_loss / interval_steps).tolist()  # the only host sync, once per interval
                 mean_loss = sum(means)
-                if not math.isfinite(mean_loss) or not all(torch.isfinite(e.vectors).all() for e in exts):
+                if not math.isfinite(mean_loss) or not vectors_finite():
                     stop_non_finite(step, [c.token for c, m in zip(concepts, means) if not math.isfinite(m)])
-                last_good, last_good_step = [e.vectors.detach().clone() for e in exts], step
+                last_good, last_good_step = snapshot(), step
                 history.append((step, mean_loss))
                 if len(concepts) > 1:
                     by_concept.append(means)
@@ -734,17 +749,17 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 if is_main and step % (config.log_every * 10) == 0:
                     _write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
             if config.save_every and step % config.save_every == 0 and step < config.steps:
-                if not all(torch.isfinite(e.vectors).all() for e in exts):  # (a save step between loss checks)
+                if not vectors_finite():  # (a save step between loss checks)
                     stop_non_finite(step, [])
-                last_good, last_good_step = [e.vectors.detach().clone() for e in exts], step  # (finite: checked)
+                last_good, last_good_step = snapshot(), step  # (finite: checked)
                 save_all(step)
             if config.sample_every and step % config.sample_every == 0:
                 draw_samples(step)
     except KeyboardInterrupt:
         bar.close()
         optimizer.zero_grad(set_to_none=True)
-        if not all(torch.isfinite(e.vectors).all() for e in exts):  # (gone non-finite since the last loss check:
-            stop_non_finite(step, [], together=stop.agreed)          # no NaN file, nor a checkpoint to resume)
+        if not vectors_finite():  # (gone non-finite since the last loss check: no NaN file, nor a checkpoint)
+            stop_non_finite(step, [], together=stop.agreed)
         if samplers_at_step is not None and step < config.steps:  # the half-drawn step is redone on resume
             for s, saved in zip(samplers, samplers_at_step):
                 s.load_state_dict(saved)
@@ -890,17 +905,10 @@ def concept_seed(seed: int, index: int) -> int:
 
 def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, model) -> dict:
     """One concept's part of a micro-batch: latents, noise, timesteps, token ids, SDXL time ids."""
-    # the noise is drawn at the latents' shape, or with buckets at the largest height and width the concept's
-    # have, each sample taking its own size's corner: a square run's random numbers are what they always were,
-    # and a concept's are its own run's whatever the other concepts' shapes
-    shapes = [m.shape for m in c.mean]
-    noise_shape = (shapes[0][0], max(s[1] for s in shapes), max(s[2] for s in shapes))
-    drawn = c.sampler.draw(config.batch * world, noise_shape, timesteps)
+    drawn = c.sampler.draw(config.batch * world, c.noise_shape, timesteps)
     mine_cpu = {k: v[rank * config.batch:(rank + 1) * config.batch] for k, v in drawn.items()}
     mine = {k: v.to(device) for k, v in mine_cpu.items()}
     which = mine["image"] + mine["flip"].long() * len(c.pictures)  # mirrored pictures sit after the originals
-    noise = mine["noise"]
-    pixel_weight = c.pixel_weight[which] if c.pixel_weight is not None and not isinstance(c.mean, list) else None
     if isinstance(c.mean, list):  # pictures of several shapes (--buckets): one latent a sample, at its own size
         picks = (mine_cpu["image"] + mine_cpu["flip"].long() * len(c.pictures)).tolist()  # (on the host: no sync)
         corner = [(slice(None), slice(0, c.mean[i].shape[-2]), slice(0, c.mean[i].shape[-1])) for i in picks]
@@ -908,12 +916,15 @@ def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, mode
                    for n, (i, at) in enumerate(zip(picks, corner))]
         noise = [mine["noise"][n][at] for n, at in enumerate(corner)]
         pixel_weight = [c.pixel_weight[i] for i in picks] if c.pixel_weight is not None else None
-    elif c.pixels is not None:  # reference-like mode: the VAE encoder runs every step
-        with torch.no_grad():
-            dist = model.vae.encode(c.pixels[which]).latent_dist
-            latents = (dist.mean + dist.std * mine["eps_latent"].to(dist.mean.dtype)).float() * scaling
     else:
-        latents = (c.mean[which] + c.std[which] * mine["eps_latent"]) * scaling
+        noise = mine["noise"]
+        pixel_weight = c.pixel_weight[which] if c.pixel_weight is not None else None
+        if c.pixels is not None:  # reference-like mode: the VAE encoder runs every step
+            with torch.no_grad():
+                dist = model.vae.encode(c.pixels[which]).latent_dist
+                latents = (dist.mean + dist.std * mine["eps_latent"].to(dist.mean.dtype)).float() * scaling
+        else:
+            latents = (c.mean[which] + c.std[which] * mine["eps_latent"]) * scaling
     return {"latents": latents, "noise": noise, "timestep": mine["timestep"],
             "ids": c.bank.pick(mine["image"], mine["caption"]),
             "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None,
@@ -1176,10 +1187,11 @@ def _write_loss_log(path: Path, history: list[tuple[int, float]], by_concept: li
     write_text(path, text.getvalue())
 
 
-def read_loss_log(path: str | Path) -> list[tuple[int, float]]:
-    """The (step, loss) rows of a run's loss.csv."""
+def read_loss_log(path: str | Path, column: str = "loss") -> list[tuple[int, float]]:
+    """The (step, loss) rows of a run's loss.csv: the loss summed over concepts, or one concept's (`column`: its
+    token) in a run of several."""
     with open(path, newline="") as f:
-        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+        return [(int(r["step"]), float(r[column])) for r in csv.DictReader(f)]
 
 
 @torch.no_grad()

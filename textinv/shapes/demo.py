@@ -373,16 +373,17 @@ def _concept_hits(report: dict, method: str) -> str:
     """How many of all a method's pictures (every prompt's) get each of the concept's own attributes right."""
     own = next(e["expects"] for e in report["prompts"] if e["kind"] == "reconstruction")
     entries = [e[method] for e in report["prompts"] if e[method].get("hits")]
-    total = sum(e["of"] for e in entries)
-    return ", ".join(f"{a.replace('_', ' ')} {sum(e['hits'].get(a, 0) for e in entries)}/{total}" for a in own)
+    return _counts({a: sum(e["hits"].get(a, 0) for e in entries) for a in own}, sum(e["of"] for e in entries))
 
 
 def _hits(entry: dict) -> str:
     """Which attributes the pictures get right, each counted: a picture passes only with all of them, so this
     shows what a method did learn when few pass ("shape 4/4, hue 4/4, pattern 0/4")."""
-    if not entry.get("hits"):
-        return ""
-    return ", ".join(f"{a.replace('_', ' ')} {n}/{entry['of']}" for a, n in entry["hits"].items())
+    return _counts(entry["hits"], entry["of"]) if entry.get("hits") else ""
+
+
+def _counts(hits: dict[str, int], of: int) -> str:
+    return ", ".join(f"{a.replace('_', ' ')} {n}/{of}" for a, n in hits.items())
 
 
 def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image) -> Image.Image:
