@@ -25,7 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from transformers.utils import logging as _transformers_logging
+
+# Importing diffusers' pipelines makes transformers 5 note, once per image processor they name, that it falls back to
+# its Pillow version because torchvision is missing; textinv never uses those processors, and the note would open
+# every command's output, so it is heard at error level (transformers logs it once: it stays quiet after this).
+_level = _transformers_logging.get_verbosity()
+_transformers_logging.set_verbosity_error()
+try:
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+finally:
+    _transformers_logging.set_verbosity(_level)
 
 from .errors import ConfigError, ModelError
 from .families import FAMILY_NAMES, family_for_widths
@@ -411,23 +421,24 @@ def load_model(
             single_file_config = _check_single_file_config(single_file_config, family)
     common = dict(torch_dtype=dtype)  # (newer diffusers call it `dtype` and warn; older ones know only this)
     try:
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
-        if kind == "hub":  # the family is known only after loading: let diffusers pick the pipeline class
-            from diffusers import DiffusionPipeline
+        with _one_progress_bar():  # (transformers' bars inside diffusers' one)
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
+            if kind == "hub":  # the family is known only after loading: let diffusers pick the pipeline class
+                from diffusers import DiffusionPipeline
 
-            with _quiet_diffusers():  # its "couldn't connect" lines: our error below says it once
-                pipe = DiffusionPipeline.from_pretrained(location, **common)
-        else:
-            cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-            if cls is StableDiffusionPipeline:
-                common.update(safety_checker=None, requires_safety_checker=False)
-            if kind == "file":
-                if single_file_config:
-                    common["config"] = single_file_config
-                with _quiet_diffusers():  # its "attempting to download" lines: our error says it
-                    pipe = cls.from_single_file(location, **common)
+                with _quiet_diffusers():  # its "couldn't connect" lines: our error below says it once
+                    pipe = DiffusionPipeline.from_pretrained(location, **common)
             else:
-                pipe = cls.from_pretrained(location, **common, **({"variant": variant} if variant else {}))
+                cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+                if cls is StableDiffusionPipeline:
+                    common.update(safety_checker=None, requires_safety_checker=False)
+                if kind == "file":
+                    if single_file_config:
+                        common["config"] = single_file_config
+                    with _quiet_diffusers():  # its "attempting to download" lines: our error says it
+                        pipe = cls.from_single_file(location, **common)
+                else:
+                    pipe = cls.from_pretrained(location, **common, **({"variant": variant} if variant else {}))
     except ModelError:
         raise
     except Exception as e:
@@ -498,6 +509,21 @@ def _quiet_diffusers():
 
     with _log_level_error(diffusers_logging):
         yield
+
+
+@contextlib.contextmanager
+def _one_progress_bar():
+    """Only diffusers' progress bar over a pipeline's components, for the block: transformers 5 draws its own
+    "Loading weights" bar for each text encoder inside it, and the nested bars fill the terminal with half lines."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
