@@ -1052,10 +1052,14 @@ def test_buckets_on_square_pictures_change_nothing(sd1_dir, images, tmp_path):
     assert torch.equal(plain.embedding.vectors["text_encoder"], bucketed.embedding.vectors["text_encoder"])
 
 
-def test_grouped_loss_is_each_shapes_loss_in_the_batchs_order(sd1_dir):
+def test_grouped_loss_is_each_shapes_loss_in_the_batchs_order(sd1_dir, monkeypatch):
     from textinv.train import diffusion_loss, grouped_loss
 
     model = load_model(sd1_dir)
+    encodings = []
+    real_encode = train_module.encode_text
+    monkeypatch.setattr(train_module, "encode_text", lambda m, ids, *a: encodings.append(len(ids[0])) or
+                        real_encode(m, ids, *a))
     scheduler = model.noise_scheduler()
     g = torch.Generator().manual_seed(0)
     shapes = [(8, 8), (6, 10), (8, 8), (10, 6), (6, 10)]
@@ -1065,6 +1069,7 @@ def test_grouped_loss_is_each_shapes_loss_in_the_batchs_order(sd1_dir):
     ids = [torch.randint(0, 40, (5, 77), generator=g)]
     with torch.no_grad():
         got = grouped_loss(model, scheduler, latents, noise, steps, ids)
+        assert encodings == [5]  # the text encoder ran once, on the whole batch; the UNet once per shape
         for group in ([0, 2], [1, 4], [3]):
             at = torch.tensor(group)
             want = diffusion_loss(model, scheduler, torch.stack([latents[n] for n in group]),
@@ -1086,9 +1091,9 @@ def test_buckets_with_alpha_masks_and_sdxl(tmp_path):
     seen = []
     real = train_module.diffusion_loss
 
-    def spy(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight):
+    def spy(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight, **k):
         seen.append((tuple(latents.shape[-2:]), time_ids[:, 4:].tolist(), tuple(pixel_weight.shape[-2:])))
-        return real(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight)
+        return real(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight, **k)
 
     train_module.diffusion_loss, saved = spy, train_module.diffusion_loss
     try:

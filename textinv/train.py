@@ -399,15 +399,17 @@ def denoising_loss(scheduler, pred, latents, noise, timesteps, prediction_type: 
 
 
 def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
-                   min_snr_gamma=None, time_ids=None, clip_skip: int = 1, pixel_weight=None) -> torch.Tensor:
+                   min_snr_gamma=None, time_ids=None, clip_skip: int = 1, pixel_weight=None,
+                   text: tuple | None = None) -> torch.Tensor:
     """The denoising loss of one batch: the model's own target (epsilon or velocity), mean over pixels, (B,).
 
     `input_ids` holds one (B, 77) tensor per text encoder; `time_ids` (B, 6) is SDXL's size/crop conditioning;
-    `pixel_weight` (B, 1, h, w) weighs the latent pixels (`denoising_loss`).
+    `pixel_weight` (B, 1, h, w) weighs the latent pixels (`denoising_loss`); `text`, when given, is `encode_text`'s
+    result for `input_ids`, already computed.
     """
     unet = model.unet
     noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
-    hidden, pooled = encode_text(model, input_ids, clip_skip)  # (B, 77, C) [+ (B, C2) for SDXL]
+    hidden, pooled = text or encode_text(model, input_ids, clip_skip)  # (B, 77, C) [+ (B, C2) for SDXL]
     extra = {}
     if pooled is not None:
         extra["added_cond_kwargs"] = {"text_embeds": pooled.to(unet.dtype), "time_ids": time_ids.to(unet.dtype)}
@@ -942,14 +944,15 @@ def _join(parts: list):
 def grouped_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
                  min_snr_gamma=None, time_ids=None, clip_skip: int = 1, pixel_weight=None) -> torch.Tensor:
     """`diffusion_loss` of a batch whose latents may be of several shapes (`--buckets`: a list of (4, h_i, w_i)):
-    the samples of each shape go through the UNet together, and the (B,) losses come back in the batch's order.
-    A batch of one shape (a tensor) is one call, as always."""
+    the samples of each shape go through the UNet together (the text encoder runs once, on the whole batch), and
+    the (B,) losses come back in the batch's order. A batch of one shape (a tensor) is one call, as always."""
     if isinstance(latents, torch.Tensor):
         return diffusion_loss(model, scheduler, latents, noise, timesteps, input_ids, min_snr_gamma, time_ids,
                               clip_skip, pixel_weight)
     groups: dict[tuple, list[int]] = {}
     for n, latent in enumerate(latents):
         groups.setdefault(tuple(latent.shape), []).append(n)
+    hidden, pooled = encode_text(model, input_ids, clip_skip)
     losses, order = [], []
     for members in groups.values():
         at = torch.tensor(members, device=timesteps.device)
@@ -957,7 +960,8 @@ def grouped_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: 
             model, scheduler, torch.stack([latents[n] for n in members]), torch.stack([noise[n] for n in members]),
             timesteps[at], [ids[at] for ids in input_ids], min_snr_gamma,
             time_ids[at] if time_ids is not None else None, clip_skip,
-            torch.stack([pixel_weight[n] for n in members]) if pixel_weight is not None else None))
+            torch.stack([pixel_weight[n] for n in members]) if pixel_weight is not None else None,
+            text=(hidden[at], pooled[at] if pooled is not None else None)))
         order += members
     back = torch.empty(len(order), dtype=torch.long, device=timesteps.device)
     back[torch.tensor(order, device=timesteps.device)] = torch.arange(len(order), device=timesteps.device)
