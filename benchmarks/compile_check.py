@@ -17,7 +17,8 @@ import warnings
 import torch
 
 from textinv.models import Model
-from textinv.train import check_compiled_unet, resolve_precision, speed_up_unet, unet_example
+from textinv.speed import check_compiled_unet, speed_up_unet, unet_example
+from textinv.train import resolve_precision
 
 from .architectures import ARCHITECTURES, build
 

@@ -36,7 +36,8 @@ from PIL import Image
 from textinv.config import TrainConfig
 from textinv.models import Model, load_model
 from textinv.tokens import scratch_tokens
-from textinv.train import resolve_precision, train, uncompile
+from textinv.speed import uncompile
+from textinv.train import resolve_precision, train
 
 from .architectures import ARCHITECTURES, FLOP_PER_SAMPLE, RESOLUTION, build
 

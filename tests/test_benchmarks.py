@@ -36,7 +36,7 @@ def test_train_speed_benchmark_times_levers_on_sdxl_and_a_whole_run_from_disk(ca
 
 def test_reset_unet_undoes_every_lever(sd1_dir):
     from benchmarks.train_speed import reset_unet
-    from textinv.train import speed_up_unet
+    from textinv.speed import speed_up_unet
 
     unet = load_model(sd1_dir).unet
     speed_up_unet(unet, compile="blocks", channels_last=True)

@@ -101,7 +101,7 @@ def test_accelerate_two_cpu_processes_match_one_process_with_twice_the_batch(sd1
     single = load_embedding(tmp_path / "single" / "learned_embeds.safetensors").vectors["text_encoder"]
     assert torch.allclose(ddp, single, atol=1e-5), (ddp - single).abs().max()
     # the logged loss is the global batch's too, not the main process's half of it
-    from textinv.train import read_loss_log
+    from textinv.run_folder import read_loss_log
 
     logged = [read_loss_log(tmp_path / run / "loss.csv") for run in ("ddp", "single")]
     assert [s for s, _ in logged[0]] == [s for s, _ in logged[1]] == [3]
@@ -119,7 +119,7 @@ def test_accelerate_a_signal_to_one_process_stops_both_at_one_step_and_the_run_r
     stopped, while the main one went on into a step its peer never took and died there without saving."""
     import textwrap
 
-    from textinv.train import read_loss_log
+    from textinv.run_folder import read_loss_log
 
     out = tmp_path / "ddp"
     script = tmp_path / "interrupted.py"

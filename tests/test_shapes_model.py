@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from textinv.errors import ConfigError, ModelError
+from textinv.errors import ConfigError
 from textinv.models import BUNDLED_MODELS, load_model
 from textinv.shapes import world
 from textinv.shapes.pretrain import STAGES, PretrainConfig, build_tokenizer_for_world, main as pretrain_main

@@ -9,8 +9,10 @@ from textinv.errors import ConfigError, DataError, FormatError, TrainingError
 from textinv.formats import load_embedding
 from textinv.models import load_model
 from textinv.tokens import base_embedding, encode_init, init_vectors
+from textinv import run_folder
 from textinv import train as train_module
-from textinv.train import TrainingInterrupted, read_loss_log, train
+from textinv.run_folder import read_loss_log
+from textinv.train import TrainingInterrupted, train
 
 
 def config(images, out, **kw):
@@ -378,11 +380,11 @@ def test_a_caption_whose_token_falls_past_the_text_window_is_refused(sd1_dir, im
 
 
 def test_checkpoints_are_ordered_by_step_past_six_digits(tmp_path):
-    folder = tmp_path / train_module.CHECKPOINT_DIR
+    folder = tmp_path / run_folder.CHECKPOINT_DIR
     folder.mkdir()
     for step in (1_000_000, 999_999, 2):
-        train_module._checkpoint_path(tmp_path, step).write_bytes(b"")
-    assert [p.name for p in train_module._checkpoints(tmp_path)] == ["step-000002.pt", "step-999999.pt",
+        run_folder.checkpoint_path(tmp_path, step).write_bytes(b"")
+    assert [p.name for p in run_folder.checkpoints(tmp_path)] == ["step-000002.pt", "step-999999.pt",
                                                                      "step-1000000.pt"]
 
 
@@ -486,7 +488,7 @@ def test_concepts_settings_are_checked(images, tmp_path):
 def test_speed_levers_compute_what_the_plain_path_computes(levers, sd1_dir):
     """channels-last and regional torch.compile change how the UNet runs, not what it computes: its output and the
     gradient it sends back to the text conditioning match the plain UNet's to float rounding."""
-    from textinv.train import _unet_and_input_gradient, speed_up_unet, unet_example
+    from textinv.speed import _unet_and_input_gradient, speed_up_unet, unet_example
 
     plain, fast = load_model(sd1_dir), load_model(sd1_dir)
     speed_up_unet(fast.unet, **levers)
@@ -503,7 +505,7 @@ def test_speed_levers_compute_what_the_plain_path_computes(levers, sd1_dir):
 def test_compile_check_uncompiles_a_unet_whose_gradients_are_wrong(sd1_dir):
     """The safety net for compiler bugs: a 'compiled' block that cuts the gradient is caught and removed, with a
     warning; a faithful one is kept."""
-    from textinv.train import check_compiled_unet, unet_example
+    from textinv.speed import check_compiled_unet, unet_example
 
     model = load_model(sd1_dir)
     block = model.unet.up_blocks[0]
@@ -892,7 +894,7 @@ def test_an_fp16_overflow_skips_only_its_own_concepts_step():
 def test_overwrite_keeps_an_init_embedding_with_its_partner_and_in_a_concept_folder(tmp_path):
     """clear_run keeps the --init-embedding file wherever the old run put it: an SDXL pair's second file beside
     it, or inside one concept's folder of a run of several (that folder's other files go)."""
-    from textinv.train import clear_run
+    from textinv.run_folder import clear_run
 
     out = tmp_path / "out"
     (out / "dg" / "checkpoints").mkdir(parents=True)

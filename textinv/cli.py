@@ -59,7 +59,7 @@ def _config_from_args(cls, args: argparse.Namespace):
     flags = {k: v for k, v in vars(args).items() if k in names}
     layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
     if flags.get("resume") and flags.get("out"):  # `--out DIR --resume` alone continues the saved run
-        from .train import CONFIG_FILE
+        from .run_folder import CONFIG_FILE
 
         saved = Path(flags["out"]) / CONFIG_FILE
         if not saved.exists():  # (said now: the missing --images would be the first complaint otherwise)

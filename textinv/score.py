@@ -248,7 +248,7 @@ def _saved_run(run: Path):
     """The training settings (a TrainConfig) and its concepts saved in `run`'s config.yaml; None when there is none
     or it is not a textinv training config."""
     from .config import TrainConfig
-    from .train import CONFIG_FILE
+    from .run_folder import CONFIG_FILE
 
     if not (run / CONFIG_FILE).is_file():
         return None
@@ -265,7 +265,7 @@ def embedding_file(path: Path) -> Path:
     or a training run's folder whose run saved it under the token's name (--format a1111 or kohya, and SDXL's
     default sdxl file); a run of several concepts is refused, naming its concepts' folders. The second file of a
     diffusers-sdxl pair (learned_embeds_2) names the pair: its first file reads both."""
-    from .train import concept_folder
+    from .run_folder import concept_folder
 
     if path.is_file():
         first = _first_of_pair(path)
@@ -307,7 +307,7 @@ def run_settings(embedding: Path, token: str) -> dict:
     """What the training run beside `embedding` says: images, model (and the VAE, single-file config and prediction
     type it was loaded with), property, init and its loss curve file, from the config.yaml in the run folder (the
     embedding's folder, or its parent for one concept of a run of several). Empty when there is none."""
-    from .train import CONFIG_FILE, LOSS_LOG
+    from .run_folder import CONFIG_FILE, LOSS_LOG
 
     folder = embedding if embedding.is_dir() else embedding.parent
     for run in (folder, folder.parent):
@@ -375,7 +375,7 @@ def _expand_folders(paths: list[str]) -> list[str]:
     """--compare entries with a folder of embedding files (a run's `embeddings/`) given as its files, in the order
     of the step number in their names (500 before 1000); a diffusers run or concept folder stays one entry."""
     from .generate import EMBEDDING_SUFFIXES
-    from .train import CONFIG_FILE
+    from .run_folder import CONFIG_FILE
 
     out = []
     for text in paths:
@@ -713,7 +713,7 @@ def _summary(rows: list[dict]) -> dict:
 
 def _losses(run: dict) -> list[tuple[int, float]]:
     """The training run's loss curve for this concept (its own column in a run of several), if there is one."""
-    from .train import read_loss_log
+    from .run_folder import read_loss_log
 
     if "loss_log" not in run:
         return []

@@ -1,0 +1,325 @@
+"""A training run's folder (`--out`): the settings checked against what is already there (--resume, --overwrite)
+before anything heavy loads, what --overwrite clears, the checkpoints that make a resumed run end exactly where an
+uninterrupted one would, and the loss log.
+
+The loop itself is in `train.py`; everything here reads or writes files and holds no model.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import TrainConfig, build, read_config_file
+from .errors import ConfigError
+from .formats import FORMATS, TOKEN_FREE_FORMATS, default_filename, second_file, step_filename
+from .io import atomic_path, write_text
+from .models import BUNDLED_MODELS
+from .tokens import token_names
+
+CHECKPOINT_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+STEP_EMBEDDINGS_DIR = "embeddings"  # each --save-every step's embedding (see step_filename)
+LOSS_LOG = "loss.csv"
+CONFIG_FILE = "config.yaml"
+# settings that may differ between a run and its resumption (they do not change what is learned step by step)
+RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "step_embeddings", "sample_every", "sample_steps",
+                     "log_every",
+                     "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
+# stored absolute: a run resumes, or reruns, from any directory
+PATH_SETTINGS = ("images", "templates", "out", "init_embedding")
+MODEL_SETTINGS = ("model", "vae", "single_file_config")  # stored absolute when they name something on disk
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# settings against the folder, and --overwrite
+
+
+def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConfig, dict | None]:
+    """Check the output folder against --resume/--overwrite before anything heavy is loaded. Returns the config
+    (on resume the saved one, with the settings that may change taken from `config`) and, when --overwrite is to
+    replace a previous run, that run's saved settings (`{}` if it has none) for `clear_run` to find its files;
+    nothing is deleted here, so a run that fails on its inputs leaves the folder as it was."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    _check_writable(out)
+    tokens = [spec["token"] for spec in config.concept_list()]
+    folders = [concept_folder(token) for token in tokens]
+    if len(folders) > 1 and len(set(folders)) < len(folders):
+        raise ConfigError(f"--concepts tokens {tokens} would share an "
+                          f"output folder ({', '.join(folders)}): give each concept a token that differs in more than "
+                          "its <angle brackets> or punctuation")
+    own = {CHECKPOINT_DIR, SAMPLES_DIR, LOSS_LOG, CONFIG_FILE}  # what the run itself writes at the top of --out
+    taken = [t for t, f in zip(tokens, folders) if f.lower() in own] if len(folders) > 1 else []
+    if taken:
+        raise ConfigError(f"--concepts token {taken[0]} would put its files in {out / concept_folder(taken[0])}, "
+                          f"where the run keeps its own {concept_folder(taken[0])}; give that concept another token")
+    _check_token_names(tokens, config.vectors)
+    holds_run = out.is_dir() and any(out.iterdir())
+    if config.resume:
+        saved = out / CONFIG_FILE
+        if not saved.exists():
+            raise ConfigError(f"cannot resume: {out} holds no {CONFIG_FILE}; start a new run without --resume")
+        old = read_config_file(saved)
+        new = _absolute_paths(config).to_dict()
+        defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
+        diffs = [k for k in new if k not in RESUMABLE_CHANGES and not _same(k, old.get(k, defaults.get(k)), new[k],
+                                                                             config)]
+        if diffs:
+            detail = ", ".join(f"{k}: {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in diffs)
+            raise ConfigError(f"cannot resume {out} with different settings ({detail}); resume with the same "
+                              f"settings or start a new run in another folder")
+        return build(TrainConfig, {**old, **{k: new[k] for k in RESUMABLE_CHANGES}}).validate(), None
+    if holds_run and not config.overwrite:
+        raise ConfigError(f"output folder {out} is not empty; pass --resume to continue the run there, "
+                          f"--overwrite to replace it, or choose another --out")
+    previous = None
+    if holds_run and is_main:
+        try:
+            previous = read_config_file(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else {}
+        except ConfigError:
+            previous = {}  # a damaged record: only the files every run writes are cleared
+    return _absolute_paths(config), previous
+
+
+def _check_token_names(tokens: list[str], vectors: int) -> None:
+    """Refuse concepts whose tokenizer entries would collide: CLIP lower-cases text, and with --vectors N a token
+    `<a>` also takes `<a>_1` ... `<a>_{N-1}`, which may be another concept's token."""
+    owner: dict[str, tuple[str, str]] = {}  # tokenizer entry (lower-cased) -> (token, entry as that token has it)
+    for token in tokens:
+        for name in token_names(token, vectors):
+            other, other_name = owner.setdefault(name.lower(), (token, name))
+            if other != token:
+                taker, taken = (other, other_name) if other_name != other else (token, name)
+                why = (f"with --vectors {vectors}, '{taker}' also takes '{taken}'" if taken != taker
+                       else "the tokenizer lower-cases text")
+                raise ConfigError(f"--concepts tokens '{other}' and '{token}' both need the tokenizer entry "
+                                  f"'{name.lower()}' ({why}); rename one of them")
+
+
+def concept_folder(token: str) -> str:
+    """The subfolder of --out that holds one concept's files in a run of several (its token as a file name)."""
+    return Path(default_filename("a1111", token)).stem
+
+
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The config with every local path in it absolute (the concepts' folders and a model, VAE or config folder
+    on disk too; bundled names and hub ids stay as they are), so the saved config works from any directory."""
+    changes = {k: _absolute(getattr(config, k)) for k in PATH_SETTINGS if getattr(config, k)}
+    for k in MODEL_SETTINGS:
+        value = getattr(config, k)
+        if value and value not in BUNDLED_MODELS and Path(value).expanduser().exists():
+            changes[k] = _absolute(value)
+    if config.concepts:
+        changes["concepts"] = [{**spec, "images": _absolute(spec["images"])} for spec in config.concept_list()]
+    return dataclasses.replace(config, **changes)
+
+
+def _absolute(path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _same(name: str, old, new, config: TrainConfig) -> bool:
+    """Whether a saved setting and a resume's agree. Runs saved before paths were stored absolute hold relative
+    ones, read from where the resume runs."""
+    if name == "concepts" and old and new:
+        return (_absolute_paths(dataclasses.replace(config, concepts=old)).concepts
+                == _absolute_paths(dataclasses.replace(config, concepts=new)).concepts)
+    if name in PATH_SETTINGS + MODEL_SETTINGS and old and new:  # (a hub id resolves to itself under any cwd)
+        return old == new or _absolute(old) == _absolute(new)
+    return old == new
+
+
+def _check_writable(out: Path) -> None:
+    """Fail now, not after the model has loaded, when --out cannot be created or written."""
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {out}: {probe} is a file, so the folder cannot be made there; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {probe} is not writable by you; choose another --out")
+
+
+def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
+    """--overwrite: delete what the previous textinv run in `out` wrote (its record `previous` names its tokens
+    and format), and nothing else a user may keep in the folder (a model file, other embeddings, notes). `keep`,
+    the new run's --init-embedding, stays even if the old run wrote it ("refine my last result in place"): a
+    restart before the first checkpoint reads it again; the new result replaces it at the first save."""
+    for name in (CHECKPOINT_DIR, SAMPLES_DIR):
+        shutil.rmtree(out / name, ignore_errors=True)
+    # the files every run writes whatever its token (the diffusers layouts), and the log and record
+    plain = {default_filename(fmt, "<any>") for fmt in TOKEN_FREE_FORMATS}
+    names = {LOSS_LOG, CONFIG_FILE} | plain | {second_file(name).name for name in plain}
+    try:
+        tokens = [spec["token"] for spec in build(TrainConfig, previous, {"out": str(out)}).concept_list()]
+    except (ConfigError, TypeError):
+        tokens = []
+    kept = {path.resolve() for path in ((keep, second_file(keep)) if keep is not None else ()) if path.is_file()}
+    for token in tokens:
+        names.update(default_filename(fmt, token) for fmt in FORMATS)
+        folder = out / concept_folder(token)
+        if len(tokens) > 1 and folder.is_dir():
+            if any(folder.resolve() in k.parents for k in kept):  # the kept file stays; the rest of its folder goes
+                for path in folder.rglob("*"):
+                    if path.is_file() and path.resolve() not in kept:
+                        path.unlink()
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+    for path in out.iterdir():
+        if path.is_file() and path.name in names and path.resolve() not in kept:
+            path.unlink()
+    steps = out / STEP_EMBEDDINGS_DIR  # the steps' embeddings by their names (the folder may hold a user's own)
+    if steps.is_dir():
+        sentinel = "123456789"
+        named = [(fmt, "<any>") for fmt in TOKEN_FREE_FORMATS] + [(fmt, t) for fmt in FORMATS
+                                                                  if fmt not in TOKEN_FREE_FORMATS for t in tokens]
+        patterns = [re.escape(name).replace(sentinel, r"\d+")
+                    for fmt, token in named for first in [step_filename(fmt, token, int(sentinel))]
+                    for name in (first, second_file(first).name)]
+        for path in steps.iterdir():
+            if path.is_file() and path.resolve() not in kept and any(re.fullmatch(p, path.name) for p in patterns):
+                path.unlink()
+        if not any(steps.iterdir()):
+            steps.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints and the loss log
+
+
+def checkpoint_path(out: Path, step: int) -> Path:
+    return out / CHECKPOINT_DIR / f"step-{step:06d}.pt"
+
+
+def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
+                     interval: tuple[list[float], int] = ([0.0], 0), pictures: list[list[str]] | None = None,
+                     processes: int = 1) -> None:
+    """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, and
+    what the data stream depends on (each concept's picture names, the number of processes sharing a batch)."""
+    state = {
+        "step": step,
+        "pictures": pictures,
+        "processes": processes,
+        "vectors": [e.vectors.detach().cpu().clone() for e in exts],
+        "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
+        "samplers": [s.state_dict() for s in samplers],
+        "scaler": scaler.state_dict(),
+        "history": [list(h) for h in history[0]],
+        "history_by_concept": [list(map(float, h)) for h in history[1]],
+        # the log interval's loss sum over its steps so far (summed over concepts), each concept's, and the steps
+        "interval": [float(sum(interval[0])), int(interval[1])],
+        "interval_by_concept": [float(v) for v in interval[0]],
+        "textinv_version": __version__,
+    }
+    path = checkpoint_path(out, step)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    kept = checkpoints(out)
+    for old in kept[: max(0, len(kept) - max(config.keep_checkpoints, 1))]:
+        old.unlink(missing_ok=True)
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """A run's checkpoints, oldest first (by step number: past step 999,999 the names no longer sort)."""
+    return sorted((out / CHECKPOINT_DIR).glob("step-*.pt"), key=lambda p: (len(p.stem), p.stem))
+
+
+def newest_checkpoint(out: Path) -> tuple[Path, dict]:
+    """The newest checkpoint in `out` and its contents (small: vectors, optimizer and data-stream state)."""
+    found = checkpoints(out)
+    if not found:
+        raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint; start a new run with --overwrite")
+    return found[-1], torch.load(found[-1], map_location="cpu", weights_only=True)
+
+
+def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, specs: list[dict], images: list[list[Path]],
+                     processes: int) -> None:
+    """Refuse, before the model loads, a resume whose data stream would not continue the saved one: the step is
+    past --steps, a concept's pictures changed (the saved epoch order indexes them), or another number of processes
+    would split another global batch (each process draws `batch` x processes samples per step)."""
+    state = checkpoint[1]
+    out, step = Path(config.out), int(state["step"])
+    if step > config.steps:
+        raise ConfigError(f"cannot resume {out} at step {step} with --steps {config.steps}: the run is past "
+                          f"it; give --steps {step} or more")
+    saved = state.get("processes", processes)  # (older checkpoints do not record it)
+    if saved != processes:
+        how = "without accelerate launch" if saved == 1 else f"with accelerate launch --num_processes {saved}"
+        raise ConfigError(f"cannot resume {out}: it was trained by {saved} process(es) at --batch {config.batch} "
+                          f"each, this launch has {processes}, which would change the batch of every step; resume "
+                          f"{how}")
+    for spec, paths, names, sampler in zip(specs, images, state.get("pictures") or [None] * len(specs),
+                                           state["samplers"]):
+        now = [p.name for p in paths]
+        if names is None:  # (older checkpoints keep no names: the epoch order's length still tells the count)
+            was = len(sampler["order"]) // config.repeats
+            if not was or was == len(now):
+                continue
+            detail = f"{was} pictures then, {len(now)} now"
+        elif names != now:
+            gone, new = sorted(set(names) - set(now)), sorted(set(now) - set(names))
+            detail = "; ".join(part for part in (gone and f"missing now: {', '.join(gone)}",
+                                                 new and f"new: {', '.join(new)}") if part)
+        else:
+            continue
+        raise ConfigError(f"cannot resume {out}: the pictures in {spec['images']} changed since the run started "
+                          f"({detail}); put the folder back as it was, or start a new run with --overwrite")
+
+
+def load_checkpoint(checkpoint: tuple[Path, dict], exts, optimizer, lr_schedule, samplers, scaler
+                     ) -> tuple[int, list[tuple[int, float]], list[list[float]], tuple[list[float], int]]:
+    """Restore a run from a checkpoint (`newest_checkpoint`): returns the step, the loss history (total, and per
+    concept with several) and the open log interval (each concept's loss sum, the steps)."""
+    path, state = checkpoint
+    shapes = [tuple(v.shape) for v in state["vectors"]]
+    if shapes != [tuple(e.vectors.shape) for e in exts]:
+        raise ConfigError(f"checkpoint {path} holds vectors of shapes {shapes}, this run needs "
+                          f"{[tuple(e.vectors.shape) for e in exts]}; it belongs to another run")
+    with torch.no_grad():
+        for e, v in zip(exts, state["vectors"]):
+            e.vectors.copy_(v)
+    optimizer.load_state_dict(state["optimizer"])
+    lr_schedule.load_state_dict(state["lr_schedule"])
+    for s, saved in zip(samplers, state["samplers"], strict=True):
+        s.load_state_dict(saved)
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    interval = state.get("interval", (0.0, 0))  # (checkpoints before 0.1.0's interval record: a fresh interval)
+    k = len(samplers)
+    # (checkpoints before the per-concept record: the total shared out evenly, the per-concept curve starts later)
+    sums = state.get("interval_by_concept") or [float(interval[0]) / k] * k
+    return (int(state["step"]), [(int(s), float(v)) for s, v in state["history"]],
+            [list(map(float, h)) for h in state.get("history_by_concept", [])], (sums, int(interval[1])))
+
+
+def write_loss_log(path: Path, history: list[tuple[int, float]], by_concept: list[list[float]] = (),
+                    tokens: list[str] = ()) -> None:
+    """loss.csv: `step,loss` (the loss summed over concepts), and with several concepts a column per token for each
+    one's own loss (their sum is `loss`; the curve of one that diverges or stalls shows there)."""
+    per_concept = len(tokens) > 1 and len(by_concept) == len(history)  # (not from a checkpoint made before them)
+    text = io.StringIO()
+    rows = csv.writer(text, lineterminator="\n")  # (quotes a token with a comma in it)
+    rows.writerow(["step", "loss", *(tokens if per_concept else [])])
+    for (s, v), per in zip(history, by_concept if per_concept else [()] * len(history)):
+        rows.writerow([s, f"{v:.6f}", *(f"{x:.6f}" for x in per)])
+    write_text(path, text.getvalue())
+
+
+def read_loss_log(path: str | Path, column: str = "loss") -> list[tuple[int, float]]:
+    """The (step, loss) rows of a run's loss.csv: the loss summed over concepts, or one concept's (`column`: its
+    token) in a run of several."""
+    with open(path, newline="") as f:
+        return [(int(r["step"]), float(r[column])) for r in csv.DictReader(f)]

@@ -1,0 +1,81 @@
+"""The frozen UNet's speed levers (channels-last, regional or whole torch.compile, CUDA graphs through the compile
+mode) and the check that a compiled UNet still computes what the plain one does.
+
+Each lever is measured on its own by `benchmarks/train_speed.py` (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .models import Model
+
+
+def speed_up_unet(unet, compile: str = "off", mode: str = "default", channels_last: bool = False) -> None:
+    """Apply the frozen UNet's speed levers in place (each is measured on its own by benchmarks/train_speed.py).
+
+    `channels_last` stores conv weights NHWC, so every activation after `conv_in` is NHWC too (what tensor-core
+    convolutions want). `compile="blocks"` is diffusers' regional compilation: each repeated transformer block is
+    compiled once and the code is shared, so compiling takes seconds; `"unet"` compiles the whole forward (longer
+    compile, more fusion). `mode="reduce-overhead"` adds CUDA graphs, which is what small batches need.
+    """
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if compile == "blocks":
+        unet.compile_repeated_blocks(mode=mode)
+    elif compile == "unet":
+        unet.compile(mode=mode)
+
+
+def unet_example(model: Model, batch: int, latent_shape) -> dict:
+    """Random UNet inputs of a training step's shapes (from a private generator: the run's RNG is untouched)."""
+    unet = model.unet
+    g = torch.Generator().manual_seed(0)
+    device, dtype = unet.device, unet.dtype
+    example = {"sample": torch.randn(batch, *latent_shape, generator=g).to(device, dtype),
+               "timestep": torch.randint(0, 1000, (batch,), generator=g).to(device),
+               "encoder_hidden_states": torch.randn(batch, 77, unet.config.cross_attention_dim,
+                                                    generator=g).to(device, dtype)}
+    if model.is_xl:
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        example["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, pooled, generator=g).to(device, dtype),
+                                        "time_ids": torch.full((batch, 6), 512.0).to(device, dtype)}
+    return example
+
+
+def _unet_and_input_gradient(unet, example: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    context = example["encoder_hidden_states"].clone().requires_grad_(True)
+    out = unet(**{**example, "encoder_hidden_states": context}).sample
+    out.float().pow(2).mean().backward()
+    return out.detach().float(), context.grad.float()
+
+
+def uncompile(unet) -> list[tuple[torch.nn.Module, object]]:
+    """Make every compiled module of `unet` run eagerly again; returns (module, compiled call) to put them back."""
+    compiled = [(m, m._compiled_call_impl) for m in unet.modules() if getattr(m, "_compiled_call_impl", None)]
+    for m, _ in compiled:
+        m._compiled_call_impl = None
+    return compiled
+
+
+def check_compiled_unet(unet, example: dict) -> bool:
+    """Run the compiled UNet and the same UNet uncompiled on `example`; if the output or the gradient it sends back
+    to the text conditioning (all textual inversion learns from) differ beyond rounding, uncompile it with a
+    warning. Seen with torch 2.13's CPU inductor and a whole-UNet compile: frozen up-blocks sent back zero
+    gradients, which trains silently wrong. Returns whether the compiled UNet is kept."""
+    fast = _unet_and_input_gradient(unet, example)
+    compiled = uncompile(unet)
+    plain = _unet_and_input_gradient(unet, example)
+    errors = [((f - p).norm() / p.norm().clamp(min=1e-12)).item() for f, p in zip(fast, plain)]
+    tolerance = 1e-3 if unet.dtype == torch.float32 else 5e-2
+    if max(errors) <= tolerance:
+        for m, call in compiled:
+            m._compiled_call_impl = call
+        return True
+    warnings.warn(f"torch.compile changed the UNet's result (output {errors[0]:.1e}, gradient to the text "
+                  f"{errors[1]:.1e} relative to the uncompiled UNet; allowed {tolerance:.0e}): a compiler bug in torch "
+                  f"{torch.__version__}. Training without --compile; try --compile blocks or another torch.",
+                  RuntimeWarning, stacklevel=2)
+    return False
