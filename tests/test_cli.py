@@ -11,6 +11,8 @@ import yaml
 from PIL import Image
 
 from textinv.cli import main
+from textinv.config import TrainConfig, build, read_config_file
+from textinv.errors import ConfigError
 from textinv.formats import load_embedding
 
 
@@ -262,3 +264,44 @@ def test_inspect_writes_tokens_as_words():
     from textinv.inspect import _readable
 
     assert [_readable(t) for t in ("dog</w>", "do", "<|endoftext|>")] == ["dog", "do…", "<|endoftext|>"]
+
+
+@pytest.mark.parametrize("name, text", [("run.toml", "steps = 7\n"), ("run.json", '{"steps": 7}'),
+                                        ("run.yaml", "steps: 7\n")])
+def test_config_files_with_a_byte_order_mark_are_read(tmp_path, name, text):
+    """Notepad and PowerShell 5 (`Out-File -Encoding utf8`) write UTF-8 with a BOM; YAML files were read, TOML and
+    JSON ones refused ('Invalid statement', 'Unexpected UTF-8 BOM'). Captions and templates already drop it."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_config_file(path) == {"steps": 7}
+
+
+@pytest.mark.parametrize("concept, key", [("{images: dogs, token: yes}", "token"),
+                                          ("{images: dogs, token: [a, b]}", "token"),
+                                          ("{images: [dogs], token: <d>}", "images"),
+                                          ("{images: dogs, token: <d>, init: [dog]}", "init")])
+def test_a_concept_mapping_of_the_wrong_type_is_refused_naming_it(tmp_path, concept, key):
+    """The top-level settings are type-checked (`_coerce`), a config file's concept mappings were not: `token: yes`
+    (YAML's true) and a list reached the training code and failed as AttributeError/TypeError with no setting named
+    (`init: [dog]` only after the model had loaded)."""
+    (tmp_path / "dogs").mkdir()
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"out: {tmp_path / 'o'}\nconcepts:\n  - {concept}\n")
+    with pytest.raises(ConfigError, match=f"{key} must be text"):
+        build(TrainConfig, read_config_file(cfg)).validate()
+
+
+def test_a_concept_mapping_with_a_number_is_read_as_text(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("out: o\nconcepts:\n  - {images: dogs, token: zq123, init: 5}\n")
+    (spec,) = build(TrainConfig, read_config_file(cfg)).validate().concept_list()
+    assert spec == {"images": "dogs", "token": "zq123", "init": "5"}
+
+
+def test_a_bare_marker_prompt_in_yaml_is_named_as_a_mapping(tmp_path):
+    """YAML reads an unquoted `- {}` (a sample prompt of the token alone) as an empty mapping; the error said
+    "sample prompt {} has no '{}' where the token goes", which contradicts itself."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("out: o\nimages: dogs\ntoken: <d>\nsample_prompts:\n  - a photo of {}\n  - {}\n")
+    with pytest.raises(ConfigError, match="mapping, not text.*quotes"):
+        build(TrainConfig, read_config_file(cfg))

@@ -22,6 +22,8 @@ from textinv.data import (
     SkippedFilesWarning,
     SmallImageWarning,
     TrainingImage,
+    bucket_size,
+    bucket_sizes,
     check_property,
     default_templates,
     find_images,
@@ -832,3 +834,43 @@ def test_a_bucketed_picture_keeps_what_the_square_crops_off(tmp_path):
     assert bucketed.crop_top_left() == (0, 4) and square.crop_top_left() == (0, 16)
     (tall,) = load_training_images([tmp_path / "wide.png"], 32, bucket_step=8, center_crop=False)
     assert tall.pixels.shape == (3, 24, 40)
+
+
+@pytest.mark.parametrize("resolution, step", [(512, 64), (768, 64), (1024, 64), (640, 64), (624, 64)])
+def test_buckets_are_the_same_for_portraits_and_landscapes(resolution, step):
+    """kohya's make_bucket_resolutions adds every (w, h) with its (h, w); textinv listed each width's largest height
+    only, so a 704x320 landscape had its own bucket at 512 and a 320x704 portrait was cut to 320x768's proportions
+    (8% of its height gone: the head or the feet)."""
+    sizes = set(bucket_sizes(resolution, step))
+    assert all((h, w) in sizes for w, h in sizes)
+    for short in range(100, 1000, 7):
+        w, h = bucket_size(short, 1000, resolution, step)
+        assert bucket_size(1000, short, resolution, step) == (h, w)
+    assert bucket_size(320, 704, 512, 64) == (320, 704)
+
+
+def test_keep_tags_counts_the_caption_files_tags_not_the_token_put_in_front(tmp_path):
+    """--keep-tags N is kohya's --keep_tokens: the caption file's first N tags stay first and are never dropped. For a
+    caption without the token, the token put in front took one of the N places, so the first tag was dropped."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("red, on grass, sunny, outdoors")
+    images = load_training_images([tmp_path / "a.png"], 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.CaptionWithoutMarkerWarning)
+        sampler = CaptionSampler(images, OBJECT_TEMPLATES, "<t>",
+                                 tags=data.TagVariation(shuffle=True, dropout=0.5, keep=1))
+    variants = sampler.candidates(0)
+    assert all(v.startswith("<t>, red") for v in variants)
+    assert any("on grass" not in v for v in variants) and len({v for v in variants}) > 1  # the rest still varies
+
+
+def test_an_empty_caption_file_gives_no_filewords_not_the_file_name(tmp_path):
+    """A1111 (dataset.py, PersonalizedBase) reads an existing NAME.txt as the picture's words even when it is empty,
+    and takes the file name only when there is no .txt. textinv put 'IMG_1234' into every prompt instead."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "IMG_1234.png")
+    (tmp_path / "IMG_1234.txt").write_text("\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "00007-a red ball.png")  # no caption file: the file name's words
+    images = load_training_images([tmp_path / "IMG_1234.png", tmp_path / "00007-a red ball.png"], 8)
+    sampler = CaptionSampler(images, ["a photo of [name], [filewords]"], "<t>")
+    assert sampler.candidates(0) == ["a photo of <t>"]
+    assert sampler.candidates(1) == ["a photo of <t>, a red ball"]

@@ -665,3 +665,89 @@ def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir
     assert not np.array_equal(with_it, without)
     with pytest.raises(ConfigError, match="--token x renames one embedding file; .* is a folder"):
         draw("c", "easyneg", token=["x"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Review against the A1111 web UI's own code (modules/prompt_parser.py, sd_hijack_clip.py, sd_emphasis.py,
+# sd_samplers_cfg_denoiser.py)
+
+
+def test_sdxl_emphasis_restores_each_text_encoders_mean_on_its_own(tmp_path):
+    """The web UI wraps SDXL's two text encoders one by one (sd_hijack: FrozenCLIPEmbedderForSDXLWithCustomWords,
+    FrozenOpenCLIPEmbedder2WithCustomWords), and each applies the emphasis to its own output and scales it back to
+    its own mean (sd_emphasis.EmphasisOriginal) before the conditioner lays the two side by side."""
+    from textinv.generate import encode_prompts
+    from textinv.tiny import build_tiny_xl_pipeline
+
+    build_tiny_xl_pipeline().save_pretrained(tmp_path / "xl")
+    model = load_model(tmp_path / "xl")
+    first = model.widths[0]
+    plain = encode_prompts(model, ["a photo of a dog"])[0][0]
+    weighted = encode_prompts(model, ["a photo of a (dog:1.5)"])[0][0]
+    for half in (slice(0, first), slice(first, None)):
+        torch.testing.assert_close(weighted[:, half].mean(), plain[:, half].mean(), atol=1e-6, rtol=1e-5)
+        factor = plain[:, half].mean() / (plain[:, half] * torch.tensor(
+            [1.5 if i == 5 else 1.0 for i in range(77)])[:, None]).mean()
+        torch.testing.assert_close(weighted[2, half], plain[2, half] * factor, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(weighted[5, half], plain[5, half] * 1.5 * factor, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prompt", [
+    "a | b [cat:dog:2]",  # a bar outside an alternation
+    "[cat:dog:2] [x|y",  # an alternation never closed
+    "[cat:dog:2] [x:y|z]",  # a bar in a bracket that is no alternation
+])
+def test_a_stray_bar_leaves_the_whole_prompt_unscheduled_as_in_the_web_ui(prompt):
+    """The web UI's schedule grammar has `|` only between an alternation's options (`plain` excludes it and `start`
+    takes only stray `[ ] ( ) :`), so any other `|` fails the parse and the prompt is one text for every step
+    (get_learned_conditioning_prompt_schedules: `except lark.exceptions.LarkError: return [[steps, prompt]]`)."""
+    from textinv.emphasis import prompt_schedule
+
+    assert prompt_schedule(prompt, 4) == [(4, prompt)]
+    assert prompt_schedule(r"a \| b [cat:dog:2]", 4) == [(2, r"a \| b cat"), (4, r"a \| b dog")]  # escaped: fine
+    assert prompt_schedule("[a|b] [cat:dog:2]", 2) == [(1, "a cat"), (2, "b cat")]
+
+
+def test_a_backslash_that_escapes_nothing_is_dropped_as_in_the_web_ui():
+    """parse_prompt_attention's `\\\\` alternative (a backslash before anything but ( ) [ ] \\) appends text[1:],
+    an empty string: the backslash is not read as a word."""
+    from textinv.emphasis import parse
+
+    assert parse(r"a\b c") == [("ab c", 1.0)]
+    assert parse("end\\") == [("end", 1.0)]
+    assert parse(r"(a\:1.5)") == [("a", 1.5)]  # (it escapes no colon either)
+    assert parse(r"\\ and \(x\)") == [("\\ and (x)", 1.0)]
+
+
+@pytest.mark.parametrize("when", ["1e400", "-1e400", "1.5e400"])
+def test_an_edit_step_too_large_for_a_float_is_cut_to_the_steps_not_a_crash(when):
+    from textinv.emphasis import prompt_schedule
+
+    schedule = prompt_schedule(f"[cat:dog:{when}]", 4)
+    assert schedule == ([(4, "dog")] if when.startswith("-") else [(4, "cat")])
+
+
+@pytest.mark.parametrize("prompt, negative", [("a photo of a " + "dog " * 80, "ugly"),  # a long prompt,
+                                              ("a dog", "ugly, " * 50)])  # a long negative
+def test_a_prompt_and_negative_of_different_lengths_are_each_read_at_their_own_length(sd1_dir, prompt, negative):
+    """The web UI does not pad the shorter of the prompt and its negative by default (shared_options:
+    pad_cond_uncond=False, "changes seeds"): CFGDenoiser.forward runs each through the UNet at its own length
+    (`else:` branch when tensor.shape[1] != uncond.shape[1]); padding with empty chunks adds keys that its
+    cross-attention reads, and changes the picture."""
+    from textinv.generate import encode_prompts
+
+    model = load_model(sd1_dir)
+    calls = []
+    model.unet.register_forward_hook(lambda m, args, kwargs, out: calls.append((args, kwargs, out)),
+                                     with_kwargs=True)
+    render(model, [prompt], [0], steps=2, guidance=7.5, negative_prompt=negative, sampler="euler")
+    cond, uncond = encode_prompts(model, [prompt])[0], encode_prompts(model, [negative])[0]
+    assert calls
+    hooks = model.unet._forward_hooks.copy()
+    model.unet._forward_hooks.clear()
+    for args, kwargs, out in calls:
+        sample, t = args[0], args[1]
+        own = [model.unet(sample[i:i + 1], t, encoder_hidden_states=h, return_dict=False)[0]
+               for i, h in enumerate((uncond, cond))]
+        torch.testing.assert_close(out[0], torch.cat(own), atol=1e-5, rtol=1e-4)
+    model.unet._forward_hooks.update(hooks)

@@ -85,10 +85,12 @@ def test_emphasis_weighs_both_encoders_halves_and_leaves_the_pooled_embedding(xl
     plain, pooled = encode_prompts(model, ["a photo of a dog"])
     weighted, weighted_pooled = encode_prompts(model, ["a photo of a (dog:1.5)"])
     assert torch.equal(weighted_pooled, pooled)  # the web UI leaves the pooled embedding unweighted too
-    ratio = weighted[0] / plain[0]  # (77, 768 + 1280): one factor everywhere, 1.5 times it on "dog" (position 5)
-    factor = ratio[2, 0]
-    assert torch.allclose(ratio[5], 1.5 * factor * torch.ones_like(ratio[5]), atol=1e-4)
-    assert torch.allclose(ratio[2], factor * torch.ones_like(ratio[2]), atol=1e-4)
+    ratio = weighted[0] / plain[0]  # (77, 768 + 1280): one factor in each encoder's part (each to its own mean, as
+    for half in (slice(0, model.widths[0]), slice(model.widths[0], None)):  # the web UI), 1.5 times it on "dog"
+        factor = ratio[2, half][0]
+        assert torch.allclose(ratio[5, half], 1.5 * factor * torch.ones_like(ratio[5, half]), atol=1e-4)
+        assert torch.allclose(ratio[2, half], factor * torch.ones_like(ratio[2, half]), atol=1e-4)
+        assert torch.allclose(weighted[0, :, half].mean(), plain[0, :, half].mean(), atol=1e-6)
 
 
 def test_a_long_prompt_is_read_in_chunks_by_both_encoders_with_the_first_chunks_pooled_embedding(xl_dir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import os
 import random
 import tomllib
 import typing
@@ -260,6 +261,14 @@ class TrainConfig:
                 spec = {k: item.get(k) for k in ("images", "token", "init")}
                 if set(item) - {"images", "token", "init"}:
                     raise ConfigError(f"concept {item!r}: only the keys images, token and init are known")
+                for key, value in spec.items():  # (a config file's mapping: YAML reads `token: yes` as true)
+                    if value is None:
+                        continue
+                    if isinstance(value, bool) or not isinstance(value, (str, int, float, os.PathLike)):
+                        fix = "put it in quotes" if isinstance(value, bool) else "give one per concept"
+                        raise ConfigError(f"concept {item!r}: {key} must be text, got {type(value).__name__} "
+                                          f"{value!r}; {fix}")
+                    spec[key] = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
             else:
                 parts = str(item).split("=")
                 for cut in range(len(parts) - 1, 0, -1):  # a folder name may hold "=": the longest that exists
@@ -352,7 +361,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: drop the byte-order mark Windows editors may write
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from e
     suffix = path.suffix.lower()
@@ -438,6 +447,9 @@ def _coerce(name: str, kind: type, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where} must be a list (or one text), got {type(value).__name__} {value!r}")
         out = []
         for item in items:
+            if isinstance(item, dict) and name != "concepts":  # (only --concepts takes mappings)
+                raise ConfigError(f"{where}: the entry {item!r} is a mapping, not text (YAML reads an unquoted "
+                                  f"{{...}}, such as a bare {{}}, as one); put it in quotes, e.g. '{{}}'")
             if isinstance(item, dict) or (isinstance(item, (str, int, float)) and not isinstance(item, bool)):
                 out.append(item if isinstance(item, (str, dict)) else str(item))
             else:

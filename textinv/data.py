@@ -17,6 +17,7 @@ training sample its prompt. The images are decoded once: 3-10 tensors of 3 x 512
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -477,10 +478,13 @@ def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
     down-sampling needs: 64 pixels for SD), no larger in area than resolution x resolution, each as large as its
     width allows, sides between half and twice `resolution` (as kohya's buckets: at most 4:1), and the square of
     `resolution` itself, a multiple of `step` or not, so square pictures train as they do without buckets (at a
-    resolution between the steps, 624 for SD, no width's largest height is its own: they were cut to 9:10).
+    resolution between the steps, 624 for SD, no width's largest height is its own: they were cut to 9:10). Every
+    size comes with its mirror (H, W), as kohya's `make_bucket_resolutions` adds both: a portrait gets the buckets
+    a landscape of the same proportions gets, turned (without them a 320x704 portrait at 512 was cut to 320x768's
+    proportions, losing 8% of its height, while a 704x320 landscape trained whole).
 
     >>> bucket_sizes(512, 64)[:3]
-    [(256, 1024), (320, 768), (384, 640)]
+    [(256, 832), (256, 896), (256, 960)]
     >>> (624, 624) in bucket_sizes(624, 64)
     True
     """
@@ -488,7 +492,7 @@ def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
     for width in range(-(-resolution // (2 * step)) * step, 2 * resolution + 1, step):  # (from half the resolution)
         height = min(resolution * resolution // width // step * step, 2 * resolution)
         if height >= max(step, resolution // 2):
-            sizes.add((width, height))
+            sizes.update(((width, height), (height, width)))
     return sorted(sizes)
 
 
@@ -847,18 +851,23 @@ class CaptionSampler:
         written = re.compile(rf"(?<!\w){token}(?:\s+{token}_\d+)*(?!\w)", re.IGNORECASE)
 
         self.captions: list[str | None] = []  # per image; None means "draw a template"
+        self._token_put_in_front: list[bool] = []  # per image: its caption's first tag is the token we added
         unmarked = []
         for image in images:
             caption = image.caption
-            if caption is None and self.uses_filewords:  # A1111 takes [filewords] from the file name then
+            # A1111 takes [filewords] from the file name when there is no caption file; an empty caption file is
+            # its picture's words, none (A1111 reads it as ""), not a cue to use a camera's name such as IMG_1234
+            if caption is None and self.uses_filewords and caption_file(image.path) is None:
                 caption = filename_words(image.path)
             if caption is not None:
                 caption = written.sub(MARKER, caption)
-            if caption is not None and not self.uses_filewords and not _has_marker(caption):
+            front = caption is not None and not self.uses_filewords and not _has_marker(caption)
+            if front:
                 unmarked.append((caption_file(image.path) or image.path.with_suffix(".txt")).name)
                 # (with tag variation the token is a tag of its own, not glued to the first one)
                 caption = f"{MARKER}{',' if tags.active else ''} {caption}"
             self.captions.append(caption)
+            self._token_put_in_front.append(front)
         if unmarked:
             warnings.warn(
                 CaptionWithoutMarkerWarning(
@@ -884,7 +893,10 @@ class CaptionSampler:
         if caption is not None and self.tags.active:
             rng = np.random.default_rng([self.tags.seed % 2**63, index])  # (numpy takes no negative seed)
             if not self.uses_filewords:
-                return [make_caption(self.tags.vary(caption, rng), self.placeholder) for _ in range(self.tags.variants)]
+                tags = self.tags
+                if tags.keep and self._token_put_in_front[index]:  # --keep-tags counts the caption file's own tags
+                    tags = dataclasses.replace(tags, keep=tags.keep + 1)
+                return [make_caption(tags.vary(caption, rng), self.placeholder) for _ in range(tags.variants)]
             return [make_caption(self.templates[rng.integers(len(self.templates))], self.placeholder,
                                  filewords=self.tags.vary(caption, rng)) for _ in range(self.tags.variants)]
         if caption is not None and not self.uses_filewords:

@@ -4,7 +4,7 @@ alternation (`[cat:dog:0.5]`, `[cat|dog]`: `prompt_schedule` gives each stretch 
 
 The syntax (as AUTOMATIC1111's web UI reads it): `(x)` multiplies the attention to x by 1.1, `((x))` by 1.21, `[x]`
 divides it by 1.1, `(x:1.3)` multiplies it by 1.3; brackets nest and multiply; `\\(` `\\)` `\\[` `\\]` are the literal
-characters; a bracket left open weighs everything after it. `parse` turns a prompt into (text, weight) pieces.
+characters (a backslash before any other character is dropped); a bracket left open weighs everything after it. `parse` turns a prompt into (text, weight) pieces.
 
 Long prompts: the web UI splits the tokens into chunks of 75 (breaking after the last comma when there is one among
 the chunk's last 20 tokens, and never through a learned token's vectors), `BREAK` starts a new chunk, and each chunk
@@ -43,8 +43,8 @@ def parse(prompt: str) -> list[tuple[str, float]]:
 
     for match in _PIECE.finditer(prompt):
         text, number = match.group(0), match.group(1)
-        if text.startswith("\\") and len(text) == 2:
-            pieces.append([text[1], 1.0])
+        if text.startswith("\\"):  # an escape: its character; a backslash that escapes nothing is dropped, as there
+            pieces.append([text[1:], 1.0])
         elif text == "(":
             round_open.append(len(pieces))
         elif text == "[":
@@ -158,7 +158,9 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     `[from::when]` removes `from` after it. A `when` with a decimal point is a fraction of the steps (`0.25` of 20
     steps: step 5), a whole number is a step; either is cut to `steps`. `[a|b|c]` takes a, b, c, a... in turn, one
     a step. They nest, and may sit inside emphasis (`([cat:dog:0.5]:1.2)`) or hold it. Other brackets are emphasis,
-    left for `parse`; a bracket that is never closed is text, as are escaped `\\[` and `\\]`.
+    left for `parse`; a bracket that is never closed is text, as are escaped `\\[` and `\\]`. A `|` that separates
+    no alternation's options (`a | b`, `[x|y` never closed) fails the web UI's grammar, and its prompt is then one
+    text for every step (its editing undone): so here too.
 
     >>> prompt_schedule("a [cat:dog:0.5] on [grass::3]", 10)
     [(3, 'a cat on grass'), (5, 'a cat on '), (10, 'a dog on ')]
@@ -167,6 +169,8 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     """
     try:
         tree = _parse_schedule(prompt)
+        if _stray_bar(tree):  # the web UI's grammar fails on it, and its prompt is then one text for every step
+            return [(steps, prompt)]
         ends = {steps}
         _collect_steps(tree, steps, ends)
         texts = [(end, _text_at(tree, end, steps)) for end in sorted(e for e in ends if 1 <= e <= steps)]
@@ -179,6 +183,24 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
         else:
             schedule.append((end, text))
     return schedule
+
+
+_BAR = re.compile(r"\\.|\|", re.S)
+
+
+def _stray_bar(nodes: list) -> bool:
+    """Whether a `|` that separates no alternation's options is left as text (an escaped `\\|` is fine): the web
+    UI's schedule grammar has `|` nowhere else, so it cannot read such a prompt."""
+    for node in nodes:
+        if isinstance(node, str):
+            if any(m.group(0) == "|" for m in _BAR.finditer(node)):
+                return True
+        elif node[0] == "edit":
+            if _stray_bar(node[1]) or _stray_bar(node[2]):
+                return True
+        elif any(_stray_bar(option) for option in node[1]):
+            return True
+    return False
 
 
 def _parse_schedule(prompt: str) -> list:
@@ -269,7 +291,7 @@ def _square(parts: list[list], seps: list[str]) -> list:
 
 def _edit_step(when: str, steps: int) -> int:
     value = float(when) * steps if "." in when else float(when)
-    return min(steps, int(value))
+    return int(max(-1.0, min(float(steps), value)))  # (a value past a float's range is infinite: cut, not int()ed)
 
 
 def _collect_steps(nodes: list, steps: int, ends: set[int]) -> None:

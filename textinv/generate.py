@@ -99,7 +99,8 @@ def encode_prompts(model: Model, prompts: list[str], chunks: int = 1,
     prompt padded with empty chunks to the longest's count, and to at least `chunks`: a prompt and its negative
     must have as many); SDXL's pooled embedding is the first chunk's. Emphasis (`(word:1.3)`, `[word]`) scales
     each token's hidden state by its weight, then each chunk is scaled back to its unweighted mean; the pooled
-    embedding is left unweighted, as there. A prompt of up to 75 tokens without emphasis is encoded exactly as in
+    embedding is left unweighted, as there; SDXL's two encoders are each scaled back to their own mean, as the web
+    UI wraps and weighs each on its own. A prompt of up to 75 tokens without emphasis is encoded exactly as in
     training (with the same `clip_skip`)."""
     rows = _prompt_chunks(model, prompts)
     return _encode_chunks(model, rows, max([chunks] + [len(c) for per in rows for c in per]), clip_skip)
@@ -122,12 +123,13 @@ def _encode_chunks(model: Model, rows, count: int, clip_skip: int) -> tuple[torc
             ids.append(torch.tensor([p[0] for p in part], device=te.device))
             weights.append(torch.tensor([p[1] for p in part]))
         h, pool = encode_text(model, ids, clip_skip)
-        scale = torch.cat([w[..., None].expand(-1, -1, c) for w, c in zip(weights, widths)], dim=-1)
-        if not bool((scale == 1).all()):
-            scale = scale.to(h.device, h.dtype)
-            before = h.mean(dim=(1, 2), keepdim=True)
-            h = h * scale
-            h = h * (before / h.mean(dim=(1, 2), keepdim=True))
+        if not all(bool((w == 1).all()) for w in weights):
+            parts = []
+            for part, w in zip(h.split(widths, dim=-1), weights):  # SDXL: each encoder's part to its own mean, as
+                before = part.mean(dim=(1, 2), keepdim=True)        # the web UI weighs each encoder on its own
+                part = part * w.to(part.device, part.dtype)[..., None]
+                parts.append(part * (before / part.mean(dim=(1, 2), keepdim=True)))
+            h = torch.cat(parts, dim=-1)
         hidden.append(h)
         pooled = pool if k == 0 else pooled
     dtype = model.unet.dtype
@@ -179,6 +181,11 @@ def render(
     kwargs = dict(conditioning[0])
     if len(ends) > 1:
         kwargs.update(_switching_conditioning(model, steps, ends, conditioning))
+    # the web UI reads a prompt and its negative each at its own length (it pads neither by default): the empty
+    # chunks that make them one length here are hidden from the UNet's cross-attention
+    own = [max(len(r[e][p]) for r in rows for e in range(len(r))) for p in range(len(prompts))]
+    own_negative = max(len(r[e][0]) for r in negative_rows for e in range(len(r)))
+    masking = _length_mask(pipe, own, own_negative, chunks) if set(own + [own_negative]) != {chunks} else None
     was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
     pipe.scheduler = sampling_scheduler(own_scheduler, sampler)
@@ -187,9 +194,29 @@ def render(
         result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
                       latents=latents, generator=generators, output_type="pil")
     finally:
+        if masking is not None:
+            masking.remove()
         pipe.unet.train(was_training)
         pipe.scheduler = own_scheduler
     return list(result.images)
+
+
+def _length_mask(pipe, own: list[int], own_negative: int, chunks: int):
+    """A hook on the UNet that gives each call an `encoder_attention_mask` keeping each prompt's own `own[i]`
+    chunks (and the negative's `own_negative`) of the `chunks` every one was padded to: the same as the web UI's
+    UNet calls at each one's own length (CFGDenoiser.forward, with pad_cond_uncond off, its default)."""
+    def keep(count: int, length: int) -> torch.Tensor:
+        return torch.arange(length) < count * (length // chunks)
+
+    def add_mask(module, args, kwargs):
+        hidden = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        counts = ([own_negative] * len(own) if pipe.do_classifier_free_guidance else []) + own
+        if hidden is None or hidden.shape[0] != len(counts):
+            return None
+        mask = torch.stack([keep(n, hidden.shape[1]) for n in counts]).to(hidden.device)
+        return args, {**kwargs, "encoder_attention_mask": mask}
+
+    return pipe.unet.register_forward_pre_hook(add_mask, with_kwargs=True)
 
 
 def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
