@@ -947,6 +947,17 @@ def _nan_loss_after(monkeypatch, calls: int) -> None:
     monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
 
 
+def test_vectors_gone_non_finite_between_loss_checks_draw_no_sample_grid(sd1_dir, images, tmp_path, monkeypatch):
+    """The vectors go NaN at step 5, the loss is checked every 4 steps, samples are drawn every 3: the sample step 6
+    finds them broken and stops there (it drew a grid of NaN vectors, and the run went on to step 8)."""
+    _nan_loss_after(monkeypatch, 4)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match=r"non-finite .* by step 6; the last good vectors \(step 4\)"):
+        train(config(images, out, steps=12, log_every=4, save_every=0, sample_every=3, sample_steps=2),
+              model=load_model(sd1_dir), progress=False)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000000.png", "step-000003.png"]
+
+
 def test_a_run_stopped_by_a_non_finite_loss_writes_no_step_file_of_an_earlier_steps_vectors(sd1_dir, images,
                                                                                            tmp_path, monkeypatch):
     """The loss goes NaN at step 5 and the check at step 6 stops the run, saving the last good vectors (step 4's):

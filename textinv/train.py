@@ -587,6 +587,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 last_good, last_good_step = snapshot(), step  # (finite: checked)
                 save_all(step)
             if config.sample_every and step % config.sample_every == 0:
+                if not vectors_finite():  # (a sample step between loss checks: no grid drawn from broken vectors)
+                    stop_non_finite(step, [])
                 draw_samples(step)
     except KeyboardInterrupt:
         bar.close()
