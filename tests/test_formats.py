@@ -15,7 +15,6 @@ from safetensors.torch import load_file, save_file
 
 from textinv.errors import FormatError
 from textinv.formats import (
-    FORMATS,
     LearnedEmbedding,
     convert,
     default_filename,
@@ -25,6 +24,7 @@ from textinv.formats import (
     load_embedding_pair,
     save_embedding,
     second_file,
+    step_filename,
 )
 
 WIDTHS = {"sd1": (768,), "sd2": (1024,), "sdxl": (768, 1280)}
@@ -553,3 +553,49 @@ def test_an_unwritable_destination_is_a_format_error_naming_it(tmp_path):
         save_embedding(emb, tmp_path / "file.safetensors" / "e.pt", "a1111")
     with pytest.raises(FormatError, match="cannot write .*File name too long"):  # (an OSError even for root)
         save_embedding(emb, tmp_path / ("x" * 300 + ".safetensors"))
+
+
+def a1111_name(path) -> str:
+    """The name the A1111 web UI registers an embedding file under (modules/textual_inversion/textual_inversion.py,
+    EmbeddingDatabase.load_from_file): an image's is the `name` in its sd-ti-embedding chunk (the file name when it
+    has none); a .pt, .bin or .safetensors file's is its file name without the extension."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    if ext.upper() in (".PNG", ".WEBP"):
+        with Image.open(path) as image:
+            data = json.loads(base64.b64decode(image.text["sd-ti-embedding"]))
+        return data.get("name", stem)
+    return stem
+
+
+def test_a1111_png_step_files_get_distinct_names_in_the_web_ui(tmp_path):
+    """Each --save-every step of an a1111-png run is its own file (my-dog-500.png, my-dog-1000.png) beside the final
+    my-dog.png. The web UI names image embeddings by the chunk's `name`, so if every file says "<my-dog>" they all
+    register under one name and only one of them can be used (which one depends on the folder's listing order)."""
+    names = {}
+    for step in (500, 1000):
+        emb = LearnedEmbedding("<my-dog>", {"text_encoder": torch.randn(2, 768)}, {"steps": str(step)})
+        (path,) = save_embedding(emb, tmp_path / step_filename("a1111-png", emb.token, step), "a1111-png")
+        names[path.name] = a1111_name(path)
+        assert load_embedding(path).token == "<my-dog>"  # textinv still reads the step file as the run's token
+    (path,) = save_embedding(LearnedEmbedding("<my-dog>", {"text_encoder": torch.randn(2, 768)}), tmp_path,
+                             "a1111-png")
+    names[path.name] = a1111_name(path)
+    assert len(set(names.values())) == len(names), names
+    assert names["my-dog-500.png"] == "my-dog-500"  # as the web UI names its own step files
+
+
+def test_sd1_and_sd2_versions_of_one_concept_are_not_fused_into_an_sdxl_pair(tmp_path):
+    """x.safetensors and x_2.safetensors keyed by the same token at 768 and 1024 are a concept's SD 1.x and SD 2.x
+    versions, not diffusers' two-file SDXL layout (768 + 1280): the SD 1.x file must load alone."""
+    sd1, sd2 = torch.randn(1, 768), torch.randn(1, 1024)
+    save_file({"<cat-toy>": sd1}, tmp_path / "cat-toy.safetensors")
+    save_file({"<cat-toy>": sd2}, tmp_path / "cat-toy_2.safetensors")
+    emb = load_embedding(tmp_path / "cat-toy.safetensors")
+    assert emb.widths == (768,) and emb.family == "sd1" and torch.equal(emb.vectors["text_encoder"], sd1)
+    assert detect_format(tmp_path / "cat-toy.safetensors") == "diffusers"
+    # the real SDXL pair, and a pair of widths no known family has (the tiny test models), still pair
+    save_file({"<cat-toy>": torch.randn(1, 1280)}, tmp_path / "cat-toy_2.safetensors")
+    assert load_embedding(tmp_path / "cat-toy.safetensors").family == "sdxl"
+    save_file({"<t>": torch.randn(1, 32)}, tmp_path / "t.safetensors")
+    save_file({"<t>": torch.randn(1, 64)}, tmp_path / "t_2.safetensors")
+    assert load_embedding(tmp_path / "t.safetensors").widths == (32, 64)

@@ -268,8 +268,9 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], emb: Learne
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def _a1111_dict(emb: LearnedEmbedding, tensor) -> dict:
-    """The dict A1111 pickles into a .pt (and JSON-encodes into a PNG); loaders ignore our extra "textinv" key."""
+def _a1111_dict(emb: LearnedEmbedding, tensor, name: str | None = None) -> dict:
+    """The dict A1111 pickles into a .pt (and JSON-encodes into a PNG); loaders ignore our extra "textinv" key.
+    `name` (default: the token) is what the web UI calls an image embedding (see `_write_a1111_png`)."""
     try:
         step = int(emb.metadata.get("steps", 0))
     except ValueError:
@@ -277,7 +278,7 @@ def _a1111_dict(emb: LearnedEmbedding, tensor) -> dict:
     return {
         "string_to_token": {"*": A1111_STAR_ID},
         "string_to_param": {"*": tensor},
-        "name": emb.token,
+        "name": emb.token if name is None else name,
         "step": step,
         "sd_checkpoint": emb.metadata.get("sd_checkpoint"),
         "sd_checkpoint_name": emb.metadata.get("sd_checkpoint_name", emb.metadata.get("base_model")),
@@ -288,7 +289,11 @@ def _a1111_dict(emb: LearnedEmbedding, tensor) -> dict:
 def _write_a1111_png(path: Path, emb: LearnedEmbedding, tensor, preview) -> None:
     from PIL import Image, ImageDraw, PngImagePlugin
 
-    data = _a1111_dict(emb, None)
+    # The web UI names a .pt by its file name but an image by the chunk's "name" (EmbeddingDatabase.load_from_file).
+    # A file named for the token keeps the token; another (a step's my-dog-500.png) is named as the web UI names its
+    # own step files, so the steps of one run do not all register under one name. The token stays in our record.
+    own = Path(default_filename("a1111-png", emb.token)).stem
+    data = _a1111_dict(emb, None, name=None if path.stem == own else path.stem)
     # float32 -> Python float -> JSON text is exact both ways: repr() of a double round-trips
     data["string_to_param"] = {"*": {"TORCHTENSOR": tensor.tolist()}}
     info = PngImagePlugin.PngInfo()
@@ -345,7 +350,7 @@ def _read_paired(path: Path, pair: bool = True) -> _Read:
             # a partner holds the same token at another width (768 vs 1280 for SDXL); two versions of one
             # embedding have equal widths and must not be fused
             width1, width2 = read.vectors["text_encoder"].shape[-1], other.vectors["text_encoder"].shape[-1]
-            if other.format == "diffusers" and other.token == read.token and width1 != width2:
+            if other.format == "diffusers" and other.token == read.token and _may_pair(width1, width2):
                 n1, n2 = read.vectors["text_encoder"].shape[0], other.vectors["text_encoder"].shape[0]
                 if n1 != n2:
                     raise FormatError(f"{path} and {second} look like one diffusers-sdxl pair for {read.token!r} but "
@@ -354,6 +359,17 @@ def _read_paired(path: Path, pair: bool = True) -> _Read:
                 read = read._replace(format="diffusers-sdxl", vectors={
                     "text_encoder": read.vectors["text_encoder"], "text_encoder_2": other.vectors["text_encoder"]})
     return read
+
+
+def _may_pair(width1: int, width2: int) -> bool:
+    """Whether two single-encoder files of these widths can be one embedding's two halves: the widths differ, and
+    they are a known two-encoder family's (SDXL's 768 + 1280) or not two one-encoder families' (768 and 1024 are a
+    concept's SD 1.x and SD 2.x versions, not one embedding); other widths (small test models) may pair."""
+    if width1 == width2:
+        return False
+    if family_for_widths((width1, width2)) is not None:
+        return True
+    return not (family_for_widths((width1,)) and family_for_widths((width2,)))
 
 
 def load_embedding_pair(path1: str | Path, path2: str | Path, token: str | None = None) -> LearnedEmbedding:
@@ -546,6 +562,8 @@ def _interpret(path: Path, obj, metadata: dict, container_format: str) -> _Read:
         extra = obj.get("textinv")
         if isinstance(extra, dict):  # our own full record, written by _a1111_dict
             metadata = {str(k): str(v) for k, v in extra.items()}
+            if isinstance(extra.get("token"), str) and extra["token"].strip():
+                name = extra["token"]  # an image's "name" may be its file's (see _write_a1111_png)
         else:
             for field_name, meta_key in (("step", "steps"), ("sd_checkpoint", "sd_checkpoint"),
                                          ("sd_checkpoint_name", "sd_checkpoint_name")):
