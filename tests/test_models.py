@@ -321,3 +321,186 @@ def test_a_vae_that_is_missing_offline_or_of_another_latent_shape_is_refused(sd1
                   ).save_pretrained(tmp_path / "vae16")
     with pytest.raises(ModelError, match=r"makes 16-channel latents but the model's UNet works on 4"):
         load_model(sd1_dir, vae=tmp_path / "vae16")
+
+
+# --- single files as the web UI, ComfyUI and kohya load them -----------------------------------------------------
+
+_SD2_KEYS = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+             "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)}
+_XL_KEYS = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+            "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias": (1280,)}
+
+
+def _loads_as(monkeypatch, cls_name, pipe):
+    """diffusers' from_single_file stood in by a tiny pipeline (its own prediction type), for files of fake keys."""
+    monkeypatch.setattr(f"textinv.models.{cls_name}.from_single_file", lambda *a, **k: pipe)
+
+
+def test_an_sdxl_file_marked_v_pred_loads_as_v_prediction_with_zero_snr(tmp_path, monkeypatch):
+    """v-prediction SDXL fine-tunes (NoobAI-XL v-pred and others) carry empty `v_pred` (and `ztsnr`) tensors;
+    ComfyUI's SDXL.model_type (comfy/supported_models.py) reads them. The SDXL base config says epsilon."""
+    from textinv.tiny import build_tiny_xl_pipeline
+
+    marked = _fake_checkpoint(tmp_path / "vpred.safetensors", {**_XL_KEYS, "v_pred": (0,), "ztsnr": (0,)})
+    _loads_as(monkeypatch, "StableDiffusionXLPipeline", build_tiny_xl_pipeline())
+    model = load_model(marked)
+    assert model.prediction_type == "v_prediction"
+    assert model.pipeline.scheduler.config.prediction_type == "v_prediction"
+    assert model.pipeline.scheduler.config.rescale_betas_zero_snr
+    schedule = model.noise_scheduler()
+    assert schedule.config.rescale_betas_zero_snr and float(schedule.alphas_cumprod[-1]) < 1e-6
+    _loads_as(monkeypatch, "StableDiffusionXLPipeline", build_tiny_xl_pipeline())
+    assert load_model(marked, prediction_type="epsilon").prediction_type == "epsilon"  # the user's word wins
+    plain = _fake_checkpoint(tmp_path / "plain.safetensors", _XL_KEYS)
+    _loads_as(monkeypatch, "StableDiffusionXLPipeline", build_tiny_xl_pipeline())
+    assert load_model(plain).prediction_type == "epsilon"
+
+
+def test_the_web_ui_yaml_beside_a_checkpoint_gives_its_prediction_type(tmp_path, monkeypatch):
+    """The web UI reads `<checkpoint>.yaml` first (sd_models_config.find_checkpoint_config_near_filename): SD 2.x
+    768 fine-tunes ship one with `parameterization: "v"`; without it an LDM config means epsilon. The config
+    diffusers falls back on (the hub's or --single-file-config's) knows nothing of the file."""
+    from textinv.tiny import build_tiny_pipeline
+
+    ldm = "model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n  params:\n    linear_start: 0.00085\n"
+    v_file = _fake_checkpoint(tmp_path / "sd21-768-finetune.safetensors", _SD2_KEYS)
+    (tmp_path / "sd21-768-finetune.yaml").write_text(ldm + '    parameterization: "v"\n')
+    _loads_as(monkeypatch, "StableDiffusionPipeline", build_tiny_pipeline("sd1"))  # an epsilon config
+    assert load_model(v_file).prediction_type == "v_prediction"
+    eps_file = _fake_checkpoint(tmp_path / "sd21-base-finetune.safetensors", _SD2_KEYS)
+    (tmp_path / "sd21-base-finetune.yaml").write_text(ldm)
+    _loads_as(monkeypatch, "StableDiffusionPipeline", build_tiny_pipeline("sd2"))  # a v-prediction config
+    model = load_model(eps_file)
+    assert model.prediction_type == "epsilon" and model.pipeline.scheduler.config.prediction_type == "epsilon"
+
+
+def _lightning_checkpoint(path, state):
+    """A .ckpt as PyTorch Lightning wrote the original SD ones: the weights under `state_dict`, beside a pickled
+    `pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint` (not installed here, as for most users)."""
+    import sys
+    import types
+
+    names = ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint")
+    callback = type("ModelCheckpoint", (), {"__module__": names[-1]})
+    modules = {name: types.ModuleType(name) for name in names}
+    modules[names[-1]].ModelCheckpoint = callback
+    saved = {name: sys.modules.get(name) for name in names}
+    sys.modules.update(modules)
+    try:
+        instance = callback()
+        instance.__dict__.update(monitor=None, best_model_path="")
+        torch.save({"state_dict": state, "global_step": 470000, "callbacks": {callback: instance}}, path)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return path
+
+
+def test_a_lightning_ckpt_with_its_callback_state_loads(sd1_dir, tmp_path):
+    """The web UI's safe unpickler (modules/safe.py) allows Lightning's ModelCheckpoint, which SD's original .ckpt
+    files hold; torch's weights-only load refuses it, and the message said to check the file was complete."""
+    from textinv.tiny import build_tiny_pipeline
+
+    theirs = build_tiny_pipeline("sd1", seed=3)
+    ckpt = _lightning_checkpoint(tmp_path / "sd-v1-x.ckpt", _ldm_state_dict(theirs))
+    assert checkpoint_family(ckpt) == "sd1"
+    model = load_model(ckpt, single_file_config=sd1_dir)
+    assert torch.equal(model.unet.conv_in.weight, theirs.unet.conv_in.weight)
+
+
+def test_an_unreadable_ckpt_is_said_in_one_line(tmp_path):
+    import pickle
+
+    bad = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {}, "extra": pickle.loads(pickle.dumps(np.float32))}, bad)  # an unlisted global
+    with pytest.raises(ModelError, match=r"cannot read checkpoint .*odd\.ckpt") as info:
+        load_model(bad)
+    message = str(info.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert ".safetensors" in message and "complete" not in message
+
+
+def test_old_text_encoder_key_layout_loads_the_files_own_text_encoder(sd1_dir, tmp_path):
+    """SD 1.x files saved with transformers before 4.x lack `text_model.` in the text encoder's keys; the web UI
+    (sd_models.checkpoint_dict_replacements_sd1) and ComfyUI rename them. diffusers does not see a text encoder,
+    so textinv refused the file as incomplete."""
+    from textinv.tiny import build_tiny_pipeline
+
+    theirs = build_tiny_pipeline("sd1", seed=3)
+    old = {k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+           for k, v in _ldm_state_dict(theirs).items()}
+    for path in (tmp_path / "old.safetensors", tmp_path / "old.ckpt"):
+        save_file(old, path) if path.suffix == ".safetensors" else torch.save({"state_dict": old}, path)
+        model = load_model(path, single_file_config=sd1_dir)
+        ours, want = model.text_encoder.state_dict(), theirs.text_encoder.state_dict()
+        assert all(torch.equal(ours[k], want[k]) for k in want)
+
+
+def _ldm_state_dict(pipe):
+    """A tiny SD 1.x pipeline's weights in the original single-file (LDM) key layout, as the web UI saves them."""
+    import re
+
+    unet, n = pipe.unet.config, pipe.unet.config.layers_per_block
+    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+              "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+
+    def res(rest):
+        name, tail = rest.split(".", 1)
+        return f"{resnet[name]}.{tail}"
+
+    out = {}
+    for k, v in pipe.unet.state_dict().items():
+        if m := re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k):
+            side, i, kind, j, rest = m[1], int(m[2]), m[3], int(m[4]), m[5]
+            block = (n + 1) * i + j + (1 if side == "down" else 0)
+            key = f"{'input' if side == 'down' else 'output'}_blocks.{block}." + (
+                f"0.{res(rest)}" if kind == "resnets" else f"1.{rest}")
+        elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", k):
+            key = f"input_blocks.{(n + 1) * (int(m[1]) + 1)}.0.op.{m[2]}"
+        elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", k):
+            with_attention = "CrossAttn" in unet.up_block_types[int(m[1])]
+            key = f"output_blocks.{(n + 1) * int(m[1]) + n}.{2 if with_attention else 1}.conv.{m[2]}"
+        elif m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", k):
+            key = f"middle_block.{2 * int(m[1])}.{res(m[2])}"
+        elif k.startswith("mid_block.attentions.0."):
+            key = "middle_block.1." + k[len("mid_block.attentions.0."):]
+        else:
+            module, param = k.rsplit(".", 1)
+            key = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+                   "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}[module]
+            key += "." + param
+        out["model.diffusion_model." + key] = v
+    blocks = len(pipe.vae.config.block_out_channels)
+    attention = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    for k, v in pipe.vae.state_dict().items():
+        key = k.replace("conv_shortcut", "nin_shortcut")
+        if m := re.match(r"encoder\.down_blocks\.(\d+)\.(resnets\.|downsamplers\.0\.)(.*)", key):
+            key = f"encoder.down.{m[1]}." + (f"block.{m[3]}" if m[2] == "resnets." else f"downsample.{m[3]}")
+        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.(resnets\.|upsamplers\.0\.)(.*)", key):
+            key = f"decoder.up.{blocks - 1 - int(m[1])}." + (f"block.{m[3]}" if m[2] == "resnets." else f"upsample.{m[3]}")
+        elif m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key):
+            key = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+        elif m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)\.(weight|bias)", key):
+            key = f"{m[1]}.mid.attn_1.{attention[m[2]]}.{m[3]}"
+            v = v[:, :, None, None] if v.ndim == 2 else v
+        elif m := re.match(r"(encoder|decoder)\.conv_norm_out\.(.*)", key):
+            key = f"{m[1]}.norm_out.{m[2]}"
+        out["first_stage_model." + key] = v
+    for k, v in pipe.text_encoder.state_dict().items():  # transformers 5 drops the `text_model.` level
+        out["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
+    return {k: v.clone().contiguous() for k, v in out.items()}
+
+
+def test_a_single_file_in_the_original_layout_loads_its_own_weights(sd1_dir, tmp_path):
+    """(The test helper above round-trips: the file's UNet, VAE and text encoder are what loads.)"""
+    from textinv.tiny import build_tiny_pipeline
+
+    theirs = build_tiny_pipeline("sd1", seed=3)
+    save_file(_ldm_state_dict(theirs), tmp_path / "m.safetensors")
+    model = load_model(tmp_path / "m.safetensors", single_file_config=sd1_dir)
+    for name in ("unet", "vae", "text_encoder"):
+        ours, want = getattr(model.pipeline, name).state_dict(), getattr(theirs, name).state_dict()
+        assert all(torch.equal(ours[k], want[k]) for k in want), name

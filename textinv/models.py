@@ -228,12 +228,92 @@ class _LazyKeys(Mapping):
     def __len__(self):
         return len(self._keys)
 
+    def tensor(self, key):
+        return self._file.get_tensor(key)
+
+
+_LIGHTNING_CALLBACK = "pytorch_lightning.callbacks.model_checkpoint"
+
+
+@contextlib.contextmanager
+def _lightning_callbacks_readable():
+    """Let torch's weights-only load read the ModelCheckpoint callback state that PyTorch Lightning pickled into
+    SD's original .ckpt files (sd-v1-4.ckpt and their fine-tunes), as the web UI's safe unpickler allows it: a
+    stand-in class of that name receives it, nothing is imported or run."""
+    stand_in = type("ModelCheckpoint", (), {"__module__": _LIGHTNING_CALLBACK})
+    with torch.serialization.safe_globals([stand_in]):
+        yield
+
+
+def _unreadable(path: Path, error: Exception) -> ModelError:
+    """A one-line error for a checkpoint that cannot be read; torch's weights-only refusal, several lines with
+    terminal escapes, becomes the global it met and what to do."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return ModelError(f"cannot read checkpoint {path}: it holds pickled Python objects beyond its weights{what}, "
+                          f"which textinv does not load; convert it to .safetensors (any tool that loads it can save "
+                          f"one) or pass the model's diffusers folder")
+    return ModelError(f"cannot read checkpoint {path}: {_first_line(error)}. Is it a complete .safetensors/.ckpt file?")
+
+
+_OLD_TEXT_ENCODER = "cond_stage_model.transformer."
+
+
+def _old_text_encoder_layout(keys) -> bool:
+    """SD 1.x text encoder weights saved by transformers before 4.x: `cond_stage_model.transformer.encoder...`,
+    without the `text_model.` level diffusers looks for (the web UI and ComfyUI rename them)."""
+    found = [k for k in keys if k.startswith(_OLD_TEXT_ENCODER)]
+    return bool(found) and not any(k.startswith(_OLD_TEXT_ENCODER + "text_model.") for k in found)
+
+
+def _old_layout_text_encoder(keys, config: str | None, dtype: torch.dtype):
+    """The checkpoint's own SD 1.x text encoder from the old key layout, built the way diffusers builds it."""
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm, fetch_diffusers_config
+    from transformers import CLIPTextModel
+
+    tensor = keys.tensor if isinstance(keys, _LazyKeys) else keys.__getitem__
+    state = {_OLD_TEXT_ENCODER + "text_model." + k[len(_OLD_TEXT_ENCODER):]: tensor(k)
+             for k in keys if k.startswith(_OLD_TEXT_ENCODER)}
+    config = config or fetch_diffusers_config(keys)["pretrained_model_name_or_path"]
+    return create_diffusers_clip_model_from_ldm(CLIPTextModel, state, subfolder="text_encoder", config=config,
+                                                torch_dtype=dtype)
+
+
+def checkpoint_prediction(path: str | os.PathLike, keys) -> tuple[str | None, bool]:
+    """What a single file says of its prediction type, as the web UI and ComfyUI read it: (prediction type or
+    None, zero terminal SNR).
+
+    - empty `v_pred` / `ztsnr` tensors, the mark of v-prediction (zero-SNR) SDXL fine-tunes (ComfyUI);
+    - a `<name>.yaml` beside the file, the original LDM config the web UI reads first: `parameterization: "v"`
+      (SD 2.x 768 models), else epsilon.
+    """
+    if "v_pred" in keys:
+        return "v_prediction", "ztsnr" in keys
+    import yaml
+
+    config = Path(path).with_suffix(".yaml")
+    try:
+        model = yaml.safe_load(config.read_text(encoding="utf-8"))["model"]
+        target, params = model.get("target", ""), model.get("params") or {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):  # none, or not an LDM config
+        return None, False
+    if not str(target).startswith("ldm.") or not isinstance(params, dict):
+        return None, False
+    return ("v_prediction" if params.get("parameterization") == "v" else "epsilon"), False
+
 
 def checkpoint_family(path: str | os.PathLike) -> str:
     """The family of a single-file checkpoint, read from its keys and shapes ("sd1", "sd2", "sdxl").
 
     Raises ModelError for a file that is not a Stable Diffusion checkpoint or is a kind we do not train.
     """
+    return _inspect_checkpoint(path)[0]
+
+
+def _inspect_checkpoint(path: str | os.PathLike):
+    """(family, keys) of a single-file checkpoint; keys maps its weight names to tensors or shapes."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     path = Path(path)
@@ -245,10 +325,11 @@ def checkpoint_family(path: str | os.PathLike) -> str:
         else:
             # mmap avoids reading gigabytes just to see the keys, but torch maps only its zip format: older .ckpt
             # files are plain pickles, which diffusers reads too
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            with _lightning_callbacks_readable():
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
             keys = state.get("state_dict", state) if isinstance(state, dict) else {}
     except Exception as e:  # safetensors and torch raise many types for a bad file
-        raise ModelError(f"cannot read checkpoint {path}: {e}. Is it a complete .safetensors/.ckpt file?") from e
+        raise _unreadable(path, e) from e
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise ModelError(
             f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' weights). If it is a "
@@ -260,7 +341,7 @@ def checkpoint_family(path: str | os.PathLike) -> str:
     family = _SINGLE_FILE_FAMILIES.get(kind)
     if family is None:
         raise ModelError(f"{path} is a '{kind}' checkpoint; textinv trains Stable Diffusion 1.x and 2.x models")
-    return family
+    return family, keys
 
 
 def _not_text_to_image(location, what: str) -> str:
@@ -405,6 +486,7 @@ def load_model(
         _check_vae_source(vae)
     family = None
     variant = None
+    file_prediction, zero_snr = None, False
     if kind in ("bundled", "folder"):
         family = _index_family(Path(location))
         variant = _folder_variant(Path(location), xl=family == "sdxl")
@@ -416,9 +498,10 @@ def load_model(
         if suffix.lower() == ".safetensors" and suffix != ".safetensors":
             raise ModelError(f"{location}: diffusers reads a file as safetensors only by a lower-case suffix; rename "
                              f"it to {Path(location).with_suffix('.safetensors').name}")
-        family = checkpoint_family(location)
+        family, keys = _inspect_checkpoint(location)
         if single_file_config is not None:
             single_file_config = _check_single_file_config(single_file_config, family)
+        file_prediction, zero_snr = checkpoint_prediction(location, keys)
     common = dict(torch_dtype=dtype)  # (newer diffusers call it `dtype` and warn; older ones know only this)
     try:
         with _one_progress_bar():  # (transformers' bars inside diffusers' one)
@@ -435,7 +518,9 @@ def load_model(
                 if kind == "file":
                     if single_file_config:
                         common["config"] = single_file_config
-                    with _quiet_diffusers():  # its "attempting to download" lines: our error says it
+                    with _quiet_diffusers(), _lightning_callbacks_readable():  # its "attempting to download" lines
+                        if family == "sd1" and _old_text_encoder_layout(keys):  # diffusers would not find it
+                            common["text_encoder"] = _old_layout_text_encoder(keys, single_file_config, dtype)
                         pipe = cls.from_single_file(location, **common)
                 else:
                     pipe = cls.from_pretrained(location, **common, **({"variant": variant} if variant else {}))
@@ -484,12 +569,17 @@ def load_model(
         module.eval()
     pipe.to(device)
     own = pipe.scheduler.config.get("prediction_type", "epsilon")
-    pred = prediction_type or own
+    # the user's word, else what a single file says of itself (the config diffusers paired it with knows nothing
+    # of the file: SDXL's base config for a v-pred fine-tune), else the scheduler's
+    pred = prediction_type or file_prediction or own
     if pred not in PREDICTION_TYPES:
         raise ModelError(f"{location}'s scheduler predicts {pred!r}, which textinv does not support; pass "
                          f"--prediction-type epsilon or v_prediction")
-    if pred != own:  # sampling must follow the override too, not only training (`Model.noise_scheduler`)
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=pred)
+    changes = {"prediction_type": pred} if pred != own else {}
+    if zero_snr and not pipe.scheduler.config.get("rescale_betas_zero_snr", False):
+        changes["rescale_betas_zero_snr"] = True
+    if changes:  # sampling must follow them too, not only training (`Model.noise_scheduler`)
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **changes)
     model.prediction_type = pred
     if kind in ("bundled", "folder"):
         model.guidance = recorded_guidance(Path(location))
