@@ -1175,3 +1175,46 @@ def test_a_save_between_loss_checks_is_the_last_good_point_a_later_stop_falls_ba
     saved = load_embedding(out / "learned_embeds.safetensors")
     step6 = load_embedding(out / "embeddings" / "learned_embeds-steps-6.safetensors")
     assert saved.metadata["steps"] == "6" and torch.equal(saved.vectors["text_encoder"], step6.vectors["text_encoder"])
+
+
+def _rates_of_steps(monkeypatch) -> list:
+    """The learning rate of every optimizer step taken from now on (read as the step is taken)."""
+    seen, real = [], torch.optim.AdamW.step
+
+    def step(self, *a, **kw):
+        seen.append(self.param_groups[0]["lr"])
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return seen
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_resume_with_raised_steps_takes_the_longer_schedules_rate_from_its_first_step(schedule, sd1_dir, images,
+                                                                                      tmp_path, monkeypatch):
+    """README: raising --steps on resume makes the rest of the run follow the longer schedule. The first resumed
+    step took the rate the old schedule had set in the optimizer (0 at the end of a linear one), a wasted step."""
+    straight = _rates_of_steps(monkeypatch)
+    train(config(images, tmp_path / "a", steps=8, lr_schedule=schedule), model=load_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "b", steps=4, save_every=4, lr_schedule=schedule), model=load_model(sd1_dir),
+          progress=False)
+    resumed = _rates_of_steps(monkeypatch)
+    train(config(images, tmp_path / "b", steps=8, save_every=4, lr_schedule=schedule, resume=True),
+          model=load_model(sd1_dir), progress=False)
+    assert resumed == straight[4:8], (resumed, straight)
+
+
+def test_training_leaves_an_installed_embeddings_vectors_alone(sd1_dir, images, tmp_path):
+    """A model that already holds a token (`install_embedding`, or a token learned before) trains a new one: the
+    installed token's vectors share the trained parameter, and AdamW's weight decay shrank them every step. The
+    diffusers script puts every row but the new token's back after each step."""
+    from textinv.formats import LearnedEmbedding
+    from textinv.generate import install_embedding
+
+    model = load_model(sd1_dir)
+    before = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    install_embedding(model, LearnedEmbedding("<had>", {"text_encoder": before.clone()}, {}))
+    result = train(config(images, tmp_path / "out", weight_decay=0.5), model=model, progress=False)
+    after = model.text_encoder.get_input_embeddings().vectors.detach()
+    assert torch.equal(after[:2], before), (after[:2] - before).abs().max()
+    assert torch.equal(after[2:], result.embedding.vectors["text_encoder"])

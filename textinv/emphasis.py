@@ -4,7 +4,8 @@ alternation (`[cat:dog:0.5]`, `[cat|dog]`: `prompt_schedule` gives each stretch 
 
 The syntax (as AUTOMATIC1111's web UI reads it): `(x)` multiplies the attention to x by 1.1, `((x))` by 1.21, `[x]`
 divides it by 1.1, `(x:1.3)` multiplies it by 1.3; brackets nest and multiply; `\\(` `\\)` `\\[` `\\]` are the literal
-characters (a backslash before any other character is dropped); a bracket left open weighs everything after it. `parse` turns a prompt into (text, weight) pieces.
+characters (a backslash before any other character is dropped); a bracket left open weighs everything after it.
+`parse` turns a prompt into (text, weight) pieces.
 
 Long prompts: the web UI splits the tokens into chunks of 75 (breaking after the last comma when there is one among
 the chunk's last 20 tokens, and never through a learned token's vectors), `BREAK` starts a new chunk, and each chunk

@@ -46,7 +46,8 @@ from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR
                          concept_folder, load_checkpoint, newest_checkpoint, prepare_output, save_checkpoint,
                          write_loss_log)
 from .speed import check_compiled_unet, speed_up_unet, unet_example
-from .tokens import add_tokens, base_embedding, encode_init, expand_prompt, init_vectors, token_names
+from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, encode_init, expand_prompt, init_vectors,
+                     token_names)
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the vectors at the last finished step were saved before stopping."""
@@ -325,6 +326,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     file_format = _file_format(config.format, model)
     timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
     check_clip_skip(model, config.clip_skip)
+    # rows that tokens added before this run (an installed embedding) hold in each encoder's vectors: they share the
+    # trained parameter, so AdamW's weight decay would shrink them; they are put back after every step
+    held = [len(te.get_input_embeddings().vectors) if isinstance(te.get_input_embeddings(), ExtendedEmbedding) else 0
+            for _, _, te in model.encoders]
     rows_per_concept = []
     for spec in specs:
         names = token_names(spec["token"], config.vectors)
@@ -383,6 +388,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
     scaling = model.vae.config.scaling_factor
     exts = [te.get_input_embeddings() for _, _, te in model.encoders]
+    others = [(e, e.vectors.detach()[:n].clone()) for e, n in zip(exts, held) if n]  # (not this run's: kept)
 
     # optimizer over the new vectors only
     stepped = parse_lr_steps(config.lr_steps) if config.lr_steps else None
@@ -415,6 +421,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     if config.resume:
         step, history, by_concept, interval = load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers,
                                                                scaler)
+        _rate_from_schedule(optimizer, lr_schedule)  # (a raised --steps: the next step's rate is the new schedule's)
         if is_main:
             save_config(config, out / CONFIG_FILE, world)  # the settings a resume may change (--steps) as now in force
             if progress:
@@ -556,6 +563,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 with torch.no_grad():
                     for e, copy in zip(exts, table_copies):
                         e.base.weight.copy_(copy)
+            if others:  # the tokens installed before this run stay as they were
+                with torch.no_grad():
+                    for e, kept in others:
+                        e.vectors[:len(kept)] = kept
             interval_loss += step_loss
             interval_steps += 1
             step += 1
@@ -809,6 +820,19 @@ def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[lis
             for k, v in moments.items():
                 optimizer.state[vectors][k][r] = v
     scaler.update()  # lowers the scale: the unscale found an overflow
+
+
+def _rate_from_schedule(optimizer, lr_schedule) -> None:
+    """Set the optimizer's rate to what the schedule gives at its step. A checkpoint holds the rate its own schedule
+    set for the next step; a resume with a raised --steps rebuilds a decaying schedule over the longer run, whose
+    rate at that step differs (at the end of a linear schedule the saved one is 0). Unchanged settings give the
+    saved rate bit for bit (the same expression as LambdaLR's)."""
+    if not hasattr(lr_schedule, "lr_lambdas"):  # (every schedule here is a LambdaLR)
+        return
+    rates = [base * rate(lr_schedule.last_epoch) for base, rate in zip(lr_schedule.base_lrs, lr_schedule.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr
+    lr_schedule._last_lr = rates
 
 
 def _clip_rows(grads_and_rows: list[tuple[torch.Tensor, slice]], max_norm: float) -> None:
