@@ -12,14 +12,18 @@ Parts, in order (a part that fails or runs out of its time is recorded, and the 
 1. `speed` (issue 4): `benchmarks.train_speed` on the full-size SD 1.5 architecture: ours against the
    reference-like mode at batch 32, 8 and 1 (the issue's headline batch first); the levers that compile in seconds
    (regional compile, channels-last) at batch 32; then the all-levers mode (`fast`: whole-UNet compile with CUDA
-   graphs, minutes to compile) at batch 32 and then 1, each its own command so a slow compile costs only itself;
+   graphs, minutes to compile) at batch 32 and then 1, each its own command so a slow compile costs only itself
+   (each command keeps 45 s for each one after it, and one that overruns is killed with its worker processes);
+   last, the reference recipe's 12,000 samples at batch 32 as `textinv train` runs them, timed from the process's
+   start (imports, load, latent caching and saving included);
 2. `shapes` (issue 3): a new, bigger UNet + text encoder for the shapes model on its committed VAE
    (`pretrain --from-model textinv/shapes/model --keep vae`, then `--stage unet --device cuda`), exported and
    packed as `shapes-model.tar.gz` (the diffusers folder; `pretrain --from-model` goes on training from it on any
    machine). Before it replaces `textinv/shapes/model`, judge it on the CPU (`textinv evaluate --model DIR
    --captions 1024 --concepts 0`, then the quality table) and time it against the issue's CPU limits.
 `--quick` runs both parts on the CPU with tiny sizes and a few steps, without the compiled mode (whose CPU compile
-takes minutes): the test suite does; nothing is judged.
+takes minutes): the test suite does; nothing is judged. `session.txt` is rewritten as each part starts and ends,
+so a session killed midway still says what finished; each command's rows are in its part's log as they come.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,25 +47,47 @@ SHAPES_UNET = ("unet_channels=32,64,96", "unet_attention=0,1,1", "unet_layers=2"
 QUICK_UNET = ("unet_channels=16,16", "unet_attention=0,1", "unet_layers=1", "unet_groups=8", "unet_heads=2")
 
 
-def run_part(name: str, commands: list[list[str]], seconds: float, log_path: Path, keep_going: bool = False) -> dict:
+_RUNNING: list[subprocess.Popen] = []  # the command running now (the signal handler stops it)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill a command with everything it started (its own process group: torch.compile's worker processes, a
+    `textinv train` it runs), so nothing of it goes on using the GPU or the CPUs in the next command's time."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_part(name: str, commands: list[list[str]], seconds: float, log_path: Path, keep_going: bool = False,
+             reserve: float = 0.0) -> dict:
     """Run `commands` one after another, all within `seconds`, their output appended to `log_path`. A command that
     fails or overruns ends the part, unless `keep_going` (independent measurements): then the next one runs in
-    the time left."""
+    the time left. `reserve`: seconds kept back for each command still to come, so one that hangs (a long
+    compile) cannot take all of their time; a command overrunning its time is killed with what it started."""
     started = time.monotonic()
     record = {"part": name, "status": "ok"}
     with open(log_path, "a") as log:
-        for command in commands:
+        for i, command in enumerate(commands):
+            later = len(commands) - 1 - i
             shown, left = " ".join(command), seconds - (time.monotonic() - started)
-            log.write(f"\n$ {shown}   # {left:.0f} s left for {name}\n")
+            allowed = max(left - reserve * later, min(left, reserve))
+            log.write(f"\n$ {shown}   # {allowed:.0f} s of {left:.0f} s left for {name}\n")
             log.flush()
-            if left <= 5:
+            if allowed <= 5:
                 record["status"] = f"skipped (no time left): {shown}"
                 break
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            _RUNNING.append(proc)
             try:
-                done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=left)
-                problem = f"failed (exit {done.returncode}): {shown}" if done.returncode else None
+                code = proc.wait(timeout=allowed)
+                problem = f"failed (exit {code}): {shown}" if code else None
             except subprocess.TimeoutExpired:
-                problem = f"stopped at its time limit: {shown}"
+                _stop(proc)
+                problem = f"stopped at its time limit ({allowed:.0f} s): {shown}"
+            finally:
+                _RUNNING.remove(proc)
             if problem:
                 record["status"] = problem if record["status"] == "ok" else f"{record['status']}; {problem}"
                 if not keep_going:
@@ -67,6 +95,23 @@ def run_part(name: str, commands: list[list[str]], seconds: float, log_path: Pat
     record["seconds"] = round(time.monotonic() - started, 1)
     print(f"[{name}] {record['status']} in {record['seconds']} s (log: {log_path})", flush=True)
     return record
+
+
+def write_session(out: Path, records: list[dict], running: str | None = None) -> None:
+    """`out/session.txt`: every finished part's status, and the part running now, rewritten as each starts and
+    ends, so a session killed midway (the lease's end, SIGKILL) still says what finished and where it stopped."""
+    lines = [f"{r['part']}: {r['status']} ({r['seconds']} s)" for r in records]
+    if running:
+        lines.append(f"{running}: running or stopped here (its log has what it printed)")
+    tmp = out / "session.txt.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out / "session.txt")
+
+
+def _on_signal(signum, frame):
+    for proc in list(_RUNNING):
+        _stop(proc)
+    raise SystemExit(128 + signum)
 
 
 def pack(out: Path, name: str, folder: Path) -> Path | None:
@@ -93,39 +138,54 @@ def main(argv=None) -> int:
     budget = args.minutes * 60
     print(f"# gpu_session {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, budget "
           f"{budget:.0f} s, results in {args.out}", flush=True)
-    records = [run_part("environment", [[py, "-c", "import torch, diffusers, transformers; print(torch.__version__, "
-                                         "diffusers.__version__, transformers.__version__, torch.cuda.is_available() "
-                                         "and torch.cuda.get_device_name())"]] +
-                        ([] if args.quick else [["nvidia-smi"]]), 60, args.out / "environment.txt")]
+    main_thread = threading.current_thread() is threading.main_thread()  # (only it may set signal handlers)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+    records: list[dict] = []
 
-    steps = ["--steps", "1", "--warmup", "1"] if args.quick else ["--steps", "10", "--warmup", "3"]
-    plan = [("tiny", ["2", "1"], ["textinv", "reference"])] if args.quick else [
-        ("sd15", ["32", "8", "1"], ["textinv", "reference"]),
-        ("sd15", ["32"], ["compile-blocks", "channels-last"]),
-        ("sd15", ["32"], ["fast"]),
-        ("sd15", ["1"], ["fast"]),
-    ]
-    speed = [[py, "-m", "benchmarks.train_speed", "--arch", arch, "--batch", *batches, *steps, "--modes", *modes]
-             for arch, batches, modes in plan]
-    records.append(run_part("speed", speed, budget * args.speed_share, args.out / "speed.txt", keep_going=True))
+    def part(name: str, *a, **kw) -> None:
+        write_session(args.out, records, running=name)
+        records.append(run_part(name, *a, **kw))
+        write_session(args.out, records)
 
-    # a fresh work folder: /tmp survives on a warm machine, and pretrain refuses to start over a run it finds
-    work = args.work / f"shapes-{os.getpid()}-{time.time_ns()}"
-    model = work.parent / f"{work.name}-model"
-    left = budget - sum(r["seconds"] for r in records)
-    pretrain = [py, "-m", "textinv.shapes.pretrain", "--work", str(work)]
-    sets = [x for s in (QUICK_UNET if args.quick else SHAPES_UNET) for x in ("--set", s)]
-    train = ["--steps", "2", "--batch", "4"] if args.quick else [
-        "--device", "cuda", "--batch", "256", "--threads", "8", "--minutes", f"{max(1.0, (left - 75) / 60):.2f}"]
-    records.append(run_part("shapes", [
-        pretrain + ["--from-model", "textinv/shapes/model", "--keep", "vae"],
-        pretrain + ["--stage", "unet", *train, *sets],
-        pretrain + ["--export", "--out", str(model)],
-    ], left, args.out / "shapes.txt"))
-    path = pack(args.out, "shapes-model", model)
-    print(f"[shapes] shapes-model.tar.gz: {'written' if path else 'nothing to pack'}", flush=True)
-    (args.out / "session.txt").write_text("\n".join(f"{r['part']}: {r['status']} ({r['seconds']} s)"
-                                                     for r in records) + "\n")
+    try:
+        part("environment", [[py, "-c", "import torch, diffusers, transformers; print(torch.__version__, "
+                              "diffusers.__version__, transformers.__version__, torch.cuda.is_available() "
+                              "and torch.cuda.get_device_name())"]] + ([] if args.quick else [["nvidia-smi"]]), 60,
+             args.out / "environment.txt")
+
+        steps = ["--steps", "1", "--warmup", "1"] if args.quick else ["--steps", "10", "--warmup", "3"]
+        plan = [("tiny", ["2", "1"], ["textinv", "reference"], []),
+                ("tiny", ["2"], ["textinv"], ["--wall-samples", "4"])] if args.quick else [
+            ("sd15", ["32", "8", "1"], ["textinv", "reference"], []),
+            ("sd15", ["32"], ["compile-blocks", "channels-last"], []),
+            ("sd15", ["32"], ["fast"], []),
+            ("sd15", ["1"], ["fast"], []),
+            # the reference recipe's 12,000 samples as a user runs them, from the process's start (issue 4: < 90 s)
+            ("sd15", ["32"], ["textinv"], ["--wall-samples", "12000"]),
+        ]
+        speed = [[py, "-m", "benchmarks.train_speed", "--arch", arch, "--batch", *batches, *steps, "--modes", *modes,
+                  *extra] for arch, batches, modes, extra in plan]
+        part("speed", speed, budget * args.speed_share, args.out / "speed.txt", keep_going=True,
+             reserve=0 if args.quick else 45)
+
+        # a fresh work folder: /tmp survives on a warm machine, and pretrain refuses to start over a run it finds
+        work = args.work / f"shapes-{os.getpid()}-{time.time_ns()}"
+        model = work.parent / f"{work.name}-model"
+        left = budget - sum(r["seconds"] for r in records)
+        pretrain = [py, "-m", "textinv.shapes.pretrain", "--work", str(work)]
+        sets = [x for s in (QUICK_UNET if args.quick else SHAPES_UNET) for x in ("--set", s)]
+        train = ["--steps", "2", "--batch", "4"] if args.quick else [
+            "--device", "cuda", "--batch", "256", "--threads", "8", "--minutes", f"{max(1.0, (left - 75) / 60):.2f}"]
+        part("shapes", [
+            pretrain + ["--from-model", "textinv/shapes/model", "--keep", "vae"],
+            pretrain + ["--stage", "unet", *train, *sets],
+            pretrain + ["--export", "--out", str(model)],
+        ], left, args.out / "shapes.txt")
+        path = pack(args.out, "shapes-model", model)
+        print(f"[shapes] shapes-model.tar.gz: {'written' if path else 'nothing to pack'}", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0 if all(r["status"] == "ok" for r in records) else 1
 
 

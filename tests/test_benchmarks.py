@@ -193,3 +193,156 @@ def test_loss_by_words_learns_the_concept_and_scores_it_beside_its_words(capsys)
     assert "`a photo of a cyan solid star`" in prompts and "`a photo of a cyan dotted star`" in prompts
     with pytest.raises(SystemExit):
         loss_by_words(["--draws", "39"])
+
+
+def test_timed_steps_sync_the_device_only_where_the_clock_is_read(monkeypatch, sd1_dir):
+    """A device sync after every timed step drains the GPU's queue each step (the host's launches of the next step
+    can then not overlap the GPU's work), so the trainer would be timed slower than it runs: the benchmark syncs
+    at the end of the first step (untimed), of the warm-up and of the last timed step only."""
+    import benchmarks.train_speed as ts
+
+    synced: list[int] = []
+    steps_done: list[int] = []
+    real_train = ts.train
+
+    def counting_train(config, model=None, progress=True, on_step=None):
+        def hook(step):
+            steps_done.append(step)
+            on_step(step)
+        return real_train(config, model=model, progress=progress, on_step=hook)
+
+    monkeypatch.setattr(ts, "train", counting_train)
+    monkeypatch.setattr(ts, "_sync", lambda device: synced.append(steps_done[-1]))
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        from pathlib import Path
+
+        work = Path(tmp)
+        ts._images(work / "images", n=2, size=16)
+        r = ts.time_mode(load_model(sd1_dir), "textinv", 1, warmup=2, steps=5, precision="fp32", device="cpu",
+                         work=work, resolution=16)
+    assert synced == [1, 2, 7]  # first step, end of warm-up, end of the timed steps; none in between
+    assert r["ms_per_step"] > 0 and r["first_step_s"] <= r["warmup_s"]
+    assert r["recompiled"] == 0 and r["cudagraph_skips"] == 0
+
+
+def test_draws_reach_a_gpu_through_pinned_non_blocking_copies(monkeypatch, sd1_dir, images, tmp_path):
+    """`.to("cuda")` of pageable host memory synchronizes the stream (memcpy_and_sync): each step's draws would make
+    the host wait for the previous step. Every draw goes through `_to_device`, which pins and copies without a sync."""
+    import textinv.train as tr
+
+    calls = []
+
+    def pin(self):
+        calls.append("pin")
+        return self
+
+    def to(self, *a, **kw):
+        calls.append(("to", str(a[0]), kw.get("non_blocking", False)))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    tr._to_device(torch.zeros(2), torch.device("cuda"))
+    tr._to_device(torch.zeros(2), torch.device("cpu"))
+    monkeypatch.undo()
+    assert calls == ["pin", ("to", "cuda", True), ("to", "cpu", False)]
+
+    moved = []
+    real = tr._to_device
+    monkeypatch.setattr(tr, "_to_device", lambda t, device: moved.append(t.shape) or real(t, device))
+    train(config(images, tmp_path / "run", steps=1, batch=2), model=load_model(sd1_dir), progress=False)
+    assert len(moved) == 6  # image, flip, caption, latent noise, noise, timestep: all of one step's draws
+
+
+def test_reference_like_mode_runs_the_text_encoder_under_autocast_as_accelerate_does(sd1_dir, images, tmp_path):
+    """The diffusers example keeps the text encoder's weights in fp32, but under --mixed_precision bf16
+    `accelerator.prepare` wraps its forward in autocast: its matmuls run in bf16. An fp32 forward would make the
+    reference slower than the example (fp32 matmuls run at a small fraction of bf16's rate on an H100)."""
+    model = load_model(sd1_dir, dtype=torch.bfloat16)
+    te = model.text_encoder
+    seen = []
+    layer = next(m for m in te.modules() if isinstance(m, torch.nn.Linear))
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype, o.dtype)))
+    try:
+        train(config(images, tmp_path / "ref", steps=1, reference_like=True, precision="bf16"), model=model,
+              progress=False)
+    finally:
+        handle.remove()
+    assert seen and all(w == torch.float32 and o == torch.bfloat16 for w, o in seen)
+    assert "forward" not in vars(te)  # the wrapper goes with the run
+
+
+def test_wall_run_is_a_fresh_process_with_empty_compile_caches(monkeypatch, tmp_path):
+    """The 12,000-sample figure counts a user's whole run: a new process (imports, CUDA's start, loading), and
+    compiling with no cache that this benchmark's own process warmed."""
+    import subprocess
+    import sys
+
+    import benchmarks.train_speed as ts
+
+    seen = {}
+
+    def fake_run(command, env=None, **kw):
+        seen.update(command=command, env=env)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    class Pipe:
+        def save_pretrained(self, folder):
+            folder.mkdir()
+
+    monkeypatch.setattr(ts.subprocess, "run", fake_run)
+    w = ts.wall_run(Pipe(), "fast", 32, 12000, "bf16", "cuda", tmp_path, None)
+    assert w["steps"] == 375 and w["samples"] == 12000 and w["wall_s"] > 0
+    command = seen["command"]
+    assert command[:4] == [sys.executable, "-m", "textinv", "train"]
+    assert command[command.index("--steps") + 1] == "375" and command[command.index("--compile") + 1] == "unet"
+    assert "--channels-last" in command and command[command.index("--compile-mode") + 1] == "reduce-overhead"
+    caches = seen["env"]["TORCHINDUCTOR_CACHE_DIR"]
+    assert str(tmp_path) in caches and seen["env"]["TRITON_CACHE_DIR"].startswith(str(tmp_path))
+
+
+def test_a_command_past_its_time_is_killed_with_its_children_and_leaves_time_for_the_next(tmp_path):
+    """A hanging compile: the command and the processes it started (torch.compile's workers) are killed at its
+    limit, and with `reserve` the commands after it still get their time."""
+    import os
+    import sys
+    import time
+
+    from benchmarks.gpu_session import run_part
+
+    pid_file = tmp_path / "child.pid"
+    hang = [sys.executable, "-c", "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(120)']); open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(120)",
+            str(pid_file)]
+    ok = [sys.executable, "-c", "print('ran')"]
+    started = time.monotonic()
+    record = run_part("speed", [hang, ok], 30, tmp_path / "log.txt", keep_going=True, reserve=20)
+    assert time.monotonic() - started < 25
+    assert record["status"].startswith("stopped at its time limit") and "\nran\n" in (tmp_path / "log.txt").read_text()
+    child = int(pid_file.read_text())
+    time.sleep(0.2)
+    try:
+        os.kill(child, 0)
+        alive = open(f"/proc/{child}/stat").read().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        alive = False
+    assert not alive
+
+
+def test_gpu_session_says_what_finished_when_it_is_killed_midway(monkeypatch, tmp_path):
+    """session.txt is written as each part starts and ends: a session killed in its speed part (the lease's end)
+    still records the environment part and where it stopped."""
+    import benchmarks.gpu_session as gs
+
+    real = gs.run_part
+
+    def run_part(name, *a, **kw):
+        if name == "speed":
+            raise SystemExit(137)  # killed here
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(gs, "run_part", run_part)
+    with pytest.raises(SystemExit):
+        gs.main(["--quick", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    lines = (tmp_path / "out" / "session.txt").read_text().splitlines()
+    assert lines[0].startswith("environment: ok") and lines[1].startswith("speed: running or stopped here")

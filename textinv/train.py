@@ -527,6 +527,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         stops the rest, which would cut the main process's save short."""
         if group is not None:
             torch.distributed.barrier(group=group)
+    # the reference-like mode with half-precision weights: the diffusers example keeps the text encoder's weights in
+    # fp32, but `accelerator.prepare` (--mixed_precision bf16/fp16) runs its forward under autocast; so here too
+    # (an instance attribute, removed when the run ends; the UNet and VAE run as they are, outside autocast)
+    autocast_text = [te for _, _, te in model.encoders] if config.reference_like and dtype != torch.float32 else []
+    for te in autocast_text:
+        te.forward = torch.autocast(device.type, dtype=dtype)(te.forward)
     try:
         while step < config.steps:
             stop.check()  # Ctrl-C or SIGTERM since the last step: stop here, between two steps
@@ -614,6 +620,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             wait_for_main()
         raise TrainingInterrupted(step, saved_where(), stop.signum) from None
     finally:
+        for te in autocast_text:
+            del te.forward
         stop.release()
         if own_group:
             torch.distributed.destroy_process_group(group)
@@ -679,11 +687,21 @@ def concept_seed(seed: int, index: int) -> int:
     return seed + 1_000_003 * index
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without a host sync. A plain `.to("cuda")` of pageable memory is copied and then
+    the stream synchronized (`memcpy_and_sync`): the host would wait for the whole previous step at every draw,
+    and the next step's launches could not overlap the GPU's work. From pinned memory the copy is queued in stream
+    order (the pinned block is kept until it has run), so the values are the same."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, model) -> dict:
     """One concept's part of a micro-batch: latents, noise, timesteps, token ids, SDXL time ids."""
     drawn = c.sampler.draw(config.batch * world, c.noise_shape, timesteps)
     mine_cpu = {k: v[rank * config.batch:(rank + 1) * config.batch] for k, v in drawn.items()}
-    mine = {k: v.to(device) for k, v in mine_cpu.items()}
+    mine = {k: _to_device(v, device) for k, v in mine_cpu.items()}
     which = mine["image"] + mine["flip"].long() * len(c.pictures)  # mirrored pictures sit after the originals
     if isinstance(c.mean, list):  # pictures of several shapes (--buckets): one latent a sample, at its own size
         picks = (mine_cpu["image"] + mine_cpu["flip"].long() * len(c.pictures)).tolist()  # (on the host: no sync)
