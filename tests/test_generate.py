@@ -751,3 +751,40 @@ def test_a_prompt_and_negative_of_different_lengths_are_each_read_at_their_own_l
                for i, h in enumerate((uncond, cond))]
         torch.testing.assert_close(out[0], torch.cat(own), atol=1e-5, rtol=1e-4)
     model.unet._forward_hooks.update(hooks)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# User review: a training run's --out folder, whatever --format it saved
+
+
+def test_a_training_runs_folder_draws_its_token_whatever_format_it_saved(sd1_dir, images, tmp_path):
+    """`textinv generate --embedding runs/my-dog` after `textinv train --format a1111` (or an SDXL run, whose
+    default file is named after the token without brackets, or a run of several concepts) drew the prompt without
+    the concept: the folder was read as a web UI embeddings folder, where the token is the file name ('my-dog'),
+    so the '<my-dog>' the user trained was not loaded (a warning only)."""
+    import warnings
+
+    from textinv.config import TrainConfig
+    from textinv.train import train
+
+    model = load_model(sd1_dir)
+    common = dict(steps=2, batch=2, save_every=0, sample_every=0, lr=0.5)
+    train(TrainConfig(images=str(images), token="<zq>", init="dog", out=str(tmp_path / "run"), format="a1111",
+                      **common), model=model, progress=False)
+    train(TrainConfig(concepts=[f"{images}=<ka>=dog", f"{images}=<kb>=cat"], out=str(tmp_path / "pets"),
+                      format="kohya", **common), model=model, progress=False)
+
+    def draw(out, prompt, folder):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (no "no embedding in the folder ... is named" warning)
+            paths = generate(GenerateConfig(prompt=[prompt], embedding=[str(tmp_path / folder)],
+                                            out=str(tmp_path / out), n=1, steps=2, model=str(sd1_dir)),
+                             progress=False)
+        return Image.open(paths[0]).text["expanded_prompt"]
+
+    assert draw("a", "a photo of <zq>", "run") == "a photo of <zq>"
+    assert draw("b", "<ka> and <kb>", "pets") == "<ka> and <kb>"
+    assert draw("c", "a photo of <kb>", "pets/kb") == "a photo of <kb>"
+    with pytest.raises(ConfigError, match="training run of 2 concepts"):
+        generate(GenerateConfig(prompt=["<ka>"], embedding=[str(tmp_path / "pets")], token=["<x>"],
+                                out=str(tmp_path / "d"), n=1, steps=2, model=str(sd1_dir)), progress=False)

@@ -190,6 +190,28 @@ def test_an_unreachable_clip_model_says_how_to_get_one(monkeypatch, tmp_path):
         ClipJudge.load(str(tmp_path / "no-clip"))
 
 
+def test_an_unreachable_hub_is_said_at_once_without_retry_noise(tmp_path):
+    """Without HF_HUB_OFFLINE and without a network, `textinv score` (default --clip, a hub id) printed ten
+    "thrown while requesting HEAD ... Retrying in 8s" lines and took about 50 s to say the hub could not be
+    reached. A hub that refuses the connection (a closed local port) stands in for no network."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
+    code = ("from textinv.score import ClipJudge\n"
+            "try:\n    ClipJudge.load('openai/clip-vit-base-patch32')\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - started
+    assert "ModelError" in done.stdout and "could not be reached" in done.stdout, done.stdout + done.stderr
+    assert "Retrying" not in done.stderr, done.stderr
+    assert took < 20, f"{took:.0f} s to say the hub cannot be reached"
+
+
 def test_one_concept_of_a_run_of_several_finds_its_pictures_and_loss(sd1_dir, clip_dir, judge, tmp_path):
     a, b = write_images(tmp_path / "a", n=2, seed=3), write_images(tmp_path / "b", n=2, seed=4)
     run = tmp_path / "pets"

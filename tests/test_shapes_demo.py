@@ -487,3 +487,21 @@ def test_a_diverging_demo_gives_advice_the_demo_can_take(model_dir, probe_path, 
     assert "non-finite" in err and "lower --lr (now 0.5)" in err and "--max-grad-norm" not in err
     assert main(["demo", "--quick", "--lr", "inf", "--out", str(tmp_path / "d")]) == 2  # refused before loading
     assert "--lr must be > 0 and at most" in capsys.readouterr().err
+
+
+def test_a_demo_refuses_an_out_of_the_users_own_and_deletes_nothing(model_dir, probe_path, tmp_path, capsys):
+    """`textinv demo --quick --out photos` (or `--out .`) wrote its report sheet among the user's pictures (the next
+    `textinv train --images photos` trains on it), and a `run/` folder of the user's own in --out was deleted."""
+    pictures = tmp_path / "photos"
+    pictures.mkdir()
+    Image.new("RGB", (64, 64), (0, 128, 128)).save(pictures / "dog1.png")
+    mine = tmp_path / "work"
+    (mine / "run").mkdir(parents=True)
+    (mine / "run" / "notes.txt").write_text("precious")
+    for out, named in ((pictures, "dog1.png"), (mine, "run/")):
+        code = main(["demo", "--quick", "--out", str(out), "--model", str(model_dir), "--probe", str(probe_path)])
+        err = capsys.readouterr().err
+        assert code == 2 and "not a demo's folder" in err and named in err and "Traceback" not in err, err
+    assert sorted(p.name for p in pictures.iterdir()) == ["dog1.png"]
+    assert (mine / "run" / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in mine.iterdir()) == ["run"]

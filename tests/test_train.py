@@ -1218,3 +1218,34 @@ def test_training_leaves_an_installed_embeddings_vectors_alone(sd1_dir, images, 
     after = model.text_encoder.get_input_embeddings().vectors.detach()
     assert torch.equal(after[:2], before), (after[:2] - before).abs().max()
     assert torch.equal(after[2:], result.embedding.vectors["text_encoder"])
+
+
+def test_sample_prompts_may_name_the_token_as_generate_prompts_do(sd1_dir, images, tmp_path):
+    """`--sample-prompts "a photo of <zq> on grass"` (the prompt as the user writes it for `textinv generate`) was
+    refused: "has no '{}' where the token goes", though caption files and `score --prompts` take the token itself."""
+    import numpy as np
+    from PIL import Image
+
+    grids = []
+    for name, prompt in (("braces", "a photo of {} on grass"), ("token", "a photo of <ZQ> on grass")):
+        out = tmp_path / name
+        train(config(images, out, steps=1, sample_every=1, sample_prompts=[prompt]).validate(),
+              model=load_model(sd1_dir), progress=False)
+        grids.append(np.asarray(Image.open(out / "samples" / "step-000001.png")))
+    assert np.array_equal(grids[0], grids[1])
+    with pytest.raises(ConfigError, match="has no '{}' \\(or the token\\)"):
+        config(images, tmp_path / "x", sample_prompts=["a photo of a dog"]).validate()
+
+
+def test_an_init_word_the_tokenizer_splits_into_fragments_is_warned_about(sd1_dir, images, tmp_path):
+    """`--init dgo` (a typo; the diffusers script refuses a multi-token init, kohya warns) trained silently from the
+    mean of the fragments d + g + o. On the bundled shapes model even the default init, 'object', is six letters."""
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"--init 'dgo'.*dgo \(d \+ g \+ o\)"):
+        train(config(images, tmp_path / "typo", init="dgo", steps=1), model=load_model(sd1_dir), progress=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(config(images, tmp_path / "word", init="small red dog, toy", steps=1), model=load_model(sd1_dir),
+              progress=False)
+    assert not [w for w in seen if "--init" in str(w.message)]

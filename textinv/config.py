@@ -235,9 +235,9 @@ class TrainConfig:
             raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: resume keeps the folder, overwrite empties it")
-        for prompt in self.sample_prompts:
-            if "{}" not in prompt:
-                raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' where the token goes")
+        for prompt in self.sample_prompts:  # ({} or a token written out, as in caption files and score's prompts)
+            if "{}" not in prompt and not any(t and t.lower() in prompt.lower() for t in tokens):
+                raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' (or the token) where the token goes")
         return self
 
     @builtins.property  # (the field `property` hides the builtin inside this class)

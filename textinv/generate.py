@@ -30,6 +30,7 @@ from .formats import LearnedEmbedding, load_embedding, load_embedding_pair
 from .io import atomic_path, output_folder
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, encode_text, load_model,
                      quiet_transformers)
+from .run_folder import concept_folder, embedding_file, saved_run
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
 DEFAULT_STEPS = 25
@@ -532,13 +533,29 @@ def unload_loras(model: Model) -> None:
 def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> list[tuple[str, str | None]]:
     """(file, token) for each --embedding. A folder that is not a diffusers run folder (learned_embeds.*) is read as
     the A1111 web UI reads its embeddings folder: each file's name is its token, and the files named in the
-    prompts (`said`, lowercased) are loaded, the others left alone."""
+    prompts (`said`, lowercased) are loaded, the others left alone. A training run's folder gives its embedding
+    (every concept's, for a run of several) whatever format it saved."""
     files: list[tuple[str, str | None]] = []
     for entry, token in zip(entries, tokens):
         folder = Path(entry)
         if not folder.is_dir() or any((folder / name).is_file() for name in ("learned_embeds.safetensors",
                                                                              "learned_embeds.bin")):
             files.append((entry, token))
+            continue
+        # a training run's --out (or one concept's folder of it) holds its embedding under the token's name
+        # (--format a1111/kohya, SDXL's default sdxl file): its token is the run's, not the file's name
+        run = saved_run(folder)
+        if run is not None and len(run[1]) > 1:
+            if token:
+                raise ConfigError(f"--token {token} renames one embedding; {entry} is a training run of "
+                                  f"{len(run[1])} concepts (pass one concept's folder to rename it)")
+            for spec in run[1]:
+                found = embedding_file(folder / concept_folder(spec["token"]))
+                files.append((str(found), None))
+            continue
+        found = embedding_file(folder)
+        if found != folder:
+            files.append((str(found), token))
             continue
         if token:
             raise ConfigError(f"--token {token} renames one embedding file; {entry} is a folder of them, each named "

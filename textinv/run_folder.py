@@ -19,8 +19,9 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, build, read_config_file
-from .errors import ConfigError
-from .formats import FORMATS, TOKEN_FREE_FORMATS, default_filename, second_file, step_filename
+from .errors import ConfigError, FormatError
+from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, load_embedding, second_file,
+                      step_filename)
 from .io import atomic_path, write_text
 from .models import BUNDLED_MODELS
 from .tokens import token_names
@@ -323,3 +324,61 @@ def read_loss_log(path: str | Path, column: str = "loss") -> list[tuple[int, flo
     token) in a run of several."""
     with open(path, newline="") as f:
         return [(int(r["step"]), float(r[column])) for r in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading a finished run: its settings and its embedding file
+
+
+def saved_run(run: Path):
+    """The training settings (a TrainConfig) and its concepts saved in `run`'s config.yaml; None when there is none
+    or it is not a textinv training config."""
+    if not (run / CONFIG_FILE).is_file():
+        return None
+    try:
+        saved = build(TrainConfig, {k: v for k, v in read_config_file(run / CONFIG_FILE).items()
+                                    if k not in ("resume", "overwrite")})
+        return saved, saved.concept_list()
+    except ConfigError:  # not a textinv training config: no defaults from it
+        return None
+
+
+def embedding_file(path: Path) -> Path:
+    """The file `--embedding` names: `path` itself, a diffusers folder (learned_embeds.*, read by load_embedding),
+    or a training run's folder whose run saved it under the token's name (--format a1111 or kohya, and SDXL's
+    default sdxl file); a run of several concepts is refused, naming its concepts' folders. The second file of a
+    diffusers-sdxl pair (learned_embeds_2) names the pair: its first file reads both."""
+    if path.is_file():
+        first = _first_of_pair(path)
+        try:
+            return first if first is not None and len(load_embedding(first).widths) == 2 else path
+        except FormatError:  # (a damaged partner: the file named is read, and said, alone)
+            return path
+    if not path.is_dir() or any((path / name).is_file() for name in ("learned_embeds.safetensors",
+                                                                       "learned_embeds.bin")):
+        return path
+    for run in (path, path.parent):
+        found = saved_run(run)
+        if found is None:
+            continue
+        saved, specs = found
+        if run == path and len(specs) > 1:
+            folders = ", ".join(str(path / concept_folder(s["token"])) for s in specs)
+            raise ConfigError(f"--embedding {path} is a training run of {len(specs)} concepts; score one at a time: "
+                              f"pass its folder ({folders})")
+        spec = specs[0] if run == path else next((s for s in specs if concept_folder(s["token"]) == path.name), None)
+        if spec is not None:  # (an SDXL run's default format is sdxl; diffusers' files were looked for above)
+            file = path / default_filename(saved.format or "sdxl", spec["token"])
+            if file.is_file():
+                return file
+        break
+    return path
+
+
+def _first_of_pair(path: Path) -> Path | None:
+    """The first file of the diffusers-sdxl pair whose second file is `path`, when it lies beside it."""
+    stem = path.name.replace("learned_embeds_2", "learned_embeds", 1)
+    for name in (stem, path.stem[:-2] + path.suffix if path.stem.endswith("_2") else None):
+        if name and name != path.name and (path.parent / name).is_file() and second_file(path.parent / name) == path:
+            return path.parent / name
+    return None

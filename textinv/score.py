@@ -41,15 +41,16 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import PRECISIONS, SAMPLERS, build, check_choices, check_drawing, opt, read_config_file
+from .config import PRECISIONS, SAMPLERS, check_choices, check_drawing, opt
 from .data import PROPERTIES, find_images, load_image
-from .errors import ConfigError, DataError, FormatError, ModelError
-from .formats import LearnedEmbedding, default_filename, load_embedding, second_file
+from .errors import ConfigError, DataError, ModelError
+from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        install_embedding, png_text, render, unload_embeddings)
 from .io import atomic_path, output_folder, write_json, write_text
 from .models import Model, _is_local_path, load_model, offline_note, quiet_transformers
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
+from .run_folder import embedding_file, saved_run
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the paper's judge
 MARKER = "{}"
@@ -151,6 +152,20 @@ class ScoreResult:
 # the judge
 
 
+def _hub_reachable(source: str) -> bool:
+    """Whether the Hugging Face hub answers at all (one request, no retries); False when HF_HUB_OFFLINE is set."""
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import HfHubHTTPError
+
+        huggingface_hub.model_info(source, timeout=10)
+    except HfHubHTTPError:  # (an answer, if not the one hoped for: the hub is there)
+        return True
+    except Exception:  # no network, no DNS, offline mode
+        return False
+    return True
+
+
 class ClipJudge:
     """CLIP's image and text towers: unit-length embeddings of pictures and texts, compared by cosine similarity.
 
@@ -169,11 +184,19 @@ class ClipJudge:
         Raises ModelError naming `source` and the fix when it cannot be had (no network and not cached)."""
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-        try:
+        def load(**online):
             with quiet_transformers():  # (transformers 5 notes that it falls back to its Pillow image processor)
-                model = CLIPModel.from_pretrained(source, torch_dtype=torch.float32)
-                tokenizer = AutoTokenizer.from_pretrained(source)
-                processor = CLIPImageProcessor.from_pretrained(source)
+                return (CLIPModel.from_pretrained(source, torch_dtype=torch.float32, **online),
+                        AutoTokenizer.from_pretrained(source, **online),
+                        CLIPImageProcessor.from_pretrained(source, **online))
+
+        try:
+            try:  # the cache first: offline, the hub's client retries each file for most of a minute
+                model, tokenizer, processor = load(local_files_only=True)
+            except OSError:
+                if Path(source).expanduser().exists() or _is_local_path(source) or not _hub_reachable(source):
+                    raise
+                model, tokenizer, processor = load()
         except Exception as e:
             local = Path(source).expanduser().exists()
             if not local and _is_local_path(source):  # a mistyped folder is not a hub id to download
@@ -244,65 +267,6 @@ def scored_text(template: str, steps: int = DEFAULT_STEPS) -> str:
 # 1. checks
 
 
-def _saved_run(run: Path):
-    """The training settings (a TrainConfig) and its concepts saved in `run`'s config.yaml; None when there is none
-    or it is not a textinv training config."""
-    from .config import TrainConfig
-    from .run_folder import CONFIG_FILE
-
-    if not (run / CONFIG_FILE).is_file():
-        return None
-    try:
-        saved = build(TrainConfig, {k: v for k, v in read_config_file(run / CONFIG_FILE).items()
-                                    if k not in ("resume", "overwrite")})
-        return saved, saved.concept_list()
-    except ConfigError:  # not a textinv training config: no defaults from it
-        return None
-
-
-def embedding_file(path: Path) -> Path:
-    """The file `--embedding` names: `path` itself, a diffusers folder (learned_embeds.*, read by load_embedding),
-    or a training run's folder whose run saved it under the token's name (--format a1111 or kohya, and SDXL's
-    default sdxl file); a run of several concepts is refused, naming its concepts' folders. The second file of a
-    diffusers-sdxl pair (learned_embeds_2) names the pair: its first file reads both."""
-    from .run_folder import concept_folder
-
-    if path.is_file():
-        first = _first_of_pair(path)
-        try:
-            return first if first is not None and len(load_embedding(first).widths) == 2 else path
-        except FormatError:  # (a damaged partner: the file named is read, and said, alone)
-            return path
-    if not path.is_dir() or any((path / name).is_file() for name in ("learned_embeds.safetensors",
-                                                                       "learned_embeds.bin")):
-        return path
-    for run in (path, path.parent):
-        found = _saved_run(run)
-        if found is None:
-            continue
-        saved, specs = found
-        if run == path and len(specs) > 1:
-            folders = ", ".join(str(path / concept_folder(s["token"])) for s in specs)
-            raise ConfigError(f"--embedding {path} is a training run of {len(specs)} concepts; score one at a time: "
-                              f"pass its folder ({folders})")
-        spec = specs[0] if run == path else next((s for s in specs if concept_folder(s["token"]) == path.name), None)
-        if spec is not None:  # (an SDXL run's default format is sdxl; diffusers' files were looked for above)
-            file = path / default_filename(saved.format or "sdxl", spec["token"])
-            if file.is_file():
-                return file
-        break
-    return path
-
-
-def _first_of_pair(path: Path) -> Path | None:
-    """The first file of the diffusers-sdxl pair whose second file is `path`, when it lies beside it."""
-    stem = path.name.replace("learned_embeds_2", "learned_embeds", 1)
-    for name in (stem, path.stem[:-2] + path.suffix if path.stem.endswith("_2") else None):
-        if name and name != path.name and (path.parent / name).is_file() and second_file(path.parent / name) == path:
-            return path.parent / name
-    return None
-
-
 def run_settings(embedding: Path, token: str) -> dict:
     """What the training run beside `embedding` says: images, model (and the VAE, single-file config and prediction
     type it was loaded with), property, init and its loss curve file, from the config.yaml in the run folder (the
@@ -311,7 +275,7 @@ def run_settings(embedding: Path, token: str) -> dict:
 
     folder = embedding if embedding.is_dir() else embedding.parent
     for run in (folder, folder.parent):
-        found = _saved_run(run)
+        found = saved_run(run)
         if found is None:
             if (run / CONFIG_FILE).is_file():
                 return {}

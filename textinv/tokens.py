@@ -148,6 +148,27 @@ def encode_init(tokenizer, text: str) -> list[int]:
     return ids
 
 
+def split_words(tokenizer, ids: list[int]) -> list[str]:
+    """The words of an init text that the tokenizer does not know whole, each with the pieces it reads instead
+    ("ball (ba + l + l)"): CLIP's BPE ends a word's last piece with </w>, so a piece without it is part of a word.
+
+    Their vectors are sub-word fragments, and their mean starts the learned vector far from the word meant (a typo
+    such as --init dgo reads as d + g + o)."""
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    words, current = [], []
+    for piece in pieces:
+        current.append(piece)
+        if piece.endswith("</w>"):
+            if len(current) > 1:
+                shown = [p.replace("</w>", "") for p in current]
+                words.append(f"{''.join(shown)} ({' + '.join(shown)})")
+            current = []
+    if len(current) > 1 or (current and not words and len(pieces) > 1):
+        shown = [p.replace("</w>", "") for p in current]
+        words.append(f"{''.join(shown)} ({' + '.join(shown)})")
+    return words
+
+
 def init_vectors(table: torch.Tensor, ids: list[int], num_vectors: int) -> torch.Tensor:
     """Starting vectors `(num_vectors, dim)` from the init text's token rows.
 

@@ -22,10 +22,12 @@ the frozen model and every batch; each concept's loss term is its own mean, so i
 from __future__ import annotations
 
 import math
+import re
 import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +49,7 @@ from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR
                          write_loss_log)
 from .speed import check_compiled_unet, speed_up_unet, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, encode_init, expand_prompt, init_vectors,
-                     token_names)
+                     split_words, token_names)
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the vectors at the last finished step were saved before stopping."""
@@ -342,6 +344,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         else:
             starts = [init_vectors(base_embedding(te).weight, encode_init(tok, spec["init"]), config.vectors)
                       for _, tok, te in model.encoders]
+            split = split_words(model.tokenizer, encode_init(model.tokenizer, spec["init"]))
+            if split and is_main and not config.resume:
+                warnings.warn(f"--init {spec['init']!r}: {model.source} does not know {', '.join(split)} as a word, "
+                              f"so {spec['token']} starts from the mean of those fragments' vectors; give a word it "
+                              f"knows (check the spelling)", stacklevel=2)
         exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
         rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
     if config.gradient_checkpointing:
@@ -472,6 +479,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # when every template has one (A1111's *_filewords.txt) the property's default templates stand in
     sample_prompts = (config.sample_prompts or [t for t in templates if "[filewords]" not in t][:4]
                       or list(default_templates(config.property))[:4])
+    # a prompt may name a token as it is written in `generate` ('a photo of <my-dog>'): each concept's grid draws
+    # its own token there, as with {}
+    named = re.compile("|".join(re.escape(c.token) for c in sorted(concepts, key=lambda c: -len(c.token))),
+                       re.IGNORECASE)
+    sample_prompts = [p if "{}" in p else named.sub(lambda m: "{}", p) for p in sample_prompts]
 
     def draw_samples(at_step: int) -> None:
         if not (is_main and config.sample_every):

@@ -211,6 +211,22 @@ def _put_back(out: Path) -> None:
     shutil.rmtree(keep)
 
 
+def _check_own_folder(out: Path, given: str) -> None:
+    """Refuse an --out that holds anything a demo does not write: its `run/`, report and templates are replaced
+    whole, so a folder of the user's own (their pictures, the folder they are in, another run) would lose files or
+    get a report sheet among its pictures."""
+    litter = ("thumbs.db", "desktop.ini")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OWNED + ("examples",)
+                     and not p.name.startswith(".") and p.name.lower() not in litter)
+    run = out / "run"
+    if run.is_dir() and any(run.iterdir()) and not (run / "config.yaml").is_file():
+        foreign.insert(0, "run/ (not a demo's run)")
+    if foreign:
+        raise ConfigError(f"--out {given} is not a demo's folder (it holds {', '.join(foreign[:5])}"
+                          f"{' ...' if len(foreign) > 5 else ''}); the demo replaces its report and run/ there: "
+                          f"give a new or empty folder, e.g. --out demo-out")
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -237,6 +253,7 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     concept = find_concept(config.concept)
     out = output_folder(config.out)
     _put_back(out)  # a demo killed before it finished left the last good report set aside: it is the current one
+    _check_own_folder(out, config.out)
     if model is None:
         _check_model(config.model)
     note = None
