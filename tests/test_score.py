@@ -543,3 +543,20 @@ def test_a_compare_folder_gives_its_files_in_step_order(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="folder without embedding files"):
         _expand_folders([str(tmp_path / "empty")])
+
+
+def test_the_init_word_is_the_one_the_embedding_started_from(run_dir, clip_dir, judge, tmp_path):
+    """A run that left --init to its model (the bundled model's own "shape") has the property word in its settings;
+    the embedding records the word it started from, and that is the baseline drawn."""
+    import shutil
+
+    from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    emb = load_embedding(run / "learned_embeds.safetensors")
+    save_embedding(LearnedEmbedding(emb.token, emb.vectors, {**emb.metadata, "init": "cat"}),
+                   run / "learned_embeds.safetensors", "diffusers")
+    result = score(settings(run, clip_dir, tmp_path / "report", n=1), judge=judge, progress=False)
+    report = json.loads(result.scores.read_text())
+    assert [m["words"] for m in report["methods"]] == ["<zq>", "cat"]

@@ -67,6 +67,20 @@ def test_bundled_tokenizer_knows_every_world_word(shapes_model):
 
 
 @needs_bundled
+def test_bundled_model_says_its_own_init_words_and_templates_in_words_it_knows(shapes_model):
+    """`textinv train` on the bundled model without --init or --templates takes these (models.recorded_prompting):
+    SD's defaults ("object", "a painting in the style of {}") are fragments in its 760-word vocabulary."""
+    from textinv.tokens import encode_init, split_words
+
+    tok = shapes_model.tokenizer
+    assert set(shapes_model.prompting) == {"object", "style"}
+    for prop, own in shapes_model.prompting.items():
+        texts = [own["init"]] + [t.replace("{}", "") for t in own["templates"]]
+        assert own["templates"] and all(split_words(tok, encode_init(tok, text)) == [] for text in texts if text.strip())
+    assert split_words(tok, encode_init(tok, "object")) != []  # (what the paper's default would have been)
+
+
+@needs_bundled
 def test_bundled_model_generates_a_64px_picture(shapes_model):
     pipe = shapes_model.pipeline
     out = pipe("a red star on a white background", num_inference_steps=4, guidance_scale=3.0,
@@ -117,6 +131,7 @@ def test_pretraining_continues_from_an_exported_model(tmp_path):
 
     first = tmp_path / "first"
     assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "2"]) == 0
+    assert load_model(first).prompting["object"]["init"] == "shape"  # the export records the world's own words
     work = tmp_path / "w2"
     assert pretrain_main(["--from-model", str(first), "--work", str(work)]) == 0
     assert json.loads((work / "unet" / "state.json").read_text())["step"] == 2

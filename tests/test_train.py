@@ -1249,3 +1249,34 @@ def test_an_init_word_the_tokenizer_splits_into_fragments_is_warned_about(sd1_di
         train(config(images, tmp_path / "word", init="small red dog, toy", steps=1), model=load_model(sd1_dir),
               progress=False)
     assert not [w for w in seen if "--init" in str(w.message)]
+
+
+def test_a_model_that_records_its_own_words_gives_the_init_and_templates_left_out(sd1_dir, images, tmp_path,
+                                                                                  monkeypatch):
+    """The bundled shapes model knows neither "object" nor the paper's templates' words: its training.json says its
+    own, and a run that gives no --init or --templates takes them; given ones win."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(sd1_dir, folder)
+    (folder / "training.json").write_text(json.dumps(
+        {"prompting": {"object": {"init": "cat", "templates": ["a drawing of {}", "{} on grass"]}}}))
+    seen = []
+    real = train_module.CaptionSampler
+
+    def spy(pictures, templates, *a, **k):
+        seen.append(list(templates))
+        return real(pictures, templates, *a, **k)
+
+    monkeypatch.setattr(train_module, "CaptionSampler", spy)
+    own = train(config(images, tmp_path / "a", steps=1, init=None), model=load_model(folder), progress=False)
+    assert seen == [["a drawing of {}", "{} on grass"]] and own.embedding.metadata["init"] == "cat"
+    plain = train(config(images, tmp_path / "p", steps=1, init="cat", templates=None), model=load_model(sd1_dir),
+                  progress=False)
+    assert plain.embedding.metadata["init"] == "cat" and seen[-1] != seen[0]  # (a model without a record: the paper's)
+    template_file = tmp_path / "t.txt"
+    template_file.write_text("a sketch of {}\n")
+    given = train(config(images, tmp_path / "g", steps=1, init="dog", templates=str(template_file)),
+                  model=load_model(folder), progress=False)
+    assert seen[-1] == ["a sketch of {}"] and given.embedding.metadata["init"] == "dog"

@@ -113,7 +113,8 @@ class TrainConfig:
                              "(in a config file, also mappings with images, token, init)")
     out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name")
-    init: str = opt(None, "word or phrase to start from (e.g. 'dog'); default: the --property word")
+    init: str = opt(None, "word or phrase to start from (e.g. 'dog'); default: the --property word, or the "
+                    "model's own word for it (the bundled model's 'shape')")
     init_embedding: str = opt(None, "start from this embedding file's vectors instead (any format: continue a run "
                                     "whose checkpoints are gone, or refine a downloaded embedding, as kohya's "
                                     "--weights); --vectors must match its count")
@@ -152,7 +153,8 @@ class TrainConfig:
     tag_dropout: float = opt(0.0, "leave out each caption tag with this chance (the web UI's 'drop out tags', "
                                   "kohya's --caption_tag_dropout_rate); the tag holding the token stays")
     keep_tags: int = opt(0, "the first N caption tags stay first and are never dropped (kohya's --keep_tokens)")
-    templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token")
+    templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token; "
+                               "default: the paper's for --property, or the model's own")
     precision: str = opt("auto", "weights' precision; auto = bf16 on a GPU that has it, else fp32", choices=PRECISIONS)
     seed: int = opt(0, "random seed: same seed and settings give the same run")
     save_every: int = opt(500, "checkpoint every N steps (0: only at the end)")
@@ -244,17 +246,15 @@ class TrainConfig:
     def use_flip(self) -> bool:
         return flip_default(self.property) if self.flip is None else self.flip
 
-    @builtins.property
-    def init_text(self) -> str:
-        return self.init if self.init else self.property
-
-    def concept_list(self) -> list[dict[str, str]]:
-        """The run's concepts as dicts of images, token and init (one for --images/--token)."""
+    def concept_list(self, default_init: str | None = None) -> list[dict[str, str]]:
+        """The run's concepts as dicts of images, token and init (one for --images/--token). A concept without an
+        init takes --init, else `default_init` (a model's own word for the property), else the property's word."""
+        fallback = self.init or default_init or self.property
         if not self.concepts:
             for name in ("images", "token"):
                 if not getattr(self, name):
                     raise ConfigError(f"--{name} is required ({_help(name)}), or give --concepts")
-            return [{"images": self.images, "token": self.token, "init": self.init_text}]
+            return [{"images": self.images, "token": self.token, "init": fallback}]
         specs = []
         for item in self.concepts:
             if isinstance(item, dict):
@@ -280,7 +280,7 @@ class TrainConfig:
                 spec = dict(zip(("images", "token", "init"), parts))
             if not spec.get("images") or not spec.get("token"):
                 raise ConfigError(f"concept {item!r} needs both a folder and a token")
-            spec["init"] = spec.get("init") or self.init_text
+            spec["init"] = spec.get("init") or fallback
             specs.append(spec)
         return specs
 

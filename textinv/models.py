@@ -21,7 +21,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -77,6 +77,7 @@ class Model:
     source: str
     prediction_type: str  # "epsilon" or "v_prediction", from the scheduler config unless overridden
     guidance: float = DEFAULT_GUIDANCE  # the guidance scale it samples best at (see `recorded_guidance`)
+    prompting: dict = field(default_factory=dict)  # its own init word and caption templates (`recorded_prompting`)
 
     def guidance_or_own(self, guidance: float | None) -> float:
         """`guidance` if one was asked for, else the model's own: the one rule every drawing command follows."""
@@ -583,6 +584,7 @@ def load_model(
     model.prediction_type = pred
     if kind in ("bundled", "folder"):
         model.guidance = recorded_guidance(Path(location))
+        model.prompting = recorded_prompting(Path(location))
     return model
 
 
@@ -718,6 +720,27 @@ def recorded_guidance(folder: Path) -> float:
     except (OSError, ValueError, KeyError, TypeError):
         return DEFAULT_GUIDANCE
     return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_GUIDANCE
+
+
+def recorded_prompting(folder: Path) -> dict[str, dict]:
+    """A model folder's own words for training it, per `--property`: `{"object": {"init": WORD, "templates": [...]},
+    "style": {...}}`, from its `training.json` (`prompting`), else `{}`. SD's defaults (the paper's templates, the
+    property's word as the init) assume SD's vocabulary; the small shapes model knows only its world's 760 words, in
+    which "object" is six single letters and "a painting in the style of" half fragments, so it says its own."""
+    try:
+        recorded = json.loads((folder / "training.json").read_text())["prompting"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    prompting = {}
+    for prop, entry in recorded.items() if isinstance(recorded, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        init, templates = entry.get("init"), entry.get("templates")
+        prompting[prop] = {
+            "init": init if isinstance(init, str) and init.strip() else None,
+            "templates": [t for t in templates if isinstance(t, str) and "{}" in t] if isinstance(templates, list) else [],
+        }
+    return prompting
 
 
 def _check_vae_source(source) -> None:

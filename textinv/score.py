@@ -392,7 +392,9 @@ def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict,
         name = names[k] if names.count(names[k]) == 1 else f"{Path(path).parent.name}/{names[k]}"
         methods.append({"name": f"compared {k + 1}", "words": other.token,
                         "label": name + (f" (step {step})" if step else "")})
-    init = config.init if config.init is not None else (run.get("init") or emb.metadata.get("init"))
+    # the word the embedding records it started from (the run's settings may leave it to the model: the bundled
+    # model's own "shape" where the settings say nothing), else the run's
+    init = config.init if config.init is not None else (emb.metadata.get("init") or run.get("init"))
     if init and init.strip().lower() != "none" and not init.startswith("embedding "):  # (an init file has no word)
         methods.append({"name": "init word", "words": init.strip(), "label": f"init word '{init.strip()}'"})
     if config.description:

@@ -328,6 +328,13 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     file_format = _file_format(config.format, model)
     timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
     check_clip_skip(model, config.clip_skip)
+    # a model that says its own words for the property (the bundled shapes model knows neither "object" nor the
+    # paper's templates' words) gives the init and templates the user left out
+    own = model.prompting.get(config.property, {})
+    if own.get("templates") and not config.templates:
+        templates = list(own["templates"])
+    if own.get("init") and not config.init and not config.init_embedding:
+        specs = [dict(spec, init=again["init"]) for spec, again in zip(specs, config.concept_list(own["init"]))]
     # rows that tokens added before this run (an installed embedding) hold in each encoder's vectors: they share the
     # trained parameter, so AdamW's weight decay would shrink them; they are put back after every step
     held = [len(te.get_input_embeddings().vectors) if isinstance(te.get_input_embeddings(), ExtendedEmbedding) else 0

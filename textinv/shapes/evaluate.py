@@ -57,6 +57,12 @@ OBJECT_TEMPLATES = ("a photo of {}", "an image of {}", "a picture of {}", "a dra
 STYLE_TEMPLATES = ("a shape, {} style", "a photo of a shape in {} style", "a picture of a shape in a {} style",
                    "an image of a shape, {} style")
 
+# What the exported model tells `textinv train` to use when a user gives no --init or --templates
+# (`models.recorded_prompting`): the world's own words, where SD's defaults ("object", "a painting in the style of")
+# are fragments in its vocabulary. Written into training.json by `pretrain --export`.
+PROMPTING = {"object": {"init": "shape", "templates": list(OBJECT_TEMPLATES)},
+             "style": {"init": "style", "templates": list(STYLE_TEMPLATES)}}
+
 # Reconstruction prompts: the concept itself, in the paper's "a photo of S*" and the world's other plain wordings.
 OBJECT_RECONSTRUCTION = ("a photo of {}", "an image of {}", "{}")
 STYLE_RECONSTRUCTION = ("a star, {} style", "a circle in {} style", "a square on a white background, {} style")

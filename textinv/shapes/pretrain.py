@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from textinv.errors import ConfigError
 from textinv.shapes import world
+from textinv.shapes.evaluate import PROMPTING
 
 STAGES = ("vae", "unet")
 # The sizes each stage's checkpoints are tied to: once a stage has a checkpoint they come from the work folder's
@@ -689,6 +690,7 @@ def export(config: PretrainConfig, work: Path, out: Path, command: str, dtype=to
                        "vae": count_parameters(pipe.vae)},
         "scaling_factor": pipe.vae.config.scaling_factor,
         "weights_dtype": str(dtype).replace("torch.", ""),
+        "prompting": PROMPTING,  # its own init words and templates for `textinv train` (models.recorded_prompting)
     }
     _write_json(tmp / "training.json", record)
     (tmp / "README.md").write_text(_readme(record))
