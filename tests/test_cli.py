@@ -305,3 +305,17 @@ def test_a_bare_marker_prompt_in_yaml_is_named_as_a_mapping(tmp_path):
     cfg.write_text("out: o\nimages: dogs\ntoken: <d>\nsample_prompts:\n  - a photo of {}\n  - {}\n")
     with pytest.raises(ConfigError, match="mapping, not text.*quotes"):
         build(TrainConfig, read_config_file(cfg))
+
+
+def test_a_learning_rate_far_above_any_used_is_warned_about_by_its_sign():
+    """`--lr 5e3` (5000) is a valid number and the run dies on a NaN loss within steps: it is said up front."""
+    with pytest.warns(UserWarning, match=r"learning rate 5000 is far above .* 5e-3 is 0.005"):
+        TrainConfig(images="x", token="<t>", out="o", lr=5e3).validate()
+    with pytest.warns(UserWarning, match="learning rate 50 "):
+        TrainConfig(images="x", token="<t>", out="o", lr_steps="50:10, 0.005").validate()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig(images="x", token="<t>", out="o", lr=5e-2).validate()
+        TrainConfig(images="x", token="<t>", out="o", lr_steps="0.05:10, 0.005").validate()

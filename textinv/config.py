@@ -14,6 +14,7 @@ import os
 import random
 import tomllib
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,11 @@ class TrainConfig:
                                   "--warmup-steps 0")
             if self.lr != TrainConfig.lr:  # (the field's default)
                 raise ConfigError(f"--lr-steps gives the rates: leave out --lr (got {self.lr})")
+        rates = [rate for rate, _ in parse_lr_steps(self.lr_steps)] if self.lr_steps is not None else [self.lr]
+        if max(rates) > 1:  # (valid, but the loss goes NaN within steps: most likely 5e3 typed for 5e-3)
+            warnings.warn(f"learning rate {max(rates):g} is far above textual inversion's usual rates (the paper's "
+                          f"5e-3, the web UI's 0.005 and up to 0.05 at first); check the exponent's sign (5e3 is "
+                          f"5000, 5e-3 is 0.005)", stacklevel=2)
         if self.init_embedding is not None and not str(self.init_embedding).strip():
             raise ConfigError("--init-embedding needs an embedding file")
         if self.warmup_steps and self.lr_schedule == "constant":
