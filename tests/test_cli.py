@@ -319,3 +319,20 @@ def test_a_learning_rate_far_above_any_used_is_warned_about_by_its_sign():
         warnings.simplefilter("error")
         TrainConfig(images="x", token="<t>", out="o", lr=5e-2).validate()
         TrainConfig(images="x", token="<t>", out="o", lr_steps="0.05:10, 0.005").validate()
+
+
+def test_a_path_copied_from_windows_is_said_to_be_one(tmp_path):
+    """On a system whose folders are separated by '/', `C:\\Users\\me\\pics` names nothing; the error says why."""
+    from textinv.data import find_images
+    from textinv.errors import DataError, ModelError
+    from textinv.models import load_model
+
+    with pytest.raises(DataError, match=r"backslashes, as on Windows; .* '/mnt/c/Users/me/pics' under WSL"):
+        find_images(r"C:\Users\me\pics")
+    with pytest.raises(ModelError, match=r"backslashes.*'models/sd15.safetensors'"):
+        load_model(r"models\sd15.safetensors")
+    with pytest.raises(ConfigError, match="backslashes"):
+        read_config_file(r"configs\run.yaml")
+    with pytest.raises(DataError) as plain:
+        find_images(tmp_path / "missing")
+    assert "backslashes" not in str(plain.value)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, backslash_note
 
 
 def opt(default, help: str, **extra):
@@ -365,7 +365,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a YAML (.yaml/.yml), TOML (.toml) or JSON file, as a dict; keys may use - or _."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist{backslash_note(path)}")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: drop the byte-order mark Windows editors may write
     except UnicodeDecodeError as e:

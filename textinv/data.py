@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, backslash_note
 
 __all__ = [
     "OBJECT_TEMPLATES",
@@ -178,7 +178,8 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     """
     folder = Path(folder)
     if not folder.exists():
-        raise DataError(f"the image folder {folder} does not exist; give the folder that holds your pictures")
+        raise DataError(f"the image folder {folder} does not exist{backslash_note(folder)}; give the folder that holds "
+                        f"your pictures")
     if not folder.is_dir():
         raise DataError(f"{folder} is a file, not a folder; give the folder that holds your pictures")
     try:

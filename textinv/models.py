@@ -37,7 +37,7 @@ try:
 finally:
     _transformers_logging.set_verbosity(_level)
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, backslash_note
 from .families import FAMILY_NAMES, family_for_widths
 
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "shapes" / "model"}
@@ -431,12 +431,12 @@ def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
             raise ModelError(f"{path} is not a model checkpoint (expected one of {', '.join(CHECKPOINT_SUFFIXES)})")
         return "file", str(path)
     if _is_local_path(source):
-        raise ModelError(f"model {source!r} not found: the path {path} does not exist. Check the path, or give a hub "
-                         f"id 'owner/name' or a bundled model ({', '.join(BUNDLED_MODELS)}).")
+        raise ModelError(f"model {source!r} not found: the path {path} does not exist{backslash_note(source)}. Check "
+                         f"the path, or give a hub id 'owner/name' or a bundled model ({', '.join(BUNDLED_MODELS)}).")
     if not _is_hub_id(source):
         raise ModelError(
-            f"model {source!r} not found: no such folder or file, and not a hub id of the form 'owner/name'. "
-            f"Bundled models: {', '.join(BUNDLED_MODELS)}."
+            f"model {source!r} not found: no such folder or file{backslash_note(source)}, and not a hub id of the "
+            f"form 'owner/name'. Bundled models: {', '.join(BUNDLED_MODELS)}."
         )
     return "hub", source
 
