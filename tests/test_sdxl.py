@@ -349,3 +349,32 @@ def test_an_edited_sdxl_prompt_switches_the_pooled_embedding_too(xl_dir):
     torch.testing.assert_close(seen[2][0][:1], empty)
     torch.testing.assert_close(seen[2][1][:1], empty_pooled)
     assert seen[2][1][0].any()
+
+
+def _overflowing_vae(folder, force_upcast: bool):
+    """The tiny SDXL VAE with an encoder whose activations pass fp16's range (as SDXL's own VAE's do at full size),
+    saved with its config's `force_upcast`: the flag the stock SDXL VAE sets and the fp16-fixed one clears."""
+    vae = build_tiny_xl_pipeline().vae
+    with torch.no_grad():  # (weights still within fp16's range: it is the activations that pass it)
+        vae.encoder.conv_in.weight.mul_(1e5)
+        vae.encoder.conv_in.bias.mul_(1e5)
+    vae.register_to_config(force_upcast=force_upcast)
+    vae.save_pretrained(folder)
+    return folder
+
+
+def test_fp16_sdxl_keeps_a_given_vae_that_says_it_overflows_in_fp32(xl_dir, images, tmp_path):
+    """--vae with the stock SDXL VAE (its config: force_upcast true) under fp16 encoded the training pictures in fp16:
+    infinite latents, NaN losses. Only a VAE that says it is fp16-safe (the fixed one: force_upcast false) stays
+    in fp16, as the pipeline itself upcasts before decoding exactly when the flag is set."""
+    from textinv.data import find_images, load_training_images
+    from textinv.train import encode_latents
+
+    pixels = torch.stack([p.pixels for p in load_training_images(find_images(str(images)), 16, True)])
+    stock = load_model(xl_dir, dtype=torch.float16, vae=_overflowing_vae(tmp_path / "stock", True))
+    assert stock.unet.dtype == torch.float16 and stock.vae.dtype == torch.float32
+    mean, std = encode_latents(stock.vae, pixels)
+    assert torch.isfinite(mean).all() and torch.isfinite(std).all()
+    assert render(stock, ["a photo of a dog"], [0], steps=2)[0].size == (16, 16)  # fp16 latents, fp32 decoder
+    fixed = load_model(xl_dir, dtype=torch.float16, vae=_overflowing_vae(tmp_path / "fixed", False))
+    assert fixed.vae.dtype == torch.float16

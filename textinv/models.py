@@ -556,9 +556,11 @@ def load_model(
     family = "sdxl" if is_xl else (family or family_for_widths((width,)) or "custom")
     if vae is not None:
         pipe.vae = _load_vae(vae, dtype, like=pipe.vae)
-    elif is_xl and dtype == torch.float16:
-        # SDXL's VAE overflows in fp16 (--vae takes a fixed one instead), so it stays in fp32, for training's encoding
-        # as well as for decoding
+    if is_xl and dtype == torch.float16 and (vae is None or getattr(pipe.vae.config, "force_upcast", True)):
+        # SDXL's VAE overflows in fp16, so it stays in fp32, for training's encoding as well as for decoding. A --vae
+        # stays in fp16 only when its config says it can (`force_upcast: false`, as the fp16-fixed VAE's does; the
+        # pipeline reads the same flag to upcast before decoding): the stock SDXL VAE given as --vae says true, and
+        # a single file takes the model's config, which says true too
         pipe.vae.to(torch.float32)
         _decode_any_dtype(pipe.vae)
     pipe.set_progress_bar_config(disable=True)
