@@ -8,11 +8,13 @@ runs on them in seconds without downloading anything.
 from __future__ import annotations
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
-                       StableDiffusionXLPipeline, UNet2DConditionModel)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from . import models  # noqa: F401  (first: it imports diffusers' pipelines with transformers' import notes quiet)
 from .vocab import build_tokenizer
+
+from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,  # noqa: E402
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 # Words the tiny tokenizer knows as single tokens: enough for the default templates' common words and test inits.
 TINY_WORDS = (
@@ -48,6 +50,7 @@ def build_tiny_xl_pipeline(seed: int = 0, widths: tuple[int, int] = (32, 64)) ->
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(list(TINY_WORDS))
     tokenizer_2 = build_tokenizer(list(TINY_WORDS))
+    tokenizer_2.pad_token = "!"  # as SDXL's second tokenizer pads: with '!', not the end-of-text token
     # the old CLIP configs' eos_token_id=2, as the real SDXL text encoders have: pooling must not rely on it
     text_encoder = CLIPTextModel(_text_config(tokenizer, widths[0], "quick_gelu"))
     config_2 = _text_config(tokenizer_2, widths[1], "gelu")
