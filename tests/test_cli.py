@@ -336,3 +336,17 @@ def test_a_path_copied_from_windows_is_said_to_be_one(tmp_path):
     with pytest.raises(DataError) as plain:
         find_images(tmp_path / "missing")
     assert "backslashes" not in str(plain.value)
+
+
+def test_inspect_and_convert_take_a_training_runs_folder_whatever_format_it_saved(sd1_dir, images, tmp_path, capsys):
+    """As generate and score do: a run's --out names its embedding, here saved as <name>.pt (--format a1111)."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(sd1_dir), "--images", str(images), "--token", "<kq>", "--init", "dog",
+                 "--steps", "2", "--batch", "1", "--save-every", "0", "--sample-every", "0", "--format", "a1111",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(run)]) == 0
+    assert "token=<kq>" in capsys.readouterr().out
+    assert main(["convert", str(run), str(tmp_path / "kq.safetensors")]) == 0
+    assert torch.equal(load_embedding(tmp_path / "kq.safetensors").vectors["text_encoder"],
+                       load_embedding(run / "kq.pt").vectors["text_encoder"])

@@ -96,18 +96,20 @@ def cmd_generate(args) -> int:
 
 def cmd_convert(args) -> int:
     from .formats import convert
+    from .run_folder import embedding_file
 
-    written = convert(args.src, args.dst, to=args.to, token=args.token, second=args.second)
+    written = convert(embedding_file(Path(args.src)), args.dst, to=args.to, token=args.token, second=args.second)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
 def cmd_inspect(args) -> int:
     from .inspect import inspect_file
+    from .run_folder import embedding_file
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    report = inspect_file(args.file, model=args.model, top_k=args.top_k)
+    report = inspect_file(embedding_file(Path(args.file)), model=args.model, top_k=args.top_k)
     print(json.dumps(report, indent=2) if args.json else report["text"])
     return 0
 

@@ -364,8 +364,8 @@ def embedding_file(path: Path) -> Path:
         saved, specs = found
         if run == path and len(specs) > 1:
             folders = ", ".join(str(path / concept_folder(s["token"])) for s in specs)
-            raise ConfigError(f"--embedding {path} is a training run of {len(specs)} concepts; score one at a time: "
-                              f"pass its folder ({folders})")
+            raise ConfigError(f"{path} is a training run of {len(specs)} concepts; give one at a time: its "
+                              f"folder ({folders})")
         spec = specs[0] if run == path else next((s for s in specs if concept_folder(s["token"]) == path.name), None)
         if spec is not None:  # (an SDXL run's default format is sdxl; diffusers' files were looked for above)
             file = path / default_filename(saved.format or "sdxl", spec["token"])
