@@ -76,6 +76,11 @@ def _images(folder: Path, n: int = 4, size: int = 512, mixed: bool = False) -> P
     return folder
 
 
+def _images_of(work: Path, mode: str) -> Path:
+    """The pictures a mode trains on: those of three proportions for `buckets`, squares for the rest."""
+    return work / ("images-mixed" if MODES[mode].get("buckets") else "images")
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -93,7 +98,7 @@ def reset_unet(unet) -> None:
 
 def run_config(work: Path, mode: str, batch: int, steps: int, concepts: int = 1, **settings) -> TrainConfig:
     tag = f"{mode}-{batch}-{concepts}"
-    images = work / ("images-mixed" if MODES[mode].get("buckets") else "images")
+    images = _images_of(work, mode)
     one = dict(images=str(images), token=f"<bench-{tag}>", init="dog")
     if concepts > 1:  # K concepts in one run (each with the same pictures: compute is what is measured)
         one = dict(concepts=[f"{images}=<bench-{tag}-{k}>=dog" for k in range(concepts)])
@@ -184,7 +189,7 @@ def wall_run(pipe, mode: str, batch: int, samples: int, precision: str, device: 
     if not folder.exists():
         pipe.save_pretrained(folder)  # safetensors, in the benchmark's precision
     steps = -(-samples // batch)
-    images = work / ("images-mixed" if MODES[mode].get("buckets") else "images")
+    images = _images_of(work, mode)
     command = [sys.executable, "-m", "textinv", "train", "--model", str(folder), "--images", str(images),
                "--token", "<bench-wall>", "--init", "dog", "--out", str(work / f"wall-{mode}-{batch}"),
                "--steps", str(steps), "--batch", str(batch), "--precision", precision, "--save-every", "0",

@@ -414,8 +414,9 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_model(config.model, dtype=drawing_dtype(config.precision, device), device=device, prediction_type=config.prediction_type,
-                           single_file_config=config.single_file_config, vae=config.vae)
+        model = load_model(config.model, dtype=drawing_dtype(config.precision, device), device=device,
+                           prediction_type=config.prediction_type, single_file_config=config.single_file_config,
+                           vae=config.vae)
     owned = not hasattr(model, "_pristine")  # a model handed in clean is handed back clean
     for emb in embeddings:
         install_embedding(model, emb)

@@ -712,15 +712,22 @@ def _decode_any_dtype(vae) -> None:
     first.register_forward_pre_hook(cast)
 
 
+def _training_record(folder: Path) -> dict:
+    """A model folder's `training.json` (what `textinv.shapes.pretrain --export` writes), or `{}` where there is
+    none or it cannot be read as a JSON object."""
+    try:
+        record = json.loads((folder / "training.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def recorded_guidance(folder: Path) -> float:
     """The classifier-free guidance scale a model folder says it samples best at, else SD's 7.5. A model written by
     `textinv.shapes.pretrain` records it in its `training.json` (`config.sample_guidance`): the small shapes model
     draws its captions best at 3 (at 7.5 it gets fewer shapes, colours and styles right)."""
-    record = folder / "training.json"
-    try:
-        value = json.loads(record.read_text())["config"]["sample_guidance"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_GUIDANCE
+    config = _training_record(folder).get("config")
+    value = config.get("sample_guidance") if isinstance(config, dict) else None
     return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_GUIDANCE
 
 
@@ -729,19 +736,15 @@ def recorded_prompting(folder: Path) -> dict[str, dict]:
     "style": {...}}`, from its `training.json` (`prompting`), else `{}`. SD's defaults (the paper's templates, the
     property's word as the init) assume SD's vocabulary; the small shapes model knows only its world's 760 words, in
     which "object" is six single letters and "a painting in the style of" half fragments, so it says its own."""
-    try:
-        recorded = json.loads((folder / "training.json").read_text())["prompting"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+    recorded = _training_record(folder).get("prompting")
     prompting = {}
     for prop, entry in recorded.items() if isinstance(recorded, dict) else ():
         if not isinstance(entry, dict):
             continue
         init, templates = entry.get("init"), entry.get("templates")
-        prompting[prop] = {
-            "init": init if isinstance(init, str) and init.strip() else None,
-            "templates": [t for t in templates if isinstance(t, str) and "{}" in t] if isinstance(templates, list) else [],
-        }
+        templates = templates if isinstance(templates, list) else []
+        prompting[prop] = {"init": init if isinstance(init, str) and init.strip() else None,
+                           "templates": [t for t in templates if isinstance(t, str) and "{}" in t]}
     return prompting
 
 

@@ -154,18 +154,20 @@ def split_words(tokenizer, ids: list[int]) -> list[str]:
 
     Their vectors are sub-word fragments, and their mean starts the learned vector far from the word meant (a typo
     such as --init dgo reads as d + g + o)."""
+    def said(word: list[str]) -> str:
+        shown = [p.replace("</w>", "") for p in word]
+        return f"{''.join(shown)} ({' + '.join(shown)})"
+
     pieces = tokenizer.convert_ids_to_tokens(ids)
     words, current = [], []
     for piece in pieces:
         current.append(piece)
         if piece.endswith("</w>"):
             if len(current) > 1:
-                shown = [p.replace("</w>", "") for p in current]
-                words.append(f"{''.join(shown)} ({' + '.join(shown)})")
+                words.append(said(current))
             current = []
     if len(current) > 1 or (current and not words and len(pieces) > 1):
-        shown = [p.replace("</w>", "") for p in current]
-        words.append(f"{''.join(shown)} ({' + '.join(shown)})")
+        words.append(said(current))
     return words
 
 

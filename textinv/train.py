@@ -617,14 +617,15 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 interval_steps = 0
                 if is_main and step % (config.log_every * 10) == 0:
                     write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
-            if config.save_every and step % config.save_every == 0 and step < config.steps:
-                if not vectors_finite():  # (a save step between loss checks)
-                    stop_non_finite(step, [])
+            saving = config.save_every and step % config.save_every == 0 and step < config.steps
+            sampling = config.sample_every and step % config.sample_every == 0
+            # a save or sample step between loss checks: no file, checkpoint or grid of vectors gone non-finite
+            if (saving or sampling) and not vectors_finite():
+                stop_non_finite(step, [])
+            if saving:
                 last_good, last_good_step = snapshot(), step  # (finite: checked)
                 save_all(step)
-            if config.sample_every and step % config.sample_every == 0:
-                if not vectors_finite():  # (a sample step between loss checks: no grid drawn from broken vectors)
-                    stop_non_finite(step, [])
+            if sampling:
                 draw_samples(step)
     except KeyboardInterrupt:
         bar.close()
