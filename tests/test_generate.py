@@ -1,5 +1,7 @@
 """Generation with learned tokens, and interoperability with diffusers' own textual-inversion loader."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -286,12 +288,82 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_the_model_loads(tmp_pa
                                 model=str(tmp_path / "no-model")), progress=False)
 
 
-def test_a_resolution_far_above_the_models_is_warned_about(sd1_dir, tmp_path):
+def test_a_size_far_above_the_models_is_warned_about_by_its_area(sd1_dir, tmp_path):
     model = load_model(sd1_dir)
-    config = GenerateConfig(prompt=["a dog"], n=1, steps=1, out=str(tmp_path / "r"), model=str(sd1_dir),
-                            resolution=4 * model.resolution)
-    with pytest.warns(UserWarning, match=r"is 4x the .* each picture takes about 16x as long"):
-        generate(config, model=model, progress=False)
+    native = model.resolution
+
+    def draw(out, **size):
+        return generate(GenerateConfig(prompt=["a dog"], n=1, steps=1, out=str(tmp_path / out), model=str(sd1_dir),
+                                       **size), model=model, progress=False)
+
+    with pytest.warns(UserWarning, match=r"64x64 is 16x the pixels of the 16x16 .* about 16x as long"):
+        draw("a", resolution=4 * native)
+    with pytest.warns(UserWarning, match=r"48x32 is 6x the pixels .* about 6x as long"):
+        draw("b", width=3 * native, height=2 * native)
+    with warnings.catch_warnings():  # a long side 3x the model's, but 3x its pixels: as slow as a square 1.7x
+        warnings.simplefilter("error")
+        draw("c", width=3 * native)
+
+
+def test_a_non_square_picture_has_the_asked_size_and_says_it_as_the_web_ui_does(sd1_dir, tmp_path):
+    model = load_model(sd1_dir)
+
+    def draw(out, **size):
+        path = generate(GenerateConfig(prompt=["a dog"], n=1, seed=3, steps=2, out=str(tmp_path / out),
+                                       model=str(sd1_dir), **size), model=model, progress=False)[0]
+        return Image.open(path)
+
+    wide = draw("a", width=24)  # the height stays the model's own 16
+    assert wide.size == (24, 16) and wide.text["size"] == "24x16" and "Size: 24x16" in wide.text["parameters"]
+    tall = draw("b", resolution=24, height=40)
+    assert tall.size == (24, 40) and "Size: 24x40" in tall.text["parameters"]  # width first, as A1111 writes it
+    # a square asked either way is the square --resolution always drew (its seed's noise is unchanged)
+    square = np.asarray(draw("c", resolution=24))
+    assert np.array_equal(np.asarray(draw("d", width=24, height=24)), square)
+    assert np.array_equal(np.asarray(render(model, ["a dog"], [3], steps=2, resolution=24)[0]), square)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"width": 500}, r"--width must be a multiple of 8 pixels, got 500; the nearest: 496 or 504"),
+    ({"height": 4}, r"--height must be a multiple of 8 pixels, got 4; the nearest: 8$"),
+    ({"resolution": 0}, r"--resolution must be a multiple of 8 pixels, got 0; the nearest: 8$"),
+    ({"batch_size": 0}, r"--batch-size must be >= 1, got 0"),
+])
+def test_a_bad_size_is_refused_before_loading_naming_the_flag_and_the_nearest_valid_sizes(tmp_path, settings,
+                                                                                          message):
+    with pytest.raises(ConfigError, match=message):
+        generate(GenerateConfig(prompt=["a dog"], model=str(tmp_path / "no-model"), **settings), progress=False)
+
+
+def test_a_size_the_models_vae_cannot_draw_is_refused_with_the_nearest_it_can(sd1_dir):
+    model = load_model(sd1_dir)
+    model.pipeline.vae_scale_factor = 16  # (as a VAE that downscales 16x would be)
+    with pytest.raises(ConfigError, match=r"--width must be a multiple of 16 pixels, got 24; the nearest: 16 or 32"):
+        render(model, ["a dog"], [0], steps=1, width=24, height=32)
+
+
+@pytest.mark.parametrize("sampler", ["default", "euler_a"])
+def test_a_seed_draws_the_same_picture_at_any_batch_size(sd1_dir, tmp_path, sampler):
+    model = load_model(sd1_dir)
+    calls = []
+    model.unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+
+    def draw(out, batch_size):
+        calls.clear()
+        paths = generate(GenerateConfig(prompt=["a dog"], n=3, seed=5, steps=2, sampler=sampler, width=24,
+                                        batch_size=batch_size, out=str(tmp_path / out), model=str(sd1_dir)),
+                         model=model, progress=False)
+        return [np.asarray(Image.open(p)) for p in paths], set(calls)
+
+    alone, sizes = draw("a", 1)
+    assert sizes == {2}  # one picture a call (with its negative, for guidance)
+    together, sizes = draw("b", 3)
+    assert sizes == {6}
+    # the same pictures, up to rounding: the CPU's kernels sum a batch of 6 in another order than one of 2 (1e-6
+    # apart), which can tip a pixel's colour by a level; another seed's picture is far off
+    for a, b in zip(alone, together):
+        assert np.abs(a.astype(int) - b).max() <= 1
+    assert np.abs(alone[0].astype(int) - together[1]).max() > 10
 
 
 def test_emphasis_is_read_as_the_a1111_web_ui_reads_it():

@@ -160,6 +160,20 @@ def test_generate_sdxl_and_unload_restores_the_pipeline(xl_dir, tmp_path):
     assert Image.open(paths[0]).size == (16, 16)
 
 
+def test_a_non_square_sdxl_picture_is_conditioned_on_its_own_size(xl_dir, tmp_path):
+    """SDXL's UNet takes the picture's original and target size as (height, width) time ids, as diffusers'
+    pipeline and SDXL's training lay them out; a landscape told it is a square draws as a cropped square."""
+    model = load_model(xl_dir)
+    seen = []
+    model.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].tolist()), with_kwargs=True)
+    paths = generate(GenerateConfig(prompt=["a dog"], n=1, steps=2, width=24, out=str(tmp_path / "r"),
+                                    model=str(xl_dir)), model=model, progress=False)
+    picture = Image.open(paths[0])
+    assert picture.size == (24, 16) and "Size: 24x16" in picture.text["parameters"]
+    assert seen and all(row == [16, 24, 0, 0, 16, 24] for ids in seen for row in ids)  # (prompt and negative)
+
+
 def test_inspect_sdxl_file_against_the_model(xl_dir, tmp_path):
     from textinv.formats import LearnedEmbedding, save_embedding
     from textinv.inspect import inspect_file

@@ -314,7 +314,11 @@ class GenerateConfig:
                                "penultimate); default: what the embeddings were trained with, else 1. SD 1.x/2.x")
     sampler: str = opt("default", "sampling method, by A1111's names: default (the model's own scheduler), euler, "
                                   "euler_a, dpm++2m, dpm++2m_karras, ddim, unipc", choices=SAMPLERS)
-    resolution: int = opt(None, "image size; default: the model's native size")
+    resolution: int = opt(None, "square image size; default: the model's native size (--width/--height set one side)")
+    width: int = opt(None, "image width in pixels, a multiple of 8 (A1111's Width); default: --resolution")
+    height: int = opt(None, "image height in pixels, a multiple of 8 (A1111's Height); default: --resolution")
+    batch_size: int = opt(4, "images per pipeline call: more is faster on a large GPU, fewer needs less memory; a "
+                             "seed draws the same image at any batch size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
@@ -328,6 +332,8 @@ class GenerateConfig:
             raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
         if self.n < 1:
             raise ConfigError(f"-n must be >= 1, got {self.n}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.seed == -1:  # A1111's "random": drawn once here, then recorded with every image like any seed
             self.seed = random.randrange(2**32)
         if not 0 <= self.seed <= 2**64 - self.n:  # what torch.Generator.manual_seed takes, for every image's seed
@@ -336,6 +342,8 @@ class GenerateConfig:
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ConfigError(f"--out {self.out} is a file; give a folder for the PNGs")
         check_drawing(self.steps, self.guidance, self.clip_skip, self.resolution)
+        check_side("--width", self.width)
+        check_side("--height", self.height)
         if self.token and len(self.token) != len(self.embedding):
             raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
         return self
@@ -349,8 +357,19 @@ def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | No
     check_guidance(guidance)
     if clip_skip is not None:
         check_clip_skip_value(clip_skip)
-    if resolution is not None and (resolution < 8 or resolution % 8):
-        raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {resolution}")
+    check_side("--resolution", resolution)
+
+
+def check_side(flag: str, pixels: int | None, multiple: int = 8) -> None:
+    """Refuse an image side (None: the default) that is not a positive multiple of `multiple` pixels, naming the
+    flag and the nearest sizes that are. Diffusers' SD and SDXL pipelines refuse a side that is no multiple of 8,
+    and the latents are the picture's size over the VAE's scale factor (8 for SD), so no pixel is dropped."""
+    if pixels is None or (pixels >= multiple and pixels % multiple == 0):
+        return
+    below, above = pixels // multiple * multiple, -(-pixels // multiple) * multiple
+    nearest = [size for size in dict.fromkeys((below, above)) if size >= multiple] or [multiple]
+    raise ConfigError(f"{flag} must be a multiple of {multiple} pixels, got {pixels}; the nearest: "
+                      + " or ".join(map(str, nearest)))
 
 
 def _flag(name: str) -> str:

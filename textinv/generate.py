@@ -23,7 +23,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import SAMPLERS, GenerateConfig
+from .config import SAMPLERS, GenerateConfig, check_side
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import LearnedEmbedding, load_embedding, load_embedding_pair
@@ -148,21 +148,29 @@ def render(
     negative_prompt: str = "",
     sampler: str = "default",
     clip_skip: int = 1,
+    width: int | None = None,
+    height: int | None = None,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `sampling_scheduler`), reading
-    the text encoder's layer `clip_skip` from the end (`models.encode_text`).
+    the text encoder's layer `clip_skip` from the end (`models.encode_text`), `width` x `height` pixels (each by
+    default `resolution`, by default the model's own size).
 
-    Generators live on the CPU so a seed gives the same starting noise on every machine.
+    Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
+    is its own seed's whatever else is in the batch.
     """
     pipe = model.pipeline
-    size = resolution or model.resolution
+    width, height = width or resolution or model.resolution, height or resolution or model.resolution
+    multiple = math.lcm(8, pipe.vae_scale_factor)  # diffusers' pipelines want 8; the VAE its own scale factor
+    check_side("--width", width, multiple)
+    check_side("--height", height, multiple)
     guidance = model.guidance_or_own(guidance)
     _check_sampling(model, steps, guidance)
     check_clip_skip(model, clip_skip)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
+    # (C, H/f, W/f), as the pipelines and the web UI lay out the noise: a square's is what it always was
     latents = torch.stack([
-        torch.randn((pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
+        torch.randn((pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor),
                     generator=g) for g in generators
     ]).to(pipe.device, pipe.unet.dtype)
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
@@ -177,7 +185,7 @@ def render(
     chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
     zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in texts)
-    conditioning = [_conditioning(model, r, n, zero_negative, chunks, clip_skip, size)
+    conditioning = [_conditioning(model, r, n, zero_negative, chunks, clip_skip, (height, width))
                     for r, n in zip(rows, negative_rows)]
     kwargs = dict(conditioning[0])
     if len(ends) > 1:
@@ -192,7 +200,7 @@ def render(
     pipe.scheduler = sampling_scheduler(own_scheduler, sampler)
     try:
         # the generators also draw an ancestral sampler's noise at each step (euler_a): a seed gives its picture
-        result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+        result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
                       latents=latents, generator=generators, output_type="pil")
     finally:
         if masking is not None:
@@ -221,9 +229,10 @@ def _length_mask(pipe, own: list[int], own_negative: int, chunks: int):
 
 
 def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
-                  size: int) -> dict:
+                  size: tuple[int, int]) -> dict:
     """The pipeline's conditioning arguments for prompts and their negative already cut into chunks;
-    `zero_negative`: SDXL's zeros for an empty negative prompt."""
+    `zero_negative`: SDXL's zeros for an empty negative prompt; `size`: (height, width), SDXL's original and
+    target size micro-conditioning (its time ids), in the order diffusers and SDXL's training use."""
     cond, pooled = _encode_chunks(model, rows, chunks, clip_skip)
     uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip)
     if not model.is_xl:
@@ -231,7 +240,7 @@ def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks
     if zero_negative:
         uncond, neg_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
     return dict(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
-                negative_pooled_prompt_embeds=neg_pooled, original_size=(size, size), target_size=(size, size))
+                negative_pooled_prompt_embeds=neg_pooled, original_size=size, target_size=size)
 
 
 def _switching_conditioning(model: Model, steps: int, ends: list[int], conditioning: list[dict]) -> dict:
@@ -574,11 +583,13 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
               progress: bool) -> list[Path]:
     steps = config.steps or DEFAULT_STEPS
-    size = config.resolution or model.resolution
-    if size > 2 * model.resolution:  # compute grows with the square of the size, and quality falls off far from it
-        warnings.warn(f"--resolution {size} is {size / model.resolution:g}x the {model.resolution}px {model.source} "
-                      f"was trained at: each picture takes about {(size / model.resolution) ** 2:.3g}x as long, and "
-                      f"models draw poorly far from their training size", stacklevel=2)
+    width = config.width or config.resolution or model.resolution
+    height = config.height or config.resolution or model.resolution
+    area = width * height / model.resolution ** 2
+    if area > 4:  # compute grows with the pixels, and quality falls off far from the training size
+        warnings.warn(f"{width}x{height} is {area:.3g}x the pixels of the {model.resolution}x{model.resolution} "
+                      f"{model.source} was trained at: each picture takes about {area:.3g}x as long, and models "
+                      f"draw poorly far from their training size", stacklevel=2)
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
     clip_skip = generation_clip_skip(config.clip_skip, embeddings)
     out = Path(config.out)
@@ -601,14 +612,14 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     for index, prompt in enumerate(config.prompt):
         apply_loras(model, texts[index][1], loras)
         expanded = expand_all(texts[index][0], embeddings)
-        for start in range(0, config.n, 4):  # a few images per pipeline call bounds the memory
-            chunk = seeds[start:start + 4]
-            images = render(model, [expanded] * len(chunk), chunk, steps, size, guidance, negative, config.sampler,
-                            clip_skip)
+        for start in range(0, config.n, config.batch_size):  # a few images per pipeline call bounds the memory
+            chunk = seeds[start:start + config.batch_size]
+            images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
+                            clip_skip, width, height)
             for seed, img in zip(chunk, images):
                 params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
                           "seed": seed, "steps": steps, "sampler": config.sampler, "guidance": guidance,
-                          "size": f"{size}x{size}", "clip_skip": clip_skip,
+                          "size": f"{width}x{height}", "clip_skip": clip_skip,  # (width first, as A1111)
                           "model": str(config.model), "embeddings": ", ".join(str(e) for e in config.embedding),
                           "textinv_version": __version__}
                 path = out / f"{names[index, seed]}{run}.png"
