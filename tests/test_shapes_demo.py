@@ -288,6 +288,19 @@ def test_evaluate_captions_only_writes_the_fidelity_table(model_dir, probe_path,
     assert main(["evaluate", "--concepts", "0", "--model", str(model_dir)]) == 2  # nothing to do: an error
 
 
+def test_evaluate_captions_take_the_given_seed_and_check_their_count_first(model_dir, probe_path, tmp_path, capsys):
+    """`--seed` moves the caption check's scenes and samples (without it they start at 2000, as the published
+    tables); a negative `--captions` is refused by name before the model loads."""
+    out = tmp_path / "results"
+    assert main(["evaluate", "--captions", "2", "--concepts", "0", "--fast", "--seed", "7", "--model", str(model_dir),
+                 "--probe", str(probe_path), "--out", str(out)]) == 0
+    (json_path,) = out.glob("fidelity-*.json")
+    assert json.loads(json_path.read_text())["seed"] == 7
+    assert "seeds 7..8" in capsys.readouterr().out
+    assert main(["evaluate", "--captions", "-3", "--concepts", "0", "--model", str(tmp_path / "no-model")]) == 2
+    assert "--captions must be 0" in capsys.readouterr().err
+
+
 def test_several_training_runs_pool_textual_inversion_and_sample_the_baselines_once(model_dir, probe_path, tmp_path,
                                                                                      monkeypatch, capsys):
     """`--runs 2`: each concept is learned from two training seeds (other pictures, another run), each learned

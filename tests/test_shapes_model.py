@@ -173,6 +173,19 @@ def test_a_new_unet_of_other_sizes_trains_on_a_kept_vae(tmp_path):
     refused(["--from-model", str(first), "--work", str(tmp_path / "w3"), "--keep", "unet"], "keep 'vae' or 'vae,unet'")
 
 
+def test_a_folder_made_from_an_exported_model_takes_the_seed_flag(tmp_path):
+    """`--seed` is the seed of a new work folder, one that `--from-model` makes too (with `--keep vae` it seeds the
+    new UNet); flags refused with --from-model are refused before its folder is written."""
+    first = tmp_path / "first"
+    assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "1"]) == 0
+    work = tmp_path / "w2"
+    assert pretrain_main(["--from-model", str(first), "--keep", "vae", "--work", str(work), "--seed", "5"]) == 0
+    assert json.loads((work / "config.json").read_text())["seed"] == 5
+    with pytest.raises(SystemExit):
+        pretrain_main(["--from-model", str(first), "--work", str(tmp_path / "w3"), "--decoder-only"])
+    assert not (tmp_path / "w3").exists()
+
+
 def test_a_kept_unet_grows_attention_that_starts_as_the_identity(tmp_path):
     """`--from-model M --set unet_attention=1,1` adds attention at the level that had none: the grown UNet predicts
     exactly what the export did (the new blocks' output projections start at zero), trains from there (the new

@@ -151,6 +151,8 @@ def cmd_evaluate(args) -> int:
     from .shapes.probe import DEFAULT_PATH, Probe
 
     config = settings(args.fast, vars(args))
+    if args.captions < 0:
+        raise ConfigError(f"--captions must be 0 (no caption check) or more, got {args.captions}")
     concepts = first_concepts(args.concepts, allow_none=bool(args.captions))
     _set_threads(args.threads)
     if args.out:  # now, not after an hour of benchmark
@@ -159,8 +161,10 @@ def cmd_evaluate(args) -> int:
     check_judged_size(model)
     results = []
     if args.captions:
+        # a given --seed moves the captions' seeds too; without it they stay the published tables' (2000, ...)
+        seed = {"seed": config.seed} if "seed" in vars(args) else {}
         fidelity = caption_fidelity(model, probe, args.captions, sample_steps=config.sample_steps,
-                                    guidance=config.guidance, chunk=config.chunk)
+                                    guidance=config.guidance, chunk=config.chunk, **seed)
         print(format_fidelity(fidelity))
         results.append((fidelity, "fidelity", fidelity_markdown))
     if concepts:

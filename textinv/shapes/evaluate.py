@@ -90,7 +90,8 @@ class EvalConfig:
     precision: str = opt("fp32", "frozen weights' precision while learning and sampling (bf16 is the GPU's fast path)",
                          choices=("fp32", "bf16", "fp16"))
     samples: int = opt(8, "samples per prompt and method")
-    seed: int = opt(1000, "seed of the first sample; sample i of every prompt uses seed + i")
+    seed: int = opt(1000, "seed of the first sample; sample i of every prompt uses seed + i (given, it is also the "
+                          "--captions check's first seed, else 2000)")
     sample_steps: int = opt(25, "denoising steps per sample")
     guidance: float = opt(None, "classifier-free guidance scale (default: the model's own, 3 for the shapes model)")
     hue_tolerance: float = opt(15.0, "a hue within this many degrees of the concept's counts as a match (never "

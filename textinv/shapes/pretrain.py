@@ -960,22 +960,22 @@ def _run(argv) -> int:
         parser.error(f"--device {args.device} asked for, but torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     command = "python -m textinv.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.keep != "vae,unet" and not args.from_model:
+        parser.error("--keep goes with --from-model")
+    if args.decoder_only and args.stage != "vae":
+        parser.error("--decoder-only goes with --stage vae")
     overrides = dict(QUICK) if args.quick else {}
     overrides.update(parse_setting(text) for text in args.set)
-    if args.from_model:
-        start_from_model(args.from_model, args.work, tuple(k.strip() for k in args.keep.split(",")), overrides)
-    if args.seed is not None:
+    if args.seed is not None:  # before --from-model writes the new folder: its seed, as any new folder's
         overrides["seed"] = args.seed
     if args.stage and args.batch is not None:
         overrides[f"{args.stage}_batch"] = args.batch
     if args.stage and args.lr is not None:
         overrides[f"{args.stage}_lr"] = args.lr
-    if args.keep != "vae,unet" and not args.from_model:
-        parser.error("--keep goes with --from-model")
-    if args.decoder_only and args.stage != "vae":
-        parser.error("--decoder-only goes with --stage vae")
     if args.stage == "vae":
         overrides["vae_part"] = "decoder" if args.decoder_only else "all"
+    if args.from_model:
+        start_from_model(args.from_model, args.work, tuple(k.strip() for k in args.keep.split(",")), overrides)
     config = _config_for(args.work, overrides, write=bool(args.stage or args.quick or args.from_model))
     out = args.out or args.work / "model"
     if args.quick:
