@@ -478,3 +478,42 @@ def test_vae_chunks_with_a_sampled_posterior_equal_one_run(tmp_path):
                                  + quick) == 0
     a, b = (load_file(str(tmp_path / n / "vae" / "vae.safetensors")) for n in ("one", "two"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-3
+
+
+def test_caption_ids_are_the_tokenizers_own():
+    """The pretraining's word-by-word ids equal the tokenizer's for captions of every kind, the empty one (the
+    dropped captions) and one too long to keep whole."""
+    import numpy as np
+
+    from textinv.shapes.pretrain import _CaptionIds, _tokenize
+
+    tok = build_tokenizer_for_world()
+    texts = world.captions(world.sample_batch(400, torch.Generator().manual_seed(0)), np.random.default_rng(0))
+    texts += ["", "a red star, flat style", " ".join(["red star,"] * 40)]
+    assert torch.equal(_CaptionIds(tok)(texts), _tokenize(tok, texts, "cpu"))
+
+
+def test_unet_inputs_made_ahead_train_as_made_in_turn_and_chunks_resume_where_one_run_is(tmp_path):
+    """With the next step's inputs made by a thread (a GPU's way), a run is the run made in turn, bit for bit; and
+    a checkpoint keeps the generators as they were after its own step's draws, not the one made ahead, so two
+    chunks draw what one run draws."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from textinv.shapes.pretrain import QUICK, train_unet, train_vae
+
+    config = PretrainConfig(**{**QUICK, "unet_batch": 4})
+    train_vae(config, tmp_path / "vae-only", minutes=5, max_steps=2, log=lambda _: None)
+    runs = {}
+    for name, ahead, chunks in (("in-turn", False, [4]), ("ahead", True, [4]), ("two-chunks", True, [2, 4])):
+        work = tmp_path / name
+        shutil.copytree(tmp_path / "vae-only", work)
+        for steps in chunks:
+            train_unet(config, work, minutes=5, max_steps=steps, log=lambda _: None, ahead=ahead)
+        runs[name] = (load_file(str(work / "unet" / "unet.safetensors")),
+                      json.loads((work / "unet" / "state.json").read_text()))
+    (a, sa), (b, sb), (c, sc) = runs["in-turn"], runs["ahead"], runs["two-chunks"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (sa["generator"], sa["rng"]) == (sb["generator"], sb["rng"]) == (sc["generator"], sc["rng"])
+    assert max((a[k] - c[k]).abs().max().item() for k in a) < 2e-3  # (moments kept in bf16 between chunks)

@@ -39,6 +39,7 @@ minutes (weights, optimizer moments, step, RNG states) and a re-run carries on f
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import datetime
 import json
@@ -408,6 +409,32 @@ def _optimizer_step(opt, params, loss: torch.Tensor, clip: float) -> None:
     opt.step()
 
 
+class _Ahead:
+    """`next()` gives `make()`'s next result. Enabled, a thread makes the one after it meanwhile, so a step's
+    inputs are ready when the step before it has been handed to the GPU; `make` alone draws the random numbers, one
+    call after another, so the results are what calling it in turn gives."""
+
+    def __init__(self, make, enabled: bool):
+        self.make, self.enabled = make, enabled
+        self.pool = self.pending = None
+
+    def __enter__(self) -> _Ahead:
+        if self.enabled:
+            self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="textinv-inputs")
+        return self
+
+    def next(self):
+        if not self.enabled:
+            return self.make()
+        result = (self.pending or self.pool.submit(self.make)).result()
+        self.pending = self.pool.submit(self.make)
+        return result
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Chunk:
     """What both stages' loops share: a running loss kept on the device (one host sync per log line), log lines,
     a checkpoint every `checkpoint_minutes`, and the chunk's entry in `log.json` with each checkpoint (so a chunk
@@ -518,9 +545,52 @@ def _tokenize(tokenizer, texts: list[str], device) -> torch.Tensor:
                      return_tensors="pt").input_ids.to(device)
 
 
+class _CaptionIds:
+    """`_tokenize`'s ids for captions, without the tokenizer's cost per call (38 ms a batch of 256 on one CPU
+    thread, where a GPU step takes a few): CLIP's tokenizer never merges across whitespace, so a caption's ids are
+    its words' ids in turn, each word tokenized once and kept. The world's captions use a few hundred words."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.words = tokenizer, {}
+        self.length = tokenizer.model_max_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer
+        rows = []
+        for text in texts:
+            pieces = [tok.bos_token_id]
+            for word in text.split():
+                if word not in self.words:
+                    self.words[word] = tok(word, add_special_tokens=False).input_ids
+                pieces += self.words[word]
+            if len(pieces) + 1 > self.length:  # too long to keep whole: the tokenizer's own truncation
+                rows.append(_tokenize(tok, [text], "cpu")[0].tolist())
+                continue
+            rows.append(pieces + [tok.eos_token_id] + [tok.pad_token_id] * (self.length - len(pieces) - 1))
+        return torch.tensor(rows, dtype=torch.long).view(len(texts), self.length)
+
+
+def _unet_inputs(config: PretrainConfig, g: torch.Generator, rng: np.random.Generator, ids_of: _CaptionIds,
+                 latent_shape: tuple[int, ...], timesteps: int, pin: bool) -> tuple[dict[str, torch.Tensor], tuple]:
+    """One UNet step's inputs, made on the CPU: pictures, caption ids (10% empty), noise and timesteps, drawn from
+    `g` and `rng` in the order the loop has always drawn them, and the two generators' states after (what a
+    checkpoint at this step keeps). `pin`: in page-locked memory, so the copies to a GPU need not wait for it."""
+    batch, x = _images(config.unet_batch, g, "cpu")
+    texts = world.captions(batch, rng)
+    drop = rng.random(len(texts)) < config.empty_caption_prob  # unconditional, for classifier-free guidance
+    ids = ids_of(["" if d else t for t, d in zip(texts, drop)])  # (B, 77)
+    noise = torch.randn((config.unet_batch, *latent_shape), generator=g)
+    t = torch.randint(0, timesteps, (config.unet_batch,), generator=g)
+    inputs = {"x": x, "ids": ids, "noise": noise, "t": t}
+    if pin:
+        inputs = {k: v.pin_memory() for k, v in inputs.items()}
+    return inputs, (_generator_state(g), rng.bit_generator.state)
+
+
 def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu", max_steps: int | None = None,
-               log=print) -> int:
-    """Train (or continue) the UNet and the text encoder on the frozen VAE's latents; returns the step."""
+               log=print, ahead: bool | None = None) -> int:
+    """Train (or continue) the UNet and the text encoder on the frozen VAE's latents; returns the step.
+    `ahead`: make each step's inputs while the previous step runs (default: on a GPU); the run is the same."""
     from diffusers import DDPMScheduler
 
     from textinv.train import denoising_loss
@@ -577,40 +647,51 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
         log(f"unet: latent scaling factor {scale:.4f}")
     torch.manual_seed(config.seed + 1 + step)  # the VAE posterior's sampling noise (none once deterministic)
 
+    drawn = (_generator_state(g), rng.bit_generator.state)  # the generators' states after the last step's draws
+
     def save():
         save_checkpoint(folder, {"unet": unet, "text_encoder": text_encoder}, opt, params,
-                        {"step": chunk.step, "generator": _generator_state(g), "rng": rng.bit_generator.state,
+                        {"step": chunk.step, "generator": drawn[0], "rng": drawn[1],
                          "scaling_factor": scale, "vae_step": vae_step, "latents_from": latents_from,
                          "prediction_type": objective[0],
                          "zero_terminal_snr": objective[1]}, ema)
 
     chunk = _Chunk("unet", work, config, step, save, 25, log, device=str(device), batch=config.unet_batch,
                    lr=config.unet_lr, vae_step=vae_step)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
-    while chunk.running(minutes, max_steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(chunk.step, config.unet_lr, config.warmup)
-        batch, x = _images(config.unet_batch, g, device)
-        texts = world.captions(batch, rng)
-        drop = rng.random(len(texts)) < config.empty_caption_prob  # unconditional, for classifier-free guidance
-        texts = ["" if d else t for t, d in zip(texts, drop)]
-        ids = _tokenize(tokenizer, texts, device)  # (B, 77)
-        with torch.no_grad(), autocast:
-            latents = vae.encode(x).latent_dist.sample(generator=None).float() * scale  # (B, 4, 16, 16)
-        noise = torch.randn(latents.shape, generator=g).to(device)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(device)
-        noisy = noise_scheduler.add_noise(latents, noise, t)
-        with autocast:
-            context = text_encoder(ids)[0]  # (B, 77, width)
-            pred = unet(noisy, t, context).sample
-        loss = denoising_loss(noise_scheduler, pred, latents, noise, t, config.prediction_type, config.min_snr_gamma,
-                              plus_one=True).mean()
-        _optimizer_step(opt, params, loss, config.grad_clip)
-        with torch.no_grad():  # EMA with a short warm-up, so early exports are not dominated by the random init
-            decay = min(config.ema_decay, (2 + chunk.step) / (11 + chunk.step))
-            for n, p in zip(names, params):
-                ema[n].lerp_(p.detach(), 1 - decay)
-        chunk.tick(loss, "loss")
+    cuda = torch.device(device).type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    # On a GPU the next step's inputs are made on the CPU by a thread (rendering is torch ops, which free the GIL)
+    # while the device runs this step, and copied without the host waiting; a step never reads the device back (the
+    # loss is read once a log line), so nothing makes the host wait for the GPU. On the CPU, in turn (the cores are
+    # the step's). Rendering on the GPU instead made the host wait every step: a render picks each shape's scenes
+    # with nonzero(), which reads the device back, after the previous step's kernels.
+    latent_shape = (vae.config.latent_channels, *(s // 2 ** (len(vae.config.block_out_channels) - 1)
+                                                  for s in (world.RESOLUTION, world.RESOLUTION)))
+    ids_of = _CaptionIds(tokenizer)
+
+    def draw():
+        return _unet_inputs(config, g, rng, ids_of, latent_shape, noise_scheduler.config.num_train_timesteps, cuda)
+
+    with _Ahead(draw, enabled=ahead if ahead is not None else cuda) as inputs_ahead:
+        while chunk.running(minutes, max_steps):
+            for group in opt.param_groups:
+                group["lr"] = _lr(chunk.step, config.unet_lr, config.warmup)
+            inputs, drawn = inputs_ahead.next()
+            x, ids, noise, t = (inputs[k].to(device, non_blocking=True) for k in ("x", "ids", "noise", "t"))
+            with torch.no_grad(), autocast:
+                latents = vae.encode(x).latent_dist.sample(generator=None).float() * scale  # (B, 4, 16, 16)
+            noisy = noise_scheduler.add_noise(latents, noise, t)
+            with autocast:
+                context = text_encoder(ids)[0]  # (B, 77, width)
+                pred = unet(noisy, t, context).sample
+            loss = denoising_loss(noise_scheduler, pred, latents, noise, t, config.prediction_type,
+                                  config.min_snr_gamma, plus_one=True).mean()
+            _optimizer_step(opt, params, loss, config.grad_clip)
+            with torch.no_grad():  # EMA with a short warm-up, so early exports are not dominated by the random init
+                decay = min(config.ema_decay, (2 + chunk.step) / (11 + chunk.step))
+                for n, p in zip(names, params):
+                    ema[n].lerp_(p.detach(), 1 - decay)
+            chunk.tick(loss, "loss")
     return chunk.finish()
 
 
