@@ -125,6 +125,19 @@ def test_junk_is_skipped_with_one_warning_naming_it(tmp_path):
         assert name not in message
 
 
+def test_a_skipped_picture_says_what_to_do(tmp_path):
+    """An empty file (a download or sync that never finished) is said to be empty, and one Pillow cannot decode
+    (such as a float RGB TIFF) gets the fix: the message only said "damaged, or not what its name says"."""
+    solid(tmp_path / "a.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "hdr.tif").write_bytes(b"II*\x00" + bytes(60))  # a TIFF header Pillow cannot make sense of
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.png"]
+    message = str(rec.list[0])
+    assert "empty.jpg (an empty file" in message
+    assert "hdr.tif (named as a picture but unreadable" in message and "re-save it as PNG or JPEG" in message
+
+
 def test_folder_of_only_junk_is_a_data_error(tmp_path):
     (tmp_path / "notes.md").write_text("nothing here")
     with pytest.warns(SkippedFilesWarning), pytest.raises(DataError, match="no images found"):

@@ -1280,3 +1280,29 @@ def test_a_model_that_records_its_own_words_gives_the_init_and_templates_left_ou
     given = train(config(images, tmp_path / "g", steps=1, init="dog", templates=str(template_file)),
                   model=load_model(folder), progress=False)
     assert seen[-1] == ["a sketch of {}"] and given.embedding.metadata["init"] == "dog"
+
+
+def test_latents_are_cached_a_batch_at_a_time_with_the_mirror_images_after(sd1_dir, images):
+    """500 pictures at 512 held as one stacked tensor plus its mirrored copy were 8 GB of RAM before the VAE ran
+    (32 GB at SDXL's 1024); each batch is now stacked, mirrored and encoded on its own, in the same layout and the
+    same batches (so the same latents, bit for bit)."""
+    from textinv.data import find_images, load_training_images
+    from textinv.train import encode_latents
+
+    vae = load_model(sd1_dir).vae
+    pictures = [p.pixels for p in load_training_images(find_images(images), 24)]
+    seen = []
+    real_encode = vae.encode
+    vae.encode = lambda x: seen.append(len(x)) or real_encode(x)
+    mean, std = encode_latents(vae, pictures, batch=3, mirrored=True)
+    assert seen == [3, 3, 2]  # the pictures, then their mirror images, 3 at a time
+    stacked = torch.stack(pictures)
+    expected = encode_latents(vae, torch.cat([stacked, stacked.flip(-1)]), batch=3)
+    assert torch.equal(mean, expected[0]) and torch.equal(std, expected[1])
+
+
+def test_a_caption_that_is_not_utf8_is_refused_before_loading(images, tmp_path):
+    """Captions were first read after the model had loaded (minutes for SDXL), so a latin-1 caption failed late."""
+    (images / "img1.txt").write_bytes("a photo of {} caf\xe9".encode("latin-1"))
+    with pytest.raises(DataError, match="img1.txt is not UTF-8"):
+        train(config(images, tmp_path / "o", model=str(tmp_path / "no-model")), progress=False)

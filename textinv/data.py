@@ -234,8 +234,11 @@ def _describe_skipped(path: Path) -> str:
         return f"{path.name} (camera RAW: Pillow reads only its small preview; export it as JPEG or PNG)"
     if path.suffix.lower() in (".eps", ".ps", ".epsf") and _is_image(path, need_ghostscript=False):
         return f"{path.name} (EPS needs Ghostscript installed; or convert it to PNG)"
+    if path.suffix.lower() in _PICTURE_SUFFIXES and path.stat().st_size == 0:
+        return f"{path.name} (an empty file: copy the picture again)"
     if path.suffix.lower() in _PICTURE_SUFFIXES:
-        return f"{path.name} (named as a picture but unreadable: damaged, or not what its name says)"
+        return (f"{path.name} (named as a picture but unreadable: damaged, not what its name says, or a kind Pillow "
+                "cannot decode, such as float TIFF; re-save it as PNG or JPEG)")
     return path.name
 
 
