@@ -350,3 +350,64 @@ def test_inspect_and_convert_take_a_training_runs_folder_whatever_format_it_save
     assert main(["convert", str(run), str(tmp_path / "kq.safetensors")]) == 0
     assert torch.equal(load_embedding(tmp_path / "kq.safetensors").vectors["text_encoder"],
                        load_embedding(run / "kq.pt").vectors["text_encoder"])
+
+
+def test_a_seed_torch_cannot_take_is_refused_by_every_command_that_seeds(tmp_path):
+    """torch.Generator takes -2**63 .. 2**64 - 1: a seed beyond it was a traceback from deep in the loop (train, demo,
+    evaluate); the benchmark's seeds also go to numpy, where a negative one was a traceback after the learning."""
+    from textinv.score import ScoreConfig
+    from textinv.shapes.demo import DemoConfig
+    from textinv.shapes.evaluate import EvalConfig
+
+    train = build(TrainConfig, {"out": "o", "images": "i", "token": "<t>", "seed": 2**70})
+    with pytest.raises(ConfigError, match=f"--seed must be a whole number from -{2**63} to .*, got {2**70}"):
+        train.validate()
+    with pytest.raises(ConfigError, match="--seed"):
+        DemoConfig(seed=2**70, quick=True).resolved()
+    with pytest.raises(ConfigError, match="--seed"):
+        ScoreConfig(embedding=str(tmp_path), seed=2**70).validate()
+    for seed in (-2, 2**70):
+        with pytest.raises(ConfigError, match="--seed must be a whole number from 0 to"):
+            EvalConfig(seed=seed).validate()
+        with pytest.raises(ConfigError, match="--train-seed"):
+            EvalConfig(train_seed=seed).validate()
+    # training takes a negative seed as torch does (-1 is 2**64 - 1), and any its four sample-grid seeds fit
+    for seed in (-1, 2**64 - 4):
+        assert build(TrainConfig, {"out": "o", "images": "i", "token": "<t>", "seed": seed}).validate()
+    assert DemoConfig(seed=-2, quick=True).resolved().seed == -2
+
+
+@pytest.mark.parametrize("command", [["train", "--images", "i", "--token", "<t>", "--out", "o"],
+                                     ["generate", "--prompt", "a dog"], ["score", "--embedding", "."]])
+def test_a_resolution_no_model_draws_at_is_refused_before_anything_loads(command, tmp_path, capsys, monkeypatch):
+    """--resolution 100000 went ahead: training asked PIL for 100000x100000 pictures and generation torch for 40 GB
+    of noise, so the process was killed for memory (or, with a memory limit, a MemoryError traceback)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(command + ["--resolution", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "--resolution must be a multiple of 8 from 8 to 8192, got 100000" in err and "Traceback" not in err
+
+
+def test_ctrl_c_while_the_command_line_starts_is_130_without_a_traceback(monkeypatch, capsys):
+    """Building the parser imports torch and diffusers (seconds): a Ctrl-C then printed a traceback. So importing the
+    command line imports neither, and the parser is built where Ctrl-C is caught."""
+    import textinv.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(textinv.cli, "make_parser", interrupted)
+    assert main(["convert", "a.pt", "b.pt"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    code = "import sys, textinv.cli; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_an_unknown_config_key_is_answered_with_the_nearest_setting(tmp_path, capsys):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("stpes: 10\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown setting 'stpes' in" in err and str(cfg) in err and "did you mean 'steps'?" in err
+    with pytest.raises(ConfigError, match=r"unknown setting 'zzz'; known settings: images, token"):
+        build(TrainConfig, {"zzz": 1})

@@ -25,8 +25,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .config import GenerateConfig, TrainConfig, build, read_config_file
-from .errors import ConfigError, TextinvError
+from .errors import ConfigError, TextinvError  # (no more: the rest brings torch, imported inside main's Ctrl-C handler)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
@@ -55,9 +54,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def _config_from_args(cls, args: argparse.Namespace):
+    from .config import build, check_known, read_config_file
+
     names = {f.name for f in dataclasses.fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
     layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
+    for layer in layers:
+        check_known(cls, layer, f" in {args.config}")
     if flags.get("resume") and flags.get("out"):  # `--out DIR --resume` alone continues the saved run
         from .run_folder import CONFIG_FILE
 
@@ -70,6 +73,7 @@ def _config_from_args(cls, args: argparse.Namespace):
 
 
 def cmd_train(args) -> int:
+    from .config import TrainConfig
     from .train import TrainingInterrupted, train
 
     config = _config_from_args(TrainConfig, args)
@@ -86,6 +90,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from .config import GenerateConfig
     from .generate import generate
 
     config = _config_from_args(GenerateConfig, args)
@@ -150,9 +155,9 @@ def cmd_evaluate(args) -> int:
                                   format_fidelity, format_markdown, print_table, settings, write_results)
     from .shapes.probe import DEFAULT_PATH, Probe
 
-    config = settings(args.fast, vars(args))
     if args.captions < 0:
-        raise ConfigError(f"--captions must be 0 (no caption check) or more, got {args.captions}")
+        raise ConfigError(f"--captions must be 0 (none) or more, got {args.captions}")
+    config = settings(args.fast, vars(args))
     concepts = first_concepts(args.concepts, allow_none=bool(args.captions))
     _set_threads(args.threads)
     if args.out:  # now, not after an hour of benchmark
@@ -190,6 +195,8 @@ def _short_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from .config import GenerateConfig, TrainConfig
+
     parser = _Parser(prog="textinv", description="Textual Inversion: learn a new word for a concept "
                                      "from a few pictures, and generate with it.")
     parser.add_argument("--version", action="version", version=f"textinv {__version__}")
@@ -265,9 +272,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
     python_format, warnings.formatwarning = warnings.formatwarning, _short_warning
     try:
+        args = make_parser().parse_args(argv)  # (it imports torch and diffusers: seconds a Ctrl-C may come in)
         return args.func(args)
     except TextinvError as e:
         print(f"textinv {args.command}: error: {e}", file=sys.stderr)

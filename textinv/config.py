@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import difflib
 import json
 import os
 import random
@@ -95,6 +96,24 @@ def check_clip_skip_value(clip_skip: int) -> None:
     """Refuse a clip skip below 1 (the model's own depth is checked once it has loaded: `models.check_clip_skip`)."""
     if not isinstance(clip_skip, int) or clip_skip < 1:
         raise ConfigError(f"--clip-skip must be a whole number >= 1 (1: the last layer), got {clip_skip!r}")
+
+
+def check_seed(seed: int, count: int = 1, flag: str = "--seed", negative: bool = False) -> None:
+    """Refuse a seed torch's generators cannot take: at most 2**64 - 1 for each of the `count` seeds seed, seed + 1,
+    ... that a job draws with, and at least 0, or with `negative` -2**63 (torch wraps it: -1 is 2**64 - 1; a job
+    whose seeds also go to numpy, which refuses them, leaves it off)."""
+    low = -2**63 if negative else 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= 2**64 - count:
+        raise ConfigError(f"{flag} must be a whole number from {low} to {2**64 - count}, got {seed!r}")
+
+
+MAX_RESOLUTION = 8192  # 8x SD 1.x's 512 and SDXL's 1024: above it a typo (100000) would only exhaust memory
+
+
+def check_resolution(resolution: int | None) -> None:
+    """Refuse a picture size the UNet cannot take (not a multiple of 8, the VAE's down-sampling) or far beyond any
+    model's (None: the model's own)."""
+    check_side("--resolution", resolution)
 
 
 def check_guidance(guidance: float | None) -> None:
@@ -212,8 +231,9 @@ class TrainConfig:
         for name in ("max_grad_norm", "min_snr_gamma"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"--{_flag(name)} must be > 0 when given, got {getattr(self, name)}")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise ConfigError(f"--resolution must be a multiple of 8 and >= 8, got {self.resolution}")
+        check_resolution(self.resolution)
+        # (the seeds drawn: concept k's data seed + 1_000_003 k (`train.concept_seed`), sample grid image i's seed + i)
+        check_seed(self.seed, 1_000_003 * (len(specs) - 1) + max(4, len(self.sample_prompts)), negative=True)
         check_clip_skip_value(self.clip_skip)
         if not isinstance(self.min_timestep, int) or self.min_timestep < 0:
             raise ConfigError(f"--min-timestep must be a whole number >= 0, got {self.min_timestep!r}")
@@ -362,9 +382,15 @@ def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | No
 
 def check_side(flag: str, pixels: int | None, multiple: int = 8) -> None:
     """Refuse an image side (None: the default) that is not a positive multiple of `multiple` pixels, naming the
-    flag and the nearest sizes that are. Diffusers' SD and SDXL pipelines refuse a side that is no multiple of 8,
-    and the latents are the picture's size over the VAE's scale factor (8 for SD), so no pixel is dropped."""
-    if pixels is None or (pixels >= multiple and pixels % multiple == 0):
+    flag and the nearest sizes that are, or one far beyond any model's (it would only run out of memory).
+    Diffusers' SD and SDXL pipelines refuse a side that is no multiple of 8, and the latents are the picture's size
+    over the VAE's scale factor (8 for SD), so no pixel is dropped."""
+    if pixels is None:
+        return
+    if pixels > MAX_RESOLUTION:
+        raise ConfigError(f"{flag} must be a multiple of 8 from 8 to {MAX_RESOLUTION}, got {pixels}; leave it out "
+                          "for the model's own size (512 for SD 1.x, 1024 for SDXL)")
+    if pixels >= multiple and pixels % multiple == 0:
         return
     below, above = pixels // multiple * multiple, -(-pixels // multiple) * multiple
     nearest = [size for size in dict.fromkeys((below, above)) if size >= multiple] or [multiple]
@@ -417,16 +443,25 @@ def build(cls, *layers: dict[str, Any]):
     names = {f.name: f for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
     for layer in layers:
-        for key, value in layer.items():
-            if key not in names:
-                raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(names)}")
-            merged[key] = value
+        check_known(cls, layer)
+        merged.update(layer)
     hints = typing.get_type_hints(cls)
     for key, value in merged.items():
         f = names[key]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         merged[key] = _coerce(key, hints[key], value, default)
     return cls(**merged)
+
+
+def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
+    """Refuse a key that is no setting of config class `cls` (`where`: e.g. " in train.yaml"), naming the nearest
+    setting, as a typo most often is."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in settings:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(f"unknown setting {key!r}{where}; {hint}known settings: {', '.join(names)}")
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

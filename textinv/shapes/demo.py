@@ -35,7 +35,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from textinv import __version__
-from textinv.config import check_guidance, check_lr, opt
+from textinv.config import check_guidance, check_lr, check_seed, opt
 from textinv.errors import ConfigError, ModelError, TrainingError
 from textinv.io import atomic_path, output_folder, write_json, write_text
 from textinv.report import (BASE_CSS, FAIL, INK, LINE, MUTED, PAPER, PASS, UNKNOWN, data_uri, draw_loss_curve,
@@ -105,6 +105,7 @@ class DemoConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
         check_lr(config.lr)
         check_guidance(config.guidance)
+        check_seed(config.seed, max(config.samples, 4), negative=True)  # (picture i uses seed + i; the training run's grids too)
         find_concept(config.concept)
         return config
 

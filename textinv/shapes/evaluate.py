@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from textinv import __version__
-from textinv.config import TrainConfig, build, check_choices, check_guidance, check_lr, opt
+from textinv.config import TrainConfig, build, check_choices, check_guidance, check_lr, check_seed, opt
 from textinv.errors import ConfigError
 from textinv.io import output_folder, write_json, write_text
 from textinv.tokens import scratch_tokens
@@ -109,6 +109,8 @@ class EvalConfig:
         check_lr(self.lr)
         check_choices(self)
         check_guidance(self.guidance)
+        check_seed(self.seed, self.samples)
+        check_seed(self.train_seed, self.runs, "--train-seed")
         for name in ("hue_tolerance", "angle_tolerance"):
             if not 0 < getattr(self, name) <= 180:
                 raise ConfigError(f"{name} must be in (0, 180] degrees, got {getattr(self, name)}")
