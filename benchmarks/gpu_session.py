@@ -21,6 +21,8 @@ Parts, in order (a part that fails or runs out of its time is recorded, and the 
    packed as `shapes-model.tar.gz` (the diffusers folder; `pretrain --from-model` goes on training from it on any
    machine). Before it replaces `textinv/shapes/model`, judge it on the CPU (`textinv evaluate --model DIR
    --captions 1024 --concepts 0`, then the quality table) and time it against the issue's CPU limits.
+   `--shapes-from DIR` goes on training a model a lease packed before (unpacked and carried along) instead of
+   starting a new UNet, so several leases add up; `--speed-share 0` gives a lease to it alone.
 `--quick` runs both parts on the CPU with tiny sizes and a few steps, without the compiled mode (whose CPU compile
 takes minutes): the test suite does; nothing is judged. `session.txt` is rewritten as each part starts and ends,
 so a session killed midway still says what finished; each command's rows are in its part's log as they come.
@@ -129,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu-session")))
     p.add_argument("--minutes", type=float, default=9.0, help="the whole session's budget (default 9)")
     p.add_argument("--speed-share", type=float, default=0.6, help="part of the budget for the speed part")
+    p.add_argument("--shapes-from", type=Path, help="a shapes model an earlier lease packed (its folder): the "
+                   "shapes part goes on training it instead of starting a new UNet")
     p.add_argument("--work", type=Path, default=Path("/tmp/textinv-gpu-session"), help="scratch folder")
     p.add_argument("--quick", action="store_true", help="CPU, tiny sizes, a few steps: a smoke test")
     args = p.parse_args(argv)
@@ -165,19 +169,24 @@ def main(argv=None) -> int:
         ]
         speed = [[py, "-m", "benchmarks.train_speed", "--arch", arch, "--batch", *batches, *steps, "--modes", *modes,
                   *extra] for arch, batches, modes, extra in plan]
-        part("speed", speed, budget * args.speed_share, args.out / "speed.txt", keep_going=True,
-             reserve=0 if args.quick else 45)
+        if args.speed_share > 0:
+            part("speed", speed, budget * args.speed_share, args.out / "speed.txt", keep_going=True,
+                 reserve=0 if args.quick else 45)
 
         # a fresh work folder: /tmp survives on a warm machine, and pretrain refuses to start over a run it finds
         work = args.work / f"shapes-{os.getpid()}-{time.time_ns()}"
         model = work.parent / f"{work.name}-model"
         left = budget - sum(r["seconds"] for r in records)
         pretrain = [py, "-m", "textinv.shapes.pretrain", "--work", str(work)]
-        sets = [x for s in (QUICK_UNET if args.quick else SHAPES_UNET) for x in ("--set", s)]
-        train = ["--steps", "2", "--batch", "4"] if args.quick else [
+        # a new UNet of SHAPES_UNET's sizes on the committed VAE, or the model a lease packed before, as it is
+        start = ["--from-model", str(args.shapes_from)] if args.shapes_from else [
+            "--from-model", "textinv/shapes/model", "--keep", "vae"]
+        sets = [] if args.shapes_from else [x for s in (QUICK_UNET if args.quick else SHAPES_UNET) for x in ("--set", s)]
+        quick = ["--minutes", "0.03"] if args.shapes_from else ["--steps", "2"]  # (--steps counts the whole stage)
+        train = [*quick, "--batch", "4"] if args.quick else [
             "--device", "cuda", "--batch", "256", "--threads", "8", "--minutes", f"{max(1.0, (left - 75) / 60):.2f}"]
         part("shapes", [
-            pretrain + ["--from-model", "textinv/shapes/model", "--keep", "vae"],
+            pretrain + start,
             pretrain + ["--stage", "unet", *train, *sets],
             pretrain + ["--export", "--out", str(model)],
         ], left, args.out / "shapes.txt")

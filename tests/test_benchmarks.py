@@ -1,5 +1,7 @@
 """The speed benchmark runs (fast, tiny architecture), and its reference-like mode learns what our path learns."""
 
+import json
+
 import pytest
 import torch
 
@@ -91,6 +93,19 @@ def test_gpu_session_runs_every_part_and_packs_a_loadable_model(tmp_path):
     assert tuple(model.unet.config.block_out_channels) == (16, 16)
     bundled = load_model("shapes")
     assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), bundled.vae.state_dict().values()))
+    # a later lease goes on training that model (and only that, with --speed-share 0)
+    again = tmp_path / "again"
+    assert session(["--quick", "--out", str(again), "--work", str(tmp_path / "work2"), "--speed-share", "0",
+                    "--shapes-from", str(tmp_path / "unpacked" / "shapes-model")]) == 0
+    assert [line.split(": ")[0] for line in (again / "session.txt").read_text().splitlines()] == ["environment",
+                                                                                                  "shapes"]
+    with tarfile.open(again / "shapes-model.tar.gz") as tar:
+        tar.extractall(tmp_path / "unpacked2", filter="data")
+    record = json.loads((tmp_path / "unpacked2" / "shapes-model" / "training.json").read_text())
+    assert record["stages"]["unet"]["steps"] > 2  # the first lease's 2 steps and this one's
+    later = load_model(tmp_path / "unpacked2" / "shapes-model")
+    assert not all(torch.equal(a, b) for a, b in zip(later.unet.state_dict().values(),
+                                                       model.unet.state_dict().values()))
 
 
 def test_shapes_speed_prints_a_row_per_thread_count(capsys):
