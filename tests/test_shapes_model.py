@@ -124,15 +124,30 @@ def test_fresh_pretraining_runs_are_reproducible_from_the_seed(tmp_path):
         assert not all(torch.equal(a[part][k], c[part][k]) for k in a[part]), part
 
 
-def test_pretraining_continues_from_an_exported_model(tmp_path):
+def test_pretraining_continues_from_an_exported_model(tmp_path, monkeypatch):
     """Without the original checkpoints, a new work folder starts from an exported model's weights and steps; with
-    no further training, exporting it again gives the same pipeline."""
+    no further training, exporting it again gives the same pipeline. A start killed midway leaves nothing the next
+    try stumbles on (it left a half folder that made the next try fail with a traceback)."""
     from safetensors.torch import load_file
+
+    from textinv.shapes import pretrain
 
     first = tmp_path / "first"
     assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "2"]) == 0
     assert load_model(first).prompting["object"]["init"] == "shape"  # the export records the world's own words
     work = tmp_path / "w2"
+    write = pretrain._write_json
+
+    def killed_at_the_config(path, data):
+        if path.name == "config.json":
+            raise KeyboardInterrupt
+        write(path, data)
+
+    monkeypatch.setattr(pretrain, "_write_json", killed_at_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.start_from_model(first, work, log=lambda _: None)
+    monkeypatch.undo()
+    assert not work.exists()
     assert pretrain_main(["--from-model", str(first), "--work", str(work)]) == 0
     assert json.loads((work / "unet" / "state.json").read_text())["step"] == 2
     again = tmp_path / "again"

@@ -868,6 +868,12 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
     def weights(module) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
 
+    # written beside `work` and renamed into place at the end: a run killed meanwhile leaves no half folder that
+    # the next try would take for a run (it clears what a killed try left)
+    final, work = work, work.with_name(f".{work.name}.from-model")
+    shutil.rmtree(work, ignore_errors=True)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise ConfigError(f"{final} holds files but no run; give --from-model a new --work folder (or empty it)")
     g = torch.Generator().manual_seed(config.seed)
     stage_dirs = {"vae": {"vae": weights(model.vae)},
                   "unet": {"unet": weights(unet or model.unet), "text_encoder": weights(model.text_encoder)}}
@@ -890,6 +896,10 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
         _write_json(folder / "state.json", state)
     _write_json(work / "config.json", asdict(config))
     _write_json(work / "log.json", {k: v for k, v in record.get("stages", {}).items() if k in keep})
+    if final.exists():
+        final.rmdir()  # (empty)
+    os.replace(work, final)
+    work = final
     log(f"{work}: continues {model_dir} (" + ", ".join(f"{k} step {steps.get(k, 0)}" for k in keep)
         + ("" if "unet" in keep else "; a new UNet and text encoder start at the next --stage unet") + ")")
     return config
