@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import gc
 import json
 import os
@@ -87,6 +88,15 @@ def cmd_train(args) -> int:
         print(f"\ninterrupted: {e}. Continue with: textinv train --out {shlex.quote(str(config.out))} --resume",
               file=sys.stderr)
         return 128 + e.signum  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports them
+    except OSError as e:  # a write failed (a full disk, a folder made read-only): what is kept, and how to go on
+        from .run_folder import checkpoints
+
+        kept = checkpoints(Path(config.out))
+        fix = "make room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        then = (f"the last checkpoint ({kept[-1].name}) is kept: {fix}, then continue with: textinv train --out "
+                f"{shlex.quote(str(config.out))} --resume" if kept else "no checkpoint was saved yet")
+        print(f"textinv train: error: {e.strerror or e}: {e.filename or 'a file'}; {then}", file=sys.stderr)
+        return 2
     return 0
 
 

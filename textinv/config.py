@@ -528,4 +528,7 @@ def save_config(config, path: str | Path, processes: int = 1) -> None:
     if processes > 1:
         rerun = f"accelerate launch --num_processes {processes} -m {rerun} (trained by {processes} processes)"
     header = f"# textinv {__version__} settings; rerun with: {rerun}\n"
-    write_text(path, header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    # --resume and --overwrite say what one command does to its folder, not how the run learns: recorded as off,
+    # so the file reruns the run elsewhere (a resumed run's record would otherwise say resume: true)
+    settings = {k: (False if k in ("resume", "overwrite") else v) for k, v in dataclasses.asdict(config).items()}
+    write_text(path, header + yaml.safe_dump(settings, sort_keys=False))

@@ -23,7 +23,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # (a folder made read-only: named by the file meant)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -36,6 +39,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:  # make the bytes durable before the rename publishes them
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # (a full disk, say: named by the file meant, not its temporary name)
+        tmp.unlink(missing_ok=True)
+        if e.filename == str(path):
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

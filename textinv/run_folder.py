@@ -7,12 +7,14 @@ The loop itself is in `train.py`; everything here reads or writes files and hold
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ from .config import TrainConfig, build, read_config_file
 from .errors import ConfigError, FormatError
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, load_embedding, second_file,
                       step_filename)
-from .io import atomic_path, write_text
+from .io import write_bytes, write_text
 from .models import BUNDLED_MODELS
 from .tokens import token_names
 
@@ -31,6 +33,9 @@ SAMPLES_DIR = "samples"
 STEP_EMBEDDINGS_DIR = "embeddings"  # each --save-every step's embedding (see step_filename)
 LOSS_LOG = "loss.csv"
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".textinv-train.lock"  # held by the one `textinv train` writing the folder (see `run_lock`)
+# what `io.atomic_path` names its temporary files: `.NAME.XXXXXXXX.tmp` (a process killed mid-write leaves one)
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 # settings that may differ between a run and its resumption (they do not change what is learned step by step)
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "step_embeddings", "sample_every", "sample_steps",
                      "log_every",
@@ -65,7 +70,7 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         raise ConfigError(f"--concepts token {taken[0]} would put its files in {out / concept_folder(taken[0])}, "
                           f"where the run keeps its own {concept_folder(taken[0])}; give that concept another token")
     _check_token_names(tokens, config.vectors)
-    holds_run = out.is_dir() and any(out.iterdir())
+    holds_run = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
     if config.resume:
         saved = out / CONFIG_FILE
         if not saved.exists():
@@ -90,6 +95,69 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         except ConfigError:
             previous = {}  # a damaged record: only the files every run writes are cleared
     return _absolute_paths(config), previous
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, is_main: bool = True):
+    """Hold `out` for this run: a second `textinv train` on the same folder (a fresh start, a --resume or an
+    --overwrite while one runs) is refused instead of both writing the same files. The lock is the operating
+    system's on a file in the folder (flock; on Windows msvcrt.locking), so it goes with its process however that
+    ends (SIGKILL, a crash): there is no stale lock to clear. Held, it also removes the temporary files that writes
+    cut short by a kill left behind (no other textinv process writes there now)."""
+    if not is_main:  # (data parallel: the main process holds it for all)
+        yield
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():  # (prepare_output says so)
+        yield
+        return
+    _check_writable(out)  # (its messages, before the folder is made)
+    made = not out.exists()
+    if made:
+        from .io import output_folder
+
+        output_folder(out)
+    lock = out / LOCK_FILE
+    f = open(lock, "a+")
+    try:
+        if not _try_lock(f):
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ConfigError(f"{out} is being written by another textinv train ({holder}); wait for it to finish "
+                              f"or stop it, or choose another --out")
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        for path in out.rglob(".*.tmp"):
+            if path.is_file() and _TEMPORARY.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+        yield
+    finally:
+        f.close()  # (releases the lock; the file stays: removing it could race with another run taking it)
+        if made and [p.name for p in out.iterdir()] == [LOCK_FILE]:  # the run wrote nothing (failed on its inputs)
+            with contextlib.suppress(OSError):
+                lock.unlink()
+                out.rmdir()
+
+
+def _try_lock(f) -> bool:
+    """Take an exclusive, non-blocking lock on open file `f`; False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _check_token_names(tokens: list[str], vectors: int) -> None:
@@ -225,9 +293,10 @@ def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, h
         "interval_by_concept": [float(v) for v in interval[0]],
         "textinv_version": __version__,
     }
-    path = checkpoint_path(out, step)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # (through memory, a few KB: torch.save on a full disk raises "iostream error", where a plain write says why)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(checkpoint_path(out, step), buffer.getvalue())
     kept = checkpoints(out)
     for old in kept[: max(0, len(kept) - max(config.keep_checkpoints, 1))]:
         old.unlink(missing_ok=True)

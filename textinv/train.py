@@ -46,7 +46,7 @@ from .generate import check_fits
 from .io import atomic_path, output_folder
 from .models import DTYPES, Model, check_clip_skip, encode_text, load_model, xl_time_ids
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, clear_run,
-                         concept_folder, load_checkpoint, newest_checkpoint, prepare_output, save_checkpoint,
+                         concept_folder, load_checkpoint, newest_checkpoint, prepare_output, run_lock, save_checkpoint,
                          write_loss_log)
 from .speed import check_compiled_unet, speed_up_unet, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, encode_init, expand_prompt, init_vectors,
@@ -312,10 +312,16 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
 
     # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
     state = PartialState(cpu=not torch.cuda.is_available())
+    config = config.validate()
+    with run_lock(Path(config.out), state.is_main_process):  # one textinv train per folder at a time
+        return _train(config, model, progress, on_step, state)
+
+
+def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state) -> TrainResult:
     is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
 
     # 1. settings and output folder ---------------------------------------------------------------------------
-    config, previous = prepare_output(config.validate(), is_main)
+    config, previous = prepare_output(config, is_main)
     out = Path(config.out)
     specs = config.concept_list()
     images = [find_images(spec["images"]) for spec in specs]  # fail on bad data before the (slow) model load
@@ -504,6 +510,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                        re.IGNORECASE)
     sample_prompts = [p if "{}" in p else named.sub(lambda m: "{}", p) for p in sample_prompts]
 
+    def grid_path(c: ConceptState, at_step: int) -> Path:
+        return c.out / SAMPLES_DIR / f"step-{at_step:06d}.png"
+
     def draw_samples(at_step: int) -> None:
         if not (is_main and config.sample_every):
             return
@@ -511,7 +520,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             grid = sample_grid(model, [expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
                                        for p in sample_prompts], config.seed, config.sample_steps, resolution,
                                config.clip_skip)
-            with atomic_path(c.out / SAMPLES_DIR / f"step-{at_step:06d}.png") as tmp:
+            with atomic_path(grid_path(c, at_step)) as tmp:
                 grid.save(tmp, format="PNG")
 
     # 4. the loop -------------------------------------------------------------------------------------------------
@@ -543,8 +552,6 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
     started = time.time()
     samplers_at_step = None
-    if step == 0 and not config.resume:
-        draw_samples(0)
     # data parallel: the processes agree at every step boundary on whether to stop (a signal reaches them at
     # different moments, or only one of them), over a CPU group, so the check costs no GPU synchronisation
     group, own_group = None, False
@@ -565,6 +572,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     for te in autocast_text:
         te.forward = torch.autocast(device.type, dtype=dtype)(te.forward)
     try:
+        if step == 0 and not config.resume:
+            draw_samples(0)
+        elif config.resume and config.sample_every and step % config.sample_every == 0 and not all(
+                grid_path(c, step).is_file() for c in concepts):
+            draw_samples(step)  # (the run stopped after this step's checkpoint, before its grid)
         while step < config.steps:
             stop.check()  # Ctrl-C or SIGTERM since the last step: stop here, between two steps
             # what a checkpoint of `step` must hold if a second Ctrl-C stops the run in the middle of this step
@@ -593,6 +605,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             if config.max_grad_norm:
                 for c in concepts:  # each concept clipped on its own, as in its own run
                     _clip_rows([(e.vectors.grad, r) for e, r in zip(exts, c.rows)], config.max_grad_norm)
+            # from the update to the step's log entry a second Ctrl-C waits (milliseconds): stopped in between, the
+            # checkpoint would hold the update under the previous step's count, and a resume would apply it twice
+            stop.hold()
             # (the reference-like mode trains the whole table too, and skips whole steps as the reference does)
             _step_skipping_overflows(scaler, optimizer, exts, [c.rows for c in concepts] if not config.reference_like
                                      else [[slice(None)] * len(exts)])
@@ -629,6 +644,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 interval_steps = 0
                 if is_main and step % (config.log_every * 10) == 0:
                     write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
+            stop.release_hold()  # (a second Ctrl-C that came meanwhile stops the run here)
             saving = config.save_every and step % config.save_every == 0 and step < config.steps
             sampling = config.sample_every and step % config.sample_every == 0
             # a save or sample step between loss checks: no file, checkpoint or grid of vectors gone non-finite
@@ -639,7 +655,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 save_all(step)
             if sampling:
                 draw_samples(step)
+        # 5. results (inside the signal handling: a Ctrl-C or SIGTERM now lets the last save finish)
+        files = save_all(step)
+        if config.sample_every and step % config.sample_every:
+            draw_samples(step)
     except KeyboardInterrupt:
+        stop.holding = False
         bar.close()
         optimizer.zero_grad(set_to_none=True)
         if not vectors_finite():  # (gone non-finite since the last loss check: no NaN file, nor a checkpoint)
@@ -652,17 +673,13 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             wait_for_main()
         raise TrainingInterrupted(step, saved_where(), stop.signum) from None
     finally:
+        bar.close()  # (before an error's message, not after it)
         for te in autocast_text:
             del te.forward
         stop.release()
         if own_group:
             torch.distributed.destroy_process_group(group)
     bar.close()
-
-    # 5. results --------------------------------------------------------------------------------------------------
-    files = save_all(step)
-    if config.sample_every and step % config.sample_every:
-        draw_samples(step)
     if is_main and progress:
         took = time.time() - started
         learned = ", ".join(c.token for c in concepts)
@@ -687,6 +704,8 @@ class _StopRequest:
         self.signum = signal.SIGINT  # the first signal that asked
         self.agreed = False  # whether `check` stopped the run (every process at the same step)
         self.group = group  # data parallel: the processes that must stop together
+        self.holding = False  # between a step's update and its log entry a second Ctrl-C waits (`hold`)
+        self.deferred = False
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -694,6 +713,9 @@ class _StopRequest:
 
     def _handle(self, signum, frame):
         if self.asked:
+            if self.holding:
+                self.deferred = True
+                return
             raise KeyboardInterrupt
         self.asked, self.signum = True, signum
         print(f"\n{signal.Signals(signum).name}: stopping after this step and saving; Ctrl-C again stops at once",
@@ -707,6 +729,15 @@ class _StopRequest:
             asked = bool(flag.item())
         if asked:
             self.agreed = True
+            raise KeyboardInterrupt
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release_hold(self) -> None:
+        self.holding = False
+        if self.deferred:
+            self.deferred = False
             raise KeyboardInterrupt
 
     def release(self) -> None:

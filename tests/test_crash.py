@@ -1,0 +1,177 @@
+"""A run's folder across crashes: one writer at a time, a second Ctrl-C at any moment, lost grids, full disks."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from textinv import cli
+from textinv import io as textinv_io
+from textinv import train as train_module
+from textinv.config import TrainConfig
+from textinv.errors import ConfigError
+from textinv.models import load_model
+from textinv.run_folder import LOCK_FILE, checkpoints, run_lock
+from textinv.train import TrainingInterrupted, train
+
+
+def config(images, out, **kw):
+    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2, save_every=0,
+                sample_every=0, log_every=2, lr=5e-2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_a_second_run_on_a_folder_being_written_is_refused(sd1_dir, images, tmp_path):
+    out = tmp_path / "run"
+    with run_lock(out):  # (another textinv train holding the folder; flock refuses a second open file even here)
+        for extra in ({}, {"resume": True}, {"overwrite": True}):
+            with pytest.raises(ConfigError, match="being written by another textinv train .pid"):
+                train(config(images, out, **extra), model=load_model(sd1_dir), progress=False)
+    train(config(images, out), model=load_model(sd1_dir), progress=False)  # released: the folder is free again
+
+
+def test_a_killed_runs_lock_does_not_hold_the_folder(sd1_dir, images, tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from textinv.run_folder import run_lock\n"
+                               f"with run_lock(Path({str(out)!r})):\n print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(ConfigError, match=f"pid {holder.pid}"):
+        train(config(images, out), model=load_model(sd1_dir), progress=False)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (out / LOCK_FILE).exists()  # (left behind by the kill, but no longer held)
+    train(config(images, out, overwrite=True), model=load_model(sd1_dir), progress=False)
+
+
+def test_a_run_that_fails_on_its_inputs_leaves_no_folder(sd1_dir, images, tmp_path):
+    out = tmp_path / "new"
+    with pytest.raises(Exception):
+        train(config(tmp_path / "no-such-pictures", out), model=load_model(sd1_dir), progress=False)
+    assert not out.exists()
+
+
+def _twice_ctrl_c_at(monkeypatch, target, name, call):
+    real, calls = getattr(target, name), []
+
+    def then_twice(*a, **k):
+        result = real(*a, **k)
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGINT)  # noted: stop after this step
+            os.kill(os.getpid(), signal.SIGINT)  # "again stops at once": here, after the update was applied
+        return result
+
+    monkeypatch.setattr(target, name, then_twice)
+    return lambda: monkeypatch.setattr(target, name, real)
+
+
+@pytest.mark.parametrize("where", ["update", "schedule"])
+def test_a_second_ctrl_c_inside_a_steps_update_still_resumes_exactly(where, sd1_dir, images, tmp_path, monkeypatch):
+    """Without the hold, a second Ctrl-C right after the optimizer's update (or before the schedule's step) saved
+    step 3's update under step 2 (or step 3 with step 2's rate), and the resumed vectors differed by up to 0.04."""
+    run = dict(steps=6, lr_schedule="linear")
+    straight = train(config(images, tmp_path / "a", **run), model=load_model(sd1_dir), progress=False)
+    if where == "update":
+        undo = _twice_ctrl_c_at(monkeypatch, train_module, "_step_skipping_overflows", 3)
+    else:  # (get_last_lr is called between `step += 1` and `lr_schedule.step()`)
+        undo = _twice_ctrl_c_at(monkeypatch, torch.optim.lr_scheduler.LambdaLR, "get_last_lr", 3)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(config(images, tmp_path / "b", **run), model=load_model(sd1_dir), progress=False)
+    assert info.value.step == 3
+    undo()
+    resumed = train(config(images, tmp_path / "b", resume=True, **run), model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.losses == straight.losses
+
+
+def test_a_grid_lost_after_its_checkpoint_is_drawn_again_on_resume(sd1_dir, images, tmp_path):
+    """--save-every and --sample-every coincide by default (500): a run killed after a step's checkpoint and before
+    its grid resumed from that checkpoint and never drew the grid."""
+    out = tmp_path / "b"
+    run = dict(save_every=2, sample_every=2, sample_steps=2)
+    train(config(images, out, steps=2, **run), model=load_model(sd1_dir), progress=False)
+    drawn = (out / "samples" / "step-000002.png").read_bytes()
+    (out / "samples" / "step-000002.png").unlink()  # (what a kill between the two writes leaves)
+    train(config(images, out, steps=4, resume=True, **run), model=load_model(sd1_dir), progress=False)
+    assert (out / "samples" / "step-000002.png").read_bytes() == drawn
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [f"step-00000{i}.png" for i in (0, 2, 4)]
+
+
+def test_a_resumed_runs_record_reruns_the_run_elsewhere(sd1_dir, images, tmp_path):
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, save_every=2, model=str(sd1_dir)), progress=False)
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 0
+    text = (out / "config.yaml").read_text()
+    assert "resume: false" in text and "overwrite: false" in text
+    assert cli.main(["train", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
+    assert cli.main(["train", "--config", str(out / "config.yaml"), "--overwrite"]) == 0
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(sd1_dir, images, tmp_path, monkeypatch,
+                                                                      capsys):
+    out = tmp_path / "b"
+    real, writes = os.fsync, []
+
+    def fsync(fd):  # every atomic write syncs once; fail the second checkpoint's
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        writes.append(name)
+        if ".step-000004.pt." in name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(textinv_io.os, "fsync", fsync)
+    args = ["train", "--images", str(images), "--token", "<zq>", "--init", "dog", "--out", str(out), "--model",
+            str(sd1_dir), "--steps", "6", "--batch", "2", "--save-every", "2", "--sample-every", "0"]
+    assert cli.main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line][-1]
+    assert err == (f"textinv train: error: No space left on device: {out / 'checkpoints' / 'step-000004.pt'}; the "
+                   f"last checkpoint (step-000002.pt) is kept: make room, then continue with: textinv train --out "
+                   f"{out} --resume")
+    assert [p.name for p in checkpoints(out)] == ["step-000002.pt"]
+    assert not list(out.rglob("*.tmp"))
+    monkeypatch.setattr(textinv_io.os, "fsync", real)
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 0
+
+
+def test_temporaries_of_writes_cut_short_are_cleared_by_the_next_run(sd1_dir, images, tmp_path):
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    litter = [out / ".learned_embeds.safetensors.ab12_x9z.tmp", out / "checkpoints" / ".step-000004.pt.q0w9e8r7.tmp"]
+    mine = out / "notes.tmp"  # (not a name textinv writes: kept)
+    for path in litter + [mine]:
+        path.write_bytes(b"half")
+    train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=False)
+    assert [p.exists() for p in litter] == [False, False] and mine.exists()
+
+
+def test_sigterm_during_the_last_save_lets_it_finish(sd1_dir, images, tmp_path, monkeypatch):
+    """The handlers were put back before the final save: a SIGTERM then killed the process (no save, litter)."""
+    real, sent = train_module.save_embedding, []
+
+    def save_with_signal(*a, **k):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    class Killed(Exception):
+        pass
+
+    def default(signum, frame):  # (stands for SIGTERM's default action, which would end pytest itself)
+        raise Killed
+
+    monkeypatch.setattr(train_module, "save_embedding", save_with_signal)
+    before = signal.signal(signal.SIGTERM, default)
+    try:
+        out = tmp_path / "b"
+        result = train(config(images, out, steps=4), model=load_model(sd1_dir), progress=False)  # the final save
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert result.steps == 4 and [p.name for p in checkpoints(out)] == ["step-000004.pt"]
