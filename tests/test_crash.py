@@ -175,3 +175,22 @@ def test_sigterm_during_the_last_save_lets_it_finish(sd1_dir, images, tmp_path, 
     finally:
         signal.signal(signal.SIGTERM, before)
     assert result.steps == 4 and [p.name for p in checkpoints(out)] == ["step-000004.pt"]
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_to_the_same_result(sd1_dir, images, tmp_path):
+    """An atomic write never leaves half a checkpoint, but a disk error or a copy cut short can: the newest one
+    stopped the resume with torch's own error, though the one before it was whole."""
+    run = dict(save_every=2, keep_checkpoints=3)
+    whole = train(config(images, tmp_path / "whole", steps=6, **run), model=load_model(sd1_dir), progress=False)
+    out = tmp_path / "damaged"
+    train(config(images, out, steps=4, **run), model=load_model(sd1_dir), progress=False)
+    newest = checkpoints(out)[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="step-000004.pt cannot be read .*resuming from step-000002.pt"):
+        resumed = train(config(images, out, steps=6, resume=True, **run), model=load_model(sd1_dir), progress=False)
+    assert resumed.embedding.vectors.keys() == whole.embedding.vectors.keys()
+    assert all(torch.equal(resumed.embedding.vectors[k], whole.embedding.vectors[k]) for k in whole.embedding.vectors)
+    for path in checkpoints(out):
+        path.write_bytes(b"")
+    with pytest.raises(ConfigError, match="every checkpoint .* is damaged"):
+        train(config(images, out, steps=8, resume=True, **run), model=load_model(sd1_dir), progress=False)

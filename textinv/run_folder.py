@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import warnings
 from pathlib import Path
 
 import torch
@@ -308,11 +309,25 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def newest_checkpoint(out: Path) -> tuple[Path, dict]:
-    """The newest checkpoint in `out` and its contents (small: vectors, optimizer and data-stream state)."""
+    """The newest readable checkpoint in `out` and its contents (small: vectors, optimizer and data-stream state).
+    Writes are atomic, so an unreadable one was damaged from outside (a disk error, a copy cut short): the one
+    before it is taken, with a warning, and the run goes on from there to the same result."""
     found = checkpoints(out)
     if not found:
-        raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint; start a new run with --overwrite")
-    return found[-1], torch.load(found[-1], map_location="cpu", weights_only=True)
+        raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint (the run stopped before its "
+                          f"first --save-every step); start it again with --overwrite")
+    damaged = []
+    for path in reversed(found):
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # (torch raises RuntimeError, EOFError, pickle's and zipfile's errors by the damage)
+            damaged.append(f"{path.name} ({type(e).__name__})")
+            why = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+            older = found[found.index(path) - 1].name if found.index(path) else None
+            warnings.warn(f"checkpoint {path} cannot be read ({why}); "
+                          + (f"resuming from {older}" if older else "no older one is kept"), stacklevel=2)
+    raise ConfigError(f"cannot resume: every checkpoint in {out / CHECKPOINT_DIR} is damaged ({', '.join(damaged)}); "
+                      f"start the run again with --overwrite")
 
 
 def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, specs: list[dict], images: list[list[Path]],
