@@ -194,3 +194,26 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_to_the_same_res
         path.write_bytes(b"")
     with pytest.raises(ConfigError, match="every checkpoint .* is damaged"):
         train(config(images, out, steps=8, resume=True, **run), model=load_model(sd1_dir), progress=False)
+
+
+def test_a_full_disk_at_an_embedding_file_says_how_to_go_on_too(sd1_dir, images, tmp_path, monkeypatch, capsys):
+    """The embedding's own write said "choose another output path" (convert's advice) where a run needs --resume."""
+    out = tmp_path / "b"
+    real, embedding_writes = os.fsync, []
+
+    def fsync(fd):
+        if ".learned_embeds.safetensors." in os.readlink(f"/proc/self/fd/{fd}"):
+            embedding_writes.append(fd)
+            if len(embedding_writes) == 2:  # step 4's, after step 2's embedding and checkpoint
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(textinv_io.os, "fsync", fsync)
+    args = ["train", "--images", str(images), "--token", "<zq>", "--init", "dog", "--out", str(out), "--model",
+            str(sd1_dir), "--steps", "6", "--batch", "2", "--save-every", "2", "--sample-every", "0",
+            "--no-step-embeddings"]
+    assert cli.main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line][-1]
+    assert err == (f"textinv train: error: No space left on device: {out / 'learned_embeds.safetensors'}; the last "
+                   f"checkpoint (step-000002.pt) is kept: make room, then continue with: textinv train --out {out} "
+                   f"--resume")

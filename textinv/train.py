@@ -484,14 +484,14 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         """Each concept's embedding, and a checkpoint to resume from (main process only)."""
         if not is_main:
             return []
-        files = [f for c in concepts for f in save_embedding(embedding_of(c, at_step, vectors), embedding_path(c),
-                                                               file_format)]
+        files = [f for c in concepts for f in _write_embedding(embedding_of(c, at_step, vectors), embedding_path(c),
+                                                                 file_format)]
         # (not for the last good vectors a non-finite loss falls back to: they are an earlier step's)
         if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0 \
                 and vectors is None:
             for c in concepts:  # (the step's files are the same bytes as the main file's at that step)
-                save_embedding(embedding_of(c, at_step),
-                               c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step), file_format)
+                _write_embedding(embedding_of(c, at_step),
+                                 c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step), file_format)
         if checkpoint:
             save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
@@ -686,6 +686,17 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         print(f"learned {learned} in {step} steps ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
     return TrainResult(embedding=embedding_of(concepts[0], step), files=files, steps=step, losses=history,
                        embeddings=[embedding_of(c, step) for c in concepts])
+
+
+def _write_embedding(emb: LearnedEmbedding, path: Path, file_format: str) -> list[Path]:
+    """`save_embedding`, a failed write raised as the OSError it is: `textinv train` then says which checkpoint is
+    kept and the command that goes on from it (the advice for `convert`, another output path, is not it here)."""
+    try:
+        return save_embedding(emb, path, file_format)
+    except FormatError as e:
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
 
 
 class _StopRequest:
