@@ -55,6 +55,9 @@ def test_a_run_that_fails_on_its_inputs_leaves_no_folder(sd1_dir, images, tmp_pa
     with pytest.raises(Exception):
         train(config(tmp_path / "no-such-pictures", out), model=load_model(sd1_dir), progress=False)
     assert not out.exists()
+    with pytest.raises(Exception):  # (nor the folders made above it)
+        train(config(tmp_path / "no-such-pictures", tmp_path / "a" / "b"), model=load_model(sd1_dir), progress=False)
+    assert not (tmp_path / "a").exists()
 
 
 def _twice_ctrl_c_at(monkeypatch, target, name, call):
@@ -217,3 +220,37 @@ def test_a_full_disk_at_an_embedding_file_says_how_to_go_on_too(sd1_dir, images,
     assert err == (f"textinv train: error: No space left on device: {out / 'learned_embeds.safetensors'}; the last "
                    f"checkpoint (step-000002.pt) is kept: make room, then continue with: textinv train --out {out} "
                    f"--resume")
+
+
+def test_a_refused_folder_keeps_the_temporaries_of_other_writers(sd1_dir, images, tmp_path):
+    """A folder that is not this run's (not empty, no --resume or --overwrite) is refused untouched: another run
+    writing below it (its temporaries) and the folder's own files stay, and no lock file is left in it."""
+    parent = tmp_path / "runs"
+    other = parent / "cat" / ".learned_embeds.safetensors.ab12cd34.tmp"  # another run's write in progress
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"being written")
+    with pytest.raises(ConfigError, match="not empty"):
+        train(config(images, parent), model=load_model(sd1_dir), progress=False)
+    assert other.exists()
+    assert sorted(p.name for p in parent.iterdir()) == ["cat"]
+
+
+def test_the_windows_lock_takes_the_same_byte_whatever_the_file_holds(tmp_path, monkeypatch):
+    """msvcrt.locking locks from the file's position: "a+" put it at the end of the holder's line, so a second run
+    locked another byte and was let in."""
+    import types
+
+    held = {}
+
+    def locking(fd, mode, count):  # (Windows' semantics: `count` bytes from the current position, per file)
+        key = (os.fstat(fd).st_ino, os.lseek(fd, 0, os.SEEK_CUR))
+        if held.setdefault(key, fd) != fd:
+            raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # (import fcntl fails, as on Windows)
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(LK_NBLCK=2, locking=locking))
+    out = tmp_path / "run"
+    with run_lock(out):
+        with pytest.raises(ConfigError, match="being written by another textinv train .pid"):
+            with run_lock(out):
+                pass

@@ -37,6 +37,7 @@ CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".textinv-train.lock"  # held by the one `textinv train` writing the folder (see `run_lock`)
 # what `io.atomic_path` names its temporary files: `.NAME.XXXXXXXX.tmp` (a process killed mid-write leaves one)
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+_LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyond the end of the file is allowed)
 # settings that may differ between a run and its resumption (they do not change what is learned step by step)
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "step_embeddings", "sample_every", "sample_steps",
                      "log_every",
@@ -103,8 +104,8 @@ def run_lock(out: Path, is_main: bool = True):
     """Hold `out` for this run: a second `textinv train` on the same folder (a fresh start, a --resume or an
     --overwrite while one runs) is refused instead of both writing the same files. The lock is the operating
     system's on a file in the folder (flock; on Windows msvcrt.locking), so it goes with its process however that
-    ends (SIGKILL, a crash): there is no stale lock to clear. Held, it also removes the temporary files that writes
-    cut short by a kill left behind (no other textinv process writes there now)."""
+    ends (SIGKILL, a crash): there is no stale lock to clear. A run that writes nothing (a folder refused, inputs
+    that fail) leaves no lock file, and the folders it made go too."""
     if not is_main:  # (data parallel: the main process holds it for all)
         yield
         return
@@ -113,12 +114,13 @@ def run_lock(out: Path, is_main: bool = True):
         yield
         return
     _check_writable(out)  # (its messages, before the folder is made)
-    made = not out.exists()
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # (the deepest first)
     if made:
         from .io import output_folder
 
         output_folder(out)
     lock = out / LOCK_FILE
+    created, held = not lock.exists(), False
     f = open(lock, "a+")
     try:
         if not _try_lock(f):
@@ -126,20 +128,34 @@ def run_lock(out: Path, is_main: bool = True):
             holder = f.read().strip() or "another process"
             raise ConfigError(f"{out} is being written by another textinv train ({holder}); wait for it to finish "
                               f"or stop it, or choose another --out")
+        held = True
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
-        for path in out.rglob(".*.tmp"):
-            if path.is_file() and _TEMPORARY.fullmatch(path.name):
-                path.unlink(missing_ok=True)
         yield
     finally:
-        f.close()  # (releases the lock; the file stays: removing it could race with another run taking it)
-        if made and [p.name for p in out.iterdir()] == [LOCK_FILE]:  # the run wrote nothing (failed on its inputs)
+        # no run's record: the run wrote nothing (a folder refused, inputs that failed), so the file it made goes
+        # (while held: a run that opened it meanwhile is refused); else it stays, as removing it after the release
+        # could race with another run taking it
+        if held and created and not (out / CONFIG_FILE).exists():
             with contextlib.suppress(OSError):
                 lock.unlink()
-                out.rmdir()
+        f.close()  # (releases the lock)
+        for folder in made:  # the folders it made, while they are empty (--out a/b/c: a and b too)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def clear_temporaries(out: Path) -> None:
+    """Remove the temporary files that writes cut short by a kill left in the run folder `out` (call it holding
+    `run_lock`, once `prepare_output` has taken the folder for this run: no other textinv process writes there then;
+    a folder refused is left as it is, as another run writing below it)."""
+    for path in Path(out).rglob(".*.tmp"):
+        if path.is_file() and _TEMPORARY.fullmatch(path.name):
+            path.unlink(missing_ok=True)
 
 
 def _try_lock(f) -> bool:
@@ -149,6 +165,9 @@ def _try_lock(f) -> bool:
     except ImportError:  # Windows
         import msvcrt
 
+        # msvcrt locks bytes from the file's position, which "a+" put at its end (wherever the holder's line ended):
+        # always the same byte, past that line, so a refused run can still read who holds it
+        os.lseek(f.fileno(), _LOCK_BYTE, os.SEEK_SET)
         try:
             msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
             return True

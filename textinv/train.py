@@ -46,8 +46,8 @@ from .generate import check_fits
 from .io import atomic_path, output_folder
 from .models import DTYPES, Model, check_clip_skip, encode_text, load_model, xl_time_ids
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, clear_run,
-                         concept_folder, load_checkpoint, newest_checkpoint, prepare_output, run_lock, save_checkpoint,
-                         write_loss_log)
+                         clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint, prepare_output, run_lock,
+                         save_checkpoint, write_loss_log)
 from .speed import check_compiled_unet, speed_up_unet, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, encode_init, expand_prompt, init_vectors,
                      split_words, token_names)
@@ -323,6 +323,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # 1. settings and output folder ---------------------------------------------------------------------------
     config, previous = prepare_output(config, is_main)
     out = Path(config.out)
+    if is_main:  # (the folder is this run's now: a refused one is left as it is)
+        clear_temporaries(out)
     specs = config.concept_list()
     images = [find_images(spec["images"]) for spec in specs]  # fail on bad data before the (slow) model load
     for path in (path for paths in images for path in paths):
