@@ -465,6 +465,12 @@ def test_convert_chain_is_exact(tmp_path):
     assert renamed.token == "<cat>" and renamed.metadata["token"] == "<cat>"
 
 
+def test_convert_unknown_extension_names_the_flag(tmp_path):
+    save_embedding(make_emb("sd1", 1), tmp_path / "learned_embeds.safetensors")
+    with pytest.raises(FormatError, match=r"give the format \(--to\): diffusers, diffusers-bin, a1111,"):
+        convert(tmp_path / "learned_embeds.safetensors", tmp_path / "out.txt")
+
+
 def test_convert_sdxl(tmp_path):
     emb = make_emb("sdxl", 2)
     save_embedding(emb, tmp_path / "xl.safetensors", format="sdxl")

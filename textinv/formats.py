@@ -644,7 +644,7 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
             to = {".pt": "a1111", ".png": "a1111-png", ".bin": "diffusers-bin"}.get(suffix)
         if to is None:
             raise FormatError(f"{dst}: cannot tell the format from the extension {suffix or '(none)'!r}: end it in "
-                              f".safetensors, .pt, .bin or .png, or pass one of {FORMATS}")
+                              f".safetensors, .pt, .bin or .png, or give the format (--to): {', '.join(FORMATS)}")
     return save_embedding(emb, dst, format=to)
 
 

@@ -734,8 +734,9 @@ def recorded_guidance(folder: Path) -> float:
 def recorded_prompting(folder: Path) -> dict[str, dict]:
     """A model folder's own words for training it, per `--property`: `{"object": {"init": WORD, "templates": [...]},
     "style": {...}}`, from its `training.json` (`prompting`), else `{}`. SD's defaults (the paper's templates, the
-    property's word as the init) assume SD's vocabulary; the small shapes model knows only its world's 760 words, in
-    which "object" is six single letters and "a painting in the style of" half fragments, so it says its own."""
+    property's word as the init) assume SD's vocabulary; the small shapes model knows only its world's 65 words (760
+    tokens with their pieces), in which "object" is six single letters and "a painting in the style of" half
+    fragments, so it says its own."""
     recorded = _training_record(folder).get("prompting")
     prompting = {}
     for prop, entry in recorded.items() if isinstance(recorded, dict) else ():

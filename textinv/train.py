@@ -731,7 +731,8 @@ class _StopRequest:
                 return
             raise KeyboardInterrupt
         self.asked, self.signum = True, signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving; Ctrl-C again stops at once",
+        again = "Ctrl-C again" if signum == signal.SIGINT else f"a second {signal.Signals(signum).name}"
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving; {again} stops at once",
               file=sys.stderr, flush=True)
 
     def check(self) -> None:
