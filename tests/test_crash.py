@@ -254,3 +254,14 @@ def test_the_windows_lock_takes_the_same_byte_whatever_the_file_holds(tmp_path, 
         with pytest.raises(ConfigError, match="being written by another textinv train .pid"):
             with run_lock(out):
                 pass
+
+
+def test_a_resumed_run_says_which_steps_it_learned(sd1_dir, images, tmp_path, capsys):
+    """It said "learned <zq> in 4 steps (0 s)" after a resume that had run two of them."""
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=True)
+    assert "learned <zq> in 2 steps (" in capsys.readouterr().out
+    train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=True)
+    assert "learned <zq>: steps 3-4 (" in capsys.readouterr().out
+    train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=True)
+    assert "<zq>: nothing to learn, the run was at step 4 already (" in capsys.readouterr().out

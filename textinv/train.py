@@ -552,7 +552,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     interval_loss = torch.tensor(interval[0], device=device)  # (K,)
     interval_steps = interval[1]
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
-    started = time.time()
+    started, first_step = time.time(), step
     samplers_at_step = None
     # data parallel: the processes agree at every step boundary on whether to stop (a signal reaches them at
     # different moments, or only one of them), over a CPU group, so the check costs no GPU synchronisation
@@ -685,7 +685,13 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if is_main and progress:
         took = time.time() - started
         learned = ", ".join(c.token for c in concepts)
-        print(f"learned {learned} in {step} steps ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
+        if first_step == 0:
+            what = f"learned {learned} in {step} steps"
+        elif first_step < step:  # (a resumed run: what this one did)
+            what = f"learned {learned}: steps {first_step + 1}-{step}"
+        else:
+            what = f"{learned}: nothing to learn, the run was at step {step} already"
+        print(f"{what} ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
     return TrainResult(embedding=embedding_of(concepts[0], step), files=files, steps=step, losses=history,
                        embeddings=[embedding_of(c, step) for c in concepts])
 
