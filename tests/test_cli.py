@@ -411,3 +411,15 @@ def test_an_unknown_config_key_is_answered_with_the_nearest_setting(tmp_path, ca
     assert "unknown setting 'stpes' in" in err and str(cfg) in err and "did you mean 'steps'?" in err
     with pytest.raises(ConfigError, match=r"unknown setting 'zzz'; known settings: images, token"):
         build(TrainConfig, {"zzz": 1})
+
+
+def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
+    """argparse said only "unrecognized arguments: --stpes 3", from the top-level parser, which knows no command's
+    flags."""
+    for argv, said in ((["train", "--stpes", "3"], "--stpes (did you mean --steps?) 3"),
+                       (["generate", "--widht=64"], "--widht=64 (did you mean --width?)"),
+                       (["convert", "a.pt", "b.pt", "c.pt"], "unrecognized arguments: c.pt (see")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert said in capsys.readouterr().err

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import errno
 import gc
 import json
@@ -280,7 +281,23 @@ def make_parser() -> argparse.ArgumentParser:
     _add_threads(p)
     add_config_flags(p, EvalConfig)
     p.set_defaults(func=cmd_evaluate)
+    parser.commands = sub.choices  # (name -> its parser: `_parse` names the command's own flags)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parse_args`, but a flag the command does not have is answered with the nearest it has (argparse names
+    only what it did not know, and from the top-level parser, which knows no command's flags)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = parser.commands[args.command]
+        flags = [flag for action in command._actions for flag in action.option_strings]
+        said = []
+        for word in unknown:
+            near = difflib.get_close_matches(word.split("=")[0], flags, n=1) if word.startswith("-") else []
+            said.append(f"{word} (did you mean {near[0]}?)" if near else word)
+        command.error(f"unrecognized arguments: {' '.join(said)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            args = make_parser().parse_args(argv)
+            args = _parse(make_parser(), argv)
         finally:
             if collecting:
                 gc.enable()
