@@ -149,8 +149,8 @@ def cmd_score(args) -> int:
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; on an idle 2-core machine 2 train about "
-                   "20%% faster and draw no faster, on a busy one 1 is steadier)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; on an idle 2-core "
+                   "machine 2 train about 20%% faster and draw no faster, on a busy one 1 is steadier)")
 
 
 def _set_threads(threads: int) -> None:

@@ -182,7 +182,8 @@ class TrainConfig:
     step_embeddings: bool = opt(True, "at every --save-every step also keep that step's embedding in embeddings/ "
                                       "(as A1111 and the diffusers script do), to pick the best step by its samples")
     sample_every: int = opt(500, "sample grid every N steps (0: never)")
-    sample_prompts: list = opt([], "prompts for the sample grids ('{}' marks the token); default by --property")
+    sample_prompts: list = opt([], "prompts for the sample grids ('{}' marks the token); default: the caption "
+                                   "templates' first 4")
     sample_steps: int = opt(25, "denoising steps for sample grids")
     log_every: int = opt(10, "loss log interval in steps")
     format: str = opt(None, "file format of the embedding; default: diffusers (SD 1.x/2.x), sdxl (SDXL: one "
