@@ -110,12 +110,6 @@ def check_seed(seed: int, count: int = 1, flag: str = "--seed", negative: bool =
 MAX_RESOLUTION = 8192  # 8x SD 1.x's 512 and SDXL's 1024: above it a typo (100000) would only exhaust memory
 
 
-def check_resolution(resolution: int | None) -> None:
-    """Refuse a picture size the UNet cannot take (not a multiple of 8, the VAE's down-sampling) or far beyond any
-    model's (None: the model's own)."""
-    check_side("--resolution", resolution)
-
-
 def check_guidance(guidance: float | None) -> None:
     """Refuse a guidance scale below 1: the pipelines only guide above 1, so 0 or -5 would draw unguided pictures
     while the settings said otherwise."""
@@ -232,7 +226,7 @@ class TrainConfig:
         for name in ("max_grad_norm", "min_snr_gamma"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"--{_flag(name)} must be > 0 when given, got {getattr(self, name)}")
-        check_resolution(self.resolution)
+        check_side("--resolution", self.resolution)
         # (the seeds drawn: concept k's data seed + 1_000_003 k (`train.concept_seed`), sample grid image i's seed + i)
         check_seed(self.seed, 1_000_003 * (len(specs) - 1) + max(4, len(self.sample_prompts)), negative=True)
         check_clip_skip_value(self.clip_skip)

@@ -336,13 +336,14 @@ def newest_checkpoint(out: Path) -> tuple[Path, dict]:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint (the run stopped before its "
                           f"first --save-every step); start it again with --overwrite")
     damaged = []
-    for path in reversed(found):
+    for i in reversed(range(len(found))):
+        path = found[i]
         try:
             return path, torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # (torch raises RuntimeError, EOFError, pickle's and zipfile's errors by the damage)
             damaged.append(f"{path.name} ({type(e).__name__})")
             why = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
-            older = found[found.index(path) - 1].name if found.index(path) else None
+            older = found[i - 1].name if i else None
             warnings.warn(f"checkpoint {path} cannot be read ({why}); "
                           + (f"resuming from {older}" if older else "no older one is kept"), stacklevel=2)
     raise ConfigError(f"cannot resume: every checkpoint in {out / CHECKPOINT_DIR} is damaged ({', '.join(damaged)}); "

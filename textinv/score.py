@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import PRECISIONS, SAMPLERS, check_choices, check_drawing, opt
+from .config import PRECISIONS, SAMPLERS, check_choices, check_drawing, check_seed, opt
 from .data import PROPERTIES, find_images, load_image
 from .errors import ConfigError, DataError, ModelError
 from .formats import LearnedEmbedding, load_embedding
@@ -126,8 +126,7 @@ class ScoreConfig:
         check_choices(self)
         if not isinstance(self.n, int) or self.n < 1:
             raise ConfigError(f"-n must be a whole number >= 1, got {self.n!r}")
-        if not 0 <= self.seed <= 2**64 - self.n:
-            raise ConfigError(f"--seed must be between 0 and {2**64 - self.n} (picture i uses seed + i), got {self.seed}")
+        check_seed(self.seed, self.n)  # (picture i uses seed + i)
         check_drawing(self.steps, self.guidance, self.clip_skip, self.resolution)
         if self.description is not None and not self.description.strip():
             raise ConfigError("--description is empty; give the words you would use for the concept, or leave it out")

@@ -681,7 +681,6 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         stop.release()
         if own_group:
             torch.distributed.destroy_process_group(group)
-    bar.close()
     if is_main and progress:
         took = time.time() - started
         learned = ", ".join(c.token for c in concepts)

@@ -548,7 +548,8 @@ def _tokenize(tokenizer, texts: list[str], device) -> torch.Tensor:
 class _CaptionIds:
     """`_tokenize`'s ids for captions, without the tokenizer's cost per call (38 ms a batch of 256 on one CPU
     thread, where a GPU step takes a few): CLIP's tokenizer never merges across whitespace, so a caption's ids are
-    its words' ids in turn, each word tokenized once and kept. The world's captions use a few hundred words."""
+    its words' ids in turn, each word tokenized once and kept (the world's captions use under a hundred, commas
+    attached included)."""
 
     def __init__(self, tokenizer):
         self.tokenizer, self.words = tokenizer, {}
@@ -665,8 +666,8 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     # loss is read once a log line), so nothing makes the host wait for the GPU. On the CPU, in turn (the cores are
     # the step's). Rendering on the GPU instead made the host wait every step: a render picks each shape's scenes
     # with nonzero(), which reads the device back, after the previous step's kernels.
-    latent_shape = (vae.config.latent_channels, *(s // 2 ** (len(vae.config.block_out_channels) - 1)
-                                                  for s in (world.RESOLUTION, world.RESOLUTION)))
+    side = world.RESOLUTION // 2 ** (len(vae.config.block_out_channels) - 1)  # (the VAE halves it per level)
+    latent_shape = (vae.config.latent_channels, side, side)
     ids_of = _CaptionIds(tokenizer)
 
     def draw():
