@@ -76,6 +76,14 @@ def test_convert_and_inspect(tmp_path, sd1_dir, capsys):
     assert torch.equal(load_embedding(tmp_path / "c.pt").vectors["text_encoder"],
                        load_embedding(src).vectors["text_encoder"])
     capsys.readouterr()
+    before = (tmp_path / "c.pt").read_bytes()  # a second convert to the same file is refused, unless --overwrite
+    assert main(["convert", str(src), str(tmp_path / "c.pt"), "--token", "<d>"]) == 2
+    assert "c.pt already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "c.pt").read_bytes() == before
+    assert main(["convert", str(src), str(tmp_path / "c.pt"), "--token", "<d>", "--overwrite"]) == 0
+    assert load_embedding(tmp_path / "c.pt").token == "<d>"
+    assert main(["convert", str(src), str(tmp_path / "c.pt"), "--overwrite"]) == 0  # (back to "<c>")
+    capsys.readouterr()
     assert main(["inspect", str(tmp_path / "c.pt"), "--model", str(sd1_dir), "--top-k", "2"]) == 0
     text = capsys.readouterr().out
     assert "token: <c>" in text and "vectors: 2" in text and "vector 1 reads as:" in text and "a1111" in text

@@ -465,6 +465,38 @@ def test_convert_chain_is_exact(tmp_path):
     assert renamed.token == "<cat>" and renamed.metadata["token"] == "<cat>"
 
 
+def test_convert_refuses_an_existing_output_unless_told_to_overwrite(tmp_path):
+    """A mistyped dst (another embedding's name, the source itself) must not silently replace a file; train refuses
+    a used --out the same way. overwrite=True (--overwrite) replaces it, atomically."""
+    emb, other = make_emb("sd1", 2), make_emb("sd1", 1, token="<cat>", seed=1)
+    (src,) = save_embedding(emb, tmp_path / "learned_embeds.safetensors")
+    (kept,) = save_embedding(other, tmp_path / "cat.pt", format="a1111")
+    before = kept.read_bytes()
+    with pytest.raises(FormatError, match=r"cat\.pt already exists.*--overwrite"):
+        convert(src, kept)
+    assert kept.read_bytes() == before
+    with pytest.raises(FormatError, match="already exists"):  # a folder: the file it would get inside is checked
+        convert(tmp_path / "cat.pt", tmp_path)
+    with pytest.raises(FormatError, match="already exists"):  # in place, e.g. only to rename the token
+        convert(src, src, token="<new>")
+    assert load_embedding(src).token == "<my-dog>"
+    # diffusers-sdxl writes two files: the second is checked too, before either is written
+    xl = make_emb("sdxl", 2)
+    (sdxl_src,) = save_embedding(xl, tmp_path / "xl.safetensors", format="sdxl")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "learned_embeds_2.safetensors").write_bytes(b"someone else's")
+    with pytest.raises(FormatError, match="learned_embeds_2.safetensors already exists"):
+        convert(sdxl_src, tmp_path / "d" / "learned_embeds.safetensors", to="diffusers")
+    assert not (tmp_path / "d" / "learned_embeds.safetensors").exists()
+
+    assert convert(src, kept, overwrite=True) == [kept]
+    assert_same_vectors(emb, load_embedding(kept))
+    convert(src, src, token="<new>", overwrite=True)
+    assert load_embedding(src).token == "<new>"
+    written = convert(sdxl_src, tmp_path / "d" / "learned_embeds.safetensors", to="diffusers", overwrite=True)
+    assert_same_vectors(xl, load_embedding(written[0]))
+
+
 def test_convert_unknown_extension_names_the_flag(tmp_path):
     save_embedding(make_emb("sd1", 1), tmp_path / "learned_embeds.safetensors")
     with pytest.raises(FormatError, match=r"give the format \(--to\): diffusers, diffusers-bin, a1111,"):

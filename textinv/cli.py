@@ -115,7 +115,8 @@ def cmd_convert(args) -> int:
     from .formats import convert
     from .run_folder import embedding_file
 
-    written = convert(embedding_file(Path(args.src)), args.dst, to=args.to, token=args.token, second=args.second)
+    written = convert(embedding_file(Path(args.src)), args.dst, to=args.to, token=args.token, second=args.second,
+                      overwrite=args.overwrite)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -236,6 +237,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="token name to store (default: the one in the file)")
     p.add_argument("--second", help="SDXL kept as two files (diffusers' SDXL script): the second text encoder's "
                                     "file, when it is not named as src's partner (learned_embeds_2.* is found alone)")
+    p.add_argument("--overwrite", action="store_true", help="replace dst if it exists (default: refuse)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("inspect", help="what an embedding file holds and which model it fits")

@@ -190,12 +190,14 @@ def second_file(path: str | Path) -> Path:
 # Writing
 
 
-def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffusers", preview=None) -> list[Path]:
+def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffusers", preview=None, *,
+                   overwrite: bool = True) -> list[Path]:
     """Write `emb` to `path` in `format` (one of FORMATS), atomically; return the files written.
 
     `path` may be an existing folder, in which case the file gets `default_filename(format, emb.token)`. For
     diffusers-sdxl `path` names the first file and the second is written beside it (see `second_file`). `preview`,
-    a PIL image, is only used by a1111-png (a plain placeholder picture is drawn when it is None).
+    a PIL image, is only used by a1111-png (a plain placeholder picture is drawn when it is None). With
+    `overwrite=False` a file already there is refused (before anything is written) instead of replaced.
 
     >>> save_embedding(emb, "out/my-dog.pt", format="a1111")   # doctest: +SKIP
     [PosixPath('out/my-dog.pt')]
@@ -222,6 +224,11 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
             raise FormatError(
                 f"{path}: a {format!r} file must end in {' or '.join(_SUFFIXES[format])} (tools choose their loader "
                 f"by extension): rename it, e.g. {default_filename(format, emb.token)!r}, or pick another format")
+        if not overwrite:
+            for target in (path, second_file(path)) if format == "diffusers-sdxl" else (path,):
+                if target.exists():
+                    raise FormatError(f"{target} already exists; pass --overwrite to replace it, or choose another "
+                                      "output path")
         # 2. Write.
         return _write_embedding(emb, path, format, preview)
     except OSError as e:  # a read-only or full disk, a file where a folder should be, a name too long: say which
@@ -621,13 +628,14 @@ def _vectors(path: Path, value, where: str) -> torch.Tensor:
 
 
 def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str | None = None,
-            second: str | Path | None = None) -> list[Path]:
+            second: str | Path | None = None, overwrite: bool = False) -> list[Path]:
     """Read `src` (any layout) and write it to `dst` as `to`; return the files written.
 
     Without `to`, the format follows dst's extension: .pt -> a1111, .png -> a1111-png, .bin -> diffusers-bin,
     .safetensors (or a folder) -> sdxl for an SDXL pair, else diffusers; `to="diffusers"` for an SDXL pair writes
     diffusers-sdxl (two files), as training does. `token` renames the embedding. `second`: the other half of an SDXL
     embedding kept as two single-encoder files (`load_embedding_pair`), for names that do not pair by themselves.
+    A file already at the destination is refused unless `overwrite` (as train refuses a used --out).
 
     >>> convert("learned_embeds.safetensors", "my-dog.pt")   # doctest: +SKIP
     [PosixPath('my-dog.pt')]
@@ -645,7 +653,7 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
         if to is None:
             raise FormatError(f"{dst}: cannot tell the format from the extension {suffix or '(none)'!r}: end it in "
                               f".safetensors, .pt, .bin or .png, or give the format (--to): {', '.join(FORMATS)}")
-    return save_embedding(emb, dst, format=to)
+    return save_embedding(emb, dst, format=to, overwrite=overwrite)
 
 
 def describe(emb: LearnedEmbedding, vocab_norms: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> dict:
