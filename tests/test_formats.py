@@ -377,6 +377,89 @@ class _Evil:
         return os.system, (f"touch {self.marker}",)
 
 
+LORA_KEYS = {  # kohya / A1111 LoRA, and diffusers' (peft) LoRA
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320),
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": (320, 4),
+    "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": (),
+}
+PEFT_LORA_KEYS = {"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": (4, 320),
+                  "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": (320, 4)}
+CHECKPOINT_KEYS = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4),
+                   "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (10, 8),
+                   "first_stage_model.decoder.conv_in.weight": (8, 4)}
+
+
+@pytest.mark.parametrize("keys, match", [
+    (LORA_KEYS, r"lora\.safetensors: this is a LoRA.*<lora:lora> in a prompt, with --lora-dir"),
+    (PEFT_LORA_KEYS, "this is a LoRA"),
+    (CHECKPOINT_KEYS, r"lora\.safetensors: this is a Stable Diffusion model.*--model"),
+])
+def test_model_weights_are_named_for_what_they_are_without_loading_them(tmp_path, monkeypatch, keys, match):
+    """A LoRA or a checkpoint handed over as an embedding is named as such, with where it goes instead; the
+    tensors are not read (a checkpoint's are gigabytes), only the safetensors header's names."""
+    import safetensors
+
+    save_file({k: torch.zeros(shape) for k, shape in keys.items()}, tmp_path / "lora.safetensors")
+    real, loaded = safetensors.safe_open, []
+
+    class Spy:  # safe_open, counting the tensors read
+        def __init__(self, *args, **kwargs):
+            self.opened = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.f = self.opened.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.opened.__exit__(*exc)
+
+        def get_tensor(self, key):
+            loaded.append(key)
+            return self.f.get_tensor(key)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(safetensors, "safe_open", Spy)
+    with pytest.raises(FormatError, match=match):
+        load_embedding(tmp_path / "lora.safetensors")
+    assert loaded == []
+
+
+def test_pickled_model_weights_are_named(tmp_path):
+    torch.save({"state_dict": {k: torch.zeros(shape) for k, shape in CHECKPOINT_KEYS.items()}, "global_step": 5},
+               tmp_path / "v1-5.ckpt")
+    with pytest.raises(FormatError, match=r"v1-5\.ckpt: this is a Stable Diffusion model checkpoint.*--model"):
+        load_embedding(tmp_path / "v1-5.ckpt")
+    torch.save({k: torch.zeros(shape) for k, shape in LORA_KEYS.items()}, tmp_path / "style.pt")
+    with pytest.raises(FormatError, match="this is a LoRA"):
+        load_embedding(tmp_path / "style.pt")
+
+
+def _sparse(path, head: bytes, size: int):
+    """A file of `size` bytes that starts with `head` and takes no disk space past it."""
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(size)
+
+
+def test_files_far_larger_than_any_embedding_are_refused_before_loading(tmp_path):
+    """An embedding is kilobytes (75 SDXL vectors are 600 KB): a 200 MB file is a model, and loading it whole only
+    to refuse it would take its size in memory."""
+    size = 200 * 2**20
+    _sparse(tmp_path / "model.ckpt", b"PK\x03\x04", size)  # torch.save's zip archive: a .ckpt
+    with pytest.raises(FormatError, match=r"model\.ckpt: 200 MB is far larger than any embedding.*--model"):
+        load_embedding(tmp_path / "model.ckpt")
+    # one tensor under one name reads as a diffusers file, whatever its size: a vocabulary table, say
+    header = json.dumps({"<t>": {"dtype": "F32", "shape": [size // 4 // 768, 768],
+                                 "data_offsets": [0, size // 4 // 768 * 768 * 4]}}).encode()
+    header += b" " * (-len(header) % 8)
+    _sparse(tmp_path / "table.safetensors", struct.pack("<Q", len(header)) + header,
+            8 + len(header) + size // 4 // 768 * 768 * 4)
+    with pytest.raises(FormatError, match=r"table\.safetensors: 200 MB is far larger than any embedding"):
+        load_embedding(tmp_path / "table.safetensors")
+
+
 def test_pickle_with_code_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "PWNED"
     torch.save({"<x>": _Evil(marker)}, tmp_path / "evil.pt")

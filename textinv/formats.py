@@ -67,6 +67,15 @@ _SUFFIXES = {  # what each format's file must be called for the tools that pick 
 _SDXL_KEYS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}  # the standard SDXL file's names for our encoders
 _DIFFUSERS_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")  # what a diffusers output folder holds
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses larger headers too
+# An embedding is small (75 SDXL vectors in float32: 600 KB); a file this large is a model or a LoRA, refused before
+# its tensors are loaded (a checkpoint's would take gigabytes of memory only to be refused)
+_MAX_EMBEDDING_BYTES = 50 * 2**20
+# Tensor names that say what a file of model weights is: kohya/A1111 LoRA (lora_unet_..., .lora_down.), diffusers'
+# and peft's (.lora_A., .lora.down.), LyCORIS (hada_, lokr_); a single-file checkpoint (A1111/CompVis names, or a
+# .ckpt's "state_dict") and the parts of a diffusers model (text encoder, UNet, VAE)
+_LORA_NAMES = re.compile(r"(^|[._])lora[._]|lora_(down|up|A|B)\b|(^|[._])(hada|lokr)_")
+_CHECKPOINT_NAMES = re.compile(r"^(model\.diffusion_model|first_stage_model|cond_stage_model|conditioner\.embedders|"
+                               r"model_ema|state_dict$|text_model\.|down_blocks\.|mid_block\.|encoder\.down_blocks)")
 
 
 @dataclass
@@ -450,6 +459,7 @@ def _read(path: Path) -> _Read:
         obj, metadata = _read_safetensors(path, header_len)
         return _interpret(path, obj, metadata, "diffusers")
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip archive, or a legacy raw pickle
+        _check_size(path, None)  # (a pickle's names are only known once the whole file is loaded)
         return _interpret(path, _read_pickle(path), {}, "diffusers-bin")
     raise FormatError(f"{path}: not an embedding file: it is neither safetensors, a torch .pt/.bin, nor a PNG/WebP "
                       "with an embedding chunk")
@@ -465,7 +475,13 @@ def _read_safetensors(path: Path, header_len: int) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            keys = list(f.keys())
+            if not _embedding_layout(keys):  # named now, from the header: the tensors may be a model's gigabytes
+                raise _unknown_layout(path, keys)
+            _check_size(path, keys)
+            tensors = {key: f.get_tensor(key) for key in keys}
+    except FormatError:
+        raise
     except Exception as e:  # SafetensorError and friends: the header does not match the bytes that follow
         raise FormatError(f"{path}: not a readable safetensors file ({e}); it may be truncated or damaged: "
                           "get the file again") from None
@@ -598,15 +614,49 @@ def _interpret(path: Path, obj, metadata: dict, container_format: str) -> _Read:
             fmt = "diffusers-bin" if container_format == "diffusers-bin" else "diffusers"
             return _Read(fmt, {"text_encoder": _vectors(path, tensor, repr(key))}, key, metadata)
 
+    raise _unknown_layout(path, keys)
+
+
+def _embedding_layout(keys) -> bool:
+    """Whether these top-level names can be an embedding's (see `_interpret`): a file of other names is refused
+    before its tensors are loaded."""
+    keys = set(keys)
+    return ("string_to_param" in keys or len(keys) == 1 or keys == {"emb_params"}
+            or bool(keys & {"clip_l", "clip_g"}) and keys <= {*_SDXL_KEYS, "clip_l_out", "clip_g_out"}
+            or "emp_params" in keys and keys <= {"emp_params", "emp_params_out"})
+
+
+def _unknown_layout(path: Path, keys) -> FormatError:
+    """The error for a file that is no embedding layout: what it is when its names tell (a LoRA, a checkpoint, A1111's
+    optimizer state) and where it goes instead, else the names found and the layouts textinv reads."""
     shown = sorted(map(str, keys))
+    lora = next((k for k in shown if _LORA_NAMES.search(k)), None)
+    if lora is not None:
+        return FormatError(f"{path}: this is a LoRA (it holds {lora!r}), not a textual-inversion embedding: use it as "
+                           f"<lora:{path.stem}> in a prompt, with --lora-dir {path.parent} (textinv generate)")
+    checkpoint = next((k for k in shown if _CHECKPOINT_NAMES.search(k)), None)
+    if checkpoint is not None:
+        return FormatError(f"{path}: this is a Stable Diffusion model checkpoint or part of one (it holds "
+                           f"{checkpoint!r}), not an embedding: pass it as --model")
     names = ", ".join(repr(k) for k in shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
     hint = (" This is A1111's optimizer state (.pt.optim), not the embedding: load the .pt beside it."
             if "optimizer_state_dict" in keys else "")
-    raise FormatError(
+    return FormatError(
         f"{path}: unknown embedding layout with keys {names}. textinv reads one {{token: tensor}} (diffusers), "
         "'string_to_param' (A1111), 'emb_params' (kohya), 'emp_params' (OneTrainer) or 'clip_l' (+ 'clip_g' for "
         "SDXL)."
         + hint)
+
+
+def _check_size(path: Path, keys) -> None:
+    """Refuse a file far larger than any embedding before it is loaded (see _MAX_EMBEDDING_BYTES)."""
+    size = path.stat().st_size
+    if size > _MAX_EMBEDDING_BYTES:
+        held = f" (it holds {sorted(map(str, keys))[0]!r})" if keys else ""
+        raise FormatError(
+            f"{path}: {size / 2**20:,.0f} MB is far larger than any embedding{held} (they are kilobytes, a few MB at "
+            "most): this looks like a model checkpoint (pass it as --model) or a LoRA (use it as <lora:NAME> in a "
+            "prompt, with --lora-dir)")
 
 
 def _vectors(path: Path, value, where: str) -> torch.Tensor:
