@@ -739,6 +739,28 @@ def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir
         draw("c", "easyneg", token=["x"])
 
 
+def test_a_renamed_embedding_file_answers_to_its_file_name_as_in_the_web_ui(sd1_dir, tmp_path):
+    """A downloaded charturnerv2.pt whose A1111 record says name "charturner": the web UI and ComfyUI call it
+    "charturnerv2" (a file's name, see FORMATS.md), diffusers "charturner". A prompt written for the web UI must draw
+    it as charturnerv2, not as the added token "charturner" plus a stray "v2"; a prompt with the stored name still
+    works."""
+    vectors = torch.randn(2, 32) * 3
+    path = tmp_path / "charturnerv2.pt"
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": "charturner",
+                "step": 100, "sd_checkpoint": None, "sd_checkpoint_name": None}, path)
+
+    def draw(out, prompt):
+        (png,) = generate(GenerateConfig(prompt=[prompt], embedding=[str(path)], out=str(tmp_path / out), n=1,
+                                         steps=2, model=str(sd1_dir)), progress=False)
+        return Image.open(png)
+
+    web_ui = draw("a", "a charturnerv2 sheet")
+    assert web_ui.text["expanded_prompt"] == "a charturnerv2 charturnerv2_1 sheet"
+    stored = draw("b", "a charturner sheet")
+    assert stored.text["expanded_prompt"] == "a charturner charturner_1 sheet"
+    assert np.array_equal(np.asarray(web_ui), np.asarray(stored))  # the same vectors under either name
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Review against the A1111 web UI's own code (modules/prompt_parser.py, sd_hijack_clip.py, sd_emphasis.py,
 # sd_samplers_cfg_denoiser.py)

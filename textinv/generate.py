@@ -410,6 +410,9 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
     embeddings = [load_embedding(path, token=tok) for path, tok in files]
     embeddings, paths = _join_sdxl_halves(embeddings, [path for path, _ in files])
+    renamed = {path for path, tok in files if tok is not None}
+    embeddings = [emb if path in renamed else _as_prompted(emb, Path(path), said)
+                  for emb, path in zip(embeddings, paths)]
     seen: dict[str, str] = {}
     for emb, path in zip(embeddings, paths):  # a clash between two files, before the model loads
         if emb.token in seen:
@@ -540,6 +543,23 @@ def unload_loras(model: Model) -> None:
         model.pipeline.unload_lora_weights()
 
 
+def _named(name: str, said: str) -> bool:
+    """Whether the prompts (`said`, lowercased) write `name` as a word of its own, not inside another word."""
+    return re.search(rf"(?<![\w<-]){re.escape(name.lower())}(?![\w>-])", said) is not None
+
+
+def _as_prompted(emb: LearnedEmbedding, path: Path, said: str) -> LearnedEmbedding:
+    """`emb` under its file's name when the prompts use that name and not the token stored inside: the A1111 web
+    UI and ComfyUI call an embedding by its file name (a downloaded charturnerv2.pt whose record says
+    "charturner"), diffusers and textinv by the stored token. Either name in a prompt draws it; left as stored, the
+    added token would match inside the file's name ("charturner" + a stray "v2")."""
+    stem = path.stem
+    if stem == emb.token or not stem.strip() or _named(emb.token, said) or not _named(stem, said):
+        return emb
+    return LearnedEmbedding(stem, emb.vectors, {**emb.metadata, "token": stem} if "token" in emb.metadata
+                            else emb.metadata)
+
+
 def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> list[tuple[str, str | None]]:
     """(file, token) for each --embedding. A folder that is not a diffusers run folder (learned_embeds.*) is read as
     the A1111 web UI reads its embeddings folder: each file's name is its token, and the files named in the
@@ -571,7 +591,7 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
             raise ConfigError(f"--token {token} renames one embedding file; {entry} is a folder of them, each named "
                               f"by its file name (rename the file instead)")
         named = [f for f in sorted(folder.iterdir()) if f.suffix.lower() in EMBEDDING_SUFFIXES and f.is_file()
-                 and re.search(rf"(?<![\w<-]){re.escape(f.stem.lower())}(?![\w>-])", said)]
+                 and _named(f.stem, said)]
         if not named:
             warnings.warn(f"no embedding in the folder {entry} is named in the prompts; a folder's embeddings are "
                           f"written by their file names, as in the A1111 web UI (e.g. 'easynegative' for "
