@@ -599,6 +599,23 @@ def test_convert_sdxl(tmp_path):
         convert(tmp_path / "xl.safetensors", tmp_path / "xl.ckpt")
 
 
+def test_inspect_says_the_name_the_web_ui_calls_a_file_by(tmp_path):
+    """A1111 and ComfyUI call an embedding by its file name, whatever token it stores: inspect says that name when
+    it differs, since it is what a web UI user must type."""
+    from textinv.inspect import inspect_file
+
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.randn(2, 768)}, "name": "charturner"},
+               tmp_path / "charturnerv2.pt")
+    report = inspect_file(tmp_path / "charturnerv2.pt")
+    assert report["token"] == "charturner" and report["web_ui_name"] == "charturnerv2"
+    assert "A1111 web UI and ComfyUI: charturnerv2" in report["text"]
+    (path,) = save_embedding(make_emb("sd1", 1), tmp_path, format="kohya")  # my-dog.safetensors for "<my-dog>"
+    assert inspect_file(path)["web_ui_name"] == "my-dog"
+    torch.save({"string_to_param": {"*": torch.randn(1, 768)}, "name": "same"}, tmp_path / "same.pt")
+    report = inspect_file(tmp_path / "same.pt")
+    assert "web_ui_name" not in report and "web UI" not in report["text"]
+
+
 def test_describe():
     emb = LearnedEmbedding("<x>", {"text_encoder": torch.tensor([[3.0, 4.0], [0.0, 1.0]])}, {"steps": "5"})
     info = describe(emb, vocab_norms=torch.tensor([1.0, 3.0]))

@@ -7,10 +7,12 @@ nearest to it by cosine similarity.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .families import FAMILY_WIDTHS, describe_widths
-from .formats import describe, detect_format, load_embedding
+from .formats import _resolve, describe, detect_format, load_embedding
 from .models import load_model
 from .tokens import base_embedding
 
@@ -52,6 +54,12 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
         report.update(describe(emb))
     lines = [f"{report['file']}: {report['format']} format", f"token: {emb.token}",
              f"vectors: {emb.num_vectors}", f"fits: {report['family']}"]
+    # The web UIs call a file by its name, whatever token it stores (an image by its chunk's name, and they do not
+    # read a diffusers-sdxl pair as one embedding): what their users type in a prompt
+    stem = _resolve(Path(path)).stem  # (a diffusers folder: its learned_embeds file)
+    if report["format"] not in ("a1111-png", "diffusers-sdxl") and stem != emb.token:
+        report["web_ui_name"] = stem
+        lines.append(f"in the A1111 web UI and ComfyUI: {stem} (they call an embedding by its file name)")
     for name, entry in report["encoders"].items():
         norms = ", ".join(f"{n:.3f}" for n in entry["norms"])
         line = f"{name} (width {entry['width']}): norms {norms}"
