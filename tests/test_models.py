@@ -504,3 +504,65 @@ def test_a_single_file_in_the_original_layout_loads_its_own_weights(sd1_dir, tmp
     for name in ("unet", "vae", "text_encoder"):
         ours, want = getattr(model.pipeline, name).state_dict(), getattr(theirs, name).state_dict()
         assert all(torch.equal(ours[k], want[k]) for k in want), name
+
+
+def test_files_a_web_ui_keeps_beside_its_checkpoints_are_named_with_where_they_go(sd1_dir, tmp_path):
+    """Embeddings, LoRAs and VAEs sit beside checkpoints in a web UI's folders, and a diffusers folder's component
+    files look like checkpoints: each given as --model says what it is and what to pass instead (the message said
+    "if it is an embedding, pass it to --embedding" for all of them)."""
+    def saved(name, tensors):
+        path = tmp_path / name
+        save_file(tensors, path) if path.suffix == ".safetensors" else torch.save(tensors, path)
+        return path
+
+    lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4)}
+    peft_lora = {"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32)}
+    vae = {k: v for k, v in _ldm_state_dict(load_model(sd1_dir).pipeline).items() if k.startswith("first_stage_model.")}
+    cases = [
+        (saved("style.safetensors", lora), r"is a LoRA, not a model: .*--lora-dir .*<lora:style>"),
+        (saved("peft.safetensors", peft_lora), r"is a LoRA, not a model"),
+        (saved("vae-ft-mse.safetensors", vae), r"is a VAE alone, not a whole model: pass it to --vae"),
+        (saved("bare-vae.safetensors", {k[len("first_stage_model."):]: v for k, v in vae.items()}), r"VAE alone"),
+        (sd1_dir / "unet" / "diffusion_pytorch_model.safetensors",
+         rf"holds only the UNet of a diffusers model: .*model_index.json \({sd1_dir}\)"),
+        (sd1_dir / "text_encoder" / "model.safetensors", r"holds only the text encoder of a diffusers model"),
+    ]
+    embedding = r"is a textual-inversion embedding, not a model: .*generate --embedding"
+    paper = torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.zeros(1, 768))})  # the paper's code saves one
+    for name, tensors in (("kohya.safetensors", {"emb_params": torch.zeros(2, 768)}),
+                          ("xl.safetensors", {"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}),
+                          ("learned_embeds.bin", {"<cat>": torch.zeros(768)}),
+                          ("a1111.pt", {"string_to_token": {"*": 265}, "string_to_param": {"*": torch.zeros(1, 768)},
+                                        "name": "a1111", "step": 100}),
+                          ("paper.pt", {"string_to_token": {"*": 265}, "string_to_param": paper})):
+        cases.append((saved(name, tensors), embedding))
+    for path, message in cases:
+        with pytest.raises(ModelError, match=message):
+            load_model(path)
+
+
+def test_a_folder_that_is_not_a_model_points_at_the_model_or_its_checkpoints(sd1_dir, tmp_path):
+    with pytest.raises(ModelError, match=rf"no model_index.json\). It is the unet/ part of the diffusers model "
+                                         rf"{sd1_dir}: pass that folder"):
+        resolve_source(str(sd1_dir / "unet"))
+    webui = tmp_path / "models" / "Stable-diffusion"  # the web UI's checkpoint folder
+    webui.mkdir(parents=True)
+    for name in ("dreamshaper_8.safetensors", "v1-5-pruned-emaonly.ckpt", "readme.txt"):
+        (webui / name).write_bytes(b"x")
+    with pytest.raises(ModelError, match=r"It holds checkpoint files \(dreamshaper_8.safetensors, "
+                                         r"v1-5-pruned-emaonly.ckpt\): pass one of them"):
+        resolve_source(str(webui))
+
+
+def test_a_pickle_with_code_names_what_it_asks_for(tmp_path):
+    import os
+
+    class Runs:
+        def __reduce__(self):
+            return os.system, ("true",)
+
+    torch.save({"state_dict": {}, "x": Runs()}, tmp_path / "bad.ckpt")
+    with pytest.raises(ModelError, match=r"pickled Python objects beyond its weights \((posix|nt)\.system\)"):
+        load_model(tmp_path / "bad.ckpt")
+

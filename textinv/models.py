@@ -251,7 +251,9 @@ def _unreadable(path: Path, error: Exception) -> ModelError:
     terminal escapes, becomes the global it met and what to do."""
     text = str(error)
     if "Weights only load failed" in text:
-        found = re.search(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)", text)
+        found = re.search(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)", text, re.IGNORECASE)
+        if found and found.group(1) == "torch.nn.modules.container.ParameterDict":  # the paper's embedding .pt
+            return ModelError(_embedding_given(path))
         what = f" ({found.group(1)})" if found else ""
         return ModelError(f"cannot read checkpoint {path}: it holds pickled Python objects beyond its weights{what}, "
                           f"which textinv does not load; convert it to .safetensors (any tool that loads it can save "
@@ -332,10 +334,7 @@ def _inspect_checkpoint(path: str | os.PathLike):
     except Exception as e:  # safetensors and torch raise many types for a bad file
         raise _unreadable(path, e) from e
     if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise ModelError(
-            f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' weights). If it is a "
-            f"textual-inversion embedding, pass it to --embedding instead."
-        )
+        raise ModelError(_not_a_checkpoint(path, keys))
     kind = infer_diffusers_model_type(keys)
     if kind in _NOT_TEXT_TO_IMAGE:
         raise ModelError(_not_text_to_image(path, _NOT_TEXT_TO_IMAGE[kind]))
@@ -343,6 +342,38 @@ def _inspect_checkpoint(path: str | os.PathLike):
     if family is None:
         raise ModelError(f"{path} is a '{kind}' checkpoint; textinv trains Stable Diffusion 1.x and 2.x models")
     return family, keys
+
+
+def _not_a_checkpoint(path: Path, keys) -> str:
+    """What a file without SD's UNet weights is, from its keys, and where it goes instead: web-UI users keep
+    embeddings, LoRAs and VAEs beside their checkpoints, and a diffusers folder's component files look like one."""
+    names = list(keys)
+    small = len(names) <= 8 and all(len(getattr(keys[k], "shape", (0, 0, 0))) in (1, 2) for k in names)
+    if any("lora" in k.lower() for k in names):
+        return (f"{path} is a LoRA, not a model: --model takes the Stable Diffusion model it was made for; apply "
+                f"the LoRA when drawing, with `textinv generate --lora-dir {path.parent}` and <lora:{path.stem}> in "
+                f"the prompt")
+    if {"string_to_param", "emb_params", "clip_l", "clip_g"} & set(names) or (names and small):
+        return _embedding_given(path)
+    if names and all(k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "first_stage_model."))
+                     for k in names):
+        return f"{path} is a VAE alone, not a whole model: pass it to --vae, and the model to --model"
+    part = ("UNet" if any(k.startswith(("down_blocks.", "mid_block.", "conv_in.")) for k in names)
+            else "text encoder" if any(k.startswith(("text_model.", "embeddings.token_embedding")) for k in names)
+            else None)
+    if part is not None:
+        folder = path.parent.parent
+        where = f" ({folder})" if (folder / "model_index.json").is_file() else ""
+        return (f"{path} holds only the {part} of a diffusers model: pass the model's folder, the one with "
+                f"model_index.json{where}")
+    return (f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' weights); --model takes an "
+            f"SD 1.x/2.x/XL checkpoint, a diffusers folder or a hub id")
+
+
+def _embedding_given(path) -> str:
+    return (f"{path} is a textual-inversion embedding, not a model: --model takes the Stable Diffusion model it is "
+            f"used with; give the embedding to `textinv generate --embedding` (or `train --init-embedding` to go on "
+            f"training it)")
 
 
 def _not_text_to_image(location, what: str) -> str:
@@ -421,10 +452,8 @@ def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").exists():
-            raise ModelError(
-                f"{path} is a folder but not a diffusers model (no model_index.json). Give a diffusers folder, a "
-                f".safetensors/.ckpt checkpoint, or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'."
-            )
+            raise ModelError(f"{path} is a folder but not a diffusers model (no model_index.json). "
+                             f"{_folder_hint(path)}")
         return "folder", str(path)
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
@@ -439,6 +468,20 @@ def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
             f"form 'owner/name'. Bundled models: {', '.join(BUNDLED_MODELS)}."
         )
     return "hub", source
+
+
+def _folder_hint(path: Path) -> str:
+    """What to give instead of a folder without model_index.json: the diffusers model it is a part of, or the
+    checkpoint files in it (a web UI's models/Stable-diffusion folder), else the kinds of model textinv takes."""
+    here = path.resolve()
+    if (here.parent / "model_index.json").is_file():
+        return f"It is the {here.name}/ part of the diffusers model {here.parent}: pass that folder."
+    files = sorted(f.name for f in path.iterdir() if f.is_file() and f.suffix.lower() in (".safetensors", ".ckpt"))
+    if files:
+        listed = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        return f"It holds checkpoint files ({listed}): pass one of them, e.g. {path / files[0]}."
+    return ("Give a diffusers folder, a .safetensors/.ckpt checkpoint, or a hub id like "
+            "'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
 
 
 def _is_local_path(text: str) -> bool:
