@@ -566,3 +566,23 @@ def test_a_pickle_with_code_names_what_it_asks_for(tmp_path):
     with pytest.raises(ModelError, match=r"pickled Python objects beyond its weights \((posix|nt)\.system\)"):
         load_model(tmp_path / "bad.ckpt")
 
+
+def test_a_single_file_offline_names_the_hub_model_its_configs_come_from_and_the_fix(tmp_path, monkeypatch):
+    """Offline, without --single-file-config, the message was huggingface_hub's (it said to set HF_HUB_OFFLINE=0)
+    with our hint after it; it says which hub model the configs come from and what to pass."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sd1 = _fake_checkpoint(tmp_path / "sd1.safetensors", {
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+        "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)})
+    xl = _fake_checkpoint(tmp_path / "xl.safetensors", _XL_KEYS)
+    for path, family, repo, config in ((sd1, "1.x", "stable-diffusion-v1-5/stable-diffusion-v1-5", None),
+                                       (xl, "XL", "stabilityai/stable-diffusion-xl-base-1.0", None),
+                                       (sd1, "1.x", "someone/sd15-configs", "someone/sd15-configs")):
+        with pytest.raises(ModelError) as info:
+            load_model(path, single_file_config=config)
+        message = str(info.value)
+        assert message.startswith(f"{path} is a Stable Diffusion {family} checkpoint"), message
+        assert f"the hub model {repo!r}, which is not in the local Hugging Face cache" in message
+        assert "--single-file-config with a local diffusers folder of a Stable Diffusion" in message
+        assert "HF_HUB_OFFLINE=0" not in message and "\n" not in message
+

@@ -576,6 +576,17 @@ def load_model(
             raise ModelError(f"model {location!r} is not in the local Hugging Face cache and the hub could not be "
                              f"reached{offline}: download it where there is a network (`hf download "
                              f"{location}`) and pass its folder, or pass a local folder or .safetensors file") from e
+        if kind == "file" and isinstance(e, (OSError, ConnectionError)) and not (
+                single_file_config and Path(single_file_config).is_dir()):
+            # its configs are fetched from the hub (a hub --single-file-config, or the repo diffusers picks for the
+            # file's kind); huggingface_hub's own text says to unset HF_HUB_OFFLINE, no help without a network
+            repo = single_file_config or _single_file_config_repo(keys)
+            name = FAMILY_NAMES[family]
+            raise ModelError(f"{location} is a {name} checkpoint, which holds weights only: its configs and "
+                             f"tokenizer come from the hub model {repo!r}, which is not in the local Hugging Face "
+                             f"cache and the hub could not be reached{offline_note()}. Pass --single-file-config with "
+                             f"a local diffusers folder of a {name} model (its configs and tokenizer are read, not its "
+                             f"weights), or run once with a network") from e
         if kind == "file" and type(e).__name__ == "SingleFileComponentError":  # a component's weights are missing
             raise ModelError(f"cannot load model {location!r}: {_first_line(e)}: it is not a complete checkpoint (a "
                              f"UNet-only or pruned file?); textinv needs one with the UNet, VAE and text encoder(s), "
@@ -631,6 +642,16 @@ def load_model(
         model.guidance = recorded_guidance(Path(location))
         model.prompting = recorded_prompting(Path(location))
     return model
+
+
+def _single_file_config_repo(keys) -> str:
+    """The hub model diffusers takes a single file's configs from, by the file's kind (SD 1.5's, SDXL base's...)."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+    try:
+        return fetch_diffusers_config(keys)["pretrained_model_name_or_path"]
+    except Exception:  # it only reads keys, but a future diffusers may refuse a kind: the message still stands
+        return "of its kind"
 
 
 def offline_note() -> str:
