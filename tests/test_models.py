@@ -586,3 +586,80 @@ def test_a_single_file_offline_names_the_hub_model_its_configs_come_from_and_the
         assert "--single-file-config with a local diffusers folder of a Stable Diffusion" in message
         assert "HF_HUB_OFFLINE=0" not in message and "\n" not in message
 
+
+def _open_clip_state_dict(encoder, prefix):
+    """A CLIP text encoder's weights in OpenCLIP's layout (SD 2.x's and SDXL's second encoder in a single file)."""
+    import re
+
+    state = {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v
+             for k, v in encoder.state_dict().items()}
+    names = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    out = {prefix + "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
+           prefix + "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
+           prefix + "ln_final.weight": state["text_model.final_layer_norm.weight"],
+           prefix + "ln_final.bias": state["text_model.final_layer_norm.bias"]}
+    if "text_projection.weight" in state:
+        out[prefix + "text_projection"] = state["text_projection.weight"].T
+    for k, v in state.items():
+        if m := re.match(r"text_model\.encoder\.layers\.(\d+)\.(.*)\.(weight|bias)$", k):
+            layer, module, kind = m.groups()
+            block = f"{prefix}transformer.resblocks.{layer}."
+            if module == "self_attn.q_proj":  # q, k, v in one projection
+                qkv = [state[f"text_model.encoder.layers.{layer}.self_attn.{x}_proj.{kind}"] for x in "qkv"]
+                out[block + f"attn.in_proj_{kind}"] = torch.cat(qkv)
+            elif module in names:
+                out[block + f"{names[module]}.{kind}"] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def test_sd2_and_sdxl_single_files_load_offline_with_a_config_folder_and_fp16_trains_in_fp32(images, tmp_path):
+    """Files in the original layout, as the web UI saves them, with the weights diffusers' key checks read as SD 2.x
+    (1024-wide cross-attention) and SDXL (a 10-block second encoder): each loads offline with a diffusers folder
+    of its family as --single-file-config, with its own weights; an fp16 one loads and trains in fp32 on the CPU."""
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    from textinv.config import TrainConfig
+    from textinv.tiny import build_tiny_pipeline, build_tiny_xl_pipeline
+    from textinv.train import train
+
+    sd2 = build_tiny_pipeline("sd2", seed=3, width=1024)
+    sd2.unet = UNet2DConditionModel.from_config({**sd2.unet.config, "layers_per_block": 2})  # input_blocks.2.1
+    sd2.save_pretrained(tmp_path / "sd2")
+    state = {k: v for k, v in _ldm_state_dict(sd2).items() if not k.startswith("cond_stage_model.")}
+    state.update(_open_clip_state_dict(sd2.text_encoder, "cond_stage_model.model."))
+    save_file(state, tmp_path / "sd2.safetensors")
+
+    xl = build_tiny_xl_pipeline(seed=3)
+    xl.text_encoder_2 = CLIPTextModelWithProjection(xl.text_encoder_2.config.__class__(
+        **{**xl.text_encoder_2.config.to_dict(), "num_hidden_layers": 10}))
+    xl.save_pretrained(tmp_path / "xl")
+    unet = {k: v for k, v in xl.unet.state_dict().items() if not k.startswith("add_embedding.")}
+    as_sd1 = SimpleNamespace(unet=SimpleNamespace(config=xl.unet.config, state_dict=lambda: unet), vae=xl.vae,
+                             text_encoder=xl.text_encoder)
+    state = {k.replace("cond_stage_model.", "conditioner.embedders.0."): v for k, v in _ldm_state_dict(as_sd1).items()}
+    for theirs, ours in ((1, 0), (2, 2)):  # SDXL's size-and-crop embedding
+        for kind in ("weight", "bias"):
+            state[f"model.diffusion_model.label_emb.0.{ours}.{kind}"] = xl.unet.state_dict()[
+                f"add_embedding.linear_{theirs}.{kind}"]
+    state.update(_open_clip_state_dict(xl.text_encoder_2, "conditioner.embedders.1.model."))
+    save_file({k: v.half() for k, v in state.items()}, tmp_path / "xl-fp16.safetensors")
+
+    for pipe, family, file, parts in ((sd2, "sd2", "sd2.safetensors", ("unet", "vae", "text_encoder")),
+                                      (xl, "sdxl", "xl-fp16.safetensors", ("unet", "vae", "text_encoder",
+                                                                           "text_encoder_2"))):
+        model = load_model(tmp_path / file, single_file_config=tmp_path / family.replace("sdxl", "xl"))
+        assert model.family == family
+        for name in parts:
+            ours, want = getattr(model.pipeline, name).state_dict(), getattr(pipe, name).state_dict()
+            cast = torch.float16 if "fp16" in file else torch.float32
+            assert all(ours[k].dtype == torch.float32 and torch.equal(ours[k], want[k].to(cast).float())
+                       for k in want), name
+    result = train(TrainConfig(model=str(tmp_path / "xl-fp16.safetensors"), single_file_config=str(tmp_path / "xl"),
+                               images=str(images), token="<zq>", init="dog", out=str(tmp_path / "run"), steps=2,
+                               batch=1, save_every=0, sample_every=0, log_every=1, resolution=16), progress=False)
+    assert result.embedding.widths == (32, 64)
+    assert all(torch.isfinite(v).all() for v in result.embedding.vectors.values())
