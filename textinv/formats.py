@@ -476,7 +476,7 @@ def _read_safetensors(path: Path, header_len: int) -> tuple[dict, dict]:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             keys = list(f.keys())
-            if not _embedding_layout(keys):  # named now, from the header: the tensors may be a model's gigabytes
+            if not embedding_layout(keys):  # named now, from the header: the tensors may be a model's gigabytes
                 raise _unknown_layout(path, keys)
             _check_size(path, keys)
             tensors = {key: f.get_tensor(key) for key in keys}
@@ -617,9 +617,9 @@ def _interpret(path: Path, obj, metadata: dict, container_format: str) -> _Read:
     raise _unknown_layout(path, keys)
 
 
-def _embedding_layout(keys) -> bool:
+def embedding_layout(keys) -> bool:
     """Whether these top-level names can be an embedding's (see `_interpret`): a file of other names is refused
-    before its tensors are loaded."""
+    before its tensors are loaded (and `--model` names such a file an embedding)."""
     keys = set(keys)
     return ("string_to_param" in keys or len(keys) == 1 or keys == {"emb_params"}
             or bool(keys & {"clip_l", "clip_g"}) and keys <= {*_SDXL_KEYS, "clip_l_out", "clip_g_out"}
@@ -630,7 +630,7 @@ def _unknown_layout(path: Path, keys) -> FormatError:
     """The error for a file that is no embedding layout: what it is when its names tell (a LoRA, a checkpoint, A1111's
     optimizer state) and where it goes instead, else the names found and the layouts textinv reads."""
     shown = sorted(map(str, keys))
-    lora = next((k for k in shown if _LORA_NAMES.search(k)), None)
+    lora = next((k for k in shown if is_lora_key(k)), None)
     if lora is not None:
         return FormatError(f"{path}: this is a LoRA (it holds {lora!r}), not a textual-inversion embedding: use it as "
                            f"<lora:{path.stem}> in a prompt, with --lora-dir {path.parent} (textinv generate)")
@@ -646,6 +646,12 @@ def _unknown_layout(path: Path, keys) -> FormatError:
         "'string_to_param' (A1111), 'emb_params' (kohya), 'emp_params' (OneTrainer) or 'clip_l' (+ 'clip_g' for "
         "SDXL)."
         + hint)
+
+
+def is_lora_key(name: str) -> bool:
+    """Whether a tensor name is a LoRA's (kohya/A1111, diffusers/peft, LyCORIS): such a file is neither an embedding
+    nor a model."""
+    return _LORA_NAMES.search(name) is not None
 
 
 def _check_size(path: Path, keys) -> None:

@@ -39,6 +39,7 @@ finally:
 
 from .errors import ConfigError, ModelError, backslash_note
 from .families import FAMILY_NAMES, family_for_widths
+from .formats import embedding_layout, is_lora_key
 
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "shapes" / "model"}
 DEFAULT_MODEL = "shapes"
@@ -349,11 +350,11 @@ def _not_a_checkpoint(path: Path, keys) -> str:
     embeddings, LoRAs and VAEs beside their checkpoints, and a diffusers folder's component files look like one."""
     names = list(keys)
     small = len(names) <= 8 and all(len(getattr(keys[k], "shape", (0, 0, 0))) in (1, 2) for k in names)
-    if any("lora" in k.lower() for k in names):
+    if any(is_lora_key(k) for k in names):
         return (f"{path} is a LoRA, not a model: --model takes the Stable Diffusion model it was made for; apply "
                 f"the LoRA when drawing, with `textinv generate --lora-dir {path.parent}` and <lora:{path.stem}> in "
                 f"the prompt")
-    if {"string_to_param", "emb_params", "clip_l", "clip_g"} & set(names) or (names and small):
+    if names and (embedding_layout(names) or small):
         return _embedding_given(path)
     if names and all(k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "first_stage_model."))
                      for k in names):
