@@ -431,3 +431,74 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
             main(argv)
         assert exit_.value.code == 2
         assert said in capsys.readouterr().err
+
+
+def test_a_runs_written_config_reruns_it_bit_for_bit_from_another_directory(sd1_dir, images, tmp_path, monkeypatch):
+    """The promise of config.yaml: given back to `train --config`, it learns the same vectors, wherever it runs
+    from; a flag that overrode the file is what the record says."""
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = tmp_path / "a" / "train.yaml"
+    cfg.write_text(f"model: {sd1_dir}\nimages: {images}\ntoken: <t>\ninit: dog\nsteps: 2\nbatch: 1\nseed: 0\n"
+                   "save_every: 0\nsample_every: 0\nlr: 0.05\n")
+    assert main(["train", "--config", "train.yaml", "--seed", "3", "--out", "run"]) == 0
+    saved = yaml.safe_load((tmp_path / "a" / "run" / "config.yaml").read_text())
+    assert saved["seed"] == 3 and saved["images"] == str(images) and saved["model"] == str(sd1_dir)
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["train", "--config", str(tmp_path / "a" / "run" / "config.yaml"), "--out", "again"]) == 0
+    assert main(["train", "--config", str(cfg), "--out", "seed0"]) == 0  # the file's own seed, 0
+    first, again, seed0 = (load_embedding(path / "learned_embeds.safetensors").vectors["text_encoder"]
+                           for path in (tmp_path / "a" / "run", tmp_path / "b" / "again", tmp_path / "b" / "seed0"))
+    assert torch.equal(first, again) and not torch.equal(first, seed0)
+
+
+def test_a_config_files_relative_paths_are_read_from_its_folder(sd1_dir, images, tmp_path, monkeypatch):
+    """A config kept in a project (configs/dog.yaml: images: ../photos) works from any working directory, as compose
+    files and pyproject.toml do; hub ids and bundled names stay as they are."""
+    configs = tmp_path / "project" / "configs"
+    configs.mkdir(parents=True)
+    (configs / "templates.txt").write_text("a photo of {}\n")
+    cfg = configs / "dog.yaml"
+    cfg.write_text(f"model: {os.path.relpath(sd1_dir, configs)}\nimages: {os.path.relpath(images, configs)}\n"
+                   "token: <t>\ninit: dog\nsteps: 1\nbatch: 1\nsave_every: 0\nsample_every: 0\n"
+                   "templates: templates.txt\nout: ../runs/dog\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", "--config", str(cfg)]) == 0
+    run = tmp_path / "project" / "runs" / "dog"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["images"] == str(images) and saved["templates"] == str(configs / "templates.txt")
+    assert (run / "learned_embeds.safetensors").is_file()
+
+    from textinv.config import GenerateConfig, config_file_settings
+
+    (configs / "photos=1").mkdir()
+    cfg.write_text("model: owner/name\nvae: shapes\nconcepts: ['photos=1=<a>', 'other=<b>=dog', {images: x, token: <c>}]\n")
+    settings = config_file_settings(TrainConfig, cfg)
+    assert settings["model"] == "owner/name" and settings["vae"] == "shapes"
+    assert settings["concepts"] == [f"{configs / 'photos=1'}=<a>", f"{configs / 'other'}=<b>=dog",
+                                    {"images": str(configs / "x"), "token": "<c>"}]
+    cfg.write_text("embedding: [a.pt, /abs/b.pt]\nlora_dir: loras\nmodel: ../models/sd.safetensors\nout: renders\n")
+    settings = config_file_settings(GenerateConfig, cfg)
+    assert settings == {"embedding": [str(configs / "a.pt"), "/abs/b.pt"], "lora_dir": [str(configs / "loras")],
+                        "model": str(tmp_path / "project" / "models" / "sd.safetensors"), "out": str(configs / "renders")}
+
+
+@pytest.mark.parametrize("name, text, said", [
+    ("empty.yaml", "", "config file {cfg} is empty; write the settings in it (e.g. `steps: 3000`)"),
+    ("empty.json", " \n", "config file {cfg} is empty; write the settings in it (e.g. `{{\"steps\": 3000}}`)"),
+    ("notes.yaml", "# to do\n", "config file {cfg} holds no settings, only comments"),
+    ("train.ini", "[train]\nsteps=5\n", "config file {cfg}: textinv reads YAML (.yaml, .yml), TOML (.toml) or JSON "
+                                        "(.json), not .ini"),
+    ("steps.yaml", "steps: ten\n", "setting 'steps' in {cfg} must be a whole number, got 'ten'"),
+    ("token.toml", 'token = ["a", "b"]\n', "setting 'token' in {cfg} must be text, got list"),
+    ("generate.yaml", "prompt: [a photo of <t>]\nembedding: [t.pt]\nn: 2\n",
+     "unknown settings 'prompt', 'embedding', 'n' in {cfg}: the file holds settings of `textinv generate`"),
+])
+def test_a_config_file_that_cannot_be_meant_for_train_says_which_file_and_why(tmp_path, capsys, name, text, said):
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert said.format(cfg=cfg) in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -57,13 +57,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def _config_from_args(cls, args: argparse.Namespace):
-    from .config import build, check_known, read_config_file
+    from .config import build, config_file_settings, read_config_file
 
     names = {f.name for f in dataclasses.fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
-    layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
-    for layer in layers:
-        check_known(cls, layer, f" in {args.config}")
+    # (its relative paths are read from its folder; flags' from the working directory, as a shell's are)
+    layers = [config_file_settings(cls, args.config)] if getattr(args, "config", None) else []
     if flags.get("resume") and flags.get("out"):  # `--out DIR --resume` alone continues the saved run
         from .run_folder import CONFIG_FILE
 

@@ -26,7 +26,9 @@ from .errors import ConfigError, backslash_note
 
 
 def opt(default, help: str, **extra):
-    """A dataclass field with its command-line help (and optional `choices`, `flag`, `short`) as metadata."""
+    """A dataclass field with its command-line help (and optional `choices`, `flag`, `short`) as metadata.
+    `path="file"` marks a local path, `path="source"` a path or else a hub id or bundled name (`--model`): a config
+    file's relative ones are read from the file's folder (`config_file_settings`)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
     return field(default=default, metadata={"help": help, **extra})
@@ -121,17 +123,19 @@ def check_guidance(guidance: float | None) -> None:
 class TrainConfig:
     """Everything that defines a textual-inversion training run."""
 
-    images: str = opt(None, "folder with 3-10 pictures of the concept (captions in NAME.txt beside an image are used)")
+    images: str = opt(None, "folder with 3-10 pictures of the concept (captions in NAME.txt beside an image are used)",
+                       path="file")
     token: str = opt(None, "the new word to learn, e.g. '<my-dog>'; write it in prompts later")
     concepts: list = opt([], "several concepts in one run instead of --images/--token: FOLDER=TOKEN[=INIT] each "
-                             "(in a config file, also mappings with images, token, init)")
-    out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log")
-    model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name")
+                             "(in a config file, also mappings with images, token, init)", path="file")
+    out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log", path="file")
+    model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name",
+                     path="source")
     init: str = opt(None, "word or phrase to start from (e.g. 'dog'); default: the --property word, or the "
                     "model's own word for it (the bundled model's 'shape')")
     init_embedding: str = opt(None, "start from this embedding file's vectors instead (any format: continue a run "
                                     "whose checkpoints are gone, or refine a downloaded embedding, as kohya's "
-                                    "--weights); --vectors must match its count")
+                                    "--weights); --vectors must match its count", path="file")
     property: str = opt("object", "what the images share: an object or a style", choices=PROPERTIES)
     vectors: int = opt(1, "vectors per token (more = more capacity, less editability)")
     steps: int = opt(3000, "optimizer steps")
@@ -168,7 +172,7 @@ class TrainConfig:
                                   "kohya's --caption_tag_dropout_rate); the tag holding the token stays")
     keep_tags: int = opt(0, "the first N caption tags stay first and are never dropped (kohya's --keep_tokens)")
     templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token; "
-                               "default: the paper's for --property, or the model's own")
+                               "default: the paper's for --property, or the model's own", path="file")
     precision: str = opt("auto", "weights' precision; auto = bf16 on a GPU that has it, else fp32", choices=PRECISIONS)
     seed: int = opt(0, "random seed: same seed and settings give the same run")
     save_every: int = opt(500, "checkpoint every N steps (0: only at the end)")
@@ -183,8 +187,10 @@ class TrainConfig:
     format: str = opt(None, "file format of the embedding; default: diffusers (SD 1.x/2.x), sdxl (SDXL: one "
                       "clip_l+clip_g file; 'diffusers' writes the diffusers SDXL script's two files)", choices=SAVE_FORMATS)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
-    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
-    vae: str = opt(None, "use this VAE instead of the model's (e.g. SDXL's fp16-fixed VAE): folder, file or hub id")
+    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family",
+                                  path="source")
+    vae: str = opt(None, "use this VAE instead of the model's (e.g. SDXL's fp16-fixed VAE): folder, file or hub id",
+                   path="source")
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet")
     compile: str = opt("off", "torch.compile the frozen UNet: 'blocks' compiles its repeated transformer blocks "
                        "(compiles in seconds), 'unet' the whole UNet (longer compile, fuses more)", choices=COMPILE)
@@ -315,9 +321,10 @@ class GenerateConfig:
 
     prompt: list = opt([], "prompt(s); write the learned token in them, e.g. 'a photo of <my-dog> on the moon'; "
                            "the web UI's syntax works: (word:1.3), [word], BREAK, [from:to:0.5], [a|b]")
-    embedding: list = opt([], "learned embedding file(s) to load (any supported format)")
-    out: str = opt("renders", "output folder for the PNGs")
-    model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name")
+    embedding: list = opt([], "learned embedding file(s) to load (any supported format)", path="file")
+    out: str = opt("renders", "output folder for the PNGs", path="file")
+    model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name",
+                     path="source")
     token: list = opt([], "token name(s) for the embedding files, in order (default: from each file)")
     negative_prompt: str = opt("", "what to steer away from")
     n: int = opt(4, "images per prompt", short="-n")
@@ -336,10 +343,12 @@ class GenerateConfig:
                              "seed draws the same image at any batch size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
-    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family")
-    vae: str = opt(None, "use this VAE instead of the model's (e.g. SDXL's fp16-fixed one): folder, file or hub id")
+    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family",
+                                  path="source")
+    vae: str = opt(None, "use this VAE instead of the model's (e.g. SDXL's fp16-fixed one): folder, file or hub id",
+                   path="source")
     lora_dir: list = opt([], "folder(s) of LoRA files (.safetensors, searched with their subfolders) for the "
-                             "prompts' <lora:name:0.8> tags, e.g. the web UI's models/Lora")
+                             "prompts' <lora:name:0.8> tags, e.g. the web UI's models/Lora", path="file")
 
     def validate(self) -> "GenerateConfig":
         check_choices(self)
@@ -401,27 +410,42 @@ def _help(name: str) -> str:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}[name]
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Settings from a YAML (.yaml/.yml), TOML (.toml) or JSON file, as a dict; keys may use - or _."""
+    """Settings from a YAML (.yaml/.yml, or a name without a suffix), TOML (.toml) or JSON file, as a dict; keys
+    may use - or _. Any other suffix (.ini, .cfg, .txt) and a file that holds no settings are refused."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist{backslash_note(path)}")
+    suffix = path.suffix.lower()
+    example = {".toml": "steps = 3000", ".json": '{"steps": 3000}'}.get(suffix, "steps: 3000")
+    if suffix and suffix not in CONFIG_SUFFIXES:  # (read as YAML, an INI file fails with a parser's riddle)
+        raise ConfigError(f"config file {path}: textinv reads YAML (.yaml, .yml), TOML (.toml) or JSON (.json), not "
+                          f"{suffix}; write the settings as `steps: 3000` lines in a .yaml file")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: drop the byte-order mark Windows editors may write
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from e
-    suffix = path.suffix.lower()
+    if not text.strip():  # (json.loads would say "Expecting value"; YAML and TOML would give no settings at all)
+        raise ConfigError(f"config file {path} is empty; write the settings in it (e.g. `{example}`), or leave "
+                          f"out --config")
     try:
         if suffix == ".toml":
             data = tomllib.loads(text)
         elif suffix == ".json":
             data = json.loads(text)
         else:
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot parse config file {path}: {e}") from e
+    if data is None:  # (YAML of comments only)
+        raise ConfigError(f"config file {path} holds no settings, only comments; write one per line (e.g. "
+                          f"`steps: 3000`), or leave out --config")
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
+        raise ConfigError(f"config file {path} must hold a mapping of setting: value (e.g. `{example}`), got "
+                          f"{type(data).__name__}")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     if suffix in (".yaml", ".yml") and type(data.get("lr_steps")) is int:  # YAML 1.1 reads 1:30 as 90 (base 60)
         raise ConfigError(f"config file {path}: put lr_steps in quotes (lr_steps: \"1:30\"): YAML reads an unquoted "
@@ -452,21 +476,92 @@ def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
     """Refuse a key that is no setting of config class `cls` (`where`: e.g. " in train.yaml"), naming the nearest
     setting, as a typo most often is."""
     names = [f.name for f in dataclasses.fields(cls)]
-    for key in settings:
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise ConfigError(f"unknown setting {key!r}{where}; {hint}known settings: {', '.join(names)}")
+    unknown = [key for key in settings if key not in names]
+    other = _command_of(settings) if unknown and where else None
+    if other:  # a whole file meant for another command: its first key's nearest name here would mislead
+        keys = ", ".join(map(repr, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
+        raise ConfigError(f"unknown settings {keys}{where}: the file holds settings of {other}, so it is most "
+                          f"likely a config of that command; give it to that command's --config")
+    for key in unknown:
+        near = difflib.get_close_matches(str(key), names, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ConfigError(f"unknown setting {key!r}{where}; {hint}known settings: {', '.join(names)}")
+
+
+def _command_of(keys) -> str | None:
+    """The commands (`textinv train`, generate, score) whose settings include all `keys`, or None."""
+    from .score import ScoreConfig  # (here: score.py imports this module, and torch)
+
+    commands = {"train": TrainConfig, "generate": GenerateConfig, "score": ScoreConfig}
+    fits = [name for name, cls in commands.items() if set(keys) <= {f.name for f in dataclasses.fields(cls)}]
+    return " or ".join(f"`textinv {name}`" for name in fits) or None
+
+
+def config_file_settings(cls, path: str | Path) -> dict[str, Any]:
+    """The settings of config class `cls` in the file `path` (`--config`): every key known, every value of its
+    setting's type (errors name the file), and each relative path read from the file's folder, not the working
+    directory, as compose files and pyproject.toml are read: a config kept beside its pictures, or in a repository,
+    works from anywhere. A `path="source"` setting (`--model`) is a path only when it names something beside the
+    file or reads as one (`./`, `../`, a checkpoint's suffix); else it is a hub id or bundled name, as it stands.
+
+    >>> config_file_settings(TrainConfig, "configs/dog.yaml")  # images: ../photos/dog  # doctest: +SKIP
+    {'images': '/home/me/project/photos/dog'}
+    """
+    where = f" in {path}"
+    settings = read_config_file(path)
+    check_known(cls, settings, where)
+    fields, hints = {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+    folder = Path(path).absolute().parent
+    out = {}
+    for key, value in settings.items():
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = _coerce(key, hints[key], value, default, where)
+        kind = f.metadata.get("path")
+        if kind and key == "concepts":
+            value = [_concept_from(folder, item) for item in value]
+        elif kind and isinstance(value, list):
+            value = [_path_from(folder, item, kind) for item in value]
+        elif kind:
+            value = _path_from(folder, value, kind)
+        out[key] = value
+    return out
+
+
+def _path_from(folder: Path, value, kind: str):
+    """`value` read from `folder` when it is a relative local path (see `config_file_settings`)."""
+    if not isinstance(value, str) or not value.strip() or value.startswith("~") or Path(value).is_absolute():
+        return value
+    if kind == "source":
+        from .models import BUNDLED_MODELS, CHECKPOINT_SUFFIXES
+
+        local = (value.startswith(".") or "\\" in value or value.count("/") > 1
+                 or Path(value).suffix.lower() in CHECKPOINT_SUFFIXES or (folder / value).exists()
+                 or (folder / value.split("/")[0]).is_dir())
+        if value in BUNDLED_MODELS or not local:
+            return value  # a hub id or a bundled name
+    return str((folder / value).resolve())
+
+
+def _concept_from(folder: Path, item):
+    """A `concepts` entry with its folder read from `folder`: a mapping's images, or FOLDER of FOLDER=TOKEN[=INIT]
+    (the longest part before an = that is a folder there, as `TrainConfig.concept_list` splits it)."""
+    if isinstance(item, dict):
+        return {**item, "images": _path_from(folder, item["images"], "file")} if item.get("images") else item
+    parts = item.split("=")
+    cut = next((cut for cut in range(len(parts) - 1, 0, -1)
+                if len(parts) - cut in (1, 2) and (folder / "=".join(parts[:cut])).is_dir()), 1)
+    return "=".join([_path_from(folder, "=".join(parts[:cut]), "file"), *parts[cut:]])
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def _coerce(name: str, kind: type, value: Any, default: Any) -> Any:
+def _coerce(name: str, kind: type, value: Any, default: Any, source: str = "") -> Any:
     """A setting's value as its field's type. Config files hand over strings where a number is meant (PyYAML reads
     `lr: 1e-4` as a string) and `"false"`, which Python would take as true; these become the number and the bool.
-    Anything that cannot be meant as the type is refused with the setting's name."""
-    where = f"setting {name!r}"
+    Anything that cannot be meant as the type is refused with the setting's name (and `source`: " in FILE")."""
+    where = f"setting {name!r}{source}"
     if value is None:
         if default is None:
             return None
