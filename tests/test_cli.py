@@ -474,7 +474,8 @@ def test_a_config_files_relative_paths_are_read_from_its_folder(sd1_dir, images,
     from textinv.config import GenerateConfig, config_file_settings
 
     (configs / "photos=1").mkdir()
-    cfg.write_text("model: owner/name\nvae: shapes\nconcepts: ['photos=1=<a>', 'other=<b>=dog', {images: x, token: <c>}]\n")
+    cfg.write_text("model: owner/name\nvae: shapes\n"
+                   "concepts: ['photos=1=<a>', 'other=<b>=dog', {images: x, token: <c>}]\n")
     settings = config_file_settings(TrainConfig, cfg)
     assert settings["model"] == "owner/name" and settings["vae"] == "shapes"
     assert settings["concepts"] == [f"{configs / 'photos=1'}=<a>", f"{configs / 'other'}=<b>=dog",
@@ -482,7 +483,8 @@ def test_a_config_files_relative_paths_are_read_from_its_folder(sd1_dir, images,
     cfg.write_text("embedding: [a.pt, /abs/b.pt]\nlora_dir: loras\nmodel: ../models/sd.safetensors\nout: renders\n")
     settings = config_file_settings(GenerateConfig, cfg)
     assert settings == {"embedding": [str(configs / "a.pt"), "/abs/b.pt"], "lora_dir": [str(configs / "loras")],
-                        "model": str(tmp_path / "project" / "models" / "sd.safetensors"), "out": str(configs / "renders")}
+                        "model": str(tmp_path / "project" / "models" / "sd.safetensors"),
+                        "out": str(configs / "renders")}
 
 
 @pytest.mark.parametrize("name, text, said", [

@@ -1306,3 +1306,23 @@ def test_a_caption_that_is_not_utf8_is_refused_before_loading(images, tmp_path):
     (images / "img1.txt").write_bytes("a photo of {} caf\xe9".encode("latin-1"))
     with pytest.raises(DataError, match="img1.txt is not UTF-8"):
         train(config(images, tmp_path / "o", model=str(tmp_path / "no-model")), progress=False)
+
+
+def test_the_runs_config_records_what_it_ran_with_and_the_defaults_it_resolved(sd1_dir, images, tmp_path):
+    """A bit-for-bit rerun needs the same torch (and device and precision), and a setting left to its default means
+    whatever this version and this model made of it: config.yaml's header says both; reading it back ignores them."""
+    import yaml
+    from importlib.metadata import version
+
+    from textinv.config import build, read_config_file
+    from textinv.data import flip_default
+
+    train(config(images, tmp_path / "a", init=None, steps=1, property="style"), model=load_model(sd1_dir),
+          progress=False)
+    header = [line for line in (tmp_path / "a" / "config.yaml").read_text().splitlines() if line.startswith("#")]
+    assert f"torch {version('torch')}, diffusers {version('diffusers')}" in header[1]
+    assert header[1].endswith("on cpu, torch.float32")
+    resolved = yaml.safe_load(header[2].removeprefix("# defaults as resolved: "))
+    assert resolved == {"resolution": load_model(sd1_dir).resolution, "format": "diffusers", "flip": flip_default("style"),
+                        "max_timestep": 1000, "init": "style"}
+    assert build(TrainConfig, read_config_file(tmp_path / "a" / "config.yaml")).resolution is None

@@ -608,9 +608,15 @@ def _coerce(name: str, kind: type, value: Any, default: Any, source: str = "") -
     return value
 
 
-def save_config(config, path: str | Path, processes: int = 1) -> None:
+def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None = None,
+                resolved: dict[str, Any] | None = None) -> None:
     """Write a config as YAML, atomically, with a header saying how to reuse it (and, for a data-parallel run, with
-    how many processes: each draws --batch samples, so the same result needs as many)."""
+    how many processes: each draws --batch samples, so the same result needs as many), what it ran with (the
+    library versions, and `ran_on`, e.g. "cpu, torch.float32": a bit-for-bit rerun needs the same) and, as
+    `resolved`, what settings left to the default became (a later version's default may differ)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
     from . import __version__
     from .io import write_text
 
@@ -618,6 +624,17 @@ def save_config(config, path: str | Path, processes: int = 1) -> None:
     if processes > 1:
         rerun = f"accelerate launch --num_processes {processes} -m {rerun} (trained by {processes} processes)"
     header = f"# textinv {__version__} settings; rerun with: {rerun}\n"
+    libraries = []
+    for name in ("torch", "diffusers", "transformers"):
+        try:
+            libraries.append(f"{name} {version(name)}")
+        except PackageNotFoundError:  # (a source checkout of one, say)
+            libraries.append(f"{name} ?")
+    header += f"# ran with {', '.join(libraries)}, python {platform.python_version()}"
+    header += f" on {ran_on}\n" if ran_on else "\n"
+    if resolved:
+        header += "# defaults as resolved: " + yaml.safe_dump(resolved, default_flow_style=True, sort_keys=False,
+                                                           width=1000)
     # --resume and --overwrite say what one command does to its folder, not how the run learns: recorded as off,
     # so the file reruns the run elsewhere (a resumed run's record would otherwise say resume: true)
     settings = {k: (False if k in ("resume", "overwrite") else v) for k, v in dataclasses.asdict(config).items()}

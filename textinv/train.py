@@ -450,6 +450,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     samplers = [c.sampler for c in concepts]
+    # what config.yaml's header records beside the settings: where the run ran, and the defaults left to the model
+    resolved = {"resolution": resolution, "format": file_format, "flip": config.use_flip, "max_timestep": timesteps[1],
+                "init": concepts[0].init if len(concepts) == 1 and not config.init_embedding else None}
+    record = (f"{device.type}, {dtype}",
+              {k: v for k, v in resolved.items() if getattr(config, k) is None and v is not None})
     # history: (step, loss) per log interval, the loss summed over concepts; by_concept: each concept's, with several
     step, history, by_concept, interval = 0, [], [], ([0.0] * len(concepts), 0)
     if config.resume:
@@ -457,14 +462,15 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                                                                scaler)
         _rate_from_schedule(optimizer, lr_schedule)  # (a raised --steps: the next step's rate is the new schedule's)
         if is_main:
-            save_config(config, out / CONFIG_FILE, world)  # the settings a resume may change (--steps) as now in force
+            # the settings a resume may change (--steps) as now in force
+            save_config(config, out / CONFIG_FILE, world, *record)
             if progress:
                 print(f"resuming {out} at step {step} of {config.steps}")
     elif is_main:
         if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
             clear_run(out, previous, Path(config.init_embedding) if config.init_embedding else None)
         output_folder(out)
-        save_config(config, out / CONFIG_FILE, world)
+        save_config(config, out / CONFIG_FILE, world, *record)
 
     def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
         vectors = vectors or [e.vectors for e in exts]
