@@ -891,6 +891,50 @@ def test_an_fp16_overflow_skips_only_its_own_concepts_step():
     assert all(torch.equal(e.vectors, s) for e, s in zip(encoders, start)) and scaler.get_scale() < 1024.0
 
 
+
+def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_with_its_own_runs_adam_step_count():
+    """Adam's bias correction divides by 1 - beta^t, t the steps taken. A concept that skipped a step alone (its
+    gradients overflowed) has taken one step fewer than the shared count says, as in its own run, where GradScaler
+    skips the whole step: its next steps must be its own run's, not ones corrected for a step it never took."""
+    from types import SimpleNamespace
+
+    from textinv.train import _step_skipping_overflows
+
+    def setup():
+        encoders = [SimpleNamespace(vectors=torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator()
+                                                                           .manual_seed(i)))) for i in range(2)]
+        optimizer = torch.optim.AdamW([e.vectors for e in encoders], lr=0.1, weight_decay=0.01)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        scaler.scale(torch.ones(()))
+        return encoders, optimizer, scaler
+
+    rows = [[slice(0, 2)] * 2, [slice(2, 4)] * 2]  # concept A: rows 0-1 of both encoders; B: rows 2-3
+
+    def step(encoders, optimizer, scaler, overflow: slice | None, skipped, k: int):
+        for i, e in enumerate(encoders):
+            e.vectors.grad = torch.randn(4, 3, generator=torch.Generator().manual_seed(10 * k + i)) * scaler.get_scale()
+            if overflow is not None:
+                e.vectors.grad[overflow] = float("inf")
+        scaler.unscale_(optimizer)
+        _step_skipping_overflows(scaler, optimizer, encoders, rows, skipped)
+
+    joint, optimizer, scaler = setup()
+    skipped = [0, 0]
+    for k, overflow in enumerate([None, slice(0, 2), None, None]):  # A overflows alone at the second step
+        step(joint, optimizer, scaler, overflow, skipped, k)
+    assert skipped == [1, 0]
+    own, own_optimizer, own_scaler = setup()  # A's own run: its second step skipped whole, by GradScaler
+    own_skipped = [0, 0]
+    for k, overflow in enumerate([None, slice(None), None, None]):
+        step(own, own_optimizer, own_scaler, overflow, own_skipped, k)
+    assert own_skipped == [0, 0] and own_optimizer.state[own[0].vectors]["step"] == 3
+    other, other_optimizer, other_scaler = setup()  # B's own run: four steps
+    for k in range(4):
+        step(other, other_optimizer, other_scaler, None, [0, 0], k)
+    for e, mine, theirs in zip(joint, own, other):
+        torch.testing.assert_close(e.vectors[:2], mine.vectors[:2], rtol=0, atol=0)
+        torch.testing.assert_close(e.vectors[2:], theirs.vectors[2:], rtol=0, atol=0)
+
 def test_overwrite_keeps_an_init_embedding_with_its_partner_and_in_a_concept_folder(tmp_path):
     """clear_run keeps the --init-embedding file wherever the old run put it: an SDXL pair's second file beside
     it, or inside one concept's folder of a run of several (that folder's other files go)."""
@@ -1326,3 +1370,58 @@ def test_the_runs_config_records_what_it_ran_with_and_the_defaults_it_resolved(s
     assert resolved == {"resolution": load_model(sd1_dir).resolution, "format": "diffusers", "flip": flip_default("style"),
                         "max_timestep": 1000, "init": "style"}
     assert build(TrainConfig, read_config_file(tmp_path / "a" / "config.yaml")).resolution is None
+
+
+def test_a_joint_fp16_run_with_one_concepts_overflow_equals_the_concepts_own_runs_and_resumes(sd1_dir, tmp_path):
+    """Under fp16 loss scaling the concept whose gradients overflow at step 2 skips that step alone; from then on it
+    goes on as its own run does (where GradScaler skips the whole step), the other concept never notices, and a
+    run stopped after the skip resumes to the uninterrupted one (the checkpoint keeps the count of skipped steps)."""
+    import os
+    import signal
+
+    from conftest import write_images
+    from textinv.train import concept_seed
+
+    dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
+    common = dict(steps=5, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2, precision="fp16")
+
+    def fp16_model():
+        return load_model(sd1_dir, dtype=torch.float16)
+
+    def overflow_at(model, token: str, at: int, stop_after: int | None = None):
+        """on_step: `token`'s scaled gradient is inf in step `at`, as an fp16 overflow makes it."""
+        hooks = []
+
+        def on_step(step):
+            ext = model.text_encoder.get_input_embeddings()
+            row = model.tokenizer.convert_tokens_to_ids(token) - ext.num_base
+            if step == at - 1:
+                hooks.append(ext.vectors.register_hook(lambda g: g.index_fill(0, torch.tensor([row]), float("inf"))))
+            if step == at:
+                hooks.pop().remove()
+            if step == stop_after:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return on_step
+
+    joint_model = fp16_model()
+    joint = train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], out=str(tmp_path / "joint"),
+                              **common), model=joint_model, progress=False, on_step=overflow_at(joint_model, "<jc>", 2))
+    alone_d = train(TrainConfig(images=str(dogs), token="<jd>", init="dog", out=str(tmp_path / "d"), **common),
+                    model=fp16_model(), progress=False)
+    cat_model = fp16_model()
+    alone_c = train(TrainConfig(images=str(cats), token="<jc>", init="cat", out=str(tmp_path / "c"),
+                                seed=concept_seed(0, 1), **common), model=cat_model, progress=False,
+                    on_step=overflow_at(cat_model, "<jc>", 2))
+    for mine, alone in zip(joint.embeddings, (alone_d, alone_c)):
+        torch.testing.assert_close(mine.vectors["text_encoder"], alone.embedding.vectors["text_encoder"],
+                                   rtol=0, atol=1e-6)
+    # stopped after step 3 (the skip is behind it), resumed from the checkpoint of step 3
+    run = dict(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], out=str(tmp_path / "stopped"),
+               **{**common, "save_every": 3})
+    stopped_model = fp16_model()
+    with pytest.raises(TrainingInterrupted):
+        train(TrainConfig(**run), model=stopped_model, progress=False,
+              on_step=overflow_at(stopped_model, "<jc>", 2, stop_after=3))
+    resumed = train(TrainConfig(**run, resume=True), model=fp16_model(), progress=False)
+    for mine, theirs in zip(resumed.embeddings, joint.embeddings, strict=True):
+        assert torch.equal(mine.vectors["text_encoder"], theirs.vectors["text_encoder"]), mine.token

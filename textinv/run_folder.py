@@ -294,9 +294,10 @@ def checkpoint_path(out: Path, step: int) -> Path:
 
 def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
                      interval: tuple[list[float], int] = ([0.0], 0), pictures: list[list[str]] | None = None,
-                     processes: int = 1) -> None:
+                     processes: int = 1, skipped: list[int] | None = None) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, and
-    what the data stream depends on (each concept's picture names, the number of processes sharing a batch)."""
+    what the data stream depends on (each concept's picture names, the number of processes sharing a batch);
+    `skipped`: the fp16 steps each concept skipped alone (its Adam step count is the shared one less these)."""
     state = {
         "step": step,
         "pictures": pictures,
@@ -306,6 +307,7 @@ def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, h
         "lr_schedule": lr_schedule.state_dict(),
         "samplers": [s.state_dict() for s in samplers],
         "scaler": scaler.state_dict(),
+        "skipped_steps": list(skipped or [0] * len(samplers)),
         "history": [list(h) for h in history[0]],
         "history_by_concept": [list(map(float, h)) for h in history[1]],
         # the log interval's loss sum over its steps so far (summed over concepts), each concept's, and the steps

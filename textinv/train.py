@@ -457,9 +457,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
               {k: v for k, v in resolved.items() if getattr(config, k) is None and v is not None})
     # history: (step, loss) per log interval, the loss summed over concepts; by_concept: each concept's, with several
     step, history, by_concept, interval = 0, [], [], ([0.0] * len(concepts), 0)
+    skipped = [0] * len(concepts)  # the fp16 steps each concept skipped alone (`_step_skipping_overflows`)
     if config.resume:
         step, history, by_concept, interval = load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers,
                                                                scaler)
+        skipped = [int(n) for n in checkpoint[1].get("skipped_steps") or skipped]  # (older checkpoints: none)
         _rate_from_schedule(optimizer, lr_schedule)  # (a raised --steps: the next step's rate is the new schedule's)
         if is_main:
             # the settings a resume may change (--steps) as now in force
@@ -503,7 +505,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         if checkpoint:
             save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
-                             pictures=[[p.path.name for p in c.pictures] for c in concepts], processes=world)
+                             pictures=[[p.path.name for p in c.pictures] for c in concepts], processes=world,
+                             skipped=skipped)
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
         return files
@@ -617,8 +620,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             # checkpoint would hold the update under the previous step's count, and a resume would apply it twice
             stop.hold()
             # (the reference-like mode trains the whole table too, and skips whole steps as the reference does)
-            _step_skipping_overflows(scaler, optimizer, exts, [c.rows for c in concepts] if not config.reference_like
-                                     else [[slice(None)] * len(exts)])
+            if config.reference_like:
+                _step_skipping_overflows(scaler, optimizer, exts, [[slice(None)] * len(exts)])
+            else:
+                _step_skipping_overflows(scaler, optimizer, exts, [c.rows for c in concepts], skipped)
             if config.reference_like:  # put the frozen rows back, as the reference does after every step
                 with torch.no_grad():
                     for e, copy in zip(exts, table_copies):
@@ -897,35 +902,61 @@ def timestep_range(config: TrainConfig, num_timesteps: int) -> tuple[int, int]:
     return config.min_timestep, high
 
 
-def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[list[slice]]) -> None:
+def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[list[slice]],
+                             skipped: list[int] | None = None) -> None:
     """The optimizer step under fp16 loss scaling (`scaler` enabled; else a plain step), skipped only for the
     concepts whose gradients overflowed. GradScaler skips the whole step when any gradient is not finite, and all
     concepts' vectors share one tensor per encoder, so one concept's overflow would cost every concept its step:
-    here the others step as in their own runs, and an overflowed concept's vectors and Adam moments are put back
-    (its bias-correction count, shared, moves on by one). The scale is lowered for the next step either way."""
-    bad = []
+    here the others step as in their own runs, and an overflowed concept's vectors and Adam moments are put back.
+
+    `skipped[k]` counts the steps concept k skipped alone (kept in checkpoints). Adam's step count, which its bias
+    correction divides by (Kingma & Ba 2015, alg. 1: 1 - beta^t), is one per tensor and so shared; concept k's own
+    run, whose skipped steps GradScaler skips whole, has taken `skipped[k]` steps fewer. Its rows are stepped at
+    that count (`_adamw_rows`), so every later step is its own run's. The scale is lowered either way."""
+    skipped = skipped if skipped is not None else [0] * len(rows_per_concept)
+    finite = [True] * len(rows_per_concept)
     if scaler.is_enabled():  # one host sync for every concept (scaler.step syncs here anyway)
         finite = torch.stack([torch.stack([torch.isfinite(e.vectors.grad[r]).all() for e, r in zip(exts, rows)]).all()
                               for rows in rows_per_concept]).tolist()
-        bad = [rows for rows, ok in zip(rows_per_concept, finite) if not ok]
-    if not bad or len(bad) == len(rows_per_concept):
+    behind = [k for k, ok in enumerate(finite) if ok and skipped[k]]  # finite, and behind the shared count
+    if not any(finite) or (all(finite) and not behind):
         scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
         scaler.update()
         return
-    kept = []
-    for rows in bad:
+    kept, redo = [], []
+    for k, rows in enumerate(rows_per_concept):
         for e, r in zip(exts, rows):
-            e.vectors.grad[r] = 0.0
-            state = optimizer.state.get(e.vectors, {})
-            kept.append((e.vectors, r, {k: v[r].clone() for k, v in state.items() if k != "step"},
-                         e.vectors.detach()[r].clone()))
+            if not finite[k]:  # vectors and moments put back after the step
+                e.vectors.grad[r] = 0.0
+                state = optimizer.state.get(e.vectors, {})
+                kept.append((e.vectors, r, {name: v[r].clone() for name, v in state.items() if name != "step"},
+                             e.vectors.detach()[r].clone()))
+            elif skipped[k]:  # stepped again below from these vectors, at its own step count
+                redo.append((e.vectors, r, skipped[k], e.vectors.detach()[r].clone()))
     optimizer.step()  # the finite concepts' step (gradients already unscaled)
     with torch.no_grad():
         for vectors, r, moments, old in kept:
             vectors[r] = old
-            for k, v in moments.items():
-                optimizer.state[vectors][k][r] = v
-    scaler.update()  # lowers the scale: the unscale found an overflow
+            for name, v in moments.items():
+                optimizer.state[vectors][name][r] = v
+        for vectors, r, behind_by, old in redo:
+            vectors[r] = _adamw_rows(optimizer, vectors, r, old, behind_by)
+    for k, ok in enumerate(finite):
+        skipped[k] += not ok
+    scaler.update()  # lowers the scale when the unscale found an overflow
+
+
+def _adamw_rows(optimizer, vectors: torch.Tensor, r: slice, old: torch.Tensor, behind_by: int) -> torch.Tensor:
+    """Rows `r` of `vectors` after the AdamW step just taken, from their vectors before it (`old`), had the step
+    count been `behind_by` lower: torch's AdamW update (decoupled weight decay, then the bias-corrected moments,
+    which the step has already updated), in its operations' order, so the rows are those of a run of their own."""
+    group = next(g for g in optimizer.param_groups if any(p is vectors for p in g["params"]))
+    state = optimizer.state[vectors]
+    t = float(state["step"]) - behind_by
+    lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+    new = old * (1 - lr * group["weight_decay"])
+    denom = (state["exp_avg_sq"][r].sqrt() / (1 - beta2 ** t) ** 0.5).add_(eps)
+    return new.addcdiv_(state["exp_avg"][r], denom, value=-lr / (1 - beta1 ** t))
 
 
 def _rate_from_schedule(optimizer, lr_schedule) -> None:
