@@ -1425,3 +1425,21 @@ def test_a_joint_fp16_run_with_one_concepts_overflow_equals_the_concepts_own_run
     resumed = train(TrainConfig(**run, resume=True), model=fp16_model(), progress=False)
     for mine, theirs in zip(resumed.embeddings, joint.embeddings, strict=True):
         assert torch.equal(mine.vectors["text_encoder"], theirs.vectors["text_encoder"]), mine.token
+
+
+def test_a_caption_that_names_another_concepts_token_is_refused(sd1_dir, tmp_path):
+    """Concepts learn independently: a caption of one concept's picture that names another concept's token would
+    train that token from the wrong pictures (in its own run the text is plain word pieces), so it is refused by
+    picture and token before any step."""
+    from conftest import write_images
+
+    dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
+    (dogs / "img1.txt").write_text("a photo of {} beside <JC>")  # (CLIP reads it lower-cased: <jc>)
+    run = dict(out=str(tmp_path / "o"), steps=2, batch=2, save_every=0, sample_every=0)
+    with pytest.raises(ConfigError, match=r"caption of img1\.png .*names <jc>, another concept's token"):
+        train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], **run), model=load_model(sd1_dir),
+              progress=False)
+    assert not (tmp_path / "o" / "jd").exists()
+    (dogs / "img1.txt").write_text("a photo of {} beside <jcat>")  # another word that begins like it: plain text
+    train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], **{**run, "overwrite": True}),
+          model=load_model(sd1_dir), progress=False)

@@ -121,6 +121,7 @@ class CaptionBank:
             rows.append([len(texts) + j for j in range(len(options))])
             texts.extend(options)
         self.texts = texts
+        self.picture_of = [i for i, r in enumerate(rows) for _ in r]  # each caption's picture
         if entries:
             for tok in tokenizers:
                 _check_token_fits(tok, texts, entries, moved=sampler.tags.active and not sampler.tags.keep)
@@ -152,6 +153,22 @@ def _check_token_fits(tokenizer, texts: list[str], entries: list[str], moved: bo
                               f"caption or template, put the token earlier in it, or use fewer --vectors"
                               + ("; --shuffle-tags moved it back: --keep-tags 1 keeps a first tag that holds it "
                                  "in place" if moved else ""))
+
+
+def _check_no_other_tokens(tokenizer, bank: CaptionBank, pictures: list, spec: dict, others: list[str],
+                           vectors: int) -> None:
+    """Refuse a caption of this concept that the tokenizer reads as holding another concept's token (`others`):
+    its samples would train that token too, from pictures not of its concept, where the concept's own run reads
+    the text as plain word pieces. Concepts of one run learn independently, each as in a run of its own."""
+    for other in others:
+        ids = torch.tensor(tokenizer.convert_tokens_to_ids(token_names(other, vectors)), device=bank.ids[0].device)
+        found = torch.isin(bank.ids[0], ids).any(dim=1).nonzero().flatten().tolist()
+        if found:
+            text, picture = bank.texts[found[0]], pictures[bank.picture_of[found[0]]].path.name
+            raise ConfigError(f"the caption of {picture} in {spec['images']} ({text!r}) names {other}, "
+                              f"another concept's token in this run: its samples would train {other} too, which "
+                              f"its own run would not; write that concept otherwise in the caption, or learn the "
+                              f"two in separate runs")
 
 
 class BatchSampler:
@@ -401,6 +418,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags, seed=concept_seed(config.seed, k))
         bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder, tags=tags), device,
                            entries=token_names(spec["token"], config.vectors))
+        _check_no_other_tokens(model.tokenizer, bank, pictures, spec, [s["token"] for s in specs if s is not spec],
+                               config.vectors)
         time_ids = None
         if model.is_xl:  # SDXL's size/crop conditioning, per picture (mirrored pictures share it)
             time_ids = torch.stack([xl_time_ids(torch.tensor([p.original_size]),
