@@ -1443,3 +1443,22 @@ def test_a_caption_that_names_another_concepts_token_is_refused(sd1_dir, tmp_pat
     (dogs / "img1.txt").write_text("a photo of {} beside <jcat>")  # another word that begins like it: plain text
     train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], **{**run, "overwrite": True}),
           model=load_model(sd1_dir), progress=False)
+
+
+@pytest.mark.parametrize("second, message", [("{cats}=cat", "token 'cat' is read by the tokenizer as the existing"),
+                                             ("{cats}=<jc>=\u00a0", "init text .* cannot be encoded")])
+def test_a_bad_later_concept_leaves_the_given_model_as_it_was(second, message, sd1_dir, tmp_path):
+    """Every concept's token and init are checked before any token is added: a model passed in (a notebook's, an
+    evaluation's) is not left with the first concepts' tokens, which would refuse the corrected run as taken."""
+    from conftest import write_images
+    from textinv.errors import TokenError
+
+    dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
+    model = load_model(sd1_dir)
+    size, table = len(model.tokenizer), model.text_encoder.get_input_embeddings()
+    with pytest.raises(TokenError, match=message):
+        train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", second.format(cats=cats)], out=str(tmp_path / "o"), steps=1,
+                          batch=1, save_every=0, sample_every=0), model=model, progress=False)
+    assert len(model.tokenizer) == size and model.text_encoder.get_input_embeddings() is table
+    train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], out=str(tmp_path / "o"), steps=1, batch=1,
+                      save_every=0, sample_every=0), model=model, progress=False)

@@ -49,8 +49,8 @@ from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR
                          clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint, prepare_output, run_lock,
                          save_checkpoint, write_loss_log)
 from .speed import check_compiled_unet, speed_up_unet, unet_example
-from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, encode_init, expand_prompt, init_vectors,
-                     split_words, token_names)
+from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
+                     init_vectors, split_words, token_names)
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the vectors at the last finished step were saved before stopping."""
@@ -377,6 +377,14 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # trained parameter, so AdamW's weight decay would shrink them; they are put back after every step
     held = [len(te.get_input_embeddings().vectors) if isinstance(te.get_input_embeddings(), ExtendedEmbedding) else 0
             for _, _, te in model.encoders]
+    # every concept's token entries and init text first: a later concept's bad one must not leave a model passed in
+    # holding the earlier concepts' tokens (the corrected run would then find them taken)
+    for spec in specs:
+        for _, tok, _ in model.encoders:
+            for name in token_names(spec["token"], config.vectors):
+                check_new_token(tok, name)
+            if start_from is None and not config.init_embedding:
+                encode_init(tok, spec["init"])
     rows_per_concept = []
     for spec in specs:
         names = token_names(spec["token"], config.vectors)
