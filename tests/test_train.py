@@ -1462,3 +1462,22 @@ def test_a_bad_later_concept_leaves_the_given_model_as_it_was(second, message, s
     assert len(model.tokenizer) == size and model.text_encoder.get_input_embeddings() is table
     train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], out=str(tmp_path / "o"), steps=1, batch=1,
                       save_every=0, sample_every=0), model=model, progress=False)
+
+
+def test_an_init_text_that_names_another_concepts_token_starts_as_in_its_own_run(sd1_dir, tmp_path):
+    """Init texts are read before any concept's token is added: one that names another concept's token is the
+    word pieces it is in the concept's own run (with the warning for them), where it was refused once the other
+    concept's token was in (and that token left in a model passed in)."""
+    from conftest import write_images
+    from textinv.train import concept_seed
+
+    dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
+    common = dict(steps=2, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2)
+    with pytest.warns(UserWarning, match="does not know"):
+        joint = train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=<jd>"], out=str(tmp_path / "j"),
+                                  **common), model=load_model(sd1_dir), progress=False)
+    alone = train(TrainConfig(images=str(cats), token="<jc>", init="<jd>", out=str(tmp_path / "c"),
+                              seed=concept_seed(0, 1), **common), model=load_model(sd1_dir), progress=False)
+    assert joint.embeddings[1].metadata["init"] == "<jd>"
+    torch.testing.assert_close(joint.embeddings[1].vectors["text_encoder"], alone.embedding.vectors["text_encoder"],
+                               rtol=0, atol=1e-5)

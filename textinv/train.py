@@ -378,15 +378,17 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     held = [len(te.get_input_embeddings().vectors) if isinstance(te.get_input_embeddings(), ExtendedEmbedding) else 0
             for _, _, te in model.encoders]
     # every concept's token entries and init text first: a later concept's bad one must not leave a model passed in
-    # holding the earlier concepts' tokens (the corrected run would then find them taken)
+    # holding the earlier concepts' tokens (the corrected run would then find them taken); and an init text is read
+    # as its concept's own run reads it, whatever tokens the other concepts add (their word pieces, not their rows)
+    init_ids = []
     for spec in specs:
         for _, tok, _ in model.encoders:
             for name in token_names(spec["token"], config.vectors):
                 check_new_token(tok, name)
-            if start_from is None and not config.init_embedding:
-                encode_init(tok, spec["init"])
+        init_ids.append([encode_init(tok, spec["init"]) for _, tok, _ in model.encoders]
+                        if start_from is None and not config.init_embedding else None)
     rows_per_concept = []
-    for spec in specs:
+    for spec, ids in zip(specs, init_ids):
         names = token_names(spec["token"], config.vectors)
         # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
         if start_from is not None:
@@ -395,9 +397,9 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         elif config.init_embedding:  # resuming: the checkpoint's vectors replace these
             starts = [torch.zeros(config.vectors, base_embedding(te).weight.shape[1]) for _, _, te in model.encoders]
         else:
-            starts = [init_vectors(base_embedding(te).weight, encode_init(tok, spec["init"]), config.vectors)
-                      for _, tok, te in model.encoders]
-            split = split_words(model.tokenizer, encode_init(model.tokenizer, spec["init"]))
+            starts = [init_vectors(base_embedding(te).weight, own, config.vectors)
+                      for (_, _, te), own in zip(model.encoders, ids)]
+            split = split_words(model.tokenizer, ids[0])
             if split and is_main and not config.resume:
                 warnings.warn(f"--init {spec['init']!r}: {model.source} does not know {', '.join(split)} as a word, "
                               f"so {spec['token']} starts from the mean of those fragments' vectors; give a word it "
