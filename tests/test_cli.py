@@ -485,6 +485,12 @@ def test_a_config_files_relative_paths_are_read_from_its_folder(sd1_dir, images,
     assert settings == {"embedding": [str(configs / "a.pt"), "/abs/b.pt"], "lora_dir": [str(configs / "loras")],
                         "model": str(tmp_path / "project" / "models" / "sd.safetensors"),
                         "out": str(configs / "renders")}
+    from textinv.score import ScoreConfig
+
+    cfg.write_text("embedding: run\nimages: ../photos\ncompare: [a.pt]\nclip: openai/clip-vit-base-patch32\n")
+    assert config_file_settings(ScoreConfig, cfg) == {
+        "embedding": str(configs / "run"), "images": str(tmp_path / "project" / "photos"),
+        "compare": [str(configs / "a.pt")], "clip": "openai/clip-vit-base-patch32"}
 
 
 @pytest.mark.parametrize("name, text, said", [

@@ -83,13 +83,14 @@ class ScoreConfig:
     """Settings of `textinv score`; saved in its scores.json."""
 
     embedding: str = opt(None, "the learned embedding: a file of any supported format, or a training run's --out "
-                               "folder (its pictures, model and init word are then the defaults)")
+                               "folder (its pictures, model and init word are then the defaults)",
+                       path="file")
     images: str = opt(None, "the concept's training pictures (default: the training run's, read from the "
-                            "config.yaml beside the embedding)")
+                            "config.yaml beside the embedding)", path="file")
     model: str = opt(None, "the model it was learned for (default: the training run's, else the embedding's "
-                           "base model): diffusers folder, single file, hub id or a bundled name")
+                           "base model): diffusers folder, single file, hub id or a bundled name", path="source")
     out: str = opt("score-out", "folder for report.html, report.png, scores.json and the pictures; an earlier "
-                                "report there is replaced once the new one is complete")
+                                "report there is replaced once the new one is complete", path="file")
     prompts: list = opt([], "edit prompts, {} (or the token) where the concept goes (default: six for --property)")
     property: str = opt(None, "object or style: picks the default prompts (default: the embedding's, else object)",
                         choices=PROPERTIES)
@@ -97,7 +98,8 @@ class ScoreConfig:
                           "leaves the baseline out)")
     description: str = opt(None, "baseline: your own words for the concept in the token's place, e.g. 'a corgi "
                                  "with a red collar' (the paper's human-caption baseline)")
-    clip: str = opt(DEFAULT_CLIP, "the CLIP model that judges (the paper's ViT-B/32): hub id or a local folder")
+    clip: str = opt(DEFAULT_CLIP, "the CLIP model that judges (the paper's ViT-B/32): hub id or a local folder",
+                    path="source")
     n: int = opt(8, "pictures per prompt and method (the paper drew 64)", short="-n")
     seed: int = opt(0, "seed of the first picture of every prompt; picture i uses seed + i")
     steps: int = opt(None, f"denoising steps (default: {DEFAULT_STEPS})")
@@ -106,15 +108,15 @@ class ScoreConfig:
     sampler: str = opt("default", "sampling method (see textinv generate --help)", choices=SAMPLERS)
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end (default: the embedding's)")
     compare: list = opt([], "further embeddings of the same concept to score beside it at the same seeds, e.g. "
-                            "a run's embeddings/* to find its best step (each shown by its file name)")
+                            "a run's embeddings/* to find its best step (each shown by its file name)", path="file")
     token: str = opt(None, "the token's name while scoring (default: the file's); for an embedding whose name the "
                            "model's tokenizer already knows as a word, e.g. an A1111 file named 'dog'")
     resolution: int = opt(None, "picture size; default: the model's native size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family "
-                                        "(default: the training run's, when the model is the run's)")
+                                        "(default: the training run's, when the model is the run's)", path="source")
     vae: str = opt(None, "use this VAE instead of the model's: folder, file or hub id (default: the training run's, "
-                         "when the model is the run's)")
+                         "when the model is the run's)", path="source")
     prediction_type: str = opt(None, "override the model's prediction type (default: the training run's, when the "
                                      "model is the run's)", choices=("epsilon", "v_prediction"))
 
