@@ -472,6 +472,16 @@ def test_big_photo_is_cropped_from_its_centre(tmp_path):
     assert close(pixel(image.pixels, 32, 54), BLUE, tol=6)
 
 
+def test_a_picture_is_not_copied_whole_after_decoding(tmp_path, monkeypatch):
+    path = noise_png(tmp_path / "scan.png", size=(600, 400))
+    copied = []
+    copy = Image.Image.copy
+    monkeypatch.setattr(Image.Image, "copy", lambda self: copied.append(self.size) or copy(self))
+    (image,) = load_training_images([path], 64)
+    assert (600, 400) not in copied  # (ImageOps.exif_transpose copied it to outlive closing the file)
+    assert image.original_size == (400, 600)
+
+
 @pytest.mark.parametrize("landscape", [True, False])
 def test_centre_crop_keeps_the_centre(landscape):
     img = Image.new("RGB", (60, 20), GREEN)
