@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageDraw
 
 from textinv import data
 from textinv.data import (
@@ -470,6 +470,66 @@ def test_big_photo_is_cropped_from_its_centre(tmp_path):
     assert image.pixels.shape == (3, 64, 64)
     assert close(pixel(image.pixels, 32, 10), RED, tol=6)
     assert close(pixel(image.pixels, 32, 54), BLUE, tol=6)
+
+
+def big_photo(path, size, orientation=1, mode="RGB", **save):
+    """A smooth, lopsided picture of `size` as stored, saved as JPEG with an EXIF orientation (1: upright)."""
+    coarse = np.random.default_rng(1).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img.save(path, exif=exif, quality=95, **save)
+    return path
+
+
+def decoded_sizes(monkeypatch):
+    """The size of every picture `load_training_images` hands to `prepare_image`, as decoded."""
+    sizes = []
+    prepare = data.prepare_image
+    monkeypatch.setattr(data, "prepare_image", lambda img, *a, **k: sizes.append(img.size) or prepare(img, *a, **k))
+    return sizes
+
+
+@pytest.mark.parametrize("orientation, mode, save", [(o, "RGB", {}) for o in range(1, 9)] + [
+    (6, "L", {}), (1, "CMYK", {}), (8, "RGB", {"progressive": True})])
+def test_a_big_jpeg_is_decoded_at_a_reduced_scale_and_trains_on_the_same_pixels(tmp_path, monkeypatch, orientation,
+                                                                                  mode, save):
+    # 1601x1199 stored; at 64 (x3: Pillow's reducing gap) libjpeg may decode it at 1/4, 401x300, whose last column
+    # and row are part-pixels (400.25 x 299.75), on the left or top once EXIF turns it
+    path = big_photo(tmp_path / "big.jpg", (1601, 1199), orientation, mode, **save)
+    turned = orientation >= 5
+    whole = prepare_image(load_image(path), 64)  # the whole picture decoded, upright, then cropped and scaled
+    sizes = decoded_sizes(monkeypatch)
+    (image,) = load_training_images([path], 64)
+    assert sizes == [(300, 401) if turned else (401, 300)]  # not 1601x1199
+    assert image.original_size == ((1601, 1199) if turned else (1199, 1601))  # (H, W) as SDXL conditions on it
+    levels = (image.pixels - whole).abs() * 127.5
+    assert levels.mean() < 0.5 and levels.max() <= 3, (levels.mean(), levels.max())  # the crop is where it was
+
+
+def test_a_jpegs_fine_detail_survives_its_reduced_decoding(tmp_path):
+    # thin red lines 37 pixels apart, 2 apart at 64: decoded at the smallest scale that covers 64 (1/8, block
+    # averages) they came out 5-6 levels of 255 softer on average; at 3x the size, Lanczos does the rest as before
+    img = Image.new("RGB", (1601, 1199), "white")
+    draw = ImageDraw.Draw(img)
+    for x in range(0, 1601, 37):
+        draw.line([(x, 0), (x + 300, 1199)], fill=(200, 30, 30), width=3)
+    img.save(tmp_path / "lines.jpg", quality=95)
+    whole = prepare_image(load_image(tmp_path / "lines.jpg"), 64)
+    (image,) = load_training_images([tmp_path / "lines.jpg"], 64)
+    levels = (image.pixels - whole).abs() * 127.5
+    assert levels.mean() < 2 and levels.max() <= 8, (levels.mean(), levels.max())
+
+
+def test_a_jpeg_is_reduced_no_further_than_its_bucket_needs(tmp_path, monkeypatch):
+    # stored 1200x2400, turned upright a 2400x1200 landscape: its bucket at 64 is 88x40, which it keeps three times
+    # over at 1/8 (300x150 upright); the sides as stored (2400 wide for 88) would have stopped at 1/4
+    path = big_photo(tmp_path / "wide.jpg", (1200, 2400), orientation=6)
+    sizes = decoded_sizes(monkeypatch)
+    (image,) = load_training_images([path], 64, bucket_step=8)
+    size = bucket_size(2400, 1200, 64, 8)
+    assert image.pixels.shape == (3, size[1], size[0])
+    assert sizes == [(300, 150)] and 300 >= 3 * size[0] and 150 >= 3 * size[1]
 
 
 def test_a_picture_is_not_copied_whole_after_decoding(tmp_path, monkeypatch):

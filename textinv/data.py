@@ -25,7 +25,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -124,6 +124,12 @@ FILEWORDS = "[filewords]"  # A1111: the image's own caption text
 # pictures are the user's own files, and a 100-megapixel photo is ordinary, so we lift Pillow's check while opening
 # and apply this larger limit of our own: 300 megapixels is about 0.9 GB as 8-bit RGB.
 MAX_IMAGE_PIXELS = 300_000_000
+
+# Huge pictures are first shrunk by whole-pixel averaging (a JPEG already as it is decoded: `_read`) to no less
+# than this many times their training size, then filtered (Lanczos): fast, and the same quality. Pillow's docs find
+# a gap of 3 indistinguishable from filtering the whole picture; with 1 (decoding a JPEG at the smallest scale that
+# still covers the training size) a photo's fine detail changed by up to 72 of 255 levels (BENCHMARKS.md).
+_REDUCING_GAP = 3.0
 
 # Files that operating systems leave in folders: never the user's data, so skipped without a word.
 _OS_LITTER = {"thumbs.db", "desktop.ini"}
@@ -295,7 +301,22 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 def load_image_and_alpha(path: str | os.PathLike, alpha: bool = True) -> tuple[Image.Image, Image.Image | None]:
     """`load_image`'s RGB picture and its transparency as an upright 8-bit "L" image (255: opaque), or None for
     a picture without any (`alpha_channel`) or when `alpha` is off (it is not read then)."""
-    path = Path(path)
+    img, mask, _, _ = _read(Path(path), alpha)
+    return img, mask
+
+
+def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, int]] | None = None
+          ) -> tuple[Image.Image, Image.Image | None, tuple[int, int], tuple[float, float, float, float]]:
+    """`load_image_and_alpha`, with the picture's full upright size (W, H) and its area (left, top, right, bottom)
+    in the returned picture's pixels.
+
+    `need` gives the size (W, H) the picture trains at from its full upright size: a JPEG is then decoded at the
+    smallest scale of 1/2, 1/4 or 1/8 that keeps it `_REDUCING_GAP` times as large. libjpeg scales it in the
+    frequency domain as it decodes (Pillow's `draft`), in a fraction of the time and memory (at 1/8, 64 times fewer
+    pixels), averaging pixels as `_fit`'s shrinking would anyway. A side of 4001 at 1/8 ends in a part-pixel
+    (500.125 of 501), on the left or the top once EXIF has turned the picture: hence the area. Other formats are
+    decoded whole.
+    """
     try:
         with _open_image(path) as img:
             width, height = img.size
@@ -304,6 +325,15 @@ def load_image_and_alpha(path: str | os.PathLike, alpha: bool = True) -> tuple[I
                     f"{path} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} textinv reads; "
                     "shrink it (it is scaled down to the training resolution anyway)"
                 )
+            orientation = img.getexif().get(0x0112, 1)  # (EXIF's Orientation; 5-8 swap the sides)
+            turned = orientation in (5, 6, 7, 8)
+            full = (height, width) if turned else (width, height)
+            extent = (float(width), float(height))  # the picture's width and height in decoded pixels
+            if need is not None:
+                w, h = (math.ceil(side * _REDUCING_GAP) for side in need(full))
+                drafted = img.draft(None, (h, w) if turned else (w, h))  # (None for formats other than JPEG)
+                if drafted is not None:
+                    extent = drafted[1][2:]
             img.load()  # decode now, inside the try, so that a truncated file fails here and not later
             ImageOps.exif_transpose(img, in_place=True)  # (in place: a copy of the whole picture otherwise)
     except DataError:
@@ -315,9 +345,20 @@ def load_image_and_alpha(path: str | os.PathLike, alpha: bool = True) -> tuple[I
                         "re-export it or remove it from the folder") from e
     try:
         img = _eight_bit(img)  # (once, for both)
-        return to_rgb(img), alpha_channel(img) if alpha else None
+        return to_rgb(img), alpha_channel(img) if alpha else None, full, _area(extent, img.size, orientation)
     except Exception as e:  # a colour mode Pillow cannot convert, or a decoder or colour library failing
         raise DataError(f"cannot convert {path} (colour mode {img.mode}) to RGB: {e}; re-save it as RGB") from e
+
+
+def _area(extent: tuple[float, float], size: tuple[int, int], orientation: int
+          ) -> tuple[float, float, float, float]:
+    """The box (left, top, right, bottom) a stored picture of `extent` (W, H) covers in its upright decoded picture
+    of `size`: the stored right and bottom edges, where part-pixels are, end up on the left or the top for some
+    EXIF orientations (2 mirrors left-right, 3 turns half round, 4 mirrors top-bottom, 5-8 also swap the sides)."""
+    w, h = extent[::-1] if orientation in (5, 6, 7, 8) else extent
+    left = size[0] - w if orientation in (2, 3, 6, 7) else 0.0
+    top = size[1] - h if orientation in (3, 4, 7, 8) else 0.0
+    return (left, top, left + w, top + h)
 
 
 def alpha_channel(img: Image.Image) -> Image.Image | None:
@@ -425,14 +466,16 @@ def _gray_to_8bit(img: Image.Image) -> Image.Image:
 
 
 def prepare_image(img: Image.Image, resolution: int, center_crop: bool = True,
-                  size: tuple[int, int] | None = None) -> torch.Tensor:
+                  size: tuple[int, int] | None = None, area: tuple[float, float, float, float] | None = None
+                  ) -> torch.Tensor:
     """A training image: float32 tensor of shape (3, resolution, resolution), or (3, H, W) for `size` (W, H) (an
     aspect-ratio bucket, see `bucket_size`), values in [-1, 1].
 
     With `center_crop` the largest centred box of the target's proportions is kept and scaled to it (for a square,
     the short side becomes `resolution`); without it the whole picture is squeezed to the target, changing its
     proportions. Shrinking uses Lanczos (sharp, no aliasing); enlarging uses bicubic, whose overshoot rings less
-    than Lanczos' on small pictures.
+    than Lanczos' on small pictures. `area` (left, top, right, bottom): where the picture lies in `img`, when not
+    exactly on its whole pixels (a JPEG decoded at a reduced scale, see `load_training_images`).
 
     >>> prepare_image(Image.new("RGB", (640, 480), "white"), 512).shape
     torch.Size([3, 512, 512])
@@ -441,42 +484,46 @@ def prepare_image(img: Image.Image, resolution: int, center_crop: bool = True,
     """
     if img.mode != "RGB":
         raise ValueError(f"prepare_image takes an RGB image, got mode {img.mode!r}; read pictures with load_image")
-    pixels = torch.from_numpy(np.array(_fit(img, size or (resolution, resolution), center_crop),
+    pixels = torch.from_numpy(np.array(_fit(img, size or (resolution, resolution), center_crop, area),
                                        dtype=np.uint8))  # (H, W, 3), 0..255
     return (pixels.permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0).contiguous()  # (3, H, W), -1..1
 
 
 def prepare_alpha(alpha: Image.Image, resolution: int, center_crop: bool = True,
-                  size: tuple[int, int] | None = None) -> torch.Tensor:
+                  size: tuple[int, int] | None = None, area: tuple[float, float, float, float] | None = None
+                  ) -> torch.Tensor:
     """An "L" transparency (`alpha_channel`) cropped and scaled as `prepare_image` does its picture: (1, H, W)
     float32 in [0, 1], 1 where the picture is opaque.
 
     >>> prepare_alpha(Image.new("L", (640, 480), 255), 64).shape
     torch.Size([1, 64, 64])
     """
-    values = np.array(_fit(alpha, size or (resolution, resolution), center_crop), dtype=np.float32) / 255.0
+    values = np.array(_fit(alpha, size or (resolution, resolution), center_crop, area), dtype=np.float32) / 255.0
     return torch.from_numpy(values).clamp(0.0, 1.0)[None]  # (bicubic can overshoot a little)
 
 
-def _fit(img: Image.Image, size: tuple[int, int], center_crop: bool) -> Image.Image:
-    """`img` cropped to its largest centred box of `size`'s proportions (or squeezed) and scaled to `size` (W, H)."""
+def _fit(img: Image.Image, size: tuple[int, int], center_crop: bool,
+         area: tuple[float, float, float, float] | None = None) -> Image.Image:
+    """`img` (or its `area`) cropped to its largest centred box of `size`'s proportions (or squeezed) and scaled to
+    `size` (W, H)."""
     for side in size:
         _check_resolution(side)
-    width, height = img.size
+    left, top, right, bottom = area or (0.0, 0.0, float(img.width), float(img.height))
+    width, height = right - left, bottom - top
     target_w, target_h = size
     if center_crop:
         if width * target_h > height * target_w:  # wider than the target: the full height, the middle of the width
-            box_w, box_h = height * target_w / target_h, float(height)
+            box_w, box_h = height * target_w / target_h, height
         else:
-            box_w, box_h = float(width), width * target_h / target_w
+            box_w, box_h = width, width * target_h / target_w
         # the crop as a box in source pixels: resize reads only around it, so cropping and scaling are one pass
-        box = ((width - box_w) / 2, (height - box_h) / 2, (width + box_w) / 2, (height + box_h) / 2)
+        box = (left + (width - box_w) / 2, top + (height - box_h) / 2,
+               left + (width + box_w) / 2, top + (height + box_h) / 2)
     else:
-        box = (0.0, 0.0, float(width), float(height))
+        box = (left, top, right, bottom)
     enlarging = box[2] - box[0] < target_w or box[3] - box[1] < target_h
     resample = Image.Resampling.BICUBIC if enlarging else Image.Resampling.LANCZOS
-    # reducing_gap: huge pictures are first shrunk by whole-pixel averaging, then filtered; fast, same quality
-    return img.resize((target_w, target_h), resample=resample, box=box, reducing_gap=3.0)
+    return img.resize((target_w, target_h), resample=resample, box=box, reducing_gap=_REDUCING_GAP)
 
 
 def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
@@ -559,19 +606,25 @@ def load_training_images(
         raise DataError("no pictures to train on; give 3-10 pictures of your concept")
     result: list[TrainingImage] = []
     small: list[str] = []
+
+    def training_size(full: tuple[int, int]) -> tuple[int, int]:  # (W, H) of a picture of upright size `full`
+        return bucket_size(*full, resolution, bucket_step) if bucket_step else (resolution, resolution)
+
     for path in paths:
         path = Path(path)
-        img, alpha = load_image_and_alpha(path, alpha=use_alpha)
-        size = bucket_size(img.width, img.height, resolution, bucket_step) if bucket_step else (resolution,) * 2
-        if img.width < size[0] or img.height < size[1]:  # (for a square: the short side below the resolution)
-            small.append(f"{path} ({img.width}x{img.height})")
-        pixels = prepare_image(img, resolution, center_crop, size)
-        weight = prepare_alpha(alpha, resolution, center_crop, size) if alpha is not None else None
+        # a big JPEG is decoded at a reduced scale, as large as its crop needs (`_read`): a 24-megapixel photo
+        # trained at 512 is never held whole
+        img, alpha, (width, height), area = _read(path, use_alpha, training_size)
+        size = training_size((width, height))
+        if width < size[0] or height < size[1]:  # (for a square: the short side below the resolution)
+            small.append(f"{path} ({width}x{height})")
+        pixels = prepare_image(img, resolution, center_crop, size, area)
+        weight = prepare_alpha(alpha, resolution, center_crop, size, area) if alpha is not None else None
         if weight is not None and not weight.max() > 0:
             raise DataError(f"{path} is transparent all over, so with --alpha-mask none of it would be learned; "
                             "remove it, or fix its alpha channel")
         result.append(TrainingImage(path=path, pixels=pixels, caption=read_caption(path),
-                                    original_size=(img.height, img.width), alpha=weight))
+                                    original_size=(height, width), alpha=weight))
     if small:
         warnings.warn(
             SmallImageWarning(
