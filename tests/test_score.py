@@ -560,3 +560,16 @@ def test_the_init_word_is_the_one_the_embedding_started_from(run_dir, clip_dir, 
     result = score(settings(run, clip_dir, tmp_path / "report", n=1), judge=judge, progress=False)
     report = json.loads(result.scores.read_text())
     assert [m["words"] for m in report["methods"]] == ["<zq>", "cat"]
+
+
+def test_the_training_pictures_are_read_no_larger_than_the_report_and_clip_need(tmp_path):
+    """score sees its training pictures only through CLIP (224) and 256-pixel thumbnails: a camera's big JPEG is
+    decoded at a reduced scale (here 1/2), still three times 256 a side, not held whole."""
+    from textinv.score import _training_pictures
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.effect_noise((3201, 2401), 60).convert("RGB").save(folder / "big.jpg")
+    Image.new("RGB", (300, 200), "red").save(folder / "small.png")
+    big, small = sorted(_training_pictures(str(folder), None), key=lambda p: -p.width)
+    assert big.size == (1601, 1201) and small.size == (300, 200)

@@ -286,16 +286,19 @@ def _open_image(path: Path) -> Iterator[Image.Image]:
 # 2. Loading one image
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
+def load_image(path: str | os.PathLike, shown_at: int | None = None) -> Image.Image:
     """Read a picture as upright 8-bit RGB in sRGB.
 
     The EXIF orientation is applied first (phones store portraits sideways with an "Orientation" tag); then
-    `to_rgb` converts the colours. A missing, corrupt or truncated file raises `DataError` naming it.
+    `to_rgb` converts the colours. A missing, corrupt or truncated file raises `DataError` naming it. `shown_at`:
+    the picture is only ever seen scaled to about this many pixels a side (a thumbnail, CLIP's 224), so a big JPEG
+    may be decoded at a reduced scale that keeps `_REDUCING_GAP` times that (see `_read`).
 
     >>> load_image("photos/my_cat/cat1.jpg").mode  # doctest: +SKIP
     'RGB'
     """
-    return load_image_and_alpha(path, alpha=False)[0]
+    need = None if shown_at is None else (lambda full: (shown_at, shown_at))
+    return _read(Path(path), False, need)[0]
 
 
 def load_image_and_alpha(path: str | os.PathLike, alpha: bool = True) -> tuple[Image.Image, Image.Image | None]:

@@ -630,7 +630,8 @@ def _training_pictures(images: str, run: dict | None) -> list[Image.Image]:
     """The concept's training pictures, read now (a bad one is said before the model loads). `run`: the training
     run they came from, when --images was not given: a folder moved or deleted since is said as that."""
     try:
-        return [load_image(p) for p in find_images(images)]
+        # (seen only by CLIP, at 224, and as 256-pixel thumbnails: a big JPEG need not be decoded whole)
+        return [load_image(p, shown_at=256) for p in find_images(images)]
     except DataError as e:
         if not run:
             raise
