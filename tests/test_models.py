@@ -3,6 +3,7 @@
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -613,30 +614,16 @@ def _open_clip_state_dict(encoder, prefix):
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def test_sd2_and_sdxl_single_files_load_offline_with_a_config_folder_and_fp16_trains_in_fp32(images, tmp_path):
-    """Files in the original layout, as the web UI saves them, with the weights diffusers' key checks read as SD 2.x
-    (1024-wide cross-attention) and SDXL (a 10-block second encoder): each loads offline with a diffusers folder
-    of its family as --single-file-config, with its own weights; an fp16 one loads and trains in fp32 on the CPU."""
-    from types import SimpleNamespace
-
-    from diffusers import UNet2DConditionModel
+def _tiny_xl_single_file(seed):
+    """A tiny SDXL pipeline and its weights in the original single-file layout, with the weights diffusers' key
+    checks read as SDXL base (a 10-block second encoder)."""
     from transformers import CLIPTextModelWithProjection
 
-    from textinv.config import TrainConfig
-    from textinv.tiny import build_tiny_pipeline, build_tiny_xl_pipeline
-    from textinv.train import train
+    from textinv.tiny import build_tiny_xl_pipeline
 
-    sd2 = build_tiny_pipeline("sd2", seed=3, width=1024)
-    sd2.unet = UNet2DConditionModel.from_config({**sd2.unet.config, "layers_per_block": 2})  # input_blocks.2.1
-    sd2.save_pretrained(tmp_path / "sd2")
-    state = {k: v for k, v in _ldm_state_dict(sd2).items() if not k.startswith("cond_stage_model.")}
-    state.update(_open_clip_state_dict(sd2.text_encoder, "cond_stage_model.model."))
-    save_file(state, tmp_path / "sd2.safetensors")
-
-    xl = build_tiny_xl_pipeline(seed=3)
+    xl = build_tiny_xl_pipeline(seed=seed)
     xl.text_encoder_2 = CLIPTextModelWithProjection(xl.text_encoder_2.config.__class__(
         **{**xl.text_encoder_2.config.to_dict(), "num_hidden_layers": 10}))
-    xl.save_pretrained(tmp_path / "xl")
     unet = {k: v for k, v in xl.unet.state_dict().items() if not k.startswith("add_embedding.")}
     as_sd1 = SimpleNamespace(unet=SimpleNamespace(config=xl.unet.config, state_dict=lambda: unet), vae=xl.vae,
                              text_encoder=xl.text_encoder)
@@ -646,6 +633,28 @@ def test_sd2_and_sdxl_single_files_load_offline_with_a_config_folder_and_fp16_tr
             state[f"model.diffusion_model.label_emb.0.{ours}.{kind}"] = xl.unet.state_dict()[
                 f"add_embedding.linear_{theirs}.{kind}"]
     state.update(_open_clip_state_dict(xl.text_encoder_2, "conditioner.embedders.1.model."))
+    return xl, state
+
+
+def test_sd2_and_sdxl_single_files_load_offline_with_a_config_folder_and_fp16_trains_in_fp32(images, tmp_path):
+    """Files in the original layout, as the web UI saves them, with the weights diffusers' key checks read as SD 2.x
+    (1024-wide cross-attention) and SDXL (a 10-block second encoder): each loads offline with a diffusers folder
+    of its family as --single-file-config, with its own weights; an fp16 one loads and trains in fp32 on the CPU."""
+    from diffusers import UNet2DConditionModel
+
+    from textinv.config import TrainConfig
+    from textinv.tiny import build_tiny_pipeline
+    from textinv.train import train
+
+    sd2 = build_tiny_pipeline("sd2", seed=3, width=1024)
+    sd2.unet = UNet2DConditionModel.from_config({**sd2.unet.config, "layers_per_block": 2})  # input_blocks.2.1
+    sd2.save_pretrained(tmp_path / "sd2")
+    state = {k: v for k, v in _ldm_state_dict(sd2).items() if not k.startswith("cond_stage_model.")}
+    state.update(_open_clip_state_dict(sd2.text_encoder, "cond_stage_model.model."))
+    save_file(state, tmp_path / "sd2.safetensors")
+
+    xl, state = _tiny_xl_single_file(seed=3)
+    xl.save_pretrained(tmp_path / "xl")
     save_file({k: v.half() for k, v in state.items()}, tmp_path / "xl-fp16.safetensors")
 
     for pipe, family, file, parts in ((sd2, "sd2", "sd2.safetensors", ("unet", "vae", "text_encoder")),
@@ -663,3 +672,72 @@ def test_sd2_and_sdxl_single_files_load_offline_with_a_config_folder_and_fp16_tr
                                batch=1, save_every=0, sample_every=0, log_every=1, resolution=16), progress=False)
     assert result.embedding.widths == (32, 64)
     assert all(torch.isfinite(v).all() for v in result.embedding.vectors.values())
+
+
+def _vae_of(state):
+    """The VAE's weights of an original-layout state dict, `first_stage_model.` prefix and all."""
+    return {k: v for k, v in state.items() if k.startswith("first_stage_model.")}
+
+
+def test_a_single_file_saved_without_its_vae_loads_with_the_vae_given(sd1_dir, tmp_path):
+    """Web-UI users meet checkpoints pruned of their VAE, used with a separate VAE file. --vae was swapped in only
+    after diffusers had refused the file as incomplete; it goes in as the pipeline's VAE now, whichever way it is
+    given: a VAE file as the web UI keeps it (vae-ft-mse-840000-ema-pruned.safetensors: `encoder.*`), one taken out
+    of a checkpoint (`first_stage_model.*`), or a diffusers VAE folder. A single VAE file takes the model's VAE config
+    (its scaling factor), from --single-file-config."""
+    from textinv.tiny import build_tiny_pipeline
+
+    config = tmp_path / "config"
+    shutil.copytree(sd1_dir, config)
+    vae_config = json.loads((config / "vae" / "config.json").read_text())
+    (config / "vae" / "config.json").write_text(json.dumps({**vae_config, "scaling_factor": 0.3}))
+    theirs, other = build_tiny_pipeline("sd1", seed=3), build_tiny_pipeline("sd1", seed=7)
+    state = _ldm_state_dict(theirs)
+    save_file({k: v for k, v in state.items() if k not in _vae_of(state)}, tmp_path / "no-vae.safetensors")
+    vae = _vae_of(_ldm_state_dict(other))
+    save_file({k[len("first_stage_model."):]: v for k, v in vae.items()}, tmp_path / "vae-ft-mse.safetensors")
+    save_file(vae, tmp_path / "extracted-vae.safetensors")
+    other.vae.save_pretrained(tmp_path / "vae-folder")
+
+    with pytest.raises(ModelError, match=r"saved without its VAE .*pass the VAE it is used with as --vae, usually "
+                                         r"vae-ft-mse-840000-ema-pruned\.safetensors"):
+        load_model(tmp_path / "no-vae.safetensors", single_file_config=config)
+    for given in ("vae-ft-mse.safetensors", "extracted-vae.safetensors", "vae-folder"):
+        model = load_model(tmp_path / "no-vae.safetensors", single_file_config=config, vae=tmp_path / given)
+        ours, want = model.vae.state_dict(), other.vae.state_dict()
+        assert ours.keys() == want.keys() and all(torch.equal(ours[k], want[k]) for k in want), given
+        ours, want = model.unet.state_dict(), theirs.unet.state_dict()
+        assert all(torch.equal(ours[k], want[k]) for k in want), given
+        if given.endswith(".safetensors"):
+            assert model.vae.config.scaling_factor == 0.3, given
+    # a whole file with --vae: the given VAE, not the file's own
+    save_file(state, tmp_path / "whole.safetensors")
+    model = load_model(tmp_path / "whole.safetensors", single_file_config=config,
+                       vae=tmp_path / "vae-ft-mse.safetensors")
+    assert torch.equal(model.vae.decoder.conv_out.weight, other.vae.decoder.conv_out.weight)
+
+
+def test_an_sdxl_file_saved_without_its_vae_loads_with_sdxl_vae(tmp_path):
+    """The SDXL case of the test above: sdxl_vae.safetensors keeps its weights as `encoder.*`; it takes SDXL's VAE
+    config (scaling factor 0.13025) from --single-file-config."""
+    from textinv.tiny import build_tiny_xl_pipeline
+
+    xl, state = _tiny_xl_single_file(seed=3)
+    xl.vae.register_to_config(scaling_factor=0.13025)
+    xl.save_pretrained(tmp_path / "xl")
+    save_file({k: v for k, v in state.items() if k not in _vae_of(state)}, tmp_path / "no-vae.safetensors")
+    other = build_tiny_xl_pipeline(seed=7)
+    as_sd1 = SimpleNamespace(unet=SimpleNamespace(config=other.unet.config, state_dict=dict), vae=other.vae,
+                             text_encoder=SimpleNamespace(state_dict=dict))
+    save_file({k[len("first_stage_model."):]: v for k, v in _ldm_state_dict(as_sd1).items()},
+              tmp_path / "sdxl_vae.safetensors")
+
+    with pytest.raises(ModelError, match=r"Diffusion XL checkpoint saved without its VAE .*sdxl_vae\.safetensors"):
+        load_model(tmp_path / "no-vae.safetensors", single_file_config=tmp_path / "xl")
+    model = load_model(tmp_path / "no-vae.safetensors", single_file_config=tmp_path / "xl",
+                       vae=tmp_path / "sdxl_vae.safetensors")
+    assert model.family == "sdxl" and model.vae.config.scaling_factor == 0.13025
+    ours, want = model.vae.state_dict(), other.vae.state_dict()
+    assert ours.keys() == want.keys() and all(torch.equal(ours[k], want[k]) for k in want)
+    ours, want = model.pipeline.text_encoder_2.state_dict(), xl.text_encoder_2.state_dict()
+    assert all(torch.equal(ours[k], want[k]) for k in want)

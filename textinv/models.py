@@ -308,6 +308,29 @@ def checkpoint_prediction(path: str | os.PathLike, keys) -> tuple[str | None, bo
     return ("v_prediction" if params.get("parameterization") == "v" else "epsilon"), False
 
 
+# where a single file keeps its text encoder(s) and its VAE (diffusers' LDM_VAE_KEYS), and the VAE files web-UI users
+# pair a checkpoint saved without one with
+_TEXT_ENCODER_PREFIXES = {"sd1": ("cond_stage_model.transformer.",), "sd2": ("cond_stage_model.model.",),
+                          "sdxl": ("conditioner.embedders.0.", "conditioner.embedders.1.")}
+_VAE_PREFIXES = ("first_stage_model.", "vae.")
+_USUAL_VAES = {
+    "sd1": "vae-ft-mse-840000-ema-pruned.safetensors (stabilityai/sd-vae-ft-mse)",
+    "sd2": "vae-ft-mse-840000-ema-pruned.safetensors (stabilityai/sd-vae-ft-mse)",
+    "sdxl": "sdxl_vae.safetensors (stabilityai/sdxl-vae) or the fp16-fixed one (madebyollin/sdxl-vae-fp16-fix)",
+}
+
+
+def _saved_without_vae(keys, family: str) -> bool:
+    """A checkpoint with its UNet and text encoder(s) but no VAE: web UIs prune it out of some shared files, to be
+    used with a separate VAE file. (A file that lacks more is left to diffusers' 'not a complete checkpoint'.)"""
+    names = list(keys)
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in names)
+
+    return all(map(has, _TEXT_ENCODER_PREFIXES[family])) and not any(map(has, _VAE_PREFIXES))
+
+
 def checkpoint_family(path: str | os.PathLike) -> str:
     """The family of a single-file checkpoint, read from its keys and shapes ("sd1", "sd2", "sdxl").
 
@@ -547,6 +570,10 @@ def load_model(
         if single_file_config is not None:
             single_file_config = _check_single_file_config(single_file_config, family)
         file_prediction, zero_snr = checkpoint_prediction(location, keys)
+        if vae is None and _saved_without_vae(keys, family):
+            raise ModelError(f"{location} is a {FAMILY_NAMES[family]} checkpoint saved without its VAE (no "
+                             f"first_stage_model.* weights): pass the VAE it is used with as --vae, usually "
+                             f"{_USUAL_VAES[family]} (a .safetensors file, a diffusers VAE folder or a hub id)")
     common = dict(torch_dtype=dtype)  # (newer diffusers call it `dtype` and warn; older ones know only this)
     try:
         with _one_progress_bar():  # (transformers' bars inside diffusers' one)
@@ -564,6 +591,17 @@ def load_model(
                     if single_file_config:
                         common["config"] = single_file_config
                     with _quiet_diffusers(), _lightning_callbacks_readable():  # its "attempting to download" lines
+                        if vae is not None:
+                            # loaded first and passed in, as diffusers takes a component the file lacks: a file saved
+                            # without its VAE has none to replace, and one with a VAE need not load it. Its config is
+                            # the one diffusers would give the file's own VAE (the folder's or hub model's vae/)
+                            from diffusers import AutoencoderKL
+
+                            with warnings.catch_warnings():  # (huggingface_hub's deprecation notes, for a hub id)
+                                warnings.simplefilter("ignore")
+                                own = AutoencoderKL.load_config(single_file_config or _single_file_config_repo(keys),
+                                                                subfolder="vae")
+                            common["vae"] = _load_vae(vae, dtype, own)
                         if family == "sd1" and _old_text_encoder_layout(keys):  # diffusers would not find it
                             common["text_encoder"] = _old_layout_text_encoder(keys, single_file_config, dtype)
                         pipe = cls.from_single_file(location, **common)
@@ -609,8 +647,8 @@ def load_model(
     is_xl = isinstance(pipe, StableDiffusionXLPipeline)
     width = pipe.text_encoder.get_input_embeddings().embedding_dim
     family = "sdxl" if is_xl else (family or family_for_widths((width,)) or "custom")
-    if vae is not None:
-        pipe.vae = _load_vae(vae, dtype, like=pipe.vae)
+    if vae is not None and kind != "file":  # (a single file's --vae went in with its other parts)
+        pipe.vae = _load_vae(vae, dtype, pipe.vae.config)
     if is_xl and dtype == torch.float16 and (vae is None or getattr(pipe.vae.config, "force_upcast", True)):
         # SDXL's VAE overflows in fp16, so it stays in fp32, for training's encoding as well as for decoding. A --vae
         # stays in fp16 only when its config says it can (`force_upcast: false`, as the fp16-fixed VAE's does; the
@@ -825,12 +863,13 @@ def _check_vae_source(source) -> None:
                          f"folder (with config.json), a .safetensors file, or a hub id 'owner/name'")
 
 
-def _load_vae(source, dtype: torch.dtype, like=None):
+def _load_vae(source, dtype: torch.dtype, own: Mapping):
     """A replacement VAE (e.g. SDXL's fp16-fixed one) from a folder, a single file or a hub id.
 
-    A single file holds weights only; its architecture and scaling factor are taken from `like`, the model's own
-    VAE (diffusers would otherwise fetch SD 1.5's config from the hub for any VAE file: offline that fails, and for
-    SDXL it gives the wrong scaling factor, 0.18215 instead of 0.13025)."""
+    A single file holds weights only, in the original layout (`encoder.*`, as vae-ft-mse-840000-ema-pruned and
+    sdxl_vae are saved, or `first_stage_model.*`) or diffusers'; its architecture and scaling factor are taken from
+    `own`, the model's own VAE config (diffusers would otherwise fetch SD 1.5's config from the hub for any VAE
+    file: offline that fails, and for SDXL it gives the wrong scaling factor, 0.18215 instead of 0.13025)."""
     import tempfile
 
     from diffusers import AutoencoderKL
@@ -838,10 +877,8 @@ def _load_vae(source, dtype: torch.dtype, like=None):
     path = Path(source).expanduser()
     try:
         if path.is_file():
-            if like is None:
-                return AutoencoderKL.from_single_file(str(path), torch_dtype=dtype)
             with tempfile.TemporaryDirectory(prefix="textinv-vae-config-") as config:
-                like.save_config(config)
+                (Path(config) / "config.json").write_text(json.dumps(dict(own)), encoding="utf-8")
                 return AutoencoderKL.from_single_file(str(path), config=config, torch_dtype=dtype)
         folder = path / "vae" if (path / "vae" / "config.json").exists() else path
         if path.exists():
@@ -858,9 +895,9 @@ def _load_vae(source, dtype: torch.dtype, like=None):
                              f".safetensors file") from e
         raise ModelError(f"cannot load the VAE {str(source)!r}: {type(e).__name__}: {_first_line(e)}. Give a diffusers "
                          f"VAE folder (with config.json), a single .safetensors file, or a hub id") from e
-    if like is not None and loaded.config.latent_channels != like.config.latent_channels:
+    if loaded.config.latent_channels != own["latent_channels"]:
         raise ModelError(f"the VAE {str(source)!r} makes {loaded.config.latent_channels}-channel latents but the "
-                         f"model's UNet works on {like.config.latent_channels}; give a VAE of the model's family (an SD "
+                         f"model's UNet works on {own['latent_channels']}; give a VAE of the model's family (an SD "
                          f"1.x/2.x/XL VAE has 4)")
     return loaded
 
