@@ -325,12 +325,30 @@ def test_inspect_names_a_lone_second_half_of_the_two_file_layout(tmp_path):
     assert "note" not in inspect_file(tmp_path / "learned_embeds.safetensors")
 
 
-def test_clip_skip_is_refused_on_sdxl(xl_dir, images, tmp_path):
-    with pytest.raises(ConfigError, match="SDXL already reads its text encoders' penultimate layers"):
-        train(xl_config(images, tmp_path / "a", clip_skip=2), model=load_model(xl_dir), progress=False)
-    with pytest.raises(ConfigError, match="SDXL already reads"):
-        generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / "r"), n=1, steps=1, clip_skip=2,
-                                model=str(xl_dir)), progress=False)
+def test_clip_skip_2_on_sdxl_is_its_own_penultimate_reading_and_more_is_refused(xl_dir, images, tmp_path):
+    """"Clip skip 2", as SDXL fine-tunes' pages ask for, is what SDXL reads anyway: the web UI ignores its clip skip
+    on SDXL and ComfyUI's "stop at -2" is SDXL's default. It trains and draws as 1 does; 3 and more are refused."""
+    import warnings
+
+    plain = train(xl_config(images, tmp_path / "a"), model=load_model(xl_dir), progress=False)
+    skipped = train(xl_config(images, tmp_path / "b", clip_skip=2), model=load_model(xl_dir), progress=False)
+    assert all(torch.equal(plain.embedding.vectors[k], skipped.embedding.vectors[k]) for k in plain.embedding.vectors)
+    assert skipped.embedding.metadata["clip_skip"] == "1"  # the layer read, in SDXL's numbering: its own
+    model = load_model(xl_dir)
+
+    def draw(out, **kw):
+        config = GenerateConfig(prompt=["a photo of <xq>"], embedding=[str(tmp_path / "b")], out=str(tmp_path / out),
+                                n=1, steps=2, model=str(xl_dir), **kw)
+        return Image.open(generate(config, model=model, progress=False)[0])
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="drawing with clip skip")  # (trained with another one)
+        two = draw("r2", clip_skip=2)
+    assert np.array_equal(np.asarray(two), np.asarray(draw("r1", clip_skip=1)))
+    with pytest.raises(ConfigError, match="SDXL reads its text encoders' penultimate layers.*3"):
+        train(xl_config(images, tmp_path / "c", clip_skip=3), model=load_model(xl_dir), progress=False)
+    with pytest.raises(ConfigError, match="SDXL reads"):
+        draw("r3", clip_skip=3)
 
 
 def test_starting_from_one_half_of_an_sdxl_pair_says_how_to_give_both(xl_dir, images, tmp_path):

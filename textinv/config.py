@@ -152,7 +152,8 @@ class TrainConfig:
     max_grad_norm: float = opt(None, "clip the vectors' gradient norm to this (off by default)")
     min_snr_gamma: float = opt(None, "min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is typical); off by default")
     clip_skip: int = opt(1, "text-encoder layer read, counted from the end as A1111 and kohya count (1: the last; 2: "
-                            "the penultimate, usual for anime SD 1.x models); generate with the same. SD 1.x/2.x")
+                            "the penultimate, usual for anime SD 1.x models); generate with the same. SD 1.x/2.x "
+                            "(SDXL reads its penultimate layers: 1 and 2 both mean that there)")
     min_timestep: int = opt(0, "draw training timesteps from this one up (kohya's --min_timestep)")
     max_timestep: int = opt(None, "draw training timesteps below this one (kohya's --max_timestep); default: the "
                                   "model's schedule length (1000 for SD)")
@@ -333,7 +334,8 @@ class GenerateConfig:
     steps: int = opt(None, "denoising steps (default: 25)")
     guidance: float = opt(None, "classifier-free guidance scale (default: the model's own; 7.5 for SD)")
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end as A1111 counts (1: the last, 2: the "
-                               "penultimate); default: what the embeddings were trained with, else 1. SD 1.x/2.x")
+                               "penultimate); default: what the embeddings were trained with, else 1. SD 1.x/2.x "
+                               "(SDXL: 1 or 2, both its penultimate layers)")
     sampler: str = opt("default", "sampling method, by A1111's names: default (the model's own scheduler), euler, "
                                   "euler_a, dpm++2m, dpm++2m_karras, ddim, unipc", choices=SAMPLERS)
     resolution: int = opt(None, "square image size; default: the model's native size (--width/--height set one side)")

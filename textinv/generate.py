@@ -344,13 +344,18 @@ def png_text(params: dict[str, str]) -> PngInfo:
     return info
 
 
-def generation_clip_skip(asked: int | None, embeddings: list[LearnedEmbedding]) -> int:
-    """The clip skip to draw with: `asked` (--clip-skip), else the one the embeddings were trained with (textinv
-    records it in each file), else 1. An embedding trained with another one than is drawn with is warned about: its
-    vectors were fitted to another layer's output."""
-    trained = {e.token: int(e.metadata["clip_skip"]) for e in embeddings
+def generation_clip_skip(model: Model, asked: int | None, embeddings: list[LearnedEmbedding]) -> int:
+    """The clip skip to draw with on `model`: `asked` (--clip-skip), else the one the embeddings were trained with
+    (textinv records it in each file), else 1; as `model` reads it (`models.check_clip_skip`: SDXL's 2 is its 1).
+    An embedding trained with another one than is drawn with is warned about: its vectors were fitted to another
+    layer's output."""
+    def read(n: int) -> int:  # (a file's own number, as this model reads it; one it cannot take is render's error)
+        return 1 if model.is_xl and n == 2 else n
+
+    trained = {e.token: read(int(e.metadata["clip_skip"])) for e in embeddings
                if str(e.metadata.get("clip_skip", "")).isdigit()}
-    clip_skip = asked or (next(iter(trained.values())) if len(set(trained.values())) == 1 else 1)
+    clip_skip = check_clip_skip(model, asked) if asked else (
+        next(iter(trained.values())) if len(set(trained.values())) == 1 else 1)
     other = {token: n for token, n in trained.items() if n != clip_skip}
     if other:
         warnings.warn(f"drawing with clip skip {clip_skip}, but " + ", ".join(f"{t} was trained with {n}"
@@ -611,7 +616,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                       f"{model.source} was trained at: each picture takes about {area:.3g}x as long, and models "
                       f"draw poorly far from their training size", stacklevel=2)
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
-    clip_skip = generation_clip_skip(config.clip_skip, embeddings)
+    clip_skip = generation_clip_skip(model, config.clip_skip, embeddings)
     out = Path(config.out)
     written: list[Path] = []
     negative, negative_loras = emphasis.lora_tags(config.negative_prompt)

@@ -148,18 +148,30 @@ class Model:
         return f"{self.source} ({name}, text width {widths}, {self.resolution}px, {self.prediction_type})"
 
 
-def check_clip_skip(model: Model, clip_skip: int) -> None:
-    """Refuse a clip skip the model cannot take: SDXL reads its encoders' penultimate layers already (its pipelines
-    and the web UI keep that), and no encoder has fewer layers than it skips."""
+def check_clip_skip(model: Model, clip_skip: int) -> int:
+    """The clip skip `model` reads for `clip_skip`, or an error for one it cannot take.
+
+    SDXL reads its encoders' penultimate layers already (its pipelines keep that), so its 1 and 2 are that reading,
+    returned as 1: "clip skip 2", as SDXL fine-tunes (Pony, Illustrious) ask for, is what the web UI draws (it
+    ignores clip skip on SDXL) and ComfyUI's "stop at -2" (SDXL's default there). Deeper skips, on which the two
+    differ, are refused; so is one past an SD 1.x/2.x encoder's layers.
+
+    >>> check_clip_skip(load_model("stabilityai/stable-diffusion-xl-base-1.0"), 2)  # doctest: +SKIP
+    1
+    """
     if clip_skip == 1:
-        return
+        return 1
     if model.is_xl:
-        raise ConfigError(f"--clip-skip {clip_skip}: SDXL already reads its text encoders' penultimate layers; "
-                          "clip skip is for SD 1.x/2.x, leave it at 1")
+        if clip_skip == 2:
+            return 1
+        raise ConfigError(f"--clip-skip {clip_skip}: SDXL reads its text encoders' penultimate layers (clip skip 2 "
+                          "in the web UI's and ComfyUI's counting, which 1 and 2 both mean here); 3 or more is not "
+                          "taken on SDXL (the web UI ignores it there): leave it at 1 or 2")
     layers = model.text_encoder.config.num_hidden_layers
     if clip_skip > layers:
         raise ConfigError(f"--clip-skip {clip_skip} is more than the {layers} layers of {model.source}'s text "
                           f"encoder; 2 is the usual value (the penultimate layer)")
+    return clip_skip
 
 
 def encode_text(model: Model, ids: list[torch.Tensor], clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -501,7 +501,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         steps = config.steps or DEFAULT_STEPS
         size = config.resolution or model.resolution
         guidance = model.guidance_or_own(config.guidance)
-        clip_skip = generation_clip_skip(config.clip_skip, installed)
+        clip_skip = generation_clip_skip(model, config.clip_skip, installed)
         seeds = [config.seed + i for i in range(config.n)]
         # the training pictures' features, and thumbnails for the report, now: the full-size pictures go
         training = judge.images(pictures)  # (T, D)

@@ -365,7 +365,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     model.check_trainable()
     file_format = _file_format(config.format, model)
     timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
-    check_clip_skip(model, config.clip_skip)
+    clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
     # a model that says its own words for the property (the bundled shapes model knows neither "object" nor the
     # paper's templates' words) gives the init and templates the user left out
     own = model.prompting.get(config.property, {})
@@ -509,7 +509,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                        for (name, _, _), v, r in zip(model.encoders, vectors, c.rows)}
         meta = {"token": c.token, "vectors": str(config.vectors), "base_model": str(config.model),
                 "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
-                "clip_skip": str(config.clip_skip), "textinv_version": __version__}
+                "clip_skip": str(clip_skip), "textinv_version": __version__}
         return LearnedEmbedding(c.token, per_encoder, meta)
 
     def embedding_path(c: ConceptState) -> Path:
@@ -559,7 +559,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         for c in concepts:
             grid = sample_grid(model, [expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
                                        for p in sample_prompts], config.seed, config.sample_steps, resolution,
-                               config.clip_skip)
+                               clip_skip)
             with atomic_path(grid_path(c, at_step)) as tmp:
                 grid.save(tmp, format="PNG")
 
@@ -630,7 +630,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 per_sample = grouped_loss(model, scheduler, _join([b["latents"] for b in batch]),
                                           _join([b["noise"] for b in batch]),
                                           torch.cat([b["timestep"] for b in batch]), ids, config.min_snr_gamma,
-                                          cond_ids, config.clip_skip,
+                                          cond_ids, clip_skip,
                                           _join([b["pixel_weight"] for b in batch]) if config.alpha_mask
                                           else None)  # (K * B,)
                 # the sum over concepts of each concept's mean: concept k's gradient is its own run's
