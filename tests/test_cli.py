@@ -510,3 +510,20 @@ def test_a_config_file_that_cannot_be_meant_for_train_says_which_file_and_why(tm
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
     assert said.format(cfg=cfg) in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """`textinv inspect F | head -3`: head leaves after three lines; the command stopped with a BrokenPipeError
+    traceback (and another from the interpreter's own flush at exit). It now ends quietly, as Unix tools do."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    path = save_embedding(LearnedEmbedding("<p>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "p.pt", "a1111")[0]
+    read, write = os.pipe()
+    os.close(read)  # the reader has already gone: every write to the pipe fails
+    try:
+        proc = subprocess.run([sys.executable, "-m", "textinv", "inspect", str(path)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1

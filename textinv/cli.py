@@ -326,7 +326,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The `textinv` command and `python -m textinv`: `main`, then exit."""
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()  # (here, not in the interpreter's exit, where a failure is only reported)
+    except BrokenPipeError:
+        # the reader of the output left early (`textinv inspect F | head`): stop quietly, as Unix tools do, with
+        # stdout pointed at nothing so that the interpreter's last flush finds nothing to fail on
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     # Exit without the interpreter's last garbage collections: they walk every object torch, diffusers and
     # transformers made (~400k), 2-3 s on the 2-core VM; the process's memory goes back to the system whole.
     gc.freeze()
