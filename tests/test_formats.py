@@ -580,6 +580,18 @@ def test_convert_refuses_an_existing_output_unless_told_to_overwrite(tmp_path):
     assert_same_vectors(xl, load_embedding(written[0]))
 
 
+def test_a_new_folder_written_with_a_trailing_slash_gets_the_file_inside(tmp_path):
+    """`textinv convert x.pt out/ --to diffusers` with no out/ yet: Path drops the slash, and the folder was taken
+    for a file name without a suffix (refused for its extension, or with --to written as the file 'out')."""
+    emb = make_emb("sd1", 2)
+    (src,) = save_embedding(emb, tmp_path / "a.pt", format="a1111")
+    (written,) = convert(src, f"{tmp_path / 'new'}/", to="diffusers")
+    assert written == tmp_path / "new" / "learned_embeds.safetensors"
+    (written,) = convert(src, f"{tmp_path / 'new2'}{os.sep}")  # (no --to: a folder means safetensors)
+    assert written.parent == tmp_path / "new2" and written.suffix == ".safetensors"
+    assert_same_vectors(emb, load_embedding(written))
+
+
 def test_convert_unknown_extension_names_the_flag(tmp_path):
     save_embedding(make_emb("sd1", 1), tmp_path / "learned_embeds.safetensors")
     with pytest.raises(FormatError, match=r"give the format \(--to\): diffusers, diffusers-bin, a1111,"):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -203,8 +204,8 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
                    overwrite: bool = True) -> list[Path]:
     """Write `emb` to `path` in `format` (one of FORMATS), atomically; return the files written.
 
-    `path` may be an existing folder, in which case the file gets `default_filename(format, emb.token)`. For
-    diffusers-sdxl `path` names the first file and the second is written beside it (see `second_file`). `preview`,
+    `path` may be a folder (one that exists, or a new one written with a trailing slash, `out/`), in which case
+    the file gets `default_filename(format, emb.token)`. For diffusers-sdxl `path` names the first file and the second is written beside it (see `second_file`). `preview`,
     a PIL image, is only used by a1111-png (a plain placeholder picture is drawn when it is None). With
     `overwrite=False` a file already there is refused (before anything is written) instead of replaced.
 
@@ -225,9 +226,9 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
         raise FormatError(
             f"the {format!r} format is for SDXL's two text encoders, but {emb.token!r} has one "
             f"({describe_widths(emb.widths)}): save it as 'diffusers', 'a1111' or 'kohya'")
-    path = Path(path)
+    given, path = path, Path(path)
     try:
-        if path.is_dir():
+        if _names_folder(given):
             path = path / default_filename(format, emb.token)
         if path.suffix.lower() not in _SUFFIXES[format]:
             raise FormatError(
@@ -702,7 +703,7 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
     if to is None:
         dst_path = Path(dst)
         suffix = dst_path.suffix.lower()
-        if dst_path.is_dir() or suffix == ".safetensors":
+        if _names_folder(dst) or suffix == ".safetensors":
             to = "sdxl" if "text_encoder_2" in emb.vectors else "diffusers"
         else:
             to = {".pt": "a1111", ".png": "a1111-png", ".bin": "diffusers-bin"}.get(suffix)
@@ -710,6 +711,12 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
             raise FormatError(f"{dst}: cannot tell the format from the extension {suffix or '(none)'!r}: end it in "
                               f".safetensors, .pt, .bin or .png, or give the format (--to): {', '.join(FORMATS)}")
     return save_embedding(emb, dst, format=to, overwrite=overwrite)
+
+
+def _names_folder(path: str | Path) -> bool:
+    """Whether `path` means a folder: one that exists, or a name written with a trailing slash (`out/`), which
+    Path would drop; the folder is then made and the file named within it."""
+    return Path(path).is_dir() or isinstance(path, str) and path.endswith(("/", os.sep))
 
 
 def describe(emb: LearnedEmbedding, vocab_norms: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> dict:
