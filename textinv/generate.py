@@ -2,8 +2,9 @@
 
 `generate(config)` loads the model, installs each embedding file's vectors as new tokens (any format textinv reads),
 expands multi-vector tokens in the prompts, and writes one PNG per image with the prompt, seed and settings in the
-PNG's text chunks (also as the A1111 `parameters` text, which many image viewers and UIs show). Image i of a prompt
-uses seed + i, so any single image can be made again on its own.
+PNG's text chunks (also as the A1111 `parameters` text, which many image viewers and UIs show), and every setting
+that shapes the picture as one JSON record (`RECORD_KEY`), which `textinv generate --again` draws it again from (see
+`again`). Image i of a prompt uses seed + i, so any single image can be made again on its own.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import json
 import math
+import os
 import re
 import unicodedata
 import warnings
@@ -34,6 +37,7 @@ from .run_folder import concept_folder, embedding_file, saved_run
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
 DEFAULT_STEPS = 25
+RECORD_KEY = "textinv_settings"  # the PNG text chunk holding a picture's whole record, as JSON (see `_record`)
 
 
 def check_fits(model: Model, emb: LearnedEmbedding,
@@ -403,8 +407,11 @@ def _half_of(half: LearnedEmbedding, whole: LearnedEmbedding) -> bool:
         torch.equal(half.vectors["text_encoder"], v) for v in whole.vectors.values())
 
 
-def generate(config: GenerateConfig, model: Model | None = None, progress: bool = True) -> list[Path]:
-    """Write `config.n` images for each prompt into `config.out`; return their paths.
+def generate(config: GenerateConfig, model: Model | None = None, progress: bool = True,
+             keep_seeds: set[int] | None = None) -> list[Path]:
+    """Write `config.n` images for each prompt into `config.out`; return their paths. With `keep_seeds`, every
+    seed is drawn but only those seeds' pictures are written (`again`: a picture redrawn in the batch it was drawn
+    in, as a batch's kernels round otherwise than one picture's).
 
     >>> from textinv.config import GenerateConfig
     >>> generate(GenerateConfig(prompt=["a photo of <my-dog>"], embedding=["runs/dog/learned_embeds.safetensors"]))  # doctest: +SKIP
@@ -438,7 +445,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     for emb in embeddings:
         install_embedding(model, emb)
     try:
-        return _draw_all(config, model, embeddings, loras, progress)
+        return _draw_all(config, model, embeddings, loras, progress, keep_seeds)
     finally:
         unload_loras(model)
         if owned:
@@ -605,8 +612,34 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
     return files
 
 
+def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, clip_skip: int, width: int,
+            height: int) -> dict:
+    """The settings every picture of a run records (`RECORD_KEY`), as `GenerateConfig` fields: all that shapes a
+    picture, with the defaults as they resolved (steps, guidance, clip skip, size, the weights' precision) and each
+    local path absolute (`_where`), so `generate --again` draws the picture again bit for bit on the same machine and
+    library versions, from any working directory. The prompt and seed are each picture's own."""
+    precision = {dtype: name for name, dtype in DTYPES.items()}.get(model.unet.dtype, config.precision)
+    return {"negative_prompt": config.negative_prompt, "steps": steps, "sampler": config.sampler,
+            "guidance": guidance, "width": width, "height": height, "clip_skip": clip_skip,
+            "model": _where(model.source), "embedding": [_where(e) for e in config.embedding],
+            "token": list(config.token), "precision": precision, "prediction_type": config.prediction_type,
+            "single_file_config": _where(config.single_file_config), "vae": _where(config.vae),
+            "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size}
+
+
+def _where(value: str | None) -> str | None:
+    """A path setting as a picture records it: a file or folder that exists by its absolute path (the picture
+    outlives the working directory it was drawn in), anything else (a bundled name, a hub id) as given."""
+    from .models import BUNDLED_MODELS
+
+    if not value or str(value) in BUNDLED_MODELS:  # (a bundled name is one even where a folder is so named)
+        return value
+    path = Path(value).expanduser()
+    return os.path.abspath(path) if path.exists() else str(value)
+
+
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
-              progress: bool) -> list[Path]:
+              progress: bool, keep_seeds: set[int] | None = None) -> list[Path]:
     steps = config.steps or DEFAULT_STEPS
     width = config.width or config.resolution or model.resolution
     height = config.height or config.resolution or model.resolution
@@ -625,10 +658,12 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                       + ", ".join(f"<lora:{t.name}>" for t in negative_loras), stacklevel=2)
     negative = expand_all(negative, embeddings)  # a learned negative embedding needs all its vectors
     seeds = [config.seed + i for i in range(config.n)]
+    shared = _record(config, model, steps, guidance, clip_skip, width, height)
     texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
     names = {(index, seed): f"{index:03d}-{_slug(emphasis.plain_text(texts[index][0]))}-s{seed}"
              for index in range(len(config.prompt)) for seed in seeds}
-    run = _new_run_suffix(out, names.values())
+    run = _new_run_suffix(out, [name for (_, seed), name in names.items()
+                               if keep_seeds is None or seed in keep_seeds])
     bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
     for text in dict.fromkeys(config.prompt + [config.negative_prompt]):
         if emphasis.unsupported(text):
@@ -642,16 +677,24 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
             images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
                             clip_skip, width, height)
             for seed, img in zip(chunk, images):
+                bar.update(1)
+                if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
+                    continue
+                settings = {**shared, "prompt": [prompt], "seed": seed}
                 params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
                           "seed": seed, "steps": steps, "sampler": config.sampler, "guidance": guidance,
                           "size": f"{width}x{height}", "clip_skip": clip_skip,  # (width first, as A1111)
-                          "model": str(config.model), "embeddings": ", ".join(str(e) for e in config.embedding),
-                          "textinv_version": __version__}
+                          "model": shared["model"], "embeddings": ", ".join(shared["embedding"]),
+                          "precision": shared["precision"],
+                          **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
+                             if k in ("token", "vae", "prediction_type", "single_file_config", "lora_dir") and v},
+                          "textinv_version": __version__,
+                          RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
+                                                  "settings": settings})}
                 path = out / f"{names[index, seed]}{run}.png"
                 with atomic_path(path) as tmp:
                     img.save(tmp, format="PNG", pnginfo=png_text(params))
                 written.append(path)
-                bar.update(1)
     bar.close()
     return written
 
