@@ -545,10 +545,13 @@ def _read_image(path: Path) -> dict:
     except (OSError, ValueError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
     if not isinstance(chunk, (str, bytes)):
+        # a picture textinv (generate.RECORD_KEY) or the web UI drew holds its settings, which --again reads
+        drawn = "textinv_settings" in chunks or "parameters" in chunks
         raise FormatError(
             f"{path}: this image has no {PNG_CHUNK!r} text chunk, so it carries no embedding textinv can read "
             "(A1111 also hides embeddings in the pixels of some preview images, which textinv does not decode): "
-            "use the embedding's .pt or .safetensors file instead")
+            + (f"it is a drawn picture with its generation settings; `textinv generate --again {path}` draws it "
+               "again" if drawn else "use the embedding's .pt or .safetensors file instead"))
     try:
         return json.loads(base64.b64decode(chunk, validate=True), object_hook=_decode_json_tensor)
     except (ValueError, TypeError, RuntimeError, binascii.Error) as e:
