@@ -2,6 +2,7 @@
 
     textinv train --images photos/my-dog --token "<my-dog>" --init dog --out runs/my-dog
     textinv generate --embedding runs/my-dog/learned_embeds.safetensors --prompt "a photo of <my-dog>" -n 4
+    textinv generate --again renders/000-a-photo-of-my-dog-s2.png --seed 7   # that picture's settings, another seed
     textinv convert runs/my-dog/learned_embeds.safetensors my-dog.pt
     textinv inspect my-dog.pt
     textinv score --embedding runs/my-dog --description "a corgi"   # CLIP scores beside baselines, a report
@@ -104,8 +105,18 @@ def cmd_generate(args) -> int:
     from .config import GenerateConfig
     from .generate import generate
 
-    config = _config_from_args(GenerateConfig, args)
-    paths = generate(config)
+    keep = None
+    if getattr(args, "again", None):  # the picture's settings, with the flags given beside it over them
+        from .again import again_config
+
+        if getattr(args, "config", None):
+            raise ConfigError("--again takes its settings from the picture: give the ones to change as flags beside "
+                              "it, not --config")
+        names = {f.name for f in dataclasses.fields(GenerateConfig)}
+        config, keep = again_config(args.again, {k: v for k, v in vars(args).items() if k in names})
+    else:
+        config = _config_from_args(GenerateConfig, args)
+    paths = generate(config, keep_seeds=keep)
     print(f"wrote {len(paths)} image(s) to {config.out}")
     return 0
 
@@ -225,6 +236,8 @@ def make_parser() -> argparse.ArgumentParser:
                        description="Draw pictures from prompts that use learned tokens (embedding files of any "
                                    "supported format); each PNG carries its prompt, seed and settings.")
     p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
+    p.add_argument("--again", metavar="PICTURE.png", help="draw a picture textinv (or the A1111 web UI) drew again, "
+                   "from the settings in its PNG text; flags beside it override them (--seed 5, -n 4, --prompt ...)")
     add_config_flags(p, GenerateConfig)
     p.set_defaults(func=cmd_generate)
 

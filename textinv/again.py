@@ -1,0 +1,269 @@
+"""`textinv generate --again PICTURE.png`: draw a picture again from the settings in its PNG text, as the web UI's
+"PNG Info -> send to txt2img" does. Flags given beside it override the picture's settings.
+
+What a picture's text can hold, and how each is read:
+
+- textinv's record (`generate.RECORD_KEY`, JSON): every setting that shapes the picture, paths absolute, and the
+  seeds drawn in the same pipeline call. Redrawn in that batch it is the same picture bit for bit on the same
+  machine and library versions. Keys a newer textinv added are ignored with a warning (the redraw may differ).
+- an older textinv's per-key text (prompt, seed, steps, ... without the record): read, with a warning naming what it
+  did not record (those settings take their defaults; its paths were written as typed).
+- the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
+  Seed, Size and Clip skip. The rest (Model, Model hash, VAE, Hires fix, ...) cannot be applied and is named in a
+  warning; the model must be given (--model), and a sampler textinv does not have must be chosen (--sampler).
+
+An A1111 embedding PNG (an embedding hidden in a picture's `sd-ti-embedding` text) is no drawn picture: it is refused
+with the flag that loads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import GenerateConfig, _coerce, build
+from .emphasis import lora_tags
+from .errors import ConfigError
+from .formats import PNG_CHUNK
+from .generate import A1111_SAMPLER_NAMES, RECORD_KEY
+
+# what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
+_RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings")
+_NOT_RECORDED = ("out", "n")
+# the per-key text textinv wrote before it wrote the record (0.x): read as settings
+_OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
+             "embeddings")
+_A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip")
+
+
+@dataclass
+class Picture:
+    """The settings read from a picture's text, as `GenerateConfig` fields."""
+
+    path: Path
+    origin: str  # "textinv" or "a1111"
+    settings: dict[str, Any]
+    batch_seeds: list[int] = field(default_factory=list)  # the seeds drawn in its pipeline call (textinv's record)
+    version: str | None = None  # the textinv that drew it
+    needs: dict[str, str] = field(default_factory=dict)  # setting -> why it must be given beside --again
+
+
+def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfig, set[int] | None]:
+    """The settings to draw the picture at `path` again, with `flags` (the command line's settings) over its own, and
+    the seeds whose pictures to write (`generate(..., keep_seeds=)`; None: all).
+
+    Without --seed, -n or --batch-size, the picture is drawn in the batch it was drawn in (its record's seeds) and
+    only it is written: a batch's kernels round otherwise than one picture's, which can tip a pixel by one level.
+    Everything is checked before the model loads.
+
+    >>> config, keep = again_config("renders/000-a-dog-s3.png", {"seed": 5})  # doctest: +SKIP
+    >>> config.seed, config.n, keep                                              # doctest: +SKIP
+    (5, 1, None)
+    """
+    picture = read_picture(path)
+    for name, why in picture.needs.items():
+        if name not in flags:
+            raise ConfigError(why)
+    settings = dict(picture.settings)
+    recorded = settings.get("embedding", [])
+    # the record's --token names are its files'; another count of --embedding is other files (the same count: the
+    # same files, moved)
+    if "embedding" in flags and "token" not in flags and len(flags["embedding"]) != len(recorded):
+        settings.pop("token", None)
+    _check_still_there(picture, settings, flags)
+    keep = None
+    settings["n"] = 1
+    seed, batch = settings.get("seed"), picture.batch_seeds
+    if not {"seed", "n", "batch_size"} & set(flags) and len(batch) > 1 and seed in batch:
+        settings.update(seed=batch[0], n=len(batch), batch_size=len(batch))
+        keep = {seed}
+    if picture.origin == "textinv" and picture.version != __version__:
+        warnings.warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
+                      f"{__version__}: the redraw may differ from it", stacklevel=2)
+    return build(GenerateConfig, settings, flags), keep
+
+
+def read_picture(path: str | Path) -> Picture:
+    """The settings in a PNG's text: textinv's record, else an older textinv's per-key text, else the A1111 web UI's
+    `parameters`. A file without any of them, an A1111 embedding PNG, and a file that is no PNG are refused."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--again {path}: no such file; give a PNG that textinv or the web UI drew")
+    try:
+        with Image.open(path) as image:
+            kind, text = image.format, dict(getattr(image, "text", None) or {})
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise ConfigError(f"--again {path}: cannot read it as a picture ({e})") from None
+    if kind != "PNG":
+        raise ConfigError(f"--again {path} is a {kind or 'non-PNG'} file; --again reads the settings a PNG's text "
+                          f"holds (the web UI's JPEG and WebP keep theirs in EXIF, which textinv does not read)")
+    if PNG_CHUNK in text:
+        raise ConfigError(f"--again {path} is an A1111 embedding (an embedding kept in a picture's {PNG_CHUNK!r} "
+                          f"text), not a drawn picture's settings: load it with --embedding {path}")
+    if RECORD_KEY in text:
+        return _from_record(path, text[RECORD_KEY])
+    if "textinv_version" in text and "prompt" in text:
+        return _from_old_keys(path, text)
+    if "parameters" in text:
+        return _from_a1111(path, text["parameters"])
+    raise ConfigError(f"--again {path} holds no generation settings (no textinv record, no A1111 'parameters' "
+                      f"text): give a PNG that textinv or the web UI drew, with its text kept (some editors and "
+                      f"sites remove it)")
+
+
+def _from_record(path: Path, text: str) -> Picture:
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"--again {path}: its {RECORD_KEY!r} text is not JSON ({e}); the file was altered") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise ConfigError(f"--again {path}: its {RECORD_KEY!r} text holds no settings; the file was altered")
+    fields = {f.name for f in dataclasses.fields(GenerateConfig)}
+    version = str(record.get("textinv_version") or "") or None
+    # Keys a newer textinv added: refusing would make every newer picture useless here; ignored, they are named,
+    # so a redraw that differs is explained (and the version warning says which textinv drew it)
+    unknown = [k for k in record if k not in _RECORD_EXTRAS]
+    unknown += [k for k in record["settings"] if k not in fields]
+    if unknown:
+        warnings.warn(f"{path} records settings this textinv ({__version__}) does not know, from textinv "
+                      f"{version or '(unknown)'}: {', '.join(map(str, unknown))}; they are ignored, so the redraw may "
+                      f"differ (draw it with that textinv for the same picture)", stacklevel=3)
+    settings = _typed(path, {k: v for k, v in record["settings"].items() if k in fields and k not in _NOT_RECORDED})
+    batch = record.get("batch_seeds")
+    batch = [s for s in batch if isinstance(s, int) and not isinstance(s, bool)] if isinstance(batch, list) else []
+    return Picture(path, "textinv", settings, batch, version)
+
+
+def _from_old_keys(path: Path, text: dict[str, str]) -> Picture:
+    """A picture from a textinv that wrote each setting under its own key only (no record)."""
+    raw = {k: text[k] for k in _OLD_KEYS if k in text}
+    if "size" in raw:
+        raw["width"], raw["height"] = _size(path, raw.pop("size"), "size")
+    embeddings = raw.pop("embeddings", "")
+    raw["embedding"] = [e for e in embeddings.split(", ") if e] if embeddings else []
+    raw["prompt"] = [raw["prompt"]]
+    warnings.warn(f"{path} was drawn by textinv {text['textinv_version']}, which did not record the precision, "
+                  f"--vae, --lora-dir, --prediction-type, --single-file-config, --token or --batch-size, and wrote "
+                  f"paths as typed (read from here): give any the picture was drawn with as flags", stacklevel=3)
+    return Picture(path, "textinv", _typed(path, raw), [], text["textinv_version"])
+
+
+def _typed(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` as their fields' types, a bad one refused naming the picture."""
+    fields, hints = {f.name: f for f in dataclasses.fields(GenerateConfig)}, typing.get_type_hints(GenerateConfig)
+    out = {}
+    for key, value in settings.items():
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out[key] = _coerce(key, hints[key], value, default, f" in {path}'s text")
+    return out
+
+
+# "Key: value" pairs of the web UI's last line; a value may be a quoted JSON string holding commas
+_A1111_PAIR = re.compile(r'\s*(\w[\w \-/+.]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """The web UI's `parameters` text as (prompt, negative prompt, {field: value}), read as its infotext reader
+    reads it: the last line holds the fields when at least three "Key: value" pairs are found there; the lines
+    before are the prompt, then, from "Negative prompt:", the negative.
+
+    >>> parse_a1111_parameters("a cat\\nNegative prompt: blurry\\nSteps: 20, Seed: 3, Size: 512x768")
+    ('a cat', 'blurry', {'Steps': '20', 'Seed': '3', 'Size': '512x768'})
+    """
+    lines = text.strip().split("\n")
+    pairs = _A1111_PAIR.findall(lines[-1])
+    if len(pairs) >= 3:
+        lines = lines[:-1]
+    else:
+        pairs = []
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:") and not negative:
+            negative.append(line[len("Negative prompt:"):].strip())
+        elif negative:
+            negative.append(line)
+        else:
+            prompt.append(line)
+    fields = {}
+    for key, value in pairs:
+        value = value.strip()
+        if value.startswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        fields[key.strip()] = value
+    return "\n".join(prompt), "\n".join(negative), fields
+
+
+def _from_a1111(path: Path, text: str) -> Picture:
+    prompt, negative, fields = parse_a1111_parameters(text)
+    settings: dict[str, Any] = {"prompt": [prompt], "negative_prompt": negative}
+    names = {"Steps": "steps", "CFG scale": "guidance", "Seed": "seed", "Clip skip": "clip_skip"}
+    for label, name in names.items():
+        if label in fields:
+            settings[name] = fields[label]
+    if "Size" in fields:
+        settings["width"], settings["height"] = _size(path, fields["Size"], "Size")
+    needs = {}
+    model = ", ".join(f"{k} {fields[k]}" for k in ("Model", "Model hash") if fields.get(k))
+    needs["model"] = (f"--again {path} was drawn by the A1111 web UI ({model or 'its model is not named'}); textinv "
+                      f"cannot find a model by the web UI's name or hash: give it with --model (its file or folder)")
+    if "Sampler" in fields:
+        sampler, schedule = fields["Sampler"], fields.get("Schedule type", "Automatic")
+        name = sampler if schedule in ("Automatic", "") else f"{sampler} {schedule}"
+        ours = {label: key for key, label in A1111_SAMPLER_NAMES.items()}.get(name)
+        if ours:
+            settings["sampler"] = ours
+        else:
+            needs["sampler"] = (f"--again {path} was drawn with the web UI's sampler {name!r}, which textinv does not "
+                                f"have: choose one with --sampler ({', '.join(A1111_SAMPLER_NAMES)}, or default)")
+    unused = [k for k in fields if k not in _A1111_USED]
+    if unused:
+        warnings.warn(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
+                      f"--lora-dir give models, embeddings and LoRAs; Hires fix, face restoration, variation seeds "
+                      f"and the like textinv does not do); its samplers and noise are diffusers', so expect a "
+                      f"picture close to the web UI's, not the same pixels", stacklevel=3)
+    return Picture(path, "a1111", _typed(path, settings), needs=needs)
+
+
+def _size(path: Path, text: str, label: str) -> tuple[str, str]:
+    width, sep, height = str(text).partition("x")
+    if not sep or not width.strip().isdigit() or not height.strip().isdigit():
+        raise ConfigError(f"--again {path}: its {label} {text!r} is not WIDTHxHEIGHT (e.g. 512x768)")
+    return width.strip(), height.strip()
+
+
+def _check_still_there(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Refuse a file or folder the picture's settings name that is gone (moved, deleted), naming the setting, the path
+    and the flag that gives where it is now, before anything loads. A model, VAE or config given by name (a hub
+    id, a bundled model) is no path here; the LoRA folders count only when the prompts name a LoRA."""
+    prompts = flags.get("prompt", settings.get("prompt", []))
+    for f in dataclasses.fields(GenerateConfig):
+        kind = f.metadata.get("path")
+        if not kind or f.name in flags or f.name in _NOT_RECORDED or not settings.get(f.name):
+            continue
+        if f.name == "lora_dir" and not any(lora_tags(p)[1] for p in prompts):
+            continue
+        values = settings[f.name] if isinstance(settings[f.name], list) else [settings[f.name]]
+        for value in values:
+            where = Path(value).expanduser()
+            if kind == "source" and not where.is_absolute():  # a hub id or bundled name, or an old relative path
+                continue
+            if not where.exists():
+                flag = "--" + f.name.replace("_", "-")
+                every = " (every one: it replaces the picture's list)" if isinstance(settings[f.name], list) else ""
+                raise ConfigError(f"--again {picture.path}: its {flag} {value} no longer exists (moved or deleted?); "
+                                  f"pass {flag} with where it is now{every}")
