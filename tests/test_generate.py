@@ -968,7 +968,8 @@ def test_again_reads_the_web_uis_parameters_and_says_what_it_cannot_use(sd1_dir,
                    "Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 24x16, Model hash: abc123, "
                    'Model: v1-5-pruned, Clip skip: 2, Lora hashes: "a: 1f, b: 2e", Version: v1.9.4')
     with pytest.raises(ConfigError, match=r"webui.png was drawn by the A1111 web UI \(Model v1-5-pruned, Model hash "
-                                          r"abc123\).*give it with --model"):
+                                          r"abc123\).*give it with --model"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the error first: no warning about what a refused redraw would not apply)
         again_config(path, {})
     with pytest.warns(UserWarning, match="not applied.*: Model hash, Model, Lora hashes, Version"):
         config, keep = again_config(path, {"model": str(sd1_dir)})
@@ -1050,7 +1051,8 @@ def test_again_reads_an_older_textinvs_per_key_text(sd1_dir, tmp_path):
            "sampler": "euler", "guidance": 5.0, "size": "24x16", "clip_skip": 1, "model": str(sd1_dir),
            "embeddings": "", "textinv_version": "0.0.9"}
     Image.new("RGB", (24, 16)).save(tmp_path / "old.png", pnginfo=png_text(old))
-    with pytest.warns(UserWarning, match="textinv 0.0.9, which did not record the precision, --vae"):
+    with pytest.warns(UserWarning, match="textinv 0.0.9, which did not record the precision, --vae"), \
+            pytest.warns(UserWarning, match="drawn by textinv 0.0.9, this is"):
         config, keep = again_config(tmp_path / "old.png", {})
     assert (config.prompt, config.negative_prompt, config.seed, config.steps, config.sampler) == (["a dog"], "cat", 7,
                                                                                                    3, "euler")

@@ -53,6 +53,7 @@ class Picture:
     batch_seeds: list[int] = field(default_factory=list)  # the seeds drawn in its pipeline call (textinv's record)
     version: str | None = None  # the textinv that drew it
     needs: dict[str, str] = field(default_factory=dict)  # setting -> why it must be given beside --again
+    notes: list[str] = field(default_factory=list)  # warnings, said once what must be given is there
 
 
 def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfig, set[int] | None]:
@@ -71,6 +72,8 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     for name, why in picture.needs.items():
         if name not in flags:
             raise ConfigError(why)
+    for note in picture.notes:
+        warnings.warn(note, stacklevel=2)
     settings = dict(picture.settings)
     recorded = settings.get("embedding", [])
     # the record's --token names are its files'; another count of --embedding is other files (the same count: the
@@ -231,12 +234,13 @@ def _from_a1111(path: Path, text: str) -> Picture:
             needs["sampler"] = (f"--again {path} was drawn with the web UI's sampler {name!r}, which textinv does not "
                                 f"have: choose one with --sampler ({', '.join(A1111_SAMPLER_NAMES)}, or default)")
     unused = [k for k in fields if k not in _A1111_USED]
+    notes = []
     if unused:
-        warnings.warn(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
+        notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
                       f"--lora-dir give models, embeddings and LoRAs; Hires fix, face restoration, variation seeds "
                       f"and the like textinv does not do); its samplers and noise are diffusers', so expect a "
-                      f"picture close to the web UI's, not the same pixels", stacklevel=3)
-    return Picture(path, "a1111", _typed(path, settings), needs=needs)
+                      f"picture close to the web UI's, not the same pixels")
+    return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes)
 
 
 def _size(path: Path, text: str, label: str) -> tuple[str, str]:
