@@ -411,6 +411,9 @@ def test_generate_draws_emphasis_and_names_files_by_the_words(sd1_dir, tmp_path)
     path, weighted = draw("a photo of a (dog:1.8)", "w")
     assert path.name == "000-a-photo-of-a-dog-s0.png" and Image.open(path).text["prompt"] == "a photo of a (dog:1.8)"
     assert not np.array_equal(weighted, draw("a photo of a dog", "p")[1])
+    # prompt editing: named by what the picture ends as ("cat-dog-0-5-BREAK" once)
+    path, _ = draw("a [cat:dog:0.5] BREAK on grass", "e")
+    assert path.name == "000-a-dog-on-grass-s0.png"
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc"])

@@ -660,7 +660,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     seeds = [config.seed + i for i in range(config.n)]
     shared = _record(config, model, steps, guidance, clip_skip, width, height)
     texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
-    names = {(index, seed): f"{index:03d}-{_slug(emphasis.plain_text(texts[index][0]))}-s{seed}"
+    names = {(index, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}-s{seed}"
              for index in range(len(config.prompt)) for seed in seeds}
     run = _new_run_suffix(out, [name for (_, seed), name in names.items()
                                if keep_seeds is None or seed in keep_seeds])

@@ -258,9 +258,7 @@ def scored_text(template: str, steps: int = DEFAULT_STEPS) -> str:
     >>> scored_text("[a photo of {}:an (oil:1.2) painting of {}:0.5]")
     'an oil painting of'
     """
-    text = emphasis.prompt_schedule(template.replace(MARKER, " "), steps)[-1][1]
-    text = re.sub(r"\bBREAK\b", " ", emphasis.plain_text(text))  # (the web UI's chunk break, not a word)
-    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+", " ", emphasis.words_drawn(template.replace(MARKER, " "), steps)).strip()
     return re.sub(r" ([,.;:!?])", r"\1", text)
 
 
@@ -616,7 +614,7 @@ class Drawing:
         return row, thumbs
 
     def _save(self, method: dict, j: int, prompt: str, seed: int, img: Image.Image) -> str:
-        name = f"pictures/{_slug(method['name'])}/{j:02d}-{_slug(emphasis.plain_text(prompt))}-s{seed}.png"
+        name = f"pictures/{_slug(method['name'])}/{j:02d}-{_slug(emphasis.words_drawn(prompt))}-s{seed}.png"
         params = {"prompt": prompt, "negative_prompt": self.negative_prompt, "seed": seed, "steps": self.steps,
                   "sampler": self.sampler, "guidance": self.guidance, "size": f"{self.size}x{self.size}",
                   "clip_skip": self.clip_skip, "model": self.source, "embeddings": self.embedding,
