@@ -749,3 +749,45 @@ def test_sd1_and_sd2_versions_of_one_concept_are_not_fused_into_an_sdxl_pair(tmp
     save_file({"<t>": torch.randn(1, 32)}, tmp_path / "t.safetensors")
     save_file({"<t>": torch.randn(1, 64)}, tmp_path / "t_2.safetensors")
     assert load_embedding(tmp_path / "t.safetensors").widths == (32, 64)
+
+
+VAE_KEYS = {  # a VAE alone: the original layout (vae-ft-mse-840000-ema-pruned, sdxl_vae), as a checkpoint's part,
+    # and diffusers' (a model folder's vae/diffusion_pytorch_model.safetensors)
+    "ldm": {"encoder.conv_in.weight": (8, 3, 3, 3), "encoder.down.0.block.0.conv1.weight": (8, 8, 3, 3),
+            "decoder.conv_in.weight": (8, 4, 3, 3), "quant_conv.weight": (8, 8, 1, 1)},
+    "prefixed": {"first_stage_model.encoder.conv_in.weight": (8, 3, 3, 3),
+                 "first_stage_model.decoder.conv_in.weight": (8, 4, 3, 3)},
+    "diffusers": {"encoder.conv_in.weight": (8, 3, 3, 3), "encoder.down_blocks.0.resnets.0.conv1.weight": (8, 8, 3, 3),
+                  "decoder.up_blocks.0.resnets.0.conv1.weight": (8, 8, 3, 3), "post_quant_conv.weight": (4, 4, 1, 1)},
+}
+
+
+@pytest.mark.parametrize("layout", VAE_KEYS)
+def test_a_vae_given_as_an_embedding_is_named_a_vae_as_model_names_it(tmp_path, layout):
+    """Web-UI users keep VAE files beside their embeddings and checkpoints. Given as --model a VAE is named one
+    ("pass it to --vae"); given as an embedding it was an "unknown embedding layout" (original layout) or "a model
+    checkpoint: pass it as --model" (diffusers' layout, which --model then refuses): one reading of the names, one
+    answer, both ways."""
+    from textinv.errors import ModelError
+    from textinv.models import load_model
+
+    path = tmp_path / "vae.safetensors"
+    save_file({k: torch.zeros(shape) for k, shape in VAE_KEYS[layout].items()}, path)
+    with pytest.raises(FormatError, match=r"vae\.safetensors: this is a VAE .*not an embedding: pass it as --vae"):
+        load_embedding(path)
+    with pytest.raises(ModelError, match=r"is a VAE alone, not a whole model: pass it to --vae"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("part, keys", [("UNet", {"down_blocks.0.resnets.0.conv1.weight": (8, 8, 3, 3),
+                                                  "mid_block.resnets.0.conv1.weight": (8, 8, 3, 3)}),
+                                        ("text encoder", {"text_model.embeddings.token_embedding.weight": (10, 8),
+                                                          "text_model.final_layer_norm.weight": (8,)})])
+def test_a_diffusers_models_part_given_as_an_embedding_points_at_the_models_folder(tmp_path, part, keys):
+    """A diffusers folder's component file is no model either: "pass it as --model" only led to --model's own
+    refusal ("holds only the UNet of a diffusers model: pass the model's folder"); both now say the latter."""
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file({k: torch.zeros(shape) for k, shape in keys.items()}, path)
+    with pytest.raises(FormatError, match=rf"this is the {part} of a diffusers model .*not an embedding: pass the "
+                                          rf"model's folder \(the one with model_index.json\) as --model"):
+        load_embedding(path)

@@ -71,12 +71,16 @@ _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses larger 
 # An embedding is small (75 SDXL vectors in float32: 600 KB); a file this large is a model or a LoRA, refused before
 # its tensors are loaded (a checkpoint's would take gigabytes of memory only to be refused)
 _MAX_EMBEDDING_BYTES = 50 * 2**20
-# Tensor names that say what a file of model weights is: kohya/A1111 LoRA (lora_unet_..., .lora_down.), diffusers'
-# and peft's (.lora_A., .lora.down.), LyCORIS (hada_, lokr_); a single-file checkpoint (A1111/CompVis names, or a
-# .ckpt's "state_dict") and the parts of a diffusers model (text encoder, UNet, VAE)
+# Tensor names that say what a file of model weights is (`weights_kind`): kohya/A1111 LoRA (lora_unet_...,
+# .lora_down.), diffusers' and peft's (.lora_A., .lora.down.), LyCORIS (hada_, lokr_); a VAE alone, in the original
+# layout (vae-ft-mse-840000-ema-pruned, sdxl_vae), diffusers' or a checkpoint's; a single-file checkpoint
+# (A1111/CompVis names, or a .ckpt's "state_dict"); and a diffusers model's UNet or text encoder
 _LORA_NAMES = re.compile(r"(^|[._])lora[._]|lora_(down|up|A|B)\b|(^|[._])(hada|lokr)_")
+_VAE_NAMES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "first_stage_model.")
 _CHECKPOINT_NAMES = re.compile(r"^(model\.diffusion_model|first_stage_model|cond_stage_model|conditioner\.embedders|"
-                               r"model_ema|state_dict$|text_model\.|down_blocks\.|mid_block\.|encoder\.down_blocks)")
+                               r"model_ema|state_dict$)")
+_PART_NAMES = {"UNet": ("down_blocks.", "mid_block.", "conv_in."),
+               "text encoder": ("text_model.", "embeddings.token_embedding")}
 
 
 @dataclass
@@ -631,17 +635,21 @@ def embedding_layout(keys) -> bool:
 
 
 def _unknown_layout(path: Path, keys) -> FormatError:
-    """The error for a file that is no embedding layout: what it is when its names tell (a LoRA, a checkpoint, A1111's
+    """The error for a file that is no embedding layout: what it is when its names tell (`weights_kind`, A1111's
     optimizer state) and where it goes instead, else the names found and the layouts textinv reads."""
     shown = sorted(map(str, keys))
-    lora = next((k for k in shown if is_lora_key(k)), None)
-    if lora is not None:
-        return FormatError(f"{path}: this is a LoRA (it holds {lora!r}), not a textual-inversion embedding: use it as "
+    kind, held = weights_kind(shown) or (None, None)
+    if kind == "LoRA":
+        return FormatError(f"{path}: this is a LoRA (it holds {held!r}), not a textual-inversion embedding: use it as "
                            f"<lora:{path.stem}> in a prompt, with --lora-dir {path.parent} (textinv generate)")
-    checkpoint = next((k for k in shown if _CHECKPOINT_NAMES.search(k)), None)
-    if checkpoint is not None:
-        return FormatError(f"{path}: this is a Stable Diffusion model checkpoint or part of one (it holds "
-                           f"{checkpoint!r}), not an embedding: pass it as --model")
+    if kind == "VAE":
+        return FormatError(f"{path}: this is a VAE (it holds {held!r}), not an embedding: pass it as --vae")
+    if kind == "checkpoint":
+        return FormatError(f"{path}: this is a Stable Diffusion model checkpoint (it holds {held!r}), not an "
+                           f"embedding: pass it as --model")
+    if kind is not None:
+        return FormatError(f"{path}: this is the {kind} of a diffusers model (it holds {held!r}), not an embedding: "
+                           f"pass the model's folder (the one with model_index.json) as --model")
     names = ", ".join(repr(k) for k in shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
     hint = (" This is A1111's optimizer state (.pt.optim), not the embedding: load the .pt beside it."
             if "optimizer_state_dict" in keys else "")
@@ -650,6 +658,30 @@ def _unknown_layout(path: Path, keys) -> FormatError:
         "'string_to_param' (A1111), 'emb_params' (kohya), 'emp_params' (OneTrainer) or 'clip_l' (+ 'clip_g' for "
         "SDXL)."
         + hint)
+
+
+def weights_kind(keys) -> tuple[str, str] | None:
+    """What a file of model weights is, by its tensor names, and a name that shows it: "LoRA", "VAE" (alone),
+    "checkpoint" (a single-file model's names), or a diffusers model's "UNet" or "text encoder"; None when the names
+    say none of these. One reading for both directions: an embedding's loader and `--model` name a file alike.
+
+    >>> weights_kind(["encoder.conv_in.weight", "decoder.conv_in.weight"])
+    ('VAE', 'decoder.conv_in.weight')
+    """
+    names = sorted(map(str, keys))
+    lora = next((k for k in names if is_lora_key(k)), None)
+    if lora is not None:
+        return "LoRA", lora
+    if names and all(k.startswith(_VAE_NAMES) for k in names):
+        return "VAE", names[0]
+    checkpoint = next((k for k in names if _CHECKPOINT_NAMES.search(k)), None)
+    if checkpoint is not None:
+        return "checkpoint", checkpoint
+    for part, prefixes in _PART_NAMES.items():
+        held = next((k for k in names if k.startswith(prefixes)), None)
+        if held is not None:
+            return part, held
+    return None
 
 
 def is_lora_key(name: str) -> bool:
@@ -665,8 +697,8 @@ def _check_size(path: Path, keys) -> None:
         held = f" (it holds {sorted(map(str, keys))[0]!r})" if keys else ""
         raise FormatError(
             f"{path}: {size / 2**20:,.0f} MB is far larger than any embedding{held} (they are kilobytes, a few MB at "
-            "most): this looks like a model checkpoint (pass it as --model) or a LoRA (use it as <lora:NAME> in a "
-            "prompt, with --lora-dir)")
+            "most): this looks like a model checkpoint (pass it as --model), a VAE (--vae) or a LoRA (use it as "
+            "<lora:NAME> in a prompt, with --lora-dir)")
 
 
 def _vectors(path: Path, value, where: str) -> torch.Tensor:

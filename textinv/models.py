@@ -39,7 +39,7 @@ finally:
 
 from .errors import ConfigError, ModelError, backslash_note
 from .families import FAMILY_NAMES, family_for_widths
-from .formats import embedding_layout, is_lora_key
+from .formats import embedding_layout, weights_kind
 
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "shapes" / "model"}
 DEFAULT_MODEL = "shapes"
@@ -385,22 +385,19 @@ def _not_a_checkpoint(path: Path, keys) -> str:
     embeddings, LoRAs and VAEs beside their checkpoints, and a diffusers folder's component files look like one."""
     names = list(keys)
     small = len(names) <= 8 and all(len(getattr(keys[k], "shape", (0, 0, 0))) in (1, 2) for k in names)
-    if any(is_lora_key(k) for k in names):
+    kind = (weights_kind(names) or (None,))[0]
+    if kind == "LoRA":
         return (f"{path} is a LoRA, not a model: --model takes the Stable Diffusion model it was made for; apply "
                 f"the LoRA when drawing, with `textinv generate --lora-dir {path.parent}` and <lora:{path.stem}> in "
                 f"the prompt")
     if names and (embedding_layout(names) or small):
         return _embedding_given(path)
-    if names and all(k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "first_stage_model."))
-                     for k in names):
+    if kind == "VAE":
         return f"{path} is a VAE alone, not a whole model: pass it to --vae, and the model to --model"
-    part = ("UNet" if any(k.startswith(("down_blocks.", "mid_block.", "conv_in.")) for k in names)
-            else "text encoder" if any(k.startswith(("text_model.", "embeddings.token_embedding")) for k in names)
-            else None)
-    if part is not None:
+    if kind in ("UNet", "text encoder"):
         folder = path.parent.parent
         where = f" ({folder})" if (folder / "model_index.json").is_file() else ""
-        return (f"{path} holds only the {part} of a diffusers model: pass the model's folder, the one with "
+        return (f"{path} holds only the {kind} of a diffusers model: pass the model's folder, the one with "
                 f"model_index.json{where}")
     return (f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.*' weights); --model takes an "
             f"SD 1.x/2.x/XL checkpoint, a diffusers folder or a hub id")
