@@ -21,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import GenerateConfig, _coerce, build
+from .config import GenerateConfig, build, typed_settings
 from .emphasis import lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK
@@ -162,13 +161,7 @@ def _from_old_keys(path: Path, text: dict[str, str]) -> Picture:
 
 def _typed(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """`settings` as their fields' types, a bad one refused naming the picture."""
-    fields, hints = {f.name: f for f in dataclasses.fields(GenerateConfig)}, typing.get_type_hints(GenerateConfig)
-    out = {}
-    for key, value in settings.items():
-        f = fields[key]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out[key] = _coerce(key, hints[key], value, default, f" in {path}'s text")
-    return out
+    return typed_settings(GenerateConfig, settings, f" in {path}'s text")
 
 
 # "Key: value" pairs of the web UI's last line; a value may be a quoted JSON string holding commas

@@ -461,17 +461,23 @@ def build(cls, *layers: dict[str, Any]):
     >>> build(TrainConfig, {"steps": 10}, {"steps": 20}).steps
     20
     """
-    names = {f.name: f for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
     for layer in layers:
         check_known(cls, layer)
         merged.update(layer)
-    hints = typing.get_type_hints(cls)
-    for key, value in merged.items():
-        f = names[key]
+    return cls(**typed_settings(cls, merged))
+
+
+def typed_settings(cls, settings: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """`settings` (known settings of config class `cls`) each as its field's type (`_coerce`); a value that cannot
+    be meant as it is refused naming the setting and `where` it came from (e.g. " in train.yaml")."""
+    fields, hints = {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+    out = {}
+    for key, value in settings.items():
+        f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        merged[key] = _coerce(key, hints[key], value, default)
-    return cls(**merged)
+        out[key] = _coerce(key, hints[key], value, default, where)
+    return out
 
 
 def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
@@ -512,14 +518,11 @@ def config_file_settings(cls, path: str | Path) -> dict[str, Any]:
     where = f" in {path}"
     settings = read_config_file(path)
     check_known(cls, settings, where)
-    fields, hints = {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     folder = Path(path).absolute().parent
     out = {}
-    for key, value in settings.items():
-        f = fields[key]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        value = _coerce(key, hints[key], value, default, where)
-        kind = f.metadata.get("path")
+    for key, value in typed_settings(cls, settings, where).items():
+        kind = fields[key].metadata.get("path")
         if kind and key == "concepts":
             value = [_concept_from(folder, item) for item in value]
         elif kind and isinstance(value, list):

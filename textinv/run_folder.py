@@ -42,9 +42,12 @@ _LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyon
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "step_embeddings", "sample_every", "sample_steps",
                      "log_every",
                      "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
-# stored absolute: a run resumes, or reruns, from any directory
-PATH_SETTINGS = ("images", "templates", "out", "init_embedding")
-MODEL_SETTINGS = ("model", "vae", "single_file_config")  # stored absolute when they name something on disk
+# stored absolute: a run resumes, or reruns, from any directory. The settings the config marks as paths (`opt`'s
+# path=, which a --config file's relative ones are read by too): local ones, and model sources (a path, a hub id or
+# a bundled name), stored absolute when they name something on disk; the concepts' folders apart (`_absolute_paths`)
+PATH_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                      if f.metadata.get("path") == "file" and f.name != "concepts")
+MODEL_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("path") == "source")
 
 
 # ---------------------------------------------------------------------------------------------------------------
