@@ -527,3 +527,19 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
         os.close(write)
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
     assert proc.returncode == 1
+
+
+def test_a_config_files_model_is_told_from_a_hub_id_as_the_model_flag_tells_it(tmp_path, monkeypatch):
+    """`--model` reads `sd15/` (a trailing slash) as a folder, never a hub id; a config file's `model: sd15/` took it
+    for a hub id left as it stands, so it was looked for in the working directory, not the file's folder. One
+    reading for both, from the file's folder; 'owner/name' stays a hub id."""
+    from textinv.config import config_file_settings
+
+    configs, elsewhere = tmp_path / "configs", tmp_path / "elsewhere"
+    configs.mkdir()
+    (elsewhere / "sd15").mkdir(parents=True)  # a folder of that name where the command runs: not the one meant
+    monkeypatch.chdir(elsewhere)
+    cfg = configs / "train.yaml"
+    cfg.write_text("model: sd15/\nvae: owner/vae\n")
+    settings = config_file_settings(TrainConfig, cfg)
+    assert settings["model"] == str(configs / "sd15") and settings["vae"] == "owner/vae"

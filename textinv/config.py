@@ -510,7 +510,8 @@ def config_file_settings(cls, path: str | Path) -> dict[str, Any]:
     setting's type (errors name the file), and each relative path read from the file's folder, not the working
     directory, as compose files and pyproject.toml are read: a config kept beside its pictures, or in a repository,
     works from anywhere. A `path="source"` setting (`--model`) is a path only when it names something beside the
-    file or reads as one (`./`, `../`, a checkpoint's suffix); else it is a hub id or bundled name, as it stands.
+    file or reads as one as `--model` reads it (`./`, `../`, a trailing slash, a checkpoint's suffix:
+    `models._is_local_path`); else it is a hub id or bundled name, as it stands.
 
     >>> config_file_settings(TrainConfig, "configs/dog.yaml")  # images: ../photos/dog  # doctest: +SKIP
     {'images': '/home/me/project/photos/dog'}
@@ -537,13 +538,10 @@ def _path_from(folder: Path, value, kind: str):
     """`value` read from `folder` when it is a relative local path (see `config_file_settings`)."""
     if not isinstance(value, str) or not value.strip() or value.startswith("~") or Path(value).is_absolute():
         return value
-    if kind == "source":
-        from .models import BUNDLED_MODELS, CHECKPOINT_SUFFIXES
+    if kind == "source":  # (read as `--model` reads a value, from the file's folder)
+        from .models import BUNDLED_MODELS, _is_local_path
 
-        local = (value.startswith(".") or "\\" in value or value.count("/") > 1
-                 or Path(value).suffix.lower() in CHECKPOINT_SUFFIXES or (folder / value).exists()
-                 or (folder / value.split("/")[0]).is_dir())
-        if value in BUNDLED_MODELS or not local:
+        if value in BUNDLED_MODELS or not ((folder / value).exists() or _is_local_path(value, folder)):
             return value  # a hub id or a bundled name
     return str((folder / value).resolve())
 

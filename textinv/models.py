@@ -517,15 +517,16 @@ def _folder_hint(path: Path) -> str:
             "'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
 
 
-def _is_local_path(text: str) -> bool:
+def _is_local_path(text: str, base: Path | None = None) -> bool:
     """Whether a value that names nothing on disk was meant as a local path rather than a hub id 'owner/name':
-    it starts with . / ~, has a backslash or more than one slash, ends in a checkpoint suffix, or its first part
-    is a folder here (`models/sd15` with a `models/` folder present)."""
+    it starts with . / ~, has a backslash or more than one slash, ends in a slash or a checkpoint suffix, or its
+    first part is a folder in `base` (default: the working directory; `models/sd15` with a `models/` folder
+    there). A --config file's values are read from its folder (`config.config_file_settings`)."""
     if text.startswith((".", "~")) or Path(text).is_absolute() or "\\" in text or text.count("/") > 1:
         return True
     if text.endswith("/") or Path(text).suffix.lower() in CHECKPOINT_SUFFIXES:
         return True
-    return "/" in text and Path(text.split("/")[0]).is_dir()
+    return "/" in text and (Path(base or ".") / text.split("/")[0]).is_dir()
 
 
 def _is_hub_id(text: str) -> bool:
