@@ -891,7 +891,6 @@ def test_an_fp16_overflow_skips_only_its_own_concepts_step():
     assert all(torch.equal(e.vectors, s) for e, s in zip(encoders, start)) and scaler.get_scale() < 1024.0
 
 
-
 def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_with_its_own_runs_adam_step_count():
     """Adam's bias correction divides by 1 - beta^t, t the steps taken. A concept that skipped a step alone (its
     gradients overflowed) has taken one step fewer than the shared count says, as in its own run, where GradScaler
@@ -934,6 +933,7 @@ def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_with_its_own_runs_ada
     for e, mine, theirs in zip(joint, own, other):
         torch.testing.assert_close(e.vectors[:2], mine.vectors[:2], rtol=0, atol=0)
         torch.testing.assert_close(e.vectors[2:], theirs.vectors[2:], rtol=0, atol=0)
+
 
 def test_overwrite_keeps_an_init_embedding_with_its_partner_and_in_a_concept_folder(tmp_path):
     """clear_run keeps the --init-embedding file wherever the old run put it: an SDXL pair's second file beside
