@@ -3,7 +3,7 @@
 
 What a picture's text can hold, and how each is read:
 
-- textinv's record (`generate.RECORD_KEY`, JSON): every setting that shapes the picture, paths absolute, and the
+- textinv's record (`formats.RECORD_KEY`, JSON): every setting that shapes the picture, paths absolute, and the
   seeds drawn in the same pipeline call. Redrawn in that batch it is the same picture bit for bit on the same
   machine and library versions. Keys a newer textinv added are ignored with a warning (the redraw may differ).
 - an older textinv's per-key text (prompt, seed, steps, ... without the record): read, with a warning naming what it
@@ -30,8 +30,8 @@ from . import __version__
 from .config import GenerateConfig, build, typed_settings
 from .emphasis import lora_tags
 from .errors import ConfigError
-from .formats import PNG_CHUNK
-from .generate import A1111_SAMPLER_NAMES, RECORD_KEY
+from .formats import PNG_CHUNK, RECORD_KEY
+from .generate import A1111_SAMPLER_NAMES
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings")

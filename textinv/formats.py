@@ -52,6 +52,7 @@ DETECTED_FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya",
                     "diffusers-sdxl")
 
 PNG_CHUNK = "sd-ti-embedding"  # the text chunk A1111 reads an embedding from
+RECORD_KEY = "textinv_settings"  # the text chunk of a picture textinv drew: its settings, as JSON (`generate`)
 A1111_STAR_ID = 265  # CLIP's id for "*", the placeholder string A1111 files are keyed by
 
 _SINGLE_ENCODER_FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya")
@@ -549,8 +550,8 @@ def _read_image(path: Path) -> dict:
     except (OSError, ValueError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
     if not isinstance(chunk, (str, bytes)):
-        # a picture textinv (generate.RECORD_KEY) or the web UI drew holds its settings, which --again reads
-        drawn = "textinv_settings" in chunks or "parameters" in chunks
+        # a picture textinv (RECORD_KEY) or the web UI drew holds its settings, which --again reads
+        drawn = RECORD_KEY in chunks or "parameters" in chunks
         raise FormatError(
             f"{path}: this image has no {PNG_CHUNK!r} text chunk, so it carries no embedding textinv can read "
             "(A1111 also hides embeddings in the pixels of some preview images, which textinv does not decode): "

@@ -29,7 +29,7 @@ from . import __version__, emphasis
 from .config import SAMPLERS, GenerateConfig, check_side
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
-from .formats import LearnedEmbedding, load_embedding, load_embedding_pair
+from .formats import RECORD_KEY, LearnedEmbedding, load_embedding, load_embedding_pair
 from .io import atomic_path, output_folder
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, encode_text, load_model,
                      quiet_transformers)
@@ -37,7 +37,6 @@ from .run_folder import concept_folder, embedding_file, saved_run
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
 DEFAULT_STEPS = 25
-RECORD_KEY = "textinv_settings"  # the PNG text chunk holding a picture's whole record, as JSON (see `_record`)
 
 
 def check_fits(model: Model, emb: LearnedEmbedding,
