@@ -520,6 +520,30 @@ def test_compile_check_uncompiles_a_unet_whose_gradients_are_wrong(sd1_dir):
     assert block._compiled_call_impl is None
 
 
+def test_the_compile_check_runs_the_graph_that_training_runs(sd1_dir, images, tmp_path, monkeypatch):
+    """The check before training calls the compiled UNet as the training step does: called otherwise (keywords
+    against positions), dynamo's guards fail at the first step and the whole UNet compiles a second time (minutes
+    of a GPU lease at SD size), and the graph that was checked is not the one that trains. (The eager backend:
+    only the graphs are counted, not what inductor makes of them.)"""
+    from torch._dynamo.utils import counters
+
+    def eager_compile(unet, compile="off", mode="default", channels_last=False):
+        unet.compile(backend="eager")
+
+    checked = []
+    real_check = train_module.check_compiled_unet
+    monkeypatch.setattr(train_module, "speed_up_unet", eager_compile)
+    monkeypatch.setattr(train_module, "check_compiled_unet", lambda *a: checked.append(real_check(*a)))
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        train(config(images, tmp_path / "run", steps=3, compile="unet"), model=load_model(sd1_dir), progress=False)
+        graphs = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert checked == [True] and graphs == 1  # compiled once, by the check; the steps ran that graph
+
+
 @pytest.mark.parametrize("levers", [dict(compile="blocks", channels_last=True), dict(compile="unet")])
 def test_compiled_runs_track_the_plain_run(levers, sd1_dir, images, tmp_path):
     """A whole run with the levers on tracks the plain fp32 run (inductor reorders sums: seen 1e-4 relative after

@@ -29,12 +29,17 @@ def speed_up_unet(unet, compile: str = "off", mode: str = "default", channels_la
         unet.compile(mode=mode)
 
 
-def unet_example(model: Model, batch: int, latent_shape) -> dict:
-    """Random UNet inputs of a training step's shapes (from a private generator: the run's RNG is untouched)."""
+def unet_example(model: Model, batch: int, latent_shape, like: torch.Tensor | None = None) -> dict:
+    """Random UNet inputs of a training step's shapes (from a private generator: the run's RNG is untouched).
+    `like`: a latent (4, h, w) whose memory layout the sample takes, as the training steps' UNet input takes the
+    cached latents' (NHWC where oneDNN's VAE made them so, on the CPU): dynamo guards on strides too."""
     unet = model.unet
     g = torch.Generator().manual_seed(0)
     device, dtype = unet.device, unet.dtype
-    example = {"sample": torch.randn(batch, *latent_shape, generator=g).to(device, dtype),
+    nhwc = like is not None and not like[None].is_contiguous() and like[None].is_contiguous(
+        memory_format=torch.channels_last)
+    sample = torch.randn(batch, *latent_shape, generator=g).to(device, dtype)
+    example = {"sample": sample.contiguous(memory_format=torch.channels_last) if nhwc else sample,
                "timestep": torch.randint(0, 1000, (batch,), generator=g).to(device),
                "encoder_hidden_states": torch.randn(batch, 77, unet.config.cross_attention_dim,
                                                     generator=g).to(device, dtype)}
@@ -47,7 +52,11 @@ def unet_example(model: Model, batch: int, latent_shape) -> dict:
 
 def _unet_and_input_gradient(unet, example: dict) -> tuple[torch.Tensor, torch.Tensor]:
     context = example["encoder_hidden_states"].clone().requires_grad_(True)
-    out = unet(**{**example, "encoder_hidden_states": context}).sample
+    rest = {k: v for k, v in example.items() if k not in ("sample", "timestep", "encoder_hidden_states")}
+    # called as the training step calls it (`train.diffusion_loss`: three positional arguments, the rest by name):
+    # dynamo guards on how a compiled function is called, so keywords here would compile the UNet again at the
+    # first step, and the graph checked would not be the one that trains
+    out = unet(example["sample"], example["timestep"], context, **rest).sample
     out.float().pow(2).mean().backward()
     return out.detach().float(), context.grad.float()
 

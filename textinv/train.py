@@ -446,7 +446,9 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
     speed_up_unet(model.unet, config.compile, config.compile_mode, config.channels_last)
     if config.compile != "off":
-        check_compiled_unet(model.unet, unet_example(model, len(concepts) * config.batch, concepts[0].mean[0].shape))
+        # (the example as the steps call the UNet: a different shape, layout or call recompiles at the first step)
+        check_compiled_unet(model.unet, unet_example(model, len(concepts) * config.batch, concepts[0].mean[0].shape,
+                                                     like=concepts[0].mean[0]))
     scheduler = model.noise_scheduler()
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
     scaling = model.vae.config.scaling_factor
