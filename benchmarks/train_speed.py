@@ -121,7 +121,8 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
     caching and compiling are in it), of the warm-up and of the last step. A sync inside the timed steps would
     drain the queue each step, so the host's launches of the next step could not overlap the GPU's work, which is
     not how the trainer runs. Peak memory is that of the training steps: the stats are reset after the first step,
-    so the one-off caching of the pictures' latents (the VAE encoder at full resolution) does not count. Any error
+    and the allocator's cached blocks freed before, so the one-off caching of the pictures' latents (the VAE encoder
+    at full resolution) and the compile check count in neither the allocated nor the reserved peak. Any error
     is returned as the row's "error", so one failing mode or batch does not stop the others (a GPU lease is short)."""
     cuda = device.startswith("cuda")
     stamps: list[float] = []
@@ -133,7 +134,8 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
         if step == 1:
             _sync(device)
             first.append(time.perf_counter())
-            if cuda:
+            if cuda:  # (the blocks cached so far go first: the reserved peak restarts from what is reserved)
+                torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
         if step in (warmup, warmup + steps):
             _sync(device)
