@@ -1162,6 +1162,33 @@ def test_grouped_loss_is_each_shapes_loss_in_the_batchs_order(sd1_dir, monkeypat
                            grouped_loss(model, scheduler, list(same[0][0]), list(same[1][0]), steps[at], [ids[0][at]]))
 
 
+def test_grouped_loss_sends_its_indices_to_the_device_without_a_host_sync(sd1_dir, monkeypatch):
+    """`torch.tensor(list, device="cuda")` copies from pageable memory and waits for the GPU: once per shape, each
+    --buckets step would wait for the previous shape's UNet before launching the next. The indices are made on the
+    host and go through `_to_device` (pinned, non-blocking), as the draws do."""
+    import sys
+
+    from textinv.train import grouped_loss
+
+    model = load_model(sd1_dir)
+    made_on_device, moved = [], []
+    real_tensor, real_move = torch.tensor, train_module._to_device
+
+    def tensor(*a, **kw):
+        if kw.get("device") is not None and sys._getframe(1).f_code.co_filename == train_module.__file__:
+            made_on_device.append(a[0])
+        return real_tensor(*a, **kw)
+
+    monkeypatch.setattr(torch, "tensor", tensor)
+    monkeypatch.setattr(train_module, "_to_device", lambda t, device: moved.append(t.tolist()) or real_move(t, device))
+    g = torch.Generator().manual_seed(0)
+    latents = [torch.randn(4, *s, generator=g) for s in [(8, 8), (6, 10), (8, 8)]]
+    with torch.no_grad():
+        grouped_loss(model, model.noise_scheduler(), latents, [torch.randn_like(x) for x in latents],
+                     torch.tensor([5, 500, 900]), [torch.zeros(3, 77, dtype=torch.long)])
+    assert made_on_device == [] and moved == [[0, 2], [1], [0, 2, 1]]
+
+
 def test_buckets_with_alpha_masks_and_sdxl(tmp_path):
     from textinv.tiny import build_tiny_xl_pipeline
 

@@ -871,7 +871,9 @@ def grouped_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: 
     hidden, pooled = encode_text(model, input_ids, clip_skip)
     losses, order = [], []
     for members in groups.values():
-        at = torch.tensor(members, device=timesteps.device)
+        # indices made on the host reach a GPU as the draws do (`_to_device`): `torch.tensor(list, device="cuda")`
+        # would wait for the GPU to finish the previous shape's UNet before launching the next
+        at = _to_device(torch.tensor(members), timesteps.device)
         losses.append(diffusion_loss(
             model, scheduler, torch.stack([latents[n] for n in members]), torch.stack([noise[n] for n in members]),
             timesteps[at], [ids[at] for ids in input_ids], min_snr_gamma,
@@ -879,9 +881,9 @@ def grouped_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: 
             torch.stack([pixel_weight[n] for n in members]) if pixel_weight is not None else None,
             text=(hidden[at], pooled[at] if pooled is not None else None)))
         order += members
-    back = torch.empty(len(order), dtype=torch.long, device=timesteps.device)
-    back[torch.tensor(order, device=timesteps.device)] = torch.arange(len(order), device=timesteps.device)
-    return torch.cat(losses)[back]  # (B,) in the batch's order
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(losses)[_to_device(back, timesteps.device)]  # (B,) in the batch's order
 
 
 def bucket_step(model: Model) -> int:
