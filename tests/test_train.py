@@ -520,11 +520,13 @@ def test_compile_check_uncompiles_a_unet_whose_gradients_are_wrong(sd1_dir):
     assert block._compiled_call_impl is None
 
 
-def test_the_compile_check_runs_the_graph_that_training_runs(sd1_dir, images, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sample_every", [0, 2])
+def test_the_compile_check_runs_the_graph_that_training_runs(sample_every, sd1_dir, images, tmp_path, monkeypatch):
     """The check before training calls the compiled UNet as the training step does: called otherwise (keywords
-    against positions), dynamo's guards fail at the first step and the whole UNet compiles a second time (minutes
-    of a GPU lease at SD size), and the graph that was checked is not the one that trains. (The eager backend:
-    only the graphs are counted, not what inductor makes of them.)"""
+    against positions, another memory layout), dynamo's guards fail at the first step and the whole UNet compiles a
+    second time (minutes of a GPU lease at SD size), and the graph that was checked is not the one that trains. The
+    sample grids (no gradient, another batch) run it uncompiled, or they would compile it again. (The eager
+    backend: only the graphs are counted, not what inductor makes of them.)"""
     from torch._dynamo.utils import counters
 
     def eager_compile(unet, compile="off", mode="default", channels_last=False):
@@ -537,11 +539,16 @@ def test_the_compile_check_runs_the_graph_that_training_runs(sd1_dir, images, tm
     torch._dynamo.reset()
     counters.clear()
     try:
-        train(config(images, tmp_path / "run", steps=3, compile="unet"), model=load_model(sd1_dir), progress=False)
+        model = load_model(sd1_dir)
+        train(config(images, tmp_path / "run", steps=3, compile="unet", sample_every=sample_every, sample_steps=2),
+              model=model, progress=False)
         graphs = counters["stats"]["unique_graphs"]
     finally:
         torch._dynamo.reset()
     assert checked == [True] and graphs == 1  # compiled once, by the check; the steps ran that graph
+    assert model.unet._compiled_call_impl is not None  # (compiled again after each grid)
+    if sample_every:
+        assert len(list((tmp_path / "run" / "samples").glob("*.png"))) == 3  # steps 0, 2, 3
 
 
 @pytest.mark.parametrize("levers", [dict(compile="blocks", channels_last=True), dict(compile="unet")])

@@ -6,6 +6,7 @@ Each lever is measured on its own by `benchmarks/train_speed.py` (see BENCHMARKS
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -67,6 +68,17 @@ def uncompile(unet) -> list[tuple[torch.nn.Module, object]]:
     for m, _ in compiled:
         m._compiled_call_impl = None
     return compiled
+
+
+@contextlib.contextmanager
+def uncompiled(unet):
+    """`unet` runs eagerly inside the block, compiled again after it."""
+    compiled = uncompile(unet)
+    try:
+        yield unet
+    finally:
+        for m, call in compiled:
+            m._compiled_call_impl = call
 
 
 def check_compiled_unet(unet, example: dict) -> bool:

@@ -48,7 +48,7 @@ from .models import DTYPES, Model, check_clip_skip, encode_text, load_model, xl_
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, clear_run,
                          clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint, prepare_output, run_lock,
                          save_checkpoint, write_loss_log)
-from .speed import check_compiled_unet, speed_up_unet, unet_example
+from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
                      init_vectors, split_words, token_names)
 
@@ -558,12 +558,15 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     def draw_samples(at_step: int) -> None:
         if not (is_main and config.sample_every):
             return
-        for c in concepts:
-            grid = sample_grid(model, [expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
-                                       for p in sample_prompts], config.seed, config.sample_steps, resolution,
-                               clip_skip)
-            with atomic_path(grid_path(c, at_step)) as tmp:
-                grid.save(tmp, format="PNG")
+        # with the UNet uncompiled: compiled for the training step, it would compile again for the sampler's calls
+        # (no gradient, another batch): minutes for a whole UNet, and CUDA graphs of their own, for a few pictures
+        with uncompiled(model.unet):
+            for c in concepts:
+                grid = sample_grid(model, [expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
+                                           for p in sample_prompts], config.seed, config.sample_steps, resolution,
+                                   clip_skip)
+                with atomic_path(grid_path(c, at_step)) as tmp:
+                    grid.save(tmp, format="PNG")
 
     # 4. the loop -------------------------------------------------------------------------------------------------
     def vectors_finite() -> bool:
