@@ -140,6 +140,8 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     budget = args.minutes * 60
+    if not args.quick:  # why a graph compiled again, in the logs: a recompile in the timed steps is only counted there
+        os.environ.setdefault("TORCH_LOGS", "recompiles")
     print(f"# gpu_session {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, budget "
           f"{budget:.0f} s, results in {args.out}", flush=True)
     main_thread = threading.current_thread() is threading.main_thread()  # (only it may set signal handlers)

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
     not how the trainer runs. Peak memory is that of the training steps: the stats are reset after the first step,
     and the allocator's cached blocks freed before, so the one-off caching of the pictures' latents (the VAE encoder
     at full resolution) and the compile check count in neither the allocated nor the reserved peak. Any error
-    is returned as the row's "error", so one failing mode or batch does not stop the others (a GPU lease is short)."""
+    is returned as the row's "error", so one failing mode or batch does not stop the others (a GPU lease is short),
+    and its traceback goes to stderr, so the lease's log says where it failed, not only its first line."""
     cuda = device.startswith("cuda")
     stamps: list[float] = []
     first: list[float] = []
@@ -157,6 +159,8 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
     except torch.OutOfMemoryError:
         return {**result, "oom": True}
     except Exception as e:  # noqa: BLE001 (reported in the row; the next measurement still runs)
+        print(f"# {mode} at batch {batch} failed:", file=sys.stderr)
+        traceback.print_exc()
         return {**result, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
     finally:
         reset_unet(model.unet)
@@ -164,7 +168,8 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
             te.to(dtype)  # the reference-like mode makes the text encoder fp32
             te.get_input_embeddings().weight.requires_grad_(False)
     seconds = (stamps[-1] - stamps[0]) / steps
-    dropped = any("torch.compile changed" in str(w.message) for w in caught)
+    # the compile check's warning (by how much the compiled UNet differed), kept for the table's note
+    dropped = next((str(w.message) for w in caught if "torch.compile changed" in str(w.message)), "")
     return {**result, "ms_per_step": seconds * 1e3, "samples_per_s": concepts * batch / seconds,
             "first_step_s": first[0] - started, "warmup_s": stamps[0] - started, "compile_dropped": dropped,
             # graphs compiled during the timed steps (a recompile was timed), CUDA graphs skipped anywhere in the run
@@ -210,8 +215,10 @@ def wall_run(pipe, mode: str, batch: int, samples: int, precision: str, device: 
         return {**result, "error": f"stopped after {timeout:.0f} s"}
     wall = time.perf_counter() - started
     if done.returncode:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
-        return {**result, "error": f"exit {done.returncode}: {tail[0][:200]}"}
+        lines = (done.stderr or done.stdout).strip().splitlines() or [""]
+        print(f"# the whole run ({' '.join(command)}) failed; the end of its output:", *lines[-40:], sep="\n",
+              file=sys.stderr)  # (its traceback: the row keeps only the last line)
+        return {**result, "error": f"exit {done.returncode}: {lines[-1][:200]}"}
     return {**result, "wall_s": wall}
 
 
@@ -283,7 +290,8 @@ def main(argv=None) -> int:
                     print(f"{mode:<15} {batch:>5} {r.get('error') or 'out of memory'}", flush=True)
                     continue
                 frac = f"{r['samples_per_s'] / limit:.1%}" if limit else "-"
-                note = (" (compile dropped: ran uncompiled)" if r["compile_dropped"] else "") + (
+                dropped = r["compile_dropped"]
+                note = (f" (compile dropped, ran uncompiled: {dropped})" if dropped else "") + (
                     f" ({r['recompiled']} graph(s) compiled in the timed steps)" if r["recompiled"] else "") + (
                     f" (CUDA graphs skipped {r['cudagraph_skips']}x: see the log)" if r["cudagraph_skips"] else "")
                 print(f"{mode:<15} {batch:>5} {r['ms_per_step']:>9.1f} {r['samples_per_s']:>10.2f} "

@@ -1,6 +1,7 @@
 """The speed benchmark runs (fast, tiny architecture), and its reference-like mode learns what our path learns."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -127,8 +128,12 @@ def test_a_failing_mode_is_a_row_and_the_next_measurements_still_run(capsys, mon
     monkeypatch.setitem(ts.MODES, "broken", {"lr": -1.0})  # refused by the trainer's settings check
     assert train_speed(["--arch", "tiny", "--batch", "1", "2", "--steps", "1", "--warmup", "1",
                         "--modes", "broken", "textinv"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
     assert sum(line.startswith("broken ") and "ConfigError" in line and "--lr" in line for line in lines) == 2
+    # the whole traceback goes to the log (stderr), so one lease's failure can be fixed without another lease
+    assert err.count("# broken at batch ") == 2 and err.count("Traceback (most recent call last)") == 2
+    assert "textinv/config.py" in err
     timed = [line.split() for line in lines if line.startswith("textinv ")]
     assert [row[1] for row in timed] == ["1", "2"] and all("warm-up" in " ".join(row) for row in timed)
 
@@ -343,6 +348,47 @@ def test_wall_run_is_a_fresh_process_with_empty_compile_caches(monkeypatch, tmp_
     assert str(tmp_path) in caches and seen["env"]["TRITON_CACHE_DIR"].startswith(str(tmp_path))
 
 
+def test_a_failed_whole_run_leaves_its_traceback_in_the_log(monkeypatch, tmp_path, capsys):
+    """The row keeps the last line of a failed `textinv train`; the end of its output (the traceback) goes to
+    stderr, which the GPU session's log keeps."""
+    import subprocess
+
+    import benchmarks.train_speed as ts
+
+    trace = "Traceback (most recent call last):\n  File \"textinv/train.py\", line 1, in <module>\nRuntimeError: boom"
+    monkeypatch.setattr(ts.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 1, "", trace))
+
+    class Pipe:
+        def save_pretrained(self, folder):
+            folder.mkdir()
+
+    w = ts.wall_run(Pipe(), "textinv", 2, 4, "fp32", "cpu", tmp_path, None)
+    assert w["error"] == "exit 1: RuntimeError: boom"
+    assert trace in capsys.readouterr().err
+
+
+def test_a_dropped_compile_says_by_how_much_it_differed(monkeypatch, sd1_dir, tmp_path, capsys):
+    """A compile the trainer's check drops shows as a note on its row with the check's figures (output and gradient
+    error against the allowed one): on a GPU lease, whether the tolerance or the compiler is at fault."""
+    import warnings
+
+    import benchmarks.train_speed as ts
+
+    message = ("torch.compile changed the UNet's result (output 3.0e-02, gradient to the text 6.0e-02 relative to "
+               "the uncompiled UNet; allowed 5e-02)")
+
+    def train_warning(config, model=None, progress=True, on_step=None):
+        warnings.warn(message, RuntimeWarning)
+        for step in range(1, config.steps + 1):
+            on_step(step)
+
+    monkeypatch.setattr(ts, "train", train_warning)
+    ts._images(tmp_path / "images", n=2, size=16)
+    r = ts.time_mode(load_model(sd1_dir), "compile-unet", 1, warmup=1, steps=1, precision="fp32", device="cpu",
+                     work=tmp_path, resolution=16)
+    assert r["compile_dropped"] == message
+
+
 def test_a_command_past_its_time_is_killed_with_its_children_and_leaves_time_for_the_next(tmp_path):
     """A hanging compile: the command and the processes it started (torch.compile's workers) are killed at its
     limit, and with `reserve` the commands after it still get their time."""
@@ -388,3 +434,22 @@ def test_gpu_session_says_what_finished_when_it_is_killed_midway(monkeypatch, tm
         gs.main(["--quick", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
     lines = (tmp_path / "out" / "session.txt").read_text().splitlines()
     assert lines[0].startswith("environment: ok") and lines[1].startswith("speed: running or stopped here")
+
+
+def test_the_gpu_sessions_commands_log_why_a_graph_compiled_again(monkeypatch, tmp_path):
+    """On the lease, each command's log says why dynamo compiled a graph again (TORCH_LOGS=recompiles): the table
+    only counts the graphs compiled in the timed steps, and one lease is all there is to find out why."""
+    import benchmarks.gpu_session as gs
+
+    monkeypatch.setenv("TORCH_LOGS", "")  # (so that the variable the session sets is removed after the test)
+    monkeypatch.delenv("TORCH_LOGS")
+    seen = {}
+
+    def run_part(name, commands, *a, **kw):
+        seen[name] = (os.environ.get("TORCH_LOGS"), commands)
+        return {"part": name, "status": "ok", "seconds": 0.0}
+
+    monkeypatch.setattr(gs, "run_part", run_part)
+    monkeypatch.setattr(gs, "pack", lambda *a: None)
+    gs.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # (the GPU plan, not run)
+    assert seen["speed"][0] == "recompiles" and any("fast" in c for c in seen["speed"][1])
