@@ -532,3 +532,21 @@ def test_unet_inputs_made_ahead_train_as_made_in_turn_and_chunks_resume_where_on
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (sa["generator"], sa["rng"]) == (sb["generator"], sb["rng"]) == (sc["generator"], sc["rng"])
     assert max((a[k] - c[k]).abs().max().item() for k in a) < 2e-3  # (moments kept in bf16 between chunks)
+
+
+def test_the_ema_is_one_call_a_step_for_every_parameter(tmp_path, monkeypatch):
+    """On a GPU the shapes UNet's step is a few milliseconds of kernels and the host's launches set the rate: the
+    EMA of its ~500 tensors is one foreach call a step, not a launch per tensor; the average it keeps is the same."""
+    from safetensors.torch import load_file
+
+    from textinv.shapes.pretrain import QUICK, train_unet, train_vae
+
+    config = PretrainConfig(**{**QUICK, "unet_batch": 2})
+    train_vae(config, tmp_path, minutes=5, max_steps=1, log=lambda _: None)
+    calls, real = [], torch._foreach_lerp_
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda a, b, w: calls.append((len(a), w)) or real(a, b, w))
+    train_unet(config, tmp_path, minutes=5, max_steps=2, log=lambda _: None)
+    ema = load_file(str(tmp_path / "unet" / "ema.safetensors"))
+    weights = load_file(str(tmp_path / "unet" / "unet.safetensors"))
+    assert [n for n, _ in calls] == [len(ema)] * 2 and calls[0][1] == 1 - 2 / 11  # (the warm-up's first decay)
+    assert not all(torch.equal(ema[f"unet.{k}"].float(), v) for k, v in weights.items())  # it lags the weights
