@@ -410,3 +410,27 @@ def test_fp16_sdxl_keeps_a_given_vae_that_says_it_overflows_in_fp32(xl_dir, imag
     assert render(stock, ["a photo of a dog"], [0], steps=2)[0].size == (16, 16)  # fp16 latents, fp32 decoder
     fixed = load_model(xl_dir, dtype=torch.float16, vae=_overflowing_vae(tmp_path / "fixed", False))
     assert fixed.vae.dtype == torch.float16
+
+
+def test_the_compile_check_runs_the_graph_that_sdxl_training_runs(xl_dir, images, tmp_path, monkeypatch):
+    """SDXL's pooled text embedding requires a gradient in training (the second encoder's vectors learn through it):
+    the check's does too, so the first step does not compile the UNet again, and its gradient is checked as well."""
+    from test_train import graphs_compiled
+
+    cfg = xl_config(images, tmp_path / "run", steps=2, save_every=0, compile="unet")
+    assert graphs_compiled(monkeypatch, load_model(xl_dir), cfg) == 1
+
+
+def test_the_compile_check_compares_the_gradient_to_the_pooled_embedding(xl_dir):
+    """A compiled UNet that cut the gradient to SDXL's pooled embedding alone trains the second encoder's vectors
+    wrong: the check catches it."""
+    from textinv.speed import check_compiled_unet, unet_example
+
+    model = load_model(xl_dir)
+    model.unet.requires_grad_(False)
+    example = unet_example(model, 2, (4, 8, 8))
+    embedding = model.unet.add_embedding  # (what the pooled embedding and time ids go through)
+    faithful = embedding._call_impl
+    embedding._compiled_call_impl = lambda *a, **k: faithful(*a, **k).detach()
+    with pytest.warns(RuntimeWarning, match="torch.compile changed the UNet's result"):
+        assert check_compiled_unet(model.unet, example) is False

@@ -520,32 +520,35 @@ def test_compile_check_uncompiles_a_unet_whose_gradients_are_wrong(sd1_dir):
     assert block._compiled_call_impl is None
 
 
+def graphs_compiled(monkeypatch, model, cfg) -> int:
+    """Train with `cfg` (a --compile run), the UNet compiled with dynamo's eager backend (only the graphs are
+    counted, not what inductor makes of them); returns how many graphs dynamo compiled, the check's included."""
+    from torch._dynamo.utils import counters
+
+    checked = []
+    real_check = train_module.check_compiled_unet
+    monkeypatch.setattr(train_module, "speed_up_unet", lambda unet, *a: unet.compile(backend="eager"))
+    monkeypatch.setattr(train_module, "check_compiled_unet", lambda *a: checked.append(real_check(*a)))
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        train(cfg, model=model, progress=False)
+        graphs = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert checked == [True]
+    return graphs
+
+
 @pytest.mark.parametrize("sample_every", [0, 2])
 def test_the_compile_check_runs_the_graph_that_training_runs(sample_every, sd1_dir, images, tmp_path, monkeypatch):
     """The check before training calls the compiled UNet as the training step does: called otherwise (keywords
     against positions, another memory layout), dynamo's guards fail at the first step and the whole UNet compiles a
     second time (minutes of a GPU lease at SD size), and the graph that was checked is not the one that trains. The
-    sample grids (no gradient, another batch) run it uncompiled, or they would compile it again. (The eager
-    backend: only the graphs are counted, not what inductor makes of them.)"""
-    from torch._dynamo.utils import counters
-
-    def eager_compile(unet, compile="off", mode="default", channels_last=False):
-        unet.compile(backend="eager")
-
-    checked = []
-    real_check = train_module.check_compiled_unet
-    monkeypatch.setattr(train_module, "speed_up_unet", eager_compile)
-    monkeypatch.setattr(train_module, "check_compiled_unet", lambda *a: checked.append(real_check(*a)))
-    torch._dynamo.reset()
-    counters.clear()
-    try:
-        model = load_model(sd1_dir)
-        train(config(images, tmp_path / "run", steps=3, compile="unet", sample_every=sample_every, sample_steps=2),
-              model=model, progress=False)
-        graphs = counters["stats"]["unique_graphs"]
-    finally:
-        torch._dynamo.reset()
-    assert checked == [True] and graphs == 1  # compiled once, by the check; the steps ran that graph
+    sample grids (no gradient, another batch) run it uncompiled, or they would compile it again."""
+    model = load_model(sd1_dir)
+    cfg = config(images, tmp_path / "run", steps=3, compile="unet", sample_every=sample_every, sample_steps=2)
+    assert graphs_compiled(monkeypatch, model, cfg) == 1  # compiled once, by the check; the steps ran that graph
     assert model.unet._compiled_call_impl is not None  # (compiled again after each grid)
     if sample_every:
         assert len(list((tmp_path / "run" / "samples").glob("*.png"))) == 3  # steps 0, 2, 3
