@@ -1387,6 +1387,26 @@ def test_a_model_that_records_its_own_words_gives_the_init_and_templates_left_ou
     assert seen[-1] == ["a sketch of {}"] and given.embedding.metadata["init"] == "dog"
 
 
+def test_a_concept_without_an_init_takes_the_models_own_word_as_a_lone_concept_does(sd1_dir, images, tmp_path):
+    """--concepts FOLDER=TOKEN leaves the init to the same default as --images/--token: --init, else the model's own
+    word (the bundled model's 'shape'), else the --property word. The run folder's bookkeeping (paths made
+    absolute) once filled in the property's word first, so the model's own never came."""
+    import json
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "model"
+    shutil.copytree(sd1_dir, folder)
+    (folder / "training.json").write_text(json.dumps({"prompting": {"object": {"init": "cat"}}}))
+    run = train(TrainConfig(concepts=[f"{images}=<ja>", f"{images}=<jb>=dog"], out=str(tmp_path / "o"), steps=1,
+                            batch=1, save_every=0, sample_every=0), model=load_model(folder), progress=False)
+    assert [e.metadata["init"] for e in run.embeddings] == ["cat", "dog"]
+    # the saved settings leave it to the default as given, so the rerun and a resume read it alike
+    saved = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
+    assert [c["init"] for c in saved["concepts"]] == [None, "dog"]
+
+
 def test_latents_are_cached_a_batch_at_a_time_with_the_mirror_images_after(sd1_dir, images):
     """500 pictures at 512 held as one stacked tensor plus its mirrored copy were 8 GB of RAM before the VAE ran
     (32 GB at SDXL's 1024); each batch is now stacked, mirrored and encoded on its own, in the same layout and the

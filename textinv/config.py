@@ -274,10 +274,11 @@ class TrainConfig:
     def use_flip(self) -> bool:
         return flip_default(self.property) if self.flip is None else self.flip
 
-    def concept_list(self, default_init: str | None = None) -> list[dict[str, str]]:
+    def concept_list(self, default_init: str | None = None, fill: bool = True) -> list[dict[str, str]]:
         """The run's concepts as dicts of images, token and init (one for --images/--token). A concept without an
-        init takes --init, else `default_init` (a model's own word for the property), else the property's word."""
-        fallback = self.init or default_init or self.property
+        init takes --init, else `default_init` (a model's own word for the property), else the property's word;
+        with `fill` False it keeps None, as given (the model, which may say its own word, is not loaded yet)."""
+        fallback = (self.init or default_init or self.property) if fill else None
         if not self.concepts:
             for name in ("images", "token"):
                 if not getattr(self, name):

@@ -212,7 +212,9 @@ def _absolute_paths(config: TrainConfig) -> TrainConfig:
         if value and value not in BUNDLED_MODELS and Path(value).expanduser().exists():
             changes[k] = _absolute(value)
     if config.concepts:
-        changes["concepts"] = [{**spec, "images": _absolute(spec["images"])} for spec in config.concept_list()]
+        # (an init left out stays left out: filled in here, the model's own word could no longer take its place)
+        changes["concepts"] = [{**spec, "images": _absolute(spec["images"])}
+                               for spec in config.concept_list(fill=False)]
     return dataclasses.replace(config, **changes)
 
 
@@ -224,8 +226,9 @@ def _same(name: str, old, new, config: TrainConfig) -> bool:
     """Whether a saved setting and a resume's agree. Runs saved before paths were stored absolute hold relative
     ones, read from where the resume runs."""
     if name == "concepts" and old and new:
-        return (_absolute_paths(dataclasses.replace(config, concepts=old)).concepts
-                == _absolute_paths(dataclasses.replace(config, concepts=new)).concepts)
+        # (inits filled in alike: runs saved before an init left out was kept as such hold the --property word)
+        return (_absolute_paths(dataclasses.replace(config, concepts=old)).concept_list()
+                == _absolute_paths(dataclasses.replace(config, concepts=new)).concept_list())
     if name in PATH_SETTINGS + MODEL_SETTINGS and old and new:  # (a hub id resolves to itself under any cwd)
         return old == new or _absolute(old) == _absolute(new)
     return old == new
