@@ -1,9 +1,11 @@
 """The real command line, end to end on a tiny model: train -> generate -> convert -> inspect, and its errors."""
 
 import os
+import re
 import subprocess
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -543,3 +545,107 @@ def test_a_config_files_model_is_told_from_a_hub_id_as_the_model_flag_tells_it(t
     cfg.write_text("model: sd15/\nvae: owner/vae\n")
     settings = config_file_settings(TrainConfig, cfg)
     assert settings["model"] == str(configs / "sd15") and settings["vae"] == "owner/vae"
+
+
+# --- the README against the code: its commands, the train options table and the Layout section -------------------
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)(?![\w])")  # (not kohya's --enable_bucket: an underscore follows)
+
+
+def _readme_commands() -> list[str]:
+    """Every command line the README shows: its fenced code lines and its `code` spans."""
+    fenced = re.findall(r"```\w*\n(.*?)```", README, re.S)
+    lines = [line for block in fenced for line in block.splitlines()]
+    return lines + re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", README, flags=re.S))
+
+
+def _module_flags(module: str) -> set[str]:
+    """The flags of `python -m MODULE`, read from its --help."""
+    import contextlib
+    import importlib
+    import io
+
+    mod = importlib.import_module(module)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        (getattr(mod, "main", None) or mod._main)(["--help"])
+    return set(_FLAG.findall(out.getvalue()))
+
+
+def test_every_flag_the_readme_shows_with_a_command_is_one_of_its_flags():
+    """`textinv CMD ... --flag` and `python -m MODULE ... --flag` in the README: each flag is the command's own (a
+    renamed or dropped flag would otherwise live on in the documentation)."""
+    from textinv.cli import make_parser
+
+    commands = {name: {s for action in parser._actions for s in action.option_strings}
+                for name, parser in make_parser().commands.items()}
+    modules: dict[str, set[str]] = {}
+    checked, wrong = 0, []
+    for line in _readme_commands():
+        command = re.match(r"(?:.*-m )?textinv (\w+)", line)
+        module = re.match(r"python -m ((?:textinv|benchmarks)\.[\w.]+)", line)
+        if command and command.group(1) in commands:
+            known = commands[command.group(1)]
+        elif module:
+            if module.group(1) not in modules:
+                modules[module.group(1)] = _module_flags(module.group(1))
+            known = modules[module.group(1)]
+        else:
+            continue
+        checked += 1
+        wrong += [(line, flag) for flag in _FLAG.findall(line) if flag not in known]
+    assert checked > 20 and not wrong, wrong
+    # the train options table: every flag in its first column is train's
+    table = README.split("Useful options (all of them: `textinv train --help`):")[1].split("\n\n")[1]
+    firsts = [row.split(" | ")[0] for row in table.splitlines()[2:]]
+    unknown = [flag for row in firsts for flag in _FLAG.findall(row) if flag not in commands["train"]]
+    assert len(firsts) > 20 and not unknown, unknown
+
+
+def test_the_train_options_tables_defaults_are_the_codes():
+    """Where the README's train options table states a default as a value (a number, a choice, on or off), it is
+    TrainConfig's; a default the run resolves (the model's size, the property's word) is told in words."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    table = README.split("Useful options (all of them: `textinv train --help`):")[1].split("\n\n")[1]
+    compared, wrong = 0, []
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        flags = [_FLAG.findall(item)[0] for item in re.findall(r"`([^`]+)`", cells[0])]
+        defaults = [d.strip() for d in cells[1].split(",")] if cells[1] else []
+        if len(flags) != len(defaults):
+            continue
+        for flag, said in zip(flags, defaults):
+            name = flag[2:].replace("-", "_")
+            if name not in fields:
+                continue
+            f = fields[name]
+            default = TrainConfig().use_flip if name == "flip" else f.default
+            if said == "off":
+                ok = default in (None, False, "off")
+            elif said == "on":
+                ok = default is True
+            elif re.fullmatch(r"[\d.e+-]+", said):
+                ok = not isinstance(default, bool) and isinstance(default, (int, float)) and float(said) == default
+            elif said in f.metadata.get("choices", ()) and default is not None:
+                ok = said == default
+            else:  # (said in words: resolved by the run, e.g. "the model's")
+                continue
+            compared += 1
+            if not ok:
+                wrong.append(f"{flag}: README {said}, code {default!r}")
+    assert compared > 20 and not wrong, (compared, wrong)
+
+
+def test_the_readme_layout_names_every_module_and_only_those_there_are():
+    root = Path(__file__).resolve().parent.parent
+    layout = README.split("## Layout")[1].split("```")[1]
+    files = [p for folder in ("textinv", "textinv/shapes", "benchmarks") for p in (root / folder).glob("*.py")
+             if not p.name.startswith("__")]
+    named = set(re.findall(r"\b(\w+\.py)\b", layout))
+    assert not [p.relative_to(root).as_posix() for p in files if p.name not in named]
+    assert named <= {p.name for p in files}
+    top = set(re.findall(r"^  (\w+\.py) ", layout, re.M))  # textinv/'s own modules, one a line
+    assert top == {p.name for p in files if p.parent.name == "textinv"}
