@@ -1023,8 +1023,14 @@ def test_again_names_a_moved_file_and_ignores_a_newer_textinvs_settings_with_a_w
     emb.rename(tmp_path / "moved.safetensors")
     with pytest.raises(ConfigError, match=rf"its --embedding {emb} no longer exists.*pass --embedding with where"):
         again_config(path, {})
-    config, _ = again_config(path, {"embedding": [str(tmp_path / "moved.safetensors")]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the same bytes: no word about them)
+        config, _ = again_config(path, {"embedding": [str(tmp_path / "moved.safetensors")]})
     assert config.token == ["<w>"]  # the same file, moved: its --token name kept
+    # retrained at the same path: the redraw draws other vectors, and says so
+    save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "retrained.safetensors")
+    with pytest.warns(UserWarning, match=r"drawn with other contents of .*retrained.safetensors .*will differ"):
+        again_config(path, {"embedding": [str(tmp_path / "retrained.safetensors")]})
     (tmp_path / "model").rename(tmp_path / "model2")
     with pytest.raises(ConfigError, match=rf"its --model {tmp_path / 'model'} no longer exists.*pass --model"):
         again_config(path, {"embedding": [str(tmp_path / "moved.safetensors")]})

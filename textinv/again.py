@@ -34,7 +34,7 @@ from .formats import PNG_CHUNK, RECORD_KEY
 from .generate import A1111_SAMPLER_NAMES
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
-_RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings")
+_RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256")
 _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
@@ -51,6 +51,7 @@ class Picture:
     settings: dict[str, Any]
     batch_seeds: list[int] = field(default_factory=list)  # the seeds drawn in its pipeline call (textinv's record)
     version: str | None = None  # the textinv that drew it
+    digests: list = field(default_factory=list)  # each --embedding file's SHA-256 when drawn (None: a folder)
     needs: dict[str, str] = field(default_factory=dict)  # setting -> why it must be given beside --again
     notes: list[str] = field(default_factory=list)  # warnings, said once what must be given is there
 
@@ -80,6 +81,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     if "embedding" in flags and "token" not in flags and len(flags["embedding"]) != len(recorded):
         settings.pop("token", None)
     _check_still_there(picture, settings, flags)
+    _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
     keep = None
     settings["n"] = 1
     seed, batch = settings.get("seed"), picture.batch_seeds
@@ -142,7 +144,9 @@ def _from_record(path: Path, text: str) -> Picture:
     settings = _typed(path, {k: v for k, v in record["settings"].items() if k in fields and k not in _NOT_RECORDED})
     batch = record.get("batch_seeds")
     batch = [s for s in batch if isinstance(s, int) and not isinstance(s, bool)] if isinstance(batch, list) else []
-    return Picture(path, "textinv", settings, batch, version)
+    digests = record.get("embedding_sha256")
+    digests = digests if isinstance(digests, list) else []
+    return Picture(path, "textinv", settings, batch, version, digests)
 
 
 def _from_old_keys(path: Path, text: dict[str, str]) -> Picture:
@@ -241,6 +245,21 @@ def _size(path: Path, text: str, label: str) -> tuple[str, str]:
     if not sep or not width.strip().isdigit() or not height.strip().isdigit():
         raise ConfigError(f"--again {path}: its {label} {text!r} is not WIDTHxHEIGHT (e.g. 512x768)")
     return width.strip(), height.strip()
+
+
+def _check_unchanged(picture: Picture, files: list[str]) -> None:
+    """Warn of an embedding file whose bytes are not those the picture was drawn with (retrained or replaced at the
+    same path, or another file given for it): the redraw then draws other vectors. Given anew (--embedding), the
+    files are compared in order when their count is the record's, as the moved files they usually are."""
+    from .generate import file_digest
+
+    if len(files) != len(picture.digests):
+        return
+    changed = [f for f, old in zip(files, picture.digests)
+               if isinstance(old, str) and Path(f).expanduser().is_file() and file_digest(f) != old]
+    if changed:
+        warnings.warn(f"{picture.path} was drawn with other contents of {', '.join(changed)} (the file was retrained "
+                      f"or replaced since): the redraw uses the file as it is now, so it will differ", stacklevel=3)
 
 
 def _check_still_there(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
@@ -626,6 +627,13 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size}
 
 
+def file_digest(path: str) -> str | None:
+    """The SHA-256 of an embedding file (kilobytes: instant), which a picture records so that `--again` can tell a
+    file retrained or replaced at the same path; None for a folder of them."""
+    path = Path(path).expanduser()
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def _where(value: str | None) -> str | None:
     """A path setting as a picture records it: a file or folder that exists by its absolute path (the picture
     outlives the working directory it was drawn in), anything else (a bundled name, a hub id) as given."""
@@ -658,6 +666,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     negative = expand_all(negative, embeddings)  # a learned negative embedding needs all its vectors
     seeds = [config.seed + i for i in range(config.n)]
     shared = _record(config, model, steps, guidance, clip_skip, width, height)
+    digests = [file_digest(e) for e in config.embedding]
     texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
     names = {(index, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}-s{seed}"
              for index in range(len(config.prompt)) for seed in seeds}
@@ -689,7 +698,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                              if k in ("token", "vae", "prediction_type", "single_file_config", "lora_dir") and v},
                           "textinv_version": __version__,
                           RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
-                                                  "settings": settings})}
+                                                  "settings": settings, "embedding_sha256": digests})}
                 path = out / f"{names[index, seed]}{run}.png"
                 with atomic_path(path) as tmp:
                     img.save(tmp, format="PNG", pnginfo=png_text(params))
