@@ -210,9 +210,10 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
     """Write `emb` to `path` in `format` (one of FORMATS), atomically; return the files written.
 
     `path` may be a folder (one that exists, or a new one written with a trailing slash, `out/`), in which case
-    the file gets `default_filename(format, emb.token)`. For diffusers-sdxl `path` names the first file and the second is written beside it (see `second_file`). `preview`,
-    a PIL image, is only used by a1111-png (a plain placeholder picture is drawn when it is None). With
-    `overwrite=False` a file already there is refused (before anything is written) instead of replaced.
+    the file gets `default_filename(format, emb.token)`. For diffusers-sdxl `path` names the first file and the
+    second is written beside it (see `second_file`). `preview`, a PIL image, is only used by a1111-png (a plain
+    placeholder picture is drawn when it is None). With `overwrite=False` a file already there is refused (before
+    anything is written) instead of replaced.
 
     >>> save_embedding(emb, "out/my-dog.pt", format="a1111")   # doctest: +SKIP
     [PosixPath('out/my-dog.pt')]

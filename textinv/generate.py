@@ -33,7 +33,7 @@ from .families import describe_widths
 from .formats import RECORD_KEY, LearnedEmbedding, load_embedding, load_embedding_pair
 from .io import atomic_path, output_folder
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, encode_text, load_model,
-                     quiet_transformers)
+                     quiet_transformers, read_clip_skip)
 from .run_folder import concept_folder, embedding_file, saved_run
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
@@ -353,10 +353,8 @@ def generation_clip_skip(model: Model, asked: int | None, embeddings: list[Learn
     (textinv records it in each file), else 1; as `model` reads it (`models.check_clip_skip`: SDXL's 2 is its 1).
     An embedding trained with another one than is drawn with is warned about: its vectors were fitted to another
     layer's output."""
-    def read(n: int) -> int:  # (a file's own number, as this model reads it; one it cannot take is render's error)
-        return 1 if model.is_xl and n == 2 else n
-
-    trained = {e.token: read(int(e.metadata["clip_skip"])) for e in embeddings
+    # (a file's own number as this model reads it; one it cannot take is render's error)
+    trained = {e.token: read_clip_skip(model, int(e.metadata["clip_skip"])) for e in embeddings
                if str(e.metadata.get("clip_skip", "")).isdigit()}
     clip_skip = check_clip_skip(model, asked) if asked else (
         next(iter(trained.values())) if len(set(trained.values())) == 1 else 1)

@@ -26,7 +26,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:  # (a folder made read-only: named by the file meant)
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise _as_meant(e, path) from e
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -43,10 +43,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         if e.filename == str(path):
             raise
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise _as_meant(e, path) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _as_meant(error: OSError, path: Path) -> OSError:
+    """`error` (same errno and reason) naming `path`, the file meant, not the temporary file it met."""
+    return OSError(error.errno, error.strerror or str(error), str(path))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -159,11 +159,10 @@ def check_clip_skip(model: Model, clip_skip: int) -> int:
     >>> check_clip_skip(load_model("stabilityai/stable-diffusion-xl-base-1.0"), 2)  # doctest: +SKIP
     1
     """
+    clip_skip = read_clip_skip(model, clip_skip)
     if clip_skip == 1:
         return 1
     if model.is_xl:
-        if clip_skip == 2:
-            return 1
         raise ConfigError(f"--clip-skip {clip_skip}: SDXL reads its text encoders' penultimate layers (clip skip 2 "
                           "in the web UI's and ComfyUI's counting, which 1 and 2 both mean here); 3 or more is not "
                           "taken on SDXL (the web UI ignores it there): leave it at 1 or 2")
@@ -172,6 +171,11 @@ def check_clip_skip(model: Model, clip_skip: int) -> int:
         raise ConfigError(f"--clip-skip {clip_skip} is more than the {layers} layers of {model.source}'s text "
                           f"encoder; 2 is the usual value (the penultimate layer)")
     return clip_skip
+
+
+def read_clip_skip(model: Model, clip_skip: int) -> int:
+    """The clip skip `model` reads for `clip_skip`, unchecked (`check_clip_skip` checks): SDXL's 2 is its own 1."""
+    return 1 if model.is_xl and clip_skip == 2 else clip_skip
 
 
 def encode_text(model: Model, ids: list[torch.Tensor], clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -86,8 +86,13 @@ def uncompiled(unet):
     try:
         yield unet
     finally:
-        for m, call in compiled:
-            m._compiled_call_impl = call
+        _recompile(compiled)
+
+
+def _recompile(compiled: list[tuple[torch.nn.Module, object]]) -> None:
+    """Put back the compiled calls `uncompile` took away."""
+    for m, call in compiled:
+        m._compiled_call_impl = call
 
 
 def check_compiled_unet(unet, example: dict) -> bool:
@@ -101,8 +106,7 @@ def check_compiled_unet(unet, example: dict) -> bool:
     errors = [((f - p).norm() / p.norm().clamp(min=1e-12)).item() for f, p in zip(fast, plain)]
     tolerance = 1e-3 if unet.dtype == torch.float32 else 5e-2
     if max(errors) <= tolerance:
-        for m, call in compiled:
-            m._compiled_call_impl = call
+        _recompile(compiled)
         return True
     warnings.warn(f"torch.compile changed the UNet's result (output {errors[0]:.1e}, gradient to the text "
                   f"{max(errors[1:]):.1e} relative to the uncompiled UNet; allowed {tolerance:.0e}): a compiler bug "

@@ -656,12 +656,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             # (the reference-like mode trains the whole table too, and skips whole steps as the reference does)
             if config.reference_like:
                 _step_skipping_overflows(scaler, optimizer, exts, [[slice(None)] * len(exts)])
-            else:
-                _step_skipping_overflows(scaler, optimizer, exts, [c.rows for c in concepts], skipped)
-            if config.reference_like:  # put the frozen rows back, as the reference does after every step
-                with torch.no_grad():
+                with torch.no_grad():  # put the frozen rows back, as the reference does after every step
                     for e, copy in zip(exts, table_copies):
                         e.base.weight.copy_(copy)
+            else:
+                _step_skipping_overflows(scaler, optimizer, exts, [c.rows for c in concepts], skipped)
             if others:  # the tokens installed before this run stay as they were
                 with torch.no_grad():
                     for e, kept in others:
