@@ -985,6 +985,85 @@ def test_again_reads_the_web_uis_parameters_and_says_what_it_cannot_use(sd1_dir,
     assert again_config(path, {"model": str(sd1_dir), "sampler": "euler"})[0].sampler == "euler"
 
 
+def _exif_picture(path, comment, fmt=None, pnginfo=None):
+    """A picture whose EXIF holds `comment` as its UserComment's raw bytes, as the web UI saves a JPEG or WebP."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = comment  # the Exif sub-IFD's UserComment
+    extra = {"pnginfo": pnginfo} if pnginfo else {}
+    Image.new("RGB", (8, 8)).save(path, format=fmt, exif=exif.tobytes(), **extra)  # (bytes: an AVIF drops an Exif)
+    return path
+
+
+_WEBUI_TEXT = ("a (red:1.2) café cat\nwith a hat\nNegative prompt: blurry, ugly\nSteps: 4, Sampler: DPM++ 2M, "
+               "Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 24x16, Model hash: abc123, "
+               'Model: v1-5-pruned, Clip skip: 2, Lora hashes: "a: 1f, b: 2e", Version: v1.9.4')
+
+
+@pytest.mark.parametrize("name, fmt, comment", [
+    # what the web UI writes (piexif's UserComment "unicode": the character code, then UTF-16 big-endian)
+    ("webui.jpg", "JPEG", b"UNICODE\0" + _WEBUI_TEXT.encode("utf-16-be")),
+    ("webui.webp", "WEBP", b"UNICODE\0" + _WEBUI_TEXT.encode("utf-16-be")),
+    ("webui.avif", "AVIF", b"UNICODE\0" + _WEBUI_TEXT.encode("utf-16-be")),
+    # other writers: UTF-16 in the EXIF's little-endian order, or with a byte-order mark; UTF-8 under "ASCII"
+    ("le.jpg", "JPEG", b"UNICODE\0" + _WEBUI_TEXT.encode("utf-16-le")),
+    ("bom.webp", "WEBP", b"UNICODE\0" + _WEBUI_TEXT.encode("utf-16")),
+    ("ascii.jpg", "JPEG", b"ASCII\0\0\0" + _WEBUI_TEXT.encode("utf-8") + b"\0"),
+])
+def test_again_reads_the_web_uis_exif_user_comment_as_it_reads_a_pngs_parameters(sd1_dir, tmp_path, name, fmt,
+                                                                                   comment):
+    """The web UI saves a JPEG, WebP or AVIF's generation parameters in its EXIF UserComment, and that is how its
+    pictures are shared; --again refused them ("a JPEG file"). Read, they give the PNG's settings and warnings."""
+    from PIL import features
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import again_config, read_picture
+
+    if fmt == "AVIF" and not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF")
+    info = PngInfo()
+    info.add_text("parameters", _WEBUI_TEXT)
+    png = tmp_path / "webui.png"
+    Image.new("RGB", (8, 8)).save(png, pnginfo=info)
+    path = _exif_picture(tmp_path / name, comment, fmt)
+    assert read_picture(path).settings == read_picture(png).settings
+    assert read_picture(path).settings["prompt"] == ["a (red:1.2) café cat\nwith a hat"]
+    with pytest.raises(ConfigError, match=rf"{name} was drawn by the A1111 web UI \(Model v1-5-pruned.*--model"):
+        again_config(path, {})
+    said = {}
+    for picture in (png, path):
+        with pytest.warns(UserWarning, match="not applied") as caught:
+            config, keep = again_config(picture, {"model": str(sd1_dir)})
+        said[picture] = ([str(w.message).replace(str(picture), "PICTURE") for w in caught], config, keep)
+    assert said[png] == said[path]
+
+
+def test_again_reads_a_pngs_text_before_its_exif_and_refuses_a_cameras_comment(tmp_path, capsys):
+    """A PNG's own text comes first (an EXIF beside it may be a camera's); a comment that is no web UI text, or one
+    only padding, is refused naming the file, not read as a prompt."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import read_picture
+    from textinv.cli import main
+
+    def webui(seed):
+        return b"UNICODE\0" + f"a cat\nSteps: 4, Seed: {seed}, Size: 16x16".encode("utf-16-be")
+
+    info = PngInfo()
+    info.add_text("parameters", "a dog\nSteps: 4, Seed: 1, Size: 16x16")
+    both = _exif_picture(tmp_path / "both.png", webui(2), pnginfo=info)
+    assert read_picture(both).settings["seed"] == 1
+    assert read_picture(_exif_picture(tmp_path / "exif.png", webui(3))).settings["seed"] == 3
+    camera = _exif_picture(tmp_path / "camera.jpg", b"ASCII\0\0\0Shot at golden hour, ND filter")
+    padded = _exif_picture(tmp_path / "padded.jpg", b"ASCII\0\0\0" + b" " * 40)
+    with pytest.raises(ConfigError, match=r"camera.jpg: its EXIF UserComment 'Shot at golden hour, ND filter' is "
+                                          r"not the web UI's generation parameters"):
+        read_picture(camera)
+    with pytest.raises(ConfigError, match=r"padded.jpg holds no generation settings"):
+        read_picture(padded)
+    assert main(["generate", "--again", str(camera)]) == 2
+    assert "textinv generate: error: --again" in capsys.readouterr().err
+
+
 def test_again_refuses_a_picture_without_settings_and_an_a1111_embedding_png(tmp_path, capsys):
     from textinv.again import read_picture
     from textinv.cli import main
@@ -993,7 +1072,8 @@ def test_again_refuses_a_picture_without_settings_and_an_a1111_embedding_png(tmp
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
     (emb,) = save_embedding(LearnedEmbedding("<e>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "e.png",
                             "a1111-png")
-    cases = [("plain.png", r"plain.png holds no generation settings"), ("photo.jpg", r"photo.jpg is a JPEG file"),
+    cases = [("plain.png", r"plain.png holds no generation settings"),
+             ("photo.jpg", r"photo.jpg holds no generation settings"),
              ("e.png", r"e.png is an A1111 embedding .*: load it with --embedding .*e.png"),
              ("gone.png", r"gone.png: no such file")]
     for name, message in cases:

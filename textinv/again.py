@@ -1,5 +1,5 @@
-"""`textinv generate --again PICTURE.png`: draw a picture again from the settings in its PNG text, as the web UI's
-"PNG Info -> send to txt2img" does. Flags given beside it override the picture's settings.
+"""`textinv generate --again PICTURE`: draw a picture again from the settings in its PNG text (or EXIF), as the web
+UI's "PNG Info -> send to txt2img" does. Flags given beside it override the picture's settings.
 
 What a picture's text can hold, and how each is read:
 
@@ -11,6 +11,7 @@ What a picture's text can hold, and how each is read:
 - the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
   Seed, Size and Clip skip. The rest (Model, Model hash, VAE, Hires fix, ...) cannot be applied and is named in a
   warning; the model must be given (--model), and a sampler textinv does not have must be chosen (--sampler).
+  The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
 
 An A1111 embedding PNG (an embedding hidden in a picture's `sd-ti-embedding` text) is no drawn picture: it is refused
 with the flag that loads it.
@@ -95,33 +96,80 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
 
 
 def read_picture(path: str | Path) -> Picture:
-    """The settings in a PNG's text: textinv's record, else an older textinv's per-key text, else the A1111 web UI's
-    `parameters`. A file without any of them, an A1111 embedding PNG, and a file that is no PNG are refused."""
+    """The settings in a picture's PNG text: textinv's record, else an older textinv's per-key text, else the A1111 web
+    UI's `parameters`; else the web UI's text in its EXIF UserComment (how it saves a JPEG, WebP or AVIF). A file
+    without any of them, an A1111 embedding PNG, and a file that is no picture are refused."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--again {path}: no such file; give a PNG that textinv or the web UI drew")
+        raise ConfigError(f"--again {path}: no such file; give a picture that textinv or the web UI drew")
     try:
         with Image.open(path) as image:
-            kind, text = image.format, dict(getattr(image, "text", None) or {})
+            text = dict(getattr(image, "text", None) or {})
+            comment = _exif_comment(image)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ConfigError(f"--again {path}: cannot read it as a picture ({e})") from None
-    if kind != "PNG":
-        raise ConfigError(f"--again {path} is a {kind or 'non-PNG'} file; --again reads the settings a PNG's text "
-                          f"holds (the web UI's JPEG and WebP keep theirs in EXIF, which textinv does not read)")
     if PNG_CHUNK in text:
         raise ConfigError(f"--again {path} is an A1111 embedding (an embedding kept in a picture's {PNG_CHUNK!r} "
                           f"text), not a drawn picture's settings: load it with --embedding {path}")
+    # the PNG's text first: it is what textinv and the web UI write there (an EXIF beside it may be a camera's)
     if RECORD_KEY in text:
         return _from_record(path, text[RECORD_KEY])
     if "textinv_version" in text and "prompt" in text:
         return _from_old_keys(path, text)
     if "parameters" in text:
         return _from_a1111(path, text["parameters"])
-    raise ConfigError(f"--again {path} holds no generation settings (no textinv record, no A1111 'parameters' "
-                      f"text): give a PNG that textinv or the web UI drew, with its text kept (some editors and "
-                      f"sites remove it)")
+    comment = decode_user_comment(comment) if comment is not None else ""
+    if comment:
+        if not parse_a1111_parameters(comment)[2]:  # a camera's or an editor's comment: no "Steps: .., Seed: .." line
+            shown = comment if len(comment) <= 60 else comment[:57] + "..."
+            raise ConfigError(f"--again {path}: its EXIF UserComment {shown!r} is not the web UI's generation "
+                              f"parameters (no 'Steps: ..., Seed: ...' line): give a picture that textinv or the web "
+                              f"UI drew")
+        return _from_a1111(path, comment)
+    raise ConfigError(f"--again {path} holds no generation settings (no textinv record, no A1111 'parameters' text, "
+                      f"no EXIF UserComment): give a picture that textinv or the web UI drew, with its metadata kept "
+                      f"(some editors and sites remove it)")
+
+
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286  # the Exif sub-IFD's pointer in IFD0, and its UserComment tag
+
+
+def _exif_comment(image) -> bytes | None:
+    """The raw bytes of a picture's EXIF UserComment (none: None). Pillow reads EXIF from JPEG, WebP, AVIF and PNG."""
+    exif = image.getexif()
+    value = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT, exif.get(_USER_COMMENT))  # (some writers put it in IFD0)
+    if isinstance(value, str):  # written as an ASCII-typed tag, which Pillow hands back as latin-1 text
+        value = value.encode("latin-1", "replace")
+    return value if isinstance(value, bytes) else None
+
+
+def decode_user_comment(data: bytes) -> str:
+    """An EXIF UserComment as text. Its first 8 bytes name the character code (EXIF 2.3, Table 9): "UNICODE\\0" is
+    UTF-16 in a byte order the spec leaves open: the web UI (piexif's "unicode") writes big-endian, other writers
+    the file's EXIF byte order, so little-endian too. A byte-order mark decides; else the order in which the text's
+    ASCII (the web UI's "Steps: ..." line at least) has its zero byte. "ASCII\\0\\0\\0", an undefined code (eight
+    zero bytes) and bytes with no code at all are read as UTF-8, which holds ASCII (some writers put UTF-8 there).
+
+    >>> decode_user_comment(b"UNICODE\\0" + "Steps: 20".encode("utf-16-be"))
+    'Steps: 20'
+    >>> decode_user_comment(b"UNICODE\\0" + "Steps: 20".encode("utf-16-le"))
+    'Steps: 20'
+    """
+    code, body = data[:8], data[8:]
+    if code == b"UNICODE\0":
+        if body[:2] in (b"\xfe\xff", b"\xff\xfe"):
+            text = body.decode("utf-16", "replace")  # the mark gives the order (and is dropped)
+        else:
+            # "S" is 00 53 big-endian, 53 00 little-endian: the zero bytes sit at even offsets in one, odd in the other
+            little = body[1::2].count(0) > body[0::2].count(0)
+            text = body[:len(body) // 2 * 2].decode("utf-16-le" if little else "utf-16-be", "replace")
+    elif code in (b"ASCII\0\0\0", b"\0" * 8):
+        text = body.decode("utf-8", "replace")
+    else:  # no code, or JIS (which no web UI writes): the bytes as they are, as the web UI reads them too
+        text = data.decode("utf-8", "replace")
+    return text.strip("\0 \t\r\n")  # cameras pad the comment with zero bytes or spaces
 
 
 def _from_record(path: Path, text: str) -> Picture:
