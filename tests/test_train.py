@@ -213,6 +213,22 @@ def test_resume_after_the_pictures_changed_is_refused_before_loading(sd1_dir, tm
     assert train(TrainConfig(**{**run, "steps": 4}, resume=True), progress=False).steps == 4
 
 
+def test_an_epoch_holds_each_picture_its_own_repeat_count_times():
+    """kohya's folders give pictures different repeat counts: each epoch holds picture i exactly counts[i] times,
+    and one count for all draws exactly what runs drew before counts per picture."""
+    from textinv.train import BatchSampler
+
+    sampler = BatchSampler(3, [20, 20, 6], flip=False, seed=0)
+    drawn = torch.cat([sampler.draw(23, (1,), (0, 10))["image"] for _ in range(4)])  # two whole epochs of 46
+    assert torch.bincount(drawn[:46]).tolist() == [20, 20, 6]
+    assert torch.bincount(drawn[46:]).tolist() == [20, 20, 6]
+    assert not torch.equal(drawn[:46], drawn[46:])  # (each epoch shuffled anew)
+    same = BatchSampler(3, 4, flip=False, seed=5)._next_images(24)
+    g = torch.Generator().manual_seed(5)
+    assert torch.equal(same, torch.cat([torch.randperm(12, generator=g) % 3 for _ in range(2)]))
+    assert torch.equal(BatchSampler(3, [4, 4, 4], flip=False, seed=5)._next_images(24), same)
+
+
 def test_resume_with_another_number_of_processes_is_refused(sd1_dir, images, tmp_path, monkeypatch):
     """Each process draws its slice of a global batch of --batch x processes: resuming a 2-process run in one
     process would silently halve the batch of every remaining step."""

@@ -175,8 +175,15 @@ class BatchSampler:
     """Draws the random parts of each batch from one generator: pictures (in shuffled epochs), flips, captions,
     latent samples, noise and timesteps. Its state (generator + epoch position) goes into checkpoints."""
 
-    def __init__(self, num_images: int, repeats: int, flip: bool, seed: int):
-        self.num_items = num_images * repeats
+    def __init__(self, num_images: int, repeats: int | Sequence[int], flip: bool, seed: int):
+        """`repeats`: how many times each picture is in an epoch, one count for all or one per picture (kohya's
+        folders: the folder's count times --repeats)."""
+        counts = torch.tensor([repeats] * num_images if isinstance(repeats, int) else list(repeats))  # (I,)
+        # an epoch's pictures, round by round (0, 1, 2, 0, 1, 2, 0, 2...): with one count for all this is
+        # arange(I * repeats) % I, the table runs drew from before counts per picture, so their draws are unchanged
+        rounds = torch.arange(int(counts.max())).unsqueeze(1)  # (R, 1)
+        self.table = torch.arange(num_images).repeat(len(rounds))[(rounds < counts).flatten()]  # (sum of counts,)
+        self.num_items = len(self.table)
         self.num_images = num_images
         self.flip = flip
         self.generator = torch.Generator().manual_seed(seed)
@@ -186,8 +193,8 @@ class BatchSampler:
     def _next_images(self, n: int) -> torch.Tensor:
         picked = []
         while n > 0:
-            if self.cursor >= len(self.order):  # a new epoch: every picture `repeats` times, shuffled
-                self.order = torch.randperm(self.num_items, generator=self.generator) % self.num_images
+            if self.cursor >= len(self.order):  # a new epoch: every picture its `repeats` times, shuffled
+                self.order = self.table[torch.randperm(self.num_items, generator=self.generator)]
                 self.cursor = 0
             take = self.order[self.cursor:self.cursor + n]
             self.cursor += len(take)
