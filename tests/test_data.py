@@ -145,11 +145,65 @@ def test_folder_of_only_junk_is_a_data_error(tmp_path):
 
 
 def test_folder_whose_pictures_are_in_subfolders_names_them(tmp_path):
-    # kohya's layout: the pictures one level down, in "<repeats>_<name>" folders
-    (tmp_path / "10_sks dog").mkdir()
-    solid(tmp_path / "10_sks dog" / "a.png")
-    with pytest.raises(DataError, match=r"subfolders \(10_sks dog\) are not searched.*10_sks dog"):
+    # subfolders not in kohya's layout are not searched: the error names them and both ways out
+    (tmp_path / "sks dog").mkdir()
+    solid(tmp_path / "sks dog" / "a.png")
+    with pytest.raises(DataError, match=r"subfolders \(sks dog\) are not searched.*e.g. .*sks dog, or name the "
+                                        r"subfolders as kohya does.*10_sks dog"):
         find_images(tmp_path)
+
+
+def test_kohya_layout_reads_each_folder_with_its_repeat_count(tmp_path):
+    """`--images img/` with kohya's `img/10_a/`, `img/3_b/`: was "no images found ... not searched"."""
+    from textinv.data import describe_kohya, picture_names, picture_repeats
+
+    for name in ("10_a", "3_b toy"):
+        (tmp_path / name).mkdir()
+    solid(tmp_path / "10_a" / "x.png")
+    solid(tmp_path / "10_a" / "y.jpg")
+    (tmp_path / "10_a" / "x.txt").write_text("a {} on grass")  # captions beside the pictures, as in a plain folder
+    solid(tmp_path / "3_b toy" / "x.png")  # (the same name as 10_a's: told apart by the folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about
+        found = find_images(tmp_path)
+    assert found == [tmp_path / "10_a" / "x.png", tmp_path / "10_a" / "y.jpg", tmp_path / "3_b toy" / "x.png"]
+    assert picture_repeats(tmp_path, found) == [10, 10, 3]
+    assert picture_names(tmp_path, found) == ["10_a/x.png", "10_a/y.jpg", "3_b toy/x.png"]
+    assert describe_kohya(tmp_path, found) == f"{tmp_path}: 2 kohya folders, 10_a (2 pictures x10), 3_b toy (1 x3)"
+    assert [p.caption for p in load_training_images(found, 8)] == ["a {} on grass", None, None]
+    # a plain folder, even one named as a kohya folder (given directly), is read as it always was
+    plain = find_images(tmp_path / "10_a")
+    assert picture_repeats(tmp_path / "10_a", plain) == [1, 1] and describe_kohya(tmp_path / "10_a", plain) is None
+
+
+def test_kohya_subfolders_without_a_repeat_count_are_warned_and_skipped(tmp_path):
+    """As kohya's sd-scripts skips ("ignore directory without repeats") a folder whose name does not start with a
+    number and an underscore, and one of 0 repeats; an empty one is said too."""
+    for name in ("10_a", "extra", "0_old", "5_empty", "10"):
+        (tmp_path / name).mkdir()
+        if name != "5_empty":
+            solid(tmp_path / name / "p.png")
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "10_a" / "p.png"]
+    assert len(rec.list) == 1
+    message = str(rec.list[0])
+    for said in ("extra (not named <repeats>_<words>", "0_old (0 repeats)", "5_empty (no pictures", "10 (not named"):
+        assert said in message
+    assert "10_a" not in message
+    (tmp_path / "10_a" / "p.png").unlink()
+    with pytest.warns(SkippedFilesWarning), pytest.raises(DataError, match="no images found in the kohya folders"):
+        find_images(tmp_path)
+
+
+def test_pictures_beside_kohya_folders_are_read_and_the_folders_named_as_left_out(tmp_path):
+    solid(tmp_path / "a.png")
+    (tmp_path / "10_more").mkdir()
+    solid(tmp_path / "10_more" / "b.png")
+    (tmp_path / "backup").mkdir()  # (any other subfolder beside pictures stays unremarked, as before)
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.png"]
+    assert len(rec.list) == 1 and "only they are read, not its kohya folders (10_more)" in str(rec.list[0])
+    assert "backup" not in str(rec.list[0])
 
 
 def test_camera_raw_is_skipped_with_a_hint_not_trained_from_its_preview(tmp_path):

@@ -229,6 +229,37 @@ def test_an_epoch_holds_each_picture_its_own_repeat_count_times():
     assert torch.equal(BatchSampler(3, [4, 4, 4], flip=False, seed=5)._next_images(24), same)
 
 
+def test_a_kohya_folder_trains_each_picture_by_its_folders_count_and_resumes(sd1_dir, tmp_path, monkeypatch, capsys):
+    """`img/10_a/` (2 pictures) and `img/3_b/` (1) as one of --concepts, with --repeats 2: each epoch draws a's
+    pictures 20 times each and b's 6 times; the checkpoint tells 3_b/img0.png from 10_a/img0.png, a resume
+    continues the run exactly, and renaming a folder (its count) is refused."""
+    from conftest import write_images
+
+    img, flat = tmp_path / "img", write_images(tmp_path / "flat", n=2, seed=3)
+    write_images(img / "10_a", n=2, seed=1)
+    write_images(img / "3_b", n=1, seed=2)
+    run = dict(concepts=[f"{img}=<ka>", f"{flat}=<kb>"], model=str(sd1_dir), steps=4, batch=2, save_every=2,
+               sample_every=0, log_every=2, repeats=2)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **run), progress=True)
+    assert f"{img}: 2 kohya folders, 10_a (2 pictures x10), 3_b (1 x3)" in capsys.readouterr().out
+    state = torch.load(tmp_path / "a" / "checkpoints" / "step-000004.pt", weights_only=True)
+    assert state["pictures"] == [["10_a/img0.png", "10_a/img1.png", "3_b/img0.png"], ["img0.png", "img1.png"]]
+    assert torch.bincount(state["samplers"][0]["order"]).tolist() == [20, 20, 6]  # the epoch being drawn
+    assert torch.bincount(state["samplers"][1]["order"]).tolist() == [2, 2]
+
+    train(TrainConfig(out=str(tmp_path / "b"), **{**run, "steps": 2}), progress=False)
+    resumed = train(TrainConfig(out=str(tmp_path / "b"), resume=True, **run), progress=False)
+    for mine, theirs in zip(resumed.embeddings, straight.embeddings, strict=True):
+        assert torch.equal(mine.vectors["text_encoder"], theirs.vectors["text_encoder"]), mine.token
+    assert resumed.losses == straight.losses
+
+    (img / "3_b").rename(img / "5_b")
+    monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(ConfigError, match=f"pictures in {img} changed since the run started .missing now: "
+                                          "3_b/img0.png; new: 5_b/img0.png"):
+        train(TrainConfig(out=str(tmp_path / "b"), resume=True, **{**run, "steps": 6}), progress=False)
+
+
 def test_resume_with_another_number_of_processes_is_refused(sd1_dir, images, tmp_path, monkeypatch):
     """Each process draws its slice of a global batch of --batch x processes: resuming a 2-process run in one
     process would silently halve the batch of every remaining step."""

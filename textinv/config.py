@@ -123,8 +123,8 @@ def check_guidance(guidance: float | None) -> None:
 class TrainConfig:
     """Everything that defines a textual-inversion training run."""
 
-    images: str = opt(None, "folder with 3-10 pictures of the concept (captions in NAME.txt beside an image are used)",
-                       path="file")
+    images: str = opt(None, "folder with 3-10 pictures of the concept (captions in NAME.txt beside an image are "
+                            "used), or in kohya's layout: subfolders <repeats>_<words> of pictures", path="file")
     token: str = opt(None, "the new word to learn, e.g. '<my-dog>'; write it in prompts later")
     concepts: list = opt([], "several concepts in one run instead of --images/--token: FOLDER=TOKEN[=INIT] each "
                              "(in a config file, also mappings with images, token, init)", path="file")
@@ -166,7 +166,8 @@ class TrainConfig:
                                "nearest its own proportions, about --resolution's area, instead of its centre "
                                "square, so a portrait keeps its head and feet")
     flip: bool = opt(None, "random horizontal flips (p=0.5); default on, as in the paper's code")
-    repeats: int = opt(1, "times each image appears per epoch (weighting between images)")
+    repeats: int = opt(1, "times each image appears per epoch (weighting between images); in kohya's layout, "
+                         "times its folder's count")
     shuffle_tags: bool = opt(False, "shuffle the comma-separated tags of each caption every time it is used (the web "
                                     "UI's 'shuffle tags', kohya's --shuffle_caption)")
     tag_dropout: float = opt(0.0, "leave out each caption tag with this chance (the web UI's 'drop out tags', "

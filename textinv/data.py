@@ -4,7 +4,7 @@ Textual Inversion learns from 3-10 pictures of one concept (Gal et al. 2023, sec
 of pictures into training samples, in four steps:
 
 1. `find_images`: which files in the folder are pictures (Pillow must be able to read them: the name alone
-   does not decide);
+   does not decide), or in its `<repeats>_<words>` subfolders for kohya's layout (`picture_repeats`);
 2. `load_image`: one picture as upright 8-bit sRGB, whatever its colour mode, bit depth or EXIF rotation;
 3. `prepare_image`: a square `(3, resolution, resolution)` float32 tensor in [-1, 1], the range the VAE expects;
 4. captions: the image's own caption file (`dog1.txt` beside `dog1.jpg`) or one of the paper's prompt templates,
@@ -44,6 +44,10 @@ __all__ = [
     "TrainingImage",
     "CaptionSampler",
     "find_images",
+    "kohya_repeats",
+    "picture_repeats",
+    "picture_names",
+    "describe_kohya",
     "load_image",
     "to_rgb",
     "prepare_image",
@@ -151,7 +155,8 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 
 
 class SkippedFilesWarning(UserWarning):
-    """Some files in the image folder are not pictures Pillow can read, and were left out."""
+    """Some files in the image folder are not pictures Pillow can read, or some of its subfolders are not read
+    (kohya's layout), and were left out."""
 
 
 class SmallImageWarning(UserWarning):
@@ -171,7 +176,8 @@ class CaptionWithoutMarkerWarning(UserWarning):
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:
-    """The pictures in `folder` (not its subfolders), sorted by name.
+    """The pictures in `folder` (not its subfolders), sorted by name; or, for a folder in kohya's layout, the
+    pictures of its `<repeats>_<words>` subfolders (`kohya_repeats`), folder by folder.
 
     A file counts as a picture if Pillow can read its header, whatever its name says, except camera RAW files
     (`.dng`, `.cr2`, `.nef`...), where Pillow would read only the small preview inside. Hidden files, OS litter
@@ -179,8 +185,16 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     and skipped quietly; any other file is skipped with one `SkippedFilesWarning` that names them all. Only
     regular files (or links to them) are opened: a named pipe or a device is skipped, as is a broken link.
 
+    kohya's layout (sd-scripts' DreamBooth folders, `--train_data_dir img/` with `img/10_mydog dog/`): when
+    `folder` holds no pictures itself but subfolders named `<repeats>_<words>`, their pictures are read (one level
+    down, not deeper); each is trained `repeats` times as often (`picture_repeats`). A subfolder without the
+    prefix, or with 0 repeats, is skipped with a warning, as kohya skips it. When `folder` holds pictures itself,
+    only they are read, with a warning naming the kohya subfolders left out.
+
     >>> find_images("photos/my_cat")  # doctest: +SKIP
     [PosixPath('photos/my_cat/cat1.jpg'), PosixPath('photos/my_cat/cat2.png')]
+    >>> find_images("img")  # img/10_cat/, img/3_cat toy/  # doctest: +SKIP
+    [PosixPath('img/10_cat/cat1.jpg'), PosixPath('img/10_cat/cat2.png'), PosixPath('img/3_cat toy/toy.jpg')]
     """
     folder = Path(folder)
     if not folder.exists():
@@ -188,6 +202,34 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
                         f"your pictures")
     if not folder.is_dir():
         raise DataError(f"{folder} is a file, not a folder; give the folder that holds your pictures")
+    images, subfolders = _scan(folder)
+    kohya = [p for p in subfolders if kohya_repeats(p.name) is not None]
+    if images and kohya:
+        warnings.warn(SkippedFilesWarning(
+            f"{folder} holds pictures itself, so only they are read, not its kohya folders "
+            f"({_names(kohya)}); to train on all, move the pictures into a folder of their own such as "
+            f"{folder / '1_pictures'}"), stacklevel=2)
+    if not images and kohya:
+        return _kohya_images(folder, subfolders)
+    if not images and subfolders:
+        # kohya's layout puts the pictures one level down ("train/10_sks dog/"): say so rather than "no images"
+        raise DataError(
+            f"no images found in {folder}, and its subfolders ({_names(subfolders)}) are not searched; give the "
+            f"folder that holds the pictures itself, e.g. {subfolders[0]}, or name the subfolders as kohya does, "
+            f"<repeats>_<words> (such as 10_{subfolders[0].name}), to train on them all"
+        )
+    if not images:
+        raise DataError(f"no images found in {folder}; put 3-10 .jpg/.png/.webp pictures of your concept there")
+    return images
+
+
+def _names(paths: Sequence[Path]) -> str:
+    return ", ".join(p.name for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
+
+
+def _scan(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The pictures and the subfolders in `folder`, each sorted by name; other files are named in one
+    `SkippedFilesWarning` (`find_images`)."""
     try:
         entries = sorted(folder.iterdir())
     except OSError as e:
@@ -215,18 +257,90 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
             hint = " (Pillow cannot read HEIC photos: convert them to JPEG first)"
         warnings.warn(
             SkippedFilesWarning(f"skipped {len(skipped)} file(s) in {folder} that are not pictures: {names}{hint}"),
-            stacklevel=2,
+            stacklevel=3,
         )
-    if not images and subfolders:
-        # kohya's layout puts the pictures one level down ("train/10_sks dog/"): say so rather than "no images"
-        names = ", ".join(p.name for p in subfolders[:5]) + (", ..." if len(subfolders) > 5 else "")
-        raise DataError(
-            f"no images found in {folder}, and its subfolders ({names}) are not searched; give the folder that "
-            f"holds the pictures itself, e.g. {subfolders[0]}"
-        )
+    return images, subfolders
+
+
+# kohya's DreamBooth folders: sd-scripts (config_util's `generate_dreambooth_subsets_config_by_subdirs`) splits a
+# subfolder's name at "_", reads the first part as the repeat count and the rest as the class words, and skips a
+# folder whose first part is no number (with a warning) or whose count is below 1. kohya also takes a bare number
+# ("10"); the underscore is required here, so that dated folders such as "2024" are not read as 2024 repeats.
+_KOHYA_FOLDER = re.compile(r"(\d+)_(.*)", re.ASCII | re.DOTALL)
+
+
+def kohya_repeats(name: str) -> int | None:
+    """The repeat count a kohya folder name gives its pictures ("10_mydog dog": 10; "0_old": 0), or None for a
+    name that is not `<repeats>_<words>`. The words are kohya's class words, its caption for a picture without a
+    caption file; textinv's captions come from the caption files and templates, so they are not used.
+
+    >>> kohya_repeats("10_mydog dog"), kohya_repeats("003_my_toy"), kohya_repeats("extra"), kohya_repeats("10")
+    (10, 3, None, None)
+    """
+    match = _KOHYA_FOLDER.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def _kohya_images(folder: Path, subfolders: list[Path]) -> list[Path]:
+    """The pictures of `folder`'s kohya subfolders (`find_images`), the others named in one warning."""
+    images: list[Path] = []
+    skipped = []
+    for sub in subfolders:
+        repeats = kohya_repeats(sub.name)
+        if repeats is None:
+            skipped.append(f"{sub.name} (not named <repeats>_<words>, such as 10_{sub.name})")
+        elif repeats < 1:
+            skipped.append(f"{sub.name} (0 repeats)")
+        else:
+            found = _scan(sub)[0]
+            images += found
+            if not found:
+                skipped.append(f"{sub.name} (no pictures in it)")
+    if skipped:
+        warnings.warn(SkippedFilesWarning(f"skipped {len(skipped)} subfolder(s) of {folder}, which is read in "
+                                          f"kohya's layout: {', '.join(skipped)}"), stacklevel=3)
     if not images:
-        raise DataError(f"no images found in {folder}; put 3-10 .jpg/.png/.webp pictures of your concept there")
+        raise DataError(f"no images found in the kohya folders of {folder}; put the pictures of your concept in a "
+                        f"subfolder named <repeats>_<words>, such as {folder / '10_mydog'}")
     return images
+
+
+def picture_repeats(folder: str | os.PathLike, paths: Sequence[Path]) -> list[int]:
+    """How many times each picture of `find_images(folder)` is trained per epoch, before --repeats: its kohya
+    folder's count, 1 for a picture directly in `folder`.
+
+    >>> picture_repeats("img", [Path("img/10_cat/cat1.jpg"), Path("img/3_cat toy/toy.jpg")])
+    [10, 3]
+    """
+    folder = Path(folder)
+    return [1 if p.parent == folder else kohya_repeats(p.parent.name) or 1 for p in paths]
+
+
+def picture_names(folder: str | os.PathLike, paths: Sequence[Path]) -> list[str]:
+    """The pictures' paths within `folder`, as a checkpoint records them ("cat1.jpg", "10_cat/cat1.jpg").
+
+    >>> picture_names("img", [Path("img/10_cat/cat1.jpg")])
+    ['10_cat/cat1.jpg']
+    """
+    return [Path(p).relative_to(folder).as_posix() for p in paths]
+
+
+def describe_kohya(folder: str | os.PathLike, paths: Sequence[Path]) -> str | None:
+    """One line saying what was read from a folder in kohya's layout, or None for a plain folder.
+
+    >>> describe_kohya("img", [Path("img/10_cat/a.jpg"), Path("img/10_cat/b.jpg"), Path("img/3_toy/c.jpg")])
+    'img: 2 kohya folders, 10_cat (2 pictures x10), 3_toy (1 x3)'
+    """
+    folder = Path(folder)
+    counts: dict[Path, int] = {}
+    for p in paths:
+        if p.parent != folder:
+            counts[p.parent] = counts.get(p.parent, 0) + 1
+    if not counts:
+        return None
+    parts = [f"{sub.name} ({n}{(' picture' + 's' * (n != 1)) if i == 0 else ''} x{kohya_repeats(sub.name)})"
+             for i, (sub, n) in enumerate(counts.items())]
+    return f"{folder}: {len(counts)} kohya folder{'s' if len(counts) > 1 else ''}, {', '.join(parts)}"
 
 
 def _describe_skipped(path: Path) -> str:

@@ -22,6 +22,7 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, build, read_config_file
+from .data import picture_names
 from .errors import ConfigError, FormatError
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, load_embedding, second_file,
                       step_filename)
@@ -376,7 +377,7 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, specs: l
                           f"{how}")
     for spec, paths, names, sampler in zip(specs, images, state.get("pictures") or [None] * len(specs),
                                            state["samplers"]):
-        now = [p.name for p in paths]
+        now = picture_names(spec["images"], paths)  # (kohya's layout: "10_dog/a.png")
         if names is None:  # (older checkpoints keep no names: the epoch order's length still tells the count)
             was = len(sampler["order"]) // config.repeats
             if not was or was == len(now):

@@ -38,8 +38,9 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import TrainConfig, parse_lr_steps, save_config
-from .data import (CaptionSampler, TagVariation, default_templates, find_images, latent_weights,
-                   latent_weights_each, load_training_images, read_caption, read_template_file)
+from .data import (CaptionSampler, TagVariation, default_templates, describe_kohya, find_images, latent_weights,
+                   latent_weights_each, load_training_images, picture_names, picture_repeats, read_caption,
+                   read_template_file)
 from .errors import ConfigError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits
@@ -351,6 +352,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         clear_temporaries(out)
     specs = config.concept_list()
     images = [find_images(spec["images"]) for spec in specs]  # fail on bad data before the (slow) model load
+    for spec, paths in zip(specs, images):
+        read = describe_kohya(spec["images"], paths)  # (kohya's <repeats>_<words> subfolders: what was read)
+        if read and is_main and progress:
+            print(read)
     for path in (path for paths in images for path in paths):
         read_caption(path)  # (a caption file that is not UTF-8, say; they are read again with the pictures)
     checkpoint = newest_checkpoint(out) if config.resume else None
@@ -444,7 +449,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                                                 torch.tensor([list(p.pixels.shape[-2:])]))[0]
                                     for p in pictures]).to(device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
-        sampler = BatchSampler(len(pictures), config.repeats, config.use_flip, concept_seed(config.seed, k))
+        repeats = [n * config.repeats for n in picture_repeats(spec["images"], paths)]
+        sampler = BatchSampler(len(pictures), repeats, config.use_flip, concept_seed(config.seed, k))
         concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
                                      concept_out, pixel_weight=pixel_weight))
@@ -543,7 +549,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         if checkpoint:
             save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
-                             pictures=[[p.path.name for p in c.pictures] for c in concepts], processes=world,
+                             pictures=[picture_names(s["images"], [p.path for p in c.pictures])
+                                       for s, c in zip(specs, concepts)], processes=world,
                              skipped=skipped)
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
