@@ -1,5 +1,6 @@
 """The real command line, end to end on a tiny model: train -> generate -> convert -> inspect, and its errors."""
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ import yaml
 from PIL import Image
 
 from textinv.cli import main
-from textinv.config import TrainConfig, build, read_config_file
+from textinv.config import GenerateConfig, TrainConfig, build, read_config_file
 from textinv.errors import ConfigError
 from textinv.formats import load_embedding
 
@@ -433,6 +434,81 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
             main(argv)
         assert exit_.value.code == 2
         assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--placeholder_token", "<x>"], "--placeholder_token is the diffusers script's name; textinv calls it --token"),
+    (["train", "--pretrained_model_name_or_path=sd15"], "textinv calls it --model"),
+    (["train", "--learning_rate", "1e-4"], "textinv calls it --lr (textinv's default is the paper's 5e-3"),
+    (["train", "--num_vectors_per_token", "4"], "textinv calls it --vectors"),
+    (["train", "--sample_prompts", "prompts.txt"], "textinv calls it --sample-prompts (textinv's takes the prompts"),
+    (["train", "--noise_offset", "0.1"], "--noise_offset is kohya's name; textinv has no noise offset"),
+    (["train", "--max_train_epochs", "10"], "E epochs are --steps E x pictures x --repeats"),
+    (["generate", "--num_inference_steps", "20"], "textinv calls it --steps"),
+    (["generate", "--num_images_per_prompt", "2"], "textinv calls it -n"),
+])
+def test_another_tools_flag_is_answered_with_textinvs_name(argv, said, capsys):
+    """The nearest flag by spelling was often another setting (--placeholder_token: --token, not --init)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and said in err
+    assert err.startswith(f"textinv {argv[0]}: error: unrecognized arguments: {argv[1]}")
+    assert "did you mean" not in err
+
+
+def test_a_value_after_a_switch_is_said_to_be_one(capsys):
+    """kohya's --resume takes a state folder; textinv's is a switch, and argparse named only the stray folder."""
+    with pytest.raises(SystemExit):
+        main(["train", "--out", "run", "--resume", "run/state-000500"])
+    assert "run/state-000500 (a value after --resume, which takes none)" in capsys.readouterr().err
+
+
+def test_an_underscore_spelling_of_a_flag_is_answered_with_its_own(capsys):
+    """Every flag of train and generate, spelt with underscores (as the diffusers and kohya scripts spell theirs),
+    is answered with its own name: by the nearest name, or where another tool's flag of that spelling means
+    something else (kohya's --sample_prompts), by the other tool's note, which names it too."""
+    from textinv.cli import _parse, make_parser
+
+    parser = make_parser()
+    for command in ("train", "generate"):
+        for flag in (f for a in parser.commands[command]._actions for f in a.option_strings if "-" in f[2:]):
+            with pytest.raises(SystemExit):
+                _parse(parser, [command, "--" + flag[2:].replace("-", "_")])
+            assert flag in capsys.readouterr().err, (command, flag)
+
+
+def test_a_config_key_of_another_tool_is_answered_with_textinvs_setting(tmp_path, capsys):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("learning_rate: 1e-4\nplaceholder_token: <x>\nsteps: 10\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"unknown settings in {cfg}: 'learning_rate': that is the diffusers and kohya scripts' name; textinv " \
+           "calls it 'lr'" in err
+    assert "'placeholder_token': that is the diffusers script's name; textinv calls it 'token'" in err
+    with pytest.raises(ConfigError, match=r"'num_inference_steps': .* textinv calls it 'steps'"):
+        build(GenerateConfig, {"num_inference_steps": 20})
+
+
+def test_the_table_of_other_tools_names_names_only_flags_textinv_has():
+    """foreign.NAMES cannot rot: each textinv flag it names (in its column or its note) is one of that command's,
+    and a config key of its config; each other tool's name is none of the command's flags nor a prefix argparse
+    would take for one (allow_abbrev), so it reaches the answer."""
+    from textinv.cli import make_parser
+    from textinv.config import TrainConfig
+    from textinv.foreign import NAMES, setting_of
+
+    parser = make_parser()
+    fields = {"train": TrainConfig, "generate": GenerateConfig}
+    for names, _whose, command, flag, note in NAMES:
+        options = [f for a in parser.commands[command]._actions for f in a.option_strings]
+        if flag is not None:
+            assert flag in options, (names, flag)
+            assert setting_of(flag) in {f.name for f in dataclasses.fields(fields[command])}, (names, flag)
+        for named in re.findall(r"(?<![\w-])--?[a-z][\w-]*", note):
+            assert "_" in named or named in options, (names, named)  # (an underscore: the other tool's own name)
+        for name in names.split():
+            assert not any(option.startswith("--" + name) for option in options), (command, name)
 
 
 def test_a_runs_written_config_reruns_it_bit_for_bit_from_another_directory(sd1_dir, images, tmp_path, monkeypatch):

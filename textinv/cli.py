@@ -29,7 +29,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, TextinvError  # (no more: the rest brings torch, imported inside main's Ctrl-C handler)
+from .errors import ConfigError, TextinvError
+from .foreign import foreign_hint  # (no more: the rest brings torch, imported inside main's Ctrl-C handler)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
@@ -211,7 +212,8 @@ class _Parser(argparse.ArgumentParser):
     is are enough. Subcommand parsers are made of the same class."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        first, _, more = message.partition("\n")  # (lines under the first, e.g. other tools' names, follow it)
+        self.exit(2, f"{self.prog}: error: {first} (see {self.prog} --help)\n" + (more + "\n" if more else ""))
 
 
 def _short_warning(message, category, filename, lineno, file=None, line=None) -> str:
@@ -301,17 +303,37 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """`parse_args`, but a flag the command does not have is answered with the nearest it has (argparse names
-    only what it did not know, and from the top-level parser, which knows no command's flags)."""
+    """`parse_args`, but a flag the command does not have is answered with what the user most likely meant
+    (argparse names only what it did not know, and from the top-level parser, which knows no command's flags):
+    another tool's name for one of its flags gets textinv's (`foreign.NAMES`: `--placeholder_token` is `--token`),
+    anything else the nearest flag by spelling, which for an underscore spelling is its own (`--grad_accum`:
+    `--grad-accum`); a value after a switch (kohya's `--resume PATH`) is said to be one.
+
+    Underscore spellings are answered, not accepted: one spelling per flag keeps `--help`, errors, the README and
+    saved commands alike, and the other tools' same-named flags do not always mean the same (kohya's
+    `--sample_prompts` is a file of prompts, its `--resolution` may be "W,H"), so taking them silently could change
+    what a run does. (argparse's prefix matching, allow_abbrev, stays: no other tool's name in `foreign.NAMES` is a
+    prefix of a textinv flag, which a test checks, so none is taken for one.)"""
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         command = parser.commands[args.command]
         flags = [flag for action in command._actions for flag in action.option_strings]
-        said = []
+        switches = {flag for action in command._actions if action.nargs == 0 for flag in action.option_strings}
+        given = sys.argv[1:] if argv is None else list(argv)
+        said, notes = [], []
         for word in unknown:
-            near = difflib.get_close_matches(word.split("=")[0], flags, n=1) if word.startswith("-") else []
-            said.append(f"{word} (did you mean {near[0]}?)" if near else word)
-        command.error(f"unrecognized arguments: {' '.join(said)}")
+            name = word.split("=")[0]
+            other = foreign_hint(name, args.command) if word.startswith("--") else None
+            if other:
+                said.append(word)
+                notes.append(f"  {other}")
+            elif word.startswith("-"):
+                near = difflib.get_close_matches(name, flags, n=1)
+                said.append(f"{word} (did you mean {near[0]}?)" if near else word)
+            else:
+                after = [given[i - 1] for i in range(1, len(given)) if given[i] == word and given[i - 1] in switches]
+                said.append(f"{word} (a value after {after[0]}, which takes none)" if after else word)
+        command.error("\n".join([f"unrecognized arguments: {' '.join(said)}", *notes]))
     return args
 
 

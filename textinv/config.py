@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, backslash_note
+from .foreign import foreign_hint
 
 
 def opt(default, help: str, **extra):
@@ -492,10 +493,19 @@ def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
         keys = ", ".join(map(repr, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
         raise ConfigError(f"unknown settings {keys}{where}: the file holds settings of {other}, so it is most "
                           f"likely a config of that command; give it to that command's --config")
+    # other tools' names (a config of the diffusers script's): all at once, and not the nearest by spelling, which
+    # would most often be the wrong setting
+    others = [f"{key!r}: {hint}" for key in unknown
+              if (hint := foreign_hint(str(key), _COMMANDS.get(cls.__name__, ""), as_key=True))]
+    if others:
+        raise ConfigError(f"unknown setting{'s' if len(others) > 1 else ''}{where}: " + "; ".join(others))
     for key in unknown:
         near = difflib.get_close_matches(str(key), names, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
         raise ConfigError(f"unknown setting {key!r}{where}; {hint}known settings: {', '.join(names)}")
+
+
+_COMMANDS = {"TrainConfig": "train", "GenerateConfig": "generate"}  # (config class -> its command, for `foreign`)
 
 
 def _command_of(keys) -> str | None:

@@ -1,0 +1,186 @@
+"""Other tools' names for textinv's settings, so an old flag or config key is answered with textinv's name.
+
+People come from the diffusers example scripts (`examples/textual_inversion/textual_inversion.py` and its SDXL
+twin), kohya's sd-scripts (`train_textual_inversion.py`, `sdxl_train_textual_inversion.py`, `gen_img.py`) and the
+AUTOMATIC1111 web UI's Train tab (its `train_embedding` arguments), and type the names they know. The nearest
+textinv name by spelling is often the wrong one (`--placeholder_token` is `--token`), so `NAMES` says what each is.
+The table is data: `foreign_hint` reads it for the command line and for config files alike. Only what truly
+corresponds is named; where textinv has no equivalent, the note says so (or how to get the same with what it has).
+"""
+
+from __future__ import annotations
+
+_D = "the diffusers script's"
+_K = "kohya's"
+_DK = "the diffusers and kohya scripts'"
+_W = "the web UI's"
+_P = "the diffusers pipelines'"
+_G = "kohya's gen_img's"
+
+_EPOCHS = ("textinv counts optimizer steps, not epochs: E epochs are --steps E x pictures x --repeats / "
+           "(--batch x --grad-accum), rounded up")
+_ATTENTION = ("not needed: textinv's models use PyTorch's scaled-dot-product attention (SDPA), which is "
+              "memory-efficient already")
+_SAVE = "one setting for both: every N steps a checkpoint to resume from and that step's embedding"
+_LOG = "textinv has no tracker: it writes loss.csv and the sample grids into --out"
+
+# (their names, space-separated, without dashes; whose; the textinv command; textinv's flag, or None when textinv
+# has none; what differs). Only the names that differ from textinv's: `--seed`, `--resolution`, `--vae` are the
+# same, and an underscore spelling of a textinv flag (`--clip_skip`) is answered by the command line on its own.
+NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
+    # train: the diffusers script (and kohya's, where the name is the same)
+    ("pretrained_model_name_or_path", _DK, "train", "--model", ""),
+    ("train_data_dir", _DK, "train", "--images", "the folder of the pictures themselves; kohya's is the folder "
+                                                 "above its N_name folders: give one of those"),
+    ("placeholder_token", _D, "train", "--token", ""),
+    ("initializer_token", _D, "train", "--init", "a phrase works too"),
+    ("learnable_property", _D, "train", "--property", "object or style"),
+    ("num_vectors", _D, "train", "--vectors", ""),
+    ("output_dir", _DK, "train", "--out", ""),
+    ("max_train_steps", _DK, "train", "--steps", "optimizer steps, as theirs"),
+    ("learning_rate", _DK, "train", "--lr", "textinv's default is the paper's 5e-3, used as it is; the diffusers "
+                                            "script's is 1e-4, and its README's 5e-4 is scaled by the batch, as --scale-lr does"),
+    ("train_batch_size", _DK, "train", "--batch", "per process, as theirs; textinv's default is 4, the diffusers "
+                                                  "script's 16"),
+    ("gradient_accumulation_steps", _DK, "train", "--grad-accum", ""),
+    ("scale_lr", _D, "train", "--scale-lr", "the same: the rate times batch, accumulation and processes; off "
+                                            "unless given, in both"),
+    ("lr_scheduler", _DK, "train", "--lr-schedule", "constant, constant_with_warmup, linear or cosine"),
+    ("lr_warmup_steps", _DK, "train", "--warmup-steps", "only with --lr-schedule constant_with_warmup, linear or "
+                                                        "cosine; the diffusers script's default 500 does nothing "
+                                                        "under its default constant schedule"),
+    ("adam_weight_decay", _D, "train", "--weight-decay", "the same default, 1e-2"),
+    ("mixed_precision", _DK, "train", "--precision", "no is fp32, fp16 and bf16 are the same: the frozen weights' "
+                                                     "precision, the learned vectors stay fp32 as in theirs; "
+                                                     "textinv's default auto is bf16 on a GPU that has it, else fp32"),
+    ("resume_from_checkpoint", _D, "train", "--resume", "a switch, not a path: textinv train --out DIR --resume "
+                                                        "continues from DIR's last checkpoint"),
+    ("checkpointing_steps save_steps", _D, "train", "--save-every", _SAVE),
+    ("save_every_n_steps", _K, "train", "--save-every", _SAVE),
+    ("checkpoints_total_limit", _D, "train", "--keep-checkpoints", "textinv keeps the last 2 unless told"),
+    ("validation_prompt", _D, "train", "--sample-prompts", "prompts with {} (or the token) where the concept goes"),
+    ("validation_steps", _D, "train", "--sample-every", ""),
+    ("num_validation_images", _D, "train", None,
+     "a sample grid draws one picture per --sample-prompts prompt, each at its own seed: give a prompt N times "
+     "for N pictures of it"),
+    ("center_crop", _D, "train", "--center-crop", "on by default in textinv; without it the diffusers script "
+                                                  "squashes each picture to a square, as --no-center-crop does"),
+    ("num_train_epochs", _D, "train", None, _EPOCHS),
+    ("report_to logging_dir", _D, "train", None, _LOG),
+    ("enable_xformers_memory_efficient_attention", _D, "train", None, _ATTENTION),
+    # train: kohya's
+    ("token_string", _K, "train", "--token", "a caption may hold it, or {}; one with neither gets it in front"),
+    ("init_word", _K, "train", "--init", ""),
+    ("num_vectors_per_token", "kohya's and the web UI's", "train", "--vectors", ""),
+    ("weights", _K, "train", "--init-embedding", "start from an embedding file's vectors"),
+    ("use_object_template", _K, "train", "--property", "--property object: the paper's templates, for the pictures "
+                                                       "without a caption file (one that has it is read)"),
+    ("use_style_template", _K, "train", "--property", "--property style: the paper's templates, for the pictures "
+                                                      "without a caption file (one that has it is read)"),
+    ("max_train_epochs", _K, "train", None, _EPOCHS),
+    ("save_every_n_epochs", _K, "train", None, "textinv saves by steps: --save-every N"),
+    ("sample_every_n_steps", _K, "train", "--sample-every", ""),
+    ("sample_every_n_epochs", _K, "train", None, "textinv samples by steps: --sample-every N"),
+    ("sample_prompts", _K, "train", "--sample-prompts", "textinv's takes the prompts themselves, not a file of "
+                                                        "them, and no per-line options"),
+    ("caption_extension", _K, "train", None, "not needed: textinv reads NAME.txt, or kohya's NAME.caption, beside "
+                                             "each picture; rename other caption files to .txt"),
+    ("shuffle_caption", _K, "train", "--shuffle-tags", ""),
+    ("keep_tokens", _K, "train", "--keep-tags", ""),
+    ("caption_tag_dropout_rate", _K, "train", "--tag-dropout", ""),
+    ("enable_bucket", _K, "train", "--buckets", ""),
+    ("min_bucket_reso max_bucket_reso", _K, "train", None, "textinv's buckets (--buckets) span half to twice "
+                                                           "--resolution"),
+    ("flip_aug", _K, "train", "--flip", "on by default in textinv (--no-flip turns it off), off in kohya's"),
+    ("noise_offset", _K, "train", None, "textinv has no noise offset"),
+    ("multires_noise_iterations", _K, "train", None, "textinv has no multi-resolution noise"),
+    ("v_parameterization", _K, "train", "--prediction-type", "--prediction-type v_prediction; textinv reads it from "
+                                                             "the model's scheduler config when it has one"),
+    ("v2", _K, "train", None, "not needed: textinv tells an SD 2.x model from its own files"),
+    ("save_state", _K, "train", None, "not needed: every --save-every checkpoint holds the optimizer's state; "
+                                      "textinv train --out DIR --resume continues"),
+    ("save_model_as", _K, "train", "--format", "a layout, the suffix follows: kohya (.safetensors), a1111 (.pt), "
+                                               "diffusers or sdxl"),
+    ("output_name", _K, "train", None, "textinv names the file: learned_embeds.safetensors (--format diffusers), "
+                                       "else after the token"),
+    ("cache_latents cache_latents_to_disk", _K, "train", None, "not needed: textinv encodes each picture once and "
+                                                               "keeps its latent distribution"),
+    ("optimizer_type", _K, "train", None, "textinv uses AdamW, on the new vectors only"),
+    ("dataset_config", _K, "train", None, "textinv has no dataset file: --images FOLDER --token T, or --concepts "
+                                          "FOLDER=TOKEN[=INIT] for several"),
+    ("log_with", _K, "train", None, _LOG),
+    ("xformers mem_eff_attn sdpa", _K, "train", None, _ATTENTION),
+    # train: the web UI's Train tab (its train_embedding arguments, also its API's)
+    ("learn_rate", _W, "train", "--lr", "a stepped rate such as 0.05:10, 0.005 is --lr-steps"),
+    ("data_root", _W, "train", "--images", ""),
+    ("log_directory", _W, "train", "--out", ""),
+    ("embedding_name", _W, "train", "--token", ""),
+    ("init_text", _W, "train", "--init", ""),
+    ("batch_size", _W, "train", "--batch", ""),
+    ("gradient_step", _W, "train", "--grad-accum", ""),
+    ("training_width training_height", _W, "train", "--resolution", "square; --buckets trains each picture near "
+                                                                    "its own proportions"),
+    ("template_filename template_file", _W, "train", "--templates", "[name] and [filewords] work as in the web UI"),
+    ("create_image_every", _W, "train", "--sample-every", ""),
+    ("save_embedding_every", _W, "train", "--save-every", ""),
+    ("tag_drop_out", _W, "train", "--tag-dropout", ""),
+    ("use_weight", _W, "train", "--alpha-mask", ""),
+    ("clip_grad_mode clip_grad_value", _W, "train", "--max-grad-norm", "clipping by norm; textinv has no clipping "
+                                                                       "by value"),
+    ("latent_sampling_method", _W, "train", None, "textinv draws a new latent from each picture's cached "
+                                                  "distribution at every use, the web UI's 'random'"),
+    # generate: diffusers' pipeline arguments and kohya's gen_img
+    ("pretrained_model_name_or_path", _DK, "generate", "--model", ""),
+    ("ckpt", _G, "generate", "--model", ""),
+    ("output_dir", _D, "generate", "--out", ""),
+    ("outdir", _G, "generate", "--out", ""),
+    ("num_inference_steps", _P, "generate", "--steps", ""),
+    ("guidance_scale", _P, "generate", "--guidance", ""),
+    ("scale", _G, "generate", "--guidance", ""),
+    ("num_images_per_prompt", _P, "generate", "-n", ""),
+    ("images_per_prompt", _G, "generate", "-n", ""),
+    ("textual_inversion_embeddings", _G, "generate", "--embedding", ""),
+    ("W", _G, "generate", "--width", ""),
+    ("H", _G, "generate", "--height", ""),
+    ("torch_dtype", _P, "generate", "--precision", "fp32, fp16 or bf16; textinv's default auto is fp16 on a GPU, "
+                                                   "else fp32"),
+    ("fp16 bf16", _G, "generate", "--precision", "--precision fp16 or bf16"),
+)
+
+
+def _index() -> dict[tuple[str, str], tuple[str, str | None, str]]:
+    table = {}
+    for names, whose, command, flag, note in NAMES:
+        for name in names.split():
+            if (name, command) in table:  # (one answer per name and command, or the table contradicts itself)
+                raise ValueError(f"foreign.NAMES names {name!r} twice for {command}")
+            table[name, command] = (whose, flag, note)
+    return table
+
+
+_INDEX = _index()
+
+
+def setting_of(flag: str) -> str:
+    """The config key of a textinv flag: `--grad-accum` -> `grad_accum`, `-n` -> `n`."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def foreign_hint(name: str, command: str, as_key: bool = False) -> str | None:
+    """What another tool's flag or config key `name` is called in `textinv COMMAND`, as a sentence, or None when
+    it is none of theirs that textinv knows. `as_key`: name textinv's config key, not its flag, in a sentence that
+    starts "that is" (the caller has named the key).
+
+    >>> foreign_hint("--placeholder_token", "train")
+    "--placeholder_token is the diffusers script's name; textinv calls it --token"
+    """
+    key = name.split("=")[0].lstrip("-")
+    found = _INDEX.get((key, command)) or _INDEX.get((key.replace("-", "_"), command))
+    if found is None:
+        return None
+    whose, flag, note = found
+    shown = "that" if as_key else name.split("=")[0]
+    if flag is None:
+        return f"{shown} is {whose} name; {note}"
+    ours = repr(setting_of(flag)) if as_key else flag
+    return f"{shown} is {whose} name; textinv calls it {ours}" + (f" ({note})" if note else "")
