@@ -30,8 +30,8 @@ _LOG = "textinv has no tracker: it writes loss.csv and the sample grids into --o
 NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     # train: the diffusers script (and kohya's, where the name is the same)
     ("pretrained_model_name_or_path", _DK, "train", "--model", ""),
-    ("train_data_dir", _DK, "train", "--images", "the folder of the pictures themselves; kohya's is the folder "
-                                                 "above its N_name folders: give one of those"),
+    ("train_data_dir", _DK, "train", "--images", "the pictures' folder; kohya's folder of "
+                                                 "<repeats>_<words> subfolders is read as kohya reads it"),
     ("placeholder_token", _D, "train", "--token", ""),
     ("initializer_token", _D, "train", "--init", "a phrase works too"),
     ("learnable_property", _D, "train", "--property", "object or style"),
