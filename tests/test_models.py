@@ -741,3 +741,40 @@ def test_an_sdxl_file_saved_without_its_vae_loads_with_sdxl_vae(tmp_path):
     assert ours.keys() == want.keys() and all(torch.equal(ours[k], want[k]) for k in want)
     ours, want = model.pipeline.text_encoder_2.state_dict(), xl.text_encoder_2.state_dict()
     assert all(torch.equal(ours[k], want[k]) for k in want)
+
+
+def test_an_sd2_file_saved_without_its_vae_loads_with_the_vae_given(tmp_path):
+    """The SD 2.x case of the two tests above (OpenCLIP text encoder under `cond_stage_model.model.`): refused
+    without --vae, naming the VAE SD 2.x models are used with; loads with a VAE file or a diffusers VAE folder, each
+    a file taking SD 2.x's VAE config from --single-file-config."""
+    from diffusers import UNet2DConditionModel
+
+    from textinv.tiny import build_tiny_pipeline
+
+    sd2 = build_tiny_pipeline("sd2", seed=3, width=1024)
+    sd2.unet = UNet2DConditionModel.from_config({**sd2.unet.config, "layers_per_block": 2})  # read as SD 2.x
+    sd2.vae.register_to_config(scaling_factor=0.3)
+    sd2.save_pretrained(tmp_path / "sd2")
+    state = {k: v for k, v in _ldm_state_dict(sd2).items()
+             if not k.startswith(("cond_stage_model.", "first_stage_model."))}
+    state.update(_open_clip_state_dict(sd2.text_encoder, "cond_stage_model.model."))
+    save_file(state, tmp_path / "no-vae.safetensors")
+    other = build_tiny_pipeline("sd2", seed=7)
+    save_file({k[len("first_stage_model."):]: v for k, v in _vae_of(_ldm_state_dict(other)).items()},
+              tmp_path / "vae-ft-mse.safetensors")
+    other.vae.save_pretrained(tmp_path / "vae-folder")
+
+    with pytest.raises(ModelError, match=r"Stable Diffusion 2\.x checkpoint saved without its VAE .*--vae, usually "
+                                         r"vae-ft-mse-840000-ema-pruned\.safetensors"):
+        load_model(tmp_path / "no-vae.safetensors", single_file_config=tmp_path / "sd2")
+    for given in ("vae-ft-mse.safetensors", "vae-folder"):
+        model = load_model(tmp_path / "no-vae.safetensors", single_file_config=tmp_path / "sd2",
+                           vae=tmp_path / given)
+        assert model.family == "sd2", given
+        if given.endswith(".safetensors"):  # (a folder has its own config)
+            assert model.vae.config.scaling_factor == 0.3, given
+        ours, want = model.vae.state_dict(), other.vae.state_dict()
+        assert ours.keys() == want.keys() and all(torch.equal(ours[k], want[k]) for k in want), given
+        ours, want = model.text_encoder.state_dict(), sd2.text_encoder.state_dict()
+        assert all(torch.equal(ours[k], want[k]) for k in want), given
+
