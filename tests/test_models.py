@@ -778,3 +778,43 @@ def test_an_sd2_file_saved_without_its_vae_loads_with_the_vae_given(tmp_path):
         ours, want = model.text_encoder.state_dict(), sd2.text_encoder.state_dict()
         assert all(torch.equal(ours[k], want[k]) for k in want), given
 
+
+class _RunsCode:
+    """Pickles as a call of `os.system`: what a malicious .ckpt carries."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickled_vae_file_loads_weights_only_and_one_that_carries_code_is_refused(sd1_dir, tmp_path):
+    """VAEs are also shared as pickles: vae-ft-mse-840000-ema-pruned.ckpt (its weights under `state_dict`; here as
+    Lightning saves a .ckpt, callback state and all) and the web UI's `.vae.pt` files (a bare state dict). Each loads
+    as --vae, with a diffusers folder as with a single file, through torch's weights-only loader; a pickle that
+    would run code is refused, by name, and the code never runs."""
+    from textinv.tiny import build_tiny_pipeline
+
+    theirs, other = build_tiny_pipeline("sd1", seed=3), build_tiny_pipeline("sd1", seed=7)
+    state = _ldm_state_dict(theirs)
+    save_file({k: v for k, v in state.items() if k not in _vae_of(state)}, tmp_path / "no-vae.safetensors")
+    vae = {k[len("first_stage_model."):]: v for k, v in _vae_of(_ldm_state_dict(other)).items()}
+    _lightning_checkpoint(tmp_path / "vae-ft-mse-840000-ema-pruned.ckpt", vae)
+    torch.save(vae, tmp_path / "anime.vae.pt")
+    for given in ("vae-ft-mse-840000-ema-pruned.ckpt", "anime.vae.pt"):
+        for model in (load_model(sd1_dir, vae=tmp_path / given),
+                      load_model(tmp_path / "no-vae.safetensors", single_file_config=sd1_dir, vae=tmp_path / given)):
+            ours, want = model.vae.state_dict(), other.vae.state_dict()
+            assert ours.keys() == want.keys() and all(torch.equal(ours[k], want[k]) for k in want), given
+
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": vae, "extra": _RunsCode(marker)}, tmp_path / "bad-vae.ckpt")
+    for model in (sd1_dir, tmp_path / "no-vae.safetensors"):
+        with pytest.raises(ModelError, match=r"cannot read VAE file .*bad-vae\.ckpt: it holds pickled Python objects "
+                                             r"beyond its weights \((posix|os|nt)\.system\)") as info:
+            load_model(model, single_file_config=sd1_dir if model != sd1_dir else None, vae=tmp_path / "bad-vae.ckpt")
+        assert "\n" not in str(info.value) and ".safetensors" in str(info.value)
+    assert not marker.exists()

@@ -263,19 +263,20 @@ def _lightning_callbacks_readable():
         yield
 
 
-def _unreadable(path: Path, error: Exception) -> ModelError:
-    """A one-line error for a checkpoint that cannot be read; torch's weights-only refusal, several lines with
-    terminal escapes, becomes the global it met and what to do."""
+def _unreadable(path: Path, error: Exception, kind: str = "checkpoint", folder: str = "the model's") -> ModelError:
+    """A one-line error for a checkpoint (or another `kind` of file, a VAE's) that cannot be read; torch's
+    weights-only refusal, several lines with terminal escapes, becomes the global it met and what to do (`folder`:
+    whose diffusers folder to pass instead)."""
     text = str(error)
     if "Weights only load failed" in text:
         found = re.search(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)", text, re.IGNORECASE)
-        if found and found.group(1) == "torch.nn.modules.container.ParameterDict":  # the paper's embedding .pt
-            return ModelError(_embedding_given(path))
+        if found and found.group(1) == "torch.nn.modules.container.ParameterDict" and kind == "checkpoint":
+            return ModelError(_embedding_given(path))  # the paper's embedding .pt
         what = f" ({found.group(1)})" if found else ""
-        return ModelError(f"cannot read checkpoint {path}: it holds pickled Python objects beyond its weights{what}, "
+        return ModelError(f"cannot read {kind} {path}: it holds pickled Python objects beyond its weights{what}, "
                           f"which textinv does not load; convert it to .safetensors (any tool that loads it can save "
-                          f"one) or pass the model's diffusers folder")
-    return ModelError(f"cannot read checkpoint {path}: {_first_line(error)}. Is it a complete .safetensors/.ckpt file?")
+                          f"one) or pass {folder} diffusers folder")
+    return ModelError(f"cannot read {kind} {path}: {_first_line(error)}. Is it a complete .safetensors/.ckpt file?")
 
 
 _OLD_TEXT_ENCODER = "cond_stage_model.transformer."
@@ -889,11 +890,14 @@ def _load_vae(source, dtype: torch.dtype, own: Mapping):
     from diffusers import AutoencoderKL
 
     path = Path(source).expanduser()
+    weights = str(path)
+    if path.is_file() and path.suffix.lower() != ".safetensors":
+        weights = _pickled_vae(path)
     try:
         if path.is_file():
             with tempfile.TemporaryDirectory(prefix="textinv-vae-config-") as config:
                 (Path(config) / "config.json").write_text(json.dumps(dict(own)), encoding="utf-8")
-                return AutoencoderKL.from_single_file(str(path), config=config, torch_dtype=dtype)
+                return AutoencoderKL.from_single_file(weights, config=config, torch_dtype=dtype)
         folder = path / "vae" if (path / "vae" / "config.json").exists() else path
         if path.exists():
             loaded = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype)
@@ -908,12 +912,29 @@ def _load_vae(source, dtype: torch.dtype, own: Mapping):
                              f"reached{offline}: download it where there is a network and pass its folder or "
                              f".safetensors file") from e
         raise ModelError(f"cannot load the VAE {str(source)!r}: {type(e).__name__}: {_first_line(e)}. Give a diffusers "
-                         f"VAE folder (with config.json), a single .safetensors file, or a hub id") from e
+                         f"VAE folder (with config.json), a single .safetensors or .ckpt file, or a hub id") from e
     if loaded.config.latent_channels != own["latent_channels"]:
         raise ModelError(f"the VAE {str(source)!r} makes {loaded.config.latent_channels}-channel latents but the "
                          f"model's UNet works on {own['latent_channels']}; give a VAE of the model's family (an SD "
                          f"1.x/2.x/XL VAE has 4)")
     return loaded
+
+
+def _pickled_vae(path: Path) -> dict:
+    """The weights of a VAE kept as a pickle (vae-ft-mse-840000-ema-pruned.ckpt, under `state_dict`; the web UI's
+    `.vae.pt` files), read by torch's weights-only loader, which runs none of the file's code. diffusers would read
+    it so too, but its error for a refused file says neither what was refused nor why; and Lightning's callback
+    state, which .ckpt files may hold, is allowed here as in a model checkpoint."""
+    try:
+        with _lightning_callbacks_readable():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file
+        raise _unreadable(path, e, kind="VAE file", folder="a VAE's") from e
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # (as diffusers unwraps it)
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"cannot load the VAE {str(path)!r}: it holds a {type(state).__name__}, not a VAE's weights")
+    return state
 
 
 def _check_tokenizer(tokenizer, text_encoder, location: str) -> None:
