@@ -26,6 +26,25 @@ def test_embedding_of_another_width_is_refused_naming_both(sd1_dir):
         install_embedding(model, xl)
 
 
+def test_an_embedding_of_more_vectors_than_a_prompt_window_is_warned_about_and_still_draws(sd1_dir):
+    """A file of one key holding a [200, d] tensor loads as an embedding, but no 77-token window holds its token:
+    it is split across chunks, read apart (ComfyUI does the same; the web UI fails on it). Said, not silent; 75
+    vectors, which fit, are not warned about."""
+    from textinv.generate import encode_prompts, unload_embeddings
+
+    model = load_model(sd1_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        install_embedding(model, LearnedEmbedding("<fits>", {"text_encoder": torch.randn(75, 32)}))
+    long = LearnedEmbedding("<long>", {"text_encoder": torch.randn(200, 32)})
+    with pytest.warns(UserWarning, match=r"'<long>' has 200 vectors, more than the 75 one pass of the text encoder "
+                                         r"reads: it is split across 3 chunks"):
+        install_embedding(model, long)
+    hidden, _ = encode_prompts(model, [expand_all("a photo of <long>", [long])])
+    assert hidden.shape == (1, 4 * 77, 32)  # "a photo of", then its 200 vectors as 75 + 75 + 50
+    unload_embeddings(model)
+
+
 def test_generate_writes_pngs_with_settings_and_token_changes_output(sd1_dir, tmp_path):
     emb_path = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32) * 3}),
                               tmp_path / "learned_embeds.safetensors")[0]

@@ -764,6 +764,9 @@ def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
     with pytest.raises(FormatError, match="has width 1024"):
         train(config(images, tmp_path / "d", init=None, init_embedding=str(wide)), model=load_model(sd1_dir),
               progress=False)
+    long = save_embedding(LearnedEmbedding("<l>", {"text_encoder": torch.randn(76, 32)}), tmp_path / "l.pt", "a1111")[0]
+    with pytest.raises(ConfigError, match=r"has 76 vectors per encoder, more than a 77-token prompt holds"):
+        train(config(images, tmp_path / "g", init=None, init_embedding=str(long)), progress=False)
     with pytest.raises(FormatError):  # an unreadable file: said before the model loads
         train(config(images, tmp_path / "e", init=None, init_embedding=str(images / "missing.pt")), progress=False)
     with pytest.raises(ConfigError, match="leave out --init"):

@@ -62,6 +62,14 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
     Undo with `unload_embeddings`.
     """
     check_fits(model, emb)
+    if emb.num_vectors > emphasis.CHUNK:
+        # no prompt window holds it: the token is split across chunks (as ComfyUI splits it), each read by its own
+        # pass of the text encoder, so its vectors never see one another as one token's do (the web UI fails on it)
+        chunks = math.ceil(emb.num_vectors / emphasis.CHUNK)
+        warnings.warn(f"embedding {emb.token!r} has {emb.num_vectors} vectors, more than the {emphasis.CHUNK} one "
+                      f"pass of the text encoder reads: it is split across {chunks} chunks of the prompt, read apart, "
+                      f"so it may not draw as one token (embeddings have 1-75 vectors; the A1111 web UI cannot use "
+                      f"this one)", stacklevel=2)
     names = token_names(emb.token, emb.num_vectors)
     for _, tokenizer, _ in model.encoders:  # check every encoder before changing any
         for name in names:

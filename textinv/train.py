@@ -935,6 +935,10 @@ def _read_init_embedding(config: TrainConfig) -> LearnedEmbedding:
         start = load_embedding(config.init_embedding)
     except FormatError as e:
         raise FormatError(f"--init-embedding: {e}") from None
+    if start.num_vectors > 75:  # (--vectors' own limit: say so, not "pass --vectors N", which is then refused)
+        raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vectors per encoder, more "
+                          f"than a 77-token prompt holds (75 at most, with its start and end), so it cannot be "
+                          f"trained; start from an embedding of at most 75 vectors")
     if start.num_vectors != config.vectors:
         raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vector(s) per encoder; "
                           f"pass --vectors {start.num_vectors}")
