@@ -628,6 +628,26 @@ def test_inspect_says_the_name_the_web_ui_calls_a_file_by(tmp_path):
     assert "web_ui_name" not in report and "web UI" not in report["text"]
 
 
+def test_inspect_measures_norms_against_the_models_words_not_its_untrained_rows(tmp_path):
+    """The shapes model's 760 rows are mostly byte symbols and word pieces no text produces, left near their
+    initial norm; their mean made an embedding made of the model's own words read as several deviations too long.
+    A vector copied from a word's row must sit within the reference the report gives."""
+    from textinv.inspect import inspect_file
+    from textinv.models import load_model
+    from textinv.shapes.world import VOCABULARY
+    from textinv.tokens import base_embedding
+
+    model = load_model("shapes")
+    table = base_embedding(model.text_encoder).weight.detach()
+    ids = [model.tokenizer.convert_tokens_to_ids(w + "</w>") for w in ("circle", "red", "background")]
+    (path,) = save_embedding(LearnedEmbedding("<words>", {"text_encoder": table[ids]}), tmp_path / "words.pt", "a1111")
+    entry = inspect_file(path, model="shapes")["encoders"]["text_encoder"]
+    for norm in entry["norms"]:
+        assert abs(norm - entry["vocab_norm_mean"]) < 2 * entry["vocab_norm_std"], entry
+    words = {model.tokenizer.convert_tokens_to_ids(w + "</w>") for w in VOCABULARY if len(w) > 1}
+    assert entry["vocab_norm_mean"] == pytest.approx(table[sorted(words)].norm(dim=1).mean().item(), rel=1e-5)
+
+
 def test_describe():
     emb = LearnedEmbedding("<x>", {"text_encoder": torch.tensor([[3.0, 4.0], [0.0, 1.0]])}, {"steps": "5"})
     info = describe(emb, vocab_norms=torch.tensor([1.0, 3.0]))

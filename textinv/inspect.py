@@ -1,8 +1,8 @@
 """`textinv inspect`: what an embedding file holds, which model family it fits, and what each vector "reads as".
 
-With a model, each vector is compared with the model's vocabulary: its norm against the vocabulary's row norms (a
-learned vector far longer than any word tends to dominate prompts and hurt editability), and the vocabulary tokens
-nearest to it by cosine similarity.
+With a model, each vector is compared with the model's vocabulary: its norm against the norms of the vocabulary's
+words (`word_rows`; a learned vector far longer than any word tends to dominate prompts and hurt editability), and
+the vocabulary tokens nearest to it by cosine similarity.
 """
 
 from __future__ import annotations
@@ -26,6 +26,23 @@ def nearest_tokens(table: torch.Tensor, vectors: torch.Tensor, tokenizer, k: int
             for vals, ids in zip(top.values, top.indices)]
 
 
+def word_rows(table: torch.Tensor, tokenizer) -> torch.Tensor:
+    """The rows of `table` (V, d) that the vocabulary's whole words are read as: entries ending in CLIP's end-of-word
+    mark `</w>`, single bytes left out; every row if there are none. A learned vector stands beside words in a
+    prompt, so their norms are its reference. The other rows are word pieces, the 512 byte symbols and special
+    tokens; in a small model (the shapes model: 760 rows, 65 words, each one token) most are rows no text produces,
+    left near their initial norm (0.15, against 2.4 for its words), which pulled the mean far below any word's.
+    SD's CLIP saw every row of its 49,408 in training, and there too a vector is now measured against words.
+
+    >>> shapes = load_model("shapes")                                           # doctest: +SKIP
+    >>> word_rows(base_embedding(shapes.text_encoder).weight, shapes.tokenizer).shape  # doctest: +SKIP
+    torch.Size([64, 128])
+    """
+    ids = [i for t, i in tokenizer.get_vocab().items()
+           if t.endswith("</w>") and len(t) > len("x</w>") and i < table.shape[0]]
+    return table[sorted(ids)] if ids else table
+
+
 def _readable(token: str) -> str:
     """A CLIP BPE token as text: a whole word without its end-of-word mark ("dog</w>" -> "dog"), the start of a
     word with a trailing ellipsis ("do" -> "do…")."""
@@ -42,7 +59,8 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
         tables = {name: base_embedding(te).weight.detach() for name, _, te in loaded.encoders}
         tokenizers = {name: tok for name, tok, _ in loaded.encoders}
         if emb.widths == loaded.widths and set(emb.vectors) == set(tables):
-            report.update(describe(emb, {name: t.float().norm(dim=1) for name, t in tables.items()}))
+            report.update(describe(emb, {name: word_rows(t, tokenizers[name]).float().norm(dim=1)
+                                         for name, t in tables.items()}))
             nearest = {name: nearest_tokens(tables[name], emb.vectors[name], tokenizers[name], top_k)
                        for name in emb.vectors}
             report["nearest_tokens"] = nearest
@@ -64,7 +82,7 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
         norms = ", ".join(f"{n:.3f}" for n in entry["norms"])
         line = f"{name} (width {entry['width']}): norms {norms}"
         if "vocab_norm_mean" in entry:
-            line += f" (vocabulary: {entry['vocab_norm_mean']:.3f} +/- {entry['vocab_norm_std']:.3f})"
+            line += f" (vocabulary's words: {entry['vocab_norm_mean']:.3f} +/- {entry['vocab_norm_std']:.3f})"
         lines.append(line)
     for name, per_vector in (nearest or {}).items():
         where = f" ({name})" if len(nearest) > 1 else ""
