@@ -1056,6 +1056,21 @@ def test_again_reads_the_web_uis_exif_user_comment_as_it_reads_a_pngs_parameters
     assert said[png] == said[path]
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_a_drawn_jpeg_or_webp_given_as_an_embedding_is_pointed_to_again(tmp_path, fmt):
+    """A web UI picture (its settings in EXIF) given as --embedding is named a drawn picture with the command that
+    redraws it; a plain one is told to use the embedding's file. (A JPEG was "neither safetensors, ...".)"""
+    from textinv.formats import load_embedding
+
+    drawn = _exif_picture(tmp_path / f"drawn.{fmt.lower()}", b"UNICODE\0" + _WEBUI_TEXT.encode("utf-16-be"), fmt)
+    with pytest.raises(FormatError, match=r"drawn picture .*textinv generate --again .*drawn\."):
+        load_embedding(drawn)
+    plain = tmp_path / f"plain.{fmt.lower()}"
+    Image.new("RGB", (8, 8)).save(plain, format=fmt)
+    with pytest.raises(FormatError, match=r"plain\.\w+: this image has no .*use the embedding's \.pt"):
+        load_embedding(plain)
+
+
 def test_again_reads_a_pngs_text_before_its_exif_and_refuses_a_cameras_comment(tmp_path, capsys):
     """A PNG's own text comes first (an EXIF beside it may be a camera's); a comment that is no web UI text, or one
     only padding, is refused naming the file, not read as a prompt."""

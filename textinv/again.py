@@ -31,7 +31,7 @@ from . import __version__
 from .config import GenerateConfig, build, typed_settings
 from .emphasis import lora_tags
 from .errors import ConfigError
-from .formats import PNG_CHUNK, RECORD_KEY
+from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import A1111_SAMPLER_NAMES
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
@@ -107,7 +107,7 @@ def read_picture(path: str | Path) -> Picture:
     try:
         with Image.open(path) as image:
             text = dict(getattr(image, "text", None) or {})
-            comment = _exif_comment(image)
+            comment = exif_comment(image)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ConfigError(f"--again {path}: cannot read it as a picture ({e})") from None
     if PNG_CHUNK in text:
@@ -131,18 +131,6 @@ def read_picture(path: str | Path) -> Picture:
     raise ConfigError(f"--again {path} holds no generation settings (no textinv record, no A1111 'parameters' text, "
                       f"no EXIF UserComment): give a picture that textinv or the web UI drew, with its metadata kept "
                       f"(some editors and sites remove it)")
-
-
-_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286  # the Exif sub-IFD's pointer in IFD0, and its UserComment tag
-
-
-def _exif_comment(image) -> bytes | None:
-    """The raw bytes of a picture's EXIF UserComment (none: None). Pillow reads EXIF from JPEG, WebP, AVIF and PNG."""
-    exif = image.getexif()
-    value = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT, exif.get(_USER_COMMENT))  # (some writers put it in IFD0)
-    if isinstance(value, str):  # written as an ASCII-typed tag, which Pillow hands back as latin-1 text
-        value = value.encode("latin-1", "replace")
-    return value if isinstance(value, bytes) else None
 
 
 def decode_user_comment(data: bytes) -> str:

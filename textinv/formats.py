@@ -461,6 +461,8 @@ def _read(path: Path) -> _Read:
         raise FormatError(f"{path}: the file is empty: the download or save did not finish; get the file again")
     if head.startswith(b"\x89PNG\r\n\x1a\n") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return _interpret(path, _read_image(path), {}, "a1111-png")
+    if head.startswith(b"\xff\xd8\xff"):  # a JPEG holds no embedding, but may be a drawn picture: said so
+        _read_image(path)
     header_len = int.from_bytes(head[:8], "little")
     if head[8:9] == b"{" and header_len <= _MAX_SAFETENSORS_HEADER:  # checked first: a header length can start 0x80
         obj, metadata = _read_safetensors(path, header_len)
@@ -541,6 +543,18 @@ def _read_pickle(path: Path):
                           "damaged: get the file again") from None
 
 
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286  # the Exif sub-IFD's pointer in IFD0, and its UserComment tag
+
+
+def exif_comment(image) -> bytes | None:
+    """The raw bytes of a picture's EXIF UserComment (none: None). Pillow reads EXIF from JPEG, WebP, AVIF and PNG."""
+    exif = image.getexif()
+    value = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT, exif.get(_USER_COMMENT))  # (some writers put it in IFD0)
+    if isinstance(value, str):  # written as an ASCII-typed tag, which Pillow hands back as latin-1 text
+        value = value.encode("latin-1", "replace")
+    return value if isinstance(value, bytes) else None
+
+
 def _read_image(path: Path) -> dict:
     from PIL import Image
 
@@ -548,11 +562,12 @@ def _read_image(path: Path) -> dict:
         with Image.open(path) as image:
             chunks = getattr(image, "text", None) or image.info  # PNG text chunks; other formats' info
             chunk = chunks.get(PNG_CHUNK)
+            commented = exif_comment(image) is not None  # (the web UI's JPEG and WebP keep their settings there)
     except (OSError, ValueError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
     if not isinstance(chunk, (str, bytes)):
         # a picture textinv (RECORD_KEY) or the web UI drew holds its settings, which --again reads
-        drawn = RECORD_KEY in chunks or "parameters" in chunks
+        drawn = RECORD_KEY in chunks or "parameters" in chunks or commented
         raise FormatError(
             f"{path}: this image has no {PNG_CHUNK!r} text chunk, so it carries no embedding textinv can read "
             "(A1111 also hides embeddings in the pixels of some preview images, which textinv does not decode): "
