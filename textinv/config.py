@@ -43,6 +43,7 @@ LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 COMPILE = ("off", "blocks", "unet")
 SAMPLERS = ("default", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DEVICE_HELP = "where the model runs: auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps"
 
 
 def check_choices(config) -> None:
@@ -176,7 +177,9 @@ class TrainConfig:
     keep_tags: int = opt(0, "the first N caption tags stay first and are never dropped (kohya's --keep_tokens)")
     templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token; "
                                "default: the paper's for --property, or the model's own", path="file")
-    precision: str = opt("auto", "weights' precision; auto = bf16 on a GPU that has it, else fp32", choices=PRECISIONS)
+    precision: str = opt("auto", "weights' precision; auto = bf16 on a CUDA GPU that has it, else fp32",
+                         choices=PRECISIONS)
+    device: str = opt("auto", DEVICE_HELP)
     seed: int = opt(0, "random seed: same seed and settings give the same run")
     save_every: int = opt(500, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = opt(2, "how many checkpoints to keep (older ones are deleted)")
@@ -346,7 +349,8 @@ class GenerateConfig:
     height: int = opt(None, "image height in pixels, a multiple of 8 (A1111's Height); default: --resolution")
     batch_size: int = opt(4, "images per pipeline call: more is faster on a large GPU, fewer needs less memory; a "
                              "seed draws the same image at any batch size")
-    precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
+    precision: str = opt("auto", "weights' precision; auto = fp16 on a CUDA GPU, else fp32", choices=PRECISIONS)
+    device: str = opt("auto", DEVICE_HELP)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family",
                                   path="source")

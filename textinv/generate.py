@@ -33,7 +33,7 @@ from .families import describe_widths
 from .formats import RECORD_KEY, LearnedEmbedding, load_embedding, load_embedding_pair
 from .io import atomic_path, output_folder
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, encode_text, load_model,
-                     quiet_transformers, read_clip_skip)
+                     pick_device, quiet_transformers, read_clip_skip)
 from .run_folder import concept_folder, embedding_file, saved_run
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
@@ -443,7 +443,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     loras = lora_files([tag for prompt in config.prompt for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = pick_device(config.device)
         model = load_model(config.model, dtype=drawing_dtype(config.precision, device), device=device,
                            prediction_type=config.prediction_type, single_file_config=config.single_file_config,
                            vae=config.vae)
@@ -458,11 +458,13 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
             unload_embeddings(model)
 
 
-def drawing_dtype(precision: str, device: str) -> torch.dtype:
-    """The weights' dtype for drawing: `precision` as asked, and for "auto" fp16 on a GPU, fp32 on the CPU."""
+def drawing_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """The weights' dtype for drawing: `precision` as asked, and for "auto" fp16 on a CUDA GPU, fp32 on the CPU
+    and on Apple's MPS (diffusers' MPS guide draws SD in fp32; the A1111 web UI's macOS defaults upcast sampling
+    and keep the VAE in fp32, as an fp16 UNet and VAE can give black pictures there)."""
     if precision != "auto":
         return DTYPES[precision]
-    return torch.float16 if device == "cuda" else torch.float32
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")

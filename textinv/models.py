@@ -69,6 +69,39 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_GUIDANCE = 7.5  # SD's classifier-free guidance scale, the default of its pipelines and of A1111
 
 
+def pick_device(setting: str = "auto", flag: str = "--device") -> torch.device:
+    """The torch.device a `--device` setting names: auto (CUDA, else MPS on an Apple Silicon Mac, else the CPU),
+    cpu, cuda (the current GPU), cuda:N or mps. A device this machine does not have is refused, naming `flag` and
+    what there is, before anything loads (`.to("cuda:3")` would fail only once the model had loaded).
+
+    >>> pick_device("cpu")
+    device(type='cpu')
+    """
+    text = str(setting).strip().lower()
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = torch.backends.mps.is_available()
+    if text == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    kind, sep, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (sep and not (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"{flag} {setting!r} is no device; give auto, cpu, cuda, cuda:N (N from 0) or mps")
+    gpus = [f"cuda:{i}" for i in range(cuda)]
+    there = ", ".join(["cpu", *gpus] + ["mps"] * mps)
+    if kind == "cuda" and (not cuda or sep and int(index) >= cuda):
+        if not cuda:
+            why = ("this PyTorch is a build without CUDA (install its CUDA build)" if torch.version.cuda is None
+                   else "PyTorch sees no CUDA device here")
+        else:
+            why = f"this machine has {cuda} CUDA device{'s' * (cuda > 1)} ({', '.join(gpus)})"
+            if os.environ.get("CUDA_VISIBLE_DEVICES"):  # (it renumbers the GPUs it leaves visible from 0)
+                why += f", numbered from 0 among CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}"
+        raise ConfigError(f"{flag} {setting}: {why}; use one of: auto, {there}")
+    if kind == "mps" and not mps:
+        raise ConfigError(f"{flag} {setting}: PyTorch's MPS backend is not available here (Apple Silicon with macOS "
+                          f"12.3+ only); use one of: auto, {there}")
+    return torch.device(text)
+
+
 @dataclass
 class Model:
     """A loaded SD pipeline and what we know about it. The pipeline's components are the ones we train with."""

@@ -41,14 +41,14 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import PRECISIONS, SAMPLERS, check_choices, check_drawing, check_seed, opt
+from .config import DEVICE_HELP, PRECISIONS, SAMPLERS, check_choices, check_drawing, check_seed, opt
 from .data import PROPERTIES, find_images, load_image
 from .errors import ConfigError, DataError, ModelError
 from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        install_embedding, png_text, render, unload_embeddings)
 from .io import atomic_path, output_folder, write_json, write_text
-from .models import Model, _is_local_path, load_model, offline_note, quiet_transformers
+from .models import Model, _is_local_path, load_model, offline_note, pick_device, quiet_transformers
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
 from .run_folder import embedding_file, saved_run
 
@@ -112,7 +112,8 @@ class ScoreConfig:
     token: str = opt(None, "the token's name while scoring (default: the file's); for an embedding whose name the "
                            "model's tokenizer already knows as a word, e.g. an A1111 file named 'dog'")
     resolution: int = opt(None, "picture size; default: the model's native size")
-    precision: str = opt("auto", "weights' precision; auto = fp16 on a GPU, else fp32", choices=PRECISIONS)
+    precision: str = opt("auto", "weights' precision; auto = fp16 on a CUDA GPU, else fp32", choices=PRECISIONS)
+    device: str = opt("auto", DEVICE_HELP)
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family "
                                         "(default: the training run's, when the model is the run's)", path="source")
     vae: str = opt(None, "use this VAE instead of the model's: folder, file or hub id (default: the training run's, "
@@ -488,10 +489,10 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     edits = [_template(p, emb.token) for p in config.prompts] or list(EDITS[kind])
     prompts = [("reconstruction", RECONSTRUCTION[kind])] + [("edit", t) for t in edits]
     methods = _methods(config, emb, run, others)
+    device = pick_device(config.device)
     out = out_folder(config.out)
     previous, partial = _prepare_out(out)
     try:  # (from here on a failure takes the half-built report with it)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         if judge is None:
             judge = ClipJudge.load(config.clip, device)
         if model is None:
@@ -637,7 +638,7 @@ def _training_pictures(images: str, run: dict | None) -> list[Image.Image]:
                         f"now)") from None
 
 
-def _load(config: ScoreConfig, source: str, run: dict, device: str) -> Model:
+def _load(config: ScoreConfig, source: str, run: dict, device: torch.device) -> Model:
     """The model to draw with, loaded as the training run loaded it (its VAE, single-file config and prediction
     type) when it is the run's; a failure to load the run's model says where the name came from."""
     same = not config.model and source == run.get("model")

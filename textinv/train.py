@@ -21,6 +21,7 @@ the frozen model and every batch; each concept's loss term is its own mean, so i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import signal
@@ -45,7 +46,7 @@ from .errors import ConfigError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits
 from .io import atomic_path, output_folder
-from .models import DTYPES, Model, check_clip_skip, encode_text, load_model, xl_time_ids
+from .models import DTYPES, Model, check_clip_skip, encode_text, load_model, pick_device, xl_time_ids
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, clear_run,
                          clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint, prepare_output, run_lock,
                          save_checkpoint, write_loss_log)
@@ -76,7 +77,8 @@ class TrainResult:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on a GPU that supports it and fp32 elsewhere (fp32 is the safe, exact CPU default)."""
+    """`auto` is bf16 on a CUDA GPU that supports it and fp32 elsewhere: fp32 is the safe, exact CPU default, and
+    on Apple's MPS the safe one too (bf16 there needs macOS 14; diffusers' MPS guide runs SD in fp32)."""
     if precision == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -335,14 +337,23 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     """
     from accelerate import PartialState
 
-    # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
-    state = PartialState(cpu=not torch.cuda.is_available())
     config = config.validate()
-    with run_lock(Path(config.out), state.is_main_process):  # one textinv train per folder at a time
-        return _train(config, model, progress, on_step, state)
+    device = pick_device(config.device)  # (a device this machine lacks is refused before anything loads)
+    # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
+    state = PartialState(cpu=device.type != "cuda")
+    if state.num_processes > 1:  # launched data-parallel: each process's device is accelerate's
+        if str(config.device).strip().lower() != "auto" and (device.type == "mps" or device.index is not None):
+            raise ConfigError(f"--device {config.device}: under accelerate launch each process takes its own GPU "
+                              f"(choose them with accelerate launch --gpu_ids); give --device auto, cuda or cpu")
+        device = state.device
+    # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        with run_lock(Path(config.out), state.is_main_process):  # one textinv train per folder at a time
+            return _train(config, model, progress, on_step, state, device)
 
 
-def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state) -> TrainResult:
+def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device
+           ) -> TrainResult:
     is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
 
     # 1. settings and output folder ---------------------------------------------------------------------------
@@ -369,7 +380,6 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
 
     # 2. model and tokens -----------------------------------------------------------------------------------------
-    device = state.device
     dtype = resolve_precision(config.precision, device)
     if model is None:
         model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
