@@ -7,13 +7,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from textinv import models
 from textinv import train as train_module
 from textinv.cli import main
 from textinv.config import GenerateConfig, TrainConfig
 from textinv.errors import ConfigError
 from textinv.formats import load_embedding
 from textinv.generate import drawing_dtype, generate
-from textinv.models import pick_device
+from textinv.models import load_model, pick_device
 from textinv.train import resolve_precision, train
 
 
@@ -84,6 +85,9 @@ def test_every_command_refuses_a_missing_device_before_the_model_loads(monkeypat
     assert main(["score", "--embedding", str(emb), "--images", str(images), "--model", str(sd1_dir), "--out",
                  str(tmp_path / "s"), "--device", "cuda:1"]) == 2
     assert not (tmp_path / "s").exists() and "--device cuda:1: this machine has 1" in capsys.readouterr().err
+    monkeypatch.setattr(models, "load_model", _no_model_load)
+    assert main(["evaluate", "--fast", "--concepts", "1", "--device", "mps"]) == 2
+    assert "--device mps: PyTorch's MPS backend" in capsys.readouterr().err
 
 
 def test_device_cpu_trains_as_the_default_does_and_config_yaml_records_it(sd1_dir, images, tmp_path):
@@ -132,3 +136,15 @@ def test_under_accelerate_launch_a_numbered_gpu_or_mps_is_refused(monkeypatch, i
                                               f"own GPU.*--gpu_ids"):
             train(TrainConfig(images=str(images), token="<zq>", out=str(tmp_path / "run"), device=device),
                   progress=False)
+
+
+def test_a_model_passed_in_trains_on_its_own_device(monkeypatch, sd1_dir, images, tmp_path):
+    """`evaluate` and `demo` load the model and pass it in: it trains where it is, whatever accelerate would pick
+    (on a GPU machine accelerate says cuda while their model is on the CPU; simulated here by another device)."""
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "PartialState", launched(num_processes=1, process_index=0, is_main_process=True,
+                                                             device=torch.device("meta")))
+    result = train(TrainConfig(images=str(images), token="<zq>", init="dog", out=str(tmp_path / "run"), steps=2,
+                               batch=2, save_every=0, sample_every=0), model=load_model(sd1_dir), progress=False)
+    assert result.embedding.vectors["text_encoder"].isfinite().all()

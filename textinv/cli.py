@@ -175,7 +175,7 @@ def _set_threads(threads: int) -> None:
 
 def cmd_evaluate(args) -> int:
     from .io import output_folder
-    from .models import DTYPES, load_model
+    from .models import DTYPES, load_model, pick_device
     from .shapes.evaluate import (caption_fidelity, check_judged_size, evaluate, fidelity_markdown, first_concepts,
                                   format_fidelity, format_markdown, print_table, settings, write_results)
     from .shapes.probe import DEFAULT_PATH, Probe
@@ -187,7 +187,8 @@ def cmd_evaluate(args) -> int:
     _set_threads(args.threads)
     if args.out:  # now, not after an hour of benchmark
         output_folder(args.out)
-    model, probe = load_model(args.model, dtype=DTYPES[config.precision]), Probe.load(args.probe or DEFAULT_PATH)
+    model = load_model(args.model, dtype=DTYPES[config.precision], device=pick_device(config.device))
+    probe = Probe.load(args.probe or DEFAULT_PATH)
     check_judged_size(model)
     results = []
     if args.captions:

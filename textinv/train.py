@@ -333,7 +333,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     >>> result.files  # doctest: +SKIP
     [PosixPath('runs/dog/learned_embeds.safetensors')]
 
-    `on_step(step)` is called after each optimizer step (benchmarks time steps with it).
+    `on_step(step)` is called after each optimizer step (benchmarks time steps with it). A `model` passed in
+    trains on the device it is on.
     """
     from accelerate import PartialState
 
@@ -346,6 +347,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
             raise ConfigError(f"--device {config.device}: under accelerate launch each process takes its own GPU "
                               f"(choose them with accelerate launch --gpu_ids); give --device auto, cuda or cpu")
         device = state.device
+    elif model is not None:
+        device = model.unet.device
     # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         with run_lock(Path(config.out), state.is_main_process):  # one textinv train per folder at a time

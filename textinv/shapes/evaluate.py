@@ -89,6 +89,8 @@ class EvalConfig:
                     choices=("word", "description"))
     precision: str = opt("fp32", "frozen weights' precision while learning and sampling (bf16 is the GPU's fast path)",
                          choices=("fp32", "bf16", "fp16"))
+    device: str = opt("cpu", "where it learns and samples: cpu (the published tables' figures are the CPU's), auto, "
+                             "cuda, cuda:N or mps")
     samples: int = opt(8, "samples per prompt and method")
     seed: int = opt(1000, "seed of the first sample; sample i of every prompt uses seed + i (given, it is also the "
                           "--captions check's first seed, else 2000)")
@@ -341,7 +343,7 @@ BENCHMARK_SETS = frozenset({"images", "token", "concepts", "init", "init_embeddi
 """TrainConfig fields the benchmark sets for each concept (`train_config`, `learn`): not open to `--train-set`."""
 
 MODEL_SETS = frozenset({"prediction_type", "vae", "single_file_config", "gradient_checkpointing", "compile",
-                        "compile_mode", "channels_last"})
+                        "compile_mode", "channels_last", "device"})
 """TrainConfig fields that load the model or change it in place: the benchmark's concepts share one loaded model."""
 
 
