@@ -628,6 +628,17 @@ def test_inspect_says_the_name_the_web_ui_calls_a_file_by(tmp_path):
     assert "web_ui_name" not in report and "web UI" not in report["text"]
 
 
+def test_inspect_says_an_embedding_longer_than_a_prompt_window_is_split(tmp_path):
+    """76+ vectors cannot sit in one 75-token pass of CLIP: inspect says so (generate warns when it loads it)."""
+    from textinv.inspect import inspect_file
+
+    for n in (75, 76):
+        save_file({"emb_params": torch.randn(n, 768)}, str(tmp_path / f"long{n}.safetensors"))
+    assert "note_length" not in inspect_file(tmp_path / "long75.safetensors")
+    report = inspect_file(tmp_path / "long76.safetensors")
+    assert "76 vectors: more than the 75" in report["note_length"] and report["note_length"] in report["text"]
+
+
 def test_inspect_measures_norms_against_the_models_words_not_its_untrained_rows(tmp_path):
     """The shapes model's 760 rows are mostly byte symbols and word pieces no text produces, left near their
     initial norm; their mean made an embedding made of the model's own words read as several deviations too long.

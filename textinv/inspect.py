@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .emphasis import CHUNK
 from .families import FAMILY_WIDTHS, describe_widths
 from .formats import _resolve, describe, detect_format, load_embedding
 from .models import load_model
@@ -93,6 +94,11 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
                           f"looks like the second half of an SDXL embedding kept as two files (learned_embeds and "
                           f"learned_embeds_2); inspect or use the first file, which finds this one beside it")
         lines.append(report["note"])
+    if emb.num_vectors > CHUNK:  # (generate warns too, when it loads it)
+        report["note_length"] = (f"{emb.num_vectors} vectors: more than the {CHUNK} one pass of the text encoder "
+                                 f"reads, so a prompt splits it across chunks read apart, and the A1111 web UI "
+                                 f"cannot use it")
+        lines.append(report["note_length"])
     if "model_mismatch" in report:
         lines.append(report["model_mismatch"])
     if emb.metadata:
