@@ -573,3 +573,14 @@ def test_the_training_pictures_are_read_no_larger_than_the_report_and_clip_need(
     Image.new("RGB", (300, 200), "red").save(folder / "small.png")
     big, small = sorted(_training_pictures(str(folder), None), key=lambda p: -p.width)
     assert big.size == (1601, 1201) and small.size == (300, 200)
+
+
+def test_an_out_folder_of_the_users_own_is_not_replaced_for_its_folder_names(run_dir, clip_dir, judge, tmp_path):
+    """`--images data/training --out data`: a folder holding only the user's own training/ (or pictures/) folder
+    has the names of a report's parts, but no scores.json: it is not a report, and the swap would delete it."""
+    data = tmp_path / "data"
+    write_images(data / "training", n=1)
+    with pytest.raises(ConfigError, match=r"not a score report \(it holds training\)"):
+        score(_quick(run_dir, clip_dir, data, init="none", images=str(data / "training")), judge=judge,
+              progress=False)
+    assert (data / "training" / "img0.png").is_file()

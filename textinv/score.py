@@ -429,11 +429,15 @@ def _prepare_out(out: Path) -> tuple[Path, Path]:
         previous.rename(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
-    # (hidden files and OS litter, as a file browser's .DS_Store, go with the report)
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in REPORT_ENTRIES and not p.name.startswith(".")
-                     and p.name.lower() not in ("thumbs.db", "desktop.ini")) if out.is_dir() else []
+    # (hidden files and OS litter, as a file browser's .DS_Store, go with the report). Without scores.json, which
+    # every published report has, nothing there is a report's: a folder of the user's own called training/ or
+    # pictures/ (their photos: --images data/training --out data) would go with the swap
+    report = (out / "scores.json").is_file()
+    foreign = sorted(p.name for p in out.iterdir() if (p.name not in REPORT_ENTRIES or not report)
+                     and not p.name.startswith(".") and p.name.lower() not in ("thumbs.db", "desktop.ini")
+                     ) if out.is_dir() else []
     if foreign:
-        what = "is not a score report" if not (out / "scores.json").is_file() else "holds more than a score report"
+        what = "is not a score report" if not report else "holds more than a score report"
         raise ConfigError(f"--out {out} {what} (it holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''})"
                           f" and would be replaced whole; give a new or empty folder, or move those out")
     if partial.exists():
