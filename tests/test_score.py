@@ -584,3 +584,21 @@ def test_an_out_folder_of_the_users_own_is_not_replaced_for_its_folder_names(run
         score(_quick(run_dir, clip_dir, data, init="none", images=str(data / "training")), judge=judge,
               progress=False)
     assert (data / "training" / "img0.png").is_file()
+
+
+def test_a_baseline_that_names_the_token_is_refused(run_dir, clip_dir, judge, tmp_path):
+    """The prompt expansion and the tokenizer find the token in any words, in any case: a description naming it
+    drew the learned vectors and was reported as the human-caption baseline."""
+    with pytest.raises(ConfigError, match=r"--description 'a <ZQ> dog' names the token <zq>"):
+        score(_quick(run_dir, clip_dir, tmp_path / "o", description="a <ZQ> dog"), judge=judge, progress=False)
+    with pytest.raises(ConfigError, match=r"--init '<zq>' names the token <zq>"):
+        score(_quick(run_dir, clip_dir, tmp_path / "o", init="<zq>"), judge=judge, progress=False)
+    assert not (tmp_path / "o").exists()  # refused before anything was drawn
+
+
+def test_an_edit_prompt_of_the_concept_alone_is_refused():
+    """Editability compares a picture with its prompt less the concept: of '{}' that is no text at all."""
+    for prompt in ("{}", "<zq>", "({}:1.2), ", "[{}]"):
+        with pytest.raises(ConfigError, match="the concept alone"):
+            _template(prompt, "<zq>")
+    assert _template("{} on a beach", "<zq>") == "{} on a beach"

@@ -303,11 +303,16 @@ def _template(prompt: str, token: str) -> str:
     one that holds "{}" itself must not be cut in two."""
     written = re.compile(re.escape(token), re.IGNORECASE)
     if written.search(prompt):
-        return written.sub(lambda m: MARKER, prompt)
-    if MARKER in prompt:
-        return prompt
-    raise ConfigError(f"--prompts {prompt!r} has no {MARKER} and no {token}: write {MARKER} where the concept goes, "
-                      f"e.g. 'a photo of {MARKER} on a beach'")
+        template = written.sub(lambda m: MARKER, prompt)
+    elif MARKER in prompt:
+        template = prompt
+    else:
+        raise ConfigError(f"--prompts {prompt!r} has no {MARKER} and no {token}: write {MARKER} where the concept "
+                          f"goes, e.g. 'a photo of {MARKER} on a beach'")
+    if not re.search(r"\w", scored_text(template)):  # (editability would compare its pictures with empty text)
+        raise ConfigError(f"--prompts {prompt!r} is the concept alone: an edit prompt is scored by its other words "
+                          f"(the change asked for), so add them, e.g. '{MARKER} on a beach'")
+    return template
 
 
 def _compared(paths: list[str], emb: LearnedEmbedding,
@@ -385,6 +390,15 @@ def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict,
     """What stands in the concept's place, one method each: the learned token, the embeddings compared with it
     (labelled by file and step; files of one name, as two runs' learned_embeds, by their folder too), then the
     baselines."""
+    # a baseline that names a token draws its learned vectors (the prompt expansion and the tokenizer find a token
+    # inside other words, in any case): it would be no baseline, and score the embedding against itself
+    tokens = [emb.token] + [other.token for other, _ in others]
+    for flag, words, example in (("--init", config.init, "dog"),
+                                 ("--description", config.description, "a corgi with a red collar")):
+        named = [t for t in tokens if words and t.lower() in words.lower()]
+        if named:
+            raise ConfigError(f"{flag} {words!r} names the token {named[0]}: a baseline is drawn with plain words "
+                              f"in the token's place, e.g. {flag} '{example}'")
     methods = [{"name": "textual inversion", "words": emb.token, "label": emb.token}]
     names = [Path(path).name for _, path in others]
     for k, (other, path) in enumerate(others):
