@@ -602,3 +602,18 @@ def test_an_edit_prompt_of_the_concept_alone_is_refused():
         with pytest.raises(ConfigError, match="the concept alone"):
             _template(prompt, "<zq>")
     assert _template("{} on a beach", "<zq>") == "{} on a beach"
+
+
+def test_a_clip_part_is_not_taken_for_a_whole_clip_model(sd1_dir, clip_dir, tmp_path):
+    """transformers builds a CLIPModel from a folder of one CLIP tower (a model's text_encoder with its tokenizer
+    and an image processor beside it), every weight it lacks random, and said nothing (its report is quieted): the
+    judge scored noise."""
+    import shutil
+
+    part = tmp_path / "text-encoder"
+    shutil.copytree(sd1_dir / "text_encoder", part)
+    for f in list((sd1_dir / "tokenizer").iterdir()) + [clip_dir / "preprocessor_config.json"]:
+        shutil.copy(f, part)
+    with pytest.raises(ModelError, match="not a whole CLIP model"):
+        ClipJudge.load(str(part))
+    assert ClipJudge.load(str(clip_dir)).source == str(clip_dir)

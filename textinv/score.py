@@ -188,17 +188,18 @@ class ClipJudge:
 
         def load(**online):
             with quiet_transformers():  # (transformers 5 notes that it falls back to its Pillow image processor)
-                return (CLIPModel.from_pretrained(source, torch_dtype=torch.float32, **online),
+                return (CLIPModel.from_pretrained(source, torch_dtype=torch.float32, output_loading_info=True,
+                                                  **online),
                         AutoTokenizer.from_pretrained(source, **online),
                         CLIPImageProcessor.from_pretrained(source, **online))
 
         try:
             try:  # the cache first: offline, the hub's client retries each file for most of a minute
-                model, tokenizer, processor = load(local_files_only=True)
+                (model, info), tokenizer, processor = load(local_files_only=True)
             except OSError:
                 if Path(source).expanduser().exists() or _is_local_path(source) or not _hub_reachable(source):
                     raise
-                model, tokenizer, processor = load()
+                (model, info), tokenizer, processor = load()
         except Exception as e:
             local = Path(source).expanduser().exists()
             if not local and _is_local_path(source):  # a mistyped folder is not a hub id to download
@@ -212,6 +213,15 @@ class ClipJudge:
             raise ModelError(f"--clip {source!r} could not be loaded as a CLIP model ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); give a CLIP model's hub id or folder, "
                              f"e.g. {DEFAULT_CLIP}") from None
+        # transformers builds a CLIPModel from any CLIP part's folder (a model's text_encoder, an image encoder),
+        # the weights it lacks made up at random, and says so only in a report quiet_transformers hides: such a
+        # judge would score noise
+        weights = {name for name, _ in model.named_parameters()} - {"logit_scale"}  # (buffers, and the unused scale,
+        missing = sorted(k for k in info["missing_keys"] if k in weights)          # are no judge's weights)
+        if missing:
+            raise ModelError(f"--clip {source!r} is not a whole CLIP model: {len(missing)} of a CLIP model's weights "
+                             f"are not in it ({', '.join(missing[:2])} ...) and would be random; give a CLIP model "
+                             f"with its text and image towers, e.g. {DEFAULT_CLIP}")
         return cls(model, tokenizer, processor, source, device)
 
     @torch.no_grad()
