@@ -537,7 +537,7 @@ def test_a_compare_folder_gives_its_files_in_step_order(tmp_path):
     for n in (1000, 500, 1500):
         (steps / f"learned_embeds-steps-{n}.safetensors").write_bytes(b"x")
     (steps / "notes.txt").write_text("not an embedding")
-    assert [Path(p).name for p in _expand_folders([str(steps)])] == [
+    assert [Path(p).name for p, _ in _expand_folders([str(steps)])] == [
         "learned_embeds-steps-500.safetensors", "learned_embeds-steps-1000.safetensors",
         "learned_embeds-steps-1500.safetensors"]
     (tmp_path / "empty").mkdir()
@@ -604,6 +604,33 @@ def test_an_edit_prompt_of_the_concept_alone_is_refused():
     assert _template("{} on a beach", "<zq>") == "{} on a beach"
 
 
+def test_a_compare_folder_of_the_diffusers_script_gives_its_steps_and_skips_other_files(tmp_path):
+    """The diffusers script writes its steps (learned_embeds-steps-500.safetensors) beside the final
+    learned_embeds.safetensors in one folder: scored with --compare on that folder, the folder was read as the one
+    final embedding, the scored one, and nothing was compared. A file there that is no embedding (a preview PNG,
+    optimizer state) is skipped with a warning; a folder of nothing else is refused."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.score import _compared
+
+    out = tmp_path / "textual_inversion_cat"
+    embs = {k: LearnedEmbedding("<cat>", {"text_encoder": torch.randn(1, 32)}, {"steps": str(k)}) for k in (2, 4)}
+    save_embedding(embs[2], out / "learned_embeds-steps-2.safetensors", "diffusers")
+    save_embedding(embs[4], out / "learned_embeds.safetensors", "diffusers")
+    Image.new("RGB", (8, 8)).save(out / "preview.png")
+    (out / "optimizer.bin").write_bytes(b"not an embedding")
+    with pytest.warns(UserWarning, match=r"skipped 2 file\(s\) that are no embedding: optimizer.bin, preview.png"):
+        found = _compared([str(out)], embs[4], out / "learned_embeds.safetensors")
+    assert [Path(p).name for _, p in found] == ["learned_embeds-steps-2.safetensors"]
+    assert torch.equal(found[0][0].vectors["text_encoder"], embs[2].vectors["text_encoder"])
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    Image.new("RGB", (8, 8)).save(junk / "preview.png")
+    with pytest.raises(ConfigError, match="junk holds no embedding file"):
+        _compared([str(junk)], embs[4])
+    with pytest.raises(Exception, match="preview.png"):  # a file named on its own: its own error
+        _compared([str(junk / "preview.png")], embs[4])
+
+
 def test_a_clip_part_is_not_taken_for_a_whole_clip_model(sd1_dir, clip_dir, tmp_path):
     """transformers builds a CLIPModel from a folder of one CLIP tower (a model's text_encoder with its tokenizer
     and an image processor beside it), every weight it lacks random, and said nothing (its report is quieted): the
@@ -617,3 +644,22 @@ def test_a_clip_part_is_not_taken_for_a_whole_clip_model(sd1_dir, clip_dir, tmp_
     with pytest.raises(ModelError, match="not a whole CLIP model"):
         ClipJudge.load(str(part))
     assert ClipJudge.load(str(clip_dir)).source == str(clip_dir)
+
+
+def test_scores_json_names_its_files_by_absolute_paths(run_dir, clip_dir, judge, tmp_path, monkeypatch):
+    """Paths given relative to the folder the command ran in were kept so: a script reading scores.json from
+    anywhere else could not find the embedding, the pictures or the compared files it names."""
+    monkeypatch.chdir(run_dir.parent)
+    step = _a1111_copies(run_dir.parent / "steps", load_embedding_vectors(run_dir), "<zq>", ["zq-2.pt"])[0]
+    report = score(_quick("run", clip_dir, tmp_path / "o", init="none", images="images",
+                          compare=[str(step.relative_to(run_dir.parent))]), judge=judge, progress=False).report
+    assert report["embedding"]["path"] == str(run_dir)
+    assert report["images"] == str(run_dir.parent / "images")
+    assert report["compared"][0]["path"] == str(step)
+    assert (tmp_path / "o" / report["methods"][0]["prompts"][0]["files"][0]).is_file()  # (in the report folder)
+
+
+def load_embedding_vectors(path):
+    from textinv.formats import load_embedding
+
+    return load_embedding(path).vectors["text_encoder"]

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from . import __version__, emphasis
 from .config import DEVICE_HELP, PRECISIONS, SAMPLERS, check_choices, check_drawing, check_seed, opt
 from .data import PROPERTIES, find_images, load_image
-from .errors import ConfigError, DataError, ModelError
+from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        install_embedding, png_text, render, unload_embeddings)
@@ -332,11 +332,20 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
     diffusers-sdxl run names both files of every step's pair (either reads the pair), and a file given twice, or
     the `scored` file itself, would only be drawn again at the same seeds."""
     found, tokens, read = [], {emb.token.lower()}, {_read_file(scored)} if scored is not None else set()
-    for text in _expand_folders(paths):
+    skipped, read_from = {}, set()  # folder -> its files that are no embedding; the folders that held one
+    for text, folder in _expand_folders(paths):
         path = Path(text).expanduser()
         if not path.exists():
             raise ConfigError(f"--compare {text} does not exist")
-        other, file = load_embedding(embedding_file(path)), _read_file(path)
+        try:
+            other, file = load_embedding(embedding_file(path)), _read_file(path)
+        except FormatError:
+            if folder is None:  # (a file named on its own is meant: its error stands)
+                raise
+            skipped.setdefault(folder, []).append(path.name)  # (a folder may hold notes, previews, optimizer state)
+            continue
+        if folder is not None:
+            read_from.add(folder)
         if file in read:
             continue
         read.add(file)
@@ -346,29 +355,49 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
             raise ConfigError(f"--compare {text} has {other.num_vectors} vector(s) of width "
                               f"{'+'.join(map(str, other.widths))}, the scored one {emb.num_vectors} of width "
                               f"{'+'.join(map(str, emb.widths))}: compare embeddings of one concept, trained alike")
-        found.append((LearnedEmbedding(token, other.vectors, {**other.metadata, "token": token}), str(path)))
+        found.append((LearnedEmbedding(token, other.vectors, {**other.metadata, "token": token}), _absolute(path)))
+    for folder, names in skipped.items():
+        listed = f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+        if folder not in read_from:
+            raise ConfigError(f"--compare {folder} holds no embedding file ({listed} are not); give the files, or a "
+                              f"run's embeddings/ folder")
+        warnings.warn(f"--compare {folder}: skipped {len(names)} file(s) that are no embedding: {listed}",
+                      stacklevel=3)
     return found
 
 
-def _expand_folders(paths: list[str]) -> list[str]:
-    """--compare entries with a folder of embedding files (a run's `embeddings/`) given as its files, in the order
-    of the step number in their names (500 before 1000); a diffusers run or concept folder stays one entry."""
+def _expand_folders(paths: list[str]) -> list[tuple[str, str | None]]:
+    """--compare entries, each with the folder it was found in (None for one given itself): a folder of embedding
+    files (a run's `embeddings/`, the diffusers script's --output_dir with its learned_embeds-steps-500 files
+    beside the final learned_embeds) given as its files, in the order of the step number in their names (500
+    before 1000); a training run's folder, or a diffusers folder of one embedding, stays one entry."""
     from .generate import EMBEDDING_SUFFIXES
     from .run_folder import CONFIG_FILE
 
     out = []
     for text in paths:
         folder = Path(text).expanduser()
-        if not folder.is_dir() or any(folder.glob("learned_embeds.*")) or (folder / CONFIG_FILE).is_file():
-            out.append(text)
+        if not folder.is_dir() or (folder / CONFIG_FILE).is_file():
+            out.append((text, None))
             continue
         files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in EMBEDDING_SUFFIXES]
+        if files and all(f.stem in ("learned_embeds", "learned_embeds_2") for f in files):
+            out.append((text, None))  # (one diffusers embedding: the folder reads it)
+            continue
         if not files:
             raise ConfigError(f"--compare {text} is a folder without embedding files; give the files, or a run's "
                               f"embeddings/ folder")
-        out += [str(f) for f in sorted(files, key=lambda f: [int(x) if x.isdigit() else x
-                                                           for x in re.split(r"(\d+)", f.name)])]
+        out += [(str(f), text) for f in sorted(files, key=lambda f: [int(x) if x.isdigit() else x
+                                                                   for x in re.split(r"(\d+)", f.name)])]
     return out
+
+
+def _absolute(path: str | Path) -> str:
+    """A path as scores.json keeps it: absolute (not resolved through links), so a script reading the report from
+    elsewhere, or later, finds the embedding and the pictures it names."""
+    import os
+
+    return os.path.abspath(Path(path).expanduser())
 
 
 def _read_file(path: Path) -> Path:
@@ -569,10 +598,10 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         losses = _losses(run)
         report = {
             "title": f"textinv score: {emb.token}",
-            "embedding": {"path": str(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
+            "embedding": {"path": _absolute(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
                           "metadata": emb.metadata},
             "compared": [{"path": path, "token": other.token, "metadata": other.metadata} for other, path in others],
-            "images": str(images), "training_files": training_files, "model": model.describe(),
+            "images": _absolute(images), "training_files": training_files, "model": model.describe(),
             "clip": judge.source, "settings": {**dataclasses.asdict(config), "steps": steps, "guidance": guidance,
                                                "clip_skip": clip_skip, "resolution": size, "property": kind},
             "seeds": seeds, "training_similarity": training_similarity(training), "methods": table,
