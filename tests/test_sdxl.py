@@ -52,12 +52,16 @@ def test_trains_both_encoders_only_new_rows_and_writes_the_sdxl_file(xl_dir, ima
     assert raw["clip_l"].shape == (2, 32) and raw["clip_g"].shape == (2, 64)
 
 
-def test_diffusers_format_writes_the_two_file_layout_and_resume_is_exact(xl_dir, images, tmp_path):
-    straight = train(xl_config(images, tmp_path / "a", format="diffusers"), model=load_model(xl_dir), progress=False)
+@pytest.mark.parametrize("noise_offset", [0.0, 0.1])
+def test_diffusers_format_writes_the_two_file_layout_and_resume_is_exact(noise_offset, xl_dir, images, tmp_path):
+    straight = train(xl_config(images, tmp_path / "a", format="diffusers", noise_offset=noise_offset),
+                     model=load_model(xl_dir), progress=False)
     assert (tmp_path / "a" / "learned_embeds.safetensors").exists()
     assert load_file(tmp_path / "a" / "learned_embeds_2.safetensors")["<xq>"].shape == (2, 64)
-    train(xl_config(images, tmp_path / "b", steps=2), model=load_model(xl_dir), progress=False)
-    resumed = train(xl_config(images, tmp_path / "b", resume=True), model=load_model(xl_dir), progress=False)
+    train(xl_config(images, tmp_path / "b", steps=2, noise_offset=noise_offset), model=load_model(xl_dir),
+          progress=False)
+    resumed = train(xl_config(images, tmp_path / "b", resume=True, noise_offset=noise_offset),
+                    model=load_model(xl_dir), progress=False)
     for name in ("text_encoder", "text_encoder_2"):
         assert torch.equal(resumed.embedding.vectors[name], straight.embedding.vectors[name])
 

@@ -117,13 +117,15 @@ def test_loss_goes_down_on_a_tiny_learnable_target(sd1_dir, images, tmp_path):
     assert learned < initial * 0.995, (learned, initial, result.losses)  # seen: 1.8% lower with seeds 0 and 1
 
 
-def test_resume_equals_uninterrupted_run_bit_for_bit(sd1_dir, images, tmp_path):
-    straight = train(config(images, tmp_path / "a", steps=8, save_every=4), model=load_model(sd1_dir),
-                     progress=False)
-    first = train(config(images, tmp_path / "b", steps=4, save_every=4), model=load_model(sd1_dir), progress=False)
+@pytest.mark.parametrize("noise_offset", [0.0, 0.1])
+def test_resume_equals_uninterrupted_run_bit_for_bit(noise_offset, sd1_dir, images, tmp_path):
+    straight = train(config(images, tmp_path / "a", steps=8, save_every=4, noise_offset=noise_offset),
+                     model=load_model(sd1_dir), progress=False)
+    first = train(config(images, tmp_path / "b", steps=4, save_every=4, noise_offset=noise_offset),
+                  model=load_model(sd1_dir), progress=False)
     assert not torch.equal(first.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
-    resumed = train(config(images, tmp_path / "b", steps=8, save_every=4, resume=True), model=load_model(sd1_dir),
-                    progress=False)
+    resumed = train(config(images, tmp_path / "b", steps=8, save_every=4, resume=True, noise_offset=noise_offset),
+                    model=load_model(sd1_dir), progress=False)
     assert resumed.steps == 8
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses == straight.losses
@@ -227,6 +229,77 @@ def test_an_epoch_holds_each_picture_its_own_repeat_count_times():
     g = torch.Generator().manual_seed(5)
     assert torch.equal(same, torch.cat([torch.randperm(12, generator=g) % 3 for _ in range(2)]))
     assert torch.equal(BatchSampler(3, [4, 4, 4], flip=False, seed=5)._next_images(24), same)
+
+
+def test_noise_offset_adds_one_normal_number_per_sample_and_channel_and_off_draws_what_runs_always_drew():
+    """kohya's --noise_offset: noise + X * randn(B, C, 1, 1). Off (0, the default), the draws and the generator's
+    state after them are the stream runs drew before the setting (no extra number drawn: every later step's draws
+    are unchanged); on, only the noise changes, by a constant over each sample's channel whose spread is X, so each
+    (sample, channel) mean of the noise spreads by about sqrt(X^2 + 1/(h w)) instead of 1/sqrt(h w)."""
+    from textinv.train import BatchSampler
+
+    def sampler(**kw):
+        return BatchSampler(3, 2, flip=True, seed=7, **kw)
+
+    shape, n, x = (4, 32, 32), 1000, 0.1
+    for off in (sampler(), sampler(noise_offset=0.0)):  # one epoch of 3 pictures x 2, in the draws' order
+        g = torch.Generator().manual_seed(7)
+        want = {"image": torch.randperm(6, generator=g) % 3, "flip": torch.rand(6, generator=g) < 0.5,
+                "caption": torch.rand(6, generator=g), "eps_latent": torch.randn((6, *shape), generator=g),
+                "noise": torch.randn((6, *shape), generator=g), "timestep": torch.randint(0, 1000, (6,), generator=g)}
+        got = off.draw(6, shape, (0, 1000))
+        assert got.keys() == want.keys() and all(torch.equal(got[k], v) for k, v in want.items())
+        assert torch.equal(off.generator.get_state(), g.get_state())
+    plain, on = sampler(), sampler(noise_offset=x)
+    drawn = {"plain": plain.draw(n, shape, (0, 1000)), "on": on.draw(n, shape, (0, 1000))}
+    assert all(torch.equal(drawn["on"][k], v) for k, v in drawn["plain"].items() if k != "noise")
+    shift = drawn["on"]["noise"] - drawn["plain"]["noise"]  # (n, 4, 32, 32)
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)  # one number per sample, channel
+    assert shift[:, :, 0, 0].std().item() == pytest.approx(x, rel=0.05)
+    assert abs(shift[:, :, 0, 0].mean().item()) < 0.01
+    means = {name: d["noise"].mean(dim=(2, 3)).std().item() for name, d in drawn.items()}  # over (n, 4)
+    assert means["plain"] == pytest.approx(1 / 32, rel=0.05)
+    assert means["on"] == pytest.approx((x ** 2 + 1 / 32 ** 2) ** 0.5, rel=0.05)
+    # the next draw goes on from the generator's own state: resumable as ever
+    again = sampler(noise_offset=x)
+    again.load_state_dict(on.state_dict())
+    assert torch.equal(again.draw(4, shape, (0, 1000))["noise"], on.draw(4, shape, (0, 1000))["noise"])
+
+
+def test_noise_offset_noise_is_what_the_latents_are_noised_with_and_the_velocity_target_of(sd2_dir, tmp_path,
+                                                                                            monkeypatch):
+    """v-prediction (SD 2.x 768, the bundled model): the target depends on the noise; as in kohya's scripts the
+    offset noise is both what the latents are noised with and what the velocity is made of. With --buckets each
+    sample's noise (its corner of the largest shape) keeps its channels' offset."""
+    from diffusers import DDPMScheduler
+
+    pictures = _mixed_pictures(tmp_path / "mixed")
+    seen = []
+    real_add, real_velocity = DDPMScheduler.add_noise, DDPMScheduler.get_velocity
+    monkeypatch.setattr(DDPMScheduler, "add_noise", lambda self, x, noise, t: seen.append(("add", noise.clone()))
+                        or real_add(self, x, noise, t))
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, x, noise, t: seen.append(("v", noise.clone()))
+                        or real_velocity(self, x, noise, t))
+    runs = {}
+    for x in (0.0, 0.5):
+        seen.clear()
+        train(config(pictures, tmp_path / f"o{x}", steps=1, batch=3, buckets=True, noise_offset=x),
+              model=load_model(sd2_dir), progress=False)
+        assert [kind for kind, _ in seen] == ["add", "v"] * (len(seen) // 2) and len(seen) >= 4  # (several shapes)
+        assert all(torch.equal(a, v) for (_, a), (_, v) in zip(seen[::2], seen[1::2]))
+        runs[x] = [noise for kind, noise in seen if kind == "add"]
+    assert [n.shape for n in runs[0.0]] == [n.shape for n in runs[0.5]]
+    for plain, offset in zip(runs[0.0], runs[0.5]):  # (B_shape, 4, h, w): one number per sample and channel
+        shift = offset - plain
+        assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
+        assert shift[:, :, 0, 0].abs().min() > 0
+
+
+@pytest.mark.parametrize("value", [-0.05, float("nan"), float("inf"), True, "0.1"])
+def test_a_noise_offset_that_is_no_number_from_0_up_is_refused_naming_the_flag(value, images, tmp_path):
+    with pytest.raises(ConfigError, match=r"--noise-offset must be a number >= 0 \(0: off; 0.05-0.1 is typical\)"):
+        config(images, tmp_path / "o", noise_offset=value).validate()
+    assert config(images, tmp_path / "o", noise_offset=0).validate().noise_offset == 0  # (off: valid)
 
 
 def test_a_kohya_folder_trains_each_picture_by_its_folders_count_and_resumes(sd1_dir, tmp_path, monkeypatch, capsys):
@@ -447,13 +520,15 @@ def test_half_precision_loss_curve_matches_fp32(precision, sd1_dir, images, tmp_
         assert s1 == s2 and abs(l1 - l2) / l1 < 0.02, (ref.losses, half.losses)  # within 2% (seen: < 0.1%)
 
 
-def test_several_concepts_in_one_run_each_equal_to_its_own_run(sd1_dir, tmp_path):
+@pytest.mark.parametrize("noise_offset", [0.0, 0.1])
+def test_several_concepts_in_one_run_each_equal_to_its_own_run(noise_offset, sd1_dir, tmp_path):
     """K concepts share the frozen model and each batch, yet each learns what a run of its own learns."""
     from conftest import write_images
     from textinv.train import concept_seed
 
     dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
-    common = dict(steps=4, batch=2, save_every=0, sample_every=0, log_every=2, lr=5e-2, max_grad_norm=0.05)
+    common = dict(steps=4, batch=2, save_every=0, sample_every=0, log_every=2, lr=5e-2, max_grad_norm=0.05,
+                  noise_offset=noise_offset)
     joint = train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", {"images": str(cats), "token": "<jc>", "init": "cat"}],
                               out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir), progress=False)
     alone_d = train(TrainConfig(images=str(dogs), token="<jd>", init="dog", out=str(tmp_path / "d"), **common),
@@ -1275,12 +1350,14 @@ def test_buckets_with_alpha_masks_and_sdxl(tmp_path):
         assert all(t == [latent_hw[0] * 2, latent_hw[1] * 2] for t in targets)
 
 
-def test_bucketed_concepts_of_a_joint_run_each_equal_their_own_run(sd1_dir, tmp_path):
+@pytest.mark.parametrize("noise_offset", [0.0, 0.1])
+def test_bucketed_concepts_of_a_joint_run_each_equal_their_own_run(noise_offset, sd1_dir, tmp_path):
     from conftest import write_images
     from textinv.train import concept_seed
 
     mixed, squares = _mixed_pictures(tmp_path / "mixed"), write_images(tmp_path / "squares", n=2, seed=3)
-    common = dict(steps=3, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2, buckets=True)
+    common = dict(steps=3, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2, buckets=True,
+                  noise_offset=noise_offset)
     joint = train(TrainConfig(concepts=[f"{mixed}=<jm>=dog", f"{squares}=<js>=cat"], out=str(tmp_path / "joint"),
                               **common), model=load_model(sd1_dir), progress=False)
     alone_m = train(TrainConfig(images=str(mixed), token="<jm>", init="dog", out=str(tmp_path / "m"), **common),

@@ -11,6 +11,7 @@ import builtins
 import dataclasses
 import difflib
 import json
+import math
 import os
 import random
 import tomllib
@@ -156,6 +157,9 @@ class TrainConfig:
     clip_skip: int = opt(1, "text-encoder layer read, counted from the end as A1111 and kohya count (1: the last; 2: "
                             "the penultimate, usual for anime SD 1.x models); generate with the same. SD 1.x/2.x "
                             "(SDXL reads its penultimate layers: 1 and 2 both mean that there)")
+    noise_offset: float = opt(0.0, "offset noise (kohya's --noise_offset): add this times one random number per "
+                                   "sample and latent channel to the training noise, so training also sees noise "
+                                   "that shifts a picture's overall brightness and colour; 0.05-0.1 is typical; 0: off")
     min_timestep: int = opt(0, "draw training timesteps from this one up (kohya's --min_timestep)")
     max_timestep: int = opt(None, "draw training timesteps below this one (kohya's --max_timestep); default: the "
                                   "model's schedule length (1000 for SD)")
@@ -238,6 +242,10 @@ class TrainConfig:
         for name in ("max_grad_norm", "min_snr_gamma"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"--{_flag(name)} must be > 0 when given, got {getattr(self, name)}")
+        offset = self.noise_offset
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < math.inf:  # (NaN)
+            raise ConfigError(f"--noise-offset must be a number >= 0 (0: off; 0.05-0.1 is typical), got "
+                              f"{offset!r}")
         check_side("--resolution", self.resolution)
         # (the seeds drawn: concept k's data seed + 1_000_003 k (`train.concept_seed`), sample grid image i's seed + i)
         check_seed(self.seed, 1_000_003 * (len(specs) - 1) + max(4, len(self.sample_prompts)), negative=True)

@@ -178,9 +178,10 @@ class BatchSampler:
     """Draws the random parts of each batch from one generator: pictures (in shuffled epochs), flips, captions,
     latent samples, noise and timesteps. Its state (generator + epoch position) goes into checkpoints."""
 
-    def __init__(self, num_images: int, repeats: int | Sequence[int], flip: bool, seed: int):
+    def __init__(self, num_images: int, repeats: int | Sequence[int], flip: bool, seed: int,
+                 noise_offset: float = 0.0):
         """`repeats`: how many times each picture is in an epoch, one count for all or one per picture (kohya's
-        folders: the folder's count times --repeats)."""
+        folders: the folder's count times --repeats). `noise_offset`: --noise-offset (0: off)."""
         counts = torch.tensor([repeats] * num_images if isinstance(repeats, int) else list(repeats))  # (I,)
         # an epoch's pictures, round by round (0, 1, 2, 0, 1, 2, 0, 2...): with one count for all this is
         # arange(I * repeats) % I, the table runs drew from before counts per picture, so their draws are unchanged
@@ -189,6 +190,7 @@ class BatchSampler:
         self.num_items = len(self.table)
         self.num_images = num_images
         self.flip = flip
+        self.noise_offset = noise_offset
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.cursor = 0
@@ -208,7 +210,7 @@ class BatchSampler:
     def draw(self, n: int, latent_shape: tuple[int, ...], timesteps: tuple[int, int]) -> dict[str, torch.Tensor]:
         """`n` samples' random parts; timesteps uniform in [timesteps[0], timesteps[1])."""
         g = self.generator
-        return {
+        drawn = {
             "image": self._next_images(n),
             "flip": (torch.rand(n, generator=g) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool),
             "caption": torch.rand(n, generator=g),
@@ -216,6 +218,14 @@ class BatchSampler:
             "noise": torch.randn((n, *latent_shape), generator=g),
             "timestep": torch.randint(*timesteps, (n,), generator=g),
         }
+        if self.noise_offset:
+            # offset noise (Guttenberg 2023, "Diffusion with offset noise"; kohya's --noise_offset): one more normal
+            # number per sample and channel, times the offset, added over the whole latent, so the noise also moves
+            # each channel's mean, which i.i.d. noise barely does. Drawn last, and only when on: a run without it
+            # draws what it always drew. The offset noise is the noise: it is added to the latents and, for
+            # v-prediction, is in the velocity target too, as in kohya's scripts.
+            drawn["noise"] += self.noise_offset * torch.randn((n, latent_shape[0], 1, 1), generator=g)  # (n, C, 1, 1)
+        return drawn
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "order": self.order, "cursor": self.cursor}
@@ -463,7 +473,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                                     for p in pictures]).to(device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
         repeats = [n * config.repeats for n in picture_repeats(spec["images"], paths)]
-        sampler = BatchSampler(len(pictures), repeats, config.use_flip, concept_seed(config.seed, k))
+        sampler = BatchSampler(len(pictures), repeats, config.use_flip, concept_seed(config.seed, k),
+                               config.noise_offset)
         concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
                                      concept_out, pixel_weight=pixel_weight))
