@@ -92,7 +92,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("min_bucket_reso max_bucket_reso", _K, "train", None, "textinv's buckets (--buckets) span half to twice "
                                                            "--resolution"),
     ("flip_aug", _K, "train", "--flip", "on by default in textinv (--no-flip turns it off), off in kohya's"),
-    ("noise_offset", _K, "train", None, "textinv has no noise offset"),
+    ("noise_offset", _K, "train", "--noise-offset", ""),
+    ("adaptive_noise_scale noise_offset_random_strength", _K, "train", None,
+     "textinv has only the plain offset: --noise-offset X"),
     ("multires_noise_iterations", _K, "train", None, "textinv has no multi-resolution noise"),
     ("v_parameterization", _K, "train", "--prediction-type", "--prediction-type v_prediction; textinv reads it from "
                                                              "the model's scheduler config when it has one"),
