@@ -933,7 +933,8 @@ def test_again_draws_a_picture_again_bit_for_bit_from_another_working_directory(
     monkeypatch.chdir(work)
     assert main(["generate", "--model", os.path.relpath(sd1_dir, work), "--embedding", "q.safetensors", "--token",
                  "<zz>", "--lora-dir", "Lora", "--vae", "vae", "--prompt", "a photo of <zz> <lora:mystyle:0.7>",
-                 "-n", "3", "--seed", "5", "--width", "32", "--batch-size", "3", "--steps", "3", "--out", "r"]) == 0
+                 "-n", "3", "--seed", "5", "--width", "32", "--batch-size", "3", "--steps", "3", "--out", "r",
+                 "--metadata", "full"]) == 0
     picture = work / "r" / "000-a-photo-of-zz-s6.png"  # the middle one of its batch
     record = json.loads(Image.open(picture).text["textinv_settings"])
     assert record["batch_seeds"] == [5, 6, 7] and record["settings"]["token"] == ["<zz>"]
@@ -964,7 +965,8 @@ def test_again_draws_a_picture_in_the_batch_it_was_drawn_in(sd1_dir, tmp_path):
     calls = []
     model.unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     paths = generate(GenerateConfig(prompt=["a dog"], n=3, seed=5, steps=3, width=32, batch_size=3,
-                                    out=str(tmp_path / "r"), model=str(sd1_dir)), model=model, progress=False)
+                                    out=str(tmp_path / "r"), model=str(sd1_dir), metadata="full"), model=model,
+                     progress=False)
     calls.clear()
     config, keep = again_config(paths[1], {"out": str(tmp_path / "again")})
     (again,) = generate(config, model=model, progress=False, keep_seeds=keep)
@@ -1131,7 +1133,7 @@ def test_again_names_a_moved_file_and_ignores_a_newer_textinvs_settings_with_a_w
     shutil.copytree(sd1_dir, tmp_path / "model")
     emb = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "q.safetensors")[0]
     (path,) = generate(GenerateConfig(prompt=["a <w>"], embedding=[str(emb)], token=["<w>"], out=str(tmp_path / "r"),
-                                      n=1, steps=1, model=str(tmp_path / "model")), progress=False)
+                                      n=1, steps=1, model=str(tmp_path / "model"), metadata="full"), progress=False)
     with pytest.raises(FormatError, match="drawn picture .*textinv generate --again"):  # not an embedding
         load_embedding(path)
     emb.rename(tmp_path / "moved.safetensors")
@@ -1164,6 +1166,118 @@ def test_again_names_a_moved_file_and_ignores_a_newer_textinvs_settings_with_a_w
     said = " ".join(str(w.message) for w in caught)
     assert "does not know, from textinv 9.0: future, future_knob; they are ignored" in said
     assert "drawn by textinv 9.0" in said and config.prompt == ["a <w>"] and config.seed == 0
+
+
+def _strings(value):
+    """Every string in a decoded JSON value, keys too."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _strings(k) + _strings(v)]
+    return [s for v in value for s in _strings(v)] if isinstance(value, list) else []
+
+
+def _drawn_with_paths(sd1_dir, tmp_path, metadata):
+    """A picture drawn with every local path setting (model, embedding, LoRA folder, VAE), from `tmp_path / work`,
+    written with `--metadata metadata`."""
+    import os
+    import shutil
+
+    from textinv.cli import main
+    from textinv.tiny import _tiny_vae
+
+    work = tmp_path / "work"
+    if not work.exists():
+        (work / "Lora").mkdir(parents=True)
+        shutil.copytree(sd1_dir, work / "sd15")
+        save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32) * 3}), work / "q.safetensors")
+        _save_tiny_lora(work / "Lora", "mystyle")
+        torch.manual_seed(5)
+        _tiny_vae().save_pretrained(work / "vae")
+    assert main(["generate", "--model", str(work / "sd15"), "--embedding", str(work / "q.safetensors"), "--lora-dir",
+                 str(work / "Lora"), "--vae", str(work / "vae"), "--prompt", "a photo of <q> <lora:mystyle:0.7>",
+                 "-n", "2", "--seed", "5", "--batch-size", "2", "--steps", "2", "--out", str(tmp_path / metadata),
+                 "--metadata", metadata]) == 0
+    return tmp_path / metadata / "000-a-photo-of-q-s6.png", os.sep
+
+
+def test_a_shareable_picture_names_its_files_without_saying_where_they_are(sd1_dir, tmp_path):
+    """The record held the absolute paths of the model, embeddings, LoRA folders and VAE, and `parameters` the
+    model's: a shared picture told the user's name and folder layout (/home/alice/clients/acme/...). Shareable, the
+    default, keeps their names and the embeddings' SHA-256 only; a bundled model or a hub id is no path."""
+    import hashlib
+    import json
+    import re
+
+    from textinv.generate import shareable_record
+
+    picture, sep = _drawn_with_paths(sd1_dir, tmp_path, "shareable")
+    text = Image.open(picture).text
+    record = json.loads(text["textinv_settings"])
+    strings = _strings(record) + list(text.values())
+    assert not [s for s in strings if str(tmp_path) in s or str(sd1_dir) in s or s.startswith(sep)]
+    assert not [s for s in text.values() if re.search(rf"(^|[\s:,=\"]){re.escape(sep)}\w", s)]
+    settings = record["settings"]
+    assert (settings["model"], settings["embedding"], settings["lora_dir"], settings["vae"]) == (
+        "sd15", ["q.safetensors"], ["Lora"], "vae")
+    assert record["by_name"] == ["model", "embedding", "lora_dir", "vae"] and settings["metadata"] == "shareable"
+    digest = hashlib.sha256((tmp_path / "work" / "q.safetensors").read_bytes()).hexdigest()
+    assert record["embedding_sha256"] == [digest] and re.search(r"Model: sd15(,|$)", text["parameters"])
+    # what names no local file stays as it is, and is not asked for
+    names = {"model": "shapes", "embedding": [], "lora_dir": [], "vae": "madebyollin/sdxl-vae-fp16-fix",
+             "single_file_config": None}
+    assert shareable_record(names) == (names, [])
+
+
+def test_no_metadata_writes_no_text_and_full_keeps_the_paths(sd1_dir, tmp_path):
+    import json
+
+    from textinv.again import read_picture
+
+    picture, _ = _drawn_with_paths(sd1_dir, tmp_path, "none")
+    assert Image.open(picture).text == {}
+    with pytest.raises(ConfigError, match="holds no generation settings.*--metadata none writes none"):
+        read_picture(picture)
+    full, _ = _drawn_with_paths(sd1_dir, tmp_path, "full")
+    record = json.loads(Image.open(full).text["textinv_settings"])
+    assert record["settings"]["embedding"] == [str(tmp_path / "work" / "q.safetensors")] and "by_name" not in record
+    assert np.array_equal(_pixels(full), _pixels(picture))  # the text changes, not the picture
+
+
+def test_again_on_a_shareable_picture_asks_for_each_path_and_draws_it_bit_for_bit_when_given(sd1_dir, tmp_path,
+                                                                                              monkeypatch):
+    import json
+
+    from textinv.again import again_config
+    from textinv.cli import main
+
+    full, _ = _drawn_with_paths(sd1_dir, tmp_path, "full")
+    shared, _ = _drawn_with_paths(sd1_dir, tmp_path, "shareable")
+    assert np.array_equal(_pixels(full), _pixels(shared))
+    with pytest.raises(ConfigError, match=r"names its files without saying where they are .*--metadata shareable.*"
+                                          r"pass --model with where sd15 is; --embedding with where q.safetensors is; "
+                                          r"--lora-dir with where Lora is; --vae with where vae is"):
+        again_config(shared, {})
+    with pytest.raises(ConfigError, match=r"pass --vae with where vae is$"):  # only what is still missing
+        again_config(shared, {"model": "m", "embedding": ["e"], "lora_dir": ["l"]})
+    # without a LoRA in the prompt the LoRA folder is not needed
+    with pytest.raises(ConfigError, match=r"pass --model with where sd15 is; --embedding .*; --vae"):
+        again_config(shared, {"prompt": ["a photo of <q>"]})
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    paths = ["--model", str(work / "sd15"), "--embedding", str(work / "q.safetensors"), "--lora-dir",
+             str(work / "Lora"), "--vae", str(work / "vae")]
+    assert main(["generate", "--again", str(shared), "--out", "again", *paths]) == 0
+    assert [p.name for p in (elsewhere / "again").iterdir()] == [shared.name]
+    redrawn = elsewhere / "again" / shared.name
+    assert np.array_equal(_pixels(redrawn), _pixels(full))
+    assert json.loads(Image.open(redrawn).text["textinv_settings"])["by_name"]  # written as the picture was
+    # another file given for the embedding is warned about, by the SHA-256 the picture kept
+    save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "other.safetensors")
+    with pytest.warns(UserWarning, match=r"drawn with other contents of .*other.safetensors"):
+        again_config(shared, {"model": "m", "embedding": [str(tmp_path / "other.safetensors")], "lora_dir": ["l"],
+                              "vae": "v"})
 
 
 def test_again_reads_an_older_textinvs_per_key_text(sd1_dir, tmp_path):

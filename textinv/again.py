@@ -6,6 +6,8 @@ What a picture's text can hold, and how each is read:
 - textinv's record (`formats.RECORD_KEY`, JSON): every setting that shapes the picture, paths absolute, and the
   seeds drawn in the same pipeline call. Redrawn in that batch it is the same picture bit for bit on the same
   machine and library versions. Keys a newer textinv added are ignored with a warning (the redraw may differ).
+  A picture drawn with `--metadata shareable` names its local files and folders without their paths (its record's
+  `by_name` lists those settings): each must be given again as a flag, and each is asked for by it.
 - an older textinv's per-key text (prompt, seed, steps, ... without the record): read, with a warning naming what it
   did not record (those settings take their defaults; its paths were written as typed).
 - the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
@@ -35,7 +37,7 @@ from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import A1111_SAMPLER_NAMES
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
-_RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256")
+_RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "by_name")
 _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
@@ -54,6 +56,7 @@ class Picture:
     version: str | None = None  # the textinv that drew it
     digests: list = field(default_factory=list)  # each --embedding file's SHA-256 when drawn (None: a folder)
     needs: dict[str, str] = field(default_factory=dict)  # setting -> why it must be given beside --again
+    by_name: list[str] = field(default_factory=list)  # settings recorded by name, not path (--metadata shareable)
     notes: list[str] = field(default_factory=list)  # warnings, said once what must be given is there
 
 
@@ -73,6 +76,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     for name, why in picture.needs.items():
         if name not in flags:
             raise ConfigError(why)
+    _check_paths_given(picture, flags)
     for note in picture.notes:
         warnings.warn(note, stacklevel=2)
     settings = dict(picture.settings)
@@ -130,7 +134,7 @@ def read_picture(path: str | Path) -> Picture:
         return _from_a1111(path, comment)
     raise ConfigError(f"--again {path} holds no generation settings (no textinv record, no A1111 'parameters' text, "
                       f"no EXIF UserComment): give a picture that textinv or the web UI drew, with its metadata kept "
-                      f"(some editors and sites remove it)")
+                      f"(some editors and sites remove it, and textinv's --metadata none writes none)")
 
 
 def decode_user_comment(data: bytes) -> str:
@@ -182,7 +186,9 @@ def _from_record(path: Path, text: str) -> Picture:
     batch = [s for s in batch if isinstance(s, int) and not isinstance(s, bool)] if isinstance(batch, list) else []
     digests = record.get("embedding_sha256")
     digests = digests if isinstance(digests, list) else []
-    return Picture(path, "textinv", settings, batch, version, digests)
+    by_name = record.get("by_name")
+    by_name = [k for k in by_name if k in settings] if isinstance(by_name, list) else []
+    return Picture(path, "textinv", settings, batch, version, digests, by_name=by_name)
 
 
 def _from_old_keys(path: Path, text: dict[str, str]) -> Picture:
@@ -296,6 +302,26 @@ def _check_unchanged(picture: Picture, files: list[str]) -> None:
     if changed:
         warnings.warn(f"{picture.path} was drawn with other contents of {', '.join(changed)} (the file was retrained "
                       f"or replaced since): the redraw uses the file as it is now, so it will differ", stacklevel=3)
+
+
+def _check_paths_given(picture: Picture, flags: dict[str, Any]) -> None:
+    """Refuse to redraw a picture drawn with `--metadata shareable` until every file or folder it names without a
+    path (`Picture.by_name`) is given as a flag, naming each flag and the name recorded; the LoRA folders count only
+    when the prompts name a LoRA. Their names alone are not looked for: a file of the same name is not the same file
+    (the embeddings' SHA-256 then tell whether the ones given are, `_check_unchanged`)."""
+    prompts = flags.get("prompt", picture.settings.get("prompt", []))
+    asks = []
+    for name in picture.by_name:
+        value = picture.settings.get(name)
+        if name in flags or not value or (name == "lora_dir" and not any(lora_tags(p)[1] for p in prompts)):
+            continue
+        flag = "--" + name.replace("_", "-")
+        named = ", ".join(value) if isinstance(value, list) else value
+        several = isinstance(value, list) and len(value) > 1
+        asks.append(f"{flag} with where {named} {'are (each, in that order)' if several else 'is'}")
+    if asks:
+        raise ConfigError(f"--again {picture.path} names its files without saying where they are (it was drawn with "
+                          f"--metadata shareable, fit to share): pass {'; '.join(asks)}")
 
 
 def _check_still_there(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:

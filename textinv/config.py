@@ -42,6 +42,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 COMPILE = ("off", "blocks", "unet")
+METADATA = ("shareable", "full", "none")
 SAMPLERS = ("default", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICE_HELP = "where the model runs: auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps"
@@ -366,6 +367,11 @@ class GenerateConfig:
                    path="source")
     lora_dir: list = opt([], "folder(s) of LoRA files (.safetensors, searched with their subfolders) for the "
                              "prompts' <lora:name:0.8> tags, e.g. the web UI's models/Lora", path="file")
+    metadata: str = opt("shareable", "what each PNG's text records: shareable (every setting, local files and "
+                                     "folders by their names only, as the web UI records them: --again asks for their "
+                                     "paths), full (their absolute paths too: --again needs nothing more on this "
+                                     "machine, but the paths tell who you are and how your folders are laid out), "
+                                     "none (no text)", choices=METADATA)
 
     def validate(self) -> "GenerateConfig":
         check_choices(self)

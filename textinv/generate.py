@@ -4,7 +4,9 @@
 expands multi-vector tokens in the prompts, and writes one PNG per image with the prompt, seed and settings in the
 PNG's text chunks (also as the A1111 `parameters` text, which many image viewers and UIs show), and every setting
 that shapes the picture as one JSON record (`RECORD_KEY`), which `textinv generate --again` draws it again from (see
-`again`). Image i of a prompt uses seed + i, so any single image can be made again on its own.
+`again`). `--metadata` says how much: shareable (the default) names local files and folders without saying where
+they are (`shareable_record`), full gives their absolute paths, none writes no text. Image i of a prompt uses seed +
+i, so any single image can be made again on its own.
 """
 
 from __future__ import annotations
@@ -625,14 +627,48 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
     """The settings every picture of a run records (`RECORD_KEY`), as `GenerateConfig` fields: all that shapes a
     picture, with the defaults as they resolved (steps, guidance, clip skip, size, the weights' precision) and each
     local path absolute (`_where`), so `generate --again` draws the picture again bit for bit on the same machine and
-    library versions, from any working directory. The prompt and seed are each picture's own."""
+    library versions, from any working directory (`--metadata full`; `shareable_record` makes it fit to share). The
+    prompt and seed are each picture's own."""
     precision = {dtype: name for name, dtype in DTYPES.items()}.get(model.unet.dtype, config.precision)
     return {"negative_prompt": config.negative_prompt, "steps": steps, "sampler": config.sampler,
             "guidance": guidance, "width": width, "height": height, "clip_skip": clip_skip,
             "model": _where(model.source), "embedding": [_where(e) for e in config.embedding],
             "token": list(config.token), "precision": precision, "prediction_type": config.prediction_type,
             "single_file_config": _where(config.single_file_config), "vae": _where(config.vae),
-            "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size}
+            "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
+            "metadata": config.metadata}  # (so a redraw is written as the picture was)
+
+
+# each path setting a picture records, and whether its value is always a local path (else it may be a bundled
+# model's name or a hub id)
+_PATH_SETTINGS = {"model": False, "embedding": True, "lora_dir": True, "vae": False, "single_file_config": False}
+
+
+def shareable_record(settings: dict) -> tuple[dict, list[str]]:
+    """`_record`'s settings as `--metadata shareable` writes them, and the settings so reduced: each local file or
+    folder by its name only (where it lies tells who drew the picture and how their folders are laid out:
+    /home/alice/clients/acme/...), a bundled model or hub id as it is; no model hash (a checkpoint is gigabytes to
+    read). The embeddings' SHA-256 are kept beside it, so `--again` tells whether the files given for them are the
+    ones the picture was drawn with.
+
+    >>> shareable_record({"model": "/home/alice/sd15", "embedding": ["/home/alice/q.pt"], "lora_dir": [],
+    ...                   "vae": None, "single_file_config": None})  # doctest: +SKIP
+    ({'model': 'sd15', 'embedding': ['q.pt'], ...}, ['model', 'embedding'])
+    """
+    from .models import BUNDLED_MODELS, _is_local_path
+
+    out, by_name = dict(settings), []
+    for key, always_local in _PATH_SETTINGS.items():
+        value = settings[key]
+        values = value if isinstance(value, list) else [value]
+        local = [bool(v) and str(v) not in BUNDLED_MODELS and (always_local or Path(v).expanduser().exists()
+                                                               or _is_local_path(str(v))) for v in values]
+        if any(local):
+            names = [(Path(os.path.abspath(Path(v).expanduser())).name or v) if is_local else v
+                     for v, is_local in zip(values, local)]
+            out[key] = names if isinstance(value, list) else names[0]
+            by_name.append(key)
+    return out, by_name
 
 
 def file_digest(path: str) -> str | None:
@@ -674,6 +710,9 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     negative = expand_all(negative, embeddings)  # a learned negative embedding needs all its vectors
     seeds = [config.seed + i for i in range(config.n)]
     shared = _record(config, model, steps, guidance, clip_skip, width, height)
+    by_name: list[str] = []  # the settings recorded by name only, which --again asks for
+    if config.metadata == "shareable":
+        shared, by_name = shareable_record(shared)
     digests = [file_digest(e) for e in config.embedding]
     texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
     names = {(index, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}-s{seed}"
@@ -706,10 +745,11 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                              if k in ("token", "vae", "prediction_type", "single_file_config", "lora_dir") and v},
                           "textinv_version": __version__,
                           RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
-                                                  "settings": settings, "embedding_sha256": digests})}
+                                                  "settings": settings, "embedding_sha256": digests,
+                                                  **({"by_name": by_name} if by_name else {})})}
                 path = out / f"{names[index, seed]}{run}.png"
                 with atomic_path(path) as tmp:
-                    img.save(tmp, format="PNG", pnginfo=png_text(params))
+                    img.save(tmp, format="PNG", pnginfo=png_text(params) if config.metadata != "none" else None)
                 written.append(path)
     bar.close()
     return written
