@@ -663,3 +663,20 @@ def load_embedding_vectors(path):
     from textinv.formats import load_embedding
 
     return load_embedding(path).vectors["text_encoder"]
+
+
+def test_an_embedding_names_a_local_model_by_name_alone_and_a_lone_file_asks_where_it_is(run_dir, sd1_dir, clip_dir,
+                                                                                         judge, tmp_path):
+    """A shared embedding file must not carry the trainer's folders (/home/alice/...): its base_model is the
+    model's name. Scored alone, away from its run, that name says no place, so --model is asked for; the run
+    folder itself still knows (its config.yaml keeps the path)."""
+    from textinv.formats import load_embedding
+
+    lone = _lone_copy(run_dir, tmp_path)
+    assert load_embedding(lone).metadata["base_model"] == Path(sd1_dir).name
+    images = run_dir.parent / "images"
+    with pytest.raises(ConfigError, match=rf"--model is required: .*names '{Path(sd1_dir).name}', a local model's "
+                                          rf"name.*pass --model"):
+        score(ScoreConfig(embedding=str(lone), images=str(images), clip=str(clip_dir), out=str(tmp_path / "o")),
+              judge=judge)
+    assert run_settings(run_dir, "<zq>")["model"] == str(sd1_dir)

@@ -655,17 +655,14 @@ def shareable_record(settings: dict) -> tuple[dict, list[str]]:
     ...                   "vae": None, "single_file_config": None})  # doctest: +SKIP
     ({'model': 'sd15', 'embedding': ['q.pt'], ...}, ['model', 'embedding'])
     """
-    from .models import BUNDLED_MODELS, _is_local_path
+    from .models import shareable_name
 
     out, by_name = dict(settings), []
     for key, always_local in _PATH_SETTINGS.items():
         value = settings[key]
-        values = value if isinstance(value, list) else [value]
-        local = [bool(v) and str(v) not in BUNDLED_MODELS and (always_local or Path(v).expanduser().exists()
-                                                               or _is_local_path(str(v))) for v in values]
-        if any(local):
-            names = [(Path(os.path.abspath(Path(v).expanduser())).name or v) if is_local else v
-                     for v, is_local in zip(values, local)]
+        named = [shareable_name(v, always_local) for v in (value if isinstance(value, list) else [value])]
+        if any(reduced for _, reduced in named):
+            names = [name for name, _ in named]
             out[key] = names if isinstance(value, list) else names[0]
             by_name.append(key)
     return out, by_name

@@ -567,6 +567,22 @@ def _is_local_path(text: str, base: Path | None = None) -> bool:
     return "/" in text and (Path(base or ".") / text.split("/")[0]).is_dir()
 
 
+def shareable_name(value, always_local: bool = False) -> tuple[str, bool]:
+    """A model (or file) setting as a shared file records it, and whether that is reduced: a local file or folder by
+    its name alone (where it lies tells who made the file and how their folders are laid out: /home/alice/...), a
+    bundled model or hub id as it is. `always_local`: the value can only be a path (an embedding file).
+
+    >>> shareable_name("shapes"), shareable_name("/home/alice/models/sd15/")
+    (('shapes', False), ('sd15', True))
+    """
+    text = str(value)
+    if not value or text in BUNDLED_MODELS:
+        return value, False
+    if always_local or Path(text).expanduser().exists() or _is_local_path(text):
+        return Path(os.path.abspath(Path(text).expanduser())).name or text, True
+    return value, False
+
+
 def _is_hub_id(text: str) -> bool:
     """'owner/name' with the characters the Hugging Face hub allows."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id

@@ -307,6 +307,19 @@ def run_settings(embedding: Path, token: str) -> dict:
     return {}
 
 
+def _recorded_model(name: str | None) -> str:
+    """The model an embedding file names (`base_model`), when it can be loaded by that name: a bundled model, a hub
+    id, or a path that exists (older files kept the path; textinv writes a local model by its name alone, which does
+    not say where it is)."""
+    from .models import BUNDLED_MODELS, _is_hub_id
+
+    if name and (name in BUNDLED_MODELS or _is_hub_id(name) or Path(name).expanduser().exists()):
+        return name
+    said = f"it names {name!r}, a local model's name, which does not say where it is" if name else "it does not name one"
+    raise ConfigError(f"--model is required: the model the embedding was learned for ({said}); pass --model with "
+                      f"its folder, file or hub id")
+
+
 def _template(prompt: str, token: str) -> str:
     """An edit prompt with {} where the concept goes (the token written out is taken as its place too, in any case:
     CLIP's tokenizer lower-cases the prompt, so `<ZQ>` is `<zq>` in `generate` too). The token is looked for first:
@@ -536,10 +549,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         raise ConfigError("--images is required: the concept's training pictures, which reconstruction is measured "
                           "against (no training run's config.yaml beside the embedding says where they are)")
     pictures = _training_pictures(images, None if config.images else run)
-    source = config.model or run.get("model") or emb.metadata.get("base_model")
-    if not source:
-        raise ConfigError("--model is required: the model the embedding was learned for (the embedding does not "
-                          "record it)")
+    source = config.model or run.get("model") or _recorded_model(emb.metadata.get("base_model"))
     kind = config.property or run.get("property") or emb.metadata.get("property") or "object"
     if kind not in PROPERTIES:
         kind = "object"

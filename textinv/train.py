@@ -46,7 +46,8 @@ from .errors import ConfigError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits
 from .io import atomic_path, output_folder
-from .models import DTYPES, Model, check_clip_skip, encode_text, load_model, pick_device, xl_time_ids
+from .models import (DTYPES, Model, check_clip_skip, encode_text, load_model, pick_device, shareable_name,
+                     xl_time_ids)
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, clear_run,
                          clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint, prepare_output, run_lock,
                          save_checkpoint, write_loss_log)
@@ -546,7 +547,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         vectors = vectors or [e.vectors for e in exts]
         per_encoder = {name: v[r].detach().float().cpu().clone()
                        for (name, _, _), v, r in zip(model.encoders, vectors, c.rows)}
-        meta = {"token": c.token, "vectors": str(config.vectors), "base_model": str(config.model),
+        meta = {"token": c.token, "vectors": str(config.vectors), "base_model": str(shareable_name(config.model)[0]),
                 "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
                 "clip_skip": str(clip_skip), "textinv_version": __version__}
         return LearnedEmbedding(c.token, per_encoder, meta)
