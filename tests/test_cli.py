@@ -437,7 +437,8 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
 
 
 @pytest.mark.parametrize("argv, said", [
-    (["train", "--placeholder_token", "<x>"], "--placeholder_token is the diffusers script's name; textinv calls it --token"),
+    (["train", "--placeholder_token", "<x>"],
+     "--placeholder_token is the diffusers script's name; textinv calls it --token"),
     (["train", "--pretrained_model_name_or_path=sd15"], "textinv calls it --model"),
     (["train", "--learning_rate", "1e-4"], "textinv calls it --lr (textinv's default is the paper's 5e-3"),
     (["train", "--num_vectors_per_token", "4"], "textinv calls it --vectors"),

@@ -39,7 +39,8 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("output_dir", _DK, "train", "--out", ""),
     ("max_train_steps", _DK, "train", "--steps", "optimizer steps, as theirs"),
     ("learning_rate", _DK, "train", "--lr", "textinv's default is the paper's 5e-3, used as it is; the diffusers "
-                                            "script's is 1e-4, and its README's 5e-4 is scaled by the batch, as --scale-lr does"),
+                                            "script's is 1e-4, and its README's 5e-4 is scaled by the batch, "
+                                            "as --scale-lr does"),
     ("train_batch_size", _DK, "train", "--batch", "per process, as theirs; textinv's default is 4, the diffusers "
                                                   "script's 16"),
     ("gradient_accumulation_steps", _DK, "train", "--grad-accum", ""),

@@ -315,7 +315,8 @@ def _recorded_model(name: str | None) -> str:
 
     if name and (name in BUNDLED_MODELS or _is_hub_id(name) or Path(name).expanduser().exists()):
         return name
-    said = f"it names {name!r}, a local model's name, which does not say where it is" if name else "it does not name one"
+    said = (f"it names {name!r}, a local model's name, which does not say where it is" if name
+            else "it does not name one")
     raise ConfigError(f"--model is required: the model the embedding was learned for ({said}); pass --model with "
                       f"its folder, file or hub id")
 

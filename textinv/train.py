@@ -388,7 +388,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         check_resumable(checkpoint, config, specs, images, world)
     start_from = None
     if config.init_embedding:
-        specs[0]["init"] = f"embedding {config.init_embedding}"  # (what the file's metadata records)
+        specs[0]["init"] = f"embedding {shareable_name(config.init_embedding, True)[0]}"  # (the file records its name)
         if checkpoint is None:  # (a resume takes the vectors from its checkpoint: the file may be gone by now)
             start_from = _read_init_embedding(config)
     templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
