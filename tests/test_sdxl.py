@@ -438,3 +438,27 @@ def test_the_compile_check_compares_the_gradient_to_the_pooled_embedding(xl_dir)
     embedding._compiled_call_impl = lambda *a, **k: faithful(*a, **k).detach()
     with pytest.warns(RuntimeWarning, match="torch.compile changed the UNet's result"):
         assert check_compiled_unet(model.unet, example) is False
+
+
+def test_an_sdxl_pictures_ti_hashes_name_one_file_embeddings_and_not_a_diffusers_pair(xl_dir, tmp_path):
+    """The web UI hashes the one file it loads an embedding from: an SDXL file (clip_l + clip_g) is named by its
+    SHA-256; diffusers' SDXL pair (two files, found beside the first or given as two) is no file the web UI reads
+    as one embedding, and is not named."""
+    import hashlib
+
+    from textinv.again import parse_a1111_parameters
+    from textinv.formats import save_embedding
+
+    model = load_model(xl_dir)
+    emb = load_embedding_from(model, "<gq>")
+    one = save_embedding(emb, tmp_path / "gq.safetensors", "sdxl")[0]
+    pair = save_embedding(emb, tmp_path / "pair" / "learned_embeds.safetensors", "diffusers-sdxl")
+
+    def fields(*files):
+        out = tmp_path / f"r{len(list(tmp_path.glob('r*')))}"
+        path = generate(GenerateConfig(prompt=["a <gq>"], embedding=[str(f) for f in files], out=str(out), n=1,
+                                       steps=1), model=model, progress=False)[0]
+        return parse_a1111_parameters(Image.open(path).text["parameters"])[2]
+
+    assert fields(one)["TI hashes"] == f"<gq>: {hashlib.sha256(one.read_bytes()).hexdigest()[:12]}"
+    assert "TI hashes" not in fields(pair[0]) and "TI hashes" not in fields(*pair)

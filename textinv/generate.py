@@ -2,7 +2,8 @@
 
 `generate(config)` loads the model, installs each embedding file's vectors as new tokens (any format textinv reads),
 expands multi-vector tokens in the prompts, and writes one PNG per image with the prompt, seed and settings in the
-PNG's text chunks (also as the A1111 `parameters` text, which many image viewers and UIs show), and every setting
+PNG's text chunks (also as the A1111 `parameters` text, which many image viewers and UIs show, with the web UI's
+"TI hashes" and "Lora hashes" of the embeddings and LoRAs the picture drew with, `webui_hashes`), and every setting
 that shapes the picture as one JSON record (`RECORD_KEY`), which `textinv generate --again` draws it again from (see
 `again`). `--metadata` says how much: shareable (the default) names local files and folders without saying where
 they are (`shareable_record`), full gives their absolute paths, none writes no text. Image i of a prompt uses seed +
@@ -350,12 +351,66 @@ def png_text(params: dict[str, str]) -> PngInfo:
     if params.get("negative_prompt"):
         summary += f"Negative prompt: {params['negative_prompt']}\n"
     labels = {"steps": "Steps", "sampler": "Sampler", "guidance": "CFG scale", "seed": "Seed", "size": "Size",
-              "model": "Model", "clip_skip": "Clip skip"}  # A1111's (it writes a clip skip only above 1)
+              "model": "Model", "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
+              "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
     values = {**params, "sampler": A1111_SAMPLER_NAMES.get(params.get("sampler")),
               "clip_skip": params["clip_skip"] if int(params.get("clip_skip", 1)) > 1 else None}
-    summary += ", ".join(f"{label}: {values[k]}" for k, label in labels.items() if values.get(k) is not None)
+    summary += ", ".join(f"{label}: {_infotext_value(values[k])}" for k, label in labels.items()
+                         if values.get(k) is not None)
     info.add_text("parameters", summary)
     return info
+
+
+def _infotext_value(value) -> str:
+    """A value as the web UI writes it into `parameters` (its infotext `quote`): as it is, or as a JSON string when a
+    comma, colon or line break in it would split or end its field ("TI hashes" always are)."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+_HASH_NAME_SEPARATORS = str.maketrans("", "", ":,")
+
+
+def webui_hashes(sums: dict[str, str]) -> str:
+    """The web UI's "TI hashes" or "Lora hashes" text (sd_hijack_clip, extra_networks_lora): "name: shorthash" for
+    each embedding or LoRA by the name the prompt called it, less the colons and commas that would split the list,
+    and the first 12 hex digits of its hash (`Embedding.shorthash`: of the file's SHA-256; a LoRA's: `lora_sha256`).
+
+    >>> webui_hashes({"easy:negative": "c74b4e810b030f6b3d4b2d5ce4fc52ad53fc16e1bcbf2d8f0b2d27bd0d3a0a8d"})
+    'easynegative: c74b4e810b03'
+    """
+    return ", ".join(f"{name.translate(_HASH_NAME_SEPARATORS)}: {sha[:12]}" for name, sha in sums.items())
+
+
+def lora_sha256(path: str | Path) -> str:
+    """The hash the A1111 web UI gives a .safetensors LoRA (`NetworkOnDisk`), which civitai looks LoRAs up by: the
+    `sshs_model_hash` its trainer wrote into the file's metadata (kohya's sd-scripts) when there is one, else the
+    "addnet" hash (kohya's, sd-webui-additional-networks'): the SHA-256 of the bytes after the safetensors header,
+    the tensors alone, so an edit of the metadata leaves it. Reads the whole file once (tens to hundreds of MB)."""
+    with open(path, "rb") as f:
+        header = f.read(int.from_bytes(f.read(8), "little"))  # (8 bytes: the header's length, little-endian)
+        try:
+            own = (json.loads(header).get("__metadata__") or {}).get("sshs_model_hash")
+        except (ValueError, AttributeError):
+            own = None
+        if isinstance(own, str) and own:
+            return own
+        digest = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _used_embeddings(model: Model, embeddings: list[LearnedEmbedding], prompts: list[str],
+                     steps: int) -> list[LearnedEmbedding]:
+    """The embeddings `prompts` draw with, found as the web UI finds them: by their token among the prompt's
+    tokens, at any step (prompt editing can bring one in or take it out)."""
+    tokenizer = model.encoders[0][1]
+    ids: set[int] = set()
+    for prompt in prompts:
+        for _, text in emphasis.prompt_schedule(prompt, steps):
+            ids.update(tokenizer(emphasis.plain_text(text), add_special_tokens=False, verbose=False).input_ids)
+    return [emb for emb in embeddings if tokenizer.convert_tokens_to_ids(emb.token) in ids]
 
 
 def generation_clip_skip(model: Model, asked: int | None, embeddings: list[LearnedEmbedding]) -> int:
@@ -452,12 +507,33 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     owned = not hasattr(model, "_pristine")  # a model handed in clean is handed back clean
     for emb in embeddings:
         install_embedding(model, emb)
+    digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a folder's is None)
     try:
-        return _draw_all(config, model, embeddings, loras, progress, keep_seeds)
+        return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
+                         _embedding_sums(embeddings, paths, digests))
     finally:
         unload_loras(model)
         if owned:
             unload_embeddings(model)
+
+
+def _embedding_sums(embeddings: list[LearnedEmbedding], labels: list[str],
+                    digests: dict[str, str | None]) -> dict[str, str]:
+    """Each embedding's file's SHA-256 by its token (`digests` holds those already read), for the web UI's "TI
+    hashes": the hash of the one file the web UI would load. An embedding made of two files (a diffusers SDXL pair,
+    given as two or found beside the first) is no such file and gets none; a diffusers run folder's is its
+    learned_embeds file's."""
+    from .formats import _resolve
+
+    sums = {}
+    for emb, label in zip(embeddings, labels):
+        if not Path(label).exists():  # (a pair's label: "first + second")
+            continue
+        file = _resolve(label)
+        if len(emb.widths) == 2 and len(load_embedding(file, pair=False).widths) == 1:  # its half beside it
+            continue
+        sums[emb.token] = digests.get(label) or file_digest(str(file))
+    return sums
 
 
 def drawing_dtype(precision: str, device: str | torch.device) -> torch.dtype:
@@ -687,7 +763,10 @@ def _where(value: str | None) -> str | None:
 
 
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
-              progress: bool, keep_seeds: set[int] | None = None) -> list[Path]:
+              progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
+              embedding_sums: dict[str, str]) -> list[Path]:
+    """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a folder), `embedding_sums`:
+    each embedding's file's, by its token (`_embedding_sums`)."""
     steps = config.steps or DEFAULT_STEPS
     width = config.width or config.resolution or model.resolution
     height = config.height or config.resolution or model.resolution
@@ -710,7 +789,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     by_name: list[str] = []  # the settings recorded by name only, which --again asks for
     if config.metadata == "shareable":
         shared, by_name = shareable_record(shared)
-    digests = [file_digest(e) for e in config.embedding]
+    recorded_sums = [digests[e] for e in config.embedding]
+    lora_sums: dict[str, str] = {}  # each LoRA's web UI hash (`lora_sha256`), read once a run
     texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
     names = {(index, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}-s{seed}"
              for index in range(len(config.prompt)) for seed in seeds}
@@ -724,6 +804,16 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     for index, prompt in enumerate(config.prompt):
         apply_loras(model, texts[index][1], loras)
         expanded = expand_all(texts[index][0], embeddings)
+        # the web UI's hashes of the embeddings and LoRAs this prompt draws with, by which civitai links them
+        hashes = {}
+        if config.metadata != "none":
+            for tag in texts[index][1]:
+                if tag.name not in lora_sums:
+                    lora_sums[tag.name] = lora_sha256(loras[tag.name])
+            used = _used_embeddings(model, embeddings, [texts[index][0], negative], steps)
+            hashes = {"lora_hashes": webui_hashes({tag.name: lora_sums[tag.name] for tag in texts[index][1]}),
+                      "ti_hashes": webui_hashes({e.token: embedding_sums[e.token] for e in used
+                                                 if e.token in embedding_sums})}
         for start in range(0, config.n, config.batch_size):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + config.batch_size]
             images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
@@ -740,9 +830,9 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                           "precision": shared["precision"],
                           **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
                              if k in ("token", "vae", "prediction_type", "single_file_config", "lora_dir") and v},
-                          "textinv_version": __version__,
+                          **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
                           RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
-                                                  "settings": settings, "embedding_sha256": digests,
+                                                  "settings": settings, "embedding_sha256": recorded_sums,
                                                   **({"by_name": by_name} if by_name else {})})}
                 path = out / f"{names[index, seed]}{run}.png"
                 with atomic_path(path) as tmp:
