@@ -1295,3 +1295,91 @@ def test_again_reads_an_older_textinvs_per_key_text(sd1_dir, tmp_path):
                                                                                                    3, "euler")
     assert (config.guidance, config.width, config.height, config.model, config.embedding) == (5.0, 24, 16,
                                                                                               str(sd1_dir), [])
+
+
+def _webui_short_hash(data: bytes) -> str:
+    """The web UI's short hash, from its definition: the first 12 hex digits of a SHA-256 (Embedding.shorthash, of
+    the whole file; a LoRA's, NetworkOnDisk.shorthash, of the safetensors bytes after the header)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def test_pictures_name_the_embeddings_and_loras_they_used_by_the_web_uis_hashes(sd1_dir, tmp_path, monkeypatch):
+    """The web UI writes 'TI hashes: "name: shorthash, ..."' and 'Lora hashes: ...' into its parameters, which civitai
+    links the resources by; textinv wrote neither. Each picture names the embeddings its own prompt and the negative
+    draw with, by the names the prompt used; a LoRA's hash is its trainer's sshs_model_hash when the file has one."""
+    from safetensors.torch import load_file, save_file
+
+    import textinv.generate as gen
+    from textinv.again import parse_a1111_parameters, parse_webui_hashes
+
+    q = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "q.safetensors")[0]
+    bad = save_embedding(LearnedEmbedding("bad", {"text_encoder": torch.randn(1, 32)}), tmp_path / "bad.pt", "a1111")[0]
+    unused = save_embedding(LearnedEmbedding("<u>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "u.pt",
+                            "a1111")[0]
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    _save_tiny_lora(loras, "my,style")
+    save_file(load_file(str(loras / "my,style.safetensors")), str(loras / "kohya.safetensors"),
+              metadata={"sshs_model_hash": "0123456789abcdef" * 4, "ss_output_name": "kohya"})
+    data = (loras / "my,style.safetensors").read_bytes()
+    addnet = _webui_short_hash(data[8 + int.from_bytes(data[:8], "little"):])  # the tensors after the header
+    config = GenerateConfig(prompt=["a photo of <Q> <lora:my,style:0.5> <lora:kohya:0.2>", "[a cat:a <q>:2]", "a dog"],
+                            negative_prompt="BAD, blurry", embedding=[str(q), str(bad), str(unused)],
+                            out=str(tmp_path / "r"), n=1, steps=3, lora_dir=[str(loras)])
+    model = load_model(sd1_dir)
+    with pytest.warns(UserWarning, match="'<u>'"):  # (no prompt uses it)
+        first, edited, plain = generate(config, model=model, progress=False)
+    texts = [parse_a1111_parameters(Image.open(p).text["parameters"]) for p in (first, edited, plain)]
+    ti = [f"<q>: {_webui_short_hash(q.read_bytes())}", f"bad: {_webui_short_hash(bad.read_bytes())}"]
+    assert texts[0][2]["TI hashes"] == ", ".join(ti)  # (the prompt's, then the negative's)
+    assert texts[0][2]["Lora hashes"] == f"mystyle: {addnet}, kohya: 0123456789ab"  # (no comma in a name)
+    assert 'TI hashes: "<q>: ' in Image.open(first).text["parameters"]  # quoted, as the web UI quotes it
+    assert texts[1][2]["TI hashes"] == ", ".join(ti) and "Lora hashes" not in texts[1][2]  # (<q> from step 2 on)
+    assert parse_webui_hashes(texts[2][2]["TI hashes"]) == {"bad": ti[1][5:]}  # (the negative's alone)
+    assert (texts[0][0], texts[0][1]) == (config.prompt[0], "BAD, blurry")  # the rest of the text reads as before
+
+    def no_hashing(path):
+        raise AssertionError("a LoRA hashed for a picture that records nothing")
+
+    monkeypatch.setattr(gen, "lora_sha256", no_hashing)
+    with pytest.warns(UserWarning, match="'<u>'"):
+        none = generate(GenerateConfig(**{**config.__dict__, "metadata": "none", "out": str(tmp_path / "none")}),
+                        model=model, progress=False)
+    assert all(Image.open(p).text == {} for p in none)
+
+
+def test_again_checks_the_embedding_files_given_against_a_web_ui_pictures_ti_hashes(sd1_dir, tmp_path):
+    """A web UI picture's TI hashes were named 'not applied'; `--again` with `--embedding FILE` now tells a file that
+    is not the one the picture was drawn with, as it tells one that is not in textinv's own record."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import again_config
+
+    right = save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32)}), tmp_path / "easyneg.pt",
+                           "a1111")[0]
+    (tmp_path / "v2").mkdir()
+    wrong = save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32)}), tmp_path / "v2" / "easyneg.pt",
+                           "a1111")[0]
+    info = PngInfo()
+    info.add_text("parameters", 'a cat\nNegative prompt: easyneg, hands\nSteps: 2, Seed: 3, Size: 16x16, TI hashes: '
+                                f'"easyneg: {_webui_short_hash(right.read_bytes())}, hands: 0123456789ab", Version: v1')
+    Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
+    ours = {"model": str(sd1_dir)}
+
+    def said(flags):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again_config(tmp_path / "webui.png", {**ours, **flags})
+        return " ".join(str(w.message) for w in caught)
+
+    assert "other embedding files" not in said({"embedding": [str(right)]})
+    assert "no --embedding given is" in said({"embedding": [str(right)]})  # (hands is not given)
+    assert f"other embedding files than {wrong} (its SHA-256 begins" in said({"embedding": [str(wrong)]})
+    assert "other embedding files" in said({"embedding": [str(tmp_path / "v2")]})  # a folder: its easyneg
+    renamed = tmp_path / "renamed.pt"
+    renamed.write_bytes(right.read_bytes())
+    assert "other embedding files" not in said({"embedding": [str(renamed)]})  # known by its hash, whatever its name
+    assert f"other embedding files than {wrong}" in said({"embedding": [str(wrong)], "token": ["hands"]})
+    assert "not applied from its A1111 parameters: Version (" in said({})  # (TI hashes are used now)

@@ -11,8 +11,9 @@ What a picture's text can hold, and how each is read:
 - an older textinv's per-key text (prompt, seed, steps, ... without the record): read, with a warning naming what it
   did not record (those settings take their defaults; its paths were written as typed).
 - the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
-  Seed, Size and Clip skip. The rest (Model, Model hash, VAE, Hires fix, ...) cannot be applied and is named in a
-  warning; the model must be given (--model), and a sampler textinv does not have must be chosen (--sampler).
+  Seed, Size and Clip skip; its TI hashes check the --embedding files given (`_check_ti_hashes`). The rest (Model,
+  Model hash, VAE, Hires fix, ...) cannot be applied and is named in a warning; the model must be given (--model),
+  and a sampler textinv does not have must be chosen (--sampler).
   The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
 
 An A1111 embedding PNG (an embedding hidden in a picture's `sd-ti-embedding` text) is no drawn picture: it is refused
@@ -42,7 +43,7 @@ _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
              "embeddings")
-_A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip")
+_A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "TI hashes")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Picture:
     needs: dict[str, str] = field(default_factory=dict)  # setting -> why it must be given beside --again
     by_name: list[str] = field(default_factory=list)  # settings recorded by name, not path (--metadata shareable)
     notes: list[str] = field(default_factory=list)  # warnings, said once what must be given is there
+    ti_hashes: dict[str, str] = field(default_factory=dict)  # the web UI's "TI hashes": name -> short SHA-256
 
 
 def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfig, set[int] | None]:
@@ -87,6 +89,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         settings.pop("token", None)
     _check_still_there(picture, settings, flags)
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
+    _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []))
     keep = None
     settings["n"] = 1
     seed, batch = settings.get("seed"), picture.batch_seeds
@@ -279,7 +282,18 @@ def _from_a1111(path: Path, text: str) -> Picture:
                       f"--lora-dir give models, embeddings and LoRAs; Hires fix, face restoration, variation seeds "
                       f"and the like textinv does not do); its samplers and noise are diffusers', so expect a "
                       f"picture close to the web UI's, not the same pixels")
-    return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes)
+    return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes,
+                   ti_hashes=parse_webui_hashes(fields.get("TI hashes", "")))
+
+
+def parse_webui_hashes(text: str) -> dict[str, str]:
+    """The web UI's "TI hashes" (or "Lora hashes") value as {name: short hash}; `generate.webui_hashes` writes it.
+
+    >>> parse_webui_hashes("easynegative: c74b4e810b03, bad-hands: 0123456789ab")
+    {'easynegative': 'c74b4e810b03', 'bad-hands': '0123456789ab'}
+    """
+    pairs = (item.rpartition(":") for item in str(text).split(","))
+    return {name.strip(): short.strip().lower() for name, sep, short in pairs if sep and name.strip() and short.strip()}
 
 
 def _size(path: Path, text: str, label: str) -> tuple[str, str]:
@@ -302,6 +316,44 @@ def _check_unchanged(picture: Picture, files: list[str]) -> None:
     if changed:
         warnings.warn(f"{picture.path} was drawn with other contents of {', '.join(changed)} (the file was retrained "
                       f"or replaced since): the redraw uses the file as it is now, so it will differ", stacklevel=3)
+
+
+def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str]) -> None:
+    """Warn of an --embedding file that is not the one a web UI picture names: its "TI hashes" give each embedding's
+    name and the first digits of its file's SHA-256 (`generate.webui_hashes`). A file whose SHA-256 begins with one
+    of them is that embedding, whatever its name; one named as an embedding there (its file name, or its --token; in
+    a folder given, the files so named) whose SHA-256 does not is another file or version. The embeddings no file
+    given answers to are named too: without them the prompt reads their names as words."""
+    from .generate import EMBEDDING_SUFFIXES, file_digest
+
+    if not picture.ti_hashes:
+        return
+    wanted = {name.lower(): (name, short) for name, short in picture.ti_hashes.items()}
+    given: list[tuple[str, Path]] = []  # (the name it answers to, the file)
+    for i, entry in enumerate(files):
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            given += [(f.stem, f) for f in sorted(path.iterdir())
+                      if f.stem.lower() in wanted and f.suffix.lower() in EMBEDDING_SUFFIXES and f.is_file()]
+        elif path.is_file():
+            given.append((tokens[i] if i < len(tokens) and tokens[i] else path.stem, path))
+    found, other = set(), []
+    for name, file in given:
+        digest = file_digest(str(file))
+        same = [key for key, (_, short) in wanted.items() if digest.startswith(short)]
+        found.update(same)
+        if not same and name.lower() in wanted:
+            found.add(name.lower())
+            other.append(f"{file} (its SHA-256 begins {digest[:12]}; the picture's {wanted[name.lower()][0]} "
+                         f"{wanted[name.lower()][1]})")
+    if other:
+        warnings.warn(f"{picture.path} was drawn with other embedding files than " + ", ".join(other) + " (its TI "
+                      f"hashes): another file or version of the embedding, so the redraw will differ", stacklevel=3)
+    missing = [name for key, (name, _) in wanted.items() if key not in found]
+    if missing:
+        warnings.warn(f"{picture.path} was drawn with the embeddings {', '.join(missing)} (its TI hashes), which no "
+                      f"--embedding given is: pass their files (or the web UI's embeddings folder), or the prompt "
+                      f"reads their names as words", stacklevel=3)
 
 
 def _check_paths_given(picture: Picture, flags: dict[str, Any]) -> None:
