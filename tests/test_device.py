@@ -148,3 +148,18 @@ def test_a_model_passed_in_trains_on_its_own_device(monkeypatch, sd1_dir, images
     result = train(TrainConfig(images=str(images), token="<zq>", init="dog", out=str(tmp_path / "run"), steps=2,
                                batch=2, save_every=0, sample_every=0), model=load_model(sd1_dir), progress=False)
     assert result.embedding.vectors["text_encoder"].isfinite().all()
+
+
+def test_a_run_resumes_on_another_device(sd1_dir, images, tmp_path):
+    """Where a run runs is no setting of what it learns (as `auto` already resumes a run on another machine): a run
+    started on one GPU resumes on another, or on the CPU, and continues as it would have."""
+    if pick_device("auto").type != "cpu":
+        pytest.skip("auto is not the CPU here")
+    common = dict(images=str(images), token="<zq>", init="dog", batch=2, save_every=2, sample_every=0, lr=5e-2)
+    straight = train(TrainConfig(**common, out=str(tmp_path / "a"), steps=4, device="cpu"), model=load_model(sd1_dir),
+                     progress=False)
+    train(TrainConfig(**common, out=str(tmp_path / "b"), steps=2, device="cpu"), model=load_model(sd1_dir),
+          progress=False)
+    resumed = train(TrainConfig(**common, out=str(tmp_path / "b"), steps=4, resume=True, device="auto"),
+                    model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
