@@ -163,3 +163,20 @@ def test_a_run_resumes_on_another_device(sd1_dir, images, tmp_path):
     resumed = train(TrainConfig(**common, out=str(tmp_path / "b"), steps=4, resume=True, device="auto"),
                     model=load_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
+def test_a_missing_device_is_refused_before_generate_or_evaluate_makes_its_out_folder(monkeypatch, capsys, tmp_path):
+    """A refused command leaves nothing behind: not the empty --out folder (train and score already keep to that)."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    machine(monkeypatch, cuda=1)
+    emb = tmp_path / "e.safetensors"
+    save_embedding(LearnedEmbedding("<zq>", {"text_encoder": torch.zeros(1, 32)}), emb)
+    with pytest.raises(ConfigError, match=r"--device cuda:1: this machine has 1 CUDA device"):
+        generate(GenerateConfig(prompt=["a <zq>"], embedding=[str(emb)], out=str(tmp_path / "r"), device="cuda:1"),
+                 progress=False)
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(models, "load_model", _no_model_load)
+    assert main(["evaluate", "--fast", "--concepts", "1", "--device", "mps", "--out", str(tmp_path / "e")]) == 2
+    assert "--device mps: PyTorch's MPS backend" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

@@ -185,9 +185,10 @@ def cmd_evaluate(args) -> int:
     config = settings(args.fast, vars(args))
     concepts = first_concepts(args.concepts, allow_none=bool(args.captions))
     _set_threads(args.threads)
+    device = pick_device(config.device)  # (a device it lacks: before --out is made)
     if args.out:  # now, not after an hour of benchmark
         output_folder(args.out)
-    model = load_model(args.model, dtype=DTYPES[config.precision], device=pick_device(config.device))
+    model = load_model(args.model, dtype=DTYPES[config.precision], device=device)
     probe = Probe.load(args.probe or DEFAULT_PATH)
     check_judged_size(model)
     results = []

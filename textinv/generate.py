@@ -498,9 +498,9 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
             warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
     loras = lora_files([tag for prompt in config.prompt for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
+    device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
-        device = pick_device(config.device)
         model = load_model(config.model, dtype=drawing_dtype(config.precision, device), device=device,
                            prediction_type=config.prediction_type, single_file_config=config.single_file_config,
                            vae=config.vae)
