@@ -1071,6 +1071,11 @@ def test_a_drawn_jpeg_or_webp_given_as_an_embedding_is_pointed_to_again(tmp_path
     Image.new("RGB", (8, 8)).save(plain, format=fmt)
     with pytest.raises(FormatError, match=r"plain\.\w+: this image has no .*use the embedding's \.pt"):
         load_embedding(plain)
+    # a camera's photo: cameras write a UserComment too, padding or their own text, which --again refuses
+    for name, comment in (("padded", b"ASCII\0\0\0" + b" " * 40), ("camera", b"ASCII\0\0\0Shot at golden hour")):
+        photo = _exif_picture(tmp_path / f"{name}.{fmt.lower()}", comment, fmt)
+        with pytest.raises(FormatError, match=rf"{name}\.\w+: this image has no .*use the embedding's \.pt"):
+            load_embedding(photo)
 
 
 def test_again_reads_a_pngs_text_before_its_exif_and_refuses_a_cameras_comment(tmp_path, capsys):

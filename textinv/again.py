@@ -127,17 +127,30 @@ def read_picture(path: str | Path) -> Picture:
         return _from_old_keys(path, text)
     if "parameters" in text:
         return _from_a1111(path, text["parameters"])
+    parameters = web_ui_parameters(comment)
+    if parameters:
+        return _from_a1111(path, parameters)
     comment = decode_user_comment(comment) if comment is not None else ""
-    if comment:
-        if not parse_a1111_parameters(comment)[2]:  # a camera's or an editor's comment: no "Steps: .., Seed: .." line
-            shown = comment if len(comment) <= 60 else comment[:57] + "..."
-            raise ConfigError(f"--again {path}: its EXIF UserComment {shown!r} is not the web UI's generation "
-                              f"parameters (no 'Steps: ..., Seed: ...' line): give a picture that textinv or the web "
-                              f"UI drew")
-        return _from_a1111(path, comment)
+    if comment:  # a camera's or an editor's comment: no "Steps: .., Seed: .." line
+        shown = comment if len(comment) <= 60 else comment[:57] + "..."
+        raise ConfigError(f"--again {path}: its EXIF UserComment {shown!r} is not the web UI's generation "
+                          f"parameters (no 'Steps: ..., Seed: ...' line): give a picture that textinv or the web "
+                          f"UI drew")
     raise ConfigError(f"--again {path} holds no generation settings (no textinv record, no A1111 'parameters' text, "
                       f"no EXIF UserComment): give a picture that textinv or the web UI drew, with its metadata kept "
                       f"(some editors and sites remove it, and textinv's --metadata none writes none)")
+
+
+def web_ui_parameters(comment: bytes | None) -> str | None:
+    """The web UI's generation parameters an EXIF UserComment (`formats.exif_comment`) holds, as text; None for no
+    comment, padding, or a camera's or an editor's text (no "Steps: ..., Seed: ..." line). What `read_picture` reads,
+    and what tells a drawn picture given as an embedding (`formats`) from a photo.
+
+    >>> web_ui_parameters(b"ASCII\\0\\0\\0a cat\\nSteps: 20, Seed: 3, Size: 512x512"), web_ui_parameters(b"\\0" * 16)
+    ('a cat\\nSteps: 20, Seed: 3, Size: 512x512', None)
+    """
+    text = decode_user_comment(comment) if comment is not None else ""
+    return text if text and parse_a1111_parameters(text)[2] else None
 
 
 def decode_user_comment(data: bytes) -> str:

@@ -562,12 +562,14 @@ def _read_image(path: Path) -> dict:
         with Image.open(path) as image:
             chunks = getattr(image, "text", None) or image.info  # PNG text chunks; other formats' info
             chunk = chunks.get(PNG_CHUNK)
-            commented = exif_comment(image) is not None  # (the web UI's JPEG and WebP keep their settings there)
+            comment = exif_comment(image)  # (the web UI's JPEG and WebP keep their settings there)
     except (OSError, ValueError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
     if not isinstance(chunk, (str, bytes)):
         # a picture textinv (RECORD_KEY) or the web UI drew holds its settings, which --again reads
-        drawn = RECORD_KEY in chunks or "parameters" in chunks or commented
+        from .again import web_ui_parameters  # (here: again.py imports this module)
+
+        drawn = RECORD_KEY in chunks or "parameters" in chunks or web_ui_parameters(comment) is not None
         raise FormatError(
             f"{path}: this image has no {PNG_CHUNK!r} text chunk, so it carries no embedding textinv can read "
             "(A1111 also hides embeddings in the pixels of some preview images, which textinv does not decode): "
