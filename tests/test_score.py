@@ -680,3 +680,19 @@ def test_an_embedding_names_a_local_model_by_name_alone_and_a_lone_file_asks_whe
         score(ScoreConfig(embedding=str(lone), images=str(images), clip=str(clip_dir), out=str(tmp_path / "o")),
               judge=judge)
     assert run_settings(run_dir, "<zq>")["model"] == str(sd1_dir)
+
+
+def test_a_lone_file_whose_recorded_model_path_is_gone_is_said_to_be_a_path_not_a_name(run_dir, clip_dir, judge,
+                                                                                        tmp_path):
+    """An older file (or one from another machine) records its model's path: gone here, it is said to be a path
+    that is not there, not 'a local model's name, which does not say where it is'."""
+    from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
+
+    emb = load_embedding(run_dir / "learned_embeds.safetensors")
+    gone = str(tmp_path / "home" / "alice" / "sd15")
+    lone = tmp_path / "zq.safetensors"
+    save_embedding(LearnedEmbedding(emb.token, emb.vectors, {**emb.metadata, "base_model": gone}), lone)
+    with pytest.raises(ConfigError, match=rf"--model is required: .*names {gone!r}, a path not on this machine"
+                                          rf".*pass --model"):
+        score(ScoreConfig(embedding=str(lone), images=str(run_dir.parent / "images"), clip=str(clip_dir),
+                          out=str(tmp_path / "o")), judge=judge)

@@ -315,8 +315,12 @@ def _recorded_model(name: str | None) -> str:
 
     if name and (name in BUNDLED_MODELS or _is_hub_id(name) or Path(name).expanduser().exists()):
         return name
-    said = (f"it names {name!r}, a local model's name, which does not say where it is" if name
-            else "it does not name one")
+    if not name:
+        said = "it does not name one"
+    elif Path(name).expanduser().is_absolute():  # (an older file's, or another machine's, path)
+        said = f"it names {name!r}, a path not on this machine"
+    else:
+        said = f"it names {name!r}, a local model's name, which does not say where it is"
     raise ConfigError(f"--model is required: the model the embedding was learned for ({said}); pass --model with "
                       f"its folder, file or hub id")
 
