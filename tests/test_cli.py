@@ -446,6 +446,9 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
     (["train", "--noise_offset", "0.1"], "--noise_offset is kohya's name; textinv calls it --noise-offset"),
     (["train", "--adaptive_noise_scale", "0.01"], "textinv has only the plain offset: --noise-offset X"),
     (["train", "--max_train_epochs", "10"], "E epochs are --steps E x pictures x --repeats"),
+    (["train", "--max_train_epochs", "10"], "a picture in a kohya <repeats>_<words> folder counted its folder's"),
+    (["train", "--mixed_precision", "bf16"], "textinv's default auto is bf16 on a CUDA GPU that has it"),
+    (["generate", "--torch_dtype", "fp16"], "textinv's default auto is fp16 on a CUDA GPU, else fp32"),
     (["generate", "--num_inference_steps", "20"], "textinv calls it --steps"),
     (["generate", "--num_images_per_prompt", "2"], "textinv calls it -n"),
 ])

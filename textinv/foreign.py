@@ -18,7 +18,8 @@ _P = "the diffusers pipelines'"
 _G = "kohya's gen_img's"
 
 _EPOCHS = ("textinv counts optimizer steps, not epochs: E epochs are --steps E x pictures x --repeats / "
-           "(--batch x --grad-accum), rounded up")
+           "(--batch x --grad-accum), rounded up, a picture in a kohya <repeats>_<words> folder counted its "
+           "folder's count times")
 _ATTENTION = ("not needed: textinv's models use PyTorch's scaled-dot-product attention (SDPA), which is "
               "memory-efficient already")
 _SAVE = "one setting for both: every N steps a checkpoint to resume from and that step's embedding"
@@ -53,7 +54,8 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("adam_weight_decay", _D, "train", "--weight-decay", "the same default, 1e-2"),
     ("mixed_precision", _DK, "train", "--precision", "no is fp32, fp16 and bf16 are the same: the frozen weights' "
                                                      "precision, the learned vectors stay fp32 as in theirs; "
-                                                     "textinv's default auto is bf16 on a GPU that has it, else fp32"),
+                                                     "textinv's default auto is bf16 on a CUDA GPU that has it, "
+                                                     "else fp32"),
     ("resume_from_checkpoint", _D, "train", "--resume", "a switch, not a path: textinv train --out DIR --resume "
                                                         "continues from DIR's last checkpoint"),
     ("checkpointing_steps save_steps", _D, "train", "--save-every", _SAVE),
@@ -145,7 +147,7 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("textual_inversion_embeddings", _G, "generate", "--embedding", ""),
     ("W", _G, "generate", "--width", ""),
     ("H", _G, "generate", "--height", ""),
-    ("torch_dtype", _P, "generate", "--precision", "fp32, fp16 or bf16; textinv's default auto is fp16 on a GPU, "
+    ("torch_dtype", _P, "generate", "--precision", "fp32, fp16 or bf16; textinv's default auto is fp16 on a CUDA GPU, "
                                                    "else fp32"),
     ("fp16 bf16", _G, "generate", "--precision", "--precision fp16 or bf16"),
 )
