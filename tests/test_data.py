@@ -195,6 +195,17 @@ def test_kohya_subfolders_without_a_repeat_count_are_warned_and_skipped(tmp_path
         find_images(tmp_path)
 
 
+def test_a_kohya_folder_named_by_a_date_is_refused_not_read_as_millions_of_repeats(tmp_path):
+    """'20240101_trip' would be 20 million repeats: an epoch table of gigabytes, built before the first step."""
+    for name in ("20240101_trip", "10_a"):
+        (tmp_path / name).mkdir()
+        solid(tmp_path / name / "p.png")
+    with pytest.raises(DataError, match=r"20240101_trip reads as 20,240,101 repeats .*rename it .*10_20240101_trip"):
+        find_images(tmp_path)
+    (tmp_path / "20240101_trip").rename(tmp_path / "10000_trip")  # the largest count taken
+    assert len(find_images(tmp_path)) == 2
+
+
 def test_pictures_beside_kohya_folders_are_read_and_the_folders_named_as_left_out(tmp_path):
     solid(tmp_path / "a.png")
     (tmp_path / "10_more").mkdir()

@@ -267,6 +267,7 @@ def _scan(folder: Path) -> tuple[list[Path], list[Path]]:
 # folder whose first part is no number (with a warning) or whose count is below 1. kohya also takes a bare number
 # ("10"); the underscore is required here, so that dated folders such as "2024" are not read as 2024 repeats.
 _KOHYA_FOLDER = re.compile(r"(\d+)_(.*)", re.ASCII | re.DOTALL)
+MAX_KOHYA_REPEATS = 10_000  # kohya folders are counted 1-100 or so; a larger count is a date or an id
 
 
 def kohya_repeats(name: str) -> int | None:
@@ -291,6 +292,9 @@ def _kohya_images(folder: Path, subfolders: list[Path]) -> list[Path]:
             skipped.append(f"{sub.name} (not named <repeats>_<words>, such as 10_{sub.name})")
         elif repeats < 1:
             skipped.append(f"{sub.name} (0 repeats)")
+        elif repeats > MAX_KOHYA_REPEATS:  # a date-named folder ("20240101_trip"): its epoch table would not fit
+            raise DataError(f"{sub} reads as {repeats:,} repeats in kohya's <repeats>_<words> layout (at most "
+                            f"{MAX_KOHYA_REPEATS:,}); rename it with the count you mean, e.g. 10_{sub.name}")
         else:
             found = _scan(sub)[0]
             images += found
