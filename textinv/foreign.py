@@ -17,9 +17,9 @@ _W = "the web UI's"
 _P = "the diffusers pipelines'"
 _G = "kohya's gen_img's"
 
-_EPOCHS = ("textinv counts optimizer steps, not epochs: E epochs are --steps E x pictures x --repeats / "
-           "(--batch x --grad-accum), rounded up, a picture in a kohya <repeats>_<words> folder counted its "
-           "folder's count times")
+_EPOCHS = ("textinv counts optimizer steps, not epochs: E epochs take --steps = E x pictures x --repeats / "
+           "(--batch x --grad-accum x processes), rounded up, a picture in a kohya <repeats>_<words> folder "
+           "counted its folder's count times")
 _ATTENTION = ("not needed: textinv's models use PyTorch's scaled-dot-product attention (SDPA), which is "
               "memory-efficient already")
 _SAVE = "one setting for both: every N steps a checkpoint to resume from and that step's embedding"
@@ -32,7 +32,8 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     # train: the diffusers script (and kohya's, where the name is the same)
     ("pretrained_model_name_or_path", _DK, "train", "--model", ""),
     ("train_data_dir", _DK, "train", "--images", "the pictures' folder; kohya's folder of "
-                                                 "<repeats>_<words> subfolders is read as kohya reads it"),
+                                                 "<repeats>_<words> subfolders is read too, each count a "
+                                                 "picture's repeats"),
     ("placeholder_token", _D, "train", "--token", ""),
     ("initializer_token", _D, "train", "--init", "a phrase works too"),
     ("learnable_property", _D, "train", "--property", "object or style"),
