@@ -731,3 +731,58 @@ def test_the_readme_layout_names_every_module_and_only_those_there_are():
     assert named <= {p.name for p in files}
     top = set(re.findall(r"^  (\w+\.py) ", layout, re.M))  # textinv/'s own modules, one a line
     assert top == {p.name for p in files if p.parent.name == "textinv"}
+
+
+def test_epochs_and_steps_together_are_refused(images, tmp_path, capsys):
+    """--epochs and --steps both say how long the run is: given together (flags, one config file, or Python) they
+    are refused, before anything loads; a flag's --epochs replaces a config file's steps (and the other way)."""
+    args = ["train", "--images", str(images), "--token", "<t>", "--out", str(tmp_path / "o")]
+    assert main([*args, "--epochs", "2", "--steps", "10"]) == 2
+    assert "give the run's length as --steps or as --epochs, not both" in capsys.readouterr().err
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("epochs: 2\nsteps: 10\n")
+    assert main([*args, "--config", str(cfg)]) == 2
+    assert f"not both (--epochs E sets --steps to E epochs' steps); in {cfg} gives both" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="as --steps or as --epochs, not both"):
+        TrainConfig(images="x", token="<t>", out="o", epochs=2, steps=10).validate()
+    with pytest.raises(ConfigError, match="--epochs must be a whole number >= 1, got 0"):
+        TrainConfig(images="x", token="<t>", out="o", epochs=0).validate()
+    cfg.write_text("steps: 10\n")
+    assert (build(TrainConfig, {"steps": 10}, {"epochs": 2}).steps, build(TrainConfig, {"steps": 10}, {"epochs": 2}).epochs) \
+        == (3000, 2)  # (the flag's epochs: the file's steps go, --steps is resolved from them)
+    assert (build(TrainConfig, {"epochs": 2}, {"steps": 10}).steps, build(TrainConfig, {"epochs": 2}, {"steps": 10}).epochs) \
+        == (10, None)
+
+
+def test_an_epochs_run_resumes_to_the_uninterrupted_one(sd1_dir, images, tmp_path, monkeypatch):
+    """An --epochs run stopped by Ctrl-C and resumed from its folder alone runs the steps config.yaml recorded and
+    ends where the uninterrupted run ends; so does a run of fewer epochs resumed with more."""
+    from textinv import train as train_module
+
+    args = ["--model", str(sd1_dir), "--images", str(images), "--token", "<r>", "--init", "dog", "--batch", "2",
+            "--repeats", "2", "--sample-every", "0", "--save-every", "2", "--log-every", "1"]
+    assert main(["train", *args, "--epochs", "2", "--out", str(tmp_path / "a")]) == 0  # 4 x 2 x 2 / 2: 8 steps
+    straight = load_embedding(tmp_path / "a" / "learned_embeds.safetensors")
+    assert straight.metadata["steps"] == "8"
+    real, calls = train_module.diffusion_loss, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", interrupted)
+    assert main(["train", *args, "--epochs", "2", "--out", str(tmp_path / "b")]) == 130
+    monkeypatch.setattr(train_module, "diffusion_loss", real)
+    assert load_embedding(tmp_path / "b" / "learned_embeds.safetensors").metadata["steps"] == "3"
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    assert "# --epochs 2: 4 pictures x 2 repeats / batch 2 = 4 steps an epoch, 8 steps\n" in \
+        (tmp_path / "b" / "config.yaml").read_text()  # (the resume keeps how the steps were counted)
+    assert main(["train", *args, "--epochs", "1", "--out", str(tmp_path / "c")]) == 0
+    assert main(["train", "--out", str(tmp_path / "c"), "--resume", "--epochs", "2"]) == 0
+    for run in "bc":
+        resumed = load_embedding(tmp_path / run / "learned_embeds.safetensors")
+        assert resumed.metadata["steps"] == "8", run
+        assert torch.equal(resumed.vectors["text_encoder"], straight.vectors["text_encoder"]), run
+        assert (tmp_path / run / "loss.csv").read_text() == (tmp_path / "a" / "loss.csv").read_text(), run

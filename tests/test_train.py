@@ -1690,3 +1690,51 @@ def test_an_init_text_that_names_another_concepts_token_starts_as_in_its_own_run
     assert joint.embeddings[1].metadata["init"] == "<jd>"
     torch.testing.assert_close(joint.embeddings[1].vectors["text_encoder"], alone.embedding.vectors["text_encoder"],
                                rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("counts, batch, grad_accum, processes", [
+    ([[1] * 5], 4, 1, 1),  # a plain folder
+    ([[10] * 5], 4, 1, 1),  # --repeats 10
+    ([[10, 10, 3]], 2, 3, 1),  # kohya's 10_a (2 pictures) and 3_b (1), with --grad-accum 3
+    ([[2, 2], [1, 1, 1, 1, 1]], 2, 1, 2),  # --concepts: the larger one's epoch, two processes
+])
+def test_epochs_are_the_samplers_epochs(counts, batch, grad_accum, processes):
+    """--epochs E: the steps draw E epochs of the largest concept's `BatchSampler` (every picture its count times
+    each), and less than one step more; a concept's other pictures only ever come more often."""
+    from textinv.train import BatchSampler, steps_for_epochs
+
+    epochs = 3
+    steps, said = steps_for_epochs(epochs, counts, batch, grad_accum, processes, ["<a>", "<b>"][:len(counts)])
+    per_step = batch * grad_accum * processes
+    largest = max(sum(c) for c in counts)
+    assert (steps - 1) * per_step < epochs * largest <= steps * per_step
+    assert said.startswith(f"--epochs {epochs}") and said.endswith(f", {steps} steps")
+    for each in counts:
+        sampler = BatchSampler(len(each), each, flip=True, seed=0)
+        drawn = torch.cat([sampler.draw(per_step, (4, 2, 2), (0, 10))["image"] for _ in range(steps)])
+        whole = epochs * sum(each)  # E epochs of this concept's pictures, the first E * sum(each) samples
+        assert torch.bincount(drawn[:whole], minlength=len(each)).tolist() == [epochs * n for n in each]
+
+
+def test_epochs_give_the_steps_of_a_kohya_folder_and_keep_them_in_config_yaml(sd1_dir, tmp_path, capsys):
+    """`img/2_a/` (2 pictures) and `img/1_b/` (1): an epoch is 5 samples, so --epochs 2 at --batch 2 --grad-accum 2
+    is 10 / 4 samples a step, 3 steps; said in one line at the start, and config.yaml holds steps: 3 (and no
+    epochs), so a rerun from it, or a resume, runs the same 3 steps."""
+    import yaml
+
+    from conftest import write_images
+
+    img = tmp_path / "img"
+    write_images(img / "2_a", n=2, seed=1)
+    write_images(img / "1_b", n=1, seed=2)
+    run = dict(images=str(img), token="<ep>", init="dog", model=str(sd1_dir), batch=2, grad_accum=2,
+               sample_every=0, save_every=0, log_every=1)
+    result = train(TrainConfig(out=str(tmp_path / "a"), epochs=2, **run), progress=True)
+    assert result.steps == 3 == len(result.losses)
+    said = "--epochs 2: 5 samples (3 pictures, each its kohya folder's count x --repeats) / batch 2 x grad-accum 2 " \
+           "= 1.25 steps an epoch, 3 steps"
+    assert said in capsys.readouterr().out
+    text = (tmp_path / "a" / "config.yaml").read_text()
+    saved = yaml.safe_load(text)
+    assert saved["steps"] == 3 and saved["epochs"] is None and f"# {said}\n" in text
+    assert train(TrainConfig(out=str(tmp_path / "b"), epochs=2, **{**run, "repeats": 2}), progress=False).steps == 5

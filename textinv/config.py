@@ -123,6 +123,16 @@ def check_guidance(guidance: float | None) -> None:
         raise ConfigError(f"--guidance must be at least 1 (1 turns guidance off), got {guidance}")
 
 
+DEFAULT_STEPS = 3000
+# --steps and --epochs both say how long a run is: one of them, or the run would have two lengths
+EITHER_LENGTH = ("give the run's length as --steps or as --epochs, not both (--epochs E sets --steps to E epochs' "
+                 "steps)")
+# settings that say one thing two ways: a layer of settings (a config file, the flags) that gives one of them
+# replaces the other one a lower layer gave (a flag's --epochs beats a file's steps: `build`), and one that gives
+# both is refused (`check_alternatives`)
+ALTERNATIVES = {"TrainConfig": {("steps", "epochs"): EITHER_LENGTH}}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a textual-inversion training run."""
@@ -142,7 +152,12 @@ class TrainConfig:
                                     "--weights); --vectors must match its count", path="file")
     property: str = opt("object", "what the images share: an object or a style", choices=PROPERTIES)
     vectors: int = opt(1, "vectors per token (more = more capacity, less editability)")
-    steps: int = opt(3000, "optimizer steps")
+    steps: int = opt(DEFAULT_STEPS, "optimizer steps (or give --epochs instead)")
+    epochs: int = opt(None, "the run's length in epochs instead of --steps, as the diffusers script's "
+                            "--num_train_epochs and kohya's --max_train_epochs: an epoch is every picture its "
+                            "--repeats times (in kohya's layout, times its folder's count), with several --concepts "
+                            "the largest concept's; the steps, E x that / (batch x grad-accum x processes) rounded "
+                            "up, are printed and saved in config.yaml")
     batch: int = opt(4, "images per step (per process)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
     lr: float = opt(5e-3, "learning rate (the paper's base rate is 0.005)")
@@ -228,6 +243,11 @@ class TrainConfig:
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"--concepts repeats a token: {tokens}; each concept needs its own")
         check_choices(self)
+        if self.epochs is not None:
+            if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+                raise ConfigError(f"--epochs must be a whole number >= 1, got {self.epochs!r}")
+            if self.steps != DEFAULT_STEPS:  # (the field's default: a --steps given too; `build` sees it always)
+                raise ConfigError(EITHER_LENGTH)
         positive = ("vectors", "steps", "batch", "grad_accum", "repeats", "sample_steps", "log_every")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -485,8 +505,21 @@ def build(cls, *layers: dict[str, Any]):
     merged: dict[str, Any] = {}
     for layer in layers:
         check_known(cls, layer)
+        check_alternatives(cls, layer)
+        for pair in ALTERNATIVES.get(cls.__name__, {}):
+            if any(layer.get(name) is not None for name in pair):
+                for name in pair:
+                    merged.pop(name, None)
         merged.update(layer)
     return cls(**typed_settings(cls, merged))
+
+
+def check_alternatives(cls, settings: dict[str, Any], where: str = "") -> None:
+    """Refuse settings of config class `cls` that give two settings of one `ALTERNATIVES` pair (`where`: e.g. " in
+    train.yaml")."""
+    for pair, message in ALTERNATIVES.get(cls.__name__, {}).items():
+        if all(settings.get(name) is not None for name in pair):
+            raise ConfigError(message + (f"; {where.strip()} gives both" if where else ""))
 
 
 def typed_settings(cls, settings: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -549,6 +582,7 @@ def config_file_settings(cls, path: str | Path) -> dict[str, Any]:
     where = f" in {path}"
     settings = read_config_file(path)
     check_known(cls, settings, where)
+    check_alternatives(cls, settings, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     folder = Path(path).absolute().parent
     out = {}
@@ -642,11 +676,12 @@ def _coerce(name: str, kind: type, value: Any, default: Any, source: str = "") -
 
 
 def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None = None,
-                resolved: dict[str, Any] | None = None) -> None:
+                resolved: dict[str, Any] | None = None, length: str | None = None) -> None:
     """Write a config as YAML, atomically, with a header saying how to reuse it (and, for a data-parallel run, with
     how many processes: each draws --batch samples, so the same result needs as many), what it ran with (the
-    library versions, and `ran_on`, e.g. "cpu, torch.float32": a bit-for-bit rerun needs the same) and, as
-    `resolved`, what settings left to the default became (a later version's default may differ)."""
+    library versions, and `ran_on`, e.g. "cpu, torch.float32": a bit-for-bit rerun needs the same), as
+    `resolved`, what settings left to the default became (a later version's default may differ) and, as `length`,
+    how --epochs became the `steps` the file holds (`train.steps_for_epochs`)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -668,6 +703,8 @@ def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None
     if resolved:
         header += "# defaults as resolved: " + yaml.safe_dump(resolved, default_flow_style=True, sort_keys=False,
                                                            width=1000)
+    if length:
+        header += f"# {length}\n"
     # --resume and --overwrite say what one command does to its folder, not how the run learns: recorded as off,
     # so the file reruns the run elsewhere (a resumed run's record would otherwise say resume: true)
     settings = {k: (False if k in ("resume", "overwrite") else v) for k, v in dataclasses.asdict(config).items()}

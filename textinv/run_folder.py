@@ -41,7 +41,7 @@ _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 _LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyond the end of the file is allowed)
 # settings that may differ between a run and its resumption (they do not change what is learned step by step; device:
 # where it runs, as `auto` already resumes a run on another machine's device, e.g. on another GPU than it started on)
-RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "step_embeddings", "sample_every", "sample_steps",
+RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_embeddings", "sample_every", "sample_steps",
                      "log_every", "device",
                      "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
 # stored absolute: a run resumes, or reruns, from any directory. The settings the config marks as paths (`opt`'s
@@ -91,7 +91,9 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
             detail = ", ".join(f"{k}: {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in diffs)
             raise ConfigError(f"cannot resume {out} with different settings ({detail}); resume with the same "
                               f"settings or start a new run in another folder")
-        return build(TrainConfig, {**old, **{k: new[k] for k in RESUMABLE_CHANGES}}).validate(), None
+        # (--epochs given now: the steps come from it, not from the default `steps` beside it)
+        now = {k: new[k] for k in RESUMABLE_CHANGES if not (k == "steps" and new["epochs"] is not None)}
+        return build(TrainConfig, old, now).validate(), None
     if holds_run and not config.overwrite:
         raise ConfigError(f"output folder {out} is not empty; pass --resume to continue the run there, "
                           f"--overwrite to replace it, or choose another --out")

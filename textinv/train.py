@@ -22,6 +22,7 @@ the frozen model and every batch; each concept's loss term is its own mean, so i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import signal
@@ -173,6 +174,50 @@ def _check_no_other_tokens(tokenizer, bank: CaptionBank, pictures: list, spec: d
                               f"another concept's token in this run: its samples would train {other} too, which "
                               f"its own run would not; write that concept otherwise in the caption, or learn the "
                               f"two in separate runs")
+
+
+def steps_for_epochs(epochs: int, counts: Sequence[Sequence[int]], batch: int, grad_accum: int = 1,
+                     processes: int = 1, tokens: Sequence[str] = ()) -> tuple[int, str]:
+    """The optimizer steps of `epochs` epochs (--epochs), and one line saying how they were counted. `counts` holds,
+    per concept, how many times each picture is in an epoch (its kohya folder's count x --repeats: `BatchSampler`'s
+    table); `tokens` names the concepts.
+
+    Every step draws batch x grad_accum x processes samples from each concept's epochs, and an epoch ends inside a
+    batch (the sampler goes on into the next one), so E epochs are E x the epoch's samples over that, rounded up
+    once: the diffusers script and kohya's round each epoch up instead, as their epochs end in a short batch.
+    A flip is a random draw of each sample, not a second copy: mirror images do not lengthen an epoch (nor in
+    theirs). With several concepts the largest one's epoch counts, so every concept gets at least E epochs (each
+    smaller one more, as a shared --steps would give it).
+
+    >>> steps_for_epochs(10, [[10] * 5], batch=4)
+    (125, '--epochs 10: 5 pictures x 10 repeats / batch 4 = 12.5 steps an epoch, 125 steps')
+    """
+    per_step = batch * grad_accum * processes
+    sizes = [sum(c) for c in counts]
+    k = sizes.index(max(sizes))
+    steps = -(-epochs * sizes[k] // per_step)  # (whole numbers: no float rounding at any size)
+    each = counts[k]
+    what = f"{len(each)} picture{'s' * (len(each) != 1)}"
+    if len(set(each)) > 1:  # (kohya folders of different counts)
+        what = f"{sizes[k]} samples ({what}, each its kohya folder's count x --repeats)"
+    elif each[0] > 1:
+        what += f" x {each[0]} repeats"
+    by = " x ".join([f"batch {batch}"] + [f"grad-accum {grad_accum}"] * (grad_accum > 1)
+                    + [f"{processes} processes"] * (processes > 1))
+    per_epoch = f"{sizes[k] / per_step:.2f}".rstrip("0").rstrip(".")
+    which = f" of the largest concept, {tokens[k]} (the others get more)" if len(counts) > 1 else ""
+    return steps, f"--epochs {epochs}{which}: {what} / {by} = {per_epoch} steps an epoch, {steps} step{'s' * (steps != 1)}"
+
+
+def _epochs_note(path: Path, steps: int) -> str | None:
+    """The line of a run's config.yaml header that says how --epochs gave its steps (`steps_for_epochs`), while the
+    run is still of those `steps`; else None."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((line[2:] for line in lines if line.startswith("# --epochs ")
+                 and re.search(rf", {steps} steps?$", line)), None)
 
 
 class BatchSampler:
@@ -383,6 +428,16 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             print(read)
     for path in (path for paths in images for path in paths):
         read_caption(path)  # (a caption file that is not UTF-8, say; they are read again with the pictures)
+    # each picture's times in an epoch: its kohya folder's count x --repeats
+    repeats = [[n * config.repeats for n in picture_repeats(spec["images"], paths)]
+               for spec, paths in zip(specs, images)]
+    length = None  # (how --epochs became the steps: printed, and kept in config.yaml's header)
+    if config.epochs is not None:  # the steps from now on: config.yaml holds them, so a resume or rerun takes them
+        steps, length = steps_for_epochs(config.epochs, repeats, config.batch, config.grad_accum, world,
+                                         [spec["token"] for spec in specs])
+        config = dataclasses.replace(config, steps=steps, epochs=None)
+        if is_main and progress:
+            print(length)
     checkpoint = newest_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, config, specs, images, world)
@@ -473,8 +528,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                                                 torch.tensor([list(p.pixels.shape[-2:])]))[0]
                                     for p in pictures]).to(device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
-        repeats = [n * config.repeats for n in picture_repeats(spec["images"], paths)]
-        sampler = BatchSampler(len(pictures), repeats, config.use_flip, concept_seed(config.seed, k),
+        sampler = BatchSampler(len(pictures), repeats[k], config.use_flip, concept_seed(config.seed, k),
                                config.noise_offset)
         concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
@@ -533,15 +587,17 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         skipped = [int(n) for n in checkpoint[1].get("skipped_steps") or skipped]  # (older checkpoints: none)
         _rate_from_schedule(optimizer, lr_schedule)  # (a raised --steps: the next step's rate is the new schedule's)
         if is_main:
-            # the settings a resume may change (--steps) as now in force
-            save_config(config, out / CONFIG_FILE, world, *record)
+            # the settings a resume may change (--steps) as now in force; how --epochs gave the steps is kept while
+            # they stand
+            length = length or _epochs_note(out / CONFIG_FILE, config.steps)
+            save_config(config, out / CONFIG_FILE, world, *record, length=length)
             if progress:
                 print(f"resuming {out} at step {step} of {config.steps}")
     elif is_main:
         if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
             clear_run(out, previous, Path(config.init_embedding) if config.init_embedding else None)
         output_folder(out)
-        save_config(config, out / CONFIG_FILE, world, *record)
+        save_config(config, out / CONFIG_FILE, world, *record, length=length)
 
     def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
         vectors = vectors or [e.vectors for e in exts]
