@@ -17,9 +17,8 @@ _W = "the web UI's"
 _P = "the diffusers pipelines'"
 _G = "kohya's gen_img's"
 
-_EPOCHS = ("textinv counts optimizer steps, not epochs: E epochs take --steps = E x pictures x --repeats / "
-           "(--batch x --grad-accum x processes), rounded up, a picture in a kohya <repeats>_<words> folder "
-           "counted its folder's count times")
+# (their epochs end in a short batch, so they round each epoch's steps up; textinv's sampler runs on into the next)
+_ROUNDED = "it rounds each epoch's steps up, textinv the total: an epoch ends inside a batch here"
 _ATTENTION = ("not needed: textinv's models use PyTorch's scaled-dot-product attention (SDPA), which is "
               "memory-efficient already")
 _SAVE = "one setting for both: every N steps a checkpoint to resume from and that step's embedding"
@@ -69,7 +68,10 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
      "for N pictures of it"),
     ("center_crop", _D, "train", "--center-crop", "on by default in textinv; without it the diffusers script "
                                                   "squashes each picture to a square, as --no-center-crop does"),
-    ("num_train_epochs", _D, "train", None, _EPOCHS),
+    ("num_train_epochs", _D, "train", "--epochs", "its epoch is every picture --repeats times, and its "
+                                                  "--repeats is 100 unless given, textinv's 1: its E epochs are "
+                                                  "--epochs E --repeats 100; "
+                                                  + _ROUNDED),
     ("report_to logging_dir", _D, "train", None, _LOG),
     ("enable_xformers_memory_efficient_attention", _D, "train", None, _ATTENTION),
     # train: kohya's
@@ -81,7 +83,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                                        "without a caption file (one that has it is read)"),
     ("use_style_template", _K, "train", "--property", "--property style: the paper's templates, for the pictures "
                                                       "without a caption file (one that has it is read)"),
-    ("max_train_epochs", _K, "train", None, _EPOCHS),
+    ("max_train_epochs", _K, "train", "--epochs", "the same epoch: every picture its folder's count x --repeats "
+                                                  "times; given with --steps, textinv refuses, where kohya's takes the "
+                                                  "epochs; " + _ROUNDED),
     ("save_every_n_epochs", _K, "train", None, "textinv saves by steps: --save-every N"),
     ("sample_every_n_steps", _K, "train", "--sample-every", ""),
     ("sample_every_n_epochs", _K, "train", None, "textinv samples by steps: --sample-every N"),
