@@ -748,10 +748,10 @@ def test_epochs_and_steps_together_are_refused(images, tmp_path, capsys):
     with pytest.raises(ConfigError, match="--epochs must be a whole number >= 1, got 0"):
         TrainConfig(images="x", token="<t>", out="o", epochs=0).validate()
     cfg.write_text("steps: 10\n")
-    assert (build(TrainConfig, {"steps": 10}, {"epochs": 2}).steps, build(TrainConfig, {"steps": 10}, {"epochs": 2}).epochs) \
-        == (3000, 2)  # (the flag's epochs: the file's steps go, --steps is resolved from them)
-    assert (build(TrainConfig, {"epochs": 2}, {"steps": 10}).steps, build(TrainConfig, {"epochs": 2}, {"steps": 10}).epochs) \
-        == (10, None)
+    later_epochs = build(TrainConfig, {"steps": 10}, {"epochs": 2})
+    assert (later_epochs.steps, later_epochs.epochs) == (3000, 2)  # (the file's steps go: resolved from the epochs)
+    later_steps = build(TrainConfig, {"epochs": 2}, {"steps": 10})
+    assert (later_steps.steps, later_steps.epochs) == (10, None)
 
 
 def test_an_epochs_run_resumes_to_the_uninterrupted_one(sd1_dir, images, tmp_path, monkeypatch):

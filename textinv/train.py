@@ -206,7 +206,8 @@ def steps_for_epochs(epochs: int, counts: Sequence[Sequence[int]], batch: int, g
                     + [f"{processes} processes"] * (processes > 1))
     per_epoch = f"{sizes[k] / per_step:.2f}".rstrip("0").rstrip(".")
     which = f" of the largest concept, {tokens[k]} (the others get more)" if len(counts) > 1 else ""
-    return steps, f"--epochs {epochs}{which}: {what} / {by} = {per_epoch} steps an epoch, {steps} step{'s' * (steps != 1)}"
+    total = f"{steps} step{'s' * (steps != 1)}"
+    return steps, f"--epochs {epochs}{which}: {what} / {by} = {per_epoch} steps an epoch, {total}"
 
 
 def _epochs_note(path: Path, steps: int) -> str | None:
