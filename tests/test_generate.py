@@ -10,10 +10,11 @@ from PIL import Image
 
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, TokenError
-from textinv.formats import LearnedEmbedding, save_embedding
+from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
 from textinv.generate import expand_all, generate, install_embedding, render
 from textinv.tokens import expand_prompt
 from textinv.models import load_model
+from textinv.tiny import build_tiny_pipeline
 
 
 def test_embedding_of_another_width_is_refused_naming_both(sd1_dir):
@@ -24,6 +25,42 @@ def test_embedding_of_another_width_is_refused_naming_both(sd1_dir):
     xl = LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 768), "text_encoder_2": torch.zeros(1, 1280)})
     with pytest.raises(FormatError, match=r"768 \+ 1280 \(Stable Diffusion XL\).*32"):
         install_embedding(model, xl)
+
+
+def test_an_sdxl_embedding_on_a_one_encoder_model_of_its_clip_l_width_uses_that_half(sd1_dir, tmp_path):
+    """An SDXL file (clip_l + clip_g) on an SD 1.x model was refused for its width; ComfyUI uses its clip_l half
+    there (the web UI skips it), so do we, saying so. The tiny model's 32 stands for SD 1.x's 768: its rows are the
+    file's clip_l exactly, and it draws as a file of that half alone does."""
+    clip_l = torch.randn(2, 32, generator=torch.Generator().manual_seed(0)) * 3
+    xl = LearnedEmbedding("<q>", {"text_encoder": clip_l, "text_encoder_2": torch.randn(2, 64)})
+    xl_path = save_embedding(xl, tmp_path / "q.safetensors", "sdxl")[0]
+    half_path = save_embedding(LearnedEmbedding("<q>", {"text_encoder": clip_l}), tmp_path / "half.safetensors")[0]
+    model = load_model(sd1_dir)
+    with pytest.warns(UserWarning, match=r"'<q>' is an SDXL embedding \(width 32 \+ 64 .*only its clip_l half"):
+        install_embedding(model, load_embedding(xl_path))
+    ids = model.tokenizer.convert_tokens_to_ids(["<q>", "<q>_1"])
+    assert torch.equal(model.text_encoder.get_input_embeddings()(torch.tensor(ids)), clip_l)
+    pictures = []
+    for i, path in enumerate((xl_path, half_path)):
+        cfg = GenerateConfig(prompt=["a photo of <q>"], embedding=[str(path)], out=str(tmp_path / str(i)), n=1,
+                             steps=2, model=str(sd1_dir))
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            pictures.append(np.asarray(Image.open(generate(cfg, progress=False)[0])))
+        assert any("only its clip_l half" in str(w.message) for w in said) == (i == 0)
+    assert np.array_equal(*pictures)
+    from textinv.inspect import inspect_file  # (inspect says what these commands do with it)
+
+    assert "only its clip_l half is used" in inspect_file(xl_path, model=str(sd1_dir))["model_mismatch"]
+
+
+def test_an_sdxl_embedding_fitting_neither_width_of_a_one_encoder_model_is_still_refused(tmp_path):
+    """SD 2.x (1024 wide) fits neither half of an SDXL file (768 + 1280): refused as before, naming both widths."""
+    path = tmp_path / "sd2"
+    build_tiny_pipeline("sd2", seed=1, width=48).save_pretrained(path)
+    xl = LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32), "text_encoder_2": torch.randn(1, 64)})
+    with pytest.raises(FormatError, match=r"has width 32 \+ 64 .* has width 48"):
+        install_embedding(load_model(path), xl)
 
 
 def test_an_embedding_of_more_vectors_than_a_prompt_window_is_warned_about_and_still_draws(sd1_dir):

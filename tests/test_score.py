@@ -696,3 +696,16 @@ def test_a_lone_file_whose_recorded_model_path_is_gone_is_said_to_be_a_path_not_
                                           rf".*pass --model"):
         score(ScoreConfig(embedding=str(lone), images=str(run_dir.parent / "images"), clip=str(clip_dir),
                           out=str(tmp_path / "o")), judge=judge)
+
+
+def test_an_sdxl_file_is_scored_on_a_one_encoder_model_with_its_clip_l_half(sd1_dir, clip_dir, judge, tmp_path):
+    """An SDXL file (clip_l + clip_g) on an SD 1.x model is drawn with its clip_l half, as generate draws it (the
+    tiny model's 32 stands for CLIP-L's 768), saying so; score refused it for its width."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    xl = LearnedEmbedding("<xq>", {"text_encoder": torch.randn(1, 32), "text_encoder_2": torch.randn(1, 64)})
+    path = save_embedding(xl, tmp_path / "xq.safetensors", "sdxl")[0]
+    base = dict(images=str(write_images(tmp_path / "images", n=2)), model=str(sd1_dir), prompts=["a photo of {}"])
+    with pytest.warns(UserWarning, match="only its clip_l half"):
+        report = score(_quick(path, clip_dir, tmp_path / "o", **base), judge=judge, progress=False).report
+    assert report["embedding"]["token"] == "<xq>" and report["methods"][0]["words"] == "<xq>"

@@ -1436,6 +1436,21 @@ def test_a_resume_with_raised_steps_takes_the_longer_schedules_rate_from_its_fir
     assert resumed == straight[4:8], (resumed, straight)
 
 
+def test_training_on_a_one_encoder_model_can_start_from_an_sdxl_files_clip_l_half(sd1_dir, images, tmp_path):
+    """--init-embedding with an SDXL file (clip_l + clip_g) on an SD 1.x model starts from its clip_l half, as
+    generate draws with it there (the tiny model's 32 stands for CLIP-L's 768), saying so; it was refused."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    clip_l = torch.randn(2, 32)
+    xl = LearnedEmbedding("<old>", {"text_encoder": clip_l, "text_encoder_2": torch.randn(2, 64)})
+    path = save_embedding(xl, tmp_path / "old.safetensors", "sdxl")[0]
+    with pytest.warns(UserWarning, match="only its clip_l half"):
+        result = train(config(images, tmp_path / "a", vectors=2, init=None, init_embedding=str(path), lr=1e-9,
+                              steps=1), model=load_model(sd1_dir), progress=False)
+    assert list(result.embedding.vectors) == ["text_encoder"]
+    assert torch.allclose(result.embedding.vectors["text_encoder"], clip_l, atol=1e-5)  # (one step at a rate of ~0)
+
+
 def test_training_leaves_an_installed_embeddings_vectors_alone(sd1_dir, images, tmp_path):
     """A model that already holds a token (`install_embedding`, or a token learned before) trains a new one: the
     installed token's vectors share the trained parameter, and AdamW's weight decay shrank them every step. The

@@ -46,7 +46,10 @@ DEFAULT_STEPS = 25
 def check_fits(model: Model, emb: LearnedEmbedding,
                pair_hint: str = "pass both files to --embedding") -> None:
     """Refuse an embedding whose widths or text encoders are not the model's, naming both widths and families
-    (and, for one half of an SDXL pair, `pair_hint`: how the caller's command takes both)."""
+    (and, for one half of an SDXL pair, `pair_hint`: how the caller's command takes both). An SDXL embedding fits a
+    model of one text encoder as wide as its CLIP-L half (SD 1.x): that half is used (`uses_clip_l_half`)."""
+    if uses_clip_l_half(model, emb):
+        return
     if emb.widths != model.widths or set(emb.vectors) != {name for name, _, _ in model.encoders}:
         raise FormatError(
             f"embedding {emb.token!r} has width {describe_widths(emb.widths)} but the model {model.source} has "
@@ -57,14 +60,34 @@ def check_fits(model: Model, emb: LearnedEmbedding,
         )
 
 
+def uses_clip_l_half(model: Model, emb: LearnedEmbedding) -> bool:
+    """Whether `emb` is an SDXL embedding (clip_l + clip_g) and `model` has one text encoder as wide as its clip_l
+    half, as SD 1.x's CLIP-L is: ComfyUI then uses that half (its SD 1.x tokenizer reads a file's "clip_l"), so do
+    we; the A1111 web UI skips such a file. SD 2.x (1024 wide) fits neither half."""
+    return (not model.is_xl and len(emb.widths) == 2 and len(model.widths) == 1
+            and emb.widths[0] == model.widths[0])
+
+
+def warn_clip_l_half(model: Model, emb: LearnedEmbedding, stacklevel: int = 3) -> None:
+    """Say that only an SDXL embedding's clip_l half goes into this model (`uses_clip_l_half`), and why it may not
+    draw as on SDXL."""
+    warnings.warn(f"embedding {emb.token!r} is an SDXL embedding (width {describe_widths(emb.widths)}); the model "
+                  f"{model.source} has one text encoder of width {describe_widths(model.widths)}, so only its clip_l "
+                  f"half (the CLIP-L encoder's vectors) is used, as ComfyUI does. It was trained for SDXL, which reads "
+                  f"CLIP-L's penultimate layer, so it may draw differently (--clip-skip 2 reads that layer)",
+                  stacklevel=stacklevel)
+
+
 def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
     """Add one learned embedding to the model's tokenizer(s) and text encoder(s); all checks happen first.
 
     Refuses an embedding whose width does not fit the model (naming both widths and their families) and a token
-    that clashes with one the tokenizer already has. SDXL embeddings go into both encoders, each half into its own.
-    Undo with `unload_embeddings`.
+    that clashes with one the tokenizer already has. SDXL embeddings go into both encoders, each half into its own;
+    on an SD 1.x model only their clip_l half, with a warning (`uses_clip_l_half`). Undo with `unload_embeddings`.
     """
     check_fits(model, emb)
+    if uses_clip_l_half(model, emb):  # (add_tokens below takes each of the model's encoders' own half: clip_l)
+        warn_clip_l_half(model, emb)
     if emb.num_vectors > emphasis.CHUNK:
         # no prompt window holds it: the token is split across chunks (as ComfyUI splits it), each read by its own
         # pass of the text encoder, so its vectors never see one another as one token's do (the web UI fails on it)

@@ -14,6 +14,7 @@ import torch
 from .emphasis import CHUNK
 from .families import FAMILY_WIDTHS, describe_widths
 from .formats import _resolve, describe, detect_format, load_embedding
+from .generate import uses_clip_l_half
 from .models import load_model
 from .tokens import base_embedding
 
@@ -69,6 +70,9 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
             report.update(describe(emb))
             report["model_mismatch"] = (f"this embedding ({describe_widths(emb.widths)}) does not fit "
                                         f"{model} ({describe_widths(loaded.widths)})")
+            if uses_clip_l_half(loaded, emb):  # (what generate, score and train then do)
+                report["model_mismatch"] += (": only its clip_l half is used there (as ComfyUI does), and it was "
+                                             "trained for SDXL's reading of CLIP-L, so it may draw differently")
     else:
         report.update(describe(emb))
     lines = [f"{report['file']}: {report['format']} format", f"token: {emb.token}",

@@ -45,7 +45,7 @@ from .data import (CaptionSampler, TagVariation, default_templates, describe_koh
                    read_template_file)
 from .errors import ConfigError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
-from .generate import check_fits
+from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
 from .io import atomic_path, output_folder
 from .models import (DTYPES, Model, check_clip_skip, encode_text, load_model, pick_device, shareable_name,
                      xl_time_ids)
@@ -485,6 +485,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
         if start_from is not None:
             check_fits(model, start_from, PAIR_HINT)
+            if is_main and uses_clip_l_half(model, start_from):  # (starts below takes its clip_l half)
+                warn_clip_l_half(model, start_from)
             starts = [start_from.vectors[name] for name, _, _ in model.encoders]
         elif config.init_embedding:  # resuming: the checkpoint's vectors replace these
             starts = [torch.zeros(config.vectors, base_embedding(te).weight.shape[1]) for _, _, te in model.encoders]
