@@ -53,3 +53,19 @@ def _quiet_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         yield
+
+
+def interrupt_loss_at(monkeypatch, n):
+    """Make training's `n`th loss raise KeyboardInterrupt, as a Ctrl-C in the middle of a step; returns the undo."""
+    from textinv import train as train_module
+
+    real, calls = train_module.diffusion_loss, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", interrupted)
+    return lambda: monkeypatch.setattr(train_module, "diffusion_loss", real)

@@ -757,24 +757,16 @@ def test_epochs_and_steps_together_are_refused(images, tmp_path, capsys):
 def test_an_epochs_run_resumes_to_the_uninterrupted_one(sd1_dir, images, tmp_path, monkeypatch):
     """An --epochs run stopped by Ctrl-C and resumed from its folder alone runs the steps config.yaml recorded and
     ends where the uninterrupted run ends; so does a run of fewer epochs resumed with more."""
-    from textinv import train as train_module
+    from conftest import interrupt_loss_at
 
     args = ["--model", str(sd1_dir), "--images", str(images), "--token", "<r>", "--init", "dog", "--batch", "2",
             "--repeats", "2", "--sample-every", "0", "--save-every", "2", "--log-every", "1"]
     assert main(["train", *args, "--epochs", "2", "--out", str(tmp_path / "a")]) == 0  # 4 x 2 x 2 / 2: 8 steps
     straight = load_embedding(tmp_path / "a" / "learned_embeds.safetensors")
     assert straight.metadata["steps"] == "8"
-    real, calls = train_module.diffusion_loss, []
-
-    def interrupted(*a, **k):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(train_module, "diffusion_loss", interrupted)
+    undo = interrupt_loss_at(monkeypatch, 4)
     assert main(["train", *args, "--epochs", "2", "--out", str(tmp_path / "b")]) == 130
-    monkeypatch.setattr(train_module, "diffusion_loss", real)
+    undo()
     assert load_embedding(tmp_path / "b" / "learned_embeds.safetensors").metadata["steps"] == "3"
     assert main(["train", "--out", str(tmp_path / "b"), "--resume"]) == 0
     assert "# --epochs 2: 4 pictures x 2 repeats / batch 2 = 4 steps an epoch, 8 steps\n" in \

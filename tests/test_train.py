@@ -401,23 +401,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_vectors(sd1_dir, images, tmp_
 
 
 def test_ctrl_c_saves_current_vectors_and_resume_finishes_the_run(sd1_dir, images, tmp_path, monkeypatch):
+    from conftest import interrupt_loss_at
+
     straight = train(config(images, tmp_path / "a", steps=6), model=load_model(sd1_dir), progress=False)
-    real = train_module.diffusion_loss
-    calls = []
-
-    def interrupted(*a, **k):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(train_module, "diffusion_loss", interrupted)
+    undo = interrupt_loss_at(monkeypatch, 4)
     out = tmp_path / "b"
     with pytest.raises(TrainingInterrupted) as info:
         train(config(images, out, steps=6), model=load_model(sd1_dir), progress=False)
     assert info.value.step == 3
     assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "3"
-    monkeypatch.setattr(train_module, "diffusion_loss", real)
+    undo()
     resumed = train(config(images, out, steps=6, resume=True), model=load_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
 
