@@ -35,7 +35,7 @@ from .config import GenerateConfig, build, typed_settings
 from .emphasis import lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
-from .generate import A1111_SAMPLER_NAMES
+from .generate import A1111_SAMPLER_NAMES, EMBEDDING_SUFFIXES, file_digest
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "by_name")
@@ -320,8 +320,6 @@ def _check_unchanged(picture: Picture, files: list[str]) -> None:
     """Warn of an embedding file whose bytes are not those the picture was drawn with (retrained or replaced at the
     same path, or another file given for it): the redraw then draws other vectors. Given anew (--embedding), the
     files are compared in order when their count is the record's, as the moved files they usually are."""
-    from .generate import file_digest
-
     if len(files) != len(picture.digests):
         return
     changed = [f for f, old in zip(files, picture.digests)
@@ -337,8 +335,6 @@ def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str]) -> N
     of them is that embedding, whatever its name; one named as an embedding there (its file name, or its --token; in
     a folder given, the files so named) whose SHA-256 does not is another file or version. The embeddings no file
     given answers to are named too: without them the prompt reads their names as words."""
-    from .generate import EMBEDDING_SUFFIXES, file_digest
-
     if not picture.ti_hashes:
         return
     wanted = {name.lower(): (name, short) for name, short in picture.ti_hashes.items()}
@@ -361,7 +357,7 @@ def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str]) -> N
                          f"{wanted[name.lower()][1]})")
     if other:
         warnings.warn(f"{picture.path} was drawn with other embedding files than " + ", ".join(other) + " (its TI "
-                      f"hashes): another file or version of the embedding, so the redraw will differ", stacklevel=3)
+                      "hashes): another file or version of the embedding, so the redraw will differ", stacklevel=3)
     missing = [name for key, (name, _) in wanted.items() if key not in found]
     if missing:
         warnings.warn(f"{picture.path} was drawn with the embeddings {', '.join(missing)} (its TI hashes), which no "

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from .emphasis import CHUNK
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint
 
@@ -277,8 +278,9 @@ class TrainConfig:
                                                   and self.max_timestep > self.min_timestep):
             raise ConfigError(f"--max-timestep must be a whole number above --min-timestep ({self.min_timestep}), "
                               f"got {self.max_timestep!r}")
-        if self.vectors > 75:
-            raise ConfigError(f"--vectors {self.vectors} leaves no room in a 77-token prompt; use at most 75 (1-8 is usual)")
+        if self.vectors > CHUNK:
+            raise ConfigError(f"--vectors {self.vectors} leaves no room in a 77-token prompt; use at most {CHUNK} "
+                              f"(1-8 is usual)")
         if self.lr_steps is not None:
             parse_lr_steps(self.lr_steps)
             if self.lr_schedule != "constant" or self.warmup_steps:

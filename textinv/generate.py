@@ -18,7 +18,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import re
 import unicodedata
 import warnings
@@ -34,7 +33,7 @@ from .config import SAMPLERS, GenerateConfig, check_side
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import RECORD_KEY, LearnedEmbedding, load_embedding, load_embedding_pair
-from .io import atomic_path, output_folder
+from .io import absolute, atomic_path, output_folder
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, encode_text, load_model,
                      pick_device, quiet_transformers, read_clip_skip)
 from .run_folder import concept_folder, embedding_file, saved_run
@@ -781,8 +780,7 @@ def _where(value: str | None) -> str | None:
 
     if not value or str(value) in BUNDLED_MODELS:  # (a bundled name is one even where a folder is so named)
         return value
-    path = Path(value).expanduser()
-    return os.path.abspath(path) if path.exists() else str(value)
+    return absolute(value) if Path(value).expanduser().exists() else str(value)
 
 
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],

@@ -70,6 +70,12 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """`path` made absolute, `~` expanded, links and `..` left as written (unlike `Path.resolve`): how a file
+    recorded for later (a picture's settings, a report) is named, so it is found from any working directory."""
+    return os.path.abspath(Path(path).expanduser())
+
+
 def output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Create the folder `path` (and its parents) now, before any slow work, or raise ConfigError naming `flag` and
     why (a file in the way, no permission, a read-only disk)."""

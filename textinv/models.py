@@ -40,6 +40,7 @@ finally:
 from .errors import ConfigError, ModelError, backslash_note
 from .families import FAMILY_NAMES, family_for_widths
 from .formats import embedding_layout, weights_kind
+from .io import absolute
 
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "shapes" / "model"}
 DEFAULT_MODEL = "shapes"
@@ -579,7 +580,7 @@ def shareable_name(value, always_local: bool = False) -> tuple[str, bool]:
     if not value or text in BUNDLED_MODELS:
         return value, False
     if always_local or Path(text).expanduser().exists() or _is_local_path(text):
-        return Path(os.path.abspath(Path(text).expanduser())).name or text, True
+        return Path(absolute(text)).name or text, True
     return value, False
 
 

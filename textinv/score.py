@@ -47,7 +47,7 @@ from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        install_embedding, png_text, render, unload_embeddings)
-from .io import atomic_path, output_folder, write_json, write_text
+from .io import absolute, atomic_path, output_folder, write_json, write_text
 from .models import Model, _is_local_path, load_model, offline_note, pick_device, quiet_transformers
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
 from .run_folder import embedding_file, saved_run
@@ -373,7 +373,7 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
             raise ConfigError(f"--compare {text} has {other.num_vectors} vector(s) of width "
                               f"{'+'.join(map(str, other.widths))}, the scored one {emb.num_vectors} of width "
                               f"{'+'.join(map(str, emb.widths))}: compare embeddings of one concept, trained alike")
-        found.append((LearnedEmbedding(token, other.vectors, {**other.metadata, "token": token}), _absolute(path)))
+        found.append((LearnedEmbedding(token, other.vectors, {**other.metadata, "token": token}), absolute(path)))
     for folder, names in skipped.items():
         listed = f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
         if folder not in read_from:
@@ -408,14 +408,6 @@ def _expand_folders(paths: list[str]) -> list[tuple[str, str | None]]:
         out += [(str(f), text) for f in sorted(files, key=lambda f: [int(x) if x.isdigit() else x
                                                                    for x in re.split(r"(\d+)", f.name)])]
     return out
-
-
-def _absolute(path: str | Path) -> str:
-    """A path as scores.json keeps it: absolute (not resolved through links), so a script reading the report from
-    elsewhere, or later, finds the embedding and the pictures it names."""
-    import os
-
-    return os.path.abspath(Path(path).expanduser())
 
 
 def _read_file(path: Path) -> Path:
@@ -481,9 +473,7 @@ def out_folder(text: str) -> Path:
     """--out as an absolute path without `.`, `..` or a trailing slash: the swap renames it and the folders beside
     it are named after it. Refuses the folder the command runs in, or one above it: replacing it whole would pull
     the ground from under the shell."""
-    import os
-
-    out = Path(os.path.abspath(Path(text).expanduser()))
+    out = Path(absolute(text))
     here = Path.cwd()
     if out == here or out in here.parents:
         raise ConfigError(f"--out {text} is {'the folder you are in' if out == here else 'above the folder you are in'}"
@@ -613,10 +603,10 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         losses = _losses(run)
         report = {
             "title": f"textinv score: {emb.token}",
-            "embedding": {"path": _absolute(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
+            "embedding": {"path": absolute(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
                           "metadata": emb.metadata},
             "compared": [{"path": path, "token": other.token, "metadata": other.metadata} for other, path in others],
-            "images": _absolute(images), "training_files": training_files, "model": model.describe(),
+            "images": absolute(images), "training_files": training_files, "model": model.describe(),
             "clip": judge.source, "settings": {**dataclasses.asdict(config), "steps": steps, "guidance": guidance,
                                                "clip_skip": clip_skip, "resolution": size, "property": kind},
             "seeds": seeds, "training_similarity": training_similarity(training), "methods": table,

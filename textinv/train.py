@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, emphasis
 from .config import TrainConfig, parse_lr_steps, save_config
 from .data import (CaptionSampler, TagVariation, default_templates, describe_kohya, find_images, latent_weights,
                    latent_weights_each, load_training_images, picture_names, picture_repeats, read_caption,
@@ -1019,10 +1019,10 @@ def _read_init_embedding(config: TrainConfig) -> LearnedEmbedding:
         start = load_embedding(config.init_embedding)
     except FormatError as e:
         raise FormatError(f"--init-embedding: {e}") from None
-    if start.num_vectors > 75:  # (--vectors' own limit: say so, not "pass --vectors N", which is then refused)
+    if start.num_vectors > emphasis.CHUNK:  # (--vectors' own limit: say so, not "pass --vectors N", then refused)
         raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vectors per encoder, more "
-                          f"than a 77-token prompt holds (75 at most, with its start and end), so it cannot be "
-                          f"trained; start from an embedding of at most 75 vectors")
+                          f"than a 77-token prompt holds ({emphasis.CHUNK} at most, with its start and end), so it "
+                          f"cannot be trained; start from an embedding of at most {emphasis.CHUNK} vectors")
     if start.num_vectors != config.vectors:
         raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vector(s) per encoder; "
                           f"pass --vectors {start.num_vectors}")
