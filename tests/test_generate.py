@@ -1032,7 +1032,7 @@ def test_again_reads_the_web_uis_parameters_and_says_what_it_cannot_use(sd1_dir,
                                           r"abc123\).*give it with --model"), warnings.catch_warnings():
         warnings.simplefilter("error")  # (the error first: no warning about what a refused redraw would not apply)
         again_config(path, {})
-    with pytest.warns(UserWarning, match="not applied.*: Model hash, Model, Lora hashes, Version"):
+    with pytest.warns(UserWarning, match="not applied.*: Model hash, Model, Version"):
         config, keep = again_config(path, {"model": str(sd1_dir)})
     assert (config.prompt, config.negative_prompt) == (["a (red:1.2) cat\nwith a hat"], "blurry, ugly")
     assert (config.steps, config.sampler, config.guidance, config.seed) == (4, "dpm++2m_karras", 6.5, 1234)
@@ -1041,6 +1041,38 @@ def test_again_reads_the_web_uis_parameters_and_says_what_it_cannot_use(sd1_dir,
     with pytest.raises(ConfigError, match="sampler 'Heun', which textinv does not have: choose one with --sampler"):
         again_config(path, {"model": str(sd1_dir)})
     assert again_config(path, {"model": str(sd1_dir), "sampler": "euler"})[0].sampler == "euler"
+
+
+def test_again_checks_the_lora_files_found_against_a_web_ui_pictures_lora_hashes(sd1_dir, tmp_path):
+    """A web UI picture's Lora hashes were named 'not applied'; `--again` with `--lora-dir` now tells a LoRA file the
+    prompt's tag finds there that is not the one the picture was drawn with (a retrained or other version)."""
+    from PIL.PngImagePlugin import PngInfo
+    from safetensors.torch import load_file, save_file
+
+    from textinv.again import again_config
+
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.mkdir(), wrong.mkdir()
+    _save_tiny_lora(right, "my,style")  # (the web UI's hashes list it as 'mystyle')
+    tensors = load_file(str(right / "my,style.safetensors"))
+    save_file({k: v * 2 for k, v in tensors.items()}, str(wrong / "my,style.safetensors"))
+    data = (right / "my,style.safetensors").read_bytes()
+    short = _webui_short_hash(data[8 + int.from_bytes(data[:8], "little"):])
+    info = PngInfo()
+    info.add_text("parameters", f'a cat <lora:my,style:0.7>\nSteps: 2, Seed: 3, Size: 16x16, Lora hashes: "mystyle: '
+                                f'{short}", Version: v1')
+    Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
+
+    def said(flags):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again_config(tmp_path / "webui.png", {"model": str(sd1_dir), **flags})
+        return " ".join(str(w.message) for w in caught)
+
+    assert "other LoRA files" not in said({"lora_dir": [str(right)]})
+    assert f"other LoRA files than {wrong / 'my,style.safetensors'} (its hash begins" in said({"lora_dir": [str(wrong)]})
+    assert "other LoRA files" not in said({"lora_dir": [str(wrong)], "prompt": ["a cat"]})  # (no tag: no LoRA used)
+    assert "not applied from its A1111 parameters: Version (" in said({})  # (Lora hashes are used now)
 
 
 def _exif_picture(path, comment, fmt=None, pnginfo=None):

@@ -11,7 +11,8 @@ What a picture's text can hold, and how each is read:
 - an older textinv's per-key text (prompt, seed, steps, ... without the record): read, with a warning naming what it
   did not record (those settings take their defaults; its paths were written as typed).
 - the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
-  Seed, Size and Clip skip; its TI hashes check the --embedding files given (`_check_ti_hashes`). The rest (Model,
+  Seed, Size and Clip skip; its TI hashes check the --embedding files given (`_check_ti_hashes`), its Lora hashes
+  the LoRA files the prompt's tags find in --lora-dir (`_check_lora_hashes`). The rest (Model,
   Model hash, VAE, Hires fix, ...) cannot be applied and is named in a warning; the model must be given (--model),
   and a sampler textinv does not have must be chosen (--sampler).
   The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
@@ -35,7 +36,7 @@ from .config import GenerateConfig, build, typed_settings
 from .emphasis import lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
-from .generate import A1111_SAMPLER_NAMES, EMBEDDING_SUFFIXES, file_digest
+from .generate import A1111_SAMPLER_NAMES, EMBEDDING_SUFFIXES, file_digest, hash_name, lora_files, lora_sha256
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "by_name")
@@ -43,7 +44,8 @@ _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
              "embeddings")
-_A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "TI hashes")
+_A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "TI hashes",
+               "Lora hashes")
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Picture:
     by_name: list[str] = field(default_factory=list)  # settings recorded by name, not path (--metadata shareable)
     notes: list[str] = field(default_factory=list)  # warnings, said once what must be given is there
     ti_hashes: dict[str, str] = field(default_factory=dict)  # the web UI's "TI hashes": name -> short SHA-256
+    lora_hashes: dict[str, str] = field(default_factory=dict)  # its "Lora hashes": name -> short hash (lora_sha256)
 
 
 def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfig, set[int] | None]:
@@ -90,6 +93,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     _check_still_there(picture, settings, flags)
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
     _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []))
+    _check_lora_hashes(picture, flags.get("prompt", settings.get("prompt", [])), flags.get("lora_dir", []))
     keep = None
     settings["n"] = 1
     seed, batch = settings.get("seed"), picture.batch_seeds
@@ -296,7 +300,8 @@ def _from_a1111(path: Path, text: str) -> Picture:
                       f"and the like textinv does not do); its samplers and noise are diffusers', so expect a "
                       f"picture close to the web UI's, not the same pixels")
     return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes,
-                   ti_hashes=parse_webui_hashes(fields.get("TI hashes", "")))
+                   ti_hashes=parse_webui_hashes(fields.get("TI hashes", "")),
+                   lora_hashes=parse_webui_hashes(fields.get("Lora hashes", "")))
 
 
 def parse_webui_hashes(text: str) -> dict[str, str]:
@@ -363,6 +368,29 @@ def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str]) -> N
         warnings.warn(f"{picture.path} was drawn with the embeddings {', '.join(missing)} (its TI hashes), which no "
                       f"--embedding given is: pass their files (or the web UI's embeddings folder), or the prompt "
                       f"reads their names as words", stacklevel=3)
+
+
+def _check_lora_hashes(picture: Picture, prompts: list[str], folders: list[str]) -> None:
+    """Warn of a LoRA file that is not the one a web UI picture names: its "Lora hashes" give each LoRA's name and the
+    first digits of the hash the web UI gives it (`generate.lora_sha256`); the file each `<lora:...>` tag of the
+    prompts finds in --lora-dir (found as generate finds it) is checked against the hash under its name. Without
+    --lora-dir, or with a tag that finds no file, there is nothing to compare: generate refuses that itself."""
+    if not picture.lora_hashes or not folders:
+        return
+    wanted = {name.lower(): short for name, short in picture.lora_hashes.items()}
+    tags = [tag for prompt in prompts for tag in lora_tags(prompt)[1] if hash_name(tag.name).lower() in wanted]
+    try:
+        files = lora_files(tags, folders)
+    except ConfigError:  # (said by generate, before the model loads)
+        return
+    other = []
+    for name, file in files.items():
+        short, digest = wanted[hash_name(name).lower()], lora_sha256(file)
+        if not digest.startswith(short):
+            other.append(f"{file} (its hash begins {digest[:12]}; the picture's {name} {short})")
+    if other:
+        warnings.warn(f"{picture.path} was drawn with other LoRA files than " + ", ".join(other) + " (its Lora "
+                      "hashes): another file or version of the LoRA, so the redraw will differ", stacklevel=3)
 
 
 def _check_paths_given(picture: Picture, flags: dict[str, Any]) -> None:

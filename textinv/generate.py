@@ -401,7 +401,13 @@ def webui_hashes(sums: dict[str, str]) -> str:
     >>> webui_hashes({"easy:negative": "c74b4e810b030f6b3d4b2d5ce4fc52ad53fc16e1bcbf2d8f0b2d27bd0d3a0a8d"})
     'easynegative: c74b4e810b03'
     """
-    return ", ".join(f"{name.translate(_HASH_NAME_SEPARATORS)}: {sha[:12]}" for name, sha in sums.items())
+    return ", ".join(f"{hash_name(name)}: {sha[:12]}" for name, sha in sums.items())
+
+
+def hash_name(name: str) -> str:
+    """An embedding's or LoRA's name as the web UI's hashes list it: without the colons and commas that would split
+    the list."""
+    return name.translate(_HASH_NAME_SEPARATORS)
 
 
 def lora_sha256(path: str | Path) -> str:
