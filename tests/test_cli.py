@@ -103,9 +103,17 @@ def test_accelerate_two_cpu_processes_match_one_process_with_twice_the_batch(sd1
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "-m", "textinv", "train", *map(str, common), "--batch", "2", "--out", str(tmp_path / "ddp")],
+                           "-m", "textinv", "train", *map(str, common), "--batch", "2", "--out", str(tmp_path / "ddp"),
+                           "--log-with", "tensorboard"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # --log-with: the main process alone writes the events, one file with loss.csv's loss
+    from test_tracking import read_events, scalars
+    from textinv.run_folder import read_loss_log
+
+    assert len(list((tmp_path / "ddp" / "logs").rglob("events.*"))) == 1
+    assert scalars(read_events(tmp_path / "ddp" / "logs" / "ddp"))["loss"] == [
+        (3, pytest.approx(read_loss_log(tmp_path / "ddp" / "loss.csv")[0][1], abs=1e-6))]
     # config.yaml says how to rerun it: with as many processes (each draws --batch samples)
     assert "accelerate launch --num_processes 2" in (tmp_path / "ddp" / "config.yaml").read_text().splitlines()[0]
     assert main(["train", *map(str, common), "--batch", "4", "--out", str(tmp_path / "single")]) == 0
@@ -114,8 +122,6 @@ def test_accelerate_two_cpu_processes_match_one_process_with_twice_the_batch(sd1
     single = load_embedding(tmp_path / "single" / "learned_embeds.safetensors").vectors["text_encoder"]
     assert torch.allclose(ddp, single, atol=1e-5), (ddp - single).abs().max()
     # the logged loss is the global batch's too, not the main process's half of it
-    from textinv.run_folder import read_loss_log
-
     logged = [read_loss_log(tmp_path / run / "loss.csv") for run in ("ddp", "single")]
     assert [s for s, _ in logged[0]] == [s for s, _ in logged[1]] == [3]
     assert logged[0][0][1] == pytest.approx(logged[1][0][1], rel=1e-5), logged

@@ -26,6 +26,7 @@ import yaml
 from .emphasis import CHUNK
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint
+from .tracking import check_trackers
 
 
 def opt(default, help: str, **extra):
@@ -211,6 +212,13 @@ class TrainConfig:
                                    "templates' first 4")
     sample_steps: int = opt(25, "denoising steps for sample grids")
     log_every: int = opt(10, "loss log interval in steps")
+    log_with: str = opt(None, "also log the loss, learning rate and sample grids to an experiment tracker, through "
+                              "accelerate: tensorboard (pip install tensorboard), or wandb, comet_ml, aim, mlflow, "
+                              "clearml, dvclive, swanlab, trackio (the grids go to tensorboard and wandb); several "
+                              "comma-separated; off unless given, and 'none' turns it off on --resume; loss.csv and "
+                              "samples/ are written either way")
+    log_dir: str = opt(None, "the trackers' folder (with --log-with): TensorBoard writes to DIR/NAME, NAME being "
+                             "--out's folder name; default: OUT/logs", path="file")
     format: str = opt(None, "file format of the embedding; default: diffusers (SD 1.x/2.x), sdxl (SDXL: one "
                       "clip_l+clip_g file; 'diffusers' writes the diffusers SDXL script's two files)", choices=SAVE_FORMATS)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
@@ -259,6 +267,10 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
         check_lr(self.lr)
+        check_trackers(self.log_with)  # (unknown names and missing packages, before the model loads)
+        if self.log_dir is not None and self.log_with is None:
+            raise ConfigError(f"--log-dir {self.log_dir} is where --log-with's trackers write, and none is given; "
+                              f"add --log-with tensorboard (or another tracker)")
         if not self.weight_decay >= 0:  # (also refuses NaN)
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         for name in ("max_grad_norm", "min_snr_gamma"):

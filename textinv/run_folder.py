@@ -29,6 +29,7 @@ from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, load_embedd
 from .io import write_bytes, write_text
 from .models import BUNDLED_MODELS
 from .tokens import token_names
+from .tracking import LOGS_DIR, run_name, tracker_names
 
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
@@ -42,7 +43,7 @@ _LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyon
 # settings that may differ between a run and its resumption (they do not change what is learned step by step; device:
 # where it runs, as `auto` already resumes a run on another machine's device, e.g. on another GPU than it started on)
 RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_embeddings", "sample_every",
-                     "sample_steps", "log_every", "device",
+                     "sample_steps", "log_every", "device", "log_with", "log_dir",
                      "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
 # stored absolute: a run resumes, or reruns, from any directory. The settings the config marks as paths (`opt`'s
 # path=, which a --config file's relative ones are read by too): local ones, and model sources (a path, a hub id or
@@ -258,6 +259,14 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
     restart before the first checkpoint reads it again; the new result replaces it at the first save."""
     for name in (CHECKPOINT_DIR, SAMPLES_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
+    logged, where = previous.get("log_with"), previous.get("log_dir")
+    if isinstance(logged, str) and tracker_names(logged):  # its trackers' folder (--log-dir/NAME), inside --out
+        logs = Path(where if isinstance(where, str) and where else out / LOGS_DIR) / run_name(out)
+        if out.resolve() in logs.resolve().parents:
+            shutil.rmtree(logs, ignore_errors=True)
+            with contextlib.suppress(OSError):  # (--log-dir's own folder, when that left it empty)
+                if logs.parent.resolve() != out.resolve():
+                    logs.parent.rmdir()
     # the files every run writes whatever its token (the diffusers layouts), and the log and record
     plain = {default_filename(fmt, "<any>") for fmt in TOKEN_FREE_FORMATS}
     names = {LOSS_LOG, CONFIG_FILE} | plain | {second_file(name).name for name in plain}

@@ -55,6 +55,7 @@ from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
                      init_vectors, split_words, token_names)
+from .tracking import LOGS_DIR, RunTracker, run_name, tracker_names
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the vectors at the last finished step were saved before stopping."""
@@ -665,6 +666,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                                    clip_skip)
                 with atomic_path(grid_path(c, at_step)) as tmp:
                     grid.save(tmp, format="PNG")
+                if tracker is not None:  # (after its file: a grid the tracker has is in samples/ too)
+                    tracker.log_grid(at_step, "samples" if len(concepts) == 1 else f"samples/{c.out.name}", grid)
 
     # 4. the loop -------------------------------------------------------------------------------------------------
     def vectors_finite() -> bool:
@@ -692,6 +695,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # loss.csv is the uninterrupted run's)
     interval_loss = torch.tensor(interval[0], device=device)  # (K,)
     interval_steps = interval[1]
+    # --log-with: loss.csv's rows and the grids go to experiment trackers too (a resumed run goes on in its logs)
+    trackers = tracker_names(config.log_with)
+    tracker = RunTracker(trackers, Path(config.log_dir or out / LOGS_DIR), run_name(out),
+                         cpu=state.device.type == "cpu", resumed_at=step if config.resume else None) \
+        if trackers else None
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
     started, first_step = time.time(), step
     samplers_at_step = None
@@ -783,6 +791,9 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 history.append((step, mean_loss))
                 if len(concepts) > 1:
                     by_concept.append(means)
+                if tracker is not None:
+                    tracker.log(step, mean_loss, lr_used,
+                                {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1 else None)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_used:.2e}")  # (the rate of the step just taken)
                 interval_loss.zero_()
                 interval_steps = 0
@@ -823,6 +834,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         stop.release()
         if own_group:
             torch.distributed.destroy_process_group(group)
+        if tracker is not None:
+            tracker.finish()
     if is_main and progress:
         took = time.time() - started
         learned = ", ".join(c.token for c in concepts)

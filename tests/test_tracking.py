@@ -1,0 +1,204 @@
+"""--log-with: experiment trackers get what loss.csv and samples/ hold, a resumed run goes on in the same logs, and a
+tracker that is not installed is refused before anything loads. TensorBoard's events are read back from the files."""
+
+import io
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from tensorboardX.proto.event_pb2 import Event  # (tensorboardX is in the test extra: these tests never skip)
+
+from textinv.config import TrainConfig
+from textinv.errors import ConfigError
+from textinv.formats import load_embedding
+from textinv.models import load_model
+from textinv.run_folder import checkpoints, read_loss_log
+from textinv.train import TrainingInterrupted, train
+
+
+def config(images, out, **kw):
+    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2, save_every=0,
+                sample_every=0, log_every=2, lr=5e-2, log_with="tensorboard")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def read_events(folder: Path) -> list[Event]:
+    """The events TensorBoard reads from a run's folder: every events file in name (= time) order, each a TFRecord
+    file (uint64 length, uint32 its CRC, the Event protobuf, uint32 its CRC), and, as TensorBoard's reader does
+    (EventAccumulator's restart check), a writer's start at step S (SummaryWriter's purge_step) drops the events
+    of step S and later read before it."""
+    files = sorted(folder.glob("events.out.tfevents.*"))
+    assert files, f"no events file in {folder}"
+    kept: list[Event] = []
+    for path in files:
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack_from("<Q", data, at)
+            event = Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                kept = [e for e in kept if e.step < event.step]
+            kept.append(event)
+    return kept
+
+
+def scalars(events: list[Event]) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} in the order read."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for e in events:
+        for v in e.summary.value:
+            if v.WhichOneof("value") == "simple_value":
+                out.setdefault(v.tag, []).append((e.step, v.simple_value))
+            elif v.HasField("tensor") and v.tensor.float_val:  # (the newer writers' scalar layout)
+                out.setdefault(v.tag, []).append((e.step, v.tensor.float_val[0]))
+    return out
+
+
+def images_of(events: list[Event]) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """{tag: [(step, (H, W, 3) pixels), ...]} of the image summaries, in the order read."""
+    out: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for e in events:
+        for v in e.summary.value:
+            if v.HasField("image"):
+                pixels = np.asarray(Image.open(io.BytesIO(v.image.encoded_image_string)).convert("RGB"))
+                out.setdefault(v.tag, []).append((e.step, pixels))
+    return out
+
+
+def test_tensorboard_gets_loss_csvs_values_at_its_steps_and_the_sample_grids(sd1_dir, images, tmp_path):
+    out = tmp_path / "run"
+    result = train(config(images, out, steps=6, sample_every=3), model=load_model(sd1_dir), progress=False)
+    events = read_events(out / "logs" / "run")  # (--log-dir's default, OUT/logs, then the run's folder name)
+    logged = scalars(events)
+    assert sorted(logged) == ["loss", "lr"]
+    # the same steps and values as loss.csv (its 6 decimals) and the run's history (float32 in the event)
+    csv = read_loss_log(out / "loss.csv")
+    assert [s for s, _ in logged["loss"]] == [s for s, _ in csv] == [2, 4, 6]
+    for (step, value), (_, written), (_, kept) in zip(logged["loss"], csv, result.losses, strict=True):
+        assert value == np.float32(kept) and value == pytest.approx(written, abs=1e-6), step
+    assert logged["lr"] == [(2, pytest.approx(5e-2)), (4, pytest.approx(5e-2)), (6, pytest.approx(5e-2))]
+    # each grid, pixel for pixel the PNG in samples/, at its step
+    grids = images_of(events)["samples"]
+    assert [s for s, _ in grids] == [0, 3, 6]
+    for step, pixels in grids:
+        assert np.array_equal(pixels, np.asarray(Image.open(out / "samples" / f"step-{step:06d}.png").convert("RGB")))
+    # logging changes nothing the run learns or writes
+    plain = train(config(images, tmp_path / "plain", steps=6, sample_every=3, log_with=None),
+                  model=load_model(sd1_dir), progress=False)
+    assert torch.equal(result.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
+    assert (out / "loss.csv").read_bytes() == (tmp_path / "plain" / "loss.csv").read_bytes()
+    assert not (tmp_path / "plain" / "logs").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["log_with"] == "tensorboard"
+
+
+def test_several_concepts_each_log_their_own_loss_and_grid(sd1_dir, tmp_path):
+    from conftest import write_images
+
+    one, two = write_images(tmp_path / "one", n=2, seed=1), write_images(tmp_path / "two", n=2, seed=2)
+    out = tmp_path / "pets"
+    train(TrainConfig(concepts=[f"{one}=<jd>=dog", f"{two}=<jc>=cat"], out=str(out), steps=2, batch=1, save_every=0,
+                      sample_every=2, log_every=1, log_with="tensorboard", log_dir=str(tmp_path / "tb")),
+          model=load_model(sd1_dir), progress=False)
+    events = read_events(tmp_path / "tb" / "pets")  # (--log-dir given: its folder, then the run's name)
+    logged = scalars(events)
+    assert sorted(logged) == ["loss", "loss/jc", "loss/jd", "lr"]
+    for token, tag in (("<jd>", "loss/jd"), ("<jc>", "loss/jc")):
+        assert logged[tag] == [(s, pytest.approx(v, abs=1e-6)) for s, v in read_loss_log(out / "loss.csv", token)]
+    assert {tag: [s for s, _ in grids] for tag, grids in images_of(events).items()} == {"samples/jd": [0, 2],
+                                                                                         "samples/jc": [0, 2]}
+
+
+def test_a_run_resumed_after_a_crash_logs_each_step_once(sd1_dir, images, tmp_path, monkeypatch):
+    """A crash after step 6 whose checkpoint is step 4's: the tracker has steps 2, 4, 6 and the grid of step 4; the
+    resumed run logs step 6 again, and TensorBoard reads each step once, with the resumed run's values. Both runs
+    start their writers in the same second, as a quick restart may: each keeps a file of its own."""
+    from types import SimpleNamespace
+
+    import tensorboardX.event_file_writer
+    from conftest import interrupt_loss_at
+
+    monkeypatch.setattr(tensorboardX.event_file_writer, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
+    out = tmp_path / "run"
+    run = dict(steps=8, save_every=4, sample_every=4, keep_checkpoints=2)
+    undo = interrupt_loss_at(monkeypatch, 7)  # (a Ctrl-C in step 7: steps 2, 4, 6 logged, a checkpoint at 6)
+    with pytest.raises(TrainingInterrupted):
+        train(config(images, out, **run), model=load_model(sd1_dir), progress=False)
+    undo()
+    assert [s for s, _ in scalars(read_events(out / "logs" / "run"))["loss"]] == [2, 4, 6]
+    checkpoints(out)[-1].unlink()  # the crash: step 6 logged, its checkpoint never written
+    train(config(images, out, resume=True, **run), model=load_model(sd1_dir), progress=False)
+    events = read_events(out / "logs" / "run")
+    logged = scalars(events)
+    assert [s for s, _ in logged["loss"]] == [s for s, _ in logged["lr"]] == [2, 4, 6, 8]
+    assert logged["loss"] == [(s, pytest.approx(v, abs=1e-6)) for s, v in read_loss_log(out / "loss.csv")]
+    assert [s for s, _ in images_of(events)["samples"]] == [0, 4, 8]
+
+
+def test_log_with_may_change_on_resume_and_is_recorded(sd1_dir, images, tmp_path):
+    out = tmp_path / "run"
+    run = dict(model=str(sd1_dir), save_every=2)
+    train(config(images, out, steps=4, log_with=None, **run), model=load_model(sd1_dir), progress=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["log_with"] is None
+    train(config(images, out, steps=8, resume=True, **run), model=load_model(sd1_dir), progress=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["log_with"] == "tensorboard"
+    assert [s for s, _ in scalars(read_events(out / "logs" / "run"))["loss"]] == [6, 8]
+    # the command line resumes with the recorded tracker, and --log-with none turns it off
+    from textinv.cli import main
+
+    assert main(["train", "--out", str(out), "--resume", "--steps", "10"]) == 0
+    assert [s for s, _ in scalars(read_events(out / "logs" / "run"))["loss"]] == [6, 8, 10]
+    assert main(["train", "--out", str(out), "--resume", "--steps", "12", "--log-with", "none"]) == 0
+    assert [s for s, _ in scalars(read_events(out / "logs" / "run"))["loss"]] == [6, 8, 10]
+    assert [s for s, _ in read_loss_log(out / "loss.csv")][-1] == 12
+    assert yaml.safe_load((out / "config.yaml").read_text())["log_with"] == "none"
+
+
+def test_a_missing_tracker_package_is_refused_before_the_model_loads(images, tmp_path, monkeypatch):
+    from textinv import train as train_module
+
+    monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    for module in ("tensorboard", "tensorboardX"):  # (None in sys.modules: `import` fails, as when not installed)
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ConfigError, match=r"--log-with tensorboard: the tensorboard package is not installed; "
+                                          r"pip install tensorboard"):
+        train(config(images, tmp_path / "run"), progress=False)
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ConfigError, match=r"--log-with wandb: the wandb package is not installed; pip install wandb"):
+        train(config(images, tmp_path / "run", log_with="wandb"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("log_with, message", [
+    ("tensorbord", r"'tensorbord' is no tracker textinv knows; give one or more of: tensorboard, wandb, comet_ml"),
+    ("all", r"'all' is not taken: name them"),
+    (" , ", r"names no tracker"),
+])
+def test_an_unknown_tracker_is_refused_with_the_list(log_with, message, images, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        config(images, tmp_path / "run", log_with=log_with).validate()
+
+
+def test_a_log_dir_without_a_tracker_is_refused(images, tmp_path):
+    with pytest.raises(ConfigError, match="--log-dir .* add --log-with tensorboard"):
+        config(images, tmp_path / "run", log_with=None, log_dir=str(tmp_path / "tb")).validate()
+    config(images, tmp_path / "run", log_with="none", log_dir=str(tmp_path / "tb")).validate()  # (a resume's off)
+
+
+def test_overwrite_deletes_the_previous_runs_logs_in_out(sd1_dir, images, tmp_path):
+    out = tmp_path / "run"
+    train(config(images, out, steps=2), model=load_model(sd1_dir), progress=False)
+    (out / "logs" / "mine.txt").write_text("a user's file")
+    [first] = (out / "logs" / "run").glob("events.*")
+    old = first.rename(first.with_name("events.out.tfevents.0000000001.old"))  # (the new run's may take its name)
+    train(config(images, out, steps=2, overwrite=True), model=load_model(sd1_dir), progress=False)
+    assert not old.exists() and (out / "logs" / "mine.txt").exists()
+    assert len(list((out / "logs" / "run").glob("events.*"))) == 1
+    (out / "logs" / "mine.txt").unlink()
+    train(config(images, out, steps=2, overwrite=True, log_with=None), model=load_model(sd1_dir), progress=False)
+    assert not (out / "logs").exists()  # (the folder it made, left empty, goes too)

@@ -1,0 +1,127 @@
+"""Experiment trackers (`--log-with`): what loss.csv and samples/ hold, sent to TensorBoard, wandb or another
+tracker accelerate supports, through accelerate's tracker API (`Accelerator(log_with=...)`, `init_trackers`, `log`).
+
+Optional (STYLE 9): a tracker's package is looked for only when --log-with names it, and a missing one is refused
+before the model loads, with the pip command. loss.csv and the grids in --out are written either way.
+
+    textinv train ... --out runs/my-dog --log-with tensorboard     # events in runs/my-dog/logs/my-dog/
+    tensorboard --logdir runs/my-dog/logs
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+
+# accelerate's tracker names: the modules any of which provides one, and the package to install for it
+TRACKERS = {
+    # (accelerate's TensorBoard tracker writes with torch.utils.tensorboard, which needs `tensorboard`, and falls
+    # back to tensorboardX, a writer alone, when that is missing)
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+    "comet_ml": (("comet_ml",), "comet_ml"),
+    "aim": (("aim",), "aim"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "clearml": (("clearml",), "clearml"),
+    "dvclive": (("dvclive",), "dvclive"),
+    "swanlab": (("swanlab",), "swanlab"),
+    "trackio": (("trackio",), "trackio"),
+}
+LOGS_DIR = "logs"  # --log-dir's default, inside --out
+
+
+def tracker_names(log_with: str | None) -> list[str]:
+    """--log-with as tracker names; None and 'none' are no tracker.
+
+    >>> tracker_names("tensorboard, wandb"), tracker_names("none")
+    (['tensorboard', 'wandb'], [])
+    """
+    if log_with is None or log_with.strip().lower() == "none":
+        return []
+    return list(dict.fromkeys(name.strip().lower() for name in log_with.split(",") if name.strip()))
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # (a parent package missing; a module without a spec in sys.modules)
+        return False
+
+
+def check_trackers(log_with: str | None) -> list[str]:
+    """The trackers --log-with names, each known and its package installed; else a ConfigError naming it and the
+    fix. Imports nothing: only looks for the packages."""
+    names = tracker_names(log_with)
+    if not names and log_with is not None and log_with.strip().lower() != "none":
+        raise ConfigError(f"--log-with {log_with!r} names no tracker; give one of: {', '.join(TRACKERS)}, or none")
+    for name in names:
+        if name not in TRACKERS:
+            all_ = " ('all' is not taken: name them, e.g. tensorboard,wandb)" if name == "all" else ""
+            raise ConfigError(f"--log-with {name!r} is no tracker textinv knows{all_}; give one or more of: "
+                              f"{', '.join(TRACKERS)} (comma-separated), or none")
+        modules, package = TRACKERS[name]
+        if not any(_installed(m) for m in modules):
+            extra = " (or pip install 'textinv[tensorboard]'; the lighter tensorboardX also writes its logs)" \
+                if name == "tensorboard" else ""
+            raise ConfigError(f"--log-with {name}: the {package} package is not installed; pip install {package}"
+                              f"{extra}, or leave out --log-with")
+    return names
+
+
+def run_name(out: str | Path) -> str:
+    """The run's name in a tracker: its --out folder's name (TensorBoard's folder in --log-dir)."""
+    return Path(out).resolve().name
+
+
+class RunTracker:
+    """The run's trackers, started through accelerate. Only the main process writes: accelerate runs its trackers
+    there alone (`init_trackers` and `log` are main-process-only), so every process may call these methods."""
+
+    def __init__(self, names: list[str], log_dir: Path, name: str, cpu: bool, resumed_at: int | None = None):
+        """`resumed_at`: the step of the checkpoint a resumed run starts from (None: a new run)."""
+        from accelerate import Accelerator
+
+        # only for its trackers: textinv keeps its own precision (--precision) and compiling (--compile), and an
+        # accelerate config's dynamo backend would turn on TF32 matmuls for every later CUDA step
+        self.accelerator = Accelerator(cpu=cpu, log_with=names, project_dir=str(log_dir), mixed_precision="no",
+                                       dynamo_backend="no")
+        # TensorBoard reads every events file in its folder, in order: SummaryWriter's purge_step marks where this
+        # writer starts, and events of that step or later in the files before it are dropped. A resumed run logs
+        # again the steps after its checkpoint that a crash (a kill, power loss) logged but did not save, so the
+        # curve has no doubled tail; a new run starts from 0, so what an earlier run left in the folder goes too
+        purge = 0 if resumed_at is None else resumed_at + 1
+        # tensorboardX names its file by the second and the host alone, and truncates a file of that name: a
+        # resume within the same second would erase the logs it continues. The step it starts from and the process
+        # make the name its own, and TensorBoard, which reads the files in name order, reads files of one second
+        # by that step (torch's writer puts the process and a counter before it: its names are its own already)
+        suffix = f".step{purge:09d}.{os.getpid()}"
+        self.accelerator.init_trackers(name, init_kwargs={"tensorboard": {"purge_step": purge,
+                                                                          "filename_suffix": suffix}})
+
+    def log(self, step: int, loss: float, lr: float, per_concept: dict[str, float] | None = None) -> None:
+        """loss.csv's row of `step` (the loss summed over concepts, and each concept's by its folder name) and the
+        learning rate of the step just taken."""
+        values = {"loss": loss, "lr": lr}
+        values.update({f"loss/{name}": value for name, value in (per_concept or {}).items()})
+        self.accelerator.log(values, step=step)
+
+    def log_grid(self, step: int, tag: str, grid) -> None:
+        """A sample grid (a PIL image) to the trackers that take images in a form known here: TensorBoard and wandb
+        (each tracker's `log_images` takes its own form)."""
+        import numpy as np
+
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({tag: np.asarray(grid.convert("RGB"))[None]}, step=step,
+                                   dataformats="NHWC")  # (1, H, W, 3)
+            elif tracker.name == "wandb":
+                tracker.log_images({tag: [grid]}, step=step)
+
+    def finish(self) -> None:
+        """Close every tracker (TensorBoard writes what it holds). `Accelerator.end_training` would also destroy
+        the process group, which a data-parallel `train()` does not own: its caller may go on using it."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
