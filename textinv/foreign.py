@@ -22,7 +22,8 @@ _ROUNDED = "it rounds each epoch's steps up, textinv the total: an epoch ends in
 _ATTENTION = ("not needed: textinv's models use PyTorch's scaled-dot-product attention (SDPA), which is "
               "memory-efficient already")
 _SAVE = "one setting for both: every N steps a checkpoint to resume from and that step's embedding"
-_LOG = "textinv has no tracker: it writes loss.csv and the sample grids into --out"
+_LOG_NAME = ("textinv names the run after its --out folder: TensorBoard's folder in --log-dir, with no prefix or "
+             "time stamp, so a resumed run goes on in the same logs; the project in wandb and the other trackers")
 
 # (their names, space-separated, without dashes; whose; the textinv command; textinv's flag, or None when textinv
 # has none; what differs). Only the names that differ from textinv's: `--seed`, `--resolution`, `--vae` are the
@@ -72,7 +73,13 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                                   "--repeats is 100 unless given, textinv's 1: its E epochs are "
                                                   "--epochs E --repeats 100; "
                                                   + _ROUNDED),
-    ("report_to logging_dir", _D, "train", None, _LOG),
+    ("report_to", _D, "train", "--log-with", "tensorboard, wandb and the other trackers accelerate has, "
+                                             "comma-separated; off unless given (the diffusers script's default "
+                                             "is tensorboard); loss.csv and samples/ in --out are written either way"),
+    ("logging_dir", _DK, "train", "--log-dir", "default OUT/logs, as the diffusers script's; the events go in a "
+                                               "folder named after --out's inside it. Give --log-with too: kohya's "
+                                               "logs to TensorBoard when --logging_dir comes alone, textinv refuses "
+                                               "--log-dir alone"),
     ("enable_xformers_memory_efficient_attention", _D, "train", None, _ATTENTION),
     # train: kohya's
     ("token_string", _K, "train", "--token", "a caption may hold it, or {}; one with neither gets it in front"),
@@ -118,7 +125,14 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("optimizer_type", _K, "train", None, "textinv uses AdamW, on the new vectors only"),
     ("dataset_config", _K, "train", None, "textinv has no dataset file: --images FOLDER --token T, or --concepts "
                                           "FOLDER=TOKEN[=INIT] for several"),
-    ("log_with", _K, "train", None, _LOG),
+    ("log_with", _K, "train", "--log-with", "tensorboard or wandb; its all is --log-with tensorboard,wandb"),
+    ("log_prefix log_tracker_name", _K, "train", None, _LOG_NAME),
+    ("wandb_run_name", _K, "train", None, "wandb names each run (and each resume) itself; " + _LOG_NAME),
+    ("log_tracker_config", _K, "train", None, "textinv takes no tracker settings file; the trackers read their own "
+                                              "environment variables"),
+    ("log_config", _K, "train", None, "not needed: config.yaml in --out holds every setting of the run"),
+    ("wandb_api_key", _K, "train", None, "log in with `wandb login` (or set WANDB_API_KEY) before training, then "
+                                         "--log-with wandb"),
     ("xformers mem_eff_attn sdpa", _K, "train", None, _ATTENTION),
     # train: the web UI's Train tab (its train_embedding arguments, also its API's)
     ("learn_rate", _W, "train", "--lr", "a stepped rate such as 0.05:10, 0.005 is --lr-steps"),
