@@ -619,6 +619,23 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
     assert proc.returncode == 1
 
 
+def test_output_in_an_encoding_without_the_tokens_characters_is_written_escaped(tmp_path):
+    """Windows writes redirected output (`textinv inspect F > info.txt`) in its ANSI code page; a token of
+    characters cp1252 lacks made the command fail with UnicodeEncodeError after its work. They are escaped now,
+    in the output and in the errors and warnings on stderr alike."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    path = save_embedding(LearnedEmbedding("<漢字>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "q.pt", "a1111")[0]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "cp1252"}
+    proc = subprocess.run([sys.executable, "-m", "textinv", "inspect", str(path)], capture_output=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode("cp1252")
+    assert b"token: <\\u6f22\\u5b57>" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "textinv", "inspect", str(tmp_path / "漢.pt")], capture_output=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 2 and b"\\u6f22.pt: no such file" in proc.stderr, proc.stderr
+
+
 def test_a_config_files_model_is_told_from_a_hub_id_as_the_model_flag_tells_it(tmp_path, monkeypatch):
     """`--model` reads `sd15/` (a trailing slash) as a folder, never a hub id; a config file's `model: sd15/` took it
     for a hub id left as it stands, so it was looked for in the working directory, not the file's folder. One

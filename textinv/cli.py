@@ -362,8 +362,19 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = python_format
 
 
+def _tolerant_output() -> None:
+    """Let stdout and stderr write any character. A token, prompt or file name may hold characters the stream's
+    encoding lacks (Windows writes redirected output, `textinv inspect F > info.txt`, in its ANSI code page, e.g.
+    cp1252), and printing one raised UnicodeEncodeError after the work was done; such characters are written as
+    backslash escapes instead (`\\u6f22`), keeping what they were."""
+    for stream in (sys.stdout, sys.stderr):
+        if callable(getattr(stream, "reconfigure", None)):  # (a TextIOWrapper; not a test's or a notebook's stand-in)
+            stream.reconfigure(errors="backslashreplace")
+
+
 def run() -> None:
     """The `textinv` command and `python -m textinv`: `main`, then exit."""
+    _tolerant_output()
     try:
         code = main()
         sys.stdout.flush()  # (here, not in the interpreter's exit, where a failure is only reported)
