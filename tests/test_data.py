@@ -1022,3 +1022,21 @@ def test_an_empty_caption_file_gives_no_filewords_not_the_file_name(tmp_path):
     sampler = CaptionSampler(images, ["a photo of [name], [filewords]"], "<t>")
     assert sampler.candidates(0) == ["a photo of <t>"]
     assert sampler.candidates(1) == ["a photo of <t>, a red ball"]
+
+
+def test_a_subsets_caption_extension_is_its_caption_file_and_no_stray(tmp_path):
+    """A subset's caption_extension (".tags") names the file read, whatever else lies beside the picture; its
+    caption files are not called strays, as other files are."""
+    from conftest import write_images
+
+    from textinv.data import picture_set
+
+    folder = write_images(tmp_path / "a", n=2)
+    (folder / "img0.tags").write_text("{}, red square")
+    (folder / "img0.txt").write_text("not read")
+    (folder / "notes.md").write_text("a stray")
+    with pytest.warns(SkippedFilesWarning, match=r"skipped 1 file\(s\) in .*: notes.md$"):
+        found = picture_set(subsets=[{"images": str(folder), "repeats": 2, "caption_extension": ".tags"}])
+    assert (found.repeats, found.caption_extensions) == ([2, 2], [".tags", ".tags"])
+    loaded = load_training_images(found.paths, 16, caption_extensions=found.caption_extensions)
+    assert [p.caption for p in loaded] == ["{}, red square", None]

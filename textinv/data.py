@@ -48,6 +48,8 @@ __all__ = [
     "picture_repeats",
     "picture_names",
     "describe_kohya",
+    "PictureSet",
+    "picture_set",
     "load_image",
     "to_rgb",
     "prepare_image",
@@ -227,9 +229,10 @@ def _names(paths: Sequence[Path]) -> str:
     return ", ".join(p.name for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
 
 
-def _scan(folder: Path) -> tuple[list[Path], list[Path]]:
+def _scan(folder: Path, caption_extension: str | None = None) -> tuple[list[Path], list[Path]]:
     """The pictures and the subfolders in `folder`, each sorted by name; other files are named in one
-    `SkippedFilesWarning` (`find_images`)."""
+    `SkippedFilesWarning` (`find_images`). `caption_extension`: a kohya subset's, whose caption files (NAME + it)
+    are expected beside the pictures too."""
     try:
         entries = sorted(folder.iterdir())
     except OSError as e:
@@ -249,7 +252,9 @@ def _scan(folder: Path) -> tuple[list[Path], list[Path]]:
         (images if picture else others).append(path)
 
     stems = {p.stem for p in images}
-    skipped = [p for p in others if not (p.suffix in _CAPTION_NAMES and p.stem in stems and p.is_file())]
+    captions = {p.with_suffix("").name + caption_extension for p in images} if caption_extension else set()
+    skipped = [p for p in others if not (((p.suffix in _CAPTION_NAMES and p.stem in stems) or p.name in captions)
+                                         and p.is_file())]
     if skipped:
         names = ", ".join(_describe_skipped(p) for p in skipped)
         hint = ""
@@ -345,6 +350,56 @@ def describe_kohya(folder: str | os.PathLike, paths: Sequence[Path]) -> str | No
     parts = [f"{sub.name} ({n}{(' picture' + 's' * (n != 1)) if i == 0 else ''} x{kohya_repeats(sub.name)})"
              for i, (sub, n) in enumerate(counts.items())]
     return f"{folder}: {len(counts)} kohya folder{'s' if len(counts) > 1 else ''}, {', '.join(parts)}"
+
+
+@dataclass
+class PictureSet:
+    """A concept's pictures as a run trains them (`picture_set`), in the order its sampler's table counts them."""
+
+    where: str  # what a message names: the folder, or the kohya subsets' folders
+    paths: list[Path]
+    repeats: list[int]  # each picture's times per epoch before --repeats: its kohya folder's or subset's count
+    caption_extensions: list[str | None]  # each caption file is NAME + this (None: NAME.txt, else NAME.caption)
+    names: list[str]  # as a checkpoint records them: within the folder; for subsets, whole paths
+    described: str | None  # one line saying what was read (kohya's layout or subsets); None for a plain folder
+
+
+def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict] = ()) -> PictureSet:
+    """The pictures of the folder `images` (`find_images`: plain, or in kohya's layout), or of kohya dataset
+    `subsets`: mappings of `images` (a folder, read as kohya reads a subset's image_dir: the pictures in it, not in
+    its subfolders), `repeats` and `caption_extension`, as `TrainConfig.subset_list` gives them (what
+    `--dataset-config` read from a kohya file).
+
+    >>> picture_set(subsets=[{"images": "img/a", "repeats": 10, "caption_extension": None}]).repeats  # doctest: +SKIP
+    [10, 10]
+    """
+    if images is not None:
+        paths = find_images(images)
+        return PictureSet(str(images), paths, picture_repeats(images, paths), [None] * len(paths),
+                          picture_names(images, paths), describe_kohya(images, paths))
+    paths: list[Path] = []
+    repeats: list[int] = []
+    extensions: list[str | None] = []
+    parts = []
+    for subset in subsets:
+        folder, count, extension = Path(subset["images"]), subset["repeats"], subset["caption_extension"]
+        if not folder.is_dir():  # (--dataset-config checked it; a recorded run's folder may have gone since)
+            raise DataError(f"the subset folder {folder} does not exist{backslash_note(folder)}; put it back, or "
+                            f"train without that subset")
+        found, subfolders = _scan(folder, extension)
+        if not found:
+            below = (f" (a subset's pictures are those in its folder, not in its subfolders: give each of "
+                     f"{_names(subfolders)} as a subset of its own)" if subfolders else "")
+            raise DataError(f"no images found in {folder}, a kohya subset's folder (image_dir){below}; put the "
+                            f"subset's pictures there, or remove the subset")
+        paths += found
+        repeats += [count] * len(found)
+        extensions += [extension] * len(found)
+        pictures = f"{len(found)}{(' picture' + 's' * (len(found) != 1)) if not parts else ''}"
+        parts.append(f"{folder.name} ({pictures} x{count}{f', captions {extension}' if extension else ''})")
+    folders = ", ".join(str(subset["images"]) for subset in subsets)
+    return PictureSet(f"the kohya subsets {folders}", paths, repeats, extensions, [p.as_posix() for p in paths],
+                      f"{len(parts)} kohya subset{'s' * (len(parts) != 1)}: {', '.join(parts)}")
 
 
 def _describe_skipped(path: Path) -> str:
@@ -695,6 +750,7 @@ class TrainingImage:
     caption: str | None  # the text of the caption file beside it, `[name]` written as `{}`; None if it has none
     original_size: tuple[int, int] = (0, 0)  # (height, width) as loaded, upright: SDXL conditions on it
     alpha: torch.Tensor | None = None  # (1, resolution, resolution) in [0, 1] with `use_alpha` and a transparency
+    caption_extension: str | None = None  # a kohya subset's: its caption file is NAME + this (`caption_file`)
 
     def crop_top_left(self, center_crop: bool = True) -> tuple[int, int]:
         """(top, left) of the crop in the picture resized to cover its training size (SDXL's crop ids); for a
@@ -709,10 +765,11 @@ class TrainingImage:
 
 def load_training_images(
     paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True, use_alpha: bool = False,
-    bucket_step: int | None = None,
+    bucket_step: int | None = None, caption_extensions: Sequence[str | None] | None = None,
 ) -> list[TrainingImage]:
     """Load, prepare and caption each picture in `paths` (typically `find_images(folder)`), as a square of
-    `resolution`, or with `bucket_step` at its aspect-ratio bucket (`bucket_size`).
+    `resolution`, or with `bucket_step` at its aspect-ratio bucket (`bucket_size`). `caption_extensions`: each
+    picture's kohya subset's (`read_caption`), None for textinv's own.
 
     Pictures smaller than their training size are upscaled, with one `SmallImageWarning` naming each and its size. With
     `use_alpha` each picture's transparency is kept too (`TrainingImage.alpha`, None for an opaque picture); a
@@ -731,7 +788,7 @@ def load_training_images(
     def training_size(full: tuple[int, int]) -> tuple[int, int]:  # (W, H) of a picture of upright size `full`
         return bucket_size(*full, resolution, bucket_step) if bucket_step else (resolution, resolution)
 
-    for path in paths:
+    for path, extension in zip(paths, caption_extensions or [None] * len(paths), strict=True):
         path = Path(path)
         # a big JPEG is decoded at a reduced scale, as large as its crop needs (`_read`): a 24-megapixel photo
         # trained at 512 is never held whole
@@ -744,8 +801,8 @@ def load_training_images(
         if weight is not None and not weight.max() > 0:
             raise DataError(f"{path} is transparent all over, so with --alpha-mask none of it would be learned; "
                             "remove it, or fix its alpha channel")
-        result.append(TrainingImage(path=path, pixels=pixels, caption=read_caption(path),
-                                    original_size=(height, width), alpha=weight))
+        result.append(TrainingImage(path=path, pixels=pixels, caption=read_caption(path, extension),
+                                    original_size=(height, width), alpha=weight, caption_extension=extension))
     if small:
         warnings.warn(
             SmallImageWarning(
@@ -864,25 +921,29 @@ def read_template_file(path: str | os.PathLike) -> list[str]:
     return templates
 
 
-def read_caption(image_path: str | os.PathLike) -> str | None:
+def read_caption(image_path: str | os.PathLike, extension: str | None = None) -> str | None:
     """The caption of a picture: the text of the `.txt` file of the same name beside it (`.TXT`, or kohya's
-    `.caption`, when there is no `.txt`), or None.
+    `.caption`, when there is no `.txt`), or None. `extension`: a kohya subset's caption_extension instead, the
+    file's name as kohya makes it, the picture's without its suffix + `extension` (only that file is read).
 
     Lines are joined with spaces; `[name]` comes back as `{}`. An empty caption file counts as none.
 
     >>> read_caption("photos/my_cat/cat1.jpg")  # reads photos/my_cat/cat1.txt  # doctest: +SKIP
     'a {} asleep on a red sofa'
     """
-    found = caption_file(image_path)
+    found = caption_file(image_path, extension)
     if found is None:
         return None
     text = " ".join(_read_text(found, "caption file").split())
     return text.replace(A1111_MARKER, MARKER) or None
 
 
-def caption_file(image_path: str | os.PathLike) -> Path | None:
+def caption_file(image_path: str | os.PathLike, extension: str | None = None) -> Path | None:
     """The caption file beside a picture (`read_caption`), or None."""
     image_path = Path(image_path)
+    if extension:
+        named = image_path.with_name(image_path.with_suffix("").name + extension)
+        return named if named.is_file() else None
     return next((p for p in map(image_path.with_suffix, _CAPTION_NAMES) if p.is_file()), None)
 
 
@@ -1037,13 +1098,14 @@ class CaptionSampler:
             caption = image.caption
             # A1111 takes [filewords] from the file name when there is no caption file; an empty caption file is
             # its picture's words, none (A1111 reads it as ""), not a cue to use a camera's name such as IMG_1234
-            if caption is None and self.uses_filewords and caption_file(image.path) is None:
+            if caption is None and self.uses_filewords and caption_file(image.path, image.caption_extension) is None:
                 caption = filename_words(image.path)
             if caption is not None:
                 caption = written.sub(MARKER, caption)
             front = caption is not None and not self.uses_filewords and not _has_marker(caption)
             if front:
-                unmarked.append((caption_file(image.path) or image.path.with_suffix(".txt")).name)
+                unmarked.append((caption_file(image.path, image.caption_extension)
+                                 or image.path.with_suffix(".txt")).name)
                 # (with tag variation the token is a tag of its own, not glued to the first one)
                 caption = f"{MARKER}{',' if tags.active else ''} {caption}"
             self.captions.append(caption)
