@@ -37,6 +37,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per dataclass field; defaults are suppressed so only flags actually given override the file."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") is False:  # (a config file's setting only: mappings, which a flag cannot give)
+            continue
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
         kind = hints[f.name]

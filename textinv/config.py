@@ -38,7 +38,7 @@ def opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
 
-from .data import PROPERTIES, flip_default
+from .data import MAX_KOHYA_REPEATS, PROPERTIES, flip_default
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
@@ -144,6 +144,14 @@ class TrainConfig:
     token: str = opt(None, "the new word to learn, e.g. '<my-dog>'; write it in prompts later")
     concepts: list = opt([], "several concepts in one run instead of --images/--token: FOLDER=TOKEN[=INIT] each "
                              "(in a config file, also mappings with images, token, init)", path="file")
+    dataset_config: str = opt(None, "kohya's dataset config (its --dataset_config, a .toml or .json file) instead of "
+                                    "--images: the pictures of its [[datasets.subsets]], each its num_repeats "
+                                    "times, and the settings it gives (resolution, batch_size, enable_bucket, "
+                                    "flip_aug, shuffle_caption, ...); config.yaml records what it gave, as `subsets` "
+                                    "and those settings", path="file")
+    subsets: list = opt([], "the one --token's picture folders, each with its repeats and caption extension "
+                            "(kohya's subsets, what --dataset-config read): in a config file, mappings of images, "
+                            "repeats and caption_extension", path="file", cli=False)
     out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log", path="file")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name",
                      path="source")
@@ -239,11 +247,21 @@ class TrainConfig:
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
 
     def validate(self) -> "TrainConfig":
-        """Check every setting before anything is loaded; raise ConfigError naming the bad value and the fix."""
+        """Check every setting before anything is loaded; raise ConfigError naming the bad value and the fix. A
+        --dataset-config is read first: the config returned holds what it gave instead (`kohya.apply_dataset_config`).
+        """
+        if self.dataset_config:
+            from .kohya import apply_dataset_config  # (kohya.py reads this module's settings)
+
+            return apply_dataset_config(self).validate()
         if not self.out:
             raise ConfigError(f"--out is required ({_help('out')})")
         if self.concepts and (self.images or self.token):
             raise ConfigError("give either --images and --token (one concept) or --concepts (several), not both")
+        if self.subsets and (self.images or self.concepts):
+            raise ConfigError(f"{'--images' if self.images else '--concepts'} and subsets (kohya's, as "
+                              f"--dataset-config reads them) both name the pictures: give one of them")
+        self.subset_list()
         if self.init_embedding and (self.init or self.concepts):
             raise ConfigError("--init-embedding gives the starting vectors of the one --token: leave out --init "
                               "and --concepts")
@@ -318,6 +336,26 @@ class TrainConfig:
                 raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' (or the token) where the token goes")
         return self
 
+    def subset_list(self) -> list[dict[str, Any]]:
+        """`subsets` as mappings of images (a folder), repeats (1 unless given) and caption_extension (None unless
+        given: NAME.txt, else NAME.caption), each checked."""
+        out = []
+        for item in self.subsets:
+            if not isinstance(item, dict) or not item.get("images") or set(item) - {"images", "repeats",
+                                                                                     "caption_extension"}:
+                raise ConfigError(f"subset {item!r} must be a mapping of images (a folder of pictures), repeats and "
+                                  f"caption_extension, e.g. {{images: img/dog, repeats: 10}}")
+            repeats, extension = item.get("repeats", 1), item.get("caption_extension")
+            if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_KOHYA_REPEATS:
+                raise ConfigError(f"subset {item!r}: repeats must be a whole number from 1 to "
+                                  f"{MAX_KOHYA_REPEATS:,}, got {repeats!r}")
+            if extension is not None and not (isinstance(extension, str) and extension.startswith(".")
+                                              and len(extension) > 1 and "/" not in extension):
+                raise ConfigError(f"subset {item!r}: caption_extension must be a file suffix such as '.txt', got "
+                                  f"{extension!r}")
+            out.append({"images": os.fspath(item["images"]), "repeats": repeats, "caption_extension": extension})
+        return out
+
     @builtins.property  # (the field `property` hides the builtin inside this class)
     def use_flip(self) -> bool:
         return flip_default(self.property) if self.flip is None else self.flip
@@ -329,6 +367,8 @@ class TrainConfig:
         fallback = (self.init or default_init or self.property) if fill else None
         if not self.concepts:
             for name in ("images", "token"):
+                if name == "images" and self.subsets:  # (kohya's subsets name the pictures)
+                    continue
                 if not getattr(self, name):
                     raise ConfigError(f"--{name} is required ({_help(name)}), or give --concepts")
             return [{"images": self.images, "token": self.token, "init": fallback}]
@@ -553,6 +593,9 @@ def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
     setting, as a typo most often is."""
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [key for key in settings if key not in names]
+    if where and cls is TrainConfig and unknown and set(unknown) <= {"general", "datasets"}:
+        raise ConfigError(f"unknown settings {', '.join(map(repr, unknown))}{where}: the file is kohya's dataset "
+                          f"config ([general] and [[datasets]] tables); give it to --dataset-config, not --config")
     other = _command_of(settings) if unknown and where else None
     if other:  # a whole file meant for another command: its first key's nearest name here would mislead
         keys = ", ".join(map(repr, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
@@ -604,6 +647,9 @@ def config_file_settings(cls, path: str | Path) -> dict[str, Any]:
         kind = fields[key].metadata.get("path")
         if kind and key == "concepts":
             value = [_concept_from(folder, item) for item in value]
+        elif kind and key == "subsets":
+            value = [{**item, "images": _path_from(folder, item["images"], "file")}
+                     if isinstance(item, dict) and item.get("images") else item for item in value]
         elif kind and isinstance(value, list):
             value = [_path_from(folder, item, kind) for item in value]
         elif kind:
@@ -678,7 +724,7 @@ def _coerce(name: str, kind: type, value: Any, default: Any, source: str = "") -
             raise ConfigError(f"{where} must be a list (or one text), got {type(value).__name__} {value!r}")
         out = []
         for item in items:
-            if isinstance(item, dict) and name != "concepts":  # (only --concepts takes mappings)
+            if isinstance(item, dict) and name not in ("concepts", "subsets"):  # (only they take mappings)
                 raise ConfigError(f"{where}: the entry {item!r} is a mapping, not text (YAML reads an unquoted "
                                   f"{{...}}, such as a bare {{}}, as one); put it in quotes, e.g. '{{}}'")
             if isinstance(item, dict) or (isinstance(item, (str, int, float)) and not isinstance(item, bool)):
@@ -690,12 +736,14 @@ def _coerce(name: str, kind: type, value: Any, default: Any, source: str = "") -
 
 
 def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None = None,
-                resolved: dict[str, Any] | None = None, length: str | None = None) -> None:
+                resolved: dict[str, Any] | None = None, length: str | None = None,
+                read_from: str | None = None) -> None:
     """Write a config as YAML, atomically, with a header saying how to reuse it (and, for a data-parallel run, with
     how many processes: each draws --batch samples, so the same result needs as many), what it ran with (the
     library versions, and `ran_on`, e.g. "cpu, torch.float32": a bit-for-bit rerun needs the same), as
     `resolved`, what settings left to the default became (a later version's default may differ) and, as `length`,
-    how --epochs became the `steps` the file holds (`train.steps_for_epochs`)."""
+    how --epochs became the `steps` the file holds (`train.steps_for_epochs`), and as `read_from`, which
+    --dataset-config its `subsets` and the settings it gave came from."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -719,6 +767,8 @@ def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None
                                                            width=1000)
     if length:
         header += f"# {length}\n"
+    if read_from:
+        header += f"# {read_from}\n"
     # --resume and --overwrite say what one command does to its folder, not how the run learns: recorded as off,
     # so the file reruns the run elsewhere (a resumed run's record would otherwise say resume: true)
     settings = {k: (False if k in ("resume", "overwrite") else v) for k, v in dataclasses.asdict(config).items()}

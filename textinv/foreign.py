@@ -27,7 +27,8 @@ _LOG_NAME = ("textinv names the run after its --out folder: TensorBoard's folder
 
 # (their names, space-separated, without dashes; whose; the textinv command; textinv's flag, or None when textinv
 # has none; what differs). Only the names that differ from textinv's: `--seed`, `--resolution`, `--vae` are the
-# same, and an underscore spelling of a textinv flag (`--clip_skip`) is answered by the command line on its own.
+# same, and an underscore spelling of a textinv flag (`--clip_skip`) is answered by the command line on its own
+# (but where the note has more to say: kohya's `--dataset_config`).
 NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     # train: the diffusers script (and kohya's, where the name is the same)
     ("pretrained_model_name_or_path", _DK, "train", "--model", ""),
@@ -99,7 +100,8 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("sample_prompts", _K, "train", "--sample-prompts", "textinv's takes the prompts themselves, not a file of "
                                                         "them, and no per-line options"),
     ("caption_extension", _K, "train", None, "not needed: textinv reads NAME.txt, or kohya's NAME.caption, beside "
-                                             "each picture; rename other caption files to .txt"),
+                                             "each picture; another suffix is a subset's caption_extension in a "
+                                             "--dataset-config file"),
     ("shuffle_caption", _K, "train", "--shuffle-tags", ""),
     ("keep_tokens", _K, "train", "--keep-tags", ""),
     ("caption_tag_dropout_rate", _K, "train", "--tag-dropout", ""),
@@ -123,8 +125,11 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("cache_latents cache_latents_to_disk", _K, "train", None, "not needed: textinv encodes each picture once and "
                                                                "keeps its latent distribution"),
     ("optimizer_type", _K, "train", None, "textinv uses AdamW, on the new vectors only"),
-    ("dataset_config", _K, "train", None, "textinv has no dataset file: --images FOLDER --token T, or --concepts "
-                                          "FOLDER=TOKEN[=INIT] for several"),
+    ("dataset_config", _K, "train", "--dataset-config", "the same file, for one --token: its subsets' folders, "
+                                                        "repeats and caption extensions, and the settings textinv "
+                                                        "has (resolution, batch_size, enable_bucket, flip_aug, ...); "
+                                                        "a key it has no equivalent for is refused, saying what to "
+                                                        "do"),
     ("log_with", _K, "train", "--log-with", "tensorboard or wandb; its all is --log-with tensorboard,wandb"),
     ("log_prefix log_tracker_name", _K, "train", None, _LOG_NAME),
     ("wandb_run_name", _K, "train", None, "wandb names each run (and each resume) itself; " + _LOG_NAME),

@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, build, read_config_file
-from .data import picture_names
+from .data import PictureSet
 from .errors import ConfigError, FormatError
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, load_embedding, second_file,
                       step_filename)
@@ -47,9 +47,10 @@ RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_
                      "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
 # stored absolute: a run resumes, or reruns, from any directory. The settings the config marks as paths (`opt`'s
 # path=, which a --config file's relative ones are read by too): local ones, and model sources (a path, a hub id or
-# a bundled name), stored absolute when they name something on disk; the concepts' folders apart (`_absolute_paths`)
+# a bundled name), stored absolute when they name something on disk; the concepts' and subsets' folders apart
+# (`_absolute_paths`)
 PATH_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig)
-                      if f.metadata.get("path") == "file" and f.name != "concepts")
+                      if f.metadata.get("path") == "file" and f.name not in ("concepts", "subsets"))
 MODEL_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("path") == "source")
 
 
@@ -220,6 +221,8 @@ def _absolute_paths(config: TrainConfig) -> TrainConfig:
         # (an init left out stays left out: filled in here, the model's own word could no longer take its place)
         changes["concepts"] = [{**spec, "images": _absolute(spec["images"])}
                                for spec in config.concept_list(fill=False)]
+    if config.subsets:
+        changes["subsets"] = [{**subset, "images": _absolute(subset["images"])} for subset in config.subset_list()]
     return dataclasses.replace(config, **changes)
 
 
@@ -230,6 +233,9 @@ def _absolute(path) -> str:
 def _same(name: str, old, new, config: TrainConfig) -> bool:
     """Whether a saved setting and a resume's agree. Runs saved before paths were stored absolute hold relative
     ones, read from where the resume runs."""
+    if name == "subsets" and old and new:  # (each in full: a subset given without its defaults, say)
+        return (_absolute_paths(dataclasses.replace(config, subsets=old)).subsets
+                == _absolute_paths(dataclasses.replace(config, subsets=new)).subsets)
     if name == "concepts" and old and new:
         # (inits filled in alike: runs saved before an init left out was kept as such hold the --property word)
         return (_absolute_paths(dataclasses.replace(config, concepts=old)).concept_list()
@@ -371,11 +377,12 @@ def newest_checkpoint(out: Path) -> tuple[Path, dict]:
                       f"start the run again with --overwrite")
 
 
-def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, specs: list[dict], images: list[list[Path]],
+def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: list[PictureSet],
                      processes: int) -> None:
     """Refuse, before the model loads, a resume whose data stream would not continue the saved one: the step is
-    past --steps, a concept's pictures changed (the saved epoch order indexes them), or another number of processes
-    would split another global batch (each process draws `batch` x processes samples per step)."""
+    past --steps, a concept's pictures changed (`found`: each concept's; the saved epoch order indexes them), or
+    another number of processes would split another global batch (each process draws `batch` x processes samples
+    per step)."""
     state = checkpoint[1]
     out, step = Path(config.out), int(state["step"])
     if step > config.steps:
@@ -387,9 +394,8 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, specs: l
         raise ConfigError(f"cannot resume {out}: it was trained by {saved} process(es) at --batch {config.batch} "
                           f"each, this launch has {processes}, which would change the batch of every step; resume "
                           f"{how}")
-    for spec, paths, names, sampler in zip(specs, images, state.get("pictures") or [None] * len(specs),
-                                           state["samplers"]):
-        now = picture_names(spec["images"], paths)  # (kohya's layout: "10_dog/a.png")
+    for pictures, names, sampler in zip(found, state.get("pictures") or [None] * len(found), state["samplers"]):
+        now = pictures.names  # (kohya's layout: "10_dog/a.png")
         if names is None:  # (older checkpoints keep no names: the epoch order's length still tells the count)
             was = len(sampler["order"]) // config.repeats
             if not was or was == len(now):
@@ -401,7 +407,7 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, specs: l
                                                  new and f"new: {', '.join(new)}") if part)
         else:
             continue
-        raise ConfigError(f"cannot resume {out}: the pictures in {spec['images']} changed since the run started "
+        raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
                           f"({detail}); put the folder back as it was, or start a new run with --overwrite")
 
 

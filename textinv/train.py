@@ -40,9 +40,8 @@ from tqdm.auto import tqdm
 
 from . import __version__, emphasis
 from .config import TrainConfig, parse_lr_steps, save_config
-from .data import (CaptionSampler, TagVariation, default_templates, describe_kohya, find_images, latent_weights,
-                   latent_weights_each, load_training_images, picture_names, picture_repeats, read_caption,
-                   read_template_file)
+from .data import (CaptionSampler, TagVariation, default_templates, latent_weights, latent_weights_each,
+                   load_training_images, picture_set, read_caption, read_template_file)
 from .errors import ConfigError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
@@ -222,6 +221,18 @@ def _epochs_note(path: Path, steps: int) -> str | None:
                  and re.search(rf", {steps} steps?$", line)), None)
 
 
+READ_FROM = "subsets and settings as read from kohya's dataset config"
+
+
+def _header_note(path: Path, start: str) -> str | None:
+    """The line of a run's config.yaml header that starts with `start` (without its "# "), or None."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((line[2:] for line in lines if line.startswith(f"# {start}")), None)
+
+
 class BatchSampler:
     """Draws the random parts of each batch from one generator: pictures (in shuffled epochs), flips, captions,
     latent samples, noise and timesteps. Its state (generator + epoch position) goes into checkpoints."""
@@ -396,6 +407,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     """
     from accelerate import PartialState
 
+    # (read now: the config validate returns holds what it gave, and config.yaml's header names the file)
+    source = str(Path(config.dataset_config).expanduser().resolve()) if config.dataset_config else None
     config = config.validate()
     device = pick_device(config.device)  # (a device this machine lacks is refused before anything loads)
     # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
@@ -410,11 +423,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         with run_lock(Path(config.out), state.is_main_process):  # one textinv train per folder at a time
-            return _train(config, model, progress, on_step, state, device)
+            return _train(config, model, progress, on_step, state, device, source)
 
 
-def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device
-           ) -> TrainResult:
+def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device,
+           source: str | None = None) -> TrainResult:
+    """`train`'s run; `source`: the --dataset-config the config's subsets and settings were read from."""
     is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
 
     # 1. settings and output folder ---------------------------------------------------------------------------
@@ -423,16 +437,16 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if is_main:  # (the folder is this run's now: a refused one is left as it is)
         clear_temporaries(out)
     specs = config.concept_list()
-    images = [find_images(spec["images"]) for spec in specs]  # fail on bad data before the (slow) model load
-    for spec, paths in zip(specs, images):
-        read = describe_kohya(spec["images"], paths)  # (kohya's <repeats>_<words> subfolders: what was read)
-        if read and is_main and progress:
-            print(read)
-    for path in (path for paths in images for path in paths):
-        read_caption(path)  # (a caption file that is not UTF-8, say; they are read again with the pictures)
-    # each picture's times in an epoch: its kohya folder's count x --repeats
-    repeats = [[n * config.repeats for n in picture_repeats(spec["images"], paths)]
-               for spec, paths in zip(specs, images)]
+    # fail on bad data before the (slow) model load: each concept's folder, or kohya's subsets (--dataset-config)
+    found = [picture_set(spec["images"], config.subset_list()) for spec in specs]
+    for spec, pictures in zip(specs, found):
+        if pictures.described and is_main and progress:  # (kohya's layout or subsets: what was read)
+            print(f"{source}: {pictures.described}" if source and spec["images"] is None else pictures.described)
+    for pictures in found:
+        for path, extension in zip(pictures.paths, pictures.caption_extensions):
+            read_caption(path, extension)  # (a caption file that is not UTF-8, say; read again with the pictures)
+    # each picture's times in an epoch: its kohya folder's (or subset's) count x --repeats
+    repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
     length = None  # (how --epochs became the steps: printed, and kept in config.yaml's header)
     if config.epochs is not None:  # the steps from now on: config.yaml holds them, so a resume or rerun takes them
         steps, length = steps_for_epochs(config.epochs, repeats, config.batch, config.grad_accum, world,
@@ -442,7 +456,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             print(length)
     checkpoint = newest_checkpoint(out) if config.resume else None
     if checkpoint is not None:
-        check_resumable(checkpoint, config, specs, images, world)
+        check_resumable(checkpoint, config, found, world)
     start_from = None
     if config.init_embedding:
         specs[0]["init"] = f"embedding {shareable_name(config.init_embedding, True)[0]}"  # (the file records its name)
@@ -510,15 +524,15 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     tokenizers = [tok for _, tok, _ in model.encoders]
     concepts: list[ConceptState] = []
     step_px = bucket_step(model) if config.buckets else None
-    for k, (spec, paths, rows) in enumerate(zip(specs, images, rows_per_concept)):
-        pictures = load_training_images(paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
-                                        bucket_step=step_px)
+    for k, (spec, listed, rows) in enumerate(zip(specs, found, rows_per_concept)):
+        pictures = load_training_images(listed.paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
+                                        bucket_step=step_px, caption_extensions=listed.caption_extensions)
         if len({p.pixels.shape for p in pictures}) == 1:
             mean, std = encode_latents(model.vae, [p.pixels for p in pictures], mirrored=True)  # (2I, 4, h, w)
-            pixel_weight = latent_weights(pictures, mean.shape[-2:], spec["images"]).to(device) \
+            pixel_weight = latent_weights(pictures, mean.shape[-2:], listed.where).to(device) \
                 if config.alpha_mask else None
         else:  # --buckets with pictures of several shapes: lists of 2I, each latent (4, h_i, w_i) at its own size
-            mean, std, pixel_weight = _latents_each(model.vae, pictures, spec["images"], config.alpha_mask, device)
+            mean, std, pixel_weight = _latents_each(model.vae, pictures, listed.where, config.alpha_mask, device)
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags, seed=concept_seed(config.seed, k))
         bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder, tags=tags), device,
@@ -585,6 +599,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # history: (step, loss) per log interval, the loss summed over concepts; by_concept: each concept's, with several
     step, history, by_concept, interval = 0, [], [], ([0.0] * len(concepts), 0)
     skipped = [0] * len(concepts)  # the fp16 steps each concept skipped alone (`_step_skipping_overflows`)
+    read_from = f"{READ_FROM} {source}" if source else None  # (config.yaml's header names the subsets' file)
     if config.resume:
         step, history, by_concept, interval = load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers,
                                                                scaler)
@@ -594,14 +609,15 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             # the settings a resume may change (--steps) as now in force; how --epochs gave the steps is kept while
             # they stand
             length = length or _epochs_note(out / CONFIG_FILE, config.steps)
-            save_config(config, out / CONFIG_FILE, world, *record, length=length)
+            read_from = _header_note(out / CONFIG_FILE, READ_FROM) if config.subsets and not source else read_from
+            save_config(config, out / CONFIG_FILE, world, *record, length=length, read_from=read_from)
             if progress:
                 print(f"resuming {out} at step {step} of {config.steps}")
     elif is_main:
         if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
             clear_run(out, previous, Path(config.init_embedding) if config.init_embedding else None)
         output_folder(out)
-        save_config(config, out / CONFIG_FILE, world, *record, length=length)
+        save_config(config, out / CONFIG_FILE, world, *record, length=length, read_from=read_from)
 
     def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
         vectors = vectors or [e.vectors for e in exts]
@@ -634,8 +650,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         if checkpoint:
             save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
-                             pictures=[picture_names(s["images"], [p.path for p in c.pictures])
-                                       for s, c in zip(specs, concepts)], processes=world,
+                             pictures=[listed.names for listed in found], processes=world,
                              skipped=skipped)
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])

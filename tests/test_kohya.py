@@ -1,0 +1,338 @@
+"""kohya's dataset config (`--dataset-config FILE.toml`): its subsets train what the same kohya folders train, keys
+default as kohya's do, and every key textinv cannot train as it is is refused by name, saying what to do."""
+
+import json
+import re
+import shutil
+import warnings
+
+import pytest
+import torch
+import yaml
+from conftest import write_images
+
+from textinv.cli import main
+from textinv.config import TrainConfig, build, config_file_settings
+from textinv.errors import ConfigError, DataError
+from textinv.kohya import AT_DEFAULT, DatasetConfigWarning, apply_dataset_config
+from textinv.train import train
+
+
+def toml(path, text):
+    path.write_text(text)
+    return path
+
+
+def pictures(tmp_path):
+    """Two folders of arbitrary names: `my dog` (2 pictures, .txt captions) and `close ups` (1 picture, a .caption
+    caption and a .txt decoy its subset's caption_extension leaves unread)."""
+    a, b = write_images(tmp_path / "my dog", n=2, seed=1), write_images(tmp_path / "close ups", n=1, seed=2)
+    (a / "img0.txt").write_text("a photo of {} on grass")
+    (a / "img1.txt").write_text("{}, sitting")
+    (b / "img0.caption").write_text("{}, close up")
+    (b / "img0.txt").write_text("a decoy {} caption")
+    return a, b
+
+
+TWO_SUBSETS = """
+[general]
+flip_aug = false
+caption_extension = ".txt"
+
+[[datasets]]
+resolution = 16
+batch_size = 2
+
+  [[datasets.subsets]]
+  image_dir = "{a}"
+  num_repeats = 10
+
+  [[datasets.subsets]]
+  image_dir = "{b}"
+  num_repeats = 3
+  caption_extension = ".caption"
+"""
+
+
+def test_two_subsets_train_what_the_same_kohya_folders_train_and_resume_exactly(sd1_dir, tmp_path, capsys):
+    """Subsets of 10 and 3 repeats with .txt and .caption captions: the run's sampler table, captions and settings
+    are those of `img/10_a/`, `img/3_b/` (kohya's folder layout) with --batch 2 --no-flip --resolution 16, so the
+    two runs learn the same vectors; config.yaml records what the file gave, and the run resumes from it alone to
+    the uninterrupted run's result."""
+    a, b = pictures(tmp_path)
+    img = tmp_path / "img"
+    shutil.copytree(a, img / "10_a")
+    (img / "3_b").mkdir()
+    for name in ("img0.png", "img0.caption"):  # (not the decoy: a kohya folder reads .txt first)
+        shutil.copy(b / name, img / "3_b" / name)
+    dataset = toml(tmp_path / "dataset.toml", TWO_SUBSETS.format(a=a, b=b))
+    common = dict(token="<kd>", init="dog", model=str(sd1_dir), steps=4, save_every=2, sample_every=0, log_every=2,
+                  lr=5e-2)
+    folders = train(TrainConfig(images=str(img), batch=2, flip=False, resolution=16, out=str(tmp_path / "f"),
+                                **common), progress=False)
+    read = train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "d"), **common))
+    assert f"{dataset}: 2 kohya subsets: my dog (2 pictures x10, captions .txt), close ups (1 x3, captions " \
+           ".caption)" in capsys.readouterr().out
+    assert torch.equal(read.embedding.vectors["text_encoder"], folders.embedding.vectors["text_encoder"])
+    assert read.losses == folders.losses
+    state = torch.load(tmp_path / "d" / "checkpoints" / "step-000004.pt", weights_only=True)
+    assert torch.bincount(state["samplers"][0]["order"]).tolist() == [10, 10, 3]
+    assert state["pictures"] == [[(a / "img0.png").as_posix(), (a / "img1.png").as_posix(),
+                                  (b / "img0.png").as_posix()]]
+    text = (tmp_path / "d" / "config.yaml").read_text()
+    saved = yaml.safe_load(text)
+    assert saved["subsets"] == [{"images": str(a), "repeats": 10, "caption_extension": ".txt"},
+                                {"images": str(b), "repeats": 3, "caption_extension": ".caption"}]
+    assert (saved["dataset_config"], saved["batch"], saved["flip"], saved["resolution"]) == (None, 2, False, 16)
+    assert f"# subsets and settings as read from kohya's dataset config {dataset}\n" in text
+
+    # stopped at step 2, resumed from its folder alone (the file edited meanwhile: the record is what was read)
+    main(["train", "--dataset-config", str(dataset), "--out", str(tmp_path / "r"), "--steps", "2",
+          *[f"--{k.replace('_', '-')}={v}" for k, v in common.items() if k != "steps"]])
+    toml(dataset, TWO_SUBSETS.format(a=a, b=b).replace("num_repeats = 3", "num_repeats = 5"))
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--steps", "4"]) == 0
+    resumed = torch.load(tmp_path / "r" / "checkpoints" / "step-000004.pt", weights_only=True)
+    assert torch.equal(resumed["vectors"][0], state["vectors"][0])
+    assert f"kohya's dataset config {dataset}" in (tmp_path / "r" / "config.yaml").read_text()  # (the note kept)
+    # given the file again, its edit is caught before the model loads
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--steps", "6", "--dataset-config",
+                 str(dataset)]) == 2
+    assert f"cannot resume {tmp_path / 'r'} with --dataset-config {dataset}: its subsets (" \
+           f"{a} x10 .txt, {b} x5 .caption) are not the run's" in capsys.readouterr().err
+
+
+def test_subset_keys_default_from_their_dataset_then_general_then_textinvs_settings(tmp_path):
+    """As kohya's BlueprintGenerator: a subset's key is its own, else its dataset's, else [general]'s, else the
+    command line's (here textinv's settings); a dataset's key is its own, else [general]'s."""
+    folders = [write_images(tmp_path / name, n=1) for name in ("a", "b", "c", "d")]
+    dataset = toml(tmp_path / "d.toml", f"""
+[general]
+num_repeats = 5
+caption_extension = ".txt"
+batch_size = 3
+shuffle_caption = true
+
+[[datasets]]
+num_repeats = 7
+caption_extension = ".tags"
+  [[datasets.subsets]]
+  image_dir = "{folders[0]}"
+  [[datasets.subsets]]
+  image_dir = "{folders[1]}"
+  num_repeats = 2
+
+[[datasets]]
+batch_size = 3
+  [[datasets.subsets]]
+  image_dir = "{folders[2]}"
+  [[datasets.subsets]]
+  image_dir = "{folders[3]}"
+  caption_extension = ".caption"
+""")
+    read = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out=str(tmp_path / "o")))
+    assert [(s["repeats"], s["caption_extension"]) for s in read.subsets] == [(7, ".tags"), (2, ".tags"),
+                                                                             (5, ".txt"), (5, ".caption")]
+    assert (read.batch, read.shuffle_tags, read.dataset_config) == (3, True, None)
+    # what the file leaves out is textinv's: --keep-tags given, the flips (textinv's default) as they are
+    given = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o", keep_tags=2))
+    assert (given.keep_tags, given.flip, given.buckets) == (2, None, False)
+    # a flag that says what the file says is no conflict (a resume's saved settings do); another value is
+    assert apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o", batch=3)).batch == 3
+    with pytest.raises(ConfigError, match=rf"--batch 5 and {re.escape(str(dataset))}'s batch_size = 3 "
+                                          r"\(\[general\]\) both give the batch: leave one out"):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o", batch=5))
+    # a subset left to the command line takes textinv's setting: here --flip (on) beside a subset's false
+    text = dataset.read_text().replace('num_repeats = 2\n', 'num_repeats = 2\n  flip_aug = false\n')
+    with pytest.raises(ConfigError, match=r"\[\[datasets\]\] 1, \[\[datasets.subsets\]\] 1 gives no flip_aug, so it "
+                                          r"takes textinv's --flip \(on\), where \[\[datasets\]\] 1, "
+                                          r"\[\[datasets.subsets\]\] 2 gives false; .* give flip_aug in \[general\]"):
+        apply_dataset_config(TrainConfig(dataset_config=str(toml(dataset, text)), token="<t>", out="o"))
+    # and two subsets that differ are refused
+    text = text.replace('[[datasets]]\nbatch_size = 3\n', '[[datasets]]\nbatch_size = 3\nflip_aug = true\n')
+    with pytest.raises(ConfigError, match=r"flip_aug differs between subsets \(\[\[datasets\]\] 1, "
+                                          r"\[\[datasets.subsets\]\] 2: false, \[\[datasets\]\] 2: true\)"):
+        apply_dataset_config(TrainConfig(dataset_config=str(toml(dataset, text)), token="<t>", out="o"))
+
+
+def test_datasets_of_different_resolutions_are_refused(tmp_path):
+    folder = write_images(tmp_path / "a", n=1)
+    dataset = toml(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "{folder}"'
+                                        f'\n[[datasets]]\nresolution = [768, 768]\n[[datasets.subsets]]\n'
+                                        f'image_dir = "{folder}"\n')
+    with pytest.raises(ConfigError, match=r"resolution differs between \[\[datasets\]\] \(\[\[datasets\]\] 1: 512, "
+                                          r"\[\[datasets\]\] 2: 768\); textinv has one --resolution"):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    toml(dataset, dataset.read_text().replace("[768, 768]", "[512, 512]"))  # (one side twice: the same square)
+    assert apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o")).resolution == 512
+
+
+# a value that changes something for each key textinv takes only at kohya's default
+CHANGING = {"color_aug": "true", "random_crop": "true", "face_crop_aug_range": "[2.0, 4.0]",
+            "bucket_no_upscale": "true", "is_reg": "true", "caption_prefix": '"masterpiece, "', "caption_suffix": '", best"',
+            "caption_separator": '";"', "keep_tokens_separator": '"|||"', "secondary_separator": '";;;"',
+            "enable_wildcard": "true", "token_warmup_min": "2", "token_warmup_step": "0.5",
+            "caption_dropout_rate": "0.1", "caption_dropout_every_n_epochs": "2", "validation_split": "0.1",
+            "resize_interpolation": '"lanczos"', "metadata_file": '"meta.json"', "conditioning_data_dir": '"masks"'}
+
+
+@pytest.mark.parametrize("key", sorted(AT_DEFAULT))
+def test_each_key_textinv_has_no_equivalent_for_is_refused_by_name_with_what_to_do(key, tmp_path):
+    folder = write_images(tmp_path / "a", n=1)
+    places, _, fix = AT_DEFAULT[key]
+    in_subset = "[[datasets.subsets]]" in places and len(places) == 1
+    dataset = toml(tmp_path / "d.toml", f'[[datasets]]\n{"" if in_subset else f"{key} = {CHANGING[key]}"}\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{folder}"\n'
+                                        f'{f"{key} = {CHANGING[key]}" if in_subset else ""}\n')
+    where = r"\[\[datasets\]\] 1, \[\[datasets.subsets\]\] 1" if in_subset else r"\[\[datasets\]\] 1"
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(dataset))}: {where}: {key} = "
+                                          rf"{re.escape(CHANGING[key])}: {re.escape(fix)}$"):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    # at kohya's default it changes nothing, and is taken (a key with no default is refused at any value)
+    defaults = AT_DEFAULT[key][1]
+    if defaults:
+        value = json.dumps(defaults[0])  # (TOML writes true, 0, "," as JSON does)
+        toml(dataset, dataset.read_text().replace(f"{key} = {CHANGING[key]}", f"{key} = {value}"))
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+
+
+@pytest.mark.parametrize("text, said", [
+    ('[general]\nalpha_mask = true\n', r"\[general\]: alpha_mask is a \[\[datasets.subsets\]\] key, which kohya's "
+                                       r"schema refuses in \[general\]; move it there"),
+    ('[[datasets]]\nimage_dir = "x"\n', r"\[\[datasets\]\] 1: image_dir is a \[\[datasets.subsets\]\] key"),
+    ('[general]\nnum_repeat = 3\n', r"\[general\]: unknown key 'num_repeat'; did you mean 'num_repeats'\?"),
+    ('[general]\nbatch = 3\n', r"unknown key 'batch': that is textinv's name; kohya's file calls it batch_size"),
+    ('[general]\nsteps = 3\n', r"unknown key 'steps': that is a textinv setting, not one of kohya's dataset keys; "
+                               r"give it as --steps"),
+    ('steps = 30\n', r"holds textinv settings \(steps\), not kohya's \[general\] and \[\[datasets\]\]: give it to "
+                     r"--config"),
+    ('[general]\nresolution = [768, 512]\n', r"\[general\]: resolution = \[768, 512\]: textinv trains squares of one "
+                                             r"--resolution .* give one number, e.g. resolution = 768"),
+    ('[general]\nresolution = 500\n', r"\[general\]: resolution = 500: resolution must be a multiple of 8 pixels, "
+                                      r"got 500; the nearest: 496 or 504"),
+    ('[general]\nnum_repeats = "10"\n', r"\[general\]: num_repeats must be a whole number >= 1, got \"10\""),
+    ('[general]\ncaption_extension = "txt"\n', r"caption_extension must be a file suffix with its dot, such as "
+                                               r"\"\.txt\""),
+    ('[general]\nenable_bucket = true\nresolution = 1024\nmin_bucket_reso = 256\n',
+     r"\[general\]: min_bucket_reso = 256: textinv's buckets have sides from half to twice the resolution, 512 to "
+     r"2048 at 1024; set min_bucket_reso = 512, or remove it"),
+    ('[general]\nenable_bucket = true\nbucket_reso_steps = 128\n', r"bucket_reso_steps = 128: textinv's buckets step "
+                                                                   r"by the model's own down-sampling"),
+    ('[general]\nenable_bucket = true\nmax_bucket_reso = 2048\n', r"max_bucket_reso = 2048 needs the resolution it is "
+                                                                  r"measured against: give resolution"),
+])
+def test_a_key_in_the_wrong_table_of_the_wrong_type_or_of_sizes_textinv_lacks_is_refused(text, said, tmp_path):
+    folder = write_images(tmp_path / "a", n=1)
+    subsets = f'\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder}"\n' if "[[datasets]]" not in text else \
+        f'[[datasets.subsets]]\nimage_dir = "{folder}"\n'
+    dataset = toml(tmp_path / "d.toml", text + subsets)
+    with pytest.raises(ConfigError, match=said):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+
+
+def test_bucket_sizes_textinvs_buckets_have_are_taken_and_unused_ones_said(tmp_path):
+    folder = write_images(tmp_path / "a", n=1)
+    dataset = toml(tmp_path / "d.toml", f'[general]\nenable_bucket = true\nresolution = 512\nmin_bucket_reso = 256\n'
+                                        f'max_bucket_reso = 1024\nbucket_reso_steps = 64\n[[datasets]]\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o")).buckets
+    toml(dataset, dataset.read_text().replace("enable_bucket = true", "enable_bucket = false"))
+    with pytest.warns(DatasetConfigWarning, match=r"min_bucket_reso \(\[general\]\), max_bucket_reso "
+                                                  r"\(\[general\]\), bucket_reso_steps \(\[general\]\) left "
+                                                  r"unused: the buckets are off"):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+
+
+def test_keys_kohyas_textual_inversion_leaves_unused_are_said_in_one_warning(tmp_path):
+    folder = write_images(tmp_path / "a", n=1)
+    dataset = toml(tmp_path / "d.toml", f'[general]\nclass_tokens = "sks dog"\n[[datasets]]\nnetwork_multiplier = 0.5'
+                                        f'\n[[datasets.subsets]]\nimage_dir = "{folder}"\ncache_info = true\n')
+    with pytest.warns(DatasetConfigWarning) as caught:
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    (message,) = [str(w.message) for w in caught]
+    assert "class_tokens ([general]): not captions here" in message
+    assert "network_multiplier ([[datasets]] 1): a LoRA setting" in message
+    assert "cache_info ([[datasets]] 1, [[datasets.subsets]] 1): not needed" in message
+
+
+def test_a_bad_file_is_refused_naming_the_file_and_the_key(tmp_path, capsys, monkeypatch):
+    folder = write_images(tmp_path / "a", n=1)
+    bad = toml(tmp_path / "d.toml", '[[datasets]]\nresolution = 512\n[[datasets.subsets]\n')  # (a bracket short)
+    assert main(["train", "--dataset-config", str(bad), "--token", "<t>", "--out", str(tmp_path / "o")]) == 2
+    assert re.search(rf"error: cannot parse --dataset-config {re.escape(str(bad))}: .*line 3",
+                     capsys.readouterr().err)
+    toml(bad, f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder}"\n[[datasets.subsets]]\nnum_repeats = 2\n')
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(bad))}: \[\[datasets\]\] 1, \[\[datasets.subsets\]\] 2 "
+                                          r"has no image_dir; kohya's subsets each name their folder"):
+        apply_dataset_config(TrainConfig(dataset_config=str(bad), token="<t>", out="o"))
+    # a relative folder is read from the working directory, as kohya reads it
+    toml(bad, '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "a"\nnum_repeats = 2\n')
+    monkeypatch.chdir(tmp_path / "a")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(bad))}: \[\[datasets\]\] 1, \[\[datasets.subsets\]\] 1: "
+                                          rf"image_dir 'a' does not exist \(kohya reads a relative path from the "
+                                          rf"working directory, {re.escape(str(tmp_path / 'a'))}\)"):
+        apply_dataset_config(TrainConfig(dataset_config=str(bad), token="<t>", out="o"))
+    monkeypatch.chdir(tmp_path)
+    assert apply_dataset_config(TrainConfig(dataset_config=str(bad), token="<t>", out="o")).subsets == [
+        {"images": str(folder), "repeats": 2, "caption_extension": None}]
+    with pytest.raises(ConfigError, match=r"--dataset-config .*missing.toml does not exist"):
+        apply_dataset_config(TrainConfig(dataset_config=str(tmp_path / "missing.toml"), token="<t>", out="o"))
+    with pytest.raises(ConfigError, match=r"holds no \[\[datasets\]\]"):
+        apply_dataset_config(TrainConfig(dataset_config=str(toml(bad, "[general]\nnum_repeats = 2\n")), token="<t>",
+                                         out="o"))
+    # an empty folder, found when the pictures are read
+    (tmp_path / "empty").mkdir()
+    toml(bad, '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "empty"\n')
+    with pytest.raises(DataError, match=r"no images found in .*empty, a kohya subset's folder"):
+        train(TrainConfig(dataset_config=str(bad), token="<t>", out=str(tmp_path / "o")), progress=False)
+    write_images(tmp_path / "empty" / "10_dog", n=1)  # (kohya's layout under a subset: its folders are not read)
+    with pytest.raises(DataError, match=r"not in its subfolders: give each of 10_dog as a subset of its own"):
+        train(TrainConfig(dataset_config=str(bad), token="<t>", out=str(tmp_path / "o")), progress=False)
+
+
+def test_the_pictures_are_named_once_and_a_config_file_reads_the_dataset_config_from_its_folder(tmp_path):
+    folder = write_images(tmp_path / "a", n=1)
+    (tmp_path / "cfg").mkdir()
+    toml(tmp_path / "cfg" / "d.toml", f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    cfg = tmp_path / "cfg" / "train.yaml"
+    cfg.write_text("dataset_config: d.toml\ntoken: <t>\n")
+    settings = config_file_settings(TrainConfig, cfg)
+    assert settings["dataset_config"] == str(tmp_path / "cfg" / "d.toml")
+    config = build(TrainConfig, settings, {"out": str(tmp_path / "o")}).validate()
+    assert config.subset_list() == [{"images": str(folder), "repeats": 1, "caption_extension": None}]
+    with pytest.raises(ConfigError, match=r"--images and --dataset-config .*d.toml both name the pictures"):
+        build(TrainConfig, settings, {"images": str(folder), "out": "o"}).validate()
+    # subsets, as config.yaml records them, are a config file's setting too (relative folders from its folder)
+    cfg.write_text("subsets:\n- {images: ../a, repeats: 4}\ntoken: <t>\n")
+    config = build(TrainConfig, config_file_settings(TrainConfig, cfg), {"out": "o"}).validate()
+    assert config.subset_list() == [{"images": str(folder), "repeats": 4, "caption_extension": None}]
+    with pytest.raises(ConfigError, match=r"subset .* repeats must be a whole number from 1"):
+        TrainConfig(subsets=[{"images": str(folder), "repeats": 0}], token="<t>", out="o").validate()
+
+
+def test_kohyas_flag_name_is_answered_with_textinvs_and_its_file_given_to_config_is_sent_on(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset_config", "d.toml"])
+    assert "--dataset_config is kohya's name; textinv calls it --dataset-config (the same file" in \
+           capsys.readouterr().err
+    dataset = toml(tmp_path / "d.toml", '[general]\nnum_repeats = 2\n[[datasets]]\n[[datasets.subsets]]\n'
+                                        'image_dir = "a"\n')
+    assert main(["train", "--config", str(dataset), "--token", "<t>", "--out", str(tmp_path / "o")]) == 2
+    assert f"the file is kohya's dataset config ([general] and [[datasets]] tables); give it to --dataset-config" \
+           in capsys.readouterr().err
+
+
+def test_a_json_dataset_config_is_read_as_its_toml(tmp_path):
+    """kohya's load_user_config reads .json as well as .toml."""
+    a, b = pictures(tmp_path)
+    text = TWO_SUBSETS.format(a=a, b=b)
+    data = {"general": {"flip_aug": False, "caption_extension": ".txt"},
+            "datasets": [{"resolution": 16, "batch_size": 2,
+                          "subsets": [{"image_dir": str(a), "num_repeats": 10},
+                                      {"image_dir": str(b), "num_repeats": 3, "caption_extension": ".caption"}]}]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    read = [apply_dataset_config(TrainConfig(dataset_config=str(toml(tmp_path / name, text) if name.endswith("toml")
+                                                                 else tmp_path / name), token="<t>", out="o"))
+            for name in ("d.toml", "d.json")]
+    assert read[0] == read[1] and read[0].subsets[1]["repeats"] == 3

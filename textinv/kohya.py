@@ -1,0 +1,511 @@
+"""kohya's dataset config (sd-scripts' `--dataset_config FILE.toml`), read as textinv's settings and pictures.
+
+kohya's training scripts take their pictures from a TOML (or JSON) file instead of `--train_data_dir`:
+
+    [general]
+    shuffle_caption = true
+    caption_extension = ".txt"
+
+    [[datasets]]
+    resolution = 512
+    batch_size = 2
+
+      [[datasets.subsets]]
+      image_dir = "img/dog"
+      num_repeats = 10
+
+      [[datasets.subsets]]
+      image_dir = "img/dog-closeups"
+      num_repeats = 3
+      caption_extension = ".caption"
+
+A subset is a folder of pictures, each trained `num_repeats` times an epoch. A key a subset leaves out is its
+dataset's, else `[general]`'s, else the command line's (sd-scripts' library/config_util.py, `BlueprintGenerator`:
+subset, dataset, general, command line). `textinv train --dataset-config FILE` reads the file the same way, with
+textinv's own settings (flags, --config, defaults) in the command line's place, and gives the run the same pictures,
+counts and settings (`apply_dataset_config`): the subsets become `TrainConfig.subsets`, the settings textinv's.
+
+Every key of kohya's schema for its textual inversion (config_util's `ConfigSanitizer`, as train_textual_inversion.py
+builds it, and the keys later versions added) is answered by the tables below: mapped onto a textinv setting
+(`SETTINGS`, `PICTURES`); taken at the value that changes nothing, refused at any other (`AT_DEFAULT`), or at the
+values textinv's own buckets have (`BUCKET_KEYS`); or left unused with a warning (`IGNORED`: keys kohya's textual
+inversion makes no use of either, and class_tokens, not captions here as a kohya folder's words are not). A key
+kohya does not know is refused, as kohya's schema refuses it, and so is a key in a table kohya does not take it in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import tomllib
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import TrainConfig, check_side
+from .errors import ConfigError, backslash_note
+from .foreign import setting_of
+
+__all__ = ["read_dataset_config", "apply_dataset_config", "DatasetConfigWarning"]
+
+# the tables a key may be written in, as kohya's schema takes it: a dataset's setting in [general] (for every
+# dataset) or its [[datasets]]; a subset's in any of the three (a dataset's for its subsets, [general]'s for all);
+# a subset's own (its folder, is_reg, alpha_mask) in its [[datasets.subsets]] only
+GENERAL, DATASET, SUBSET = "[general]", "[[datasets]]", "[[datasets.subsets]]"
+DATASET_KEY = (GENERAL, DATASET)
+SUBSET_KEY = (GENERAL, DATASET, SUBSET)
+OWN_KEY = (SUBSET,)
+
+
+class DatasetConfigWarning(UserWarning):
+    """Keys of kohya's dataset config that textinv leaves unused, as kohya's textual inversion does."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the values kohya's schema takes (voluptuous types there), each a function of the value that raises ValueError with
+# what was expected
+
+
+def _bool(value):
+    if isinstance(value, bool):
+        return value
+    raise ValueError("true or false")
+
+
+def _whole(low: int) -> Callable[[Any], int]:
+    def check(value):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= low:
+            return value
+        raise ValueError(f"a whole number >= {low}")
+    return check
+
+
+def _chance(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
+        return float(value)
+    raise ValueError("a chance from 0 up to (not including) 1")
+
+
+def _text(value):
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ValueError("text")
+
+
+def _extension(value):
+    # (kohya appends it to the picture's name without its suffix: "txt" would read "dog1txt")
+    if isinstance(value, str) and value.startswith(".") and len(value) > 1 and "/" not in value:
+        return value
+    raise ValueError("a file suffix with its dot, such as \".txt\" (kohya appends it to the picture's name without "
+                     "its suffix)")
+
+
+class _Refused(ValueError):
+    """A value of the right type that textinv cannot train as it is: its message says why and what to do."""
+
+
+def _resolution(value):
+    # one number, or [width, height] (kohya's "W,H"): textinv trains squares (or buckets of a square's area)
+    if isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        raise _Refused(f"textinv trains squares of one --resolution (with enable_bucket, buckets of about its "
+                       f"area); give one number, e.g. resolution = {max(value)}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError("a number of pixels, such as 512 (or [512, 512])")
+    try:
+        check_side("resolution", value)
+    except ConfigError as e:  # (a multiple of 8, as --resolution)
+        raise _Refused(str(e)) from None
+    return value
+
+
+def _anything(value):
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the keys
+
+
+# kohya key -> (tables it may be in, textinv setting, value check): one textinv setting each. A dataset's setting
+# (DATASET_KEY) is one for all [[datasets]]; a subset's one for all subsets (textinv has them once per run)
+SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
+    "resolution": (DATASET_KEY, "resolution", _resolution),
+    "batch_size": (DATASET_KEY, "batch", _whole(1)),
+    "enable_bucket": (DATASET_KEY, "buckets", _bool),
+    "flip_aug": (SUBSET_KEY, "flip", _bool),
+    "shuffle_caption": (SUBSET_KEY, "shuffle_tags", _bool),
+    "keep_tokens": (SUBSET_KEY, "keep_tags", _whole(0)),
+    # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; textinv has this one)
+    "caption_tag_dropout_rate": (SUBSET_KEY, "tag_dropout", _chance),
+    "alpha_mask": (OWN_KEY, "alpha_mask", _bool),
+}
+
+# a subset's pictures: its folder, each picture's times an epoch, its caption files' suffix (TrainConfig.subsets)
+PICTURES: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "image_dir": (OWN_KEY, _text),
+    "num_repeats": (SUBSET_KEY, _whole(1)),
+    "caption_extension": (SUBSET_KEY, _extension),
+}
+
+# a dataset's bucket sizes: textinv's buckets are its own (sides from half to twice --resolution, in steps of the
+# model's down-sampling): a value that says the same is taken, another refused (`_check_buckets`)
+BUCKET_KEYS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "min_bucket_reso": (DATASET_KEY, _whole(1)),
+    "max_bucket_reso": (DATASET_KEY, _whole(1)),
+    "bucket_reso_steps": (DATASET_KEY, _whole(1)),
+}
+BUCKET_STEPS = (64, 32)  # textinv's bucket step: the model's down-sampling, 64 pixels for SD 1.x/2.x, 32 for SDXL
+
+_CAPTIONS = "write it into the caption files (or the --templates lines)"
+_NO_DROPOUT = ("textinv never leaves a whole caption out (kohya's textual inversion refuses the caption dropout keys "
+               "too); remove it")
+# kohya key -> (tables, the values that change nothing (kohya's default), what to do instead of any other)
+AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
+    "color_aug": (SUBSET_KEY, (False,), "textinv has no colour augmentation: it encodes each picture once (kohya "
+                                        "refuses color_aug with --cache_latents too); remove it"),
+    "random_crop": (SUBSET_KEY, (False,), "textinv takes each picture's centre (--center-crop), as kohya does "
+                                          "without random_crop; remove it"),
+    "face_crop_aug_range": (SUBSET_KEY, (), "textinv has no face-crop augmentation; remove it"),
+    "bucket_no_upscale": (DATASET_KEY, (False,), "textinv scales every picture to its bucket, a small one up (with a "
+                                                 "warning); remove it, or use larger pictures"),
+    "is_reg": (OWN_KEY, (False,), "textinv trains no regularisation pictures: a token learns only from captions that "
+                                  "hold it, and kohya's textual inversion, which keeps them, trains them with the "
+                                  "concept's captions when it uses its templates (--use_object_template) and spends "
+                                  "steps on them otherwise; remove the subset"),
+    "caption_prefix": (SUBSET_KEY, ("",), _CAPTIONS),
+    "caption_suffix": (SUBSET_KEY, ("",), _CAPTIONS),
+    "caption_separator": (SUBSET_KEY, (",",), "textinv's tags are separated by commas; remove it"),
+    "keep_tokens_separator": (SUBSET_KEY, ("",), "textinv keeps the first keep_tokens tags (--keep-tags); use that"),
+    "secondary_separator": (SUBSET_KEY, ("",), "textinv's tags are separated by commas only; write them so"),
+    "enable_wildcard": (SUBSET_KEY, (False,), "textinv reads a caption file's lines as one caption, without "
+                                              "wildcards; remove it"),
+    "token_warmup_min": (SUBSET_KEY, (1,), "textinv trains every caption whole from the first step; remove it"),
+    "token_warmup_step": (SUBSET_KEY, (0,), "textinv trains every caption whole from the first step; remove it"),
+    "caption_dropout_rate": (SUBSET_KEY, (0,), _NO_DROPOUT),
+    "caption_dropout_every_n_epochs": (SUBSET_KEY, (0,), _NO_DROPOUT),
+    "validation_split": (DATASET_KEY, (0,), "textinv holds no pictures out for validation; remove it (and move "
+                                            "pictures you keep for judging out of the subsets' folders)"),
+    "resize_interpolation": (SUBSET_KEY, (), "textinv resizes with Lanczos (bicubic when enlarging); remove it"),
+    "metadata_file": (OWN_KEY, (), "textinv reads each picture's caption from a file beside it (kohya's fine-tuning "
+                                   "metadata is made from such files): give the subset's image_dir, with a NAME.txt "
+                                   "caption beside each picture, and no metadata_file"),
+    "conditioning_data_dir": (OWN_KEY, (), "textinv's masks are the pictures' own alpha channels: put each mask into "
+                                           "its picture's alpha channel and set alpha_mask = true"),
+}
+
+# kohya key -> (tables, why it is left unused): keys kohya's textual inversion takes and makes no use of either, and
+# class_tokens (kohya's caption for a picture without one, where textinv draws the templates), said in one warning
+IGNORED: dict[str, tuple[tuple[str, ...], str]] = {
+    "class_tokens": (SUBSET_KEY, "not captions here, as a kohya folder's words are not: a picture without a caption "
+                                 "file gets the templates, as kohya's --use_object_template gives it; write the words "
+                                 "into caption files to train with them"),
+    "cache_info": (SUBSET_KEY, "not needed: textinv reads each picture once a run"),
+    "network_multiplier": (DATASET_KEY, "a LoRA setting, which textual inversion does not use"),
+    "validation_seed": (DATASET_KEY, "textinv holds no pictures out for validation"),
+    "custom_attributes": (SUBSET_KEY, "for kohya's custom training scripts; its textual inversion does not read them"),
+}
+
+KEYS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    **{key: (places, check) for key, (places, _, check) in SETTINGS.items()},
+    **PICTURES, **BUCKET_KEYS,
+    **{key: (places, _anything) for key, (places, _, _) in AT_DEFAULT.items()},
+    **{key: (places, _anything) for key, (places, _) in IGNORED.items()},
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading the file
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    """What a kohya dataset config says, each subset's keys resolved as kohya resolves them (its own, else its
+    dataset's, else [general]'s); `read_dataset_config`."""
+
+    path: Path
+    datasets: list[dict[str, tuple[Any, str]]]  # per [[datasets]]: dataset key -> (value, where it was written)
+    subsets: list[dict[str, tuple[Any, str]]]  # per subset: key -> (value, where it was written)
+    subset_of: list[int]  # each subset's [[datasets]] number (from 0)
+
+
+def read_dataset_config(path: str | os.PathLike) -> DatasetConfig:
+    """kohya's dataset config at `path` (TOML, or JSON as kohya also reads), every key checked against kohya's
+    schema for its textual inversion: where it may be written and its value's type. Errors name the file, the table
+    and the key. Keys are resolved per subset as kohya resolves them; nothing is mapped onto textinv's settings yet
+    (`apply_dataset_config` does).
+
+    >>> read_dataset_config("dataset.toml").subsets[0]["num_repeats"]  # doctest: +SKIP
+    (10, '[[datasets]] 1, [[datasets.subsets]] 1')
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--dataset-config {path} does not exist{backslash_note(path)}; give kohya's dataset config "
+                          f"file (.toml)")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):  # (kohya's load_user_config reads these two)
+        raise ConfigError(f"--dataset-config {path}: kohya's dataset config is a .toml (or .json) file, not "
+                          f"{suffix or 'a file without a suffix'}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--dataset-config {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as "
+                          f"UTF-8") from e
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot parse --dataset-config {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--dataset-config {path} must hold [general] and [[datasets]] tables, got "
+                          f"{type(data).__name__}")
+    _check_top(path, data)
+    general = _table(path, data.get("general", {}), GENERAL, "[general]")
+    if not isinstance(data.get("datasets", []), list):  # ([datasets] written for [[datasets]])
+        raise ConfigError(f"{path}: datasets must be a list of tables, [[datasets]] (two brackets), got "
+                          f"{type(data['datasets']).__name__}")
+    datasets, subsets, subset_of = [], [], []
+    for d, dataset in enumerate(data.get("datasets", []), start=1):
+        where = f"[[datasets]] {d}"
+        resolved = {**general, **_table(path, dataset, DATASET, where)}
+        datasets.append(resolved)
+        items = dataset.get("subsets")
+        if not isinstance(items, list) or not items:
+            raise ConfigError(f"{path}: {where} has no [[datasets.subsets]]: each of kohya's datasets lists its "
+                              f"folders of pictures, e.g. [[datasets.subsets]] with image_dir = \"img/dog\"")
+        for s, subset in enumerate(items, start=1):
+            place = f"{where}, [[datasets.subsets]] {s}"
+            values = {**resolved, **_table(path, subset, SUBSET, place)}
+            if "image_dir" not in values:
+                _refuse_at_default(path, values)  # (a fine-tuning subset's metadata_file: what to do instead)
+                raise ConfigError(f"{path}: {place} has no image_dir; kohya's subsets each name their folder of "
+                                  f"pictures, e.g. image_dir = \"img/dog\"")
+            subsets.append(values)
+            subset_of.append(d - 1)
+    if not subsets:
+        raise ConfigError(f"{path} holds no [[datasets]]: kohya's dataset config lists them, each with its "
+                          f"[[datasets.subsets]] of pictures (image_dir = \"img/dog\", num_repeats = 10)")
+    return DatasetConfig(path, datasets, subsets, subset_of)
+
+
+def _check_top(path: Path, data: dict) -> None:
+    others = [key for key in data if key not in ("general", "datasets")]
+    if not others:
+        return
+    if {key.replace("-", "_") for key in others} <= {f.name for f in dataclasses.fields(TrainConfig)}:
+        raise ConfigError(f"--dataset-config {path} holds textinv settings ({', '.join(others[:4])}), not kohya's "
+                          f"[general] and [[datasets]]: give it to --config")
+    key = others[0]
+    where = f" (it is a {_places(KEYS[key][0])} key)" if key in KEYS else ""
+    raise ConfigError(f"{path}: unknown key {key!r} at the top{where}; kohya's dataset config holds [general] and "
+                      f"[[datasets]] tables only")
+
+
+def _table(path: Path, table, kind: str, place: str) -> dict[str, tuple[Any, str]]:
+    """The keys of one table (`kind`: GENERAL, DATASET or SUBSET), each checked, as key -> (value, `place`)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {place} must be a table of key = value, got {type(table).__name__} {table!r}")
+    out = {}
+    for key, value in table.items():
+        if key == "subsets" and kind == DATASET:
+            continue
+        if key not in KEYS:
+            raise ConfigError(f"{path}: {place}: {_unknown(key)}")
+        places, check = KEYS[key]
+        if kind not in places:
+            raise ConfigError(f"{path}: {place}: {key} is a {_places(places)} key, which kohya's schema refuses in "
+                              f"{kind}; move it there")
+        try:
+            out[key] = (check(value), place)
+        except _Refused as e:
+            raise ConfigError(f"{path}: {place}: {key} = {_toml(value)}: {e}") from None
+        except ValueError as e:
+            raise ConfigError(f"{path}: {place}: {key} must be {e}, got {_toml(value)}") from None
+    return out
+
+
+def _places(places: tuple[str, ...]) -> str:
+    return " or ".join(places)
+
+
+def _unknown(key: str) -> str:
+    if key == "subsets":
+        return "subsets belong to a [[datasets]] table ([[datasets.subsets]])"
+    textinv = {f.name for f in dataclasses.fields(TrainConfig)}
+    ours = {textinv_name: kohya for kohya, (_, textinv_name, _) in SETTINGS.items()}
+    ours.update(images="image_dir", repeats="num_repeats")
+    if setting_of(key) in ours:  # (textinv's name written in kohya's file)
+        return f"unknown key {key!r}: that is textinv's name; kohya's file calls it {ours[setting_of(key)]}"
+    if setting_of(key) in textinv:
+        return (f"unknown key {key!r}: that is a textinv setting, not one of kohya's dataset keys; give it as "
+                f"--{setting_of(key).replace('_', '-')}")
+    near = difflib.get_close_matches(key, list(KEYS), n=1)
+    return f"unknown key {key!r}" + (f"; did you mean {near[0]!r}?" if near else "; kohya's keys: " + ", ".join(KEYS))
+
+
+def _refuse_at_default(path: Path, values: dict[str, tuple[Any, str]]) -> None:
+    """Refuse a key of `AT_DEFAULT` given at a value that changes something, naming it and what to do."""
+    for key, (value, place) in values.items():
+        if key in AT_DEFAULT:
+            _, accepted, fix = AT_DEFAULT[key]
+            if not any(value == ok and isinstance(value, bool) == isinstance(ok, bool) for ok in accepted):
+                raise ConfigError(f"{path}: {place}: {key} = {_toml(value)}: {fix}")
+
+
+def _toml(value) -> str:
+    return json.dumps(value) if isinstance(value, (bool, str, list)) else repr(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# mapping it onto textinv's settings
+
+
+def apply_dataset_config(config: TrainConfig) -> TrainConfig:
+    """`config` with its --dataset-config read: the file's subsets as `subsets` (folders made absolute, a relative
+    one read from the working directory as kohya reads it), and the settings it gives (`SETTINGS`) as textinv's;
+    `dataset_config` becomes None (config.yaml records what the file gave, so a resume or rerun reads the same).
+
+    A setting the file gives is refused when `config` gives another value too (a flag, --config, or a run's saved
+    settings: anything but textinv's default), and when the file gives it differently for two subsets or datasets
+    (textinv has it once a run). Where a subset leaves it to the command line, textinv's setting is that subset's,
+    as in kohya. What the file leaves out is textinv's, as kohya takes it from its command line.
+
+    >>> apply_dataset_config(TrainConfig(dataset_config="d.toml", token="<dog>", out="run")).subsets  # doctest: +SKIP
+    [{'images': '/home/me/img/dog', 'repeats': 10, 'caption_extension': '.txt'}]
+    """
+    read = read_dataset_config(config.dataset_config)
+    path = read.path
+    given = "--images" if config.images else "--concepts" if config.concepts else None
+    if given:  # (kohya ignores --train_data_dir beside a dataset config; here the pictures are named once)
+        raise ConfigError(f"{given} and --dataset-config {path} both name the pictures: give one of them (the "
+                          f"file's subsets are its folders)")
+    for values in read.subsets:
+        _refuse_at_default(path, values)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changes: dict[str, Any] = {}
+    for key, (places, setting, _) in SETTINGS.items():
+        per_dataset = places == DATASET_KEY
+        units = read.datasets if per_dataset else read.subsets
+        once = "in [general]" if places != OWN_KEY else "in every [[datasets.subsets]]"
+        found = [unit.get(key) for unit in units]
+        present = [v for v in found if v is not None]
+        if not present:
+            continue
+        (value, place), *rest = present
+        for other, other_place in rest:
+            if other != value:
+                what = "[[datasets]]" if per_dataset else "subsets"
+                raise ConfigError(f"{path}: {key} differs between {what} ({place}: {_toml(value)}, {other_place}: "
+                                  f"{_toml(other)}); textinv has one {_flag(setting)} for all its pictures: give "
+                                  f"one value {once}, or train them apart")
+        current = getattr(config, setting)
+        if current != defaults[setting] and current != value:
+            if config.resume:
+                raise ConfigError(f"{_resuming(config, path)}: its {key} = {_toml(value)} ({place}) is not the run's "
+                                  f"{_flag(setting)} {_shown(current)}; {_RESUME_FIX}")
+            raise ConfigError(f"{_flag(setting)} {_shown(current)} and {path}'s {key} = {_toml(value)} ({place}) "
+                              f"both give the {setting.replace('_', ' ')}: leave one out")
+        if len(present) < len(found):  # (those take the command line's: textinv's setting, as it is)
+            ours = config.use_flip if setting == "flip" else current
+            if ours != value:
+                missing = next(i for i, v in enumerate(found) if v is None)
+                which = f"[[datasets]] {missing + 1}" if per_dataset else _subset_place(read, missing)
+                raise ConfigError(f"{path}: {which} gives no {key}, so it takes textinv's {_flag(setting)} "
+                                  f"({_shown(ours)}), where {place} gives {_toml(value)}; textinv has one "
+                                  f"{_flag(setting)} for all its pictures: give {key} {once}")
+        changes[setting] = value
+    resolution = changes.get("resolution", config.resolution)
+    buckets = changes.get("buckets", config.buckets)
+    _check_buckets(read, resolution, buckets)
+    _warn_ignored(read)
+    subsets = [_subset(read, i, values) for i, values in enumerate(read.subsets)]
+    if config.subsets and config.subset_list() != subsets:  # (a resume given the file again: its record agrees)
+        if config.resume:
+            raise ConfigError(f"{_resuming(config, path)}: its subsets ({_listed(subsets)}) are not the run's "
+                              f"({_listed(config.subset_list())}); {_RESUME_FIX}")
+        raise ConfigError(f"{path}'s subsets ({_listed(subsets)}) and the subsets given "
+                          f"({_listed(config.subset_list())}) "
+                          f"both name the pictures: give one of them")
+    return dataclasses.replace(config, **changes, subsets=subsets, dataset_config=None)
+
+
+# (a resume reads the run's config.yaml, which holds what the file gave when the run started)
+_RESUME_FIX = ("the file changed since the run started: resume without --dataset-config (the run's config.yaml "
+               "records what the file gave), or start a new run")
+
+
+def _resuming(config: TrainConfig, path: Path) -> str:
+    return f"cannot resume {config.out} with --dataset-config {path}"
+
+
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def _shown(value) -> str:
+    return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+
+
+def _subset_place(read: DatasetConfig, i: int) -> str:
+    d = read.subset_of[i]
+    return f"[[datasets]] {d + 1}, [[datasets.subsets]] {read.subset_of[:i].count(d) + 1}"
+
+
+def _listed(subsets: list[dict]) -> str:
+    return ", ".join(f"{s['images']} x{s['repeats']}" + (f" {s['caption_extension']}" if s["caption_extension"]
+                                                          else "") for s in subsets)
+
+
+def _subset(read: DatasetConfig, i: int, values: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+    """Subset `i` as `TrainConfig.subsets` holds it; its folder must exist. A relative image_dir is read from the
+    working directory, as kohya reads it."""
+    folder, place = values["image_dir"]
+    where = Path(folder).expanduser()
+    if not where.is_dir():
+        what = "is a file, not a folder" if where.exists() else f"does not exist{backslash_note(folder)}"
+        relative = "" if where.is_absolute() else (f" (kohya reads a relative path from the working directory, "
+                                                   f"{Path.cwd()})")
+        raise ConfigError(f"{read.path}: {place}: image_dir {folder!r} {what}{relative}; give the folder of the "
+                          f"subset's pictures")
+    extension = values.get("caption_extension")
+    return {"images": str(where.resolve()), "repeats": values.get("num_repeats", (1, ""))[0],
+            "caption_extension": extension[0] if extension else None}
+
+
+def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool) -> None:
+    """Refuse bucket sizes that textinv's buckets do not have (`data.bucket_sizes`: sides from half to twice the
+    resolution, in the model's steps); without buckets kohya ignores them, and textinv with a warning."""
+    given = {(key, place): value for dataset in read.datasets for key, (value, place) in dataset.items()
+             if key in BUCKET_KEYS}
+    if given and not buckets:
+        places = ", ".join(dict.fromkeys(f"{key} ({place})" for key, place in given))
+        warnings.warn(DatasetConfigWarning(f"{read.path}: {places} left unused: the buckets are off (no "
+                                           f"enable_bucket, nor --buckets), and kohya ignores them then too"),
+                      stacklevel=4)
+        return
+    for (key, place), value in given.items():
+        if key == "bucket_reso_steps":
+            if value not in BUCKET_STEPS:
+                raise ConfigError(f"{read.path}: {place}: bucket_reso_steps = {value}: textinv's buckets step by "
+                                  f"the model's own down-sampling, 64 pixels (SDXL: 32); remove it")
+            continue
+        if resolution is None:
+            raise ConfigError(f"{read.path}: {place}: {key} = {value} needs the resolution it is measured "
+                              f"against: give resolution (e.g. 512 in [general]) or --resolution")
+        ours = resolution / 2 if key == "min_bucket_reso" else 2 * resolution
+        if value != ours:
+            raise ConfigError(f"{read.path}: {place}: {key} = {value}: textinv's buckets have sides from half to "
+                              f"twice the resolution, {resolution / 2:g} to {2 * resolution} at {resolution}; set "
+                              f"{key} = {ours:g}, or remove it")
+
+
+def _warn_ignored(read: DatasetConfig) -> None:
+    found: dict[str, list[str]] = {}
+    for unit in [*read.datasets, *read.subsets]:
+        for key, (_, place) in unit.items():
+            if key in IGNORED and place not in found.setdefault(key, []):
+                found[key].append(place)
+    if found:
+        said = "; ".join(f"{key} ({', '.join(places)}): {IGNORED[key][1]}" for key, places in found.items())
+        warnings.warn(DatasetConfigWarning(f"{read.path}: left unused: {said}"), stacklevel=4)
