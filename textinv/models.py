@@ -641,7 +641,8 @@ def load_model(
                              f"{_USUAL_VAES[family]} (a .safetensors file, a diffusers VAE folder or a hub id)")
     common = dict(torch_dtype=dtype)  # (newer diffusers call it `dtype` and warn; older ones know only this)
     try:
-        with _one_progress_bar():  # (transformers' bars inside diffusers' one)
+        # (transformers' bars inside diffusers' one; the filter is the block's own, not left in the caller's process)
+        with _one_progress_bar(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
             if kind == "hub":  # the family is known only after loading: let diffusers pick the pipeline class
                 from diffusers import DiffusionPipeline
