@@ -34,8 +34,8 @@ from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import RECORD_KEY, LearnedEmbedding, load_embedding, load_embedding_pair
 from .io import absolute, atomic_path, output_folder
-from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, encode_text, load_model,
-                     pick_device, quiet_transformers, read_clip_skip)
+from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
+                     encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
 from .run_folder import concept_folder, embedding_file, saved_run
 from .tokens import add_tokens, check_new_token, expand_prompt, token_names
 
@@ -508,6 +508,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     >>> generate(GenerateConfig(prompt=["a photo of <my-dog>"], embedding=["runs/dog/learned_embeds.safetensors"]))  # doctest: +SKIP
     [PosixPath('renders/000-a-photo-of-my-dog-s0.png'), ...]
     """
+    check_model_object(model)
     config.validate()
     said = " ".join(config.prompt + [config.negative_prompt]).lower()
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)

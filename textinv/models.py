@@ -182,6 +182,27 @@ class Model:
         return f"{self.source} ({name}, text width {widths}, {self.resolution}px, {self.prediction_type})"
 
 
+def check_model_object(model) -> None:
+    """Refuse a `model=` argument (of `train`, `generate`, `score`) that is not a `Model` from `load_model`, naming
+    what it is and how to get one: a name or path, or a diffusers pipeline, would fail later on a missing attribute.
+
+    >>> check_model_object("shapes")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    textinv.errors.ModelError: model= takes a Model from textinv.models.load_model, got str 'shapes'; ...
+    """
+    if model is None or isinstance(model, Model):
+        return
+    if isinstance(model, (str, os.PathLike)):
+        fix = (f"pass load_model({os.fspath(model)!r}) (load it once for several calls), or leave model= out and "
+               f"give the config's model={os.fspath(model)!r}")
+        what = f"{type(model).__name__} {os.fspath(model)!r}"
+    else:
+        fix = ("load the model's folder or file with load_model (it checks the family, freezes the weights and "
+               "reads the prediction type); its .pipeline is the diffusers pipeline, for diffusers' own calls")
+        what = type(model).__name__
+    raise ModelError(f"model= takes a Model from textinv.models.load_model, got {what}; {fix}")
+
+
 def check_clip_skip(model: Model, clip_skip: int) -> int:
     """The clip skip `model` reads for `clip_skip`, or an error for one it cannot take.
 

@@ -48,7 +48,8 @@ from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        install_embedding, png_text, render, unload_embeddings)
 from .io import absolute, atomic_path, output_folder, write_json, write_text
-from .models import Model, _is_local_path, load_model, offline_note, pick_device, quiet_transformers
+from .models import (Model, _is_local_path, check_model_object, load_model, offline_note, pick_device,
+                     quiet_transformers)
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
 from .run_folder import embedding_file, saved_run
 
@@ -532,6 +533,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     started = time.perf_counter()
 
     # 1. checks -------------------------------------------------------------------------------------------------
+    check_model_object(model)
     config = config.validate()
     emb = load_embedding(embedding_file(Path(config.embedding)))
     run = run_settings(Path(config.embedding), emb.token)  # (by the file's own token)

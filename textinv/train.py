@@ -46,8 +46,8 @@ from .errors import ConfigError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
 from .io import atomic_path, output_folder
-from .models import (DTYPES, Model, check_clip_skip, encode_text, load_model, pick_device, shareable_name,
-                     xl_time_ids)
+from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, pick_device,
+                     shareable_name, xl_time_ids)
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, clear_run,
                          clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint, prepare_output, run_lock,
                          save_checkpoint, write_loss_log)
@@ -407,6 +407,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     """
     from accelerate import PartialState
 
+    check_model_object(model)
     # (read now: the config validate returns holds what it gave, and config.yaml's header names the file)
     source = str(Path(config.dataset_config).expanduser().resolve()) if config.dataset_config else None
     config = config.validate()
