@@ -43,3 +43,33 @@ def test_a_model_argument_that_is_no_loaded_model_is_refused(given, sd1_dir, ima
     with pytest.raises(ModelError, match=what):
         generate(GenerateConfig(prompt=["a photo"], out=str(tmp_path / "r")), model=model, progress=False)
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: GenerateConfig(prompt="a photo of <zq>"),
+     r"prompt= takes a list, got str 'a photo of <zq>'; e\.g\. prompt=\['a photo of <zq>'\]"),
+    (lambda tmp: GenerateConfig(prompt=["a"], embedding="runs/zq/learned_embeds.safetensors"),
+     r"embedding= takes a list, got str"),
+    (lambda tmp: GenerateConfig(prompt=["a"], n="4"), r"n= takes a whole number, got str '4'"),
+    (lambda tmp: GenerateConfig(prompt=["a"], guidance="3"), r"guidance= takes a number, got str '3'"),
+    (lambda tmp: run_config(tmp, tmp / "o", sample_prompts="a photo of {}"), r"sample_prompts= takes a list"),
+    (lambda tmp: run_config(tmp, tmp / "o", steps=2.5), r"steps= takes a whole number, got float 2\.5"),
+    (lambda tmp: run_config(tmp, tmp / "o", flip="no"), r"flip= takes True or False, got str 'no'"),
+])
+def test_python_settings_of_another_type_are_refused_by_name(make, message, tmp_path):
+    """Settings given from Python skip the command line's reading of text: one prompt as a str was read letter by
+    letter ("t: no such file" for an embedding path), n="4" failed inside a comparison with a TypeError."""
+    with pytest.raises(ConfigError, match=message):
+        make(tmp_path).validate()
+
+
+def test_pictures_in_memory_are_refused_with_how_to_save_them(images, tmp_path):
+    """images= is a folder (recorded in config.yaml, read again by --resume); a list of PIL pictures failed in
+    pathlib with a TypeError. A Path is a folder like a str."""
+    from PIL import Image
+
+    pictures = [Image.open(p) for p in sorted(images.glob("*.png"))]
+    with pytest.raises(ConfigError, match=r"images= takes text or a Path, got list .*save the pictures into a "
+                                          r"folder first"):
+        run_config(pictures, tmp_path / "o").validate()
+    run_config(images, tmp_path / "o").validate()  # (a Path)

@@ -60,6 +60,42 @@ def check_choices(config) -> None:
             raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(choices)}")
 
 
+# what a setting given from Python needs besides its type, where the plain "takes a list" would not say it
+_PYTHON_HINTS = {
+    "images": "save the pictures into a folder first (for i, im in enumerate(pictures): im.save(f'pics/{i}.png')) "
+              "and pass images='pics': the run records the folder in config.yaml, which --resume and a rerun read",
+}
+
+
+def check_types(config) -> None:
+    """Refuse a setting of the dataclass `config` that holds another type than its field's: one text where a list
+    is meant (`prompt="a photo of <my-dog>"` would be read letter by letter), text where a number is meant
+    (`n="4"` failed deep inside a comparison), a list of pictures where a folder is meant. The command line and
+    config files never get here with one (`_coerce` reads their text); Python callers do. A path may be a `Path`.
+
+    >>> check_types(GenerateConfig(prompt="a photo of <my-dog>"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    textinv.errors.ConfigError: prompt= takes a list, got str 'a photo of <my-dog>'; e.g. prompt=['a photo of <my-dog>']
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), hints[f.name]
+        if value is None:  # (a setting left to its default; the checks of each setting refuse a missing one)
+            continue
+        ok = {list: isinstance(value, (list, tuple)), bool: isinstance(value, bool),
+              int: isinstance(value, int) and not isinstance(value, bool),
+              float: isinstance(value, (int, float)) and not isinstance(value, bool),
+              str: isinstance(value, (str, os.PathLike))}.get(kind, True)
+        if ok:
+            continue
+        what = {list: "a list", bool: "True or False", int: "a whole number", float: "a number"}.get(
+            kind, "text or a Path" if f.metadata.get("path") else "text")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        fix = _PYTHON_HINTS.get(f.name) or (f"e.g. {f.name}=[{value!r}]" if kind is list and isinstance(
+            value, (str, os.PathLike)) else "")
+        raise ConfigError(f"{f.name}= takes {what}, got {type(value).__name__} {shown}" + (f"; {fix}" if fix else ""))
+
+
 MAX_LR = 1e6  # far above any useful rate, far below where float32 arithmetic overflows
 
 
@@ -250,6 +286,7 @@ class TrainConfig:
         """Check every setting before anything is loaded; raise ConfigError naming the bad value and the fix. A
         --dataset-config is read first: the config returned holds what it gave instead (`kohya.apply_dataset_config`).
         """
+        check_types(self)
         if self.dataset_config:
             from .kohya import apply_dataset_config  # (kohya.py reads this module's settings)
 
@@ -448,6 +485,7 @@ class GenerateConfig:
                                      "none (no text)", choices=METADATA)
 
     def validate(self) -> "GenerateConfig":
+        check_types(self)
         check_choices(self)
         if not self.prompt:
             raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
