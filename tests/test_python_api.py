@@ -73,3 +73,47 @@ def test_pictures_in_memory_are_refused_with_how_to_save_them(images, tmp_path):
                                           r"folder first"):
         run_config(pictures, tmp_path / "o").validate()
     run_config(images, tmp_path / "o").validate()  # (a Path)
+
+
+def test_a_model_passed_to_train_comes_back_as_it_came(sd1_dir, images, tmp_path):
+    """train() left its token in the model passed in: training the same token again was refused as taken, and so
+    was the learned file in generate() and in diffusers' load_textual_inversion on model.pipeline; and
+    --gradient-checkpointing left the UNet in training mode."""
+    model = load_model(sd1_dir)
+    tokenizer, table, size = model.tokenizer, model.text_encoder.get_input_embeddings(), len(model.tokenizer)
+    result = train(run_config(images, tmp_path / "a", gradient_checkpointing=True), model=model, progress=False)
+    assert model.tokenizer is tokenizer and len(tokenizer) == size
+    assert model.text_encoder.get_input_embeddings() is table
+    assert not model.unet.training and not model.unet.is_gradient_checkpointing
+    again = train(run_config(images, tmp_path / "b"), model=model, progress=False)  # the same token, once more
+    assert torch.equal(again.embedding.vectors["text_encoder"], result.embedding.vectors["text_encoder"])
+    pictures = generate(GenerateConfig(prompt=["a photo of <zq>"], embedding=[str(result.files[0])], n=1, steps=2,
+                                       out=str(tmp_path / "renders")), model=model, progress=False)
+    assert len(pictures) == 1 and len(model.tokenizer) == size
+    model.pipeline.load_textual_inversion(result.files[0])
+    assert len(model.tokenizer) == size + 1
+
+
+def test_an_interrupted_run_hands_the_model_back_and_resumes_on_it(sd1_dir, images, tmp_path, monkeypatch):
+    """A Ctrl-C (a notebook's "interrupt") in the middle of a step: the model passed in is handed back without the
+    token too, so the run continues on the same model."""
+    model = load_model(sd1_dir)
+    size, table = len(model.tokenizer), model.text_encoder.get_input_embeddings()
+    undo = interrupt_loss_at(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(run_config(images, tmp_path / "run", steps=4), model=model, progress=False)
+    undo()
+    assert stopped.value.step == 2
+    assert len(model.tokenizer) == size and model.text_encoder.get_input_embeddings() is table
+    resumed = train(run_config(images, tmp_path / "run", steps=4, resume=True), model=model, progress=False)
+    assert resumed.steps == 4 and len(model.tokenizer) == size
+
+
+def test_a_tokenizer_copy_decodes_as_the_original(sd1_dir):
+    """The copy the tokens go into (`tokenizer_copy`) decodes as the original: a plain deep copy of transformers'
+    CLIP tokenizer loses the wrapper that reads the end-of-word marker as a space."""
+    from textinv.tokens import tokenizer_copy
+
+    tokenizer = load_model(sd1_dir).tokenizer
+    ids = tokenizer(["a photo of a dog"]).input_ids
+    assert tokenizer_copy(tokenizer).batch_decode(ids, skip_special_tokens=True) == ["a photo of a dog"]

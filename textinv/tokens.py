@@ -231,19 +231,43 @@ def add_tokens(tokenizer, text_encoder: nn.Module, names: list[str], vectors: to
     return ext
 
 
+def tokenizer_copy(tokenizer):
+    """A copy of `tokenizer` to add tokens to, leaving the original as it is: one loaded model's tokenizer may be
+    shared (a second pipeline made of `model.pipeline.components`, a reference a notebook kept), and added tokens
+    cannot be taken out of a tokenizer again.
+
+    transformers' CLIP tokenizer wraps its backend's `decode` so that the BPE end-of-word marker reads as a space;
+    a deep copy keeps the backend but not the wrapper, and decoded "a</w>photo</w>". The copy is wrapped again (the
+    wrapper is idempotent, so a copy that kept it is unharmed)."""
+    copied = copy.deepcopy(tokenizer)
+    if hasattr(copied, "_wrap_decode_method_backend_tokenizer"):
+        copied._wrap_decode_method_backend_tokenizer()
+    return copied
+
+
 @contextlib.contextmanager
 def scratch_tokens(model):
-    """Undo on exit every token added to `model` (a `textinv.models.Model`) inside the block: its tokenizers and
-    embedding tables are put back, so one loaded model can serve several training runs (evaluation, benchmarks).
+    """Undo on exit every token added to `model` (a `textinv.models.Model`) inside the block, so one loaded model
+    can serve several training runs (`train` does this to a model passed in; evaluation, benchmarks). The block
+    works on copies of the tokenizers; on exit the tokenizer objects and embedding tables the model had are put
+    back, and so is what `generate.unload_embeddings` would restore: a reference to `model.tokenizer` taken before
+    the block never sees the block's tokens.
 
     >>> with scratch_tokens(model):        # doctest: +SKIP
-    ...     train(config, model=model)
+    ...     install_embedding(model, emb)
     """
     attrs = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
-    saved = [(attrs[name], copy.deepcopy(tok), te, te.get_input_embeddings()) for name, tok, te in model.encoders]
+    saved = [(attrs[name], tok, te, te.get_input_embeddings()) for name, tok, te in model.encoders]
+    pristine = getattr(model, "_pristine", None)
     try:
+        for attr, tok, _, _ in saved:
+            setattr(model.pipeline, attr, tokenizer_copy(tok))
         yield model
     finally:
-        for tok_attr, tok, te, table in saved:
-            setattr(model.pipeline, tok_attr, tok)
+        for attr, tok, te, table in saved:
+            setattr(model.pipeline, attr, tok)
             te.set_input_embeddings(table)
+        if pristine is not None:
+            model._pristine = pristine
+        elif hasattr(model, "_pristine"):
+            del model._pristine

@@ -53,7 +53,7 @@ from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR
                          save_checkpoint, write_loss_log)
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
-                     init_vectors, split_words, token_names)
+                     init_vectors, scratch_tokens, split_words, token_names)
 from .tracking import LOGS_DIR, RunTracker, run_name, tracker_names
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -67,6 +67,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class TrainResult:
+    """What `train` learned: the first concept's `embedding` (the vectors and metadata of its file, ready for
+    `generate.install_embedding` or `formats.save_embedding`), the embedding `files` it wrote (one, or an SDXL pair
+    with --format diffusers; every concept's with several), the optimizer `steps` the run is at, the logged
+    `losses`, and with several concepts every concept's embedding in `embeddings`."""
+
     embedding: LearnedEmbedding
     files: list[Path]
     steps: int
@@ -403,7 +408,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     [PosixPath('runs/dog/learned_embeds.safetensors')]
 
     `on_step(step)` is called after each optimizer step (benchmarks time steps with it). A `model` passed in
-    trains on the device it is on.
+    (`models.load_model`, loaded once for several runs) trains on the device it is on and comes back as it came,
+    also after an error or Ctrl-C: without the run's tokens, so the same token can be trained again and the learned
+    file installed by `generate` or diffusers' `load_textual_inversion`.
     """
     from accelerate import PartialState
 
@@ -423,8 +430,29 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         device = model.unet.device
     # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        with run_lock(Path(config.out), state.is_main_process):  # one textinv train per folder at a time
+        with run_lock(Path(config.out), state.is_main_process), _handed_back(model):  # (one run per folder)
             return _train(config, model, progress, on_step, state, device, source)
+
+
+@contextlib.contextmanager
+def _handed_back(model: Model | None):
+    """A model passed to `train` comes back as it came: its tokenizers and embedding tables without the run's tokens
+    (`scratch_tokens`), which would otherwise refuse the same token in a second run and the learned file in
+    `generate` or diffusers' `load_textual_inversion`, and its UNet out of the training mode and gradient
+    checkpointing that --gradient-checkpointing turns on. (The speed levers, --compile and --channels-last, stay:
+    they are for the next run as much as this one.)"""
+    if model is None:
+        yield
+        return
+    unet = model.unet
+    training, checkpointing = unet.training, unet.is_gradient_checkpointing
+    with scratch_tokens(model):
+        try:
+            yield
+        finally:
+            if unet.is_gradient_checkpointing and not checkpointing:
+                unet.disable_gradient_checkpointing()
+            unet.train(training)
 
 
 def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device,

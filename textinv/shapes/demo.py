@@ -272,6 +272,7 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
 
     with _replacing_report(out):  # the last report stays until this one is written
         # 2. learn -----------------------------------------------------------------------------------------------------
+        from textinv.generate import install_embedding
         from textinv.train import train
 
         templates = write_templates(concept, out / "templates.txt")
@@ -282,13 +283,14 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
         rows = {m: _demo_prompts(concept, m) for m in METHODS}
         seeds = [config.seed + i for i in range(config.samples)]
         drawn = {}
+        try:
+            result = train(tc, model=model, progress=progress)  # (the model comes back without the token)
+        except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
+            raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
+                                f"--lr (now {config.lr})") from None
+        t_trained = time.perf_counter()
         with scratch_tokens(model):  # a model passed in comes back without the token
-            try:
-                result = train(tc, model=model, progress=progress)  # the learned token stays installed
-            except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
-                raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
-                                    f"--lr (now {config.lr})") from None
-            t_trained = time.perf_counter()
+            install_embedding(model, result.embedding)
 
             # 3. draw --------------------------------------------------------------------------------------------------
             log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
