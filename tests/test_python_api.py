@@ -117,3 +117,23 @@ def test_a_tokenizer_copy_decodes_as_the_original(sd1_dir):
     tokenizer = load_model(sd1_dir).tokenizer
     ids = tokenizer(["a photo of a dog"]).input_ids
     assert tokenizer_copy(tokenizer).batch_decode(ids, skip_special_tokens=True) == ["a photo of a dog"]
+
+
+
+def test_generate_leaves_the_callers_config_and_tokenizer_as_they_were(sd1_dir, images, tmp_path):
+    """generate() wrote the seed --seed -1 drew into the caller's config, so the same config run again in a notebook
+    drew that seed again instead of a new one; and it added the embedding's tokens to the model's own tokenizer
+    object, handing back a copy: a tokenizer kept from before (or shared by a pipeline made of the model's
+    components) kept the tokens while the text encoder lost their rows, and the copy decoded "a</w>photo</w>"."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    model = load_model(sd1_dir)
+    tokenizer, size = model.tokenizer, len(model.tokenizer)
+    ids = tokenizer(["a photo of a dog"]).input_ids
+    file = save_embedding(LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "zq.safetensors")[0]
+    config = GenerateConfig(prompt=["a photo of <zq>"], embedding=[str(file)], seed=-1, n=1, steps=1,
+                            out=str(tmp_path / "r"))
+    generate(config, model=model, progress=False)
+    assert config.seed == -1
+    assert model.tokenizer is tokenizer and len(tokenizer) == size
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True) == ["a photo of a dog"]

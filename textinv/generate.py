@@ -37,7 +37,7 @@ from .io import absolute, atomic_path, output_folder
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
                      encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
 from .run_folder import concept_folder, embedding_file, saved_run
-from .tokens import add_tokens, check_new_token, expand_prompt, token_names
+from .tokens import add_tokens, check_new_token, expand_prompt, token_names, tokenizer_copy
 
 DEFAULT_STEPS = 25
 
@@ -102,14 +102,17 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
                 check_new_token(tokenizer, name)
             except TokenError as e:
                 raise TokenError(f"cannot add embedding {emb.token!r}: {e} (pass a different name with --token)") from e
-    if not hasattr(model, "_pristine"):  # what unload_embeddings restores
-        model._pristine = [(copy.deepcopy(tok), te.get_input_embeddings()) for _, tok, te in model.encoders]
+    if not hasattr(model, "_pristine"):  # what unload_embeddings restores: the tokens go into copies of the tokenizers
+        model._pristine = [(tok, te.get_input_embeddings()) for _, tok, te in model.encoders]
+        for attr, (tok, _) in zip(("tokenizer", "tokenizer_2"), model._pristine):
+            setattr(model.pipeline, attr, tokenizer_copy(tok))
     for name, tokenizer, encoder in model.encoders:
         add_tokens(tokenizer, encoder, names, emb.vectors[name])
 
 
 def unload_embeddings(model: Model) -> None:
-    """Remove every embedding `install_embedding` added: vocabulary sizes and outputs are as before."""
+    """Remove every embedding `install_embedding` added: the tokenizer objects and embedding tables the model had
+    before are put back (the embeddings went into copies), so vocabulary sizes and outputs are as before."""
     pristine = getattr(model, "_pristine", None)
     if pristine is None:
         return
@@ -507,9 +510,11 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     >>> from textinv.config import GenerateConfig
     >>> generate(GenerateConfig(prompt=["a photo of <my-dog>"], embedding=["runs/dog/learned_embeds.safetensors"]))  # doctest: +SKIP
     [PosixPath('renders/000-a-photo-of-my-dog-s0.png'), ...]
+
+    A `model` passed in (`models.load_model`) comes back as it came: the embeddings and LoRAs are taken out again.
     """
     check_model_object(model)
-    config.validate()
+    config = copy.copy(config).validate()  # (a copy: --seed -1 draws its seed into it, not into the caller's config)
     said = " ".join(config.prompt + [config.negative_prompt]).lower()
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
     embeddings = [load_embedding(path, token=tok) for path, tok in files]
