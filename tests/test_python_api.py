@@ -19,60 +19,9 @@ from textinv.train import TrainingInterrupted, train
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_load_model_leaves_the_warning_filters_as_they_were(sd1_dir):
-    """load_model added an "ignore" filter for diffusers' torch_dtype notice to the process's warning filters, where
-    it stayed, hiding that notice from the user's own diffusers calls."""
-    before = list(warnings.filters)
-    load_model(sd1_dir)
-    assert warnings.filters == before
-
-
 def run_config(images, out, **kw):
     return TrainConfig(**{**dict(images=images, token="<zq>", init="dog", out=out, steps=2, batch=2, save_every=0,
                                  sample_every=0), **kw})
-
-
-@pytest.mark.parametrize("given", ["name", "pipeline"])
-def test_a_model_argument_that_is_no_loaded_model_is_refused(given, sd1_dir, images, tmp_path):
-    """model="shapes" or a diffusers pipeline failed with an AttributeError (no .unet / no .check_trainable), after
-    the output folder was made."""
-    model = str(sd1_dir) if given == "name" else load_model(sd1_dir).pipeline
-    what = "got str" if given == "name" else "got StableDiffusionPipeline"
-    with pytest.raises(ModelError, match=f"model= takes a Model from textinv.models.load_model, {what}"):
-        train(run_config(images, tmp_path / "o"), model=model, progress=False)
-    with pytest.raises(ModelError, match=what):
-        generate(GenerateConfig(prompt=["a photo"], out=str(tmp_path / "r")), model=model, progress=False)
-    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
-
-
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp: GenerateConfig(prompt="a photo of <zq>"),
-     r"prompt= takes a list, got str 'a photo of <zq>'; e\.g\. prompt=\['a photo of <zq>'\]"),
-    (lambda tmp: GenerateConfig(prompt=["a"], embedding="runs/zq/learned_embeds.safetensors"),
-     r"embedding= takes a list, got str"),
-    (lambda tmp: GenerateConfig(prompt=["a"], n="4"), r"n= takes a whole number, got str '4'"),
-    (lambda tmp: GenerateConfig(prompt=["a"], guidance="3"), r"guidance= takes a number, got str '3'"),
-    (lambda tmp: run_config(tmp, tmp / "o", sample_prompts="a photo of {}"), r"sample_prompts= takes a list"),
-    (lambda tmp: run_config(tmp, tmp / "o", steps=2.5), r"steps= takes a whole number, got float 2\.5"),
-    (lambda tmp: run_config(tmp, tmp / "o", flip="no"), r"flip= takes True or False, got str 'no'"),
-])
-def test_python_settings_of_another_type_are_refused_by_name(make, message, tmp_path):
-    """Settings given from Python skip the command line's reading of text: one prompt as a str was read letter by
-    letter ("t: no such file" for an embedding path), n="4" failed inside a comparison with a TypeError."""
-    with pytest.raises(ConfigError, match=message):
-        make(tmp_path).validate()
-
-
-def test_pictures_in_memory_are_refused_with_how_to_save_them(images, tmp_path):
-    """images= is a folder (recorded in config.yaml, read again by --resume); a list of PIL pictures failed in
-    pathlib with a TypeError. A Path is a folder like a str."""
-    from PIL import Image
-
-    pictures = [Image.open(p) for p in sorted(images.glob("*.png"))]
-    with pytest.raises(ConfigError, match=r"images= takes text or a Path, got list .*save the pictures into a "
-                                          r"folder first"):
-        run_config(pictures, tmp_path / "o").validate()
-    run_config(images, tmp_path / "o").validate()  # (a Path)
 
 
 def test_a_model_passed_to_train_comes_back_as_it_came(sd1_dir, images, tmp_path):
@@ -109,15 +58,78 @@ def test_an_interrupted_run_hands_the_model_back_and_resumes_on_it(sd1_dir, imag
     assert resumed.steps == 4 and len(model.tokenizer) == size
 
 
-def test_a_tokenizer_copy_decodes_as_the_original(sd1_dir):
-    """The copy the tokens go into (`tokenizer_copy`) decodes as the original: a plain deep copy of transformers'
-    CLIP tokenizer loses the wrapper that reads the end-of-word marker as a space."""
-    from textinv.tokens import tokenizer_copy
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: GenerateConfig(prompt="a photo of <zq>"),
+     r"prompt= takes a list, got str 'a photo of <zq>'; e\.g\. prompt=\['a photo of <zq>'\]"),
+    (lambda tmp: GenerateConfig(prompt=["a"], embedding="runs/zq/learned_embeds.safetensors"),
+     r"embedding= takes a list, got str"),
+    (lambda tmp: GenerateConfig(prompt=["a"], n="4"), r"n= takes a whole number, got str '4'"),
+    (lambda tmp: GenerateConfig(prompt=["a"], guidance="3"), r"guidance= takes a number, got str '3'"),
+    (lambda tmp: run_config(tmp, tmp / "o", sample_prompts="a photo of {}"), r"sample_prompts= takes a list"),
+    (lambda tmp: run_config(tmp, tmp / "o", steps=2.5), r"steps= takes a whole number, got float 2\.5"),
+    (lambda tmp: run_config(tmp, tmp / "o", flip="no"), r"flip= takes True or False, got str 'no'"),
+])
+def test_python_settings_of_another_type_are_refused_by_name(make, message, tmp_path):
+    """Settings given from Python skip the command line's reading of text: one prompt as a str was read letter by
+    letter ("t: no such file" for an embedding path), n="4" failed inside a comparison with a TypeError."""
+    with pytest.raises(ConfigError, match=message):
+        make(tmp_path).validate()
 
-    tokenizer = load_model(sd1_dir).tokenizer
-    ids = tokenizer(["a photo of a dog"]).input_ids
-    assert tokenizer_copy(tokenizer).batch_decode(ids, skip_special_tokens=True) == ["a photo of a dog"]
 
+def test_pictures_in_memory_are_refused_with_how_to_save_them(images, tmp_path):
+    """images= is a folder (recorded in config.yaml, read again by --resume); a list of PIL pictures failed in
+    pathlib with a TypeError. A Path is a folder like a str."""
+    from PIL import Image
+
+    pictures = [Image.open(p) for p in sorted(images.glob("*.png"))]
+    with pytest.raises(ConfigError, match=r"images= takes text or a Path, got list .*save the pictures into a "
+                                          r"folder first"):
+        run_config(pictures, tmp_path / "o").validate()
+    run_config(images, tmp_path / "o").validate()  # (a Path)
+
+
+@pytest.mark.parametrize("given", ["name", "pipeline"])
+def test_a_model_argument_that_is_no_loaded_model_is_refused(given, sd1_dir, images, tmp_path):
+    """model="shapes" or a diffusers pipeline failed with an AttributeError (no .unet / no .check_trainable), after
+    the output folder was made."""
+    model = str(sd1_dir) if given == "name" else load_model(sd1_dir).pipeline
+    what = "got str" if given == "name" else "got StableDiffusionPipeline"
+    with pytest.raises(ModelError, match=f"model= takes a Model from textinv.models.load_model, {what}"):
+        train(run_config(images, tmp_path / "o"), model=model, progress=False)
+    with pytest.raises(ModelError, match=what):
+        generate(GenerateConfig(prompt=["a photo"], out=str(tmp_path / "r")), model=model, progress=False)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_load_model_leaves_the_warning_filters_as_they_were(sd1_dir):
+    """load_model added an "ignore" filter for diffusers' torch_dtype notice to the process's warning filters, where
+    it stayed, hiding that notice from the user's own diffusers calls."""
+    before = list(warnings.filters)
+    load_model(sd1_dir)
+    assert warnings.filters == before
+
+
+def readme_python_blocks() -> list[str]:
+    """The ```python blocks of the README's "Use from Python" section, in order."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Use from Python\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's example, verbatim, on the bundled model: train, generate, diffusers' load_textual_inversion,
+    save and convert. The documented API cannot change without this failing."""
+    blocks = readme_python_blocks()
+    assert len(blocks) >= 2, "the README's 'Use from Python' section lost its examples"
+    shutil.copytree(ROOT / "examples" / "teal-star", tmp_path / "examples" / "teal-star")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), scope)
+    assert scope["result"].files == [tmp_path / "runs" / "teal-star" / "learned_embeds.safetensors"]
+    assert len(scope["pictures"]) == 4 and all(Path(p).is_file() for p in scope["pictures"])
+    assert (tmp_path / "teal-star-diffusers.png").is_file()
+    assert (tmp_path / "teal-star.pt").is_file() and (tmp_path / "teal-star-kohya.safetensors").is_file()
 
 
 def test_generate_leaves_the_callers_config_and_tokenizer_as_they_were(sd1_dir, images, tmp_path):
@@ -137,3 +149,13 @@ def test_generate_leaves_the_callers_config_and_tokenizer_as_they_were(sd1_dir, 
     assert config.seed == -1
     assert model.tokenizer is tokenizer and len(tokenizer) == size
     assert tokenizer.batch_decode(ids, skip_special_tokens=True) == ["a photo of a dog"]
+
+
+def test_a_tokenizer_copy_decodes_as_the_original(sd1_dir):
+    """The copy the tokens go into (`tokenizer_copy`) decodes as the original: a plain deep copy of transformers'
+    CLIP tokenizer loses the wrapper that reads the end-of-word marker as a space."""
+    from textinv.tokens import tokenizer_copy
+
+    tokenizer = load_model(sd1_dir).tokenizer
+    ids = tokenizer(["a photo of a dog"]).input_ids
+    assert tokenizer_copy(tokenizer).batch_decode(ids, skip_special_tokens=True) == ["a photo of a dog"]
