@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import struct
+import warnings
 
 import pytest
 import torch
@@ -45,6 +46,11 @@ def assert_same_vectors(a: LearnedEmbedding, b: LearnedEmbedding):
     for name in a.vectors:
         assert b.vectors[name].dtype == torch.float32 and b.vectors[name].is_contiguous()
         assert torch.equal(a.vectors[name], b.vectors[name]), name
+
+
+def own_metadata(emb: LearnedEmbedding) -> dict:
+    """An embedding's metadata without the ModelSpec keys its safetensors file also carries."""
+    return {k: v for k, v in emb.metadata.items() if not k.startswith("modelspec.")}
 
 
 def safetensors_header(path) -> dict:
@@ -111,7 +117,9 @@ def test_round_trip(tmp_path, fmt, family, n):
     if fmt == "diffusers-bin":
         assert back.metadata == {}  # exactly one key is all diffusers accepts: no room for metadata
     else:
-        assert back.metadata == {**emb.metadata, "token": emb.token}
+        assert own_metadata(back) == {**emb.metadata, "token": emb.token}
+    # safetensors files also say what they are (ModelSpec); a pickle or a PNG has no place for it
+    assert any(k.startswith("modelspec.") for k in back.metadata) == written[0].name.endswith(".safetensors")
     assert detect_format(written[0]) == fmt
 
 
@@ -537,7 +545,7 @@ def test_convert_chain_is_exact(tmp_path):
     convert(tmp_path / "b.png", tmp_path / "c.safetensors", to="kohya")
     convert(tmp_path / "c.safetensors", tmp_path / "d.bin")
     back = load_embedding(tmp_path / "c.safetensors")
-    assert back.token == emb.token and back.metadata == {**emb.metadata, "token": emb.token}
+    assert back.token == emb.token and own_metadata(back) == {**emb.metadata, "token": emb.token}
     assert_same_vectors(emb, back)
     assert_same_vectors(emb, load_embedding(tmp_path / "d.bin"))
     assert [detect_format(tmp_path / n) for n in ("a.pt", "b.png", "c.safetensors", "d.bin")] == \
@@ -675,6 +683,185 @@ def test_describe():
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# ModelSpec keys: written into every safetensors embedding, read from kohya's and others'
+
+# The values ModelSpec defines (github.com/Stability-AI/ModelSpec, the 1.0.1 that kohya's sd-scripts write): each base
+# model's architecture id, "/" and the adapter; "v" or "epsilon"; "WxH"; kohya names Stability AI's generative-models
+# codebase for its textual-inversion files, and "diffusers" is the spec's own example for diffusers' layout
+SPEC_BASES = {("sd1", "epsilon"): "stable-diffusion-v1", ("sd2", "epsilon"): "stable-diffusion-v2-512",
+              ("sd2", "v_prediction"): "stable-diffusion-v2-768-v", ("sdxl", "epsilon"): "stable-diffusion-xl-v1-base"}
+SGM = "https://github.com/Stability-AI/generative-models"
+SPEC_CASES = [("sd1", "epsilon", 512, "diffusers", "diffusers"), ("sd1", "epsilon", 512, "kohya", SGM),
+              ("sd2", "epsilon", 512, "kohya", SGM), ("sd2", "v_prediction", 768, "diffusers", "diffusers"),
+              ("sdxl", "epsilon", 1024, "sdxl", SGM), ("sdxl", "epsilon", 1024, "diffusers-sdxl", "diffusers")]
+DATE = "2024-05-01T10:20:30+00:00"
+
+
+def tensor_sha256(path) -> str:
+    """ModelSpec's hash_sha256, by its definition: of all the file's bytes after the header."""
+    import hashlib
+
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return "0x" + hashlib.sha256(raw[8 + n:]).hexdigest()
+
+
+@pytest.mark.parametrize("family, prediction, resolution, fmt, implementation", SPEC_CASES)
+def test_modelspec_keys_say_what_each_file_is(tmp_path, family, prediction, resolution, fmt, implementation):
+    trained = {**META, "family": family, "prediction_type": prediction, "resolution": str(resolution),
+               "clip_skip": "1"}
+    emb = make_emb(family, 2, metadata=trained)
+    written = save_embedding(emb, tmp_path / "x.safetensors", format=fmt, date=DATE)
+    for path in written:  # (both files of a diffusers-sdxl pair)
+        meta = safetensors_header(path)["__metadata__"]
+        spec = {k: v for k, v in meta.items() if k.startswith("modelspec.")}
+        assert spec == {
+            "modelspec.sai_model_spec": "1.0.1",
+            "modelspec.architecture": SPEC_BASES[family, prediction] + "/textual-inversion",
+            "modelspec.implementation": implementation,
+            "modelspec.title": "<my-dog>",
+            "modelspec.date": DATE,
+            "modelspec.resolution": f"{resolution}x{resolution}",
+            "modelspec.prediction_type": {"epsilon": "epsilon", "v_prediction": "v"}[prediction],
+            "modelspec.hash_sha256": tensor_sha256(path),
+        }  # (clip skip 1, every model's own reading: no encoder_layer)
+        assert meta["format"] == "pt" and meta["token"] == "<my-dog>" and meta["base_model"] == "tiny/model"
+    assert_same_vectors(emb, load_embedding(written[0]))
+    # without a date given, the time of writing, in ISO 8601 with its time zone
+    (path, *_) = save_embedding(emb, tmp_path / "y.safetensors", format=fmt)
+    from datetime import datetime
+
+    assert datetime.fromisoformat(safetensors_header(path)["__metadata__"]["modelspec.date"]).tzinfo is not None
+
+
+def test_modelspec_of_an_embedding_without_a_record_of_its_training(tmp_path):
+    """A file from elsewhere (an A1111 .pt) is named by its widths; what is not known is left out, not guessed,
+    except SD 2.x's variant, which the architecture must name: 768-v, as SwarmUI files every 1024-wide embedding."""
+    def spec(emb):
+        (path,) = save_embedding(emb, tmp_path / "x.safetensors", format="kohya")
+        return {k: v for k, v in safetensors_header(path)["__metadata__"].items() if k.startswith("modelspec.")}
+
+    sd1 = spec(make_emb("sd1", 1, metadata={}))
+    assert sd1["modelspec.architecture"] == "stable-diffusion-v1/textual-inversion"
+    assert "modelspec.resolution" not in sd1 and "modelspec.prediction_type" not in sd1
+    assert spec(make_emb("sd2", 1, metadata={}))["modelspec.architecture"] == \
+        "stable-diffusion-v2-768-v/textual-inversion"
+    assert spec(make_emb("sd1", 1, metadata={"clip_skip": "2"}))["modelspec.encoder_layer"] == "2"
+    # a width no family has (the shapes model's, a test model's): no architecture to name, so no keys at all
+    assert spec(LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 32)}, {"family": "custom"})) == {}
+    # a recorded family the vectors contradict is not written; the vectors' is
+    wrong = make_emb("sd2", 1, metadata={"family": "sd1"})
+    assert spec(wrong)["modelspec.architecture"] == "stable-diffusion-v2-768-v/textual-inversion"
+
+
+def kohya_file(path, tensors, **spec):
+    """A file as kohya's train_textual_inversion.py writes it: its tensors and its ModelSpec keys."""
+    meta = {"modelspec.sai_model_spec": "1.0.1", "modelspec.implementation": SGM, "modelspec.title": path.stem,
+            "modelspec.date": "2024-03-02T11:22:33", **{f"modelspec.{k}": v for k, v in spec.items()}}
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def test_a_kohya_files_modelspec_is_read_and_shown_by_inspect(tmp_path):
+    from textinv.inspect import inspect_file
+
+    path = kohya_file(tmp_path / "kdog.safetensors", {"emb_params": torch.randn(2, 1024)},
+                      architecture="stable-diffusion-v2-768-v/textual-inversion", resolution="768x768",
+                      prediction_type="v", thumbnail="data:image/jpeg;base64," + "A" * 4000)
+    emb = load_embedding(path)
+    assert emb.metadata["modelspec.architecture"] == "stable-diffusion-v2-768-v/textual-inversion"
+    info = describe(emb)
+    assert info["made_for"] == "sd2" and info["modelspec"]["resolution"] == "768x768"
+    text = inspect_file(path)["text"].splitlines()
+    # the widths say SD 2.x; the architecture adds which of its two (v-prediction, 768)
+    assert "fits: 1024 (Stable Diffusion 2.x)" in text
+    assert "made for: stable-diffusion-v2-768-v/textual-inversion, Stable Diffusion 2.x (its modelspec)" in text
+    assert "title: kdog" in text and "resolution: 768x768" in text
+    (rest,) = [line for line in text if line.startswith("modelspec: ")]
+    assert "prediction_type=v" in rest and "thumbnail=(4023 characters)" in rest and "AAAA" not in rest
+    # at a width no family has (a small test model's), the architecture is all that names the family
+    small = kohya_file(tmp_path / "small.safetensors", {"clip_l": torch.randn(1, 32), "clip_g": torch.randn(1, 64)},
+                       architecture="stable-diffusion-xl-v1-base/textual-inversion")
+    assert "made for: stable-diffusion-xl-v1-base/textual-inversion, Stable Diffusion XL (its modelspec)" in \
+        inspect_file(small)["text"]
+
+
+def test_a_modelspec_that_contradicts_the_vectors_is_warned_about_not_refused(tmp_path):
+    from textinv.formats import ModelSpecWarning
+    from textinv.inspect import inspect_file
+
+    half = kohya_file(tmp_path / "half.safetensors", {"emb_params": torch.randn(2, 768)},
+                      architecture="stable-diffusion-xl-v1-base/textual-inversion")
+    with pytest.warns(ModelSpecWarning, match=r"says 'stable-diffusion-xl-v1-base/textual-inversion' \(Stable "
+                                              r"Diffusion XL\), but it holds only the first \(CLIP-L\) text encoder"):
+        emb = load_embedding(half)
+    assert emb.family == "sd1"  # the vectors decide how it is used
+    wide = kohya_file(tmp_path / "wide.safetensors", {"emb_params": torch.randn(1, 1024)},
+                      architecture="stable-diffusion-v1/textual-inversion")
+    with pytest.warns(ModelSpecWarning, match=r"but its vectors are 1024 \(Stable Diffusion 2.x\)"):
+        emb = load_embedding(wide)
+    # inspect says it in its report instead of warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = inspect_file(wide)
+    assert "but its vectors are 1024" in report["modelspec_mismatch"] and report["modelspec_mismatch"] in report["text"]
+    # a converted file says what the vectors are
+    with pytest.warns(ModelSpecWarning):
+        (out,) = convert(wide, tmp_path / "fixed.safetensors", to="kohya")
+    assert safetensors_header(out)["__metadata__"]["modelspec.architecture"] == \
+        "stable-diffusion-v2-768-v/textual-inversion"
+    # the first file of a diffusers-sdxl pair read alone is one half, and fits when read with its partner
+    save_embedding(make_emb("sdxl", 1), tmp_path / "pair" / "learned_embeds.safetensors", format="diffusers-sdxl")
+    with pytest.warns(ModelSpecWarning, match="one half of an SDXL embedding"):
+        load_embedding(tmp_path / "pair" / "learned_embeds.safetensors", pair=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_embedding(tmp_path / "pair" / "learned_embeds.safetensors").family == "sdxl"
+
+
+@pytest.mark.parametrize("architecture, match", [
+    ("stable-diffusion-xl-v1-base/lora", r"this is a LoRA \(its modelspec.architecture is "
+                                         r"'stable-diffusion-xl-v1-base/lora'\), not a textual-inversion embedding: "
+                                         r"use it as <lora:x> in a prompt"),
+    ("stable-diffusion-v1-lora", "this is a LoRA"),  # (the 1.0.0 draft's spelling)
+    ("stable-diffusion-v1", r"this is a Stable Diffusion model checkpoint \(its modelspec.architecture is "
+                            r"'stable-diffusion-v1'\), not an embedding: pass it as --model"),
+    ("stable-diffusion-xl-v1-base/vae", "this is a VAE .* pass it as --vae"),
+    ("flux-1-dev", r"this is a model \(its modelspec.architecture is 'flux-1-dev'\), not a textual-inversion"),
+    ("stable-diffusion-xl-v1-base/controlnet", "this is a controlnet"),
+])
+def test_a_file_whose_modelspec_says_it_is_no_embedding_is_refused_as_what_it_is(tmp_path, architecture, match):
+    """Its tensors may look like an embedding's (one tensor under one name); the modelspec says otherwise."""
+    path = kohya_file(tmp_path / "x.safetensors", {"emb_params": torch.randn(1, 768)}, architecture=architecture)
+    with pytest.raises(FormatError, match=match):
+        load_embedding(path)
+
+
+def test_convert_keeps_the_modelspec(tmp_path):
+    src = kohya_file(tmp_path / "kdog.safetensors", {"emb_params": torch.randn(2, 1024)},
+                     architecture="stable-diffusion-v2-512/textual-inversion", resolution="512x512",
+                     author="someone", hash_sha256="0x" + "0" * 64, hash_md5="0x" + "0" * 32)
+    (diffusers,) = convert(src, tmp_path / "d" / "learned_embeds.safetensors")
+    meta = safetensors_header(diffusers)["__metadata__"]
+    # the same embedding: its architecture (SD 2.x's 512, which the widths alone do not say), title, date, author
+    assert meta["modelspec.architecture"] == "stable-diffusion-v2-512/textual-inversion"
+    assert (meta["modelspec.title"], meta["modelspec.date"]) == ("kdog", "2024-03-02T11:22:33")
+    assert meta["modelspec.author"] == "someone" and meta["modelspec.resolution"] == "512x512"
+    # another layout, and other tensor bytes: its implementation and hash are this file's
+    assert meta["modelspec.implementation"] == "diffusers" and meta["modelspec.hash_sha256"] == tensor_sha256(diffusers)
+    assert "modelspec.hash_md5" not in meta  # (another algorithm's hash of the old bytes: not carried)
+    # through a pickle (whose record keeps textinv's metadata) and back
+    convert(diffusers, tmp_path / "kdog.pt")
+    (back,) = convert(tmp_path / "kdog.pt", tmp_path / "back.safetensors", to="kohya")
+    again = safetensors_header(back)["__metadata__"]
+    assert again["modelspec.architecture"] == meta["modelspec.architecture"]
+    assert again["modelspec.implementation"] == SGM
+    # a new token: a title that only named the old one follows it
+    (renamed,) = convert(src, tmp_path / "cat.safetensors", token="<cat>")
+    assert safetensors_header(renamed)["__metadata__"]["modelspec.title"] == "<cat>"
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # diffusers' own loader reads what we write
 
 
@@ -696,7 +883,7 @@ def _tiny_clip(tmp_path):
     return tokenizer, CLIPTextModel(config)
 
 
-@pytest.mark.parametrize("fmt", ["diffusers", "diffusers-bin", "a1111"])
+@pytest.mark.parametrize("fmt", ["diffusers", "diffusers-bin", "a1111", "kohya"])
 def test_diffusers_loader_reads_our_files(tmp_path, fmt):
     from diffusers.loaders.textual_inversion import TextualInversionLoaderMixin
 
@@ -706,10 +893,16 @@ def test_diffusers_loader_reads_our_files(tmp_path, fmt):
 
     tokenizer, text_encoder = _tiny_clip(tmp_path)
     assert tokenizer.tokenize("a dog") == ["a</w>", "dog</w>"]
-    emb = LearnedEmbedding("<my-dog>", {"text_encoder": torch.randn(3, 32)})
+    # recorded as trained on SD 1.x, so the safetensors files carry their ModelSpec keys at this small width too
+    emb = LearnedEmbedding("<my-dog>", {"text_encoder": torch.randn(3, 32)}, {"family": "sd1", "resolution": "512"})
     (tmp_path / "out").mkdir()
     (path,) = save_embedding(emb, tmp_path / "out", format=fmt)
-    Pipe().load_textual_inversion(str(path), tokenizer=tokenizer, text_encoder=text_encoder)
+    if path.suffix == ".safetensors":
+        meta = safetensors_header(path)["__metadata__"]
+        assert meta["modelspec.architecture"] == "stable-diffusion-v1/textual-inversion" and meta["format"] == "pt"
+    # a kohya file is keyed "emb_params", not by its token: diffusers takes the token as an argument
+    token = {"token": "<my-dog>"} if fmt == "kohya" else {}
+    Pipe().load_textual_inversion(str(path), tokenizer=tokenizer, text_encoder=text_encoder, **token)
     ids = tokenizer.convert_tokens_to_ids(["<my-dog>", "<my-dog>_1", "<my-dog>_2"])
     rows = text_encoder.get_input_embeddings().weight[ids].detach()
     assert torch.equal(rows, emb.vectors["text_encoder"])

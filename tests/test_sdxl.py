@@ -5,6 +5,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from textinv.config import GenerateConfig, TrainConfig
@@ -210,6 +211,29 @@ def test_two_file_layout_loads_through_diffusers_each_file_into_its_encoder(xl_d
     ids = pipe.tokenizer_2.convert_tokens_to_ids(["<xq>", "<xq>_1"])
     assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[ids],
                        result.embedding.vectors["text_encoder_2"])
+    # both files say what they are (ModelSpec), with the run's resolution and prediction type; diffusers ignored it
+    side = load_model(xl_dir).resolution
+    for name in ("learned_embeds.safetensors", "learned_embeds_2.safetensors"):
+        with safe_open(str(tmp_path / "run" / name), "pt") as f:
+            meta = f.metadata()
+        assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/textual-inversion"
+        assert (meta["modelspec.resolution"], meta["modelspec.prediction_type"]) == (f"{side}x{side}", "epsilon")
+        assert meta["modelspec.implementation"] == "diffusers" and meta["format"] == "pt"
+
+
+def test_a_steps_embedding_file_has_the_main_files_modelspec_date(xl_dir, images, tmp_path, monkeypatch):
+    """The step's file holds the main file's embedding at that step: one save, one date (each call of the clock
+    here gives another second, as a slow disk could between the two writes)."""
+    from textinv import modelspec
+
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(modelspec, "now", lambda: f"2024-01-01T00:00:{next(ticks) % 60:02d}+00:00")
+    train(xl_config(images, tmp_path / "run", steps=2, save_every=2), model=load_model(xl_dir), progress=False)
+    dates = []
+    for path in (tmp_path / "run" / "xq.safetensors", tmp_path / "run" / "embeddings" / "xq-2.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            dates.append(f.metadata()["modelspec.date"])
+    assert dates[0] == dates[1]
 
 
 def test_fp16_sdxl_renders_with_its_vae_kept_in_fp32(xl_dir, images):

@@ -3,12 +3,12 @@
 A learned embedding is a token plus, for each text encoder of the pipeline, a `(num_vectors, width)` float32 tensor.
 The files that carry it (see /work/shared/FORMATS.md for the full table):
 
-    diffusers        learned_embeds.safetensors   {token: [n, d]}, metadata {"format": "pt", ...}
+    diffusers        learned_embeds.safetensors   {token: [n, d]}, metadata {"format": "pt", "modelspec.*", ...}
     diffusers-bin    learned_embeds.bin           torch.save({token: [n, d]}); a 1-D [d] means n = 1
     a1111            <name>.pt                    {"string_to_token": {"*": 265}, "string_to_param": {"*": [n, d]},
                                                    "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
     a1111-png        <name>.png                   text chunk "sd-ti-embedding" = base64(JSON of the a1111 dict)
-    kohya            <name>.safetensors           {"emb_params": [n, d]}
+    kohya            <name>.safetensors           {"emb_params": [n, d]}, metadata may carry "modelspec.*" keys
     onetrainer       <name>.safetensors           {"emp_params": [n, d]} (+ "emp_params_out", ignored); read only
     sdxl             <name>.safetensors           {"clip_l": [n, 768], "clip_g": [n, 1280]}
     diffusers-sdxl   learned_embeds.safetensors + learned_embeds_2.safetensors, one {token: [n, d]} per encoder
@@ -20,6 +20,17 @@ Decisions worth knowing:
   class name onto an inert stand-in that only keeps the pickled state, so those files load without running code.
 - Every writer that has room for metadata also records `token`, so a kohya or sdxl file (whose tensors are not named
   after the token) gives the same token back. The safetensors container key `format` is not part of the metadata.
+- Every safetensors file we write (diffusers, kohya, sdxl, both files of diffusers-sdxl) also carries ModelSpec keys
+  beside ours, as kohya's sd-scripts write them (see `modelspec`): modelspec.architecture "<base>/textual-inversion"
+  for the family it was trained on (stable-diffusion-v1, -v2-512, -v2-768-v, -xl-v1-base), title (the token),
+  date, resolution and prediction type as trained, hash_sha256 of the tensors, and implementation "diffusers" for
+  the diffusers layouts, "https://github.com/Stability-AI/generative-models" (kohya's) for emb_params and
+  clip_l/clip_g. Loaders ignore them: diffusers, A1111 and ComfyUI read the tensors alone. A file read with them
+  keeps them in its metadata, so `convert` carries them (title, date, author, SD 2.x's variant) and refreshes what
+  belongs to the new file (implementation, hash). The pickles and PNG have no place for them.
+- A modelspec.architecture that is no textual inversion (".../lora", a whole model's "stable-diffusion-v1") is
+  refused as what it says, like tensor names that are a LoRA's or a model's (`_unknown_layout`); one that
+  contradicts the vectors (SDXL on one 768-wide tensor) is warned about (`ModelSpecWarning`), and the vectors decide.
 - diffusers-sdxl: `load_embedding("learned_embeds.safetensors")` also reads `learned_embeds_2.safetensors` beside it
   when that file is keyed by the same token and has another width (diffusers' SDXL example writes exactly this pair,
   also as `learned_embeds-steps-N` / `learned_embeds_2-steps-N`; for other names the partner of `x.safetensors` is
@@ -35,12 +46,14 @@ import json
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
 import torch
 
+from . import modelspec
 from .errors import ConfigError, FormatError
 from .families import TEXT_ENCODERS, describe_widths, family_for_widths
 from .io import atomic_path
@@ -206,14 +219,15 @@ def second_file(path: str | Path) -> Path:
 
 
 def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffusers", preview=None, *,
-                   overwrite: bool = True) -> list[Path]:
+                   overwrite: bool = True, date: str | None = None) -> list[Path]:
     """Write `emb` to `path` in `format` (one of FORMATS), atomically; return the files written.
 
     `path` may be a folder (one that exists, or a new one written with a trailing slash, `out/`), in which case
     the file gets `default_filename(format, emb.token)`. For diffusers-sdxl `path` names the first file and the
     second is written beside it (see `second_file`). `preview`, a PIL image, is only used by a1111-png (a plain
     placeholder picture is drawn when it is None). With `overwrite=False` a file already there is refused (before
-    anything is written) instead of replaced.
+    anything is written) instead of replaced. The safetensors formats also carry ModelSpec keys (`modelspec`);
+    `date` is their `modelspec.date` (default: the one the embedding was read with, else now).
 
     >>> save_embedding(emb, "out/my-dog.pt", format="a1111")   # doctest: +SKIP
     [PosixPath('out/my-dog.pt')]
@@ -246,24 +260,27 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
                     raise FormatError(f"{target} already exists; pass --overwrite to replace it, or choose another "
                                       "output path")
         # 2. Write.
-        return _write_embedding(emb, path, format, preview)
+        return _write_embedding(emb, path, format, preview, date)
     except OSError as e:  # a read-only or full disk, a file where a folder should be, a name too long: say which
         raise FormatError(f"cannot write {path}: {e.strerror or e}; choose another output path") from None
 
 
-def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview) -> list[Path]:
+def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, date: str | None = None) -> list[Path]:
     vectors = {name: t.detach().to(torch.float32).contiguous().clone() for name, t in emb.vectors.items()}
+    if format in modelspec.IMPLEMENTATIONS:  # the safetensors formats: each file says what it is
+        metadata = {k: v for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX)}
+        metadata.update(modelspec.keys_for(emb.token, emb.widths, emb.metadata, format, date))
     if format == "diffusers":
-        _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb)
+        _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb.token, metadata)
     elif format == "kohya":
-        _write_safetensors(path, {"emb_params": vectors["text_encoder"]}, emb)
+        _write_safetensors(path, {"emb_params": vectors["text_encoder"]}, emb.token, metadata)
     elif format == "sdxl":
-        _write_safetensors(path, {key: vectors[name] for key, name in _SDXL_KEYS.items()}, emb)
+        _write_safetensors(path, {key: vectors[name] for key, name in _SDXL_KEYS.items()}, emb.token, metadata)
     elif format == "diffusers-sdxl":
         second = second_file(path)
         # the second file first: the one users point at appears last, once its partner is complete
-        _write_safetensors(second, {emb.token: vectors["text_encoder_2"]}, emb)
-        _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb)
+        _write_safetensors(second, {emb.token: vectors["text_encoder_2"]}, emb.token, metadata)
+        _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb.token, metadata)
         return [path, second]
     elif format == "diffusers-bin":
         _write_pickle(path, {emb.token: vectors["text_encoder"]})  # diffusers wants exactly one key: no metadata
@@ -282,13 +299,17 @@ def _write_pickle(path: Path, obj: dict) -> None:
         torch.save(obj, tmp, _use_new_zipfile_serialization=False)
 
 
-def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], emb: LearnedEmbedding) -> None:
-    from safetensors.torch import save_file
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], token: str, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save
 
     # "format": "pt" is what diffusers' own files carry; the token is kept for layouts not keyed by it
-    metadata = {**emb.metadata, "token": emb.token, "format": "pt"}
+    metadata = {**metadata, "token": token, "format": "pt"}
+    if modelspec.PREFIX + "architecture" in metadata:
+        # ModelSpec's hash is of the tensor bytes, which the header (and so the hash in it) does not change
+        metadata[modelspec.PREFIX + "hash_sha256"] = modelspec.tensor_hash(save(tensors))
+    data = save(tensors, metadata=metadata)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(data)
 
 
 def _a1111_dict(emb: LearnedEmbedding, tensor, name: str | None = None) -> dict:
@@ -443,14 +464,25 @@ def _resolve(path: str | Path) -> Path:
 
 
 def _build(path: Path, read: _Read, token: str | None) -> LearnedEmbedding:
-    token = token if token is not None else read.token or read.metadata.get("token") or path.stem
+    own = read.token or read.metadata.get("token") or path.stem
+    token = token if token is not None else own
     metadata = dict(read.metadata)
     if "token" in metadata:  # keep the metadata in step with the token actually used
         metadata["token"] = token
+    if metadata.get(modelspec.PREFIX + "title") == own:  # (a title that only named the old token follows it)
+        metadata[modelspec.PREFIX + "title"] = token
     try:
-        return LearnedEmbedding(token, read.vectors, metadata)
+        emb = LearnedEmbedding(token, read.vectors, metadata)
     except FormatError as e:
         raise FormatError(f"{path}: {e}") from None
+    wrong = modelspec.contradiction(emb.metadata, emb.widths)
+    if wrong:  # the vectors are what a loader uses; the metadata is only a label (ModelSpec: tools warn)
+        warnings.warn(ModelSpecWarning(f"{path}: {wrong}"), stacklevel=3)
+    return emb
+
+
+class ModelSpecWarning(UserWarning):
+    """A file's modelspec.architecture does not fit its vectors."""
 
 
 def _read(path: Path) -> _Read:
@@ -485,8 +517,10 @@ def _read_safetensors(path: Path, header_len: int) -> tuple[dict, dict]:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             keys = list(f.keys())
-            if not embedding_layout(keys):  # named now, from the header: the tensors may be a model's gigabytes
-                raise _unknown_layout(path, keys)
+            # named now, from the header: the tensors may be a model's gigabytes. Names that are no embedding's, or
+            # a modelspec that says the file is something else (a LoRA's...), refuse it
+            if not embedding_layout(keys) or modelspec.other_kind(metadata) is not None:
+                raise _unknown_layout(path, keys, metadata)
             _check_size(path, keys)
             tensors = {key: f.get_tensor(key) for key in keys}
     except FormatError:
@@ -641,7 +675,7 @@ def _interpret(path: Path, obj, metadata: dict, container_format: str) -> _Read:
             fmt = "diffusers-bin" if container_format == "diffusers-bin" else "diffusers"
             return _Read(fmt, {"text_encoder": _vectors(path, tensor, repr(key))}, key, metadata)
 
-    raise _unknown_layout(path, keys)
+    raise _unknown_layout(path, keys, metadata)
 
 
 def embedding_layout(keys) -> bool:
@@ -653,22 +687,31 @@ def embedding_layout(keys) -> bool:
             or "emp_params" in keys and keys <= {"emp_params", "emp_params_out"})
 
 
-def _unknown_layout(path: Path, keys) -> FormatError:
-    """The error for a file that is no embedding layout: what it is when its names tell (`weights_kind`, A1111's
-    optimizer state) and where it goes instead, else the names found and the layouts textinv reads."""
-    shown = sorted(map(str, keys))
+def _unknown_layout(path: Path, keys, metadata: Mapping[str, str] | None = None) -> FormatError:
+    """The error for a file that is no embedding: what it is when its names tell (`weights_kind`, A1111's optimizer
+    state) or else its safetensors `metadata`'s modelspec.architecture does, and where it goes instead; else the
+    names found and the layouts textinv reads."""
+    shown, metadata = sorted(map(str, keys)), metadata or {}
     kind, held = weights_kind(shown) or (None, None)
+    evidence = f"it holds {held!r}"
+    if kind is None and modelspec.other_kind(metadata) is not None:
+        kind, evidence = (modelspec.other_kind(metadata),
+                          f"its modelspec.architecture is {modelspec.architecture_of(metadata)!r}")
     if kind == "LoRA":
-        return FormatError(f"{path}: this is a LoRA (it holds {held!r}), not a textual-inversion embedding: use it as "
+        return FormatError(f"{path}: this is a LoRA ({evidence}), not a textual-inversion embedding: use it as "
                            f"<lora:{path.stem}> in a prompt, with --lora-dir {path.parent} (textinv generate)")
     if kind == "VAE":
-        return FormatError(f"{path}: this is a VAE (it holds {held!r}), not an embedding: pass it as --vae")
-    if kind == "checkpoint":
-        return FormatError(f"{path}: this is a Stable Diffusion model checkpoint (it holds {held!r}), not an "
+        return FormatError(f"{path}: this is a VAE ({evidence}), not an embedding: pass it as --vae")
+    if kind == "checkpoint" and (held is not None or modelspec.family_of(metadata) is not None):
+        return FormatError(f"{path}: this is a Stable Diffusion model checkpoint ({evidence}), not an "
                            f"embedding: pass it as --model")
-    if kind is not None:
-        return FormatError(f"{path}: this is the {kind} of a diffusers model (it holds {held!r}), not an embedding: "
+    if kind == "checkpoint":  # a whole model of an architecture textinv does not know
+        return FormatError(f"{path}: this is a model ({evidence}), not a textual-inversion embedding")
+    if kind in _PART_NAMES:
+        return FormatError(f"{path}: this is the {kind} of a diffusers model ({evidence}), not an embedding: "
                            f"pass the model's folder (the one with model_index.json) as --model")
+    if kind is not None:  # another adapter by its modelspec (a controlnet...)
+        return FormatError(f"{path}: this is a {kind} ({evidence}), not a textual-inversion embedding")
     names = ", ".join(repr(k) for k in shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
     hint = (" This is A1111's optimizer state (.pt.optim), not the embedding: load the .pt beside it."
             if "optimizer_state_dict" in keys else "")
@@ -774,7 +817,8 @@ def _names_folder(path: str | Path) -> bool:
 
 
 def describe(emb: LearnedEmbedding, vocab_norms: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> dict:
-    """A summary of `emb` for `textinv inspect`: token, vector count, widths, family and each vector's L2 norm.
+    """A summary of `emb` for `textinv inspect`: token, vector count, widths, family, each vector's L2 norm, and the
+    file's ModelSpec keys (`modelspec.summary`; "made_for": the family its architecture names).
 
     `vocab_norms` gives, per text encoder, the row norms of the model's vocabulary (a bare tensor means
     "text_encoder"); their mean and standard deviation are added so a norm far off the vocabulary's shows.
@@ -800,7 +844,7 @@ def describe(emb: LearnedEmbedding, vocab_norms: torch.Tensor | Mapping[str, tor
             entry["vocab_norm_mean"] = v.mean().item()
             entry["vocab_norm_std"] = v.std(correction=0).item()
         encoders[name] = entry
-    return {
+    summary = {
         "token": emb.token,
         "num_vectors": emb.num_vectors,
         "widths": list(emb.widths),
@@ -808,6 +852,13 @@ def describe(emb: LearnedEmbedding, vocab_norms: torch.Tensor | Mapping[str, tor
         "encoders": encoders,
         "metadata": dict(emb.metadata),
     }
+    spec = modelspec.summary(emb.metadata)
+    if spec:
+        summary["modelspec"] = spec
+        family = modelspec.family_of(emb.metadata)
+        if family is not None:
+            summary["made_for"] = family
+    return summary
 
 
 def _check_format(format: str) -> None:

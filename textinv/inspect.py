@@ -7,13 +7,15 @@ the vocabulary tokens nearest to it by cosine similarity.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
+from . import modelspec
 from .emphasis import CHUNK
-from .families import FAMILY_WIDTHS, describe_widths
-from .formats import _resolve, describe, detect_format, load_embedding
+from .families import FAMILY_NAMES, FAMILY_WIDTHS, describe_widths
+from .formats import ModelSpecWarning, _resolve, describe, detect_format, load_embedding
 from .generate import uses_clip_l_half
 from .models import load_model
 from .tokens import base_embedding
@@ -52,8 +54,15 @@ def _readable(token: str) -> str:
 
 
 def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
-    """A report on an embedding file as a dict, with a human-readable `text` entry."""
-    emb = load_embedding(path)
+    """A report on an embedding file as a dict, with a human-readable `text` entry. A modelspec architecture that
+    does not fit the vectors is said in the report ("modelspec_mismatch"), not warned about."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        emb = load_embedding(path)
+    mismatch = [str(w.message) for w in caught if issubclass(w.category, ModelSpecWarning)]
+    for w in caught:
+        if not issubclass(w.category, ModelSpecWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     report = {"file": str(path), "format": detect_format(path)}
     nearest = None
     if model is not None:
@@ -77,6 +86,21 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
         report.update(describe(emb))
     lines = [f"{report['file']}: {report['format']} format", f"token: {emb.token}",
              f"vectors: {emb.num_vectors}", f"fits: {report['family']}"]
+    spec = report.get("modelspec", {})
+    if "architecture" in spec:  # what the file says it was made for: SD 2.x's 512 or 768-v, a test model's family
+        made_for = report.get("made_for")
+        lines.append(f"made for: {spec['architecture']}" + (f", {FAMILY_NAMES[made_for]}" if made_for else "")
+                     + " (its modelspec)")
+    for key in ("title", "resolution"):
+        if key in spec:
+            lines.append(f"{key}: {spec[key]}")
+    rest = {k: v for k, v in spec.items()
+            if k not in ("architecture", "title", "resolution", "sai_model_spec", "implementation", "hash_sha256")}
+    if rest:
+        lines.append("modelspec: " + ", ".join(f"{k}={v}" for k, v in sorted(rest.items())))
+    if mismatch:
+        report["modelspec_mismatch"] = mismatch[0]
+        lines.append(mismatch[0])
     # The web UIs call a file by its name, whatever token it stores (an image by its chunk's name, and they do not
     # read a diffusers-sdxl pair as one embedding): what their users type in a prompt
     stem = _resolve(Path(path)).stem  # (a diffusers folder: its learned_embeds file)
@@ -105,7 +129,8 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
         lines.append(report["note_length"])
     if "model_mismatch" in report:
         lines.append(report["model_mismatch"])
-    if emb.metadata:
-        lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in emb.metadata.items()))
+    own = {k: v for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX)}  # (shown above)
+    if own:
+        lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in own.items()))
     report["text"] = "\n".join(lines)
     return report

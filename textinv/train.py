@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import __version__, emphasis
+from . import __version__, emphasis, modelspec
 from .config import TrainConfig, parse_lr_steps, save_config
 from .data import (CaptionSampler, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, read_caption, read_template_file)
@@ -654,7 +654,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                        for (name, _, _), v, r in zip(model.encoders, vectors, c.rows)}
         meta = {"token": c.token, "vectors": str(config.vectors), "base_model": str(shareable_name(config.model)[0]),
                 "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
-                "clip_skip": str(clip_skip), "textinv_version": __version__}
+                "clip_skip": str(clip_skip), "resolution": str(resolution), "prediction_type": model.prediction_type,
+                "textinv_version": __version__}
         return LearnedEmbedding(c.token, per_encoder, meta)
 
     def embedding_path(c: ConceptState) -> Path:
@@ -668,14 +669,16 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         """Each concept's embedding, and a checkpoint to resume from (main process only)."""
         if not is_main:
             return []
+        date = modelspec.now()  # (one for the step's files too: they are the same bytes as the main file's)
         files = [f for c in concepts for f in _write_embedding(embedding_of(c, at_step, vectors), embedding_path(c),
-                                                                 file_format)]
+                                                                 file_format, date)]
         # (not for the last good vectors a non-finite loss falls back to: they are an earlier step's)
         if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0 \
                 and vectors is None:
             for c in concepts:  # (the step's files are the same bytes as the main file's at that step)
                 _write_embedding(embedding_of(c, at_step),
-                                 c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step), file_format)
+                                 c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step), file_format,
+                                 date)
         if checkpoint:
             save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
@@ -894,11 +897,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                        embeddings=[embedding_of(c, step) for c in concepts])
 
 
-def _write_embedding(emb: LearnedEmbedding, path: Path, file_format: str) -> list[Path]:
+def _write_embedding(emb: LearnedEmbedding, path: Path, file_format: str, date: str | None = None) -> list[Path]:
     """`save_embedding`, a failed write raised as the OSError it is: `textinv train` then says which checkpoint is
     kept and the command that goes on from it (the advice for `convert`, another output path, is not it here)."""
     try:
-        return save_embedding(emb, path, file_format)
+        return save_embedding(emb, path, file_format, date=date)
     except FormatError as e:
         if isinstance(e.__context__, OSError):
             raise e.__context__ from None
