@@ -202,3 +202,20 @@ def test_overwrite_deletes_the_previous_runs_logs_in_out(sd1_dir, images, tmp_pa
     (out / "logs" / "mine.txt").unlink()
     train(config(images, out, steps=2, overwrite=True, log_with=None), model=load_model(sd1_dir), progress=False)
     assert not (out / "logs").exists()  # (the folder it made, left empty, goes too)
+
+
+def test_the_trackers_leave_accelerates_global_state_to_the_caller(sd1_dir, images, tmp_path):
+    """train() called from a program that uses accelerate itself: an Accelerator made before it (at bf16, say) does
+    not stop the trackers, and one made after it may choose its own mixed precision. (accelerate's AcceleratorState is
+    one per process and refuses a second precision: the trackers must not make one.)"""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # (a test before may have left one)
+    try:
+        train(config(images, tmp_path / "a", steps=2), model=load_model(sd1_dir), progress=False)
+        Accelerator(cpu=True, mixed_precision="bf16")  # (the caller's own, after textinv's run)
+        train(config(images, tmp_path / "b", steps=2), model=load_model(sd1_dir), progress=False)
+        assert [s for s, _ in scalars(read_events(tmp_path / "b" / "logs" / "b"))["loss"]] == [2]
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

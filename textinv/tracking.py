@@ -1,5 +1,6 @@
 """Experiment trackers (`--log-with`): what loss.csv and samples/ hold, sent to TensorBoard, wandb or another
-tracker accelerate supports, through accelerate's tracker API (`Accelerator(log_with=...)`, `init_trackers`, `log`).
+tracker accelerate supports, through accelerate's tracker classes (`accelerate.tracking`), as
+`Accelerator.init_trackers` starts them.
 
 Optional (STYLE 9): a tracker's package is looked for only when --log-with names it, and a missing one is refused
 before the model loads, with the pip command. loss.csv and the grids in --out are written either way.
@@ -77,17 +78,20 @@ def run_name(out: str | Path) -> str:
 
 
 class RunTracker:
-    """The run's trackers, started through accelerate. Only the main process writes: accelerate runs its trackers
-    there alone (`init_trackers` and `log` are main-process-only), so every process may call these methods."""
+    """The run's trackers, accelerate's tracker classes started on the main process alone (as
+    `Accelerator.init_trackers` starts them), so every process may call these methods.
 
-    def __init__(self, names: list[str], log_dir: Path, name: str, cpu: bool, resumed_at: int | None = None):
+    No `Accelerator` is made for them: its AcceleratorState is one per process and fixes the mixed precision, so
+    one made here would refuse a caller's Accelerator of another precision, before train() or after it."""
+
+    def __init__(self, names: list[str], log_dir: Path, name: str, resumed_at: int | None = None):
         """`resumed_at`: the step of the checkpoint a resumed run starts from (None: a new run)."""
-        from accelerate import Accelerator
+        from accelerate import PartialState
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-        # only for its trackers: textinv keeps its own precision (--precision) and compiling (--compile), and an
-        # accelerate config's dynamo backend would turn on TF32 matmuls for every later CUDA step
-        self.accelerator = Accelerator(cpu=cpu, log_with=names, project_dir=str(log_dir), mixed_precision="no",
-                                       dynamo_backend="no")
+        self.trackers = []
+        if not PartialState().is_main_process:
+            return
         # TensorBoard reads every events file in its folder, in order: SummaryWriter's purge_step marks where this
         # writer starts, and events of that step or later in the files before it are dropped. A resumed run logs
         # again the steps after its checkpoint that a crash (a kill, power loss) logged but did not save, so the
@@ -98,22 +102,29 @@ class RunTracker:
         # make the name its own, and TensorBoard, which reads the files in name order, reads files of one second
         # by that step (torch's writer puts the process and a counter before it: its names are its own already)
         suffix = f".step{purge:09d}.{os.getpid()}"
-        self.accelerator.init_trackers(name, init_kwargs={"tensorboard": {"purge_step": purge,
-                                                                          "filename_suffix": suffix}})
+        options = {"tensorboard": {"purge_step": purge, "filename_suffix": suffix}}
+        for tracker_name in names:
+            kind = LOGGER_TYPE_TO_CLASS[tracker_name]
+            where = (str(log_dir),) if kind.requires_logging_directory else ()
+            tracker = kind(name, *where, **options.get(tracker_name, {}))
+            if callable(getattr(tracker, "start", None)):  # (accelerate >= 1.5 opens its writer here)
+                tracker.start()
+            self.trackers.append(tracker)
 
     def log(self, step: int, loss: float, lr: float, per_concept: dict[str, float] | None = None) -> None:
         """loss.csv's row of `step` (the loss summed over concepts, and each concept's by its folder name) and the
         learning rate of the step just taken."""
         values = {"loss": loss, "lr": lr}
         values.update({f"loss/{name}": value for name, value in (per_concept or {}).items()})
-        self.accelerator.log(values, step=step)
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
 
     def log_grid(self, step: int, tag: str, grid) -> None:
         """A sample grid (a PIL image) to the trackers that take images in a form known here: TensorBoard and wandb
         (each tracker's `log_images` takes its own form)."""
         import numpy as np
 
-        for tracker in self.accelerator.trackers:
+        for tracker in self.trackers:
             if tracker.name == "tensorboard":
                 tracker.log_images({tag: np.asarray(grid.convert("RGB"))[None]}, step=step,
                                    dataformats="NHWC")  # (1, H, W, 3)
@@ -121,7 +132,6 @@ class RunTracker:
                 tracker.log_images({tag: [grid]}, step=step)
 
     def finish(self) -> None:
-        """Close every tracker (TensorBoard writes what it holds). `Accelerator.end_training` would also destroy
-        the process group, which a data-parallel `train()` does not own: its caller may go on using it."""
-        for tracker in self.accelerator.trackers:
+        """Close every tracker (TensorBoard writes what it holds)."""
+        for tracker in self.trackers:
             tracker.finish()

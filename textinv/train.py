@@ -745,7 +745,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # --log-with: loss.csv's rows and the grids go to experiment trackers too (a resumed run goes on in its logs)
     trackers = tracker_names(config.log_with)
     tracker = RunTracker(trackers, Path(config.log_dir or out / LOGS_DIR), run_name(out),
-                         cpu=state.device.type == "cpu", resumed_at=step if config.resume else None) \
+                         resumed_at=step if config.resume else None) \
         if trackers else None
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
     started, first_step = time.time(), step
