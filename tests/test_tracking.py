@@ -219,3 +219,14 @@ def test_the_trackers_leave_accelerates_global_state_to_the_caller(sd1_dir, imag
         assert [s for s, _ in scalars(read_events(tmp_path / "b" / "logs" / "b"))["loss"]] == [2]
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_a_tracker_the_installed_accelerate_lacks_is_refused_before_the_model_loads(images, tmp_path, monkeypatch):
+    """accelerate>=1.0 is all textinv requires, and its trackers came over its versions (swanlab, trackio later):
+    one the installed accelerate does not have is refused with the upgrade, not found missing after the model load."""
+    from accelerate import tracking
+
+    monkeypatch.delitem(tracking.LOGGER_TYPE_TO_CLASS, "tensorboard")  # (as in an accelerate without it)
+    with pytest.raises(ConfigError, match=r"--log-with tensorboard: the installed accelerate \(.*\) has no tensorboard "
+                                          r"tracker yet; pip install -U accelerate"):
+        config(images, tmp_path / "run").validate()

@@ -53,8 +53,9 @@ def _installed(module: str) -> bool:
 
 
 def check_trackers(log_with: str | None) -> list[str]:
-    """The trackers --log-with names, each known and its package installed; else a ConfigError naming it and the
-    fix. Imports nothing: only looks for the packages."""
+    """The trackers --log-with names, each known, in the installed accelerate's tracker table (a tracker newer than
+    it is not) and its package installed; else a ConfigError naming it and the fix. Imports no tracker package:
+    only looks for them."""
     names = tracker_names(log_with)
     if not names and log_with is not None and log_with.strip().lower() != "none":
         raise ConfigError(f"--log-with {log_with!r} names no tracker; give one of: {', '.join(TRACKERS)}, or none")
@@ -63,6 +64,13 @@ def check_trackers(log_with: str | None) -> list[str]:
             all_ = " ('all' is not taken: name them, e.g. tensorboard,wandb)" if name == "all" else ""
             raise ConfigError(f"--log-with {name!r} is no tracker textinv knows{all_}; give one or more of: "
                               f"{', '.join(TRACKERS)} (comma-separated), or none")
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        if name not in LOGGER_TYPE_TO_CLASS:  # (accelerate>=1.0 is required; swanlab and trackio came later)
+            from importlib.metadata import version
+
+            raise ConfigError(f"--log-with {name}: the installed accelerate ({version('accelerate')}) has no {name} "
+                              f"tracker yet; pip install -U accelerate, or leave out --log-with")
         modules, package = TRACKERS[name]
         if not any(_installed(m) for m in modules):
             extra = " (or pip install 'textinv[tensorboard]'; the lighter tensorboardX also writes its logs)" \
