@@ -210,8 +210,7 @@ def test_each_key_textinv_has_no_equivalent_for_is_refused_by_name_with_what_to_
     ('[general]\nresolution = 500\n', r"\[general\]: resolution = 500: resolution must be a multiple of 8 pixels, "
                                       r"got 500; the nearest: 496 or 504"),
     ('[general]\nnum_repeats = "10"\n', r"\[general\]: num_repeats must be a whole number >= 1, got \"10\""),
-    ('[general]\ncaption_extension = "txt"\n', r"caption_extension must be a file suffix with its dot, such as "
-                                               r"\"\.txt\""),
+    ('[general]\ncaption_extension = "."\n', r"caption_extension must be a file suffix, such as \"\.txt\""),
     ('[general]\nenable_bucket = true\nresolution = 1024\nmin_bucket_reso = 256\n',
      r"\[general\]: min_bucket_reso = 256: textinv's buckets have sides from half to twice the resolution, 512 to "
      r"2048 at 1024; set min_bucket_reso = 512, or remove it"),
@@ -336,3 +335,14 @@ def test_a_json_dataset_config_is_read_as_its_toml(tmp_path):
                                                                  else tmp_path / name), token="<t>", out="o"))
             for name in ("d.toml", "d.json")]
     assert read[0] == read[1] and read[0].subsets[1]["repeats"] == 3
+
+
+def test_a_caption_extension_without_its_dot_is_read_as_kohya_reads_it(tmp_path):
+    """kohya's DreamBoothSubset puts the dot in front of a caption_extension written without one: "txt" is .txt."""
+    folder = write_images(tmp_path / "a", n=1)
+    (folder / "img0.txt").write_text("{} on grass")
+    dataset = toml(tmp_path / "d.toml", f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder}"\n'
+                                        f'caption_extension = "txt"\n')
+    read = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    assert read.subsets == [{"images": str(folder), "repeats": 1, "caption_extension": ".txt"}]
+    assert read.validate().subset_list() == read.subsets  # (as config.yaml records it, and a resume reads it)

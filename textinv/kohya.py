@@ -95,11 +95,11 @@ def _text(value):
 
 
 def _extension(value):
-    # (kohya appends it to the picture's name without its suffix: "txt" would read "dog1txt")
-    if isinstance(value, str) and value.startswith(".") and len(value) > 1 and "/" not in value:
-        return value
-    raise ValueError("a file suffix with its dot, such as \".txt\" (kohya appends it to the picture's name without "
-                     "its suffix)")
+    # kohya appends it to the picture's name without its suffix, and puts the dot in front of one written without
+    # ("txt" reads dog1.txt, as its DreamBoothSubset has it)
+    if isinstance(value, str) and value.strip(".") and "/" not in value:
+        return value if value.startswith(".") else "." + value
+    raise ValueError("a file suffix, such as \".txt\" (kohya appends it to the picture's name without its suffix)")
 
 
 class _Refused(ValueError):
