@@ -252,7 +252,7 @@ def xl_dir(tmp_path_factory):
 
 
 def _train(model_dir, images, out, **kw):
-    train(TrainConfig(**{**dict(images=str(images), token="<zq>", init="dog", model=str(model_dir), out=str(out),
+    train(TrainConfig(**{**dict(images=images and str(images), token="<zq>", init="dog", model=str(model_dir), out=str(out),
                                 steps=1, batch=1, save_every=0, sample_every=0, log_every=1), **kw}), progress=False)
     return out
 
@@ -372,6 +372,18 @@ def test_a_run_whose_pictures_moved_says_so(run_dir, clip_dir, judge, sd1_dir, t
     shutil.rmtree(images)
     with pytest.raises(DataError, match=r"config.yaml names; pass --images"):
         score(_quick(run, clip_dir, tmp_path / "o"), judge=judge, progress=False)
+
+
+def test_a_run_of_kohya_subsets_is_scored_against_their_pictures(sd1_dir, clip_dir, judge, tmp_path):
+    """A run trained from --dataset-config keeps its pictures as `subsets` in config.yaml, not `images`: score
+    finds them there, each picture once, as it finds a folder's."""
+    a, b = write_images(tmp_path / "a", n=2, seed=3), write_images(tmp_path / "b", n=1, seed=4)
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{a}"\nnum_repeats = 3\n'
+                       f'[[datasets.subsets]]\nimage_dir = "{b}"\n')
+    run = _train(sd1_dir, None, tmp_path / "run", dataset_config=str(dataset))
+    report = score(_quick(run, clip_dir, tmp_path / "o"), judge=judge, progress=False).report
+    assert report["images"] == f"{a}, {b}" and len(report["training_files"]) == 3
 
 
 def test_pictures_are_judged_as_drawn_and_the_sheet_keeps_thumbnails(run_dir, clip_dir, judge, tmp_path,

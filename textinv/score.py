@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, emphasis
 from .config import DEVICE_HELP, PRECISIONS, SAMPLERS, check_choices, check_drawing, check_seed, opt
-from .data import PROPERTIES, find_images, load_image
+from .data import PROPERTIES, load_image, picture_set
 from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
@@ -279,9 +279,10 @@ def scored_text(template: str, steps: int = DEFAULT_STEPS) -> str:
 
 
 def run_settings(embedding: Path, token: str) -> dict:
-    """What the training run beside `embedding` says: images, model (and the VAE, single-file config and prediction
-    type it was loaded with), property, init and its loss curve file, from the config.yaml in the run folder (the
-    embedding's folder, or its parent for one concept of a run of several). Empty when there is none."""
+    """What the training run beside `embedding` says: images (or, for a run of kohya subsets, `--dataset-config`'s,
+    subsets), model (and the VAE, single-file config and prediction type it was loaded with), property, init and its
+    loss curve file, from the config.yaml in the run folder (the embedding's folder, or its parent for one concept of
+    a run of several). Empty when there is none."""
     from .run_folder import CONFIG_FILE, LOSS_LOG
 
     folder = embedding if embedding.is_dir() else embedding.parent
@@ -299,6 +300,7 @@ def run_settings(embedding: Path, token: str) -> dict:
         # file is what it started from, as the embedding's own metadata records
         init = f"embedding {saved.init_embedding}" if saved.init_embedding else spec["init"]
         settings = {"run": str(run), "config": str(run / CONFIG_FILE), "images": spec["images"], "init": init,
+                    "subsets": saved.subset_list(),
                     "model": saved.model, "vae": saved.vae, "single_file_config": saved.single_file_config,
                     "prediction_type": saved.prediction_type, "property": saved.property,
                     "loss_column": "loss" if len(specs) == 1 else spec["token"]}
@@ -542,10 +544,11 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     others = _compared(config.compare, emb, Path(config.embedding))
     installed = [emb] + [e for e, _ in others]  # (all at once: each is drawn under its own token)
     images = config.images or run.get("images")
-    if not images:
+    subsets = [] if config.images else run.get("subsets", [])  # (a run of kohya subsets: their pictures)
+    if not images and not subsets:
         raise ConfigError("--images is required: the concept's training pictures, which reconstruction is measured "
                           "against (no training run's config.yaml beside the embedding says where they are)")
-    pictures = _training_pictures(images, None if config.images else run)
+    pictures = _training_pictures(images, None if config.images else run, subsets)
     source = config.model or run.get("model") or _recorded_model(emb.metadata.get("base_model"))
     kind = config.property or run.get("property") or emb.metadata.get("property") or "object"
     if kind not in PROPERTIES:
@@ -608,7 +611,8 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
             "embedding": {"path": absolute(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
                           "metadata": emb.metadata},
             "compared": [{"path": path, "token": other.token, "metadata": other.metadata} for other, path in others],
-            "images": absolute(images), "training_files": training_files, "model": model.describe(),
+            "images": absolute(images) if images else ", ".join(s["images"] for s in subsets),
+            "training_files": training_files, "model": model.describe(),
             "clip": judge.source, "settings": {**dataclasses.asdict(config), "steps": steps, "guidance": guidance,
                                                "clip_skip": clip_skip, "resolution": size, "property": kind},
             "seeds": seeds, "training_similarity": training_similarity(training), "methods": table,
@@ -689,12 +693,14 @@ class Drawing:
         return name
 
 
-def _training_pictures(images: str, run: dict | None) -> list[Image.Image]:
-    """The concept's training pictures, read now (a bad one is said before the model loads). `run`: the training
-    run they came from, when --images was not given: a folder moved or deleted since is said as that."""
+def _training_pictures(images: str | None, run: dict | None, subsets: list[dict] = ()) -> list[Image.Image]:
+    """The concept's training pictures, read now (a bad one is said before the model loads): the folder `images`,
+    or kohya `subsets` (`TrainConfig.subset_list`), each picture once. `run`: the training run they came from, when
+    --images was not given: a folder moved or deleted since is said as that."""
     try:
+        paths = dict.fromkeys(picture_set(images, subsets).paths)  # (a picture in two subsets is one picture)
         # (seen only by CLIP, at 224, and as 256-pixel thumbnails: a big JPEG need not be decoded whole)
-        return [load_image(p, shown_at=256) for p in find_images(images)]
+        return [load_image(p, shown_at=256) for p in paths]
     except DataError as e:
         if not run:
             raise
