@@ -346,3 +346,23 @@ def test_a_caption_extension_without_its_dot_is_read_as_kohya_reads_it(tmp_path)
     read = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
     assert read.subsets == [{"images": str(folder), "repeats": 1, "caption_extension": ".txt"}]
     assert read.validate().subset_list() == read.subsets  # (as config.yaml records it, and a resume reads it)
+
+
+def test_a_folder_given_twice_in_one_dataset_is_trained_by_its_first_subset_as_in_kohya(tmp_path):
+    """kohya's DreamBoothDataset leaves out a subset whose image_dir an earlier subset of the dataset has (its
+    subsets are equal by image_dir), with a warning; in another [[datasets]] the folder is trained again."""
+    a, b = write_images(tmp_path / "a", n=1), write_images(tmp_path / "b", n=1)
+    dataset = toml(tmp_path / "d.toml", f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{a}"\nnum_repeats = 2\n'
+                                        f'flip_aug = false\n[[datasets.subsets]]\nimage_dir = "{a}"\nnum_repeats = 5\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{b}"\n'
+                                        f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{a}"\nnum_repeats = 3\n')
+    with pytest.warns(DatasetConfigWarning, match=r"\[\[datasets\]\] 1, \[\[datasets.subsets\]\] 2 left out: its "
+                                                  r"image_dir .* is that of \[\[datasets\]\] 1, "
+                                                  r"\[\[datasets.subsets\]\] 1 in the same dataset"):
+        # (the subsets after it keep their places in the file)
+        with pytest.raises(ConfigError, match=r"\[\[datasets\]\] 1, \[\[datasets.subsets\]\] 3 gives no flip_aug"):
+            apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    toml(dataset, dataset.read_text().replace("flip_aug = false\n", ""))
+    with pytest.warns(DatasetConfigWarning):
+        read = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    assert [(s["images"], s["repeats"]) for s in read.subsets] == [(str(a), 2), (str(b), 1), (str(a), 3)]

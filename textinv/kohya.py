@@ -230,6 +230,7 @@ class DatasetConfig:
     datasets: list[dict[str, tuple[Any, str]]]  # per [[datasets]]: dataset key -> (value, where it was written)
     subsets: list[dict[str, tuple[Any, str]]]  # per subset: key -> (value, where it was written)
     subset_of: list[int]  # each subset's [[datasets]] number (from 0)
+    places: list[str]  # each subset's place in the file, "[[datasets]] D, [[datasets.subsets]] S"
 
 
 def read_dataset_config(path: str | os.PathLike) -> DatasetConfig:
@@ -265,7 +266,7 @@ def read_dataset_config(path: str | os.PathLike) -> DatasetConfig:
     if not isinstance(data.get("datasets", []), list):  # ([datasets] written for [[datasets]])
         raise ConfigError(f"{path}: datasets must be a list of tables, [[datasets]] (two brackets), got "
                           f"{type(data['datasets']).__name__}")
-    datasets, subsets, subset_of = [], [], []
+    datasets, subsets, subset_of, places = [], [], [], []
     for d, dataset in enumerate(data.get("datasets", []), start=1):
         where = f"[[datasets]] {d}"
         resolved = {**general, **_table(path, dataset, DATASET, where)}
@@ -281,12 +282,21 @@ def read_dataset_config(path: str | os.PathLike) -> DatasetConfig:
                 _refuse_at_default(path, values)  # (a fine-tuning subset's metadata_file: what to do instead)
                 raise ConfigError(f"{path}: {place} has no image_dir; kohya's subsets each name their folder of "
                                   f"pictures, e.g. image_dir = \"img/dog\"")
+            folder = values["image_dir"][0]
+            first = next((places[i] for i, kept in enumerate(subsets)
+                          if subset_of[i] == d - 1 and kept["image_dir"][0] == folder), None)
+            if first:  # (kohya's DreamBoothDataset takes a folder once: its subsets are equal by image_dir alone)
+                warnings.warn(DatasetConfigWarning(f"{path}: {place} left out: its image_dir {folder!r} is that of "
+                                                   f"{first} in the same dataset, and kohya trains only the first "
+                                                   f"subset of a folder; remove it, or merge the two"), stacklevel=3)
+                continue
             subsets.append(values)
             subset_of.append(d - 1)
+            places.append(place)
     if not subsets:
         raise ConfigError(f"{path} holds no [[datasets]]: kohya's dataset config lists them, each with its "
                           f"[[datasets.subsets]] of pictures (image_dir = \"img/dog\", num_repeats = 10)")
-    return DatasetConfig(path, datasets, subsets, subset_of)
+    return DatasetConfig(path, datasets, subsets, subset_of, places)
 
 
 def _check_top(path: Path, data: dict) -> None:
@@ -410,7 +420,7 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
             ours = config.use_flip if setting == "flip" else current
             if ours != value:
                 missing = next(i for i, v in enumerate(found) if v is None)
-                which = f"[[datasets]] {missing + 1}" if per_dataset else _subset_place(read, missing)
+                which = f"[[datasets]] {missing + 1}" if per_dataset else read.places[missing]
                 raise ConfigError(f"{path}: {which} gives no {key}, so it takes textinv's {_flag(setting)} "
                                   f"({_shown(ours)}), where {place} gives {_toml(value)}; textinv has one "
                                   f"{_flag(setting)} for all its pictures: give {key} {once}")
@@ -445,11 +455,6 @@ def _flag(setting: str) -> str:
 
 def _shown(value) -> str:
     return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
-
-
-def _subset_place(read: DatasetConfig, i: int) -> str:
-    d = read.subset_of[i]
-    return f"[[datasets]] {d + 1}, [[datasets.subsets]] {read.subset_of[:i].count(d) + 1}"
 
 
 def _listed(subsets: list[dict]) -> str:
