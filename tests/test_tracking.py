@@ -230,3 +230,15 @@ def test_a_tracker_the_installed_accelerate_lacks_is_refused_before_the_model_lo
     with pytest.raises(ConfigError, match=r"--log-with tensorboard: the installed accelerate \(.*\) has no tensorboard "
                                           r"tracker yet; pip install -U accelerate"):
         config(images, tmp_path / "run").validate()
+
+
+def test_overwrite_deletes_the_logs_of_a_run_whose_logging_was_turned_off_on_resume(sd1_dir, images, tmp_path):
+    """config.yaml records --log-with none after a resume turned logging off; the events its first part wrote are
+    still the old run's, and go with it."""
+    out = tmp_path / "run"
+    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4, save_every=2, resume=True, log_with="none"), model=load_model(sd1_dir),
+          progress=False)
+    assert list((out / "logs" / "run").glob("events.*"))
+    train(config(images, out, steps=2, overwrite=True, log_with=None), model=load_model(sd1_dir), progress=False)
+    assert not (out / "logs").exists()

@@ -29,7 +29,7 @@ from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, load_embedd
 from .io import write_bytes, write_text
 from .models import BUNDLED_MODELS
 from .tokens import token_names
-from .tracking import LOGS_DIR, run_name, tracker_names
+from .tracking import LOGS_DIR, run_name
 
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
@@ -266,7 +266,9 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
     for name in (CHECKPOINT_DIR, SAMPLES_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
     logged, where = previous.get("log_with"), previous.get("log_dir")
-    if isinstance(logged, str) and tracker_names(logged):  # its trackers' folder (--log-dir/NAME), inside --out
+    # its trackers' folder (--log-dir/NAME), inside --out; also after --log-with none (a resume turned them off:
+    # what they logged before is the old run's)
+    if isinstance(logged, str):
         logs = Path(where if isinstance(where, str) and where else out / LOGS_DIR) / run_name(out)
         if out.resolve() in logs.resolve().parents:
             shutil.rmtree(logs, ignore_errors=True)
