@@ -115,7 +115,7 @@ class RunTracker:
             kind = LOGGER_TYPE_TO_CLASS[tracker_name]
             where = (str(log_dir),) if kind.requires_logging_directory else ()
             tracker = kind(name, *where, **options.get(tracker_name, {}))
-            if callable(getattr(tracker, "start", None)):  # (accelerate >= 1.5 opens its writer here)
+            if callable(getattr(tracker, "start", None)):  # (newer accelerate opens the writer here, older in __init__)
                 tracker.start()
             self.trackers.append(tracker)
 
