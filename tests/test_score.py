@@ -252,8 +252,9 @@ def xl_dir(tmp_path_factory):
 
 
 def _train(model_dir, images, out, **kw):
-    train(TrainConfig(**{**dict(images=images and str(images), token="<zq>", init="dog", model=str(model_dir), out=str(out),
-                                steps=1, batch=1, save_every=0, sample_every=0, log_every=1), **kw}), progress=False)
+    train(TrainConfig(**{**dict(images=images and str(images), token="<zq>", init="dog", model=str(model_dir),
+                                out=str(out), steps=1, batch=1, save_every=0, sample_every=0, log_every=1), **kw}),
+          progress=False)
     return out
 
 
