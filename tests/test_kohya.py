@@ -366,3 +366,25 @@ def test_a_folder_given_twice_in_one_dataset_is_trained_by_its_first_subset_as_i
     with pytest.warns(DatasetConfigWarning):
         read = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
     assert [(s["images"], s["repeats"]) for s in read.subsets] == [(str(a), 2), (str(b), 1), (str(a), 3)]
+
+
+def test_a_resume_given_the_file_again_from_another_directory_is_told_why_its_folders_differ(tmp_path, monkeypatch):
+    """The run's config.yaml holds its subsets' folders absolute; the file's relative image_dir are read from the
+    working directory, so given again from another one they name other folders, or none: the message says so, and
+    that the resume needs no file (it said the file had changed, or only to give the folder)."""
+    for project in ("one", "two"):
+        write_images(tmp_path / project / "img" / "dog", n=1)
+    dataset = toml(tmp_path / "d.toml", '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img/dog"\n')
+    run = dict(dataset_config=str(dataset), token="<t>", out=str(tmp_path / "run"), resume=True,
+               subsets=[{"images": str(tmp_path / "one" / "img" / "dog")}])
+    monkeypatch.chdir(tmp_path / "two")
+    with pytest.raises(ConfigError, match=r"are not the run's .*; its relative image_dir \(img/dog\) are read from "
+                                          r"the working directory, .*two, which may not be the one the run started "
+                                          r"in; resume without --dataset-config"):
+        apply_dataset_config(TrainConfig(**run))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"image_dir 'img/dog' does not exist .*; give the folder of the subset's "
+                                          r"pictures, or resume without --dataset-config"):
+        apply_dataset_config(TrainConfig(**run))
+    monkeypatch.chdir(tmp_path / "one")
+    assert apply_dataset_config(TrainConfig(**run)).subsets[0]["images"] == str(tmp_path / "one" / "img" / "dog")

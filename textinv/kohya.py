@@ -429,11 +429,15 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
     buckets = changes.get("buckets", config.buckets)
     _check_buckets(read, resolution, buckets)
     _warn_ignored(read)
-    subsets = [_subset(read, i, values) for i, values in enumerate(read.subsets)]
+    subsets = [_subset(read, i, values, config.resume) for i, values in enumerate(read.subsets)]
     if config.subsets and config.subset_list() != subsets:  # (a resume given the file again: its record agrees)
         if config.resume:
+            relative = [values["image_dir"][0] for values in read.subsets
+                        if not Path(values["image_dir"][0]).expanduser().is_absolute()]
+            moved = (f"; its relative image_dir ({', '.join(relative)}) are read from the working directory, "
+                     f"{Path.cwd()}, which may not be the one the run started in" if relative else "")
             raise ConfigError(f"{_resuming(config, path)}: its subsets ({_listed(subsets)}) are not the run's "
-                              f"({_listed(config.subset_list())}); {_RESUME_FIX}")
+                              f"({_listed(config.subset_list())}){moved}; {_RESUME_FIX}")
         raise ConfigError(f"{path}'s subsets ({_listed(subsets)}) and the subsets given "
                           f"({_listed(config.subset_list())}) "
                           f"both name the pictures: give one of them")
@@ -441,8 +445,8 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
 
 
 # (a resume reads the run's config.yaml, which holds what the file gave when the run started)
-_RESUME_FIX = ("the file changed since the run started: resume without --dataset-config (the run's config.yaml "
-               "records what the file gave), or start a new run")
+_RESUME_FIX = ("resume without --dataset-config (the run's config.yaml records what the file gave when the run "
+               "started), or start a new run")
 
 
 def _resuming(config: TrainConfig, path: Path) -> str:
@@ -462,9 +466,10 @@ def _listed(subsets: list[dict]) -> str:
                                                           else "") for s in subsets)
 
 
-def _subset(read: DatasetConfig, i: int, values: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+def _subset(read: DatasetConfig, i: int, values: dict[str, tuple[Any, str]], resume: bool = False
+            ) -> dict[str, Any]:
     """Subset `i` as `TrainConfig.subsets` holds it; its folder must exist. A relative image_dir is read from the
-    working directory, as kohya reads it."""
+    working directory, as kohya reads it. `resume`: the file given to a resume, which needs it not."""
     folder, place = values["image_dir"]
     where = Path(folder).expanduser()
     if not where.is_dir():
@@ -472,7 +477,7 @@ def _subset(read: DatasetConfig, i: int, values: dict[str, tuple[Any, str]]) -> 
         relative = "" if where.is_absolute() else (f" (kohya reads a relative path from the working directory, "
                                                    f"{Path.cwd()})")
         raise ConfigError(f"{read.path}: {place}: image_dir {folder!r} {what}{relative}; give the folder of the "
-                          f"subset's pictures")
+                          f"subset's pictures" + (f", or {_RESUME_FIX}" if resume else ""))
     extension = values.get("caption_extension")
     return {"images": str(where.resolve()), "repeats": values.get("num_repeats", (1, ""))[0],
             "caption_extension": extension[0] if extension else None}
