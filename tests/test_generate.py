@@ -524,6 +524,8 @@ def test_every_other_sampler_draws_the_bundled_zero_terminal_snr_model():
 
 
 def test_generate_draws_with_the_clip_skip_the_embedding_was_trained_with(sd1_dir, tmp_path):
+    from safetensors.torch import save_file
+
     def draw(out, **kw):
         path = generate(GenerateConfig(prompt=["a photo of <q>"], embedding=[str(emb)], out=str(tmp_path / out), n=1,
                                        steps=2, model=str(sd1_dir), **kw), progress=False)[0]
@@ -539,6 +541,10 @@ def test_generate_draws_with_the_clip_skip_the_embedding_was_trained_with(sd1_di
     assert "Clip skip" not in last.text["parameters"] and not np.array_equal(np.asarray(last), np.asarray(trained))
     emb = save_embedding(LearnedEmbedding("<q>", vectors), tmp_path / "plain.safetensors")[0]  # says nothing
     assert draw("d").text["clip_skip"] == "1"
+    # kohya's sd-scripts write the clip skip a file was trained with as ModelSpec's encoder_layer
+    emb = tmp_path / "<q>.safetensors"
+    save_file({"emb_params": vectors["text_encoder"]}, str(emb), metadata={"modelspec.encoder_layer": "2"})
+    assert np.array_equal(np.asarray(draw("e")), np.asarray(trained))
 
 
 def test_an_ancestral_sampler_draws_each_picture_from_its_own_seed(sd1_dir, tmp_path):

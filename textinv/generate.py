@@ -444,14 +444,23 @@ def _used_embeddings(model: Model, embeddings: list[LearnedEmbedding], prompts: 
     return [emb for emb in embeddings if tokenizer.convert_tokens_to_ids(emb.token) in ids]
 
 
+def trained_clip_skip(emb: LearnedEmbedding) -> str | None:
+    """The clip skip an embedding file says it was trained with, as a string of digits: textinv's record, else the
+    ModelSpec `encoder_layer` kohya's sd-scripts write (its --clip_skip, counted as textinv counts); None: unsaid."""
+    for key in ("clip_skip", "modelspec.encoder_layer"):
+        value = str(emb.metadata.get(key, "")).strip()
+        if value.isdigit() and int(value) >= 1:
+            return value
+    return None
+
+
 def generation_clip_skip(model: Model, asked: int | None, embeddings: list[LearnedEmbedding]) -> int:
     """The clip skip to draw with on `model`: `asked` (--clip-skip), else the one the embeddings were trained with
     (textinv records it in each file), else 1; as `model` reads it (`models.check_clip_skip`: SDXL's 2 is its 1).
     An embedding trained with another one than is drawn with is warned about: its vectors were fitted to another
     layer's output."""
     # (a file's own number as this model reads it; one it cannot take is render's error)
-    trained = {e.token: read_clip_skip(model, int(e.metadata["clip_skip"])) for e in embeddings
-               if str(e.metadata.get("clip_skip", "")).isdigit()}
+    trained = {e.token: read_clip_skip(model, int(n)) for e in embeddings if (n := trained_clip_skip(e)) is not None}
     clip_skip = check_clip_skip(model, asked) if asked else (
         next(iter(trained.values())) if len(set(trained.values())) == 1 else 1)
     other = {token: n for token, n in trained.items() if n != clip_skip}
