@@ -837,6 +837,27 @@ def test_a_file_whose_modelspec_says_it_is_no_embedding_is_refused_as_what_it_is
         load_embedding(path)
 
 
+@pytest.mark.parametrize("tensors, architecture, family", [
+    ({"emp_params": torch.randn(2, 768)}, "stable-diffusion-v1/embedding", "sd1"),
+    ({"clip_l": torch.randn(1, 768), "clip_g": torch.randn(1, 1280)}, "stable-diffusion-xl-v1-base/embedding", "sdxl"),
+    ({"emp_params": torch.randn(1, 768)}, "stable-diffusion-v1-inpainting/embedding", "sd1"),
+])
+def test_onetrainers_embedding_architecture_is_a_textual_inversion(tmp_path, tensors, architecture, family):
+    """OneTrainer's model specs (resources/sd_model_spec/*-embedding.json) call a textual inversion ".../embedding";
+    such a file was refused as "a embedding ..., not a textual-inversion embedding", which it is."""
+    path = tmp_path / "ot.safetensors"
+    save_file(tensors, str(path), metadata={"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": architecture,
+                                            "modelspec.implementation": "https://github.com/huggingface/diffusers",
+                                            "modelspec.title": "Stable Diffusion Embedding"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (and no contradiction to warn about)
+        emb = load_embedding(path)
+    assert emb.family == family
+    (out,) = convert(path, tmp_path / "k.safetensors", to="sdxl" if family == "sdxl" else "kohya")
+    assert safetensors_header(out)["__metadata__"]["modelspec.architecture"] == \
+        ("stable-diffusion-xl-v1-base" if family == "sdxl" else "stable-diffusion-v1") + "/textual-inversion"
+
+
 def test_convert_keeps_the_modelspec(tmp_path):
     src = kohya_file(tmp_path / "kdog.safetensors", {"emb_params": torch.randn(2, 1024)},
                      architecture="stable-diffusion-v2-512/textual-inversion", resolution="512x512",

@@ -33,6 +33,9 @@ from .families import FAMILY_NAMES, FAMILY_WIDTHS, describe_widths, family_for_w
 PREFIX = "modelspec."
 VERSION = "1.0.1"
 TEXTUAL_INVERSION = "textual-inversion"
+# the adapter names a textual inversion goes by: the spec's and kohya's, and OneTrainer's ".../embedding" (its
+# resources/sd_model_spec/*-embedding.json)
+_TEXTUAL_INVERSION_ADAPTERS = (TEXTUAL_INVERSION, "embedding")
 # ModelSpec's architecture ids of the base models (its "Architecture ID listing"), by textinv family
 SD1, SD2_512, SD2_768_V, SDXL = ("stable-diffusion-v1", "stable-diffusion-v2-512", "stable-diffusion-v2-768-v",
                                  "stable-diffusion-xl-v1-base")
@@ -56,7 +59,7 @@ def split(architecture: str) -> tuple[str, str | None]:
     if "/" in text:
         base, adapter = text.split("/", 1)
         return base, adapter
-    for adapter in (TEXTUAL_INVERSION, *_LORA_ADAPTERS):
+    for adapter in (*_TEXTUAL_INVERSION_ADAPTERS, *_LORA_ADAPTERS):
         if text.endswith("-" + adapter):
             return text[:-len(adapter) - 1], adapter
     return text, None
@@ -79,7 +82,7 @@ def other_kind(metadata: Mapping[str, str]) -> str | None:
     if architecture is None:
         return None
     _, adapter = split(architecture)
-    if adapter == TEXTUAL_INVERSION:
+    if adapter in _TEXTUAL_INVERSION_ADAPTERS:
         return None
     if adapter is None:
         return "checkpoint"
