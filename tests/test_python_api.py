@@ -159,3 +159,24 @@ def test_a_tokenizer_copy_decodes_as_the_original(sd1_dir):
     tokenizer = load_model(sd1_dir).tokenizer
     ids = tokenizer(["a photo of a dog"]).input_ids
     assert tokenizer_copy(tokenizer).batch_decode(ids, skip_special_tokens=True) == ["a photo of a dog"]
+
+
+def test_generate_hands_back_a_model_with_an_embedding_installed_as_it_came(sd1_dir, tmp_path):
+    """A model holding an embedding the notebook installed (install_embedding, as the README offers) kept every
+    embedding generate() added to it: the next generate() with the same file was refused, its token "already in the
+    tokenizer's vocabulary"."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.generate import install_embedding, unload_embeddings
+
+    model = load_model(sd1_dir)
+    size = len(model.tokenizer)
+    install_embedding(model, LearnedEmbedding("<mine>", {"text_encoder": torch.randn(1, 32)}))
+    tokenizer, table = model.tokenizer, model.text_encoder.get_input_embeddings()
+    file = save_embedding(LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "zq.safetensors")[0]
+    for k in range(2):
+        generate(GenerateConfig(prompt=["a photo of <mine> <zq>"], embedding=[str(file)], n=1, steps=1,
+                                out=str(tmp_path / f"r{k}")), model=model, progress=False)
+        assert model.tokenizer is tokenizer and len(tokenizer) == size + 1
+        assert model.text_encoder.get_input_embeddings() is table
+    unload_embeddings(model)  # (what the notebook installed is still its own to take out)
+    assert len(model.tokenizer) == size

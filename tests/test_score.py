@@ -722,3 +722,20 @@ def test_an_sdxl_file_is_scored_on_a_one_encoder_model_with_its_clip_l_half(sd1_
     with pytest.warns(UserWarning, match="only its clip_l half"):
         report = score(_quick(path, clip_dir, tmp_path / "o", **base), judge=judge, progress=False).report
     assert report["embedding"]["token"] == "<xq>" and report["methods"][0]["words"] == "<xq>"
+
+
+def test_a_model_with_an_embedding_installed_is_scored_twice_and_handed_back(sd1_dir, clip_dir, judge, tmp_path):
+    """A model holding a notebook's installed embedding kept the scored one too: scoring it again was refused, its
+    token "already in the tokenizer's vocabulary"."""
+    from textinv.formats import LearnedEmbedding
+    from textinv.generate import install_embedding
+
+    model = load_model(sd1_dir)
+    install_embedding(model, LearnedEmbedding("<mine>", {"text_encoder": torch.randn(1, model.widths[0])}))
+    tokenizer, size = model.tokenizer, len(model.tokenizer)
+    images = write_images(tmp_path / "images", n=2)
+    (main,) = _a1111_copies(tmp_path / "emb", torch.randn(1, model.widths[0]) * 0.02, "<zq>", ["zq.pt"])
+    for k in range(2):
+        score(settings(main, clip_dir, tmp_path / f"o{k}", n=1, steps=1, init="none", images=str(images),
+                       model=str(sd1_dir)), model=model, judge=judge, progress=False)
+        assert model.tokenizer is tokenizer and len(tokenizer) == size

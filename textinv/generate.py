@@ -37,7 +37,7 @@ from .io import absolute, atomic_path, output_folder
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
                      encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
 from .run_folder import concept_folder, embedding_file, saved_run
-from .tokens import add_tokens, check_new_token, expand_prompt, token_names, tokenizer_copy
+from .tokens import add_tokens, check_new_token, expand_prompt, scratch_tokens, token_names, tokenizer_copy
 
 DEFAULT_STEPS = 25
 
@@ -547,17 +547,30 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
         model = load_model(config.model, dtype=drawing_dtype(config.precision, device), device=device,
                            prediction_type=config.prediction_type, single_file_config=config.single_file_config,
                            vae=config.vae)
-    owned = not hasattr(model, "_pristine")  # a model handed in clean is handed back clean
-    for emb in embeddings:
-        install_embedding(model, emb)
-    digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a folder's is None)
-    try:
-        return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
-                         _embedding_sums(embeddings, paths, digests))
-    finally:
-        unload_loras(model)
-        if owned:
+    with handed_back(model):
+        for emb in embeddings:
+            install_embedding(model, emb)
+        digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a folder's is None)
+        try:
+            return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
+                             _embedding_sums(embeddings, paths, digests))
+        finally:
+            unload_loras(model)
+
+
+@contextlib.contextmanager
+def handed_back(model: Model):
+    """The embeddings `install_embedding` adds inside the block are taken out again on exit. A model that holds
+    embeddings installed before (a notebook's `install_embedding`) keeps those, and only those: the block's go into
+    copies of its tokenizers (`scratch_tokens`), so the next call can install the same file again."""
+    if not hasattr(model, "_pristine"):  # (a clean model: install_embedding copies the tokenizers itself)
+        try:
+            yield
+        finally:
             unload_embeddings(model)
+        return
+    with scratch_tokens(model):
+        yield
 
 
 def _embedding_sums(embeddings: list[LearnedEmbedding], labels: list[str],

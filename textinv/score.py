@@ -46,7 +46,7 @@ from .data import PROPERTIES, load_image, picture_set
 from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
-                       install_embedding, png_text, render, unload_embeddings)
+                       handed_back, install_embedding, png_text, render)
 from .io import absolute, atomic_path, output_folder, write_json, write_text
 from .models import (Model, _is_local_path, check_model_object, load_model, offline_note, pick_device,
                      quiet_transformers)
@@ -577,7 +577,6 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         t_ready = time.perf_counter()
 
         # 2. draw each prompt with each method at the same seeds; 3. judge each picture as it is drawn -----------
-        owned = not hasattr(model, "_pristine")
         check_fits(model, emb, "pass the first file, learned_embeds.safetensors, with learned_embeds_2.safetensors "
                                "beside it")
         log(f"drawing {len(prompts)} prompts x {len(seeds)} seeds with {', '.join(m['label'] for m in methods)} "
@@ -589,18 +588,17 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         drawn: dict[tuple[int, int], list[Image.Image]] = {}  # the first SHEET_PICTURES of each, as thumbnails
         table = []
         try:
-            for e in installed:  # (in here: one that fails takes those before it off again)
-                install_embedding(model, e)
-            for i, method in enumerate(methods):
-                rows = []
-                for j, (kind_j, template) in enumerate(prompts):
-                    row, drawn[i, j] = drawing.row(method, j, template, texts[j])
-                    rows.append({"kind": kind_j, **row})
-                table.append({**method, "prompts": rows, **_summary(rows)})
+            with handed_back(model):  # (in here: one that fails takes those before it off again)
+                for e in installed:
+                    install_embedding(model, e)
+                for i, method in enumerate(methods):
+                    rows = []
+                    for j, (kind_j, template) in enumerate(prompts):
+                        row, drawn[i, j] = drawing.row(method, j, template, texts[j])
+                        rows.append({"kind": kind_j, **row})
+                    table.append({**method, "prompts": rows, **_summary(rows)})
         finally:
             bar.close()
-            if owned:
-                unload_embeddings(model)
         t_drawn = time.perf_counter()
         judging = drawing.judging
 
