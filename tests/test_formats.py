@@ -734,6 +734,20 @@ def test_modelspec_keys_say_what_each_file_is(tmp_path, family, prediction, reso
     assert datetime.fromisoformat(safetensors_header(path)["__metadata__"]["modelspec.date"]).tzinfo is not None
 
 
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya", "sdxl", "diffusers-sdxl"])
+def test_the_same_embedding_is_written_as_the_same_bytes(tmp_path, fmt):
+    """safetensors writes the metadata keys in a hash map's order, another at every save: one embedding written twice
+    had two SHA-256s (the file hash generate's "TI hashes" and --again's check go by)."""
+    family = "sdxl" if "sdxl" in fmt else "sd1"
+    emb = make_emb(family, 2, metadata={**META, "family": family, "resolution": "512"})
+    first = save_embedding(emb, tmp_path / "a" / "x.safetensors", format=fmt, date=DATE)
+    second = save_embedding(emb, tmp_path / "b" / "x.safetensors", format=fmt, date=DATE)
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+        assert list(safetensors_header(a)["__metadata__"]) == sorted(safetensors_header(a)["__metadata__"])
+    assert_same_vectors(emb, load_embedding(first[0]))
+
+
 def test_modelspec_of_an_embedding_without_a_record_of_its_training(tmp_path):
     """A file from elsewhere (an A1111 .pt) is named by its widths; what is not known is left out, not guessed,
     except SD 2.x's variant, which the architecture must name: 768-v, as SwarmUI files every 1024-wide embedding."""

@@ -307,9 +307,22 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], token: str,
     if modelspec.PREFIX + "architecture" in metadata:
         # ModelSpec's hash is of the tensor bytes, which the header (and so the hash in it) does not change
         metadata[modelspec.PREFIX + "hash_sha256"] = modelspec.tensor_hash(save(tensors))
-    data = save(tensors, metadata=metadata)
+    data = _sorted_metadata(save(tensors, metadata=metadata))
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """A safetensors file's bytes with its metadata keys in sorted order. safetensors writes them in the order of a
+    Rust HashMap, another at every save, so the same embedding got other bytes, and another SHA-256, each time it
+    was written: the hash the web UI's "TI hashes" and `generate --again`'s check of a file go by. The header stays
+    what safetensors writes (compact JSON, padded with spaces to 8 bytes); the tensors' offsets are from its end."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def _a1111_dict(emb: LearnedEmbedding, tensor, name: str | None = None) -> dict:
