@@ -1,5 +1,7 @@
 """SDXL: training on both text encoders, its file layouts through diffusers' loader, generation, unload."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -234,6 +236,32 @@ def test_a_steps_embedding_file_has_the_main_files_modelspec_date(xl_dir, images
         with safe_open(str(path), "pt") as f:
             dates.append(f.metadata()["modelspec.date"])
     assert dates[0] == dates[1]
+
+
+def test_a_finished_run_resumed_leaves_its_embedding_files_byte_for_byte(xl_dir, images, tmp_path, monkeypatch):
+    """A resume with nothing left to learn (a notebook cell run again with resume=True) wrote the same vectors with
+    a new modelspec.date: the file's SHA-256 changed, and pictures drawn with it named it "retrained or replaced"
+    (--again) and by a hash no longer its own (TI hashes)."""
+    from textinv import modelspec
+
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(modelspec, "now", lambda: f"2024-01-01T00:{next(ticks) // 60 % 60:02d}:{next(ticks) % 60:02d}Z")
+    model = load_model(xl_dir)
+    run = tmp_path / "run"
+    train(xl_config(images, run, steps=2, save_every=2), model=model, progress=False)
+    files = [run / "xq.safetensors", run / "embeddings" / "xq-2.safetensors"]
+    before = [f.read_bytes() for f in files]
+    assert train(xl_config(images, run, steps=2, save_every=2, resume=True), model=model, progress=False).steps == 2
+    assert [f.read_bytes() for f in files] == before
+    # a resume that learns on writes the new vectors with their own date
+    train(xl_config(images, run, steps=4, save_every=2, resume=True), model=model, progress=False)
+    with safe_open(str(files[0]), "pt") as f:
+        assert f.metadata()["steps"] == "4" and f.metadata()["modelspec.date"] != modelspec_date(before[0])
+
+
+def modelspec_date(data: bytes) -> str:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + n])["__metadata__"]["modelspec.date"]
 
 
 def test_fp16_sdxl_renders_with_its_vae_kept_in_fp32(xl_dir, images):

@@ -899,13 +899,32 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
 
 def _write_embedding(emb: LearnedEmbedding, path: Path, file_format: str, date: str | None = None) -> list[Path]:
     """`save_embedding`, a failed write raised as the OSError it is: `textinv train` then says which checkpoint is
-    kept and the command that goes on from it (the advice for `convert`, another output path, is not it here)."""
+    kept and the command that goes on from it (the advice for `convert`, another output path, is not it here).
+    A file there that already holds `emb` keeps its `modelspec.date` (`_saved_date`)."""
     try:
-        return save_embedding(emb, path, file_format, date=date)
+        return save_embedding(emb, path, file_format, date=_saved_date(emb, path) or date)
     except FormatError as e:
         if isinstance(e.__context__, OSError):
             raise e.__context__ from None
         raise
+
+
+def _saved_date(emb: LearnedEmbedding, path: Path) -> str | None:
+    """The `modelspec.date` of the embedding file at `path` when it holds `emb` already: the same vectors at the same
+    step, written again by a resume with nothing left to learn or a Ctrl-C just after a save. The file then keeps its
+    bytes, so the SHA-256 that pictures drawn with it record (generate's TI hashes, --again's check) stays its own;
+    ModelSpec's date is when the model was made."""
+    if not path.is_file():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            old = load_embedding(path)
+    except (FormatError, OSError):  # (unreadable: written anew, with the date of now)
+        return None
+    same = old.metadata.get("steps") == emb.metadata.get("steps") and old.vectors.keys() == emb.vectors.keys() and all(
+        torch.equal(old.vectors[name], emb.vectors[name].detach().to("cpu", torch.float32)) for name in emb.vectors)
+    return old.metadata.get(modelspec.PREFIX + "date") if same else None
 
 
 class _StopRequest:
