@@ -1,6 +1,7 @@
 """SDXL: training on both text encoders, its file layouts through diffusers' loader, generation, unload."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -332,6 +333,29 @@ def test_the_two_file_layout_given_as_two_embeddings_is_one_token(xl_dir, tmp_pa
         assert np.array_equal(draw(embeddings, f"r{k}"), want), embeddings
     with pytest.raises(Exception, match="one half of an SDXL embedding.*pass both files"):
         draw([renamed[0]], "half")
+
+
+def test_two_halves_given_together_are_not_warned_about_as_halves(xl_dir, tmp_path):
+    """Each file of a pair textinv wrote says SDXL (its modelspec); read one by one, as --embedding A B reads them
+    before joining them, each was warned about as "one half of an SDXL embedding" though both were given; and so
+    was the first file given alone, found with its partner, when generate looked for its TI hash."""
+    from textinv.formats import LearnedEmbedding, ModelSpecWarning, save_embedding
+
+    model = load_model(xl_dir)
+    emb = load_embedding_from(model, "<gq>")
+    emb = LearnedEmbedding(emb.token, emb.vectors, {"family": "sdxl"})  # (as trained on SDXL)
+    first, second = save_embedding(emb, tmp_path / "pair" / "learned_embeds.safetensors", "diffusers-sdxl")
+    renamed = [tmp_path / "gq_l.safetensors", tmp_path / "gq_g.safetensors"]
+    for src, dst in zip((first, second), renamed):
+        dst.write_bytes(src.read_bytes())
+    for k, embeddings in enumerate(([first], [first, second], [renamed[1], renamed[0]])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ModelSpecWarning)
+            generate(GenerateConfig(prompt=["a <gq>"], embedding=[str(e) for e in embeddings], n=1, steps=1,
+                                    out=str(tmp_path / f"r{k}")), model=model, progress=False)
+    # one half alone on a model of one encoder is still said to be one
+    with pytest.warns(ModelSpecWarning, match="one half|metadata is wrong"):
+        load_embedding(renamed[0])
 
 
 def test_an_sdxl_file_without_clip_l_is_named_incomplete(tmp_path):

@@ -32,7 +32,7 @@ from . import __version__, emphasis
 from .config import SAMPLERS, GenerateConfig, check_side
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
-from .formats import RECORD_KEY, LearnedEmbedding, load_embedding, load_embedding_pair
+from .formats import RECORD_KEY, LearnedEmbedding, ModelSpecWarning, load_embedding, load_embedding_pair
 from .io import absolute, atomic_path, output_folder
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
                      encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
@@ -505,6 +505,25 @@ def _join_sdxl_halves(embeddings: list[LearnedEmbedding], paths: list) -> tuple[
     return out, labels
 
 
+def _read_embeddings(files: list[tuple[str, str | None]]) -> tuple[list[LearnedEmbedding], list[str]]:
+    """Each (file, token) read, and the two halves of one SDXL embedding joined (`_join_sdxl_halves`), with their
+    labels. Each half's modelspec says SDXL, which its vectors alone contradict: the `ModelSpecWarning` that reading
+    it gives is passed on only for a half whose other half was not given."""
+    read, heard = [], []
+    for path, token in files:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            read.append(load_embedding(path, token=token))
+        heard.append(caught)
+    embeddings, labels = _join_sdxl_halves(read, [path for path, _ in files])
+    whole = {emb.token for emb in embeddings if len(emb.widths) == 2}
+    for emb, caught in zip(read, heard):
+        for w in caught:
+            if not (issubclass(w.category, ModelSpecWarning) and len(emb.widths) == 1 and emb.token in whole):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return embeddings, labels
+
+
 def _half_of(half: LearnedEmbedding, whole: LearnedEmbedding) -> bool:
     return len(half.widths) == 1 and len(whole.widths) == 2 and any(
         torch.equal(half.vectors["text_encoder"], v) for v in whole.vectors.values())
@@ -526,8 +545,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     config = copy.copy(config).validate()  # (a copy: --seed -1 draws its seed into it, not into the caller's config)
     said = " ".join(config.prompt + [config.negative_prompt]).lower()
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
-    embeddings = [load_embedding(path, token=tok) for path, tok in files]
-    embeddings, paths = _join_sdxl_halves(embeddings, [path for path, _ in files])
+    embeddings, paths = _read_embeddings(files)
     renamed = {path for path, tok in files if tok is not None}
     embeddings = [emb if path in renamed else _as_prompted(emb, Path(path), said)
                   for emb, path in zip(embeddings, paths)]
@@ -586,10 +604,18 @@ def _embedding_sums(embeddings: list[LearnedEmbedding], labels: list[str],
         if not Path(label).exists():  # (a pair's label: "first + second")
             continue
         file = _resolve(label)
-        if len(emb.widths) == 2 and len(load_embedding(file, pair=False).widths) == 1:  # its half beside it
+        if len(emb.widths) == 2 and _one_half(file):  # its half beside it
             continue
         sums[emb.token] = digests.get(label) or file_digest(str(file))
     return sums
+
+
+def _one_half(file: Path) -> bool:
+    """Whether `file` alone holds one text encoder's vectors (a diffusers-sdxl pair's first file). Its modelspec says
+    SDXL, which one half contradicts: read alone here on purpose, so not warned about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ModelSpecWarning)
+        return len(load_embedding(file, pair=False).widths) == 1
 
 
 def drawing_dtype(precision: str, device: str | torch.device) -> torch.dtype:
