@@ -180,3 +180,12 @@ def test_generate_hands_back_a_model_with_an_embedding_installed_as_it_came(sd1_
         assert model.text_encoder.get_input_embeddings() is table
     unload_embeddings(model)  # (what the notebook installed is still its own to take out)
     assert len(model.tokenizer) == size
+
+
+def test_prompts_as_a_tuple_draw_as_a_list_does(sd1_dir, tmp_path):
+    """check_types lets a tuple stand for a list, but generate() then failed inside, joining the prompts to a list:
+    TypeError: can only concatenate tuple (not "list") to tuple."""
+    model = load_model(sd1_dir)
+    config = GenerateConfig(prompt=("a photo", "a dog"), n=1, steps=1, out=str(tmp_path / "r"))
+    assert len(generate(config, model=model, progress=False)) == 2
+    assert config.prompt == ("a photo", "a dog")  # (the caller's config as it was)

@@ -486,6 +486,9 @@ class GenerateConfig:
 
     def validate(self) -> "GenerateConfig":
         check_types(self)
+        for f in dataclasses.fields(self):  # (a tuple check_types lets stand for a list: the list, which is joined)
+            if isinstance(getattr(self, f.name), tuple):
+                setattr(self, f.name, list(getattr(self, f.name)))
         check_choices(self)
         if not self.prompt:
             raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
