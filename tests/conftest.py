@@ -2,6 +2,7 @@
 
 import os
 import warnings
+import weakref
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,3 +70,24 @@ def interrupt_loss_at(monkeypatch, n):
 
     monkeypatch.setattr(train_module, "diffusion_loss", interrupted)
     return lambda: monkeypatch.setattr(train_module, "diffusion_loss", real)
+
+
+CUDA_OUT_OF_MEMORY = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 23.65 GiB of "
+                      "which 1.06 GiB is free. Of the allocated memory 21.3 GiB is allocated by PyTorch")
+
+
+def out_of_memory_at(monkeypatch, n, error=None):
+    """Make the UNet's `n`th call raise `error` (torch.OutOfMemoryError, as CUDA's allocator raises it), keeping a
+    weak reference to each call's input in `seen`; returns (undo, seen)."""
+    from diffusers import UNet2DConditionModel
+
+    real, seen = UNet2DConditionModel.forward, []
+
+    def forward(self, sample, *a, **k):
+        seen.append(weakref.ref(sample))
+        if len(seen) == n:
+            raise error if error is not None else torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
+        return real(self, sample, *a, **k)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", forward)
+    return (lambda: monkeypatch.setattr(UNet2DConditionModel, "forward", real)), seen

@@ -35,6 +35,11 @@ class TrainingError(TextinvError):
     """Training cannot go on (for example the loss became non-finite)."""
 
 
+class DeviceMemoryError(TextinvError):
+    """The GPU ran out of memory: the message says where, how much the device has, the settings that need less
+    there and, for a training run, the step it is saved at (`textinv.memory`)."""
+
+
 def backslash_note(path) -> str:
     """What a "does not exist" error adds for a path written with backslashes where folders are separated by '/': a
     path copied from Windows (C:\\Users\\me\\pics) names no folder here, and the plain error would not say why.

@@ -21,6 +21,7 @@ import math
 import re
 import unicodedata
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import RECORD_KEY, LearnedEmbedding, ModelSpecWarning, load_embedding, load_embedding_pair
 from .io import absolute, atomic_path, output_folder
+from .memory import is_out_of_memory, memory_error, release, smaller_side
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
                      encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
 from .run_folder import concept_folder, embedding_file, saved_run
@@ -540,7 +542,56 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     [PosixPath('renders/000-a-photo-of-my-dog-s0.png'), ...]
 
     A `model` passed in (`models.load_model`) comes back as it came: the embeddings and LoRAs are taken out again.
+    Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     """
+    where = _Where()
+    failure = None
+    try:
+        return _generate(config, model, progress, keep_seeds, where)
+    except RuntimeError as e:  # (torch.OutOfMemoryError is one)
+        if not is_out_of_memory(e):
+            raise
+        # (raised from here, the frames that held the pictures' tensors let go of: a notebook keeps the error)
+        release(e, where.device)
+        failure = _memory_error(where, e)
+    raise failure
+
+
+@dataclass
+class _Where:
+    """What `generate` is doing, kept up to date as it goes, for the message if the device runs out of memory:
+    loading the model (`batch` 0), or drawing `batch` pictures at once; `written` so far, into `out`."""
+
+    device: torch.device | None = None
+    dtype: torch.dtype = torch.float32
+    batch: int = 0
+    width: int = 0
+    height: int = 0
+    written: int = 0
+    out: str = ""
+
+
+def _memory_error(where: _Where, error: BaseException):
+    """The `DeviceMemoryError` for running out of memory at `where`, with the settings that need less there, the one
+    that changes the pictures least first."""
+    precision = {dtype: name for name, dtype in DTYPES.items()}.get(where.dtype, str(where.dtype))
+    mps = where.device is not None and where.device.type == "mps"
+    half = ["--precision fp16" + (" (on MPS it can draw black pictures)" if mps else "")] \
+        if where.dtype == torch.float32 else []
+    if not where.batch:
+        return memory_error(where.device or "cpu", f"loading the model ({precision})", half, error=error,
+                            changes="the pictures")
+    fixes = [f"--batch-size {where.batch // 2} (the same pictures, up to float rounding)"] * (where.batch > 1) + half
+    fixes.append(f"--resolution {smaller_side(where.width)} (other pictures)" if where.width == where.height else
+                 "a smaller --width and --height (other pictures)")
+    kept = f"Pictures written before it: {where.written}, in {where.out}" if where.written else "No picture was written"
+    return memory_error(where.device or "cpu", f"drawing {where.batch} picture{'s' * (where.batch != 1)} at once at "
+                        f"{where.width}x{where.height} ({precision})", fixes, kept, error, changes="the pictures")
+
+
+def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_seeds: set[int] | None,
+              where: _Where) -> list[Path]:
+    """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     check_model_object(model)
     config = copy.copy(config).validate()  # (a copy: --seed -1 draws its seed into it, not into the caller's config)
     said = " ".join(config.prompt + [config.negative_prompt]).lower()
@@ -562,16 +613,17 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
-        model = load_model(config.model, dtype=drawing_dtype(config.precision, device), device=device,
-                           prediction_type=config.prediction_type, single_file_config=config.single_file_config,
-                           vae=config.vae)
+        where.device, where.dtype = device, drawing_dtype(config.precision, device)
+        model = load_model(config.model, dtype=where.dtype, device=device, prediction_type=config.prediction_type,
+                           single_file_config=config.single_file_config, vae=config.vae)
+    where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
     with handed_back(model):
         for emb in embeddings:
             install_embedding(model, emb)
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
-                             _embedding_sums(embeddings, paths, digests))
+                             _embedding_sums(embeddings, paths, digests), where)
         finally:
             unload_loras(model)
 
@@ -845,9 +897,10 @@ def _where(value: str | None) -> str | None:
 
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
               progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
-              embedding_sums: dict[str, str]) -> list[Path]:
+              embedding_sums: dict[str, str], where: _Where | None = None) -> list[Path]:
     """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a folder), `embedding_sums`:
-    each embedding's file's, by its token (`_embedding_sums`)."""
+    each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing (`_memory_error`)."""
+    where = where or _Where()
     steps = config.steps or DEFAULT_STEPS
     width = config.width or config.resolution or model.resolution
     height = config.height or config.resolution or model.resolution
@@ -897,6 +950,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                                                  if e.token in embedding_sums})}
         for start in range(0, config.n, config.batch_size):  # a few images per pipeline call bounds the memory
             chunk = seeds[start:start + config.batch_size]
+            where.batch, where.width, where.height = len(chunk), width, height
             images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
                             clip_skip, width, height)
             for seed, img in zip(chunk, images):
@@ -919,6 +973,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                 with atomic_path(path) as tmp:
                     img.save(tmp, format="PNG", pnginfo=png_text(params) if config.metadata != "none" else None)
                 written.append(path)
+                where.written = len(written)
     bar.close()
     return written
 

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import math
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -46,11 +47,12 @@ from .errors import ConfigError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
 from .io import atomic_path, output_folder
+from .memory import is_out_of_memory, memory_error, release, smaller_side
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, pick_device,
                      shareable_name, xl_time_ids)
-from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, clear_run,
-                         clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint, prepare_output, run_lock,
-                         save_checkpoint, write_loss_log)
+from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, checkpoints,
+                         clear_run, clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint,
+                         prepare_output, run_lock, save_checkpoint, write_loss_log)
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
                      init_vectors, scratch_tokens, split_words, token_names)
@@ -428,10 +430,94 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         device = state.device
     elif model is not None:
         device = model.unet.device
-    # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        with run_lock(Path(config.out), state.is_main_process), _handed_back(model):  # (one run per folder)
-            return _train(config, model, progress, on_step, state, device, source)
+    where = _Where(config, resolve_precision(config.precision, device) if model is None else model.unet.dtype)
+    failure = None
+    try:
+        # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            with run_lock(Path(config.out), state.is_main_process), _handed_back(model):  # (one run per folder)
+                return _train(config, model, progress, on_step, state, device, source, where)
+    except RuntimeError as e:  # (torch.OutOfMemoryError is one)
+        if not is_out_of_memory(e):
+            raise
+        # raised from here, once the lock is released, the model handed back and the run's frames let go of: the
+        # error a notebook keeps holds none of the failed step's tensors, and another try fits where this one did
+        release(e, device)
+        failure = _memory_error(where, device, e)
+    raise failure
+
+
+@dataclass
+class _Where:
+    """What `_train` is doing, kept up to date as it goes, for the message if the device runs out of memory:
+    `stage` is load, latents, step or grid; `step` the step being taken (or whose grid is drawn); `saved` the step
+    the run was saved at when it ran out; `writing`: this run has written its config.yaml."""
+
+    config: TrainConfig
+    dtype: torch.dtype
+    stage: str = "load"
+    step: int = 0
+    resolution: int | None = None
+    prompts: int = 0
+    saved: int | None = None
+    writing: bool = False
+
+
+def _memory_error(where: _Where, device: torch.device, error: BaseException):
+    """The `DeviceMemoryError` for running out of memory at `where`: the settings that need less there, the one
+    that changes what is learned least first, and how the run goes on."""
+    config = where.config
+    size = f"{where.resolution}x{where.resolution}" if where.resolution else "its size"
+    size = f"about {size}" if config.buckets else size
+    precision = {dtype: name for name, dtype in DTYPES.items()}.get(where.dtype, str(where.dtype))
+    # each fix: its flags, what it does, and whether a --resume may take it (it changes nothing that is learned)
+    half = "fp16" if device.type == "mps" or device.type == "cuda" and not torch.cuda.is_bf16_supported() else "bf16"
+    fixes = [(f"--precision {half}", "", False)] if where.dtype == torch.float32 else []
+    if where.resolution and where.stage != "load":
+        fixes.append((f"--resolution {smaller_side(where.resolution)}", "the pictures are learned at that size", False))
+    if where.stage == "load":
+        doing = f"loading the model ({precision})"
+    elif where.stage == "latents":
+        doing = f"caching the pictures' latents (the VAE encoding them at {size}, {precision})"
+    elif where.stage == "grid":
+        many = where.prompts > 1
+        doing = f"drawing the sample grid of step {where.step} ({where.prompts} prompt{'s' * many} at {size})"
+        fixes = [("fewer --sample-prompts", f"the grid draws its {where.prompts} at once", True)] * many + \
+            [("--sample-every 0", "no grids", True)]
+    else:
+        concepts = len(config.concept_list())
+        per_step = config.batch * config.grad_accum
+        batch = f"batch {config.batch}" + (f" per concept x {concepts} concepts" if concepts > 1 else "") + \
+            (f" x grad-accum {config.grad_accum}" if config.grad_accum > 1 else "")
+        doing = f"in training step {where.step} ({batch}, {size}, {precision}" + \
+            (", --gradient-checkpointing)" if config.gradient_checkpointing else ")")
+        if config.batch > 1:  # the largest batch that divides it: the same samples a step, in more passes
+            part = next(d for d in range(config.batch // 2, 0, -1) if config.batch % d == 0)
+            fixes.insert(0, (f"--batch {part} --grad-accum {per_step // part}",
+                             f"the same {per_step} samples a step, drawn in {per_step // part} passes", False))
+        if not config.gradient_checkpointing:
+            fixes.insert(0, ("--gradient-checkpointing", "the same result, about a third slower", True))
+    out = shlex.quote(str(config.out))
+    resumable = [flags for flags, _, ok in fixes if ok]
+    at = where.saved
+    if at is None and where.writing and checkpoints(Path(config.out)):  # (saving was cut short: the last on disk)
+        at = int(checkpoints(Path(config.out))[-1].stem.rsplit("-", 1)[1])
+    if not where.writing:  # (before config.yaml: an --overwrite had not cleared the old run yet either)
+        after = f"Nothing was written: --out {config.out} is left as it was"
+    elif not at:
+        after = "No step had finished: run it again with one of them and --overwrite"
+    elif at == config.steps:  # (the last step's grid)
+        after = f"The run had finished: its embedding and checkpoint of step {at} are saved; only the grid is missing"
+    elif resumable:
+        after = (f"The run is saved at step {at}: textinv train --out {out} --resume continues it with "
+                 f"{' or '.join(resumable)}, which change{'s' * (len(resumable) == 1)} nothing that is learned")
+    else:
+        after = f"The run is saved at step {at} (textinv train --out {out} --resume continues it as it was)"
+    if where.writing and at and len(resumable) < len(fixes):
+        after += f"; {'the other settings' if resumable else 'these settings'} change what is learned: they start " \
+                 f"the run again with --overwrite, or in another --out"
+    listed = [f"{flags} ({why})" if why else flags for flags, why, _ in fixes]
+    return memory_error(device, doing, listed, after, error)
 
 
 @contextlib.contextmanager
@@ -456,8 +542,10 @@ def _handed_back(model: Model | None):
 
 
 def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device,
-           source: str | None = None) -> TrainResult:
-    """`train`'s run; `source`: the --dataset-config the config's subsets and settings were read from."""
+           source: str | None = None, where: _Where | None = None) -> TrainResult:
+    """`train`'s run; `source`: the --dataset-config the config's subsets and settings were read from; `where`: what
+    it is doing, kept up to date for `_memory_error`."""
+    where = where or _Where(config, torch.float32)
     is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
 
     # 1. settings and output folder ---------------------------------------------------------------------------
@@ -486,6 +574,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     checkpoint = newest_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, config, found, world)
+    where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
     start_from = None
     if config.init_embedding:
         specs[0]["init"] = f"embedding {shareable_name(config.init_embedding, True)[0]}"  # (the file records its name)
@@ -499,6 +588,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
                            single_file_config=config.single_file_config, vae=config.vae)
     model.check_trainable()
+    where.dtype = next(model.unet.parameters()).dtype  # (a model passed in has its own)
     file_format = _file_format(config.format, model)
     timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
     clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
@@ -550,6 +640,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
 
     # 3. data -----------------------------------------------------------------------------------------------------
     resolution = config.resolution or model.resolution
+    where.stage, where.resolution = "latents", resolution
     tokenizers = [tok for _, tok, _ in model.encoders]
     concepts: list[ConceptState] = []
     step_px = bucket_step(model) if config.buckets else None
@@ -583,6 +674,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         if config.reference_like:  # (one shape: --buckets is refused with it)
             pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
             concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
+    where.stage = "step"  # (from the compiled UNet's check on: a step's batch)
     speed_up_unet(model.unet, config.compile, config.compile_mode, config.channels_last)
     if config.compile != "off":
         # (the example as the steps call the UNet: a different shape, layout or call recompiles at the first step)
@@ -647,6 +739,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             clear_run(out, previous, Path(config.init_embedding) if config.init_embedding else None)
         output_folder(out)
         save_config(config, out / CONFIG_FILE, world, *record, length=length, read_from=read_from)
+    where.writing = True
 
     def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
         vectors = vectors or [e.vectors for e in exts]
@@ -704,6 +797,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     def draw_samples(at_step: int) -> None:
         if not (is_main and config.sample_every):
             return
+        where.stage, where.step, where.prompts = "grid", at_step, len(sample_prompts)
         # with the UNet uncompiled: compiled for the training step, it would compile again for the sampler's calls
         # (no gradient, another batch): minutes for a whole UNet, and CUDA graphs of their own, for a few pictures
         with uncompiled(model.unet):
@@ -715,6 +809,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                     grid.save(tmp, format="PNG")
                 if tracker is not None:  # (after its file: a grid the tracker has is in samples/ too)
                     tracker.log_grid(at_step, "samples" if len(concepts) == 1 else f"samples/{c.out.name}", grid)
+        where.stage, where.step = "step", at_step + 1
 
     # 4. the loop -------------------------------------------------------------------------------------------------
     def vectors_finite() -> bool:
@@ -777,6 +872,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             draw_samples(step)  # (the run stopped after this step's checkpoint, before its grid)
         while step < config.steps:
             stop.check()  # Ctrl-C or SIGTERM since the last step: stop here, between two steps
+            where.step = step + 1
             # what a checkpoint of `step` must hold if a second Ctrl-C stops the run in the middle of this step
             samplers_at_step = [s.state_dict() for s in samplers]
             step_loss = torch.zeros(len(concepts), device=device)
@@ -874,6 +970,22 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         if stop.agreed:  # (every process stopped here; after a second Ctrl-C they may be anywhere)
             wait_for_main()
         raise TrainingInterrupted(step, saved_where(), stop.signum) from None
+    except RuntimeError as e:  # (torch.OutOfMemoryError is one)
+        if not is_out_of_memory(e):
+            raise
+        # out of device memory: the step's tensors go first (those the frames it came through hold, and this
+        # frame's), then the run is saved as Ctrl-C saves it, at the last finished step, so --resume continues it
+        # (`train` says how); not between a step's update and its count, where the last checkpoint stands
+        release(e)
+        batch = ids = cond_ids = per_sample = per_concept = step_loss = None  # noqa: F841 (let go of)
+        optimizer.zero_grad(set_to_none=True)
+        if not stop.holding:
+            if samplers_at_step is not None and step < config.steps:  # (the half-drawn step is redone on resume)
+                for s, saved in zip(samplers, samplers_at_step):
+                    s.load_state_dict(saved)
+            save_all(step)
+            where.saved = step if is_main else None
+        raise
     finally:
         bar.close()  # (before an error's message, not after it)
         for te in autocast_text:

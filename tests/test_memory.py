@@ -1,0 +1,245 @@
+"""Running out of GPU memory: one textinv error that says where, the fixes with the run's own numbers, and a run
+folder that resumes. The device's error is simulated on the CPU: the UNet's nth call raises what CUDA's allocator
+(or MPS's) raises."""
+
+import pytest
+import torch
+
+from conftest import CUDA_OUT_OF_MEMORY, out_of_memory_at
+from textinv import cli
+from textinv import train as train_module
+from textinv.config import TrainConfig
+from textinv.errors import DeviceMemoryError
+from textinv.memory import device_note, is_out_of_memory
+from textinv.models import load_model
+from textinv.run_folder import checkpoints, run_lock
+from textinv.train import _memory_error, _Where, train
+
+MPS_MESSAGE = ("MPS backend out of memory (MPS allocated: 17.90 GB, other allocations: 40.00 MB, max allowed: 18.13 "
+               "GB). Tried to allocate 256.00 MB on private pool. Use PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 to disable "
+               "upper limit for memory allocations (may cause system failure).")
+
+
+def config(images, out, **kw):
+    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=4, save_every=0,
+                sample_every=0, log_every=2, lr=5e-2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_out_of_memory_in_a_step_names_it_with_the_fixes_and_the_run_resumes_to_the_same_result(
+        sd1_dir, images, tmp_path, monkeypatch):
+    straight = train(config(images, tmp_path / "a"), model=load_model(sd1_dir), progress=False)
+    out = tmp_path / "b"
+    undo, seen = out_of_memory_at(monkeypatch, 4)  # (one UNet call a step: step 4)
+    real_save, held_at_save = train_module.save_checkpoint, []
+
+    def save_checkpoint(*a, **k):
+        held_at_save.append(seen[-1]() is not None)
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_checkpoint)
+    real_finish, finished = train_module.RunTracker.finish, []
+    monkeypatch.setattr(train_module.RunTracker, "finish", lambda self: finished.append(real_finish(self)))
+    with pytest.raises(DeviceMemoryError) as info:
+        train(config(images, out, log_with="tensorboard"), model=load_model(sd1_dir), progress=False)
+    undo()
+    assert held_at_save == [False]  # the failed step's tensors were let go of before the save
+    assert len(finished) == 1  # the tracker closed
+    message = str(info.value)
+    assert message.startswith("out of memory on cpu in training step 4 (batch 4, 16x16, fp32): torch tried to "
+                              "allocate 2.00 GiB more. Settings that need less memory, from the one that changes "
+                              "the result least: ")
+    fixes = ["--gradient-checkpointing (the same result, about a third slower)",
+             "--batch 2 --grad-accum 2 (the same 4 samples a step, drawn in 2 passes)", "--precision bf16",
+             "--resolution 8 (the pictures are learned at that size)"]
+    assert "; ".join(fixes) in message
+    assert message.endswith(f"The run is saved at step 3: textinv train --out {out} --resume continues it with "
+                            f"--gradient-checkpointing, which changes nothing that is learned; the other settings "
+                            f"change what is learned: they start the run again with --overwrite, or in another --out")
+    # the folder is a resumable run: the last finished step saved, the lock released, no write left half done
+    assert [p.name for p in checkpoints(out)] == ["step-000003.pt"]
+    assert not list(out.rglob("*.tmp"))
+    with run_lock(out):  # (flock refuses a second open file even in this process: it would fail while held)
+        pass
+    resumed = train(config(images, out, resume=True, gradient_checkpointing=True), model=load_model(sd1_dir),
+                    progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.losses == straight.losses
+
+
+def test_the_error_holds_none_of_the_failed_steps_tensors_and_the_model_trains_again(sd1_dir, images, tmp_path,
+                                                                                     monkeypatch):
+    """A notebook keeps the last error (sys.last_exc): through the frames in its traceback (or its context's), the
+    failed step's tensors would stay on the GPU, and a second try with a smaller batch would not fit either."""
+    model = load_model(sd1_dir)
+    size = len(model.tokenizer)
+    undo, seen = out_of_memory_at(monkeypatch, 2)
+    with pytest.raises(DeviceMemoryError) as info:
+        train(config(images, tmp_path / "run"), model=model, progress=False)
+    undo()
+    kept = info.value  # (held, as a notebook holds it)
+    assert kept.__context__ is None and kept.__cause__ is None
+    assert seen[-1]() is None  # the failing call's input is gone, without a garbage collection
+    assert len(model.tokenizer) == size and not model.unet.training
+    again = train(config(images, tmp_path / "run", batch=2, grad_accum=2, overwrite=True), model=model,
+                  progress=False)
+    assert again.steps == 6
+
+
+def test_out_of_memory_in_a_sample_grid_resumes_without_grids(sd1_dir, images, tmp_path, monkeypatch):
+    grids = dict(sample_every=2, sample_steps=2, steps=4)
+    straight = train(config(images, tmp_path / "a", **grids), model=load_model(sd1_dir), progress=False)
+    out = tmp_path / "b"
+    # the UNet's calls: the grid of step 0 (two denoising steps), steps 1 and 2, then the grid of step 2
+    undo, _ = out_of_memory_at(monkeypatch, 5)
+    with pytest.raises(DeviceMemoryError) as info:
+        train(config(images, out, **grids), model=load_model(sd1_dir), progress=False)
+    undo()
+    message = str(info.value)
+    assert message.startswith("out of memory on cpu drawing the sample grid of step 2 (4 prompts at 16x16): ")
+    assert ("from the one that changes the result least: fewer --sample-prompts (the grid draws its 4 at once); "
+            "--sample-every 0 (no grids). ") in message
+    assert message.endswith(f"The run is saved at step 2: textinv train --out {out} --resume continues it with "
+                            f"fewer --sample-prompts or --sample-every 0, which change nothing that is learned")
+    assert [p.name for p in checkpoints(out)] == ["step-000002.pt"]
+    resumed = train(config(images, out, resume=True, **{**grids, "sample_every": 0}), model=load_model(sd1_dir),
+                    progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
+def test_out_of_memory_in_the_last_grid_says_the_run_had_finished(sd1_dir, images, tmp_path, monkeypatch):
+    out = tmp_path / "b"
+    undo, _ = out_of_memory_at(monkeypatch, 9)  # (grids of steps 0 and 2 two calls each, a call a step: step 4's)
+    with pytest.raises(DeviceMemoryError) as info:
+        train(config(images, out, sample_every=2, sample_steps=2, steps=4), model=load_model(sd1_dir),
+              progress=False)
+    undo()
+    assert str(info.value).endswith("The run had finished: its embedding and checkpoint of step 4 are saved; only "
+                                    "the grid is missing")
+    assert [p.name for p in checkpoints(out)] == ["step-000004.pt"]
+    assert (out / "learned_embeds.safetensors").is_file()
+
+
+def test_mps_running_out_is_the_same_error(sd1_dir, images, tmp_path, monkeypatch):
+    out = tmp_path / "b"
+    undo, _ = out_of_memory_at(monkeypatch, 1, RuntimeError(MPS_MESSAGE))
+    with pytest.raises(DeviceMemoryError) as info:
+        train(config(images, out, batch=3, precision="bf16"), model=load_model(sd1_dir, dtype=torch.bfloat16),
+              progress=False)
+    undo()
+    message = str(info.value)
+    assert message.startswith("out of memory on cpu in training step 1 (batch 3, 16x16, bf16): torch tried to "
+                              "allocate 256.00 MB more. ")
+    assert ("least: --gradient-checkpointing (the same result, about a third slower); --batch 1 --grad-accum 3 (the "
+            "same 3 samples a step, drawn in 3 passes); --resolution 8 (the pictures are learned at that size). ") \
+        in message
+    assert "--precision" not in message  # (bf16 already)
+    assert message.endswith("No step had finished: run it again with one of them and --overwrite")
+
+
+def test_other_runtime_errors_pass_through_as_they_are(sd1_dir, images, tmp_path, monkeypatch):
+    bug = RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x32 and 64x32)")
+    undo, _ = out_of_memory_at(monkeypatch, 2, bug)
+    with pytest.raises(RuntimeError) as info:
+        train(config(images, tmp_path / "b"), model=load_model(sd1_dir), progress=False)
+    undo()
+    assert info.value is bug and type(info.value) is RuntimeError
+    assert checkpoints(tmp_path / "b") == []  # (saved as a crash leaves a run: not as running out of memory)
+    assert not is_out_of_memory(bug) and is_out_of_memory(RuntimeError(MPS_MESSAGE))
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("x"))
+
+
+@pytest.mark.parametrize("where, said, fixes", [
+    ("load_model", "loading the model (fp32)", "--precision bf16"),
+    ("encode_latents", "caching the pictures' latents (the VAE encoding them at 16x16, fp32)",
+     "--precision bf16; --resolution 8 (the pictures are learned at that size)"),
+])
+def test_out_of_memory_before_the_run_starts_leaves_the_folder_as_it_was(where, said, fixes, sd1_dir, images,
+                                                                          tmp_path, monkeypatch):
+    def fails(*a, **k):
+        raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
+
+    monkeypatch.setattr(train_module, where, fails)
+    out = tmp_path / "b"
+    with pytest.raises(DeviceMemoryError) as info:
+        train(config(images, out, model=str(sd1_dir)), progress=False)
+    assert str(info.value) == (f"out of memory on cpu {said}: torch tried to allocate 2.00 GiB more. Settings that "
+                               f"need less memory, from the one that changes the result least: {fixes}. Nothing was "
+                               f"written: --out {out} is left as it was")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("settings, fixes", [
+    (dict(batch=6, grad_accum=2), ["--gradient-checkpointing", "--batch 3 --grad-accum 4 (the same 12 samples a "
+                                   "step, drawn in 4 passes)", "--precision bf16", "--resolution 384"]),
+    (dict(batch=1, gradient_checkpointing=True, resolution=1024),
+     ["--precision bf16", "--resolution 768"]),
+])
+def test_the_fixes_are_those_the_run_can_take(settings, fixes, images, tmp_path):
+    where = _Where(config(images, tmp_path, **settings), torch.float32, stage="step", step=7,
+                   resolution=settings.get("resolution", 512))
+    message = str(_memory_error(where, torch.device("cpu"), torch.OutOfMemoryError("")))
+    listed = message.split("least: ", 1)[1].split(". ", 1)[0].split("; ")
+    assert [fix.split(" (")[0] if fix.startswith("--gradient") or fix.startswith("--res") else fix
+            for fix in listed] == fixes
+    assert ("--gradient-checkpointing)" in message) == bool(settings.get("gradient_checkpointing"))
+
+
+def test_a_cuda_device_says_its_size_and_the_peak(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2 ** 30, 24 * 2 ** 30))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: int(22.5 * 2 ** 30))
+    error = torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
+    assert device_note("cuda:0", error) == ("torch tried to allocate 2.00 GiB more; cuda:0 has 24.0 GiB and this "
+                                            "process's tensors took up to 22.5 GiB of it")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2 ** 30)
+    assert device_note("cuda:0").endswith("took up to 3.0 GiB of it; other programs may hold much of the rest "
+                                          "(nvidia-smi lists them)")
+    assert device_note("cpu") == ""
+
+
+def test_the_command_line_says_it_in_one_line(sd1_dir, images, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "b"
+    undo, _ = out_of_memory_at(monkeypatch, 3)
+    args = ["train", "--images", str(images), "--token", "<zq>", "--init", "dog", "--out", str(out), "--model",
+            str(sd1_dir), "--steps", "6", "--batch", "2", "--sample-every", "0"]
+    assert cli.main(args) == 2
+    undo()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("textinv train: error: out of memory on cpu in training step 3 (batch 2, 16x16, fp32)")
+    assert lines[0].endswith(f"--overwrite, or in another --out")
+    assert cli.main(["train", "--out", str(out), "--resume", "--gradient-checkpointing"]) == 0
+
+
+def test_out_of_memory_while_drawing_says_the_batch_and_what_was_written(sd1_dir, tmp_path, monkeypatch, capsys):
+    from textinv.config import GenerateConfig
+    from textinv.generate import generate
+
+    model = load_model(sd1_dir)
+    out = tmp_path / "renders"
+    undo, seen = out_of_memory_at(monkeypatch, 3)  # (two denoising steps a call: the second call of 2 pictures)
+    with pytest.raises(DeviceMemoryError) as info:
+        generate(GenerateConfig(prompt=["a photo of dog"], n=4, batch_size=2, steps=2, out=str(out)), model=model,
+                 progress=False)
+    undo()
+    assert str(info.value) == (
+        "out of memory on cpu drawing 2 pictures at once at 16x16 (fp32): torch tried to allocate 2.00 GiB more. "
+        "Settings that need less memory, from the one that changes the pictures least: --batch-size 1 (the same "
+        "pictures, up to float rounding); --precision fp16; --resolution 8 (other pictures). Pictures written before "
+        f"it: 2, in {out}")
+    assert seen[-1]() is None and info.value.__context__ is None
+    assert len(list(out.glob("*.png"))) == 2 and not list(out.glob(".*.tmp"))
+    undo, _ = out_of_memory_at(monkeypatch, 1)
+    args = ["generate", "--model", str(sd1_dir), "--prompt", "a photo of dog", "-n", "1", "--steps", "2", "--out",
+            str(tmp_path / "cli")]
+    assert cli.main(args) == 2
+    undo()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("textinv generate: error: out of memory on cpu drawing 1 picture at once at 16x16 "
+                               "(fp32)")
+    assert lines[0].endswith("--precision fp16; --resolution 8 (other pictures). No picture was written")
+    assert cli.main(args[:-2] + ["--out", str(tmp_path / "cli"), "--precision", "fp32"]) == 0  # (it was only that)
