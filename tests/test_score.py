@@ -137,6 +137,27 @@ def test_a_rerun_replaces_the_report_only_when_complete(run_dir, clip_dir, judge
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no half-built or set-aside folder is left
 
 
+def test_running_out_of_memory_while_drawing_says_so_and_keeps_the_last_report(run_dir, clip_dir, judge, tmp_path,
+                                                                               monkeypatch):
+    from conftest import out_of_memory_at
+    from textinv.errors import DeviceMemoryError
+
+    out = tmp_path / "report"
+    score(settings(run_dir, clip_dir, out, init="none", n=1), judge=judge, progress=False)
+    first = (out / "scores.json").read_text()
+    undo, seen = out_of_memory_at(monkeypatch, 3)
+    with pytest.raises(DeviceMemoryError) as info:
+        score(settings(run_dir, clip_dir, out, n=3), judge=judge, progress=False)
+    undo()
+    assert str(info.value) == (
+        "out of memory on cpu drawing the report's pictures (3 at once at 16x16): torch tried to allocate 2.00 GiB "
+        "more. Settings that need less memory, from the one that changes the scores least: --precision fp16; "
+        f"--resolution 8 (other pictures, and scores not comparable with a report at 16). No report was written; "
+        f"{out} is left as it was")
+    assert seen[-1]() is None and (out / "scores.json").read_text() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
 def test_a_report_moved_aside_by_a_killed_swap_is_put_back(run_dir, clip_dir, judge, tmp_path, monkeypatch):
     out = tmp_path / "report"
     score(settings(run_dir, clip_dir, out, init="none", n=1), judge=judge, progress=False)

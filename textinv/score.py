@@ -48,6 +48,7 @@ from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        handed_back, install_embedding, png_text, render)
 from .io import absolute, atomic_path, output_folder, write_json, write_text
+from .memory import is_out_of_memory, memory_error, release, smaller_side
 from .models import (Model, _is_local_path, check_model_object, load_model, offline_note, pick_device,
                      quiet_transformers)
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
@@ -530,7 +531,45 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
 
     >>> score(ScoreConfig(embedding="runs/my-dog", description="a corgi"))  # doctest: +SKIP
     ScoreResult(html=PosixPath('score-out/report.html'), ...)
+
+    Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     """
+    where = _Where()
+    failure = None
+    try:
+        return _score(config, model, judge, progress, where)
+    except RuntimeError as e:  # (torch.OutOfMemoryError is one)
+        if not is_out_of_memory(e):
+            raise
+        release(e, where.device)  # (raised from here, the frames that held the pictures' tensors let go of)
+        failure = _memory_error(where, e)
+    raise failure
+
+
+@dataclass
+class _Where:
+    """What `score` is doing, kept up to date as it goes, for the message if the device runs out of memory."""
+
+    device: torch.device | None = None
+    doing: str = "loading the CLIP judge"
+    dtype: torch.dtype | None = None
+    size: int = 0  # the pictures' side, once drawing
+    out: str = ""
+
+
+def _memory_error(where: _Where, error: BaseException):
+    """The `DeviceMemoryError` for running out of memory at `where`, with the settings that need less there."""
+    fixes = ["--precision fp16"] if where.dtype == torch.float32 else []
+    if where.size:
+        fixes.append(f"--resolution {smaller_side(where.size)} (other pictures, and scores not comparable with a "
+                     f"report at {where.size})")
+    return memory_error(where.device or "cpu", where.doing, fixes, f"No report was written; {where.out} is left as "
+                        f"it was", error, changes="the scores")
+
+
+def _score(config: ScoreConfig, model: Model | None, judge: ClipJudge | None, progress: bool,
+           where: _Where) -> ScoreResult:
+    """`score`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     log = print if progress else (lambda *a, **k: None)
     started = time.perf_counter()
 
@@ -559,11 +598,15 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     device = pick_device(config.device)
     out = out_folder(config.out)
     previous, partial = _prepare_out(out)
+    where.device, where.out = device, str(out)
     try:  # (from here on a failure takes the half-built report with it)
         if judge is None:
             judge = ClipJudge.load(config.clip, device)
         if model is None:
+            where.doing, where.dtype = "loading the model", drawing_dtype(config.precision, device)
             model = _load(config, source, run, device)
+        where.device, where.dtype = model.unet.device, model.unet.dtype
+        where.doing = "judging the training pictures with CLIP"
         steps = config.steps or DEFAULT_STEPS
         size = config.resolution or model.resolution
         guidance = model.guidance_or_own(config.guidance)
@@ -582,6 +625,8 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
         log(f"drawing {len(prompts)} prompts x {len(seeds)} seeds with {', '.join(m['label'] for m in methods)} "
             f"on {model.describe()}", flush=True)
         bar = tqdm(total=len(methods) * len(prompts) * len(seeds), disable=not progress, desc="score", unit="img")
+        where.size = size
+        where.doing = f"drawing the report's pictures ({min(4, len(seeds))} at once at {size}x{size})"
         drawing = Drawing(model, judge, installed, partial, training, bar, seeds, steps, size,
                           guidance, clip_skip, config.sampler, config.negative_prompt, str(source),
                           str(config.embedding))
