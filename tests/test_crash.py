@@ -265,3 +265,15 @@ def test_a_resumed_run_says_which_steps_it_learned(sd1_dir, images, tmp_path, ca
     assert "learned <zq>: steps 3-4 (" in capsys.readouterr().out
     train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=True)
     assert "<zq>: nothing to learn, the run was at step 4 already (" in capsys.readouterr().out
+
+
+def test_gradient_checkpointing_may_be_turned_on_when_resuming_to_the_same_result(sd1_dir, images, tmp_path):
+    """It runs the UNet's forward again in the backward pass: the same numbers in less memory, so a run that ran out
+    of memory goes on with it (it was refused as a changed setting)."""
+    straight = train(config(images, tmp_path / "a", steps=4), model=load_model(sd1_dir), progress=False)
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    resumed = train(config(images, out, steps=4, save_every=2, resume=True, gradient_checkpointing=True),
+                    model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.losses == straight.losses
