@@ -31,8 +31,9 @@ from .tracking import check_trackers
 
 def opt(default, help: str, **extra):
     """A dataclass field with its command-line help (and optional `choices`, `flag`, `short`) as metadata.
-    `path="file"` marks a local path, `path="source"` a path or else a hub id or bundled name (`--model`): a config
-    file's relative ones are read from the file's folder (`config_file_settings`)."""
+    `path="file"` marks a local path, `path="source"` a path or else a hub id or bundled name (`--model`),
+    `path="prompts"` prompts or a file of them (`sample_prompts.is_prompt_file`): a config file's relative ones are
+    read from the file's folder (`config_file_settings`)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
     return field(default=default, metadata={"help": help, **extra})
@@ -252,8 +253,11 @@ class TrainConfig:
     step_embeddings: bool = opt(True, "at every --save-every step also keep that step's embedding in embeddings/ "
                                       "(as A1111 and the diffusers script do), to pick the best step by its samples")
     sample_every: int = opt(500, "sample grid every N steps (0: never)")
-    sample_prompts: list = opt([], "prompts for the sample grids ('{}' marks the token); default: the caption "
-                                   "templates' first 4")
+    sample_prompts: list = opt([], "prompts for the sample grids ('{}' or the token written out marks it), or one "
+                                   "file of them as kohya's --sample_prompts takes it (.txt, .toml or .json), with "
+                                   "its per-prompt options (--n negative prompt, --d seed, --l CFG scale, --s steps, "
+                                   "--ss sampler, --w/--h size); config.yaml records what the file gave; default: "
+                                   "the caption templates' first 4", path="prompts")
     sample_steps: int = opt(25, "denoising steps for sample grids")
     log_every: int = opt(10, "loss log interval in steps")
     log_with: str = opt(None, "also log the loss, learning rate and sample grids to an experiment tracker, through "
@@ -284,13 +288,19 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every setting before anything is loaded; raise ConfigError naming the bad value and the fix. A
-        --dataset-config is read first: the config returned holds what it gave instead (`kohya.apply_dataset_config`).
+        --dataset-config is read first: the config returned holds what it gave instead (`kohya.apply_dataset_config`);
+        so does a kohya sample prompts file in --sample-prompts (`sample_prompts.read_prompt_file`).
         """
         check_types(self)
         if self.dataset_config:
             from .kohya import apply_dataset_config  # (kohya.py reads this module's settings)
 
             return apply_dataset_config(self).validate()
+        from .sample_prompts import check_entries, is_prompt_file, names_a_file, prompt_text, read_prompt_file
+
+        if any(is_prompt_file(entry) for entry in self.sample_prompts):  # kohya's file: what it gives from now on
+            return dataclasses.replace(self, sample_prompts=read_prompt_file(self.sample_prompts, self.resume)
+                                       ).validate()
         if not self.out:
             raise ConfigError(f"--out is required ({_help('out')})")
         if self.concepts and (self.images or self.token):
@@ -368,9 +378,12 @@ class TrainConfig:
             raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: resume keeps the folder, overwrite empties it")
-        for prompt in self.sample_prompts:  # ({} or a token written out, as in caption files and score's prompts)
+        check_entries(self.sample_prompts)
+        for prompt in map(prompt_text, self.sample_prompts):  # ({} or the token written, as in captions and score's)
             if "{}" not in prompt and not any(t and t.lower() in prompt.lower() for t in tokens):
-                raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' (or the token) where the token goes")
+                named = (f" (it names a file: kohya's sample prompts file is read when its name ends in .txt, .toml "
+                         f"or .json)" if names_a_file(prompt) else "")
+                raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' (or the token) where the token goes{named}")
         return self
 
     def subset_list(self) -> list[dict[str, Any]]:
@@ -688,6 +701,10 @@ def config_file_settings(cls, path: str | Path) -> dict[str, Any]:
         kind = fields[key].metadata.get("path")
         if kind and key == "concepts":
             value = [_concept_from(folder, item) for item in value]
+        elif kind == "prompts":  # (only an entry that names a file of prompts is a path)
+            from .sample_prompts import is_prompt_file
+
+            value = [_path_from(folder, item.strip(), "file") if is_prompt_file(item) else item for item in value]
         elif kind and key == "subsets":
             value = [{**item, "images": _path_from(folder, item["images"], "file")}
                      if isinstance(item, dict) and item.get("images") else item for item in value]
@@ -765,7 +782,8 @@ def _coerce(name: str, kind: type, value: Any, default: Any, source: str = "") -
             raise ConfigError(f"{where} must be a list (or one text), got {type(value).__name__} {value!r}")
         out = []
         for item in items:
-            if isinstance(item, dict) and name not in ("concepts", "subsets"):  # (only they take mappings)
+            # (only they take mappings; an empty one is most often YAML's reading of a bare {})
+            if isinstance(item, dict) and (name not in ("concepts", "subsets", "sample_prompts") or not item):
                 raise ConfigError(f"{where}: the entry {item!r} is a mapping, not text (YAML reads an unquoted "
                                   f"{{...}}, such as a bare {{}}, as one); put it in quotes, e.g. '{{}}'")
             if isinstance(item, dict) or (isinstance(item, (str, int, float)) and not isinstance(item, bool)):
@@ -778,13 +796,14 @@ def _coerce(name: str, kind: type, value: Any, default: Any, source: str = "") -
 
 def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None = None,
                 resolved: dict[str, Any] | None = None, length: str | None = None,
-                read_from: str | None = None) -> None:
+                read_from: str | list[str] | None = None) -> None:
     """Write a config as YAML, atomically, with a header saying how to reuse it (and, for a data-parallel run, with
     how many processes: each draws --batch samples, so the same result needs as many), what it ran with (the
     library versions, and `ran_on`, e.g. "cpu, torch.float32": a bit-for-bit rerun needs the same), as
     `resolved`, what settings left to the default became (a later version's default may differ) and, as `length`,
-    how --epochs became the `steps` the file holds (`train.steps_for_epochs`), and as `read_from`, which
-    --dataset-config its `subsets` and the settings it gave came from."""
+    how --epochs became the `steps` the file holds (`train.steps_for_epochs`), and as `read_from` (a line, or
+    several), which --dataset-config its `subsets` and the settings it gave came from, and which kohya sample prompts
+    file its `sample_prompts`."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -808,8 +827,8 @@ def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None
                                                            width=1000)
     if length:
         header += f"# {length}\n"
-    if read_from:
-        header += f"# {read_from}\n"
+    for note in [read_from] if isinstance(read_from, str) else read_from or []:
+        header += f"# {note}\n"
     # --resume and --overwrite say what one command does to its folder, not how the run learns: recorded as off,
     # so the file reruns the run elsewhere (a resumed run's record would otherwise say resume: true)
     settings = {k: (False if k in ("resume", "overwrite") else v) for k, v in dataclasses.asdict(config).items()}

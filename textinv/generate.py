@@ -360,8 +360,9 @@ def _check_sampling(model: Model, steps: int, guidance: float) -> None:
 
 
 def make_grid(images: list[Image.Image], cols: int) -> Image.Image:
-    """Images (all one size) in a grid with `cols` columns."""
-    w, h = images[0].size
+    """Images in a grid with `cols` columns, each at the top left of a cell of the widest's width and the tallest's
+    height (pictures of one size fill their cells)."""
+    w, h = max(img.width for img in images), max(img.height for img in images)
     rows = -(-len(images) // cols)
     grid = Image.new("RGB", (cols * w, rows * h), "white")
     for i, img in enumerate(images):

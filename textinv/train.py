@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis, modelspec
-from .config import TrainConfig, parse_lr_steps, save_config
+from .config import TrainConfig, parse_lr_steps, read_config_file, save_config
 from .data import (CaptionSampler, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, read_caption, read_template_file)
 from .errors import ConfigError, FormatError, TrainingError
@@ -53,6 +53,7 @@ from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, checkpoints,
                          clear_run, clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint,
                          prepare_output, run_lock, save_checkpoint, write_loss_log)
+from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
                      init_vectors, scratch_tokens, split_words, token_names)
@@ -229,6 +230,7 @@ def _epochs_note(path: Path, steps: int) -> str | None:
 
 
 READ_FROM = "subsets and settings as read from kohya's dataset config"
+PROMPTS_FROM = "sample_prompts as read from kohya's sample prompts file"
 
 
 def _header_note(path: Path, start: str) -> str | None:
@@ -238,6 +240,14 @@ def _header_note(path: Path, start: str) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return next((line[2:] for line in lines if line.startswith(f"# {start}")), None)
+
+
+def _saved_setting(path: Path, name: str):
+    """Setting `name` as a run's config.yaml at `path` holds it, or None."""
+    try:
+        return read_config_file(path).get(name)
+    except ConfigError:
+        return None
 
 
 class BatchSampler:
@@ -419,6 +429,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     check_model_object(model)
     # (read now: the config validate returns holds what it gave, and config.yaml's header names the file)
     source = str(Path(config.dataset_config).expanduser().resolve()) if config.dataset_config else None
+    prompts_from = prompt_file(config.sample_prompts)  # (kohya's sample prompts file: config.yaml's header names it)
     config = config.validate()
     device = pick_device(config.device)  # (a device this machine lacks is refused before anything loads)
     # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
@@ -436,7 +447,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             with run_lock(Path(config.out), state.is_main_process), _handed_back(model):  # (one run per folder)
-                return _train(config, model, progress, on_step, state, device, source, where)
+                return _train(config, model, progress, on_step, state, device, source, where, prompts_from)
     except RuntimeError as e:  # (torch.OutOfMemoryError is one)
         if not is_out_of_memory(e):
             raise
@@ -542,9 +553,10 @@ def _handed_back(model: Model | None):
 
 
 def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device,
-           source: str | None = None, where: _Where | None = None) -> TrainResult:
+           source: str | None = None, where: _Where | None = None, prompts_from: str | None = None) -> TrainResult:
     """`train`'s run; `source`: the --dataset-config the config's subsets and settings were read from; `where`: what
-    it is doing, kept up to date for `_memory_error`."""
+    it is doing, kept up to date for `_memory_error`; `prompts_from`: the kohya sample prompts file its sample
+    prompts were read from."""
     where = where or _Where(config, torch.float32)
     is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
 
@@ -721,6 +733,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     step, history, by_concept, interval = 0, [], [], ([0.0] * len(concepts), 0)
     skipped = [0] * len(concepts)  # the fp16 steps each concept skipped alone (`_step_skipping_overflows`)
     read_from = f"{READ_FROM} {source}" if source else None  # (config.yaml's header names the subsets' file)
+    prompts_note = f"{PROMPTS_FROM} {prompts_from}" if prompts_from else None  # (and the prompts' file)
     if config.resume:
         step, history, by_concept, interval = load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers,
                                                                scaler)
@@ -731,14 +744,18 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             # they stand
             length = length or _epochs_note(out / CONFIG_FILE, config.steps)
             read_from = _header_note(out / CONFIG_FILE, READ_FROM) if config.subsets and not source else read_from
-            save_config(config, out / CONFIG_FILE, world, *record, length=length, read_from=read_from)
+            if not prompts_from and config.sample_prompts == _saved_setting(out / CONFIG_FILE, "sample_prompts"):
+                prompts_note = _header_note(out / CONFIG_FILE, PROMPTS_FROM)  # (the prompts the file gave, still)
+            save_config(config, out / CONFIG_FILE, world, *record, length=length,
+                        read_from=[note for note in (read_from, prompts_note) if note])
             if progress:
                 print(f"resuming {out} at step {step} of {config.steps}")
     elif is_main:
         if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
             clear_run(out, previous, Path(config.init_embedding) if config.init_embedding else None)
         output_folder(out)
-        save_config(config, out / CONFIG_FILE, world, *record, length=length, read_from=read_from)
+        save_config(config, out / CONFIG_FILE, world, *record, length=length,
+                    read_from=[note for note in (read_from, prompts_note) if note])
     where.writing = True
 
     def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
@@ -783,13 +800,20 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
 
     # the grids' prompts: the run's templates, but a [filewords] template has no picture's words to fill in, and
     # when every template has one (A1111's *_filewords.txt) the property's default templates stand in
-    sample_prompts = (config.sample_prompts or [t for t in templates if "[filewords]" not in t][:4]
-                      or list(default_templates(config.property))[:4])
+    # (each with the settings a kohya sample prompts file gave it, or none: the grid's)
+    sample_prompts = [as_sample(p) for p in config.sample_prompts] or [
+        SamplePrompt(t) for t in ([t for t in templates if "[filewords]" not in t][:4]
+                                  or list(default_templates(config.property))[:4])]
     # a prompt may name a token as it is written in `generate` ('a photo of <my-dog>'): each concept's grid draws
-    # its own token there, as with {}
+    # its own token there, as with {}; so may a negative prompt
     named = re.compile("|".join(re.escape(c.token) for c in sorted(concepts, key=lambda c: -len(c.token))),
                        re.IGNORECASE)
-    sample_prompts = [p if "{}" in p else named.sub(lambda m: "{}", p) for p in sample_prompts]
+
+    def marked(p: str) -> str:
+        return p if "{}" in p else named.sub(lambda m: "{}", p)
+
+    sample_prompts = [dataclasses.replace(s, prompt=marked(s.prompt), negative_prompt=marked(s.negative_prompt))
+                      for s in sample_prompts]
 
     def grid_path(c: ConceptState, at_step: int) -> Path:
         return c.out / SAMPLES_DIR / f"step-{at_step:06d}.png"
@@ -802,8 +826,12 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         # (no gradient, another batch): minutes for a whole UNet, and CUDA graphs of their own, for a few pictures
         with uncompiled(model.unet):
             for c in concepts:
-                grid = sample_grid(model, [expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
-                                           for p in sample_prompts], config.seed, config.sample_steps, resolution,
+                def own(p: str) -> str:  # (this concept's token, all its vectors)
+                    return expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
+
+                grid = sample_grid(model, [dataclasses.replace(s, prompt=own(s.prompt),
+                                                               negative_prompt=own(s.negative_prompt))
+                                           for s in sample_prompts], config.seed, config.sample_steps, resolution,
                                    clip_skip)
                 with atomic_path(grid_path(c, at_step)) as tmp:
                     grid.save(tmp, format="PNG")
@@ -1325,10 +1353,33 @@ def _file_format(name: str | None, model: Model) -> str:
 
 
 @torch.no_grad()
-def sample_grid(model: Model, prompts: list[str], seed: int, steps: int, resolution: int, clip_skip: int = 1):
-    """One image per prompt at fixed seeds, side by side: the same grid at every step shows the progress."""
+def sample_grid(model: Model, prompts: list[str | SamplePrompt], seed: int, steps: int, resolution: int,
+                clip_skip: int = 1):
+    """One image per (expanded) prompt at fixed seeds, side by side: the same grid at every step shows the progress.
+    Picture i is drawn at seed + i, `steps` steps, the model's guidance and scheduler and `resolution`, each but
+    where its `SamplePrompt` (a kohya sample prompts file's options) gives its own, with its negative prompt.
+
+    >>> grid = sample_grid(model, ["a photo of <t>", SamplePrompt("<t> at dusk", seed=42, width=768)], 0, 25,
+    ...                    512)  # doctest: +SKIP
+    >>> grid.size  # doctest: +SKIP
+    (1536, 512)
+    """
     from .generate import make_grid, render
 
-    images = render(model, prompts, seeds=[seed + i for i in range(len(prompts))], steps=steps,
-                    resolution=resolution, clip_skip=clip_skip)
+    shots = [p if isinstance(p, SamplePrompt) else SamplePrompt(p) for p in prompts]
+    # the pictures of one set of settings go through the pipeline together: a grid of prompts without options is
+    # one call, as it always was
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(shots):
+        key = (s.negative_prompt, s.guidance, s.steps or steps, s.sampler or "default", s.width or resolution,
+               s.height or resolution)
+        groups.setdefault(key, []).append(i)
+    images = [None] * len(shots)
+    for (negative, guidance, n, sampler, width, height), members in groups.items():
+        drawn = render(model, [shots[i].prompt for i in members],
+                       seeds=[seed + i if shots[i].seed is None else shots[i].seed for i in members], steps=n,
+                       resolution=resolution, guidance=guidance, negative_prompt=negative, sampler=sampler,
+                       clip_skip=clip_skip, width=width, height=height)
+        for i, image in zip(members, drawn):
+            images[i] = image
     return make_grid(images, cols=len(images))

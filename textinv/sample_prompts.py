@@ -1,0 +1,338 @@
+"""The sample grids' prompts: textinv's own, and kohya's sample prompts file (sd-scripts' `--sample_prompts FILE`).
+
+`--sample-prompts` takes the prompts themselves, or one file of them as kohya's training scripts take it:
+
+    # prompts.txt: a prompt a line; blank lines and lines that start with # are left out
+    a photo of sks
+    sks on the beach, at dusk --n blurry, lowres --d 42 --l 7.5 --s 28 --ss euler_a --w 512 --h 768
+
+sd-scripts reads it in library/train_util.py (`sample_images_common` reads the file, `line_to_prompt_dict` each
+line): a line is cut at every " --", the first part is the prompt and each later one an option, its name, a space
+and its value. A .toml file holds a `[prompt]` table of keys every prompt shares and `[[prompt.subset]]` tables, one
+per prompt (a subset's key over the shared one); a .json file a list, each entry a line as in the .txt or a mapping
+of the .toml's keys (`prompt`, `negative_prompt`, `seed`, `scale`, `sample_steps`, `sample_sampler`, `width`,
+`height`).
+
+Each option that textinv's grids can honour becomes that picture's own setting (`KEYS`): its negative prompt, seed,
+CFG scale, steps, sampler and size. The others are refused by name (`REFUSED`: a ControlNet or inpainting picture,
+which textinv does not draw with), or, where kohya's own SD sampling leaves them unused too, left out with a warning
+(`UNUSED`). An option kohya does not know is refused: sd-scripts skips it silently, so a typo (`--sd 42`) would draw
+a picture at another seed than meant. A prompt's options left out are the grid's, as for a prompt without any
+(--sample-steps, the model's CFG scale and scheduler, the training size, the run's seed + the prompt's place), not
+kohya's defaults (30 steps, 7.5, DDIM, 512 x 512, a new random seed at every grid).
+
+What the file gave is what `TrainConfig.sample_prompts` holds from then on, and what config.yaml records: the text of
+a prompt without options, a mapping of `KEYS` for one with them. A resume or rerun draws the same grids without the
+file, whatever became of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import SAMPLERS, check_seed, check_side
+from .errors import ConfigError, backslash_note
+
+SUFFIXES = (".txt", ".toml", ".json")  # (kohya's: it tells the three forms apart by these, and reads no other)
+
+# a grid picture's own settings, as config.yaml records them: textinv's names (GenerateConfig's), with kohya's
+# option in a .txt line and key in a .toml or .json mapping
+KEYS = {  # textinv's name: (kohya's option, kohya's key, what it is)
+    "prompt": (None, "prompt", "the prompt"),
+    "negative_prompt": ("n", "negative_prompt", "the negative prompt"),
+    "seed": ("d", "seed", "the seed"),
+    "guidance": ("l", "scale", "the CFG scale"),
+    "steps": ("s", "sample_steps", "the denoising steps"),
+    "sampler": ("ss", "sample_sampler", "the sampler"),
+    "width": ("w", "width", "the width"),
+    "height": ("h", "height", "the height"),
+}
+_OPTION = {option: name for name, (option, _, _) in KEYS.items() if option}
+_KEY = {key: name for name, (_, key, _) in KEYS.items()}
+
+_NO_EFFECT = "kohya's sampling of SD 1.x, 2.x and SDXL does not use it either"
+UNUSED = {  # (kohya's option, kohya's key): why leaving it out changes no picture
+    ("g", "guidance_scale"): f"FLUX's guidance (embedded) scale; {_NO_EFFECT} (--l is the CFG scale)",
+    ("fs", "flow_shift"): f"the flow shift of flow-matching models (SD3, FLUX); {_NO_EFFECT}",
+    ("ctr", "cfg_trunc_ratio"): f"Lumina's CFG truncation; {_NO_EFFECT}",
+    ("rcfg", "renorm_cfg"): f"Lumina's CFG renormalisation; {_NO_EFFECT}",
+    ("am", "additional_network_multiplier"): "the strength of the LoRA being trained, which kohya's network "
+                                             "training samples with; a textual inversion run has none",
+}
+REFUSED = {  # (kohya's option, kohya's key): why textinv cannot draw the picture as it says
+    ("cn", "controlnet_image"): "a ControlNet's picture, and textinv draws its grids without a ControlNet",
+    ("i", "image"): "an inpainting model's source picture, and textinv learns words for text-to-image models",
+}
+
+# kohya's sampler names (its --sample_sampler choices, `get_my_scheduler`) that textinv has, as textinv names them;
+# textinv's own names are taken too
+KOHYA_SAMPLERS = {"ddim": "ddim", "euler": "euler", "k_euler": "euler", "euler_a": "euler_a",
+                  "k_euler_a": "euler_a", "dpmsolver++": "dpm++2m"}  # (DPMSolverMultistep, dpmsolver++, order 2)
+OTHER_SAMPLERS = ("ddpm", "pndm", "lms", "k_lms", "heun", "dpm_2", "k_dpm_2", "dpm_2_a", "k_dpm_2_a", "dpmsolver",
+                  "dpmsingle")  # kohya's, which textinv does not have
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    """One picture of a sample grid: its prompt and the settings it draws with, None where the grid's stand."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    guidance: float | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+def as_sample(entry: str | dict) -> SamplePrompt:
+    """A `TrainConfig.sample_prompts` entry (checked: `check_entries`) as a `SamplePrompt`.
+
+    >>> as_sample({"prompt": "a photo of {}", "seed": 42}).seed
+    42
+    """
+    return SamplePrompt(entry) if isinstance(entry, str) else SamplePrompt(**entry)
+
+
+def prompt_text(entry: str | dict) -> str:
+    """The prompt of a `TrainConfig.sample_prompts` entry."""
+    return entry if isinstance(entry, str) else str(entry.get("prompt"))
+
+
+def is_prompt_file(entry) -> bool:
+    """Whether a `--sample-prompts` entry names a file of prompts, not a prompt: one line ending in .txt, .toml or
+    .json, as kohya's files are named (whether the file is there or not: a missing one is an error, not a prompt)."""
+    if not isinstance(entry, (str, os.PathLike)):
+        return False
+    text = os.fspath(entry)
+    return "\n" not in text and Path(text.strip()).suffix.lower() in SUFFIXES
+
+
+def names_a_file(text: str) -> bool:
+    """Whether `text` names a file that is there (False for text no file can be named by: too long, a NUL)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def prompt_file(entries: list) -> str | None:
+    """The file of prompts that `entries` (`TrainConfig.sample_prompts`) names, as an absolute path, or None."""
+    found = [e for e in entries if is_prompt_file(e)]
+    return str(Path(os.fspath(found[0]).strip()).expanduser().absolute()) if found else None
+
+
+def read_prompt_file(entries: list, resume: bool = False) -> list[str | dict]:
+    """The prompts of the one file `entries` name (`is_prompt_file`), each read as kohya reads it and checked: the
+    text of a prompt without options, a mapping of `KEYS` for one with them. Errors name the file and the line (or
+    table, or entry); an option textinv leaves unused is warned about. `resume`: a resumed run, which has the prompts
+    it read recorded (a missing file is told so).
+
+    >>> read_prompt_file(["prompts.txt"])  # "a photo of sks --d 42", "# a note", "sks on grass"  # doctest: +SKIP
+    [{'prompt': 'a photo of sks', 'seed': 42}, 'sks on grass']
+    """
+    files = [e for e in entries if is_prompt_file(e)]
+    if len(entries) > 1:
+        others = [os.fspath(e) for e in entries if e is not files[0]]
+        raise ConfigError(f"--sample-prompts takes prompts, or one file of them (kohya's), not both: "
+                          f"{os.fspath(files[0])} with {others[0]!r}" + (" and more" if len(others) > 1 else "")
+                          + "; put every prompt in the file")
+    path = Path(os.fspath(files[0]).strip()).expanduser()
+    if not names_a_file(str(path)):
+        try:
+            folder = path.is_dir()
+        except (OSError, ValueError):
+            folder = False
+        what = "is a folder" if folder else f"does not exist{backslash_note(path)}"
+        kept = (" (the resumed run recorded the prompts it read in its config.yaml: leave out --sample-prompts to "
+                "draw those)" if resume else "")
+        raise ConfigError(f"--sample-prompts {path} {what}; give kohya's sample prompts file (.txt, .toml or "
+                          f".json){kept}. An entry that ends in {', '.join(SUFFIXES)} is read as such a file, not "
+                          f"as a prompt")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # (-sig: the byte-order mark a Windows editor may write)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--sample-prompts {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as "
+                          f"UTF-8") from e
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        # kohya leaves out blank lines and lines starting with #; an indented # line is a comment here too (kohya
+        # would draw its text, which holds no token and is refused as a prompt anyway)
+        read = [_line(line.strip(), f"{path} line {n}") for n, line in enumerate(text.splitlines(), start=1)
+                if line.strip() and not line.strip().startswith("#")]
+    else:
+        read = _toml(path, text) if suffix == ".toml" else _json(path, text)
+    if not read:
+        raise ConfigError(f"--sample-prompts {path} holds no prompt; write one a line (\"a photo of sks --d 42\"), "
+                          f"or leave out --sample-prompts for the caption templates' first 4")
+    return read
+
+
+def _toml(path: Path, text: str) -> list[str | dict]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"cannot parse --sample-prompts {path}: {e}") from e
+    shared, others = data.get("prompt"), [key for key in data if key != "prompt"]
+    if not isinstance(shared, dict) or not isinstance(shared.get("subset"), list) or others:
+        raise ConfigError(f"--sample-prompts {path} must hold kohya's [prompt] table (the keys every prompt "
+                          f"shares) and its [[prompt.subset]] tables (one per prompt, e.g. prompt = \"a photo of "
+                          f"sks\", seed = 42)" + (f", and nothing else: {others[0]!r}" if others else ""))
+    common = {key: value for key, value in shared.items() if key != "subset"}
+    out = []
+    for n, subset in enumerate(shared["subset"], start=1):
+        where = f"{path} [[prompt.subset]] {n}"
+        if not isinstance(subset, dict):
+            raise ConfigError(f"{where} must be a table of key = value, got {subset!r}")
+        out.append(_mapping({**common, **subset}, where))  # (a subset's key over [prompt]'s)
+    return out
+
+
+def _json(path: Path, text: str) -> list[str | dict]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"cannot parse --sample-prompts {path}: {e}") from e
+    if not isinstance(data, list):
+        raise ConfigError(f"--sample-prompts {path} must hold a list of prompts, each a line as in kohya's .txt "
+                          f"(\"a photo of sks --d 42\") or a mapping ({{\"prompt\": \"a photo of sks\", \"seed\": "
+                          f"42}}), got {type(data).__name__}")
+    out = []
+    for n, item in enumerate(data, start=1):
+        where = f"{path} entry {n}"
+        if isinstance(item, str):
+            out.append(_line(item.strip(), where))
+        elif isinstance(item, dict):
+            out.append(_mapping(item, where))
+        else:
+            raise ConfigError(f"{where} must be a prompt (text) or a mapping of prompt, seed, ..., got {item!r}")
+    return out
+
+
+def _line(line: str, where: str) -> str | dict:
+    """One prompt of kohya's line syntax: the prompt, then " --NAME VALUE" options (see the module's text)."""
+    prompt, *options = line.split(" --")
+    settings: dict[str, Any] = {"prompt": prompt.strip()}
+    for part in options:
+        if not part.strip():  # ("a photo of sks --": nothing, as kohya reads it)
+            continue
+        option, _, value = part.partition(" ")
+        option, value = option.lower(), value.strip()  # (kohya matches the names in any case)
+        pair = next((p for p in list(UNUSED) + list(REFUSED) if p[0] == option), None)
+        if pair in REFUSED:
+            raise ConfigError(f"{where}: --{option} gives {REFUSED[pair]}; remove the option")
+        if pair in UNUSED:
+            warnings.warn(f"{where}: --{option} left out: it is {UNUSED[pair]}", stacklevel=2)
+            continue
+        if option not in _OPTION:
+            glued = re.fullmatch(r"([a-z]+)(\d[\d.]*)", option)
+            hint = (f"write a space before its value (--{glued[1]} {glued[2]}); "
+                    if glued and glued[1] in _OPTION else "")
+            raise ConfigError(f"{where}: --{part.split(' ')[0]} is none of the options of kohya's sample prompts "
+                              f"that textinv draws with; {hint}it reads " + ", ".join(
+                                  f"--{o} ({KEYS[n][2]})" for o, n in _OPTION.items()))
+        name = _OPTION[option]
+        if name in settings:
+            raise ConfigError(f"{where}: --{option} is given twice; give it once")
+        if not value:
+            raise ConfigError(f"{where}: --{option} needs a value ({KEYS[name][2]}), e.g. " + _example(option))
+        if name in ("seed", "steps", "width", "height"):
+            if not re.fullmatch(r"\d+", value):
+                raise ConfigError(f"{where}: --{option} takes a whole number ({KEYS[name][2]}), got {value!r}")
+            value = int(value)
+        elif name == "guidance":
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: --{option} takes a number ({KEYS[name][2]}), got {value!r}") from None
+        settings[name] = _checked(name, value, f"{where}: --{option}")
+    return settings["prompt"] if len(settings) == 1 else settings
+
+
+def _example(option: str) -> str:
+    return {"n": "--n blurry, lowres", "d": "--d 42", "l": "--l 7.5", "s": "--s 28", "ss": "--ss euler_a",
+            "w": "--w 512", "h": "--h 768"}[option]
+
+
+def _mapping(item: dict, where: str) -> str | dict:
+    """One prompt of kohya's .toml or .json form: a mapping of kohya's keys."""
+    settings: dict[str, Any] = {}
+    for key, value in item.items():
+        pair = next((p for p in list(UNUSED) + list(REFUSED) if p[1] == key), None)
+        if pair in REFUSED:
+            raise ConfigError(f"{where}: {key} gives {REFUSED[pair]}; remove it")
+        if pair in UNUSED:
+            warnings.warn(f"{where}: {key} left out: it is {UNUSED[pair]}", stacklevel=2)
+            continue
+        if key not in _KEY:
+            ours = f" (textinv's name; kohya's is {KEYS[key][1]!r})" if key in KEYS and KEYS[key][1] != key else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{ours}; kohya's sample prompts that textinv draws with "
+                              f"take " + ", ".join(k for k in _KEY))
+        settings[_KEY[key]] = _checked(_KEY[key], value, f"{where}: {key}")
+    if "prompt" not in settings:
+        raise ConfigError(f"{where} has no prompt; give each one, e.g. prompt = \"a photo of sks\"")
+    return settings["prompt"] if len(settings) == 1 else settings
+
+
+def _checked(name: str, value, where: str):
+    """`value` of the picture setting `name` (`KEYS`) if it can be drawn with, else a ConfigError naming `where`;
+    a sampler as textinv names it."""
+    if name in ("prompt", "negative_prompt"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be text, got {type(value).__name__} {value!r}")
+        return value
+    if name == "sampler":
+        sampler = str(value).strip().lower() if isinstance(value, str) else value
+        if sampler in SAMPLERS:
+            return sampler
+        if sampler in KOHYA_SAMPLERS:
+            return KOHYA_SAMPLERS[sampler]
+        which = "kohya's sampler" if sampler in OTHER_SAMPLERS else "no sampler textinv knows"
+        raise ConfigError(f"{where} {value!r} is {which}; use one of: {', '.join(KOHYA_SAMPLERS)} (kohya's names), "
+                          f"{', '.join(s for s in SAMPLERS if s not in KOHYA_SAMPLERS)} (textinv's), or leave it out "
+                          f"for the model's own")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (name != "guidance"
+                                                                          and not isinstance(value, int)):
+        what = "a number" if name == "guidance" else "a whole number"
+        raise ConfigError(f"{where} must be {what} ({KEYS[name][2]}), got {value!r}")
+    if name == "seed":
+        check_seed(value, flag=where)
+    elif name == "guidance" and not (math.isfinite(value) and value >= 1):
+        raise ConfigError(f"{where} must be a finite number of at least 1 (the CFG scale; 1 turns guidance off), "
+                          f"got {value}")
+    elif name == "steps" and value < 1:
+        raise ConfigError(f"{where} must be at least 1 (the denoising steps), got {value}")
+    elif name in ("width", "height"):
+        check_side(where, value)
+    return float(value) if name == "guidance" else value
+
+
+def check_entries(entries: list) -> None:
+    """Refuse a `TrainConfig.sample_prompts` entry that is neither a prompt nor a mapping of `KEYS` with a prompt
+    whose values can be drawn with (a config file's, or config.yaml's record of a kohya file)."""
+    for n, entry in enumerate(entries, start=1):
+        if isinstance(entry, str):
+            continue
+        where = f"sample prompt {n}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be text or a mapping of prompt, seed, ..., got {type(entry).__name__} "
+                              f"{entry!r}")
+        for key, value in entry.items():
+            if key not in KEYS:
+                kohya = f" ({key!r} is kohya's name; textinv's is {_KEY[key]!r})" if key in _KEY else ""
+                raise ConfigError(f"{where} {entry!r}: unknown key {key!r}{kohya}; a sample prompt's mapping takes "
+                                  f"{', '.join(KEYS)}")
+            checked = _checked(key, value, f"{where}: {key}")
+            if key == "sampler" and checked != value:  # (config.yaml records textinv's names, as --sampler takes)
+                raise ConfigError(f"{where}: sampler {value!r} is written {checked!r} in textinv")
+        if "prompt" not in entry:
+            raise ConfigError(f"{where} {entry!r} has no prompt; e.g. {{prompt: 'a photo of {{}}', seed: 42}}")
