@@ -448,7 +448,9 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
     (["train", "--pretrained_model_name_or_path=sd15"], "textinv calls it --model"),
     (["train", "--learning_rate", "1e-4"], "textinv calls it --lr (textinv's default is the paper's 5e-3"),
     (["train", "--num_vectors_per_token", "4"], "textinv calls it --vectors"),
-    (["train", "--sample_prompts", "prompts.txt"], "textinv calls it --sample-prompts (textinv's takes the prompts"),
+    (["train", "--sample_prompts", "prompts.txt"], "textinv calls it --sample-prompts (the same file (.txt, .toml or "
+                                                   ".json) with its per-prompt options"),
+    (["train", "--sample_sampler", "euler_a"], "unless a prompt of a --sample-prompts file (kohya's) chooses its own"),
     (["train", "--noise_offset", "0.1"], "--noise_offset is kohya's name; textinv calls it --noise-offset"),
     (["train", "--adaptive_noise_scale", "0.01"], "textinv has only the plain offset: --noise-offset X"),
     (["train", "--max_train_epochs", "10"], "--max_train_epochs is kohya's name; textinv calls it --epochs"),

@@ -314,10 +314,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     `--grad-accum`); a value after a switch (kohya's `--resume PATH`) is said to be one.
 
     Underscore spellings are answered, not accepted: one spelling per flag keeps `--help`, errors, the README and
-    saved commands alike, and the other tools' same-named flags do not always mean the same (kohya's
-    `--sample_prompts` is a file of prompts, its `--resolution` may be "W,H"), so taking them silently could change
-    what a run does. (argparse's prefix matching, allow_abbrev, stays: no other tool's name in `foreign.NAMES` is a
-    prefix of a textinv flag, which a test checks, so none is taken for one.)"""
+    saved commands alike, and the other tools' same-named flags do not always mean the same (kohya's `--resolution`
+    may be "W,H"), so taking them silently could change what a run does. (argparse's prefix matching, allow_abbrev,
+    stays: no other tool's name in `foreign.NAMES` is a prefix of a textinv flag, which a test checks, so none is
+    taken for one.)"""
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         command = parser.commands[args.command]

@@ -97,8 +97,14 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("save_every_n_epochs", _K, "train", None, "textinv saves by steps: --save-every N"),
     ("sample_every_n_steps", _K, "train", "--sample-every", ""),
     ("sample_every_n_epochs", _K, "train", None, "textinv samples by steps: --sample-every N"),
-    ("sample_prompts", _K, "train", "--sample-prompts", "textinv's takes the prompts themselves, not a file of "
-                                                        "them, and no per-line options"),
+    ("sample_prompts", _K, "train", "--sample-prompts", "the same file (.txt, .toml or .json) with its per-prompt "
+                                                        "options: negative prompt, seed, CFG scale, steps, sampler "
+                                                        "and size; or the prompts themselves, {} or the token where "
+                                                        "it goes"),
+    ("sample_sampler", _K, "train", None, "textinv's grids draw with the model's own scheduler, unless a prompt of "
+                                          "a --sample-prompts file (kohya's) chooses its own"),
+    ("sample_at_first", _K, "train", None, "not needed: textinv draws a grid before the first step whenever "
+                                           "--sample-every is on"),
     ("caption_extension", _K, "train", None, "not needed: textinv reads NAME.txt, or kohya's NAME.caption, beside "
                                              "each picture; another suffix is a subset's caption_extension in a "
                                              "--dataset-config file"),
