@@ -242,3 +242,23 @@ def test_overwrite_deletes_the_logs_of_a_run_whose_logging_was_turned_off_on_res
     assert list((out / "logs" / "run").glob("events.*"))
     train(config(images, out, steps=2, overwrite=True, log_with=None), model=load_model(sd1_dir), progress=False)
     assert not (out / "logs").exists()
+
+
+def test_a_tracker_that_cannot_close_is_warned_about_and_hides_no_error(sd1_dir, images, tmp_path, monkeypatch):
+    """A tracker's finish runs as the run ends, also when it ends in an error or Ctrl-C; one that failed there (wandb
+    without its network) replaced that error with its own, or failed a run whose files were saved. It is a warning
+    now, and the other trackers still close."""
+    from accelerate.tracking import TensorBoardTracker
+    from conftest import interrupt_loss_at
+
+    def cannot_close(self):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(TensorBoardTracker, "finish", cannot_close)
+    with pytest.warns(UserWarning, match=r"the tensorboard tracker could not be closed \(ConnectionError: no network"):
+        result = train(config(images, tmp_path / "done"), model=load_model(sd1_dir), progress=False)
+    assert result.steps == 6 and (tmp_path / "done" / "loss.csv").is_file()
+    undo = interrupt_loss_at(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted), pytest.warns(UserWarning, match="could not be closed"):
+        train(config(images, tmp_path / "stopped"), model=load_model(sd1_dir), progress=False)
+    undo()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 from .errors import ConfigError
@@ -140,6 +141,12 @@ class RunTracker:
                 tracker.log_images({tag: [grid]}, step=step)
 
     def finish(self) -> None:
-        """Close every tracker (TensorBoard writes what it holds)."""
+        """Close every tracker (TensorBoard writes what it holds). One that cannot close (wandb without its network)
+        is warned about, not raised: the run's files are saved by then, and an error or Ctrl-C on its way out stays
+        the one the user sees."""
         for tracker in self.trackers:
-            tracker.finish()
+            try:
+                tracker.finish()
+            except Exception as e:  # (any tracker's own failure: theirs to name)
+                warnings.warn(f"the {tracker.name} tracker could not be closed ({type(e).__name__}: {e}); its last "
+                              f"values may be missing there (loss.csv and samples/ in --out have them)", stacklevel=2)
