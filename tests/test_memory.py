@@ -243,3 +243,26 @@ def test_out_of_memory_while_drawing_says_the_batch_and_what_was_written(sd1_dir
                                "(fp32)")
     assert lines[0].endswith("--precision fp16; --resolution 8 (other pictures). No picture was written")
     assert cli.main(args[:-2] + ["--out", str(tmp_path / "cli"), "--precision", "fp32"]) == 0  # (it was only that)
+
+
+@pytest.mark.parametrize("call, said, fixes", [
+    (1, "2 of its 3 prompts at once at 16x16", "fewer --sample-prompts (the grid draws these 2 at once); "
+                                                "--sample-every 0 (no grids)"),
+    (3, "1 of its 3 prompts at once at 24x8", "--sample-every 0 (no grids)"),
+])
+def test_out_of_memory_in_a_grid_with_a_prompts_files_options_counts_the_pictures_drawn_at_once(
+        call, said, fixes, sd1_dir, images, tmp_path, monkeypatch):
+    """A prompt with its own options (kohya's sample prompts file) is drawn apart from the others, at its own size:
+    the message names what was drawn at once, not the grid's every prompt at the training size."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of <zq>\n<zq> on grass\n<zq> at dusk --w 24 --h 8\n")
+    # the UNet's calls in step 0's grid: the two prompts without options together (two denoising steps), then the
+    # third's
+    undo, _ = out_of_memory_at(monkeypatch, call)
+    with pytest.raises(DeviceMemoryError) as info:
+        train(config(images, tmp_path / "b", sample_every=2, sample_steps=2, sample_prompts=[str(prompts)]),
+              model=load_model(sd1_dir), progress=False)
+    undo()
+    message = str(info.value)
+    assert message.startswith(f"out of memory on cpu drawing the sample grid of step 0 ({said}): ")
+    assert f"from the one that changes the result least: {fixes}. " in message

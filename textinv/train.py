@@ -470,6 +470,8 @@ class _Where:
     step: int = 0
     resolution: int | None = None
     prompts: int = 0
+    at_once: int = 0  # (a grid's pictures drawn together, `sample_grid`'s `drawing`: prompts with options apart)
+    drawn_at: tuple[int, int] | None = None  # (their width and height)
     saved: int | None = None
     writing: bool = False
 
@@ -491,10 +493,16 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
     elif where.stage == "latents":
         doing = f"caching the pictures' latents (the VAE encoding them at {size}, {precision})"
     elif where.stage == "grid":
-        many = where.prompts > 1
-        doing = f"drawing the sample grid of step {where.step} ({where.prompts} prompt{'s' * many} at {size})"
-        fixes = [("fewer --sample-prompts", f"the grid draws its {where.prompts} at once", True)] * many + \
-            [("--sample-every 0", "no grids", True)]
+        # the pictures drawn at once: all the grid's, or with a sample prompts file's options those of one set of
+        # settings, at their own size (the grid's is the training size, never "about" it)
+        n = where.at_once or where.prompts
+        width, height = where.drawn_at or (where.resolution, where.resolution)
+        drawn = f"{width}x{height}" if width else "its size"
+        held = (f"{n} prompt{'s' * (n > 1)}" if n == where.prompts else
+                f"{n} of its {where.prompts} prompts at once")
+        doing = f"drawing the sample grid of step {where.step} ({held} at {drawn})"
+        fixes = [("fewer --sample-prompts", f"the grid draws {'its' if n == where.prompts else 'these'} {n} at once",
+                  True)] * (n > 1) + [("--sample-every 0", "no grids", True)]
     else:
         concepts = len(config.concept_list())
         per_step = config.batch * config.grad_accum
@@ -821,7 +829,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     def draw_samples(at_step: int) -> None:
         if not (is_main and config.sample_every):
             return
-        where.stage, where.step, where.prompts = "grid", at_step, len(sample_prompts)
+        where.stage, where.step, where.prompts, where.at_once, where.drawn_at = "grid", at_step, len(sample_prompts), \
+            0, None
+
+        def drawing(pictures: int, width: int, height: int) -> None:
+            where.at_once, where.drawn_at = pictures, (width, height)
         # with the UNet uncompiled: compiled for the training step, it would compile again for the sampler's calls
         # (no gradient, another batch): minutes for a whole UNet, and CUDA graphs of their own, for a few pictures
         with uncompiled(model.unet):
@@ -832,7 +844,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 grid = sample_grid(model, [dataclasses.replace(s, prompt=own(s.prompt),
                                                                negative_prompt=own(s.negative_prompt))
                                            for s in sample_prompts], config.seed, config.sample_steps, resolution,
-                                   clip_skip)
+                                   clip_skip, drawing)
                 with atomic_path(grid_path(c, at_step)) as tmp:
                     grid.save(tmp, format="PNG")
                 if tracker is not None:  # (after its file: a grid the tracker has is in samples/ too)
@@ -1354,10 +1366,12 @@ def _file_format(name: str | None, model: Model) -> str:
 
 @torch.no_grad()
 def sample_grid(model: Model, prompts: list[str | SamplePrompt], seed: int, steps: int, resolution: int,
-                clip_skip: int = 1):
+                clip_skip: int = 1, drawing=None):
     """One image per (expanded) prompt at fixed seeds, side by side: the same grid at every step shows the progress.
     Picture i is drawn at seed + i, `steps` steps, the model's guidance and scheduler and `resolution`, each but
     where its `SamplePrompt` (a kohya sample prompts file's options) gives its own, with its negative prompt.
+    `drawing(pictures, width, height)`, if given, is told what each pipeline call draws before it draws it (train's
+    note for running out of memory).
 
     >>> grid = sample_grid(model, ["a photo of <t>", SamplePrompt("<t> at dusk", seed=42, width=768)], 0, 25,
     ...                    512)  # doctest: +SKIP
@@ -1376,6 +1390,8 @@ def sample_grid(model: Model, prompts: list[str | SamplePrompt], seed: int, step
         groups.setdefault(key, []).append(i)
     images = [None] * len(shots)
     for (negative, guidance, n, sampler, width, height), members in groups.items():
+        if drawing is not None:
+            drawing(len(members), width, height)
         drawn = render(model, [shots[i].prompt for i in members],
                        seeds=[seed + i if shots[i].seed is None else shots[i].seed for i in members], steps=n,
                        resolution=resolution, guidance=guidance, negative_prompt=negative, sampler=sampler,
