@@ -266,3 +266,28 @@ def test_out_of_memory_in_a_grid_with_a_prompts_files_options_counts_the_picture
     message = str(info.value)
     assert message.startswith(f"out of memory on cpu drawing the sample grid of step 0 ({said}): ")
     assert f"from the one that changes the result least: {fixes}. " in message
+
+
+def test_out_of_memory_installing_an_embedding_in_a_model_passed_in_says_so(sd1_dir, tmp_path, monkeypatch):
+    """A model passed in (here one holding an embedding the notebook installed) is not loaded by generate: running
+    out while its embeddings go in is said as that, and the model comes back as it came."""
+    from textinv import generate as generate_module
+    from textinv.config import GenerateConfig
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    model = load_model(sd1_dir)
+    generate_module.install_embedding(model, LearnedEmbedding("<mine>", {"text_encoder": torch.randn(1, 32)}))
+    tokenizer, table, size = model.tokenizer, model.text_encoder.get_input_embeddings(), len(model.tokenizer)
+    file = save_embedding(LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, 32)}),
+                          tmp_path / "zq.safetensors")[0]
+
+    def fails(*a, **k):
+        raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
+
+    monkeypatch.setattr(generate_module, "install_embedding", fails)
+    with pytest.raises(DeviceMemoryError) as info:
+        generate_module.generate(GenerateConfig(prompt=["a photo of <mine> <zq>"], embedding=[str(file)], n=1,
+                                                steps=1, out=str(tmp_path / "r")), model=model, progress=False)
+    assert str(info.value).startswith("out of memory on cpu installing the embeddings in the model (fp32): ")
+    assert model.tokenizer is tokenizer and len(tokenizer) == size
+    assert model.text_encoder.get_input_embeddings() is table

@@ -561,9 +561,11 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
 @dataclass
 class _Where:
     """What `generate` is doing, kept up to date as it goes, for the message if the device runs out of memory:
-    loading the model (`batch` 0), or drawing `batch` pictures at once; `written` so far, into `out`."""
+    loading the model or, once it is there (`installing`, say), what it installs (`batch` 0), or drawing `batch`
+    pictures at once; `written` so far, into `out`."""
 
     device: torch.device | None = None
+    installing: str = ""
     dtype: torch.dtype = torch.float32
     batch: int = 0
     width: int = 0
@@ -579,9 +581,9 @@ def _memory_error(where: _Where, error: BaseException):
     mps = where.device is not None and where.device.type == "mps"
     half = ["--precision fp16" + (" (on MPS it can draw black pictures)" if mps else "")] \
         if where.dtype == torch.float32 else []
-    if not where.batch:
-        return memory_error(where.device or "cpu", f"loading the model ({precision})", half, error=error,
-                            changes="the pictures")
+    if not where.batch:  # (a model passed in was not loaded here: installing what the prompts name ran out)
+        return memory_error(where.device or "cpu", f"{where.installing or 'loading the model'} ({precision})", half,
+                            error=error, changes="the pictures")
     fixes = [f"--batch-size {where.batch // 2} (the same pictures, up to float rounding)"] * (where.batch > 1) + half
     fixes.append(f"--resolution {smaller_side(where.width)} (other pictures)" if where.width == where.height else
                  "a smaller --width and --height (other pictures)")
@@ -618,6 +620,9 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         model = load_model(config.model, dtype=where.dtype, device=device, prediction_type=config.prediction_type,
                            single_file_config=config.single_file_config, vae=config.vae)
     where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
+    # (up to the first picture: a model passed in, or one loaded, takes the embeddings now, the LoRAs by prompt)
+    what = " and ".join(name for name, given in (("the embeddings", embeddings), ("the LoRAs", loras)) if given)
+    where.installing = f"installing {what} in the model" if what else "preparing to draw"
     with handed_back(model):
         for emb in embeddings:
             install_embedding(model, emb)
