@@ -853,6 +853,8 @@ def test_a_file_whose_modelspec_says_it_is_no_embedding_is_refused_as_what_it_is
 
 @pytest.mark.parametrize("tensors, architecture, family", [
     ({"emp_params": torch.randn(2, 768)}, "stable-diffusion-v1/embedding", "sd1"),
+    ({"emp_params": torch.randn(2, 768)}, "stable-diffusion-v1/textual_inversion", "sd1"),  # (other tools' spellings)
+    ({"emb_params": torch.randn(1, 768)}, "stable-diffusion-v1/TI", "sd1"),
     ({"clip_l": torch.randn(1, 768), "clip_g": torch.randn(1, 1280)}, "stable-diffusion-xl-v1-base/embedding", "sdxl"),
     ({"emp_params": torch.randn(1, 768)}, "stable-diffusion-v1-inpainting/embedding", "sd1"),
 ])

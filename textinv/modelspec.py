@@ -82,13 +82,21 @@ def other_kind(metadata: Mapping[str, str]) -> str | None:
     if architecture is None:
         return None
     _, adapter = split(architecture)
-    if adapter in _TEXTUAL_INVERSION_ADAPTERS:
+    if adapter in _TEXTUAL_INVERSION_ADAPTERS or _is_textual_inversion_spelling(adapter):
         return None
     if adapter is None:
         return "checkpoint"
     if adapter in _LORA_ADAPTERS:
         return "LoRA"
     return "VAE" if adapter == "vae" else adapter
+
+
+def _is_textual_inversion_spelling(adapter: str | None) -> bool:
+    """Whether an adapter name is another tool's spelling of textual inversion ("textual_inversion",
+    "TextualInversion", "ti", "embeddings"): the spec names one, but a file that says what it is in other words is
+    still an embedding, not a file to refuse."""
+    letters = "".join(c for c in adapter or "" if c.isalnum())
+    return letters in ("textualinversion", "ti", "embedding", "embeddings")
 
 
 def family_of(metadata: Mapping[str, str]) -> str | None:
