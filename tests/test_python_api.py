@@ -14,6 +14,7 @@ from textinv.config import GenerateConfig, TrainConfig
 from textinv.errors import ConfigError, ModelError
 from textinv.generate import generate
 from textinv.models import load_model
+from textinv.score import ScoreConfig
 from textinv.train import TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +69,8 @@ def test_an_interrupted_run_hands_the_model_back_and_resumes_on_it(sd1_dir, imag
     (lambda tmp: run_config(tmp, tmp / "o", sample_prompts="a photo of {}"), r"sample_prompts= takes a list"),
     (lambda tmp: run_config(tmp, tmp / "o", steps=2.5), r"steps= takes a whole number, got float 2\.5"),
     (lambda tmp: run_config(tmp, tmp / "o", flip="no"), r"flip= takes True or False, got str 'no'"),
+    (lambda tmp: ScoreConfig(embedding=str(tmp), prompts="a {} on grass"), r"prompts= takes a list, got str"),
+    (lambda tmp: ScoreConfig(embedding=str(tmp), steps="8"), r"steps= takes a whole number, got str '8'"),
 ])
 def test_python_settings_of_another_type_are_refused_by_name(make, message, tmp_path):
     """Settings given from Python skip the command line's reading of text: one prompt as a str was read letter by

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import DEVICE_HELP, PRECISIONS, SAMPLERS, check_choices, check_drawing, check_seed, opt
+from .config import DEVICE_HELP, PRECISIONS, SAMPLERS, check_choices, check_drawing, check_seed, check_types, opt
 from .data import PROPERTIES, load_image, picture_set
 from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
@@ -124,6 +124,7 @@ class ScoreConfig:
                                      "model is the run's)", choices=("epsilon", "v_prediction"))
 
     def validate(self) -> "ScoreConfig":
+        check_types(self)  # (a Python caller's prompts="..." or steps="8")
         if not self.embedding:
             raise ConfigError("--embedding is required: the embedding file, or the training run's --out folder")
         if not Path(self.embedding).exists():
