@@ -453,3 +453,27 @@ def test_the_gpu_sessions_commands_log_why_a_graph_compiled_again(monkeypatch, t
     monkeypatch.setattr(gs, "pack", lambda *a: None)
     gs.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # (the GPU plan, not run)
     assert seen["speed"][0] == "recompiles" and any("fast" in c for c in seen["speed"][1])
+
+
+def test_step_overhead_step_reaches_its_offset_through_the_text_encoder_and_removes_its_hook(capsys):
+    """The probe's step is a textual-inversion step: its gradient reaches the learned offset, through the text
+    encoder or straight into the UNet's context, and the text encoder is left as it was (hook removed)."""
+    from benchmarks.architectures import build
+    from benchmarks.step_overhead import main as step_overhead, make_step
+
+    pipe = build("tiny")
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    ids = torch.arange(8)[None]
+    before = pipe.text_encoder(ids)[0]
+    for with_text in (True, False):
+        step, offset, hook = make_step(pipe, 2, with_text, "cpu", torch.float32)
+        step()
+        assert offset.grad is not None and offset.grad.abs().sum() > 0
+        offset.data.fill_(0.5)  # (a hook left behind would now shift the text encoder's output)
+        if hook is not None:
+            hook.remove()
+    assert torch.equal(pipe.text_encoder(ids)[0], before)
+    assert step_overhead(["--arch", "tiny", "--batch", "2", "--steps", "1", "--warmup", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    2")]
+    assert [(r[0], r[1]) for r in rows] == [("2", "yes"), ("2", "no")] and all(float(r[2]) > 0 for r in rows)
