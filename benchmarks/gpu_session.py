@@ -9,13 +9,13 @@ is prepared here and run as one call (the device tool copies the repo; diffusers
 
 (`--minutes`: what the lease leaves, less a minute for packing; the device tool's status says what is left.)
 Parts, in order (a part that fails or runs out of its time is recorded, and the next one still runs):
-1. `speed` (issue 4): `benchmarks.train_speed` on the full-size SD 1.5 architecture: ours against the
-   reference-like mode at batch 32, 8 and 1 (the issue's headline batch first); the levers that compile in seconds
-   (regional compile, channels-last) at batch 32; then the all-levers mode (`fast`: whole-UNet compile with CUDA
-   graphs, minutes to compile) at batch 32 and then 1, each its own command so a slow compile costs only itself
-   (each command keeps 45 s for each one after it, and one that overruns is killed with its worker processes);
-   last, the reference recipe's 12,000 samples at batch 32 as `textinv train` runs them, timed from the process's
-   start (imports, load, latent caching and saving included);
+1. `speed` (issue 4): `benchmarks.train_speed` on the full-size SD 1.5 architecture: ours, ours with
+   `--cuda-graphs` and the reference-like mode at batch 1, 8 and 32 (the first lease, 2026-12-04, found batches
+   below ~24 launch-bound); `benchmarks.step_overhead --top` at 32, which lists the kernels that take its time;
+   `--cuda-graphs` with regional compile; last, the reference recipe's 12,000 samples at batch 32 as `textinv train`
+   runs them, timed from the process's start (imports, load, latent caching and saving included). Each command
+   keeps 45 s for each one after it, and one that overruns is killed with its worker processes. (The whole-UNet
+   compile, `fast`, had not finished compiling after 105 s on that lease: it is left to a longer one.)
 2. `shapes` (issue 3): a new, bigger UNet + text encoder for the shapes model on its committed VAE
    (`pretrain --from-model textinv/shapes/model --keep vae`, then `--stage unet --device cuda`), exported and
    packed as `shapes-model.tar.gz` (the diffusers folder; `pretrain --from-model` goes on training from it on any
@@ -162,15 +162,16 @@ def main(argv=None) -> int:
         steps = ["--steps", "1", "--warmup", "1"] if args.quick else ["--steps", "10", "--warmup", "3"]
         plan = [("tiny", ["2", "1"], ["textinv", "reference"], []),
                 ("tiny", ["2"], ["textinv"], ["--wall-samples", "4"])] if args.quick else [
-            ("sd15", ["32", "8", "1"], ["textinv", "reference"], []),
-            ("sd15", ["32"], ["compile-blocks", "channels-last"], []),
-            ("sd15", ["32"], ["fast"], []),
-            ("sd15", ["1"], ["fast"], []),
+            # --cuda-graphs through the trainer (no compiling), beside our plain step and the reference-like mode
+            ("sd15", ["1", "8", "32"], ["textinv", "graphs", "reference"], []),
+            ("sd15", ["1", "8", "32"], ["graphs-blocks"], []),  # with regional compile (~50 s to compile)
             # the reference recipe's 12,000 samples as a user runs them, from the process's start (issue 4: < 90 s)
-            ("sd15", ["32"], ["textinv"], ["--wall-samples", "12000"]),
+            ("sd15", ["32"], ["graphs"], ["--wall-samples", "12000"]),
         ]
         speed = [[py, "-m", "benchmarks.train_speed", "--arch", arch, "--batch", *batches, *steps, "--modes", *modes,
                   *extra] for arch, batches, modes, extra in plan]
+        if not args.quick:  # which kernels take batch 32's time (it is the kernels' own time: 31% of the limit)
+            speed.insert(1, [py, "-m", "benchmarks.step_overhead", "--arch", "sd15", "--batch", "32", "--top", "25"])
         if args.speed_share > 0:
             part("speed", speed, budget * args.speed_share, args.out / "speed.txt", keep_going=True,
                  reserve=0 if args.quick else 45)

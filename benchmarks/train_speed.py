@@ -11,7 +11,8 @@ steps then timed steps, side by side in one process on one pipeline, so every fi
 - `textinv`: our path (cached latents, frozen weights in the chosen precision, only the new vectors trained);
 - `reference`: what the diffusers example does (VAE encoder every step, the whole vocabulary table in AdamW with
   the old rows copied back, fp32 text encoder);
-- one mode per lever on top of ours: channels-last, regional or whole-UNet torch.compile, CUDA graphs, all of them
+- one mode per lever on top of ours: channels-last, regional or whole-UNet torch.compile, CUDA graphs (`graphs`:
+  the step captured with `--cuda-graphs`; `cudagraphs`: inductor's, after compiling the whole UNet), all of them
   (`fast`), and gradient checkpointing (for memory); `buckets` times --buckets on pictures of three proportions
   (3:2, 2:3, 1:1: a step's samples go through the UNet in one call per shape).
 It prints ms/step, samples/s, peak GPU memory (allocated and reserved by PyTorch), the fraction of the bf16 limit,
@@ -58,7 +59,9 @@ MODES = {
     "channels-last": {"channels_last": True},
     "compile-blocks": {"compile": "blocks"},
     "compile-unet": {"compile": "unet"},
-    "cudagraphs": {"compile": "unet", "compile_mode": "reduce-overhead"},
+    "cudagraphs": {"compile": "unet", "compile_mode": "reduce-overhead"},  # (inductor's graphs, after compiling)
+    "graphs": {"cuda_graphs": True},  # (--cuda-graphs: the step captured by PyTorch as it runs, no compiling)
+    "graphs-blocks": {"cuda_graphs": True, "compile": "blocks"},
     "fast": {"compile": "unet", "compile_mode": "reduce-overhead", "channels_last": True},
     "checkpointing": {"gradient_checkpointing": True},
     "buckets": {"buckets": True},  # on pictures of three proportions: one UNet call per shape in a step

@@ -279,6 +279,9 @@ class TrainConfig:
                        "(compiles in seconds), 'unet' the whole UNet (longer compile, fuses more)", choices=COMPILE)
     compile_mode: str = opt("default", "torch.compile mode; 'reduce-overhead' adds CUDA graphs (small batches on a "
                             "GPU are launch-bound)", choices=COMPILE_MODES)
+    cuda_graphs: bool = opt(False, "capture the training step as a CUDA graph and replay it (NVIDIA GPUs): at small "
+                            "batches the GPU waits on the launches of the step's ~3,000 kernels; no compiling; "
+                            "pictures of one shape (not with --buckets)")
     channels_last: bool = opt(False, "keep the UNet's weights and activations channels-last (NHWC), the layout "
                               "tensor-core convolutions prefer")
     reference_like: bool = opt(False, "benchmarks only: do what the diffusers example does (VAE every step, whole "
@@ -374,6 +377,13 @@ class TrainConfig:
             raise ConfigError("--init-embedding needs an embedding file")
         if self.warmup_steps and self.lr_schedule == "constant":
             raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear or cosine")
+        if self.cuda_graphs and self.buckets:
+            raise ConfigError("--cuda-graphs and --buckets: a captured step takes one shape of pictures, and buckets "
+                              "make several; leave out one of them")
+        if self.cuda_graphs and self.compile_mode in ("reduce-overhead", "max-autotune"):
+            raise ConfigError(f"--cuda-graphs and --compile-mode {self.compile_mode}: that mode captures CUDA graphs "
+                              f"of its own, inside ours; use --compile-mode default (or "
+                              f"max-autotune-no-cudagraphs) with --cuda-graphs, or leave --cuda-graphs out")
         if self.buckets and self.reference_like:
             raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
         if self.resume and self.overwrite:

@@ -43,10 +43,10 @@ _LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyon
 # settings that may differ between a run and its resumption (they do not change what is learned step by step; device:
 # where it runs, as `auto` already resumes a run on another machine's device, e.g. on another GPU than it started on;
 # gradient_checkpointing: the UNet's forward is run again in the backward pass, the same numbers in less memory, so a
-# run that ran out of it goes on with it)
+# run that ran out of it goes on with it; cuda_graphs: the same kernels, launched at once)
 RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_embeddings", "sample_every",
                      "sample_steps", "log_every", "device", "log_with", "log_dir", "gradient_checkpointing",
-                     "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
+                     "cuda_graphs", "resume", "overwrite", "sample_prompts", "out"}  # (out: the folder resumed, however spelt)
 # stored absolute: a run resumes, or reruns, from any directory. The settings the config marks as paths (`opt`'s
 # path=, which a --config file's relative ones are read by too): local ones, and model sources (a path, a hub id or
 # a bundled name), stored absolute when they name something on disk; the concepts' and subsets' folders apart

@@ -46,6 +46,7 @@ from .data import (CaptionSampler, TagVariation, default_templates, latent_weigh
 from .errors import ConfigError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
+from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
 from .memory import is_out_of_memory, memory_error, release, smaller_side
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, pick_device,
@@ -591,6 +592,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         config = dataclasses.replace(config, steps=steps, epochs=None)
         if is_main and progress:
             print(length)
+    if config.cuda_graphs:
+        check_graph_device(device)
     checkpoint = newest_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, config, found, world)
@@ -731,6 +734,17 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
 
     # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def concept_losses(inputs: dict) -> torch.Tensor:
+        """Each concept's mean loss over its part of a micro-batch, (K,); their sum is what is differentiated, so
+        concept k's gradient is its own run's."""
+        per_sample = grouped_loss(model, scheduler, inputs["latents"], inputs["noise"], inputs["timesteps"],
+                                  inputs["ids"], config.min_snr_gamma, inputs["cond_ids"], clip_skip,
+                                  inputs["pixel_weight"])  # (K * B,)
+        return per_sample.view(len(concepts), -1).mean(dim=1)
+
+    captured = CapturedStep(concept_losses, trained, lambda total: scaler.scale(total / config.grad_accum),
+                            capture=device.type == "cuda") if config.cuda_graphs else None
     samplers = [c.sampler for c in concepts]
     # what config.yaml's header records beside the settings: where the run ran, and the defaults left to the model
     resolved = {"resolution": resolution, "format": file_format, "flip": config.use_flip, "max_timestep": timesteps[1],
@@ -917,19 +931,13 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             samplers_at_step = [s.state_dict() for s in samplers]
             step_loss = torch.zeros(len(concepts), device=device)
             for _ in range(config.grad_accum):
-                batch = [_draw(c, config, world, rank, timesteps, device, scaling, model)
-                         for c in concepts]
-                ids = [torch.cat(parts) for parts in zip(*(b["ids"] for b in batch))]
-                cond_ids = torch.cat([b["time_ids"] for b in batch]) if model.is_xl else None
-                per_sample = grouped_loss(model, scheduler, _join([b["latents"] for b in batch]),
-                                          _join([b["noise"] for b in batch]),
-                                          torch.cat([b["timestep"] for b in batch]), ids, config.min_snr_gamma,
-                                          cond_ids, clip_skip,
-                                          _join([b["pixel_weight"] for b in batch]) if config.alpha_mask
-                                          else None)  # (K * B,)
-                # the sum over concepts of each concept's mean: concept k's gradient is its own run's
-                per_concept = per_sample.view(len(concepts), -1).mean(dim=1)  # (K,)
-                scaler.scale(per_concept.sum() / config.grad_accum).backward()
+                inputs = _micro_batch([_draw(c, config, world, rank, timesteps, device, scaling, model)
+                                       for c in concepts], model.is_xl, config.alpha_mask)
+                if captured is not None:  # (the same losses and gradients, from a replayed CUDA graph)
+                    per_concept = captured(inputs)
+                else:
+                    per_concept = concept_losses(inputs)  # (K,)
+                    scaler.scale(per_concept.sum() / config.grad_accum).backward()
                 step_loss += per_concept.detach() / config.grad_accum
             if world > 1:  # the mean over the global batch: of the gradient, and of the loss that is logged
                 for tensor in [e.vectors.grad for e in exts] + [step_loss]:
@@ -1017,7 +1025,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         # frame's), then the run is saved as Ctrl-C saves it, at the last finished step, so --resume continues it
         # (`train` says how); not between a step's update and its count, where the last checkpoint stands
         release(e)
-        batch = ids = cond_ids = per_sample = per_concept = step_loss = None  # noqa: F841 (let go of)
+        inputs = per_concept = step_loss = captured = None  # noqa: F841 (let go of; a graph holds its memory)
         optimizer.zero_grad(set_to_none=True)
         if not stop.holding:
             if samplers_at_step is not None and step < config.steps:  # (the half-drawn step is redone on resume)
@@ -1178,6 +1186,16 @@ def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, mode
             "ids": c.bank.pick(mine["image"], mine["caption"]),
             "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None,
             "pixel_weight": pixel_weight}
+
+
+def _micro_batch(batch: list[dict], is_xl: bool, alpha_mask: bool) -> dict:
+    """The concepts' draws (`_draw`) as one micro-batch: latents, noise, timesteps, token ids per encoder, SDXL's
+    time ids and the pixel weights (None where unused), as `concept_losses` and a captured step take them."""
+    return {"latents": _join([b["latents"] for b in batch]), "noise": _join([b["noise"] for b in batch]),
+            "timesteps": torch.cat([b["timestep"] for b in batch]),
+            "ids": [torch.cat(parts) for parts in zip(*(b["ids"] for b in batch))],
+            "cond_ids": torch.cat([b["time_ids"] for b in batch]) if is_xl else None,
+            "pixel_weight": _join([b["pixel_weight"] for b in batch]) if alpha_mask else None}
 
 
 def _join(parts: list):
