@@ -10,7 +10,7 @@ is prepared here and run as one call (the device tool copies the repo; diffusers
 (`--minutes`: what the lease leaves, less a minute for packing; the device tool's status says what is left.)
 Parts, in order (a part that fails or runs out of its time is recorded, and the next one still runs):
 1. `speed` (issue 4): `benchmarks.train_speed` on the full-size SD 1.5 architecture: ours, ours with
-   `--cuda-graphs` and the reference-like mode at batch 1, 8 and 32 (the first lease, 2026-12-04, found batches
+   `--cuda-graphs`, ours with cuDNN's autotuning and the reference-like mode at batch 1, 8 and 32 (the first lease, 2026-12-04, found batches
    below ~24 launch-bound); `benchmarks.step_overhead --top` at 32, which lists the kernels that take its time;
    `--cuda-graphs` with regional compile; last, the reference recipe's 12,000 samples at batch 32 as `textinv train`
    runs them, timed from the process's start (imports, load, latent caching and saving included). Each command
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         plan = [("tiny", ["2", "1"], ["textinv", "reference"], []),
                 ("tiny", ["2"], ["textinv"], ["--wall-samples", "4"])] if args.quick else [
             # --cuda-graphs through the trainer (no compiling), beside our plain step and the reference-like mode
-            ("sd15", ["1", "8", "32"], ["textinv", "graphs", "reference"], []),
+            ("sd15", ["1", "8", "32"], ["textinv", "graphs", "cudnn-benchmark", "reference"], []),
             ("sd15", ["1", "8", "32"], ["graphs-blocks"], []),  # with regional compile (~50 s to compile)
             # the reference recipe's 12,000 samples as a user runs them, from the process's start (issue 4: < 90 s)
             ("sd15", ["32"], ["graphs"], ["--wall-samples", "12000"]),

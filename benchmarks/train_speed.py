@@ -64,9 +64,14 @@ MODES = {
     "graphs-blocks": {"cuda_graphs": True, "compile": "blocks"},
     "fast": {"compile": "unet", "compile_mode": "reduce-overhead", "channels_last": True},
     "checkpointing": {"gradient_checkpointing": True},
+    "cudnn-benchmark": {},  # cuDNN times its convolution algorithms at the first step's shapes (BACKEND_FLAGS)
     "buckets": {"buckets": True},  # on pictures of three proportions: one UNet call per shape in a step
 }
 """Benchmark modes: `TrainConfig` settings on top of our default path."""
+
+BACKEND_FLAGS = {"cudnn-benchmark": (torch.backends.cudnn, "benchmark", True)}
+"""Modes that are a PyTorch backend flag rather than a setting: (module, attribute, value), set for the mode's run
+and put back after it. To be measured before it becomes a setting."""
 
 
 def _images(folder: Path, n: int = 4, size: int = 512, mixed: bool = False) -> Path:
@@ -153,6 +158,10 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
     config = run_config(work, mode, batch, warmup + steps, concepts, precision=precision, resolution=resolution)
     te_dtypes = [te.dtype for _, _, te in model.encoders]
     result = {"mode": mode, "batch": batch, "concepts": concepts}
+    flag = BACKEND_FLAGS.get(mode)
+    was = getattr(flag[0], flag[1]) if flag else None
+    if flag:
+        setattr(flag[0], flag[1], flag[2])
     try:
         with scratch_tokens(model), warnings.catch_warnings(record=True) as caught:  # the next mode starts afresh
             warnings.simplefilter("always")
@@ -166,6 +175,8 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
         traceback.print_exc()
         return {**result, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
     finally:
+        if flag:
+            setattr(flag[0], flag[1], was)
         reset_unet(model.unet)
         for (_, _, te), dtype in zip(model.encoders, te_dtypes):
             te.to(dtype)  # the reference-like mode makes the text encoder fp32
@@ -173,8 +184,11 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
     seconds = (stamps[-1] - stamps[0]) / steps
     # the compile check's warning (by how much the compiled UNet differed), kept for the table's note
     dropped = next((str(w.message) for w in caught if "torch.compile changed" in str(w.message)), "")
+    # a capture that failed: the step ran eagerly, and the row must not pass for a captured one
+    uncaptured = next((str(w.message) for w in caught if "could not be captured" in str(w.message)), "")
     return {**result, "ms_per_step": seconds * 1e3, "samples_per_s": concepts * batch / seconds,
             "first_step_s": first[0] - started, "warmup_s": stamps[0] - started, "compile_dropped": dropped,
+            "uncaptured": uncaptured,
             # graphs compiled during the timed steps (a recompile was timed), CUDA graphs skipped anywhere in the run
             "recompiled": counts[2][0] - counts[1][0], "cudagraph_skips": counts[-1][1] - counts[0][1],
             "peak_gib": peak[0], "reserved_gib": peak[1]}
@@ -295,6 +309,7 @@ def main(argv=None) -> int:
                 frac = f"{r['samples_per_s'] / limit:.1%}" if limit else "-"
                 dropped = r["compile_dropped"]
                 note = (f" (compile dropped, ran uncompiled: {dropped})" if dropped else "") + (
+                    f" (not captured, ran eagerly: {r['uncaptured']})" if r["uncaptured"] else "") + (
                     f" ({r['recompiled']} graph(s) compiled in the timed steps)" if r["recompiled"] else "") + (
                     f" (CUDA graphs skipped {r['cudagraph_skips']}x: see the log)" if r["cudagraph_skips"] else "")
                 print(f"{mode:<15} {batch:>5} {r['ms_per_step']:>9.1f} {r['samples_per_s']:>10.2f} "

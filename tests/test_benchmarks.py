@@ -477,3 +477,28 @@ def test_step_overhead_step_reaches_its_offset_through_the_text_encoder_and_remo
     assert step_overhead(["--arch", "tiny", "--batch", "2", "--steps", "1", "--warmup", "1"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    2")]
     assert [(r[0], r[1]) for r in rows] == [("2", "yes"), ("2", "no")] and all(float(r[2]) > 0 for r in rows)
+
+
+def test_a_backend_flag_mode_sets_its_flag_for_its_run_only_and_an_uncaptured_graphs_row_says_so(monkeypatch,
+                                                                                                  capsys):
+    """`cudnn-benchmark` turns cuDNN's autotuning on for its own run and puts it back; a `graphs` row whose capture
+    failed (here, as on any machine without CUDA) says it ran eagerly rather than passing for a captured one."""
+    import benchmarks.train_speed as ts
+    from textinv import graphs
+    from textinv import train as train_module
+
+    seen = []
+    real_train = ts.train
+    monkeypatch.setattr(ts, "train", lambda *a, **kw: seen.append(torch.backends.cudnn.benchmark) or
+                        real_train(*a, **kw))
+    monkeypatch.setattr(train_module, "check_graph_device", lambda device: None)
+    real_init = graphs.CapturedStep.__init__
+    monkeypatch.setattr(graphs.CapturedStep, "__init__",
+                        lambda self, *a, **kw: real_init(self, *a, **{**kw, "capture": True}))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert train_speed(["--arch", "tiny", "--batch", "2", "--steps", "1", "--warmup", "1", "--modes", "textinv",
+                        "cudnn-benchmark", "graphs"]) == 0
+    assert seen == [False, True, False] and torch.backends.cudnn.benchmark is False
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("textinv ", "cudnn-benchmark ", "graphs "))}
+    assert "not captured, ran eagerly" in rows["graphs"] and "not captured" not in rows["textinv"]
