@@ -521,17 +521,56 @@ def test_unet_inputs_made_ahead_train_as_made_in_turn_and_chunks_resume_where_on
     config = PretrainConfig(**{**QUICK, "unet_batch": 4})
     train_vae(config, tmp_path / "vae-only", minutes=5, max_steps=2, log=lambda _: None)
     runs = {}
-    for name, ahead, chunks in (("in-turn", False, [4]), ("ahead", True, [4]), ("two-chunks", True, [2, 4])):
+    for name, ahead, threads, chunks in (("in-turn", False, 1, [4]), ("ahead", True, 1, [4]),
+                                         ("3-renders", True, 3, [4]), ("two-chunks", True, 3, [2, 4])):
         work = tmp_path / name
         shutil.copytree(tmp_path / "vae-only", work)
         for steps in chunks:
-            train_unet(config, work, minutes=5, max_steps=steps, log=lambda _: None, ahead=ahead)
+            train_unet(config, work, minutes=5, max_steps=steps, log=lambda _: None, ahead=ahead,
+                       render_threads=threads)
         runs[name] = (load_file(str(work / "unet" / "unet.safetensors")),
                       json.loads((work / "unet" / "state.json").read_text()))
-    (a, sa), (b, sb), (c, sc) = runs["in-turn"], runs["ahead"], runs["two-chunks"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (sa["generator"], sa["rng"]) == (sb["generator"], sb["rng"]) == (sc["generator"], sc["rng"])
+    (a, sa), (b, sb), (d, sd), (c, sc) = (runs[k] for k in ("in-turn", "ahead", "3-renders", "two-chunks"))
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], d[k]) for k in a)
+    assert (sa["generator"], sa["rng"]) == (sb["generator"], sb["rng"]) == (sd["generator"], sd["rng"]) \
+        == (sc["generator"], sc["rng"])
     assert max((a[k] - c[k]).abs().max().item() for k in a) < 2e-3  # (moments kept in bf16 between chunks)
+
+
+def test_inputs_rendered_by_several_threads_are_the_inputs_made_in_turn():
+    """With pictures rendered by three threads, a batch at a time each, every step's pictures, caption ids, noise,
+    timesteps and generator states (what its checkpoint keeps) are bit for bit those made in turn: one thread still
+    draws the random numbers, step after step."""
+    import numpy as np
+
+    from textinv.shapes.pretrain import _Ahead, _CaptionIds, _unet_draws, _unet_inputs, _unet_pictures
+
+    config = PretrainConfig(unet_batch=16)
+    ids_of = _CaptionIds(build_tokenizer_for_world())
+
+    def generators():
+        return torch.Generator().manual_seed(7), np.random.default_rng(7)
+
+    g, rng = generators()
+    in_turn = [_unet_inputs(config, g, rng, ids_of, (4, 16, 16), 1000, False) for _ in range(7)]
+    g, rng = generators()
+    with _Ahead(lambda: _unet_draws(config, g, rng, ids_of, (4, 16, 16), 1000),
+                lambda drawn: _unet_pictures(drawn, False), enabled=True, workers=3) as ahead:
+        made = [ahead.next() for _ in range(7)]
+    for (want, want_states), (got, got_states) in zip(in_turn, made):
+        assert want.keys() == got.keys() == {"x", "ids", "noise", "t"}
+        assert all(torch.equal(want[k], got[k]) for k in want)
+        assert want_states == got_states
+    assert not torch.equal(made[0][0]["x"], made[1][0]["x"])  # (fresh pictures each step)
+
+
+def test_render_threads_below_one_are_refused(tmp_path):
+    from textinv.shapes.pretrain import train_unet
+
+    refused(["--stage", "unet", "--work", str(tmp_path / "w"), "--render-threads", "0"], "--render-threads 1 or more")
+    assert not (tmp_path / "w").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="render threads must be at least 1"):
+        train_unet(PretrainConfig(), tmp_path, minutes=1, render_threads=0)
 
 
 def test_the_ema_is_one_call_a_step_for_every_parameter(tmp_path, monkeypatch):

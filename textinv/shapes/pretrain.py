@@ -39,6 +39,7 @@ minutes (weights, optimizer moments, step, RNG states) and a re-run carries on f
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import datetime
@@ -410,29 +411,40 @@ def _optimizer_step(opt, params, loss: torch.Tensor, clip: float) -> None:
 
 
 class _Ahead:
-    """`next()` gives `make()`'s next result. Enabled, a thread makes the one after it meanwhile, so a step's
-    inputs are ready when the step before it has been handed to the GPU; `make` alone draws the random numbers, one
-    call after another, so the results are what calling it in turn gives."""
+    """`next()` gives `finish(draw())` for the next step. Enabled, steps are made ahead, so a step's inputs are ready
+    when the step before it has been handed to the GPU: one thread calls `draw` for step after step (it alone draws
+    the random numbers, one call after another, so they are what calling it in turn gives) and `workers` threads run
+    `finish` (rendering: torch ops, which free the GIL) on up to that many steps at once. Each `finish` gets one
+    whole step's draws, so it computes exactly what it computes in turn: its tensors have the same sizes and so the
+    same splits into vector lanes and intra-op chunks. (Rendering slices of one batch in several threads is not
+    exact: some ops, atan2 among them, round the last elements of a split differently; with 8 intra-op threads, 3
+    of 24 batches rendered in 2, 4 or 8 slices differed from the whole batch's render.)"""
 
-    def __init__(self, make, enabled: bool):
-        self.make, self.enabled = make, enabled
-        self.pool = self.pending = None
+    def __init__(self, draw, finish, enabled: bool, workers: int = 1):
+        self.draw, self.finish, self.enabled, self.workers = draw, finish, enabled, workers
+        self.drawer = self.pool = None
+        self.queue = collections.deque()  # futures (of the drawer) of futures (of a worker), in step order
 
     def __enter__(self) -> _Ahead:
         if self.enabled:
-            self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="textinv-inputs")
+            self.drawer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="textinv-draws")
+            self.pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="textinv-inputs")
         return self
+
+    def _draw_and_hand_on(self):  # on the drawer thread: the draws in turn, the rest to a worker
+        return self.pool.submit(self.finish, self.draw())
 
     def next(self):
         if not self.enabled:
-            return self.make()
-        result = (self.pending or self.pool.submit(self.make)).result()
-        self.pending = self.pool.submit(self.make)
-        return result
+            return self.finish(self.draw())
+        while len(self.queue) <= self.workers:  # the step returned now, and one in the making per worker
+            self.queue.append(self.drawer.submit(self._draw_and_hand_on))
+        return self.queue.popleft().result().result()
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.drawer, self.pool):  # the drawer first: what it hands on must find the workers there
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Chunk:
@@ -571,31 +583,59 @@ class _CaptionIds:
         return torch.tensor(rows, dtype=torch.long).view(len(texts), self.length)
 
 
-def _unet_inputs(config: PretrainConfig, g: torch.Generator, rng: np.random.Generator, ids_of: _CaptionIds,
-                 latent_shape: tuple[int, ...], timesteps: int, pin: bool) -> tuple[dict[str, torch.Tensor], tuple]:
-    """One UNet step's inputs, made on the CPU: pictures, caption ids (10% empty), noise and timesteps, drawn from
-    `g` and `rng` in the order the loop has always drawn them, and the two generators' states after (what a
-    checkpoint at this step keeps). `pin`: in page-locked memory, so the copies to a GPU need not wait for it."""
-    batch, x = _images(config.unet_batch, g, "cpu")
+def _unet_draws(config: PretrainConfig, g: torch.Generator, rng: np.random.Generator, ids_of: _CaptionIds,
+                latent_shape: tuple[int, ...], timesteps: int) -> tuple[world.SceneBatch, dict, tuple]:
+    """One UNet step's random draws, made on the CPU: scenes, caption ids (10% empty), noise and timesteps, drawn
+    from `g` and `rng` in the order the loop has always drawn them, and the two generators' states after (what a
+    checkpoint at this step keeps). The pictures come after (`_unet_pictures`): rendering draws nothing."""
+    batch = world.sample_batch(config.unet_batch, g, "cpu")
     texts = world.captions(batch, rng)
     drop = rng.random(len(texts)) < config.empty_caption_prob  # unconditional, for classifier-free guidance
     ids = ids_of(["" if d else t for t, d in zip(texts, drop)])  # (B, 77)
     noise = torch.randn((config.unet_batch, *latent_shape), generator=g)
     t = torch.randint(0, timesteps, (config.unet_batch,), generator=g)
-    inputs = {"x": x, "ids": ids, "noise": noise, "t": t}
+    return batch, {"ids": ids, "noise": noise, "t": t}, (_generator_state(g), rng.bit_generator.state)
+
+
+def _unet_pictures(drawn: tuple, pin: bool) -> tuple[dict[str, torch.Tensor], tuple]:
+    """A step's inputs from its draws (`_unet_draws`): the scenes rendered, (B, 3, 64, 64) in [-1, 1]. `pin`: in
+    page-locked memory, so the copies to a GPU need not wait for it."""
+    batch, inputs, states = drawn
+    inputs = {"x": world.render(batch, "cpu") * 2 - 1, **inputs}
     if pin:
         inputs = {k: v.pin_memory() for k, v in inputs.items()}
-    return inputs, (_generator_state(g), rng.bit_generator.state)
+    return inputs, states
+
+
+def _unet_inputs(config: PretrainConfig, g: torch.Generator, rng: np.random.Generator, ids_of: _CaptionIds,
+                 latent_shape: tuple[int, ...], timesteps: int, pin: bool) -> tuple[dict[str, torch.Tensor], tuple]:
+    """One UNet step's inputs, made in turn: pictures, caption ids, noise and timesteps, and the generators' states
+    after."""
+    return _unet_pictures(_unet_draws(config, g, rng, ids_of, latent_shape, timesteps), pin)
+
+
+def _render_threads(n: int | None) -> int:
+    """The threads that render the UNet stage's pictures when they are made ahead (a GPU run), a batch each: `n`, or
+    by default min(8, the CPU count)."""
+    if n is not None and n < 1:
+        raise ConfigError(f"render threads must be at least 1, got {n}: give --render-threads 1 or more")
+    return min(8, os.cpu_count() or 1) if n is None else n
 
 
 def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu", max_steps: int | None = None,
-               log=print, ahead: bool | None = None) -> int:
+               log=print, ahead: bool | None = None, render_threads: int | None = None) -> int:
     """Train (or continue) the UNet and the text encoder on the frozen VAE's latents; returns the step.
-    `ahead`: make each step's inputs while the previous step runs (default: on a GPU); the run is the same."""
+    `ahead`: make each step's inputs while the previous step runs (default: on a GPU); `render_threads`: with
+    `ahead`, render up to this many steps' pictures at once (default: min(8, the CPU count)). The run is the
+    same bit for bit either way.
+
+    >>> train_unet(config, Path("runs/shapes"), minutes=20, device="cuda", render_threads=8)  # doctest: +SKIP
+    """
     from diffusers import DDPMScheduler
 
     from textinv.train import denoising_loss
 
+    render_threads = _render_threads(render_threads)
     folder = work / "unet"
     for stage in (work / "vae", folder):
         _recover_folder(stage)
@@ -661,20 +701,26 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
                    lr=config.unet_lr, vae_step=vae_step)
     cuda = torch.device(device).type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
-    # On a GPU the next step's inputs are made on the CPU by a thread (rendering is torch ops, which free the GIL)
+    # On a GPU the next steps' inputs are made on the CPU by threads (rendering is torch ops, which free the GIL)
     # while the device runs this step, and copied without the host waiting; a step never reads the device back (the
-    # loss is read once a log line), so nothing makes the host wait for the GPU. On the CPU, in turn (the cores are
-    # the step's). Rendering on the GPU instead made the host wait every step: a render picks each shape's scenes
+    # loss is read once a log line), so nothing makes the host wait for the GPU. One thread draws the random numbers
+    # in turn and `render_threads` render whole batches at once: at batch 256 a render is ~170 ms of one core and a
+    # GPU step a few ms, so one render thread held an H200 at 6 steps/s. On the CPU, in turn (the cores are the
+    # step's). Rendering on the GPU instead made the host wait every step: a render picks each shape's scenes
     # with nonzero(), which reads the device back, after the previous step's kernels.
     side = world.RESOLUTION // 2 ** (len(vae.config.block_out_channels) - 1)  # (the VAE halves it per level)
     latent_shape = (vae.config.latent_channels, side, side)
     ids_of = _CaptionIds(tokenizer)
 
     def draw():
-        return _unet_inputs(config, g, rng, ids_of, latent_shape, noise_scheduler.config.num_train_timesteps, cuda)
+        return _unet_draws(config, g, rng, ids_of, latent_shape, noise_scheduler.config.num_train_timesteps)
+
+    def finish(drawn):
+        return _unet_pictures(drawn, cuda)
 
     ema_tensors = [ema[n] for n in names]  # (in the parameters' order)
-    with _Ahead(draw, enabled=ahead if ahead is not None else cuda) as inputs_ahead:
+    enabled = ahead if ahead is not None else cuda
+    with _Ahead(draw, finish, enabled, workers=render_threads) as inputs_ahead:
         while chunk.running(minutes, max_steps):
             for group in opt.param_groups:
                 group["lr"] = _lr(chunk.step, config.unet_lr, config.warmup)
@@ -1044,6 +1090,8 @@ def _run(argv) -> int:
                         "so the latents (and a UNet trained on them) stay valid")
     parser.add_argument("--seed", type=int, help="seed of a new work folder")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
+    parser.add_argument("--render-threads", type=int, help="with a GPU: threads that render the UNet stage's "
+                        "pictures, a batch each, each using --threads of its own (default: min(8, CPU count))")
     parser.add_argument("--fp32", action="store_true", help="export float32 weights instead of float16")
     args = parser.parse_args(argv)
     if not (args.stage or args.export or args.quick or args.from_model):
@@ -1054,6 +1102,7 @@ def _run(argv) -> int:
         parser.error(f"--device {args.device} asked for, but torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     command = "python -m textinv.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    _render_threads(args.render_threads)  # (checked before anything is written)
     if args.keep != "vae,unet" and not args.from_model:
         parser.error("--keep goes with --from-model")
     if args.decoder_only and args.stage != "vae":
@@ -1075,13 +1124,15 @@ def _run(argv) -> int:
     if args.quick:
         steps = args.steps or 3
         train_vae(config, args.work, args.minutes, args.device, max_steps=steps)
-        train_unet(config, args.work, args.minutes, args.device, max_steps=steps)
+        train_unet(config, args.work, args.minutes, args.device, max_steps=steps,
+                   render_threads=args.render_threads)
         export(config, args.work, out, command)
         return 0
     if args.stage == "vae":
         train_vae(config, args.work, args.minutes, args.device, max_steps=args.steps)
     elif args.stage == "unet":
-        train_unet(config, args.work, args.minutes, args.device, max_steps=args.steps)
+        train_unet(config, args.work, args.minutes, args.device, max_steps=args.steps,
+                   render_threads=args.render_threads)
     if args.export:
         export(config, args.work, out, command, dtype=torch.float32 if args.fp32 else torch.float16)
     return 0
