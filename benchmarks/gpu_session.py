@@ -186,8 +186,11 @@ def main(argv=None) -> int:
             "--from-model", "textinv/shapes/model", "--keep", "vae"]
         sets = [] if args.shapes_from else [x for s in (QUICK_UNET if args.quick else SHAPES_UNET) for x in ("--set", s)]
         quick = ["--minutes", "0.03"] if args.shapes_from else ["--steps", "2"]  # (--steps counts the whole stage)
+        # 16 cores: 8 threads render a batch each, one torch thread apiece (8 x 8 intra-op threads would be 64 busy
+        # threads), and the rest stay for the thread that draws the random numbers, the step's and pinning
         train = [*quick, "--batch", "4"] if args.quick else [
-            "--device", "cuda", "--batch", "256", "--threads", "8", "--minutes", f"{max(1.0, (left - 75) / 60):.2f}"]
+            "--device", "cuda", "--batch", "256", "--threads", "1", "--render-threads", "8",
+            "--minutes", f"{max(1.0, (left - 75) / 60):.2f}"]
         part("shapes", [
             pretrain + start,
             pretrain + ["--stage", "unet", *train, *sets],
