@@ -6,6 +6,7 @@ graph reads must stay where it was for the whole run), and the last test compare
 step where a GPU is present."""
 
 import contextlib
+import gc
 import warnings
 import weakref
 
@@ -277,6 +278,21 @@ def test_a_resumed_run_captures_its_step_again(fake_capture, sd1_dir, images, tm
                     progress=False)
     assert (fake_capture.captures, fake_capture.replays) == (2, 4)
     same_run(straight, resumed)
+
+
+def test_a_stopped_run_lets_go_of_its_graph(fake_capture, sd1_dir, images, tmp_path):
+    """A graph holds a whole step's memory: an interrupted (or failed) run's traceback, which a notebook keeps,
+    must not keep it."""
+    def stop(step):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(train_module.TrainingInterrupted) as info:
+        train(config(images, tmp_path / "run", cuda_graphs=True), model=load_model(sd1_dir), progress=False,
+              on_step=stop)
+    gc.collect()
+    assert info.value.__traceback__ is not None and fake_capture.replays == 2
+    assert all(ref() is None for ref in fake_capture.steps)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

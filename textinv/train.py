@@ -1035,6 +1035,9 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             where.saved = step if is_main else None
         raise
     finally:
+        # a captured step holds a whole step's memory: not kept by the traceback of a run stopped or failed (which a
+        # notebook keeps), nor past the run
+        captured = None  # noqa: F841
         bar.close()  # (before an error's message, not after it)
         for te in autocast_text:
             del te.forward
