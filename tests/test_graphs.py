@@ -295,6 +295,54 @@ def test_a_stopped_run_lets_go_of_its_graph(fake_capture, sd1_dir, images, tmp_p
     assert all(ref() is None for ref in fake_capture.steps)
 
 
+def ending_the_capture_fails_on(error):
+    """A `_capture` that fails as `torch.cuda.graph` does when its body raised `error`: its exit, ending the broken
+    capture, raises an error of its own with `error` as its context."""
+    def capture(self):
+        try:
+            raise error
+        except Exception:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")  # noqa: B904
+    return capture
+
+
+def test_a_failed_capture_names_the_error_that_broke_it(monkeypatch):
+    monkeypatch.setattr(graphs.CapturedStep, "_capture", ending_the_capture_fails_on(RuntimeError(
+        "Cannot call CUDAGeneratorImpl::current_seed during CUDA graph capture.\nIf you need this call to be "
+        "captured, please file an issue.")))
+    weight = torch.ones(3, requires_grad=True)
+    step = graphs.CapturedStep(lambda x: (x["a"] * weight).sum(dim=1), [weight])
+    with pytest.warns(UserWarning, match=r"\(RuntimeError: Cannot call CUDAGeneratorImpl::current_seed during CUDA "
+                                         r"graph capture\.\); training goes on without graphs"):
+        step({"a": torch.ones(2, 3)})
+
+
+def test_running_out_of_memory_inside_the_capture_is_the_runs_error(on_the_cpu, sd1_dir, images, tmp_path,
+                                                                    monkeypatch):
+    """The capture's end fails on the out-of-memory error its body raised: the run still says it ran out of memory,
+    and leaving out --cuda-graphs is the first thing it suggests (a captured step keeps its memory for the run)."""
+    monkeypatch.setattr(graphs.CapturedStep, "_capture", ending_the_capture_fails_on(
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")))
+    real_init = graphs.CapturedStep.__init__
+    monkeypatch.setattr(graphs.CapturedStep, "__init__",
+                        lambda self, *a, **kw: real_init(self, *a, **{**kw, "capture": True}))
+    with pytest.raises(DeviceMemoryError, match=r"in training step 1 \(batch 2, 16x16, fp32, --cuda-graphs\).*least: "
+                                                r"no --cuda-graphs \(the same result, slower at small batches\); "
+                                                r"--gradient-checkpointing"):
+        train(config(images, tmp_path / "run", cuda_graphs=True), model=load_model(sd1_dir), progress=False)
+
+
+def test_a_grid_that_runs_out_of_memory_beside_the_captured_step_suggests_leaving_it_out(images, tmp_path):
+    from textinv.train import _memory_error, _Where
+
+    for graphed in (False, True):
+        where = _Where(config(images, tmp_path, cuda_graphs=graphed, sample_every=5), torch.float16, stage="grid",
+                       step=5, resolution=512)
+        where.prompts, where.writing, where.saved = 4, True, 5
+        message = str(_memory_error(where, torch.device("cpu"), torch.OutOfMemoryError("")))
+        assert ("; no --cuda-graphs (the training step's memory is then free for the grid). " in message) == graphed
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("family, settings, must_capture", [
     ("sd1", dict(grad_accum=2), True),

@@ -94,12 +94,16 @@ class CapturedStep:
                 self._capture()
             except Exception as e:  # noqa: BLE001 (out of memory is the run's error; anything else: run eagerly)
                 self.graph = self.outputs = None
-                if is_out_of_memory(e):
-                    raise
+                chain = _chain(e)
+                memory = next((error for error in chain if is_out_of_memory(error)), None)
+                if memory is not None:  # (as itself: the run's handler knows it, not the capture's end failing on it)
+                    raise memory from None
                 self.capture = False
+                why = chain[-1]  # (the first error: the capture's end then fails on it with an error of its own)
                 warnings.warn(f"--cuda-graphs: the step could not be captured as a CUDA graph "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); training "
-                              f"goes on without graphs, as fast as a run without --cuda-graphs", stacklevel=2)
+                              f"({type(why).__name__}: {str(why).splitlines()[0][:200] if str(why) else ''}); "
+                              f"training goes on without graphs, as fast as a run without --cuda-graphs",
+                              stacklevel=2)
         if self.graph is not None:
             self.graph.replay()
             losses, grads = self.outputs
@@ -113,6 +117,17 @@ class CapturedStep:
             else:
                 p.grad.add_(g)
         return losses.clone() if self.graph is not None else losses
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised while handling, last raised first. An error inside
+    `torch.cuda.graph` reaches us as the one its exit raised on ending the broken capture, with the first one as
+    its context."""
+    chain = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = None if error.__suppress_context__ else error.__context__
+    return chain
 
 
 def _tensors(value) -> list[torch.Tensor]:

@@ -504,19 +504,24 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
         doing = f"drawing the sample grid of step {where.step} ({held} at {drawn})"
         fixes = [("fewer --sample-prompts", f"the grid draws {'its' if n == where.prompts else 'these'} {n} at once",
                   True)] * (n > 1) + [("--sample-every 0", "no grids", True)]
+        if config.cuda_graphs:  # (the captured step's memory stays reserved while the grid is drawn)
+            fixes.append(("no --cuda-graphs", "the training step's memory is then free for the grid", True))
     else:
         concepts = len(config.concept_list())
         per_step = config.batch * config.grad_accum
         batch = f"batch {config.batch}" + (f" per concept x {concepts} concepts" if concepts > 1 else "") + \
             (f" x grad-accum {config.grad_accum}" if config.grad_accum > 1 else "")
         doing = f"in training step {where.step} ({batch}, {size}, {precision}" + \
-            (", --gradient-checkpointing)" if config.gradient_checkpointing else ")")
+            (", --gradient-checkpointing" if config.gradient_checkpointing else "") + \
+            (", --cuda-graphs)" if config.cuda_graphs else ")")
         if config.batch > 1:  # the largest batch that divides it: the same samples a step, in more passes
             part = next(d for d in range(config.batch // 2, 0, -1) if config.batch % d == 0)
             fixes.insert(0, (f"--batch {part} --grad-accum {per_step // part}",
                              f"the same {per_step} samples a step, drawn in {per_step // part} passes", False))
         if not config.gradient_checkpointing:
             fixes.insert(0, ("--gradient-checkpointing", "the same result, about a third slower", True))
+        if config.cuda_graphs:  # (a captured step keeps a pool of its own for the whole run)
+            fixes.insert(0, ("no --cuda-graphs", "the same result, slower at small batches", True))
     out = shlex.quote(str(config.out))
     resumable = [flags for flags, _, ok in fixes if ok]
     at = where.saved
