@@ -12,9 +12,10 @@ gradients are computed with `torch.autograd.grad` into those outputs and added t
 the graph see what they always see. The frozen weights and the trained vectors are read where they live, so the
 optimizer's in-place updates are what the next replay uses.
 
-    >>> step = CapturedStep(lambda x: (x["a"] * 2).sum()[None], [], capture=False)
-    >>> step({"a": torch.ones(3)}).tolist()
-    [6.0]
+    >>> w = torch.full((3,), 2.0, requires_grad=True)
+    >>> step = CapturedStep(lambda x: (x["a"] * w).sum()[None], [w], capture=False)
+    >>> step({"a": torch.ones(3)}).tolist(), w.grad.tolist()
+    ([6.0], [1.0, 1.0, 1.0])
 """
 
 from __future__ import annotations
