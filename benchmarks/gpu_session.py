@@ -16,6 +16,8 @@ Parts, in order (a part that fails or runs out of its time is recorded, and the 
    runs them, timed from the process's start (imports, load, latent caching and saving included). Each command
    keeps 45 s for each one after it, and one that overruns is killed with its worker processes. (The whole-UNet
    compile, `fast`, had not finished compiling after 105 s on that lease: it is left to a longer one.)
+   Before it, `graphs-check` runs tests/test_graphs.py's GPU tests: whether the trainer's step captures, and
+   learns what the plain step learns, in fp32, fp16, bf16, SDXL, v-prediction and with gradient checkpointing.
 2. `shapes` (issue 3): a new, bigger UNet + text encoder for the shapes model on its committed VAE
    (`pretrain --from-model textinv/shapes/model --keep vae`, then `--stage unet --device cuda`), exported and
    packed as `shapes-model.tar.gz` (the diffusers folder; `pretrain --from-model` goes on training from it on any
@@ -158,6 +160,10 @@ def main(argv=None) -> int:
                               "diffusers.__version__, transformers.__version__, torch.cuda.is_available() "
                               "and torch.cuda.get_device_name())"]] + ([] if args.quick else [["nvidia-smi"]]), 60,
              args.out / "environment.txt")
+
+        if not args.quick:  # --cuda-graphs through the trainer on the GPU: captured, and the plain step's numbers?
+            part("graphs-check", [[py, "-m", "pytest", "-q", "-rw", "-p", "no:cacheprovider", "tests/test_graphs.py",
+                                   "-k", "gpu"]], min(120.0, budget * 0.15), args.out / "graphs_check.txt")
 
         steps = ["--steps", "1", "--warmup", "1"] if args.quick else ["--steps", "10", "--warmup", "3"]
         plan = [("tiny", ["2", "1"], ["textinv", "reference"], []),

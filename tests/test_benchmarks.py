@@ -462,6 +462,8 @@ def test_the_gpu_sessions_commands_log_why_a_graph_compiled_again(monkeypatch, t
     monkeypatch.setattr(gs, "pack", lambda *a: None)
     gs.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # (the GPU plan, not run)
     assert seen["speed"][0] == "recompiles" and any("graphs-blocks" in c for c in seen["speed"][1])
+    assert list(seen) == ["environment", "graphs-check", "speed", "shapes"]
+    assert seen["graphs-check"][1][0][-3:] == ["tests/test_graphs.py", "-k", "gpu"]
 
 
 def test_step_overhead_step_reaches_its_offset_through_the_text_encoder_and_removes_its_hook(capsys):
