@@ -193,10 +193,13 @@ def main(argv=None) -> int:
             "--from-model", "textinv/shapes/model", "--keep", "vae"]
         sets = [] if args.shapes_from else [x for s in (QUICK_UNET if args.quick else SHAPES_UNET) for x in ("--set", s)]
         quick = ["--minutes", "0.03"] if args.shapes_from else ["--steps", "2"]  # (--steps counts the whole stage)
-        # 16 cores: 8 threads render a batch each, one torch thread apiece (8 x 8 intra-op threads would be 64 busy
-        # threads), and the rest stay for the thread that draws the random numbers, the step's and pinning
+        # 16 cores: 14 threads render a batch each, one torch thread apiece (14 x 14 intra-op threads would
+        # oversubscribe), the rest for the thread that draws the random numbers and the step's. Batch 512: a step of
+        # this UNet is ~1,500 kernels (counted on the CPU), so the host's launches (~30 us each on the first lease's
+        # machine) likely hold it near 20 steps/s whatever the batch, while its arithmetic is a few ms: twice the
+        # pictures a step for the same steps (BENCHMARKS.md, "A GPU lease in one call")
         train = [*quick, "--batch", "4"] if args.quick else [
-            "--device", "cuda", "--batch", "256", "--threads", "1", "--render-threads", "8",
+            "--device", "cuda", "--batch", "512", "--threads", "1", "--render-threads", "14",
             "--minutes", f"{max(1.0, (left - 75) / 60):.2f}"]
         part("shapes", [
             pretrain + start,

@@ -513,3 +513,22 @@ def test_a_backend_flag_mode_sets_its_flag_for_its_run_only_and_an_uncaptured_gr
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
             if line.startswith(("textinv ", "cudnn-benchmark ", "graphs "))}
     assert "not captured, ran eagerly" in rows["graphs"] and "not captured" not in rows["textinv"]
+
+
+def test_step_ops_counts_what_launches_kernels_and_each_part_of_a_step(capsys):
+    """Views and CPU-scalar reads are not counted as computing; the text encoder adds its ops to the TI step; the
+    shapes step's AdamW is counted as a GPU runs it (foreach: a handful of ops for all 500-odd tensors)."""
+    from benchmarks.step_ops import counted, main as step_ops, ti_step_ops
+
+    count = counted(lambda: torch.ones(3).add(1).view(3, 1).t().sum().item())
+    assert count.computing == 3 and sum(count.counts.values()) == 6  # ones, add, sum; view, t, item
+    ti = ti_step_ops("tiny")
+    assert ti["with text"].computing > ti["without"].computing > 100
+    assert step_ops(["--ti-arch", "tiny"]) == 0
+    rows = {line[:22].strip(): line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert list(rows) == ["ti tiny, with text", "ti tiny, without", "shapes, forward", "shapes, backward",
+                          "shapes, clip", "shapes, adamw", "shapes, ema", "shapes, whole step"]
+    computing = {name: int(line[22:32].replace(",", "")) for name, line in rows.items()}
+    assert computing["shapes, adamw"] < 20 and computing["shapes, backward"] > computing["shapes, forward"] > 300
+    assert computing["shapes, whole step"] == sum(v for k, v in computing.items()
+                                                  if k.startswith("shapes,") and k != "shapes, whole step")
