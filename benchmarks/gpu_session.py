@@ -197,9 +197,10 @@ def main(argv=None) -> int:
         # oversubscribe), the rest for the thread that draws the random numbers and the step's. Batch 512: a step of
         # this UNet is ~1,500 kernels (counted on the CPU), so the host's launches (~30 us each on the first lease's
         # machine) likely hold it near 20 steps/s whatever the batch, while its arithmetic is a few ms: twice the
-        # pictures a step for the same steps (BENCHMARKS.md, "A GPU lease in one call")
+        # pictures a step for the same steps, and the step captured as a CUDA graph (`--cuda-graphs`; if the
+        # capture fails, its log says why and the step runs eagerly) (BENCHMARKS.md, "A GPU lease in one call")
         train = [*quick, "--batch", "4"] if args.quick else [
-            "--device", "cuda", "--batch", "512", "--threads", "1", "--render-threads", "14",
+            "--device", "cuda", "--batch", "512", "--threads", "1", "--render-threads", "14", "--cuda-graphs",
             "--minutes", f"{max(1.0, (left - 75) / 60):.2f}"]
         part("shapes", [
             pretrain + start,

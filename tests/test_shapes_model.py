@@ -564,6 +564,47 @@ def test_inputs_rendered_by_several_threads_are_the_inputs_made_in_turn():
     assert not torch.equal(made[0][0]["x"], made[1][0]["x"])  # (fresh pictures each step)
 
 
+def test_the_unet_stage_through_a_captured_step_trains_as_the_plain_step(tmp_path, monkeypatch):
+    """--cuda-graphs' path for the pretraining step (its gradients are the graph's outputs, given to clipping and
+    AdamW as they are, not copied), run eagerly and under torch.cuda's capture faked on the CPU (replays write over
+    the outputs; every tensor the graph reads must stay put): the checkpoint is the plain step's bit for bit."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from graph_fakes import FakeCapture
+    from textinv import graphs
+    from textinv.shapes.pretrain import QUICK, train_unet, train_vae
+
+    config = PretrainConfig(**{**QUICK, "unet_batch": 4})
+    train_vae(config, tmp_path / "vae-only", minutes=5, max_steps=2, log=lambda _: None)
+    calls = []
+    real_call = graphs.CapturedStep.__call__
+    monkeypatch.setattr(graphs.CapturedStep, "__call__", lambda self, x: calls.append(1) or real_call(self, x))
+
+    def run(name: str, cuda_graphs: bool) -> dict:
+        work = tmp_path / name
+        shutil.copytree(tmp_path / "vae-only", work)
+        train_unet(config, work, minutes=5, max_steps=4, log=lambda _: None, cuda_graphs=cuda_graphs)
+        return {**load_file(str(work / "unet" / "unet.safetensors")),
+                **{f"ema.{k}": v for k, v in load_file(str(work / "unet" / "ema.safetensors")).items()}}
+
+    plain, eager = run("plain", False), run("eager", True)
+    assert len(calls) == 4
+    fake = FakeCapture(monkeypatch)
+    faked = run("faked", True)
+    assert (fake.captures, fake.replays) == (1, 4)
+    for name in plain:
+        assert torch.equal(plain[name], eager[name]) and torch.equal(plain[name], faked[name]), name
+    assert len(plain) > 100
+
+
+def test_cuda_graphs_in_pretraining_go_with_the_unet_stage_on_a_gpu(tmp_path):
+    refused(["--stage", "vae", "--work", str(tmp_path / "w"), "--cuda-graphs"], "--cuda-graphs goes with")
+    refused(["--stage", "unet", "--work", str(tmp_path / "w"), "--cuda-graphs"], "--cuda-graphs goes with")
+    assert not (tmp_path / "w").exists()
+
+
 def test_render_threads_below_one_are_refused(tmp_path):
     from textinv.shapes.pretrain import train_unet
 

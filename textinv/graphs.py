@@ -50,11 +50,16 @@ class CapturedStep:
     the tests), the same path runs eagerly each call: the static copies, `autograd.grad` and the accumulation that
     replays use, so a test on the CPU checks everything but the capture. If capturing fails for a reason other than
     memory, a warning says why and the step runs eagerly from then on: the run goes on, as fast as without.
+    `accumulate` False: each call's gradients replace `.grad` instead (the graph's own outputs, not copies: the
+    caller uses them before the next call, which writes over them), for a step with no accumulation and many
+    parameters, where a copy each would be a launch each (the shapes model's pretraining: 532 tensors).
     """
 
     def __init__(self, loss_of: Callable[[dict], torch.Tensor], params: list[torch.Tensor],
-                 scale: Callable[[torch.Tensor], torch.Tensor] = lambda total: total, capture: bool = True):
+                 scale: Callable[[torch.Tensor], torch.Tensor] = lambda total: total, capture: bool = True,
+                 accumulate: bool = True):
         self.loss_of, self.params, self.scale, self.capture = loss_of, params, scale, capture
+        self.accumulate = accumulate
         self.static: dict | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: tuple[torch.Tensor, list[torch.Tensor | None]] | None = None
@@ -111,9 +116,11 @@ class CapturedStep:
         else:
             losses, grads = self._compute()
         for p, g in zip(self.params, grads):
-            if g is None:  # (not reached from this loss: as backward() leaves it)
+            if not self.accumulate:
+                p.grad = g  # (None where not reached: as zero_grad(set_to_none=True) and backward() leave it)
+            elif g is None:  # (not reached from this loss: as backward() leaves it)
                 continue
-            if p.grad is None:
+            elif p.grad is None:
                 p.grad = g.clone()  # (a copy: the next replay writes over the graph's output)
             else:
                 p.grad.add_(g)

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from textinv.errors import ConfigError
+from textinv.graphs import CapturedStep
 from textinv.shapes import world
 from textinv.shapes.evaluate import PROMPTING
 
@@ -623,11 +624,13 @@ def _render_threads(n: int | None) -> int:
 
 
 def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu", max_steps: int | None = None,
-               log=print, ahead: bool | None = None, render_threads: int | None = None) -> int:
+               log=print, ahead: bool | None = None, render_threads: int | None = None,
+               cuda_graphs: bool = False) -> int:
     """Train (or continue) the UNet and the text encoder on the frozen VAE's latents; returns the step.
     `ahead`: make each step's inputs while the previous step runs (default: on a GPU); `render_threads`: with
     `ahead`, render up to this many steps' pictures at once (default: min(8, the CPU count)). The run is the
-    same bit for bit either way.
+    same bit for bit either way. `cuda_graphs`: the step's forward and backward captured as a CUDA graph on a GPU
+    (`textinv.graphs.CapturedStep`; elsewhere, and if the capture fails, the same computation runs eagerly).
 
     >>> train_unet(config, Path("runs/shapes"), minutes=20, device="cuda", render_threads=8)  # doctest: +SKIP
     """
@@ -700,7 +703,8 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     chunk = _Chunk("unet", work, config, step, save, 25, log, device=str(device), batch=config.unet_batch,
                    lr=config.unet_lr, vae_step=vae_step)
     cuda = torch.device(device).type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    # (no cast cache with graphs: a cached cast would live in the capture's memory, as PyTorch's notes on graphs say)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda, cache_enabled=not cuda_graphs)
     # On a GPU the next steps' inputs are made on the CPU by threads (rendering is torch ops, which free the GIL)
     # while the device runs this step, and copied without the host waiting; a step never reads the device back (the
     # loss is read once a log line), so nothing makes the host wait for the GPU. One thread draws the random numbers
@@ -718,6 +722,20 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     def finish(drawn):
         return _unet_pictures(drawn, cuda)
 
+    def step_loss(inputs: dict) -> torch.Tensor:
+        """The step's loss, (1,), from the latents, noise, timesteps and caption ids."""
+        latents, noise, t = inputs["latents"], inputs["noise"], inputs["t"]
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        with autocast:
+            context = text_encoder(inputs["ids"])[0]  # (B, 77, width)
+            pred = unet(noisy, t, context).sample
+        return denoising_loss(noise_scheduler, pred, latents, noise, t, config.prediction_type,
+                              config.min_snr_gamma, plus_one=True).mean()[None]
+
+    # --cuda-graphs: the forward and backward captured once and replayed (textinv/graphs.py): a step of this small
+    # UNet is ~1,500 kernels whose launches, not their arithmetic, likely set its time on a GPU
+    # (`benchmarks/step_ops.py`); its gradients are the graph's outputs, used by clipping and AdamW before the next
+    captured = CapturedStep(step_loss, params, capture=cuda, accumulate=False) if cuda_graphs else None
     ema_tensors = [ema[n] for n in names]  # (in the parameters' order)
     enabled = ahead if ahead is not None else cuda
     with _Ahead(draw, finish, enabled, workers=render_threads) as inputs_ahead:
@@ -728,13 +746,13 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
             x, ids, noise, t = (inputs[k].to(device, non_blocking=True) for k in ("x", "ids", "noise", "t"))
             with torch.no_grad(), autocast:
                 latents = vae.encode(x).latent_dist.sample(generator=None).float() * scale  # (B, 4, 16, 16)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
-            with autocast:
-                context = text_encoder(ids)[0]  # (B, 77, width)
-                pred = unet(noisy, t, context).sample
-            loss = denoising_loss(noise_scheduler, pred, latents, noise, t, config.prediction_type,
-                                  config.min_snr_gamma, plus_one=True).mean()
-            _optimizer_step(opt, params, loss, config.grad_clip)
+            if captured is not None:  # (the same loss and gradients, from a replayed CUDA graph)
+                loss = captured({"latents": latents, "noise": noise, "t": t, "ids": ids})[0]
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                opt.step()
+            else:
+                loss = step_loss({"latents": latents, "noise": noise, "t": t, "ids": ids})[0]
+                _optimizer_step(opt, params, loss, config.grad_clip)
             with torch.no_grad():  # EMA with a short warm-up, so early exports are not dominated by the random init
                 decay = min(config.ema_decay, (2 + chunk.step) / (11 + chunk.step))
                 # one call for all ~500 tensors: on a GPU a launch each would be ~3 ms of the host's time a step,
@@ -1092,6 +1110,8 @@ def _run(argv) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--render-threads", type=int, help="with a GPU: threads that render the UNet stage's "
                         "pictures, a batch each, each using --threads of its own (default: min(8, CPU count))")
+    parser.add_argument("--cuda-graphs", action="store_true", help="with --stage unet on a GPU: capture the step's "
+                        "forward and backward as a CUDA graph and replay it (a step of a small UNet is launch-bound)")
     parser.add_argument("--fp32", action="store_true", help="export float32 weights instead of float16")
     args = parser.parse_args(argv)
     if not (args.stage or args.export or args.quick or args.from_model):
@@ -1107,6 +1127,9 @@ def _run(argv) -> int:
         parser.error("--keep goes with --from-model")
     if args.decoder_only and args.stage != "vae":
         parser.error("--decoder-only goes with --stage vae")
+    if args.cuda_graphs and (args.stage != "unet" or not args.device.startswith("cuda")):
+        raise ConfigError("--cuda-graphs goes with --stage unet --device cuda (it captures the UNet stage's step on "
+                          "a GPU): leave it out here")
     overrides = dict(QUICK) if args.quick else {}
     overrides.update(parse_setting(text) for text in args.set)
     if args.seed is not None:  # before --from-model writes the new folder: its seed, as any new folder's
@@ -1132,7 +1155,7 @@ def _run(argv) -> int:
         train_vae(config, args.work, args.minutes, args.device, max_steps=args.steps)
     elif args.stage == "unet":
         train_unet(config, args.work, args.minutes, args.device, max_steps=args.steps,
-                   render_threads=args.render_threads)
+                   render_threads=args.render_threads, cuda_graphs=args.cuda_graphs)
     if args.export:
         export(config, args.work, out, command, dtype=torch.float32 if args.fp32 else torch.float16)
     return 0
