@@ -599,6 +599,39 @@ def test_the_unet_stage_through_a_captured_step_trains_as_the_plain_step(tmp_pat
     assert len(plain) > 100
 
 
+def test_no_render_runs_while_the_unet_step_is_captured(tmp_path, monkeypatch):
+    """torch.cuda.graph captures in "global" mode, where a CUDA call made meanwhile on any other thread fails, and
+    a render thread makes some (it pins its pictures for the copy to the GPU): the renders under way finish before
+    the step is captured, and the run goes on making its inputs ahead."""
+    import time
+
+    from graph_fakes import FakeCapture
+    from textinv.shapes import pretrain
+    from textinv.shapes.pretrain import QUICK, train_unet, train_vae
+
+    config = PretrainConfig(**{**QUICK, "unet_batch": 4})
+    train_vae(config, tmp_path, minutes=5, max_steps=2, log=lambda _: None)
+    fake = FakeCapture(monkeypatch)
+    rendering, rendered, real_render = [], [], pretrain._unet_pictures
+
+    def slow_render(drawn, pin):  # (the renders after the first outlast the first step's warm-up: they would overlap)
+        rendering.append(1)
+        try:
+            if rendered:
+                time.sleep(0.5)
+            return real_render(drawn, pin)
+        finally:
+            rendering.pop()
+            rendered.append(1)
+
+    under_way, real_graph = [], torch.cuda.graph
+    monkeypatch.setattr(pretrain, "_unet_pictures", slow_render)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: under_way.append(len(rendering)) or real_graph(g))
+    assert train_unet(config, tmp_path, minutes=5, max_steps=3, log=lambda _: None, ahead=True, render_threads=2,
+                      cuda_graphs=True) == 3
+    assert fake.captures == 1 and under_way == [0] and len(rendered) >= 3
+
+
 def test_cuda_graphs_in_pretraining_go_with_the_unet_stage_on_a_gpu(tmp_path):
     refused(["--stage", "vae", "--work", str(tmp_path / "w"), "--cuda-graphs"], "--cuda-graphs goes with")
     refused(["--stage", "unet", "--work", str(tmp_path / "w"), "--cuda-graphs"], "--cuda-graphs goes with")

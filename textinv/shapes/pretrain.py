@@ -442,6 +442,12 @@ class _Ahead:
             self.queue.append(self.drawer.submit(self._draw_and_hand_on))
         return self.queue.popleft().result().result()
 
+    def settle(self) -> None:
+        """Wait until the steps asked for so far are made: then no thread works until the next `next()`. (Before a
+        CUDA graph's capture: a render pins its pictures, CUDA calls that a capture forbids on every thread.)"""
+        for made in self.queue:
+            made.result().result()
+
     def __exit__(self, *exc) -> None:
         for pool in (self.drawer, self.pool):  # the drawer first: what it hands on must find the workers there
             if pool is not None:
@@ -747,6 +753,12 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
             with torch.no_grad(), autocast:
                 latents = vae.encode(x).latent_dist.sample(generator=None).float() * scale  # (B, 4, 16, 16)
             if captured is not None:  # (the same loss and gradients, from a replayed CUDA graph)
+                if captured.capture and captured.graph is None:  # (this call captures the step)
+                    # torch.cuda.graph captures in "global" mode: a CUDA call that another thread makes meanwhile
+                    # (a render thread pinning its pictures: cudaHostAlloc, cudaEventQuery) fails in that thread
+                    # and breaks the capture. So the renders under way finish first, once (the next are asked for
+                    # after the step); "thread_local" mode would let them run, unchecked.
+                    inputs_ahead.settle()
                 loss = captured({"latents": latents, "noise": noise, "t": t, "ids": ids})[0]
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 opt.step()
