@@ -566,14 +566,17 @@ def test_inputs_rendered_by_several_threads_are_the_inputs_made_in_turn():
 
 def test_the_unet_stage_through_a_captured_step_trains_as_the_plain_step(tmp_path, monkeypatch):
     """--cuda-graphs' path for the pretraining step (its gradients are the graph's outputs, given to clipping and
-    AdamW as they are, not copied), run eagerly and under torch.cuda's capture faked on the CPU (replays write over
-    the outputs; every tensor the graph reads must stay put): the checkpoint is the plain step's bit for bit."""
+    AdamW as they are, not copied), run eagerly, under torch.cuda's capture faked on the CPU (replays write over
+    the outputs; every tensor the graph reads must stay put) and after a capture that failed: every checkpoint file
+    (UNet, text encoder, EMA, AdamW's moments) is the plain step's bit for bit, and the chunk's record in log.json
+    says how its step ran."""
     import shutil
 
     from safetensors.torch import load_file
 
     from graph_fakes import FakeCapture
     from textinv import graphs
+    from textinv.shapes import pretrain
     from textinv.shapes.pretrain import QUICK, train_unet, train_vae
 
     config = PretrainConfig(**{**QUICK, "unet_batch": 4})
@@ -582,21 +585,28 @@ def test_the_unet_stage_through_a_captured_step_trains_as_the_plain_step(tmp_pat
     real_call = graphs.CapturedStep.__call__
     monkeypatch.setattr(graphs.CapturedStep, "__call__", lambda self, x: calls.append(1) or real_call(self, x))
 
-    def run(name: str, cuda_graphs: bool) -> dict:
+    def run(name: str, cuda_graphs: bool) -> tuple[str | None, dict]:
         work = tmp_path / name
         shutil.copytree(tmp_path / "vae-only", work)
         train_unet(config, work, minutes=5, max_steps=4, log=lambda _: None, cuda_graphs=cuda_graphs)
-        return {**load_file(str(work / "unet" / "unet.safetensors")),
-                **{f"ema.{k}": v for k, v in load_file(str(work / "unet" / "ema.safetensors")).items()}}
+        record = json.loads((work / "log.json").read_text())["unet"]["chunks"][-1]
+        files = sorted((work / "unet").glob("*.safetensors"))
+        return record.get("cuda_graphs"), {f"{f.stem}.{k}": v for f in files for k, v in load_file(str(f)).items()}
 
-    plain, eager = run("plain", False), run("eager", True)
+    (plain_record, plain), (eager_record, eager) = run("plain", False), run("eager", True)
     assert len(calls) == 4
+    with monkeypatch.context() as patch:  # a capture that fails (on the CPU: no CUDA streams), then eager steps
+        patch.setattr(pretrain, "CapturedStep", lambda *a, **kw: graphs.CapturedStep(*a, **{**kw, "capture": True}))
+        with pytest.warns(UserWarning, match="could not be captured"):
+            failed_record, failed = run("failed", True)
     fake = FakeCapture(monkeypatch)
-    faked = run("faked", True)
+    faked_record, faked = run("faked", True)
     assert (fake.captures, fake.replays) == (1, 4)
-    for name in plain:
-        assert torch.equal(plain[name], eager[name]) and torch.equal(plain[name], faked[name]), name
-    assert len(plain) > 100
+    assert {k.split(".")[0] for k in plain} == {"unet", "text_encoder", "ema", "optimizer"} and len(plain) > 100
+    for run_ in (eager, failed, faked):
+        assert run_.keys() == plain.keys() and all(torch.equal(plain[k], run_[k]) for k in plain)
+    assert plain_record is None and eager_record == "eager (not on a GPU)" and faked_record == "captured"
+    assert failed_record.startswith("eager (RuntimeError: ") and "CUDA" in failed_record
 
 
 def test_no_render_runs_while_the_unet_step_is_captured(tmp_path, monkeypatch):
@@ -632,10 +642,17 @@ def test_no_render_runs_while_the_unet_step_is_captured(tmp_path, monkeypatch):
     assert fake.captures == 1 and under_way == [0] and len(rendered) >= 3
 
 
-def test_cuda_graphs_in_pretraining_go_with_the_unet_stage_on_a_gpu(tmp_path):
+def test_cuda_graphs_in_pretraining_go_with_the_unet_stage_on_a_gpu(tmp_path, monkeypatch):
+    from textinv.shapes import pretrain
+
     refused(["--stage", "vae", "--work", str(tmp_path / "w"), "--cuda-graphs"], "--cuda-graphs goes with")
     refused(["--stage", "unet", "--work", str(tmp_path / "w"), "--cuda-graphs"], "--cuda-graphs goes with")
     assert not (tmp_path / "w").exists()
+    given = {}  # with a GPU (faked), the UNet stage is asked for the captured step
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(pretrain, "train_unet", lambda *args, **kw: given.update(kw) or 0)
+    assert pretrain_main(["--stage", "unet", "--work", str(tmp_path / "w"), "--device", "cuda", "--cuda-graphs"]) == 0
+    assert given["cuda_graphs"] is True
 
 
 def test_render_threads_below_one_are_refused(tmp_path):

@@ -63,6 +63,7 @@ class CapturedStep:
         self.static: dict | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: tuple[torch.Tensor, list[torch.Tensor | None]] | None = None
+        self.failure: str | None = None  # why the capture failed ("RuntimeError: ..."), for a run's record
 
     def _compute(self) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         losses = self.loss_of(self.static)
@@ -106,8 +107,8 @@ class CapturedStep:
                     raise memory from None
                 self.capture = False
                 why = chain[-1]  # (the first error: the capture's end then fails on it with an error of its own)
-                warnings.warn(f"--cuda-graphs: the step could not be captured as a CUDA graph "
-                              f"({type(why).__name__}: {str(why).splitlines()[0][:200] if str(why) else ''}); "
+                self.failure = f"{type(why).__name__}: {str(why).splitlines()[0][:200] if str(why) else ''}"
+                warnings.warn(f"--cuda-graphs: the step could not be captured as a CUDA graph ({self.failure}); "
                               f"training goes on without graphs, as fast as a run without --cuda-graphs",
                               stacklevel=2)
         if self.graph is not None:

@@ -760,6 +760,10 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
                     # after the step); "thread_local" mode would let them run, unchecked.
                     inputs_ahead.settle()
                 loss = captured({"latents": latents, "noise": noise, "t": t, "ids": ids})[0]
+                if chunk.step == chunk.step0:  # (the first step: the capture's outcome, in the log and the record)
+                    chunk.record["cuda_graphs"] = "captured" if captured.graph is not None else \
+                        f"eager ({captured.failure or 'not on a GPU'})"
+                    log(f"unet: --cuda-graphs: {chunk.record['cuda_graphs']}")
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 opt.step()
             else:
