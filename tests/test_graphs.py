@@ -299,3 +299,48 @@ def test_on_a_gpu_the_captured_step_learns_what_the_plain_step_learns(family, se
         assert s1 == s2 and abs(l1 - l2) <= within * abs(l1)
     for name, vectors in plain.embedding.vectors.items():
         torch.testing.assert_close(graphed.embedding.vectors[name], vectors, rtol=within, atol=within / 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_shapes_pretraining_step_is_captured_and_learns_what_the_plain_step_learns(tmp_path,
+                                                                                                monkeypatch):
+    """The shapes model's UNet stage with --cuda-graphs (`pretrain --cuda-graphs`): its step is captured, not fallen
+    back (the text encoder's embedding backward over 64 x 77 ids takes CUDA's sorting path, which must keep its
+    counts on the device), while two threads render the next steps' pictures, and each step's loss and gradient
+    norm are the plain step's to bf16's precision (gradients from another step, or scaled twice, would not be)."""
+    import json
+    import shutil
+
+    from textinv.shapes import pretrain
+
+    config = pretrain.PretrainConfig(**{**pretrain.QUICK, "unet_batch": 64})
+    pretrain.train_vae(config, tmp_path / "vae-only", minutes=5, max_steps=2, device="cuda", log=lambda _: None)
+    seen = {}
+    real_clip, real_tick = torch.nn.utils.clip_grad_norm_, pretrain._Chunk.tick
+
+    def clip(params, max_norm, *args, **kwargs):
+        norm = real_clip(params, max_norm, *args, **kwargs)
+        seen["norms"].append(norm.detach().clone())
+        return norm
+
+    def tick(chunk, shown, name):
+        seen["losses"].append(shown.detach().clone())
+        return real_tick(chunk, shown, name)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    monkeypatch.setattr(pretrain._Chunk, "tick", tick)
+    runs = {}
+    for name, cuda_graphs in (("plain", False), ("graphs", True)):
+        seen.update(norms=[], losses=[])
+        work = tmp_path / name
+        shutil.copytree(tmp_path / "vae-only", work)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="--cuda-graphs")  # captured, not fallen back
+            pretrain.train_unet(config, work, minutes=5, max_steps=5, device="cuda", log=lambda _: None, ahead=True,
+                                render_threads=2, cuda_graphs=cuda_graphs)
+        record = json.loads((work / "log.json").read_text())["unet"]["chunks"][-1]
+        runs[name] = record.get("cuda_graphs"), torch.stack(seen["norms"]).cpu(), torch.stack(seen["losses"]).cpu()
+    assert runs["plain"][0] is None and runs["graphs"][0] == "captured"
+    for i in (1, 2):  # (bf16 autocast: the same kernels, replayed, may still round a little differently)
+        assert runs["plain"][i].shape == (5,)
+        torch.testing.assert_close(runs["graphs"][i], runs["plain"][i], rtol=2e-2, atol=0)
