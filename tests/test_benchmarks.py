@@ -532,3 +532,37 @@ def test_step_ops_counts_what_launches_kernels_and_each_part_of_a_step(capsys):
     assert computing["shapes, adamw"] < 20 and computing["shapes, backward"] > computing["shapes, forward"] > 300
     assert computing["shapes, whole step"] == sum(v for k, v in computing.items()
                                                   if k.startswith("shapes,") and k != "shapes, whole step")
+
+
+def test_every_command_of_the_gpu_sessions_plan_parses(monkeypatch, tmp_path):
+    """A lease is minutes long and starts from nothing: a misspelt flag or mode in the plan would cost its command's
+    whole share. Each command the GPU plan runs (not the --quick one) is parsed by its own module's parser."""
+    import argparse
+    import importlib
+
+    import benchmarks.gpu_session as gs
+
+    planned = []
+    monkeypatch.setattr(gs, "run_part", lambda name, commands, *a, **kw: planned.extend(commands) or
+                        {"part": name, "status": "ok", "seconds": 0.0})
+    monkeypatch.setattr(gs, "pack", lambda *a: None)
+    monkeypatch.setenv("TORCH_LOGS", "")
+    gs.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+
+    class Parsed(Exception):
+        pass
+
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_only(self, args=None, namespace=None):
+        real(self, args, namespace)  # (a bad flag or choice exits here, with status 2)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    modules = [c[2] for c in planned if c[1:2] == ["-m"] and c[2] != "pytest"]
+    assert {"benchmarks.train_speed", "benchmarks.step_overhead", "textinv.shapes.pretrain"} <= set(modules)
+    for command in planned:
+        if command[1:2] != ["-m"] or command[2] == "pytest":
+            continue
+        with pytest.raises(Parsed):
+            importlib.import_module(command[2]).main(command[3:])
