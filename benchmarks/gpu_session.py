@@ -10,12 +10,12 @@ is prepared here and run as one call (the device tool copies the repo; diffusers
 (`--minutes`: what the lease leaves, less a minute for packing; the device tool's status says what is left.)
 Parts, in order (a part that fails or runs out of its time is recorded, and the next one still runs):
 1. `speed` (issue 4): `benchmarks.train_speed` on the full-size SD 1.5 architecture: ours, ours with
-   `--cuda-graphs`, ours with cuDNN's autotuning and the reference-like mode at batch 1, 8 and 32 (the first lease, 2026-12-04, found batches
-   below ~24 launch-bound); `benchmarks.step_overhead --top` at 32, which lists the kernels that take its time;
-   `--cuda-graphs` with regional compile; last, the reference recipe's 12,000 samples at batch 32 as `textinv train`
-   runs them, timed from the process's start (imports, load, latent caching and saving included). Each command
+   `--cuda-graphs` and ours with cuDNN's autotuning at batch 1, 8 and 32 (the first lease, 2026-12-04, found
+   batches below ~24 launch-bound, and measured the reference-like mode beside ours); `benchmarks.step_overhead
+   --top` at 32, which lists the kernels that take its time; `--cuda-graphs` with regional compile. Each command
    keeps 45 s for each one after it, and one that overruns is killed with its worker processes. (The whole-UNet
-   compile, `fast`, had not finished compiling after 105 s on that lease: it is left to a longer one.)
+   compile, `fast`, had not finished compiling after 105 s on that lease, and the reference recipe's 12,000
+   samples as `textinv train` runs them need ~100 s: both are left to a longer lease.)
    Before it, `graphs-check` runs tests/test_graphs.py's GPU tests: whether the trainer's step captures, and
    learns what the plain step learns, in fp32, fp16, bf16, SDXL, v-prediction and with gradient checkpointing.
 2. `shapes` (issue 3): a new, bigger UNet + text encoder for the shapes model on its committed VAE
@@ -168,11 +168,12 @@ def main(argv=None) -> int:
         steps = ["--steps", "1", "--warmup", "1"] if args.quick else ["--steps", "10", "--warmup", "3"]
         plan = [("tiny", ["2", "1"], ["textinv", "reference"], []),
                 ("tiny", ["2"], ["textinv"], ["--wall-samples", "4"])] if args.quick else [
-            # --cuda-graphs through the trainer (no compiling), beside our plain step and the reference-like mode
-            ("sd15", ["1", "8", "32"], ["textinv", "graphs", "cudnn-benchmark", "reference"], []),
+            # --cuda-graphs through the trainer (no compiling) beside our plain step; the reference-like mode was
+            # measured beside it on the first lease (6 rows took 57 s with the model's build: 9 fit in ~70)
+            ("sd15", ["1", "8", "32"], ["textinv", "graphs", "cudnn-benchmark"], []),
             ("sd15", ["1", "8", "32"], ["graphs-blocks"], []),  # with regional compile (~50 s to compile)
-            # the reference recipe's 12,000 samples as a user runs them, from the process's start (issue 4: < 90 s)
-            ("sd15", ["32"], ["graphs"], ["--wall-samples", "12000"]),
+            # (the 12,000-sample wall run, `--wall-samples 12000`, needs ~100 s at the speeds measured so far: a
+            # lease with time to spare; BENCHMARKS.md lists it)
         ]
         speed = [[py, "-m", "benchmarks.train_speed", "--arch", arch, "--batch", *batches, *steps, "--modes", *modes,
                   *extra] for arch, batches, modes, extra in plan]
