@@ -35,7 +35,7 @@ from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import RECORD_KEY, LearnedEmbedding, ModelSpecWarning, load_embedding, load_embedding_pair
 from .io import absolute, atomic_path, output_folder
-from .memory import is_out_of_memory, memory_error, release, smaller_side
+from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
                      encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
 from .run_folder import concept_folder, embedding_file, saved_run
@@ -546,16 +546,8 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     """
     where = _Where()
-    failure = None
-    try:
-        return _generate(config, model, progress, keep_seeds, where)
-    except RuntimeError as e:  # (torch.OutOfMemoryError is one)
-        if not is_out_of_memory(e):
-            raise
-        # (raised from here, the frames that held the pictures' tensors let go of: a notebook keeps the error)
-        release(e, where.device)
-        failure = _memory_error(where, e)
-    raise failure
+    return out_of_memory_as(lambda: _generate(config, model, progress, keep_seeds, where),
+                            lambda e: _memory_error(where, e), lambda: where.device)
 
 
 @dataclass

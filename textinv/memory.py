@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 import traceback
+from typing import Callable, TypeVar
 
 import torch
 
 from .errors import DeviceMemoryError
 
 MPS_MESSAGE = "MPS backend out of memory"
+T = TypeVar("T")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -88,6 +90,27 @@ def device_note(device: torch.device | str, error: BaseException | None = None) 
     except RuntimeError:  # (a device that cannot say: only what is known)
         pass
     return "; ".join(parts)
+
+
+def out_of_memory_as(run: Callable[[], T], describe: Callable[[BaseException], DeviceMemoryError],
+                     device: Callable[[], torch.device | str | None]) -> T:
+    """`run()`'s result; if it runs out of device memory, `describe(error)` raised instead, once `release` has let go
+    of what the failed frames held and given the allocator's unused memory on `device()` back (read then: where the
+    run got to). Raised outside the handler, so it carries no context: the error a notebook keeps holds none of the
+    failed work's tensors, and another try fits where this one did. `train`, `generate` and `score` end so.
+
+    >>> out_of_memory_as(lambda: 4, lambda e: DeviceMemoryError(str(e)), lambda: None)
+    4
+    """
+    failure = None
+    try:
+        return run()
+    except RuntimeError as e:  # (torch.OutOfMemoryError is one)
+        if not is_out_of_memory(e):
+            raise
+        release(e, device())
+        failure = describe(e)
+    raise failure
 
 
 def memory_error(device: torch.device | str, doing: str, fixes: list[str], after: str = "",

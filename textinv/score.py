@@ -48,7 +48,7 @@ from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        handed_back, install_embedding, png_text, render)
 from .io import absolute, atomic_path, output_folder, write_json, write_text
-from .memory import is_out_of_memory, memory_error, release, smaller_side
+from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (Model, _is_local_path, check_model_object, load_model, offline_note, pick_device,
                      quiet_transformers)
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
@@ -536,15 +536,8 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     """
     where = _Where()
-    failure = None
-    try:
-        return _score(config, model, judge, progress, where)
-    except RuntimeError as e:  # (torch.OutOfMemoryError is one)
-        if not is_out_of_memory(e):
-            raise
-        release(e, where.device)  # (raised from here, the frames that held the pictures' tensors let go of)
-        failure = _memory_error(where, e)
-    raise failure
+    return out_of_memory_as(lambda: _score(config, model, judge, progress, where),
+                            lambda e: _memory_error(where, e), lambda: where.device)
 
 
 @dataclass

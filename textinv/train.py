@@ -48,7 +48,7 @@ from .formats import LearnedEmbedding, default_filename, load_embedding, save_em
 from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
-from .memory import is_out_of_memory, memory_error, release, smaller_side
+from .memory import is_out_of_memory, memory_error, out_of_memory_as, release, smaller_side
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, pick_device,
                      shareable_name, xl_time_ids)
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, checkpoints,
@@ -443,20 +443,15 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     elif model is not None:
         device = model.unet.device
     where = _Where(config, resolve_precision(config.precision, device) if model is None else model.unet.dtype)
-    failure = None
-    try:
+
+    def run() -> TrainResult:
         # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             with run_lock(Path(config.out), state.is_main_process), _handed_back(model):  # (one run per folder)
                 return _train(config, model, progress, on_step, state, device, source, where, prompts_from)
-    except RuntimeError as e:  # (torch.OutOfMemoryError is one)
-        if not is_out_of_memory(e):
-            raise
-        # raised from here, once the lock is released, the model handed back and the run's frames let go of: the
-        # error a notebook keeps holds none of the failed step's tensors, and another try fits where this one did
-        release(e, device)
-        failure = _memory_error(where, device, e)
-    raise failure
+
+    # out of memory: raised once the lock is released and the model handed back, as `out_of_memory_as` raises it
+    return out_of_memory_as(run, lambda e: _memory_error(where, device, e), lambda: device)
 
 
 @dataclass

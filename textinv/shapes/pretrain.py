@@ -752,6 +752,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
             x, ids, noise, t = (inputs[k].to(device, non_blocking=True) for k in ("x", "ids", "noise", "t"))
             with torch.no_grad(), autocast:
                 latents = vae.encode(x).latent_dist.sample(generator=None).float() * scale  # (B, 4, 16, 16)
+            step_inputs = {"latents": latents, "noise": noise, "t": t, "ids": ids}
             if captured is not None:  # (the same loss and gradients, from a replayed CUDA graph)
                 if captured.capture and captured.graph is None:  # (this call captures the step)
                     # torch.cuda.graph captures in "global" mode: a CUDA call that another thread makes meanwhile
@@ -759,7 +760,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
                     # and breaks the capture. So the renders under way finish first, once (the next are asked for
                     # after the step); "thread_local" mode would let them run, unchecked.
                     inputs_ahead.settle()
-                loss = captured({"latents": latents, "noise": noise, "t": t, "ids": ids})[0]
+                loss = captured(step_inputs)[0]
                 if chunk.step == chunk.step0:  # (the first step: the capture's outcome, in the log and the record)
                     chunk.record["cuda_graphs"] = "captured" if captured.graph is not None else \
                         f"eager ({captured.failure or 'not on a GPU'})"
@@ -767,7 +768,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 opt.step()
             else:
-                loss = step_loss({"latents": latents, "noise": noise, "t": t, "ids": ids})[0]
+                loss = step_loss(step_inputs)[0]
                 _optimizer_step(opt, params, loss, config.grad_clip)
             with torch.no_grad():  # EMA with a short warm-up, so early exports are not dominated by the random init
                 decay = min(config.ema_decay, (2 + chunk.step) / (11 + chunk.step))
