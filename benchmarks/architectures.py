@@ -42,7 +42,8 @@ SDXL_UNET = dict(
 SDXL_TEXT_2 = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
 SDXL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025)
-SDXL_SCHEDULER = dict(SD15_SCHEDULER, timestep_spacing="leading")
+SDXL_SCHEDULER = {**{k: v for k, v in SD15_SCHEDULER.items() if k != "clip_sample"},  # (Euler has no clipping)
+                  "timestep_spacing": "leading", "interpolation_type": "linear", "use_karras_sigmas": False}
 
 # Per-sample cost of one textual-inversion step at 512x512 (forward + backward to the inputs, no weight gradients):
 # UNet forward 803 GFLOP, text encoder 13 GFLOP, backward about the same again (issue 4's arithmetic).
