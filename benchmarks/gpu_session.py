@@ -12,7 +12,9 @@ Parts, in order (a part that fails or runs out of its time is recorded, and the 
 1. `speed` (issue 4): `benchmarks.train_speed` on the full-size SD 1.5 architecture: ours, ours with
    `--cuda-graphs` and ours with cuDNN's autotuning at batch 1, 8 and 32 (the first lease, 2026-12-04, found
    batches below ~24 launch-bound, and measured the reference-like mode beside ours); `benchmarks.step_overhead
-   --top` at 32, which lists the kernels that take its time; `--cuda-graphs` with regional compile. Each command
+   --top` at 32, which lists the kernels that take its time; gradient checkpointing at 32 and SDXL at 1024x1024
+   (batch 4, with and without checkpointing), whose memory `benchmarks.step_memory` has only worked out;
+   `--cuda-graphs` with regional compile. Each command
    keeps 45 s for each one after it, and one that overruns is killed with its worker processes. (The whole-UNet
    compile, `fast`, had not finished compiling after 105 s on that lease, and the reference recipe's 12,000
    samples as `textinv train` runs them need ~100 s: both are left to a longer lease.)
@@ -171,6 +173,10 @@ def main(argv=None) -> int:
             # --cuda-graphs through the trainer (no compiling) beside our plain step; the reference-like mode was
             # measured beside it on the first lease (6 rows took 57 s with the model's build: 9 fit in ~70)
             ("sd15", ["1", "8", "32"], ["textinv", "graphs", "cudnn-benchmark"], []),
+            # memory worked out on the CPU (`benchmarks.step_memory`), measured where it is not yet: checkpointing
+            # (9.3 GiB at 32) and SDXL at 1024x1024 (26.7 GiB at 4, 9.0 with checkpointing), and SDXL's speed
+            ("sd15", ["32"], ["checkpointing"], []),
+            ("sdxl", ["4"], ["textinv", "checkpointing"], []),
             ("sd15", ["1", "8", "32"], ["graphs-blocks"], []),  # with regional compile (~50 s to compile)
             # (the 12,000-sample wall run, `--wall-samples 12000`, needs ~100 s at the speeds measured so far: a
             # lease with time to spare; BENCHMARKS.md lists it)
