@@ -568,70 +568,35 @@ def test_every_command_of_the_gpu_sessions_plan_parses(monkeypatch, tmp_path):
             importlib.import_module(command[2]).main(command[3:])
 
 
-def test_live_memory_counts_new_storages_while_they_live_and_nothing_made_before_it():
-    from benchmarks.step_memory import LiveMemory
-
-    weight = torch.empty(10_000, dtype=torch.uint8, device="meta")  # made before: never counted
-    with LiveMemory(block=1) as live:
-        weight.t(), weight[:5_000].view(-1)  # (views of it: nothing new)
-        a = torch.empty(1_000, dtype=torch.uint8, device="meta")
-        b = torch.empty(2_000, dtype=torch.uint8, device="meta")
-        b.add_(1), b.view(2, 1_000)  # (in place, and a view: the same storage)
-        del a
-        c = torch.empty(500, dtype=torch.uint8, device="meta")
-    assert (live.peak, live.now) == (3_000, 2_500)
-    del b
-    assert live.now == 500
-    with LiveMemory() as rounded:  # (as the CUDA caching allocator: 512-byte blocks)
-        d = torch.empty(3, dtype=torch.uint8, device="meta")
-    assert rounded.peak == 512 and c is not None and d is not None
-
-
-def test_flash_attention_keeps_the_backward_from_holding_the_score_matrix():
-    from benchmarks.step_memory import LiveMemory, flash_attention
-
-    q = torch.zeros(1, 2, 1024, 8, device="meta", dtype=torch.bfloat16, requires_grad=True)
-
-    def peak() -> int:
-        with LiveMemory() as live:
-            out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
-        assert out.shape == q.shape and out.requires_grad
-        return live.peak
-
-    plain = peak()
-    with flash_attention():
-        flash = peak()
-    assert plain > 2 * 1024 * 1024 * 2 > flash  # (the math path keeps (1, 2, 1024, 1024) bf16 scores)
-    assert torch.nn.functional.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"
-
-
 @pytest.mark.parametrize("arch", ["tiny", "tiny-xl"])
 def test_step_memory_grows_with_the_batch_and_checkpointing_lowers_it(arch):
-    from benchmarks.step_memory import step_peak, trainer_model
+    from benchmarks.step_memory import trainer_model
+    from textinv.memory import step_bytes
 
-    model, ids = trainer_model(arch)
-    plain = [step_peak(model, ids, b, model.resolution) for b in (1, 2, 4)]
-    kept = [step_peak(model, ids, b, model.resolution, checkpointing=True) for b in (1, 2, 4)]
+    _, twin, ids = trainer_model(arch)
+    plain = [step_bytes(twin, ids, b, twin.resolution) for b in (1, 2, 4)]
+    kept = [step_bytes(twin, ids, b, twin.resolution, checkpointing=True) for b in (1, 2, 4)]
     assert plain[0] < plain[1] < plain[2] and kept[0] < kept[1] < kept[2]
     assert all(k < 0.8 * p for k, p in zip(kept, plain))
     assert abs((plain[2] - plain[1]) - 2 * (plain[1] - plain[0])) < 0.1 * plain[2]  # (linear in the batch)
-    assert not model.unet.is_gradient_checkpointing or model.unet.training  # (left as the trainer leaves it)
 
 
 def test_step_memory_command_finds_the_largest_batch_that_fits(capsys, monkeypatch):
     import benchmarks.step_memory as step_memory
+    from textinv.memory import step_bytes
 
     monkeypatch.setattr(step_memory, "CONTEXT_GIB", 0.0)
     assert step_memory.main(["--arch", "tiny", "--batch", "1", "2", "--fit", "0.02"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["no"], ["yes"])]
     assert [r[:2] for r in rows if r[1] != "largest"] == [["no", "1"], ["no", "2"], ["yes", "1"], ["yes", "2"]]
-    model, ids = step_memory.trainer_model("tiny")
-    weights = step_memory.weight_bytes(model.pipeline) / step_memory.GiB
+    pipe, twin, ids = step_memory.trainer_model("tiny")
+    weights = step_memory.weight_bytes(pipe) / step_memory.GiB
     for checkpointing, row in zip((False, True), (r for r in rows if r[1] == "largest")):
         n = int(row[-1])
+
         def gib(b):
-            return weights + step_memory.step_peak(model, ids, b, model.resolution, checkpointing) / step_memory.GiB
+            return weights + step_bytes(twin, ids, b, twin.resolution, checkpointing) / step_memory.GiB
         assert n >= 1 and step_memory.card_fits(gib(n), 0.02) and not step_memory.card_fits(gib(n + 1), 0.02)
 
 

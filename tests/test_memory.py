@@ -291,3 +291,123 @@ def test_out_of_memory_installing_an_embedding_in_a_model_passed_in_says_so(sd1_
     assert str(info.value).startswith("out of memory on cpu installing the embeddings in the model (fp32): ")
     assert model.tokenizer is tokenizer and len(tokenizer) == size
     assert model.text_encoder.get_input_embeddings() is table
+
+
+def test_live_memory_counts_new_storages_while_they_live_and_nothing_made_before_it():
+    from textinv.memory import LiveMemory
+
+    weight = torch.empty(10_000, dtype=torch.uint8, device="meta")  # made before: never counted
+    with LiveMemory(block=1) as live:
+        weight.t(), weight[:5_000].view(-1)  # (views of it: nothing new)
+        a = torch.empty(1_000, dtype=torch.uint8, device="meta")
+        b = torch.empty(2_000, dtype=torch.uint8, device="meta")
+        b.add_(1), b.view(2, 1_000)  # (in place, and a view: the same storage)
+        del a
+        c = torch.empty(500, dtype=torch.uint8, device="meta")
+    assert (live.peak, live.now) == (3_000, 2_500)
+    del b
+    assert live.now == 500
+    with LiveMemory() as rounded:  # (as the CUDA caching allocator: 512-byte blocks)
+        d = torch.empty(3, dtype=torch.uint8, device="meta")
+    assert rounded.peak == 512 and c is not None and d is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_attention_keeps_the_backward_from_holding_the_score_matrix(dtype):
+    from textinv.memory import LiveMemory, fused_attention
+
+    q = torch.zeros(1, 2, 1024, 8, device="meta", dtype=dtype, requires_grad=True)
+
+    def peak() -> int:
+        with LiveMemory() as live:
+            out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        assert out.shape == q.shape and out.requires_grad
+        return live.peak
+
+    plain = peak()
+    with fused_attention():
+        fused = peak()
+    assert plain > 2 * 1024 * 1024 * 2 > fused  # (the math path keeps (1, 2, 1024, 1024) scores)
+    assert torch.nn.functional.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"
+
+
+def test_largest_batch_follows_the_line_and_checks_its_edge():
+    from textinv.memory import RESERVE, largest_batch
+
+    calls = []
+
+    def step(batch):
+        calls.append(batch)
+        return 100 + 10 * batch + (15 if batch >= 9 else 0)  # (not quite a line: the edge is checked)
+
+    assert largest_batch(step, room=int(201 * RESERVE)) == 8
+    assert len(calls) <= 5
+    assert largest_batch(lambda b: 1000 * b, room=500) == 0
+
+
+def _fake_cuda(monkeypatch, free: int, reserved: int, allocated: int) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 24 * 2 ** 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 2 ** 30)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_out_of_memory_in_a_step_on_a_gpu_says_which_batch_fits_worked_out_for_the_model(
+        checkpointing, sd1_dir, images, tmp_path, monkeypatch):
+    from textinv.memory import RESERVE, meta_twin, step_bytes
+
+    model = load_model(sd1_dir)
+    side = model.resolution
+    twin, ids = meta_twin(model)
+    held = 5_000_000  # (what the run holds between steps: weights, latents, the optimizer)
+
+    def needs(n, kept=checkpointing):
+        return held + step_bytes(twin, ids, n, side, kept)
+
+    room = int(needs(3) * RESERVE) + 1  # a step of 3 samples fits, 4 does not
+    assert needs(4) * RESERVE > room
+    _fake_cuda(monkeypatch, free=room - 2_000_000, reserved=2_000_000, allocated=held)
+    where = _Where(config(images, tmp_path, batch=8, gradient_checkpointing=checkpointing), torch.bfloat16,
+                   stage="step", step=5, resolution=side, model=model)
+    message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert "--batch 2 --grad-accum 4 (the same 8 samples a step, drawn in 4 passes)" in message  # (not 4 x 2)
+    worked = f"Worked out for this model ({side}x{side}, bf16): the room this GPU has takes a step of 3 samples"
+    if checkpointing:
+        assert worked + ". Nothing was written" in message
+    else:
+        low, high = 3, 4096  # (a bisection: the step grows with the batch)
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if needs(mid, True) * RESERVE <= room else (low, mid)
+        kept = low
+        assert kept > 3 and f"{worked}, {kept} samples with --gradient-checkpointing. " in message
+
+
+def test_the_worked_out_batch_is_left_out_where_it_cannot_explain_the_failure(sd1_dir, images, tmp_path, monkeypatch):
+    model = load_model(sd1_dir)
+    _fake_cuda(monkeypatch, free=2 ** 40, reserved=0, allocated=0)  # (room for any batch: says nothing)
+    where = _Where(config(images, tmp_path, batch=8), torch.float32, stage="step", step=5,
+                   resolution=model.resolution, model=model)
+    roomy = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert "Worked out" not in roomy and "--batch 4 --grad-accum 2" in roomy
+    _fake_cuda(monkeypatch, free=1, reserved=0, allocated=0)
+    monkeypatch.setattr(train_module, "meta_twin", lambda *a: 1 / 0)  # (a model it cannot rebuild: the plain message)
+    assert str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY))) == roomy
+
+
+def test_a_run_hands_its_model_and_size_to_the_worked_out_batch(sd1_dir, images, tmp_path, monkeypatch):
+    model, asked = load_model(sd1_dir), []
+
+    def batches_that_fit(where, device, batch):
+        asked.append((where.model, where.resolution, where.clip_skip, batch))
+        return 1, 5
+
+    monkeypatch.setattr(train_module, "_batches_that_fit", batches_that_fit)
+    out_of_memory_at(monkeypatch, 2)
+    with pytest.raises(DeviceMemoryError) as info:
+        train(config(images, tmp_path / "run", batch=4), model=model, progress=False)
+    assert asked == [(model, model.resolution, 1, 4)]
+    assert "takes a step of 1 sample, 5 samples with --gradient-checkpointing. The run is saved at step 1" in \
+        str(info.value)
+    assert "--batch 1 --grad-accum 4" in str(info.value)

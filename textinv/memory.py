@@ -10,11 +10,18 @@ settings in the same process. Nothing is retried with other settings: that would
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import re
 import traceback
+import weakref
 from typing import Callable, TypeVar
 
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import DeviceMemoryError
 
@@ -125,3 +132,164 @@ def memory_error(device: torch.device | str, doing: str, fixes: list[str], after
     if after:
         text += ". " + after
     return DeviceMemoryError(text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The memory a training step needs, worked out without running it: the step on PyTorch's meta device (shapes, no
+# memory, no arithmetic), its new tensors counted while they live. Within 0.12 GiB of an H200's measurements of SD
+# 1.5 at batch 1, 8 and 32 (BENCHMARKS.md, "GPU memory, worked out on the CPU"); `benchmarks/step_memory.py` prints
+# it for the full-size architectures.
+
+BLOCK = 512  # the CUDA caching allocator rounds every allocation up to this many bytes
+RESERVE = 1.04  # reserved over allocated: the caching allocator's blocks, the most an H200 showed (SD 1.5, batch 32)
+
+
+def _storages(tree) -> list:
+    from torch.utils._pytree import tree_flatten
+
+    return [t.untyped_storage() for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+
+class LiveMemory(TorchDispatchMode):
+    """Counts the bytes of the storages the ops inside it create, while those storages live: `now` and `peak`.
+
+    A storage an op returns that one of its inputs already had (a view, an in-place op) is not new; a storage made
+    before the block (weights, inputs) is never counted, even through a view of it.
+
+    >>> with LiveMemory() as live:                       # doctest: +SKIP
+    ...     step()
+    >>> live.peak                                        # doctest: +SKIP
+    """
+
+    def __init__(self, block: int = BLOCK):
+        super().__init__()
+        self.block = block
+        self.live: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.now = 0
+        self.peak = 0
+
+    def _freed(self, size: int) -> None:
+        self.now -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = WeakIdKeyDictionary({s: True for s in _storages((args, kwargs))})
+        for storage in _storages(out):
+            if storage in self.live or storage in inputs:
+                continue
+            size = math.ceil(storage.nbytes() / self.block) * self.block
+            self.live[storage] = weakref.ref(storage, lambda _, size=size: self._freed(size))
+            self.now += size
+        self.peak = max(self.peak, self.now)
+        return out
+
+
+def _fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+           _plain=F.scaled_dot_product_attention):
+    if attn_mask is not None or enable_gqa:
+        return _plain(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                      enable_gqa=enable_gqa)
+    return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal,
+                                                                scale=scale)[0]
+
+
+@contextlib.contextmanager
+def fused_attention():
+    """`F.scaled_dot_product_attention` as a GPU runs it, fused (FlashAttention in fp16/bf16, the memory-efficient
+    kernel in fp32: both keep the inputs, the output and a log-sum-exp for the backward), also on the meta device,
+    whose own choice is the math path: the (B, heads, L, L) scores kept for the backward, 268 MB a sample and layer
+    at SD 1.5's 64x64 level. Without a mask only; a masked call runs as it would have."""
+    plain = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _fused
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = plain
+
+
+def meta_twin(model, vectors: int = 1):
+    """`model` (a `textinv.models.Model`) rebuilt on the meta device from its components' configs, in its dtype, with
+    `vectors` learned rows in each text encoder as `textinv train` installs them; no memory is used. Returns (the
+    twin, each encoder's first learned id). Its VAE is left out (a step does not use it)."""
+    from types import SimpleNamespace
+
+    from .models import Model
+    from .tokens import ExtendedEmbedding, base_embedding
+
+    pipe = model.pipeline
+    dtype = next(model.unet.parameters()).dtype
+    with torch.device("meta"):
+        unet = type(model.unet).from_config(model.unet.config).to(dtype)
+        encoders = [type(te)(te.config).to(dtype) for _, _, te in model.encoders]
+    first_ids = []
+    for te in encoders:
+        te.requires_grad_(False)
+        table = base_embedding(te)
+        te.set_input_embeddings(ExtendedEmbedding(table, torch.zeros(vectors, table.embedding_dim, device="meta")))
+        first_ids.append(table.num_embeddings)
+    unet.requires_grad_(False)
+    parts = dict(unet=unet, vae=None, scheduler=pipe.scheduler, vae_scale_factor=pipe.vae_scale_factor,
+                 tokenizer=pipe.tokenizer, text_encoder=encoders[0])
+    if model.is_xl:
+        parts.update(tokenizer_2=pipe.tokenizer_2, text_encoder_2=encoders[1])
+    twin = Model(pipeline=SimpleNamespace(**parts), family=model.family, source=model.source,
+                 prediction_type=model.prediction_type)
+    return twin, first_ids
+
+
+def step_bytes(twin, first_ids: list[int], batch: int, resolution: int, checkpointing: bool = False,
+               clip_skip: int = 1) -> int:
+    """The most bytes a training step of `batch` samples at `resolution` (forward, loss, backward to the learned
+    vectors) holds at once beyond what the run holds between steps, on a meta-device model (`meta_twin`)."""
+    from .models import xl_time_ids
+    from .train import diffusion_loss
+
+    unet = twin.unet
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+        unet.train()  # (as the trainer: diffusers checkpoints only in training mode)
+    else:
+        unet.disable_gradient_checkpointing()
+        unet.eval()
+    side = resolution // twin.pipeline.vae_scale_factor
+    scheduler = twin.noise_scheduler()
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to("meta")
+    with LiveMemory() as live, fused_attention():
+        latents = torch.zeros(batch, unet.config.in_channels, side, side, device="meta")  # (the trainer's: fp32)
+        timesteps = torch.zeros(batch, dtype=torch.long, device="meta")
+        ids = []
+        for (_, tok, _), first in zip(twin.encoders, first_ids):
+            row = [tok.bos_token_id, first] + [tok.eos_token_id] * (tok.model_max_length - 2)
+            ids.append(torch.tensor([row] * batch, device="meta"))
+        time_ids = None
+        if twin.is_xl:
+            time_ids = xl_time_ids(torch.tensor([[resolution, resolution]] * batch), torch.zeros(batch, 2),
+                                   resolution).to("meta")
+        diffusion_loss(twin, scheduler, latents, torch.zeros_like(latents), timesteps, ids, time_ids=time_ids,
+                       clip_skip=clip_skip).mean().backward()
+    return live.peak
+
+
+def largest_batch(step: Callable[[int], int], room: int, limit: int = 4096) -> int:
+    """The largest batch whose step fits in `room` bytes (0 if not even batch 1), `step(batch)` being its bytes,
+    each allocation in the caching allocator's blocks (RESERVE). A step's memory grows linearly with the batch
+    (SD 1.5: to 0.1%), so two batches give the line, and the batch it puts at the edge is checked.
+
+    >>> largest_batch(lambda b: 100 + 10 * b, room=int(200 * RESERVE))
+    10
+    """
+    step = functools.lru_cache(maxsize=None)(step)  # (each batch worked out once: a second each on SD 1.5)
+
+    def fits(batch: int) -> bool:
+        return step(batch) * RESERVE <= room
+
+    one, two = step(1), step(2)
+    if not fits(1):
+        return 0
+    per = max(1, two - one)
+    guess = max(1, min(limit, int((room / RESERVE - one) // per) + 1))
+    while guess > 1 and not fits(guess):
+        guess -= 1
+    while guess < limit and fits(guess + 1):
+        guess += 1
+    return guess

@@ -48,7 +48,8 @@ from .formats import LearnedEmbedding, default_filename, load_embedding, save_em
 from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
-from .memory import is_out_of_memory, memory_error, out_of_memory_as, release, smaller_side
+from .memory import (is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as, release,
+                     smaller_side, step_bytes)
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, pick_device,
                      shareable_name, xl_time_ids)
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, checkpoints,
@@ -470,6 +471,8 @@ class _Where:
     drawn_at: tuple[int, int] | None = None  # (their width and height)
     saved: int | None = None
     writing: bool = False
+    model: Model | None = None  # (once loaded: which batch fits is worked out on its meta-device twin)
+    clip_skip: int = 1
 
 
 def _memory_error(where: _Where, device: torch.device, error: BaseException):
@@ -504,6 +507,7 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
     else:
         concepts = len(config.concept_list())
         per_step = config.batch * config.grad_accum
+        fit = _batches_that_fit(where, device, config.batch * concepts)
         batch = f"batch {config.batch}" + (f" per concept x {concepts} concepts" if concepts > 1 else "") + \
             (f" x grad-accum {config.grad_accum}" if config.grad_accum > 1 else "")
         doing = f"in training step {where.step} ({batch}, {size}, {precision}" + \
@@ -511,6 +515,8 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
             (", --cuda-graphs)" if config.cuda_graphs else ")")
         if config.batch > 1:  # the largest batch that divides it: the same samples a step, in more passes
             part = next(d for d in range(config.batch // 2, 0, -1) if config.batch % d == 0)
+            if fit and fit[0] >= concepts:  # (the largest such batch worked out to fit)
+                part = next(d for d in range(part, 0, -1) if config.batch % d == 0 and d * concepts <= fit[0])
             fixes.insert(0, (f"--batch {part} --grad-accum {per_step // part}",
                              f"the same {per_step} samples a step, drawn in {per_step // part} passes", False))
         if not config.gradient_checkpointing:
@@ -537,7 +543,38 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
         after += f"; {'the other settings' if resumable else 'these settings'} change what is learned: they start " \
                  f"the run again with --overwrite, or in another --out"
     listed = [f"{flags} ({why})" if why else flags for flags, why, _ in fixes]
+    if where.stage == "step" and fit:
+        plain, kept = (f"{n} sample{'s' * (n != 1)}" if n else "not one sample" for n in fit)
+        worked = f"Worked out for this model ({size}, {precision}): the room this GPU has takes a step of {plain}" + \
+            ("" if config.gradient_checkpointing else f", {kept} with --gradient-checkpointing")
+        after = f"{worked}. {after}"
     return memory_error(device, doing, listed, after, error)
+
+
+def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[int, int] | None:
+    """The most samples a training step of the run's model and size can take on this CUDA device, without and with
+    gradient checkpointing, worked out on the model's meta-device twin (`textinv.memory`: within 0.12 GiB of an
+    H200's measurements) for the room the GPU has now (free, plus what torch holds), beside what the run holds
+    between steps. None where it cannot say: not a CUDA device, pictures of several shapes, a captured step (its
+    own memory pool), a step of `batch` it works out to fit (so the figures do not explain this failure), or a model
+    it cannot rebuild on the meta device."""
+    config = where.config
+    if device.type != "cuda" or where.model is None or not where.resolution or config.buckets or config.cuda_graphs:
+        return None
+    try:
+        free = torch.cuda.mem_get_info(device)[0]
+        room, held = free + torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+        twin, first_ids = meta_twin(where.model, config.vectors)
+
+        def needs(checkpointing: bool):
+            return lambda n: held + step_bytes(twin, first_ids, n, where.resolution, checkpointing, where.clip_skip)
+
+        plain = largest_batch(needs(config.gradient_checkpointing), room)
+        if plain >= batch:
+            return None
+        return plain, (plain if config.gradient_checkpointing else largest_batch(needs(True), room))
+    except Exception:  # (an estimate must never hide the error it would explain)
+        return None
 
 
 @contextlib.contextmanager
@@ -612,9 +649,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                            single_file_config=config.single_file_config, vae=config.vae)
     model.check_trainable()
     where.dtype = next(model.unet.parameters()).dtype  # (a model passed in has its own)
+    where.model = model
     file_format = _file_format(config.format, model)
     timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
-    clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
+    clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
     # a model that says its own words for the property (the bundled shapes model knows neither "object" nor the
     # paper's templates' words) gives the init and templates the user left out
     own = model.prompting.get(config.property, {})
