@@ -239,6 +239,21 @@ def wall_run(pipe, mode: str, batch: int, samples: int, precision: str, device: 
     return {**result, "wall_s": wall}
 
 
+WORKED_OUT = ("textinv", "checkpointing")  # the modes whose memory `benchmarks.step_memory` counts
+
+
+def worked_out_gib(model: Model, batch: int, resolution: int | None, mode: str) -> float:
+    """The allocated peak `benchmarks.step_memory` works out for a step of this mode (the frozen weights, and the
+    step counted on the model's meta-device twin), to read beside the measured one."""
+    from textinv.memory import meta_twin, step_bytes
+
+    from .step_memory import weight_bytes
+
+    twin, ids = meta_twin(model)
+    step = step_bytes(twin, ids, batch, resolution or model.resolution, checkpointing=mode == "checkpointing")
+    return (weight_bytes(model.pipeline) + step) / 2 ** 30
+
+
 def fits(results: list[dict], gib: float) -> dict[str, int]:
     """Per mode, the largest measured batch whose reserved peak memory is within `gib`."""
     out = {}
@@ -312,6 +327,8 @@ def main(argv=None) -> int:
                     f" (not captured, ran eagerly: {r['uncaptured']})" if r["uncaptured"] else "") + (
                     f" ({r['recompiled']} graph(s) compiled in the timed steps)" if r["recompiled"] else "") + (
                     f" (CUDA graphs skipped {r['cudagraph_skips']}x: see the log)" if r["cudagraph_skips"] else "")
+                if mode in WORKED_OUT:  # (beside the measured peak: `benchmarks.step_memory`'s count of the step)
+                    note += f" (worked out {worked_out_gib(model, batch, args.resolution, mode):.2f} GiB allocated)"
                 print(f"{mode:<15} {batch:>5} {r['ms_per_step']:>9.1f} {r['samples_per_s']:>10.2f} "
                       f"{r['peak_gib']:>9.2f} {r['reserved_gib']:>9.2f} {frac:>9}   first step "
                       f"{r['first_step_s']:.1f} s (setup + compile), warm-up {r['warmup_s']:.1f} s{note}", flush=True)

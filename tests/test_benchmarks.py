@@ -22,6 +22,9 @@ def test_train_speed_benchmark_prints_both_modes_and_the_ratio(capsys):
                                             ("reference", "2")]
     assert all(float(r[3]) > 0 for r in rows)  # samples/s
     assert out.count("textinv over reference") == 2
+    worked = [line for line in out.splitlines() if "(worked out " in line]  # (step_memory's count, ours only)
+    assert [line.split()[:2] for line in worked] == [["textinv", "1"], ["textinv", "2"]]
+    assert all(float(line.split("(worked out ")[1].split()[0]) > 0 for line in worked)
 
 
 def test_train_speed_benchmark_times_levers_on_sdxl_and_a_whole_run_from_disk(capsys):
