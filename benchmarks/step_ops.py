@@ -70,8 +70,7 @@ def ti_step_ops(arch: str = "sd15") -> dict[str, OpCount]:
         try:
             out["with text" if with_text else "without"] = counted(step)
         finally:
-            if hook is not None:
-                hook.remove()
+            hook.remove()
     return out
 
 

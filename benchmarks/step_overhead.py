@@ -28,36 +28,68 @@ import torch.nn.functional as F
 from .architectures import build
 
 
+class _Hooks(list):
+    """The forward hooks a step installed, removed together."""
+
+    def remove(self) -> None:
+        for hook in self:
+            hook.remove()
+
+
+def text_encoders(pipe) -> list:
+    """The pipeline's text encoders: SD's one, SDXL's two."""
+    return [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
+
+
 def make_step(pipe, batch: int, with_text: bool, device: str, dtype: torch.dtype):
-    """(step, offset): `step()` runs one forward and backward; the gradient lands in `offset.grad`."""
-    unet, te = pipe.unet, pipe.text_encoder
-    size = unet.config.sample_size  # (SD 1.5's 64: 512x512 pictures)
+    """(step, offset, hooks): `step()` runs one forward and backward; the gradient lands in `offset.grad`, one
+    learned offset on every text encoder's token embeddings (SDXL's two: the offset is their widths side by side),
+    or with `with_text` False on the UNet's context. `hooks.remove()` takes the offset out of the encoders."""
+    unet = pipe.unet
+    encoders = text_encoders(pipe)
+    xl = len(encoders) == 2
+    size = unet.config.sample_size  # (SD 1.5's 64: 512x512 pictures; SDXL's 128: 1024x1024)
     g = torch.Generator(device="cpu").manual_seed(0)
     latents = torch.randn(batch, unet.config.in_channels, size, size, generator=g).to(device, dtype)
     noise = torch.randn(latents.shape, generator=g).to(device, dtype)
     timesteps = torch.randint(0, 1000, (batch,), generator=g).to(device)
     length = pipe.tokenizer.model_max_length
-    ids = torch.randint(0, te.config.vocab_size, (batch, length), generator=g).to(device)
-    width = te.config.hidden_size
+    ids = torch.randint(0, encoders[0].config.vocab_size, (batch, length), generator=g).to(device)
+    widths = [te.config.hidden_size for te in encoders]
+    extra = {}
+    if xl:  # SDXL's size and crop conditioning: the pictures' size, uncropped
+        pixels = size * pipe.vae_scale_factor
+        time_ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]] * batch).to(device, dtype)
+    hooks = _Hooks()
     if with_text:
-        offset = torch.zeros(1, length, width, device=device, dtype=dtype, requires_grad=True)
-        hook = te.get_input_embeddings().register_forward_hook(lambda m, i, out: out + offset)
+        offset = torch.zeros(1, length, sum(widths), device=device, dtype=dtype, requires_grad=True)
+        edges = [sum(widths[:i]) for i in range(len(widths) + 1)]
+        for te, a, b in zip(encoders, edges, edges[1:]):
+            hooks.append(te.get_input_embeddings().register_forward_hook(
+                lambda m, i, out, a=a, b=b: out + offset[..., a:b]))
 
         def context():
-            return te(ids)[0]
+            if not xl:
+                return encoders[0](ids)[0], extra
+            outs = [te(ids, output_hidden_states=True) for te in encoders]  # (as the SDXL pipeline conditions)
+            extra["added_cond_kwargs"] = {"text_embeds": outs[1].text_embeds, "time_ids": time_ids}
+            return torch.cat([out.hidden_states[-2] for out in outs], dim=-1), extra
     else:
-        hook = None
         hidden = torch.randn(batch, length, unet.config.cross_attention_dim, generator=g).to(device, dtype)
         offset = torch.zeros_like(hidden, requires_grad=True)
+        if xl:
+            pooled = torch.randn(batch, widths[1], generator=g).to(device, dtype)
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
 
         def context():
-            return hidden + offset
+            return hidden + offset, extra
 
     def step():
-        pred = unet(latents, timesteps, context()).sample
+        hidden_states, kwargs = context()
+        pred = unet(latents, timesteps, hidden_states, **kwargs).sample
         F.mse_loss(pred.float(), noise.float()).backward()
 
-    return step, offset, hook
+    return step, offset, hooks
 
 
 def _sync(device: str) -> None:
@@ -127,7 +159,7 @@ def graph_ms(step, offset, steps: int) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", choices=("tiny", "sd15"), default="sd15")
+    p.add_argument("--arch", choices=("tiny", "tiny-xl", "sd15", "sdxl"), default="sd15")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -138,7 +170,7 @@ def main(argv=None) -> int:
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
     pipe = build(args.arch, device, dtype)
-    for module in (pipe.unet, pipe.text_encoder):
+    for module in (pipe.unet, *text_encoders(pipe)):
         module.requires_grad_(False)
     name = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"# step_overhead {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC arch={args.arch} "
@@ -165,8 +197,7 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 (the row says what failed; the next still runs)
                 row += f"   failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             finally:
-                if hook is not None:
-                    hook.remove()
+                hook.remove()
             print(row, flush=True)
             if cuda:
                 torch.cuda.empty_cache()

@@ -124,18 +124,17 @@ def step_roofline(arch: str = "sd15", batch: int = 32, with_text: bool = True) -
     meta device in bf16, attention as FlashAttention."""
     from .architectures import build
     from .step_memory import flash_attention
-    from .step_overhead import make_step
+    from .step_overhead import make_step, text_encoders
 
     pipe = build(arch, "meta", torch.bfloat16)
-    pipe.unet.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
-    step, _, hook = make_step(pipe, batch, with_text, "meta", torch.bfloat16)
+    for module in (pipe.unet, *text_encoders(pipe)):
+        module.requires_grad_(False)
+    step, _, hooks = make_step(pipe, batch, with_text, "meta", torch.bfloat16)
     try:
         with Roofline() as roof, flash_attention():
             step()
     finally:
-        if hook is not None:
-            hook.remove()
+        hooks.remove()
     return roof
 
 
@@ -167,7 +166,7 @@ def by_class(ops: list[OpCost], flops_per_s: float, bytes_per_s: float,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", choices=("tiny", "sd15"), default="sd15")
+    p.add_argument("--arch", choices=("tiny", "tiny-xl", "sd15", "sdxl"), default="sd15")
     p.add_argument("--batch", type=int, nargs="+", default=[32])
     p.add_argument("--text", action=argparse.BooleanOptionalAction, default=True,
                    help="run the text encoder with the learned offset (--no-text: the offset on the UNet's context)")

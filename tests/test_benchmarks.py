@@ -469,26 +469,31 @@ def test_the_gpu_sessions_commands_log_why_a_graph_compiled_again(monkeypatch, t
     assert seen["graphs-check"][1][0][-3:] == ["tests/test_graphs.py", "-k", "gpu"]
 
 
-def test_step_overhead_step_reaches_its_offset_through_the_text_encoder_and_removes_its_hook(capsys):
-    """The probe's step is a textual-inversion step: its gradient reaches the learned offset, through the text
-    encoder or straight into the UNet's context, and the text encoder is left as it was (hook removed)."""
+@pytest.mark.parametrize("arch", ["tiny", "tiny-xl"])
+def test_step_overhead_step_reaches_its_offset_through_the_text_encoder_and_removes_its_hook(arch, capsys):
+    """The probe's step is a textual-inversion step: its gradient reaches the learned offset, through each text
+    encoder (SDXL's two: each its own part of the offset) or straight into the UNet's context, and the text encoders
+    are left as they were (hooks removed)."""
     from benchmarks.architectures import build
-    from benchmarks.step_overhead import main as step_overhead, make_step
+    from benchmarks.step_overhead import main as step_overhead, make_step, text_encoders
 
-    pipe = build("tiny")
-    pipe.unet.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
+    pipe = build(arch)
+    encoders = text_encoders(pipe)
+    for module in (pipe.unet, *encoders):
+        module.requires_grad_(False)
     ids = torch.arange(8)[None]
-    before = pipe.text_encoder(ids)[0]
+    before = [te(ids)[0] for te in encoders]
     for with_text in (True, False):
-        step, offset, hook = make_step(pipe, 2, with_text, "cpu", torch.float32)
+        step, offset, hooks = make_step(pipe, 2, with_text, "cpu", torch.float32)
         step()
         assert offset.grad is not None and offset.grad.abs().sum() > 0
+        if with_text:  # (every encoder's columns of the offset learn)
+            parts = offset.grad.split([te.config.hidden_size for te in encoders], dim=-1)
+            assert len(parts) == (2 if arch == "tiny-xl" else 1) and all(p.abs().sum() > 0 for p in parts)
         offset.data.fill_(0.5)  # (a hook left behind would now shift the text encoder's output)
-        if hook is not None:
-            hook.remove()
-    assert torch.equal(pipe.text_encoder(ids)[0], before)
-    assert step_overhead(["--arch", "tiny", "--batch", "2", "--steps", "1", "--warmup", "1"]) == 0
+        hooks.remove()
+    assert all(torch.equal(te(ids)[0], b) for te, b in zip(encoders, before))
+    assert step_overhead(["--arch", arch, "--batch", "2", "--steps", "1", "--warmup", "1"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    2")]
     assert [(r[0], r[1]) for r in rows] == [("2", "yes"), ("2", "no")] and all(float(r[2]) > 0 for r in rows)
 
