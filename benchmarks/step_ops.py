@@ -57,13 +57,13 @@ def counted(run) -> OpCount:
 def ti_step_ops(arch: str = "sd15") -> dict[str, OpCount]:
     """The textual-inversion step's ops, with and without the text encoder ({"with text": ..., "without": ...})."""
     from .architectures import build
-    from .step_overhead import make_step
+    from .step_overhead import make_step, text_encoders
 
-    device = "meta" if arch != "tiny" else "cpu"
+    device = "cpu" if arch.startswith("tiny") else "meta"
     dtype = torch.bfloat16 if device == "meta" else torch.float32
     pipe = build(arch, device, dtype)
-    pipe.unet.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
+    for module in (pipe.unet, *text_encoders(pipe)):
+        module.requires_grad_(False)
     out = {}
     for with_text in (True, False):
         step, _, hook = make_step(pipe, 1, with_text, device, dtype)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     from .gpu_session import SHAPES_UNET
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ti-arch", choices=("sd15", "tiny"), default="sd15")
+    p.add_argument("--ti-arch", choices=("sd15", "sdxl", "tiny", "tiny-xl"), default="sd15")
     p.add_argument("--top", type=int, default=6, help="the most frequent computing ops listed per row")
     args = p.parse_args(argv)
     settings = dict(parse_setting(setting) for setting in SHAPES_UNET)  # (as `pretrain --set` reads them)
