@@ -331,6 +331,18 @@ def test_fused_attention_keeps_the_backward_from_holding_the_score_matrix(dtype)
     assert torch.nn.functional.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"
 
 
+def test_fused_attention_leaves_attention_on_real_tensors_as_it_was():
+    """The block swaps a global of torch's for the seconds the count takes; attention that another thread runs
+    meanwhile on a real device (a notebook drawing pictures) must run as it would have: the flash op has no CPU
+    kernel, nor an fp32 or pre-Ampere one on CUDA."""
+    from textinv.memory import fused_attention
+
+    q = torch.randn(1, 2, 16, 8)
+    plain = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    with fused_attention():
+        assert torch.equal(torch.nn.functional.scaled_dot_product_attention(q, q, q), plain)
+
+
 def test_largest_batch_follows_the_line_and_checks_its_edge():
     from textinv.memory import RESERVE, largest_batch
 

@@ -186,7 +186,8 @@ class LiveMemory(TorchDispatchMode):
 
 def _fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
            _plain=F.scaled_dot_product_attention):
-    if attn_mask is not None or enable_gqa:
+    # (meta tensors only: another thread's attention on a real device runs as it would have while the block lasts)
+    if attn_mask is not None or enable_gqa or query.device.type != "meta":
         return _plain(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
                       enable_gqa=enable_gqa)
     return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal,
@@ -198,7 +199,7 @@ def fused_attention():
     """`F.scaled_dot_product_attention` as a GPU runs it, fused (FlashAttention in fp16/bf16, the memory-efficient
     kernel in fp32: both keep the inputs, the output and a log-sum-exp for the backward), also on the meta device,
     whose own choice is the math path: the (B, heads, L, L) scores kept for the backward, 268 MB a sample and layer
-    at SD 1.5's 64x64 level. Without a mask only; a masked call runs as it would have."""
+    at SD 1.5's 64x64 level. On meta tensors without a mask only; any other call runs as it would have."""
     plain = F.scaled_dot_product_attention
     F.scaled_dot_product_attention = _fused
     try:
