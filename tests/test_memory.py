@@ -312,6 +312,27 @@ def test_live_memory_counts_new_storages_while_they_live_and_nothing_made_before
     assert rounded.peak == 512 and c is not None and d is not None
 
 
+def test_live_memory_counts_a_storage_an_op_grows():
+    """An `out=` tensor too small for the result, or `resize_`, gets a larger storage in place: the same storage
+    object, new memory (a GPU allocates a new block for it)."""
+    from textinv.memory import LiveMemory
+
+    a = torch.empty(1_000, dtype=torch.uint8, device="meta")
+    early = torch.empty(0, dtype=torch.uint8, device="meta")  # (made before: only what it grows by is new)
+    with LiveMemory(block=1) as live:
+        out = torch.empty(0, dtype=torch.uint8, device="meta")
+        torch.add(a, a, out=out)
+        assert live.now == 1_000
+        out.resize_(3_000)
+        assert live.now == 3_000
+        torch.add(a, a, out=early)
+        assert live.now == 4_000
+        del out
+        assert live.now == 1_000
+    del early
+    assert live.now == 0 and live.peak == 4_000
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_attention_keeps_the_backward_from_holding_the_score_matrix(dtype):
     from textinv.memory import LiveMemory, fused_attention

@@ -153,8 +153,9 @@ def _storages(tree) -> list:
 class LiveMemory(TorchDispatchMode):
     """Counts the bytes of the storages the ops inside it create, while those storages live: `now` and `peak`.
 
-    A storage an op returns that one of its inputs already had (a view, an in-place op) is not new; a storage made
-    before the block (weights, inputs) is never counted, even through a view of it.
+    A storage an op returns that one of its inputs already had (a view, an in-place op, an `out=` tensor) is not new,
+    unless the op made it larger (an `out=` tensor too small for the result, `resize_`): then what it grew by is; a
+    storage made before the block (weights, inputs) is never counted otherwise, even through a view of it.
 
     >>> with LiveMemory() as live:                       # doctest: +SKIP
     ...     step()
@@ -164,22 +165,36 @@ class LiveMemory(TorchDispatchMode):
     def __init__(self, block: int = BLOCK):
         super().__init__()
         self.block = block
+        # each counted storage: (the weak reference whose callback takes its bytes off when it dies, [its bytes])
         self.live: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.now = 0
         self.peak = 0
 
-    def _freed(self, size: int) -> None:
-        self.now -= size
+    def _freed(self, counted: list[int]) -> None:
+        self.now -= counted[0]
+
+    def _rounded(self, storage) -> int:
+        return math.ceil(storage.nbytes() / self.block) * self.block
+
+    def _count(self, storage, size: int) -> None:
+        if storage in self.live:
+            self.live[storage][1][0] += size
+        else:
+            counted = [size]
+            self.live[storage] = (weakref.ref(storage, lambda _, counted=counted: self._freed(counted)), counted)
+        self.now += size
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        before = WeakIdKeyDictionary({s: self._rounded(s) for s in _storages((args, kwargs))})  # (the inputs' bytes)
         out = func(*args, **(kwargs or {}))
-        inputs = WeakIdKeyDictionary({s: True for s in _storages((args, kwargs))})
         for storage in _storages(out):
-            if storage in self.live or storage in inputs:
-                continue
-            size = math.ceil(storage.nbytes() / self.block) * self.block
-            self.live[storage] = weakref.ref(storage, lambda _, size=size: self._freed(size))
-            self.now += size
+            size = self._rounded(storage)
+            if storage in before:  # (an input's: new only where the op grew it)
+                if size > before[storage]:
+                    self._count(storage, size - before[storage])
+                    before[storage] = size
+            elif storage not in self.live:
+                self._count(storage, size)
         self.peak = max(self.peak, self.now)
         return out
 
