@@ -378,6 +378,24 @@ def test_largest_batch_follows_the_line_and_checks_its_edge():
     assert largest_batch(lambda b: 1000 * b, room=500) == 0
 
 
+@pytest.mark.parametrize("bend", ["flattens", "steepens"])
+def test_largest_batch_takes_few_steps_where_the_line_from_batch_1_and_2_misses_the_edge(bend):
+    """It runs on the error path, each batch a second or more on a full-size model: wherever the line through
+    batches 1 and 2 lands, the edge is found in about twice log2(limit) batches, not by walking there one at a
+    time (thousands)."""
+    from textinv.memory import RESERVE, largest_batch
+
+    calls = []
+
+    def step(batch):  # (1,100 + b from batch 2: the line says ~20; or flat to 2, then 10 b: the line says the limit)
+        calls.append(batch)
+        return 1_000 + (100 * (batch >= 2) + batch if bend == "flattens" else 10 * batch * (batch > 2))
+
+    edge = 1_900 if bend == "flattens" else 200
+    assert largest_batch(step, room=int(3_000 * RESERVE)) == edge
+    assert len(calls) <= 30 and len(set(calls)) == len(calls)
+
+
 def _fake_cuda(monkeypatch, free: int, reserved: int, allocated: int) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 24 * 2 ** 30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)

@@ -289,7 +289,9 @@ def step_bytes(twin, first_ids: list[int], batch: int, resolution: int, checkpoi
 def largest_batch(step: Callable[[int], int], room: int, limit: int = 4096) -> int:
     """The largest batch whose step fits in `room` bytes (0 if not even batch 1), `step(batch)` being its bytes,
     each allocation in the caching allocator's blocks (RESERVE). A step's memory grows linearly with the batch
-    (SD 1.5: to 0.1%), so two batches give the line, and the batch it puts at the edge is checked.
+    (SD 1.5: to 0.1%), so two batches give the line, and the batch it puts at the edge is checked; where the line
+    misses, the edge is found by doubling the stride away from its guess, then halving: at most about twice
+    log2(`limit`) batches, each a second or more of work on a full-size model.
 
     >>> largest_batch(lambda b: 100 + 10 * b, room=int(200 * RESERVE))
     10
@@ -299,13 +301,24 @@ def largest_batch(step: Callable[[int], int], room: int, limit: int = 4096) -> i
     def fits(batch: int) -> bool:
         return step(batch) * RESERVE <= room
 
-    one, two = step(1), step(2)
     if not fits(1):
         return 0
+    one, two = step(1), step(2)
     per = max(1, two - one)
     guess = max(1, min(limit, int((room / RESERVE - one) // per) + 1))
-    while guess > 1 and not fits(guess):
-        guess -= 1
-    while guess < limit and fits(guess + 1):
-        guess += 1
-    return guess
+    # a batch that fits (low) and one above it that does not (high), found 1, 2, 4, 8, ... batches from the guess
+    low, high, away = (guess, None, 1) if fits(guess) else (None, guess, 1)
+    while high is None:
+        if low == limit:
+            return limit
+        nearer = min(limit, guess + away)
+        low, high = (nearer, None) if fits(nearer) else (low, nearer)
+        away *= 2
+    while low is None:
+        nearer = max(1, guess - away)  # (batch 1 fits: checked)
+        low, high = (nearer, high) if fits(nearer) else (None, nearer)
+        away *= 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
