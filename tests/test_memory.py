@@ -396,6 +396,19 @@ def test_largest_batch_takes_few_steps_where_the_line_from_batch_1_and_2_misses_
     assert len(calls) <= 30 and len(set(calls)) == len(calls)
 
 
+def test_the_meta_twin_takes_each_components_own_dtype_and_mode(sd1_dir):
+    """A model passed in may keep its text encoder in fp32 beside a bf16 UNet; the twin's step must hold what that
+    model's would, and run its layers as that model's are (eval: no dropout masks)."""
+    from textinv.memory import meta_twin
+
+    model = load_model(sd1_dir)
+    model.unet.to(torch.bfloat16)
+    twin, _ = meta_twin(model)
+    assert next(twin.unet.parameters()).dtype == torch.bfloat16
+    assert next(twin.text_encoder.parameters()).dtype == torch.float32
+    assert not twin.text_encoder.training and not model.text_encoder.training
+
+
 def _fake_cuda(monkeypatch, free: int, reserved: int, allocated: int) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 24 * 2 ** 30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)

@@ -224,9 +224,10 @@ def fused_attention():
 
 
 def meta_twin(model, vectors: int = 1):
-    """`model` (a `textinv.models.Model`) rebuilt on the meta device from its components' configs, in its dtype, with
-    `vectors` learned rows in each text encoder as `textinv train` installs them; no memory is used. Returns (the
-    twin, each encoder's first learned id). Its VAE is left out (a step does not use it)."""
+    """`model` (a `textinv.models.Model`) rebuilt on the meta device from its components' configs, each in its own
+    dtype (a text encoder may be kept in fp32 beside a bf16 UNet) and training mode, with `vectors` learned rows in
+    each text encoder as `textinv train` installs them; no memory is used. Returns (the twin, each encoder's first
+    learned id). Its VAE is left out (a step does not use it)."""
     from types import SimpleNamespace
 
     from .models import Model
@@ -236,7 +237,8 @@ def meta_twin(model, vectors: int = 1):
     dtype = next(model.unet.parameters()).dtype
     with torch.device("meta"):
         unet = type(model.unet).from_config(model.unet.config).to(dtype)
-        encoders = [type(te)(te.config).to(dtype) for _, _, te in model.encoders]
+        encoders = [type(te)(te.config).to(base_embedding(te).weight.dtype).train(te.training)
+                    for _, _, te in model.encoders]
     first_ids = []
     for te in encoders:
         te.requires_grad_(False)
