@@ -448,6 +448,23 @@ def test_out_of_memory_in_a_step_on_a_gpu_says_which_batch_fits_worked_out_for_t
         assert kept > 3 and f"{worked}, {kept} samples with --gradient-checkpointing. " in message
 
 
+def test_the_worked_out_batch_counts_what_the_run_held_as_its_steps_began(sd1_dir, images, tmp_path, monkeypatch):
+    """By the time the message is made, the failed run's frames are let go of, and its cached latents (a megabyte a
+    picture at SDXL's size) with them: torch's allocated bytes then are less than the run held between steps."""
+    from textinv.memory import RESERVE, meta_twin, step_bytes
+
+    model = load_model(sd1_dir)
+    side = model.resolution
+    twin, ids = meta_twin(model)
+    held = 5_000_000
+    room = int((held + step_bytes(twin, ids, 3, side, True)) * RESERVE) + 1  # (3 samples fit beside what it held)
+    _fake_cuda(monkeypatch, free=room, reserved=0, allocated=1_000_000)  # (now: the weights alone)
+    where = _Where(config(images, tmp_path, batch=8, gradient_checkpointing=True), torch.float32, stage="step",
+                   step=5, resolution=side, model=model, held=held)
+    message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert f"({side}x{side}, fp32): the room this GPU has takes a step of 3 samples." in message
+
+
 def test_the_worked_out_batch_is_left_out_where_it_cannot_explain_the_failure(sd1_dir, images, tmp_path, monkeypatch):
     model = load_model(sd1_dir)
     _fake_cuda(monkeypatch, free=2 ** 40, reserved=0, allocated=0)  # (room for any batch: says nothing)
@@ -464,14 +481,15 @@ def test_a_run_hands_its_model_and_size_to_the_worked_out_batch(sd1_dir, images,
     model, asked = load_model(sd1_dir), []
 
     def batches_that_fit(where, device, batch):
-        asked.append((where.model, where.resolution, where.clip_skip, batch))
+        asked.append((where.model, where.resolution, where.clip_skip, where.held, batch))
         return 1, 5
 
     monkeypatch.setattr(train_module, "_batches_that_fit", batches_that_fit)
+    monkeypatch.setattr(train_module, "_allocated", lambda device: 123_456)  # (torch's count on a GPU)
     out_of_memory_at(monkeypatch, 2)
     with pytest.raises(DeviceMemoryError) as info:
         train(config(images, tmp_path / "run", batch=4), model=model, progress=False)
-    assert asked == [(model, model.resolution, 1, 4)]
+    assert asked == [(model, model.resolution, 1, 123_456, 4)]
     assert "takes a step of 1 sample, 5 samples with --gradient-checkpointing. The run is saved at step 1" in \
         str(info.value)
     assert "--batch 1 --grad-accum 4" in str(info.value)

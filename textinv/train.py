@@ -473,6 +473,7 @@ class _Where:
     writing: bool = False
     model: Model | None = None  # (once loaded: which batch fits is worked out on its meta-device twin)
     clip_skip: int = 1
+    held: int | None = None  # (on a GPU: torch's allocated bytes as the steps began, `_allocated`)
 
 
 def _memory_error(where: _Where, device: torch.device, error: BaseException):
@@ -564,6 +565,8 @@ def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[
     try:
         free = torch.cuda.mem_get_info(device)[0]
         room, held = free + torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+        # what the run held between steps: by now its frames are let go of, its cached latents with them
+        held = max(where.held or 0, held)
         twin, first_ids = meta_twin(where.model, config.vectors)
 
         def needs(checkpointing: bool):
@@ -575,6 +578,12 @@ def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[
         return plain, (plain if config.gradient_checkpointing else largest_batch(needs(True), room))
     except Exception:  # (an estimate must never hide the error it would explain)
         return None
+
+
+def _allocated(device: torch.device) -> int | None:
+    """The bytes torch has allocated on a CUDA `device` (None elsewhere): read as the steps begin, what the run holds
+    between steps (weights, cached latents, the learned vectors) for `_batches_that_fit`."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
 
 @contextlib.contextmanager
@@ -956,6 +965,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     autocast_text = [te for _, _, te in model.encoders] if config.reference_like and dtype != torch.float32 else []
     for te in autocast_text:
         te.forward = torch.autocast(device.type, dtype=dtype)(te.forward)
+    where.held = _allocated(device)
     try:
         if step == 0 and not config.resume:
             draw_samples(0)
