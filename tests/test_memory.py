@@ -477,6 +477,23 @@ def test_the_worked_out_batch_is_left_out_where_it_cannot_explain_the_failure(sd
     assert str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY))) == roomy
 
 
+@pytest.mark.parametrize("settings", [dict(reference_like=True), dict(compile="unet", compile_mode="reduce-overhead"),
+                                      dict(compile="blocks", compile_mode="max-autotune")])
+def test_the_worked_out_batch_is_left_out_for_a_step_that_is_not_the_one_it_works_out(
+        settings, sd1_dir, images, tmp_path, monkeypatch):
+    """The reference-like mode runs the VAE every step and trains the whole table; inductor's CUDA graphs keep a
+    pool of their own: the eager step it works out is not theirs."""
+    model = load_model(sd1_dir)
+    _fake_cuda(monkeypatch, free=1, reserved=0, allocated=0)  # (no room: it would say "not one sample")
+    kw = dict(stage="step", step=5, resolution=model.resolution, model=model)
+    plain = str(_memory_error(_Where(config(images, tmp_path, batch=8), torch.float32, **kw), torch.device("cuda"),
+                              torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert "Worked out" in plain
+    message = str(_memory_error(_Where(config(images, tmp_path, batch=8, **settings), torch.float32, **kw),
+                                torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert "Worked out" not in message
+
+
 def test_a_run_hands_its_model_and_size_to_the_worked_out_batch(sd1_dir, images, tmp_path, monkeypatch):
     model, asked = load_model(sd1_dir), []
 

@@ -557,10 +557,14 @@ def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[
     gradient checkpointing, worked out on the model's meta-device twin (`textinv.memory`: within 0.12 GiB of an
     H200's measurements) for the room the GPU has now (free, plus what torch holds), beside what the run holds
     between steps. None where it cannot say: not a CUDA device, pictures of several shapes, a captured step (its
-    own memory pool), a step of `batch` it works out to fit (so the figures do not explain this failure), or a model
-    it cannot rebuild on the meta device."""
+    own memory pool, as inductor's CUDA graphs keep one), the reference-like mode's step (the VAE every step, the
+    whole table trained), a step of `batch` it works out to fit (so the figures do not explain this failure), or a
+    model it cannot rebuild on the meta device."""
     config = where.config
-    if device.type != "cuda" or where.model is None or not where.resolution or config.buckets or config.cuda_graphs:
+    graphs = config.cuda_graphs or config.compile != "off" and config.compile_mode in ("reduce-overhead",
+                                                                                      "max-autotune")
+    if device.type != "cuda" or where.model is None or not where.resolution or config.buckets or graphs or \
+            config.reference_like:
         return None
     try:
         free = torch.cuda.mem_get_info(device)[0]
