@@ -477,6 +477,27 @@ def test_the_worked_out_batch_is_left_out_where_it_cannot_explain_the_failure(sd
     assert str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY))) == roomy
 
 
+def test_ctrl_c_while_the_batch_is_worked_out_shows_the_error_at_once(sd1_dir, images, tmp_path, monkeypatch):
+    """The count takes seconds (9 for SD 1.5 on a 2-core machine) before anything shows: a Ctrl-C then means "stop
+    waiting", and must not put a KeyboardInterrupt from deep in torch where the out-of-memory message would be."""
+    import torch.nn.functional as F
+
+    model = load_model(sd1_dir)
+    _fake_cuda(monkeypatch, free=1, reserved=0, allocated=0)
+    where = _Where(config(images, tmp_path, batch=8), torch.float32, stage="step", step=5,
+                   resolution=model.resolution, model=model)
+    attention = F.scaled_dot_product_attention
+
+    def interrupted(*a, **k):
+        assert F.scaled_dot_product_attention is not attention  # (in the middle of the count)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "diffusion_loss", interrupted)  # (the step `step_bytes` runs)
+    message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert message.startswith("out of memory on cuda in training step 5") and "Worked out" not in message
+    assert F.scaled_dot_product_attention is attention
+
+
 @pytest.mark.parametrize("settings", [dict(reference_like=True), dict(compile="unet", compile_mode="reduce-overhead"),
                                       dict(compile="blocks", compile_mode="max-autotune")])
 def test_the_worked_out_batch_is_left_out_for_a_step_that_is_not_the_one_it_works_out(

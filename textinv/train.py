@@ -580,7 +580,9 @@ def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[
         if plain >= batch:
             return None
         return plain, (plain if config.gradient_checkpointing else largest_batch(needs(True), room))
-    except Exception:  # (an estimate must never hide the error it would explain)
+    # (an estimate must never hide the error it would explain; a Ctrl-C during its seconds of work, before anything
+    # shows, means "stop waiting": the error without it)
+    except (Exception, KeyboardInterrupt):
         return None
 
 
