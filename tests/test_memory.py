@@ -2,6 +2,8 @@
 folder that resumes. The device's error is simulated on the CPU: the UNet's nth call raises what CUDA's allocator
 (or MPS's) raises."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -436,7 +438,7 @@ def test_out_of_memory_in_a_step_on_a_gpu_says_which_batch_fits_worked_out_for_t
                    stage="step", step=5, resolution=side, model=model)
     message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
     assert "--batch 2 --grad-accum 4 (the same 8 samples a step, drawn in 4 passes)" in message  # (not 4 x 2)
-    worked = f"Worked out for this model ({side}x{side}, bf16): the room this GPU has takes a step of 3 samples"
+    worked = f"Worked out for this model ({side}x{side}, bf16): the room this GPU has takes 3 samples at once"
     if checkpointing:
         assert worked + ". Nothing was written" in message
     else:
@@ -445,7 +447,36 @@ def test_out_of_memory_in_a_step_on_a_gpu_says_which_batch_fits_worked_out_for_t
             mid = (low + high) // 2
             low, high = (mid, high) if needs(mid, True) * RESERVE <= room else (low, mid)
         kept = low
-        assert kept > 3 and f"{worked}, {kept} samples with --gradient-checkpointing. " in message
+        assert kept > 3 and f"{worked}, {kept} with --gradient-checkpointing. " in message
+
+
+def test_the_worked_out_batch_of_several_concepts_says_the_batch_per_concept(sd1_dir, images, tmp_path, monkeypatch):
+    """A step of 2 concepts with --grad-accum 2 runs --batch x 2 samples at once, twice: what fits is said as samples
+    at once and as the --batch that gives them, not as "a step", which the same message uses for --batch x
+    --grad-accum samples of each concept."""
+    from textinv.memory import RESERVE, meta_twin, step_bytes
+
+    model = load_model(sd1_dir)
+    side = model.resolution
+    twin, ids = meta_twin(model)
+    held = 5_000_000
+
+    def needs(n, kept=False):
+        return held + step_bytes(twin, ids, n, side, kept)
+
+    room = int(needs(5) * RESERVE) + 1  # (5 samples at once fit: --batch 2 of each concept)
+    _fake_cuda(monkeypatch, free=room, reserved=0, allocated=held)
+    run = dataclasses.replace(config(images, tmp_path, batch=4, grad_accum=2), images=None, token=None,
+                              concepts=[f"{images}=<za>", f"{images}=<zb>"])
+    where = _Where(run, torch.float32, stage="step", step=5, resolution=side, model=model)
+    message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert "(batch 4 per concept x 2 concepts x grad-accum 2, " in message
+    assert "--batch 2 --grad-accum 4 (the same 8 samples a step, drawn in 4 passes)" in message
+    kept = 5
+    while needs(kept + 1, True) * RESERVE <= room:
+        kept += 1
+    assert (f"the room this GPU has takes 5 samples at once (--batch 2 for its 2 concepts), {kept} with "
+            f"--gradient-checkpointing (--batch {kept // 2}). ") in message
 
 
 def test_the_worked_out_batch_counts_what_the_run_held_as_its_steps_began(sd1_dir, images, tmp_path, monkeypatch):
@@ -462,7 +493,7 @@ def test_the_worked_out_batch_counts_what_the_run_held_as_its_steps_began(sd1_di
     where = _Where(config(images, tmp_path, batch=8, gradient_checkpointing=True), torch.float32, stage="step",
                    step=5, resolution=side, model=model, held=held)
     message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
-    assert f"({side}x{side}, fp32): the room this GPU has takes a step of 3 samples." in message
+    assert f"({side}x{side}, fp32): the room this GPU has takes 3 samples at once." in message
 
 
 def test_the_worked_out_batch_is_left_out_where_it_cannot_explain_the_failure(sd1_dir, images, tmp_path, monkeypatch):
@@ -528,6 +559,6 @@ def test_a_run_hands_its_model_and_size_to_the_worked_out_batch(sd1_dir, images,
     with pytest.raises(DeviceMemoryError) as info:
         train(config(images, tmp_path / "run", batch=4), model=model, progress=False)
     assert asked == [(model, model.resolution, 1, 123_456, 4)]
-    assert "takes a step of 1 sample, 5 samples with --gradient-checkpointing. The run is saved at step 1" in \
+    assert "takes 1 sample at once, 5 with --gradient-checkpointing. The run is saved at step 1" in \
         str(info.value)
     assert "--batch 1 --grad-accum 4" in str(info.value)

@@ -545,9 +545,23 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
                  f"the run again with --overwrite, or in another --out"
     listed = [f"{flags} ({why})" if why else flags for flags, why, _ in fixes]
     if where.stage == "step" and fit:
-        plain, kept = (f"{n} sample{'s' * (n != 1)}" if n else "not one sample" for n in fit)
-        worked = f"Worked out for this model ({size}, {precision}): the room this GPU has takes a step of {plain}" + \
-            ("" if config.gradient_checkpointing else f", {kept} with --gradient-checkpointing")
+        # samples at once (--batch x concepts), and the --batch that gives them: "a step" above is --batch x
+        # --grad-accum samples of each concept
+        concepts = len(config.concept_list())
+
+        def per_concept(n: int, first: bool) -> str:
+            if concepts == 1 or not n:
+                return ""
+            if n < concepts:
+                return " (not one per concept)"
+            return f" (--batch {n // concepts} for its {concepts} concepts)" if first else f" (--batch {n // concepts})"
+
+        plain, kept = fit
+        worked = (f"Worked out for this model ({size}, {precision}): the room this GPU has takes "
+                  + (f"{plain} sample{'s' * (plain != 1)} at once" if plain else "not one sample")
+                  + per_concept(plain, True))
+        if not config.gradient_checkpointing:
+            worked += f", {kept or 'not one'} with --gradient-checkpointing{per_concept(kept, False)}"
         after = f"{worked}. {after}"
     return memory_error(device, doing, listed, after, error)
 
