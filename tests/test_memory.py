@@ -3,6 +3,7 @@ folder that resumes. The device's error is simulated on the CPU: the UNet's nth 
 (or MPS's) raises."""
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -562,3 +563,51 @@ def test_a_run_hands_its_model_and_size_to_the_worked_out_batch(sd1_dir, images,
     assert "takes 1 sample at once, 5 with --gradient-checkpointing. The run is saved at step 1" in \
         str(info.value)
     assert "--batch 1 --grad-accum 4" in str(info.value)
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl"])
+def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, sd1_dir, sd2_dir, images, tmp_path,
+                                                                monkeypatch):
+    """The count is of `step_bytes`'s step, not of the run's: the run's own step (two concepts drawn into one batch,
+    --alpha-mask's pixel weights, min-SNR, --vectors 2, clip skip 2, SD 2's v-prediction, SDXL's two encoders, pooled
+    output and time ids, checkpointing) counted on the CPU must hold what the twin's does, attention on the math path
+    on both sides (the CPU has no kernel the meta device can stand in for). A second text pass or a tensor the step
+    keeps and the twin's does not would show here."""
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from textinv import memory
+    from textinv.models import check_clip_skip
+    from textinv.tiny import build_tiny_xl_pipeline
+
+    if arch == "sdxl":
+        build_tiny_xl_pipeline().save_pretrained(tmp_path / "xl")
+    where = {"sd1": sd1_dir, "sd2": sd2_dir, "sdxl": tmp_path / "xl"}[arch]
+    settings = {"sd1": dict(alpha_mask=True, min_snr_gamma=5.0, clip_skip=2, grad_accum=2),
+                "sd2": dict(noise_offset=0.1), "sdxl": dict(gradient_checkpointing=True)}[arch]
+    run = dataclasses.replace(config(images, tmp_path / "run", batch=2, steps=1, vectors=2, **settings), images=None,
+                              token=None, concepts=[f"{images}=<za>", f"{images}=<zb>"])
+    live, marks = memory.LiveMemory(), {}
+    micro_batch, update = train_module._micro_batch, train_module._step_skipping_overflows
+
+    def first_pass(*a, **k):  # (the step's first pass begins: what lives now is the run's between steps)
+        if "at" not in marks:
+            marks["at"], live.peak = live.now, live.now
+        return micro_batch(*a, **k)
+
+    def updating(*a, **k):  # (forward and backward done)
+        marks.setdefault("peak", live.peak)
+        return update(*a, **k)
+
+    monkeypatch.setattr(train_module, "_micro_batch", first_pass)
+    monkeypatch.setattr(train_module, "_step_skipping_overflows", updating)
+    with warnings.catch_warnings(), live, sdpa_kernel(SDPBackend.MATH):
+        warnings.simplefilter("ignore")  # (--alpha-mask: pictures without alpha)
+        train(run, model=load_model(where), progress=False)
+    model = load_model(where)
+    twin, ids = memory.meta_twin(model, run.vectors)
+    monkeypatch.setattr(memory, "fused_attention", nullcontext)  # (the meta device's own choice: the math path)
+    counted = memory.step_bytes(twin, ids, run.batch * 2, model.resolution, run.gradient_checkpointing,
+                                check_clip_skip(model, run.clip_skip))
+    assert counted == pytest.approx(marks["peak"] - marks["at"], rel=0.01)
