@@ -437,7 +437,12 @@ def test_out_of_memory_in_a_step_on_a_gpu_says_which_batch_fits_worked_out_for_t
     _fake_cuda(monkeypatch, free=room - 2_000_000, reserved=2_000_000, allocated=held)
     where = _Where(config(images, tmp_path, batch=8, gradient_checkpointing=checkpointing), torch.bfloat16,
                    stage="step", step=5, resolution=side, model=model)
+    table, attention = model.text_encoder.get_input_embeddings(), torch.nn.functional.scaled_dot_product_attention
     message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    # the model and torch as they were: the count ran on a copy of the model, on the meta device
+    assert not model.unet.training and not model.unet.is_gradient_checkpointing
+    assert model.text_encoder.get_input_embeddings() is table and len(model.tokenizer) == table.num_embeddings
+    assert torch.nn.functional.scaled_dot_product_attention is attention
     assert "--batch 2 --grad-accum 4 (the same 8 samples a step, drawn in 4 passes)" in message  # (not 4 x 2)
     worked = f"Worked out for this model ({side}x{side}, bf16): the room this GPU has takes 3 samples at once"
     if checkpointing:
