@@ -547,8 +547,6 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
     if where.stage == "step" and fit:
         # samples at once (--batch x concepts), and the --batch that gives them: "a step" above is --batch x
         # --grad-accum samples of each concept
-        concepts = len(config.concept_list())
-
         def per_concept(n: int, first: bool) -> str:
             if concepts == 1 or not n:
                 return ""
@@ -575,10 +573,10 @@ def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[
     whole table trained), a step of `batch` it works out to fit (so the figures do not explain this failure), or a
     model it cannot rebuild on the meta device."""
     config = where.config
-    graphs = config.cuda_graphs or config.compile != "off" and config.compile_mode in ("reduce-overhead",
-                                                                                      "max-autotune")
-    if device.type != "cuda" or where.model is None or not where.resolution or config.buckets or graphs or \
-            config.reference_like:
+    graphs = config.cuda_graphs or (config.compile != "off" and config.compile_mode in ("reduce-overhead",
+                                                                                       "max-autotune"))
+    if device.type != "cuda" or where.model is None or not where.resolution or config.buckets or graphs \
+            or config.reference_like:
         return None
     try:
         free = torch.cuda.mem_get_info(device)[0]
