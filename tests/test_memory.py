@@ -616,3 +616,18 @@ def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, sd1_dir, sd
     counted = memory.step_bytes(twin, ids, run.batch * 2, model.resolution, run.gradient_checkpointing,
                                 check_clip_skip(model, run.clip_skip))
     assert counted == pytest.approx(marks["peak"] - marks["at"], rel=0.01)
+
+
+def test_working_out_the_batch_says_so_while_it_works_only_when_the_run_shows_progress(sd1_dir, images, tmp_path,
+                                                                                      monkeypatch, capsys):
+    model = load_model(sd1_dir)
+    _fake_cuda(monkeypatch, free=1, reserved=0, allocated=0)
+    capsys.readouterr()  # (the load's own progress bar)
+    for progress in (True, False):
+        where = _Where(config(images, tmp_path, batch=8), torch.float32, stage="step", step=5,
+                       resolution=model.resolution, model=model, progress=progress)
+        _memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY))
+        said = capsys.readouterr()
+        assert said.out == ""
+        assert (said.err == "out of memory in training step 5: working out how many samples fit on cuda (seconds; "
+                            "Ctrl-C skips it)\n") if progress else said.err == ""

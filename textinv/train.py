@@ -443,7 +443,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         device = state.device
     elif model is not None:
         device = model.unet.device
-    where = _Where(config, resolve_precision(config.precision, device) if model is None else model.unet.dtype)
+    where = _Where(config, resolve_precision(config.precision, device) if model is None else model.unet.dtype,
+                   progress=progress and state.is_main_process)
 
     def run() -> TrainResult:
         # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
@@ -474,6 +475,7 @@ class _Where:
     model: Model | None = None  # (once loaded: which batch fits is worked out on its meta-device twin)
     clip_skip: int = 1
     held: int | None = None  # (on a GPU: torch's allocated bytes as the steps began, `_allocated`)
+    progress: bool = False  # (say so on stderr while the batch that fits is worked out: seconds, before the error)
 
 
 def _memory_error(where: _Where, device: torch.device, error: BaseException):
@@ -583,6 +585,9 @@ def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[
         room, held = free + torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
         # what the run held between steps: by now its frames are let go of, its cached latents with them
         held = max(where.held or 0, held)
+        if where.progress:
+            print(f"out of memory in training step {where.step}: working out how many samples fit on {device} "
+                  f"(seconds; Ctrl-C skips it)", file=sys.stderr, flush=True)
         twin, first_ids = meta_twin(where.model, config.vectors)
 
         def needs(checkpointing: bool):
