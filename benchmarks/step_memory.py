@@ -4,6 +4,7 @@ with and without gradient checkpointing (issue 4).
     python -m benchmarks.step_memory --arch sd15 --batch 1 8 32                # SD 1.5 at 512x512, bf16
     python -m benchmarks.step_memory --arch sdxl --batch 1 4 --resolution 1024
     python -m benchmarks.step_memory --arch sd15 --fit 12 24                   # the largest batch per card size
+    python -m benchmarks.step_memory --model path/to/model.safetensors --fit 8 # a model of your own
 
 The trainer's own step (`textinv.train.diffusion_loss` on a model with a learned token installed as `textinv train`
 installs it, then the backward) runs on PyTorch's `meta` device: shapes without memory or arithmetic, so SD 1.5 and
@@ -63,6 +64,8 @@ def card_fits(allocated: float, card_gib: float) -> bool:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=("tiny", "tiny-xl", "sd15", "sdxl"), default="sd15")
+    p.add_argument("--model", help="a model of your own instead (a diffusers folder, .safetensors file or hub id, as "
+                   "`textinv train --model` takes it): its architecture, and its weights' size in --precision")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--resolution", type=int, help="pictures' side in pixels (default: the architecture's own)")
     p.add_argument("--fit", type=float, nargs="*", default=[12, 24], metavar="GIB",
@@ -70,10 +73,17 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
     args = p.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
-    pipe, twin, token_ids = trainer_model(args.arch, dtype)
+    if args.model:  # (loaded on the CPU for its configs and its weights' size; the step runs on its meta twin)
+        from textinv.models import load_model
+
+        model = load_model(args.model, dtype=dtype, device="cpu")
+        pipe, (twin, token_ids), name = model.pipeline, meta_twin(model), model.source
+    else:
+        pipe, twin, token_ids = trainer_model(args.arch, dtype)
+        name = args.arch
     resolution = args.resolution or twin.resolution
     weights = weight_bytes(pipe) / GiB
-    print(f"{args.arch} at {resolution}x{resolution}, {args.precision}: frozen weights {weights:.2f} GiB "
+    print(f"{name} at {resolution}x{resolution}, {args.precision}: frozen weights {weights:.2f} GiB "
           f"(UNet, text encoder(s), VAE); a card fits a step when allocated x {RESERVE} + {CONTEXT_GIB} GiB <= its size")
     print(f"{'checkpointing':<14} {'batch':>6} {'step GiB':>9} {'allocated GiB':>14}")
     for checkpointing in (False, True):

@@ -707,3 +707,22 @@ def test_step_roofline_command_prints_a_row_per_class_and_a_total(capsys):
     assert sum(line.startswith("#   ") for line in lines) == 3
     with pytest.raises(SystemExit):
         step_roofline(["--arch", "tiny", "--bandwidth-tbs", "0"])
+
+
+def test_step_memory_works_out_a_model_of_ones_own(sd2_dir, capsys, monkeypatch):
+    import benchmarks.step_memory as step_memory
+    from textinv.memory import step_bytes
+
+    seen = []
+
+    def counting(twin, *a, **k):
+        seen.append((twin.prediction_type, twin.widths, twin.resolution))
+        return step_bytes(twin, *a, **k)
+
+    monkeypatch.setattr(step_memory, "step_bytes", counting)
+    assert step_memory.main(["--model", str(sd2_dir), "--batch", "1", "--fit"]) == 0
+    out = capsys.readouterr().out
+    model = load_model(sd2_dir)
+    assert out.startswith(f"{model.source} at {model.resolution}x{model.resolution}, bf16: frozen weights ")
+    assert set(seen) == {("v_prediction", model.widths, model.resolution)}  # (its own architecture, not --arch's)
+    assert [line.split()[:2] for line in out.splitlines()[2:]] == [["no", "1"], ["yes", "1"]]
