@@ -467,7 +467,7 @@ def test_the_gpu_sessions_commands_log_why_a_graph_compiled_again(monkeypatch, t
     gs.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # (the GPU plan, not run)
     assert seen["speed"][0] == "recompiles" and any("graphs-blocks" in c for c in seen["speed"][1])
     assert list(seen) == ["environment", "graphs-check", "speed", "shapes"]
-    assert seen["graphs-check"][1][0][-3:] == ["tests/test_graphs.py", "-k", "gpu"]
+    assert seen["graphs-check"][1][0][-4:] == ["tests/test_graphs.py", "tests/test_memory.py", "-k", "gpu"]
 
 
 @pytest.mark.parametrize("arch", ["tiny", "tiny-xl"])

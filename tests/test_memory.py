@@ -412,8 +412,9 @@ def test_the_meta_twin_takes_each_components_own_dtype_and_mode(sd1_dir):
     assert not twin.text_encoder.training and not model.text_encoder.training
 
 
-def _fake_cuda(monkeypatch, free: int, reserved: int, allocated: int) -> None:
+def _fake_cuda(monkeypatch, free: int, reserved: int, allocated: int, fraction: float = 1.0) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 24 * 2 ** 30))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: fraction)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 2 ** 30)
@@ -422,7 +423,7 @@ def _fake_cuda(monkeypatch, free: int, reserved: int, allocated: int) -> None:
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_out_of_memory_in_a_step_on_a_gpu_says_which_batch_fits_worked_out_for_the_model(
         checkpointing, sd1_dir, images, tmp_path, monkeypatch):
-    from textinv.memory import RESERVE, meta_twin, step_bytes
+    from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
 
     model = load_model(sd1_dir)
     side = model.resolution
@@ -430,7 +431,7 @@ def test_out_of_memory_in_a_step_on_a_gpu_says_which_batch_fits_worked_out_for_t
     held = 5_000_000  # (what the run holds between steps: weights, latents, the optimizer)
 
     def needs(n, kept=checkpointing):
-        return held + step_bytes(twin, ids, n, side, kept)
+        return held + WORKSPACE + step_bytes(twin, ids, n, side, kept)  # (and the libraries' workspaces)
 
     room = int(needs(3) * RESERVE) + 1  # a step of 3 samples fits, 4 does not
     assert needs(4) * RESERVE > room
@@ -460,7 +461,7 @@ def test_the_worked_out_batch_of_several_concepts_says_the_batch_per_concept(sd1
     """A step of 2 concepts with --grad-accum 2 runs --batch x 2 samples at once, twice: what fits is said as samples
     at once and as the --batch that gives them, not as "a step", which the same message uses for --batch x
     --grad-accum samples of each concept."""
-    from textinv.memory import RESERVE, meta_twin, step_bytes
+    from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
 
     model = load_model(sd1_dir)
     side = model.resolution
@@ -468,7 +469,7 @@ def test_the_worked_out_batch_of_several_concepts_says_the_batch_per_concept(sd1
     held = 5_000_000
 
     def needs(n, kept=False):
-        return held + step_bytes(twin, ids, n, side, kept)
+        return held + WORKSPACE + step_bytes(twin, ids, n, side, kept)  # (and the libraries' workspaces)
 
     room = int(needs(5) * RESERVE) + 1  # (5 samples at once fit: --batch 2 of each concept)
     _fake_cuda(monkeypatch, free=room, reserved=0, allocated=held)
@@ -488,13 +489,13 @@ def test_the_worked_out_batch_of_several_concepts_says_the_batch_per_concept(sd1
 def test_the_worked_out_batch_counts_what_the_run_held_as_its_steps_began(sd1_dir, images, tmp_path, monkeypatch):
     """By the time the message is made, the failed run's frames are let go of, and its cached latents (a megabyte a
     picture at SDXL's size) with them: torch's allocated bytes then are less than the run held between steps."""
-    from textinv.memory import RESERVE, meta_twin, step_bytes
+    from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
 
     model = load_model(sd1_dir)
     side = model.resolution
     twin, ids = meta_twin(model)
     held = 5_000_000
-    room = int((held + step_bytes(twin, ids, 3, side, True)) * RESERVE) + 1  # (3 samples fit beside what it held)
+    room = int((held + WORKSPACE + step_bytes(twin, ids, 3, side, True)) * RESERVE) + 1  # (3 fit beside what it held)
     _fake_cuda(monkeypatch, free=room, reserved=0, allocated=1_000_000)  # (now: the weights alone)
     where = _Where(config(images, tmp_path, batch=8, gradient_checkpointing=True), torch.float32, stage="step",
                    step=5, resolution=side, model=model, held=held)
@@ -631,3 +632,49 @@ def test_working_out_the_batch_says_so_while_it_works_only_when_the_run_shows_pr
         assert said.out == ""
         assert (said.err == "out of memory in training step 5: working out how many samples fit on cuda (seconds; "
                             "Ctrl-C skips it)\n") if progress else said.err == ""
+
+
+def test_the_worked_out_batch_keeps_within_the_part_of_the_gpu_the_process_may_use(sd1_dir, images, tmp_path,
+                                                                                  monkeypatch):
+    from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
+
+    model = load_model(sd1_dir)
+    twin, ids = meta_twin(model)
+    part = int((WORKSPACE + step_bytes(twin, ids, 3, model.resolution)) * RESERVE) + 1  # (room for 3 at once)
+    # the GPU has 24 GiB free, but this process may use only `part` of it (set_per_process_memory_fraction)
+    _fake_cuda(monkeypatch, free=24 * 2 ** 30, reserved=0, allocated=0, fraction=part / (24 * 2 ** 30))
+    where = _Where(config(images, tmp_path, batch=8), torch.float32, stage="step", step=5,
+                   resolution=model.resolution, model=model)
+    message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert "the room this GPU has takes 3 samples at once" in message and "--batch 2 --grad-accum 4" in message
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_worked_out_batch_trains_where_the_larger_one_ran_out(tmp_path):
+    """SD 1.5's architecture (random weights, bf16, 512x512) on a GPU held to 12 GiB as a 12 GiB card would be: a
+    step of 32 runs out of memory, the message works out how many samples fit, and a run at that batch trains."""
+    import re
+
+    from benchmarks.architectures import build
+    from benchmarks.train_speed import _images
+    from textinv.models import Model
+
+    pipe = build("sd15", "cuda", torch.bfloat16)
+    for module in (pipe.unet, pipe.text_encoder, pipe.vae):
+        module.requires_grad_(False)
+    model = Model(pipeline=pipe, family="sd1", source="sd15", prediction_type="epsilon")
+    images = _images(tmp_path / "images", size=512)
+    total = torch.cuda.mem_get_info()[1]
+    torch.cuda.set_per_process_memory_fraction(12 * 2 ** 30 / total)
+    try:
+        with pytest.raises(DeviceMemoryError) as info:
+            train(config(images, tmp_path / "32", batch=32, steps=2), model=model, progress=False)
+        fits = re.search(r"the room this GPU has takes (\d+) samples? at once", str(info.value))
+        assert fits, str(info.value)
+        n = int(fits.group(1))
+        assert 1 <= n < 32
+        result = train(config(images, tmp_path / "fits", batch=n, steps=2), model=model, progress=False)
+        assert result.losses[-1][0] == 2
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()

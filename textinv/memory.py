@@ -142,6 +142,9 @@ def memory_error(device: torch.device | str, doing: str, fixes: list[str], after
 
 BLOCK = 512  # the CUDA caching allocator rounds every allocation up to this many bytes
 RESERVE = 1.04  # reserved over allocated: the caching allocator's blocks, the most an H200 showed (SD 1.5, batch 32)
+# what the H200 allocated beyond the count at every batch it measured (0.11-0.12 GiB: cuBLAS's and cuDNN's
+# workspaces, which no op returns): kept free when a batch to run is suggested
+WORKSPACE = 2 ** 27
 
 
 def _storages(tree) -> list:

@@ -48,8 +48,8 @@ from .formats import LearnedEmbedding, default_filename, load_embedding, save_em
 from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
-from .memory import (is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as, release,
-                     smaller_side, step_bytes)
+from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as,
+                     release, smaller_side, step_bytes)
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, pick_device,
                      shareable_name, xl_time_ids)
 from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, checkpoints,
@@ -581,10 +581,15 @@ def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[
             or config.reference_like:
         return None
     try:
-        free = torch.cuda.mem_get_info(device)[0]
+        free, total = torch.cuda.mem_get_info(device)
         room, held = free + torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+        # a process held to part of the GPU (torch.cuda.set_per_process_memory_fraction: a notebook sharing it) may
+        # reserve only that part, however much is free
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # (torch 2.5 on)
+        if fraction is not None:
+            room = min(room, int(fraction(device) * total))
         # what the run held between steps: by now its frames are let go of, its cached latents with them
-        held = max(where.held or 0, held)
+        held = max(where.held or 0, held) + WORKSPACE  # (and the libraries' workspaces, which the count cannot see)
         if where.progress:
             print(f"out of memory in training step {where.step}: working out how many samples fit on {device} "
                   f"(seconds; Ctrl-C skips it)", file=sys.stderr, flush=True)
