@@ -59,7 +59,16 @@ def _text_encoder(tokenizer, cls=CLIPTextModel, **config):
 
 
 def build(arch: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """A pipeline of architecture `arch` (one of ARCHITECTURES) with random weights, on `device`."""
+    """A pipeline of architecture `arch` (one of ARCHITECTURES) with random weights, on `device`, frozen (no
+    weight needs a gradient: textual inversion trains none of them; every benchmark runs them so)."""
+    pipe = _built(arch, device, dtype)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    return pipe
+
+
+def _built(arch: str, device: str, dtype: torch.dtype):
     if arch == "tiny":
         return build_tiny_pipeline("sd1").to(device, dtype)
     if arch == "tiny-xl":

@@ -33,7 +33,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = build(args.arch, device, resolve_precision(args.precision, torch.device(device)))
-    pipe.unet.requires_grad_(False)
     model = Model(pipeline=pipe, family="sdxl" if "xl" in args.arch else "sd1", source="check",
                   prediction_type="epsilon")
     example = unet_example(model, args.batch, (4, pipe.unet.config.sample_size, pipe.unet.config.sample_size))

@@ -57,13 +57,11 @@ def counted(run) -> OpCount:
 def ti_step_ops(arch: str = "sd15") -> dict[str, OpCount]:
     """The textual-inversion step's ops, with and without the text encoder ({"with text": ..., "without": ...})."""
     from .architectures import build
-    from .step_overhead import make_step, text_encoders
+    from .step_overhead import make_step
 
     device = "cpu" if arch.startswith("tiny") else "meta"
     dtype = torch.bfloat16 if device == "meta" else torch.float32
     pipe = build(arch, device, dtype)
-    for module in (pipe.unet, *text_encoders(pipe)):
-        module.requires_grad_(False)
     out = {}
     for with_text in (True, False):
         step, _, hook = make_step(pipe, 1, with_text, device, dtype)

@@ -170,8 +170,6 @@ def main(argv=None) -> int:
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
     pipe = build(args.arch, device, dtype)
-    for module in (pipe.unet, *text_encoders(pipe)):
-        module.requires_grad_(False)
     name = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"# step_overhead {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC arch={args.arch} "
           f"device={name} dtype={dtype} torch={torch.__version__}", flush=True)

@@ -124,11 +124,9 @@ def step_roofline(arch: str = "sd15", batch: int = 32, with_text: bool = True) -
     meta device in bf16, attention as FlashAttention."""
     from .architectures import build
     from .step_memory import flash_attention
-    from .step_overhead import make_step, text_encoders
+    from .step_overhead import make_step
 
     pipe = build(arch, "meta", torch.bfloat16)
-    for module in (pipe.unet, *text_encoders(pipe)):
-        module.requires_grad_(False)
     step, _, hooks = make_step(pipe, batch, with_text, "meta", torch.bfloat16)
     try:
         with Roofline() as roof, flash_attention():

@@ -290,9 +290,6 @@ def main(argv=None) -> int:
     _sync(device)
     load_s = time.perf_counter() - started  # building stands in for loading a checkpoint
     pipe.set_progress_bar_config(disable=True)
-    for m in pipe.components.values():
-        if isinstance(m, torch.nn.Module):
-            m.requires_grad_(False)
     model = Model(pipeline=pipe, family="sdxl" if "xl" in args.arch else "sd1", source="benchmark",
                   prediction_type="epsilon")
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()

@@ -478,10 +478,9 @@ def test_step_overhead_step_reaches_its_offset_through_the_text_encoder_and_remo
     from benchmarks.architectures import build
     from benchmarks.step_overhead import main as step_overhead, make_step, text_encoders
 
-    pipe = build(arch)
+    pipe = build(arch)  # (frozen, as every benchmark runs it)
     encoders = text_encoders(pipe)
-    for module in (pipe.unet, *encoders):
-        module.requires_grad_(False)
+    assert not any(p.requires_grad for m in (pipe.unet, pipe.vae, *encoders) for p in m.parameters())
     ids = torch.arange(8)[None]
     before = [te(ids)[0] for te in encoders]
     for with_text in (True, False):
