@@ -24,23 +24,21 @@ what is allocated (+1% to +4% on the H200), and library workspaces (cuBLAS, cuDN
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
-from textinv.memory import BLOCK, RESERVE, fused_attention, largest_batch, meta_twin, step_bytes
+from textinv.memory import RESERVE, in_blocks, largest_batch, meta_twin, step_bytes
 
 from .architectures import build
+from .step_overhead import text_encoders
 
 GiB = 2 ** 30
 CONTEXT_GIB = 0.5  # the CUDA context and kernels, which no PyTorch figure includes
-flash_attention = fused_attention  # (attention as a GPU runs it in bf16, on the meta device)
 
 
 def weight_bytes(pipe) -> int:
     """The frozen weights the trainer keeps on the device: UNet, text encoder(s) and VAE, parameters and buffers."""
-    modules = [pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
-    return sum(math.ceil(t.numel() * t.element_size() / BLOCK) * BLOCK for m in modules if m is not None
+    return sum(in_blocks(t.numel() * t.element_size()) for m in (pipe.unet, pipe.vae, *text_encoders(pipe))
                for t in [*m.parameters(), *m.buffers()])
 
 
@@ -84,7 +82,8 @@ def main(argv=None) -> int:
     resolution = args.resolution or twin.resolution
     weights = weight_bytes(pipe) / GiB
     print(f"{name} at {resolution}x{resolution}, {args.precision}: frozen weights {weights:.2f} GiB "
-          f"(UNet, text encoder(s), VAE); a card fits a step when allocated x {RESERVE} + {CONTEXT_GIB} GiB <= its size")
+          f"(UNet, text encoder(s), VAE); a card fits a step when allocated x {RESERVE} + {CONTEXT_GIB} GiB <= its "
+          f"size")
     print(f"{'checkpointing':<14} {'batch':>6} {'step GiB':>9} {'allocated GiB':>14}")
     for checkpointing in (False, True):
         def peak_gib(batch: int, checkpointing=checkpointing) -> float:

@@ -7,8 +7,9 @@ against the card's peak FLOP rate and bandwidth (a roofline), summed by class, w
 
 The step is `benchmarks.step_overhead`'s (text encoder with a learned offset on its token embeddings, UNet, MSE
 loss, backward to the offset: frozen weights, no weight gradients), run on PyTorch's `meta` device in bf16 (shapes
-only, no arithmetic: SD 1.5 at batch 32 takes a second), attention as FlashAttention (`step_memory.flash_attention`,
-as the GPU runs it in bf16). For each op that launches a kernel (`step_ops.NO_KERNEL` and allocations aside):
+only, no arithmetic: SD 1.5 at batch 32 takes a second), attention as FlashAttention
+(`textinv.memory.fused_attention`, as the GPU runs it in bf16). For each op that launches a kernel
+(`step_ops.NO_KERNEL` and allocations aside):
 - FLOPs from PyTorch's own formulas (`torch.utils.flop_counter`'s registry, the one `FlopCounterMode` uses): 2*M*K*N
   a matmul; a convolution_backward only the gradients its output_mask asks for (here the input's alone);
   FlashAttention 4*B*H*Lq*Lk*D forward and 2.5x that backward (it recomputes the scores: 5 matmuls to the
@@ -122,14 +123,15 @@ class Roofline(TorchDispatchMode):
 def step_roofline(arch: str = "sd15", batch: int = 32, with_text: bool = True) -> Roofline:
     """The ops of one textual-inversion step (`step_overhead.make_step`) of architecture `arch` at `batch`, on the
     meta device in bf16, attention as FlashAttention."""
+    from textinv.memory import fused_attention
+
     from .architectures import build
-    from .step_memory import flash_attention
     from .step_overhead import make_step
 
     pipe = build(arch, "meta", torch.bfloat16)
     step, _, hooks = make_step(pipe, batch, with_text, "meta", torch.bfloat16)
     try:
-        with Roofline() as roof, flash_attention():
+        with Roofline() as roof, fused_attention():
             step()
     finally:
         hooks.remove()

@@ -658,12 +658,12 @@ def test_roofline_counts_only_the_gradients_a_convolution_backward_is_asked_for(
 def test_roofline_counts_flash_attention_and_sums_floors_per_op():
     """FlashAttention is 4*B*H*Lq*Lk*D FLOPs forward and 2.5x that backward, as the fused kernel (no score
     matrix); a class's floor is its ops' floors summed, each op bound by its own arithmetic or traffic."""
-    from benchmarks.step_memory import flash_attention
+    from textinv.memory import fused_attention
     from benchmarks.step_roofline import OpCost, Roofline, by_class
 
     B, H, L, D = 2, 4, 256, 32
     q = torch.zeros(B, H, L, D, device="meta", dtype=torch.bfloat16, requires_grad=True)
-    with Roofline() as roof, flash_attention():
+    with Roofline() as roof, fused_attention():
         torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
     flops = {op.name: op.flops for op in roof.ops if op.cls == "attention"}
     assert flops == {"aten._scaled_dot_product_flash_attention": 4 * B * H * L * L * D,

@@ -147,6 +147,15 @@ RESERVE = 1.04  # reserved over allocated: the caching allocator's blocks, the m
 WORKSPACE = 2 ** 27
 
 
+def in_blocks(nbytes: int, block: int = BLOCK) -> int:
+    """`nbytes` as the CUDA caching allocator holds them: rounded up to whole blocks.
+
+    >>> in_blocks(1), in_blocks(512), in_blocks(513)
+    (512, 512, 1024)
+    """
+    return math.ceil(nbytes / block) * block
+
+
 def _storages(tree) -> list:
     from torch.utils._pytree import tree_flatten
 
@@ -177,7 +186,7 @@ class LiveMemory(TorchDispatchMode):
         self.now -= counted[0]
 
     def _rounded(self, storage) -> int:
-        return math.ceil(storage.nbytes() / self.block) * self.block
+        return in_blocks(storage.nbytes(), self.block)
 
     def _count(self, storage, size: int) -> None:
         if storage in self.live:
