@@ -95,6 +95,27 @@ def test_an_option_textinv_cannot_draw_with_is_refused_naming_the_line(tmp_path,
         read(tmp_path, f"a photo of {{}}\n{line}\n")
 
 
+@pytest.mark.parametrize("space, said", [("\t", "a tab"), ("\u00a0", "a no-break space"),
+                                         ("\u3000", "a full-width space")])
+def test_an_option_after_a_tab_or_another_space_is_refused_not_drawn_as_words(tmp_path, space, said):
+    """kohya cuts a line only at " --": after a tab (a spreadsheet's), a no-break space (a web page's) or a
+    full-width one (a Japanese IME's) the option would be words of the prompt, and the picture drawn without it."""
+    with pytest.raises(ConfigError, match=f"line 1: --d follows {said}, not a plain space, .*; put a plain space "
+                                          f"before --d"):
+        read(tmp_path, f"a photo of {{}}{space}--d 42\n")
+    with pytest.raises(ConfigError, match=f"line 1: --s follows {said}"):  # (in an option's value too)
+        read(tmp_path, f"a photo of {{}} --n blurry,{space}--s 20\n")
+    # after the option's name any space will do, as between a prompt's words
+    assert read(tmp_path, f"a photo of {{}} --d{space}42 --s  20\n") == [{"prompt": "a photo of {}", "seed": 42,
+                                                                           "steps": 20}]
+
+
+@pytest.mark.parametrize("name, text", [("p.txt", ""), ("p.json", ""), ("p.toml", "\n"), ("p.json", "\ufeff ")])
+def test_an_empty_file_is_said_to_hold_no_prompt_whatever_its_form(tmp_path, name, text):
+    with pytest.raises(ConfigError, match=f"{name} holds no prompt"):
+        read(tmp_path, text, name)
+
+
 def test_the_mappings_keys_are_checked_as_the_lines_options(tmp_path):
     with pytest.raises(ConfigError, match=r"p.json entry 1: unknown key 'steps' \(textinv's name; kohya's is "
                                           r"'sample_steps'\)"):

@@ -164,7 +164,9 @@ def read_prompt_file(entries: list, resume: bool = False) -> list[str | dict]:
         raise ConfigError(f"--sample-prompts {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as "
                           f"UTF-8") from e
     suffix = path.suffix.lower()
-    if suffix == ".txt":
+    if not text.strip():  # (an empty .json or .toml would be a parse error that does not say the file is empty)
+        read = []
+    elif suffix == ".txt":
         # kohya leaves out blank lines and lines starting with #; an indented # line is a comment here too (kohya
         # would draw its text, which holds no token and is refused as a prompt anyway)
         read = [_line(line.strip(), f"{path} line {n}") for n, line in enumerate(text.splitlines(), start=1)
@@ -220,12 +222,19 @@ def _json(path: Path, text: str) -> list[str | dict]:
 
 def _line(line: str, where: str) -> str | dict:
     """One prompt of kohya's line syntax: the prompt, then " --NAME VALUE" options (see the module's text)."""
+    # kohya cuts only at a plain space before "--": after a tab, or a no-break or full-width space (a prompt copied
+    # from a web page, or typed with a Japanese IME), the option would be drawn as words of the prompt, silently
+    other = re.search(r"([^\S ])--([A-Za-z]+)", line)
+    if other:
+        raise ConfigError(f"{where}: --{other[2]} follows {_SPACES.get(other[1], repr(other[1]))}, not a plain "
+                          f"space, so kohya's syntax reads it as words of the prompt; put a plain space before "
+                          f"--{other[2]}")
     prompt, *options = line.split(" --")
     settings: dict[str, Any] = {"prompt": prompt.strip()}
     for part in options:
         if not part.strip():  # ("a photo of sks --": nothing, as kohya reads it)
             continue
-        option, _, value = part.partition(" ")
+        option, value = re.match(r"(\S*)\s*(.*)", part, re.DOTALL).groups()  # (a tab after the name is a space)
         option, value = option.lower(), value.strip()  # (kohya matches the names in any case)
         pair = next((p for p in list(UNUSED) + list(REFUSED) if p[0] == option), None)
         if pair in REFUSED:
@@ -256,6 +265,9 @@ def _line(line: str, where: str) -> str | dict:
                 raise ConfigError(f"{where}: --{option} takes a number ({KEYS[name][2]}), got {value!r}") from None
         settings[name] = _checked(name, value, f"{where}: --{option}")
     return settings["prompt"] if len(settings) == 1 else settings
+
+
+_SPACES = {"\t": "a tab", "\u00a0": "a no-break space", "\u3000": "a full-width space"}
 
 
 def _example(option: str) -> str:
