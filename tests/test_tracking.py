@@ -174,6 +174,21 @@ def test_a_missing_tracker_package_is_refused_before_the_model_loads(images, tmp
     assert not (tmp_path / "run").exists()
 
 
+def test_a_resume_whose_tracker_is_missing_is_told_to_turn_it_off_not_to_leave_out_log_with(images, tmp_path,
+                                                                                           monkeypatch):
+    """A resumed run takes --log-with from its config.yaml, so "leave out --log-with" would not help one resumed in
+    another environment without the package: --log-with none does."""
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ConfigError, match=r"--log-with wandb: the wandb package is not installed; pip install wandb, "
+                                          r"or resume with --log-with none \(the run's config.yaml names wandb\)"):
+        config(images, tmp_path / "run", log_with="wandb", resume=True).validate()
+    from accelerate import tracking
+
+    monkeypatch.delitem(tracking.LOGGER_TYPE_TO_CLASS, "tensorboard")
+    with pytest.raises(ConfigError, match=r"pip install -U accelerate, or resume with --log-with none"):
+        config(images, tmp_path / "run", resume=True).validate()
+
+
 @pytest.mark.parametrize("log_with, message", [
     ("tensorbord", r"'tensorbord' is no tracker textinv knows; give one or more of: tensorboard, wandb, comet_ml"),
     ("all", r"'all' is not taken: name them"),

@@ -335,7 +335,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
         check_lr(self.lr)
-        check_trackers(self.log_with)  # (unknown names and missing packages, before the model loads)
+        check_trackers(self.log_with, self.resume)  # (unknown names and missing packages, before the model loads)
         if self.log_dir is not None and self.log_with is None:
             raise ConfigError(f"--log-dir {self.log_dir} is where --log-with's trackers write, and none is given; "
                               f"add --log-with tensorboard (or another tracker)")

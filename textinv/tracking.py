@@ -53,10 +53,14 @@ def _installed(module: str) -> bool:
         return False
 
 
-def check_trackers(log_with: str | None) -> list[str]:
+def check_trackers(log_with: str | None, resume: bool = False) -> list[str]:
     """The trackers --log-with names, each known, in the installed accelerate's tracker table (a tracker newer than
     it is not) and its package installed; else a ConfigError naming it and the fix. Imports no tracker package:
-    only looks for them."""
+    only looks for them. `resume`: a resumed run, whose --log-with left out is its config.yaml's.
+
+    >>> check_trackers("none")
+    []
+    """
     names = tracker_names(log_with)
     if not names and log_with is not None and log_with.strip().lower() != "none":
         raise ConfigError(f"--log-with {log_with!r} names no tracker; give one of: {', '.join(TRACKERS)}, or none")
@@ -71,14 +75,19 @@ def check_trackers(log_with: str | None) -> list[str]:
             from importlib.metadata import version
 
             raise ConfigError(f"--log-with {name}: the installed accelerate ({version('accelerate')}) has no {name} "
-                              f"tracker yet; pip install -U accelerate, or leave out --log-with")
+                              f"tracker yet; pip install -U accelerate, or {_off(name, resume)}")
         modules, package = TRACKERS[name]
         if not any(_installed(m) for m in modules):
             extra = " (or pip install 'textinv[tensorboard]'; the lighter tensorboardX also writes its logs)" \
                 if name == "tensorboard" else ""
             raise ConfigError(f"--log-with {name}: the {package} package is not installed; pip install {package}"
-                              f"{extra}, or leave out --log-with")
+                              f"{extra}, or {_off(name, resume)}")
     return names
+
+
+def _off(name: str, resume: bool) -> str:
+    # (a resumed run left without --log-with takes its config.yaml's: only 'none' turns the tracker off)
+    return f"resume with --log-with none (the run's config.yaml names {name})" if resume else "leave out --log-with"
 
 
 def run_name(out: str | Path) -> str:
