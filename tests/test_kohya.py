@@ -290,6 +290,21 @@ def test_a_bad_file_is_refused_naming_the_file_and_the_key(tmp_path, capsys, mon
         train(TrainConfig(dataset_config=str(bad), token="<t>", out=str(tmp_path / "o")), progress=False)
 
 
+def test_kohyas_training_settings_given_as_the_dataset_config_are_said_to_be_those(tmp_path):
+    """kohya's GUI saves the training settings (its --config_file) as a TOML beside the dataset config; given to
+    --dataset-config, it is named as what it is, with textinv's name for one of its keys."""
+    path = toml(tmp_path / "config_lora.toml", 'pretrained_model_name_or_path = "model.safetensors"\n'
+                                                'output_dir = "out"\ntrain_data_dir = "img"\nmax_train_steps = 900\n')
+    with pytest.raises(ConfigError, match=r"holds kohya's training settings \(its --config_file: "
+                                          r"pretrained_model_name_or_path, output_dir, train_data_dir, ...\), not its "
+                                          r"dataset config .*pretrained_model_name_or_path is .* textinv calls it "
+                                          r"--model"):
+        apply_dataset_config(TrainConfig(dataset_config=str(path), token="<t>", out="o"))
+    toml(path, "batch_size = 2\n[[datasets]]\n")  # (a dataset key above the tables: said as such)
+    with pytest.raises(ConfigError, match=r"unknown key 'batch_size' at the top \(it is a \[general\] or "):
+        apply_dataset_config(TrainConfig(dataset_config=str(path), token="<t>", out="o"))
+
+
 def test_the_pictures_are_named_once_and_a_config_file_reads_the_dataset_config_from_its_folder(tmp_path):
     folder = write_images(tmp_path / "a", n=1)
     (tmp_path / "cfg").mkdir()

@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 from .config import TrainConfig, check_side
 from .errors import ConfigError, backslash_note
-from .foreign import setting_of
+from .foreign import foreign_hint, setting_of
 
 __all__ = ["read_dataset_config", "apply_dataset_config", "DatasetConfigWarning"]
 
@@ -306,6 +306,14 @@ def _check_top(path: Path, data: dict) -> None:
     if {key.replace("-", "_") for key in others} <= {f.name for f in dataclasses.fields(TrainConfig)}:
         raise ConfigError(f"--dataset-config {path} holds textinv settings ({', '.join(others[:4])}), not kohya's "
                           f"[general] and [[datasets]]: give it to --config")
+    # kohya's training settings (its --config_file, which its GUI saves beside the dataset config) given here; a
+    # dataset key at the top (written above [general]) is said below, though kohya's training settings have it too
+    hints = [hint for key in others if key not in KEYS and (hint := foreign_hint(key, "train"))]
+    if hints:
+        raise ConfigError(f"--dataset-config {path} holds kohya's training settings (its --config_file: "
+                          f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), not its dataset config "
+                          f"([general] and [[datasets]]): give --dataset-config the dataset file, and those settings "
+                          f"as textinv's flags or --config keys ({hints[0]})")
     key = others[0]
     where = f" (it is a {_places(KEYS[key][0])} key)" if key in KEYS else ""
     raise ConfigError(f"{path}: unknown key {key!r} at the top{where}; kohya's dataset config holds [general] and "
