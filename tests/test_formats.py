@@ -852,6 +852,7 @@ def test_a_file_whose_modelspec_says_it_is_no_embedding_is_refused_as_what_it_is
 
 
 @pytest.mark.parametrize("tensors, architecture, family", [
+    ({"emb_params": torch.randn(2, 768)}, "stable-diffusion-v1/", "sd1"),  # (an adapter left blank: no kind said)
     ({"emp_params": torch.randn(2, 768)}, "stable-diffusion-v1/embedding", "sd1"),
     ({"emp_params": torch.randn(2, 768)}, "stable-diffusion-v1/textual_inversion", "sd1"),  # (other tools' spellings)
     ({"emb_params": torch.randn(1, 768)}, "stable-diffusion-v1/TI", "sd1"),

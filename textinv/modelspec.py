@@ -82,7 +82,8 @@ def other_kind(metadata: Mapping[str, str]) -> str | None:
     if architecture is None:
         return None
     _, adapter = split(architecture)
-    if adapter in _TEXTUAL_INVERSION_ADAPTERS or _is_textual_inversion_spelling(adapter):
+    # ("stable-diffusion-v1/": an adapter left blank by the tool that wrote it says no kind; the tensors decide)
+    if adapter == "" or adapter in _TEXTUAL_INVERSION_ADAPTERS or _is_textual_inversion_spelling(adapter):
         return None
     if adapter is None:
         return "checkpoint"
