@@ -259,6 +259,34 @@ def test_overwrite_deletes_the_logs_of_a_run_whose_logging_was_turned_off_on_res
     assert not (out / "logs").exists()
 
 
+def test_a_tracker_that_cannot_start_is_a_one_line_error_with_the_fix(sd1_dir, images, tmp_path, monkeypatch,
+                                                                      capsys):
+    """wandb not logged in, run without a terminal to ask in, raises as its tracker starts: that was a traceback after
+    the model had loaded, and the folder it left was refused without a word about why. It is an error naming the
+    tracker, its message and what to do."""
+    from accelerate.tracking import TensorBoardTracker
+
+    from textinv.cli import main
+
+    def cannot_start(self, *args, **kwargs):
+        raise RuntimeError("api_key not configured (no-tty)")
+
+    monkeypatch.setattr(TensorBoardTracker, "__init__", cannot_start)
+    out = tmp_path / "run"
+    args = ["train", "--images", str(images), "--token", "<zq>", "--model", str(sd1_dir), "--out", str(out),
+            "--steps", "2", "--save-every", "1", "--sample-every", "0", "--log-with", "tensorboard"]
+    assert main(args) == 2
+    assert ("error: --log-with tensorboard: the tensorboard tracker could not start (RuntimeError: api_key not "
+            "configured (no-tty)); fix that, or leave out --log-with; the run took no step, so start it again with "
+            "--overwrite") in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(args + ["--overwrite"]) == 0  # (as it says)
+    monkeypatch.setattr(TensorBoardTracker, "__init__", cannot_start)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 2
+    assert "could not start (RuntimeError: api_key not configured (no-tty)); fix that, or resume with --log-with " \
+           "none (the run's config.yaml names tensorboard)\n" in capsys.readouterr().err
+
+
 def test_a_tracker_that_cannot_close_is_warned_about_and_hides_no_error(sd1_dir, images, tmp_path, monkeypatch):
     """A tracker's finish runs as the run ends, also when it ends in an error or Ctrl-C; one that failed there (wandb
     without its network) replaced that error with its own, or failed a run whose files were saved. It is a warning

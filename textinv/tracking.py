@@ -85,6 +85,13 @@ def check_trackers(log_with: str | None, resume: bool = False) -> list[str]:
     return names
 
 
+def _cannot_start(name: str, error: Exception, resume: bool) -> str:
+    login = " (log in first: wandb login, or set WANDB_API_KEY)" if name == "wandb" else ""
+    again = ("" if resume else "; the run took no step, so start it again with --overwrite")
+    return (f"--log-with {name}: the {name} tracker could not start ({type(error).__name__}: {error}){login}; fix "
+            f"that, or {_off(name, resume)}{again}")
+
+
 def _off(name: str, resume: bool) -> str:
     # (a resumed run left without --log-with takes its config.yaml's: only 'none' turns the tracker off)
     return f"resume with --log-with none (the run's config.yaml names {name})" if resume else "leave out --log-with"
@@ -124,9 +131,13 @@ class RunTracker:
         for tracker_name in names:
             kind = LOGGER_TYPE_TO_CLASS[tracker_name]
             where = (str(log_dir),) if kind.requires_logging_directory else ()
-            tracker = kind(name, *where, **options.get(tracker_name, {}))
-            if callable(getattr(tracker, "start", None)):  # (newer accelerate opens the writer here, older in __init__)
-                tracker.start()
+            try:
+                tracker = kind(name, *where, **options.get(tracker_name, {}))
+                if callable(getattr(tracker, "start", None)):  # (newer accelerate opens the writer here, older in
+                    tracker.start()                            # __init__)
+            except Exception as e:  # (the tracker's own failure: wandb not logged in without a terminal to ask in)
+                self.finish()
+                raise ConfigError(_cannot_start(tracker_name, e, resumed_at is not None)) from e
             self.trackers.append(tracker)
 
     def log(self, step: int, loss: float, lr: float, per_concept: dict[str, float] | None = None) -> None:
