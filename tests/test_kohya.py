@@ -228,6 +228,25 @@ def test_a_key_in_the_wrong_table_of_the_wrong_type_or_of_sizes_textinv_lacks_is
         apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
 
 
+@pytest.mark.parametrize("resolution, taken", [(512, True), (768, False)])
+def test_kohya_guis_bucket_sizes_are_taken_where_they_make_textinvs_buckets(resolution, taken, tmp_path):
+    """kohya's GUI writes min_bucket_reso = 256 and max_bucket_reso = 2048 into every dataset file. At 512 they make
+    textinv's buckets (no side from 256 pairs with more than 1024 in 512x512's area): taken. At 768 a 256-pixel side
+    pairs with 2048 (a bucket of 256x2048 that textinv lacks): refused, naming the size that makes it."""
+    folder = write_images(tmp_path / "a", n=1)
+    dataset = toml(tmp_path / "d.toml", f'[general]\nenable_bucket = true\nresolution = {resolution}\n'
+                                        f'min_bucket_reso = 256\nmax_bucket_reso = 2048\n[[datasets]]\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    config = TrainConfig(dataset_config=str(dataset), token="<t>", out="o")
+    if taken:
+        assert apply_dataset_config(config).buckets
+    else:
+        with pytest.raises(ConfigError, match=r"min_bucket_reso = 256: .* set min_bucket_reso = 384"):
+            apply_dataset_config(config)
+        toml(dataset, dataset.read_text().replace("min_bucket_reso = 256", "min_bucket_reso = 384"))
+        assert apply_dataset_config(config).buckets  # (the fix it names: 2048 then binds nothing)
+
+
 def test_bucket_sizes_textinvs_buckets_have_are_taken_and_unused_ones_said(tmp_path):
     folder = write_images(tmp_path / "a", n=1)
     dataset = toml(tmp_path / "d.toml", f'[general]\nenable_bucket = true\nresolution = 512\nmin_bucket_reso = 256\n'

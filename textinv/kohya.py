@@ -492,8 +492,10 @@ def _subset(read: DatasetConfig, i: int, values: dict[str, tuple[Any, str]], res
 
 
 def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool) -> None:
-    """Refuse bucket sizes that textinv's buckets do not have (`data.bucket_sizes`: sides from half to twice the
-    resolution, in the model's steps); without buckets kohya ignores them, and textinv with a warning."""
+    """Refuse bucket sizes that make other buckets than textinv's (`data.bucket_sizes`: sides from half to twice the
+    resolution, in the model's steps); without buckets kohya ignores them, and textinv with a warning. A value that
+    does not bind is taken: at 512, kohya's GUI's max_bucket_reso = 2048 beside min_bucket_reso = 256 makes the
+    buckets 1024 makes (no side of 256 or more pairs with more than 1024 in 512x512's area)."""
     given = {(key, place): value for dataset in read.datasets for key, (value, place) in dataset.items()
              if key in BUCKET_KEYS}
     if given and not buckets:
@@ -503,19 +505,51 @@ def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool) -
                       stacklevel=4)
         return
     for (key, place), value in given.items():
-        if key == "bucket_reso_steps":
-            if value not in BUCKET_STEPS:
-                raise ConfigError(f"{read.path}: {place}: bucket_reso_steps = {value}: textinv's buckets step by "
-                                  f"the model's own down-sampling, 64 pixels (SDXL: 32); remove it")
-            continue
-        if resolution is None:
+        if key == "bucket_reso_steps" and value not in BUCKET_STEPS:
+            raise ConfigError(f"{read.path}: {place}: bucket_reso_steps = {value}: textinv's buckets step by "
+                              f"the model's own down-sampling, 64 pixels (SDXL: 32); remove it")
+        if key != "bucket_reso_steps" and resolution is None:
             raise ConfigError(f"{read.path}: {place}: {key} = {value} needs the resolution it is measured "
                               f"against: give resolution (e.g. 512 in [general]) or --resolution")
-        ours = resolution / 2 if key == "min_bucket_reso" else 2 * resolution
-        if value != ours:
-            raise ConfigError(f"{read.path}: {place}: {key} = {value}: textinv's buckets have sides from half to "
-                              f"twice the resolution, {resolution / 2:g} to {2 * resolution} at {resolution}; set "
-                              f"{key} = {ours:g}, or remove it")
+    for dataset in read.datasets:
+        sizes = {key: dataset[key] for key in ("min_bucket_reso", "max_bucket_reso") if key in dataset}
+        if not sizes:
+            continue
+        ours = {"min_bucket_reso": resolution / 2, "max_bucket_reso": 2 * resolution}
+        if all(value == ours[key] for key, (value, _) in sizes.items()):
+            continue
+        steps = (dataset["bucket_reso_steps"][0],) if "bucket_reso_steps" in dataset else BUCKET_STEPS
+
+        def same(step: int) -> bool:  # (kohya's buckets from these sizes are those from textinv's own)
+            own = (-(-resolution // (2 * step)) * step, 2 * resolution)
+            sides = [sizes[key][0] if key in sizes else side for key, side in zip(ours, own)]
+            return kohya_buckets(resolution, step, *sides) == kohya_buckets(resolution, step, *own)
+        if all(same(step) for step in steps):
+            continue
+        key, (value, place) = next((k, v) for k, v in sizes.items() if v[0] != ours[k])
+        raise ConfigError(f"{read.path}: {place}: {key} = {value}: textinv's buckets have sides from half to "
+                          f"twice the resolution, {resolution / 2:g} to {2 * resolution} at {resolution}; set "
+                          f"{key} = {ours[key]:g}, or remove it")
+
+
+def kohya_buckets(resolution: int, step: int, smallest: float, largest: float) -> set[tuple[int, int]]:
+    """The bucket sizes kohya's sd-scripts make at `resolution` with min_bucket_reso `smallest` and max_bucket_reso
+    `largest` (its `make_bucket_resolutions`): widths from `smallest` up in `step`s to `largest`, each with the
+    largest height in `step`s that keeps the area within resolution x resolution (at most `largest`), kept where
+    that height is at least `smallest`, and turned; with the square.
+
+    >>> kohya_buckets(512, 64, 256, 2048) == kohya_buckets(512, 64, 256, 1024)
+    True
+    """
+    area = resolution * resolution
+    square = int(resolution // step) * step
+    sizes, width = {(square, square)}, smallest
+    while width <= largest:
+        height = min(largest, area // width // step * step)
+        if height >= smallest:
+            sizes.update({(int(width), int(height)), (int(height), int(width))})
+        width += step
+    return sizes
 
 
 def _warn_ignored(read: DatasetConfig) -> None:
