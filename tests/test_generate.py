@@ -1463,3 +1463,15 @@ def test_again_checks_the_embedding_files_given_against_a_web_ui_pictures_ti_has
     assert "other embedding files" not in said({"embedding": [str(renamed)]})  # known by its hash, whatever its name
     assert f"other embedding files than {wrong}" in said({"embedding": [str(wrong)], "token": ["hands"]})
     assert "not applied from its A1111 parameters: Version (" in said({})  # (TI hashes are used now)
+
+
+def test_a_clip_skip_written_in_other_digits_is_read_as_unsaid_or_as_its_number():
+    """str.isdigit() takes '²', which int() refuses: a file saying encoder_layer '²' crashed generate. Decimal digits
+    of any script are numbers (int() reads them); other digit-like characters leave the clip skip unsaid."""
+    from textinv.generate import trained_clip_skip
+
+    def said(value):
+        return trained_clip_skip(LearnedEmbedding("<q>", {"text_encoder": torch.zeros(1, 32)},
+                                                  {"modelspec.encoder_layer": value}))
+
+    assert said("²") is None and said("2") == "2" and int(said("٢")) == 2

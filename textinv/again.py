@@ -316,7 +316,7 @@ def parse_webui_hashes(text: str) -> dict[str, str]:
 
 def _size(path: Path, text: str, label: str) -> tuple[str, str]:
     width, sep, height = str(text).partition("x")
-    if not sep or not width.strip().isdigit() or not height.strip().isdigit():
+    if not sep or not width.strip().isdecimal() or not height.strip().isdecimal():
         raise ConfigError(f"--again {path}: its {label} {text!r} is not WIDTHxHEIGHT (e.g. 512x768)")
     return width.strip(), height.strip()
 

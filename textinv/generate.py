@@ -452,7 +452,7 @@ def trained_clip_skip(emb: LearnedEmbedding) -> str | None:
     ModelSpec `encoder_layer` kohya's sd-scripts write (its --clip_skip, counted as textinv counts); None: unsaid."""
     for key in ("clip_skip", "modelspec.encoder_layer"):
         value = str(emb.metadata.get(key, "")).strip()
-        if value.isdigit() and int(value) >= 1:
+        if value.isdecimal() and int(value) >= 1:
             return value
     return None
 

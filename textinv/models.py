@@ -84,7 +84,7 @@ def pick_device(setting: str = "auto", flag: str = "--device") -> torch.device:
     if text == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     kind, sep, index = text.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (sep and not (kind == "cuda" and index.isdigit())):
+    if kind not in ("cpu", "cuda", "mps") or (sep and not (kind == "cuda" and index.isdecimal())):
         raise ConfigError(f"{flag} {setting!r} is no device; give auto, cpu, cuda, cuda:N (N from 0) or mps")
     gpus = [f"cuda:{i}" for i in range(cuda)]
     there = ", ".join(["cpu", *gpus] + ["mps"] * mps)

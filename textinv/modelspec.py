@@ -164,13 +164,13 @@ def keys_for(token: str, widths: tuple[int, ...], metadata: Mapping[str, str], f
     keys.setdefault(PREFIX + "title", token)
     keys.setdefault(PREFIX + "date", date or now())
     resolution = str(metadata.get("resolution", ""))
-    if resolution.isdigit():  # textinv records the square side it trained at
+    if resolution.isdecimal():  # textinv records the square side it trained at
         keys[PREFIX + "resolution"] = f"{resolution}x{resolution}"
     prediction = PREDICTION_TYPES.get(str(metadata.get("prediction_type", "")))
     if prediction:
         keys[PREFIX + "prediction_type"] = prediction
     clip_skip = str(metadata.get("clip_skip", ""))
-    if clip_skip.isdigit() and int(clip_skip) > 1:  # (1, the last layer, is every model's own reading)
+    if clip_skip.isdecimal() and int(clip_skip) > 1:  # (1, the last layer, is every model's own reading)
         keys[PREFIX + "encoder_layer"] = clip_skip
     return keys
 

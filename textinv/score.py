@@ -410,7 +410,7 @@ def _expand_folders(paths: list[str]) -> list[tuple[str, str | None]]:
         if not files:
             raise ConfigError(f"--compare {text} is a folder without embedding files; give the files, or a run's "
                               f"embeddings/ folder")
-        out += [(str(f), text) for f in sorted(files, key=lambda f: [int(x) if x.isdigit() else x
+        out += [(str(f), text) for f in sorted(files, key=lambda f: [int(x) if x.isdecimal() else x
                                                                    for x in re.split(r"(\d+)", f.name)])]
     return out
 
