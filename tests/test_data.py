@@ -17,6 +17,7 @@ from textinv import data
 from textinv.data import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
+    CaptionLinesWarning,
     CaptionSampler,
     CaptionWithoutMarkerWarning,
     SkippedFilesWarning,
@@ -246,6 +247,21 @@ def test_clean_folder_gives_no_warning(tmp_path):
     assert rec.list == []
     assert read_caption(tmp_path / "a.webp") == "{} in snow"
     assert read_caption(tmp_path / "b.png") == "{} on grass"
+
+
+def test_a_caption_file_of_several_lines_is_joined_and_said(tmp_path):
+    """kohya's scripts train on a caption file's first line (its wildcard option picks a line a step); textinv
+    joins the lines, as the web UI reads the file: said once, naming the file, so alternatives are not trained as
+    one caption unnoticed. Blank lines around one caption are no second line."""
+    for name in "abc":
+        solid(tmp_path / f"{name}.png")
+    (tmp_path / "a.txt").write_text("a {} on grass\n\n")
+    (tmp_path / "b.txt").write_text("a {} on grass\r\na {} in snow\n")
+    with caught(CaptionLinesWarning) as rec:
+        pictures = load_training_images(find_images(tmp_path), 8)
+    assert [p.caption for p in pictures] == ["a {} on grass", "a {} on grass a {} in snow", None]
+    assert len(rec.list) == 1 and f"{tmp_path / 'b.txt'} (2 lines)" in str(rec.list[0])
+    assert "a.txt" not in str(rec.list[0])
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need os.mkfifo")

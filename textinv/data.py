@@ -173,6 +173,11 @@ class CaptionWithoutMarkerWarning(UserWarning):
     """A caption file has no `{}` or `[name]` marker, so the placeholder is put in front of its text."""
 
 
+class CaptionLinesWarning(UserWarning):
+    """A caption file holds several lines, which textinv joins into one caption where kohya's scripts take the
+    first."""
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Finding the images
 
@@ -784,6 +789,7 @@ def load_training_images(
         raise DataError("no pictures to train on; give 3-10 pictures of your concept")
     result: list[TrainingImage] = []
     small: list[str] = []
+    several: list[str] = []  # caption files of several lines
 
     def training_size(full: tuple[int, int]) -> tuple[int, int]:  # (W, H) of a picture of upright size `full`
         return bucket_size(*full, resolution, bucket_step) if bucket_step else (resolution, resolution)
@@ -803,6 +809,15 @@ def load_training_images(
                             "remove it, or fix its alpha channel")
         result.append(TrainingImage(path=path, pixels=pixels, caption=read_caption(path, extension),
                                     original_size=(height, width), alpha=weight, caption_extension=extension))
+        found = caption_file(path, extension) if result[-1].caption is not None else None
+        lines = len([line for line in _read_text(found, "caption file").splitlines() if line.strip()]) if found else 0
+        if lines > 1:
+            several.append(f"{found} ({lines} lines)")
+    if several:  # (kohya's scripts train on a file's first line, or pick a line per step with enable_wildcard)
+        warnings.warn(CaptionLinesWarning(
+            f"{len(several)} caption file(s) hold several lines, which textinv joins into one caption (as the web UI "
+            f"reads a caption file): {', '.join(several[:3])}{', ...' if len(several) > 3 else ''}; kohya's scripts "
+            f"train on the first line only: if the lines are alternatives, keep one a file"), stacklevel=2)
     if small:
         warnings.warn(
             SmallImageWarning(
