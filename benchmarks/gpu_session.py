@@ -175,8 +175,10 @@ def main(argv=None) -> int:
         plan = [("tiny", ["2", "1"], ["textinv", "reference"], []),
                 ("tiny", ["2"], ["textinv"], ["--wall-samples", "4"])] if args.quick else [
             # --cuda-graphs through the trainer (no compiling) beside our plain step; the reference-like mode was
-            # measured beside it on the first lease (6 rows took 57 s with the model's build: 9 fit in ~70)
-            ("sd15", ["1", "8", "32"], ["textinv", "graphs", "cudnn-benchmark"], []),
+            # measured beside it on the first lease (6 rows took 57 s with the model's build: 9 fit in ~70); the
+            # first row's setup and first step profiled (the first lease's first step took 12.1 s at batch 32, 1.7 s
+            # at 8 after it: seconds of a fresh process's start that the 90 s whole run pays once)
+            ("sd15", ["1", "8", "32"], ["textinv", "graphs", "cudnn-benchmark"], ["--profile-first"]),
             # memory worked out on the CPU (`benchmarks.step_memory`), measured where it is not yet: checkpointing
             # (9.3 GiB at 32) and SDXL at 1024x1024 (26.7 GiB at 4, 9.0 with checkpointing), and SDXL's speed
             ("sd15", ["32"], ["checkpointing"], []),

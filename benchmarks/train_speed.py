@@ -123,7 +123,7 @@ def _counts() -> tuple[int, int]:
 
 
 def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, precision: str, device: str, work: Path,
-              resolution: int | None, concepts: int = 1) -> dict:
+              resolution: int | None, concepts: int = 1, profile: bool = False) -> dict:
     """Train `warmup + steps` steps of the real trainer in `mode`; time the last `steps`.
 
     The device is synchronized only where the clock is read: at the end of the first step (untimed: setup, latent
@@ -133,17 +133,25 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
     and the allocator's cached blocks freed before, so the one-off caching of the pictures' latents (the VAE encoder
     at full resolution) and the compile check count in neither the allocated nor the reserved peak. Any error
     is returned as the row's "error", so one failing mode or batch does not stop the others (a GPU lease is short),
-    and its traceback goes to stderr, so the lease's log says where it failed, not only its first line."""
+    and its traceback goes to stderr, so the lease's log says where it failed, not only its first line.
+    `profile`: the host's time from the call to the end of the first step, by operation (`first_step_profile`), is
+    printed: what the first step's seconds are, beyond the steps' own time."""
     cuda = device.startswith("cuda")
     stamps: list[float] = []
     first: list[float] = []
     counts: list[tuple[int, int]] = [_counts()]
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
+    if profiler is not None:
+        profiler.__enter__()
     started = time.perf_counter()
 
     def on_step(step: int) -> None:
         if step == 1:
             _sync(device)
             first.append(time.perf_counter())
+            if profiler is not None:
+                profiler.__exit__(None, None, None)
+                print(first_step_profile(profiler, mode, batch, first[0] - started), flush=True)
             if cuda:  # (the blocks cached so far go first: the reserved peak restarts from what is reserved)
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -175,6 +183,8 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
         traceback.print_exc()
         return {**result, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
     finally:
+        if profiler is not None and not first:  # (the run failed before its first step ended)
+            profiler.__exit__(None, None, None)
         if flag:
             setattr(flag[0], flag[1], was)
         reset_unet(model.unet)
@@ -192,6 +202,21 @@ def time_mode(model: Model, mode: str, batch: int, warmup: int, steps: int, prec
             # graphs compiled during the timed steps (a recompile was timed), CUDA graphs skipped anywhere in the run
             "recompiled": counts[2][0] - counts[1][0], "cudagraph_skips": counts[-1][1] - counts[0][1],
             "peak_gib": peak[0], "reserved_gib": peak[1]}
+
+
+def first_step_profile(profiler, mode: str, batch: int, seconds: float, rows: int = 20) -> str:
+    """The host's time in the profiled span (a mode's setup and first step), by operation, largest first: its
+    self time (the operation's own, not its callees') and total. What a first step of 12 s on a GPU whose steps
+    take 0.2 s holds: cuDNN choosing (or compiling) its kernels at each new shape, cuBLAS's and the allocator's
+    start, the VAE caching the latents, compiling."""
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    seen = sum(e.self_cpu_time_total for e in events) / 1e6
+    lines = [f"# first step profile: {mode} batch {batch}, {seconds:.1f} s to the end of the first step; the "
+             f"operations' own host time {seen:.1f} s (the rest: Python between them), largest {rows}:",
+             f"#   {'self s':>8} {'total s':>8} {'calls':>7}  operation"]
+    lines += [f"#   {e.self_cpu_time_total / 1e6:>8.3f} {e.cpu_time_total / 1e6:>8.3f} {e.count:>7}  {e.key}"
+              for e in events[:rows]]
+    return "\n".join(lines)
 
 
 def _flags(mode: str) -> list[str]:
@@ -279,6 +304,8 @@ def main(argv=None) -> int:
                    help="also time a whole run of this many samples (the reference recipe: 12000), model load "
                         "included, in the first mode at the largest batch")
     p.add_argument("--wall-timeout", type=float, default=None, help="seconds the whole run may take")
+    p.add_argument("--profile-first", action="store_true",
+                   help="profile the host's time in the first measurement's setup and first step, by operation")
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1 (the first timed step starts after a warm-up step)")
@@ -313,7 +340,7 @@ def main(argv=None) -> int:
         for batch in args.batch:
             for mode in args.modes:
                 r = time_mode(model, mode, batch, args.warmup, args.steps, args.precision, device, work,
-                              args.resolution)
+                              args.resolution, profile=args.profile_first and not results)
                 results.append(r)
                 if r.get("oom") or r.get("error"):
                     print(f"{mode:<15} {batch:>5} {r.get('error') or 'out of memory'}", flush=True)

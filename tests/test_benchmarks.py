@@ -15,8 +15,14 @@ from test_train import config
 
 
 def test_train_speed_benchmark_prints_both_modes_and_the_ratio(capsys):
-    assert train_speed(["--arch", "tiny", "--batch", "1", "2", "--steps", "2", "--warmup", "1"]) == 0
+    assert train_speed(["--arch", "tiny", "--batch", "1", "2", "--steps", "2", "--warmup", "1",
+                        "--profile-first"]) == 0
     out = capsys.readouterr().out
+    # --profile-first: the first measurement's setup and first step, by operation, once; the convolutions among them
+    assert out.count("# first step profile") == 1 and out.index("# first step profile: textinv batch 1,") < \
+        out.index("\ntextinv ")  # (printed as the first step ends, before its row)
+    profiled = [line.split() for line in out.splitlines() if line.startswith("#   ") and "aten::" in line]
+    assert any(row[-1] == "aten::mkldnn_convolution" and float(row[2]) > 0 for row in profiled)
     rows = [line.split() for line in out.splitlines() if line.startswith(("textinv ", "reference "))]
     assert [(r[0], r[1]) for r in rows] == [("textinv", "1"), ("reference", "1"), ("textinv", "2"),
                                             ("reference", "2")]
