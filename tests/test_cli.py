@@ -803,3 +803,23 @@ def test_an_epochs_run_resumes_to_the_uninterrupted_one(sd1_dir, images, tmp_pat
         assert resumed.metadata["steps"] == "8", run
         assert torch.equal(resumed.vectors["text_encoder"], straight.vectors["text_encoder"]), run
         assert (tmp_path / run / "loss.csv").read_text() == (tmp_path / "a" / "loss.csv").read_text(), run
+
+
+def test_a_home_folder_written_as_a_tilde_is_the_home_folder_in_every_command(sd1_dir, tmp_path, monkeypatch):
+    """`--out=~/x`, a quoted '~/x' or a config file's `out: ~/x` reach textinv unexpanded (the shell expands a `~`
+    only at the start of a word). train and score read it as the home folder; generate, convert and inspect looked
+    for a folder named `~` in the working directory (generate and convert made one there)."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    home, here = tmp_path / "home ü", tmp_path / "here"
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    save_embedding(LearnedEmbedding("<c>", {"text_encoder": torch.randn(1, 32)}), home / "run" / "c.pt", "a1111")
+    assert main(["inspect", "~/run/c.pt"]) == 0
+    assert main(["convert", "~/run/c.pt", "~/converted/c.safetensors"]) == 0
+    assert load_embedding(home / "converted" / "c.safetensors").token == "<c>"
+    assert main(["generate", "--model", str(sd1_dir), "--embedding", "~/run/c.pt", "--prompt", "a <c>", "-n", "1",
+                 "--steps", "1", "--out", "~/renders"]) == 0
+    assert len(list((home / "renders").glob("*.png"))) == 1
+    assert list(here.iterdir()) == []

@@ -518,3 +518,15 @@ def test_a_demo_refuses_an_out_of_the_users_own_and_deletes_nothing(model_dir, p
     assert sorted(p.name for p in pictures.iterdir()) == ["dog1.png"]
     assert (mine / "run" / "notes.txt").read_text() == "precious"
     assert sorted(p.name for p in mine.iterdir()) == ["run"]
+
+
+def test_a_demo_out_written_with_a_tilde_is_in_the_home_folder(model_dir, probe_path, tmp_path, monkeypatch, capsys):
+    """`--out=~/demo` (the shell leaves that `~`) made a folder named `~` in the working directory for the report,
+    while its training run read the same `~` as the home folder and did not find the templates written there."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    code = main(["demo", "--quick", "--out", "~/demo", "--model", str(model_dir), "--probe", str(probe_path)])
+    assert code == 0, capsys.readouterr().err
+    assert (home / "demo" / "report.html").is_file() and list(here.iterdir()) == []

@@ -128,8 +128,10 @@ def cmd_convert(args) -> int:
     from .formats import convert
     from .run_folder import embedding_file
 
-    written = convert(embedding_file(Path(args.src)), args.dst, to=args.to, token=args.token, second=args.second,
-                      overwrite=args.overwrite)
+    # (a `~` the shell left as it is, quoted or after `=`: the home folder, as train and score read it)
+    home = os.path.expanduser
+    written = convert(embedding_file(Path(home(args.src))), home(args.dst), to=args.to, token=args.token,
+                      second=args.second and home(args.second), overwrite=args.overwrite)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -140,7 +142,7 @@ def cmd_inspect(args) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    report = inspect_file(embedding_file(Path(args.file)), model=args.model, top_k=args.top_k)
+    report = inspect_file(embedding_file(Path(args.file).expanduser()), model=args.model, top_k=args.top_k)
     print(json.dumps(report, indent=2) if args.json else report["text"])
     return 0
 
@@ -189,7 +191,7 @@ def cmd_evaluate(args) -> int:
     _set_threads(args.threads)
     device = pick_device(config.device)  # (a device it lacks: before --out is made)
     if args.out:  # now, not after an hour of benchmark
-        output_folder(args.out)
+        args.out = str(output_folder(args.out))
     model = load_model(args.model, dtype=DTYPES[config.precision], device=device)
     probe = Probe.load(args.probe or DEFAULT_PATH)
     check_judged_size(model)

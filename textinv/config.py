@@ -513,6 +513,10 @@ class GenerateConfig:
             if isinstance(getattr(self, f.name), tuple):
                 setattr(self, f.name, list(getattr(self, f.name)))
         check_choices(self)
+        # a `~` the shell left as it is (quoted, after `=`, in a config file): the home folder, as train reads it
+        self.out = os.path.expanduser(self.out)
+        self.embedding = [os.path.expanduser(p) for p in self.embedding]
+        self.lora_dir = [os.path.expanduser(p) for p in self.lora_dir]
         if not self.prompt:
             raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
         if self.n < 1:

@@ -78,10 +78,15 @@ def absolute(path: str | os.PathLike) -> str:
 
 def output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Create the folder `path` (and its parents) now, before any slow work, or raise ConfigError naming `flag` and
-    why (a file in the way, no permission, a read-only disk)."""
+    why (a file in the way, no permission, a read-only disk); returns it, a `~` the shell left (quoted, after `=`)
+    read as the home folder.
+
+    >>> output_folder("~/renders")  # doctest: +SKIP
+    PosixPath('/home/me/renders')
+    """
     from .errors import ConfigError
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {path} is a file; give a folder")
     try:
