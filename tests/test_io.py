@@ -42,3 +42,11 @@ def test_file_made_anew_by_the_writer_gets_the_umask_permissions(tmp_path):
     mode = (tmp_path / "learned_embeds.safetensors").stat().st_mode & 0o777
     assert mode == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o640
     assert torch.equal(load_file(tmp_path / "learned_embeds.safetensors")["emb"], torch.ones(2, 4))
+
+
+def test_a_file_where_the_folder_goes_is_said_to_be_one(tmp_path):
+    """mkdir's own error for it, "File exists", read as if the folder were there (`textinv convert E x/e.pt`, x a
+    file: "cannot write x/e.pt: File exists")."""
+    (tmp_path / "x").write_text("")
+    with pytest.raises(NotADirectoryError, match=f"{tmp_path / 'x'} is a file, not a folder"):
+        write_text(tmp_path / "x" / "e.pt", "e")

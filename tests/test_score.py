@@ -760,3 +760,37 @@ def test_a_model_with_an_embedding_installed_is_scored_twice_and_handed_back(sd1
         score(settings(main, clip_dir, tmp_path / f"o{k}", n=1, steps=1, init="none", images=str(images),
                        model=str(sd1_dir)), model=model, judge=judge, progress=False)
         assert model.tokenizer is tokenizer and len(tokenizer) == size
+
+
+def test_a_second_score_into_the_same_out_is_refused_and_the_first_finishes(sd1_dir, run_dir, clip_dir, judge,
+                                                                           tmp_path, monkeypatch):
+    """Two scores into one --out (the default score-out, two embeddings scored in two shells): the second deleted the
+    first one's half-built report as a killed run's, and the first then failed writing into it."""
+    from textinv.score import Drawing
+
+    out, real, second = tmp_path / "report", Drawing.row, []
+
+    def row(self, *args, **kwargs):  # (while the first run draws, a second one starts)
+        if not second:
+            second.append(True)
+            with pytest.raises(ConfigError, match=f"--out {out} is being written by another textinv score .pid"):
+                score(settings(run_dir, clip_dir, out, n=1, init="none"), model=load_model(sd1_dir), judge=judge,
+                      progress=False)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Drawing, "row", row)
+    score(settings(run_dir, clip_dir, out, n=1, init="none"), judge=judge, progress=False)
+    assert second and (out / "scores.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # (no lock file left beside it)
+    monkeypatch.undo()
+    score(settings(run_dir, clip_dir, out, n=1, init="none"), judge=judge, progress=False)  # free again
+
+
+def test_an_out_that_cannot_be_made_is_named_as_given(run_dir, clip_dir, tmp_path):
+    """The message named the hidden folder the report is built in (`.report.partial`), not the --out given."""
+    (tmp_path / "a file").write_text("")
+    out = tmp_path / "a file" / "report"
+    with pytest.raises(ConfigError) as e:
+        score(settings(run_dir, clip_dir, out, n=1), progress=False)
+    assert str(e.value) == (f"--out {out}: cannot create the folder ({tmp_path / 'a file'} is a file, not a folder); "
+                            f"choose another --out")

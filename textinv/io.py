@@ -7,6 +7,7 @@ flushed to disk, then renamed over the target in one step (`os.replace` is atomi
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -22,7 +23,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ...     safetensors.torch.save_file(tensors, tmp)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:  # (a folder made read-only: named by the file meant)
@@ -47,6 +48,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def make_folder(path: str | os.PathLike) -> None:
+    """Create the folder `path` and its parents, as `mkdir -p`; a file of that name in the way raises
+    NotADirectoryError saying so, where mkdir raises FileExistsError ("File exists"), which reads as if all were
+    well."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, f"{path} is a file, not a folder", str(path)) from None
 
 
 def _as_meant(error: OSError, path: Path) -> OSError:

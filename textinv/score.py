@@ -26,15 +26,19 @@ show.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import json
+import os
 import re
 import shutil
+import socket
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import torch
 from PIL import Image, ImageDraw, ImageOps
@@ -47,12 +51,12 @@ from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        handed_back, install_embedding, png_text, render)
-from .io import absolute, atomic_path, output_folder, write_json, write_text
+from .io import absolute, atomic_path, make_folder, write_json, write_text
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (Model, _is_local_path, check_model_object, load_model, offline_note, pick_device,
                      quiet_transformers)
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
-from .run_folder import embedding_file, saved_run
+from .run_folder import _try_lock, embedding_file, saved_run
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the paper's judge
 MARKER = "{}"
@@ -486,11 +490,66 @@ def out_folder(text: str) -> Path:
     return out
 
 
-def _prepare_out(out: Path) -> tuple[Path, Path]:
-    """The folder to build the report in, beside `out`; refuses an `out` that holds anything a report does not
-    write (it is replaced whole, and a user's file put in it would go too). Puts back a report that a run killed
-    during the swap had moved aside."""
+def _prepare_out(out: Path) -> tuple[Path, Path, IO]:
+    """The folder to build the report in, beside `out`, and the hold on `out` (`_hold`; close it when done); refuses
+    an `out` that holds anything a report does not write (it is replaced whole, and a user's file put in it would go
+    too). Puts back a report that a run killed during the swap had moved aside."""
     previous, partial = out.parent / f".{out.name}.previous", out.parent / f".{out.name}.partial"
+    try:
+        make_folder(out.parent)
+        lock = _hold(out)
+    except OSError as e:  # (said of --out as given, not of the files beside it)
+        raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror or e}); choose another --out") from None
+    try:
+        _check_out(out, previous)
+        if partial.exists():  # (a killed run's: a running one holds `out`)
+            shutil.rmtree(partial)
+        partial.mkdir()
+    except BaseException as e:
+        _release(lock, out)
+        if isinstance(e, OSError):
+            raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror or e}); choose another --out") \
+                from None
+        raise
+    return previous, partial, lock
+
+
+def _hold(out: Path) -> IO:
+    """Hold `out` for this report, returning the open lock file: a second `textinv score` into the same --out (the
+    default score-out, in two shells) is refused, naming the process, instead of deleting the first one's report
+    as it is built. The lock is the operating system's (`run_folder.run_lock`'s), on a hidden file beside `out`, so
+    it goes with its process however that ends; `_release` removes the file."""
+    lock = out.parent / f".{out.name}.lock"
+    while True:
+        f = open(lock, "a+")
+        if not _try_lock(f):
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(f"--out {out} is being written by another textinv score ({holder}); wait for it to "
+                              f"finish, or choose another --out")
+        try:  # the file locked is still the one named: a run finishing meanwhile removes it (`_release`)
+            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
+
+
+def _release(lock: IO, out: Path) -> None:
+    """Let go of `_hold`'s lock, removing its file first (while held: a run that opens it now finds it gone)."""
+    with contextlib.suppress(OSError):  # (Windows: an open file cannot be removed; it stays, unheld)
+        (out.parent / f".{out.name}.lock").unlink()
+    lock.close()
+
+
+def _check_out(out: Path, previous: Path) -> None:
+    """Refuse an `out` that is not a report's folder (`_prepare_out`), after putting back one moved aside."""
     if not out.exists() and previous.is_dir():
         previous.rename(out)
     if out.exists() and not out.is_dir():
@@ -506,10 +565,6 @@ def _prepare_out(out: Path) -> tuple[Path, Path]:
         what = "is not a score report" if not report else "holds more than a score report"
         raise ConfigError(f"--out {out} {what} (it holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''})"
                           f" and would be replaced whole; give a new or empty folder, or move those out")
-    if partial.exists():
-        shutil.rmtree(partial)
-    output_folder(partial, "--out")
-    return previous, partial
 
 
 def _swap_in(partial: Path, out: Path, previous: Path) -> None:
@@ -591,7 +646,7 @@ def _score(config: ScoreConfig, model: Model | None, judge: ClipJudge | None, pr
     methods = _methods(config, emb, run, others)
     device = pick_device(config.device)
     out = out_folder(config.out)
-    previous, partial = _prepare_out(out)
+    previous, partial, lock = _prepare_out(out)
     where.device, where.out = device, str(out)
     try:  # (from here on a failure takes the half-built report with it)
         if judge is None:
@@ -667,6 +722,8 @@ def _score(config: ScoreConfig, model: Model | None, judge: ClipJudge | None, pr
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    finally:
+        _release(lock, out)
     log(format_table(report))
     log(f"report: {out / 'report.html'} (open it in a browser) and {out / 'report.png'}; scores in "
         f"{out / 'scores.json'}")
