@@ -277,3 +277,23 @@ def test_gradient_checkpointing_may_be_turned_on_when_resuming_to_the_same_resul
                     model=load_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses == straight.losses
+
+
+def test_a_full_disk_while_drawing_is_one_line_and_keeps_the_pictures_drawn(sd1_dir, tmp_path, monkeypatch, capsys):
+    """train said a full disk in one line; generate (and score, demo) ended in a traceback."""
+    out = tmp_path / "renders"
+    real = os.fsync
+
+    def fsync(fd):
+        if "-s1.png." in os.readlink(f"/proc/self/fd/{fd}"):  # the second picture
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(textinv_io.os, "fsync", fsync)
+    code = cli.main(["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "3", "--steps", "1", "--out",
+                     str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (f"textinv generate: error: No space left on device: {out / '000-a-dog-s1.png'}; "
+                                    f"make room, then run it again")  # (on a line of its own, after the bar)
+    assert sorted(p.name for p in out.iterdir()) == ["000-a-dog-s0.png"]  # (and no temporary file)

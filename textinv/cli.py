@@ -343,6 +343,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return args
 
 
+# a disk full (or over quota) or read-only: said in one line, as a bad setting is
+_WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def main(argv: list[str] | None = None) -> int:
     python_format, warnings.formatwarning = warnings.formatwarning, _short_warning
     try:
@@ -358,6 +362,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except TextinvError as e:
         print(f"textinv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write that failed (train says it its own way, with the checkpoint kept): not a bug
+        if e.errno not in _WRITE_FAILURES:
+            raise
+        fix = "choose another --out" if e.errno == errno.EROFS else "make room"
+        # (every write is atomic: what was written before it is whole, and the file it failed on is as it was)
+        print(f"textinv {args.command}: error: {e.strerror or e}: {e.filename or 'a file'}; {fix}, then run it again",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -929,50 +929,52 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     run = _new_run_suffix(out, [name for (_, seed), name in names.items()
                                if keep_seeds is None or seed in keep_seeds])
     bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
-    for text in dict.fromkeys(config.prompt + [config.negative_prompt]):
-        if emphasis.unsupported(text):
-            warnings.warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
-                          "textinv does not apply: they are read as words", stacklevel=2)
-    for index, prompt in enumerate(config.prompt):
-        apply_loras(model, texts[index][1], loras)
-        expanded = expand_all(texts[index][0], embeddings)
-        # the web UI's hashes of the embeddings and LoRAs this prompt draws with, by which civitai links them
-        hashes = {}
-        if config.metadata != "none":
-            for tag in texts[index][1]:
-                if tag.name not in lora_sums:
-                    lora_sums[tag.name] = lora_sha256(loras[tag.name])
-            used = _used_embeddings(model, embeddings, [texts[index][0], negative], steps)
-            hashes = {"lora_hashes": webui_hashes({tag.name: lora_sums[tag.name] for tag in texts[index][1]}),
-                      "ti_hashes": webui_hashes({e.token: embedding_sums[e.token] for e in used
-                                                 if e.token in embedding_sums})}
-        for start in range(0, config.n, config.batch_size):  # a few images per pipeline call bounds the memory
-            chunk = seeds[start:start + config.batch_size]
-            where.batch, where.width, where.height = len(chunk), width, height
-            images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
-                            clip_skip, width, height)
-            for seed, img in zip(chunk, images):
-                bar.update(1)
-                if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
-                    continue
-                settings = {**shared, "prompt": [prompt], "seed": seed}
-                params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
-                          "seed": seed, "steps": steps, "sampler": config.sampler, "guidance": guidance,
-                          "size": f"{width}x{height}", "clip_skip": clip_skip,  # (width first, as A1111)
-                          "model": shared["model"], "embeddings": ", ".join(shared["embedding"]),
-                          "precision": shared["precision"],
-                          **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
-                             if k in ("token", "vae", "prediction_type", "single_file_config", "lora_dir") and v},
-                          **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
-                          RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
-                                                  "settings": settings, "embedding_sha256": recorded_sums,
-                                                  **({"by_name": by_name} if by_name else {})})}
-                path = out / f"{names[index, seed]}{run}.png"
-                with atomic_path(path) as tmp:
-                    img.save(tmp, format="PNG", pnginfo=png_text(params) if config.metadata != "none" else None)
-                written.append(path)
-                where.written = len(written)
-    bar.close()
+    try:  # (closed on a failure too: the error is then said on a line of its own, not after the bar)
+        for text in dict.fromkeys(config.prompt + [config.negative_prompt]):
+            if emphasis.unsupported(text):
+                warnings.warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
+                              "textinv does not apply: they are read as words", stacklevel=2)
+        for index, prompt in enumerate(config.prompt):
+            apply_loras(model, texts[index][1], loras)
+            expanded = expand_all(texts[index][0], embeddings)
+            # the web UI's hashes of the embeddings and LoRAs this prompt draws with, by which civitai links them
+            hashes = {}
+            if config.metadata != "none":
+                for tag in texts[index][1]:
+                    if tag.name not in lora_sums:
+                        lora_sums[tag.name] = lora_sha256(loras[tag.name])
+                used = _used_embeddings(model, embeddings, [texts[index][0], negative], steps)
+                hashes = {"lora_hashes": webui_hashes({tag.name: lora_sums[tag.name] for tag in texts[index][1]}),
+                          "ti_hashes": webui_hashes({e.token: embedding_sums[e.token] for e in used
+                                                     if e.token in embedding_sums})}
+            for start in range(0, config.n, config.batch_size):  # a few images per pipeline call bounds the memory
+                chunk = seeds[start:start + config.batch_size]
+                where.batch, where.width, where.height = len(chunk), width, height
+                images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
+                                clip_skip, width, height)
+                for seed, img in zip(chunk, images):
+                    bar.update(1)
+                    if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
+                        continue
+                    settings = {**shared, "prompt": [prompt], "seed": seed}
+                    params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
+                              "seed": seed, "steps": steps, "sampler": config.sampler, "guidance": guidance,
+                              "size": f"{width}x{height}", "clip_skip": clip_skip,  # (width first, as A1111)
+                              "model": shared["model"], "embeddings": ", ".join(shared["embedding"]),
+                              "precision": shared["precision"],
+                              **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
+                                 if k in ("token", "vae", "prediction_type", "single_file_config", "lora_dir") and v},
+                              **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
+                              RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
+                                                      "settings": settings, "embedding_sha256": recorded_sums,
+                                                      **({"by_name": by_name} if by_name else {})})}
+                    path = out / f"{names[index, seed]}{run}.png"
+                    with atomic_path(path) as tmp:
+                        img.save(tmp, format="PNG", pnginfo=png_text(params) if config.metadata != "none" else None)
+                    written.append(path)
+                    where.written = len(written)
+    finally:
+        bar.close()
     return written
 
 
