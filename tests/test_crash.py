@@ -297,3 +297,18 @@ def test_a_full_disk_while_drawing_is_one_line_and_keeps_the_pictures_drawn(sd1_
     assert err.splitlines()[-1] == (f"textinv generate: error: No space left on device: {out / '000-a-dog-s1.png'}; "
                                     f"make room, then run it again")  # (on a line of its own, after the bar)
     assert sorted(p.name for p in out.iterdir()) == ["000-a-dog-s0.png"]  # (and no temporary file)
+
+
+@pytest.mark.parametrize("damage", ["", "# textinv 0.1.0\n", "model: [cut"])
+def test_a_resume_whose_saved_settings_are_damaged_says_which_file_and_what_to_do(damage, images, tmp_path, capsys):
+    """The record's damage was told as a --config file's: "... or leave out --config", which no one had given."""
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "config.yaml").write_text(damage)
+    said = (f"cannot resume {out}: its settings file {out / 'config.yaml'} cannot be read (damaged from outside: "
+            f"textinv writes it whole); put back a copy of it, or start the run again with --overwrite")
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == f"textinv train: error: {said}"
+    with pytest.raises(ConfigError) as e:
+        train(config(images, out, resume=True), progress=False)
+    assert str(e.value) == said

@@ -86,7 +86,7 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         saved = out / CONFIG_FILE
         if not saved.exists():
             raise ConfigError(f"cannot resume: {out} holds no {CONFIG_FILE}; start a new run without --resume")
-        old = read_config_file(saved)
+        old = read_run_settings(out)
         new = _absolute_paths(config).to_dict()
         defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
         diffs = [k for k in new if k not in RESUMABLE_CHANGES and not _same(k, old.get(k, defaults.get(k)), new[k],
@@ -108,6 +108,18 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         except ConfigError:
             previous = {}  # a damaged record: only the files every run writes are cleared
     return _absolute_paths(config), previous
+
+
+def read_run_settings(out: str | os.PathLike) -> dict:
+    """The settings a run saved in `out`'s config.yaml, for --resume. It is written whole (`io`), so one that cannot
+    be read was damaged from outside (a disk error, a copy cut short): said so, not as a --config file's mistake."""
+    saved = Path(out) / CONFIG_FILE
+    try:
+        return read_config_file(saved)
+    except ConfigError:
+        raise ConfigError(f"cannot resume {out}: its settings file {saved} cannot be read (damaged from outside: "
+                          f"textinv writes it whole); put back a copy of it, or start the run again with --overwrite"
+                          ) from None
 
 
 @contextlib.contextmanager
