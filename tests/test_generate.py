@@ -1475,3 +1475,21 @@ def test_a_clip_skip_written_in_other_digits_is_read_as_unsaid_or_as_its_number(
                                                   {"modelspec.encoder_layer": value}))
 
     assert said("²") is None and said("2") == "2" and int(said("٢")) == 2
+
+
+def test_a_run_drawing_into_the_same_folder_at_once_keeps_the_other_runs_pictures(sd1_dir, tmp_path, monkeypatch):
+    """Two generates into one --out at once (the default renders, two embeddings compared in two shells) both chose
+    the free names before either wrote, and the later picture replaced the other run's in silence."""
+    from textinv import generate as generate_module
+
+    out, real = tmp_path / "r", generate_module.render
+
+    def render(*args, **kwargs):  # (the other run writes its first picture just after this one chose its names)
+        (out / "000-a-dog-s0.png").write_bytes(b"the other run's")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "render", render)
+    paths = generate(GenerateConfig(prompt=["a dog"], out=str(out), n=2, steps=1, model=str(sd1_dir)), progress=False)
+    assert [p.name for p in paths] == ["000-a-dog-s0-2.png", "000-a-dog-s1-2.png"]
+    assert (out / "000-a-dog-s0.png").read_bytes() == b"the other run's"
+    assert sorted(p.name for p in out.iterdir()) == ["000-a-dog-s0-2.png", "000-a-dog-s0.png", "000-a-dog-s1-2.png"]

@@ -50,3 +50,20 @@ def test_a_file_where_the_folder_goes_is_said_to_be_one(tmp_path):
     (tmp_path / "x").write_text("")
     with pytest.raises(NotADirectoryError, match=f"{tmp_path / 'x'} is a file, not a folder"):
         write_text(tmp_path / "x" / "e.pt", "e")
+
+
+@pytest.mark.parametrize("links", [True, False])  # (False: a file system without hard links, as FAT)
+def test_a_write_that_must_not_replace_keeps_a_file_written_meanwhile(tmp_path, monkeypatch, links):
+    from textinv import io as textinv_io
+
+    if not links:
+        def no_link(src, dst):
+            raise PermissionError(1, "Operation not permitted", src, None, dst)
+
+        monkeypatch.setattr(textinv_io.os, "link", no_link)
+    with atomic_path(tmp_path / "a.png", replace=False) as tmp:
+        tmp.write_text("mine")
+    with pytest.raises(FileExistsError, match="a.png"):
+        with atomic_path(tmp_path / "a.png", replace=False) as tmp:
+            tmp.write_text("another")
+    assert (tmp_path / "a.png").read_text() == "mine" and os.listdir(tmp_path) == ["a.png"]

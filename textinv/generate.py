@@ -926,8 +926,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
     names = {(index, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}-s{seed}"
              for index in range(len(config.prompt)) for seed in seeds}
-    run = _new_run_suffix(out, [name for (_, seed), name in names.items()
-                               if keep_seeds is None or seed in keep_seeds])
+    mine = [name for (_, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
+    run = _new_run_suffix(out, mine)
     bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
     try:  # (closed on a failure too: the error is then said on a line of its own, not after the bar)
         for text in dict.fromkeys(config.prompt + [config.negative_prompt]):
@@ -968,9 +968,15 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                               RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
                                                       "settings": settings, "embedding_sha256": recorded_sums,
                                                       **({"by_name": by_name} if by_name else {})})}
-                    path = out / f"{names[index, seed]}{run}.png"
-                    with atomic_path(path) as tmp:
-                        img.save(tmp, format="PNG", pnginfo=png_text(params) if config.metadata != "none" else None)
+                    while True:
+                        path = out / f"{names[index, seed]}{run}.png"
+                        try:
+                            with atomic_path(path, replace=False) as tmp:
+                                img.save(tmp, format="PNG",
+                                         pnginfo=png_text(params) if config.metadata != "none" else None)
+                            break
+                        except FileExistsError:  # another run drawing into `out` took the name since: the next free
+                            run = _new_run_suffix(out, mine)
                     written.append(path)
                     where.written = len(written)
     finally:

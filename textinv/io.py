@@ -16,8 +16,10 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error it is removed.
+def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error it is removed. With
+    `replace=False` a file at `path` (one another process wrote meanwhile) is kept: FileExistsError is raised, and
+    the temporary file removed.
 
     >>> with atomic_path("out/emb.safetensors") as tmp:   # doctest: +SKIP
     ...     safetensors.torch.save_file(tensors, tmp)
@@ -39,7 +41,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:  # make the bytes durable before the rename publishes them
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
     except OSError as e:  # (a full disk, say: named by the file meant, not its temporary name)
         tmp.unlink(missing_ok=True)
         if e.filename == str(path):
@@ -48,6 +53,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _publish_new(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path` unless `path` exists (FileExistsError). A hard link is made, or refused, in one step;
+    a file system without them (FAT, exFAT) takes a check, then the rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # (no hard links here)
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def make_folder(path: str | os.PathLike) -> None:
