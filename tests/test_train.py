@@ -152,6 +152,17 @@ def test_existing_output_folder_is_not_overwritten_silently(sd1_dir, images, tmp
     assert (out / "learned_embeds.safetensors").exists()
 
 
+def test_a_folder_holding_only_what_a_file_browser_leaves_is_an_empty_one(sd1_dir, images, tmp_path):
+    """An --out made in Finder or Explorer for the run, and looked into, holds .DS_Store (desktop.ini, Thumbs.db):
+    it was refused as "not empty", with --resume or --overwrite as the way on."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".DS_Store", "._.DS_Store", "desktop.ini", "Thumbs.db"):
+        (out / name).write_bytes(b"\0")
+    train(config(images, out, steps=2), model=load_model(sd1_dir), progress=False)
+    assert (out / "learned_embeds.safetensors").is_file() and (out / ".DS_Store").read_bytes() == b"\0"
+
+
 def test_overwrite_keeps_the_old_run_until_the_inputs_load_and_deletes_only_its_files(sd1_dir, images, tmp_path):
     """A run that fails on its inputs leaves the folder as it was; a good one replaces the old run's files and
     keeps the user's own: a model file, another embedding, notes."""

@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, build, read_config_file
-from .data import PictureSet
+from .data import _OS_LITTER, PictureSet
 from .errors import ConfigError, FormatError
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, load_embedding, second_file,
                       step_filename)
@@ -81,7 +81,10 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         raise ConfigError(f"--concepts token {taken[0]} would put its files in {out / concept_folder(taken[0])}, "
                           f"where the run keeps its own {concept_folder(taken[0])}; give that concept another token")
     _check_token_names(tokens, config.vectors)
-    holds_run = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+    # (what a file browser leaves in a folder looked into, .DS_Store, desktop.ini, is not a run; nor are hidden files,
+    # the lock's among them: a new run's files take none of their names)
+    holds_run = out.is_dir() and any(not p.name.startswith(".") and p.name.lower() not in _OS_LITTER
+                                     for p in out.iterdir())
     if config.resume:
         saved = out / CONFIG_FILE
         if not saved.exists():
