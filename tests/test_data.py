@@ -126,6 +126,23 @@ def test_junk_is_skipped_with_one_warning_naming_it(tmp_path):
         assert name not in message
 
 
+def test_a_picture_that_cannot_be_opened_is_said_to_be_so_not_damaged(tmp_path, monkeypatch):
+    """A picture copied with another user's permissions (sudo cp, a container's volume) was "named as a picture but
+    unreadable: damaged ...; re-save it", advice that cannot be followed on a file one cannot open."""
+    solid(tmp_path / "a.png")
+    solid(tmp_path / "locked.png")
+
+    def guarded(path, *args, **kwargs):
+        if os.fspath(path).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data, "open", guarded, raising=False)
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.png"]
+    assert "locked.png (cannot be opened: Permission denied; give yourself read permission" in str(rec.list[0])
+
+
 def test_a_skipped_picture_says_what_to_do(tmp_path):
     """An empty file (a download or sync that never finished) is said to be empty, and one Pillow cannot decode
     (such as a float RGB TIFF) gets the fix: the message only said "damaged, or not what its name says"."""

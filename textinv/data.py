@@ -412,6 +412,11 @@ def _describe_skipped(path: Path) -> str:
         return f"{path.name} (a broken link)"
     if not path.is_file():
         return f"{path.name} (not a regular file)"
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:  # (copied with another user's permissions, say: not to be taken for a damaged picture)
+        return f"{path.name} (cannot be opened: {e.strerror or e}; give yourself read permission, e.g. chmod u+r)"
     if path.suffix in _CAPTION_NAMES:
         return f"{path.name} (a caption with no picture of the same name)"
     if path.suffix.lower() in _CAMERA_RAW:
