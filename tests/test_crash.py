@@ -12,7 +12,7 @@ import torch
 from textinv import cli
 from textinv import io as textinv_io
 from textinv import train as train_module
-from textinv.config import TrainConfig
+from textinv.config import TrainConfig, read_config_file
 from textinv.errors import ConfigError
 from textinv.models import load_model
 from textinv.run_folder import LOCK_FILE, checkpoints, run_lock
@@ -312,3 +312,22 @@ def test_a_resume_whose_saved_settings_are_damaged_says_which_file_and_what_to_d
     with pytest.raises(ConfigError) as e:
         train(config(images, out, resume=True), progress=False)
     assert str(e.value) == said
+
+
+def test_a_run_whose_pictures_moved_resumes_from_where_they_are_now(sd1_dir, images, tmp_path, capsys):
+    """A resume after the picture folder moved (renamed, the project taken to another disk) was refused both ways:
+    without --images "the image folder ... does not exist; give the folder that holds your pictures", and with it
+    "cannot resume with different settings (images: ...)". The checkpoint's picture names are still checked."""
+    out, moved = tmp_path / "b", tmp_path / "moved pictures"
+    whole = train(config(images, tmp_path / "whole", steps=4), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    images.rename(moved)
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 2
+    assert f"the image folder {images} does not exist" in capsys.readouterr().err
+    (moved / "img0.png").rename(moved / "other.png")
+    with pytest.raises(ConfigError, match="missing now: img0.png; new: other.png"):
+        train(config(moved, out, steps=4, resume=True), model=load_model(sd1_dir), progress=False)
+    (moved / "other.png").rename(moved / "img0.png")
+    resumed = train(config(moved, out, steps=4, resume=True), model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], whole.embedding.vectors["text_encoder"])
+    assert read_config_file(out / "config.yaml")["images"] == str(moved)  # (a later resume finds them there)

@@ -92,14 +92,17 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         old = read_run_settings(out)
         new = _absolute_paths(config).to_dict()
         defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
-        diffs = [k for k in new if k not in RESUMABLE_CHANGES and not _same(k, old.get(k, defaults.get(k)), new[k],
-                                                                             config)]
+        # (images: the folder may have moved, to another disk or machine; its pictures must be the run's, which
+        # `check_resumable` sees by their names)
+        moved = {"images"} if new["images"] and old.get("images") else set()
+        diffs = [k for k in new if k not in RESUMABLE_CHANGES | moved
+                 and not _same(k, old.get(k, defaults.get(k)), new[k], config)]
         if diffs:
             detail = ", ".join(f"{k}: {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in diffs)
             raise ConfigError(f"cannot resume {out} with different settings ({detail}); resume with the same "
                               f"settings or start a new run in another folder")
         # (--epochs given now: the steps come from it, not from the default `steps` beside it)
-        now = {k: new[k] for k in RESUMABLE_CHANGES if not (k == "steps" and new["epochs"] is not None)}
+        now = {k: new[k] for k in RESUMABLE_CHANGES | moved if not (k == "steps" and new["epochs"] is not None)}
         return build(TrainConfig, old, now).validate(), None
     if holds_run and not config.overwrite:
         raise ConfigError(f"output folder {out} is not empty; pass --resume to continue the run there, "
