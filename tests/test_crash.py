@@ -331,3 +331,20 @@ def test_a_run_whose_pictures_moved_resumes_from_where_they_are_now(sd1_dir, ima
     resumed = train(config(moved, out, steps=4, resume=True), model=load_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], whole.embedding.vectors["text_encoder"])
     assert read_config_file(out / "config.yaml")["images"] == str(moved)  # (a later resume finds them there)
+
+
+def test_a_resume_without_checkpoints_says_how_to_go_on_from_the_saved_vectors(sd1_dir, images, tmp_path, capsys):
+    """Checkpoints deleted after a run (to make room), then --resume --steps more: the message said the run had
+    stopped before its first save, and its fix, --overwrite, deletes the run's embedding with the rest."""
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    for path in checkpoints(out):
+        path.unlink()
+    with pytest.raises(ConfigError) as e:
+        train(config(images, out, steps=4, resume=True), model=load_model(sd1_dir), progress=False)
+    assert str(e.value) == (f"cannot resume: {out / 'checkpoints'} holds no checkpoint (the run stopped before its "
+                            f"first --save-every step, or they were deleted); start it again with --overwrite, and "
+                            f"--init-embedding {out / 'learned_embeds.safetensors'} (in place of --init) to start "
+                            f"from the vectors it saved")
+    train(config(images, out, steps=2, overwrite=True, init=None,  # (the way it gives)
+                 init_embedding=str(out / "learned_embeds.safetensors")), model=load_model(sd1_dir), progress=False)

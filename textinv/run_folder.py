@@ -383,7 +383,8 @@ def newest_checkpoint(out: Path) -> tuple[Path, dict]:
     found = checkpoints(out)
     if not found:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint (the run stopped before its "
-                          f"first --save-every step); start it again with --overwrite")
+                          f"first --save-every step, or they were deleted); start it again with --overwrite"
+                          f"{_from_saved_vectors(out)}")
     damaged = []
     for i in reversed(range(len(found))):
         path = found[i]
@@ -396,7 +397,21 @@ def newest_checkpoint(out: Path) -> tuple[Path, dict]:
             warnings.warn(f"checkpoint {path} cannot be read ({why}); "
                           + (f"resuming from {older}" if older else "no older one is kept"), stacklevel=2)
     raise ConfigError(f"cannot resume: every checkpoint in {out / CHECKPOINT_DIR} is damaged ({', '.join(damaged)}); "
-                      f"start the run again with --overwrite")
+                      f"start the run again with --overwrite{_from_saved_vectors(out)}")
+
+
+def _from_saved_vectors(out: Path) -> str:
+    """What a run restarted with --overwrite adds to start from the vectors its embedding file in `out` holds (the
+    file stays: `clear_run`), or '' for none: --overwrite alone deletes it with the rest."""
+    try:
+        found = embedding_file(out)
+    except ConfigError:  # (a run of several concepts: one file each)
+        return ""
+    if found.is_dir():  # (diffusers' layout, which embedding_file leaves to load_embedding)
+        found = next((found / name for name in ("learned_embeds.safetensors", "learned_embeds.bin")
+                      if (found / name).is_file()), found)
+    return (f", and --init-embedding {found} (in place of --init) to start from the vectors it saved"
+            if found.is_file() else "")
 
 
 def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: list[PictureSet],
