@@ -206,7 +206,8 @@ def test_each_key_textinv_has_no_equivalent_for_is_refused_by_name_with_what_to_
     ('steps = 30\n', r"holds textinv settings \(steps\), not kohya's \[general\] and \[\[datasets\]\]: give it to "
                      r"--config"),
     ('[general]\nresolution = [768, 512]\n', r"\[general\]: resolution = \[768, 512\]: textinv trains squares of one "
-                                             r"--resolution .* give one number, e.g. resolution = 768"),
+                                             r"--resolution .* give one number, e.g. resolution = 768 \(its longer "
+                                             r"side\), or 640 \(about its area"),
     ('[general]\nresolution = 500\n', r"\[general\]: resolution = 500: resolution must be a multiple of 8 pixels, "
                                       r"got 500; the nearest: 496 or 504"),
     ('[general]\nnum_repeats = "10"\n', r"\[general\]: num_repeats must be a whole number >= 1, got \"10\""),

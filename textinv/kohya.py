@@ -111,8 +111,10 @@ def _resolution(value):
     if isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
         value = value[0]
     elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        area = round((value[0] * value[1]) ** 0.5 / 64) * 64  # (the side of about its area, in the buckets' steps)
         raise _Refused(f"textinv trains squares of one --resolution (with enable_bucket, buckets of about its "
-                       f"area); give one number, e.g. resolution = {max(value)}")
+                       f"area); give one number, e.g. resolution = {max(value)} (its longer side), or {area} "
+                       f"(about its area: with enable_bucket, the buckets kohya makes from {value})")
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError("a number of pixels, such as 512 (or [512, 512])")
     try:
