@@ -1201,6 +1201,32 @@ def test_again_refuses_a_picture_without_settings_and_an_a1111_embedding_png(tmp
     assert "give the ones to change as flags" in capsys.readouterr().err
 
 
+def test_again_tells_a_training_runs_folder_retrained_since(sd1_dir, tmp_path):
+    """The README's `--embedding runs/my-dog` (a run's folder, not its file): the picture records the SHA-256 of the
+    file the folder gave, so a run retrained since (`--overwrite`) is warned about on --again, as a file is; the
+    file itself given for the folder is compared with the same record."""
+    import hashlib
+    import json
+
+    from textinv.again import again_config
+
+    run = tmp_path / "runs" / "my-dog"
+    run.mkdir(parents=True)
+    save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}), run / "learned_embeds.safetensors")
+    (path,) = generate(GenerateConfig(prompt=["a <q>"], embedding=[str(run)], out=str(tmp_path / "r"), n=1, steps=1,
+                                      model=str(sd1_dir), metadata="full"), progress=False)
+    record = json.loads(Image.open(path).text["textinv_settings"])
+    digest = hashlib.sha256((run / "learned_embeds.safetensors").read_bytes()).hexdigest()
+    assert record["embedding_sha256"] == [digest]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the same bytes: no word about them, by the folder or by its file)
+        again_config(path, {})
+        again_config(path, {"embedding": [str(run / "learned_embeds.safetensors")]})
+    save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}), run / "learned_embeds.safetensors")
+    with pytest.warns(UserWarning, match=rf"drawn with other contents of {run} .*will differ"):
+        again_config(path, {})
+
+
 def test_again_names_a_moved_file_and_ignores_a_newer_textinvs_settings_with_a_warning(sd1_dir, tmp_path):
     import json
     import shutil

@@ -328,7 +328,7 @@ def _check_unchanged(picture: Picture, files: list[str]) -> None:
     if len(files) != len(picture.digests):
         return
     changed = [f for f, old in zip(files, picture.digests)
-               if isinstance(old, str) and Path(f).expanduser().is_file() and file_digest(f) != old]
+               if isinstance(old, str) and file_digest(f) not in (None, old)]  # (a run's folder: its file's)
     if changed:
         warnings.warn(f"{picture.path} was drawn with other contents of {', '.join(changed)} (the file was retrained "
                       f"or replaced since): the redraw uses the file as it is now, so it will differ", stacklevel=3)

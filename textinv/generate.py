@@ -618,7 +618,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     with handed_back(model):
         for emb in embeddings:
             install_embedding(model, emb)
-        digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a folder's is None)
+        digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
                              _embedding_sums(embeddings, paths, digests), where)
@@ -878,8 +878,18 @@ def shareable_record(settings: dict) -> tuple[dict, list[str]]:
 
 def file_digest(path: str) -> str | None:
     """The SHA-256 of an embedding file (kilobytes: instant), which a picture records so that `--again` can tell a
-    file retrained or replaced at the same path; None for a folder of them."""
+    file retrained or replaced at the same path. A training run's folder (or a diffusers output folder) gives its
+    embedding file's, so a run retrained since is told as its file is; None for a folder of several embeddings (the
+    web UI's embeddings folder, a run of several concepts)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        try:
+            path = embedding_file(path)
+        except ConfigError:  # (a run of several concepts: no one file)
+            return None
+        if path.is_dir():  # (a diffusers folder: its learned_embeds file, as load_embedding reads it)
+            path = next((path / name for name in ("learned_embeds.safetensors", "learned_embeds.bin")
+                         if (path / name).is_file()), path)
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
@@ -896,8 +906,9 @@ def _where(value: str | None) -> str | None:
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
               progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
               embedding_sums: dict[str, str], where: _Where | None = None) -> list[Path]:
-    """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a folder), `embedding_sums`:
-    each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing (`_memory_error`)."""
+    """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
+    `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
+    (`_memory_error`)."""
     where = where or _Where()
     steps = config.steps or DEFAULT_STEPS
     width = config.width or config.resolution or model.resolution
