@@ -710,6 +710,25 @@ def test_every_flag_the_readme_shows_with_a_command_is_one_of_its_flags():
     assert len(firsts) > 20 and not unknown, unknown
 
 
+# the other tools' dashed flags the README names in `code`: kohya's sample prompt options, TensorBoard's, kohya's
+# attention switches and --weights, pip's
+_OTHER_TOOLS_FLAGS = {"--n", "--d", "--l", "--s", "--ss", "--w", "--h", "--g", "--fs", "--ctr", "--rcfg", "--am", "--cn",
+                      "--i", "--logdir", "--xformers", "--sdpa", "--weights", "--index-url", "--help"}
+
+
+def test_every_flag_the_readme_names_in_code_is_one_there_is():
+    """A flag in `code` anywhere in the README, also in prose without its command ("such as `--no-buckets`", a
+    switch textinv never had), is a flag of a textinv command or `python -m` module, or one of the other tools'."""
+    from textinv.cli import make_parser
+
+    known = {s for parser in make_parser().commands.values() for action in parser._actions
+             for s in action.option_strings} | _OTHER_TOOLS_FLAGS
+    for module in sorted(set(re.findall(r"python -m ((?:textinv|benchmarks)\.[\w.]+)", README))):
+        known |= _module_flags(module)
+    named = {flag for span in _readme_commands() for flag in _FLAG.findall(span)}
+    assert len(named) > 100 and not sorted(named - known), sorted(named - known)
+
+
 def test_the_train_options_tables_defaults_are_the_codes():
     """Where the README's train options table states a default as a value (a number, a choice, on or off), it is
     TrainConfig's; a default the run resolves (the model's size, the property's word) is told in words."""
