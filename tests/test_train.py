@@ -1765,3 +1765,20 @@ def test_epochs_give_the_steps_of_a_kohya_folder_and_keep_them_in_config_yaml(sd
     saved = yaml.safe_load(text)
     assert saved["steps"] == 3 and saved["epochs"] is None and f"# {said}\n" in text
     assert train(TrainConfig(out=str(tmp_path / "b"), epochs=2, **{**run, "repeats": 2}), progress=False).steps == 5
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "statvfs"), reason="statvfs: a POSIX system's")
+def test_an_out_on_a_read_only_disk_is_said_to_be_on_one(monkeypatch, tmp_path):
+    """A read-only mount (a camera card, an ISO, a container's read-only volume) refuses every user: 'not writable
+    by you' would send them to change permissions. Faked here: no test can mount a disk."""
+    import os
+    from types import SimpleNamespace
+
+    real_statvfs = os.statvfs
+    monkeypatch.setattr(run_folder.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(run_folder.os, "statvfs", lambda path: SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(ConfigError, match=rf"--out {tmp_path / 'run'}: {tmp_path} is on a read-only disk; choose"):
+        run_folder.prepare_output(TrainConfig(images="x", token="<t>", out=str(tmp_path / "run")))
+    monkeypatch.setattr(run_folder.os, "statvfs", real_statvfs)
+    with pytest.raises(ConfigError, match=rf"{tmp_path} is not writable by you; choose another --out"):
+        run_folder.prepare_output(TrainConfig(images="x", token="<t>", out=str(tmp_path / "run")))

@@ -275,7 +275,10 @@ def _check_writable(out: Path) -> None:
     if not probe.is_dir():
         raise ConfigError(f"--out {out}: {probe} is a file, so the folder cannot be made there; choose another --out")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: {probe} is not writable by you; choose another --out")
+        # (a read-only mount refuses every user: not a matter of permissions to change)
+        read_only = hasattr(os, "statvfs") and os.statvfs(probe).f_flag & os.ST_RDONLY
+        raise ConfigError(f"--out {out}: {probe} is {'on a read-only disk' if read_only else 'not writable by you'}; "
+                          f"choose another --out")
 
 
 def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:

@@ -869,7 +869,7 @@ def format_table(report: dict) -> str:
             lines.append(f"best {measure}: {best['label']} ({best[measure]:.3f})")
     if report["training_similarity"] is not None:
         lines.append(f"(the training pictures among themselves: {report['training_similarity']:.3f}; CLIP "
-                     f"{report['clip']}, {len(report['seeds'])} pictures a prompt)")
+                     f"{report['clip']}, {_pictures(len(report['seeds']))} a prompt)")
     return "\n".join(lines)
 
 
@@ -878,6 +878,10 @@ def format_table(report: dict) -> str:
 
 
 THUMB = 128
+
+
+def _pictures(n: int) -> str:
+    return f"{n} picture{'' if n == 1 else 's'}"
 
 
 def _thumb(img: Image.Image) -> Image.Image:
@@ -960,7 +964,7 @@ def render_html(report: dict, loss_png: Image.Image | None) -> str:
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(report['title'])}</title>"
              f"<style>{_CSS}</style></head><body><h1>{esc(report['title'])}</h1>",
              f"<p class='muted'>{esc(report['model'])}; pictures judged by CLIP <code>{esc(report['clip'])}</code>; "
-             f"{len(report['seeds'])} pictures a prompt at seeds {report['seeds'][0]}-{report['seeds'][-1]}, the same "
+             f"{_pictures(len(report['seeds']))} a prompt at seeds {report['seeds'][0]}-{report['seeds'][-1]}, the same "
              f"for every method.</p>",
              "<h2>Scores</h2><p>As in the textual inversion paper: <b>reconstruction</b> is the mean CLIP image "
              "similarity of the 'a photo of' pictures to the training pictures; <b>editability</b> the mean CLIP "
