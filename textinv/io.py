@@ -10,9 +10,14 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
+import random
 from pathlib import Path
 from typing import Iterator
+
+# the letters of a temporary file's name (mkstemp's, as `run_folder.clear_temporaries` finds them), drawn from the
+# system's randomness: the random module's own numbers are a seeded run's, and a write must not move them
+_NAME_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+_NAMES = random.SystemRandom()
 
 
 @contextlib.contextmanager
@@ -26,16 +31,24 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
     """
     path = Path(path)
     make_folder(path.parent)
+    tmp = None  # named before it is made (not by mkstemp): a Ctrl-C the moment after still finds it to remove
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:  # (a folder made read-only: named by the file meant)
-        raise _as_meant(e, path) from e
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+        for _ in range(100):  # (as mkstemp: another name while one is taken)
+            tmp = path.parent / f".{path.name}.{''.join(_NAMES.choices(_NAME_LETTERS, k=8))}.tmp"
+            try:
+                os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            except FileExistsError:
+                tmp = None  # (another's: not removed below)
+                continue
+            except OSError:  # (not made: a folder made read-only, say)
+                tmp = None
+                raise
+            break
+        else:
+            raise FileExistsError(errno.EEXIST, "no unused temporary file name found", str(path))
         yield tmp
-        # mkstemp makes 0600; give the file the permissions open() would. Only now: a writer may have made the
-        # file anew (safetensors' save_file does), with mode 0600 again, so a chmod before the write is lost.
+        # made 0600 (as mkstemp makes it); give the file the permissions open() would. Only now: a writer may have
+        # made the file anew (safetensors' save_file does), with mode 0600 again, so a chmod before the write is lost.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -45,13 +58,15 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
             os.replace(tmp, path)
         else:
             _publish_new(tmp, path)
-    except OSError as e:  # (a full disk, say: named by the file meant, not its temporary name)
-        tmp.unlink(missing_ok=True)
+    except OSError as e:  # (a full disk, a folder made read-only: named by the file meant, not its temporary name)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if e.filename == str(path):
             raise
         raise _as_meant(e, path) from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
