@@ -463,12 +463,17 @@ def detect_format(path: str | Path) -> str:
     return _read_paired(_resolve(path)).format
 
 
+def diffusers_file(folder: Path) -> Path | None:
+    """The embedding file a diffusers output folder holds (`learned_embeds.safetensors`, else its `.bin`), or None."""
+    return next((folder / name for name in _DIFFUSERS_NAMES if (folder / name).is_file()), None)
+
+
 def _resolve(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
-        for name in _DIFFUSERS_NAMES:
-            if (path / name).is_file():
-                return path / name
+        found = diffusers_file(path)
+        if found is not None:
+            return found
         raise FormatError(f"{path} is a folder without {' or '.join(_DIFFUSERS_NAMES)}: name the embedding file")
     if not path.is_file():
         raise FormatError(f"{path}: no such file: check the path (embedding files end in .safetensors, .pt, .bin "

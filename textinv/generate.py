@@ -33,7 +33,8 @@ from . import __version__, emphasis
 from .config import SAMPLERS, GenerateConfig, check_side
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
-from .formats import RECORD_KEY, LearnedEmbedding, ModelSpecWarning, load_embedding, load_embedding_pair
+from .formats import (RECORD_KEY, LearnedEmbedding, ModelSpecWarning, diffusers_file, load_embedding,
+                      load_embedding_pair)
 from .io import absolute, atomic_path, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
@@ -798,8 +799,7 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
     files: list[tuple[str, str | None]] = []
     for entry, token in zip(entries, tokens):
         folder = Path(entry)
-        if not folder.is_dir() or any((folder / name).is_file() for name in ("learned_embeds.safetensors",
-                                                                             "learned_embeds.bin")):
+        if not folder.is_dir() or diffusers_file(folder) is not None:
             files.append((entry, token))
             continue
         # a training run's --out (or one concept's folder of it) holds its embedding under the token's name
@@ -888,8 +888,7 @@ def file_digest(path: str) -> str | None:
         except ConfigError:  # (a run of several concepts: no one file)
             return None
         if path.is_dir():  # (a diffusers folder: its learned_embeds file, as load_embedding reads it)
-            path = next((path / name for name in ("learned_embeds.safetensors", "learned_embeds.bin")
-                         if (path / name).is_file()), path)
+            path = diffusers_file(path) or path
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 

@@ -24,7 +24,7 @@ from . import __version__
 from .config import TrainConfig, build, read_config_file
 from .data import _OS_LITTER, PictureSet
 from .errors import ConfigError, FormatError
-from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, load_embedding, second_file,
+from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, load_embedding, second_file,
                       step_filename)
 from .io import write_bytes, write_text
 from .models import BUNDLED_MODELS
@@ -411,8 +411,7 @@ def _from_saved_vectors(out: Path) -> str:
     except ConfigError:  # (a run of several concepts: one file each)
         return ""
     if found.is_dir():  # (diffusers' layout, which embedding_file leaves to load_embedding)
-        found = next((found / name for name in ("learned_embeds.safetensors", "learned_embeds.bin")
-                      if (found / name).is_file()), found)
+        found = diffusers_file(found) or found
     return (f", and --init-embedding {found} (in place of --init) to start from the vectors it saved"
             if found.is_file() else "")
 
