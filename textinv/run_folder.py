@@ -17,6 +17,7 @@ import shutil
 import socket
 import warnings
 from pathlib import Path
+from typing import IO, Callable
 
 import torch
 
@@ -149,19 +150,11 @@ def run_lock(out: Path, is_main: bool = True):
 
         output_folder(out)
     lock = out / LOCK_FILE
-    created, held = not lock.exists(), False
-    f = open(lock, "a+")
+    created, held, f = not lock.exists(), False, None
     try:
-        if not _try_lock(f):
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise ConfigError(f"{out} is being written by another textinv train ({holder}); wait for it to finish "
-                              f"or stop it, or choose another --out")
+        f = hold_file(lock, lambda holder: f"{out} is being written by another textinv train ({holder}); wait for it "
+                                           f"to finish or stop it, or choose another --out")
         held = True
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
         yield
     finally:
         # no run's record: the run wrote nothing (a folder refused, inputs that failed), so the file it made goes
@@ -170,7 +163,8 @@ def run_lock(out: Path, is_main: bool = True):
         if held and created and not (out / CONFIG_FILE).exists():
             with contextlib.suppress(OSError):
                 lock.unlink()
-        f.close()  # (releases the lock)
+        if f is not None:
+            f.close()  # (releases the lock)
         for folder in made:  # the folders it made, while they are empty (--out a/b/c: a and b too)
             try:
                 folder.rmdir()
@@ -185,6 +179,22 @@ def clear_temporaries(out: Path) -> None:
     for path in Path(out).rglob(".*.tmp"):
         if path.is_file() and _TEMPORARY.fullmatch(path.name):
             path.unlink(missing_ok=True)
+
+
+def hold_file(lock: Path, refusal: Callable[[str], str]) -> IO:
+    """`lock` opened and locked (`_try_lock`), holding who holds it (process and host), for the caller to close;
+    where another process holds it, ConfigError(`refusal(who)`)."""
+    f = open(lock, "a+")
+    if not _try_lock(f):
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(refusal(holder))
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
 
 
 def _try_lock(f) -> bool:

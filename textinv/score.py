@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (Model, _is_local_path, check_model_object, load_model, offline_note, pick_device,
                      quiet_transformers)
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
-from .run_folder import _try_lock, embedding_file, saved_run
+from .run_folder import embedding_file, hold_file, saved_run
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the paper's judge
 MARKER = "{}"
@@ -521,24 +520,14 @@ def _hold(out: Path) -> IO:
     it goes with its process however that ends; `_release` removes the file."""
     lock = out.parent / f".{out.name}.lock"
     while True:
-        f = open(lock, "a+")
-        if not _try_lock(f):
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise ConfigError(f"--out {out} is being written by another textinv score ({holder}); wait for it to "
-                              f"finish, or choose another --out")
+        f = hold_file(lock, lambda holder: f"--out {out} is being written by another textinv score ({holder}); wait "
+                                           f"for it to finish, or choose another --out")
         try:  # the file locked is still the one named: a run finishing meanwhile removes it (`_release`)
             if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
-                break
+                return f
         except FileNotFoundError:
             pass
         f.close()
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
-    return f
 
 
 def _release(lock: IO, out: Path) -> None:
