@@ -812,10 +812,11 @@ def load_training_images(
         if weight is not None and not weight.max() > 0:
             raise DataError(f"{path} is transparent all over, so with --alpha-mask none of it would be learned; "
                             "remove it, or fix its alpha channel")
-        result.append(TrainingImage(path=path, pixels=pixels, caption=read_caption(path, extension),
+        found = caption_file(path, extension)
+        text = _read_text(found, "caption file") if found is not None else ""
+        result.append(TrainingImage(path=path, pixels=pixels, caption=_caption(text),
                                     original_size=(height, width), alpha=weight, caption_extension=extension))
-        found = caption_file(path, extension) if result[-1].caption is not None else None
-        lines = len([line for line in _read_text(found, "caption file").splitlines() if line.strip()]) if found else 0
+        lines = sum(1 for line in text.splitlines() if line.strip())
         if lines > 1:
             several.append(f"{found} ({lines} lines)")
     if several:  # (kohya's scripts train on a file's first line, or pick a line per step with enable_wildcard)
@@ -952,10 +953,13 @@ def read_caption(image_path: str | os.PathLike, extension: str | None = None) ->
     'a {} asleep on a red sofa'
     """
     found = caption_file(image_path, extension)
-    if found is None:
-        return None
-    text = " ".join(_read_text(found, "caption file").split())
-    return text.replace(A1111_MARKER, MARKER) or None
+    return _caption(_read_text(found, "caption file")) if found is not None else None
+
+
+def _caption(text: str) -> str | None:
+    """A caption file's text as its caption (`read_caption`): lines joined with spaces, `[name]` as `{}`; None when
+    empty."""
+    return " ".join(text.split()).replace(A1111_MARKER, MARKER) or None
 
 
 def caption_file(image_path: str | os.PathLike, extension: str | None = None) -> Path | None:
