@@ -727,12 +727,26 @@ def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
     >>> (624, 624) in bucket_sizes(624, 64)
     True
     """
-    sizes = {(resolution, resolution)}
-    for width in range(-(-resolution // (2 * step)) * step, 2 * resolution + 1, step):  # (from half the resolution)
-        height = min(resolution * resolution // width // step * step, 2 * resolution)
-        if height >= max(step, resolution // 2):
-            sizes.update(((width, height), (height, width)))
-    return sorted(sizes)
+    half = -(-resolution // (2 * step)) * step  # (half the resolution, in steps)
+    return sorted({(resolution, resolution)} | side_buckets(resolution, step, half, 2 * resolution))
+
+
+def side_buckets(resolution: int, step: int, smallest: int, largest: int) -> set[tuple[int, int]]:
+    """Sizes (W, H) and their mirrors: widths from `smallest` up in `step`s to `largest`, each with the largest height
+    in `step`s that keeps the area within resolution x resolution (at most `largest`), kept where that height is
+    at least `smallest`: kohya's `make_bucket_resolutions` (min_bucket_reso `smallest`, max_bucket_reso
+    `largest`) without its square, and `bucket_sizes` from half to twice the resolution.
+
+    >>> sorted(side_buckets(512, 64, 256, 1024))[:2]
+    [(256, 832), (256, 896)]
+    """
+    sizes, width = set(), smallest
+    while width <= largest:
+        height = min(largest, resolution * resolution // width // step * step)
+        if height >= smallest:
+            sizes.update({(width, height), (height, width)})
+        width += step
+    return sizes
 
 
 def bucket_size(width: int, height: int, resolution: int, step: int) -> tuple[int, int]:

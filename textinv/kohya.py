@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import TrainConfig, check_side
+from .data import side_buckets
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint, setting_of
 
@@ -534,24 +535,15 @@ def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool) -
                           f"{key} = {ours[key]:g}, or remove it")
 
 
-def kohya_buckets(resolution: int, step: int, smallest: float, largest: float) -> set[tuple[int, int]]:
+def kohya_buckets(resolution: int, step: int, smallest: int, largest: int) -> set[tuple[int, int]]:
     """The bucket sizes kohya's sd-scripts make at `resolution` with min_bucket_reso `smallest` and max_bucket_reso
-    `largest` (its `make_bucket_resolutions`): widths from `smallest` up in `step`s to `largest`, each with the
-    largest height in `step`s that keeps the area within resolution x resolution (at most `largest`), kept where
-    that height is at least `smallest`, and turned; with the square.
+    `largest` (its `make_bucket_resolutions`): `data.side_buckets`, with the square of the resolution in `step`s.
 
     >>> kohya_buckets(512, 64, 256, 2048) == kohya_buckets(512, 64, 256, 1024)
     True
     """
-    area = resolution * resolution
-    square = int(resolution // step) * step
-    sizes, width = {(square, square)}, smallest
-    while width <= largest:
-        height = min(largest, area // width // step * step)
-        if height >= smallest:
-            sizes.update({(int(width), int(height)), (int(height), int(width))})
-        width += step
-    return sizes
+    square = resolution // step * step
+    return {(square, square)} | side_buckets(resolution, step, smallest, largest)
 
 
 def _warn_ignored(read: DatasetConfig) -> None:
