@@ -333,6 +333,60 @@ def test_a_run_whose_pictures_moved_resumes_from_where_they_are_now(sd1_dir, ima
     assert read_config_file(out / "config.yaml")["images"] == str(moved)  # (a later resume finds them there)
 
 
+def test_a_run_whose_model_moved_resumes_with_it_given_where_it_is_now(sd1_dir, images, tmp_path):
+    """A resume with --model where the model is now (the folder moved, or the single file converted to one) was
+    refused as "different settings (model: ...)": the checkpoint did not say which model it was made with. Now it
+    holds the model's fingerprints: the same model anywhere resumes to the uninterrupted result, another is refused,
+    and the same source holding other weights since is warned about."""
+    import shutil
+    import warnings
+
+    from textinv.run_folder import ModelChangedWarning
+    from textinv.tiny import build_tiny_pipeline
+
+    here, moved, other = tmp_path / "model", tmp_path / "moved model", tmp_path / "other model"
+    shutil.copytree(sd1_dir, here)
+    build_tiny_pipeline("sd1", seed=5).save_pretrained(other)
+    out = tmp_path / "b"
+    whole = train(config(images, tmp_path / "whole", steps=4, model=str(here)), progress=False)
+    train(config(images, out, steps=2, save_every=2, model=str(here)), progress=False)
+    here.rename(moved)
+    with pytest.raises(ConfigError, match=f"with model: '{here}' -> '{other}': that is not the model the run was "
+                                          "trained with .its weights differ."):
+        train(config(images, out, steps=4, resume=True, model=str(other)), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelChangedWarning)
+        resumed = train(config(images, out, steps=4, resume=True, model=str(moved)), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], whole.embedding.vectors["text_encoder"])
+    assert read_config_file(out / "config.yaml")["model"] == str(moved)  # (a later resume finds it there)
+
+    # the same folder, other weights since (a model saved over it): the run can only go on, and says so
+    shutil.rmtree(moved)
+    shutil.copytree(other, moved)
+    with pytest.warns(ModelChangedWarning, match=f"the model {moved} has changed since the run started"):
+        train(config(images, out, steps=6, resume=True, model=str(moved)), progress=False)
+
+
+def test_a_checkpoint_without_the_models_fingerprint_resumes_only_with_the_model_where_it_was(sd1_dir, images,
+                                                                                            tmp_path):
+    """Checkpoints saved before fingerprints were kept cannot tell a moved model from another: refused, by name."""
+    import shutil
+
+    here = tmp_path / "model"
+    shutil.copytree(sd1_dir, here)
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, save_every=2, model=str(here)), progress=False)
+    [path] = checkpoints(out)
+    state = torch.load(path, weights_only=False)
+    del state["model"]
+    state["textinv_version"] = "0.1.0"
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=f"model given anew .model: '{here}' -> '{sd1_dir}'.: its checkpoints were "
+                                          "saved by textinv 0.1.0, which did not record"):
+        train(config(images, out, steps=4, resume=True, model=str(sd1_dir)), progress=False)
+    train(config(images, out, steps=4, resume=True, model=str(here)), progress=False)  # (where it was: as before)
+
+
 def test_a_resume_without_checkpoints_says_how_to_go_on_from_the_saved_vectors(sd1_dir, images, tmp_path, capsys):
     """Checkpoints deleted after a run (to make room), then --resume --steps more: the message said the run had
     stopped before its first save, and its fix, --overwrite, deletes the run's embedding with the rest."""

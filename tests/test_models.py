@@ -507,6 +507,33 @@ def test_a_single_file_in_the_original_layout_loads_its_own_weights(sd1_dir, tmp
         assert all(torch.equal(ours[k], want[k]) for k in want), name
 
 
+def test_a_models_fingerprint_is_its_weights_wherever_and_however_they_were_loaded(sd1_dir, tmp_path):
+    """What a checkpoint records of its model (run_folder.check_same_model): one model as a single file and as a
+    diffusers folder, in fp32 and in fp16, with an embedding installed or not, is one model; another seed is not."""
+    from textinv.models import model_fingerprints, same_model
+    from textinv.tiny import build_tiny_pipeline
+    from textinv.tokens import add_tokens
+
+    theirs = build_tiny_pipeline("sd1", seed=3)
+    theirs.save_pretrained(tmp_path / "folder")
+    save_file(_ldm_state_dict(theirs), tmp_path / "m.safetensors")
+    folder = model_fingerprints(load_model(tmp_path / "folder"))
+    assert set(folder) == {"fp32", "fp16", "bf16"}  # (fp32 weights can be read in each)
+    assert model_fingerprints(load_model(tmp_path / "m.safetensors", single_file_config=sd1_dir)) == folder
+    half = model_fingerprints(load_model(tmp_path / "folder", dtype=torch.float16))
+    assert half == {"fp16": folder["fp16"]} and same_model(folder, half)
+    assert same_model(half, model_fingerprints(load_model(tmp_path / "folder", dtype=torch.bfloat16))) is None
+    installed = load_model(tmp_path / "folder")
+    add_tokens(installed.tokenizer, installed.text_encoder, ["<zz>"], torch.ones(1, installed.width))
+    assert model_fingerprints(installed) == folder
+    other = model_fingerprints(load_model(sd1_dir))
+    assert same_model(folder, other) is False and same_model(half, other) is False
+    nudged = load_model(tmp_path / "folder")
+    with torch.no_grad():  # (one weight of the UNet's last layer, as a fine-tune moves them all)
+        nudged.unet.conv_out.bias[-1] += 1e-3
+    assert same_model(folder, model_fingerprints(nudged)) is False
+
+
 def test_files_a_web_ui_keeps_beside_its_checkpoints_are_named_with_where_they_go(sd1_dir, tmp_path):
     """Embeddings, LoRAs and VAEs sit beside checkpoints in a web UI's folders, and a diffusers folder's component
     files look like checkpoints: each given as --model says what it is and what to pass instead (the message said

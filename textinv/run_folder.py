@@ -28,7 +28,7 @@ from .errors import ConfigError, FormatError
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, load_embedding, second_file,
                       step_filename)
 from .io import write_bytes, write_text
-from .models import BUNDLED_MODELS
+from .models import BUNDLED_MODELS, same_model
 from .tokens import token_names
 from .tracking import LOGS_DIR, run_name
 
@@ -96,6 +96,9 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         # (images: the folder may have moved, to another disk or machine; its pictures must be the run's, which
         # `check_resumable` sees by their names)
         moved = {"images"} if new["images"] and old.get("images") else set()
+        # (the model too, as its folder or file may move: the checkpoint's fingerprint of it is compared once it has
+        # loaded, `check_same_model`)
+        moved |= {k for k in MODEL_SETTINGS if new[k] and old.get(k)}
         diffs = [k for k in new if k not in RESUMABLE_CHANGES | moved
                  and not _same(k, old.get(k, defaults.get(k)), new[k], config)]
         if diffs:
@@ -354,12 +357,15 @@ def checkpoint_path(out: Path, step: int) -> Path:
 
 def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
                      interval: tuple[list[float], int] = ([0.0], 0), pictures: list[list[str]] | None = None,
-                     processes: int = 1, skipped: list[int] | None = None) -> None:
+                     processes: int = 1, skipped: list[int] | None = None, model: dict[str, str] | None = None
+                     ) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, and
     what the data stream depends on (each concept's picture names, the number of processes sharing a batch);
-    `skipped`: the fp16 steps each concept skipped alone (its Adam step count is the shared one less these)."""
+    `skipped`: the fp16 steps each concept skipped alone (its Adam step count is the shared one less these);
+    `model`: the model's fingerprints (`model_fingerprints`), so a resume can tell it wherever it is."""
     state = {
         "step": step,
+        "model": model,
         "pictures": pictures,
         "processes": processes,
         "vectors": [e.vectors.detach().cpu().clone() for e in exts],
@@ -427,13 +433,21 @@ def _from_saved_vectors(out: Path) -> str:
 
 
 def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: list[PictureSet],
-                     processes: int) -> None:
+                     processes: int) -> list[str]:
     """Refuse, before the model loads, a resume whose data stream would not continue the saved one: the step is
     past --steps, a concept's pictures changed (`found`: each concept's; the saved epoch order indexes them), or
     another number of processes would split another global batch (each process draws `batch` x processes samples
-    per step)."""
+    per step). Returns the model settings given anew (`--model` where the model is now), for `check_same_model`;
+    refused here when the checkpoint holds no fingerprint to compare the model with."""
     state = checkpoint[1]
     out, step = Path(config.out), int(state["step"])
+    saved = read_run_settings(out)
+    moved = [f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in MODEL_SETTINGS
+             if saved.get(k) and getattr(config, k) and not _same(k, saved[k], getattr(config, k), config)]
+    if moved and not state.get("model"):
+        raise ConfigError(f"cannot resume {out} with a model given anew ({', '.join(moved)}): its checkpoints were "
+                          f"saved by textinv {state.get('textinv_version', 'before 0.1')}, which did not record which "
+                          "model they belong to; resume with the model where the run had it, or start a new run")
     if step > config.steps:
         raise ConfigError(f"cannot resume {out} at step {step} with --steps {config.steps}: the run is past "
                           f"it; give --steps {step} or more")
@@ -458,6 +472,37 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
             continue
         raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
                           f"({detail}); put the folder back as it was, or start a new run with --overwrite")
+    return moved
+
+
+class ModelChangedWarning(UserWarning):
+    """A run resumed with a model whose weights are not the ones it started with, from the same source."""
+
+
+def check_same_model(checkpoint: tuple[Path, dict], moved: list[str], fingerprints: dict[str, str],
+                     config: TrainConfig) -> None:
+    """Once the model has loaded, compare it with the one the run's checkpoint was made with (`model_fingerprints`):
+    a model given anew (`moved`, from `check_resumable`) must be the same one, wherever it is now; a model at the
+    run's own source that changed since (a folder overwritten, a hub id updated) is warned about, as the run can
+    only go on with it."""
+    saved, out = checkpoint[1].get("model"), Path(config.out)
+    same = same_model(saved, fingerprints) if saved else True
+    if same:
+        return
+    if same is None:  # (read in fp16 then, bf16 now: neither rounding gives the other)
+        if moved:
+            then, now = "/".join(saved), "/".join(fingerprints)
+            warnings.warn(f"resuming {out} with {', '.join(moved)}: the model could not be compared with the run's "
+                          f"(its weights were read in {then} then, {now} now); make sure it is the same model",
+                          ModelChangedWarning, stacklevel=3)
+        return
+    if moved:
+        raise ConfigError(f"cannot resume {out} with {', '.join(moved)}: that is not the model the run was trained "
+                          "with (its weights differ); give the run's own model where it is now, or start a new run "
+                          "with --overwrite")
+    warnings.warn(f"resuming {out}: the model {config.model} has changed since the run started (its weights are not "
+                  "the ones its checkpoint recorded); the run goes on with the model as it is now, so its embedding "
+                  "is learned partly against each", ModelChangedWarning, stacklevel=3)
 
 
 def load_checkpoint(checkpoint: tuple[Path, dict], exts, optimizer, lr_schedule, samplers, scaler

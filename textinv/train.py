@@ -50,10 +50,10 @@ from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
 from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as,
                      release, smaller_side, step_bytes)
-from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, pick_device,
-                     shareable_name, xl_time_ids)
-from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, checkpoints,
-                         clear_run, clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint,
+from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, model_fingerprints,
+                     pick_device, shareable_name, xl_time_ids)
+from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, check_same_model,
+                         checkpoints, clear_run, clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint,
                          prepare_output, run_lock, save_checkpoint, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
@@ -669,8 +669,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if config.cuda_graphs:
         check_graph_device(device)
     checkpoint = newest_checkpoint(out) if config.resume else None
-    if checkpoint is not None:
-        check_resumable(checkpoint, config, found, world)
+    moved = check_resumable(checkpoint, config, found, world) if checkpoint is not None else []
     where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
     start_from = None
     if config.init_embedding:
@@ -685,6 +684,9 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
                            single_file_config=config.single_file_config, vae=config.vae)
     model.check_trainable()
+    fingerprints = model_fingerprints(model)  # (before any token is added: a checkpoint records the model's own)
+    if checkpoint is not None:
+        check_same_model(checkpoint, moved, fingerprints, config)
     where.dtype = next(model.unet.parameters()).dtype  # (a model passed in has its own)
     where.model = model
     file_format = _file_format(config.format, model)
@@ -890,7 +892,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
                              pictures=[listed.names for listed in found], processes=world,
-                             skipped=skipped)
+                             skipped=skipped, model=fingerprints)
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
         return files
