@@ -199,7 +199,7 @@ def model_fingerprints(model: Model) -> dict[str, str]:
     from .tokens import ExtendedEmbedding, base_embedding
 
     shared = hashlib.sha256()  # what does not depend on the precision: classes, shapes, words, the noise schedule
-    samples = []
+    samples, loaded = [], set()
     components = [("unet", model.unet), ("vae", model.vae)] + [(name, te) for name, _, te in model.encoders]
     for name, module in components:
         shared.update(f"{name} {type(module).__name__}".encode())
@@ -210,20 +210,21 @@ def model_fingerprints(model: Model) -> dict[str, str]:
             shared.update(repr(tuple(tensor.shape)).encode())
             flat = tensor.detach().reshape(-1)
             n = min(flat.numel(), 64)
-            samples.append(flat[torch.arange(n, device=flat.device) * (flat.numel() - 1) // max(n - 1, 1)].cpu())
+            loaded.add(flat.dtype)
+            # (as float32, which holds fp16 and bf16 values exactly, to be fetched from the device in one copy)
+            samples.append(flat[torch.arange(n, device=flat.device) * (flat.numel() - 1) // max(n - 1, 1)].float())
     for name, tokenizer, te in model.encoders:  # (the base vocabulary's words: ids past it are added tokens)
         rows = base_embedding(te).num_embeddings
         shared.update(json.dumps([name, sorted((w, i) for w, i in tokenizer.get_vocab().items() if i < rows)]).encode())
     schedule = model.noise_scheduler().config
     shared.update(json.dumps({k: schedule.get(k) for k in _SCHEDULE_KEYS}, default=str).encode())
-    loaded = {t.dtype for t in samples}
+    values = torch.cat([t.to(samples[0].device) for t in samples]).cpu() if samples else torch.zeros(0)
     hashes = {}
     for precision, dtype in DTYPES.items():
         if not loaded <= {torch.float32, dtype}:  # (values held in another 16-bit type cannot be read in this one)
             continue
         digest = shared.copy()
-        for t in samples:
-            digest.update(t.to(dtype).view(torch.uint8).numpy().tobytes())
+        digest.update(values.to(dtype).view(torch.uint8).numpy().tobytes())
         hashes[precision] = digest.hexdigest()[:16]
     return hashes
 
