@@ -214,8 +214,11 @@ def model_fingerprints(model: Model) -> dict[str, str]:
             # (as float32, which holds fp16 and bf16 values exactly, to be fetched from the device in one copy)
             samples.append(flat[torch.arange(n, device=flat.device) * (flat.numel() - 1) // max(n - 1, 1)].float())
     for name, tokenizer, te in model.encoders:  # (the base vocabulary's words: ids past it are added tokens)
-        rows = base_embedding(te).num_embeddings
-        shared.update(json.dumps([name, sorted((w, i) for w, i in tokenizer.get_vocab().items() if i < rows)]).encode())
+        words = [""] * base_embedding(te).num_embeddings
+        for word, i in tokenizer.get_vocab().items():
+            if i < len(words):
+                words[i] = word
+        shared.update("\n".join([name, *words]).encode())
     schedule = model.noise_scheduler().config
     shared.update(json.dumps({k: schedule.get(k) for k in _SCHEDULE_KEYS}, default=str).encode())
     values = torch.cat([t.to(samples[0].device) for t in samples]).cpu() if samples else torch.zeros(0)
