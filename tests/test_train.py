@@ -229,6 +229,33 @@ def test_resume_after_the_pictures_changed_is_refused_before_loading(sd1_dir, tm
     assert train(TrainConfig(**{**run, "steps": 4}, resume=True), progress=False).steps == 4
 
 
+def test_a_folder_whose_names_came_back_in_another_unicode_form_resumes_the_same_run(sd1_dir, tmp_path):
+    """macOS writes 'e' + a combining accent (NFD) where Linux keeps the composed letter (NFC): the same folder moved
+    between them holds other bytes, which also sort otherwise ('e\u0301' before 'f', '\u00e9' after). The resume
+    was refused as "pictures changed"; it now takes them as the same, in the checkpoint's order."""
+    import unicodedata
+
+    from conftest import write_images
+
+    def named(folder, form):
+        for i, name in enumerate(["\u00e9t\u00e9.png", "f.png", "caf\u00e9.png"]):
+            (folder / f"img{i}.png").rename(folder / unicodedata.normalize(form, name))
+        return folder
+
+    composed = named(write_images(tmp_path / "nfc", n=3, seed=4), "NFC")
+    decomposed = named(write_images(tmp_path / "nfd", n=3, seed=4), "NFD")
+    assert sorted(p.name for p in composed.iterdir()) != [unicodedata.normalize("NFC", p.name)
+                                                          for p in sorted(decomposed.iterdir())]
+    straight = train(config(composed, tmp_path / "a", steps=4, save_every=2, batch=1), model=load_model(sd1_dir),
+                     progress=False)
+    train(config(composed, tmp_path / "b", steps=2, save_every=2, batch=1), model=load_model(sd1_dir),
+          progress=False)
+    resumed = train(config(decomposed, tmp_path / "b", steps=4, save_every=2, batch=1, resume=True),
+                    model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.losses == straight.losses
+
+
 def test_an_epoch_holds_each_picture_its_own_repeat_count_times():
     """kohya's folders give pictures different repeat counts: each epoch holds picture i exactly counts[i] times,
     and one count for all draws exactly what runs drew before counts per picture."""

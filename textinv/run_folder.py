@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import IO, Callable
@@ -433,12 +434,13 @@ def _from_saved_vectors(out: Path) -> str:
 
 
 def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: list[PictureSet],
-                     processes: int) -> list[str]:
+                     processes: int) -> tuple[list[PictureSet], list[str]]:
     """Refuse, before the model loads, a resume whose data stream would not continue the saved one: the step is
     past --steps, a concept's pictures changed (`found`: each concept's; the saved epoch order indexes them), or
     another number of processes would split another global batch (each process draws `batch` x processes samples
-    per step). Returns the model settings given anew (`--model` where the model is now), for `check_same_model`;
-    refused here when the checkpoint holds no fingerprint to compare the model with."""
+    per step). Returns `found` with each concept's pictures in the order the checkpoint has them (`same_names`),
+    and the model settings given anew (`--model` where the model is now), for `check_same_model`; refused here when
+    the checkpoint holds no fingerprint to compare the model with."""
     state = checkpoint[1]
     out, step = Path(config.out), int(state["step"])
     saved = read_run_settings(out)
@@ -457,22 +459,27 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
         raise ConfigError(f"cannot resume {out}: it was trained by {saved} process(es) at --batch {config.batch} "
                           f"each, this launch has {processes}, which would change the batch of every step; resume "
                           f"{how}")
+    ordered = []
     for pictures, names, sampler in zip(found, state.get("pictures") or [None] * len(found), state["samplers"]):
         now = pictures.names  # (kohya's layout: "10_dog/a.png")
         if names is None:  # (older checkpoints keep no names: the epoch order's length still tells the count)
             was = len(sampler["order"]) // config.repeats
             if not was or was == len(now):
+                ordered.append(pictures)
                 continue
             detail = f"{was} pictures then, {len(now)} now"
-        elif names != now:
+        else:
+            order = same_names(names, now)
+            if order is not None:
+                ordered.append(_reordered(pictures, order))
+                continue
+            names, now = [_nfc(n) for n in names], [_nfc(n) for n in now]
             gone, new = sorted(set(names) - set(now)), sorted(set(now) - set(names))
             detail = "; ".join(part for part in (gone and f"missing now: {', '.join(gone)}",
                                                  new and f"new: {', '.join(new)}") if part)
-        else:
-            continue
         raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
                           f"({detail}); put the folder back as it was, or start a new run with --overwrite")
-    return moved
+    return ordered, moved
 
 
 class ModelChangedWarning(UserWarning):
@@ -503,6 +510,39 @@ def check_same_model(checkpoint: tuple[Path, dict], moved: list[str], fingerprin
     warnings.warn(f"resuming {out}: the model {config.model} has changed since the run started (its weights are not "
                   "the ones its checkpoint recorded); the run goes on with the model as it is now, so its embedding "
                   "is learned partly against each", ModelChangedWarning, stacklevel=3)
+
+
+def same_names(saved: list[str], now: list[str]) -> list[int] | None:
+    """Where each of the `saved` picture names is in `now` (indices into `now`), when they are the same pictures;
+    else None. Names are compared in one Unicode form (NFC): macOS writes an accented letter as the letter and a
+    combining accent (NFD), Linux and Windows keep what they are given, so a folder copied between them can hold
+    the same names in other bytes, which also sort otherwise (`find_images` sorts by the bytes).
+
+    >>> same_names(["e\u0301.png", "f.png"], ["f.png", "\u00e9.png"])
+    [1, 0]
+    """
+    if saved == now:
+        return list(range(len(now)))
+    composed = [_nfc(n) for n in now]
+    where = {name: k for k, name in enumerate(composed)}
+    if len(where) < len(now) or len(saved) != len(now):  # (two names one composed: the bytes must agree)
+        return None
+    order = [where.get(_nfc(name)) for name in saved]
+    return order if None not in order and len(set(order)) == len(order) else None
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _reordered(pictures: PictureSet, order: list[int]) -> PictureSet:
+    """`pictures` in the order `order` gives (indices into its lists)."""
+    if order == list(range(len(order))):
+        return pictures
+    return dataclasses.replace(pictures, paths=[pictures.paths[k] for k in order],
+                               repeats=[pictures.repeats[k] for k in order],
+                               caption_extensions=[pictures.caption_extensions[k] for k in order],
+                               names=[pictures.names[k] for k in order])
 
 
 def load_checkpoint(checkpoint: tuple[Path, dict], exts, optimizer, lr_schedule, samplers, scaler

@@ -669,7 +669,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if config.cuda_graphs:
         check_graph_device(device)
     checkpoint = newest_checkpoint(out) if config.resume else None
-    moved = check_resumable(checkpoint, config, found, world) if checkpoint is not None else []
+    moved = []  # (the model settings a resume gives anew: the model moved, compared once it has loaded)
+    if checkpoint is not None:
+        # (the pictures in the order its epoch table counts them)
+        found, moved = check_resumable(checkpoint, config, found, world)
+        repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
     where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
     start_from = None
     if config.init_embedding:
