@@ -83,7 +83,9 @@ height = 16
     ("a {} --w 500", "line 2: --w must be a multiple of 8 pixels, got 500; the nearest: 496 or 504"),
     ("a {} --d -1", r"line 2: --d takes a whole number \(the seed\), got '-1'"),
     ("a {} --l 0.5", "line 2: --l must be a finite number of at least 1"),
-    ("a {} --s 0", "line 2: --s must be at least 1"),
+    ("a {} --s 0", "line 2: --s must be from 1 to 1000"),
+    ("a {} --s 1001", r"line 2: --s must be from 1 to 1000 \(the denoising steps; kohya takes a .txt line's --s out "
+                      r"of that range as its nearest end\), got 1001"),
     ("a {} --d 1 --d 2", "line 2: --d is given twice"),
     ("a {} --n", r"line 2: --n needs a value \(the negative prompt\)"),
     ("a dog --d 3", "sample prompt 'a dog' has no '{}'"),
@@ -128,6 +130,11 @@ def test_the_mappings_keys_are_checked_as_the_lines_options(tmp_path):
         read(tmp_path, 'prompt = "a {}"\n', "p.toml")
     with pytest.raises(ConfigError, match="seed must be a whole number"):
         read(tmp_path, json.dumps([{"prompt": "a {}", "seed": "42"}]), "p.json")
+    # (kohya passes a mapping's sample_steps to its sampler unclamped, which refuses more than the 1000 noise levels)
+    with pytest.raises(ConfigError, match=r"p.toml \[\[prompt.subset\]\] 1: sample_steps must be from 1 to 1000"):
+        read(tmp_path, '[prompt]\nsample_steps = 5000\n[[prompt.subset]]\nprompt = "a {}"\n', "p.toml")
+    assert read(tmp_path, json.dumps([{"prompt": "a {}", "sample_steps": 1000}]), "p.json") == [
+        {"prompt": "a {}", "steps": 1000}]
 
 
 def test_an_option_kohyas_sd_sampling_leaves_unused_is_warned_about_and_left_out(tmp_path):

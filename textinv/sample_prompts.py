@@ -55,6 +55,9 @@ KEYS = {  # textinv's name: (kohya's option, kohya's key, what it is)
     "width": ("w", "width", "the width"),
     "height": ("h", "height", "the height"),
 }
+# kohya's `line_to_prompt_dict` takes a .txt line's --s as max(1, min(1000, s)), and its samplers refuse more steps
+# than the 1000 noise levels SD is trained with (a .toml's sample_steps is not clamped, and fails there)
+MAX_STEPS = 1000
 _OPTION = {option: name for name, (option, _, _) in KEYS.items() if option}
 _KEY = {key: name for name, (_, key, _) in KEYS.items()}
 
@@ -321,8 +324,9 @@ def _checked(name: str, value, where: str):
     elif name == "guidance" and not (math.isfinite(value) and value >= 1):
         raise ConfigError(f"{where} must be a finite number of at least 1 (the CFG scale; 1 turns guidance off), "
                           f"got {value}")
-    elif name == "steps" and value < 1:
-        raise ConfigError(f"{where} must be at least 1 (the denoising steps), got {value}")
+    elif name == "steps" and not 1 <= value <= MAX_STEPS:
+        raise ConfigError(f"{where} must be from 1 to {MAX_STEPS} (the denoising steps; kohya takes a .txt line's "
+                          f"--s out of that range as its nearest end), got {value}")
     elif name in ("width", "height"):
         check_side(where, value)
     return float(value) if name == "guidance" else value
