@@ -256,6 +256,44 @@ def test_a_folder_whose_names_came_back_in_another_unicode_form_resumes_the_same
     assert resumed.losses == straight.losses
 
 
+def test_a_run_moved_with_its_pictures_resumes_given_where_they_are_now(sd1_dir, tmp_path):
+    """A run folder moved with its picture folders (to another disk or machine): its config.yaml names where they
+    were. The resume says which flag gives where they are now; --concepts given again (the same tokens, each with its
+    new folder) was refused as other settings. Both resume to the run left where it was."""
+    import shutil
+
+    from conftest import write_images
+
+    dogs, cats = write_images(tmp_path / "dogs", n=3, seed=1), write_images(tmp_path / "cats", n=2, seed=2)
+    common = dict(model=str(sd1_dir), batch=2, save_every=2, sample_every=0, log_every=2)
+    one = dict(images=str(dogs), token="<zq>", init="dog", **common)
+    two = dict(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>"], **common)
+    for run, name in ((one, "one"), (two, "two")):
+        straight = train(TrainConfig(**run, out=str(tmp_path / f"{name}-a"), steps=4), progress=False)
+        train(TrainConfig(**run, out=str(tmp_path / name), steps=2), progress=False)
+        shutil.move(tmp_path / name, tmp_path / "moved" / name)
+    for folder in (dogs, cats):
+        shutil.move(folder, tmp_path / "moved" / folder.name)
+    new = tmp_path / "moved"
+    with pytest.raises(DataError, match=f"{dogs} does not exist.*the pictures {new / 'one' / 'config.yaml'} names; "
+                                        f"if they moved, resume with --images with where they are now"):
+        train(TrainConfig(**one, out=str(new / "one"), steps=4, resume=True), progress=False)
+    with pytest.raises(DataError, match="resume with --concepts, each concept's FOLDER=TOKEN as it is now"):
+        train(TrainConfig(**two, out=str(new / "two"), steps=4, resume=True), progress=False)
+    with pytest.raises(ConfigError, match="cannot resume .* with different settings .concepts"):  # (other tokens)
+        train(TrainConfig(**{**two, "concepts": [f"{new / 'dogs'}=<jd>", f"{new / 'cats'}=<jx>"]},
+                          out=str(new / "two"), steps=4, resume=True), progress=False)
+    resumed = train(TrainConfig(**{**one, "images": str(new / "dogs")}, out=str(new / "one"), steps=4, resume=True),
+                    progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"],
+                       load_embedding(tmp_path / "one-a" / "learned_embeds.safetensors").vectors["text_encoder"])
+    resumed = train(TrainConfig(**{**two, "concepts": [f"{new / 'dogs'}=<jd>", f"{new / 'cats'}=<jc>"]},
+                                out=str(new / "two"), steps=4, resume=True), progress=False)
+    for emb, token in zip(resumed.embeddings, ("jd", "jc")):
+        saved = load_embedding(tmp_path / "two-a" / token / "learned_embeds.safetensors")
+        assert emb.token == saved.token and torch.equal(emb.vectors["text_encoder"], saved.vectors["text_encoder"])
+
+
 def test_an_epoch_holds_each_picture_its_own_repeat_count_times():
     """kohya's folders give pictures different repeat counts: each epoch holds picture i exactly counts[i] times,
     and one count for all draws exactly what runs drew before counts per picture."""

@@ -100,6 +100,11 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         # (the model too, as its folder or file may move: the checkpoint's fingerprint of it is compared once it has
         # loaded, `check_same_model`)
         moved |= {k for k in MODEL_SETTINGS if new[k] and old.get(k)}
+        if new["concepts"] and old.get("concepts"):  # (theirs too, given again with the same tokens)
+            concepts = _moved_concepts(old["concepts"], new["concepts"], config)
+            if concepts is not None:
+                new["concepts"] = concepts
+                moved.add("concepts")
         diffs = [k for k in new if k not in RESUMABLE_CHANGES | moved
                  and not _same(k, old.get(k, defaults.get(k)), new[k], config)]
         if diffs:
@@ -258,6 +263,19 @@ def _absolute_paths(config: TrainConfig) -> TrainConfig:
     if config.subsets:
         changes["subsets"] = [{**subset, "images": _absolute(subset["images"])} for subset in config.subset_list()]
     return dataclasses.replace(config, **changes)
+
+
+def _moved_concepts(old: list, new: list, config: TrainConfig) -> list[dict] | None:
+    """The saved concepts with the folders of `new` (a resume's --concepts), when `new` gives the same tokens in the
+    same order, each with its saved init or none; else None."""
+    def specs(concepts):
+        return _absolute_paths(dataclasses.replace(config, concepts=concepts)).concept_list(fill=False)
+
+    old, new = specs(old), specs(new)
+    if [s["token"] for s in old] != [s["token"] for s in new] or any(
+            n["init"] not in (None, o["init"]) for o, n in zip(old, new)):
+        return None
+    return [{**o, "images": n["images"]} for o, n in zip(old, new)]
 
 
 def _absolute(path) -> str:

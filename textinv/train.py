@@ -41,9 +41,9 @@ from tqdm.auto import tqdm
 
 from . import __version__, emphasis, modelspec
 from .config import TrainConfig, parse_lr_steps, read_config_file, save_config
-from .data import (CaptionSampler, TagVariation, default_templates, latent_weights, latent_weights_each,
+from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, read_caption, read_template_file)
-from .errors import ConfigError, FormatError, TrainingError
+from .errors import ConfigError, DataError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
@@ -635,6 +635,21 @@ def _handed_back(model: Model | None):
             unet.train(training)
 
 
+def _pictures(config: TrainConfig, folder: str | None) -> PictureSet:
+    """A concept's pictures (`picture_set`: the folder `folder`, else the run's kohya subsets). A resumed run's folder
+    that is gone is said with the flag that gives its new place: a run folder is moved with its pictures, to another
+    directory or machine, and its config.yaml names where they were."""
+    try:
+        return picture_set(folder, config.subset_list())
+    except DataError as e:
+        if not config.resume or folder is None or Path(folder).exists():
+            raise
+        again = ("--concepts, each concept's FOLDER=TOKEN as it is now, in the run's order" if config.concepts
+                 else "--images with where they are now")
+        raise DataError(f"{e} (the pictures {Path(config.out) / CONFIG_FILE} names; if they moved, resume with "
+                        f"{again})") from None
+
+
 def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device,
            source: str | None = None, where: _Where | None = None, prompts_from: str | None = None) -> TrainResult:
     """`train`'s run; `source`: the --dataset-config the config's subsets and settings were read from; `where`: what
@@ -650,7 +665,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         clear_temporaries(out)
     specs = config.concept_list()
     # fail on bad data before the (slow) model load: each concept's folder, or kohya's subsets (--dataset-config)
-    found = [picture_set(spec["images"], config.subset_list()) for spec in specs]
+    found = [_pictures(config, spec["images"]) for spec in specs]
     for spec, pictures in zip(specs, found):
         if pictures.described and is_main and progress:  # (kohya's layout or subsets: what was read)
             print(f"{source}: {pictures.described}" if source and spec["images"] is None else pictures.described)
