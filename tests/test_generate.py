@@ -804,6 +804,30 @@ def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir
         draw("c", "easyneg", token=["x"])
 
 
+def test_a_run_folder_copied_from_a_mac_names_its_token_named_files_in_either_unicode_form(sd1_dir, images,
+                                                                                           tmp_path):
+    """A run's token-named folder and file (`<café>`: café/café.pt) come back from macOS with the accent as a
+    combining character (NFD): --embedding with the run's folder, or the concept's, still finds the file."""
+    import unicodedata
+
+    from textinv.config import TrainConfig
+    from textinv.run_folder import embedding_file
+    from textinv.train import train
+
+    token = "<caf\u00e9>"
+    common = dict(model=str(sd1_dir), steps=1, batch=1, save_every=0, sample_every=0, format="a1111")
+    train(TrainConfig(images=str(images), token=token, out=str(tmp_path / "one"), **common), progress=False)
+    train(TrainConfig(concepts=[f"{images}={token}", f"{images}=<b>"], out=str(tmp_path / "two"), **common),
+          progress=False)
+    nfd = unicodedata.normalize("NFD", "caf\u00e9")
+    (tmp_path / "one" / "caf\u00e9.pt").rename(tmp_path / "one" / f"{nfd}.pt")
+    (tmp_path / "two" / "caf\u00e9" / "caf\u00e9.pt").rename(tmp_path / "two" / "caf\u00e9" / f"{nfd}.pt")
+    (tmp_path / "two" / "caf\u00e9").rename(tmp_path / "two" / nfd)
+    assert embedding_file(tmp_path / "one") == tmp_path / "one" / f"{nfd}.pt"
+    assert embedding_file(tmp_path / "two" / nfd) == tmp_path / "two" / nfd / f"{nfd}.pt"
+    assert load_embedding(embedding_file(tmp_path / "two" / nfd)).token == token
+
+
 def test_a_renamed_embedding_file_answers_to_its_file_name_as_in_the_web_ui(sd1_dir, tmp_path):
     """A downloaded charturnerv2.pt whose A1111 record says name "charturner": the web UI and ComfyUI call it
     "charturnerv2" (a file's name, see FORMATS.md), diffusers "charturner". A prompt written for the web UI must draw

@@ -649,13 +649,22 @@ def embedding_file(path: Path) -> Path:
             folders = ", ".join(str(path / concept_folder(s["token"])) for s in specs)
             raise ConfigError(f"{path} is a training run of {len(specs)} concepts; give one at a time: its "
                               f"folder ({folders})")
-        spec = specs[0] if run == path else next((s for s in specs if concept_folder(s["token"]) == path.name), None)
+        # (a concept's folder is its token's name, in the Unicode form its disk keeps: `same_names`)
+        spec = specs[0] if run == path else next((s for s in specs if _nfc(concept_folder(s["token"]))
+                                                  == _nfc(path.name)), None)
         if spec is not None:  # (an SDXL run's default format is sdxl; diffusers' files were looked for above)
-            file = path / default_filename(saved.format or "sdxl", spec["token"])
-            if file.is_file():
+            file = _named_in(path, default_filename(saved.format or "sdxl", spec["token"]))
+            if file is not None:
                 return file
         break
     return path
+
+
+def _named_in(folder: Path, name: str) -> Path | None:
+    """The file `name` in `folder`, its name in whichever Unicode form the disk keeps (`same_names`), or None."""
+    if (folder / name).is_file():
+        return folder / name
+    return next((f for f in sorted(folder.iterdir()) if _nfc(f.name) == _nfc(name) and f.is_file()), None)
 
 
 def _first_of_pair(path: Path) -> Path | None:
