@@ -1847,3 +1847,15 @@ def test_an_out_on_a_read_only_disk_is_said_to_be_on_one(monkeypatch, tmp_path):
     monkeypatch.setattr(run_folder.os, "statvfs", real_statvfs)
     with pytest.raises(ConfigError, match=rf"{tmp_path} is not writable by you; choose another --out"):
         run_folder.prepare_output(TrainConfig(images="x", token="<t>", out=str(tmp_path / "run")))
+
+
+def test_more_sample_steps_than_the_models_noise_levels_are_refused_before_the_run_starts(sd1_dir, images, tmp_path):
+    """--sample-steps past the model's training timesteps was taken, and the run failed at its first grid (after the
+    model loaded and the folder was made), in the sampler's words."""
+    model = load_model(sd1_dir)
+    most = model.pipeline.scheduler.config.num_train_timesteps
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=f"--sample-steps {most + 1} is more than the {most} noise levels"):
+        train(config(images, out, sample_every=2, sample_steps=most + 1), model=model, progress=False)
+    assert not out.exists()
+    train(config(images, out, steps=2, sample_every=0, sample_steps=most + 1), model=model, progress=False)  # no grids

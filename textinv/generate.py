@@ -354,9 +354,14 @@ def _check_sampling(model: Model, steps: int, guidance: float) -> None:
     (it passes `>= 1` and draws NaN, black pictures)."""
     if not math.isfinite(guidance):
         raise ConfigError(f"--guidance must be a finite number, got {guidance}")
+    check_steps(model, steps)
+
+
+def check_steps(model: Model, steps: int, flag: str = "--steps") -> None:
+    """Refuse more sampling steps than the model's training timesteps (`flag`: the setting that gave them)."""
     most = model.pipeline.scheduler.config.get("num_train_timesteps")
     if most and steps > most:
-        raise ConfigError(f"--steps {steps} is more than the {most} noise levels {model.source} was trained with; use "
+        raise ConfigError(f"{flag} {steps} is more than the {most} noise levels {model.source} was trained with; use "
                           f"at most {most} (25-50 is usual)")
 
 

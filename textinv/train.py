@@ -45,7 +45,7 @@ from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, 
                    load_training_images, picture_set, read_caption, read_template_file)
 from .errors import ConfigError, DataError, FormatError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
-from .generate import check_fits, uses_clip_l_half, warn_clip_l_half
+from .generate import check_fits, check_steps, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
 from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as,
@@ -711,6 +711,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     file_format = _file_format(config.format, model)
     timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
     clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
+    if config.sample_every:  # (now, not at the first grid: the sampler refuses them there)
+        check_steps(model, config.sample_steps, "--sample-steps")
     # a model that says its own words for the property (the bundled shapes model knows neither "object" nor the
     # paper's templates' words) gives the init and templates the user left out
     own = model.prompting.get(config.property, {})
