@@ -7,7 +7,9 @@ every stage, not to judge anything (the test that needs a real judge skips witho
 
 import html
 import json
+import os
 import re
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -530,3 +532,26 @@ def test_a_demo_out_written_with_a_tilde_is_in_the_home_folder(model_dir, probe_
     code = main(["demo", "--quick", "--out", "~/demo", "--model", str(model_dir), "--probe", str(probe_path)])
     assert code == 0, capsys.readouterr().err
     assert (home / "demo" / "report.html").is_file() and list(here.iterdir()) == []
+
+
+def test_a_second_demo_into_an_out_being_written_is_refused(model_dir, probe_path, tmp_path, monkeypatch, capsys):
+    """Two demos into the default demo-out (two shells) were not kept apart: the second put back or set aside the
+    first one's report as it was written, and both trained into the same run/."""
+    import textinv.train as train_module
+
+    out, real, second = tmp_path / "demo", train_module.train, []
+    args = ["demo", "--quick", "--out", str(out), "--model", str(model_dir), "--probe", str(probe_path)]
+
+    def train(*a, **k):  # (while the first demo learns, a second one starts)
+        if not second:
+            second.append(main(args))
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_module, "train", train)
+    assert main(args) == 0
+    said = (f"textinv demo: error: --out {out} is being written by another textinv demo (pid {os.getpid()} on "
+            f"{socket.gethostname()}); wait for it to finish, or choose another --out")
+    assert second == [2] and said in capsys.readouterr().err.splitlines()  # (one line, among the first's progress)
+    assert json.loads((out / "scores.json").read_text())["concept"]["name"] == "teal star"  # the first's, whole
+    monkeypatch.undo()
+    assert main(args) == 0  # the folder is free again

@@ -13,7 +13,8 @@ bottom:
    (the same on one sheet, drawn with Pillow), `scores.json`, and the learned embedding under `run/`.
 
 A re-run into the same --out sets the last report (and the run it describes) aside until its own is complete, so a
-run that fails, is interrupted or is killed leaves the last good report where it was (see `_set_aside`).
+run that fails, is interrupted or is killed leaves the last good report where it was (see `_set_aside`). One demo at
+a time writes an --out: a second one started meanwhile is refused (`LOCK_FILE`).
 
     textinv demo                    # about 2-3 minutes on 2 CPU cores
     textinv demo --quick            # a few seconds; every stage runs, nothing is really learned
@@ -40,6 +41,7 @@ from textinv.errors import ConfigError, ModelError, TrainingError
 from textinv.io import atomic_path, output_folder, write_json, write_text
 from textinv.report import (BASE_CSS, FAIL, INK, LINE, MUTED, PAPER, PASS, UNKNOWN, data_uri, draw_loss_curve,
                             font)
+from textinv.run_folder import hold_file
 from textinv.shapes.evaluate import (check_judged_size, prompt_sets, sample, score_images, train_config,
                                      write_templates, write_training_images)
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
@@ -52,6 +54,7 @@ METHODS = ("textual-inversion", "init-word")  # what the report puts side by sid
 SCALE = 2  # 64-pixel pictures are shown at 128 pixels, nearest-neighbour
 OWNED = ("report.html", "report.png", "scores.json", "templates.txt", "run")  # what a run writes in --out
 PREVIOUS = ".previous-report"  # where a re-run keeps the last report until its own is complete
+LOCK_FILE = ".textinv-demo.lock"  # held by the one demo writing --out (`_held`)
 
 
 def slug(concept: Concept) -> str:
@@ -212,6 +215,25 @@ def _put_back(out: Path) -> None:
     shutil.rmtree(keep)
 
 
+@contextlib.contextmanager
+def _held(out: Path, given: str):
+    """Hold `out` for this demo: a second demo into the same folder (the default demo-out, in two shells) is refused,
+    naming the process, instead of putting back or setting aside the first one's report as it is written and
+    training into the same run/. The lock is the operating system's (`run_folder.hold_file`, as train's and score's),
+    so it goes with its process however that ends. Its file is hidden, which the report ignores; a demo that leaves
+    no report (a folder refused, a model missing) removes the file it made, leaving the folder as it was."""
+    lock = out / LOCK_FILE
+    created = not lock.exists()
+    with hold_file(lock, lambda holder: f"--out {given} is being written by another textinv demo ({holder}); wait for "
+                                        f"it to finish, or choose another --out"):
+        try:
+            yield
+        finally:
+            if created and not (out / "scores.json").exists():  # (while held: a demo that opened it is refused)
+                with contextlib.suppress(OSError):  # (Windows: an open file cannot be removed; it stays, unheld)
+                    lock.unlink()
+
+
 def _check_own_folder(out: Path, given: str) -> None:
     """Refuse an --out that holds anything a demo does not write: its `run/`, report and templates are replaced
     whole, so a folder of the user's own (their pictures, the folder they are in, another run) would lose files or
@@ -253,103 +275,104 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     config = (config or DemoConfig()).resolved()
     concept = find_concept(config.concept)
     out = output_folder(config.out)
-    _put_back(out)  # a demo killed before it finished left the last good report set aside: it is the current one
-    _check_own_folder(out, config.out)
-    if model is None:
-        _check_model(config.model)
-    note = None
-    if probe is None:
-        probe, note = load_probe(config.probe)
-    images_dir, committed = example_images(concept, out)
-    pictures = [Image.open(p).convert("RGB") for p in sorted(images_dir.glob("*.png"))]
-    if model is None:
-        from textinv.models import load_model
+    with _held(out, config.out):  # (one demo at a time)
+        _put_back(out)  # a demo killed before it finished left the last good report set aside: it is the current one
+        _check_own_folder(out, config.out)
+        if model is None:
+            _check_model(config.model)
+        note = None
+        if probe is None:
+            probe, note = load_probe(config.probe)
+        images_dir, committed = example_images(concept, out)
+        pictures = [Image.open(p).convert("RGB") for p in sorted(images_dir.glob("*.png"))]
+        if model is None:
+            from textinv.models import load_model
 
-        model = load_model(config.model)
-    check_judged_size(model)
-    config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
-    t_ready = time.perf_counter()
+            model = load_model(config.model)
+        check_judged_size(model)
+        config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
+        t_ready = time.perf_counter()
 
-    with _replacing_report(out):  # the last report stays until this one is written
-        # 2. learn -----------------------------------------------------------------------------------------------------
-        from textinv.generate import install_embedding
-        from textinv.train import train
+        with _replacing_report(out):  # the last report stays until this one is written
+            # 2. learn -------------------------------------------------------------------------------------------------
+            from textinv.generate import install_embedding
+            from textinv.train import train
 
-        templates = write_templates(concept, out / "templates.txt")
-        tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
-                          seed=config.seed, model=config.model)
-        log(f"learning {concept.token} ({concept.name}) from {len(pictures)} pictures in {images_dir}, "
-            f"{config.steps} steps", flush=True)
-        rows = {m: _demo_prompts(concept, m) for m in METHODS}
-        seeds = [config.seed + i for i in range(config.samples)]
-        drawn = {}
-        try:
-            result = train(tc, model=model, progress=progress)  # (the model comes back without the token)
-        except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
-            raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
-                                f"--lr (now {config.lr})") from None
-        t_trained = time.perf_counter()
-        with scratch_tokens(model):  # a model passed in comes back without the token
-            install_embedding(model, result.embedding)
+            templates = write_templates(concept, out / "templates.txt")
+            tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
+                              seed=config.seed, model=config.model)
+            log(f"learning {concept.token} ({concept.name}) from {len(pictures)} pictures in {images_dir}, "
+                f"{config.steps} steps", flush=True)
+            rows = {m: _demo_prompts(concept, m) for m in METHODS}
+            seeds = [config.seed + i for i in range(config.samples)]
+            drawn = {}
+            try:
+                result = train(tc, model=model, progress=progress)  # (the model comes back without the token)
+            except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
+                raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
+                                    f"--lr (now {config.lr})") from None
+            t_trained = time.perf_counter()
+            with scratch_tokens(model):  # a model passed in comes back without the token
+                install_embedding(model, result.embedding)
 
-            # 3. draw --------------------------------------------------------------------------------------------------
-            log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
-                f"'{concept.init_word}'", flush=True)
-            for m in METHODS:
-                prompts = [p for _, p, _ in rows[m] for _ in seeds]
-                drawn[m] = sample(model, prompts, seeds * len(rows[m]), config.sample_steps, config.guidance)
-        t_drawn = time.perf_counter()
+                # 3. draw ----------------------------------------------------------------------------------------------
+                log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
+                    f"'{concept.init_word}'", flush=True)
+                for m in METHODS:
+                    prompts = [p for _, p, _ in rows[m] for _ in seeds]
+                    drawn[m] = sample(model, prompts, seeds * len(rows[m]), config.sample_steps, config.guidance)
+            t_drawn = time.perf_counter()
 
-        # 4. judge -----------------------------------------------------------------------------------------------------
-        k = len(seeds)
-        table = []
-        for j in range(len(rows[METHODS[0]])):
-            entry = {"kind": rows[METHODS[0]][j][0], "expects": rows[METHODS[0]][j][2]}
-            for m in METHODS:
-                _, prompt, expected = rows[m][j]
-                pics = drawn[m][j * k:(j + 1) * k]
-                verdicts, readings, glimpses, hits = [None] * k, [None] * k, [None] * k, None
-                if probe is not None:
-                    verdicts, per_attribute, predicted = score_images(probe, pics, expected)
-                    hits = {a: sum(v) for a, v in per_attribute.items()}  # how many pictures get each one right
-                    per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
-                    readings = [_reading(p) for p in per_picture]
-                    glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
-                entry[m] = {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
-                            "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k,
-                            "hits": hits}
-            table.append(entry)
-        t_judged = time.perf_counter()
+            # 4. judge -------------------------------------------------------------------------------------------------
+            k = len(seeds)
+            table = []
+            for j in range(len(rows[METHODS[0]])):
+                entry = {"kind": rows[METHODS[0]][j][0], "expects": rows[METHODS[0]][j][2]}
+                for m in METHODS:
+                    _, prompt, expected = rows[m][j]
+                    pics = drawn[m][j * k:(j + 1) * k]
+                    verdicts, readings, glimpses, hits = [None] * k, [None] * k, [None] * k, None
+                    if probe is not None:
+                        verdicts, per_attribute, predicted = score_images(probe, pics, expected)
+                        hits = {a: sum(v) for a, v in per_attribute.items()}  # how many pictures get each one right
+                        per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
+                        readings = [_reading(p) for p in per_picture]
+                        glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
+                    entry[m] = {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
+                                "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k,
+                                "hits": hits}
+                table.append(entry)
+            t_judged = time.perf_counter()
 
-        # 5. report ----------------------------------------------------------------------------------------------------
-        report = {
-            "title": f"textinv demo: learning {concept.token} from {len(pictures)} pictures",
-            "concept": {"name": concept.name, "token": concept.token, "init_word": concept.init_word,
-                        "kind": concept.kind, "description": concept.description, "attributes": concept.attributes},
-            "images": str(images_dir), "images_committed": committed,
-            "model": model.describe(), "textinv_version": __version__,
-            "settings": dataclasses.asdict(config), "seeds": seeds,
-            "probe": None if probe is None else (getattr(probe, "metrics", None) or "loaded"), "probe_note": note,
-            "loss": [list(x) for x in result.losses],
-            "prompts": table,
-            "summary": _summary(table) if probe is not None else None,
-            "embedding": str(result.files[0]) if result.files else None,
-            "seconds": {"load": round(t_ready - started, 1), "train": round(t_trained - t_ready, 1),
-                        "draw": round(t_drawn - t_trained, 1), "judge": round(t_judged - t_drawn, 1)},
-        }
-        report["seconds"]["total"] = round(time.perf_counter() - started, 1)  # drawing the report: well under 1 s
-        loss_png = draw_loss_curve(result.losses)
-        sheet = draw_sheet(report, pictures, drawn, loss_png)
-        html_path, png_path, json_path = out / "report.html", out / "report.png", out / "scores.json"
-        with atomic_path(png_path) as tmp:
-            sheet.save(tmp, format="PNG")
-        write_text(html_path, render_html(report, pictures, drawn, loss_png))
-        write_json(json_path, report)
-    log(f"report: {html_path} (open it in a browser) and {png_path}; scores in {json_path}")
-    if note:
-        log(f"note: {note}")
-    return DemoResult(html=html_path, png=png_path, scores=json_path, embedding=Path(report["embedding"] or ""),
-                      seconds=report["seconds"]["total"], report=report)
+            # 5. report ------------------------------------------------------------------------------------------------
+            report = {
+                "title": f"textinv demo: learning {concept.token} from {len(pictures)} pictures",
+                "concept": {"name": concept.name, "token": concept.token, "init_word": concept.init_word,
+                            "kind": concept.kind, "description": concept.description, "attributes": concept.attributes},
+                "images": str(images_dir), "images_committed": committed,
+                "model": model.describe(), "textinv_version": __version__,
+                "settings": dataclasses.asdict(config), "seeds": seeds,
+                "probe": None if probe is None else (getattr(probe, "metrics", None) or "loaded"), "probe_note": note,
+                "loss": [list(x) for x in result.losses],
+                "prompts": table,
+                "summary": _summary(table) if probe is not None else None,
+                "embedding": str(result.files[0]) if result.files else None,
+                "seconds": {"load": round(t_ready - started, 1), "train": round(t_trained - t_ready, 1),
+                            "draw": round(t_drawn - t_trained, 1), "judge": round(t_judged - t_drawn, 1)},
+            }
+            report["seconds"]["total"] = round(time.perf_counter() - started, 1)  # drawing the report: well under 1 s
+            loss_png = draw_loss_curve(result.losses)
+            sheet = draw_sheet(report, pictures, drawn, loss_png)
+            html_path, png_path, json_path = out / "report.html", out / "report.png", out / "scores.json"
+            with atomic_path(png_path) as tmp:
+                sheet.save(tmp, format="PNG")
+            write_text(html_path, render_html(report, pictures, drawn, loss_png))
+            write_json(json_path, report)
+        log(f"report: {html_path} (open it in a browser) and {png_path}; scores in {json_path}")
+        if note:
+            log(f"note: {note}")
+        return DemoResult(html=html_path, png=png_path, scores=json_path, embedding=Path(report["embedding"] or ""),
+                          seconds=report["seconds"]["total"], report=report)
 
 
 def _demo_prompts(concept: Concept, method: str) -> list[tuple[str, str, dict]]:
