@@ -12,10 +12,10 @@ import torch
 from textinv import cli
 from textinv import io as textinv_io
 from textinv import train as train_module
-from textinv.config import TrainConfig, read_config_file
+from textinv.config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, config_file_settings, read_config_file
 from textinv.errors import ConfigError
 from textinv.models import load_model
-from textinv.run_folder import LOCK_FILE, checkpoints, run_lock
+from textinv.run_folder import LOCK_FILE, checkpoints, read_run_settings, run_lock
 from textinv.train import TrainingInterrupted, train
 
 
@@ -312,6 +312,35 @@ def test_a_resume_whose_saved_settings_are_damaged_says_which_file_and_what_to_d
     with pytest.raises(ConfigError) as e:
         train(config(images, out, resume=True), progress=False)
     assert str(e.value) == said
+
+
+def test_a_settings_file_cut_short_at_any_line_is_refused_and_an_older_ones_resumes(sd1_dir, images, tmp_path,
+                                                                                   capsys):
+    """A config.yaml cut at a line (a copy cut short) still parsed, and --resume took the settings lost for their
+    defaults. The files older versions wrote have no last line to look for, and must still resume."""
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, lr_schedule="linear"), model=load_model(sd1_dir), progress=False)
+    saved = out / "config.yaml"
+    lines = saved.read_text().splitlines(keepends=True)
+    assert lines[-1] == SETTINGS_END + "\n" and SETTINGS_END_NOTE + "\n" in lines
+    said = (f"cannot resume {out}: its settings file {saved} cannot be read (damaged from outside: textinv writes "
+            f"it whole); put back a copy of it, or start the run again with --overwrite")
+    for n in range(len(lines)):
+        saved.write_text("".join(lines[:n]))
+        with pytest.raises(ConfigError) as e:
+            read_run_settings(out)
+        assert str(e.value) == said, n
+    assert read_config_file(saved)["lr_schedule"] == "linear"  # (the last cut: every setting there, yet refused)
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == f"textinv train: error: {said}"
+    # as a --config file it is the user's to cut or edit: no last line needed
+    assert config_file_settings(TrainConfig, saved)["lr_schedule"] == "linear"
+    # an older textinv's file: no note in its header, no last line
+    saved.write_text("".join(line for line in lines if line.strip() not in (SETTINGS_END, SETTINGS_END_NOTE)))
+    resumed = train(config(images, out, steps=4, lr_schedule="linear", resume=True), model=load_model(sd1_dir),
+                    progress=False)
+    assert resumed.steps == 4 and saved.read_text().endswith(SETTINGS_END + "\n")  # (written anew, whole)
 
 
 def test_a_run_whose_pictures_moved_resumes_from_where_they_are_now(sd1_dir, images, tmp_path, capsys):

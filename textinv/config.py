@@ -808,6 +808,14 @@ def _coerce(name: str, kind: type, value: Any, default: Any, source: str = "") -
     return value
 
 
+# The last line of the config.yaml a run writes (`save_config`). It is written whole, but a copy of it cut short at a
+# line still parses, and --resume would take each setting lost for its default; the header says the line follows
+# (`SETTINGS_END_NOTE`), so a run's file without it is told from one an older textinv wrote, which resumes as it is.
+# A --config file never needs it (`run_folder.read_run_settings` alone looks).
+SETTINGS_END = "# end of settings"
+SETTINGS_END_NOTE = f'# the settings end with the line "{SETTINGS_END}": a copy of this file without it was cut short'
+
+
 def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None = None,
                 resolved: dict[str, Any] | None = None, length: str | None = None,
                 read_from: str | list[str] | None = None) -> None:
@@ -817,7 +825,7 @@ def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None
     `resolved`, what settings left to the default became (a later version's default may differ) and, as `length`,
     how --epochs became the `steps` the file holds (`train.steps_for_epochs`), and as `read_from` (a line, or
     several), which --dataset-config its `subsets` and the settings it gave came from, and which kohya sample prompts
-    file its `sample_prompts`."""
+    file its `sample_prompts`. Its last line is `SETTINGS_END`, which a copy cut short lacks."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -846,4 +854,5 @@ def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None
     # --resume and --overwrite say what one command does to its folder, not how the run learns: recorded as off,
     # so the file reruns the run elsewhere (a resumed run's record would otherwise say resume: true)
     settings = {k: (False if k in ("resume", "overwrite") else v) for k, v in dataclasses.asdict(config).items()}
-    write_text(path, header + yaml.safe_dump(settings, sort_keys=False))
+    header += SETTINGS_END_NOTE + "\n"
+    write_text(path, header + yaml.safe_dump(settings, sort_keys=False) + SETTINGS_END + "\n")

@@ -23,7 +23,7 @@ from typing import IO, Callable
 import torch
 
 from . import __version__
-from .config import TrainConfig, build, read_config_file
+from .config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, read_config_file
 from .data import _OS_LITTER, PictureSet
 from .errors import ConfigError, FormatError
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, load_embedding, second_file,
@@ -128,14 +128,20 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
 
 def read_run_settings(out: str | os.PathLike) -> dict:
     """The settings a run saved in `out`'s config.yaml, for --resume. It is written whole (`io`), so one that cannot
-    be read was damaged from outside (a disk error, a copy cut short): said so, not as a --config file's mistake."""
+    be read, or lacks its last line (`config.SETTINGS_END`), was damaged from outside (a disk error, a copy cut
+    short): said so, not as a --config file's mistake."""
     saved = Path(out) / CONFIG_FILE
     try:
-        return read_config_file(saved)
+        settings = read_config_file(saved)
+        lines = [line.strip() for line in saved.read_text(encoding="utf-8-sig").splitlines()]
     except ConfigError:
+        settings = None
+    # cut short at a line, it still parses, and the settings lost would take their defaults: a file whose header says
+    # it ends with `SETTINGS_END` and that lacks that line (one an older textinv wrote says nothing of it)
+    if settings is None or (SETTINGS_END_NOTE in lines and SETTINGS_END not in lines):
         raise ConfigError(f"cannot resume {out}: its settings file {saved} cannot be read (damaged from outside: "
-                          f"textinv writes it whole); put back a copy of it, or start the run again with --overwrite"
-                          ) from None
+                          f"textinv writes it whole); put back a copy of it, or start the run again with --overwrite")
+    return settings
 
 
 @contextlib.contextmanager
