@@ -16,6 +16,7 @@ from textinv.config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, config_
 from textinv.errors import ConfigError
 from textinv.models import load_model
 from textinv.run_folder import LOCK_FILE, checkpoints, read_run_settings, run_lock
+from textinv.tracking import RunTracker
 from textinv.train import TrainingInterrupted, train
 
 
@@ -178,6 +179,60 @@ def test_sigterm_during_the_last_save_lets_it_finish(sd1_dir, images, tmp_path, 
     finally:
         signal.signal(signal.SIGTERM, before)
     assert result.steps == 4 and [p.name for p in checkpoints(out)] == ["step-000004.pt"]
+
+
+def test_a_second_ctrl_c_in_the_last_save_ends_a_complete_run_not_an_interrupted_one(sd1_dir, images, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """Stopped in the last save (the kill-fuzz's SIGTERMs), the run saved its last step again and said "interrupted:
+    ... Continue with: textinv train --out X --resume", exit 143, though every file was there and a resume had
+    nothing to learn."""
+    out = tmp_path / "b"
+    _twice_ctrl_c_at(monkeypatch, train_module, "_write_embedding", 1)  # (save_every 0: the last save's first file)
+    args = ["train", "--images", str(images), "--token", "<zq>", "--init", "dog", "--out", str(out), "--model",
+            str(sd1_dir), "--steps", "4", "--batch", "2", "--save-every", "0", "--sample-every", "0"]
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert "interrupted" not in err and "--resume" not in err
+    assert [p.name for p in checkpoints(out)] == ["step-000004.pt"] and (out / "learned_embeds.safetensors").is_file()
+
+
+def test_a_signal_while_a_saved_run_tidies_up_ends_nothing_and_closes_the_tracker(sd1_dir, images, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """A second Ctrl-C after the last save, in train's tidying up, came out of `train` as a bare KeyboardInterrupt
+    ("interrupted", 130) and skipped the rest of it: the tracker was not closed, and the run's signal handlers stayed
+    installed (a Ctrl-C in the notebook after it would only be noted). Handlers put back before the tracker's close
+    had the same effect for a signal landing between the two."""
+    done, real_bar, real_finish = [], train_module.tqdm, RunTracker.finish
+
+    def bar(*a, **k):  # (the training bar's close: the first thing the run tidies up)
+        made = real_bar(*a, **k)
+        real_close = made.close
+
+        def close():
+            real_close()
+            if not done:
+                done.append("bar")
+                os.kill(os.getpid(), signal.SIGINT)  # noted
+                os.kill(os.getpid(), signal.SIGINT)  # "again stops at once"
+
+        made.close = close
+        return made
+
+    def finish(self):
+        done.append("tracker")
+        real_finish(self)
+
+    model = load_model(sd1_dir)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train_module, "tqdm", bar)
+    monkeypatch.setattr(RunTracker, "finish", finish)
+    try:
+        result = train(config(images, tmp_path / "b", steps=4, log_with="tensorboard"), model=model, progress=False)
+    except KeyboardInterrupt:  # (a failure, not pytest's own Ctrl-C, which would end the session)
+        pytest.fail("the signal in the tidying up came out of train")
+    assert result.steps == 4 and done == ["bar", "tracker"]
+    assert "SIGINT: the run is complete and saved, finishing up; Ctrl-C again stops at once" in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_to_the_same_result(sd1_dir, images, tmp_path):

@@ -1102,6 +1102,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 draw_samples(step)
         # 5. results (inside the signal handling: a Ctrl-C or SIGTERM now lets the last save finish)
         files = save_all(step)
+        stop.finished = True
         if config.sample_every and step % config.sample_every:
             draw_samples(step)
     except KeyboardInterrupt:
@@ -1113,10 +1114,14 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         if samplers_at_step is not None and step < config.steps:  # the half-drawn step is redone on resume
             for s, saved in zip(samplers, samplers_at_step):
                 s.load_state_dict(saved)
-        save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
+        files = save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
         if stop.agreed:  # (every process stopped here; after a second Ctrl-C they may be anywhere)
             wait_for_main()
-        raise TrainingInterrupted(step, saved_where(), stop.signum) from None
+        if step < config.steps:
+            raise TrainingInterrupted(step, saved_where(), stop.signum) from None
+        # stopped in the last save or grid, its files are all saved now: the run is complete (a resume would have
+        # nothing to learn), and says so as a run that was not stopped does, not "interrupted ... --resume"
+        stop.finished = True
     except RuntimeError as e:  # (torch.OutOfMemoryError is one)
         if not is_out_of_memory(e):
             raise
@@ -1137,14 +1142,15 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         # a captured step holds a whole step's memory: not kept by the traceback of a run stopped or failed (which a
         # notebook keeps), nor past the run
         captured = None  # noqa: F841
-        bar.close()  # (before an error's message, not after it)
-        for te in autocast_text:
-            del te.forward
-        stop.release()
-        if own_group:
-            torch.distributed.destroy_process_group(group)
-        if tracker is not None:
-            tracker.finish()
+        # Each part runs whatever a Ctrl-C or SIGTERM cuts short (a tracker's close may take a while: wandb's
+        # upload), and the handlers go back last: put back first, a signal would be Python's KeyboardInterrupt, or
+        # SIGTERM's kill, before the tracker was closed. A signal here ends only the part it lands in: a run that got
+        # here is saved (an error on its way out goes on as it was)
+        _each([bar.close,  # (before an error's message, not after it)
+               *(lambda te=te: delattr(te, "forward") for te in autocast_text),
+               (lambda: torch.distributed.destroy_process_group(group)) if own_group else None,
+               tracker.finish if tracker is not None else None,
+               stop.release])
     if is_main and progress:
         took = time.time() - started
         learned = ", ".join(c.token for c in concepts)
@@ -1157,6 +1163,15 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         print(f"{what} ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
     return TrainResult(embedding=embedding_of(concepts[0], step), files=files, steps=step, losses=history,
                        embeddings=[embedding_of(c, step) for c in concepts])
+
+
+def _each(calls: list) -> None:
+    """Call each of `calls` (None: skipped), the rest also when a Ctrl-C or SIGTERM interrupts one: a run's tidying
+    up once it is saved (`_train`)."""
+    for call in calls:
+        if call is not None:
+            with contextlib.suppress(KeyboardInterrupt):
+                call()
 
 
 def _write_embedding(emb: LearnedEmbedding, path: Path, file_format: str, date: str | None = None) -> list[Path]:
@@ -1207,6 +1222,7 @@ class _StopRequest:
         self.group = group  # data parallel: the processes that must stop together
         self.holding = False  # between a step's update and its log entry a second Ctrl-C waits (`hold`)
         self.deferred = False
+        self.finished = False  # the last step's files are all saved: a signal now stops nothing that needs resuming
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1220,8 +1236,9 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.asked, self.signum = True, signum
         again = "Ctrl-C again" if signum == signal.SIGINT else f"a second {signal.Signals(signum).name}"
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving; {again} stops at once",
-              file=sys.stderr, flush=True)
+        doing = ("the run is complete and saved, finishing up" if self.finished
+                 else "stopping after this step and saving")
+        print(f"\n{signal.Signals(signum).name}: {doing}; {again} stops at once", file=sys.stderr, flush=True)
 
     def check(self) -> None:
         asked = self.asked
@@ -1243,7 +1260,7 @@ class _StopRequest:
             raise KeyboardInterrupt
 
     def release(self) -> None:
-        for sig, previous in self._previous.items():
+        for sig, previous in reversed(self._previous.items()):  # (SIGINT's last: its own raises KeyboardInterrupt)
             signal.signal(sig, previous)
 
 
