@@ -804,6 +804,33 @@ def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir
         draw("c", "easyneg", token=["x"])
 
 
+def test_comfyuis_embedding_names_in_a_prompt_draw_as_the_names_alone(sd1_dir, tmp_path):
+    """ComfyUI writes `embedding:NAME` (the suffix and a subfolder optional, inside a weight too): it was read as the
+    words "embedding" and ":" beside the name, another picture; a name given by no --embedding is refused (ComfyUI
+    drops it with a warning, and the picture lacks the concept)."""
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    save_embedding(LearnedEmbedding("whatever", {"text_encoder": torch.randn(2, 32) * 3}), folder / "EasyNeg.pt",
+                   "a1111")
+    save_embedding(LearnedEmbedding("<dog>", {"text_encoder": torch.randn(1, 32) * 3}), tmp_path / "dog.safetensors")
+
+    def draw(out, prompt, negative):
+        path = generate(GenerateConfig(prompt=[prompt], negative_prompt=negative, out=str(tmp_path / out), n=1,
+                                       steps=2, model=str(sd1_dir),
+                                       embedding=[str(folder), str(tmp_path / "dog.safetensors")]),
+                        progress=False)[0]
+        return np.asarray(Image.open(path)), Image.open(path).text
+
+    web_ui, _ = draw("a", "a photo of (<dog>:1.2)", "EasyNeg, blurry")
+    comfy, text = draw("b", "a photo of (embedding:dog.safetensors:1.2)", "embedding:sub/EasyNeg.pt, blurry")
+    assert np.array_equal(web_ui, comfy)
+    assert "a photo of (<dog>:1.2)" in text["parameters"]  # (the token: as the web UI reads it)
+    with pytest.raises(ConfigError, match="embedding:charturner in the prompt names no embedding given: pass its "
+                                          "file with --embedding"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (and the folder's files none of the prompt's names)
+        draw("c", "embedding:charturner a dog", "")
+
+
 def test_a_run_folder_copied_from_a_mac_names_its_token_named_files_in_either_unicode_form(sd1_dir, images,
                                                                                            tmp_path):
     """A run's token-named folder and file (`<café>`: café/café.pt) come back from macOS with the accent as a

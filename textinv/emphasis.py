@@ -143,6 +143,30 @@ def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
     return _EXTRA_NETWORK.sub(take, prompt), tags
 
 
+# ComfyUI's way of naming an embedding in a prompt: `embedding:NAME` as a word (its file in models/embeddings, the
+# suffix optional, a subfolder allowed); a comma after it is text again, as is a weight's colon in `(embedding:x:1.2)`
+_COMFY_EMBEDDING = re.compile(r"(?<![\w:])embedding:([^\s,()\[\]|:]+)")
+_EMBEDDING_SUFFIX = re.compile(r"\.(?:safetensors|pt|bin)$", re.I)
+
+
+def comfy_embeddings(prompt: str, written=lambda name: name) -> tuple[str, list[str]]:
+    """The prompt with each ComfyUI `embedding:NAME` written as `written(NAME)` (by default the name alone, which
+    the web UI reads as an embedding's file name), and the names: the caller writes each as its embedding's token,
+    and checks each is given (ComfyUI drops a name it cannot find with a warning, which would draw the prompt
+    without the concept).
+
+    >>> comfy_embeddings("embedding:EasyNegative, (embedding:style/charturner.pt:1.2) a dog")
+    ('EasyNegative, (charturner:1.2) a dog', ['EasyNegative', 'charturner'])
+    """
+    names: list[str] = []
+
+    def name(match: re.Match) -> str:
+        names.append(_EMBEDDING_SUFFIX.sub("", re.split(r"[\\/]", match.group(1))[-1]))
+        return written(names[-1])
+
+    return _COMFY_EMBEDDING.sub(name, prompt), names
+
+
 _UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:hypernet):[^<>]*>", re.I)),)
 
 

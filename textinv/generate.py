@@ -595,12 +595,11 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     check_model_object(model)
     config = copy.copy(config).validate()  # (a copy: --seed -1 draws its seed into it, not into the caller's config)
-    said = " ".join(config.prompt + [config.negative_prompt]).lower()
+    said = " ".join(config.prompt + [config.negative_prompt]).lower()  # (ComfyUI's embedding:NAME names a file too)
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
     embeddings, paths = _read_embeddings(files)
     renamed = {path for path, tok in files if tok is not None}
-    embeddings = [emb if path in renamed else _as_prompted(emb, Path(path), said)
-                  for emb, path in zip(embeddings, paths)]
+    config.prompt, config.negative_prompt, said = _comfy_names(config, embeddings, paths, renamed)
     seen: dict[str, str] = {}
     for emb, path in zip(embeddings, paths):  # a clash between two files, before the model loads
         if emb.token in seen:
@@ -777,6 +776,31 @@ def unload_loras(model: Model) -> None:
     """Take every LoRA `apply_loras` loaded off the model: its weights are as before."""
     if model.__dict__.pop("_loras", None):
         model.pipeline.unload_lora_weights()
+
+
+def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], paths: list[str], renamed: set[str]
+                 ) -> tuple[list[str], str, str]:
+    """The prompts (and the negative one, and all of them lowercased) with ComfyUI's `embedding:NAME` written as the
+    token of the embedding whose file (or token) has that name, so the name draws the embedding even where it is a
+    word (`embedding:dog` for dog.safetensors holding `<dog>`); each embedding named by a prompt's own words under
+    its file's name (`_as_prompted`) as before. A name that no embedding answers to is refused."""
+    texts = config.prompt + [config.negative_prompt]
+    plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
+    embeddings[:] = [emb if path in renamed else _as_prompted(emb, Path(path), plain)
+                     for emb, path in zip(embeddings, paths)]
+    tokens = {}
+    for emb, path in zip(embeddings, paths):
+        tokens.setdefault(emb.token.lower(), emb.token)
+        tokens.setdefault(Path(path).stem.lower(), emb.token)
+
+    def token(name: str) -> str:
+        if name.lower() not in tokens:
+            raise ConfigError(f"embedding:{name} in the prompt names no embedding given: pass its file with "
+                              f"--embedding (or the folder that holds it, as ComfyUI's models/embeddings)")
+        return tokens[name.lower()]
+
+    texts = [emphasis.comfy_embeddings(p, token)[0] for p in texts]
+    return texts[:-1], texts[-1], " ".join(texts).lower()
 
 
 def _named(name: str, said: str) -> bool:
