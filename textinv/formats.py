@@ -393,8 +393,38 @@ def load_embedding(path: str | Path, token: str | None = None, *, pair: bool = T
     >>> emb.token, emb.num_vectors, emb.family              # doctest: +SKIP
     ('charturner', 6, 'sd1')
     """
+    reference = _hub_default(path)
     path = _resolve(path)
-    return _build(path, _read_paired(path, pair), token)
+    read = _read_paired(path, pair)
+    if reference is not None and token is None:
+        read = _with_token_identifier(reference, read)
+    return _build(path, read, token)
+
+
+def _hub_default(path) -> str | None:
+    """The repo id when `path` names a hub repo's default file (diffusers' learned_embeds.*), else None."""
+    from .hub import hub_reference
+
+    reference = hub_reference(path)
+    return reference[0] if reference is not None and reference[1] is None else None
+
+
+def _with_token_identifier(repo: str, read: _Read) -> _Read:
+    """`read` checked against the repo's token_identifier.txt (the sd-concepts-library repos': the token their cards
+    tell users to write). diffusers' file holds its token already, which is what diffusers and textinv use: one that
+    differs is warned about; a file that holds none takes it."""
+    from .hub import TOKEN_FILE, token_identifier
+
+    named = token_identifier(repo)
+    held = read.token or read.metadata.get("token")
+    if named is None or named == held:
+        return read
+    if held is None:
+        return read._replace(token=named)
+    warnings.warn(f"{repo}: its {TOKEN_FILE} names the token {named!r}, but its embedding file holds {held!r}, which "
+                  f"is the one loaded (as diffusers loads it): write {held} in prompts, or rename it with --token "
+                  f"{named}", stacklevel=3)
+    return read
 
 
 def _read_paired(path: Path, pair: bool = True) -> _Read:
@@ -469,6 +499,14 @@ def diffusers_file(folder: Path) -> Path | None:
 
 
 def _resolve(path: str | Path) -> Path:
+    """The file to read for `path`: itself, a diffusers folder's learned_embeds file, or for a hub id ('owner/name',
+    'owner/name/file.safetensors', naming nothing here: `hub.hub_reference`) its file in the Hugging Face cache,
+    fetched if need be."""
+    from .hub import fetch_embedding, hub_reference
+
+    reference = hub_reference(path)
+    if reference is not None:
+        return fetch_embedding(*reference)
     path = Path(path)
     if path.is_dir():
         found = diffusers_file(path)

@@ -1,0 +1,105 @@
+"""Embeddings by hub id (read through a Hugging Face cache laid out by hand, offline, as huggingface_hub lays it
+out), and `textinv push` (against a stand-in for HfApi that records what would be uploaded: no network here)."""
+
+import hashlib
+import json
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from textinv.cli import main
+from textinv.errors import FormatError
+from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline: huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE once, at import,
+    so its constants are set too (the environment is for the subprocesses a test starts)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def cache_repo(cache, repo: str, files: dict) -> None:
+    """`files` (name -> bytes, or an embedding to save under that name) as a model repo's main branch in `cache`:
+    models--OWNER--NAME/refs/main holds the commit, snapshots/COMMIT/ the files (huggingface_hub's layout, where
+    each snapshot file links to a blob; a plain file is read the same)."""
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, content in files.items():
+        if isinstance(content, LearnedEmbedding):
+            fmt = {".bin": "diffusers-bin", ".pt": "a1111"}.get(name[name.rfind("."):], "diffusers")
+            save_embedding(content, snapshot / name, format=fmt)
+        else:
+            (snapshot / name).write_bytes(content)
+
+
+def concept(token="<cat-toy>", n=1, width=32, seed=0):
+    return LearnedEmbedding(token, {"text_encoder": torch.randn(n, width, generator=torch.Generator().manual_seed(seed))})
+
+
+def test_a_hub_id_reads_the_repos_embedding_from_the_cache_offline(hub_cache):
+    """sd-concepts-library's layout: learned_embeds.bin, token_identifier.txt, type_of_concept.txt."""
+    emb = concept()
+    cache_repo(hub_cache, "sd-concepts-library/cat-toy", {"learned_embeds.bin": emb, "token_identifier.txt": b"<cat-toy>",
+                                                          "type_of_concept.txt": b"object"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the token identifier agrees: nothing to say)
+        got = load_embedding("sd-concepts-library/cat-toy")
+    assert got.token == "<cat-toy>" and torch.equal(got.vectors["text_encoder"], emb.vectors["text_encoder"])
+
+
+def test_the_safetensors_file_is_taken_before_the_bin_as_diffusers_takes_it(hub_cache):
+    cache_repo(hub_cache, "me/dog", {"learned_embeds.bin": concept("<bin>"),
+                                     "learned_embeds.safetensors": concept("<st>")})
+    assert load_embedding("me/dog").token == "<st>"
+
+
+def test_a_named_file_in_a_repo_is_read_as_diffusers_weight_name(hub_cache):
+    cache_repo(hub_cache, "me/embeds", {"charturner.pt": concept("charturner", n=3),
+                                        "sub/other.safetensors": concept("<o>")})
+    assert load_embedding("me/embeds/charturner.pt").num_vectors == 3
+    assert load_embedding("me/embeds/sub/other.safetensors").token == "<o>"
+
+
+def test_a_token_identifier_that_differs_from_the_files_token_is_warned_about(hub_cache):
+    cache_repo(hub_cache, "me/dog", {"learned_embeds.bin": concept("<dog>"), "token_identifier.txt": b"<puppy>\n"})
+    with pytest.warns(UserWarning, match=r"token_identifier.txt names the token '<puppy>', but its embedding file "
+                                         r"holds '<dog>'"):
+        assert load_embedding("me/dog").token == "<dog>"  # (the file's, as diffusers loads it)
+
+
+def test_a_repo_not_in_the_cache_is_one_clear_line_offline(hub_cache, capsys):
+    with pytest.raises(FormatError, match=r"^nobody/nothing: no such file here, and learned_embeds.safetensors or "
+                                          r"learned_embeds.bin of the hub repo 'nobody/nothing' is not in the local "
+                                          r"Hugging Face cache and the hub could not be reached \(HF_HUB_OFFLINE is "
+                                          r"set\)"):
+        load_embedding("nobody/nothing")
+    assert main(["inspect", "nobody/nothing/x.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("textinv inspect: error: nobody/nothing/x.safetensors: no such file here, and x.safetensors "
+                          "of the hub repo 'nobody/nothing' is not in") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["./cat-toy", "cat-toy.pt", "me/dog.pt", "runs/dog", "runs/dog/x.safetensors",
+                                   "~/x/y"])
+def test_a_path_that_looks_local_stays_a_no_such_file_error(value, hub_cache, tmp_path, monkeypatch):
+    """As --model reads a value: ./ or ~, a file suffix, or a first part that is a folder here is a path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    cache_repo(hub_cache, "runs/dog", {"learned_embeds.bin": concept()})  # (not taken: runs/ is a folder here)
+    with pytest.raises(FormatError, match="no such file: check the path"):
+        load_embedding(value)
