@@ -103,3 +103,61 @@ def test_a_path_that_looks_local_stays_a_no_such_file_error(value, hub_cache, tm
     cache_repo(hub_cache, "runs/dog", {"learned_embeds.bin": concept()})  # (not taken: runs/ is a folder here)
     with pytest.raises(FormatError, match="no such file: check the path"):
         load_embedding(value)
+
+
+def test_convert_inspect_and_a_config_files_setting_take_a_hub_id(hub_cache, tmp_path, capsys):
+    from textinv.config import GenerateConfig, TrainConfig, config_file_settings
+    from textinv.score import ScoreConfig
+
+    cache_repo(hub_cache, "me/q", {"learned_embeds.safetensors": concept("<q>", n=2)})
+    assert main(["convert", "me/q", str(tmp_path / "q.pt")]) == 0
+    assert load_embedding(tmp_path / "q.pt").token == "<q>"
+    assert main(["inspect", "me/q"]) == 0 and "<q>" in capsys.readouterr().out
+    # a config file's relative paths are read from its folder; a hub id stays one
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "g.yaml").write_text("embedding: [me/q, local.pt]\n")
+    (tmp_path / "configs" / "t.yaml").write_text("init_embedding: me/q\n")
+    assert config_file_settings(GenerateConfig, tmp_path / "configs" / "g.yaml")["embedding"] == [
+        "me/q", str(tmp_path / "configs" / "local.pt")]
+    assert config_file_settings(TrainConfig, tmp_path / "configs" / "t.yaml")["init_embedding"] == "me/q"
+    assert ScoreConfig(embedding="me/q").validate().embedding == "me/q"  # (not "does not exist")
+
+
+def test_pictures_drawn_with_a_hub_embedding_record_its_id_and_draw_again(sd1_dir, hub_cache, tmp_path):
+    """The record names the hub id, never the file's place in the cache (another machine's cache is elsewhere), and
+    the SHA-256 of the file read, so --again tells an embedding updated on the hub since."""
+    from textinv.config import GenerateConfig
+    from textinv.generate import generate
+
+    cache_repo(hub_cache, "me/q", {"learned_embeds.safetensors": concept("<q>", n=2, width=32)})
+    (cached,) = hub_cache.glob("models--me--q/snapshots/*/learned_embeds.safetensors")
+    for metadata in ("shareable", "full"):  # (--again the full one: the shareable one asks where the model is)
+        (picture,) = generate(GenerateConfig(prompt=["a photo of <q>"], embedding=["me/q"], n=1, steps=2,
+                                             model=str(sd1_dir), out=str(tmp_path / metadata), metadata=metadata),
+                              progress=False)
+        record = json.loads(Image.open(picture).text["textinv_settings"])
+        assert record["settings"]["embedding"] == ["me/q"] and "embedding" not in record.get("by_name", [])
+        assert record["embedding_sha256"] == [hashlib.sha256(cached.read_bytes()).hexdigest()]
+        assert Image.open(picture).text["embeddings"] == "me/q"
+        assert "TI hashes" in Image.open(picture).text["parameters"]
+    assert main(["generate", "--again", str(picture), "--out", str(tmp_path / "again")]) == 0
+    (again,) = (tmp_path / "again").iterdir()
+    assert Image.open(again).tobytes() == Image.open(picture).tobytes()
+    save_embedding(concept("<q>", n=2, width=32, seed=1), cached)  # updated on the hub since
+    with pytest.warns(UserWarning, match="redraw"):
+        assert main(["generate", "--again", str(picture), "--out", str(tmp_path / "changed")]) == 0
+
+
+def test_train_starts_from_a_hub_embedding_and_records_its_id(sd1_dir, images, hub_cache, tmp_path):
+    import yaml
+
+    start = concept("<t>", width=32)
+    cache_repo(hub_cache, "me/start", {"learned_embeds.safetensors": start})
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(sd1_dir), "--images", str(images), "--token", "<t>", "--init-embedding",
+                 "me/start", "--steps", "1", "--batch", "1", "--lr", "1e-9", "--save-every", "0", "--sample-every", "0",
+                 "--out", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["init_embedding"] == "me/start"  # (not made absolute)
+    learned = load_embedding(out / "learned_embeds.safetensors")
+    assert learned.metadata["init"] == "embedding me/start"
+    assert torch.allclose(learned.vectors["text_encoder"], start.vectors["text_encoder"], atol=1e-6)  # (one tiny step)

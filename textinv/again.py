@@ -37,6 +37,7 @@ from .emphasis import lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import A1111_SAMPLER_NAMES, EMBEDDING_SUFFIXES, file_digest, hash_name, lora_files, lora_sha256
+from .hub import hub_reference
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "by_name")
@@ -428,6 +429,8 @@ def _check_still_there(picture: Picture, settings: dict[str, Any], flags: dict[s
         for value in values:
             where = Path(value).expanduser()
             if kind == "source" and not where.is_absolute():  # a hub id or bundled name, or an old relative path
+                continue
+            if kind == "embedding" and hub_reference(value) is not None:  # (read from the hub, or its cache)
                 continue
             if not where.exists():
                 flag = "--" + f.name.replace("_", "-")

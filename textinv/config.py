@@ -32,6 +32,7 @@ from .tracking import check_trackers
 def opt(default, help: str, **extra):
     """A dataclass field with its command-line help (and optional `choices`, `flag`, `short`) as metadata.
     `path="file"` marks a local path, `path="source"` a path or else a hub id or bundled name (`--model`),
+    `path="embedding"` an embedding's path or else its hub id ('owner/name[/file]', `hub.hub_reference`),
     `path="prompts"` prompts or a file of them (`sample_prompts.is_prompt_file`): a config file's relative ones are
     read from the file's folder (`config_file_settings`)."""
     if isinstance(default, (list, dict)):
@@ -196,7 +197,8 @@ class TrainConfig:
                     "model's own word for it (the bundled model's 'shape')")
     init_embedding: str = opt(None, "start from this embedding file's vectors instead (any format: continue a run "
                                     "whose checkpoints are gone, or refine a downloaded embedding, as kohya's "
-                                    "--weights); --vectors must match its count", path="file")
+                                    "--weights), or a hub id (owner/name); --vectors must match its count",
+                                    path="embedding")
     property: str = opt("object", "what the images share: an object or a style", choices=PROPERTIES)
     vectors: int = opt(1, "vectors per token (more = more capacity, less editability)")
     steps: int = opt(DEFAULT_STEPS, "optimizer steps (or give --epochs instead)")
@@ -471,7 +473,9 @@ class GenerateConfig:
 
     prompt: list = opt([], "prompt(s); write the learned token in them, e.g. 'a photo of <my-dog> on the moon'; "
                            "the web UI's syntax works: (word:1.3), [word], BREAK, [from:to:0.5], [a|b]")
-    embedding: list = opt([], "learned embedding file(s) to load (any supported format)", path="file")
+    embedding: list = opt([], "learned embedding file(s) to load (any supported format), or hub ids: owner/name "
+                              "(its learned_embeds file, as diffusers loads it) or owner/name/file.safetensors",
+                          path="embedding")
     out: str = opt("renders", "output folder for the PNGs", path="file")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name",
                      path="source")
@@ -734,6 +738,11 @@ def _path_from(folder: Path, value, kind: str):
     """`value` read from `folder` when it is a relative local path (see `config_file_settings`)."""
     if not isinstance(value, str) or not value.strip() or value.startswith("~") or Path(value).is_absolute():
         return value
+    if kind == "embedding":  # (a hub id stays one: `hub.hub_reference`, from the file's folder)
+        from .hub import hub_reference
+
+        if hub_reference(value, folder) is not None:
+            return value
     if kind == "source":  # (read as `--model` reads a value, from the file's folder)
         from .models import BUNDLED_MODELS, _is_local_path
 

@@ -39,6 +39,7 @@ from .io import absolute, atomic_path, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
                      encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
+from .hub import fetch_embedding, hub_reference
 from .run_folder import concept_folder, embedding_file, saved_run
 from .tokens import add_tokens, check_new_token, expand_prompt, scratch_tokens, token_names, tokenizer_copy
 
@@ -656,7 +657,7 @@ def _embedding_sums(embeddings: list[LearnedEmbedding], labels: list[str],
 
     sums = {}
     for emb, label in zip(embeddings, labels):
-        if not Path(label).exists():  # (a pair's label: "first + second")
+        if not Path(label).exists() and hub_reference(label) is None:  # (a pair's label: "first + second")
             continue
         file = _resolve(label)
         if len(emb.widths) == 2 and _one_half(file):  # its half beside it
@@ -909,7 +910,10 @@ def file_digest(path: str) -> str | None:
     """The SHA-256 of an embedding file (kilobytes: instant), which a picture records so that `--again` can tell a
     file retrained or replaced at the same path. A training run's folder (or a diffusers output folder) gives its
     embedding file's, so a run retrained since is told as its file is; None for a folder of several embeddings (the
-    web UI's embeddings folder, a run of several concepts)."""
+    web UI's embeddings folder, a run of several concepts). A hub id gives its file's in the cache, as it was read."""
+    reference = hub_reference(path)
+    if reference is not None:
+        return hashlib.sha256(fetch_embedding(*reference).read_bytes()).hexdigest()
     path = Path(path).expanduser()
     if path.is_dir():
         try:
@@ -923,7 +927,8 @@ def file_digest(path: str) -> str | None:
 
 def _where(value: str | None) -> str | None:
     """A path setting as a picture records it: a file or folder that exists by its absolute path (the picture
-    outlives the working directory it was drawn in), anything else (a bundled name, a hub id) as given."""
+    outlives the working directory it was drawn in), anything else (a bundled name, a hub id: an embedding's too,
+    never its file in the cache) as given."""
     from .models import BUNDLED_MODELS
 
     if not value or str(value) in BUNDLED_MODELS:  # (a bundled name is one even where a folder is so named)

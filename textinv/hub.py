@@ -25,11 +25,12 @@ _FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".png")  # a named file: what t
 _fetched: dict[tuple[str, str | None, str], Path] = {}  # (repo, file, cache) -> the cached file, once a process
 
 
-def hub_reference(value) -> tuple[str, str | None] | None:
+def hub_reference(value, base: Path | None = None) -> tuple[str, str | None] | None:
     """(repo id, file in it or None for diffusers' default) when `value` names an embedding on the hub: it names
     nothing on disk, and is 'owner/name' or 'owner/name/path/in/repo.safetensors' (.bin, .pt, .png), with no sign
     of a local path (`models._is_local_path`'s: ./ ~ / \\ at the start, a trailing slash, a file suffix on
-    'owner/name', a first part that is a folder here). None: a local path.
+    'owner/name', a first part that is a folder here: in `base`, a config file's folder, else the working
+    directory). None: a local path.
 
     >>> hub_reference("sd-concepts-library/cat-toy"), hub_reference("me/embeds/dog.safetensors")
     (('sd-concepts-library/cat-toy', None), ('me/embeds', 'dog.safetensors'))
@@ -39,15 +40,15 @@ def hub_reference(value) -> tuple[str, str | None] | None:
     from .models import _is_hub_id, _is_local_path
 
     text = value.as_posix() if isinstance(value, Path) else str(value)
-    if not text or Path(text).expanduser().exists():
+    if not text or (Path(base or ".") / Path(text).expanduser()).exists():
         return None
     parts = text.split("/")
     if len(parts) < 2 or "" in parts or not _is_hub_id("/".join(parts[:2])):
         return None
     if len(parts) == 2:
-        return None if _is_local_path(text) else (text, None)
+        return None if _is_local_path(text, base) else (text, None)
     file = "/".join(parts[2:])
-    if _is_local_path(parts[0] + "/x") or Path(file).suffix.lower() not in _FILE_SUFFIXES or ".." in parts:
+    if _is_local_path(parts[0] + "/x", base) or Path(file).suffix.lower() not in _FILE_SUFFIXES or ".." in parts:
         return None
     return "/".join(parts[:2]), file
 

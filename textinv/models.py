@@ -654,7 +654,8 @@ def _is_local_path(text: str, base: Path | None = None) -> bool:
 def shareable_name(value, always_local: bool = False) -> tuple[str, bool]:
     """A model (or file) setting as a shared file records it, and whether that is reduced: a local file or folder by
     its name alone (where it lies tells who made the file and how their folders are laid out: /home/alice/...), a
-    bundled model or hub id as it is. `always_local`: the value can only be a path (an embedding file).
+    bundled model or hub id as it is. `always_local`: the value is a path unless it is an embedding's hub id
+    (`hub.hub_reference`: an embedding file, or owner/name[/file] naming nothing here).
 
     >>> shareable_name("shapes"), shareable_name("/home/alice/models/sd15/")
     (('shapes', False), ('sd15', True))
@@ -662,6 +663,11 @@ def shareable_name(value, always_local: bool = False) -> tuple[str, bool]:
     text = str(value)
     if not value or text in BUNDLED_MODELS:
         return value, False
+    if always_local:
+        from .hub import hub_reference
+
+        if hub_reference(text) is not None:
+            return value, False
     if always_local or Path(text).expanduser().exists() or _is_local_path(text):
         return Path(absolute(text)).name or text, True
     return value, False

@@ -28,6 +28,7 @@ from .data import _OS_LITTER, PictureSet
 from .errors import ConfigError, FormatError
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, load_embedding, second_file,
                       step_filename)
+from .hub import hub_reference
 from .io import write_bytes, write_text
 from .models import BUNDLED_MODELS, same_model
 from .tokens import token_names
@@ -54,7 +55,7 @@ RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_
 # a bundled name), stored absolute when they name something on disk; the concepts' and subsets' folders apart
 # (`_absolute_paths`)
 PATH_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig)
-                      if f.metadata.get("path") == "file" and f.name not in ("concepts", "subsets"))
+                      if f.metadata.get("path") in ("file", "embedding") and f.name not in ("concepts", "subsets"))
 MODEL_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("path") == "source")
 
 
@@ -257,7 +258,8 @@ def concept_folder(token: str) -> str:
 def _absolute_paths(config: TrainConfig) -> TrainConfig:
     """The config with every local path in it absolute (the concepts' folders and a model, VAE or config folder
     on disk too; bundled names and hub ids stay as they are), so the saved config works from any directory."""
-    changes = {k: _absolute(getattr(config, k)) for k in PATH_SETTINGS if getattr(config, k)}
+    changes = {k: _absolute(getattr(config, k)) for k in PATH_SETTINGS
+               if getattr(config, k) and hub_reference(getattr(config, k)) is None}  # (an embedding's hub id stays)
     for k in MODEL_SETTINGS:
         value = getattr(config, k)
         if value and value not in BUNDLED_MODELS and Path(value).expanduser().exists():

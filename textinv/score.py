@@ -48,6 +48,7 @@ from .config import DEVICE_HELP, PRECISIONS, SAMPLERS, check_choices, check_draw
 from .data import PROPERTIES, load_image, picture_set
 from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
+from .hub import hub_reference
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        handed_back, install_embedding, png_text, render)
 from .io import absolute, atomic_path, make_folder, write_json, write_text
@@ -88,8 +89,8 @@ class ScoreConfig:
     """Settings of `textinv score`; saved in its scores.json."""
 
     embedding: str = opt(None, "the learned embedding: a file of any supported format, or a training run's --out "
-                               "folder (its pictures, model and init word are then the defaults)",
-                       path="file")
+                               "folder (its pictures, model and init word are then the defaults), or a hub id "
+                               "(owner/name)", path="embedding")
     images: str = opt(None, "the concept's training pictures (default: the training run's, read from the "
                             "config.yaml beside the embedding)", path="file")
     model: str = opt(None, "the model it was learned for (default: the training run's, else the embedding's "
@@ -130,7 +131,7 @@ class ScoreConfig:
         check_types(self)  # (a Python caller's prompts="..." or steps="8")
         if not self.embedding:
             raise ConfigError("--embedding is required: the embedding file, or the training run's --out folder")
-        if not Path(self.embedding).exists():
+        if not Path(self.embedding).exists() and hub_reference(self.embedding) is None:
             raise ConfigError(f"--embedding {self.embedding} does not exist")
         check_choices(self)
         if not isinstance(self.n, int) or self.n < 1:
