@@ -460,6 +460,13 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
     (["generate", "--torch_dtype", "fp16"], "textinv's default auto is fp16 on a CUDA GPU, else fp32"),
     (["generate", "--num_inference_steps", "20"], "textinv calls it --steps"),
     (["generate", "--num_images_per_prompt", "2"], "textinv calls it -n"),
+    (["train", "--push_to_hub"], "textinv publishes with a command of its own, once the run is done: textinv push OUT "
+                                 "--repo OWNER/NAME"),
+    (["train", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; it is --repo OWNER/NAME "
+                                            "of textinv push OUT"),
+    (["train", "--hub_token", "hf_x"], "it is --hub-token of textinv push OUT --repo OWNER/NAME"),
+    (["push", "run", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; textinv calls it "
+                                                  "--repo"),
 ])
 def test_another_tools_flag_is_answered_with_textinvs_name(argv, said, capsys):
     """The nearest flag by spelling was often another setting (--placeholder_token: --token, not --init)."""
@@ -467,7 +474,8 @@ def test_another_tools_flag_is_answered_with_textinvs_name(argv, said, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and said in err
-    assert err.startswith(f"textinv {argv[0]}: error: unrecognized arguments: {argv[1]}")
+    flag = next(word for word in argv if word.startswith("-"))
+    assert err.startswith(f"textinv {argv[0]}: error: unrecognized arguments: {flag}")
     assert "did you mean" not in err
 
 
@@ -506,21 +514,25 @@ def test_a_config_key_of_another_tool_is_answered_with_textinvs_setting(tmp_path
 
 def test_the_table_of_other_tools_names_names_only_flags_textinv_has():
     """foreign.NAMES cannot rot: each textinv flag it names (in its column or its note) is one of that command's,
-    and a config key of its config; each other tool's name is none of the command's flags nor a prefix argparse
-    would take for one (allow_abbrev), so it reaches the answer."""
+    and a config key of its config (push has none); a flag in a note that names `textinv push` may be push's; each
+    other tool's name is none of the command's flags nor a prefix argparse would take for one (allow_abbrev), so it
+    reaches the answer."""
     from textinv.cli import make_parser
     from textinv.config import TrainConfig
     from textinv.foreign import NAMES, setting_of
 
     parser = make_parser()
     fields = {"train": TrainConfig, "generate": GenerateConfig}
+    push = [f for a in parser.commands["push"]._actions for f in a.option_strings]
     for names, _whose, command, flag, note in NAMES:
         options = [f for a in parser.commands[command]._actions for f in a.option_strings]
         if flag is not None:
             assert flag in options, (names, flag)
-            assert setting_of(flag) in {f.name for f in dataclasses.fields(fields[command])}, (names, flag)
+            if command in fields:
+                assert setting_of(flag) in {f.name for f in dataclasses.fields(fields[command])}, (names, flag)
         for named in re.findall(r"(?<![\w-])--?[a-z][\w-]*", note):
-            assert "_" in named or named in options, (names, named)  # (an underscore: the other tool's own name)
+            # (an underscore: the other tool's own name)
+            assert "_" in named or named in options or "textinv push" in note and named in push, (names, named)
         for name in names.split():
             assert not any(option.startswith("--" + name) for option in options), (command, name)
 

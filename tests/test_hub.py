@@ -4,6 +4,7 @@ out), and `textinv push` (against a stand-in for HfApi that records what would b
 import hashlib
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +162,108 @@ def test_train_starts_from_a_hub_embedding_and_records_its_id(sd1_dir, images, h
     learned = load_embedding(out / "learned_embeds.safetensors")
     assert learned.metadata["init"] == "embedding me/start"
     assert torch.allclose(learned.vectors["text_encoder"], start.vectors["text_encoder"], atol=1e-6)  # (one tiny step)
+
+
+class FakeHfApi:
+    """Stands in for huggingface_hub.HfApi (no network here): records the calls, and the files of the folder
+    uploaded as they were at that moment (push's staging folder is gone afterwards)."""
+
+    made: list = []
+
+    def __init__(self, token=None):
+        self.token, self.calls, self.files = token, [], {}
+        FakeHfApi.made.append(self)
+
+    def create_repo(self, repo_id, *, private=False, exist_ok=False, repo_type=None):
+        self.calls.append(("create_repo", repo_id, {"private": private, "exist_ok": exist_ok, "type": repo_type}))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type=None, commit_message=None):
+        self.calls.append(("upload_folder", repo_id, commit_message))
+        self.files = {p.relative_to(folder_path).as_posix(): p.read_bytes()
+                      for p in sorted(Path(folder_path).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import huggingface_hub
+
+    FakeHfApi.made = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    return FakeHfApi.made
+
+
+def test_push_publishes_a_runs_embedding_card_and_grid_in_one_commit(sd1_dir, images, tmp_path, hub_cache, fake_hub,
+                                                                     capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(sd1_dir), "--images", str(images), "--token", "<my-dog>", "--init", "dog",
+                 "--steps", "2", "--batch", "1", "--save-every", "0", "--sample-every", "1", "--sample-steps", "1",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["push", str(run), "--repo", "me/my-dog", "--private", "--hub-token", "hf_secret"]) == 0
+    assert capsys.readouterr().out == "published https://huggingface.co/me/my-dog\n"
+    (api,) = fake_hub
+    assert api.token == "hf_secret"
+    assert api.calls == [("create_repo", "me/my-dog", {"private": True, "exist_ok": True, "type": "model"}),
+                         ("upload_folder", "me/my-dog", "textinv: <my-dog>, 2 steps")]
+    assert sorted(api.files) == ["README.md", "learned_embeds.safetensors", "sample-grid.png", "token_identifier.txt",
+                                 "type_of_concept.txt"]
+    assert api.files["learned_embeds.safetensors"] == (run / "learned_embeds.safetensors").read_bytes()
+    assert api.files["sample-grid.png"] == (run / "samples" / "step-000002.png").read_bytes()  # (the last grid)
+    assert api.files["token_identifier.txt"] == b"<my-dog>\n" and api.files["type_of_concept.txt"] == b"object\n"
+    card = api.files["README.md"].decode()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "tags:\n- textual_inversion\n- text-to-image\n- textinv\n" in front  # (the tiny model: no family's tags)
+    assert "library_name: diffusers" in front
+    assert "\n# license: choose one" in front and "base_model" not in front  # (a local model: no hub id to name)
+    for row in ("| token | `<my-dog>` |", "| init | dog |", f"| base model | {sd1_dir.name} |",
+                "| family | 32 (no known Stable Diffusion family) |", "| steps | 2 |", "![samples](sample-grid.png)", "at step 2.",
+                'pipe.load_textual_inversion("me/my-dog")', 'textinv generate --embedding me/my-dog --prompt',
+                "save `learned_embeds.safetensors` in the embeddings folder as `my-dog.safetensors` and write `my-dog`"):
+        assert row in body, row
+    assert str(tmp_path) not in card  # (no local path of the author's)
+    # what was published reads back by its hub id, as diffusers' load_textual_inversion("me/my-dog") reads it
+    cache_repo(hub_cache, "me/my-dog", api.files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(load_embedding("me/my-dog").vectors["text_encoder"],
+                           load_embedding(run).vectors["text_encoder"])
+
+
+def test_push_names_a_file_not_named_for_diffusers_in_the_cards_snippets(tmp_path, fake_hub):
+    from textinv.hub import push
+
+    emb = LearnedEmbedding("<q>", {"text_encoder": torch.zeros(2, 768)},
+                           {"base_model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "steps": "500"})
+    (file,) = save_embedding(emb, tmp_path / "q.pt", format="a1111")
+    assert push(file, "me/q") == "https://huggingface.co/me/q"
+    files = fake_hub[0].files
+    assert sorted(files) == ["README.md", "q.pt", "token_identifier.txt"]  # (no run: no grid, no concept type)
+    card = files["README.md"].decode()
+    front = card.split("---\n")[1]
+    assert front.startswith("base_model: stable-diffusion-v1-5/stable-diffusion-v1-5\n")
+    assert "- textual_inversion\n- stable-diffusion\n- stable-diffusion-diffusers\n" in front
+    assert "| family | Stable Diffusion 1.x |" in card
+    assert 'pipe.load_textual_inversion("me/q", weight_name="q.pt")' in card
+    assert "textinv generate --embedding me/q/q.pt --model stable-diffusion-v1-5/stable-diffusion-v1-5" in card
+    assert "| token | `<q>` (2 vectors) |" in card and "put `q.pt` in the embeddings folder and write `q` in" in card
+
+
+def test_push_refuses_bad_input_before_the_hub_is_asked(tmp_path, fake_hub, capsys):
+    (file,) = save_embedding(concept("<q>"), tmp_path / "learned_embeds.safetensors")
+    for argv, said in ((["push", str(file)], "--repo OWNER/NAME is required"),
+                       (["push", str(file), "--repo", "me"], "--repo 'me' is not a hub repo id: give OWNER/NAME"),
+                       (["push", str(tmp_path / "nothing"), "--repo", "me/q"], "nothing: no such file or folder")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+    assert not fake_hub
+
+
+def test_push_offline_is_one_line_and_publishes_nothing(tmp_path, hub_cache, capsys):
+    """The real HfApi, with HF_HUB_OFFLINE: said in one line, not huggingface_hub's traceback."""
+    (file,) = save_embedding(concept("<q>"), tmp_path / "learned_embeds.safetensors")
+    assert main(["push", str(file), "--repo", "me/q", "--hub-token", "hf_x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("textinv push: error: --repo me/q: the Hugging Face hub could not be reached "
+                          "(HF_HUB_OFFLINE is set)") and err.count("\n") == 1, err

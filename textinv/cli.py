@@ -6,6 +6,7 @@
     textinv convert runs/my-dog/learned_embeds.safetensors my-dog.pt
     textinv inspect my-dog.pt
     textinv score --embedding runs/my-dog --description "a corgi"   # CLIP scores beside baselines, a report
+    textinv push runs/my-dog --repo me/my-dog     # publish on the Hugging Face hub, with a model card
     textinv demo                      # learn an example concept on the bundled model, write an HTML/PNG report
     textinv evaluate --out benchmarks/results
 
@@ -164,6 +165,15 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from .hub import push
+
+    if not args.repo:  # (checked here, not by argparse: another tool's flag beside it is answered first)
+        raise ConfigError("--repo OWNER/NAME is required: the hub repo to publish to, e.g. --repo your-name/my-dog")
+    print(f"published {push(args.source, args.repo, private=args.private, hub_token=args.hub_token)}")
+    return 0
+
+
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; on an idle 2-core "
                    "machine 2 train about 20%% faster and draw no faster, on a busy one 1 is steadier)")
@@ -278,6 +288,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
     add_config_flags(p, ScoreConfig)
     p.set_defaults(func=cmd_score)
+
+    # a command of its own, not a train flag: it publishes a run once it is done (or resumed, or scored, or an older
+    # one), a failed upload costs no training, and a token given to train would be saved in the run's config.yaml
+    p = sub.add_parser("push", help="publish an embedding on the Hugging Face hub, with a model card",
+                       description="Upload a training run's embedding (or any embedding file) to a Hugging Face hub "
+                                   "repo, with a README.md model card (token, init, base model, family, steps, the "
+                                   "run's last sample grid, how to load it), in one commit. `diffusers` then loads "
+                                   "it with pipe.load_textual_inversion(REPO), textinv with --embedding REPO.")
+    p.add_argument("source", metavar="RUN_OR_FILE", help="a training run's --out folder (or one concept's folder of "
+                                                         "it), or an embedding file")
+    p.add_argument("--repo", metavar="OWNER/NAME", help="the hub repo to publish to (made if need be)")
+    p.add_argument("--private", action="store_true", help="make the repo private (only when it is made here)")
+    p.add_argument("--hub-token", help="a Hugging Face token that can write (default: HF_TOKEN, or the one `hf auth "
+                                       "login` saved; given here, it stays in your shell's history)")
+    p.set_defaults(func=cmd_push)
 
     from .shapes.demo import DemoConfig
     from .shapes.evaluate import EvalConfig

@@ -82,6 +82,12 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                                "logs to TensorBoard when --logging_dir comes alone, textinv refuses "
                                                "--log-dir alone"),
     ("enable_xformers_memory_efficient_attention", _D, "train", None, _ATTENTION),
+    ("push_to_hub", _D, "train", None, "textinv publishes with a command of its own, once the run is done: textinv "
+                                       "push OUT --repo OWNER/NAME (the embedding, a model card, the sample grid)"),
+    ("hub_model_id", _D, "train", None, "it is --repo OWNER/NAME of textinv push OUT, which publishes the run once it "
+                                        "is done"),
+    ("hub_token", _D, "train", None, "it is --hub-token of textinv push OUT --repo OWNER/NAME, which publishes the "
+                                     "run once it is done (default: HF_TOKEN, or `hf auth login`'s)"),
     # train: kohya's
     ("token_string", _K, "train", "--token", "a caption may hold it, or {}; one with neither gets it in front"),
     ("init_word", _K, "train", "--init", ""),
@@ -180,6 +186,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("torch_dtype", _P, "generate", "--precision", "fp32, fp16 or bf16; textinv's default auto is fp16 on a CUDA GPU, "
                                                    "else fp32"),
     ("fp16 bf16", _G, "generate", "--precision", "--precision fp16 or bf16"),
+    # push: the diffusers script's hub flags
+    ("hub_model_id", _D, "push", "--repo", "OWNER/NAME"),
+    ("push_to_hub", _D, "push", None, "not needed: publishing is what textinv push does"),
 )
 
 

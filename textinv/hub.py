@@ -65,6 +65,7 @@ def fetch_embedding(repo: str, file: str | None = None) -> Path:
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
+    from .formats import second_file
     from .models import offline_note
 
     key = (repo, file, str(constants.HF_HUB_CACHE))
@@ -90,6 +91,8 @@ def fetch_embedding(repo: str, file: str | None = None) -> Path:
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); try again, or "
                               f"download it and give its path") from None
         else:
+            if found.suffix == ".safetensors":  # diffusers' SDXL pair: its second file, beside it if the repo has one
+                _fetch_quietly(repo, second_file(Path(name)).as_posix())
             _fetched[key] = found
             return found
     shown = "/".join([repo, file]) if file else repo
@@ -105,12 +108,184 @@ def fetch_embedding(repo: str, file: str | None = None) -> Path:
 def token_identifier(repo: str) -> str | None:
     """The token the repo's token_identifier.txt names (the sd-concepts-library repos have one), or None: none
     there, or not cached offline. Never raises: the embedding file is what counts, this only checks it."""
+    found = _fetch_quietly(repo, TOKEN_FILE)
+    text = found.read_text(encoding="utf-8", errors="replace").strip() if found is not None else ""
+    return text or None
+
+
+def _fetch_quietly(repo: str, name: str) -> Path | None:
+    """`name` of `repo` fetched into the cache, or None when it is not there (or not cached offline, or the hub
+    cannot be reached): for the files an embedding may have beside it."""
     from huggingface_hub import hf_hub_download
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            text = Path(hf_hub_download(repo, TOKEN_FILE)).read_text(encoding="utf-8").strip()
-    except Exception:  # (none in the repo, not cached offline, no network: nothing to check against)
+            return Path(hf_hub_download(repo, name))
+    except Exception:  # (none in the repo, not cached offline, no network: nothing beside it)
         return None
-    return text or None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# publishing: `textinv push`
+
+CARD_FILE = "README.md"
+GRID_FILE = "sample-grid.png"  # the run's last sample grid, shown on the card
+_FAMILY_TAGS = {"sd1": ["stable-diffusion", "stable-diffusion-diffusers"], "sd2": ["stable-diffusion",
+                "stable-diffusion-diffusers"], "sdxl": ["stable-diffusion-xl"]}
+
+
+def push(source, repo: str, *, private: bool = False, hub_token: str | None = None, api=None) -> str:
+    """Publish an embedding on the Hugging Face hub: its file(s) as they are, a README.md model card (token, init,
+    base model, family, steps, how to load it, the run's last sample grid) and token_identifier.txt, as the
+    sd-concepts-library repos hold them, in one commit to `repo` (made if need be; `private` then). `source`: a
+    training run's --out (or one concept's folder of it) or an embedding file. `api`: an `HfApi` (default: one with
+    `hub_token`, else the token of HF_TOKEN or `hf auth login`). Returns the repo's address.
+
+    >>> push("runs/my-dog", "me/my-dog")   # doctest: +SKIP
+    'https://huggingface.co/me/my-dog'
+    """
+    import shutil
+    import tempfile
+
+    from .errors import ConfigError
+    from .models import _is_hub_id
+
+    # 1. everything checked, and the card written, before the hub is asked anything
+    if not _is_hub_id(repo):
+        raise ConfigError(f"--repo {repo!r} is not a hub repo id: give OWNER/NAME, e.g. your-name/my-dog")
+    files, emb, run = _published_files(Path(source).expanduser())
+    with tempfile.TemporaryDirectory(prefix="textinv-push-") as staging:
+        staging = Path(staging)
+        for file in files:
+            shutil.copyfile(file, staging / file.name)
+        grid = _last_grid(files[0].parent)
+        if grid is not None:
+            shutil.copyfile(grid, staging / GRID_FILE)
+        (staging / TOKEN_FILE).write_text(emb.token + "\n", encoding="utf-8")
+        if run is not None:  # (the concepts library's other file: what the concept is)
+            (staging / "type_of_concept.txt").write_text(run.property + "\n", encoding="utf-8")
+        (staging / CARD_FILE).write_text(model_card(emb, repo, [f.name for f in files], grid), encoding="utf-8")
+        # 2. one commit: a repo never holds the card of one run beside the file of another
+        return _upload(staging, repo, private, hub_token, api, f"textinv: {emb.token}"
+                       + (f", {emb.metadata['steps']} steps" if emb.metadata.get("steps") else ""))
+
+
+def _published_files(source: Path):
+    """The embedding file(s) `source` names (a diffusers-sdxl pair: both), the embedding, and its run's settings
+    (a TrainConfig, or None for a file from elsewhere)."""
+    from .errors import ConfigError
+    from .formats import detect_format, diffusers_file, load_embedding, second_file
+    from .run_folder import embedding_file, saved_run
+
+    if not source.exists():
+        raise ConfigError(f"{source}: no such file or folder: give a training run's --out folder or an embedding file")
+    file = embedding_file(source)  # (a run of several concepts is refused here, naming their folders)
+    if file.is_dir():
+        file = diffusers_file(file)
+        if file is None:
+            raise ConfigError(f"{source} holds no embedding file textinv wrote (no config.yaml naming one, no "
+                              f"learned_embeds.*): give the embedding file itself")
+    emb = load_embedding(file)
+    pair = detect_format(file) == "diffusers-sdxl"  # (read with its second file beside it)
+    found = saved_run(file.parent) or saved_run(file.parent.parent)
+    return [file, second_file(file)] if pair else [file], emb, found[0] if found else None
+
+
+def _last_grid(folder: Path) -> Path | None:
+    """The newest sample grid a run wrote beside its embedding (samples/step-NNNNNN.png), or None."""
+    from .run_folder import SAMPLES_DIR
+
+    grids = sorted((folder / SAMPLES_DIR).glob("step-*.png"), key=lambda p: (len(p.stem), p.stem))
+    return grids[-1] if grids else None
+
+
+def model_card(emb, repo: str, files: list[str], grid: Path | None = None) -> str:
+    """The README.md of a published embedding: front matter the hub reads (tags, base_model when it is a hub id;
+    the license left for the author to choose), what the embedding is, and how to load it with textinv, diffusers
+    and the web UIs.
+
+    >>> print(model_card(LearnedEmbedding("<my-dog>", {"text_encoder": torch.zeros(1, 768)}), "me/my-dog",
+    ...                  ["learned_embeds.safetensors"]))   # doctest: +SKIP
+    ---
+    tags:
+    - textual_inversion
+    ...
+    """
+    from .families import FAMILY_NAMES, describe_widths, family_for_widths
+    from .formats import default_filename
+    from .models import _is_hub_id
+
+    meta = emb.metadata
+    family = family_for_widths(emb.widths) or meta.get("family")
+    base = meta.get("base_model")
+    on_hub = bool(base) and _is_hub_id(base)
+    tags = ["textual_inversion", *_FAMILY_TAGS.get(family, []), "text-to-image", "textinv"]
+    front = (["---"] + ([f"base_model: {base}"] if on_hub else []) + ["library_name: diffusers", "tags:"]
+             + [f"- {tag}" for tag in tags]
+             + ["# license: choose one: https://huggingface.co/docs/hub/repositories-licenses (the base model's "
+                "license may bind what you choose)", "---", ""])
+    rows = [("token", f"`{emb.token}`" + (f" ({emb.num_vectors} vectors)" if emb.num_vectors > 1 else "")),
+            ("init", meta.get("init")), ("base model", f"[{base}](https://huggingface.co/{base})" if on_hub else base),
+            ("family", FAMILY_NAMES.get(family, describe_widths(emb.widths))), ("steps", meta.get("steps")),
+            ("learned", meta.get("property")), ("resolution", meta.get("resolution")),
+            ("clip skip", meta.get("clip_skip") if meta.get("clip_skip") not in (None, "1") else None)]
+    body = [f"# {emb.token}", "", f"A textual-inversion embedding: the new word `{emb.token}` for a concept, learned "
+            "from a few pictures with the model kept frozen, by textinv"
+            + (f" {meta['textinv_version']}." if meta.get("textinv_version") else "."), "",
+            "| | |", "| --- | --- |", *(f"| {k} | {str(v).replace('|', '&#124;')} |" for k, v in rows if v), ""]
+    if grid is not None:
+        step = grid.stem.removeprefix("step-").lstrip("0") or "0"
+        body += [f"![samples]({GRID_FILE})", "", f"The training run's sample grid at step {step}.", ""]
+    weight = "" if files[0] == "learned_embeds.safetensors" or files[0] == "learned_embeds.bin" else \
+        f', weight_name="{files[0]}"'
+    prompt = f"a photo of {emb.token}"
+    body += ["## Use", "", "With textinv, on the base model it was learned on:", "", "```sh",
+             f"textinv generate --embedding {repo}" + (f"/{files[0]}" if weight else "")
+             + (f" --model {base}" if on_hub else "") + f' --prompt "{prompt}"', "```", ""]
+    if family == "sdxl":
+        body += ["With diffusers, each text encoder's half is loaded into its own encoder (see diffusers' "
+                 "[textual inversion guide](https://huggingface.co/docs/diffusers/using-diffusers/textual_inversion_"
+                 "inference)).", ""]
+    else:
+        body += ["With diffusers:", "", "```python", f'pipe.load_textual_inversion("{repo}"{weight})',
+                 f'image = pipe("{prompt}").images[0]', "```", ""]
+    name = Path(files[0]).stem
+    if files[0].startswith("learned_embeds"):  # (they call an embedding by its file name: one to write in prompts)
+        name = Path(default_filename("kohya", emb.token)).stem
+        where = f"save `{files[0]}` in the embeddings folder as `{name}{Path(files[0]).suffix}`"
+    else:
+        where = f"put `{files[0]}` in the embeddings folder"
+    if family != "sdxl" or len(files) == 1:  # (the web UIs read an SDXL embedding as one file, not diffusers' pair)
+        body += [f"In the AUTOMATIC1111 web UI or ComfyUI: {where} and write `{name}` in the prompt (they call an "
+                 "embedding by its file name).", ""]
+    return "\n".join(front + body)
+
+
+def _upload(folder: Path, repo: str, private: bool, hub_token: str | None, api, message: str) -> str:
+    """`folder`'s files as one commit to `repo`, made first if need be (private, if asked); the hub's refusals and
+    an unreachable hub as one line each."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+    from .errors import ConfigError
+    from .models import offline_note
+
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=hub_token)
+    try:
+        url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model", commit_message=message)
+    except LocalTokenNotFoundError:
+        raise ConfigError(f"--repo {repo}: publishing needs a Hugging Face token that can write: log in with `hf auth "
+                          "login`, set HF_TOKEN, or pass --hub-token") from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        why = ("the token was refused, or cannot write there: log in again with `hf auth login` (a token with "
+               "write access), or pass --hub-token" if status in (401, 403) else str(e).splitlines()[0])
+        raise ConfigError(f"--repo {repo}: the hub refused the upload ({status or type(e).__name__}): {why}") from None
+    except (ConnectionError, OSError) as e:  # (HF_HUB_OFFLINE's OfflineModeIsEnabled is a ConnectionError)
+        raise ConfigError(f"--repo {repo}: the Hugging Face hub could not be reached{offline_note()} "
+                          f"({type(e).__name__}); nothing was published: run it again with a network") from None
+    return str(getattr(url, "url", url) or f"https://huggingface.co/{repo}")
