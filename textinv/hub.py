@@ -37,11 +37,11 @@ def hub_reference(value, base: Path | None = None) -> tuple[str, str | None] | N
     >>> hub_reference("./cat-toy"), hub_reference("my-dog.pt"), hub_reference("me/dog.pt")
     (None, None, None)
     """
-    from .models import _is_hub_id, _is_local_path
-
     text = value.as_posix() if isinstance(value, Path) else str(value)
     if not text or (Path(base or ".") / Path(text).expanduser()).exists():
         return None
+    from .models import _is_hub_id, _is_local_path  # (a file that is there never gets this far)
+
     parts = text.split("/")
     if len(parts) < 2 or "" in parts or not _is_hub_id("/".join(parts[:2])):
         return None
