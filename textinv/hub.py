@@ -13,6 +13,7 @@ cache (`hf_hub_download`), so a repo fetched once is read offline (HF_HUB_OFFLIN
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -75,8 +76,7 @@ def fetch_embedding(repo: str, file: str | None = None) -> Path:
     unreached = []  # the names that were neither in the cache nor reachable
     for name in names:
         try:
-            with warnings.catch_warnings():  # (huggingface_hub's notes on symlinks and the like)
-                warnings.simplefilter("ignore")
+            with _quiet():
                 found = Path(hf_hub_download(repo, name))
         except LocalEntryNotFoundError:
             unreached.append(name)
@@ -119,11 +119,23 @@ def _fetch_quietly(repo: str, name: str) -> Path | None:
     from huggingface_hub import hf_hub_download
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             return Path(hf_hub_download(repo, name))
     except Exception:  # (none in the repo, not cached offline, no network: nothing beside it)
         return None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """huggingface_hub's notes (symlinks, and each failed request's log line: the error that follows says it once)
+    kept out of the command's output."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    from .models import _log_level_error
+
+    with warnings.catch_warnings(), _log_level_error(hub_logging):
+        warnings.simplefilter("ignore")
+        yield
 
 
 # ---------------------------------------------------------------------------------------------------------------
