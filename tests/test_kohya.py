@@ -77,8 +77,7 @@ def test_two_subsets_train_what_the_same_kohya_folders_train_and_resume_exactly(
     assert read.losses == folders.losses
     state = torch.load(tmp_path / "d" / "checkpoints" / "step-000004.pt", weights_only=True)
     assert torch.bincount(state["samplers"][0]["order"]).tolist() == [10, 10, 3]
-    assert state["pictures"] == [[(a / "img0.png").as_posix(), (a / "img1.png").as_posix(),
-                                  (b / "img0.png").as_posix()]]
+    assert state["pictures"] == [["1/img0.png", "1/img1.png", "2/img0.png"]]  # (each subset's number and name)
     text = (tmp_path / "d" / "config.yaml").read_text()
     saved = yaml.safe_load(text)
     assert saved["subsets"] == [{"images": str(a), "repeats": 10, "caption_extension": ".txt"},
@@ -423,3 +422,22 @@ def test_a_resume_given_the_file_again_from_another_directory_is_told_why_its_fo
         apply_dataset_config(TrainConfig(**run))
     monkeypatch.chdir(tmp_path / "one")
     assert apply_dataset_config(TrainConfig(**run)).subsets[0]["images"] == str(tmp_path / "one" / "img" / "dog")
+
+
+def test_a_checkpoint_naming_subset_pictures_by_whole_path_resumes_in_place(sd1_dir, tmp_path):
+    """textinv 0.1.0's checkpoints name each subset picture by its whole path: such a run resumes where its folders
+    are, as before, to the uninterrupted run's vectors."""
+    a, b = pictures(tmp_path / "p")
+    common = dict(token="<kd>", init="dog", model=str(sd1_dir), save_every=2, sample_every=0, log_every=2, lr=5e-2)
+    dataset = toml(tmp_path / "d.toml", TWO_SUBSETS.format(a=a, b=b))
+    whole = train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "whole"), steps=4, **common),
+                  progress=False)
+    train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "run"), steps=2, **common), progress=False)
+    path = tmp_path / "run" / "checkpoints" / "step-000002.pt"
+    state = torch.load(path, weights_only=True)
+    state["pictures"] = [[(a / "img0.png").as_posix(), (a / "img1.png").as_posix(), (b / "img0.png").as_posix()]]
+    torch.save(state, path)
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "4"]) == 0  # (the folder alone)
+    resumed = torch.load(tmp_path / "run" / "checkpoints" / "step-000004.pt", weights_only=True)
+    assert torch.equal(resumed["vectors"][0], whole.embedding.vectors["text_encoder"])
+

@@ -365,7 +365,9 @@ class PictureSet:
     paths: list[Path]
     repeats: list[int]  # each picture's times per epoch before --repeats: its kohya folder's or subset's count
     caption_extensions: list[str | None]  # each caption file is NAME + this (None: NAME.txt, else NAME.caption)
-    names: list[str]  # as a checkpoint records them: within the folder; for subsets, whole paths
+    # as a checkpoint records them: within the folder; for subsets, the subset's number (from 1) and the name within
+    # its folder ("2/a.png"), so a run whose folders moved is still checked by them (`run_folder.check_resumable`)
+    names: list[str]
     described: str | None  # one line saying what was read (kohya's layout or subsets); None for a plain folder
 
 
@@ -385,8 +387,9 @@ def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict]
     paths: list[Path] = []
     repeats: list[int] = []
     extensions: list[str | None] = []
+    names: list[str] = []
     parts = []
-    for subset in subsets:
+    for number, subset in enumerate(subsets, start=1):
         folder, count, extension = Path(subset["images"]), subset["repeats"], subset["caption_extension"]
         if not folder.is_dir():  # (--dataset-config checked it; a recorded run's folder may have gone since)
             raise DataError(f"the subset folder {folder} does not exist{backslash_note(folder)}; put it back, or "
@@ -400,10 +403,11 @@ def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict]
         paths += found
         repeats += [count] * len(found)
         extensions += [extension] * len(found)
+        names += [f"{number}/{p.relative_to(folder).as_posix()}" for p in found]
         pictures = f"{len(found)}{(' picture' + 's' * (len(found) != 1)) if not parts else ''}"
         parts.append(f"{folder.name} ({pictures} x{count}{f', captions {extension}' if extension else ''})")
     folders = ", ".join(str(subset["images"]) for subset in subsets)
-    return PictureSet(f"the kohya subsets {folders}", paths, repeats, extensions, [p.as_posix() for p in paths],
+    return PictureSet(f"the kohya subsets {folders}", paths, repeats, extensions, names,
                       f"{len(parts)} kohya subset{'s' * (len(parts) != 1)}: {', '.join(parts)}")
 
 

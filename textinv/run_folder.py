@@ -496,15 +496,22 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
             detail = f"{was} pictures then, {len(now)} now"
         else:
             order = same_names(names, now)
+            if order is None and config.subsets:  # (checkpoints before subset names: whole paths, `_by_subset`)
+                names = _by_subset(names)
+                order = same_names(names, now)
             if order is not None:
                 ordered.append(_reordered(pictures, order))
                 continue
             names, now = [_nfc(n) for n in names], [_nfc(n) for n in now]
             gone, new = sorted(set(names) - set(now)), sorted(set(now) - set(names))
+            if config.subsets:  # ("2/a.png": the second subset's a.png, said where that folder is now)
+                folders = [subset["images"] for subset in config.subset_list()]
+                gone, new = ([_in_subset(n, folders) for n in part] for part in (gone, new))
             detail = "; ".join(part for part in (gone and f"missing now: {', '.join(gone)}",
                                                  new and f"new: {', '.join(new)}") if part)
+        folder = "the subsets' folders back as they were" if config.subsets else "the folder back as it was"
         raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
-                          f"({detail}); put the folder back as it was, or start a new run with --overwrite")
+                          f"({detail}); put {folder}, or start a new run with --overwrite")
     return ordered, moved
 
 
@@ -555,6 +562,32 @@ def same_names(saved: list[str], now: list[str]) -> list[int] | None:
         return None
     order = [where.get(_nfc(name)) for name in saved]
     return order if None not in order and len(set(order)) == len(order) else None
+
+
+def _by_subset(names: list[str]) -> list[str]:
+    """A checkpoint's subset pictures as it names them now, subset number and name within its folder ("2/a.png"),
+    from their whole paths, as textinv 0.1.0 recorded them (`data.PictureSet.names`), so its runs resume after their
+    folders moved: the pictures are in the subsets' order, so each run of names in one folder is the next subset's,
+    and a name again in the same run begins the next (two subsets in a row with one folder, from two [[datasets]]).
+
+    >>> _by_subset(["/p/dog/a.png", "/p/dog/b.png", "/p/close ups/a.png", "/p/close ups/a.png"])
+    ['1/a.png', '1/b.png', '2/a.png', '3/a.png']
+    """
+    out, number, folder, seen = [], 0, None, set()
+    for name in names:
+        where, _, file = name.rpartition("/")
+        if where != folder or file in seen:  # (the next subset begins)
+            number, folder, seen = number + 1, where, set()
+        seen.add(file)
+        out.append(f"{number}/{file}")
+    return out
+
+
+def _in_subset(name: str, folders: list[str]) -> str:
+    """A subset picture's checkpoint name ("2/a.png") as its path in the subsets' `folders`."""
+    number, _, file = name.partition("/")
+    k = int(number) - 1 if number.isdigit() else -1
+    return (Path(folders[k]) / file).as_posix() if 0 <= k < len(folders) else name
 
 
 def _nfc(name: str) -> str:
