@@ -402,20 +402,27 @@ def test_a_folder_given_twice_in_one_dataset_is_trained_by_its_first_subset_as_i
     assert [(s["images"], s["repeats"]) for s in read.subsets] == [(str(a), 2), (str(b), 1), (str(a), 3)]
 
 
-def test_a_resume_given_the_file_again_from_another_directory_is_told_why_its_folders_differ(tmp_path, monkeypatch):
+def test_a_resume_given_the_file_again_takes_the_runs_subsets_where_its_folders_are_now(tmp_path, monkeypatch):
     """The run's config.yaml holds its subsets' folders absolute; the file's relative image_dir are read from the
-    working directory, so given again from another one they name other folders, or none: the message says so, and
-    that the resume needs no file (it said the file had changed, or only to give the folder)."""
+    working directory, so given again from another one (the project moved) they name other folders: taken, as a
+    moved --images folder is (the checkpoint's picture names are checked once the run reads them). A file whose
+    subsets differ otherwise is refused, saying what may differ; a folder that is not there, which."""
     for project in ("one", "two"):
         write_images(tmp_path / project / "img" / "dog", n=1)
     dataset = toml(tmp_path / "d.toml", '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img/dog"\n')
     run = dict(dataset_config=str(dataset), token="<t>", out=str(tmp_path / "run"), resume=True,
                subsets=[{"images": str(tmp_path / "one" / "img" / "dog")}])
     monkeypatch.chdir(tmp_path / "two")
-    with pytest.raises(ConfigError, match=r"are not the run's .*; its relative image_dir \(img/dog\) are read from "
-                                          r"the working directory, .*two, which may not be the one the run started "
-                                          r"in; resume without --dataset-config"):
-        apply_dataset_config(TrainConfig(**run))
+    assert apply_dataset_config(TrainConfig(**run)).subsets == [
+        {"images": str(tmp_path / "two" / "img" / "dog"), "repeats": 1, "caption_extension": None}]
+    for key in ("num_repeats = 2", 'caption_extension = ".tags"'):
+        toml(dataset, f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img/dog"\n{key}\n')
+        with pytest.raises(ConfigError, match=r"are not the run's .*: given again, the file must hold the run's "
+                                              r"subsets in the run's order, each with its num_repeats and "
+                                              r"caption_extension \(only image_dir may differ, where a folder "
+                                              r"moved\); resume without --dataset-config"):
+            apply_dataset_config(TrainConfig(**run))
+    toml(dataset, '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img/dog"\n')
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"image_dir 'img/dog' does not exist .*; give the folder of the subset's "
                                           r"pictures, or resume without --dataset-config"):
@@ -424,9 +431,51 @@ def test_a_resume_given_the_file_again_from_another_directory_is_told_why_its_fo
     assert apply_dataset_config(TrainConfig(**run)).subsets[0]["images"] == str(tmp_path / "one" / "img" / "dog")
 
 
-def test_a_checkpoint_naming_subset_pictures_by_whole_path_resumes_in_place(sd1_dir, tmp_path):
+def test_a_run_whose_subsets_moved_resumes_given_the_dataset_config_again(sd1_dir, tmp_path, monkeypatch, capsys):
+    """A project moved (renamed, taken to another disk) with its run and its subsets' folders: config.yaml names
+    where the folders were, the folder alone was told to 'put it back', and the dataset config given again was
+    refused as subsets 'not the run's'. The run's subsets with their folders where they are now (here the same
+    file, its relative image_dir read in the moved project) resume to the uninterrupted run's result; the pictures
+    are still checked by name, and a file whose subsets differ otherwise is refused."""
+    project, moved = tmp_path / "project", tmp_path / "moved"
+    pictures(project)
+    toml(project / "dataset.toml", TWO_SUBSETS.format(a="my dog", b="close ups"))
+    common = ["--token", "<kd>", "--init", "dog", "--model", str(sd1_dir), "--save-every", "2", "--sample-every",
+              "0", "--log-every", "2", "--lr", "0.05", "--dataset-config", "dataset.toml"]
+    monkeypatch.chdir(project)
+    assert main(["train", "--out", "whole", "--steps", "4", *common]) == 0
+    assert main(["train", "--out", "run", "--steps", "2", *common]) == 0
+    project.rename(moved)
+    monkeypatch.chdir(moved)
+    capsys.readouterr()
+    assert main(["train", "--out", "run", "--resume", "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume {moved / 'run'}: the subset folder {project / 'my dog'} does not exist (the 2 kohya subsets " \
+           f"{moved / 'run' / 'config.yaml'} names); if the subsets moved, resume with --dataset-config" in err
+    assert "put it back" not in err
+    toml(moved / "other.toml", TWO_SUBSETS.format(a="my dog", b="close ups").replace("= 3", "= 5"))
+    assert main(["train", "--out", "run", "--resume", "--steps", "4", "--dataset-config", "other.toml"]) == 2
+    assert "are not the run's" in capsys.readouterr().err
+    (moved / "close ups" / "img0.png").rename(moved / "close ups" / "img9.png")
+    assert main(["train", "--out", "run", "--resume", "--steps", "4", "--dataset-config", "dataset.toml"]) == 2
+    assert f"(missing now: {(moved / 'close ups' / 'img0.png').as_posix()}; new: " \
+           f"{(moved / 'close ups' / 'img9.png').as_posix()}); put the subsets' folders back" in capsys.readouterr().err
+    (moved / "close ups" / "img9.png").rename(moved / "close ups" / "img0.png")
+
+    assert main(["train", "--out", "run", "--resume", "--steps", "4", "--dataset-config", "dataset.toml"]) == 0
+    resumed, whole = (torch.load(moved / run / "checkpoints" / "step-000004.pt", weights_only=True)
+                      for run in ("run", "whole"))
+    assert torch.equal(resumed["vectors"][0], whole["vectors"][0])
+    assert (moved / "run" / "loss.csv").read_text() == (moved / "whole" / "loss.csv").read_text()
+    # (where the pictures are now, for a later resume or score; the names in the checkpoint are the folders' own)
+    assert [s["images"] for s in yaml.safe_load((moved / "run" / "config.yaml").read_text())["subsets"]] == \
+           [str(moved / "my dog"), str(moved / "close ups")]
+    assert resumed["pictures"] == whole["pictures"] == [["1/img0.png", "1/img1.png", "2/img0.png"]]
+
+
+def test_a_checkpoint_naming_subset_pictures_by_whole_path_resumes_in_place_and_moved(sd1_dir, tmp_path):
     """textinv 0.1.0's checkpoints name each subset picture by its whole path: such a run resumes where its folders
-    are, as before, to the uninterrupted run's vectors."""
+    are, as before, and once they moved too (the dataset config given again), to the uninterrupted run's vectors."""
     a, b = pictures(tmp_path / "p")
     common = dict(token="<kd>", init="dog", model=str(sd1_dir), save_every=2, sample_every=0, log_every=2, lr=5e-2)
     dataset = toml(tmp_path / "d.toml", TWO_SUBSETS.format(a=a, b=b))
@@ -437,7 +486,13 @@ def test_a_checkpoint_naming_subset_pictures_by_whole_path_resumes_in_place(sd1_
     state = torch.load(path, weights_only=True)
     state["pictures"] = [[(a / "img0.png").as_posix(), (a / "img1.png").as_posix(), (b / "img0.png").as_posix()]]
     torch.save(state, path)
+    shutil.copytree(tmp_path / "run", tmp_path / "run moved")
     assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "4"]) == 0  # (the folder alone)
     resumed = torch.load(tmp_path / "run" / "checkpoints" / "step-000004.pt", weights_only=True)
     assert torch.equal(resumed["vectors"][0], whole.embedding.vectors["text_encoder"])
 
+    (tmp_path / "p").rename(tmp_path / "q")
+    dataset = toml(tmp_path / "d.toml", TWO_SUBSETS.format(a=tmp_path / "q" / a.name, b=tmp_path / "q" / b.name))
+    resumed = train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "run moved"), steps=4, resume=True,
+                                **common), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], whole.embedding.vectors["text_encoder"])

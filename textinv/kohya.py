@@ -441,14 +441,15 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
     _check_buckets(read, resolution, buckets)
     _warn_ignored(read)
     subsets = [_subset(read, i, values, config.resume) for i, values in enumerate(read.subsets)]
-    if config.subsets and config.subset_list() != subsets:  # (a resume given the file again: its record agrees)
+    # a resume given the file again: its record agrees, but for where the folders are now (the run moved: its
+    # pictures are checked by name against the checkpoint's, `run_folder.check_resumable`)
+    moved = config.resume and _but_folders(config.subset_list()) == _but_folders(subsets)
+    if config.subsets and config.subset_list() != subsets and not moved:
         if config.resume:
-            relative = [values["image_dir"][0] for values in read.subsets
-                        if not Path(values["image_dir"][0]).expanduser().is_absolute()]
-            moved = (f"; its relative image_dir ({', '.join(relative)}) are read from the working directory, "
-                     f"{Path.cwd()}, which may not be the one the run started in" if relative else "")
             raise ConfigError(f"{_resuming(config, path)}: its subsets ({_listed(subsets)}) are not the run's "
-                              f"({_listed(config.subset_list())}){moved}; {_RESUME_FIX}")
+                              f"({_listed(config.subset_list())}): given again, the file must hold the run's "
+                              f"subsets in the run's order, each with its num_repeats and caption_extension (only "
+                              f"image_dir may differ, where a folder moved); {_RESUME_FIX}")
         raise ConfigError(f"{path}'s subsets ({_listed(subsets)}) and the subsets given "
                           f"({_listed(config.subset_list())}) "
                           f"both name the pictures: give one of them")
@@ -458,6 +459,10 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
 # (a resume reads the run's config.yaml, which holds what the file gave when the run started)
 _RESUME_FIX = ("resume without --dataset-config (the run's config.yaml records what the file gave when the run "
                "started), or start a new run")
+
+
+def _but_folders(subsets: list[dict]) -> list[dict]:
+    return [{**subset, "images": None} for subset in subsets]
 
 
 def _resuming(config: TrainConfig, path: Path) -> str:

@@ -101,6 +101,10 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         # (the model too, as its folder or file may move: the checkpoint's fingerprint of it is compared once it has
         # loaded, `check_same_model`)
         moved |= {k for k in MODEL_SETTINGS if new[k] and old.get(k)}
+        # (kohya's subsets too, the run's own given again, as --dataset-config reads them: their folders where they
+        # are now)
+        if new["subsets"] and old.get("subsets") and _moved_subsets(old["subsets"], new["subsets"], config):
+            moved.add("subsets")
         if new["concepts"] and old.get("concepts"):  # (theirs too, given again with the same tokens)
             concepts = _moved_concepts(old["concepts"], new["concepts"], config)
             if concepts is not None:
@@ -284,6 +288,15 @@ def _moved_concepts(old: list, new: list, config: TrainConfig) -> list[dict] | N
             n["init"] not in (None, o["init"]) for o, n in zip(old, new)):
         return None
     return [{**o, "images": n["images"]} for o, n in zip(old, new)]
+
+
+def _moved_subsets(old: list, new: list, config: TrainConfig) -> bool:
+    """Whether `new` (a resume's subsets) are the saved subsets `old` but for their folders: as many, in the same
+    order, each with the same repeats and caption extension."""
+    def settings(subsets):
+        return [{**s, "images": None} for s in dataclasses.replace(config, subsets=subsets).subset_list()]
+
+    return settings(old) == settings(new)
 
 
 def _absolute(path) -> str:

@@ -642,6 +642,12 @@ def _pictures(config: TrainConfig, folder: str | None) -> PictureSet:
     try:
         return picture_set(folder, config.subset_list())
     except DataError as e:
+        gone = [s["images"] for s in config.subset_list() if not Path(s["images"]).exists()] if folder is None else []
+        if config.resume and gone:  # (kohya's subsets: given again by the file that gave them)
+            raise DataError(f"cannot resume {config.out}: the subset folder {gone[0]} does not exist (the "
+                            f"{len(config.subsets)} kohya subsets {Path(config.out) / CONFIG_FILE} names); if the "
+                            f"subsets moved, resume with --dataset-config and the run's dataset config, each "
+                            f"image_dir where its folder is now (the same subsets, in the same order)") from None
         if not config.resume or folder is None or Path(folder).exists():
             raise
         again = ("--concepts, each concept's FOLDER=TOKEN as it is now, in the run's order" if config.concepts
