@@ -59,6 +59,24 @@ def test_an_interrupted_run_hands_the_model_back_and_resumes_on_it(sd1_dir, imag
     assert resumed.steps == 4 and len(model.tokenizer) == size
 
 
+def test_a_resume_on_another_model_passed_in_is_refused_as_that_model(sd1_dir, images, tmp_path):
+    """train(config, model=...) resumed with another model than the run's: it was warned about as "the model shapes
+    has changed since the run started" (config.model's default, which nothing loaded) and the run went on; a model
+    passed in is one given anew, so another one is refused, naming it, and the run's own resumes."""
+    from textinv.run_folder import ModelChangedWarning
+    from textinv.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline("sd1", seed=5).save_pretrained(tmp_path / "other")
+    model, out = load_model(sd1_dir), tmp_path / "run"
+    train(run_config(images, out, steps=2, save_every=2), model=model, progress=False)
+    with pytest.raises(ConfigError, match=r"cannot resume .* with the model passed to train\(\): that is not the "
+                                          "model the run was trained with"):
+        train(run_config(images, out, steps=4, resume=True), model=load_model(tmp_path / "other"), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelChangedWarning)
+        assert train(run_config(images, out, steps=4, resume=True), model=model, progress=False).steps == 4
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda tmp: GenerateConfig(prompt="a photo of <zq>"),
      r"prompt= takes a list, got str 'a photo of <zq>'; e\.g\. prompt=\['a photo of <zq>'\]"),

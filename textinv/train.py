@@ -705,6 +705,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
 
     # 2. model and tokens -----------------------------------------------------------------------------------------
     dtype = resolve_precision(config.precision, device)
+    if model is not None and checkpoint is not None:  # (not config.model's: it is compared as one given anew)
+        moved = ["the model passed to train()"]
     if model is None:
         model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
                            single_file_config=config.single_file_config, vae=config.vae)
