@@ -451,6 +451,36 @@ def test_a_run_whose_model_moved_resumes_with_it_given_where_it_is_now(sd1_dir, 
         train(config(images, out, steps=6, resume=True, model=str(moved)), progress=False)
 
 
+def test_a_resume_whose_model_is_gone_says_the_flag_that_gives_its_new_place(sd1_dir, images, tmp_path):
+    """A run whose model (and VAE) folders moved, resumed as it was: the error said only that the saved path does
+    not exist ('Check the path, or give a hub id ...'), not that --model where it is now resumes; a model given
+    anew that is not there is the user's own path, said as before."""
+    import shutil
+
+    from textinv.errors import ModelError
+
+    here, vae = tmp_path / "model", tmp_path / "vae"
+    shutil.copytree(sd1_dir, here)
+    shutil.copytree(sd1_dir / "vae", vae)
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, save_every=2, model=str(here), vae=str(vae)), progress=False)
+    as_saved = config(images, out, steps=4, resume=True, model=str(here), vae=str(vae))  # (what config.yaml has)
+    here.rename(tmp_path / "moved")
+    with pytest.raises(ModelError, match=r"the run's --model, as .*config.yaml names it; if it moved, resume with "
+                                         r"--model where it is now"):
+        train(as_saved, progress=False)
+    vae.rename(tmp_path / "moved vae")
+    with pytest.raises(ModelError, match=r"the run's --model and --vae, as .* names them; if they moved, resume with "
+                                         r"--model and --vae where they are now"):
+        train(as_saved, progress=False)
+    with pytest.raises(ModelError) as given:
+        train(config(images, out, steps=4, resume=True, model=str(tmp_path / "typo"),
+                     vae=str(tmp_path / "moved vae")), progress=False)
+    assert "config.yaml" not in str(given.value)
+    train(config(images, out, steps=4, resume=True, model=str(tmp_path / "moved"), vae=str(tmp_path / "moved vae")),
+          progress=False)
+
+
 def test_a_checkpoint_without_the_models_fingerprint_resumes_only_with_the_model_where_it_was(sd1_dir, images,
                                                                                             tmp_path):
     """Checkpoints saved before fingerprints were kept cannot tell a moved model from another: refused, by name."""

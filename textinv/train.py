@@ -43,7 +43,7 @@ from . import __version__, emphasis, modelspec
 from .config import TrainConfig, parse_lr_steps, read_config_file, save_config
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, read_caption, read_template_file)
-from .errors import ConfigError, DataError, FormatError, TrainingError
+from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, check_steps, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
@@ -52,9 +52,9 @@ from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, m
                      release, smaller_side, step_bytes)
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, model_fingerprints,
                      pick_device, shareable_name, xl_time_ids)
-from .run_folder import (CONFIG_FILE, LOSS_LOG, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable, check_same_model,
-                         checkpoints, clear_run, clear_temporaries, concept_folder, load_checkpoint, newest_checkpoint,
-                         prepare_output, run_lock, save_checkpoint, write_loss_log)
+from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable,
+                         check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder, load_checkpoint,
+                         newest_checkpoint, prepare_output, run_lock, save_checkpoint, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
@@ -635,6 +635,21 @@ def _handed_back(model: Model | None):
             unet.train(training)
 
 
+def _moved_model(error: ModelError, config: TrainConfig, moved: list[str]) -> ModelError:
+    """`error`, loading a resumed run's model, with the flag that gives its new place when a path its config.yaml
+    names is gone (`moved`: the settings given anew, whose own paths are the user's to fix): as with its pictures, a
+    model folder or file is moved to another disk or converted, and a resume takes it where it is now."""
+    anew = {m.split(":")[0] for m in moved}
+    gone = [k for k in MODEL_SETTINGS if k not in anew and getattr(config, k)
+            and Path(getattr(config, k)).is_absolute() and not Path(getattr(config, k)).exists()]
+    if not config.resume or not gone:
+        return error
+    flags = " and ".join(f"--{k.replace('_', '-')}" for k in gone)
+    it, them, is_ = ("they", "them", "are") if len(gone) > 1 else ("it", "it", "is")
+    return ModelError(f"{error} (the run's {flags}, as {Path(config.out) / CONFIG_FILE} names {them}; if {it} moved, "
+                      f"resume with {flags} where {it} {is_} now: the run checks that it is the same model)")
+
+
 def _pictures(config: TrainConfig, folder: str | None) -> PictureSet:
     """A concept's pictures (`picture_set`: the folder `folder`, else the run's kohya subsets). A resumed run's folder
     that is gone is said with the flag that gives its new place: a run folder is moved with its pictures, to another
@@ -708,8 +723,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if model is not None and checkpoint is not None:  # (not config.model's: it is compared as one given anew)
         moved = ["the model passed to train()"]
     if model is None:
-        model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
-                           single_file_config=config.single_file_config, vae=config.vae)
+        try:
+            model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
+                               single_file_config=config.single_file_config, vae=config.vae)
+        except ModelError as e:
+            raise _moved_model(e, config, moved) from None
     model.check_trainable()
     fingerprints = model_fingerprints(model)  # (before any token is added: a checkpoint records the model's own)
     if checkpoint is not None:
