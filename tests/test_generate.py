@@ -831,6 +831,27 @@ def test_comfyuis_embedding_names_in_a_prompt_draw_as_the_names_alone(sd1_dir, t
         draw("c", "embedding:charturner a dog", "")
 
 
+def test_comfyuis_embedding_names_on_both_sides_of_a_prompt_edit_draw_both(sd1_dir, tmp_path):
+    """`[embedding:cat:embedding:dog:0.5]`: the name after the edit's colon was left as the words "embedding:dog",
+    so the second half drew other words, and <dog> was warned about as in no prompt."""
+    for token in ("cat", "dog"):
+        save_embedding(LearnedEmbedding(f"<{token}>", {"text_encoder": torch.randn(1, 32) * 3}),
+                       tmp_path / f"{token}.safetensors")
+
+    def draw(out, prompt):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (neither embedding is unused)
+            path = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=2, model=str(sd1_dir),
+                                           embedding=[str(tmp_path / "cat.safetensors"),
+                                                      str(tmp_path / "dog.safetensors")]), progress=False)[0]
+        return np.asarray(Image.open(path)), Image.open(path).text
+
+    web_ui, _ = draw("a", "a photo of [<cat>:<dog>:0.5]")
+    comfy, text = draw("b", "a photo of [embedding:cat:embedding:dog:0.5]")
+    assert np.array_equal(web_ui, comfy)
+    assert text["parameters"].startswith("a photo of [<cat>:<dog>:0.5]")
+
+
 def test_a_run_folder_copied_from_a_mac_names_its_token_named_files_in_either_unicode_form(sd1_dir, images,
                                                                                            tmp_path):
     """A run's token-named folder and file (`<café>`: café/café.pt) come back from macOS with the accent as a

@@ -144,8 +144,9 @@ def lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
 
 
 # ComfyUI's way of naming an embedding in a prompt: `embedding:NAME` as a word (its file in models/embeddings, the
-# suffix optional, a subfolder allowed); a comma after it is text again, as is a weight's colon in `(embedding:x:1.2)`
-_COMFY_EMBEDDING = re.compile(r"(?<![\w:])embedding:([^\s,()\[\]|:]+)")
+# suffix optional, a subfolder allowed); a comma after it is text again, as is a weight's colon in `(embedding:x:1.2)`.
+# Also after a colon: prompt editing's `[embedding:a:embedding:b:0.5]` names one on each side
+_COMFY_EMBEDDING = re.compile(r"(?<!\w)embedding:([^\s,()\[\]|:]+)")
 _EMBEDDING_SUFFIX = re.compile(r"\.(?:safetensors|pt|bin)$", re.I)
 
 
@@ -157,6 +158,8 @@ def comfy_embeddings(prompt: str, written=lambda name: name) -> tuple[str, list[
 
     >>> comfy_embeddings("embedding:EasyNegative, (embedding:style/charturner.pt:1.2) a dog")
     ('EasyNegative, (charturner:1.2) a dog', ['EasyNegative', 'charturner'])
+    >>> comfy_embeddings("[embedding:a:embedding:b:0.5]")
+    ('[a:b:0.5]', ['a', 'b'])
     """
     names: list[str] = []
 
