@@ -77,6 +77,19 @@ def test_a_resume_on_another_model_passed_in_is_refused_as_that_model(sd1_dir, i
         assert train(run_config(images, out, steps=4, resume=True), model=model, progress=False).steps == 4
 
 
+def test_a_run_on_a_model_passed_in_records_that_model(sd1_dir, images, tmp_path):
+    """config.yaml and the embedding named the --model default, `shapes`, for a run on a model passed in: a resume
+    from the command line then loaded the wrong model, and the file's base_model was wrong."""
+    from textinv.cli import main
+    from textinv.config import read_config_file
+
+    out = tmp_path / "run"
+    result = train(run_config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    assert read_config_file(out / "config.yaml")["model"] == str(sd1_dir)
+    assert result.embedding.metadata["base_model"] == sd1_dir.name  # (a local model by its name alone)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 0
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda tmp: GenerateConfig(prompt="a photo of <zq>"),
      r"prompt= takes a list, got str 'a photo of <zq>'; e\.g\. prompt=\['a photo of <zq>'\]"),
