@@ -218,7 +218,9 @@ def test_push_publishes_a_runs_embedding_card_and_grid_in_one_commit(sd1_dir, im
     assert "\n# license: choose one" in front and "base_model" not in front  # (a local model: no hub id to name)
     for row in ("| token | `<my-dog>` |", "| init | dog |", f"| base model | {sd1_dir.name} |",
                 "| family | 32 (no known Stable Diffusion family) |", "| steps | 2 |", "![samples](sample-grid.png)", "at step 2.",
-                'pipe.load_textual_inversion("me/my-dog")', 'textinv generate --embedding me/my-dog --prompt',
+                'pipe.load_textual_inversion("me/my-dog")',
+                f'textinv generate --embedding me/my-dog --model {sd1_dir.name} --prompt',
+                f"(`{sd1_dir.name}`: the path of your copy)",
                 "save `learned_embeds.safetensors` in the embeddings folder as `my-dog.safetensors` and write `my-dog`"):
         assert row in body, row
     assert str(tmp_path) not in card  # (no local path of the author's)

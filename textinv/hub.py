@@ -252,9 +252,11 @@ def model_card(emb, repo: str, files: list[str], grid: Path | None = None) -> st
     weight = "" if files[0] == "learned_embeds.safetensors" or files[0] == "learned_embeds.bin" else \
         f', weight_name="{files[0]}"'
     prompt = f"a photo of {emb.token}"
-    body += ["## Use", "", "With textinv, on the base model it was learned on:", "", "```sh",
+    # (a local base model by its name alone, as the file records it: the reader gives the path of their copy)
+    body += ["## Use", "", "With textinv, on the base model it was learned on"
+             + ("" if on_hub or not base else f" (`{base}`: the path of your copy)") + ":", "", "```sh",
              f"textinv generate --embedding {repo}" + (f"/{files[0]}" if weight else "")
-             + (f" --model {base}" if on_hub else "") + f' --prompt "{prompt}"', "```", ""]
+             + (f" --model {base}" if base else "") + f' --prompt "{prompt}"', "```", ""]
     if family == "sdxl":
         body += ["With diffusers, each text encoder's half is loaded into its own encoder (see diffusers' "
                  "[textual inversion guide](https://huggingface.co/docs/diffusers/using-diffusers/textual_inversion_"
