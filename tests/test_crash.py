@@ -378,14 +378,18 @@ def test_a_settings_file_cut_short_at_any_line_is_refused_and_an_older_ones_resu
     saved = out / "config.yaml"
     lines = saved.read_text().splitlines(keepends=True)
     assert lines[-1] == SETTINGS_END + "\n" and SETTINGS_END_NOTE + "\n" in lines
-    said = (f"cannot resume {out}: its settings file {saved} cannot be read (damaged from outside: textinv writes "
-            f"it whole); put back a copy of it, or start the run again with --overwrite")
+    unreadable = (f"cannot resume {out}: its settings file {saved} cannot be read (damaged from outside: textinv "
+                  f"writes it whole); put back a copy of it, or start the run again with --overwrite")
+    said = (f"cannot resume {out}: its settings file {saved} is cut short (its last line, {SETTINGS_END!r}, is "
+            f"missing: a copy cut short, or an edit that took it out), so the settings after the cut would be lost; "
+            f"put back a copy of it (or that line, if the settings are whole), or start the run again with --overwrite")
     for n in range(len(lines)):
         saved.write_text("".join(lines[:n]))
         with pytest.raises(ConfigError) as e:
             read_run_settings(out)
-        assert str(e.value) == said, n
-    assert read_config_file(saved)["lr_schedule"] == "linear"  # (the last cut: every setting there, yet refused)
+        assert str(e.value) in (unreadable, said), n  # (the header alone, no setting yet: one that cannot be read)
+    assert str(e.value) == said  # the last cut: every setting there, yet refused
+    assert read_config_file(saved)["lr_schedule"] == "linear"
     capsys.readouterr()
     assert cli.main(["train", "--out", str(out), "--resume"]) == 2
     assert capsys.readouterr().err.strip() == f"textinv train: error: {said}"

@@ -143,9 +143,14 @@ def read_run_settings(out: str | os.PathLike) -> dict:
         settings = None
     # cut short at a line, it still parses, and the settings lost would take their defaults: a file whose header says
     # it ends with `SETTINGS_END` and that lacks that line (one an older textinv wrote says nothing of it)
-    if settings is None or (SETTINGS_END_NOTE in lines and SETTINGS_END not in lines):
+    if settings is None:
         raise ConfigError(f"cannot resume {out}: its settings file {saved} cannot be read (damaged from outside: "
                           f"textinv writes it whole); put back a copy of it, or start the run again with --overwrite")
+    if SETTINGS_END_NOTE in lines and SETTINGS_END not in lines:
+        raise ConfigError(f"cannot resume {out}: its settings file {saved} is cut short (its last line, "
+                          f"{SETTINGS_END!r}, is missing: a copy cut short, or an edit that took it out), so the "
+                          f"settings after the cut would be lost; put back a copy of it (or that line, if the "
+                          f"settings are whole), or start the run again with --overwrite")
     return settings
 
 
