@@ -485,6 +485,27 @@ def test_a_resume_whose_model_is_gone_says_the_flag_that_gives_its_new_place(sd1
           progress=False)
 
 
+def test_a_resume_says_what_it_takes_from_where_it_is_now(sd1_dir, images, tmp_path, capsys):
+    """A moved folder is checked by its pictures' names only, so a resume from the wrong directory, whose relative
+    folder names another project's pictures of the same names, went on without a word: it says each place now."""
+    import shutil
+
+    here, model = tmp_path / "model", tmp_path / "moved model"
+    shutil.copytree(sd1_dir, here)
+    out, moved = tmp_path / "b", tmp_path / "moved pictures"
+    train(config(images, out, steps=2, save_every=2, model=str(here)), progress=False)
+    images.rename(moved)
+    here.rename(model)
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "4", "--images", str(moved),
+                     "--model", str(model)]) == 0
+    said = capsys.readouterr().out
+    assert (f"resuming {out} at step 2 of 4\n  pictures now {moved} (was {images})\n  --model now {model} "
+            f"(was {here})\n") in said
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "6"]) == 0
+    assert f"resuming {out} at step 4 of 6\n" in capsys.readouterr().out  # (nothing moved since: nothing said)
+
+
 def test_a_checkpoint_without_the_models_fingerprint_resumes_only_with_the_model_where_it_was(sd1_dir, images,
                                                                                             tmp_path):
     """Checkpoints saved before fingerprints were kept cannot tell a moved model from another: refused, by name."""

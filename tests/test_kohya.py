@@ -463,6 +463,9 @@ def test_a_run_whose_subsets_moved_resumes_given_the_dataset_config_again(sd1_di
     (moved / "close ups" / "img9.png").rename(moved / "close ups" / "img0.png")
 
     assert main(["train", "--out", "run", "--resume", "--steps", "4", "--dataset-config", "dataset.toml"]) == 0
+    said = capsys.readouterr().out
+    assert f"  subset 1's pictures now {moved / 'my dog'} (were {project / 'my dog'})" in said
+    assert f"  subset 2's pictures now {moved / 'close ups'} (were {project / 'close ups'})" in said
     resumed, whole = (torch.load(moved / run / "checkpoints" / "step-000004.pt", weights_only=True)
                       for run in ("run", "whole"))
     assert torch.equal(resumed["vectors"][0], whole["vectors"][0])

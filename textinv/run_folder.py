@@ -282,6 +282,29 @@ def _absolute_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
+def moved_places(out: Path, config: TrainConfig) -> list[str]:
+    """What a resume takes from somewhere else than the run had it (a picture folder, a subset's, the model, given
+    where they are now), as 'NAME now NEW (was OLD)', for the resume to say: names are all a moved folder's pictures
+    are checked by, so a resume from the wrong directory, whose relative folder names another project's pictures of
+    the same names, is at least seen."""
+    saved, lines = read_run_settings(out), []
+    for k in ("images",) + MODEL_SETTINGS:
+        old, new = saved.get(k), getattr(config, k)
+        if old and new and not _same(k, old, new, config):
+            lines.append(f"{'pictures' if k == 'images' else '--' + k.replace('_', '-')} now {new} (was {old})")
+    if saved.get("concepts") and config.concepts:
+        for was, now in zip(_absolute_paths(dataclasses.replace(config, concepts=saved["concepts"])).concept_list(),
+                            _absolute_paths(config).concept_list()):
+            if was["images"] != now["images"]:
+                lines.append(f"{now['token']}'s pictures now {now['images']} (were {was['images']})")
+    if saved.get("subsets") and config.subsets:
+        for n, (was, now) in enumerate(zip(_absolute_paths(dataclasses.replace(config, subsets=saved["subsets"]))
+                                           .subset_list(), _absolute_paths(config).subset_list()), 1):
+            if was["images"] != now["images"]:
+                lines.append(f"subset {n}'s pictures now {now['images']} (were {was['images']})")
+    return lines
+
+
 def _moved_concepts(old: list, new: list, config: TrainConfig) -> list[dict] | None:
     """The saved concepts with the folders of `new` (a resume's --concepts), when `new` gives the same tokens in the
     same order, each with its saved init or none; else None."""

@@ -54,7 +54,7 @@ from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_
                      pick_device, shareable_name, xl_time_ids)
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable,
                          check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder, load_checkpoint,
-                         newest_checkpoint, prepare_output, run_lock, save_checkpoint, write_loss_log)
+                         moved_places, newest_checkpoint, prepare_output, run_lock, save_checkpoint, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
@@ -709,10 +709,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if config.cuda_graphs:
         check_graph_device(device)
     checkpoint = newest_checkpoint(out) if config.resume else None
-    moved = []  # (the model settings a resume gives anew: the model moved, compared once it has loaded)
+    moved, places = [], []  # (the model settings a resume gives anew, compared once it has loaded; all it moved)
     if checkpoint is not None:
         # (the pictures in the order its epoch table counts them)
         found, moved = check_resumable(checkpoint, config, found, world)
+        places = moved_places(out, config)  # (said once resumed: config.yaml then records where they are now)
         repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
     where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
     start_from = None
@@ -899,7 +900,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             save_config(config, out / CONFIG_FILE, world, *record, length=length,
                         read_from=[note for note in (read_from, prompts_note) if note])
             if progress:
-                print(f"resuming {out} at step {step} of {config.steps}")
+                print(f"resuming {out} at step {step} of {config.steps}" + "".join(f"\n  {p}" for p in places))
     elif is_main:
         if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
             clear_run(out, previous, Path(config.init_embedding) if config.init_embedding else None)
