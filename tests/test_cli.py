@@ -465,6 +465,9 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
     (["train", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; it is --repo OWNER/NAME "
                                             "of textinv push OUT"),
     (["train", "--hub_token", "hf_x"], "it is --hub-token of textinv push OUT --repo OWNER/NAME"),
+    (["train", "--revision", "fp16"], "`hf download ID --revision REV --local-dir DIR`"),
+    (["train", "--allow_tf32"], "leaves PyTorch's TF32 defaults as they are"),
+    (["generate", "--variant", "fp16"], "a folder whose weights are all one variant's loads as that variant"),
     (["push", "run", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; textinv calls it "
                                                   "--repo"),
 ])
@@ -530,11 +533,108 @@ def test_the_table_of_other_tools_names_names_only_flags_textinv_has():
             assert flag in options, (names, flag)
             if command in fields:
                 assert setting_of(flag) in {f.name for f in dataclasses.fields(fields[command])}, (names, flag)
-        for named in re.findall(r"(?<![\w-])--?[a-z][\w-]*", note):
+        for named in re.findall(r"(?<![\w-])--?[a-z][\w-]*", re.sub(r"`[^`]*`", "", note)):  # (`...`: a command)
             # (an underscore: the other tool's own name)
             assert "_" in named or named in options or "textinv push" in note and named in push, (names, named)
         for name in names.split():
             assert not any(option.startswith("--" + name) for option in options), (command, name)
+
+
+# Other tools' flags, as their parsers (or the web UI's train_embedding / create_embedding) spell them, by the textinv
+# command they belong to; read from diffusers' examples/textual_inversion/textual_inversion.py and
+# textual_inversion_sdxl.py (with --only_save_embeds of its older versions), kohya's train_textual_inversion.py and
+# sdxl_train_textual_inversion.py with the library/ argument functions they call, kohya's gen_img.py, and the
+# diffusers pipelines' from_pretrained / __call__ arguments that foreign.NAMES covers.
+_DIFFUSERS_TRAIN = """
+save_steps save_as_full_pipeline only_save_embeds num_vectors pretrained_model_name_or_path revision variant
+tokenizer_name train_data_dir placeholder_token initializer_token learnable_property repeats output_dir seed resolution
+center_crop train_batch_size num_train_epochs max_train_steps gradient_accumulation_steps gradient_checkpointing
+learning_rate scale_lr lr_scheduler lr_warmup_steps lr_num_cycles dataloader_num_workers use_8bit_adam adam_beta1
+adam_beta2 adam_weight_decay adam_epsilon push_to_hub hub_token hub_model_id logging_dir mixed_precision allow_tf32
+report_to validation_prompt num_validation_images validation_steps validation_epochs local_rank checkpointing_steps
+checkpoints_total_limit resume_from_checkpoint enable_xformers_memory_efficient_attention no_safe_serialization
+""".split()
+_KOHYA_TRAIN = """
+save_model_as weights num_vectors_per_token token_string init_word use_object_template use_style_template no_half_vae
+console_log_level console_log_file console_log_simple
+v2 v_parameterization pretrained_model_name_or_path tokenizer_cache_dir
+metadata_title metadata_author metadata_description metadata_license metadata_tags
+train_data_dir cache_info shuffle_caption caption_separator caption_extension caption_extention keep_tokens
+keep_tokens_separator secondary_separator enable_wildcard caption_prefix caption_suffix color_aug flip_aug
+face_crop_aug_range random_crop debug_dataset resolution cache_latents vae_batch_size cache_latents_to_disk
+skip_cache_check enable_bucket min_bucket_reso max_bucket_reso bucket_reso_steps bucket_no_upscale resize_interpolation
+token_warmup_min token_warmup_step alpha_mask dataset_class reg_data_dir in_json dataset_repeats
+output_dir output_name huggingface_repo_id huggingface_repo_type huggingface_path_in_repo huggingface_token
+huggingface_repo_visibility save_state_to_huggingface resume_from_huggingface async_upload save_precision
+save_every_n_epochs save_every_n_steps save_n_epoch_ratio save_last_n_epochs save_last_n_epochs_state
+save_last_n_steps save_last_n_steps_state save_state save_state_on_train_end resume train_batch_size max_token_length
+mem_eff_attn torch_compile dynamo_backend xformers sdpa vae max_train_steps max_train_epochs max_data_loader_n_workers
+persistent_data_loader_workers seed gradient_checkpointing gradient_accumulation_steps mixed_precision full_fp16
+full_bf16 fp8_base ddp_timeout ddp_gradient_as_bucket_view ddp_static_graph clip_skip logging_dir log_with log_prefix
+log_tracker_name wandb_run_name log_tracker_config wandb_api_key log_config noise_offset noise_offset_random_strength
+multires_noise_iterations ip_noise_gamma ip_noise_gamma_random_strength multires_noise_discount adaptive_noise_scale
+zero_terminal_snr min_timestep max_timestep loss_type huber_schedule huber_c huber_scale lowram highvram
+sample_every_n_steps sample_at_first sample_every_n_epochs sample_prompts sample_sampler config_file output_config
+prior_loss_weight
+conditioning_data_dir masked_loss
+deepspeed zero_stage offload_optimizer_device offload_optimizer_nvme_path offload_param_device offload_param_nvme_path
+zero3_init_flag zero3_save_16bit_model fp16_master_weights_and_gradients
+optimizer_type use_8bit_adam use_lion_optimizer learning_rate max_grad_norm optimizer_args lr_scheduler_type
+lr_scheduler_args lr_scheduler lr_warmup_steps lr_decay_steps lr_scheduler_num_cycles lr_scheduler_power
+fused_backward_pass lr_scheduler_timescale lr_scheduler_min_lr_ratio
+dataset_config
+min_snr_gamma scale_v_pred_loss_like_noise_pred v_pred_like_loss debiased_estimation_loss
+disable_mmap_load_safetensors
+""".split()
+_WEB_UI_TRAIN = """
+embedding_name learn_rate batch_size gradient_step data_root log_directory training_width training_height varsize steps
+clip_grad_mode clip_grad_value shuffle_tags tag_drop_out latent_sampling_method use_weight create_image_every
+save_embedding_every template_filename template_file save_image_with_stored_embedding preview_from_txt2img
+preview_prompt preview_negative_prompt preview_steps preview_sampler_name preview_sampler_index preview_cfg_scale
+preview_seed preview_width preview_height
+name num_vectors_per_token overwrite_old init_text
+""".split()
+_GENERATE = """
+console_log_level console_log_file console_log_simple sdxl v1 v2 v_parameterization prompt from_file from_module
+prompter_module_args interactive no_preview image_path mask_path strength images_per_prompt outdir sequential_file_name
+use_original_file_name n_iter H W original_height original_width original_height_negative original_width_negative
+crop_top crop_left batch_size vae_batch_size vae_slices no_half_vae steps sampler scale ckpt vae tokenizer_cache_dir seed
+iter_same_seed shuffle_prompts fp16 bf16 xformers sdpa diffusers_xformers opt_channels_last network_module
+network_weights network_mul network_args network_show_meta network_merge_n_models network_merge network_pre_calc
+network_regional_mask_max_color_codes textual_inversion_embeddings clip_skip max_embeddings_multiples
+emb_normalize_mode guide_image_path highres_fix_scale highres_fix_steps highres_fix_strength highres_fix_save_1st
+highres_fix_latents_upscaling highres_fix_upscaler highres_fix_upscaler_args highres_fix_disable_control_net
+negative_scale control_net_lllite_models control_net_models control_net_preps control_net_multipliers
+control_net_ratios clip_vision_strength ds_depth_1 ds_timesteps_1 ds_depth_2 ds_timesteps_2 ds_ratio
+gradual_latent_timesteps gradual_latent_ratio gradual_latent_ratio_step gradual_latent_every_n_steps
+gradual_latent_s_noise gradual_latent_unsharp_params full_fp16 full_bf16
+pretrained_model_name_or_path revision variant torch_dtype
+prompt negative_prompt height width num_inference_steps guidance_scale num_images_per_prompt generator prompt_2
+negative_prompt_2 output_type
+""".split()
+
+
+@pytest.mark.parametrize("command, flags", [("train", _DIFFUSERS_TRAIN), ("train", _KOHYA_TRAIN),
+                                            ("train", _WEB_UI_TRAIN), ("generate", _GENERATE)],
+                         ids=["diffusers", "kohya", "web-ui", "generate"])
+def test_every_flag_of_the_other_tools_is_textinvs_own_or_answered(command, flags, capsys):
+    """Each of their flags is textinv's own (an underscore spelling of it is answered with it) or answered by
+    foreign.NAMES, never left to the nearest name by spelling: --revision was "did you mean --precision?",
+    --variant "--init", --tokenizer_name "--token", and --allow_tf32 or --local_rank only "unrecognized"."""
+    from textinv.cli import _parse, make_parser
+    from textinv.foreign import foreign_hint
+
+    parser = make_parser()
+    options = {f for a in parser.commands[command]._actions for f in a.option_strings}
+    for name in flags:
+        own = "--" + name.replace("_", "-")
+        if own in options:
+            continue
+        assert foreign_hint("--" + name, command), (command, name)
+        with pytest.raises(SystemExit):
+            _parse(parser, [command, "--" + name])
+        err = capsys.readouterr().err
+        assert f"unrecognized arguments: --{name} (see" in err and "did you mean" not in err, (command, name, err)
 
 
 def test_a_runs_written_config_reruns_it_bit_for_bit_from_another_directory(sd1_dir, images, tmp_path, monkeypatch):

@@ -22,6 +22,27 @@ _ROUNDED = "it rounds each epoch's steps up, textinv the total: an epoch ends in
 _ATTENTION = ("not needed: textinv's models use PyTorch's scaled-dot-product attention (SDPA), which is "
               "memory-efficient already")
 _SAVE = "one setting for both: every N steps a checkpoint to resume from and that step's embedding"
+_HUB = ("textinv loads a hub id's main branch and plain weights; for another revision or a variant, download it "
+        "(`hf download ID --revision REV --local-dir DIR`, adding `--include '*.fp16.*' '*.json' '*.txt'` for the fp16 "
+        "files alone) and give --model DIR: a folder whose weights are all one variant's loads as that variant")
+_EMBEDS_ONLY = ("not needed: textinv saves only the learned vectors, never a copy of the model; load them into the "
+                "unchanged base model (`textinv generate --embedding FILE`, or diffusers' load_textual_inversion)")
+_TOKENIZER = "not needed: textinv uses the model's own tokenizer"
+_NO_LOADER = ("not needed: textinv encodes each picture once before the first step and every step draws from those "
+              "cached latents; there is no data loader")
+_ADAM = "textinv's AdamW keeps PyTorch's betas 0.9, 0.999 and epsilon 1e-8 (the diffusers script's defaults); no setting"
+_TINY_OPTIMIZER = ("not needed: textinv's optimizer holds only the new vectors (a few thousand numbers), so a "
+                   "memory-saving optimizer or step saves nothing")
+_SCHEDULES = ("textinv has the schedules of --lr-schedule (linear and cosine decay to 0 at the last step, after "
+              "--warmup-steps) and the web UI's stepped rate, --lr-steps; no other setting")
+_PUSH = "textinv publishes with a command of its own, once the run is done: textinv push OUT --repo OWNER/NAME"
+_KEEP = ("textinv saves by steps (--save-every N) and keeps the last --keep-checkpoints checkpoints (2 unless told); "
+         "with --step-embeddings every saved step's embedding stays")
+_DDP = ("textinv runs data-parallel through accelerate launch with its defaults: no DeepSpeed, no DDP settings (a few "
+        "vectors need no sharding)")
+_NO_TEXT_TO_IMAGE = "textinv draws from text only: no img2img, inpainting or ControlNet"
+_LORA = "write <lora:NAME:0.8> in the prompt and give the folder of LoRA files as --lora-dir"
+_CONSOLE = "textinv prints to the console (warnings to stderr) and writes loss.csv in --out; no log settings"
 _LOG_NAME = ("textinv names the run after its --out folder: TensorBoard's folder in --log-dir, with no prefix or "
              "time stamp, so a resumed run goes on in the same logs; the project in wandb and the other trackers")
 
@@ -88,6 +109,25 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                         "is done"),
     ("hub_token", _D, "train", None, "it is --hub-token of textinv push OUT --repo OWNER/NAME, which publishes the "
                                      "run once it is done (default: HF_TOKEN, or `hf auth login`'s)"),
+    ("revision variant", _D, "train", None, _HUB),
+    ("tokenizer_name", _D, "train", None, _TOKENIZER),
+    ("save_as_full_pipeline", _D, "train", None, _EMBEDS_ONLY),
+    ("only_save_embeds", _D, "train", None, "not needed: textinv saves only the learned vectors, as this switch of "
+                                            "the script's older versions did"),
+    ("dataloader_num_workers", _D, "train", None, _NO_LOADER),
+    ("allow_tf32", _D, "train", None, "textinv leaves PyTorch's TF32 defaults as they are (on for convolutions, off "
+                                      "for matrix multiplies) and has no switch; its default --precision auto runs "
+                                      "the frozen weights in bf16 on every GPU that has TF32, where TF32 plays no "
+                                      "part"),
+    ("no_safe_serialization", _D, "train", None, "textinv writes .safetensors (--format a1111: the web UI's .pt); "
+                                                 "`textinv convert` writes the script's pickled learned_embeds.bin "
+                                                 "(diffusers-bin) from it"),
+    ("adam_beta1 adam_beta2 adam_epsilon", _D, "train", None, _ADAM),
+    ("use_8bit_adam", _DK, "train", None, _TINY_OPTIMIZER),
+    ("lr_num_cycles", _D, "train", None, "textinv's cosine schedule falls once, to 0 at the last step: no restarts"),
+    ("validation_epochs", _D, "train", None, "textinv samples by steps: --sample-every N"),
+    ("local_rank", _D, "train", None, "not needed: accelerate launch gives each process its rank, which textinv "
+                                      "reads through accelerate"),
     # train: kohya's
     ("token_string", _K, "train", "--token", "a caption may hold it, or {}; one with neither gets it in front"),
     ("init_word", _K, "train", "--init", ""),
@@ -111,7 +151,7 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                           "a --sample-prompts file (kohya's) chooses its own"),
     ("sample_at_first", _K, "train", None, "not needed: textinv draws a grid before the first step whenever "
                                            "--sample-every is on"),
-    ("caption_extension", _K, "train", None, "not needed: textinv reads NAME.txt, or kohya's NAME.caption, beside "
+    ("caption_extension caption_extention", _K, "train", None, "not needed: textinv reads NAME.txt, or kohya's NAME.caption, beside "
                                              "each picture; another suffix is a subset's caption_extension in a "
                                              "--dataset-config file"),
     ("shuffle_caption", _K, "train", "--shuffle-tags", ""),
@@ -124,7 +164,7 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("noise_offset", _K, "train", "--noise-offset", ""),
     ("adaptive_noise_scale noise_offset_random_strength", _K, "train", None,
      "textinv has only the plain offset: --noise-offset X"),
-    ("multires_noise_iterations", _K, "train", None, "textinv has no multi-resolution noise"),
+    ("multires_noise_iterations multires_noise_discount", _K, "train", None, "textinv has no multi-resolution noise"),
     ("v_parameterization", _K, "train", "--prediction-type", "--prediction-type v_prediction; textinv reads it from "
                                                              "the model's scheduler config when it has one"),
     ("v2", _K, "train", None, "not needed: textinv tells an SD 2.x model from its own files"),
@@ -136,7 +176,7 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                        "else after the token"),
     ("cache_latents cache_latents_to_disk", _K, "train", None, "not needed: textinv encodes each picture once and "
                                                                "keeps its latent distribution"),
-    ("optimizer_type", _K, "train", None, "textinv uses AdamW, on the new vectors only"),
+    ("optimizer_type use_lion_optimizer", _K, "train", None, "textinv uses AdamW, on the new vectors only"),
     ("dataset_config", _K, "train", "--dataset-config", "the same file, for one --token: its subsets' folders, "
                                                         "repeats and caption extensions, and the settings textinv "
                                                         "has (resolution, batch_size, enable_bucket, flip_aug, ...); "
@@ -151,6 +191,82 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("wandb_api_key", _K, "train", None, "log in with `wandb login` (or set WANDB_API_KEY) before training, then "
                                          "--log-with wandb"),
     ("xformers mem_eff_attn sdpa", _K, "train", None, _ATTENTION),
+    ("tokenizer_cache_dir", _K, "train", None, _TOKENIZER + " (offline, a single file's comes from "
+                                                            "--single-file-config)"),
+    ("max_data_loader_n_workers persistent_data_loader_workers", _K, "train", None, _NO_LOADER),
+    ("optimizer_args", _K, "train", None, "textinv's AdamW has one setting, --weight-decay; its betas and epsilon "
+                                          "are PyTorch's defaults"),
+    ("fused_backward_pass", _K, "train", None, _TINY_OPTIMIZER),
+    ("lr_scheduler_num_cycles", _K, "train", None, "textinv's cosine schedule falls once, to 0 at the last step: no "
+                                                   "restarts"),
+    ("lr_scheduler_type lr_scheduler_args lr_scheduler_power lr_decay_steps lr_scheduler_timescale "
+     "lr_scheduler_min_lr_ratio", _K, "train", None, _SCHEDULES),
+    ("huggingface_repo_id", _K, "train", None, "it is --repo OWNER/NAME of textinv push OUT, which publishes the run "
+                                               "once it is done"),
+    ("huggingface_token", _K, "train", None, "it is --hub-token of textinv push OUT --repo OWNER/NAME, which "
+                                             "publishes the run once it is done"),
+    ("huggingface_repo_visibility", _K, "train", None, _PUSH + "; its repo is public unless --private"),
+    ("huggingface_repo_type huggingface_path_in_repo save_state_to_huggingface resume_from_huggingface "
+     "async_upload", _K, "train", None, _PUSH),
+    ("save_precision", _K, "train", None, "textinv saves the vectors in fp32, as trained (a few KB)"),
+    ("save_n_epoch_ratio save_last_n_epochs save_last_n_epochs_state save_last_n_steps save_last_n_steps_state",
+     _K, "train", None, _KEEP),
+    ("save_state_on_train_end", _K, "train", None, "not needed: the last checkpoint holds the optimizer's state; "
+                                                   "textinv train --out DIR --resume continues"),
+    ("max_token_length", _K, "train", None, "textinv's training captions are one pass of the text encoder (77 "
+                                            "tokens, the rest cut off)"),
+    ("torch_compile", _K, "train", "--compile", "--compile blocks or unet: torch.compile of the frozen UNet"),
+    ("dynamo_backend", _K, "train", None, "textinv compiles with torch.compile's default backend, inductor; "
+                                          "--compile-mode chooses its mode"),
+    ("full_fp16 full_bf16", _K, "train", "--precision", "--precision fp16 or bf16: the frozen weights in it; the "
+                                                        "learned vectors and their gradients stay fp32"),
+    ("fp8_base", _K, "train", None, "textinv has no fp8 weights: --precision fp16 or bf16 is its smallest"),
+    ("ddp_timeout ddp_gradient_as_bucket_view ddp_static_graph deepspeed zero_stage offload_optimizer_device "
+     "offload_optimizer_nvme_path offload_param_device offload_param_nvme_path zero3_init_flag "
+     "zero3_save_16bit_model fp16_master_weights_and_gradients", _K, "train", None, _DDP),
+    ("lowram highvram", _K, "train", None, "textinv has no memory modes; --gradient-checkpointing, --batch and "
+                                           "--precision are its memory settings"),
+    ("ip_noise_gamma ip_noise_gamma_random_strength", _K, "train", None, "textinv has no input-perturbation noise"),
+    ("zero_terminal_snr", _K, "train", None, "textinv trains on the model's own noise schedule: zero terminal SNR "
+                                             "when its scheduler config (or its checkpoint) says so; no switch"),
+    ("loss_type huber_schedule huber_c huber_scale debiased_estimation_loss scale_v_pred_loss_like_noise_pred "
+     "v_pred_like_loss", _K, "train", None, "textinv's loss is the paper's mean squared error, weighed only by "
+                                            "--min-snr-gamma (and --alpha-mask)"),
+    ("masked_loss conditioning_data_dir", _K, "train", None, "textinv weighs the loss by the pictures' own alpha "
+                                                             "channels (--alpha-mask), not by masks from another "
+                                                             "folder"),
+    ("prior_loss_weight reg_data_dir", _K, "train", None, "textinv uses no regularization pictures: only the new "
+                                                          "vectors are learned, the model does not change"),
+    ("config_file", _K, "train", None, "textinv's --config takes its own settings file (YAML, TOML or JSON); a key "
+                                       "of theirs is answered with textinv's name"),
+    ("output_config", _K, "train", None, "not needed: textinv writes every setting of the run to config.yaml in "
+                                         "--out, which --config reads back"),
+    ("metadata_title metadata_author metadata_description metadata_license metadata_tags", _K, "train", None,
+     "textinv has no settings for the file's metadata: it records the token, base model, vectors, steps and its "
+     "version itself"),
+    ("console_log_level console_log_file console_log_simple", _K, "train", None, _CONSOLE),
+    ("cache_info skip_cache_check", _K, "train", None, "not needed: textinv keeps no cache between runs"),
+    ("caption_separator secondary_separator keep_tokens_separator", _K, "train", None,
+     "textinv's caption tags are comma-separated; --keep-tags N keeps the first N"),
+    ("enable_wildcard caption_prefix caption_suffix token_warmup_min token_warmup_step", _K, "train", None,
+     "textinv uses each caption as written (less --tag-dropout, --shuffle-tags): write the words in the caption "
+     "files or the --templates"),
+    ("color_aug face_crop_aug_range random_crop", _K, "train", None,
+     "textinv's only augmentation is --flip; it crops the centre (--center-crop) or squashes the whole picture"),
+    ("debug_dataset", _K, "train", None, "textinv has no dataset preview mode"),
+    ("vae_batch_size", _K, "train", None, "not needed: textinv encodes each picture once, before the first step"),
+    ("bucket_reso_steps bucket_no_upscale", _K, "train", None, "textinv's buckets (--buckets) span half to twice "
+                                                               "--resolution; no other setting"),
+    ("resize_interpolation", _K, "train", None, "textinv resizes with Lanczos when shrinking, bicubic when "
+                                                "enlarging; no setting"),
+    ("dataset_class in_json dataset_repeats", _K, "train", None,
+     "textinv reads pictures from folders (--images, --concepts or --dataset-config) and captions from files "
+     "beside them; --repeats repeats the pictures"),
+    ("no_half_vae", _K, "train", None, "not needed: in fp16 textinv keeps SDXL's VAE in fp32 unless the VAE's "
+                                       "config says it needs no upcast (force_upcast: false, as the fp16-fixed "
+                                       "VAE's)"),
+    ("disable_mmap_load_safetensors", _K, "train", None, "textinv loads .safetensors files as diffusers does; no "
+                                                         "setting"),
     # train: the web UI's Train tab (its train_embedding arguments, also its API's)
     ("learn_rate", _W, "train", "--lr", "a stepped rate such as 0.05:10, 0.005 is --lr-steps"),
     ("data_root", _W, "train", "--images", ""),
@@ -168,6 +284,16 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("use_weight", _W, "train", "--alpha-mask", ""),
     ("clip_grad_mode clip_grad_value", _W, "train", "--max-grad-norm", "clipping by norm; textinv has no clipping "
                                                                        "by value"),
+    ("varsize", _W, "train", "--buckets", "each picture near its own proportions, about --resolution's area"),
+    ("save_image_with_stored_embedding preview_from_txt2img", _W, "train", None,
+     "textinv's sample grids are written to OUT/samples; the embeddings are files of their own"),
+    ("preview_prompt", _W, "train", "--sample-prompts", "prompts with {} (or the token) where the concept goes"),
+    ("preview_negative_prompt preview_sampler_name preview_sampler_index preview_cfg_scale preview_seed "
+     "preview_width preview_height", _W, "train", "--sample-prompts",
+     "a kohya-style prompts file gives each prompt its negative prompt, sampler, CFG scale, seed and size"),
+    ("preview_steps", _W, "train", "--sample-steps", ""),
+    ("name", _W, "train", "--token", ""),
+    ("overwrite_old", _W, "train", "--overwrite", ""),
     ("latent_sampling_method", _W, "train", None, "textinv draws a new latent from each picture's cached "
                                                   "distribution at every use, the web UI's 'random'"),
     # generate: diffusers' pipeline arguments and kohya's gen_img
@@ -186,6 +312,48 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("torch_dtype", _P, "generate", "--precision", "fp32, fp16 or bf16; textinv's default auto is fp16 on a CUDA GPU, "
                                                    "else fp32"),
     ("fp16 bf16", _G, "generate", "--precision", "--precision fp16 or bf16"),
+    ("full_fp16 full_bf16", _G, "generate", "--precision", "--precision fp16 or bf16"),
+    ("v1 v2 sdxl", _G, "generate", None, "not needed: textinv tells the model's family from its own files"),
+    ("v_parameterization", _G, "generate", "--prediction-type", "--prediction-type v_prediction; textinv reads it "
+                                                                "from the model's scheduler config when it has one"),
+    ("from_file", _G, "generate", "--prompt", "--prompt P1 P2 ..., or a --config file's list of prompts"),
+    ("from_module prompter_module_args shuffle_prompts", _G, "generate", None,
+     "textinv draws the prompts given (--prompt), in their order"),
+    ("interactive no_preview", _G, "generate", None, "textinv writes the pictures to --out; it has no interactive "
+                                                     "mode"),
+    ("image_path mask_path strength guide_image_path control_net_lllite_models control_net_models control_net_preps "
+     "control_net_multipliers control_net_ratios clip_vision_strength", _G, "generate", None, _NO_TEXT_TO_IMAGE),
+    ("sequential_file_name use_original_file_name", _G, "generate", None,
+     "textinv names each file itself: its number, the prompt's first words and its seed"),
+    ("n_iter", _G, "generate", "-n", "N pictures per prompt, picture i at --seed + i"),
+    ("iter_same_seed", _G, "generate", None, "every prompt's picture i uses --seed + i already"),
+    ("original_height original_width original_height_negative original_width_negative crop_top crop_left", _G,
+     "generate", None, "textinv conditions SDXL on the picture's own size, uncropped, as diffusers does by default"),
+    ("vae_batch_size vae_slices", _G, "generate", None, "textinv decodes each pipeline call's pictures together: "
+                                                        "--batch-size sets how many"),
+    ("no_half_vae", _G, "generate", None, "not needed: in fp16 textinv keeps SDXL's VAE in fp32 unless the VAE's "
+                                          "config says it needs no upcast (force_upcast: false, as the fp16-fixed "
+                                          "VAE's)"),
+    ("xformers sdpa diffusers_xformers", _G, "generate", None, _ATTENTION),
+    ("opt_channels_last", _G, "generate", None, "textinv's generate has no channels-last setting"),
+    ("network_module network_weights network_mul network_args network_show_meta network_merge_n_models network_merge "
+     "network_pre_calc network_regional_mask_max_color_codes", _G, "generate", None, _LORA),
+    ("max_embeddings_multiples", _G, "generate", None, "not needed: textinv reads a prompt of any length in chunks "
+                                                       "of 75 tokens, as the web UI does"),
+    ("emb_normalize_mode", _G, "generate", None, "textinv weighs a prompt's words as the web UI does ((word:1.3)), "
+                                                 "restoring the mean; no other mode"),
+    ("highres_fix_scale highres_fix_steps highres_fix_strength highres_fix_save_1st highres_fix_latents_upscaling "
+     "highres_fix_upscaler highres_fix_upscaler_args highres_fix_disable_control_net ds_depth_1 ds_timesteps_1 "
+     "ds_depth_2 ds_timesteps_2 ds_ratio gradual_latent_timesteps gradual_latent_ratio gradual_latent_ratio_step "
+     "gradual_latent_every_n_steps gradual_latent_s_noise gradual_latent_unsharp_params", _G, "generate", None,
+     "textinv draws at --width x --height in one pass: no hires fix, Deep Shrink or Gradual Latent"),
+    ("negative_scale", _G, "generate", None, "textinv has one guidance scale, --guidance"),
+    ("tokenizer_cache_dir", _G, "generate", None, _TOKENIZER),
+    ("console_log_level console_log_file console_log_simple", _G, "generate", None, _CONSOLE),
+    ("revision variant", _P, "generate", None, _HUB),
+    ("generator", _P, "generate", "--seed", "picture i of a prompt at seed + i"),
+    ("prompt_2 negative_prompt_2", _P, "generate", None, "textinv gives SDXL's two text encoders the same prompt"),
+    ("output_type", _P, "generate", None, "textinv writes PNGs, each carrying its prompt, seed and settings"),
     # push: the diffusers script's hub flags
     ("hub_model_id", _D, "push", "--repo", "OWNER/NAME"),
     ("push_to_hub", _D, "push", None, "not needed: publishing is what textinv push does"),
