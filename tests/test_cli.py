@@ -825,7 +825,8 @@ def test_every_flag_the_readme_shows_with_a_command_is_one_of_its_flags():
 # the other tools' dashed flags the README names in `code`: kohya's sample prompt options, TensorBoard's, kohya's
 # attention switches and --weights, pip's
 _OTHER_TOOLS_FLAGS = {"--n", "--d", "--l", "--s", "--ss", "--w", "--h", "--g", "--fs", "--ctr", "--rcfg", "--am", "--cn",
-                      "--i", "--logdir", "--xformers", "--sdpa", "--weights", "--index-url", "--help"}
+                      "--i", "--logdir", "--xformers", "--sdpa", "--weights", "--index-url", "--help",
+                      "--revision", "--variant", "--include", "--local-dir"}  # (the last two: `hf download`'s)
 
 
 def test_every_flag_the_readme_names_in_code_is_one_there_is():
