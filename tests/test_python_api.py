@@ -90,6 +90,28 @@ def test_a_run_on_a_model_passed_in_records_that_model(sd1_dir, images, tmp_path
     assert main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 0
 
 
+def test_a_run_on_a_model_passed_in_records_the_vae_it_was_loaded_with(sd1_dir, images, tmp_path):
+    """load_model(x, vae=v) passed to train() was recorded as x alone: a resume from the command line loaded x's own
+    VAE, warned that the model had changed and trained on; a vae= the config gave that the model lacks was recorded
+    too."""
+    from textinv.cli import main
+    from textinv.config import read_config_file
+    from textinv.run_folder import ModelChangedWarning
+    from textinv.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline("sd1", seed=7).vae.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "run"
+    train(run_config(images, out, steps=2, save_every=2), model=load_model(sd1_dir, vae=tmp_path / "vae"),
+          progress=False)
+    saved = read_config_file(out / "config.yaml")
+    assert (saved["model"], saved["vae"]) == (str(sd1_dir), str(tmp_path / "vae"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelChangedWarning)
+        assert main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 0
+    train(run_config(images, tmp_path / "b", vae=str(tmp_path / "vae")), model=load_model(sd1_dir), progress=False)
+    assert read_config_file(tmp_path / "b" / "config.yaml").get("vae") is None  # (the model passed in has its own)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda tmp: GenerateConfig(prompt="a photo of <zq>"),
      r"prompt= takes a list, got str 'a photo of <zq>'; e\.g\. prompt=\['a photo of <zq>'\]"),

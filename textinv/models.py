@@ -115,6 +115,9 @@ class Model:
     prediction_type: str  # "epsilon" or "v_prediction", from the scheduler config unless overridden
     guidance: float = DEFAULT_GUIDANCE  # the guidance scale it samples best at (see `recorded_guidance`)
     prompting: dict = field(default_factory=dict)  # its own init word and caption templates (`recorded_prompting`)
+    # what `load_model` was given besides the source (vae, single_file_config, prediction_type): a run on a model
+    # passed in records them, so a resume from the command line loads the same model
+    loaded_with: dict = field(default_factory=dict)
 
     def guidance_or_own(self, guidance: float | None) -> float:
         """`guidance` if one was asked for, else the model's own: the one rule every drawing command follows."""
@@ -832,6 +835,8 @@ def load_model(
     if changes:  # sampling must follow them too, not only training (`Model.noise_scheduler`)
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **changes)
     model.prediction_type = pred
+    model.loaded_with = {k: str(v) for k, v in (("vae", vae), ("single_file_config", single_file_config),
+                                                ("prediction_type", prediction_type)) if v}
     if kind in ("bundled", "folder"):
         model.guidance = recorded_guidance(Path(location))
         model.prompting = recorded_prompting(Path(location))

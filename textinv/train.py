@@ -429,10 +429,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     from accelerate import PartialState
 
     check_model_object(model)
-    if model is not None and str(config.model) != model.source:
+    if model is not None:
         # the model trained with is the one passed in: config.yaml, the embedding's base_model and a later resume or
-        # score name it, not the --model default (`shapes`) nothing loaded
-        config = dataclasses.replace(config, model=model.source)
+        # score name it as it was loaded, not the --model default (`shapes`) nothing loaded, nor a --vae it lacks
+        config = dataclasses.replace(config, model=model.source, **{k: model.loaded_with.get(k) for k in
+                                                                     ("vae", "single_file_config", "prediction_type")})
     # (read now: the config validate returns holds what it gave, and config.yaml's header names the file)
     source = str(Path(config.dataset_config).expanduser().resolve()) if config.dataset_config else None
     prompts_from = prompt_file(config.sample_prompts)  # (kohya's sample prompts file: config.yaml's header names it)
