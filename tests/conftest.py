@@ -91,3 +91,33 @@ def out_of_memory_at(monkeypatch, n, error=None):
 
     monkeypatch.setattr(UNet2DConditionModel, "forward", forward)
     return (lambda: monkeypatch.setattr(UNet2DConditionModel, "forward", real)), seen
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline: huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE once, at import,
+    so its constants are set too (the environment is for the subprocesses a test starts)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def cache_snapshot(cache, repo: str):
+    """The folder of `repo`'s main branch in the Hugging Face cache `cache`, made empty: models--OWNER--NAME/refs/main
+    holds the commit, snapshots/COMMIT/ the files (huggingface_hub's layout, where each snapshot file links to a
+    blob; a plain file is read the same)."""
+    import hashlib
+
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    return snapshot

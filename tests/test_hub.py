@@ -10,36 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cache_snapshot
 from textinv.cli import main
 from textinv.errors import FormatError
 from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, offline: huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE once, at import,
-    so its constants are set too (the environment is for the subprocesses a test starts)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
 
 
 def cache_repo(cache, repo: str, files: dict) -> None:
     """`files` (name -> bytes, or an embedding to save under that name) as a model repo's main branch in `cache`:
     models--OWNER--NAME/refs/main holds the commit, snapshots/COMMIT/ the files (huggingface_hub's layout, where
     each snapshot file links to a blob; a plain file is read the same)."""
-    commit = hashlib.sha1(repo.encode()).hexdigest()
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    snapshot = folder / "snapshots" / commit
-    snapshot.mkdir(parents=True)
+    snapshot = cache_snapshot(cache, repo)
     for name, content in files.items():
         if isinstance(content, LearnedEmbedding):
             fmt = {".bin": "diffusers-bin", ".pt": "a1111"}.get(name[name.rfind("."):], "diffusers")

@@ -57,6 +57,27 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     assert "\n" not in message and "stacktrace" not in message  # one line, not diffusers' wording
 
 
+def test_a_hub_model_cached_as_its_fp16_variant_alone_loads_offline(hub_cache, monkeypatch):
+    """A hub model whose cache holds only its fp16 files (diffusers' variant="fp16" fetched them, or `hf download
+    --include '*.fp16.*'`) was said not to be in the cache at all; its plain files are still taken first."""
+    from conftest import cache_snapshot
+    from textinv.models import model_fingerprints
+    from textinv.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd1", seed=4)
+    pipe.save_pretrained(cache_snapshot(hub_cache, "me/half"), variant="fp16")
+    plain = cache_snapshot(hub_cache, "me/both")
+    pipe.save_pretrained(plain)
+    build_tiny_pipeline("sd1", seed=5).save_pretrained(plain, variant="fp16")  # (told apart from the plain ones)
+    half = load_model("me/half", dtype=torch.float16)
+    assert half.source == "me/half" and half.unet.dtype == torch.float16
+    pipe.to(torch.float16)
+    assert all(torch.equal(a, b) for a, b in zip(half.unet.state_dict().values(), pipe.unet.state_dict().values()))
+    assert model_fingerprints(load_model("me/both", dtype=torch.float16)) == model_fingerprints(half)  # the plain
+    with pytest.raises(ModelError, match="is not in the local Hugging Face cache"):
+        load_model("me/missing")
+
+
 def test_empty_tokenizer_folder_is_caught(sd1_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(sd1_dir, broken)

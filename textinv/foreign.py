@@ -22,7 +22,8 @@ _ROUNDED = "it rounds each epoch's steps up, textinv the total: an epoch ends in
 _ATTENTION = ("not needed: textinv's models use PyTorch's scaled-dot-product attention (SDPA), which is "
               "memory-efficient already")
 _SAVE = "one setting for both: every N steps a checkpoint to resume from and that step's embedding"
-_HUB = ("textinv loads a hub id's main branch and plain weights; for another revision or a variant, download it "
+_HUB = ("textinv loads a hub id's main branch and plain weights (its fp16 variant's only where the cache holds those "
+        "alone); for another revision or a variant, download it "
         "(`hf download ID --revision REV --local-dir DIR`, adding `--include '*.fp16.*' '*.json' '*.txt'` for the fp16 "
         "files alone) and give --model DIR: a folder whose weights are all one variant's loads as that variant")
 _EMBEDS_ONLY = ("not needed: textinv saves only the learned vectors, never a copy of the model; load them into the "

@@ -740,7 +740,7 @@ def load_model(
                 from diffusers import DiffusionPipeline
 
                 with _quiet_diffusers():  # its "couldn't connect" lines: our error below says it once
-                    pipe = DiffusionPipeline.from_pretrained(location, **common)
+                    pipe = _from_hub(DiffusionPipeline, location, common)
             else:
                 cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
                 if cls is StableDiffusionPipeline:
@@ -841,6 +841,19 @@ def load_model(
         model.guidance = recorded_guidance(Path(location))
         model.prompting = recorded_prompting(Path(location))
     return model
+
+
+def _from_hub(cls, repo: str, options: dict):
+    """`cls.from_pretrained(repo)`, its plain weights, else its fp16 variant's (`*.fp16.safetensors`): a cache that
+    holds only those (diffusers' `variant="fp16"` fetched them, or `hf download --include '*.fp16.*'`) was said
+    not to be in the cache at all. The error, when both fail, is the plain weights' (not cached, no network)."""
+    try:
+        return cls.from_pretrained(repo, **options)
+    except (OSError, ValueError) as plain:
+        try:
+            return cls.from_pretrained(repo, **options, variant="fp16")
+        except Exception:
+            raise plain from None
 
 
 def _single_file_config_repo(keys) -> str:
