@@ -876,6 +876,50 @@ def test_a_run_folder_copied_from_a_mac_names_its_token_named_files_in_either_un
     assert load_embedding(embedding_file(tmp_path / "two" / nfd)).token == token
 
 
+def test_embedding_files_named_on_a_mac_answer_to_a_typed_prompt(sd1_dir, tmp_path):
+    """macOS keeps café.pt with the accent apart (NFD); a typed prompt has it composed (NFC). The file names were
+    compared byte for byte with the prompt's words: a web UI embeddings folder's café.pt was not found, a single
+    file did not answer to its name, and ComfyUI's embedding:café named no embedding."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "caf\u00e9")
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    save_embedding(LearnedEmbedding("whatever", {"text_encoder": torch.randn(1, 32) * 3}), folder / f"{nfd}.pt",
+                   "a1111")
+    single = tmp_path / f"{nfd}2.pt"
+    save_embedding(LearnedEmbedding("stored", {"text_encoder": torch.randn(1, 32) * 3}), single, "a1111")
+    assert sorted(p.name for p in folder.iterdir()) == [f"{nfd}.pt"]  # (the disk keeps the bytes it was given)
+
+    def draw(out, prompt, embedding):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (an embedding not found, or not named by the prompt, is warned about)
+            (png,) = generate(GenerateConfig(prompt=[prompt], embedding=[str(embedding)], out=str(tmp_path / out),
+                                             n=1, steps=1, model=str(sd1_dir)), progress=False)
+        return Image.open(png).text["parameters"]
+
+    assert draw("a", "a caf\u00e9 dog", folder).startswith("a caf\u00e9 dog\n")
+    assert "TI hashes: \"caf\u00e9: " in draw("b", "a caf\u00e9 dog", folder)  # (drawn with it, under its typed name)
+    assert "TI hashes: \"caf\u00e92: " in draw("c", "a caf\u00e92 dog", single)
+    assert draw("d", "a embedding:caf\u00e92 dog", single).startswith("a stored dog\n")  # (its token, as before)
+
+
+def test_a_lora_file_named_on_a_mac_is_found_by_a_typed_tag(tmp_path):
+    """<lora:café:0.8> typed (NFC) against café.safetensors written on macOS (NFD): compared byte for byte, the file
+    was 'not in --lora-dir'."""
+    import unicodedata
+
+    from textinv.emphasis import lora_tags
+    from textinv.generate import lora_files
+
+    nfd = unicodedata.normalize("NFD", "Caf\u00e9")
+    (tmp_path / "styles").mkdir()
+    (tmp_path / "styles" / f"{nfd}.safetensors").write_bytes(b"")  # (found by name; read only when applied)
+    tags = lora_tags("a dog <lora:caf\u00e9:0.8> <lora:CAF\u00c9:0.5>")[1]
+    assert lora_files(tags, [str(tmp_path)]) == {"caf\u00e9": tmp_path / "styles" / f"{nfd}.safetensors",
+                                                 "CAF\u00c9": tmp_path / "styles" / f"{nfd}.safetensors"}
+
+
 def test_a_renamed_embedding_file_answers_to_its_file_name_as_in_the_web_ui(sd1_dir, tmp_path):
     """A downloaded charturnerv2.pt whose A1111 record says name "charturner": the web UI and ComfyUI call it
     "charturnerv2" (a file's name, see FORMATS.md), diffusers "charturner". A prompt written for the web UI must draw
@@ -1561,6 +1605,33 @@ def test_again_checks_the_embedding_files_given_against_a_web_ui_pictures_ti_has
     assert "other embedding files" not in said({"embedding": [str(renamed)]})  # known by its hash, whatever its name
     assert f"other embedding files than {wrong}" in said({"embedding": [str(wrong)], "token": ["hands"]})
     assert "not applied from its A1111 parameters: Version (" in said({})  # (TI hashes are used now)
+
+
+def test_again_finds_a_web_ui_pictures_ti_hashes_in_a_folder_whose_names_came_from_a_mac(sd1_dir, tmp_path):
+    """The picture's TI hashes name café (composed, NFC); the embeddings folder copied from macOS holds café.pt
+    with the accent apart (NFD). Compared byte for byte, the file was not looked at: a wrong version went unsaid,
+    and café was named as an embedding no --embedding gives."""
+    import unicodedata
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import again_config
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    nfd = unicodedata.normalize("NFD", "caf\u00e9")
+    wrong = save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32)}), folder / f"{nfd}.pt",
+                           "a1111")[0]
+    info = PngInfo()
+    info.add_text("parameters", 'a caf\u00e9 cat\nSteps: 2, Seed: 3, Size: 16x16, TI hashes: "caf\u00e9: 0123456789ab", '
+                                'Version: v1')
+    Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again_config(tmp_path / "webui.png", {"model": str(sd1_dir), "embedding": [str(folder)]})
+    said = " ".join(str(w.message) for w in caught)
+    assert f"other embedding files than {wrong} (its SHA-256 begins" in said
+    assert "no --embedding given is" not in said
 
 
 def test_a_clip_skip_written_in_other_digits_is_read_as_unsaid_or_as_its_number():

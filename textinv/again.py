@@ -38,6 +38,7 @@ from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import A1111_SAMPLER_NAMES, EMBEDDING_SUFFIXES, file_digest, hash_name, lora_files, lora_sha256
 from .hub import hub_reference
+from .run_folder import _nfc
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "by_name")
@@ -340,18 +341,19 @@ def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str]) -> N
     name and the first digits of its file's SHA-256 (`generate.webui_hashes`). A file whose SHA-256 begins with one
     of them is that embedding, whatever its name; one named as an embedding there (its file name, or its --token; in
     a folder given, the files so named) whose SHA-256 does not is another file or version. The embeddings no file
-    given answers to are named too: without them the prompt reads their names as words."""
+    given answers to are named too: without them the prompt reads their names as words. Names are compared in one
+    Unicode form (`run_folder.same_names`): a file copied from macOS keeps café's accent apart (NFD)."""
     if not picture.ti_hashes:
         return
-    wanted = {name.lower(): (name, short) for name, short in picture.ti_hashes.items()}
+    wanted = {_nfc(name).lower(): (name, short) for name, short in picture.ti_hashes.items()}
     given: list[tuple[str, Path]] = []  # (the name it answers to, the file)
     for i, entry in enumerate(files):
         path = Path(entry).expanduser()
         if path.is_dir():
-            given += [(f.stem, f) for f in sorted(path.iterdir())
-                      if f.stem.lower() in wanted and f.suffix.lower() in EMBEDDING_SUFFIXES and f.is_file()]
+            given += [(_nfc(f.stem), f) for f in sorted(path.iterdir())
+                      if _nfc(f.stem).lower() in wanted and f.suffix.lower() in EMBEDDING_SUFFIXES and f.is_file()]
         elif path.is_file():
-            given.append((tokens[i] if i < len(tokens) and tokens[i] else path.stem, path))
+            given.append((_nfc(tokens[i] if i < len(tokens) and tokens[i] else path.stem), path))
     found, other = set(), []
     for name, file in given:
         digest = file_digest(str(file))

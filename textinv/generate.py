@@ -40,7 +40,7 @@ from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
                      encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
 from .hub import fetch_embedding, hub_reference
-from .run_folder import concept_folder, embedding_file, saved_run
+from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .tokens import add_tokens, check_new_token, expand_prompt, scratch_tokens, token_names, tokenizer_copy
 
 DEFAULT_STEPS = 25
@@ -690,7 +690,9 @@ PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin")
 def lora_files(tags: list[emphasis.LoraTag], folders: list[str]) -> dict[str, Path]:
     """The file of each LoRA the prompts name, found as the web UI finds it: by file name (without its suffix) in
     the folders and their subfolders. Checked before the model loads; refuses a missing file, a missing --lora-dir,
-    a pickled file (it could carry code) and a missing peft (what diffusers loads LoRAs with), each with the fix."""
+    a pickled file (it could carry code) and a missing peft (what diffusers loads LoRAs with), each with the fix.
+    Names are compared in one Unicode form (`run_folder.same_names`): macOS keeps café.safetensors with the accent
+    apart (NFD), a typed <lora:café> has it composed (NFC)."""
     if not tags:
         return {}
     named = ", ".join(f"<lora:{t.name}>" for t in tags)
@@ -707,7 +709,9 @@ def lora_files(tags: list[emphasis.LoraTag], folders: list[str]) -> dict[str, Pa
             raise ConfigError(f"--lora-dir {folder} is not a folder")
     candidates = [f for folder in folders for f in sorted(Path(folder).rglob("*")) if f.is_file()]
     for tag in tags:
-        same = [f for f in candidates if f.stem == tag.name] or [f for f in candidates if f.stem.lower() == tag.name.lower()]
+        name = _nfc(tag.name)
+        same = ([f for f in candidates if _nfc(f.stem) == name]
+                or [f for f in candidates if _nfc(f.stem).lower() == name.lower()])
         usable = [f for f in same if f.suffix.lower() == ".safetensors"]
         if usable:
             found[tag.name] = usable[0]
@@ -792,29 +796,32 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
     tokens = {}
     for emb, path in zip(embeddings, paths):
         tokens.setdefault(emb.token.lower(), emb.token)
-        tokens.setdefault(Path(path).stem.lower(), emb.token)
+        tokens.setdefault(_nfc(Path(path).stem).lower(), emb.token)  # (in one Unicode form: `_named`)
 
     def token(name: str) -> str:
-        if name.lower() not in tokens:
+        if _nfc(name).lower() not in tokens:
             raise ConfigError(f"embedding:{name} in the prompt names no embedding given: pass its file with "
                               f"--embedding (or the folder that holds it, as ComfyUI's models/embeddings)")
-        return tokens[name.lower()]
+        return tokens[_nfc(name).lower()]
 
     texts = [emphasis.comfy_embeddings(p, token)[0] for p in texts]
     return texts[:-1], texts[-1], " ".join(texts).lower()
 
 
 def _named(name: str, said: str) -> bool:
-    """Whether the prompts (`said`, lowercased) write `name` as a word of its own, not inside another word."""
-    return re.search(rf"(?<![\w<-]){re.escape(name.lower())}(?![\w>-])", said) is not None
+    """Whether the prompts (`said`, lowercased) write `name` as a word of its own, not inside another word. Both are
+    compared in one Unicode form (`run_folder.same_names`): a file named café on macOS keeps the accent apart (NFD),
+    a typed prompt has it composed (NFC)."""
+    return re.search(rf"(?<![\w<-]){re.escape(_nfc(name).lower())}(?![\w>-])", _nfc(said)) is not None
 
 
 def _as_prompted(emb: LearnedEmbedding, path: Path, said: str) -> LearnedEmbedding:
     """`emb` under its file's name when the prompts use that name and not the token stored inside: the A1111 web
     UI and ComfyUI call an embedding by its file name (a downloaded charturnerv2.pt whose record says
     "charturner"), diffusers and textinv by the stored token. Either name in a prompt draws it; left as stored, the
-    added token would match inside the file's name ("charturner" + a stray "v2")."""
-    stem = path.stem
+    added token would match inside the file's name ("charturner" + a stray "v2"). The name is taken composed (NFC),
+    as a prompt is typed, whatever form the disk keeps it in (`_named`)."""
+    stem = _nfc(path.stem)
     if stem == emb.token or not stem.strip() or _named(emb.token, said) or not _named(stem, said):
         return emb
     return LearnedEmbedding(stem, emb.vectors, {**emb.metadata, "token": stem} if "token" in emb.metadata
@@ -824,8 +831,9 @@ def _as_prompted(emb: LearnedEmbedding, path: Path, said: str) -> LearnedEmbeddi
 def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> list[tuple[str, str | None]]:
     """(file, token) for each --embedding. A folder that is not a diffusers run folder (learned_embeds.*) is read as
     the A1111 web UI reads its embeddings folder: each file's name is its token, and the files named in the
-    prompts (`said`, lowercased) are loaded, the others left alone. A training run's folder gives its embedding
-    (every concept's, for a run of several) whatever format it saved."""
+    prompts (`said`, lowercased) are loaded, the others left alone, each under its name composed (NFC, as a prompt
+    is typed, `_named`). A training run's folder gives its embedding (every concept's, for a run of several)
+    whatever format it saved."""
     files: list[tuple[str, str | None]] = []
     for entry, token in zip(entries, tokens):
         folder = Path(entry)
@@ -856,7 +864,7 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
             warnings.warn(f"no embedding in the folder {entry} is named in the prompts; a folder's embeddings are "
                           f"written by their file names, as in the A1111 web UI (e.g. 'easynegative' for "
                           f"easynegative.safetensors)", stacklevel=3)
-        files += [(str(f), f.stem) for f in named]
+        files += [(str(f), _nfc(f.stem)) for f in named]
     return files
 
 
