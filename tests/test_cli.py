@@ -204,6 +204,33 @@ def test_resume_needs_only_the_output_folder(sd1_dir, images, tmp_path):
     assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--lr", "0.1"]) == 2  # a changed setting
 
 
+@pytest.mark.parametrize("given, ours", [("Euler a", "euler_a"), ("DPM++ 2M Karras", "dpm++2m_karras"),
+                                          ("dpm++ 2m", "dpm++2m"), ("UniPC", "unipc"), ("k_euler_a", "euler_a"),
+                                          ("k_euler", "euler"), ("dpmsolver++", "dpm++2m"), ("EULER_A", "euler_a")])
+def test_the_web_uis_and_kohyas_sampler_names_are_taken_as_textinvs(tmp_path, given, ours):
+    """`--sampler k_euler_a` (kohya's gen_img) or 'Euler a' (the web UI, as its pictures name it) was argparse's
+    "invalid choice" for the very scheduler textinv draws as euler_a: on the command line, in a config file and from
+    Python the name becomes textinv's, which the run records."""
+    from textinv.cli import _config_from_args, _parse, make_parser
+    from textinv.score import ScoreConfig
+
+    parser = make_parser()
+    args = _parse(parser, ["generate", "--prompt", "a dog", "--sampler", given])
+    assert args.sampler == ours
+    (tmp_path / "generate.yaml").write_text(yaml.safe_dump({"prompt": ["a dog"], "sampler": given}))
+    args = _parse(parser, ["generate", "--config", str(tmp_path / "generate.yaml")])
+    assert _config_from_args(GenerateConfig, args).validate().sampler == ours
+    assert GenerateConfig(prompt=["a dog"], sampler=given).validate().sampler == ours
+    assert ScoreConfig(embedding=str(tmp_path), sampler=given).validate().sampler == ours
+
+
+def test_a_sampler_textinv_does_not_have_is_still_refused_by_any_name(capsys):
+    for name in ("k_lms", "DPM++ SDE Karras"):
+        with pytest.raises(SystemExit):
+            main(["generate", "--prompt", "a dog", "--sampler", name])
+        assert f"invalid choice: '{name}'" in capsys.readouterr().err
+
+
 def test_config_file_values_take_their_settings_types(tmp_path):
     """PyYAML reads `lr: 1e-4` as text and `center_crop: "false"` would be true in Python: values become the
     setting's type, and what cannot be meant as it is refused naming the setting, never a traceback."""

@@ -493,6 +493,22 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
     assert "Sampler" not in Image.open(default).text["parameters"]
 
 
+def test_a_sampler_named_as_the_web_ui_or_kohya_name_it_draws_as_textinvs_and_is_recorded_so(sd1_dir, tmp_path):
+    """'Euler a' (the web UI) and k_euler_a (kohya) are textinv's euler_a: the same picture, recorded as textinv
+    names it (and as the web UI writes it in `parameters`), so --again and config.yaml read it back."""
+    model = load_model(sd1_dir)
+
+    def draw(out, sampler):
+        path = generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / out), n=1, steps=2, sampler=sampler,
+                                       model=str(sd1_dir)), model=model, progress=False)[0]
+        return Image.open(path)
+
+    ours, web_ui, kohya = draw("a", "euler_a"), draw("b", "Euler a"), draw("c", "k_euler_a")
+    assert np.array_equal(np.asarray(ours), np.asarray(web_ui)) and np.array_equal(np.asarray(ours), np.asarray(kohya))
+    assert web_ui.text["sampler"] == kohya.text["sampler"] == "euler_a"
+    assert "Sampler: Euler a, " in kohya.text["parameters"]
+
+
 def test_an_unknown_sampler_is_refused_with_the_list():
 
     with pytest.raises(ConfigError, match="--sampler 'k_lms' is not one of: default, euler, euler_a"):

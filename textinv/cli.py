@@ -57,6 +57,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
                 parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
         elif kind is list:
             parser.add_argument(*names, action="extend", nargs="+", **kwargs)
+        elif "spellings" in f.metadata:  # (argparse checks the choices after `type`: another tool's name passes)
+            from .config import spelled
+
+            parser.add_argument(*names, type=lambda value, known=f.metadata["spellings"]: spelled(known, value),
+                                **kwargs)
         else:
             parser.add_argument(*names, type=kind if kind in (int, float) else str, **kwargs)
 

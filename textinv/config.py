@@ -48,15 +48,38 @@ LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 COMPILE = ("off", "blocks", "unet")
 METADATA = ("shareable", "full", "none")
 SAMPLERS = ("default", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc")
+A1111_SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "dpm++2m": "DPM++ 2M", "dpm++2m_karras": "DPM++ 2M Karras",
+                       "ddim": "DDIM", "unipc": "UniPC"}
+"""How the web UI writes each sampler in a PNG's `parameters` (the model's own scheduler has no name there)."""
+# kohya's sampler names (its --sample_sampler and gen_img's --sampler choices, `get_my_scheduler`) that textinv has,
+# as textinv names them; textinv's own names are taken too
+KOHYA_SAMPLERS = {"ddim": "ddim", "euler": "euler", "k_euler": "euler", "euler_a": "euler_a",
+                  "k_euler_a": "euler_a", "dpmsolver++": "dpm++2m"}  # (DPMSolverMultistep, dpmsolver++, order 2)
+# --sampler as textinv, the web UI ("Euler a", "DPM++ 2M Karras") and kohya (k_euler_a) spell it, in any case: the
+# same scheduler under each name, so a name copied from those tools draws as there (`spelled`)
+SAMPLER_SPELLINGS = {**{name: name for name in SAMPLERS}, **KOHYA_SAMPLERS,
+                     **{label.lower(): name for name, label in A1111_SAMPLER_NAMES.items()}}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICE_HELP = "where the model runs: auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps"
 
 
+def spelled(spellings: dict[str, str], value):
+    """`value` as textinv names it when `spellings` (a field's, by lowercase name) knows it, else as it is.
+
+    >>> spelled(SAMPLER_SPELLINGS, "DPM++ 2M Karras"), spelled(SAMPLER_SPELLINGS, "k_euler_a")
+    ('dpm++2m_karras', 'euler_a')
+    """
+    return spellings.get(value.strip().lower(), value) if isinstance(value, str) else value
+
+
 def check_choices(config) -> None:
     """Raise ConfigError for any field of the dataclass `config` whose value is not among its `choices` (the
-    command line's argparse checks them too; config files and Python callers come here)."""
+    command line's argparse checks them too; config files and Python callers come here). A field that takes other
+    tools' names of its choices (`spellings`) is first set to textinv's name, which the run records."""
     for f in dataclasses.fields(config):
         choices = f.metadata.get("choices")
+        if "spellings" in f.metadata:
+            setattr(config, f.name, spelled(f.metadata["spellings"], getattr(config, f.name)))
         value = getattr(config, f.name)
         if choices and value is not None and value not in choices:
             raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(choices)}")
@@ -489,8 +512,10 @@ class GenerateConfig:
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end as A1111 counts (1: the last, 2: the "
                                "penultimate); default: what the embeddings were trained with, else 1. SD 1.x/2.x "
                                "(SDXL: 1 or 2, both its penultimate layers)")
-    sampler: str = opt("default", "sampling method, by A1111's names: default (the model's own scheduler), euler, "
-                                  "euler_a, dpm++2m, dpm++2m_karras, ddim, unipc", choices=SAMPLERS)
+    sampler: str = opt("default", "sampling method: default (the model's own scheduler), euler, euler_a, dpm++2m, "
+                                  "dpm++2m_karras, ddim, unipc; the web UI's names ('Euler a', 'DPM++ 2M Karras') "
+                                  "and kohya's (k_euler_a, dpmsolver++) are taken as these", choices=SAMPLERS,
+                       spellings=SAMPLER_SPELLINGS)
     resolution: int = opt(None, "square image size; default: the model's native size (--width/--height set one side)")
     width: int = opt(None, "image width in pixels, a multiple of 8 (A1111's Width); default: --resolution")
     height: int = opt(None, "image height in pixels, a multiple of 8 (A1111's Height); default: --resolution")

@@ -30,7 +30,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import SAMPLERS, GenerateConfig, check_side
+from .config import A1111_SAMPLER_NAMES, SAMPLERS, GenerateConfig, check_side
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import (RECORD_KEY, LearnedEmbedding, ModelSpecWarning, diffusers_file, load_embedding,
@@ -317,11 +317,6 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
         return {name: torch.cat(pair) if guided else pair[1] for name, pair in zip(names, pairs)}
 
     return dict(callback_on_step_end=switch, callback_on_step_end_tensor_inputs=names)
-
-
-A1111_SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "dpm++2m": "DPM++ 2M", "dpm++2m_karras": "DPM++ 2M Karras",
-                       "ddim": "DDIM", "unipc": "UniPC"}
-"""How the web UI writes each sampler in a PNG's `parameters` (the model's own scheduler has no name there)."""
 
 
 def sampling_scheduler(scheduler, sampler: str):

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import SAMPLERS, check_seed, check_side
+from .config import KOHYA_SAMPLERS, SAMPLERS, check_seed, check_side
 from .errors import ConfigError, backslash_note
 
 SUFFIXES = (".txt", ".toml", ".json")  # (kohya's: it tells the three forms apart by these, and reads no other)
@@ -75,10 +75,6 @@ REFUSED = {  # (kohya's option, kohya's key): why textinv cannot draw the pictur
     ("i", "image"): "an inpainting model's source picture, and textinv learns words for text-to-image models",
 }
 
-# kohya's sampler names (its --sample_sampler choices, `get_my_scheduler`) that textinv has, as textinv names them;
-# textinv's own names are taken too
-KOHYA_SAMPLERS = {"ddim": "ddim", "euler": "euler", "k_euler": "euler", "euler_a": "euler_a",
-                  "k_euler_a": "euler_a", "dpmsolver++": "dpm++2m"}  # (DPMSolverMultistep, dpmsolver++, order 2)
 OTHER_SAMPLERS = ("ddpm", "pndm", "lms", "k_lms", "heun", "dpm_2", "k_dpm_2", "dpm_2_a", "k_dpm_2_a", "dpmsolver",
                   "dpmsingle")  # kohya's, which textinv does not have
 

@@ -44,7 +44,8 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import DEVICE_HELP, PRECISIONS, SAMPLERS, check_choices, check_drawing, check_seed, check_types, opt
+from .config import (DEVICE_HELP, PRECISIONS, SAMPLER_SPELLINGS, SAMPLERS, check_choices, check_drawing, check_seed,
+                     check_types, opt)
 from .data import PROPERTIES, load_image, picture_set
 from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
@@ -111,7 +112,8 @@ class ScoreConfig:
     steps: int = opt(None, f"denoising steps (default: {DEFAULT_STEPS})")
     guidance: float = opt(None, "classifier-free guidance scale (default: the model's own; 7.5 for SD)")
     negative_prompt: str = opt("", "negative prompt for every picture")
-    sampler: str = opt("default", "sampling method (see textinv generate --help)", choices=SAMPLERS)
+    sampler: str = opt("default", "sampling method (see textinv generate --help)", choices=SAMPLERS,
+                       spellings=SAMPLER_SPELLINGS)
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end (default: the embedding's)")
     compare: list = opt([], "further embeddings of the same concept to score beside it at the same seeds, e.g. "
                             "a run's embeddings/* to find its best step (each shown by its file name)", path="file")
