@@ -918,6 +918,10 @@ def test_embedding_files_named_on_a_mac_answer_to_a_typed_prompt(sd1_dir, tmp_pa
     assert "TI hashes: \"caf\u00e9: " in draw("b", "a caf\u00e9 dog", folder)  # (drawn with it, under its typed name)
     assert "TI hashes: \"caf\u00e92: " in draw("c", "a caf\u00e92 dog", single)
     assert draw("d", "a embedding:caf\u00e92 dog", single).startswith("a stored dog\n")  # (its token, as before)
+    # a prompt pasted from a Finder file name is itself decomposed: read as the text encoder's tokenizer reads it
+    assert draw("e", f"a {nfd} dog", folder).startswith("a caf\u00e9 dog\n")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "e" / next(p.name for p in (tmp_path / "e").iterdir()))),
+                          np.asarray(Image.open(tmp_path / "a" / next(p.name for p in (tmp_path / "a").iterdir()))))
 
 
 def test_a_lora_file_named_on_a_mac_is_found_by_a_typed_tag(tmp_path):

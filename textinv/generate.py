@@ -591,6 +591,9 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     check_model_object(model)
     config = copy.copy(config).validate()  # (a copy: --seed -1 draws its seed into it, not into the caller's config)
+    # composed (NFC), as the text encoders' tokenizers read them: a prompt pasted from a Finder file name is not, and
+    # its words would miss the tokens and names compared with them here
+    config.prompt, config.negative_prompt = [_nfc(p) for p in config.prompt], _nfc(config.negative_prompt)
     said = " ".join(config.prompt + [config.negative_prompt]).lower()  # (ComfyUI's embedding:NAME names a file too)
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
     embeddings, paths = _read_embeddings(files)
