@@ -1,5 +1,6 @@
 """Generation with learned tokens, and interoperability with diffusers' own textual-inversion loader."""
 
+import re
 import warnings
 
 import numpy as np
@@ -472,7 +473,10 @@ def test_generate_draws_emphasis_and_names_files_by_the_words(sd1_dir, tmp_path)
     assert path.name == "000-a-dog-on-grass-s0.png"
 
 
-@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc"])
+NEW_SAMPLERS = ["heun", "dpm2", "dpm2_a", "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s"]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc", *NEW_SAMPLERS])
 def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp_path, sampler):
     from textinv.generate import A1111_SAMPLER_NAMES
 
@@ -483,7 +487,11 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
     path = generate(config, model=model, progress=False)[0]
     assert model.pipeline.scheduler is own  # the model's own scheduler is put back
     img = Image.open(path)
-    assert img.text["sampler"] == sampler and f"Sampler: {A1111_SAMPLER_NAMES[sampler]}, " in img.text["parameters"]
+    assert img.text["sampler"] == sampler
+    if sampler == "dpm++2s":  # the web UI has no such sampler (its "DPM++ 2S a" is ancestral): none is written
+        assert "Sampler" not in img.text["parameters"]
+    else:
+        assert f"Sampler: {A1111_SAMPLER_NAMES[sampler]}, " in img.text["parameters"]
     pixels = np.asarray(img)
     assert pixels.std() > 0  # a picture, not a blank from a sampler that failed on the schedule
     default = generate(GenerateConfig(prompt=["a photo of a dog"], out=str(tmp_path / "d"), n=1, steps=4,
@@ -491,6 +499,29 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
     assert type(own).__name__ == "DDIMScheduler"  # the tiny model's own: "ddim" draws as the default, the rest not
     assert np.array_equal(np.asarray(Image.open(default)), pixels) == (sampler == "ddim")
     assert "Sampler" not in Image.open(default).text["parameters"]
+
+
+@pytest.mark.parametrize("sampler", NEW_SAMPLERS)
+def test_each_new_sampler_draws_a_seed_the_same_twice_and_again_bit_for_bit(sd1_dir, tmp_path, sampler):
+    """heun, dpm2, dpm2_a, their Karras versions, plms and dpm++2s (the web UI's and kohya's samplers that diffusers
+    has) were refused. Each draws a seed's picture the same every time, the ancestral ones too (their noise at each
+    step comes from the picture's seed), and `--again` draws it again from its record, bit for bit."""
+    import json
+
+    from textinv.cli import main
+
+    def draw(out):
+        assert main(["generate", "--model", str(sd1_dir), "--prompt", "a photo of a dog", "-n", "1", "--seed", "3",
+                     "--steps", "3", "--width", "24", "--height", "16", "--sampler", sampler, "--metadata", "full",
+                     "--out", str(tmp_path / out)]) == 0
+        (path,) = (tmp_path / out).glob("*.png")
+        return path
+
+    first = draw("a")
+    assert json.loads(Image.open(first).text["textinv_settings"])["settings"]["sampler"] == sampler
+    assert np.array_equal(_pixels(draw("b")), _pixels(first))
+    assert main(["generate", "--again", str(first), "--out", str(tmp_path / "again")]) == 0
+    assert np.array_equal(_pixels(tmp_path / "again" / first.name), _pixels(first))
 
 
 def test_a_sampler_named_as_the_web_ui_or_kohya_name_it_draws_as_textinvs_and_is_recorded_so(sd1_dir, tmp_path):
@@ -523,6 +554,12 @@ def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
     with pytest.raises(ConfigError, match="dpm\\+\\+2m_karras cannot sample a model with a zero-terminal-SNR"):
         sampling_scheduler(zero_snr, "dpm++2m_karras")
     assert sampling_scheduler(zero_snr, "dpm++2m").config.rescale_betas_zero_snr  # the schedule is kept
+    # diffusers' Heun, KDPM2, PNDM and single-step DPM-Solver have no zero-terminal-SNR option: they would sample SD's
+    # unrescaled schedule, so they are refused too (the Karras ones with them)
+    for sampler in NEW_SAMPLERS:
+        with pytest.raises(ConfigError, match=f"--sampler {re.escape(sampler)} cannot sample a model with a "
+                                              f"zero-terminal-SNR .* has none; use euler, euler_a, dpm\\+\\+2m, ddim"):
+            sampling_scheduler(zero_snr, sampler)
     model.pipeline.scheduler = zero_snr
     with pytest.raises(ConfigError, match="zero-terminal-SNR"):
         render(model, ["a dog"], [0], steps=2, sampler="dpm++2m_karras")
@@ -1179,10 +1216,15 @@ def test_again_reads_the_web_uis_parameters_and_says_what_it_cannot_use(sd1_dir,
     assert (config.prompt, config.negative_prompt) == (["a (red:1.2) cat\nwith a hat"], "blurry, ugly")
     assert (config.steps, config.sampler, config.guidance, config.seed) == (4, "dpm++2m_karras", 6.5, 1234)
     assert (config.width, config.height, config.clip_skip, config.n, keep) == (24, 16, 2, 1, None)
-    path = picture("a cat\nSteps: 4, Sampler: Heun, Seed: 3, Size: 16x16")
-    with pytest.raises(ConfigError, match="sampler 'Heun', which textinv does not have: choose one with --sampler"):
+    path = picture("a cat\nSteps: 4, Sampler: LMS, Seed: 3, Size: 16x16")
+    with pytest.raises(ConfigError, match="sampler 'LMS', which textinv does not have: choose one with --sampler"):
         again_config(path, {"model": str(sd1_dir)})
     assert again_config(path, {"model": str(sd1_dir), "sampler": "euler"})[0].sampler == "euler"
+    # the web UI's Heun, DPM2 and PLMS are textinv's; a Karras one by its old name or its Schedule type (v1.9 on)
+    for text, ours in [("Sampler: Heun", "heun"), ("Sampler: DPM2 a Karras", "dpm2_a_karras"), ("Sampler: PLMS", "plms"),
+                       ("Sampler: DPM2, Schedule type: Karras", "dpm2_karras"), ("Sampler: DPM2 a", "dpm2_a")]:
+        path = picture(f"a cat\nSteps: 4, {text}, Seed: 3, Size: 16x16")
+        assert again_config(path, {"model": str(sd1_dir)})[0].sampler == ours, text
 
 
 def test_again_checks_the_lora_files_found_against_a_web_ui_pictures_lora_hashes(sd1_dir, tmp_path):

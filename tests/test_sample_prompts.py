@@ -73,12 +73,22 @@ height = 16
     assert read(tmp_path, json.dumps(entries), "p.json") == READ
 
 
+@pytest.mark.parametrize("given, ours", [("heun", "heun"), ("k_dpm_2", "dpm2"), ("dpm_2", "dpm2"),
+                                          ("k_dpm_2_a", "dpm2_a"), ("DPM_2_A", "dpm2_a"), ("dpmsingle", "dpm++2s"),
+                                          ("plms", "plms"), ("dpm2_a_karras", "dpm2_a_karras")])
+def test_kohyas_heun_dpm_2_and_dpmsingle_are_taken_as_textinvs_samplers(tmp_path, given, ours):
+    """kohya's heun, dpm_2, dpm_2_a (with or without k_) and dpmsingle were refused as samplers textinv lacked; they
+    are the diffusers schedulers textinv now draws as heun, dpm2, dpm2_a and dpm++2s (and textinv's names pass)."""
+    assert read(tmp_path, f"a photo of {{}} --ss {given}\n")[0]["sampler"] == ours
+
+
 @pytest.mark.parametrize("line, said", [
     ("a {} --x 3", r"line 2: --x is none of the options of kohya's sample prompts .* --d \(the seed\)"),
     ("a {} --d42", r"line 2: --d42 .*write a space before its value \(--d 42\)"),
     ("a {} --cn pose.png", "line 2: --cn gives a ControlNet's picture.*; remove the option"),
     ("a {} --i photo.png", "line 2: --i gives an inpainting model's source picture"),
-    ("a {} --ss heun", "line 2: --ss 'heun' is kohya's sampler; use one of: ddim, euler"),
+    ("a {} --ss lms", "line 2: --ss 'lms' is kohya's sampler; use one of: ddim, euler"),
+    ("a {} --ss pndm", "line 2: --ss 'pndm' is kohya's sampler"),  # (Runge-Kutta warm-up: not textinv's plms)
     ("a {} --ss fast", "line 2: --ss 'fast' is no sampler textinv knows"),
     ("a {} --w 500", "line 2: --w must be a multiple of 8 pixels, got 500; the nearest: 496 or 504"),
     ("a {} --d -1", r"line 2: --d takes a whole number \(the seed\), got '-1'"),

@@ -47,14 +47,20 @@ SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 COMPILE = ("off", "blocks", "unet")
 METADATA = ("shareable", "full", "none")
-SAMPLERS = ("default", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc")
+SAMPLERS = ("default", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc", "heun", "dpm2", "dpm2_a",
+            "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s")
 A1111_SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "dpm++2m": "DPM++ 2M", "dpm++2m_karras": "DPM++ 2M Karras",
-                       "ddim": "DDIM", "unipc": "UniPC"}
-"""How the web UI writes each sampler in a PNG's `parameters` (the model's own scheduler has no name there)."""
+                       "ddim": "DDIM", "unipc": "UniPC", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a",
+                       "dpm2_karras": "DPM2 Karras", "dpm2_a_karras": "DPM2 a Karras", "plms": "PLMS"}
+"""How the web UI writes each sampler in a PNG's `parameters` (the model's own scheduler has no name there, nor has
+dpm++2s: the web UI's "DPM++ 2S a" is ancestral, diffusers' single-step DPM-Solver++ is not)."""
 # kohya's sampler names (its --sample_sampler and gen_img's --sampler choices, `get_my_scheduler`) that textinv has,
-# as textinv names them; textinv's own names are taken too
+# as textinv names them; textinv's own names are taken too. Not its pndm (PNDM with Runge-Kutta warm-up steps, not the
+# web UI's PLMS) nor lms (diffusers' LMS needs scipy)
 KOHYA_SAMPLERS = {"ddim": "ddim", "euler": "euler", "k_euler": "euler", "euler_a": "euler_a",
-                  "k_euler_a": "euler_a", "dpmsolver++": "dpm++2m"}  # (DPMSolverMultistep, dpmsolver++, order 2)
+                  "k_euler_a": "euler_a", "dpmsolver++": "dpm++2m",  # (DPMSolverMultistep, dpmsolver++, order 2)
+                  "heun": "heun", "dpm_2": "dpm2", "k_dpm_2": "dpm2", "dpm_2_a": "dpm2_a", "k_dpm_2_a": "dpm2_a",
+                  "dpmsingle": "dpm++2s"}  # (DPMSolverSinglestep's defaults: dpmsolver++, order 2)
 # --sampler as textinv, the web UI ("Euler a", "DPM++ 2M Karras") and kohya (k_euler_a) spell it, in any case: the
 # same scheduler under each name, so a name copied from those tools draws as there (`spelled`)
 SAMPLER_SPELLINGS = {**{name: name for name in SAMPLERS}, **KOHYA_SAMPLERS,
@@ -513,8 +519,9 @@ class GenerateConfig:
                                "penultimate); default: what the embeddings were trained with, else 1. SD 1.x/2.x "
                                "(SDXL: 1 or 2, both its penultimate layers)")
     sampler: str = opt("default", "sampling method: default (the model's own scheduler), euler, euler_a, dpm++2m, "
-                                  "dpm++2m_karras, ddim, unipc; the web UI's names ('Euler a', 'DPM++ 2M Karras') "
-                                  "and kohya's (k_euler_a, dpmsolver++) are taken as these", choices=SAMPLERS,
+                                  "dpm++2m_karras, ddim, unipc, heun, dpm2, dpm2_a, dpm2_karras, dpm2_a_karras, plms, "
+                                  "dpm++2s; the web UI's names ('Euler a', 'DPM2 a Karras') and kohya's (k_euler_a, "
+                                  "k_dpm_2, dpmsingle) are taken as these", choices=SAMPLERS,
                        spellings=SAMPLER_SPELLINGS)
     resolution: int = opt(None, "square image size; default: the model's native size (--width/--height set one side)")
     width: int = opt(None, "image width in pixels, a multiple of 8 (A1111's Width); default: --resolution")

@@ -321,7 +321,11 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
 
 def sampling_scheduler(scheduler, sampler: str):
     """The diffusers scheduler for an A1111 sampler name, made from the model's own scheduler's config, so it keeps
-    the model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler."""
+    the model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler.
+
+    >>> sampling_scheduler(model.pipeline.scheduler, "dpm2_a_karras")  # doctest: +SKIP
+    KDPM2AncestralDiscreteScheduler {... "use_karras_sigmas": true ...}
+    """
     import diffusers
 
     if sampler == "default":
@@ -334,14 +338,28 @@ def sampling_scheduler(scheduler, sampler: str):
                                                            "use_karras_sigmas": True}),
         "ddim": ("DDIMScheduler", {}),
         "unipc": ("UniPCMultistepScheduler", {}),
+        "heun": ("HeunDiscreteScheduler", {}),  # Karras et al. 2022, Algorithm 1: two UNet calls a step
+        "dpm2": ("KDPM2DiscreteScheduler", {}),  # k-diffusion's sample_dpm_2 (DPM-Solver-2 on sigmas)
+        "dpm2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+        "dpm2_karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}),
+        "dpm2_a_karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}),
+        # pseudo linear multistep (Liu et al. 2022) without PNDM's Runge-Kutta warm-up, as the web UI's PLMS
+        "plms": ("PNDMScheduler", {"skip_prk_steps": True}),
+        "dpm++2s": ("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     }.get(sampler, (None, None))
     if name is None:
         raise ConfigError(f"--sampler {sampler!r} is not one of: {', '.join(SAMPLERS)}")
-    if options.get("use_karras_sigmas") and scheduler.config.get("rescale_betas_zero_snr"):
-        # its largest noise level is infinite: Karras spacing puts most steps at the top, on the same timestep
-        raise ConfigError(f"--sampler {sampler} cannot sample a model with a zero-terminal-SNR noise schedule (as "
-                          f"this one's); use dpm++2m")
-    return getattr(diffusers, name).from_config(scheduler.config, **options)
+    made = getattr(diffusers, name).from_config(scheduler.config, **options)
+    if scheduler.config.get("rescale_betas_zero_snr"):
+        if not made.config.get("rescale_betas_zero_snr"):
+            # diffusers' class has no such option: it would quietly sample SD's unrescaled schedule, not the model's
+            raise ConfigError(f"--sampler {sampler} cannot sample a model with a zero-terminal-SNR noise schedule (as "
+                              f"this one's): diffusers' {name} has none; use euler, euler_a, dpm++2m, ddim or unipc")
+        if options.get("use_karras_sigmas"):
+            # its largest noise level is infinite: Karras spacing puts most steps at the top, on the same timestep
+            raise ConfigError(f"--sampler {sampler} cannot sample a model with a zero-terminal-SNR noise schedule (as "
+                              f"this one's); use {sampler.removesuffix('_karras')}")
+    return made
 
 
 def _check_sampling(model: Model, steps: int, guidance: float) -> None:

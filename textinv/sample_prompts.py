@@ -75,8 +75,7 @@ REFUSED = {  # (kohya's option, kohya's key): why textinv cannot draw the pictur
     ("i", "image"): "an inpainting model's source picture, and textinv learns words for text-to-image models",
 }
 
-OTHER_SAMPLERS = ("ddpm", "pndm", "lms", "k_lms", "heun", "dpm_2", "k_dpm_2", "dpm_2_a", "k_dpm_2_a", "dpmsolver",
-                  "dpmsingle")  # kohya's, which textinv does not have
+OTHER_SAMPLERS = ("ddpm", "pndm", "lms", "k_lms", "dpmsolver")  # kohya's, which textinv does not have
 
 
 @dataclass(frozen=True)
