@@ -16,6 +16,7 @@ import bisect
 import contextlib
 import copy
 import hashlib
+import inspect
 import json
 import math
 import re
@@ -349,9 +350,11 @@ def sampling_scheduler(scheduler, sampler: str):
     }.get(sampler, (None, None))
     if name is None:
         raise ConfigError(f"--sampler {sampler!r} is not one of: {', '.join(SAMPLERS)}")
-    made = getattr(diffusers, name).from_config(scheduler.config, **options)
+    cls = getattr(diffusers, name)
+    made = cls.from_config(scheduler.config, **options)
     if scheduler.config.get("rescale_betas_zero_snr"):
-        if not made.config.get("rescale_betas_zero_snr"):
+        # (from_config keeps a setting the class does not take in its config: what it takes is its __init__'s)
+        if "rescale_betas_zero_snr" not in inspect.signature(cls.__init__).parameters:
             # diffusers' class has no such option: it would quietly sample SD's unrescaled schedule, not the model's
             raise ConfigError(f"--sampler {sampler} cannot sample a model with a zero-terminal-SNR noise schedule (as "
                               f"this one's): diffusers' {name} has none; use euler, euler_a, dpm++2m, ddim or unipc")
