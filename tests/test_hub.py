@@ -105,6 +105,27 @@ def test_convert_inspect_and_a_config_files_setting_take_a_hub_id(hub_cache, tmp
     assert ScoreConfig(embedding="me/q").validate().embedding == "me/q"  # (not "does not exist")
 
 
+def test_a_hub_embedding_answers_to_its_repos_name_as_a_file_to_its_own(sd1_dir, hub_cache, tmp_path):
+    """A hub embedding answered to its token and to 'learned_embeds' (Path.stem of the id took 'Teal' from
+    'me/Teal.Star-v1'): ComfyUI's embedding:Teal.Star-v1 was refused as naming no embedding given."""
+    from textinv.config import GenerateConfig
+    from textinv.generate import generate
+
+    cache_repo(hub_cache, "me/Teal.Star-v1", {"learned_embeds.safetensors": concept("<q>", n=2, width=32)})
+
+    def draw(out, prompt):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            (picture,) = generate(GenerateConfig(prompt=[prompt], embedding=["me/Teal.Star-v1"], n=1, steps=2,
+                                                 model=str(sd1_dir), out=str(tmp_path / out)), progress=False)
+        with Image.open(picture) as image:
+            return image.tobytes()
+
+    by_token = draw("a", "a photo of <q>")
+    assert draw("b", "a photo of embedding:Teal.Star-v1") == by_token
+    assert draw("c", "a photo of Teal.Star-v1") == by_token  # (the web UIs' file-name rule)
+
+
 def test_pictures_drawn_with_a_hub_embedding_record_its_id_and_draw_again(sd1_dir, hub_cache, tmp_path):
     """The record names the hub id, never the file's place in the cache (another machine's cache is elsewhere), and
     the SHA-256 of the file read, so --again tells an embedding updated on the hub since."""

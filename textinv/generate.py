@@ -810,12 +810,12 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
     its file's name (`_as_prompted`) as before. A name that no embedding answers to is refused."""
     texts = config.prompt + [config.negative_prompt]
     plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
-    embeddings[:] = [emb if path in renamed else _as_prompted(emb, Path(path), plain)
+    embeddings[:] = [emb if path in renamed else _as_prompted(emb, _file_name(path), plain)
                      for emb, path in zip(embeddings, paths)]
     tokens = {}
     for emb, path in zip(embeddings, paths):
         tokens.setdefault(emb.token.lower(), emb.token)
-        tokens.setdefault(_nfc(Path(path).stem).lower(), emb.token)  # (in one Unicode form: `_named`)
+        tokens.setdefault(_nfc(_file_name(path)).lower(), emb.token)  # (in one Unicode form: `_named`)
 
     def token(name: str) -> str:
         if _nfc(name).lower() not in tokens:
@@ -834,13 +834,29 @@ def _named(name: str, said: str) -> bool:
     return re.search(rf"(?<![\w<-]){re.escape(_nfc(name).lower())}(?![\w>-])", _nfc(said)) is not None
 
 
-def _as_prompted(emb: LearnedEmbedding, path: Path, said: str) -> LearnedEmbedding:
+def _file_name(label: str) -> str:
+    """The name an --embedding answers to as a file, as the web UIs call one by its file's name: the file's name
+    without its suffix; for a hub id, its repo's name (`sd-concepts-library/cat-toy`: cat-toy, dots and all), or the
+    named file's in it.
+
+    >>> _file_name("embeds/charturner.pt"), _file_name("me/Teal.Star-v1"), _file_name("me/x/style.safetensors")
+    ('charturner', 'Teal.Star-v1', 'style')
+    """
+    from .hub import hub_reference
+
+    found = hub_reference(label)
+    if found is not None:
+        return Path(found[1]).stem if found[1] else found[0].split("/")[1]
+    return Path(label).stem
+
+
+def _as_prompted(emb: LearnedEmbedding, name: str, said: str) -> LearnedEmbedding:
     """`emb` under its file's name when the prompts use that name and not the token stored inside: the A1111 web
     UI and ComfyUI call an embedding by its file name (a downloaded charturnerv2.pt whose record says
     "charturner"), diffusers and textinv by the stored token. Either name in a prompt draws it; left as stored, the
     added token would match inside the file's name ("charturner" + a stray "v2"). The name is taken composed (NFC),
-    as a prompt is typed, whatever form the disk keeps it in (`_named`)."""
-    stem = _nfc(path.stem)
+    as a prompt is typed, whatever form the disk keeps it in (`_named`). `name`: its file's (`_file_name`)."""
+    stem = _nfc(name)
     if stem == emb.token or not stem.strip() or _named(emb.token, said) or not _named(stem, said):
         return emb
     return LearnedEmbedding(stem, emb.vectors, {**emb.metadata, "token": stem} if "token" in emb.metadata
