@@ -546,6 +546,23 @@ def test_an_unknown_sampler_is_refused_with_the_list():
         GenerateConfig(prompt=["a dog"], sampler="k_lms").validate()
 
 
+def test_a_samplers_sigma_spacing_is_its_own_not_the_models_scheduler_configs(sd1_dir):
+    """A model whose scheduler config ships Karras spacing (some fine-tunes' DPM-Solver configs do) drew "euler" and
+    "dpm++2m" with it, recorded as plain Euler and DPM++ 2M: the web UI redraws them otherwise."""
+    import diffusers
+
+    from textinv.generate import sampling_scheduler
+
+    model = load_model(sd1_dir)
+    shipped = diffusers.DPMSolverMultistepScheduler.from_config(model.pipeline.scheduler.config,
+                                                                use_karras_sigmas=True, use_exponential_sigmas=False)
+    for sampler in ("euler", "dpm++2m", "heun", "dpm2", "unipc", "dpm++2s"):
+        assert not sampling_scheduler(shipped, sampler).config.use_karras_sigmas, sampler
+    for sampler in ("dpm++2m_karras", "dpm2_karras", "dpm2_a_karras"):
+        assert sampling_scheduler(shipped, sampler).config.use_karras_sigmas, sampler
+    assert sampling_scheduler(shipped, "default") is shipped  # (the model's own, as it is)
+
+
 def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
     from textinv.generate import sampling_scheduler
 

@@ -351,10 +351,14 @@ def sampling_scheduler(scheduler, sampler: str):
     if name is None:
         raise ConfigError(f"--sampler {sampler!r} is not one of: {', '.join(SAMPLERS)}")
     cls = getattr(diffusers, name)
-    made = cls.from_config(scheduler.config, **options)
+    # the sigma spacing is the sampler's: a model whose scheduler config ships Karras (or exponential, beta) spacing
+    # would otherwise draw "euler" with it, recorded as plain Euler
+    takes = inspect.signature(cls.__init__).parameters
+    spacing = {k: False for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if k in takes}
+    made = cls.from_config(scheduler.config, **{**spacing, **options})
     if scheduler.config.get("rescale_betas_zero_snr"):
         # (from_config keeps a setting the class does not take in its config: what it takes is its __init__'s)
-        if "rescale_betas_zero_snr" not in inspect.signature(cls.__init__).parameters:
+        if "rescale_betas_zero_snr" not in takes:
             # diffusers' class has no such option: it would quietly sample SD's unrescaled schedule, not the model's
             raise ConfigError(f"--sampler {sampler} cannot sample a model with a zero-terminal-SNR noise schedule (as "
                               f"this one's): diffusers' {name} has none; use euler, euler_a, dpm++2m, ddim or unipc")
