@@ -287,11 +287,9 @@ def moved_places(out: Path, config: TrainConfig) -> list[str]:
     where they are now), as 'NAME now NEW (was OLD)', for the resume to say: names are all a moved folder's pictures
     are checked by, so a resume from the wrong directory, whose relative folder names another project's pictures of
     the same names, is at least seen."""
-    saved, lines = read_run_settings(out), []
-    for k in ("images",) + MODEL_SETTINGS:
-        old, new = saved.get(k), getattr(config, k)
-        if old and new and not _same(k, old, new, config):
-            lines.append(f"{'pictures' if k == 'images' else '--' + k.replace('_', '-')} now {new} (was {old})")
+    saved = read_run_settings(out)
+    lines = [f"{'pictures' if k == 'images' else '--' + k.replace('_', '-')} now {new} (was {old})"
+             for k, (old, new) in given_anew(saved, config, ("images",) + MODEL_SETTINGS).items()]
     if saved.get("concepts") and config.concepts:
         for was, now in zip(_absolute_paths(dataclasses.replace(config, concepts=saved["concepts"])).concept_list(),
                             _absolute_paths(config).concept_list()):
@@ -303,6 +301,13 @@ def moved_places(out: Path, config: TrainConfig) -> list[str]:
             if was["images"] != now["images"]:
                 lines.append(f"subset {n}'s pictures now {now['images']} (were {was['images']})")
     return lines
+
+
+def given_anew(saved: dict, config: TrainConfig, keys) -> dict[str, tuple]:
+    """Each of the settings `keys` that a resume gives otherwise than the run's `saved` settings record, as
+    {setting: (saved, now)}: a folder or model given where it is now."""
+    return {k: (saved[k], getattr(config, k)) for k in keys
+            if saved.get(k) and getattr(config, k) and not _same(k, saved[k], getattr(config, k), config)}
 
 
 def _moved_concepts(old: list, new: list, config: TrainConfig) -> list[dict] | None:
@@ -501,22 +506,23 @@ def _from_saved_vectors(out: Path) -> str:
 
 
 def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: list[PictureSet],
-                     processes: int) -> tuple[list[PictureSet], list[str]]:
+                     processes: int) -> tuple[list[PictureSet], dict[str, str]]:
     """Refuse, before the model loads, a resume whose data stream would not continue the saved one: the step is
     past --steps, a concept's pictures changed (`found`: each concept's; the saved epoch order indexes them), or
     another number of processes would split another global batch (each process draws `batch` x processes samples
     per step). Returns `found` with each concept's pictures in the order the checkpoint has them (`same_names`),
-    and the model settings given anew (`--model` where the model is now), for `check_same_model`; refused here when
-    the checkpoint holds no fingerprint to compare the model with."""
+    and the model settings given anew (`--model` where the model is now), each as the message says it ("model: OLD
+    -> NEW"), for `check_same_model`; refused here when the checkpoint holds no fingerprint to compare the model
+    with."""
     state = checkpoint[1]
     out, step = Path(config.out), int(state["step"])
-    saved = read_run_settings(out)
-    moved = [f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in MODEL_SETTINGS
-             if saved.get(k) and getattr(config, k) and not _same(k, saved[k], getattr(config, k), config)]
+    moved = {k: f"{k}: {old!r} -> {new!r}"
+             for k, (old, new) in given_anew(read_run_settings(out), config, MODEL_SETTINGS).items()}
     if moved and not state.get("model"):
-        raise ConfigError(f"cannot resume {out} with a model given anew ({', '.join(moved)}): its checkpoints were "
-                          f"saved by textinv {state.get('textinv_version', 'before 0.1')}, which did not record which "
-                          "model they belong to; resume with the model where the run had it, or start a new run")
+        raise ConfigError(f"cannot resume {out} with a model given anew ({', '.join(moved.values())}): its "
+                          f"checkpoints were saved by textinv {state.get('textinv_version', 'before 0.1')}, which did "
+                          "not record which model they belong to; resume with the model where the run had it, or "
+                          "start a new run")
     if step > config.steps:
         raise ConfigError(f"cannot resume {out} at step {step} with --steps {config.steps}: the run is past "
                           f"it; give --steps {step} or more")
@@ -560,25 +566,25 @@ class ModelChangedWarning(UserWarning):
     """A run resumed with a model whose weights are not the ones it started with, from the same source."""
 
 
-def check_same_model(checkpoint: tuple[Path, dict], moved: list[str], fingerprints: dict[str, str],
+def check_same_model(checkpoint: tuple[Path, dict], moved: dict[str, str], fingerprints: dict[str, str],
                      config: TrainConfig) -> None:
     """Once the model has loaded, compare it with the one the run's checkpoint was made with (`model_fingerprints`):
     a model given anew (`moved`, from `check_resumable`) must be the same one, wherever it is now; a model at the
     run's own source that changed since (a folder overwritten, a hub id updated) is warned about, as the run can
     only go on with it."""
-    saved, out = checkpoint[1].get("model"), Path(config.out)
+    saved, out, given = checkpoint[1].get("model"), Path(config.out), ", ".join(moved.values())
     same = same_model(saved, fingerprints) if saved else True
     if same:
         return
     if same is None:  # (read in fp16 then, bf16 now: neither rounding gives the other)
         if moved:
             then, now = "/".join(saved), "/".join(fingerprints)
-            warnings.warn(f"resuming {out} with {', '.join(moved)}: the model could not be compared with the run's "
+            warnings.warn(f"resuming {out} with {given}: the model could not be compared with the run's "
                           f"(its weights were read in {then} then, {now} now); make sure it is the same model",
                           ModelChangedWarning, stacklevel=3)
         return
     if moved:
-        raise ConfigError(f"cannot resume {out} with {', '.join(moved)}: that is not the model the run was trained "
+        raise ConfigError(f"cannot resume {out} with {given}: that is not the model the run was trained "
                           "with (its weights differ); give the run's own model where it is now, or start a new run "
                           "with --overwrite")
     warnings.warn(f"resuming {out}: the model {config.model} has changed since the run started (its weights are not "

@@ -640,12 +640,11 @@ def _handed_back(model: Model | None):
             unet.train(training)
 
 
-def _moved_model(error: ModelError, config: TrainConfig, moved: list[str]) -> ModelError:
+def _moved_model(error: ModelError, config: TrainConfig, moved: dict[str, str]) -> ModelError:
     """`error`, loading a resumed run's model, with the flag that gives its new place when a path its config.yaml
     names is gone (`moved`: the settings given anew, whose own paths are the user's to fix): as with its pictures, a
     model folder or file is moved to another disk or converted, and a resume takes it where it is now."""
-    anew = {m.split(":")[0] for m in moved}
-    gone = [k for k in MODEL_SETTINGS if k not in anew and getattr(config, k)
+    gone = [k for k in MODEL_SETTINGS if k not in moved and getattr(config, k)
             and Path(getattr(config, k)).is_absolute() and not Path(getattr(config, k)).exists()]
     if not config.resume or not gone:
         return error
@@ -710,7 +709,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if config.cuda_graphs:
         check_graph_device(device)
     checkpoint = newest_checkpoint(out) if config.resume else None
-    moved, places = [], []  # (the model settings a resume gives anew, compared once it has loaded; all it moved)
+    moved, places = {}, []  # (the model settings a resume gives anew, compared once it has loaded; all it moved)
     if checkpoint is not None:
         # (the pictures in the order its epoch table counts them)
         found, moved = check_resumable(checkpoint, config, found, world)
@@ -727,7 +726,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # 2. model and tokens -----------------------------------------------------------------------------------------
     dtype = resolve_precision(config.precision, device)
     if model is not None and checkpoint is not None:  # (not config.model's: it is compared as one given anew)
-        moved = ["the model passed to train()"]
+        moved = {"model": "the model passed to train()"}
     if model is None:
         try:
             model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
