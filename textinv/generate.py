@@ -821,21 +821,21 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
         tokens.setdefault(emb.token.lower(), emb.token)
         tokens.setdefault(_nfc(_file_name(path)).lower(), emb.token)  # (in one Unicode form: `_named`)
 
-    def token(name: str) -> str:
-        if _nfc(name).lower() not in tokens:
+    def token(name: str) -> str:  # (a name from the prompts, composed already)
+        if name.lower() not in tokens:
             raise ConfigError(f"embedding:{name} in the prompt names no embedding given: pass its file with "
                               f"--embedding (or the folder that holds it, as ComfyUI's models/embeddings)")
-        return tokens[_nfc(name).lower()]
+        return tokens[name.lower()]
 
     texts = [emphasis.comfy_embeddings(p, token)[0] for p in texts]
     return texts[:-1], texts[-1], " ".join(texts).lower()
 
 
 def _named(name: str, said: str) -> bool:
-    """Whether the prompts (`said`, lowercased) write `name` as a word of its own, not inside another word. Both are
-    compared in one Unicode form (`run_folder.same_names`): a file named café on macOS keeps the accent apart (NFD),
-    a typed prompt has it composed (NFC)."""
-    return re.search(rf"(?<![\w<-]){re.escape(_nfc(name).lower())}(?![\w>-])", _nfc(said)) is not None
+    """Whether the prompts (`said`, lowercased, composed as `_generate` takes them) write `name` as a word of its own,
+    not inside another word. The name is composed too (`run_folder.same_names`): a file named café on macOS keeps
+    the accent apart (NFD)."""
+    return re.search(rf"(?<![\w<-]){re.escape(_nfc(name).lower())}(?![\w>-])", said) is not None
 
 
 def _file_name(label: str) -> str:
@@ -846,8 +846,6 @@ def _file_name(label: str) -> str:
     >>> _file_name("embeds/charturner.pt"), _file_name("me/Teal.Star-v1"), _file_name("me/x/style.safetensors")
     ('charturner', 'Teal.Star-v1', 'style')
     """
-    from .hub import hub_reference
-
     found = hub_reference(label)
     if found is not None:
         return Path(found[1]).stem if found[1] else found[0].split("/")[1]
