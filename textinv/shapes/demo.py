@@ -268,7 +268,6 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     >>> result.html                                    # doctest: +SKIP
     PosixPath('demo-out/report.html')
     """
-    log = print if progress else (lambda *a, **k: None)
     started = time.perf_counter()
 
     # 1. checks -----------------------------------------------------------------------------------------------------
@@ -276,103 +275,110 @@ def run_demo(config: DemoConfig | None = None, model=None, probe=None, progress:
     concept = find_concept(config.concept)
     out = output_folder(config.out)
     with _held(out, config.out):  # (one demo at a time)
-        _put_back(out)  # a demo killed before it finished left the last good report set aside: it is the current one
-        _check_own_folder(out, config.out)
-        if model is None:
-            _check_model(config.model)
-        note = None
-        if probe is None:
-            probe, note = load_probe(config.probe)
-        images_dir, committed = example_images(concept, out)
-        pictures = [Image.open(p).convert("RGB") for p in sorted(images_dir.glob("*.png"))]
-        if model is None:
-            from textinv.models import load_model
+        return _learn_draw_judge(config, concept, out, model, probe, progress, started)
 
-            model = load_model(config.model)
-        check_judged_size(model)
-        config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
-        t_ready = time.perf_counter()
 
-        with _replacing_report(out):  # the last report stays until this one is written
-            # 2. learn -------------------------------------------------------------------------------------------------
-            from textinv.generate import install_embedding
-            from textinv.train import train
+def _learn_draw_judge(config: DemoConfig, concept: Concept, out: Path, model, probe, progress: bool, started: float
+                      ) -> DemoResult:
+    """`run_demo` once --out is held: the checks that read the folder, then learn, draw, judge and report."""
+    log = print if progress else (lambda *a, **k: None)
+    _put_back(out)  # a demo killed before it finished left the last good report set aside: it is the current one
+    _check_own_folder(out, config.out)
+    if model is None:
+        _check_model(config.model)
+    note = None
+    if probe is None:
+        probe, note = load_probe(config.probe)
+    images_dir, committed = example_images(concept, out)
+    pictures = [Image.open(p).convert("RGB") for p in sorted(images_dir.glob("*.png"))]
+    if model is None:
+        from textinv.models import load_model
 
-            templates = write_templates(concept, out / "templates.txt")
-            tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
-                              seed=config.seed, model=config.model)
-            log(f"learning {concept.token} ({concept.name}) from {len(pictures)} pictures in {images_dir}, "
-                f"{config.steps} steps", flush=True)
-            rows = {m: _demo_prompts(concept, m) for m in METHODS}
-            seeds = [config.seed + i for i in range(config.samples)]
-            drawn = {}
-            try:
-                result = train(tc, model=model, progress=progress)  # (the model comes back without the token)
-            except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
-                raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
-                                    f"--lr (now {config.lr})") from None
-            t_trained = time.perf_counter()
-            with scratch_tokens(model):  # a model passed in comes back without the token
-                install_embedding(model, result.embedding)
+        model = load_model(config.model)
+    check_judged_size(model)
+    config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
+    t_ready = time.perf_counter()
 
-                # 3. draw ----------------------------------------------------------------------------------------------
-                log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
-                    f"'{concept.init_word}'", flush=True)
-                for m in METHODS:
-                    prompts = [p for _, p, _ in rows[m] for _ in seeds]
-                    drawn[m] = sample(model, prompts, seeds * len(rows[m]), config.sample_steps, config.guidance)
-            t_drawn = time.perf_counter()
+    with _replacing_report(out):  # the last report stays until this one is written
+        # 2. learn -------------------------------------------------------------------------------------------------
+        from textinv.generate import install_embedding
+        from textinv.train import train
 
-            # 4. judge -------------------------------------------------------------------------------------------------
-            k = len(seeds)
-            table = []
-            for j in range(len(rows[METHODS[0]])):
-                entry = {"kind": rows[METHODS[0]][j][0], "expects": rows[METHODS[0]][j][2]}
-                for m in METHODS:
-                    _, prompt, expected = rows[m][j]
-                    pics = drawn[m][j * k:(j + 1) * k]
-                    verdicts, readings, glimpses, hits = [None] * k, [None] * k, [None] * k, None
-                    if probe is not None:
-                        verdicts, per_attribute, predicted = score_images(probe, pics, expected)
-                        hits = {a: sum(v) for a, v in per_attribute.items()}  # how many pictures get each one right
-                        per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
-                        readings = [_reading(p) for p in per_picture]
-                        glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
-                    entry[m] = {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
-                                "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k,
-                                "hits": hits}
-                table.append(entry)
-            t_judged = time.perf_counter()
+        templates = write_templates(concept, out / "templates.txt")
+        tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
+                          seed=config.seed, model=config.model)
+        log(f"learning {concept.token} ({concept.name}) from {len(pictures)} pictures in {images_dir}, "
+            f"{config.steps} steps", flush=True)
+        rows = {m: _demo_prompts(concept, m) for m in METHODS}
+        seeds = [config.seed + i for i in range(config.samples)]
+        drawn = {}
+        try:
+            result = train(tc, model=model, progress=progress)  # (the model comes back without the token)
+        except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
+            raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
+                                f"--lr (now {config.lr})") from None
+        t_trained = time.perf_counter()
+        with scratch_tokens(model):  # a model passed in comes back without the token
+            install_embedding(model, result.embedding)
 
-            # 5. report ------------------------------------------------------------------------------------------------
-            report = {
-                "title": f"textinv demo: learning {concept.token} from {len(pictures)} pictures",
-                "concept": {"name": concept.name, "token": concept.token, "init_word": concept.init_word,
-                            "kind": concept.kind, "description": concept.description, "attributes": concept.attributes},
-                "images": str(images_dir), "images_committed": committed,
-                "model": model.describe(), "textinv_version": __version__,
-                "settings": dataclasses.asdict(config), "seeds": seeds,
-                "probe": None if probe is None else (getattr(probe, "metrics", None) or "loaded"), "probe_note": note,
-                "loss": [list(x) for x in result.losses],
-                "prompts": table,
-                "summary": _summary(table) if probe is not None else None,
-                "embedding": str(result.files[0]) if result.files else None,
-                "seconds": {"load": round(t_ready - started, 1), "train": round(t_trained - t_ready, 1),
-                            "draw": round(t_drawn - t_trained, 1), "judge": round(t_judged - t_drawn, 1)},
-            }
-            report["seconds"]["total"] = round(time.perf_counter() - started, 1)  # drawing the report: well under 1 s
-            loss_png = draw_loss_curve(result.losses)
-            sheet = draw_sheet(report, pictures, drawn, loss_png)
-            html_path, png_path, json_path = out / "report.html", out / "report.png", out / "scores.json"
-            with atomic_path(png_path) as tmp:
-                sheet.save(tmp, format="PNG")
-            write_text(html_path, render_html(report, pictures, drawn, loss_png))
-            write_json(json_path, report)
-        log(f"report: {html_path} (open it in a browser) and {png_path}; scores in {json_path}")
-        if note:
-            log(f"note: {note}")
-        return DemoResult(html=html_path, png=png_path, scores=json_path, embedding=Path(report["embedding"] or ""),
-                          seconds=report["seconds"]["total"], report=report)
+            # 3. draw ----------------------------------------------------------------------------------------------
+            log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
+                f"'{concept.init_word}'", flush=True)
+            for m in METHODS:
+                prompts = [p for _, p, _ in rows[m] for _ in seeds]
+                drawn[m] = sample(model, prompts, seeds * len(rows[m]), config.sample_steps, config.guidance)
+        t_drawn = time.perf_counter()
+
+        # 4. judge -------------------------------------------------------------------------------------------------
+        k = len(seeds)
+        table = []
+        for j in range(len(rows[METHODS[0]])):
+            entry = {"kind": rows[METHODS[0]][j][0], "expects": rows[METHODS[0]][j][2]}
+            for m in METHODS:
+                _, prompt, expected = rows[m][j]
+                pics = drawn[m][j * k:(j + 1) * k]
+                verdicts, readings, glimpses, hits = [None] * k, [None] * k, [None] * k, None
+                if probe is not None:
+                    verdicts, per_attribute, predicted = score_images(probe, pics, expected)
+                    hits = {a: sum(v) for a, v in per_attribute.items()}  # how many pictures get each one right
+                    per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
+                    readings = [_reading(p) for p in per_picture]
+                    glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
+                entry[m] = {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
+                            "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k,
+                            "hits": hits}
+            table.append(entry)
+        t_judged = time.perf_counter()
+
+        # 5. report ------------------------------------------------------------------------------------------------
+        report = {
+            "title": f"textinv demo: learning {concept.token} from {len(pictures)} pictures",
+            "concept": {"name": concept.name, "token": concept.token, "init_word": concept.init_word,
+                        "kind": concept.kind, "description": concept.description, "attributes": concept.attributes},
+            "images": str(images_dir), "images_committed": committed,
+            "model": model.describe(), "textinv_version": __version__,
+            "settings": dataclasses.asdict(config), "seeds": seeds,
+            "probe": None if probe is None else (getattr(probe, "metrics", None) or "loaded"), "probe_note": note,
+            "loss": [list(x) for x in result.losses],
+            "prompts": table,
+            "summary": _summary(table) if probe is not None else None,
+            "embedding": str(result.files[0]) if result.files else None,
+            "seconds": {"load": round(t_ready - started, 1), "train": round(t_trained - t_ready, 1),
+                        "draw": round(t_drawn - t_trained, 1), "judge": round(t_judged - t_drawn, 1)},
+        }
+        report["seconds"]["total"] = round(time.perf_counter() - started, 1)  # drawing the report: well under 1 s
+        loss_png = draw_loss_curve(result.losses)
+        sheet = draw_sheet(report, pictures, drawn, loss_png)
+        html_path, png_path, json_path = out / "report.html", out / "report.png", out / "scores.json"
+        with atomic_path(png_path) as tmp:
+            sheet.save(tmp, format="PNG")
+        write_text(html_path, render_html(report, pictures, drawn, loss_png))
+        write_json(json_path, report)
+    log(f"report: {html_path} (open it in a browser) and {png_path}; scores in {json_path}")
+    if note:
+        log(f"note: {note}")
+    return DemoResult(html=html_path, png=png_path, scores=json_path, embedding=Path(report["embedding"] or ""),
+                      seconds=report["seconds"]["total"], report=report)
 
 
 def _demo_prompts(concept: Concept, method: str) -> list[tuple[str, str, dict]]:
