@@ -152,9 +152,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                           "a --sample-prompts file (kohya's) chooses its own"),
     ("sample_at_first", _K, "train", None, "not needed: textinv draws a grid before the first step whenever "
                                            "--sample-every is on"),
-    ("caption_extension caption_extention", _K, "train", None, "not needed: textinv reads NAME.txt, or kohya's NAME.caption, beside "
-                                             "each picture; another suffix is a subset's caption_extension in a "
-                                             "--dataset-config file"),
+    ("caption_extension caption_extention", _K, "train", None,
+     "not needed: textinv reads NAME.txt, or kohya's NAME.caption, beside each picture; another suffix is a subset's "
+     "caption_extension in a --dataset-config file"),
     ("shuffle_caption", _K, "train", "--shuffle-tags", ""),
     ("keep_tokens", _K, "train", "--keep-tags", ""),
     ("caption_tag_dropout_rate", _K, "train", "--tag-dropout", ""),
