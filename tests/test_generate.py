@@ -474,11 +474,15 @@ def test_generate_draws_emphasis_and_names_files_by_the_words(sd1_dir, tmp_path)
 
 
 NEW_SAMPLERS = ["heun", "dpm2", "dpm2_a", "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s"]
+# the web UI's SDE samplers, DDPM and LMS, and sigma schedules beside Karras
+SDE_SAMPLERS = ["dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde", "ddpm", "lms", "dpm++2m_sde_karras",
+                "dpm++2m_exponential", "euler_beta", "dpm++sde_karras"]
 
 
-@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc", *NEW_SAMPLERS])
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc", *NEW_SAMPLERS,
+                                     *SDE_SAMPLERS])
 def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp_path, sampler):
-    from textinv.generate import A1111_SAMPLER_NAMES
+    from textinv.samplers import webui_names
 
     model = load_model(sd1_dir)
     own = model.pipeline.scheduler
@@ -491,7 +495,7 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
     if sampler == "dpm++2s":  # the web UI has no such sampler (its "DPM++ 2S a" is ancestral): none is written
         assert "Sampler" not in img.text["parameters"]
     else:
-        assert f"Sampler: {A1111_SAMPLER_NAMES[sampler]}, " in img.text["parameters"]
+        assert f"Sampler: {webui_names(sampler)[0]}, " in img.text["parameters"]
     pixels = np.asarray(img)
     assert pixels.std() > 0  # a picture, not a blank from a sampler that failed on the schedule
     default = generate(GenerateConfig(prompt=["a photo of a dog"], out=str(tmp_path / "d"), n=1, steps=4,
@@ -501,7 +505,7 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
     assert "Sampler" not in Image.open(default).text["parameters"]
 
 
-@pytest.mark.parametrize("sampler", NEW_SAMPLERS)
+@pytest.mark.parametrize("sampler", NEW_SAMPLERS + SDE_SAMPLERS)
 def test_each_new_sampler_draws_a_seed_the_same_twice_and_again_bit_for_bit(sd1_dir, tmp_path, sampler):
     """heun, dpm2, dpm2_a, their Karras versions, plms and dpm++2s (the web UI's and kohya's samplers that diffusers
     has) were refused. Each draws a seed's picture the same every time, the ancestral ones too (their noise at each
@@ -542,8 +546,8 @@ def test_a_sampler_named_as_the_web_ui_or_kohya_name_it_draws_as_textinvs_and_is
 
 def test_an_unknown_sampler_is_refused_with_the_list():
 
-    with pytest.raises(ConfigError, match="--sampler 'k_lms' is not one of: default, euler, euler_a"):
-        GenerateConfig(prompt=["a dog"], sampler="k_lms").validate()
+    with pytest.raises(ConfigError, match="--sampler 'pndm' is not one of: default, euler, euler_a"):
+        GenerateConfig(prompt=["a dog"], sampler="pndm").validate()
 
 
 def test_a_samplers_sigma_spacing_is_its_own_not_the_models_scheduler_configs(sd1_dir):
@@ -551,32 +555,45 @@ def test_a_samplers_sigma_spacing_is_its_own_not_the_models_scheduler_configs(sd
     "dpm++2m" with it, recorded as plain Euler and DPM++ 2M: the web UI redraws them otherwise."""
     import diffusers
 
-    from textinv.generate import sampling_scheduler
+    from textinv.samplers import scheduler_for
 
     model = load_model(sd1_dir)
     shipped = diffusers.DPMSolverMultistepScheduler.from_config(model.pipeline.scheduler.config,
                                                                 use_karras_sigmas=True, use_exponential_sigmas=False)
     for sampler in ("euler", "dpm++2m", "heun", "dpm2", "unipc", "dpm++2s"):
-        assert not sampling_scheduler(shipped, sampler).config.use_karras_sigmas, sampler
+        assert not scheduler_for(shipped, sampler).config.use_karras_sigmas, sampler
     for sampler in ("dpm++2m_karras", "dpm2_karras", "dpm2_a_karras"):
-        assert sampling_scheduler(shipped, sampler).config.use_karras_sigmas, sampler
-    assert sampling_scheduler(shipped, "default") is shipped  # (the model's own, as it is)
+        assert scheduler_for(shipped, sampler).config.use_karras_sigmas, sampler
+    # each schedule gives its own spacing and no other
+    for sampler, flag in [("dpm++2m_sde_exponential", "use_exponential_sigmas"), ("euler_beta", "use_beta_sigmas"),
+                          ("lms_karras", "use_karras_sigmas"), ("dpm++2m_sde", None)]:
+        made = scheduler_for(shipped, sampler).config
+        assert [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if made[k]] == \
+            ([flag] if flag else []), sampler
+    assert scheduler_for(shipped, "default") is shipped  # (the model's own, as it is)
 
 
 def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
-    from textinv.generate import sampling_scheduler
+    from textinv.samplers import scheduler_for
 
     model = load_model(sd1_dir)
     zero_snr = type(model.pipeline.scheduler).from_config(model.pipeline.scheduler.config, rescale_betas_zero_snr=True)
     with pytest.raises(ConfigError, match="dpm\\+\\+2m_karras cannot sample a model with a zero-terminal-SNR"):
-        sampling_scheduler(zero_snr, "dpm++2m_karras")
-    assert sampling_scheduler(zero_snr, "dpm++2m").config.rescale_betas_zero_snr  # the schedule is kept
+        scheduler_for(zero_snr, "dpm++2m_karras")
+    assert scheduler_for(zero_snr, "dpm++2m").config.rescale_betas_zero_snr  # the schedule is kept
     # diffusers' Heun, KDPM2, PNDM and single-step DPM-Solver have no zero-terminal-SNR option: they would sample SD's
     # unrescaled schedule, so they are refused too (the Karras ones with them)
-    for sampler in NEW_SAMPLERS:
+    for sampler in NEW_SAMPLERS + ["dpm++sde", "lms"]:
         with pytest.raises(ConfigError, match=f"--sampler {re.escape(sampler)} cannot sample a model with a "
-                                              f"zero-terminal-SNR .* has none; use euler, euler_a, dpm\\+\\+2m, ddim"):
-            sampling_scheduler(zero_snr, sampler)
+                                              f"zero-terminal-SNR .* has none; use euler, euler_a, dpm\\+\\+2m, "
+                                              f"dpm\\+\\+2m_sde, dpm\\+\\+2m_sde_heun, dpm\\+\\+3m_sde, ddim, "
+                                              f"ddpm or unipc"):
+            scheduler_for(zero_snr, sampler)
+    # the SDE samplers keep the schedule; no sigma schedule can (its largest noise level is infinite)
+    assert scheduler_for(zero_snr, "dpm++3m_sde").config.rescale_betas_zero_snr
+    for sampler in ("dpm++2m_sde_exponential", "euler_beta"):
+        with pytest.raises(ConfigError, match=f"{re.escape(sampler)} cannot sample a model with a zero-terminal-SNR"):
+            scheduler_for(zero_snr, sampler)
     model.pipeline.scheduler = zero_snr
     with pytest.raises(ConfigError, match="zero-terminal-SNR"):
         render(model, ["a dog"], [0], steps=2, sampler="dpm++2m_karras")
@@ -588,7 +605,7 @@ def test_every_other_sampler_draws_the_bundled_zero_terminal_snr_model():
     if not (BUNDLED_MODELS["shapes"] / "model_index.json").exists():
         pytest.skip("needs the bundled shapes model")
     model = load_model("shapes")  # v-prediction on SD's schedule rescaled to zero terminal SNR, trailing steps
-    for sampler in ("euler", "euler_a", "dpm++2m", "ddim", "unipc"):
+    for sampler in ("euler", "euler_a", "dpm++2m", "ddim", "unipc", "dpm++2m_sde", "dpm++3m_sde", "ddpm"):
         pixels = np.asarray(render(model, ["a red star on a navy background"], [0], steps=6, sampler=sampler)[0])
         assert pixels.std() > 10, sampler  # a drawing, not a flat or broken picture
 
@@ -617,10 +634,13 @@ def test_generate_draws_with_the_clip_skip_the_embedding_was_trained_with(sd1_di
     assert np.array_equal(np.asarray(draw("e")), np.asarray(trained))
 
 
-def test_an_ancestral_sampler_draws_each_picture_from_its_own_seed(sd1_dir, tmp_path):
+@pytest.mark.parametrize("sampler", ["euler_a", "dpm++2m_sde", "dpm++3m_sde", "dpm++sde", "ddpm"])
+def test_a_sampler_that_adds_noise_draws_each_picture_from_its_own_seed(sd1_dir, tmp_path, sampler):
+    """An ancestral or SDE sampler draws fresh noise at every step: from the picture's own seed (DPM++ SDE's
+    Brownian tree too, one a picture), so picture i of a batch is the picture its seed draws alone."""
     def draw(out, n, seed):
         return [np.asarray(Image.open(p)) for p in generate(GenerateConfig(
-            prompt=["a photo of a dog"], out=str(tmp_path / out), n=n, seed=seed, steps=4, sampler="euler_a",
+            prompt=["a photo of a dog"], out=str(tmp_path / out), n=n, seed=seed, steps=4, sampler=sampler,
             model=str(sd1_dir)), progress=False)]
 
     alone = draw("a", 1, 1)[0]
@@ -1233,8 +1253,8 @@ def test_again_reads_the_web_uis_parameters_and_says_what_it_cannot_use(sd1_dir,
     assert (config.prompt, config.negative_prompt) == (["a (red:1.2) cat\nwith a hat"], "blurry, ugly")
     assert (config.steps, config.sampler, config.guidance, config.seed) == (4, "dpm++2m_karras", 6.5, 1234)
     assert (config.width, config.height, config.clip_skip, config.n, keep) == (24, 16, 2, 1, None)
-    path = picture("a cat\nSteps: 4, Sampler: LMS, Seed: 3, Size: 16x16")
-    with pytest.raises(ConfigError, match="sampler 'LMS', which textinv does not have: choose one with --sampler"):
+    path = picture("a cat\nSteps: 4, Sampler: DPM fast, Seed: 3, Size: 16x16")
+    with pytest.raises(ConfigError, match="sampler 'DPM fast', which textinv does not have: choose one with --sampler"):
         again_config(path, {"model": str(sd1_dir)})
     assert again_config(path, {"model": str(sd1_dir), "sampler": "euler"})[0].sampler == "euler"
     # the web UI's Heun, DPM2 and PLMS are textinv's; a Karras one by its old name or its Schedule type (v1.9 on)
@@ -1741,3 +1761,71 @@ def test_a_run_drawing_into_the_same_folder_at_once_keeps_the_other_runs_picture
     assert [p.name for p in paths] == ["000-a-dog-s0-2.png", "000-a-dog-s1-2.png"]
     assert (out / "000-a-dog-s0.png").read_bytes() == b"the other run's"
     assert sorted(p.name for p in out.iterdir()) == ["000-a-dog-s0-2.png", "000-a-dog-s0.png", "000-a-dog-s1-2.png"]
+
+
+def test_the_web_ui_names_of_each_sampler_read_back_as_it(sd1_dir, tmp_path):
+    """Each sampler is written into `parameters` as the web UI (1.9 on) writes it, its schedule as `Schedule type`,
+    and `--again` reads that back as the same sampler. A sampler whose web UI "Automatic" schedule is not the
+    model's spacing (DPM++ 2M's is Karras) says "Uniform", or the web UI would redraw it on its own choice."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import again_config
+    from textinv.generate import png_text
+    from textinv.samplers import SAMPLERS
+
+    def written(sampler):
+        path = tmp_path / "p.png"
+        Image.new("RGB", (8, 8)).save(path, pnginfo=png_text({"prompt": "a cat", "steps": "4", "sampler": sampler,
+                                                              "seed": "3", "size": "16x16"}))
+        return path
+
+    text = {s: Image.open(written(s)).text["parameters"] for s in ("dpm++2m", "dpm++2m_sde_karras", "euler", "dpm++2s",
+                                                                  "euler_beta", "dpm2")}
+    assert text["dpm++2m"] == "a cat\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Uniform, Seed: 3, Size: 16x16"
+    assert "Sampler: DPM++ 2M SDE, Schedule type: Karras, Seed" in text["dpm++2m_sde_karras"]
+    assert "Sampler: Euler, Seed" in text["euler"] and "Sampler" not in text["dpm++2s"]
+    assert "Sampler: Euler, Schedule type: Beta," in text["euler_beta"]
+    assert "Sampler: DPM2, Schedule type: Uniform," in text["dpm2"]  # (the web UI's DPM2 is Karras by itself)
+    for sampler in SAMPLERS:
+        path = written(sampler)
+        if "Sampler" in Image.open(path).text["parameters"]:
+            assert again_config(path, {"model": str(sd1_dir)})[0].sampler == sampler, sampler
+    # the web UI's "Automatic" is the sampler's own choice: Karras for DPM++ 2M, Exponential for the SDE ones
+    for text, ours in [("Sampler: DPM++ 2M, Schedule type: Automatic", "dpm++2m_karras"),
+                       ("Sampler: DPM++ 3M SDE, Schedule type: Automatic", "dpm++3m_sde_exponential"),
+                       ("Sampler: Euler a, Schedule type: Automatic", "euler_a"),
+                       ("Sampler: DPM++ 2M SDE Karras", "dpm++2m_sde_karras")]:
+        path = tmp_path / "w.png"
+        info = PngInfo()
+        info.add_text("parameters", f"a cat\nSteps: 4, {text}, Seed: 3, Size: 16x16")
+        Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+        assert again_config(path, {"model": str(sd1_dir)})[0].sampler == ours, text
+    info = PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Align Your Steps, Seed: 3")
+    Image.new("RGB", (8, 8)).save(tmp_path / "ays.png", pnginfo=info)
+    with pytest.raises(ConfigError, match="sampler 'DPM\\+\\+ 2M, Schedule type Align Your Steps', which textinv does "
+                                          "not have"):
+        again_config(tmp_path / "ays.png", {"model": str(sd1_dir)})
+
+
+@pytest.mark.parametrize("sampler, package", [("lms", "scipy"), ("euler_beta", "scipy"), ("dpm++sde", "torchsde")])
+def test_a_sampler_whose_package_is_missing_is_refused_when_read(monkeypatch, tmp_path, sampler, package):
+    """LMS and the Beta schedule need SciPy, DPM++ SDE torchsde, which diffusers does not install: without them the
+    sampler is refused when the settings are read (naming the install), not by diffusers at the first picture."""
+    import importlib.util
+
+    from textinv.config import TrainConfig
+    from textinv.score import ScoreConfig
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else found(name, *a))
+    said = f"{re.escape(sampler)} needs the {package} package .*pip install {package} \\(or pip install 'textinv\\[samplers\\]'"
+    with pytest.raises(ConfigError, match=f"--sampler {said}"):
+        GenerateConfig(prompt=["a dog"], sampler=sampler).validate()
+    with pytest.raises(ConfigError, match=f"--sampler {said}"):
+        ScoreConfig(embedding=str(tmp_path), sampler=sampler).validate()
+    (tmp_path / "p.txt").write_text(f"a {{}} --ss {sampler}\n")
+    with pytest.raises(ConfigError, match=f"line 1: --ss {said}"):
+        TrainConfig(images="x", token="<zq>", out="o", sample_prompts=[str(tmp_path / "p.txt")]).validate()
+    monkeypatch.undo()
+    assert GenerateConfig(prompt=["a dog"], sampler=sampler).validate().sampler == sampler

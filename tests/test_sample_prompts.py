@@ -75,7 +75,8 @@ height = 16
 
 @pytest.mark.parametrize("given, ours", [("heun", "heun"), ("k_dpm_2", "dpm2"), ("dpm_2", "dpm2"),
                                           ("k_dpm_2_a", "dpm2_a"), ("DPM_2_A", "dpm2_a"), ("dpmsingle", "dpm++2s"),
-                                          ("plms", "plms"), ("dpm2_a_karras", "dpm2_a_karras")])
+                                          ("plms", "plms"), ("dpm2_a_karras", "dpm2_a_karras"), ("lms", "lms"),
+                                          ("k_lms", "lms"), ("ddpm", "ddpm")])
 def test_kohyas_heun_dpm_2_and_dpmsingle_are_taken_as_textinvs_samplers(tmp_path, given, ours):
     """kohya's heun, dpm_2, dpm_2_a (with or without k_) and dpmsingle were refused as samplers textinv lacked; they
     are the diffusers schedulers textinv now draws as heun, dpm2, dpm2_a and dpm++2s (and textinv's names pass)."""
@@ -87,7 +88,7 @@ def test_kohyas_heun_dpm_2_and_dpmsingle_are_taken_as_textinvs_samplers(tmp_path
     ("a {} --d42", r"line 2: --d42 .*write a space before its value \(--d 42\)"),
     ("a {} --cn pose.png", "line 2: --cn gives a ControlNet's picture.*; remove the option"),
     ("a {} --i photo.png", "line 2: --i gives an inpainting model's source picture"),
-    ("a {} --ss lms", "line 2: --ss 'lms' is kohya's sampler; use one of: ddim, euler"),
+    ("a {} --ss dpmsolver", "line 2: --ss 'dpmsolver' is kohya's sampler; use one of: ddim, ddpm, euler"),
     ("a {} --ss pndm", "line 2: --ss 'pndm' is kohya's sampler"),  # (Runge-Kutta warm-up: not textinv's plms)
     ("a {} --ss fast", "line 2: --ss 'fast' is no sampler textinv knows"),
     ("a {} --w 500", "line 2: --w must be a multiple of 8 pixels, got 500; the nearest: 496 or 504"),
@@ -284,3 +285,23 @@ def test_a_negative_prompt_may_name_the_token_as_the_prompt_does(sd1_dir, images
         grids[name] = pixels(Image.open(out / concept_folder("<qz>") / "samples" / "step-000000.png"))
     assert np.array_equal(grids["braces"], grids["token"])
     assert not np.array_equal(grids["braces"], grids["none"])
+
+
+@pytest.mark.filterwarnings("ignore::textinv.data.SmallImageWarning")  # (24 px pictures at the model's 64)
+def test_a_grid_sampler_the_models_schedule_refuses_is_refused_before_the_first_step(images, tmp_path):
+    """A grid's sampler that cannot sample the model (DPM2 on the bundled model's zero-terminal-SNR schedule) failed
+    at the first grid, after the steps before it had run: it is refused once the model is loaded, naming the prompt."""
+    from textinv.models import BUNDLED_MODELS
+
+    if not (BUNDLED_MODELS["shapes"] / "model_index.json").exists():
+        pytest.skip("needs the bundled shapes model")
+    out = tmp_path / "run"
+    config = TrainConfig(images=str(images), token="<zq>", model="shapes", out=str(out), steps=2, resolution=64,
+                         sample_every=2, sample_prompts=["a {}", {"prompt": "{} at night", "sampler": "dpm2"}])
+    with pytest.raises(ConfigError, match=r"--sample-prompts '\{\} at night': --sampler dpm2 cannot sample a model "
+                                          r"with a zero-terminal-SNR"):
+        train(config.validate(), progress=False)
+    assert not list(out.glob("checkpoints/*"))
+    config.sample_prompts[1]["sampler"] = "dpm++2m_sde"  # (one that can)
+    train(config.validate(), progress=False)
+    assert (out / "samples" / "step-000002.png").exists()

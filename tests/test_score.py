@@ -197,7 +197,7 @@ def test_bad_input_is_refused_before_anything_is_drawn(run_dir, clip_dir, judge,
     with pytest.raises(ConfigError, match="-n must be"):
         score(settings(run_dir, clip_dir, tmp_path / "o", n=0), judge=judge)
     with pytest.raises(ConfigError, match="--sampler"):
-        score(settings(run_dir, clip_dir, tmp_path / "o", sampler="lms"), judge=judge)
+        score(settings(run_dir, clip_dir, tmp_path / "o", sampler="pndm"), judge=judge)
 
 
 def test_an_unreachable_clip_model_says_how_to_get_one(monkeypatch, tmp_path):

@@ -36,9 +36,10 @@ from .config import GenerateConfig, build, typed_settings
 from .emphasis import lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
-from .generate import A1111_SAMPLER_NAMES, EMBEDDING_SUFFIXES, file_digest, hash_name, lora_files, lora_sha256
+from .generate import EMBEDDING_SUFFIXES, file_digest, hash_name, lora_files, lora_sha256
 from .hub import hub_reference
 from .run_folder import _nfc
+from .samplers import from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "by_name")
@@ -286,14 +287,13 @@ def _from_a1111(path: Path, text: str) -> Picture:
     needs["model"] = (f"--again {path} was drawn by the A1111 web UI ({model or 'its model is not named'}); textinv "
                       f"cannot find a model by the web UI's name or hash: give it with --model (its file or folder)")
     if "Sampler" in fields:
-        sampler, schedule = fields["Sampler"], fields.get("Schedule type", "Automatic")
-        name = sampler if schedule in ("Automatic", "") else f"{sampler} {schedule}"
-        ours = {label: key for key, label in A1111_SAMPLER_NAMES.items()}.get(name)
+        ours = from_webui(fields["Sampler"], fields.get("Schedule type"))
         if ours:
             settings["sampler"] = ours
         else:
+            name = ", Schedule type ".join(fields[k] for k in ("Sampler", "Schedule type") if fields.get(k))
             needs["sampler"] = (f"--again {path} was drawn with the web UI's sampler {name!r}, which textinv does not "
-                                f"have: choose one with --sampler ({', '.join(A1111_SAMPLER_NAMES)}, or default)")
+                                f"have: choose one with --sampler (textinv generate --help lists them), or default")
     unused = [k for k in fields if k not in _A1111_USED]
     notes = []
     if unused:

@@ -50,6 +50,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         kwargs: dict = dict(dest=f.name, help=help_text, default=argparse.SUPPRESS)
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
+            if len(f.metadata["choices"]) > 16:  # (the help lists them; a usage line of 47 names would not be read)
+                kwargs["metavar"] = "NAME"
         if kind is bool:
             if default is False:
                 parser.add_argument(*names, action="store_true", **kwargs)

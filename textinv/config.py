@@ -26,6 +26,9 @@ import yaml
 from .emphasis import CHUNK
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint
+from .samplers import HELP as SAMPLER_HELP
+from .samplers import SAMPLERS, check_installed
+from .samplers import SPELLINGS as SAMPLER_SPELLINGS
 from .tracking import check_trackers
 
 
@@ -47,24 +50,6 @@ SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 COMPILE = ("off", "blocks", "unet")
 METADATA = ("shareable", "full", "none")
-SAMPLERS = ("default", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc", "heun", "dpm2", "dpm2_a",
-            "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s")
-A1111_SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "dpm++2m": "DPM++ 2M", "dpm++2m_karras": "DPM++ 2M Karras",
-                       "ddim": "DDIM", "unipc": "UniPC", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a",
-                       "dpm2_karras": "DPM2 Karras", "dpm2_a_karras": "DPM2 a Karras", "plms": "PLMS"}
-"""How the web UI writes each sampler in a PNG's `parameters` (the model's own scheduler has no name there, nor has
-dpm++2s: the web UI's "DPM++ 2S a" is ancestral, diffusers' single-step DPM-Solver++ is not)."""
-# kohya's sampler names (its --sample_sampler and gen_img's --sampler choices, `get_my_scheduler`) that textinv has,
-# as textinv names them; textinv's own names are taken too. Not its pndm (PNDM with Runge-Kutta warm-up steps, not the
-# web UI's PLMS) nor lms (diffusers' LMS needs scipy)
-KOHYA_SAMPLERS = {"ddim": "ddim", "euler": "euler", "k_euler": "euler", "euler_a": "euler_a",
-                  "k_euler_a": "euler_a", "dpmsolver++": "dpm++2m",  # (DPMSolverMultistep, dpmsolver++, order 2)
-                  "heun": "heun", "dpm_2": "dpm2", "k_dpm_2": "dpm2", "dpm_2_a": "dpm2_a", "k_dpm_2_a": "dpm2_a",
-                  "dpmsingle": "dpm++2s"}  # (DPMSolverSinglestep's defaults: dpmsolver++, order 2)
-# --sampler as textinv, the web UI ("Euler a", "DPM++ 2M Karras") and kohya (k_euler_a) spell it, in any case: the
-# same scheduler under each name, so a name copied from those tools draws as there (`spelled`)
-SAMPLER_SPELLINGS = {**{name: name for name in SAMPLERS}, **KOHYA_SAMPLERS,
-                     **{label.lower(): name for name, label in A1111_SAMPLER_NAMES.items()}}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICE_HELP = "where the model runs: auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps"
 
@@ -518,11 +503,7 @@ class GenerateConfig:
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end as A1111 counts (1: the last, 2: the "
                                "penultimate); default: what the embeddings were trained with, else 1. SD 1.x/2.x "
                                "(SDXL: 1 or 2, both its penultimate layers)")
-    sampler: str = opt("default", "sampling method: default (the model's own scheduler), euler, euler_a, dpm++2m, "
-                                  "dpm++2m_karras, ddim, unipc, heun, dpm2, dpm2_a, dpm2_karras, dpm2_a_karras, plms, "
-                                  "dpm++2s; the web UI's names ('Euler a', 'DPM2 a Karras') and kohya's (k_euler_a, "
-                                  "k_dpm_2, dpmsingle) are taken as these", choices=SAMPLERS,
-                       spellings=SAMPLER_SPELLINGS)
+    sampler: str = opt("default", SAMPLER_HELP, choices=SAMPLERS, spellings=SAMPLER_SPELLINGS)
     resolution: int = opt(None, "square image size; default: the model's native size (--width/--height set one side)")
     width: int = opt(None, "image width in pixels, a multiple of 8 (A1111's Width); default: --resolution")
     height: int = opt(None, "image height in pixels, a multiple of 8 (A1111's Height); default: --resolution")
@@ -549,6 +530,7 @@ class GenerateConfig:
             if isinstance(getattr(self, f.name), tuple):
                 setattr(self, f.name, list(getattr(self, f.name)))
         check_choices(self)
+        check_installed(self.sampler)
         # a `~` the shell left as it is (quoted, after `=`, in a config file): the home folder, as train reads it
         self.out = os.path.expanduser(self.out)
         self.embedding = [os.path.expanduser(p) for p in self.embedding]

@@ -31,7 +31,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import A1111_SAMPLER_NAMES, SAMPLERS, GenerateConfig, check_side
+from .config import GenerateConfig, check_side
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import (RECORD_KEY, LearnedEmbedding, ModelSpecWarning, diffusers_file, load_embedding,
@@ -42,6 +42,7 @@ from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_sk
                      encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
+from .samplers import scheduler_for, webui_names
 from .tokens import add_tokens, check_new_token, expand_prompt, scratch_tokens, token_names, tokenizer_copy
 
 DEFAULT_STEPS = 25
@@ -197,7 +198,7 @@ def render(
     height: int | None = None,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
-    `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `sampling_scheduler`), reading
+    `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
     the text encoder's layer `clip_skip` from the end (`models.encode_text`), `width` x `height` pixels (each by
     default `resolution`, by default the model's own size).
 
@@ -242,11 +243,15 @@ def render(
     masking = _length_mask(pipe, own, own_negative, chunks) if set(own + [own_negative]) != {chunks} else None
     was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
-    pipe.scheduler = sampling_scheduler(own_scheduler, sampler)
+    pipe.scheduler = scheduler_for(own_scheduler, sampler, seeds)
     try:
         # the generators also draw an ancestral sampler's noise at each step (euler_a): a seed gives its picture
-        result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
-                      latents=latents, generator=generators, output_type="pil")
+        with warnings.catch_warnings():
+            # DPM++ SDE's Brownian tree (torchsde) is asked for noise at its own top sigma, read back in float32 a
+            # hair above the float64 it was made with: harmless, and said at every step
+            warnings.filterwarnings("ignore", message=r"Should have t[ab]<=t1", category=UserWarning)
+            result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
+                          latents=latents, generator=generators, output_type="pil")
     finally:
         if masking is not None:
             masking.remove()
@@ -320,55 +325,6 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
     return dict(callback_on_step_end=switch, callback_on_step_end_tensor_inputs=names)
 
 
-def sampling_scheduler(scheduler, sampler: str):
-    """The diffusers scheduler for an A1111 sampler name, made from the model's own scheduler's config, so it keeps
-    the model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler.
-
-    >>> sampling_scheduler(model.pipeline.scheduler, "dpm2_a_karras")  # doctest: +SKIP
-    KDPM2AncestralDiscreteScheduler {... "use_karras_sigmas": true ...}
-    """
-    import diffusers
-
-    if sampler == "default":
-        return scheduler
-    name, options = {
-        "euler": ("EulerDiscreteScheduler", {}),
-        "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-        "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-        "dpm++2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
-                                                           "use_karras_sigmas": True}),
-        "ddim": ("DDIMScheduler", {}),
-        "unipc": ("UniPCMultistepScheduler", {}),
-        "heun": ("HeunDiscreteScheduler", {}),  # Karras et al. 2022, Algorithm 1: two UNet calls a step
-        "dpm2": ("KDPM2DiscreteScheduler", {}),  # k-diffusion's sample_dpm_2 (DPM-Solver-2 on sigmas)
-        "dpm2_a": ("KDPM2AncestralDiscreteScheduler", {}),
-        "dpm2_karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}),
-        "dpm2_a_karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}),
-        # pseudo linear multistep (Liu et al. 2022) without PNDM's Runge-Kutta warm-up, as the web UI's PLMS
-        "plms": ("PNDMScheduler", {"skip_prk_steps": True}),
-        "dpm++2s": ("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    }.get(sampler, (None, None))
-    if name is None:
-        raise ConfigError(f"--sampler {sampler!r} is not one of: {', '.join(SAMPLERS)}")
-    cls = getattr(diffusers, name)
-    # the sigma spacing is the sampler's: a model whose scheduler config ships Karras (or exponential, beta) spacing
-    # would otherwise draw "euler" with it, recorded as plain Euler
-    takes = inspect.signature(cls.__init__).parameters
-    spacing = {k: False for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if k in takes}
-    made = cls.from_config(scheduler.config, **{**spacing, **options})
-    if scheduler.config.get("rescale_betas_zero_snr"):
-        # (from_config keeps a setting the class does not take in its config: what it takes is its __init__'s)
-        if "rescale_betas_zero_snr" not in takes:
-            # diffusers' class has no such option: it would quietly sample SD's unrescaled schedule, not the model's
-            raise ConfigError(f"--sampler {sampler} cannot sample a model with a zero-terminal-SNR noise schedule (as "
-                              f"this one's): diffusers' {name} has none; use euler, euler_a, dpm++2m, ddim or unipc")
-        if options.get("use_karras_sigmas"):
-            # its largest noise level is infinite: Karras spacing puts most steps at the top, on the same timestep
-            raise ConfigError(f"--sampler {sampler} cannot sample a model with a zero-terminal-SNR noise schedule (as "
-                              f"this one's); use {sampler.removesuffix('_karras')}")
-    return made
-
-
 def _check_sampling(model: Model, steps: int, guidance: float) -> None:
     """Refuse what the pipelines take without complaint or fail on mid-call: more steps than the model's training
     timesteps (DDIM/PNDM raise, Euler quietly repeats timesteps and draws noise) and an infinite guidance scale
@@ -405,10 +361,12 @@ def png_text(params: dict[str, str]) -> PngInfo:
     summary = f"{params['prompt']}\n"
     if params.get("negative_prompt"):
         summary += f"Negative prompt: {params['negative_prompt']}\n"
-    labels = {"steps": "Steps", "sampler": "Sampler", "guidance": "CFG scale", "seed": "Seed", "size": "Size",
-              "model": "Model", "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
+    labels = {"steps": "Steps", "sampler": "Sampler", "schedule": "Schedule type", "guidance": "CFG scale",
+              "seed": "Seed", "size": "Size", "model": "Model",
+              "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
               "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
-    values = {**params, "sampler": A1111_SAMPLER_NAMES.get(params.get("sampler")),
+    sampler, schedule = webui_names(params.get("sampler", "default")) or (None, None)
+    values = {**params, "sampler": sampler, "schedule": schedule,
               "clip_skip": params["clip_skip"] if int(params.get("clip_skip", 1)) > 1 else None}
     summary += ", ".join(f"{label}: {_infotext_value(values[k])}" for k, label in labels.items()
                          if values.get(k) is not None)

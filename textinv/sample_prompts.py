@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import KOHYA_SAMPLERS, SAMPLERS, check_seed, check_side
+from .config import check_seed, check_side
 from .errors import ConfigError, backslash_note
+from .samplers import KOHYA, KOHYA_OTHERS, SAMPLERS, check_installed
 
 SUFFIXES = (".txt", ".toml", ".json")  # (kohya's: it tells the three forms apart by these, and reads no other)
 
@@ -74,9 +75,6 @@ REFUSED = {  # (kohya's option, kohya's key): why textinv cannot draw the pictur
     ("cn", "controlnet_image"): "a ControlNet's picture, and textinv draws its grids without a ControlNet",
     ("i", "image"): "an inpainting model's source picture, and textinv learns words for text-to-image models",
 }
-
-OTHER_SAMPLERS = ("ddpm", "pndm", "lms", "k_lms", "dpmsolver")  # kohya's, which textinv does not have
-
 
 @dataclass(frozen=True)
 class SamplePrompt:
@@ -302,13 +300,13 @@ def _checked(name: str, value, where: str):
         return value
     if name == "sampler":
         sampler = str(value).strip().lower() if isinstance(value, str) else value
+        sampler = KOHYA.get(sampler, sampler)
         if sampler in SAMPLERS:
+            check_installed(sampler, where)
             return sampler
-        if sampler in KOHYA_SAMPLERS:
-            return KOHYA_SAMPLERS[sampler]
-        which = "kohya's sampler" if sampler in OTHER_SAMPLERS else "no sampler textinv knows"
-        raise ConfigError(f"{where} {value!r} is {which}; use one of: {', '.join(KOHYA_SAMPLERS)} (kohya's names), "
-                          f"{', '.join(s for s in SAMPLERS if s not in KOHYA_SAMPLERS)} (textinv's), or leave it out "
+        which = "kohya's sampler" if sampler in KOHYA_OTHERS else "no sampler textinv knows"
+        raise ConfigError(f"{where} {value!r} is {which}; use one of: {', '.join(KOHYA)} (kohya's names), "
+                          f"{', '.join(s for s in SAMPLERS if s not in KOHYA)} (textinv's), or leave it out "
                           f"for the model's own")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (name != "guidance"
                                                                           and not isinstance(value, int)):

@@ -50,6 +50,7 @@ from .data import PROPERTIES, load_image, picture_set
 from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
 from .hub import hub_reference
+from .samplers import check_installed
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        handed_back, install_embedding, png_text, render)
 from .io import absolute, atomic_path, make_folder, write_json, write_text
@@ -136,6 +137,7 @@ class ScoreConfig:
         if not Path(self.embedding).exists() and hub_reference(self.embedding) is None:
             raise ConfigError(f"--embedding {self.embedding} does not exist")
         check_choices(self)
+        check_installed(self.sampler)
         if not isinstance(self.n, int) or self.n < 1:
             raise ConfigError(f"-n must be a whole number >= 1, got {self.n!r}")
         check_seed(self.seed, self.n)  # (picture i uses seed + i)

@@ -56,6 +56,7 @@ from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STE
                          check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder, load_checkpoint,
                          moved_places, newest_checkpoint, prepare_output, run_lock, save_checkpoint, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
+from .samplers import scheduler_for
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
                      init_vectors, scratch_tokens, split_words, token_names)
@@ -744,6 +745,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
     if config.sample_every:  # (now, not at the first grid: the sampler refuses them there)
         check_steps(model, config.sample_steps, "--sample-steps")
+        for shot in map(as_sample, config.sample_prompts):  # (a sampler this model's schedule refuses, likewise)
+            try:
+                scheduler_for(model.pipeline.scheduler, shot.sampler or "default")
+            except ConfigError as e:
+                raise ConfigError(f"--sample-prompts {shot.prompt!r}: {e}") from None
     # a model that says its own words for the property (the bundled shapes model knows neither "object" nor the
     # paper's templates' words) gives the init and templates the user left out
     own = model.prompting.get(config.property, {})

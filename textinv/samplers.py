@@ -1,0 +1,200 @@
+"""The samplers `generate`, `score` and training's sample grids draw with: textinv's names for them, the web UI's
+and kohya's names for the same, and the diffusers scheduler each is made as (`scheduler_for`).
+
+A name is a base sampler ("dpm++2m") or a base and its sigma schedule ("dpm++2m_karras"). The web UI (1.9 on) writes
+the two apart, `Sampler: DPM++ 2M, Schedule type: Karras`, and reads its older one-name form, "DPM++ 2M Karras", as
+the same; `webui_names` and `from_webui` translate both ways. Its "Automatic" schedule is each sampler's own choice
+(Karras for DPM++ 2M, Exponential for the SDE ones, the model's own spacing for Euler), so a picture drawn on the
+model's spacing with a sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
+
+Two bases need a package diffusers does not install: `lms` (and every `_beta` schedule) SciPy, `dpm++sde` torchsde
+(`pip install 'textinv[samplers]'` adds both); a name whose package is missing is refused when it is read
+(`check_installed`), not at the first picture.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from typing import NamedTuple
+
+from .errors import ConfigError
+
+
+class Base(NamedTuple):
+    label: str | None  # the web UI's name for it; None: the web UI has no such sampler
+    cls: str  # the diffusers scheduler it is made as
+    options: dict  # with these settings over the model's scheduler config
+    automatic: str = ""  # the schedule the web UI's "Automatic" gives it ("": the model's own spacing)
+    spaced: bool = False  # takes a sigma schedule (`SCHEDULES`): the web UI's k-diffusion samplers that diffusers has
+    needs: str = ""  # a package diffusers needs for it
+
+
+_DPM = "DPMSolverMultistepScheduler"
+BASES = {
+    "euler": Base("Euler", "EulerDiscreteScheduler", {}, spaced=True),
+    "euler_a": Base("Euler a", "EulerAncestralDiscreteScheduler", {}),  # (diffusers' takes no sigma schedule)
+    "dpm++2m": Base("DPM++ 2M", _DPM, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "karras", True),
+    "dpm++2m_sde": Base("DPM++ 2M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+                        "exponential", True),
+    "dpm++2m_sde_heun": Base("DPM++ 2M SDE Heun", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                                                         "solver_type": "heun"}, "exponential", True),
+    "dpm++3m_sde": Base("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+                        "exponential", True),
+    "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde"),
+    "ddim": Base("DDIM", "DDIMScheduler", {}),
+    "ddpm": Base("DDPM", "DDPMScheduler", {}),
+    "unipc": Base("UniPC", "UniPCMultistepScheduler", {}),
+    "heun": Base("Heun", "HeunDiscreteScheduler", {}, spaced=True),  # Karras et al. 2022, Algorithm 1
+    "dpm2": Base("DPM2", "KDPM2DiscreteScheduler", {}, "karras", True),  # k-diffusion's sample_dpm_2
+    "dpm2_a": Base("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "karras", True),
+    # pseudo linear multistep (Liu et al. 2022) without PNDM's Runge-Kutta warm-up, as the web UI's PLMS
+    "plms": Base("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
+    # the web UI's "DPM++ 2S a" is ancestral, diffusers' single-step DPM-Solver++ is not: no web UI name
+    "dpm++2s": Base(None, "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "lms": Base("LMS", "LMSDiscreteScheduler", {}, spaced=True, needs="scipy"),
+}
+# a sigma schedule: (the web UI's "Schedule type", the diffusers flag that gives it)
+SCHEDULES = {"karras": ("Karras", "use_karras_sigmas"), "exponential": ("Exponential", "use_exponential_sigmas"),
+             "beta": ("Beta", "use_beta_sigmas")}  # (the web UI's Beta at its default alpha = beta = 0.6)
+
+_PARTS = {name: (name, "") for name in BASES} | {
+    f"{name}_{schedule}": (name, schedule) for name, base in BASES.items() if base.spaced for schedule in SCHEDULES}
+SAMPLERS = ("default", *_PARTS)
+"""Every --sampler name; "default" is the model's own scheduler, as it is."""
+
+# kohya's sampler names (its --sample_sampler and gen_img's --sampler choices, `get_my_scheduler`) that textinv
+# has, as textinv names them. Not its pndm (PNDM with Runge-Kutta warm-up steps, not the web UI's PLMS) nor its
+# dpmsolver (DPM-Solver's first version, which diffusers is retiring)
+KOHYA = {"ddim": "ddim", "ddpm": "ddpm", "euler": "euler", "k_euler": "euler", "euler_a": "euler_a",
+         "k_euler_a": "euler_a", "dpmsolver++": "dpm++2m",  # (DPMSolverMultistep, dpmsolver++, order 2)
+         "heun": "heun", "dpm_2": "dpm2", "k_dpm_2": "dpm2", "dpm_2_a": "dpm2_a", "k_dpm_2_a": "dpm2_a",
+         "lms": "lms", "k_lms": "lms",
+         "dpmsingle": "dpm++2s"}  # (DPMSolverSinglestep's defaults: dpmsolver++, order 2)
+KOHYA_OTHERS = ("pndm", "dpmsolver")  # kohya's, which textinv does not have
+
+
+def webui_names(name: str) -> tuple[str, str | None] | None:
+    """The web UI's `Sampler` and `Schedule type` for sampler `name` (None: not written), or None when the web UI
+    has no such sampler (the model's own, "default", has no name there either).
+
+    >>> webui_names("dpm++2m_karras"), webui_names("dpm++2m"), webui_names("euler_a")
+    (('DPM++ 2M', 'Karras'), ('DPM++ 2M', 'Uniform'), ('Euler a', None))
+    """
+    base, schedule = _PARTS.get(name, (None, ""))
+    if base is None or BASES[base].label is None:
+        return None
+    if schedule:
+        return BASES[base].label, SCHEDULES[schedule][0]
+    # the web UI's "Automatic" (what it reads when no schedule is written) would give this sampler its own choice
+    return BASES[base].label, "Uniform" if BASES[base].automatic else None
+
+
+def from_webui(sampler: str, schedule: str | None) -> str | None:
+    """textinv's name for the web UI's `Sampler` and `Schedule type` (None when its text has none), or None when
+    textinv has no such sampler. No schedule is the model's spacing, as before the web UI had the setting; its
+    sampler may carry the schedule in its name, as then ("DPM++ 2M Karras"); "Automatic" is the sampler's own.
+
+    >>> from_webui("DPM++ 2M", "Karras"), from_webui("DPM++ 2M Karras", None), from_webui("DPM++ 2M", "Automatic")
+    ('dpm++2m_karras', 'dpm++2m_karras', 'dpm++2m_karras')
+    >>> from_webui("DPM++ 2M", None), from_webui("DPM++ 2M", "Uniform"), from_webui("Euler a", "Karras")
+    ('dpm++2m', 'dpm++2m', None)
+    """
+    sampler, schedule = sampler.strip(), (schedule or "").strip()
+    for key, (label, _) in SCHEDULES.items():  # the one-name form: its schedule is the name's
+        if sampler.lower().endswith(" " + label.lower()):
+            sampler, schedule = sampler[:-len(label) - 1].strip(), label
+    base = next((name for name, b in BASES.items() if b.label and b.label.lower() == sampler.lower()), None)
+    if base is None:
+        return None
+    if schedule.lower() == "automatic":
+        schedule = BASES[base].automatic
+    elif schedule.lower() in ("", "uniform"):
+        schedule = ""
+    else:
+        schedule = next((key for key, (label, _) in SCHEDULES.items() if label.lower() == schedule.lower()), None)
+        if schedule is None:  # (SGM Uniform, Align Your Steps, ...: diffusers has none of them)
+            return None
+    name = f"{base}_{schedule}" if schedule else base
+    return name if name in _PARTS else None
+
+
+def _webui_spellings() -> dict[str, str]:
+    """The web UI's one-name form of every sampler textinv has, lowercase: "dpm++ 2m karras" -> dpm++2m_karras."""
+    spellings = {}
+    for name in _PARTS:
+        names = webui_names(name)
+        if names:
+            sampler, schedule = names
+            spellings[(sampler if schedule in (None, "Uniform") else f"{sampler} {schedule}").lower()] = name
+    return spellings
+
+
+# --sampler as textinv, the web UI ("Euler a", "DPM++ 2M Karras") and kohya (k_euler_a) spell it, in any case: the
+# same scheduler under each name, so a name copied from those tools draws as there (`config.spelled`)
+SPELLINGS = {**{name: name for name in SAMPLERS}, **KOHYA, **_webui_spellings()}
+HELP = (f"sampling method: default (the model's own scheduler), {', '.join(BASES)}; a k-diffusion one "
+        f"({', '.join(n for n, b in BASES.items() if b.spaced)}) also with a sigma schedule after it: _karras, "
+        f"_exponential or _beta (dpm++2m_karras); the web UI's names ('Euler a', 'DPM++ 2M SDE Karras') and "
+        f"kohya's (k_euler_a, k_dpm_2, dpmsingle) are taken as these")
+
+
+def needed_package(name: str) -> str:
+    """The package diffusers needs to make sampler `name` ("" for none): SciPy for LMS and the Beta schedule,
+    torchsde for DPM++ SDE."""
+    base, schedule = _PARTS.get(name, (None, ""))
+    return (BASES[base].needs if base else "") or ("scipy" if schedule == "beta" else "")
+
+
+def check_installed(name: str, flag: str = "--sampler") -> None:
+    """Refuse sampler `name` when a package it needs is missing, naming `flag` and the install command."""
+    package = needed_package(name)
+    if package and importlib.util.find_spec(package) is None:
+        base = _PARTS[name][0]
+        raise ConfigError(f"{flag} {name} needs the {package} package (diffusers' {BASES[base].cls} uses it"
+                          + (", as the Beta schedule does" if package == "scipy" and base != "lms" else "")
+                          + f"): pip install {package} (or pip install 'textinv[samplers]', which adds SciPy and "
+                            f"torchsde), or choose another sampler")
+
+
+def scheduler_for(scheduler, name: str, seeds: list[int] | None = None):
+    """The diffusers scheduler for sampler `name`, made from the model's own scheduler's config, so it keeps the
+    model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler. `seeds`
+    (the pictures' seeds, in the batch's order) seed DPM++ SDE's Brownian noise, one tree a picture, so a seed
+    draws its picture at any batch size.
+
+    >>> scheduler_for(model.pipeline.scheduler, "dpm2_a_karras")  # doctest: +SKIP
+    KDPM2AncestralDiscreteScheduler {... "use_karras_sigmas": true ...}
+    """
+    import diffusers
+
+    if name == "default":
+        return scheduler
+    if name not in _PARTS:
+        raise ConfigError(f"--sampler {name!r} is not one of: {', '.join(SAMPLERS)}")
+    check_installed(name)
+    base, schedule = _PARTS[name]
+    cls = getattr(diffusers, BASES[base].cls)
+    # the sigma spacing is the sampler's: a model whose scheduler config ships Karras (or exponential, beta) spacing
+    # would otherwise draw "euler" with it, recorded as plain Euler
+    takes = inspect.signature(cls.__init__).parameters
+    spacing = {flag: key == schedule for key, (_, flag) in SCHEDULES.items() if flag in takes}
+    options = dict(BASES[base].options)
+    if "noise_sampler_seed" in takes:  # (without seeds, a random tree: not one a seed remakes)
+        options["noise_sampler_seed"] = list(seeds) if seeds is not None else None
+    made = cls.from_config(scheduler.config, **{**spacing, **options})
+    if scheduler.config.get("rescale_betas_zero_snr"):
+        # (from_config keeps a setting the class does not take in its config: what it takes is its __init__'s)
+        if "rescale_betas_zero_snr" not in takes:
+            # diffusers' class has no such option: it would quietly sample SD's unrescaled schedule, not the model's
+            able = [n for n, b in BASES.items()
+                    if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, b.cls).__init__).parameters]
+            raise ConfigError(f"--sampler {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
+                              f"this one's): diffusers' {cls.__name__} has none; use {', '.join(able[:-1])} or "
+                              f"{able[-1]}")
+        if schedule:
+            # its largest noise level is infinite: a sigma schedule puts most steps at the top, on the same timestep
+            # (or takes the logarithm of infinity)
+            raise ConfigError(f"--sampler {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
+                              f"this one's); use {base}")
+    return made
