@@ -1053,3 +1053,25 @@ def test_a_diffusers_models_part_given_as_an_embedding_points_at_the_models_fold
     with pytest.raises(FormatError, match=rf"this is the {part} of a diffusers model .*not an embedding: pass the "
                                           rf"model's folder \(the one with model_index.json\) as --model"):
         load_embedding(path)
+
+
+def test_a_token_stored_decomposed_is_read_composed_and_found_in_the_prompt(sd1_dir, tmp_path):
+    """A token saved in NFD (a name typed into a macOS file name, or from a tool that keeps it so) drew the same as
+    its NFC form, CLIP's tokenizer composing both, but `generate` warned it was "in no --prompt" and two files of the
+    one name were two tokens: a token is composed when read."""
+    import unicodedata
+
+    from textinv.config import GenerateConfig
+    from textinv.generate import generate
+
+    composed = "<caf\u00e9>"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    path = tmp_path / "e.safetensors"  # (diffusers' file: the token is its key, written as it was given)
+    save_file({decomposed: torch.randn(32)}, str(path))
+    assert load_embedding(path).token == composed
+    assert LearnedEmbedding(decomposed, {"text_encoder": torch.randn(1, 32)}).token == composed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(GenerateConfig(prompt=[f"a photo of {composed}"], embedding=[str(path)], n=1, steps=1,
+                                model=str(sd1_dir), out=str(tmp_path / "r")), progress=False)

@@ -46,6 +46,7 @@ import json
 import os
 import pickle
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,9 @@ class LearnedEmbedding:
     def __post_init__(self):
         if not isinstance(self.token, str) or not self.token.strip():
             raise FormatError(f"the token must be a non-empty string, got {self.token!r}")
+        # composed (NFC), as CLIP's tokenizers read text: a token stored decomposed (macOS file names are) draws the
+        # same, but compared with the prompt's words it was "in no prompt", and two forms of one name were two tokens
+        self.token = unicodedata.normalize("NFC", self.token)
         if not isinstance(self.vectors, Mapping) or not self.vectors:
             raise FormatError(f"vectors must map text-encoder names {TEXT_ENCODERS} to tensors, got {self.vectors!r}")
         unknown = [name for name in self.vectors if name not in TEXT_ENCODERS]
