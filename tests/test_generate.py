@@ -1403,7 +1403,9 @@ def test_again_refuses_a_picture_without_settings_and_an_a1111_embedding_png(tmp
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
     (emb,) = save_embedding(LearnedEmbedding("<e>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "e.png",
                             "a1111-png")
-    cases = [("plain.png", r"plain.png holds no generation settings"),
+    cases = [("plain.png", r"plain.png holds no generation settings \(no textinv record, no A1111 'parameters' "
+                           r"text, no ComfyUI 'prompt' graph, no EXIF UserComment\): give a picture that textinv, "
+                           r"the web UI or ComfyUI drew"),
              ("photo.jpg", r"photo.jpg holds no generation settings"),
              ("e.png", r"e.png is an A1111 embedding .*: load it with --embedding .*e.png"),
              ("gone.png", r"gone.png: no such file")]
@@ -1414,6 +1416,280 @@ def test_again_refuses_a_picture_without_settings_and_an_a1111_embedding_png(tmp
     assert "textinv generate: error: --again" in capsys.readouterr().err
     assert main(["generate", "--again", str(emb), "--config", str(tmp_path / "c.yaml")]) == 2
     assert "give the ones to change as flags" in capsys.readouterr().err
+
+
+# --- generate --again: a ComfyUI picture, from the graph in its 'prompt' text ----------------------------------------
+
+
+def _comfy_graph():
+    """ComfyUI's default text-to-image graph in its API format, as it saves it in a PNG's 'prompt' text: {node id:
+    {class_type, inputs}}, an input another node gives being [node id, output index]."""
+    return {
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": 1234, "steps": 2, "cfg": 6.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0,
+            "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15/v1-5-pruned-emaonly.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 24, "height": 16, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a (red:1.2) cat embedding:zz", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+    }
+
+
+def _comfy_picture(path, graph, size=(24, 16)):
+    """A PNG as ComfyUI saves one: its graph as the 'prompt' text, the editor's layout as 'workflow'."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("prompt", graph if isinstance(graph, str) else json.dumps(graph))
+    info.add_text("workflow", json.dumps({"nodes": [], "links": [], "version": 0.4}))
+    Image.new("RGB", size).save(path, pnginfo=info)
+    return path
+
+
+def _notes(path, flags):
+    """The settings --again reads from `path` with `flags`, and the warnings it gives (the picture's path left out)."""
+    from textinv.again import again_config
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config, _ = again_config(path, flags)
+    return config, [str(w.message).replace(str(path), "PICTURE") for w in caught]
+
+
+def test_again_draws_a_comfyui_picture_from_its_graph_once_the_model_is_given(sd1_dir, tmp_path, capsys):
+    """ComfyUI keeps a picture's settings as its graph (the PNG's 'prompt' text), which --again did not read ("holds
+    no generation settings"). The sampler's seed, steps, cfg, sampler and scheduler, the prompts its links reach, the
+    empty latent's size are drawn; the checkpoint, which no name finds, is asked for by --model."""
+    import json
+
+    from textinv.again import again_config
+    from textinv.cli import main
+
+    emb = save_embedding(LearnedEmbedding("<zz>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "zz.safetensors")[0]
+    picture = _comfy_picture(tmp_path / "ComfyUI_00001_.png", _comfy_graph())
+    assert main(["generate", "--again", str(picture), "--out", str(tmp_path / "r")]) == 2
+    assert re.search(r"ComfyUI_00001_.png was drawn by ComfyUI \(checkpoint sd15/v1-5-pruned-emaonly.safetensors\); "
+                     r"textinv cannot find a model by ComfyUI's name: give it with --model", capsys.readouterr().err)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (nothing in this graph goes unapplied)
+        again_config(picture, {"model": str(sd1_dir)})
+    assert main(["generate", "--again", str(picture), "--model", str(sd1_dir), "--embedding", str(emb),
+                 "--out", str(tmp_path / "r")]) == 0
+    (drawn,) = (tmp_path / "r").iterdir()
+    settings = json.loads(Image.open(drawn).text["textinv_settings"])["settings"]
+    assert settings["prompt"] == ["a (red:1.2) cat <zz>"]  # (ComfyUI's embedding:zz, as generate records it)
+    assert (settings["negative_prompt"], settings["seed"], settings["steps"], settings["guidance"]) == (
+        "blurry", 1234, 2, 6.5)
+    assert (settings["width"], settings["height"], settings["sampler"], settings["clip_skip"]) == (
+        24, 16, "dpm++2m_karras", 1)
+    assert Image.open(drawn).size == (24, 16)
+    # flags beside it override what the graph says, the rest is kept
+    config, said = _notes(picture, {"model": str(sd1_dir), "seed": 9, "steps": 1, "sampler": "euler",
+                                    "prompt": ["a dog"]})
+    assert (config.seed, config.steps, config.sampler, config.prompt) == (9, 1, "euler", ["a dog"])
+    assert (config.guidance, config.negative_prompt, config.width, config.height) == (6.5, "blurry", 24, 16)
+
+
+def test_again_reads_clip_skip_loras_and_a_batch_from_a_comfyui_graph_and_names_what_it_cannot_apply(sd1_dir,
+                                                                                                       tmp_path):
+    """CLIPSetLastLayer is clip skip; each LoraLoader is a tag in the prompt, at the strengths ComfyUI applied; a
+    picture of a batch, a VAE of its own and a ControlNet are said, the last as not applied."""
+    graph = _comfy_graph()
+    graph.update({
+        "10": {"class_type": "CLIPSetLastLayer", "inputs": {"stop_at_clip_layer": -2, "clip": ["4", 1]}},
+        "11": {"class_type": "LoraLoader", "inputs": {"lora_name": "styles\\ghibli.safetensors", "strength_model": 0.8,
+                                                      "strength_clip": 0.8, "model": ["4", 0], "clip": ["10", 0]}},
+        "12": {"class_type": "LoraLoader", "inputs": {"lora_name": "film.safetensors", "strength_model": 1.0,
+                                                      "strength_clip": 0.5, "model": ["11", 0], "clip": ["11", 1]}},
+        "13": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "canny.safetensors"}},
+        "14": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}},
+        "15": {"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["13", 0],
+                                                           "image": ["14", 0], "strength": 1.0}},
+        "16": {"class_type": "VAELoader", "inputs": {"vae_name": "vae-ft-mse-840000.safetensors"}},
+    })
+    graph["3"]["inputs"].update(model=["12", 0], positive=["15", 0])
+    graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["12", 1]
+    graph["5"]["inputs"]["batch_size"] = 4
+    graph["8"]["inputs"]["vae"] = ["16", 0]
+    config, said = _notes(_comfy_picture(tmp_path / "c.png", graph), {"model": str(sd1_dir)})
+    assert config.clip_skip == 2
+    assert config.prompt == ["a (red:1.2) cat embedding:zz <lora:ghibli:0.8> <lora:film:0.5:1>"]
+    assert any(s.startswith("PICTURE: its LoRAs are drawn by the tags <lora:ghibli:0.8> <lora:film:0.5:1> added to "
+                            "its prompt") and "--lora-dir" in s for s in said)
+    assert "PICTURE is one of a batch of 4 (EmptyLatentImage node 5): ComfyUI draws a batch's noise from one seed, " \
+           "so the seed draws the batch's first picture again; the others have no seed of their own" in said
+    assert any("ComfyUI's VAE vae-ft-mse-840000.safetensors (VAELoader node 16), not its checkpoint's: give it with "
+               "--vae" in s for s in said)
+    assert [s for s in said if "not applied" in s] == [
+        "PICTURE: not applied from its ComfyUI graph: ControlNetLoader node 13, LoadImage node 14, ControlNetApply "
+        "node 15 (textinv draws with the model, prompts, LoRAs and VAE alone), so the redraw is without them"]
+    # a LoRA only on the model (LoraLoaderModelOnly) is drawn on the UNet alone; SDXL's two prompts: text_g, said
+    graph["11"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "ghibli.safetensors",
+                                                                   "strength_model": 0.7, "model": ["4", 0]}}
+    graph["12"]["inputs"]["clip"] = ["10", 0]
+    graph["6"] = {"class_type": "CLIPTextEncodeSDXL", "inputs": {
+        "text_g": "a cat", "text_l": "a cat, film grain", "clip": ["12", 1], "width": 1024, "height": 1024,
+        "crop_w": 0, "crop_h": 0, "target_width": 1024, "target_height": 1024}}
+    config, said = _notes(_comfy_picture(tmp_path / "c.png", graph), {"model": str(sd1_dir)})
+    assert config.prompt == ["a cat <lora:ghibli:0:0.7> <lora:film:0.5:1>"]
+    assert "PICTURE: its CLIPTextEncodeSDXL node 6 gives SDXL's CLIP-G the positive prompt 'a cat' and CLIP-L " \
+           "'a cat, film grain'; textinv gives both encoders one prompt: its text_g" in said
+
+
+def test_again_reads_the_sampler_a_comfyui_picture_comes_from_of_several(sd1_dir, tmp_path):
+    """A hires fix: a first KSampler, its latent upscaled, a second KSampler over it at denoise 0.5, which the saved
+    picture comes from. That one is read (its size the upscaled one), the first named; drawing from noise said. Of
+    two saved pictures (the first pass's too), the one whose size is the picture's."""
+    graph = _comfy_graph()
+    graph.update({
+        "10": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact",
+                                                           "scale_by": 2.0}},
+        "11": {"class_type": "KSampler", "inputs": {
+            "seed": 77, "steps": 3, "cfg": 5.0, "sampler_name": "euler_ancestral", "scheduler": "normal",
+            "denoise": 0.5, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["10", 0]}},
+        "12": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "13": {"class_type": "PreviewImage", "inputs": {"images": ["12", 0]}},  # (the first pass, looked at)
+    })
+    graph["8"]["inputs"]["samples"] = ["11", 0]
+    config, said = _notes(_comfy_picture(tmp_path / "hires.png", graph, (48, 32)), {"model": str(sd1_dir)})
+    assert (config.seed, config.steps, config.guidance, config.sampler) == (77, 3, 5.0, "euler_a")
+    assert (config.width, config.height, config.prompt) == (48, 32, ["a (red:1.2) cat embedding:zz"])
+    assert "PICTURE: its ComfyUI graph has other samplers than KSampler node 11, which the saved picture comes " \
+           "from and which is read: KSampler node 3: seed 1234, 2 steps (not applied)" in said
+    assert any(s.startswith("PICTURE was drawn by ComfyUI's KSampler node 11 with denoise 0.5: it refined a picture "
+                            "it was given") and "textinv draws it from noise (text to image)" in s for s in said)
+    assert any("not applied from its ComfyUI graph: LatentUpscaleBy node 10 " in s for s in said)
+    # both passes saved: the picture's size tells which it is
+    graph["13"]["class_type"] = "SaveImage"
+    for size, seed in (((24, 16), 1234), ((48, 32), 77)):
+        config, said = _notes(_comfy_picture(tmp_path / "two.png", graph, size), {"model": str(sd1_dir)})
+        assert config.seed == seed
+        assert any("its ComfyUI graph saves the pictures of 2 samplers; read as" in s for s in said)
+    # img2img: the latent is a picture's (VAEEncode), so its size is the saved picture's, the decoder's own
+    graph = _comfy_graph()
+    graph.update({"10": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+                  "11": {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}})
+    graph["3"]["inputs"].update(latent_image=["11", 0], denoise=0.6)
+    config, said = _notes(_comfy_picture(tmp_path / "img2img.png", graph, (40, 24)), {"model": str(sd1_dir)})
+    assert (config.width, config.height) == (40, 24)
+    assert any("KSampler node 3 with denoise 0.6: it refined a picture it was given (img2img" in s for s in said)
+    assert any("not applied from its ComfyUI graph: LoadImage node 10, VAEEncode node 11 " in s for s in said)
+    # KSamplerAdvanced: its noise_seed; one that ran only some of its steps (an SDXL refiner's) is said to
+    graph = _comfy_graph()
+    inputs = graph["3"]["inputs"]
+    del inputs["seed"], inputs["denoise"]
+    inputs.update(noise_seed=55, add_noise="enable", start_at_step=0, end_at_step=10000,
+                  return_with_leftover_noise="disable")
+    graph["3"]["class_type"] = "KSamplerAdvanced"
+    config, said = _notes(_comfy_picture(tmp_path / "adv.png", graph), {"model": str(sd1_dir)})
+    assert (config.seed, config.steps, said) == (55, 2, [])
+    inputs.update(start_at_step=1, add_noise="disable")
+    config, said = _notes(_comfy_picture(tmp_path / "adv.png", graph), {"model": str(sd1_dir)})
+    assert any(s.startswith("PICTURE was drawn by ComfyUI's KSamplerAdvanced node 3 from step 1 to 10000 of 2 "
+                            "without adding noise: it refined a picture it was given") for s in said)
+
+
+def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_lacks(sd1_dir, tmp_path, monkeypatch):
+    """ComfyUI's sampler and scheduler are one of textinv's samplers, named base + schedule; a pair textinv does not
+    have is asked for by --sampler, naming both. A pair is taken as soon as textinv's SAMPLERS has it."""
+    import textinv.again
+    from textinv.again import read_picture
+
+    def read(sampler_name, scheduler):
+        graph = _comfy_graph()
+        graph["3"]["inputs"].update(sampler_name=sampler_name, scheduler=scheduler)
+        return read_picture(_comfy_picture(tmp_path / "s.png", graph))
+
+    for pair, ours in [(("euler", "normal"), "euler"), (("euler_ancestral", "simple"), "euler_a"),
+                       (("dpmpp_2m", "normal"), "dpm++2m"), (("dpm_2_ancestral", "karras"), "dpm2_a_karras"),
+                       (("heun", "sgm_uniform"), "heun"), (("ddim", "ddim_uniform"), "ddim"),
+                       (("uni_pc_bh2", "normal"), "unipc")]:
+        assert read(*pair).settings["sampler"] == ours, pair
+    for pair in [("dpmpp_2s_ancestral", "normal"), ("ddim", "karras"), ("euler", "kl_optimal")]:
+        assert "sampler" not in read(*pair).settings
+    path = tmp_path / "s.png"
+    with pytest.raises(ConfigError, match=r"s.png was drawn with ComfyUI's sampler 'euler' and scheduler 'kl_optimal' "
+                                          r"\(KSampler node 3\), which textinv does not have: choose one with "
+                                          r"--sampler \(euler, euler_a, .*or default\)"):
+        textinv.again.again_config(path, {"model": str(sd1_dir)})
+    assert textinv.again.again_config(path, {"model": str(sd1_dir), "sampler": "euler"})[0].sampler == "euler"
+    # a sampler textinv gains is read without another change here
+    monkeypatch.setattr(textinv.again, "SAMPLERS", tuple(s for s in textinv.again.SAMPLERS if s != "dpm++2m_sde_karras"))
+    assert "sampler" in read("dpmpp_2m_sde_gpu", "karras").needs
+    monkeypatch.setattr(textinv.again, "SAMPLERS", textinv.again.SAMPLERS + ("dpm++2m_sde_karras",))
+    assert read("dpmpp_2m_sde_gpu", "karras").settings["sampler"] == "dpm++2m_sde_karras"
+
+
+def test_again_follows_a_comfyui_prompt_to_a_primitive_and_asks_for_one_it_cannot_read(sd1_dir, tmp_path):
+    """A prompt or seed can come from another node (a Primitive, a string node): followed to its value, and that
+    node is not named as unapplied. A prompt built by a node textinv cannot read (joined strings, a text file) is
+    asked for by its flag, as is a negative that is no text (ComfyUI's ConditioningZeroOut)."""
+    graph = _comfy_graph()
+    graph.update({"20": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a cat from a primitive"}},
+                  "21": {"class_type": "PrimitiveInt", "inputs": {"value": 77}}})
+    graph["6"]["inputs"]["text"] = ["20", 0]
+    graph["3"]["inputs"]["seed"] = ["21", 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config, _ = _notes(_comfy_picture(tmp_path / "p.png", graph), {"model": str(sd1_dir)})
+    assert (config.prompt, config.seed, config.negative_prompt) == (["a cat from a primitive"], 77, "blurry")
+    for source in ({"class_type": "StringConcatenate", "inputs": {"string_a": "a cat", "string_b": "a hat",
+                                                                   "delimiter": ", "}},
+                   {"class_type": "LoadTextFile", "inputs": {"path": "prompts/cat.txt"}}):
+        graph["20"] = source
+        path = _comfy_picture(tmp_path / "p.png", graph)
+        with pytest.raises(ConfigError, match=r"p.png: the positive prompt of its ComfyUI KSampler node 3 is no "
+                                              r"text textinv can read \(the text of its CLIPTextEncode node 6 "
+                                              r"comes from a node textinv cannot read\): give it with --prompt"):
+            _notes(path, {"model": str(sd1_dir)})
+        assert _notes(path, {"model": str(sd1_dir), "prompt": ["a cat"]})[0].prompt == ["a cat"]
+    graph["30"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 0]}}
+    graph["31"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["7", 0],
+                                                                   "conditioning_2": ["6", 0]}}
+    for node, reached in (("30", "ConditioningZeroOut node 30"), ("31", "ConditioningCombine node 31")):
+        graph["3"]["inputs"]["negative"] = [node, 0]
+        path = _comfy_picture(tmp_path / "p.png", graph)
+        with pytest.raises(ConfigError, match=rf"the negative prompt of its ComfyUI KSampler node 3 is no text textinv "
+                                              rf"can read \(it reaches {reached}, not a text encoder textinv can "
+                                              rf"follow it to\): give it with --negative-prompt"):
+            _notes(path, {"model": str(sd1_dir), "prompt": ["a cat"]})
+
+
+def test_again_refuses_a_comfyui_graph_it_cannot_follow_naming_the_file(tmp_path):
+    """A graph whose saved picture comes from no KSampler (a custom sampler), one with no save node, a 'prompt' text
+    that is no JSON and a PNG with ComfyUI's layout alone are refused naming the file and why. A ComfyUI picture
+    given as --embedding is pointed to --again, as the web UI's is."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import read_picture
+    from textinv.formats import load_embedding
+
+    graph = _comfy_graph()
+    graph["3"]["class_type"] = "SamplerCustomAdvanced"
+    with pytest.raises(ConfigError, match=r"c.png: textinv reads the KSampler or KSamplerAdvanced a ComfyUI picture "
+                                          r"comes from, and its saved picture comes from SamplerCustomAdvanced node 3, "
+                                          r"not such a sampler"):
+        read_picture(_comfy_picture(tmp_path / "c.png", graph))
+    del graph["9"]
+    with pytest.raises(ConfigError, match=r"c.png: .*and it has no SaveImage or PreviewImage node"):
+        read_picture(_comfy_picture(tmp_path / "c.png", graph))
+    with pytest.raises(ConfigError, match=r"c.png: its ComfyUI 'prompt' text is not JSON"):
+        read_picture(_comfy_picture(tmp_path / "c.png", '{"3": {"class_type": "KSampler", '))
+    info = PngInfo()
+    info.add_text("workflow", json.dumps({"nodes": [], "links": []}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "layout.png", pnginfo=info)
+    with pytest.raises(ConfigError, match=r"layout.png holds no generation settings .*\(its ComfyUI 'workflow' text "
+                                          r"is the editor's layout: ComfyUI saves the graph it ran beside it, as "
+                                          r"'prompt', which this file lacks\)"):
+        read_picture(tmp_path / "layout.png")
+    with pytest.raises(FormatError, match=r"drawn picture .*textinv generate --again .*drawn\.png"):
+        load_embedding(_comfy_picture(tmp_path / "drawn.png", _comfy_graph()))
 
 
 def test_again_tells_a_training_runs_folder_retrained_since(sd1_dir, tmp_path):

@@ -16,6 +16,16 @@ What a picture's text can hold, and how each is read:
   Model hash, VAE, Hires fix, ...) cannot be applied and is named in a warning; the model must be given (--model),
   and a sampler textinv does not have must be chosen (--sampler).
   The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
+- ComfyUI's graph, its `prompt` text (the API format: {node id: {"class_type", "inputs"}}, an input from another node
+  a link [node id, output index]; its `workflow` text is the editor's layout, not read). From the saved picture its
+  links are followed back through VAEDecode to the KSampler or KSamplerAdvanced it comes from (of several samplers,
+  e.g. a hires fix's two passes, that one; the others are named): its seed, steps, cfg, sampler and scheduler (as
+  textinv's sampler, `comfy_sampler`); the prompts of the CLIPTextEncode nodes its links reach (through pass-through
+  nodes, to a Primitive or string node holding the text; SDXL's text_g); the EmptyLatentImage's size; clip skip from
+  CLIPSetLastLayer; each LoraLoader as a `<lora:...>` tag added to the prompt. A denoise below 1 (img2img), a batch,
+  a VAELoader are said; every other node the picture passed through (ControlNet, upscalers, custom nodes) is named
+  in one warning as not applied. The checkpoint must be given (--model), and a prompt, sampler or value textinv
+  cannot read is asked for by its flag. A graph whose picture comes from no sampler it reads is refused.
 
 An A1111 embedding PNG (an embedding hidden in a picture's `sd-ti-embedding` text) is no drawn picture: it is refused
 with the flag that loads it.
@@ -32,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import GenerateConfig, build, typed_settings
+from .config import SAMPLERS, GenerateConfig, build, typed_settings
 from .emphasis import lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
@@ -56,7 +66,7 @@ class Picture:
     """The settings read from a picture's text, as `GenerateConfig` fields."""
 
     path: Path
-    origin: str  # "textinv" or "a1111"
+    origin: str  # "textinv", "a1111" or "comfyui"
     settings: dict[str, Any]
     batch_seeds: list[int] = field(default_factory=list)  # the seeds drawn in its pipeline call (textinv's record)
     version: str | None = None  # the textinv that drew it
@@ -111,29 +121,35 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
 
 def read_picture(path: str | Path) -> Picture:
     """The settings in a picture's PNG text: textinv's record, else an older textinv's per-key text, else the A1111 web
-    UI's `parameters`; else the web UI's text in its EXIF UserComment (how it saves a JPEG, WebP or AVIF). A file
-    without any of them, an A1111 embedding PNG, and a file that is no picture are refused."""
+    UI's `parameters`, else ComfyUI's graph (its `prompt` text); else the web UI's text in its EXIF UserComment (how it
+    saves a JPEG, WebP or AVIF). A file without any of them, an A1111 embedding PNG, and a file that is no picture are
+    refused."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--again {path}: no such file; give a picture that textinv or the web UI drew")
+        raise ConfigError(f"--again {path}: no such file; give a picture that textinv, the web UI or ComfyUI drew")
     try:
         with Image.open(path) as image:
             text = dict(getattr(image, "text", None) or {})
             comment = exif_comment(image)
+            size = image.size
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ConfigError(f"--again {path}: cannot read it as a picture ({e})") from None
     if PNG_CHUNK in text:
         raise ConfigError(f"--again {path} is an A1111 embedding (an embedding kept in a picture's {PNG_CHUNK!r} "
                           f"text), not a drawn picture's settings: load it with --embedding {path}")
-    # the PNG's text first: it is what textinv and the web UI write there (an EXIF beside it may be a camera's)
+    # the PNG's text first: it is what textinv, the web UI and ComfyUI write there (an EXIF beside it may be a
+    # camera's). The web UI's text before ComfyUI's graph: a ComfyUI node that writes both chose what it wrote there
     if RECORD_KEY in text:
         return _from_record(path, text[RECORD_KEY])
     if "textinv_version" in text and "prompt" in text:
         return _from_old_keys(path, text)
     if "parameters" in text:
         return _from_a1111(path, text["parameters"])
+    graph = comfy_graph(text)
+    if graph is not None:
+        return _from_comfyui(path, graph, size)
     parameters = web_ui_parameters(comment)
     if parameters:
         return _from_a1111(path, parameters)
@@ -141,11 +157,14 @@ def read_picture(path: str | Path) -> Picture:
     if comment:  # a camera's or an editor's comment: no "Steps: .., Seed: .." line
         shown = comment if len(comment) <= 60 else comment[:57] + "..."
         raise ConfigError(f"--again {path}: its EXIF UserComment {shown!r} is not the web UI's generation "
-                          f"parameters (no 'Steps: ..., Seed: ...' line): give a picture that textinv or the web "
-                          f"UI drew")
+                          f"parameters (no 'Steps: ..., Seed: ...' line): give a picture that textinv, the web UI or "
+                          f"ComfyUI drew")
+    layout = (" (its ComfyUI 'workflow' text is the editor's layout: ComfyUI saves the graph it ran beside it, as "
+              "'prompt', which this file lacks)" if "workflow" in text else "")
     raise ConfigError(f"--again {path} holds no generation settings (no textinv record, no A1111 'parameters' text, "
-                      f"no EXIF UserComment): give a picture that textinv or the web UI drew, with its metadata kept "
-                      f"(some editors and sites remove it, and textinv's --metadata none writes none)")
+                      f"no ComfyUI 'prompt' graph, no EXIF UserComment){layout}: give a picture that textinv, the web "
+                      f"UI or ComfyUI drew, with its metadata kept (some editors and sites remove it, and textinv's "
+                      f"--metadata none writes none)")
 
 
 def web_ui_parameters(comment: bytes | None) -> str | None:
@@ -321,6 +340,388 @@ def _size(path: Path, text: str, label: str) -> tuple[str, str]:
     if not sep or not width.strip().isdecimal() or not height.strip().isdecimal():
         raise ConfigError(f"--again {path}: its {label} {text!r} is not WIDTHxHEIGHT (e.g. 512x768)")
     return width.strip(), height.strip()
+
+
+# --- ComfyUI: the API-format graph in the picture's "prompt" text ---------------------------------------------------
+
+# ComfyUI's samplers (KSampler's sampler_name) as textinv's base names, and its schedulers as the suffix that gives a
+# base textinv's spacing of the noise levels; a pair is taken when textinv has it (`SAMPLERS`), else asked for with
+# --sampler (`comfy_sampler`). The _gpu samplers are the same ones drawing their noise on the GPU; uni_pc is UniPC's
+# bh1 variant, diffusers' bh2, as the web UI's UniPC (bh1) is textinv's unipc. Not here: dpmpp_2s_ancestral (textinv's
+# dpm++2s is not ancestral), dpm_fast, dpm_adaptive, lcm, the cfg_pp ones.
+COMFY_SAMPLERS = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2",
+                  "dpm_2_ancestral": "dpm2_a", "lms": "lms", "dpmpp_2m": "dpm++2m", "dpmpp_2m_sde": "dpm++2m_sde",
+                  "dpmpp_2m_sde_gpu": "dpm++2m_sde", "dpmpp_3m_sde": "dpm++3m_sde", "dpmpp_3m_sde_gpu": "dpm++3m_sde",
+                  "dpmpp_sde": "dpm++sde", "dpmpp_sde_gpu": "dpm++sde", "ddim": "ddim", "uni_pc": "unipc",
+                  "uni_pc_bh2": "unipc", "ddpm": "ddpm"}
+# normal, simple, sgm_uniform and ddim_uniform all space the steps evenly in timestep, differing at the ends only, as
+# diffusers' own spacings (leading, trailing, linspace) do: textinv's plain name, on the model's own spacing
+COMFY_SCHEDULES = {"normal": "", "simple": "", "sgm_uniform": "", "ddim_uniform": "", "karras": "_karras",
+                   "exponential": "_exponential", "beta": "_beta"}
+_COMFY_SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
+_COMFY_DECODERS = ("VAEDecode", "VAEDecodeTiled")  # (tiled: the same decoder in pieces, for memory)
+_COMFY_ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner")
+# the nodes whose effect the redraw has, read into its settings or named in a note of their own; any other node the
+# saved picture comes from changes it in a way textinv does not apply, and is named
+# what a node that only holds a value (core's PrimitiveString, a custom string or seed node) calls it
+_COMFY_VALUE_NAMES = {"value", "text", "string", "prompt", "seed", "noise_seed", "int", "float", "number"}
+_COMFY_READ = {"SaveImage", "PreviewImage", *_COMFY_DECODERS, *_COMFY_SAMPLER_NODES, *_COMFY_ENCODERS,
+               "EmptyLatentImage", "CLIPSetLastLayer", "CheckpointLoaderSimple", "CheckpointLoader", "LoraLoader",
+               "LoraLoaderModelOnly", "VAELoader", "Reroute"}
+
+
+def comfy_graph(text: dict[str, str]) -> str | None:
+    """The ComfyUI graph a picture's PNG text holds (its "prompt" text, a JSON object), None when it has none; an
+    older textinv's "prompt" is its plain prompt (`read_picture` reads that first, by its "textinv_version")."""
+    graph = text.get("prompt")
+    return graph if isinstance(graph, str) and graph.lstrip().startswith("{") else None
+
+
+def comfy_sampler(sampler_name: str, scheduler: str) -> str | None:
+    """textinv's --sampler for a ComfyUI sampler and scheduler (KSampler's sampler_name and scheduler), None when
+    textinv has no such one.
+
+    >>> comfy_sampler("dpmpp_2m", "karras"), comfy_sampler("euler_ancestral", "normal")
+    ('dpm++2m_karras', 'euler_a')
+    >>> comfy_sampler("dpmpp_2s_ancestral", "normal"), comfy_sampler("euler", "kl_optimal")
+    (None, None)
+    """
+    base, suffix = COMFY_SAMPLERS.get(sampler_name), COMFY_SCHEDULES.get(scheduler)
+    name = None if base is None or suffix is None else base + suffix
+    return name if name in SAMPLERS else None
+
+
+Link = tuple[str, int]  # (node id, output index): where a ComfyUI input comes from
+
+
+class _ComfyGraph:
+    """A ComfyUI API-format graph, {node id: {"class_type": ..., "inputs": {...}}}, where an input another node gives
+    is a link [node id, output index]. Links are followed back from the saved picture; the nodes only read for a value
+    (a primitive holding the prompt) are kept apart from those the picture passed through (`passed`)."""
+
+    def __init__(self, path: Path, nodes: dict[str, dict]):
+        self.path, self.nodes = path, nodes
+        self.value_nodes: set[str] = set()
+
+    def link(self, value) -> Link | None:
+        if (isinstance(value, list) and len(value) == 2 and str(value[0]) in self.nodes
+                and isinstance(value[1], int) and not isinstance(value[1], bool)):
+            return str(value[0]), value[1]
+        return None
+
+    def cls(self, node: str) -> str:
+        return str(self.nodes[node].get("class_type", "?"))
+
+    def named(self, node: str) -> str:
+        return f"{self.cls(node)} node {node}"
+
+    def inputs(self, node: str) -> dict[str, Any]:
+        inputs = self.nodes[node].get("inputs")
+        return inputs if isinstance(inputs, dict) else {}
+
+    def value(self, node: str, name: str, kinds: tuple[type, ...]):
+        """Input `name` of `node` as a plain value of one of `kinds`, through links to nodes that only pass one value
+        on (ComfyUI's Primitive nodes, a string or seed node, a reroute); None when it is not one."""
+        value, seen = self.inputs(node).get(name), set()
+        while (source := self.link(value)) is not None and source[0] not in seen:
+            seen.add(source[0])
+            self.value_nodes.add(source[0])
+            given = self.inputs(source[0])
+            if len(given) != 1:
+                return None
+            (key, value), = given.items()
+            if self.link(value) is None and key.lower() not in _COMFY_VALUE_NAMES:
+                return None  # (a node that reads its value from elsewhere: a text file's path is no prompt)
+        return value if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds) else None
+
+    def upstream(self, node: str, names: tuple[str, ...]) -> Link | None:
+        """Where the data `node` passes on comes from: its first input of `names` that is a link, else its only
+        link."""
+        inputs = self.inputs(node)
+        for name in names:
+            if (source := self.link(inputs.get(name))) is not None:
+                return source
+        links = [source for value in inputs.values() if (source := self.link(value)) is not None]
+        return links[0] if len(links) == 1 else None
+
+    def chain(self, link: Link | None, names: tuple[str, ...]) -> list[str]:
+        """The nodes a link passes back through, nearest first, following `names` (e.g. "model" through LoRA loaders
+        to the checkpoint loader)."""
+        nodes: list[str] = []
+        while link is not None and link[0] not in nodes:
+            nodes.append(link[0])
+            link = self.upstream(link[0], names)
+        return nodes
+
+    def sampler_of(self, save: str) -> tuple[str | None, str | None, bool, str]:
+        """(the sampler the picture a save node saves comes from (None: none textinv reads), its decoder, whether a
+        node between them changed the picture's pixels or size, the last node reached)."""
+        link, decoder, changed, last = self.upstream(save, ("images", "image")), None, False, save
+        seen = {save}
+        while link is not None and link[0] not in seen:
+            last = link[0]
+            seen.add(last)
+            if self.cls(last) in _COMFY_SAMPLER_NODES:
+                return last, decoder, changed, last
+            if self.cls(last) in _COMFY_DECODERS and decoder is None:
+                decoder, link = last, self.upstream(last, ("samples",))
+                continue
+            changed = True  # an upscaler, a face fixer, a latent upscale after the sampler, ...
+            # (a sampler's latent_image is not followed: the picture comes from that sampler, which textinv lacks)
+            names = ("samples", "latent") if decoder else ("image", "images", "pixels")
+            link = self.upstream(last, names)
+        return None, decoder, changed, last
+
+    def latent_size(self, link: Link | None) -> tuple[int, int, int, str] | None:
+        """(width, height, batch size, the EmptyLatentImage's id) of the latent a sampler starts from, through other
+        samplers and latent upscales (a hires pass); None when it starts from another (a picture's: img2img)."""
+        if link is None:
+            return None
+        node, cls, ints = link[0], self.cls(link[0]), (int,)
+        if cls == "EmptyLatentImage":
+            size = [self.value(node, name, ints) for name in ("width", "height", "batch_size")]
+            return None if None in size else (*size, node)
+        if cls in _COMFY_SAMPLER_NODES:
+            return self.latent_size(self.link(self.inputs(node).get("latent_image")))
+        base = self.latent_size(self.link(self.inputs(node).get("samples")))
+        if base is None or cls not in ("LatentUpscale", "LatentUpscaleBy"):
+            return None
+        width, height, batch, empty = base
+        if cls == "LatentUpscaleBy":  # as ComfyUI rounds it: in latent pixels, 8 picture pixels each
+            scale = self.value(node, "scale_by", (int, float))
+            return None if scale is None else (round(width / 8 * scale) * 8, round(height / 8 * scale) * 8, batch,
+                                               empty)
+        new_width, new_height = self.value(node, "width", ints), self.value(node, "height", ints)
+        if new_width is None or new_height is None:
+            return None
+        if new_width == 0 and new_height == 0:
+            return base
+        if new_width == 0:  # 0: the other side's scale, keeping the shape
+            new_width = round(width * new_height / height / 8) * 8
+        elif new_height == 0:
+            new_height = round(height * new_width / width / 8) * 8
+        return new_width, new_height, batch, empty
+
+    def prompt(self, link: Link | None) -> tuple[str | None, str | None, str]:
+        """(the text, its text encoder's id, "") of the conditioning a link carries, through nodes that pass one on
+        (ControlNet's, a reroute: named as not applied where they change it); (None, None, why) when it is no text
+        textinv can read."""
+        seen: list[str] = []
+        while link is not None and link[0] not in seen:
+            node, index = link
+            seen.append(node)
+            if self.cls(node) in _COMFY_ENCODERS:
+                text = self.value(node, "text_g" if self.cls(node) == "CLIPTextEncodeSDXL" else "text", (str,))
+                if text is None:
+                    return None, None, f"the text of its {self.named(node)} comes from a node textinv cannot read"
+                return text, node, ""
+            if self.cls(node) == "ConditioningZeroOut":  # (its text is not drawn: zeros are, which no text gives)
+                break
+            # (ControlNetApplyAdvanced passes both on: its output 0 is the positive, 1 the negative)
+            link = self.upstream(node, ("conditioning", "positive" if index == 0 else "negative"))
+        reached = f"reaches {self.named(seen[-1])}, not" if seen else "is not a link to"
+        return None, None, f"it {reached} a text encoder textinv can follow it to"
+
+    def passed(self, start: str) -> list[str]:
+        """Every node the saved picture comes from, save the nodes only read for a value, in the graph's order."""
+        found, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node in found or node in self.value_nodes:
+                continue
+            found.add(node)
+            todo += [source[0] for value in self.inputs(node).values() if (source := self.link(value)) is not None]
+        return [node for node in self.nodes if node in found]
+
+
+def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Picture:
+    """A picture ComfyUI saved: its settings read from the sampler the saved picture comes from and the nodes that
+    sampler's inputs reach (the prompts' text encoders, the empty latent, the checkpoint, LoRA and VAE loaders, clip
+    skip); what the graph holds beside them that changes the picture is named."""
+    try:
+        nodes = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"--again {path}: its ComfyUI 'prompt' text is not JSON ({e}); the file was "
+                          f"altered") from None
+    if not isinstance(nodes, dict) or not all(isinstance(n, dict) for n in nodes.values()):
+        raise ConfigError(f"--again {path}: its ComfyUI 'prompt' text holds no graph of nodes; the file was altered")
+    graph = _ComfyGraph(path, {str(k): v for k, v in nodes.items()})
+    notes: list[str] = []
+    save, sampler, decoder, changed = _comfy_saved(graph, picture_size, notes)
+    named, inputs = graph.named(sampler), graph.inputs(sampler)
+    settings: dict[str, Any] = {}
+    needs: dict[str, str] = {}
+
+    advanced = graph.cls(sampler) == "KSamplerAdvanced"
+    for name, setting, kinds in (("noise_seed" if advanced else "seed", "seed", (int,)), ("steps", "steps", (int,)),
+                                 ("cfg", "guidance", (int, float))):
+        value = graph.value(sampler, name, kinds)
+        if value is None:
+            needs[setting] = (f"--again {path}: its ComfyUI {named} takes its {name} from a node textinv cannot read "
+                              f"it from: give it with --{setting}")
+        else:
+            settings[setting] = value
+    sampler_name, scheduler = graph.value(sampler, "sampler_name", (str,)), graph.value(sampler, "scheduler", (str,))
+    ours = comfy_sampler(sampler_name, scheduler) if sampler_name and scheduler else None
+    if ours:
+        settings["sampler"] = ours
+    else:
+        have = ", ".join(s for s in SAMPLERS if s != "default")
+        needs["sampler"] = (f"--again {path} was drawn with ComfyUI's sampler {sampler_name!r} and scheduler "
+                            f"{scheduler!r} ({named}), which textinv does not have: choose one with --sampler "
+                            f"({have}, or default)")
+    _comfy_partial(graph, sampler, notes)
+
+    clip: list[str] = []
+    for side, setting in (("positive", "prompt"), ("negative", "negative_prompt")):
+        prompt, encoder, why = graph.prompt(graph.link(inputs.get(side)))
+        if prompt is None:
+            needs[setting] = (f"--again {path}: the {side} prompt of its ComfyUI {named} is no text textinv can read "
+                              f"({why}): give it with --{setting.replace('_', '-')}")
+            continue
+        settings[setting] = [prompt] if setting == "prompt" else prompt
+        if graph.cls(encoder) == "CLIPTextEncodeSDXL":
+            clip_l = graph.value(encoder, "text_l", (str,))
+            if clip_l is not None and clip_l.strip() != prompt.strip():
+                notes.append(f"{path}: its {graph.named(encoder)} gives SDXL's CLIP-G the {side} prompt "
+                             f"{prompt!r} and CLIP-L {clip_l!r}; textinv gives both encoders one prompt: its text_g")
+        if side == "positive":
+            clip = graph.chain(graph.link(graph.inputs(encoder).get("clip")), ("clip",))
+            skip = _comfy_clip_skip(graph, clip, needs)
+            if skip is not None:
+                settings["clip_skip"] = skip
+
+    size = graph.latent_size(graph.link(inputs.get("latent_image")))
+    if size is not None:
+        settings["width"], settings["height"], batch, empty = size
+        if batch > 1:
+            notes.append(f"{path} is one of a batch of {batch} ({graph.named(empty)}): ComfyUI draws a batch's "
+                         f"noise from one seed, so the seed draws the batch's first picture again; the others have no "
+                         f"seed of their own")
+    elif not changed:  # the decoder's picture as saved: the size the sampler drew at
+        settings["width"], settings["height"] = picture_size
+    else:
+        notes.append(f"{path}: its ComfyUI graph does not say the size {named} drew at (it did not start from an "
+                     f"EmptyLatentImage, and the picture was resized after): give --width and --height")
+
+    model = graph.chain(graph.link(inputs.get("model")), ("model",))
+    loaded = [(what, graph.value(model[-1], key, (str,))) for key, what in
+              (("ckpt_name", "checkpoint"), ("unet_name", "diffusion model"))] if model else []
+    model_named = next((f"{what} {name}" for what, name in loaded if name), "its model is not named")
+    needs["model"] = (f"--again {path} was drawn by ComfyUI ({model_named}); textinv cannot find a model by ComfyUI's "
+                      f"name: give it with --model (its file or folder)")
+    tags, unread = _comfy_loras(graph, model, clip)
+    if tags:
+        if "prompt" in settings:
+            settings["prompt"] = [settings["prompt"][0] + " " + " ".join(tags)]
+        added = "added to its prompt" if "prompt" in settings else "(write them in the --prompt given)"
+        notes.append(f"{path}: its LoRAs are drawn by the tags {' '.join(tags)} {added}, with ComfyUI's strength_clip "
+                     f"(then strength_model where it differs) as multipliers; give --lora-dir with the folder that "
+                     f"holds them (ComfyUI's models/loras); a --prompt given instead has them only if it writes them")
+    vae = graph.link(graph.inputs(decoder).get("vae")) if decoder else None
+    if vae is not None and graph.cls(vae[0]) == "VAELoader":
+        notes.append(f"{path} was decoded with ComfyUI's VAE {graph.value(vae[0], 'vae_name', (str,))} "
+                     f"({graph.named(vae[0])}), not its checkpoint's: give it with --vae (its file or folder)")
+    other = [graph.named(n) for n in graph.passed(save) if graph.cls(n) not in _COMFY_READ or n in unread]
+    if other:
+        notes.append(f"{path}: not applied from its ComfyUI graph: {', '.join(other)} (textinv draws with the model, "
+                     f"prompts, LoRAs and VAE alone), so the redraw is without them")
+    return Picture(path, "comfyui", _typed(path, settings), needs=needs, notes=notes)
+
+
+def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int], notes: list[str]) -> tuple[str, str, str | None, bool]:
+    """(the save node, the sampler its picture comes from, their decoder, whether a node between them changed the
+    picture). Of save nodes leading to several samplers, the one whose size is the picture's, else the last; the
+    graph's other samplers (a hires fix's first pass) are named in `notes`. A graph with none textinv can follow is
+    refused."""
+    consumed = {source[0] for n in graph.nodes for v in graph.inputs(n).values() if (source := graph.link(v))}
+    saves = ([n for n in graph.nodes if graph.cls(n) == "SaveImage"]
+             or [n for n in graph.nodes if graph.cls(n) == "PreviewImage"]
+             # (a custom node's saver: what takes pictures and gives nothing on)
+             or [n for n in graph.nodes if graph.link(graph.inputs(n).get("images")) and n not in consumed])
+    found, reached = [], []
+    for save in saves:
+        sampler, decoder, changed, last = graph.sampler_of(save)
+        if sampler is None:
+            reached.append(graph.named(last))
+        else:
+            found.append((save, sampler, decoder, changed))
+    if not found:
+        where = (f"its saved picture comes from {', '.join(reached)}" if reached
+                 else "it has no SaveImage or PreviewImage node")
+        raise ConfigError(f"--again {graph.path}: textinv reads the KSampler or KSamplerAdvanced a ComfyUI picture "
+                          f"comes from, and {where}, not such a sampler: draw it with `textinv generate` and its "
+                          f"settings as flags")
+    chosen = found[-1]
+    if len({f[1] for f in found}) > 1:
+        fits = [f for f in found if not f[3] and (drawn := graph.latent_size(graph.link(graph.inputs(f[1]).get(
+            "latent_image")))) is not None and drawn[:2] == size]
+        chosen = fits[-1] if fits else chosen
+        notes.append(f"{graph.path}: its ComfyUI graph saves the pictures of {len({f[1] for f in found})} samplers; "
+                     f"read as {graph.named(chosen[1])}'s{', its size the picture' + chr(39) + 's' if fits else ''}: "
+                     f"give another's settings as flags if it drew this one")
+    others = [n for n in graph.nodes if graph.cls(n) in _COMFY_SAMPLER_NODES and n != chosen[1]]
+    if others:
+        seeds = {n: "noise_seed" if graph.cls(n) == "KSamplerAdvanced" else "seed" for n in others}
+        described = "; ".join(f"{graph.named(n)}: seed {graph.value(n, seeds[n], (int,))}, "
+                              f"{graph.value(n, 'steps', (int,))} steps" for n in others)
+        notes.append(f"{graph.path}: its ComfyUI graph has other samplers than {graph.named(chosen[1])}, which the "
+                     f"saved picture comes from and which is read: {described} (not applied)")
+    return chosen
+
+
+def _comfy_partial(graph: _ComfyGraph, sampler: str, notes: list[str]) -> None:
+    """Note a sampler that refined a latent it was given (img2img, a hires pass, an SDXL refiner's last steps):
+    textinv draws from noise with all its steps, so the redraw is another picture."""
+    named = graph.named(sampler)
+    if graph.cls(sampler) == "KSampler":
+        denoise = graph.value(sampler, "denoise", (int, float))
+        if denoise == 1:
+            return
+        how = f"with denoise {denoise}" if denoise is not None else "with a denoise textinv cannot read"
+    else:
+        start = graph.value(sampler, "start_at_step", (int,))
+        end, steps = graph.value(sampler, "end_at_step", (int,)), graph.value(sampler, "steps", (int,))
+        noise = graph.value(sampler, "add_noise", (str,))
+        if start == 0 and noise == "enable" and steps is not None and end is not None and end >= steps:
+            return
+        how = f"from step {start} to {end} of {steps}{' without adding noise' if noise == 'disable' else ''}"
+    notes.append(f"{graph.path} was drawn by ComfyUI's {named} {how}: it refined a picture it was given (img2img, "
+                 f"or a pass over another sampler's), and textinv draws it from noise (text to image), so the redraw "
+                 f"is another picture")
+
+
+def _comfy_clip_skip(graph: _ComfyGraph, clip: list[str], needs: dict[str, str]) -> int | None:
+    """The clip skip of the nearest CLIPSetLastLayer on the prompt's CLIP (its stop_at_clip_layer -1 is clip skip 1,
+    -2 is 2, ...); none there: 1, ComfyUI's last layer (SDXL's own penultimate, which textinv's 1 means too)."""
+    for node in clip:
+        if graph.cls(node) == "CLIPSetLastLayer":
+            layer = graph.value(node, "stop_at_clip_layer", (int,))
+            if layer is None or layer >= 0:
+                needs["clip_skip"] = (f"--again {graph.path}: its ComfyUI {graph.named(node)} stops at a layer textinv "
+                                      f"cannot read (ComfyUI's are -1, -2, ...): give --clip-skip")
+                return None
+            return -layer
+    return 1
+
+
+def _comfy_loras(graph: _ComfyGraph, model: list[str], clip: list[str]) -> tuple[list[str], list[str]]:
+    """The `<lora:name:te:unet>` tags that apply the LoRA loaders on the sampler's model and the prompt's CLIP as
+    ComfyUI applied them (a loader's strength_clip on the text encoder when the prompt's CLIP passed through it, its
+    strength_model on the UNet when the model did, else 0), and the loaders no tag can give (a name a tag cannot
+    hold, a strength from a node textinv cannot read)."""
+    tags, unread = [], []
+    for node in dict.fromkeys([*reversed(model), *reversed(clip)]):  # (in the order ComfyUI applied them)
+        if graph.cls(node) not in ("LoraLoader", "LoraLoaderModelOnly"):
+            continue
+        name = Path(re.split(r"[\\/]", graph.value(node, "lora_name", (str,)) or "")[-1]).stem  # (its subfolder off)
+        te = graph.value(node, "strength_clip", (int, float)) if node in clip else 0
+        unet = graph.value(node, "strength_model", (int, float)) if node in model else 0
+        if not name or re.search(r"[:<>]", name) or te is None or unet is None:
+            unread.append(node)
+        elif te or unet:
+            tags.append(f"<lora:{name}:{te:g}>" if te == unet else f"<lora:{name}:{te:g}:{unet:g}>")
+    return tags, unread
 
 
 def _check_unchanged(picture: Picture, files: list[str]) -> None:

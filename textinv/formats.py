@@ -660,10 +660,11 @@ def _read_image(path: Path) -> dict:
     except (OSError, ValueError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
     if not isinstance(chunk, (str, bytes)):
-        # a picture textinv (RECORD_KEY) or the web UI drew holds its settings, which --again reads
-        from .again import web_ui_parameters  # (here: again.py imports this module)
+        # a picture textinv (RECORD_KEY), the web UI or ComfyUI drew holds its settings, which --again reads
+        from .again import comfy_graph, web_ui_parameters  # (here: again.py imports this module)
 
-        drawn = RECORD_KEY in chunks or "parameters" in chunks or web_ui_parameters(comment) is not None
+        drawn = (RECORD_KEY in chunks or "parameters" in chunks or comfy_graph(chunks) is not None
+                 or web_ui_parameters(comment) is not None)
         raise FormatError(
             f"{path}: this image has no {PNG_CHUNK!r} text chunk, so it carries no embedding textinv can read "
             "(A1111 also hides embeddings in the pixels of some preview images, which textinv does not decode): "
