@@ -261,9 +261,9 @@ def make_parser() -> argparse.ArgumentParser:
                        description="Draw pictures from prompts that use learned tokens (embedding files of any "
                                    "supported format); each PNG carries its prompt, seed and settings.")
     p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
-    p.add_argument("--again", metavar="PICTURE", help="draw a picture textinv (or the A1111 web UI) drew again, from "
-                   "the settings in its PNG text (a web UI JPEG/WebP/AVIF: its EXIF); flags beside it override them "
-                   "(--seed 5, -n 4, --prompt ...)")
+    p.add_argument("--again", metavar="PICTURE", help="draw a picture textinv, the A1111 web UI or ComfyUI drew "
+                   "again, from the settings in its PNG text (a web UI JPEG/WebP/AVIF: its EXIF; ComfyUI's: its "
+                   "graph); flags beside it override them (--seed 5, -n 4, --prompt ...)")
     add_config_flags(p, GenerateConfig)
     p.set_defaults(func=cmd_generate)
 
