@@ -10,7 +10,7 @@ from PIL import Image
 from textinv.cli import main
 from textinv.config import TrainConfig
 from textinv.data import find_images, load_image
-from textinv.errors import ConfigError, DataError, ModelError
+from textinv.errors import ConfigError, DataError, FormatError, ModelError
 from textinv.models import load_model
 from textinv.score import (EDITS, ClipJudge, ScoreConfig, _template, concept_similarity, run_settings, score,
                            scored_text, training_similarity)
@@ -794,3 +794,54 @@ def test_an_out_that_cannot_be_made_is_named_as_given(run_dir, clip_dir, tmp_pat
         score(settings(run_dir, clip_dir, out, n=1), progress=False)
     assert str(e.value) == (f"--out {out}: cannot create the folder ({tmp_path / 'a file'} is a file, not a folder); "
                             f"choose another --out")
+
+
+def test_compare_takes_hub_ids_as_embedding_does(run_dir, clip_dir, judge, hub_cache, tmp_path):
+    """--compare took local files only: a hub id was refused as a path that does not exist. It is read as
+    --embedding reads one (from the Hugging Face cache offline), named in the report by its id, not its place in
+    the cache, and one not in the cache is refused with --embedding's own words."""
+    from conftest import cache_snapshot
+    from textinv.config import config_file_settings
+    from textinv.formats import load_embedding, save_embedding
+
+    scored = load_embedding(run_dir / "learned_embeds.safetensors")
+    save_embedding(scored, cache_snapshot(hub_cache, "me/zq-copy") / "learned_embeds.safetensors")
+    save_embedding(scored, cache_snapshot(hub_cache, "me/embeds") / "zq-2.safetensors")
+    out = tmp_path / "o"
+    result = score(_quick(run_dir, clip_dir, out, init="none", compare=["me/zq-copy", "me/embeds/zq-2.safetensors"]),
+                   judge=judge, progress=False)
+    assert [m["label"] for m in result.report["methods"]] == ["<zq>", "me/zq-copy (step 4)",
+                                                             "me/embeds/zq-2.safetensors (step 4)"]
+    compared = result.report["compared"]
+    assert [c["path"] for c in compared] == ["me/zq-copy", "me/embeds/zq-2.safetensors"]
+    assert [c["token"] for c in compared] == ["<zq-copy>", "<zq-2>"]  # (the repo's or file's name, as generate's)
+    first, *others = _first_pictures(result, out)
+    assert others == [first, first]  # (the same vectors: read from the cache, drawn under their own tokens)
+
+    with pytest.raises(FormatError) as given:
+        score(_quick("nobody/nothing", clip_dir, tmp_path / "o2"), judge=judge)
+    with pytest.raises(FormatError) as compared:
+        score(_quick(run_dir, clip_dir, tmp_path / "o3", compare=["nobody/nothing"]), judge=judge)
+    assert str(compared.value) == str(given.value)
+    assert "not in the local Hugging Face cache" in str(given.value)
+
+    # a config file's compare: a hub id stays one, a relative file is read from the file's folder
+    (tmp_path / "s.yaml").write_text("compare: [me/zq-copy, local.pt]\n")
+    assert config_file_settings(ScoreConfig, tmp_path / "s.yaml")["compare"] == ["me/zq-copy",
+                                                                                str(tmp_path / "local.pt")]
+
+
+def test_a_hub_embedding_is_reported_by_its_id_and_reads_no_run_from_the_working_folder(
+        run_dir, sd1_dir, clip_dir, judge, hub_cache, tmp_path, monkeypatch):
+    """Scored from inside a training run's folder, a hub id 'me/x' took that folder (its parent's parent) for the
+    run beside it; and the report named it as a path under the working folder."""
+    from conftest import cache_snapshot
+    from textinv.formats import load_embedding, save_embedding
+
+    save_embedding(load_embedding(run_dir / "learned_embeds.safetensors"),
+                   cache_snapshot(hub_cache, "me/zq") / "learned_embeds.safetensors")
+    monkeypatch.chdir(run_dir)
+    assert run_settings(Path("me/zq"), "<zq>") == {}
+    report = score(_quick("me/zq", clip_dir, tmp_path / "o", init="none", images=str(run_dir.parent / "images"),
+                          model=str(sd1_dir)), judge=judge, progress=False).report
+    assert report["embedding"]["path"] == "me/zq"

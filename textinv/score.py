@@ -51,7 +51,7 @@ from .errors import ConfigError, DataError, FormatError, ModelError
 from .formats import LearnedEmbedding, load_embedding
 from .hub import hub_reference
 from .samplers import check_installed
-from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
+from .generate import (DEFAULT_STEPS, _file_name, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        handed_back, install_embedding, png_text, render)
 from .io import absolute, atomic_path, make_folder, write_json, write_text
 from .memory import memory_error, out_of_memory_as, smaller_side
@@ -117,7 +117,8 @@ class ScoreConfig:
                        spellings=SAMPLER_SPELLINGS)
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end (default: the embedding's)")
     compare: list = opt([], "further embeddings of the same concept to score beside it at the same seeds, e.g. "
-                            "a run's embeddings/* to find its best step (each shown by its file name)", path="file")
+                            "a run's embeddings/* to find its best step (each shown by its file name), or hub ids "
+                            "as --embedding takes", path="embedding")
     token: str = opt(None, "the token's name while scoring (default: the file's); for an embedding whose name the "
                            "model's tokenizer already knows as a word, e.g. an A1111 file named 'dog'")
     resolution: int = opt(None, "picture size; default: the model's native size")
@@ -295,6 +296,8 @@ def run_settings(embedding: Path, token: str) -> dict:
     a run of several). Empty when there is none."""
     from .run_folder import CONFIG_FILE, LOSS_LOG
 
+    if hub_reference(embedding) is not None:  # (no run beside it: its parent would be the folder scored from)
+        return {}
     folder = embedding if embedding.is_dir() else embedding.parent
     for run in (folder, folder.parent):
         found = saved_run(run)
@@ -366,7 +369,8 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
     skipped, read_from = {}, set()  # folder -> its files that are no embedding; the folders that held one
     for text, folder in _expand_folders(paths):
         path = Path(text).expanduser()
-        if not path.exists():
+        on_hub = hub_reference(text) is not None  # (read as --embedding reads one: from the hub, or its cache)
+        if not on_hub and not path.exists():
             raise ConfigError(f"--compare {text} does not exist")
         try:
             other, file = load_embedding(embedding_file(path)), _read_file(path)
@@ -380,13 +384,14 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
         if file in read:
             continue
         read.add(file)
-        token = _compare_token(path.stem if path.is_file() else path.name, tokens, text)
+        name = _file_name(text) if on_hub else path.stem if path.is_file() else path.name
+        token = _compare_token(name, tokens, text)
         tokens.add(token.lower())
         if other.num_vectors != emb.num_vectors or other.widths != emb.widths:
             raise ConfigError(f"--compare {text} has {other.num_vectors} vector(s) of width "
                               f"{'+'.join(map(str, other.widths))}, the scored one {emb.num_vectors} of width "
                               f"{'+'.join(map(str, emb.widths))}: compare embeddings of one concept, trained alike")
-        found.append((LearnedEmbedding(token, other.vectors, {**other.metadata, "token": token}), absolute(path)))
+        found.append((LearnedEmbedding(token, other.vectors, {**other.metadata, "token": token}), _named_as(text)))
     for folder, names in skipped.items():
         listed = f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
         if folder not in read_from:
@@ -421,6 +426,12 @@ def _expand_folders(paths: list[str]) -> list[tuple[str, str | None]]:
         out += [(str(f), text) for f in sorted(files, key=lambda f: [int(x) if x.isdecimal() else x
                                                                    for x in re.split(r"(\d+)", f.name)])]
     return out
+
+
+def _named_as(text: str) -> str:
+    """How the report names an embedding given as `text`: a local one by its absolute path (found from any working
+    folder), a hub one by its reference, as `generate` records one (its place in the cache is this machine's)."""
+    return text if hub_reference(text) is not None else absolute(text)
 
 
 def _read_file(path: Path) -> Path:
@@ -465,7 +476,10 @@ def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict,
     names = [Path(path).name for _, path in others]
     for k, (other, path) in enumerate(others):
         step = other.metadata.get("steps")
-        name = names[k] if names.count(names[k]) == 1 else f"{Path(path).parent.name}/{names[k]}"
+        if hub_reference(path) is not None:  # (a local one is named by its absolute path: never a reference)
+            name = path
+        else:
+            name = names[k] if names.count(names[k]) == 1 else f"{Path(path).parent.name}/{names[k]}"
         methods.append({"name": f"compared {k + 1}", "words": other.token,
                         "label": name + (f" (step {step})" if step else "")})
     # the word the embedding records it started from (the run's settings may leave it to the model: the bundled
@@ -694,7 +708,7 @@ def _score(config: ScoreConfig, model: Model | None, judge: ClipJudge | None, pr
         losses = _losses(run)
         report = {
             "title": f"textinv score: {emb.token}",
-            "embedding": {"path": absolute(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
+            "embedding": {"path": _named_as(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
                           "metadata": emb.metadata},
             "compared": [{"path": path, "token": other.token, "metadata": other.metadata} for other, path in others],
             "images": absolute(images) if images else ", ".join(s["images"] for s in subsets),
