@@ -500,6 +500,8 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
     (["train", "--hub_token", "hf_x"], "it is --hub-token of textinv push OUT --repo OWNER/NAME"),
     (["train", "--revision", "fp16"], "`hf download ID --revision REV --local-dir DIR`"),
     (["train", "--allow_tf32"], "leaves PyTorch's TF32 defaults as they are"),
+    (["train", "--skip_image_resolution", "512"], "a --dataset-config file's skip_image_resolution, in [general] or "
+                                                  "a [[datasets]], leaves out its pictures of at most that area"),
     (["generate", "--variant", "fp16"], "a folder whose weights are all one variant's loads as that variant"),
     (["push", "run", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; textinv calls it "
                                                   "--repo"),
@@ -596,6 +598,7 @@ train_data_dir cache_info shuffle_caption caption_separator caption_extension ca
 keep_tokens_separator secondary_separator enable_wildcard caption_prefix caption_suffix color_aug flip_aug
 face_crop_aug_range random_crop debug_dataset resolution cache_latents vae_batch_size cache_latents_to_disk
 skip_cache_check enable_bucket min_bucket_reso max_bucket_reso bucket_reso_steps bucket_no_upscale resize_interpolation
+skip_image_resolution
 token_warmup_min token_warmup_step alpha_mask dataset_class reg_data_dir in_json dataset_repeats
 output_dir output_name huggingface_repo_id huggingface_repo_type huggingface_path_in_repo huggingface_token
 huggingface_repo_visibility save_state_to_huggingface resume_from_huggingface async_upload save_precision

@@ -419,8 +419,9 @@ def test_a_resume_given_the_file_again_takes_the_runs_subsets_where_its_folders_
     for key in ("num_repeats = 2", 'caption_extension = ".tags"'):
         toml(dataset, f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img/dog"\n{key}\n')
         with pytest.raises(ConfigError, match=r"are not the run's .*: given again, the file must hold the run's "
-                                              r"subsets in the run's order, each with its num_repeats and "
-                                              r"caption_extension \(only image_dir may differ, where a folder "
+                                              r"subsets in the run's order, each with its num_repeats, "
+                                              r"caption_extension and skip_image_resolution \(only image_dir may "
+                                              r"differ, where a folder "
                                               r"moved\); resume without --dataset-config"):
             apply_dataset_config(TrainConfig(**run))
     toml(dataset, '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img/dog"\n')
@@ -501,3 +502,120 @@ def test_a_checkpoint_naming_subset_pictures_by_whole_path_resumes_in_place_and_
     resumed = train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "run moved"), steps=4, resume=True,
                                 **common), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], whole.embedding.vectors["text_encoder"])
+
+
+def sized(folder, sizes):
+    """A picture of each (width, height) of `sizes`, named by its name there."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (width, height) in sizes.items():
+        Image.new("RGB", (width, height), (200, 40, 40)).save(folder / name)
+    return folder
+
+
+def test_skip_image_resolution_leaves_out_the_pictures_kohya_leaves_out(tmp_path):
+    """sd-scripts' skip_image_resolution (a dataset's key, one number or [width, height]): a picture whose own area,
+    width x height before any resize, is at most the threshold's is left out; by area, not by sides (a 64x16 picture
+    has a side under 32 and 32x32's area: left out; 16x65 has more: kept), and at the threshold itself too (kohya's
+    `<=`). The pictures left out are named in one warning, and a dataset without the key keeps all of its own."""
+    from textinv.data import picture_set
+
+    a = sized(tmp_path / "a", {"big.png": (40, 40), "edge.png": (32, 32), "wide.png": (64, 16),
+                               "small.png": (16, 16), "tall.png": (16, 65)})
+    b = sized(tmp_path / "b", {"one.png": (30, 30), "two.png": (40, 20)})
+    dataset = toml(tmp_path / "d.toml", f"""
+[general]
+skip_image_resolution = 32
+
+[[datasets]]
+  [[datasets.subsets]]
+  image_dir = "{a}"
+
+[[datasets]]
+skip_image_resolution = [40, 20]
+  [[datasets.subsets]]
+  image_dir = "{b}"
+
+[[datasets]]
+skip_image_resolution = 0
+  [[datasets.subsets]]
+  image_dir = "{tmp_path / 'c'}"
+""")
+    sized(tmp_path / "c", {"tiny.png": (1, 1)})
+    read = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    assert [s["skip_image_resolution"] for s in read.subset_list()] == [[32, 32], [40, 20], [0, 0]]
+    with pytest.warns(SkippedFilesWarning) as said:
+        kept = picture_set(None, read.subset_list())
+    assert [p.name for p in kept.paths] == ["big.png", "tall.png", "one.png", "tiny.png"]
+    assert [str(w.message) for w in said] == [
+        f"skipped 3 picture(s) in {a} of at most 32x32 pixels in area (its skip_image_resolution, as kohya skips "
+        f"them): edge.png (32x32), small.png (16x16), wide.png (64x16)",
+        f"skipped 1 picture(s) in {b} of at most 40x20 pixels in area (its skip_image_resolution, as kohya skips "
+        f"them): two.png (40x20)"]
+    assert kept.names == ["1/big.png", "1/tall.png", "2/one.png", "3/tiny.png"]  # (as a checkpoint records them)
+
+    # a subset it leaves without pictures is refused, as an empty one is
+    toml(dataset, dataset.read_text().replace("skip_image_resolution = 32", "skip_image_resolution = 40"))
+    read = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    with pytest.raises(DataError, match=rf"no picture in {re.escape(str(a))}, a kohya subset's folder \(image_dir\), "
+                                        rf"is larger in area than its skip_image_resolution 40x40, which leaves out "
+                                        rf"all 5: big.png \(40x40\), .*; give a smaller skip_image_resolution, or "
+                                        rf"remove the subset"):
+        picture_set(None, read.subset_list())
+
+
+@pytest.mark.parametrize("value, said", [
+    ("512.0", r"skip_image_resolution must be a number of pixels, such as 512, or \[width, height\]"),
+    ("true", r"skip_image_resolution must be a number of pixels"),
+    ("-1", r"skip_image_resolution must be a number of pixels"),
+    ("[512]", r"skip_image_resolution must be a number of pixels"),
+    ("[512, 768, 1]", r"skip_image_resolution must be a number of pixels"),
+    ('"512,768"', r"skip_image_resolution = \"512,768\": kohya's dataset config takes a number or \[width, height\], "
+                  r"not text \(\"W,H\" is its command line's form\); write skip_image_resolution = \[512, 768\]"),
+])
+def test_skip_image_resolution_in_a_form_kohya_refuses_is_refused(value, said, tmp_path):
+    folder = write_images(tmp_path / "a", n=1)
+    dataset = toml(tmp_path / "d.toml", f'[general]\nskip_image_resolution = {value}\n[[datasets]]\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(dataset))}: \[general\]: {said}"):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    # a dataset's key, as kohya's schema has it: not a subset's
+    toml(dataset, f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder}"\nskip_image_resolution = 512\n')
+    with pytest.raises(ConfigError, match=r"skip_image_resolution is a \[general\] or \[\[datasets\]\] key, which "
+                                          r"kohya's schema refuses in \[\[datasets.subsets\]\]; move it there"):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    # the record's subsets (a --config file's) take it as the file does, one number as [n, n]
+    assert TrainConfig(subsets=[{"images": str(folder), "skip_image_resolution": 512}]).subset_list()[0][
+        "skip_image_resolution"] == [512, 512]
+    with pytest.raises(ConfigError, match=r"skip_image_resolution must be a number of pixels or \[width, height\]"):
+        TrainConfig(subsets=[{"images": str(folder), "skip_image_resolution": "512,512"}]).subset_list()
+
+
+def test_skip_image_resolution_is_recorded_and_a_resume_skips_the_same_pictures(sd1_dir, tmp_path, capsys):
+    """config.yaml records it with the subsets, so a resume from the run's folder alone trains the same pictures
+    when the file has changed since; the file given again with another value is refused."""
+    folder = sized(tmp_path / "a", {"big.png": (40, 40), "edge.png": (24, 24), "other.png": (32, 32)})
+    dataset = toml(tmp_path / "d.toml", f'[general]\nskip_image_resolution = 24\nresolution = 16\n[[datasets]]\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    common = ["--token", "<t>", "--init", "dog", "--model", str(sd1_dir), "--save-every", "2", "--sample-every", "0",
+              "--batch", "1", "--lr", "0.05", "--out", str(tmp_path / "run")]
+    with pytest.warns(SkippedFilesWarning, match=r"skipped 1 picture\(s\) .*: edge.png \(24x24\)"):
+        assert main(["train", "--dataset-config", str(dataset), "--steps", "2", *common]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["subsets"] == [{"images": str(folder), "repeats": 1, "caption_extension": None,
+                                 "skip_image_resolution": [24, 24]}]
+    toml(dataset, dataset.read_text().replace("skip_image_resolution = 24", "skip_image_resolution = 32"))
+    with pytest.warns(SkippedFilesWarning, match=r"edge.png \(24x24\)$"):  # (the run's 24, not the file's 32 now)
+        assert main(["train", "--resume", "--steps", "4", *common]) == 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-000004.pt", weights_only=True)
+    assert state["pictures"] == [["1/big.png", "1/other.png"]]
+    from textinv.score import _training_pictures, run_settings  # (score judges against the pictures trained on)
+
+    run = run_settings(tmp_path / "run", "<t>")
+    with pytest.warns(SkippedFilesWarning):
+        assert [p.size for p in _training_pictures(None, run, run["subsets"])] == [(40, 40), (32, 32)]
+    capsys.readouterr()
+    assert main(["train", "--resume", "--steps", "6", "--dataset-config", str(dataset), *common]) == 2
+    assert f"its subsets ({folder} x1 skip_image_resolution 32x32) are not the run's ({folder} x1 " \
+           f"skip_image_resolution 24x24)" in capsys.readouterr().err

@@ -203,7 +203,7 @@ class TrainConfig:
                                     "and those settings", path="file")
     subsets: list = opt([], "the one --token's picture folders, each with its repeats and caption extension "
                             "(kohya's subsets, what --dataset-config read): in a config file, mappings of images, "
-                            "repeats and caption_extension", path="file", cli=False)
+                            "repeats and caption_extension (and skip_image_resolution)", path="file", cli=False)
     out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log", path="file")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name",
                      path="source")
@@ -414,13 +414,16 @@ class TrainConfig:
 
     def subset_list(self) -> list[dict[str, Any]]:
         """`subsets` as mappings of images (a folder), repeats (1 unless given) and caption_extension (None unless
-        given: NAME.txt, else NAME.caption), each checked."""
+        given: NAME.txt, else NAME.caption), and skip_image_resolution where given ([width, height]: kohya's; the
+        pictures of at most that area are left out, `data.picture_set`), each checked."""
         out = []
         for item in self.subsets:
             if not isinstance(item, dict) or not item.get("images") or set(item) - {"images", "repeats",
-                                                                                     "caption_extension"}:
+                                                                                     "caption_extension",
+                                                                                     "skip_image_resolution"}:
                 raise ConfigError(f"subset {item!r} must be a mapping of images (a folder of pictures), repeats and "
-                                  f"caption_extension, e.g. {{images: img/dog, repeats: 10}}")
+                                  f"caption_extension (and skip_image_resolution), e.g. {{images: img/dog, "
+                                  f"repeats: 10}}")
             repeats, extension = item.get("repeats", 1), item.get("caption_extension")
             if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_KOHYA_REPEATS:
                 raise ConfigError(f"subset {item!r}: repeats must be a whole number from 1 to "
@@ -429,7 +432,17 @@ class TrainConfig:
                                               and len(extension) > 1 and "/" not in extension):
                 raise ConfigError(f"subset {item!r}: caption_extension must be a file suffix such as '.txt', got "
                                   f"{extension!r}")
-            out.append({"images": os.fspath(item["images"]), "repeats": repeats, "caption_extension": extension})
+            subset = {"images": os.fspath(item["images"]), "repeats": repeats, "caption_extension": extension}
+            skip = item.get("skip_image_resolution")
+            if isinstance(skip, int) and not isinstance(skip, bool):  # (one number, as kohya's file takes it)
+                skip = [skip, skip]
+            if skip is not None:
+                if not (isinstance(skip, (list, tuple)) and len(skip) == 2 and all(
+                        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in skip)):
+                    raise ConfigError(f"subset {item!r}: skip_image_resolution must be a number of pixels or "
+                                      f"[width, height], e.g. [512, 512], got {skip!r}")
+                subset["skip_image_resolution"] = list(skip)
+            out.append(subset)
         return out
 
     @builtins.property  # (the field `property` hides the builtin inside this class)

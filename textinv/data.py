@@ -374,7 +374,8 @@ class PictureSet:
 def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict] = ()) -> PictureSet:
     """The pictures of the folder `images` (`find_images`: plain, or in kohya's layout), or of kohya dataset
     `subsets`: mappings of `images` (a folder, read as kohya reads a subset's image_dir: the pictures in it, not in
-    its subfolders), `repeats` and `caption_extension`, as `TrainConfig.subset_list` gives them (what
+    its subfolders), `repeats` and `caption_extension`, and `skip_image_resolution` where its dataset gave one (the
+    pictures of at most that area left out, `_larger_than`), as `TrainConfig.subset_list` gives them (what
     `--dataset-config` read from a kohya file).
 
     >>> picture_set(subsets=[{"images": "img/a", "repeats": 10, "caption_extension": None}]).repeats  # doctest: +SKIP
@@ -400,6 +401,8 @@ def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict]
                      f"{_names(subfolders)} as a subset of its own)" if subfolders else "")
             raise DataError(f"no images found in {folder}, a kohya subset's folder (image_dir){below}; put the "
                             f"subset's pictures there, or remove the subset")
+        if subset.get("skip_image_resolution"):
+            found = _larger_than(folder, found, subset["skip_image_resolution"])
         paths += found
         repeats += [count] * len(found)
         extensions += [extension] * len(found)
@@ -409,6 +412,34 @@ def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict]
     folders = ", ".join(str(subset["images"]) for subset in subsets)
     return PictureSet(f"the kohya subsets {folders}", paths, repeats, extensions, names,
                       f"{len(parts)} kohya subset{'s' * (len(parts) != 1)}: {', '.join(parts)}")
+
+
+def _larger_than(folder: Path, paths: list[Path], skip: Sequence[int]) -> list[Path]:
+    """The pictures of a kohya subset's `folder` that its dataset's skip_image_resolution [width, height] keeps: as
+    sd-scripts' datasets filter them, those whose own area (width x height as stored, before any resize; a rotation
+    leaves it as it is) is larger than width x height, the others named in one `SkippedFilesWarning`. A subset left
+    with none is refused, as an empty one is.
+
+    >>> _larger_than(Path("dog"), [Path("dog/small.png"), Path("dog/big.png")], [512, 512])  # doctest: +SKIP
+    [PosixPath('dog/big.png')]
+    """
+    width, height = skip
+    sizes = {}
+    for path in paths:
+        with _open_image(path) as img:  # (the header alone: the size, nothing decoded)
+            sizes[path] = img.size
+    small = [p for p in paths if sizes[p][0] * sizes[p][1] <= width * height]  # (kohya's `<=`: at most, not below)
+    if not small:
+        return paths
+    listed = ", ".join(f"{p.name} ({sizes[p][0]}x{sizes[p][1]})" for p in small)
+    if len(small) == len(paths):
+        raise DataError(f"no picture in {folder}, a kohya subset's folder (image_dir), is larger in area than its "
+                        f"skip_image_resolution {width}x{height}, which leaves out all {len(small)}: {listed}; give "
+                        f"a smaller skip_image_resolution, or remove the subset")
+    warnings.warn(SkippedFilesWarning(f"skipped {len(small)} picture(s) in {folder} of at most {width}x{height} "
+                                      f"pixels in area (its skip_image_resolution, as kohya skips them): {listed}"),
+                  stacklevel=3)
+    return [p for p in paths if p not in small]
 
 
 def _describe_skipped(path: Path) -> str:

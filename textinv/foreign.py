@@ -256,6 +256,10 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
      "textinv's only augmentation is --flip; it crops the centre (--center-crop) or squashes the whole picture"),
     ("debug_dataset", _K, "train", None, "textinv has no dataset preview mode"),
     ("vae_batch_size", _K, "train", None, "not needed: textinv encodes each picture once, before the first step"),
+    ("skip_image_resolution", _K, "train", None,
+     "textinv skips no pictures by size from the command line (pick the --images you train on); a --dataset-config "
+     "file's skip_image_resolution, in [general] or a [[datasets]], leaves out its pictures of at most that area, as "
+     "kohya's does"),
     ("bucket_reso_steps bucket_no_upscale", _K, "train", None, "textinv's buckets (--buckets) span half to twice "
                                                                "--resolution; no other setting"),
     ("resize_interpolation", _K, "train", None, "textinv resizes with Lanczos when shrinking, bicubic when "

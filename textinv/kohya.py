@@ -39,6 +39,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import tomllib
 import warnings
 from pathlib import Path
@@ -125,6 +126,25 @@ def _resolution(value):
     return value
 
 
+def _skip_resolution(value):
+    # sd-scripts' dataset key (its BaseDataset's skip_image_resolution): one number or [width, height], as it reads
+    # resolution, a number n meaning [n, n]; a picture whose own area, before any resize, is at most width x height
+    # is left out (`data.picture_set`). Kohya's file takes no "W,H" text: that is its command line's form
+    def pixels(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if pixels(value):
+        return [value, value]
+    if isinstance(value, list) and len(value) == 2 and all(pixels(v) for v in value):
+        return list(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)?", value):
+        sides = [int(v) for v in value.split(",")]
+        raise _Refused(f"kohya's dataset config takes a number or [width, height], not text (\"W,H\" is its command "
+                       f"line's form); write skip_image_resolution = {sides[0] if len(sides) == 1 else sides}")
+    raise ValueError("a number of pixels, such as 512, or [width, height], such as [512, 768] (the pictures of at "
+                     "most that area are left out)")
+
+
 def _anything(value):
     return value
 
@@ -147,11 +167,13 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "alpha_mask": (OWN_KEY, "alpha_mask", _bool),
 }
 
-# a subset's pictures: its folder, each picture's times an epoch, its caption files' suffix (TrainConfig.subsets)
+# a subset's pictures: its folder, each picture's times an epoch, its caption files' suffix, and the size at or
+# below which a picture is left out (a dataset's key, given to each of its subsets) (TrainConfig.subsets)
 PICTURES: dict[str, tuple[tuple[str, ...], Callable]] = {
     "image_dir": (OWN_KEY, _text),
     "num_repeats": (SUBSET_KEY, _whole(1)),
     "caption_extension": (SUBSET_KEY, _extension),
+    "skip_image_resolution": (DATASET_KEY, _skip_resolution),
 }
 
 # a dataset's bucket sizes: textinv's buckets are its own (sides from half to twice --resolution, in steps of the
@@ -448,8 +470,8 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
         if config.resume:
             raise ConfigError(f"{_resuming(config, path)}: its subsets ({_listed(subsets)}) are not the run's "
                               f"({_listed(config.subset_list())}): given again, the file must hold the run's "
-                              f"subsets in the run's order, each with its num_repeats and caption_extension (only "
-                              f"image_dir may differ, where a folder moved); {_RESUME_FIX}")
+                              f"subsets in the run's order, each with its num_repeats, caption_extension and "
+                              f"skip_image_resolution (only image_dir may differ, where a folder moved); {_RESUME_FIX}")
         raise ConfigError(f"{path}'s subsets ({_listed(subsets)}) and the subsets given "
                           f"({_listed(config.subset_list())}) "
                           f"both name the pictures: give one of them")
@@ -479,7 +501,9 @@ def _shown(value) -> str:
 
 def _listed(subsets: list[dict]) -> str:
     return ", ".join(f"{s['images']} x{s['repeats']}" + (f" {s['caption_extension']}" if s["caption_extension"]
-                                                          else "") for s in subsets)
+                                                          else "")
+                     + (" skip_image_resolution {}x{}".format(*s["skip_image_resolution"])
+                        if s.get("skip_image_resolution") else "") for s in subsets)
 
 
 def _subset(read: DatasetConfig, i: int, values: dict[str, tuple[Any, str]], resume: bool = False
@@ -494,9 +518,12 @@ def _subset(read: DatasetConfig, i: int, values: dict[str, tuple[Any, str]], res
                                                    f"{Path.cwd()})")
         raise ConfigError(f"{read.path}: {place}: image_dir {folder!r} {what}{relative}; give the folder of the "
                           f"subset's pictures" + (f", or {_RESUME_FIX}" if resume else ""))
-    extension = values.get("caption_extension")
-    return {"images": str(where.resolve()), "repeats": values.get("num_repeats", (1, ""))[0],
-            "caption_extension": extension[0] if extension else None}
+    extension, skip = values.get("caption_extension"), values.get("skip_image_resolution")
+    subset = {"images": str(where.resolve()), "repeats": values.get("num_repeats", (1, ""))[0],
+              "caption_extension": extension[0] if extension else None}
+    if skip:  # (its dataset's, else [general]'s: kohya's is a dataset's setting; recorded only where given)
+        subset["skip_image_resolution"] = skip[0]
+    return subset
 
 
 def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool) -> None:
