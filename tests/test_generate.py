@@ -1593,9 +1593,9 @@ def test_again_reads_the_sampler_a_comfyui_picture_comes_from_of_several(sd1_dir
                             "without adding noise: it refined a picture it was given") for s in said)
 
 
-def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_lacks(sd1_dir, tmp_path, monkeypatch):
+def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_lacks(sd1_dir, tmp_path):
     """ComfyUI's sampler and scheduler are one of textinv's samplers, named base + schedule; a pair textinv does not
-    have is asked for by --sampler, naming both. A pair is taken as soon as textinv's SAMPLERS has it."""
+    have is asked for by --sampler, naming both."""
     import textinv.again
     from textinv.again import read_picture
 
@@ -1614,14 +1614,16 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
     path = tmp_path / "s.png"
     with pytest.raises(ConfigError, match=r"s.png was drawn with ComfyUI's sampler 'euler' and scheduler 'kl_optimal' "
                                           r"\(KSampler node 3\), which textinv does not have: choose one with "
-                                          r"--sampler \(euler, euler_a, .*or default\)"):
+                                          r"--sampler \(textinv generate --help lists them\), or default"):
         textinv.again.again_config(path, {"model": str(sd1_dir)})
     assert textinv.again.again_config(path, {"model": str(sd1_dir), "sampler": "euler"})[0].sampler == "euler"
-    # a sampler textinv gains is read without another change here
-    monkeypatch.setattr(textinv.again, "SAMPLERS", tuple(s for s in textinv.again.SAMPLERS if s != "dpm++2m_sde_karras"))
-    assert "sampler" in read("dpmpp_2m_sde_gpu", "karras").needs
-    monkeypatch.setattr(textinv.again, "SAMPLERS", textinv.again.SAMPLERS + ("dpm++2m_sde_karras",))
-    assert read("dpmpp_2m_sde_gpu", "karras").settings["sampler"] == "dpm++2m_sde_karras"
+    # the SDE samplers and the schedules beside Karras; ComfyUI's sampler names are --sampler's spellings too
+    for sampler_name, scheduler, ours, base in [("dpmpp_2m_sde_gpu", "karras", "dpm++2m_sde_karras", "dpm++2m_sde"),
+                                                ("dpmpp_3m_sde", "exponential", "dpm++3m_sde_exponential", "dpm++3m_sde"),
+                                                ("lms", "beta", "lms_beta", "lms"), ("dpmpp_sde", "normal", "dpm++sde",
+                                                                                     "dpm++sde")]:
+        assert read(sampler_name, scheduler).settings["sampler"] == ours, sampler_name
+        assert GenerateConfig(prompt=["a dog"], sampler=sampler_name).validate().sampler == base
 
 
 def test_again_follows_a_comfyui_prompt_to_a_primitive_and_asks_for_one_it_cannot_read(sd1_dir, tmp_path):
@@ -2070,7 +2072,8 @@ def test_the_web_ui_names_of_each_sampler_read_back_as_it(sd1_dir, tmp_path):
     for text, ours in [("Sampler: DPM++ 2M, Schedule type: Automatic", "dpm++2m_karras"),
                        ("Sampler: DPM++ 3M SDE, Schedule type: Automatic", "dpm++3m_sde_exponential"),
                        ("Sampler: Euler a, Schedule type: Automatic", "euler_a"),
-                       ("Sampler: DPM++ 2M SDE Karras", "dpm++2m_sde_karras")]:
+                       ("Sampler: DPM++ 2M SDE Karras", "dpm++2m_sde_karras"),
+                       ("Sampler: DPM++ 2M SDE, Schedule type: SGM Uniform", "dpm++2m_sde")]:
         path = tmp_path / "w.png"
         info = PngInfo()
         info.add_text("parameters", f"a cat\nSteps: 4, {text}, Seed: 3, Size: 16x16")

@@ -20,7 +20,7 @@ What a picture's text can hold, and how each is read:
   a link [node id, output index]; its `workflow` text is the editor's layout, not read). From the saved picture its
   links are followed back through VAEDecode to the KSampler or KSamplerAdvanced it comes from (of several samplers,
   e.g. a hires fix's two passes, that one; the others are named): its seed, steps, cfg, sampler and scheduler (as
-  textinv's sampler, `comfy_sampler`); the prompts of the CLIPTextEncode nodes its links reach (through pass-through
+  textinv's sampler, `samplers.from_comfy`); the prompts of the CLIPTextEncode nodes its links reach (through pass-through
   nodes, to a Primitive or string node holding the text; SDXL's text_g); the EmptyLatentImage's size; clip skip from
   CLIPSetLastLayer; each LoraLoader as a `<lora:...>` tag added to the prompt. A denoise below 1 (img2img), a batch,
   a VAELoader are said; every other node the picture passed through (ControlNet, upscalers, custom nodes) is named
@@ -42,14 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import SAMPLERS, GenerateConfig, build, typed_settings
+from .config import GenerateConfig, build, typed_settings
 from .emphasis import lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import EMBEDDING_SUFFIXES, file_digest, hash_name, lora_files, lora_sha256
 from .hub import hub_reference
 from .run_folder import _nfc
-from .samplers import from_webui
+from .samplers import from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "by_name")
@@ -344,20 +344,6 @@ def _size(path: Path, text: str, label: str) -> tuple[str, str]:
 
 # --- ComfyUI: the API-format graph in the picture's "prompt" text ---------------------------------------------------
 
-# ComfyUI's samplers (KSampler's sampler_name) as textinv's base names, and its schedulers as the suffix that gives a
-# base textinv's spacing of the noise levels; a pair is taken when textinv has it (`SAMPLERS`), else asked for with
-# --sampler (`comfy_sampler`). The _gpu samplers are the same ones drawing their noise on the GPU; uni_pc is UniPC's
-# bh1 variant, diffusers' bh2, as the web UI's UniPC (bh1) is textinv's unipc. Not here: dpmpp_2s_ancestral (textinv's
-# dpm++2s is not ancestral), dpm_fast, dpm_adaptive, lcm, the cfg_pp ones.
-COMFY_SAMPLERS = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2",
-                  "dpm_2_ancestral": "dpm2_a", "lms": "lms", "dpmpp_2m": "dpm++2m", "dpmpp_2m_sde": "dpm++2m_sde",
-                  "dpmpp_2m_sde_gpu": "dpm++2m_sde", "dpmpp_3m_sde": "dpm++3m_sde", "dpmpp_3m_sde_gpu": "dpm++3m_sde",
-                  "dpmpp_sde": "dpm++sde", "dpmpp_sde_gpu": "dpm++sde", "ddim": "ddim", "uni_pc": "unipc",
-                  "uni_pc_bh2": "unipc", "ddpm": "ddpm"}
-# normal, simple, sgm_uniform and ddim_uniform all space the steps evenly in timestep, differing at the ends only, as
-# diffusers' own spacings (leading, trailing, linspace) do: textinv's plain name, on the model's own spacing
-COMFY_SCHEDULES = {"normal": "", "simple": "", "sgm_uniform": "", "ddim_uniform": "", "karras": "_karras",
-                   "exponential": "_exponential", "beta": "_beta"}
 _COMFY_SAMPLER_NODES = ("KSampler", "KSamplerAdvanced")
 _COMFY_DECODERS = ("VAEDecode", "VAEDecodeTiled")  # (tiled: the same decoder in pieces, for memory)
 _COMFY_ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner")
@@ -375,20 +361,6 @@ def comfy_graph(text: dict[str, str]) -> str | None:
     older textinv's "prompt" is its plain prompt (`read_picture` reads that first, by its "textinv_version")."""
     graph = text.get("prompt")
     return graph if isinstance(graph, str) and graph.lstrip().startswith("{") else None
-
-
-def comfy_sampler(sampler_name: str, scheduler: str) -> str | None:
-    """textinv's --sampler for a ComfyUI sampler and scheduler (KSampler's sampler_name and scheduler), None when
-    textinv has no such one.
-
-    >>> comfy_sampler("dpmpp_2m", "karras"), comfy_sampler("euler_ancestral", "normal")
-    ('dpm++2m_karras', 'euler_a')
-    >>> comfy_sampler("dpmpp_2s_ancestral", "normal"), comfy_sampler("euler", "kl_optimal")
-    (None, None)
-    """
-    base, suffix = COMFY_SAMPLERS.get(sampler_name), COMFY_SCHEDULES.get(scheduler)
-    name = None if base is None or suffix is None else base + suffix
-    return name if name in SAMPLERS else None
 
 
 Link = tuple[str, int]  # (node id, output index): where a ComfyUI input comes from
@@ -562,14 +534,13 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
         else:
             settings[setting] = value
     sampler_name, scheduler = graph.value(sampler, "sampler_name", (str,)), graph.value(sampler, "scheduler", (str,))
-    ours = comfy_sampler(sampler_name, scheduler) if sampler_name and scheduler else None
+    ours = from_comfy(sampler_name, scheduler) if sampler_name and scheduler else None
     if ours:
         settings["sampler"] = ours
     else:
-        have = ", ".join(s for s in SAMPLERS if s != "default")
         needs["sampler"] = (f"--again {path} was drawn with ComfyUI's sampler {sampler_name!r} and scheduler "
                             f"{scheduler!r} ({named}), which textinv does not have: choose one with --sampler "
-                            f"({have}, or default)")
+                            f"(textinv generate --help lists them), or default")
     _comfy_partial(graph, sampler, notes)
 
     clip: list[str] = []

@@ -3,7 +3,7 @@ and kohya's names for the same, and the diffusers scheduler each is made as (`sc
 
 A name is a base sampler ("dpm++2m") or a base and its sigma schedule ("dpm++2m_karras"). The web UI (1.9 on) writes
 the two apart, `Sampler: DPM++ 2M, Schedule type: Karras`, and reads its older one-name form, "DPM++ 2M Karras", as
-the same; `webui_names` and `from_webui` translate both ways. Its "Automatic" schedule is each sampler's own choice
+the same; `webui_names` and `from_webui` translate both ways, `from_comfy` reads ComfyUI's sampler and scheduler. Its "Automatic" schedule is each sampler's own choice
 (Karras for DPM++ 2M, Exponential for the SDE ones, the model's own spacing for Euler), so a picture drawn on the
 model's spacing with a sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
 
@@ -72,6 +72,17 @@ KOHYA = {"ddim": "ddim", "ddpm": "ddpm", "euler": "euler", "k_euler": "euler", "
          "lms": "lms", "k_lms": "lms",
          "dpmsingle": "dpm++2s"}  # (DPMSolverSinglestep's defaults: dpmsolver++, order 2)
 KOHYA_OTHERS = ("pndm", "dpmsolver")  # kohya's, which textinv does not have
+# ComfyUI's samplers (KSampler's sampler_name) that textinv has, as textinv's base names. The _gpu ones draw the same
+# noise on the GPU; uni_pc is UniPC's bh1 variant, diffusers' bh2, as the web UI's UniPC (bh1) is textinv's unipc.
+# Not here: dpmpp_2s_ancestral (textinv's dpm++2s is not ancestral), dpm_fast, dpm_adaptive, lcm, the cfg_pp ones
+COMFY = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a",
+         "lms": "lms", "dpmpp_2m": "dpm++2m", "dpmpp_2m_sde": "dpm++2m_sde", "dpmpp_2m_sde_gpu": "dpm++2m_sde",
+         "dpmpp_3m_sde": "dpm++3m_sde", "dpmpp_3m_sde_gpu": "dpm++3m_sde", "dpmpp_sde": "dpm++sde",
+         "dpmpp_sde_gpu": "dpm++sde", "ddim": "ddim", "uni_pc": "unipc", "uni_pc_bh2": "unipc", "ddpm": "ddpm"}
+# the schedules that space the steps evenly in timestep, differing at the ends only, as diffusers' own spacings
+# (leading, trailing, linspace) do: the model's own spacing, a name without a schedule. The web UI's labels and
+# ComfyUI's scheduler names, lowercase
+EVEN_SPACINGS = {"uniform", "sgm uniform", "sgm_uniform", "normal", "simple", "ddim", "ddim_uniform"}
 
 
 def webui_names(name: str) -> tuple[str, str | None] | None:
@@ -107,16 +118,26 @@ def from_webui(sampler: str, schedule: str | None) -> str | None:
     base = next((name for name, b in BASES.items() if b.label and b.label.lower() == sampler.lower()), None)
     if base is None:
         return None
-    if schedule.lower() == "automatic":
-        schedule = BASES[base].automatic
-    elif schedule.lower() in ("", "uniform"):
-        schedule = ""
-    else:
-        schedule = next((key for key, (label, _) in SCHEDULES.items() if label.lower() == schedule.lower()), None)
-        if schedule is None:  # (SGM Uniform, Align Your Steps, ...: diffusers has none of them)
-            return None
-    name = f"{base}_{schedule}" if schedule else base
-    return name if name in _PARTS else None
+    return _named(base, BASES[base].automatic if schedule.lower() == "automatic" else schedule)
+
+
+def from_comfy(sampler: str, scheduler: str) -> str | None:
+    """textinv's name for ComfyUI's sampler and scheduler (KSampler's sampler_name and scheduler), or None when
+    textinv has no such one.
+
+    >>> from_comfy("dpmpp_2m", "karras"), from_comfy("euler_ancestral", "normal"), from_comfy("euler", "kl_optimal")
+    ('dpm++2m_karras', 'euler_a', None)
+    """
+    return _named(COMFY[sampler], scheduler) if sampler in COMFY else None
+
+
+def _named(base: str, schedule: str) -> str | None:
+    """textinv's name for `base` drawn on the schedule another tool names `schedule` ("": the model's own spacing),
+    or None when textinv has no such pair (Euler a with Karras, Align Your Steps: diffusers has neither)."""
+    if schedule.lower() in EVEN_SPACINGS | {""}:
+        return base
+    key = next((key for key, (label, _) in SCHEDULES.items() if schedule.lower() in (key, label.lower())), None)
+    return f"{base}_{key}" if key and f"{base}_{key}" in _PARTS else None
 
 
 def _webui_spellings() -> dict[str, str]:
@@ -132,11 +153,11 @@ def _webui_spellings() -> dict[str, str]:
 
 # --sampler as textinv, the web UI ("Euler a", "DPM++ 2M Karras") and kohya (k_euler_a) spell it, in any case: the
 # same scheduler under each name, so a name copied from those tools draws as there (`config.spelled`)
-SPELLINGS = {**{name: name for name in SAMPLERS}, **KOHYA, **_webui_spellings()}
+SPELLINGS = {**{name: name for name in SAMPLERS}, **KOHYA, **COMFY, **_webui_spellings()}
 HELP = (f"sampling method: default (the model's own scheduler), {', '.join(BASES)}; a k-diffusion one "
         f"({', '.join(n for n, b in BASES.items() if b.spaced)}) also with a sigma schedule after it: _karras, "
         f"_exponential or _beta (dpm++2m_karras); the web UI's names ('Euler a', 'DPM++ 2M SDE Karras') and "
-        f"kohya's (k_euler_a, k_dpm_2, dpmsingle) are taken as these")
+        f"kohya's (k_euler_a, k_dpm_2, dpmsingle) and ComfyUI's (dpmpp_2m_sde, euler_ancestral) are taken as these")
 
 
 def needed_package(name: str) -> str:
