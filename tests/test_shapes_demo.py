@@ -555,3 +555,31 @@ def test_a_second_demo_into_an_out_being_written_is_refused(model_dir, probe_pat
     assert json.loads((out / "scores.json").read_text())["concept"]["name"] == "teal star"  # the first's, whole
     monkeypatch.undo()
     assert main(args) == 0  # the folder is free again
+
+
+def test_evaluate_samples_with_the_sampler_given_and_records_it(model_dir, probe_path, tmp_path, capsys, monkeypatch):
+    """`--sampler` draws the caption check's pictures (and the benchmark's) with that sampler, recorded in the table
+    and its command line; one the model's noise schedule refuses is refused before anything is learned or drawn."""
+    from textinv.shapes import evaluate as ev
+
+    drawn = []
+    real = ev.sample
+
+    def watched(*args, **kw):
+        drawn.append(args[6] if len(args) > 6 else kw.get("sampler"))
+        return real(*args, **kw)
+
+    out = tmp_path / "results"
+    common = ["evaluate", "--captions", "2", "--concepts", "0", "--fast", "--model", str(model_dir), "--probe",
+              str(probe_path)]
+    monkeypatch.setattr(ev, "sample", watched)
+    assert main([*common, "--sampler", "DPM++ 2M SDE", "--out", str(out)]) == 0
+    assert drawn == ["dpm++2m_sde"]
+    (json_path,) = out.glob("fidelity-*.json")
+    assert json.loads(json_path.read_text())["sampler"] == "dpm++2m_sde"
+    assert "sampler dpm++2m_sde)" in capsys.readouterr().out
+    assert "--concepts 0 --sampler dpm++2m_sde`" in json_path.with_suffix(".md").read_text()
+    scheduler = json.loads((Path(model_dir) / "scheduler" / "scheduler_config.json").read_text())
+    if scheduler.get("rescale_betas_zero_snr"):  # (the bundled model's: DPM2 cannot keep it)
+        assert main([*common, "--sampler", "dpm2"]) == 2
+        assert "--sampler dpm2 cannot sample a model with a zero-terminal-SNR" in capsys.readouterr().err

@@ -199,6 +199,7 @@ def cmd_evaluate(args) -> int:
     from .models import DTYPES, load_model, pick_device
     from .shapes.evaluate import (caption_fidelity, check_judged_size, evaluate, fidelity_markdown, first_concepts,
                                   format_fidelity, format_markdown, print_table, settings, write_results)
+    from .samplers import scheduler_for
     from .shapes.probe import DEFAULT_PATH, Probe
 
     if args.captions < 0:
@@ -212,12 +213,13 @@ def cmd_evaluate(args) -> int:
     model = load_model(args.model, dtype=DTYPES[config.precision], device=device)
     probe = Probe.load(args.probe or DEFAULT_PATH)
     check_judged_size(model)
+    scheduler_for(model.pipeline.scheduler, config.sampler)  # (one the model's schedule refuses: now, not after training)
     results = []
     if args.captions:
         # a given --seed moves the captions' seeds too; without it they stay the published tables' (2000, ...)
         seed = {"seed": config.seed} if "seed" in vars(args) else {}
         fidelity = caption_fidelity(model, probe, args.captions, sample_steps=config.sample_steps,
-                                    guidance=config.guidance, chunk=config.chunk, **seed)
+                                    guidance=config.guidance, chunk=config.chunk, sampler=config.sampler, **seed)
         print(format_fidelity(fidelity))
         results.append((fidelity, "fidelity", fidelity_markdown))
     if concepts:

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from textinv import __version__
-from textinv.config import TrainConfig, build, check_choices, check_guidance, check_lr, check_seed, opt
+from textinv.config import (SAMPLER_SPELLINGS, SAMPLERS, TrainConfig, build, check_choices, check_guidance, check_lr,
+                            check_installed, check_seed, opt)
 from textinv.errors import ConfigError
 from textinv.io import output_folder, write_json, write_text
 from textinv.tokens import scratch_tokens
@@ -96,6 +97,9 @@ class EvalConfig:
                           "--captions check's first seed, else 2000)")
     sample_steps: int = opt(25, "denoising steps per sample")
     guidance: float = opt(None, "classifier-free guidance scale (default: the model's own, 3 for the shapes model)")
+    sampler: str = opt("default", "sampling method of every sample and the --captions check (see textinv generate "
+                                  "--help; default: the model's own scheduler)", choices=SAMPLERS,
+                       spellings=SAMPLER_SPELLINGS)
     hue_tolerance: float = opt(15.0, "a hue within this many degrees of the concept's counts as a match (never "
                                      "more than half the way to the nearest named colour: see concept_hue_tolerance)")
     angle_tolerance: float = opt(15.0, "a stripe angle within this many degrees counts as a match")
@@ -110,6 +114,7 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
         check_lr(self.lr)
         check_choices(self)
+        check_installed(self.sampler)
         check_guidance(self.guidance)
         check_seed(self.seed, self.samples)
         check_seed(self.train_seed, self.runs, "--train-seed")
@@ -306,13 +311,15 @@ def score_images(probe, images, expected: dict, hue_tolerance: float = 15.0, ang
     return all_hold(hits, len(images)), hits, predicted
 
 
-def sample(model, prompts: list[str], seeds: list[int], steps: int, guidance: float, chunk: int = 32) -> list:
-    """One picture per (prompt, seed) pair, drawn `chunk` at a time."""
+def sample(model, prompts: list[str], seeds: list[int], steps: int, guidance: float, chunk: int = 32,
+           sampler: str = "default") -> list:
+    """One picture per (prompt, seed) pair, drawn `chunk` at a time with `sampler`."""
     from textinv.generate import render  # diffusers: imported when needed, so the CLI starts fast
 
     out = []
     for i in range(0, len(prompts), chunk):
-        out += render(model, prompts[i:i + chunk], seeds[i:i + chunk], steps=steps, guidance=guidance)
+        out += render(model, prompts[i:i + chunk], seeds[i:i + chunk], steps=steps, guidance=guidance,
+                      sampler=sampler)
     return out
 
 
@@ -397,7 +404,8 @@ def score_method(model, probe, concept: Concept, method: str, config: EvalConfig
     rows = prompt_sets(concept, method)
     seeds = config.seeds
     prompts = [p for _, p, _ in rows for _ in seeds]
-    images = sample(model, prompts, seeds * len(rows), config.sample_steps, config.guidance, config.chunk)
+    images = sample(model, prompts, seeds * len(rows), config.sample_steps, config.guidance, config.chunk,
+                    config.sampler)
     return _score_prompts(probe, concept, rows, to_tensor(images).split(len(seeds)), config,
                           method_phrases(concept)[method])
 
@@ -663,7 +671,8 @@ def _settings_line(result: dict) -> str:
     return (f"{s['steps']} training steps (lr {s['lr']}, batch {s['batch']}, {s['vectors']} vector(s){init}, "
             f"{s['images']} pictures, {trained}, {s.get('precision', 'fp32')} weights); {s['samples']} samples per "
             f"prompt and method, seeds {s['seeds'][0]}.."
-            f"{s['seeds'][-1]}, {s['sample_steps']} denoising steps, guidance {s['guidance']}; match tolerances: "
+            f"{s['seeds'][-1]}, {s['sample_steps']} denoising steps, guidance {s['guidance']}"
+            f"{_sampler_words(s.get('sampler', 'default'))}; match tolerances: "
             f"hue {s['hue_tolerance']} deg (at most half the way to the nearest named colour), stripe angle "
             f"{s['angle_tolerance']} deg")
 
@@ -745,14 +754,14 @@ def _fidelity(predicted: dict[str, list], truth: dict[str, list]) -> tuple[dict[
 
 
 def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_steps: int = 25,
-                     guidance: float | None = None, chunk: int = 32) -> dict:
+                     guidance: float | None = None, chunk: int = 32, sampler: str = "default") -> dict:
     """Draw `n` fresh held-in scenes' full captions (`world.describe`: one object, every attribute named, never a
     held-out combination) and probe each picture against its own scene: per-attribute accuracy, and the share of
     pictures with shape, colour, pattern and background all right. Sample i uses seed + i.
 
     Two ceilings come with it: the same scenes' true renders probed (`renders`: the probe's own errors) and those
     renders round-tripped through the model's autoencoder (`autoencoder`: what it loses cannot be drawn either).
-    `guidance`: by default the model's own (`Model.guidance`)."""
+    `guidance`: by default the model's own (`Model.guidance`); `sampler`: by default the model's own scheduler."""
     check_guidance(guidance)
     guidance = model.guidance if guidance is None else guidance  # (asks the model only when it must)
     g = torch.Generator().manual_seed(seed)
@@ -764,7 +773,7 @@ def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_ste
              "size": [sc.obj.size for sc in scenes], "position": [sc.obj.position for sc in scenes],
              "style": [sc.style for sc in scenes]}
     started = time.perf_counter()
-    images = sample(model, prompts, [seed + i for i in range(n)], sample_steps, guidance, chunk)
+    images = sample(model, prompts, [seed + i for i in range(n)], sample_steps, guidance, chunk, sampler)
     accuracy, core = _fidelity(probe.predict(to_tensor(images)), truth)
     seconds = round(time.perf_counter() - started, 1)
     renders = world.render(batch)
@@ -772,7 +781,7 @@ def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_ste
     for name, pictures in (("renders", renders), ("autoencoder", round_trip(model, renders))):
         ceiling, ceiling_core = _fidelity(probe.predict(pictures), truth)
         ceilings[name] = {"accuracy": ceiling, "all_core": _mean(ceiling_core)}
-    return {"n": n, "seed": seed, "sample_steps": sample_steps, "guidance": guidance,
+    return {"n": n, "seed": seed, "sample_steps": sample_steps, "guidance": guidance, "sampler": sampler,
             "accuracy": accuracy, "all_core": _mean(core), **ceilings,
             "seconds": seconds, "model": describe_model(model),
             "examples": [{"prompt": p, "ok": ok} for p, ok in list(zip(prompts, core))[:8]],
@@ -782,7 +791,8 @@ def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_ste
 def format_fidelity(result: dict) -> str:
     acc = result["accuracy"]
     lines = [f"held-in captions: {result['n']} pictures (seeds {result['seed']}..{result['seed'] + result['n'] - 1}, "
-             f"{result['sample_steps']} steps, guidance {result['guidance']})",
+             f"{result['sample_steps']} steps, guidance {result['guidance']}"
+             + _sampler_words(result.get("sampler", "default")) + ")",
              "| attribute | " + " | ".join(FIDELITY_ATTRIBUTES) + " | shape+colour+pattern+background |",
              "| --- |" + " --- |" * (len(FIDELITY_ATTRIBUTES) + 1),
              "| drawn as captioned | " + " | ".join(f"{acc[a]:.2f}" for a in FIDELITY_ATTRIBUTES) +
@@ -796,9 +806,16 @@ def format_fidelity(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _sampler_words(sampler: str) -> str:
+    """How a table names its sampler: nothing for the model's own (the tables before the setting drew with it)."""
+    return "" if sampler == "default" else f", sampler {sampler}"
+
+
 def fidelity_markdown(result: dict) -> str:
     return (f"# Held-in caption fidelity, {result['date']}\n\nModel: {result['model']['description']}; command: "
-            f"`textinv evaluate --captions {result['n']} --concepts 0`\n\n{format_fidelity(result)}\n")
+            f"`textinv evaluate --captions {result['n']} --concepts 0"
+            f"{'' if result.get('sampler', 'default') == 'default' else ' --sampler ' + result['sampler']}`\n\n"
+            f"{format_fidelity(result)}\n")
 
 
 def write_results(result: dict, out, name: str = "quality", markdown=format_markdown) -> tuple[Path, Path]:
