@@ -73,8 +73,9 @@ KOHYA = {"ddim": "ddim", "ddpm": "ddpm", "euler": "euler", "k_euler": "euler", "
          "dpmsingle": "dpm++2s"}  # (DPMSolverSinglestep's defaults: dpmsolver++, order 2)
 KOHYA_OTHERS = ("pndm", "dpmsolver")  # kohya's, which textinv does not have
 # ComfyUI's samplers (KSampler's sampler_name) that textinv has, as textinv's base names. The _gpu ones draw the same
-# noise on the GPU; uni_pc is UniPC's bh1 variant, diffusers' bh2, as the web UI's UniPC (bh1) is textinv's unipc.
-# Not here: dpmpp_2s_ancestral (textinv's dpm++2s is not ancestral), dpm_fast, dpm_adaptive, lcm, the cfg_pp ones
+# noise on the GPU; uni_pc (UniPC's bh1 variant) and uni_pc_bh2 are both textinv's unipc (diffusers' UniPC, bh2), as
+# the web UI's UniPC is. Not here: dpmpp_2s_ancestral (textinv's dpm++2s is not ancestral), dpm_fast, dpm_adaptive,
+# lcm, the cfg_pp ones
 COMFY = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a",
          "lms": "lms", "dpmpp_2m": "dpm++2m", "dpmpp_2m_sde": "dpm++2m_sde", "dpmpp_2m_sde_gpu": "dpm++2m_sde",
          "dpmpp_3m_sde": "dpm++3m_sde", "dpmpp_3m_sde_gpu": "dpm++3m_sde", "dpmpp_sde": "dpm++sde",
