@@ -538,3 +538,12 @@ def test_an_sdxl_pictures_ti_hashes_name_one_file_embeddings_and_not_a_diffusers
 
     assert fields(one)["TI hashes"] == f"<gq>: {hashlib.sha256(one.read_bytes()).hexdigest()[:12]}"
     assert "TI hashes" not in fields(pair[0]) and "TI hashes" not in fields(*pair)
+
+
+@pytest.mark.parametrize("sampler", ["dpm++sde_karras", "dpm++2m_sde_exponential", "dpm++3m_sde", "lms_beta"])
+def test_the_sde_samplers_and_schedules_draw_sdxl_each_picture_from_its_seed(xl_dir, sampler):
+    """The samplers that add noise at every step draw SDXL's pictures each from its own seed, as SD's."""
+    model = load_model(xl_dir)
+    pair = render(model, ["a dog", "a dog"], [4, 5], steps=3, sampler=sampler)
+    alone = render(model, ["a dog"], [5], steps=3, sampler=sampler)[0]
+    assert np.asarray(alone).std() > 0 and np.array_equal(np.asarray(pair[1]), np.asarray(alone))
