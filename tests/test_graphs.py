@@ -165,6 +165,7 @@ def test_a_replay_adds_its_own_gradients_and_returns_its_own_losses(fake_capture
     dict(min_snr_gamma=5.0, vectors=2, sample_every=3, save_every=3),  # (a grid and a save between replays)
     dict(gradient_checkpointing=True, weight_decay=0.5, installed=True),  # (an installed token's rows put back)
     dict(reference_like=True),  # (the whole table trained, the frozen rows put back)
+    dict(max_token_length=150, vectors=2),  # (kohya's long captions: every chunk through the text encoder)
 ])
 def test_replayed_on_the_cpu_the_captured_step_learns_what_the_plain_step_learns(settings, fake_capture, sd1_dir,
                                                                                   images, tmp_path):

@@ -576,9 +576,9 @@ def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, sd1_dir, sd
                                                                 monkeypatch):
     """The count is of `step_bytes`'s step, not of the run's: the run's own step (two concepts drawn into one batch,
     --alpha-mask's pixel weights, min-SNR, --vectors 2, clip skip 2, SD 2's v-prediction, SDXL's two encoders, pooled
-    output and time ids, checkpointing) counted on the CPU must hold what the twin's does, attention on the math path
-    on both sides (the CPU has no kernel the meta device can stand in for). A second text pass or a tensor the step
-    keeps and the twin's does not would show here."""
+    output and time ids, checkpointing, --max-token-length's chunks) counted on the CPU must hold what the twin's
+    does, attention on the math path on both sides (the CPU has no kernel the meta device can stand in for). A
+    second text pass or a tensor the step keeps and the twin's does not would show here."""
     from contextlib import nullcontext
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -591,7 +591,8 @@ def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, sd1_dir, sd
         build_tiny_xl_pipeline().save_pretrained(tmp_path / "xl")
     where = {"sd1": sd1_dir, "sd2": sd2_dir, "sdxl": tmp_path / "xl"}[arch]
     settings = {"sd1": dict(alpha_mask=True, min_snr_gamma=5.0, clip_skip=2, grad_accum=2),
-                "sd2": dict(noise_offset=0.1), "sdxl": dict(gradient_checkpointing=True)}[arch]
+                "sd2": dict(noise_offset=0.1, max_token_length=150),
+                "sdxl": dict(gradient_checkpointing=True, max_token_length=225)}[arch]
     run = dataclasses.replace(config(images, tmp_path / "run", batch=2, steps=1, vectors=2, **settings), images=None,
                               token=None, concepts=[f"{images}=<za>", f"{images}=<zb>"])
     live, marks = memory.LiveMemory(), {}
@@ -615,7 +616,7 @@ def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, sd1_dir, sd
     twin, ids = memory.meta_twin(model, run.vectors)
     monkeypatch.setattr(memory, "fused_attention", nullcontext)  # (the meta device's own choice: the math path)
     counted = memory.step_bytes(twin, ids, run.batch * 2, model.resolution, run.gradient_checkpointing,
-                                check_clip_skip(model, run.clip_skip))
+                                check_clip_skip(model, run.clip_skip), run.max_token_length)
     assert counted == pytest.approx(marks["peak"] - marks["at"], rel=0.01)
 
 

@@ -49,6 +49,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 COMPILE = ("off", "blocks", "unet")
+MAX_TOKEN_LENGTHS = (CHUNK, 2 * CHUNK, 3 * CHUNK)  # kohya's --max_token_length: left out (75), 150 or 225
 METADATA = ("shareable", "full", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICE_HELP = "where the model runs: auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps"
@@ -73,7 +74,7 @@ def check_choices(config) -> None:
             setattr(config, f.name, spelled(f.metadata["spellings"], getattr(config, f.name)))
         value = getattr(config, f.name)
         if choices and value is not None and value not in choices:
-            raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(choices)}")
+            raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(map(str, choices))}")
 
 
 # what a setting given from Python needs besides its type, where the plain "takes a list" would not say it
@@ -236,6 +237,11 @@ class TrainConfig:
     clip_skip: int = opt(1, "text-encoder layer read, counted from the end as A1111 and kohya count (1: the last; 2: "
                             "the penultimate, usual for anime SD 1.x models); generate with the same. SD 1.x/2.x "
                             "(SDXL reads its penultimate layers: 1 and 2 both mean that there)")
+    max_token_length: int = opt(CHUNK, "caption tokens training reads: 75, one pass of the text encoder (77 with "
+                                       "its start and end; the rest of a longer caption is cut off), or kohya's "
+                                       "--max_token_length 150 or 225: the caption in chunks of 75 tokens, each "
+                                       "encoded on its own, laid end to end as kohya's scripts lay them (for long "
+                                       "tag captions)", choices=MAX_TOKEN_LENGTHS)
     noise_offset: float = opt(0.0, "offset noise (kohya's --noise_offset): add this times one random number per "
                                    "sample and latent channel to the training noise, so training also sees noise "
                                    "that shifts a picture's overall brightness and colour; 0.05-0.1 is typical; 0: off")

@@ -268,9 +268,10 @@ def meta_twin(model, vectors: int = 1):
 
 
 def step_bytes(twin, first_ids: list[int], batch: int, resolution: int, checkpointing: bool = False,
-               clip_skip: int = 1) -> int:
+               clip_skip: int = 1, max_token_length: int = 75) -> int:
     """The most bytes a training step of `batch` samples at `resolution` (forward, loss, backward to the learned
-    vectors) holds at once beyond what the run holds between steps, on a meta-device model (`meta_twin`)."""
+    vectors) holds at once beyond what the run holds between steps, on a meta-device model (`meta_twin`); with
+    `max_token_length` 150 or 225 (--max-token-length) each caption is its 2 or 3 chunks, as the trainer's."""
     from .models import xl_time_ids
     from .train import diffusion_loss
 
@@ -290,7 +291,8 @@ def step_bytes(twin, first_ids: list[int], batch: int, resolution: int, checkpoi
         ids = []
         for (_, tok, _), first in zip(twin.encoders, first_ids):
             row = [tok.bos_token_id, first] + [tok.eos_token_id] * (tok.model_max_length - 2)
-            ids.append(torch.tensor([row] * batch, device="meta"))
+            chunks = max_token_length // (tok.model_max_length - 2)  # (kohya's, `train.long_caption_ids`)
+            ids.append(torch.tensor([row * chunks] * batch, device="meta"))
         time_ids = None
         if twin.is_xl:
             time_ids = xl_time_ids(torch.tensor([[resolution, resolution]] * batch), torch.zeros(batch, 2),

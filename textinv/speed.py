@@ -30,10 +30,11 @@ def speed_up_unet(unet, compile: str = "off", mode: str = "default", channels_la
         unet.compile(mode=mode)
 
 
-def unet_example(model: Model, batch: int, latent_shape, like: torch.Tensor | None = None) -> dict:
+def unet_example(model: Model, batch: int, latent_shape, like: torch.Tensor | None = None, tokens: int = 77) -> dict:
     """Random UNet inputs of a training step's shapes (from a private generator: the run's RNG is untouched).
     `like`: a latent (4, h, w) whose memory layout the sample takes, as the training steps' UNet input takes the
-    cached latents' (NHWC where oneDNN's VAE made them so, on the CPU): dynamo guards on strides too."""
+    cached latents' (NHWC where oneDNN's VAE made them so, on the CPU): dynamo guards on strides too. `tokens`: the
+    conditioning's length, 77, or 2 + --max-token-length with kohya's long captions (`train.encode_captions`)."""
     unet = model.unet
     g = torch.Generator().manual_seed(0)
     device, dtype = unet.device, unet.dtype
@@ -42,7 +43,7 @@ def unet_example(model: Model, batch: int, latent_shape, like: torch.Tensor | No
     sample = torch.randn(batch, *latent_shape, generator=g).to(device, dtype)
     example = {"sample": sample.contiguous(memory_format=torch.channels_last) if nhwc else sample,
                "timestep": torch.randint(0, 1000, (batch,), generator=g).to(device),
-               "encoder_hidden_states": torch.randn(batch, 77, unet.config.cross_attention_dim,
+               "encoder_hidden_states": torch.randn(batch, tokens, unet.config.cross_attention_dim,
                                                     generator=g).to(device, dtype)}
     if model.is_xl:
         pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim

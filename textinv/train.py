@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis, modelspec
-from .config import TrainConfig, parse_lr_steps, read_config_file, save_config
+from .config import MAX_TOKEN_LENGTHS, TrainConfig, parse_lr_steps, read_config_file, save_config
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, read_caption, read_template_file)
 from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError
@@ -127,9 +127,11 @@ def encode_latents(vae, pixels: torch.Tensor | Sequence[torch.Tensor], batch: in
 
 class CaptionBank:
     """Every caption a picture can get, tokenized once per tokenizer: `ids[k]` (C, 77), and per picture the
-    caption rows it draws from."""
+    caption rows it draws from. With a `max_token_length` above 75 (--max-token-length 150 or 225) each caption's
+    ids are kohya's chunks, (C, n * 77) (`long_caption_ids`)."""
 
-    def __init__(self, tokenizers: list, sampler: CaptionSampler, device, entries: list[str] | None = None):
+    def __init__(self, tokenizers: list, sampler: CaptionSampler, device, entries: list[str] | None = None,
+                 max_token_length: int = emphasis.CHUNK):
         texts: list[str] = []
         rows: list[list[int]] = []
         for i in range(len(sampler)):
@@ -140,33 +142,97 @@ class CaptionBank:
         self.picture_of = [i for i, r in enumerate(rows) for _ in r]  # each caption's picture
         if entries:
             for tok in tokenizers:
-                _check_token_fits(tok, texts, entries, moved=sampler.tags.active and not sampler.tags.keep)
-        self.ids = [tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device) for tok in tokenizers]
+                _check_token_fits(tok, texts, entries, moved=sampler.tags.active and not sampler.tags.keep,
+                                  max_token_length=max_token_length)
+        if max_token_length == emphasis.CHUNK:  # one pass of the text encoder, as always
+            self.ids = [tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(device) for tok in tokenizers]
+        else:
+            self.ids = [long_caption_ids(tok, texts, max_token_length).to(device) for tok in tokenizers]
         width = max(len(r) for r in rows)
         self.choices = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], device=device)  # (I, K)
         self.counts = torch.tensor([len(r) for r in rows], device=device)  # (I,)
 
     def pick(self, image: torch.Tensor, u: torch.Tensor) -> list[torch.Tensor]:
-        """Token ids (B, 77) per tokenizer for pictures `image` (B,) given uniform draws `u` (B,) in [0, 1)."""
+        """Token ids (B, 77) per tokenizer (B, n * 77 with kohya's chunks) for pictures `image` (B,) given uniform
+        draws `u` (B,) in [0, 1)."""
         k = (u * self.counts[image]).long().clamp(max=self.choices.shape[1] - 1)
         rows = self.choices[image, k]
         return [ids[rows] for ids in self.ids]
 
 
-def _check_token_fits(tokenizer, texts: list[str], entries: list[str], moved: bool = False) -> None:
-    """Refuse captions that the text encoder's 77-token window cuts inside the token's entries (`entries`: the
-    token and its `_1`... names). The rest of a long caption may be cut, as everywhere, but a caption whose token
-    is cut teaches nothing, or trains only the first of its vectors. `moved`: tag shuffling may have moved the
-    token's tag back (the fix is then to keep it in place)."""
+def long_caption_ids(tokenizer, texts: list[str], max_token_length: int) -> torch.Tensor:
+    """Token ids of captions read to `max_token_length` tokens (150 or 225) as kohya's scripts read them with their
+    --max_token_length (sd-scripts' `get_input_ids`, library/strategy_base.py): (C, n * 77), n = max_token_length /
+    75 chunks of 77 ids laid end to end. Each caption is tokenized once to max_token_length + 2 ids (start, tokens,
+    end, padding; a longer one is cut), then cut every 75 tokens, with no regard for words, tags or a learned
+    token's vectors; each chunk gets the start id before its 75 and the caption's last id (its end or padding)
+    after them. Every caption has all n chunks: those past its end hold padding. Where the tokenizer pads with
+    another id than its end id (SD 2.x's and SDXL's second tokenizer pad with '!'), a chunk whose last token is a
+    word ends with the end id, and a chunk of padding only starts with one, as there.
+
+    >>> long_caption_ids(model.tokenizer, ["a photo of a dog"], 150).shape  # doctest: +SKIP
+    torch.Size([1, 154])
+    """
+    width = tokenizer.model_max_length  # 77: a chunk's 75 tokens between its start and end
+    end, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ids = tokenizer(texts, padding="max_length", max_length=max_token_length + 2, truncation=True,
+                    return_tensors="pt", verbose=False).input_ids  # (C, L + 2)
+    chunks = []
+    for start in range(1, max_token_length + 1, width - 2):
+        chunk = torch.cat([ids[:, :1], ids[:, start:start + width - 2], ids[:, -1:]], dim=1)  # (C, 77)
+        if pad != end:
+            chunk[(chunk[:, -2] != end) & (chunk[:, -2] != pad), -1] = end  # (a full chunk: ... word <end>)
+            chunk[chunk[:, 1] == pad, 1] = end  # (an empty one: <start> <end> <pad> ...)
+        chunks.append(chunk)
+    return torch.stack(chunks, dim=1).reshape(len(texts), -1)  # (C, n * 77)
+
+
+def encode_captions(model: Model, ids: list[torch.Tensor], clip_skip: int = 1) -> tuple[torch.Tensor,
+                                                                                       torch.Tensor | None]:
+    """The UNet's conditioning for training captions' ids (`CaptionBank`): `encode_text` of (B, 77) ids, one pass
+    of each text encoder, as always; kohya's layout for the chunks of --max-token-length 150 or 225 ((B, n * 77),
+    `long_caption_ids`): every chunk encoded on its own (`encode_text`: its `clip_skip`, SDXL's penultimate layers),
+    then the first chunk's start state, every chunk's 75 token states, and the last chunk's last state (its end or
+    padding) laid end to end, (B, 2 + 75n, C): the inner chunks' start and end states are left out, as sd-scripts'
+    `get_hidden_states` and `get_hidden_states_sdxl` leave them out (library/train_util.py; strategy_sd.py,
+    strategy_sdxl.py in newer versions). SDXL's pooled output is the first chunk's, as there. (Their SD 2.x branch
+    means to copy a padding state over an empty chunk's end state, but compares an id with the end token's text,
+    which is never equal: every family is laid out alike there, and so here.)
+
+    >>> hidden, _ = encode_captions(model, [long_caption_ids(model.tokenizer, ["a dog"], 150)])  # doctest: +SKIP
+    >>> hidden.shape  # doctest: +SKIP
+    torch.Size([1, 152, 768])
+    """
+    width = model.tokenizer.model_max_length
+    if ids[0].shape[-1] == width:
+        return encode_text(model, ids, clip_skip)
+    batch, n = ids[0].shape[0], ids[0].shape[-1] // width
+    hidden, pooled = encode_text(model, [i.reshape(batch * n, width) for i in ids], clip_skip)  # (B * n, 77, C)
+    hidden = hidden.reshape(batch, n, width, -1)
+    hidden = torch.cat([hidden[:, 0, :1], hidden[:, :, 1:-1].flatten(1, 2), hidden[:, -1, -1:]], dim=1)
+    return hidden, (pooled.reshape(batch, n, -1)[:, 0] if pooled is not None else None)
+
+
+def _check_token_fits(tokenizer, texts: list[str], entries: list[str], moved: bool = False,
+                      max_token_length: int = emphasis.CHUNK) -> None:
+    """Refuse captions that training's window (the text encoder's 77 tokens, or --max-token-length's) cuts inside
+    the token's entries (`entries`: the token and its `_1`... names). The rest of a long caption may be cut, as
+    everywhere, but a caption whose token is cut teaches nothing, or trains only the first of its vectors. `moved`:
+    tag shuffling may have moved the token's tag back (the fix is then to keep it in place)."""
     ids = set(tokenizer.convert_tokens_to_ids(entries))
-    limit = tokenizer.model_max_length - 1  # the last place is the end marker
+    limit = max_token_length + 1  # the start marker and the tokens read; the place after them is the end marker
     for text, full in zip(texts, tokenizer(texts, verbose=False).input_ids):
         # every entry inside the window <=> its first mention is whole (a later mention may be cut, as any words)
         if len(full) > limit + 1 and ids & set(full) and not ids <= set(full[:limit]):
-            raise ConfigError(f"the training caption {text!r} is {len(full)} tokens long and the text encoder reads "
-                              f"the first {limit + 1}, so it cuts the token's {len(entries)} vector(s); shorten the "
-                              f"caption or template, put the token earlier in it, or use fewer --vectors"
+            reads = ("the text encoder reads the first 77" if max_token_length == emphasis.CHUNK else
+                     f"--max-token-length {max_token_length} reads the first {limit + 1}")
+            longer = next((n for n in MAX_TOKEN_LENGTHS if n > max_token_length and ids <= set(full[:n + 1])), None)
+            raise ConfigError(f"the training caption {text!r} is {len(full)} tokens long and {reads}, so it cuts the "
+                              f"token's {len(entries)} vector(s); shorten the caption or template, put the token "
+                              f"earlier in it, or use fewer --vectors"
+                              + (f", or read more of it with --max-token-length {longer} (kohya's layout: 75-token "
+                                 f"chunks)" if longer else "")
                               + ("; --shuffle-tags moved it back: --keep-tags 1 keeps a first tag that holds it "
                                  "in place" if moved else ""))
 
@@ -361,16 +427,17 @@ def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids
                    text: tuple | None = None) -> torch.Tensor:
     """The denoising loss of one batch: the model's own target (epsilon or velocity), mean over pixels, (B,).
 
-    `input_ids` holds one (B, 77) tensor per text encoder; `time_ids` (B, 6) is SDXL's size/crop conditioning;
-    `pixel_weight` (B, 1, h, w) weighs the latent pixels (`denoising_loss`); `text`, when given, is `encode_text`'s
-    result for `input_ids`, already computed.
+    `input_ids` holds one (B, 77) tensor per text encoder (B, n * 77 with --max-token-length: `encode_captions`);
+    `time_ids` (B, 6) is SDXL's size/crop conditioning; `pixel_weight` (B, 1, h, w) weighs the latent pixels
+    (`denoising_loss`); `text`, when given, is `encode_captions`'s result for `input_ids`, already computed.
     """
     unet = model.unet
     # the frozen weights' dtype: their first parameter's, as `unet.dtype` reads it after a walk over every module
     # (two of those were ~3% of a training step on the bundled shapes model)
     dtype = next(unet.parameters()).dtype
     noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
-    hidden, pooled = text or encode_text(model, input_ids, clip_skip)  # (B, 77, C) [+ (B, C2) for SDXL]
+    # (B, 77, C), or (B, 2 + 75n, C) with --max-token-length [+ (B, C2) for SDXL]
+    hidden, pooled = text or encode_captions(model, input_ids, clip_skip)
     extra = {}
     if pooled is not None:
         extra["added_cond_kwargs"] = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
@@ -602,7 +669,8 @@ def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[
         twin, first_ids = meta_twin(where.model, config.vectors)
 
         def needs(checkpointing: bool):
-            return lambda n: held + step_bytes(twin, first_ids, n, where.resolution, checkpointing, where.clip_skip)
+            return lambda n: held + step_bytes(twin, first_ids, n, where.resolution, checkpointing, where.clip_skip,
+                                               config.max_token_length)
 
         plain = largest_batch(needs(config.gradient_checkpointing), room)
         if plain >= batch:
@@ -814,7 +882,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags, seed=concept_seed(config.seed, k))
         bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder, tags=tags), device,
-                           entries=token_names(spec["token"], config.vectors))
+                           entries=token_names(spec["token"], config.vectors),
+                           max_token_length=config.max_token_length)
         _check_no_other_tokens(model.tokenizer, bank, pictures, spec, [s["token"] for s in specs if s is not spec],
                                config.vectors)
         time_ids = None
@@ -837,7 +906,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if config.compile != "off":
         # (the example as the steps call the UNet: a different shape, layout or call recompiles at the first step)
         check_compiled_unet(model.unet, unet_example(model, len(concepts) * config.batch, concepts[0].mean[0].shape,
-                                                     like=concepts[0].mean[0]))
+                                                     like=concepts[0].mean[0], tokens=config.max_token_length + 2))
     scheduler = model.noise_scheduler()
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
     scaling = model.vae.config.scaling_factor
@@ -923,6 +992,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
                 "clip_skip": str(clip_skip), "resolution": str(resolution), "prediction_type": model.prediction_type,
                 "textinv_version": __version__}
+        if config.max_token_length != emphasis.CHUNK:  # (left out at 75: a run's file is as it always was)
+            meta["max_token_length"] = str(config.max_token_length)
         return LearnedEmbedding(c.token, per_encoder, meta)
 
     def embedding_path(c: ConceptState) -> Path:
@@ -1373,7 +1444,7 @@ def grouped_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: 
     groups: dict[tuple, list[int]] = {}
     for n, latent in enumerate(latents):
         groups.setdefault(tuple(latent.shape), []).append(n)
-    hidden, pooled = encode_text(model, input_ids, clip_skip)
+    hidden, pooled = encode_captions(model, input_ids, clip_skip)
     losses, order = [], []
     for members in groups.values():
         # indices made on the host reach a GPU as the draws do (`_to_device`): `torch.tensor(list, device="cuda")`
