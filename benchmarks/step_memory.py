@@ -5,6 +5,7 @@ with and without gradient checkpointing (issue 4).
     python -m benchmarks.step_memory --arch sdxl --batch 1 4 --resolution 1024
     python -m benchmarks.step_memory --arch sd15 --fit 12 24                   # the largest batch per card size
     python -m benchmarks.step_memory --model path/to/model.safetensors --fit 8 # a model of your own
+    python -m benchmarks.step_memory --arch sd15 --max-token-length 225        # kohya's long captions
 
 The trainer's own step (`textinv.train.diffusion_loss` on a model with a learned token installed as `textinv train`
 installs it, then the backward) runs on PyTorch's `meta` device: shapes without memory or arithmetic, so SD 1.5 and
@@ -69,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--fit", type=float, nargs="*", default=[12, 24], metavar="GIB",
                    help="card sizes in GiB to find the largest batch for (none: skip)")
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--max-token-length", type=int, choices=(75, 150, 225), default=75,
+                   help="the captions' tokens, as `textinv train --max-token-length` reads them (150 and 225: two or "
+                        "three passes of the text encoders a sample, and 152 or 227 states for the UNet)")
     args = p.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
     if args.model:  # (loaded on the CPU for its configs and its weights' size; the step runs on its meta twin)
@@ -81,13 +85,15 @@ def main(argv=None) -> int:
         name = args.arch
     resolution = args.resolution or twin.resolution
     weights = weight_bytes(pipe) / GiB
-    print(f"{name} at {resolution}x{resolution}, {args.precision}: frozen weights {weights:.2f} GiB "
+    tokens = f", captions of {args.max_token_length} tokens" if args.max_token_length != 75 else ""
+    print(f"{name} at {resolution}x{resolution}, {args.precision}{tokens}: frozen weights {weights:.2f} GiB "
           f"(UNet, text encoder(s), VAE); a card fits a step when allocated x {RESERVE} + {CONTEXT_GIB} GiB <= its "
           f"size")
     print(f"{'checkpointing':<14} {'batch':>6} {'step GiB':>9} {'allocated GiB':>14}")
     for checkpointing in (False, True):
         def peak_gib(batch: int, checkpointing=checkpointing) -> float:
-            return weights + step_bytes(twin, token_ids, batch, resolution, checkpointing) / GiB
+            return weights + step_bytes(twin, token_ids, batch, resolution, checkpointing,
+                                        max_token_length=args.max_token_length) / GiB
 
         for batch in args.batch:
             total = peak_gib(batch)

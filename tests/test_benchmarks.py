@@ -614,6 +614,25 @@ def test_step_memory_command_finds_the_largest_batch_that_fits(capsys, monkeypat
         assert n >= 1 and step_memory.card_fits(gib(n), 0.02) and not step_memory.card_fits(gib(n + 1), 0.02)
 
 
+def test_step_memory_counts_long_captions_as_the_trainer_reads_them(capsys, monkeypatch):
+    """--max-token-length 225: each sample's three chunks through the text encoder and 227 states for the UNet, as
+    `textinv train --max-token-length 225` runs its step; more memory than the default's one pass of 77."""
+    import benchmarks.step_memory as step_memory
+    from textinv.memory import step_bytes
+
+    counted = {}
+
+    def counting(*a, **k):
+        counted.setdefault(k.get("max_token_length", 75), []).append(step_bytes(*a, **k))
+        return counted[k.get("max_token_length", 75)][-1]
+
+    monkeypatch.setattr(step_memory, "step_bytes", counting)
+    for length in (75, 225):
+        assert step_memory.main(["--arch", "tiny", "--batch", "2", "--fit", "--max-token-length", str(length)]) == 0
+        assert (", captions of 225 tokens:" in capsys.readouterr().out) == (length == 225)
+    assert set(counted) == {75, 225} and all(long > short for short, long in zip(counted[75], counted[225]))
+
+
 @pytest.mark.parametrize("arch, unet, text", [("sd15", 859_520_964, [123_060_480]),
                                               ("sdxl", 2_567_463_684, [123_060_480, 694_659_840])])
 def test_full_size_architectures_build_with_their_published_sizes(arch, unet, text):
