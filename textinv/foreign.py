@@ -214,8 +214,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
      _K, "train", None, _KEEP),
     ("save_state_on_train_end", _K, "train", None, "not needed: the last checkpoint holds the optimizer's state; "
                                                    "textinv train --out DIR --resume continues"),
-    ("max_token_length", _K, "train", None, "textinv's training captions are one pass of the text encoder (77 "
-                                            "tokens, the rest cut off)"),
+    ("max_token_length", _K, "train", "--max-token-length", "150 or 225, read in 75-token chunks laid end to end "
+                                                            "as kohya lays them; left out, theirs reads 75, as "
+                                                            "textinv's default"),
     ("torch_compile", _K, "train", "--compile", "--compile blocks or unet: torch.compile of the frozen UNet"),
     ("dynamo_backend", _K, "train", None, "textinv compiles with torch.compile's default backend, inductor; "
                                           "--compile-mode chooses its mode"),
