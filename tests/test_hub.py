@@ -271,3 +271,14 @@ def test_push_offline_is_one_line_and_publishes_nothing(tmp_path, hub_cache, cap
     err = capsys.readouterr().err
     assert err.startswith("textinv push: error: --repo me/q: the Hugging Face hub could not be reached "
                           "(HF_HUB_OFFLINE is set)") and err.count("\n") == 1, err
+
+
+def test_the_card_says_how_many_caption_tokens_training_read_when_not_75():
+    """A run with --max-token-length 150 or 225 records it in the embedding; the card says so (the web UI and
+    ComfyUI read long prompts otherwise), and a run at the default says nothing."""
+    from textinv.hub import model_card
+
+    vectors = {"text_encoder": torch.zeros(1, 768)}
+    long = model_card(LearnedEmbedding("<q>", vectors, {"max_token_length": "225"}), "me/q", ["learned_embeds.safetensors"])
+    plain = model_card(LearnedEmbedding("<q>", vectors), "me/q", ["learned_embeds.safetensors"])
+    assert "| caption tokens read | 225 |" in long and "caption tokens" not in plain

@@ -241,7 +241,9 @@ def model_card(emb, repo: str, files: list[str], grid: Path | None = None) -> st
             ("init", meta.get("init")), ("base model", f"[{base}](https://huggingface.co/{base})" if on_hub else base),
             ("family", FAMILY_NAMES.get(family, describe_widths(emb.widths))), ("steps", meta.get("steps")),
             ("learned", meta.get("property")), ("resolution", meta.get("resolution")),
-            ("clip skip", meta.get("clip_skip") if meta.get("clip_skip") not in (None, "1") else None)]
+            ("clip skip", meta.get("clip_skip") if meta.get("clip_skip") not in (None, "1") else None),
+            # (recorded only when it is not 75: captions read in kohya's 75-token chunks)
+            ("caption tokens read", meta.get("max_token_length"))]
     body = [f"# {emb.token}", "", f"A textual-inversion embedding: the new word `{emb.token}` for a concept, learned "
             "from a few pictures with the model kept frozen, by textinv"
             + (f" {meta['textinv_version']}." if meta.get("textinv_version") else "."), "",
