@@ -279,6 +279,7 @@ def test_the_card_says_how_many_caption_tokens_training_read_when_not_75():
     from textinv.hub import model_card
 
     vectors = {"text_encoder": torch.zeros(1, 768)}
-    long = model_card(LearnedEmbedding("<q>", vectors, {"max_token_length": "225"}), "me/q", ["learned_embeds.safetensors"])
-    plain = model_card(LearnedEmbedding("<q>", vectors), "me/q", ["learned_embeds.safetensors"])
+    files = ["learned_embeds.safetensors"]
+    long = model_card(LearnedEmbedding("<q>", vectors, {"max_token_length": "225"}), "me/q", files)
+    plain = model_card(LearnedEmbedding("<q>", vectors), "me/q", files)
     assert "| caption tokens read | 225 |" in long and "caption tokens" not in plain
