@@ -1620,10 +1620,30 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
     # the SDE samplers and the schedules beside Karras; ComfyUI's sampler names are --sampler's spellings too
     for sampler_name, scheduler, ours, base in [("dpmpp_2m_sde_gpu", "karras", "dpm++2m_sde_karras", "dpm++2m_sde"),
                                                 ("dpmpp_3m_sde", "exponential", "dpm++3m_sde_exponential", "dpm++3m_sde"),
-                                                ("lms", "beta", "lms_beta", "lms"), ("dpmpp_sde", "normal", "dpm++sde",
-                                                                                     "dpm++sde")]:
+                                                ("lms", "karras", "lms_karras", "lms"), ("dpmpp_sde", "normal", "dpm++sde",
+                                                                                       "dpm++sde")]:
         assert read(sampler_name, scheduler).settings["sampler"] == ours, sampler_name
         assert GenerateConfig(prompt=["a dog"], sampler=sampler_name).validate().sampler == base
+
+
+def test_comfyuis_beta_scheduler_is_not_read_as_the_web_uis_beta_schedule(sd1_dir, tmp_path):
+    """ComfyUI's "beta" scheduler takes the steps at beta quantiles of the model's timesteps; the web UI's Beta (and
+    diffusers' use_beta_sigmas, textinv's _beta) spaces the noise levels themselves between the largest and the
+    smallest: on SD's schedule at 10 steps its middle step is at sigma 8.4 where ComfyUI's is at 2.6. --again read
+    ComfyUI's as textinv's _beta and drew another schedule: it asks for --sampler, as for a scheduler textinv lacks.
+    The web UI's Beta stays textinv's."""
+    from textinv.again import again_config, read_picture
+    from textinv.samplers import from_comfy, from_webui
+
+    assert from_comfy("euler", "beta") is None and from_comfy("dpmpp_2m_sde", "beta") is None
+    assert from_webui("Euler", "Beta") == "euler_beta"
+    graph = _comfy_graph()
+    graph["3"]["inputs"].update(sampler_name="lms", scheduler="beta")
+    path = _comfy_picture(tmp_path / "b.png", graph)
+    assert "sampler" not in read_picture(path).settings
+    with pytest.raises(ConfigError, match=r"ComfyUI's sampler 'lms' and scheduler 'beta' \(KSampler node 3\), which "
+                                          r"textinv does not have: choose one with --sampler"):
+        again_config(path, {"model": str(sd1_dir)})
 
 
 def test_again_follows_a_comfyui_prompt_to_a_primitive_and_asks_for_one_it_cannot_read(sd1_dir, tmp_path):

@@ -84,6 +84,11 @@ COMFY = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2"
 # (leading, trailing, linspace) do: the model's own spacing, a name without a schedule. The web UI's labels and
 # ComfyUI's scheduler names, lowercase
 EVEN_SPACINGS = {"uniform", "sgm uniform", "sgm_uniform", "normal", "simple", "ddim", "ddim_uniform"}
+# ComfyUI's schedulers that share a name with one of `SCHEDULES` but are another schedule: its "beta" takes the steps at
+# beta quantiles of the model's timesteps (Lee et al. 2024 as written), where the web UI's Beta and diffusers'
+# use_beta_sigmas space the noise levels themselves from the largest to the smallest (SD at 10 steps: the middle step
+# at sigma 2.6 there, 8.4 here)
+COMFY_OTHER_SCHEDULES = {"beta"}
 
 
 def webui_names(name: str) -> tuple[str, str | None] | None:
@@ -129,7 +134,9 @@ def from_comfy(sampler: str, scheduler: str) -> str | None:
     >>> from_comfy("dpmpp_2m", "karras"), from_comfy("euler_ancestral", "normal"), from_comfy("euler", "kl_optimal")
     ('dpm++2m_karras', 'euler_a', None)
     """
-    return _named(COMFY[sampler], scheduler) if sampler in COMFY else None
+    if sampler not in COMFY or scheduler.lower() in COMFY_OTHER_SCHEDULES:
+        return None
+    return _named(COMFY[sampler], scheduler)
 
 
 def _named(base: str, schedule: str) -> str | None:
