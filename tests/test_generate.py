@@ -2107,7 +2107,9 @@ def test_the_web_ui_names_of_each_sampler_read_back_as_it(sd1_dir, tmp_path):
         again_config(tmp_path / "ays.png", {"model": str(sd1_dir)})
 
 
-@pytest.mark.parametrize("sampler, package", [("lms", "scipy"), ("euler_beta", "scipy"), ("dpm++sde", "torchsde")])
+@pytest.mark.parametrize("sampler, package", [("lms", "scipy"), ("euler_beta", "scipy"), ("dpm++sde", "torchsde"),
+                                              # (both: torchsde for the sampler, SciPy for its schedule)
+                                              ("dpm++sde_beta", "scipy"), ("dpm++sde_beta", "torchsde")])
 def test_a_sampler_whose_package_is_missing_is_refused_when_read(monkeypatch, tmp_path, sampler, package):
     """LMS and the Beta schedule need SciPy, DPM++ SDE torchsde, which diffusers does not install: without them the
     sampler is refused when the settings are read (naming the install), not by diffusers at the first picture."""

@@ -168,17 +168,23 @@ HELP = (f"sampling method: default (the model's own scheduler), {', '.join(BASES
         f"kohya's (k_euler_a, k_dpm_2, dpmsingle) and ComfyUI's (dpmpp_2m_sde, euler_ancestral) are taken as these")
 
 
-def needed_package(name: str) -> str:
-    """The package diffusers needs to make sampler `name` ("" for none): SciPy for LMS and the Beta schedule,
-    torchsde for DPM++ SDE."""
+def needed_packages(name: str) -> list[str]:
+    """The packages diffusers needs to make sampler `name`: SciPy for LMS and the Beta schedule, torchsde for DPM++
+    SDE (both for dpm++sde_beta).
+
+    >>> needed_packages("dpm++sde_beta"), needed_packages("euler")
+    (['torchsde', 'scipy'], [])
+    """
     base, schedule = _PARTS.get(name, (None, ""))
-    return (BASES[base].needs if base else "") or ("scipy" if schedule == "beta" else "")
+    needs = [BASES[base].needs] if base and BASES[base].needs else []
+    return needs + (["scipy"] if schedule == "beta" and "scipy" not in needs else [])
 
 
 def check_installed(name: str, flag: str = "--sampler") -> None:
     """Refuse sampler `name` when a package it needs is missing, naming `flag` and the install command."""
-    package = needed_package(name)
-    if package and importlib.util.find_spec(package) is None:
+    for package in needed_packages(name):
+        if importlib.util.find_spec(package) is not None:
+            continue
         base = _PARTS[name][0]
         raise ConfigError(f"{flag} {name} needs the {package} package (diffusers' {BASES[base].cls} uses it"
                           + (", as the Beta schedule does" if package == "scipy" and base != "lms" else "")
