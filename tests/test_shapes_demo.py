@@ -583,3 +583,23 @@ def test_evaluate_samples_with_the_sampler_given_and_records_it(model_dir, probe
     if scheduler.get("rescale_betas_zero_snr"):  # (the bundled model's: DPM2 cannot keep it)
         assert main([*common, "--sampler", "dpm2"]) == 2
         assert "--sampler dpm2 cannot sample a model with a zero-terminal-SNR" in capsys.readouterr().err
+
+
+def test_evaluate_from_python_refuses_a_sampler_the_models_schedule_cannot_take_before_learning(model_dir, probe_path,
+                                                                                                 monkeypatch):
+    """`textinv evaluate --sampler dpm2` is refused before anything is learned on a zero-terminal-SNR model, but
+    `evaluate(..., sampler="dpm2")` from Python learned every concept's first run, then failed at its first picture."""
+    from textinv.errors import ConfigError
+    from textinv.shapes import evaluate as ev
+
+    model = load_model(model_dir)
+    own = model.pipeline.scheduler  # (the bundled model's is zero-terminal-SNR already; a quick one's is made so)
+    model.pipeline.scheduler = type(own).from_config(own.config, rescale_betas_zero_snr=True)
+
+    def learn(*args, **kwargs):
+        raise AssertionError("learned before the sampler was checked")
+
+    monkeypatch.setattr(ev, "learn", learn)
+    with pytest.raises(ConfigError, match="--sampler dpm2 cannot sample a model with a zero-terminal-SNR"):
+        evaluate(model, Probe.load(probe_path), world.BENCHMARK_CONCEPTS[:1], steps=1, samples=1, sampler="dpm2",
+                 progress=False)

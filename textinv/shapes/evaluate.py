@@ -507,10 +507,12 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
     ('textual-inversion', 0.75)
     """
     from textinv.generate import install_embedding, unload_embeddings
+    from textinv.samplers import scheduler_for
 
     config = build(EvalConfig, dataclasses.asdict(config or EvalConfig()), settings).validate()
     check_judged_size(model)
     check_trainer_settings(model, config)
+    scheduler_for(model.pipeline.scheduler, config.sampler)  # (one the model's schedule refuses: now, not after learning)
     config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
     concepts = list(concepts)
     if not concepts:
