@@ -1517,6 +1517,9 @@ def test_again_reads_clip_skip_loras_and_a_batch_from_a_comfyui_graph_and_names_
     graph["8"]["inputs"]["vae"] = ["16", 0]
     config, said = _notes(_comfy_picture(tmp_path / "c.png", graph), {"model": str(sd1_dir)})
     assert config.clip_skip == 2
+    # (ComfyUI counts the layers of the full encoder: on SD 2.x and SDXL its -2 is textinv's 1, which it says)
+    assert any(s.startswith("PICTURE: its ComfyUI CLIPSetLastLayer node 10 stops at layer -2, read as clip skip 2, "
+                            "as ComfyUI means it on SD 1.x; on SD 2.x its -2 is textinv's clip skip 1") for s in said)
     assert config.prompt == ["a (red:1.2) cat embedding:zz <lora:ghibli:0.8> <lora:film:0.5:1>"]
     assert any(s.startswith("PICTURE: its LoRAs are drawn by the tags <lora:ghibli:0.8> <lora:film:0.5:1> added to "
                             "its prompt") and "--lora-dir" in s for s in said)

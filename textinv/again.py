@@ -558,7 +558,7 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
                              f"{prompt!r} and CLIP-L {clip_l!r}; textinv gives both encoders one prompt: its text_g")
         if side == "positive":
             clip = graph.chain(graph.link(graph.inputs(encoder).get("clip")), ("clip",))
-            skip = _comfy_clip_skip(graph, clip, needs)
+            skip = _comfy_clip_skip(graph, clip, needs, notes)
             if skip is not None:
                 settings["clip_skip"] = skip
 
@@ -662,9 +662,11 @@ def _comfy_partial(graph: _ComfyGraph, sampler: str, notes: list[str]) -> None:
                  f"is another picture")
 
 
-def _comfy_clip_skip(graph: _ComfyGraph, clip: list[str], needs: dict[str, str]) -> int | None:
+def _comfy_clip_skip(graph: _ComfyGraph, clip: list[str], needs: dict[str, str], notes: list[str]) -> int | None:
     """The clip skip of the nearest CLIPSetLastLayer on the prompt's CLIP (its stop_at_clip_layer -1 is clip skip 1,
-    -2 is 2, ...); none there: 1, ComfyUI's last layer (SDXL's own penultimate, which textinv's 1 means too)."""
+    -2 is 2, ...: SD 1.x's counting); none there: 1, the layer ComfyUI reads by default (SD 2.x's and SDXL's
+    penultimate, which textinv's 1 means on them too). Counted on the full encoder, ComfyUI's layer means another
+    one on SD 2.x and SDXL, whose family the picture does not say: `notes` says so."""
     for node in clip:
         if graph.cls(node) == "CLIPSetLastLayer":
             layer = graph.value(node, "stop_at_clip_layer", (int,))
@@ -672,6 +674,11 @@ def _comfy_clip_skip(graph: _ComfyGraph, clip: list[str], needs: dict[str, str])
                 needs["clip_skip"] = (f"--again {graph.path}: its ComfyUI {graph.named(node)} stops at a layer textinv "
                                       f"cannot read (ComfyUI's are -1, -2, ...): give --clip-skip")
                 return None
+            notes.append(f"{graph.path}: its ComfyUI {graph.named(node)} stops at layer {layer}, read as clip skip "
+                         f"{-layer}, as ComfyUI means it on SD 1.x; on SD 2.x its -2 is textinv's clip skip 1 "
+                         f"(diffusers' SD 2.x encoder ends at that layer) and -1 a layer textinv cannot read, and on "
+                         f"SDXL -1 is the last layers, which textinv does not draw (its 1 and 2 are both SDXL's "
+                         f"penultimate): for those give --clip-skip 1")
             return -layer
     return 1
 
