@@ -298,8 +298,8 @@ def test_a_grid_sampler_the_models_schedule_refuses_is_refused_before_the_first_
     out = tmp_path / "run"
     config = TrainConfig(images=str(images), token="<zq>", model="shapes", out=str(out), steps=2, resolution=64,
                          sample_every=2, sample_prompts=["a {}", {"prompt": "{} at night", "sampler": "dpm2"}])
-    with pytest.raises(ConfigError, match=r"--sample-prompts '\{\} at night': --sampler dpm2 cannot sample a model "
-                                          r"with a zero-terminal-SNR"):
+    with pytest.raises(ConfigError, match=r"--sample-prompts '\{\} at night': its sampler dpm2 cannot sample a "
+                                          r"model with a zero-terminal-SNR"):
         train(config.validate(), progress=False)
     assert not list(out.glob("checkpoints/*"))
     config.sample_prompts[1]["sampler"] = "dpm++2m_sde"  # (one that can)

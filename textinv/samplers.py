@@ -192,11 +192,11 @@ def check_installed(name: str, flag: str = "--sampler") -> None:
                             f"torchsde), or choose another sampler")
 
 
-def scheduler_for(scheduler, name: str, seeds: list[int] | None = None):
+def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: str = "--sampler"):
     """The diffusers scheduler for sampler `name`, made from the model's own scheduler's config, so it keeps the
     model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler. `seeds`
     (the pictures' seeds, in the batch's order) seed DPM++ SDE's Brownian noise, one tree a picture, so a seed
-    draws its picture at any batch size.
+    draws its picture at any batch size. A refusal names `flag` as where the sampler was given.
 
     >>> scheduler_for(model.pipeline.scheduler, "dpm2_a_karras")  # doctest: +SKIP
     KDPM2AncestralDiscreteScheduler {... "use_karras_sigmas": true ...}
@@ -206,8 +206,8 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None):
     if name == "default":
         return scheduler
     if name not in _PARTS:
-        raise ConfigError(f"--sampler {name!r} is not one of: {', '.join(SAMPLERS)}")
-    check_installed(name)
+        raise ConfigError(f"{flag} {name!r} is not one of: {', '.join(SAMPLERS)}")
+    check_installed(name, flag)
     base, schedule = _PARTS[name]
     cls = getattr(diffusers, BASES[base].cls)
     # the sigma spacing is the sampler's: a model whose scheduler config ships Karras (or exponential, beta) spacing
@@ -224,12 +224,12 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None):
             # diffusers' class has no such option: it would quietly sample SD's unrescaled schedule, not the model's
             able = [n for n, b in BASES.items()
                     if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, b.cls).__init__).parameters]
-            raise ConfigError(f"--sampler {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
+            raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
                               f"this one's): diffusers' {cls.__name__} has none; use {', '.join(able[:-1])} or "
                               f"{able[-1]}")
         if schedule:
             # its largest noise level is infinite: a sigma schedule puts most steps at the top, on the same timestep
             # (or takes the logarithm of infinity)
-            raise ConfigError(f"--sampler {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
+            raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
                               f"this one's); use {base}")
     return made

@@ -814,10 +814,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if config.sample_every:  # (now, not at the first grid: the sampler refuses them there)
         check_steps(model, config.sample_steps, "--sample-steps")
         for shot in map(as_sample, config.sample_prompts):  # (a sampler this model's schedule refuses, likewise)
-            try:
-                scheduler_for(model.pipeline.scheduler, shot.sampler or "default")
-            except ConfigError as e:
-                raise ConfigError(f"--sample-prompts {shot.prompt!r}: {e}") from None
+            scheduler_for(model.pipeline.scheduler, shot.sampler or "default",
+                          flag=f"--sample-prompts {shot.prompt!r}: its sampler")
     # a model that says its own words for the property (the bundled shapes model knows neither "object" nor the
     # paper's templates' words) gives the init and templates the user left out
     own = model.prompting.get(config.property, {})
