@@ -64,6 +64,17 @@ def test_a_token_identifier_that_differs_from_the_files_token_is_warned_about(hu
         assert load_embedding("me/dog").token == "<dog>"  # (the file's, as diffusers loads it)
 
 
+def test_a_token_identifier_in_another_unicode_form_is_the_same_name(hub_cache):
+    """token_identifier.txt written decomposed (a Mac's) names the token the file holds composed: no warning."""
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "<caf\u00e9>").encode()
+    cache_repo(hub_cache, "me/cafe", {"learned_embeds.bin": concept("<caf\u00e9>"), "token_identifier.txt": decomposed})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_embedding("me/cafe").token == "<caf\u00e9>"
+
+
 def test_a_repo_not_in_the_cache_is_one_clear_line_offline(hub_cache, capsys):
     with pytest.raises(FormatError, match=r"^nobody/nothing: no such file here, and learned_embeds.safetensors or "
                                           r"learned_embeds.bin of the hub repo 'nobody/nothing' is not in the local "

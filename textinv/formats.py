@@ -421,8 +421,8 @@ def _with_token_identifier(repo: str, read: _Read) -> _Read:
 
     named = token_identifier(repo)
     held = read.token or read.metadata.get("token")
-    if named is None or named == held:
-        return read
+    if named is None or held is not None and unicodedata.normalize("NFC", named) == unicodedata.normalize("NFC", held):
+        return read  # (one name: a token is read composed, `LearnedEmbedding`)
     if held is None:
         return read._replace(token=named)
     warnings.warn(f"{repo}: its {TOKEN_FILE} names the token {named!r}, but its embedding file holds {held!r}, which "
