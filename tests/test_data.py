@@ -1073,3 +1073,18 @@ def test_a_subsets_caption_extension_is_its_caption_file_and_no_stray(tmp_path):
     assert (found.repeats, found.caption_extensions) == ([2, 2], [".tags", ".tags"])
     loaded = load_training_images(found.paths, 16, caption_extensions=found.caption_extensions)
     assert [p.caption for p in loaded] == ["{}, red square", None]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16"])
+def test_a_caption_file_in_utf_16_or_with_a_byte_order_mark_reads_as_in_utf_8(tmp_path, encoding):
+    """Windows Notepad saves "Unicode" as UTF-16 with its byte-order mark: it was refused as not UTF-8; the mark says
+    what it is, so it reads as the same caption (a template file too)."""
+    solid(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a {} in the café", encoding=encoding)
+    assert read_caption(tmp_path / "a.png") == "a {} in the café"
+    (tmp_path / "t.txt").write_text("a photo of {}\na drawing of {}\n", encoding=encoding)
+    assert data.read_template_file(tmp_path / "t.txt") == ["a photo of {}", "a drawing of {}"]
+    (tmp_path / "bad.png").write_bytes((tmp_path / "a.png").read_bytes())
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9")  # (Latin-1, no mark: not guessed)
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        read_caption(tmp_path / "bad.png")
