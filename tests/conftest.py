@@ -121,3 +121,19 @@ def cache_snapshot(cache, repo: str):
     snapshot = folder / "snapshots" / commit
     snapshot.mkdir(parents=True)
     return snapshot
+
+
+def each_concept_alone(model_dir, tmp_path, concepts: list[str], **settings):
+    """Each of `concepts` ("FOLDER=TOKEN=INIT") learned in a run of its own, at the seed a joint run of them gives
+    it (`train.concept_seed`), on a fresh load of the model: the embeddings a joint run's must equal."""
+    from textinv.config import TrainConfig
+    from textinv.models import load_model
+    from textinv.train import concept_seed, train
+
+    alone = []
+    for k, concept in enumerate(concepts):
+        folder, token, init = concept.split("=")
+        config = TrainConfig(images=folder, token=token, init=init, out=str(tmp_path / f"alone-{k}"),
+                             **{**settings, "seed": concept_seed(settings.get("seed", 0), k)})
+        alone.append(train(config, model=load_model(model_dir), progress=False).embedding)
+    return alone

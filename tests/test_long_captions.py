@@ -227,22 +227,18 @@ def test_kohyas_name_on_the_command_line_and_in_a_dataset_config_is_answered_wit
 
 
 def test_several_concepts_at_150_each_learn_what_their_own_run_learns(sd1_dir, tmp_path):
-    from conftest import write_images
-    from textinv.train import concept_seed
+    from conftest import each_concept_alone, write_images
 
     dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
     tok = load_model(sd1_dir).tokenizer
     caption_all(dogs, words(tok, 90) + " {}")
     caption_all(cats, "{} " + words(tok, 30))
     common = dict(steps=3, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2, max_token_length=150)
-    joint = train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], out=str(tmp_path / "joint"),
-                              **common), model=load_model(sd1_dir), progress=False)
-    alone_d = train(TrainConfig(images=str(dogs), token="<jd>", init="dog", out=str(tmp_path / "d"), **common),
-                    model=load_model(sd1_dir), progress=False)
-    alone_c = train(TrainConfig(images=str(cats), token="<jc>", init="cat", out=str(tmp_path / "c"),
-                                seed=concept_seed(0, 1), **common), model=load_model(sd1_dir), progress=False)
-    for mine, alone in zip(joint.embeddings, (alone_d, alone_c)):
-        assert torch.allclose(mine.vectors["text_encoder"], alone.embedding.vectors["text_encoder"], atol=1e-5)
+    concepts = [f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"]
+    joint = train(TrainConfig(concepts=concepts, out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir),
+                  progress=False)
+    for mine, alone in zip(joint.embeddings, each_concept_alone(sd1_dir, tmp_path, concepts, **common)):
+        assert torch.allclose(mine.vectors["text_encoder"], alone.vectors["text_encoder"], atol=1e-5)
         assert mine.metadata["max_token_length"] == "150"
 
 

@@ -598,21 +598,17 @@ def test_half_precision_loss_curve_matches_fp32(precision, sd1_dir, images, tmp_
 @pytest.mark.parametrize("noise_offset", [0.0, 0.1])
 def test_several_concepts_in_one_run_each_equal_to_its_own_run(noise_offset, sd1_dir, tmp_path):
     """K concepts share the frozen model and each batch, yet each learns what a run of its own learns."""
-    from conftest import write_images
-    from textinv.train import concept_seed
+    from conftest import each_concept_alone, write_images
 
     dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
     common = dict(steps=4, batch=2, save_every=0, sample_every=0, log_every=2, lr=5e-2, max_grad_norm=0.05,
                   noise_offset=noise_offset)
     joint = train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", {"images": str(cats), "token": "<jc>", "init": "cat"}],
                               out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir), progress=False)
-    alone_d = train(TrainConfig(images=str(dogs), token="<jd>", init="dog", out=str(tmp_path / "d"), **common),
-                    model=load_model(sd1_dir), progress=False)
-    alone_c = train(TrainConfig(images=str(cats), token="<jc>", init="cat", out=str(tmp_path / "c"),
-                                seed=concept_seed(0, 1), **common), model=load_model(sd1_dir), progress=False)
     assert [e.token for e in joint.embeddings] == ["<jd>", "<jc>"]
-    for mine, alone in zip(joint.embeddings, (alone_d, alone_c)):
-        assert torch.allclose(mine.vectors["text_encoder"], alone.embedding.vectors["text_encoder"], atol=1e-5)
+    for mine, alone in zip(joint.embeddings, each_concept_alone(sd1_dir, tmp_path, [f"{dogs}=<jd>=dog",
+                                                                                 f"{cats}=<jc>=cat"], **common)):
+        assert torch.allclose(mine.vectors["text_encoder"], alone.vectors["text_encoder"], atol=1e-5)
     assert load_embedding(tmp_path / "joint" / "jd" / "learned_embeds.safetensors").token == "<jd>"
     assert load_embedding(tmp_path / "joint" / "jc" / "learned_embeds.safetensors").token == "<jc>"
 
@@ -1427,20 +1423,16 @@ def test_buckets_with_alpha_masks_and_sdxl(tmp_path):
 
 @pytest.mark.parametrize("noise_offset", [0.0, 0.1])
 def test_bucketed_concepts_of_a_joint_run_each_equal_their_own_run(noise_offset, sd1_dir, tmp_path):
-    from conftest import write_images
-    from textinv.train import concept_seed
+    from conftest import each_concept_alone, write_images
 
     mixed, squares = _mixed_pictures(tmp_path / "mixed"), write_images(tmp_path / "squares", n=2, seed=3)
     common = dict(steps=3, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2, buckets=True,
                   noise_offset=noise_offset)
-    joint = train(TrainConfig(concepts=[f"{mixed}=<jm>=dog", f"{squares}=<js>=cat"], out=str(tmp_path / "joint"),
-                              **common), model=load_model(sd1_dir), progress=False)
-    alone_m = train(TrainConfig(images=str(mixed), token="<jm>", init="dog", out=str(tmp_path / "m"), **common),
-                    model=load_model(sd1_dir), progress=False)
-    alone_s = train(TrainConfig(images=str(squares), token="<js>", init="cat", out=str(tmp_path / "s"),
-                                seed=concept_seed(0, 1), **common), model=load_model(sd1_dir), progress=False)
-    for mine, alone in zip(joint.embeddings, (alone_m, alone_s)):
-        assert torch.allclose(mine.vectors["text_encoder"], alone.embedding.vectors["text_encoder"], atol=1e-5)
+    concepts = [f"{mixed}=<jm>=dog", f"{squares}=<js>=cat"]
+    joint = train(TrainConfig(concepts=concepts, out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir),
+                  progress=False)
+    for mine, alone in zip(joint.embeddings, each_concept_alone(sd1_dir, tmp_path, concepts, **common)):
+        assert torch.allclose(mine.vectors["text_encoder"], alone.vectors["text_encoder"], atol=1e-5)
 
 
 def test_vectors_gone_non_finite_between_loss_checks_stop_at_the_save_with_the_last_good_ones(sd1_dir, images,
