@@ -318,11 +318,13 @@ def test_inspect_writes_tokens_as_words():
 
 @pytest.mark.parametrize("name, text", [("run.toml", "steps = 7\n"), ("run.json", '{"steps": 7}'),
                                         ("run.yaml", "steps: 7\n")])
-def test_config_files_with_a_byte_order_mark_are_read(tmp_path, name, text):
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_config_files_with_a_byte_order_mark_are_read(tmp_path, name, text, encoding):
     """Notepad and PowerShell 5 (`Out-File -Encoding utf8`) write UTF-8 with a BOM; YAML files were read, TOML and
-    JSON ones refused ('Invalid statement', 'Unexpected UTF-8 BOM'). Captions and templates already drop it."""
+    JSON ones refused ('Invalid statement', 'Unexpected UTF-8 BOM'). Captions and templates already drop it. Notepad's
+    "Unicode" and PowerShell's default `Out-File` are UTF-16 with its mark: read alike (they were "not UTF-8")."""
     path = tmp_path / name
-    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    path.write_text(text, encoding=encoding)
     assert read_config_file(path) == {"steps": 7}
 
 

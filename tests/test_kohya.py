@@ -370,6 +370,9 @@ def test_a_json_dataset_config_is_read_as_its_toml(tmp_path):
                                                                  else tmp_path / name), token="<t>", out="o"))
             for name in ("d.toml", "d.json")]
     assert read[0] == read[1] and read[0].subsets[1]["repeats"] == 3
+    (tmp_path / "u16.toml").write_text(text, encoding="utf-16")  # (Notepad's "Unicode", with its byte-order mark)
+    utf16 = TrainConfig(dataset_config=str(tmp_path / "u16.toml"), token="<t>", out="o")
+    assert apply_dataset_config(utf16) == read[0]
 
 
 def test_a_caption_extension_without_its_dot_is_read_as_kohya_reads_it(tmp_path):

@@ -42,6 +42,9 @@ def test_a_kohya_txt_file_is_read_as_kohya_reads_it(tmp_path):
     names as textinv's)."""
     assert read(tmp_path, TXT) == READ
     assert read(tmp_path, "\ufeffa photo of {} --\n") == ["a photo of {}"]  # (a BOM; an empty option, as kohya)
+    (tmp_path / "u16.txt").write_text("a photo of {} --d 3\n", encoding="utf-16")  # (Notepad's "Unicode")
+    assert TrainConfig(images="x", token="<zq>", out="o", sample_prompts=[str(tmp_path / "u16.txt")]).validate() \
+        .sample_prompts == [{"prompt": "a photo of {}", "seed": 3}]
 
 
 def test_the_toml_and_json_forms_give_what_the_txt_gives(tmp_path):

@@ -26,6 +26,7 @@ import yaml
 from .emphasis import CHUNK
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint
+from .io import read_text
 from .samplers import HELP as SAMPLER_HELP
 from .samplers import SAMPLERS, check_installed
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
@@ -627,7 +628,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: textinv reads YAML (.yaml, .yml), TOML (.toml) or JSON (.json), not "
                           f"{suffix}; write the settings as `steps: 3000` lines in a .yaml file")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: drop the byte-order mark Windows editors may write
+        text = read_text(path)  # (UTF-8, or UTF-16 with its byte-order mark)
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from e
     if not text.strip():  # (json.loads would say "Expecting value"; YAML and TOML would give no settings at all)

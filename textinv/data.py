@@ -16,7 +16,6 @@ training sample its prompt. The images are decoded once: 3-10 tensors of 3 x 512
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import dataclasses
 import io
@@ -33,6 +32,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import ConfigError, DataError, backslash_note
+from .io import read_text
 
 __all__ = [
     "OBJECT_TEMPLATES",
@@ -1023,10 +1023,7 @@ def caption_file(image_path: str | os.PathLike, extension: str | None = None) ->
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        data = path.read_bytes()
-        if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # (Windows' "Unicode": UTF-16, marked as such)
-            return data.decode("utf-16")
-        return data.decode("utf-8-sig")  # -sig: drop the byte-order mark some Windows editors write
+        return read_text(path)
     except FileNotFoundError as e:
         raise DataError(f"the {what} {path} does not exist") from e
     except UnicodeDecodeError as e:

@@ -6,6 +6,7 @@ flushed to disk, then renamed over the target in one step (`os.replace` is atomi
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import json
@@ -99,6 +100,15 @@ def make_folder(path: str | os.PathLike) -> None:
 def _as_meant(error: OSError, path: Path) -> OSError:
     """`error` (same errno and reason) naming `path`, the file meant, not the temporary file it met."""
     return OSError(error.errno, error.strerror or str(error), str(path))
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text file a person wrote: UTF-8, with or without the byte-order mark some Windows editors write, or UTF-16
+    marked as such (Windows Notepad's "Unicode"); anything else raises UnicodeDecodeError (no guessing)."""
+    data = Path(path).read_bytes()
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return data.decode("utf-16")
+    return data.decode("utf-8-sig")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -49,6 +49,7 @@ from .config import TrainConfig, check_side
 from .data import side_buckets
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint, setting_of
+from .io import read_text
 
 __all__ = ["read_dataset_config", "apply_dataset_config", "DatasetConfigWarning"]
 
@@ -276,7 +277,7 @@ def read_dataset_config(path: str | os.PathLike) -> DatasetConfig:
         raise ConfigError(f"--dataset-config {path}: kohya's dataset config is a .toml (or .json) file, not "
                           f"{suffix or 'a file without a suffix'}")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path)  # (UTF-8, or UTF-16 with its byte-order mark)
         data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
     except UnicodeDecodeError as e:
         raise ConfigError(f"--dataset-config {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as "

@@ -40,6 +40,7 @@ from typing import Any
 
 from .config import check_seed, check_side
 from .errors import ConfigError, backslash_note
+from .io import read_text
 from .samplers import KOHYA, KOHYA_OTHERS, SAMPLERS, check_installed
 
 SUFFIXES = (".txt", ".toml", ".json")  # (kohya's: it tells the three forms apart by these, and reads no other)
@@ -155,7 +156,7 @@ def read_prompt_file(entries: list, resume: bool = False) -> list[str | dict]:
                           f".json){kept}. An entry that ends in {', '.join(SUFFIXES)} is read as such a file, not "
                           f"as a prompt")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # (-sig: the byte-order mark a Windows editor may write)
+        text = read_text(path)  # (UTF-8, or UTF-16 with its byte-order mark)
     except UnicodeDecodeError as e:
         raise ConfigError(f"--sample-prompts {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as "
                           f"UTF-8") from e
