@@ -654,6 +654,9 @@ def test_web_ui_syntax_textinv_does_not_apply_is_warned_about(sd1_dir, tmp_path)
     assert unsupported("a [cat:dog:0.5] on [grass|sand] <hypernet:style:0.8> <lora:x>") == \
         ["extra-network tags <hypernet:style:0.8>"]
     assert unsupported(r"a (red:1.2) [blue] \[a:b\] <my-token> 12:30") == []
+    # the web UI's composable diffusion: AND in capitals, between words (not "and", not a word's letters)
+    assert unsupported("a castle AND a dragon:0.8 AND fog") == ["composable-diffusion AND"]
+    assert unsupported("black and white, ANDROID, sANDy") == []
     with pytest.warns(UserWarning, match="uses the web UI's extra-network tags <hypernet:x:1>, which textinv does not"):
         generate(GenerateConfig(prompt=["a <hypernet:x:1> cat"], out=str(tmp_path / "r"), n=1, steps=1,
                                 model=str(sd1_dir)), progress=False)

@@ -170,17 +170,21 @@ def comfy_embeddings(prompt: str, written=lambda name: name) -> tuple[str, list[
     return _COMFY_EMBEDDING.sub(name, prompt), names
 
 
-_UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:hypernet):[^<>]*>", re.I)),)
+_UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:hypernet):[^<>]*>", re.I)),
+                # (the web UI splits a prompt at the word AND, in capitals, into prompts guided each on its own)
+                ("composable-diffusion", re.compile(r"\bAND\b")))
 
 
 def unsupported(prompt: str) -> list[str]:
     """The web UI's prompt features in `prompt` that textinv does not apply (they are read as words): hypernetwork
-    tags (`<hypernet:name:0.8>`).
+    tags (`<hypernet:name:0.8>`) and composable diffusion's `AND` ("a castle AND a dragon:0.8", which the web UI
+    draws as two prompts each guiding the picture; read here as the word "and").
 
-    >>> unsupported("a [cat:dog:0.5] <hypernet:x:0.8>, (red:1.2) <lora:y>")
-    ['extra-network tags <hypernet:x:0.8>']
+    >>> unsupported("a [cat:dog:0.5] <hypernet:x:0.8>, (red:1.2) <lora:y> AND a dog, black and white")
+    ['extra-network tags <hypernet:x:0.8>', 'composable-diffusion AND']
     """
-    return [f"{what} {m.group(0)}" for what, pattern in _UNSUPPORTED for m in pattern.finditer(prompt)]
+    found = [f"{what} {m.group(0)}" for what, pattern in _UNSUPPORTED for m in pattern.finditer(prompt)]
+    return list(dict.fromkeys(found))  # (each AND once)
 
 
 # ---------------------------------------------------------------------------------------------------------------
