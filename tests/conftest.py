@@ -137,3 +137,17 @@ def each_concept_alone(model_dir, tmp_path, concepts: list[str], **settings):
                              **{**settings, "seed": concept_seed(settings.get("seed", 0), k)})
         alone.append(train(config, model=load_model(model_dir), progress=False).embedding)
     return alone
+
+
+def cache_branch(cache, repo: str, branch: str):
+    """The folder of `repo`'s `branch` (or tag) in the Hugging Face cache `cache`, made if new, beside its main
+    branch (`cache_snapshot`): refs/BRANCH holds the branch's own commit."""
+    import hashlib
+
+    commit = hashlib.sha1(f"{repo}@{branch}".encode()).hexdigest()
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / branch).write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot

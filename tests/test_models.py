@@ -78,6 +78,61 @@ def test_a_hub_model_cached_as_its_fp16_variant_alone_loads_offline(hub_cache, m
         load_model("me/missing")
 
 
+def test_a_hub_models_revision_and_variant_load_what_they_name_offline(hub_cache):
+    """--revision loads that branch's weights, not main's; --variant fp16 its fp16 files, not the plain ones; both
+    are recorded in `loaded_with`. A revision not in the cache is one line that names it."""
+    from conftest import cache_branch, cache_snapshot
+    from textinv.tiny import build_tiny_pipeline
+
+    main, branch = build_tiny_pipeline("sd1", seed=4), build_tiny_pipeline("sd1", seed=5)
+    main.save_pretrained(cache_snapshot(hub_cache, "me/old"))
+    branch.save_pretrained(cache_branch(hub_cache, "me/old", "fp16"))
+    half = build_tiny_pipeline("sd1", seed=6)
+    half.save_pretrained(cache_branch(hub_cache, "me/old", "fp16"), variant="fp16")  # (beside the branch's plain)
+
+    def same(model, pipe):
+        return torch.equal(model.unet.conv_in.weight, pipe.unet.conv_in.weight.to(model.unet.dtype))
+
+    assert same(load_model("me/old"), main) and load_model("me/old").loaded_with == {}
+    on_branch = load_model("me/old", revision="fp16")
+    assert same(on_branch, branch) and on_branch.loaded_with == {"revision": "fp16"}
+    both = load_model("me/old", revision="fp16", variant="fp16", dtype=torch.float16)
+    assert same(both, half) and both.loaded_with == {"revision": "fp16", "variant": "fp16"}
+    with pytest.raises(ModelError, match="with revision 'v9' is not in the local Hugging Face cache") as info:
+        load_model("me/old", revision="v9")
+    assert "\n" not in str(info.value) and "--revision v9" in str(info.value)
+    with pytest.raises(ModelError, match="with variant 'fp16' is not in the local Hugging Face cache"):
+        load_model("me/old", variant="fp16")  # (main has no fp16 files: no fallback to the plain ones)
+
+
+def test_a_revision_or_variant_a_local_model_cannot_have_is_refused(sd1_dir, tmp_path):
+    """A folder or file is one version: --revision is refused naming --model; --variant names one of a folder's
+    variants (refused listing those it has) and is refused for a single file."""
+    from textinv.tiny import build_tiny_pipeline
+
+    with pytest.raises(ModelError, match=r"--revision fp16 is for a hub id; --model .* is a local folder"):
+        load_model(sd1_dir, revision="fp16")
+    with pytest.raises(ModelError, match=r"--revision fp16 is for a hub id; --model shapes is a bundled model"):
+        load_model("shapes", revision="fp16")
+    with pytest.raises(ModelError, match=r"--variant fp16: .* has no fp16 weights \(its variants: none\)"):
+        load_model(sd1_dir, variant="fp16")
+    folder = tmp_path / "both"
+    build_tiny_pipeline("sd1", seed=4).save_pretrained(folder)
+    half = build_tiny_pipeline("sd1", seed=5)
+    half.save_pretrained(folder, variant="fp16")
+    with pytest.raises(ModelError, match=r"has no ema weights \(its variants: fp16\)"):
+        load_model(folder, variant="ema")
+    model = load_model(folder, variant="fp16")
+    assert torch.equal(model.unet.conv_in.weight, half.unet.conv_in.weight) and model.loaded_with == {"variant": "fp16"}
+    checkpoint = tmp_path / "m.safetensors"
+    save_file({"x": torch.zeros(1)}, checkpoint)
+    with pytest.raises(ModelError, match=r"--variant fp16 is for a hub id or a diffusers folder; --model .* is a "
+                                         r"single file"):
+        load_model(checkpoint, variant="fp16")
+    with pytest.raises(ModelError, match=r"--revision main is for a hub id; --model .* is a single file"):
+        load_model(checkpoint, revision="main")
+
+
 def test_empty_tokenizer_folder_is_caught(sd1_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(sd1_dir, broken)

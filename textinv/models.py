@@ -563,10 +563,11 @@ _WEIGHTS = re.compile(r"^(?:diffusion_pytorch_model|model|pytorch_model)(?:\.(?P
                       r"\.(?:safetensors|bin)$")
 
 
-def _folder_variant(folder: Path, xl: bool) -> str | None:
+def _folder_variant(folder: Path, xl: bool, wanted: str | None = None) -> str | None:
     """Check that a diffusers folder has every component textinv loads, before diffusers tries (its errors name a
     file, not the missing part). Returns the weights variant to load ("fp16") when some component has only variant
-    files, as a download of just `*.fp16.safetensors` gives; else None.
+    files, as a download of just `*.fp16.safetensors` gives; else None. `wanted` (--variant) must be one the folder
+    has: refused, listing the ones it has, when no component holds its files.
 
     The SDXL refiner lists no first text encoder: `_check_text_to_image` names it once loaded.
     """
@@ -574,7 +575,7 @@ def _folder_variant(folder: Path, xl: bool) -> str | None:
     needed = ["unet", "vae", "scheduler"] + (["text_encoder_2", "tokenizer_2"] if xl else ["text_encoder", "tokenizer"])
     if xl and index.get("text_encoder") not in (None, [None, None]):
         needed += ["text_encoder", "tokenizer"]
-    variants = set()
+    variants, every = set(), set()
     for name in needed:
         entry = index.get(name)
         if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
@@ -591,8 +592,16 @@ def _folder_variant(folder: Path, xl: bool) -> str | None:
         if not found:
             raise ModelError(f"{folder} is incomplete: {name}/ has no weights (no .safetensors or .bin file); "
                              f"download or copy the whole model folder again")
+        every.update(found)
         if None not in found:  # variant files only
             variants.update(found)
+    if wanted is not None:
+        if wanted not in every:
+            has = ", ".join(sorted(v for v in every if v)) or "none"
+            plain = "its plain weights" if None in every else "its only variant"
+            raise ModelError(f"--variant {wanted}: {folder} has no {wanted} weights (its variants: {has}); give one "
+                             f"of those, or leave --variant out to load {plain}")
+        return wanted
     if len(variants) > 1:
         raise ModelError(f"{folder} has weights of several variants ({', '.join(sorted(variants))}) and no plain ones; "
                          f"keep one variant's files")
@@ -697,8 +706,12 @@ def load_model(
     prediction_type: str | None = None,
     single_file_config: str | None = None,
     vae: str | os.PathLike | None = None,
+    revision: str | None = None,
+    variant: str | None = None,
 ) -> Model:
     """Load an SD 1.x/2.x/XL pipeline from a bundled name, diffusers folder, single file or hub id; all frozen.
+    `revision` (a hub id's branch, tag or commit) and `variant` (its weights' variant, "fp16"; a folder's too) are
+    diffusers' `from_pretrained(revision=, variant=)`.
 
     >>> model = load_model("shapes")            # doctest: +SKIP
     >>> model.family, model.resolution          # doctest: +SKIP
@@ -709,12 +722,19 @@ def load_model(
     kind, location = resolve_source(source)
     if vae is not None:  # a mistyped --vae is said now, not after the model has loaded
         _check_vae_source(vae)
+    what = {"bundled": "a bundled model", "folder": "a local folder", "file": "a single file"}.get(kind)
+    if revision and what:  # (a folder or file is one version of the model: there is no other to pick)
+        raise ModelError(f"--revision {revision} is for a hub id; --model {source} is {what}, which holds one version "
+                         f"only: leave --revision out, or give --model as the hub id 'owner/name'")
+    if variant and kind == "file":
+        raise ModelError(f"--variant {variant} is for a hub id or a diffusers folder; --model {source} is a single "
+                         f"file, whose weights are what they are: leave --variant out")
     family = None
-    variant = None
+    given_variant, variant = variant, None
     file_prediction, zero_snr = None, False
     if kind in ("bundled", "folder"):
         family = _index_family(Path(location))
-        variant = _folder_variant(Path(location), xl=family == "sdxl")
+        variant = _folder_variant(Path(location), xl=family == "sdxl", wanted=given_variant)
         if single_file_config is not None:
             warnings.warn(f"--single-file-config is for a single-file checkpoint; {location} is a diffusers folder "
                           f"with its own configs, so it is not used", stacklevel=2)
@@ -740,7 +760,7 @@ def load_model(
                 from diffusers import DiffusionPipeline
 
                 with _quiet_diffusers():  # its "couldn't connect" lines: our error below says it once
-                    pipe = _from_hub(DiffusionPipeline, location, common)
+                    pipe = _from_hub(DiffusionPipeline, location, common, revision=revision, variant=given_variant)
             else:
                 cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
                 if cls is StableDiffusionPipeline:
@@ -768,8 +788,19 @@ def load_model(
     except ModelError:
         raise
     except Exception as e:
-        if kind == "hub" and isinstance(e, (OSError, ConnectionError)):  # not cached, and no network
+        # (a variant whose files are not there is diffusers' ValueError, cached or not)
+        variant_missing = given_variant and isinstance(e, ValueError) and "variant" in str(e)
+        if kind == "hub" and (isinstance(e, (OSError, ConnectionError)) or variant_missing):  # not cached, no network
             offline = offline_note()
+            if revision or given_variant:
+                which = " and ".join(part for part in (revision and f"revision {revision!r}",
+                                                       given_variant and f"variant {given_variant!r}") if part)
+                flags = " ".join(part for part in (revision and f"--revision {revision}",
+                                                   given_variant and f"--include '*.{given_variant}.*' '*.json' "
+                                                                     f"'*.txt'") if part)
+                raise ModelError(f"model {location!r} with {which} is not in the local Hugging Face cache and the "
+                                 f"hub could not be reached{offline}: check the name, or download it where there is "
+                                 f"a network (`hf download {location} {flags}`)") from e
             raise ModelError(f"model {location!r} is not in the local Hugging Face cache and the hub could not be "
                              f"reached{offline}: download it where there is a network (`hf download "
                              f"{location}`) and pass its folder, or pass a local folder or .safetensors file") from e
@@ -836,17 +867,22 @@ def load_model(
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **changes)
     model.prediction_type = pred
     model.loaded_with = {k: str(v) for k, v in (("vae", vae), ("single_file_config", single_file_config),
-                                                ("prediction_type", prediction_type)) if v}
+                                                ("prediction_type", prediction_type), ("revision", revision),
+                                                ("variant", given_variant)) if v}
     if kind in ("bundled", "folder"):
         model.guidance = recorded_guidance(Path(location))
         model.prompting = recorded_prompting(Path(location))
     return model
 
 
-def _from_hub(cls, repo: str, options: dict):
+def _from_hub(cls, repo: str, options: dict, revision: str | None = None, variant: str | None = None):
     """`cls.from_pretrained(repo)`, its plain weights, else its fp16 variant's (`*.fp16.safetensors`): a cache that
     holds only those (diffusers' `variant="fp16"` fetched them, or `hf download --include '*.fp16.*'`) was said
-    not to be in the cache at all. The error, when both fail, is the plain weights' (not cached, no network)."""
+    not to be in the cache at all. The error, when both fail, is the plain weights' (not cached, no network).
+    A `revision` or `variant` given is loaded as it is, with no fallback: what was asked for, or an error."""
+    if revision or variant:
+        return cls.from_pretrained(repo, **options, **{k: v for k, v in (("revision", revision),
+                                                                          ("variant", variant)) if v})
     try:
         return cls.from_pretrained(repo, **options)
     except (OSError, ValueError) as plain:
