@@ -541,3 +541,34 @@ def test_a_resume_without_checkpoints_says_how_to_go_on_from_the_saved_vectors(s
                             f"from the vectors it saved")
     train(config(images, out, steps=2, overwrite=True, init=None,  # (the way it gives)
                  init_embedding=str(out / "learned_embeds.safetensors")), model=load_model(sd1_dir), progress=False)
+
+
+def test_a_hub_models_revision_and_variant_are_recorded_and_a_resume_that_gives_others_is_the_model_anew(
+        hub_cache, images, tmp_path):
+    """--revision and --variant are written to config.yaml and the embedding, so --resume loads the same; given
+    otherwise on resume they are the model given anew: another branch with the same weights resumes, other weights
+    are refused, and the fp16 variant (rounded once more) is refused saying to give the run's variant."""
+    from conftest import cache_branch, cache_snapshot
+    from textinv.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd1", seed=4)
+    main = cache_snapshot(hub_cache, "me/old")
+    pipe.save_pretrained(main)
+    pipe.save_pretrained(cache_branch(hub_cache, "me/old", "v1"))  # (the same weights on another branch)
+    pipe.to(torch.float16).save_pretrained(main, variant="fp16")  # (the same model, rounded to fp16)
+    build_tiny_pipeline("sd1", seed=5).save_pretrained(cache_branch(hub_cache, "me/old", "other"))
+    out = tmp_path / "b"
+    done = train(config(images, out, steps=2, save_every=2, model="me/old", revision="v1"), progress=False)
+    saved = read_config_file(out / "config.yaml")
+    assert saved["revision"] == "v1" and saved["variant"] is None
+    assert done.embedding.metadata["base_model_revision"] == "v1"
+    with pytest.raises(ConfigError, match="with revision: 'v1' -> 'other': that is not the model the run was "
+                                          "trained with .its weights differ"):
+        train(config(images, out, steps=4, resume=True, model="me/old", revision="other"), progress=False)
+    with pytest.raises(ConfigError, match="the weights' variant differs from the run's.*resume with no --variant"):
+        train(config(images, out, steps=4, resume=True, model="me/old", revision="main", variant="fp16"),
+              progress=False)
+    train(config(images, out, steps=4, resume=True, model="me/old", revision="main"), progress=False)
+    assert read_config_file(out / "config.yaml")["revision"] == "main"
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "6"]) == 0  # (left out: the run's own)
+    assert read_config_file(out / "config.yaml")["revision"] == "main"

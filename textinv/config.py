@@ -209,6 +209,10 @@ class TrainConfig:
     out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log", path="file")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name",
                      path="source")
+    revision: str = opt(None, "a hub id's branch, tag or commit to load (e.g. fp16 for CompVis/stable-diffusion-v1-4); "
+                              "default: main; hub ids only")
+    variant: str = opt(None, "the weights' variant to load (e.g. fp16: half the download), for a hub id or a diffusers "
+                             "folder; default: the plain weights (a folder's only variant where it has no others)")
     init: str = opt(None, "word or phrase to start from (e.g. 'dog'); default: the --property word, or the "
                     "model's own word for it (the bundled model's 'shape')")
     init_embedding: str = opt(None, "start from this embedding file's vectors instead (any format: continue a run "
@@ -513,6 +517,10 @@ class GenerateConfig:
     out: str = opt("renders", "output folder for the PNGs", path="file")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name",
                      path="source")
+    revision: str = opt(None, "a hub id's branch, tag or commit to load (e.g. fp16 for CompVis/stable-diffusion-v1-4); "
+                              "default: main; hub ids only")
+    variant: str = opt(None, "the weights' variant to load (e.g. fp16: half the download), for a hub id or a diffusers "
+                             "folder; default: the plain weights (a folder's only variant where it has no others)")
     token: list = opt([], "token name(s) for the embedding files, in order (default: from each file)")
     negative_prompt: str = opt("", "what to steer away from")
     n: int = opt(4, "images per prompt", short="-n")

@@ -57,6 +57,8 @@ RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_
 PATH_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                       if f.metadata.get("path") in ("file", "embedding") and f.name not in ("concepts", "subsets"))
 MODEL_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("path") == "source")
+# which version of a --model hub id is loaded (a folder's variant too): given anew on resume as the model is
+MODEL_CHOICES = ("revision", "variant")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,6 +103,11 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         # (the model too, as its folder or file may move: the checkpoint's fingerprint of it is compared once it has
         # loaded, `check_same_model`)
         moved |= {k for k in MODEL_SETTINGS if new[k] and old.get(k)}
+        # (a hub id's revision or variant given now, where the run had another or none: the model given anew, whose
+        # weights `check_same_model` compares; one left out is the run's)
+        moved |= {k for k in MODEL_CHOICES if new[k]}
+        if new["model"] and not new["revision"] and Path(new["model"]).expanduser().exists():
+            moved.add("revision")  # (the hub model's branch, downloaded to a folder or file: that has one version)
         # (kohya's subsets too, the run's own given again, as --dataset-config reads them: their folders where they
         # are now)
         if new["subsets"] and old.get("subsets") and _moved_subsets(old["subsets"], new["subsets"], config):
@@ -110,7 +117,7 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
             if concepts is not None:
                 new["concepts"] = concepts
                 moved.add("concepts")
-        diffs = [k for k in new if k not in RESUMABLE_CHANGES | moved
+        diffs = [k for k in new if k not in RESUMABLE_CHANGES | moved and not (k in MODEL_CHOICES and not new[k])
                  and not _same(k, old.get(k, defaults.get(k)), new[k], config)]
         if diffs:
             detail = ", ".join(f"{k}: {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in diffs)
@@ -516,8 +523,11 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
     with."""
     state = checkpoint[1]
     out, step = Path(config.out), int(state["step"])
+    saved = read_run_settings(out)
     moved = {k: f"{k}: {old!r} -> {new!r}"
-             for k, (old, new) in given_anew(read_run_settings(out), config, MODEL_SETTINGS).items()}
+             for k, (old, new) in given_anew(saved, config, MODEL_SETTINGS).items()}
+    moved.update({k: f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in MODEL_CHOICES
+                  if getattr(config, k) and saved.get(k) != getattr(config, k)})
     if moved and not state.get("model"):
         raise ConfigError(f"cannot resume {out} with a model given anew ({', '.join(moved.values())}): its "
                           f"checkpoints were saved by textinv {state.get('textinv_version', 'before 0.1')}, which did "
@@ -584,6 +594,13 @@ def check_same_model(checkpoint: tuple[Path, dict], moved: dict[str, str], finge
                           ModelChangedWarning, stacklevel=3)
         return
     if moved:
+        variant = moved.get("variant")
+        if variant:  # (fp16 files cast to bf16 round twice: not the plain weights' bf16, even of one model)
+            was = read_run_settings(out).get("variant")
+            raise ConfigError(f"cannot resume {out} with {given}: the weights' variant differs from the run's, and "
+                              f"weights read from another variant are not the ones it was trained with; resume with "
+                              f"{'--variant ' + was if was else 'no --variant (the plain weights)'}, as the run "
+                              "started, or start a new run with --overwrite")
         raise ConfigError(f"cannot resume {out} with {given}: that is not the model the run was trained "
                           "with (its weights differ); give the run's own model where it is now, or start a new run "
                           "with --overwrite")

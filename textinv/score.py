@@ -97,6 +97,10 @@ class ScoreConfig:
                             "config.yaml beside the embedding)", path="file")
     model: str = opt(None, "the model it was learned for (default: the training run's, else the embedding's "
                            "base model): diffusers folder, single file, hub id or a bundled name", path="source")
+    revision: str = opt(None, "a hub id's branch, tag or commit to load (default: the training run's, else main); "
+                              "hub ids only")
+    variant: str = opt(None, "the weights' variant to load (e.g. fp16), for a hub id or a diffusers folder (default: "
+                             "the training run's, else the plain weights)")
     out: str = opt("score-out", "folder for report.html, report.png, scores.json and the pictures; an earlier "
                                 "report there is replaced once the new one is complete", path="file")
     prompts: list = opt([], "edit prompts, {} (or the token) where the concept goes (default: six for --property)")
@@ -314,7 +318,8 @@ def run_settings(embedding: Path, token: str) -> dict:
         init = f"embedding {saved.init_embedding}" if saved.init_embedding else spec["init"]
         settings = {"run": str(run), "config": str(run / CONFIG_FILE), "images": spec["images"], "init": init,
                     "subsets": saved.subset_list(),
-                    "model": saved.model, "vae": saved.vae, "single_file_config": saved.single_file_config,
+                    "model": saved.model, "revision": saved.revision, "variant": saved.variant, "vae": saved.vae,
+                    "single_file_config": saved.single_file_config,
                     "prediction_type": saved.prediction_type, "property": saved.property,
                     "loss_column": "loss" if len(specs) == 1 else spec["token"]}
         if (run / LOSS_LOG).is_file():
@@ -815,7 +820,7 @@ def _load(config: ScoreConfig, source: str, run: dict, device: torch.device) -> 
     type) when it is the run's; a failure to load the run's model says where the name came from."""
     same = not config.model and source == run.get("model")
     extras = {k: getattr(config, k) or (run.get(k) if same else None)
-              for k in ("vae", "single_file_config", "prediction_type")}
+              for k in ("revision", "variant", "vae", "single_file_config", "prediction_type")}
     try:
         return load_model(source, dtype=drawing_dtype(config.precision, device), device=device, **extras)
     except ModelError as e:

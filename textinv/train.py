@@ -501,7 +501,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         # the model trained with is the one passed in: config.yaml, the embedding's base_model and a later resume or
         # score name it as it was loaded, not the --model default (`shapes`) nothing loaded, nor a --vae it lacks
         config = dataclasses.replace(config, model=model.source, **{k: model.loaded_with.get(k) for k in
-                                                                     ("vae", "single_file_config", "prediction_type")})
+                                                                     ("revision", "variant", "vae",
+                                                                      "single_file_config", "prediction_type")})
     # (read now: the config validate returns holds what it gave, and config.yaml's header names the file)
     source = str(Path(config.dataset_config).expanduser().resolve()) if config.dataset_config else None
     prompts_from = prompt_file(config.sample_prompts)  # (kohya's sample prompts file: config.yaml's header names it)
@@ -799,7 +800,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     if model is None:
         try:
             model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
-                               single_file_config=config.single_file_config, vae=config.vae)
+                               single_file_config=config.single_file_config, vae=config.vae,
+                               revision=config.revision, variant=config.variant)
         except ModelError as e:
             raise _moved_model(e, config, moved) from None
     model.check_trainable()
@@ -990,6 +992,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
                 "clip_skip": str(clip_skip), "resolution": str(resolution), "prediction_type": model.prediction_type,
                 "textinv_version": __version__}
+        # (a hub id's branch and weights' variant beside its name, only when given: the file is as it always was)
+        meta.update({f"base_model_{k}": getattr(config, k) for k in ("revision", "variant") if getattr(config, k)})
         if config.max_token_length != emphasis.CHUNK:  # (left out at 75: a run's file is as it always was)
             meta["max_token_length"] = str(config.max_token_length)
         return LearnedEmbedding(c.token, per_encoder, meta)
