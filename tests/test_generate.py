@@ -1212,6 +1212,33 @@ def test_again_draws_a_picture_again_bit_for_bit_from_another_working_directory(
     assert settings == {k: v for k, v in record["settings"].items() if k != "prompt"}
 
 
+def test_a_hub_models_revision_and_variant_are_recorded_in_the_picture_and_again_draws_with_them(hub_cache,
+                                                                                                   tmp_path):
+    """--revision and --variant load that branch's variant weights (not main's); the picture's record and its
+    text hold both, and --again draws it again from them bit for bit."""
+    import json
+
+    from conftest import cache_branch, cache_snapshot
+    from textinv.cli import main
+
+    build_tiny_pipeline("sd1", seed=4).save_pretrained(cache_snapshot(hub_cache, "me/old"))
+    branch = cache_branch(hub_cache, "me/old", "v1")
+    build_tiny_pipeline("sd1", seed=5).save_pretrained(branch)
+    build_tiny_pipeline("sd1", seed=6).to(torch.float16).save_pretrained(branch, variant="fp16")
+    drawn = ["--prompt", "a photo", "-n", "1", "--seed", "3", "--width", "32", "--steps", "2"]
+    assert main(["generate", "--model", "me/old", "--revision", "v1", "--variant", "fp16", *drawn,
+                 "--out", str(tmp_path / "r")]) == 0
+    assert main(["generate", "--model", "me/old", *drawn, "--out", str(tmp_path / "main")]) == 0
+    (picture,) = (tmp_path / "r").iterdir()
+    text = Image.open(picture).text
+    settings = json.loads(text["textinv_settings"])["settings"]
+    assert settings["model"] == "me/old" and settings["revision"] == "v1" and settings["variant"] == "fp16"
+    assert text["revision"] == "v1" and text["variant"] == "fp16"  # (each setting under its own key)
+    assert not np.array_equal(_pixels(picture), _pixels(tmp_path / "main" / picture.name))  # (another model)
+    assert main(["generate", "--again", str(picture), "--out", str(tmp_path / "again")]) == 0
+    assert np.array_equal(_pixels(tmp_path / "again" / picture.name), _pixels(picture))
+
+
 def test_again_draws_a_picture_in_the_batch_it_was_drawn_in(sd1_dir, tmp_path):
     """A batch's kernels sum in another order than one picture's: drawn alone, a picture of a batch of 3 can come
     out a pixel off (on this CPU, seed 6's did). Its batch is drawn again, and only the picture is written."""

@@ -386,6 +386,37 @@ def test_the_runs_model_is_loaded_as_the_run_loaded_it(run_dir, clip_dir, judge,
     assert seen[-1]["prediction_type"] is None  # another --model: the run's settings are not its
 
 
+def test_a_hub_models_revision_and_variant_are_the_runs_or_the_embeddings_and_in_the_report(hub_cache, clip_dir,
+                                                                                              judge, tmp_path,
+                                                                                              monkeypatch):
+    """A run on a hub id's branch is scored on that branch (from its config.yaml, or from the embedding's metadata
+    for the file alone), and the report's settings name the revision and variant it was drawn with."""
+    import shutil
+
+    import textinv.score as score_module
+    from conftest import cache_branch, cache_snapshot
+    from textinv.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline("sd1", seed=4).save_pretrained(cache_snapshot(hub_cache, "me/old"))
+    build_tiny_pipeline("sd1", seed=5).to(torch.float16).save_pretrained(cache_branch(hub_cache, "me/old", "v1"),
+                                                                         variant="fp16")
+    run = _train("me/old", write_images(tmp_path / "images", n=2), tmp_path / "run", revision="v1", variant="fp16")
+    seen = []
+
+    def spy(source, **kw):
+        seen.append(kw)
+        return load_model(source, **kw)
+
+    monkeypatch.setattr(score_module, "load_model", spy)
+    report = score(_quick(run, clip_dir, tmp_path / "o"), judge=judge, progress=False).report
+    assert seen[-1]["revision"] == "v1" and seen[-1]["variant"] == "fp16"
+    assert report["settings"]["revision"] == "v1" and report["settings"]["variant"] == "fp16"
+    (tmp_path / "alone").mkdir()
+    alone = shutil.copy(run / "learned_embeds.safetensors", tmp_path / "alone")
+    score(_quick(alone, clip_dir, tmp_path / "o2", images=str(tmp_path / "images")), judge=judge, progress=False)
+    assert seen[-1]["revision"] == "v1" and seen[-1]["variant"] == "fp16"
+
+
 def test_a_run_whose_pictures_moved_says_so(run_dir, clip_dir, judge, sd1_dir, tmp_path):
     import shutil
 

@@ -597,7 +597,8 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     if model is None:
         where.device, where.dtype = device, drawing_dtype(config.precision, device)
         model = load_model(config.model, dtype=where.dtype, device=device, prediction_type=config.prediction_type,
-                           single_file_config=config.single_file_config, vae=config.vae)
+                           single_file_config=config.single_file_config, vae=config.vae, revision=config.revision,
+                           variant=config.variant)
     where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
     # (up to the first picture: a model passed in, or one loaded, takes the embeddings now, the LoRAs by prompt)
     what = " and ".join(name for name, given in (("the embeddings", embeddings), ("the LoRAs", loras)) if given)
@@ -873,7 +874,8 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
     precision = {dtype: name for name, dtype in DTYPES.items()}.get(model.unet.dtype, config.precision)
     return {"negative_prompt": config.negative_prompt, "steps": steps, "sampler": config.sampler,
             "guidance": guidance, "width": width, "height": height, "clip_skip": clip_skip,
-            "model": _where(model.source), "embedding": [_where(e) for e in config.embedding],
+            "model": _where(model.source), "revision": model.loaded_with.get("revision"),
+            "variant": model.loaded_with.get("variant"), "embedding": [_where(e) for e in config.embedding],
             "token": list(config.token), "precision": precision, "prediction_type": config.prediction_type,
             "single_file_config": _where(config.single_file_config), "vae": _where(config.vae),
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
@@ -1010,7 +1012,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                               "model": shared["model"], "embeddings": ", ".join(shared["embedding"]),
                               "precision": shared["precision"],
                               **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
-                                 if k in ("token", "vae", "prediction_type", "single_file_config", "lora_dir") and v},
+                                 if k in ("token", "revision", "variant", "vae", "prediction_type",
+                                          "single_file_config", "lora_dir") and v},
                               **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
                               RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
                                                       "settings": settings, "embedding_sha256": recorded_sums,

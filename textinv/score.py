@@ -666,7 +666,7 @@ def _score(config: ScoreConfig, model: Model | None, judge: ClipJudge | None, pr
             judge = ClipJudge.load(config.clip, device)
         if model is None:
             where.doing, where.dtype = "loading the model", drawing_dtype(config.precision, device)
-            model = _load(config, source, run, device)
+            model = _load(config, source, run, device, emb.metadata)
         where.device, where.dtype = model.unet.device, model.unet.dtype
         where.doing = "judging the training pictures with CLIP"
         steps = config.steps or DEFAULT_STEPS
@@ -719,6 +719,8 @@ def _score(config: ScoreConfig, model: Model | None, judge: ClipJudge | None, pr
             "images": absolute(images) if images else ", ".join(s["images"] for s in subsets),
             "training_files": training_files, "model": model.describe(),
             "clip": judge.source, "settings": {**dataclasses.asdict(config), "steps": steps, "guidance": guidance,
+                                               # (the model as loaded: the run's revision and variant, if not given)
+                                               **{k: model.loaded_with.get(k) for k in ("revision", "variant")},
                                                "clip_skip": clip_skip, "resolution": size, "property": kind},
             "seeds": seeds, "training_similarity": training_similarity(training), "methods": table,
             "loss": [list(x) for x in losses], "textinv_version": __version__,
@@ -815,12 +817,16 @@ def _training_pictures(images: str | None, run: dict | None, subsets: list[dict]
                         f"now)") from None
 
 
-def _load(config: ScoreConfig, source: str, run: dict, device: torch.device) -> Model:
-    """The model to draw with, loaded as the training run loaded it (its VAE, single-file config and prediction
-    type) when it is the run's; a failure to load the run's model says where the name came from."""
+def _load(config: ScoreConfig, source: str, run: dict, device: torch.device, recorded: dict | None = None) -> Model:
+    """The model to draw with, loaded as the training run loaded it (its revision, variant, VAE, single-file config
+    and prediction type) when it is the run's, or at the revision and variant the embedding's metadata (`recorded`)
+    names beside its base model when that is the model; a failure to load the run's model says where the name came
+    from."""
     same = not config.model and source == run.get("model")
     extras = {k: getattr(config, k) or (run.get(k) if same else None)
               for k in ("revision", "variant", "vae", "single_file_config", "prediction_type")}
+    if not config.model and not run.get("model") and recorded:  # (the embedding's base model, as its run loaded it)
+        extras.update({k: getattr(config, k) or recorded.get(f"base_model_{k}") for k in ("revision", "variant")})
     try:
         return load_model(source, dtype=drawing_dtype(config.precision, device), device=device, **extras)
     except ModelError as e:
