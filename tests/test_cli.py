@@ -500,11 +500,9 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
     (["train", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; it is --repo OWNER/NAME "
                                             "of textinv push OUT"),
     (["train", "--hub_token", "hf_x"], "it is --hub-token of textinv push OUT --repo OWNER/NAME"),
-    (["train", "--revision", "fp16"], "`hf download ID --revision REV --local-dir DIR`"),
     (["train", "--allow_tf32"], "leaves PyTorch's TF32 defaults as they are"),
     (["train", "--skip_image_resolution", "512"], "a --dataset-config file's skip_image_resolution, in [general] or "
                                                   "a [[datasets]], leaves out its pictures of at most that area"),
-    (["generate", "--variant", "fp16"], "a folder whose weights are all one variant's loads as that variant"),
     (["push", "run", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; textinv calls it "
                                                   "--repo"),
 ])

@@ -22,10 +22,6 @@ _ROUNDED = "it rounds each epoch's steps up, textinv the total: an epoch ends in
 _ATTENTION = ("not needed: textinv's models use PyTorch's scaled-dot-product attention (SDPA), which is "
               "memory-efficient already")
 _SAVE = "one setting for both: every N steps a checkpoint to resume from and that step's embedding"
-_HUB = ("textinv loads a hub id's main branch and plain weights (its fp16 variant's only where the cache holds those "
-        "alone); for another revision or a variant, download it "
-        "(`hf download ID --revision REV --local-dir DIR`, adding `--include '*.fp16.*' '*.json' '*.txt'` for the fp16 "
-        "files alone) and give --model DIR: a folder whose weights are all one variant's loads as that variant")
 _EMBEDS_ONLY = ("not needed: textinv saves only the learned vectors, never a copy of the model; load them into the "
                 "unchanged base model (`textinv generate --embedding FILE`, or diffusers' load_textual_inversion)")
 _TOKENIZER = "not needed: textinv uses the model's own tokenizer"
@@ -110,7 +106,6 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                         "is done"),
     ("hub_token", _D, "train", None, "it is --hub-token of textinv push OUT --repo OWNER/NAME, which publishes the "
                                      "run once it is done (default: HF_TOKEN, or `hf auth login`'s)"),
-    ("revision variant", _D, "train", None, _HUB),
     ("tokenizer_name", _D, "train", None, _TOKENIZER),
     ("save_as_full_pipeline", _D, "train", None, _EMBEDS_ONLY),
     ("only_save_embeds", _D, "train", None, "not needed: textinv saves only the learned vectors, as this switch of "
@@ -356,7 +351,6 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("negative_scale", _G, "generate", None, "textinv has one guidance scale, --guidance"),
     ("tokenizer_cache_dir", _G, "generate", None, _TOKENIZER),
     ("console_log_level console_log_file console_log_simple", _G, "generate", None, _CONSOLE),
-    ("revision variant", _P, "generate", None, _HUB),
     ("generator", _P, "generate", "--seed", "picture i of a prompt at seed + i"),
     ("prompt_2 negative_prompt_2", _P, "generate", None, "textinv gives SDXL's two text encoders the same prompt"),
     ("output_type", _P, "generate", None, "textinv writes PNGs, each carrying its prompt, seed and settings"),
