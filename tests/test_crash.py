@@ -548,6 +548,8 @@ def test_a_hub_models_revision_and_variant_are_recorded_and_a_resume_that_gives_
     """--revision and --variant are written to config.yaml and the embedding, so --resume loads the same; given
     otherwise on resume they are the model given anew: another branch with the same weights resumes, other weights
     are refused, and the fp16 variant (rounded once more) is refused saying to give the run's variant."""
+    import shutil
+
     from conftest import cache_branch, cache_snapshot
     from textinv.tiny import build_tiny_pipeline
 
@@ -572,3 +574,9 @@ def test_a_hub_models_revision_and_variant_are_recorded_and_a_resume_that_gives_
     assert read_config_file(out / "config.yaml")["revision"] == "main"
     assert cli.main(["train", "--out", str(out), "--resume", "--steps", "6"]) == 0  # (left out: the run's own)
     assert read_config_file(out / "config.yaml")["revision"] == "main"
+    train(config(images, out, steps=8, resume=True, model="me/old"), progress=False)  # (as train() is called)
+    assert read_config_file(out / "config.yaml")["revision"] == "main"
+    # the hub model downloaded to a folder: that holds one version, so the run's revision is not asked of it
+    shutil.copytree(main, tmp_path / "downloaded")
+    train(config(images, out, steps=10, resume=True, model=str(tmp_path / "downloaded")), progress=False)
+    assert read_config_file(out / "config.yaml")["revision"] is None
