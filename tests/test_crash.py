@@ -544,7 +544,7 @@ def test_a_resume_without_checkpoints_says_how_to_go_on_from_the_saved_vectors(s
 
 
 def test_a_hub_models_revision_and_variant_are_recorded_and_a_resume_that_gives_others_is_the_model_anew(
-        hub_cache, images, tmp_path):
+        hub_cache, images, tmp_path, capsys):
     """--revision and --variant are written to config.yaml and the embedding, so --resume loads the same; given
     otherwise on resume they are the model given anew: another branch with the same weights resumes, other weights
     are refused, and the fp16 variant (rounded once more) is refused saying to give the run's variant."""
@@ -570,8 +570,10 @@ def test_a_hub_models_revision_and_variant_are_recorded_and_a_resume_that_gives_
     with pytest.raises(ConfigError, match="the weights' variant differs from the run's.*resume with no --variant"):
         train(config(images, out, steps=4, resume=True, model="me/old", revision="main", variant="fp16"),
               progress=False)
-    train(config(images, out, steps=4, resume=True, model="me/old", revision="main"), progress=False)
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "4", "--revision", "main"]) == 0
     assert read_config_file(out / "config.yaml")["revision"] == "main"
+    assert "--revision now main (was v1)" in capsys.readouterr().out
     assert cli.main(["train", "--out", str(out), "--resume", "--steps", "6"]) == 0  # (left out: the run's own)
     assert read_config_file(out / "config.yaml")["revision"] == "main"
     train(config(images, out, steps=8, resume=True, model="me/old"), progress=False)  # (as train() is called)

@@ -297,6 +297,8 @@ def moved_places(out: Path, config: TrainConfig) -> list[str]:
     saved = read_run_settings(out)
     lines = [f"{'pictures' if k == 'images' else '--' + k.replace('_', '-')} now {new} (was {old})"
              for k, (old, new) in given_anew(saved, config, ("images",) + MODEL_SETTINGS).items()]
+    lines += [f"--{k} now {getattr(config, k)} (was {saved.get(k) or 'none'})" for k in MODEL_CHOICES
+              if getattr(config, k) and saved.get(k) != getattr(config, k)]
     if saved.get("concepts") and config.concepts:
         for was, now in zip(_absolute_paths(dataclasses.replace(config, concepts=saved["concepts"])).concept_list(),
                             _absolute_paths(config).concept_list()):
