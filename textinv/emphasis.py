@@ -1,6 +1,7 @@
 """A1111's prompt syntax, so prompts written for the web UI draw alike here: emphasis (`(words)`, `[words]`,
 `(words:1.3)`), `BREAK`, prompts longer than the 75 words one pass of CLIP reads, and prompt editing and
-alternation (`[cat:dog:0.5]`, `[cat|dog]`: `prompt_schedule` gives each stretch of sampling steps its text).
+alternation (`[cat:dog:0.5]`, `[cat|dog]`: `prompt_schedule` gives each stretch of sampling steps its text), and
+composable diffusion (`a castle AND a dragon:0.8`: `composable_parts`).
 
 The syntax (as AUTOMATIC1111's web UI reads it): `(x)` multiplies the attention to x by 1.1, `((x))` by 1.21, `[x]`
 divides it by 1.1, `(x:1.3)` multiplies it by 1.3; brackets nest and multiply; `\\(` `\\)` `\\[` `\\]` are the literal
@@ -170,21 +171,51 @@ def comfy_embeddings(prompt: str, written=lambda name: name) -> tuple[str, list[
     return _COMFY_EMBEDDING.sub(name, prompt), names
 
 
-_UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:hypernet):[^<>]*>", re.I)),
-                # (the web UI splits a prompt at the word AND, in capitals, into prompts guided each on its own)
-                ("composable-diffusion", re.compile(r"\bAND\b")))
+_UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:hypernet):[^<>]*>", re.I)),)
 
 
 def unsupported(prompt: str) -> list[str]:
     """The web UI's prompt features in `prompt` that textinv does not apply (they are read as words): hypernetwork
-    tags (`<hypernet:name:0.8>`) and composable diffusion's `AND` ("a castle AND a dragon:0.8", which the web UI
-    draws as two prompts each guiding the picture; read here as the word "and").
+    tags (`<hypernet:name:0.8>`).
 
     >>> unsupported("a [cat:dog:0.5] <hypernet:x:0.8>, (red:1.2) <lora:y> AND a dog, black and white")
-    ['extra-network tags <hypernet:x:0.8>', 'composable-diffusion AND']
+    ['extra-network tags <hypernet:x:0.8>']
     """
     found = [f"{what} {m.group(0)}" for what, pattern in _UNSUPPORTED for m in pattern.finditer(prompt)]
-    return list(dict.fromkeys(found))  # (each AND once)
+    return list(dict.fromkeys(found))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Composable diffusion (Liu et al. 2022, "Compositional Visual Generation with Composable Diffusion Models"), as the
+# web UI writes it: "a castle AND a dragon:0.8" is two prompts, each guiding the picture with its own weight
+
+_AND = re.compile(r"\bAND\b")  # the word AND, in capitals ("and", "ANDROID" are words)
+# a sub-prompt's trailing weight: a colon and a signed number at its very end, spaces allowed around them
+_AND_WEIGHT = re.compile(r"(.*?)(?:\s*:\s*([+-]?(?:\d+\.?\d*|\.\d+)))?\s*", re.S)
+
+
+def has_and(prompt: str) -> bool:
+    """Whether `prompt` is composed of sub-prompts joined by `AND` (see `composable_parts`)."""
+    return _AND.search(prompt) is not None
+
+
+def composable_parts(prompt: str) -> list[tuple[str, float]]:
+    """`prompt` split at the word `AND` (capitals, a whole word) into (sub-prompt, weight) pairs, as the web UI reads
+    them: a sub-prompt's weight is a number after a colon at its end (`:0.8`, ` : -1`, `:2.`), 1 without one; a colon
+    elsewhere (`16:9 ratio`, `(red:1.2)`) is text. Each sub-prompt keeps the rest of the syntax (emphasis, BREAK,
+    prompt editing) for `prompt_schedule` and `token_chunks`. Sampling then guides with every sub-prompt:
+    uncond + sum_i w_i * guidance * (cond_i - uncond) (`generate.render`).
+
+    >>> composable_parts("a castle:1.5 AND a dragon : 0.8 AND 16:9, (fog:1.2)")
+    [('a castle', 1.5), (' a dragon', 0.8), (' 16:9, (fog:1.2)', 1.0)]
+    >>> composable_parts("black and white")
+    [('black and white', 1.0)]
+    """
+    parts = []
+    for sub in _AND.split(prompt):
+        match = _AND_WEIGHT.fullmatch(sub)
+        parts.append((match.group(1), float(match.group(2)) if match.group(2) is not None else 1.0))
+    return parts
 
 
 # ---------------------------------------------------------------------------------------------------------------
