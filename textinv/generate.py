@@ -203,7 +203,8 @@ def render(
     default `resolution`, by default the model's own size).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
-    is its own seed's whatever else is in the batch.
+    is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
+    web UI draws it (`emphasis.composable_parts`, `_composing`): its k sub-prompts cost k + 1 UNet rows a step.
     """
     pipe = model.pipeline
     width, height = width or resolution or model.resolution, height or resolution or model.resolution
@@ -223,24 +224,41 @@ def render(
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     # Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps with texts of their own;
     # a prompt without them is one stretch.
-    schedules = [emphasis.prompt_schedule(text, steps) for text in prompts + [negative_prompt]]
+    # Composable diffusion (`emphasis.composable_parts`): a prompt with AND is its sub-prompts, each encoded and
+    # scheduled on its own as a prompt of its own (`texts` below), then combined at each UNet call (`_composing`).
+    # A batch without AND is drawn as it always was.
+    composed = any(emphasis.has_and(p) for p in prompts)
+    parts = [emphasis.composable_parts(p) if composed else [(p, 1.0)] for p in prompts]
+    owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
+    weights = [w for per in parts for _, w in per]
+    subprompts = [text for per in parts for text, _ in per]
+    schedules = [emphasis.prompt_schedule(text, steps) for text in subprompts + [negative_prompt]]
     ends = sorted({end for schedule in schedules for end, _ in schedule})
     texts = [[next(text for end, text in schedule if last <= end) for schedule in schedules] for last in ends]
     rows = [_prompt_chunks(model, stretch[:-1]) for stretch in texts]
-    negative_rows = [[per * len(prompts) for per in _prompt_chunks(model, stretch[-1:])] for stretch in texts]
+    negative_rows = [[per * len(subprompts) for per in _prompt_chunks(model, stretch[-1:])] for stretch in texts]
     chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
     zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in texts)
     conditioning = [_conditioning(model, r, n, zero_negative, chunks, clip_skip, (height, width))
                     for r, n in zip(rows, negative_rows)]
-    kwargs = dict(conditioning[0])
+    # the pipeline's own arguments hold one row a picture (with AND: its first sub-prompt's, which `_composing`
+    # replaces by all of them at each UNet call)
+    firsts = [owners.index(i) for i in range(len(prompts))]
+    given = [_rows(c, firsts) for c in conditioning] if composed else conditioning
+    stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
+    kwargs = dict(given[0])
     if len(ends) > 1:
-        kwargs.update(_switching_conditioning(model, steps, ends, conditioning))
+        kwargs.update(_switching_conditioning(model, steps, ends, given, stretch))
     # the web UI reads a prompt and its negative each at its own length (it pads neither by default): the empty
     # chunks that make them one length here are hidden from the UNet's cross-attention
-    own = [max(len(r[e][p]) for r in rows for e in range(len(r))) for p in range(len(prompts))]
+    own = [max(len(r[e][p]) for r in rows for e in range(len(r))) for p in range(len(subprompts))]
     own_negative = max(len(r[e][0]) for r in negative_rows for e in range(len(r)))
-    masking = _length_mask(pipe, own, own_negative, chunks) if set(own + [own_negative]) != {chunks} else None
+    lengths = (own, own_negative, chunks) if set(own + [own_negative]) != {chunks} else None
+    if composed:
+        hooks = _composing(pipe, conditioning, stretch, owners, weights, lengths)
+    else:
+        hooks = [_length_mask(pipe, *lengths)] if lengths is not None else []
     was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
     pipe.scheduler = scheduler_for(own_scheduler, sampler, seeds)
@@ -253,8 +271,8 @@ def render(
             result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
                           latents=latents, generator=generators, output_type="pil")
     finally:
-        if masking is not None:
-            masking.remove()
+        for hook in hooks:
+            hook.remove()
         pipe.unet.train(was_training)
         pipe.scheduler = own_scheduler
     return list(result.images)
@@ -264,18 +282,88 @@ def _length_mask(pipe, own: list[int], own_negative: int, chunks: int):
     """A hook on the UNet that gives each call an `encoder_attention_mask` keeping each prompt's own `own[i]`
     chunks (and the negative's `own_negative`) of the `chunks` every one was padded to: the same as the web UI's
     UNet calls at each one's own length (CFGDenoiser.forward, with pad_cond_uncond off, its default)."""
-    def keep(count: int, length: int) -> torch.Tensor:
-        return torch.arange(length) < count * (length // chunks)
-
     def add_mask(module, args, kwargs):
         hidden = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
         counts = ([own_negative] * len(own) if pipe.do_classifier_free_guidance else []) + own
         if hidden is None or hidden.shape[0] != len(counts):
             return None
-        mask = torch.stack([keep(n, hidden.shape[1]) for n in counts]).to(hidden.device)
-        return args, {**kwargs, "encoder_attention_mask": mask}
+        return args, {**kwargs, "encoder_attention_mask": _chunk_mask(counts, chunks, hidden)}
 
     return pipe.unet.register_forward_pre_hook(add_mask, with_kwargs=True)
+
+
+def _chunk_mask(counts: list[int], chunks: int, hidden: torch.Tensor) -> torch.Tensor:
+    """An `encoder_attention_mask` (rows, tokens) keeping the first `counts[r]` of the `chunks` chunks of row r."""
+    length = hidden.shape[1]
+    return torch.stack([torch.arange(length) < n * (length // chunks) for n in counts]).to(hidden.device)
+
+
+def _rows(conditioning: dict, index: list[int]) -> dict:
+    """`_conditioning`'s arguments with only the rows `index` of each tensor (the sizes are kept)."""
+    return {k: v[index] if isinstance(v, torch.Tensor) else v for k, v in conditioning.items()}
+
+
+def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[int], weights: list[float],
+               lengths: tuple | None) -> list:
+    """Hooks on the UNet that draw composable diffusion (`emphasis.composable_parts`) with the pipeline unchanged.
+
+    `conditioning[stretch[0]]` holds one row per sub-prompt (sub-prompt j belongs to picture `owners[j]`, weight
+    `weights[j]`) and the negative's. Each UNet call is run on [uncond (B rows); cond_1 ... cond_K] instead of the
+    pipeline's [uncond; cond] (or [cond] without guidance), and gives back [uncond; uncond + sum_j w_j (cond_j -
+    uncond)] (without guidance: the second part alone), so the pipeline's own guidance step, uncond + g (x -
+    uncond), draws the web UI's uncond + sum_j w_j g (cond_j - uncond) (sd_samplers_cfg_denoiser.combine_denoised;
+    the same in the UNet's output as in the denoised picture, both being affine in it). Guidance 1, which diffusers
+    draws without the negative, still draws it here, as the web UI does. `lengths`: (own, own_negative, chunks) as
+    `_length_mask` takes them, each sub-prompt at its own length, or None. A step costs K + 1 UNet rows a picture."""
+    count = len(set(owners))
+    state = {}
+
+    def expand(module, args, kwargs):
+        kwargs = dict(kwargs)
+        args = list(args)
+        if len(args) > 2:  # (encoder_hidden_states passed by position)
+            kwargs["encoder_hidden_states"] = args.pop(2)
+        sample, t = args[0], args[1]
+        guided = sample.shape[0] == 2 * count
+        if not guided and sample.shape[0] != count:
+            return None
+        state["guided"] = guided
+        c = conditioning[stretch[0]]
+        x = sample[-count:]  # (B, C, h, w): each picture's latents, the same in both halves
+        args[0] = torch.cat([x, x[owners]])  # (B + K, C, h, w)
+        if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == sample.shape[0]:
+            args[1] = torch.cat([t[-count:], t[-count:][owners]])
+        hidden = torch.cat([c["negative_prompt_embeds"][:count], c["prompt_embeds"]])
+        kwargs["encoder_hidden_states"] = hidden
+        added = kwargs.get("added_cond_kwargs")
+        if added is not None and "text_embeds" in added:  # SDXL: each sub-prompt's pooled embedding, the time ids
+            ids = added["time_ids"]
+            kwargs["added_cond_kwargs"] = {
+                **added, "text_embeds": torch.cat([c["negative_pooled_prompt_embeds"][:count],
+                                                   c["pooled_prompt_embeds"]]),
+                "time_ids": torch.cat([ids[:count], ids[-count:][owners]])}
+        if lengths is not None:
+            own, own_negative, chunks = lengths
+            kwargs["encoder_attention_mask"] = _chunk_mask([own_negative] * count + own, chunks, hidden)
+        return tuple(args), kwargs
+
+    def combine(module, args, kwargs, output):
+        if "guided" not in state:
+            return None
+        guided = state.pop("guided")
+        out = output[0] if isinstance(output, tuple) else output.sample
+        uncond = out[:count]
+        mixed = uncond.clone()
+        for j, (i, w) in enumerate(zip(owners, weights)):
+            mixed[i] += w * (out[count + j] - uncond[i])
+        out = torch.cat([uncond, mixed]) if guided else mixed
+        if isinstance(output, tuple):
+            return (out,) + tuple(output[1:])
+        output.sample = out
+        return output
+
+    return [pipe.unet.register_forward_pre_hook(expand, with_kwargs=True),
+            pipe.unet.register_forward_hook(combine, with_kwargs=True)]
 
 
 def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
@@ -293,7 +381,8 @@ def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks
                 negative_pooled_prompt_embeds=neg_pooled, original_size=size, target_size=size)
 
 
-def _switching_conditioning(model: Model, steps: int, ends: list[int], conditioning: list[dict]) -> dict:
+def _switching_conditioning(model: Model, steps: int, ends: list[int], conditioning: list[dict],
+                            current: list[int] | None = None) -> dict:
     """Pipeline arguments that give each sampling step its stretch's conditioning, as the web UI does: step s,
     counted from 0, takes the first stretch whose last step `ends[k]` is at least s (so an edit at step 5 of 10
     switches after 6 steps, and `[a|b]` draws a, a, b, a, ...). Diffusers calls `callback_on_step_end` after each
@@ -301,7 +390,7 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
     negative's and the prompt's, laid end to end). An iteration's step is its timestep's place among the
     schedule's distinct timesteps: PNDM repeats one (steps + 1 iterations), Heun-like samplers take two per step."""
     names = ["prompt_embeds"] + (["add_text_embeds"] if model.is_xl else [])
-    current = [0]
+    current = [0] if current is None else current  # (`_composing` reads it too)
     step_of: list[int] = []  # each iteration's step, from 0 (the timesteps are set once sampling starts)
 
     def switch(pipe, i, t, tensors):
