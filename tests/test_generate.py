@@ -654,9 +654,7 @@ def test_web_ui_syntax_textinv_does_not_apply_is_warned_about(sd1_dir, tmp_path)
     assert unsupported("a [cat:dog:0.5] on [grass|sand] <hypernet:style:0.8> <lora:x>") == \
         ["extra-network tags <hypernet:style:0.8>"]
     assert unsupported(r"a (red:1.2) [blue] \[a:b\] <my-token> 12:30") == []
-    # the web UI's composable diffusion: AND in capitals, between words (not "and", not a word's letters)
-    assert unsupported("a castle AND a dragon:0.8 AND fog") == ["composable-diffusion AND"]
-    assert unsupported("black and white, ANDROID, sANDy") == []
+    assert unsupported("a castle AND a dragon:0.8 AND fog") == []  # (composable diffusion is drawn: see below)
     with pytest.warns(UserWarning, match="uses the web UI's extra-network tags <hypernet:x:1>, which textinv does not"):
         generate(GenerateConfig(prompt=["a <hypernet:x:1> cat"], out=str(tmp_path / "r"), n=1, steps=1,
                                 model=str(sd1_dir)), progress=False)
@@ -2163,3 +2161,91 @@ def test_a_sampler_whose_package_is_missing_is_refused_when_read(monkeypatch, tm
         TrainConfig(images="x", token="<zq>", out="o", sample_prompts=[str(tmp_path / "p.txt")]).validate()
     monkeypatch.undo()
     assert GenerateConfig(prompt=["a dog"], sampler=sampler).validate().sampler == sampler
+
+
+def test_composable_diffusion_prompts_are_split_and_weighed_as_the_web_ui_reads_them():
+    from textinv.emphasis import composable_parts, has_and
+
+    assert composable_parts("a:2 AND b") == [("a", 2.0), (" b", 1.0)]
+    # a trailing weight with spaces around its colon, signed, or with a bare decimal point
+    assert composable_parts("a castle : 0.8  AND fog :-1 AND rain:.5 AND sun:2.") == \
+        [("a castle", 0.8), (" fog", -1.0), (" rain", 0.5), (" sun", 2.0)]
+    # a colon that is not a sub-prompt's trailing weight is text: emphasis, a ratio, a word after it
+    assert composable_parts("(red:1.2) car AND 16:9 frame AND a: b") == \
+        [("(red:1.2) car", 1.0), (" 16:9 frame", 1.0), (" a: b", 1.0)]
+    # AND in capitals, a whole word: "and", ANDROID and sANDy are words
+    assert [has_and(p) for p in ("a AND b", "black and white, ANDROID, sANDy")] == [True, False]
+    assert composable_parts("black and white") == [("black and white", 1.0)]
+
+
+def _drawn(model, prompts, seeds=(0,), steps=3, **kwargs):
+    return [np.asarray(img, dtype=int) for img in render(model, list(prompts), list(seeds), steps=steps, **kwargs)]
+
+
+def test_composable_diffusion_guides_with_each_sub_prompt(sd1_dir):
+    """"a AND b" is neither "a b" nor "a"; "x:0.5 AND x:0.5" reduces to "x" (uncond + 0.5 g (x - uncond) twice), at
+    guidance 1 too (no CFG: uncond + sum w (cond - uncond), as the web UI draws at CFG scale 1)."""
+    model = load_model(sd1_dir)
+    both, = _drawn(model, ["a red dog AND a blue cat"])
+    assert np.abs(both - _drawn(model, ["a red dog a blue cat"])[0]).max() > 2
+    assert np.abs(both - _drawn(model, ["a red dog"])[0]).max() > 2
+    for guidance in (7.5, 1.0):
+        alone, = _drawn(model, ["a red dog"], guidance=guidance)
+        halves, = _drawn(model, ["a red dog :0.5 AND a red dog:0.5"], guidance=guidance)
+        assert np.abs(halves - alone).max() <= 1
+    # a weight scales its sub-prompt's guidance: 0 leaves it out, 2 doubles it (at guidance 1 as well: the
+    # negative is drawn there too, uncond + 2 (cond - uncond) being "a red dog" at guidance 2)
+    assert np.abs(_drawn(model, ["a red dog AND a blue cat:0"])[0] - _drawn(model, ["a red dog"])[0]).max() <= 1
+    for guidance in (3.5, 1.0):
+        doubled, = _drawn(model, ["a red dog:2 AND a blue cat:0"], guidance=guidance, negative_prompt="ugly")
+        assert np.abs(doubled - _drawn(model, ["a red dog"], guidance=2 * guidance, negative_prompt="ugly")[0]).max() <= 1
+
+
+def test_composable_diffusion_picture_is_its_own_at_any_batch_size_and_length(sd1_dir):
+    """A picture's batch-mates (another prompt with more sub-prompts, longer ones) do not change it, nor does a
+    sub-prompt longer than one chunk change another's picture: each is read at its own length."""
+    model = load_model(sd1_dir)
+    alone, = _drawn(model, ["a red dog AND a blue cat"], negative_prompt="ugly")
+    mates = _drawn(model, ["a red dog AND a blue cat", "fog AND " + "tree, " * 40 + " AND sun:0.3"], seeds=(0, 1),
+                   negative_prompt="ugly")
+    assert np.abs(mates[0] - alone).max() <= 1
+
+
+def test_prompt_editing_and_learned_tokens_work_inside_each_sub_prompt(sd1_dir):
+    model = load_model(sd1_dir)
+    emb = LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, model.widths[0], generator=torch.Generator()
+                                                                 .manual_seed(0)) * 2})
+    install_embedding(model, emb)
+    prompts = ["[a red dog:a blue cat:1] AND fog", "a red dog AND fog", "a blue cat AND fog"]
+    edited, before, after = (_drawn(model, [p], steps=4)[0] for p in prompts)
+    assert np.abs(edited - before).max() > 0 and np.abs(edited - after).max() > 0
+    learned, plain = (_drawn(model, [expand_all(p, [emb])], steps=3)[0] for p in ("fog AND a <zq>", "fog AND a dog"))
+    assert np.abs(learned - plain).max() > 2
+
+
+def test_a_prompt_without_and_draws_as_before(sd1_dir, monkeypatch):
+    """A prompt without AND never reaches composable diffusion's code, and draws as the pipeline draws its
+    conditioning directly."""
+    import textinv.generate as gen
+    from textinv.emphasis import composable_parts
+
+    model = load_model(sd1_dir)
+    assert composable_parts("a photo of a dog") == [("a photo of a dog", 1.0)]  # (the split alone changes nothing)
+    ours, = _drawn(model, ["a photo of a dog"], steps=3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("composable diffusion's code reached for a prompt without AND")
+
+    monkeypatch.setattr(gen, "_composing", refuse)
+    monkeypatch.setattr(gen.emphasis, "composable_parts", refuse)
+    assert np.array_equal(_drawn(model, ["a photo of a dog"], steps=3)[0], ours)
+    monkeypatch.undo()
+    pipe = model.pipeline
+    cond, uncond = gen.encode_prompts(model, ["a photo of a dog"])[0], gen.encode_prompts(model, [""])[0]
+    size = model.resolution
+    latents = torch.randn((pipe.unet.config.in_channels, size // pipe.vae_scale_factor,
+                           size // pipe.vae_scale_factor), generator=torch.Generator().manual_seed(0))[None]
+    direct = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=3,
+                  guidance_scale=model.guidance_or_own(None), height=size, width=size, latents=latents,
+                  generator=[torch.Generator().manual_seed(0)], output_type="pil").images[0]
+    assert np.array_equal(np.asarray(direct, dtype=int), ours)

@@ -547,3 +547,18 @@ def test_the_sde_samplers_and_schedules_draw_sdxl_each_picture_from_its_seed(xl_
     pair = render(model, ["a dog", "a dog"], [4, 5], steps=3, sampler=sampler)
     alone = render(model, ["a dog"], [5], steps=3, sampler=sampler)[0]
     assert np.asarray(alone).std() > 0 and np.array_equal(np.asarray(pair[1]), np.asarray(alone))
+
+
+def test_sdxl_draws_composable_diffusion_with_each_sub_prompts_pooled_embedding(xl_dir):
+    """SDXL's UNet takes each sub-prompt's pooled text embedding and the time ids beside its hidden states: "x:0.5
+    AND x:0.5" is "x", and "a AND b" guides with both (also with a sub-prompt edited and one longer than a chunk)."""
+    model = load_model(xl_dir)
+
+    def drawn(prompt, **kwargs):
+        return np.asarray(render(model, [prompt], [0], steps=2, **kwargs)[0], dtype=int)
+
+    alone = drawn("a photo of a dog")
+    assert np.abs(drawn("a photo of a dog:0.5 AND a photo of a dog :0.5") - alone).max() <= 1
+    both = drawn("a photo of a dog AND a red cat")
+    assert np.abs(both - alone).max() > 2
+    assert drawn("[a photo of a dog:a fish:1] AND " + "a red cat, " * 30, negative_prompt="ugly").shape == both.shape
