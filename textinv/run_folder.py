@@ -295,10 +295,8 @@ def moved_places(out: Path, config: TrainConfig) -> list[str]:
     are checked by, so a resume from the wrong directory, whose relative folder names another project's pictures of
     the same names, is at least seen."""
     saved = read_run_settings(out)
-    lines = [f"{'pictures' if k == 'images' else '--' + k.replace('_', '-')} now {new} (was {old})"
-             for k, (old, new) in given_anew(saved, config, ("images",) + MODEL_SETTINGS).items()]
-    lines += [f"--{k} now {getattr(config, k)} (was {saved.get(k) or 'none'})" for k in MODEL_CHOICES
-              if getattr(config, k) and saved.get(k) != getattr(config, k)]
+    lines = [f"{'pictures' if k == 'images' else '--' + k.replace('_', '-')} now {new} (was {old or 'none'})"
+             for k, (old, new) in given_anew(saved, config, ("images",) + MODEL_SETTINGS + MODEL_CHOICES).items()]
     if saved.get("concepts") and config.concepts:
         for was, now in zip(_absolute_paths(dataclasses.replace(config, concepts=saved["concepts"])).concept_list(),
                             _absolute_paths(config).concept_list()):
@@ -314,9 +312,14 @@ def moved_places(out: Path, config: TrainConfig) -> list[str]:
 
 def given_anew(saved: dict, config: TrainConfig, keys) -> dict[str, tuple]:
     """Each of the settings `keys` that a resume gives otherwise than the run's `saved` settings record, as
-    {setting: (saved, now)}: a folder or model given where it is now."""
-    return {k: (saved[k], getattr(config, k)) for k in keys
-            if saved.get(k) and getattr(config, k) and not _same(k, saved[k], getattr(config, k), config)}
+    {setting: (saved, now)}: a folder or model given where it is now; a hub id's revision or variant
+    (`MODEL_CHOICES`) given other than the run's, which may have had none (saved as None)."""
+    def anew(k: str, old, new) -> bool:
+        if k in MODEL_CHOICES:
+            return bool(new) and old != new
+        return bool(old) and bool(new) and not _same(k, old, new, config)
+
+    return {k: (saved.get(k), getattr(config, k)) for k in keys if anew(k, saved.get(k), getattr(config, k))}
 
 
 def _moved_concepts(old: list, new: list, config: TrainConfig) -> list[dict] | None:
@@ -527,9 +530,7 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
     out, step = Path(config.out), int(state["step"])
     saved = read_run_settings(out)
     moved = {k: f"{k}: {old!r} -> {new!r}"
-             for k, (old, new) in given_anew(saved, config, MODEL_SETTINGS).items()}
-    moved.update({k: f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in MODEL_CHOICES
-                  if getattr(config, k) and saved.get(k) != getattr(config, k)})
+             for k, (old, new) in given_anew(saved, config, MODEL_SETTINGS + MODEL_CHOICES).items()}
     if moved and not state.get("model"):
         raise ConfigError(f"cannot resume {out} with a model given anew ({', '.join(moved.values())}): its "
                           f"checkpoints were saved by textinv {state.get('textinv_version', 'before 0.1')}, which did "
