@@ -54,6 +54,10 @@ MAX_TOKEN_LENGTHS = (CHUNK, 2 * CHUNK, 3 * CHUNK)  # kohya's --max_token_length:
 METADATA = ("shareable", "full", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICE_HELP = "where the model runs: auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps"
+REVISION_HELP = ("a hub id's branch, tag or commit to load (e.g. fp16 for CompVis/stable-diffusion-v1-4); default: "
+                 "main; hub ids only")
+VARIANT_HELP = ("the weights' variant to load (e.g. fp16: half the download), for a hub id or a diffusers folder; "
+                "default: the plain weights (a folder's only variant where it has no others)")
 
 
 def spelled(spellings: dict[str, str], value):
@@ -209,10 +213,8 @@ class TrainConfig:
     out: str = opt(None, "output folder: embedding, config, checkpoints, samples, loss log", path="file")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name",
                      path="source")
-    revision: str = opt(None, "a hub id's branch, tag or commit to load (e.g. fp16 for CompVis/stable-diffusion-v1-4); "
-                              "default: main; hub ids only")
-    variant: str = opt(None, "the weights' variant to load (e.g. fp16: half the download), for a hub id or a diffusers "
-                             "folder; default: the plain weights (a folder's only variant where it has no others)")
+    revision: str = opt(None, REVISION_HELP)
+    variant: str = opt(None, VARIANT_HELP)
     init: str = opt(None, "word or phrase to start from (e.g. 'dog'); default: the --property word, or the "
                     "model's own word for it (the bundled model's 'shape')")
     init_embedding: str = opt(None, "start from this embedding file's vectors instead (any format: continue a run "
@@ -517,10 +519,8 @@ class GenerateConfig:
     out: str = opt("renders", "output folder for the PNGs", path="file")
     model: str = opt("shapes", "diffusers folder, single .safetensors/.ckpt file, hub id, or a bundled name",
                      path="source")
-    revision: str = opt(None, "a hub id's branch, tag or commit to load (e.g. fp16 for CompVis/stable-diffusion-v1-4); "
-                              "default: main; hub ids only")
-    variant: str = opt(None, "the weights' variant to load (e.g. fp16: half the download), for a hub id or a diffusers "
-                             "folder; default: the plain weights (a folder's only variant where it has no others)")
+    revision: str = opt(None, REVISION_HELP)
+    variant: str = opt(None, VARIANT_HELP)
     token: list = opt([], "token name(s) for the embedding files, in order (default: from each file)")
     negative_prompt: str = opt("", "what to steer away from")
     n: int = opt(4, "images per prompt", short="-n")
