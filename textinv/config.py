@@ -44,7 +44,7 @@ def opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
 
-from .data import MAX_KOHYA_REPEATS, PROPERTIES, flip_default
+from .data import MAX_KOHYA_REPEATS, PROPERTIES, flip_default, skip_sides
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
@@ -447,14 +447,11 @@ class TrainConfig:
                                   f"{extension!r}")
             subset = {"images": os.fspath(item["images"]), "repeats": repeats, "caption_extension": extension}
             skip = item.get("skip_image_resolution")
-            if isinstance(skip, int) and not isinstance(skip, bool):  # (one number, as kohya's file takes it)
-                skip = [skip, skip]
             if skip is not None:
-                if not (isinstance(skip, (list, tuple)) and len(skip) == 2 and all(
-                        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in skip)):
+                if skip_sides(skip) is None:
                     raise ConfigError(f"subset {item!r}: skip_image_resolution must be a number of pixels or "
                                       f"[width, height], e.g. [512, 512], got {skip!r}")
-                subset["skip_image_resolution"] = list(skip)
+                subset["skip_image_resolution"] = skip_sides(skip)
             out.append(subset)
         return out
 

@@ -415,6 +415,23 @@ def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict]
                       f"{len(parts)} kohya subset{'s' * (len(parts) != 1)}: {', '.join(parts)}")
 
 
+def skip_sides(value) -> list[int] | None:
+    """kohya's skip_image_resolution as [width, height] (one number n is [n, n], as kohya reads it), or None when it
+    is neither a whole number of pixels nor two of them (each caller says how to write it where it was read).
+
+    >>> skip_sides(512), skip_sides([512, 768]), skip_sides("512")
+    ([512, 512], [512, 768], None)
+    """
+    def pixels(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if pixels(value):
+        return [value, value]
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(pixels, value)):
+        return list(value)
+    return None
+
+
 def _larger_than(folder: Path, paths: list[Path], skip: Sequence[int]) -> list[Path]:
     """The pictures of a kohya subset's `folder` that its dataset's skip_image_resolution [width, height] keeps: as
     sd-scripts' datasets filter them, those whose own area (width x height as stored, before any resize; a rotation

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import TrainConfig, check_side
-from .data import side_buckets
+from .data import side_buckets, skip_sides
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint, setting_of
 from .io import read_text
@@ -131,13 +131,9 @@ def _skip_resolution(value):
     # sd-scripts' dataset key (its BaseDataset's skip_image_resolution): one number or [width, height], as it reads
     # resolution, a number n meaning [n, n]; a picture whose own area, before any resize, is at most width x height
     # is left out (`data.picture_set`). Kohya's file takes no "W,H" text: that is its command line's form
-    def pixels(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    if pixels(value):
-        return [value, value]
-    if isinstance(value, list) and len(value) == 2 and all(pixels(v) for v in value):
-        return list(value)
+    sides = skip_sides(value)
+    if sides is not None:
+        return sides
     if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)?", value):
         sides = [int(v) for v in value.split(",")]
         raise _Refused(f"kohya's dataset config takes a number or [width, height], not text (\"W,H\" is its command "
