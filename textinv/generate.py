@@ -16,7 +16,6 @@ import bisect
 import contextlib
 import copy
 import hashlib
-import inspect
 import json
 import math
 import re
@@ -382,15 +381,15 @@ def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks
 
 
 def _switching_conditioning(model: Model, steps: int, ends: list[int], conditioning: list[dict],
-                            current: list[int] | None = None) -> dict:
+                            current: list[int]) -> dict:
     """Pipeline arguments that give each sampling step its stretch's conditioning, as the web UI does: step s,
     counted from 0, takes the first stretch whose last step `ends[k]` is at least s (so an edit at step 5 of 10
     switches after 6 steps, and `[a|b]` draws a, a, b, a, ...). Diffusers calls `callback_on_step_end` after each
     iteration and what it returns replaces the tensors the next ones read (under classifier-free guidance the
     negative's and the prompt's, laid end to end). An iteration's step is its timestep's place among the
-    schedule's distinct timesteps: PNDM repeats one (steps + 1 iterations), Heun-like samplers take two per step."""
+    schedule's distinct timesteps: PNDM repeats one (steps + 1 iterations), Heun-like samplers take two per step.
+    `current` ([0] to start) holds the stretch the next iteration is in, which `_composing` reads too."""
     names = ["prompt_embeds"] + (["add_text_embeds"] if model.is_xl else [])
-    current = [0] if current is None else current  # (`_composing` reads it too)
     step_of: list[int] = []  # each iteration's step, from 0 (the timesteps are set once sampling starts)
 
     def switch(pipe, i, t, tensors):
