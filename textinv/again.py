@@ -387,6 +387,10 @@ class _ComfyGraph:
     def named(self, node: str) -> str:
         return f"{self.cls(node)} node {node}"
 
+    def seed_input(self, sampler: str) -> str:
+        """The name of a sampler node's seed input: KSamplerAdvanced's noise_seed, KSampler's seed."""
+        return "noise_seed" if self.cls(sampler) == "KSamplerAdvanced" else "seed"
+
     def inputs(self, node: str) -> dict[str, Any]:
         inputs = self.nodes[node].get("inputs")
         return inputs if isinstance(inputs, dict) else {}
@@ -524,8 +528,7 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
     settings: dict[str, Any] = {}
     needs: dict[str, str] = {}
 
-    advanced = graph.cls(sampler) == "KSamplerAdvanced"
-    for name, setting, kinds in (("noise_seed" if advanced else "seed", "seed", (int,)), ("steps", "steps", (int,)),
+    for name, setting, kinds in ((graph.seed_input(sampler), "seed", (int,)), ("steps", "steps", (int,)),
                                  ("cfg", "guidance", (int, float))):
         value = graph.value(sampler, name, kinds)
         if value is None:
@@ -633,8 +636,7 @@ def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int], notes: list[str]) ->
                      f"give another's settings as flags if it drew this one")
     others = [n for n in graph.nodes if graph.cls(n) in _COMFY_SAMPLER_NODES and n != chosen[1]]
     if others:
-        seeds = {n: "noise_seed" if graph.cls(n) == "KSamplerAdvanced" else "seed" for n in others}
-        described = "; ".join(f"{graph.named(n)}: seed {graph.value(n, seeds[n], (int,))}, "
+        described = "; ".join(f"{graph.named(n)}: seed {graph.value(n, graph.seed_input(n), (int,))}, "
                               f"{graph.value(n, 'steps', (int,))} steps" for n in others)
         notes.append(f"{graph.path}: its ComfyUI graph has other samplers than {graph.named(chosen[1])}, which the "
                      f"saved picture comes from and which is read: {described} (not applied)")
