@@ -562,3 +562,20 @@ def test_sdxl_draws_composable_diffusion_with_each_sub_prompts_pooled_embedding(
     both = drawn("a photo of a dog AND a red cat")
     assert np.abs(both - alone).max() > 2
     assert drawn("[a photo of a dog:a fish:1] AND " + "a red cat, " * 30, negative_prompt="ugly").shape == both.shape
+
+
+def test_sdxl_draws_the_hires_fix_and_img2img_told_each_pass_its_own_size(xl_dir):
+    """SDXL's img2img pipeline takes the latents as they are and each pass is told its own size (the time ids)."""
+    from textinv.generate import Hires, render
+
+    model = load_model(xl_dir)
+    told = []
+    model.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: told.append(kwargs["added_cond_kwargs"]["time_ids"][-1].tolist()), with_kwargs=True)
+    pictures = render(model, ["a dog"], [2], steps=2, width=32, height=24,
+                      hires=Hires(scale=2, steps=2, upscaler="lanczos"))
+    assert pictures[0].size == (64, 48)
+    assert told == [[24, 32, 0, 0, 24, 32]] * 2 + [[48, 64, 0, 0, 48, 64]] * 2
+    told.clear()
+    redrawn = render(model, ["a cat"], [2], steps=4, width=32, height=24, start=pictures, denoise=0.5)
+    assert redrawn[0].size == (32, 24) and len(told) == 3

@@ -11,10 +11,12 @@ What a picture's text can hold, and how each is read:
 - an older textinv's per-key text (prompt, seed, steps, ... without the record): read, with a warning naming what it
   did not record (those settings take their defaults; its paths were written as typed).
 - the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
-  Seed, Size and Clip skip; its TI hashes check the --embedding files given (`_check_ti_hashes`), its Lora hashes
-  the LoRA files the prompt's tags find in --lora-dir (`_check_lora_hashes`). The rest (Model,
-  Model hash, VAE, Hires fix, ...) cannot be applied and is named in a warning; the model must be given (--model),
-  and a sampler textinv does not have must be chosen (--sampler).
+  Seed, Size and Clip skip, and its hires fix (Denoising strength, Hires upscale or resize, steps, upscaler and
+  sampler: `_a1111_passes`; an upscaling network's enlargement is Lanczos's here); its TI hashes check the
+  --embedding files given (`_check_ti_hashes`), its Lora hashes the LoRA files the prompt's tags find in --lora-dir
+  (`_check_lora_hashes`). An img2img picture is drawn from its picture when --init-image gives it, else from the
+  prompt alone. The rest (Model, Model hash, VAE, Hires prompt, ...) cannot be applied and is named in a warning;
+  the model must be given (--model), and a sampler textinv does not have must be chosen (--sampler).
   The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
 - ComfyUI's graph, its `prompt` text (the API format: {node id: {"class_type", "inputs"}}, an input from another node
   a link [node id, output index]; its `workflow` text is the editor's layout, not read). From the saved picture its
@@ -49,6 +51,7 @@ from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import EMBEDDING_SUFFIXES, file_digest, hash_name, lora_files, lora_sha256
 from .hub import hub_reference
 from .run_folder import _nfc
+from .refine import SPELLINGS as UPSCALER_SPELLINGS
 from .samplers import from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
@@ -58,7 +61,8 @@ _NOT_RECORDED = ("out", "n")
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
              "embeddings")
 _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "TI hashes",
-               "Lora hashes")
+               "Lora hashes", "Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
+               "Hires sampler", "Hires schedule type")
 
 
 @dataclass
@@ -103,6 +107,8 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     # same files, moved)
     if "embedding" in flags and "token" not in flags and len(flags["embedding"]) != len(recorded):
         settings.pop("token", None)
+    if not (flags.get("init_image") or settings.get("init_image") or _hires({**settings, **flags})):
+        settings.pop("denoise", None)  # (a web UI img2img picture redrawn from text: its denoise has nothing to do)
     _check_still_there(picture, settings, flags)
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
     _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []))
@@ -117,6 +123,10 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         warnings.warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
                       f"{__version__}: the redraw may differ from it", stacklevel=2)
     return build(GenerateConfig, settings, flags), keep
+
+
+def _hires(settings: dict[str, Any]) -> bool:
+    return any(settings.get(name) for name in ("hires_scale", "hires_width", "hires_height"))
 
 
 def read_picture(path: str | Path) -> Picture:
@@ -313,16 +323,52 @@ def _from_a1111(path: Path, text: str) -> Picture:
             name = ", Schedule type ".join(fields[k] for k in ("Sampler", "Schedule type") if fields.get(k))
             needs["sampler"] = (f"--again {path} was drawn with the web UI's sampler {name!r}, which textinv does not "
                                 f"have: choose one with --sampler (textinv generate --help lists them), or default")
-    unused = [k for k in fields if k not in _A1111_USED]
     notes = []
+    _a1111_passes(path, fields, settings, needs, notes)
+    unused = [k for k in fields if k not in _A1111_USED]
     if unused:
         notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
-                      f"--lora-dir give models, embeddings and LoRAs; Hires fix, face restoration, variation seeds "
+                      f"--lora-dir give models, embeddings and LoRAs; face restoration, variation seeds "
                       f"and the like textinv does not do); its samplers and noise are diffusers', so expect a "
                       f"picture close to the web UI's, not the same pixels")
     return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes,
                    ti_hashes=parse_webui_hashes(fields.get("TI hashes", "")),
                    lora_hashes=parse_webui_hashes(fields.get("Lora hashes", "")))
+
+
+def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], needs: dict[str, str],
+                  notes: list[str]) -> None:
+    """The web UI's hires fix and img2img fields into `settings` (`Denoising strength`, `Hires upscale` or
+    `Hires resize`, `Hires steps`, `Hires upscaler`, `Hires sampler`), what cannot be read into `needs`, what is
+    drawn otherwise into `notes`."""
+    if "Denoising strength" in fields:
+        settings["denoise"] = fields["Denoising strength"]
+    if "Hires upscale" in fields:
+        settings["hires_scale"] = fields["Hires upscale"]
+    elif "Hires resize" in fields:
+        width, height = _size(path, fields["Hires resize"], "Hires resize")
+        settings.update({name: side for name, side in (("hires_width", width), ("hires_height", height))
+                         if side.strip("0")})  # (the web UI writes a side it derives as 0)
+    if "Hires steps" in fields:
+        settings["hires_steps"] = fields["Hires steps"]
+    upscaler = fields.get("Hires upscaler")
+    if upscaler is not None:
+        settings["hires_upscaler"] = UPSCALER_SPELLINGS.get(upscaler.strip().lower(), "lanczos")
+        if upscaler.strip().lower() not in UPSCALER_SPELLINGS:
+            notes.append(f"{path} was enlarged for its hires fix by the web UI's {upscaler!r}, an upscaling network "
+                         f"textinv does not run: it is enlarged with Lanczos (--hires-upscaler), then redrawn as the "
+                         f"web UI redrew it, so expect the finer detail to differ")
+    if "Hires sampler" in fields:
+        ours = from_webui(fields["Hires sampler"], fields.get("Hires schedule type"))
+        if ours:
+            settings["hires_sampler"] = ours
+        else:
+            needs["hires_sampler"] = (f"--again {path} was redrawn by its hires fix with the web UI's sampler "
+                                      f"{fields['Hires sampler']!r}, which textinv does not have: choose one with "
+                                      f"--hires-sampler (textinv generate --help lists them)")
+    if "Denoising strength" in fields and not ({"Hires upscale", "Hires resize"} & set(fields)):
+        notes.append(f"{path} was drawn by the web UI's img2img from a picture of its own, which its text does not "
+                     f"hold: give that picture with --init-image, or it is drawn from the prompt alone")
 
 
 def parse_webui_hashes(text: str) -> dict[str, str]:

@@ -30,6 +30,8 @@ from .io import read_text
 from .samplers import HELP as SAMPLER_HELP
 from .samplers import SAMPLERS, check_installed
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
+from .refine import DEFAULT_UPSCALER, HIRES_DENOISE, IMG2IMG_DENOISE, UPSCALERS
+from .refine import SPELLINGS as UPSCALER_SPELLINGS
 from .tracking import check_trackers
 
 
@@ -532,6 +534,26 @@ class GenerateConfig:
     resolution: int = opt(None, "square image size; default: the model's native size (--width/--height set one side)")
     width: int = opt(None, "image width in pixels, a multiple of 8 (A1111's Width); default: --resolution")
     height: int = opt(None, "image height in pixels, a multiple of 8 (A1111's Height); default: --resolution")
+    init_image: str = opt(None, "a picture to redraw with the prompt instead of drawing from noise (img2img): "
+                                "--denoise of the way, at --width x --height (the picture cropped to fit), one of "
+                                "them with the other at its proportions, or else the model's own area at them",
+                          path="file")
+    denoise: float = opt(None, f"how much of the picture is redrawn, from 0 (nothing) to 1 (all; the web UI's "
+                               f"Denoising strength): for --init-image (default {IMG2IMG_DENOISE}) or the hires "
+                               f"fix (default {HIRES_DENOISE})")
+    hires_scale: float = opt(None, "the web UI's hires fix: draw at --width x --height, enlarge this many times "
+                                   "(e.g. 2), and redraw --denoise of the way at that size, for the detail the first "
+                                   "size had no room for (the web UI's Upscale by)")
+    hires_width: int = opt(None, "the hires fix to this width instead of --hires-scale (with --hires-height: the "
+                                 "enlarged picture cropped to fit; alone: the first pass's proportions)")
+    hires_height: int = opt(None, "the hires fix to this height instead of --hires-scale (see --hires-width)")
+    hires_steps: int = opt(None, "the hires fix's sampling steps (default: --steps), run as the web UI runs them: "
+                                 "the last ones of a schedule 1/--denoise times as long")
+    hires_upscaler: str = opt(None, f"how the hires fix enlarges the first pass: {', '.join(UPSCALERS)} (default "
+                                    f"{DEFAULT_UPSCALER}; the web UI's names work, e.g. 'Latent (antialiased)')",
+                              choices=tuple(UPSCALERS), spellings=UPSCALER_SPELLINGS)
+    hires_sampler: str = opt(None, "the hires fix's sampler (default: --sampler)", choices=SAMPLERS,
+                             spellings=SAMPLER_SPELLINGS)
     batch_size: int = opt(4, "images per pipeline call: more is faster on a large GPU, fewer needs less memory; a "
                              "seed draws the same image at any batch size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a CUDA GPU, else fp32", choices=PRECISIONS)
@@ -556,8 +578,11 @@ class GenerateConfig:
                 setattr(self, f.name, list(getattr(self, f.name)))
         check_choices(self)
         check_installed(self.sampler)
+        if self.hires_sampler:
+            check_installed(self.hires_sampler)
         # a `~` the shell left as it is (quoted, after `=`, in a config file): the home folder, as train reads it
         self.out = os.path.expanduser(self.out)
+        self.init_image = self.init_image and os.path.expanduser(self.init_image)
         self.embedding = [os.path.expanduser(p) for p in self.embedding]
         self.lora_dir = [os.path.expanduser(p) for p in self.lora_dir]
         if not self.prompt:
@@ -578,7 +603,42 @@ class GenerateConfig:
         check_side("--height", self.height)
         if self.token and len(self.token) != len(self.embedding):
             raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
+        self._check_passes()
         return self
+
+    def hires(self) -> bool:
+        """Whether the settings ask for the hires fix."""
+        return bool(self.hires_scale or self.hires_width or self.hires_height)
+
+    def _check_passes(self) -> None:
+        """Refuse --init-image and the hires fix's settings that do not go together or cannot be drawn."""
+        if self.hires_scale is not None and not (math.isfinite(self.hires_scale) and self.hires_scale > 1):
+            raise ConfigError(f"--hires-scale must be a number above 1 (2 doubles each side), got {self.hires_scale}")
+        if self.hires_scale and (self.hires_width or self.hires_height):
+            raise ConfigError("give --hires-scale or --hires-width/--hires-height, not both (the web UI's Upscale by "
+                              "or its Resize width/height to)")
+        check_side("--hires-width", self.hires_width)
+        check_side("--hires-height", self.hires_height)
+        if self.hires_steps is not None and self.hires_steps < 1:
+            raise ConfigError(f"--hires-steps must be >= 1, got {self.hires_steps}")
+        if not self.hires():
+            given = [flag for flag, value in (("--hires-steps", self.hires_steps), ("--hires-upscaler",
+                     self.hires_upscaler), ("--hires-sampler", self.hires_sampler)) if value is not None]
+            if given:
+                raise ConfigError(f"{' and '.join(given)} set the hires fix, which --hires-scale (or --hires-width "
+                                  f"and --hires-height) turns on; add it, e.g. --hires-scale 2")
+        if self.denoise is not None:
+            if not (math.isfinite(self.denoise) and 0 < self.denoise <= 1):
+                raise ConfigError(f"--denoise must be above 0 and at most 1 (the share of the picture redrawn), got "
+                                  f"{self.denoise}")
+            if not self.init_image and not self.hires():
+                raise ConfigError("--denoise says how much of a picture is redrawn: give the picture (--init-image) "
+                                  "or turn on the hires fix (--hires-scale 2)")
+        if self.init_image and self.hires():
+            raise ConfigError("--init-image and the hires fix do not go together (the web UI's img2img has none): "
+                              "redraw the picture with --init-image at the larger --width and --height instead")
+        if self.init_image and not Path(self.init_image).is_file():
+            raise ConfigError(f"--init-image {self.init_image} is not a file; give the picture to redraw")
 
 
 def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | None, resolution: int | None) -> None:

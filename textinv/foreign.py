@@ -37,7 +37,7 @@ _KEEP = ("textinv saves by steps (--save-every N) and keeps the last --keep-chec
          "with --step-embeddings every saved step's embedding stays")
 _DDP = ("textinv runs data-parallel through accelerate launch with its defaults: no DeepSpeed, no DDP settings (a few "
         "vectors need no sharding)")
-_NO_TEXT_TO_IMAGE = "textinv draws from text only: no img2img, inpainting or ControlNet"
+_NO_TEXT_TO_IMAGE = "textinv draws from text, or redraws one picture (--init-image): no inpainting or ControlNet"
 _LORA = "write <lora:NAME:0.8> in the prompt and give the folder of LoRA files as --lora-dir"
 _CONSOLE = "textinv prints to the console (warnings to stderr) and writes loss.csv in --out; no log settings"
 _LOG_NAME = ("textinv names the run after its --out folder: TensorBoard's folder in --log-dir, with no prefix or "
@@ -322,7 +322,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
      "textinv draws the prompts given (--prompt), in their order"),
     ("interactive no_preview", _G, "generate", None, "textinv writes the pictures to --out; it has no interactive "
                                                      "mode"),
-    ("image_path mask_path strength guide_image_path control_net_lllite_models control_net_models control_net_preps "
+    ("image_path", _G, "generate", "--init-image", "one picture, redrawn for every prompt"),
+    ("strength", _G, "generate", "--denoise", "the share of the picture redrawn (default 0.75, the web UI's)"),
+    ("mask_path guide_image_path control_net_lllite_models control_net_models control_net_preps "
      "control_net_multipliers control_net_ratios clip_vision_strength", _G, "generate", None, _NO_TEXT_TO_IMAGE),
     ("sequential_file_name use_original_file_name", _G, "generate", None,
      "textinv names each file itself: its number, the prompt's first words and its seed"),
@@ -343,11 +345,21 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                                        "of 75 tokens, as the web UI does"),
     ("emb_normalize_mode", _G, "generate", None, "textinv weighs a prompt's words as the web UI does ((word:1.3)), "
                                                  "restoring the mean; no other mode"),
-    ("highres_fix_scale highres_fix_steps highres_fix_strength highres_fix_save_1st highres_fix_latents_upscaling "
-     "highres_fix_upscaler highres_fix_upscaler_args highres_fix_disable_control_net ds_depth_1 ds_timesteps_1 "
+    ("highres_fix_scale", _G, "generate", "--hires-scale", "the other way round: kohya's is the first stage's size "
+     "(0.5: half of --W x --H), textinv's the enlargement of the first pass (--width x --height): kohya's --W 1024 "
+     "--highres_fix_scale 0.5 is --width 512 --hires-scale 2"),
+    ("highres_fix_steps", _G, "generate", "--steps", "kohya's first stage's steps are textinv's --steps; the hires "
+     "pass's are --hires-steps (default: --steps)"),
+    ("highres_fix_strength", _G, "generate", None, "textinv's first pass draws from noise; the hires pass redraws "
+     "--denoise of the way"),
+    ("highres_fix_latents_upscaling", _G, "generate", "--hires-upscaler", "--hires-upscaler latent"),
+    ("highres_fix_upscaler highres_fix_upscaler_args", _G, "generate", "--hires-upscaler", "textinv runs no "
+     "upscaling network: --hires-upscaler lanczos enlarges the first pass's pictures, latent its latents"),
+    ("highres_fix_save_1st", _G, "generate", None, "textinv writes the hires pass's pictures only"),
+    ("highres_fix_disable_control_net ds_depth_1 ds_timesteps_1 "
      "ds_depth_2 ds_timesteps_2 ds_ratio gradual_latent_timesteps gradual_latent_ratio gradual_latent_ratio_step "
      "gradual_latent_every_n_steps gradual_latent_s_noise gradual_latent_unsharp_params", _G, "generate", None,
-     "textinv draws at --width x --height in one pass: no hires fix, Deep Shrink or Gradual Latent"),
+     "textinv has no ControlNet, Deep Shrink or Gradual Latent"),
     ("negative_scale", _G, "generate", None, "textinv has one guidance scale, --guidance"),
     ("tokenizer_cache_dir", _G, "generate", None, _TOKENIZER),
     ("console_log_level console_log_file console_log_simple", _G, "generate", None, _CONSOLE),

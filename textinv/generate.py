@@ -29,8 +29,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
-from . import __version__, emphasis
+from . import __version__, emphasis, refine
 from .config import GenerateConfig, check_side
+from .data import load_image, prepare_image
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import (RECORD_KEY, LearnedEmbedding, ModelSpecWarning, diffusers_file, load_embedding,
@@ -182,6 +183,26 @@ def _encode_chunks(model: Model, rows, count: int, clip_skip: int) -> tuple[torc
     return torch.cat(hidden, dim=1).to(dtype), (pooled.to(dtype) if pooled is not None else None)
 
 
+@dataclass(frozen=True)
+class Hires:
+    """The web UI's hires fix (`refine`): the first pass enlarged by `scale`, or to `width` x `height` (one of them
+    may be None: the first pass's proportions), with `upscaler` (`refine.UPSCALERS`), then redrawn at `denoise` over
+    `steps` sampling steps (None: as many as the first pass's) with `sampler` (None: the first pass's)."""
+
+    scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    denoise: float = refine.HIRES_DENOISE
+    upscaler: str = refine.DEFAULT_UPSCALER
+    sampler: str | None = None
+
+    def sizes(self, width: int, height: int, factor: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(enlarged, crop, final) sizes for a first pass of `width` x `height` (`refine.hires_size`)."""
+        enlarged, crop = refine.hires_size(width, height, self.scale, self.width, self.height, factor)
+        return enlarged, crop, refine.final_size(enlarged, crop, factor)
+
+
 @torch.no_grad()
 def render(
     model: Model,
@@ -195,11 +216,19 @@ def render(
     clip_skip: int = 1,
     width: int | None = None,
     height: int | None = None,
+    start: list[Image.Image] | None = None,
+    denoise: float | None = None,
+    hires: Hires | None = None,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
     the text encoder's layer `clip_skip` from the end (`models.encode_text`), `width` x `height` pixels (each by
     default `resolution`, by default the model's own size).
+
+    `start` (one RGB picture per prompt) draws img2img: each picture, cropped to the size, redrawn `denoise` of the
+    way (default `refine.IMG2IMG_DENOISE`; `refine.pass_steps` counts the steps as the web UI does). `hires`
+    redraws the pictures drawn enlarged (`Hires`, the web UI's hires fix). Both start from the seed's noise, as the
+    web UI's passes do: a seed gives its picture at any batch size.
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -213,12 +242,56 @@ def render(
     guidance = model.guidance_or_own(guidance)
     _check_sampling(model, steps, guidance)
     check_clip_skip(model, clip_skip)
+    drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
+                   clip_skip=clip_skip)
+    if start is not None:
+        pixels = torch.stack([prepare_image(p, 0, size=(width, height)) for p in start])  # (B, 3, H, W)
+        latents = refine.encode(pipe.vae, pixels)
+        return _refined(model, latents, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler, (width, height),
+                        **drawing)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     # (C, H/f, W/f), as the pipelines and the web UI lay out the noise: a square's is what it always was
     latents = torch.stack([
         torch.randn((pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor),
                     generator=g) for g in generators
     ]).to(pipe.device, pipe.unet.dtype)
+    in_latents = hires is not None and refine.UPSCALERS[hires.upscaler].mode is not None
+    first = _pass(model, pipe, steps, sampler, (width, height), latents=latents, generator=generators,
+                  num_inference_steps=steps, height=height, width=width,
+                  output_type="latent" if in_latents else "pil", **drawing)
+    if hires is None:
+        return first
+    factor = pipe.vae_scale_factor
+    enlarged, crop, size = hires.sizes(width, height, factor)
+    if in_latents:
+        latents = refine.upscale_latents(first, enlarged, crop, hires.upscaler, factor)
+    else:
+        pictures = refine.upscale_pictures(first, enlarged, hires.upscaler, factor)
+        pixels = torch.stack([prepare_image(p, 0, size=p.size) for p in pictures])
+        latents = refine.cropped(refine.encode(pipe.vae, pixels), crop)
+    return _refined(model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler, size,
+                    **drawing)
+
+
+def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hires: bool, sampler: str,
+             size: tuple[int, int], seeds: list[int], **drawing) -> list[Image.Image]:
+    """The pictures of an img2img pass over `latents` (B, C, h, w) at `denoise`, `steps` counted as
+    `refine.pass_steps` counts them (`hires`: the hires fix's), drawn at `size` (W, H)."""
+    schedule, run = refine.pass_steps(steps, denoise, hires)
+    flag = "--hires-steps" if hires else "--steps"
+    check_steps(model, schedule, f"{flag} {steps} at --denoise {denoise} (a schedule of {schedule} steps)")
+    generators = [torch.Generator().manual_seed(s) for s in seeds]  # the seed's noise, as the web UI's pass draws
+    pipe = refine.image_to_image(model.pipeline)
+    return _pass(model, pipe, run, sampler, size, seeds=seeds, image=latents, generator=generators,
+                 num_inference_steps=schedule, strength=refine.strength(schedule, run), output_type="pil", **drawing)
+
+
+def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
+          guidance: float, negative_prompt: str, clip_skip: int, **call):
+    """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
+    steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
+    arguments; its images (or latents)."""
+    width, height = size
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     # Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps with texts of their own;
@@ -267,14 +340,13 @@ def render(
             # DPM++ SDE's Brownian tree (torchsde) is asked for noise at its own top sigma, read back in float32 a
             # hair above the float64 it was made with: harmless, and said at every step
             warnings.filterwarnings("ignore", message=r"Should have t[ab]<=t1", category=UserWarning)
-            result = pipe(**kwargs, num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
-                          latents=latents, generator=generators, output_type="pil")
+            result = pipe(**kwargs, guidance_scale=guidance, **call)
     finally:
         for hook in hooks:
             hook.remove()
         pipe.unet.train(was_training)
         pipe.scheduler = own_scheduler
-    return list(result.images)
+    return result.images if call.get("output_type") == "latent" else list(result.images)
 
 
 def _length_mask(pipe, own: list[int], own_negative: int, chunks: int):
@@ -393,8 +465,8 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
     step_of: list[int] = []  # each iteration's step, from 0 (the timesteps are set once sampling starts)
 
     def switch(pipe, i, t, tensors):
-        if not step_of:
-            timesteps = pipe.scheduler.timesteps.tolist()
+        if not step_of:  # (an img2img pass runs the schedule's last `num_timesteps` only)
+            timesteps = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) - pipe.num_timesteps:].tolist()
             place = {value: n for n, value in enumerate(dict.fromkeys(timesteps))}
             step_of.extend(place[value] * steps // len(place) for value in timesteps)
         if i + 1 >= len(step_of):
@@ -450,9 +522,11 @@ def png_text(params: dict[str, str]) -> PngInfo:
     if params.get("negative_prompt"):
         summary += f"Negative prompt: {params['negative_prompt']}\n"
     labels = {"steps": "Steps", "sampler": "Sampler", "schedule": "Schedule type", "guidance": "CFG scale",
-              "seed": "Seed", "size": "Size", "model": "Model",
+              "seed": "Seed", "size": "Size", "model": "Model", "denoise": "Denoising strength",
               "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
-              "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
+              "hires_scale": "Hires upscale", "hires_resize": "Hires resize", "hires_steps": "Hires steps",
+              "hires_upscaler": "Hires upscaler", "hires_sampler": "Hires sampler",
+              "hires_schedule": "Hires schedule type", "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
     sampler, schedule = webui_names(params.get("sampler", "default")) or (None, None)
     values = {**params, "sampler": sampler, "schedule": schedule,
               "clip_skip": params["clip_skip"] if int(params.get("clip_skip", 1)) > 1 else None}
@@ -680,6 +754,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
             warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
     loras = lora_files([tag for prompt in config.prompt for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
+    init = load_image(config.init_image) if config.init_image else None  # (a bad picture: said before the load)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
@@ -697,7 +772,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
-                             _embedding_sums(embeddings, paths, digests), where)
+                             _embedding_sums(embeddings, paths, digests), where, init)
         finally:
             unload_loras(model)
 
@@ -967,12 +1042,17 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "token": list(config.token), "precision": precision, "prediction_type": config.prediction_type,
             "single_file_config": _where(config.single_file_config), "vae": _where(config.vae),
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
+            "init_image": _where(config.init_image), "denoise": passes_denoise(config),
+            **{name: getattr(config, name) for name in HIRES_SETTINGS},
+            **({"hires_upscaler": config.hires_upscaler or refine.DEFAULT_UPSCALER} if config.hires() else {}),
             "metadata": config.metadata}  # (so a redraw is written as the picture was)
 
 
 # each path setting a picture records, and whether its value is always a local path (else it may be a bundled
 # model's name or a hub id)
-_PATH_SETTINGS = {"model": False, "embedding": True, "lora_dir": True, "vae": False, "single_file_config": False}
+_PATH_SETTINGS = {"model": False, "embedding": True, "lora_dir": True, "vae": False, "single_file_config": False,
+                  "init_image": True}
+HIRES_SETTINGS = ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_upscaler", "hires_sampler")
 
 
 def shareable_record(settings: dict) -> tuple[dict, list[str]]:
@@ -990,6 +1070,8 @@ def shareable_record(settings: dict) -> tuple[dict, list[str]]:
 
     out, by_name = dict(settings), []
     for key, always_local in _PATH_SETTINGS.items():
+        if key not in settings:  # (a record from before the setting)
+            continue
         value = settings[key]
         named = [shareable_name(v, always_local) for v in (value if isinstance(value, list) else [value])]
         if any(reduced for _, reduced in named):
@@ -1031,17 +1113,28 @@ def _where(value: str | None) -> str | None:
 
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
               progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
-              embedding_sums: dict[str, str], where: _Where | None = None) -> list[Path]:
+              embedding_sums: dict[str, str], where: _Where | None = None,
+              init: Image.Image | None = None) -> list[Path]:
     """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
     `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
-    (`_memory_error`)."""
+    (`_memory_error`); `init`: --init-image's picture."""
     where = where or _Where()
     steps = config.steps or DEFAULT_STEPS
     width = config.width or config.resolution or model.resolution
     height = config.height or config.resolution or model.resolution
-    area = width * height / model.resolution ** 2
+    if init is not None:
+        width, height = refine.start_size(init.size, config.width, config.height,
+                                          config.resolution or model.resolution,
+                                          math.lcm(8, model.pipeline.vae_scale_factor))
+    hires = None
+    drawn = (width, height)  # the pictures' size
+    if config.hires():
+        hires = Hires(config.hires_scale, config.hires_width, config.hires_height, config.hires_steps,
+                      passes_denoise(config), config.hires_upscaler or refine.DEFAULT_UPSCALER, config.hires_sampler)
+        drawn = hires.sizes(width, height, model.pipeline.vae_scale_factor)[2]
+    area = drawn[0] * drawn[1] / model.resolution ** 2
     if area > 4:  # compute grows with the pixels, and quality falls off far from the training size
-        warnings.warn(f"{width}x{height} is {area:.3g}x the pixels of the {model.resolution}x{model.resolution} "
+        warnings.warn(f"{drawn[0]}x{drawn[1]} is {area:.3g}x the pixels of the {model.resolution}x{model.resolution} "
                       f"{model.source} was trained at: each picture takes about {area:.3g}x as long, and models "
                       f"draw poorly far from their training size", stacklevel=2)
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
@@ -1086,9 +1179,10 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                                                      if e.token in embedding_sums})}
             for start in range(0, config.n, config.batch_size):  # a few images per pipeline call bounds the memory
                 chunk = seeds[start:start + config.batch_size]
-                where.batch, where.width, where.height = len(chunk), width, height
+                where.batch, (where.width, where.height) = len(chunk), drawn
                 images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
-                                clip_skip, width, height)
+                                clip_skip, width, height, None if init is None else [init] * len(chunk),
+                                passes_denoise(config), hires)
                 for seed, img in zip(chunk, images):
                     bar.update(1)
                     if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
@@ -1102,6 +1196,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                               **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
                                  if k in ("token", "revision", "variant", "vae", "prediction_type",
                                           "single_file_config", "lora_dir") and v},
+                              **_pass_params(config, hires),
                               **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
                               RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
                                                       "settings": settings, "embedding_sha256": recorded_sums,
@@ -1120,6 +1215,32 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     finally:
         bar.close()
     return written
+
+
+def passes_denoise(config: GenerateConfig) -> float | None:
+    """--denoise as it resolved: the default of the pass it is for (None: neither --init-image nor the hires fix)."""
+    if config.init_image:
+        return config.denoise or refine.IMG2IMG_DENOISE
+    return (config.denoise or refine.HIRES_DENOISE) if config.hires() else None
+
+
+def _pass_params(config: GenerateConfig, hires: Hires | None) -> dict:
+    """The PNG text of --init-image's and the hires fix's settings, as `png_text` writes them into `parameters`
+    (the web UI's labels; empty without either)."""
+    if config.init_image:
+        return {"init_image": Path(config.init_image).name, "denoise": passes_denoise(config)}
+    if hires is None:
+        return {}
+    params = {"denoise": hires.denoise, "hires_upscaler": refine.UPSCALERS[hires.upscaler].label}
+    if hires.scale:
+        params["hires_scale"] = f"{hires.scale:g}"
+    else:
+        params["hires_resize"] = f"{hires.width or 0}x{hires.height or 0}"
+    if hires.steps:
+        params["hires_steps"] = hires.steps
+    if hires.sampler and hires.sampler != config.sampler:
+        params["hires_sampler"], params["hires_schedule"] = webui_names(hires.sampler) or (None, None)
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def _new_run_suffix(out: Path, names) -> str:

@@ -1,0 +1,239 @@
+"""`generate --init-image` (img2img) and the hires fix: the second passes `refine` and `generate.render` draw."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from textinv import refine
+from textinv.config import GenerateConfig
+from textinv.errors import ConfigError
+from textinv.formats import RECORD_KEY
+from textinv.generate import Hires, generate, render
+from textinv.models import load_model
+
+
+def test_the_hires_sizes_are_the_web_uis():
+    # by a scale; to one side (the other at the first pass's proportions); to both (enlarged to cover, then cropped)
+    assert refine.hires_size(512, 768, 2.0, None, None) == ((1024, 1536), (0, 0))
+    assert refine.hires_size(512, 768, 1.7, None, None) == ((870, 1305), (0, 0))
+    assert refine.hires_size(512, 768, None, 1024, None) == ((1024, 1536), (0, 0))
+    assert refine.hires_size(512, 768, None, None, 1024) == ((682, 1024), (0, 0))
+    assert refine.hires_size(512, 768, None, 1024, 1024) == ((1024, 1536), (0, 64))  # (taller: rows cut)
+    assert refine.hires_size(768, 512, None, 1024, 1024) == ((1536, 1024), (64, 0))
+    # whole latents, less the crop
+    assert refine.final_size((870, 1305), (0, 0)) == (864, 1304)
+    assert refine.final_size((1024, 1536), (0, 64)) == (1024, 1024)
+    latents = torch.arange(2 * 8 * 8, dtype=torch.float32).view(1, 2, 8, 8)
+    assert refine.cropped(latents, (3, 0)).shape == (1, 2, 8, 5)  # one column off the left, two off the right
+    assert torch.equal(refine.cropped(latents, (3, 0)), latents[:, :, :, 1:6])
+
+
+def test_a_pass_runs_the_web_uis_steps_of_the_web_uis_schedule():
+    assert refine.pass_steps(20, 0.7, hires=True) == (28, 20)  # all hires steps, of a longer schedule
+    assert refine.pass_steps(20, 1.0, hires=True) == (20, 20)
+    assert refine.pass_steps(20, 0.75, hires=False) == (20, 16)  # int(d x steps) + 1 of the steps
+    assert refine.pass_steps(20, 1.0, hires=False) == (20, 20)
+    assert refine.pass_steps(10, 0.01, hires=False) == (10, 1)
+    for schedule in range(1, 200):  # the strength diffusers' pipelines take for that count, rounding aside
+        for run in range(1, schedule + 1):
+            assert min(int(schedule * refine.strength(schedule, run)), schedule) == run
+
+
+def test_an_init_pictures_size_keeps_its_proportions_unless_both_sides_are_given():
+    assert refine.start_size((4000, 3000), None, None, 512) == (584, 440)  # the model's area, its proportions
+    assert refine.start_size((3000, 4000), 384, None, 512) == (384, 512)
+    assert refine.start_size((3000, 4000), None, 640, 512) == (480, 640)
+    assert refine.start_size((3000, 4000), 512, 512, 512) == (512, 512)  # (cropped to them when drawn)
+
+
+def _unet_calls(model):
+    """The UNet's calls, each as (batch rows, timestep, its encoder_hidden_states)."""
+    calls = []
+
+    def record(module, args, kwargs):
+        hidden = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        calls.append((args[0].shape, float(args[1].flatten()[0]), hidden.detach().clone()))
+
+    model.unet.register_forward_pre_hook(record, with_kwargs=True)
+    return calls
+
+
+def test_the_hires_fix_draws_the_first_pass_then_its_steps_at_the_larger_size(sd1_dir):
+    model = load_model(sd1_dir, dtype=torch.bfloat16)
+    dtypes = {name: module.dtype for name, module in model.pipeline.components.items() if hasattr(module, "dtype")}
+    calls = _unet_calls(model)
+    pictures = render(model, ["a dog"], [3], steps=3, width=24, height=16, sampler="ddim",
+                      hires=Hires(scale=2, steps=5, denoise=0.5))
+    assert pictures[0].size == (48, 32)
+    # the img2img pipeline shares the modules as they were (diffusers' from_pipe would cast them to float32)
+    assert {name: module.dtype for name, module in model.pipeline.components.items()
+            if hasattr(module, "dtype")} == dtypes
+    factor = model.pipeline.vae_scale_factor
+    sizes = [shape[-2:] for shape, _, _ in calls]
+    assert sizes == [(16 // factor, 24 // factor)] * 3 + [(32 // factor, 48 // factor)] * 5
+    # the second pass runs its 5 steps as the last 5 of a schedule of 10 (DDIM: from timestep 500 or so down)
+    second = [t for _, t, _ in calls[3:]]
+    assert second == sorted(second, reverse=True) and 400 <= second[0] <= 600 and second[-1] < 100
+    # the web UI's "Hires steps: 0": as many as the first pass's
+    calls.clear()
+    render(model, ["a dog"], [3], steps=3, width=24, height=16, sampler="ddim", hires=Hires(scale=2, denoise=0.5))
+    assert len(calls) == 3 + 3
+
+
+@pytest.mark.parametrize("upscaler", ["latent", "lanczos"])
+def test_a_seed_draws_the_same_hires_picture_at_any_batch_size(sd1_dir, upscaler):
+    model = load_model(sd1_dir)
+    hires = Hires(width=32, height=24, steps=2, upscaler=upscaler)  # (24x24 enlarged to 32x32, 1 latent row cut)
+    together = render(model, ["a dog", "a dog"], [5, 6], steps=2, width=24, hires=hires)
+    alone = render(model, ["a dog"], [6], steps=2, width=24, hires=hires)
+    assert together[1].size == alone[0].size == (32, 24)
+    a, b = (np.asarray(p).astype(int) for p in (alone[0], together[1]))
+    assert np.abs(a - b).max() <= 1
+    assert np.abs(np.asarray(together[0]).astype(int) - b).max() > 10
+
+
+def test_prompt_editing_in_a_second_pass_switches_halfway_through_the_steps_it_runs(sd1_dir):
+    """The pass runs the last steps of its schedule: the switch is counted over the steps run, not the schedule's."""
+    model = load_model(sd1_dir)
+    calls = _unet_calls(model)
+    render(model, ["a [cat:dog:0.5] on grass"], [1], steps=2, width=16, sampler="ddim",
+           hires=Hires(scale=2, steps=4, denoise=0.5))
+    hidden = [h[-1] for _, _, h in calls[2:]]  # (the prompt's row; the negative's is the first)
+    # the edit at step 2 of 4 (counted from 0): the web UI switches after 3 steps
+    assert torch.equal(hidden[0], hidden[1]) and torch.equal(hidden[1], hidden[2])
+    assert not torch.equal(hidden[2], hidden[3])
+    calls.clear()
+    render(model, ["a dog on grass"], [1], steps=1, width=16, sampler="ddim")
+    assert torch.allclose(calls[0][2][-1], hidden[3])
+
+
+def test_an_init_picture_is_redrawn_more_the_higher_the_denoise():
+    """On the bundled model (a VAE that keeps a picture): a little denoise keeps the picture, a lot redraws it."""
+    model = load_model("shapes")
+    picture = render(model, ["a red circle on a blue background"], [0], steps=8)[0]
+    calls = _unet_calls(model)
+
+    def off(denoise, steps=10):
+        calls.clear()
+        drawn = render(model, ["a green square on a yellow background"], [1], steps=steps, start=[picture],
+                       denoise=denoise, sampler="ddim")[0]
+        assert drawn.size == picture.size
+        return np.abs(np.asarray(drawn).astype(float) - np.asarray(picture)).mean()
+
+    light, heavy = off(0.15), off(0.95)
+    assert len(calls) == int(0.95 * 10) + 1
+    assert light < 12 < 25 < heavy
+
+
+def _picture(path, parameters):
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_generate_writes_the_hires_fix_as_the_web_ui_and_again_draws_it_again(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    config = GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                            out=str(tmp_path / "a"), hires_scale=1.5, hires_upscaler="Latent (nearest)",
+                            hires_sampler="euler_a")
+    first = generate(config, progress=False)[0]
+    text = Image.open(first).text
+    assert ("Size: 16x16, Model: " in text["parameters"] and "Denoising strength: 0.7, Hires upscale: 1.5, Hires "
+            "upscaler: Latent (nearest), Hires sampler: Euler a" in text["parameters"])
+    settings = json.loads(text[RECORD_KEY])["settings"]
+    assert (settings["hires_scale"], settings["hires_upscaler"], settings["denoise"]) == (1.5, "latent-nearest", 0.7)
+    again, _ = again_config(first, {"out": str(tmp_path / "b"), "model": str(sd1_dir)})
+    assert (again.hires_scale, again.hires_upscaler, again.hires_sampler, again.width) == (1.5, "latent-nearest",
+                                                                                           "euler_a", 16)
+    second = generate(again, progress=False)[0]
+    assert Image.open(second).size == (24, 24)
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
+
+
+def test_again_reads_a_web_ui_pictures_hires_fix(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    flags = {"model": str(sd1_dir)}
+    path = _picture(tmp_path / "w.png", "a cat\nSteps: 20, Sampler: Euler a, Seed: 3, Size: 512x768, Denoising "
+                                        "strength: 0.55, Hires upscale: 2, Hires steps: 12, Hires upscaler: Latent "
+                                        "(bicubic antialiased), Hires sampler: DPM++ 2M, Hires schedule type: Karras")
+    config, _ = again_config(path, flags)
+    assert (config.denoise, config.hires_scale, config.hires_steps) == (0.55, 2.0, 12)
+    assert (config.hires_upscaler, config.hires_sampler) == ("latent-bicubic-antialiased", "dpm++2m_karras")
+    path = _picture(tmp_path / "r.png", "a cat\nSteps: 20, Seed: 3, Size: 512x768, Denoising strength: 0.4, Hires "
+                                        "resize: 1024x0, Hires upscaler: R-ESRGAN 4x+")
+    with pytest.warns(UserWarning, match=r"'R-ESRGAN 4x\+', an upscaling network textinv does not run: it is "
+                                         r"enlarged with Lanczos"):
+        config, _ = again_config(path, flags)
+    assert (config.hires_width, config.hires_height, config.hires_upscaler) == (1024, None, "lanczos")
+    path = _picture(tmp_path / "s.png", "a cat\nSteps: 20, Seed: 3, Size: 64x64, Denoising strength: 0.4, Hires "
+                                        "upscale: 2, Hires sampler: DPM fast")
+    with pytest.raises(ConfigError, match="hires fix with the web UI's sampler 'DPM fast'.*--hires-sampler"):
+        again_config(path, flags)
+    assert again_config(path, {**flags, "hires_sampler": "euler"})[0].hires_sampler == "euler"
+
+
+def test_again_draws_a_web_ui_img2img_picture_from_its_picture_or_says_it_draws_from_the_prompt(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    path = _picture(tmp_path / "w.png", "a cat\nSteps: 20, Seed: 3, Size: 24x16, Denoising strength: 0.3")
+    with pytest.warns(UserWarning, match="img2img from a picture of its own.*give that picture with --init-image"):
+        config, _ = again_config(path, {"model": str(sd1_dir)})
+    assert config.denoise is None and config.init_image is None
+    start = tmp_path / "start.png"
+    Image.new("RGB", (30, 20), "red").save(start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config, _ = again_config(path, {"model": str(sd1_dir), "init_image": str(start)})
+    assert (config.denoise, config.init_image, config.width, config.height) == (0.3, str(start), 24, 16)
+
+
+def test_an_odd_init_picture_just_works_upright_at_its_proportions(sd1_dir, tmp_path):
+    """A 16-bit grey picture stored on its side (EXIF orientation 6: turn it a quarter) draws upright: 40x80."""
+    stored = Image.fromarray((np.arange(80 * 40).reshape(40, 80) * 20).astype(np.uint16))
+    assert stored.mode == "I;16"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "side.png", exif=exif.tobytes())
+    paths = generate(GenerateConfig(prompt=["a dog"], n=2, steps=2, width=16, model=str(sd1_dir),
+                                    init_image=str(tmp_path / "side.png"), out=str(tmp_path / "out")), progress=False)
+    assert [Image.open(p).size for p in paths] == [(16, 32)] * 2
+    text = Image.open(paths[0]).text
+    assert "Size: 16x32" in text["parameters"] and "Denoising strength: 0.75" in text["parameters"]
+    assert json.loads(text[RECORD_KEY])["settings"]["init_image"] == "side.png"  # (shareable: its name only)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"hires_scale": 1.0}, r"--hires-scale must be a number above 1"),
+    ({"hires_scale": 2, "hires_width": 64}, r"--hires-scale or --hires-width/--hires-height, not both"),
+    ({"hires_width": 60}, r"--hires-width must be a multiple of 8"),
+    ({"hires_steps": 3}, r"--hires-steps set the hires fix, which --hires-scale .* turns on"),
+    ({"hires_upscaler": "lanczos", "hires_sampler": "euler"}, r"--hires-upscaler and --hires-sampler set the hires"),
+    ({"hires_upscaler": "R-ESRGAN 4x+", "hires_scale": 2}, r"--hires-upscaler 'R-ESRGAN 4x\+' is not one of: latent"),
+    ({"denoise": 0.5}, r"--denoise says how much of a picture is redrawn: give the picture \(--init-image\)"),
+    ({"denoise": 0, "hires_scale": 2}, r"--denoise must be above 0 and at most 1"),
+    ({"denoise": 1.5, "hires_scale": 2}, r"--denoise must be above 0 and at most 1"),
+    ({"init_image": "nowhere.png"}, r"--init-image nowhere.png is not a file"),
+    ({"init_image": __file__, "hires_scale": 2}, r"--init-image and the hires fix do not go together"),
+])
+def test_passes_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        GenerateConfig(prompt=["a dog"], **settings).validate()
+
+
+def test_a_bad_init_picture_is_said_before_the_model_loads(tmp_path, monkeypatch):
+    from textinv import generate as generate_module
+    from textinv.errors import DataError
+
+    (tmp_path / "bad.png").write_bytes(b"not a picture")
+    monkeypatch.setattr(generate_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(DataError, match="cannot read the picture .*bad.png"):
+        generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "bad.png"), out=str(tmp_path / "o")),
+                 progress=False)

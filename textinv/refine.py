@@ -1,0 +1,196 @@
+"""Second passes over pictures, as `generate.render` draws them: `--init-image` (img2img: a given picture redrawn
+with the prompt) and the web UI's hires fix (`--hires-scale`, or `--hires-width`/`--hires-height`: the prompt drawn
+at --width x --height, enlarged, then redrawn at the larger size, which adds the detail the first size had no room
+for). Each is a denoising pass that starts part of the way down the noise schedule, from a picture's latents with
+the seed's noise added, instead of from pure noise (`--denoise`: how far up it starts).
+
+What is here is what those passes share, each as the web UI computes it, so a picture's `parameters` text means
+the same in both: its upscalers (`UPSCALERS`), the enlarged and cropped size (`hires_size`), how many steps a pass
+runs of how long a schedule (`pass_steps`), and the pictures' latents (`encode`).
+
+>>> hires_size(512, 768, 2.0, None, None)
+((1024, 1536), (0, 0))
+>>> pass_steps(20, 0.7, hires=True), pass_steps(20, 0.75, hires=False)
+((28, 20), (20, 16))
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+class Upscaler(NamedTuple):
+    label: str  # the web UI's name, its "Hires upscaler"
+    mode: str | None  # torch's interpolation of the latents; None: the decoded pictures are resized (`resample`)
+    antialias: bool = False
+    resample: int | None = None  # Pillow's filter for a picture upscaler
+
+
+UPSCALERS = {
+    "latent": Upscaler("Latent", "bilinear"),
+    "latent-antialiased": Upscaler("Latent (antialiased)", "bilinear", True),
+    "latent-bicubic": Upscaler("Latent (bicubic)", "bicubic"),
+    "latent-bicubic-antialiased": Upscaler("Latent (bicubic antialiased)", "bicubic", True),
+    "latent-nearest": Upscaler("Latent (nearest)", "nearest"),
+    "latent-nearest-exact": Upscaler("Latent (nearest-exact)", "nearest-exact"),
+    "lanczos": Upscaler("Lanczos", None, resample=Image.Resampling.LANCZOS),
+    "nearest": Upscaler("Nearest", None, resample=Image.Resampling.NEAREST),
+}
+"""The hires fix's upscalers: the web UI's latent ones and its two plain picture resamplers. Its upscaling networks
+(R-ESRGAN 4x+, 4x-UltraSharp, SwinIR, LDSR, ...) are separate downloads textinv does not run: `--again` enlarges
+their pictures with Lanczos and says so. The web UI's "None" resizes with Lanczos too (it resizes what it does not
+upscale), so it reads as lanczos."""
+SPELLINGS = {**{name: name for name in UPSCALERS}, **{u.label.lower(): name for name, u in UPSCALERS.items()},
+             "none": "lanczos"}
+DEFAULT_UPSCALER = "latent"  # (the web UI's)
+HIRES_DENOISE = 0.7  # the web UI's default "Denoising strength" for the hires fix
+IMG2IMG_DENOISE = 0.75  # and for img2img
+
+
+def hires_size(width: int, height: int, scale: float | None, to_width: int | None, to_height: int | None,
+               factor: int = 8) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The hires fix's enlarged size (W, H) for a first pass of `width` x `height`, and the latent columns and rows
+    then cropped off (x, y) to fit it to `to_width` x `to_height`, as the web UI sizes it: by `scale`, or to one
+    side given (the other at the first pass's proportions), or to both (enlarged to cover them, the overhang cut
+    from the middle). `factor`: the VAE's pixels per latent. The final picture is `final_size`'s.
+
+    >>> hires_size(512, 512, None, 1024, 768)
+    ((1024, 1024), (0, 32))
+    """
+    crop = (0, 0)
+    if not to_width and not to_height:
+        return (int(width * scale), int(height * scale)), crop
+    if to_width and to_height and width / height >= to_width / to_height:
+        enlarged = (to_height * width // height, to_height)
+    elif to_width:
+        enlarged = (to_width, to_width * height // width)
+    else:
+        enlarged = (to_height * width // height, to_height)
+    if to_width and to_height:
+        crop = ((enlarged[0] - to_width) // factor, (enlarged[1] - to_height) // factor)
+    return enlarged, crop
+
+
+def final_size(enlarged: tuple[int, int], crop: tuple[int, int], factor: int = 8) -> tuple[int, int]:
+    """The picture a hires pass draws (W, H): `hires_size`'s in whole latents, less the crop.
+
+    >>> final_size((870, 870), (0, 0))
+    (864, 864)
+    """
+    return tuple((side // factor - cut) * factor for side, cut in zip(enlarged, crop))
+
+
+def upscale_latents(latents: torch.Tensor, enlarged: tuple[int, int], crop: tuple[int, int], upscaler: str,
+                    factor: int = 8) -> torch.Tensor:
+    """A latent upscaler's enlargement (B, C, h, w) -> (B, C, H', W') of `hires_size`'s size and crop."""
+    how = UPSCALERS[upscaler]
+    size = (enlarged[1] // factor, enlarged[0] // factor)
+    return cropped(F.interpolate(latents.float(), size=size, mode=how.mode, antialias=how.antialias
+                                 ).to(latents.dtype), crop)
+
+
+def upscale_pictures(pictures: list[Image.Image], enlarged: tuple[int, int], upscaler: str,
+                     factor: int = 8) -> list[Image.Image]:
+    """A picture upscaler's enlargement of the first pass's pictures to `hires_size`'s size (in whole latents)."""
+    size = tuple(side // factor * factor for side in enlarged)
+    return [p.resize(size, resample=UPSCALERS[upscaler].resample) for p in pictures]
+
+
+def cropped(latents: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
+    """`latents` less `crop` (x, y) latent columns and rows, taken evenly from both sides (the odd one from the
+    right and the bottom), as the web UI crops."""
+    x, y = crop
+    return latents[:, :, y // 2:latents.shape[2] - (y + 1) // 2, x // 2:latents.shape[3] - (x + 1) // 2]
+
+
+def pass_steps(steps: int, denoise: float, hires: bool) -> tuple[int, int]:
+    """(the steps of the schedule, the steps run: its last ones) of a pass at `denoise`, as the web UI counts them:
+    the hires fix runs all `steps` of a schedule `1 / denoise` times as long (its "Hires steps"), img2img runs
+    `int(denoise x steps) + 1` of `steps` (so denoise 1 runs them all). The web UI takes a denoise of 1 as 0.999."""
+    denoise = min(denoise, 0.999)
+    if hires:
+        return max(int(steps / denoise), steps), steps
+    return steps, min(int(denoise * steps) + 1, steps)
+
+
+def strength(schedule: int, run: int) -> float:
+    """The `strength` at which diffusers' img2img pipelines run the last `run` of `schedule` steps (they run
+    int(schedule x strength)): midway between that count and the next, so no rounding can miss it.
+
+    >>> [int(28 * strength(28, 20)), int(20 * strength(20, 20))]
+    [20, 20]
+    """
+    return min((run + 0.5) / schedule, 1.0)
+
+
+def start_size(picture: tuple[int, int], width: int | None, height: int | None, side: int,
+               multiple: int = 8) -> tuple[int, int]:
+    """The size (W, H) img2img draws a picture of size `picture` at: `width` x `height` when both are given (the
+    picture cropped to their proportions), else the one given with the other at the picture's proportions, else
+    the area of `side` x `side` (the model's own) at the picture's proportions; each side a multiple of `multiple`.
+
+    >>> start_size((4000, 3000), None, None, 512), start_size((4000, 3000), 768, None, 512)
+    ((584, 440), (768, 576))
+    """
+    w, h = picture
+    if width and height:
+        return width, height
+    if width:
+        return width, _multiple(width * h / w, multiple)
+    if height:
+        return _multiple(height * w / h, multiple), height
+    scale = (side * side / (w * h)) ** 0.5
+    return _multiple(w * scale, multiple, down=True), _multiple(h * scale, multiple, down=True)
+
+
+def _multiple(pixels: float, multiple: int, down: bool = False) -> int:
+    count = int(pixels // multiple) if down else round(pixels / multiple)
+    return max(count, 1) * multiple
+
+
+@torch.no_grad()
+def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Latents (B, C, h, w) of pictures (B, 3, H, W) in [-1, 1], as diffusers' pipelines scale them: the mean of
+    the VAE's distribution, not a draw from it, so the seed's noise is the only randomness of the pass (as the
+    pipelines' own encoding would not leave it). A float16 VAE that needs float32 (SDXL's, `force_upcast`) runs
+    in float32 for it, as the pipelines do."""
+    config = vae.config
+    upcast = vae.dtype == torch.float16 and config.get("force_upcast", False)
+    dtype = vae.dtype
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        mean = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode().float()
+    finally:
+        if upcast:
+            vae.to(dtype)
+    scaling = config.scaling_factor
+    shift, spread = config.get("latents_mean"), config.get("latents_std")
+    if shift is not None and spread is not None:  # (a VAE whose latents are also centred: as SDXL's pipelines do)
+        shape = (1, -1, 1, 1)
+        return (mean - torch.tensor(shift).view(shape).to(mean)) * scaling / torch.tensor(spread).view(shape).to(mean)
+    return mean * scaling
+
+
+def image_to_image(pipe):
+    """The img2img pipeline of a text-to-image one (SD or SDXL), sharing its modules as they are: nothing is copied
+    or cast (diffusers' `from_pipe` casts every module to float32 unless told one dtype for all of them)."""
+    import inspect
+
+    import diffusers
+
+    # (its own class: diffusers' AutoPipelineForImage2Image imports every pipeline it knows, 9 s on 2 cores)
+    cls = (diffusers.StableDiffusionXLImg2ImgPipeline if "text_encoder_2" in pipe.components
+           else diffusers.StableDiffusionImg2ImgPipeline)
+    takes = inspect.signature(cls.__init__).parameters
+    settings = {"requires_safety_checker": pipe.components.get("safety_checker") is not None,
+                "add_watermarker": getattr(pipe, "watermark", None) is not None,
+                "force_zeros_for_empty_prompt": pipe.config.get("force_zeros_for_empty_prompt", True),
+                "requires_aesthetics_score": pipe.config.get("requires_aesthetics_score", False)}
+    made = cls(**{k: v for k, v in {**pipe.components, **settings}.items() if k in takes})
+    made.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))  # (textinv's loader turns it off)
+    return made
