@@ -479,8 +479,8 @@ SDE_SAMPLERS = ["dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde", "d
                 "dpm++2m_exponential", "euler_beta", "dpm++sde_karras"]
 
 
-@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc", *NEW_SAMPLERS,
-                                     *SDE_SAMPLERS])
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc", "unipc_bh2",
+                                     *NEW_SAMPLERS, *SDE_SAMPLERS])
 def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp_path, sampler):
     from textinv.samplers import webui_names
 
@@ -492,8 +492,8 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
     assert model.pipeline.scheduler is own  # the model's own scheduler is put back
     img = Image.open(path)
     assert img.text["sampler"] == sampler
-    if sampler == "dpm++2s":  # the web UI has no such sampler (its "DPM++ 2S a" is ancestral): none is written
-        assert "Sampler" not in img.text["parameters"]
+    if sampler in ("dpm++2s", "unipc_bh2"):  # the web UI has no such sampler (its "DPM++ 2S a" is ancestral, its
+        assert "Sampler" not in img.text["parameters"]  # UniPC bh1): none is written
     else:
         assert f"Sampler: {webui_names(sampler)[0]}, " in img.text["parameters"]
     pixels = np.asarray(img)
@@ -573,6 +573,24 @@ def test_a_samplers_sigma_spacing_is_its_own_not_the_models_scheduler_configs(sd
     assert scheduler_for(shipped, "default") is shipped  # (the model's own, as it is)
 
 
+def test_unipc_is_the_web_uis_and_comfyuis_bh1_at_order_3_and_comfyuis_bh2_is_its_own(sd1_dir):
+    """The web UI's UniPC runs variant bh1 at order 3, lowering the order at the end (its uni_pc_variant, uni_pc_order
+    and uni_pc_lower_order_final defaults), as ComfyUI's uni_pc does; ComfyUI's uni_pc_bh2 is bh2 at order 3. Both
+    were diffusers' default, bh2 at order 2, and took a last step to sigma 0, which bh1 cannot take."""
+    from textinv.samplers import from_comfy, from_webui, scheduler_for, webui_names
+
+    own = load_model(sd1_dir).pipeline.scheduler
+    for name, variant in [("unipc", "bh1"), ("unipc_bh2", "bh2")]:
+        made = scheduler_for(own, name)
+        assert (made.config.solver_type, made.config.solver_order, made.config.lower_order_final) == (variant, 3, True)
+        # both stop at the model's smallest noise level, as the web UI's and ComfyUI's (their t = 1/N)
+        made.set_timesteps(4)
+        assert made.sigmas[-1].item() == pytest.approx(((1 - own.alphas_cumprod[0]) / own.alphas_cumprod[0]) ** 0.5)
+    assert from_webui("UniPC", None) == from_comfy("uni_pc", "normal") == "unipc"
+    assert from_comfy("uni_pc_bh2", "karras") is None and from_comfy("uni_pc_bh2", "normal") == "unipc_bh2"
+    assert webui_names("unipc") == ("UniPC", None) and webui_names("unipc_bh2") is None  # (the web UI's is bh1)
+
+
 def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
     from textinv.samplers import scheduler_for
 
@@ -587,7 +605,7 @@ def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
         with pytest.raises(ConfigError, match=f"--sampler {re.escape(sampler)} cannot sample a model with a "
                                               f"zero-terminal-SNR .* has none; use euler, euler_a, dpm\\+\\+2m, "
                                               f"dpm\\+\\+2m_sde, dpm\\+\\+2m_sde_heun, dpm\\+\\+3m_sde, ddim, "
-                                              f"ddpm or unipc"):
+                                              f"ddpm, unipc or unipc_bh2"):
             scheduler_for(zero_snr, sampler)
     # the SDE samplers keep the schedule; no sigma schedule can (its largest noise level is infinite)
     assert scheduler_for(zero_snr, "dpm++3m_sde").config.rescale_betas_zero_snr
@@ -1638,7 +1656,7 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
     for pair, ours in [(("euler", "normal"), "euler"), (("euler_ancestral", "simple"), "euler_a"),
                        (("dpmpp_2m", "normal"), "dpm++2m"), (("dpm_2_ancestral", "karras"), "dpm2_a_karras"),
                        (("heun", "sgm_uniform"), "heun"), (("ddim", "ddim_uniform"), "ddim"),
-                       (("uni_pc_bh2", "normal"), "unipc")]:
+                       (("uni_pc", "normal"), "unipc"), (("uni_pc_bh2", "normal"), "unipc_bh2")]:
         assert read(*pair).settings["sampler"] == ours, pair
     for pair in [("dpmpp_2s_ancestral", "normal"), ("ddim", "karras"), ("euler", "kl_optimal")]:
         assert "sampler" not in read(*pair).settings

@@ -7,6 +7,8 @@ the same; `webui_names` and `from_webui` translate both ways, `from_comfy` reads
 (Karras for DPM++ 2M, Exponential for the SDE ones, the model's own spacing for Euler), so a picture drawn on the
 model's spacing with a sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
 
+Each is set as the web UI runs it where diffusers' defaults differ: UniPC is bh1 at order 3.
+
 Two bases need a package diffusers does not install: `lms` (and every `_beta` schedule) SciPy, `dpm++sde` torchsde
 (`pip install 'textinv[samplers]'` adds both); a name whose package is missing is refused when it is read
 (`check_installed`), not at the first picture.
@@ -31,6 +33,9 @@ class Base(NamedTuple):
 
 
 _DPM = "DPMSolverMultistepScheduler"
+# UniPC (Zhao et al. 2023) as the web UI and ComfyUI run it: order 3, lower at the last steps, stopping at the model's
+# smallest noise level (their t = 1/N) with no step to 0, where bh1's update is infinite times 0 (a black picture)
+_UNIPC = {"solver_order": 3, "lower_order_final": True, "final_sigmas_type": "sigma_min"}
 BASES = {
     "euler": Base("Euler", "EulerDiscreteScheduler", {}, spaced=True),
     "euler_a": Base("Euler a", "EulerAncestralDiscreteScheduler", {}),  # (diffusers' takes no sigma schedule)
@@ -44,7 +49,10 @@ BASES = {
     "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde"),
     "ddim": Base("DDIM", "DDIMScheduler", {}),
     "ddpm": Base("DDPM", "DDPMScheduler", {}),
-    "unipc": Base("UniPC", "UniPCMultistepScheduler", {}),
+    # the web UI's UniPC at its defaults (uni_pc_variant bh1, uni_pc_order 3, uni_pc_lower_order_final) and ComfyUI's
+    # uni_pc; diffusers' own default is bh2 at order 2, ending at sigma 0
+    "unipc": Base("UniPC", "UniPCMultistepScheduler", _UNIPC | {"solver_type": "bh1"}),
+    "unipc_bh2": Base(None, "UniPCMultistepScheduler", _UNIPC | {"solver_type": "bh2"}),  # ComfyUI's uni_pc_bh2
     "heun": Base("Heun", "HeunDiscreteScheduler", {}, spaced=True),  # Karras et al. 2022, Algorithm 1
     "dpm2": Base("DPM2", "KDPM2DiscreteScheduler", {}, "karras", True),  # k-diffusion's sample_dpm_2
     "dpm2_a": Base("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "karras", True),
@@ -73,13 +81,12 @@ KOHYA = {"ddim": "ddim", "ddpm": "ddpm", "euler": "euler", "k_euler": "euler", "
          "dpmsingle": "dpm++2s"}  # (DPMSolverSinglestep's defaults: dpmsolver++, order 2)
 KOHYA_OTHERS = ("pndm", "dpmsolver")  # kohya's, which textinv does not have
 # ComfyUI's samplers (KSampler's sampler_name) that textinv has, as textinv's base names. The _gpu ones draw the same
-# noise on the GPU; uni_pc (UniPC's bh1 variant) and uni_pc_bh2 are both textinv's unipc (diffusers' UniPC, bh2), as
-# the web UI's UniPC is. Not here: dpmpp_2s_ancestral (textinv's dpm++2s is not ancestral), dpm_fast, dpm_adaptive,
-# lcm, the cfg_pp ones
+# noise on the GPU; uni_pc is UniPC's bh1 variant, uni_pc_bh2 its bh2, both at order 3. Not here: dpmpp_2s_ancestral
+# (textinv's dpm++2s is not ancestral), dpm_fast, dpm_adaptive, lcm, the cfg_pp ones
 COMFY = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a",
          "lms": "lms", "dpmpp_2m": "dpm++2m", "dpmpp_2m_sde": "dpm++2m_sde", "dpmpp_2m_sde_gpu": "dpm++2m_sde",
          "dpmpp_3m_sde": "dpm++3m_sde", "dpmpp_3m_sde_gpu": "dpm++3m_sde", "dpmpp_sde": "dpm++sde",
-         "dpmpp_sde_gpu": "dpm++sde", "ddim": "ddim", "uni_pc": "unipc", "uni_pc_bh2": "unipc", "ddpm": "ddpm"}
+         "dpmpp_sde_gpu": "dpm++sde", "ddim": "ddim", "uni_pc": "unipc", "uni_pc_bh2": "unipc_bh2", "ddpm": "ddpm"}
 # the schedules that space the steps evenly in timestep, differing at the ends only, as diffusers' own spacings
 # (leading, trailing, linspace) do: the model's own spacing, a name without a schedule. The web UI's labels and
 # ComfyUI's scheduler names, lowercase
@@ -233,3 +240,4 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
             raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
                               f"this one's); use {base}")
     return made
+
