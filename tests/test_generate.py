@@ -591,6 +591,34 @@ def test_unipc_is_the_web_uis_and_comfyuis_bh1_at_order_3_and_comfyuis_bh2_is_it
     assert webui_names("unipc") == ("UniPC", None) and webui_names("unipc_bh2") is None  # (the web UI's is bh1)
 
 
+def _schedule(scheduler, steps: int) -> list[float]:
+    """The sigmas a scheduler steps through for `steps` steps, ending at 0 (DPM2's tables hold each one twice)."""
+    scheduler.set_timesteps(steps)
+    sigmas = scheduler.sigmas
+    if hasattr(scheduler, "sigmas_interpol"):
+        sigmas = torch.cat([sigmas[:1], sigmas[1::2][:-1]])
+    return [round(s, 4) for s in sigmas.tolist()]
+
+
+def test_a_sigma_schedule_spans_the_models_whole_noise_range_at_any_timestep_spacing(sd1_dir):
+    """The web UI's Karras, Exponential and Beta schedules run from the model's largest sigma to its smallest.
+    Diffusers' Euler, Heun, DPM2 and DPM++ SDE took the range from the model's timestep spacing: on a "leading" one
+    (SD 2.x's, SDXL's) 4 Karras steps started at sigma 4.1 of SD's 14.6 and ended at 0.04, not 0.03."""
+    from textinv.samplers import scheduler_for
+
+    own = load_model(sd1_dir).pipeline.scheduler
+    leading = type(own).from_config(own.config, timestep_spacing="leading")
+    alphas = leading.alphas_cumprod
+    top, bottom = (((1 - alphas) / alphas) ** 0.5)[[-1, 0]].tolist()
+    for name in ("euler_karras", "heun_karras", "dpm2_karras", "dpm++2m_karras", "euler_exponential", "heun_beta",
+                 "dpm2_a_exponential", "dpm++3m_sde_karras"):
+        sigmas = _schedule(scheduler_for(leading, name), 4)
+        assert sigmas[0] == round(top, 4), name
+        if "dpm2" not in name and "3m" not in name:  # (those discard the smallest)
+            assert sigmas[-2] == round(bottom, 4), name
+    assert scheduler_for(leading, "euler").config.timestep_spacing == "leading"  # no schedule: the model's spacing
+
+
 def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
     from textinv.samplers import scheduler_for
 

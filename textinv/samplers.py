@@ -7,7 +7,8 @@ the same; `webui_names` and `from_webui` translate both ways, `from_comfy` reads
 (Karras for DPM++ 2M, Exponential for the SDE ones, the model's own spacing for Euler), so a picture drawn on the
 model's spacing with a sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
 
-Each is set as the web UI runs it where diffusers' defaults differ: UniPC is bh1 at order 3.
+Each is set as the web UI runs it where diffusers' defaults differ: a sigma schedule spans the model's whole noise
+range, and UniPC is bh1 at order 3.
 
 Two bases need a package diffusers does not install: `lms` (and every `_beta` schedule) SciPy, `dpm++sde` torchsde
 (`pip install 'textinv[samplers]'` adds both); a name whose package is missing is refused when it is read
@@ -221,6 +222,11 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     # would otherwise draw "euler" with it, recorded as plain Euler
     takes = inspect.signature(cls.__init__).parameters
     spacing = {flag: key == schedule for key, (_, flag) in SCHEDULES.items() if flag in takes}
+    if schedule:
+        # a schedule spans the model's whole noise range, as the web UI's (its sigma_min and sigma_max are the model's
+        # smallest and largest): diffusers' Euler, Heun, DPM2, LMS and DPM++ SDE take the range from their timestep
+        # spacing, and "leading" (SD 2.x's and SDXL's) would start 20 Karras steps at sigma 11.0, not 14.6
+        spacing["timestep_spacing"] = "linspace"
     options = dict(BASES[base].options)
     if "noise_sampler_seed" in takes:  # (without seeds, a random tree: not one a seed remakes)
         options["noise_sampler_seed"] = list(seeds) if seeds is not None else None
