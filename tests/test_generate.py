@@ -600,6 +600,51 @@ def _schedule(scheduler, steps: int) -> list[float]:
     return [round(s, 4) for s in sigmas.tolist()]
 
 
+@pytest.mark.parametrize("spacing", ["leading", "linspace"])
+def test_dpm2_dpm2_a_and_dpm3m_sde_discard_the_next_to_last_sigma_as_the_web_ui_does(sd1_dir, spacing):
+    """The web UI's DPM2, DPM2 a and DPM++ 3M SDE (discard_next_to_last_sigma in its sampler table) draw n steps on the
+    n + 1 step schedule less its smallest non-zero sigma, on every schedule type; its other samplers do not."""
+    import diffusers
+
+    from textinv.samplers import BASES, SCHEDULES, scheduler_for
+
+    own = load_model(sd1_dir).pipeline.scheduler
+    own = type(own).from_config(own.config, timestep_spacing=spacing)  # (the model's own, a name without schedule's)
+    discarding = {"dpm2", "dpm2_a", "dpm++3m_sde"}
+    for base in ["dpm2", "dpm2_a", "dpm++3m_sde", "dpm++2m_sde", "euler"]:
+        for name in [base, *(f"{base}_{schedule}" for schedule in SCHEDULES)]:
+            made = scheduler_for(own, name)
+            # the same scheduler without the discard (diffusers' own class, same config)
+            plain = getattr(diffusers, type(made).__name__).from_config(made.config)
+            if base in discarding:
+                longer = _schedule(plain, 5)
+                assert _schedule(made, 4) == longer[:-2] + [0.0], name
+                assert len(made.timesteps) == len(plain.timesteps) - plain.order  # one step fewer
+            else:
+                assert _schedule(made, 4) == _schedule(plain, 4), name
+    assert {name for name, base in BASES.items() if getattr(base, "discard", False)} == discarding
+    # at every training timestep there is no longer schedule to take one from: diffusers' own (its __init__ sets it)
+    made = scheduler_for(own, "dpm2")
+    made.set_timesteps(own.config.num_train_timesteps)
+    assert len(made.timesteps) == 2 * own.config.num_train_timesteps - 1
+    # the steps taken out leave the tables diffusers builds itself for that schedule (here through its Karras hook)
+    for name in ("dpm2_karras", "dpm2_a_karras"):
+        made = scheduler_for(own, name)
+        cls = getattr(diffusers, type(made).__name__)
+
+        class Shorter(cls):
+            def _convert_to_karras(self, in_sigmas, num_inference_steps):
+                return super()._convert_to_karras(in_sigmas, num_inference_steps + 1)[:-1]
+
+        made.set_timesteps(6)
+        expected = Shorter.from_config(made.config)
+        expected.set_timesteps(6)
+        for table in ("sigmas", "sigmas_interpol", "sigmas_up", "sigmas_down", "timesteps"):
+            if hasattr(expected, table):
+                assert torch.allclose(getattr(made, table).float(), getattr(expected, table).float(), atol=1e-4,
+                                      equal_nan=True), (name, table)
+
+
 def test_a_sigma_schedule_spans_the_models_whole_noise_range_at_any_timestep_spacing(sd1_dir):
     """The web UI's Karras, Exponential and Beta schedules run from the model's largest sigma to its smallest.
     Diffusers' Euler, Heun, DPM2 and DPM++ SDE took the range from the model's timestep spacing: on a "leading" one

@@ -8,7 +8,7 @@ the same; `webui_names` and `from_webui` translate both ways, `from_comfy` reads
 model's spacing with a sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
 
 Each is set as the web UI runs it where diffusers' defaults differ: a sigma schedule spans the model's whole noise
-range, and UniPC is bh1 at order 3.
+range, UniPC is bh1 at order 3, and DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`).
 
 Two bases need a package diffusers does not install: `lms` (and every `_beta` schedule) SciPy, `dpm++sde` torchsde
 (`pip install 'textinv[samplers]'` adds both); a name whose package is missing is refused when it is read
@@ -31,6 +31,9 @@ class Base(NamedTuple):
     automatic: str = ""  # the schedule the web UI's "Automatic" gives it ("": the model's own spacing)
     spaced: bool = False  # takes a sigma schedule (`SCHEDULES`): the web UI's k-diffusion samplers that diffusers has
     needs: str = ""  # a package diffusers needs for it
+    # the web UI's discard_next_to_last_sigma: the schedule of one step more, less its smallest non-zero sigma, so the
+    # last step goes from a larger noise level to none (`_discarding`)
+    discard: bool = False
 
 
 _DPM = "DPMSolverMultistepScheduler"
@@ -46,7 +49,7 @@ BASES = {
     "dpm++2m_sde_heun": Base("DPM++ 2M SDE Heun", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
                                                          "solver_type": "heun"}, "exponential", True),
     "dpm++3m_sde": Base("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
-                        "exponential", True),
+                        "exponential", True, discard=True),
     "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde"),
     "ddim": Base("DDIM", "DDIMScheduler", {}),
     "ddpm": Base("DDPM", "DDPMScheduler", {}),
@@ -55,8 +58,8 @@ BASES = {
     "unipc": Base("UniPC", "UniPCMultistepScheduler", _UNIPC | {"solver_type": "bh1"}),
     "unipc_bh2": Base(None, "UniPCMultistepScheduler", _UNIPC | {"solver_type": "bh2"}),  # ComfyUI's uni_pc_bh2
     "heun": Base("Heun", "HeunDiscreteScheduler", {}, spaced=True),  # Karras et al. 2022, Algorithm 1
-    "dpm2": Base("DPM2", "KDPM2DiscreteScheduler", {}, "karras", True),  # k-diffusion's sample_dpm_2
-    "dpm2_a": Base("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "karras", True),
+    "dpm2": Base("DPM2", "KDPM2DiscreteScheduler", {}, "karras", True, discard=True),  # k-diffusion's sample_dpm_2
+    "dpm2_a": Base("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "karras", True, discard=True),
     # pseudo linear multistep (Liu et al. 2022) without PNDM's Runge-Kutta warm-up, as the web UI's PLMS
     "plms": Base("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
     # the web UI's "DPM++ 2S a" is ancestral, diffusers' single-step DPM-Solver++ is not: no web UI name
@@ -230,6 +233,8 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     options = dict(BASES[base].options)
     if "noise_sampler_seed" in takes:  # (without seeds, a random tree: not one a seed remakes)
         options["noise_sampler_seed"] = list(seeds) if seeds is not None else None
+    if BASES[base].discard:
+        cls = _discarding(cls)
     made = cls.from_config(scheduler.config, **{**spacing, **options})
     if scheduler.config.get("rescale_betas_zero_snr"):
         # (from_config keeps a setting the class does not take in its config: what it takes is its __init__'s)
@@ -247,3 +252,64 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
                               f"this one's); use {base}")
     return made
 
+
+_DISCARDING: dict[type, type] = {}
+
+
+def _discarding(cls: type) -> type:
+    """Diffusers' scheduler `cls` with the web UI's discard_next_to_last_sigma (DPM2, DPM2 a, DPM++ 3M SDE): for n
+    steps, the sigmas of its n + 1 step schedule (the model's spacing or a sigma schedule) without the last non-zero
+    one, so the sampler's last step goes from the one before it to 0, as the web UI's sampler table marks those three
+    (its "Always discard next-to-last sigma" setting does it for all). `set_timesteps` builds the longer schedule and
+    takes that step out of its tables.
+
+    >>> _discarding(diffusers.KDPM2DiscreteScheduler)  # doctest: +SKIP
+    <class 'textinv.samplers.KDPM2DiscreteScheduler'>
+    """
+    if cls not in _DISCARDING:
+        def set_timesteps(self, num_inference_steps, *args, **kwargs):
+            if num_inference_steps >= self.config.num_train_timesteps:
+                # no longer schedule to take one from (diffusers' own __init__ sets every training timestep too)
+                return cls.set_timesteps(self, num_inference_steps, *args, **kwargs)
+            cls.set_timesteps(self, num_inference_steps + 1, *args, **kwargs)
+            if hasattr(self, "sigmas_interpol"):
+                _discard_interleaved(self)
+            else:  # a multistep table: one sigma a step, then the end (DPMSolverMultistepScheduler)
+                self.sigmas = _without_next_to_last(self.sigmas)
+                self.timesteps = self.timesteps[:-1]
+            self.num_inference_steps = num_inference_steps
+
+        _DISCARDING[cls] = type(cls.__name__, (cls,), {"set_timesteps": set_timesteps, "__module__": __name__,
+                                                       "__doc__": f"{cls.__name__}, discarding the next-to-last sigma"})
+    return _DISCARDING[cls]
+
+
+def _without_next_to_last(values):
+    """A schedule's per-step values, the last its end (sigma 0), less the one before the end."""
+    import torch
+
+    return torch.cat([values[:-2], values[-1:]])
+
+
+def _discard_interleaved(scheduler) -> None:
+    """Take the next-to-last sigma out of diffusers' DPM2 tables (KDPM2 and KDPM2 ancestral). They hold each step's
+    values twice, for its two UNet calls, [v0, v1, v1, ..., vn, vn, vn] from the schedule [v0, ..., vn] (vn: the end),
+    and the timesteps [t0, its midpoint, t1, ..., the last midpoint, t(n-1)]. Without sigma n - 1 the last step goes
+    from sigma n - 2 to 0: in the ancestral tables it then adds no noise and has no midpoint (0s, as diffusers' own
+    last step); everything before it is unchanged."""
+    import torch
+
+    def schedule(table):
+        return torch.cat([table[:1], table[1::2][:-1]])
+
+    def table(values):
+        return torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])
+
+    ancestral = hasattr(scheduler, "sigmas_up")
+    scheduler.sigmas = table(_without_next_to_last(schedule(scheduler.sigmas)))
+    for name in ("sigmas_interpol", "sigmas_up", "sigmas_down") if ancestral else ("sigmas_interpol",):
+        values = _without_next_to_last(schedule(getattr(scheduler, name)))
+        if ancestral:
+            values[-2] = 0.0  # the step into sigma 0: no noise to add, no midpoint
+        setattr(scheduler, name, table(values))
+    scheduler.timesteps = scheduler.timesteps[:-2]
