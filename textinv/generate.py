@@ -337,9 +337,9 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     try:
         # the generators also draw an ancestral sampler's noise at each step (euler_a): a seed gives its picture
         with warnings.catch_warnings():
-            # DPM++ SDE's Brownian tree (torchsde) is asked for noise at its own top sigma, read back in float32 a
-            # hair above the float64 it was made with: harmless, and said at every step
-            warnings.filterwarnings("ignore", message=r"Should have t[ab]<=t1", category=UserWarning)
+            # DPM++ SDE's Brownian tree (torchsde) is asked for noise at its own top and bottom sigma, read back in
+            # float32 a hair outside the float64 range it was made with: harmless, and said at every step
+            warnings.filterwarnings("ignore", message=r"Should have t[ab](<=t1|>=t0)", category=UserWarning)
             result = pipe(**kwargs, guidance_scale=guidance, **call)
     finally:
         for hook in hooks:
