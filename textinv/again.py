@@ -315,14 +315,7 @@ def _from_a1111(path: Path, text: str) -> Picture:
     model = ", ".join(f"{k} {fields[k]}" for k in ("Model", "Model hash") if fields.get(k))
     needs["model"] = (f"--again {path} was drawn by the A1111 web UI ({model or 'its model is not named'}); textinv "
                       f"cannot find a model by the web UI's name or hash: give it with --model (its file or folder)")
-    if "Sampler" in fields:
-        ours = from_webui(fields["Sampler"], fields.get("Schedule type"))
-        if ours:
-            settings["sampler"] = ours
-        else:
-            name = ", Schedule type ".join(fields[k] for k in ("Sampler", "Schedule type") if fields.get(k))
-            needs["sampler"] = (f"--again {path} was drawn with the web UI's sampler {name!r}, which textinv does not "
-                                f"have: choose one with --sampler (textinv generate --help lists them), or default")
+    _a1111_sampler(path, fields, False, settings, needs)
     notes = []
     _a1111_passes(path, fields, settings, needs, notes)
     unused = [k for k in fields if k not in _A1111_USED]
@@ -334,6 +327,24 @@ def _from_a1111(path: Path, text: str) -> Picture:
     return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes,
                    ti_hashes=parse_webui_hashes(fields.get("TI hashes", "")),
                    lora_hashes=parse_webui_hashes(fields.get("Lora hashes", "")))
+
+
+def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: dict[str, Any],
+                   needs: dict[str, str]) -> None:
+    """The web UI's `Sampler` and `Schedule type` (`hires`: its `Hires sampler` and `Hires schedule type`) into
+    `settings` as textinv's sampler, or into `needs` when textinv has none such."""
+    sampler, schedule = ("Hires sampler", "Hires schedule type") if hires else ("Sampler", "Schedule type")
+    if sampler not in fields:
+        return
+    name = "hires_sampler" if hires else "sampler"
+    ours = from_webui(fields[sampler], fields.get(schedule))
+    if ours:
+        settings[name] = ours
+        return
+    said = ", Schedule type ".join(fields[k] for k in (sampler, schedule) if fields.get(k))
+    needs[name] = (f"--again {path} was {'redrawn by its hires fix' if hires else 'drawn'} with the web UI's sampler "
+                   f"{said!r}, which textinv does not have: choose one with --{name.replace('_', '-')} (textinv "
+                   f"generate --help lists them){'' if hires else ', or default'}")
 
 
 def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], needs: dict[str, str],
@@ -358,14 +369,7 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
             notes.append(f"{path} was enlarged for its hires fix by the web UI's {upscaler!r}, an upscaling network "
                          f"textinv does not run: it is enlarged with Lanczos (--hires-upscaler), then redrawn as the "
                          f"web UI redrew it, so expect the finer detail to differ")
-    if "Hires sampler" in fields:
-        ours = from_webui(fields["Hires sampler"], fields.get("Hires schedule type"))
-        if ours:
-            settings["hires_sampler"] = ours
-        else:
-            needs["hires_sampler"] = (f"--again {path} was redrawn by its hires fix with the web UI's sampler "
-                                      f"{fields['Hires sampler']!r}, which textinv does not have: choose one with "
-                                      f"--hires-sampler (textinv generate --help lists them)")
+    _a1111_sampler(path, fields, True, settings, needs)
     if "Denoising strength" in fields and not ({"Hires upscale", "Hires resize"} & set(fields)):
         notes.append(f"{path} was drawn by the web UI's img2img from a picture of its own, which its text does not "
                      f"hold: give that picture with --init-image, or it is drawn from the prompt alone")
