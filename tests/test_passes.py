@@ -237,3 +237,80 @@ def test_a_bad_init_picture_is_said_before_the_model_loads(tmp_path, monkeypatch
     with pytest.raises(DataError, match="cannot read the picture .*bad.png"):
         generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "bad.png"), out=str(tmp_path / "o")),
                  progress=False)
+
+
+def test_a_variation_seed_blends_each_pictures_noise_toward_its_own_as_the_web_ui_does(sd1_dir):
+    model = load_model(sd1_dir)
+
+    def draw(seeds, variation=None):
+        return [np.asarray(p).astype(int) for p in render(model, ["a dog"] * len(seeds), seeds, steps=2, width=16,
+                                                          sampler="ddim", variation=variation)]
+
+    plain, other = draw([5])[0], draw([9])[0]
+    assert np.array_equal(draw([5], ([9], 0.0))[0], plain)
+    assert np.abs(draw([5], ([9], 1.0))[0] - other).max() <= 1  # (all the way: the variation seed's noise)
+    between = draw([5], ([9], 0.3))[0]
+    assert np.abs(between - plain).max() > 10 and np.abs(between - other).max() > 10
+    together = draw([4, 5], ([8, 9], 0.3))  # (each picture its own variation seed, at any batch size)
+    assert np.abs(together[1] - between).max() <= 1
+    # the web UI's slerp: unit noise stays unit-sized halfway, where a straight line would shrink it by ~1/sqrt(2)
+    a, b = (torch.randn((4, 64, 64), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    from textinv.generate import seed_noise
+
+    halfway = seed_noise([torch.Generator().manual_seed(1)], (4, 64, 64), ([2], 0.5))[0]
+    assert abs(halfway.std().item() - 1) < 0.05 and abs(((a + b) / 2).std().item() - 0.71) < 0.05
+
+
+def test_generate_records_each_pictures_variation_seed_and_tiling_and_again_draws_them(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    paths = generate(GenerateConfig(prompt=["a dog"], n=2, seed=4, steps=2, width=16, model=str(sd1_dir),
+                                    variation_seed=20, variation_strength=0.25, tiling=True, metadata="full",
+                                    out=str(tmp_path / "a")), progress=False)
+    text = Image.open(paths[1]).text["parameters"]
+    assert "Seed: 5, Variation seed: 21, Variation seed strength: 0.25" in text and "Tiling: True" in text
+    config, keep = again_config(paths[1], {"out": str(tmp_path / "b")})
+    assert (config.seed, config.variation_seed, config.variation_strength, config.tiling) == (4, 20, 0.25, True)
+    again = generate(config, progress=False, keep_seeds=keep)
+    assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(paths[1])))
+    alone, _ = again_config(paths[1], {"out": str(tmp_path / "c"), "seed": 5})  # (picture 1 alone: its own seeds)
+    assert (alone.seed, alone.variation_seed) == (5, 21)
+    web = _picture(tmp_path / "w.png", "a cat\nSteps: 4, Seed: 3, Variation seed: 77, Variation seed strength: 0.4, "
+                                       "Size: 16x16, Tiling: True")
+    config, _ = again_config(web, {"model": str(sd1_dir)})
+    assert (config.variation_seed, config.variation_strength, config.tiling) == (77, 0.4, True)
+
+
+def test_tiling_draws_a_picture_that_wraps_around(sd1_dir, monkeypatch):
+    """Tiled, every convolution pads circularly, so the drawing commutes with a circular shift: noise rolled by
+    some latent columns draws the same picture rolled by as many columns' pixels. Padded with zeros it does not."""
+    from textinv import generate as generate_module
+
+    model = load_model(sd1_dir)
+    factor = model.pipeline.vae_scale_factor
+    own = generate_module.seed_noise
+    roll = {"by": 0}
+    monkeypatch.setattr(generate_module, "seed_noise",
+                        lambda *args: torch.roll(own(*args), roll["by"], dims=-1))
+
+    def draw(tiling, by):
+        roll["by"] = by
+        return np.asarray(render(model, ["a dog"], [3], steps=2, width=32, height=16, tiling=tiling)[0]).astype(int)
+
+    tiled, rolled = draw(True, 0), draw(True, 4)
+    assert np.abs(np.roll(tiled, 4 * factor, axis=1) - rolled).max() <= 2
+    plain, rolled = draw(False, 0), draw(False, 4)
+    assert np.abs(np.roll(plain, 4 * factor, axis=1) - rolled).max() > 20
+    assert all(m.padding_mode == "zeros" for m in model.unet.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"variation_strength": 1.5}, r"--variation-strength must be from 0 to 1"),
+    ({"variation_seed": 3}, r"--variation-seed needs --variation-strength"),
+    ({"variation_seed": -5, "variation_strength": 0.2}, r"--variation-seed must be -1 \(a random one\) or between"),
+])
+def test_a_variation_that_cannot_be_drawn_is_refused_naming_the_flag(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        GenerateConfig(prompt=["a dog"], **settings).validate()
+    drawn = GenerateConfig(prompt=["a dog"], variation_strength=0.2).validate()  # (left out: drawn, as -1)
+    assert 0 <= drawn.variation_seed < 2**32

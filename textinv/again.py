@@ -11,8 +11,9 @@ What a picture's text can hold, and how each is read:
 - an older textinv's per-key text (prompt, seed, steps, ... without the record): read, with a warning naming what it
   did not record (those settings take their defaults; its paths were written as typed).
 - the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
-  Seed, Size and Clip skip, and its hires fix (Denoising strength, Hires upscale or resize, steps, upscaler and
-  sampler: `_a1111_passes`; an upscaling network's enlargement is Lanczos's here); its TI hashes check the
+  Seed, Variation seed (and strength), Size, Clip skip and Tiling, and its hires fix (Denoising strength, Hires
+  upscale or resize, steps, upscaler and sampler: `_a1111_passes`; an upscaling network's enlargement is
+  Lanczos's here); its TI hashes check the
   --embedding files given (`_check_ti_hashes`), its Lora hashes the LoRA files the prompt's tags find in --lora-dir
   (`_check_lora_hashes`). An img2img picture is drawn from its picture when --init-image gives it, else from the
   prompt alone. The rest (Model, Model hash, VAE, Hires prompt, ...) cannot be applied and is named in a warning;
@@ -62,7 +63,7 @@ _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance"
              "embeddings")
 _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "TI hashes",
                "Lora hashes", "Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
-               "Hires sampler", "Hires schedule type")
+               "Hires sampler", "Hires schedule type", "Variation seed", "Variation seed strength", "Tiling")
 
 
 @dataclass
@@ -118,6 +119,8 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     seed, batch = settings.get("seed"), picture.batch_seeds
     if not {"seed", "n", "batch_size"} & set(flags) and len(batch) > 1 and seed in batch:
         settings.update(seed=batch[0], n=len(batch), batch_size=len(batch))
+        if settings.get("variation_seed") is not None:  # (each picture's is its own: the batch's first's with it)
+            settings["variation_seed"] -= seed - batch[0]
         keep = {seed}
     if picture.origin == "textinv" and picture.version != __version__:
         warnings.warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
@@ -305,7 +308,8 @@ def parse_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
 def _from_a1111(path: Path, text: str) -> Picture:
     prompt, negative, fields = parse_a1111_parameters(text)
     settings: dict[str, Any] = {"prompt": [prompt], "negative_prompt": negative}
-    names = {"Steps": "steps", "CFG scale": "guidance", "Seed": "seed", "Clip skip": "clip_skip"}
+    names = {"Steps": "steps", "CFG scale": "guidance", "Seed": "seed", "Clip skip": "clip_skip",
+             "Variation seed": "variation_seed", "Variation seed strength": "variation_strength", "Tiling": "tiling"}
     for label, name in names.items():
         if label in fields:
             settings[name] = fields[label]
@@ -321,7 +325,7 @@ def _from_a1111(path: Path, text: str) -> Picture:
     unused = [k for k in fields if k not in _A1111_USED]
     if unused:
         notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
-                      f"--lora-dir give models, embeddings and LoRAs; face restoration, variation seeds "
+                      f"--lora-dir give models, embeddings and LoRAs; face restoration, a seed resized "
                       f"and the like textinv does not do); its samplers and noise are diffusers', so expect a "
                       f"picture close to the web UI's, not the same pixels")
     return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes,

@@ -534,6 +534,13 @@ class GenerateConfig:
     resolution: int = opt(None, "square image size; default: the model's native size (--width/--height set one side)")
     width: int = opt(None, "image width in pixels, a multiple of 8 (A1111's Width); default: --resolution")
     height: int = opt(None, "image height in pixels, a multiple of 8 (A1111's Height); default: --resolution")
+    variation_seed: int = opt(None, "the web UI's Variation seed: each picture's noise blended toward this seed's "
+                                    "(picture i: this + i) by --variation-strength, for pictures close to a seed's; "
+                                    "-1 draws one")
+    variation_strength: float = opt(0.0, "how far toward --variation-seed's noise, from 0 (the seed's own) to 1 (the "
+                                         "variation seed's)")
+    tiling: bool = opt(False, "pictures that wrap around at their edges, so copies tile without a seam (textures; "
+                              "the web UI's Tiling)")
     init_image: str = opt(None, "a picture to redraw with the prompt instead of drawing from noise (img2img): "
                                 "--denoise of the way, at --width x --height (the picture cropped to fit), one of "
                                 "them with the other at its proportions, or else the model's own area at them",
@@ -596,6 +603,7 @@ class GenerateConfig:
         if not 0 <= self.seed <= 2**64 - self.n:  # what torch.Generator.manual_seed takes, for every image's seed
             raise ConfigError(f"--seed must be -1 (a random one) or between 0 and {2**64 - self.n} (image i uses "
                               f"seed + i), got {self.seed}")
+        self._check_variation()
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ConfigError(f"--out {self.out} is a file; give a folder for the PNGs")
         check_drawing(self.steps, self.guidance, self.clip_skip, self.resolution)
@@ -605,6 +613,19 @@ class GenerateConfig:
             raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
         self._check_passes()
         return self
+
+    def _check_variation(self) -> None:
+        """Refuse a variation the web UI would not draw; draw a variation seed asked for as -1 or left out."""
+        if not (math.isfinite(self.variation_strength) and 0 <= self.variation_strength <= 1):
+            raise ConfigError(f"--variation-strength must be from 0 to 1 (how far toward --variation-seed's noise), "
+                              f"got {self.variation_strength}")
+        if self.variation_seed is not None and not self.variation_strength:
+            raise ConfigError("--variation-seed needs --variation-strength (how far toward its noise, e.g. 0.3)")
+        if self.variation_strength and self.variation_seed in (None, -1):  # (the web UI's: a random one)
+            self.variation_seed = random.randrange(2**32)
+        if self.variation_seed is not None and not 0 <= self.variation_seed <= 2**64 - self.n:
+            raise ConfigError(f"--variation-seed must be -1 (a random one) or between 0 and {2**64 - self.n} (image i "
+                              f"uses it + i), got {self.variation_seed}")
 
     def hires(self) -> bool:
         """Whether the settings ask for the hires fix."""

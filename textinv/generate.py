@@ -219,6 +219,8 @@ def render(
     start: list[Image.Image] | None = None,
     denoise: float | None = None,
     hires: Hires | None = None,
+    variation: tuple[list[int], float] | None = None,
+    tiling: bool = False,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
@@ -228,7 +230,9 @@ def render(
     `start` (one RGB picture per prompt) draws img2img: each picture, cropped to the size, redrawn `denoise` of the
     way (default `refine.IMG2IMG_DENOISE`; `refine.pass_steps` counts the steps as the web UI does). `hires`
     redraws the pictures drawn enlarged (`Hires`, the web UI's hires fix). Both start from the seed's noise, as the
-    web UI's passes do: a seed gives its picture at any batch size.
+    web UI's passes do: a seed gives its picture at any batch size. `variation` (each picture's variation seed, and
+    the strength) blends each pass's noise toward the variation seed's (`seed_noise`), and `tiling` draws pictures
+    that wrap around at their edges (`_tiled`), each as the web UI does.
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -244,44 +248,86 @@ def render(
     check_clip_skip(model, clip_skip)
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip)
-    if start is not None:
-        pixels = torch.stack([prepare_image(p, 0, size=(width, height)) for p in start])  # (B, 3, H, W)
-        latents = refine.encode(pipe.vae, pixels)
-        return _refined(model, latents, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler, (width, height),
-                        **drawing)
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    # (C, H/f, W/f), as the pipelines and the web UI lay out the noise: a square's is what it always was
-    latents = torch.stack([
-        torch.randn((pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor),
-                    generator=g) for g in generators
-    ]).to(pipe.device, pipe.unet.dtype)
-    in_latents = hires is not None and refine.UPSCALERS[hires.upscaler].mode is not None
-    first = _pass(model, pipe, steps, sampler, (width, height), latents=latents, generator=generators,
-                  num_inference_steps=steps, height=height, width=width,
-                  output_type="latent" if in_latents else "pil", **drawing)
-    if hires is None:
-        return first
-    factor = pipe.vae_scale_factor
-    enlarged, crop, size = hires.sizes(width, height, factor)
-    if in_latents:
-        latents = refine.upscale_latents(first, enlarged, crop, hires.upscaler, factor)
-    else:
-        pictures = refine.upscale_pictures(first, enlarged, hires.upscaler, factor)
-        pixels = torch.stack([prepare_image(p, 0, size=p.size) for p in pictures])
-        latents = refine.cropped(refine.encode(pipe.vae, pixels), crop)
-    return _refined(model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler, size,
-                    **drawing)
+    with _tiled(pipe, tiling):
+        if start is not None:
+            pixels = torch.stack([prepare_image(p, 0, size=(width, height)) for p in start])  # (B, 3, H, W)
+            latents = refine.encode(pipe.vae, pixels)
+            return _refined(model, latents, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler,
+                            (width, height), variation, **drawing)
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        # (C, H/f, W/f), as the pipelines and the web UI lay out the noise: a square's is what it always was
+        shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        latents = seed_noise(generators, shape, variation).to(pipe.device, pipe.unet.dtype)
+        in_latents = hires is not None and refine.UPSCALERS[hires.upscaler].mode is not None
+        first = _pass(model, pipe, steps, sampler, (width, height), latents=latents, generator=generators,
+                      num_inference_steps=steps, height=height, width=width,
+                      output_type="latent" if in_latents else "pil", **drawing)
+        if hires is None:
+            return first
+        factor = pipe.vae_scale_factor
+        enlarged, crop, size = hires.sizes(width, height, factor)
+        if in_latents:
+            latents = refine.upscale_latents(first, enlarged, crop, hires.upscaler, factor)
+        else:
+            pictures = refine.upscale_pictures(first, enlarged, hires.upscaler, factor)
+            pixels = torch.stack([prepare_image(p, 0, size=p.size) for p in pictures])
+            latents = refine.cropped(refine.encode(pipe.vae, pixels), crop)
+        return _refined(model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler, size,
+                        variation, **drawing)
+
+
+def seed_noise(generators: list[torch.Generator], shape: tuple[int, ...],
+               variation: tuple[list[int], float] | None = None) -> torch.Tensor:
+    """Each picture's starting noise (B, *shape), drawn from its own generator; with `variation` (each picture's
+    variation seed, strength s) blended s of the way toward the variation seed's own noise, as the web UI's Variation
+    seed does (its `slerp`: along the noise's second axis; s = 1 is the variation seed's noise)."""
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    if not variation or not variation[1]:
+        return noise
+    seeds, strength = variation
+    other = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    return torch.stack([_slerp(strength, a, b) for a, b in zip(noise, other)])
+
+
+def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation from `a` (t = 0) to `b` (t = 1) along dim 1 of (C, H, W) noise, as the web UI
+    interpolates a variation seed's; nearly parallel noise (it never is) falls back to a straight line."""
+    dot = (a / a.norm(dim=1, keepdim=True) * (b / b.norm(dim=1, keepdim=True))).sum(1)  # (C, W)
+    if dot.mean() > 0.9995:
+        return (1 - t) * a + t * b
+    omega = torch.acos(dot)
+    return (torch.sin((1 - t) * omega) / torch.sin(omega)).unsqueeze(1) * a + \
+        (torch.sin(t * omega) / torch.sin(omega)).unsqueeze(1) * b
+
+
+@contextlib.contextmanager
+def _tiled(pipe, tiling: bool):
+    """With `tiling`, every convolution of the UNet and the VAE pads circularly for the block, as the web UI's
+    Tiling does: the picture wraps around at its edges, so copies of it tile without a seam (textures, patterns)."""
+    convolutions = [m for part in (pipe.unet, pipe.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+    modes = [m.padding_mode for m in convolutions]
+    if tiling:
+        for m in convolutions:
+            m.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for m, mode in zip(convolutions, modes):
+            m.padding_mode = mode
 
 
 def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hires: bool, sampler: str,
-             size: tuple[int, int], seeds: list[int], **drawing) -> list[Image.Image]:
+             size: tuple[int, int], variation: tuple[list[int], float] | None, seeds: list[int],
+             **drawing) -> list[Image.Image]:
     """The pictures of an img2img pass over `latents` (B, C, h, w) at `denoise`, `steps` counted as
-    `refine.pass_steps` counts them (`hires`: the hires fix's), drawn at `size` (W, H)."""
+    `refine.pass_steps` counts them (`hires`: the hires fix's), drawn at `size` (W, H), its noise the seeds' (with
+    their `variation`), as the web UI's passes draw theirs."""
     schedule, run = refine.pass_steps(steps, denoise, hires)
     flag = "--hires-steps" if hires else "--steps"
     check_steps(model, schedule, f"{flag} {steps} at --denoise {denoise} (a schedule of {schedule} steps)")
-    generators = [torch.Generator().manual_seed(s) for s in seeds]  # the seed's noise, as the web UI's pass draws
-    pipe = refine.image_to_image(model.pipeline)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    noise = seed_noise(generators, tuple(latents.shape[1:]), variation)
+    pipe = refine.image_to_image(model.pipeline, noise)
     return _pass(model, pipe, run, sampler, size, seeds=seeds, image=latents, generator=generators,
                  num_inference_steps=schedule, strength=refine.strength(schedule, run), output_type="pil", **drawing)
 
@@ -522,7 +568,8 @@ def png_text(params: dict[str, str]) -> PngInfo:
     if params.get("negative_prompt"):
         summary += f"Negative prompt: {params['negative_prompt']}\n"
     labels = {"steps": "Steps", "sampler": "Sampler", "schedule": "Schedule type", "guidance": "CFG scale",
-              "seed": "Seed", "size": "Size", "model": "Model", "denoise": "Denoising strength",
+              "seed": "Seed", "variation_seed": "Variation seed", "variation_strength": "Variation seed strength",
+              "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
               "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
               "hires_scale": "Hires upscale", "hires_resize": "Hires resize", "hires_steps": "Hires steps",
               "hires_upscaler": "Hires upscaler", "hires_sampler": "Hires sampler",
@@ -1042,7 +1089,8 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "token": list(config.token), "precision": precision, "prediction_type": config.prediction_type,
             "single_file_config": _where(config.single_file_config), "vae": _where(config.vae),
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
-            "init_image": _where(config.init_image), "denoise": passes_denoise(config),
+            "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
+            "tiling": config.tiling, "init_image": _where(config.init_image), "denoise": passes_denoise(config),
             **{name: getattr(config, name) for name in HIRES_SETTINGS},
             **({"hires_upscaler": config.hires_upscaler or refine.DEFAULT_UPSCALER} if config.hires() else {}),
             "metadata": config.metadata}  # (so a redraw is written as the picture was)
@@ -1180,14 +1228,19 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
             for start in range(0, config.n, config.batch_size):  # a few images per pipeline call bounds the memory
                 chunk = seeds[start:start + config.batch_size]
                 where.batch, (where.width, where.height) = len(chunk), drawn
+                variation = None
+                if config.variation_strength:  # (picture i's variation seed: the variation seed + i, as its seed)
+                    variation = ([config.variation_seed + s - config.seed for s in chunk], config.variation_strength)
                 images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
                                 clip_skip, width, height, None if init is None else [init] * len(chunk),
-                                passes_denoise(config), hires)
+                                passes_denoise(config), hires, variation, config.tiling)
                 for seed, img in zip(chunk, images):
                     bar.update(1)
                     if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
                         continue
                     settings = {**shared, "prompt": [prompt], "seed": seed}
+                    if config.variation_strength:
+                        settings["variation_seed"] = config.variation_seed + seed - config.seed
                     params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
                               "seed": seed, "steps": steps, "sampler": config.sampler, "guidance": guidance,
                               "size": f"{width}x{height}", "clip_skip": clip_skip,  # (width first, as A1111)
@@ -1196,7 +1249,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                               **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
                                  if k in ("token", "revision", "variant", "vae", "prediction_type",
                                           "single_file_config", "lora_dir") and v},
-                              **_pass_params(config, hires),
+                              **_pass_params(config, hires), **_noise_params(config, seed),
                               **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
                               RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
                                                       "settings": settings, "embedding_sha256": recorded_sums,
@@ -1215,6 +1268,15 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     finally:
         bar.close()
     return written
+
+
+def _noise_params(config: GenerateConfig, seed: int) -> dict:
+    """The PNG text of a picture's variation seed and tiling (the web UI's labels; empty without them)."""
+    params = {"tiling": "True"} if config.tiling else {}
+    if config.variation_strength:
+        params.update(variation_seed=config.variation_seed + seed - config.seed,
+                      variation_strength=config.variation_strength)
+    return params
 
 
 def passes_denoise(config: GenerateConfig) -> float | None:

@@ -176,9 +176,11 @@ def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     return mean * scaling
 
 
-def image_to_image(pipe):
+def image_to_image(pipe, noise: torch.Tensor):
     """The img2img pipeline of a text-to-image one (SD or SDXL), sharing its modules as they are: nothing is copied
-    or cast (diffusers' `from_pipe` casts every module to float32 unless told one dtype for all of them)."""
+    or cast (diffusers' `from_pipe` casts every module to float32 unless told one dtype for all of them). It adds
+    `noise` (B, C, h, w) to the latents it is given (their first timestep's worth), not noise of its own, so a pass
+    draws the noise the web UI's would (`generate.seed_noise`: the seed's, or blended toward a variation seed's)."""
     import inspect
 
     import diffusers
@@ -193,4 +195,14 @@ def image_to_image(pipe):
                 "requires_aesthetics_score": pipe.config.get("requires_aesthetics_score", False)}
     made = cls(**{k: v for k, v in {**pipe.components, **settings}.items() if k in takes})
     made.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))  # (textinv's loader turns it off)
+
+    def noised(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator=None, add_noise=True):
+        # (what the pipelines' own prepare_latents does with latents it is given, but with this noise)
+        latents = image.to(device=device, dtype=dtype)
+        if latents.shape[0] != batch_size or not add_noise:
+            raise ValueError(f"textinv's img2img pass takes one latent a picture, noised: got {latents.shape[0]} "
+                             f"for {batch_size}")
+        return made.scheduler.add_noise(latents, noise.to(device=device, dtype=dtype), timestep)
+
+    made.prepare_latents = noised
     return made
