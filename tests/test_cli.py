@@ -991,3 +991,34 @@ def test_a_home_folder_written_as_a_tilde_is_the_home_folder_in_every_command(sd
                  "--steps", "1", "--out", "~/renders"]) == 0
     assert len(list((home / "renders").glob("*.png"))) == 1
     assert list(here.iterdir()) == []
+
+
+def test_inspect_compares_with_a_hub_models_revision_and_variant_and_records_them(hub_cache, tmp_path, capsys):
+    """`inspect --model` loads a hub id at --revision and --variant, as train, generate and score do (they were
+    unknown flags), and the report names the version compared with; without --model they are refused, not ignored."""
+    import json
+
+    from conftest import cache_branch, cache_snapshot
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline("sd1", seed=4).save_pretrained(cache_snapshot(hub_cache, "me/old"))
+    branch = cache_branch(hub_cache, "me/old", "v1")
+    build_tiny_pipeline("sd1", seed=5).save_pretrained(branch)
+    build_tiny_pipeline("sd1", seed=6).to(torch.float16).save_pretrained(branch, variant="fp16")
+    path = tmp_path / "c.safetensors"
+    save_embedding(LearnedEmbedding("<c>", {"text_encoder": torch.ones(1, 32)}), path)
+
+    def inspected(*flags):
+        assert main(["inspect", str(path), "--model", "me/old", "--json", *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    main_branch, on_v1 = inspected(), inspected("--revision", "v1", "--variant", "fp16")
+    assert "revision" not in main_branch and (on_v1["model"], on_v1["revision"], on_v1["variant"]) == \
+        ("me/old", "v1", "fp16")
+    vocab = [r["encoders"]["text_encoder"]["vocab_norm_mean"] for r in (main_branch, on_v1)]
+    assert vocab[0] != vocab[1]  # (another model's vocabulary)
+    assert main(["inspect", str(path), "--model", "me/old", "--revision", "v9"]) == 2
+    assert "with revision 'v9' is not in the local Hugging Face cache" in capsys.readouterr().err
+    assert main(["inspect", str(path), "--revision", "v1"]) == 2
+    assert "--revision picks which version of --model to load; give --model too" in capsys.readouterr().err

@@ -290,6 +290,27 @@ def test_evaluate_captions_only_writes_the_fidelity_table(model_dir, probe_path,
     assert main(["evaluate", "--concepts", "0", "--model", str(model_dir)]) == 2  # nothing to do: an error
 
 
+def test_evaluate_loads_a_hub_models_revision_and_variant_and_records_them(model_dir, probe_path, hub_cache, tmp_path,
+                                                                           capsys):
+    """`evaluate --model` takes --revision and --variant as train, generate and score do (they were unknown flags):
+    the model is loaded at them and the table names them beside the model."""
+    import shutil
+
+    from conftest import cache_branch
+
+    shutil.copytree(model_dir, cache_branch(hub_cache, "me/shapes", "v1"), dirs_exist_ok=True)
+    out = tmp_path / "results"
+    common = ["evaluate", "--captions", "2", "--concepts", "0", "--fast", "--probe", str(probe_path)]
+    assert main([*common, "--model", "me/shapes", "--revision", "v1", "--out", str(out)]) == 0
+    (json_path,) = out.glob("fidelity-*.json")
+    model = json.loads(json_path.read_text())["model"]
+    assert model["source"] == "me/shapes" and model["revision"] == "v1" and "variant" not in model
+    assert model["description"].endswith(", revision v1")
+    assert "revision v1" in json_path.with_suffix(".md").read_text()
+    assert main([*common, "--model", str(model_dir), "--variant", "fp16"]) == 2  # (passed on: the folder has none)
+    assert "--variant fp16: " in capsys.readouterr().err
+
+
 def test_evaluate_captions_take_the_given_seed_and_check_their_count_first(model_dir, probe_path, tmp_path, capsys):
     """`--seed` moves the caption check's scenes and samples (without it they start at 2000, as the published
     tables); a negative `--captions` is refused by name before the model loads."""

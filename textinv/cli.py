@@ -150,7 +150,12 @@ def cmd_inspect(args) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    report = inspect_file(embedding_file(Path(args.file).expanduser()), model=args.model, top_k=args.top_k)
+    given = [flag for flag, value in (("--revision", args.revision), ("--variant", args.variant)) if value]
+    if given and not args.model:  # (said, not ignored: the file alone was read, no model at that version)
+        raise ConfigError(f"{' and '.join(given)} {'pick' if len(given) > 1 else 'picks'} which version of --model to load; give --model too, or leave "
+                          f"{'them' if len(given) > 1 else 'it'} out")
+    report = inspect_file(embedding_file(Path(args.file).expanduser()), model=args.model, top_k=args.top_k,
+                          revision=args.revision, variant=args.variant)
     print(json.dumps(report, indent=2) if args.json else report["text"])
     return 0
 
@@ -186,6 +191,15 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
                    "machine 2 train about 20%% faster and draw no faster, on a busy one 1 is steadier)")
 
 
+def _add_model_version(p: argparse.ArgumentParser) -> None:
+    """--revision and --variant beside a --model that is not a config field (`inspect`, `evaluate`), with the help
+    `train` and `generate` give them."""
+    from .config import REVISION_HELP, VARIANT_HELP
+
+    p.add_argument("--revision", help=REVISION_HELP)
+    p.add_argument("--variant", help=VARIANT_HELP)
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -210,7 +224,8 @@ def cmd_evaluate(args) -> int:
     device = pick_device(config.device)  # (a device it lacks: before --out is made)
     if args.out:  # now, not after an hour of benchmark
         args.out = str(output_folder(args.out))
-    model = load_model(args.model, dtype=DTYPES[config.precision], device=device)
+    model = load_model(args.model, dtype=DTYPES[config.precision], device=device, revision=args.revision,
+                       variant=args.variant)
     probe = Probe.load(args.probe or DEFAULT_PATH)
     check_judged_size(model)
     scheduler_for(model.pipeline.scheduler, config.sampler)  # (one the model's schedule refuses: now, not after training)
@@ -283,6 +298,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="what an embedding file holds and which model it fits")
     p.add_argument("file", help="embedding file in any supported format")
     p.add_argument("--model", help="also compare with this model's vocabulary (norms, nearest tokens)")
+    _add_model_version(p)
     p.add_argument("--top-k", type=int, default=5, help="nearest vocabulary tokens per vector (with --model)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
@@ -333,6 +349,7 @@ def make_parser() -> argparse.ArgumentParser:
                    "and probe whether shape, colour, pattern and background come out as captioned")
     p.add_argument("--out", help="folder to write quality-YYYY-MM-DD.json and .md into")
     p.add_argument("--model", default="shapes", help="the model (default: the bundled shapes model)")
+    _add_model_version(p)
     p.add_argument("--probe", help="attribute probe weights (default: the bundled probe)")
     p.add_argument("--fast", action="store_true", help="a smoke run: few steps and samples (flags override it)")
     _add_threads(p)

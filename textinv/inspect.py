@@ -53,9 +53,16 @@ def _readable(token: str) -> str:
     return token[:-len("</w>")] if token.endswith("</w>") else token if token.startswith("<|") else token + "…"
 
 
-def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
+def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: str | None = None,
+                 variant: str | None = None) -> dict:
     """A report on an embedding file as a dict, with a human-readable `text` entry. A modelspec architecture that
-    does not fit the vectors is said in the report ("modelspec_mismatch"), not warned about."""
+    does not fit the vectors is said in the report ("modelspec_mismatch"), not warned about. `model` is loaded at
+    `revision` and `variant` (a hub id's branch, tag or commit and its weights' variant, `models.load_model`'s),
+    which the report records beside it.
+
+    >>> inspect_file("my-dog.pt", model="me/sd15", revision="v2")["revision"]   # doctest: +SKIP
+    'v2'
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         emb = load_embedding(path)
@@ -66,7 +73,11 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
     report = {"file": str(path), "format": detect_format(path)}
     nearest = None
     if model is not None:
-        loaded = load_model(model)
+        loaded = load_model(model, revision=revision, variant=variant)
+        # the model compared with, and which version of it, as generate's record and score's report name them
+        version = {k: loaded.loaded_with[k] for k in ("revision", "variant") if k in loaded.loaded_with}
+        report.update({"model": str(model), **version})
+        compared = str(model) + "".join(f" ({k} {v})" for k, v in version.items())
         tables = {name: base_embedding(te).weight.detach() for name, _, te in loaded.encoders}
         tokenizers = {name: tok for name, tok, _ in loaded.encoders}
         if emb.widths == loaded.widths and set(emb.vectors) == set(tables):
@@ -78,7 +89,7 @@ def inspect_file(path, model: str | None = None, top_k: int = 5) -> dict:
         else:
             report.update(describe(emb))
             report["model_mismatch"] = (f"this embedding ({describe_widths(emb.widths)}) does not fit "
-                                        f"{model} ({describe_widths(loaded.widths)})")
+                                        f"{compared} ({describe_widths(loaded.widths)})")
             if uses_clip_l_half(loaded, emb):  # (what generate, score and train then do)
                 report["model_mismatch"] += (": only its clip_l half is used there (as ComfyUI does), and it was "
                                              "trained for SDXL's reading of CLIP-L, so it may draw differently")

@@ -609,10 +609,13 @@ def _means(rows: list[dict]) -> dict[str, dict]:
 
 
 def describe_model(model) -> dict:
-    """Which model was measured: its source and, for an exported shapes model, its training record."""
+    """Which model was measured: its source (a hub id's revision and variant beside it, when loaded at them) and, for
+    an exported shapes model, its training record."""
     from textinv.models import resolve_source
 
-    record = {"source": str(model.source), "description": model.describe()}
+    version = {k: v for k, v in getattr(model, "loaded_with", {}).items() if k in ("revision", "variant")}
+    record = {"source": str(model.source), **version,
+              "description": model.describe() + "".join(f", {k} {v}" for k, v in version.items())}
     try:
         kind, location = resolve_source(model.source)
     except Exception:  # a model built in code has no folder to read
