@@ -582,3 +582,28 @@ def test_a_hub_models_revision_and_variant_are_recorded_and_a_resume_that_gives_
     shutil.copytree(main, tmp_path / "downloaded")
     train(config(images, out, steps=10, resume=True, model=str(tmp_path / "downloaded")), progress=False)
     assert read_config_file(out / "config.yaml")["revision"] is None
+
+
+def test_a_lock_file_removed_as_it_was_taken_is_taken_again(tmp_path, monkeypatch):
+    """`take_lock` (score's and the demo's hold, whose holder removes its file when done): a holder that finished
+    between this process's opening the file and locking it has removed it, and a lock on the removed file would hold
+    nothing; the file at the path is taken instead."""
+    from textinv import run_folder
+    from textinv.run_folder import drop_lock, take_lock
+
+    lock, real, opened = tmp_path / ".x.lock", run_folder.hold_file, []
+
+    def hold_file(path, refusal):  # (the first one opened is removed by the holder that finished meanwhile)
+        f = real(path, refusal)
+        if not opened:
+            path.unlink()
+        opened.append(os.fstat(f.fileno()).st_ino)
+        return f
+
+    monkeypatch.setattr(run_folder, "hold_file", hold_file)
+    held = take_lock(lock, str)
+    assert len(opened) == 2 and os.fstat(held.fileno()).st_ino == os.stat(lock).st_ino
+    with pytest.raises(ConfigError):  # (held: another process, here another open file, is refused)
+        take_lock(lock, str)
+    drop_lock(held, lock)
+    assert not lock.exists() and held.closed

@@ -21,7 +21,7 @@ from textinv.cli import main
 from textinv.models import BUNDLED_MODELS, load_model, recorded_guidance
 from textinv.shapes import world
 from textinv.report import draw_loss_curve
-from textinv.shapes.demo import EXAMPLES, DEFAULT_CONCEPT, find_concept, slug
+from textinv.shapes.demo import EXAMPLES, DEFAULT_CONCEPT, LOCK_FILE, find_concept, slug
 from textinv.shapes.evaluate import (CEILINGS, FAST, METHODS, all_hold, attribute_hits, best_description, evaluate, fill,
                                      format_markdown, prompt_sets, score_images, training_templates, write_results)
 from textinv.shapes.probe import DEFAULT_PATH as PROBE_PATH
@@ -83,6 +83,7 @@ def test_demo_quick_writes_the_html_and_png_report(model_dir, probe_path, tmp_pa
     assert page.count("right on: ") == 2 * n_prompts and page.count("the concept's attributes right") == 1
     assert (out / "run" / "learned_embeds.safetensors").is_file()
     assert report["loss"] and all(np.isfinite(v) for _, v in report["loss"])
+    assert not (out / LOCK_FILE).exists()  # (the hold's file goes with the run that held it)
 
 
 def test_demo_without_the_model_says_how_to_get_it(tmp_path, monkeypatch, capsys):
@@ -574,6 +575,7 @@ def test_a_second_demo_into_an_out_being_written_is_refused(model_dir, probe_pat
             f"{socket.gethostname()}); wait for it to finish, or choose another --out")
     assert second == [2] and said in capsys.readouterr().err.splitlines()  # (one line, among the first's progress)
     assert json.loads((out / "scores.json").read_text())["concept"]["name"] == "teal star"  # the first's, whole
+    assert not (out / LOCK_FILE).exists()
     monkeypatch.undo()
     assert main(args) == 0  # the folder is free again
 

@@ -229,6 +229,29 @@ def hold_file(lock: Path, refusal: Callable[[str], str]) -> IO:
     return f
 
 
+def take_lock(lock: Path, refusal: Callable[[str], str]) -> IO:
+    """`hold_file`, for a lock file that lasts as long as its hold: the holder removes it when done (`drop_lock`),
+    so a finished command leaves no file behind. The file locked is checked to be the one `lock` still names: a
+    holder that finished between this process's opening the file and locking it has removed it, and a lock on a
+    removed file holds nothing (a third process would make and lock a new one beside it)."""
+    while True:
+        f = hold_file(lock, refusal)
+        try:
+            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()
+
+
+def drop_lock(f: IO, lock: Path) -> None:
+    """Let go of `take_lock`'s hold on `lock`, removing the file first, while it is held: a process that opened it
+    meanwhile is refused by the hold, and one that comes later makes a new one."""
+    with contextlib.suppress(OSError):  # (Windows: an open file cannot be removed; it stays, unheld)
+        lock.unlink()
+    f.close()
+
+
 def _try_lock(f) -> bool:
     """Take an exclusive, non-blocking lock on open file `f`; False when another process holds it."""
     try:

@@ -26,11 +26,9 @@ show.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import html
 import json
-import os
 import re
 import shutil
 import time
@@ -58,7 +56,7 @@ from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (Model, _is_local_path, check_model_object, load_model, offline_note, pick_device,
                      quiet_transformers)
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
-from .run_folder import embedding_file, hold_file, saved_run
+from .run_folder import drop_lock, embedding_file, saved_run, take_lock
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the paper's judge
 MARKER = "{}"
@@ -540,25 +538,19 @@ def _prepare_out(out: Path) -> tuple[Path, Path, IO]:
 def _hold(out: Path) -> IO:
     """Hold `out` for this report, returning the open lock file: a second `textinv score` into the same --out (the
     default score-out, in two shells) is refused, naming the process, instead of deleting the first one's report
-    as it is built. The lock is the operating system's (`run_folder.run_lock`'s), on a hidden file beside `out`, so
+    as it is built. The lock is the operating system's (`run_folder.take_lock`), on a hidden file beside `out`, so
     it goes with its process however that ends; `_release` removes the file."""
-    lock = out.parent / f".{out.name}.lock"
-    while True:
-        f = hold_file(lock, lambda holder: f"--out {out} is being written by another textinv score ({holder}); wait "
-                                           f"for it to finish, or choose another --out")
-        try:  # the file locked is still the one named: a run finishing meanwhile removes it (`_release`)
-            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
-                return f
-        except FileNotFoundError:
-            pass
-        f.close()
+    return take_lock(_lock_file(out), lambda holder: f"--out {out} is being written by another textinv score "
+                                                     f"({holder}); wait for it to finish, or choose another --out")
 
 
 def _release(lock: IO, out: Path) -> None:
-    """Let go of `_hold`'s lock, removing its file first (while held: a run that opens it now finds it gone)."""
-    with contextlib.suppress(OSError):  # (Windows: an open file cannot be removed; it stays, unheld)
-        (out.parent / f".{out.name}.lock").unlink()
-    lock.close()
+    """Let go of `_hold`'s lock, removing its file (`run_folder.drop_lock`)."""
+    drop_lock(lock, _lock_file(out))
+
+
+def _lock_file(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
 
 
 def _check_out(out: Path, previous: Path) -> None:

@@ -41,7 +41,7 @@ from textinv.errors import ConfigError, ModelError, TrainingError
 from textinv.io import atomic_path, output_folder, write_json, write_text
 from textinv.report import (BASE_CSS, FAIL, INK, LINE, MUTED, PAPER, PASS, UNKNOWN, data_uri, draw_loss_curve,
                             font)
-from textinv.run_folder import hold_file
+from textinv.run_folder import drop_lock, take_lock
 from textinv.shapes.evaluate import (check_judged_size, prompt_sets, sample, score_images, train_config,
                                      write_templates, write_training_images)
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
@@ -219,19 +219,16 @@ def _put_back(out: Path) -> None:
 def _held(out: Path, given: str):
     """Hold `out` for this demo: a second demo into the same folder (the default demo-out, in two shells) is refused,
     naming the process, instead of putting back or setting aside the first one's report as it is written and
-    training into the same run/. The lock is the operating system's (`run_folder.hold_file`, as train's and score's),
-    so it goes with its process however that ends. Its file is hidden, which the report ignores; a demo that leaves
-    no report (a folder refused, a model missing) removes the file it made, leaving the folder as it was."""
+    training into the same run/. The lock is the operating system's (`run_folder.take_lock`, as score's), so it goes
+    with its process however that ends; its hidden file goes when the demo ends, whichever way (a kill leaves it,
+    held by nothing), so the folder keeps only the report and run/."""
     lock = out / LOCK_FILE
-    created = not lock.exists()
-    with hold_file(lock, lambda holder: f"--out {given} is being written by another textinv demo ({holder}); wait for "
-                                        f"it to finish, or choose another --out"):
-        try:
-            yield
-        finally:
-            if created and not (out / "scores.json").exists():  # (while held: a demo that opened it is refused)
-                with contextlib.suppress(OSError):  # (Windows: an open file cannot be removed; it stays, unheld)
-                    lock.unlink()
+    held = take_lock(lock, lambda holder: f"--out {given} is being written by another textinv demo ({holder}); wait "
+                                          f"for it to finish, or choose another --out")
+    try:
+        yield
+    finally:
+        drop_lock(held, lock)
 
 
 def _check_own_folder(out: Path, given: str) -> None:
