@@ -49,6 +49,7 @@ def test_a_killed_runs_lock_does_not_hold_the_folder(sd1_dir, images, tmp_path):
     holder.wait()
     assert (out / LOCK_FILE).exists()  # (left behind by the kill, but no longer held)
     train(config(images, out, overwrite=True), model=load_model(sd1_dir), progress=False)
+    assert not (out / LOCK_FILE).exists()  # (a run that ends takes its file with it, as score and the demo do)
 
 
 def test_a_run_that_fails_on_its_inputs_leaves_no_folder(sd1_dir, images, tmp_path):

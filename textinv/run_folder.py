@@ -166,8 +166,9 @@ def run_lock(out: Path, is_main: bool = True):
     """Hold `out` for this run: a second `textinv train` on the same folder (a fresh start, a --resume or an
     --overwrite while one runs) is refused instead of both writing the same files. The lock is the operating
     system's on a file in the folder (flock; on Windows msvcrt.locking), so it goes with its process however that
-    ends (SIGKILL, a crash): there is no stale lock to clear. A run that writes nothing (a folder refused, inputs
-    that fail) leaves no lock file, and the folders it made go too."""
+    ends (SIGKILL, a crash): there is no stale lock to clear. Its file goes when the run ends, whichever way
+    (`take_lock`; a kill leaves it, held by nothing), and a run that writes nothing (a folder refused, inputs that
+    fail) leaves the folders it made as they were: gone too."""
     if not is_main:  # (data parallel: the main process holds it for all)
         yield
         return
@@ -181,22 +182,14 @@ def run_lock(out: Path, is_main: bool = True):
         from .io import output_folder
 
         output_folder(out)
-    lock = out / LOCK_FILE
-    created, held, f = not lock.exists(), False, None
+    lock, held = out / LOCK_FILE, None
     try:
-        f = hold_file(lock, lambda holder: f"{out} is being written by another textinv train ({holder}); wait for it "
-                                           f"to finish or stop it, or choose another --out")
-        held = True
+        held = take_lock(lock, lambda holder: f"{out} is being written by another textinv train ({holder}); wait "
+                                              f"for it to finish or stop it, or choose another --out")
         yield
     finally:
-        # no run's record: the run wrote nothing (a folder refused, inputs that failed), so the file it made goes
-        # (while held: a run that opened it meanwhile is refused); else it stays, as removing it after the release
-        # could race with another run taking it
-        if held and created and not (out / CONFIG_FILE).exists():
-            with contextlib.suppress(OSError):
-                lock.unlink()
-        if f is not None:
-            f.close()  # (releases the lock)
+        if held is not None:
+            drop_lock(held, lock)
         for folder in made:  # the folders it made, while they are empty (--out a/b/c: a and b too)
             try:
                 folder.rmdir()
