@@ -397,20 +397,32 @@ def load_embedding(path: str | Path, token: str | None = None, *, pair: bool = T
     >>> emb.token, emb.num_vectors, emb.family              # doctest: +SKIP
     ('charturner', 6, 'sd1')
     """
-    reference = _hub_default(path)
-    path = _resolve(path)
-    read = _read_paired(path, pair)
-    if reference is not None and token is None:
-        read = _with_token_identifier(reference, read)
+    path, read = _located_read(path, token, pair)
     return _build(path, read, token)
 
 
-def _hub_default(path) -> str | None:
-    """The repo id when `path` names a hub repo's default file (diffusers' learned_embeds.*), else None."""
-    from .hub import hub_reference
+def read_embedding(path: str | Path) -> tuple[LearnedEmbedding, str]:
+    """`load_embedding(path)` and the layout it was read as (`detect_format`'s answer), from one reading of the file.
 
-    reference = hub_reference(path)
-    return reference[0] if reference is not None and reference[1] is None else None
+    >>> emb, layout = read_embedding("embeddings/charturner.pt")   # doctest: +SKIP
+    >>> layout                                                    # doctest: +SKIP
+    'a1111'
+    """
+    path, read = _located_read(path, None, True)
+    return _build(path, read, None), read.format
+
+
+def _located_read(path, token: str | None, pair: bool) -> tuple[Path, _Read]:
+    """The file `path` names (`_resolve`) and what it holds (`_read_paired`); for a hub repo's default file, with the
+    token its token_identifier.txt names when no `token` is given (`_with_token_identifier`)."""
+    from .hub import fetch_embedding, hub_reference
+
+    reference = hub_reference(path)  # (once: it looks at the disk)
+    file = fetch_embedding(*reference) if reference is not None else _local_file(path)
+    read = _read_paired(file, pair)
+    if reference is not None and reference[1] is None and token is None:
+        read = _with_token_identifier(reference[0], read)
+    return file, read
 
 
 def _with_token_identifier(repo: str, read: _Read) -> _Read:
@@ -427,7 +439,7 @@ def _with_token_identifier(repo: str, read: _Read) -> _Read:
         return read._replace(token=named)
     warnings.warn(f"{repo}: its {TOKEN_FILE} names the token {named!r}, but its embedding file holds {held!r}, which "
                   f"is the one loaded (as diffusers loads it): write {held} in prompts, or rename it with --token "
-                  f"{named}", stacklevel=3)
+                  f"{named}", stacklevel=4)
     return read
 
 
@@ -509,8 +521,11 @@ def _resolve(path: str | Path) -> Path:
     from .hub import fetch_embedding, hub_reference
 
     reference = hub_reference(path)
-    if reference is not None:
-        return fetch_embedding(*reference)
+    return fetch_embedding(*reference) if reference is not None else _local_file(path)
+
+
+def _local_file(path: str | Path) -> Path:
+    """`_resolve` for a `path` that names no hub repo: itself, or a diffusers folder's learned_embeds file."""
     path = Path(path)
     if path.is_dir():
         found = diffusers_file(path)
