@@ -187,7 +187,7 @@ def _published_files(source: Path):
     """The embedding file(s) `source` names (a diffusers-sdxl pair: both), the embedding, and its run's settings
     (a TrainConfig, or None for a file from elsewhere)."""
     from .errors import ConfigError
-    from .formats import detect_format, diffusers_file, load_embedding, second_file
+    from .formats import diffusers_file, read_embedding, second_file
     from .run_folder import embedding_file, saved_run
 
     if not source.exists():
@@ -198,8 +198,8 @@ def _published_files(source: Path):
         if file is None:
             raise ConfigError(f"{source} holds no embedding file textinv wrote (no config.yaml naming one, no "
                               f"learned_embeds.*): give the embedding file itself")
-    emb = load_embedding(file)
-    pair = detect_format(file) == "diffusers-sdxl"  # (read with its second file beside it)
+    emb, layout = read_embedding(file)
+    pair = layout == "diffusers-sdxl"  # (read with its second file beside it)
     found = saved_run(file.parent) or saved_run(file.parent.parent)
     return [file, second_file(file)] if pair else [file], emb, found[0] if found else None
 

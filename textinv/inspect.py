@@ -15,7 +15,7 @@ import torch
 from . import modelspec
 from .emphasis import CHUNK
 from .families import FAMILY_NAMES, FAMILY_WIDTHS, describe_widths
-from .formats import ModelSpecWarning, _resolve, describe, detect_format, load_embedding
+from .formats import ModelSpecWarning, _resolve, describe, read_embedding
 from .generate import uses_clip_l_half
 from .models import load_model
 from .tokens import base_embedding
@@ -65,12 +65,12 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        emb = load_embedding(path)
+        emb, layout = read_embedding(path)  # (the file read once)
     mismatch = [str(w.message) for w in caught if issubclass(w.category, ModelSpecWarning)]
     for w in caught:
         if not issubclass(w.category, ModelSpecWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    report = {"file": str(path), "format": detect_format(path)}
+    report = {"file": str(path), "format": layout}
     nearest = None
     if model is not None:
         loaded = load_model(model, revision=revision, variant=variant)
