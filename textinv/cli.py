@@ -213,7 +213,6 @@ def cmd_evaluate(args) -> int:
     from .models import DTYPES, load_model, pick_device
     from .shapes.evaluate import (caption_fidelity, check_judged_size, evaluate, fidelity_markdown, first_concepts,
                                   format_fidelity, format_markdown, print_table, settings, write_results)
-    from .samplers import scheduler_for
     from .shapes.probe import DEFAULT_PATH, Probe
 
     if args.captions < 0:
@@ -228,7 +227,6 @@ def cmd_evaluate(args) -> int:
                        variant=args.variant)
     probe = Probe.load(args.probe or DEFAULT_PATH)
     check_judged_size(model)
-    scheduler_for(model.pipeline.scheduler, config.sampler)  # (one the model's schedule refuses: now, not after training)
     results = []
     if args.captions:
         # a given --seed moves the captions' seeds too; without it they stay the published tables' (2000, ...)
