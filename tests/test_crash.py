@@ -608,3 +608,43 @@ def test_a_lock_file_removed_as_it_was_taken_is_taken_again(tmp_path, monkeypatc
         take_lock(lock, str)
     drop_lock(held, lock)
     assert not lock.exists() and held.closed
+
+
+def test_a_signal_as_a_finished_run_lets_go_of_its_folder_is_the_runs_not_pythons(sd1_dir, images, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """The run's handlers went back before `train` let go of the folder and the model: a Ctrl-C then was Python's
+    KeyboardInterrupt ("interrupted", 130, for a run complete and saved), a SIGTERM its kill (no message, the lock
+    file left). Now the run ends as it would have, saying the signal came as it finished, and the handlers go back
+    after."""
+    import contextlib
+
+    real_lock, sent = train_module.run_lock, []
+
+    @contextlib.contextmanager
+    def run_lock(out, is_main=True):
+        with real_lock(out, is_main):
+            yield
+            os.kill(os.getpid(), sent[-1])  # (the run has returned; the folder is let go of next)
+
+    class Killed(Exception):
+        pass
+
+    def default(signum, frame):  # (stands for SIGTERM's default action, which would end pytest itself)
+        raise Killed
+
+    monkeypatch.setattr(train_module, "run_lock", run_lock)
+    sent.append(signal.SIGINT)
+    out = tmp_path / "cli"
+    assert cli.main(["train", "--images", str(images), "--token", "<zq>", "--init", "dog", "--out", str(out),
+                     "--model", str(sd1_dir), "--steps", "2", "--batch", "2", "--sample-every", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "SIGINT: the run is complete and saved, finishing up" in err and "interrupted" not in err
+    assert not (out / LOCK_FILE).exists()
+    sent.append(signal.SIGTERM)
+    before = signal.signal(signal.SIGTERM, default)
+    try:
+        result = train(config(images, tmp_path / "api", steps=2), model=load_model(sd1_dir), progress=False)
+        assert signal.getsignal(signal.SIGTERM) is default  # (put back once the run is done)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert result.steps == 2 and "SIGTERM: the run is complete and saved, finishing up" in capsys.readouterr().err

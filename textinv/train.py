@@ -523,8 +523,12 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     def run() -> TrainResult:
         # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            with run_lock(Path(config.out), state.is_main_process), _handed_back(model):  # (one run per folder)
-                return _train(config, model, progress, on_step, state, device, source, where, prompts_from)
+            # the run's signal handlers (`_StopRequest`, from its first step) go back last, once the folder is let go
+            # of and the model handed back: a signal in those last moments is the run's, not Python's
+            with contextlib.ExitStack() as handlers, run_lock(Path(config.out), state.is_main_process), \
+                    _handed_back(model):  # (one run per folder)
+                return _train(config, model, progress, on_step, state, device, source, where, prompts_from,
+                              handlers=handlers)
 
     # out of memory: raised once the lock is released and the model handed back, as `out_of_memory_as` raises it
     return out_of_memory_as(run, lambda e: _memory_error(where, device, e), lambda: device)
@@ -746,10 +750,12 @@ def _pictures(config: TrainConfig, folder: str | None) -> PictureSet:
 
 
 def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device,
-           source: str | None = None, where: _Where | None = None, prompts_from: str | None = None) -> TrainResult:
+           source: str | None = None, where: _Where | None = None, prompts_from: str | None = None,
+           *, handlers: contextlib.ExitStack) -> TrainResult:
     """`train`'s run; `source`: the --dataset-config the config's subsets and settings were read from; `where`: what
     it is doing, kept up to date for `_memory_error`; `prompts_from`: the kohya sample prompts file its sample
-    prompts were read from."""
+    prompts were read from; `handlers`: where the run's signal handlers are put back (`train`'s, once it has let
+    go of the folder and the model)."""
     where = where or _Where(config, torch.float32)
     is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
 
@@ -1114,6 +1120,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         own_group = torch.distributed.get_backend() != "gloo"  # (NCCL's collectives need GPU tensors)
         group = torch.distributed.new_group(backend="gloo") if own_group else torch.distributed.group.WORLD
     stop = _StopRequest(group)
+    handlers.callback(stop.release)
 
     def wait_for_main() -> None:
         """The other processes leave only once the main one has saved: a launcher that sees one process end
@@ -1253,14 +1260,15 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         # notebook keeps), nor past the run
         captured = None  # noqa: F841
         # Each part runs whatever a Ctrl-C or SIGTERM cuts short (a tracker's close may take a while: wandb's
-        # upload), and the handlers go back last: put back first, a signal would be Python's KeyboardInterrupt, or
-        # SIGTERM's kill, before the tracker was closed. A signal here ends only the part it lands in: a run that got
-        # here is saved (an error on its way out goes on as it was)
+        # upload), and the handlers stay: put back, a signal would be Python's KeyboardInterrupt, or SIGTERM's kill,
+        # before the tracker was closed. A signal here ends only the part it lands in: a run that got here is saved
+        # (an error on its way out goes on as it was). Then the run has ended (`_StopRequest.end`): what is left
+        # takes moments, and a signal changes nothing (`train` puts the handlers back once the folder is let go of)
         _each([bar.close,  # (before an error's message, not after it)
                *(lambda te=te: delattr(te, "forward") for te in autocast_text),
                (lambda: torch.distributed.destroy_process_group(group)) if own_group else None,
                tracker.finish if tracker is not None else None,
-               stop.release])
+               stop.end])
     if is_main and progress:
         took = time.time() - started
         learned = ", ".join(c.token for c in concepts)
@@ -1333,12 +1341,17 @@ class _StopRequest:
         self.holding = False  # between a step's update and its log entry a second Ctrl-C waits (`hold`)
         self.deferred = False
         self.finished = False  # the last step's files are all saved: a signal now stops nothing that needs resuming
+        self.ended = False  # the run has ended, saved or not, and only lets go of its folder and model (`end`)
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        if self.ended:  # (its outcome is decided: complete, stopped or failed, it is said as it would have been)
+            doing = f"the run {'is complete and saved' if self.finished else 'has ended'}, finishing up"
+            print(f"\n{signal.Signals(signum).name}: {doing}", file=sys.stderr, flush=True)
+            return
         if self.asked:
             if self.holding:
                 self.deferred = True
@@ -1368,6 +1381,12 @@ class _StopRequest:
         if self.deferred:
             self.deferred = False
             raise KeyboardInterrupt
+
+    def end(self) -> None:
+        """The run has ended, saved or not, and only lets go of its folder and model, which takes moments: a signal
+        now is noted and stops nothing, so the run ends as it would have (complete, or with its interruption or
+        error said as the run says them), not with a bare KeyboardInterrupt or SIGTERM's kill."""
+        self.ended = True
 
     def release(self) -> None:
         for sig, previous in reversed(self._previous.items()):  # (SIGINT's last: its own raises KeyboardInterrupt)
