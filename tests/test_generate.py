@@ -1662,10 +1662,10 @@ def test_again_reads_clip_skip_loras_and_a_batch_from_a_comfyui_graph_and_names_
            "'a cat, film grain'; textinv gives both encoders one prompt: its text_g" in said
 
 
-def test_again_reads_the_sampler_a_comfyui_picture_comes_from_of_several(sd1_dir, tmp_path):
-    """A hires fix: a first KSampler, its latent upscaled, a second KSampler over it at denoise 0.5, which the saved
-    picture comes from. That one is read (its size the upscaled one), the first named; drawing from noise said. Of
-    two saved pictures (the first pass's too), the one whose size is the picture's."""
+def _comfy_hires_graph():
+    """ComfyUI's two-pass hires fix: the default graph's KSampler (node 3, 24x16), its latent enlarged 2x
+    (LatentUpscaleBy node 10), redrawn by a second KSampler at denoise 0.5 (node 11), which the saved picture comes
+    from; the first pass's picture is looked at (PreviewImage node 13)."""
     graph = _comfy_graph()
     graph.update({
         "10": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact",
@@ -1674,22 +1674,33 @@ def test_again_reads_the_sampler_a_comfyui_picture_comes_from_of_several(sd1_dir
             "seed": 77, "steps": 3, "cfg": 5.0, "sampler_name": "euler_ancestral", "scheduler": "normal",
             "denoise": 0.5, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["10", 0]}},
         "12": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "13": {"class_type": "PreviewImage", "inputs": {"images": ["12", 0]}},  # (the first pass, looked at)
+        "13": {"class_type": "PreviewImage", "inputs": {"images": ["12", 0]}},
     })
     graph["8"]["inputs"]["samples"] = ["11", 0]
-    config, said = _notes(_comfy_picture(tmp_path / "hires.png", graph, (48, 32)), {"model": str(sd1_dir)})
+    return graph
+
+
+def test_again_reads_the_sampler_a_comfyui_picture_comes_from_of_several(sd1_dir, tmp_path):
+    """Two samplers that are no hires fix textinv draws (the first refined a latent itself): the one the saved picture
+    comes from is read (its size the upscaled one), the other named, drawing from noise said. Of two saved pictures
+    (the first pass's too), the one whose size is the picture's."""
+    graph = _comfy_hires_graph()
+    graph["3"]["inputs"]["denoise"] = 0.8
+    config, said = _notes(_comfy_picture(tmp_path / "two-pass.png", graph, (48, 32)), {"model": str(sd1_dir)})
     assert (config.seed, config.steps, config.guidance, config.sampler) == (77, 3, 5.0, "euler_a")
     assert (config.width, config.height, config.prompt) == (48, 32, ["a (red:1.2) cat embedding:zz"])
+    assert config.hires() is False and config.denoise is None
     assert "PICTURE: its ComfyUI graph has other samplers than KSampler node 11, which the saved picture comes " \
            "from and which is read: KSampler node 3: seed 1234, 2 steps (not applied)" in said
     assert any(s.startswith("PICTURE was drawn by ComfyUI's KSampler node 11 with denoise 0.5: it refined a picture "
                             "it was given") and "textinv draws it from noise (text to image)" in s for s in said)
     assert any("not applied from its ComfyUI graph: LatentUpscaleBy node 10 " in s for s in said)
-    # both passes saved: the picture's size tells which it is
+    # both passes of a hires fix saved: the picture's size tells which it is (the first pass alone, or both)
+    graph = _comfy_hires_graph()
     graph["13"]["class_type"] = "SaveImage"
-    for size, seed in (((24, 16), 1234), ((48, 32), 77)):
+    for size, hires_scale in (((24, 16), None), ((48, 32), 2.0)):
         config, said = _notes(_comfy_picture(tmp_path / "two.png", graph, size), {"model": str(sd1_dir)})
-        assert config.seed == seed
+        assert (config.seed, config.width, config.hires_scale) == (1234, 24, hires_scale)
         assert any("its ComfyUI graph saves the pictures of 2 samplers; read as" in s for s in said)
     # img2img: the latent is a picture's (VAEEncode), so its size is the saved picture's, the decoder's own
     graph = _comfy_graph()
@@ -1713,6 +1724,174 @@ def test_again_reads_the_sampler_a_comfyui_picture_comes_from_of_several(sd1_dir
     config, said = _notes(_comfy_picture(tmp_path / "adv.png", graph), {"model": str(sd1_dir)})
     assert any(s.startswith("PICTURE was drawn by ComfyUI's KSamplerAdvanced node 3 from step 1 to 10000 of 2 "
                             "without adding noise: it refined a picture it was given") for s in said)
+
+
+def test_again_follows_a_comfyui_hires_fix_in_latents_into_textinvs_hires_settings(sd1_dir, tmp_path):
+    """ComfyUI's hires fix (KSampler, LatentUpscale or LatentUpscaleBy, a second KSampler at denoise < 1) was read
+    from its second sampler alone, drawn from noise at the enlarged size. Now the first sampler's seed, steps, cfg,
+    sampler and empty latent are the drawing's, the second's steps, denoise and sampler the hires fix's, the upscale
+    node its size and upscaler; what textinv draws otherwise (one seed, one cfg) is said."""
+    from textinv.again import read_picture
+
+    def read(graph, size=(48, 32)):
+        return _notes(_comfy_picture(tmp_path / "hires.png", graph, size), {"model": str(sd1_dir)})
+
+    config, said = read(_comfy_hires_graph())
+    assert (config.seed, config.steps, config.guidance, config.sampler) == (1234, 2, 6.5, "dpm++2m_karras")
+    assert (config.width, config.height, config.prompt) == (24, 16, ["a (red:1.2) cat embedding:zz"])
+    assert (config.hires_scale, config.hires_width, config.hires_height) == (2.0, None, None)
+    assert (config.hires_steps, config.denoise) == (3, 0.5)
+    assert (config.hires_upscaler, config.hires_sampler) == ("latent-nearest-exact", "euler_a")
+    assert said == [
+        "PICTURE: its ComfyUI hires fix draws its second pass's noise from seed 77 (KSampler node 11), its first's "
+        "from 1234; textinv draws both passes from one seed, the first's, so expect the finer detail to differ",
+        "PICTURE: its ComfyUI hires fix's second pass (KSampler node 11) has another cfg than its first (KSampler node "
+        "3); textinv redraws with the first's"]
+    # one seed, one cfg, one sampler: nothing to say, no --hires-sampler
+    graph = _comfy_hires_graph()
+    graph["11"]["inputs"].update(seed=1234, cfg=6.5, sampler_name="dpmpp_2m", scheduler="karras")
+    config, said = read(graph)
+    assert (config.hires_sampler, said) == (None, [])
+    # a third sampler is named as not applied
+    graph["20"] = {"class_type": "KSampler", "inputs": {**graph["3"]["inputs"], "seed": 5}}
+    assert read(graph)[1] == ["PICTURE: its ComfyUI graph has other samplers than KSampler node 11, which the saved "
+                              "picture comes from, and its hires fix's first pass KSampler node 3, which are read: "
+                              "KSampler node 20: seed 5, 2 steps (not applied)"]
+    del graph["20"]
+    # another prompt on the second pass is said (textinv has one prompt for both)
+    graph["14"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat, detailed", "clip": ["4", 1]}}
+    graph["11"]["inputs"]["positive"] = ["14", 0]
+    assert read(graph)[1] == ["PICTURE: its ComfyUI hires fix's second pass (KSampler node 11) has another positive "
+                              "prompt than its first (KSampler node 3); textinv redraws with the first's"]
+    # LatentUpscale: to a width (0 height: the first pass's proportions), to both sides at its proportions, and to
+    # other proportions, which ComfyUI stretches (or crops from the middle before it enlarges): both sides, said
+    graph = _comfy_hires_graph()
+    graph["10"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["3", 0], "upscale_method": "bilinear",
+                                                             "width": 48, "height": 0, "crop": "disabled"}}
+    config, said = read(graph)
+    assert (config.hires_scale, config.hires_width, config.hires_height, config.hires_upscaler) == (
+        None, 48, None, "latent")
+    graph["10"]["inputs"]["height"] = 32
+    assert (read(graph)[0].hires_width, read(graph)[0].hires_height) == (48, None)
+    graph["10"]["inputs"]["height"] = 40
+    config, said = read(graph, (48, 40))
+    assert (config.hires_width, config.hires_height) == (48, 40)
+    assert "PICTURE: its ComfyUI hires fix enlarged its first pass of 24x16 to 48x40 (LatentUpscale node 10), other " \
+           "proportions: ComfyUI stretched the picture to them; textinv enlarges it to cover them and cuts the " \
+           "overhang from the middle (the web UI's way), so the redraw keeps the shapes' proportions where " \
+           "ComfyUI's changed them" in said
+    graph["10"]["inputs"]["crop"] = "center"
+    assert any("ComfyUI cut the middle at their proportions, then enlarged that; textinv enlarges, then cuts whole "
+               "latents from the middle (the web UI's way)" in s for s in read(graph, (48, 40))[1])
+    # ComfyUI's methods textinv lacks: the nearest it has, said
+    for method, ours in (("area", "latent-nearest"), ("bislerp", "latent"), ("bicubic", "latent-bicubic")):
+        graph = _comfy_hires_graph()
+        graph["10"]["inputs"]["upscale_method"] = method
+        config, said = read(graph)
+        assert config.hires_upscaler == ours
+        named = [s for s in said if "which textinv does not have" in s]
+        assert named == ([] if method == "bicubic" else [
+            f"PICTURE: its ComfyUI hires fix enlarged its first pass's latent with {method!r} (LatentUpscaleBy node "
+            f"10), which textinv does not have: read as --hires-upscaler {ours}, the nearest it has"])
+    # a second sampler textinv does not have is asked for by --hires-sampler
+    graph = _comfy_hires_graph()
+    graph["11"]["inputs"]["scheduler"] = "beta"
+    with pytest.raises(ConfigError, match=r"redrawn by its hires fix \(KSampler node 11\) with ComfyUI's sampler "
+                                          r"'euler_ancestral' and scheduler 'beta'.*--hires-sampler"):
+        read(graph)
+    assert _notes(_comfy_picture(tmp_path / "h.png", graph, (48, 32)), {"model": str(sd1_dir),
+                                                                       "hires_sampler": "euler"})[0].hires_sampler \
+        == "euler"
+    # not a hires fix textinv draws: a second pass at denoise 1, or one no larger than the first (read as before)
+    for change in ({"denoise": 1.0}, ):
+        graph = _comfy_hires_graph()
+        graph["11"]["inputs"].update(change)
+        assert read_picture(_comfy_picture(tmp_path / "h.png", graph, (48, 32))).settings.get("hires_scale") is None
+    graph = _comfy_hires_graph()
+    graph["10"]["inputs"]["scale_by"] = 1.0
+    picture = read_picture(_comfy_picture(tmp_path / "h.png", graph, (24, 16)))
+    assert picture.settings["seed"] == 77 and "hires_scale" not in picture.settings
+    assert any("KSampler node 11 with denoise 0.5: it refined a picture" in s for s in picture.notes)
+
+
+def test_again_follows_a_comfyui_hires_fix_in_pictures_and_with_advanced_samplers(sd1_dir, tmp_path):
+    """The hires fix in pixels (VAEDecode, ImageScale or ImageScaleBy, or an upscaling network, then VAEEncode) and
+    with KSamplerAdvanced (its second pass starting at a step: the same pass as a denoise) is followed too; a network
+    textinv does not run is Lanczos's, said."""
+    def read(graph, size=(48, 32)):
+        return _notes(_comfy_picture(tmp_path / "hires.png", graph, size), {"model": str(sd1_dir)})
+
+    graph = _comfy_hires_graph()
+    graph.update({
+        "10": {"class_type": "ImageScaleBy", "inputs": {"image": ["12", 0], "upscale_method": "lanczos",
+                                                        "scale_by": 2.0}},
+        "14": {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}},
+    })
+    graph["11"]["inputs"].update(latent_image=["14", 0], seed=1234, cfg=6.5)
+    config, said = read(graph)
+    assert (config.seed, config.width, config.height, config.hires_scale) == (1234, 24, 16, 2.0)
+    assert (config.hires_upscaler, config.hires_steps, config.denoise, said) == ("lanczos", 3, 0.5, [])
+    # ImageScale to a size, with a method textinv lacks for pictures
+    graph["10"] = {"class_type": "ImageScale", "inputs": {"image": ["12", 0], "upscale_method": "bilinear",
+                                                          "width": 0, "height": 32, "crop": "disabled"}}
+    config, said = read(graph)
+    assert (config.hires_scale, config.hires_width, config.hires_height, config.hires_upscaler) == (
+        None, 48, None, "lanczos")
+    assert said == ["PICTURE: its ComfyUI hires fix enlarged its first pass's picture with 'bilinear' (ImageScale "
+                    "node 10), which textinv does not have: read as --hires-upscaler lanczos, the nearest it has"]
+    # an upscaling network, then halved: its size is the saved picture's
+    graph.update({
+        "10": {"class_type": "ImageScaleBy", "inputs": {"image": ["15", 0], "upscale_method": "nearest-exact",
+                                                        "scale_by": 0.5}},
+        "15": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["16", 0], "image": ["12", 0]}},
+        "16": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "4x-UltraSharp.pth"}},
+    })
+    config, said = read(graph)
+    assert (config.hires_width, config.hires_height, config.hires_upscaler) == (48, None, "lanczos")
+    assert said == ["PICTURE: its ComfyUI hires fix enlarged its first pass with the upscaling network "
+                    "4x-UltraSharp.pth (ImageUpscaleWithModel node 15), which textinv does not run: it is enlarged "
+                    "with Lanczos (--hires-upscaler lanczos), then redrawn as ComfyUI redrew it, so expect the finer "
+                    "detail to differ"]
+    # KSamplerAdvanced: the second pass's steps 10 from step 4 are 6 hires steps of a schedule of 10 (denoise 0.6)
+    graph = _comfy_hires_graph()
+    for node, seed, start in (("3", 1234, 0), ("11", 1234, 4)):
+        inputs = graph[node]["inputs"]
+        del inputs["seed"], inputs["denoise"]
+        inputs.update(noise_seed=seed, add_noise="enable", start_at_step=start, end_at_step=10000,
+                      return_with_leftover_noise="disable", cfg=6.5)
+        graph[node]["class_type"] = "KSamplerAdvanced"
+    graph["11"]["inputs"]["steps"] = 10
+    config, said = read(graph)
+    assert (config.seed, config.steps, config.hires_steps, config.denoise, config.hires_scale) == (
+        1234, 2, 6, 0.6, 2.0)
+    from textinv.refine import pass_steps
+
+    assert pass_steps(config.hires_steps, config.denoise, hires=True) == (10, 6)
+    # one that adds no noise (an SDXL refiner's handing on) is no hires fix: read as before, said
+    graph["11"]["inputs"]["add_noise"] = "disable"
+    config, said = read(graph)
+    assert (config.seed, config.hires_scale) == (1234, None)
+    assert any("KSamplerAdvanced node 11 from step 4 to 10000 of 10 without adding noise" in s for s in said)
+
+
+def test_again_redraws_a_comfyui_hires_fix_at_its_enlarged_size(sd1_dir, tmp_path):
+    """End to end: a ComfyUI hires picture drawn again on the tiny model is drawn by textinv's hires fix at the
+    enlarged size, its record holding the hires settings read from the graph."""
+    import json
+
+    from textinv.cli import main
+
+    graph = _comfy_hires_graph()
+    graph["6"]["inputs"]["text"] = "a red cat"
+    graph["11"]["inputs"].update(seed=1234, cfg=6.5)
+    picture = _comfy_picture(tmp_path / "ComfyUI_hires.png", graph, (48, 32))
+    assert main(["generate", "--again", str(picture), "--model", str(sd1_dir), "--out", str(tmp_path / "r")]) == 0
+    (drawn,) = (tmp_path / "r").iterdir()
+    assert Image.open(drawn).size == (48, 32)
+    settings = json.loads(Image.open(drawn).text["textinv_settings"])["settings"]
+    assert (settings["width"], settings["height"], settings["hires_scale"], settings["hires_steps"]) == (24, 16, 2.0, 3)
+    assert (settings["denoise"], settings["hires_upscaler"], settings["hires_sampler"]) == (
+        0.5, "latent-nearest-exact", "euler_a")
 
 
 def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_lacks(sd1_dir, tmp_path):

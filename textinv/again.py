@@ -22,7 +22,8 @@ What a picture's text can hold, and how each is read:
 - ComfyUI's graph, its `prompt` text (the API format: {node id: {"class_type", "inputs"}}, an input from another node
   a link [node id, output index]; its `workflow` text is the editor's layout, not read). From the saved picture its
   links are followed back through VAEDecode to the KSampler or KSamplerAdvanced it comes from (of several samplers,
-  e.g. a hires fix's two passes, that one; the others are named): its seed, steps, cfg, sampler and scheduler (as
+  that one; the others are named; a hires fix's two passes are read as textinv's hires fix, its first pass's
+  settings the drawing's: `_comfy_hires`): its seed, steps, cfg, sampler and scheduler (as
   textinv's sampler, `samplers.from_comfy`); the prompts of the CLIPTextEncode nodes its links reach (through pass-through
   nodes, to a Primitive or string node holding the text; SDXL's text_g); the EmptyLatentImage's size; clip skip from
   CLIPSetLastLayer; each LoraLoader as a `<lora:...>` tag added to the prompt. A denoise below 1 (img2img), a batch,
@@ -52,7 +53,7 @@ from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import EMBEDDING_SUFFIXES, file_digest, hash_name, lora_files, lora_sha256
 from .hub import hub_reference
 from .run_folder import _nfc
-from .refine import SPELLINGS as UPSCALER_SPELLINGS
+from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
@@ -578,9 +579,24 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
     graph = _ComfyGraph(path, {str(k): v for k, v in nodes.items()})
     notes: list[str] = []
     save, sampler, decoder, changed = _comfy_saved(graph, picture_size, notes)
-    named, inputs = graph.named(sampler), graph.inputs(sampler)
     settings: dict[str, Any] = {}
     needs: dict[str, str] = {}
+    # a hires fix's two passes: the first's settings are the drawing's, the second's the hires fix's
+    hires = _comfy_hires(graph, sampler, picture_size, changed, needs, notes)
+    read = {sampler}
+    others = [n for n in graph.nodes if graph.cls(n) in _COMFY_SAMPLER_NODES and n != sampler
+              and not (hires and n == hires.first)]
+    if others:
+        described = "; ".join(f"{graph.named(n)}: seed {graph.value(n, graph.seed_input(n), (int,))}, "
+                              f"{graph.value(n, 'steps', (int,))} steps" for n in others)
+        first = f", and its hires fix's first pass {graph.named(hires.first)}, which are" if hires else " and which is"
+        notes.append(f"{path}: its ComfyUI graph has other samplers than {graph.named(sampler)}, which the saved "
+                     f"picture comes from{first} read: {described} (not applied)")
+    if hires is not None:
+        settings.update(hires.settings)
+        read |= hires.read
+        sampler = hires.first
+    named, inputs = graph.named(sampler), graph.inputs(sampler)
 
     for name, setting, kinds in ((graph.seed_input(sampler), "seed", (int,)), ("steps", "steps", (int,)),
                                  ("cfg", "guidance", (int, float))):
@@ -598,7 +614,8 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
         needs["sampler"] = (f"--again {path} was drawn with ComfyUI's sampler {sampler_name!r} and scheduler "
                             f"{scheduler!r} ({named}), which textinv does not have: choose one with --sampler "
                             f"(textinv generate --help lists them), or default")
-    _comfy_partial(graph, sampler, notes)
+    if hires is None:
+        _comfy_partial(graph, sampler, notes)
 
     clip: list[str] = []
     for side, setting in (("positive", "prompt"), ("negative", "negative_prompt")):
@@ -650,7 +667,8 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
     if vae is not None and graph.cls(vae[0]) == "VAELoader":
         notes.append(f"{path} was decoded with ComfyUI's VAE {graph.value(vae[0], 'vae_name', (str,))} "
                      f"({graph.named(vae[0])}), not its checkpoint's: give it with --vae (its file or folder)")
-    other = [graph.named(n) for n in graph.passed(save) if graph.cls(n) not in _COMFY_READ or n in unread]
+    other = [graph.named(n) for n in graph.passed(save)
+             if (graph.cls(n) not in _COMFY_READ and n not in read) or n in unread]
     if other:
         notes.append(f"{path}: not applied from its ComfyUI graph: {', '.join(other)} (textinv draws with the model, "
                      f"prompts, LoRAs and VAE alone), so the redraw is without them")
@@ -659,9 +677,8 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
 
 def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int], notes: list[str]) -> tuple[str, str, str | None, bool]:
     """(the save node, the sampler its picture comes from, their decoder, whether a node between them changed the
-    picture). Of save nodes leading to several samplers, the one whose size is the picture's, else the last; the
-    graph's other samplers (a hires fix's first pass) are named in `notes`. A graph with none textinv can follow is
-    refused."""
+    picture). Of save nodes leading to several samplers, the one whose size is the picture's, else the last, said in
+    `notes`. A graph with none textinv can follow is refused."""
     consumed = {source[0] for n in graph.nodes for v in graph.inputs(n).values() if (source := graph.link(v))}
     saves = ([n for n in graph.nodes if graph.cls(n) == "SaveImage"]
              or [n for n in graph.nodes if graph.cls(n) == "PreviewImage"]
@@ -688,12 +705,6 @@ def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int], notes: list[str]) ->
         notes.append(f"{graph.path}: its ComfyUI graph saves the pictures of {len({f[1] for f in found})} samplers; "
                      f"read as {graph.named(chosen[1])}'s{', its size the picture' + chr(39) + 's' if fits else ''}: "
                      f"give another's settings as flags if it drew this one")
-    others = [n for n in graph.nodes if graph.cls(n) in _COMFY_SAMPLER_NODES and n != chosen[1]]
-    if others:
-        described = "; ".join(f"{graph.named(n)}: seed {graph.value(n, graph.seed_input(n), (int,))}, "
-                              f"{graph.value(n, 'steps', (int,))} steps" for n in others)
-        notes.append(f"{graph.path}: its ComfyUI graph has other samplers than {graph.named(chosen[1])}, which the "
-                     f"saved picture comes from and which is read: {described} (not applied)")
     return chosen
 
 
@@ -701,21 +712,240 @@ def _comfy_partial(graph: _ComfyGraph, sampler: str, notes: list[str]) -> None:
     """Note a sampler that refined a latent it was given (img2img, a hires pass, an SDXL refiner's last steps):
     textinv draws from noise with all its steps, so the redraw is another picture."""
     named = graph.named(sampler)
+    if _comfy_full(graph, sampler):
+        return
     if graph.cls(sampler) == "KSampler":
         denoise = graph.value(sampler, "denoise", (int, float))
-        if denoise == 1:
-            return
         how = f"with denoise {denoise}" if denoise is not None else "with a denoise textinv cannot read"
     else:
         start = graph.value(sampler, "start_at_step", (int,))
         end, steps = graph.value(sampler, "end_at_step", (int,)), graph.value(sampler, "steps", (int,))
         noise = graph.value(sampler, "add_noise", (str,))
-        if start == 0 and noise == "enable" and steps is not None and end is not None and end >= steps:
-            return
         how = f"from step {start} to {end} of {steps}{' without adding noise' if noise == 'disable' else ''}"
     notes.append(f"{graph.path} was drawn by ComfyUI's {named} {how}: it refined a picture it was given (img2img, "
                  f"or a pass over another sampler's), and textinv draws it from noise (text to image), so the redraw "
                  f"is another picture")
+
+
+# ComfyUI's upscale_method as textinv's --hires-upscaler: for latents (LatentUpscale, LatentUpscaleBy) and for
+# pictures (ImageScale, ImageScaleBy). textinv has the web UI's upscalers; a method it lacks reads as the nearest it
+# has, which is said. (torch's "area" enlarging by a whole factor averages one latent a pixel: nearest's; "bislerp" is
+# bilinear along arcs.)
+_COMFY_LATENT_METHODS = {"bilinear": "latent", "bicubic": "latent-bicubic", "nearest-exact": "latent-nearest-exact",
+                         "area": "latent-nearest", "bislerp": "latent"}
+_COMFY_PICTURE_METHODS = {"lanczos": "lanczos", "nearest-exact": "nearest", "area": "nearest", "bilinear": "lanczos",
+                          "bicubic": "lanczos"}
+# (the methods textinv has as they are, the rest read as the nearest)
+_COMFY_SAME_METHODS = {"latent": {"bilinear", "bicubic", "nearest-exact"}, "picture": {"lanczos", "nearest-exact"}}
+_COMFY_PICTURE_SCALERS = ("ImageScale", "ImageScaleBy", "ImageUpscaleWithModel")
+
+
+@dataclass
+class _ComfyHires:
+    """A ComfyUI graph's hires fix, as textinv's settings."""
+
+    first: str  # the first pass's sampler, whose settings are the drawing's
+    settings: dict[str, Any]  # denoise and the hires_* settings
+    read: set[str]  # the nodes read into them: the first sampler, the upscalers, VAEEncode, ...
+
+
+def _comfy_hires(graph: _ComfyGraph, second: str, size: tuple[int, int], changed: bool, needs: dict[str, str],
+                 notes: list[str]) -> _ComfyHires | None:
+    """The web UI's hires fix a ComfyUI graph drew, read into textinv's settings: a first sampler from an
+    EmptyLatentImage, its latent enlarged (LatentUpscale, LatentUpscaleBy) or its picture (VAEDecode, then
+    ImageScale, ImageScaleBy or ImageUpscaleWithModel, then VAEEncode), redrawn by `second` (the sampler the saved
+    picture of `size` comes from; `changed`: resized after it) over the last of a longer schedule. None when the graph
+    is not of that shape: `second` is then read alone, as a picture it refined (`_comfy_partial`).
+
+    ComfyUI's KSampler at denoise d runs its `steps` as the last of a schedule int(steps / d) long
+    (comfy/samplers.py, KSampler.set_steps), as the web UI counts its Hires steps (`refine.pass_steps`): its steps
+    are --hires-steps and its denoise --denoise. KSamplerAdvanced's start_at_step s of `steps` is the same pass of
+    steps - s, its denoise the one whose schedule is `steps` long."""
+    redraw = _comfy_refine(graph, second)
+    link = graph.link(graph.inputs(second).get("latent_image"))
+    if redraw is None or link is None:
+        return None
+    scalers, read = [], {second}
+    if graph.cls(link[0]) in ("LatentUpscale", "LatentUpscaleBy"):
+        scalers = [link[0]]
+        enlarged = graph.latent_size(link)
+        link = graph.link(graph.inputs(link[0]).get("samples"))
+    elif graph.cls(link[0]) == "VAEEncode":
+        read.add(link[0])
+        link = graph.link(graph.inputs(link[0]).get("pixels"))
+        while link is not None and graph.cls(link[0]) in _COMFY_PICTURE_SCALERS and link[0] not in scalers:
+            scalers.insert(0, link[0])
+            link = graph.link(graph.inputs(link[0]).get("image"))
+        if not scalers or link is None or graph.cls(link[0]) not in _COMFY_DECODERS:
+            return None
+        read.add(link[0])
+        link = graph.link(graph.inputs(link[0]).get("samples"))
+        enlarged = None
+    else:
+        return None
+    if link is None or graph.cls(link[0]) not in _COMFY_SAMPLER_NODES or not _comfy_full(graph, link[0]):
+        return None
+    first = link[0]
+    empty = graph.link(graph.inputs(first).get("latent_image"))
+    start = graph.latent_size(empty) if empty is not None and graph.cls(empty[0]) == "EmptyLatentImage" else None
+    if start is None:
+        return None
+    width, height = start[:2]
+    if graph.cls(scalers[0]) in ("LatentUpscale", "LatentUpscaleBy"):
+        target = enlarged and enlarged[:2]
+    else:
+        target = _comfy_picture_enlarged(graph, scalers, (width, height), None if changed else size)
+    target = target and (target[0] // 8 * 8, target[1] // 8 * 8)  # (in whole latents, as ComfyUI's VAE takes it)
+    if not target or target[0] < width or target[1] < height or target == (width, height):
+        return None  # (a pass at the first's size or smaller is no hires fix textinv draws)
+
+    path, settings = graph.path, {"hires_steps": redraw[0], "denoise": redraw[1]}
+    settings.update(_comfy_hires_size(graph, scalers, (width, height), target, notes))
+    settings["hires_upscaler"] = _comfy_upscaler(graph, scalers, read, notes)
+    read |= {first, *scalers}
+    pairs = [(graph.value(n, "sampler_name", (str,)), graph.value(n, "scheduler", (str,))) for n in (first, second)]
+    if pairs[1] != pairs[0]:
+        ours = from_comfy(*pairs[1]) if all(pairs[1]) else None
+        if ours:
+            settings["hires_sampler"] = ours
+        else:
+            needs["hires_sampler"] = (f"--again {path} was redrawn by its hires fix ({graph.named(second)}) with "
+                                      f"ComfyUI's sampler {pairs[1][0]!r} and scheduler {pairs[1][1]!r}, which textinv "
+                                      f"does not have: choose one with --hires-sampler (textinv generate --help lists "
+                                      f"them)")
+    seeds = [graph.value(n, graph.seed_input(n), (int,)) for n in (first, second)]
+    if seeds[0] != seeds[1]:
+        notes.append(f"{path}: its ComfyUI hires fix draws its second pass's noise from seed {seeds[1]} "
+                     f"({graph.named(second)}), its first's from {seeds[0]}; textinv draws both passes from one seed, "
+                     f"the first's, so expect the finer detail to differ")
+    differ = [what for name, what in (("cfg", "cfg"), ("positive", "positive prompt"),
+                                      ("negative", "negative prompt"), ("model", "model"))
+              if _comfy_given(graph, first, name) != _comfy_given(graph, second, name)]
+    if differ:
+        notes.append(f"{path}: its ComfyUI hires fix's second pass ({graph.named(second)}) has another "
+                     f"{', '.join(differ)} than its first ({graph.named(first)}); textinv redraws with the first's")
+    return _ComfyHires(first, settings, read)
+
+
+def _comfy_given(graph: _ComfyGraph, node: str, name: str):
+    """What input `name` of a sampler gives, to compare two samplers': a prompt's text (two encoders of one text
+    are one prompt), cfg's value, else the input as it is (a link: the same model is the same node)."""
+    value = graph.inputs(node).get(name)
+    if name in ("positive", "negative"):
+        text = graph.prompt(graph.link(value))[0]
+        return value if text is None else text
+    return graph.value(node, name, (int, float)) if name == "cfg" else value
+
+
+def _comfy_full(graph: _ComfyGraph, sampler: str) -> bool:
+    """Whether a sampler drew from noise with all its steps (KSampler's denoise 1, KSamplerAdvanced's noise added
+    and every step run)."""
+    if graph.cls(sampler) == "KSampler":
+        return graph.value(sampler, "denoise", (int, float)) == 1
+    start, end = graph.value(sampler, "start_at_step", (int,)), graph.value(sampler, "end_at_step", (int,))
+    steps, noise = graph.value(sampler, "steps", (int,)), graph.value(sampler, "add_noise", (str,))
+    return start == 0 and noise == "enable" and steps is not None and end is not None and end >= steps
+
+
+def _comfy_refine(graph: _ComfyGraph, sampler: str) -> tuple[int, float] | None:
+    """(the steps run, the denoise) of a sampler that redrew the latent it was given as the web UI's hires fix
+    redraws (`refine.pass_steps`): the seed's noise added, the last of a longer schedule run to its end. None for
+    any other sampler."""
+    steps = graph.value(sampler, "steps", (int,))
+    if steps is None or steps < 1:
+        return None
+    if graph.cls(sampler) == "KSampler":
+        denoise = graph.value(sampler, "denoise", (int, float))
+        return (steps, float(denoise)) if denoise is not None and 0 < denoise < 1 else None
+    start, end = graph.value(sampler, "start_at_step", (int,)), graph.value(sampler, "end_at_step", (int,))
+    if graph.value(sampler, "add_noise", (str,)) != "enable" or start is None or end is None or not (
+            0 < start < steps <= end):
+        return None
+    run = steps - start
+    # the shortest denoise whose schedule is `steps` long, as the web UI writes one (0.5, not 0.4999...)
+    for digits in range(2, 8):
+        for denoise in (round(run / steps, digits), round(run / (steps + 0.5), digits)):
+            if 0 < denoise < 1 and pass_steps(run, denoise, hires=True) == (steps, run):
+                return run, denoise
+    return None
+
+
+def _comfy_picture_enlarged(graph: _ComfyGraph, scalers: list[str], start: tuple[int, int],
+                            saved: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The size (W, H) ComfyUI's picture upscalers enlarge a picture of `start` to, as its ImageScale and
+    ImageScaleBy round; an upscaling network's (ImageUpscaleWithModel) is the saved picture's when nothing resized
+    it after (`saved`), else unknown (None)."""
+    size: tuple[int, int] | None = start
+    for node in scalers:
+        cls = graph.cls(node)
+        if cls == "ImageUpscaleWithModel":
+            size = None  # (its scale is the network's: 4x-UltraSharp's 4, ... which the graph does not say)
+        elif cls == "ImageScaleBy":
+            scale = graph.value(node, "scale_by", (int, float))
+            size = None if scale is None or size is None else (round(size[0] * scale), round(size[1] * scale))
+        else:
+            width, height = graph.value(node, "width", (int,)), graph.value(node, "height", (int,))
+            if width is None or height is None:
+                return None
+            if width and height:
+                size = (width, height)
+            elif size is not None and (width or height):  # (0: the other side's scale, keeping the shape)
+                size = (width or max(1, round(size[0] * height / size[1])),
+                        height or max(1, round(size[1] * width / size[0])))
+    return size or saved
+
+
+def _comfy_hires_size(graph: _ComfyGraph, scalers: list[str], start: tuple[int, int], target: tuple[int, int],
+                      notes: list[str]) -> dict[str, Any]:
+    """--hires-scale, or --hires-width and/or --hires-height, that draw a first pass of `start` at `target` (W, H) as
+    the web UI sizes it (`refine.hires_size`): the scale ComfyUI's node gave or one side where either does, else both
+    (the enlargement cropped to them from the middle, said where ComfyUI did otherwise)."""
+    (width, height), (to_width, to_height) = start, target
+    last = scalers[-1]
+    scale = graph.value(last, "scale_by", (int, float)) if graph.cls(last).endswith("By") else None
+    tries = [{"hires_scale": float(scale)}] if scale is not None and scale > 1 else []
+    tries += [{"hires_width": to_width}, {"hires_height": to_height},
+              {"hires_width": to_width, "hires_height": to_height}]
+    for given in tries:  # (the last, both sides, always gives it: `target` is in whole latents)
+        if final_size(*hires_size(width, height, given.get("hires_scale"), given.get("hires_width"),
+                                  given.get("hires_height"))) == target:
+            break
+    if len(given) == 2:
+        crop = graph.value(last, "crop", (str,))
+        how = ("cut the middle at their proportions, then enlarged that; textinv enlarges, then cuts whole latents "
+               "from the middle (the web UI's way): the same middle, its edges interpolated a little differently"
+               if crop == "center" else
+               "stretched the picture to them; textinv enlarges it to cover them and cuts the overhang from the "
+               "middle (the web UI's way), so the redraw keeps the shapes' proportions where ComfyUI's changed them")
+        notes.append(f"{graph.path}: its ComfyUI hires fix enlarged its first pass of {width}x{height} to "
+                     f"{to_width}x{to_height} ({graph.named(last)}), other proportions: ComfyUI {how}")
+    return given
+
+
+def _comfy_upscaler(graph: _ComfyGraph, scalers: list[str], read: set[str], notes: list[str]) -> str:
+    """The --hires-upscaler of ComfyUI's upscale nodes (their upscale_method; an upscaling network's enlargement is
+    Lanczos's), a method textinv does not have said in `notes`; an upscaling network's loader added to `read`."""
+    networks = [n for n in scalers if graph.cls(n) == "ImageUpscaleWithModel"]
+    if networks:
+        loader = graph.link(graph.inputs(networks[0]).get("upscale_model"))
+        name = loader and graph.value(loader[0], "model_name", (str,))
+        if loader is not None and graph.cls(loader[0]) == "UpscaleModelLoader":
+            read.add(loader[0])
+        notes.append(f"{graph.path}: its ComfyUI hires fix enlarged its first pass with the upscaling network "
+                     f"{name or '(not named)'} ({graph.named(networks[0])}), which textinv does not run: it is "
+                     f"enlarged with Lanczos (--hires-upscaler lanczos), then redrawn as ComfyUI redrew it, so expect "
+                     f"the finer detail to differ")
+        return "lanczos"
+    node = scalers[-1]
+    kind = "latent" if graph.cls(node).startswith("Latent") else "picture"
+    methods = _COMFY_LATENT_METHODS if kind == "latent" else _COMFY_PICTURE_METHODS
+    method = graph.value(node, "upscale_method", (str,))
+    ours = methods.get(method, "latent" if kind == "latent" else "lanczos")
+    if method not in _COMFY_SAME_METHODS[kind]:
+        notes.append(f"{graph.path}: its ComfyUI hires fix enlarged its first pass's {kind} with {method!r} "
+                     f"({graph.named(node)}), which textinv does not have: read as --hires-upscaler {ours}, the "
+                     f"nearest it has")
+    return ours
 
 
 def _comfy_clip_skip(graph: _ComfyGraph, clip: list[str], needs: dict[str, str], notes: list[str]) -> int | None:
