@@ -166,6 +166,11 @@ def test_a_replay_adds_its_own_gradients_and_returns_its_own_losses(fake_capture
     dict(gradient_checkpointing=True, weight_decay=0.5, installed=True),  # (an installed token's rows put back)
     dict(reference_like=True),  # (the whole table trained, the frozen rows put back)
     dict(max_token_length=150, vectors=2),  # (kohya's long captions: every chunk through the text encoder)
+    # (kohya's noise, made before the step and copied in: the perturbed noise one more input; its loss and weights
+    # computed inside the graph from the timesteps)
+    dict(noise_offset=0.1, adaptive_noise_scale=0.05, noise_offset_random_strength=True, multires_noise_iterations=4,
+         ip_noise_gamma=0.1, ip_noise_gamma_random_strength=True, loss_type="huber", huber_schedule="snr",
+         debiased_estimation_loss=True, v_pred_like_loss=0.1, min_snr_gamma=5.0),
 ])
 def test_replayed_on_the_cpu_the_captured_step_learns_what_the_plain_step_learns(settings, fake_capture, sd1_dir,
                                                                                   images, tmp_path):
@@ -271,6 +276,10 @@ def test_a_grid_that_runs_out_of_memory_beside_the_captured_step_suggests_leavin
     ("sd1", dict(precision="fp16", grad_accum=2, max_grad_norm=0.05), True),  # (the loss scale read in the graph)
     ("sd1", dict(precision="bf16", vectors=2, clip_skip=2), True),
     ("sd2", dict(min_snr_gamma=5.0), True),  # (v-prediction: the velocity target and its min-SNR weights)
+    # (kohya's noise and loss: the perturbed noise an input of its own, the thresholds and weights in the graph)
+    ("sd2", dict(noise_offset=0.1, adaptive_noise_scale=0.05, multires_noise_iterations=4, ip_noise_gamma=0.1,
+                 loss_type="smooth_l1", huber_schedule="exponential", debiased_estimation_loss=True,
+                 scale_v_pred_loss_like_noise_pred=True), True),
     ("sdxl", dict(batch=1), True),  # (two encoders, the pooled vector at the end-of-text token, time ids)
     # torch.utils.checkpoint saves and restores the RNG state, which some torch versions refuse while capturing:
     # captured or run eagerly with a warning (the summary says which), the same numbers either way

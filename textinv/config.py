@@ -52,6 +52,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 COMPILE = ("off", "blocks", "unet")
+LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")  # kohya's --loss_type
+HUBER_SCHEDULES = ("snr", "exponential", "constant")  # kohya's --huber_schedule
 MAX_TOKEN_LENGTHS = (CHUNK, 2 * CHUNK, 3 * CHUNK)  # kohya's --max_token_length: left out (75), 150 or 225
 METADATA = ("shareable", "full", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -254,6 +256,42 @@ class TrainConfig:
     noise_offset: float = opt(0.0, "offset noise (kohya's --noise_offset): add this times one random number per "
                                    "sample and latent channel to the training noise, so training also sees noise "
                                    "that shifts a picture's overall brightness and colour; 0.05-0.1 is typical; 0: off")
+    noise_offset_random_strength: bool = opt(False, "each step's offset a random fraction of --noise-offset, "
+                                                    "uniform in [0, X) (kohya's --noise_offset_random_strength)")
+    adaptive_noise_scale: float = opt(0.0, "with --noise-offset: add this times the absolute mean of each sample's "
+                                           "latent channel to that channel's offset (kohya's --adaptive_noise_scale; "
+                                           "may be negative, the offset then stops at 0); 0: off")
+    multires_noise_iterations: int = opt(0, "multi-resolution (pyramid) noise (kohya's --multires_noise_iterations): "
+                                            "add normal noise drawn at up to N ever coarser sizes, scaled up, to the "
+                                            "training noise, then rescale it to unit spread; 6-10 is typical; 0: off")
+    multires_noise_discount: float = opt(0.3, "each coarser size of --multires-noise-iterations weighs this times "
+                                              "the one before (kohya's --multires_noise_discount)")
+    ip_noise_gamma: float = opt(0.0, "input perturbation (Ning et al. 2023; kohya's --ip_noise_gamma): the latents "
+                                     "are noised with the noise plus this times more normal noise, while the target "
+                                     "stays the noise; about 0.1 is typical; 0: off")
+    ip_noise_gamma_random_strength: bool = opt(False, "each step's perturbation a random fraction of "
+                                                      "--ip-noise-gamma, uniform in [0, X) (kohya's "
+                                                      "--ip_noise_gamma_random_strength)")
+    loss_type: str = opt("l2", "the loss of the prediction against its target, per latent pixel (kohya's "
+                               "--loss_type): l2 (squared error, the paper's), l1 (absolute error), huber or "
+                               "smooth_l1 (pseudo-Huber with --huber-c's threshold: squared near 0, absolute far "
+                               "from it; huber scaled by the threshold)", choices=LOSS_TYPES)
+    huber_schedule: str = opt("snr", "the pseudo-Huber threshold by timestep (kohya's --huber_schedule): snr "
+                                     "((1 - C) / (1 + sigma)^2 + C, from about 1 at the clean end to C at the noisy "
+                                     "end), exponential (C^(t/T) x --huber-scale) or constant (C x --huber-scale)",
+                              choices=HUBER_SCHEDULES)
+    huber_c: float = opt(0.1, "the pseudo-Huber threshold C of --loss-type huber and smooth_l1 (kohya's --huber_c)")
+    huber_scale: float = opt(1.0, "multiplies the exponential and constant --huber-schedule's threshold (kohya's "
+                                  "--huber_scale; its snr schedule has none)")
+    debiased_estimation_loss: bool = opt(False, "weigh each sample's loss by 1/sqrt(SNR) (v-prediction: 1/(SNR + 1)), "
+                                                "SNR capped at 1000 (Yu et al. 2024, kohya's "
+                                                "--debiased_estimation_loss)")
+    scale_v_pred_loss_like_noise_pred: bool = opt(False, "v-prediction models: weigh each sample's loss by SNR/(SNR "
+                                                         "+ 1), SNR capped at 1000, so it weighs the timesteps as an "
+                                                         "epsilon loss does (kohya's "
+                                                         "--scale_v_pred_loss_like_noise_pred)")
+    v_pred_like_loss: float = opt(0.0, "epsilon-prediction models: add this times the loss weighed as a v-prediction "
+                                       "loss, (SNR + 1)/SNR, SNR capped at 1000 (kohya's --v_pred_like_loss); 0: off")
     min_timestep: int = opt(0, "draw training timesteps from this one up (kohya's --min_timestep)")
     max_timestep: int = opt(None, "draw training timesteps below this one (kohya's --max_timestep); default: the "
                                   "model's schedule length (1000 for SD)")
@@ -379,6 +417,7 @@ class TrainConfig:
         if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < math.inf:  # (NaN)
             raise ConfigError(f"--noise-offset must be a number >= 0 (0: off; 0.05-0.1 is typical), got "
                               f"{offset!r}")
+        self._check_noise_and_loss()
         check_side("--resolution", self.resolution)
         # (the seeds drawn: concept k's data seed + 1_000_003 k (`train.concept_seed`), sample grid image i's seed + i)
         check_seed(self.seed, 1_000_003 * (len(specs) - 1) + max(4, len(self.sample_prompts)), negative=True)
@@ -426,6 +465,42 @@ class TrainConfig:
                          f"or .json)" if names_a_file(prompt) else "")
                 raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' (or the token) where the token goes{named}")
         return self
+
+    def _check_noise_and_loss(self) -> None:
+        """kohya's noise and loss settings (the ones that need the model, v-prediction or not, are checked once it
+        has loaded: `train.check_loss_for`)."""
+        def number(name: str, low: float | None = 0.0, above: bool = False, typical: str = "") -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                    low is not None and (value <= low if above else value < low)):
+                bound = "" if low is None else f" {'>' if above else '>='} {low:g}"
+                raise ConfigError(f"--{_flag(name)} must be a number{bound}{typical}, got {value!r}")
+            return value
+
+        number("ip_noise_gamma", typical=" (0: off; about 0.1 is typical)")
+        number("v_pred_like_loss", typical=" (0: off)")
+        number("multires_noise_discount", typical=" (0.3 is kohya's default)")
+        number("huber_c", above=True, typical=" (0.1 is kohya's default)")
+        number("huber_scale", above=True, typical=" (1: none)")
+        if number("adaptive_noise_scale", low=None) and not self.noise_offset:
+            raise ConfigError(f"--adaptive-noise-scale {self.adaptive_noise_scale} adds to --noise-offset's offset, "
+                              f"which is off: give --noise-offset too (e.g. 0.05), or leave out "
+                              f"--adaptive-noise-scale")
+        if self.noise_offset_random_strength and not self.noise_offset:
+            raise ConfigError("--noise-offset-random-strength draws a fraction of --noise-offset, which is off: give "
+                              "--noise-offset too (e.g. 0.1), or leave out --noise-offset-random-strength")
+        if self.ip_noise_gamma_random_strength and not self.ip_noise_gamma:
+            raise ConfigError("--ip-noise-gamma-random-strength draws a fraction of --ip-noise-gamma, which is off: "
+                              "give --ip-noise-gamma too (e.g. 0.1), or leave out --ip-noise-gamma-random-strength")
+        iterations = self.multires_noise_iterations
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise ConfigError(f"--multires-noise-iterations must be a whole number >= 0 (0: off; 6-10 is typical), "
+                              f"got {iterations!r}")
+        if self.huber_schedule == "snr" and self.huber_scale != 1 and self.loss_type in ("huber", "smooth_l1"):
+            # (kohya's scripts leave it out there, silently)
+            raise ConfigError(f"--huber-scale {self.huber_scale:g} scales the exponential and constant "
+                              f"--huber-schedule's threshold; the snr schedule has no scale: leave out "
+                              f"--huber-scale, or use --huber-schedule exponential or constant")
 
     def subset_list(self) -> list[dict[str, Any]]:
         """`subsets` as mappings of images (a folder), repeats (1 unless given) and caption_extension (None unless

@@ -319,14 +319,59 @@ def _saved_setting(path: Path, name: str):
         return None
 
 
+@dataclass(frozen=True)
+class NoiseOptions:
+    """kohya's noise settings beyond the plain --noise-offset (`BatchSampler` draws their random parts, `_draw`
+    puts them together with the latents: `composed_noise`). `of` gives None when all are off."""
+
+    offset_random_strength: bool = False  # --noise-offset-random-strength
+    adaptive_scale: float = 0.0  # --adaptive-noise-scale
+    multires_iterations: int = 0  # --multires-noise-iterations
+    multires_discount: float = 0.3  # --multires-noise-discount
+    ip_gamma: float = 0.0  # --ip-noise-gamma
+    ip_random_strength: bool = False  # --ip-noise-gamma-random-strength
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "NoiseOptions | None":
+        options = cls(config.noise_offset_random_strength, config.adaptive_noise_scale,
+                      config.multires_noise_iterations, config.multires_noise_discount, config.ip_noise_gamma,
+                      config.ip_noise_gamma_random_strength)
+        on = options.offset_random_strength or options.adaptive_scale or options.multires_iterations \
+            or options.ip_gamma
+        return options if on else None
+
+
+def pyramid_levels(generator: torch.Generator, n: int, shape: tuple[int, ...], iterations: int,
+                   discount: float) -> torch.Tensor:
+    """Multi-resolution noise (Whitaker 2023, "Multi-Resolution Noise for Diffusion Model Training"; kohya's
+    --multires_noise_iterations): the sum over levels i = 0, 1, ... of normal noise drawn at the size over r^i (r
+    uniform in [2, 4) anew each level, one for the batch), scaled up bilinearly and weighed discount^i, until a side
+    is 1 pixel. (n, *shape); the noise it is added to is then rescaled to unit spread (`composed_noise`).
+
+    >>> pyramid_levels(torch.Generator().manual_seed(0), 2, (4, 8, 8), 3, 0.3).shape
+    torch.Size([2, 4, 8, 8])
+    """
+    channels, height, width = shape
+    total = torch.zeros((n, channels, height, width))
+    for i in range(iterations):
+        r = 2 + 2 * torch.rand(1, generator=generator).item()
+        h, w = max(1, int(height / r ** i)), max(1, int(width / r ** i))
+        level = torch.randn((n, channels, h, w), generator=generator)
+        total += F.interpolate(level, size=(height, width), mode="bilinear") * discount ** i
+        if h == 1 or w == 1:
+            break
+    return total
+
+
 class BatchSampler:
     """Draws the random parts of each batch from one generator: pictures (in shuffled epochs), flips, captions,
     latent samples, noise and timesteps. Its state (generator + epoch position) goes into checkpoints."""
 
     def __init__(self, num_images: int, repeats: int | Sequence[int], flip: bool, seed: int,
-                 noise_offset: float = 0.0):
+                 noise_offset: float = 0.0, noise: NoiseOptions | None = None):
         """`repeats`: how many times each picture is in an epoch, one count for all or one per picture (kohya's
-        folders: the folder's count times --repeats). `noise_offset`: --noise-offset (0: off)."""
+        folders: the folder's count times --repeats). `noise_offset`: --noise-offset (0: off); `noise`: kohya's
+        other noise settings (None: all off)."""
         counts = torch.tensor([repeats] * num_images if isinstance(repeats, int) else list(repeats))  # (I,)
         # an epoch's pictures, round by round (0, 1, 2, 0, 1, 2, 0, 2...): with one count for all this is
         # arange(I * repeats) % I, the table runs drew from before counts per picture, so their draws are unchanged
@@ -336,6 +381,7 @@ class BatchSampler:
         self.num_images = num_images
         self.flip = flip
         self.noise_offset = noise_offset
+        self.noise = noise or NoiseOptions()
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.cursor = 0
@@ -366,10 +412,31 @@ class BatchSampler:
         if self.noise_offset:
             # offset noise (Guttenberg 2023, "Diffusion with offset noise"; kohya's --noise_offset): one more normal
             # number per sample and channel, times the offset, added over the whole latent, so the noise also moves
-            # each channel's mean, which i.i.d. noise barely does. Drawn last, and only when on: a run without it
-            # draws what it always drew. The offset noise is the noise: it is added to the latents and, for
+            # each channel's mean, which i.i.d. noise barely does. Drawn after the parts above, and only when on: a
+            # run without it draws what it always drew. The offset noise is the noise: it is added to the latents and, for
             # v-prediction, is in the velocity target too, as in kohya's scripts.
-            drawn["noise"] += self.noise_offset * torch.randn((n, latent_shape[0], 1, 1), generator=g)  # (n, C, 1, 1)
+            # With kohya's random strength the offset is a fraction of it, uniform in [0, X), one for the batch;
+            # with its adaptive scale the offset also grows with each sample's latent channel mean, which `_draw`
+            # knows (`composed_noise`): then the normal numbers and the strength go there.
+            # (n, C, 1, 1)
+            strength = torch.rand(1, generator=g) * self.noise_offset if self.noise.offset_random_strength \
+                else self.noise_offset
+            offset = torch.randn((n, latent_shape[0], 1, 1), generator=g)
+            if self.noise.adaptive_scale:
+                drawn["offset"] = torch.full((n,), float(strength))  # (n,)
+                drawn["offset_normal"] = offset
+            else:
+                drawn["noise"] += strength * offset
+        if self.noise.multires_iterations:  # (added, and the sum rescaled, by `composed_noise`)
+            drawn["multires"] = pyramid_levels(g, n, latent_shape, self.noise.multires_iterations,
+                                               self.noise.multires_discount)
+        if self.noise.ip_gamma:
+            # input perturbation (Ning et al. 2023, "Input Perturbation Reduces Exposure Bias in Diffusion Models";
+            # kohya's --ip_noise_gamma): more normal noise, times gamma (or a fraction of it, uniform in [0, gamma),
+            # one for the batch), that only the noised latents get (`composed_noise`), not the target
+            strength = torch.rand(1, generator=g) * self.noise.ip_gamma if self.noise.ip_random_strength \
+                else self.noise.ip_gamma
+            drawn["ip_noise"] = strength * torch.randn((n, *latent_shape), generator=g)
         return drawn
 
     def state_dict(self) -> dict:
@@ -402,16 +469,120 @@ def loss_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type: st
     return (gamma / snr.clamp(min=1e-12)).clamp(max=1.0)
 
 
+@dataclass(frozen=True)
+class LossOptions:
+    """kohya's loss settings beyond --min-snr-gamma: the loss per latent pixel (`pixel_loss`) and the weights by
+    timestep after Min-SNR's (`kohya_weights`). `of` gives None when all are off: the loss is then the plain
+    squared error, computed as it always was."""
+
+    loss_type: str = "l2"  # --loss-type
+    huber_schedule: str = "snr"  # --huber-schedule
+    huber_c: float = 0.1  # --huber-c
+    huber_scale: float = 1.0  # --huber-scale
+    debiased: bool = False  # --debiased-estimation-loss
+    scale_v_like_noise: bool = False  # --scale-v-pred-loss-like-noise-pred
+    v_pred_like: float = 0.0  # --v-pred-like-loss
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "LossOptions | None":
+        options = cls(config.loss_type, config.huber_schedule, config.huber_c, config.huber_scale,
+                      config.debiased_estimation_loss, config.scale_v_pred_loss_like_noise_pred,
+                      config.v_pred_like_loss)
+        on = options.loss_type != "l2" or options.weighted
+        return options if on else None
+
+    @property
+    def weighted(self) -> bool:
+        return bool(self.debiased or self.scale_v_like_noise or self.v_pred_like)
+
+
+def check_loss_for(config: TrainConfig, prediction_type: str, source: str) -> None:
+    """Refuse, once the model has loaded (its prediction type known), the loss weights that are for the other kind
+    of model, as kohya's scripts refuse them."""
+    if config.scale_v_pred_loss_like_noise_pred and prediction_type != "v_prediction":
+        raise ConfigError(f"--scale-v-pred-loss-like-noise-pred weighs a v-prediction loss, and {source} predicts "
+                          f"{prediction_type}: leave it out (or give --prediction-type v_prediction, if the model "
+                          f"is a v-prediction one read as epsilon)")
+    if config.v_pred_like_loss and prediction_type == "v_prediction":
+        raise ConfigError(f"--v-pred-like-loss {config.v_pred_like_loss:g} adds a v-prediction-like term to an "
+                          f"epsilon loss, and {source} predicts v_prediction: leave it out (or use "
+                          f"--scale-v-pred-loss-like-noise-pred, which weighs a v loss like an epsilon one)")
+
+
+SNR_CAP = 1000.0  # kohya's: SNR at timestep 0 is near 1,200 for SD (infinite on a schedule that starts at alpha 1)
+
+
+def kohya_weights(alphas_cumprod: torch.Tensor, prediction_type: str, options: LossOptions) -> torch.Tensor:
+    """The weights of kohya's loss options for timesteps with these cumulative alphas, (B,), each with the SNR
+    capped at `SNR_CAP` as kohya caps it (applied after Min-SNR's, as kohya applies them):
+    --scale-v-pred-loss-like-noise-pred SNR/(SNR + 1) (a v loss weighs a timestep SNR + 1 times the clean-latent
+    error, an epsilon loss SNR times); --v-pred-like-loss X adds X times the loss weighed (SNR + 1)/SNR, a factor
+    1 + X (SNR + 1)/SNR; --debiased-estimation-loss 1/sqrt(SNR), or for v-prediction 1/(SNR + 1) (Yu et al.,
+    "Unmasking Bias in Diffusion Model Training", 2024).
+
+    >>> a = torch.tensor([0.5])  # SNR 1
+    >>> kohya_weights(a, "epsilon", LossOptions(v_pred_like=0.5, debiased=True)).tolist()
+    [2.0]
+    """
+    snr = (alphas_cumprod / (1 - alphas_cumprod)).clamp(max=SNR_CAP)
+    weight = torch.ones_like(snr)
+    if options.scale_v_like_noise:
+        weight = weight * snr / (snr + 1)
+    if options.v_pred_like:
+        weight = weight * (1 + options.v_pred_like * (snr + 1) / snr)
+    if options.debiased:
+        weight = weight / ((snr + 1) if prediction_type == "v_prediction" else snr.sqrt())
+    return weight
+
+
+def huber_threshold(scheduler, timesteps: torch.Tensor, options: LossOptions) -> torch.Tensor:
+    """kohya's pseudo-Huber threshold for each timestep, (B,): --huber-schedule snr (1 - C)/(1 + sigma)^2 + C with
+    sigma = sqrt((1 - alpha_bar)/alpha_bar), from about 1 at the clean end to about C at the noisy end; exponential
+    C^(t/T) x scale; constant C x scale (T: the schedule's timesteps, C: --huber-c, scale: --huber-scale)."""
+    c = options.huber_c
+    if options.huber_schedule == "snr":
+        alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        sigma = ((1 - alphas) / alphas).sqrt()
+        return (1 - c) / (1 + sigma) ** 2 + c
+    if options.huber_schedule == "exponential":  # (kohya's exp(-alpha t) with alpha = -ln(C)/T)
+        return c ** (timesteps.float() / scheduler.config.num_train_timesteps) * options.huber_scale
+    return torch.full(timesteps.shape, c * options.huber_scale, device=timesteps.device)
+
+
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, options: LossOptions | None, c=None) -> torch.Tensor:
+    """The loss of each latent pixel, (B, C, h, w): --loss-type l2 (squared error), l1 (absolute error), huber
+    2c (sqrt(d^2 + c^2) - c) or smooth_l1 2 (sqrt(d^2 + c^2) - c), d the error, c the sample's threshold `c` (B,)
+    (`huber_threshold`): kohya's pseudo-Huber losses, which are ~d^2 for |d| << c and ~2c|d| (huber) or ~2|d|
+    (smooth_l1) far from it.
+
+    >>> pixel_loss(torch.tensor([[[[3.0]]]]), torch.zeros(1, 1, 1, 1), LossOptions("huber"), torch.tensor([4.0]))
+    tensor([[[[8.]]]])
+    """
+    if options is None or options.loss_type == "l2":
+        return F.mse_loss(pred, target, reduction="none")
+    if options.loss_type == "l1":
+        return F.l1_loss(pred, target, reduction="none")
+    c = c.view(-1, *[1] * (pred.dim() - 1))  # (B, 1, 1, 1)
+    soft = torch.sqrt((pred - target) ** 2 + c ** 2) - c
+    return 2 * c * soft if options.loss_type == "huber" else 2 * soft
+
+
 def denoising_loss(scheduler, pred, latents, noise, timesteps, prediction_type: str, min_snr_gamma=None,
-                   plus_one: bool = False, pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+                   plus_one: bool = False, pixel_weight: torch.Tensor | None = None,
+                   options: LossOptions | None = None) -> torch.Tensor:
     """Mean squared error of `pred` against the prediction type's target (epsilon or velocity), per sample (B,),
     times `loss_weights` when `min_snr_gamma` is given. Shared by textual inversion and the shapes pretraining.
 
     `pixel_weight` (B, 1, h, w) >= 0 makes each sample's mean a weighted mean over the latent pixels (`--alpha-mask`):
     a pixel of weight 0 adds nothing, and a sample's loss keeps the scale of the plain mean whatever its weights'
-    total, so the learning rate means what it does without weights."""
+    total, so the learning rate means what it does without weights. `options`: kohya's other loss (`pixel_loss`)
+    and weights (`kohya_weights`); None: the plain squared error."""
     target = scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
-    error = F.mse_loss(pred.float(), target, reduction="none")  # (B, C, h, w)
+    if options is None:
+        error = F.mse_loss(pred.float(), target, reduction="none")  # (B, C, h, w)
+    else:
+        c = huber_threshold(scheduler, timesteps, options) if options.loss_type in ("huber", "smooth_l1") else None
+        error = pixel_loss(pred.float(), target, options, c)
     if pixel_weight is None:
         loss = error.mean(dim=(1, 2, 3))  # (B,)
     else:
@@ -419,23 +590,28 @@ def denoising_loss(scheduler, pred, latents, noise, timesteps, prediction_type: 
     if min_snr_gamma:
         alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
         loss = loss * loss_weights(alphas, min_snr_gamma, prediction_type, plus_one)
+    if options is not None and options.weighted:
+        loss = loss * kohya_weights(scheduler.alphas_cumprod.to(timesteps.device)[timesteps], prediction_type,
+                                    options)
     return loss
 
 
 def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
                    min_snr_gamma=None, time_ids=None, clip_skip: int = 1, pixel_weight=None,
-                   text: tuple | None = None) -> torch.Tensor:
+                   text: tuple | None = None, input_noise=None, options: LossOptions | None = None) -> torch.Tensor:
     """The denoising loss of one batch: the model's own target (epsilon or velocity), mean over pixels, (B,).
 
     `input_ids` holds one (B, 77) tensor per text encoder (B, n * 77 with --max-token-length: `encode_captions`);
     `time_ids` (B, 6) is SDXL's size/crop conditioning; `pixel_weight` (B, 1, h, w) weighs the latent pixels
-    (`denoising_loss`); `text`, when given, is `encode_captions`'s result for `input_ids`, already computed.
+    (`denoising_loss`); `text`, when given, is `encode_captions`'s result for `input_ids`, already computed;
+    `input_noise`, when given, is what the latents are noised with instead of `noise`, which stays the target's
+    (--ip-noise-gamma); `options`: kohya's loss settings (`denoising_loss`).
     """
     unet = model.unet
     # the frozen weights' dtype: their first parameter's, as `unet.dtype` reads it after a walk over every module
     # (two of those were ~3% of a training step on the bundled shapes model)
     dtype = next(unet.parameters()).dtype
-    noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
+    noisy = scheduler.add_noise(latents, noise if input_noise is None else input_noise, timesteps)  # (B, 4, h, w)
     # (B, 77, C), or (B, 2 + 75n, C) with --max-token-length [+ (B, C2) for SDXL]
     hidden, pooled = text or encode_captions(model, input_ids, clip_skip)
     extra = {}
@@ -443,7 +619,7 @@ def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids
         extra["added_cond_kwargs"] = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
     pred = unet(noisy.to(dtype), timesteps, hidden.to(dtype), **extra).sample
     return denoising_loss(scheduler, pred, latents, noise, timesteps, model.prediction_type, min_snr_gamma,
-                          pixel_weight=pixel_weight)
+                          pixel_weight=pixel_weight, options=options)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -818,6 +994,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     where.model = model
     file_format = _file_format(config.format, model)
     timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
+    check_loss_for(config, model.prediction_type, model.source)
+    loss_options = LossOptions.of(config)
     clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
     if config.sample_every:  # (now, not at the first grid: the sampler refuses them there)
         check_steps(model, config.sample_steps, "--sample-steps")
@@ -900,7 +1078,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                                     for p in pictures]).to(device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
         sampler = BatchSampler(len(pictures), repeats[k], config.use_flip, concept_seed(config.seed, k),
-                               config.noise_offset)
+                               config.noise_offset, NoiseOptions.of(config))
         concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
                                      concept_out, pixel_weight=pixel_weight))
@@ -950,7 +1128,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         concept k's gradient is its own run's."""
         per_sample = grouped_loss(model, scheduler, inputs["latents"], inputs["noise"], inputs["timesteps"],
                                   inputs["ids"], config.min_snr_gamma, inputs["cond_ids"], clip_skip,
-                                  inputs["pixel_weight"])  # (K * B,)
+                                  inputs["pixel_weight"], inputs["input_noise"], loss_options)  # (K * B,)
         return per_sample.view(len(concepts), -1).mean(dim=1)
 
     captured = CapturedStep(concept_losses, trained, lambda total: scaler.scale(total / config.grad_accum),
@@ -1422,6 +1600,7 @@ def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, mode
         noise = [mine["noise"][n][at] for n, at in enumerate(corner)]
         pixel_weight = [c.pixel_weight[i] for i in picks] if c.pixel_weight is not None else None
     else:
+        corner = None
         noise = mine["noise"]
         pixel_weight = c.pixel_weight[which] if c.pixel_weight is not None else None
         if c.pixels is not None:  # reference-like mode: the VAE encoder runs every step
@@ -1430,20 +1609,63 @@ def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, mode
                 latents = (dist.mean + dist.std * mine["eps_latent"].to(dist.mean.dtype)).float() * scaling
         else:
             latents = (c.mean[which] + c.std[which] * mine["eps_latent"]) * scaling
-    return {"latents": latents, "noise": noise, "timestep": mine["timestep"],
+    input_noise = None
+    parts = {k: mine[k] for k in ("offset", "offset_normal", "multires", "ip_noise") if k in mine}
+    if parts:  # (kohya's noise settings: none in a default run)
+        noise, input_noise = composed_noise(noise, latents, parts, config.adaptive_noise_scale, corner)
+    return {"latents": latents, "noise": noise, "input_noise": input_noise, "timestep": mine["timestep"],
             "ids": c.bank.pick(mine["image"], mine["caption"]),
             "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None,
             "pixel_weight": pixel_weight}
 
 
+def composed_noise(noise, latents, parts: dict, adaptive_scale: float, corners: list | None = None):
+    """The noise with the parts of kohya's noise settings that `BatchSampler.draw` drew (`parts`, on the device,
+    each (n, ...)) put in, in kohya's order, and what the latents are noised with: (noise, input noise or None).
+
+    1. offset with --adaptive-noise-scale A (parts offset (n,) and offset_normal (n, C, 1, 1)): each sample's
+       channel offset by max(0, X + A |its latent channel's mean|) times its normal number;
+    2. multi-resolution noise (multires, `pyramid_levels`): added, then the sum divided by its standard deviation
+       over the whole batch, as kohya rescales it;
+    3. input perturbation (ip_noise): added to the noise the latents are noised with only.
+    `noise` and `latents` are (n, C, h, w) tensors, or with --buckets lists of (C, h_i, w_i), each sample's part
+    then its corner of the drawn shape (`corners`, as `_draw` crops the noise)."""
+    listed = corners is not None
+
+    def each(key):  # (a part at each sample's size)
+        return [parts[key][n][at] for n, at in enumerate(corners)] if listed else parts[key]
+    if "offset_normal" in parts:
+        if listed:
+            noise = [x + (parts["offset"][n] + adaptive_scale * z.mean(dim=(1, 2), keepdim=True).abs()).clamp(min=0)
+                     * parts["offset_normal"][n] for n, (x, z) in enumerate(zip(noise, latents))]
+        else:  # (n, C, 1, 1)
+            strength = (parts["offset"].view(-1, 1, 1, 1)
+                        + adaptive_scale * latents.mean(dim=(2, 3), keepdim=True).abs()).clamp(min=0)
+            noise = noise + strength * parts["offset_normal"]
+    if "multires" in parts:
+        if listed:
+            noise = [x + m for x, m in zip(noise, each("multires"))]
+            spread = torch.cat([x.flatten() for x in noise]).std()
+            noise = [x / spread for x in noise]
+        else:
+            noise = noise + parts["multires"]
+            noise = noise / noise.std()
+    input_noise = None
+    if "ip_noise" in parts:
+        input_noise = [x + p for x, p in zip(noise, each("ip_noise"))] if listed else noise + parts["ip_noise"]
+    return noise, input_noise
+
+
 def _micro_batch(batch: list[dict], is_xl: bool, alpha_mask: bool) -> dict:
     """The concepts' draws (`_draw`) as one micro-batch: latents, noise, timesteps, token ids per encoder, SDXL's
-    time ids and the pixel weights (None where unused), as `concept_losses` and a captured step take them."""
+    time ids, the pixel weights and the noise the latents are noised with (--ip-noise-gamma) (None where unused),
+    as `concept_losses` and a captured step take them."""
     return {"latents": _join([b["latents"] for b in batch]), "noise": _join([b["noise"] for b in batch]),
             "timesteps": torch.cat([b["timestep"] for b in batch]),
             "ids": [torch.cat(parts) for parts in zip(*(b["ids"] for b in batch))],
             "cond_ids": torch.cat([b["time_ids"] for b in batch]) if is_xl else None,
-            "pixel_weight": _join([b["pixel_weight"] for b in batch]) if alpha_mask else None}
+            "pixel_weight": _join([b["pixel_weight"] for b in batch]) if alpha_mask else None,
+            "input_noise": _join([b["input_noise"] for b in batch]) if batch[0]["input_noise"] is not None else None}
 
 
 def _join(parts: list):
@@ -1455,13 +1677,17 @@ def _join(parts: list):
 
 
 def grouped_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: list[torch.Tensor],
-                 min_snr_gamma=None, time_ids=None, clip_skip: int = 1, pixel_weight=None) -> torch.Tensor:
+                 min_snr_gamma=None, time_ids=None, clip_skip: int = 1, pixel_weight=None, input_noise=None,
+                 options: LossOptions | None = None) -> torch.Tensor:
     """`diffusion_loss` of a batch whose latents may be of several shapes (`--buckets`: a list of (4, h_i, w_i)):
     the samples of each shape go through the UNet together (the text encoder runs once, on the whole batch), and
-    the (B,) losses come back in the batch's order. A batch of one shape (a tensor) is one call, as always."""
+    the (B,) losses come back in the batch's order. A batch of one shape (a tensor) is one call, as always.
+    `input_noise` and `options` (None: unused) go to `diffusion_loss`, keywords only, so a default run calls it
+    as it always did."""
+    extra = {k: v for k, v in (("input_noise", input_noise), ("options", options)) if v is not None}
     if isinstance(latents, torch.Tensor):
         return diffusion_loss(model, scheduler, latents, noise, timesteps, input_ids, min_snr_gamma, time_ids,
-                              clip_skip, pixel_weight)
+                              clip_skip, pixel_weight, **extra)
     groups: dict[tuple, list[int]] = {}
     for n, latent in enumerate(latents):
         groups.setdefault(tuple(latent.shape), []).append(n)
@@ -1476,7 +1702,9 @@ def grouped_loss(model: Model, scheduler, latents, noise, timesteps, input_ids: 
             timesteps[at], [ids[at] for ids in input_ids], min_snr_gamma,
             time_ids[at] if time_ids is not None else None, clip_skip,
             torch.stack([pixel_weight[n] for n in members]) if pixel_weight is not None else None,
-            text=(hidden[at], pooled[at] if pooled is not None else None)))
+            text=(hidden[at], pooled[at] if pooled is not None else None),
+            **({"input_noise": torch.stack([input_noise[n] for n in members])} if input_noise is not None else {}),
+            **({"options": options} if options is not None else {})))
         order += members
     back = torch.empty(len(order), dtype=torch.long)
     back[torch.tensor(order)] = torch.arange(len(order))
