@@ -487,7 +487,8 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
                                                    ".json) with its per-prompt options"),
     (["train", "--sample_sampler", "euler_a"], "unless a prompt of a --sample-prompts file (kohya's) chooses its own"),
     (["train", "--noise_offset", "0.1"], "--noise_offset is kohya's name; textinv calls it --noise-offset"),
-    (["train", "--adaptive_noise_scale", "0.01"], "textinv has only the plain offset: --noise-offset X"),
+    (["train", "--adaptive_noise_scale", "0.01"], "--adaptive_noise_scale is kohya's name; textinv calls it "
+                                                  "--adaptive-noise-scale (with --noise-offset, as theirs)"),
     (["train", "--max_train_epochs", "10"], "--max_train_epochs is kohya's name; textinv calls it --epochs"),
     (["train", "--max_train_epochs", "10"], "every picture its folder's count x --repeats times"),
     (["train", "--num_train_epochs", "10"], "its E epochs are --epochs E --repeats 100"),

@@ -158,9 +158,10 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                                            "--resolution"),
     ("flip_aug", _K, "train", "--flip", "on by default in textinv (--no-flip turns it off), off in kohya's"),
     ("noise_offset", _K, "train", "--noise-offset", ""),
-    ("adaptive_noise_scale noise_offset_random_strength", _K, "train", None,
-     "textinv has only the plain offset: --noise-offset X"),
-    ("multires_noise_iterations multires_noise_discount", _K, "train", None, "textinv has no multi-resolution noise"),
+    ("noise_offset_random_strength", _K, "train", "--noise-offset-random-strength", ""),
+    ("adaptive_noise_scale", _K, "train", "--adaptive-noise-scale", "with --noise-offset, as theirs"),
+    ("multires_noise_iterations", _K, "train", "--multires-noise-iterations", ""),
+    ("multires_noise_discount", _K, "train", "--multires-noise-discount", "0.3 unless given, as theirs"),
     ("v_parameterization", _K, "train", "--prediction-type", "--prediction-type v_prediction; textinv reads it from "
                                                              "the model's scheduler config when it has one"),
     ("v2", _K, "train", None, "not needed: textinv tells an SD 2.x model from its own files"),
@@ -223,12 +224,23 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
      "zero3_save_16bit_model fp16_master_weights_and_gradients", _K, "train", None, _DDP),
     ("lowram highvram", _K, "train", None, "textinv has no memory modes; --gradient-checkpointing, --batch and "
                                            "--precision are its memory settings"),
-    ("ip_noise_gamma ip_noise_gamma_random_strength", _K, "train", None, "textinv has no input-perturbation noise"),
-    ("zero_terminal_snr", _K, "train", None, "textinv trains on the model's own noise schedule: zero terminal SNR "
-                                             "when its scheduler config (or its checkpoint) says so; no switch"),
-    ("loss_type huber_schedule huber_c huber_scale debiased_estimation_loss scale_v_pred_loss_like_noise_pred "
-     "v_pred_like_loss", _K, "train", None, "textinv's loss is the paper's mean squared error, weighed only by "
-                                            "--min-snr-gamma (and --alpha-mask)"),
+    ("ip_noise_gamma", _K, "train", "--ip-noise-gamma", ""),
+    ("ip_noise_gamma_random_strength", _K, "train", "--ip-noise-gamma-random-strength", ""),
+    ("zero_terminal_snr", _K, "train", None,
+     "textinv trains on the model's own noise schedule, zero terminal SNR when its scheduler config (or its "
+     "checkpoint) says so, and has no switch: textual inversion leaves the UNet as it is, so a schedule rescaled for "
+     "training alone would teach the vectors for noise levels the model never learned, and `generate` (the web UI, "
+     "diffusers) draws with the model's own schedule; for a zero-terminal-SNR model, give one whose scheduler "
+     "config has rescale_betas_zero_snr: true"),
+    ("loss_type", _K, "train", "--loss-type", "l2, l1, huber or smooth_l1, as theirs"),
+    ("huber_schedule", _K, "train", "--huber-schedule", "snr, exponential or constant; snr unless given, as theirs"),
+    ("huber_c", _K, "train", "--huber-c", ""),
+    ("huber_scale", _K, "train", "--huber-scale", "for the exponential and constant schedules, which theirs scales; "
+                                                  "its snr schedule has none"),
+    ("debiased_estimation_loss", _K, "train", "--debiased-estimation-loss", ""),
+    ("scale_v_pred_loss_like_noise_pred", _K, "train", "--scale-v-pred-loss-like-noise-pred",
+     "for v-prediction models"),
+    ("v_pred_like_loss", _K, "train", "--v-pred-like-loss", "for epsilon-prediction models"),
     ("masked_loss conditioning_data_dir", _K, "train", None, "textinv weighs the loss by the pictures' own alpha "
                                                              "channels (--alpha-mask), not by masks from another "
                                                              "folder"),
