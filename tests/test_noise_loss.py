@@ -130,6 +130,14 @@ def test_the_sampler_draws_kohyas_noise_parts_after_what_it_always_drew():
     u = torch.rand(1, generator=g)
     torch.testing.assert_close(got["ip_noise"], u * gamma * torch.randn((n, *shape), generator=g))
     assert not torch.equal(got["ip_noise"], torch.zeros_like(got["ip_noise"]))
+    # with an adaptive scale, the strength (a fraction too) and the normal numbers go to `composed_noise`
+    adaptive = BatchSampler(2, 2, flip=True, seed=3, noise_offset=x, noise=NoiseOptions(
+        offset_random_strength=True, adaptive_scale=0.5)).draw(n, shape, (0, 1000))
+    g.set_state(again.generator.get_state())
+    u = torch.rand(1, generator=g)
+    assert torch.equal(adaptive["noise"], plain["noise"])
+    torch.testing.assert_close(adaptive["offset"], (u * x).expand(n))
+    torch.testing.assert_close(adaptive["offset_normal"], torch.randn((n, 4, 1, 1), generator=g))
     # plain strengths: X and gamma themselves, no fraction drawn
     fixed = BatchSampler(2, 2, flip=True, seed=3, noise_offset=x, noise=NoiseOptions(ip_gamma=gamma)).draw(
         n, shape, (0, 1000))
@@ -304,3 +312,44 @@ def test_kohyas_names_are_answered_and_its_config_keys_read(tmp_path):
     assert config_file_settings(TrainConfig, path) == {
         "loss_type": "smooth_l1", "huber_schedule": "exponential", "huber_c": 0.15, "ip_noise_gamma": 0.1,
         "multires_noise_iterations": 6, "multires_noise_discount": 0.3, "debiased_estimation_loss": True}
+
+
+def test_each_concept_of_a_joint_run_draws_and_weighs_as_its_own_run(sd1_dir, tmp_path):
+    """Each concept's noise parts come from its own generator and are put together over its own part of the batch
+    (the pyramid's rescaling too), and the loss weights are per sample: a joint run's concept learns its own run's
+    vectors."""
+    from conftest import each_concept_alone, write_images
+
+    dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
+    concepts = [f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"]
+    common = dict(steps=4, batch=2, save_every=0, sample_every=0, log_every=2, lr=5e-2, max_grad_norm=0.05,
+                  **ALL_NOISE, **ALL_LOSS)
+    joint = train(TrainConfig(concepts=concepts, out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir),
+                  progress=False)
+    for mine, alone in zip(joint.embeddings, each_concept_alone(sd1_dir, tmp_path, concepts, **common)):
+        assert torch.allclose(mine.vectors["text_encoder"], alone.vectors["text_encoder"], atol=1e-5)
+
+
+def test_a_1_over_snr_weight_is_refused_where_the_schedule_reaches_zero_snr(tmp_path, images):
+    """On a zero-terminal-SNR schedule (alpha_bar 0 at its last timestep) an epsilon loss's 1/sqrt(SNR) and
+    (SNR + 1)/SNR weights are infinite there: refused before the first step, naming the way round; drawn below it,
+    the run is finite. The v-prediction debiased weight, 1/(SNR + 1), is finite there."""
+    from textinv.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd1")
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config, rescale_betas_zero_snr=True)
+    pipe.save_pretrained(tmp_path / "zero")
+    assert load_model(tmp_path / "zero").noise_scheduler().alphas_cumprod[-1] == 0
+    for settings, flag in ((dict(debiased_estimation_loss=True), "--debiased-estimation-loss"),
+                           (dict(v_pred_like_loss=0.1), "--v-pred-like-loss 0.1")):
+        with pytest.raises(ConfigError, match=f"{flag} weighs an epsilon loss by 1/SNR terms, and .* has zero SNR at "
+                                              r"timestep 999 .* \(--max-timestep 999\)"):
+            train(config(images, tmp_path / "a", **settings), model=load_model(tmp_path / "zero"), progress=False)
+        below = train(config(images, tmp_path / flag[2:8], steps=2, max_timestep=999, **settings),
+                      model=load_model(tmp_path / "zero"), progress=False)
+        assert all(math.isfinite(loss) for _, loss in below.losses)
+    v = build_tiny_pipeline("sd2")
+    v.scheduler = DDPMScheduler.from_config(v.scheduler.config, rescale_betas_zero_snr=True)
+    v.save_pretrained(tmp_path / "zero-v")
+    train(config(images, tmp_path / "v", steps=2, debiased_estimation_loss=True), model=load_model(tmp_path / "zero-v"),
+          progress=False)

@@ -256,8 +256,9 @@ class TrainConfig:
     noise_offset: float = opt(0.0, "offset noise (kohya's --noise_offset): add this times one random number per "
                                    "sample and latent channel to the training noise, so training also sees noise "
                                    "that shifts a picture's overall brightness and colour; 0.05-0.1 is typical; 0: off")
-    noise_offset_random_strength: bool = opt(False, "each step's offset a random fraction of --noise-offset, "
-                                                    "uniform in [0, X) (kohya's --noise_offset_random_strength)")
+    noise_offset_random_strength: bool = opt(False, "the offset a random fraction of --noise-offset, uniform "
+                                                    "in [0, X), drawn anew for each batch (kohya's "
+                                                    "--noise_offset_random_strength)")
     adaptive_noise_scale: float = opt(0.0, "with --noise-offset: add this times the absolute mean of each sample's "
                                            "latent channel to that channel's offset (kohya's --adaptive_noise_scale; "
                                            "may be negative, the offset then stops at 0); 0: off")
@@ -269,8 +270,8 @@ class TrainConfig:
     ip_noise_gamma: float = opt(0.0, "input perturbation (Ning et al. 2023; kohya's --ip_noise_gamma): the latents "
                                      "are noised with the noise plus this times more normal noise, while the target "
                                      "stays the noise; about 0.1 is typical; 0: off")
-    ip_noise_gamma_random_strength: bool = opt(False, "each step's perturbation a random fraction of "
-                                                      "--ip-noise-gamma, uniform in [0, X) (kohya's "
+    ip_noise_gamma_random_strength: bool = opt(False, "the perturbation a random fraction of --ip-noise-gamma, "
+                                                      "uniform in [0, G), drawn anew for each batch (kohya's "
                                                       "--ip_noise_gamma_random_strength)")
     loss_type: str = opt("l2", "the loss of the prediction against its target, per latent pixel (kohya's "
                                "--loss_type): l2 (squared error, the paper's), l1 (absolute error), huber or "

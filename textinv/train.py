@@ -496,9 +496,11 @@ class LossOptions:
         return bool(self.debiased or self.scale_v_like_noise or self.v_pred_like)
 
 
-def check_loss_for(config: TrainConfig, prediction_type: str, source: str) -> None:
-    """Refuse, once the model has loaded (its prediction type known), the loss weights that are for the other kind
-    of model, as kohya's scripts refuse them."""
+def check_loss_for(config: TrainConfig, prediction_type: str, source: str, alphas_cumprod: torch.Tensor,
+                   timesteps: tuple[int, int]) -> None:
+    """Refuse, once the model has loaded (its prediction type and schedule known), the loss weights that are for
+    the other kind of model, as kohya's scripts refuse them, and those that would be infinite at a timestep drawn
+    (`timesteps`, [low, high)): 1/SNR terms where the schedule's SNR is 0 (zero terminal SNR)."""
     if config.scale_v_pred_loss_like_noise_pred and prediction_type != "v_prediction":
         raise ConfigError(f"--scale-v-pred-loss-like-noise-pred weighs a v-prediction loss, and {source} predicts "
                           f"{prediction_type}: leave it out (or give --prediction-type v_prediction, if the model "
@@ -507,6 +509,15 @@ def check_loss_for(config: TrainConfig, prediction_type: str, source: str) -> No
         raise ConfigError(f"--v-pred-like-loss {config.v_pred_like_loss:g} adds a v-prediction-like term to an "
                           f"epsilon loss, and {source} predicts v_prediction: leave it out (or use "
                           f"--scale-v-pred-loss-like-noise-pred, which weighs a v loss like an epsilon one)")
+    zero = [t for t in range(*timesteps) if alphas_cumprod[t] == 0]  # (SNR 0: the last timestep of such a schedule)
+    infinite = [flag for flag, on in (("--debiased-estimation-loss", config.debiased_estimation_loss
+                                       and prediction_type != "v_prediction"),
+                                      (f"--v-pred-like-loss {config.v_pred_like_loss:g}", config.v_pred_like_loss))
+                if on]
+    if zero and infinite:
+        raise ConfigError(f"{infinite[0]} weighs an epsilon loss by 1/SNR terms, and {source}'s schedule has zero SNR "
+                          f"at timestep {zero[0]} (zero terminal SNR), where the weight is infinite: leave it out, or "
+                          f"draw below that timestep (--max-timestep {zero[0]})")
 
 
 SNR_CAP = 1000.0  # kohya's: SNR at timestep 0 is near 1,200 for SD (infinite on a schedule that starts at alpha 1)
@@ -994,7 +1005,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     where.model = model
     file_format = _file_format(config.format, model)
     timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
-    check_loss_for(config, model.prediction_type, model.source)
+    check_loss_for(config, model.prediction_type, model.source, model.noise_scheduler().alphas_cumprod, timesteps)
     loss_options = LossOptions.of(config)
     clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
     if config.sample_every:  # (now, not at the first grid: the sampler refuses them there)
