@@ -509,7 +509,8 @@ def check_loss_for(config: TrainConfig, prediction_type: str, source: str, alpha
         raise ConfigError(f"--v-pred-like-loss {config.v_pred_like_loss:g} adds a v-prediction-like term to an "
                           f"epsilon loss, and {source} predicts v_prediction: leave it out (or use "
                           f"--scale-v-pred-loss-like-noise-pred, which weighs a v loss like an epsilon one)")
-    zero = [t for t in range(*timesteps) if alphas_cumprod[t] == 0]  # (SNR 0: the last timestep of such a schedule)
+    # (SNR 0: the last timestep of such a schedule)
+    zero = (torch.nonzero(alphas_cumprod[timesteps[0]:timesteps[1]] == 0).flatten() + timesteps[0]).tolist()
     infinite = [flag for flag, on in (("--debiased-estimation-loss", config.debiased_estimation_loss
                                        and prediction_type != "v_prediction"),
                                       (f"--v-pred-like-loss {config.v_pred_like_loss:g}", config.v_pred_like_loss))
