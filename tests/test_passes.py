@@ -314,3 +314,25 @@ def test_a_variation_that_cannot_be_drawn_is_refused_naming_the_flag(settings, m
         GenerateConfig(prompt=["a dog"], **settings).validate()
     drawn = GenerateConfig(prompt=["a dog"], variation_strength=0.2).validate()  # (left out: drawn, as -1)
     assert 0 <= drawn.variation_seed < 2**32
+
+
+def test_the_web_uis_emphasis_settings_weigh_as_it_does_and_are_written_and_read_back(sd1_dir, tmp_path):
+    from textinv.again import again_config
+    from textinv.generate import _encode_chunks, _prompt_chunks
+
+    model = load_model(sd1_dir)
+    rows = [_prompt_chunks(model, ["a (red:1.5) dog"])[0]]
+    plain = _encode_chunks(model, [_prompt_chunks(model, ["a red dog"])[0]], 1, 1)[0]
+    original, no_norm, ignore = (_encode_chunks(model, rows, 1, 1, mode)[0] for mode in ("original", "no-norm",
+                                                                                           "ignore"))
+    assert torch.equal(ignore, plain)  # (the syntax read: the same tokens, no weight)
+    red = 2  # (<start>, a, red)
+    assert torch.allclose(no_norm[0, red], plain[0, red] * 1.5) and torch.allclose(no_norm[0, 1], plain[0, 1])
+    assert torch.allclose(original, no_norm * (plain.mean() / no_norm.mean()))  # (scaled back to the plain mean)
+    path = generate(GenerateConfig(prompt=["a (red:1.5) dog"], n=1, steps=2, width=16, model=str(sd1_dir),
+                                   emphasis="No norm", metadata="full", out=str(tmp_path / "a")), progress=False)[0]
+    assert "Emphasis: No norm" in Image.open(path).text["parameters"]
+    assert again_config(path, {"out": str(tmp_path / "b")})[0].emphasis == "no-norm"
+    web = _picture(tmp_path / "w.png", "a (cat:1.2)\nSteps: 4, Seed: 3, Size: 16x16, Emphasis: None")
+    with pytest.warns(UserWarning, match="Emphasis None, its brackets read as words.*--emphasis ignore"):
+        assert again_config(web, {"model": str(sd1_dir)})[0].emphasis == "ignore"

@@ -64,7 +64,8 @@ _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance"
              "embeddings")
 _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "TI hashes",
                "Lora hashes", "Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
-               "Hires sampler", "Hires schedule type", "Variation seed", "Variation seed strength", "Tiling")
+               "Hires sampler", "Hires schedule type", "Variation seed", "Variation seed strength", "Tiling",
+               "Emphasis")
 
 
 @dataclass
@@ -310,10 +311,16 @@ def _from_a1111(path: Path, text: str) -> Picture:
     prompt, negative, fields = parse_a1111_parameters(text)
     settings: dict[str, Any] = {"prompt": [prompt], "negative_prompt": negative}
     names = {"Steps": "steps", "CFG scale": "guidance", "Seed": "seed", "Clip skip": "clip_skip",
-             "Variation seed": "variation_seed", "Variation seed strength": "variation_strength", "Tiling": "tiling"}
+             "Variation seed": "variation_seed", "Variation seed strength": "variation_strength", "Tiling": "tiling",
+             "Emphasis": "emphasis"}
     for label, name in names.items():
         if label in fields:
             settings[name] = fields[label]
+    notes = []
+    if str(settings.get("emphasis", "")).strip().lower() == "none":  # (the web UI's None: brackets read as words)
+        notes.append(f"{path} was drawn with the web UI's Emphasis None, its brackets read as words; textinv reads "
+                     f"them as weights: --emphasis ignore leaves the weights out")
+        settings["emphasis"] = "ignore"
     if "Size" in fields:
         settings["width"], settings["height"] = _size(path, fields["Size"], "Size")
     needs = {}
@@ -321,7 +328,6 @@ def _from_a1111(path: Path, text: str) -> Picture:
     needs["model"] = (f"--again {path} was drawn by the A1111 web UI ({model or 'its model is not named'}); textinv "
                       f"cannot find a model by the web UI's name or hash: give it with --model (its file or folder)")
     _a1111_sampler(path, fields, False, settings, needs)
-    notes = []
     _a1111_passes(path, fields, settings, needs, notes)
     unused = [k for k in fields if k not in _A1111_USED]
     if unused:

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .emphasis import CHUNK
+from .emphasis import MODES as EMPHASIS
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint
 from .io import read_text
@@ -617,6 +618,11 @@ class GenerateConfig:
                                          "variation seed's)")
     tiling: bool = opt(False, "pictures that wrap around at their edges, so copies tile without a seam (textures; "
                               "the web UI's Tiling)")
+    emphasis: str = opt("original", "how (word:1.3) weights apply, as the web UI's Emphasis setting: original (the "
+                                    "weights, each 75-token chunk then scaled back to its mean), no-norm (the weights "
+                                    "alone), ignore (the syntax read, the weights left out)", choices=EMPHASIS,
+                        spellings={"original": "original", "no-norm": "no-norm", "no norm": "no-norm",
+                                   "ignore": "ignore"})
     init_image: str = opt(None, "a picture to redraw with the prompt instead of drawing from noise (img2img): "
                                 "--denoise of the way, at --width x --height (the picture cropped to fit), one of "
                                 "them with the other at its proportions, or else the model's own area at them",

@@ -22,6 +22,11 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
+MODES = ("original", "no-norm", "ignore")
+"""The web UI's Emphasis setting: the weights, each chunk then scaled back to its unweighted mean (Original, its
+default); the weights alone (No norm); the weights' syntax read and the weights left out (Ignore). Its None (the
+brackets read as words) textinv does not have."""
+
 ROUND, SQUARE = 1.1, 1 / 1.1
 
 _PIECE = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|\)|\]|[^\\()\[\]:]+|:")

@@ -158,8 +158,10 @@ def _prompt_chunks(model: Model, prompts: list[str]) -> list[list[list[tuple[lis
     return [[emphasis.token_chunks(tok, p) for p in prompts] for _, tok, _ in model.encoders]
 
 
-def _encode_chunks(model: Model, rows, count: int, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`encode_prompts` on prompts already cut into chunks (`_prompt_chunks`), each padded to `count` chunks."""
+def _encode_chunks(model: Model, rows, count: int, clip_skip: int,
+                   emphasis_mode: str = "original") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`encode_prompts` on prompts already cut into chunks (`_prompt_chunks`), each padded to `count` chunks, with
+    the weights applied as `emphasis_mode` (`emphasis.MODES`) says."""
     widths = [te.config.hidden_size for _, _, te in model.encoders]
     empties = [emphasis.token_chunks(tok, "")[0] for _, tok, _ in model.encoders]
     hidden, pooled = [], None
@@ -170,12 +172,13 @@ def _encode_chunks(model: Model, rows, count: int, clip_skip: int) -> tuple[torc
             ids.append(torch.tensor([p[0] for p in part], device=te.device))
             weights.append(torch.tensor([p[1] for p in part]))
         h, pool = encode_text(model, ids, clip_skip)
-        if not all(bool((w == 1).all()) for w in weights):
+        if emphasis_mode != "ignore" and not all(bool((w == 1).all()) for w in weights):
             parts = []
             for part, w in zip(h.split(widths, dim=-1), weights):  # SDXL: each encoder's part to its own mean, as
                 before = part.mean(dim=(1, 2), keepdim=True)        # the web UI weighs each encoder on its own
                 part = part * w.to(part.device, part.dtype)[..., None]
-                parts.append(part * (before / part.mean(dim=(1, 2), keepdim=True)))
+                parts.append(part if emphasis_mode == "no-norm" else
+                             part * (before / part.mean(dim=(1, 2), keepdim=True)))
             h = torch.cat(parts, dim=-1)
         hidden.append(h)
         pooled = pool if k == 0 else pooled
@@ -221,6 +224,7 @@ def render(
     hires: Hires | None = None,
     variation: tuple[list[int], float] | None = None,
     tiling: bool = False,
+    emphasis_mode: str = "original",
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
@@ -232,7 +236,8 @@ def render(
     redraws the pictures drawn enlarged (`Hires`, the web UI's hires fix). Both start from the seed's noise, as the
     web UI's passes do: a seed gives its picture at any batch size. `variation` (each picture's variation seed, and
     the strength) blends each pass's noise toward the variation seed's (`seed_noise`), and `tiling` draws pictures
-    that wrap around at their edges (`_tiled`), each as the web UI does.
+    that wrap around at their edges (`_tiled`), each as the web UI does; `emphasis_mode` is its Emphasis setting
+    (`emphasis.MODES`).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -247,7 +252,7 @@ def render(
     _check_sampling(model, steps, guidance)
     check_clip_skip(model, clip_skip)
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
-                   clip_skip=clip_skip)
+                   clip_skip=clip_skip, emphasis_mode=emphasis_mode)
     with _tiled(pipe, tiling):
         if start is not None:
             pixels = torch.stack([prepare_image(p, 0, size=(width, height)) for p in start])  # (B, 3, H, W)
@@ -333,7 +338,7 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
 
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
-          guidance: float, negative_prompt: str, clip_skip: int, **call):
+          guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents)."""
@@ -358,7 +363,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
     zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in texts)
-    conditioning = [_conditioning(model, r, n, zero_negative, chunks, clip_skip, (height, width))
+    conditioning = [_conditioning(model, r, n, zero_negative, chunks, clip_skip, (height, width), emphasis_mode)
                     for r, n in zip(rows, negative_rows)]
     # the pipeline's own arguments hold one row a picture (with AND: its first sub-prompt's, which `_composing`
     # replaces by all of them at each UNet call)
@@ -484,12 +489,12 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
 
 
 def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
-                  size: tuple[int, int]) -> dict:
+                  size: tuple[int, int], emphasis_mode: str = "original") -> dict:
     """The pipeline's conditioning arguments for prompts and their negative already cut into chunks;
     `zero_negative`: SDXL's zeros for an empty negative prompt; `size`: (height, width), SDXL's original and
     target size micro-conditioning (its time ids), in the order diffusers and SDXL's training use."""
-    cond, pooled = _encode_chunks(model, rows, chunks, clip_skip)
-    uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip)
+    cond, pooled = _encode_chunks(model, rows, chunks, clip_skip, emphasis_mode)
+    uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip, emphasis_mode)
     if not model.is_xl:
         return dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
     if zero_negative:
@@ -570,6 +575,7 @@ def png_text(params: dict[str, str]) -> PngInfo:
     labels = {"steps": "Steps", "sampler": "Sampler", "schedule": "Schedule type", "guidance": "CFG scale",
               "seed": "Seed", "variation_seed": "Variation seed", "variation_strength": "Variation seed strength",
               "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
+              "emphasis": "Emphasis",
               "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
               "hires_scale": "Hires upscale", "hires_resize": "Hires resize", "hires_steps": "Hires steps",
               "hires_upscaler": "Hires upscaler", "hires_sampler": "Hires sampler",
@@ -1090,7 +1096,8 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "single_file_config": _where(config.single_file_config), "vae": _where(config.vae),
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
             "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
-            "tiling": config.tiling, "init_image": _where(config.init_image), "denoise": passes_denoise(config),
+            "tiling": config.tiling, "emphasis": config.emphasis, "init_image": _where(config.init_image),
+            "denoise": passes_denoise(config),
             **{name: getattr(config, name) for name in HIRES_SETTINGS},
             **({"hires_upscaler": config.hires_upscaler or refine.DEFAULT_UPSCALER} if config.hires() else {}),
             "metadata": config.metadata}  # (so a redraw is written as the picture was)
@@ -1233,7 +1240,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                     variation = ([config.variation_seed + s - config.seed for s in chunk], config.variation_strength)
                 images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
                                 clip_skip, width, height, None if init is None else [init] * len(chunk),
-                                passes_denoise(config), hires, variation, config.tiling)
+                                passes_denoise(config), hires, variation, config.tiling, config.emphasis)
                 for seed, img in zip(chunk, images):
                     bar.update(1)
                     if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
@@ -1273,6 +1280,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
 def _noise_params(config: GenerateConfig, seed: int) -> dict:
     """The PNG text of a picture's variation seed and tiling (the web UI's labels; empty without them)."""
     params = {"tiling": "True"} if config.tiling else {}
+    if config.emphasis != "original":  # (as the web UI: only another than its default)
+        params["emphasis"] = {"no-norm": "No norm", "ignore": "Ignore"}[config.emphasis]
     if config.variation_strength:
         params.update(variation_seed=config.variation_seed + seed - config.seed,
                       variation_strength=config.variation_strength)
