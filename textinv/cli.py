@@ -62,8 +62,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         elif "spellings" in f.metadata:  # (argparse checks the choices after `type`: another tool's name passes)
             from .config import spelled
 
-            parser.add_argument(*names, type=lambda value, known=f.metadata["spellings"]: spelled(known, value),
-                                **kwargs)
+            parser.add_argument(*names, type=lambda value, known=f.metadata["spellings"], note=f.metadata.get(
+                "notes"): spelled(known, value, note), **kwargs)
         else:
             parser.add_argument(*names, type=kind if kind in (int, float) else str, **kwargs)
 

@@ -28,6 +28,8 @@ from .emphasis import MODES as EMPHASIS
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint
 from .io import read_text
+from .optimizers import OPTIMIZERS, check_optimizer, memory_saver_note
+from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
 from .samplers import SAMPLERS, check_installed
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
@@ -51,7 +53,7 @@ from .data import MAX_KOHYA_REPEATS, PROPERTIES, flip_default, skip_sides
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
-LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 COMPILE = ("off", "blocks", "unet")
 LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")  # kohya's --loss_type
 HUBER_SCHEDULES = ("snr", "exponential", "constant")  # kohya's --huber_schedule
@@ -65,13 +67,19 @@ VARIANT_HELP = ("the weights' variant to load (e.g. fp16: half the download), fo
                 "default: the plain weights (a folder's only variant where it has no others)")
 
 
-def spelled(spellings: dict[str, str], value):
-    """`value` as textinv names it when `spellings` (a field's, by lowercase name) knows it, else as it is.
+def spelled(spellings: dict[str, str], value, note=None):
+    """`value` as textinv names it when `spellings` (a field's, by lowercase name) knows it, else as it is. `note`
+    (a field's `notes`): what to say, as a warning, when a spelling is taken as something else than it names.
 
     >>> spelled(SAMPLER_SPELLINGS, "DPM++ 2M Karras"), spelled(SAMPLER_SPELLINGS, "k_euler_a")
     ('dpm++2m_karras', 'euler_a')
     """
-    return spellings.get(value.strip().lower(), value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    said = note(value) if note is not None else None
+    if said:
+        warnings.warn(said, stacklevel=3)
+    return spellings.get(value.strip().lower(), value)
 
 
 def check_choices(config) -> None:
@@ -81,7 +89,7 @@ def check_choices(config) -> None:
     for f in dataclasses.fields(config):
         choices = f.metadata.get("choices")
         if "spellings" in f.metadata:
-            setattr(config, f.name, spelled(f.metadata["spellings"], getattr(config, f.name)))
+            setattr(config, f.name, spelled(f.metadata["spellings"], getattr(config, f.name), f.metadata.get("notes")))
         value = getattr(config, f.name)
         if choices and value is not None and value not in choices:
             raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(map(str, choices))}")
@@ -242,8 +250,21 @@ class TrainConfig:
     lr_steps: str = opt(None, "the A1111 web UI's stepped rate instead of --lr: 'RATE:STEP, RATE:STEP, ..., RATE' "
                               "uses each RATE until optimizer step STEP, the last to the end, e.g. "
                               "'0.05:10, 0.02:20, 0.01:60, 0.005'")
+    lr_cycles: int = opt(1, "--lr-schedule cosine_with_restarts: the cosine falls to 0 this many times, restarting "
+                            "at --lr each time (kohya's --lr_scheduler_num_cycles)")
+    lr_power: float = opt(1.0, "--lr-schedule polynomial: the decay's power, from --lr to 1e-7 at the last step (1: "
+                               "linear; kohya's --lr_scheduler_power)")
     warmup_steps: int = opt(0, "linear lr warm-up steps")
-    weight_decay: float = opt(0.01, "AdamW weight decay, applied to the new vectors only (the reference's 1e-2)")
+    optimizer: str = opt("adamw", "the optimizer of the new vectors: adamw (the paper's), lion (needs pip install "
+                                  "lion-pytorch), prodigy (needs pip install prodigyopt; give --lr 1.0), adafactor, "
+                                  "sgd (Nesterov momentum 0.9); kohya's names (AdamW8bit, Lion, Prodigy, AdaFactor, "
+                                  "SGDNesterov) are taken as these, its 8-bit and paged ones as the fp32 optimizer",
+                          choices=OPTIMIZERS, spellings=OPTIMIZER_SPELLINGS, notes=memory_saver_note)
+    optimizer_args: list = opt([], "the optimizer's own arguments, KEY=VALUE each, the value as Python reads it "
+                                   "(kohya's --optimizer_args), e.g. betas=0.9,0.99 eps=1e-6, or d_coef=2 for "
+                                   "prodigy; --lr and --weight-decay are given by their flags")
+    weight_decay: float = opt(0.01, "weight decay of the new vectors only (the reference's 1e-2), as --optimizer "
+                                    "applies it: decoupled for adamw, lion, prodigy and adafactor, an L2 term for sgd")
     max_grad_norm: float = opt(None, "clip the vectors' gradient norm to this (off by default)")
     min_snr_gamma: float = opt(None, "min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is typical); off by default")
     clip_skip: int = opt(1, "text-encoder layer read, counted from the end as A1111 and kohya count (1: the last; 2: "
@@ -448,7 +469,9 @@ class TrainConfig:
         if self.init_embedding is not None and not str(self.init_embedding).strip():
             raise ConfigError("--init-embedding needs an embedding file")
         if self.warmup_steps and self.lr_schedule == "constant":
-            raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear or cosine")
+            raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear, cosine, "
+                              "cosine_with_restarts or polynomial")
+        self._check_schedule_and_optimizer(len(specs))
         if self.cuda_graphs and self.buckets:
             raise ConfigError("--cuda-graphs and --buckets: a captured step takes one shape of pictures, and buckets "
                               "make several; leave out one of them")
@@ -467,6 +490,31 @@ class TrainConfig:
                          f"or .json)" if names_a_file(prompt) else "")
                 raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' (or the token) where the token goes{named}")
         return self
+
+    def _check_schedule_and_optimizer(self, concepts: int) -> None:
+        """--lr-cycles and --lr-power with the schedule they shape, and the optimizer (`optimizers.check_optimizer`)."""
+        if isinstance(self.lr_cycles, bool) or not isinstance(self.lr_cycles, int) or self.lr_cycles < 1:
+            raise ConfigError(f"--lr-cycles must be a whole number >= 1, got {self.lr_cycles!r}")
+        if isinstance(self.lr_power, bool) or not isinstance(self.lr_power, (int, float)) or not (
+                0 < self.lr_power < math.inf):
+            raise ConfigError(f"--lr-power must be a number > 0 (1: linear), got {self.lr_power!r}")
+        for name, schedule in (("lr_cycles", "cosine_with_restarts"), ("lr_power", "polynomial")):
+            if getattr(self, name) != getattr(TrainConfig, name) and self.lr_schedule != schedule:
+                raise ConfigError(f"--{_flag(name)} {getattr(self, name)} shapes --lr-schedule {schedule}, and the "
+                                  f"schedule is {self.lr_schedule}: give --lr-schedule {schedule}, or leave out "
+                                  f"--{_flag(name)}")
+        if self.lr_schedule == "polynomial" and self.lr <= 1e-7:  # (it decays to 1e-7: diffusers refuses a rise)
+            raise ConfigError(f"--lr-schedule polynomial decays --lr to 1e-7, and --lr is {self.lr:g}; give a "
+                              f"higher --lr, or another schedule")
+        if self.reference_like and (self.optimizer != "adamw" or self.optimizer_args):
+            raise ConfigError(f"--reference-like does what the diffusers example does, for benchmarks against it, and "
+                              f"its optimizer is AdamW with PyTorch's settings: leave out --optimizer "
+                              f"{self.optimizer} and --optimizer-args with --reference-like")
+        check_optimizer(self.optimizer, self.optimizer_args, self.lr, self.weight_decay, concepts)
+        if self.optimizer == "prodigy" and self.lr_steps is None and self.lr != 1:
+            warnings.warn(f"--optimizer prodigy estimates its own step size and is meant to run at --lr 1.0 (as "
+                          f"kohya's Prodigy configs give it); --lr {self.lr:g} scales that estimate by {self.lr:g}",
+                          stacklevel=3)
 
     def _check_noise_and_loss(self) -> None:
         """kohya's noise and loss settings (the ones that need the model, v-prediction or not, are checked once it

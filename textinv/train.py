@@ -52,6 +52,7 @@ from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, m
                      release, smaller_side, step_bytes)
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, model_fingerprints,
                      pick_device, shareable_name, xl_time_ids)
+from .optimizers import make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable,
                          check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder, load_checkpoint,
                          moved_places, newest_checkpoint, prepare_output, run_lock, save_checkpoint, write_loss_log)
@@ -1120,7 +1121,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             e.base.weight.requires_grad_(True)
             trained.append(e.base.weight)
         table_copies = [e.base.weight.detach().clone() for e in exts]
-    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay)
+    # (--optimizer adamw, the default: torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay))
+    optimizer = make_optimizer(config.optimizer, trained, lr, config.weight_decay, config.optimizer_args)
     from diffusers.optimization import get_scheduler
 
     if stepped:  # A1111's: each rate until its step (the LambdaLR is rebuilt from the settings on resume)
@@ -1129,8 +1131,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
 
         lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     else:
+        # (diffusers' schedules, kohya's too: each a LambdaLR of the step, so a resume rebuilds it from the settings
+        # and `_rate_from_schedule` reads it; num_cycles and power shape only cosine_with_restarts and polynomial)
         lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
-                                    num_training_steps=config.steps)
+                                    num_training_steps=config.steps, num_cycles=config.lr_cycles,
+                                    power=config.lr_power)
 
     # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -1803,9 +1808,11 @@ def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[lis
             if not finite[k]:  # vectors and moments put back after the step
                 e.vectors.grad[r] = 0.0
                 state = optimizer.state.get(e.vectors, {})
-                kept.append((e.vectors, r, {name: v[r].clone() for name, v in state.items() if name != "step"},
-                             e.vectors.detach()[r].clone()))
-            elif skipped[k]:  # stepped again below from these vectors, at its own step count
+                kept.append((e.vectors, r, {name: v[r].clone() for name, v in state.items()
+                                            if name != "step" and torch.is_tensor(v)}, e.vectors.detach()[r].clone()))
+            elif skipped[k] and isinstance(optimizer, torch.optim.AdamW):
+                # stepped again below from these vectors, at its own step count (Lion's and SGD's steps do not
+                # depend on the count; Adafactor and Prodigy are refused with several concepts)
                 redo.append((e.vectors, r, skipped[k], e.vectors.detach()[r].clone()))
     optimizer.step()  # the finite concepts' step (gradients already unscaled)
     with torch.no_grad():

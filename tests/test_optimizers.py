@@ -1,0 +1,280 @@
+"""--optimizer, --optimizer-args and the schedules kohya's configs name: the default run as it always was, each
+optimizer's run resumed exactly, kohya's names and arguments taken, and what cannot work refused before any step."""
+
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+from diffusers.optimization import get_scheduler
+
+from textinv import optimizers
+from textinv import train as train_module
+from textinv.cli import main
+from textinv.config import TrainConfig, build, config_file_settings
+from textinv.errors import ConfigError
+from textinv.models import load_model
+from textinv.optimizers import make_optimizer, parse_optimizer_args
+from textinv.train import TrainingInterrupted, train
+
+
+def config(images, out, **kw):
+    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2, save_every=0,
+                sample_every=0, log_every=2, lr=5e-2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def vectors(result):
+    return result.embedding.vectors["text_encoder"]
+
+
+def test_the_default_run_is_todays_adamw_bit_for_bit(sd1_dir, images, tmp_path, monkeypatch):
+    """--optimizer adamw, the default, builds torch's AdamW with the rate and weight decay alone, as train did before
+    the flag: the same vectors and losses as that line, and a kohya AdamW8bit config trains the same run."""
+    default = train(config(images, tmp_path / "a"), model=load_model(sd1_dir), progress=False)
+    with pytest.warns(UserWarning, match=r"--optimizer AdamW8bit: taken as adamw; 8-bit and paged optimizers save "
+                                         r"memory on billions of weights"):
+        eight_bit = train(config(images, tmp_path / "b", optimizer="AdamW8bit"), model=load_model(sd1_dir),
+                          progress=False)
+    built = []
+    monkeypatch.setattr(train_module, "make_optimizer", lambda name, params, lr, weight_decay, args: built.append(
+        name) or torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))  # (the line train had)
+    before = train(config(images, tmp_path / "c"), model=load_model(sd1_dir), progress=False)
+    assert built == ["adamw"]
+    for other in (eight_bit, before):
+        assert torch.equal(vectors(default), vectors(other)) and default.losses == other.losses
+    p = torch.zeros(2, 3, requires_grad=True)
+    assert type(make_optimizer("adamw", [p], 0.1, 0.01)) is torch.optim.AdamW
+    assert make_optimizer("adamw", [p], 0.1, 0.01).state_dict() == \
+        torch.optim.AdamW([p], lr=0.1, weight_decay=0.01).state_dict()
+
+
+@pytest.mark.parametrize("optimizer, schedule", [
+    ("adafactor", dict(lr_schedule="cosine_with_restarts", lr_cycles=2, warmup_steps=1)),
+    ("SGDNesterov", dict(lr_schedule="polynomial", lr_power=2.0)),
+])
+def test_each_optimizer_resumes_to_the_uninterrupted_run_bit_for_bit(optimizer, schedule, sd1_dir, images, tmp_path,
+                                                                      monkeypatch):
+    """The optimizer's state (Adafactor's factored moments and step count, SGD's momentum) and kohya's schedules are
+    in each checkpoint: a run stopped (Ctrl-C) after step 4 and resumed ends where the uninterrupted one does."""
+    from conftest import interrupt_loss_at
+
+    settings = dict(steps=8, optimizer=optimizer, **schedule)
+    straight = train(config(images, tmp_path / "a", **settings), model=load_model(sd1_dir), progress=False)
+    undo = interrupt_loss_at(monkeypatch, 5)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(config(images, tmp_path / "b", **settings), model=load_model(sd1_dir), progress=False)
+    assert info.value.step == 4
+    undo()
+    resumed = train(config(images, tmp_path / "b", **settings, resume=True), model=load_model(sd1_dir),
+                    progress=False)
+    assert torch.equal(vectors(resumed), vectors(straight)) and resumed.losses == straight.losses
+    adamw = train(config(images, tmp_path / "c", steps=8, **schedule), model=load_model(sd1_dir), progress=False)
+    assert not torch.equal(vectors(straight), vectors(adamw))  # (the optimizer asked for is the one that ran)
+
+
+def test_a_resume_with_another_optimizer_or_its_args_is_refused(sd1_dir, images, tmp_path):
+    train(config(images, tmp_path / "b", steps=2, save_every=2, optimizer="sgd"), model=load_model(sd1_dir),
+          progress=False)
+    with pytest.raises(ConfigError, match=r"cannot resume .* \(optimizer: 'sgd' -> 'adamw'\)"):
+        train(config(images, tmp_path / "b", steps=4, resume=True), model=load_model(sd1_dir), progress=False)
+    with pytest.raises(ConfigError, match=r"optimizer_args: \[\] -> \['momentum=0.5'\]"):
+        train(config(images, tmp_path / "b", steps=4, resume=True, optimizer="sgd", optimizer_args=["momentum=0.5"]),
+              model=load_model(sd1_dir), progress=False)
+
+
+def _rates(monkeypatch, cls) -> list:
+    seen, real = [], cls.step
+
+    def step(self, *a, **kw):
+        seen.append(self.param_groups[0]["lr"])
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(cls, "step", step)
+    return seen
+
+
+@pytest.mark.parametrize("schedule, shape", [("cosine_with_restarts", dict(num_cycles=3)),
+                                             ("polynomial", dict(power=3.0))])
+def test_kohyas_schedules_give_diffusers_rates_with_their_cycles_and_power(schedule, shape, sd1_dir, images,
+                                                                            tmp_path, monkeypatch):
+    seen = _rates(monkeypatch, torch.optim.AdamW)
+    flag = {"num_cycles": "lr_cycles", "power": "lr_power"}
+    train(config(images, tmp_path / "a", steps=9, warmup_steps=2, lr_schedule=schedule,
+                 **{flag[k]: v for k, v in shape.items()}), model=load_model(sd1_dir), progress=False)
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=5e-2)
+    lr_schedule = get_scheduler(schedule, reference, num_warmup_steps=2, num_training_steps=9, **shape)
+    assert seen == [5e-2 * lr_schedule.lr_lambdas[0](s) for s in range(9)]  # (LambdaLR's own expression)
+    plain = get_scheduler(schedule, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=5e-2),
+                          num_warmup_steps=2, num_training_steps=9)
+    assert [plain.lr_lambdas[0](s) for s in range(9)] != [lr_schedule.lr_lambdas[0](s) for s in range(9)]
+
+
+def test_kohyas_optimizer_args_are_read_as_kohya_reads_them():
+    assert parse_optimizer_args(["betas=0.9,0.99", "eps=1e-6", "d_coef=2", "use_bias_correction=True",
+                                 "safeguard_warmup=false", "betas2=[0.9, 0.999]"]) == {
+        "betas": (0.9, 0.99), "eps": 1e-6, "d_coef": 2, "use_bias_correction": True, "safeguard_warmup": False,
+        "betas2": (0.9, 0.999)}
+    p = torch.zeros(2, 3, requires_grad=True)
+    adamw = make_optimizer("adamw", [p], 0.1, 0.0, ["betas=0.9,0.99", "eps=1e-6"])
+    assert adamw.defaults["betas"] == (0.9, 0.99) and adamw.defaults["eps"] == 1e-6
+    sgd = make_optimizer("sgd", [p], 0.1, 0.0)  # (kohya's SGDNesterov: momentum 0.9 unless given)
+    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+    adafactor = make_optimizer("adafactor", [p], 0.1, 0.0, ["clip_threshold=2.0"])
+    assert adafactor.defaults["lr"] == 0.1 and not adafactor.defaults["relative_step"]
+    assert adafactor.defaults["clip_threshold"] == 2.0
+
+
+@pytest.mark.parametrize("settings, said", [
+    (dict(optimizer="adafactor", optimizer_args=["betas=0.9,0.99"]),
+     r"--optimizer-args betas=\.\.\.: transformers.optimization.Adafactor \(--optimizer adafactor\) takes no betas; "
+     r"its arguments are: eps, clip_threshold, decay_rate, beta1, scale_parameter, relative_step, warmup_init$"),
+    (dict(optimizer_args=["weight_decay=0.1"]), r"weight_decay=\.\.\.: give it as --weight-decay"),
+    (dict(optimizer_args=["betas"]), r"--optimizer-args 'betas' is not KEY=VALUE"),
+    (dict(optimizer="sgd", optimizer_args=["momentum=0"]), r"--optimizer sgd with --optimizer-args momentum=0: SGD "
+                                                           r"says: Nesterov momentum requires a momentum"),
+    (dict(optimizer="adafactor", optimizer_args=["relative_step=True"]), r"Adafactor would then set its own rate"),
+    (dict(optimizer="DAdaptAdam"), r"--optimizer 'DAdaptAdam' is not one of: adamw, lion, prodigy, adafactor, sgd"),
+    (dict(optimizer="sgd", reference_like=True), r"--reference-like does what the diffusers example does, .* its "
+                                                 r"optimizer is AdamW"),
+    (dict(lr_cycles=2), r"--lr-cycles 2 shapes --lr-schedule cosine_with_restarts, and the schedule is constant"),
+    (dict(lr_schedule="cosine", lr_power=2.0), r"--lr-power 2.0 shapes --lr-schedule polynomial"),
+    (dict(lr_schedule="cosine_with_restarts", lr_cycles=0), r"--lr-cycles must be a whole number >= 1"),
+    (dict(lr_schedule="polynomial", lr=1e-8), r"decays --lr to 1e-7, and --lr is 1e-08"),
+])
+def test_what_an_optimizer_or_schedule_cannot_take_is_refused_before_anything_loads(settings, said, tmp_path):
+    with pytest.raises(ConfigError, match=said):
+        config(tmp_path / "nowhere", tmp_path / "o", **settings).validate()
+
+
+@pytest.mark.parametrize("name, package", [("lion", "lion-pytorch"), ("Prodigy", "prodigyopt")])
+def test_an_optimizer_whose_package_is_missing_is_refused_naming_the_pip_command(name, package, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setitem(sys.modules, package.replace("-", "_"), None)  # (missing, even where it is installed)
+    with pytest.raises(ConfigError, match=rf"--optimizer {name.lower()} needs the {package} package .*: pip "
+                                          rf"install {package}, or choose another --optimizer"):
+        config(tmp_path / "nowhere", tmp_path / "o", optimizer=name).validate()
+
+
+def _fake_package(monkeypatch, module: str, cls: str, **own):
+    """A stand-in for a package that is not installed here: an optimizer class of its name and arguments (SGD's
+    step underneath, so a run goes on), recording what it was built with."""
+    built = []
+
+    def __init__(self, params, lr=1e-4, weight_decay=0.0, **kwargs):
+        unknown = set(kwargs) - set(own)
+        if unknown:
+            raise TypeError(f"unexpected {unknown}")
+        built.append(dict(lr=lr, weight_decay=weight_decay, **kwargs))
+        torch.optim.SGD.__init__(self, params, lr=lr, weight_decay=weight_decay)
+
+    import inspect
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)
+              for n, d in [("self", inspect.Parameter.empty), ("params", inspect.Parameter.empty), ("lr", 1e-4),
+                           ("weight_decay", 0.0), *own.items()]]
+    __init__.__signature__ = inspect.Signature(params)
+    fake = types.ModuleType(module)
+    setattr(fake, cls, type(cls, (torch.optim.SGD,), {"__init__": __init__}))
+    monkeypatch.setitem(sys.modules, module, fake)
+    return built
+
+
+def test_lion_and_prodigy_are_built_from_their_packages_with_kohyas_args(sd1_dir, images, tmp_path, monkeypatch):
+    lion = _fake_package(monkeypatch, "lion_pytorch", "Lion", betas=(0.9, 0.99), use_triton=False)
+    result = train(config(images, tmp_path / "a", steps=2, optimizer="Lion", optimizer_args=["betas=0.95,0.98"],
+                          weight_decay=0.1, lr=1e-4), model=load_model(sd1_dir), progress=False)
+    assert result.steps == 2
+    assert lion[-1] == dict(lr=1e-4, weight_decay=0.1, betas=(0.95, 0.98))  # (the run's own; a stand-in's first)
+    prodigy = _fake_package(monkeypatch, "prodigyopt", "Prodigy", d_coef=1.0, use_bias_correction=False)
+    with pytest.warns(UserWarning, match=r"--optimizer prodigy .* meant to run at --lr 1.0"):
+        config(images, tmp_path / "b", optimizer="prodigy", lr=0.5).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (at --lr 1.0, nothing to say)
+        config(images, tmp_path / "b", optimizer="prodigy", lr=1.0, optimizer_args=["d_coef=2"]).validate()
+    assert prodigy[-1] == dict(lr=1.0, weight_decay=0.01, d_coef=2)
+    with pytest.raises(ConfigError, match=r"prodigyopt.Prodigy \(--optimizer prodigy\) takes no betas; its "
+                                          r"arguments are: d_coef, use_bias_correction$"):
+        config(images, tmp_path / "b", optimizer="prodigy", lr=1.0, optimizer_args=["betas=0.9,0.99"]).validate()
+
+
+@pytest.mark.parametrize("name", ["adafactor", "prodigy"])
+def test_an_optimizer_that_mixes_the_concepts_rows_is_refused_with_several_concepts(name, tmp_path, monkeypatch):
+    _fake_package(monkeypatch, "prodigyopt", "Prodigy")
+    with pytest.raises(ConfigError, match=rf"--optimizer {name} with several --concepts: .* so a concept would not "
+                                          rf"learn what its own run learns"):
+        TrainConfig(concepts=["a=<a>", "b=<b>"], out=str(tmp_path / "o"), optimizer=name, lr=1.0).validate()
+    TrainConfig(concepts=["a=<a>", "b=<b>"], out=str(tmp_path / "o"), optimizer="sgd").validate()
+
+
+def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_as_its_own_sgd_run():
+    """Several concepts in fp16: a concept whose gradients overflow alone keeps its vectors and momentum, and goes on
+    as its own run, where GradScaler skips the whole step. The Adam step-count correction is AdamW's alone (it read
+    AdamW's betas from SGD's settings)."""
+    from types import SimpleNamespace
+
+    from textinv.train import _step_skipping_overflows
+
+    def setup():
+        encoders = [SimpleNamespace(vectors=torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator()
+                                                                           .manual_seed(i)))) for i in range(2)]
+        optimizer = make_optimizer("sgd", [e.vectors for e in encoders], 0.1, 0.01)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        scaler.scale(torch.ones(()))
+        return encoders, optimizer, scaler
+
+    rows = [[slice(0, 2)] * 2, [slice(2, 4)] * 2]  # concept A: rows 0-1 of both encoders; B: rows 2-3
+
+    def run(overflows, skipped):
+        encoders, optimizer, scaler = setup()
+        for k, overflow in enumerate(overflows):
+            for i, e in enumerate(encoders):
+                e.vectors.grad = torch.randn(4, 3, generator=torch.Generator().manual_seed(10 * k + i)) * \
+                    scaler.get_scale()
+                if overflow is not None:
+                    e.vectors.grad[overflow] = float("inf")
+            scaler.unscale_(optimizer)
+            _step_skipping_overflows(scaler, optimizer, encoders, rows, skipped)
+        return encoders
+
+    skipped = [0, 0]
+    joint = run([None, slice(0, 2), None, None], skipped)  # A overflows alone at the second step
+    assert skipped == [1, 0]
+    own = run([None, slice(None), None, None], [0, 0])  # A's own run: that step skipped whole
+    other = run([None] * 4, [0, 0])  # B's own run
+    for e, mine, theirs in zip(joint, own, other):
+        assert torch.equal(e.vectors[:2], mine.vectors[:2]) and torch.equal(e.vectors[2:], theirs.vectors[2:])
+
+
+def test_a_config_file_with_kohyas_optimizer_and_schedule_loads_and_kohyas_keys_are_answered(tmp_path, capsys):
+    cfg = tmp_path / "kohya.toml"
+    cfg.write_text('token = "<t>"\nimages = "pics"\noptimizer = "AdaFactor"\n'
+                   'optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]\n'
+                   'lr_schedule = "cosine_with_restarts"\nlr_cycles = 3\nlr = 1e-3\n')
+    settings = config_file_settings(TrainConfig, cfg)
+    loaded = build(TrainConfig, settings, {"out": str(tmp_path / "o")}).validate()
+    assert (loaded.optimizer, loaded.lr_schedule, loaded.lr_cycles) == ("adafactor", "cosine_with_restarts", 3)
+    assert loaded.optimizer_args == ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
+    cfg.write_text('optimizer_type = "AdamW8bit"\nlr_scheduler_num_cycles = 3\nlr_scheduler_power = 2\n')
+    with pytest.raises(ConfigError, match=r"'optimizer_type': that is kohya's name; textinv calls it 'optimizer' "
+                                          r".*'lr_scheduler_num_cycles': .* textinv calls it 'lr_cycles' .*"
+                                          r"'lr_scheduler_power': .* textinv calls it 'lr_power'"):
+        config_file_settings(TrainConfig, cfg)
+    with pytest.raises(SystemExit):
+        main(["train", "--optimizer_args", "betas=0.9,0.99"])
+    assert "--optimizer_args is kohya's name; textinv calls it --optimizer-args" in capsys.readouterr().err
+
+
+def test_the_command_line_takes_kohyas_optimizer_names_and_args(sd1_dir, images, tmp_path):
+    out = tmp_path / "o"
+    with pytest.warns(UserWarning, match="--optimizer PagedAdamW8bit: taken as adamw"):
+        assert main(["train", "--model", str(sd1_dir), "--images", str(images), "--token", "<t>", "--init", "dog",
+                     "--out", str(out), "--steps", "2", "--batch", "1", "--save-every", "0", "--sample-every", "0",
+                     "--optimizer", "PagedAdamW8bit", "--optimizer-args", "betas=0.9,0.99", "eps=1e-6",
+                     "--lr-schedule", "polynomial", "--lr-power", "2"]) == 0
+    import yaml
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["optimizer"] == "adamw" and saved["optimizer_args"] == ["betas=0.9,0.99", "eps=1e-6"]
+    assert saved["lr_power"] == 2.0
+    assert optimizers.memory_saver_note("adamw") is None
