@@ -27,10 +27,12 @@ _EMBEDS_ONLY = ("not needed: textinv saves only the learned vectors, never a cop
 _TOKENIZER = "not needed: textinv uses the model's own tokenizer"
 _NO_LOADER = ("not needed: textinv encodes each picture once before the first step and every step draws from those "
               "cached latents; there is no data loader")
-_ADAM = "textinv's AdamW keeps PyTorch's betas 0.9, 0.999 and epsilon 1e-8 (the diffusers script's defaults); no setting"
+_ADAM = ("--optimizer-args betas=B1,B2 eps=E: AdamW's own arguments; PyTorch's betas 0.9,0.999 and eps 1e-8 (the "
+         "diffusers script's defaults) unless given")
 _TINY_OPTIMIZER = ("not needed: textinv's optimizer holds only the new vectors (a few thousand numbers), so a "
                    "memory-saving optimizer or step saves nothing")
-_SCHEDULES = ("textinv has the schedules of --lr-schedule (linear and cosine decay to 0 at the last step, after "
+_SCHEDULES = ("textinv has the schedules of --lr-schedule (linear and cosine decay to 0 at the last step, "
+              "cosine_with_restarts --lr-cycles times, polynomial to 1e-7 with --lr-power, each after "
               "--warmup-steps) and the web UI's stepped rate, --lr-steps; no other setting")
 _PUSH = "textinv publishes with a command of its own, once the run is done: textinv push OUT --repo OWNER/NAME"
 _KEEP = ("textinv saves by steps (--save-every N) and keeps the last --keep-checkpoints checkpoints (2 unless told); "
@@ -67,10 +69,13 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("gradient_accumulation_steps", _DK, "train", "--grad-accum", ""),
     ("scale_lr", _D, "train", "--scale-lr", "the same: the rate times batch, accumulation and processes; off "
                                             "unless given, in both"),
-    ("lr_scheduler", _DK, "train", "--lr-schedule", "constant, constant_with_warmup, linear or cosine"),
-    ("lr_warmup_steps", _DK, "train", "--warmup-steps", "only with --lr-schedule constant_with_warmup, linear or "
-                                                        "cosine; the diffusers script's default 500 does nothing "
-                                                        "under its default constant schedule"),
+    ("lr_scheduler", _DK, "train", "--lr-schedule", "constant, constant_with_warmup, linear, cosine, "
+                                                    "cosine_with_restarts (--lr-cycles) or polynomial (--lr-power); "
+                                                    "kohya's adafactor schedule is not needed: --optimizer "
+                                                    "adafactor runs at --lr and its schedule"),
+    ("lr_warmup_steps", _DK, "train", "--warmup-steps", "only with an --lr-schedule other than constant; the "
+                                                        "diffusers script's default 500 does nothing under its "
+                                                        "default constant schedule"),
     ("adam_weight_decay", _D, "train", "--weight-decay", "the same default, 1e-2"),
     ("mixed_precision", _DK, "train", "--precision", "no is fp32, fp16 and bf16 are the same: the frozen weights' "
                                                      "precision, the learned vectors stay fp32 as in theirs; "
@@ -118,9 +123,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("no_safe_serialization", _D, "train", None, "textinv writes .safetensors (--format a1111: the web UI's .pt); "
                                                  "`textinv convert` writes the script's pickled learned_embeds.bin "
                                                  "(diffusers-bin) from it"),
-    ("adam_beta1 adam_beta2 adam_epsilon", _D, "train", None, _ADAM),
+    ("adam_beta1 adam_beta2 adam_epsilon", _D, "train", "--optimizer-args", _ADAM),
     ("use_8bit_adam", _DK, "train", None, _TINY_OPTIMIZER),
-    ("lr_num_cycles", _D, "train", None, "textinv's cosine schedule falls once, to 0 at the last step: no restarts"),
+    ("lr_num_cycles", _D, "train", "--lr-cycles", "with --lr-schedule cosine_with_restarts, as theirs"),
     ("validation_epochs", _D, "train", None, "textinv samples by steps: --sample-every N"),
     ("local_rank", _D, "train", None, "not needed: accelerate launch gives each process its rank, which textinv "
                                       "reads through accelerate"),
@@ -173,7 +178,12 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                        "else after the token"),
     ("cache_latents cache_latents_to_disk", _K, "train", None, "not needed: textinv encodes each picture once and "
                                                                "keeps its latent distribution"),
-    ("optimizer_type use_lion_optimizer", _K, "train", None, "textinv uses AdamW, on the new vectors only"),
+    ("optimizer_type", _K, "train", "--optimizer", "adamw (the default), lion, prodigy, adafactor or sgd, on the new "
+                                                   "vectors only; its names are taken (AdamW, Lion, Prodigy, "
+                                                   "AdaFactor, SGDNesterov), AdamW8bit, PagedAdamW8bit and "
+                                                   "PagedAdamW as adamw in fp32 (a few thousand numbers need no "
+                                                   "8-bit state); no DAdaptation optimizers"),
+    ("use_lion_optimizer", _K, "train", "--optimizer", "--optimizer lion (pip install lion-pytorch)"),
     ("dataset_config", _K, "train", "--dataset-config", "the same file, for one --token: its subsets' folders, "
                                                         "repeats and caption extensions, and the settings textinv "
                                                         "has (resolution, batch_size, enable_bucket, flip_aug, ...); "
@@ -191,12 +201,12 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("tokenizer_cache_dir", _K, "train", None, _TOKENIZER + " (offline, a single file's comes from "
                                                             "--single-file-config)"),
     ("max_data_loader_n_workers persistent_data_loader_workers", _K, "train", None, _NO_LOADER),
-    ("optimizer_args", _K, "train", None, "textinv's AdamW has one setting, --weight-decay; its betas and epsilon "
-                                          "are PyTorch's defaults"),
+    ("optimizer_args", _K, "train", "--optimizer-args", "KEY=VALUE each, read as theirs (betas=0.9,0.99 d_coef=2); "
+                                                        "weight_decay is --weight-decay"),
     ("fused_backward_pass", _K, "train", None, _TINY_OPTIMIZER),
-    ("lr_scheduler_num_cycles", _K, "train", None, "textinv's cosine schedule falls once, to 0 at the last step: no "
-                                                   "restarts"),
-    ("lr_scheduler_type lr_scheduler_args lr_scheduler_power lr_decay_steps lr_scheduler_timescale "
+    ("lr_scheduler_num_cycles", _K, "train", "--lr-cycles", "with --lr-schedule cosine_with_restarts, as theirs"),
+    ("lr_scheduler_power", _K, "train", "--lr-power", "with --lr-schedule polynomial, as theirs"),
+    ("lr_scheduler_type lr_scheduler_args lr_decay_steps lr_scheduler_timescale "
      "lr_scheduler_min_lr_ratio", _K, "train", None, _SCHEDULES),
     ("huggingface_repo_id", _K, "train", None, "it is --repo OWNER/NAME of textinv push OUT, which publishes the run "
                                                "once it is done"),
