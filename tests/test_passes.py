@@ -336,3 +336,39 @@ def test_the_web_uis_emphasis_settings_weigh_as_it_does_and_are_written_and_read
     web = _picture(tmp_path / "w.png", "a (cat:1.2)\nSteps: 4, Seed: 3, Size: 16x16, Emphasis: None")
     with pytest.warns(UserWarning, match="Emphasis None, its brackets read as words.*--emphasis ignore"):
         assert again_config(web, {"model": str(sd1_dir)})[0].emphasis == "ignore"
+
+
+def test_again_takes_a_flag_that_draws_another_way_over_the_pictures_way(sd1_dir, tmp_path):
+    """--again's flags go over the picture's settings: one that draws a setting another way replaces the picture's
+    way (its hires size by another, its hires fix by --init-image and back, its variation by strength 0), rather
+    than being refused as if both had been given."""
+    from textinv.again import again_config
+
+    start = tmp_path / "start.png"
+    Image.new("RGB", (16, 16), "red").save(start)
+    hires = generate(GenerateConfig(prompt=["a dog"], seed=4, steps=2, width=16, model=str(sd1_dir), hires_scale=2,
+                                    hires_steps=3, variation_strength=0.3, metadata="full",
+                                    out=str(tmp_path / "a")), progress=False)[0]
+
+    def again(path, **flags):
+        return again_config(path, {"out": str(tmp_path / "b"), **flags})[0].validate()
+
+    wide = again(hires, hires_width=48)
+    assert (wide.hires_scale, wide.hires_width, wide.hires_height, wide.hires_steps) == (None, 48, None, 3)
+    assert (again(hires, hires_height=40).hires_scale, again(hires, hires_height=40).hires_height) == (None, 40)
+    redrawn = again(hires, init_image=str(start))
+    assert redrawn.init_image == str(start) and not redrawn.hires() and redrawn.hires_steps is None
+    plain = again(hires, variation_strength=0.0)
+    assert (plain.variation_seed, plain.variation_strength) == (None, 0.0)
+    img2img = generate(GenerateConfig(prompt=["a dog"], seed=4, steps=2, width=16, model=str(sd1_dir),
+                                      init_image=str(start), metadata="full", out=str(tmp_path / "c")),
+                       progress=False)[0]
+    enlarged = again(img2img, hires_scale=2)
+    assert (enlarged.init_image, enlarged.hires_scale) == (None, 2)
+    web = _picture(tmp_path / "w.png", "a cat\nSteps: 4, Seed: 3, Size: 16x16, Denoising strength: 0.4, Hires "
+                                       "resize: 32x0")
+    assert (again(web, model=str(sd1_dir), hires_scale=1.5).hires_width, again(web, model=str(sd1_dir),
+            hires_scale=1.5).hires_scale) == (None, 1.5)
+    unknown = _picture(tmp_path / "u.png", "a cat\\nSteps: 4, Seed: 3, Size: 16x16, Denoising strength: 0.4, Hires "
+                                            "upscale: 2, Hires sampler: DPM fast")
+    assert again(unknown, model=str(sd1_dir), init_image=str(start)).hires_sampler is None  # (not asked for)

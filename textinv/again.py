@@ -50,7 +50,7 @@ from .config import GenerateConfig, build, typed_settings
 from .emphasis import lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
-from .generate import EMBEDDING_SUFFIXES, file_digest, hash_name, lora_files, lora_sha256
+from .generate import EMBEDDING_SUFFIXES, HIRES_SETTINGS, file_digest, hash_name, lora_files, lora_sha256
 from .hub import hub_reference
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
@@ -98,13 +98,14 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     (5, 1, None)
     """
     picture = read_picture(path)
+    replaced = _replaced(flags)
+    settings = {k: v for k, v in picture.settings.items() if k not in replaced}
     for name, why in picture.needs.items():
-        if name not in flags:
+        if name not in flags and name not in replaced:
             raise ConfigError(why)
-    _check_paths_given(picture, flags)
+    _check_paths_given(picture, settings, flags)
     for note in picture.notes:
         warnings.warn(note, stacklevel=2)
-    settings = dict(picture.settings)
     recorded = settings.get("embedding", [])
     # the record's --token names are its files'; another count of --embedding is other files (the same count: the
     # same files, moved)
@@ -130,8 +131,25 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     return build(GenerateConfig, settings, flags), keep
 
 
+_HIRES_SIZE = ("hires_scale", "hires_width", "hires_height")
+
+
 def _hires(settings: dict[str, Any]) -> bool:
-    return any(settings.get(name) for name in ("hires_scale", "hires_width", "hires_height"))
+    return any(settings.get(name) for name in _HIRES_SIZE)
+
+
+def _replaced(flags: dict[str, Any]) -> set[str]:
+    """The picture's settings that `flags` replace by drawing them another way, which beside them would be refused as
+    if both had been given: a hires size (--hires-scale, --hires-width, --hires-height) replaces the picture's hires
+    size and its --init-image, --init-image its hires fix, --variation-strength 0 its variation seed."""
+    gone: set[str] = set()
+    if _hires(flags):
+        gone |= {*_HIRES_SIZE, "init_image"}
+    if flags.get("init_image"):
+        gone |= set(HIRES_SETTINGS)
+    if "variation_strength" in flags and not flags["variation_strength"]:
+        gone.add("variation_seed")
+    return gone - set(flags)
 
 
 def read_picture(path: str | Path) -> Picture:
@@ -1067,15 +1085,15 @@ def _check_lora_hashes(picture: Picture, prompts: list[str], folders: list[str])
                       "hashes): another file or version of the LoRA, so the redraw will differ", stacklevel=3)
 
 
-def _check_paths_given(picture: Picture, flags: dict[str, Any]) -> None:
+def _check_paths_given(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
     """Refuse to redraw a picture drawn with `--metadata shareable` until every file or folder it names without a
     path (`Picture.by_name`) is given as a flag, naming each flag and the name recorded; the LoRA folders count only
     when the prompts name a LoRA. Their names alone are not looked for: a file of the same name is not the same file
     (the embeddings' SHA-256 then tell whether the ones given are, `_check_unchanged`)."""
-    prompts = flags.get("prompt", picture.settings.get("prompt", []))
+    prompts = flags.get("prompt", settings.get("prompt", []))
     asks = []
     for name in picture.by_name:
-        value = picture.settings.get(name)
+        value = settings.get(name)  # (the redraw's: none where a flag replaced it, `_replaced`)
         if name in flags or not value or (name == "lora_dir" and not any(lora_tags(p)[1] for p in prompts)):
             continue
         flag = "--" + name.replace("_", "-")
