@@ -372,3 +372,16 @@ def test_again_takes_a_flag_that_draws_another_way_over_the_pictures_way(sd1_dir
     unknown = _picture(tmp_path / "u.png", "a cat\\nSteps: 4, Seed: 3, Size: 16x16, Denoising strength: 0.4, Hires "
                                             "upscale: 2, Hires sampler: DPM fast")
     assert again(unknown, model=str(sd1_dir), init_image=str(start)).hires_sampler is None  # (not asked for)
+
+
+def test_a_hires_pass_that_cannot_be_drawn_is_refused_before_the_first_pass_draws():
+    """The second pass's sampler and schedule are checked before any UNet call, naming the hires flags."""
+    model = load_model("shapes")  # (a zero-terminal-SNR schedule, which heun cannot sample)
+    calls = _unet_calls(model)
+    with pytest.raises(ConfigError, match=r"--hires-sampler heun cannot sample a model with a zero-terminal-SNR"):
+        render(model, ["a red circle"], [0], steps=2, hires=Hires(scale=2, sampler="heun"))
+    with pytest.raises(ConfigError, match=r"--hires-steps 20 at --denoise 0.01 runs the last of a schedule of 2000 "
+                                         r"steps, more than the 1000 noise levels shapes was trained with: give fewer "
+                                         r"--hires-steps or a higher --denoise"):
+        render(model, ["a red circle"], [0], steps=2, hires=Hires(scale=2, steps=20, denoise=0.01))
+    assert calls == []

@@ -251,6 +251,10 @@ def render(
     guidance = model.guidance_or_own(guidance)
     _check_sampling(model, steps, guidance)
     check_clip_skip(model, clip_skip)
+    if hires is not None:  # (its pass's schedule and sampler: refused now, not once the first pass has drawn)
+        _pass_schedule(model, hires.steps or steps, hires.denoise, True)
+        if hires.sampler:
+            scheduler_for(pipe.scheduler, hires.sampler, flag="--hires-sampler")
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip, emphasis_mode=emphasis_mode)
     with _tiled(pipe, tiling):
@@ -327,14 +331,24 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
     """The pictures of an img2img pass over `latents` (B, C, h, w) at `denoise`, `steps` counted as
     `refine.pass_steps` counts them (`hires`: the hires fix's), drawn at `size` (W, H), its noise the seeds' (with
     their `variation`), as the web UI's passes draw theirs."""
-    schedule, run = refine.pass_steps(steps, denoise, hires)
-    flag = "--hires-steps" if hires else "--steps"
-    check_steps(model, schedule, f"{flag} {steps} at --denoise {denoise} (a schedule of {schedule} steps)")
+    schedule, run = _pass_schedule(model, steps, denoise, hires)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = seed_noise(generators, tuple(latents.shape[1:]), variation)
     pipe = refine.image_to_image(model.pipeline, noise)
     return _pass(model, pipe, run, sampler, size, seeds=seeds, image=latents, generator=generators,
                  num_inference_steps=schedule, strength=refine.strength(schedule, run), output_type="pil", **drawing)
+
+
+def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool) -> tuple[int, int]:
+    """`refine.pass_steps`'s (schedule, run) of a pass, its schedule refused where longer than the model's."""
+    schedule, run = refine.pass_steps(steps, denoise, hires)
+    most = model.pipeline.scheduler.config.get("num_train_timesteps")
+    if most and schedule > most:
+        flag = "--hires-steps" if hires else "--steps"
+        raise ConfigError(f"{flag} {steps} at --denoise {denoise} runs the last of a schedule of {schedule} steps, "
+                          f"more than the {most} noise levels {model.source} was trained with: give fewer {flag} or "
+                          f"a higher --denoise")
+    return schedule, run
 
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
