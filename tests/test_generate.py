@@ -2425,6 +2425,8 @@ def test_a_sampler_whose_package_is_missing_is_refused_when_read(monkeypatch, tm
     said = f"{re.escape(sampler)} needs the {package} package .*pip install {package} \\(or pip install 'textinv\\[samplers\\]'"
     with pytest.raises(ConfigError, match=f"--sampler {said}"):
         GenerateConfig(prompt=["a dog"], sampler=sampler).validate()
+    with pytest.raises(ConfigError, match=f"--hires-sampler {said}"):
+        GenerateConfig(prompt=["a dog"], hires_scale=2, hires_sampler=sampler).validate()
     with pytest.raises(ConfigError, match=f"--sampler {said}"):
         ScoreConfig(embedding=str(tmp_path), sampler=sampler).validate()
     (tmp_path / "p.txt").write_text(f"a {{}} --ss {sampler}\n")

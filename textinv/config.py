@@ -716,7 +716,7 @@ class GenerateConfig:
         check_choices(self)
         check_installed(self.sampler)
         if self.hires_sampler:
-            check_installed(self.hires_sampler)
+            check_installed(self.hires_sampler, "--hires-sampler")
         # a `~` the shell left as it is (quoted, after `=`, in a config file): the home folder, as train reads it
         self.out = os.path.expanduser(self.out)
         self.init_image = self.init_image and os.path.expanduser(self.init_image)
