@@ -1796,8 +1796,8 @@ def test_again_follows_a_comfyui_hires_fix_in_latents_into_textinvs_hires_settin
     # a second sampler textinv does not have is asked for by --hires-sampler
     graph = _comfy_hires_graph()
     graph["11"]["inputs"]["scheduler"] = "beta"
-    with pytest.raises(ConfigError, match=r"redrawn by its hires fix \(KSampler node 11\) with ComfyUI's sampler "
-                                          r"'euler_ancestral' and scheduler 'beta'.*--hires-sampler"):
+    with pytest.raises(ConfigError, match=r"redrawn by its hires fix with ComfyUI's sampler 'euler_ancestral' and "
+                                          r"scheduler 'beta' \(KSampler node 11\).*--hires-sampler"):
         read(graph)
     assert _notes(_comfy_picture(tmp_path / "h.png", graph, (48, 32)), {"model": str(sd1_dir),
                                                                        "hires_sampler": "euler"})[0].hires_sampler \

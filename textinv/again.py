@@ -630,14 +630,7 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
                               f"it from: give it with --{setting}")
         else:
             settings[setting] = value
-    sampler_name, scheduler = graph.value(sampler, "sampler_name", (str,)), graph.value(sampler, "scheduler", (str,))
-    ours = from_comfy(sampler_name, scheduler) if sampler_name and scheduler else None
-    if ours:
-        settings["sampler"] = ours
-    else:
-        needs["sampler"] = (f"--again {path} was drawn with ComfyUI's sampler {sampler_name!r} and scheduler "
-                            f"{scheduler!r} ({named}), which textinv does not have: choose one with --sampler "
-                            f"(textinv generate --help lists them), or default")
+    _comfy_sampler(graph, sampler, False, settings, needs)
     if hires is None:
         _comfy_partial(graph, sampler, notes)
 
@@ -829,14 +822,7 @@ def _comfy_hires(graph: _ComfyGraph, second: str, size: tuple[int, int], changed
     read |= {first, *scalers}
     pairs = [(graph.value(n, "sampler_name", (str,)), graph.value(n, "scheduler", (str,))) for n in (first, second)]
     if pairs[1] != pairs[0]:
-        ours = from_comfy(*pairs[1]) if all(pairs[1]) else None
-        if ours:
-            settings["hires_sampler"] = ours
-        else:
-            needs["hires_sampler"] = (f"--again {path} was redrawn by its hires fix ({graph.named(second)}) with "
-                                      f"ComfyUI's sampler {pairs[1][0]!r} and scheduler {pairs[1][1]!r}, which textinv "
-                                      f"does not have: choose one with --hires-sampler (textinv generate --help lists "
-                                      f"them)")
+        _comfy_sampler(graph, second, True, settings, needs)
     seeds = [graph.value(n, graph.seed_input(n), (int,)) for n in (first, second)]
     if seeds[0] != seeds[1]:
         notes.append(f"{path}: its ComfyUI hires fix draws its second pass's noise from seed {seeds[1]} "
@@ -849,6 +835,22 @@ def _comfy_hires(graph: _ComfyGraph, second: str, size: tuple[int, int], changed
         notes.append(f"{path}: its ComfyUI hires fix's second pass ({graph.named(second)}) has another "
                      f"{', '.join(differ)} than its first ({graph.named(first)}); textinv redraws with the first's")
     return _ComfyHires(first, settings, read)
+
+
+def _comfy_sampler(graph: _ComfyGraph, node: str, hires: bool, settings: dict[str, Any],
+                   needs: dict[str, str]) -> None:
+    """A ComfyUI sampler node's sampler_name and scheduler into `settings` as textinv's sampler (`hires`: the hires
+    fix's second pass, its --hires-sampler), or into `needs` when textinv has none such (`_a1111_sampler`'s twin)."""
+    name = "hires_sampler" if hires else "sampler"
+    sampler_name, scheduler = graph.value(node, "sampler_name", (str,)), graph.value(node, "scheduler", (str,))
+    ours = from_comfy(sampler_name, scheduler) if sampler_name and scheduler else None
+    if ours:
+        settings[name] = ours
+        return
+    needs[name] = (f"--again {graph.path} was {'redrawn by its hires fix' if hires else 'drawn'} with ComfyUI's "
+                   f"sampler {sampler_name!r} and scheduler {scheduler!r} ({graph.named(node)}), which textinv does "
+                   f"not have: choose one with --{name.replace('_', '-')} (textinv generate --help lists them)"
+                   f"{'' if hires else ', or default'}")
 
 
 def _comfy_given(graph: _ComfyGraph, node: str, name: str):
