@@ -1249,9 +1249,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
             for start in range(0, config.n, config.batch_size):  # a few images per pipeline call bounds the memory
                 chunk = seeds[start:start + config.batch_size]
                 where.batch, (where.width, where.height) = len(chunk), drawn
-                variation = None
-                if config.variation_strength:  # (picture i's variation seed: the variation seed + i, as its seed)
-                    variation = ([config.variation_seed + s - config.seed for s in chunk], config.variation_strength)
+                variation = ([_variation_seed(config, s) for s in chunk], config.variation_strength) \
+                    if config.variation_strength else None
                 images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
                                 clip_skip, width, height, None if init is None else [init] * len(chunk),
                                 passes_denoise(config), hires, variation, config.tiling, config.emphasis)
@@ -1261,7 +1260,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                         continue
                     settings = {**shared, "prompt": [prompt], "seed": seed}
                     if config.variation_strength:
-                        settings["variation_seed"] = config.variation_seed + seed - config.seed
+                        settings["variation_seed"] = _variation_seed(config, seed)
                     params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
                               "seed": seed, "steps": steps, "sampler": config.sampler, "guidance": guidance,
                               "size": f"{width}x{height}", "clip_skip": clip_skip,  # (width first, as A1111)
@@ -1297,9 +1296,13 @@ def _noise_params(config: GenerateConfig, seed: int) -> dict:
     if config.emphasis != "original":  # (as the web UI: only another than its default)
         params["emphasis"] = {"no-norm": "No norm", "ignore": "Ignore"}[config.emphasis]
     if config.variation_strength:
-        params.update(variation_seed=config.variation_seed + seed - config.seed,
-                      variation_strength=config.variation_strength)
+        params.update(variation_seed=_variation_seed(config, seed), variation_strength=config.variation_strength)
     return params
+
+
+def _variation_seed(config: GenerateConfig, seed: int) -> int:
+    """The variation seed of the picture of `seed`: picture i's is --variation-seed + i, as its seed is --seed + i."""
+    return config.variation_seed + seed - config.seed
 
 
 def passes_denoise(config: GenerateConfig) -> float | None:
