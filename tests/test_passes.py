@@ -385,3 +385,9 @@ def test_a_hires_pass_that_cannot_be_drawn_is_refused_before_the_first_pass_draw
                                          r"--hires-steps or a higher --denoise"):
         render(model, ["a red circle"], [0], steps=2, hires=Hires(scale=2, steps=20, denoise=0.01))
     assert calls == []
+
+
+def test_render_refuses_an_init_picture_with_the_hires_fix_rather_than_drop_one(sd1_dir):
+    model = load_model(sd1_dir)
+    with pytest.raises(ConfigError, match=r"render takes `start` \(img2img\) or `hires` \(the hires fix\), not both"):
+        render(model, ["a dog"], [1], steps=2, width=16, start=[Image.new("RGB", (16, 16))], hires=Hires(scale=2))

@@ -251,6 +251,9 @@ def render(
     guidance = model.guidance_or_own(guidance)
     _check_sampling(model, steps, guidance)
     check_clip_skip(model, clip_skip)
+    if start is not None and hires is not None:  # (what GenerateConfig refuses, not dropped here unsaid)
+        raise ConfigError("render takes `start` (img2img) or `hires` (the hires fix), not both, as the web UI's "
+                          "img2img has no hires fix: redraw the pictures at the larger width and height instead")
     if hires is not None:  # (its pass's schedule and sampler: refused now, not once the first pass has drawn)
         _pass_schedule(model, hires.steps or steps, hires.denoise, True)
         if hires.sampler:
