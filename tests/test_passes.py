@@ -391,3 +391,29 @@ def test_render_refuses_an_init_picture_with_the_hires_fix_rather_than_drop_one(
     model = load_model(sd1_dir)
     with pytest.raises(ConfigError, match=r"render takes `start` \(img2img\) or `hires` \(the hires fix\), not both"):
         render(model, ["a dog"], [1], steps=2, width=16, start=[Image.new("RGB", (16, 16))], hires=Hires(scale=2))
+
+
+def test_again_warns_of_an_init_picture_replaced_since_and_a_switch_of_pass_takes_its_own_denoise(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    start = tmp_path / "start.png"
+    Image.new("RGB", (16, 16), "red").save(start)
+    path = generate(GenerateConfig(prompt=["a dog"], n=1, steps=2, width=16, model=str(sd1_dir), denoise=0.4,
+                                   init_image=str(start), metadata="full", out=str(tmp_path / "a")), progress=False)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the same picture: nothing to say)
+        again_config(path, {"out": str(tmp_path / "b")})
+    Image.new("RGB", (16, 16), "blue").save(start)
+    with pytest.warns(UserWarning, match=r"drawn from other contents of .*start.png \(--init-image"):
+        config, _ = again_config(path, {"out": str(tmp_path / "b")})
+    assert config.denoise == 0.4
+    # the hires fix over an img2img picture: the img2img's denoise is not the hires fix's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config, _ = again_config(path, {"out": str(tmp_path / "c"), "hires_scale": 2.0})
+    assert (config.init_image, config.hires_scale, config.denoise) == (None, 2.0, None)
+    web = _picture(tmp_path / "w.png", "a cat\nSteps: 4, Seed: 3, Size: 16x16, Denoising strength: 0.5, Hires "
+                                       "upscale: 1, Hires upscaler: Latent")
+    with pytest.warns(UserWarning, match="Hires upscale 1 enlarges nothing.*drawn in one"):
+        config, _ = again_config(web, {"model": str(sd1_dir)})
+    assert (config.hires_scale, config.hires_upscaler, config.denoise) == (None, None, None)

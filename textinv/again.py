@@ -38,6 +38,7 @@ with the flag that loads it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import warnings
@@ -57,7 +58,7 @@ from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pas
 from .samplers import from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
-_RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "by_name")
+_RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "init_image_sha256", "by_name")
 _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
@@ -83,6 +84,7 @@ class Picture:
     notes: list[str] = field(default_factory=list)  # warnings, said once what must be given is there
     ti_hashes: dict[str, str] = field(default_factory=dict)  # the web UI's "TI hashes": name -> short SHA-256
     lora_hashes: dict[str, str] = field(default_factory=dict)  # its "Lora hashes": name -> short hash (lora_sha256)
+    init_digest: str | None = None  # the --init-image's SHA-256 when drawn
 
 
 def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfig, set[int] | None]:
@@ -98,7 +100,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     (5, 1, None)
     """
     picture = read_picture(path)
-    replaced = _replaced(flags)
+    replaced = _replaced(flags, picture.settings)
     settings = {k: v for k, v in picture.settings.items() if k not in replaced}
     for name, why in picture.needs.items():
         if name not in flags and name not in replaced:
@@ -115,6 +117,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         settings.pop("denoise", None)  # (a web UI img2img picture redrawn from text: its denoise has nothing to do)
     _check_still_there(picture, settings, flags)
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
+    _check_init_unchanged(picture, flags.get("init_image", settings.get("init_image")))
     _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []))
     _check_lora_hashes(picture, flags.get("prompt", settings.get("prompt", [])), flags.get("lora_dir", []))
     keep = None
@@ -138,15 +141,16 @@ def _hires(settings: dict[str, Any]) -> bool:
     return any(settings.get(name) for name in _HIRES_SIZE)
 
 
-def _replaced(flags: dict[str, Any]) -> set[str]:
-    """The picture's settings that `flags` replace by drawing them another way, which beside them would be refused as
-    if both had been given: a hires size (--hires-scale, --hires-width, --hires-height) replaces the picture's hires
-    size and its --init-image, --init-image its hires fix, --variation-strength 0 its variation seed."""
+def _replaced(flags: dict[str, Any], settings: dict[str, Any]) -> set[str]:
+    """The picture's `settings` that `flags` replace by drawing them another way, which beside them would be refused
+    as if both had been given: a hires size (--hires-scale, --hires-width, --hires-height) replaces the picture's
+    hires size and its --init-image, --init-image its hires fix, --variation-strength 0 its variation seed; a switch
+    from one pass to the other its --denoise too (the other pass's, whose default then applies)."""
     gone: set[str] = set()
     if _hires(flags):
-        gone |= {*_HIRES_SIZE, "init_image"}
+        gone |= {*_HIRES_SIZE, "init_image"} | ({"denoise"} if settings.get("init_image") else set())
     if flags.get("init_image"):
-        gone |= set(HIRES_SETTINGS)
+        gone |= set(HIRES_SETTINGS) | ({"denoise"} if _hires(settings) else set())
     if "variation_strength" in flags and not flags["variation_strength"]:
         gone.add("variation_seed")
     return gone - set(flags)
@@ -263,7 +267,9 @@ def _from_record(path: Path, text: str) -> Picture:
     digests = digests if isinstance(digests, list) else []
     by_name = record.get("by_name")
     by_name = [k for k in by_name if k in settings] if isinstance(by_name, list) else []
-    return Picture(path, "textinv", settings, batch, version, digests, by_name=by_name)
+    init = record.get("init_image_sha256")
+    return Picture(path, "textinv", settings, batch, version, digests, by_name=by_name,
+                   init_digest=init if isinstance(init, str) else None)
 
 
 def _from_old_keys(path: Path, text: dict[str, str]) -> Picture:
@@ -376,6 +382,13 @@ def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: di
                    f"generate --help lists them){'' if hires else ', or default'}")
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], needs: dict[str, str],
                   notes: list[str]) -> None:
     """The web UI's hires fix and img2img fields into `settings` (`Denoising strength`, `Hires upscale` or
@@ -383,6 +396,11 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
     drawn otherwise into `notes`."""
     if "Denoising strength" in fields:
         settings["denoise"] = fields["Denoising strength"]
+    if "Hires upscale" in fields and _number(fields["Hires upscale"]) == 1:  # (an enlargement by 1: no second pass)
+        notes.append(f"{path}: its Hires upscale 1 enlarges nothing, and the web UI then draws no second pass: it is "
+                     f"drawn in one")
+        fields = {k: v for k, v in fields.items() if not k.startswith("Hires ")}
+        fields.pop("Denoising strength", None)
     if "Hires upscale" in fields:
         settings["hires_scale"] = fields["Hires upscale"]
     elif "Hires resize" in fields:
@@ -1025,6 +1043,17 @@ def _check_unchanged(picture: Picture, files: list[str]) -> None:
     if changed:
         warnings.warn(f"{picture.path} was drawn with other contents of {', '.join(changed)} (the file was retrained "
                       f"or replaced since): the redraw uses the file as it is now, so it will differ", stacklevel=3)
+
+
+def _check_init_unchanged(picture: Picture, init_image: str | None) -> None:
+    """Warn of an --init-image whose bytes are not those the picture was drawn from (replaced at its path, or
+    another picture given for it): the redraw then starts from another picture."""
+    if not picture.init_digest or not init_image or not Path(init_image).expanduser().is_file():
+        return
+    if hashlib.sha256(Path(init_image).expanduser().read_bytes()).hexdigest() != picture.init_digest:
+        warnings.warn(f"{picture.path} was drawn from other contents of {init_image} (--init-image; the picture was "
+                      f"replaced since, or another given for it): the redraw starts from it as it is now, so it will "
+                      f"differ", stacklevel=3)
 
 
 def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str]) -> None:

@@ -1224,6 +1224,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     if config.metadata == "shareable":
         shared, by_name = shareable_record(shared)
     recorded_sums = [digests[e] for e in config.embedding]
+    # the init picture's SHA-256, so --again tells a file replaced at its path, as it tells an embedding's
+    init_sum = hashlib.sha256(Path(config.init_image).read_bytes()).hexdigest() if config.init_image else None
     lora_sums: dict[str, str] = {}  # each LoRA's web UI hash (`lora_sha256`), read once a run
     texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
     names = {(index, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}-s{seed}"
@@ -1276,6 +1278,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                               **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
                               RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
                                                       "settings": settings, "embedding_sha256": recorded_sums,
+                                                      **({"init_image_sha256": init_sum} if init_sum else {}),
                                                       **({"by_name": by_name} if by_name else {})})}
                     while True:
                         path = out / f"{names[index, seed]}{run}.png"
