@@ -151,3 +151,15 @@ def cache_branch(cache, repo: str, branch: str):
     snapshot = folder / "snapshots" / commit
     snapshot.mkdir(parents=True, exist_ok=True)
     return snapshot
+
+
+def record_noise(monkeypatch, seen: list) -> None:
+    """Append ("add", noise) for each DDPM add_noise call and ("v", noise) for each get_velocity call to `seen`: the
+    noise the latents are noised with and the noise a velocity target is made of."""
+    from diffusers import DDPMScheduler
+
+    real_add, real_velocity = DDPMScheduler.add_noise, DDPMScheduler.get_velocity
+    monkeypatch.setattr(DDPMScheduler, "add_noise", lambda self, x, noise, t: seen.append(("add", noise.clone()))
+                        or real_add(self, x, noise, t))
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, x, noise, t: seen.append(("v", noise.clone()))
+                        or real_velocity(self, x, noise, t))

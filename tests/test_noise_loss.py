@@ -243,12 +243,10 @@ def test_the_perturbation_noises_the_latents_and_the_target_keeps_the_noise(sd2_
                                                                             monkeypatch):
     """v-prediction: kohya's --ip_noise_gamma noises the latents with noise + gamma x more noise, and the velocity
     target is made of the noise alone."""
+    from conftest import record_noise
+
     seen = []
-    real_add, real_velocity = DDPMScheduler.add_noise, DDPMScheduler.get_velocity
-    monkeypatch.setattr(DDPMScheduler, "add_noise", lambda self, x, noise, t: seen.append(("add", noise.clone()))
-                        or real_add(self, x, noise, t))
-    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, x, noise, t: seen.append(("v", noise.clone()))
-                        or real_velocity(self, x, noise, t))
+    record_noise(monkeypatch, seen)
     train(config(images, tmp_path / "p", steps=1, batch=3, ip_noise_gamma=0.5), model=load_model(sd2_dir),
           progress=False)
     (_, noised), (_, target) = [s for s in seen if s[0] in ("add", "v")][:2]

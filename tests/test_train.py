@@ -350,15 +350,11 @@ def test_noise_offset_noise_is_what_the_latents_are_noised_with_and_the_velocity
     """v-prediction (SD 2.x 768, the bundled model): the target depends on the noise; as in kohya's scripts the
     offset noise is both what the latents are noised with and what the velocity is made of. With --buckets each
     sample's noise (its corner of the largest shape) keeps its channels' offset."""
-    from diffusers import DDPMScheduler
+    from conftest import record_noise
 
     pictures = _mixed_pictures(tmp_path / "mixed")
     seen = []
-    real_add, real_velocity = DDPMScheduler.add_noise, DDPMScheduler.get_velocity
-    monkeypatch.setattr(DDPMScheduler, "add_noise", lambda self, x, noise, t: seen.append(("add", noise.clone()))
-                        or real_add(self, x, noise, t))
-    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, x, noise, t: seen.append(("v", noise.clone()))
-                        or real_velocity(self, x, noise, t))
+    record_noise(monkeypatch, seen)
     runs = {}
     for x in (0.0, 0.5):
         seen.clear()
