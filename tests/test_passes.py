@@ -369,7 +369,7 @@ def test_again_takes_a_flag_that_draws_another_way_over_the_pictures_way(sd1_dir
                                        "resize: 32x0")
     assert (again(web, model=str(sd1_dir), hires_scale=1.5).hires_width, again(web, model=str(sd1_dir),
             hires_scale=1.5).hires_scale) == (None, 1.5)
-    unknown = _picture(tmp_path / "u.png", "a cat\\nSteps: 4, Seed: 3, Size: 16x16, Denoising strength: 0.4, Hires "
+    unknown = _picture(tmp_path / "u.png", "a cat\nSteps: 4, Seed: 3, Size: 16x16, Denoising strength: 0.4, Hires "
                                             "upscale: 2, Hires sampler: DPM fast")
     assert again(unknown, model=str(sd1_dir), init_image=str(start)).hires_sampler is None  # (not asked for)
 
