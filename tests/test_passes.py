@@ -220,7 +220,7 @@ def test_an_odd_init_picture_just_works_upright_at_its_proportions(sd1_dir, tmp_
     ({"denoise": 0.5}, r"--denoise says how much of a picture is redrawn: give the picture \(--init-image\)"),
     ({"denoise": 0, "hires_scale": 2}, r"--denoise must be above 0 and at most 1"),
     ({"denoise": 1.5, "hires_scale": 2}, r"--denoise must be above 0 and at most 1"),
-    ({"init_image": "nowhere.png"}, r"--init-image nowhere.png is not a file"),
+    ({"init_image": "nowhere.png"}, r"--init-image nowhere.png does not exist"),
     ({"init_image": __file__, "hires_scale": 2}, r"--init-image and the hires fix do not go together"),
 ])
 def test_passes_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
@@ -417,3 +417,27 @@ def test_again_warns_of_an_init_picture_replaced_since_and_a_switch_of_pass_take
     with pytest.warns(UserWarning, match="Hires upscale 1 enlarges nothing.*drawn in one"):
         config, _ = again_config(web, {"model": str(sd1_dir)})
     assert (config.hires_scale, config.hires_upscaler, config.denoise) == (None, None, None)
+
+
+def test_an_init_image_folder_redraws_each_of_its_pictures_with_every_prompt(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 20), "red").save(photos / "wide.png")
+    Image.new("RGB", (20, 40), "blue").save(photos / "tall.jpg")
+    (photos / "tall.txt").write_text("a caption, skipped quietly")
+    paths = generate(GenerateConfig(prompt=["a dog", "a cat"], n=1, seed=2, steps=2, width=16, model=str(sd1_dir),
+                                    init_image=str(photos), metadata="full", out=str(tmp_path / "a")), progress=False)
+    assert [p.name for p in paths] == ["000-a-dog-tall-s2.png", "000-a-dog-wide-s2.png", "001-a-cat-tall-s2.png",
+                                       "001-a-cat-wide-s2.png"]
+    assert [Image.open(p).size for p in paths] == [(16, 32), (16, 8)] * 2  # (each at its own proportions)
+    settings = json.loads(Image.open(paths[1]).text[RECORD_KEY])["settings"]
+    assert settings["init_image"] == str(photos / "wide.png")  # (each picture records the one it redrew)
+    config, keep = again_config(paths[1], {"out": str(tmp_path / "b")})
+    again = generate(config, progress=False, keep_seeds=keep)
+    assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(paths[1])))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"--init-image .*empty is a folder without pictures"):
+        generate(GenerateConfig(prompt=["a dog"], model=str(sd1_dir), init_image=str(tmp_path / "empty"),
+                                out=str(tmp_path / "c")), progress=False)

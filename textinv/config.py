@@ -671,10 +671,10 @@ class GenerateConfig:
                                     "alone), ignore (the syntax read, the weights left out)", choices=EMPHASIS,
                         spellings={"original": "original", "no-norm": "no-norm", "no norm": "no-norm",
                                    "ignore": "ignore"})
-    init_image: str = opt(None, "a picture to redraw with the prompt instead of drawing from noise (img2img): "
-                                "--denoise of the way, at --width x --height (the picture cropped to fit), one of "
-                                "them with the other at its proportions, or else the model's own area at them",
-                          path="file")
+    init_image: str = opt(None, "a picture (or a folder of them: each) to redraw with the prompt instead of drawing "
+                                "from noise (img2img): --denoise of the way, at --width x --height (the picture "
+                                "cropped to fit), one of them with the other at its proportions, or else the model's "
+                                "own area at them", path="file")
     denoise: float = opt(None, f"how much of the picture is redrawn, from 0 (nothing) to 1 (all; the web UI's "
                                f"Denoising strength): for --init-image (default {IMG2IMG_DENOISE}) or the hires "
                                f"fix (default {HIRES_DENOISE})")
@@ -788,8 +788,9 @@ class GenerateConfig:
         if self.init_image and self.hires():
             raise ConfigError("--init-image and the hires fix do not go together (the web UI's img2img has none): "
                               "redraw the picture with --init-image at the larger --width and --height instead")
-        if self.init_image and not Path(self.init_image).is_file():
-            raise ConfigError(f"--init-image {self.init_image} is not a file; give the picture to redraw")
+        if self.init_image and not Path(self.init_image).exists():
+            raise ConfigError(f"--init-image {self.init_image} does not exist; give the picture to redraw (or a "
+                              f"folder of them)")
 
 
 def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | None, resolution: int | None) -> None:

@@ -824,7 +824,10 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
             warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
     loras = lora_files([tag for prompt in config.prompt for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
-    init = load_image(config.init_image) if config.init_image else None  # (a bad picture: said before the load)
+    sources = refine.init_pictures(config.init_image)
+    for source in sources:  # (a bad picture: said before the model loads)
+        if source is not None:
+            load_image(source)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
@@ -842,7 +845,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
-                             _embedding_sums(embeddings, paths, digests), where, init)
+                             _embedding_sums(embeddings, paths, digests), where, sources)
         finally:
             unload_loras(model)
 
@@ -1098,12 +1101,13 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
 
 
 def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, clip_skip: int, width: int,
-            height: int) -> dict:
+            height: int, init_image: Path | None = None) -> dict:
     """The settings every picture of a run records (`RECORD_KEY`), as `GenerateConfig` fields: all that shapes a
     picture, with the defaults as they resolved (steps, guidance, clip skip, size, the weights' precision) and each
     local path absolute (`_where`), so `generate --again` draws the picture again bit for bit on the same machine and
     library versions, from any working directory (`--metadata full`; `shareable_record` makes it fit to share). The
-    prompt and seed are each picture's own."""
+    prompt and seed are each picture's own, and so is `init_image`, the picture it redrew (one of an --init-image
+    folder's)."""
     precision = {dtype: name for name, dtype in DTYPES.items()}.get(model.unet.dtype, config.precision)
     return {"negative_prompt": config.negative_prompt, "steps": steps, "sampler": config.sampler,
             "guidance": guidance, "width": width, "height": height, "clip_skip": clip_skip,
@@ -1113,7 +1117,8 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "single_file_config": _where(config.single_file_config), "vae": _where(config.vae),
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
             "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
-            "tiling": config.tiling, "emphasis": config.emphasis, "init_image": _where(config.init_image),
+            "tiling": config.tiling, "emphasis": config.emphasis,
+            "init_image": _where(str(init_image) if init_image else None),
             "denoise": passes_denoise(config),
             **{name: getattr(config, name) for name in HIRES_SETTINGS},
             **({"hires_upscaler": config.hires_upscaler or refine.DEFAULT_UPSCALER} if config.hires() else {}),
@@ -1183,32 +1188,41 @@ def _where(value: str | None) -> str | None:
     return absolute(value) if Path(value).expanduser().exists() else str(value)
 
 
-def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
-              progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
-              embedding_sums: dict[str, str], where: _Where | None = None,
-              init: Image.Image | None = None) -> list[Path]:
-    """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
-    `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
-    (`_memory_error`); `init`: --init-image's picture."""
-    where = where or _Where()
-    steps = config.steps or DEFAULT_STEPS
+def _sizes(config: GenerateConfig, model: Model, init: Image.Image | None
+           ) -> tuple[int, int, Hires | None, tuple[int, int]]:
+    """The first pass's width and height (an --init-image's from its picture, `refine.start_size`), the hires fix
+    (None: off) and the pictures' own size (W, H)."""
     width = config.width or config.resolution or model.resolution
     height = config.height or config.resolution or model.resolution
     if init is not None:
         width, height = refine.start_size(init.size, config.width, config.height,
                                           config.resolution or model.resolution,
                                           math.lcm(8, model.pipeline.vae_scale_factor))
-    hires = None
-    drawn = (width, height)  # the pictures' size
-    if config.hires():
-        hires = Hires(config.hires_scale, config.hires_width, config.hires_height, config.hires_steps,
-                      passes_denoise(config), config.hires_upscaler or refine.DEFAULT_UPSCALER, config.hires_sampler)
-        drawn = hires.sizes(width, height, model.pipeline.vae_scale_factor)[2]
+    if not config.hires():
+        return width, height, None, (width, height)
+    hires = Hires(config.hires_scale, config.hires_width, config.hires_height, config.hires_steps,
+                  passes_denoise(config), config.hires_upscaler or refine.DEFAULT_UPSCALER, config.hires_sampler)
+    return width, height, hires, hires.sizes(width, height, model.pipeline.vae_scale_factor)[2]
+
+
+def _warn_large(model: Model, drawn: tuple[int, int]) -> None:
     area = drawn[0] * drawn[1] / model.resolution ** 2
     if area > 4:  # compute grows with the pixels, and quality falls off far from the training size
         warnings.warn(f"{drawn[0]}x{drawn[1]} is {area:.3g}x the pixels of the {model.resolution}x{model.resolution} "
                       f"{model.source} was trained at: each picture takes about {area:.3g}x as long, and models "
-                      f"draw poorly far from their training size", stacklevel=2)
+                      f"draw poorly far from their training size", stacklevel=3)
+
+
+def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
+              progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
+              embedding_sums: dict[str, str], where: _Where | None = None,
+              sources: list[Path | None] = (None,)) -> list[Path]:
+    """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
+    `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
+    (`_memory_error`); `sources`: the --init-image pictures each prompt redraws (`refine.init_pictures`; None: no
+    picture), each drawn with every seed."""
+    where = where or _Where()
+    steps = config.steps or DEFAULT_STEPS
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
     clip_skip = generation_clip_skip(model, config.clip_skip, embeddings)
     out = Path(config.out)
@@ -1219,20 +1233,18 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                       + ", ".join(f"<lora:{t.name}>" for t in negative_loras), stacklevel=2)
     negative = expand_all(negative, embeddings)  # a learned negative embedding needs all its vectors
     seeds = [config.seed + i for i in range(config.n)]
-    shared = _record(config, model, steps, guidance, clip_skip, width, height)
-    by_name: list[str] = []  # the settings recorded by name only, which --again asks for
-    if config.metadata == "shareable":
-        shared, by_name = shareable_record(shared)
     recorded_sums = [digests[e] for e in config.embedding]
-    # the init picture's SHA-256, so --again tells a file replaced at its path, as it tells an embedding's
-    init_sum = hashlib.sha256(Path(config.init_image).read_bytes()).hexdigest() if config.init_image else None
     lora_sums: dict[str, str] = {}  # each LoRA's web UI hash (`lora_sha256`), read once a run
     texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
-    names = {(index, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}-s{seed}"
-             for index in range(len(config.prompt)) for seed in seeds}
-    mine = [name for (_, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
+    folder = config.init_image is not None and Path(config.init_image).is_dir()  # (each picture named in the files)
+    names = {(index, source, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}"
+                                    f"{'-' + _slug(source.stem, 24) if folder else ''}-s{seed}"
+             for index in range(len(config.prompt)) for source in sources for seed in seeds}
+    mine = [name for (_, _, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
     run = _new_run_suffix(out, mine)
-    bar = tqdm(total=len(config.prompt) * config.n, disable=not progress, desc="generate", unit="img")
+    warned: set[tuple[int, int]] = set()
+    bar = tqdm(total=len(config.prompt) * len(sources) * config.n, disable=not progress, desc="generate",
+               unit="img")
     try:  # (closed on a failure too: the error is then said on a line of its own, not after the bar)
         for text in dict.fromkeys(config.prompt + [config.negative_prompt]):
             if emphasis.unsupported(text):
@@ -1251,46 +1263,60 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                 hashes = {"lora_hashes": webui_hashes({tag.name: lora_sums[tag.name] for tag in texts[index][1]}),
                           "ti_hashes": webui_hashes({e.token: embedding_sums[e.token] for e in used
                                                      if e.token in embedding_sums})}
-            for start in range(0, config.n, config.batch_size):  # a few images per pipeline call bounds the memory
-                chunk = seeds[start:start + config.batch_size]
-                where.batch, (where.width, where.height) = len(chunk), drawn
-                variation = ([_variation_seed(config, s) for s in chunk], config.variation_strength) \
-                    if config.variation_strength else None
-                images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative, config.sampler,
-                                clip_skip, width, height, None if init is None else [init] * len(chunk),
-                                passes_denoise(config), hires, variation, config.tiling, config.emphasis)
-                for seed, img in zip(chunk, images):
-                    bar.update(1)
-                    if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
-                        continue
-                    settings = {**shared, "prompt": [prompt], "seed": seed}
-                    if config.variation_strength:
-                        settings["variation_seed"] = _variation_seed(config, seed)
-                    params = {"prompt": prompt, "expanded_prompt": expanded, "negative_prompt": config.negative_prompt,
-                              "seed": seed, "steps": steps, "sampler": config.sampler, "guidance": guidance,
-                              "size": f"{width}x{height}", "clip_skip": clip_skip,  # (width first, as A1111)
-                              "model": shared["model"], "embeddings": ", ".join(shared["embedding"]),
-                              "precision": shared["precision"],
-                              **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
-                                 if k in ("token", "revision", "variant", "vae", "prediction_type",
-                                          "single_file_config", "lora_dir") and v},
-                              **_pass_params(config, hires), **_noise_params(config, seed),
-                              **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
-                              RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
-                                                      "settings": settings, "embedding_sha256": recorded_sums,
-                                                      **({"init_image_sha256": init_sum} if init_sum else {}),
-                                                      **({"by_name": by_name} if by_name else {})})}
-                    while True:
-                        path = out / f"{names[index, seed]}{run}.png"
-                        try:
-                            with atomic_path(path, replace=False) as tmp:
-                                img.save(tmp, format="PNG",
-                                         pnginfo=png_text(params) if config.metadata != "none" else None)
-                            break
-                        except FileExistsError:  # another run drawing into `out` took the name since: the next free
-                            run = _new_run_suffix(out, mine)
-                    written.append(path)
-                    where.written = len(written)
+            for source in sources:
+                init = load_image(source) if source is not None else None
+                width, height, hires, drawn = _sizes(config, model, init)
+                if drawn not in warned:
+                    warned.add(drawn)
+                    _warn_large(model, drawn)
+                shared = _record(config, model, steps, guidance, clip_skip, width, height, source)
+                by_name: list[str] = []  # the settings recorded by name only, which --again asks for
+                if config.metadata == "shareable":
+                    shared, by_name = shareable_record(shared)
+                # the init picture's SHA-256, so --again tells a file replaced at its path, as it tells an embedding's
+                init_sum = hashlib.sha256(source.read_bytes()).hexdigest() if source is not None else None
+                for start in range(0, config.n, config.batch_size):  # a few images per call bounds the memory
+                    chunk = seeds[start:start + config.batch_size]
+                    where.batch, (where.width, where.height) = len(chunk), drawn
+                    variation = ([_variation_seed(config, s) for s in chunk], config.variation_strength) \
+                        if config.variation_strength else None
+                    images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative,
+                                    config.sampler, clip_skip, width, height,
+                                    None if init is None else [init] * len(chunk), passes_denoise(config), hires,
+                                    variation, config.tiling, config.emphasis)
+                    for seed, img in zip(chunk, images):
+                        bar.update(1)
+                        if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
+                            continue
+                        settings = {**shared, "prompt": [prompt], "seed": seed}
+                        if config.variation_strength:
+                            settings["variation_seed"] = _variation_seed(config, seed)
+                        params = {"prompt": prompt, "expanded_prompt": expanded,
+                                  "negative_prompt": config.negative_prompt, "seed": seed, "steps": steps,
+                                  "sampler": config.sampler, "guidance": guidance,
+                                  "size": f"{width}x{height}", "clip_skip": clip_skip,  # (width first, as A1111)
+                                  "model": shared["model"], "embeddings": ", ".join(shared["embedding"]),
+                                  "precision": shared["precision"],
+                                  **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
+                                     if k in ("token", "revision", "variant", "vae", "prediction_type",
+                                              "single_file_config", "lora_dir") and v},
+                                  **_pass_params(config, hires, source), **_noise_params(config, seed),
+                                  **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
+                                  RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
+                                                          "settings": settings, "embedding_sha256": recorded_sums,
+                                                          **({"init_image_sha256": init_sum} if init_sum else {}),
+                                                          **({"by_name": by_name} if by_name else {})})}
+                        while True:
+                            path = out / f"{names[index, source, seed]}{run}.png"
+                            try:
+                                with atomic_path(path, replace=False) as tmp:
+                                    img.save(tmp, format="PNG",
+                                             pnginfo=png_text(params) if config.metadata != "none" else None)
+                                break
+                            except FileExistsError:  # another run drawing into `out` took the name since
+                                run = _new_run_suffix(out, mine)
+                        written.append(path)
+                        where.written = len(written)
     finally:
         bar.close()
     return written
@@ -1318,11 +1344,11 @@ def passes_denoise(config: GenerateConfig) -> float | None:
     return (config.denoise or refine.HIRES_DENOISE) if config.hires() else None
 
 
-def _pass_params(config: GenerateConfig, hires: Hires | None) -> dict:
+def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | None = None) -> dict:
     """The PNG text of --init-image's and the hires fix's settings, as `png_text` writes them into `parameters`
     (the web UI's labels; empty without either)."""
     if config.init_image:
-        return {"init_image": Path(config.init_image).name, "denoise": passes_denoise(config)}
+        return {"init_image": Path(source or config.init_image).name, "denoise": passes_denoise(config)}
     if hires is None:
         return {}
     params = {"denoise": hires.denoise, "hires_upscaler": refine.UPSCALERS[hires.upscaler].label}

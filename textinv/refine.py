@@ -152,6 +152,27 @@ def _multiple(pixels: float, multiple: int, down: bool = False) -> int:
     return max(count, 1) * multiple
 
 
+def init_pictures(init_image: str | None) -> list:
+    """The pictures --init-image names, each redrawn with every prompt and seed: the file, or the pictures in the
+    folder (not its subfolders, sorted by name, other files skipped with a warning, as training reads a folder);
+    [None] without one."""
+    from pathlib import Path
+
+    from .data import _scan
+    from .errors import ConfigError
+
+    if not init_image:
+        return [None]
+    path = Path(init_image).expanduser()
+    if not path.is_dir():
+        return [path]
+    pictures, _ = _scan(path)
+    if not pictures:
+        raise ConfigError(f"--init-image {init_image} is a folder without pictures (its subfolders are not "
+                          f"searched); give a picture, or a folder of them")
+    return pictures
+
+
 @torch.no_grad()
 def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     """Latents (B, C, h, w) of pictures (B, 3, H, W) in [-1, 1], as diffusers' pipelines scale them: the mean of
