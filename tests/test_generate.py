@@ -1702,15 +1702,16 @@ def test_again_reads_the_sampler_a_comfyui_picture_comes_from_of_several(sd1_dir
         config, said = _notes(_comfy_picture(tmp_path / "two.png", graph, size), {"model": str(sd1_dir)})
         assert (config.seed, config.width, config.hires_scale) == (1234, 24, hires_scale)
         assert any("its ComfyUI graph saves the pictures of 2 samplers; read as" in s for s in said)
-    # img2img: the latent is a picture's (VAEEncode), so its size is the saved picture's, the decoder's own
-    graph = _comfy_graph()
-    graph.update({"10": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
-                  "11": {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}})
-    graph["3"]["inputs"].update(latent_image=["11", 0], denoise=0.6)
+    # a picture's latent (VAEEncode) that is no img2img textinv draws (the picture changed on the way, by a node it
+    # lacks): its size is the saved picture's, the decoder's own, and the refinement is said
+    graph = _comfy_img2img_graph()
+    graph["12"] = {"class_type": "ImageInvert", "inputs": {"image": ["10", 0]}}
+    graph["11"]["inputs"]["pixels"] = ["12", 0]
     config, said = _notes(_comfy_picture(tmp_path / "img2img.png", graph, (40, 24)), {"model": str(sd1_dir)})
-    assert (config.width, config.height) == (40, 24)
+    assert (config.width, config.height, config.steps, config.denoise) == (40, 24, 20, None)
     assert any("KSampler node 3 with denoise 0.6: it refined a picture it was given (img2img" in s for s in said)
-    assert any("not applied from its ComfyUI graph: LoadImage node 10, VAEEncode node 11 " in s for s in said)
+    assert any("not applied from its ComfyUI graph: LoadImage node 10, VAEEncode node 11, ImageInvert node 12 " in s
+               for s in said)
     # KSamplerAdvanced: its noise_seed; one that ran only some of its steps (an SDXL refiner's) is said to
     graph = _comfy_graph()
     inputs = graph["3"]["inputs"]
@@ -1893,6 +1894,154 @@ def test_again_redraws_a_comfyui_hires_fix_at_its_enlarged_size(sd1_dir, tmp_pat
     assert (settings["width"], settings["height"], settings["hires_scale"], settings["hires_steps"]) == (24, 16, 2.0, 3)
     assert (settings["denoise"], settings["hires_upscaler"], settings["hires_sampler"]) == (
         0.5, "latent-nearest-exact", "euler_a")
+
+
+def _comfy_img2img_graph():
+    """ComfyUI's img2img: the default graph's KSampler (node 3, 20 steps at denoise 0.6) over a loaded picture
+    (LoadImage node 10, VAEEncode node 11) instead of an empty latent."""
+    graph = _comfy_graph()
+    graph.update({"10": {"class_type": "LoadImage", "inputs": {"image": "photo.png", "upload": "image"}},
+                  "11": {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}})
+    del graph["5"]
+    graph["3"]["inputs"].update(latent_image=["11", 0], denoise=0.6, steps=20)
+    return graph
+
+
+def test_again_reads_a_comfyui_img2img_as_textinvs_counting_the_same_steps_of_the_same_schedule(sd1_dir, tmp_path):
+    """ComfyUI's img2img (LoadImage, VAEEncode, a KSampler at denoise < 1) was drawn from noise with a note. It is
+    textinv's img2img now: ComfyUI runs its steps as the last of a schedule int(steps / d) long, textinv's img2img
+    int(denoise x steps) + 1 of --steps, so it is read as --steps int(steps / d) at a --denoise that runs ComfyUI's
+    steps of them (`refine.pass_steps`). Without --init-image (the graph names the picture, the PNG lacks it) it is
+    drawn from the prompt alone with the sampler's own steps, said naming the file."""
+    from textinv.refine import pass_steps
+
+    start = tmp_path / "photo.png"
+    Image.new("RGB", (40, 24), "red").save(start)
+
+    def read(graph, flags=(), size=(40, 24)):
+        return _notes(_comfy_picture(tmp_path / "i.png", graph, size), {"model": str(sd1_dir), **dict(flags)})
+
+    with_init = {"init_image": str(start)}
+    config, said = read(_comfy_img2img_graph(), with_init)
+    assert (config.init_image, config.steps, config.denoise, config.width, config.height) == (
+        str(start), 33, 0.6, 40, 24)
+    assert pass_steps(config.steps, config.denoise, hires=False) == (33, 20)  # (ComfyUI: the last 20 of int(20/0.6))
+    assert (config.seed, config.guidance, config.sampler, said) == (1234, 6.5, "dpm++2m_karras", [])
+    config, said = read(_comfy_img2img_graph())
+    assert (config.init_image, config.steps, config.denoise, config.width, config.height) == (None, 20, None, 40, 24)
+    assert said == ["PICTURE was drawn by ComfyUI's img2img from the picture 'photo.png' (LoadImage node 10), which "
+                    "its graph names but does not hold: give that picture with --init-image, or it is drawn from the "
+                    "prompt alone, with the 20 steps of KSampler node 3"]
+    assert read(_comfy_img2img_graph(), {"steps": 8, "hires_scale": 2.0})[0].steps == 8  # (a flag is the flag's)
+    assert read(_comfy_img2img_graph(), {"hires_scale": 2.0})[0].denoise is None  # (an img2img count: not the hires')
+    # every denoise: the same steps of the same schedule, at ComfyUI's denoise where it runs them (0.5 of 20 does
+    # not: 21 of 40, so 0.48; 0.05 of 1: 2 of 20, so 0.01); a KSamplerAdvanced's steps from start_at_step, and a
+    # denoise of 1 (all, from the picture's latent with the seed's noise, as ComfyUI adds it)
+    for steps, d, denoise in ((20, 0.5, 0.48), (20, 0.75, 0.75), (7, 0.3, 0.3), (20, 0.95, 0.95), (20, 1.0, 1.0),
+                              (2, 0.6, 0.6), (1, 0.05, 0.01)):
+        graph = _comfy_img2img_graph()
+        graph["3"]["inputs"].update(steps=steps, denoise=d)
+        config, said = read(graph, with_init)
+        assert (config.steps, config.denoise, said) == (int(steps / d), denoise, [])
+        assert pass_steps(config.steps, config.denoise, hires=False) == (int(steps / d), steps)
+    graph = _comfy_img2img_graph()
+    inputs = graph["3"]["inputs"]
+    del inputs["seed"], inputs["denoise"]
+    inputs.update(noise_seed=55, add_noise="enable", start_at_step=4, end_at_step=10000, steps=10,
+                  return_with_leftover_noise="disable")
+    graph["3"]["class_type"] = "KSamplerAdvanced"
+    config, said = read(graph, with_init)
+    assert (config.seed, config.steps, config.denoise, said) == (55, 10, 0.5, [])
+    assert pass_steps(10, 0.5, hires=False) == (10, 6)
+    assert read(graph)[0].steps == 6  # (from the prompt alone: the steps it ran)
+    inputs["start_at_step"] = 0
+    assert read(graph, with_init)[0].denoise == 1.0
+    # a schedule textinv's count cannot end on: said, with what it runs instead (3000 steps: more than textinv takes)
+    inputs.update(steps=3000, start_at_step=1)
+    config, said = read(graph, with_init)
+    assert (config.steps, said) == (3000, [
+        "PICTURE: its ComfyUI KSamplerAdvanced node 3 ran the last 2999 steps of a schedule of 3000; textinv's img2img "
+        "runs int(--denoise x --steps) + 1 of --steps (at most 0.999 of them, as the web UI), and no --denoise runs "
+        "2999 of 3000: read as --steps 3000 --denoise 0.999667, which runs 2998"])
+    # one that adds no noise, or stops early, is no img2img textinv draws: read as before
+    inputs.update(steps=10, start_at_step=4, add_noise="disable")
+    config, said = read(graph, with_init)
+    assert (config.steps, config.denoise) == (10, None)
+    assert any("from step 4 to 10000 of 10 without adding noise: it refined a picture" in s for s in said)
+
+
+def test_again_reads_a_comfyui_img2img_size_from_its_picture_or_its_scale_node(sd1_dir, tmp_path):
+    """ImageScale or ImageScaleBy between LoadImage and VAEEncode: the size ComfyUI drew at is the saved picture's
+    (textinv fits --init-image to it), or, where the picture was resized after the sampler, ImageScale's; a stretch
+    to other proportions is said when drawn from a picture."""
+    start = tmp_path / "photo.png"
+    Image.new("RGB", (40, 24), "red").save(start)
+
+    def read(graph, size, flags=()):
+        return _notes(_comfy_picture(tmp_path / "i.png", graph, size), {"model": str(sd1_dir), **dict(flags)})
+
+    graph = _comfy_img2img_graph()
+    graph["12"] = {"class_type": "ImageScale", "inputs": {"image": ["10", 0], "upscale_method": "lanczos",
+                                                          "width": 48, "height": 32, "crop": "disabled"}}
+    graph["11"]["inputs"]["pixels"] = ["12", 0]
+    config, said = read(graph, (48, 32), {"init_image": str(start)})
+    assert (config.width, config.height, config.steps, config.denoise) == (48, 32, 33, 0.6)
+    assert said == ["PICTURE: ComfyUI stretched its picture 'photo.png' to 48x32 (ImageScale node 12); textinv cuts "
+                    "--init-image to the drawing's proportions from the middle, then resizes it, so a picture of "
+                    "other proportions is redrawn unstretched"]
+    assert not any("stretched" in s for s in read(graph, (48, 32))[1])  # (no picture: nothing is stretched)
+    graph["12"]["inputs"]["crop"] = "center"  # (ComfyUI cuts the middle too)
+    assert read(graph, (48, 32), {"init_image": str(start)})[1] == []
+    # the saved picture enlarged after the sampler: ImageScale's size is the one drawn at; ImageScaleBy's is not known
+    graph["13"] = {"class_type": "ImageScaleBy", "inputs": {"image": ["8", 0], "upscale_method": "lanczos",
+                                                            "scale_by": 2.0}}
+    graph["9"]["inputs"]["images"] = ["13", 0]
+    config, said = read(graph, (96, 64), {"init_image": str(start)})
+    assert (config.width, config.height, config.steps) == (48, 32, 33)
+    assert [s for s in said if "not applied" in s] == [
+        "PICTURE: not applied from its ComfyUI graph: ImageScaleBy node 13 (textinv draws with the model, prompts, "
+        "LoRAs and VAE alone), so the redraw is without them"]
+    graph["12"] = {"class_type": "ImageScaleBy", "inputs": {"image": ["10", 0], "upscale_method": "lanczos",
+                                                            "scale_by": 1.5}}
+    config, said = read(graph, (96, 64), {"init_image": str(start)})
+    assert (config.width, config.height, config.steps) == (None, None, 33)
+    assert any("does not say the size KSampler node 3 drew at" in s for s in said)
+    del graph["13"]
+    graph["9"]["inputs"]["images"] = ["8", 0]
+    config, said = read(graph, (56, 32), {"init_image": str(start)})
+    assert (config.width, config.height, said) == (56, 32, [])
+
+
+def test_again_redraws_a_comfyui_img2img_from_its_picture(sd1_dir, tmp_path, monkeypatch):
+    """End to end: a ComfyUI img2img picture drawn again on the tiny model with --init-image is textinv's img2img of
+    that picture, its steps the schedule's and its denoise the one that runs ComfyUI's steps of it: the UNet is
+    called for ComfyUI's 2 steps, not 4."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    from textinv.cli import main
+
+    calls = []
+    forward = UNet2DConditionModel.forward
+    monkeypatch.setattr(UNet2DConditionModel, "forward",
+                        lambda self, *args, **kwargs: calls.append(1) or forward(self, *args, **kwargs))
+
+    start = tmp_path / "photo.png"
+    Image.new("RGB", (24, 16), "red").save(start)
+    graph = _comfy_img2img_graph()
+    graph["6"]["inputs"]["text"] = "a red cat"
+    graph["3"]["inputs"].update(steps=2, denoise=0.5)  # (the last 2 of a schedule of 4)
+    picture = _comfy_picture(tmp_path / "ComfyUI_img2img.png", graph, (24, 16))
+    assert main(["generate", "--again", str(picture), "--model", str(sd1_dir), "--init-image", str(start),
+                 "--out", str(tmp_path / "r")]) == 0
+    (drawn,) = (tmp_path / "r").iterdir()
+    assert Image.open(drawn).size == (24, 16)
+    text = Image.open(drawn).text
+    settings = json.loads(text["textinv_settings"])["settings"]
+    assert (settings["init_image"], settings["steps"], settings["denoise"]) == ("photo.png", 4, 0.3)
+    assert "Steps: 4" in text["parameters"] and "Denoising strength: 0.3" in text["parameters"]
+    assert len(calls) == 2  # (one call a step: the negative and the prompt in one batch)
 
 
 def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_lacks(sd1_dir, tmp_path):

@@ -189,10 +189,11 @@ def test_again_draws_a_web_ui_img2img_picture_from_its_picture_or_says_it_draws_
     assert config.denoise is None and config.init_image is None
     start = tmp_path / "start.png"
     Image.new("RGB", (30, 20), "red").save(start)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         config, _ = again_config(path, {"model": str(sd1_dir), "init_image": str(start)})
     assert (config.denoise, config.init_image, config.width, config.height) == (0.3, str(start), 24, 16)
+    assert not [w for w in caught if "img2img" in str(w.message)]  # (given its picture, nothing is missing)
 
 
 def test_an_odd_init_picture_just_works_upright_at_its_proportions(sd1_dir, tmp_path):

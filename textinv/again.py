@@ -23,13 +23,15 @@ What a picture's text can hold, and how each is read:
   a link [node id, output index]; its `workflow` text is the editor's layout, not read). From the saved picture its
   links are followed back through VAEDecode to the KSampler or KSamplerAdvanced it comes from (of several samplers,
   that one; the others are named; a hires fix's two passes are read as textinv's hires fix, its first pass's
-  settings the drawing's: `_comfy_hires`): its seed, steps, cfg, sampler and scheduler (as
-  textinv's sampler, `samplers.from_comfy`); the prompts of the CLIPTextEncode nodes its links reach (through pass-through
-  nodes, to a Primitive or string node holding the text; SDXL's text_g); the EmptyLatentImage's size; clip skip from
-  CLIPSetLastLayer; each LoraLoader as a `<lora:...>` tag added to the prompt. A denoise below 1 (img2img), a batch,
-  a VAELoader are said; every other node the picture passed through (ControlNet, upscalers, custom nodes) is named
-  in one warning as not applied. The checkpoint must be given (--model), and a prompt, sampler or value textinv
-  cannot read is asked for by its flag. A graph whose picture comes from no sampler it reads is refused.
+  settings the drawing's: `_comfy_hires`; an img2img from a LoadImage as textinv's, its steps counted as textinv
+  counts them: `_comfy_img2img`): its seed, steps, cfg, sampler and scheduler (as textinv's sampler,
+  `samplers.from_comfy`); the prompts of the CLIPTextEncode nodes its links reach (through pass-through nodes, to a
+  Primitive or string node holding the text; SDXL's text_g); the
+  EmptyLatentImage's size; clip skip from CLIPSetLastLayer; each LoraLoader as a `<lora:...>` tag added to the
+  prompt. A denoise below 1 that is no img2img or hires fix textinv draws, a batch, a VAELoader are said; every
+  other node the picture passed through (ControlNet, upscalers, custom nodes) is named in one warning as not applied.
+  The checkpoint must be given (--model), and a prompt, sampler or value textinv cannot read is asked for by its flag.
+  A graph whose picture comes from no sampler it reads is refused.
 
 An A1111 embedding PNG (an embedding hidden in a picture's `sd-ti-embedding` text) is no drawn picture: it is refused
 with the flag that loads it.
@@ -40,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -85,6 +88,11 @@ class Picture:
     ti_hashes: dict[str, str] = field(default_factory=dict)  # the web UI's "TI hashes": name -> short SHA-256
     lora_hashes: dict[str, str] = field(default_factory=dict)  # its "Lora hashes": name -> short hash (lora_sha256)
     init_digest: str | None = None  # the --init-image's SHA-256 when drawn
+    # an img2img picture whose init picture its text does not hold: what is said, and the settings that change (None:
+    # dropped), when it is drawn without one (--init-image not given: from the prompt alone), and what is said with one
+    without_init: list[str] = field(default_factory=list)
+    text_only: dict[str, Any] = field(default_factory=dict)
+    with_init: list[str] = field(default_factory=list)
 
 
 def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfig, set[int] | None]:
@@ -106,8 +114,17 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         if name not in flags and name not in replaced:
             raise ConfigError(why)
     _check_paths_given(picture, settings, flags)
-    for note in picture.notes:
+    from_text = not (flags.get("init_image") or settings.get("init_image"))
+    for note in picture.notes + (picture.without_init if from_text else picture.with_init):
         warnings.warn(note, stacklevel=2)
+    if from_text:  # (a ComfyUI img2img's steps are counted otherwise from text: its sampler's own are drawn)
+        for name, value in picture.text_only.items():
+            if name in flags:
+                continue
+            if value is None:
+                settings.pop(name, None)
+            else:
+                settings[name] = value
     recorded = settings.get("embedding", [])
     # the record's --token names are its files'; another count of --embedding is other files (the same count: the
     # same files, moved)
@@ -352,14 +369,15 @@ def _from_a1111(path: Path, text: str) -> Picture:
     needs["model"] = (f"--again {path} was drawn by the A1111 web UI ({model or 'its model is not named'}); textinv "
                       f"cannot find a model by the web UI's name or hash: give it with --model (its file or folder)")
     _a1111_sampler(path, fields, False, settings, needs)
-    _a1111_passes(path, fields, settings, needs, notes)
+    without_init: list[str] = []
+    _a1111_passes(path, fields, settings, needs, notes, without_init)
     unused = [k for k in fields if k not in _A1111_USED]
     if unused:
         notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
                       f"--lora-dir give models, embeddings and LoRAs; face restoration, a seed resized "
                       f"and the like textinv does not do); its samplers and noise are diffusers', so expect a "
                       f"picture close to the web UI's, not the same pixels")
-    return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes,
+    return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes, without_init=without_init,
                    ti_hashes=parse_webui_hashes(fields.get("TI hashes", "")),
                    lora_hashes=parse_webui_hashes(fields.get("Lora hashes", "")))
 
@@ -390,10 +408,10 @@ def _number(text: str) -> float | None:
 
 
 def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], needs: dict[str, str],
-                  notes: list[str]) -> None:
+                  notes: list[str], without_init: list[str]) -> None:
     """The web UI's hires fix and img2img fields into `settings` (`Denoising strength`, `Hires upscale` or
     `Hires resize`, `Hires steps`, `Hires upscaler`, `Hires sampler`), what cannot be read into `needs`, what is
-    drawn otherwise into `notes`."""
+    drawn otherwise into `notes` (an img2img picture drawn without its picture: `without_init`)."""
     if "Denoising strength" in fields:
         settings["denoise"] = fields["Denoising strength"]
     if "Hires upscale" in fields and _number(fields["Hires upscale"]) == 1:  # (an enlargement by 1: no second pass)
@@ -418,8 +436,8 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
                          f"web UI redrew it, so expect the finer detail to differ")
     _a1111_sampler(path, fields, True, settings, needs)
     if "Denoising strength" in fields and not ({"Hires upscale", "Hires resize"} & set(fields)):
-        notes.append(f"{path} was drawn by the web UI's img2img from a picture of its own, which its text does not "
-                     f"hold: give that picture with --init-image, or it is drawn from the prompt alone")
+        without_init.append(f"{path} was drawn by the web UI's img2img from a picture of its own, which its text "
+                            f"does not hold: give that picture with --init-image, or it is drawn from the prompt alone")
 
 
 def parse_webui_hashes(text: str) -> dict[str, str]:
@@ -649,7 +667,12 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
         else:
             settings[setting] = value
     _comfy_sampler(graph, sampler, False, settings, needs)
-    if hires is None:
+    # img2img: its steps counted as textinv's img2img counts them; drawn from the prompt alone, the sampler's own
+    img2img = _comfy_img2img(graph, sampler, changed, notes) if hires is None else None
+    if img2img is not None:
+        settings.update(img2img.settings)
+        read |= img2img.read
+    elif hires is None:
         _comfy_partial(graph, sampler, notes)
 
     clip: list[str] = []
@@ -680,7 +703,7 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
                          f"seed of their own")
     elif not changed:  # the decoder's picture as saved: the size the sampler drew at
         settings["width"], settings["height"] = picture_size
-    else:
+    elif "width" not in settings:  # (an img2img's scale node gave it)
         notes.append(f"{path}: its ComfyUI graph does not say the size {named} drew at (it did not start from an "
                      f"EmptyLatentImage, and the picture was resized after): give --width and --height")
 
@@ -707,7 +730,11 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
     if other:
         notes.append(f"{path}: not applied from its ComfyUI graph: {', '.join(other)} (textinv draws with the model, "
                      f"prompts, LoRAs and VAE alone), so the redraw is without them")
-    return Picture(path, "comfyui", _typed(path, settings), needs=needs, notes=notes)
+    if img2img is None:
+        return Picture(path, "comfyui", _typed(path, settings), needs=needs, notes=notes)
+    return Picture(path, "comfyui", _typed(path, settings), needs=needs, notes=notes,
+                   without_init=img2img.without_init, text_only={"steps": img2img.own_steps, "denoise": None},
+                   with_init=img2img.with_init)
 
 
 def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int], notes: list[str]) -> tuple[str, str, str | None, bool]:
@@ -853,6 +880,100 @@ def _comfy_hires(graph: _ComfyGraph, second: str, size: tuple[int, int], changed
         notes.append(f"{path}: its ComfyUI hires fix's second pass ({graph.named(second)}) has another "
                      f"{', '.join(differ)} than its first ({graph.named(first)}); textinv redraws with the first's")
     return _ComfyHires(first, settings, read)
+
+
+@dataclass
+class _ComfyImg2Img:
+    """A ComfyUI graph's img2img, as textinv's settings."""
+
+    settings: dict[str, Any]  # steps and denoise, counted as textinv's img2img counts them; a size ComfyUI scaled to
+    own_steps: int  # the sampler's own steps: what a redraw from the prompt alone runs
+    read: set[str]  # the nodes read into them: LoadImage, its scale nodes, VAEEncode
+    without_init: list[str]  # said when it is drawn without --init-image
+    with_init: list[str]  # said when it is drawn from one
+
+
+_COMFY_PIXEL_ENCODERS = ("VAEEncode", "VAEEncodeTiled")  # (tiled: the same encoder in pieces, for memory)
+
+
+def _comfy_img2img(graph: _ComfyGraph, sampler: str, changed: bool, notes: list[str]) -> _ComfyImg2Img | None:
+    """The img2img a ComfyUI graph drew, read into textinv's settings: LoadImage (through ImageScale or ImageScaleBy),
+    VAEEncode, then `sampler` over the last of a schedule, the seed's noise added (`_comfy_schedule`); `changed`: the
+    saved picture was resized after it. None when the graph is not of that shape.
+
+    ComfyUI runs a KSampler's `steps` at denoise d as the last of a schedule int(steps / d) long, as the web UI counts
+    Hires steps; textinv's img2img, as the web UI's, runs int(denoise x steps) + 1 of --steps (`refine.pass_steps`).
+    So the same pass is --steps int(steps / d) at a --denoise that runs `steps` of them: d itself where it does (0.6
+    of 20: 20 of 33), else the shortest that does (0.5 of 20: 20 of 40, --denoise 0.48), said where none does."""
+    counted = _comfy_schedule(graph, sampler)
+    link = graph.link(graph.inputs(sampler).get("latent_image"))
+    if counted is None or link is None or graph.cls(link[0]) not in _COMFY_PIXEL_ENCODERS:
+        return None
+    encoder, scalers = link[0], []
+    link = graph.link(graph.inputs(encoder).get("pixels"))
+    while link is not None and graph.cls(link[0]) in ("ImageScale", "ImageScaleBy") and link[0] not in scalers:
+        scalers.insert(0, link[0])
+        link = graph.link(graph.inputs(link[0]).get("image"))
+    if link is None or graph.cls(link[0]) != "LoadImage":
+        return None
+    loader, (schedule, run) = link[0], counted
+    given = graph.value(sampler, "denoise", (int, float)) if graph.cls(sampler) == "KSampler" else None
+    denoise = _img2img_denoise(schedule, run, given)
+    path, named, name = graph.path, graph.named(sampler), graph.value(loader, "image", (str,))
+    if denoise is None:
+        denoise = given if given is not None else run / schedule
+        notes.append(f"{path}: its ComfyUI {named} ran the last {run} steps of a schedule of {schedule}; textinv's "
+                     f"img2img runs int(--denoise x --steps) + 1 of --steps (at most 0.999 of them, as the web UI), "
+                     f"and no --denoise runs {run} of {schedule}: read as --steps {schedule} --denoise {denoise:g}, "
+                     f"which runs {pass_steps(schedule, denoise, hires=False)[1]}")
+    settings: dict[str, Any] = {"steps": schedule, "denoise": denoise}
+    last = scalers[-1] if scalers else None
+    sides = ([graph.value(last, side, (int,)) for side in ("width", "height")]
+             if last is not None and graph.cls(last) == "ImageScale" else [None, None])  # (0: the other's scale)
+    if changed and all(sides):  # (the saved picture was resized after: the size ComfyUI drew at is the scale node's)
+        settings["width"], settings["height"] = (side // 8 * 8 for side in sides)
+    with_init = []
+    if all(sides) and graph.value(last, "crop", (str,)) == "disabled":
+        with_init.append(f"{path}: ComfyUI stretched its picture {name!r} to {sides[0]}x{sides[1]} "
+                         f"({graph.named(last)}); textinv cuts --init-image to the drawing's proportions from the "
+                         f"middle, then resizes it, so a picture of other proportions is redrawn unstretched")
+    what = f"the picture {name!r}" if name else "a picture"
+    without_init = [f"{path} was drawn by ComfyUI's img2img from {what} ({graph.named(loader)}), which its graph "
+                    f"names but does not hold: give that picture with --init-image, or it is drawn from the prompt "
+                    f"alone, with the {run} steps of {named}"]
+    return _ComfyImg2Img(settings, run, {loader, encoder, *scalers}, without_init, with_init)
+
+
+def _comfy_schedule(graph: _ComfyGraph, sampler: str) -> tuple[int, int] | None:
+    """(the schedule's steps, the steps run: its last ones) of a sampler that adds the seed's noise to the latent it
+    is given and runs to the schedule's end, as ComfyUI counts them: KSampler's `steps` of int(steps / denoise) (all
+    of them above a denoise of 0.9999), KSamplerAdvanced's steps - start_at_step of `steps`. None for any other."""
+    steps = graph.value(sampler, "steps", (int,))
+    if steps is None or steps < 1:
+        return None
+    if graph.cls(sampler) == "KSampler":
+        denoise = graph.value(sampler, "denoise", (int, float))
+        if denoise is None or not 0 < denoise <= 1:
+            return None
+        return (steps, steps) if denoise > 0.9999 else (int(steps / denoise), steps)
+    start, end = graph.value(sampler, "start_at_step", (int,)), graph.value(sampler, "end_at_step", (int,))
+    if graph.value(sampler, "add_noise", (str,)) != "enable" or start is None or end is None or not (
+            0 <= start < steps <= end):
+        return None
+    return steps, steps - start
+
+
+def _img2img_denoise(schedule: int, run: int, given: float | None) -> float | None:
+    """The --denoise at which textinv's img2img of --steps `schedule` runs `run` of them (`refine.pass_steps`):
+    `given` where it does, else the one of fewest digits; None when none does.
+
+    >>> _img2img_denoise(33, 20, 0.6), _img2img_denoise(40, 20, 0.5), _img2img_denoise(10, 6, None)
+    (0.6, 0.48, 0.5)
+    """
+    lowest = (run - 1) / schedule  # (int(denoise x schedule) must be run - 1)
+    tries = ([given] if given is not None else []) + ([1.0] if run == schedule else [])  # (1: all of them)
+    tries += [max(math.ceil(lowest * 10 ** digits - 1e-9), 1) / 10 ** digits for digits in range(1, 8)]
+    return next((d for d in tries if 0 < d <= 1 and pass_steps(schedule, d, hires=False) == (schedule, run)), None)
 
 
 def _comfy_sampler(graph: _ComfyGraph, node: str, hires: bool, settings: dict[str, Any],
