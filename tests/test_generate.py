@@ -2044,6 +2044,96 @@ def test_again_redraws_a_comfyui_img2img_from_its_picture(sd1_dir, tmp_path, mon
     assert len(calls) == 2  # (one call a step: the negative and the prompt in one batch)
 
 
+def _comfy_combined_graph():
+    """The default graph whose positive prompt is two prompts' conditioning joined (ConditioningCombine node 15)."""
+    graph = _comfy_graph()
+    graph.update({"14": {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog, 16:9", "clip": ["4", 1]}},
+                  "15": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["6", 0],
+                                                                         "conditioning_2": ["14", 0]}}})
+    graph["3"]["inputs"]["positive"] = ["15", 0]
+    return graph
+
+
+def test_again_reads_comfyuis_conditioning_combine_as_and_at_one_over_k(sd1_dir, tmp_path, monkeypatch):
+    """ComfyUI's ConditioningCombine was no prompt textinv could read (--prompt asked for). Its sampler averages the
+    k joined conditionings' predictions, then guides by cfg: composable diffusion at weight 1/k each, the prompts
+    joined by AND. Nested, the lists join into one (1/3 each); a combined negative (one text here) and a text with
+    AND of its own are asked for; encoders on other CLIPs are said."""
+    from textinv.emphasis import composable_parts
+
+    def read(graph, flags=()):
+        return _notes(_comfy_picture(tmp_path / "c.png", graph), {"model": str(sd1_dir), **dict(flags)})
+
+    config, said = read(_comfy_combined_graph())
+    assert config.prompt == ["a (red:1.2) cat embedding:zz:0.5 AND a dog, 16:9:0.5"]
+    assert composable_parts(config.prompt[0]) == [("a (red:1.2) cat embedding:zz", 0.5), (" a dog, 16:9", 0.5)]
+    assert said == []  # (the combine is drawn: not named as not applied)
+    # drawn by composable diffusion: each UNet call takes the negative and both prompts (3 rows)
+    from diffusers import UNet2DConditionModel
+
+    from textinv.cli import main
+
+    rows = []
+    forward = UNet2DConditionModel.forward
+    monkeypatch.setattr(UNet2DConditionModel, "forward",
+                        lambda self, sample, *args, **kwargs: rows.append(sample.shape[0]) or forward(
+                            self, sample, *args, **kwargs))
+    graph = _comfy_combined_graph()
+    graph["6"]["inputs"]["text"] = "a red cat"
+    assert main(["generate", "--again", str(_comfy_picture(tmp_path / "c.png", graph)), "--model", str(sd1_dir),
+                 "--out", str(tmp_path / "r")]) == 0
+    assert rows == [3, 3]
+    monkeypatch.undo()
+    graph = _comfy_combined_graph()
+    graph["16"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "at night", "clip": ["4", 1]}}
+    graph["17"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["15", 0],
+                                                                   "conditioning_2": ["16", 0]}}
+    graph["3"]["inputs"]["positive"] = ["17", 0]
+    config, said = read(graph)
+    assert [w for _, w in composable_parts(config.prompt[0])] == pytest.approx([1 / 3] * 3, abs=1e-12)
+    assert [t.strip() for t, _ in composable_parts(config.prompt[0])] == [
+        "a (red:1.2) cat embedding:zz", "a dog, 16:9", "at night"]
+    # LoRA tags follow the last prompt's weight, outside it; another CLIP on one encoder is said
+    graph = _comfy_combined_graph()
+    graph["12"] = {"class_type": "LoraLoader", "inputs": {"lora_name": "film.safetensors", "strength_model": 1.0,
+                                                          "strength_clip": 1.0, "model": ["4", 0], "clip": ["4", 1]}}
+    graph["3"]["inputs"]["model"] = ["12", 0]
+    graph["6"]["inputs"]["clip"] = ["12", 1]
+    config, said = read(graph)
+    assert config.prompt == ["a (red:1.2) cat embedding:zz:0.5 AND a dog, 16:9:0.5 <lora:film:1>"]
+    assert said[0] == ("PICTURE: its combined prompts are encoded by other CLIPs (another clip skip or LoRA on one: "
+                       "CLIPTextEncode node 6, CLIPTextEncode node 14); textinv encodes every prompt with one: the "
+                       "first's, CLIPTextEncode node 6's")
+    # ComfyUI's prompt editing (two step ranges combined) is no average: asked for
+    graph = _comfy_combined_graph()
+    for node, (start, end), cond in (("20", (0.0, 0.5), "6"), ("21", (0.5, 1.0), "14")):
+        graph[node] = {"class_type": "ConditioningSetTimestepRange", "inputs": {
+            "conditioning": [cond, 0], "start": start, "end": end}}
+    graph["15"]["inputs"].update(conditioning_1=["20", 0], conditioning_2=["21", 0])
+    with pytest.raises(ConfigError, match=r"\(its ConditioningCombine node 15 joins a conditioning that "
+                                          r"ConditioningSetTimestepRange node 20 changed \(an area, a strength, a "
+                                          r"step range\), which textinv's AND does not draw\): give it with --prompt"):
+        read(graph)
+    # a text with AND would split again; a combined negative is two negatives, which textinv's one text is not
+    graph = _comfy_combined_graph()
+    graph["14"]["inputs"]["text"] = "black AND white"
+    with pytest.raises(ConfigError, match=r"the positive prompt of its ComfyUI KSampler node 3 is no text textinv can "
+                                          r"read \(it combines 2 prompts \(ConditioningCombine\), one with the word "
+                                          r"AND.*give it with --prompt"):
+        read(graph)
+    graph = _comfy_graph()
+    graph.update({"14": {"class_type": "CLIPTextEncode", "inputs": {"text": "lowres", "clip": ["4", 1]}},
+                  "15": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["7", 0],
+                                                                         "conditioning_2": ["14", 0]}}})
+    graph["3"]["inputs"]["negative"] = ["15", 0]
+    with pytest.raises(ConfigError, match=r"the negative prompt .* \(it combines 2 prompts \(ConditioningCombine\), "
+                                          r"whose predictions ComfyUI averages; textinv's negative prompt is one "
+                                          r"text\): give it with --negative-prompt"):
+        read(graph)
+    config, said = read(graph, {"negative_prompt": "blurry, lowres"})
+    assert config.negative_prompt == "blurry, lowres"
+
+
 def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_lacks(sd1_dir, tmp_path):
     """ComfyUI's sampler and scheduler are one of textinv's samplers, named base + schedule; a pair textinv does not
     have is asked for by --sampler, naming both."""
@@ -2120,16 +2210,14 @@ def test_again_follows_a_comfyui_prompt_to_a_primitive_and_asks_for_one_it_canno
                                               r"comes from a node textinv cannot read\): give it with --prompt"):
             _notes(path, {"model": str(sd1_dir)})
         assert _notes(path, {"model": str(sd1_dir), "prompt": ["a cat"]})[0].prompt == ["a cat"]
+    # (a ConditioningCombine is read as AND: test_again_reads_comfyuis_conditioning_combine_as_and_at_one_over_k)
     graph["30"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 0]}}
-    graph["31"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["7", 0],
-                                                                   "conditioning_2": ["6", 0]}}
-    for node, reached in (("30", "ConditioningZeroOut node 30"), ("31", "ConditioningCombine node 31")):
-        graph["3"]["inputs"]["negative"] = [node, 0]
-        path = _comfy_picture(tmp_path / "p.png", graph)
-        with pytest.raises(ConfigError, match=rf"the negative prompt of its ComfyUI KSampler node 3 is no text textinv "
-                                              rf"can read \(it reaches {reached}, not a text encoder textinv can "
-                                              rf"follow it to\): give it with --negative-prompt"):
-            _notes(path, {"model": str(sd1_dir), "prompt": ["a cat"]})
+    graph["3"]["inputs"]["negative"] = ["30", 0]
+    path = _comfy_picture(tmp_path / "p.png", graph)
+    with pytest.raises(ConfigError, match=r"the negative prompt of its ComfyUI KSampler node 3 is no text textinv "
+                                          r"can read \(it reaches ConditioningZeroOut node 30, not a text encoder "
+                                          r"textinv can follow it to\): give it with --negative-prompt"):
+        _notes(path, {"model": str(sd1_dir), "prompt": ["a cat"]})
 
 
 def test_again_refuses_a_comfyui_graph_it_cannot_follow_naming_the_file(tmp_path):

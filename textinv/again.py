@@ -26,7 +26,7 @@ What a picture's text can hold, and how each is read:
   settings the drawing's: `_comfy_hires`; an img2img from a LoadImage as textinv's, its steps counted as textinv
   counts them: `_comfy_img2img`): its seed, steps, cfg, sampler and scheduler (as textinv's sampler,
   `samplers.from_comfy`); the prompts of the CLIPTextEncode nodes its links reach (through pass-through nodes, to a
-  Primitive or string node holding the text; SDXL's text_g); the
+  Primitive or string node holding the text; SDXL's text_g; a ConditioningCombine's as textinv's AND); the
   EmptyLatentImage's size; clip skip from CLIPSetLastLayer; each LoraLoader as a `<lora:...>` tag added to the
   prompt. A denoise below 1 that is no img2img or hires fix textinv draws, a batch, a VAELoader are said; every
   other node the picture passed through (ControlNet, upscalers, custom nodes) is named in one warning as not applied.
@@ -51,7 +51,7 @@ from typing import Any
 
 from . import __version__
 from .config import GenerateConfig, build, typed_settings
-from .emphasis import lora_tags
+from .emphasis import has_and, lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import EMBEDDING_SUFFIXES, HIRES_SETTINGS, file_digest, hash_name, lora_files, lora_sha256
@@ -593,25 +593,59 @@ class _ComfyGraph:
             new_height = round(height * new_width / width / 8) * 8
         return new_width, new_height, batch, empty
 
-    def prompt(self, link: Link | None) -> tuple[str | None, str | None, str]:
-        """(the text, its text encoder's id, "") of the conditioning a link carries, through nodes that pass one on
-        (ControlNet's, a reroute: named as not applied where they change it); (None, None, why) when it is no text
-        textinv can read."""
-        seen: list[str] = []
+    def prompt(self, link: Link | None) -> tuple[str | None, list[str], str]:
+        """(the text, its text encoders' ids, "") of the conditioning a link carries, through nodes that pass one on
+        (ControlNet's, a reroute: named as not applied where they change it); (None, [], why) when it is no text
+        textinv can read.
+
+        ComfyUI's ConditioningCombine joins its conditionings' lists, and its sampler averages the predictions of
+        a list's k conditionings, cond = (1/k) sum_i cond_i (comfy/samplers.py: each one's output times its strength
+        and area mask, 1 without them, over their sum), then guides uncond + cfg (cond - uncond). That is composable
+        diffusion's uncond + sum_i w_i cfg (cond_i - uncond) at w_i = 1/k: the prompts joined by `AND` at 1/k
+        each (`emphasis.composable_parts`; at weight 1 each it would guide k times as hard)."""
+        parts, why = self._prompt_parts(link, [])
+        if parts is None:
+            return None, [], why
+        texts, encoders = [text for text, _ in parts], [encoder for _, encoder in parts]
+        if len(parts) == 1:
+            return texts[0], encoders, ""
+        if any(has_and(text) for text in texts):
+            return None, [], (f"it combines {len(parts)} prompts (ConditioningCombine), one with the word AND, which "
+                              f"textinv would read as one more prompt to combine")
+        return " AND ".join(f"{text}:{1 / len(parts):.12g}" for text in texts), encoders, ""
+
+    def _prompt_parts(self, link: Link | None, seen: list[str], combine: str | None = None
+                      ) -> tuple[list[tuple[str, str]] | None, str]:
+        """([(text, its encoder's id), ...] a link's conditioning is made of (one; a ConditioningCombine's: each
+        of its two inputs', in order), ""), or (None, why); `seen`: the nodes on the way here; `combine`: the
+        ConditioningCombine whose input this is, where a node that changes a conditioning (an area, a strength, a
+        step range: ComfyUI's prompt editing is two step ranges combined) makes it no plain average."""
+        seen = list(seen)
         while link is not None and link[0] not in seen:
             node, index = link
             seen.append(node)
+            if combine and self.cls(node) not in (*_COMFY_ENCODERS, "ConditioningCombine", "Reroute"):
+                return None, (f"its {self.named(combine)} joins a conditioning that {self.named(node)} changed (an "
+                              f"area, a strength, a step range), which textinv's AND does not draw")
             if self.cls(node) in _COMFY_ENCODERS:
                 text = self.value(node, "text_g" if self.cls(node) == "CLIPTextEncodeSDXL" else "text", (str,))
                 if text is None:
-                    return None, None, f"the text of its {self.named(node)} comes from a node textinv cannot read"
-                return text, node, ""
+                    return None, f"the text of its {self.named(node)} comes from a node textinv cannot read"
+                return [(text, node)], ""
             if self.cls(node) == "ConditioningZeroOut":  # (its text is not drawn: zeros are, which no text gives)
                 break
+            if self.cls(node) == "ConditioningCombine":
+                parts: list[tuple[str, str]] = []
+                for name in ("conditioning_1", "conditioning_2"):
+                    more, why = self._prompt_parts(self.link(self.inputs(node).get(name)), seen, node)
+                    if more is None:
+                        return None, why
+                    parts += more
+                return parts, ""
             # (ControlNetApplyAdvanced passes both on: its output 0 is the positive, 1 the negative)
             link = self.upstream(node, ("conditioning", "positive" if index == 0 else "negative"))
         reached = f"reaches {self.named(seen[-1])}, not" if seen else "is not a link to"
-        return None, None, f"it {reached} a text encoder textinv can follow it to"
+        return None, f"it {reached} a text encoder textinv can follow it to"
 
     def passed(self, start: str) -> list[str]:
         """Every node the saved picture comes from, save the nodes only read for a value, in the graph's order."""
@@ -677,19 +711,31 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
 
     clip: list[str] = []
     for side, setting in (("positive", "prompt"), ("negative", "negative_prompt")):
-        prompt, encoder, why = graph.prompt(graph.link(inputs.get(side)))
+        prompt, encoders, why = graph.prompt(graph.link(inputs.get(side)))
+        if prompt is not None and side == "negative" and len(encoders) > 1:
+            prompt, why = None, (f"it combines {len(encoders)} prompts (ConditioningCombine), whose predictions "
+                                 f"ComfyUI averages; textinv's negative prompt is one text")
         if prompt is None:
             needs[setting] = (f"--again {path}: the {side} prompt of its ComfyUI {named} is no text textinv can read "
                               f"({why}): give it with --{setting.replace('_', '-')}")
             continue
         settings[setting] = [prompt] if setting == "prompt" else prompt
-        if graph.cls(encoder) == "CLIPTextEncodeSDXL":
-            clip_l = graph.value(encoder, "text_l", (str,))
-            if clip_l is not None and clip_l.strip() != prompt.strip():
-                notes.append(f"{path}: its {graph.named(encoder)} gives SDXL's CLIP-G the {side} prompt "
-                             f"{prompt!r} and CLIP-L {clip_l!r}; textinv gives both encoders one prompt: its text_g")
+        for encoder in encoders:
+            if graph.cls(encoder) == "CLIPTextEncodeSDXL":
+                text_g, clip_l = (graph.value(encoder, name, (str,)) for name in ("text_g", "text_l"))
+                if clip_l is not None and clip_l.strip() != text_g.strip():
+                    notes.append(f"{path}: its {graph.named(encoder)} gives SDXL's CLIP-G the {side} prompt "
+                                 f"{text_g!r} and CLIP-L {clip_l!r}; textinv gives both encoders one prompt: its "
+                                 f"text_g")
         if side == "positive":
-            clip = graph.chain(graph.link(graph.inputs(encoder).get("clip")), ("clip",))
+            # (a ConditioningCombine it went through is drawn, as AND: not named as not applied)
+            read |= {n for n in graph.passed(graph.link(inputs[side])[0]) if graph.cls(n) == "ConditioningCombine"}
+            clips = [graph.inputs(encoder).get("clip") for encoder in encoders]
+            if any(other != clips[0] for other in clips[1:]):
+                notes.append(f"{path}: its combined prompts are encoded by other CLIPs (another clip skip or LoRA "
+                             f"on one: {', '.join(map(graph.named, encoders))}); textinv encodes every prompt with "
+                             f"one: the first's, {graph.named(encoders[0])}'s")
+            clip = graph.chain(graph.link(clips[0]), ("clip",))
             skip = _comfy_clip_skip(graph, clip, needs, notes)
             if skip is not None:
                 settings["clip_skip"] = skip
