@@ -2721,6 +2721,36 @@ def test_composable_diffusion_picture_is_its_own_at_any_batch_size_and_length(sd
     assert np.abs(mates[0] - alone).max() <= 1
 
 
+def test_composable_sub_prompts_of_different_lengths_are_padded_with_their_last_vector(sd1_dir):
+    """As the web UI stacks sub-prompts (prompt_parser.stack_conds): a sub-prompt shorter than its picture's longest
+    is read at that length, its own chunks followed by copies of its last vector (not empty chunks, not hidden);
+    the negative is read at its own length (the web UI's pad_cond_uncond off)."""
+    from textinv.generate import encode_prompts
+
+    model = load_model(sd1_dir)
+    unet = model.pipeline.unet
+    seen = []
+    forward = unet.forward
+
+    def record(*args, **kwargs):  # (what the UNet is called with once every hook has run)
+        seen.append((kwargs["encoder_hidden_states"].clone(), kwargs.get("encoder_attention_mask")))
+        return forward(*args, **kwargs)
+
+    unet.forward = record
+    try:
+        _drawn(model, ["a red dog AND " + "tree, " * 40], steps=1, negative_prompt="ugly")
+    finally:
+        del unet.forward
+    hidden, mask = seen[0]  # rows: the negative, the short sub-prompt, the long one (chunks of 77)
+    assert hidden.shape[0] == 3 and hidden.shape[1] >= 154
+    short = encode_prompts(model, ["a red dog "])[0][0]  # (77, C): its one chunk
+    assert torch.allclose(hidden[1, :77], short, atol=1e-5)
+    assert torch.equal(hidden[1, 77:], hidden[1, 76].expand(hidden.shape[1] - 77, -1))  # copies of its last vector
+    assert not torch.allclose(hidden[1, 77:], hidden[0, 77:], atol=1e-3)  # (not the empty chunk)
+    assert mask is not None and mask[1:].all()  # both sub-prompts read at the longer's length
+    assert mask[0, :77].all() and not mask[0, 77:].any()  # the negative at its own
+
+
 def test_prompt_editing_and_learned_tokens_work_inside_each_sub_prompt(sd1_dir):
     model = load_model(sd1_dir)
     emb = LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, model.widths[0], generator=torch.Generator()

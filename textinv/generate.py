@@ -396,6 +396,8 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     own_negative = max(len(r[e][0]) for r in negative_rows for e in range(len(r)))
     lengths = (own, own_negative, chunks) if set(own + [own_negative]) != {chunks} else None
     if composed:
+        kept = _repeat_last(conditioning, rows, owners, chunks)
+        lengths = (kept, own_negative, chunks) if {n for k in kept for n in k} | {own_negative} != {chunks} else None
         hooks = _composing(pipe, conditioning, stretch, owners, weights, lengths)
     else:
         hooks = [_length_mask(pipe, *lengths)] if lengths is not None else []
@@ -437,6 +439,28 @@ def _chunk_mask(counts: list[int], chunks: int, hidden: torch.Tensor) -> torch.T
     return torch.stack([torch.arange(length) < n * (length // chunks) for n in counts]).to(hidden.device)
 
 
+def _repeat_last(conditioning: list[dict], rows, owners: list[int], chunks: int) -> list[list[int]]:
+    """Lay out composable diffusion's sub-prompts as the web UI does (prompt_parser.reconstruct_multicond_batch,
+    stack_conds): a sub-prompt shorter than the longest of its picture's (in chunks of 77) is padded to it with
+    copies of its own last vector, not with empty chunks, and the UNet reads every sub-prompt at that length. Each
+    stretch's (`conditioning[s]`, `rows[s]`: its sub-prompts' chunks) `prompt_embeds` (K, 77 * `chunks`, C) are so
+    filled in place; gives each stretch's chunk count the UNet reads of each sub-prompt row (for `_chunk_mask`).
+
+    The web UI pads to the longest of its whole batch; here, of the picture's own sub-prompts, so a picture is its
+    own at any batch size (textinv's batches hold one prompt: the same lengths)."""
+    kept = []
+    for c, per_encoder in zip(conditioning, rows):
+        hidden = c["prompt_embeds"].clone()  # (K, 77 * chunks, C)
+        width = hidden.shape[1] // chunks  # (tokens a chunk)
+        counts = [max(len(enc[j]) for enc in per_encoder) for j in range(len(owners))]  # (SDXL: both encoders')
+        longest = {i: max(n for n, o in zip(counts, owners) if o == i) for i in set(owners)}
+        for j, (n, i) in enumerate(zip(counts, owners)):
+            hidden[j, n * width:longest[i] * width] = hidden[j, n * width - 1]
+        c["prompt_embeds"] = hidden
+        kept.append([longest[i] for i in owners])
+    return kept
+
+
 def _rows(conditioning: dict, index: list[int]) -> dict:
     """`_conditioning`'s arguments with only the rows `index` of each tensor (the sizes are kept)."""
     return {k: v[index] if isinstance(v, torch.Tensor) else v for k, v in conditioning.items()}
@@ -452,8 +476,9 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
     uncond)] (without guidance: the second part alone), so the pipeline's own guidance step, uncond + g (x -
     uncond), draws the web UI's uncond + sum_j w_j g (cond_j - uncond) (sd_samplers_cfg_denoiser.combine_denoised;
     the same in the UNet's output as in the denoised picture, both being affine in it). Guidance 1, which diffusers
-    draws without the negative, still draws it here, as the web UI does. `lengths`: (own, own_negative, chunks) as
-    `_length_mask` takes them, each sub-prompt at its own length, or None. A step costs K + 1 UNet rows a picture."""
+    draws without the negative, still draws it here, as the web UI does. `lengths`: (kept, own_negative, chunks):
+    each stretch's chunk counts of the sub-prompt rows read (`_repeat_last`: a picture's longest), the negative's
+    own, of the `chunks` all are padded to; or None (all are read whole). A step costs K + 1 UNet rows a picture."""
     count = len(set(owners))
     state = {}
 
@@ -482,8 +507,8 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
                                                    c["pooled_prompt_embeds"]]),
                 "time_ids": torch.cat([ids[:count], ids[-count:][owners]])}
         if lengths is not None:
-            own, own_negative, chunks = lengths
-            kwargs["encoder_attention_mask"] = _chunk_mask([own_negative] * count + own, chunks, hidden)
+            kept, own_negative, chunks = lengths
+            kwargs["encoder_attention_mask"] = _chunk_mask([own_negative] * count + kept[stretch[0]], chunks, hidden)
         return tuple(args), kwargs
 
     def combine(module, args, kwargs, output):
