@@ -217,6 +217,8 @@ def test_an_odd_init_picture_just_works_upright_at_its_proportions(sd1_dir, tmp_
     ({"hires_width": 60}, r"--hires-width must be a multiple of 8"),
     ({"hires_steps": 3}, r"--hires-steps set the hires fix, which --hires-scale .* turns on"),
     ({"hires_upscaler": "lanczos", "hires_sampler": "euler"}, r"--hires-upscaler and --hires-sampler set the hires"),
+    ({"hires_prompt": "a cat", "hires_negative_prompt": "blurry"},
+     r"--hires-prompt and --hires-negative-prompt set the hires fix, which --hires-scale .* turns on"),
     ({"hires_upscaler": "R-ESRGAN 4x+", "hires_scale": 2}, r"--hires-upscaler 'R-ESRGAN 4x\+' is not one of: latent"),
     ({"denoise": 0.5}, r"--denoise says how much of a picture is redrawn: give the picture \(--init-image\)"),
     ({"denoise": 0, "hires_scale": 2}, r"--denoise must be above 0 and at most 1"),
@@ -442,3 +444,113 @@ def test_an_init_image_folder_redraws_each_of_its_pictures_with_every_prompt(sd1
     with pytest.raises(ConfigError, match=r"--init-image .*empty is a folder without pictures"):
         generate(GenerateConfig(prompt=["a dog"], model=str(sd1_dir), init_image=str(tmp_path / "empty"),
                                 out=str(tmp_path / "c")), progress=False)
+
+
+def test_a_hires_prompt_and_negative_prompt_condition_the_second_pass_only(sd1_dir):
+    from textinv.generate import encode_prompts
+
+    model = load_model(sd1_dir)
+    calls = _unet_calls(model)
+    render(model, ["a dog"], [3], steps=2, width=16, negative_prompt="ugly",
+           hires=Hires(scale=2, steps=2, prompt="a red cat", negative_prompt="blurry"))
+    assert len(calls) == 4
+    first, second = torch.cat(encode_prompts(model, ["ugly", "a dog"])[0].split(1)), \
+        torch.cat(encode_prompts(model, ["blurry", "a red cat"])[0].split(1))
+    for _, _, hidden in calls[:2]:  # rows: the negative's, the prompt's
+        assert torch.allclose(hidden, first, atol=1e-5)
+    for _, _, hidden in calls[2:]:
+        assert torch.allclose(hidden, second, atol=1e-5)
+    calls.clear()  # (None: the first pass's own)
+    render(model, ["a dog"], [3], steps=2, width=16, negative_prompt="ugly", hires=Hires(scale=2, steps=2))
+    assert all(torch.allclose(hidden, first, atol=1e-5) for _, _, hidden in calls)
+
+
+def test_generate_writes_the_hires_prompts_as_the_web_ui_and_again_draws_them(sd1_dir, tmp_path, monkeypatch):
+    import textinv.generate as gen
+    from textinv.again import again_config, read_picture
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    emb = tmp_path / "zq.safetensors"  # (two vectors: a hires prompt's token is expanded as the prompt's)
+    save_embedding(LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, load_model(sd1_dir).widths[0])}), emb)
+    seen = []
+    drawn = gen.render
+
+    def record(*args, **kwargs):
+        seen.append(next(a for a in args if isinstance(a, Hires)))
+        return drawn(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "render", record)
+    config = GenerateConfig(prompt=["a dog", "a cat, detailed"], n=1, seed=4, steps=2, width=16,
+                            model=str(sd1_dir), embedding=[str(emb)], out=str(tmp_path / "a"), hires_scale=1.5,
+                            hires_prompt="a cat, detailed", hires_negative_prompt="blurry <zq>")
+    dog, cat = generate(config, progress=False)
+    assert [(h.prompt, h.negative_prompt) for h in seen] == [("a cat, detailed", "blurry <zq> <zq>_1")] * 2
+    text = Image.open(dog).text
+    # written as the web UI writes them (quoted where a comma or colon would split the field), only where they differ
+    assert ('Hires prompt: "a cat, detailed", Hires negative prompt: blurry <zq>' in text["parameters"])
+    assert "Hires prompt" not in Image.open(cat).text["parameters"]
+    assert "Hires negative prompt: blurry <zq>" in Image.open(cat).text["parameters"]
+    assert "<zq>: " in text["ti_hashes"]  # (the embedding drew, in the hires pass)
+    monkeypatch.undo()
+    for path in (dog, tmp_path / "w.png"):  # textinv's record, the web UI's text
+        if path != dog:
+            _picture(path, text["parameters"])
+        picture = read_picture(path)
+        assert (picture.settings["hires_prompt"], picture.settings["hires_negative_prompt"]) == \
+            ("a cat, detailed", "blurry <zq>")
+        assert not any("Hires prompt" in note for note in picture.notes)  # (read, not named as unused)
+    again, _ = again_config(dog, {"out": str(tmp_path / "b"), "model": str(sd1_dir), "embedding": [str(emb)]})
+    redrawn = generate(again, progress=False)[0]
+    assert np.array_equal(np.asarray(Image.open(dog)), np.asarray(Image.open(redrawn)))
+    assert np.abs(np.asarray(Image.open(dog)).astype(int)
+                  - np.asarray(Image.open(generate(GenerateConfig(
+                      prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir), out=str(tmp_path / "c"),
+                      hires_scale=1.5), progress=False)[0])).astype(int)).max() > 2  # (without them: another picture)
+
+
+def test_a_lora_in_the_hires_prompt_is_active_for_the_second_pass_only(sd1_dir, tmp_path, monkeypatch):
+    import textinv.generate as gen
+    from test_generate import _save_tiny_lora
+
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    _save_tiny_lora(loras, "film")
+    applied = []
+    apply = gen.apply_loras
+
+    def record(model, tags, files):
+        applied.append([(t.name, t.te) for t in tags])
+        return apply(model, tags, files)
+
+    monkeypatch.setattr(gen, "apply_loras", record)
+    common = dict(prompt=["a dog"], n=2, batch_size=1, steps=2, width=16, model=str(sd1_dir), hires_scale=1.5,
+                  lora_dir=[str(loras)])
+    paths = generate(GenerateConfig(**common, hires_prompt="a dog <lora:film:0.5>", out=str(tmp_path / "a")),
+                     progress=False)
+    # each batch: the prompt's LoRAs (none) for the first pass, the hires prompt's for the second
+    assert applied == [[], [("film", 0.5)], [], [("film", 0.5)]]
+    assert "film: " in Image.open(paths[0]).text["lora_hashes"]
+    from textinv.again import again_config  # (its LoRA folder, recorded by name, is asked for: the hires prompt's tag)
+
+    with pytest.raises(ConfigError, match="pass --lora-dir with where Lora is"):
+        again_config(paths[0], {"model": str(sd1_dir)})
+    plain = generate(GenerateConfig(**common, hires_prompt="a dog", out=str(tmp_path / "b")), progress=False)
+    assert np.abs(np.asarray(Image.open(paths[0])).astype(int)
+                  - np.asarray(Image.open(plain[0])).astype(int)).max() > 2
+    applied.clear()  # the same LoRAs in both: nothing to switch
+    generate(GenerateConfig(**{**common, "prompt": ["a dog <lora:film:0.5>"]}, hires_prompt="a cat <lora:film:0.5>",
+                            out=str(tmp_path / "c")), progress=False)
+    assert applied == [[("film", 0.5)]]
+
+
+def test_again_gives_a_web_ui_pictures_hires_prompt_only_with_its_hires_fix(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    path = _picture(tmp_path / "w.png", 'a cat\nSteps: 20, Seed: 3, Size: 64x64, Denoising strength: 0.4, Hires '
+                                        'upscale: 2, Hires prompt: "a cat, sharp: detailed"')
+    config, _ = again_config(path, {"model": str(sd1_dir)})
+    assert (config.hires_prompt, config.hires_negative_prompt) == ("a cat, sharp: detailed", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config, _ = again_config(path, {"model": str(sd1_dir), "init_image": __file__})
+    assert config.hires_prompt is None  # (--init-image draws without the hires fix: its prompt goes with it)

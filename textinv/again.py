@@ -12,11 +12,11 @@ What a picture's text can hold, and how each is read:
   did not record (those settings take their defaults; its paths were written as typed).
 - the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
   Seed, Variation seed (and strength), Size, Clip skip and Tiling, and its hires fix (Denoising strength, Hires
-  upscale or resize, steps, upscaler and sampler: `_a1111_passes`; an upscaling network's enlargement is
-  Lanczos's here); its TI hashes check the
+  upscale or resize, steps, upscaler, sampler, prompt and negative prompt: `_a1111_passes`; an upscaling network's
+  enlargement is Lanczos's here); its TI hashes check the
   --embedding files given (`_check_ti_hashes`), its Lora hashes the LoRA files the prompt's tags find in --lora-dir
   (`_check_lora_hashes`). An img2img picture is drawn from its picture when --init-image gives it, else from the
-  prompt alone. The rest (Model, Model hash, VAE, Hires prompt, ...) cannot be applied and is named in a warning;
+  prompt alone. The rest (Model, Model hash, VAE, Hires checkpoint, ...) cannot be applied and is named in a warning;
   the model must be given (--model), and a sampler textinv does not have must be chosen (--sampler).
   The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
 - ComfyUI's graph, its `prompt` text (the API format: {node id: {"class_type", "inputs"}}, an input from another node
@@ -68,8 +68,8 @@ _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance"
              "embeddings")
 _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "TI hashes",
                "Lora hashes", "Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
-               "Hires sampler", "Hires schedule type", "Variation seed", "Variation seed strength", "Tiling",
-               "Emphasis")
+               "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
+               "Variation seed strength", "Tiling", "Emphasis")
 
 
 @dataclass
@@ -136,7 +136,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
     _check_init_unchanged(picture, flags.get("init_image", settings.get("init_image")))
     _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []))
-    _check_lora_hashes(picture, flags.get("prompt", settings.get("prompt", [])), flags.get("lora_dir", []))
+    _check_lora_hashes(picture, _prompts(flags, settings), flags.get("lora_dir", []))
     keep = None
     settings["n"] = 1
     seed, batch = settings.get("seed"), picture.batch_seeds
@@ -152,6 +152,12 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
 
 
 _HIRES_SIZE = ("hires_scale", "hires_width", "hires_height")
+
+
+def _prompts(flags: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The redraw's prompts whose `<lora:...>` tags it draws: each --prompt and the hires fix's."""
+    hires = flags.get("hires_prompt", settings.get("hires_prompt"))
+    return list(flags.get("prompt", settings.get("prompt", []))) + ([hires] if hires else [])
 
 
 def _hires(settings: dict[str, Any]) -> bool:
@@ -410,7 +416,8 @@ def _number(text: str) -> float | None:
 def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], needs: dict[str, str],
                   notes: list[str], without_init: list[str]) -> None:
     """The web UI's hires fix and img2img fields into `settings` (`Denoising strength`, `Hires upscale` or
-    `Hires resize`, `Hires steps`, `Hires upscaler`, `Hires sampler`), what cannot be read into `needs`, what is
+    `Hires resize`, `Hires steps`, `Hires upscaler`, `Hires sampler`, `Hires prompt`, `Hires negative prompt`: the
+    web UI writes these two only where they differ from the picture's), what cannot be read into `needs`, what is
     drawn otherwise into `notes` (an img2img picture drawn without its picture: `without_init`)."""
     if "Denoising strength" in fields:
         settings["denoise"] = fields["Denoising strength"]
@@ -435,6 +442,9 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
                          f"textinv does not run: it is enlarged with Lanczos (--hires-upscaler), then redrawn as the "
                          f"web UI redrew it, so expect the finer detail to differ")
     _a1111_sampler(path, fields, True, settings, needs)
+    for label, name in (("Hires prompt", "hires_prompt"), ("Hires negative prompt", "hires_negative_prompt")):
+        if fields.get(label) and {"Hires upscale", "Hires resize"} & set(fields):
+            settings[name] = fields[label]
     if "Denoising strength" in fields and not ({"Hires upscale", "Hires resize"} & set(fields)):
         without_init.append(f"{path} was drawn by the web UI's img2img from a picture of its own, which its text "
                             f"does not hold: give that picture with --init-image, or it is drawn from the prompt alone")
@@ -1288,7 +1298,7 @@ def _check_paths_given(picture: Picture, settings: dict[str, Any], flags: dict[s
     path (`Picture.by_name`) is given as a flag, naming each flag and the name recorded; the LoRA folders count only
     when the prompts name a LoRA. Their names alone are not looked for: a file of the same name is not the same file
     (the embeddings' SHA-256 then tell whether the ones given are, `_check_unchanged`)."""
-    prompts = flags.get("prompt", settings.get("prompt", []))
+    prompts = _prompts(flags, settings)
     asks = []
     for name in picture.by_name:
         value = settings.get(name)  # (the redraw's: none where a flag replaced it, `_replaced`)
@@ -1307,7 +1317,7 @@ def _check_still_there(picture: Picture, settings: dict[str, Any], flags: dict[s
     """Refuse a file or folder the picture's settings name that is gone (moved, deleted), naming the setting, the path
     and the flag that gives where it is now, before anything loads. A model, VAE or config given by name (a hub
     id, a bundled model) is no path here; the LoRA folders count only when the prompts name a LoRA."""
-    prompts = flags.get("prompt", settings.get("prompt", []))
+    prompts = _prompts(flags, settings)
     for f in dataclasses.fields(GenerateConfig):
         kind = f.metadata.get("path")
         if not kind or f.name in flags or f.name in _NOT_RECORDED or not settings.get(f.name):

@@ -691,6 +691,11 @@ class GenerateConfig:
                               choices=tuple(UPSCALERS), spellings=UPSCALER_SPELLINGS)
     hires_sampler: str = opt(None, "the hires fix's sampler (default: --sampler)", choices=SAMPLERS,
                              spellings=SAMPLER_SPELLINGS)
+    hires_prompt: str = opt(None, "the hires fix's prompt, one for every --prompt (the web UI's Hires prompt; "
+                                  "default or empty: each picture's --prompt): learned tokens and <lora:name:0.8> "
+                                  "tags work as in --prompt, its LoRAs replacing the prompt's for the second pass")
+    hires_negative_prompt: str = opt(None, "the hires fix's negative prompt (the web UI's Hires negative prompt; "
+                                           "default or empty: --negative-prompt)")
     batch_size: int = opt(4, "images per pipeline call: more is faster on a large GPU, fewer needs less memory; a "
                              "seed draws the same image at any batch size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a CUDA GPU, else fp32", choices=PRECISIONS)
@@ -774,7 +779,9 @@ class GenerateConfig:
             raise ConfigError(f"--hires-steps must be >= 1, got {self.hires_steps}")
         if not self.hires():
             given = [flag for flag, value in (("--hires-steps", self.hires_steps), ("--hires-upscaler",
-                     self.hires_upscaler), ("--hires-sampler", self.hires_sampler)) if value is not None]
+                     self.hires_upscaler), ("--hires-sampler", self.hires_sampler), ("--hires-prompt",
+                     self.hires_prompt), ("--hires-negative-prompt", self.hires_negative_prompt))
+                     if value not in (None, "")]  # (an empty hires prompt is the web UI's: none of its own)
             if given:
                 raise ConfigError(f"{' and '.join(given)} set the hires fix, which --hires-scale (or --hires-width "
                                   f"and --hires-height) turns on; add it, e.g. --hires-scale 2")

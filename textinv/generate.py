@@ -21,8 +21,9 @@ import math
 import re
 import unicodedata
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -190,7 +191,9 @@ def _encode_chunks(model: Model, rows, count: int, clip_skip: int,
 class Hires:
     """The web UI's hires fix (`refine`): the first pass enlarged by `scale`, or to `width` x `height` (one of them
     may be None: the first pass's proportions), with `upscaler` (`refine.UPSCALERS`), then redrawn at `denoise` over
-    `steps` sampling steps (None: as many as the first pass's) with `sampler` (None: the first pass's)."""
+    `steps` sampling steps (None: as many as the first pass's) with `sampler` (None: the first pass's), for `prompt`
+    and `negative_prompt` (already expanded; None: the first pass's), the web UI's Hires prompt and Hires negative
+    prompt; `switch` (when given) is called before the second pass (`_draw_all`: the hires prompt's LoRAs)."""
 
     scale: float | None = None
     width: int | None = None
@@ -199,6 +202,9 @@ class Hires:
     denoise: float = refine.HIRES_DENOISE
     upscaler: str = refine.DEFAULT_UPSCALER
     sampler: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    switch: Callable[[], None] | None = field(default=None, compare=False)
 
     def sizes(self, width: int, height: int, factor: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         """(enlarged, crop, final) sizes for a first pass of `width` x `height` (`refine.hires_size`)."""
@@ -284,8 +290,12 @@ def render(
             pictures = refine.upscale_pictures(first, enlarged, hires.upscaler, factor)
             pixels = torch.stack([prepare_image(p, 0, size=p.size) for p in pictures])
             latents = refine.cropped(refine.encode(pipe.vae, pixels), crop)
+        if hires.switch is not None:
+            hires.switch()
+        second = {**drawing, **({"prompts": [hires.prompt] * len(prompts)} if hires.prompt is not None else {}),
+                  **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {})}
         return _refined(model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler, size,
-                        variation, **drawing)
+                        variation, **second)
 
 
 def seed_noise(generators: list[torch.Generator], shape: tuple[int, ...],
@@ -621,7 +631,8 @@ def png_text(params: dict[str, str]) -> PngInfo:
               "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
               "hires_scale": "Hires upscale", "hires_resize": "Hires resize", "hires_steps": "Hires steps",
               "hires_upscaler": "Hires upscaler", "hires_sampler": "Hires sampler",
-              "hires_schedule": "Hires schedule type", "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
+              "hires_schedule": "Hires schedule type", "hires_prompt": "Hires prompt",
+              "hires_negative_prompt": "Hires negative prompt", "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
     sampler, schedule = webui_names(params.get("sampler", "default")) or (None, None)
     values = {**params, "sampler": sampler, "schedule": schedule,
               "clip_skip": params["clip_skip"] if int(params.get("clip_skip", 1)) > 1 else None}
@@ -834,11 +845,17 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     # composed (NFC), as the text encoders' tokenizers read them: a prompt pasted from a Finder file name is not, and
     # its words would miss the tokens and names compared with them here
     config.prompt, config.negative_prompt = [_nfc(p) for p in config.prompt], _nfc(config.negative_prompt)
-    said = " ".join(config.prompt + [config.negative_prompt]).lower()  # (ComfyUI's embedding:NAME names a file too)
+    # (the web UI's: an empty hires prompt is the pass's own)
+    config.hires_prompt = _nfc(config.hires_prompt) if config.hires_prompt else None
+    config.hires_negative_prompt = _nfc(config.hires_negative_prompt) if config.hires_negative_prompt else None
+    # (ComfyUI's embedding:NAME names a file too)
+    said = " ".join(config.prompt + [config.negative_prompt, config.hires_prompt or "",
+                                     config.hires_negative_prompt or ""]).lower()
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
     embeddings, paths = _read_embeddings(files)
     renamed = {path for path, tok in files if tok is not None}
-    config.prompt, config.negative_prompt, said = _comfy_names(config, embeddings, paths, renamed)
+    (config.prompt, config.negative_prompt, config.hires_prompt, config.hires_negative_prompt,
+     said) = _comfy_names(config, embeddings, paths, renamed)
     seen: dict[str, str] = {}
     for emb, path in zip(embeddings, paths):  # a clash between two files, before the model loads
         if emb.token in seen:
@@ -848,7 +865,8 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         if emb.token.lower() not in said:  # a typo in the prompt would leave the embedding silently unused
             warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
-    loras = lora_files([tag for prompt in config.prompt for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
+    loras = lora_files([tag for prompt in config.prompt + [config.hires_prompt or ""]
+                        for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
     sources = refine.init_pictures(config.init_image)
     for source in sources:  # (a bad picture: said before the model loads)
         if source is not None:
@@ -1027,12 +1045,12 @@ def unload_loras(model: Model) -> None:
 
 
 def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], paths: list[str], renamed: set[str]
-                 ) -> tuple[list[str], str, str]:
-    """The prompts (and the negative one, and all of them lowercased) with ComfyUI's `embedding:NAME` written as the
-    token of the embedding whose file (or token) has that name, so the name draws the embedding even where it is a
-    word (`embedding:dog` for dog.safetensors holding `<dog>`); each embedding named by a prompt's own words under
-    its file's name (`_as_prompted`) as before. A name that no embedding answers to is refused."""
-    texts = config.prompt + [config.negative_prompt]
+                 ) -> tuple[list[str], str, str | None, str | None, str]:
+    """The prompts (and the negative one, the hires fix's two (None: not given), and all of them lowercased) with
+    ComfyUI's `embedding:NAME` written as the token of the embedding whose file (or token) has that name, so the name
+    draws the embedding even where it is a word (`embedding:dog` for dog.safetensors holding `<dog>`); each embedding
+    named by a prompt's own words under its file's name (`_as_prompted`) as before. A name that no embedding answers to is refused."""
+    texts = config.prompt + [config.negative_prompt, config.hires_prompt or "", config.hires_negative_prompt or ""]
     plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
     embeddings[:] = [emb if path in renamed else _as_prompted(emb, _file_name(path), plain)
                      for emb, path in zip(embeddings, paths)]
@@ -1048,7 +1066,7 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
         return tokens[name.lower()]
 
     texts = [emphasis.comfy_embeddings(p, token)[0] for p in texts]
-    return texts[:-1], texts[-1], " ".join(texts).lower()
+    return (texts[:-3], texts[-3], texts[-2] or None, texts[-1] or None, " ".join(texts).lower())
 
 
 def _named(name: str, said: str) -> bool:
@@ -1154,7 +1172,8 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
 # model's name or a hub id)
 _PATH_SETTINGS = {"model": False, "embedding": True, "lora_dir": True, "vae": False, "single_file_config": False,
                   "init_image": True}
-HIRES_SETTINGS = ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_upscaler", "hires_sampler")
+HIRES_SETTINGS = ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_upscaler", "hires_sampler",
+                  "hires_prompt", "hires_negative_prompt")
 
 
 def shareable_record(settings: dict) -> tuple[dict, list[str]]:
@@ -1253,10 +1272,15 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     out = Path(config.out)
     written: list[Path] = []
     negative, negative_loras = emphasis.lora_tags(config.negative_prompt)
+    # the hires fix's own prompts (None: the first pass's), read as the first pass's are
+    hires_text, hires_tags = emphasis.lora_tags(config.hires_prompt) if config.hires_prompt else (None, [])
+    hires_negative, tags = emphasis.lora_tags(config.hires_negative_prompt or "")
+    negative_loras += tags
     if negative_loras:
         warnings.warn("LoRA tags in the negative prompt are not applied (only the prompt's are): "
                       + ", ".join(f"<lora:{t.name}>" for t in negative_loras), stacklevel=2)
     negative = expand_all(negative, embeddings)  # a learned negative embedding needs all its vectors
+    hires_negative = expand_all(hires_negative, embeddings) if config.hires_negative_prompt else None
     seeds = [config.seed + i for i in range(config.n)]
     recorded_sums = [digests[e] for e in config.embedding]
     lora_sums: dict[str, str] = {}  # each LoRA's web UI hash (`lora_sha256`), read once a run
@@ -1271,26 +1295,37 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     bar = tqdm(total=len(config.prompt) * len(sources) * config.n, disable=not progress, desc="generate",
                unit="img")
     try:  # (closed on a failure too: the error is then said on a line of its own, not after the bar)
-        for text in dict.fromkeys(config.prompt + [config.negative_prompt]):
+        for text in dict.fromkeys(config.prompt + [config.negative_prompt, config.hires_prompt or "",
+                                                   config.hires_negative_prompt or ""]):
             if emphasis.unsupported(text):
                 warnings.warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
                               "textinv does not apply: they are read as words", stacklevel=2)
         for index, prompt in enumerate(config.prompt):
             apply_loras(model, texts[index][1], loras)
             expanded = expand_all(texts[index][0], embeddings)
+            # the web UI activates the hires prompt's LoRAs for the second pass (its hr_extra_network_data)
+            switch, switched = None, False
+            if config.hires() and hires_text is not None and _lora_set(hires_tags) != _lora_set(texts[index][1]):
+                switch = hires_tags
             # the web UI's hashes of the embeddings and LoRAs this prompt draws with, by which civitai links them
             hashes = {}
             if config.metadata != "none":
-                for tag in texts[index][1]:
+                drawn_loras = texts[index][1] + (switch or [])  # (both passes')
+                for tag in drawn_loras:
                     if tag.name not in lora_sums:
                         lora_sums[tag.name] = lora_sha256(loras[tag.name])
-                used = _used_embeddings(model, embeddings, [texts[index][0], negative], steps)
-                hashes = {"lora_hashes": webui_hashes({tag.name: lora_sums[tag.name] for tag in texts[index][1]}),
+                used = _used_embeddings(model, embeddings, [texts[index][0], negative, hires_text or "",
+                                                            hires_negative or ""], steps)
+                hashes = {"lora_hashes": webui_hashes({tag.name: lora_sums[tag.name] for tag in drawn_loras}),
                           "ti_hashes": webui_hashes({e.token: embedding_sums[e.token] for e in used
                                                      if e.token in embedding_sums})}
             for source in sources:
                 init = load_image(source) if source is not None else None
                 width, height, hires, drawn = _sizes(config, model, init)
+                if hires is not None:  # (with this prompt's second pass)
+                    hires = replace(hires, prompt=expand_all(hires_text, embeddings) if hires_text is not None
+                                    else None, negative_prompt=hires_negative,
+                                    switch=(lambda: apply_loras(model, hires_tags, loras)) if switch else None)
                 if drawn not in warned:
                     warned.add(drawn)
                     _warn_large(model, drawn)
@@ -1305,10 +1340,13 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                     where.batch, (where.width, where.height) = len(chunk), drawn
                     variation = ([_variation_seed(config, s) for s in chunk], config.variation_strength) \
                         if config.variation_strength else None
+                    if switched:  # (the batch before left the hires prompt's LoRAs on)
+                        apply_loras(model, texts[index][1], loras)
                     images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative,
                                     config.sampler, clip_skip, width, height,
                                     None if init is None else [init] * len(chunk), passes_denoise(config), hires,
                                     variation, config.tiling, config.emphasis)
+                    switched = switch is not None
                     for seed, img in zip(chunk, images):
                         bar.update(1)
                         if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
@@ -1325,7 +1363,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                                   **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
                                      if k in ("token", "revision", "variant", "vae", "prediction_type",
                                               "single_file_config", "lora_dir") and v},
-                                  **_pass_params(config, hires, source), **_noise_params(config, seed),
+                                  **_pass_params(config, hires, source, prompt), **_noise_params(config, seed),
                                   **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
                                   RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
                                                           "settings": settings, "embedding_sha256": recorded_sums,
@@ -1345,6 +1383,11 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     finally:
         bar.close()
     return written
+
+
+def _lora_set(tags: list[emphasis.LoraTag]) -> dict[str, tuple[float, float]]:
+    """The LoRAs `apply_loras` makes active for `tags`: each by its name, its last tag's multipliers."""
+    return {t.name: (t.te, t.unet) for t in tags}
 
 
 def _noise_params(config: GenerateConfig, seed: int) -> dict:
@@ -1369,7 +1412,7 @@ def passes_denoise(config: GenerateConfig) -> float | None:
     return (config.denoise or refine.HIRES_DENOISE) if config.hires() else None
 
 
-def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | None = None) -> dict:
+def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | None = None, prompt: str = "") -> dict:
     """The PNG text of --init-image's and the hires fix's settings, as `png_text` writes them into `parameters`
     (the web UI's labels; empty without either)."""
     if config.init_image:
@@ -1385,6 +1428,10 @@ def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | Non
         params["hires_steps"] = hires.steps
     if hires.sampler and hires.sampler != config.sampler:
         params["hires_sampler"], params["hires_schedule"] = webui_names(hires.sampler) or (None, None)
+    if config.hires_prompt and config.hires_prompt != prompt:
+        params["hires_prompt"] = config.hires_prompt
+    if config.hires_negative_prompt and config.hires_negative_prompt != config.negative_prompt:
+        params["hires_negative_prompt"] = config.hires_negative_prompt
     return {k: v for k, v in params.items() if v is not None}
 
 
