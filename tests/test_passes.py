@@ -508,7 +508,8 @@ def test_generate_writes_the_hires_prompts_as_the_web_ui_and_again_draws_them(sd
                       hires_scale=1.5), progress=False)[0])).astype(int)).max() > 2  # (without them: another picture)
 
 
-def test_a_lora_in_the_hires_prompt_is_active_for_the_second_pass_only(sd1_dir, tmp_path, monkeypatch):
+def _recorded_loras(tmp_path, monkeypatch) -> tuple:
+    """A LoRA folder holding a tiny `film` LoRA, and the list each `apply_loras` call adds its (name, te) tags to."""
     import textinv.generate as gen
     from test_generate import _save_tiny_lora
 
@@ -523,6 +524,11 @@ def test_a_lora_in_the_hires_prompt_is_active_for_the_second_pass_only(sd1_dir, 
         return apply(model, tags, files)
 
     monkeypatch.setattr(gen, "apply_loras", record)
+    return loras, applied
+
+
+def test_a_lora_in_the_hires_prompt_is_active_for_the_second_pass_only(sd1_dir, tmp_path, monkeypatch):
+    loras, applied = _recorded_loras(tmp_path, monkeypatch)
     common = dict(prompt=["a dog"], n=2, batch_size=1, steps=2, width=16, model=str(sd1_dir), hires_scale=1.5,
                   lora_dir=[str(loras)])
     paths = generate(GenerateConfig(**common, hires_prompt="a dog <lora:film:0.5>", out=str(tmp_path / "a")),
@@ -554,3 +560,15 @@ def test_again_gives_a_web_ui_pictures_hires_prompt_only_with_its_hires_fix(sd1_
         warnings.simplefilter("ignore")
         config, _ = again_config(path, {"model": str(sd1_dir), "init_image": __file__})
     assert config.hires_prompt is None  # (--init-image draws without the hires fix: its prompt goes with it)
+
+
+def test_a_hires_prompt_without_lora_tags_draws_the_second_pass_without_the_prompts_loras(sd1_dir, tmp_path,
+                                                                                          monkeypatch):
+    # the web UI activates the hires prompt's extra networks for the second pass, and every network it does not name
+    # with none (extra_networks.activate): a hires prompt without tags switches the prompt's LoRAs off
+    loras, applied = _recorded_loras(tmp_path, monkeypatch)
+    paths = generate(GenerateConfig(prompt=["a dog <lora:film:0.5>"], n=2, batch_size=1, steps=2, width=16,
+                                    model=str(sd1_dir), hires_scale=1.5, lora_dir=[str(loras)], hires_prompt="a dog",
+                                    out=str(tmp_path / "a")), progress=False)
+    assert applied == [[("film", 0.5)], [], [("film", 0.5)], []]
+    assert "film: " in Image.open(paths[0]).text["lora_hashes"]  # (the first pass drew with it)

@@ -1303,14 +1303,14 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
         for index, prompt in enumerate(config.prompt):
             apply_loras(model, texts[index][1], loras)
             expanded = expand_all(texts[index][0], embeddings)
-            # the web UI activates the hires prompt's LoRAs for the second pass (its hr_extra_network_data)
-            switch, switched = None, False
-            if config.hires() and hires_text is not None and _lora_set(hires_tags) != _lora_set(texts[index][1]):
-                switch = hires_tags
+            # the web UI activates the hires prompt's LoRAs for the second pass (its hr_extra_network_data), and
+            # every network it does not name with none: a hires prompt without tags draws that pass without LoRAs
+            switch = config.hires() and hires_text is not None and _lora_set(hires_tags) != _lora_set(texts[index][1])
+            switched = False
             # the web UI's hashes of the embeddings and LoRAs this prompt draws with, by which civitai links them
             hashes = {}
             if config.metadata != "none":
-                drawn_loras = texts[index][1] + (switch or [])  # (both passes')
+                drawn_loras = texts[index][1] + (hires_tags if switch else [])  # (both passes')
                 for tag in drawn_loras:
                     if tag.name not in lora_sums:
                         lora_sums[tag.name] = lora_sha256(loras[tag.name])
@@ -1346,7 +1346,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                                     config.sampler, clip_skip, width, height,
                                     None if init is None else [init] * len(chunk), passes_denoise(config), hires,
                                     variation, config.tiling, config.emphasis)
-                    switched = switch is not None
+                    switched = switch
                     for seed, img in zip(chunk, images):
                         bar.update(1)
                         if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
