@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -572,3 +573,29 @@ def test_a_hires_prompt_without_lora_tags_draws_the_second_pass_without_the_prom
                                     out=str(tmp_path / "a")), progress=False)
     assert applied == [[("film", 0.5)], [], [("film", 0.5)], []]
     assert "film: " in Image.open(paths[0]).text["lora_hashes"]  # (the first pass drew with it)
+
+
+def test_again_of_a_shareable_folder_drawn_picture_given_the_folder_redraws_that_picture(sd1_dir, tmp_path):
+    # the refusal asks for "--init-image with where wide.png is": the folder it lies in is an answer, and draws the
+    # picture recorded, not every picture of the folder
+    from textinv.again import again_config
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 20), "red").save(photos / "wide.png")
+    Image.new("RGB", (20, 40), "blue").save(photos / "tall.png")
+    paths = generate(GenerateConfig(prompt=["a dog"], n=1, seed=2, steps=2, width=16, model=str(sd1_dir),
+                                    init_image=str(photos), metadata="shareable", out=str(tmp_path / "a")),
+                     progress=False)
+    wide = next(p for p in paths if "wide" in p.name)
+    with pytest.raises(ConfigError, match="--init-image with where wide.png is"):
+        again_config(wide, {"model": str(sd1_dir), "out": str(tmp_path / "b")})
+    config, keep = again_config(wide, {"model": str(sd1_dir), "out": str(tmp_path / "b"), "init_image": str(photos)})
+    assert Path(config.init_image) == photos / "wide.png"
+    again = generate(config, progress=False, keep_seeds=keep)
+    assert len(again) == 1 and np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(wide)))
+    with warnings.catch_warnings(record=True) as caught:  # (its SHA-256 is checked as a file's given is)
+        warnings.simplefilter("always")
+        Image.new("RGB", (40, 20), "green").save(photos / "wide.png")
+        again_config(wide, {"model": str(sd1_dir), "out": str(tmp_path / "c"), "init_image": str(photos)})
+    assert any("other contents of" in str(w.message) for w in caught)

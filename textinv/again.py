@@ -108,6 +108,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     (5, 1, None)
     """
     picture = read_picture(path)
+    flags = _init_in_folder(picture, flags)
     replaced = _replaced(flags, picture.settings)
     settings = {k: v for k, v in picture.settings.items() if k not in replaced}
     for name, why in picture.needs.items():
@@ -152,6 +153,17 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
 
 
 _HIRES_SIZE = ("hires_scale", "hires_width", "hires_height")
+
+
+def _init_in_folder(picture: Picture, flags: dict[str, Any]) -> dict[str, Any]:
+    """`flags` with an --init-image folder that holds the picture's own init picture (by its name: one of the
+    folder's an --init-image folder drew, or a picture given by name with --metadata shareable) given as that file,
+    so the redraw is the picture's, not one of every picture in the folder."""
+    given, recorded = flags.get("init_image"), picture.settings.get("init_image")
+    if not given or not recorded or not Path(given).expanduser().is_dir():
+        return flags
+    inside = Path(given).expanduser() / Path(str(recorded)).name
+    return {**flags, "init_image": str(inside)} if inside.is_file() else flags
 
 
 def _prompts(flags: dict[str, Any], settings: dict[str, Any]) -> list[str]:
