@@ -599,3 +599,17 @@ def test_again_of_a_shareable_folder_drawn_picture_given_the_folder_redraws_that
         Image.new("RGB", (40, 20), "green").save(photos / "wide.png")
         again_config(wide, {"model": str(sd1_dir), "out": str(tmp_path / "c"), "init_image": str(photos)})
     assert any("other contents of" in str(w.message) for w in caught)
+
+
+def test_an_init_image_folders_pictures_whose_names_shorten_alike_are_each_named_their_own(sd1_dir, tmp_path):
+    # a.png and a.jpg, or two screenshots of one day, whose names are alike in their first 24 letters: each picture's
+    # file is named its own, not the second's taken as another run's (a '-2' on it and on every later file)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("Screenshot 2024-01-01 at 12.34.56.png", "Screenshot 2024-01-01 at 12.40.00.png", "a.png", "a.jpg"):
+        Image.new("RGB", (16, 16), "red").save(photos / name)
+    paths = generate(GenerateConfig(prompt=["a dog"], n=2, seed=2, steps=2, width=16, model=str(sd1_dir),
+                                    init_image=str(photos), metadata="none", out=str(tmp_path / "a")),
+                     progress=False)
+    names = [p.name for p in paths]
+    assert len(set(names)) == 8 and not any(n.endswith("-2.png") for n in names)

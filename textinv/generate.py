@@ -1286,8 +1286,9 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     lora_sums: dict[str, str] = {}  # each LoRA's web UI hash (`lora_sha256`), read once a run
     texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
     folder = config.init_image is not None and Path(config.init_image).is_dir()  # (each picture named in the files)
+    labels = _source_labels(sources) if folder else {source: "" for source in sources}
     names = {(index, source, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}"
-                                    f"{'-' + _slug(source.stem, 24) if folder else ''}-s{seed}"
+                                    f"{labels[source]}-s{seed}"
              for index in range(len(config.prompt)) for source in sources for seed in seeds}
     mine = [name for (_, _, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
     run = _new_run_suffix(out, mine)
@@ -1383,6 +1384,19 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     finally:
         bar.close()
     return written
+
+
+def _source_labels(sources: list[Path]) -> dict[Path, str]:
+    """Each --init-image folder picture's part of its files' names: '-' and its name's first 24 letters and digits,
+    and where two pictures' are alike (a.png and a.jpg, two screenshots of one minute) its place in the folder too,
+    so each picture's files are its own, not taken for another run's (`_new_run_suffix`).
+
+    >>> list(_source_labels([Path("a.jpg"), Path("a.png"), Path("b.png")]).values())
+    ['-a-1', '-a-2', '-b']
+    """
+    slugs = [_slug(source.stem, 24) for source in sources]
+    return {source: f"-{slug}" + (f"-{place}" if slugs.count(slug) > 1 else "")
+            for place, (source, slug) in enumerate(zip(sources, slugs), 1)}
 
 
 def _lora_set(tags: list[emphasis.LoraTag]) -> dict[str, tuple[float, float]]:
