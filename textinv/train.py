@@ -1808,8 +1808,11 @@ def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[lis
             if not finite[k]:  # vectors and moments put back after the step
                 e.vectors.grad[r] = 0.0
                 state = optimizer.state.get(e.vectors, {})
+                # (None: no state yet, which the step makes: the rows' are zeroed, a moment or momentum not yet
+                # begun, as at its own run's first step; SGD's buffer would hold the weight decay of the rows)
                 kept.append((e.vectors, r, {name: v[r].clone() for name, v in state.items()
-                                            if name != "step" and torch.is_tensor(v)}, e.vectors.detach()[r].clone()))
+                                            if name != "step" and torch.is_tensor(v)} if state else None,
+                             e.vectors.detach()[r].clone()))
             elif skipped[k] and isinstance(optimizer, torch.optim.AdamW):
                 # stepped again below from these vectors, at its own step count (Lion's and SGD's steps do not
                 # depend on the count; Adafactor and Prodigy are refused with several concepts)
@@ -1818,6 +1821,9 @@ def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[lis
     with torch.no_grad():
         for vectors, r, moments, old in kept:
             vectors[r] = old
+            if moments is None:
+                moments = {name: 0.0 for name, v in optimizer.state[vectors].items()
+                           if name != "step" and torch.is_tensor(v) and v.shape == vectors.shape}
             for name, v in moments.items():
                 optimizer.state[vectors][name][r] = v
         for vectors, r, behind_by, old in redo:
