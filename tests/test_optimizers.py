@@ -280,10 +280,12 @@ def test_the_command_line_takes_kohyas_optimizer_names_and_args(sd1_dir, images,
     assert optimizers.memory_saver_note("adamw") is None
 
 
-@pytest.mark.parametrize("name, args, first", [("sgd", [], 0), ("adamw", [], 0), ("lion", [], 0)])
+@pytest.mark.parametrize("name, args, first", [("sgd", [], 0), ("adamw", ["amsgrad=True", "betas=0.9,0.5"], 1),
+                                               ("lion", [], 0)])
 def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_as_its_own_run(name, args, first):
     """As above, for the overflow at the first step (no state yet: SGD's momentum buffer, made then, held the weight
-    decay of the rows put back)."""
+    decay of the rows put back) and for AdamW's amsgrad (its step divides by the running maximum of the second
+    moment, not by the moment)."""
     from types import SimpleNamespace
 
     from textinv.train import _step_skipping_overflows

@@ -1842,7 +1842,9 @@ def _adamw_rows(optimizer, vectors: torch.Tensor, r: slice, old: torch.Tensor, b
     t = float(state["step"]) - behind_by
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
     new = old * (1 - lr * group["weight_decay"])
-    denom = (state["exp_avg_sq"][r].sqrt() / (1 - beta2 ** t) ** 0.5).add_(eps)
+    # (amsgrad, from --optimizer-args: the running maximum of the second moment, which the step has updated)
+    second = state["max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"][r]
+    denom = (second.sqrt() / (1 - beta2 ** t) ** 0.5).add_(eps)
     return new.addcdiv_(state["exp_avg"][r], denom, value=-lr / (1 - beta1 ** t))
 
 
