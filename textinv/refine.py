@@ -16,11 +16,15 @@ runs of how long a schedule (`pass_steps`), and the pictures' latents (`encode`)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .data import _scan
+from .errors import ConfigError
 
 
 class Upscaler(NamedTuple):
@@ -152,15 +156,10 @@ def _multiple(pixels: float, multiple: int, down: bool = False) -> int:
     return max(count, 1) * multiple
 
 
-def init_pictures(init_image: str | None) -> list:
+def init_pictures(init_image: str | None) -> list[Path | None]:
     """The pictures --init-image names, each redrawn with every prompt and seed: the file, or the pictures in the
     folder (not its subfolders, sorted by name, other files skipped with a warning, as training reads a folder);
     [None] without one."""
-    from pathlib import Path
-
-    from .data import _scan
-    from .errors import ConfigError
-
     if not init_image:
         return [None]
     path = Path(init_image).expanduser()
