@@ -787,9 +787,9 @@ def _half_of(half: LearnedEmbedding, whole: LearnedEmbedding) -> bool:
 
 def generate(config: GenerateConfig, model: Model | None = None, progress: bool = True,
              keep_seeds: set[int] | None = None) -> list[Path]:
-    """Write `config.n` images for each prompt into `config.out`; return their paths. With `keep_seeds`, every
-    seed is drawn but only those seeds' pictures are written (`again`: a picture redrawn in the batch it was drawn
-    in, as a batch's kernels round otherwise than one picture's).
+    """Write `config.n` images for each prompt (and each picture of an --init-image folder) into `config.out`;
+    return their paths. With `keep_seeds`, every seed is drawn but only those seeds' pictures are written (`again`: a
+    picture redrawn in the batch it was drawn in, as a batch's kernels round otherwise than one picture's).
 
     >>> from textinv.config import GenerateConfig
     >>> generate(GenerateConfig(prompt=["a photo of <my-dog>"], embedding=["runs/dog/learned_embeds.safetensors"]))  # doctest: +SKIP
@@ -1049,7 +1049,8 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
     """The prompts (and the negative one, the hires fix's two (None: not given), and all of them lowercased) with
     ComfyUI's `embedding:NAME` written as the token of the embedding whose file (or token) has that name, so the name
     draws the embedding even where it is a word (`embedding:dog` for dog.safetensors holding `<dog>`); each embedding
-    named by a prompt's own words under its file's name (`_as_prompted`) as before. A name that no embedding answers to is refused."""
+    named by a prompt's own words under its file's name (`_as_prompted`) as before. A name that no embedding answers
+    to is refused."""
     texts = config.prompt + [config.negative_prompt, config.hires_prompt or "", config.hires_negative_prompt or ""]
     plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
     embeddings[:] = [emb if path in renamed else _as_prompted(emb, _file_name(path), plain)
