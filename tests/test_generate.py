@@ -2057,8 +2057,8 @@ def _comfy_combined_graph():
 def test_again_reads_comfyuis_conditioning_combine_as_and_at_one_over_k(sd1_dir, tmp_path, monkeypatch):
     """ComfyUI's ConditioningCombine was no prompt textinv could read (--prompt asked for). Its sampler averages the
     k joined conditionings' predictions, then guides by cfg: composable diffusion at weight 1/k each, the prompts
-    joined by AND. Nested, the lists join into one (1/3 each); a combined negative (one text here) and a text with
-    AND of its own are asked for; encoders on other CLIPs are said."""
+    joined by AND. Nested, the lists join into one (1/3 each); a combined negative (one text here) is asked for, a
+    text with AND of its own read with it as a word (as ComfyUI reads it); encoders on other CLIPs are said."""
     from textinv.emphasis import composable_parts
 
     def read(graph, flags=()):
@@ -2114,13 +2114,16 @@ def test_again_reads_comfyuis_conditioning_combine_as_and_at_one_over_k(sd1_dir,
                                           r"ConditioningSetTimestepRange node 20 changed \(an area, a strength, a "
                                           r"step range\), which textinv's AND does not draw\): give it with --prompt"):
         read(graph)
-    # a text with AND would split again; a combined negative is two negatives, which textinv's one text is not
+    # ComfyUI reads AND as a word: as `and` (the same tokens to CLIP, which lowercases), alone or combined; a
+    # combined negative is two negatives, which textinv's one text is not
     graph = _comfy_combined_graph()
     graph["14"]["inputs"]["text"] = "black AND white"
-    with pytest.raises(ConfigError, match=r"the positive prompt of its ComfyUI KSampler node 3 is no text textinv can "
-                                          r"read \(it combines 2 prompts \(ConditioningCombine\), one with the word "
-                                          r"AND.*give it with --prompt"):
-        read(graph)
+    config, said = read(graph)
+    assert [t.strip() for t, _ in composable_parts(config.prompt[0])] == ["a (red:1.2) cat embedding:zz",
+                                                                          "black and white"]
+    config, said = read(_comfy_graph() | {"6": {"class_type": "CLIPTextEncode",
+                                                "inputs": {"text": "salt AND pepper", "clip": ["4", 1]}}})
+    assert config.prompt == ["salt and pepper"]
     graph = _comfy_graph()
     graph.update({"14": {"class_type": "CLIPTextEncode", "inputs": {"text": "lowres", "clip": ["4", 1]}},
                   "15": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["7", 0],

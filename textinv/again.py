@@ -51,7 +51,7 @@ from typing import Any
 
 from . import __version__
 from .config import GenerateConfig, build, typed_settings
-from .emphasis import has_and, lora_tags
+from .emphasis import as_words, lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import EMBEDDING_SUFFIXES, HIRES_SETTINGS, file_digest, hash_name, lora_files, lora_sha256
@@ -628,12 +628,10 @@ class _ComfyGraph:
         parts, why = self._prompt_parts(link, [])
         if parts is None:
             return None, [], why
-        texts, encoders = [text for text, _ in parts], [encoder for _, encoder in parts]
+        # (ComfyUI reads AND as a word, textinv as composable diffusion: as `and`, the same tokens to CLIP)
+        texts, encoders = [as_words(text) for text, _ in parts], [encoder for _, encoder in parts]
         if len(parts) == 1:
             return texts[0], encoders, ""
-        if any(has_and(text) for text in texts):
-            return None, [], (f"it combines {len(parts)} prompts (ConditioningCombine), one with the word AND, which "
-                              f"textinv would read as one more prompt to combine")
         return " AND ".join(f"{text}:{1 / len(parts):.12g}" for text in texts), encoders, ""
 
     def _prompt_parts(self, link: Link | None, seen: list[str], combine: str | None = None

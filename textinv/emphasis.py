@@ -204,6 +204,16 @@ def has_and(prompt: str) -> bool:
     return _AND.search(prompt) is not None
 
 
+def as_words(prompt: str) -> str:
+    """`prompt` with its word `AND` written `and`: the same tokens to CLIP, whose tokenizer lowercases, but no
+    composable diffusion (for a prompt from a tool that reads AND as a word, as ComfyUI does).
+
+    >>> as_words("salt AND pepper, ANDROID")
+    'salt and pepper, ANDROID'
+    """
+    return _AND.sub("and", prompt)
+
+
 def composable_parts(prompt: str) -> list[tuple[str, float]]:
     """`prompt` split at the word `AND` (capitals, a whole word) into (sub-prompt, weight) pairs, as the web UI reads
     them: a sub-prompt's weight is a number after a colon at its end (`:0.8`, ` : -1`, `:2.`), 1 without one; a colon
