@@ -275,7 +275,7 @@ def test_the_command_line_takes_kohyas_optimizer_names_and_args(sd1_dir, images,
                      "--lr-schedule", "polynomial", "--lr-power", "2"]) == 0
     import yaml
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["optimizer"] == "adamw" and saved["optimizer_args"] == ["betas=0.9,0.99", "eps=1e-6"]
+    assert saved["optimizer"] == "adamw" and saved["optimizer_args"] == ["betas=(0.9, 0.99)", "eps=1e-06"]
     assert saved["lr_power"] == 2.0
     assert optimizers.memory_saver_note("adamw") is None
 
@@ -318,3 +318,11 @@ def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_as_its_own_run(name, 
     for e, mine, theirs in zip(joint, own, other):
         torch.testing.assert_close(e.vectors[:2], mine.vectors[:2])
         torch.testing.assert_close(e.vectors[2:], theirs.vectors[2:])
+
+
+def test_optimizer_args_are_recorded_one_way_so_a_resume_with_another_spelling_goes_on(images, tmp_path):
+    """kohya's betas=0.9,0.99 and a config file's betas=0.9, 0.99 are the same arguments: recorded alike, so a resume
+    given either spelling is the same run, not refused as a changed setting."""
+    first = config(images, tmp_path / "a", optimizer_args=["betas=0.9,0.99"]).validate()
+    second = config(images, tmp_path / "a", optimizer_args=["betas=0.9, 0.99"]).validate()
+    assert first.optimizer_args == second.optimizer_args == ["betas=(0.9, 0.99)"]

@@ -28,7 +28,7 @@ from .emphasis import MODES as EMPHASIS
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint
 from .io import read_text
-from .optimizers import OPTIMIZERS, check_optimizer, memory_saver_note
+from .optimizers import OPTIMIZERS, canonical_optimizer_args, check_optimizer, memory_saver_note
 from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
 from .samplers import SAMPLERS, check_installed
@@ -511,6 +511,8 @@ class TrainConfig:
                               f"its optimizer is AdamW with PyTorch's settings: leave out --optimizer "
                               f"{self.optimizer} and --optimizer-args with --reference-like")
         check_optimizer(self.optimizer, self.optimizer_args, self.lr, self.weight_decay, concepts)
+        # one spelling for each value (a resume compares the recorded settings: betas=0.9,0.99 is betas=0.9, 0.99)
+        self.optimizer_args = canonical_optimizer_args(self.optimizer_args)
         if self.optimizer == "prodigy" and self.lr_steps is None and self.lr != 1:
             warnings.warn(f"--optimizer prodigy estimates its own step size and is meant to run at --lr 1.0 (as "
                           f"kohya's Prodigy configs give it); --lr {self.lr:g} scales that estimate by {self.lr:g}",

@@ -94,6 +94,16 @@ def parse_optimizer_args(items: list[str]) -> dict:
     return out
 
 
+def canonical_optimizer_args(items: list[str]) -> list[str]:
+    """--optimizer-args written one way, KEY=repr(value) in the order given, so that two spellings of the same
+    arguments record (and resume) alike.
+
+    >>> canonical_optimizer_args(["betas=0.9, 0.99", "relative_step=false"])
+    ['betas=(0.9, 0.99)', 'relative_step=False']
+    """
+    return [f"{key}={value!r}" for key, value in parse_optimizer_args(items).items()]
+
+
 def optimizer_arguments(name: str, items: list[str]) -> dict:
     """The keyword arguments --optimizer `name` is built with from --optimizer-args `items` (besides the rate and
     weight decay), each key checked against the constructor's own."""
