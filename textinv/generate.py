@@ -1371,20 +1371,28 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                                                           "settings": settings, "embedding_sha256": recorded_sums,
                                                           **({"init_image_sha256": init_sum} if init_sum else {}),
                                                           **({"by_name": by_name} if by_name else {})})}
-                        while True:
-                            path = out / f"{names[index, source, seed]}{run}.png"
-                            try:
-                                with atomic_path(path, replace=False) as tmp:
-                                    img.save(tmp, format="PNG",
-                                             pnginfo=png_text(params) if config.metadata != "none" else None)
-                                break
-                            except FileExistsError:  # another run drawing into `out` took the name since
-                                run = _new_run_suffix(out, mine)
+                        path, run = _save_new(img, out, names[index, source, seed], run, mine,
+                                              png_text(params) if config.metadata != "none" else None)
                         written.append(path)
                         where.written = len(written)
     finally:
         bar.close()
     return written
+
+
+def _save_new(img: Image.Image, out: Path, name: str, run: str, names: list[str], info: PngInfo | None
+              ) -> tuple[Path, str]:
+    """Write `img` as `out/<name><run>.png` (`run`: this run's suffix, `_new_run_suffix`), never over a file: when
+    another run drawing into `out` took the name since, this run moves to the next suffix free for all its `names`.
+    The path written, and the run's suffix from then on."""
+    while True:
+        path = out / f"{name}{run}.png"
+        try:
+            with atomic_path(path, replace=False) as tmp:
+                img.save(tmp, format="PNG", pnginfo=info)
+            return path, run
+        except FileExistsError:
+            run = _new_run_suffix(out, names)
 
 
 def _source_labels(sources: list[Path]) -> dict[Path, str]:
