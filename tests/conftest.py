@@ -163,3 +163,12 @@ def record_noise(monkeypatch, seen: list) -> None:
                         or real_add(self, x, noise, t))
     monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, x, noise, t: seen.append(("v", noise.clone()))
                         or real_velocity(self, x, noise, t))
+
+
+def train_config(images, out, **kw):
+    """A short training run's settings on the tiny models (6 steps at batch 2, no checkpoints or grids, the loss
+    logged every 2 steps, a high learning rate so the vectors move), `kw` over them."""
+    from textinv.config import TrainConfig
+
+    return TrainConfig(**{**dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2,
+                                 save_every=0, sample_every=0, log_every=2, lr=5e-2), **kw})

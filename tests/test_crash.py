@@ -18,13 +18,10 @@ from textinv.models import load_model
 from textinv.run_folder import LOCK_FILE, checkpoints, read_run_settings, run_lock
 from textinv.tracking import RunTracker
 from textinv.train import TrainingInterrupted, train
+from conftest import train_config
 
 
-def config(images, out, **kw):
-    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2, save_every=0,
-                sample_every=0, log_every=2, lr=5e-2)
-    base.update(kw)
-    return TrainConfig(**base)
+config = train_config  # (a short run's settings, `kw` over them)
 
 
 def test_a_second_run_on_a_folder_being_written_is_refused(sd1_dir, images, tmp_path):

@@ -8,10 +8,9 @@ import warnings
 import pytest
 import torch
 
-from conftest import CUDA_OUT_OF_MEMORY, out_of_memory_at
+from conftest import CUDA_OUT_OF_MEMORY, out_of_memory_at, train_config
 from textinv import cli
 from textinv import train as train_module
-from textinv.config import TrainConfig
 from textinv.errors import DeviceMemoryError
 from textinv.memory import device_note, is_out_of_memory
 from textinv.models import load_model
@@ -24,10 +23,7 @@ MPS_MESSAGE = ("MPS backend out of memory (MPS allocated: 17.90 GB, other alloca
 
 
 def config(images, out, **kw):
-    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=4, save_every=0,
-                sample_every=0, log_every=2, lr=5e-2)
-    base.update(kw)
-    return TrainConfig(**base)
+    return train_config(images, out, **{"batch": 4, **kw})
 
 
 def test_out_of_memory_in_a_step_names_it_with_the_fixes_and_the_run_resumes_to_the_same_result(

@@ -17,13 +17,10 @@ from textinv.errors import ConfigError
 from textinv.models import load_model
 from textinv.optimizers import make_optimizer, parse_optimizer_args
 from textinv.train import TrainingInterrupted, train
+from conftest import train_config
 
 
-def config(images, out, **kw):
-    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2, save_every=0,
-                sample_every=0, log_every=2, lr=5e-2)
-    base.update(kw)
-    return TrainConfig(**base)
+config = train_config  # (a short run's settings, `kw` over them)
 
 
 def vectors(result):

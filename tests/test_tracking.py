@@ -19,13 +19,11 @@ from textinv.formats import load_embedding
 from textinv.models import load_model
 from textinv.run_folder import checkpoints, read_loss_log
 from textinv.train import TrainingInterrupted, train
+from conftest import train_config
 
 
 def config(images, out, **kw):
-    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2, save_every=0,
-                sample_every=0, log_every=2, lr=5e-2, log_with="tensorboard")
-    base.update(kw)
-    return TrainConfig(**base)
+    return train_config(images, out, **{"log_with": "tensorboard", **kw})
 
 
 def read_events(folder: Path) -> list[Event]:

@@ -13,13 +13,10 @@ from textinv import run_folder
 from textinv import train as train_module
 from textinv.run_folder import read_loss_log
 from textinv.train import TrainingInterrupted, train
+from conftest import train_config
 
 
-def config(images, out, **kw):
-    base = dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2, save_every=0,
-                sample_every=0, log_every=2, lr=5e-2)
-    base.update(kw)
-    return TrainConfig(**base)
+config = train_config  # (a short run's settings, `kw` over them)
 
 
 def frozen_state(model):
