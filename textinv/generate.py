@@ -1332,11 +1332,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                     warned.add(drawn)
                     _warn_large(model, drawn)
                 shared = _record(config, model, steps, guidance, clip_skip, width, height, source)
-                by_name: list[str] = []  # the settings recorded by name only, which --again asks for
-                if config.metadata == "shareable":
-                    shared, by_name = shareable_record(shared)
-                # the init picture's SHA-256, so --again tells a file replaced at its path, as it tells an embedding's
-                init_sum = hashlib.sha256(source.read_bytes()).hexdigest() if source is not None else None
+                text = _Text(prompt, expanded, shared, hashes, recorded_sums, hires, source)
                 for start in range(0, config.n, config.batch_size):  # a few images per call bounds the memory
                     chunk = seeds[start:start + config.batch_size]
                     where.batch, (where.width, where.height) = len(chunk), drawn
@@ -1353,31 +1349,58 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                         bar.update(1)
                         if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
                             continue
-                        settings = {**shared, "prompt": [prompt], "seed": seed}
-                        if config.variation_strength:
-                            settings["variation_seed"] = _variation_seed(config, seed)
-                        params = {"prompt": prompt, "expanded_prompt": expanded,
-                                  "negative_prompt": config.negative_prompt, "seed": seed, "steps": steps,
-                                  "sampler": config.sampler, "guidance": guidance,
-                                  "size": f"{width}x{height}", "clip_skip": clip_skip,  # (width first, as A1111)
-                                  "model": shared["model"], "embeddings": ", ".join(shared["embedding"]),
-                                  "precision": shared["precision"],
-                                  **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
-                                     if k in ("token", "revision", "variant", "vae", "prediction_type",
-                                              "single_file_config", "lora_dir") and v},
-                                  **_pass_params(config, hires, source, prompt), **_noise_params(config, seed),
-                                  **{k: v for k, v in hashes.items() if v}, "textinv_version": __version__,
-                                  RECORD_KEY: json.dumps({"textinv_version": __version__, "batch_seeds": chunk,
-                                                          "settings": settings, "embedding_sha256": recorded_sums,
-                                                          **({"init_image_sha256": init_sum} if init_sum else {}),
-                                                          **({"by_name": by_name} if by_name else {})})}
-                        path, run = _save_new(img, out, names[index, source, seed], run, mine,
-                                              png_text(params) if config.metadata != "none" else None)
+                        info = text.png(config, seed, chunk) if config.metadata != "none" else None
+                        path, run = _save_new(img, out, names[index, source, seed], run, mine, info)
                         written.append(path)
                         where.written = len(written)
     finally:
         bar.close()
     return written
+
+
+@dataclass
+class _Text:
+    """What the PNG text of a prompt's pictures from one --init-image picture (or none) is made of: the `prompt` as
+    given and `expanded`, `_record`'s settings (`shared`, reduced by `shareable_record` under --metadata shareable),
+    the web UI's `hashes`, the embeddings' SHA-256 (`sums`), the hires fix and the init picture (None: none)."""
+
+    prompt: str
+    expanded: str
+    shared: dict
+    hashes: dict
+    sums: list
+    hires: Hires | None
+    source: Path | None
+
+    def __post_init__(self):
+        self.by_name: list[str] = []  # the settings recorded by name only, which --again asks for
+        if self.shared["metadata"] == "shareable":
+            self.shared, self.by_name = shareable_record(self.shared)
+        # the init picture's SHA-256, so --again tells a file replaced at its path, as it tells an embedding's
+        self.init_sum = hashlib.sha256(self.source.read_bytes()).hexdigest() if self.source is not None else None
+
+    def png(self, config: GenerateConfig, seed: int, chunk: list[int]) -> PngInfo:
+        """The text of the picture of `seed`, drawn in one pipeline call with the seeds `chunk`: each setting under
+        its own key, the web UI's `parameters`, and the record `--again` reads."""
+        shared = self.shared
+        settings = {**shared, "prompt": [self.prompt], "seed": seed}
+        if config.variation_strength:
+            settings["variation_seed"] = _variation_seed(config, seed)
+        record = {"textinv_version": __version__, "batch_seeds": chunk, "settings": settings,
+                  "embedding_sha256": self.sums, **({"init_image_sha256": self.init_sum} if self.init_sum else {}),
+                  **({"by_name": self.by_name} if self.by_name else {})}
+        return png_text({"prompt": self.prompt, "expanded_prompt": self.expanded,
+                         "negative_prompt": config.negative_prompt, "seed": seed, "steps": shared["steps"],
+                         "sampler": config.sampler, "guidance": shared["guidance"],
+                         "size": f"{shared['width']}x{shared['height']}",  # (width first, as A1111)
+                         "clip_skip": shared["clip_skip"], "model": shared["model"],
+                         "embeddings": ", ".join(shared["embedding"]), "precision": shared["precision"],
+                         **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
+                            if k in ("token", "revision", "variant", "vae", "prediction_type", "single_file_config",
+                                     "lora_dir") and v},
+                         **_pass_params(config, self.hires, self.source, self.prompt), **_noise_params(config, seed),
+                         **{k: v for k, v in self.hashes.items() if v}, "textinv_version": __version__,
+                         RECORD_KEY: json.dumps(record)})
 
 
 def _save_new(img: Image.Image, out: Path, name: str, run: str, names: list[str], info: PngInfo | None
