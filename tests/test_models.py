@@ -35,6 +35,28 @@ def test_a_model_folder_can_name_its_guidance_scale_else_sd_s(sd1_dir, tmp_path)
         assert load_model(folder).guidance == 7.5
 
 
+def test_a_hub_model_reads_its_own_guidance_and_words_at_its_revision_offline(hub_cache):
+    """The shapes model pushed to the hub (`--model owner/name`) samples at its training.json's guidance and trains
+    with its own words, as its folder does, from the revision it was loaded at; a repo without the file gets SD's
+    7.5 and no words, quietly."""
+    from conftest import cache_branch, cache_snapshot
+    from textinv.tiny import build_tiny_pipeline
+
+    main = cache_snapshot(hub_cache, "me/shapes")
+    build_tiny_pipeline("sd1", seed=4).save_pretrained(main)
+    shutil.copytree(main, cache_snapshot(hub_cache, "me/plain"), dirs_exist_ok=True)
+    shutil.copytree(main, cache_branch(hub_cache, "me/shapes", "v1"), dirs_exist_ok=True)
+    words = {"object": {"init": "shape", "templates": ["a {} on grey"]}}
+    (main / "training.json").write_text(json.dumps({"config": {"sample_guidance": 3}, "prompting": words}))
+    (cache_branch(hub_cache, "me/shapes", "v1") / "training.json").write_text(
+        json.dumps({"config": {"sample_guidance": 2}}))
+    shapes = load_model("me/shapes")
+    assert shapes.guidance == 3 and shapes.prompting == words
+    assert load_model("me/shapes", revision="v1").guidance == 2  # (the branch's own record, not main's)
+    plain = load_model("me/plain")
+    assert (plain.guidance, plain.prompting) == (7.5, {})
+
+
 def test_missing_path_and_non_model_folder(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         resolve_source(str(tmp_path / "nope"))

@@ -113,14 +113,15 @@ def token_identifier(repo: str) -> str | None:
     return text or None
 
 
-def _fetch_quietly(repo: str, name: str) -> Path | None:
-    """`name` of `repo` fetched into the cache, or None when it is not there (or not cached offline, or the hub
-    cannot be reached): for the files an embedding may have beside it."""
+def _fetch_quietly(repo: str, name: str, revision: str | None = None) -> Path | None:
+    """`name` of `repo` (at `revision`, a branch, tag or commit; else main) fetched into the cache, or None when it
+    is not there (or not cached offline, or the hub cannot be reached): for the files an embedding may have beside
+    it, and a hub model's `training.json` (`models.load_model`)."""
     from huggingface_hub import hf_hub_download
 
     try:
         with _quiet():
-            return Path(hf_hub_download(repo, name))
+            return Path(hf_hub_download(repo, name, revision=revision))
     except Exception:  # (none in the repo, not cached offline, no network: nothing beside it)
         return None
 

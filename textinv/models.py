@@ -872,6 +872,13 @@ def load_model(
     if kind in ("bundled", "folder"):
         model.guidance = recorded_guidance(Path(location))
         model.prompting = recorded_prompting(Path(location))
+    elif kind == "hub":  # the same model pushed to the hub says the same, from the revision it was loaded at
+        from .hub import _fetch_quietly
+
+        record = _fetch_quietly(location, TRAINING_RECORD, revision=revision)
+        if record is not None:  # (its snapshot folder; most hub models have none: SD's defaults)
+            model.guidance = recorded_guidance(record.parent)
+            model.prompting = recorded_prompting(record.parent)
     return model
 
 
@@ -1024,11 +1031,15 @@ def _decode_any_dtype(vae) -> None:
     first.register_forward_pre_hook(cast)
 
 
+TRAINING_RECORD = "training.json"  # what `textinv.shapes.pretrain --export` writes beside the model's configs
+
+
 def _training_record(folder: Path) -> dict:
-    """A model folder's `training.json` (what `textinv.shapes.pretrain --export` writes), or `{}` where there is
-    none or it cannot be read as a JSON object."""
+    """A model folder's `training.json` (what `textinv.shapes.pretrain --export` writes; a hub model's is read from
+    its snapshot folder in the Hugging Face cache), or `{}` where there is none or it cannot be read as a JSON
+    object."""
     try:
-        record = json.loads((folder / "training.json").read_text())
+        record = json.loads((folder / TRAINING_RECORD).read_text())
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
