@@ -316,6 +316,50 @@ def test_inspect_writes_tokens_as_words():
     assert [_readable(t) for t in ("dog</w>", "do", "<|endoftext|>")] == ["dog", "do…", "<|endoftext|>"]
 
 
+def test_inspect_shows_a_drawn_pictures_settings_as_the_web_uis_png_info_does(sd1_dir, tmp_path, capsys):
+    """`inspect` on a drawn picture refused it ("no 'sd-ti-embedding' text chunk ... `generate --again` draws it
+    again"); it now shows what --again reads from it: its settings by flag, what must be given beside --again, and the
+    command line. A picture without settings keeps the refusal."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    assert main(["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "1", "--width", "16",
+                 "--seed", "0", "--hires-scale", "1.5", "--out", str(tmp_path / "r")]) == 0
+    (drawn,) = (tmp_path / "r").glob("*.png")
+    capsys.readouterr()
+    assert main(["inspect", str(drawn)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{drawn}: a picture textinv drew")
+    # a seed of 0 is shown (0 is no unset value); the model is recorded by name (--metadata shareable), so asked for
+    for line in ("  --prompt 'a dog'", "  --seed 0", "  --steps 1", "  --hires-scale 1.5",
+                 f"  --model {sd1_dir.name}", f"draw it again: textinv generate --again {drawn} --model MODEL"):
+        assert line in text.splitlines()
+    assert "needs: --model" in text and "--vae" not in text  # (a setting left at nothing is no flag)
+    assert main(["inspect", str(drawn), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["origin"], report["settings"]["--seed"], report["settings"]["--prompt"]) == ("textinv", 0, ["a dog"])
+
+    info = PngInfo()
+    info.add_text("parameters", "a photo of <my-dog>\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG "
+                  'scale: 7, Seed: 42, Size: 512x512, Model: v1-5, TI hashes: "my-dog: 0123456789ab"')
+    Image.new("RGB", (8, 8)).save(tmp_path / "web.png", pnginfo=info)
+    assert main(["inspect", str(tmp_path / "web.png"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["origin"] == "a1111" and report["ti_hashes"] == {"my-dog": "0123456789ab"}
+    assert {k: report["settings"][k] for k in ("--prompt", "--negative-prompt", "--seed", "--sampler")} == {
+        "--prompt": ["a photo of <my-dog>"], "--negative-prompt": "blurry", "--seed": 42, "--sampler": "euler_a"}
+    assert "--model" in report["needs"][0] and report["again"].endswith("web.png --model MODEL")
+    assert any("Model" in note for note in report["notes"])
+    assert "TI hashes: my-dog: 0123456789ab" in report["text"]
+    assert main(["inspect", str(tmp_path / "web.png"), "--model", str(sd1_dir)]) == 2  # (no vectors to compare)
+    assert "leave --model out" in capsys.readouterr().err
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")  # no settings, no embedding: refused as before
+    assert main(["inspect", str(tmp_path / "photo.png")]) == 2
+    assert "no 'sd-ti-embedding' text chunk" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name, text", [("run.toml", "steps = 7\n"), ("run.json", '{"steps": 7}'),
                                         ("run.yaml", "steps: 7\n")])
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])

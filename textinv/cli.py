@@ -5,6 +5,7 @@
     textinv generate --again renders/000-a-photo-of-my-dog-s2.png --seed 7   # that picture's settings, another seed
     textinv convert runs/my-dog/learned_embeds.safetensors my-dog.pt
     textinv inspect my-dog.pt
+    textinv inspect renders/000-a-photo-of-my-dog-s2.png   # a picture's settings, as the web UI's PNG Info
     textinv score --embedding runs/my-dog --description "a corgi"   # CLIP scores beside baselines, a report
     textinv push runs/my-dog --repo me/my-dog     # publish on the Hugging Face hub, with a model card
     textinv demo                      # learn an example concept on the bundled model, write an HTML/PNG report
@@ -30,7 +31,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, TextinvError
+from .errors import ConfigError, FormatError, TextinvError
 from .foreign import foreign_hint  # (no more: the rest brings torch, imported inside main's Ctrl-C handler)
 
 
@@ -154,10 +155,27 @@ def cmd_inspect(args) -> int:
     if given and not args.model:  # (said, not ignored: the file alone was read, no model at that version)
         raise ConfigError(f"{' and '.join(given)} {'pick' if len(given) > 1 else 'picks'} which version of --model to load; give --model too, or leave "
                           f"{'them' if len(given) > 1 else 'it'} out")
-    report = inspect_file(embedding_file(Path(args.file).expanduser()), model=args.model, top_k=args.top_k,
-                          revision=args.revision, variant=args.variant)
+    path = embedding_file(Path(args.file).expanduser())
+    try:
+        report = inspect_file(path, model=args.model, top_k=args.top_k, revision=args.revision, variant=args.variant)
+    except FormatError as refused:  # no embedding: a drawn picture's settings are shown, as the web UI's PNG Info
+        report = _drawn_picture(path, refused)
+        if args.model:  # (said, not ignored: there are no vectors to compare with it)
+            raise ConfigError(f"{path} is a drawn picture, not an embedding: --model compares an embedding's "
+                              f"vectors with a model's vocabulary; leave --model out to see its settings") from None
     print(json.dumps(report, indent=2) if args.json else report["text"])
     return 0
+
+
+def _drawn_picture(path: Path, refused: FormatError) -> dict:
+    """`inspect_picture`'s report on a file that holds no embedding; `refused` (why it holds none) where it holds no
+    generation settings either (a photo, a damaged file, an A1111 embedding PNG that could not be read)."""
+    from .inspect import inspect_picture
+
+    try:
+        return inspect_picture(path)
+    except ConfigError:  # (its own words are about --again; the embedding's refusal says what this file is)
+        raise refused from None
 
 
 def cmd_demo(args) -> int:
@@ -293,8 +311,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace dst if it exists (default: refuse)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("inspect", help="what an embedding file holds and which model it fits")
-    p.add_argument("file", help="embedding file in any supported format")
+    p = sub.add_parser("inspect", help="what an embedding file holds and which model it fits "
+                       "(a drawn picture: the settings generate --again reads from it)")
+    p.add_argument("file", help="embedding file in any supported format, or a picture textinv, the web UI or "
+                   "ComfyUI drew")
     p.add_argument("--model", help="also compare with this model's vocabulary (norms, nearest tokens)")
     _add_model_version(p)
     p.add_argument("--top-k", type=int, default=5, help="nearest vocabulary tokens per vector (with --model)")

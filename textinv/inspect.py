@@ -1,4 +1,5 @@
-"""`textinv inspect`: what an embedding file holds, which model family it fits, and what each vector "reads as".
+"""`textinv inspect`: what an embedding file holds, which model family it fits, and what each vector "reads as"; of a
+drawn picture, the settings `generate --again` reads from it (`inspect_picture`).
 
 With a model, each vector is compared with the model's vocabulary: its norm against the norms of the vocabulary's
 words (`word_rows`; a learned vector far longer than any word tends to dominate prompts and hurt editability), and
@@ -145,3 +146,56 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
         lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in own.items()))
     report["text"] = "\n".join(lines)
     return report
+
+
+def inspect_picture(path) -> dict:
+    """What `textinv generate --again` reads from a drawn picture (textinv's, the A1111 web UI's or ComfyUI's), as
+    the web UI's PNG Info tab shows it: a dict with its origin, its settings by flag name, the settings that must be
+    given beside --again (with why), its notes, the web UI's TI and Lora hashes, the --again command line, and a
+    human-readable `text` entry. A file that holds no generation settings is refused (`again.read_picture`).
+
+    >>> inspect_picture("renders/000-a-dog-s3.png")["settings"]["--seed"]   # doctest: +SKIP
+    3
+    """
+    import shlex
+
+    from .again import read_picture
+    from .emphasis import lora_tags
+
+    picture = read_picture(path)
+    # a setting left at nothing (no VAE, no negative prompt, tiling off) is no flag the redraw is given
+    # (the prompts and seed first, as the web UI's text has them; a seed of 0 is a seed)
+    first = [n for n in ("prompt", "negative_prompt", "seed") if n in picture.settings]
+    settings = {"--" + name.replace("_", "-"): picture.settings[name]
+                for name in first + [n for n in picture.settings if n not in first]
+                if not (picture.settings[name] is None or picture.settings[name] is False
+                        or picture.settings[name] in ("", []))}
+    needs = dict(picture.needs)
+    prompts = [*(picture.settings.get("prompt") or []), picture.settings.get("hires_prompt") or ""]
+    for name in picture.by_name:  # (--metadata shareable: a file named without where it is, asked for by --again)
+        value = picture.settings.get(name)
+        if value and name not in needs and (name != "lora_dir" or any(lora_tags(p)[1] for p in prompts)):
+            needs[name] = f"--{name.replace('_', '-')}: the picture names {value} without saying where it is"
+    command = ["textinv", "generate", "--again", str(path)]
+    for name in needs:
+        command += ["--" + name.replace("_", "-"), name.upper()]
+    report = {"file": str(path), "format": "picture", "origin": picture.origin, "settings": settings,
+              "needs": [needs[name] for name in needs], "notes": list(picture.notes),
+              "ti_hashes": dict(picture.ti_hashes), "lora_hashes": dict(picture.lora_hashes),
+              "again": shlex.join(command)}
+    if picture.version:
+        report["textinv_version"] = picture.version
+    lines = [f"{path}: a picture {_ORIGINS[picture.origin]} drew, with its generation settings (no embedding)"]
+    for flag, value in settings.items():
+        values = value if isinstance(value, list) else [value]
+        lines.append(f"  {flag}" + ("" if value is True else " " + " ".join(shlex.quote(str(v)) for v in values)))
+    for title, hashes in (("TI hashes", picture.ti_hashes), ("Lora hashes", picture.lora_hashes)):
+        if hashes:
+            lines.append(f"{title}: " + ", ".join(f"{name}: {digest}" for name, digest in hashes.items()))
+    lines += [f"needs: {why}" for why in report["needs"]] + [f"note: {note}" for note in picture.notes]
+    lines.append(f"draw it again: {report['again']}")
+    report["text"] = "\n".join(lines)
+    return report
+
+
+_ORIGINS = {"textinv": "textinv", "a1111": "the A1111 web UI", "comfyui": "ComfyUI"}
