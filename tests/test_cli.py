@@ -355,6 +355,15 @@ def test_inspect_shows_a_drawn_pictures_settings_as_the_web_uis_png_info_does(sd
     assert main(["inspect", str(tmp_path / "web.png"), "--model", str(sd1_dir)]) == 2  # (no vectors to compare)
     assert "leave --model out" in capsys.readouterr().err
 
+    # settings --again cannot read either (a ComfyUI graph whose picture comes from no sampler): said, not "--again
+    # draws it again"
+    info = PngInfo()
+    info.add_text("prompt", json.dumps({"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+                                        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "comfy.png", pnginfo=info)
+    assert main(["inspect", str(tmp_path / "comfy.png")]) == 2
+    said = capsys.readouterr().err
+    assert "settings it holds cannot be read" in said and "LoadImage" in said and "draws it again" not in said
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")  # no settings, no embedding: refused as before
     assert main(["inspect", str(tmp_path / "photo.png")]) == 2
     assert "no 'sd-ti-embedding' text chunk" in capsys.readouterr().err

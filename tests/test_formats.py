@@ -1075,3 +1075,14 @@ def test_a_token_stored_decomposed_is_read_composed_and_found_in_the_prompt(sd1_
         warnings.simplefilter("error")
         generate(GenerateConfig(prompt=[f"a photo of {composed}"], embedding=[str(path)], n=1, steps=1,
                                 model=str(sd1_dir), out=str(tmp_path / "r")), progress=False)
+
+
+def test_an_older_textinvs_drawn_picture_given_as_an_embedding_is_pointed_to_again(tmp_path):
+    """A picture an older textinv drew keeps its settings as per-key text (prompt, seed, ... beside textinv_version),
+    which `generate --again` reads; given as an embedding it was called a picture without settings."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (("textinv_version", "0.0.9"), ("prompt", "a dog"), ("seed", "3")):
+        info.add_text(key, value)
+    Image.new("RGB", (8, 8)).save(tmp_path / "old.png", pnginfo=info)
+    with pytest.raises(FormatError, match=r"drawn picture .*textinv generate --again"):
+        load_embedding(tmp_path / "old.png")

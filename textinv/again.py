@@ -239,6 +239,24 @@ def read_picture(path: str | Path) -> Picture:
                       f"--metadata none writes none)")
 
 
+def has_settings(text: dict[str, str], comment: bytes | None) -> bool:
+    """Whether a picture's PNG text or EXIF UserComment (`formats.exif_comment`) holds generation settings of a kind
+    `read_picture` reads, readable or not: what tells a drawn picture from a photo (`formats`, `textinv inspect`)."""
+    return (RECORD_KEY in text or ("textinv_version" in text and "prompt" in text) or "parameters" in text
+            or comfy_graph(text) is not None or web_ui_parameters(comment) is not None)
+
+
+def holds_settings(path: str | Path) -> bool:
+    """`has_settings` of the picture at `path`; False for a file that is no picture."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return has_settings(dict(getattr(image, "text", None) or {}), exif_comment(image))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return False
+
+
 def web_ui_parameters(comment: bytes | None) -> str | None:
     """The web UI's generation parameters an EXIF UserComment (`formats.exif_comment`) holds, as text; None for no
     comment, padding, or a camera's or an editor's text (no "Steps: ..., Seed: ..." line). What `read_picture` reads,

@@ -169,13 +169,18 @@ def cmd_inspect(args) -> int:
 
 def _drawn_picture(path: Path, refused: FormatError) -> dict:
     """`inspect_picture`'s report on a file that holds no embedding; `refused` (why it holds none) where it holds no
-    generation settings either (a photo, a damaged file, an A1111 embedding PNG that could not be read)."""
+    generation settings either (a photo, a damaged file, an A1111 embedding PNG that could not be read), and why its
+    settings cannot be read where they cannot (--again refuses it too)."""
+    from .again import holds_settings
     from .inspect import inspect_picture
 
     try:
         return inspect_picture(path)
-    except ConfigError:  # (its own words are about --again; the embedding's refusal says what this file is)
-        raise refused from None
+    except ConfigError as unread:
+        if not holds_settings(path):  # (the embedding's refusal says what this file is)
+            raise refused from None
+        raise FormatError(f"{path} holds no embedding, and the generation settings it holds cannot be read "
+                          f"({unread})") from None
 
 
 def cmd_demo(args) -> int:

@@ -676,10 +676,9 @@ def _read_image(path: Path) -> dict:
         raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
     if not isinstance(chunk, (str, bytes)):
         # a picture textinv (RECORD_KEY), the web UI or ComfyUI drew holds its settings, which --again reads
-        from .again import comfy_graph, web_ui_parameters  # (here: again.py imports this module)
+        from .again import has_settings  # (here: again.py imports this module)
 
-        drawn = (RECORD_KEY in chunks or "parameters" in chunks or comfy_graph(chunks) is not None
-                 or web_ui_parameters(comment) is not None)
+        drawn = has_settings(chunks, comment)
         raise FormatError(
             f"{path}: this image has no {PNG_CHUNK!r} text chunk, so it carries no embedding textinv can read "
             "(A1111 also hides embeddings in the pixels of some preview images, which textinv does not decode): "
