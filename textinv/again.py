@@ -1040,11 +1040,18 @@ def _comfy_schedule(graph: _ComfyGraph, sampler: str) -> tuple[int, int] | None:
         if denoise is None or not 0 < denoise <= 1:
             return None
         return (steps, steps) if denoise > 0.9999 else (int(steps / denoise), steps)
+    start = _advanced_start(graph, sampler, steps)
+    return None if start is None else (steps, steps - start)
+
+
+def _advanced_start(graph: _ComfyGraph, sampler: str, steps: int) -> int | None:
+    """The start_at_step of a KSamplerAdvanced (`steps` long) that adds the seed's noise and runs from there to the
+    schedule's end, else None."""
     start, end = graph.value(sampler, "start_at_step", (int,)), graph.value(sampler, "end_at_step", (int,))
     if graph.value(sampler, "add_noise", (str,)) != "enable" or start is None or end is None or not (
             0 <= start < steps <= end):
         return None
-    return steps, steps - start
+    return start
 
 
 def _img2img_denoise(schedule: int, run: int, given: float | None) -> float | None:
@@ -1106,9 +1113,8 @@ def _comfy_refine(graph: _ComfyGraph, sampler: str) -> tuple[int, float] | None:
     if graph.cls(sampler) == "KSampler":
         denoise = graph.value(sampler, "denoise", (int, float))
         return (steps, float(denoise)) if denoise is not None and 0 < denoise < 1 else None
-    start, end = graph.value(sampler, "start_at_step", (int,)), graph.value(sampler, "end_at_step", (int,))
-    if graph.value(sampler, "add_noise", (str,)) != "enable" or start is None or end is None or not (
-            0 < start < steps <= end):
+    start = _advanced_start(graph, sampler, steps)
+    if not start:  # (none, or from step 0: a whole pass, no redrawing)
         return None
     run = steps - start
     # the shortest denoise whose schedule is `steps` long, as the web UI writes one (0.5, not 0.4999...)
