@@ -171,7 +171,7 @@ CHANGING = {"color_aug": "true", "random_crop": "true", "face_crop_aug_range": "
             "bucket_no_upscale": "true", "is_reg": "true", "caption_prefix": '"masterpiece, "', "caption_suffix": '", best"',
             "caption_separator": '";"', "keep_tokens_separator": '"|||"', "secondary_separator": '";;;"',
             "enable_wildcard": "true", "token_warmup_min": "2", "token_warmup_step": "0.5",
-            "caption_dropout_rate": "0.1", "caption_dropout_every_n_epochs": "2", "validation_split": "0.1",
+            "caption_dropout_rate": "0.1", "caption_dropout_every_n_epochs": "2",
             "resize_interpolation": '"lanczos"', "metadata_file": '"meta.json"', "conditioning_data_dir": '"masks"'}
 
 

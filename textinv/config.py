@@ -352,6 +352,19 @@ class TrainConfig:
                                    "the caption templates' first 4", path="prompts")
     sample_steps: int = opt(25, "denoising steps for sample grids")
     log_every: int = opt(10, "loss log interval in steps")
+    validation_split: float = opt(0.0, "hold out this share of each concept's pictures from training (round(share x "
+                                       "pictures), at least one, leaving one to train on) and score the validation "
+                                       "loss on them (kohya's --validation_split); 0: none held out, and the "
+                                       "validation loss, when --validate-every asks for it, is the training "
+                                       "pictures'")
+    validate_every: int = opt(None, "score the validation loss every N steps, and before the first and at the "
+                                    "last: the run's loss at draws fixed for the whole run, so a change is the "
+                                    "vectors' (validation.csv; 0: never); default: at every --save-every step with "
+                                    "--validation-split, else never")
+    validation_seed: int = opt(None, "seed of the pictures --validation-split holds out and of the validation "
+                                     "loss's fixed draws (kohya's --validation_seed); default: --seed")
+    validation_draws: int = opt(16, "draws per picture the validation loss averages, each at its own timestep, "
+                                       "spread evenly over the training timesteps")
     log_with: str = opt(None, "also log the loss, learning rate and sample grids to an experiment tracker, through "
                               "accelerate: tensorboard (pip install tensorboard), or wandb, comet_ml, aim, mlflow, "
                               "clearml, dvclive, swanlab, trackio (the grids go to tensorboard and wandb); several "
@@ -426,6 +439,7 @@ class TrainConfig:
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints", "keep_tags"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
+        self._check_validation()
         check_lr(self.lr)
         check_trackers(self.log_with, self.resume)  # (unknown names and missing packages, before the model loads)
         if self.log_dir is not None and self.log_with is None:
@@ -517,6 +531,36 @@ class TrainConfig:
             warnings.warn(f"--optimizer prodigy estimates its own step size and is meant to run at --lr 1.0 (as "
                           f"kohya's Prodigy configs give it); --lr {self.lr:g} scales that estimate by {self.lr:g}",
                           stacklevel=3)
+
+    def _check_validation(self) -> None:
+        """--validation-split, --validate-every, --validation-seed and --validation-draws (whether each concept has
+        pictures to spare is seen once they are found: `train`)."""
+        share = self.validation_split
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:  # (NaN too)
+            raise ConfigError(f"--validation-split is the share of each concept's pictures held out, in [0, 1) "
+                              f"(e.g. 0.2: one picture of five), got {share!r}")
+        every = self.validate_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+            raise ConfigError(f"--validate-every must be a whole number >= 0 (0: never), got {every!r}")
+        if every == 0 and share:
+            raise ConfigError(f"--validate-every 0 with --validation-split {share:g}: the pictures held out would "
+                              f"never be scored; give --validate-every N (steps), or leave out --validation-split")
+        draws = self.validation_draws
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise ConfigError(f"--validation-draws must be a whole number >= 1, got {draws!r}")
+        if self.validation_seed is not None:
+            check_seed(self.validation_seed, len(self.concept_list()) * 1_000_003, "--validation-seed", negative=True)
+        if self.validation_seed is not None and not self.validating_every:
+            raise ConfigError("--validation-seed seeds the validation loss, which is off: give --validate-every N "
+                              "or --validation-split")
+
+    @builtins.property  # (the field `property` hides the builtin here)
+    def validating_every(self) -> int:
+        """The steps between validation losses (0: none): --validate-every, or --save-every's with a
+        --validation-split (the end alone when that is 0)."""
+        if self.validate_every is not None:
+            return self.validate_every
+        return (self.save_every or self.steps) if self.validation_split else 0
 
     def _check_noise_and_loss(self) -> None:
         """kohya's noise and loss settings (the ones that need the model, v-prediction or not, are checked once it

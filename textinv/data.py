@@ -371,6 +371,15 @@ class PictureSet:
     names: list[str]
     described: str | None  # one line saying what was read (kohya's layout or subsets); None for a plain folder
 
+    def picked(self, order: list[int]) -> "PictureSet":
+        """These pictures at indices `order`, in that order (a checkpoint's order; a validation split's part)."""
+        if order == list(range(len(self.paths))):
+            return self
+        return dataclasses.replace(self, paths=[self.paths[k] for k in order],
+                                   repeats=[self.repeats[k] for k in order],
+                                   caption_extensions=[self.caption_extensions[k] for k in order],
+                                   names=[self.names[k] for k in order])
+
 
 def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict] = ()) -> PictureSet:
     """The pictures of the folder `images` (`find_images`: plain, or in kohya's layout), or of kohya dataset

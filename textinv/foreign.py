@@ -273,6 +273,12 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("color_aug face_crop_aug_range random_crop", _K, "train", None,
      "textinv's only augmentation is --flip; it crops the centre (--center-crop) or squashes the whole picture"),
     ("debug_dataset", _K, "train", None, "textinv has no dataset preview mode"),
+    ("validate_every_n_steps", _K, "train", "--validate-every", "textinv also scores the starting vectors and the "
+                                                                "last step's"),
+    ("validate_every_n_epochs", _K, "train", None, "textinv validates by steps: --validate-every N (by default at "
+                                                   "every --save-every step)"),
+    ("max_validation_steps", _K, "train", "--validation-draws", "textinv's counts the draws per picture held out, "
+                                                                "each at its own timestep, not batches"),
     ("vae_batch_size", _K, "train", None, "not needed: textinv encodes each picture once, before the first step"),
     ("skip_image_resolution", _K, "train", None,
      "textinv skips no pictures by size from the command line (pick the --images you train on); a --dataset-config "

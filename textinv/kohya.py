@@ -162,6 +162,8 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; textinv has this one)
     "caption_tag_dropout_rate": (SUBSET_KEY, "tag_dropout", _chance),
     "alpha_mask": (OWN_KEY, "alpha_mask", _bool),
+    "validation_split": (DATASET_KEY, "validation_split", _chance),
+    "validation_seed": (DATASET_KEY, "validation_seed", _whole(0)),
 }
 
 # a subset's pictures: its folder, each picture's times an epoch, its caption files' suffix, and the size at or
@@ -209,8 +211,6 @@ AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
     "token_warmup_step": (SUBSET_KEY, (0,), "textinv trains every caption whole from the first step; remove it"),
     "caption_dropout_rate": (SUBSET_KEY, (0,), _NO_DROPOUT),
     "caption_dropout_every_n_epochs": (SUBSET_KEY, (0,), _NO_DROPOUT),
-    "validation_split": (DATASET_KEY, (0,), "textinv holds no pictures out for validation; remove it (and move "
-                                            "pictures you keep for judging out of the subsets' folders)"),
     "resize_interpolation": (SUBSET_KEY, (), "textinv resizes with Lanczos (bicubic when enlarging); remove it"),
     "metadata_file": (OWN_KEY, (), "textinv reads each picture's caption from a file beside it (kohya's fine-tuning "
                                    "metadata is made from such files): give the subset's image_dir, with a NAME.txt "
@@ -227,7 +227,6 @@ IGNORED: dict[str, tuple[tuple[str, ...], str]] = {
                                  "into caption files to train with them"),
     "cache_info": (SUBSET_KEY, "not needed: textinv reads each picture once a run"),
     "network_multiplier": (DATASET_KEY, "a LoRA setting, which textual inversion does not use"),
-    "validation_seed": (DATASET_KEY, "textinv holds no pictures out for validation"),
     "custom_attributes": (SUBSET_KEY, "for kohya's custom training scripts; its textual inversion does not read them"),
 }
 

@@ -38,6 +38,7 @@ CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 STEP_EMBEDDINGS_DIR = "embeddings"  # each --save-every step's embedding (see step_filename)
 LOSS_LOG = "loss.csv"
+VALIDATION_LOG = "validation.csv"  # the validation loss (--validate-every, --validation-split), as loss.csv the loss
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".textinv-train.lock"  # held by the one `textinv train` writing the folder (see `run_lock`)
 # what `io.atomic_path` names its temporary files: `.NAME.XXXXXXXX.tmp` (a process killed mid-write leaves one)
@@ -80,7 +81,7 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         raise ConfigError(f"--concepts tokens {tokens} would share an "
                           f"output folder ({', '.join(folders)}): give each concept a token that differs in more than "
                           "its <angle brackets> or punctuation")
-    own = {CHECKPOINT_DIR, SAMPLES_DIR, LOSS_LOG, CONFIG_FILE}  # what the run itself writes at the top of --out
+    own = {CHECKPOINT_DIR, SAMPLES_DIR, LOSS_LOG, VALIDATION_LOG, CONFIG_FILE}  # what the run itself writes at the top of --out
     taken = [t for t, f in zip(tokens, folders) if f.lower() in own] if len(folders) > 1 else []
     if taken:
         raise ConfigError(f"--concepts token {taken[0]} would put its files in {out / concept_folder(taken[0])}, "
@@ -414,7 +415,7 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
                     logs.parent.rmdir()
     # the files every run writes whatever its token (the diffusers layouts), and the log and record
     plain = {default_filename(fmt, "<any>") for fmt in TOKEN_FREE_FORMATS}
-    names = {LOSS_LOG, CONFIG_FILE} | plain | {second_file(name).name for name in plain}
+    names = {LOSS_LOG, VALIDATION_LOG, CONFIG_FILE} | plain | {second_file(name).name for name in plain}
     try:
         tokens = [spec["token"] for spec in build(TrainConfig, previous, {"out": str(out)}).concept_list()]
     except (ConfigError, TypeError):
@@ -458,12 +459,13 @@ def checkpoint_path(out: Path, step: int) -> Path:
 
 def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
                      interval: tuple[list[float], int] = ([0.0], 0), pictures: list[list[str]] | None = None,
-                     processes: int = 1, skipped: list[int] | None = None, model: dict[str, str] | None = None
-                     ) -> None:
+                     processes: int = 1, skipped: list[int] | None = None, model: dict[str, str] | None = None,
+                     validation: tuple[list, list] = ([], [])) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, and
     what the data stream depends on (each concept's picture names, the number of processes sharing a batch);
     `skipped`: the fp16 steps each concept skipped alone (its Adam step count is the shared one less these);
-    `model`: the model's fingerprints (`model_fingerprints`), so a resume can tell it wherever it is."""
+    `model`: the model's fingerprints (`model_fingerprints`), so a resume can tell it wherever it is; `validation`:
+    the validation losses so far, as `history` (`saved_validation` reads them back)."""
     state = {
         "step": step,
         "model": model,
@@ -480,6 +482,8 @@ def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, h
         # the log interval's loss sum over its steps so far (summed over concepts), each concept's, and the steps
         "interval": [float(sum(interval[0])), int(interval[1])],
         "interval_by_concept": [float(v) for v in interval[0]],
+        "validation": [list(h) for h in validation[0]],
+        "validation_by_concept": [list(map(float, h)) for h in validation[1]],
         "textinv_version": __version__,
     }
     # (through memory, a few KB: torch.save on a full disk raises "iostream error", where a plain write says why)
@@ -576,7 +580,7 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
                 names = _by_subset(names)
                 order = same_names(names, now)
             if order is not None:
-                ordered.append(_reordered(pictures, order))
+                ordered.append(pictures.picked(order))
                 continue
             names, now = [_nfc(n) for n in names], [_nfc(n) for n in now]
             gone, new = sorted(set(names) - set(now)), sorted(set(now) - set(names))
@@ -677,16 +681,6 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-def _reordered(pictures: PictureSet, order: list[int]) -> PictureSet:
-    """`pictures` in the order `order` gives (indices into its lists)."""
-    if order == list(range(len(order))):
-        return pictures
-    return dataclasses.replace(pictures, paths=[pictures.paths[k] for k in order],
-                               repeats=[pictures.repeats[k] for k in order],
-                               caption_extensions=[pictures.caption_extensions[k] for k in order],
-                               names=[pictures.names[k] for k in order])
-
-
 def load_checkpoint(checkpoint: tuple[Path, dict], exts, optimizer, lr_schedule, samplers, scaler
                      ) -> tuple[int, list[tuple[int, float]], list[list[float]], tuple[list[float], int]]:
     """Restore a run from a checkpoint (`newest_checkpoint`): returns the step, the loss history (total, and per
@@ -713,14 +707,22 @@ def load_checkpoint(checkpoint: tuple[Path, dict], exts, optimizer, lr_schedule,
             [list(map(float, h)) for h in state.get("history_by_concept", [])], (sums, int(interval[1])))
 
 
+def saved_validation(state: dict) -> tuple[list[tuple[int, float]], list[list[float]]]:
+    """A checkpoint's validation losses (step, loss summed over concepts) and each concept's with several; none from
+    a run without them, or a checkpoint older than them."""
+    return ([(int(s), float(v)) for s, v in state.get("validation", [])],
+            [list(map(float, h)) for h in state.get("validation_by_concept", [])])
+
+
 def write_loss_log(path: Path, history: list[tuple[int, float]], by_concept: list[list[float]] = (),
-                    tokens: list[str] = ()) -> None:
+                    tokens: list[str] = (), column: str = "loss") -> None:
     """loss.csv: `step,loss` (the loss summed over concepts), and with several concepts a column per token for each
-    one's own loss (their sum is `loss`; the curve of one that diverges or stalls shows there)."""
+    one's own loss (their sum is `loss`; the curve of one that diverges or stalls shows there); validation.csv the
+    same with `column` validation_loss."""
     per_concept = len(tokens) > 1 and len(by_concept) == len(history)  # (not from a checkpoint made before them)
     text = io.StringIO()
     rows = csv.writer(text, lineterminator="\n")  # (quotes a token with a comma in it)
-    rows.writerow(["step", "loss", *(tokens if per_concept else [])])
+    rows.writerow(["step", column, *(tokens if per_concept else [])])
     for (s, v), per in zip(history, by_concept if per_concept else [()] * len(history)):
         rows.writerow([s, f"{v:.6f}", *(f"{x:.6f}" for x in per)])
     write_text(path, text.getvalue())

@@ -148,6 +148,13 @@ class RunTracker:
         for tracker in self.trackers:
             tracker.log(values, step=step)
 
+    def log_validation(self, step: int, loss: float, per_concept: dict[str, float] | None = None) -> None:
+        """validation.csv's row of `step`, as `log` gives loss.csv's."""
+        values = {"validation_loss": loss}
+        values.update({f"validation_loss/{name}": value for name, value in (per_concept or {}).items()})
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
+
     def log_grid(self, step: int, tag: str, grid) -> None:
         """A sample grid (a PIL image) to the trackers that take images in a form known here: TensorBoard and wandb
         (each tracker's `log_images` takes its own form)."""

@@ -53,15 +53,17 @@ from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, m
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, model_fingerprints,
                      pick_device, shareable_name, xl_time_ids)
 from .optimizers import make_optimizer
-from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, check_resumable,
-                         check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder, load_checkpoint,
-                         moved_places, newest_checkpoint, prepare_output, run_lock, save_checkpoint, write_loss_log)
+from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
+                         check_resumable, check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder,
+                         load_checkpoint, moved_places, newest_checkpoint, prepare_output, run_lock, save_checkpoint,
+                         saved_validation, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
                      init_vectors, scratch_tokens, split_words, token_names)
 from .tracking import LOGS_DIR, RunTracker, run_name, tracker_names
+from .validation import FixedDraws, fixed_draws, split_pictures, validation_loss
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the vectors at the last finished step were saved before stopping."""
@@ -84,6 +86,7 @@ class TrainResult:
     steps: int
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over the log interval)
     embeddings: list[LearnedEmbedding] = field(default_factory=list)  # every concept's, in order
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss), when it was on
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -655,6 +658,7 @@ class ConceptState:
     out: Path  # where its embedding goes
     pixels: torch.Tensor | None = None  # kept only by the reference-like mode, which encodes every step
     pixel_weight: torch.Tensor | None = None  # (2I, 1, h, w) with --alpha-mask: `latent_weights`
+    validation: FixedDraws | None = None  # the validation loss's draws (`validation.fixed_draws`), when it is on
     noise_shape: tuple = field(init=False)  # what the concept's noise is drawn at, each step (see __post_init__)
 
     def __post_init__(self):
@@ -962,6 +966,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     for pictures in found:
         for path, extension in zip(pictures.paths, pictures.caption_extensions):
             read_caption(path, extension)  # (a caption file that is not UTF-8, say; read again with the pictures)
+    validation_seed = config.seed if config.validation_seed is None else config.validation_seed
+    held_back = [None] * len(found)  # each concept's pictures held out for the validation loss (--validation-split)
+    if config.validation_split:
+        found, held_back = _held_out(config, specs, found, validation_seed, is_main and progress)
     # each picture's times in an epoch: its kohya folder's (or subset's) count x --repeats
     repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
     length = None  # (how --epochs became the steps: printed, and kept in config.yaml's header)
@@ -1067,34 +1075,37 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     tokenizers = [tok for _, tok, _ in model.encoders]
     concepts: list[ConceptState] = []
     step_px = bucket_step(model) if config.buckets else None
-    for k, (spec, listed, rows) in enumerate(zip(specs, found, rows_per_concept)):
+
+    def pictures_of(listed: PictureSet, spec: dict, tags: TagVariation = TagVariation()) -> tuple:
+        """A concept's pictures read and encoded: (pictures, latent means, stds, caption bank, SDXL time ids or None,
+        alpha weights or None), the last five as `fixed_draws` takes them."""
         pictures = load_training_images(listed.paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
                                         bucket_step=step_px, caption_extensions=listed.caption_extensions)
-        if len({p.pixels.shape for p in pictures}) == 1:
-            mean, std = encode_latents(model.vae, [p.pixels for p in pictures], mirrored=True)  # (2I, 4, h, w)
-            pixel_weight = latent_weights(pictures, mean.shape[-2:], listed.where).to(device) \
-                if config.alpha_mask else None
-        else:  # --buckets with pictures of several shapes: lists of 2I, each latent (4, h_i, w_i) at its own size
-            mean, std, pixel_weight = _latents_each(model.vae, pictures, listed.where, config.alpha_mask, device)
+        mean, std, pixel_weight = _encoded(model.vae, pictures, listed.where, config.alpha_mask, device)
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
-        tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags, seed=concept_seed(config.seed, k))
         bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder, tags=tags), device,
-                           entries=token_names(spec["token"], config.vectors),
-                           max_token_length=config.max_token_length)
+                           entries=token_names(spec["token"], config.vectors), max_token_length=config.max_token_length)
         _check_no_other_tokens(model.tokenizer, bank, pictures, spec, [s["token"] for s in specs if s is not spec],
                                config.vectors)
-        time_ids = None
-        if model.is_xl:  # SDXL's size/crop conditioning, per picture (mirrored pictures share it)
-            time_ids = torch.stack([xl_time_ids(torch.tensor([p.original_size]),
-                                                torch.tensor([p.crop_top_left(config.center_crop)]),
-                                                torch.tensor([list(p.pixels.shape[-2:])]))[0]
-                                    for p in pictures]).to(device)
+        time_ids = _xl_time_ids(pictures, config.center_crop, device) if model.is_xl else None
+        return pictures, mean, std, bank, time_ids, pixel_weight
+
+    for k, (spec, listed, rows) in enumerate(zip(specs, found, rows_per_concept)):
+        tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags, seed=concept_seed(config.seed, k))
+        read = pictures_of(listed, spec, tags)
+        pictures, mean, std, bank, time_ids, pixel_weight = read
+        validation = None
+        if config.validating_every:  # the pictures held out, or the training pictures
+            scored = pictures_of(held_back[k], spec) if held_back[k] is not None else read
+            validation = fixed_draws(*scored[1:], pictures=len(scored[0]), draws=config.validation_draws,
+                                     timesteps=timesteps, seed=concept_seed(validation_seed, k),
+                                     scaling=model.vae.config.scaling_factor, device=device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
         sampler = BatchSampler(len(pictures), repeats[k], config.use_flip, concept_seed(config.seed, k),
                                config.noise_offset, NoiseOptions.of(config))
         concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
-                                     concept_out, pixel_weight=pixel_weight))
+                                     concept_out, pixel_weight=pixel_weight, validation=validation))
         if config.reference_like:  # (one shape: --buckets is refused with it)
             pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
             concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
@@ -1158,6 +1169,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
               {k: v for k, v in resolved.items() if getattr(config, k) is None and v is not None})
     # history: (step, loss) per log interval, the loss summed over concepts; by_concept: each concept's, with several
     step, history, by_concept, interval = 0, [], [], ([0.0] * len(concepts), 0)
+    validated, validated_by_concept = [], []  # the validation losses: (step, summed over concepts), each concept's
     skipped = [0] * len(concepts)  # the fp16 steps each concept skipped alone (`_step_skipping_overflows`)
     read_from = f"{READ_FROM} {source}" if source else None  # (config.yaml's header names the subsets' file)
     prompts_note = f"{PROMPTS_FROM} {prompts_from}" if prompts_from else None  # (and the prompts' file)
@@ -1165,6 +1177,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         step, history, by_concept, interval = load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers,
                                                                scaler)
         skipped = [int(n) for n in checkpoint[1].get("skipped_steps") or skipped]  # (older checkpoints: none)
+        validated, validated_by_concept = saved_validation(checkpoint[1])
         _rate_from_schedule(optimizer, lr_schedule)  # (a raised --steps: the next step's rate is the new schedule's)
         if is_main:
             # the settings a resume may change (--steps) as now in force; how --epochs gave the steps is kept while
@@ -1224,7 +1237,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
                              pictures=[listed.names for listed in found], processes=world,
-                             skipped=skipped, model=fingerprints)
+                             skipped=skipped, model=fingerprints, validation=(validated, validated_by_concept))
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
         return files
@@ -1273,6 +1286,32 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 if tracker is not None:  # (after its file: a grid the tracker has is in samples/ too)
                     tracker.log_grid(at_step, "samples" if len(concepts) == 1 else f"samples/{c.out.name}", grid)
         where.stage, where.step = "step", at_step + 1
+
+    def validate(at_step: int) -> None:
+        """The validation loss of the vectors at `at_step` (every process scores it, the same: no collective), once a
+        step: validation.csv and the trackers get it."""
+        if validated and validated[-1][0] == at_step:
+            return
+
+        def loss_of(b: dict) -> torch.Tensor:
+            return grouped_loss(model, scheduler, b["latents"], b["noise"], b["timesteps"], b["ids"],
+                                config.min_snr_gamma, b["cond_ids"], clip_skip, b["pixel_weight"], None, loss_options)
+        with uncompiled(model.unet):  # (as the grids: no compile for another batch, no gradient)
+            losses = [validation_loss(c.validation, loss_of, config.batch) for c in concepts]
+        means = torch.stack(losses).tolist()  # (K,)
+        validated.append((at_step, sum(means)))
+        if len(concepts) > 1:
+            validated_by_concept.append(means)
+        if tracker is not None:
+            tracker.log_validation(at_step, sum(means),
+                                   {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1 else None)
+        if is_main:
+            write_loss_log(out / VALIDATION_LOG, validated, validated_by_concept, [c.token for c in concepts],
+                           column="validation_loss")
+
+    def validating(at_step: int) -> bool:
+        every = config.validating_every
+        return bool(every) and (at_step % every == 0 or at_step == config.steps)
 
     # 4. the loop -------------------------------------------------------------------------------------------------
     def vectors_finite() -> bool:
@@ -1330,6 +1369,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         te.forward = torch.autocast(device.type, dtype=dtype)(te.forward)
     where.held = _allocated(device)
     try:
+        if validating(step):  # (the start's, or on resume the step's the run stopped in)
+            validate(step)
         if step == 0 and not config.resume:
             draw_samples(0)
         elif config.resume and config.sample_every and step % config.sample_every == 0 and not all(
@@ -1404,9 +1445,12 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             stop.release_hold()  # (a second Ctrl-C that came meanwhile stops the run here)
             saving = config.save_every and step % config.save_every == 0 and step < config.steps
             sampling = config.sample_every and step % config.sample_every == 0
-            # a save or sample step between loss checks: no file, checkpoint or grid of vectors gone non-finite
-            if (saving or sampling) and not vectors_finite():
+            # a save, sample or validation step between loss checks: no file, checkpoint, grid or validation loss of
+            # vectors gone non-finite
+            if (saving or sampling or validating(step)) and not vectors_finite():
                 stop_non_finite(step, [])
+            if validating(step):  # (before the save: its checkpoint holds this step's)
+                validate(step)
             if saving:
                 last_good, last_good_step = snapshot(), step  # (finite: checked)
                 save_all(step)
@@ -1474,8 +1518,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         else:
             what = f"{learned}: nothing to learn, the run was at step {step} already"
         print(f"{what} ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
+        if validated:
+            print(_lowest_validation(validated, config.save_every if config.step_embeddings else 0, config.steps))
     return TrainResult(embedding=embedding_of(concepts[0], step), files=files, steps=step, losses=history,
-                       embeddings=[embedding_of(c, step) for c in concepts])
+                       embeddings=[embedding_of(c, step) for c in concepts], validation=validated)
 
 
 def _each(calls: list) -> None:
@@ -1586,6 +1632,38 @@ class _StopRequest:
     def release(self) -> None:
         for sig, previous in reversed(self._previous.items()):  # (SIGINT's last: its own raises KeyboardInterrupt)
             signal.signal(sig, previous)
+
+
+def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], seed: int, say: bool
+              ) -> tuple[list[PictureSet], list[PictureSet]]:
+    """Each concept's pictures split by --validation-split (`validation.split_pictures`, concept k's by its own
+    seed): (the ones trained on, the ones held out); those held out are printed when `say`. A concept with a single
+    picture has none to spare."""
+    for spec, pictures in zip(specs, found):
+        if len(pictures.paths) < 2:
+            raise ConfigError(f"--validation-split {config.validation_split:g}: {pictures.where} holds one picture "
+                              f"({spec['token']}'s), and training needs it; add pictures, or leave out "
+                              f"--validation-split (--validate-every N scores the training pictures instead)")
+    split = [split_pictures(p, config.validation_split, concept_seed(seed, k)) for k, p in enumerate(found)]
+    if say:
+        for spec, (_, held) in zip(specs, split):
+            mine = f"{spec['token']}: " if len(specs) > 1 else ""
+            print(f"{mine}held out for the validation loss: {', '.join(held.names)}")
+    return [kept for kept, _ in split], [held for _, held in split]
+
+
+def _lowest_validation(validated: list[tuple[int, float]], saved_every: int, last: int) -> str:
+    """Which step's vectors had the lowest validation loss, and where they are saved."""
+    step, loss = min(validated, key=lambda entry: entry[1])
+    if step == last:
+        kept = "the embedding saved"
+    elif step == 0:
+        kept = "the starting vectors: training has not lowered it"
+    elif saved_every and step % saved_every == 0:
+        kept = f"that step's embedding is in {STEP_EMBEDDINGS_DIR}/"
+    else:
+        kept = "no embedding of that step is kept: give --save-every a divisor of --validate-every to keep them"
+    return f"lowest validation loss {loss:.6f} at step {step} ({VALIDATION_LOG}); {kept}"
 
 
 def concept_seed(seed: int, index: int) -> int:
@@ -1732,6 +1810,22 @@ def bucket_step(model: Model) -> int:
     """The pixels a bucket's sides step by: the VAE's down-sampling times the UNet's, so every level of the UNet
     gets a whole number of latent pixels (64 for SD)."""
     return model.pipeline.vae_scale_factor * 2 ** (len(model.unet.config.block_out_channels) - 1)
+
+
+def _encoded(vae, pictures: list, folder, alpha_mask: bool, device) -> tuple:
+    """Pictures' cached latent distributions and alpha weights (None without --alpha-mask): (means, stds, weights),
+    each of 2I, the pictures' then their mirror images': tensors (2I, 4, h, w) when the pictures are of one shape,
+    else lists (`_latents_each`: --buckets)."""
+    if len({p.pixels.shape for p in pictures}) > 1:
+        return _latents_each(vae, pictures, folder, alpha_mask, device)
+    mean, std = encode_latents(vae, [p.pixels for p in pictures], mirrored=True)  # (2I, 4, h, w)
+    return mean, std, latent_weights(pictures, mean.shape[-2:], folder).to(device) if alpha_mask else None
+
+
+def _xl_time_ids(pictures: list, center_crop: bool, device) -> torch.Tensor:
+    """SDXL's size and crop conditioning of each picture, (I, 6) (mirrored pictures share it)."""
+    return torch.stack([xl_time_ids(torch.tensor([p.original_size]), torch.tensor([p.crop_top_left(center_crop)]),
+                                    torch.tensor([list(p.pixels.shape[-2:])]))[0] for p in pictures]).to(device)
 
 
 @torch.no_grad()

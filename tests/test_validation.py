@@ -1,0 +1,129 @@
+"""The validation loss: pictures held out of training (--validation-split) and the loss at draws fixed for the run."""
+
+import csv
+import shutil
+
+import pytest
+import torch
+from conftest import interrupt_loss_at, train_config, write_images
+
+from textinv.config import TrainConfig
+from textinv.errors import ConfigError
+from textinv.models import load_model
+from textinv.train import TrainingInterrupted, train
+from textinv.validation import held_out
+
+
+def vectors(result):
+    return next(iter(result.embedding.vectors.values()))
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_split_holds_out_a_share_at_least_one_and_never_all():
+    assert len(held_out(5, 0.2, 0)) == 1 and len(held_out(10, 0.25, 0)) == 2  # (round(2.5): 2)
+    assert len(held_out(4, 0.01, 0)) == 1  # (at least one)
+    assert len(held_out(2, 0.9, 0)) == 1  # (one left to train on)
+    assert held_out(8, 0.25, 3) == held_out(8, 0.25, 3)
+    assert len({tuple(held_out(8, 0.25, seed)) for seed in range(6)}) > 1  # (the seed chooses)
+
+
+def test_validation_leaves_training_as_it_was_and_scores_fixed_draws(sd1_dir, images, tmp_path):
+    """Scoring the validation loss draws nothing from the training's generators: the vectors and losses are those
+    of a run without it. Its draws are fixed: at a rate of 0 every step's validation loss is the same number, and
+    with a moving vector it changes."""
+    plain = train(train_config(images, tmp_path / "plain"), model=load_model(sd1_dir), progress=False)
+    scored = train(train_config(images, tmp_path / "v", validate_every=2), model=load_model(sd1_dir), progress=False)
+    assert torch.equal(vectors(scored), vectors(plain)) and scored.losses == plain.losses
+    assert [s for s, _ in scored.validation] == [0, 2, 4, 6]
+    assert [int(r["step"]) for r in rows(tmp_path / "v" / "validation.csv")] == [0, 2, 4, 6]
+    assert len({v for _, v in scored.validation}) == 4  # (the vectors moved)
+    again = train(train_config(images, tmp_path / "again", validate_every=2), model=load_model(sd1_dir),
+                  progress=False)
+    assert again.validation == scored.validation
+    still = train(train_config(images, tmp_path / "still", validate_every=3, lr=1e-30, weight_decay=0.0),
+                  model=load_model(sd1_dir), progress=False)
+    assert [s for s, _ in still.validation] == [0, 3, 6] and len({v for _, v in still.validation}) == 1
+    reseeded = train(train_config(images, tmp_path / "seed", validate_every=3, validation_seed=7),
+                     model=load_model(sd1_dir), progress=False)
+    assert reseeded.validation[0][1] != still.validation[0][1]  # (other draws of the same starting vectors)
+
+
+def test_the_pictures_held_out_are_not_trained_on(sd1_dir, tmp_path, capsys):
+    """A run holding out one picture of four learns what a run on the other three learns, and prints which."""
+    folder = write_images(tmp_path / "four", n=4)
+    (out,) = held_out(4, 0.25, 0)
+    three = tmp_path / "three"
+    three.mkdir()
+    for k in range(4):
+        if k != out:
+            shutil.copy(folder / f"img{k}.png", three / f"img{k}.png")
+    split = train(train_config(folder, tmp_path / "split", validation_split=0.25), model=load_model(sd1_dir))
+    assert f"held out for the validation loss: img{out}.png" in capsys.readouterr().out
+    alone = train(train_config(three, tmp_path / "alone"), model=load_model(sd1_dir), progress=False)
+    assert torch.equal(vectors(split), vectors(alone))
+    # (--save-every 0: the end alone, beside the start)
+    assert [s for s, _ in split.validation] == [0, 6]
+
+
+def test_the_run_names_the_step_with_the_lowest_validation_loss(sd1_dir, images, tmp_path, capsys):
+    result = train(train_config(images, tmp_path / "run", steps=4, save_every=2, validation_split=0.25),
+                   model=load_model(sd1_dir))
+    step, loss = min(result.validation, key=lambda entry: entry[1])
+    assert [s for s, _ in result.validation] == [0, 2, 4]  # (--save-every's steps by default)
+    assert f"lowest validation loss {loss:.6f} at step {step} (validation.csv)" in capsys.readouterr().out
+
+
+def test_a_resumed_run_scores_what_the_uninterrupted_one_scores(sd1_dir, images, tmp_path, monkeypatch):
+    settings = dict(steps=6, save_every=2, validation_split=0.25, validate_every=1)
+    straight = train(train_config(images, tmp_path / "a", **settings), model=load_model(sd1_dir), progress=False)
+    undo = interrupt_loss_at(monkeypatch, 14)  # (in step 4's validation or step: the checkpoint is step 2's)
+    with pytest.raises(TrainingInterrupted):
+        train(train_config(images, tmp_path / "b", **settings), model=load_model(sd1_dir), progress=False)
+    undo()
+    resumed = train(train_config(images, tmp_path / "b", **settings, resume=True), model=load_model(sd1_dir),
+                    progress=False)
+    assert resumed.validation == straight.validation and torch.equal(vectors(resumed), vectors(straight))
+    assert rows(tmp_path / "b" / "validation.csv") == rows(tmp_path / "a" / "validation.csv")
+
+
+def test_several_concepts_each_get_a_column(sd1_dir, tmp_path):
+    a, b = write_images(tmp_path / "a", n=3), write_images(tmp_path / "b", n=3, seed=1)
+    result = train(TrainConfig(concepts=[f"{a}=<a>=dog", f"{b}=<b>=cat"], out=str(tmp_path / "run"), steps=2,
+                               batch=2, save_every=0, sample_every=0, validate_every=2), model=load_model(sd1_dir),
+                   progress=False)
+    table = rows(tmp_path / "run" / "validation.csv")
+    assert list(table[0]) == ["step", "validation_loss", "<a>", "<b>"]
+    for row, (step, total) in zip(table, result.validation):
+        assert float(row["<a>"]) + float(row["<b>"]) == pytest.approx(total, abs=2e-6)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(validation_split=1.0), r"--validation-split is the share .* in \[0, 1\)"),
+    (dict(validation_split=0.2, validate_every=0), r"--validate-every 0 with --validation-split 0.2"),
+    (dict(validation_seed=3), r"--validation-seed seeds the validation loss, which is off"),
+    (dict(validate_every=2, validation_draws=0), r"--validation-draws must be a whole number >= 1"),
+])
+def test_bad_validation_settings_are_refused(settings, message, images, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        train_config(images, tmp_path / "run", **settings).validate()
+
+
+def test_a_split_of_a_single_picture_is_refused_before_the_model_loads(tmp_path):
+    folder = write_images(tmp_path / "one", n=1)
+    with pytest.raises(ConfigError, match=r"holds one picture .* leave out --validation-split"):
+        train(train_config(folder, tmp_path / "run", validation_split=0.5, model="no/such-model"), progress=False)
+
+
+def test_kohyas_dataset_config_gives_the_split_and_its_seed(tmp_path):
+    from textinv.kohya import apply_dataset_config
+
+    folder = write_images(tmp_path / "a", n=4)
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[general]\nvalidation_split = 0.25\nvalidation_seed = 3\n[[datasets]]\n'
+                       f'[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    config = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    assert (config.validation_split, config.validation_seed, config.validating_every) == (0.25, 3, 500)
