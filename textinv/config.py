@@ -50,6 +50,7 @@ def opt(default, help: str, **extra):
 
 
 from .data import MAX_KOHYA_REPEATS, PROPERTIES, flip_default, skip_sides
+from .inpaint import AREAS as INPAINT_AREAS, FILLS as INPAINT_FILLS, MASK_BLUR, MASKED_PADDING
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
@@ -724,6 +725,26 @@ class GenerateConfig:
     denoise: float = opt(None, f"how much of the picture is redrawn, from 0 (nothing) to 1 (all; the web UI's "
                                f"Denoising strength): for --init-image (default {IMG2IMG_DENOISE}) or the hires "
                                f"fix (default {HIRES_DENOISE})")
+    mask: str = opt(None, "inpainting: a mask picture for --init-image, white where the picture is redrawn, black "
+                          "where it is kept (a picture with transparency: opaque is redrawn), fitted to the picture "
+                          "as it is (the web UI's Inpaint upload)", path="file")
+    mask_blur: int = opt(None, f"how many pixels the mask's edge is blurred over, a Gaussian's sigma (the web UI's "
+                               f"Mask blur; default {MASK_BLUR}, 0: none)")
+    inpaint_fill: str = opt(None, "what the masked part starts from (the web UI's Masked content): original (the "
+                                  "picture; the default), fill (the colours around it), latent-noise (noise), "
+                                  "latent-nothing (zeros)", choices=INPAINT_FILLS,
+                            spellings={**{f: f for f in INPAINT_FILLS}, "latent noise": "latent-noise",
+                                       "latent nothing": "latent-nothing"})
+    mask_invert: bool = opt(False, "redraw the black part of the mask and keep the white (the web UI's Inpaint not "
+                                   "masked)")
+    inpaint_area: str = opt(None, "whole (the default: the whole picture redrawn at the size drawn, the mask's part "
+                                  "kept) or masked (the web UI's Only masked: the mask's box, widened by "
+                                  "--masked-padding, redrawn at --width x --height and pasted back into the picture "
+                                  "at its own size)", choices=INPAINT_AREAS,
+                            spellings={"whole": "whole", "whole picture": "whole", "masked": "masked",
+                                       "only masked": "masked"})
+    masked_padding: int = opt(None, f"--inpaint-area masked: pixels around the mask's box also redrawn (default "
+                                    f"{MASKED_PADDING})")
     hires_scale: float = opt(None, "the web UI's hires fix: draw at --width x --height, enlarge this many times "
                                    "(e.g. 2), and redraw --denoise of the way at that size, for the detail the first "
                                    "size had no room for (the web UI's Upscale by)")
@@ -841,10 +862,35 @@ class GenerateConfig:
         if self.init_image and self.hires():
             raise ConfigError("--init-image and the hires fix do not go together (the web UI's img2img has none): "
                               "redraw the picture with --init-image at the larger --width and --height instead")
+        self._check_mask()
         if self.init_image and not Path(self.init_image).exists():
             raise ConfigError(f"--init-image {self.init_image} does not exist; give the picture to redraw (or a "
                               f"folder of them)")
 
+
+    def _check_mask(self) -> None:
+        """Refuse a mask without the picture it masks, the mask's settings without a mask, and bad values."""
+        self.mask = self.mask and os.path.expanduser(self.mask)
+        given = [flag for flag, value in (("--mask-blur", self.mask_blur), ("--inpaint-fill", self.inpaint_fill),
+                                          ("--mask-invert", self.mask_invert or None),
+                                          ("--inpaint-area", self.inpaint_area),
+                                          ("--masked-padding", self.masked_padding)) if value is not None]
+        if not self.mask:
+            if given:
+                raise ConfigError(f"{' and '.join(given)} set inpainting, which --mask turns on; give the mask "
+                                  f"(white where the --init-image picture is redrawn)")
+            return
+        if not self.init_image:
+            raise ConfigError(f"--mask {self.mask} masks a picture: give the picture to redraw with --init-image")
+        if not Path(self.mask).is_file():
+            raise ConfigError(f"--mask {self.mask} does not exist{backslash_note(self.mask)}; give the mask picture, "
+                              f"white where the picture is redrawn")
+        for flag, value in (("--mask-blur", self.mask_blur), ("--masked-padding", self.masked_padding)):
+            if value is not None and value < 0:
+                raise ConfigError(f"{flag} must be 0 or more pixels, got {value}")
+        if self.masked_padding is not None and self.inpaint_area != "masked":
+            raise ConfigError("--masked-padding widens the box --inpaint-area masked redraws: add --inpaint-area "
+                              "masked")
 
 def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | None, resolution: int | None) -> None:
     """The drawing settings `generate` and `score` share (None: the default): --steps, --guidance, --clip-skip,

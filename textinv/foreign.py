@@ -39,7 +39,8 @@ _KEEP = ("textinv saves by steps (--save-every N) and keeps the last --keep-chec
          "with --step-embeddings every saved step's embedding stays")
 _DDP = ("textinv runs data-parallel through accelerate launch with its defaults: no DeepSpeed, no DDP settings (a few "
         "vectors need no sharding)")
-_NO_TEXT_TO_IMAGE = "textinv draws from text, or redraws one picture (--init-image): no inpainting or ControlNet"
+_NO_TEXT_TO_IMAGE = ("textinv draws from text, redraws a picture (--init-image) or the part of it a mask marks (--mask): "
+                     "no ControlNet or guide image")
 _LORA = "write <lora:NAME:0.8> in the prompt and give the folder of LoRA files as --lora-dir"
 _CONSOLE = "textinv prints to the console (warnings to stderr) and writes loss.csv in --out; no log settings"
 _LOG_NAME = ("textinv names the run after its --out folder: TensorBoard's folder in --log-dir, with no prefix or "
@@ -352,7 +353,8 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                                      "mode"),
     ("image_path", _G, "generate", "--init-image", "one picture, redrawn for every prompt"),
     ("strength", _G, "generate", "--denoise", "the share of the picture redrawn (default 0.75, the web UI's)"),
-    ("mask_path guide_image_path control_net_lllite_models control_net_models control_net_preps "
+    ("mask_path", _G, "generate", "--mask", "white where the --init-image picture is redrawn"),
+    ("guide_image_path control_net_lllite_models control_net_models control_net_preps "
      "control_net_multipliers control_net_ratios clip_vision_strength", _G, "generate", None, _NO_TEXT_TO_IMAGE),
     ("sequential_file_name use_original_file_name", _G, "generate", None,
      "textinv names each file itself: its number, the prompt's first words and its seed"),

@@ -31,6 +31,8 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis, refine
+from . import inpaint as inpainting
+from .inpaint import Inpaint
 from .config import GenerateConfig, check_side
 from .data import load_image, prepare_image
 from .errors import ConfigError, FormatError, TokenError
@@ -231,6 +233,7 @@ def render(
     variation: tuple[list[int], float] | None = None,
     tiling: bool = False,
     emphasis_mode: str = "original",
+    inpaint: Inpaint | None = None,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
@@ -243,7 +246,8 @@ def render(
     web UI's passes do: a seed gives its picture at any batch size. `variation` (each picture's variation seed, and
     the strength) blends each pass's noise toward the variation seed's (`seed_noise`), and `tiling` draws pictures
     that wrap around at their edges (`_tiled`), each as the web UI does; `emphasis_mode` is its Emphasis setting
-    (`emphasis.MODES`).
+    (`emphasis.MODES`). `inpaint` (with `start`) redraws only the mask's part of each picture (`inpaint`, the web
+    UI's inpainting); a model made for it (a UNet of 9 input channels) draws only from pictures.
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -266,11 +270,14 @@ def render(
             scheduler_for(pipe.scheduler, hires.sampler, flag="--hires-sampler")
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip, emphasis_mode=emphasis_mode)
+    if inpaint is not None and start is None:
+        raise ConfigError("render's `inpaint` masks the pictures in `start` (--mask needs --init-image)")
+    if start is None and pipe.unet.config.in_channels == 9:
+        raise ConfigError(f"{model.source} is an inpainting model (its UNet reads a mask and a picture): it redraws "
+                          f"a picture (--init-image, with --mask for the part to redraw) and cannot draw from text")
     with _tiled(pipe, tiling):
         if start is not None:
-            pixels = torch.stack([prepare_image(p, 0, size=(width, height)) for p in start])  # (B, 3, H, W)
-            latents = refine.encode(pipe.vae, pixels)
-            return _refined(model, latents, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler,
+            return _redrawn(model, start, inpaint, steps, denoise or refine.IMG2IMG_DENOISE, sampler,
                             (width, height), variation, **drawing)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         # (C, H/f, W/f), as the pipelines and the web UI lay out the noise: a square's is what it always was
@@ -340,16 +347,52 @@ def _tiled(pipe, tiling: bool):
 
 def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hires: bool, sampler: str,
              size: tuple[int, int], variation: tuple[list[int], float] | None, seeds: list[int],
-             **drawing) -> list[Image.Image]:
+             pixels: tuple[torch.Tensor, torch.Tensor] | None = None,
+             redraw: tuple[torch.Tensor, str] | None = None, **drawing) -> list[Image.Image]:
     """The pictures of an img2img pass over `latents` (B, C, h, w) at `denoise`, `steps` counted as
     `refine.pass_steps` counts them (`hires`: the hires fix's), drawn at `size` (W, H), its noise the seeds' (with
-    their `variation`), as the web UI's passes draw theirs."""
+    their `variation`), as the web UI's passes draw theirs. `redraw` (the latent mask (B, 1, h, w), 1 where drawn;
+    the --inpaint-fill) keeps the rest of `latents` at every step (`inpaint.blend_step`); an inpainting model reads
+    `pixels` (the pictures (B, 3, H, W) and their masks (B, 1, H, W)) at every step."""
     schedule, run = _pass_schedule(model, steps, denoise, hires)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = seed_noise(generators, tuple(latents.shape[1:]), variation)
+    on_step = None
+    if redraw is not None:
+        latents = inpainting.start_latents(latents, redraw[0], redraw[1], noise)
+        on_step = inpainting.blend_step(latents, noise, redraw[0])
     pipe = refine.image_to_image(model.pipeline, noise)
-    return _pass(model, pipe, run, sampler, size, seeds=seeds, image=latents, generator=generators,
-                 num_inference_steps=schedule, strength=refine.strength(schedule, run), output_type="pil", **drawing)
+    hook = None
+    if model.pipeline.unet.config.in_channels == 9 and pixels is not None:
+        hook = inpainting.conditioning_hook(pipe.unet, pixels[1].to(pipe.device), pixels[0],
+                                            lambda p: refine.encode(pipe.vae, p))
+    try:
+        return _pass(model, pipe, run, sampler, size, seeds=seeds, image=latents, generator=generators,
+                     num_inference_steps=schedule, strength=refine.strength(schedule, run), output_type="pil",
+                     on_step=on_step, **drawing)
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
+def _redrawn(model: Model, start: list[Image.Image], inpaint: Inpaint | None, steps: int, denoise: float,
+             sampler: str, size: tuple[int, int], variation: tuple[list[int], float] | None, **drawing
+             ) -> list[Image.Image]:
+    """The pictures of img2img over `start` (each RGB at its own size) drawn at `size` (W, H), or with `inpaint`
+    only where its mask is white, laid back into each picture (`inpaint.prepare`, `inpaint.paste_back`)."""
+    pipe = model.pipeline
+    if inpaint is None:
+        pixels = torch.stack([prepare_image(p, 0, size=size) for p in start])  # (B, 3, H, W)
+        masks = torch.ones(len(start), 1, size[1], size[0])  # (an inpainting model's: all of it redrawn)
+        return _refined(model, refine.encode(pipe.vae, pixels), steps, denoise, False, sampler, size, variation,
+                        pixels=(pixels, masks), **drawing)
+    ready = [inpainting.prepare(inpaint, p, size, pipe.vae_scale_factor) for p in start]
+    pixels = inpainting.prepared_pixels(ready, size)
+    masks = torch.stack([r.pixel_mask for r in ready])  # (B, 1, H, W)
+    redraw = torch.stack([r.redraw for r in ready]).to(pipe.device)  # (B, 1, h, w)
+    drawn = _refined(model, refine.encode(pipe.vae, pixels), steps, denoise, False, sampler, size, variation,
+                     pixels=(pixels, masks), redraw=(redraw, inpaint.fill), **drawing)
+    return [inpainting.paste_back(d, r) for d, r in zip(drawn, ready)]
 
 
 def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool) -> tuple[int, int]:
@@ -365,10 +408,11 @@ def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool) -> tup
 
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
-          guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, **call):
+          guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
-    arguments; its images (or latents)."""
+    arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
+    `blend_step`) runs after each step, after prompt editing's switch."""
     width, height = size
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
@@ -400,6 +444,8 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     kwargs = dict(given[0])
     if len(ends) > 1:
         kwargs.update(_switching_conditioning(model, steps, ends, given, stretch))
+    if on_step is not None:
+        kwargs.update(_also_each_step(kwargs, on_step))
     # the web UI reads a prompt and its negative each at its own length (it pads neither by default): the empty
     # chunks that make them one length here are hidden from the UNet's cross-attention
     own = [max(len(r[e][p]) for r in rows for e in range(len(r))) for p in range(len(subprompts))]
@@ -427,6 +473,19 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
         pipe.unet.train(was_training)
         pipe.scheduler = own_scheduler
     return result.images if call.get("output_type") == "latent" else list(result.images)
+
+
+def _also_each_step(kwargs: dict, on_step) -> dict:
+    """The pipeline's step callback arguments with `on_step` run after the one `kwargs` hold (if any), each one's
+    tensors given back, and the latents among the tensors it is handed."""
+    first = kwargs.get("callback_on_step_end")
+    names = list(kwargs.get("callback_on_step_end_tensor_inputs", []))
+
+    def both(pipe, i, t, tensors):
+        out = first(pipe, i, t, tensors) if first is not None else {}
+        return {**out, **on_step(pipe, i, t, tensors)}
+
+    return dict(callback_on_step_end=both, callback_on_step_end_tensor_inputs=names + ["latents"])
 
 
 def _length_mask(pipe, own: list[int], own_negative: int, chunks: int):
@@ -627,7 +686,9 @@ def png_text(params: dict[str, str]) -> PngInfo:
     labels = {"steps": "Steps", "sampler": "Sampler", "schedule": "Schedule type", "guidance": "CFG scale",
               "seed": "Seed", "variation_seed": "Variation seed", "variation_strength": "Variation seed strength",
               "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
-              "emphasis": "Emphasis",
+              "emphasis": "Emphasis", "mask_blur": "Mask blur", "mask_mode": "Mask mode",
+              "masked_content": "Masked content", "inpaint_area": "Inpaint area",
+              "masked_padding": "Masked area padding",
               "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
               "hires_scale": "Hires upscale", "hires_resize": "Hires resize", "hires_steps": "Hires steps",
               "hires_upscaler": "Hires upscaler", "hires_sampler": "Hires sampler",
@@ -871,6 +932,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     for source in sources:  # (a bad picture: said before the model loads)
         if source is not None:
             load_image(source)
+    inpaint = mask_settings(config)  # (a bad mask too)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
@@ -888,9 +950,19 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
-                             _embedding_sums(embeddings, paths, digests), where, sources)
+                             _embedding_sums(embeddings, paths, digests), where, sources, inpaint)
         finally:
             unload_loras(model)
+
+
+def mask_settings(config: GenerateConfig) -> Inpaint | None:
+    """--mask read (`inpaint.read_mask`) with its settings as they resolve (the web UI's defaults); None without it."""
+    if not config.mask:
+        return None
+    return Inpaint(inpainting.read_mask(config.mask, config.mask_invert),
+                   inpainting.MASK_BLUR if config.mask_blur is None else config.mask_blur,
+                   config.inpaint_fill or "original", config.mask_invert, config.inpaint_area or "whole",
+                   inpainting.MASKED_PADDING if config.masked_padding is None else config.masked_padding)
 
 
 @contextlib.contextmanager
@@ -1163,16 +1235,28 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
             "tiling": config.tiling, "emphasis": config.emphasis,
             "init_image": _where(str(init_image) if init_image else None),
-            "denoise": passes_denoise(config),
+            "denoise": passes_denoise(config), **_mask_record(config),
             **{name: getattr(config, name) for name in HIRES_SETTINGS},
             **({"hires_upscaler": config.hires_upscaler or refine.DEFAULT_UPSCALER} if config.hires() else {}),
             "metadata": config.metadata}  # (so a redraw is written as the picture was)
 
 
+def _mask_record(config: GenerateConfig) -> dict:
+    """The inpainting settings a picture records, as they resolved (none without --mask)."""
+    if not config.mask:
+        return {}
+    area = config.inpaint_area or "whole"
+    return {"mask": _where(config.mask),
+            "mask_blur": inpainting.MASK_BLUR if config.mask_blur is None else config.mask_blur,
+            "inpaint_fill": config.inpaint_fill or "original", "mask_invert": config.mask_invert,
+            "inpaint_area": area, "masked_padding": (inpainting.MASKED_PADDING if config.masked_padding is None
+                                                     else config.masked_padding) if area == "masked" else None}
+
+
 # each path setting a picture records, and whether its value is always a local path (else it may be a bundled
 # model's name or a hub id)
 _PATH_SETTINGS = {"model": False, "embedding": True, "lora_dir": True, "vae": False, "single_file_config": False,
-                  "init_image": True}
+                  "init_image": True, "mask": True}
 HIRES_SETTINGS = ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_upscaler", "hires_sampler",
                   "hires_prompt", "hires_negative_prompt")
 
@@ -1261,11 +1345,11 @@ def _warn_large(model: Model, drawn: tuple[int, int]) -> None:
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
               progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
               embedding_sums: dict[str, str], where: _Where | None = None,
-              sources: list[Path | None] = (None,)) -> list[Path]:
+              sources: list[Path | None] = (None,), inpaint: Inpaint | None = None) -> list[Path]:
     """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
     `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
     (`_memory_error`); `sources`: the --init-image pictures each prompt redraws (`refine.init_pictures`; None: no
-    picture), each drawn with every seed."""
+    picture), each drawn with every seed; `inpaint`: their mask and its settings (--mask)."""
     where = where or _Where()
     steps = config.steps or DEFAULT_STEPS
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
@@ -1343,7 +1427,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                     images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative,
                                     config.sampler, clip_skip, width, height,
                                     None if init is None else [init] * len(chunk), passes_denoise(config), hires,
-                                    variation, config.tiling, config.emphasis)
+                                    variation, config.tiling, config.emphasis, inpaint)
                     switched = switch
                     for seed, img in zip(chunk, images):
                         bar.update(1)
@@ -1462,7 +1546,8 @@ def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | Non
     """The PNG text of --init-image's and the hires fix's settings, as `png_text` writes them into `parameters`
     (the web UI's labels; empty without either)."""
     if config.init_image:
-        return {"init_image": Path(source or config.init_image).name, "denoise": passes_denoise(config)}
+        return {"init_image": Path(source or config.init_image).name, "denoise": passes_denoise(config),
+                **_mask_params(config)}
     if hires is None:
         return {}
     params = {"denoise": hires.denoise, "hires_upscaler": refine.UPSCALERS[hires.upscaler].label}
@@ -1478,6 +1563,20 @@ def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | Non
         params["hires_prompt"] = config.hires_prompt
     if config.hires_negative_prompt and config.hires_negative_prompt != config.negative_prompt:
         params["hires_negative_prompt"] = config.hires_negative_prompt
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _mask_params(config: GenerateConfig) -> dict:
+    """The PNG text of the inpainting settings, written as the web UI writes them: Mask blur above 0, Mask mode when
+    inverted, Masked content other than original, Inpaint area and Masked area padding for only masked."""
+    if not config.mask:
+        return {}
+    record = _mask_record(config)
+    params = {"mask": Path(config.mask).name, "mask_blur": record["mask_blur"] or None,
+              "mask_mode": "Inpaint not masked" if config.mask_invert else None,
+              "masked_content": inpainting.FILL_LABELS.get(record["inpaint_fill"])}
+    if record["inpaint_area"] == "masked":
+        params.update(inpaint_area="Only masked", masked_padding=record["masked_padding"])
     return {k: v for k, v in params.items() if v is not None}
 
 

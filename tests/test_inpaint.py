@@ -1,0 +1,174 @@
+"""`generate --init-image PICTURE --mask MASK`: inpainting as the web UI's img2img Inpaint upload draws it."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from textinv import inpaint, refine
+from textinv.config import GenerateConfig
+from textinv.data import prepare_image
+from textinv.errors import ConfigError
+from textinv.formats import RECORD_KEY
+from textinv.generate import generate, render, seed_noise
+from textinv.inpaint import Inpaint
+from textinv.models import load_model
+
+
+def _picture(size=(32, 32), seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _square_mask(size=(32, 32), box=(8, 8, 24, 24)):
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    return mask
+
+
+def test_a_mask_keeps_the_init_pictures_pixels_exactly_and_redraws_the_rest(sd1_dir):
+    model = load_model(sd1_dir)
+    init, mask = _picture(), _square_mask()
+    white = np.asarray(mask) > 0
+    for fill in inpaint.FILLS:
+        drawn = np.asarray(render(model, ["a photo of a dog"], [3], steps=4, width=32, height=32, start=[init],
+                                  denoise=0.9, inpaint=Inpaint(mask, blur=0, fill=fill))[0])
+        assert np.array_equal(drawn[~white], np.asarray(init)[~white]), fill
+        assert (drawn[white] != np.asarray(init)[white]).mean() > 0.9, fill
+    # blurred, the seam is soft: pixels just outside the mask's edge are a mix, far from it still the picture's
+    drawn = np.asarray(render(model, ["a photo of a dog"], [3], steps=4, width=32, height=32, start=[init],
+                              denoise=0.9, inpaint=Inpaint(mask, blur=2))[0])
+    assert np.array_equal(drawn[:2], np.asarray(init)[:2])
+    assert not np.array_equal(drawn[6:8, 8:24], np.asarray(init)[6:8, 8:24])
+
+
+def test_the_kept_latents_are_the_init_pictures_noised_to_each_steps_level(sd1_dir):
+    """Every UNet call reads, outside the mask, the init picture's latents noised with the pass's noise to that
+    call's timestep (DDIM: the UNet's input is the latents as they are)."""
+    model = load_model(sd1_dir)
+    init, mask = _picture(), _square_mask()
+    calls = []
+    hook = model.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((args[0][:1].clone(), args[1].flatten()[:1].clone())), with_kwargs=True)
+    render(model, ["a photo of a dog"], [3], steps=6, width=32, height=32, start=[init], denoise=0.8,
+           sampler="ddim", inpaint=Inpaint(mask, blur=0))
+    hook.remove()
+    pipe = model.pipeline
+    latents = refine.encode(pipe.vae, torch.stack([prepare_image(init, 0, size=(32, 32))]))
+    noise = seed_noise([torch.Generator().manual_seed(3)], tuple(latents.shape[1:]))
+    kept = ~inpaint.prepare(Inpaint(mask, blur=0), init, (32, 32), pipe.vae_scale_factor).redraw.bool()  # (1, h, w)
+    assert len(calls) == 5 and kept.any() and (~kept).any()
+    for k, (sample, t) in enumerate(calls):
+        expected = pipe.scheduler.add_noise(latents, noise, t.long())
+        assert torch.allclose(sample[:, :, kept[0]], expected[:, :, kept[0]], atol=1e-5)
+        # (the mask's part starts there too, then goes its own way)
+        assert torch.allclose(sample[:, :, ~kept[0]], expected[:, :, ~kept[0]], atol=1e-5) == (k == 0)
+
+
+def test_only_masked_redraws_the_masks_box_at_the_drawn_size_and_pastes_it_back(sd1_dir):
+    model = load_model(sd1_dir)
+    init, mask = _picture((64, 48)), _square_mask((64, 48), (40, 8, 48, 16))
+    sizes = []
+    hook = model.unet.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))
+    drawn = render(model, ["a photo of a dog"], [3], steps=2, width=16, height=16, start=[init], denoise=0.9,
+                   inpaint=Inpaint(mask, blur=0, area="masked", padding=4))[0]
+    hook.remove()
+    factor = model.pipeline.vae_scale_factor
+    assert drawn.size == (64, 48)  # (the picture at its own size)
+    assert set(sizes) == {(16 // factor, 16 // factor)}  # (the box drawn at the run's size)
+    # the mask's box, 4 pixels wider each side, is square as the drawn size: the box the picture changes in
+    assert inpaint.crop_box(mask, 4, (16, 16)) == (36, 4, 52, 20)
+    a, b = np.asarray(drawn), np.asarray(init)
+    changed = np.argwhere((a != b).any(axis=2))
+    assert changed.min(axis=0).tolist() >= [8, 40] and changed.max(axis=0).tolist() <= [15, 47]
+    assert (a[8:16, 40:48] != b[8:16, 40:48]).any(axis=2).mean() > 0.9
+
+
+def test_the_crop_box_is_widened_to_the_drawn_sizes_proportions_inside_the_picture():
+    mask = _square_mask((100, 50), (90, 10, 100, 20))
+    assert inpaint.crop_box(mask, 0, (20, 10)) == (80, 10, 100, 20)  # (twice as wide as tall, moved inside)
+    assert inpaint.crop_box(mask, 0, (10, 20)) == (90, 5, 100, 25)
+    assert inpaint.crop_box(mask, 100, (10, 10)) == (0, 0, 100, 50)  # (padding up to the picture, then cut to it)
+
+
+def test_a_mask_is_read_by_its_transparency_or_else_its_luminance(tmp_path):
+    grey = Image.new("L", (8, 8), 100)
+    grey.paste(200, (0, 0, 4, 8))
+    grey.save(tmp_path / "grey.png")
+    assert np.asarray(inpaint.read_mask(tmp_path / "grey.png"))[0].tolist() == [255] * 4 + [0] * 4
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # black, see-through except for an opaque stroke
+    rgba.paste((0, 0, 0, 255), (0, 0, 8, 2))
+    rgba.save(tmp_path / "alpha.png")
+    assert np.asarray(inpaint.read_mask(tmp_path / "alpha.png"))[:, 0].tolist() == [255] * 2 + [0] * 6
+    opaque = Image.new("RGBA", (8, 8), (255, 255, 255, 255))  # (opaque everywhere: by its colours)
+    opaque.paste((0, 0, 0, 255), (0, 0, 8, 4))
+    opaque.save(tmp_path / "opaque.png")
+    assert np.asarray(inpaint.read_mask(tmp_path / "opaque.png"))[:, 0].tolist() == [0] * 4 + [255] * 4
+
+
+def test_the_mask_blur_is_a_gaussian_of_that_sigma_and_inversion_comes_first():
+    mask = _square_mask((40, 40), (20, 0, 40, 40))
+    blurred = np.asarray(inpaint.blur(mask, 4)).astype(int)
+    row = blurred[5]
+    # (the edge between pixels 19 and 20: a Gaussian of sigma 4 half a pixel from its middle has 45% on one side)
+    assert row[0] == 0 and row[-1] == 255 and row[19] == 115 and row[20] == 140
+    assert (np.diff(row) >= 0).all() and (blurred == row).all()  # (along the width only: every row alike)
+    assert np.array_equal(np.asarray(inpaint.blur(mask, 0)), np.asarray(mask))
+    flipped = np.asarray(Inpaint(mask, blur=4, invert=True).for_picture((40, 40))).astype(int)
+    assert np.abs(flipped - (255 - blurred)).max() <= 1
+
+
+def test_fill_paints_the_masked_part_from_the_colours_around_it_and_latent_fills_replace_its_latents():
+    picture = Image.new("RGB", (32, 32), (200, 20, 20))
+    picture.paste((0, 0, 255), (8, 8, 24, 24))
+    filled = np.asarray(inpaint.fill(picture, _square_mask())).astype(int)
+    assert np.abs(filled[16, 16] - [200, 20, 20]).max() <= 2  # (the blue square gone: the red around it)
+    latents, noise = torch.ones(1, 4, 4, 4), torch.full((1, 4, 4, 4), 7.0)
+    redraw = torch.zeros(1, 1, 4, 4)
+    redraw[..., 1:3, 1:3] = 1
+    assert inpaint.start_latents(latents, redraw, "original", noise).equal(latents)
+    assert inpaint.start_latents(latents, redraw, "latent-nothing", noise)[0, 0].tolist()[1] == [1, 0, 0, 1]
+    assert inpaint.start_latents(latents, redraw, "latent-noise", noise)[0, 0].tolist()[1] == [1, 7, 7, 1]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"mask": "m.png"}, r"--mask m.png masks a picture: give the picture to redraw with --init-image"),
+    ({"init_image": __file__, "mask": "nowhere.png"}, r"--mask nowhere.png does not exist"),
+    ({"mask_blur": 8, "inpaint_fill": "fill"}, r"--mask-blur and --inpaint-fill set inpainting, which --mask turns"),
+    ({"mask_invert": True}, r"--mask-invert set inpainting, which --mask turns on"),
+    ({"init_image": __file__, "mask": __file__, "mask_blur": -1}, r"--mask-blur must be 0 or more pixels, got -1"),
+    ({"init_image": __file__, "mask": __file__, "masked_padding": 8}, r"--masked-padding widens the box --inpaint-"),
+    ({"init_image": __file__, "mask": __file__, "inpaint_fill": "noise"}, r"--inpaint-fill 'noise' is not one of"),
+])
+def test_mask_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        GenerateConfig(prompt=["a dog"], **settings).validate()
+
+
+def test_a_bad_mask_is_said_before_the_model_loads(tmp_path, monkeypatch):
+    from textinv import generate as generate_module
+
+    _picture().save(tmp_path / "room.png")
+    (tmp_path / "bad.png").write_bytes(b"not a picture")
+    Image.new("L", (32, 32), 0).save(tmp_path / "black.png")
+    Image.new("L", (32, 32), 255).save(tmp_path / "white.png")
+    monkeypatch.setattr(generate_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+
+    def draw(mask, **settings):
+        generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "room.png"), mask=str(tmp_path / mask),
+                                out=str(tmp_path / "o"), **settings), progress=False)
+
+    with pytest.raises(ConfigError, match=r"--mask .*bad.png cannot be read: .*give a picture, white where"):
+        draw("bad.png")
+    with pytest.raises(ConfigError, match=r"--mask .*black.png has nothing white: nothing would be redrawn"):
+        draw("black.png")
+    with pytest.raises(ConfigError, match=r"--mask .*white.png has nothing black \(--mask-invert"):
+        draw("white.png", mask_invert=True)
+
+
+def test_kohyas_mask_path_is_answered_with_mask():
+    from textinv.foreign import foreign_hint
+
+    assert "textinv calls it --mask" in foreign_hint("--mask_path", "generate")

@@ -1,0 +1,267 @@
+"""Inpainting (`generate --init-image PICTURE --mask MASK`): the img2img pass of `refine` redrawing only where the
+mask is white, as the A1111 web UI's img2img "Inpaint upload" draws it (modules/processing.py,
+StableDiffusionProcessingImg2Img.init and sample).
+
+The mask is read as the web UI reads an uploaded one (`read_mask`): its transparency where it has any, else its
+luminance, each made black or white at 128; then inverted (`--mask-invert`, the web UI's "Inpaint not masked") and
+blurred (`--mask-blur`, a Gaussian of that sigma, `blur`). Then, per picture:
+
+- the latent mask is the blurred mask at the latents' size, rounded to 0 or 1: at every sampling step the kept
+  latents are put back from the init picture's, noised to the step's level with the pass's own noise (as diffusers'
+  StableDiffusionInpaintPipeline does; the web UI puts the init latents back into each step's denoised estimate,
+  which is the same place at the end), and after the last step the kept latents are the init picture's own;
+- after decoding, the init picture is pasted back over the drawn one through the blurred mask (whole picture: the
+  mask doubled, so the redrawn part is drawn up to the blur's middle), so a pixel the mask keeps is the init
+  picture's exactly;
+- `--inpaint-fill` is the web UI's "Masked content": original (the picture as it is), fill (the masked part
+  painted from the colours around it, `fill`), latent-noise (the masked latents the seed's noise), latent-nothing
+  (zeros there);
+- `--inpaint-area masked` is the web UI's "Only masked": the mask's bounding box, widened by `--masked-padding`
+  pixels and then to the proportions of the size drawn (`crop_box`), is cut out of the picture at its own size,
+  redrawn at the run's size and pasted back, so a small part of a large picture is redrawn with all the pixels.
+
+An inpainting model (a UNet of 9 input channels, sd-v1-5-inpainting) also reads the mask and the masked picture's
+latents at every step, laid after the latents as diffusers' StableDiffusionInpaintPipeline and the web UI lay them:
+[latents (4), mask (1), masked picture's latents (4)] (`conditioning_hook`).
+
+>>> mask = Image.new("L", (100, 50)); mask.paste(255, (90, 10, 100, 20))
+>>> crop_box(mask, 0, (20, 10))  # (its box, twice as wide as tall as the size drawn, inside the picture)
+(80, 10, 100, 20)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+from .data import _fit, load_image_and_alpha, prepare_image
+from .errors import ConfigError, DataError
+
+FILLS = ("original", "fill", "latent-noise", "latent-nothing")
+AREAS = ("whole", "masked")
+MASK_BLUR = 4  # the web UI's default Mask blur
+MASKED_PADDING = 32  # and "Only masked padding, pixels"
+# the web UI's "Masked content" labels (it writes none for original)
+FILL_LABELS = {"fill": "fill", "latent-noise": "latent noise", "latent-nothing": "latent nothing"}
+
+
+@dataclass(frozen=True)
+class Inpaint:
+    """A mask and how it is applied: `mask` as `read_mask` gives it (L, 0 or 255, white redrawn), not yet inverted
+    or blurred; the rest as the `--mask-*`, `--inpaint-*` and `--masked-padding` settings."""
+
+    mask: Image.Image
+    blur: int = MASK_BLUR
+    fill: str = "original"
+    invert: bool = False
+    area: str = "whole"
+    padding: int = MASKED_PADDING
+
+    def for_picture(self, size: tuple[int, int]) -> Image.Image:
+        """The mask fitted to a picture of `size` (W, H) as an init picture is fitted (its middle at the picture's
+        proportions), made 0 or 255 again, inverted if asked, then blurred: the web UI's mask, at the picture's
+        size."""
+        mask = _fit(self.mask, size, True).point(lambda v: 255 if v > 128 else 0)
+        if self.invert:
+            mask = mask.point(lambda v: 255 - v)
+        return blur(mask, self.blur)
+
+
+def read_mask(path: str | Path, invert: bool = False) -> Image.Image:
+    """The mask picture at `path` as an L picture of 0 (keep) and 255 (redraw), read as the web UI reads an
+    uploaded mask: a picture with transparency (an RGBA or LA PNG with any pixel not opaque) by its transparency
+    (opaque: redraw), any other by its luminance; above 128 is white. Refuses a file that is no picture and a mask
+    with nothing to redraw (nothing white, or, with `invert`, nothing black).
+
+    >>> read_mask("mask.png").mode  # doctest: +SKIP
+    'L'
+    """
+    try:
+        picture, alpha = load_image_and_alpha(path)
+    except DataError as e:
+        raise ConfigError(f"--mask {path} cannot be read: {e}; give a picture, white where it is redrawn") from None
+    source = alpha if alpha is not None and alpha.getextrema() != (255, 255) else picture.convert("L")
+    mask = source.point(lambda v: 255 if v > 128 else 0)
+    redrawn = 0 if invert else 255
+    if redrawn not in {v for v in mask.getextrema()}:
+        what = "black (--mask-invert redraws the black part)" if invert else "white"
+        raise ConfigError(f"--mask {path} has nothing {what}: nothing would be redrawn; paint the part to redraw "
+                          f"{'black' if invert else 'white'} (a transparent mask: opaque)")
+    return mask
+
+
+def blur(mask: Image.Image, sigma: int) -> Image.Image:
+    """`mask` (L) blurred as the web UI blurs it (OpenCV's GaussianBlur along each axis): a Gaussian of `sigma`
+    pixels over 2 int(2.5 sigma + 0.5) + 1 of them, the edges mirrored without repeating the edge pixel, rounded
+    back to 0-255. 0 leaves it as it is."""
+    if sigma <= 0:
+        return mask
+    size = 2 * int(2.5 * sigma + 0.5) + 1
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel /= kernel.sum()
+    values = np.array(mask, dtype=np.float64)
+    half = size // 2
+    # (numpy's "reflect" mirrors without the edge pixel, again and again where the picture is narrower than the pad)
+    rows = torch.from_numpy(np.pad(values, ((0, 0), (half, half)), mode="reflect"))[None, None]
+    values = F.conv2d(rows, kernel.view(1, 1, 1, size))[0, 0].numpy()
+    columns = torch.from_numpy(np.pad(values, ((half, half), (0, 0)), mode="reflect"))[None, None]
+    values = F.conv2d(columns, kernel.view(1, 1, size, 1))[0, 0]
+    return Image.fromarray(values.round().clamp(0, 255).numpy().astype(np.uint8), "L")
+
+
+def crop_box(mask: Image.Image, padding: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box (x1, y1, x2, y2) "Only masked" redraws: the bounding box of the (blurred) mask's non-black pixels,
+    `padding` pixels wider on each side within the picture, then widened (or made taller) about its middle to the
+    proportions of `size` (W, H), the size it is drawn at, kept inside the picture where it fits, as the web UI's
+    masking.get_crop_region and expand_crop_region do."""
+    x1, y1, x2, y2 = mask.getbbox()
+    width, height = mask.size
+    x1, y1, x2, y2 = max(x1 - padding, 0), max(y1 - padding, 0), min(x2 + padding, width), min(y2 + padding, height)
+    if (x2 - x1) / (y2 - y1) > size[0] / size[1]:
+        y1, y2 = _widened(y1, y2, int((x2 - x1) * size[1] / size[0] - (y2 - y1)), height)
+    else:
+        x1, x2 = _widened(x1, x2, int((y2 - y1) * size[0] / size[1] - (x2 - x1)), width)
+    return x1, y1, x2, y2
+
+
+def _widened(low: int, high: int, more: int, most: int) -> tuple[int, int]:
+    """The span low..high `more` pixels longer, half on each side, moved back inside 0..`most` (cut to it when it is
+    longer)."""
+    low, high = low - more // 2, high + more - more // 2
+    if high > most:
+        low, high = low - (high - most), most
+    if low < 0:
+        low, high = 0, high - low
+    return low, min(high, most)
+
+
+def fill(picture: Image.Image, mask: Image.Image) -> Image.Image:
+    """The web UI's "fill" (masking.fill): the masked part of `picture` (RGB) painted with the colours around it,
+    the kept part blurred ever less (radii 256 down to 0) and laid over it again and again, so each masked pixel
+    takes the colour of the kept ones nearest it."""
+    keep = mask.point(lambda v: 255 - v)
+    kept = Image.new("RGBA", picture.size)
+    kept.paste(picture.convert("RGBA"), mask=keep)  # (RGBA, see-through where masked)
+    painted = Image.new("RGBA", picture.size)
+    for radius, repeats in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
+        # blurred premultiplied, so the see-through part adds no colour, then laid over what is painted so far
+        blurred = kept.convert("RGBa").filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(repeats):
+            painted.alpha_composite(blurred)
+    return painted.convert("RGB")
+
+
+@dataclass
+class Prepared:
+    """One picture made ready for the pass: `picture`, what the pass redraws (the fitted picture, or the box's
+    part at the drawn size), with its masked part filled as asked; `redraw` (1, h, w), 1 where the latents are
+    redrawn; `pixel_mask` (1, H, W) of the drawn size, 1 where redrawn (an inpainting model's, unrounded); and
+    what `paste_back` lays the drawn picture into: `base` (the init picture at the output's size), `overlay` (L:
+    how much of the drawn picture shows), `box` (where it goes in `base`; None: all of it)."""
+
+    picture: Image.Image
+    redraw: torch.Tensor
+    pixel_mask: torch.Tensor
+    base: Image.Image
+    overlay: Image.Image
+    box: tuple[int, int, int, int] | None
+
+
+def prepare(inpaint: Inpaint, picture: Image.Image, size: tuple[int, int], factor: int) -> Prepared:
+    """`picture` (RGB, at its own size) and the mask made ready to redraw at `size` (W, H) with latents `factor`
+    times smaller, as the web UI's whole-picture or only-masked inpainting."""
+    mask = inpaint.for_picture(picture.size)
+    if inpaint.area == "masked":
+        box = crop_box(mask, inpaint.padding, size)
+        base, overlay = picture, mask
+        drawn, drawn_mask = _fit(picture.crop(box), size, True), _fit(mask.crop(box), size, True)
+    else:
+        box = None
+        base, drawn_mask = _fit(picture, size, True), _fit(mask, size, True)
+        drawn = base
+        overlay = drawn_mask.point(lambda v: min(2 * v, 255))  # (the web UI doubles it: redrawn up to the middle)
+    if inpaint.fill == "fill":
+        drawn = fill(drawn, drawn_mask)
+    latent_size = (size[0] // factor, size[1] // factor)
+    # (the web UI resizes it as an RGB picture, Pillow's default bicubic, then rounds)
+    redraw = np.array(drawn_mask.convert("RGB").resize(latent_size), dtype=np.float32)[..., 0] / 255
+    pixel_mask = torch.from_numpy(np.array(drawn_mask, dtype=np.float32) / 255)[None]
+    return Prepared(drawn, torch.from_numpy(redraw.round())[None], pixel_mask, base, overlay, box)
+
+
+def paste_back(drawn: Image.Image, prepared: Prepared) -> Image.Image:
+    """The drawn picture laid into the init picture: resized into its box (only masked), then the init picture
+    laid over it where the mask keeps it (through the blurred mask, so the seam is soft)."""
+    whole = prepared.base.copy()
+    if prepared.box is not None:
+        x1, y1, x2, y2 = prepared.box
+        whole.paste(_fit(drawn, (x2 - x1, y2 - y1), True), (x1, y1))
+    else:
+        whole = drawn
+    shown = np.array(prepared.overlay, dtype=np.float32)[..., None] / 255  # (H, W, 1): the drawn picture's share
+    mixed = np.array(whole, dtype=np.float32) * shown + np.array(prepared.base, dtype=np.float32) * (1 - shown)
+    return Image.fromarray(mixed.round().clip(0, 255).astype(np.uint8), "RGB")
+
+
+def start_latents(latents: torch.Tensor, redraw: torch.Tensor, fill_as: str, noise: torch.Tensor) -> torch.Tensor:
+    """The init latents (B, C, h, w) the pass starts from: with latent-noise the masked part is the pass's `noise`,
+    with latent-nothing zeros, as the web UI's; `redraw` (B, 1, h, w): 1 where redrawn."""
+    if fill_as == "latent-noise":
+        return latents * (1 - redraw) + noise.to(latents) * redraw
+    if fill_as == "latent-nothing":
+        return latents * (1 - redraw)
+    return latents
+
+
+def blend_step(init: torch.Tensor, noise: torch.Tensor, redraw: torch.Tensor):
+    """A `callback_on_step_end` for diffusers' img2img pipeline that puts the kept latents back after each step:
+    the init latents `init` (B, C, h, w) noised with `noise` to the next step's level (the scheduler's own
+    `add_noise`), after the last step as they are; `redraw` (B, 1, h, w): 1 where the pass draws."""
+    def blend(pipe, i, t, tensors):
+        latents = tensors["latents"]
+        timesteps = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) - pipe.num_timesteps:]
+        kept = init.to(latents)
+        if i + 1 < len(timesteps):
+            kept = pipe.scheduler.add_noise(kept, noise.to(latents), timesteps[i + 1:i + 2])
+        mask = redraw.to(latents)
+        return {"latents": kept * (1 - mask) + latents * mask}
+
+    return blend
+
+
+def conditioning_hook(unet, pixel_masks: torch.Tensor, pixels: torch.Tensor, encode):
+    """A hook giving an inpainting model's UNet (9 input channels) at each call the mask and the masked picture's
+    latents after the latents, [latents, mask, masked latents], as diffusers' StableDiffusionInpaintPipeline and
+    the web UI give them: the mask (B, 1, H, W) rounded to 0 or 1 and scaled to the latents' size (nearest), the
+    picture (B, 3, H, W in [-1, 1]) grey (0) where redrawn, encoded (`encode`). A call's rows are the pictures' in
+    turn (uncond and cond under guidance)."""
+    mask = pixel_masks.round()
+    masked = encode(pixels * (1 - mask))  # (B, 4, h, w)
+    mask = F.interpolate(mask, size=masked.shape[-2:])  # (B, 1, h, w)
+    extra = torch.cat([mask.to(masked), masked], dim=1)
+
+    def add(module, args, kwargs):
+        args = list(args)
+        sample = args[0] if args else kwargs["sample"]
+        if sample.shape[1] != 4:
+            return None
+        rows = torch.arange(sample.shape[0]) % extra.shape[0]
+        sample = torch.cat([sample, extra[rows].to(sample)], dim=1)
+        if args:
+            args[0] = sample
+        else:
+            kwargs = {**kwargs, "sample": sample}
+        return tuple(args), kwargs
+
+    return unet.register_forward_pre_hook(add, with_kwargs=True)
+
+
+def prepared_pixels(prepared: list[Prepared], size: tuple[int, int]) -> torch.Tensor:
+    """The pictures the pass redraws (B, 3, H, W) in [-1, 1]."""
+    return torch.stack([prepare_image(p.picture, 0, size=size) for p in prepared])
