@@ -172,3 +172,87 @@ def test_kohyas_mask_path_is_answered_with_mask():
     from textinv.foreign import foreign_hint
 
     assert "textinv calls it --mask" in foreign_hint("--mask_path", "generate")
+
+
+def _files(tmp_path, size=(32, 32)):
+    _picture(size).save(tmp_path / "room.png")
+    _square_mask(size, (8, 8, 24, 24)).save(tmp_path / "mask.png")
+    return str(tmp_path / "room.png"), str(tmp_path / "mask.png")
+
+
+def test_an_inpainted_pictures_text_is_the_web_uis_and_again_redraws_it_bit_for_bit(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    room, mask = _files(tmp_path)
+    paths = generate(GenerateConfig(prompt=["a dog"], n=2, steps=3, model=str(sd1_dir), init_image=room, mask=mask,
+                                    metadata="full", out=str(tmp_path / "a")), progress=False)
+    text = Image.open(paths[1]).text
+    assert "Denoising strength: 0.75, Mask blur: 4\n" in text["parameters"] + "\n"
+    record = json.loads(text[RECORD_KEY])
+    assert {k: record["settings"][k] for k in ("mask", "mask_blur", "inpaint_fill", "mask_invert", "inpaint_area",
+                                               "masked_padding")} == {
+        "mask": mask, "mask_blur": 4, "inpaint_fill": "original", "mask_invert": False, "inpaint_area": "whole",
+        "masked_padding": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the same files: nothing to say)
+        config, keep = again_config(paths[1], {"out": str(tmp_path / "b")})
+    again = generate(config, keep_seeds=keep, progress=False)
+    assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(paths[1])))
+    _square_mask((32, 32), (0, 0, 8, 8)).save(mask)
+    with pytest.warns(UserWarning, match=r"drawn from other contents of .*mask.png \(--mask"):
+        again_config(paths[1], {"out": str(tmp_path / "c")})
+
+
+def test_only_masked_and_the_other_settings_are_written_as_the_web_ui_writes_them(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    room, mask = _files(tmp_path, (48, 32))
+    path = generate(GenerateConfig(prompt=["a dog"], n=1, steps=2, width=16, height=16, model=str(sd1_dir),
+                                   init_image=room, mask=mask, mask_blur=0, inpaint_fill="fill", mask_invert=True,
+                                   inpaint_area="masked", masked_padding=8, out=str(tmp_path / "a")),
+                    progress=False)[0]
+    assert Image.open(path).size == (48, 32)  # (pasted back into the picture at its own size)
+    text = Image.open(path).text["parameters"]
+    assert "Mask blur" not in text  # (the web UI writes it only above 0)
+    assert text.endswith(f"Size: 16x16, Model: {sd1_dir.name}, Denoising strength: 0.75, Mask mode: Inpaint not "
+                         f"masked, Masked content: fill, Inpaint area: Only masked, Masked area padding: 8")
+    with pytest.raises(ConfigError, match=r"--init-image with where room.png is; --mask with where mask.png is"):
+        again_config(path, {"out": str(tmp_path / "b"), "model": str(sd1_dir)})
+    config, _ = again_config(path, {"out": str(tmp_path / "b"), "model": str(sd1_dir), "init_image": room,
+                                    "mask": mask})
+    assert (config.mask_blur, config.inpaint_fill, config.mask_invert, config.inpaint_area, config.masked_padding) \
+        == (0, "fill", True, "masked", 8)
+    # the hires fix instead: no picture, so no mask either
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config, _ = again_config(path, {"out": str(tmp_path / "c"), "hires_scale": 2.0, "model": str(sd1_dir)})
+    assert (config.init_image, config.mask, config.mask_blur, config.inpaint_area) == (None, None, None, None)
+
+
+def test_again_reads_a_web_ui_inpainted_picture_with_its_mask_or_says_it_needs_one(sd1_dir, tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import again_config
+
+    room, mask = _files(tmp_path)
+
+    def picture(fields):
+        info = PngInfo()
+        info.add_text("parameters", f"a cat\nSteps: 4, Seed: 3, Size: 32x32, Denoising strength: 0.5{fields}")
+        Image.new("RGB", (8, 8)).save(tmp_path / "w.png", pnginfo=info)
+        return tmp_path / "w.png"
+
+    inpainted = picture(", Mask blur: 8, Mask mode: Inpaint not masked, Masked content: latent noise, Inpaint area: "
+                        "Only masked, Masked area padding: 16")
+    flags = {"model": str(sd1_dir), "init_image": room}
+    config, _ = again_config(inpainted, {**flags, "mask": mask})
+    assert (config.mask, config.mask_blur, config.mask_invert, config.inpaint_fill, config.inpaint_area,
+            config.masked_padding) == (mask, 8, True, "latent-noise", "masked", 16)
+    with pytest.warns(UserWarning, match=r"inpainted by the web UI through a mask its text does not hold: give it "
+                                         r"with --mask"):
+        config, _ = again_config(inpainted, flags)
+    assert (config.mask, config.mask_blur, config.inpaint_area, config.init_image) == (None, None, None, room)
+    # an img2img picture without the field: the web UI's Mask blur was 0 (it writes it above 0 only)
+    config, _ = again_config(picture(""), {**flags, "mask": mask})
+    assert (config.mask_blur, config.inpaint_fill, config.inpaint_area) == (0, None, None)
+

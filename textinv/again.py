@@ -16,7 +16,8 @@ What a picture's text can hold, and how each is read:
   enlargement is Lanczos's here); its TI hashes check the
   --embedding files given (`_check_ti_hashes`), its Lora hashes the LoRA files the prompt's tags find in --lora-dir
   (`_check_lora_hashes`). An img2img picture is drawn from its picture when --init-image gives it, else from the
-  prompt alone. The rest (Model, Model hash, VAE, Hires checkpoint, ...) cannot be applied and is named in a warning;
+  prompt alone; an inpainted one's Mask blur, Mask mode, Masked content, Inpaint area and Masked area padding apply
+  when --mask gives its mask (`_a1111_mask`), else it is redrawn whole, with a warning. The rest (Model, Model hash, VAE, Hires checkpoint, ...) cannot be applied and is named in a warning;
   the model must be given (--model), and a sampler textinv does not have must be chosen (--sampler).
   The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
 - ComfyUI's graph, its `prompt` text (the API format: {node id: {"class_type", "inputs"}}, an input from another node
@@ -54,14 +55,16 @@ from .config import GenerateConfig, build, typed_settings
 from .emphasis import as_words, lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
-from .generate import EMBEDDING_SUFFIXES, HIRES_SETTINGS, file_digest, hash_name, lora_files, lora_sha256
+from .generate import (EMBEDDING_SUFFIXES, HIRES_SETTINGS, MASK_SETTINGS, file_digest, hash_name, lora_files,
+                       lora_sha256)
 from .hub import hub_reference
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
-_RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "init_image_sha256", "by_name")
+_RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "init_image_sha256", "mask_sha256",
+                  "by_name")
 _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
@@ -69,7 +72,8 @@ _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance"
 _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "TI hashes",
                "Lora hashes", "Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
                "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
-               "Variation seed strength", "Tiling", "Emphasis")
+               "Variation seed strength", "Tiling", "Emphasis", "Mask blur", "Mask mode", "Masked content",
+               "Inpaint area", "Masked area padding")
 
 
 @dataclass
@@ -88,11 +92,13 @@ class Picture:
     ti_hashes: dict[str, str] = field(default_factory=dict)  # the web UI's "TI hashes": name -> short SHA-256
     lora_hashes: dict[str, str] = field(default_factory=dict)  # its "Lora hashes": name -> short hash (lora_sha256)
     init_digest: str | None = None  # the --init-image's SHA-256 when drawn
+    mask_digest: str | None = None  # and its --mask's
     # an img2img picture whose init picture its text does not hold: what is said, and the settings that change (None:
     # dropped), when it is drawn without one (--init-image not given: from the prompt alone), and what is said with one
     without_init: list[str] = field(default_factory=list)
     text_only: dict[str, Any] = field(default_factory=dict)
     with_init: list[str] = field(default_factory=list)
+    without_mask: list[str] = field(default_factory=list)  # what is said of an inpainted picture drawn without --mask
 
 
 def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfig, set[int] | None]:
@@ -133,9 +139,15 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         settings.pop("token", None)
     if not (flags.get("init_image") or settings.get("init_image") or _hires({**settings, **flags})):
         settings.pop("denoise", None)  # (a web UI img2img picture redrawn from text: its denoise has nothing to do)
+    if not (flags.get("mask") or settings.get("mask")):  # (no mask to apply them to: redrawn whole, or from text)
+        for name in MASK_SETTINGS:
+            settings.pop(name, None)
+        for note in picture.without_mask if not from_text else []:
+            warnings.warn(note, stacklevel=2)
     _check_still_there(picture, settings, flags)
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
     _check_init_unchanged(picture, flags.get("init_image", settings.get("init_image")))
+    _check_init_unchanged(picture, flags.get("mask", settings.get("mask")), "mask")
     _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []))
     _check_lora_hashes(picture, _prompts(flags, settings), flags.get("lora_dir", []))
     keep = None
@@ -183,7 +195,7 @@ def _replaced(flags: dict[str, Any], settings: dict[str, Any]) -> set[str]:
     from one pass to the other its --denoise too (the other pass's, whose default then applies)."""
     gone: set[str] = set()
     if _hires(flags):
-        gone |= {*_HIRES_SIZE, "init_image"} | ({"denoise"} if settings.get("init_image") else set())
+        gone |= {*_HIRES_SIZE, "init_image", *MASK_SETTINGS} | ({"denoise"} if settings.get("init_image") else set())
     if flags.get("init_image"):
         gone |= set(HIRES_SETTINGS) | ({"denoise"} if _hires(settings) else set())
     if "variation_strength" in flags and not flags["variation_strength"]:
@@ -320,9 +332,10 @@ def _from_record(path: Path, text: str) -> Picture:
     digests = digests if isinstance(digests, list) else []
     by_name = record.get("by_name")
     by_name = [k for k in by_name if k in settings] if isinstance(by_name, list) else []
-    init = record.get("init_image_sha256")
+    init, mask = record.get("init_image_sha256"), record.get("mask_sha256")
     return Picture(path, "textinv", settings, batch, version, digests, by_name=by_name,
-                   init_digest=init if isinstance(init, str) else None)
+                   init_digest=init if isinstance(init, str) else None,
+                   mask_digest=mask if isinstance(mask, str) else None)
 
 
 def _from_old_keys(path: Path, text: dict[str, str]) -> Picture:
@@ -406,7 +419,8 @@ def _from_a1111(path: Path, text: str) -> Picture:
                       f"cannot find a model by the web UI's name or hash: give it with --model (its file or folder)")
     _a1111_sampler(path, fields, False, settings, needs)
     without_init: list[str] = []
-    _a1111_passes(path, fields, settings, needs, notes, without_init)
+    without_mask: list[str] = []
+    _a1111_passes(path, fields, settings, needs, notes, without_init, without_mask)
     unused = [k for k in fields if k not in _A1111_USED]
     if unused:
         notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
@@ -414,6 +428,7 @@ def _from_a1111(path: Path, text: str) -> Picture:
                       f"and the like textinv does not do); its samplers and noise are diffusers', so expect a "
                       f"picture close to the web UI's, not the same pixels")
     return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes, without_init=without_init,
+                   without_mask=without_mask,
                    ti_hashes=parse_webui_hashes(fields.get("TI hashes", "")),
                    lora_hashes=parse_webui_hashes(fields.get("Lora hashes", "")))
 
@@ -444,11 +459,12 @@ def _number(text: str) -> float | None:
 
 
 def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], needs: dict[str, str],
-                  notes: list[str], without_init: list[str]) -> None:
+                  notes: list[str], without_init: list[str], without_mask: list[str]) -> None:
     """The web UI's hires fix and img2img fields into `settings` (`Denoising strength`, `Hires upscale` or
     `Hires resize`, `Hires steps`, `Hires upscaler`, `Hires sampler`, `Hires prompt`, `Hires negative prompt`: the
     web UI writes these two only where they differ from the picture's), what cannot be read into `needs`, what is
-    drawn otherwise into `notes` (an img2img picture drawn without its picture: `without_init`)."""
+    drawn otherwise into `notes` (an img2img picture drawn without its picture: `without_init`; an inpainted one
+    without its mask: `without_mask`)."""
     if "Denoising strength" in fields:
         settings["denoise"] = fields["Denoising strength"]
     if "Hires upscale" in fields and _number(fields["Hires upscale"]) == 1:  # (an enlargement by 1: no second pass)
@@ -478,6 +494,25 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
     if "Denoising strength" in fields and not ({"Hires upscale", "Hires resize"} & set(fields)):
         without_init.append(f"{path} was drawn by the web UI's img2img from a picture of its own, which its text "
                             f"does not hold: give that picture with --init-image, or it is drawn from the prompt alone")
+        _a1111_mask(path, fields, settings, without_mask)
+
+
+def _a1111_mask(path: Path, fields: dict[str, str], settings: dict[str, Any], without_mask: list[str]) -> None:
+    """The web UI's inpainting fields of an img2img picture into `settings`, applied where --mask is given: Mask blur
+    (written only above 0: none is 0), Mask mode, Masked content, Inpaint area and Masked area padding; an
+    inpainted picture (one of them written) is said to need its mask."""
+    settings["mask_blur"] = fields.get("Mask blur", "0")
+    if fields.get("Mask mode", "").strip().lower() == "inpaint not masked":
+        settings["mask_invert"] = True
+    content = fields.get("Masked content", "").strip().lower()
+    if content in ("fill", "latent noise", "latent nothing"):
+        settings["inpaint_fill"] = content.replace(" ", "-")
+    if fields.get("Inpaint area", "").strip().lower() == "only masked":
+        settings["inpaint_area"] = "masked"
+        settings["masked_padding"] = fields.get("Masked area padding", "32")
+    if {"Mask blur", "Mask mode", "Masked content", "Inpaint area"} & set(fields):
+        without_mask.append(f"{path} was inpainted by the web UI through a mask its text does not hold: give it with --mask "
+                     f"(and the picture with --init-image), or the whole picture is redrawn")
 
 
 def parse_webui_hashes(text: str) -> dict[str, str]:
@@ -1256,15 +1291,16 @@ def _check_unchanged(picture: Picture, files: list[str]) -> None:
                       f"or replaced since): the redraw uses the file as it is now, so it will differ", stacklevel=3)
 
 
-def _check_init_unchanged(picture: Picture, init_image: str | None) -> None:
-    """Warn of an --init-image whose bytes are not those the picture was drawn from (replaced at its path, or
-    another picture given for it): the redraw then starts from another picture."""
-    if not picture.init_digest or not init_image or not Path(init_image).expanduser().is_file():
+def _check_init_unchanged(picture: Picture, init_image: str | None, name: str = "init_image") -> None:
+    """Warn of an --init-image (`name` "mask": a --mask) whose bytes are not those the picture was drawn from
+    (replaced at its path, or another picture given for it): the redraw then starts from another picture."""
+    digest = picture.mask_digest if name == "mask" else picture.init_digest
+    if not digest or not init_image or not Path(init_image).expanduser().is_file():
         return
-    if hashlib.sha256(Path(init_image).expanduser().read_bytes()).hexdigest() != picture.init_digest:
-        warnings.warn(f"{picture.path} was drawn from other contents of {init_image} (--init-image; the picture was "
-                      f"replaced since, or another given for it): the redraw starts from it as it is now, so it will "
-                      f"differ", stacklevel=3)
+    if hashlib.sha256(Path(init_image).expanduser().read_bytes()).hexdigest() != digest:
+        warnings.warn(f"{picture.path} was drawn from other contents of {init_image} (--{name.replace('_', '-')}; "
+                      f"the picture was replaced since, or another given for it): the redraw starts from it as it is "
+                      f"now, so it will differ", stacklevel=3)
 
 
 def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str]) -> None:

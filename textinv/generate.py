@@ -1257,6 +1257,7 @@ def _mask_record(config: GenerateConfig) -> dict:
 # model's name or a hub id)
 _PATH_SETTINGS = {"model": False, "embedding": True, "lora_dir": True, "vae": False, "single_file_config": False,
                   "init_image": True, "mask": True}
+MASK_SETTINGS = ("mask", "mask_blur", "inpaint_fill", "mask_invert", "inpaint_area", "masked_padding")
 HIRES_SETTINGS = ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_upscaler", "hires_sampler",
                   "hires_prompt", "hires_negative_prompt")
 
@@ -1416,7 +1417,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                     warned.add(drawn)
                     _warn_large(model, drawn)
                 shared = _record(config, model, steps, guidance, clip_skip, width, height, source)
-                text = _Text(prompt, expanded, shared, hashes, recorded_sums, hires, source)
+                text = _Text(prompt, expanded, shared, hashes, recorded_sums, hires, source,
+                             Path(config.mask) if config.mask else None)
                 for start in range(0, config.n, config.batch_size):  # a few images per call bounds the memory
                     chunk = seeds[start:start + config.batch_size]
                     where.batch, (where.width, where.height) = len(chunk), drawn
@@ -1446,7 +1448,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
 class _Text:
     """What the PNG text of a prompt's pictures from one --init-image picture (or none) is made of: the `prompt` as
     given and `expanded`, `_record`'s settings (`shared`, reduced by `shareable_record` under --metadata shareable),
-    the web UI's `hashes`, the embeddings' SHA-256 (`sums`), the hires fix and the init picture (None: none)."""
+    the web UI's `hashes`, the embeddings' SHA-256 (`sums`), the hires fix, the init picture and its --mask (None:
+    none)."""
 
     prompt: str
     expanded: str
@@ -1455,6 +1458,7 @@ class _Text:
     sums: list
     hires: Hires | None
     source: Path | None
+    mask: Path | None = None
 
     def __post_init__(self):
         self.by_name: list[str] = []  # the settings recorded by name only, which --again asks for
@@ -1462,6 +1466,7 @@ class _Text:
             self.shared, self.by_name = shareable_record(self.shared)
         # the init picture's SHA-256, so --again tells a file replaced at its path, as it tells an embedding's
         self.init_sum = hashlib.sha256(self.source.read_bytes()).hexdigest() if self.source is not None else None
+        self.mask_sum = hashlib.sha256(self.mask.read_bytes()).hexdigest() if self.mask is not None else None
 
     def png(self, config: GenerateConfig, seed: int, chunk: list[int]) -> PngInfo:
         """The text of the picture of `seed`, drawn in one pipeline call with the seeds `chunk`: each setting under
@@ -1472,6 +1477,7 @@ class _Text:
             settings["variation_seed"] = _variation_seed(config, seed)
         record = {"textinv_version": __version__, "batch_seeds": chunk, "settings": settings,
                   "embedding_sha256": self.sums, **({"init_image_sha256": self.init_sum} if self.init_sum else {}),
+                  **({"mask_sha256": self.mask_sum} if self.mask_sum else {}),
                   **({"by_name": self.by_name} if self.by_name else {})}
         return png_text({"prompt": self.prompt, "expanded_prompt": self.expanded,
                          "negative_prompt": config.negative_prompt, "seed": seed, "steps": shared["steps"],
