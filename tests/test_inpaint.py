@@ -256,3 +256,65 @@ def test_again_reads_a_web_ui_inpainted_picture_with_its_mask_or_says_it_needs_o
     config, _ = again_config(picture(""), {**flags, "mask": mask})
     assert (config.mask_blur, config.inpaint_fill, config.inpaint_area) == (0, None, None)
 
+
+@pytest.fixture(scope="module")
+def inpainting_dir(tmp_path_factory):
+    """A tiny SD 1.x inpainting model: its UNet reads 9 channels, saved as diffusers saves sd-v1-5-inpainting."""
+    from diffusers import UNet2DConditionModel
+
+    from textinv.tiny import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-inpainting")
+    pipe = build_tiny_pipeline("sd1")
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})
+    pipe.save_pretrained(path)
+    index = json.loads((path / "model_index.json").read_text())
+    (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
+    return path
+
+
+def test_an_inpainting_model_reads_the_mask_then_the_masked_pictures_latents_after_the_latents(inpainting_dir,
+                                                                                               monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    from textinv.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"is an inpainting model; .*generate` draws with it from a picture"):
+        load_model(inpainting_dir)
+    model = load_model(inpainting_dir, inpainting=True)
+    seen, real = [], UNet2DConditionModel.forward
+    monkeypatch.setattr(UNet2DConditionModel, "forward",
+                        lambda self, sample, *a, **k: seen.append(sample.clone()) or real(self, sample, *a, **k))
+    init, mask = _picture(), _square_mask()
+    drawn = render(model, ["a dog"], [3], steps=3, width=32, height=32, start=[init], denoise=0.8,
+                   inpaint=Inpaint(mask, blur=0))[0]
+    white = np.asarray(mask) > 0
+    assert np.array_equal(np.asarray(drawn)[~white], np.asarray(init)[~white])
+    pixels = prepare_image(init, 0, size=(32, 32))[None]
+    pixel_mask = torch.from_numpy(white.astype(np.float32))[None, None]
+    masked = refine.encode(model.pipeline.vae, pixels * (1 - pixel_mask))  # (the picture grey where redrawn)
+    small = torch.nn.functional.interpolate(pixel_mask, size=masked.shape[-2:])
+    assert len(seen) == 3 and seen[0].shape[:2] == (2, 9)  # (uncond and cond rows)
+    for sample in seen:
+        assert torch.equal(sample[:, 4:5], small.expand(2, -1, -1, -1))
+        assert torch.allclose(sample[:, 5:], masked.expand(2, -1, -1, -1), atol=1e-6)
+    # without a mask the whole picture is redrawn, the masked picture all grey, as the web UI's img2img gives it
+    seen.clear()
+    render(model, ["a dog"], [3], steps=1, width=32, height=32, start=[init], denoise=0.8)
+    assert (seen[0][:, 4] == 1).all()
+    assert torch.allclose(seen[0][:, 5:], refine.encode(model.pipeline.vae, torch.zeros_like(pixels)), atol=1e-6)
+    with pytest.raises(ConfigError, match=r"is an inpainting model .*cannot draw from text"):
+        render(model, ["a dog"], [3], steps=1, width=32, height=32)
+
+
+def test_generate_loads_an_inpainting_model_for_an_init_picture_only(inpainting_dir, tmp_path):
+    from textinv.errors import ModelError
+
+    room, mask = _files(tmp_path)
+    paths = generate(GenerateConfig(prompt=["a dog"], n=1, steps=2, model=str(inpainting_dir), init_image=room,
+                                    mask=mask, out=str(tmp_path / "a")), progress=False)
+    assert Image.open(paths[0]).size == (16, 16)  # (the model's own area)
+    with pytest.raises(ModelError, match=r"is an inpainting model"):
+        generate(GenerateConfig(prompt=["a dog"], n=1, steps=2, model=str(inpainting_dir), out=str(tmp_path / "b")),
+                 progress=False)

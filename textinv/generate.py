@@ -939,7 +939,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         where.device, where.dtype = device, drawing_dtype(config.precision, device)
         model = load_model(config.model, dtype=where.dtype, device=device, prediction_type=config.prediction_type,
                            single_file_config=config.single_file_config, vae=config.vae, revision=config.revision,
-                           variant=config.variant)
+                           variant=config.variant, inpainting=bool(config.init_image))
     where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
     # (up to the first picture: a model passed in, or one loaded, takes the embeddings now, the LoRAs by prompt)
     what = " and ".join(name for name, given in (("the embeddings", embeddings), ("the LoRAs", loras)) if given)

@@ -60,10 +60,11 @@ _SINGLE_FILE_FAMILIES = {
     "playground-v2-5": "sdxl",
 }
 # single-file kinds that load as one of those families but are not the text-to-image model textinv trains on
+_INPAINTING = "an inpainting model"
 _NOT_TEXT_TO_IMAGE = {
-    "inpainting": "an inpainting model",
-    "inpainting_v2": "an inpainting model",
-    "xl_inpaint": "an inpainting model",
+    "inpainting": _INPAINTING,
+    "inpainting_v2": _INPAINTING,
+    "xl_inpaint": _INPAINTING,
     "xl_refiner": "an SDXL refiner",
 }
 
@@ -476,8 +477,9 @@ def checkpoint_family(path: str | os.PathLike) -> str:
     return _inspect_checkpoint(path)[0]
 
 
-def _inspect_checkpoint(path: str | os.PathLike):
-    """(family, keys) of a single-file checkpoint; keys maps its weight names to tensors or shapes."""
+def _inspect_checkpoint(path: str | os.PathLike, inpainting: bool = False):
+    """(family, keys) of a single-file checkpoint; keys maps its weight names to tensors or shapes. `inpainting`:
+    an inpainting model is taken too (`load_model`)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     path = Path(path)
@@ -497,7 +499,7 @@ def _inspect_checkpoint(path: str | os.PathLike):
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise ModelError(_not_a_checkpoint(path, keys))
     kind = infer_diffusers_model_type(keys)
-    if kind in _NOT_TEXT_TO_IMAGE:
+    if kind in _NOT_TEXT_TO_IMAGE and not (inpainting and _NOT_TEXT_TO_IMAGE[kind] == _INPAINTING):
         raise ModelError(_not_text_to_image(path, _NOT_TEXT_TO_IMAGE[kind]))
     family = _SINGLE_FILE_FAMILIES.get(kind)
     if family is None:
@@ -536,7 +538,8 @@ def _embedding_given(path) -> str:
 
 def _not_text_to_image(location, what: str) -> str:
     return (f"{location} is {what}; textinv needs a base text-to-image model (such as stable-diffusion-v1-5 or "
-            f"stable-diffusion-xl-base-1.0)")
+            f"stable-diffusion-xl-base-1.0)" + ("; `textinv generate` draws with it from a picture (--init-image, "
+                                                "with --mask for the part to redraw)" if what == _INPAINTING else ""))
 
 
 def _index_family(folder: Path) -> str | None:
@@ -708,10 +711,12 @@ def load_model(
     vae: str | os.PathLike | None = None,
     revision: str | None = None,
     variant: str | None = None,
+    inpainting: bool = False,
 ) -> Model:
     """Load an SD 1.x/2.x/XL pipeline from a bundled name, diffusers folder, single file or hub id; all frozen.
     `revision` (a hub id's branch, tag or commit) and `variant` (its weights' variant, "fp16"; a folder's too) are
-    diffusers' `from_pretrained(revision=, variant=)`.
+    diffusers' `from_pretrained(revision=, variant=)`. `inpainting`: an inpainting model (a UNet that also reads a
+    mask and a masked picture, sd-v1-5-inpainting) is taken too, for `generate --init-image`.
 
     >>> model = load_model("shapes")            # doctest: +SKIP
     >>> model.family, model.resolution          # doctest: +SKIP
@@ -743,7 +748,7 @@ def load_model(
         if suffix.lower() == ".safetensors" and suffix != ".safetensors":
             raise ModelError(f"{location}: diffusers reads a file as safetensors only by a lower-case suffix; rename "
                              f"it to {Path(location).with_suffix('.safetensors').name}")
-        family, keys = _inspect_checkpoint(location)
+        family, keys = _inspect_checkpoint(location, inpainting)
         if single_file_config is not None:
             single_file_config = _check_single_file_config(single_file_config, family)
         file_prediction, zero_snr = checkpoint_prediction(location, keys)
@@ -830,7 +835,7 @@ def load_model(
         raise ModelError(f"cannot load model {location!r}: {type(e).__name__}: {_first_line(e)}.{hint}") from e
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise ModelError(f"{location} is a {type(pipe).__name__}; textinv trains Stable Diffusion 1.x, 2.x and XL")
-    _check_text_to_image(pipe, location)
+    _check_text_to_image(pipe, location, inpainting)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # it is not part of what we train or judge
     is_xl = isinstance(pipe, StableDiffusionXLPipeline)
@@ -1000,16 +1005,19 @@ def _folder_family(folder: Path) -> str | None:
     return family_for_widths((width,)) if isinstance(width, int) else None
 
 
-def _check_text_to_image(pipe, location: str) -> None:
+def _check_text_to_image(pipe, location: str, inpainting: bool = False) -> None:
     """Refuse pipelines that load as SD/SDXL but are not the text-to-image model: an SDXL refiner (no first text
-    encoder), an inpainting or other image-conditioned UNet (more input channels than the VAE's latents)."""
+    encoder), an inpainting (unless `inpainting`) or other image-conditioned UNet (more input channels than the VAE's
+    latents)."""
     if pipe.text_encoder is None or pipe.tokenizer is None:
         if getattr(pipe, "text_encoder_2", None) is not None:
             raise ModelError(_not_text_to_image(location, "an SDXL refiner (it has only text_encoder_2)"))
         raise ModelError(f"{location} has no text encoder or tokenizer; textinv needs a complete text-to-image model")
     channels, latents = pipe.unet.config.in_channels, pipe.vae.config.latent_channels
     if channels == 2 * latents + 1:  # noisy latents + masked-image latents + mask
-        raise ModelError(_not_text_to_image(location, "an inpainting model"))
+        if inpainting:
+            return
+        raise ModelError(_not_text_to_image(location, _INPAINTING))
     if channels != latents:
         raise ModelError(_not_text_to_image(
             location, f"an image-conditioned model (its UNet takes {channels} input channels, the VAE makes {latents}; "
