@@ -318,3 +318,15 @@ def test_generate_loads_an_inpainting_model_for_an_init_picture_only(inpainting_
     with pytest.raises(ModelError, match=r"is an inpainting model"):
         generate(GenerateConfig(prompt=["a dog"], n=1, steps=2, model=str(inpainting_dir), out=str(tmp_path / "b")),
                  progress=False)
+
+
+def test_a_mask_whose_middle_is_all_kept_is_refused_for_a_picture_of_other_proportions(tmp_path, monkeypatch):
+    from textinv import generate as generate_module
+
+    _picture((16, 32)).save(tmp_path / "tall.png")
+    _square_mask((32, 32), (0, 0, 4, 32)).save(tmp_path / "edge.png")  # (white at its left edge only)
+    monkeypatch.setattr(generate_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=r"--mask .*edge.png \(32x32\) redraws nothing of .*tall.png \(16x32\)"):
+        generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "tall.png"),
+                                mask=str(tmp_path / "edge.png"), out=str(tmp_path / "o")), progress=False)
+    assert inpaint.crop_box(Image.new("L", (8, 8)), 2, (8, 8)) == (0, 0, 8, 8)  # (none left: the whole picture)

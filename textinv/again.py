@@ -17,7 +17,8 @@ What a picture's text can hold, and how each is read:
   --embedding files given (`_check_ti_hashes`), its Lora hashes the LoRA files the prompt's tags find in --lora-dir
   (`_check_lora_hashes`). An img2img picture is drawn from its picture when --init-image gives it, else from the
   prompt alone; an inpainted one's Mask blur, Mask mode, Masked content, Inpaint area and Masked area padding apply
-  when --mask gives its mask (`_a1111_mask`), else it is redrawn whole, with a warning. The rest (Model, Model hash, VAE, Hires checkpoint, ...) cannot be applied and is named in a warning;
+  when --mask gives its mask (`_a1111_mask`), else it is redrawn whole, with a warning. The rest (Model, Model hash,
+  VAE, Hires checkpoint, ...) cannot be applied and is named in a warning;
   the model must be given (--model), and a sampler textinv does not have must be chosen (--sampler).
   The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
 - ComfyUI's graph, its `prompt` text (the API format: {node id: {"class_type", "inputs"}}, an input from another node
@@ -511,8 +512,8 @@ def _a1111_mask(path: Path, fields: dict[str, str], settings: dict[str, Any], wi
         settings["inpaint_area"] = "masked"
         settings["masked_padding"] = fields.get("Masked area padding", "32")
     if {"Mask blur", "Mask mode", "Masked content", "Inpaint area"} & set(fields):
-        without_mask.append(f"{path} was inpainted by the web UI through a mask its text does not hold: give it with --mask "
-                     f"(and the picture with --init-image), or the whole picture is redrawn")
+        without_mask.append(f"{path} was inpainted by the web UI through a mask its text does not hold: give it "
+                            f"with --mask (and the picture with --init-image), or the whole picture is redrawn")
 
 
 def parse_webui_hashes(text: str) -> dict[str, str]:

@@ -39,8 +39,8 @@ _KEEP = ("textinv saves by steps (--save-every N) and keeps the last --keep-chec
          "with --step-embeddings every saved step's embedding stays")
 _DDP = ("textinv runs data-parallel through accelerate launch with its defaults: no DeepSpeed, no DDP settings (a few "
         "vectors need no sharding)")
-_NO_TEXT_TO_IMAGE = ("textinv draws from text, redraws a picture (--init-image) or the part of it a mask marks (--mask): "
-                     "no ControlNet or guide image")
+_NO_TEXT_TO_IMAGE = ("textinv draws from text, redraws a picture (--init-image) or the part of it a mask marks "
+                     "(--mask): no ControlNet or guide image")
 _LORA = "write <lora:NAME:0.8> in the prompt and give the folder of LoRA files as --lora-dir"
 _CONSOLE = "textinv prints to the console (warnings to stderr) and writes loss.csv in --out; no log settings"
 _LOG_NAME = ("textinv names the run after its --out folder: TensorBoard's folder in --log-dir, with no prefix or "

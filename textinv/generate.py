@@ -364,7 +364,7 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
     pipe = refine.image_to_image(model.pipeline, noise)
     hook = None
     if model.pipeline.unet.config.in_channels == 9 and pixels is not None:
-        hook = inpainting.conditioning_hook(pipe.unet, pixels[1].to(pipe.device), pixels[0],
+        hook = inpainting.conditioning_hook(pipe.unet, pixels[1], pixels[0],
                                             lambda p: refine.encode(pipe.vae, p))
     try:
         return _pass(model, pipe, run, sampler, size, seeds=seeds, image=latents, generator=generators,
@@ -932,7 +932,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     for source in sources:  # (a bad picture: said before the model loads)
         if source is not None:
             load_image(source)
-    inpaint = mask_settings(config)  # (a bad mask too)
+    inpaint = mask_settings(config, sources)  # (a bad mask too)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
@@ -955,14 +955,18 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
             unload_loras(model)
 
 
-def mask_settings(config: GenerateConfig) -> Inpaint | None:
-    """--mask read (`inpaint.read_mask`) with its settings as they resolve (the web UI's defaults); None without it."""
+def mask_settings(config: GenerateConfig, sources: list[Path | None]) -> Inpaint | None:
+    """--mask read (`inpaint.read_mask`) with its settings as they resolve (the web UI's defaults), refused where it
+    redraws nothing of one of the --init-image `sources`; None without it."""
     if not config.mask:
         return None
-    return Inpaint(inpainting.read_mask(config.mask, config.mask_invert),
-                   inpainting.MASK_BLUR if config.mask_blur is None else config.mask_blur,
-                   config.inpaint_fill or "original", config.mask_invert, config.inpaint_area or "whole",
-                   inpainting.MASKED_PADDING if config.masked_padding is None else config.masked_padding)
+    inpaint = Inpaint(inpainting.read_mask(config.mask, config.mask_invert),
+                      inpainting.MASK_BLUR if config.mask_blur is None else config.mask_blur,
+                      config.inpaint_fill or "original", config.mask_invert, config.inpaint_area or "whole",
+                      inpainting.MASKED_PADDING if config.masked_padding is None else config.masked_padding)
+    for source in sources:
+        inpaint.check_fits(load_image(source).size, config.mask, str(source))
+    return inpaint
 
 
 @contextlib.contextmanager

@@ -71,6 +71,18 @@ class Inpaint:
             mask = mask.point(lambda v: 255 - v)
         return blur(mask, self.blur)
 
+    def check_fits(self, size: tuple[int, int], path: str, picture: str) -> None:
+        """Refuse a mask whose redrawn part lies outside the middle of it that a picture of `size` (W, H) takes
+        (`for_picture`), as a mask of other proportions than the picture can: nothing would be redrawn."""
+        w, h = self.mask.size
+        cut_w, cut_h = (h * size[0] / size[1], h) if w * size[1] > h * size[0] else (w, w * size[1] / size[0])
+        box = ((w - cut_w) / 2, (h - cut_h) / 2, (w + cut_w) / 2, (h + cut_h) / 2)
+        middle = self.mask.crop(tuple(round(v) for v in box))
+        if (middle.point(lambda v: 255 - v) if self.invert else middle).getbbox() is None:
+            raise ConfigError(f"--mask {path} ({w}x{h}) redraws nothing of {picture} ({size[0]}x{size[1]}): the "
+                              f"mask is fitted to the picture's proportions from its middle, and its middle is all "
+                              f"kept; give a mask of the picture's own size")
+
 
 def read_mask(path: str | Path, invert: bool = False) -> Image.Image:
     """The mask picture at `path` as an L picture of 0 (keep) and 255 (redraw), read as the web UI reads an
@@ -120,8 +132,8 @@ def crop_box(mask: Image.Image, padding: int, size: tuple[int, int]) -> tuple[in
     `padding` pixels wider on each side within the picture, then widened (or made taller) about its middle to the
     proportions of `size` (W, H), the size it is drawn at, kept inside the picture where it fits, as the web UI's
     masking.get_crop_region and expand_crop_region do."""
-    x1, y1, x2, y2 = mask.getbbox()
     width, height = mask.size
+    x1, y1, x2, y2 = mask.getbbox() or (0, 0, width, height)  # (none left once fitted: all of it, as img2img)
     x1, y1, x2, y2 = max(x1 - padding, 0), max(y1 - padding, 0), min(x2 + padding, width), min(y2 + padding, height)
     if (x2 - x1) / (y2 - y1) > size[0] / size[1]:
         y1, y2 = _widened(y1, y2, int((x2 - x1) * size[1] / size[0] - (y2 - y1)), height)
