@@ -158,12 +158,14 @@ def fill(picture: Image.Image, mask: Image.Image) -> Image.Image:
     the kept part blurred ever less (radii 256 down to 0) and laid over it again and again, so each masked pixel
     takes the colour of the kept ones nearest it."""
     keep = mask.point(lambda v: 255 - v)
-    kept = Image.new("RGBA", picture.size)
-    kept.paste(picture.convert("RGBA"), mask=keep)  # (RGBA, see-through where masked)
+    # the kept part, see-through where masked; premultiplied (RGBa), so a half-kept pixel keeps its colour and the
+    # see-through part adds none to the blur
+    kept = Image.new("RGBa", picture.size)
+    kept.paste(picture.convert("RGBA").convert("RGBa"), mask=keep)
     painted = Image.new("RGBA", picture.size)
     for radius, repeats in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
-        # blurred premultiplied, so the see-through part adds no colour, then laid over what is painted so far
-        blurred = kept.convert("RGBa").filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        # blurred, then laid over what is painted so far
+        blurred = kept.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
         for _ in range(repeats):
             painted.alpha_composite(blurred)
     return painted.convert("RGB")
