@@ -1,0 +1,327 @@
+"""Dynamic prompts: the template language of the web UI's sd-dynamic-prompts extension (adieyal's dynamicprompts), so
+one `--prompt` draws a learned word in many settings.
+
+    {on the beach|in the snow|on the moon}   one option, drawn at random
+    {0.5::a|2::b}                            weighted options (a weight left out is 1)
+    {2$$a|b|c}  {1-3$$a|b|c}  {2$$ and $$a|b|c}   two options, one to three, joined by " and " (default ", ")
+    __styles__  __colors/warm__  __colors/*__     a line of styles.txt (colors/warm.txt, any file in colors/) in the
+                                                  --wildcards-dir folder
+
+Variants nest, and a wildcard file's lines may hold variants and wildcards themselves. A `\\` before a character
+keeps it as written (`\\{`, `\\|`, `\\_`), for `emphasis.parse` to read as that character, so a drawn prompt drawn
+again is the same prompt. The web UI's own syntax passes through: `(word:1.2)`, `[from:to:0.5]`, `AND`, `BREAK`,
+`<lora:name:0.8>`; a `|` inside square brackets is an alternation's (`{[cat|dog]|bird}` has two options).
+
+`jobs` turns the prompts and the negative prompt into what `generate` draws: random mode gives picture i the prompt a
+generator seeded with its own seed draws (the same picture's prompt whatever -n and --batch-size), combinatorial mode
+every combination in order, each with every seed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import random
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ConfigError
+
+SEPARATOR = ", "  # between the options a `{2$$...}` variant draws (dynamicprompts' default)
+MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combinations
+
+_WILDCARD = re.compile(r"__([\w\-./*]+?)__")
+_HEADER = re.compile(r"\s*(\d*)\s*(?:(-)\s*(\d*))?\s*\$\$")  # `2$$`, `1-3$$`, `-2$$`, `2-$$`
+_SEPARATOR = re.compile(r"([^|{}]*?)\$\$")
+_WEIGHT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*::")
+
+
+@dataclass(frozen=True)
+class Wildcard:
+    name: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    options: tuple  # ((weight, nodes), ...)
+    low: int = 1
+    high: int = 1
+    separator: str = SEPARATOR
+
+
+def parse(text: str, where: str = "--prompt") -> list:
+    """`text` as nodes: text (str), `Variant` and `Wildcard`; `where` names it in an error (an unbalanced brace).
+
+    >>> parse("a {red|2::blue} __hat__")
+    ['a ', Variant(options=((1.0, ['red']), (2.0, ['blue'])), low=1, high=1, separator=', '), ' ', Wildcard(name='hat')]
+    """
+    nodes, i = _sequence(text, 0, False, where)
+    return nodes
+
+
+def is_dynamic(nodes: list) -> bool:
+    """Whether parsed nodes hold a variant or a wildcard (else the text is drawn as written)."""
+    return any(not isinstance(node, str) for node in nodes)
+
+
+def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
+    """Nodes from `text[i:]` up to the end, or (`inside` a variant) up to its next `|` or `}`, not consumed."""
+    nodes: list = []
+    chars: list[str] = []
+    square = 0  # open square brackets: a `|` inside one is an alternation's, not the variant's
+
+    def flush() -> None:
+        if chars:
+            nodes.append("".join(chars))
+            chars.clear()
+
+    while i < len(text):
+        ch = text[i]
+        wildcard = _WILDCARD.match(text, i)
+        if ch == "\\" and i + 1 < len(text):  # kept as written, for emphasis.parse
+            chars.append(text[i:i + 2])
+            i += 2
+        elif ch == "{":
+            flush()
+            node, i = _variant(text, i, where)
+            nodes.append(node)
+        elif ch == "}" and not inside:
+            raise ConfigError(f"{where} {text!r}: a '}}' at character {i + 1} closes no '{{': remove it, or write "
+                              f"\\}} for the character")
+        elif inside and (ch == "}" or (ch == "|" and not square)):
+            break
+        elif wildcard:
+            flush()
+            nodes.append(Wildcard(wildcard.group(1)))
+            i = wildcard.end()
+        else:
+            square += (ch == "[") - (ch == "]" and square > 0)
+            chars.append(ch)
+            i += 1
+    flush()
+    return nodes, i
+
+
+def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
+    """The variant whose `{` is at `start`, and the index after its `}`."""
+    i, low, high, separator = start + 1, 1, 1, SEPARATOR
+    header = _HEADER.match(text, i)
+    if header and (header.group(1) or header.group(2)):
+        first, dash, last = header.groups()
+        low = int(first) if first else 1
+        high = (int(last) if last else None) if dash else low
+        i = header.end()
+        own = _SEPARATOR.match(text, i)
+        if own:
+            separator, i = own.group(1), own.end()
+    options = []
+    while True:
+        weight = _WEIGHT.match(text, i)
+        if weight:
+            i = weight.end()
+        nodes, i = _sequence(text, i, True, where)
+        options.append((float(weight.group(1)) if weight else 1.0, nodes))
+        if i >= len(text):
+            raise ConfigError(f"{where} {text!r}: the '{{' at character {start + 1} is never closed: close it with "
+                              f"'}}', or write \\{{ for the character")
+        i += 1
+        if text[i - 1] == "}":
+            return Variant(tuple(options), low, high if high is not None else len(options), separator), i
+
+
+@dataclass
+class Wildcards:
+    """The wildcard files of `folder` (None: none given): `name.txt`, one option a line, lines starting with `#` and
+    blank ones left out; `colors/warm` for a subfolder's file, `colors/*` for several (their lines together)."""
+
+    folder: Path | None
+    _read: dict = field(default_factory=dict)
+
+    def options(self, name: str) -> list[list]:
+        """The parsed lines the wildcard `__name__` draws from; a name no file answers to, or an empty file, raises."""
+        if name not in self._read:
+            self._read[name] = [parse(line, f"wildcard __{name}__ ({path.name} line {n})")
+                                for path in self._files(name) for n, line in self._lines(name, path)]
+        return self._read[name]
+
+    def _files(self, name: str) -> list[Path]:
+        if self.folder is None:
+            raise ConfigError(f"__{name}__ is a wildcard, and no --wildcards-dir was given: pass the folder that holds "
+                              f"{name}.txt, or write \\_\\_ for underscores that are text")
+        found = [p for p in self._all() if fnmatch.fnmatchcase(self._name(p), name)] if "*" in name else \
+            [p for p in [self.folder / f"{name}.txt"] if p.is_file() and self.folder.resolve() in p.resolve().parents]
+        if not found:
+            there = ", ".join(self._name(p) for p in self._all()[:20]) or "no .txt files"
+            raise ConfigError(f"__{name}__: no wildcard file {name}.txt in --wildcards-dir {self.folder} (it holds: "
+                              f"{there}); add it, or fix the name")
+        return found
+
+    def _all(self) -> list[Path]:
+        return sorted(self.folder.rglob("*.txt"), key=self._name)
+
+    def _name(self, path: Path) -> str:
+        return path.relative_to(self.folder).with_suffix("").as_posix()
+
+    def _lines(self, name: str, path: Path) -> list[tuple[int, str]]:
+        text = path.read_text(encoding="utf-8-sig")
+        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+                 if line.strip() and not line.strip().startswith("#")]
+        if not lines:
+            raise ConfigError(f"__{name}__: the wildcard file {path} holds no options (one a line; lines starting "
+                              f"with # are comments)")
+        return lines
+
+
+def check(nodes: list, wildcards: Wildcards, within: tuple[str, ...] = ()) -> None:
+    """Read every wildcard `nodes` can reach, so a missing or empty file, or a wildcard that reaches itself
+    (`within`: the wildcards being read), is refused before anything is drawn."""
+    for node in nodes:
+        if isinstance(node, Wildcard):
+            if node.name in within:
+                loop = " -> ".join(f"__{n}__" for n in within[within.index(node.name):] + (node.name,))
+                raise ConfigError(f"wildcards draw one another in a loop: {loop}; take one of them out of the other's "
+                                  f"file")
+            for option in wildcards.options(node.name):
+                check(option, wildcards, within + (node.name,))
+        elif isinstance(node, Variant):
+            for _, option in node.options:
+                check(option, wildcards, within)
+
+
+def draw(nodes: list, rng: random.Random, wildcards: Wildcards) -> str:
+    """One text `nodes` stand for, drawn with `rng` (`check`ed nodes: no wildcard loops)."""
+    out = []
+    for node in nodes:
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, Wildcard):
+            out.append(draw(rng.choice(wildcards.options(node.name)), rng, wildcards))
+        else:
+            options = _options(node, wildcards)
+            count = rng.randint(*_count(node, len(options)))
+            picked = []
+            weights = [w for w, _ in options]
+            places = list(range(len(options)))
+            for _ in range(count):  # without replacement, each pick weighed by what is left
+                k = rng.choices(range(len(places)), weights if any(weights) else None)[0]
+                picked.append(options[places.pop(k)][1])
+                weights.pop(k)
+            out.append(node.separator.join(draw(option, rng, wildcards) for option in picked))
+    return "".join(out)
+
+
+def combinations(nodes: list, wildcards: Wildcards) -> Iterator[str]:
+    """Every text `nodes` stand for, in order: the first variant's options slowest, each variant's options in the
+    order written, a `{2$$...}` variant's choices as itertools.combinations gives them (weights are left out)."""
+    if not nodes:
+        yield ""
+        return
+    head, rest = nodes[0], nodes[1:]
+    for first in _node_texts(head, wildcards):
+        for after in combinations(rest, wildcards):
+            yield first + after
+
+
+def _node_texts(node, wildcards: Wildcards) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, Wildcard):
+        for option in wildcards.options(node.name):
+            yield from combinations(option, wildcards)
+    else:
+        options = [nodes for _, nodes in _options(node, wildcards)]
+        low, high = _count(node, len(options))
+        for count in range(low, high + 1):
+            for chosen in itertools.combinations(options, count):
+                for texts in _products([combinations(option, wildcards) for option in chosen]):
+                    yield node.separator.join(texts)
+
+
+def _products(iterators: list[Iterator[str]]) -> Iterator[tuple[str, ...]]:
+    """itertools.product, but reading each later iterator anew for each earlier value, so nothing is read ahead."""
+    if not iterators:
+        yield ()
+        return
+    first, rest = iterators[0], iterators[1:]
+    for value in first:
+        for after in _products(rest):
+            yield (value,) + after
+
+
+def _options(node: Variant, wildcards: Wildcards) -> list[tuple[float, list]]:
+    """A variant's options; `{2$$__name__}`, a wildcard alone, draws from its file's lines (no line twice)."""
+    if len(node.options) == 1 and len(node.options[0][1]) == 1 and isinstance(node.options[0][1][0], Wildcard):
+        return [(1.0, line) for line in wildcards.options(node.options[0][1][0].name)]
+    return list(node.options)
+
+
+def _count(node: Variant, available: int) -> tuple[int, int]:
+    """How few and how many options a variant draws, cut to those it has (as dynamicprompts does)."""
+    high = min(node.high, available)
+    return min(node.low, high), high
+
+
+@dataclass(frozen=True)
+class Job:
+    """Pictures `generate` draws with one prompt and negative prompt, as drawn from their templates (the --prompt
+    and --negative-prompt as given; None: one without variants or wildcards, drawn as written); `index`: the
+    prompt's place, which the files' names begin with."""
+
+    index: int
+    prompt: str
+    negative: str
+    seeds: tuple[int, ...]
+    template: str | None = None
+    negative_template: str | None = None
+
+
+def jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | None = None,
+         combinatorial: bool = False, max_prompts: int = MAX_PROMPTS) -> list[Job]:
+    """What the pictures of `seeds` draw for each prompt template, every wildcard file read and checked first.
+
+    Random mode: the picture of seed s draws its prompt with `random.Random(s)` and its negative prompt with a
+    generator of its own seeded from s too, so its prompts are its seed's alone; pictures that drew the same are
+    one job. Combinatorial mode: each template's combinations in order (`combinations`, at most `max_prompts`, a
+    warning saying how many more there were), each drawn with every seed, one after the other in the files' names.
+    A template without variants or wildcards is one job of every seed, its text as written. `folder`: the
+    --wildcards-dir (None: none).
+
+    >>> [(j.prompt, j.seeds) for j in jobs(["a {cat|dog}"], "", [0, 1, 2], combinatorial=True)]
+    [('a cat', (0, 1, 2)), ('a dog', (0, 1, 2))]
+    """
+    wildcards = Wildcards(Path(folder).expanduser() if folder else None)
+    negative_nodes = parse(negative, "--negative-prompt")
+    check(negative_nodes, wildcards)
+    parsed = [parse(prompt) for prompt in prompts]
+    for nodes in parsed:
+        check(nodes, wildcards)
+
+    def negative_of(seed: int) -> str:
+        if not is_dynamic(negative_nodes):
+            return negative
+        return draw(negative_nodes, random.Random(f"negative {seed}"), wildcards)
+
+    out: list[Job] = []
+    place = 0
+    for template, nodes in zip(prompts, parsed):
+        if not is_dynamic(nodes):
+            drawn = [lambda seed: template]
+        elif combinatorial:
+            texts = list(itertools.islice(combinations(nodes, wildcards), max_prompts + 1))
+            if len(texts) > max_prompts:  # (not counted: a few wildcards can make millions)
+                warnings.warn(f"--prompt {template!r} has more combinations than --max-prompts {max_prompts}: the "
+                              f"first {max_prompts} are drawn; raise --max-prompts for more", stacklevel=2)
+            drawn = [lambda seed, text=text: text for text in texts[:max_prompts]]
+        else:
+            drawn = [lambda seed: draw(nodes, random.Random(seed), wildcards)]
+        for prompt_of in drawn:
+            groups: dict[tuple[str, str], list[int]] = {}
+            for seed in seeds:
+                groups.setdefault((prompt_of(seed), negative_of(seed)), []).append(seed)
+            out += [Job(place, prompt, neg, tuple(group), template if is_dynamic(nodes) else None,
+                        negative if is_dynamic(negative_nodes) else None) for (prompt, neg), group in groups.items()]
+            place += 1
+    return out
