@@ -1,11 +1,18 @@
 """Dynamic prompts: sd-dynamic-prompts' variants and wildcards in `generate`'s prompts (textinv.dynamic)."""
 
+import json
 import random
+import warnings
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from textinv import dynamic
+from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
+from textinv.generate import generate
+from textinv.models import load_model
 
 
 def _draws(template, seeds=range(40), folder=None):
@@ -117,3 +124,127 @@ def test_bad_templates_and_wildcards_are_refused_naming_the_fix(wildcards, templ
     (wildcards.parent / "secret.txt").write_text("hidden\n")
     with pytest.raises(ConfigError, match=message):
         dynamic.jobs([template], "", [0], str(wildcards) if folder else None)
+
+
+def test_generate_refuses_bad_dynamic_settings_before_the_model_loads(tmp_path):
+    base = dict(out=str(tmp_path / "r"), model=str(tmp_path / "no-model"))
+    with pytest.raises(ConfigError, match="never closed"):
+        generate(GenerateConfig(prompt=["{a|b"], **base), progress=False)
+    with pytest.raises(ConfigError, match="--negative-prompt '\\{x': the '\\{' at character 1 is never closed"):
+        generate(GenerateConfig(prompt=["a"], negative_prompt="{x", **base), progress=False)
+    with pytest.raises(ConfigError, match="--hires-prompt '\\{a\\|b\\}': the hires fix's prompts take no"):
+        generate(GenerateConfig(prompt=["a"], hires_scale=2, hires_prompt="{a|b}", **base), progress=False)
+    with pytest.raises(ConfigError, match="--wildcards-dir .*nowhere is no folder"):
+        generate(GenerateConfig(prompt=["a"], wildcards_dir=str(tmp_path / "nowhere"), **base), progress=False)
+    with pytest.raises(ConfigError, match="--max-prompts must be >= 1"):
+        generate(GenerateConfig(prompt=["a"], max_prompts=0, **base), progress=False)
+
+
+def _text(path):
+    return Image.open(path).text
+
+
+def test_each_picture_records_its_drawn_prompts_and_their_templates(sd1_dir, tmp_path, wildcards):
+    model = load_model(sd1_dir)
+    paths = generate(GenerateConfig(prompt=["a {cat|dog} in __styles__"], negative_prompt="{blurry|dark}",
+                                    wildcards_dir=str(wildcards), n=6, batch_size=4, steps=2, width=32,
+                                    out=str(tmp_path / "r"), model=str(sd1_dir)), model=model, progress=False)
+    assert sorted(int(p.stem.split("-s")[-1]) for p in paths) == list(range(6))
+    (expect,) = (j for j in dynamic.jobs(["a {cat|dog} in __styles__"], "{blurry|dark}", list(range(6)),
+                                          str(wildcards)) if 0 in j.seeds)
+    first = next(p for p in paths if p.stem.endswith("-s0"))
+    text = _text(first)
+    record = json.loads(text["textinv_settings"])
+    assert record["settings"]["prompt"] == [expect.prompt] and record["settings"]["negative_prompt"] == expect.negative
+    assert record["template"] == "a {cat|dog} in __styles__" and record["negative_template"] == "{blurry|dark}"
+    assert text["prompt"] == expect.prompt and text["negative_prompt"] == expect.negative
+    assert text["parameters"].startswith(f"{expect.prompt}\nNegative prompt: {expect.negative}\nSteps: 2")
+    assert text["parameters"].endswith("\nTemplate: a {cat|dog} in __styles__\nNegative Template: {blurry|dark}")
+    assert first.name.startswith("000-a-" + expect.prompt.split()[1])  # (named by its own words)
+    for path in paths:  # a batch holds the pictures that drew one prompt and negative
+        record = json.loads(_text(path)["textinv_settings"])
+        prompts = {s: j.prompt for j in dynamic.jobs(["a {cat|dog} in __styles__"], "{blurry|dark}",
+                                                    list(range(6)), str(wildcards)) for s in j.seeds}
+        assert {prompts[s] for s in record["batch_seeds"]} == {record["settings"]["prompt"][0]}
+
+
+def test_a_pictures_prompt_does_not_depend_on_the_batch_size(sd1_dir, tmp_path):
+    model = load_model(sd1_dir)
+    drawn = {}
+    for batch in (1, 4):
+        paths = generate(GenerateConfig(prompt=["a {cat|dog|bird|fish}"], n=5, batch_size=batch, steps=2, width=32,
+                                        out=str(tmp_path / str(batch)), model=str(sd1_dir)), model=model,
+                         progress=False)
+        drawn[batch] = {p.name: _text(p)["prompt"] for p in paths}
+    assert drawn[1] == drawn[4] and len(set(drawn[1].values())) > 1
+
+
+def test_again_redraws_a_dynamic_pictures_drawn_prompt_bit_for_bit(sd1_dir, tmp_path):
+    """Pictures that drew one prompt share a batch whose seeds need not follow one another ([1, 3]); --again draws
+    the picture from its drawn prompt, first in a batch of as many, the same picture."""
+    from textinv.again import again_config, parse_a1111_parameters
+
+    model = load_model(sd1_dir)
+    paths = generate(GenerateConfig(prompt=["a {cat|dog} on {grass|sand}"], n=8, batch_size=4, steps=3, width=32,
+                                    out=str(tmp_path / "r"), model=str(sd1_dir), metadata="full"), model=model,
+                     progress=False)
+    batches = {p: json.loads(_text(p)["textinv_settings"])["batch_seeds"] for p in paths}
+    picture = next(p for p, b in batches.items() if len(b) > 1 and b != list(range(b[0], b[0] + len(b)))
+                   and not p.stem.endswith(f"-s{b[0]}"))
+    config, keep = again_config(picture, {"out": str(tmp_path / "again")})
+    assert config.prompt == [_text(picture)["prompt"]] and "{" not in config.prompt[0]
+    (again,) = generate(config, model=model, progress=False, keep_seeds=keep)
+    assert again.name == picture.name
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(picture)))
+    assert "Template" not in _text(again)["parameters"]  # (its prompt is the drawn one now)
+    prompt, _, fields = parse_a1111_parameters(_text(picture)["parameters"])
+    assert prompt == _text(picture)["prompt"] and fields["Seed"] == str(config.seed)
+
+
+def test_a_prompt_without_the_new_syntax_draws_the_pictures_it_drew_before(sd1_dir, tmp_path, monkeypatch):
+    """Compared with generate's drawing without jobs (each --prompt with every seed, as before dynamic prompts):
+    the same files, pixels and text."""
+    import textinv.generate as gen
+
+    model = load_model(sd1_dir)
+    settings = dict(prompt=["a (photo:1.2) of [cat|dog] BREAK x", r"a \{b\}"], negative_prompt="[ugly:0.5]", n=3,
+                    batch_size=2, steps=2, width=32, model=str(sd1_dir))
+    new = generate(GenerateConfig(out=str(tmp_path / "new"), **settings), model=model, progress=False)
+    original = gen._draw_all
+    monkeypatch.setattr(gen, "_draw_all", lambda *a: original(*a[:-1], None))  # (its jobs left out)
+    old = generate(GenerateConfig(out=str(tmp_path / "old"), **settings), model=model, progress=False)
+    assert [p.name for p in new] == [p.name for p in old] and len(new) == 6
+    for a, b in zip(new, old):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+        assert _text(a) == _text(b)
+
+
+def test_the_command_line_takes_wildcards_and_combinatorial_mode(sd1_dir, tmp_path, wildcards):
+    from textinv.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["generate", "--model", str(sd1_dir), "--prompt", "a __colors/warm__ {hat|cap}", "--wildcards-dir",
+                     str(wildcards), "--combinatorial", "--max-prompts", "3", "-n", "1", "--steps", "1", "--width",
+                     "32", "--out", str(tmp_path / "r")]) == 0
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["000-a-red-hat-s0.png", "001-a-red-cap-s0.png",
+                                                                   "002-a-orange-hat-s0.png"]
+
+
+def test_embeddings_and_loras_named_only_in_a_wildcard_file_are_loaded(sd1_dir, tmp_path):
+    """A web UI embeddings folder loads the files the prompts name: here only a wildcard file's line names it."""
+    import torch
+
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    folder, words = tmp_path / "embeddings", tmp_path / "wildcards"
+    folder.mkdir()
+    words.mkdir()
+    save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(2, 32) * 3}), folder / "mystyle.pt", "a1111")
+    (words / "styles.txt").write_text("mystyle\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "no embedding in the folder is named" warning)
+        (path,) = generate(GenerateConfig(prompt=["a dog, __styles__"], embedding=[str(folder)],
+                                          wildcards_dir=str(words), n=1, steps=1, width=32, out=str(tmp_path / "r"),
+                                          model=str(sd1_dir)), progress=False)
+    assert "TI hashes" in _text(path)["parameters"] and _text(path)["prompt"] == "a dog, mystyle"

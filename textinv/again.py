@@ -65,7 +65,7 @@ from .samplers import from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "init_image_sha256", "mask_sha256",
-                  "by_name")
+                  "by_name", "template", "negative_template")  # (the templates a dynamic prompt was drawn from: not redrawn)
 _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
@@ -155,9 +155,13 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     settings["n"] = 1
     seed, batch = settings.get("seed"), picture.batch_seeds
     if not {"seed", "n", "batch_size"} & set(flags) and len(batch) > 1 and seed in batch:
-        settings.update(seed=batch[0], n=len(batch), batch_size=len(batch))
+        # a dynamic prompt's batch holds the seeds that drew its prompt, which need not follow one another: the
+        # picture is then drawn first in a batch of as many (its other rows' noise does not reach it; their number
+        # decides how the kernels sum)
+        first = batch[0] if batch == list(range(batch[0], batch[0] + len(batch))) else seed
+        settings.update(seed=first, n=len(batch), batch_size=len(batch))
         if settings.get("variation_seed") is not None:  # (each picture's is its own: the batch's first's with it)
-            settings["variation_seed"] -= seed - batch[0]
+            settings["variation_seed"] -= seed - first
         keep = {seed}
     if picture.origin == "textinv" and picture.version != __version__:
         warnings.warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
@@ -371,6 +375,8 @@ def parse_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     ('a cat', 'blurry', {'Steps': '20', 'Seed': '3', 'Size': '512x768'})
     """
     lines = text.strip().split("\n")
+    while len(lines) > 1 and lines[-1].startswith(("Template: ", "Negative Template: ")):
+        lines.pop()  # (sd-dynamic-prompts' templates, after the settings: the prompts above are what was drawn)
     pairs = _A1111_PAIR.findall(lines[-1])
     if len(pairs) >= 3:
         lines = lines[:-1]

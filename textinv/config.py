@@ -683,7 +683,8 @@ class GenerateConfig:
     """Everything that defines a generation run."""
 
     prompt: list = opt([], "prompt(s); write the learned token in them, e.g. 'a photo of <my-dog> on the moon'; "
-                           "the web UI's syntax works: (word:1.3), [word], BREAK, [from:to:0.5], [a|b]")
+                           "the web UI's syntax works: (word:1.3), [word], BREAK, [from:to:0.5], [a|b], and "
+                           "sd-dynamic-prompts': {beach|snow}, {2$$a|b|c}, __wildcard__")
     embedding: list = opt([], "learned embedding file(s) to load (any supported format), or hub ids: owner/name "
                               "(its learned_embeds file, as diffusers loads it) or owner/name/file.safetensors",
                           path="embedding")
@@ -694,6 +695,11 @@ class GenerateConfig:
     variant: str = opt(None, VARIANT_HELP)
     token: list = opt([], "token name(s) for the embedding files, in order (default: from each file)")
     negative_prompt: str = opt("", "what to steer away from")
+    wildcards_dir: str = opt(None, "folder of wildcard files for the prompts' __name__ (name.txt: one option a line; "
+                                   "__sub/name__ in a subfolder, __sub/*__ any there)", path="file")
+    combinatorial: bool = opt(False, "draw every combination of each prompt's {a|b} and __wildcards__, in order, "
+                                     "each with every seed (default: each picture draws its own from its seed)")
+    max_prompts: int = opt(100, "--combinatorial's most combinations of a prompt (the first ones)")
     n: int = opt(4, "images per prompt", short="-n")
     seed: int = opt(0, "seed of the first image; image i uses seed + i; -1 draws one (as A1111), kept in the file "
                        "names and PNG text")
@@ -800,6 +806,13 @@ class GenerateConfig:
             raise ConfigError(f"-n must be >= 1, got {self.n}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_prompts < 1:
+            raise ConfigError(f"--max-prompts must be >= 1, got {self.max_prompts}")
+        if self.wildcards_dir is not None:
+            self.wildcards_dir = os.path.expanduser(self.wildcards_dir)
+            if not Path(self.wildcards_dir).is_dir():
+                raise ConfigError(f"--wildcards-dir {self.wildcards_dir} is no folder; give the folder that holds the "
+                                  f"wildcard files (name.txt for __name__)")
         if self.seed == -1:  # A1111's "random": drawn once here, then recorded with every image like any seed
             self.seed = random.randrange(2**32)
         if not 0 <= self.seed <= 2**64 - self.n:  # what torch.Generator.manual_seed takes, for every image's seed

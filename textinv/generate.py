@@ -30,7 +30,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
-from . import __version__, emphasis, refine
+from . import __version__, dynamic, emphasis, refine
 from . import inpaint as inpainting
 from .inpaint import Inpaint
 from .config import GenerateConfig, check_side
@@ -699,6 +699,10 @@ def png_text(params: dict[str, str]) -> PngInfo:
               "clip_skip": params["clip_skip"] if int(params.get("clip_skip", 1)) > 1 else None}
     summary += ", ".join(f"{label}: {_infotext_value(values[k])}" for k, label in labels.items()
                          if values.get(k) is not None)
+    # sd-dynamic-prompts' lines after the settings: the templates the prompts were drawn from
+    summary += "".join(f"\n{label}: {params[k]}" for k, label in (("template", "Template"),
+                                                                   ("negative_template", "Negative Template"))
+                       if params.get(k))
     info.add_text("parameters", summary)
     return info
 
@@ -909,14 +913,18 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     # (the web UI's: an empty hires prompt is the pass's own)
     config.hires_prompt = _nfc(config.hires_prompt) if config.hires_prompt else None
     config.hires_negative_prompt = _nfc(config.hires_negative_prompt) if config.hires_negative_prompt else None
+    jobs = _jobs(config)
+    # the prompts as drawn, each job's and its negative: what names the embeddings and LoRAs
+    drawn = replace(config, prompt=[job.prompt for job in jobs] + [job.negative for job in jobs])
     # (ComfyUI's embedding:NAME names a file too)
-    said = " ".join(config.prompt + [config.negative_prompt, config.hires_prompt or "",
-                                     config.hires_negative_prompt or ""]).lower()
+    said = " ".join(drawn.prompt + [config.hires_prompt or "", config.hires_negative_prompt or ""]).lower()
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
     embeddings, paths = _read_embeddings(files)
     renamed = {path for path, tok in files if tok is not None}
-    (config.prompt, config.negative_prompt, config.hires_prompt, config.hires_negative_prompt,
-     said) = _comfy_names(config, embeddings, paths, renamed)
+    (texts, config.negative_prompt, config.hires_prompt, config.hires_negative_prompt,
+     said) = _comfy_names(drawn, embeddings, paths, renamed)
+    jobs = [replace(job, prompt=prompt, negative=negative)
+            for job, prompt, negative in zip(jobs, texts[:len(jobs)], texts[len(jobs):])]
     seen: dict[str, str] = {}
     for emb, path in zip(embeddings, paths):  # a clash between two files, before the model loads
         if emb.token in seen:
@@ -926,7 +934,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         if emb.token.lower() not in said:  # a typo in the prompt would leave the embedding silently unused
             warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
-    loras = lora_files([tag for prompt in config.prompt + [config.hires_prompt or ""]
+    loras = lora_files([tag for prompt in [job.prompt for job in jobs] + [config.hires_prompt or ""]
                         for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
     sources = refine.init_pictures(config.init_image)
     for source in sources:  # (a bad picture: said before the model loads)
@@ -950,7 +958,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
-                             _embedding_sums(embeddings, paths, digests), where, sources, inpaint)
+                             _embedding_sums(embeddings, paths, digests), where, sources, inpaint, jobs)
         finally:
             unload_loras(model)
 
@@ -967,6 +975,20 @@ def mask_settings(config: GenerateConfig, sources: list[Path | None]) -> Inpaint
     for source in sources:
         inpaint.check_fits(load_image(source).size, config.mask, str(source))
     return inpaint
+
+
+def _jobs(config: GenerateConfig) -> list[dynamic.Job]:
+    """The prompts and negative prompt the pictures draw, from their templates (`dynamic.jobs`: the web UI's
+    sd-dynamic-prompts syntax); read and checked before anything loads."""
+    for flag, text in (("--hires-prompt", config.hires_prompt), ("--hires-negative-prompt",
+                                                                 config.hires_negative_prompt)):
+        if text and dynamic.is_dynamic(dynamic.parse(text, flag)):
+            raise ConfigError(f"{flag} {text!r}: the hires fix's prompts take no {{a|b}} variants or __wildcards__ "
+                              f"(one is drawn for every picture); write the text out, or \\{{ and \\_ for the "
+                              f"characters")
+    seeds = [config.seed + i for i in range(config.n)]
+    return dynamic.jobs(config.prompt, config.negative_prompt, seeds, config.wildcards_dir, config.combinatorial,
+                        config.max_prompts)
 
 
 @contextlib.contextmanager
@@ -1350,18 +1372,24 @@ def _warn_large(model: Model, drawn: tuple[int, int]) -> None:
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
               progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
               embedding_sums: dict[str, str], where: _Where | None = None,
-              sources: list[Path | None] = (None,), inpaint: Inpaint | None = None) -> list[Path]:
+              sources: list[Path | None] = (None,), inpaint: Inpaint | None = None,
+              jobs: list[dynamic.Job] | None = None) -> list[Path]:
     """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
     `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
     (`_memory_error`); `sources`: the --init-image pictures each prompt redraws (`refine.init_pictures`; None: no
-    picture), each drawn with every seed; `inpaint`: their mask and its settings (--mask)."""
+    picture), each drawn with every seed of the prompt's; `inpaint`: their mask and its settings (--mask); `jobs`:
+    the prompts and negative prompts as drawn from their templates, and their seeds (`_jobs`; None: each --prompt
+    with every seed)."""
     where = where or _Where()
     steps = config.steps or DEFAULT_STEPS
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
     clip_skip = generation_clip_skip(model, config.clip_skip, embeddings)
     out = Path(config.out)
     written: list[Path] = []
-    negative, negative_loras = emphasis.lora_tags(config.negative_prompt)
+    jobs = jobs or [dynamic.Job(i, p, config.negative_prompt, tuple(range(config.seed, config.seed + config.n)))
+                    for i, p in enumerate(config.prompt)]
+    negatives = {job.negative: emphasis.lora_tags(job.negative) for job in jobs}  # (the words, the LoRAs)
+    negative_loras = [tag for _, tags in negatives.values() for tag in tags]
     # the hires fix's own prompts (None: the first pass's), read as the first pass's are
     hires_text, hires_tags = emphasis.lora_tags(config.hires_prompt) if config.hires_prompt else (None, [])
     hires_negative, tags = emphasis.lora_tags(config.hires_negative_prompt or "")
@@ -1369,29 +1397,29 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     if negative_loras:
         warnings.warn("LoRA tags in the negative prompt are not applied (only the prompt's are): "
                       + ", ".join(f"<lora:{t.name}>" for t in negative_loras), stacklevel=2)
-    negative = expand_all(negative, embeddings)  # a learned negative embedding needs all its vectors
     hires_negative = expand_all(hires_negative, embeddings) if config.hires_negative_prompt else None
-    seeds = [config.seed + i for i in range(config.n)]
     recorded_sums = [digests[e] for e in config.embedding]
     lora_sums: dict[str, str] = {}  # each LoRA's web UI hash (`lora_sha256`), read once a run
-    texts = [emphasis.lora_tags(prompt) for prompt in config.prompt]  # (the words, the LoRAs)
+    texts = [emphasis.lora_tags(job.prompt) for job in jobs]  # (the words, the LoRAs)
     folder = config.init_image is not None and Path(config.init_image).is_dir()  # (each picture named in the files)
     labels = _source_labels(sources) if folder else {source: "" for source in sources}
-    names = {(index, source, seed): f"{index:03d}-{_slug(emphasis.words_drawn(config.prompt[index]))}"
+    names = {(index, source, seed): f"{job.index:03d}-{_slug(emphasis.words_drawn(job.prompt))}"
                                     f"{labels[source]}-s{seed}"
-             for index in range(len(config.prompt)) for source in sources for seed in seeds}
+             for index, job in enumerate(jobs) for source in sources for seed in job.seeds}
     mine = [name for (_, _, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
     run = _new_run_suffix(out, mine)
     warned: set[tuple[int, int]] = set()
-    bar = tqdm(total=len(config.prompt) * len(sources) * config.n, disable=not progress, desc="generate",
+    bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(sources), disable=not progress, desc="generate",
                unit="img")
     try:  # (closed on a failure too: the error is then said on a line of its own, not after the bar)
-        for text in dict.fromkeys(config.prompt + [config.negative_prompt, config.hires_prompt or "",
-                                                   config.hires_negative_prompt or ""]):
+        for text in dict.fromkeys([job.prompt for job in jobs] + list(negatives) + [config.hires_prompt or "",
+                                                                                   config.hires_negative_prompt or ""]):
             if emphasis.unsupported(text):
                 warnings.warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
                               "textinv does not apply: they are read as words", stacklevel=2)
-        for index, prompt in enumerate(config.prompt):
+        for index, job in enumerate(jobs):
+            prompt, seeds = job.prompt, list(job.seeds)
+            negative = expand_all(negatives[job.negative][0], embeddings)  # (a learned negative needs all its vectors)
             apply_loras(model, texts[index][1], loras)
             expanded = expand_all(texts[index][0], embeddings)
             # the web UI activates the hires prompt's LoRAs for the second pass (its hr_extra_network_data), and
@@ -1421,9 +1449,9 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                     warned.add(drawn)
                     _warn_large(model, drawn)
                 shared = _record(config, model, steps, guidance, clip_skip, width, height, source)
-                text = _Text(prompt, expanded, shared, hashes, recorded_sums, hires, source,
+                text = _Text(prompt, expanded, shared, hashes, recorded_sums, hires, source, job,
                              Path(config.mask) if config.mask else None)
-                for start in range(0, config.n, config.batch_size):  # a few images per call bounds the memory
+                for start in range(0, len(seeds), config.batch_size):  # a few images per call bounds the memory
                     chunk = seeds[start:start + config.batch_size]
                     where.batch, (where.width, where.height) = len(chunk), drawn
                     variation = ([_variation_seed(config, s) for s in chunk], config.variation_strength) \
@@ -1452,8 +1480,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
 class _Text:
     """What the PNG text of a prompt's pictures from one --init-image picture (or none) is made of: the `prompt` as
     given and `expanded`, `_record`'s settings (`shared`, reduced by `shareable_record` under --metadata shareable),
-    the web UI's `hashes`, the embeddings' SHA-256 (`sums`), the hires fix, the init picture and its --mask (None:
-    none)."""
+    the web UI's `hashes`, the embeddings' SHA-256 (`sums`), the hires fix, the init picture (None: none), the
+    prompts' `job` (their negative prompt and templates, `dynamic.Job`) and the init picture's --mask (None: none)."""
 
     prompt: str
     expanded: str
@@ -1462,6 +1490,7 @@ class _Text:
     sums: list
     hires: Hires | None
     source: Path | None
+    job: dynamic.Job
     mask: Path | None = None
 
     def __post_init__(self):
@@ -1475,16 +1504,19 @@ class _Text:
     def png(self, config: GenerateConfig, seed: int, chunk: list[int]) -> PngInfo:
         """The text of the picture of `seed`, drawn in one pipeline call with the seeds `chunk`: each setting under
         its own key, the web UI's `parameters`, and the record `--again` reads."""
-        shared = self.shared
-        settings = {**shared, "prompt": [self.prompt], "seed": seed}
+        shared, job = self.shared, self.job
+        settings = {**shared, "prompt": [self.prompt], "negative_prompt": job.negative, "seed": seed}
         if config.variation_strength:
             settings["variation_seed"] = _variation_seed(config, seed)
+        # the templates the prompts were drawn from, where they differ (sd-dynamic-prompts' Template fields)
+        templates = {k: v for k, v in (("template", job.template), ("negative_template", job.negative_template))
+                     if v is not None}
         record = {"textinv_version": __version__, "batch_seeds": chunk, "settings": settings,
                   "embedding_sha256": self.sums, **({"init_image_sha256": self.init_sum} if self.init_sum else {}),
                   **({"mask_sha256": self.mask_sum} if self.mask_sum else {}),
-                  **({"by_name": self.by_name} if self.by_name else {})}
+                  **({"by_name": self.by_name} if self.by_name else {}), **templates}
         return png_text({"prompt": self.prompt, "expanded_prompt": self.expanded,
-                         "negative_prompt": config.negative_prompt, "seed": seed, "steps": shared["steps"],
+                         "negative_prompt": job.negative, "seed": seed, "steps": shared["steps"],
                          "sampler": config.sampler, "guidance": shared["guidance"],
                          "size": f"{shared['width']}x{shared['height']}",  # (width first, as A1111)
                          "clip_skip": shared["clip_skip"], "model": shared["model"],
@@ -1494,7 +1526,7 @@ class _Text:
                                      "lora_dir") and v},
                          **_pass_params(config, self.hires, self.source, self.prompt), **_noise_params(config, seed),
                          **{k: v for k, v in self.hashes.items() if v}, "textinv_version": __version__,
-                         RECORD_KEY: json.dumps(record)})
+                         **templates, RECORD_KEY: json.dumps(record)})
 
 
 def _save_new(img: Image.Image, out: Path, name: str, run: str, names: list[str], info: PngInfo | None
