@@ -44,6 +44,7 @@ def wildcards(tmp_path):
     ("{2-$$a|b}", {"a, b", "b, a"}),
     ("{5$$a|b}", {"a, b", "b, a"}),  # (more than it has: as many as it has)
     ("{0-1$$a}", {"", "a"}),
+    ("{|a}", {"", "a"}),
     ("{[cat|dog]|bird}", {"[cat|dog]", "bird"}),  # (an alternation's bar is its own)
 ])
 def test_each_variant_form_draws_what_sd_dynamic_prompts_draws(template, seen):
@@ -112,16 +113,19 @@ def test_combinatorial_mode_gives_every_combination_in_order_up_to_max_prompts(w
     ("__styles__", None, r"__styles__ is a wildcard, and no --wildcards-dir was given: pass the folder that holds "
                          r"styles.txt"),
     ("__nope__", "wildcards", r"__nope__: no wildcard file nope.txt in --wildcards-dir .*wildcards \(it holds: "
-                              r"colors/cold, colors/warm, empty, hats, loop_a, loop_b, styles\)"),
+                              r"colors/cold, colors/warm, empty, hats, latin, loop_a, loop_b, styles\)"),
     ("__empty__", "wildcards", r"__empty__: the wildcard file .*empty.txt holds no options"),
     ("{a|__loop_a__}", "wildcards", r"wildcards draw one another in a loop: __loop_a__ -> __loop_b__ -> __loop_a__"),
     ("__../secret__", "wildcards", r"no wildcard file ../secret.txt"),
+    ("a photo of {}", None, r"'\{\}' marks the token in training's prompts; here it is an empty variant"),
+    ("__latin__", "wildcards", r"__latin__: the wildcard file .*latin.txt is not UTF-8 text .*save it as UTF-8"),
 ])
 def test_bad_templates_and_wildcards_are_refused_naming_the_fix(wildcards, template, folder, message):
     (wildcards / "empty.txt").write_text("# nothing yet\n\n")
     (wildcards / "loop_a.txt").write_text("x __loop_b__\n")
     (wildcards / "loop_b.txt").write_text("{y|__loop_a__}\n")
     (wildcards.parent / "secret.txt").write_text("hidden\n")
+    (wildcards / "latin.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=message):
         dynamic.jobs([template], "", [0], str(wildcards) if folder else None)
 

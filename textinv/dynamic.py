@@ -107,6 +107,10 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
 
 def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
     """The variant whose `{` is at `start`, and the index after its `}`."""
+    if text.startswith("{}", start):  # (an empty variant draws nothing: surely training's mark for the token)
+        raise ConfigError(f"{where} {text!r}: '{{}}' marks the token in training's prompts; here it is an empty "
+                          f"variant, which draws nothing: write the token itself (e.g. <my-dog>), or \\{{\\}} "
+                          f"for the characters")
     i, low, high, separator = start + 1, 1, 1, SEPARATOR
     header = _HEADER.match(text, i)
     if header and (header.group(1) or header.group(2)):
@@ -166,7 +170,11 @@ class Wildcards:
         return path.relative_to(self.folder).with_suffix("").as_posix()
 
     def _lines(self, name: str, path: Path) -> list[tuple[int, str]]:
-        text = path.read_text(encoding="utf-8-sig")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"__{name}__: the wildcard file {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                              f"save it as UTF-8") from None
         lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
                  if line.strip() and not line.strip().startswith("#")]
         if not lines:
