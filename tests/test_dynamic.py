@@ -141,7 +141,9 @@ def test_generate_refuses_bad_dynamic_settings_before_the_model_loads(tmp_path):
     with pytest.raises(ConfigError, match="--wildcards-dir .*nowhere is no folder"):
         generate(GenerateConfig(prompt=["a"], wildcards_dir=str(tmp_path / "nowhere"), **base), progress=False)
     with pytest.raises(ConfigError, match="--max-prompts must be >= 1"):
-        generate(GenerateConfig(prompt=["a"], max_prompts=0, **base), progress=False)
+        generate(GenerateConfig(prompt=["a"], combinatorial=True, max_prompts=0, **base), progress=False)
+    with pytest.raises(ConfigError, match="--max-prompts caps --combinatorial's combinations: add --combinatorial"):
+        generate(GenerateConfig(prompt=["a"], max_prompts=5, **base), progress=False)
 
 
 def _text(path):

@@ -699,7 +699,7 @@ class GenerateConfig:
                                    "__sub/name__ in a subfolder, __sub/*__ any there)", path="file")
     combinatorial: bool = opt(False, "draw every combination of each prompt's {a|b} and __wildcards__, in order, "
                                      "each with every seed (default: each picture draws its own from its seed)")
-    max_prompts: int = opt(100, "--combinatorial's most combinations of a prompt (the first ones)")
+    max_prompts: int = opt(None, "--combinatorial's most combinations of a prompt, the first ones (default: 100)")
     n: int = opt(4, "images per prompt", short="-n")
     seed: int = opt(0, "seed of the first image; image i uses seed + i; -1 draws one (as A1111), kept in the file "
                        "names and PNG text")
@@ -806,7 +806,10 @@ class GenerateConfig:
             raise ConfigError(f"-n must be >= 1, got {self.n}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_prompts < 1:
+        if self.max_prompts is not None and not self.combinatorial:
+            raise ConfigError("--max-prompts caps --combinatorial's combinations: add --combinatorial, or leave it out "
+                              "(each picture then draws one prompt)")
+        if self.max_prompts is not None and self.max_prompts < 1:
             raise ConfigError(f"--max-prompts must be >= 1, got {self.max_prompts}")
         if self.wildcards_dir is not None:
             self.wildcards_dir = os.path.expanduser(self.wildcards_dir)

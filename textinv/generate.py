@@ -988,7 +988,7 @@ def _jobs(config: GenerateConfig) -> list[dynamic.Job]:
                               f"characters")
     seeds = [config.seed + i for i in range(config.n)]
     return dynamic.jobs(config.prompt, config.negative_prompt, seeds, config.wildcards_dir, config.combinatorial,
-                        config.max_prompts)
+                        config.max_prompts or dynamic.MAX_PROMPTS)
 
 
 @contextlib.contextmanager
