@@ -1437,7 +1437,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 if tracker is not None:
                     tracker.log(step, mean_loss, lr_used,
                                 {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1 else None)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_used:.2e}")  # (the rate of the step just taken)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_used:.2e}",  # (the rate of the step just taken)
+                                **({"val": f"{validated[-1][1]:.4f}"} if validated else {}))  # (the latest score)
                 interval_loss.zero_()
                 interval_steps = 0
                 if is_main and step % (config.log_every * 10) == 0:
