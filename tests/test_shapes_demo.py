@@ -20,7 +20,7 @@ from PIL import Image
 from textinv.cli import main
 from textinv.models import BUNDLED_MODELS, load_model, recorded_guidance
 from textinv.shapes import world
-from textinv.report import draw_loss_curve
+from textinv.report import FIXED, draw_loss_curve
 from textinv.shapes.demo import EXAMPLES, DEFAULT_CONCEPT, LOCK_FILE, find_concept, slug
 from textinv.shapes.evaluate import (CEILINGS, FAST, METHODS, all_hold, attribute_hits, best_description, evaluate, fill,
                                      format_markdown, prompt_sets, score_images, training_templates, write_results)
@@ -83,6 +83,8 @@ def test_demo_quick_writes_the_html_and_png_report(model_dir, probe_path, tmp_pa
     assert page.count("right on: ") == 2 * n_prompts and page.count("the concept's attributes right") == 1
     assert (out / "run" / "learned_embeds.safetensors").is_file()
     assert report["loss"] and all(np.isfinite(v) for _, v in report["loss"])
+    quick = report["settings"]["steps"]  # the loss at fixed draws, at the start, every quarter of the run, the end
+    assert [s for s, _ in report["validation_loss"]] == sorted({*range(0, quick + 1, max(1, quick // 4)), quick})
     assert not (out / LOCK_FILE).exists()  # (the hold's file goes with the run that held it)
 
 
@@ -225,6 +227,9 @@ def test_loss_curve_draws_any_history():
         assert img.size == (420, 190)
     curve = np.asarray(draw_loss_curve([(s, 1.0 / s) for s in range(1, 50)]))
     assert (np.abs(curve.astype(int) - [40, 90, 200]).sum(-1) < 30).sum() > 100  # the line is there
+    assert (np.abs(curve.astype(int) - FIXED).sum(-1) < 30).sum() == 0
+    both = np.asarray(draw_loss_curve([(s, 1.0 / s) for s in range(1, 50)], fixed=[(0, 0.9), (25, 0.3), (49, 0.1)]))
+    assert (np.abs(both.astype(int) - FIXED).sum(-1) < 30).sum() > 100  # the validation loss's line beside it
 
 
 def test_evaluate_settings_layer_fast_then_flags_and_check_the_concept_count():

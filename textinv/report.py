@@ -40,8 +40,13 @@ def data_uri(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def draw_loss_curve(losses: list[tuple[int, float]], size: tuple[int, int] = (420, 190)) -> Image.Image:
-    """The training loss (mean over each log interval) against the step, as a small chart.
+FIXED = (214, 120, 30)  # the validation loss's line (orange beside the loss's blue)
+
+
+def draw_loss_curve(losses: list[tuple[int, float]], size: tuple[int, int] = (420, 190),
+                    fixed: list[tuple[int, float]] = ()) -> Image.Image:
+    """The training loss (mean over each log interval) against the step, as a small chart; `fixed`: the run's
+    validation losses (`TrainResult.validation`, the loss at draws fixed for the run), drawn beside it.
 
     >>> draw_loss_curve([(1, 0.3), (2, 0.2)]).size
     (420, 190)
@@ -58,10 +63,10 @@ def draw_loss_curve(losses: list[tuple[int, float]], size: tuple[int, int] = (42
         return img
     steps = [s for s, _ in losses]
     values = [v for _, v in losses]
-    lo, hi = min(values), max(values)
+    lo, hi = min(values + [v for _, v in fixed]), max(values + [v for _, v in fixed])
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5 * abs(lo or 1), hi + 0.5 * abs(hi or 1)
-    s0, s1 = min(steps), max(steps)
+    s0, s1 = min(steps + [s for s, _ in fixed]), max(steps + [s for s, _ in fixed])
     span = max(s1 - s0, 1)
 
     def xy(s, v):
@@ -81,6 +86,10 @@ def draw_loss_curve(losses: list[tuple[int, float]], size: tuple[int, int] = (42
         smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
                   for i in range(len(values))]
         d.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(40, 90, 200), width=2)
+    if len(fixed) > 1:  # (its own steps: the start's, every N and the last)
+        d.line([xy(s, v) for s, v in fixed], fill=FIXED, width=2)
+        label = "at fixed draws"
+        d.text((right - d.textlength(label, font=small), 6), label, fill=FIXED, font=small)
     d.text((4, top - 6), f"{hi:.3f}", fill=MUTED, font=small)
     d.text((4, bottom - 8), f"{lo:.3f}", fill=MUTED, font=small)
     d.text((left, bottom + 6), f"step {s0}", fill=MUTED, font=small)

@@ -1663,7 +1663,7 @@ def _lowest_validation(validated: list[tuple[int, float]], saved_every: int, las
     elif saved_every and step % saved_every == 0:
         kept = f"that step's embedding is in {STEP_EMBEDDINGS_DIR}/"
     else:
-        kept = "no embedding of that step is kept: give --save-every a divisor of --validate-every to keep them"
+        kept = "no embedding of that step is kept (--save-every N keeps one every N steps)"
     return f"lowest validation loss {loss:.6f} at step {step} ({VALIDATION_LOG}); {kept}"
 
 
