@@ -127,3 +127,40 @@ def test_kohyas_dataset_config_gives_the_split_and_its_seed(tmp_path):
                        f'[[datasets.subsets]]\nimage_dir = "{folder}"\n')
     config = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
     assert (config.validation_split, config.validation_seed, config.validating_every) == (0.25, 3, 500)
+
+
+def test_a_folder_of_validation_pictures_is_scored_and_not_trained_on(sd1_dir, images, tmp_path):
+    kept = write_images(tmp_path / "kept", n=2, seed=5)
+    plain = train(train_config(images, tmp_path / "plain", validate_every=3), model=load_model(sd1_dir),
+                  progress=False)
+    held = train(train_config(images, tmp_path / "held", validation_images=str(kept), save_every=3),
+                 model=load_model(sd1_dir), progress=False)
+    assert torch.equal(vectors(held), vectors(plain))  # (the training pictures are --images' alone)
+    assert [s for s, _ in held.validation] == [0, 3, 6]  # (--save-every's steps)
+    assert held.validation[0][1] != plain.validation[0][1]  # (other pictures scored)
+
+
+def test_validation_pictures_that_are_trained_on_too_are_refused(images, tmp_path):
+    with pytest.raises(ConfigError, match=r"img0.png, img1.png, img2.png, img3.png are trained on too"):
+        train(train_config(images, tmp_path / "run", validation_images=str(images), model="no/such-model"),
+              progress=False)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(validation_split=0.2), r"--validation-images and --validation-split both"),
+    (dict(validate_every=0), r"--validate-every 0 with --validation-images"),
+])
+def test_validation_pictures_with_a_split_or_no_scores_are_refused(settings, message, images, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        train_config(images, tmp_path / "run", validation_images=str(images), **settings).validate()
+    with pytest.raises(ConfigError, match=r"with several --concepts use --validation-split"):
+        TrainConfig(concepts=[f"{images}=<a>=dog", f"{images}=<b>=cat"], out="o",
+                    validation_images=str(images)).validate()
+
+
+def test_a_resume_may_score_more_or_less_often(sd1_dir, images, tmp_path):
+    settings = dict(steps=4, save_every=2, validation_split=0.25)
+    train(train_config(images, tmp_path / "run", **settings), model=load_model(sd1_dir), progress=False)
+    more = train(train_config(images, tmp_path / "run", **{**settings, "steps": 6}, validate_every=1, resume=True),
+                 model=load_model(sd1_dir), progress=False)
+    assert [s for s, _ in more.validation] == [0, 2, 4, 5, 6]

@@ -358,10 +358,13 @@ class TrainConfig:
                                        "loss on them (kohya's --validation_split); 0: none held out, and the "
                                        "validation loss, when --validate-every asks for it, is the training "
                                        "pictures'")
+    validation_images: str = opt(None, "a folder of pictures of the concept kept for the validation loss and never "
+                                       "trained on, instead of --validation-split's share (one concept)",
+                                 path="file")
     validate_every: int = opt(None, "score the validation loss every N steps, and before the first and at the "
                                     "last: the run's loss at draws fixed for the whole run, so a change is the "
                                     "vectors' (validation.csv; 0: never); default: at every --save-every step with "
-                                    "--validation-split, else never")
+                                    "--validation-split or --validation-images, else never")
     validation_seed: int = opt(None, "seed of the pictures --validation-split holds out and of the validation "
                                      "loss's fixed draws (kohya's --validation_seed); default: --seed")
     validation_draws: int = opt(16, "draws per picture the validation loss averages, each at its own timestep, "
@@ -540,12 +543,22 @@ class TrainConfig:
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:  # (NaN too)
             raise ConfigError(f"--validation-split is the share of each concept's pictures held out, in [0, 1) "
                               f"(e.g. 0.2: one picture of five), got {share!r}")
+        if self.validation_images is not None:
+            if share:
+                raise ConfigError("--validation-images and --validation-split both say which pictures the validation "
+                                  "loss scores; give one of them")
+            if len(self.concept_list()) > 1:
+                raise ConfigError("--validation-images holds one concept's pictures; with several --concepts use "
+                                  "--validation-split (each concept's share)")
+            if not str(self.validation_images).strip():
+                raise ConfigError("--validation-images needs a folder of pictures")
+        held = "--validation-images" if self.validation_images is not None else f"--validation-split {share:g}"
         every = self.validate_every
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
             raise ConfigError(f"--validate-every must be a whole number >= 0 (0: never), got {every!r}")
-        if every == 0 and share:
-            raise ConfigError(f"--validate-every 0 with --validation-split {share:g}: the pictures held out would "
-                              f"never be scored; give --validate-every N (steps), or leave out --validation-split")
+        if every == 0 and (share or self.validation_images is not None):
+            raise ConfigError(f"--validate-every 0 with {held}: the pictures held out would never be scored; give "
+                              f"--validate-every N (steps), or leave out {held.split()[0]}")
         draws = self.validation_draws
         if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
             raise ConfigError(f"--validation-draws must be a whole number >= 1, got {draws!r}")
@@ -557,11 +570,12 @@ class TrainConfig:
 
     @builtins.property  # (the field `property` hides the builtin here)
     def validating_every(self) -> int:
-        """The steps between validation losses (0: none): --validate-every, or --save-every's with a
-        --validation-split (the end alone when that is 0)."""
+        """The steps between validation losses (0: none): --validate-every, or --save-every's with pictures held out
+        (--validation-split, --validation-images; the end alone when that is 0)."""
         if self.validate_every is not None:
             return self.validate_every
-        return (self.save_every or self.steps) if self.validation_split else 0
+        held = self.validation_split or self.validation_images is not None
+        return (self.save_every or self.steps) if held else 0
 
     def _check_noise_and_loss(self) -> None:
         """kohya's noise and loss settings (the ones that need the model, v-prediction or not, are checked once it

@@ -970,6 +970,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     held_back = [None] * len(found)  # each concept's pictures held out for the validation loss (--validation-split)
     if config.validation_split:
         found, held_back = _held_out(config, specs, found, validation_seed, is_main and progress)
+    elif config.validation_images is not None:
+        held_back = [_validation_pictures(config.validation_images, found[0])]
     # each picture's times in an epoch: its kohya folder's (or subset's) count x --repeats
     repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
     length = None  # (how --epochs became the steps: printed, and kept in config.yaml's header)
@@ -1651,6 +1653,18 @@ def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], s
             mine = f"{spec['token']}: " if len(specs) > 1 else ""
             print(f"{mine}held out for the validation loss: {', '.join(held.names)}")
     return [kept for kept, _ in split], [held for _, held in split]
+
+
+def _validation_pictures(folder: str, trained: PictureSet) -> PictureSet:
+    """The pictures of --validation-images, none of them one that is trained on."""
+    held = picture_set(folder)
+    both = {p.resolve() for p in held.paths} & {p.resolve() for p in trained.paths}
+    if both:
+        raise ConfigError(f"--validation-images {folder}: {', '.join(sorted(p.name for p in both))} "
+                          f"{'is' if len(both) == 1 else 'are'} trained on too ({trained.where}), so "
+                          f"{'its' if len(both) == 1 else 'their'} loss says nothing of pictures the word has not "
+                          f"seen; keep the validation pictures in a folder of their own")
+    return held
 
 
 def _lowest_validation(validated: list[tuple[int, float]], saved_every: int, last: int) -> str:
