@@ -303,3 +303,18 @@ def test_a_tracker_that_cannot_close_is_warned_about_and_hides_no_error(sd1_dir,
     with pytest.raises(TrainingInterrupted), pytest.warns(UserWarning, match="could not be closed"):
         train(config(images, tmp_path / "stopped"), model=load_model(sd1_dir), progress=False)
     undo()
+
+
+def test_tensorboard_gets_the_validation_loss_of_validation_csv(sd1_dir, tmp_path):
+    from conftest import write_images
+
+    one, two = write_images(tmp_path / "one", n=2, seed=1), write_images(tmp_path / "two", n=2, seed=2)
+    out = tmp_path / "pets"
+    result = train(TrainConfig(concepts=[f"{one}=<jd>=dog", f"{two}=<jc>=cat"], out=str(out), steps=2, batch=1,
+                               save_every=0, sample_every=0, log_every=1, validate_every=1, log_with="tensorboard"),
+                   model=load_model(sd1_dir), progress=False)
+    logged = scalars(read_events(out / "logs" / "pets"))
+    assert logged["validation_loss"] == [(s, pytest.approx(v, abs=1e-6)) for s, v in result.validation]
+    for token, tag in (("<jd>", "validation_loss/jd"), ("<jc>", "validation_loss/jc")):
+        rows = read_loss_log(out / "validation.csv", token)
+        assert [s for s, _ in rows] == [0, 1, 2] and logged[tag] == [(s, pytest.approx(v, abs=1e-6)) for s, v in rows]
