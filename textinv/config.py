@@ -794,6 +794,14 @@ class GenerateConfig:
                    path="source")
     lora_dir: list = opt([], "folder(s) of LoRA files (.safetensors, searched with their subfolders) for the "
                              "prompts' <lora:name:0.8> tags, e.g. the web UI's models/Lora", path="file")
+    x: str = opt(None, "the web UI's X/Y/Z plot: AXIS=VALUES, one setting along the grid's columns, each cell drawn "
+                       "as generate draws it and xyz_grid-NNNN.png laying them out with labels, e.g. guidance=3,7.5,12 "
+                       "or 'embedding=runs/dog/embeddings/*.safetensors' (axes: seed, steps, guidance, sampler, "
+                       "prompt-sr, embedding, clip-skip, denoise, size, hires-scale, hires-steps; numbers as the web "
+                       "UI's: 1-5, 1-10 (+2), 1-10 [5])")
+    y: str = opt(None, "the X/Y/Z plot's rows: AXIS=VALUES (see --x)")
+    z: str = opt(None, "the X/Y/Z plot's third axis, one grid per value: AXIS=VALUES (see --x)")
+    xyz_max_cells: int = opt(100, "the most cells --x, --y and --z may make together (each cell draws -n pictures)")
     metadata: str = opt("shareable", "what each PNG's text records: shareable (every setting, local files and "
                                      "folders by their names only, as the web UI records them: --again asks for their "
                                      "paths), full (their absolute paths too: --again needs nothing more on this "

@@ -862,7 +862,12 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
 
     A `model` passed in (`models.load_model`) comes back as it came: the embeddings and LoRAs are taken out again.
     Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
+    With `config.x`, `.y` or `.z` it draws the web UI's X/Y/Z plot instead (`xyz.plot`).
     """
+    if config.x or config.y or config.z:
+        from .xyz import plot
+
+        return plot(config, model, progress, keep_seeds)
     where = _Where()
     return out_of_memory_as(lambda: _generate(config, model, progress, keep_seeds, where),
                             lambda e: _memory_error(where, e), lambda: where.device)

@@ -1,0 +1,193 @@
+"""The web UI's X/Y/Z plot for generate (`textinv.xyz`): values, cells drawn as plain generate draws them, the grid."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from textinv.cli import main
+from textinv.config import GenerateConfig
+from textinv.errors import ConfigError
+from textinv.formats import LearnedEmbedding, save_embedding
+from textinv.generate import generate
+from textinv.models import load_model
+from textinv import xyz
+
+
+def pixels(path_or_image):
+    img = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
+    return np.asarray(img.convert("RGB"))
+
+
+def cells_of(grid_path, nx, ny, width, height):
+    """The grid's cells (x fastest), found below and right of its legend's margins."""
+    grid = Image.open(grid_path)
+    left, top = grid.width - nx * width, grid.height - ny * height
+    return grid, left, top, [pixels(grid.crop((left + ix * width, top + iy * height, left + (ix + 1) * width,
+                                              top + (iy + 1) * height))) for iy in range(ny) for ix in range(nx)]
+
+
+def test_values_are_read_as_the_web_uis_ranges_counts_and_steps():
+    assert xyz.numbers(["1-5"], int) == [1, 2, 3, 4, 5]
+    assert xyz.numbers(["1-10 (+3)", "20"], int) == [1, 4, 7, 10, 20]
+    assert xyz.numbers(["10-1 (-3)"], int) == [10, 7, 4, 1]
+    assert xyz.numbers(["1-10 [4]"], int) == [1, 4, 7, 10]
+    assert xyz.numbers(["0-10 [4]"], int) == [0, 3, 6, 10]  # (rounded down, as the web UI's int())
+    assert xyz.numbers(["3-12 (+4.5)", "7.5"], float) == [3.0, 7.5, 12.0, 7.5]
+    assert xyz.numbers(["0.1-0.3 (+0.1)"], float) == [0.1, 0.2, 0.3]  # (not 0.30000000000000004, nor a fourth)
+    assert xyz.numbers(["2-3 [3]"], float) == [2.0, 2.5, 3.0]
+    assert xyz.split_values(' a photo, "b, c" ,d') == ["a photo", "b, c", "d"]
+    for bad, kind, said in (("1.5", int, "not a whole number"), ("x", float, "not a number"),
+                            ("5-1", int, "gives no values"), ("1-5 (+0)", int, "a step of 0"),
+                            ("inf", float, "not a finite number")):
+        with pytest.raises(ValueError, match=said):
+            xyz.numbers([bad], kind)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: every refusal comes before it."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(xyz, "load_model", refuse)
+
+
+def _config(tmp_path, **settings):
+    return GenerateConfig(**{"prompt": ["a photo of dog"], "out": str(tmp_path / "r"), "n": 1, "steps": 2,
+                             "model": str(tmp_path / "no-model"), **settings})
+
+
+@pytest.mark.parametrize("settings, said", [
+    ({"x": "colour=1,2"}, r"--x 'colour=1,2': no axis 'colour'; the axes: seed, steps"),
+    ({"x": "sampel=euler"}, r"did you mean sampler\?"),
+    ({"x": "guidance"}, r"write AXIS=VALUES"),
+    ({"x": "steps="}, r"no values"),
+    ({"y": "sampler=euler,euler_z"}, r"--y 'sampler=euler,euler_z': 'euler_z' is no sampler \(did you mean euler_a"),
+    ({"x": "steps=0,2"}, r"--x steps=0: --steps must be >= 1, got 0"),
+    ({"x": "denoise=0.3,0.6"}, r"--x denoise=0.3: --denoise says how much of a picture is redrawn"),
+    ({"x": "size=16x17"}, r"--x size=16x17: --height must be a multiple of 8"),
+    ({"x": "prompt-sr=cat,dog"}, r"the first value 'cat' is in no --prompt or --negative-prompt"),
+    ({"x": "steps=1,2", "z": "steps=3"}, r"--x and --z both vary steps"),
+    ({"x": "seed=1-11", "y": "steps=1-10"}, r"make 11 x 10 x 1 = 110 cells, more than --xyz-max-cells 100"),
+])
+def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, settings, said):
+    with pytest.raises(ConfigError, match=said):
+        generate(_config(tmp_path, **settings), progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_embedding_axis_files_that_are_no_embedding_or_hold_other_tokens_are_refused(tmp_path, no_model):
+    a = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "a.safetensors")[0]
+    b = save_embedding(LearnedEmbedding("<w>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "b.safetensors")[0]
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not an embedding")
+    prompt = {"prompt": ["a photo of <q>"]}
+    with pytest.raises(ConfigError, match=r"junk.safetensors is not an embedding textinv reads"):
+        generate(_config(tmp_path, x=f"embedding={a},{junk}", **prompt), progress=False)
+    with pytest.raises(ConfigError, match=r"hold different tokens \(<q> in a.safetensors, <w> in b.safetensors\)"):
+        generate(_config(tmp_path, x=f"embedding={a},{b}", **prompt), progress=False)
+    with pytest.raises(ConfigError, match=r"their token '<w>' is in no --prompt"):
+        generate(_config(tmp_path, x=f"embedding={b}", **prompt), progress=False)
+    with pytest.raises(ConfigError, match=r"matches no file"):
+        generate(_config(tmp_path, x=f"embedding={tmp_path}/none-*.pt", **prompt), progress=False)
+    # --token names each file of the axis: then their own tokens do not matter
+    cells = xyz.plan(_config(tmp_path, x=f"embedding={a},{b}", embedding=[str(a)], token=["<q>"], **prompt)).cells
+    assert [c.embedding for c in cells] == [[str(a)], [str(b)]] and [c.token for c in cells] == [["<q>"]] * 2
+
+
+def test_the_grid_lays_out_each_cell_x_fastest_and_each_is_the_plain_generates_picture(sd1_dir, tmp_path):
+    """Each cell is the picture generate draws with the cell's settings, bit for bit; the grid holds them x fastest
+    (the web UI's order), right of the row labels and below the column labels, and names its axes in its text."""
+    model = load_model(sd1_dir)
+    config = _config(tmp_path, model=str(sd1_dir), x="guidance=3,9", y="steps=1-2", seed=4)
+    paths = generate(config, model=model, progress=False)
+    grid_path, cells = paths[0], paths[1:]
+    assert grid_path.name == "xyz_grid-0000.png" and len(cells) == 4
+    grid, left, top, drawn = cells_of(grid_path, 2, 2, 16, 16)
+    assert left > 0 and top > 0  # (the legend's margins: row labels left, column labels above)
+    for (steps, guidance), cell, picture in zip([(1, 3.0), (1, 9.0), (2, 3.0), (2, 9.0)], cells, drawn):
+        plain = generate(_config(tmp_path, model=str(sd1_dir), out=str(tmp_path / "plain"), seed=4, steps=steps,
+                                 guidance=guidance), model=model, progress=False)[0]
+        assert np.array_equal(pixels(cell), pixels(plain)) and np.array_equal(picture, pixels(plain))
+        assert Image.open(cell).text["guidance"] == str(guidance) and Image.open(cell).text["steps"] == str(steps)
+    assert not np.array_equal(drawn[0], drawn[1])
+    text = grid.text
+    assert text["parameters"].endswith("Script: X/Y/Z plot, X Type: CFG Scale, X Values: \"3,9\", Y Type: Steps, "
+                                       "Y Values: 1-2")
+    record = json.loads(text["xyz_plot"])
+    assert record["x"]["labels"] == ["CFG Scale: 3.0", "CFG Scale: 9.0"] and record["y"]["axis"] == "steps"
+    assert record["cells"] == [[c.name] for c in cells]
+
+
+def test_a_z_axis_writes_one_grid_per_value_and_a_cell_of_several_pictures_holds_them_all(sd1_dir, tmp_path):
+    """-n 2: each cell holds both seeds' pictures side by side (the web UI's batch grid); --z seed: one grid per seed,
+    numbered on from the grids already there."""
+    out = tmp_path / "r"
+    out.mkdir()
+    Image.new("RGB", (4, 4)).save(out / "xyz_grid-0003.png")
+    model = load_model(sd1_dir)
+    paths = generate(_config(tmp_path, model=str(sd1_dir), n=2, x="steps=1,2", z="seed=0,10"), model=model,
+                     progress=False)
+    grids, cells = paths[:2], paths[2:]
+    assert [g.name for g in grids] == ["xyz_grid-0004.png", "xyz_grid-0005.png"] and len(cells) == 8
+    for iz, (grid, seed) in enumerate(zip(grids, (0, 10))):
+        mine = cells[iz * 4:(iz + 1) * 4]
+        assert [int(Image.open(c).text["seed"]) for c in mine] == [seed, seed + 1] * 2
+        _, _, _, drawn = cells_of(grid, 2, 1, 32, 16)
+        for cell, pair in zip(drawn, (mine[:2], mine[2:])):  # (both pictures of a cell, side by side)
+            assert np.array_equal(cell, np.concatenate([pixels(p) for p in pair], axis=1))
+        assert json.loads(Image.open(grid).text["xyz_plot"])["z_value"] == f"Seed: {seed}"
+
+
+def test_prompt_search_and_replace_replaces_the_first_value_in_the_prompt_and_the_negative(sd1_dir, tmp_path):
+    model = load_model(sd1_dir)
+    config = _config(tmp_path, model=str(sd1_dir), prompt=["a photo of dog"], negative_prompt="a dog, blurry",
+                     x="prompt-sr=dog,cat")
+    cells = generate(config, model=model, progress=False)[1:]
+    texts = [Image.open(c).text for c in cells]
+    assert [t["prompt"] for t in texts] == ["a photo of dog", "a photo of cat"]
+    assert [t["negative_prompt"] for t in texts] == ["a dog, blurry", "a cat, blurry"]
+    plain = generate(_config(tmp_path, model=str(sd1_dir), out=str(tmp_path / "plain"), prompt=["a photo of cat"],
+                             negative_prompt="a cat, blurry"), model=model, progress=False)[0]
+    assert np.array_equal(pixels(cells[1]), pixels(plain))
+    assert not np.array_equal(pixels(cells[0]), pixels(plain))
+
+
+def test_the_embedding_axis_draws_each_file_under_one_token_in_training_step_order(sd1_dir, tmp_path):
+    """The key use: a run's saved embeddings, by a glob, each drawn by the same prompt, in the order of their steps
+    (not of their names: steps-1000 sorts before steps-500 as text); each cell is a plain generate with that file."""
+    folder = tmp_path / "embeddings"
+    files = {}
+    for steps in (1000, 500):
+        emb = LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32, generator=torch.Generator().manual_seed(
+            steps)) * 3}, {"steps": str(steps)})
+        files[steps] = save_embedding(emb, folder / f"learned_embeds-steps-{steps}.safetensors")[0]
+    model = load_model(sd1_dir)
+    config = _config(tmp_path, model=str(sd1_dir), prompt=["a photo of <q>"], embedding=[str(files[500])],
+                     x=f"embedding={folder}/*.safetensors")
+    paths = generate(config, model=model, progress=False)
+    cells = paths[1:]
+    assert [Image.open(c).text["embeddings"] for c in cells] == [files[500].name, files[1000].name]
+    assert not np.array_equal(pixels(cells[0]), pixels(cells[1]))
+    for steps, cell in zip((500, 1000), cells):
+        plain = generate(_config(tmp_path, model=str(sd1_dir), out=str(tmp_path / f"plain{steps}"),
+                                 prompt=["a photo of <q>"], embedding=[str(files[steps])]), model=model,
+                         progress=False)[0]
+        assert np.array_equal(pixels(cell), pixels(plain))
+    record = json.loads(Image.open(paths[0]).text["xyz_plot"])
+    assert record["x"]["labels"] == [f"Embedding: {files[500].name}", f"Embedding: {files[1000].name}"]
+    assert model.tokenizer.convert_tokens_to_ids("<q>") == model.tokenizer.unk_token_id  # (handed back clean)
+
+
+def test_the_command_line_takes_x_y_z_and_the_cap(sd1_dir, tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "1", "--out", str(out)]
+    assert main([*args, "--x", "sampler=euler,Euler a", "--y", "cfg=2,4"]) == 0
+    grid = Image.open(out / "xyz_grid-0000.png")
+    assert "X Type: Sampler, X Values: \"euler,Euler a\", Y Type: CFG Scale" in grid.text["parameters"]
+    assert json.loads(grid.text["xyz_plot"])["x"]["labels"] == ["euler", "euler_a"]
+    assert main([*args, "--x", "seed=1-3", "--xyz-max-cells", "2"]) == 2
+    assert "3 cells, more than --xyz-max-cells 2" in capsys.readouterr().err

@@ -1,0 +1,524 @@
+"""The A1111 web UI's X/Y/Z plot for `textinv generate`: one setting varied along each axis of a grid of pictures.
+
+    textinv generate --prompt "a photo of <dog>" --embedding runs/dog/learned_embeds.safetensors -n 1 \\
+        --x "embedding=runs/dog/embeddings/*.safetensors" --y guidance=3,7.5,12
+
+draws the prompt with each of a run's saved embeddings (columns, in training-step order) at each guidance (rows) and
+writes `xyz_grid-NNNN.png`, the cells laid out with their labels as the web UI's script lays them out (its
+scripts/xyz_grid.py and modules/images.py's image_grid and draw_grid_annotations), one grid per value of --z.
+
+Each cell is one `generate` call with the settings of the command and the cell's values, on the one model loaded for
+the plot: its pictures are written as generate writes them (each PNG with its own settings, so `--again` draws it
+again) and are the plain generate's of those settings bit for bit. Every cell draws the same seeds (--seed, and -n
+pictures from it) unless the seed is an axis, as the web UI keeps one seed; a cell of several pictures (-n, several
+--prompt) holds them all, laid out as the web UI lays out a batch (`_cell_picture`). Everything is checked before the
+model loads: the axes, their values, the cells' settings (each as `GenerateConfig.validate` checks it) and the count.
+
+Values are the web UI's: comma-separated (quote a value holding a comma, as CSV), and for numbers ranges: `1-5` (1 to
+5), `1-10 (+2)` (by steps of 2), `1-10 [5]` (5 values, evenly spaced; whole numbers rounded down).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import difflib
+import glob
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
+from .errors import ConfigError, TextinvError
+from .formats import load_embedding
+from .generate import _infotext_value, drawing_dtype, generate, make_grid
+from .io import atomic_path
+from .models import load_model, pick_device
+from .report import INK, PAPER, font
+
+SCRIPT = "X/Y/Z plot"  # (the web UI's script's title, which its grids' text names)
+GRID_NAME = "xyz_grid"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One kind of axis: textinv's `name`, the web UI's `label` (the legend's and the PNG text's), how its values
+    text is read (`read`: the text's comma-separated items to values, refused with the reason), the settings a value
+    sets (`apply`: the GenerateConfig fields it replaces, given the command's config), and whether the legend shows
+    "label: value" or the value alone (`named`, as the web UI's format_value_add_label or format_value)."""
+
+    name: str
+    label: str
+    read: Callable[[list[str], GenerateConfig], list]
+    apply: Callable[[object, GenerateConfig], dict]
+    named: bool = True
+    show: Callable[[object], str] = str
+
+
+# --- the values --------------------------------------------------------------------------------------------------
+
+_NUMBER = r"[+-]?\s*\d+(?:\.\d*)?"
+# "a-b", "a-b (+s)", "a-b [n]", as the web UI's re_range / re_range_count (its step needs a sign; here it may lack one)
+_RANGE = re.compile(rf"\s*({_NUMBER})\s*-\s*({_NUMBER})\s*(?:\(\s*({_NUMBER})\s*\)|\[\s*(\d+)\s*\])?\s*")
+
+
+def split_values(text: str) -> list[str]:
+    """The comma-separated items of an axis's values, stripped, read as CSV as the web UI reads them (a quoted item
+    may hold a comma).
+
+    >>> split_values('3, 7.5,"a, b"')
+    ['3', '7.5', 'a, b']
+    """
+    return [item.strip() for row in csv.reader([text], skipinitialspace=True) for item in row]
+
+
+def numbers(items: list[str], kind: type) -> list:
+    """Each item as a number of `kind` (int or float), ranges expanded as the web UI's X/Y/Z plot expands them:
+    `1-5` is 1, 2, 3, 4, 5; `1-10 (+3)` is 1, 4, 7, 10; `1-10 [4]` is 4 values evenly spaced from 1 to 10 (for whole
+    numbers each rounded down, as the web UI's int() of numpy's linspace). The ends are included. Raises ValueError
+    saying what is wrong with an item.
+
+    >>> numbers(["1-5", "8"], int), numbers(["1-10 (+3)"], int), numbers(["1-10 [4]"], int), numbers(["2-3 [3]"], float)
+    ([1, 2, 3, 4, 5, 8], [1, 4, 7, 10], [1, 4, 7, 10], [2.0, 2.5, 3.0])
+    """
+    out: list = []
+    for item in items:
+        match = _RANGE.fullmatch(item)
+        if match is None:
+            out.append(_number(item, kind))
+            continue
+        start, end = _number(match[1], kind), _number(match[2], kind)
+        if match[4] is not None:  # [count]
+            count = int(match[4])
+            if count < 1:
+                raise ValueError(f"{item!r} asks for {count} values; give at least 1")
+            spaced = [start + (end - start) * i / max(count - 1, 1) for i in range(count)]
+            out += [int(v) if kind is int else round(v, 8) for v in spaced]
+            continue
+        step = _number(match[3], kind) if match[3] is not None else 1
+        if step == 0:
+            raise ValueError(f"{item!r} has a step of 0; give a step that moves from {start} toward {end}")
+        count = math.floor((end - start) / step + 1e-9) + 1  # (the end included when a step lands on it)
+        if count < 1:
+            raise ValueError(f"{item!r} gives no values (a step of {step} never goes from {start} to {end}); "
+                             f"turn the range round or give a negative step, e.g. ({-step:+g})")
+        out += [start + step * i if kind is int else round(start + step * i, 8) for i in range(count)]
+    return out
+
+
+def _number(text: str, kind: type):
+    try:
+        value = kind(re.sub(r"\s+", "", text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def _numbers(kind: type):
+    return lambda items, config: numbers(items, kind)
+
+
+def _samplers(items: list[str], config: GenerateConfig) -> list[str]:
+    names = [spelled(SAMPLER_SPELLINGS, item) for item in items]
+    for item, name in zip(items, names):
+        if name not in SAMPLERS:
+            near = difflib.get_close_matches(item.lower(), SAMPLERS, n=1)
+            raise ValueError(f"{item!r} is no sampler" + (f" (did you mean {near[0]}?)" if near else "")
+                             + f"; the samplers: {', '.join(SAMPLERS)}")
+    return names
+
+
+def _sizes(items: list[str], config: GenerateConfig) -> list[tuple[int, int]]:
+    sizes = []
+    for item in items:
+        match = re.fullmatch(r"(\d+)\s*[xX×]\s*(\d+)", item)
+        if match is None:
+            raise ValueError(f"{item!r} is no size; write width x height, e.g. 512x768")
+        sizes.append((int(match[1]), int(match[2])))
+    return sizes
+
+
+def _search_replace(items: list[str], config: GenerateConfig) -> list[str]:
+    """Prompt S/R as the web UI's: the first value must be in a prompt or the negative prompt (it is what each value,
+    the first included, replaces)."""
+    first = items[0]
+    if not any(first in text for text in config.prompt + [config.negative_prompt]):
+        raise ValueError(f"the first value {first!r} is in no --prompt or --negative-prompt; Prompt S/R searches "
+                         f"for the first value and replaces it by each value in turn, so begin with words of the "
+                         f"prompt, e.g. prompt-sr=<dog>,<cat>")
+    return items
+
+
+def _replaced(value: str, config: GenerateConfig, first: str) -> dict:
+    return {"prompt": [p.replace(first, value) for p in config.prompt],
+            "negative_prompt": config.negative_prompt.replace(first, value)}
+
+
+# --- the embedding axis ------------------------------------------------------------------------------------------
+
+def embedding_values(items: list[str], config: GenerateConfig) -> list[str]:
+    """The files of an embedding axis: each item a file, or a glob (`runs/dog/embeddings/*.safetensors`) whose
+    files are taken in training-step order (the step each file records, else the numbers in their names). Each
+    must be an embedding, all of one token (each is drawn by the same prompt): the first --token's when given (it
+    names each file), else the one they hold, which a prompt must write."""
+    files: list[str] = []
+    for item in items:
+        if glob.has_magic(item):
+            found = [f for f in glob.glob(str(Path(item).expanduser())) if Path(f).is_file()]
+            if not found:
+                raise ValueError(f"{item!r} matches no file")
+            files += _by_step(found)
+        elif not Path(item).expanduser().exists():
+            raise ValueError(f"{item} does not exist")
+        else:
+            files.append(str(Path(item).expanduser()))
+    token = config.token[0] if config.token else None
+    tokens = {}
+    for file in files:
+        try:
+            tokens[file] = load_embedding(file, token=token).token
+        except TextinvError as e:
+            raise ValueError(f"{file} is not an embedding textinv reads ({e})") from None
+    if len(set(tokens.values())) > 1:
+        held = ", ".join(f"{t} in {Path(f).name}" for f, t in tokens.items())
+        raise ValueError(f"the files hold different tokens ({held}), so one prompt cannot draw each; give --token "
+                         f"NAME with the --embedding they replace, to load each under that name")
+    token = next(iter(tokens.values()))
+    said = " ".join(config.prompt + [config.negative_prompt]).lower()
+    if token.lower() not in said:
+        raise ValueError(f"their token {token!r} is in no --prompt or --negative-prompt, so no cell would draw them; "
+                         f"write it in the prompt, e.g. 'a photo of {token}'")
+    return files
+
+
+def _by_step(files: list[str]) -> list[str]:
+    """`files` in training-step order: by the step each records (textinv's and the web UI's "steps"), when each
+    records one, else by their names with their numbers compared as numbers (steps-500 before steps-1000)."""
+    steps = {}
+    for f in files:
+        try:
+            steps[f] = int(load_embedding(f).metadata.get("steps", ""))
+        except (TextinvError, ValueError):
+            break
+    else:
+        return sorted(files, key=lambda f: (steps[f], _natural(f)))
+    return sorted(files, key=_natural)
+
+
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(name))]
+
+
+def _with_embedding(value: str, config: GenerateConfig) -> dict:
+    """The cell's --embedding: the axis's file in place of the first one given (or as the only one)."""
+    return {"embedding": [value] + list(config.embedding[1:])}
+
+
+# --- the axes ------------------------------------------------------------------------------------------------------
+
+def _field(name: str) -> Callable[[object, GenerateConfig], dict]:
+    return lambda value, config: {name: value}
+
+
+AXES = {axis.name: axis for axis in (
+    Axis("seed", "Seed", _numbers(int), _field("seed")),
+    Axis("steps", "Steps", _numbers(int), _field("steps")),
+    Axis("guidance", "CFG Scale", _numbers(float), _field("guidance")),
+    Axis("sampler", "Sampler", _samplers, _field("sampler"), named=False),
+    Axis("prompt-sr", "Prompt S/R", _search_replace, None, named=False),  # (apply: `_apply`, it needs the first)
+    Axis("embedding", "Embedding", embedding_values, _with_embedding, show=lambda f: Path(f).name),
+    Axis("clip-skip", "Clip skip", _numbers(int), _field("clip_skip")),
+    Axis("denoise", "Denoising", _numbers(float), _field("denoise")),
+    Axis("size", "Size", _sizes, lambda v, c: {"width": v[0], "height": v[1]}, show=lambda v: f"{v[0]}x{v[1]}"),
+    Axis("hires-scale", "Hires upscale", _numbers(float), _field("hires_scale")),
+    Axis("hires-steps", "Hires steps", _numbers(int), _field("hires_steps")),
+)}
+# the web UI's labels name them too ("CFG Scale", "Prompt S/R", "Denoising"), and "cfg"
+_SPELLINGS = {**{a.label.lower(): a.name for a in AXES.values()}, "cfg": "guidance"}
+
+
+@dataclass(frozen=True)
+class Plotted:
+    """One axis of a plot as it was read: which (`axis`), from which flag (`flag`: --x) and text (`given`), its
+    values, and each value's legend text (`labels`)."""
+
+    axis: Axis
+    flag: str
+    given: str
+    values: list
+
+    @property
+    def labels(self) -> list[str]:
+        return [f"{self.axis.label}: {self._show(v)}" if self.axis.named else self._show(v) for v in self.values]
+
+    def _show(self, value) -> str:
+        return str(round(value, 8)) if isinstance(value, float) else self.axis.show(value)
+
+    def settings(self, value, config: GenerateConfig) -> dict:
+        if self.axis.name == "prompt-sr":
+            return _replaced(value, config, self.values[0])
+        return self.axis.apply(value, config)
+
+
+_NOTHING = None  # (an axis not given: one cell along it, no legend)
+
+
+def read_axis(flag: str, text: str, config: GenerateConfig) -> Plotted:
+    """`--x AXIS=VALUES` read and checked (`config`: the command's settings), or a ConfigError naming the flag, the
+    value and the fix."""
+    name, sep, values = text.partition("=")
+    key = name.strip().lower().replace("_", "-")
+    key = _SPELLINGS.get(key, key)
+    if not sep or not key:
+        raise ConfigError(f"{flag} {text!r}: write AXIS=VALUES, e.g. {flag} guidance=3,7.5,12 (axes: "
+                          f"{', '.join(AXES)})")
+    if key not in AXES:
+        near = difflib.get_close_matches(key, list(AXES), n=1)
+        raise ConfigError(f"{flag} {text!r}: no axis {name.strip()!r}" + (f" (did you mean {near[0]}?)" if near else "")
+                          + f"; the axes: {', '.join(AXES)}")
+    items = split_values(values)
+    if not items or any(not item for item in items):
+        raise ConfigError(f"{flag} {text!r}: {'an empty value' if items else 'no values'}; give the values after "
+                          f"'=', separated by commas, e.g. {flag} {key}={_EXAMPLES[key]}")
+    try:
+        read = AXES[key].read(items, config)
+    except ValueError as e:
+        raise ConfigError(f"{flag} {text!r}: {e}") from None
+    if key == "seed":  # the web UI's: -1 is a seed drawn once for the plot
+        read = [v if v != -1 else random.randrange(2**32) for v in read]
+    return Plotted(AXES[key], flag, values.strip(), read)
+
+
+_EXAMPLES = {"seed": "1-4", "steps": "10-30 (+10)", "guidance": "3,7.5,12", "sampler": "euler,dpm++2m_karras",
+             "prompt-sr": "<dog>,<cat>", "embedding": "runs/dog/embeddings/*.safetensors", "clip-skip": "1,2",
+             "denoise": "0.3-0.7 [3]", "size": "512x512,512x768", "hires-scale": "1.5,2", "hires-steps": "10,20"}
+
+
+@dataclass
+class Plan:
+    """A plot ready to draw: its three axes (an axis not given: `_NOTHING`) and each cell's settings, in the web
+    UI's order (x fastest, then y, then z)."""
+
+    axes: tuple[Plotted | None, Plotted | None, Plotted | None]
+    cells: list[GenerateConfig]
+
+    def counts(self) -> tuple[int, int, int]:
+        return tuple(len(a.values) if a is not None else 1 for a in self.axes)
+
+
+def plan(config: GenerateConfig) -> Plan:
+    """The plot `config.x`, `.y`, `.z` ask for, every cell's settings checked (as `GenerateConfig.validate` checks
+    them) before anything loads. `config` is validated already (its seed drawn)."""
+    given = [(flag, text) for flag, text in (("--x", config.x), ("--y", config.y), ("--z", config.z)) if text]
+    axes = [read_axis(flag, text, config) if text else _NOTHING
+            for flag, text in (("--x", config.x), ("--y", config.y), ("--z", config.z))]
+    seen: dict[str, str] = {}
+    for a in axes:
+        if a is None:
+            continue
+        if a.axis.name in seen:
+            raise ConfigError(f"{seen[a.axis.name]} and {a.flag} both vary {a.axis.name}: give each axis once (put all "
+                              f"its values on one of them)")
+        seen[a.axis.name] = a.flag
+    nx, ny, nz = (len(a.values) if a is not None else 1 for a in axes)
+    if config.xyz_max_cells is None or config.xyz_max_cells < 1:
+        raise ConfigError(f"--xyz-max-cells must be 1 or more, got {config.xyz_max_cells}")
+    if nx * ny * nz > config.xyz_max_cells:
+        raise ConfigError(f"{' '.join(f'{f} {t!r}' for f, t in given)} make {nx} x {ny} x {nz} = {nx * ny * nz} cells, "
+                          f"more than --xyz-max-cells {config.xyz_max_cells} (each draws -n {config.n} pictures): "
+                          f"give fewer values, or raise --xyz-max-cells")
+    base = replace(config, x=None, y=None, z=None)
+    for a in axes:  # each value on its own first, so a bad one is named by its axis
+        for value in (a.values if a is not None else []):
+            _checked(replace(base, **a.settings(value, base)), f"{a.flag} {a.axis.name}={a._show(value)}")
+    cells = []
+    for iz in range(nz):
+        for iy in range(ny):
+            for ix in range(nx):
+                cell = base
+                for a, i in zip(axes, (ix, iy, iz)):
+                    if a is not None:
+                        cell = replace(cell, **a.settings(a.values[i], cell))
+                where = ", ".join(f"{a.flag} {a.labels[i]}" for a, i in zip(axes, (ix, iy, iz)) if a is not None)
+                cells.append(_checked(cell, f"the cell {where}"))
+    return Plan(tuple(axes), cells)
+
+
+def _checked(cell: GenerateConfig, where: str) -> GenerateConfig:
+    try:
+        copy.copy(cell).validate()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return cell
+
+
+# --- drawing -----------------------------------------------------------------------------------------------------
+
+def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: set[int] | None = None) -> list[Path]:
+    """Draw the X/Y/Z plot `config.x`, `.y`, `.z` ask for: each cell with `generate` on one model (`model`, or the
+    one `config` names, loaded once), then one `xyz_grid-NNNN.png` per --z value in `config.out`. Returns the
+    grids' paths, then the cells' pictures'.
+
+    >>> plot(GenerateConfig(prompt=["a photo of <dog>"], embedding=["dog-500.safetensors"], n=1,
+    ...                     x="embedding=runs/dog/embeddings/*.safetensors", y="guidance=3,7.5"))  # doctest: +SKIP
+    [PosixPath('renders/xyz_grid-0000.png'), PosixPath('renders/000-a-photo-of-dog-s0.png'), ...]
+    """
+    config = copy.copy(config).validate()  # (its seed drawn once: every cell draws it, as the web UI's fix_seed)
+    ready = plan(config)
+    if model is None:
+        model = _load(config)
+    cells: list[list[Path]] = []
+    for cell in tqdm(ready.cells, disable=not progress, desc="xyz plot", unit="cell"):
+        cells.append(generate(cell, model, progress=False, keep_seeds=keep_seeds))
+    nx, ny, nz = ready.counts()
+    grids = []
+    for iz in range(nz):
+        these = cells[iz * nx * ny:(iz + 1) * nx * ny]
+        grid = _grid_picture(ready, [_cell_picture(paths) for paths in these], iz)
+        info = _grid_text(config, ready, these, iz) if config.metadata != "none" else None
+        grids.append(_save_grid(grid, Path(config.out), info))
+    return grids + [path for paths in cells for path in paths]
+
+
+def _load(config: GenerateConfig):
+    """The model `config` names, loaded as `generate` loads it."""
+    device = pick_device(config.device)
+    return load_model(config.model, dtype=drawing_dtype(config.precision, device), device=device,
+                      prediction_type=config.prediction_type, single_file_config=config.single_file_config,
+                      vae=config.vae, revision=config.revision, variant=config.variant,
+                      inpainting=bool(config.init_image))
+
+
+def _cell_picture(paths: list[Path]) -> Image.Image:
+    """A cell's pictures as one: a single picture as it is, several in the web UI's batch grid (image_grid with its
+    default rows: the square root of the count, rounded)."""
+    pictures = [Image.open(p).convert("RGB") for p in paths]
+    if len(pictures) == 1:
+        return pictures[0]
+    rows = min(max(round(math.sqrt(len(pictures))), 1), len(pictures))
+    return make_grid(pictures, math.ceil(len(pictures) / rows))
+
+
+def _grid_picture(ready: Plan, cells: list[Image.Image], iz: int) -> Image.Image:
+    """One --z value's grid: the cells x fastest, with the x values above the columns and the y values left of the
+    rows, and the z value above it all when there is a z axis."""
+    x, y, z = ready.axes
+    nx = len(x.values) if x is not None else 1
+    grid = make_grid(cells, nx)
+    width, height = max(c.width for c in cells), max(c.height for c in cells)
+    grid = annotate(grid, width, height, x.labels if x is not None else [""] * nx,
+                    y.labels if y is not None else [""] * (len(cells) // nx))
+    if z is not None:
+        grid = annotate(grid, grid.width, grid.height, [z.labels[iz]], [""])
+    return grid
+
+
+def annotate(grid: Image.Image, width: int, height: int, columns: list[str], rows: list[str]) -> Image.Image:
+    """`grid` (cells of `width` x `height`) with `columns`' texts above its columns and `rows`' left of its rows, laid
+    out as the web UI's draw_grid_annotations: the font (width + height) / 25 pixels (at least 10), lines a half font
+    apart, the row texts in a margin three quarters of a cell wide, each text wrapped to its room and a word too long
+    for it drawn smaller. No texts: the grid as it is.
+
+    >>> annotate(Image.new("RGB", (128, 64)), 64, 64, ["a", "b"], [""]).size
+    (128, 82)
+    """
+    size = max((width + height) // 25, 10)
+    spacing = size // 2
+    left = width * 3 // 4 if any(rows) else 0
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    above = [_lines(measure, text, size, width) for text in columns]
+    beside = [_lines(measure, text, size, left) for text in rows]
+    tall = [sum(h for _, _, h in lines) + spacing * (len(lines) - 1) for lines in above]
+    top = max(tall) + 2 * spacing if any(columns) else 0
+    out = Image.new("RGB", (grid.width + left, grid.height + top), PAPER)
+    out.paste(grid, (left, top))
+    d = ImageDraw.Draw(out)
+    for col, lines in enumerate(above):
+        _draw(d, lines, left + width * col + width / 2, top / 2 - tall[col] / 2, spacing)
+    for row, lines in enumerate(beside):
+        high = sum(h for _, _, h in lines) + spacing * (len(lines) - 1)
+        _draw(d, lines, left / 2, top + height * row + height / 2 - high / 2, spacing)
+    return out
+
+
+def _lines(measure: ImageDraw.ImageDraw, text: str, size: int, room: int) -> list[tuple[str, object, int]]:
+    """`text` wrapped at spaces to `room` pixels, each line (text, font, height) at `size`, or smaller where a word
+    alone is wider than the room (as the web UI shrinks it)."""
+    if not text or room <= 0:
+        return []
+    full = font(size)
+    lines = [""]
+    for word in text.split():
+        joined = f"{lines[-1]} {word}".strip()
+        if measure.textlength(joined, font=full) <= room or not lines[-1]:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    out = []
+    for line in lines:
+        fitted, own = full, size
+        while measure.textlength(line, font=fitted) > room and own > 4:
+            own -= 1
+            fitted = font(own)
+        box = measure.textbbox((0, 0), line, font=fitted)
+        out.append((line, fitted, box[3] - box[1]))
+    return out
+
+
+def _draw(d: ImageDraw.ImageDraw, lines, x: float, y: float, spacing: int) -> None:
+    for text, fnt, high in lines:
+        d.text((x, y + high / 2), text, font=fnt, fill=INK, anchor="mm")
+        y += high + spacing
+
+
+def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz: int):
+    """The grid's PNG text: the web UI's `parameters` of its first cell's picture with the script's fields after it
+    (Script, X Type, X Values, and Fixed X Values for a seed axis, likewise Y and Z), and `xyz_plot`: the axes,
+    their values and each cell's pictures' file names (x fastest) as JSON. No record `--again` reads: a grid is
+    drawn again with its command, each cell from its own picture."""
+    from PIL.PngImagePlugin import PngInfo
+
+    first = Image.open(cells[0][0]).text.get("parameters", "") if cells and cells[0] else ""
+    fields = [("Script", SCRIPT)]
+    plot_record: dict = {}
+    for key, a in zip("XYZ", ready.axes):
+        if a is None:
+            continue
+        shown = ", ".join(a.axis.show(v) for v in a.values) if a.axis.name == "embedding" else a.given
+        fields += [(f"{key} Type", a.axis.label), (f"{key} Values", shown)]
+        if a.axis.name == "seed":
+            fields.append((f"Fixed {key} Values", ", ".join(map(str, a.values))))
+        plot_record[key.lower()] = {"axis": a.axis.name, "type": a.axis.label, "values": shown, "labels": a.labels}
+    z = ready.axes[2]
+    if z is not None:
+        plot_record["z_value"] = z.labels[iz]
+    plot_record["cells"] = [[p.name for p in paths] for paths in cells]
+    info = PngInfo()
+    info.add_text("parameters", (first + ", " if first else "")
+                  + ", ".join(f"{k}: {_infotext_value(v)}" for k, v in fields))
+    info.add_text("xyz_plot", json.dumps(plot_record))
+    return info
+
+
+def _save_grid(grid: Image.Image, out: Path, info) -> Path:
+    """Write `grid` as the next free xyz_grid-NNNN.png in `out` (the web UI's grid name and numbering), never over a
+    file."""
+    taken = [int(m[1]) for p in out.glob(f"{GRID_NAME}-*.png") if (m := re.fullmatch(rf"{GRID_NAME}-(\d+)\.png", p.name))]
+    number = max(taken, default=-1) + 1
+    while True:
+        path = out / f"{GRID_NAME}-{number:04d}.png"
+        try:
+            with atomic_path(path, replace=False) as tmp:
+                grid.save(tmp, format="PNG", pnginfo=info)
+            return path
+        except FileExistsError:
+            number += 1
