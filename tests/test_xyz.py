@@ -179,7 +179,21 @@ def test_the_embedding_axis_draws_each_file_under_one_token_in_training_step_ord
         assert np.array_equal(pixels(cell), pixels(plain))
     record = json.loads(Image.open(paths[0]).text["xyz_plot"])
     assert record["x"]["labels"] == [f"Embedding: {files[500].name}", f"Embedding: {files[1000].name}"]
+    # the glob's folder is not written (it tells where the user's files are): the files by their names
+    assert (f'X Type: Embedding, X Values: "{files[500].name}, {files[1000].name}"' in Image.open(paths[0]).text[
+        "parameters"]) and str(folder) not in str(Image.open(paths[0]).text)
     assert model.tokenizer.convert_tokens_to_ids("<q>") == model.tokenizer.unk_token_id  # (handed back clean)
+
+
+def test_files_are_taken_in_the_order_of_the_steps_they_record_else_of_the_numbers_in_their_names(tmp_path):
+    def saved(name, steps=None):
+        emb = LearnedEmbedding("<q>", {"text_encoder": torch.zeros(1, 32)}, {"steps": str(steps)} if steps else {})
+        return str(save_embedding(emb, tmp_path / name)[0])
+
+    recorded = [saved("a.safetensors", 900), saved("b.safetensors", 50)]
+    assert xyz._by_step(recorded) == recorded[::-1]
+    named = [saved("x-steps-1000.safetensors"), saved("x-steps-200.safetensors")]
+    assert xyz._by_step(named) == named[::-1]
 
 
 def test_the_command_line_takes_x_y_z_and_the_cap(sd1_dir, tmp_path, capsys):
@@ -191,3 +205,17 @@ def test_the_command_line_takes_x_y_z_and_the_cap(sd1_dir, tmp_path, capsys):
     assert json.loads(grid.text["xyz_plot"])["x"]["labels"] == ["euler", "euler_a"]
     assert main([*args, "--x", "seed=1-3", "--xyz-max-cells", "2"]) == 2
     assert "3 cells, more than --xyz-max-cells 2" in capsys.readouterr().err
+
+
+def test_again_with_an_axis_draws_the_picture_along_it_and_metadata_none_writes_no_grid_text(sd1_dir, tmp_path):
+    """`--again PICTURE --x guidance=...`: the picture's settings with the axis varied; the cell of the picture's own
+    guidance is the picture."""
+    args = ["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "2", "--guidance", "4"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    picture = tmp_path / "a" / "000-a-dog-s0.png"
+    assert main(["generate", "--again", str(picture), "--model", str(sd1_dir), "--x", "guidance=4,6", "--out",
+                 str(tmp_path / "b")]) == 0
+    assert np.array_equal(pixels(tmp_path / "b" / "000-a-dog-s0.png"), pixels(picture))
+    assert Image.open(tmp_path / "b" / "000-a-dog-s0-2.png").text["guidance"] == "6.0"
+    assert main([*args, "--out", str(tmp_path / "c"), "--x", "steps=1,2", "--metadata", "none"]) == 0
+    assert Image.open(tmp_path / "c" / "xyz_grid-0000.png").text == {}
