@@ -209,13 +209,18 @@ def test_the_command_line_takes_x_y_z_and_the_cap(sd1_dir, tmp_path, capsys):
 
 def test_again_with_an_axis_draws_the_picture_along_it_and_metadata_none_writes_no_grid_text(sd1_dir, tmp_path):
     """`--again PICTURE --x guidance=...`: the picture's settings with the axis varied; the cell of the picture's own
-    guidance is the picture."""
-    args = ["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "2", "--guidance", "4"]
-    assert main([*args, "--out", str(tmp_path / "a")]) == 0
-    picture = tmp_path / "a" / "000-a-dog-s0.png"
-    assert main(["generate", "--again", str(picture), "--model", str(sd1_dir), "--x", "guidance=4,6", "--out",
-                 str(tmp_path / "b")]) == 0
-    assert np.array_equal(pixels(tmp_path / "b" / "000-a-dog-s0.png"), pixels(picture))
-    assert Image.open(tmp_path / "b" / "000-a-dog-s0-2.png").text["guidance"] == "6.0"
-    assert main([*args, "--out", str(tmp_path / "c"), "--x", "steps=1,2", "--metadata", "none"]) == 0
+    settings is the picture. It is redrawn in the batch it was drawn in (seeds 0 and 1 of -n 2): a seed axis moves
+    that batch, the picture's place in it kept."""
+    args = ["generate", "--model", str(sd1_dir), "--prompt", "a dog", "--steps", "2", "--guidance", "4"]
+    assert main([*args, "-n", "2", "--out", str(tmp_path / "a")]) == 0
+    picture = tmp_path / "a" / "000-a-dog-s1.png"
+    again = ["generate", "--again", str(picture), "--model", str(sd1_dir)]
+    assert main([*again, "--x", "guidance=4,6", "--out", str(tmp_path / "b")]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").glob("000-*")) == ["000-a-dog-s1-2.png", "000-a-dog-s1.png"]
+    assert np.array_equal(pixels(tmp_path / "b" / "000-a-dog-s1.png"), pixels(picture))
+    assert Image.open(tmp_path / "b" / "000-a-dog-s1-2.png").text["guidance"] == "6.0"
+    assert main([*again, "--x", "seed=0,7", "--out", str(tmp_path / "d")]) == 0
+    assert sorted(p.name for p in (tmp_path / "d").glob("000-*")) == ["000-a-dog-s1.png", "000-a-dog-s8.png"]
+    assert np.array_equal(pixels(tmp_path / "d" / "000-a-dog-s1.png"), pixels(picture))
+    assert main([*args, "-n", "1", "--out", str(tmp_path / "c"), "--x", "steps=1,2", "--metadata", "none"]) == 0
     assert Image.open(tmp_path / "c" / "xyz_grid-0000.png").text == {}

@@ -51,13 +51,14 @@ GRID_NAME = "xyz_grid"
 class Axis:
     """One kind of axis: textinv's `name`, the web UI's `label` (the legend's and the PNG text's), how its values
     text is read (`read`: the text's comma-separated items to values, refused with the reason), the settings a value
-    sets (`apply`: the GenerateConfig fields it replaces, given the command's config), and whether the legend shows
+    sets (`apply`: the GenerateConfig fields it replaces, given the cell's config so far and all the axis's values),
+    and whether the legend shows
     "label: value" or the value alone (`named`, as the web UI's format_value_add_label or format_value)."""
 
     name: str
     label: str
     read: Callable[[list[str], GenerateConfig], list]
-    apply: Callable[[object, GenerateConfig], dict]
+    apply: Callable[[object, GenerateConfig, list], dict]
     named: bool = True
     show: Callable[[object], str] = str
 
@@ -158,9 +159,9 @@ def _search_replace(items: list[str], config: GenerateConfig) -> list[str]:
     return items
 
 
-def _replaced(value: str, config: GenerateConfig, first: str) -> dict:
-    return {"prompt": [p.replace(first, value) for p in config.prompt],
-            "negative_prompt": config.negative_prompt.replace(first, value)}
+def _replaced(value: str, config: GenerateConfig, values: list[str]) -> dict:
+    return {"prompt": [p.replace(values[0], value) for p in config.prompt],
+            "negative_prompt": config.negative_prompt.replace(values[0], value)}
 
 
 # --- the embedding axis ------------------------------------------------------------------------------------------
@@ -218,15 +219,15 @@ def _natural(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(name))]
 
 
-def _with_embedding(value: str, config: GenerateConfig) -> dict:
+def _with_embedding(value: str, config: GenerateConfig, values: list[str]) -> dict:
     """The cell's --embedding: the axis's file in place of the first one given (or as the only one)."""
     return {"embedding": [value] + list(config.embedding[1:])}
 
 
 # --- the axes ------------------------------------------------------------------------------------------------------
 
-def _field(name: str) -> Callable[[object, GenerateConfig], dict]:
-    return lambda value, config: {name: value}
+def _field(name: str) -> Callable[[object, GenerateConfig, list], dict]:
+    return lambda value, config, values: {name: value}
 
 
 AXES = {axis.name: axis for axis in (
@@ -234,11 +235,11 @@ AXES = {axis.name: axis for axis in (
     Axis("steps", "Steps", _numbers(int), _field("steps")),
     Axis("guidance", "CFG Scale", _numbers(float), _field("guidance")),
     Axis("sampler", "Sampler", _samplers, _field("sampler"), named=False),
-    Axis("prompt-sr", "Prompt S/R", _search_replace, None, named=False),  # (apply: `_apply`, it needs the first)
+    Axis("prompt-sr", "Prompt S/R", _search_replace, _replaced, named=False),
     Axis("embedding", "Embedding", embedding_values, _with_embedding, show=lambda f: Path(f).name),
     Axis("clip-skip", "Clip skip", _numbers(int), _field("clip_skip")),
     Axis("denoise", "Denoising", _numbers(float), _field("denoise")),
-    Axis("size", "Size", _sizes, lambda v, c: {"width": v[0], "height": v[1]}, show=lambda v: f"{v[0]}x{v[1]}"),
+    Axis("size", "Size", _sizes, lambda v, c, vs: {"width": v[0], "height": v[1]}, show=lambda v: f"{v[0]}x{v[1]}"),
     Axis("hires-scale", "Hires upscale", _numbers(float), _field("hires_scale")),
     Axis("hires-steps", "Hires steps", _numbers(int), _field("hires_steps")),
 )}
@@ -264,12 +265,7 @@ class Plotted:
         return str(round(value, 8)) if isinstance(value, float) else self.axis.show(value)
 
     def settings(self, value, config: GenerateConfig) -> dict:
-        if self.axis.name == "prompt-sr":
-            return _replaced(value, config, self.values[0])
-        return self.axis.apply(value, config)
-
-
-_NOTHING = None  # (an axis not given: one cell along it, no legend)
+        return self.axis.apply(value, config, self.values)
 
 
 def read_axis(flag: str, text: str, config: GenerateConfig) -> Plotted:
@@ -305,7 +301,7 @@ _EXAMPLES = {"seed": "1-4", "steps": "10-30 (+10)", "guidance": "3,7.5,12", "sam
 
 @dataclass
 class Plan:
-    """A plot ready to draw: its three axes (an axis not given: `_NOTHING`) and each cell's settings, in the web
+    """A plot ready to draw: its three axes (None: not given, one cell along it and no legend) and each cell's settings, in the web
     UI's order (x fastest, then y, then z)."""
 
     axes: tuple[Plotted | None, Plotted | None, Plotted | None]
@@ -319,7 +315,7 @@ def plan(config: GenerateConfig) -> Plan:
     """The plot `config.x`, `.y`, `.z` ask for, every cell's settings checked (as `GenerateConfig.validate` checks
     them) before anything loads. `config` is validated already (its seed drawn)."""
     given = [(flag, text) for flag, text in (("--x", config.x), ("--y", config.y), ("--z", config.z)) if text]
-    axes = [read_axis(flag, text, config) if text else _NOTHING
+    axes = [read_axis(flag, text, config) if text else None
             for flag, text in (("--x", config.x), ("--y", config.y), ("--z", config.z))]
     seen: dict[str, str] = {}
     for a in axes:
@@ -366,7 +362,8 @@ def _checked(cell: GenerateConfig, where: str) -> GenerateConfig:
 def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: set[int] | None = None) -> list[Path]:
     """Draw the X/Y/Z plot `config.x`, `.y`, `.z` ask for: each cell with `generate` on one model (`model`, or the
     one `config` names, loaded once), then one `xyz_grid-NNNN.png` per --z value in `config.out`. Returns the
-    grids' paths, then the cells' pictures'.
+    grids' paths, then the cells' pictures'. `keep_seeds` (`--again`: the pictures of the batch it was drawn in that
+    are written) is counted from --seed, and moves with a seed axis.
 
     >>> plot(GenerateConfig(prompt=["a photo of <dog>"], embedding=["dog-500.safetensors"], n=1,
     ...                     x="embedding=runs/dog/embeddings/*.safetensors", y="guidance=3,7.5"))  # doctest: +SKIP
@@ -378,7 +375,8 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
         model = _load(config)
     cells: list[list[Path]] = []
     for cell in tqdm(ready.cells, disable=not progress, desc="xyz plot", unit="cell"):
-        cells.append(generate(cell, model, progress=False, keep_seeds=keep_seeds))
+        keep = None if keep_seeds is None else {s - config.seed + cell.seed for s in keep_seeds}
+        cells.append(generate(cell, model, progress=False, keep_seeds=keep))
     nx, ny, nz = ready.counts()
     grids = []
     for iz in range(nz):
