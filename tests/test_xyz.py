@@ -41,7 +41,8 @@ def test_values_are_read_as_the_web_uis_ranges_counts_and_steps():
     assert xyz.split_values(' a photo, "b, c" ,d') == ["a photo", "b, c", "d"]
     for bad, kind, said in (("1.5", int, "not a whole number"), ("x", float, "not a number"),
                             ("5-1", int, "gives no values"), ("1-5 (+0)", int, "a step of 0"),
-                            ("inf", float, "not a finite number")):
+                            ("inf", float, "not a finite number"), ("1-5 [0]", int, "gives 0 values"),
+                            ("1-1000000000", int, "gives 1000000000 values; a range gives 1 to 10000")):
         with pytest.raises(ValueError, match=said):
             xyz.numbers([bad], kind)
 
@@ -77,6 +78,13 @@ def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, setting
     with pytest.raises(ConfigError, match=said):
         generate(_config(tmp_path, **settings), progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_values_that_need_each_other_are_checked_together(tmp_path, no_model):
+    """--denoise alone needs --init-image or the hires fix: along an axis beside a hires-scale axis it is the hires
+    fix's, and each cell is checked with both."""
+    cells = xyz.plan(_config(tmp_path, x="denoise=0.3,0.6", y="hires-scale=1.5,2")).cells
+    assert [(c.denoise, c.hires_scale) for c in cells] == [(0.3, 1.5), (0.6, 1.5), (0.3, 2.0), (0.6, 2.0)]
 
 
 def test_embedding_axis_files_that_are_no_embedding_or_hold_other_tokens_are_refused(tmp_path, no_model):

@@ -52,8 +52,8 @@ class Axis:
     """One kind of axis: textinv's `name`, the web UI's `label` (the legend's and the PNG text's), how its values
     text is read (`read`: the text's comma-separated items to values, refused with the reason), the settings a value
     sets (`apply`: the GenerateConfig fields it replaces, given the cell's config so far and all the axis's values),
-    and whether the legend shows
-    "label: value" or the value alone (`named`, as the web UI's format_value_add_label or format_value)."""
+    whether the legend shows "label: value" or the value alone (`named`, as the web UI's format_value_add_label or
+    format_value), and how a value is written there (`show`)."""
 
     name: str
     label: str
@@ -97,9 +97,7 @@ def numbers(items: list[str], kind: type) -> list:
             continue
         start, end = _number(match[1], kind), _number(match[2], kind)
         if match[4] is not None:  # [count]
-            count = int(match[4])
-            if count < 1:
-                raise ValueError(f"{item!r} asks for {count} values; give at least 1")
+            count = _count(item, int(match[4]))
             spaced = [start + (end - start) * i / max(count - 1, 1) for i in range(count)]
             out += [int(v) if kind is int else round(v, 8) for v in spaced]
             continue
@@ -110,8 +108,18 @@ def numbers(items: list[str], kind: type) -> list:
         if count < 1:
             raise ValueError(f"{item!r} gives no values (a step of {step} never goes from {start} to {end}); "
                              f"turn the range round or give a negative step, e.g. ({-step:+g})")
+        _count(item, count)
         out += [start + step * i if kind is int else round(start + step * i, 8) for i in range(count)]
     return out
+
+
+MOST_VALUES = 10_000  # (a range's; far more than any plot draws, and a typo's 1-1000000000 is not built)
+
+
+def _count(item: str, count: int) -> int:
+    if not 1 <= count <= MOST_VALUES:
+        raise ValueError(f"{item!r} gives {count} values; a range gives 1 to {MOST_VALUES}")
+    return count
 
 
 def _number(text: str, kind: type):
@@ -191,8 +199,9 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[str]:
             raise ValueError(f"{file} is not an embedding textinv reads ({e})") from None
     if len(set(tokens.values())) > 1:
         held = ", ".join(f"{t} in {Path(f).name}" for f, t in tokens.items())
-        raise ValueError(f"the files hold different tokens ({held}), so one prompt cannot draw each; give --token "
-                         f"NAME with the --embedding they replace, to load each under that name")
+        raise ValueError(f"the files hold different tokens ({held}), so one prompt cannot draw each; give the "
+                         f"first --embedding a --token NAME (with one of the files as --embedding if none is given): "
+                         f"each file of the axis is then loaded under that name")
     token = next(iter(tokens.values()))
     said = " ".join(config.prompt + [config.negative_prompt]).lower()
     if token.lower() not in said:
@@ -259,9 +268,10 @@ class Plotted:
 
     @property
     def labels(self) -> list[str]:
-        return [f"{self.axis.label}: {self._show(v)}" if self.axis.named else self._show(v) for v in self.values]
+        return [f"{self.axis.label}: {self.show(v)}" if self.axis.named else self.show(v) for v in self.values]
 
-    def _show(self, value) -> str:
+    def show(self, value) -> str:
+        """`value` as the legend writes it (a float rounded to 8 places, as the web UI's format_value)."""
         return str(round(value, 8)) if isinstance(value, float) else self.axis.show(value)
 
     def settings(self, value, config: GenerateConfig) -> dict:
@@ -301,8 +311,8 @@ _EXAMPLES = {"seed": "1-4", "steps": "10-30 (+10)", "guidance": "3,7.5,12", "sam
 
 @dataclass
 class Plan:
-    """A plot ready to draw: its three axes (None: not given, one cell along it and no legend) and each cell's settings, in the web
-    UI's order (x fastest, then y, then z)."""
+    """A plot ready to draw: its three axes (None: not given, one cell along it and no legend) and each cell's
+    settings, in the web UI's order (x fastest, then y, then z)."""
 
     axes: tuple[Plotted | None, Plotted | None, Plotted | None]
     cells: list[GenerateConfig]
@@ -314,47 +324,50 @@ class Plan:
 def plan(config: GenerateConfig) -> Plan:
     """The plot `config.x`, `.y`, `.z` ask for, every cell's settings checked (as `GenerateConfig.validate` checks
     them) before anything loads. `config` is validated already (its seed drawn)."""
-    given = [(flag, text) for flag, text in (("--x", config.x), ("--y", config.y), ("--z", config.z)) if text]
-    axes = [read_axis(flag, text, config) if text else None
-            for flag, text in (("--x", config.x), ("--y", config.y), ("--z", config.z))]
+    flags = (("--x", config.x), ("--y", config.y), ("--z", config.z))
+    axes = tuple(read_axis(flag, text, config) if text else None for flag, text in flags)
     seen: dict[str, str] = {}
-    for a in axes:
-        if a is None:
-            continue
+    for a in filter(None, axes):
         if a.axis.name in seen:
             raise ConfigError(f"{seen[a.axis.name]} and {a.flag} both vary {a.axis.name}: give each axis once (put all "
                               f"its values on one of them)")
         seen[a.axis.name] = a.flag
-    nx, ny, nz = (len(a.values) if a is not None else 1 for a in axes)
+    nx, ny, nz = Plan(axes, []).counts()
     if config.xyz_max_cells is None or config.xyz_max_cells < 1:
         raise ConfigError(f"--xyz-max-cells must be 1 or more, got {config.xyz_max_cells}")
     if nx * ny * nz > config.xyz_max_cells:
-        raise ConfigError(f"{' '.join(f'{f} {t!r}' for f, t in given)} make {nx} x {ny} x {nz} = {nx * ny * nz} cells, "
-                          f"more than --xyz-max-cells {config.xyz_max_cells} (each draws -n {config.n} pictures): "
-                          f"give fewer values, or raise --xyz-max-cells")
+        said = " ".join(f"{flag} {text!r}" for flag, text in flags if text)
+        raise ConfigError(f"{said} make {nx} x {ny} x {nz} = {nx * ny * nz} cells, more than --xyz-max-cells "
+                          f"{config.xyz_max_cells} (each draws -n {config.n} pictures): give fewer values, or raise "
+                          f"--xyz-max-cells")
     base = replace(config, x=None, y=None, z=None)
-    for a in axes:  # each value on its own first, so a bad one is named by its axis
-        for value in (a.values if a is not None else []):
-            _checked(replace(base, **a.settings(value, base)), f"{a.flag} {a.axis.name}={a._show(value)}")
     cells = []
     for iz in range(nz):
         for iy in range(ny):
             for ix in range(nx):
-                cell = base
-                for a, i in zip(axes, (ix, iy, iz)):
-                    if a is not None:
-                        cell = replace(cell, **a.settings(a.values[i], cell))
-                where = ", ".join(f"{a.flag} {a.labels[i]}" for a, i in zip(axes, (ix, iy, iz)) if a is not None)
-                cells.append(_checked(cell, f"the cell {where}"))
-    return Plan(tuple(axes), cells)
+                cell, parts = base, [(a, a.values[i]) for a, i in zip(axes, (ix, iy, iz)) if a is not None]
+                for a, value in parts:
+                    cell = replace(cell, **a.settings(value, cell))
+                cells.append(_checked(cell, base, parts))
+    return Plan(axes, cells)
 
 
-def _checked(cell: GenerateConfig, where: str) -> GenerateConfig:
+def _checked(cell: GenerateConfig, base: GenerateConfig, parts: list[tuple[Plotted, object]]) -> GenerateConfig:
+    """`cell` if it passes `GenerateConfig.validate`, else its error named by the axis value that alone gives it
+    (`--x steps=0`), or by the cell where only the values together do."""
     try:
         copy.copy(cell).validate()
+        return cell
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    return cell
+        error = str(e)
+    for a, value in parts:
+        try:
+            copy.copy(replace(base, **a.settings(value, base))).validate()
+        except ConfigError as alone:
+            if str(alone) == error:
+                raise ConfigError(f"{a.flag} {a.axis.name}={a.show(value)}: {error}") from None
+    where = ", ".join(f"{a.flag} {a.axis.name}={a.show(value)}" for a, value in parts)
+    raise ConfigError(f"the cell {where}: {error}")
 
 
 # --- drawing -----------------------------------------------------------------------------------------------------
