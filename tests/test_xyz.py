@@ -232,3 +232,17 @@ def test_again_with_an_axis_draws_the_picture_along_it_and_metadata_none_writes_
     assert np.array_equal(pixels(tmp_path / "d" / "000-a-dog-s1.png"), pixels(picture))
     assert main([*args, "-n", "1", "--out", str(tmp_path / "c"), "--x", "steps=1,2", "--metadata", "none"]) == 0
     assert Image.open(tmp_path / "c" / "xyz_grid-0000.png").text == {}
+
+
+def test_running_out_of_memory_as_the_model_loads_is_said_as_generate_says_it(tmp_path, monkeypatch):
+    from conftest import CUDA_OUT_OF_MEMORY
+
+    from textinv.errors import DeviceMemoryError
+
+    def fails(*a, **k):
+        raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
+
+    monkeypatch.setattr(xyz, "load_model", fails)
+    with pytest.raises(DeviceMemoryError, match=r"^out of memory on cpu loading the model \(fp32\): .*--precision "
+                                                r"fp16"):
+        generate(_config(tmp_path, x="steps=1,2"), progress=False)

@@ -38,8 +38,9 @@ from tqdm.auto import tqdm
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, TextinvError
 from .formats import load_embedding
-from .generate import _infotext_value, drawing_dtype, generate, make_grid
+from .generate import _infotext_value, _memory_error, _Where, drawing_dtype, generate, make_grid
 from .io import atomic_path
+from .memory import out_of_memory_as
 from .models import load_model, pick_device
 from .report import INK, PAPER, font
 
@@ -401,12 +402,15 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
 
 
 def _load(config: GenerateConfig):
-    """The model `config` names, loaded as `generate` loads it."""
-    device = pick_device(config.device)
-    return load_model(config.model, dtype=drawing_dtype(config.precision, device), device=device,
-                      prediction_type=config.prediction_type, single_file_config=config.single_file_config,
-                      vae=config.vae, revision=config.revision, variant=config.variant,
-                      inpainting=bool(config.init_image))
+    """The model `config` names, loaded as `generate` loads it (running out of memory said as it says it)."""
+    where = _Where(device=pick_device(config.device))
+    where.dtype = drawing_dtype(config.precision, where.device)
+    return out_of_memory_as(
+        lambda: load_model(config.model, dtype=where.dtype, device=where.device,
+                           prediction_type=config.prediction_type, single_file_config=config.single_file_config,
+                           vae=config.vae, revision=config.revision, variant=config.variant,
+                           inpainting=bool(config.init_image)),
+        lambda e: _memory_error(where, e), lambda: where.device)
 
 
 def _cell_picture(paths: list[Path]) -> Image.Image:
