@@ -204,6 +204,13 @@ def test_files_are_taken_in_the_order_of_the_steps_they_record_else_of_the_numbe
     assert xyz._by_step(named) == named[::-1]
 
 
+def test_the_grids_script_fields_end_its_settings_line_before_a_dynamic_prompts_template_lines():
+    assert xyz._with_fields("a dog\nSteps: 2, Seed: 0\nTemplate: a {dog|cat}", "Script: X/Y/Z plot") == \
+        "a dog\nSteps: 2, Seed: 0, Script: X/Y/Z plot\nTemplate: a {dog|cat}"
+    assert xyz._with_fields("a dog\nSteps: 2", "Script: X/Y/Z plot") == "a dog\nSteps: 2, Script: X/Y/Z plot"
+    assert xyz._with_fields("", "Script: X/Y/Z plot") == "Script: X/Y/Z plot"
+
+
 def test_the_command_line_takes_x_y_z_and_the_cap(sd1_dir, tmp_path, capsys):
     out = tmp_path / "r"
     args = ["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "1", "--out", str(out)]

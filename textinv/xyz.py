@@ -518,10 +518,24 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
         plot_record["z_value"] = z.labels[iz]
     plot_record["cells"] = [[p.name for p in paths] for paths in cells]
     info = PngInfo()
-    info.add_text("parameters", (first + ", " if first else "")
-                  + ", ".join(f"{k}: {_infotext_value(v)}" for k, v in fields))
+    info.add_text("parameters", _with_fields(first, ", ".join(f"{k}: {_infotext_value(v)}" for k, v in fields)))
     info.add_text("xyz_plot", json.dumps(plot_record))
     return info
+
+
+def _with_fields(parameters: str, fields: str) -> str:
+    """The web UI's `parameters` text with `fields` at the end of its settings line, before the lines that follow it
+    (sd-dynamic-prompts' Template lines).
+
+    >>> _with_fields("a {dog|cat}\\nSteps: 2\\nTemplate: x", "Script: X/Y/Z plot")
+    'a {dog|cat}\\nSteps: 2, Script: X/Y/Z plot\\nTemplate: x'
+    """
+    lines = parameters.split("\n")
+    end = len(lines)
+    while end > 1 and lines[end - 1].startswith(("Template: ", "Negative Template: ")):
+        end -= 1
+    lines[end - 1] = f"{lines[end - 1]}, {fields}" if lines[end - 1] else fields
+    return "\n".join(lines)
 
 
 def _save_grid(grid: Image.Image, out: Path, info) -> Path:
