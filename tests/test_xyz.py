@@ -1,6 +1,7 @@
 """The web UI's X/Y/Z plot for generate (`textinv.xyz`): values, cells drawn as plain generate draws them, the grid."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 from textinv.cli import main
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
-from textinv.formats import LearnedEmbedding, save_embedding
+from textinv.formats import RECORD_KEY, LearnedEmbedding, save_embedding
 from textinv.generate import generate
 from textinv.models import load_model
 from textinv import xyz
@@ -128,6 +129,9 @@ def test_the_grid_lays_out_each_cell_x_fastest_and_each_is_the_plain_generates_p
     record = json.loads(text["xyz_plot"])
     assert record["x"]["labels"] == ["CFG Scale: 3.0", "CFG Scale: 9.0"] and record["y"]["axis"] == "steps"
     assert record["cells"] == [[c.name] for c in cells]
+    # --again on the grid draws the plot again: its first cell's settings with the axes
+    assert main(["generate", "--again", str(grid_path), "--model", str(sd1_dir), "--out", str(tmp_path / "again")]) == 0
+    assert np.array_equal(pixels(tmp_path / "again" / "xyz_grid-0000.png"), pixels(grid_path))
 
 
 def test_a_z_axis_writes_one_grid_per_value_and_a_cell_of_several_pictures_holds_them_all(sd1_dir, tmp_path):
@@ -190,6 +194,12 @@ def test_the_embedding_axis_draws_each_file_under_one_token_in_training_step_ord
     # the glob's folder is not written (it tells where the user's files are): the files by their names
     assert (f'X Type: Embedding, X Values: "{files[500].name}, {files[1000].name}"' in Image.open(paths[0]).text[
         "parameters"]) and str(folder) not in str(Image.open(paths[0]).text)
+    names = f"embedding={files[500].name},{files[1000].name}"
+    assert json.loads(Image.open(paths[0]).text[RECORD_KEY])["settings"]["x"] == names
+    # --metadata full: the files' paths, so --again finds them from anywhere
+    full = generate(replace(config, metadata="full", out=str(tmp_path / "full")), model=model, progress=False)[0]
+    assert main(["generate", "--again", str(full), "--out", str(tmp_path / "again")]) == 0
+    assert np.array_equal(pixels(tmp_path / "again" / "xyz_grid-0000.png"), pixels(full))
     assert model.tokenizer.convert_tokens_to_ids("<q>") == model.tokenizer.unk_token_id  # (handed back clean)
 
 

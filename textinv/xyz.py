@@ -24,6 +24,7 @@ import copy
 import csv
 import difflib
 import glob
+import io
 import json
 import math
 import random
@@ -37,9 +38,9 @@ from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, TextinvError
-from .formats import load_embedding
+from .formats import RECORD_KEY, load_embedding
 from .generate import _infotext_value, _memory_error, _Where, drawing_dtype, generate, make_grid
-from .io import atomic_path
+from .io import absolute, atomic_path
 from .memory import out_of_memory_as
 from .models import load_model, pick_device
 from .report import INK, PAPER, font
@@ -498,11 +499,13 @@ def _draw(d: ImageDraw.ImageDraw, lines, x: float, y: float, spacing: int) -> No
 def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz: int):
     """The grid's PNG text: the web UI's `parameters` of its first cell's picture with the script's fields after it
     (Script, X Type, X Values, and Fixed X Values for a seed axis, likewise Y and Z), and `xyz_plot`: the axes,
-    their values and each cell's pictures' file names (x fastest) as JSON. No record `--again` reads: a grid is
-    drawn again with its command, each cell from its own picture."""
+    their values and each cell's pictures' file names (x fastest) as JSON; and the first cell's record (`RECORD_KEY`)
+    with the axes among its settings, so `--again GRID` draws the plot again, as the web UI's grid text restores
+    the script's axes."""
     from PIL.PngImagePlugin import PngInfo
 
-    first = Image.open(cells[0][0]).text.get("parameters", "") if cells and cells[0] else ""
+    text = Image.open(cells[0][0]).text if cells and cells[0] else {}
+    first = text.get("parameters", "")
     fields = [("Script", SCRIPT)]
     plot_record: dict = {}
     for key, a in zip("XYZ", ready.axes):
@@ -520,7 +523,24 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
     info = PngInfo()
     info.add_text("parameters", _with_fields(first, ", ".join(f"{k}: {_infotext_value(v)}" for k, v in fields)))
     info.add_text("xyz_plot", json.dumps(plot_record))
+    if RECORD_KEY in text:  # the first cell's record with the axes: `--again GRID` draws the plot again
+        record = json.loads(text[RECORD_KEY])
+        record["settings"].update({flag: _axis_setting(a, config.metadata == "full") for flag, a in
+                                   zip("xyz", ready.axes) if a is not None}, xyz_max_cells=config.xyz_max_cells)
+        info.add_text(RECORD_KEY, json.dumps(record))
     return info
+
+
+def _axis_setting(a: Plotted, full: bool) -> str:
+    """An axis as the grid's record keeps it for `--again`: as given, a seed axis with the seeds it drew (-1's
+    too), an embedding axis as its files (by their names only, unless `full`: --metadata shareable's way)."""
+    if a.axis.name == "seed":
+        return f"seed={','.join(map(str, a.values))}"
+    if a.axis.name != "embedding":
+        return f"{a.axis.name}={a.given}"
+    line = io.StringIO()
+    csv.writer(line).writerow([absolute(f) if full else Path(f).name for f in a.values])
+    return f"embedding={line.getvalue().strip()}"
 
 
 def _with_fields(parameters: str, fields: str) -> str:
