@@ -152,6 +152,14 @@ def test_a_z_axis_writes_one_grid_per_value_and_a_cell_of_several_pictures_holds
         for cell, pair in zip(drawn, (mine[:2], mine[2:])):  # (both pictures of a cell, side by side)
             assert np.array_equal(cell, np.concatenate([pixels(p) for p in pair], axis=1))
         assert json.loads(Image.open(grid).text["xyz_plot"])["z_value"] == f"Seed: {seed}"
+    # --again on a grid: every picture of each cell again, in batches of the size they were drawn in
+    assert main(["generate", "--again", str(grids[1]), "--model", str(sd1_dir), "--batch-size", "1", "--out",
+                 str(tmp_path / "a")]) == 0  # (a flag beside it: still -n 2, every picture)
+    assert main(["generate", "--again", str(grids[1]), "--model", str(sd1_dir), "--out", str(tmp_path / "b")]) == 0
+    for again, batch in ((tmp_path / "a", 1), (tmp_path / "b", 4)):
+        assert np.array_equal(pixels(again / "xyz_grid-0001.png"), pixels(grids[1]))
+        record = json.loads(Image.open(again / "000-a-photo-of-dog-s11.png").text[RECORD_KEY])
+        assert record["settings"]["batch_size"] == batch
 
 
 def test_prompt_search_and_replace_replaces_the_first_value_in_the_prompt_and_the_negative(sd1_dir, tmp_path):

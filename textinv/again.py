@@ -163,6 +163,11 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         if settings.get("variation_seed") is not None:  # (each picture's is its own: the batch's first's with it)
             settings["variation_seed"] -= seed - first
         keep = {seed}
+    if any(picture.settings.get(axis) for axis in ("x", "y", "z")):
+        # an X/Y/Z plot's grid (`xyz`): its seeds are each cell's, all drawn and written, in batches of the size it
+        # drew with
+        settings["n"], keep = len(batch) or 1, None
+        settings["batch_size"] = picture.settings.get("batch_size", settings.get("batch_size"))
     if picture.origin == "textinv" and picture.version != __version__:
         warnings.warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
                       f"{__version__}: the redraw may differ from it", stacklevel=2)

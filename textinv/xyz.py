@@ -525,6 +525,8 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
     info.add_text("xyz_plot", json.dumps(plot_record))
     if RECORD_KEY in text:  # the first cell's record with the axes: `--again GRID` draws the plot again
         record = json.loads(text[RECORD_KEY])
+        first_seed = record["settings"]["seed"]  # (every seed of the cell: `again` then writes every picture)
+        record["batch_seeds"] = list(range(first_seed, first_seed + config.n))
         record["settings"].update({flag: _axis_setting(a, config.metadata == "full") for flag, a in
                                    zip("xyz", ready.axes) if a is not None}, xyz_max_cells=config.xyz_max_cells)
         info.add_text(RECORD_KEY, json.dumps(record))
