@@ -40,6 +40,10 @@ def test_values_are_read_as_the_web_uis_ranges_counts_and_steps():
     assert xyz.numbers(["0.1-0.3 (+0.1)"], float) == [0.1, 0.2, 0.3]  # (not 0.30000000000000004, nor a fourth)
     assert xyz.numbers(["2-3 [3]"], float) == [2.0, 2.5, 3.0]
     assert xyz.split_values(' a photo, "b, c" ,d') == ["a photo", "b, c", "d"]
+    import dataclasses
+
+    help_text = {f.name: f for f in dataclasses.fields(GenerateConfig)}["x"].metadata["help"]
+    assert "(axes: " + ", ".join(xyz.AXES) + ";" in help_text  # (--help lists every axis there is)
     for bad, kind, said in (("1.5", int, "not a whole number"), ("x", float, "not a number"),
                             ("5-1", int, "gives no values"), ("1-5 (+0)", int, "a step of 0"),
                             ("inf", float, "not a finite number"), ("1-5 [0]", int, "gives 0 values"),
