@@ -13,6 +13,7 @@ again) and are the plain generate's of those settings bit for bit. Every cell dr
 pictures from it) unless the seed is an axis, as the web UI keeps one seed; a cell of several pictures (-n, several
 --prompt) holds them all, laid out as the web UI lays out a batch (`_cell_picture`). Everything is checked before the
 model loads: the axes, their values, the cells' settings (each as `GenerateConfig.validate` checks it) and the count.
+The grid keeps its first cell's record with the axes, so `--again GRID` draws the whole plot again.
 
 Values are the web UI's: comma-separated (quote a value holding a comma, as CSV), and for numbers ranges: `1-5` (1 to
 5), `1-10 (+2)` (by steps of 2), `1-10 [5]` (5 values, evenly spaced; whole numbers rounded down).
