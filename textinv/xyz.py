@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
@@ -503,8 +504,6 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
     their values and each cell's pictures' file names (x fastest) as JSON; and the first cell's record (`RECORD_KEY`)
     with the axes among its settings, so `--again GRID` draws the plot again, as the web UI's grid text restores
     the script's axes."""
-    from PIL.PngImagePlugin import PngInfo
-
     text = Image.open(cells[0][0]).text if cells and cells[0] else {}
     first = text.get("parameters", "")
     fields = [("Script", SCRIPT)]
@@ -524,14 +523,19 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
     info = PngInfo()
     info.add_text("parameters", _with_fields(first, ", ".join(f"{k}: {_infotext_value(v)}" for k, v in fields)))
     info.add_text("xyz_plot", json.dumps(plot_record))
-    if RECORD_KEY in text:  # the first cell's record with the axes: `--again GRID` draws the plot again
-        record = json.loads(text[RECORD_KEY])
-        first_seed = record["settings"]["seed"]  # (every seed of the cell: `again` then writes every picture)
-        record["batch_seeds"] = list(range(first_seed, first_seed + config.n))
-        record["settings"].update({flag: _axis_setting(a, config.metadata == "full") for flag, a in
-                                   zip("xyz", ready.axes) if a is not None}, xyz_max_cells=config.xyz_max_cells)
-        info.add_text(RECORD_KEY, json.dumps(record))
+    if RECORD_KEY in text:
+        info.add_text(RECORD_KEY, json.dumps(_grid_record(config, ready, json.loads(text[RECORD_KEY]))))
     return info
+
+
+def _grid_record(config: GenerateConfig, ready: Plan, record: dict) -> dict:
+    """The first cell's `record` made the grid's: the axes among its settings, and every seed of a cell as its
+    batch's, so `again` draws and writes every picture of each cell."""
+    seed = record["settings"]["seed"]
+    record["batch_seeds"] = list(range(seed, seed + config.n))
+    record["settings"].update({flag: _axis_setting(a, config.metadata == "full") for flag, a in zip("xyz", ready.axes)
+                               if a is not None}, xyz_max_cells=config.xyz_max_cells)
+    return record
 
 
 def _axis_setting(a: Plotted, full: bool) -> str:
