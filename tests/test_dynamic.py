@@ -207,6 +207,19 @@ def test_again_redraws_a_dynamic_pictures_drawn_prompt_bit_for_bit(sd1_dir, tmp_
     assert prompt == _text(picture)["prompt"] and fields["Seed"] == str(config.seed)
 
 
+def test_templates_of_several_lines_after_the_settings_are_left_out_of_the_web_uis_text():
+    """sd-dynamic-prompts writes each template as it was typed after the settings line, so a template of several
+    lines runs over several: the drawn prompts and the settings are still what is read."""
+    from textinv.again import parse_a1111_parameters
+
+    text = ("a cat\nby bob\nNegative prompt: ugly\nSteps: 20, Sampler: Euler a, Seed: 3, Size: 512x512\n"
+            "Template: a {cat|dog}\nby {bob|al}\nNegative Template: {ugly|bad}\nBREAK {dark|grey}")
+    assert parse_a1111_parameters(text) == ("a cat\nby bob", "ugly",
+                                            {"Steps": "20", "Sampler": "Euler a", "Seed": "3", "Size": "512x512"})
+    # (a prompt line that only looks like a template, before the settings, stays the prompt's)
+    assert parse_a1111_parameters("Template: a cat\nSteps: 20, Seed: 3, Size: 512x512")[0] == "Template: a cat"
+
+
 def test_a_prompt_without_the_new_syntax_draws_the_pictures_it_drew_before(sd1_dir, tmp_path, monkeypatch):
     """Compared with generate's drawing without jobs (each --prompt with every seed, as before dynamic prompts):
     the same files, pixels and text."""

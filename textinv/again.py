@@ -64,8 +64,9 @@ from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pas
 from .samplers import from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
+# (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "init_image_sha256", "mask_sha256",
-                  "by_name", "template", "negative_template")  # (the templates a dynamic prompt was drawn from: not redrawn)
+                  "by_name", "template", "negative_template")
 _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
@@ -379,9 +380,7 @@ def parse_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     >>> parse_a1111_parameters("a cat\\nNegative prompt: blurry\\nSteps: 20, Seed: 3, Size: 512x768")
     ('a cat', 'blurry', {'Steps': '20', 'Seed': '3', 'Size': '512x768'})
     """
-    lines = text.strip().split("\n")
-    while len(lines) > 1 and lines[-1].startswith(("Template: ", "Negative Template: ")):
-        lines.pop()  # (sd-dynamic-prompts' templates, after the settings: the prompts above are what was drawn)
+    lines = _without_templates(text.strip().split("\n"))
     pairs = _A1111_PAIR.findall(lines[-1])
     if len(pairs) >= 3:
         lines = lines[:-1]
@@ -407,6 +406,15 @@ def parse_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
                 pass
         fields[key.strip()] = value
     return "\n".join(prompt), "\n".join(negative), fields
+
+
+def _without_templates(lines: list[str]) -> list[str]:
+    """The web UI's lines without sd-dynamic-prompts' "Template:" and "Negative Template:" after the settings line
+    (each as written, over as many lines as it has): the prompts above them are what was drawn."""
+    for at in range(1, len(lines)):
+        if lines[at].startswith(("Template: ", "Negative Template: ")) and len(_A1111_PAIR.findall(lines[at - 1])) >= 3:
+            return lines[:at]
+    return lines
 
 
 def _from_a1111(path: Path, text: str) -> Picture:
