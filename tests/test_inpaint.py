@@ -330,3 +330,17 @@ def test_a_mask_whose_middle_is_all_kept_is_refused_for_a_picture_of_other_propo
         generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "tall.png"),
                                 mask=str(tmp_path / "edge.png"), out=str(tmp_path / "o")), progress=False)
     assert inpaint.crop_box(Image.new("L", (8, 8)), 2, (8, 8)) == (0, 0, 8, 8)  # (none left: the whole picture)
+
+
+def test_a_mask_whose_white_is_lost_in_scaling_to_the_picture_is_refused(tmp_path, monkeypatch):
+    """A line one pixel wide on a mask four times the picture's size is a quarter white once scaled, so black at
+    128: nothing would be redrawn, and the run would give back the picture as it was."""
+    from textinv import generate as generate_module
+
+    _picture((16, 16)).save(tmp_path / "small.png")
+    _square_mask((64, 64), (30, 0, 31, 64)).save(tmp_path / "thin.png")
+    monkeypatch.setattr(generate_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=r"--mask .*thin.png \(64x64\) redraws nothing of .*small.png \(16x16\)"):
+        generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "small.png"),
+                                mask=str(tmp_path / "thin.png"), out=str(tmp_path / "o")), progress=False)
+    assert Inpaint(inpaint.read_mask(tmp_path / "thin.png")).for_picture((16, 16)).getbbox() is None

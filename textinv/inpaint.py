@@ -63,25 +63,25 @@ class Inpaint:
     padding: int = MASKED_PADDING
 
     def for_picture(self, size: tuple[int, int]) -> Image.Image:
+        """The mask fitted to a picture of `size` (W, H) (`fitted`), then blurred: the web UI's mask, at the
+        picture's size."""
+        return blur(self.fitted(size), self.blur)
+
+    def fitted(self, size: tuple[int, int]) -> Image.Image:
         """The mask fitted to a picture of `size` (W, H) as an init picture is fitted (its middle at the picture's
-        proportions), made 0 or 255 again, inverted if asked, then blurred: the web UI's mask, at the picture's
-        size."""
+        proportions), made 0 or 255 again, and inverted if asked: 255 where the picture is redrawn."""
         mask = _fit(self.mask, size, True).point(lambda v: 255 if v > 128 else 0)
-        if self.invert:
-            mask = mask.point(lambda v: 255 - v)
-        return blur(mask, self.blur)
+        return mask.point(lambda v: 255 - v) if self.invert else mask
 
     def check_fits(self, size: tuple[int, int], path: str, picture: str) -> None:
-        """Refuse a mask whose redrawn part lies outside the middle of it that a picture of `size` (W, H) takes
-        (`for_picture`), as a mask of other proportions than the picture can: nothing would be redrawn."""
-        w, h = self.mask.size
-        cut_w, cut_h = (h * size[0] / size[1], h) if w * size[1] > h * size[0] else (w, w * size[1] / size[0])
-        box = ((w - cut_w) / 2, (h - cut_h) / 2, (w + cut_w) / 2, (h + cut_h) / 2)
-        middle = self.mask.crop(tuple(round(v) for v in box))
-        if (middle.point(lambda v: 255 - v) if self.invert else middle).getbbox() is None:
-            raise ConfigError(f"--mask {path} ({w}x{h}) redraws nothing of {picture} ({size[0]}x{size[1]}): the "
-                              f"mask is fitted to the picture's proportions from its middle, and its middle is all "
-                              f"kept; give a mask of the picture's own size")
+        """Refuse a mask that, fitted to a picture of `size` (W, H) (`fitted`), redraws none of it: one of other
+        proportions whose redrawn part lies outside the middle the picture takes, or one whose redrawn part is too
+        thin to outlast being scaled to the picture's size."""
+        if self.fitted(size).getbbox() is None:
+            w, h = self.mask.size
+            raise ConfigError(f"--mask {path} ({w}x{h}) redraws nothing of {picture} ({size[0]}x{size[1]}): fitted "
+                              f"to the picture (its middle at the picture's proportions, scaled to its size, then "
+                              f"black or white at 128) it keeps all of it; give a mask of the picture's own size")
 
 
 def read_mask(path: str | Path, invert: bool = False) -> Image.Image:
