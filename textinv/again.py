@@ -76,6 +76,9 @@ _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
                "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
                "Variation seed strength", "Tiling", "Emphasis", "Mask blur", "Mask mode", "Masked content",
                "Inpaint area", "Masked area padding")
+# sd-dynamic-prompts' templates, where a version writes them among the settings (else after them:
+# `_without_templates`): the prompts above are what was drawn, so a redraw needs nothing of them
+_A1111_DRAWN_FROM = ("Template", "Negative Template")
 
 
 @dataclass
@@ -441,7 +444,7 @@ def _from_a1111(path: Path, text: str) -> Picture:
     without_init: list[str] = []
     without_mask: list[str] = []
     _a1111_passes(path, fields, settings, needs, notes, without_init, without_mask)
-    unused = [k for k in fields if k not in _A1111_USED]
+    unused = [k for k in fields if k not in _A1111_USED + _A1111_DRAWN_FROM]
     if unused:
         notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
                       f"--lora-dir give models, embeddings and LoRAs; face restoration, a seed resized "
