@@ -59,6 +59,7 @@ from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import (EMBEDDING_SUFFIXES, HIRES_SETTINGS, MASK_SETTINGS, file_digest, hash_name, lora_files,
                        lora_sha256)
 from .hub import hub_reference
+from .inpaint import FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import from_comfy, from_webui
@@ -525,14 +526,15 @@ def _a1111_mask(path: Path, fields: dict[str, str], settings: dict[str, Any], wi
     (written only above 0: none is 0), Mask mode, Masked content, Inpaint area and Masked area padding; an
     inpainted picture (one of them written) is said to need its mask."""
     settings["mask_blur"] = fields.get("Mask blur", "0")
-    if fields.get("Mask mode", "").strip().lower() == "inpaint not masked":
+    if fields.get("Mask mode", "").strip().lower() == INVERTED_LABEL.lower():
         settings["mask_invert"] = True
+    fills = {label: fill for fill, label in FILL_LABELS.items()}
     content = fields.get("Masked content", "").strip().lower()
-    if content in ("fill", "latent noise", "latent nothing"):
-        settings["inpaint_fill"] = content.replace(" ", "-")
-    if fields.get("Inpaint area", "").strip().lower() == "only masked":
+    if content in fills:
+        settings["inpaint_fill"] = fills[content]
+    if fields.get("Inpaint area", "").strip().lower() == ONLY_MASKED_LABEL.lower():
         settings["inpaint_area"] = "masked"
-        settings["masked_padding"] = fields.get("Masked area padding", "32")
+        settings["masked_padding"] = fields.get("Masked area padding", str(MASKED_PADDING))
     if {"Mask blur", "Mask mode", "Masked content", "Inpaint area"} & set(fields):
         without_mask.append(f"{path} was inpainted by the web UI through a mask its text does not hold: give it "
                             f"with --mask (and the picture with --init-image), or the whole picture is redrawn")

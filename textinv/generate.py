@@ -1620,10 +1620,10 @@ def _mask_params(config: GenerateConfig) -> dict:
         return {}
     record = _mask_record(config)
     params = {"mask": Path(config.mask).name, "mask_blur": record["mask_blur"] or None,
-              "mask_mode": "Inpaint not masked" if config.mask_invert else None,
+              "mask_mode": inpainting.INVERTED_LABEL if config.mask_invert else None,
               "masked_content": inpainting.FILL_LABELS.get(record["inpaint_fill"])}
     if record["inpaint_area"] == "masked":
-        params.update(inpaint_area="Only masked", masked_padding=record["masked_padding"])
+        params.update(inpaint_area=inpainting.ONLY_MASKED_LABEL, masked_padding=record["masked_padding"])
     return {k: v for k, v in params.items() if v is not None}
 
 

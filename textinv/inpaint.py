@@ -46,8 +46,11 @@ FILLS = ("original", "fill", "latent-noise", "latent-nothing")
 AREAS = ("whole", "masked")
 MASK_BLUR = 4  # the web UI's default Mask blur
 MASKED_PADDING = 32  # and "Only masked padding, pixels"
-# the web UI's "Masked content" labels (it writes none for original)
+# the web UI's "Masked content" labels (it writes none for original), its "Mask mode" when inverted and its
+# "Inpaint area" for only masked (it writes neither otherwise)
 FILL_LABELS = {"fill": "fill", "latent-noise": "latent noise", "latent-nothing": "latent nothing"}
+INVERTED_LABEL = "Inpaint not masked"
+ONLY_MASKED_LABEL = "Only masked"
 
 
 @dataclass(frozen=True)
