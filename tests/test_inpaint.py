@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -131,6 +132,22 @@ def test_fill_paints_the_masked_part_from_the_colours_around_it_and_latent_fills
     assert inpaint.start_latents(latents, redraw, "original", noise).equal(latents)
     assert inpaint.start_latents(latents, redraw, "latent-nothing", noise)[0, 0].tolist()[1] == [1, 0, 0, 1]
     assert inpaint.start_latents(latents, redraw, "latent-noise", noise)[0, 0].tolist()[1] == [1, 7, 7, 1]
+
+
+def test_the_latent_fills_encode_the_filled_picture_as_the_web_ui_does():
+    """The web UI paints the masked part from the colours around it for every Masked content but original, so
+    the latents kept at the mask's edge, encoded with some of the masked part in view, are those of the filled
+    picture there too."""
+    picture = Image.new("RGB", (32, 32), (200, 20, 20))
+    picture.paste((0, 0, 255), (8, 8, 24, 24))
+    mask = Inpaint(_square_mask(), blur=0)
+
+    def redrawn(fill):
+        return np.asarray(inpaint.prepare(replace(mask, fill=fill), picture, (32, 32), 8).picture)
+
+    assert np.array_equal(redrawn("original"), np.asarray(picture))
+    assert np.array_equal(redrawn("latent-noise"), redrawn("fill"))
+    assert np.array_equal(redrawn("latent-nothing"), redrawn("fill"))
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -15,7 +15,8 @@ blurred (`--mask-blur`, a Gaussian of that sigma, `blur`). Then, per picture:
   picture's exactly;
 - `--inpaint-fill` is the web UI's "Masked content": original (the picture as it is), fill (the masked part
   painted from the colours around it, `fill`), latent-noise (the masked latents the seed's noise), latent-nothing
-  (zeros there);
+  (zeros there); the two latent ones, as the web UI's, encode the filled picture first, so the kept latents at the
+  mask's edge do not see the masked part;
 - `--inpaint-area masked` is the web UI's "Only masked": the mask's bounding box, widened by `--masked-padding`
   pixels and then to the proportions of the size drawn (`crop_box`), is cut out of the picture at its own size,
   redrawn at the run's size and pasted back, so a small part of a large picture is redrawn with all the pixels.
@@ -203,7 +204,7 @@ def prepare(inpaint: Inpaint, picture: Image.Image, size: tuple[int, int], facto
         base, drawn_mask = _fit(picture, size, True), _fit(mask, size, True)
         drawn = base
         overlay = drawn_mask.point(lambda v: min(2 * v, 255))  # (the web UI doubles it: redrawn up to the middle)
-    if inpaint.fill == "fill":
+    if inpaint.fill != "original":  # (latent-noise and latent-nothing too: the web UI fills all but original)
         drawn = fill(drawn, drawn_mask)
     latent_size = (size[0] // factor, size[1] // factor)
     # (the web UI resizes it as an RGB picture, Pillow's default bicubic, then rounds)
