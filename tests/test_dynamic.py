@@ -239,6 +239,29 @@ def test_templates_among_the_web_uis_settings_are_not_said_to_be_left_unapplied(
     assert (config.prompt, config.negative_prompt, config.seed) == (["a cat"], "ugly", 3)
 
 
+def test_again_draws_a_pictures_braces_and_underscores_as_the_text_it_drew(sd1_dir, tmp_path):
+    """A picture's prompt is what it drew: braces in a web UI picture's (NovelAI's emphasis, drawn as text by a web
+    UI without the extension, and by textinv before dynamic prompts) are not variants, and `{}` is no error."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv import emphasis
+    from textinv.again import again_config
+
+    info = PngInfo()
+    info.add_text("parameters", "{{best}} a cat {} __x__\nNegative prompt: {ugly|bad}\nSteps: 2, Seed: 3, Size: 16x16")
+    Image.new("RGB", (8, 8)).save(tmp_path / "w.png", pnginfo=info)
+    config, keep = again_config(tmp_path / "w.png", {"model": str(sd1_dir), "out": str(tmp_path / "o")})
+    assert emphasis.parse(config.prompt[0]) == [("{{best}} a cat {} __x__", 1.0)]
+    assert emphasis.parse(config.negative_prompt) == [("{ugly|bad}", 1.0)]
+    (drawn,) = generate(config, keep_seeds=keep, progress=False)
+    assert emphasis.parse(_text(drawn)["prompt"]) == [("{{best}} a cat {} __x__", 1.0)]
+    again, _ = again_config(drawn, {"model": str(sd1_dir)})  # (escaped once: the redraw's again is the same)
+    assert (again.prompt, again.negative_prompt) == (config.prompt, config.negative_prompt)
+    # a prompt given anew is a template, as always
+    assert again_config(tmp_path / "w.png", {"model": str(sd1_dir), "prompt": ["a {cat|dog}"]})[0].prompt == [
+        "a {cat|dog}"]
+
+
 def test_a_prompt_without_the_new_syntax_draws_the_pictures_it_drew_before(sd1_dir, tmp_path, monkeypatch):
     """Compared with generate's drawing without jobs (each --prompt with every seed, as before dynamic prompts):
     the same files, pixels and text."""

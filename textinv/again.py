@@ -53,6 +53,7 @@ from typing import Any
 
 from . import __version__
 from .config import GenerateConfig, build, typed_settings
+from .dynamic import literal
 from .emphasis import as_words, lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
@@ -138,6 +139,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
                 settings.pop(name, None)
             else:
                 settings[name] = value
+    _as_drawn(settings)
     recorded = settings.get("embedding", [])
     # the record's --token names are its files'; another count of --embedding is other files (the same count: the
     # same files, moved)
@@ -180,6 +182,17 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
 
 
 _HIRES_SIZE = ("hires_scale", "hires_width", "hires_height")
+
+
+def _as_drawn(settings: dict[str, Any]) -> None:
+    """The picture's prompts in `settings` made `dynamic.literal`: each is what the picture drew (sd-dynamic-prompts'
+    templates are not among them), so a `{`, `}` or `__name__` in it is text, as the web UI without the extension,
+    and textinv before it, drew it."""
+    for name in ("negative_prompt", "hires_prompt", "hires_negative_prompt"):
+        if settings.get(name):
+            settings[name] = literal(settings[name])
+    if settings.get("prompt"):
+        settings["prompt"] = [literal(prompt) for prompt in settings["prompt"]]
 
 
 def _init_in_folder(picture: Picture, flags: dict[str, Any]) -> dict[str, Any]:

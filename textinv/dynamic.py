@@ -62,6 +62,27 @@ def parse(text: str, where: str = "--prompt") -> list:
     return nodes
 
 
+def literal(text: str) -> str:
+    """`text` with what `parse` reads as a variant or a wildcard escaped (`{` and `}` as `\\{` and `\\}`, a
+    wildcard's first `_` as `\\_`; escapes already there stay), so it is drawn as written, as `emphasis.parse`
+    reads it the same: a picture's prompt, which is what it drew (`again`).
+
+    >>> literal("{{best}} __init__ a\\{b")
+    '\\\\{\\\\{best\\\\}\\\\} \\\\__init__ a\\\\{b'
+    """
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            out.append(text[i:i + 2])
+            i += 2
+            continue
+        if text[i] in "{}" or _WILDCARD.match(text, i):
+            out.append("\\")
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
 def is_dynamic(nodes: list) -> bool:
     """Whether parsed nodes hold a variant or a wildcard (else the text is drawn as written)."""
     return any(not isinstance(node, str) for node in nodes)
