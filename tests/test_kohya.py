@@ -622,3 +622,20 @@ def test_skip_image_resolution_is_recorded_and_a_resume_skips_the_same_pictures(
     assert main(["train", "--resume", "--steps", "6", "--dataset-config", str(dataset), *common]) == 2
     assert f"its subsets ({folder} x1 skip_image_resolution 32x32) are not the run's ({folder} x1 " \
            f"skip_image_resolution 24x24)" in capsys.readouterr().err
+
+
+def test_the_readmes_table_of_kohyas_keys_puts_each_key_in_the_row_that_says_what_textinv_does_with_it():
+    """A key textinv takes (`SETTINGS`) is in no row of keys left unused or refused, and every key left unused
+    (`IGNORED`) is in that row."""
+    from pathlib import Path
+
+    from textinv.kohya import IGNORED, SETTINGS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| kohya's keys | in textinv |")[1].split("\n\n")[0]
+    rows = {cells[2].strip(): set(re.findall(r"`(\w+)`", cells[1]))
+            for cells in (line.split("|") for line in table.splitlines()[2:])}
+    unused = next(keys for said, keys in rows.items() if said.startswith("left unused"))
+    at_default = next(keys for said, keys in rows.items() if said.startswith("taken at kohya's default"))
+    assert unused == set(IGNORED)
+    assert not (unused | at_default) & set(SETTINGS)
