@@ -50,7 +50,8 @@ _LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyon
 # run that ran out of it goes on with it; cuda_graphs: the same kernels, launched at once)
 RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_embeddings", "sample_every",
                      "sample_steps", "log_every", "device", "log_with", "log_dir", "gradient_checkpointing",
-                     "cuda_graphs", "resume", "overwrite", "sample_prompts", "out", "validate_every"}  # (out: the folder resumed, however spelt)
+                     "cuda_graphs", "resume", "overwrite", "sample_prompts", "validate_every",
+                     "out"}  # (out: the folder resumed, however spelt)
 # stored absolute: a run resumes, or reruns, from any directory. The settings the config marks as paths (`opt`'s
 # path=, which a --config file's relative ones are read by too): local ones, and model sources (a path, a hub id or
 # a bundled name), stored absolute when they name something on disk; the concepts' and subsets' folders apart
@@ -81,7 +82,8 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         raise ConfigError(f"--concepts tokens {tokens} would share an "
                           f"output folder ({', '.join(folders)}): give each concept a token that differs in more than "
                           "its <angle brackets> or punctuation")
-    own = {CHECKPOINT_DIR, SAMPLES_DIR, LOSS_LOG, VALIDATION_LOG, CONFIG_FILE}  # what the run itself writes at the top of --out
+    # what the run itself writes at the top of --out
+    own = {CHECKPOINT_DIR, SAMPLES_DIR, LOSS_LOG, VALIDATION_LOG, CONFIG_FILE}
     taken = [t for t, f in zip(tokens, folders) if f.lower() in own] if len(folders) > 1 else []
     if taken:
         raise ConfigError(f"--concepts token {taken[0]} would put its files in {out / concept_folder(taken[0])}, "
