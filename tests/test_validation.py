@@ -164,3 +164,16 @@ def test_a_resume_may_score_more_or_less_often(sd1_dir, images, tmp_path):
     more = train(train_config(images, tmp_path / "run", **{**settings, "steps": 6}, validate_every=1, resume=True),
                  model=load_model(sd1_dir), progress=False)
     assert [s for s, _ in more.validation] == [0, 2, 4, 5, 6]
+
+
+def test_a_resume_after_a_picture_was_added_names_that_picture_not_one_the_split_moved(sd1_dir, tmp_path):
+    """A picture added to the folder changes which pictures the split holds out: the refusal names the new picture,
+    not a training picture the split now holds out as missing, nor the one it held out as new."""
+    folder = write_images(tmp_path / "five", n=5)
+    settings = dict(steps=2, save_every=2, validation_split=0.2)
+    train(train_config(folder, tmp_path / "run", **settings), model=load_model(sd1_dir), progress=False)
+    shutil.copy(write_images(tmp_path / "six", n=6) / "img5.png", folder / "img5.png")
+    assert held_out(5, 0.2, 0) != held_out(6, 0.2, 0)  # (the split moves: what the message must see through)
+    with pytest.raises(ConfigError, match=r"changed since the run started \(new: img5.png\)"):
+        train(train_config(folder, tmp_path / "run", **{**settings, "steps": 4}, resume=True),
+              model=load_model(sd1_dir), progress=False)

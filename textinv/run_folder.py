@@ -462,16 +462,18 @@ def checkpoint_path(out: Path, step: int) -> Path:
 def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
                      interval: tuple[list[float], int] = ([0.0], 0), pictures: list[list[str]] | None = None,
                      processes: int = 1, skipped: list[int] | None = None, model: dict[str, str] | None = None,
-                     validation: tuple[list, list] = ([], [])) -> None:
+                     validation: tuple[list, list] = ([], []), held_out: list[list[str]] | None = None) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, and
     what the data stream depends on (each concept's picture names, the number of processes sharing a batch);
     `skipped`: the fp16 steps each concept skipped alone (its Adam step count is the shared one less these);
     `model`: the model's fingerprints (`model_fingerprints`), so a resume can tell it wherever it is; `validation`:
-    the validation losses so far, as `history` (`saved_validation` reads them back)."""
+    the validation losses so far, as `history` (`saved_validation` reads them back); `held_out`: each concept's
+    pictures --validation-split holds out, by name as `pictures` (None: no split)."""
     state = {
         "step": step,
         "model": model,
         "pictures": pictures,
+        "held_out": held_out,
         "processes": processes,
         "vectors": [e.vectors.detach().cpu().clone() for e in exts],
         "optimizer": optimizer.state_dict(),
@@ -540,14 +542,17 @@ def _from_saved_vectors(out: Path) -> str:
 
 
 def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: list[PictureSet],
-                     processes: int) -> tuple[list[PictureSet], dict[str, str]]:
+                     processes: int, held_out: list[PictureSet] | None = None
+                     ) -> tuple[list[PictureSet], dict[str, str]]:
     """Refuse, before the model loads, a resume whose data stream would not continue the saved one: the step is
     past --steps, a concept's pictures changed (`found`: each concept's; the saved epoch order indexes them), or
     another number of processes would split another global batch (each process draws `batch` x processes samples
     per step). Returns `found` with each concept's pictures in the order the checkpoint has them (`same_names`),
     and the model settings given anew (`--model` where the model is now), each as the message says it ("model: OLD
     -> NEW"), for `check_same_model`; refused here when the checkpoint holds no fingerprint to compare the model
-    with."""
+    with. `held_out`: each concept's pictures --validation-split holds out now (None: no split); a picture added or
+    removed changes which those are, so a change is said of all the folder's pictures, those the checkpoint held out
+    among them."""
     state = checkpoint[1]
     out, step = Path(config.out), int(state["step"])
     saved = read_run_settings(out)
@@ -568,7 +573,9 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
                           f"each, this launch has {processes}, which would change the batch of every step; resume "
                           f"{how}")
     ordered = []
-    for pictures, names, sampler in zip(found, state.get("pictures") or [None] * len(found), state["samplers"]):
+    held_then = state.get("held_out") or [None] * len(found)  # (older checkpoints, and runs without a split: none)
+    for k, (pictures, names, sampler) in enumerate(zip(found, state.get("pictures") or [None] * len(found),
+                                                       state["samplers"])):
         now = pictures.names  # (kohya's layout: "10_dog/a.png")
         if names is None:  # (older checkpoints keep no names: the epoch order's length still tells the count)
             was = len(sampler["order"]) // config.repeats
@@ -584,13 +591,16 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
             if order is not None:
                 ordered.append(pictures.picked(order))
                 continue
+            if held_out is not None and held_then[k] is not None:  # (the split's pictures, then and now, too)
+                names, now = names + held_then[k], now + held_out[k].names
             names, now = [_nfc(n) for n in names], [_nfc(n) for n in now]
             gone, new = sorted(set(names) - set(now)), sorted(set(now) - set(names))
             if config.subsets:  # ("2/a.png": the second subset's a.png, said where that folder is now)
                 folders = [subset["images"] for subset in config.subset_list()]
                 gone, new = ([_in_subset(n, folders) for n in part] for part in (gone, new))
             detail = "; ".join(part for part in (gone and f"missing now: {', '.join(gone)}",
-                                                 new and f"new: {', '.join(new)}") if part)
+                                                 new and f"new: {', '.join(new)}") if part) \
+                or "other pictures held out by --validation-split"
         folder = "the subsets' folders back as they were" if config.subsets else "the folder back as it was"
         raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
                           f"({detail}); put {folder}, or start a new run with --overwrite")

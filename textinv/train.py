@@ -987,7 +987,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     moved, places = {}, []  # (the model settings a resume gives anew, compared once it has loaded; all it moved)
     if checkpoint is not None:
         # (the pictures in the order its epoch table counts them)
-        found, moved = check_resumable(checkpoint, config, found, world)
+        found, moved = check_resumable(checkpoint, config, found, world,
+                                       held_back if config.validation_split else None)
         places = moved_places(out, config)  # (said once resumed: config.yaml then records where they are now)
         repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
     where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
@@ -1239,7 +1240,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
                              pictures=[listed.names for listed in found], processes=world,
-                             skipped=skipped, model=fingerprints, validation=(validated, validated_by_concept))
+                             skipped=skipped, model=fingerprints, validation=(validated, validated_by_concept),
+                             held_out=[held.names for held in held_back] if config.validation_split else None)
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
         return files
