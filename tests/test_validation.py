@@ -177,3 +177,31 @@ def test_a_resume_after_a_picture_was_added_names_that_picture_not_one_the_split
     with pytest.raises(ConfigError, match=r"changed since the run started \(new: img5.png\)"):
         train(train_config(folder, tmp_path / "run", **{**settings, "steps": 4}, resume=True),
               model=load_model(sd1_dir), progress=False)
+
+
+def test_a_resume_whose_validation_pictures_changed_says_so(sd1_dir, images, tmp_path):
+    kept = write_images(tmp_path / "kept", n=2, seed=5)
+    settings = dict(steps=4, save_every=2, validation_images=str(kept))
+    train(train_config(images, tmp_path / "run", **settings), model=load_model(sd1_dir), progress=False)
+    (kept / "img1.png").unlink()
+    with pytest.warns(UserWarning, match=r"other pictures than when the run began \(missing now: img1.png\): "
+                                         r"validation.csv scores those before step 4"):
+        train(train_config(images, tmp_path / "run", **{**settings, "steps": 6}, resume=True),
+              model=load_model(sd1_dir), progress=False)
+
+
+def test_the_end_names_the_best_steps_embedding_file_where_one_was_kept(tmp_path):
+    from textinv.train import _lowest_validation
+
+    def files(at):
+        return [tmp_path / f"e-{at}.safetensors"]
+    files(2)[0].write_bytes(b"x")
+    assert _lowest_validation([(0, 0.3), (2, 0.1), (4, 0.2)], 4, files).endswith(
+        f"at step 2 (validation.csv); that step's embedding: {files(2)[0]}")
+    assert _lowest_validation([(0, 0.3), (3, 0.1), (4, 0.2)], 4, files).endswith(
+        "at step 3 (validation.csv); no embedding of that step is kept (--save-every N keeps one every N steps)")
+    assert _lowest_validation([(0, 0.3), (4, 0.2)], 4, files).endswith("the embedding saved")
+    assert _lowest_validation([(0, 0.1), (4, 0.2)], 4, files).endswith("the starting vectors: training has not "
+                                                                        "lowered it")
+    assert _lowest_validation([(0, 0.3), (4, 0.2)], 4, lambda at: files(at) * 2).startswith(
+        "lowest validation loss (summed over the concepts) 0.200000 at step 4")

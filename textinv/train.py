@@ -33,7 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -642,6 +642,18 @@ def diffusion_loss(model: Model, scheduler, latents, noise, timesteps, input_ids
 # the run
 
 
+class _Read(NamedTuple):
+    """A concept's pictures as `_train` reads them (`pictures_of`): the pictures, their cached latent
+    distributions (`_encoded`), caption bank, SDXL time ids and alpha weights (None where unused)."""
+
+    pictures: list
+    mean: torch.Tensor | list
+    std: torch.Tensor | list
+    bank: CaptionBank
+    time_ids: torch.Tensor | None
+    pixel_weight: torch.Tensor | list | None
+
+
 @dataclass
 class ConceptState:
     """One concept of a run: its token, pictures, cached latents, captions, sampler and rows in the tables."""
@@ -990,6 +1002,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         found, moved = check_resumable(checkpoint, config, found, world,
                                        held_back if config.validation_split else None)
         places = moved_places(out, config)  # (said once resumed: config.yaml then records where they are now)
+        if config.validation_images is not None:  # (not trained on: a change is said, the run goes on)
+            _warn_other_validation_pictures(checkpoint[1], held_back[0], step=int(checkpoint[1]["step"]))
         repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
     where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
     start_from = None
@@ -1079,9 +1093,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     concepts: list[ConceptState] = []
     step_px = bucket_step(model) if config.buckets else None
 
-    def pictures_of(listed: PictureSet, spec: dict, tags: TagVariation = TagVariation()) -> tuple:
-        """A concept's pictures read and encoded: (pictures, latent means, stds, caption bank, SDXL time ids or None,
-        alpha weights or None), the last five as `fixed_draws` takes them."""
+    def pictures_of(listed: PictureSet, spec: dict, tags: TagVariation = TagVariation()) -> _Read:
+        """A concept's pictures read and encoded, with their captions."""
         pictures = load_training_images(listed.paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
                                         bucket_step=step_px, caption_extensions=listed.caption_extensions)
         mean, std, pixel_weight = _encoded(model.vae, pictures, listed.where, config.alpha_mask, device)
@@ -1091,7 +1104,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         _check_no_other_tokens(model.tokenizer, bank, pictures, spec, [s["token"] for s in specs if s is not spec],
                                config.vectors)
         time_ids = _xl_time_ids(pictures, config.center_crop, device) if model.is_xl else None
-        return pictures, mean, std, bank, time_ids, pixel_weight
+        return _Read(pictures, mean, std, bank, time_ids, pixel_weight)
 
     for k, (spec, listed, rows) in enumerate(zip(specs, found, rows_per_concept)):
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags, seed=concept_seed(config.seed, k))
@@ -1100,7 +1113,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         validation = None
         if config.validating_every:  # the pictures held out, or the training pictures
             scored = pictures_of(held_back[k], spec) if held_back[k] is not None else read
-            validation = fixed_draws(*scored[1:], pictures=len(scored[0]), draws=config.validation_draws,
+            validation = fixed_draws(scored.mean, scored.std, scored.bank, scored.time_ids, scored.pixel_weight,
+                                     pictures=len(scored.pictures), draws=config.validation_draws,
                                      timesteps=timesteps, seed=concept_seed(validation_seed, k),
                                      scaling=model.vae.config.scaling_factor, device=device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
@@ -1241,7 +1255,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                              config, (interval_loss.tolist(), interval_steps),
                              pictures=[listed.names for listed in found], processes=world,
                              skipped=skipped, model=fingerprints, validation=(validated, validated_by_concept),
-                             held_out=[held.names for held in held_back] if config.validation_split else None)
+                             held_out=[held.names for held in held_back] if held_back[0] is not None else None)
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
         return files
@@ -1524,7 +1538,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             what = f"{learned}: nothing to learn, the run was at step {step} already"
         print(f"{what} ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
         if validated:
-            print(_lowest_validation(validated, config.save_every if config.step_embeddings else 0, config.steps))
+            print(_lowest_validation(validated, step, lambda at: [
+                c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at) for c in concepts]))
     return TrainResult(embedding=embedding_of(concepts[0], step), files=files, steps=step, losses=history,
                        embeddings=[embedding_of(c, step) for c in concepts], validation=validated)
 
@@ -1669,18 +1684,36 @@ def _validation_pictures(folder: str, trained: PictureSet) -> PictureSet:
     return held
 
 
-def _lowest_validation(validated: list[tuple[int, float]], saved_every: int, last: int) -> str:
-    """Which step's vectors had the lowest validation loss, and where they are saved."""
+def _warn_other_validation_pictures(state: dict, held: PictureSet, step: int) -> None:
+    """Warn when --validation-images holds other pictures than the checkpoint's run scored: validation.csv's curve
+    then joins the losses of two sets at `step`."""
+    then = (state.get("held_out") or [None])[0]
+    if then is None or sorted(then) == sorted(held.names):
+        return
+    gone, new = sorted(set(then) - set(held.names)), sorted(set(held.names) - set(then))
+    detail = "; ".join(part for part in (gone and f"missing now: {', '.join(gone)}",
+                                         new and f"new: {', '.join(new)}") if part)
+    warnings.warn(f"--validation-images {held.where} holds other pictures than when the run began ({detail}): "
+                  f"{VALIDATION_LOG} scores those before step {step} and these after it", stacklevel=3)
+
+
+def _lowest_validation(validated: list[tuple[int, float]], last: int, step_files: Callable[[int], list[Path]]
+                       ) -> str:
+    """Which step's vectors had the lowest validation loss (summed over the concepts), and where they are saved;
+    `step_files`: each concept's embedding file of a step, when it was kept (embeddings/)."""
     step, loss = min(validated, key=lambda entry: entry[1])
+    files = step_files(step)
     if step == last:
-        kept = "the embedding saved"
+        kept = "the embedding saved" if len(files) == 1 else "each concept's embedding saved"
     elif step == 0:
         kept = "the starting vectors: training has not lowered it"
-    elif saved_every and step % saved_every == 0:
-        kept = f"that step's embedding is in {STEP_EMBEDDINGS_DIR}/"
+    elif all(f.is_file() for f in files):
+        kept = f"that step's embedding: {files[0]}" if len(files) == 1 else \
+            f"that step's embeddings: {', '.join(map(str, files))}"
     else:
         kept = "no embedding of that step is kept (--save-every N keeps one every N steps)"
-    return f"lowest validation loss {loss:.6f} at step {step} ({VALIDATION_LOG}); {kept}"
+    summed = " (summed over the concepts)" if len(files) > 1 else ""
+    return f"lowest validation loss{summed} {loss:.6f} at step {step} ({VALIDATION_LOG}); {kept}"
 
 
 def concept_seed(seed: int, index: int) -> int:
