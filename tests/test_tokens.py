@@ -1,5 +1,7 @@
 """Placeholder tokens: naming, prompt expansion, init vectors, clashes, and the extended embedding table."""
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -70,6 +72,29 @@ def test_gradient_reaches_only_the_new_vectors(pipe):
     assert te.dtype == torch.float32 and [n for n, p in te.named_parameters() if p.grad is not None] == [
         "embeddings.token_embedding.rows.weight"]
     assert all(p.grad is None for n, p in te.named_parameters() if n != "embeddings.token_embedding.rows.weight")
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two threads race only on two or more cores")
+def test_vectors_gradient_is_the_same_bits_every_time_at_two_threads():
+    # a training batch's worth of positions (4 x 77 x 128 > 32,768 elements): `vectors[ids]`'s backward added
+    # these with atomic adds in whatever order the threads ran; on the 2-core VM 13-99% of repeats differed in a
+    # last bit, and 50 repeats caught it in 10 runs of 10
+    ext = ExtendedEmbedding(nn.Embedding(10, 128), torch.randn(2, 128, generator=torch.Generator().manual_seed(0)))
+    ids = torch.randint(0, 12, (4, 77), generator=torch.Generator().manual_seed(1))
+    grad_out = torch.randn(4, 77, 128, generator=torch.Generator().manual_seed(2))
+
+    def gradient():
+        ext.vectors.grad = None
+        ext(ids).backward(grad_out)
+        return ext.vectors.grad.clone()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = gradient()
+        assert all(torch.equal(gradient(), first) for _ in range(50))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_init_single_word_copies_its_row(pipe):

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import TokenError
@@ -102,7 +103,12 @@ class ExtendedEmbedding(nn.Module):
         out = self.base(input_ids.clamp(max=self.num_base - 1))
         if self.vectors.shape[0] == 0:
             return out
-        extra = self.vectors.to(out.dtype)[(input_ids - self.num_base).clamp(min=0, max=self.vectors.shape[0] - 1)]
+        # an embedding lookup, not `vectors[ids]`: the indexing's backward on the CPU adds a float32 gradient of
+        # 32,768+ elements (here B x 77 x C) into the rows with atomic adds when torch has 2+ threads, so the
+        # vectors' gradient came out summed in a different order, a different last bit, from run to run;
+        # the embedding's backward sums each row's contributions in the order of the ids, at any thread count
+        extra = F.embedding((input_ids - self.num_base).clamp(min=0, max=self.vectors.shape[0] - 1),
+                            self.vectors.to(out.dtype))
         return torch.where(is_new.unsqueeze(-1), extra, out)
 
 
