@@ -1638,8 +1638,9 @@ def test_a_caption_that_is_not_utf8_is_refused_before_loading(images, tmp_path):
 
 
 def test_the_runs_config_records_what_it_ran_with_and_the_defaults_it_resolved(sd1_dir, images, tmp_path):
-    """A bit-for-bit rerun needs the same torch (and device and precision), and a setting left to its default means
-    whatever this version and this model made of it: config.yaml's header says both; reading it back ignores them."""
+    """A bit-for-bit rerun needs the same torch (and device, precision and CPU threads), and a setting left to its
+    default means whatever this version and this model made of it: config.yaml's header says both; reading it back
+    ignores them."""
     import yaml
     from importlib.metadata import version
 
@@ -1650,7 +1651,7 @@ def test_the_runs_config_records_what_it_ran_with_and_the_defaults_it_resolved(s
           progress=False)
     header = [line for line in (tmp_path / "a" / "config.yaml").read_text().splitlines() if line.startswith("#")]
     assert f"torch {version('torch')}, diffusers {version('diffusers')}" in header[1]
-    assert header[1].endswith("on cpu, torch.float32")
+    assert header[1].endswith("on cpu, torch.float32, 1 thread")  # (the tests' thread count, conftest.py)
     resolved = yaml.safe_load(header[2].removeprefix("# defaults as resolved: "))
     assert resolved == {"resolution": load_model(sd1_dir).resolution, "format": "diffusers", "flip": flip_default("style"),
                         "max_timestep": 1000, "init": "style"}

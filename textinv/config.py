@@ -340,7 +340,7 @@ class TrainConfig:
     precision: str = opt("auto", "weights' precision; auto = bf16 on a CUDA GPU that has it, else fp32",
                          choices=PRECISIONS)
     device: str = opt("auto", DEVICE_HELP)
-    seed: int = opt(0, "random seed: same seed and settings give the same run")
+    seed: int = opt(0, "random seed: same seed and settings give the same run (on the CPU: at the same thread count)")
     save_every: int = opt(500, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = opt(2, "how many checkpoints to keep (older ones are deleted)")
     step_embeddings: bool = opt(True, "at every --save-every step also keep that step's embedding in embeddings/ "
@@ -1218,7 +1218,7 @@ def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None
                 read_from: str | list[str] | None = None) -> None:
     """Write a config as YAML, atomically, with a header saying how to reuse it (and, for a data-parallel run, with
     how many processes: each draws --batch samples, so the same result needs as many), what it ran with (the
-    library versions, and `ran_on`, e.g. "cpu, torch.float32": a bit-for-bit rerun needs the same), as
+    library versions, and `ran_on`, e.g. "cpu, torch.float32, 2 threads": a bit-for-bit rerun needs the same), as
     `resolved`, what settings left to the default became (a later version's default may differ) and, as `length`,
     how --epochs became the `steps` the file holds (`train.steps_for_epochs`), and as `read_from` (a line, or
     several), which --dataset-config its `subsets` and the settings it gave came from, and which kohya sample prompts

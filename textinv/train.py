@@ -1182,7 +1182,9 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # what config.yaml's header records beside the settings: where the run ran, and the defaults left to the model
     resolved = {"resolution": resolution, "format": file_format, "flip": config.use_flip, "max_timestep": timesteps[1],
                 "init": concepts[0].init if len(concepts) == 1 and not config.init_embedding else None}
-    record = (f"{device.type}, {dtype}",
+    # on the CPU the thread count too: torch splits some float sums by thread, so 1 and 2 threads differ in a last bit
+    threads = torch.get_num_threads()
+    record = (f"{device.type}, {dtype}" + (f", {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else ""),
               {k: v for k, v in resolved.items() if getattr(config, k) is None and v is not None})
     # history: (step, loss) per log interval, the loss summed over concepts; by_concept: each concept's, with several
     step, history, by_concept, interval = 0, [], [], ([0.0] * len(concepts), 0)
