@@ -8,7 +8,7 @@ import torch
 from conftest import interrupt_loss_at, train_config, write_images
 
 from textinv.config import TrainConfig
-from textinv.errors import ConfigError
+from textinv.errors import ConfigError, DataError
 from textinv.models import load_model
 from textinv.train import TrainingInterrupted, train
 from textinv.validation import held_out
@@ -143,6 +143,19 @@ def test_a_folder_of_validation_pictures_is_scored_and_not_trained_on(sd1_dir, i
 def test_validation_pictures_that_are_trained_on_too_are_refused(images, tmp_path):
     with pytest.raises(ConfigError, match=r"img0.png, img1.png, img2.png, img3.png are trained on too"):
         train(train_config(images, tmp_path / "run", validation_images=str(images), model="no/such-model"),
+              progress=False)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda folder: None, r"--validation-images \S+kept: the image folder \S+kept does not exist"),
+    (lambda folder: folder.mkdir(), r"--validation-images \S+kept: no images found"),
+    (lambda folder: (write_images(folder, n=2, seed=5) / "img0.txt").write_bytes(b"\xff a dog"),
+     r"--validation-images \S+kept: the caption file \S+img0.txt is not UTF-8"),
+])
+def test_a_bad_folder_of_validation_pictures_is_named_before_the_model_loads(make, message, images, tmp_path):
+    make(tmp_path / "kept")
+    with pytest.raises(DataError, match=message):
+        train(train_config(images, tmp_path / "run", validation_images=str(tmp_path / "kept"), model="no/such-model"),
               progress=False)
 
 

@@ -1675,8 +1675,14 @@ def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], s
 
 
 def _validation_pictures(folder: str, trained: PictureSet) -> PictureSet:
-    """The pictures of --validation-images, none of them one that is trained on."""
-    held = picture_set(folder)
+    """The pictures of --validation-images, none of them one that is trained on, their caption files read (one that
+    cannot be is said before the model loads, as the training pictures' are)."""
+    try:
+        held = picture_set(folder)
+        for path in held.paths:
+            read_caption(path)
+    except DataError as e:  # (its own words are about the training pictures' folder: say which flag gave it)
+        raise DataError(f"--validation-images {folder}: {e}") from None
     both = {p.resolve() for p in held.paths} & {p.resolve() for p in trained.paths}
     if both:
         raise ConfigError(f"--validation-images {folder}: {', '.join(sorted(p.name for p in both))} "
