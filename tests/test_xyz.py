@@ -10,7 +10,7 @@ from PIL import Image
 
 from textinv.cli import main
 from textinv.config import GenerateConfig
-from textinv.errors import ConfigError
+from textinv.errors import ConfigError, TextinvError
 from textinv.formats import RECORD_KEY, LearnedEmbedding, save_embedding
 from textinv.generate import generate
 from textinv.models import load_model
@@ -81,6 +81,19 @@ def _config(tmp_path, **settings):
 ])
 def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, settings, said):
     with pytest.raises(ConfigError, match=said):
+        generate(_config(tmp_path, **settings), progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("settings, said", [
+    ({"embedding": ["none.safetensors"], "x": "guidance=3,7"}, r"^(?!--x).*none.safetensors"),
+    ({"prompt": ["a {red|blue dog"], "x": "guidance=3,7"}, r"^(?!--x).*\{red\|blue dog"),
+    ({"x": "guidance=3,7", "y": "prompt-sr=dog,{cat"}, r"^--y prompt-sr=\{cat: .*\{cat"),
+])
+def test_what_a_cell_names_is_checked_before_the_model_loads(tmp_path, no_model, settings, said):
+    """Each cell is checked as generate checks its settings before loading (the files and prompts they name), so a
+    plot is not stopped by its fourth cell once three are drawn; the error is the command's where it gives it."""
+    with pytest.raises(TextinvError, match=said):
         generate(_config(tmp_path, **settings), progress=False)
     assert not (tmp_path / "r").exists()
 

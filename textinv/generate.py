@@ -23,7 +23,7 @@ import unicodedata
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from PIL import Image
@@ -907,10 +907,23 @@ def _memory_error(where: _Where, error: BaseException):
                         f"{where.width}x{where.height} ({precision})", fixes, kept, error, changes="the pictures")
 
 
-def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_seeds: set[int] | None,
-              where: _Where) -> list[Path]:
-    """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
-    check_model_object(model)
+class Checked(NamedTuple):
+    """What `checked_settings` read: the settings validated (a copy), the prompts' jobs (`_jobs`), the embeddings
+    and their files, the LoRA files, the --init-image pictures (a None for none) and the --mask's `Inpaint`."""
+
+    config: GenerateConfig
+    jobs: list
+    embeddings: list
+    paths: list
+    loras: list
+    sources: list
+    inpaint: Inpaint | None
+
+
+def checked_settings(config: GenerateConfig) -> Checked:
+    """What `generate` checks and reads before the model loads, each bad setting refused with its error here (a
+    missing embedding file or LoRA, a prompt's broken {variants}, a picture or mask that cannot be read). `xyz.plan`
+    checks each cell of a plot with it."""
     config = copy.copy(config).validate()  # (a copy: --seed -1 draws its seed into it, not into the caller's config)
     # composed (NFC), as the text encoders' tokenizers read them: a prompt pasted from a Finder file name is not, and
     # its words would miss the tokens and names compared with them here
@@ -946,6 +959,14 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         if source is not None:
             load_image(source)
     inpaint = mask_settings(config, sources)  # (a bad mask too)
+    return Checked(config, jobs, embeddings, paths, loras, sources, inpaint)
+
+
+def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_seeds: set[int] | None,
+              where: _Where) -> list[Path]:
+    """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
+    check_model_object(model)
+    config, jobs, embeddings, paths, loras, sources, inpaint = checked_settings(config)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:

@@ -12,7 +12,8 @@ the plot: its pictures are written as generate writes them (each PNG with its ow
 again) and are the plain generate's of those settings bit for bit. Every cell draws the same seeds (--seed, and -n
 pictures from it) unless the seed is an axis, as the web UI keeps one seed; a cell of several pictures (-n, several
 --prompt) holds them all, laid out as the web UI lays out a batch (`_cell_picture`). Everything is checked before the
-model loads: the axes, their values, the cells' settings (each as `GenerateConfig.validate` checks it) and the count.
+model loads: the axes, their values, the count and the cells' settings (each as generate checks its own before loading:
+the files, prompts and pictures they name too).
 The grid keeps its first cell's record with the axes, so `--again GRID` draws the whole plot again.
 
 Values are the web UI's: comma-separated (quote a value holding a comma, as CSV), and for numbers ranges: `1-5` (1 to
@@ -30,6 +31,7 @@ import json
 import math
 import random
 import re
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -41,7 +43,8 @@ from tqdm.auto import tqdm
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, TextinvError
 from .formats import RECORD_KEY, load_embedding
-from .generate import _infotext_value, _memory_error, _Where, drawing_dtype, generate, make_grid
+from .generate import (_infotext_value, _memory_error, _Where, checked_settings, drawing_dtype, generate,
+                       make_grid)
 from .io import absolute, atomic_path
 from .memory import out_of_memory_as
 from .models import load_model, pick_device
@@ -326,8 +329,8 @@ class Plan:
 
 
 def plan(config: GenerateConfig) -> Plan:
-    """The plot `config.x`, `.y`, `.z` ask for, every cell's settings checked (as `GenerateConfig.validate` checks
-    them) before anything loads. `config` is validated already (its seed drawn)."""
+    """The plot `config.x`, `.y`, `.z` ask for, every cell's settings checked (as generate checks its own: `_check`)
+    before anything loads. `config` is validated already (its seed drawn)."""
     flags = (("--x", config.x), ("--y", config.y), ("--z", config.z))
     axes = tuple(read_axis(flag, text, config) if text else None for flag, text in flags)
     seen: dict[str, str] = {}
@@ -357,21 +360,36 @@ def plan(config: GenerateConfig) -> Plan:
 
 
 def _checked(cell: GenerateConfig, base: GenerateConfig, parts: list[tuple[Plotted, object]]) -> GenerateConfig:
-    """`cell` if it passes `GenerateConfig.validate`, else its error named by the axis value that alone gives it
-    (`--x steps=0`), or by the cell where only the values together do."""
+    """`cell` if generate would draw it (`_check`), else its error: as it is where the command's settings alone give
+    it, named by the axis value that alone gives it (`--x steps=0`), or by the cell where only the values together
+    do."""
     try:
-        copy.copy(cell).validate()
+        _check(cell)
         return cell
-    except ConfigError as e:
-        error = str(e)
+    except TextinvError as e:
+        error = e
+    try:
+        _check(base)
+    except TextinvError as e:
+        if str(e) == str(error):
+            raise
     for a, value in parts:
         try:
-            copy.copy(replace(base, **a.settings(value, base))).validate()
-        except ConfigError as alone:
-            if str(alone) == error:
-                raise ConfigError(f"{a.flag} {a.axis.name}={a.show(value)}: {error}") from None
+            _check(replace(base, **a.settings(value, base)))
+        except TextinvError as alone:
+            if str(alone) == str(error):
+                raise type(error)(f"{a.flag} {a.axis.name}={a.show(value)}: {error}") from None
     where = ", ".join(f"{a.flag} {a.axis.name}={a.show(value)}" for a, value in parts)
-    raise ConfigError(f"the cell {where}: {error}")
+    raise type(error)(f"the cell {where}: {error}") from None
+
+
+def _check(cell: GenerateConfig) -> None:
+    """All that generate checks before its model loads (`checked_settings`: the settings, and the files, prompts and
+    pictures they name), so that no cell is refused once others have been drawn. Its warnings are the cell's own
+    generate's to give."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checked_settings(copy.copy(cell))
 
 
 # --- drawing -----------------------------------------------------------------------------------------------------
