@@ -193,6 +193,16 @@ def test_prompt_search_and_replace_replaces_the_first_value_in_the_prompt_and_th
     assert not np.array_equal(pixels(cells[0]), pixels(plain))
 
 
+def test_prompt_search_and_replace_replaces_in_the_hires_prompts_too(tmp_path, no_model):
+    """A --hires-prompt that kept the first value would redraw it over each cell's in the second pass."""
+    cells = xyz.plan(_config(tmp_path, x="prompt-sr=dog,cat", hires_scale=1.5, hires_prompt="a sharp photo of dog",
+                             hires_negative_prompt="a blurry dog")).cells
+    assert [(c.prompt, c.hires_prompt, c.hires_negative_prompt) for c in cells] == [
+        (["a photo of dog"], "a sharp photo of dog", "a blurry dog"),
+        (["a photo of cat"], "a sharp photo of cat", "a blurry cat")]
+    assert xyz.plan(_config(tmp_path, x="prompt-sr=dog,cat", hires_scale=1.5)).cells[1].hires_prompt is None
+
+
 def test_the_embedding_axis_draws_each_file_under_one_token_in_training_step_order(sd1_dir, tmp_path):
     """The key use: a run's saved embeddings, by a glob, each drawn by the same prompt, in the order of their steps
     (not of their names: steps-1000 sorts before steps-500 as text); each cell is a plain generate with that file."""

@@ -175,8 +175,12 @@ def _search_replace(items: list[str], config: GenerateConfig) -> list[str]:
 
 
 def _replaced(value: str, config: GenerateConfig, values: list[str]) -> dict:
-    return {"prompt": [p.replace(values[0], value) for p in config.prompt],
-            "negative_prompt": config.negative_prompt.replace(values[0], value)}
+    """The prompts with the first value replaced by `value`: the web UI's, and the hires fix's prompts where given
+    (which the web UI leaves as written, so that its second pass would draw the first value over each cell's)."""
+    def swap(text):
+        return text.replace(values[0], value) if text is not None else None
+    return {"prompt": [swap(p) for p in config.prompt], "negative_prompt": swap(config.negative_prompt),
+            "hires_prompt": swap(config.hires_prompt), "hires_negative_prompt": swap(config.hires_negative_prompt)}
 
 
 # --- the embedding axis ------------------------------------------------------------------------------------------
