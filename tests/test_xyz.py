@@ -298,3 +298,20 @@ def test_running_out_of_memory_as_the_model_loads_is_said_as_generate_says_it(tm
     with pytest.raises(DeviceMemoryError, match=r"^out of memory on cpu loading the model \(fp32\): .*--precision "
                                                 r"fp16"):
         generate(_config(tmp_path, x="steps=1,2"), progress=False)
+
+
+def test_running_out_of_memory_in_a_cell_names_the_cell_and_the_cells_written(tmp_path, monkeypatch):
+    """generate's own message counts the cell's pictures alone ("No picture was written"); the plot's says which
+    cell ran out and that the cells before it are written."""
+    from textinv.errors import DeviceMemoryError
+
+    def draws(cell, model, progress, keep_seeds):
+        if (cell.steps, cell.guidance) == (1, 7.5):
+            raise DeviceMemoryError("out of memory on cuda drawing 1 picture at once. No picture was written")
+        return []
+
+    monkeypatch.setattr(xyz, "generate", draws)
+    with pytest.raises(DeviceMemoryError, match=r"^the X/Y/Z plot's cell 4 of 6 \(--x steps=1, --y guidance=7.5\): "
+                                                r"out of memory .* The 3 cells before it are written in \S+r, with "
+                                                r"no grid$"):
+        xyz.plot(_config(tmp_path, x="steps=1-3", y="guidance=3,7.5"), model=object(), progress=False)

@@ -41,7 +41,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
-from .errors import ConfigError, TextinvError
+from .errors import ConfigError, DeviceMemoryError, TextinvError
 from .formats import RECORD_KEY, load_embedding
 from .generate import (_infotext_value, _memory_error, _Where, checked_settings, drawing_dtype, generate,
                        make_grid)
@@ -383,8 +383,12 @@ def _checked(cell: GenerateConfig, base: GenerateConfig, parts: list[tuple[Plott
         except TextinvError as alone:
             if str(alone) == str(error):
                 raise type(error)(f"{a.flag} {a.axis.name}={a.show(value)}: {error}") from None
-    where = ", ".join(f"{a.flag} {a.axis.name}={a.show(value)}" for a, value in parts)
-    raise type(error)(f"the cell {where}: {error}") from None
+    raise type(error)(f"the cell {_said(parts)}: {error}") from None
+
+
+def _said(parts: list[tuple[Plotted, object]]) -> str:
+    """A cell by its axes' values: `--x steps=20, --y guidance=7.5`."""
+    return ", ".join(f"{a.flag} {a.axis.name}={a.show(value)}" for a, value in parts)
 
 
 def _check(cell: GenerateConfig) -> None:
@@ -413,9 +417,14 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
     if model is None:
         model = _load(config)
     cells: list[list[Path]] = []
-    for cell in tqdm(ready.cells, disable=not progress, desc="xyz plot", unit="cell"):
+    for i, cell in enumerate(tqdm(ready.cells, disable=not progress, desc="xyz plot", unit="cell")):
         keep = None if keep_seeds is None else {s - config.seed + cell.seed for s in keep_seeds}
-        cells.append(generate(cell, model, progress=False, keep_seeds=keep))
+        try:
+            cells.append(generate(cell, model, progress=False, keep_seeds=keep))
+        except DeviceMemoryError as e:  # (its own count of pictures written is the cell's)
+            raise DeviceMemoryError(f"the X/Y/Z plot's cell {i + 1} of {len(ready.cells)} ({_cell_name(ready, i)}): "
+                                    f"{e}. The {i} cell{'s' * (i != 1)} before it {'are' if i != 1 else 'is'} "
+                                    f"written in {config.out}, with no grid") from e
     nx, ny, nz = ready.counts()
     grids = []
     for iz in range(nz):
@@ -424,6 +433,13 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
         info = _grid_text(config, ready, these, iz) if config.metadata != "none" else None
         grids.append(_save_grid(grid, Path(config.out), info))
     return grids + [path for paths in cells for path in paths]
+
+
+def _cell_name(ready: Plan, index: int) -> str:
+    """Cell `index` (x fastest) by its axes' values (`_said`)."""
+    nx, ny, _ = ready.counts()
+    at = (index % nx, index // nx % ny, index // (nx * ny))
+    return _said([(a, a.values[i]) for a, i in zip(ready.axes, at) if a is not None])
 
 
 def _load(config: GenerateConfig):
