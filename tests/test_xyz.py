@@ -39,6 +39,7 @@ def test_values_are_read_as_the_web_uis_ranges_counts_and_steps():
     assert xyz.numbers(["3-12 (+4.5)", "7.5"], float) == [3.0, 7.5, 12.0, 7.5]
     assert xyz.numbers(["0.1-0.3 (+0.1)"], float) == [0.1, 0.2, 0.3]  # (not 0.30000000000000004, nor a fourth)
     assert xyz.numbers(["2-3 [3]"], float) == [2.0, 2.5, 3.0]
+    assert xyz.numbers(["- 1", "-2 - -1", "1 -3"], int) == [-1, -2, -1, 1, 2, 3]  # (a sign may stand apart)
     assert xyz.split_values(' a photo, "b, c" ,d') == ["a photo", "b, c", "d"]
     import dataclasses
 
@@ -46,7 +47,8 @@ def test_values_are_read_as_the_web_uis_ranges_counts_and_steps():
     assert "(axes: " + ", ".join(xyz.AXES) + ";" in help_text  # (--help lists every axis there is)
     for bad, kind, said in (("1.5", int, "not a whole number"), ("x", float, "not a number"),
                             ("5-1", int, "gives no values"), ("1-5 (+0)", int, "a step of 0"),
-                            ("inf", float, "not a finite number"), ("1-5 [0]", int, "gives 0 values"),
+                            ("inf", float, "not a finite number"), ("20 30", int, "'20 30' is not a whole number"),
+                            ("3 7.5", float, "'3 7.5' is not a number"), ("1-5 [0]", int, "gives 0 values"),
                             ("1-1000000000", int, "gives 1000000000 values; a range gives 1 to 10000")):
         with pytest.raises(ValueError, match=said):
             xyz.numbers([bad], kind)

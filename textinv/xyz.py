@@ -131,7 +131,8 @@ def _count(item: str, count: int) -> int:
 
 def _number(text: str, kind: type):
     try:
-        value = kind(re.sub(r"\s+", "", text))
+        # (a space only after the sign, as the web UI's ranges allow: "20 30" is a missing comma, not 2030)
+        value = kind(re.sub(r"^([+-])\s+", r"\1", text.strip()))
     except ValueError:
         raise ValueError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
     if not math.isfinite(value):
