@@ -35,7 +35,8 @@ def test_values_are_read_as_the_web_uis_ranges_counts_and_steps():
     assert xyz.numbers(["1-10 (+3)", "20"], int) == [1, 4, 7, 10, 20]
     assert xyz.numbers(["10-1 (-3)"], int) == [10, 7, 4, 1]
     assert xyz.numbers(["1-10 [4]"], int) == [1, 4, 7, 10]
-    assert xyz.numbers(["0-10 [4]"], int) == [0, 3, 6, 10]  # (rounded down, as the web UI's int())
+    assert xyz.numbers(["0-10 [4]"], int) == [0, 3, 6, 10]  # (cut toward 0, as the web UI's int()...
+    assert xyz.numbers(["-10-0 [4]"], int) == [-10, -6, -3, 0]  # (...so -6.67 is -6)
     assert xyz.numbers(["3-12 (+4.5)", "7.5"], float) == [3.0, 7.5, 12.0, 7.5]
     assert xyz.numbers(["0.1-0.3 (+0.1)"], float) == [0.1, 0.2, 0.3]  # (not 0.30000000000000004, nor a fourth)
     assert xyz.numbers(["2-3 [3]"], float) == [2.0, 2.5, 3.0]

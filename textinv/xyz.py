@@ -17,7 +17,7 @@ the files, prompts and pictures they name too).
 The grid keeps its first cell's record with the axes, so `--again GRID` draws the whole plot again.
 
 Values are the web UI's: comma-separated (quote a value holding a comma, as CSV), and for numbers ranges: `1-5` (1 to
-5), `1-10 (+2)` (by steps of 2), `1-10 [5]` (5 values, evenly spaced; whole numbers rounded down).
+5), `1-10 (+2)` (by steps of 2), `1-10 [5]` (5 values, evenly spaced; whole numbers cut toward 0).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def split_values(text: str) -> list[str]:
 def numbers(items: list[str], kind: type) -> list:
     """Each item as a number of `kind` (int or float), ranges expanded as the web UI's X/Y/Z plot expands them:
     `1-5` is 1, 2, 3, 4, 5; `1-10 (+3)` is 1, 4, 7, 10; `1-10 [4]` is 4 values evenly spaced from 1 to 10 (for whole
-    numbers each rounded down, as the web UI's int() of numpy's linspace). The ends are included. Raises ValueError
+    numbers each cut toward 0, as the web UI's int() of numpy's linspace). The ends are included. Raises ValueError
     saying what is wrong with an item.
 
     >>> numbers(["1-5", "8"], int), numbers(["1-10 (+3)"], int), numbers(["1-10 [4]"], int), numbers(["2-3 [3]"], float)
