@@ -182,6 +182,17 @@ def test_a_z_axis_writes_one_grid_per_value_and_a_cell_of_several_pictures_holds
         assert record["settings"]["batch_size"] == batch
 
 
+def test_again_on_a_grid_draws_every_prompt_and_each_cells_drawn_variant(sd1_dir, tmp_path):
+    """The grid's record is its first cell's first picture's, whose prompt is the one it drew: the grid keeps the
+    command's prompts instead (each --prompt, a dynamic one's template), so each cell draws its own again."""
+    prompts = ["a photo of {dog|cat|bird|fish|cow|horse}", "a drawing of a tree"]
+    grid, *cells = generate(_config(tmp_path, model=str(sd1_dir), prompt=prompts, x="seed=1-3"),
+                            model=load_model(sd1_dir), progress=False)
+    assert len({Image.open(c).text["prompt"] for c in cells[::2]}) > 1  # (the seeds drew other animals)
+    assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--out", str(tmp_path / "a")]) == 0
+    assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0000.png"), pixels(grid))
+
+
 def test_prompt_search_and_replace_replaces_the_first_value_in_the_prompt_and_the_negative(sd1_dir, tmp_path):
     model = load_model(sd1_dir)
     config = _config(tmp_path, model=str(sd1_dir), prompt=["a photo of dog"], negative_prompt="a dog, blurry",

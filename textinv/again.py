@@ -139,7 +139,8 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
                 settings.pop(name, None)
             else:
                 settings[name] = value
-    _as_drawn(settings)
+    if not _is_grid(picture):  # (a grid's record holds the command's prompts, templates that draw each cell's)
+        _as_drawn(settings)
     recorded = settings.get("embedding", [])
     # the record's --token names are its files'; another count of --embedding is other files (the same count: the
     # same files, moved)
@@ -170,7 +171,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         if settings.get("variation_seed") is not None:  # (each picture's is its own: the batch's first's with it)
             settings["variation_seed"] -= seed - first
         keep = {seed}
-    if any(picture.settings.get(axis) for axis in ("x", "y", "z")):
+    if _is_grid(picture):
         # an X/Y/Z plot's grid (`xyz`): its seeds are each cell's, all drawn and written, in batches of the size it
         # drew with
         settings["n"], keep = len(batch) or 1, None
@@ -179,6 +180,11 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         warnings.warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
                       f"{__version__}: the redraw may differ from it", stacklevel=2)
     return build(GenerateConfig, settings, flags), keep
+
+
+def _is_grid(picture: Picture) -> bool:
+    """Whether `picture` is an X/Y/Z plot's grid (`xyz`): its record holds the axes."""
+    return any(picture.settings.get(axis) for axis in ("x", "y", "z"))
 
 
 _HIRES_SIZE = ("hires_scale", "hires_width", "hires_height")

@@ -568,10 +568,17 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
 
 
 def _grid_record(config: GenerateConfig, ready: Plan, record: dict) -> dict:
-    """The first cell's `record` made the grid's: the axes among its settings, and every seed of a cell as its
-    batch's, so `again` draws and writes every picture of each cell."""
+    """The first cell's `record` made the grid's: the axes among its settings, every seed of a cell as its batch's,
+    and the command's prompts as given (every --prompt, a dynamic one's template with what draws it), not the first
+    picture's, so `again` draws and writes every picture of each cell."""
     seed = record["settings"]["seed"]
     record["batch_seeds"] = list(range(seed, seed + config.n))
+    for key in ("template", "negative_template"):  # (the prompts below are those)
+        record.pop(key, None)
+    record["settings"].update(prompt=list(config.prompt), negative_prompt=config.negative_prompt,
+                              combinatorial=config.combinatorial, max_prompts=config.max_prompts)
+    if config.wildcards_dir is not None and config.metadata == "full":  # (shareable: given again beside --again)
+        record["settings"]["wildcards_dir"] = absolute(config.wildcards_dir)
     record["settings"].update({flag: _axis_setting(a, config.metadata == "full") for flag, a in zip("xyz", ready.axes)
                                if a is not None}, xyz_max_cells=config.xyz_max_cells)
     return record
