@@ -193,6 +193,21 @@ def test_again_on_a_grid_draws_every_prompt_and_each_cells_drawn_variant(sd1_dir
     assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0000.png"), pixels(grid))
 
 
+@pytest.mark.parametrize("metadata", ["full", "shareable"])
+def test_again_on_a_grid_drawn_from_an_init_image_folder_draws_every_picture_of_it(sd1_dir, tmp_path, metadata):
+    """Each cell holds every picture of the folder; the first cell's record names the one it redrew."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (16, 16), "red").save(photos / "a.png")
+    Image.new("RGB", (16, 16), "blue").save(photos / "b.png")
+    grid, *cells = generate(_config(tmp_path, model=str(sd1_dir), init_image=str(photos), width=16, height=16,
+                                    x="denoise=0.5,0.9", metadata=metadata), model=load_model(sd1_dir), progress=False)
+    assert len(cells) == 4
+    beside = [] if metadata == "full" else ["--init-image", str(photos)]  # (shareable: the folder by its name)
+    assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--out", str(tmp_path / "a"), *beside]) == 0
+    assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0000.png"), pixels(grid))
+
+
 def test_prompt_search_and_replace_replaces_the_first_value_in_the_prompt_and_the_negative(sd1_dir, tmp_path):
     model = load_model(sd1_dir)
     config = _config(tmp_path, model=str(sd1_dir), prompt=["a photo of dog"], negative_prompt="a dog, blurry",

@@ -206,7 +206,7 @@ def _init_in_folder(picture: Picture, flags: dict[str, Any]) -> dict[str, Any]:
     folder's an --init-image folder drew, or a picture given by name with --metadata shareable) given as that file,
     so the redraw is the picture's, not one of every picture in the folder."""
     given, recorded = flags.get("init_image"), picture.settings.get("init_image")
-    if not given or not recorded or not Path(given).expanduser().is_dir():
+    if not given or not recorded or not Path(given).expanduser().is_dir() or _is_grid(picture):  # (a grid: all)
         return flags
     inside = Path(given).expanduser() / Path(str(recorded)).name
     return {**flags, "init_image": str(inside)} if inside.is_file() else flags

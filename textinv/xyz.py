@@ -579,6 +579,10 @@ def _grid_record(config: GenerateConfig, ready: Plan, record: dict) -> dict:
                               combinatorial=config.combinatorial, max_prompts=config.max_prompts)
     if config.wildcards_dir is not None and config.metadata == "full":  # (shareable: given again beside --again)
         record["settings"]["wildcards_dir"] = absolute(config.wildcards_dir)
+    if config.init_image is not None and Path(config.init_image).is_dir():  # (the folder, not its first picture)
+        full = config.metadata == "full"
+        record["settings"]["init_image"] = absolute(config.init_image) if full else Path(config.init_image).name
+        record.pop("init_image_sha256", None)
     record["settings"].update({flag: _axis_setting(a, config.metadata == "full") for flag, a in zip("xyz", ready.axes)
                                if a is not None}, xyz_max_cells=config.xyz_max_cells)
     return record
