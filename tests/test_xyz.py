@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,6 +277,18 @@ def test_files_are_taken_in_the_order_of_the_steps_they_record_else_of_the_numbe
     assert xyz._by_step(recorded) == recorded[::-1]
     named = [saved("x-steps-1000.safetensors"), saved("x-steps-200.safetensors")]
     assert xyz._by_step(named) == named[::-1]
+
+
+def test_a_glob_over_diffusers_sdxl_pairs_takes_each_pair_once(tmp_path, no_model):
+    """diffusers' SDXL script saves each step as two files; the first reads the second beside it, so the second is
+    no value of its own (it would draw a half alone, twice the cells)."""
+    for step in (500, 1000):
+        emb = LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 768), "text_encoder_2": torch.randn(1, 1280)},
+                               metadata={"steps": str(step)})
+        save_embedding(emb, tmp_path / f"learned_embeds-steps-{step}.safetensors", format="diffusers-sdxl")
+    cells = xyz.plan(_config(tmp_path, prompt=["a photo of <q>"], x=f"embedding={tmp_path}/*.safetensors")).cells
+    assert [Path(c.embedding[0]).name for c in cells] == ["learned_embeds-steps-500.safetensors",
+                                                          "learned_embeds-steps-1000.safetensors"]
 
 
 def test_the_grids_script_fields_end_its_settings_line_before_a_dynamic_prompts_template_lines():

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, DeviceMemoryError, TextinvError
-from .formats import RECORD_KEY, load_embedding
+from .formats import RECORD_KEY, load_embedding, second_file
 from .generate import (_infotext_value, _memory_error, _Where, checked_settings, drawing_dtype, generate,
                        make_grid)
 from .io import absolute, atomic_path
@@ -190,7 +190,8 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[str]:
     """The files of an embedding axis: each item a file, or a glob (`runs/dog/embeddings/*.safetensors`) whose
     files are taken in training-step order (the step each file records, else the numbers in their names). Each
     must be an embedding, all of one token (each is drawn by the same prompt): the first --token's when given (it
-    names each file), else the one they hold, which a prompt must write."""
+    names each file), else the one they hold, which a prompt must write. The second file of diffusers' SDXL pair
+    (learned_embeds_2-steps-N) is read with the first, not as a value of its own."""
     files: list[str] = []
     for item in items:
         if glob.has_magic(item):
@@ -203,12 +204,18 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[str]:
         else:
             files.append(str(Path(item).expanduser()))
     token = config.token[0] if config.token else None
-    tokens = {}
-    for file in files:
-        try:
-            tokens[file] = load_embedding(file, token=token).token
-        except TextinvError as e:
-            raise ValueError(f"{file} is not an embedding textinv reads ({e})") from None
+    read = {}
+    with warnings.catch_warnings():  # (a second half read alone says it is half; it is dropped below)
+        warnings.simplefilter("ignore")
+        for file in files:
+            try:
+                read[file] = load_embedding(file, token=token)
+            except TextinvError as e:
+                raise ValueError(f"{file} is not an embedding textinv reads ({e})") from None
+    # diffusers' SDXL pair: learned_embeds-steps-N reads its learned_embeds_2-steps-N, which a glob finds too
+    halves = {str(second_file(f)) for f, emb in read.items() if len(emb.widths) == 2}
+    files = [f for f in files if str(Path(f)) not in halves]
+    tokens = {f: read[f].token for f in files}
     if len(set(tokens.values())) > 1:
         held = ", ".join(f"{t} in {Path(f).name}" for f, t in tokens.items())
         raise ValueError(f"the files hold different tokens ({held}), so one prompt cannot draw each; give the "
@@ -226,12 +233,14 @@ def _by_step(files: list[str]) -> list[str]:
     """`files` in training-step order: by the step each records (textinv's and the web UI's "steps"), when each
     records one, else by their names with their numbers compared as numbers (steps-500 before steps-1000)."""
     steps = {}
-    for f in files:
-        try:
-            steps[f] = int(load_embedding(f).metadata.get("steps", ""))
-        except (TextinvError, ValueError):
-            break
-    else:
+    with warnings.catch_warnings():  # (read for its step alone: `embedding_values` reads each again)
+        warnings.simplefilter("ignore")
+        for f in files:
+            try:
+                steps[f] = int(load_embedding(f).metadata.get("steps", ""))
+            except (TextinvError, ValueError):
+                break
+    if len(steps) == len(files):
         return sorted(files, key=lambda f: (steps[f], _natural(f)))
     return sorted(files, key=_natural)
 
