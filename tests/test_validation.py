@@ -203,6 +203,22 @@ def test_a_resume_whose_validation_pictures_changed_says_so(sd1_dir, images, tmp
               model=load_model(sd1_dir), progress=False)
 
 
+def test_a_resume_takes_the_validation_pictures_where_they_are_now(sd1_dir, images, tmp_path, capsys):
+    """As --images may move between a run and its resume, so may --validation-images (its pictures, by name, must
+    be the same, else a warning says so)."""
+    kept = write_images(tmp_path / "kept", n=2, seed=5)
+    settings = dict(steps=4, save_every=2)
+    straight = train(train_config(images, tmp_path / "a", **{**settings, "steps": 6}, validation_images=str(kept)),
+                     model=load_model(sd1_dir), progress=False)
+    train(train_config(images, tmp_path / "b", **settings, validation_images=str(kept)), model=load_model(sd1_dir),
+          progress=False)
+    moved = shutil.move(str(kept), str(tmp_path / "elsewhere"))
+    resumed = train(train_config(images, tmp_path / "b", **{**settings, "steps": 6}, validation_images=moved,
+                                 resume=True), model=load_model(sd1_dir))
+    assert resumed.validation == straight.validation
+    assert f"--validation-images now {moved} (was {kept})" in capsys.readouterr().out
+
+
 def test_the_end_names_the_best_steps_embedding_file_where_one_was_kept(tmp_path):
     from textinv.train import _lowest_validation
 

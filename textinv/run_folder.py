@@ -103,6 +103,8 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         # (images: the folder may have moved, to another disk or machine; its pictures must be the run's, which
         # `check_resumable` sees by their names)
         moved = {"images"} if new["images"] and old.get("images") else set()
+        # (--validation-images too: not trained on, its pictures then and now are compared by name, a change said)
+        moved |= {"validation_images"} if new["validation_images"] and old.get("validation_images") else set()
         # (the model too, as its folder or file may move: the checkpoint's fingerprint of it is compared once it has
         # loaded, `check_same_model`)
         moved |= {k for k in MODEL_SETTINGS if new[k] and old.get(k)}
@@ -315,7 +317,8 @@ def moved_places(out: Path, config: TrainConfig) -> list[str]:
     the same names, is at least seen."""
     saved = read_run_settings(out)
     lines = [f"{'pictures' if k == 'images' else '--' + k.replace('_', '-')} now {new} (was {old or 'none'})"
-             for k, (old, new) in given_anew(saved, config, ("images",) + MODEL_SETTINGS + MODEL_CHOICES).items()]
+             for k, (old, new) in given_anew(saved, config, ("images", "validation_images") + MODEL_SETTINGS
+                                                                + MODEL_CHOICES).items()]
     if saved.get("concepts") and config.concepts:
         for was, now in zip(_absolute_paths(dataclasses.replace(config, concepts=saved["concepts"])).concept_list(),
                             _absolute_paths(config).concept_list()):
