@@ -234,3 +234,18 @@ def test_the_end_names_the_best_steps_embedding_file_where_one_was_kept(tmp_path
                                                                         "lowered it")
     assert _lowest_validation([(0, 0.3), (4, 0.2)], 4, lambda at: files(at) * 2).startswith(
         "lowest validation loss (summed over the concepts) 0.200000 at step 4")
+
+
+def test_validation_pictures_take_the_subsets_caption_extension(tmp_path):
+    """With kohya's subsets the captions are NAME + their caption_extension: the validation folder's are read so too
+    (a caption file that is not UTF-8 under that name is found, before the model loads)."""
+    from textinv.kohya import apply_dataset_config
+
+    train_folder, kept = write_images(tmp_path / "a", n=3), write_images(tmp_path / "kept", n=1, seed=5)
+    (kept / "img0.cap").write_bytes(b"\xff a dog")
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{train_folder}"\ncaption_extension = ".cap"\n')
+    config = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out=str(tmp_path / "run"),
+                                              validation_images=str(kept), model="no/such-model"))
+    with pytest.raises(DataError, match=r"--validation-images \S+kept: the caption file \S+img0.cap is not UTF-8"):
+        train(config, progress=False)

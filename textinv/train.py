@@ -1676,11 +1676,14 @@ def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], s
 
 def _validation_pictures(folder: str, trained: PictureSet) -> PictureSet:
     """The pictures of --validation-images, none of them one that is trained on, their caption files read (one that
-    cannot be is said before the model loads, as the training pictures' are)."""
+    cannot be is said before the model loads, as the training pictures' are) with the training pictures' caption
+    extension where they share one (kohya's subsets' caption_extension)."""
+    shared = trained.caption_extensions[0] if len(set(trained.caption_extensions)) == 1 else None
     try:
-        held = picture_set(folder)
+        held = picture_set(folder) if shared is None else \
+            picture_set(subsets=[{"images": folder, "repeats": 1, "caption_extension": shared}])  # (its files known)
         for path in held.paths:
-            read_caption(path)
+            read_caption(path, shared)
     except DataError as e:  # (its own words are about the training pictures' folder: say which flag gave it)
         raise DataError(f"--validation-images {folder}: {e}") from None
     both = {p.resolve() for p in held.paths} & {p.resolve() for p in trained.paths}
