@@ -246,6 +246,32 @@ def test_only_masked_and_the_other_settings_are_written_as_the_web_ui_writes_the
     assert (config.init_image, config.mask, config.mask_blur, config.inpaint_area) == (None, None, None, None)
 
 
+def test_the_init_picture_and_the_mask_are_read_once_a_run_however_many_prompts_redraw_them(sd1_dir, tmp_path,
+                                                                                              monkeypatch):
+    """Dynamic prompts' random mode draws one prompt per picture: each used to decode the picture and hash it and
+    the mask again. Past `KEEP_PIXELS` a picture is decoded for each prompt instead, and draws the same."""
+    from pathlib import Path
+
+    from textinv import generate as generating
+
+    room, mask = _files(tmp_path)
+    decoded, hashed = [], []
+    real_load, real_bytes = generating.load_image, Path.read_bytes
+    monkeypatch.setattr(generating, "load_image", lambda path, *a, **k: decoded.append(str(path)) or
+                        real_load(path, *a, **k))
+    monkeypatch.setattr(Path, "read_bytes", lambda self: hashed.append(str(self)) or real_bytes(self))
+    settings = dict(prompt=["a {cat|dog|bird|fish|cow}"], n=4, steps=2, model=str(sd1_dir), init_image=room,
+                    mask=mask)
+    kept = generate(GenerateConfig(**settings, out=str(tmp_path / "kept")), progress=False)
+    prompts = len({p.name.split("-s")[0] for p in kept})
+    assert prompts > 1  # (several prompts redrew the picture)
+    assert decoded.count(room) == 1 and hashed.count(room) == 1 and hashed.count(mask) == 1
+    monkeypatch.setattr(generating._InitPictures, "KEEP_PIXELS", 0)
+    again = generate(GenerateConfig(**settings, out=str(tmp_path / "again")), progress=False)
+    assert decoded.count(room) == 1 + 1 + prompts  # (read before the model loads, then once for each prompt)
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in kept]
+
+
 def test_again_reads_a_web_ui_inpainted_picture_with_its_mask_or_says_it_needs_one(sd1_dir, tmp_path):
     from PIL.PngImagePlugin import PngInfo
 

@@ -195,7 +195,7 @@ class Hires:
     may be None: the first pass's proportions), with `upscaler` (`refine.UPSCALERS`), then redrawn at `denoise` over
     `steps` sampling steps (None: as many as the first pass's) with `sampler` (None: the first pass's), for `prompt`
     and `negative_prompt` (already expanded; None: the first pass's), the web UI's Hires prompt and Hires negative
-    prompt; `switch` (when given) is called before the second pass (`_draw_all`: the hires prompt's LoRAs)."""
+    prompt; `switch` (when given) is called before the second pass (`_source_pass`: the hires prompt's LoRAs)."""
 
     scale: float | None = None
     width: int | None = None
@@ -909,14 +909,14 @@ def _memory_error(where: _Where, error: BaseException):
 
 class Checked(NamedTuple):
     """What `checked_settings` read: the settings validated (a copy), the prompts' jobs (`_jobs`), the embeddings
-    and their files, the LoRA files, the --init-image pictures (a None for none) and the --mask's `Inpaint`."""
+    and their files, the LoRA files, the --init-image pictures (`_InitPictures`, each read once) and the --mask's `Inpaint`."""
 
     config: GenerateConfig
     jobs: list
     embeddings: list
     paths: list
     loras: list
-    sources: list
+    pictures: "_InitPictures"
     inpaint: Inpaint | None
 
 
@@ -954,19 +954,16 @@ def checked_settings(config: GenerateConfig) -> Checked:
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
     loras = lora_files([tag for prompt in [job.prompt for job in jobs] + [config.hires_prompt or ""]
                         for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
-    sources = refine.init_pictures(config.init_image)
-    for source in sources:  # (a bad picture: said before the model loads)
-        if source is not None:
-            load_image(source)
-    inpaint = mask_settings(config, sources)  # (a bad mask too)
-    return Checked(config, jobs, embeddings, paths, loras, sources, inpaint)
+    pictures = _InitPictures(refine.init_pictures(config.init_image))  # (a bad picture: said before the model loads)
+    inpaint = mask_settings(config, pictures.sizes)  # (a bad mask too)
+    return Checked(config, jobs, embeddings, paths, loras, pictures, inpaint)
 
 
 def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_seeds: set[int] | None,
               where: _Where) -> list[Path]:
     """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     check_model_object(model)
-    config, jobs, embeddings, paths, loras, sources, inpaint = checked_settings(config)
+    config, jobs, embeddings, paths, loras, pictures, inpaint = checked_settings(config)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
@@ -984,22 +981,22 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
-                             _embedding_sums(embeddings, paths, digests), where, sources, inpaint, jobs)
+                             _embedding_sums(embeddings, paths, digests), where, pictures, inpaint, jobs)
         finally:
             unload_loras(model)
 
 
-def mask_settings(config: GenerateConfig, sources: list[Path | None]) -> Inpaint | None:
+def mask_settings(config: GenerateConfig, sizes: dict[Path, tuple[int, int]]) -> Inpaint | None:
     """--mask read (`inpaint.read_mask`) with its settings as they resolve (the web UI's defaults), refused where it
-    redraws nothing of one of the --init-image `sources`; None without it."""
+    redraws nothing of one of the --init-image pictures (`sizes`: each one's (W, H)); None without it."""
     if not config.mask:
         return None
     inpaint = Inpaint(inpainting.read_mask(config.mask, config.mask_invert),
                       inpainting.MASK_BLUR if config.mask_blur is None else config.mask_blur,
                       config.inpaint_fill or "original", config.mask_invert, config.inpaint_area or "whole",
                       inpainting.MASKED_PADDING if config.masked_padding is None else config.masked_padding)
-    for source in sources:
-        inpaint.check_fits(load_image(source).size, config.mask, str(source))
+    for source, size in sizes.items():
+        inpaint.check_fits(size, config.mask, str(source))
     return inpaint
 
 
@@ -1387,119 +1384,251 @@ def _sizes(config: GenerateConfig, model: Model, init: Image.Image | None
     return width, height, hires, hires.sizes(width, height, model.pipeline.vae_scale_factor)[2]
 
 
-def _warn_large(model: Model, drawn: tuple[int, int]) -> None:
+def _warn_large(model: Model, drawn: tuple[int, int], stacklevel: int = 3) -> None:
     area = drawn[0] * drawn[1] / model.resolution ** 2
     if area > 4:  # compute grows with the pixels, and quality falls off far from the training size
         warnings.warn(f"{drawn[0]}x{drawn[1]} is {area:.3g}x the pixels of the {model.resolution}x{model.resolution} "
                       f"{model.source} was trained at: each picture takes about {area:.3g}x as long, and models "
-                      f"draw poorly far from their training size", stacklevel=3)
+                      f"draw poorly far from their training size", stacklevel=stacklevel)
 
 
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
               progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
-              embedding_sums: dict[str, str], where: _Where | None = None,
-              sources: list[Path | None] = (None,), inpaint: Inpaint | None = None,
-              jobs: list[dynamic.Job] | None = None) -> list[Path]:
+              embedding_sums: dict[str, str], where: _Where | None = None, pictures: _InitPictures | None = None,
+              inpaint: Inpaint | None = None, jobs: list[dynamic.Job] | None = None) -> list[Path]:
     """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
     `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
-    (`_memory_error`); `sources`: the --init-image pictures each prompt redraws (`refine.init_pictures`; None: no
+    (`_memory_error`); `pictures`: the --init-image pictures each prompt redraws (`_InitPictures`; None: no
     picture), each drawn with every seed of the prompt's; `inpaint`: their mask and its settings (--mask); `jobs`:
     the prompts and negative prompts as drawn from their templates, and their seeds (`_jobs`; None: each --prompt
     with every seed)."""
-    where = where or _Where()
+    pictures = pictures or _InitPictures([None])
     steps = config.steps or DEFAULT_STEPS
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
     clip_skip = generation_clip_skip(model, config.clip_skip, embeddings)
-    out = Path(config.out)
-    written: list[Path] = []
     jobs = jobs or [dynamic.Job(i, p, config.negative_prompt, tuple(range(config.seed, config.seed + config.n)))
                     for i, p in enumerate(config.prompt)]
-    negatives = {job.negative: emphasis.lora_tags(job.negative) for job in jobs}  # (the words, the LoRAs)
-    negative_loras = [tag for _, tags in negatives.values() for tag in tags]
-    # the hires fix's own prompts (None: the first pass's), read as the first pass's are
-    hires_text, hires_tags = emphasis.lora_tags(config.hires_prompt) if config.hires_prompt else (None, [])
-    hires_negative, tags = emphasis.lora_tags(config.hires_negative_prompt or "")
-    negative_loras += tags
-    if negative_loras:
-        warnings.warn("LoRA tags in the negative prompt are not applied (only the prompt's are): "
-                      + ", ".join(f"<lora:{t.name}>" for t in negative_loras), stacklevel=2)
-    hires_negative = expand_all(hires_negative, embeddings) if config.hires_negative_prompt else None
-    recorded_sums = [digests[e] for e in config.embedding]
-    lora_sums: dict[str, str] = {}  # each LoRA's web UI hash (`lora_sha256`), read once a run
-    texts = [emphasis.lora_tags(job.prompt) for job in jobs]  # (the words, the LoRAs)
-    folder = config.init_image is not None and Path(config.init_image).is_dir()  # (each picture named in the files)
-    labels = _source_labels(sources) if folder else {source: "" for source in sources}
-    names = {(index, source, seed): f"{job.index:03d}-{_slug(emphasis.words_drawn(job.prompt))}"
-                                    f"{labels[source]}-s{seed}"
-             for index, job in enumerate(jobs) for source in sources for seed in job.seeds}
+    # each prompt's and negative prompt's words and LoRAs, all read (a bad tag refused) before any picture is drawn
+    texts = [emphasis.lora_tags(job.prompt) for job in jobs]
+    negatives = {job.negative: emphasis.lora_tags(job.negative) for job in jobs}
+    _warn_unapplied(config, jobs, negatives)
+    names = _file_names(config, jobs, pictures.sources)
     mine = [name for (_, _, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
-    run = _new_run_suffix(out, mine)
-    warned: set[tuple[int, int]] = set()
-    bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(sources), disable=not progress, desc="generate",
-               unit="img")
+    run = _Run(config, model, embeddings, loras, _hires_prompts(config, embeddings), steps, guidance, clip_skip,
+               pictures, inpaint, recorded_sums=[digests[e] for e in config.embedding], embedding_sums=embedding_sums,
+               mask_sum=_file_sha256(Path(config.mask)) if config.mask else None, where=where or _Where(),
+               keep_seeds=keep_seeds, names=names, mine=mine, suffix=_new_run_suffix(Path(config.out), mine))
+    bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
+               desc="generate", unit="img")
     try:  # (closed on a failure too: the error is then said on a line of its own, not after the bar)
-        for text in dict.fromkeys([job.prompt for job in jobs] + list(negatives) + [config.hires_prompt or "",
-                                                                                   config.hires_negative_prompt or ""]):
-            if emphasis.unsupported(text):
-                warnings.warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
-                              "textinv does not apply: they are read as words", stacklevel=2)
         for index, job in enumerate(jobs):
-            prompt, seeds = job.prompt, list(job.seeds)
-            negative = expand_all(negatives[job.negative][0], embeddings)  # (a learned negative needs all its vectors)
-            apply_loras(model, texts[index][1], loras)
-            expanded = expand_all(texts[index][0], embeddings)
-            # the web UI activates the hires prompt's LoRAs for the second pass (its hr_extra_network_data), and
-            # every network it does not name with none: a hires prompt without tags draws that pass without LoRAs
-            switch = config.hires() and hires_text is not None and _lora_set(hires_tags) != _lora_set(texts[index][1])
-            switched = False
-            # the web UI's hashes of the embeddings and LoRAs this prompt draws with, by which civitai links them
-            hashes = {}
-            if config.metadata != "none":
-                drawn_loras = texts[index][1] + (hires_tags if switch else [])  # (both passes')
-                for tag in drawn_loras:
-                    if tag.name not in lora_sums:
-                        lora_sums[tag.name] = lora_sha256(loras[tag.name])
-                used = _used_embeddings(model, embeddings, [texts[index][0], negative, hires_text or "",
-                                                            hires_negative or ""], steps)
-                hashes = {"lora_hashes": webui_hashes({tag.name: lora_sums[tag.name] for tag in drawn_loras}),
-                          "ti_hashes": webui_hashes({e.token: embedding_sums[e.token] for e in used
-                                                     if e.token in embedding_sums})}
-            for source in sources:
-                init = load_image(source) if source is not None else None
-                width, height, hires, drawn = _sizes(config, model, init)
-                if hires is not None:  # (with this prompt's second pass)
-                    hires = replace(hires, prompt=expand_all(hires_text, embeddings) if hires_text is not None
-                                    else None, negative_prompt=hires_negative,
-                                    switch=(lambda: apply_loras(model, hires_tags, loras)) if switch else None)
-                if drawn not in warned:
-                    warned.add(drawn)
-                    _warn_large(model, drawn)
-                shared = _record(config, model, steps, guidance, clip_skip, width, height, source)
-                text = _Text(prompt, expanded, shared, hashes, recorded_sums, hires, source, job,
-                             Path(config.mask) if config.mask else None)
-                for start in range(0, len(seeds), config.batch_size):  # a few images per call bounds the memory
-                    chunk = seeds[start:start + config.batch_size]
-                    where.batch, (where.width, where.height) = len(chunk), drawn
-                    variation = ([_variation_seed(config, s) for s in chunk], config.variation_strength) \
-                        if config.variation_strength else None
-                    if switched:  # (the batch before left the hires prompt's LoRAs on)
-                        apply_loras(model, texts[index][1], loras)
-                    images = render(model, [expanded] * len(chunk), chunk, steps, None, guidance, negative,
-                                    config.sampler, clip_skip, width, height,
-                                    None if init is None else [init] * len(chunk), passes_denoise(config), hires,
-                                    variation, config.tiling, config.emphasis, inpaint)
-                    switched = switch
-                    for seed, img in zip(chunk, images):
-                        bar.update(1)
-                        if keep_seeds is not None and seed not in keep_seeds:  # (drawn only as the kept one's batch)
-                            continue
-                        info = text.png(config, seed, chunk) if config.metadata != "none" else None
-                        path, run = _save_new(img, out, names[index, source, seed], run, mine, info)
-                        written.append(path)
-                        where.written = len(written)
+            _draw_job(run, index, job, texts[index], negatives[job.negative][0], bar)
     finally:
         bar.close()
-    return written
+    return run.written
+
+
+class _InitPictures:
+    """The --init-image pictures (`refine.init_pictures`; [None]: none), each read once a run, before the model
+    loads (a bad one is said then): its SHA-256, which its pictures record so that --again tells a file replaced at
+    its path, its size, and the picture itself, kept for every prompt that redraws it while the kept ones add up to
+    at most `KEEP_PIXELS` (past that, a folder of big photos is read again for each prompt rather than held)."""
+
+    KEEP_PIXELS = 64_000_000  # (about 190 MB of RGB: 15 pictures of 2048 x 2048)
+
+    def __init__(self, sources: list[Path | None]):
+        self.sources = sources
+        self.sums: dict[Path, str] = {}
+        self.sizes: dict[Path, tuple[int, int]] = {}
+        self.kept: dict[Path, Image.Image] = {}
+        room = self.KEEP_PIXELS
+        for source in sources:
+            if source is None:
+                continue
+            picture = load_image(source)
+            self.sums[source], self.sizes[source] = _file_sha256(source), picture.size
+            if picture.width * picture.height <= room:
+                self.kept[source] = picture
+                room -= picture.width * picture.height
+
+    def picture(self, source: Path | None) -> Image.Image | None:
+        """The picture of `source` (None: none), as `load_image` reads it."""
+        if source is None:
+            return None
+        return self.kept[source] if source in self.kept else load_image(source)
+
+
+def _file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as a picture records its --init-image's and --mask's."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _warn_unapplied(config: GenerateConfig, jobs: list[dynamic.Job],
+                    negatives: dict[str, tuple[str, list[emphasis.LoraTag]]]) -> None:
+    """Warn of what the prompts write that is not applied: LoRA tags in a negative prompt, and the web UI's syntax
+    textinv reads as words (`emphasis.unsupported`)."""
+    negative_loras = [tag for _, tags in negatives.values() for tag in tags]
+    negative_loras += emphasis.lora_tags(config.hires_negative_prompt or "")[1]
+    if negative_loras:
+        warnings.warn("LoRA tags in the negative prompt are not applied (only the prompt's are): "
+                      + ", ".join(f"<lora:{t.name}>" for t in negative_loras), stacklevel=3)
+    for text in dict.fromkeys([job.prompt for job in jobs] + list(negatives) + [config.hires_prompt or "",
+                                                                               config.hires_negative_prompt or ""]):
+        if emphasis.unsupported(text):
+            warnings.warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
+                          "textinv does not apply: they are read as words", stacklevel=3)
+
+
+def _file_names(config: GenerateConfig, jobs: list[dynamic.Job], sources: list[Path | None]
+                ) -> dict[tuple[int, Path | None, int], str]:
+    """Each picture's file name, without the run's suffix, by its prompt's place, its --init-image picture and its
+    seed: the prompt's number and words, the picture's name (an --init-image folder's, `_source_labels`), the seed."""
+    folder = config.init_image is not None and Path(config.init_image).is_dir()
+    labels = _source_labels(sources) if folder else {source: "" for source in sources}
+    return {(index, source, seed): f"{job.index:03d}-{_slug(emphasis.words_drawn(job.prompt))}"
+                                   f"{labels[source]}-s{seed}"
+            for index, job in enumerate(jobs) for source in sources for seed in job.seeds}
+
+
+@dataclass(frozen=True)
+class _HiresPrompts:
+    """The hires fix's own prompts, read as the first pass's are: the prompt's words (None: the first pass's) and
+    its LoRA tags, and the negative prompt expanded (None: the first pass's)."""
+
+    text: str | None
+    tags: list[emphasis.LoraTag]
+    negative: str | None
+
+
+def _hires_prompts(config: GenerateConfig, embeddings: list[LearnedEmbedding]) -> _HiresPrompts:
+    text, tags = emphasis.lora_tags(config.hires_prompt) if config.hires_prompt else (None, [])
+    negative = emphasis.lora_tags(config.hires_negative_prompt or "")[0]
+    return _HiresPrompts(text, tags, expand_all(negative, embeddings) if config.hires_negative_prompt else None)
+
+
+@dataclass
+class _Run:
+    """What every picture of one `generate` call shares as `_draw_all` draws them (`recorded_sums`: each
+    --embedding's SHA-256 as the record lists them; `embedding_sums`: by token, for the web UI's hashes;
+    `mask_sum`: the --mask's SHA-256), each picture's file name (`names`: by its prompt's place, --init-image picture
+    and seed; `mine`: those written; `suffix`: the run's, `_new_run_suffix`), and what it has done so far."""
+
+    config: GenerateConfig
+    model: Model
+    embeddings: list[LearnedEmbedding]
+    loras: dict[str, Path]
+    hires: _HiresPrompts
+    steps: int
+    guidance: float
+    clip_skip: int
+    pictures: _InitPictures
+    inpaint: Inpaint | None
+    recorded_sums: list[str | None]
+    embedding_sums: dict[str, str]
+    mask_sum: str | None
+    where: _Where
+    keep_seeds: set[int] | None
+    names: dict[tuple[int, Path | None, int], str]
+    mine: list[str]
+    suffix: str
+    lora_sums: dict[str, str] = field(default_factory=dict)  # each LoRA's web UI hash (`lora_sha256`), read once
+    warned: set[tuple[int, int]] = field(default_factory=set)  # the sizes `_warn_large` has warned of
+    written: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """One job's prompt as it draws: `expanded` (every multi-vector token written out), its LoRA `tags`, the
+    `negative` prompt expanded, whether the hires fix `switch`es to the hires prompt's LoRAs for its pass, and the
+    web UI's `hashes` of what it draws with."""
+
+    expanded: str
+    tags: list[emphasis.LoraTag]
+    negative: str
+    switch: bool
+    hashes: dict
+
+
+def _draw_job(run: _Run, index: int, job: dynamic.Job, text: tuple[str, list[emphasis.LoraTag]], negative: str,
+              bar) -> None:
+    """Draw and write the pictures of `jobs[index]`: each of its seeds over each --init-image picture (or none), a
+    batch at a time; `text`: its prompt's words and LoRAs, `negative`: its negative prompt's words."""
+    config, model = run.config, run.model
+    prompt = _prompt(run, *text, negative)
+    switched = False  # (whether the batch before left the hires prompt's LoRAs on)
+    for source in run.pictures.sources:
+        init = run.pictures.picture(source)
+        width, height, hires, drawn, png = _source_pass(run, job, prompt, source, init)
+        for start in range(0, len(job.seeds), config.batch_size):  # a few images per call bounds the memory
+            chunk = list(job.seeds[start:start + config.batch_size])
+            run.where.batch, (run.where.width, run.where.height) = len(chunk), drawn
+            variation = ([_variation_seed(config, s) for s in chunk], config.variation_strength) \
+                if config.variation_strength else None
+            if switched:
+                apply_loras(model, prompt.tags, run.loras)
+            images = render(model, [prompt.expanded] * len(chunk), chunk, run.steps, None, run.guidance,
+                            prompt.negative, config.sampler, run.clip_skip, width, height,
+                            None if init is None else [init] * len(chunk), passes_denoise(config), hires,
+                            variation, config.tiling, config.emphasis, run.inpaint)
+            switched = prompt.switch
+            for seed, img in zip(chunk, images):
+                bar.update(1)
+                if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
+                    continue
+                info = png.png(config, seed, chunk) if config.metadata != "none" else None
+                path, run.suffix = _save_new(img, Path(config.out), run.names[index, source, seed], run.suffix,
+                                             run.mine, info)
+                run.written.append(path)
+                run.where.written = len(run.written)
+
+
+def _prompt(run: _Run, words: str, tags: list[emphasis.LoraTag], negative: str) -> _Prompt:
+    """A job's prompt (`words` and LoRA `tags`) and `negative` words made ready to draw; its LoRAs made active."""
+    negative = expand_all(negative, run.embeddings)  # (a learned negative needs all its vectors)
+    apply_loras(run.model, tags, run.loras)
+    expanded = expand_all(words, run.embeddings)
+    # the web UI activates the hires prompt's LoRAs for the second pass (its hr_extra_network_data), and every
+    # network it does not name with none: a hires prompt without tags draws that pass without LoRAs
+    hires = run.hires
+    switch = run.config.hires() and hires.text is not None and _lora_set(hires.tags) != _lora_set(tags)
+    hashes = {}
+    if run.config.metadata != "none":
+        drawn_loras = tags + (hires.tags if switch else [])  # (both passes')
+        hashes = _prompt_hashes(run, drawn_loras, [words, negative, hires.text or "", hires.negative or ""])
+    return _Prompt(expanded, tags, negative, switch, hashes)
+
+
+def _prompt_hashes(run: _Run, loras: list[emphasis.LoraTag], prompts: list[str]) -> dict[str, str]:
+    """The web UI's hashes of the LoRAs and embeddings a prompt draws with (its `prompts`: both passes' prompts and
+    negative prompts), by which civitai links them."""
+    for tag in loras:
+        if tag.name not in run.lora_sums:
+            run.lora_sums[tag.name] = lora_sha256(run.loras[tag.name])
+    used = _used_embeddings(run.model, run.embeddings, prompts, run.steps)
+    return {"lora_hashes": webui_hashes({tag.name: run.lora_sums[tag.name] for tag in loras}),
+            "ti_hashes": webui_hashes({e.token: run.embedding_sums[e.token] for e in used
+                                       if e.token in run.embedding_sums})}
+
+
+def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | None, init: Image.Image | None
+                 ) -> tuple[int, int, Hires | None, tuple[int, int], _Text]:
+    """What a job's pictures from one --init-image picture `init` (None: none) draw at: the first pass's width and
+    height, the hires fix with this prompt's second pass, the pictures' size (warned of when large) and their
+    PNG text."""
+    config, model = run.config, run.model
+    width, height, hires, drawn = _sizes(config, model, init)
+    if hires is not None:  # (with this prompt's second pass)
+        text = run.hires.text
+        hires = replace(hires, prompt=expand_all(text, run.embeddings) if text is not None else None,
+                        negative_prompt=run.hires.negative,
+                        switch=(lambda: apply_loras(model, run.hires.tags, run.loras)) if prompt.switch else None)
+    if drawn not in run.warned:
+        run.warned.add(drawn)
+        _warn_large(model, drawn, stacklevel=5)
+    shared = _record(config, model, run.steps, run.guidance, run.clip_skip, width, height, source)
+    png = _Text(job.prompt, prompt.expanded, shared, prompt.hashes, run.recorded_sums, hires, source, job,
+                run.pictures.sums.get(source), run.mask_sum)
+    return width, height, hires, drawn, png
 
 
 @dataclass
@@ -1507,7 +1636,8 @@ class _Text:
     """What the PNG text of a prompt's pictures from one --init-image picture (or none) is made of: the `prompt` as
     given and `expanded`, `_record`'s settings (`shared`, reduced by `shareable_record` under --metadata shareable),
     the web UI's `hashes`, the embeddings' SHA-256 (`sums`), the hires fix, the init picture (None: none), the
-    prompts' `job` (their negative prompt and templates, `dynamic.Job`) and the init picture's --mask (None: none)."""
+    prompts' `job` (their negative prompt and templates, `dynamic.Job`), and the SHA-256 of the init picture and of
+    its --mask (None: none), so --again tells a file replaced at its path, as it tells an embedding's."""
 
     prompt: str
     expanded: str
@@ -1517,15 +1647,13 @@ class _Text:
     hires: Hires | None
     source: Path | None
     job: dynamic.Job
-    mask: Path | None = None
+    init_sum: str | None = None
+    mask_sum: str | None = None
 
     def __post_init__(self):
         self.by_name: list[str] = []  # the settings recorded by name only, which --again asks for
         if self.shared["metadata"] == "shareable":
             self.shared, self.by_name = shareable_record(self.shared)
-        # the init picture's SHA-256, so --again tells a file replaced at its path, as it tells an embedding's
-        self.init_sum = hashlib.sha256(self.source.read_bytes()).hexdigest() if self.source is not None else None
-        self.mask_sum = hashlib.sha256(self.mask.read_bytes()).hexdigest() if self.mask is not None else None
 
     def png(self, config: GenerateConfig, seed: int, chunk: list[int]) -> PngInfo:
         """The text of the picture of `seed`, drawn in one pipeline call with the seeds `chunk`: each setting under
