@@ -246,10 +246,11 @@ def test_only_masked_and_the_other_settings_are_written_as_the_web_ui_writes_the
     assert (config.init_image, config.mask, config.mask_blur, config.inpaint_area) == (None, None, None, None)
 
 
-def test_the_init_picture_and_the_mask_are_read_once_a_run_however_many_prompts_redraw_them(sd1_dir, tmp_path,
-                                                                                              monkeypatch):
-    """Dynamic prompts' random mode draws one prompt per picture: each used to decode the picture and hash it and
-    the mask again. Past `KEEP_PIXELS` a picture is decoded for each prompt instead, and draws the same."""
+def test_the_init_picture_and_the_mask_are_read_and_blurred_once_a_run_however_many_prompts_redraw_them(
+        sd1_dir, tmp_path, monkeypatch):
+    """Dynamic prompts' random mode draws one prompt per picture: each used to decode the picture, hash it and the
+    mask, and blur the mask again. Past `KEEP_PIXELS` a picture is decoded for each prompt instead, and draws the
+    same."""
     from pathlib import Path
 
     from textinv import generate as generating
@@ -260,12 +261,16 @@ def test_the_init_picture_and_the_mask_are_read_once_a_run_however_many_prompts_
     monkeypatch.setattr(generating, "load_image", lambda path, *a, **k: decoded.append(str(path)) or
                         real_load(path, *a, **k))
     monkeypatch.setattr(Path, "read_bytes", lambda self: hashed.append(str(self)) or real_bytes(self))
+    blurred = []
+    real_blur = inpaint.blur
+    monkeypatch.setattr(inpaint, "blur", lambda *a: blurred.append(1) or real_blur(*a))
     settings = dict(prompt=["a {cat|dog|bird|fish|cow}"], n=4, steps=2, model=str(sd1_dir), init_image=room,
                     mask=mask)
     kept = generate(GenerateConfig(**settings, out=str(tmp_path / "kept")), progress=False)
     prompts = len({p.name.split("-s")[0] for p in kept})
     assert prompts > 1  # (several prompts redrew the picture)
     assert decoded.count(room) == 1 and hashed.count(room) == 1 and hashed.count(mask) == 1
+    assert len(blurred) == 1  # (the mask blurred at the picture's size once, not for every prompt and batch)
     monkeypatch.setattr(generating._InitPictures, "KEEP_PIXELS", 0)
     again = generate(GenerateConfig(**settings, out=str(tmp_path / "again")), progress=False)
     assert decoded.count(room) == 1 + 1 + prompts  # (read before the model loads, then once for each prompt)

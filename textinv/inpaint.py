@@ -32,7 +32,7 @@ latents at every step, laid after the latents as diffusers' StableDiffusionInpai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +65,15 @@ class Inpaint:
     invert: bool = False
     area: str = "whole"
     padding: int = MASKED_PADDING
+    # for_picture's masks by size: every prompt and batch redraws the same pictures, and a big one's blur takes long
+    _blurred: dict[tuple[int, int], Image.Image] = field(init=False, default_factory=dict, compare=False, repr=False)
 
     def for_picture(self, size: tuple[int, int]) -> Image.Image:
         """The mask fitted to a picture of `size` (W, H) (`fitted`), then blurred: the web UI's mask, at the
-        picture's size."""
-        return blur(self.fitted(size), self.blur)
+        picture's size; made once for each size."""
+        if size not in self._blurred:
+            self._blurred[size] = blur(self.fitted(size), self.blur)
+        return self._blurred[size]
 
     def fitted(self, size: tuple[int, int]) -> Image.Image:
         """The mask fitted to a picture of `size` (W, H) as an init picture is fitted (its middle at the picture's
