@@ -1571,15 +1571,23 @@ def _draw_job(run: _Run, index: int, job: dynamic.Job, text: tuple[str, list[emp
                             None if init is None else [init] * len(chunk), passes_denoise(config), hires,
                             variation, config.tiling, config.emphasis, run.inpaint)
             switched = prompt.switch
-            for seed, img in zip(chunk, images):
-                bar.update(1)
-                if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
-                    continue
-                info = png.png(config, seed, chunk) if config.metadata != "none" else None
-                path, run.suffix = _save_new(img, Path(config.out), run.names[index, source, seed], run.suffix,
-                                             run.mine, info)
-                run.written.append(path)
-                run.where.written = len(run.written)
+            _write_batch(run, images, chunk, png, index, source, bar)
+
+
+def _write_batch(run: _Run, images: list[Image.Image], chunk: list[int], png: _Text, index: int,
+                 source: Path | None, bar) -> None:
+    """Write the pictures of the seeds `chunk`, drawn in one call (only `keep_seeds`' when given), each with its PNG
+    text (none under --metadata none)."""
+    config = run.config
+    for seed, img in zip(chunk, images):
+        bar.update(1)
+        if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
+            continue
+        info = png.png(config, seed, chunk) if config.metadata != "none" else None
+        path, run.suffix = _save_new(img, Path(config.out), run.names[index, source, seed], run.suffix, run.mine,
+                                     info)
+        run.written.append(path)
+        run.where.written = len(run.written)
 
 
 def _prompt(run: _Run, words: str, tags: list[emphasis.LoraTag], negative: str) -> _Prompt:
