@@ -909,7 +909,8 @@ def _memory_error(where: _Where, error: BaseException):
 
 class Checked(NamedTuple):
     """What `checked_settings` read: the settings validated (a copy), the prompts' jobs (`_jobs`), the embeddings
-    and their files, the LoRA files, the --init-image pictures (`_InitPictures`, each read once) and the --mask's `Inpaint`."""
+    and their files, the LoRA files, the --init-image pictures (`_InitPictures`, each read once) and the --mask's
+    `Inpaint`."""
 
     config: GenerateConfig
     jobs: list
