@@ -596,14 +596,11 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
                 continue
             if held_out is not None and held_then[k] is not None:  # (the split's pictures, then and now, too)
                 names, now = names + held_then[k], now + held_out[k].names
-            names, now = [_nfc(n) for n in names], [_nfc(n) for n in now]
-            gone, new = sorted(set(names) - set(now)), sorted(set(now) - set(names))
+            said = str
             if config.subsets:  # ("2/a.png": the second subset's a.png, said where that folder is now)
                 folders = [subset["images"] for subset in config.subset_list()]
-                gone, new = ([_in_subset(n, folders) for n in part] for part in (gone, new))
-            detail = "; ".join(part for part in (gone and f"missing now: {', '.join(gone)}",
-                                                 new and f"new: {', '.join(new)}") if part) \
-                or "other pictures held out by --validation-split"
+                said = lambda n: _in_subset(n, folders)  # noqa: E731
+            detail = name_changes(names, now, said) or "other pictures held out by --validation-split"
         folder = "the subsets' folders back as they were" if config.subsets else "the folder back as it was"
         raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
                           f"({detail}); put {folder}, or start a new run with --overwrite")
@@ -664,6 +661,19 @@ def same_names(saved: list[str], now: list[str]) -> list[int] | None:
         return None
     order = [where.get(_nfc(name)) for name in saved]
     return order if None not in order and len(set(order)) == len(order) else None
+
+
+def name_changes(then: list[str], now: list[str], said=str) -> str:
+    """What differs between two lists of picture names, compared in one Unicode form (`same_names`), each name as
+    `said` gives it: 'missing now: a.png; new: b.png' ('' when none does).
+
+    >>> name_changes(["a.png", "b.png"], ["b.png", "c.png"])
+    'missing now: a.png; new: c.png'
+    """
+    then, now = [_nfc(n) for n in then], [_nfc(n) for n in now]
+    gone, new = sorted(set(then) - set(now)), sorted(set(now) - set(then))
+    return "; ".join(part for part in (gone and f"missing now: {', '.join(map(said, gone))}",
+                                       new and f"new: {', '.join(map(said, new))}") if part)
 
 
 def _by_subset(names: list[str]) -> list[str]:

@@ -55,8 +55,8 @@ from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_
 from .optimizers import make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder,
-                         load_checkpoint, moved_places, newest_checkpoint, prepare_output, run_lock, save_checkpoint,
-                         saved_validation, write_loss_log)
+                         load_checkpoint, moved_places, name_changes, newest_checkpoint, prepare_output, run_lock,
+                         same_names, save_checkpoint, saved_validation, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
@@ -1466,11 +1466,12 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             stop.release_hold()  # (a second Ctrl-C that came meanwhile stops the run here)
             saving = config.save_every and step % config.save_every == 0 and step < config.steps
             sampling = config.sample_every and step % config.sample_every == 0
+            scoring = validating(step)
             # a save, sample or validation step between loss checks: no file, checkpoint, grid or validation loss of
             # vectors gone non-finite
-            if (saving or sampling or validating(step)) and not vectors_finite():
+            if (saving or sampling or scoring) and not vectors_finite():
                 stop_non_finite(step, [])
-            if validating(step):  # (before the save: its checkpoint holds this step's)
+            if scoring:  # (before the save: its checkpoint holds this step's)
                 validate(step)
             if saving:
                 last_good, last_good_step = snapshot(), step  # (finite: checked)
@@ -1699,11 +1700,9 @@ def _warn_other_validation_pictures(state: dict, held: PictureSet, step: int) ->
     """Warn when --validation-images holds other pictures than the checkpoint's run scored: validation.csv's curve
     then joins the losses of two sets at `step`."""
     then = (state.get("held_out") or [None])[0]
-    if then is None or sorted(then) == sorted(held.names):
+    if then is None or same_names(then, held.names) is not None:
         return
-    gone, new = sorted(set(then) - set(held.names)), sorted(set(held.names) - set(then))
-    detail = "; ".join(part for part in (gone and f"missing now: {', '.join(gone)}",
-                                         new and f"new: {', '.join(new)}") if part)
+    detail = name_changes(then, held.names)
     warnings.warn(f"--validation-images {held.where} holds other pictures than when the run began ({detail}): "
                   f"{VALIDATION_LOG} scores those before step {step} and these after it", stacklevel=3)
 
