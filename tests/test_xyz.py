@@ -15,6 +15,7 @@ from textinv.errors import ConfigError, TextinvError
 from textinv.formats import RECORD_KEY, LearnedEmbedding, save_embedding
 from textinv.generate import generate
 from textinv.models import load_model
+from textinv import generate as generate_module
 from textinv import xyz
 
 
@@ -62,7 +63,7 @@ def no_model(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(xyz, "load_model", refuse)
+    monkeypatch.setattr(generate_module, "load_model", refuse)
 
 
 def _config(tmp_path, **settings):
@@ -336,7 +337,7 @@ def test_running_out_of_memory_as_the_model_loads_is_said_as_generate_says_it(tm
     def fails(*a, **k):
         raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
 
-    monkeypatch.setattr(xyz, "load_model", fails)
+    monkeypatch.setattr(generate_module, "load_model", fails)
     with pytest.raises(DeviceMemoryError, match=r"^out of memory on cpu loading the model \(fp32\): .*--precision "
                                                 r"fp16"):
         generate(_config(tmp_path, x="steps=1,2"), progress=False)

@@ -42,7 +42,6 @@ with the flag that loads it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import re
@@ -57,8 +56,8 @@ from .dynamic import literal
 from .emphasis import as_words, lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
-from .generate import (EMBEDDING_SUFFIXES, HIRES_SETTINGS, MASK_SETTINGS, file_digest, hash_name, lora_files,
-                       lora_sha256)
+from .generate import (EMBEDDING_SUFFIXES, HIRES_SETTINGS, MASK_SETTINGS, file_digest, file_sha256, hash_name,
+                       lora_files, lora_sha256)
 from .hub import hub_reference
 from .inpaint import FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
 from .run_folder import _nfc
@@ -1341,7 +1340,7 @@ def _check_init_unchanged(picture: Picture, init_image: str | None, name: str = 
     digest = picture.mask_digest if name == "mask" else picture.init_digest
     if not digest or not init_image or not Path(init_image).expanduser().is_file():
         return
-    if hashlib.sha256(Path(init_image).expanduser().read_bytes()).hexdigest() != digest:
+    if file_sha256(Path(init_image).expanduser()) != digest:
         warnings.warn(f"{picture.path} was drawn from other contents of {init_image} (--{name.replace('_', '-')}; "
                       f"the picture was replaced since, or another given for it): the redraw starts from it as it is "
                       f"now, so it will differ", stacklevel=3)

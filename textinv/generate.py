@@ -969,9 +969,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     if model is None:
         where.device, where.dtype = device, drawing_dtype(config.precision, device)
-        model = load_model(config.model, dtype=where.dtype, device=device, prediction_type=config.prediction_type,
-                           single_file_config=config.single_file_config, vae=config.vae, revision=config.revision,
-                           variant=config.variant, inpainting=bool(config.init_image))
+        model = drawing_model(config, where.dtype, device)
     where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
     # (up to the first picture: a model passed in, or one loaded, takes the embeddings now, the LoRAs by prompt)
     what = " and ".join(name for name, given in (("the embeddings", embeddings), ("the LoRAs", loras)) if given)
@@ -985,6 +983,13 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
                              _embedding_sums(embeddings, paths, digests), where, pictures, inpaint, jobs)
         finally:
             unload_loras(model)
+
+
+def drawing_model(config: GenerateConfig, dtype: torch.dtype, device) -> Model:
+    """The model `config` draws with, loaded with its settings (an inpainting UNet let through for --init-image)."""
+    return load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
+                      single_file_config=config.single_file_config, vae=config.vae, revision=config.revision,
+                      variant=config.variant, inpainting=bool(config.init_image))
 
 
 def mask_settings(config: GenerateConfig, sizes: dict[Path, tuple[int, int]]) -> Inpaint | None:
@@ -1345,7 +1350,7 @@ def file_digest(path: str) -> str | None:
     web UI's embeddings folder, a run of several concepts). A hub id gives its file's in the cache, as it was read."""
     reference = hub_reference(path)
     if reference is not None:
-        return hashlib.sha256(fetch_embedding(*reference).read_bytes()).hexdigest()
+        return file_sha256(fetch_embedding(*reference))
     path = Path(path).expanduser()
     if path.is_dir():
         try:
@@ -1354,7 +1359,7 @@ def file_digest(path: str) -> str | None:
             return None
         if path.is_dir():  # (a diffusers folder: its learned_embeds file, as load_embedding reads it)
             path = diffusers_file(path) or path
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return file_sha256(path) if path.is_file() else None
 
 
 def _where(value: str | None) -> str | None:
@@ -1417,7 +1422,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     mine = [name for (_, _, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
     run = _Run(config, model, embeddings, loras, _hires_prompts(config, embeddings), steps, guidance, clip_skip,
                pictures, inpaint, recorded_sums=[digests[e] for e in config.embedding], embedding_sums=embedding_sums,
-               mask_sum=_file_sha256(Path(config.mask)) if config.mask else None, where=where or _Where(),
+               mask_sum=file_sha256(Path(config.mask)) if config.mask else None, where=where or _Where(),
                keep_seeds=keep_seeds, names=names, mine=mine, suffix=_new_run_suffix(Path(config.out), mine))
     bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
                desc="generate", unit="img")
@@ -1447,7 +1452,7 @@ class _InitPictures:
             if source is None:
                 continue
             picture = load_image(source)
-            self.sums[source], self.sizes[source] = _file_sha256(source), picture.size
+            self.sums[source], self.sizes[source] = file_sha256(source), picture.size
             if picture.width * picture.height <= room:
                 self.kept[source] = picture
                 room -= picture.width * picture.height
@@ -1459,8 +1464,9 @@ class _InitPictures:
         return self.kept[source] if source in self.kept else load_image(source)
 
 
-def _file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, as a picture records its --init-image's and --mask's."""
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as a picture records its --init-image's and --mask's (and `--again` compares
+    them with)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -43,11 +43,11 @@ from tqdm.auto import tqdm
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, DeviceMemoryError, TextinvError
 from .formats import RECORD_KEY, load_embedding, second_file
-from .generate import (_infotext_value, _memory_error, _Where, checked_settings, drawing_dtype, generate,
-                       make_grid)
+from .generate import (_infotext_value, _memory_error, _Where, checked_settings, drawing_dtype, drawing_model,
+                       generate, make_grid)
 from .io import absolute, atomic_path
 from .memory import out_of_memory_as
-from .models import load_model, pick_device
+from .models import pick_device
 from .report import INK, PAPER, font
 
 SCRIPT = "X/Y/Z plot"  # (the web UI's script's title, which its grids' text names)
@@ -457,10 +457,7 @@ def _load(config: GenerateConfig):
     where = _Where(device=pick_device(config.device))
     where.dtype = drawing_dtype(config.precision, where.device)
     return out_of_memory_as(
-        lambda: load_model(config.model, dtype=where.dtype, device=where.device,
-                           prediction_type=config.prediction_type, single_file_config=config.single_file_config,
-                           vae=config.vae, revision=config.revision, variant=config.variant,
-                           inpainting=bool(config.init_image)),
+        lambda: drawing_model(config, where.dtype, where.device),
         lambda e: _memory_error(where, e), lambda: where.device)
 
 
