@@ -143,15 +143,16 @@ class RunTracker:
     def log(self, step: int, loss: float, lr: float, per_concept: dict[str, float] | None = None) -> None:
         """loss.csv's row of `step` (the loss summed over concepts, and each concept's by its folder name) and the
         learning rate of the step just taken."""
-        values = {"loss": loss, "lr": lr}
-        values.update({f"loss/{name}": value for name, value in (per_concept or {}).items()})
-        for tracker in self.trackers:
-            tracker.log(values, step=step)
+        self._log(step, "loss", loss, per_concept, lr=lr)
 
     def log_validation(self, step: int, loss: float, per_concept: dict[str, float] | None = None) -> None:
         """validation.csv's row of `step`, as `log` gives loss.csv's."""
-        values = {"validation_loss": loss}
-        values.update({f"validation_loss/{name}": value for name, value in (per_concept or {}).items()})
+        self._log(step, "validation_loss", loss, per_concept)
+
+    def _log(self, step: int, name: str, total: float, per_concept: dict[str, float] | None, **more: float) -> None:
+        """`total` under `name`, `more` beside it, and each concept's value under `name`/its folder name."""
+        values = {name: total, **more}
+        values.update({f"{name}/{folder}": value for folder, value in (per_concept or {}).items()})
         for tracker in self.trackers:
             tracker.log(values, step=step)
 
