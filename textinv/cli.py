@@ -8,6 +8,7 @@
     textinv inspect renders/000-a-photo-of-my-dog-s2.png   # a picture's settings, as the web UI's PNG Info
     textinv score --embedding runs/my-dog --description "a corgi"   # CLIP scores beside baselines, a report
     textinv push runs/my-dog --repo me/my-dog     # publish on the Hugging Face hub, with a model card
+    textinv caption --images photos/my-dog --prefix "a photo of {},"   # BLIP captions: photos/my-dog/*.txt
     textinv demo                      # learn an example concept on the bundled model, write an HTML/PNG report
     textinv evaluate --out benchmarks/results
 
@@ -200,6 +201,13 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_caption(args) -> int:
+    from .caption import CaptionConfig, caption_pictures
+
+    caption_pictures(_config_from_args(CaptionConfig, args))
+    return 0
+
+
 def cmd_push(args) -> int:
     from .hub import push
 
@@ -336,6 +344,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
     add_config_flags(p, ScoreConfig)
     p.set_defaults(func=cmd_score)
+
+    from .caption import CaptionConfig
+
+    p = sub.add_parser("caption", help="write a caption file beside each training picture, with BLIP",
+                       description="Caption each picture of a training folder with BLIP (as the web UI's "
+                                   "preprocessing and kohya's make_captions.py do) into NAME.txt beside it, which "
+                                   "train reads: --prefix 'a photo of {},' puts the token in each caption, "
+                                   "[filewords] templates take them as they are.")
+    add_config_flags(p, CaptionConfig)
+    p.set_defaults(func=cmd_caption)
 
     # a command of its own, not a train flag: it publishes a run once it is done (or resumed, or scored, or an older
     # one), a failed upload costs no training, and a token given to train would be saved in the run's config.yaml

@@ -1,0 +1,214 @@
+"""`textinv caption`: BLIP captions written beside the training pictures, on a tiny random BLIP built here."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from textinv import caption as caption_module
+from textinv import train as train_module
+from textinv.caption import BLIP_PROMPT, CaptionConfig, caption_pictures, describe, load_blip
+from textinv.cli import main
+from textinv.data import find_images
+from textinv.errors import ConfigError, DataError, ModelError
+from textinv.models import load_model
+from textinv.train import train
+
+from conftest import train_config, write_images
+
+_WORDS = "a picture of dog cat red sofa on the in green grass small big lying sitting with".split()
+
+
+def build_tiny_blip(folder, seed=0):
+    """A random BLIP captioner (2 layers of width 16 a tower, 32-pixel pictures) with a BERT tokenizer of `_WORDS`,
+    saved with its processor as the Salesforce models are."""
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
+                              BlipProcessor)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS]) + "\n")
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"))
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # (BLIP's decoder starts from it, as the real ones)
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    config = BlipConfig(vision_config=dict(**tower, image_size=32, patch_size=16),
+                        text_config=dict(**tower, vocab_size=len(tokenizer), max_position_embeddings=80,
+                                         bos_token_id=tokenizer.bos_token_id, sep_token_id=tokenizer.sep_token_id,
+                                         pad_token_id=tokenizer.pad_token_id),
+                        projection_dim=16)
+    torch.manual_seed(seed)
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "vocab.txt").unlink()  # (the saved tokenizer's own files hold it)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory):
+    return build_tiny_blip(tmp_path_factory.mktemp("tiny-blip"))
+
+
+def run(capsys, *argv):
+    code = main(["caption", *map(str, argv), "--device", "cpu"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_caption_file_is_written_beside_each_picture_with_the_prefix_and_suffix(blip_dir, tmp_path, capsys):
+    folder = write_images(tmp_path / "pics", n=3)
+    code, out, _ = run(capsys, "--images", folder, "--model", blip_dir, "--prefix", "a photo of {},", "--suffix",
+                       ", at night", "--batch", 2)
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 4 and lines[-1] == "wrote 3 caption file(s)"
+    for i, line in enumerate(lines[:3]):
+        text = (folder / f"img{i}.txt").read_text()
+        assert re.fullmatch(r"a photo of \{\}, [a-z ]+, at night\n", text), text
+        assert line == f"{folder / f'img{i}.png'} -> img{i}.txt: {text.strip()}"
+    assert sorted(p.name for p in folder.iterdir()) == [f"img{i}.{s}" for i in range(3) for s in ("png", "txt")]
+
+
+def test_blips_prompt_is_cut_from_the_caption(blip_dir, tmp_path):
+    """BLIP writes after "a picture of" (its captioning prompt); the caption is what follows it."""
+    blip = load_blip(str(blip_dir))
+    picture = Image.new("RGB", (40, 30), (200, 30, 30))
+    config = CaptionConfig(images="x", beam_search=True, num_beams=2, max_length=12)
+    inputs = blip.processor(images=[picture], text=[BLIP_PROMPT], return_tensors="pt")
+    whole = blip.processor.batch_decode(blip.model.generate(**inputs, num_beams=2, max_length=12, min_length=5),
+                                        skip_special_tokens=True)[0]
+    assert whole.startswith(BLIP_PROMPT + " ") and describe(blip, [picture], config) == [whole[13:]]
+
+
+def test_the_same_seed_gives_the_same_captions_and_another_seed_others(blip_dir, tmp_path, capsys):
+    """Sampling is seeded (kohya's 42 by default), and the caller's random numbers are left as they were."""
+    folder = write_images(tmp_path / "pics", n=4)
+
+    def captions(*flags):
+        assert run(capsys, "--images", folder, "--model", blip_dir, "--overwrite", *flags)[0] == 0
+        return [(folder / f"img{i}.txt").read_text() for i in range(4)]
+
+    torch.manual_seed(5)
+    first = captions()
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert captions() == first and torch.equal(torch.rand(1), after)
+    assert captions("--seed", 7) != first
+
+
+def test_a_picture_with_a_caption_keeps_it_unless_overwrite(blip_dir, tmp_path, capsys):
+    folder = write_images(tmp_path / "pics", n=3)
+    (folder / "img0.txt").write_text("my own words for {}\n")
+    (folder / "img1.caption").write_text("kohya's caption\n")  # (train reads it: img1 has a caption too)
+    code, out, _ = run(capsys, "--images", folder, "--model", blip_dir)
+    assert code == 0 and out.splitlines()[:2] == [f"{folder / 'img0.png'}: kept img0.txt",
+                                                  f"{folder / 'img1.png'}: kept img1.caption"]
+    assert out.splitlines()[-1] == "wrote 1 caption file(s), kept 2 that had one (--overwrite replaces them)"
+    assert (folder / "img0.txt").read_text() == "my own words for {}\n" and not (folder / "img1.txt").exists()
+    assert (folder / "img2.txt").exists()
+    code, out, _ = run(capsys, "--images", folder, "--model", blip_dir, "--overwrite")
+    assert code == 0 and out.splitlines()[-1] == "wrote 3 caption file(s)"
+    assert (folder / "img0.txt").read_text() != "my own words for {}\n" and (folder / "img1.txt").exists()
+
+
+def test_pictures_that_all_have_captions_load_no_model(tmp_path, capsys):
+    folder = write_images(tmp_path / "pics", n=2)
+    for i in range(2):
+        (folder / f"img{i}.caption").write_text("x")
+    code, out, _ = run(capsys, "--images", folder, "--model", "nobody/no-such-blip", "--caption-extension", ".caption")
+    assert code == 0 and out.splitlines()[-1] == "wrote 0 caption file(s), kept 2 that had one (--overwrite " \
+                                                 "replaces them)"
+
+
+def test_an_interrupted_write_leaves_the_old_caption_and_no_partial_file(blip_dir, tmp_path, monkeypatch):
+    """A Ctrl-C (or a crash) while a caption is being written: the file is as it was, or not there."""
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("textinv.io.os.fsync", interrupted)  # (after the bytes are written, before the rename)
+    had = write_images(tmp_path / "had", n=1)
+    (had / "img0.txt").write_text("old\n")
+    fresh = write_images(tmp_path / "fresh", n=1)
+    for folder in (had, fresh):
+        with pytest.raises(KeyboardInterrupt):
+            caption_pictures(CaptionConfig(images=str(folder), model=str(blip_dir), overwrite=True, device="cpu"))
+    assert (had / "img0.txt").read_text() == "old\n"
+    # no partial file, no temporary one
+    assert sorted(p.name for p in had.iterdir()) == ["img0.png", "img0.txt"]
+    assert sorted(p.name for p in fresh.iterdir()) == ["img0.png"]
+
+
+def test_the_pictures_are_those_train_reads_as_train_reads_them(blip_dir, tmp_path, capsys, monkeypatch):
+    """kohya's <repeats>_<words> subfolders are read, a file that is no picture is not; pictures come upright
+    (EXIF rotation) and as RGB (transparency on white, 16-bit grey scaled)."""
+    folder = tmp_path / "img"
+    (folder / "10_dog").mkdir(parents=True)
+    (folder / "3_toy").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned: stored 40 wide, shown 40 tall
+    Image.new("RGB", (40, 20), (10, 200, 10)).save(folder / "10_dog" / "turned.jpg", exif=exif)
+    Image.new("RGBA", (24, 24), (0, 0, 0, 0)).save(folder / "10_dog" / "clear.png")
+    Image.fromarray(np.full((24, 24), 65535, dtype=np.uint16)).save(folder / "3_toy" / "deep.png")
+    (folder / "3_toy" / "notes.md").write_text("not a picture")
+    seen = []
+    real = caption_module.describe
+    monkeypatch.setattr(caption_module, "describe", lambda blip, pictures, config: seen.extend(pictures) or real(
+        blip, pictures, config))
+    with pytest.warns(UserWarning, match="notes.md"):
+        assert run(capsys, "--images", folder, "--model", blip_dir)[0] == 0
+    written = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt"))
+    assert written == ["10_dog/clear.txt", "10_dog/turned.txt", "3_toy/deep.txt"]
+    (folder / "3_toy" / "notes.md").unlink()
+    assert [p.with_suffix(".txt").relative_to(folder).as_posix() for p in find_images(folder)] == written
+    assert [(im.mode, im.size) for im in seen] == [("RGB", (24, 24)), ("RGB", (20, 40)), ("RGB", (24, 24))]
+    assert seen[0].getpixel((0, 0)) == (255, 255, 255) and seen[2].getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_train_reads_the_written_captions(blip_dir, sd1_dir, tmp_path, capsys, monkeypatch):
+    folder = write_images(tmp_path / "pics", n=2)
+    assert run(capsys, "--images", folder, "--model", blip_dir, "--prefix", "a photo of {},")[0] == 0
+    written = [(folder / f"img{i}.txt").read_text().strip() for i in range(2)]
+    banks = []
+    real = train_module.CaptionBank
+    monkeypatch.setattr(train_module, "CaptionBank", lambda *a, **k: banks.append(real(*a, **k)) or banks[-1])
+    train(train_config(folder, tmp_path / "run", steps=1, batch=1), model=load_model(sd1_dir), progress=False)
+    assert banks[-1].texts == [text.replace("{}", "<zq>") for text in written]
+    assert all(text.startswith("a photo of <zq>, ") for text in banks[-1].texts)
+
+
+@pytest.mark.parametrize("flags, error, words", [
+    (["--images", "{tmp}/missing"], DataError, "does not exist; give the folder that holds your pictures"),
+    (["--images", "{tmp}/file.txt"], DataError, "is a file, not a folder"),
+    (["--images", "{tmp}/empty"], DataError, "no images found in"),
+    (["--model", "nobody/no-such-blip"], ModelError, "'nobody/no-such-blip', the BLIP captioning model, is not in "
+                                                     "the local Hugging Face cache and the hub could not be reached "
+                                                     "(HF_HUB_OFFLINE is set); connect once"),
+    (["--model", "./no/such/folder"], ModelError, "the folder no/such/folder does not exist"),
+    (["--model", "{sd1}/text_encoder"], ModelError, "could not be loaded as a BLIP captioning model"),
+    (["--revision", "v2"], ModelError, "--revision v2 is for a hub id"),
+    (["--caption-extension", "txt"], ConfigError, "'txt' is no file suffix; give one such as .txt"),
+    (["--caption-extension", ".PNG"], ConfigError, "is a picture's suffix"),
+    (["--num-beams", "3"], ConfigError, "--num-beams 3 is for beam search: add --beam-search"),
+    (["--beam-search", "--top-p", "0.5"], ConfigError, "--top-p is for nucleus sampling"),
+    (["--min-length", "9", "--max-length", "8"], ConfigError, "--min-length 9 must be from 0 to --max-length (8)"),
+    (["--batch", "0"], ConfigError, "--batch must be at least 1"),
+], ids=["missing", "file", "empty", "unknown-hub-id", "missing-folder", "not-blip", "revision-of-folder",
+        "extension-without-dot", "picture-suffix", "beams-without-beam-search", "top-p-with-beams", "lengths",
+        "batch"])
+def test_bad_input_is_refused_before_any_caption_is_written(blip_dir, sd1_dir, tmp_path, capsys, flags, error,
+                                                            words):
+    from textinv.cli import _config_from_args, _parse, make_parser
+
+    folder = write_images(tmp_path / "pics", n=2)
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    # (a flag given twice: the last is taken)
+    argv = ["--images", folder, "--model", blip_dir] + [f.format(tmp=tmp_path, sd1=sd1_dir) for f in flags]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and words in err, err
+    assert not list(folder.glob("*.txt"))
+    config = _config_from_args(CaptionConfig, _parse(make_parser(), ["caption", *map(str, argv)]))
+    with pytest.raises(error, match=re.escape(words)):  # (the same from Python)
+        caption_pictures(config)
