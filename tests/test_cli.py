@@ -614,7 +614,9 @@ def test_the_table_of_other_tools_names_names_only_flags_textinv_has():
     from textinv.foreign import NAMES, setting_of
 
     parser = make_parser()
-    fields = {"train": TrainConfig, "generate": GenerateConfig}
+    from textinv.caption import CaptionConfig
+
+    fields = {"train": TrainConfig, "generate": GenerateConfig, "caption": CaptionConfig}
     push = [f for a in parser.commands["push"]._actions for f in a.option_strings]
     for names, _whose, command, flag, note in NAMES:
         options = [f for a in parser.commands[command]._actions for f in a.option_strings]
@@ -632,8 +634,9 @@ def test_the_table_of_other_tools_names_names_only_flags_textinv_has():
 # Other tools' flags, as their parsers (or the web UI's train_embedding / create_embedding) spell them, by the textinv
 # command they belong to; read from diffusers' examples/textual_inversion/textual_inversion.py and
 # textual_inversion_sdxl.py (with --only_save_embeds of its older versions), kohya's train_textual_inversion.py and
-# sdxl_train_textual_inversion.py with the library/ argument functions they call, kohya's gen_img.py, and the
-# diffusers pipelines' from_pretrained / __call__ arguments that foreign.NAMES covers.
+# sdxl_train_textual_inversion.py with the library/ argument functions they call, kohya's gen_img.py and
+# finetune/make_captions.py, and the diffusers pipelines' from_pretrained / __call__ arguments that foreign.NAMES
+# covers.
 _DIFFUSERS_TRAIN = """
 save_steps save_as_full_pipeline only_save_embeds num_vectors pretrained_model_name_or_path revision variant
 tokenizer_name train_data_dir placeholder_token initializer_token learnable_property repeats output_dir seed resolution
@@ -704,9 +707,16 @@ negative_prompt_2 output_type
 """.split()
 
 
+_KOHYA_CAPTION = """
+train_data_dir caption_weights caption_extention caption_extension beam_search batch_size max_data_loader_n_workers
+pin_memory num_beams top_p max_length min_length seed debug recursive
+""".split()
+
+
 @pytest.mark.parametrize("command, flags", [("train", _DIFFUSERS_TRAIN), ("train", _KOHYA_TRAIN),
-                                            ("train", _WEB_UI_TRAIN), ("generate", _GENERATE)],
-                         ids=["diffusers", "kohya", "web-ui", "generate"])
+                                            ("train", _WEB_UI_TRAIN), ("generate", _GENERATE),
+                                            ("caption", _KOHYA_CAPTION)],
+                         ids=["diffusers", "kohya", "web-ui", "generate", "kohya-make-captions"])
 def test_every_flag_of_the_other_tools_is_textinvs_own_or_answered(command, flags, capsys):
     """Each of their flags is textinv's own (an underscore spelling of it is answered with it) or answered by
     foreign.NAMES, never left to the nearest name by spelling: --revision was "did you mean --precision?",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DEVICE_HELP, PRECISIONS, REVISION_HELP, check_choices, check_types, opt
+from .config import DEVICE_HELP, PRECISIONS, check_choices, check_types, opt
 from .data import CAPTION_SUFFIXES, _PICTURE_SUFFIXES, caption_file, find_images, load_image
 from .errors import ConfigError, ModelError
 from .io import write_text
@@ -44,14 +44,14 @@ class CaptionConfig:
                             "too); each gets a caption file beside it", path="file")
     model: str = opt(DEFAULT_BLIP, "the BLIP captioning model: hub id or a local folder (BlipForConditionalGeneration "
                                    "with its processor), e.g. Salesforce/blip-image-captioning-base", path="source")
-    revision: str = opt(None, REVISION_HELP)
+    revision: str = opt(None, "a hub id's branch, tag or commit to load; default: main; hub ids only")
     prefix: str = opt("", "text before each caption, e.g. 'a photo of {},' to put the token ({}) in it; joined "
                           "with a space")
     suffix: str = opt("", "text after each caption, e.g. ', in the style of {}'; joined with a space")
     caption_extension: str = opt(".txt", "the caption files' suffix: NAME.txt, or .caption, train reads either; "
                                          "another is for a --dataset-config subset's caption_extension")
-    overwrite: bool = opt(False, "replace caption files that are there (default: a picture that has one is left "
-                                 "as it is)")
+    overwrite: bool = opt(False, "replace the caption files that are there; without it a picture that has one "
+                                 "keeps it")
     beam_search: bool = opt(False, "beam search (--num-beams) instead of nucleus sampling (--top-p), as kohya's")
     num_beams: int = opt(1, "beams, with --beam-search (1: the most likely word each time, as the web UI)")
     top_p: float = opt(None, f"nucleus sampling's top-p, without --beam-search (default: {DEFAULT_TOP_P})")

@@ -1,7 +1,8 @@
 """Other tools' names for textinv's settings, so an old flag or config key is answered with textinv's name.
 
 People come from the diffusers example scripts (`examples/textual_inversion/textual_inversion.py` and its SDXL
-twin), kohya's sd-scripts (`train_textual_inversion.py`, `sdxl_train_textual_inversion.py`, `gen_img.py`) and the
+twin), kohya's sd-scripts (`train_textual_inversion.py`, `sdxl_train_textual_inversion.py`, `gen_img.py`,
+`finetune/make_captions.py`) and the
 AUTOMATIC1111 web UI's Train tab (its `train_embedding` arguments), and type the names they know. The nearest
 textinv name by spelling is often the wrong one (`--placeholder_token` is `--token`), so `NAMES` says what each is.
 The table is data: `foreign_hint` reads it for the command line and for config files alike. Only what truly
@@ -396,6 +397,21 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("generator", _P, "generate", "--seed", "picture i of a prompt at seed + i"),
     ("prompt_2 negative_prompt_2", _P, "generate", None, "textinv gives SDXL's two text encoders the same prompt"),
     ("output_type", _P, "generate", None, "textinv writes PNGs, each carrying its prompt, seed and settings"),
+    # caption: kohya's finetune/make_captions.py (its other flags are textinv's, dashed)
+    ("train_data_dir", "kohya's make_captions'", "caption", "--images", "the pictures' folder, as train reads it: "
+                                                                      "its <repeats>_<words> subfolders too"),
+    ("caption_weights", "kohya's make_captions'", "caption", "--model", "transformers' BLIP: a hub id or a folder "
+                                                                      "(BlipForConditionalGeneration with its "
+                                                                      "processor), not the .pth file"),
+    ("caption_extention", "kohya's make_captions'", "caption", "--caption-extension", "textinv's default is .txt, "
+                                                                                    "kohya's .caption"),
+    ("batch_size", "kohya's make_captions'", "caption", "--batch", ""),
+    ("recursive", "kohya's make_captions'", "caption", None, "textinv captions the pictures train reads: the "
+                                                              "folder's, or those of its <repeats>_<words> "
+                                                              "subfolders, one level down"),
+    ("max_data_loader_n_workers pin_memory", "kohya's make_captions'", "caption", None,
+     "not needed: a few pictures are read as they are captioned, with no data loader"),
+    ("debug", "kohya's make_captions'", "caption", None, "not needed: textinv prints every caption it writes"),
     # push: the diffusers script's hub flags
     ("hub_model_id", _D, "push", "--repo", "OWNER/NAME"),
     ("push_to_hub", _D, "push", None, "not needed: publishing is what textinv push does"),
