@@ -113,6 +113,29 @@ def test_a_picture_with_a_caption_keeps_it_unless_overwrite(blip_dir, tmp_path, 
     assert (folder / "img0.txt").read_text() != "my own words for {}\n" and (folder / "img1.txt").exists()
 
 
+def test_precision_is_the_models_and_auto_is_fp32_on_the_cpu(blip_dir, tmp_path, capsys, monkeypatch):
+    folder = write_images(tmp_path / "pics", n=1)
+    dtypes = []
+    real = caption_module.describe
+    monkeypatch.setattr(caption_module, "describe", lambda blip, pictures, config: dtypes.append(
+        blip.model.dtype) or real(blip, pictures, config))
+    for precision in ("bf16", "auto"):
+        assert run(capsys, "--images", folder, "--model", blip_dir, "--precision", precision, "--overwrite")[0] == 0
+    assert dtypes == [torch.bfloat16, torch.float32] and (folder / "img0.txt").exists()
+
+
+def test_a_blip_model_without_the_caption_decoder_is_refused(blip_dir, tmp_path):
+    """A BLIP image-text retrieval model loads as a captioner with a random decoder, said only in a log line."""
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    retrieval = tmp_path / "blip-itm"
+    BlipForImageTextRetrieval(BlipForImageTextRetrieval.config_class.from_pretrained(blip_dir)).save_pretrained(
+        retrieval)
+    BlipProcessor.from_pretrained(blip_dir).save_pretrained(retrieval)
+    with pytest.raises(ModelError, match="is not a whole BLIP captioning model: .* would be random"):
+        load_blip(str(retrieval))
+
+
 def test_pictures_that_all_have_captions_load_no_model(tmp_path, capsys):
     folder = write_images(tmp_path / "pics", n=2)
     for i in range(2):

@@ -213,7 +213,7 @@ def describe(blip: Blip, pictures: list, config: CaptionConfig) -> list[str]:
     else:
         search = dict(do_sample=True, top_p=config.top_p or DEFAULT_TOP_P,
                       repetition_penalty=SAMPLING_REPETITION_PENALTY)
-    ids = blip.model.generate(pixel_values=inputs["pixel_values"].to(blip.model.dtype), input_ids=inputs["input_ids"],
+    ids = blip.model.generate(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
                               max_length=config.max_length, min_length=config.min_length, **search)
     # (B, prompt + new): generate drops the prompt's closing [SEP], so its words are the first width - 1 ids
     prompt = inputs["input_ids"].shape[1] - 1
