@@ -127,6 +127,18 @@ def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> Caption
     pictures = find_images(Path(config.images).expanduser())
     device = pick_device(config.device)
     result = CaptionResult()
+    todo = _uncaptioned(pictures, config, result)
+    if todo:
+        blip = blip or load_blip(config.model, device, _dtype(config.precision, device), config.revision)
+        with _seeded(config.seed, blip.device):
+            for start in range(0, len(todo), config.batch):
+                _caption_batch(blip, todo[start:start + config.batch], config, result)
+    print(_summary(result))
+    return result
+
+
+def _uncaptioned(pictures: list[Path], config: CaptionConfig, result: CaptionResult) -> list[Path]:
+    """The pictures to caption; those that keep their caption file are added to `result.kept`, and said."""
     todo = []
     for path in pictures:
         there = _caption_there(path, config.caption_extension)
@@ -135,20 +147,18 @@ def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> Caption
             print(f"{path}: kept {there.name}")
         else:
             todo.append(path)
-    if todo and blip is None:
-        blip = load_blip(config.model, device, _dtype(config.precision, device), config.revision)
-    with _seeded(config.seed, blip.device if todo else device):
-        for start in range(0, len(todo), config.batch):
-            batch = todo[start:start + config.batch]
-            for path, text in zip(batch, describe(blip, [load_image(p, shown_at=_side(blip)) for p in batch],
-                                                  config), strict=True):
-                target = _target(path, config.caption_extension)
-                line = _joined(config.prefix, text, config.suffix)
-                write_text(target, line + "\n")  # (atomic: an interrupted write leaves the old file or none)
-                result.written.append(target)
-                print(f"{path} -> {target.name}: {line}")
-    print(_summary(result))
-    return result
+    return todo
+
+
+def _caption_batch(blip: Blip, paths: list[Path], config: CaptionConfig, result: CaptionResult) -> None:
+    """Caption `paths` at once and write each caption file, adding it to `result.written`, and say it."""
+    texts = describe(blip, [load_image(p, shown_at=_side(blip)) for p in paths], config)
+    for path, text in zip(paths, texts, strict=True):
+        target = _target(path, config.caption_extension)
+        line = _joined(config.prefix, text, config.suffix)
+        write_text(target, line + "\n")  # (atomic: an interrupted write leaves the old file, or none)
+        result.written.append(target)
+        print(f"{path} -> {target.name}: {line}")
 
 
 def _caption_there(picture: Path, extension: str) -> Path | None:
