@@ -82,6 +82,7 @@ def _config(tmp_path, **settings):
     ({"x": "size=16x17"}, r"--x size=16x17: --height must be a multiple of 8"),
     ({"x": "prompt-sr=cat,dog"}, r"the first value 'cat' is in no --prompt or --negative-prompt"),
     ({"x": "steps=1,2", "z": "steps=3"}, r"--x and --z both vary steps"),
+    ({"x": "steps=1,2", "xyz_margin": -2}, r"--xyz-margin must be 0 or more pixels, got -2"),
     ({"x": "seed=1-11", "y": "steps=1-10"}, r"make 11 x 10 x 1 = 110 cells, more than --xyz-max-cells 100"),
 ])
 def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, settings, said):
@@ -156,32 +157,62 @@ def test_the_grid_lays_out_each_cell_x_fastest_and_each_is_the_plain_generates_p
     assert np.array_equal(pixels(tmp_path / "again" / "xyz_grid-0000.png"), pixels(grid_path))
 
 
-def test_a_z_axis_writes_one_grid_per_value_and_a_cell_of_several_pictures_holds_them_all(sd1_dir, tmp_path):
-    """-n 2: each cell holds both seeds' pictures side by side (the web UI's batch grid); --z seed: one grid per seed,
-    numbered on from the grids already there."""
+def test_a_z_axis_draws_its_grids_side_by_side_in_one_and_each_alone_with_sub_grids(sd1_dir, tmp_path):
+    """-n 2: each cell holds both seeds' pictures side by side (the web UI's batch grid); --z seed: the grid of all
+    (each seed's grid side by side under its label), then with --xyz-sub-grids each seed's grid alone, numbered on
+    from the grids already there; --xyz-margin puts its pixels between the cells (not between the --z grids, as the
+    web UI's)."""
     out = tmp_path / "r"
     out.mkdir()
     Image.new("RGB", (4, 4)).save(out / "xyz_grid-0003.png")
     model = load_model(sd1_dir)
-    paths = generate(_config(tmp_path, model=str(sd1_dir), n=2, x="steps=1,2", z="seed=0,10"), model=model,
-                     progress=False)
-    grids, cells = paths[:2], paths[2:]
-    assert [g.name for g in grids] == ["xyz_grid-0004.png", "xyz_grid-0005.png"] and len(cells) == 8
-    for iz, (grid, seed) in enumerate(zip(grids, (0, 10))):
+    paths = generate(_config(tmp_path, model=str(sd1_dir), n=2, x="steps=1,2", z="seed=0,10", xyz_sub_grids=True,
+                             xyz_margin=6), model=model, progress=False)
+    (whole, *subs), cells = paths[:3], paths[3:]
+    assert [g.name for g in paths[:3]] == ["xyz_grid-0004.png", "xyz_grid-0005.png", "xyz_grid-0006.png"]
+    assert len(cells) == 8
+    for iz, (sub, seed) in enumerate(zip(subs, (0, 10))):
         mine = cells[iz * 4:(iz + 1) * 4]
         assert [int(Image.open(c).text["seed"]) for c in mine] == [seed, seed + 1] * 2
-        _, _, _, drawn = cells_of(grid, 2, 1, 32, 16)
-        for cell, pair in zip(drawn, (mine[:2], mine[2:])):  # (both pictures of a cell, side by side)
-            assert np.array_equal(cell, np.concatenate([pixels(p) for p in pair], axis=1))
-        assert json.loads(Image.open(grid).text["xyz_plot"])["z_value"] == f"Seed: {seed}"
-    # --again on a grid: every picture of each cell again, in batches of the size they were drawn in
-    assert main(["generate", "--again", str(grids[1]), "--model", str(sd1_dir), "--batch-size", "1", "--out",
+        grid = Image.open(sub)
+        top = grid.height - 16
+        assert grid.width == 2 * 32 + 6 and top > 0  # (two cells of 32 x 16, the margin between; the x labels)
+        for ix, pair in enumerate((mine[:2], mine[2:])):  # (both pictures of a cell, side by side)
+            drawn = pixels(grid.crop((ix * 38, top, ix * 38 + 32, top + 16)))
+            assert np.array_equal(drawn, np.concatenate([pixels(p) for p in pair], axis=1))
+        assert json.loads(grid.text["xyz_plot"])["z_value"] == f"Seed: {seed}"
+        assert "Z Type" not in grid.text["parameters"]  # (the web UI's sub-grid names its X and Y only)
+    # the grid of all: the seeds' grids side by side, their labels above them
+    grid, sub_grids = Image.open(whole), [Image.open(s) for s in subs]
+    title = grid.height - sub_grids[0].height
+    assert grid.width == sum(s.width for s in sub_grids) and title > 0
+    for iz, sub in enumerate(sub_grids):
+        assert np.array_equal(pixels(grid.crop((iz * sub.width, title, (iz + 1) * sub.width, grid.height))),
+                              pixels(sub))
+    assert grid.text["parameters"].endswith("Z Type: Seed, Z Values: \"0,10\", Fixed Z Values: \"0, 10\"")
+    assert json.loads(grid.text["xyz_plot"])["cells"] == [[c.name for c in cells[i:i + 2]] for i in range(0, 8, 2)]
+    # --again on the grid of all draws them all again; on one seed's grid, that grid alone, every picture of each
+    # cell again, in batches of the size they were drawn in
+    assert main(["generate", "--again", str(whole), "--model", str(sd1_dir), "--out", str(tmp_path / "all")]) == 0
+    for name, drawn in zip(("xyz_grid-0000.png", "xyz_grid-0001.png", "xyz_grid-0002.png"), (whole, *subs)):
+        assert np.array_equal(pixels(tmp_path / "all" / name), pixels(drawn))
+    assert main(["generate", "--again", str(subs[1]), "--model", str(sd1_dir), "--batch-size", "1", "--out",
                  str(tmp_path / "a")]) == 0  # (a flag beside it: still -n 2, every picture)
-    assert main(["generate", "--again", str(grids[1]), "--model", str(sd1_dir), "--out", str(tmp_path / "b")]) == 0
-    for again, batch in ((tmp_path / "a", 1), (tmp_path / "b", 4)):
-        assert np.array_equal(pixels(again / "xyz_grid-0001.png"), pixels(grids[1]))
+    assert [p.name for p in (tmp_path / "a").glob("xyz_grid-*")] == ["xyz_grid-0000.png"]
+    assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0000.png"), pixels(subs[1]))
+    for again, batch in ((tmp_path / "a", 1), (tmp_path / "all", 4)):
         record = json.loads(Image.open(again / "000-a-photo-of-dog-s11.png").text[RECORD_KEY])
         assert record["settings"]["batch_size"] == batch
+
+
+def test_a_z_axis_writes_one_grid_by_default_and_no_legend_leaves_the_labels_out(sd1_dir, tmp_path):
+    """The web UI's defaults: the grid of all alone; Draw legend off: the cells and nothing else."""
+    paths = generate(_config(tmp_path, model=str(sd1_dir), x="guidance=3,9", z="steps=1,2", xyz_legend=False),
+                     model=load_model(sd1_dir), progress=False)
+    grid, cells = paths[0], paths[1:]
+    assert len(cells) == 4 and [p.name for p in (tmp_path / "r").glob("xyz_grid-*")] == ["xyz_grid-0000.png"]
+    assert Image.open(grid).size == (64, 16)
+    assert np.array_equal(pixels(grid), np.concatenate([pixels(c) for c in cells], axis=1))
 
 
 def test_again_on_a_grid_draws_every_prompt_and_each_cells_drawn_variant(sd1_dir, tmp_path):

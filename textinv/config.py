@@ -800,8 +800,14 @@ class GenerateConfig:
                        "prompt-sr, embedding, clip-skip, denoise, size, hires-scale, hires-steps; numbers as the web "
                        "UI's: 1-5, 1-10 (+2), 1-10 [5])")
     y: str = opt(None, "the X/Y/Z plot's rows: AXIS=VALUES (see --x)")
-    z: str = opt(None, "the X/Y/Z plot's third axis, one grid per value: AXIS=VALUES (see --x)")
+    z: str = opt(None, "the X/Y/Z plot's third axis: AXIS=VALUES (see --x), one grid per value, drawn side by side "
+                       "in one xyz_grid-NNNN.png under each value's label")
     xyz_max_cells: int = opt(100, "the most cells --x, --y and --z may make together (each cell draws -n pictures)")
+    xyz_sub_grids: bool = opt(False, "with --z, also write each --z value's grid as its own xyz_grid-NNNN.png after "
+                                     "the one of them all (the web UI's Include Sub Grids)")
+    xyz_legend: bool = opt(True, "label the X/Y/Z plot's columns, rows and --z grids with their values (the web UI's "
+                                 "Draw legend)")
+    xyz_margin: int = opt(0, "pixels between the X/Y/Z plot's cells (the web UI's Grid margins (px))")
     metadata: str = opt("shareable", "what each PNG's text records: shareable (every setting, local files and "
                                      "folders by their names only, as the web UI records them: --again asks for their "
                                      "paths), full (their absolute paths too: --again needs nothing more on this "

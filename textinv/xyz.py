@@ -5,7 +5,8 @@
 
 draws the prompt with each of a run's saved embeddings (columns, in training-step order) at each guidance (rows) and
 writes `xyz_grid-NNNN.png`, the cells laid out with their labels as the web UI's script lays them out (its
-scripts/xyz_grid.py and modules/images.py's image_grid and draw_grid_annotations), one grid per value of --z.
+scripts/xyz_grid.py and modules/images.py's image_grid and draw_grid_annotations); with --z one grid per value,
+side by side in one picture under each value's label (and each alone too with --xyz-sub-grids).
 
 Each cell is one `generate` call with the settings of the command and the cell's values, on the one model loaded for
 the plot: its pictures are written as generate writes them (each PNG with its own settings, so `--again` draws it
@@ -356,6 +357,8 @@ def plan(config: GenerateConfig) -> Plan:
     nx, ny, nz = Plan(axes, []).counts()
     if config.xyz_max_cells is None or config.xyz_max_cells < 1:
         raise ConfigError(f"--xyz-max-cells must be 1 or more, got {config.xyz_max_cells}")
+    if config.xyz_margin is None or config.xyz_margin < 0:
+        raise ConfigError(f"--xyz-margin must be 0 or more pixels, got {config.xyz_margin}")
     if nx * ny * nz > config.xyz_max_cells:
         said = " ".join(f"{flag} {text!r}" for flag, text in flags if text)
         raise ConfigError(f"{said} make {nx} x {ny} x {nz} = {nx * ny * nz} cells, more than --xyz-max-cells "
@@ -414,7 +417,7 @@ def _check(cell: GenerateConfig) -> None:
 
 def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: set[int] | None = None) -> list[Path]:
     """Draw the X/Y/Z plot `config.x`, `.y`, `.z` ask for: each cell with `generate` on one model (`model`, or the
-    one `config` names, loaded once), then one `xyz_grid-NNNN.png` per --z value in `config.out`. Returns the
+    one `config` names, loaded once), then its `xyz_grid-NNNN.png` in `config.out` (`_save_grids`). Returns the
     grids' paths, then the cells' pictures'. `keep_seeds` (`--again`: the pictures of the batch it was drawn in that
     are written) is counted from --seed, and moves with a seed axis.
 
@@ -435,14 +438,22 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
             raise DeviceMemoryError(f"the X/Y/Z plot's cell {i + 1} of {len(ready.cells)} ({_cell_name(ready, i)}): "
                                     f"{e}. The {i} cell{'s' * (i != 1)} before it {'are' if i != 1 else 'is'} "
                                     f"written in {config.out}, with no grid") from e
+    return _save_grids(config, ready, cells) + [path for paths in cells for path in paths]
+
+
+def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path]]) -> list[Path]:
+    """The plot's grids, written as the web UI saves them: the grid of every cell (with --z, each --z value's grid
+    side by side under its label), then with --xyz-sub-grids and more than one --z value each of those grids alone,
+    without its --z label. Their paths, in that order."""
     nx, ny, nz = ready.counts()
-    grids = []
-    for iz in range(nz):
-        these = cells[iz * nx * ny:(iz + 1) * nx * ny]
-        grid = _grid_picture(ready, [_cell_picture(paths) for paths in these], iz)
-        info = _grid_text(config, ready, these, iz) if config.metadata != "none" else None
-        grids.append(_save_grid(grid, Path(config.out), info))
-    return grids + [path for paths in cells for path in paths]
+    per_z = [cells[iz * nx * ny:(iz + 1) * nx * ny] for iz in range(nz)]
+    subs = [_grid_picture(ready, [_cell_picture(paths) for paths in these], config) for these in per_z]
+    whole = subs[0] if ready.axes[2] is None else _z_picture(ready, subs, config)
+    written = [(whole, cells, None)]
+    if config.xyz_sub_grids and nz > 1:
+        written += [(sub, these, iz) for iz, (sub, these) in enumerate(zip(subs, per_z))]
+    return [_save_grid(grid, Path(config.out), _grid_text(config, ready, these, iz) if config.metadata != "none"
+                       else None) for grid, these, iz in written]
 
 
 def _cell_name(ready: Plan, index: int) -> str:
@@ -471,28 +482,36 @@ def _cell_picture(paths: list[Path]) -> Image.Image:
     return make_grid(pictures, math.ceil(len(pictures) / rows))
 
 
-def _grid_picture(ready: Plan, cells: list[Image.Image], iz: int) -> Image.Image:
-    """One --z value's grid: the cells x fastest, with the x values above the columns and the y values left of the
-    rows, and the z value above it all when there is a z axis."""
-    x, y, z = ready.axes
-    nx = len(x.values) if x is not None else 1
-    grid = make_grid(cells, nx)
+def _grid_picture(ready: Plan, cells: list[Image.Image], config: GenerateConfig) -> Image.Image:
+    """One --z value's grid: the cells x fastest, --xyz-margin apart, with the x values above the columns and the y
+    values left of the rows (--xyz-legend)."""
+    x, y, _ = ready.axes
+    nx, ny, _ = ready.counts()
     width, height = max(c.width for c in cells), max(c.height for c in cells)
-    grid = annotate(grid, width, height, x.labels if x is not None else [""] * nx,
-                    y.labels if y is not None else [""] * (len(cells) // nx))
-    if z is not None:
-        grid = annotate(grid, grid.width, grid.height, [z.labels[iz]], [""])
-    return grid
+    labelled = config.xyz_legend
+    return annotate(make_grid(cells, nx), width, height, x.labels if x is not None and labelled else [""] * nx,
+                    y.labels if y is not None and labelled else [""] * ny, config.xyz_margin)
 
 
-def annotate(grid: Image.Image, width: int, height: int, columns: list[str], rows: list[str]) -> Image.Image:
-    """`grid` (cells of `width` x `height`) with `columns`' texts above its columns and `rows`' left of its rows, laid
-    out as the web UI's draw_grid_annotations: the font (width + height) / 25 pixels (at least 10), lines a half font
-    apart, the row texts in a margin three quarters of a cell wide, each text wrapped to its room and a word too long
-    for it drawn smaller. No texts: the grid as it is.
+def _z_picture(ready: Plan, grids: list[Image.Image], config: GenerateConfig) -> Image.Image:
+    """The --z values' grids side by side in one picture, each value above its grid (--xyz-legend), as the web UI's
+    draw_xyz_grid joins them (with no margin between them: its margins are between cells)."""
+    width, height = max(g.width for g in grids), max(g.height for g in grids)
+    labels = ready.axes[2].labels if config.xyz_legend else [""] * len(grids)
+    return annotate(make_grid(grids, len(grids)), width, height, labels, [""])
 
-    >>> annotate(Image.new("RGB", (128, 64)), 64, 64, ["a", "b"], [""]).size
-    (128, 82)
+
+def annotate(grid: Image.Image, width: int, height: int, columns: list[str], rows: list[str],
+             margin: int = 0) -> Image.Image:
+    """`grid` (cells of `width` x `height`, one per column and row) with `columns`' texts above its columns and
+    `rows`' left of its rows, its cells `margin` pixels apart, laid out as the web UI's draw_grid_annotations: the
+    font (width + height) / 25 pixels (at least 10), lines a half font apart, the row texts in a margin three
+    quarters of a cell wide, each text wrapped to its room and a word too long for it drawn smaller. No texts and no
+    margin: the grid as it is.
+
+    >>> grid = Image.new("RGB", (128, 64))
+    >>> annotate(grid, 64, 64, ["a", "b"], [""]).size, annotate(grid, 64, 64, ["", ""], [""], margin=10).size
+    ((128, 82), (138, 64))
     """
     size = max((width + height) // 25, 10)
     spacing = size // 2
@@ -502,14 +521,19 @@ def annotate(grid: Image.Image, width: int, height: int, columns: list[str], row
     beside = [_lines(measure, text, size, left) for text in rows]
     tall = [sum(h for _, _, h in lines) + spacing * (len(lines) - 1) for lines in above]
     top = max(tall) + 2 * spacing if any(columns) else 0
-    out = Image.new("RGB", (grid.width + left, grid.height + top), PAPER)
-    out.paste(grid, (left, top))
+    step_x, step_y = width + margin, height + margin
+    out = Image.new("RGB", (grid.width + left + margin * (len(columns) - 1),
+                            grid.height + top + margin * (len(rows) - 1)), PAPER)
+    for row in range(len(rows)):
+        for col in range(len(columns)):
+            cell = grid.crop((width * col, height * row, width * (col + 1), height * (row + 1)))
+            out.paste(cell, (left + step_x * col, top + step_y * row))
     d = ImageDraw.Draw(out)
     for col, lines in enumerate(above):
-        _draw(d, lines, left + width * col + width / 2, top / 2 - tall[col] / 2, spacing)
+        _draw(d, lines, left + step_x * col + width / 2, top / 2 - tall[col] / 2, spacing)
     for row, lines in enumerate(beside):
         high = sum(h for _, _, h in lines) + spacing * (len(lines) - 1)
-        _draw(d, lines, left / 2, top + height * row + height / 2 - high / 2, spacing)
+        _draw(d, lines, left / 2, top + step_y * row + height / 2 - high / 2, spacing)
     return out
 
 
@@ -543,13 +567,18 @@ def _draw(d: ImageDraw.ImageDraw, lines, x: float, y: float, spacing: int) -> No
         y += high + spacing
 
 
-def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz: int):
+def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz: int | None):
     """The grid's PNG text: the web UI's `parameters` of its first cell's picture with the script's fields after it
     (Script, X Type, X Values, and Fixed X Values for a seed axis, likewise Y and Z), and `xyz_plot`: the axes,
     their values and each cell's pictures' file names (x fastest) as JSON; and the first cell's record (`RECORD_KEY`)
     with the axes among its settings, so `--again GRID` draws the plot again, as the web UI's grid text restores
-    the script's axes."""
+    the script's axes. A --z value's grid of its own (`iz`) is the plot at that value, as the web UI's sub-grid text
+    (no Z fields; its `xyz_plot` names the value), so `--again` on it draws that grid."""
     text = Image.open(cells[0][0]).text if cells and cells[0] else {}
+    z = ready.axes[2]
+    if iz is not None:
+        config = replace(config, z=None, **z.settings(z.values[iz], config))
+        ready = Plan((*ready.axes[:2], None), [])
     first = text.get("parameters", "")
     fields = [("Script", SCRIPT)]
     plot_record: dict = {}
@@ -561,8 +590,7 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
         if a.axis.name == "seed":
             fields.append((f"Fixed {key} Values", ", ".join(map(str, a.values))))
         plot_record[key.lower()] = {"axis": a.axis.name, "type": a.axis.label, "values": shown, "labels": a.labels}
-    z = ready.axes[2]
-    if z is not None:
+    if iz is not None:
         plot_record["z_value"] = z.labels[iz]
     plot_record["cells"] = [[p.name for p in paths] for paths in cells]
     info = PngInfo()
@@ -590,7 +618,9 @@ def _grid_record(config: GenerateConfig, ready: Plan, record: dict) -> dict:
         record["settings"]["init_image"] = absolute(config.init_image) if full else Path(config.init_image).name
         record.pop("init_image_sha256", None)
     record["settings"].update({flag: _axis_setting(a, config.metadata == "full") for flag, a in zip("xyz", ready.axes)
-                               if a is not None}, xyz_max_cells=config.xyz_max_cells)
+                               if a is not None}, xyz_max_cells=config.xyz_max_cells,
+                              xyz_sub_grids=config.xyz_sub_grids, xyz_legend=config.xyz_legend,
+                              xyz_margin=config.xyz_margin)
     return record
 
 
