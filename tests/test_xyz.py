@@ -300,6 +300,52 @@ def test_the_embedding_axis_draws_each_file_under_one_token_in_training_step_ord
     assert model.tokenizer.convert_tokens_to_ids("<q>") == model.tokenizer.unk_token_id  # (handed back clean)
 
 
+def web_ui_step(folder, name, step, seed=0):
+    """An embedding as the web UI saves a training step's: NAME-STEP.pt, holding the name NAME-STEP."""
+    folder.mkdir(exist_ok=True)
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(seed)) * 3
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": f"{name}-{step}",
+                "step": step, "sd_checkpoint": None, "sd_checkpoint_name": None}, folder / f"{name}-{step}.pt")
+    return folder / f"{name}-{step}.pt"
+
+
+def test_the_web_uis_step_files_are_drawn_under_the_runs_name(sd1_dir, tmp_path):
+    """The web UI names each step's embedding by its file (my-dog-500): on an axis each is loaded under the run's
+    name, which the prompt writes, with no --token; each cell is a plain generate with that file under that name."""
+    folder = tmp_path / "embeddings"
+    files = {step: web_ui_step(folder, "my-dog", step, seed=step) for step in (1000, 500)}
+    model = load_model(sd1_dir)
+    config = _config(tmp_path, model=str(sd1_dir), prompt=["a photo of my-dog"], x=f"embedding={folder}/*.pt",
+                     metadata="full")
+    grid, *cells = generate(config, model=model, progress=False)
+    assert [Path(Image.open(c).text["embeddings"]).name for c in cells] == ["my-dog-500.pt", "my-dog-1000.pt"]
+    assert not np.array_equal(pixels(cells[0]), pixels(cells[1]))
+    for step, cell in zip((500, 1000), cells):
+        plain = generate(_config(tmp_path, model=str(sd1_dir), out=str(tmp_path / f"plain{step}"),
+                                 prompt=["a photo of my-dog"], embedding=[str(files[step])], token=["my-dog"]),
+                         model=model, progress=False)[0]
+        assert np.array_equal(pixels(cell), pixels(plain))
+    assert main(["generate", "--again", str(grid), "--out", str(tmp_path / "again")]) == 0
+    assert np.array_equal(pixels(tmp_path / "again" / "xyz_grid-0000.png"), pixels(grid))
+
+
+def test_step_files_whose_token_is_unsaid_are_refused(tmp_path, no_model):
+    """Two runs' files, a prompt that writes one step's own name, or another --embedding beside the axis's (each of
+    which would need its --token): which token is meant is unsaid."""
+    folder = tmp_path / "e"
+    dog, dog2, cat = web_ui_step(folder, "my-dog", 500), web_ui_step(folder, "my-dog", 1000), \
+        web_ui_step(folder, "cat", 500)
+    with pytest.raises(ConfigError, match=r"hold different tokens \(my-dog-500 in my-dog-500.pt, cat-500 in "):
+        generate(_config(tmp_path, prompt=["a my-dog and a cat"], x=f"embedding={dog},{cat}"), progress=False)
+    with pytest.raises(ConfigError, match=r"each drawn as 'my-dog', but the prompt writes 'my-dog-500'"):
+        generate(_config(tmp_path, prompt=["a photo of my-dog-500"], x=f"embedding={dog},{dog2}"), progress=False)
+    with pytest.raises(ConfigError, match=r"with more than one --embedding give one --token per --embedding"):
+        generate(_config(tmp_path, prompt=["my-dog, cat"], embedding=[str(dog), str(cat)], x=f"embedding={dog},{dog2}"),
+                 progress=False)
+    cells = xyz.plan(_config(tmp_path, prompt=["a photo of my-dog"], x=f"embedding={folder}/my-dog-*.pt")).cells
+    assert [(c.embedding, c.token) for c in cells] == [([str(dog)], ["my-dog"]), ([str(dog2)], ["my-dog"])]
+
+
 def test_files_are_taken_in_the_order_of_the_steps_they_record_else_of_the_numbers_in_their_names(tmp_path):
     def saved(name, steps=None):
         emb = LearnedEmbedding("<q>", {"text_encoder": torch.zeros(1, 32)}, {"steps": str(steps)} if steps else {})

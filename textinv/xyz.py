@@ -35,7 +35,7 @@ import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
@@ -187,12 +187,21 @@ def _replaced(value: str, config: GenerateConfig, values: list[str]) -> dict:
 
 # --- the embedding axis ------------------------------------------------------------------------------------------
 
-def embedding_values(items: list[str], config: GenerateConfig) -> list[str]:
+class AxisFile(NamedTuple):
+    """An embedding axis's value: its file, and the token its cell loads it under where that is not the one it holds
+    (`_shared_token`: the web UI's step files), else None (the first --token, or its own)."""
+
+    path: str
+    token: str | None = None
+
+
+def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]:
     """The files of an embedding axis: each item a file, or a glob (`runs/dog/embeddings/*.safetensors`) whose
     files are taken in training-step order (the step each file records, else the numbers in their names). Each
-    must be an embedding, all of one token (each is drawn by the same prompt): the first --token's when given (it
-    names each file), else the one they hold, which a prompt must write. The second file of diffusers' SDXL pair
-    (learned_embeds_2-steps-N) is read with the first, not as a value of its own."""
+    must be an embedding, all drawn under one token (each is drawn by the same prompt): the first --token's when
+    given (it names each file), else the one they hold, or the run's name that each holds with its step
+    (`_shared_token`), which a prompt must write. The second file of diffusers' SDXL pair (learned_embeds_2-steps-N)
+    is read with the first, not as a value of its own."""
     files: list[str] = []
     for item in items:
         if glob.has_magic(item):
@@ -216,18 +225,49 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[str]:
     # diffusers' SDXL pair: learned_embeds-steps-N reads its learned_embeds_2-steps-N, which a glob finds too
     halves = {str(second_file(f)) for f, emb in read.items() if len(emb.widths) == 2}
     files = [f for f in files if str(Path(f)) not in halves]
-    tokens = {f: read[f].token for f in files}
-    if len(set(tokens.values())) > 1:
-        held = ", ".join(f"{t} in {Path(f).name}" for f, t in tokens.items())
-        raise ValueError(f"the files hold different tokens ({held}), so one prompt cannot draw each; give the "
-                         f"first --embedding a --token NAME (with one of the files as --embedding if none is given): "
-                         f"each file of the axis is then loaded under that name")
-    token = next(iter(tokens.values()))
     said = " ".join(config.prompt + [config.negative_prompt]).lower()
+    token, renamed = _shared_token({f: read[f].token for f in files}, config, said)
     if token.lower() not in said:
         raise ValueError(f"their token {token!r} is in no --prompt or --negative-prompt, so no cell would draw them; "
                          f"write it in the prompt, e.g. 'a photo of {token}'")
-    return files
+    return [AxisFile(f, token if renamed else None) for f in files]
+
+
+# the web UI's name for a training step's embedding: the run's name and the step (it saves dog-500.pt holding the
+# name "dog-500", so that each step is an embedding of its own in its list)
+_STEP_NAME = re.compile(r"(.+)-\d+")
+
+
+def _run_name(token: str) -> str:
+    """A web UI step file's name without its step (`dog-500`: `dog`), else the name as it is."""
+    match = _STEP_NAME.fullmatch(token)
+    return match[1] if match else token
+
+
+def _shared_token(tokens: dict[str, str], config: GenerateConfig, said: str) -> tuple[str, bool]:
+    """The token one prompt (`said`, lowercased) draws every file by (`tokens`: each file's own), and whether the
+    files are loaded under it rather than their own: the one they hold; else, where each is the web UI's step file
+    of one run (`dog-500`, `dog-1000`, and the final `dog`), the run's name. Where that leaves it unsaid which
+    token is meant, it is refused: other names (--token then names every file), a prompt that writes a step's own
+    name, or other --embedding files beside the axis's (which would each need a --token)."""
+    held = set(tokens.values())
+    if len(held) == 1:
+        return held.pop(), False
+    runs = {_run_name(t) for t in held}
+    listed = ", ".join(f"{t} in {Path(f).name}" for f, t in tokens.items())
+    if len(runs) > 1:
+        raise ValueError(f"the files hold different tokens ({listed}), so one prompt cannot draw each; give the "
+                         f"first --embedding a --token NAME (with one of the files as --embedding if none is given): "
+                         f"each file of the axis is then loaded under that name")
+    run = runs.pop()
+    written = sorted(t for t in held if t != run and t.lower() in said)
+    if written:
+        raise ValueError(f"the files are one run's steps ({listed}), each drawn as {run!r}, but the prompt writes "
+                         f"{written[0]!r}, one step's own name: write {run!r} where the concept goes")
+    if len(config.embedding) > 1:
+        raise ValueError(f"the files are one run's steps ({listed}), each drawn as {run!r}: with more than one "
+                         f"--embedding give one --token per --embedding, the first {run}")
+    return run, True
 
 
 def _by_step(files: list[str]) -> list[str]:
@@ -250,9 +290,11 @@ def _natural(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(name))]
 
 
-def _with_embedding(value: str, config: GenerateConfig, values: list[str]) -> dict:
-    """The cell's --embedding: the axis's file in place of the first one given (or as the only one)."""
-    return {"embedding": [value] + list(config.embedding[1:])}
+def _with_embedding(value: AxisFile, config: GenerateConfig, values: list[AxisFile]) -> dict:
+    """The cell's --embedding: the axis's file in place of the first one given (or as the only one), under the
+    axis's token where the file's own is not it (then the only --embedding: `_shared_token`)."""
+    return {"embedding": [value.path] + list(config.embedding[1:]),
+            **({"token": [value.token]} if value.token is not None else {})}
 
 
 # --- the axes ------------------------------------------------------------------------------------------------------
@@ -267,7 +309,7 @@ AXES = {axis.name: axis for axis in (
     Axis("guidance", "CFG Scale", _numbers(float), _field("guidance")),
     Axis("sampler", "Sampler", _samplers, _field("sampler"), named=False),
     Axis("prompt-sr", "Prompt S/R", _search_replace, _replaced, named=False),
-    Axis("embedding", "Embedding", embedding_values, _with_embedding, show=lambda f: Path(f).name),
+    Axis("embedding", "Embedding", embedding_values, _with_embedding, show=lambda f: Path(f.path).name),
     Axis("clip-skip", "Clip skip", _numbers(int), _field("clip_skip")),
     Axis("denoise", "Denoising", _numbers(float), _field("denoise")),
     Axis("size", "Size", _sizes, lambda v, c, vs: {"width": v[0], "height": v[1]}, show=lambda v: f"{v[0]}x{v[1]}"),
@@ -632,7 +674,7 @@ def _axis_setting(a: Plotted, full: bool) -> str:
     if a.axis.name != "embedding":
         return f"{a.axis.name}={a.given}"
     line = io.StringIO()
-    csv.writer(line).writerow([absolute(f) if full else Path(f).name for f in a.values])
+    csv.writer(line).writerow([absolute(f.path) if full else Path(f.path).name for f in a.values])
     return f"embedding={line.getvalue().strip()}"
 
 
