@@ -45,16 +45,16 @@ def test_a_mask_keeps_the_init_pictures_pixels_exactly_and_redraws_the_rest(sd1_
     assert not np.array_equal(drawn[6:8, 8:24], np.asarray(init)[6:8, 8:24])
 
 
-def test_the_kept_latents_are_the_init_pictures_noised_to_each_steps_level(sd1_dir):
-    """Every UNet call reads, outside the mask, the init picture's latents noised with the pass's noise to that
-    call's timestep (DDIM: the UNet's input is the latents as they are)."""
+def test_the_noised_blend_keeps_the_init_pictures_latents_noised_to_each_steps_level(sd1_dir):
+    """--inpaint-blend noised: every UNet call reads, outside the mask, the init picture's latents noised with the
+    pass's noise to that call's timestep (DDIM: the UNet's input is the latents as they are)."""
     model = load_model(sd1_dir)
     init, mask = _picture(), _square_mask()
     calls = []
     hook = model.unet.register_forward_pre_hook(
         lambda m, args, kwargs: calls.append((args[0][:1].clone(), args[1].flatten()[:1].clone())), with_kwargs=True)
     render(model, ["a photo of a dog"], [3], steps=6, width=32, height=32, start=[init], denoise=0.8,
-           sampler="ddim", inpaint=Inpaint(mask, blur=0))
+           sampler="ddim", inpaint=Inpaint(mask, blur=0, blend="noised"))
     hook.remove()
     pipe = model.pipeline
     latents = refine.encode(pipe.vae, torch.stack([prepare_image(init, 0, size=(32, 32))]))
@@ -66,6 +66,133 @@ def test_the_kept_latents_are_the_init_pictures_noised_to_each_steps_level(sd1_d
         assert torch.allclose(sample[:, :, kept[0]], expected[:, :, kept[0]], atol=1e-5)
         # (the mask's part starts there too, then goes its own way)
         assert torch.allclose(sample[:, :, ~kept[0]], expected[:, :, ~kept[0]], atol=1e-5) == (k == 0)
+
+
+def _kept_part(model, init, mask):
+    """The init picture's latents (1, C, h, w) and the latent mask's kept part (h, w)."""
+    latents = refine.encode(model.pipeline.vae, torch.stack([prepare_image(init, 0, size=(32, 32))]))
+    kept = ~inpaint.prepare(Inpaint(mask, blur=0), init, (32, 32), model.pipeline.vae_scale_factor).redraw.bool()
+    return latents, kept[0]
+
+
+# k-diffusion samplers of each kind: first order, ancestral, second order (Heun, DPM2 at its midpoints, DPM++ SDE),
+# multistep, on the model's spacing and on Karras's; then the web UI's timestep samplers
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "heun", "dpm2", "dpm++sde", "dpm++2m_karras", "lms",
+                                     "dpm++3m_sde", "ddpm", "ddim", "plms", "unipc"])
+def test_the_denoised_blend_carries_the_kept_latents_to_the_init_pictures_with_every_sampler(sd1_dir, sampler,
+                                                                                              monkeypatch):
+    """The default blend, the web UI's: the kept part of every step's denoised estimate is the init latents, so the
+    sampler's own steps end there (k-diffusion samplers: before the web UI's last blend, `keep_init`); after it the
+    kept latents are the init picture's exactly."""
+    if sampler == "dpm++sde":
+        pytest.importorskip("torchsde")
+    model = load_model(sd1_dir)
+    init, mask = _picture(), _square_mask()
+    latents, kept = _kept_part(model, init, mask)
+    before, after = [], []
+    real = inpaint.keep_init
+
+    def spied(init_latents, redraw):
+        keep = real(init_latents, redraw)
+
+        def step(pipe, i, t, tensors):
+            out = keep(pipe, i, t, tensors)
+            before.append(tensors["latents"].clone())
+            after.append(out.get("latents", tensors["latents"]).clone())
+            return out
+        return step
+
+    monkeypatch.setattr(inpaint, "keep_init", spied)
+    render(model, ["a photo of a dog"], [3], steps=8, width=32, height=32, start=[init], denoise=0.9,
+           sampler=sampler, inpaint=Inpaint(mask, blur=0))
+    assert torch.equal(after[-1][:, :, kept], latents[:, :, kept])  # (the web UI's last blend)
+    assert (after[-1] - latents)[:, :, ~kept].abs().mean() > 0.1  # (the rest drawn anew)
+    carried = (before[-1] - latents)[:, :, kept].abs().mean()
+    if sampler in ("ddim", "plms", "unipc"):  # (the web UI blends the UNet's input for these: nothing is carried)
+        assert carried > 0.1
+    else:  # (the latents vary by 0.05: held to a millionth of it)
+        assert carried < 1e-5, carried
+
+
+def test_with_a_timestep_sampler_the_unet_reads_the_init_latents_in_the_kept_part(sd1_dir):
+    """DDIM, PLMS and UniPC: as the web UI's (sd_samplers_timesteps.py, mask_before_denoising), each UNet call reads
+    the init picture's latents themselves outside the mask, not noised; the mask's part is the sampler's own."""
+    model = load_model(sd1_dir)
+    init, mask = _picture(), _square_mask()
+    latents, kept = _kept_part(model, init, mask)
+    calls = []
+    hook = model.unet.register_forward_pre_hook(lambda m, args, kwargs: calls.append(args[0].clone()),
+                                                with_kwargs=True)
+    render(model, ["a photo of a dog"], [3], steps=6, width=32, height=32, start=[init], denoise=0.8,
+           sampler="ddim", inpaint=Inpaint(mask, blur=0))
+    hook.remove()
+    assert len(calls) == 5
+    for sample in calls:  # (uncond and cond rows alike)
+        assert torch.equal(sample[:, :, kept], latents.expand(2, -1, -1, -1)[:, :, kept])
+        assert not torch.allclose(sample[:, :, ~kept], latents.expand(2, -1, -1, -1)[:, :, ~kept])
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_blending_cond_and_uncond_before_guidance_blends_the_guided_denoised_estimate(prediction_type):
+    """The web UI blends the guided denoised estimate; `kept_prediction` blends each UNet row before guidance.
+    Guidance is affine in the prediction and the prediction in x0, so both give x0 = init (1 - m) + x0 m, with a
+    soft mask too."""
+    torch.manual_seed(0)
+    alpha, sigma = 0.6, 0.8
+    x, init, cond, uncond = (torch.randn(2, 4, 3, 3) for _ in range(4))
+    redraw = torch.rand(2, 1, 3, 3)
+
+    def x0(prediction):  # (as a scheduler takes x0 back from the prediction)
+        return {"epsilon": (x - sigma * prediction) / alpha, "v_prediction": alpha * x - sigma * prediction,
+                "sample": prediction}[prediction_type]
+
+    def blended(prediction):
+        return inpaint.kept_prediction(prediction, x, init, redraw, alpha, sigma, prediction_type)
+
+    guided = blended(uncond) + 7.5 * (blended(cond) - blended(uncond))
+    plain = uncond + 7.5 * (cond - uncond)
+    assert torch.allclose(x0(guided), init * (1 - redraw) + x0(plain) * redraw, atol=1e-5)
+    assert torch.allclose(guided, blended(plain), atol=1e-5)
+
+
+def test_the_denoised_blend_draws_otherwise_than_the_noised_one_and_an_inpainting_model_draws_noised(
+        sd1_dir, inpainting_dir):
+    init, mask = _picture(), _square_mask()
+    white = np.asarray(mask) > 0
+
+    def drawn(path, blend):
+        return np.asarray(render(load_model(path, inpainting=True), ["a photo of a dog"], [3], steps=4, width=32, height=32,
+                                 start=[init], denoise=0.9, inpaint=Inpaint(mask, blur=0, blend=blend))[0])
+
+    denoised, noised = drawn(sd1_dir, "denoised"), drawn(sd1_dir, "noised")
+    assert np.array_equal(denoised[~white], noised[~white])  # (both the init picture's, pasted back)
+    assert (denoised[white] != noised[white]).mean() > 0.5
+    assert np.array_equal(drawn(inpainting_dir, "denoised"), drawn(inpainting_dir, "noised"))
+
+
+def test_the_noised_blend_is_written_read_back_and_redrawn_bit_for_bit(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    room, mask = _files(tmp_path)
+    path = generate(GenerateConfig(prompt=["a dog"], n=1, steps=3, model=str(sd1_dir), init_image=room, mask=mask,
+                                   inpaint_blend="noised", metadata="full", out=str(tmp_path / "a")),
+                    progress=False)[0]
+    text = Image.open(path).text
+    assert text["parameters"].endswith("Denoising strength: 0.75, Mask blur: 4, Inpaint blend: noised")
+    assert json.loads(text[RECORD_KEY])["settings"]["inpaint_blend"] == "noised"
+    config, keep = again_config(path, {"out": str(tmp_path / "b")})
+    assert config.inpaint_blend == "noised"
+    again = generate(config, keep_seeds=keep, progress=False)
+    assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(path)))
+    # a picture inpainted before the choice was drawn noised (all there was); its record says nothing of it
+    record = json.loads(text[RECORD_KEY])
+    del record["settings"]["inpaint_blend"]
+    from PIL.PngImagePlugin import PngInfo
+    info = PngInfo()
+    info.add_text(RECORD_KEY, json.dumps(record))
+    Image.open(path).save(tmp_path / "old.png", pnginfo=info)
+    config, _ = again_config(tmp_path / "old.png", {"out": str(tmp_path / "c")})
+    assert config.inpaint_blend == "noised"
 
 
 def test_only_masked_redraws_the_masks_box_at_the_drawn_size_and_pastes_it_back(sd1_dir):
@@ -158,6 +285,8 @@ def test_the_latent_fills_encode_the_filled_picture_as_the_web_ui_does():
     ({"init_image": __file__, "mask": __file__, "mask_blur": -1}, r"--mask-blur must be 0 or more pixels, got -1"),
     ({"init_image": __file__, "mask": __file__, "masked_padding": 8}, r"--masked-padding widens the box --inpaint-"),
     ({"init_image": __file__, "mask": __file__, "inpaint_fill": "noise"}, r"--inpaint-fill 'noise' is not one of"),
+    ({"inpaint_blend": "noised"}, r"--inpaint-blend set inpainting, which --mask turns on"),
+    ({"init_image": __file__, "mask": __file__, "inpaint_blend": "x0"}, r"--inpaint-blend 'x0' is not one of"),
 ])
 def test_mask_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -207,9 +336,9 @@ def test_an_inpainted_pictures_text_is_the_web_uis_and_again_redraws_it_bit_for_
     assert "Denoising strength: 0.75, Mask blur: 4\n" in text["parameters"] + "\n"
     record = json.loads(text[RECORD_KEY])
     assert {k: record["settings"][k] for k in ("mask", "mask_blur", "inpaint_fill", "mask_invert", "inpaint_area",
-                                               "masked_padding")} == {
+                                               "masked_padding", "inpaint_blend")} == {
         "mask": mask, "mask_blur": 4, "inpaint_fill": "original", "mask_invert": False, "inpaint_area": "whole",
-        "masked_padding": None}
+        "masked_padding": None, "inpaint_blend": "denoised"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (the same files: nothing to say)
         config, keep = again_config(paths[1], {"out": str(tmp_path / "b")})
@@ -296,6 +425,9 @@ def test_again_reads_a_web_ui_inpainted_picture_with_its_mask_or_says_it_needs_o
     config, _ = again_config(inpainted, {**flags, "mask": mask})
     assert (config.mask, config.mask_blur, config.mask_invert, config.inpaint_fill, config.inpaint_area,
             config.masked_padding) == (mask, 8, True, "latent-noise", "masked", 16)
+    assert config.inpaint_blend is None  # (the web UI's own way: the default)
+    config, _ = again_config(picture(", Mask blur: 4, Inpaint blend: noised"), {**flags, "mask": mask})
+    assert (config.mask_blur, config.inpaint_blend) == (4, "noised")
     with pytest.warns(UserWarning, match=r"inpainted by the web UI through a mask its text does not hold: give it "
                                          r"with --mask"):
         config, _ = again_config(inpainted, flags)

@@ -59,7 +59,7 @@ from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
 from .generate import (EMBEDDING_SUFFIXES, HIRES_SETTINGS, MASK_SETTINGS, file_digest, file_sha256, hash_name,
                        lora_files, lora_sha256)
 from .hub import hub_reference
-from .inpaint import FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
+from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import from_comfy, from_webui
@@ -76,7 +76,7 @@ _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
                "Lora hashes", "Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
                "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
                "Variation seed strength", "Tiling", "Emphasis", "Mask blur", "Mask mode", "Masked content",
-               "Inpaint area", "Masked area padding")
+               "Inpaint area", "Masked area padding", "Inpaint blend")
 # sd-dynamic-prompts' templates, where a version writes them among the settings (else after them:
 # `_without_templates`): the prompts above are what was drawn, so a redraw needs nothing of them
 _A1111_DRAWN_FROM = ("Template", "Negative Template")
@@ -359,6 +359,8 @@ def _from_record(path: Path, text: str) -> Picture:
                       f"{version or '(unknown)'}: {', '.join(map(str, unknown))}; they are ignored, so the redraw may "
                       f"differ (draw it with that textinv for the same picture)", stacklevel=3)
     settings = _typed(path, {k: v for k, v in record["settings"].items() if k in fields and k not in _NOT_RECORDED})
+    if settings.get("mask") and "inpaint_blend" not in settings:
+        settings["inpaint_blend"] = "noised"  # (drawn before the choice, when textinv had diffusers' way only)
     batch = record.get("batch_seeds")
     batch = [s for s in batch if isinstance(s, int) and not isinstance(s, bool)] if isinstance(batch, list) else []
     digests = record.get("embedding_sha256")
@@ -541,8 +543,9 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
 
 def _a1111_mask(path: Path, fields: dict[str, str], settings: dict[str, Any], without_mask: list[str]) -> None:
     """The web UI's inpainting fields of an img2img picture into `settings`, applied where --mask is given: Mask blur
-    (written only above 0: none is 0), Mask mode, Masked content, Inpaint area and Masked area padding; an
-    inpainted picture (one of them written) is said to need its mask."""
+    (written only above 0: none is 0), Mask mode, Masked content, Inpaint area and Masked area padding, and
+    textinv's Inpaint blend (written for noised only); an inpainted picture (one of them written) is said to need
+    its mask."""
     settings["mask_blur"] = fields.get("Mask blur", "0")
     if fields.get("Mask mode", "").strip().lower() == INVERTED_LABEL.lower():
         settings["mask_invert"] = True
@@ -553,6 +556,8 @@ def _a1111_mask(path: Path, fields: dict[str, str], settings: dict[str, Any], wi
     if fields.get("Inpaint area", "").strip().lower() == ONLY_MASKED_LABEL.lower():
         settings["inpaint_area"] = "masked"
         settings["masked_padding"] = fields.get("Masked area padding", str(MASKED_PADDING))
+    if fields.get("Inpaint blend", "").strip().lower() in BLENDS:
+        settings["inpaint_blend"] = fields["Inpaint blend"].strip().lower()
     if {"Mask blur", "Mask mode", "Masked content", "Inpaint area"} & set(fields):
         without_mask.append(f"{path} was inpainted by the web UI through a mask its text does not hold: give it "
                             f"with --mask (and the picture with --init-image), or the whole picture is redrawn")

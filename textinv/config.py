@@ -50,7 +50,8 @@ def opt(default, help: str, **extra):
 
 
 from .data import MAX_KOHYA_REPEATS, PROPERTIES, flip_default, skip_sides
-from .inpaint import AREAS as INPAINT_AREAS, FILLS as INPAINT_FILLS, MASK_BLUR, MASKED_PADDING
+from .inpaint import (AREAS as INPAINT_AREAS, BLENDS as INPAINT_BLENDS, FILLS as INPAINT_FILLS, MASK_BLUR,
+                      MASKED_PADDING)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
@@ -765,6 +766,11 @@ class GenerateConfig:
                                        "only masked": "masked"})
     masked_padding: int = opt(None, f"--inpaint-area masked: pixels around the mask's box also redrawn (default "
                                     f"{MASKED_PADDING})")
+    inpaint_blend: str = opt(None, "how the kept part is held to the picture while the rest is drawn: denoised (the "
+                                   "default, the web UI's: each step's denoised estimate is the picture's latents "
+                                   "there) or noised (diffusers' StableDiffusionInpaintPipeline's: after each step "
+                                   "the latents there are the picture's, noised to the next step's level); an "
+                                   "inpainting model always draws noised", choices=INPAINT_BLENDS)
     hires_scale: float = opt(None, "the web UI's hires fix: draw at --width x --height, enlarge this many times "
                                    "(e.g. 2), and redraw --denoise of the way at that size, for the detail the first "
                                    "size had no room for (the web UI's Upscale by)")
@@ -918,7 +924,8 @@ class GenerateConfig:
         given = [flag for flag, value in (("--mask-blur", self.mask_blur), ("--inpaint-fill", self.inpaint_fill),
                                           ("--mask-invert", self.mask_invert or None),
                                           ("--inpaint-area", self.inpaint_area),
-                                          ("--masked-padding", self.masked_padding)) if value is not None]
+                                          ("--masked-padding", self.masked_padding),
+                                          ("--inpaint-blend", self.inpaint_blend)) if value is not None]
         if not self.mask:
             if given:
                 raise ConfigError(f"{' and '.join(given)} set inpainting, which --mask turns on; give the mask "

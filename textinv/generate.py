@@ -348,28 +348,34 @@ def _tiled(pipe, tiling: bool):
 def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hires: bool, sampler: str,
              size: tuple[int, int], variation: tuple[list[int], float] | None, seeds: list[int],
              pixels: tuple[torch.Tensor, torch.Tensor] | None = None,
-             redraw: tuple[torch.Tensor, str] | None = None, **drawing) -> list[Image.Image]:
+             redraw: tuple[torch.Tensor, str, str] | None = None, **drawing) -> list[Image.Image]:
     """The pictures of an img2img pass over `latents` (B, C, h, w) at `denoise`, `steps` counted as
     `refine.pass_steps` counts them (`hires`: the hires fix's), drawn at `size` (W, H), its noise the seeds' (with
     their `variation`), as the web UI's passes draw theirs. `redraw` (the latent mask (B, 1, h, w), 1 where drawn;
-    the --inpaint-fill) keeps the rest of `latents` at every step (`inpaint.blend_step`); an inpainting model reads
-    `pixels` (the pictures (B, 3, H, W) and their masks (B, 1, H, W)) at every step."""
+    the --inpaint-fill; the --inpaint-blend) keeps the rest of `latents` at every step (`inpaint.blend_denoised`,
+    or `inpaint.blend_step` for noised and for an inpainting model); an inpainting model reads `pixels` (the
+    pictures (B, 3, H, W) and their masks (B, 1, H, W)) at every step."""
     schedule, run = _pass_schedule(model, steps, denoise, hires)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = seed_noise(generators, tuple(latents.shape[1:]), variation)
-    on_step = None
+    on_step = on_unet = None
+    inpainting_model = model.pipeline.unet.config.in_channels == 9
     if redraw is not None:
         latents = inpainting.start_latents(latents, redraw[0], redraw[1], noise)
-        on_step = inpainting.blend_step(latents, noise, redraw[0])
+        if redraw[2] == "noised" or inpainting_model:
+            on_step = inpainting.blend_step(latents, noise, redraw[0])
+        else:
+            on_step = inpainting.keep_init(latents, redraw[0])
+            on_unet = inpainting.blend_denoised(latents, redraw[0])
     pipe = refine.image_to_image(model.pipeline, noise)
     hook = None
-    if model.pipeline.unet.config.in_channels == 9 and pixels is not None:
+    if inpainting_model and pixels is not None:
         hook = inpainting.conditioning_hook(pipe.unet, pixels[1], pixels[0],
                                             lambda p: refine.encode(pipe.vae, p))
     try:
         return _pass(model, pipe, run, sampler, size, seeds=seeds, image=latents, generator=generators,
                      num_inference_steps=schedule, strength=refine.strength(schedule, run), output_type="pil",
-                     on_step=on_step, **drawing)
+                     on_step=on_step, on_unet=on_unet, **drawing)
     finally:
         if hook is not None:
             hook.remove()
@@ -391,7 +397,7 @@ def _redrawn(model: Model, start: list[Image.Image], inpaint: Inpaint | None, st
     masks = torch.stack([r.pixel_mask for r in ready])  # (B, 1, H, W)
     redraw = torch.stack([r.redraw for r in ready]).to(pipe.device)  # (B, 1, h, w)
     drawn = _refined(model, refine.encode(pipe.vae, pixels), steps, denoise, False, sampler, size, variation,
-                     pixels=(pixels, masks), redraw=(redraw, inpaint.fill), **drawing)
+                     pixels=(pixels, masks), redraw=(redraw, inpaint.fill, inpaint.blend), **drawing)
     return [inpainting.paste_back(d, r) for d, r in zip(drawn, ready)]
 
 
@@ -408,11 +414,14 @@ def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool) -> tup
 
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
-          guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, **call):
+          guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
+          **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
-    `blend_step`) runs after each step, after prompt editing's switch."""
+    `blend_step`) runs after each step, after prompt editing's switch; `on_unet` (a function of `pipe` giving hook
+    handles: inpainting's `blend_denoised`) hooks the UNet after the prompt's own hooks, so its output hook sees
+    the output the pipeline gets."""
     width, height = size
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
@@ -457,6 +466,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
         hooks = _composing(pipe, conditioning, stretch, owners, weights, lengths)
     else:
         hooks = [_length_mask(pipe, *lengths)] if lengths is not None else []
+    hooks += on_unet(pipe) if on_unet is not None else []
     was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
     pipe.scheduler = scheduler_for(own_scheduler, sampler, seeds)
@@ -688,7 +698,7 @@ def png_text(params: dict[str, str]) -> PngInfo:
               "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
               "emphasis": "Emphasis", "mask_blur": "Mask blur", "mask_mode": "Mask mode",
               "masked_content": "Masked content", "inpaint_area": "Inpaint area",
-              "masked_padding": "Masked area padding",
+              "masked_padding": "Masked area padding", "inpaint_blend": inpainting.BLEND_LABEL,
               "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
               "hires_scale": "Hires upscale", "hires_resize": "Hires resize", "hires_steps": "Hires steps",
               "hires_upscaler": "Hires upscaler", "hires_sampler": "Hires sampler",
@@ -1000,7 +1010,8 @@ def mask_settings(config: GenerateConfig, sizes: dict[Path, tuple[int, int]]) ->
     inpaint = Inpaint(inpainting.read_mask(config.mask, config.mask_invert),
                       inpainting.MASK_BLUR if config.mask_blur is None else config.mask_blur,
                       config.inpaint_fill or "original", config.mask_invert, config.inpaint_area or "whole",
-                      inpainting.MASKED_PADDING if config.masked_padding is None else config.masked_padding)
+                      inpainting.MASKED_PADDING if config.masked_padding is None else config.masked_padding,
+                      config.inpaint_blend or "denoised")
     for source, size in sizes.items():
         inpaint.check_fits(size, config.mask, str(source))
     return inpaint
@@ -1305,14 +1316,16 @@ def _mask_record(config: GenerateConfig) -> dict:
             "mask_blur": inpainting.MASK_BLUR if config.mask_blur is None else config.mask_blur,
             "inpaint_fill": config.inpaint_fill or "original", "mask_invert": config.mask_invert,
             "inpaint_area": area, "masked_padding": (inpainting.MASKED_PADDING if config.masked_padding is None
-                                                     else config.masked_padding) if area == "masked" else None}
+                                                     else config.masked_padding) if area == "masked" else None,
+            "inpaint_blend": config.inpaint_blend or "denoised"}
 
 
 # each path setting a picture records, and whether its value is always a local path (else it may be a bundled
 # model's name or a hub id)
 _PATH_SETTINGS = {"model": False, "embedding": True, "lora_dir": True, "vae": False, "single_file_config": False,
                   "init_image": True, "mask": True}
-MASK_SETTINGS = ("mask", "mask_blur", "inpaint_fill", "mask_invert", "inpaint_area", "masked_padding")
+MASK_SETTINGS = ("mask", "mask_blur", "inpaint_fill", "mask_invert", "inpaint_area", "masked_padding",
+                 "inpaint_blend")
 HIRES_SETTINGS = ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_upscaler", "hires_sampler",
                   "hires_prompt", "hires_negative_prompt")
 
@@ -1779,13 +1792,15 @@ def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | Non
 
 def _mask_params(config: GenerateConfig) -> dict:
     """The PNG text of the inpainting settings, written as the web UI writes them: Mask blur above 0, Mask mode when
-    inverted, Masked content other than original, Inpaint area and Masked area padding for only masked."""
+    inverted, Masked content other than original, Inpaint area and Masked area padding for only masked; and
+    textinv's Inpaint blend where it is not the web UI's way (noised)."""
     if not config.mask:
         return {}
     record = _mask_record(config)
     params = {"mask": Path(config.mask).name, "mask_blur": record["mask_blur"] or None,
               "mask_mode": inpainting.INVERTED_LABEL if config.mask_invert else None,
-              "masked_content": inpainting.FILL_LABELS.get(record["inpaint_fill"])}
+              "masked_content": inpainting.FILL_LABELS.get(record["inpaint_fill"]),
+              "inpaint_blend": record["inpaint_blend"] if record["inpaint_blend"] != "denoised" else None}
     if record["inpaint_area"] == "masked":
         params.update(inpaint_area=inpainting.ONLY_MASKED_LABEL, masked_padding=record["masked_padding"])
     return {k: v for k, v in params.items() if v is not None}

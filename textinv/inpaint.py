@@ -6,10 +6,15 @@ The mask is read as the web UI reads an uploaded one (`read_mask`): its transpar
 luminance, each made black or white at 128; then inverted (`--mask-invert`, the web UI's "Inpaint not masked") and
 blurred (`--mask-blur`, a Gaussian of that sigma, `blur`). Then, per picture:
 
-- the latent mask is the blurred mask at the latents' size, rounded to 0 or 1: at every sampling step the kept
-  latents are put back from the init picture's, noised to the step's level with the pass's own noise (as diffusers'
-  StableDiffusionInpaintPipeline does; the web UI puts the init latents back into each step's denoised estimate,
-  which is the same place at the end), and after the last step the kept latents are the init picture's own;
+- the latent mask is the blurred mask at the latents' size, rounded to 0 or 1, and the kept latents are held to
+  the init picture's (`--inpaint-blend`, `BLENDS`) as the web UI's CFG denoiser holds them
+  (modules/sd_samplers_cfg_denoiser.py): at every UNet call the kept part of the denoised estimate (the x0 the
+  guided prediction implies) is the init latents themselves (`blend_denoised`), so the sampler's own steps carry
+  it; with the timestep samplers (DDIM, PLMS, UniPC: sd_samplers_timesteps.py, mask_before_denoising) the UNet reads
+  the init latents in the kept part of its input instead. After the last step the kept latents are the init
+  picture's own (`keep_init`, the web UI's processing.py). `noised` is diffusers' way
+  (StableDiffusionInpaintPipeline): after each step the kept latents are put back from the init picture's, noised
+  to the next step's level with the pass's own noise (`blend_step`). An inpainting model keeps diffusers' way;
 - after decoding, the init picture is pasted back over the drawn one through the blurred mask (whole picture: the
   mask doubled, so the redrawn part is drawn up to the blur's middle), so a pixel the mask keeps is the init
   picture's exactly;
@@ -44,6 +49,11 @@ from .data import _fit, load_image_and_alpha, prepare_image
 from .errors import ConfigError, DataError
 
 FILLS = ("original", "fill", "latent-noise", "latent-nothing")
+BLENDS = ("denoised", "noised")  # the web UI's (the default) and diffusers' (`blend_denoised`, `blend_step`)
+BLEND_LABEL = "Inpaint blend"  # textinv's field for noised (the web UI has no choice, so writes none)
+# the diffusers schedulers the web UI's timestep samplers (DDIM, PLMS, UniPC) are made as: the web UI blends the
+# UNet's input for them, the denoised estimate for its k-diffusion ones
+TIMESTEP_SCHEDULERS = {"DDIMScheduler", "PNDMScheduler", "UniPCMultistepScheduler"}
 AREAS = ("whole", "masked")
 MASK_BLUR = 4  # the web UI's default Mask blur
 MASKED_PADDING = 32  # and "Only masked padding, pixels"
@@ -65,6 +75,7 @@ class Inpaint:
     invert: bool = False
     area: str = "whole"
     padding: int = MASKED_PADDING
+    blend: str = "denoised"
     # for_picture's masks by size: every prompt and batch redraws the same pictures, and a big one's blur takes long
     _blurred: dict[tuple[int, int], Image.Image] = field(init=False, default_factory=dict, compare=False, repr=False)
 
@@ -255,6 +266,110 @@ def blend_step(init: torch.Tensor, noise: torch.Tensor, redraw: torch.Tensor):
         return {"latents": kept * (1 - mask) + latents * mask}
 
     return blend
+
+
+def keep_init(init: torch.Tensor, redraw: torch.Tensor):
+    """A `callback_on_step_end` that makes the kept latents the init latents `init` (B, C, h, w) after the last
+    step, as the web UI's img2img does once sampling ends (processing.py, StableDiffusionProcessingImg2Img.sample);
+    `redraw` (B, 1, h, w): 1 where the pass draws."""
+    def keep(pipe, i, t, tensors):
+        latents = tensors["latents"]
+        if i + 1 < pipe.num_timesteps:
+            return {}
+        mask = redraw.to(latents)
+        return {"latents": init.to(latents) * (1 - mask) + latents * mask}
+
+    return keep
+
+
+def blend_denoised(init: torch.Tensor, redraw: torch.Tensor):
+    """The hooks (a function of the pipeline giving their handles) that hold the kept latents to `init` (B, C, h, w)
+    at every UNet call, as the web UI's CFG denoiser does (`redraw` (B, 1, h, w): 1 where the pass draws). With a
+    k-diffusion sampler the kept part of the UNet's output is made the prediction whose x0 is `init`
+    (`kept_prediction`): guidance is affine, so the guided x0 is then the web UI's blended denoised estimate. With a
+    timestep sampler (`TIMESTEP_SCHEDULERS`) the UNet's input is `init` in the kept part, its output as it is.
+
+    A call's rows are the pictures' in turn (uncond and cond under guidance); the input blend runs before the
+    prompt's own hooks (composable diffusion's adds rows), the output blend after them (it takes them back)."""
+    def blend_input(module, args, kwargs):
+        if type(pipe_of[0].scheduler).__name__ not in TIMESTEP_SCHEDULERS:
+            return None
+        args = list(args)
+        sample = args[0] if args else kwargs["sample"]
+        rows = torch.arange(sample.shape[0]) % init.shape[0]
+        mask = redraw[rows].to(sample)
+        sample = init[rows].to(sample) * (1 - mask) + sample * mask
+        if args:
+            args[0] = sample
+            return tuple(args), kwargs
+        return tuple(args), {**kwargs, "sample": sample}
+
+    def blend_output(module, args, kwargs, output):
+        scheduler = pipe_of[0].scheduler
+        if type(scheduler).__name__ in TIMESTEP_SCHEDULERS:
+            return None
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        predicted = output[0] if isinstance(output, tuple) else output.sample
+        rows = torch.arange(predicted.shape[0]) % init.shape[0]
+        x = sample[:init.shape[0]][rows]  # (the pictures' latents, first in the input under any hook)
+        alpha, sigma = input_level(scheduler, timestep)
+        blended = kept_prediction(predicted, x, init[rows], redraw[rows], alpha, sigma,
+                                  scheduler.config.get("prediction_type", "epsilon"))
+        return (blended, *output[1:]) if isinstance(output, tuple) else type(output)(sample=blended)
+
+    pipe_of = [None]
+
+    def register(pipe) -> list:
+        pipe_of[0] = pipe
+        return [pipe.unet.register_forward_pre_hook(blend_input, with_kwargs=True, prepend=True),
+                pipe.unet.register_forward_hook(blend_output, with_kwargs=True)]
+
+    return register
+
+
+def input_level(scheduler, timestep) -> tuple[float, float]:
+    """(alpha, sigma) of the latents the UNet reads at `timestep`, x = alpha x0 + sigma noise, as `scheduler`
+    makes them and takes x0 back from its output. A k-diffusion scheduler (Euler, Heun, DPM2, ...) scales its
+    latents x0 + s noise by 1 / sqrt(s^2 + 1) for the UNet, at the noise level s of the call (its
+    `scale_model_input`, asked of a 1); the others hand the UNet their latents as they are: at their step's sigma
+    (DPM++, UniPC) or at the timestep's own alpha_bar (DDIM, PLMS, DDPM)."""
+    alpha = float(scheduler.scale_model_input(torch.ones((), dtype=torch.float64), timestep))
+    if alpha != 1:
+        return alpha, (1 - alpha ** 2) ** 0.5
+    if hasattr(scheduler, "sigmas"):
+        index = scheduler.step_index  # (None at the first call: the step the scheduler will start from)
+        if index is None:
+            index = scheduler.begin_index if scheduler.begin_index is not None else \
+                scheduler.index_for_timestep(timestep)
+        s = float(scheduler.sigmas[index])
+        return 1 / (1 + s ** 2) ** 0.5, s / (1 + s ** 2) ** 0.5
+    alpha_bar = float(scheduler.alphas_cumprod[int(torch.as_tensor(timestep).flatten()[0])])
+    return alpha_bar ** 0.5, (1 - alpha_bar) ** 0.5
+
+
+def kept_prediction(predicted: torch.Tensor, x: torch.Tensor, init: torch.Tensor, redraw: torch.Tensor,
+                    alpha: float, sigma: float, prediction_type: str) -> torch.Tensor:
+    """The UNet's prediction `predicted` (B, C, h, w) of latents `x` = alpha x0 + sigma noise, where `redraw`
+    (B, 1, h, w) is below 1 replaced by the prediction whose x0 is `init`: epsilon (x - alpha x0) / sigma,
+    v_prediction (alpha x - x0) / sigma, sample x0 itself. Each is affine in x0, so the x0 this gives is the blend
+    `init` (1 - redraw) + x0 redraw, and blending cond and uncond before guidance is blending the guided one.
+
+    >>> x = torch.randn(1, 4, 2, 2); kept_prediction(x, x, x, torch.zeros(1, 1, 2, 2), 0.6, 0.8, "sample").equal(x)
+    True
+    """
+    init = init.to(torch.float32)
+    if prediction_type == "epsilon":
+        kept = (x.float() - alpha * init) / sigma
+    elif prediction_type == "v_prediction":
+        kept = (alpha * x.float() - init) / sigma
+    elif prediction_type == "sample":
+        kept = init
+    else:
+        raise ConfigError(f"inpainting cannot blend a prediction of type {prediction_type!r}: give "
+                          f"--inpaint-blend noised")
+    mask = redraw.to(torch.float32)
+    return (kept * (1 - mask) + predicted.float() * mask).to(predicted.dtype)
 
 
 def conditioning_hook(unet, pixel_masks: torch.Tensor, pixels: torch.Tensor, encode):
