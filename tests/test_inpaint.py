@@ -75,18 +75,9 @@ def _kept_part(model, init, mask):
     return latents, kept[0]
 
 
-# k-diffusion samplers of each kind: first order, ancestral, second order (Heun, DPM2 at its midpoints, DPM++ SDE),
-# multistep, on the model's spacing and on Karras's; then the web UI's timestep samplers
-@pytest.mark.parametrize("sampler", ["euler", "euler_a", "heun", "dpm2", "dpm++sde", "dpm++2m_karras", "lms",
-                                     "dpm++3m_sde", "ddpm", "ddim", "plms", "unipc"])
-def test_the_denoised_blend_carries_the_kept_latents_to_the_init_pictures_with_every_sampler(sd1_dir, sampler,
-                                                                                              monkeypatch):
-    """The default blend, the web UI's: the kept part of every step's denoised estimate is the init latents, so the
-    sampler's own steps end there (k-diffusion samplers: before the web UI's last blend, `keep_init`); after it the
-    kept latents are the init picture's exactly."""
-    if sampler == "dpm++sde":
-        pytest.importorskip("torchsde")
-    model = load_model(sd1_dir)
+def _drawn_latents(model, sampler, monkeypatch):
+    """The init picture's latents, the latent mask's kept part and the pass's latents after its last step, before
+    and after the web UI's last blend (`keep_init`), drawn with `sampler` and the default blend."""
     init, mask = _picture(), _square_mask()
     latents, kept = _kept_part(model, init, mask)
     before, after = [], []
@@ -105,13 +96,33 @@ def test_the_denoised_blend_carries_the_kept_latents_to_the_init_pictures_with_e
     monkeypatch.setattr(inpaint, "keep_init", spied)
     render(model, ["a photo of a dog"], [3], steps=8, width=32, height=32, start=[init], denoise=0.9,
            sampler=sampler, inpaint=Inpaint(mask, blur=0))
-    assert torch.equal(after[-1][:, :, kept], latents[:, :, kept])  # (the web UI's last blend)
-    assert (after[-1] - latents)[:, :, ~kept].abs().mean() > 0.1  # (the rest drawn anew)
-    carried = (before[-1] - latents)[:, :, kept].abs().mean()
+    return latents, kept, before[-1], after[-1]
+
+
+# k-diffusion samplers of each kind: first order, ancestral, second order (Heun, DPM2 at its midpoints, DPM++ SDE),
+# multistep, on the model's spacing and on Karras's; then the web UI's timestep samplers
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "heun", "dpm2", "dpm++sde", "dpm++2m_karras", "lms",
+                                     "dpm++3m_sde", "ddpm", "ddim", "plms", "unipc"])
+def test_the_denoised_blend_carries_the_kept_latents_to_the_init_pictures_with_every_sampler(sd1_dir, sampler,
+                                                                                              monkeypatch):
+    """The default blend, the web UI's: the kept part of every step's denoised estimate is the init latents, so the
+    sampler's own steps end there (all but the timestep samplers, before the web UI's last blend, `keep_init`);
+    after it the kept latents are the init picture's exactly."""
+    if sampler == "dpm++sde":
+        pytest.importorskip("torchsde")
+    latents, kept, before, after = _drawn_latents(load_model(sd1_dir), sampler, monkeypatch)
+    assert torch.equal(after[:, :, kept], latents[:, :, kept])  # (the web UI's last blend)
+    assert (after - latents)[:, :, ~kept].abs().mean() > 0.1  # (the rest drawn anew)
+    carried = (before - latents)[:, :, kept].abs().mean()
     if sampler in ("ddim", "plms", "unipc"):  # (the web UI blends the UNet's input for these: nothing is carried)
         assert carried > 0.1
-    else:  # (the latents vary by 0.05: held to a millionth of it)
+    else:  # (the latents spread 0.05 about their mean: held to within 1e-5)
         assert carried < 1e-5, carried
+
+
+def test_the_denoised_blend_holds_a_v_prediction_models_kept_latents(sd2_dir, monkeypatch):
+    latents, kept, before, _ = _drawn_latents(load_model(sd2_dir), "heun", monkeypatch)
+    assert (before - latents)[:, :, kept].abs().mean() < 1e-5
 
 
 def test_with_a_timestep_sampler_the_unet_reads_the_init_latents_in_the_kept_part(sd1_dir):

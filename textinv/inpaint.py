@@ -283,45 +283,42 @@ def keep_init(init: torch.Tensor, redraw: torch.Tensor):
 
 
 def blend_denoised(init: torch.Tensor, redraw: torch.Tensor):
-    """The hooks (a function of the pipeline giving their handles) that hold the kept latents to `init` (B, C, h, w)
-    at every UNet call, as the web UI's CFG denoiser does (`redraw` (B, 1, h, w): 1 where the pass draws). With a
-    k-diffusion sampler the kept part of the UNet's output is made the prediction whose x0 is `init`
-    (`kept_prediction`): guidance is affine, so the guided x0 is then the web UI's blended denoised estimate. With a
-    timestep sampler (`TIMESTEP_SCHEDULERS`) the UNet's input is `init` in the kept part, its output as it is.
+    """A function of the pipeline that hooks its UNet to hold the kept latents to `init` (B, C, h, w) at every call,
+    as the web UI's CFG denoiser does, and gives the hooks' handles (`redraw` (B, 1, h, w): 1 where the pass draws).
+    With a timestep sampler (`TIMESTEP_SCHEDULERS`) the UNet's input is `init` in the kept part, its output as it
+    is; with any other the kept part of its output is made the prediction whose x0 is `init` (`kept_prediction`):
+    guidance is affine, so the guided x0 is then the web UI's blended denoised estimate.
 
     A call's rows are the pictures' in turn (uncond and cond under guidance); the input blend runs before the
     prompt's own hooks (composable diffusion's adds rows), the output blend after them (it takes them back)."""
-    def blend_input(module, args, kwargs):
-        if type(pipe_of[0].scheduler).__name__ not in TIMESTEP_SCHEDULERS:
-            return None
-        args = list(args)
-        sample = args[0] if args else kwargs["sample"]
-        rows = torch.arange(sample.shape[0]) % init.shape[0]
-        mask = redraw[rows].to(sample)
-        sample = init[rows].to(sample) * (1 - mask) + sample * mask
-        if args:
-            args[0] = sample
-            return tuple(args), kwargs
-        return tuple(args), {**kwargs, "sample": sample}
-
-    def blend_output(module, args, kwargs, output):
-        scheduler = pipe_of[0].scheduler
-        if type(scheduler).__name__ in TIMESTEP_SCHEDULERS:
-            return None
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-        predicted = output[0] if isinstance(output, tuple) else output.sample
-        rows = torch.arange(predicted.shape[0]) % init.shape[0]
-        x = sample[:init.shape[0]][rows]  # (the pictures' latents, first in the input under any hook)
-        alpha, sigma = input_level(scheduler, timestep)
-        blended = kept_prediction(predicted, x, init[rows], redraw[rows], alpha, sigma,
-                                  scheduler.config.get("prediction_type", "epsilon"))
-        return (blended, *output[1:]) if isinstance(output, tuple) else type(output)(sample=blended)
-
-    pipe_of = [None]
-
     def register(pipe) -> list:
-        pipe_of[0] = pipe
+        def blend_input(module, args, kwargs):
+            if type(pipe.scheduler).__name__ not in TIMESTEP_SCHEDULERS:
+                return None
+            args = list(args)
+            sample = args[0] if args else kwargs["sample"]
+            rows = torch.arange(sample.shape[0]) % init.shape[0]
+            mask = redraw[rows].to(sample)
+            sample = init[rows].to(sample) * (1 - mask) + sample * mask
+            if args:
+                args[0] = sample
+                return tuple(args), kwargs
+            return tuple(args), {**kwargs, "sample": sample}
+
+        def blend_output(module, args, kwargs, output):
+            scheduler = pipe.scheduler  # (the pass's sampler, set after the hooks)
+            if type(scheduler).__name__ in TIMESTEP_SCHEDULERS:
+                return None
+            sample = args[0] if args else kwargs["sample"]
+            timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+            predicted = output[0] if isinstance(output, tuple) else output.sample
+            rows = torch.arange(predicted.shape[0]) % init.shape[0]
+            x = sample[:init.shape[0]][rows]  # (the pictures' latents come first in the input under any hook)
+            alpha, sigma = input_level(scheduler, timestep)
+            blended = kept_prediction(predicted, x, init[rows], redraw[rows], alpha, sigma,
+                                      scheduler.config.get("prediction_type", "epsilon"))
+            return (blended, *output[1:]) if isinstance(output, tuple) else type(output)(sample=blended)
+
         return [pipe.unet.register_forward_pre_hook(blend_input, with_kwargs=True, prepend=True),
                 pipe.unet.register_forward_hook(blend_output, with_kwargs=True)]
 
