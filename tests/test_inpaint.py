@@ -96,6 +96,7 @@ def _drawn_latents(model, sampler, monkeypatch):
     monkeypatch.setattr(inpaint, "keep_init", spied)
     render(model, ["a photo of a dog"], [3], steps=8, width=32, height=32, start=[init], denoise=0.9,
            sampler=sampler, inpaint=Inpaint(mask, blur=0))
+    assert before, "the pass never put the init latents back as the web UI does at its end (keep_init)"
     return latents, kept, before[-1], after[-1]
 
 
@@ -166,19 +167,46 @@ def test_blending_cond_and_uncond_before_guidance_blends_the_guided_denoised_est
     assert torch.allclose(guided, blended(plain), atol=1e-5)
 
 
-def test_the_denoised_blend_draws_otherwise_than_the_noised_one_and_an_inpainting_model_draws_noised(
-        sd1_dir, inpainting_dir):
+def test_the_denoised_blend_draws_otherwise_than_the_noised_one_with_an_inpainting_model_too(sd1_dir,
+                                                                                              inpainting_dir):
+    """The web UI blends the denoised estimate whatever the model (its CFG denoiser takes the mask for an
+    inpainting model as for any other), so an inpainting model draws each blend as it says."""
     init, mask = _picture(), _square_mask()
     white = np.asarray(mask) > 0
 
     def drawn(path, blend):
-        return np.asarray(render(load_model(path, inpainting=True), ["a photo of a dog"], [3], steps=4, width=32, height=32,
-                                 start=[init], denoise=0.9, inpaint=Inpaint(mask, blur=0, blend=blend))[0])
+        return np.asarray(render(load_model(path, inpainting=True), ["a photo of a dog"], [3], steps=4, width=32,
+                                 height=32, start=[init], denoise=0.9, inpaint=Inpaint(mask, blur=0, blend=blend))[0])
 
     denoised, noised = drawn(sd1_dir, "denoised"), drawn(sd1_dir, "noised")
     assert np.array_equal(denoised[~white], noised[~white])  # (both the init picture's, pasted back)
     assert (denoised[white] != noised[white]).mean() > 0.5
-    assert np.array_equal(drawn(inpainting_dir, "denoised"), drawn(inpainting_dir, "noised"))
+    denoised, noised = drawn(inpainting_dir, "denoised"), drawn(inpainting_dir, "noised")
+    assert np.array_equal(denoised[~white], noised[~white])
+    assert (denoised[white] != noised[white]).mean() > 0.5
+
+
+@pytest.mark.parametrize("sampler", ["euler", "ddim"])
+def test_an_inpainting_model_holds_the_kept_latents_as_any_model_does(inpainting_dir, sampler, monkeypatch):
+    """With an inpainting model the UNet reads 9 channels, the latents first: the denoised blend holds the kept
+    part of the denoised estimate (Euler) or of the UNet's latents (DDIM) to the init picture's, as with any
+    model."""
+    model = load_model(inpainting_dir, inpainting=True)
+    if sampler == "euler":
+        latents, kept, before, after = _drawn_latents(model, sampler, monkeypatch)
+        assert (before - latents)[:, :, kept].abs().mean() < 1e-5
+        assert torch.equal(after[:, :, kept], latents[:, :, kept])
+        return
+    latents, kept = _kept_part(model, _picture(), _square_mask())
+    calls = []
+    hook = model.unet.register_forward_pre_hook(lambda m, args, kwargs: calls.append(args[0].clone()),
+                                                with_kwargs=True)
+    render(model, ["a photo of a dog"], [3], steps=6, width=32, height=32, start=[_picture()], denoise=0.8,
+           sampler=sampler, inpaint=Inpaint(_square_mask(), blur=0))
+    hook.remove()
+    assert len(calls) == 5
+    for sample in calls:  # (the latents, before the mask and the masked picture's latents are laid after them)
+        assert torch.equal(sample[:, :, kept], latents.expand(2, -1, -1, -1)[:, :, kept])
 
 
 def test_the_noised_blend_is_written_read_back_and_redrawn_bit_for_bit(sd1_dir, tmp_path):

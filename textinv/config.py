@@ -769,8 +769,8 @@ class GenerateConfig:
     inpaint_blend: str = opt(None, "how the kept part is held to the picture while the rest is drawn: denoised (the "
                                    "default, the web UI's: each step's denoised estimate is the picture's latents "
                                    "there) or noised (diffusers' StableDiffusionInpaintPipeline's: after each step "
-                                   "the latents there are the picture's, noised to the next step's level); an "
-                                   "inpainting model always draws noised", choices=INPAINT_BLENDS)
+                                   "the latents there are the picture's, noised to the next step's level), "
+                                   "with an inpainting model too", choices=INPAINT_BLENDS)
     hires_scale: float = opt(None, "the web UI's hires fix: draw at --width x --height, enlarge this many times "
                                    "(e.g. 2), and redraw --denoise of the way at that size, for the detail the first "
                                    "size had no room for (the web UI's Upscale by)")

@@ -353,7 +353,7 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
     `refine.pass_steps` counts them (`hires`: the hires fix's), drawn at `size` (W, H), its noise the seeds' (with
     their `variation`), as the web UI's passes draw theirs. `redraw` (the latent mask (B, 1, h, w), 1 where drawn;
     the --inpaint-fill; the --inpaint-blend) keeps the rest of `latents` at every step (`inpaint.blend_denoised`,
-    or `inpaint.blend_step` for noised and for an inpainting model); an inpainting model reads `pixels` (the
+    or `inpaint.blend_step` for noised); an inpainting model reads `pixels` (the
     pictures (B, 3, H, W) and their masks (B, 1, H, W)) at every step."""
     schedule, run = _pass_schedule(model, steps, denoise, hires)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -362,7 +362,7 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
     inpainting_model = model.pipeline.unet.config.in_channels == 9
     if redraw is not None:
         latents = inpainting.start_latents(latents, redraw[0], redraw[1], noise)
-        if redraw[2] == "noised" or inpainting_model:
+        if redraw[2] == "noised":
             on_step = inpainting.blend_step(latents, noise, redraw[0])
         else:
             on_step = inpainting.keep_init(latents, redraw[0])

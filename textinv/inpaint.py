@@ -14,7 +14,8 @@ blurred (`--mask-blur`, a Gaussian of that sigma, `blur`). Then, per picture:
   the init latents in the kept part of its input instead. After the last step the kept latents are the init
   picture's own (`keep_init`, the web UI's processing.py). `noised` is diffusers' way
   (StableDiffusionInpaintPipeline): after each step the kept latents are put back from the init picture's, noised
-  to the next step's level with the pass's own noise (`blend_step`). An inpainting model keeps diffusers' way;
+  to the next step's level with the pass's own noise (`blend_step`). An inpainting model is held either way too,
+  as the web UI holds it (its CFG denoiser blends whatever the model);
 - after decoding, the init picture is pasted back over the drawn one through the blurred mask (whole picture: the
   mask doubled, so the redrawn part is drawn up to the blur's middle), so a pixel the mask keeps is the init
   picture's exactly;
@@ -313,7 +314,9 @@ def blend_denoised(init: torch.Tensor, redraw: torch.Tensor):
             timestep = args[1] if len(args) > 1 else kwargs["timestep"]
             predicted = output[0] if isinstance(output, tuple) else output.sample
             rows = torch.arange(predicted.shape[0]) % init.shape[0]
-            x = sample[:init.shape[0]][rows]  # (the pictures' latents come first in the input under any hook)
+            # (the pictures' latents come first in the input under any hook; an inpainting model's UNet reads the
+            # mask and the masked picture's latents after them)
+            x = sample[:init.shape[0], :init.shape[1]][rows]
             alpha, sigma = input_level(scheduler, timestep)
             blended = kept_prediction(predicted, x, init[rows], redraw[rows], alpha, sigma,
                                       scheduler.config.get("prediction_type", "epsilon"))
