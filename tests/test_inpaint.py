@@ -209,6 +209,36 @@ def test_an_inpainting_model_holds_the_kept_latents_as_any_model_does(inpainting
         assert torch.equal(sample[:, :, kept], latents.expand(2, -1, -1, -1)[:, :, kept])
 
 
+def test_the_blend_hooks_are_gone_after_the_pass_even_one_that_fails(sd1_dir):
+    """The denoised blend hooks the UNet for its pass only: the next picture drawn in the same process (an X/Y/Z
+    plot's next cell) is drawn as if no inpainting had been, after a pass that stopped halfway too."""
+    model = load_model(sd1_dir)
+    init, mask = _picture(), _square_mask()
+
+    def plain():
+        return np.asarray(render(model, ["a dog"], [3], steps=3, width=32, height=32, start=[init], denoise=0.8,
+                                 sampler="euler")[0])
+
+    first, hooks = plain(), (list(model.unet._forward_pre_hooks), list(model.unet._forward_hooks))
+    for sampler in ("euler", "ddim"):  # (the output hook, the input one)
+        render(model, ["a dog"], [3], steps=3, width=32, height=32, start=[init], denoise=0.8, sampler=sampler,
+               inpaint=Inpaint(mask, blur=0))
+    calls = []
+
+    def stop(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped")
+
+    handle = model.unet.register_forward_pre_hook(stop, with_kwargs=True)
+    with pytest.raises(RuntimeError, match="stopped"):
+        render(model, ["a dog"], [3], steps=3, width=32, height=32, start=[init], denoise=0.8, sampler="euler",
+               inpaint=Inpaint(mask, blur=0))
+    handle.remove()
+    assert (list(model.unet._forward_pre_hooks), list(model.unet._forward_hooks)) == hooks
+    assert np.array_equal(plain(), first)
+
+
 def test_the_noised_blend_is_written_read_back_and_redrawn_bit_for_bit(sd1_dir, tmp_path):
     from textinv.again import again_config
 
