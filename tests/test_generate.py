@@ -690,6 +690,34 @@ def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
         render(model, ["a dog"], [0], steps=2, sampler="dpm++2m_karras")
 
 
+def test_lms_counts_its_order_from_the_passs_first_step_as_the_web_uis_sample_lms(sd1_dir):
+    """The web UI's LMS (k-diffusion's sample_lms) takes a pass's first step at first order, its second at second,
+    up to fourth; diffusers' counts from the schedule's first step, so an img2img, inpainting or hires pass (which
+    starts later in it) took its first steps with the fourth-order coefficients of the one or two derivatives it had.
+    Every order integrates a constant derivative exactly; a pass from the start is drawn as diffusers draws it."""
+    pytest.importorskip("scipy")
+    import diffusers
+
+    from textinv.samplers import scheduler_for
+
+    made = scheduler_for(load_model(sd1_dir).pipeline.scheduler, "lms")
+    plain = diffusers.LMSDiscreteScheduler.from_config(made.config)
+    x, eps = torch.randn(2, 1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def run(scheduler, begin, outputs):  # (epsilon: the derivative is the output itself)
+        scheduler.set_timesteps(10)
+        scheduler.set_begin_index(begin)
+        sample = x
+        for t, out in zip(scheduler.timesteps[begin:], outputs):
+            sample = scheduler.step(out, t, sample).prev_sample
+        return sample
+
+    stepped = run(made, 5, [eps] * 3)
+    torch.testing.assert_close(stepped, x + (made.sigmas[8] - made.sigmas[5]) * eps)
+    varied = [eps * (k + 1) for k in range(6)]
+    assert torch.equal(run(made, 0, varied), run(plain, 0, varied))
+
+
 def test_every_other_sampler_draws_the_bundled_zero_terminal_snr_model():
     from textinv.models import BUNDLED_MODELS
 

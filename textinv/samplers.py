@@ -8,7 +8,8 @@ the same; `webui_names` and `from_webui` translate both ways, `from_comfy` reads
 model's spacing with a sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
 
 Each is set as the web UI runs it where diffusers' defaults differ: a sigma schedule spans the model's whole noise
-range, UniPC is bh1 at order 3, and DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`).
+range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), and
+LMS counts its order from the pass's first step (`_lms_from_first_step`).
 
 Two bases need a package diffusers does not install: `lms` (and every `_beta` schedule) SciPy, `dpm++sde` torchsde
 (`pip install 'textinv[samplers]'` adds both); a name whose package is missing is refused when it is read
@@ -235,6 +236,8 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
         options["noise_sampler_seed"] = list(seeds) if seeds is not None else None
     if BASES[base].discard:
         cls = _discarding(cls)
+    if base == "lms":
+        cls = _lms_from_first_step(cls)
     made = cls.from_config(scheduler.config, **{**spacing, **options})
     if scheduler.config.get("rescale_betas_zero_snr"):
         # (from_config keeps a setting the class does not take in its config: what it takes is its __init__'s)
@@ -282,6 +285,25 @@ def _discarding(cls: type) -> type:
         _DISCARDING[cls] = type(cls.__name__, (cls,), {"set_timesteps": set_timesteps, "__module__": __name__,
                                                        "__doc__": f"{cls.__name__}, discarding the next-to-last sigma"})
     return _DISCARDING[cls]
+
+
+_FROM_FIRST_STEP: dict[type, type] = {}
+
+
+def _lms_from_first_step(cls):
+    """Diffusers' LMS with its order counted from the pass's first step, as k-diffusion's sample_lms (the web UI's)
+    counts it: diffusers' counts from the schedule's first step (min(step index + 1, 4)), so a pass that starts
+    later in it (img2img, inpainting, the hires fix) took its first steps with the fourth-order coefficients of the
+    one to three derivatives it had, not the first- to third-order ones. A pass from the start is unchanged."""
+    if cls not in _FROM_FIRST_STEP:
+        def step(self, model_output, timestep, sample, order=4, return_dict=True):
+            # (this step's derivative and those before it in the pass: step appends the one before it counts)
+            return cls.step(self, model_output, timestep, sample, min(order, len(self.derivatives) + 1), return_dict)
+
+        _FROM_FIRST_STEP[cls] = type(cls.__name__, (cls,), {"step": step, "__module__": __name__,
+                                                            "__doc__": f"{cls.__name__}, its order counted from "
+                                                                       f"the pass's first step"})
+    return _FROM_FIRST_STEP[cls]
 
 
 def _without_next_to_last(values):
