@@ -144,6 +144,20 @@ def test_with_a_timestep_sampler_the_unet_reads_the_init_latents_in_the_kept_par
         assert not torch.allclose(sample[:, :, ~kept], latents.expand(2, -1, -1, -1)[:, :, ~kept])
 
 
+def test_the_noise_level_is_asked_of_the_scheduler_in_float32():
+    """Apple's MPS has no float64, and DPM2 keeps its midpoint sigmas on the device: a float64 1 divided by one
+    there fails. Asked in float32 (the scheduler's own precision), the level is as exact."""
+    class OnMps:
+        def scale_model_input(self, sample, timestep):
+            if sample.dtype == torch.float64:
+                raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support "
+                                "float64")
+            return sample / torch.tensor(2.0 ** 2 + 1) ** 0.5  # (sigma 2)
+
+    alpha, sigma = inpaint.input_level(OnMps(), torch.tensor(500))
+    assert alpha == pytest.approx(5 ** -0.5) and sigma == pytest.approx(2 * 5 ** -0.5)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_blending_cond_and_uncond_before_guidance_blends_the_guided_denoised_estimate(prediction_type):
     """The web UI blends the guided denoised estimate; `kept_prediction` blends each UNet row before guidance.

@@ -334,7 +334,8 @@ def input_level(scheduler, timestep) -> tuple[float, float]:
     latents x0 + s noise by 1 / sqrt(s^2 + 1) for the UNet, at the noise level s of the call (its
     `scale_model_input`, asked of a 1); the others hand the UNet their latents as they are: at their step's sigma
     (DPM++, UniPC) or at the timestep's own alpha_bar (DDIM, PLMS, DDPM)."""
-    alpha = float(scheduler.scale_model_input(torch.ones((), dtype=torch.float64), timestep))
+    # (asked in float32: MPS has no float64, and DPM2 keeps its midpoint sigmas on the device)
+    alpha = float(scheduler.scale_model_input(torch.ones(()), timestep))
     if alpha != 1:
         return alpha, (1 - alpha ** 2) ** 0.5
     if hasattr(scheduler, "sigmas"):
