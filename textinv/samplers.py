@@ -293,8 +293,8 @@ _FROM_FIRST_STEP: dict[type, type] = {}
 def _lms_from_first_step(cls):
     """Diffusers' LMS with its order counted from the pass's first step, as k-diffusion's sample_lms (the web UI's)
     counts it: diffusers' counts from the schedule's first step (min(step index + 1, 4)), so a pass that starts
-    later in it (img2img, inpainting, the hires fix) took its first steps with the fourth-order coefficients of the
-    one to three derivatives it had, not the first- to third-order ones. A pass from the start is unchanged."""
+    later in it (img2img, inpainting, the hires fix) took its first steps with the coefficients of a higher order
+    than the derivatives it had (a sum that is not the step's length). A pass from the start is unchanged."""
     if cls not in _FROM_FIRST_STEP:
         def step(self, model_output, timestep, sample, order=4, return_dict=True):
             # (this step's derivative and those before it in the pass: step appends the one before it counts)
