@@ -11,7 +11,7 @@ from textinv import caption as caption_module
 from textinv import train as train_module
 from textinv.caption import BLIP_PROMPT, CaptionConfig, caption_pictures, describe, load_blip
 from textinv.cli import main
-from textinv.data import find_images
+from textinv.data import find_images, read_caption
 from textinv.errors import ConfigError, DataError, ModelError
 from textinv.models import load_model
 from textinv.train import train
@@ -110,7 +110,38 @@ def test_a_picture_with_a_caption_keeps_it_unless_overwrite(blip_dir, tmp_path, 
     assert (folder / "img2.txt").exists()
     code, out, _ = run(capsys, "--images", folder, "--model", blip_dir, "--overwrite")
     assert code == 0 and out.splitlines()[-1] == "wrote 3 caption file(s)"
-    assert (folder / "img0.txt").read_text() != "my own words for {}\n" and (folder / "img1.txt").exists()
+    assert (folder / "img0.txt").read_text() != "my own words for {}\n" and not (folder / "img1.txt").exists()
+    assert (folder / "img1.caption").read_text() != "kohya's caption\n"  # (the file that was there, replaced)
+
+
+def test_overwrite_replaces_the_caption_file_train_reads(blip_dir, tmp_path, capsys):
+    """With kohya's .caption asked for, a picture's NAME.txt is what train reads (it comes first): --overwrite
+    replaces that file, not a NAME.caption train would never read."""
+    folder = write_images(tmp_path / "pics", n=1)
+    (folder / "img0.txt").write_text("old words\n")
+    code, out, _ = run(capsys, "--images", folder, "--model", blip_dir, "--caption-extension", ".caption",
+                       "--overwrite")
+    assert code == 0 and out.splitlines()[0].startswith(f"{folder / 'img0.png'} -> img0.txt: ")
+    assert sorted(p.name for p in folder.iterdir()) == ["img0.png", "img0.txt"]
+    assert read_caption(folder / "img0.png") not in (None, "old words")
+
+
+def test_pictures_that_would_share_a_caption_file_or_be_written_over_are_refused(blip_dir, tmp_path, capsys):
+    """dog.jpg and dog.png both read dog.txt; a picture named dog.txt would be its own caption file: refused before
+    any caption is written, the pictures as they were."""
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    for suffix in ("jpg", "png"):
+        Image.new("RGB", (24, 24), (200, 30, 30)).save(twins / f"dog.{suffix}")
+    code, _, err = run(capsys, "--images", twins, "--model", blip_dir)
+    assert code == 2 and "dog.jpg and dog.png would share the caption file dog.txt" in err, err
+    assert not list(twins.glob("*.txt"))
+    named = tmp_path / "named"
+    named.mkdir()
+    Image.new("RGB", (24, 24), (200, 30, 30)).save(named / "dog.txt", format="PNG")
+    code, _, err = run(capsys, "--images", named, "--model", blip_dir, "--overwrite")
+    assert code == 2 and "its caption file dog.txt would be written over the picture dog.txt" in err, err
+    assert Image.open(named / "dog.txt").size == (24, 24)
 
 
 def test_precision_is_the_models_and_auto_is_fp32_on_the_cpu(blip_dir, tmp_path, capsys, monkeypatch):

@@ -27,7 +27,7 @@ import torch
 
 from .config import DEVICE_HELP, PRECISIONS, check_choices, check_types, opt
 from .data import CAPTION_SUFFIXES, _PICTURE_SUFFIXES, caption_file, find_images, load_image
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, DataError, ModelError
 from .io import write_text
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
@@ -128,6 +128,7 @@ def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> Caption
     device = pick_device(config.device)
     result = CaptionResult()
     todo = _uncaptioned(pictures, config, result)
+    _check_targets(todo, pictures)
     if todo:
         blip = blip or load_blip(config.model, device, _dtype(config.precision, device), config.revision)
         with _seeded(config.seed, blip.device):
@@ -137,8 +138,10 @@ def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> Caption
     return result
 
 
-def _uncaptioned(pictures: list[Path], config: CaptionConfig, result: CaptionResult) -> list[Path]:
-    """The pictures to caption; those that keep their caption file are added to `result.kept`, and said."""
+def _uncaptioned(pictures: list[Path], config: CaptionConfig, result: CaptionResult) -> list[tuple[Path, Path]]:
+    """The pictures to caption, each with the file its caption goes to: the caption file it has, which train reads,
+    with --overwrite (so that it is that file that changes), else NAME + the extension. Those that keep their
+    caption file are added to `result.kept`, and said."""
     todo = []
     for path in pictures:
         there = _caption_there(path, config.caption_extension)
@@ -146,15 +149,30 @@ def _uncaptioned(pictures: list[Path], config: CaptionConfig, result: CaptionRes
             result.kept.append(there)
             print(f"{path}: kept {there.name}")
         else:
-            todo.append(path)
+            todo.append((path, there or _target(path, config.caption_extension)))
     return todo
 
 
-def _caption_batch(blip: Blip, paths: list[Path], config: CaptionConfig, result: CaptionResult) -> None:
-    """Caption `paths` at once and write each caption file, adding it to `result.written`, and say it."""
-    texts = describe(blip, [load_image(p, shown_at=_side(blip)) for p in paths], config)
-    for path, text in zip(paths, texts, strict=True):
-        target = _target(path, config.caption_extension)
+def _check_targets(todo: list[tuple[Path, Path]], pictures: list[Path]) -> None:
+    """Refuse, before any caption is written, two pictures whose captions would go to one file (dog.jpg and
+    dog.png: train reads dog.txt for both, and the second caption would replace the first) and a caption file that
+    would be written over a picture (a PNG named dog.txt)."""
+    seen: dict[Path, Path] = {}
+    for path, target in todo:
+        if target in pictures:
+            raise DataError(f"{path}: its caption file {target.name} would be written over the picture "
+                            f"{target.name}; rename the picture to its kind's suffix (.png, .jpg)")
+        if target in seen:
+            raise DataError(f"{seen[target].name} and {path.name} would share the caption file {target.name} in "
+                            f"{target.parent} (train reads it for both); rename one of them")
+        seen[target] = path
+
+
+def _caption_batch(blip: Blip, todo: list[tuple[Path, Path]], config: CaptionConfig, result: CaptionResult) -> None:
+    """Caption `todo`'s pictures at once and write each caption to its file, adding it to `result.written`, and say
+    it."""
+    texts = describe(blip, [load_image(p, shown_at=_side(blip)) for p, _ in todo], config)
+    for (path, target), text in zip(todo, texts, strict=True):
         line = _joined(config.prefix, text, config.suffix)
         write_text(target, line + "\n")  # (atomic: an interrupted write leaves the old file, or none)
         result.written.append(target)
@@ -162,12 +180,10 @@ def _caption_batch(blip: Blip, paths: list[Path], config: CaptionConfig, result:
 
 
 def _caption_there(picture: Path, extension: str) -> Path | None:
-    """The caption file the picture has, which `train` would read instead of the one written: NAME + `extension`,
-    or, for .txt and .caption, any of the names train reads (`data.caption_file`)."""
-    named = caption_file(picture, extension)
-    if named is None and extension.lower() in CAPTION_SUFFIXES:
-        named = caption_file(picture)
-    return named
+    """The caption file the picture has: for .txt and .caption, the one of the names train reads that it reads
+    first (`data.caption_file`: NAME.txt before NAME.caption), else NAME + `extension`."""
+    named = caption_file(picture) if extension.lower() in CAPTION_SUFFIXES else None
+    return named or caption_file(picture, extension)
 
 
 def _target(picture: Path, extension: str) -> Path:
