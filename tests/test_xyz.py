@@ -215,6 +215,14 @@ def test_a_z_axis_writes_one_grid_by_default_and_no_legend_leaves_the_labels_out
     assert np.array_equal(pixels(grid), np.concatenate([pixels(c) for c in cells], axis=1))
 
 
+def test_a_z_axis_alone_writes_no_sub_grids(sd1_dir, tmp_path):
+    """With --z alone a value's grid would be its cell, whose pictures are written already, and whose record names
+    no axis: --again on it drew its first picture alone, not the grid. The grid of all is written, nothing more."""
+    paths = generate(_config(tmp_path, model=str(sd1_dir), n=2, z="seed=1,5", xyz_sub_grids=True),
+                     model=load_model(sd1_dir), progress=False)
+    assert [p.name for p in paths if p.name.startswith("xyz_grid")] == ["xyz_grid-0000.png"] and len(paths) == 5
+
+
 def test_again_on_a_grid_draws_every_prompt_and_each_cells_drawn_variant(sd1_dir, tmp_path):
     """The grid's record is its first cell's first picture's, whose prompt is the one it drew: the grid keeps the
     command's prompts instead (each --prompt, a dynamic one's template), so each cell draws its own again."""

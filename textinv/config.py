@@ -809,8 +809,8 @@ class GenerateConfig:
     z: str = opt(None, "the X/Y/Z plot's third axis: AXIS=VALUES (see --x), one grid per value, drawn side by side "
                        "in one xyz_grid-NNNN.png under each value's label")
     xyz_max_cells: int = opt(100, "the most cells --x, --y and --z may make together (each cell draws -n pictures)")
-    xyz_sub_grids: bool = opt(False, "with --z, also write each --z value's grid as its own xyz_grid-NNNN.png after "
-                                     "the one of them all (the web UI's Include Sub Grids)")
+    xyz_sub_grids: bool = opt(False, "with --z and --x or --y, also write each --z value's grid as its own "
+                                     "xyz_grid-NNNN.png after the one of them all (the web UI's Include Sub Grids)")
     xyz_legend: bool = opt(True, "label the X/Y/Z plot's columns, rows and --z grids with their values (the web UI's "
                                  "Draw legend)")
     xyz_margin: int = opt(0, "pixels between the X/Y/Z plot's cells (the web UI's Grid margins (px))")

@@ -486,13 +486,14 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
 def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path]]) -> list[Path]:
     """The plot's grids, written as the web UI saves them: the grid of every cell (with --z, each --z value's grid
     side by side under its label), then with --xyz-sub-grids and more than one --z value each of those grids alone,
-    without its --z label. Their paths, in that order."""
+    without its --z label (not for --z alone: each would be its cell, written already, and --again on it could not
+    tell it from a cell's picture). Their paths, in that order."""
     nx, ny, nz = ready.counts()
     per_z = [cells[iz * nx * ny:(iz + 1) * nx * ny] for iz in range(nz)]
     subs = [_grid_picture(ready, [_cell_picture(paths) for paths in these], config) for these in per_z]
     whole = subs[0] if ready.axes[2] is None else _z_picture(ready, subs, config)
     written = [(whole, cells, None)]
-    if config.xyz_sub_grids and nz > 1:
+    if config.xyz_sub_grids and nz > 1 and (ready.axes[0] or ready.axes[1]):
         written += [(sub, these, iz) for iz, (sub, these) in enumerate(zip(subs, per_z))]
     return [_save_grid(grid, Path(config.out), _grid_text(config, ready, these, iz) if config.metadata != "none"
                        else None) for grid, these, iz in written]
