@@ -347,11 +347,23 @@ def test_step_files_whose_token_is_unsaid_are_refused(tmp_path, no_model):
         generate(_config(tmp_path, prompt=["a my-dog and a cat"], x=f"embedding={dog},{cat}"), progress=False)
     with pytest.raises(ConfigError, match=r"each drawn as 'my-dog', but the prompt writes 'my-dog-500'"):
         generate(_config(tmp_path, prompt=["a photo of my-dog-500"], x=f"embedding={dog},{dog2}"), progress=False)
+    dog50 = web_ui_step(tmp_path / "e50", "my-dog", 50)  # (its name is in my-dog-500, but not as a word)
+    with pytest.raises(ConfigError, match=r"but the prompt writes 'my-dog-500', one step's own name"):
+        generate(_config(tmp_path, prompt=["a photo of my-dog-500"], x=f"embedding={dog50},{dog}"), progress=False)
     with pytest.raises(ConfigError, match=r"with more than one --embedding give one --token per --embedding"):
         generate(_config(tmp_path, prompt=["my-dog, cat"], embedding=[str(dog), str(cat)], x=f"embedding={dog},{dog2}"),
                  progress=False)
     cells = xyz.plan(_config(tmp_path, prompt=["a photo of my-dog"], x=f"embedding={folder}/my-dog-*.pt")).cells
     assert [(c.embedding, c.token) for c in cells] == [([str(dog)], ["my-dog"]), ([str(dog2)], ["my-dog"])]
+
+
+def test_a_runs_name_ending_in_a_number_is_the_name_its_final_file_and_steps_are_drawn_under(tmp_path, no_model):
+    """A run named bad-hands-5: its final file holds bad-hands-5 and its steps bad-hands-5-500, ... (not the steps
+    of a run named bad-hands, and not two runs)."""
+    folder = tmp_path / "e"
+    final, step = web_ui_step(folder, "bad-hands", 5), web_ui_step(folder, "bad-hands-5", 500)
+    cells = xyz.plan(_config(tmp_path, negative_prompt="bad-hands-5", x=f"embedding={step},{final}")).cells
+    assert [(c.embedding, c.token) for c in cells] == [([str(step)], ["bad-hands-5"]), ([str(final)], ["bad-hands-5"])]
 
 
 def test_files_are_taken_in_the_order_of_the_steps_they_record_else_of_the_numbers_in_their_names(tmp_path):

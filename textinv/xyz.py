@@ -253,14 +253,17 @@ def _shared_token(tokens: dict[str, str], config: GenerateConfig, said: str) -> 
     held = set(tokens.values())
     if len(held) == 1:
         return held.pop(), False
-    runs = {_run_name(t) for t in held}
+    shortest = min(held, key=len)  # (a run's final file holds its name as it is, which may end in a number itself)
+    named = all(t == shortest or re.fullmatch(re.escape(shortest) + r"-\d+", t) for t in held)
+    runs = {shortest} if named else {_run_name(t) for t in held}
     listed = ", ".join(f"{t} in {Path(f).name}" for f, t in tokens.items())
     if len(runs) > 1:
         raise ValueError(f"the files hold different tokens ({listed}), so one prompt cannot draw each; give the "
                          f"first --embedding a --token NAME (with one of the files as --embedding if none is given): "
                          f"each file of the axis is then loaded under that name")
     run = runs.pop()
-    written = sorted(t for t in held if t != run and t.lower() in said)
+    # (as words: my-dog-50 is not written in "my-dog-500")
+    written = sorted(t for t in held if t != run and re.search(rf"(?<!\w){re.escape(t.lower())}(?!\w)", said))
     if written:
         raise ValueError(f"the files are one run's steps ({listed}), each drawn as {run!r}, but the prompt writes "
                          f"{written[0]!r}, one step's own name: write {run!r} where the concept goes")
