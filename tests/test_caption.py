@@ -248,9 +248,10 @@ def test_train_reads_the_written_captions(blip_dir, sd1_dir, tmp_path, capsys, m
     (["--beam-search", "--top-p", "0.5"], ConfigError, "--top-p is for nucleus sampling"),
     (["--min-length", "9", "--max-length", "8"], ConfigError, "--min-length 9 must be from 0 to --max-length (8)"),
     (["--batch", "0"], ConfigError, "--batch must be at least 1"),
+    (["--max-length", "4", "--min-length", "0"], ConfigError, "--max-length 4 leaves no room for a word"),
 ], ids=["missing", "file", "empty", "unknown-hub-id", "missing-folder", "not-blip", "revision-of-folder",
         "extension-without-dot", "picture-suffix", "beams-without-beam-search", "top-p-with-beams", "lengths",
-        "batch"])
+        "batch", "length-of-the-prompt"])
 def test_bad_input_is_refused_before_any_caption_is_written(blip_dir, sd1_dir, tmp_path, capsys, flags, error,
                                                             words):
     from textinv.cli import _config_from_args, _parse, make_parser

@@ -32,6 +32,7 @@ from .io import write_text
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
 BLIP_PROMPT = "a picture of"  # BLIP's captioning prompt (its blip_decoder's `prompt`), cut from each caption
+PROMPT_TOKENS = 4  # the prompt as the decoder starts from it: [DEC] a picture of (counted in the lengths)
 SAMPLING_REPETITION_PENALTY = 1.1  # what BLIP's generate() passes when it samples (1.0 for beam search)
 DEFAULT_TOP_P = 0.9  # kohya's
 
@@ -71,6 +72,9 @@ class CaptionConfig:
         for name in ("num_beams", "max_length", "batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_length <= PROMPT_TOKENS:
+            raise ConfigError(f"--max-length {self.max_length} leaves no room for a word: it counts BLIP's "
+                              f"{PROMPT_TOKENS}-token prompt too; give at least {PROMPT_TOKENS + 1}, e.g. 75")
         if not 0 <= self.min_length <= self.max_length:
             raise ConfigError(f"--min-length {self.min_length} must be from 0 to --max-length ({self.max_length})")
         if self.beam_search and self.top_p is not None:
