@@ -131,6 +131,44 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_process
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+# (a launched script's line: registered before train() registers its own, so it runs after that one at exit, and
+# says whether the process group is still running then; a group still running it ends, so the launch exits cleanly)
+AT_EXIT = ("import atexit, torch; atexit.register(lambda: (print(f'process {os.environ[\"RANK\"]} exits with the "
+           "process group running: {torch.distributed.is_initialized()}', flush=True), "
+           "torch.distributed.is_initialized() and torch.distributed.destroy_process_group()))")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
+@pytest.mark.parametrize("caller_started_it", [False, True])
+def test_accelerate_the_process_group_train_started_is_ended_as_the_process_exits(sd1_dir, images, tmp_path,
+                                                                                   caller_started_it):
+    """Left to the interpreter's exit, the gloo process group aborted a process now and then ("terminate called
+    without an active exception") while the other one was still at work, and the launcher reported a finished run
+    as failed. train() ends the group it started as the process exits; a second run goes on in it (a launch cannot
+    start it twice); a group the caller started is left to the caller."""
+    import textwrap
+
+    script = tmp_path / "twice.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        from accelerate import PartialState
+        from textinv.config import TrainConfig
+        from textinv.train import train
+        {AT_EXIT}
+        if {caller_started_it}:
+            PartialState(cpu=True)
+        for out in ("a", "b"):
+            train(TrainConfig(model={str(sd1_dir)!r}, images={str(images)!r}, token="<t>", init="dog", steps=1,
+                              batch=2, save_every=0, sample_every=0, out={str(tmp_path)!r} + "/" + out), progress=False)
+    """))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*ACCELERATE, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "b" / "learned_embeds.safetensors").exists()
+    for rank in (0, 1):
+        assert f"process {rank} exits with the process group running: {caller_started_it}" in proc.stdout, proc.stdout
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
 def test_accelerate_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes(sd1_dir, images, tmp_path):
     """SIGTERM that reaches only process 1 (a scheduler signals each process on its own; they never get it at the
@@ -146,6 +184,7 @@ def test_accelerate_a_signal_to_one_process_stops_both_at_one_step_and_the_run_r
         import os, signal, sys
         from textinv.config import TrainConfig
         from textinv.train import TrainingInterrupted, train
+        {AT_EXIT}
         rank = int(os.environ["RANK"])
         config = TrainConfig(model={str(sd1_dir)!r}, images={str(images)!r}, token="<t>", init="dog", steps=4,
                              batch=2, save_every=0, sample_every=0, log_every=1, lr=0.05, out={str(out)!r})
@@ -160,6 +199,9 @@ def test_accelerate_a_signal_to_one_process_stops_both_at_one_step_and_the_run_r
     proc = subprocess.run([*ACCELERATE, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert "process 0 stopped at step 2" in proc.stdout and "process 1 stopped at step 2" in proc.stdout, \
         proc.stdout + proc.stderr[-3000:]
+    # stopped together: the process group train() started is ended as the processes exit
+    assert "process 0 exits with the process group running: False" in proc.stdout, proc.stdout
+    assert "process 1 exits with the process group running: False" in proc.stdout, proc.stdout
     assert (out / "checkpoints" / "step-000002.pt").exists()
     assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "2"
     proc = subprocess.run([*ACCELERATE, "-m", "textinv", "train", "--out", str(out), "--resume"],

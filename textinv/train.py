@@ -21,6 +21,7 @@ the frozen model and every batch; each concept's loss term is its own mean, so i
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import math
@@ -714,7 +715,11 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     config = config.validate()
     device = pick_device(config.device)  # (a device this machine lacks is refused before anything loads)
     # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
+    started = not _PROCESS_GROUP.running()  # (a group the caller started is the caller's to end)
     state = PartialState(cpu=device.type != "cuda")
+    _PROCESS_GROUP.together = False  # (until this run ends with every process at one place)
+    if started and state.num_processes > 1:
+        _PROCESS_GROUP.end_at_exit()
     if state.num_processes > 1:  # launched data-parallel: each process's device is accelerate's
         if str(config.device).strip().lower() != "auto" and (device.type == "mps" or device.index is not None):
             raise ConfigError(f"--device {config.device}: under accelerate launch each process takes its own GPU "
@@ -1381,6 +1386,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         stops the rest, which would cut the main process's save short."""
         if group is not None:
             torch.distributed.barrier(group=group)
+            _PROCESS_GROUP.together = True
     # the reference-like mode with half-precision weights: the diffusers example keeps the text encoder's weights in
     # fp32, but `accelerator.prepare` (--mixed_precision bf16/fp16) runs its forward under autocast; so here too
     # (an instance attribute, removed when the run ends; the UNet and VAE run as they are, outside autocast)
@@ -1479,6 +1485,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             if sampling:
                 draw_samples(step)
         # 5. results (inside the signal handling: a Ctrl-C or SIGTERM now lets the last save finish)
+        _PROCESS_GROUP.together = True  # (every process took the last step: none is left in a collective)
         files = save_all(step)
         stop.finished = True
         if config.sample_every and step % config.sample_every:
@@ -1554,6 +1561,37 @@ def _each(calls: list) -> None:
         if call is not None:
             with contextlib.suppress(KeyboardInterrupt):
                 call()
+
+
+class _ProcessGroup:
+    """The data-parallel process group that `train` started (accelerate's `PartialState` starts it in the first run;
+    a later run in the process goes on in it, as a launch cannot start it twice): ended as the process exits, while
+    the interpreter is still whole (`end_at_exit`). Left to the interpreter's own exit, gloo's threads can abort a
+    process there ("terminate called without an active exception") while its peers still work, and the launcher
+    then reports a failed run and stops the others, the main one maybe in its last save; NCCL warns that it was not
+    destroyed. Ended only when the last run ended with every process at one place (`together`: done, or stopped
+    after the same step): after an error in one of them, or a second Ctrl-C, a process may be in a collective its
+    peers never join, and ending the group could then hang where the launcher would have stopped it."""
+
+    def __init__(self):
+        self.together = False
+        self.registered = False
+
+    @staticmethod
+    def running() -> bool:
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    def end_at_exit(self) -> None:
+        if not self.registered:
+            atexit.register(self.end)
+            self.registered = True
+
+    def end(self) -> None:
+        if self.together and self.running():
+            torch.distributed.destroy_process_group()
+
+
+_PROCESS_GROUP = _ProcessGroup()
 
 
 def _write_embedding(emb: LearnedEmbedding, path: Path, file_format: str, date: str | None = None) -> list[Path]:
