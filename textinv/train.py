@@ -1566,10 +1566,11 @@ def _each(calls: list) -> None:
 class _ProcessGroup:
     """The data-parallel process group that `train` started (accelerate's `PartialState` starts it in the first run;
     a later run in the process goes on in it, as a launch cannot start it twice): ended as the process exits, while
-    the interpreter is still whole (`end_at_exit`). Left to the interpreter's own exit, gloo's threads can abort a
-    process there ("terminate called without an active exception") while its peers still work, and the launcher
-    then reports a failed run and stops the others, the main one maybe in its last save; NCCL warns that it was not
-    destroyed. Ended only when the last run ended with every process at one place (`together`: done, or stopped
+    the interpreter is still whole (`end_at_exit`). Left to the interpreter's own exit, a gloo worker thread still
+    letting go of the last collective's tensors needs the GIL while Python shuts down, and the process aborts
+    ("terminate called without an active exception"; more often on a busy CPU); the launcher then reports a
+    finished run as failed and stops the others, the main one maybe in its last save. NCCL warns that the group was
+    not destroyed. Ended only when the last run ended with every process at one place (`together`: done, or stopped
     after the same step): after an error in one of them, or a second Ctrl-C, a process may be in a collective its
     peers never join, and ending the group could then hang where the launcher would have stopped it."""
 
