@@ -599,6 +599,10 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
     (["train", "--allow_tf32"], "leaves PyTorch's TF32 defaults as they are"),
     (["train", "--skip_image_resolution", "512"], "a --dataset-config file's skip_image_resolution, in [general] or "
                                                   "a [[datasets]], leaves out its pictures of at most that area"),
+    (["train", "--caption_prefix", "<dog>"], "--caption_prefix is kohya's name; textinv calls it --caption-prefix "
+                                             "(put before each caption file's text"),
+    (["train", "--caption_dropout_rate", "0.1"], "a caption dropped holds no token, so the vectors would learn "
+                                                 "nothing from that sample"),
     (["push", "run", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; textinv calls it "
                                                   "--repo"),
 ])

@@ -958,6 +958,27 @@ def test_captions_get_seeded_tag_variants_and_templates_stay_as_they_are(tmp_pat
         CaptionSampler(images[1:], OBJECT_TEMPLATES, "<t>", tags=data.TagVariation(shuffle=True))
 
 
+def test_a_caption_prefix_and_suffix_go_around_each_caption_file_and_leave_the_templates(tmp_path):
+    """kohya's caption_prefix and caption_suffix (`process_caption`): prefix + " " + caption + " " + suffix, before
+    the tags are varied; its textual inversion's templates replace the whole caption, so they are drawn as they
+    are. A prefix naming the token marks it, as kohya's TI users write caption_prefix = their token."""
+    images = [image(tmp_path, "a", "{}, red, on grass"), image(tmp_path, "b")]
+    sampler = CaptionSampler(images, OBJECT_TEMPLATES, "<t>", prefix="masterpiece,", suffix="best quality")
+    assert sampler.candidates(0) == ["masterpiece, <t>, red, on grass best quality"]
+    assert sampler.candidates(1) == CaptionSampler(images, OBJECT_TEMPLATES, "<t>").candidates(1)
+    varied = CaptionSampler(images, OBJECT_TEMPLATES, "<t>", prefix="masterpiece,",
+                            tags=data.TagVariation(shuffle=True, keep=1)).candidates(0)
+    assert all(v.startswith("masterpiece, ") for v in varied) and len(set(varied)) > 1  # a tag of the caption's
+    marked = [image(tmp_path, "c", "red ball")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", data.CaptionWithoutMarkerWarning)
+        prefixed = CaptionSampler(marked, OBJECT_TEMPLATES, "<t> <t>_1", prefix="<t>")
+    assert prefixed.candidates(0) == ["<t> <t>_1 red ball"]
+    with pytest.warns(data.TagOptionsWarning, match="a caption prefix or suffix was given, but no picture has a "
+                                                    "caption file"):
+        CaptionSampler(images[1:], OBJECT_TEMPLATES, "<t>", suffix="best quality")
+
+
 def test_tag_variation_takes_any_seed_and_keeps_an_unmarked_captions_token_a_tag_of_its_own(tmp_path):
     images = [image(tmp_path, "a", "red, on grass, sunny")]  # no marker: the token goes in front
     with pytest.warns(data.CaptionWithoutMarkerWarning):

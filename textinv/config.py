@@ -336,6 +336,10 @@ class TrainConfig:
     tag_dropout: float = opt(0.0, "leave out each caption tag with this chance (the web UI's 'drop out tags', "
                                   "kohya's --caption_tag_dropout_rate); the tag holding the token stays")
     keep_tags: int = opt(0, "the first N caption tags stay first and are never dropped (kohya's --keep_tokens)")
+    caption_prefix: str = opt("", "text put before each caption file's caption, a space between (kohya's "
+                                  "--caption_prefix); the templates stay as they are, as kohya's replace the caption")
+    caption_suffix: str = opt("", "text put after each caption file's caption, a space between (kohya's "
+                                  "--caption_suffix)")
     templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token; "
                                "default: the paper's for --property, or the model's own", path="file")
     precision: str = opt("auto", "weights' precision; auto = bf16 on a CUDA GPU that has it, else fp32",

@@ -1100,7 +1100,8 @@ def filename_words(path: str | os.PathLike) -> str | None:
 
 
 class TagOptionsWarning(UserWarning):
-    """Tag shuffling or dropout was asked for, but no picture has a caption whose tags it could change."""
+    """Tag shuffling or dropout, or a caption prefix or suffix, was asked for, but no picture has a caption it could
+    change."""
 
 
 @dataclass(frozen=True)
@@ -1159,6 +1160,11 @@ class CaptionSampler:
     `tags` (`TagVariation`) shuffles and drops the tags of each caption (or of the words that fill `[filewords]`);
     pictures without a caption keep drawing the templates as they are.
 
+    `prefix` and `suffix` (kohya's caption_prefix, caption_suffix) go before and after each caption file's text, a
+    space between, before the token is looked for and the tags are varied, as kohya's `process_caption` adds them
+    (a prefix naming the token marks it). The templates drawn for a picture without a caption stay as they are,
+    as kohya's textual inversion replaces the whole caption, prefix and suffix with it, by its templates.
+
     >>> sampler = CaptionSampler(images, OBJECT_TEMPLATES, "<cat>", torch.Generator().manual_seed(0))  # doctest: +SKIP
     >>> sampler(0)  # doctest: +SKIP
     'a photo of the small <cat>'
@@ -1171,6 +1177,8 @@ class CaptionSampler:
         placeholder: str,
         generator: torch.Generator | None = None,
         tags: TagVariation = TagVariation(),
+        prefix: str = "",
+        suffix: str = "",
     ):
         if isinstance(templates, str) or not templates:
             raise ConfigError("give the prompt templates as a non-empty list of strings, such as OBJECT_TEMPLATES")
@@ -1196,6 +1204,8 @@ class CaptionSampler:
         unmarked = []
         for image in images:
             caption = image.caption
+            if caption is not None:  # (kohya: prefix + " " + caption + " " + suffix, each only where given)
+                caption = " ".join(part for part in (prefix, caption, suffix) if part)
             # A1111 takes [filewords] from the file name when there is no caption file; an empty caption file is
             # its picture's words, none (A1111 reads it as ""), not a cue to use a camera's name such as IMG_1234
             if caption is None and self.uses_filewords and caption_file(image.path, image.caption_extension) is None:
@@ -1223,6 +1233,12 @@ class CaptionSampler:
             warnings.warn(TagOptionsWarning("tag shuffling or dropout was asked for, but no picture has a caption "
                                             "file (or, with [filewords] templates, words in its file name) whose "
                                             "tags it could change; the templates are used as they are"),
+                          stacklevel=2)
+        if (prefix or suffix) and all(image.caption is None for image in images):
+            warnings.warn(TagOptionsWarning("a caption prefix or suffix was given, but no picture has a caption "
+                                            "file to put it on; the templates are used as they are (kohya's "
+                                            "templates replace the whole caption, prefix and suffix with it): "
+                                            "write caption files, or put the words into the --templates lines"),
                           stacklevel=2)
 
     def __len__(self) -> int:

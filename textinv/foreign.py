@@ -269,7 +269,15 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("cache_info skip_cache_check", _K, "train", None, "not needed: textinv keeps no cache between runs"),
     ("caption_separator secondary_separator keep_tokens_separator", _K, "train", None,
      "textinv's caption tags are comma-separated; --keep-tags N keeps the first N"),
-    ("enable_wildcard caption_prefix caption_suffix token_warmup_min token_warmup_step", _K, "train", None,
+    ("caption_prefix", _K, "train", "--caption-prefix", "put before each caption file's text, a space between, "
+                                                        "as theirs; the templates stay as they are, as theirs "
+                                                        "replace the whole caption"),
+    ("caption_suffix", _K, "train", "--caption-suffix", "put after each caption file's text, a space between, as "
+                                                        "theirs"),
+    ("caption_dropout_rate caption_dropout_every_n_epochs", _K, "train", None,
+     "textinv never leaves a whole caption out: a caption dropped holds no token, so the vectors would learn nothing "
+     "from that sample (kohya's textual inversion has no such flag either; --tag-dropout leaves out single tags)"),
+    ("enable_wildcard token_warmup_min token_warmup_step", _K, "train", None,
      "textinv uses each caption as written (less --tag-dropout, --shuffle-tags): write the words in the caption "
      "files or the --templates"),
     ("color_aug face_crop_aug_range random_crop", _K, "train", None,

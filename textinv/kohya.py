@@ -142,6 +142,12 @@ def _skip_resolution(value):
                      "most that area are left out)")
 
 
+def _string(value):
+    if isinstance(value, str):
+        return value
+    raise ValueError("text (\"\" for none)")
+
+
 def _anything(value):
     return value
 
@@ -161,6 +167,8 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "keep_tokens": (SUBSET_KEY, "keep_tags", _whole(0)),
     # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; textinv has this one)
     "caption_tag_dropout_rate": (SUBSET_KEY, "tag_dropout", _chance),
+    "caption_prefix": (SUBSET_KEY, "caption_prefix", _string),
+    "caption_suffix": (SUBSET_KEY, "caption_suffix", _string),
     "alpha_mask": (OWN_KEY, "alpha_mask", _bool),
     "validation_split": (DATASET_KEY, "validation_split", _chance),
     "validation_seed": (DATASET_KEY, "validation_seed", _whole(0)),
@@ -184,9 +192,9 @@ BUCKET_KEYS: dict[str, tuple[tuple[str, ...], Callable]] = {
 }
 BUCKET_STEPS = (64, 32)  # textinv's bucket step: the model's down-sampling, 64 pixels for SD 1.x/2.x, 32 for SDXL
 
-_CAPTIONS = "write it into the caption files (or the --templates lines)"
-_NO_DROPOUT = ("textinv never leaves a whole caption out (kohya's textual inversion refuses the caption dropout keys "
-               "too); remove it")
+_NO_DROPOUT = ("textinv never leaves a whole caption out: a sample whose caption is dropped holds no token, so the "
+               "learned vectors get no gradient from it and the step is spent for nothing (kohya's textual inversion "
+               "refuses the caption dropout keys: its dataset schema is built without them); remove it")
 # kohya key -> (tables, the values that change nothing (kohya's default), what to do instead of any other)
 AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
     "color_aug": (SUBSET_KEY, (False,), "textinv has no colour augmentation: it encodes each picture once (kohya "
@@ -200,8 +208,6 @@ AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
                                   "hold it, and kohya's textual inversion, which keeps them, trains them with the "
                                   "concept's captions when it uses its templates (--use_object_template) and spends "
                                   "steps on them otherwise; remove the subset"),
-    "caption_prefix": (SUBSET_KEY, ("",), _CAPTIONS),
-    "caption_suffix": (SUBSET_KEY, ("",), _CAPTIONS),
     "caption_separator": (SUBSET_KEY, (",",), "textinv's tags are separated by commas; remove it"),
     "keep_tokens_separator": (SUBSET_KEY, ("",), "textinv keeps the first keep_tokens tags (--keep-tags); use that"),
     "secondary_separator": (SUBSET_KEY, ("",), "textinv's tags are separated by commas only; write them so"),

@@ -1104,7 +1104,9 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                                         bucket_step=step_px, caption_extensions=listed.caption_extensions)
         mean, std, pixel_weight = _encoded(model.vae, pictures, listed.where, config.alpha_mask, device)
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
-        bank = CaptionBank(tokenizers, CaptionSampler(pictures, templates, placeholder, tags=tags), device,
+        captions = CaptionSampler(pictures, templates, placeholder, tags=tags, prefix=config.caption_prefix,
+                                  suffix=config.caption_suffix)
+        bank = CaptionBank(tokenizers, captions, device,
                            entries=token_names(spec["token"], config.vectors), max_token_length=config.max_token_length)
         _check_no_other_tokens(model.tokenizer, bank, pictures, spec, [s["token"] for s in specs if s is not spec],
                                config.vectors)
