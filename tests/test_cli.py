@@ -601,6 +601,8 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
                                                   "a [[datasets]], leaves out its pictures of at most that area"),
     (["train", "--caption_prefix", "<dog>"], "--caption_prefix is kohya's name; textinv calls it --caption-prefix "
                                              "(put before each caption file's text"),
+    (["train", "--random_crop"], "--random_crop is kohya's name; textinv calls it --random-crop (as theirs, a "
+                                 "window at a random place after the short side is resized"),
     (["train", "--caption_dropout_rate", "0.1"], "a caption dropped holds no token, so the vectors would learn "
                                                  "nothing from that sample"),
     (["push", "run", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; textinv calls it "

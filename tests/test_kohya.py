@@ -154,22 +154,25 @@ batch_size = 3
         apply_dataset_config(TrainConfig(dataset_config=str(toml(dataset, text)), token="<t>", out="o"))
 
 
-def test_caption_prefix_and_suffix_train_as_the_flags_do(sd1_dir, tmp_path):
-    """kohya's caption_prefix and caption_suffix are --caption-prefix and --caption-suffix: the file's run learns
-    what the flags' run learns, which is not what a run without them learns; config.yaml records them."""
+def test_caption_prefix_suffix_and_random_crop_train_as_the_flags_do(sd1_dir, tmp_path):
+    """kohya's caption_prefix, caption_suffix and random_crop are --caption-prefix, --caption-suffix and
+    --random-crop: the file's run learns what the flags' run learns, which is not what a run without them learns;
+    config.yaml records them."""
     a, _ = pictures(tmp_path)
     dataset = toml(tmp_path / "d.toml", f'[general]\ncaption_prefix = "masterpiece,"\n[[datasets]]\n'
-                                        f'caption_suffix = "best quality"\n[[datasets.subsets]]\nimage_dir = "{a}"\n')
+                                        f'caption_suffix = "best quality"\n[[datasets.subsets]]\nimage_dir = "{a}"\n'
+                                        f'random_crop = true\n')
     common = dict(token="<kd>", init="dog", model=str(sd1_dir), steps=2, save_every=0, sample_every=0, lr=5e-2,
                   resolution=16)
     read = train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "d"), **common), progress=False)
     flags = train(TrainConfig(images=str(a), caption_prefix="masterpiece,", caption_suffix="best quality",
-                              out=str(tmp_path / "f"), **common), progress=False)
+                              random_crop=True, out=str(tmp_path / "f"), **common), progress=False)
     plain = train(TrainConfig(images=str(a), out=str(tmp_path / "p"), **common), progress=False)
     assert torch.equal(read.embedding.vectors["text_encoder"], flags.embedding.vectors["text_encoder"])
     assert not torch.equal(read.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
     saved = yaml.safe_load((tmp_path / "d" / "config.yaml").read_text())
-    assert (saved["caption_prefix"], saved["caption_suffix"]) == ("masterpiece,", "best quality")
+    assert (saved["caption_prefix"], saved["caption_suffix"], saved["random_crop"]) == ("masterpiece,",
+                                                                                        "best quality", True)
     with pytest.raises(ConfigError, match=r"caption_prefix must be text"):
         apply_dataset_config(TrainConfig(dataset_config=str(toml(dataset, dataset.read_text().replace(
             '"masterpiece,"', "3"))), token="<t>", out="o"))
@@ -188,7 +191,7 @@ def test_datasets_of_different_resolutions_are_refused(tmp_path):
 
 
 # a value that changes something for each key textinv takes only at kohya's default
-CHANGING = {"color_aug": "true", "random_crop": "true", "face_crop_aug_range": "[2.0, 4.0]",
+CHANGING = {"color_aug": "true", "face_crop_aug_range": "[2.0, 4.0]",
             "bucket_no_upscale": "true", "is_reg": "true",
             "caption_separator": '";"', "keep_tokens_separator": '"|||"', "secondary_separator": '";;;"',
             "enable_wildcard": "true", "token_warmup_min": "2", "token_warmup_step": "0.5",

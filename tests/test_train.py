@@ -1845,3 +1845,86 @@ def test_more_sample_steps_than_the_models_noise_levels_are_refused_before_the_r
         train(config(images, out, sample_every=2, sample_steps=most + 1), model=model, progress=False)
     assert not out.exists()
     train(config(images, out, steps=2, sample_every=0, sample_steps=most + 1), model=model, progress=False)  # no grids
+
+
+def wide_pictures(folder, n=3, alpha=False):
+    """`n` noise pictures three times as wide as high (16 x 48): a square window of one can be cut at 33 places."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pixels = rng.integers(0, 255, (16, 48, 4 if alpha else 3), dtype=np.uint8)
+        if alpha:  # (the left third transparent)
+            pixels[..., 3], pixels[:, :16, 3] = 255, 0
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_random_windows_are_views_of_the_covering_picture_drawn_from_the_seed(tmp_path):
+    """kohya's random_crop: after the short side is resized, a window at a random place along the long side. Each
+    window is the training size, lies within the picture (a slice of its cover), and is drawn from the seed and the
+    picture's number; a window transparent all over is the picture's centre instead."""
+    from textinv.data import load_training_images, random_windows
+
+    paths = sorted(wide_pictures(tmp_path / "w").glob("*.png"))
+    pictures = load_training_images(paths, 16, random_crop=True)
+    assert pictures[0].cover.shape == (3, 16, 48) and pictures[0].pixels.shape == (3, 16, 16)
+    windows = random_windows(pictures, 8, seed=5)
+    assert len(windows) == 24 and all(w.path == paths[i % 3] for i, w in enumerate(windows))  # window-major
+    for i, w in enumerate(windows):
+        cover = pictures[i % 3].cover
+        assert w.pixels.shape == (3, 16, 16)
+        assert any(torch.equal(w.pixels, cover[:, :, x:x + 16]) for x in range(33))
+    assert len({tuple(w.pixels[0, 0, :4].tolist()) for w in windows[0::3]}) > 1  # picture 0's windows differ
+    again = random_windows(load_training_images(paths, 16, random_crop=True), 8, seed=5)
+    assert all(torch.equal(a.pixels, b.pixels) for a, b in zip(windows, again))
+    other = random_windows(pictures, 8, seed=6)
+    assert not all(torch.equal(a.pixels, b.pixels) for a, b in zip(windows, other))
+    masked = load_training_images(sorted(wide_pictures(tmp_path / "a", alpha=True).glob("*.png")), 16,
+                                  use_alpha=True, random_crop=True)
+    for w in random_windows(masked, 32, seed=0):
+        # (seed 0 draws the transparent left third, x = 0, for pictures 0 and 1: their centre instead)
+        assert w.alpha.shape == (1, 16, 16) and w.alpha.max() > 0
+    assert any(w.alpha.min() == 0 for w in random_windows(masked, 32, seed=0))
+
+
+def test_random_crop_trains_on_cached_windows_and_resumes_exactly(sd1_dir, tmp_path, monkeypatch):
+    """With --random-crop the latents of 8 windows a picture are cached (and their mirror images), each sample
+    takes one: the windows of one picture encode differently, the run learns other vectors than its centres'
+    run, and a resumed run (the windows cut again from the seed) ends where the uninterrupted one does."""
+    images = wide_pictures(tmp_path / "w")
+    encoded = []
+    real = train_module._encoded
+
+    def recording(*args, **kwargs):
+        encoded.append(real(*args, **kwargs))
+        return encoded[-1]
+
+    monkeypatch.setattr(train_module, "_encoded", recording)
+    crop = dict(resolution=16, random_crop=True)
+    whole = train(config(images, tmp_path / "a", **crop), model=load_model(sd1_dir), progress=False)
+    mean = encoded[-1][0]
+    assert mean.shape[0] == 2 * 3 * train_module.RANDOM_CROPS
+    assert not torch.allclose(mean[0], mean[3]) and not torch.allclose(mean[0], mean[6])  # picture 0's windows
+    centre = train(config(images, tmp_path / "b", resolution=16), model=load_model(sd1_dir), progress=False)
+    assert encoded[-1][0].shape[0] == 2 * 3
+    assert not torch.equal(whole.embedding.vectors["text_encoder"], centre.embedding.vectors["text_encoder"])
+    train(config(images, tmp_path / "c", steps=4, save_every=2, **crop), model=load_model(sd1_dir), progress=False)
+    resumed = train(config(images, tmp_path / "c", save_every=2, resume=True, **crop), model=load_model(sd1_dir),
+                    progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], whole.embedding.vectors["text_encoder"])
+
+
+def test_random_crop_works_with_buckets_alpha_masks_and_a_validation_split_and_is_refused_where_nothing_is_cut(
+        sd1_dir, tmp_path):
+    images = wide_pictures(tmp_path / "w", n=4, alpha=True)
+    run = train(config(images, tmp_path / "a", resolution=16, random_crop=True, buckets=True, alpha_mask=True,
+                       validation_split=0.25, validate_every=3), model=load_model(sd1_dir), progress=False)
+    assert torch.isfinite(run.embedding.vectors["text_encoder"]).all()
+    with pytest.raises(ConfigError, match="--random-crop and --no-center-crop: squashed, the whole picture is its "
+                                          "training size and there is nothing to crop"):
+        config(images, tmp_path / "b", random_crop=True, center_crop=False).validate()
+    with pytest.raises(ConfigError, match="--random-crop and --reference-like"):
+        config(images, tmp_path / "b", random_crop=True, reference_like=True).validate()

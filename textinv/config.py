@@ -322,6 +322,9 @@ class TrainConfig:
                                   "model's schedule length (1000 for SD)")
     resolution: int = opt(None, "training image size; default: the model's native size")
     center_crop: bool = opt(True, "resize the short side then center-crop (false: squash the whole image)")
+    random_crop: bool = opt(False, "train each picture at random windows of its training size instead of its centre "
+                                   "(kohya's --random_crop): 8 windows a picture, drawn from --seed and encoded up "
+                                   "front, one of them a sample")
     alpha_mask: bool = opt(False, "weigh the loss by each picture's alpha channel (the web UI's 'use PNG alpha "
                                   "channel as loss weight', kohya's --alpha_mask): transparent parts are not "
                                   "learned; pictures without one weigh 1 everywhere")
@@ -502,6 +505,12 @@ class TrainConfig:
             raise ConfigError(f"--cuda-graphs and --compile-mode {self.compile_mode}: that mode captures CUDA graphs "
                               f"of its own, inside ours; use --compile-mode default (or "
                               f"max-autotune-no-cudagraphs) with --cuda-graphs, or leave --cuda-graphs out")
+        if self.random_crop and not self.center_crop:
+            raise ConfigError("--random-crop and --no-center-crop: squashed, the whole picture is its training "
+                              "size and there is nothing to crop; leave out one of them")
+        if self.random_crop and self.reference_like:
+            raise ConfigError("--random-crop and --reference-like: the diffusers example that benchmark mode does "
+                              "crops the centre; leave out one of them")
         if self.buckets and self.reference_like:
             raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
         if self.resume and self.overwrite:

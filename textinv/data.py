@@ -774,6 +774,62 @@ def _fit(img: Image.Image, size: tuple[int, int], center_crop: bool,
     return img.resize((target_w, target_h), resample=resample, box=box, reducing_gap=_REDUCING_GAP)
 
 
+def covering(img: Image.Image, size: tuple[int, int], area: tuple[float, float, float, float] | None = None
+             ) -> Image.Image:
+    """`img` (or its `area`) scaled, in its own proportions, to the smallest size that covers `size` (W, H): for a
+    square, its short side becomes the resolution. `--random-crop` cuts its windows from it, as kohya's
+    `trim_and_resize_if_required` resizes the short side and then cuts a window at a random place.
+
+    >>> covering(Image.new("RGB", (640, 480)), (64, 64)).size
+    (85, 64)
+    """
+    left, top, right, bottom = area or (0.0, 0.0, float(img.width), float(img.height))
+    scale = max(size[0] / (right - left), size[1] / (bottom - top))
+    cover = (max(size[0], round((right - left) * scale)), max(size[1], round((bottom - top) * scale)))
+    enlarging = scale > 1
+    resample = Image.Resampling.BICUBIC if enlarging else Image.Resampling.LANCZOS
+    return img.resize(cover, resample=resample, box=(left, top, right, bottom), reducing_gap=_REDUCING_GAP)
+
+
+def _tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB picture as (3, H, W) in [-1, 1], an "L" alpha as (1, H, W) in [0, 1]."""
+    values = torch.from_numpy(np.array(img, dtype=np.uint8)).to(torch.float32)
+    if img.mode == "L":
+        return (values / 255.0)[None]
+    return (values.permute(2, 0, 1) / 127.5 - 1.0).contiguous()
+
+
+def random_windows(pictures: Sequence[TrainingImage], count: int, seed: int) -> list[TrainingImage]:
+    """`count` windows of each picture's training size, each at a random place in its `cover` (kohya's
+    random_crop: uniform over the places along the side that overflows), as pictures of their own: window k of
+    picture i is item k * len(pictures) + i. The places are drawn from `seed` and the picture's number, so a run
+    and its resume cut the same windows. The windows' pixels are views of the cover, not copies.
+
+    >>> windows = random_windows(load_training_images(paths, 512, random_crop=True), 8, seed=0)  # doctest: +SKIP
+    """
+    each = []
+    for i, p in enumerate(pictures):
+        if p.cover is None:
+            raise ValueError("random_windows needs pictures loaded with random_crop=True")
+        height, width = p.pixels.shape[-2:]
+        rng = np.random.default_rng([seed % 2**63, i])  # (numpy takes no negative seed)
+        tops = rng.integers(0, p.cover.shape[-2] - height + 1, count)
+        lefts = rng.integers(0, p.cover.shape[-1] - width + 1, count)
+        each.append([_window(p, t, l) for t, l in zip(tops.tolist(), lefts.tolist())])
+    return [windows[k] for k in range(count) for windows in each]
+
+
+def _window(p: TrainingImage, top: int, left: int) -> TrainingImage:
+    """Picture `p`'s window at (top, left) of its cover; one transparent all over (nothing in it to learn, and no
+    weight to average the loss by) is its centre instead, which `load_training_images` made sure is not."""
+    height, width = p.pixels.shape[-2:]
+    at = (slice(None), slice(top, top + height), slice(left, left + width))
+    alpha = p.cover_alpha[at] if p.cover_alpha is not None else None
+    if alpha is not None and not alpha.max() > 0:
+        return dataclasses.replace(p, cover=None, cover_alpha=None)
+    return dataclasses.replace(p, pixels=p.cover[at], alpha=alpha, cover=None, cover_alpha=None)
+
+
 def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
     """The aspect-ratio buckets at `resolution`: sizes (W, H) whose sides are multiples of `step` (what the model's
     down-sampling needs: 64 pixels for SD), no larger in area than resolution x resolution, each as large as its
@@ -837,6 +893,10 @@ class TrainingImage:
     original_size: tuple[int, int] = (0, 0)  # (height, width) as loaded, upright: SDXL conditions on it
     alpha: torch.Tensor | None = None  # (1, resolution, resolution) in [0, 1] with `use_alpha` and a transparency
     caption_extension: str | None = None  # a kohya subset's: its caption file is NAME + this (`caption_file`)
+    # with --random-crop: the picture scaled to cover its training size, (3, H', W') in [-1, 1] (and its alpha,
+    # (1, H', W')), that `random_windows` cuts windows from; dropped once they are encoded
+    cover: torch.Tensor | None = None
+    cover_alpha: torch.Tensor | None = None
 
     def crop_top_left(self, center_crop: bool = True) -> tuple[int, int]:
         """(top, left) of the crop in the picture resized to cover its training size (SDXL's crop ids); for a
@@ -852,10 +912,12 @@ class TrainingImage:
 def load_training_images(
     paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True, use_alpha: bool = False,
     bucket_step: int | None = None, caption_extensions: Sequence[str | None] | None = None,
+    random_crop: bool = False,
 ) -> list[TrainingImage]:
     """Load, prepare and caption each picture in `paths` (typically `find_images(folder)`), as a square of
     `resolution`, or with `bucket_step` at its aspect-ratio bucket (`bucket_size`). `caption_extensions`: each
-    picture's kohya subset's (`read_caption`), None for textinv's own.
+    picture's kohya subset's (`read_caption`), None for textinv's own. With `random_crop` each picture also keeps
+    its `cover` (`covering`), for `random_windows`.
 
     Pictures smaller than their training size are upscaled, with one `SmallImageWarning` naming each and its size. With
     `use_alpha` each picture's transparency is kept too (`TrainingImage.alpha`, None for an opaque picture); a
@@ -892,6 +954,10 @@ def load_training_images(
         text = _read_text(found, "caption file") if found is not None else ""
         result.append(TrainingImage(path=path, pixels=pixels, caption=_caption(text),
                                     original_size=(height, width), alpha=weight, caption_extension=extension))
+        if random_crop:
+            result[-1].cover = _tensor(covering(img, size, area))
+            if alpha is not None:
+                result[-1].cover_alpha = _tensor(covering(alpha, size, area))
         lines = sum(1 for line in text.splitlines() if line.strip())
         if lines > 1:
             several.append(f"{found} ({lines} lines)")

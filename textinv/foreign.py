@@ -280,8 +280,12 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("enable_wildcard token_warmup_min token_warmup_step", _K, "train", None,
      "textinv uses each caption as written (less --tag-dropout, --shuffle-tags): write the words in the caption "
      "files or the --templates"),
-    ("color_aug face_crop_aug_range random_crop", _K, "train", None,
-     "textinv's only augmentation is --flip; it crops the centre (--center-crop) or squashes the whole picture"),
+    ("random_crop", _K, "train", "--random-crop", "as theirs, a window at a random place after the short side is "
+                                                  "resized; textinv encodes 8 windows a picture up front (theirs "
+                                                  "refuses it with --cache_latents)"),
+    ("color_aug face_crop_aug_range", _K, "train", None,
+     "textinv's augmentations are --flip and --random-crop; it encodes each picture once, so no colour or face-crop "
+     "augmentation (kohya refuses color_aug with --cache_latents too)"),
     ("debug_dataset", _K, "train", None, "textinv has no dataset preview mode"),
     ("validate_every_n_steps", _K, "train", "--validate-every", "textinv also scores the starting vectors and the "
                                                                 "last step's"),

@@ -163,6 +163,7 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "batch_size": (DATASET_KEY, "batch", _whole(1)),
     "enable_bucket": (DATASET_KEY, "buckets", _bool),
     "flip_aug": (SUBSET_KEY, "flip", _bool),
+    "random_crop": (SUBSET_KEY, "random_crop", _bool),
     "shuffle_caption": (SUBSET_KEY, "shuffle_tags", _bool),
     "keep_tokens": (SUBSET_KEY, "keep_tags", _whole(0)),
     # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; textinv has this one)
@@ -199,8 +200,6 @@ _NO_DROPOUT = ("textinv never leaves a whole caption out: a sample whose caption
 AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
     "color_aug": (SUBSET_KEY, (False,), "textinv has no colour augmentation: it encodes each picture once (kohya "
                                         "refuses color_aug with --cache_latents too); remove it"),
-    "random_crop": (SUBSET_KEY, (False,), "textinv takes each picture's centre (--center-crop), as kohya does "
-                                          "without random_crop; remove it"),
     "face_crop_aug_range": (SUBSET_KEY, (), "textinv has no face-crop augmentation; remove it"),
     "bucket_no_upscale": (DATASET_KEY, (False,), "textinv scales every picture to its bucket, a small one up (with a "
                                                  "warning); remove it, or use larger pictures"),

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from . import __version__, emphasis, modelspec
 from .config import MAX_TOKEN_LENGTHS, TrainConfig, parse_lr_steps, read_config_file, save_config
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
-                   load_training_images, picture_set, read_caption, read_template_file)
+                   load_training_images, picture_set, random_windows, read_caption, read_template_file)
 from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, check_steps, uses_clip_l_half, warn_clip_l_half
@@ -106,6 +106,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3. data: cached latent distributions and pre-tokenized captions
+
+
+# --random-crop: each picture's windows encoded up front, one of them drawn for each sample (as the caption bank
+# holds 256 captions a picture); with 8, each window is used about 300 times in a 3000-step run of 5
+# pictures at batch 4, and encoding them costs 8 times the encoding of the centres
+RANDOM_CROPS = 8
 
 
 @torch.no_grad()
@@ -373,10 +379,11 @@ class BatchSampler:
     latent samples, noise and timesteps. Its state (generator + epoch position) goes into checkpoints."""
 
     def __init__(self, num_images: int, repeats: int | Sequence[int], flip: bool, seed: int,
-                 noise_offset: float = 0.0, noise: NoiseOptions | None = None):
+                 noise_offset: float = 0.0, noise: NoiseOptions | None = None, crops: int = 1):
         """`repeats`: how many times each picture is in an epoch, one count for all or one per picture (kohya's
         folders: the folder's count times --repeats). `noise_offset`: --noise-offset (0: off); `noise`: kohya's
-        other noise settings (None: all off)."""
+        other noise settings (None: all off). `crops`: each picture's random windows (--random-crop), of which
+        each sample takes one."""
         counts = torch.tensor([repeats] * num_images if isinstance(repeats, int) else list(repeats))  # (I,)
         # an epoch's pictures, round by round (0, 1, 2, 0, 1, 2, 0, 2...): with one count for all this is
         # arange(I * repeats) % I, the table runs drew from before counts per picture, so their draws are unchanged
@@ -387,6 +394,7 @@ class BatchSampler:
         self.flip = flip
         self.noise_offset = noise_offset
         self.noise = noise or NoiseOptions()
+        self.crops = crops
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.cursor = 0
@@ -442,6 +450,8 @@ class BatchSampler:
             strength = torch.rand(1, generator=g) * self.noise.ip_gamma if self.noise.ip_random_strength \
                 else self.noise.ip_gamma
             drawn["ip_noise"] = strength * torch.randn((n, *latent_shape), generator=g)
+        if self.crops > 1:  # (--random-crop: drawn last, and only then, as the noise settings are)
+            drawn["crop"] = torch.randint(self.crops, (n,), generator=g)
         return drawn
 
     def state_dict(self) -> dict:
@@ -672,6 +682,7 @@ class ConceptState:
     pixels: torch.Tensor | None = None  # kept only by the reference-like mode, which encodes every step
     pixel_weight: torch.Tensor | None = None  # (2I, 1, h, w) with --alpha-mask: `latent_weights`
     validation: FixedDraws | None = None  # the validation loss's draws (`validation.fixed_draws`), when it is on
+    crops: int = 1  # each picture's windows with --random-crop: mean, std and pixel_weight hold 2 * I * crops
     noise_shape: tuple = field(init=False)  # what the concept's noise is drawn at, each step (see __post_init__)
 
     def __post_init__(self):
@@ -1098,11 +1109,16 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     concepts: list[ConceptState] = []
     step_px = bucket_step(model) if config.buckets else None
 
-    def pictures_of(listed: PictureSet, spec: dict, tags: TagVariation = TagVariation()) -> _Read:
-        """A concept's pictures read and encoded, with their captions."""
+    def pictures_of(listed: PictureSet, spec: dict, tags: TagVariation = TagVariation(), crop_seed=None) -> _Read:
+        """A concept's pictures read and encoded, with their captions; with `crop_seed` (--random-crop) the
+        encoded are RANDOM_CROPS windows of each (`random_windows`), else each picture's centre."""
         pictures = load_training_images(listed.paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
-                                        bucket_step=step_px, caption_extensions=listed.caption_extensions)
-        mean, std, pixel_weight = _encoded(model.vae, pictures, listed.where, config.alpha_mask, device)
+                                        bucket_step=step_px, caption_extensions=listed.caption_extensions,
+                                        random_crop=crop_seed is not None)
+        encoded = random_windows(pictures, RANDOM_CROPS, crop_seed) if crop_seed is not None else pictures
+        mean, std, pixel_weight = _encoded(model.vae, encoded, listed.where, config.alpha_mask, device)
+        for p in pictures:  # (the windows are encoded: their pictures' covers are not needed any more)
+            p.cover = p.cover_alpha = None
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
         captions = CaptionSampler(pictures, templates, placeholder, tags=tags, prefix=config.caption_prefix,
                                   suffix=config.caption_suffix)
@@ -1115,7 +1131,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
 
     for k, (spec, listed, rows) in enumerate(zip(specs, found, rows_per_concept)):
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags, seed=concept_seed(config.seed, k))
-        read = pictures_of(listed, spec, tags)
+        crops = RANDOM_CROPS if config.random_crop else 1
+        read = pictures_of(listed, spec, tags, concept_seed(config.seed, k) if config.random_crop else None)
         pictures, mean, std, bank, time_ids, pixel_weight = read
         validation = None
         if config.validating_every:  # the pictures held out, or the training pictures
@@ -1126,10 +1143,11 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                                      scaling=model.vae.config.scaling_factor, device=device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
         sampler = BatchSampler(len(pictures), repeats[k], config.use_flip, concept_seed(config.seed, k),
-                               config.noise_offset, NoiseOptions.of(config))
+                               config.noise_offset, NoiseOptions.of(config), crops)
         concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
-                                     concept_out, pixel_weight=pixel_weight, validation=validation))
+                                     concept_out, pixel_weight=pixel_weight, validation=validation,
+                                     crops=crops))
         if config.reference_like:  # (one shape: --buckets is refused with it)
             pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
             concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
@@ -1787,9 +1805,9 @@ def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, mode
     drawn = c.sampler.draw(config.batch * world, c.noise_shape, timesteps)
     mine_cpu = {k: v[rank * config.batch:(rank + 1) * config.batch] for k, v in drawn.items()}
     mine = {k: _to_device(v, device) for k, v in mine_cpu.items()}
-    which = mine["image"] + mine["flip"].long() * len(c.pictures)  # mirrored pictures sit after the originals
+    which = _latent_index(mine, len(c.pictures), c.crops)
     if isinstance(c.mean, list):  # pictures of several shapes (--buckets): one latent a sample, at its own size
-        picks = (mine_cpu["image"] + mine_cpu["flip"].long() * len(c.pictures)).tolist()  # (on the host: no sync)
+        picks = _latent_index(mine_cpu, len(c.pictures), c.crops).tolist()  # (on the host: no sync)
         corner = [(slice(None), slice(0, c.mean[i].shape[-2]), slice(0, c.mean[i].shape[-1])) for i in picks]
         latents = [(c.mean[i] + c.std[i] * mine["eps_latent"][n][at]) * scaling
                    for n, (i, at) in enumerate(zip(picks, corner))]
@@ -1813,6 +1831,13 @@ def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, mode
             "ids": c.bank.pick(mine["image"], mine["caption"]),
             "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None,
             "pixel_weight": pixel_weight}
+
+
+def _latent_index(drawn: dict, pictures: int, crops: int) -> torch.Tensor:
+    """Each drawn sample's row in its concept's cached latents: window `crop` of every picture after the window
+    before it (`random_windows`), the mirror images after all of them (`encode_latents`)."""
+    window = drawn["image"] + drawn["crop"] * pictures if "crop" in drawn else drawn["image"]
+    return window + drawn["flip"].long() * pictures * crops
 
 
 def composed_noise(noise, latents, parts: dict, adaptive_scale: float, corners: list | None = None):
