@@ -579,3 +579,22 @@ def test_sdxl_draws_the_hires_fix_and_img2img_told_each_pass_its_own_size(xl_dir
     told.clear()
     redrawn = render(model, ["a cat"], [2], steps=4, width=32, height=24, start=pictures, denoise=0.5)
     assert redrawn[0].size == (32, 24) and len(told) == 3
+
+
+def test_random_crop_trains_sdxl_with_the_centre_crops_size_and_place(xl_dir, tmp_path, monkeypatch):
+    """--random-crop on SDXL: each sample takes one of its picture's encoded windows, and SDXL's time ids stay the
+    centre crop's, as kohya's (its trim_and_resize_if_required has no place for a random window)."""
+    from textinv import train as train_module
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (16, 48, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    seen = []
+    real = train_module._xl_time_ids
+    monkeypatch.setattr(train_module, "_xl_time_ids", lambda *a: seen.append(real(*a)) or seen[-1])
+    result = train(xl_config(folder, tmp_path / "run", resolution=16, random_crop=True), model=load_model(xl_dir),
+                   progress=False)
+    assert all(torch.isfinite(v).all() for v in result.embedding.vectors.values())
+    assert seen[-1].tolist() == [[16, 48, 0, 16, 16, 16]] * 2  # (size, the centre crop's top-left, target)

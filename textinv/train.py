@@ -1146,8 +1146,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                                config.noise_offset, NoiseOptions.of(config), crops)
         concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
-                                     concept_out, pixel_weight=pixel_weight, validation=validation,
-                                     crops=crops))
+                                     concept_out, pixel_weight=pixel_weight, validation=validation, crops=crops))
         if config.reference_like:  # (one shape: --buckets is refused with it)
             pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
             concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
