@@ -636,6 +636,22 @@ def test_inspect_says_the_name_the_web_ui_calls_a_file_by(tmp_path):
     assert "web_ui_name" not in report and "web UI" not in report["text"]
 
 
+def test_inspect_says_the_name_the_web_ui_calls_an_image_embedding_by(tmp_path):
+    """The web UI calls an image embedding by the name in its text chunk, not its file name: a PNG written under
+    another name than the token's (a step's, or `convert ... concept.png`) is called by that name there."""
+    from textinv.inspect import inspect_file
+
+    (path,) = save_embedding(make_emb("sd1", 1), tmp_path / "dog-500.png", format="a1111-png")
+    report = inspect_file(path)
+    assert report["token"] == "<my-dog>" and report["web_ui_name"] == "dog-500"
+    assert "A1111 web UI: dog-500" in report["text"]
+    path.rename(tmp_path / "renamed.png")  # (the chunk's name goes with it: the file's new name is not it)
+    assert inspect_file(tmp_path / "renamed.png")["web_ui_name"] == "dog-500"
+    (path,) = save_embedding(make_emb("sd1", 1), tmp_path, format="a1111-png")  # my-dog.png: the chunk names the token
+    report = inspect_file(path)
+    assert "web_ui_name" not in report and "web UI" not in report["text"]
+
+
 def test_inspect_says_an_embedding_longer_than_a_prompt_window_is_split(tmp_path):
     """76+ vectors cannot sit in one 75-token pass of CLIP: inspect says so (generate warns when it loads it)."""
     from textinv.inspect import inspect_file

@@ -690,6 +690,17 @@ def _read_image(path: Path) -> dict:
         raise FormatError(f"{path}: the {PNG_CHUNK!r} chunk is not base64-encoded JSON of an embedding ({e})") from None
 
 
+def a1111_png_name(path: str | Path) -> str | None:
+    """The name the A1111 web UI calls an image embedding by: its chunk's "name", not the file's (a renamed PNG
+    keeps it), or None where the chunk has none.
+
+    >>> a1111_png_name("my-dog-500.png")   # doctest: +SKIP
+    'my-dog-500'
+    """
+    name = _read_image(Path(path)).get("name")
+    return name if isinstance(name, str) and name else None
+
+
 def _decode_json_tensor(obj: dict):
     # A1111 writes each tensor as {"TORCHTENSOR": nested list}; float64 keeps every decimal digit JSON carried
     if set(obj) == {"TORCHTENSOR"}:
@@ -942,6 +953,6 @@ def _check_format(format: str) -> None:
 
 
 __all__ = [
-    "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "LearnedEmbedding", "default_filename", "second_file",
+    "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "LearnedEmbedding", "default_filename", "second_file",
     "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "describe",
 ]

@@ -16,7 +16,7 @@ import torch
 from . import modelspec
 from .emphasis import CHUNK
 from .families import FAMILY_NAMES, FAMILY_WIDTHS, describe_widths
-from .formats import ModelSpecWarning, _resolve, describe, read_embedding
+from .formats import ModelSpecWarning, _resolve, a1111_png_name, describe, read_embedding
 from .generate import uses_clip_l_half
 from .models import load_model
 from .tokens import base_embedding
@@ -115,8 +115,14 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
         lines.append(mismatch[0])
     # The web UIs call a file by its name, whatever token it stores (an image by its chunk's name, and they do not
     # read a diffusers-sdxl pair as one embedding): what their users type in a prompt
-    stem = _resolve(Path(path)).stem  # (a diffusers folder: its learned_embeds file)
-    if report["format"] not in ("a1111-png", "diffusers-sdxl") and stem != emb.token:
+    file = _resolve(Path(path))  # (a diffusers folder: its learned_embeds file)
+    stem = file.stem
+    if report["format"] == "a1111-png":  # (ComfyUI reads no image embeddings)
+        called = a1111_png_name(file)
+        if called and called != emb.token:
+            report["web_ui_name"] = called
+            lines.append(f"in the A1111 web UI: {called} (it calls an image embedding by the name in its text chunk)")
+    elif report["format"] != "diffusers-sdxl" and stem != emb.token:
         report["web_ui_name"] = stem
         lines.append(f"in the A1111 web UI and ComfyUI: {stem} (they call an embedding by its file name)")
     for name, entry in report["encoders"].items():
