@@ -170,6 +170,33 @@ def test_accelerate_the_process_group_train_started_is_ended_as_the_process_exit
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
+def test_a_launched_run_of_one_process_ends_the_process_group_it_started(sd1_dir, images, tmp_path):
+    """torchrun --nproc_per_node 1 (any launcher that sets LOCAL_RANK) has accelerate start a process group of one:
+    train() started it, so it ends it as the process exits (left running, NCCL warns there that it was not
+    destroyed). A group of one has no peer to wait for, so nothing can hang."""
+    import socket
+    import textwrap
+
+    script = tmp_path / "one.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        from textinv.config import TrainConfig
+        from textinv.train import train
+        {AT_EXIT}
+        train(TrainConfig(model={str(sd1_dir)!r}, images={str(images)!r}, token="<t>", init="dog", steps=1,
+                          batch=1, save_every=0, sample_every=0, out={str(tmp_path / "run")!r}), progress=False)
+    """))
+    with socket.socket() as s:  # (a free port for the group's rendezvous)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "LOCAL_RANK": "0", "RANK": "0",
+           "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "process 0 exits with the process group running: False" in proc.stdout, proc.stdout
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
 def test_accelerate_a_signal_to_one_process_stops_both_at_one_step_and_the_run_resumes(sd1_dir, images, tmp_path):
     """SIGTERM that reaches only process 1 (a scheduler signals each process on its own; they never get it at the
     same instant): both processes stop after the same step and the main one saves. It was process 1 alone that

@@ -729,7 +729,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     started = not _PROCESS_GROUP.running()  # (a group the caller started is the caller's to end)
     state = PartialState(cpu=device.type != "cuda")
     _PROCESS_GROUP.together = False  # (until this run ends with every process at one place)
-    if started and state.num_processes > 1:
+    if started and _PROCESS_GROUP.running():  # (a launcher's group of one too: torchrun --nproc_per_node 1)
         _PROCESS_GROUP.end_at_exit()
     if state.num_processes > 1:  # launched data-parallel: each process's device is accelerate's
         if str(config.device).strip().lower() != "auto" and (device.type == "mps" or device.index is not None):
