@@ -669,6 +669,19 @@ def test_concepts_settings_are_checked(images, tmp_path):
                                                                       (str(images), "<c>", "object")]
 
 
+def test_a_caption_prefix_or_suffix_naming_a_token_is_refused_in_a_run_of_several_concepts(images, tmp_path):
+    """--caption-prefix "<b>" marks the token of a run of one concept; in a run of several it goes on every
+    concept's captions, so another concept's samples would name <b>: refused before anything loads, naming the
+    flag (it was refused after the latents were encoded, blaming a caption file that does not name it)."""
+    concepts = [f"{images}=<b>", f"{images}=<c>"]
+    for given, flag in ((dict(caption_prefix="<B>, photo"), "--caption-prefix"),
+                        (dict(caption_suffix="by <c>"), "--caption-suffix")):
+        with pytest.raises(ConfigError, match=f"{flag} .* names the token <[bc]>"):
+            TrainConfig(concepts=concepts, out=str(tmp_path), **given).validate()
+    TrainConfig(concepts=concepts, out=str(tmp_path), caption_prefix="<bc> photo").validate()  # (no token: a word)
+    TrainConfig(images=str(images), token="<b>", out=str(tmp_path), caption_prefix="<b>").validate()
+
+
 @pytest.mark.parametrize("levers", [dict(channels_last=True), dict(compile="blocks"),
                                     dict(compile="blocks", channels_last=True)])
 def test_speed_levers_compute_what_the_plain_path_computes(levers, sd1_dir):

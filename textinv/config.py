@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import re
 import tomllib
 import typing
 import warnings
@@ -436,6 +437,13 @@ class TrainConfig:
         tokens = [spec["token"] for spec in specs]
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"--concepts repeats a token: {tokens}; each concept needs its own")
+        if len(tokens) > 1:  # (one prefix for all: each concept's captions would name that token)
+            for flag, text in (("--caption-prefix", self.caption_prefix), ("--caption-suffix", self.caption_suffix)):
+                named = [t for t in tokens if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text or "", re.IGNORECASE)]
+                if named:
+                    raise ConfigError(f"{flag} {text!r} names the token {named[0]}, and goes on the captions of every "
+                                      f"concept of the run: the others' samples would train {named[0]} too; write "
+                                      f"each token in its own concept's caption files, or learn it in a run of its own")
         check_choices(self)
         if self.epochs is not None:
             if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
