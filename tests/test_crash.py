@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,6 +152,28 @@ def test_temporaries_of_writes_cut_short_are_cleared_by_the_next_run(sd1_dir, im
         path.write_bytes(b"half")
     train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=False)
     assert [p.exists() for p in litter] == [False, False] and mine.exists()
+
+
+def test_an_overwrite_cut_short_leaves_the_record_that_names_the_old_runs_files(sd1_dir, images, tmp_path,
+                                                                                  monkeypatch):
+    """The old run's config.yaml went before its steps' files: a kill between left files named by a token that the
+    next --overwrite, finding no record, no longer knew, and they stayed among the new run's."""
+    out = tmp_path / "run"
+    train(config(images, out, steps=3, save_every=1, format="a1111"), model=load_model(sd1_dir), progress=False)
+    real = Path.unlink
+
+    def unlink(self, *a, **k):  # (a kill the moment the record is gone)
+        real(self, *a, **k)
+        if self.name == "config.yaml":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(images, out, steps=2, save_every=2, format="a1111", overwrite=True), model=load_model(sd1_dir),
+              progress=False)
+    monkeypatch.setattr(Path, "unlink", real)
+    train(config(images, out, steps=2, save_every=2, format="a1111", overwrite=True), model=load_model(sd1_dir),
+          progress=False)
+    assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["zq-2.pt"]
 
 
 def test_sigterm_during_the_last_save_lets_it_finish(sd1_dir, images, tmp_path, monkeypatch):

@@ -405,7 +405,8 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
     """--overwrite: delete what the previous textinv run in `out` wrote (its record `previous` names its tokens
     and format), and nothing else a user may keep in the folder (a model file, other embeddings, notes). `keep`,
     the new run's --init-embedding, stays even if the old run wrote it ("refine my last result in place"): a
-    restart before the first checkpoint reads it again; the new result replaces it at the first save."""
+    restart before the first checkpoint reads it again; the new result replaces it at the first save. The record
+    goes last: a kill meanwhile leaves it, so the next --overwrite still finds the files named by its token."""
     for name in (CHECKPOINT_DIR, SAMPLES_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
     logged, where = previous.get("log_with"), previous.get("log_dir")
@@ -418,9 +419,9 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
             with contextlib.suppress(OSError):  # (--log-dir's own folder, when that left it empty)
                 if logs.parent.resolve() != out.resolve():
                     logs.parent.rmdir()
-    # the files every run writes whatever its token (the diffusers layouts), and the log and record
+    # the files every run writes whatever its token (the diffusers layouts), and the logs (the record: last, below)
     plain = {default_filename(fmt, "<any>") for fmt in TOKEN_FREE_FORMATS}
-    names = {LOSS_LOG, VALIDATION_LOG, CONFIG_FILE} | plain | {second_file(name).name for name in plain}
+    names = {LOSS_LOG, VALIDATION_LOG} | plain | {second_file(name).name for name in plain}
     try:
         tokens = [spec["token"] for spec in build(TrainConfig, previous, {"out": str(out)}).concept_list()]
     except (ConfigError, TypeError):
@@ -452,6 +453,8 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
                 path.unlink()
         if not any(steps.iterdir()):
             steps.rmdir()
+    if (out / CONFIG_FILE).is_file():
+        (out / CONFIG_FILE).unlink()
 
 
 # ---------------------------------------------------------------------------------------------------------------
