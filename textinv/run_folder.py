@@ -17,6 +17,7 @@ import shutil
 import socket
 import unicodedata
 import warnings
+import zipfile
 from pathlib import Path
 from typing import IO, Callable
 
@@ -523,6 +524,7 @@ def newest_checkpoint(out: Path) -> tuple[Path, dict]:
     for i in reversed(range(len(found))):
         path = found[i]
         try:
+            _check_crc(path)
             return path, torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # (torch raises RuntimeError, EOFError, pickle's and zipfile's errors by the damage)
             damaged.append(f"{path.name} ({type(e).__name__})")
@@ -532,6 +534,17 @@ def newest_checkpoint(out: Path) -> tuple[Path, dict]:
                           + (f"resuming from {older}" if older else "no older one is kept"), stacklevel=2)
     raise ConfigError(f"cannot resume: every checkpoint in {out / CHECKPOINT_DIR} is damaged ({', '.join(damaged)}); "
                       f"start the run again with --overwrite{_from_saved_vectors(out)}")
+
+
+def _check_crc(path: Path) -> None:
+    """Raise zipfile.BadZipFile where a part of the checkpoint `path` (a zip file, as torch.save writes it) does not
+    match the CRC-32 saved with it: torch.load does not check them, and took a byte changed by a disk error in the
+    vectors or the optimizer's state as it was."""
+    if zipfile.is_zipfile(path):  # (otherwise torch.load says what it is)
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise zipfile.BadZipFile(f"{bad} does not match its CRC-32")
 
 
 def _from_saved_vectors(out: Path) -> str:
