@@ -16,7 +16,7 @@ from textinv import train as train_module
 from textinv.config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, config_file_settings, read_config_file
 from textinv.errors import ConfigError
 from textinv.models import load_model
-from textinv.run_folder import LOCK_FILE, checkpoints, read_run_settings, run_lock
+from textinv.run_folder import LOCK_FILE, checkpoints, read_loss_log, read_run_settings, run_lock
 from textinv.tracking import RunTracker
 from textinv.train import TrainingInterrupted, train
 from conftest import train_config
@@ -174,6 +174,23 @@ def test_an_overwrite_cut_short_leaves_the_record_that_names_the_old_runs_files(
     train(config(images, out, steps=2, save_every=2, format="a1111", overwrite=True), model=load_model(sd1_dir),
           progress=False)
     assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["zq-2.pt"]
+
+
+def test_a_second_ctrl_c_as_the_last_score_is_written_leaves_no_row_out(sd1_dir, images, tmp_path, monkeypatch):
+    """The run ends complete, its checkpoint holding the last step's validation loss: validation.csv, written only
+    as a step is scored, lacked that row for good (a resume has nothing to score again)."""
+    real, written = train_module.write_loss_log, []
+
+    def cut_short(path, *a, **k):  # (the second Ctrl-C, landing as step 4's score is written)
+        if k.get("column") == "validation_loss":
+            written.append(1)
+            if len(written) == 3:
+                raise KeyboardInterrupt
+        return real(path, *a, **k)
+    monkeypatch.setattr(train_module, "write_loss_log", cut_short)
+    out = tmp_path / "run"
+    train(config(images, out, steps=4, validate_every=2), model=load_model(sd1_dir), progress=False)
+    assert [step for step, _ in read_loss_log(out / "validation.csv", "validation_loss")] == [0, 2, 4]
 
 
 def test_sigterm_during_the_last_save_lets_it_finish(sd1_dir, images, tmp_path, monkeypatch):

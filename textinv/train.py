@@ -1284,6 +1284,9 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                              held_out=[held.names for held in held_back] if held_back[0] is not None else None)
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
+        if validated:  # (as the checkpoint has them: a second Ctrl-C between a score and its row left the row out)
+            write_loss_log(out / VALIDATION_LOG, validated, validated_by_concept, [c.token for c in concepts],
+                           column="validation_loss")
         return files
 
     # the grids' prompts: the run's templates, but a [filewords] template has no picture's words to fill in, and
