@@ -325,6 +325,28 @@ def test_two_stages_running_at_once_both_keep_their_log(tmp_path):
     assert {stage: log[stage]["steps"] for stage in STAGES} == {stage: 300 for stage in STAGES}
 
 
+def _write_config(work, stage, n):
+    from textinv.shapes.pretrain import _write_json
+
+    for i in range(n):
+        _write_json(work / "config.json", {"stage": stage, "i": i, "padding": "x" * 2000})
+
+
+def test_two_stages_started_at_once_both_write_the_config(tmp_path):
+    """Each chunk writes config.json as it starts, under no lock: with one temporary name for both, one renamed
+    the other's half-written file and the other stopped on its own rename (FileNotFoundError)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_write_config, args=(tmp_path, stage, 200)) for stage in STAGES]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert json.loads((tmp_path / "config.json").read_text())["i"] == 199
+
+
 def test_deterministic_vae_posterior_samples_its_mean_and_keeps_it():
     from textinv.shapes.pretrain import PretrainConfig, QUICK, build_vae, make_deterministic
 

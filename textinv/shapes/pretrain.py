@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 from textinv.errors import ConfigError
 from textinv.graphs import CapturedStep
+from textinv.io import write_text
 from textinv.shapes import world
 from textinv.shapes.evaluate import PROMPTING
 
@@ -277,9 +278,9 @@ def count_parameters(module) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    # (a temporary file of its own: a VAE and a UNet chunk started at once both write config.json, and with one
+    # shared name one renamed the other's half-written file, and the other stopped on its own rename)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _replace_folder(tmp: Path, final: Path) -> None:
