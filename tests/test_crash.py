@@ -193,6 +193,24 @@ def test_a_second_ctrl_c_as_the_last_score_is_written_leaves_no_row_out(sd1_dir,
     assert [step for step, _ in read_loss_log(out / "validation.csv", "validation_loss")] == [0, 2, 4]
 
 
+def test_ctrl_c_saves_the_run_when_its_log_reader_has_gone(sd1_dir, images, tmp_path):
+    """`textinv train ... 2>&1 | tee train.log`: Ctrl-C stops tee too, and the run's next line on stderr (its
+    progress bar, the signal's note) raised BrokenPipeError mid-step: it died without saving."""
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "textinv", "train", "--model", str(sd1_dir), "--images", str(images),
+                            "--token", "<zq>", "--init", "dog", "--out", str(out), "--steps", "100000", "--batch", "1",
+                            "--save-every", "0", "--sample-every", "0"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, env=env)
+    seen = b""
+    while b"step/s" not in seen:  # (steps are being taken, under the run's signal handling)
+        seen += run.stderr.read1(4096) or pytest.fail(f"the run ended: {seen.decode()}")
+    run.stderr.close()  # tee has gone
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130
+    assert checkpoints(out) and (out / "learned_embeds.safetensors").is_file()
+
+
 def test_sigterm_during_the_last_save_lets_it_finish(sd1_dir, images, tmp_path, monkeypatch):
     """The handlers were put back before the final save: a SIGTERM then killed the process (no save, litter)."""
     real, sent = train_module.save_embedding, []

@@ -474,10 +474,42 @@ def _tolerant_output() -> None:
     """Let stdout and stderr write any character. A token, prompt or file name may hold characters the stream's
     encoding lacks (Windows writes redirected output, `textinv inspect F > info.txt`, in its ANSI code page, e.g.
     cp1252), and printing one raised UnicodeEncodeError after the work was done; such characters are written as
-    backslash escapes instead (`\\u6f22`), keeping what they were."""
+    backslash escapes instead (`\\u6f22`), keeping what they were. stderr's reader may leave (`_ReaderMayLeave`)."""
     for stream in (sys.stdout, sys.stderr):
         if callable(getattr(stream, "reconfigure", None)):  # (a TextIOWrapper; not a test's or a notebook's stand-in)
             stream.reconfigure(errors="backslashreplace")
+    if sys.stderr is not None:  # (None: pythonw on Windows)
+        sys.stderr = _ReaderMayLeave(sys.stderr)
+
+
+class _ReaderMayLeave:
+    """stderr, whose reader may leave while the command runs (`textinv train ... 2>&1 | tee train.log`, where Ctrl-C
+    stops tee too): a write it cannot take sends it and the rest to the null device. The BrokenPipeError raised
+    mid-step (by the progress bar, or Ctrl-C's note) stopped a run without the save Ctrl-C promises."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_null()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_null()
+
+    def _to_null(self) -> None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())
+        os.close(null)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def run() -> None:
