@@ -160,6 +160,21 @@ def test_written_files_follow_the_documented_layouts(tmp_path):
     assert load_file(p1)["<my-dog>"].shape == (2, 768) and load_file(p2)["<my-dog>"].shape == (2, 1280)
 
 
+def test_a_pair_whose_files_were_saved_at_different_steps_is_refused(tmp_path):
+    """A diffusers-sdxl pair is written a file at a time, its second file first: a run killed between the two left
+    the second a save ahead of the first, and the two loaded as one embedding of two steps' halves."""
+    def at(step, folder):
+        emb = LearnedEmbedding("<cat>", {"text_encoder": torch.full((1, 768), float(step)),
+                                         "text_encoder_2": torch.full((1, 1280), float(step))}, {"steps": str(step)})
+        return save_embedding(emb, tmp_path / folder / "learned_embeds.safetensors", format="diffusers-sdxl")
+
+    first, second = at(2, "run")
+    assert load_embedding(first).widths == (768, 1280)
+    second.write_bytes(at(4, "later")[1].read_bytes())  # (the next save's second file, then the kill)
+    with pytest.raises(FormatError, match=r"saved at different steps \(2 and 4\).*--resume writes both again"):
+        load_embedding(first)
+
+
 def test_png_keeps_the_preview_image(tmp_path):
     preview = Image.new("RGB", (40, 30), (200, 10, 10))
     (p,) = save_embedding(make_emb(), tmp_path / "dog.png", format="a1111-png", preview=preview)

@@ -459,6 +459,15 @@ def _read_paired(path: Path, pair: bool = True) -> _Read:
                     raise FormatError(f"{path} and {second} look like one diffusers-sdxl pair for {read.token!r} but "
                                       f"hold {n1} and {n2} vectors: they come from different runs; load one with "
                                       "pair=False or pass the two right files to load_embedding_pair")
+                # (written a file at a time, the second first: a run killed between them left its halves of two
+                # saves)
+                steps = read.metadata.get("steps"), other.metadata.get("steps")
+                if all(steps) and steps[0] != steps[1]:
+                    raise FormatError(f"{path} and {second} are one diffusers-sdxl pair for {read.token!r} saved at "
+                                      f"different steps ({steps[0]} and {steps[1]}): the run was stopped between "
+                                      "writing them (textinv train --resume writes both again), or two steps' files "
+                                      "were mixed; give the pair of one step (a run's embeddings/ folder keeps "
+                                      "each --save-every step's)")
                 read = read._replace(format="diffusers-sdxl", vectors={
                     "text_encoder": read.vectors["text_encoder"], "text_encoder_2": other.vectors["text_encoder"]})
     return read
