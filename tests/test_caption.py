@@ -11,7 +11,7 @@ from textinv import caption as caption_module
 from textinv import train as train_module
 from textinv.caption import BLIP_PROMPT, CaptionConfig, caption_pictures, describe, load_blip
 from textinv.cli import main
-from textinv.data import find_images, read_caption
+from textinv.data import find_images, load_training_images, read_caption
 from textinv.errors import ConfigError, DataError, ModelError
 from textinv.models import load_model
 from textinv.train import train
@@ -267,3 +267,32 @@ def test_bad_input_is_refused_before_any_caption_is_written(blip_dir, sd1_dir, t
     config = _config_from_args(CaptionConfig, _parse(make_parser(), ["caption", *map(str, argv)]))
     with pytest.raises(error, match=re.escape(words)):  # (the same from Python)
         caption_pictures(config)
+
+
+def test_an_empty_caption_file_is_captioned_as_train_reads_it_as_none(blip_dir, tmp_path, capsys):
+    """train reads an empty (or blank) caption file as no caption (`read_caption`): the picture is captioned, into
+    that file, and its line says it was empty."""
+    folder = write_images(tmp_path / "pics", n=2)
+    (folder / "img0.txt").write_text("")
+    (folder / "img1.txt").write_text(" \n\n")
+    assert [read_caption(folder / f"img{i}.png") for i in range(2)] == [None, None]
+    code, out, _ = run(capsys, "--images", folder, "--model", blip_dir)
+    assert code == 0 and out.splitlines()[-1] == "wrote 2 caption file(s)", out
+    for i, line in enumerate(out.splitlines()[:2]):
+        text = (folder / f"img{i}.txt").read_text().strip()
+        assert text and line == f"{folder / f'img{i}.png'} -> img{i}.txt (was empty): {text}"
+
+
+def test_unreadable_pictures_are_refused_together_before_the_model_loads(tmp_path, capsys):
+    """A picture whose header reads but whose pixels do not (cut short) would stop train too: every such picture
+    is named in one error before the model loads, no caption written."""
+    folder = write_images(tmp_path / "pics", n=3)
+    for name in ("img1.png", "img2.png"):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[:len(data) // 2])
+    code, _, err = run(capsys, "--images", folder, "--model", "nobody/no-such-blip")  # (never loaded)
+    assert code == 2 and "2 of the 3 pictures cannot be read" in err, err
+    assert str(folder / "img1.png") in err and str(folder / "img2.png") in err and "remove it" in err
+    assert not list(folder.glob("*.txt"))
+    with pytest.raises(DataError, match="img1.png"):  # (train's loader, after its model loaded)
+        load_training_images(find_images(folder), 32)

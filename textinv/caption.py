@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .config import DEVICE_HELP, PRECISIONS, check_choices, check_types, opt
-from .data import CAPTION_SUFFIXES, _PICTURE_SUFFIXES, caption_file, find_images, load_image
+from .data import CAPTION_SUFFIXES, _PICTURE_SUFFIXES, _caption, _read_text, caption_file, find_images, load_image
 from .errors import ConfigError, DataError, ModelError
 from .io import write_text
 
@@ -35,6 +35,7 @@ BLIP_PROMPT = "a picture of"  # BLIP's captioning prompt (its blip_decoder's `pr
 PROMPT_TOKENS = 4  # the prompt as the decoder starts from it: [DEC] a picture of (counted in the lengths)
 SAMPLING_REPETITION_PENALTY = 1.1  # what BLIP's generate() passes when it samples (1.0 for beam search)
 DEFAULT_TOP_P = 0.9  # kohya's
+BLIP_SIDE = 384  # the side the Salesforce models' processor resizes pictures to
 
 
 @dataclass
@@ -114,12 +115,14 @@ class Blip:
 class CaptionResult:
     written: list[Path] = field(default_factory=list)  # the caption files written
     kept: list[Path] = field(default_factory=list)  # the caption files that were there, left as they were
+    empty: list[Path] = field(default_factory=list)  # the empty caption files that were there (train: no caption)
 
 
 def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> CaptionResult:
     """Write a caption file beside each picture of `config.images` (one line printed for each, then a summary);
     `blip` is loaded from `config.model` when not given. Pictures that have a caption file keep it unless
-    `config.overwrite`.
+    `config.overwrite` (an empty one is no caption to train: it is written). A picture train could not read either
+    refuses the folder, before the model loads.
 
     >>> caption_pictures(CaptionConfig(images="photos/my-dog", prefix="a photo of {},"))  # doctest: +SKIP
     photos/my-dog/dog1.jpg -> dog1.txt: a photo of {}, a dog lying on a red sofa
@@ -129,6 +132,7 @@ def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> Caption
 
     config.validate()
     pictures = find_images(Path(config.images).expanduser())
+    _check_readable(pictures)
     device = pick_device(config.device)
     result = CaptionResult()
     todo = _uncaptioned(pictures, config, result)
@@ -144,17 +148,35 @@ def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> Caption
 
 def _uncaptioned(pictures: list[Path], config: CaptionConfig, result: CaptionResult) -> list[tuple[Path, Path]]:
     """The pictures to caption, each with the file its caption goes to: the caption file it has, which train reads,
-    with --overwrite (so that it is that file that changes), else NAME + the extension. Those that keep their
-    caption file are added to `result.kept`, and said."""
+    with --overwrite or when it is empty (train reads that as no caption; added to `result.empty`), else NAME + the
+    extension. Those that keep their caption file are added to `result.kept`, and said."""
     todo = []
     for path in pictures:
         there = _caption_there(path, config.caption_extension)
         if there is not None and not config.overwrite:
-            result.kept.append(there)
-            print(f"{path}: kept {there.name}")
-        else:
-            todo.append((path, there or _target(path, config.caption_extension)))
+            if _caption(_read_text(there, "caption file")) is None:  # (as train reads it: `data.read_caption`)
+                result.empty.append(there)
+            else:
+                result.kept.append(there)
+                print(f"{path}: kept {there.name}")
+                continue
+        todo.append((path, there or _target(path, config.caption_extension)))
     return todo
+
+
+def _check_readable(pictures: list[Path]) -> None:
+    """Refuse the folder, before the model loads, when a picture cannot be decoded (cut short, damaged, too
+    large), naming each: train decodes every picture before its first step and refuses the folder for any of them
+    (`find_images` has left out the files that are no picture at all, with a warning, as for train)."""
+    bad = []
+    for path in pictures:
+        try:
+            load_image(path, shown_at=BLIP_SIDE)  # (as a batch decodes it: a big JPEG at a reduced scale)
+        except DataError as e:
+            bad.append(str(e))
+    if bad:
+        raise DataError(f"{len(bad)} of the {len(pictures)} pictures cannot be read, and train would refuse the "
+                        f"folder for them too: {'; '.join(bad)}")
 
 
 def _check_targets(todo: list[tuple[Path, Path]], pictures: list[Path]) -> None:
@@ -180,7 +202,7 @@ def _caption_batch(blip: Blip, todo: list[tuple[Path, Path]], config: CaptionCon
         line = _joined(config.prefix, text, config.suffix)
         write_text(target, line + "\n")  # (atomic: an interrupted write leaves the old file, or none)
         result.written.append(target)
-        print(f"{path} -> {target.name}: {line}")
+        print(f"{path} -> {target.name}{' (was empty)' if target in result.empty else ''}: {line}")
 
 
 def _caption_there(picture: Path, extension: str) -> Path | None:
@@ -219,7 +241,7 @@ def _side(blip: Blip) -> int:
     reduced scale that keeps enough of it (`data.load_image`'s `shown_at`)."""
     size = getattr(blip.processor.image_processor, "size", None)  # (a dict, or transformers 5's SizeDict)
     sides = [size.get(k) if isinstance(size, dict) else getattr(size, k, None) for k in ("height", "width")]
-    return max([s for s in sides if s] or [384])
+    return max([s for s in sides if s] or [BLIP_SIDE])
 
 
 @contextlib.contextmanager
