@@ -11,8 +11,9 @@ from textinv import caption as caption_module
 from textinv import train as train_module
 from textinv.caption import BLIP_PROMPT, CaptionConfig, caption_pictures, describe, load_blip
 from textinv.cli import main
-from textinv.data import find_images, load_training_images, read_caption
+from textinv.data import find_images, load_training_images, picture_set, read_caption
 from textinv.errors import ConfigError, DataError, ModelError
+from textinv.kohya import dataset_subsets
 from textinv.models import load_model
 from textinv.train import train
 
@@ -249,9 +250,10 @@ def test_train_reads_the_written_captions(blip_dir, sd1_dir, tmp_path, capsys, m
     (["--min-length", "9", "--max-length", "8"], ConfigError, "--min-length 9 must be from 0 to --max-length (8)"),
     (["--batch", "0"], ConfigError, "--batch must be at least 1"),
     (["--max-length", "4", "--min-length", "0"], ConfigError, "--max-length 4 leaves no room for a word"),
+    (["--dataset-config", "{tmp}/d.toml"], ConfigError, "--images and --dataset-config both name the pictures"),
 ], ids=["missing", "file", "empty", "unknown-hub-id", "missing-folder", "not-blip", "revision-of-folder",
         "extension-without-dot", "picture-suffix", "beams-without-beam-search", "top-p-with-beams", "lengths",
-        "batch", "length-of-the-prompt"])
+        "batch", "length-of-the-prompt", "images-and-dataset-config"])
 def test_bad_input_is_refused_before_any_caption_is_written(blip_dir, sd1_dir, tmp_path, capsys, flags, error,
                                                             words):
     from textinv.cli import _config_from_args, _parse, make_parser
@@ -296,3 +298,23 @@ def test_unreadable_pictures_are_refused_together_before_the_model_loads(tmp_pat
     assert not list(folder.glob("*.txt"))
     with pytest.raises(DataError, match="img1.png"):  # (train's loader, after its model loaded)
         load_training_images(find_images(folder), 32)
+
+
+def test_a_dataset_configs_subsets_are_captioned_with_the_suffix_each_reads(blip_dir, tmp_path, capsys):
+    """--dataset-config: each subset's pictures get the caption file that subset reads (its caption_extension,
+    else train's own NAME.txt), and a caption file is kept only under that exact name."""
+    a, b = write_images(tmp_path / "a", n=2), write_images(tmp_path / "b", n=2)
+    (a / "img0.txt").write_text("not read by subset a\n")  # (a reads NAME.cap only: img0 has no caption)
+    (a / "img1.cap").write_text("kept\n")
+    (b / "img0.txt").write_text("kept too\n")
+    dataset = tmp_path / "dataset.toml"
+    dataset.write_text(f'[[datasets]]\n  [[datasets.subsets]]\n  image_dir = "{a}"\n  caption_extension = "cap"\n'
+                       f'  [[datasets.subsets]]\n  image_dir = "{b}"\n')
+    code, out, _ = run(capsys, "--dataset-config", dataset, "--model", blip_dir)
+    assert code == 0 and out.splitlines()[-1].startswith("wrote 2 caption file(s), kept 2"), out
+    assert f"{a / 'img0.png'} -> img0.cap: " in out and f"{b / 'img1.png'} -> img1.txt: " in out
+    assert (a / "img0.txt").read_text() == "not read by subset a\n" and (a / "img1.cap").read_text() == "kept\n"
+    assert not (a / "img1.txt").exists() and not list(b.glob("*.cap"))
+    found = picture_set(subsets=dataset_subsets(dataset))
+    captions = [read_caption(p, e) for p, e in zip(found.paths, found.caption_extensions)]
+    assert None not in captions and captions[1] == "kept" and captions[2] == "kept too"

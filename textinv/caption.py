@@ -12,9 +12,10 @@ transformers' port of the ViT-L caption weights kohya's script loads; the base m
 writes plainer captions, and a training folder of 3-10 pictures is captioned once, so the larger one is the default.
 
 The pictures are exactly those `train` reads (`data.find_images`: the folder's, or those of its kohya
-`<repeats>_<words>` subfolders), decoded as it decodes them (`data.load_image`: EXIF rotation, any colour mode as
-RGB). Sampling follows kohya's defaults: nucleus sampling (top-p 0.9) with BLIP's repetition penalty 1.1, or beam
-search with `beam_search`; lengths count BLIP's prompt too, as in both.
+`<repeats>_<words>` subfolders; or a kohya dataset config's subsets, each captioned into the file it reads),
+decoded as it decodes them (`data.load_image`: EXIF rotation, any colour mode as RGB). Sampling follows kohya's
+defaults: nucleus sampling (top-p 0.9) with BLIP's repetition penalty 1.1, or beam search with `beam_search`;
+lengths count BLIP's prompt too, as in both.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pathlib import Path
 import torch
 
 from .config import DEVICE_HELP, PRECISIONS, check_choices, check_types, opt
-from .data import CAPTION_SUFFIXES, _PICTURE_SUFFIXES, _caption, _read_text, caption_file, find_images, load_image
+from .data import (CAPTION_SUFFIXES, _PICTURE_SUFFIXES, PictureSet, _caption, _read_text, caption_file, load_image,
+                   picture_set)
 from .errors import ConfigError, DataError, ModelError
 from .io import write_text
 
@@ -44,6 +46,8 @@ class CaptionConfig:
 
     images: str = opt(None, "the folder of pictures, as train's --images (kohya's <repeats>_<words> subfolders "
                             "too); each gets a caption file beside it", path="file")
+    dataset_config: str = opt(None, "kohya's dataset config (.toml or .json) instead of --images: each subset's "
+                                    "pictures get the caption file it reads (its caption_extension)", path="file")
     model: str = opt(DEFAULT_BLIP, "the BLIP captioning model: hub id or a local folder (BlipForConditionalGeneration "
                                    "with its processor), e.g. Salesforce/blip-image-captioning-base", path="source")
     revision: str = opt(None, "a hub id's branch, tag or commit to load; default: main; hub ids only")
@@ -67,8 +71,12 @@ class CaptionConfig:
     def validate(self) -> "CaptionConfig":
         check_types(self)
         check_choices(self)
-        if not self.images:
-            raise ConfigError("--images is required: the folder of pictures to caption, as train's --images")
+        if not self.images and not self.dataset_config:
+            raise ConfigError("--images is required: the folder of pictures to caption, as train's --images (or "
+                              "--dataset-config, kohya's dataset config)")
+        if self.images and self.dataset_config:
+            raise ConfigError("--images and --dataset-config both name the pictures: give one of them (the file's "
+                              "subsets are its folders)")
         _check_extension(self.caption_extension)
         for name in ("num_beams", "max_length", "batch"):
             if getattr(self, name) < 1:
@@ -131,12 +139,12 @@ def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> Caption
     from .models import pick_device
 
     config.validate()
-    pictures = find_images(Path(config.images).expanduser())
-    _check_readable(pictures)
+    pictures = _pictures(config)
+    _check_readable(pictures.paths)
     device = pick_device(config.device)
     result = CaptionResult()
     todo = _uncaptioned(pictures, config, result)
-    _check_targets(todo, pictures)
+    _check_targets(todo, pictures.paths)
     if todo:
         blip = blip or load_blip(config.model, device, _dtype(config.precision, device), config.revision)
         with _seeded(config.seed, blip.device):
@@ -146,13 +154,25 @@ def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> Caption
     return result
 
 
-def _uncaptioned(pictures: list[Path], config: CaptionConfig, result: CaptionResult) -> list[tuple[Path, Path]]:
+def _pictures(config: CaptionConfig) -> PictureSet:
+    """The pictures train reads: `config.images`' (`data.find_images`), or the subsets of `config.dataset_config`
+    (`kohya.dataset_subsets`), each with its caption_extension."""
+    if config.dataset_config:
+        from .kohya import dataset_subsets
+
+        return picture_set(subsets=dataset_subsets(config.dataset_config))
+    return picture_set(Path(config.images).expanduser())
+
+
+def _uncaptioned(pictures: PictureSet, config: CaptionConfig, result: CaptionResult) -> list[tuple[Path, Path]]:
     """The pictures to caption, each with the file its caption goes to: the caption file it has, which train reads,
     with --overwrite or when it is empty (train reads that as no caption; added to `result.empty`), else NAME + the
-    extension. Those that keep their caption file are added to `result.kept`, and said."""
+    extension (its subset's caption_extension, else --caption-extension). Those that keep their caption file are
+    added to `result.kept`, and said."""
     todo = []
-    for path in pictures:
-        there = _caption_there(path, config.caption_extension)
+    for path, subsets in zip(pictures.paths, pictures.caption_extensions, strict=True):
+        extension = subsets or config.caption_extension
+        there = _caption_there(path, extension, exact=subsets is not None)
         if there is not None and not config.overwrite:
             if _caption(_read_text(there, "caption file")) is None:  # (as train reads it: `data.read_caption`)
                 result.empty.append(there)
@@ -160,7 +180,7 @@ def _uncaptioned(pictures: list[Path], config: CaptionConfig, result: CaptionRes
                 result.kept.append(there)
                 print(f"{path}: kept {there.name}")
                 continue
-        todo.append((path, there or _target(path, config.caption_extension)))
+        todo.append((path, there or _target(path, extension)))
     return todo
 
 
@@ -205,10 +225,11 @@ def _caption_batch(blip: Blip, todo: list[tuple[Path, Path]], config: CaptionCon
         print(f"{path} -> {target.name}{' (was empty)' if target in result.empty else ''}: {line}")
 
 
-def _caption_there(picture: Path, extension: str) -> Path | None:
+def _caption_there(picture: Path, extension: str, exact: bool = False) -> Path | None:
     """The caption file the picture has: for .txt and .caption, the one of the names train reads that it reads
-    first (`data.caption_file`: NAME.txt before NAME.caption), else NAME + `extension`."""
-    named = caption_file(picture) if extension.lower() in CAPTION_SUFFIXES else None
+    first (`data.caption_file`: NAME.txt before NAME.caption), else, or when `exact` (a kohya subset's
+    caption_extension, the only name train reads then), NAME + `extension`."""
+    named = caption_file(picture) if not exact and extension.lower() in CAPTION_SUFFIXES else None
     return named or caption_file(picture, extension)
 
 

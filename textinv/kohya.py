@@ -51,7 +51,7 @@ from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint, setting_of
 from .io import read_text
 
-__all__ = ["read_dataset_config", "apply_dataset_config", "DatasetConfigWarning"]
+__all__ = ["read_dataset_config", "apply_dataset_config", "dataset_subsets", "DatasetConfigWarning"]
 
 # the tables a key may be written in, as kohya's schema takes it: a dataset's setting in [general] (for every
 # dataset) or its [[datasets]]; a subset's in any of the three (a dataset's for its subsets, [general]'s for all);
@@ -477,6 +477,17 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
                           f"({_listed(config.subset_list())}) "
                           f"both name the pictures: give one of them")
     return dataclasses.replace(config, **changes, subsets=subsets, dataset_config=None)
+
+
+def dataset_subsets(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The subsets of kohya's dataset config at `path`, as `TrainConfig.subsets` holds them (`apply_dataset_config`'s,
+    without the settings), for what needs only the pictures and their caption files (`textinv caption`).
+
+    >>> dataset_subsets("dataset.toml")  # doctest: +SKIP
+    [{'images': '/home/me/img/dog', 'repeats': 10, 'caption_extension': '.caption'}]
+    """
+    read = read_dataset_config(path)
+    return [_subset(read, i, values) for i, values in enumerate(read.subsets)]
 
 
 # (a resume reads the run's config.yaml, which holds what the file gave when the run started)
