@@ -308,6 +308,50 @@ def test_the_embedding_axis_draws_each_file_under_one_token_in_training_step_ord
     assert model.tokenizer.convert_tokens_to_ids("<q>") == model.tokenizer.unk_token_id  # (handed back clean)
 
 
+def test_the_other_embeddings_given_stay_in_every_cell(sd1_dir, tmp_path):
+    """A negative embedding given with --embedding beside the axis is drawn in every cell: the axis's file takes
+    the place of the --embedding that is its own (one of its files, or one holding its token), else is loaded
+    beside them; each cell is the plain generate with both. The web UI's step files too, under the run's name."""
+    neg = save_embedding(LearnedEmbedding("<neg>", {"text_encoder": torch.randn(2, 32) * 3}),
+                         tmp_path / "neg.safetensors")[0]
+    folder = tmp_path / "embeddings"
+    files = {steps: save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(
+        1, 32, generator=torch.Generator().manual_seed(steps)) * 3}, {"steps": str(steps)}),
+        folder / f"learned_embeds-steps-{steps}.safetensors")[0] for steps in (500, 1000)}
+    model = load_model(sd1_dir)
+    settings = {"model": str(sd1_dir), "prompt": ["a photo of <q>"], "negative_prompt": "<neg>"}
+    for given in ([str(neg)], [str(neg), str(files[500])]):  # (beside it; in the place of the axis's own)
+        cells = generate(_config(tmp_path, out=str(tmp_path / f"r{len(given)}"), embedding=given,
+                                 x=f"embedding={folder}/*.safetensors", **settings), model=model, progress=False)[1:]
+        for steps, cell in zip((500, 1000), cells):
+            plain = generate(_config(tmp_path, out=str(tmp_path / f"plain{steps}"), embedding=[str(neg), str(
+                files[steps])], **settings), model=model, progress=False)[0]
+            assert np.array_equal(pixels(cell), pixels(plain))
+    steps = {step: web_ui_step(tmp_path / "web", "my-dog", step, seed=step) for step in (500, 1000)}
+    settings = {**settings, "prompt": ["a photo of my-dog"]}
+    grid, *cells = generate(_config(tmp_path, out=str(tmp_path / "web-r"), embedding=[str(neg)],
+                                    x=f"embedding={tmp_path}/web/*.pt", **settings), model=model, progress=False)
+    for step, cell in zip((500, 1000), cells):
+        plain = generate(_config(tmp_path, out=str(tmp_path / f"web{step}"), embedding=[str(neg), str(steps[step])],
+                                 token=["<neg>", "my-dog"], **settings), model=model, progress=False)[0]
+        assert np.array_equal(pixels(cell), pixels(plain))
+    # --again on the grid (--metadata shareable: the model and the files given beside it) draws it again
+    assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--x", f"embedding={tmp_path}/web/*.pt",
+                 "--embedding", str(neg), "--out", str(tmp_path / "again")]) == 0
+    assert np.array_equal(pixels(tmp_path / "again" / "xyz_grid-0000.png"), pixels(grid))
+
+
+def test_an_axis_whose_place_among_the_embeddings_given_is_unsaid_is_refused(tmp_path, no_model):
+    """Two --embedding files that each hold the axis's token: which one each file of the axis replaces is unsaid."""
+    a, b, c = (save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}),
+                              tmp_path / f"{name}.safetensors")[0] for name in "abc")
+    with pytest.raises(ConfigError, match=r"--embedding \S+a.safetensors and \S+b.safetensors are each the axis's "
+                                          r"\(one of its files, or holding one of their tokens <q>\), .* leave out "
+                                          r"all but one of them, or give the others a --token of their own"):
+        generate(_config(tmp_path, prompt=["a photo of <q>"], embedding=[str(a), str(b)], x=f"embedding={a},{c}"),
+                 progress=False)
+
+
 def web_ui_step(folder, name, step, seed=0):
     """An embedding as the web UI saves a training step's: NAME-STEP.pt, holding the name NAME-STEP."""
     folder.mkdir(exist_ok=True)
@@ -338,8 +382,7 @@ def test_the_web_uis_step_files_are_drawn_under_the_runs_name(sd1_dir, tmp_path)
 
 
 def test_step_files_whose_token_is_unsaid_are_refused(tmp_path, no_model):
-    """Two runs' files, a prompt that writes one step's own name, or another --embedding beside the axis's (each of
-    which would need its --token): which token is meant is unsaid."""
+    """Two runs' files, or a prompt that writes one step's own name: which token is meant is unsaid."""
     folder = tmp_path / "e"
     dog, dog2, cat = web_ui_step(folder, "my-dog", 500), web_ui_step(folder, "my-dog", 1000), \
         web_ui_step(folder, "cat", 500)
@@ -350,8 +393,13 @@ def test_step_files_whose_token_is_unsaid_are_refused(tmp_path, no_model):
     dog50 = web_ui_step(tmp_path / "e50", "my-dog", 50)  # (its name is in my-dog-500, but not as a word)
     with pytest.raises(ConfigError, match=r"but the prompt writes 'my-dog-500', one step's own name"):
         generate(_config(tmp_path, prompt=["a photo of my-dog-500"], x=f"embedding={dog50},{dog}"), progress=False)
-    with pytest.raises(ConfigError, match=r"with more than one --embedding give one --token per --embedding"):
-        generate(_config(tmp_path, prompt=["my-dog, cat"], embedding=[str(dog), str(cat)], x=f"embedding={dog},{dog2}"),
+    # another --embedding beside the axis's is named as it names itself, the axis's files as their run
+    cells = xyz.plan(_config(tmp_path, prompt=["my-dog, cat-500"], embedding=[str(dog), str(cat)],
+                             x=f"embedding={dog},{dog2}")).cells
+    assert [(c.embedding, c.token) for c in cells] == [([str(dog), str(cat)], ["my-dog", "cat-500"]),
+                                                       ([str(dog2), str(cat)], ["my-dog", "cat-500"])]
+    with pytest.raises(ConfigError, match=r"\S+/e50 holds none textinv reads alone: give one --token per --embedding"):
+        generate(_config(tmp_path, prompt=["my-dog"], embedding=[str(tmp_path / "e50")], x=f"embedding={dog},{dog2}"),
                  progress=False)
     cells = xyz.plan(_config(tmp_path, prompt=["a photo of my-dog"], x=f"embedding={folder}/my-dog-*.pt")).cells
     assert [(c.embedding, c.token) for c in cells] == [([str(dog)], ["my-dog"]), ([str(dog2)], ["my-dog"])]

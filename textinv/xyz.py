@@ -188,20 +188,23 @@ def _replaced(value: str, config: GenerateConfig, values: list[str]) -> dict:
 # --- the embedding axis ------------------------------------------------------------------------------------------
 
 class AxisFile(NamedTuple):
-    """An embedding axis's value: its file, and the token its cell loads it under where that is not the one it holds
-    (`_shared_token`: the web UI's step files), else None (the first --token, or its own)."""
+    """An embedding axis's value: its file, the --embedding it takes the place of in its cell (`slot`, an index in
+    --embedding; None: it is loaded beside them all, `_axis_slot`), and the cell's --token list where the command's
+    is not it (`tokens`; None: the command's)."""
 
     path: str
-    token: str | None = None
+    slot: int | None = None
+    tokens: tuple | None = None
 
 
 def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]:
     """The files of an embedding axis: each item a file, or a glob (`runs/dog/embeddings/*.safetensors`) whose
     files are taken in training-step order (the step each file records, else the numbers in their names). Each
-    must be an embedding, all drawn under one token (each is drawn by the same prompt): the first --token's when
-    given (it names each file), else the one they hold, or the run's name that each holds with its step
-    (`_shared_token`), which a prompt must write. The second file of diffusers' SDXL pair (learned_embeds_2-steps-N)
-    is read with the first, not as a value of its own."""
+    must be an embedding, all drawn under one token (each is drawn by the same prompt): the --token of the
+    --embedding they take the place of when given (it names each file), else the one they hold, or the run's name
+    that each holds with its step (`_shared_token`), which a prompt must write. The other --embedding files stay in
+    every cell (`_axis_slot`). The second file of diffusers' SDXL pair (learned_embeds_2-steps-N) is read with the
+    first, not as a value of its own."""
     files: list[str] = []
     for item in items:
         if glob.has_magic(item):
@@ -213,24 +216,70 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]
             raise ValueError(f"{item} does not exist")
         else:
             files.append(str(Path(item).expanduser()))
-    token = config.token[0] if config.token else None
     read = {}
     with warnings.catch_warnings():  # (a second half read alone says it is half; it is dropped below)
         warnings.simplefilter("ignore")
         for file in files:
             try:
-                read[file] = load_embedding(file, token=token)
+                read[file] = load_embedding(file)
             except TextinvError as e:
                 raise ValueError(f"{file} is not an embedding textinv reads ({e})") from None
     # diffusers' SDXL pair: learned_embeds-steps-N reads its learned_embeds_2-steps-N, which a glob finds too
     halves = {str(second_file(f)) for f, emb in read.items() if len(emb.widths) == 2}
     files = [f for f in files if str(Path(f)) not in halves]
     said = " ".join(config.prompt + [config.negative_prompt]).lower()
-    token, renamed = _shared_token({f: read[f].token for f in files}, config, said)
+    own, given = {f: read[f].token for f in files}, _given_tokens(config)
+    slot = _axis_slot(own, config, given)
+    if config.token and slot is not None:  # (its --token names each file of the axis)
+        token, renamed = config.token[slot], False
+    else:
+        token, renamed = _shared_token(own, said)
     if token.lower() not in said:
-        raise ValueError(f"their token {token!r} is in no --prompt or --negative-prompt, so no cell would draw them; "
-                         f"write it in the prompt, e.g. 'a photo of {token}'")
-    return [AxisFile(f, token if renamed else None) for f in files]
+        beside = (f" (no --embedding is the axis's: none is one of its files or holds its token, so each is loaded "
+                  f"beside them)" if config.embedding and slot is None else "")
+        raise ValueError(f"their token {token!r} is in no --prompt or --negative-prompt, so no cell would draw "
+                         f"them{beside}; write it in the prompt, e.g. 'a photo of {token}'")
+    if not renamed and not (config.token and slot is None):
+        return [AxisFile(f, slot) for f in files]  # (each loaded under its own token, or the command's --token)
+    tokens = given + [token] if slot is None else [token if i == slot else t for i, t in enumerate(given)]
+    if None in tokens:  # (the run's name is the axis's --token, so every --embedding needs one)
+        unread = config.embedding[tokens.index(None)]
+        raise ValueError(f"the files are drawn as {token!r} (their run's name), so each --embedding needs its "
+                         f"--token, and {unread} holds none textinv reads alone: give one --token per --embedding, "
+                         f"{token} for the axis's")
+    return [AxisFile(f, slot, tuple(tokens)) for f in files]
+
+
+def _axis_slot(own: dict[str, str], config: GenerateConfig, given: list[str | None]) -> int | None:
+    """The --embedding an axis of files holding `own` tokens takes the place of in each cell: the one that is one of
+    its files, or whose token (`given`: `_given_tokens`) is one of theirs or their run's name (`_run_name`). None:
+    no --embedding is, and the files are loaded beside them all. Two that are: it is unsaid which, refused."""
+    names = set(own.values()) | {_run_name(t) for t in own.values()}
+    axis_files = {Path(f).resolve() for f in own}
+    found = [i for i, (entry, token) in enumerate(zip(config.embedding, given))
+             if Path(entry).expanduser().resolve() in axis_files or token in names]
+    if len(found) > 1:
+        both = " and ".join(config.embedding[i] for i in found[:2])
+        raise ValueError(f"--embedding {both} are each the axis's (one of its files, or holding one of their tokens "
+                         f"{', '.join(sorted(names))}), so it is unsaid which one each file of the axis takes the "
+                         f"place of: leave out all but one of them, or give the others a --token of their own")
+    return found[0] if found else None
+
+
+def _given_tokens(config: GenerateConfig) -> list[str | None]:
+    """Each --embedding's token: its --token, else the one its file holds (None: no file textinv reads alone, a
+    folder or a hub id; a missing file is its cells' error)."""
+    if config.token:
+        return list(config.token)
+    tokens = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for entry in config.embedding:
+            try:
+                tokens.append(load_embedding(Path(entry).expanduser()).token)
+            except (TextinvError, OSError):
+                tokens.append(None)
+    return tokens
 
 
 # the web UI's name for a training step's embedding: the run's name and the step (it saves dog-500.pt holding the
@@ -244,12 +293,12 @@ def _run_name(token: str) -> str:
     return match[1] if match else token
 
 
-def _shared_token(tokens: dict[str, str], config: GenerateConfig, said: str) -> tuple[str, bool]:
+def _shared_token(tokens: dict[str, str], said: str) -> tuple[str, bool]:
     """The token one prompt (`said`, lowercased) draws every file by (`tokens`: each file's own), and whether the
     files are loaded under it rather than their own: the one they hold; else, where each is the web UI's step file
     of one run (`dog-500`, `dog-1000`, and the final `dog`), the run's name. Where that leaves it unsaid which
-    token is meant, it is refused: other names (--token then names every file), a prompt that writes a step's own
-    name, or other --embedding files beside the axis's (which would each need a --token)."""
+    token is meant, it is refused: other names (--token then names every file), or a prompt that writes a step's
+    own name."""
     held = set(tokens.values())
     if len(held) == 1:
         return held.pop(), False
@@ -259,17 +308,14 @@ def _shared_token(tokens: dict[str, str], config: GenerateConfig, said: str) -> 
     listed = ", ".join(f"{t} in {Path(f).name}" for f, t in tokens.items())
     if len(runs) > 1:
         raise ValueError(f"the files hold different tokens ({listed}), so one prompt cannot draw each; give the "
-                         f"first --embedding a --token NAME (with one of the files as --embedding if none is given): "
-                         f"each file of the axis is then loaded under that name")
+                         f"--embedding they take the place of a --token NAME (with one of the files as --embedding if "
+                         f"none is given): each file of the axis is then loaded under that name")
     run = runs.pop()
     # (as words: my-dog-50 is not written in "my-dog-500")
     written = sorted(t for t in held if t != run and re.search(rf"(?<!\w){re.escape(t.lower())}(?!\w)", said))
     if written:
         raise ValueError(f"the files are one run's steps ({listed}), each drawn as {run!r}, but the prompt writes "
                          f"{written[0]!r}, one step's own name: write {run!r} where the concept goes")
-    if len(config.embedding) > 1:
-        raise ValueError(f"the files are one run's steps ({listed}), each drawn as {run!r}: with more than one "
-                         f"--embedding give one --token per --embedding, the first {run}")
     return run, True
 
 
@@ -294,10 +340,14 @@ def _natural(name: str) -> list:
 
 
 def _with_embedding(value: AxisFile, config: GenerateConfig, values: list[AxisFile]) -> dict:
-    """The cell's --embedding: the axis's file in place of the first one given (or as the only one), under the
-    axis's token where the file's own is not it (then the only --embedding: `_shared_token`)."""
-    return {"embedding": [value.path] + list(config.embedding[1:]),
-            **({"token": [value.token]} if value.token is not None else {})}
+    """The cell's --embedding: the axis's file in place of the one it replaces (`_axis_slot`), or beside them all,
+    and its --token where the command's is not it (`AxisFile.tokens`)."""
+    embedding = list(config.embedding)
+    if value.slot is None:
+        embedding.append(value.path)
+    else:
+        embedding[value.slot] = value.path
+    return {"embedding": embedding, **({"token": list(value.tokens)} if value.tokens is not None else {})}
 
 
 # --- the axes ------------------------------------------------------------------------------------------------------
