@@ -341,6 +341,29 @@ def test_the_other_embeddings_given_stay_in_every_cell(sd1_dir, tmp_path):
     assert np.array_equal(pixels(tmp_path / "again" / "xyz_grid-0000.png"), pixels(grid))
 
 
+def test_the_axiss_token_is_looked_for_as_generate_looks_for_it(sd1_dir, tmp_path):
+    """As generate's check and the tokenizer: an added token is read inside a longer word (CLIP's tokenizer splits
+    "hotdogzq" into "hot" and the added "dogzq", so the cells draw it), and the hires fix's prompts draw it too,
+    composed (NFC) as generate composes them; each cell is the plain generate's."""
+    model = load_model(sd1_dir)
+    folder = tmp_path / "e"
+    for steps in (1, 2):
+        save_embedding(LearnedEmbedding("dogzq", {"text_encoder": torch.randn(1, 32, generator=torch.Generator(
+        ).manual_seed(steps)) * 3}, {"steps": str(steps)}), folder / f"learned_embeds-steps-{steps}.safetensors")
+    first = str(folder / "learned_embeds-steps-1.safetensors")
+    for i, settings in enumerate(({"prompt": ["a photo of a hotdogzq"]},
+                                  {"prompt": ["a photo"], "hires_scale": 1.5, "hires_prompt": "a photo of dogzq"})):
+        cell = generate(_config(tmp_path, model=str(sd1_dir), out=str(tmp_path / f"r{i}"), **settings,
+                                x=f"embedding={folder}/*.safetensors"), model=model, progress=False)[1]
+        plain, without = (generate(_config(tmp_path, model=str(sd1_dir), out=str(tmp_path / f"p{i}{len(e)}"),
+                                           embedding=e, **settings), model=model, progress=False)[0]
+                          for e in ([first], []))
+        assert np.array_equal(pixels(cell), pixels(plain)) and not np.array_equal(pixels(cell), pixels(without))
+    cafe = save_embedding(LearnedEmbedding("<caf\u00e9>", {"text_encoder": torch.randn(1, 32)}),
+                          tmp_path / "cafe.safetensors")[0]  # (its token composed: é as one character)
+    assert len(xyz.plan(_config(tmp_path, prompt=["a <cafe\u0301>"], x=f"embedding={cafe}")).cells) == 1
+
+
 def test_an_axis_whose_place_among_the_embeddings_given_is_unsaid_is_refused(tmp_path, no_model):
     """Two --embedding files that each hold the axis's token: which one each file of the axis replaces is unsaid."""
     a, b, c = (save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}),

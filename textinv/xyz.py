@@ -49,6 +49,7 @@ from .generate import (_infotext_value, _memory_error, _Where, checked_settings,
 from .io import absolute, atomic_path
 from .memory import out_of_memory_as
 from .models import pick_device
+from .run_folder import _nfc
 from .report import INK, PAPER, font
 
 SCRIPT = "X/Y/Z plot"  # (the web UI's script's title, which its grids' text names)
@@ -227,7 +228,9 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]
     # diffusers' SDXL pair: learned_embeds-steps-N reads its learned_embeds_2-steps-N, which a glob finds too
     halves = {str(second_file(f)) for f, emb in read.items() if len(emb.widths) == 2}
     files = [f for f in files if str(Path(f)) not in halves]
-    said = " ".join(config.prompt + [config.negative_prompt]).lower()
+    # the prompts generate looks for a token in (`checked_settings`), composed as it composes them
+    said = _nfc(" ".join(config.prompt + [config.negative_prompt, config.hires_prompt or "",
+                                          config.hires_negative_prompt or ""])).lower()
     own, given = {f: read[f].token for f in files}, _given_tokens(config)
     slot = _axis_slot(own, config, given)
     if config.token and slot is not None:  # (its --token names each file of the axis)
@@ -237,8 +240,8 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]
     if token.lower() not in said:
         beside = (f" (no --embedding is the axis's: none is one of its files or holds its token, so each is loaded "
                   f"beside them)" if config.embedding and slot is None else "")
-        raise ValueError(f"their token {token!r} is in no --prompt or --negative-prompt, so no cell would draw "
-                         f"them{beside}; write it in the prompt, e.g. 'a photo of {token}'")
+        raise ValueError(f"their token {token!r} is in no --prompt, --negative-prompt or hires prompt, so no cell "
+                         f"would draw them{beside}; write it in the prompt, e.g. 'a photo of {token}'")
     if not renamed and not (config.token and slot is None):
         return [AxisFile(f, slot) for f in files]  # (each loaded under its own token, or the command's --token)
     tokens = given + [token] if slot is None else [token if i == slot else t for i, t in enumerate(given)]
