@@ -327,13 +327,16 @@ def test_the_other_embeddings_given_stay_in_every_cell(sd1_dir, tmp_path):
             plain = generate(_config(tmp_path, out=str(tmp_path / f"plain{steps}"), embedding=[str(neg), str(
                 files[steps])], **settings), model=model, progress=False)[0]
             assert np.array_equal(pixels(cell), pixels(plain))
+    # the web UI's: the negative embedding called by its file's name, not the token it holds, as generate calls it
+    neg = tmp_path / "easynegqz.safetensors"
+    (tmp_path / "neg.safetensors").rename(neg)
     steps = {step: web_ui_step(tmp_path / "web", "my-dog", step, seed=step) for step in (500, 1000)}
-    settings = {**settings, "prompt": ["a photo of my-dog"]}
+    settings = {**settings, "prompt": ["a photo of my-dog"], "negative_prompt": "easynegqz"}
     grid, *cells = generate(_config(tmp_path, out=str(tmp_path / "web-r"), embedding=[str(neg)],
                                     x=f"embedding={tmp_path}/web/*.pt", **settings), model=model, progress=False)
     for step, cell in zip((500, 1000), cells):
         plain = generate(_config(tmp_path, out=str(tmp_path / f"web{step}"), embedding=[str(neg), str(steps[step])],
-                                 token=["<neg>", "my-dog"], **settings), model=model, progress=False)[0]
+                                 token=["easynegqz", "my-dog"], **settings), model=model, progress=False)[0]
         assert np.array_equal(pixels(cell), pixels(plain))
     # --again on the grid (--metadata shareable: the model and the files given beside it) draws it again
     assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--x", f"embedding={tmp_path}/web/*.pt",
@@ -421,7 +424,8 @@ def test_step_files_whose_token_is_unsaid_are_refused(tmp_path, no_model):
                              x=f"embedding={dog},{dog2}")).cells
     assert [(c.embedding, c.token) for c in cells] == [([str(dog), str(cat)], ["my-dog", "cat-500"]),
                                                        ([str(dog2), str(cat)], ["my-dog", "cat-500"])]
-    with pytest.raises(ConfigError, match=r"\S+/e50 holds none textinv reads alone: give one --token per --embedding"):
+    with pytest.raises(ConfigError, match=r"\S+/e50 is no file textinv reads alone .* one --token per --embedding, "
+                                          r"my-dog for the axis's"):
         generate(_config(tmp_path, prompt=["my-dog"], embedding=[str(tmp_path / "e50")], x=f"embedding={dog},{dog2}"),
                  progress=False)
     cells = xyz.plan(_config(tmp_path, prompt=["a photo of my-dog"], x=f"embedding={folder}/my-dog-*.pt")).cells

@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, DeviceMemoryError, TextinvError
 from .formats import RECORD_KEY, load_embedding, second_file
-from .generate import (_infotext_value, _memory_error, _Where, checked_settings, drawing_dtype, drawing_model,
-                       generate, make_grid)
+from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _Where, checked_settings,
+                       drawing_dtype, drawing_model, generate, make_grid)
 from .io import absolute, atomic_path
 from .memory import out_of_memory_as
 from .models import pick_device
@@ -231,7 +231,7 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]
     # the prompts generate looks for a token in (`checked_settings`), composed as it composes them
     said = _nfc(" ".join(config.prompt + [config.negative_prompt, config.hires_prompt or "",
                                           config.hires_negative_prompt or ""])).lower()
-    own, given = {f: read[f].token for f in files}, _given_tokens(config)
+    own, given = {f: read[f].token for f in files}, _given_tokens(config, said)
     slot = _axis_slot(own, config, given)
     if config.token and slot is not None:  # (its --token names each file of the axis)
         token, renamed = config.token[slot], False
@@ -248,8 +248,9 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]
     if None in tokens:  # (the run's name is the axis's --token, so every --embedding needs one)
         unread = config.embedding[tokens.index(None)]
         raise ValueError(f"the files are drawn as {token!r} (their run's name), so each --embedding needs its "
-                         f"--token, and {unread} holds none textinv reads alone: give one --token per --embedding, "
-                         f"{token} for the axis's")
+                         f"--token, and {unread} is no file textinv reads alone (a folder or a hub id, which takes "
+                         f"none): give the embeddings it holds that you need as files, each its own --embedding, and "
+                         f"one --token per --embedding, {token} for the axis's")
     return [AxisFile(f, slot, tuple(tokens)) for f in files]
 
 
@@ -269,9 +270,10 @@ def _axis_slot(own: dict[str, str], config: GenerateConfig, given: list[str | No
     return found[0] if found else None
 
 
-def _given_tokens(config: GenerateConfig) -> list[str | None]:
-    """Each --embedding's token: its --token, else the one its file holds (None: no file textinv reads alone, a
-    folder or a hub id; a missing file is its cells' error)."""
+def _given_tokens(config: GenerateConfig, said: str) -> list[str | None]:
+    """Each --embedding's token: its --token, else the one generate draws its file by (the one it holds, or its file's
+    name where the prompts, `said`, write that instead: `_as_prompted`); None: no file textinv reads alone, a folder
+    or a hub id (a missing file is its cells' error)."""
     if config.token:
         return list(config.token)
     tokens = []
@@ -279,7 +281,7 @@ def _given_tokens(config: GenerateConfig) -> list[str | None]:
         warnings.simplefilter("ignore")
         for entry in config.embedding:
             try:
-                tokens.append(load_embedding(Path(entry).expanduser()).token)
+                tokens.append(_as_prompted(load_embedding(Path(entry).expanduser()), _file_name(entry), said).token)
             except (TextinvError, OSError):
                 tokens.append(None)
     return tokens
