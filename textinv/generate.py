@@ -413,6 +413,72 @@ def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool) -> tup
     return schedule, run
 
 
+class _Layout(NamedTuple):
+    """How `_pass` lays out its prompts (see `_layout`)."""
+
+    composed: bool
+    owners: list[int]
+    weights: list[float]
+    ends: list[int]
+    texts: list[list[str]]
+    rows: list
+    negative_rows: list
+    chunks: int
+    kept: list[list[int]]
+    lengths: tuple | None
+
+
+def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int) -> _Layout:
+    """The sub-prompts, stretches of steps and chunks of 77 a pass over `steps` steps draws `prompts` with.
+
+    Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps (`ends`: each one's last
+    step) with texts of their own (`texts[stretch]`: each sub-prompt's, then the negative's); a prompt without them
+    is one stretch. Composable diffusion (`emphasis.composable_parts`): a prompt with AND is its sub-prompts
+    (`owners`: each one's prompt, `weights`), each encoded and scheduled on its own as a prompt of its own, then
+    combined at each UNet call (`_composing`); a batch without AND is drawn as it always was. `rows`,
+    `negative_rows`: each stretch's chunks (`_prompt_chunks`), every one padded to `chunks`; `kept`: each stretch's
+    chunk count the UNet reads of each sub-prompt row; `lengths`: what `_length_mask` or `_composing` hide of the
+    padding (None: nothing)."""
+    composed = any(emphasis.has_and(p) for p in prompts)
+    parts = [emphasis.composable_parts(p) if composed else [(p, 1.0)] for p in prompts]
+    owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
+    weights = [w for per in parts for _, w in per]
+    subprompts = [text for per in parts for text, _ in per]
+    schedules = [emphasis.prompt_schedule(text, steps) for text in subprompts + [negative_prompt]]
+    ends = sorted({end for schedule in schedules for end, _ in schedule})
+    texts = [[next(text for end, text in schedule if last <= end) for schedule in schedules] for last in ends]
+    rows = [_prompt_chunks(model, stretch[:-1]) for stretch in texts]
+    negative_rows = [[per * len(subprompts) for per in _prompt_chunks(model, stretch[-1:])] for stretch in texts]
+    chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
+    # the web UI reads a prompt and its negative each at its own length (it pads neither by default): the empty
+    # chunks that make them one length here are hidden from the UNet's cross-attention
+    own_negative = max(len(r[e][0]) for r in negative_rows for e in range(len(r)))
+    if composed:
+        kept = _kept(rows, owners)
+        lengths = (kept, own_negative, chunks) if {n for k in kept for n in k} | {own_negative} != {chunks} else None
+    else:
+        kept = []
+        own = [max(len(r[e][p]) for r in rows for e in range(len(r))) for p in range(len(subprompts))]
+        lengths = (own, own_negative, chunks) if set(own + [own_negative]) != {chunks} else None
+    return _Layout(composed, owners, weights, ends, texts, rows, negative_rows, chunks, kept, lengths)
+
+
+def _kept(rows, owners: list[int]) -> list[list[int]]:
+    """Each stretch's (`rows[s]`: its sub-prompts' chunks) chunk count the UNet reads of each sub-prompt row under
+    composable diffusion: its picture's longest sub-prompt's (`_repeat_last`)."""
+    kept = []
+    for per_encoder in rows:
+        counts = _counts(per_encoder, len(owners))
+        longest = {i: max(n for n, o in zip(counts, owners) if o == i) for i in set(owners)}
+        kept.append([longest[i] for i in owners])
+    return kept
+
+
+def _counts(per_encoder, rows: int) -> list[int]:
+    """Each of the first `rows` rows' chunk count in one stretch's chunks (SDXL: the longer of both encoders')."""
+    return [max(len(enc[j]) for enc in per_encoder) for j in range(rows)]
+
+
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
           guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
           **call):
@@ -425,47 +491,26 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     width, height = size
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
-    # Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps with texts of their own;
-    # a prompt without them is one stretch.
-    # Composable diffusion (`emphasis.composable_parts`): a prompt with AND is its sub-prompts, each encoded and
-    # scheduled on its own as a prompt of its own (`texts` below), then combined at each UNet call (`_composing`).
-    # A batch without AND is drawn as it always was.
-    composed = any(emphasis.has_and(p) for p in prompts)
-    parts = [emphasis.composable_parts(p) if composed else [(p, 1.0)] for p in prompts]
-    owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
-    weights = [w for per in parts for _, w in per]
-    subprompts = [text for per in parts for text, _ in per]
-    schedules = [emphasis.prompt_schedule(text, steps) for text in subprompts + [negative_prompt]]
-    ends = sorted({end for schedule in schedules for end, _ in schedule})
-    texts = [[next(text for end, text in schedule if last <= end) for schedule in schedules] for last in ends]
-    rows = [_prompt_chunks(model, stretch[:-1]) for stretch in texts]
-    negative_rows = [[per * len(subprompts) for per in _prompt_chunks(model, stretch[-1:])] for stretch in texts]
-    chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
+    at = _layout(model, prompts, negative_prompt, steps)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
-    zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in texts)
-    conditioning = [_conditioning(model, r, n, zero_negative, chunks, clip_skip, (height, width), emphasis_mode)
-                    for r, n in zip(rows, negative_rows)]
+    zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
+    conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode)
+                    for r, n in zip(at.rows, at.negative_rows)]
     # the pipeline's own arguments hold one row a picture (with AND: its first sub-prompt's, which `_composing`
     # replaces by all of them at each UNet call)
-    firsts = [owners.index(i) for i in range(len(prompts))]
-    given = [_rows(c, firsts) for c in conditioning] if composed else conditioning
+    firsts = [at.owners.index(i) for i in range(len(prompts))]
+    given = [_rows(c, firsts) for c in conditioning] if at.composed else conditioning
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
     kwargs = dict(given[0])
-    if len(ends) > 1:
-        kwargs.update(_switching_conditioning(model, steps, ends, given, stretch))
+    if len(at.ends) > 1:
+        kwargs.update(_switching_conditioning(model, steps, at.ends, given, stretch))
     if on_step is not None:
         kwargs.update(_also_each_step(kwargs, on_step))
-    # the web UI reads a prompt and its negative each at its own length (it pads neither by default): the empty
-    # chunks that make them one length here are hidden from the UNet's cross-attention
-    own = [max(len(r[e][p]) for r in rows for e in range(len(r))) for p in range(len(subprompts))]
-    own_negative = max(len(r[e][0]) for r in negative_rows for e in range(len(r)))
-    lengths = (own, own_negative, chunks) if set(own + [own_negative]) != {chunks} else None
-    if composed:
-        kept = _repeat_last(conditioning, rows, owners, chunks)
-        lengths = (kept, own_negative, chunks) if {n for k in kept for n in k} | {own_negative} != {chunks} else None
-        hooks = _composing(pipe, conditioning, stretch, owners, weights, lengths)
+    if at.composed:
+        _repeat_last(conditioning, at.rows, at.kept, at.chunks)
+        hooks = _composing(pipe, conditioning, stretch, at.owners, at.weights, at.lengths)
     else:
-        hooks = [_length_mask(pipe, *lengths)] if lengths is not None else []
+        hooks = [_length_mask(pipe, *at.lengths)] if at.lengths is not None else []
     hooks += on_unet(pipe) if on_unet is not None else []
     was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
@@ -518,26 +563,21 @@ def _chunk_mask(counts: list[int], chunks: int, hidden: torch.Tensor) -> torch.T
     return torch.stack([torch.arange(length) < n * (length // chunks) for n in counts]).to(hidden.device)
 
 
-def _repeat_last(conditioning: list[dict], rows, owners: list[int], chunks: int) -> list[list[int]]:
+def _repeat_last(conditioning: list[dict], rows, kept: list[list[int]], chunks: int) -> None:
     """Lay out composable diffusion's sub-prompts as the web UI does (prompt_parser.reconstruct_multicond_batch,
     stack_conds): a sub-prompt shorter than the longest of its picture's (in chunks of 77) is padded to it with
-    copies of its own last vector, not with empty chunks, and the UNet reads every sub-prompt at that length. Each
-    stretch's (`conditioning[s]`, `rows[s]`: its sub-prompts' chunks) `prompt_embeds` (K, 77 * `chunks`, C) are so
-    filled in place; gives each stretch's chunk count the UNet reads of each sub-prompt row (for `_chunk_mask`).
+    copies of its own last vector, not with empty chunks, and the UNet reads every sub-prompt at that length
+    (`kept[s]`, `_kept`: each sub-prompt row's in stretch s). Each stretch's (`conditioning[s]`, `rows[s]`: its
+    sub-prompts' chunks) `prompt_embeds` (K, 77 * `chunks`, C) are so filled in place.
 
     The web UI pads to the longest of its whole batch; here, of the picture's own sub-prompts, so a picture is its
-    own at any batch size (textinv's batches hold one prompt: the same lengths)."""
-    kept = []
-    for c, per_encoder in zip(conditioning, rows):
+    own at any batch size and among any batch-mates."""
+    for c, per_encoder, longest in zip(conditioning, rows, kept):
         hidden = c["prompt_embeds"].clone()  # (K, 77 * chunks, C)
         width = hidden.shape[1] // chunks  # (tokens a chunk)
-        counts = [max(len(enc[j]) for enc in per_encoder) for j in range(len(owners))]  # (SDXL: both encoders')
-        longest = {i: max(n for n, o in zip(counts, owners) if o == i) for i in set(owners)}
-        for j, (n, i) in enumerate(zip(counts, owners)):
-            hidden[j, n * width:longest[i] * width] = hidden[j, n * width - 1]
+        for j, n in enumerate(_counts(per_encoder, len(longest))):
+            hidden[j, n * width:longest[j] * width] = hidden[j, n * width - 1]
         c["prompt_embeds"] = hidden
-        kept.append([longest[i] for i in owners])
-    return kept
 
 
 def _rows(conditioning: dict, index: list[int]) -> dict:
