@@ -459,6 +459,17 @@ def test_emphasis_scales_its_tokens_and_plain_prompts_encode_as_in_training(sd1_
     assert torch.allclose(weighted[5], plain[5] * 1.5 * factor, atol=1e-5)
 
 
+def test_a_prompt_without_emphasis_encodes_as_alone_beside_one_with_it(sd1_dir):
+    """A batch with emphasis scales back only its weighted prompts' chunks: a plain one is what it is alone (the tiny
+    model's 'a blue cat' averages exactly 0, which 0 / 0 made NaN)."""
+    from textinv.generate import encode_prompts
+
+    model = load_model(sd1_dir)
+    alone = encode_prompts(model, ["a blue cat"])[0][0]
+    weighted, plain = encode_prompts(model, ["(sun:1.2)", "a blue cat"])[0]
+    assert torch.equal(plain, alone)
+    assert torch.equal(weighted, encode_prompts(model, ["(sun:1.2)"])[0][0])
+
 def test_generate_draws_emphasis_and_names_files_by_the_words(sd1_dir, tmp_path):
     def draw(prompt, out):
         path = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=2, model=str(sd1_dir)),

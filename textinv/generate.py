@@ -179,9 +179,12 @@ def _encode_chunks(model: Model, rows, count: int, clip_skip: int,
             parts = []
             for part, w in zip(h.split(widths, dim=-1), weights):  # SDXL: each encoder's part to its own mean, as
                 before = part.mean(dim=(1, 2), keepdim=True)        # the web UI weighs each encoder on its own
-                part = part * w.to(part.device, part.dtype)[..., None]
-                parts.append(part if emphasis_mode == "no-norm" else
-                             part * (before / part.mean(dim=(1, 2), keepdim=True)))
+                weighed = part * w.to(part.device, part.dtype)[..., None]
+                if emphasis_mode != "no-norm":
+                    weighed = weighed * (before / weighed.mean(dim=(1, 2), keepdim=True))
+                # a prompt without emphasis is left as it is drawn alone (its mean can be 0: 0 / 0 would be NaN)
+                plain = (w == 1).all(dim=1).to(part.device)[:, None, None]
+                parts.append(torch.where(plain, part, weighed))
             h = torch.cat(parts, dim=-1)
         hidden.append(h)
         pooled = pool if k == 0 else pooled
