@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textinv import dynamic
+from textinv import dynamic, emphasis
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
 from textinv.generate import generate
@@ -167,11 +167,12 @@ def test_each_picture_records_its_drawn_prompts_and_their_templates(sd1_dir, tmp
     assert text["parameters"].startswith(f"{expect.prompt}\nNegative prompt: {expect.negative}\nSteps: 2")
     assert text["parameters"].endswith("\nTemplate: a {cat|dog} in __styles__\nNegative Template: {blurry|dark}")
     assert first.name.startswith("000-a-" + expect.prompt.split()[1])  # (named by its own words)
-    for path in paths:  # a batch holds the pictures that drew one prompt and negative
+    negatives = {s: j.negative for j in dynamic.jobs(["a {cat|dog} in __styles__"], "{blurry|dark}",
+                                                     list(range(6)), str(wildcards)) for s in j.seeds}
+    for path in paths:  # a batch holds pictures of one negative prompt (of any prompts), the seeds of its call
         record = json.loads(_text(path)["textinv_settings"])
-        prompts = {s: j.prompt for j in dynamic.jobs(["a {cat|dog} in __styles__"], "{blurry|dark}",
-                                                    list(range(6)), str(wildcards)) for s in j.seeds}
-        assert {prompts[s] for s in record["batch_seeds"]} == {record["settings"]["prompt"][0]}
+        assert record["settings"]["seed"] in record["batch_seeds"]
+        assert {negatives[s] for s in record["batch_seeds"]} == {record["settings"]["negative_prompt"]}
 
 
 def test_a_pictures_prompt_does_not_depend_on_the_batch_size(sd1_dir, tmp_path):
@@ -309,3 +310,64 @@ def test_embeddings_and_loras_named_only_in_a_wildcard_file_are_loaded(sd1_dir, 
                                           wildcards_dir=str(words), n=1, steps=1, width=32, out=str(tmp_path / "r"),
                                           model=str(sd1_dir)), progress=False)
     assert "TI hashes" in _text(path)["parameters"] and _text(path)["prompt"] == "a dog, mystyle"
+
+
+def _drawn_batches(monkeypatch, model, sd1_dir, out, template, batch_size, n=8, **settings):
+    """The pictures `generate` draws (paths), and the prompts of each `render` call (one pipeline call each)."""
+    import textinv.generate as gen
+
+    calls = []
+    render = gen.render
+
+    def spy(model, prompts, *args, **kwargs):
+        calls.append(list(prompts))
+        return render(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(gen, "render", spy)
+    paths = generate(GenerateConfig(prompt=[template], n=n, batch_size=batch_size, steps=2, width=32, out=str(out),
+                                    model=str(sd1_dir), **settings), model=model, progress=False)
+    monkeypatch.setattr(gen, "render", render)
+    return paths, calls
+
+
+def _without_batch(text: dict) -> dict:
+    record = json.loads(text["textinv_settings"])  # (less what tells the batches apart)
+    del record["batch_seeds"], record["settings"]["batch_size"]
+    return {**text, "textinv_settings": record}
+
+
+@pytest.mark.parametrize("template", [
+    "a photo of zz {on the beach|in snow|on the moon|at night}",
+    "{a red dog|a (blue:1.3) cat|[fog:sun:1] hill|a [dog|cat] on grass}",  # emphasis, editing, alternation
+    "{a red dog AND fog|a blue cat:0.5 AND a [hill:sun:1]|(sun:1.2) AND moon}",  # as many sub-prompts each
+    "{fog BREAK sun|a (red:0.9) hill BREAK sky|a dog BREAK (cat:1.2)}",  # two chunks each, the negative one
+])
+def test_pictures_of_different_drawn_prompts_share_a_batch_each_the_picture_it_draws_alone(sd1_dir, tmp_path,
+                                                                                           monkeypatch, template):
+    """Random mode gives each seed its own prompt: batches of --batch-size pictures of mixed prompts, not a call for
+    each prompt's few pictures. Each picture is the one drawn alone (one a call), up to the rounding of a batch's
+    kernels; the files, their order and their text are the same (but for their call's seeds and size)."""
+    model = load_model(sd1_dir)
+    mixed, calls = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "mixed", template, 4, negative_prompt="ugly")
+    alone, single = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "alone", template, 1,
+                                   negative_prompt="ugly")
+    assert len(single) == 8 and len(calls) == 2 and all(len(set(c)) > 1 for c in calls)
+    assert [p.name for p in mixed] == [p.name for p in alone]
+    for a, b in zip(mixed, alone):
+        assert np.abs(np.asarray(Image.open(a)).astype(int) - np.asarray(Image.open(b))).max() <= 1
+        assert _without_batch(_text(a)) == _without_batch(_text(b))
+    record = json.loads(_text(mixed[0])["textinv_settings"])
+    assert len(record["batch_seeds"]) == 4 and record["settings"]["seed"] in record["batch_seeds"]
+
+
+@pytest.mark.parametrize("template", [
+    "{a red dog|a red dog AND fog}",  # another count of sub-prompts
+    "{a red dog|" + "tree, " * 40 + "}",  # another count of chunks
+])
+def test_prompts_laid_out_otherwise_are_not_drawn_in_one_batch(sd1_dir, tmp_path, monkeypatch, template):
+    """Where pictures cannot share a call as each is drawn alone, they are drawn apart, as before."""
+    model = load_model(sd1_dir)
+    paths, calls = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "r", template, 8)
+    assert len(paths) == 8 and len(calls) == 2
+    assert {len({emphasis.has_and(p) for p in c}) for c in calls} == {1}
+    assert {len({len(p) for p in c}) for c in calls} == {1}

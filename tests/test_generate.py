@@ -9,6 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from textinv import dynamic
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, TokenError
 from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
@@ -848,6 +849,28 @@ def test_lora_tags_apply_their_loras_at_their_multipliers_and_leave_the_model_cl
 
     assert not any(isinstance(m, LoraLayer) for m in list(model.unet.modules()) + list(model.text_encoder.modules()))
 
+
+def test_pictures_that_drew_other_loras_are_drawn_in_calls_of_their_own(sd1_dir, tmp_path, monkeypatch):
+    """A pipeline call has one set of LoRAs on: dynamic prompts that drew other LoRAs are not drawn in one batch,
+    the others are, and each picture is the one its prompt and seed draw on their own."""
+    import textinv.generate as gen
+
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    _save_tiny_lora(loras, "mystyle")
+    model = load_model(sd1_dir)
+    calls, render = [], gen.render
+    monkeypatch.setattr(gen, "render", lambda m, prompts, *a, **k: calls.append(prompts) or render(m, prompts, *a, **k))
+    common = dict(steps=2, width=32, lora_dir=[str(loras)], model=str(sd1_dir))
+    paths = generate(GenerateConfig(prompt=["a {dog <lora:mystyle:1>|cat|bird|fish}"], n=8, batch_size=8,
+                                    out=str(tmp_path / "mixed"), **common), model=model, progress=False)
+    assert {len({"dog" in p for p in c}) for c in calls} == {1} and max(len(set(c)) for c in calls) > 1
+    assert any("dog" in p for c in calls for p in c)
+    for path in paths:
+        text = Image.open(path).text
+        alone, = generate(GenerateConfig(prompt=[dynamic.literal(text["prompt"])], seed=int(text["seed"]), n=1,
+                                         out=str(tmp_path / "alone"), **common), model=model, progress=False)
+        assert np.abs(np.asarray(Image.open(path)).astype(int) - np.asarray(Image.open(alone))).max() <= 1
 
 def test_lora_tags_without_their_file_are_refused_before_the_model_loads(tmp_path):
     missing_model = str(tmp_path / "no-model")

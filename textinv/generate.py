@@ -23,7 +23,7 @@ import unicodedata
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from PIL import Image
@@ -1480,11 +1480,12 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                pictures, inpaint, recorded_sums=[digests[e] for e in config.embedding], embedding_sums=embedding_sums,
                mask_sum=file_sha256(Path(config.mask)) if config.mask else None, where=where or _Where(),
                keep_seeds=keep_seeds, names=names, mine=mine, suffix=_new_run_suffix(Path(config.out), mine))
+    prompts = [_prompt(run, *texts[index], negatives[job.negative][0]) for index, job in enumerate(jobs)]
     bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
                desc="generate", unit="img")
     try:  # (closed on a failure too: the error is then said on a line of its own, not after the bar)
-        for index, job in enumerate(jobs):
-            _draw_job(run, index, job, texts[index], negatives[job.negative][0], bar)
+        for batch in _batches(run, jobs, prompts):
+            _draw_batch(run, jobs, prompts, batch, bar)
     finally:
         bar.close()
     return run.written
@@ -1596,6 +1597,7 @@ class _Run:
     suffix: str
     lora_sums: dict[str, str] = field(default_factory=dict)  # each LoRA's web UI hash (`lora_sha256`), read once
     warned: set[tuple[int, int]] = field(default_factory=set)  # the sizes `_warn_large` has warned of
+    loras_on: dict | None = None  # the LoRAs active on the model (`_lora_set`; None: not known)
     written: list[Path] = field(default_factory=list)
 
 
@@ -1612,41 +1614,80 @@ class _Prompt:
     hashes: dict
 
 
-def _draw_job(run: _Run, index: int, job: dynamic.Job, text: tuple[str, list[emphasis.LoraTag]], negative: str,
-              bar) -> None:
-    """Draw and write the pictures of `jobs[index]`: each of its seeds over each --init-image picture (or none), a
-    batch at a time; `text`: its prompt's words and LoRAs, `negative`: its negative prompt's words."""
+def _batches(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt]
+             ) -> Iterator[list[tuple[int, Path | None, int]]]:
+    """The pictures (their job's place, --init-image picture, seed) in the order they are written, a pipeline call's
+    at a time: each job's seeds over each --init-image picture (or none), up to --batch-size pictures a call (which
+    bounds the memory). Pictures of different prompts (dynamic prompts' draws, several --prompt) share a call where
+    nothing but their words tells them apart (`_mixable`), so a varied template draws full batches; each is still the
+    picture its seed draws alone, as a seed's picture is at any batch size."""
+    batch: list[tuple[int, Path | None, int]] = []
+    kind = None
+    for index, job in enumerate(jobs):
+        for source in run.pictures.sources:
+            mine = (source, _mixable(run, prompts[index]))
+            for seed in job.seeds:
+                if batch and (mine != kind or len(batch) == run.config.batch_size):
+                    yield batch
+                    batch = []
+                batch.append((index, source, seed))
+                kind = mine
+    if batch:
+        yield batch
+
+
+def _mixable(run: _Run, prompt: _Prompt) -> tuple:
+    """What pictures of different prompts must share to be drawn in one pipeline call as each is drawn alone: the
+    negative prompt and the LoRAs (one of each a call), and in each pass, the number of sub-prompts (AND), of chunks
+    of 77 the prompt and its negative are padded to (long prompts, BREAK), and whether the padding is hidden from
+    the UNet (`_layout`), each of which changes how the UNet's kernels run."""
     config, model = run.config, run.model
-    prompt = _prompt(run, *text, negative)
-    switched = False  # (whether the batch before left the hires prompt's LoRAs on)
-    for source in run.pictures.sources:
-        init = run.pictures.picture(source)
-        width, height, hires, drawn, png = _source_pass(run, job, prompt, source, init)
-        for start in range(0, len(job.seeds), config.batch_size):  # a few images per call bounds the memory
-            chunk = list(job.seeds[start:start + config.batch_size])
-            run.where.batch, (run.where.width, run.where.height) = len(chunk), drawn
-            variation = ([_variation_seed(config, s) for s in chunk], config.variation_strength) \
-                if config.variation_strength else None
-            if switched:
-                apply_loras(model, prompt.tags, run.loras)
-            images = render(model, [prompt.expanded] * len(chunk), chunk, run.steps, None, run.guidance,
-                            prompt.negative, config.sampler, run.clip_skip, width, height,
-                            None if init is None else [init] * len(chunk), passes_denoise(config), hires,
-                            variation, config.tiling, config.emphasis, run.inpaint)
-            switched = prompt.switch
-            _write_batch(run, images, chunk, png, index, source, bar)
+    passes = [refine.pass_steps(run.steps, passes_denoise(config), False)[1] if config.init_image else run.steps]
+    if config.hires() and run.hires.text is None:  # (its own hires prompt: the same for every picture)
+        passes.append(refine.pass_steps(config.hires_steps or run.steps, passes_denoise(config), True)[1])
+    shapes = []
+    for steps in passes:
+        at = _layout(model, [prompt.expanded], prompt.negative, steps)
+        shapes.append((len(at.owners) if at.composed else 0, at.chunks, at.lengths is not None))
+    return prompt.negative, tuple(_lora_set(prompt.tags).items()), prompt.switch, tuple(shapes)
 
 
-def _write_batch(run: _Run, images: list[Image.Image], chunk: list[int], png: _Text, index: int,
-                 source: Path | None, bar) -> None:
-    """Write the pictures of the seeds `chunk`, drawn in one call (only `keep_seeds`' when given), each with its PNG
-    text (none under --metadata none)."""
+def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batch: list[tuple[int, Path | None, int]],
+                bar) -> None:
+    """Draw and write one of `_batches`' batches in one `render` call, its LoRAs made active first."""
+    config, model = run.config, run.model
+    first, source, _ = batch[0]
+    init = run.pictures.picture(source)
+    passes = {index: _source_pass(run, jobs[index], prompts[index], source, init)
+              for index in dict.fromkeys(index for index, _, _ in batch)}
+    width, height, hires, drawn, _ = passes[first]  # (the same for every job: its size, its hires prompt)
+    seeds = [seed for _, _, seed in batch]
+    run.where.batch, (run.where.width, run.where.height) = len(batch), drawn
+    variation = ([_variation_seed(config, s) for s in seeds], config.variation_strength) \
+        if config.variation_strength else None
+    prompt = prompts[first]
+    if run.loras_on != _lora_set(prompt.tags):
+        apply_loras(model, prompt.tags, run.loras)
+    run.loras_on = None  # (unknown until render is done: the hires fix may switch)
+    images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps, None,
+                    run.guidance, prompt.negative, config.sampler, run.clip_skip, width, height,
+                    None if init is None else [init] * len(batch), passes_denoise(config), hires, variation,
+                    config.tiling, config.emphasis, run.inpaint)
+    run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
+    _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
+
+
+def _write_batch(run: _Run, batch: list[tuple[int, Path | None, int]], images: list[Image.Image],
+                 texts: dict[int, _Text], bar) -> None:
+    """Write the pictures of `batch` (`_batches`), drawn in one call (only `keep_seeds`' when given), each with its
+    job's PNG text (`texts`, by the job's place; none under --metadata none)."""
     config = run.config
-    for seed, img in zip(chunk, images):
+    chunk = [seed for _, _, seed in batch]
+    for (index, source, seed), img in zip(batch, images):
         bar.update(1)
         if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
             continue
-        info = png.png(config, seed, chunk) if config.metadata != "none" else None
+        info = texts[index].png(config, seed, chunk) if config.metadata != "none" else None
         path, run.suffix = _save_new(img, Path(config.out), run.names[index, source, seed], run.suffix, run.mine,
                                      info)
         run.written.append(path)
@@ -1654,9 +1695,9 @@ def _write_batch(run: _Run, images: list[Image.Image], chunk: list[int], png: _T
 
 
 def _prompt(run: _Run, words: str, tags: list[emphasis.LoraTag], negative: str) -> _Prompt:
-    """A job's prompt (`words` and LoRA `tags`) and `negative` words made ready to draw; its LoRAs made active."""
+    """A job's prompt (`words` and LoRA `tags`) and `negative` words made ready to draw (`_draw_batch` makes its LoRAs
+    active)."""
     negative = expand_all(negative, run.embeddings)  # (a learned negative needs all its vectors)
-    apply_loras(run.model, tags, run.loras)
     expanded = expand_all(words, run.embeddings)
     # the web UI activates the hires prompt's LoRAs for the second pass (its hr_extra_network_data), and every
     # network it does not name with none: a hires prompt without tags draws that pass without LoRAs
