@@ -187,8 +187,8 @@ def test_a_pictures_prompt_does_not_depend_on_the_batch_size(sd1_dir, tmp_path):
 
 
 def test_again_redraws_a_dynamic_pictures_drawn_prompt_bit_for_bit(sd1_dir, tmp_path):
-    """Pictures that drew one prompt share a batch whose seeds need not follow one another ([1, 3]); --again draws
-    the picture from its drawn prompt, first in a batch of as many, the same picture."""
+    """A picture's batch holds seeds that need not follow one another ([1, 3]: the pictures are drawn in the order of
+    their prompts); --again draws the picture from its drawn prompt, first in a batch of as many, the same picture."""
     from textinv.again import again_config, parse_a1111_parameters
 
     model = load_model(sd1_dir)

@@ -461,7 +461,7 @@ def test_only_masked_and_the_other_settings_are_written_as_the_web_ui_writes_the
 def test_the_init_picture_and_the_mask_are_read_and_blurred_once_a_run_however_many_prompts_redraw_them(
         sd1_dir, tmp_path, monkeypatch):
     """Dynamic prompts' random mode draws one prompt per picture: each used to decode the picture, hash it and the
-    mask, and blur the mask again. Past `KEEP_PIXELS` a picture is decoded for each prompt instead, and draws the
+    mask, and blur the mask again. Past `KEEP_PIXELS` a picture is decoded for each batch instead, and draws the
     same."""
     from pathlib import Path
 
@@ -485,7 +485,8 @@ def test_the_init_picture_and_the_mask_are_read_and_blurred_once_a_run_however_m
     assert len(blurred) == 1  # (the mask blurred at the picture's size once, not for every prompt and batch)
     monkeypatch.setattr(generating._InitPictures, "KEEP_PIXELS", 0)
     again = generate(GenerateConfig(**settings, out=str(tmp_path / "again")), progress=False)
-    assert decoded.count(room) == 1 + 1 + prompts  # (read before the model loads, then once for each prompt)
+    # (read before the model loads, then once for each batch: one here, the prompts drawn together)
+    assert decoded.count(room) == 1 + 1 + 1
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in kept]
 
 

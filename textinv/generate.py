@@ -1495,7 +1495,7 @@ class _InitPictures:
     """The --init-image pictures (`refine.init_pictures`; [None]: none), each read once a run, before the model
     loads (a bad one is said then): its SHA-256, which its pictures record so that --again tells a file replaced at
     its path, its size, and the picture itself, kept for every prompt that redraws it while the kept ones add up to
-    at most `KEEP_PIXELS` (past that, a folder of big photos is read again for each prompt rather than held)."""
+    at most `KEEP_PIXELS` (past that, a folder of big photos is read again for each batch rather than held)."""
 
     KEEP_PIXELS = 64_000_000  # (about 190 MB of RGB: 15 pictures of 2048 x 2048)
 
