@@ -721,6 +721,7 @@ def test_lms_counts_its_order_from_the_passs_first_step_as_the_web_uis_sample_lm
         scheduler.set_begin_index(begin)
         sample = x
         for t, out in zip(scheduler.timesteps[begin:], outputs):
+            scheduler.scale_model_input(sample, t)  # (as a pipeline asks before each step; diffusers warns without)
             sample = scheduler.step(out, t, sample).prev_sample
         return sample
 
