@@ -490,6 +490,118 @@ def test_a_death_between_the_two_renames_of_a_checkpoint_loses_nothing(tmp_path)
     assert json.loads((work / "vae" / "state.json").read_text())["step"] == 3 and not (work / "vae.old").exists()
 
 
+def _save_tiny_checkpoint(folder, step):
+    from textinv.shapes.pretrain import save_checkpoint
+
+    module = torch.nn.Linear(2, 2)
+    params = list(module.parameters())
+    save_checkpoint(folder, {"vae": module}, torch.optim.AdamW(params), params, {"step": step})
+
+
+def _lock_is_free(work):
+    """Whether another process could take the work folder's lock now (the one `log.json` and the swaps go under)."""
+    import fcntl
+
+    with open(work / "log.json.lock", "w") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        return True
+
+
+def test_a_chunk_starting_beside_one_mid_swap_waits_for_the_swap(tmp_path, monkeypatch):
+    """A decoder-only VAE chunk may run beside a UNet chunk. One starting while the other is between its checkpoint's
+    two renames (`vae` moved to `vae.old`, `vae.tmp` not yet in) must not take `vae.old` back as a dead chunk's
+    leftover: the writer's second rename would then fail. The swap holds the work folder's lock, and so does the
+    recovery at start, which therefore waits for the swap."""
+    import os
+    import threading
+
+    from textinv.shapes.pretrain import _recover_checkpoints
+
+    _save_tiny_checkpoint(tmp_path / "vae", 1)
+    between, go, rename = threading.Event(), threading.Event(), os.replace
+    lock_free_mid_swap = []
+
+    def paused_replace(src, dst):
+        rename(src, dst)
+        if str(dst).endswith("vae.old"):  # the first of the two renames
+            lock_free_mid_swap.append(_lock_is_free(tmp_path))
+            between.set()
+            go.wait()
+
+    monkeypatch.setattr(os, "replace", paused_replace)
+    errors = []
+
+    def run(target):
+        try:
+            target()
+        except Exception as e:  # (a thread's exception is otherwise only printed)
+            errors.append(e)
+
+    writer = threading.Thread(target=run, args=(lambda: _save_tiny_checkpoint(tmp_path / "vae", 2),))
+    starter = threading.Thread(target=run, args=(lambda: _recover_checkpoints(tmp_path, ("vae",)),))
+    writer.start()
+    assert between.wait(60)
+    starter.start()
+    go.set()
+    writer.join()
+    starter.join()
+    assert errors == [] and lock_free_mid_swap == [False]
+    assert json.loads((tmp_path / "vae" / "state.json").read_text())["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.json.lock", "vae"]
+
+
+def test_a_unet_chunk_reads_the_vae_under_the_swap_lock(tmp_path, monkeypatch):
+    """A UNet chunk loads the VAE while a decoder-only VAE chunk beside it may swap a new checkpoint in: it reads
+    under the lock the swap holds, so it never finds `vae` gone (moved to `vae.old`) or half replaced."""
+    from textinv.shapes import pretrain
+
+    work = tmp_path / "w"
+    assert pretrain_main(["--quick", "--work", str(work), "--steps", "1"]) == 0
+    load, lock_free_at_read = pretrain.load_weights, []
+
+    def probing_load(folder, name):
+        if name == "vae":
+            lock_free_at_read.append(_lock_is_free(work))
+        return load(folder, name)
+
+    monkeypatch.setattr(pretrain, "load_weights", probing_load)
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "2"]) == 0
+    assert lock_free_at_read == [False]
+
+
+def _killed_mid_swap(folder):
+    import os
+    import signal
+
+    def replace_then_die(src, dst, rename=os.replace):
+        rename(src, dst)
+        if str(dst).endswith(".old"):
+            os.kill(os.getpid(), signal.SIGKILL)  # holding the work folder's lock
+
+    os.replace = replace_then_die
+    _save_tiny_checkpoint(folder, 2)
+
+
+def test_a_chunk_killed_mid_swap_leaves_no_lock_behind(tmp_path):
+    """The swap's lock is the operating system's, dropped with the killed process: the next start takes it and puts
+    the last good checkpoint back."""
+    import multiprocessing
+
+    from textinv.shapes.pretrain import _recover_checkpoints
+
+    _save_tiny_checkpoint(tmp_path / "vae", 1)
+    killed = multiprocessing.get_context("fork").Process(target=_killed_mid_swap, args=(tmp_path / "vae",))
+    killed.start()
+    killed.join()
+    assert killed.exitcode < 0 and (tmp_path / "vae.old").exists() and not (tmp_path / "vae").exists()
+    _recover_checkpoints(tmp_path, ("vae",))
+    assert json.loads((tmp_path / "vae" / "state.json").read_text())["step"] == 1
+
+
 def test_pretrain_settings_are_checked_before_anything_is_stored(tmp_path):
     work = tmp_path / "w"
     assert pretrain_main(["--quick", "--work", str(work), "--steps", "1"]) == 0

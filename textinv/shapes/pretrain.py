@@ -297,11 +297,23 @@ def _replace_folder(tmp: Path, final: Path) -> None:
 
 def _recover_folder(final: Path) -> Path:
     """Put back `final` from its `.old` copy if a process died between the two renames of `_replace_folder`
-    (`final` gone, `.old` the last good one); returns the `.old` path."""
+    (`final` gone, `.old` the last good one); returns the `.old` path. In a work folder, call it under the folder's
+    lock: a live chunk's checkpoint looks the same between its renames."""
     old = final.with_name(final.name + ".old")
     if not final.exists() and old.exists():
         os.replace(old, final)
     return old
+
+
+def _recover_checkpoints(work: Path, stages) -> None:
+    """`_recover_folder` for each stage's checkpoint in `work`, under the lock `save_checkpoint` swaps under, so it
+    waits for a chunk running beside it to finish its swap instead of undoing it. The lock is taken only when a
+    checkpoint looks half swapped: an export on a read-only disk writes nothing."""
+    if all((work / stage).exists() or not (work / f"{stage}.old").exists() for stage in stages):
+        return
+    with _locked(work / "log.json"):
+        for stage in stages:
+            _recover_folder(work / stage)
 
 
 def _moments(optimizer, params) -> dict[str, torch.Tensor]:
@@ -341,7 +353,8 @@ def save_checkpoint(folder: Path, modules: dict, optimizer, params, state: dict,
         save_file({k: v.to("cpu", torch.float16).contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     save_file(_moments(optimizer, params), str(tmp / "optimizer.safetensors"))
     _write_json(tmp / "state.json", state)
-    _replace_folder(tmp, folder)
+    with _locked(folder.parent / "log.json"):  # a chunk starting beside this one must not see it half swapped
+        _replace_folder(tmp, folder)
 
 
 def load_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
@@ -370,7 +383,8 @@ def _set_generator_state(g: torch.Generator, state: list[int]) -> None:
 @contextlib.contextmanager
 def _locked(path: Path):
     """Hold an exclusive lock on `path` + ".lock" (POSIX; elsewhere no lock): a VAE and a UNet chunk may run at once
-    in one work folder, and each rewrites `log.json`."""
+    in one work folder, and each rewrites `log.json` and swaps its checkpoint in under `log.json`'s lock. The
+    operating system drops the lock with the process that held it, so a killed chunk blocks no later one."""
     try:
         import fcntl
     except ImportError:  # Windows: two chunks at once in one folder are not supported there
@@ -505,7 +519,7 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
               log=print) -> int:
     """Train (or continue) the autoencoder for `minutes` of wall time or up to `max_steps`; returns the step."""
     folder = work / "vae"
-    _recover_folder(folder)
+    _recover_checkpoints(work, ("vae",))
     torch.manual_seed(config.seed)  # the initial weights of a fresh run come from the seed too
     vae = build_vae(config).to(device).train()
     params = [p for p in vae.parameters()]  # all of them, frozen or not, so the saved moments line up
@@ -647,15 +661,18 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
 
     render_threads = _render_threads(render_threads)
     folder = work / "unet"
-    for stage in (work / "vae", folder):
-        _recover_folder(stage)
-    if not (work / "vae" / "state.json").exists():
-        raise ConfigError(f"no trained VAE in {work / 'vae'}: run `--stage vae --work {work}` first")
+    # Under the lock: a decoder-only VAE chunk running beside this one swaps its checkpoint in under it.
+    with _locked(work / "log.json"):
+        for stage in (work / "vae", folder):
+            _recover_folder(stage)
+        if not (work / "vae" / "state.json").exists():
+            raise ConfigError(f"no trained VAE in {work / 'vae'}: run `--stage vae --work {work}` first")
+        vae_weights = load_weights(work / "vae", "vae")
+        vae_state = json.loads((work / "vae" / "state.json").read_text())
     vae = build_vae(config)
-    vae.load_state_dict(load_weights(work / "vae", "vae"))
+    vae.load_state_dict(vae_weights)
     make_deterministic(vae)
     vae.to(device).eval().requires_grad_(False)
-    vae_state = json.loads((work / "vae" / "state.json").read_text())
     vae_step = vae_state["step"]
     latents_from = vae_state.get("encoder_step", vae_step)  # a decoder-only chunk leaves the latents as they were
     tokenizer = build_tokenizer_for_world()
@@ -824,8 +841,7 @@ def export(config: PretrainConfig, work: Path, out: Path, command: str, dtype=to
     Refused (ConfigError) when `work` has no checkpoint at all, and when `out` is the work folder or holds it, or is
     anything but an earlier export (a folder with `training.json`) or an empty folder: the swap replaces it whole."""
     out = Path(out)
-    for stage in STAGES:
-        _recover_folder(work / stage)
+    _recover_checkpoints(work, STAGES)
     if not any((work / stage / "state.json").exists() for stage in STAGES):
         raise ConfigError(f"no checkpoints in {work}: train a stage first (--stage vae, then --stage unet), or check "
                           f"the --work path")
