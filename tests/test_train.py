@@ -1903,6 +1903,35 @@ def test_random_windows_are_views_of_the_covering_picture_drawn_from_the_seed(tm
     assert any(w.alpha.min() == 0 for w in random_windows(masked, 32, seed=0))
 
 
+def test_random_windows_are_held_as_bytes_and_encode_as_their_float_windows_did(sd1_dir, tmp_path):
+    """The covers (all pictures' at once) and their windows stay uint8, a quarter of float32's memory, and are
+    turned into floats a batch at a time: the latents and alpha weights are, bit for bit, those of the float
+    windows cut from float covers as before, with the float centres of windows transparent all over among them."""
+    import dataclasses
+
+    import numpy as np
+    from textinv.data import covering, load_image_and_alpha, load_training_images, random_windows
+
+    paths = sorted(wide_pictures(tmp_path / "a", alpha=True).glob("*.png"))
+    pictures = load_training_images(paths, 16, use_alpha=True, random_crop=True)
+    windows = random_windows(pictures, 32, seed=0)
+    assert pictures[0].cover.dtype == pictures[0].cover_alpha.dtype == torch.uint8
+    assert {w.pixels.dtype for w in windows} == {torch.uint8, torch.float32}  # (some are centres)
+    old = []
+    for i, w in enumerate(windows):  # the float covers as they were made, cut where this window was cut
+        img, alpha = load_image_and_alpha(paths[i % 3], True)
+        cover = torch.from_numpy(np.array(covering(img, (16, 16)))).to(torch.float32).permute(2, 0, 1) / 127.5 - 1.0
+        cover_alpha = torch.from_numpy(np.array(covering(alpha, (16, 16)))).to(torch.float32)[None] / 255.0
+        if w.pixels.dtype == torch.float32:
+            old.append(w)
+            continue
+        x = next(x for x in range(33) if torch.equal(w.pixels, pictures[i % 3].cover[:, :, x:x + 16]))
+        old.append(dataclasses.replace(w, pixels=cover[:, :, x:x + 16], alpha=cover_alpha[:, :, x:x + 16]))
+    vae = load_model(sd1_dir).vae
+    now, before = (train_module._encoded(vae, each, tmp_path, True, "cpu") for each in (windows, old))
+    assert all(torch.equal(a, b) for a, b in zip(now, before))
+
+
 def test_random_crop_trains_on_cached_windows_and_resumes_exactly(sd1_dir, tmp_path, monkeypatch):
     """With --random-crop the latents of 8 windows a picture are cached (and their mirror images), each sample
     takes one: the windows of one picture encode differently, the run learns other vectors than its centres'

@@ -734,7 +734,7 @@ def prepare_image(img: Image.Image, resolution: int, center_crop: bool = True,
         raise ValueError(f"prepare_image takes an RGB image, got mode {img.mode!r}; read pictures with load_image")
     pixels = torch.from_numpy(np.array(_fit(img, size or (resolution, resolution), center_crop, area),
                                        dtype=np.uint8))  # (H, W, 3), 0..255
-    return (pixels.permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0).contiguous()  # (3, H, W), -1..1
+    return unit_pixels(pixels.permute(2, 0, 1)).contiguous()  # (3, H, W), -1..1
 
 
 def prepare_alpha(alpha: Image.Image, resolution: int, center_crop: bool = True,
@@ -791,19 +791,33 @@ def covering(img: Image.Image, size: tuple[int, int], area: tuple[float, float, 
     return img.resize(cover, resample=resample, box=(left, top, right, bottom), reducing_gap=_REDUCING_GAP)
 
 
-def _tensor(img: Image.Image) -> torch.Tensor:
-    """An RGB picture as (3, H, W) in [-1, 1], an "L" alpha as (1, H, W) in [0, 1]."""
-    values = torch.from_numpy(np.array(img, dtype=np.uint8)).to(torch.float32)
-    if img.mode == "L":
-        return (values / 255.0)[None]
-    return (values.permute(2, 0, 1) / 127.5 - 1.0).contiguous()
+def _bytes(img: Image.Image) -> torch.Tensor:
+    """An RGB picture as (3, H, W), an "L" alpha as (1, H, W), uint8 0..255: a quarter of float32's memory, turned
+    into floats a batch at a time (`unit_pixels`, `unit_alpha`)."""
+    values = torch.from_numpy(np.array(img, dtype=np.uint8))
+    return values[None] if img.mode == "L" else values.permute(2, 0, 1)
+
+
+def unit_pixels(values: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (..., 3, H, W) as float32 in [-1, 1], the numbers `prepare_image` gives.
+
+    >>> unit_pixels(torch.tensor([0, 255], dtype=torch.uint8))
+    tensor([-1.,  1.])
+    """
+    return values.to(torch.float32) / 127.5 - 1.0
+
+
+def unit_alpha(alpha: torch.Tensor) -> torch.Tensor:
+    """An alpha (1, H, W) as float32 in [0, 1]: a uint8 one (a `random_windows` window's) divided by 255."""
+    return alpha.to(torch.float32) / 255.0 if alpha.dtype == torch.uint8 else alpha
 
 
 def random_windows(pictures: Sequence[TrainingImage], count: int, seed: int) -> list[TrainingImage]:
     """`count` windows of each picture's training size, each at a random place in its `cover` (kohya's
     random_crop: uniform over the places along the side that overflows), as pictures of their own: window k of
     picture i is item k * len(pictures) + i. The places are drawn from `seed` and the picture's number, so a run
-    and its resume cut the same windows. The windows' pixels are views of the cover, not copies.
+    and its resume cut the same windows. The windows' pixels (and alphas) are views of the cover, not copies, and
+    uint8 as it is: `encode_latents` turns them into floats a batch at a time (`unit_pixels`).
 
     >>> windows = random_windows(load_training_images(paths, 512, random_crop=True), 8, seed=0)  # doctest: +SKIP
     """
@@ -888,13 +902,15 @@ class TrainingImage:
     """One training picture, decoded and prepared."""
 
     path: Path
-    pixels: torch.Tensor  # (3, resolution, resolution), or (3, H, W) at its bucket; float32 in [-1, 1]
+    pixels: torch.Tensor  # (3, resolution, resolution), or (3, H, W) at its bucket; float32 in [-1, 1] (uint8
+    # 0..255, and so its alpha, in a `random_windows` window)
     caption: str | None  # the text of the caption file beside it, `[name]` written as `{}`; None if it has none
     original_size: tuple[int, int] = (0, 0)  # (height, width) as loaded, upright: SDXL conditions on it
     alpha: torch.Tensor | None = None  # (1, resolution, resolution) in [0, 1] with `use_alpha` and a transparency
     caption_extension: str | None = None  # a kohya subset's: its caption file is NAME + this (`caption_file`)
-    # with --random-crop: the picture scaled to cover its training size, (3, H', W') in [-1, 1] (and its alpha,
-    # (1, H', W')), that `random_windows` cuts windows from; dropped once they are encoded
+    # with --random-crop: the picture scaled to cover its training size, (3, H', W') uint8 0..255 (and its alpha,
+    # (1, H', W')), that `random_windows` cuts windows from; dropped once they are encoded. As floats, all of them
+    # at once took 2.4 GB more for 500 pictures at 512 px (3:2)
     cover: torch.Tensor | None = None
     cover_alpha: torch.Tensor | None = None
 
@@ -955,9 +971,9 @@ def load_training_images(
         result.append(TrainingImage(path=path, pixels=pixels, caption=_caption(text),
                                     original_size=(height, width), alpha=weight, caption_extension=extension))
         if random_crop:
-            result[-1].cover = _tensor(covering(img, size, area))
+            result[-1].cover = _bytes(covering(img, size, area))
             if alpha is not None:
-                result[-1].cover_alpha = _tensor(covering(alpha, size, area))
+                result[-1].cover_alpha = _bytes(covering(alpha, size, area))
         lines = sum(1 for line in text.splitlines() if line.strip())
         if lines > 1:
             several.append(f"{found} ({lines} lines)")
@@ -993,8 +1009,9 @@ def latent_weights_each(pictures: list, sizes: list[tuple[int, int]], folder) ->
         warnings.warn(AlphaMaskWarning(f"--alpha-mask: no picture in {folder} has an alpha channel or a transparent "
                                        f"colour, so every pixel weighs 1; save the pictures as PNGs with the "
                                        f"background transparent"), stacklevel=3)
-    return [torch.nn.functional.interpolate((p.alpha if p.alpha is not None else torch.ones_like(p.pixels[:1]))[None],
-                                            size=tuple(size), mode="area") for p, size in zip(pictures, sizes)]
+    return [torch.nn.functional.interpolate(
+        (unit_alpha(p.alpha) if p.alpha is not None else torch.ones(1, *p.pixels.shape[-2:]))[None],
+        size=tuple(size), mode="area") for p, size in zip(pictures, sizes)]
 
 
 def random_hflip(pixels: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:

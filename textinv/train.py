@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 from . import __version__, emphasis, modelspec
 from .config import MAX_TOKEN_LENGTHS, TrainConfig, parse_lr_steps, read_config_file, save_config
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
-                   load_training_images, picture_set, random_windows, read_caption, read_template_file)
+                   load_training_images, picture_set, random_windows, read_caption, read_template_file,
+                   unit_pixels)
 from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, check_steps, uses_clip_l_half, warn_clip_l_half
@@ -124,16 +125,23 @@ def encode_latents(vae, pixels: torch.Tensor | Sequence[torch.Tensor], batch: in
     what running the encoder every step would give (its output is deterministic), for a fraction of the cost.
     `pixels` may be a list of (3, H, W) pictures: only one batch is stacked (and mirrored) at a time. Stacking
     them all with their mirror images took four times the pictures' own memory: 6 GB more for 500 at 512 px.
+    uint8 pictures (0..255: --random-crop's windows) are turned into floats a batch at a time (`unit_pixels`).
     """
     means, stds = [], []
     count = len(pixels)
     for start in range(0, count * (2 if mirrored else 1), batch):  # batches as of the pictures then their mirrors
-        chunk = torch.stack([pixels[i % count].flip(-1) if i >= count else pixels[i]
+        chunk = torch.stack([_floats(pixels[i % count]).flip(-1) if i >= count else _floats(pixels[i])
                              for i in range(start, min(start + batch, count * (2 if mirrored else 1)))])
         dist = vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist
         means.append(dist.mean.float())
         stds.append(dist.std.float())
     return torch.cat(means), torch.cat(stds)
+
+
+def _floats(pixels: torch.Tensor) -> torch.Tensor:
+    """A picture as floats in [-1, 1]: a uint8 one converted, one by one (stacked with float ones, torch would
+    promote its 0..255 to floats as they are: a window transparent all over is its float centre)."""
+    return unit_pixels(pixels) if pixels.dtype == torch.uint8 else pixels
 
 
 class CaptionBank:
