@@ -82,7 +82,8 @@ def _config(tmp_path, **settings):
     ({"x": "size=16x17"}, r"--x size=16x17: --height must be a multiple of 8"),
     ({"x": "prompt-sr=cat,dog"}, r"the first value 'cat' is in no --prompt or --negative-prompt"),
     ({"x": "steps=1,2", "z": "steps=3"}, r"--x and --z both vary steps"),
-    ({"x": "steps=1,2", "xyz_margin": -2}, r"--xyz-margin must be 0 or more pixels, got -2"),
+    ({"x": "steps=1,2", "xyz_margin": -2}, r"--xyz-margin must be 0 to 500 pixels .*, got -2"),
+    ({"x": "steps=1,2", "xyz_margin": 100_000}, r"--xyz-margin must be 0 to 500 pixels .*, got 100000"),
     ({"x": "seed=1-11", "y": "steps=1-10"}, r"make 11 x 10 x 1 = 110 cells, more than --xyz-max-cells 100"),
 ])
 def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, settings, said):

@@ -834,7 +834,7 @@ class GenerateConfig:
                                      "xyz_grid-NNNN.png after the one of them all (the web UI's Include Sub Grids)")
     xyz_legend: bool = opt(True, "label the X/Y/Z plot's columns, rows and --z grids with their values (the web UI's "
                                  "Draw legend)")
-    xyz_margin: int = opt(0, "pixels between the X/Y/Z plot's cells (the web UI's Grid margins (px))")
+    xyz_margin: int = opt(0, "pixels between the X/Y/Z plot's cells (the web UI's Grid margins (px)), 0 to 500")
     metadata: str = opt("shareable", "what each PNG's text records: shareable (every setting, local files and "
                                      "folders by their names only, as the web UI records them: --again asks for their "
                                      "paths), full (their absolute paths too: --again needs nothing more on this "

@@ -54,6 +54,7 @@ from .report import INK, PAPER, font
 
 SCRIPT = "X/Y/Z plot"  # (the web UI's script's title, which its grids' text names)
 GRID_NAME = "xyz_grid"
+MAX_MARGIN = 500  # pixels: the web UI's Grid margins slider goes to 500
 
 
 @dataclass(frozen=True)
@@ -457,8 +458,10 @@ def plan(config: GenerateConfig) -> Plan:
     nx, ny, nz = Plan(axes, []).counts()
     if config.xyz_max_cells is None or config.xyz_max_cells < 1:
         raise ConfigError(f"--xyz-max-cells must be 1 or more, got {config.xyz_max_cells}")
-    if config.xyz_margin is None or config.xyz_margin < 0:
-        raise ConfigError(f"--xyz-margin must be 0 or more pixels, got {config.xyz_margin}")
+    if config.xyz_margin is None or not 0 <= config.xyz_margin <= MAX_MARGIN:
+        # (checked here, before any cell is drawn: a grid of huge margins failed only once every cell was drawn)
+        raise ConfigError(f"--xyz-margin must be 0 to {MAX_MARGIN} pixels (the web UI's Grid margins slider), got "
+                          f"{config.xyz_margin}")
     if nx * ny * nz > config.xyz_max_cells:
         said = " ".join(f"{flag} {text!r}" for flag, text in flags if text)
         raise ConfigError(f"{said} make {nx} x {ny} x {nz} = {nx * ny * nz} cells, more than --xyz-max-cells "
