@@ -256,7 +256,16 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     return made
 
 
-_DISCARDING: dict[type, type] = {}
+_VARIANTS: dict[tuple[type, str], type] = {}
+
+
+def _variant(cls: type, what: str, **methods) -> type:
+    """A subclass of diffusers' scheduler `cls` with `methods` in place of its own, named as `cls` is (its docstring
+    says `what` it does otherwise), made once for each class and `what`, so every pass of a sampler uses one class."""
+    if (cls, what) not in _VARIANTS:
+        _VARIANTS[cls, what] = type(cls.__name__, (cls,), {**methods, "__module__": __name__,
+                                                           "__doc__": f"{cls.__name__}, {what}"})
+    return _VARIANTS[cls, what]
 
 
 def _discarding(cls: type) -> type:
@@ -269,25 +278,19 @@ def _discarding(cls: type) -> type:
     >>> _discarding(diffusers.KDPM2DiscreteScheduler)  # doctest: +SKIP
     <class 'textinv.samplers.KDPM2DiscreteScheduler'>
     """
-    if cls not in _DISCARDING:
-        def set_timesteps(self, num_inference_steps, *args, **kwargs):
-            if num_inference_steps >= self.config.num_train_timesteps:
-                # no longer schedule to take one from (diffusers' own __init__ sets every training timestep too)
-                return cls.set_timesteps(self, num_inference_steps, *args, **kwargs)
-            cls.set_timesteps(self, num_inference_steps + 1, *args, **kwargs)
-            if hasattr(self, "sigmas_interpol"):
-                _discard_interleaved(self)
-            else:  # a multistep table: one sigma a step, then the end (DPMSolverMultistepScheduler)
-                self.sigmas = _without_next_to_last(self.sigmas)
-                self.timesteps = self.timesteps[:-1]
-            self.num_inference_steps = num_inference_steps
+    def set_timesteps(self, num_inference_steps, *args, **kwargs):
+        if num_inference_steps >= self.config.num_train_timesteps:
+            # no longer schedule to take one from (diffusers' own __init__ sets every training timestep too)
+            return cls.set_timesteps(self, num_inference_steps, *args, **kwargs)
+        cls.set_timesteps(self, num_inference_steps + 1, *args, **kwargs)
+        if hasattr(self, "sigmas_interpol"):
+            _discard_interleaved(self)
+        else:  # a multistep table: one sigma a step, then the end (DPMSolverMultistepScheduler)
+            self.sigmas = _without_next_to_last(self.sigmas)
+            self.timesteps = self.timesteps[:-1]
+        self.num_inference_steps = num_inference_steps
 
-        _DISCARDING[cls] = type(cls.__name__, (cls,), {"set_timesteps": set_timesteps, "__module__": __name__,
-                                                       "__doc__": f"{cls.__name__}, discarding the next-to-last sigma"})
-    return _DISCARDING[cls]
-
-
-_FROM_FIRST_STEP: dict[type, type] = {}
+    return _variant(cls, "discarding the next-to-last sigma", set_timesteps=set_timesteps)
 
 
 def _lms_from_first_step(cls):
@@ -295,15 +298,11 @@ def _lms_from_first_step(cls):
     counts it: diffusers' counts from the schedule's first step (min(step index + 1, 4)), so a pass that starts
     later in it (img2img, inpainting, the hires fix) took its first steps with the coefficients of a higher order
     than the derivatives it had (a sum that is not the step's length). A pass from the start is unchanged."""
-    if cls not in _FROM_FIRST_STEP:
-        def step(self, model_output, timestep, sample, order=4, return_dict=True):
-            # (this step's derivative and those before it in the pass: step appends the one before it counts)
-            return cls.step(self, model_output, timestep, sample, min(order, len(self.derivatives) + 1), return_dict)
+    def step(self, model_output, timestep, sample, order=4, return_dict=True):
+        # (this step's derivative and those before it in the pass: step appends the one before it counts)
+        return cls.step(self, model_output, timestep, sample, min(order, len(self.derivatives) + 1), return_dict)
 
-        _FROM_FIRST_STEP[cls] = type(cls.__name__, (cls,), {"step": step, "__module__": __name__,
-                                                            "__doc__": f"{cls.__name__}, its order counted from "
-                                                                       f"the pass's first step"})
-    return _FROM_FIRST_STEP[cls]
+    return _variant(cls, "its order counted from the pass's first step", step=step)
 
 
 def _without_next_to_last(values):
