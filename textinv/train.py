@@ -1293,9 +1293,12 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
         if validated:  # (as the checkpoint has them: a second Ctrl-C between a score and its row left the row out)
-            write_loss_log(out / VALIDATION_LOG, validated, validated_by_concept, [c.token for c in concepts],
-                           column="validation_loss")
+            write_validation_log()
         return files
+
+    def write_validation_log() -> None:
+        write_loss_log(out / VALIDATION_LOG, validated, validated_by_concept, [c.token for c in concepts],
+                       column="validation_loss")
 
     # the grids' prompts: the run's templates, but a [filewords] template has no picture's words to fill in, and
     # when every template has one (A1111's *_filewords.txt) the property's default templates stand in
@@ -1361,8 +1364,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             tracker.log_validation(at_step, sum(means),
                                    {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1 else None)
         if is_main:
-            write_loss_log(out / VALIDATION_LOG, validated, validated_by_concept, [c.token for c in concepts],
-                           column="validation_loss")
+            write_validation_log()
 
     def validating(at_step: int) -> bool:
         every = config.validating_every
