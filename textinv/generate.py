@@ -1624,8 +1624,9 @@ def _batches(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt]
     batch: list[tuple[int, Path | None, int]] = []
     kind = None
     for index, job in enumerate(jobs):
+        mixable = _mixable(run, prompts[index])  # (its prompt's, whatever the picture: laid out once a job)
         for source in run.pictures.sources:
-            mine = (source, _mixable(run, prompts[index]))
+            mine = (source, mixable)
             for seed in job.seeds:
                 if batch and (mine != kind or len(batch) == run.config.batch_size):
                     yield batch
