@@ -312,17 +312,22 @@ def _write_log_entries(work, stage, n):
 def test_two_stages_running_at_once_both_keep_their_log(tmp_path):
     """A VAE and a UNet chunk in one work folder each rewrite log.json at their checkpoints; neither may lose the
     other's record (the file is read, changed and replaced under a lock)."""
+    assert _each_stage_at_once(_write_log_entries, tmp_path, 300) == [0, 0]
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert {stage: log[stage]["steps"] for stage in STAGES} == {stage: 300 for stage in STAGES}
+
+
+def _each_stage_at_once(target, work, n) -> list[int]:
+    """`target(work, stage, n)` for every stage, each in a forked process of its own, all at once: their exit codes."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    writers = [context.Process(target=_write_log_entries, args=(tmp_path, stage, 300)) for stage in STAGES]
+    writers = [context.Process(target=target, args=(work, stage, n)) for stage in STAGES]
     for w in writers:
         w.start()
     for w in writers:
         w.join()
-    assert all(w.exitcode == 0 for w in writers)
-    log = json.loads((tmp_path / "log.json").read_text())
-    assert {stage: log[stage]["steps"] for stage in STAGES} == {stage: 300 for stage in STAGES}
+    return [w.exitcode for w in writers]
 
 
 def _write_config(work, stage, n):
@@ -335,15 +340,7 @@ def _write_config(work, stage, n):
 def test_two_stages_started_at_once_both_write_the_config(tmp_path):
     """Each chunk writes config.json as it starts, under no lock: with one temporary name for both, one renamed
     the other's half-written file and the other stopped on its own rename (FileNotFoundError)."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
-    writers = [context.Process(target=_write_config, args=(tmp_path, stage, 200)) for stage in STAGES]
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join()
-    assert [w.exitcode for w in writers] == [0, 0]
+    assert _each_stage_at_once(_write_config, tmp_path, 200) == [0, 0]
     assert json.loads((tmp_path / "config.json").read_text())["i"] == 199
 
 
