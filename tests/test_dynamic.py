@@ -51,6 +51,68 @@ def test_each_variant_form_draws_what_sd_dynamic_prompts_draws(template, seen):
     assert set(_draws(template)) == seen
 
 
+def test_a_variable_set_with_a_bang_is_drawn_once_else_at_each_use():
+    assert set(_draws("${s=!{a|b|c}}${s} ${s} ${s}")) == {"a a a", "b b b", "c c c"}
+    drawn = set(_draws("${s={a|b|c}}${s} ${s} ${s}", range(200)))
+    assert len(drawn) > 10 and "a b c" in drawn  # (each use drawn anew)
+    assert set(_draws("${s=summer}in ${s}")) == {"in summer"}
+    assert set(_draws("${a=!{x|y}}${b=!${a}${a}}${b}-${a}")) == {"xx-x", "yy-y"}  # (a setting sees those before it)
+
+
+@pytest.mark.parametrize("template, seen", [
+    ("{a ${s:dry}|b ${s:dry}}", {"a dry", "b dry"}),  # a default where it is not set
+    ("${s=!{wet|cold}}{a ${s:dry}|b {${s}|c}}", {"a wet", "a cold", "b wet", "b cold", "b c"}),  # in nested variants
+    ("${s:{x|y}}", {"x", "y"}),  # a default is a template
+    ("${s = wet }${s}", {"wet "}),
+    ("(${s=!{a|b}}${s}:1.2) [${s}|x] [${s}:x:0.5]", {"(a:1.2) [a|x] [a:x:0.5]", "(b:1.2) [b|x] [b:x:0.5]"}),
+    ("${s=a}${s?=b}${s}", {"a"}),  # `?=` keeps a value set
+    ("${s?=b}${s}", {"b"}),
+    ("${s}${s=late}", {"late"}),  # (a setting holds for the whole text it stands in)
+    (r"$\{s\} costs $5", {r"$\{s\} costs $5"}),
+])
+def test_variables_are_used_as_sd_dynamic_prompts_uses_them(template, seen):
+    assert set(_draws(template)) == seen
+
+
+def test_variables_reach_wildcard_files_and_a_wildcards_own_variables_its_lines(wildcards):
+    (wildcards / "outfit.txt").write_text("a ${season:spring} coat\n")
+    (wildcards / "weather.txt").write_text("${sky=!{grey|blue}}${sky} sky, ${sky} sea, __outfit__\n")
+    assert set(_draws("${season=!{summer|winter}}__outfit__, ${season}", folder=wildcards)) == {
+        "a summer coat, summer", "a winter coat, winter"}
+    assert set(_draws("__outfit__", folder=wildcards)) == {"a spring coat"}
+    assert set(_draws("__outfit(season=winter)__ __outfit(season={wet|dry})__", folder=wildcards)) == {
+        "a winter coat a wet coat", "a winter coat a dry coat"}
+    assert set(_draws("{2$$__outfit(season=autumn)__}", folder=wildcards)) == {"a autumn coat"}
+    assert set(_draws("${season=dry}__weather__", folder=wildcards)) == {"grey sky, grey sea, a dry coat",
+                                                                           "blue sky, blue sea, a dry coat"}
+    with pytest.raises(ConfigError, match=r"\$\{sky\} is used where no \$\{sky=...\} sets it"):
+        _draws("__weather__ ${sky}", folder=wildcards)  # (a line's variables are its own)
+
+
+def test_combinatorial_mode_takes_each_value_of_a_variable_set_once(wildcards):
+    (wildcards / "outfit.txt").write_text("a ${season} coat\n")
+    jobs = dynamic.jobs(["${s=!{a|b}}${s}-${s} {x|y}"], "", [0], combinatorial=True)
+    assert [j.prompt for j in jobs] == ["a-a x", "a-a y", "b-b x", "b-b y"]
+    jobs = dynamic.jobs(["${s={a|b}}${s}${s} __outfit(season={c|d})__"], "", [0], str(wildcards), combinatorial=True)
+    assert [j.prompt for j in jobs] == ["aa a c coat", "aa a d coat", "ab a c coat", "ab a d coat", "ba a c coat",
+                                        "ba a d coat", "bb a c coat", "bb a d coat"]
+
+
+@pytest.mark.parametrize("template, message", [
+    ("a ${season} day", r"\$\{season\} is used where no \$\{season=...\} sets it: set it before .* or give a "
+                        r"default: \$\{season:value\}"),
+    ("{a|${s=b}}", r"the '\$\{' at character 4 sets \$\{s\} inside a variant or a variable: set it before"),
+    ("${s=a|b}", r"\$\{s\}'s value holds a '\|' at character 6: .*wrap options in a variant"),
+    ("${s=a", r"the '\$\{' at character 1 is never closed"),
+    ("${1s}", r"the '\$\{' at character 1 starts no variable .* write \$\\\{ for the characters"),
+    ("${s={a|${s}}}${s}", r"a variable draws itself in a loop: \$\{s\} -> \$\{s\}"),
+    ("__styles(a)__", r"the wildcard __styles\(a\)__ sets its variables as name=value"),
+])
+def test_bad_variables_are_refused_naming_the_fix(wildcards, template, message):
+    with pytest.raises(ConfigError, match=message):
+        dynamic.jobs([template], "", [0], str(wildcards))
+
+
 def test_weights_draw_options_as_often_as_they_weigh():
     drawn = _draws("{1::a|3::b}", range(2000))
     assert 0.7 < drawn.count("b") / len(drawn) < 0.8

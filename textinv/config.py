@@ -720,7 +720,7 @@ class GenerateConfig:
 
     prompt: list = opt([], "prompt(s); write the learned token in them, e.g. 'a photo of <my-dog> on the moon'; "
                            "the web UI's syntax works: (word:1.3), [word], BREAK, [from:to:0.5], [a|b], and "
-                           "sd-dynamic-prompts': {beach|snow}, {2$$a|b|c}, __wildcard__")
+                           "sd-dynamic-prompts': {beach|snow}, {2$$a|b|c}, __wildcard__, ${var=!{a|b}} ${var}")
     embedding: list = opt([], "learned embedding file(s) to load (any supported format), or hub ids: owner/name "
                               "(its learned_embeds file, as diffusers loads it) or owner/name/file.safetensors",
                           path="embedding")

@@ -6,8 +6,12 @@ one `--prompt` draws a learned word in many settings.
     {2$$a|b|c}  {1-3$$a|b|c}  {2$$ and $$a|b|c}   two options, one to three, joined by " and " (default ", ")
     __styles__  __colors/warm__  __colors/*__     a line of styles.txt (colors/warm.txt, any file in colors/) in the
                                                   --wildcards-dir folder
+    ${season=summer}  ${season=!{summer|winter}}  set a variable: its template, drawn at each use; `!`: drawn once
+    ${season}  ${season:summer}  __outfit(season=winter)__   use it (with a default); a wildcard's own variables
 
-Variants nest, and a wildcard file's lines may hold variants and wildcards themselves. A `\\` before a character
+Variants nest, and a wildcard file's lines may hold variants and wildcards themselves. As in dynamicprompts, a
+variable is set outside variants, for the whole text it stands in (a prompt, a wildcard file's line) and what that
+draws (a wildcard's lines use its variables); `${name?=value}` keeps a value set around it. A `\\` before a character
 keeps it as written (`\\{`, `\\|`, `\\_`), for `emphasis.parse` to read as that character, so a drawn prompt drawn
 again is the same prompt. The web UI's own syntax passes through: `(word:1.2)`, `[from:to:0.5]`, `AND`, `BREAK`,
 `<lora:name:0.8>`; a `|` inside square brackets is an alternation's (`{[cat|dog]|bird}` has two options).
@@ -33,7 +37,8 @@ from .errors import ConfigError
 SEPARATOR = ", "  # between the options a `{2$$...}` variant draws (dynamicprompts' default)
 MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combinations
 
-_WILDCARD = re.compile(r"__([\w\-./*]+?)__")
+_WILDCARD = re.compile(r"__([\w\-./*]+?)(?:\(([^()]*)\))?__")  # `__name__`, `__name(var=value, ...)__`
+_VARIABLE = re.compile(r"\$\{\s*([A-Za-z_-][A-Za-z0-9_-]*)\s*(\}|:|=|\?=)")  # `${name}`, `${name:`, `${name=`
 _HEADER = re.compile(r"\s*(\d*)\s*(?:(-)\s*(\d*))?\s*\$\$")  # `2$$`, `1-3$$`, `-2$$`, `2-$$`
 _SEPARATOR = re.compile(r"([^|{}]*?)\$\$")
 _WEIGHT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*::")
@@ -42,6 +47,25 @@ _WEIGHT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*::")
 @dataclass(frozen=True)
 class Wildcard:
     name: str
+    variables: tuple = ()  # `__name(var=value)__`: ((var, nodes), ...), set for its line
+
+
+@dataclass(frozen=True)
+class Variable:
+    """`${name}`, or `${name:default}` (`default`: the nodes drawn when `name` is not set)."""
+
+    name: str
+    default: list | None = None
+
+
+@dataclass(frozen=True)
+class Assign:
+    """`${name=value}` (`immediate`: `${name=!value}`, drawn once; `keep`: `${name?=value}`, a value set stays)."""
+
+    name: str
+    value: list
+    immediate: bool = False
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,10 +77,12 @@ class Variant:
 
 
 def parse(text: str, where: str = "--prompt") -> list:
-    """`text` as nodes: text (str), `Variant` and `Wildcard`; `where` names it in an error (an unbalanced brace).
+    """`text` as nodes: text (str), `Variant`, `Wildcard`, `Variable` and `Assign`; `where` names it in an error (an
+    unbalanced brace).
 
     >>> parse("a {red|2::blue} __hat__")
-    ['a ', Variant(options=((1.0, ['red']), (2.0, ['blue'])), low=1, high=1, separator=', '), ' ', Wildcard(name='hat')]
+    ['a ', Variant(options=((1.0, ['red']), (2.0, ['blue'])), low=1, high=1, separator=', '), ' ', \
+Wildcard(name='hat', variables=())]
     """
     nodes, i = _sequence(text, 0, False, where)
     return nodes
@@ -84,7 +110,7 @@ def literal(text: str) -> str:
 
 
 def is_dynamic(nodes: list) -> bool:
-    """Whether parsed nodes hold a variant or a wildcard (else the text is drawn as written)."""
+    """Whether parsed nodes hold a variant, a wildcard or a variable (else the text is drawn as written)."""
     return any(not isinstance(node, str) for node in nodes)
 
 
@@ -109,6 +135,10 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
             flush()
             node, i = _variant(text, i, where)
             nodes.append(node)
+        elif text.startswith("${", i):
+            flush()
+            node, i = _variable(text, i, inside, where)
+            nodes.append(node)
         elif ch == "}" and not inside:
             raise ConfigError(f"{where} {text!r}: a '}}' at character {i + 1} closes no '{{': remove it, or write "
                               f"\\}} for the character")
@@ -116,7 +146,7 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
             break
         elif wildcard:
             flush()
-            nodes.append(Wildcard(wildcard.group(1)))
+            nodes.append(Wildcard(wildcard.group(1), _wildcard_variables(wildcard.group(2), wildcard.group(0), where)))
             i = wildcard.end()
         else:
             square += (ch == "[") - (ch == "]" and square > 0)
@@ -155,6 +185,46 @@ def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
         i += 1
         if text[i - 1] == "}":
             return Variant(tuple(options), low, high if high is not None else len(options), separator), i
+
+
+def _variable(text: str, start: int, inside: bool, where: str) -> tuple[Variable | Assign, int]:
+    """The variable's use or setting whose `${` is at `start`, and the index after its `}`."""
+    head = _VARIABLE.match(text, start)
+    at = f"{where} {text!r}: the '${{' at character {start + 1}"
+    if not head:
+        raise ConfigError(f"{at} starts no variable (${{name}}, ${{name:default}}, ${{name=value}}; a name is letters, "
+                          f"digits, _ and -): fix it, or write $\\{{ for the characters")
+    name, kind, i = head.group(1), head.group(2), head.end()
+    if kind == "}":
+        return Variable(name), i
+    if kind != ":" and inside:  # (dynamicprompts' grammar: a variant's option holds no setting)
+        raise ConfigError(f"{at} sets ${{{name}}} inside a variant or a variable: set it before, outside the braces "
+                          f"(e.g. ${{{name}={{a|b}}}} then {{${{{name}}}|c}})")
+    immediate = kind != ":" and text.startswith("!", i)
+    i += immediate
+    while i < len(text) and text[i].isspace():
+        i += 1
+    value, i = _sequence(text, i, True, where)
+    if i >= len(text):
+        raise ConfigError(f"{at} is never closed: close it with '}}', or write $\\{{ for the characters")
+    if text[i] == "|":
+        raise ConfigError(f"{at}: ${{{name}}}'s value holds a '|' at character {i + 1}: one value stands there; wrap "
+                          f"options in a variant (${{{name}={{a|b}}}}), or write \\| for the character")
+    if kind == ":":
+        return Variable(name, value), i + 1
+    return Assign(name, value, immediate, kind == "?="), i + 1
+
+
+def _wildcard_variables(spec: str | None, written: str, where: str) -> tuple:
+    """`__name(var=value, ...)__`'s variables as ((var, nodes), ...); a value is a template, drawn at each use."""
+    out = []
+    for pair in (spec.split(",") if spec is not None else []):
+        name, equals, value = (part.strip() for part in pair.partition("="))
+        if not equals or not re.fullmatch(r"[A-Za-z_-][A-Za-z0-9_-]*", name):
+            raise ConfigError(f"{where}: the wildcard {written} sets its variables as name=value, separated by commas, "
+                              f"not {pair.strip()!r}: fix it, or write \\_\\_ for underscores that are text")
+        out.append((name, parse(value, f"{where}: {written}")))
+    return tuple(out)
 
 
 @dataclass
@@ -204,30 +274,71 @@ class Wildcards:
         return lines
 
 
-def check(nodes: list, wildcards: Wildcards, within: tuple[str, ...] = ()) -> None:
-    """Read every wildcard `nodes` can reach, so a missing or empty file, or a wildcard that reaches itself
-    (`within`: the wildcards being read), is refused before anything is drawn."""
+def check(nodes: list, wildcards: Wildcards, within: tuple[str, ...] = (), variables: dict | None = None) -> None:
+    """Read every wildcard `nodes` can reach, so a missing or empty file, a variable used where none is set and no
+    default is given, or wildcards and variables that reach themselves (`within`: those being read) are refused
+    before anything is drawn. `variables`: those set around `nodes` (name: the nodes a use draws)."""
+    def checked(value: list, known: dict) -> str:  # a `${name=!...}` value: checked, its text drawn later
+        check(value, wildcards, within, known)
+        return ""
+
+    nodes, variables = _assigned(nodes, variables or {}, checked)
     for node in nodes:
         if isinstance(node, Wildcard):
-            if node.name in within:
-                loop = " -> ".join(f"__{n}__" for n in within[within.index(node.name):] + (node.name,))
-                raise ConfigError(f"wildcards draw one another in a loop: {loop}; take one of them out of the other's "
-                                  f"file")
-            for option in wildcards.options(node.name):
-                check(option, wildcards, within + (node.name,))
+            inner = _within(within, f"__{node.name}__")
+            for line in wildcards.options(node.name):
+                check(_line(node, line), wildcards, inner, variables)
+        elif isinstance(node, Variable):
+            if node.name in variables:
+                check(variables[node.name], wildcards, _within(within, f"${{{node.name}}}"), variables)
+            elif node.default is not None:
+                check(node.default, wildcards, within, variables)
+            else:
+                raise ConfigError(f"${{{node.name}}} is used where no ${{{node.name}=...}} sets it: set it before (in "
+                                  f"the prompt, the wildcard's line, or __wildcard({node.name}=...)__), or give a "
+                                  f"default: ${{{node.name}:value}}")
         elif isinstance(node, Variant):
             for _, option in node.options:
-                check(option, wildcards, within)
+                check(option, wildcards, within, variables)
 
 
-def draw(nodes: list, rng: random.Random, wildcards: Wildcards) -> str:
-    """One text `nodes` stand for, drawn with `rng` (`check`ed nodes: no wildcard loops)."""
+def _within(within: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """`within` and `name` (a wildcard's `__name__` or a variable's `${name}`), refused where it is there already."""
+    if name in within:
+        loop = " -> ".join(within[within.index(name):] + (name,))
+        what = "wildcards draw one another" if name.startswith("__") else "a variable draws itself"
+        raise ConfigError(f"{what} in a loop: {loop}; take one of them out of the other's file or value")
+    return within + (name,)
+
+
+def _assigned(nodes: list, variables: dict, immediate) -> tuple[list, dict]:
+    """`nodes` less their settings, and the variables they set, each seeing those before it: a setting's value as
+    written, or (`${name=!...}`) the text `immediate(value, variables)` draws, once."""
+    if not any(isinstance(node, Assign) for node in nodes):
+        return nodes, variables
+    variables = dict(variables)
+    for node in nodes:
+        if isinstance(node, Assign) and not (node.keep and node.name in variables):
+            variables[node.name] = [immediate(node.value, variables)] if node.immediate else node.value
+    return [node for node in nodes if not isinstance(node, Assign)], variables
+
+
+def _line(node: Wildcard, line: list) -> list:
+    """A wildcard file's line with the wildcard's variables set first (the line's own settings after them)."""
+    return [Assign(name, value) for name, value in node.variables] + line
+
+
+def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict | None = None) -> str:
+    """One text `nodes` stand for, drawn with `rng` (`check`ed nodes: no loops, no variable unset)."""
+    nodes, variables = _assigned(nodes, variables or {}, lambda value, known: draw(value, rng, wildcards, known))
     out = []
     for node in nodes:
         if isinstance(node, str):
             out.append(node)
         elif isinstance(node, Wildcard):
-            out.append(draw(rng.choice(wildcards.options(node.name)), rng, wildcards))
+            out.append(draw(_line(node, rng.choice(wildcards.options(node.name))), rng, wildcards, variables))
+        elif isinstance(node, Variable):
+            out.append(draw(variables.get(node.name, node.default), rng, wildcards, variables))
         else:
             options = _options(node, wildcards)
             count = rng.randint(*_count(node, len(options)))
@@ -238,34 +349,57 @@ def draw(nodes: list, rng: random.Random, wildcards: Wildcards) -> str:
                 k = rng.choices(range(len(places)), weights if any(weights) else None)[0]
                 picked.append(options[places.pop(k)][1])
                 weights.pop(k)
-            out.append(node.separator.join(draw(option, rng, wildcards) for option in picked))
+            out.append(node.separator.join(draw(option, rng, wildcards, variables) for option in picked))
     return "".join(out)
 
 
-def combinations(nodes: list, wildcards: Wildcards) -> Iterator[str]:
+def combinations(nodes: list, wildcards: Wildcards, variables: dict | None = None) -> Iterator[str]:
     """Every text `nodes` stand for, in order: the first variant's options slowest, each variant's options in the
-    order written, a `{2$$...}` variant's choices as itertools.combinations gives them (weights are left out)."""
+    order written, a `{2$$...}` variant's choices as itertools.combinations gives them (weights are left out); a
+    `${name=!...}` setting takes each of its value's texts in turn, slowest of all."""
+    variables = variables or {}
+    settings = [node for node in nodes if isinstance(node, Assign)]
+    if settings:
+        yield from _set_each(settings, [node for node in nodes if not isinstance(node, Assign)], wildcards, variables)
+        return
     if not nodes:
         yield ""
         return
     head, rest = nodes[0], nodes[1:]
-    for first in _node_texts(head, wildcards):
-        for after in combinations(rest, wildcards):
+    for first in _node_texts(head, wildcards, variables):
+        for after in combinations(rest, wildcards, variables):
             yield first + after
 
 
-def _node_texts(node, wildcards: Wildcards) -> Iterator[str]:
+def _set_each(settings: list[Assign], nodes: list, wildcards: Wildcards, variables: dict) -> Iterator[str]:
+    """`combinations` of `nodes` under each value `settings` give their variables, in order."""
+    if not settings:
+        yield from combinations(nodes, wildcards, variables)
+        return
+    first, rest = settings[0], settings[1:]
+    if first.keep and first.name in variables:
+        yield from _set_each(rest, nodes, wildcards, variables)
+    elif not first.immediate:
+        yield from _set_each(rest, nodes, wildcards, {**variables, first.name: first.value})
+    else:
+        for text in combinations(first.value, wildcards, variables):
+            yield from _set_each(rest, nodes, wildcards, {**variables, first.name: [text]})
+
+
+def _node_texts(node, wildcards: Wildcards, variables: dict) -> Iterator[str]:
     if isinstance(node, str):
         yield node
     elif isinstance(node, Wildcard):
-        for option in wildcards.options(node.name):
-            yield from combinations(option, wildcards)
+        for line in wildcards.options(node.name):
+            yield from combinations(_line(node, line), wildcards, variables)
+    elif isinstance(node, Variable):
+        yield from combinations(variables.get(node.name, node.default), wildcards, variables)
     else:
         options = [nodes for _, nodes in _options(node, wildcards)]
         low, high = _count(node, len(options))
         for count in range(low, high + 1):
             for chosen in itertools.combinations(options, count):
-                for texts in _products([combinations(option, wildcards) for option in chosen]):
+                for texts in _products([combinations(option, wildcards, variables) for option in chosen]):
                     yield node.separator.join(texts)
 
 
@@ -283,7 +417,8 @@ def _products(iterators: list[Iterator[str]]) -> Iterator[tuple[str, ...]]:
 def _options(node: Variant, wildcards: Wildcards) -> list[tuple[float, list]]:
     """A variant's options; `{2$$__name__}`, a wildcard alone, draws from its file's lines (no line twice)."""
     if len(node.options) == 1 and len(node.options[0][1]) == 1 and isinstance(node.options[0][1][0], Wildcard):
-        return [(1.0, line) for line in wildcards.options(node.options[0][1][0].name)]
+        alone = node.options[0][1][0]
+        return [(1.0, _line(alone, line)) for line in wildcards.options(alone.name)]
     return list(node.options)
 
 
