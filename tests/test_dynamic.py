@@ -128,6 +128,51 @@ def test_wildcards_read_lines_subfolders_globs_and_nest(wildcards):
         ("blue", "orange"), ("blue", "red"), ("orange", "red")}  # (a wildcard alone: its lines, none twice)
 
 
+def test_yaml_and_json_files_hold_wildcards_named_by_their_keys(wildcards):
+    """As dynamicprompts reads them: a mapping's keys name the wildcards (not the file), nested keys as `key/sub`, under
+    the file's folder; a file that is one list is named as a .txt file; globs cover them beside the .txt files."""
+    (wildcards / "palette.yaml").write_text("colors:\n  pale: [white, 'ivory']\nwarm: [amber]\n")
+    (wildcards / "colors" / "more.json").write_text('{"shades": {"dark": ["black"]}}')
+    (wildcards / "flat.yml").write_text("- one\n- two\n")
+    (wildcards / "toys.yaml").write_text("toys:\n  - |\n    # Usage: __toys(figure=elephant)__\n"
+                                          "    a ${figure} plush toy\n")
+    assert set(_draws("__colors/pale__", folder=wildcards)) == {"white", "ivory"}
+    assert set(_draws("__warm__ __flat__", folder=wildcards)) == {"amber one", "amber two"}
+    assert set(_draws("__colors/shades/dark__", folder=wildcards)) == {"black"}
+    assert set(_draws("__colors/*__", folder=wildcards, seeds=range(100))) == {
+        "red", "orange", "blue", "white", "ivory", "black"}
+    assert set(_draws("__toys(figure=elephant)__", folder=wildcards)) == {"a elephant plush toy"}
+
+
+def test_options_in_yaml_and_json_files_weigh_what_they_say(wildcards):
+    (wildcards / "w.json").write_text('{"w": ["3::b", "a", {"text": "c", "weight": 0}, {"content": "d", "weight": 0},'
+                                      ' "", null, "2::x::y"]}')
+    drawn = _draws("__w__", range(2000), folder=wildcards)
+    assert set(drawn) == {"a", "b", "2::x::y"}
+    assert 0.55 < drawn.count("b") / len(drawn) < 0.65
+    assert [j.prompt for j in dynamic.jobs(["__w__"], "", [0], str(wildcards), combinatorial=True)] == [
+        "b", "a", "c", "d", "2::x::y"]
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.yaml", "a: [x\n", r"the wildcard file .*bad.yaml is not YAML \(.*\): fix it, or move it out"),
+    ("bad.json", '{"a": [x]}', r"the wildcard file .*bad.json is not JSON \(Expecting value at line 1 column 8\)"),
+    ("bad.yaml", "a:\n  flurp: 12345\n", r"bad.yaml: the key a/flurp holds 12345 \(int\), where a list of "
+                                           r"options or a mapping of names is expected"),
+    ("bad.yaml", "a: [x, 1990]\n", r"bad.yaml: item 2 of the key a is 1990 \(int\), not an option's text: quote it"),
+    ("bad.yaml", "1234: [x]\n", r"bad.yaml: the key 1234 \(int\) is not a name: quote it"),
+    ("bad.yaml", "just text\n", r"bad.yaml holds str, where a mapping of names to lists of options"),
+    ("bad.json", '{"a": [{"text": "x", "weight": -1}]}', r"item 1 of the key a weighs -1: a weight is 0 or more"),
+    ("bad.yaml", "styles: [x]\n", r"__styles__ is given twice in --wildcards-dir .*: by .*bad.yaml \(key styles\) "
+                                   r"and .*styles.txt; rename or remove one"),
+    ("bad.yaml", "a: []\n", r"__a__: the wildcard file .*bad.yaml holds no options under a"),
+])
+def test_bad_yaml_and_json_wildcard_files_are_refused_naming_file_and_key(wildcards, name, text, message):
+    (wildcards / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        dynamic.jobs(["__a__ __styles__"], "", [0], str(wildcards))
+
+
 @pytest.mark.parametrize("prompt", [
     "a photo of <my-dog>, (red:1.2) [cat:dog:0.5] [a|b] BREAK <lora:ghibli:0.8> AND a cat:0.5",
     r"a \{literal\} brace \| and \_\_name\_\_",

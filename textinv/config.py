@@ -732,7 +732,8 @@ class GenerateConfig:
     token: list = opt([], "token name(s) for the embedding files, in order (default: from each file)")
     negative_prompt: str = opt("", "what to steer away from")
     wildcards_dir: str = opt(None, "folder of wildcard files for the prompts' __name__ (name.txt: one option a line; "
-                                   "__sub/name__ in a subfolder, __sub/*__ any there)", path="file")
+                                   "__sub/name__ in a subfolder, __sub/*__ any there; .yaml/.json files: their keys "
+                                   "name them, as sd-dynamic-prompts reads them)", path="file")
     combinatorial: bool = opt(False, "draw every combination of each prompt's {a|b} and __wildcards__, in order, "
                                      "each with every seed (default: each picture draws its own from its seed)")
     max_prompts: int = opt(None, "--combinatorial's most combinations of a prompt, the first ones (default: 100)")

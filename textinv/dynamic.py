@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import json
 import random
 import re
 import warnings
@@ -230,48 +231,168 @@ def _wildcard_variables(spec: str | None, written: str, where: str) -> tuple:
 @dataclass
 class Wildcards:
     """The wildcard files of `folder` (None: none given): `name.txt`, one option a line, lines starting with `#` and
-    blank ones left out; `colors/warm` for a subfolder's file, `colors/*` for several (their lines together)."""
+    blank ones left out; `colors/warm` for a subfolder's file, `colors/*` for several (their lines together). A
+    `.yaml`, `.yml` or `.json` file holds several, as dynamicprompts reads them: its keys name them (not the file's
+    name), nested keys as `key/sub`, under its folder's path; a file that is one list is named as a .txt file."""
 
     folder: Path | None
     _read: dict = field(default_factory=dict)
+    _names: dict | None = None  # wildcard name: its .txt file, or (structured file, key, options)
 
-    def options(self, name: str) -> list[list]:
-        """The parsed lines the wildcard `__name__` draws from; a name no file answers to, or an empty file, raises."""
+    def options(self, name: str) -> list[tuple[float, list]]:
+        """The weighted, parsed options the wildcard `__name__` draws from (a .txt file's weigh 1); a name no file
+        answers to, or an empty file or list, raises."""
         if name not in self._read:
-            self._read[name] = [parse(line, f"wildcard __{name}__ ({path.name} line {n})")
-                                for path in self._files(name) for n, line in self._lines(name, path)]
+            self._read[name] = [(weight, parse(text, f"wildcard __{name}__ ({where})"))
+                                for source in self._sources(name) for weight, text, where in self._entries(name, source)]
         return self._read[name]
 
-    def _files(self, name: str) -> list[Path]:
+    def _sources(self, name: str) -> list:
         if self.folder is None:
             raise ConfigError(f"__{name}__ is a wildcard, and no --wildcards-dir was given: pass the folder that holds "
                               f"{name}.txt, or write \\_\\_ for underscores that are text")
-        found = [p for p in self._all() if fnmatch.fnmatchcase(self._name(p), name)] if "*" in name else \
-            [p for p in [self.folder / f"{name}.txt"] if p.is_file() and self.folder.resolve() in p.resolve().parents]
+        names = self._all()
+        found = [source for n, source in names.items() if fnmatch.fnmatchcase(n, name)] if "*" in name else \
+            [names[name]] if name in names else []
         if not found:
-            there = ", ".join(self._name(p) for p in self._all()[:20]) or "no .txt files"
+            there = ", ".join(list(names)[:20]) or "no wildcard files"
             raise ConfigError(f"__{name}__: no wildcard file {name}.txt in --wildcards-dir {self.folder} (it holds: "
                               f"{there}); add it, or fix the name")
         return found
 
-    def _all(self) -> list[Path]:
-        return sorted(self.folder.rglob("*.txt"), key=self._name)
+    def _all(self) -> dict:
+        """Every wildcard name in the folder, in order, each structured file read (a bad one refused)."""
+        if self._names is None:
+            names: dict = {}
+            for path in sorted(self.folder.rglob("*")):
+                if path.suffix == ".txt":
+                    found = [(self._name(path), path)]
+                elif path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+                    prefix = self._name(path.parent / "x")[:-1]  # (its folder's path, with a "/" where there is one)
+                    found = [(prefix + key, (path, key, entries)) for key, entries in _structured(path)]
+                else:
+                    continue
+                for name, source in found:
+                    if name in names:
+                        raise ConfigError(f"__{name}__ is given twice in --wildcards-dir {self.folder}: by "
+                                          f"{_origin(names[name])} and {_origin(source)}; rename or remove one")
+                    names[name] = source
+            self._names = dict(sorted(names.items()))
+        return self._names
 
     def _name(self, path: Path) -> str:
         return path.relative_to(self.folder).with_suffix("").as_posix()
 
+    def _entries(self, name: str, source) -> list[tuple[float, str, str]]:
+        """A source's options as (weight, text, where in the file)."""
+        if isinstance(source, Path):
+            return [(1.0, line, f"{source.name} line {n}") for n, line in self._lines(name, source)]
+        path, key, entries = source
+        if not entries:
+            raise ConfigError(f"__{name}__: the wildcard file {path} holds no options under {key}; add some, or "
+                              f"remove the key")
+        return entries
+
     def _lines(self, name: str, path: Path) -> list[tuple[int, str]]:
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"__{name}__: the wildcard file {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                              f"save it as UTF-8") from None
-        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+        lines = [(n, line.strip()) for n, line in enumerate(_text(path, f"__{name}__: ").splitlines(), 1)
                  if line.strip() and not line.strip().startswith("#")]
         if not lines:
             raise ConfigError(f"__{name}__: the wildcard file {path} holds no options (one a line; lines starting "
                               f"with # are comments)")
         return lines
+
+
+def _text(path: Path, said: str = "") -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{said}the wildcard file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it "
+                          f"as UTF-8") from None
+
+
+def _origin(source) -> str:
+    return str(source) if isinstance(source, Path) else f"{source[0]} (key {source[1]})"
+
+
+def _structured(path: Path) -> list[tuple[str, list]]:
+    """A YAML or JSON wildcard file's wildcards as (name, [(weight, text, where), ...]): a mapping's keys name them,
+    nested mappings as `key/sub`; a file that is one list is one, named as the file (dynamicprompts' reading)."""
+    text = _text(path)
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"the wildcard file {path} is not JSON ({e.msg} at line {e.lineno} column {e.colno}): "
+                              f"fix it, or move it out of --wildcards-dir") from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"the wildcard file {path} is YAML, which needs PyYAML: pip install pyyaml, or move "
+                              f"it out of --wildcards-dir") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"the wildcard file {path} is not YAML ({' '.join(str(e).split())}): fix it, or move it "
+                              f"out of --wildcards-dir") from None
+    if isinstance(data, list):
+        return [(path.stem, _structured_options(data, path, path.stem))]
+    if not isinstance(data, dict):
+        raise ConfigError(f"the wildcard file {path} holds {type(data).__name__ if data is not None else 'nothing'}, "
+                          f"where a mapping of names to lists of options (or one list) is expected: fix it, or move "
+                          f"it out of --wildcards-dir")
+    return _structured_keys(data, path, "")
+
+
+def _structured_keys(data: dict, path: Path, prefix: str) -> list[tuple[str, list]]:
+    out = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if not isinstance(key, str):
+            raise ConfigError(f"the wildcard file {path}: the key {name} ({type(key).__name__}) is not a name: quote "
+                              f"it (\"{key}\")")
+        if isinstance(value, list):
+            out.append((name, _structured_options(value, path, name)))
+        elif isinstance(value, dict):
+            out += _structured_keys(value, path, name + "/")
+        else:
+            raise ConfigError(f"the wildcard file {path}: the key {name} holds {value!r} ({type(value).__name__}), "
+                              f"where a list of options or a mapping of names is expected: make it a list, or remove it")
+    return out
+
+
+def _structured_options(items: list, path: Path, key: str) -> list[tuple[float, str, str]]:
+    """A list's options as (weight, text, where): a string (`2::text` weighs 2), or a mapping {text: ..., weight: ...}
+    (`content` for `text`); empty ones left out, as are the lines of a string that start with `#`."""
+    out = []
+    for n, item in enumerate(items, 1):
+        where, weight = f"{path.name} key {key} item {n}", 1.0
+        if isinstance(item, dict) and isinstance(item.get("weight", 1), (int, float)):
+            weight, item = float(item.get("weight", 1)), item.get("text") or item.get("content")
+        elif isinstance(item, str):
+            weight, item = _item_weight(item)
+        if not isinstance(item, str) and item is not None:
+            raise ConfigError(f"the wildcard file {path}: item {n} of the key {key} is {item!r} "
+                              f"({type(item).__name__}), not an option's text: quote it, or write it as "
+                              f"{{text: ..., weight: 2}}")
+        text = "\n".join(line for line in (item or "").splitlines() if not line.strip().startswith("#")).strip()
+        if weight < 0:
+            raise ConfigError(f"the wildcard file {path}: item {n} of the key {key} weighs {weight:g}: a weight is 0 "
+                              f"or more")
+        if text:
+            out.append((weight, text, where))
+    return out
+
+
+def _item_weight(item: str) -> tuple[float, str]:
+    """`2::text` as (2.0, "text"): the weight before the last `::`, where that is a number; else (1.0, item)."""
+    head, bars, tail = item.rpartition("::")
+    if bars and item[:1].isdigit():
+        try:
+            return float(head), tail
+        except ValueError:
+            pass
+    return 1.0, item
 
 
 def check(nodes: list, wildcards: Wildcards, within: tuple[str, ...] = (), variables: dict | None = None) -> None:
@@ -286,7 +407,7 @@ def check(nodes: list, wildcards: Wildcards, within: tuple[str, ...] = (), varia
     for node in nodes:
         if isinstance(node, Wildcard):
             inner = _within(within, f"__{node.name}__")
-            for line in wildcards.options(node.name):
+            for _, line in wildcards.options(node.name):
                 check(_line(node, line), wildcards, inner, variables)
         elif isinstance(node, Variable):
             if node.name in variables:
@@ -336,7 +457,7 @@ def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict 
         if isinstance(node, str):
             out.append(node)
         elif isinstance(node, Wildcard):
-            out.append(draw(_line(node, rng.choice(wildcards.options(node.name))), rng, wildcards, variables))
+            out.append(draw(_line(node, _pick(wildcards.options(node.name), rng)), rng, wildcards, variables))
         elif isinstance(node, Variable):
             out.append(draw(variables.get(node.name, node.default), rng, wildcards, variables))
         else:
@@ -351,6 +472,14 @@ def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict 
                 weights.pop(k)
             out.append(node.separator.join(draw(option, rng, wildcards, variables) for option in picked))
     return "".join(out)
+
+
+def _pick(options: list[tuple[float, list]], rng: random.Random) -> list:
+    """A wildcard's option, drawn as its weights say (alike, as a .txt file's: `rng.choice`, as always)."""
+    weights = [weight for weight, _ in options]
+    if len(set(weights)) == 1:
+        return rng.choice(options)[1]
+    return rng.choices(options, weights)[0][1]
 
 
 def combinations(nodes: list, wildcards: Wildcards, variables: dict | None = None) -> Iterator[str]:
@@ -390,7 +519,7 @@ def _node_texts(node, wildcards: Wildcards, variables: dict) -> Iterator[str]:
     if isinstance(node, str):
         yield node
     elif isinstance(node, Wildcard):
-        for line in wildcards.options(node.name):
+        for _, line in wildcards.options(node.name):
             yield from combinations(_line(node, line), wildcards, variables)
     elif isinstance(node, Variable):
         yield from combinations(variables.get(node.name, node.default), wildcards, variables)
@@ -418,7 +547,7 @@ def _options(node: Variant, wildcards: Wildcards) -> list[tuple[float, list]]:
     """A variant's options; `{2$$__name__}`, a wildcard alone, draws from its file's lines (no line twice)."""
     if len(node.options) == 1 and len(node.options[0][1]) == 1 and isinstance(node.options[0][1][0], Wildcard):
         alone = node.options[0][1][0]
-        return [(1.0, _line(alone, line)) for line in wildcards.options(alone.name)]
+        return [(weight, _line(alone, line)) for weight, line in wildcards.options(alone.name)]
     return list(node.options)
 
 
