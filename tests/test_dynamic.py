@@ -173,6 +173,38 @@ def test_bad_yaml_and_json_wildcard_files_are_refused_naming_file_and_key(wildca
         dynamic.jobs(["__a__ __styles__"], "", [0], str(wildcards))
 
 
+def test_a_cyclical_part_gives_the_ith_seed_its_ith_text_whatever_n(wildcards):
+    """`{@...}` and `__@...__` (dynamicprompts' cyclical sampler): options in turn, an option's own parts turning once
+    a round; picture i (of --seed, --seed + 1, ...) takes the i-th."""
+    def prompts(template, seeds=range(10, 16)):
+        return [j.prompt for seed in seeds for j in dynamic.jobs([template], "", list(seeds), str(wildcards))
+                if seed in j.seeds]
+
+    assert prompts("{@a|b|c} {@x|y}") == ["a x", "b y", "c x", "a y", "b x", "c y"]
+    assert prompts("{@a|b|c} {@x|y}", range(10, 13)) == ["a x", "b y", "c x"]
+    assert prompts("{@a|{b|c}}") == ["a", "b", "a", "c", "a", "b"]
+    assert prompts("__@colors/*__") == ["blue", "red", "orange", "blue", "red", "orange"]
+    assert prompts("{@2$$a|b|c}")[:4] == ["a, b", "a, c", "b, c", "a, b"]
+    assert set(prompts("{@a|{~b|c}}")[1::2]) <= {"b", "c"}
+
+
+def test_random_and_combinatorial_marks_draw_as_dynamicprompts_draws_them(wildcards):
+    """`~` draws at random, `!` enumerates: in random mode both draw as unmarked parts do (dynamicprompts cannot
+    enumerate within random drawing); in combinatorial mode a `~` part is drawn once each combination, and `@` takes
+    its next text."""
+    assert _draws("{~a|b|c} {!x|y} __~styles__", folder=wildcards) == _draws("{a|b|c} {x|y} __styles__",
+                                                                                 folder=wildcards)
+    assert _draws("{ ~2$$a|b|c}") == _draws("{2$$a|b|c}")
+    jobs = [j.prompt for j in dynamic.jobs(["{!a|b|c|d} {~x|y|z} {@p|q|r}"], "", [0, 1], combinatorial=True)]
+    assert [p[0] for p in jobs] == ["a", "b", "c", "d"] and {p[2] for p in jobs} <= {"x", "y", "z"}
+    assert [p[-1] for p in jobs] == ["p", "q", "r", "p"]
+    again = [j.prompt for j in dynamic.jobs(["{!a|b|c|d} {~x|y|z} {@p|q|r}"], "", [0, 5], combinatorial=True)]
+    assert again == jobs  # (drawn from the first seed)
+    assert [j.prompt for j in dynamic.jobs(["__!colors/*__ __@styles__"], "", [0], str(wildcards),
+                                           combinatorial=True)] == ["blue oil painting", "red watercolor",
+                                                                    "orange oil painting"]
+
+
 @pytest.mark.parametrize("prompt", [
     "a photo of <my-dog>, (red:1.2) [cat:dog:0.5] [a|b] BREAK <lora:ghibli:0.8> AND a cat:0.5",
     r"a \{literal\} brace \| and \_\_name\_\_",

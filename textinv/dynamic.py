@@ -8,6 +8,7 @@ one `--prompt` draws a learned word in many settings.
                                                   --wildcards-dir folder
     ${season=summer}  ${season=!{summer|winter}}  set a variable: its template, drawn at each use; `!`: drawn once
     ${season}  ${season:summer}  __outfit(season=winter)__   use it (with a default); a wildcard's own variables
+    {@a|b}  __@colors__  {~a|b}  {!a|b}           a part's own sampler: cyclical, random, combinatorial
 
 Variants nest, and a wildcard file's lines may hold variants and wildcards themselves. As in dynamicprompts, a
 variable is set outside variants, for the whole text it stands in (a prompt, a wildcard file's line) and what that
@@ -17,8 +18,8 @@ again is the same prompt. The web UI's own syntax passes through: `(word:1.2)`, 
 `<lora:name:0.8>`; a `|` inside square brackets is an alternation's (`{[cat|dog]|bird}` has two options).
 
 `jobs` turns the prompts and the negative prompt into what `generate` draws: random mode gives picture i the prompt a
-generator seeded with its own seed draws (the same picture's prompt whatever -n and --batch-size), combinatorial mode
-every combination in order, each with every seed.
+generator seeded with its own seed draws, a cyclical part's i-th text in it (the same picture's prompt whatever -n and
+--batch-size), combinatorial mode every combination in order, each with every seed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from .errors import ConfigError
 SEPARATOR = ", "  # between the options a `{2$$...}` variant draws (dynamicprompts' default)
 MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combinations
 
-_WILDCARD = re.compile(r"__([\w\-./*]+?)(?:\(([^()]*)\))?__")  # `__name__`, `__name(var=value, ...)__`
+_WILDCARD = re.compile(r"__([~!@]?)([\w\-./*]+?)(?:\(([^()]*)\))?__")  # `__name__`, `__@name(var=value, ...)__`
+_SAMPLER = re.compile(r"\s*([~!@])")  # `{~a|b}`: a variant's (or a wildcard's) own sampler
 _VARIABLE = re.compile(r"\$\{\s*([A-Za-z_-][A-Za-z0-9_-]*)\s*(\}|:|=|\?=)")  # `${name}`, `${name:`, `${name=`
 _HEADER = re.compile(r"\s*(\d*)\s*(?:(-)\s*(\d*))?\s*\$\$")  # `2$$`, `1-3$$`, `-2$$`, `2-$$`
 _SEPARATOR = re.compile(r"([^|{}]*?)\$\$")
@@ -49,6 +51,7 @@ _WEIGHT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*::")
 class Wildcard:
     name: str
     variables: tuple = ()  # `__name(var=value)__`: ((var, nodes), ...), set for its line
+    sampler: str = ""  # `__~name__` random, `__!name__` combinatorial, `__@name__` cyclical ("": the mode's)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Variant:
     low: int = 1
     high: int = 1
     separator: str = SEPARATOR
+    sampler: str = ""  # as a Wildcard's: `{~a|b}`, `{!a|b}`, `{@a|b}`
 
 
 def parse(text: str, where: str = "--prompt") -> list:
@@ -82,8 +86,8 @@ def parse(text: str, where: str = "--prompt") -> list:
     unbalanced brace).
 
     >>> parse("a {red|2::blue} __hat__")
-    ['a ', Variant(options=((1.0, ['red']), (2.0, ['blue'])), low=1, high=1, separator=', '), ' ', \
-Wildcard(name='hat', variables=())]
+    ['a ', Variant(options=((1.0, ['red']), (2.0, ['blue'])), low=1, high=1, separator=', ', sampler=''), ' ', \
+Wildcard(name='hat', variables=(), sampler='')]
     """
     nodes, i = _sequence(text, 0, False, where)
     return nodes
@@ -147,7 +151,8 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
             break
         elif wildcard:
             flush()
-            nodes.append(Wildcard(wildcard.group(1), _wildcard_variables(wildcard.group(2), wildcard.group(0), where)))
+            sampler, name, spec = wildcard.groups()
+            nodes.append(Wildcard(name, _wildcard_variables(spec, wildcard.group(0), where), sampler))
             i = wildcard.end()
         else:
             square += (ch == "[") - (ch == "]" and square > 0)
@@ -163,7 +168,10 @@ def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
         raise ConfigError(f"{where} {text!r}: '{{}}' marks the token in training's prompts; here it is an empty "
                           f"variant, which draws nothing: write the token itself (e.g. <my-dog>), or \\{{\\}} "
                           f"for the characters")
-    i, low, high, separator = start + 1, 1, 1, SEPARATOR
+    i, low, high, separator, sampler = start + 1, 1, 1, SEPARATOR, ""
+    own_sampler = _SAMPLER.match(text, i)
+    if own_sampler:
+        sampler, i = own_sampler.group(1), own_sampler.end()
     header = _HEADER.match(text, i)
     if header and (header.group(1) or header.group(2)):
         first, dash, last = header.groups()
@@ -185,7 +193,7 @@ def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
                               f"'}}', or write \\{{ for the character")
         i += 1
         if text[i - 1] == "}":
-            return Variant(tuple(options), low, high if high is not None else len(options), separator), i
+            return Variant(tuple(options), low, high if high is not None else len(options), separator, sampler), i
 
 
 def _variable(text: str, start: int, inside: bool, where: str) -> tuple[Variable | Assign, int]:
@@ -449,17 +457,23 @@ def _line(node: Wildcard, line: list) -> list:
     return [Assign(name, value) for name, value in node.variables] + line
 
 
-def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict | None = None) -> str:
-    """One text `nodes` stand for, drawn with `rng` (`check`ed nodes: no loops, no variable unset)."""
-    nodes, variables = _assigned(nodes, variables or {}, lambda value, known: draw(value, rng, wildcards, known))
+def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict | None = None, index: int = 0) -> str:
+    """One text `nodes` stand for, drawn with `rng` (`check`ed nodes: no loops, no variable unset); a cyclical
+    variant or wildcard (`{@...}`, `__@...__`) gives its `index`-th text (`_cycle`): picture `index`'s."""
+    def again(value: list, known: dict) -> str:
+        return draw(value, rng, wildcards, known, index)
+
+    nodes, variables = _assigned(nodes, variables or {}, again)
     out = []
     for node in nodes:
         if isinstance(node, str):
             out.append(node)
-        elif isinstance(node, Wildcard):
-            out.append(draw(_line(node, _pick(wildcards.options(node.name), rng)), rng, wildcards, variables))
         elif isinstance(node, Variable):
-            out.append(draw(variables.get(node.name, node.default), rng, wildcards, variables))
+            out.append(again(variables.get(node.name, node.default), variables))
+        elif node.sampler == "@":
+            out.append(_cycle(node, index, rng, wildcards, variables))
+        elif isinstance(node, Wildcard):  # (`!`, combinatorial, draws at random here, as dynamicprompts draws it)
+            out.append(again(_line(node, _pick(wildcards.options(node.name), rng)), variables))
         else:
             options = _options(node, wildcards)
             count = rng.randint(*_count(node, len(options)))
@@ -470,7 +484,41 @@ def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict 
                 k = rng.choices(range(len(places)), weights if any(weights) else None)[0]
                 picked.append(options[places.pop(k)][1])
                 weights.pop(k)
-            out.append(node.separator.join(draw(option, rng, wildcards, variables) for option in picked))
+            out.append(node.separator.join(again(option, variables) for option in picked))
+    return "".join(out)
+
+
+def _cycle(node: Variant | Wildcard, k: int, rng: random.Random, wildcards: Wildcards, variables: dict) -> str:
+    """The `k`-th text of a cyclical variant or wildcard, as dynamicprompts' cyclical sampler turns: its options (a
+    `{2$$...}` variant's choices, as itertools.combinations gives them) in turn, the parts of each option turning
+    once a round (option k mod n, its parts' turn k // n); weights are left out."""
+    if isinstance(node, Wildcard):
+        lines = [line for _, line in wildcards.options(node.name)]
+        return _cycled(_line(node, lines[k % len(lines)]), k // len(lines), rng, wildcards, variables)
+    options = [nodes for _, nodes in _options(node, wildcards)]
+    low, high = _count(node, len(options))
+    choices = [chosen for count in range(low, high + 1) for chosen in itertools.combinations(options, count)]
+    chosen, turn = choices[k % len(choices)], k // len(choices)
+    return node.separator.join(_cycled(option, turn, rng, wildcards, variables) for option in chosen)
+
+
+def _cycled(nodes: list, k: int, rng: random.Random, wildcards: Wildcards, variables: dict) -> str:
+    """`nodes` within a cyclical one, at their `k`-th turn: their variants and wildcards cycle too, but for those
+    marked `~`, drawn with `rng` (dynamicprompts: a combinatorial `!` cannot stand within a cyclical one: it cycles)."""
+    def again(value: list, known: dict) -> str:
+        return _cycled(value, k, rng, wildcards, known)
+
+    nodes, variables = _assigned(nodes, variables, again)
+    out = []
+    for node in nodes:
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, Variable):
+            out.append(again(variables.get(node.name, node.default), variables))
+        elif node.sampler == "~":
+            out.append(draw([node], rng, wildcards, variables))
+        else:
+            out.append(_cycle(node, k, rng, wildcards, variables))
     return "".join(out)
 
 
@@ -482,53 +530,74 @@ def _pick(options: list[tuple[float, list]], rng: random.Random) -> list:
     return rng.choices(options, weights)[0][1]
 
 
-def combinations(nodes: list, wildcards: Wildcards, variables: dict | None = None) -> Iterator[str]:
+@dataclass
+class Turns:
+    """What `combinations` draws besides: `rng` for the parts marked `~` (random: one text each combination), and
+    how often each part marked `@` (cyclical: its next text each combination) has turned."""
+
+    rng: random.Random
+    turns: dict = field(default_factory=dict)
+
+    def next(self, node) -> int:
+        k = self.turns[id(node)] = self.turns.get(id(node), -1) + 1
+        return k
+
+
+def combinations(nodes: list, wildcards: Wildcards, variables: dict | None = None,
+                 turns: Turns | None = None) -> Iterator[str]:
     """Every text `nodes` stand for, in order: the first variant's options slowest, each variant's options in the
     order written, a `{2$$...}` variant's choices as itertools.combinations gives them (weights are left out); a
-    `${name=!...}` setting takes each of its value's texts in turn, slowest of all."""
-    variables = variables or {}
+    `${name=!...}` setting takes each of its value's texts in turn, slowest of all. A part marked `~` or `@` is not
+    enumerated: each combination draws it (`turns`; default: a generator seeded 0), as dynamicprompts does."""
+    variables, turns = variables or {}, turns or Turns(random.Random(0))
     settings = [node for node in nodes if isinstance(node, Assign)]
     if settings:
-        yield from _set_each(settings, [node for node in nodes if not isinstance(node, Assign)], wildcards, variables)
+        yield from _set_each(settings, [node for node in nodes if not isinstance(node, Assign)], wildcards, variables,
+                             turns)
         return
     if not nodes:
         yield ""
         return
     head, rest = nodes[0], nodes[1:]
-    for first in _node_texts(head, wildcards, variables):
-        for after in combinations(rest, wildcards, variables):
+    for first in _node_texts(head, wildcards, variables, turns):
+        for after in combinations(rest, wildcards, variables, turns):
             yield first + after
 
 
-def _set_each(settings: list[Assign], nodes: list, wildcards: Wildcards, variables: dict) -> Iterator[str]:
+def _set_each(settings: list[Assign], nodes: list, wildcards: Wildcards, variables: dict,
+              turns: Turns) -> Iterator[str]:
     """`combinations` of `nodes` under each value `settings` give their variables, in order."""
     if not settings:
-        yield from combinations(nodes, wildcards, variables)
+        yield from combinations(nodes, wildcards, variables, turns)
         return
     first, rest = settings[0], settings[1:]
     if first.keep and first.name in variables:
-        yield from _set_each(rest, nodes, wildcards, variables)
+        yield from _set_each(rest, nodes, wildcards, variables, turns)
     elif not first.immediate:
-        yield from _set_each(rest, nodes, wildcards, {**variables, first.name: first.value})
+        yield from _set_each(rest, nodes, wildcards, {**variables, first.name: first.value}, turns)
     else:
-        for text in combinations(first.value, wildcards, variables):
-            yield from _set_each(rest, nodes, wildcards, {**variables, first.name: [text]})
+        for text in combinations(first.value, wildcards, variables, turns):
+            yield from _set_each(rest, nodes, wildcards, {**variables, first.name: [text]}, turns)
 
 
-def _node_texts(node, wildcards: Wildcards, variables: dict) -> Iterator[str]:
+def _node_texts(node, wildcards: Wildcards, variables: dict, turns: Turns) -> Iterator[str]:
     if isinstance(node, str):
         yield node
+    elif isinstance(node, Variable):
+        yield from combinations(variables.get(node.name, node.default), wildcards, variables, turns)
+    elif node.sampler == "~":
+        yield draw([node], turns.rng, wildcards, variables)
+    elif node.sampler == "@":
+        yield _cycle(node, turns.next(node), turns.rng, wildcards, variables)
     elif isinstance(node, Wildcard):
         for _, line in wildcards.options(node.name):
-            yield from combinations(_line(node, line), wildcards, variables)
-    elif isinstance(node, Variable):
-        yield from combinations(variables.get(node.name, node.default), wildcards, variables)
+            yield from combinations(_line(node, line), wildcards, variables, turns)
     else:
         options = [nodes for _, nodes in _options(node, wildcards)]
         low, high = _count(node, len(options))
         for count in range(low, high + 1):
             for chosen in itertools.combinations(options, count):
-                for texts in _products([combinations(option, wildcards, variables) for option in chosen]):
+                for texts in _products([combinations(option, wildcards, variables, turns) for option in chosen]):
                     yield node.separator.join(texts)
 
 
@@ -577,8 +646,10 @@ def jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | None
 
     Random mode: the picture of seed s draws its prompt with `random.Random(s)` and its negative prompt with a
     generator of its own seeded from s too, so its prompts are its seed's alone; pictures that drew the same are
-    one job. Combinatorial mode: each template's combinations in order (`combinations`, at most `max_prompts`, a
-    warning saying how many more there were), each drawn with every seed, one after the other in the files' names.
+    one job; a cyclical part (`{@...}`) gives picture i (of `seeds`) its i-th text. Combinatorial mode: each
+    template's combinations in order (`combinations`, at most `max_prompts`, a warning saying how many more there
+    were; its parts marked `~` drawn with a generator seeded from the first seed), each drawn with every seed, one
+    after the other in the files' names.
     A template without variants or wildcards is one job of every seed, its text as written. `folder`: the
     --wildcards-dir (None: none).
 
@@ -592,10 +663,12 @@ def jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | None
     for nodes in parsed:
         check(nodes, wildcards)
 
+    index = {seed: i for i, seed in enumerate(seeds)}  # (a cyclical part's turn: the picture's place)
+
     def negative_of(seed: int) -> str:
         if not is_dynamic(negative_nodes):
             return negative
-        return draw(negative_nodes, random.Random(f"negative {seed}"), wildcards)
+        return draw(negative_nodes, random.Random(f"negative {seed}"), wildcards, index=index[seed])
 
     out: list[Job] = []
     place = 0
@@ -603,13 +676,14 @@ def jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | None
         if not is_dynamic(nodes):
             drawn = [lambda seed: template]
         elif combinatorial:
-            texts = list(itertools.islice(combinations(nodes, wildcards), max_prompts + 1))
+            turns = Turns(random.Random(f"combinatorial {seeds[0] if seeds else 0}"))
+            texts = list(itertools.islice(combinations(nodes, wildcards, turns=turns), max_prompts + 1))
             if len(texts) > max_prompts:  # (not counted: a few wildcards can make millions)
                 warnings.warn(f"--prompt {template!r} has more combinations than --max-prompts {max_prompts}: the "
                               f"first {max_prompts} are drawn; raise --max-prompts for more", stacklevel=2)
             drawn = [lambda seed, text=text: text for text in texts[:max_prompts]]
         else:
-            drawn = [lambda seed: draw(nodes, random.Random(seed), wildcards)]
+            drawn = [lambda seed: draw(nodes, random.Random(seed), wildcards, index=index[seed])]
         for prompt_of in drawn:
             groups: dict[tuple[str, str], list[int]] = {}
             for seed in seeds:
