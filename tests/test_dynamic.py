@@ -107,6 +107,7 @@ def test_combinatorial_mode_takes_each_value_of_a_variable_set_once(wildcards):
     ("${1s}", r"the '\$\{' at character 1 starts no variable .* write \$\\\{ for the characters"),
     ("${s={a|${s}}}${s}", r"a variable draws itself in a loop: \$\{s\} -> \$\{s\}"),
     ("__styles(a)__", r"the wildcard __styles\(a\)__ sets its variables as name=value"),
+    ("${s=cold}__colors/${s}__", r"the wildcard at character 10 is named by a variable, which textinv does not read"),
 ])
 def test_bad_variables_are_refused_naming_the_fix(wildcards, template, message):
     with pytest.raises(ConfigError, match=message):

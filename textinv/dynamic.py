@@ -40,6 +40,7 @@ SEPARATOR = ", "  # between the options a `{2$$...}` variant draws (dynamicpromp
 MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combinations
 
 _WILDCARD = re.compile(r"__([~!@]?)([\w\-./*]+?)(?:\(([^()]*)\))?__")  # `__name__`, `__@name(var=value, ...)__`
+_NAMED_BY_VARIABLE = re.compile(r"__[~!@]?[\w\-./*]*\$\{")  # `__colors/${season}__`
 _SAMPLER = re.compile(r"\s*([~!@])")  # `{~a|b}`: a variant's (or a wildcard's) own sampler
 _VARIABLE = re.compile(r"\$\{\s*([A-Za-z_-][A-Za-z0-9_-]*)\s*(\}|:|=|\?=)")  # `${name}`, `${name:`, `${name=`
 _HEADER = re.compile(r"\s*(\d*)\s*(?:(-)\s*(\d*))?\s*\$\$")  # `2$$`, `1-3$$`, `-2$$`, `2-$$`
@@ -140,6 +141,11 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
             flush()
             node, i = _variant(text, i, where)
             nodes.append(node)
+        elif _NAMED_BY_VARIABLE.match(text, i):
+            raise ConfigError(f"{where} {text!r}: the wildcard at character {i + 1} is named by a variable, which "
+                              f"textinv does not read: name the file (a variant of wildcards picks among them: "
+                              f"{{__colors/summer__|__colors/winter__}}), or write \\_\\_ for underscores that are "
+                              f"text")
         elif text.startswith("${", i):
             flush()
             node, i = _variable(text, i, inside, where)
@@ -251,8 +257,8 @@ class Wildcards:
         """The weighted, parsed options the wildcard `__name__` draws from (a .txt file's weigh 1); a name no file
         answers to, or an empty file or list, raises."""
         if name not in self._read:
-            self._read[name] = [(weight, parse(text, f"wildcard __{name}__ ({where})"))
-                                for source in self._sources(name) for weight, text, where in self._entries(name, source)]
+            self._read[name] = [(weight, parse(text, f"wildcard __{name}__ ({where})")) for source in
+                                self._sources(name) for weight, text, where in self._entries(name, source)]
         return self._read[name]
 
     def _sources(self, name: str) -> list:
@@ -276,7 +282,8 @@ class Wildcards:
                 if path.suffix == ".txt":
                     found = [(self._name(path), path)]
                 elif path.suffix in (".yaml", ".yml", ".json") and path.is_file():
-                    prefix = self._name(path.parent / "x")[:-1]  # (its folder's path, with a "/" where there is one)
+                    under = path.parent.relative_to(self.folder).as_posix()
+                    prefix = "" if under == "." else under + "/"
                     found = [(prefix + key, (path, key, entries)) for key, entries in _structured(path)]
                 else:
                     continue
@@ -365,7 +372,8 @@ def _structured_keys(data: dict, path: Path, prefix: str) -> list[tuple[str, lis
             out += _structured_keys(value, path, name + "/")
         else:
             raise ConfigError(f"the wildcard file {path}: the key {name} holds {value!r} ({type(value).__name__}), "
-                              f"where a list of options or a mapping of names is expected: make it a list, or remove it")
+                              f"where a list of options or a mapping of names is expected: make it a list, or "
+                              f"remove it")
     return out
 
 
