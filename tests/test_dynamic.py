@@ -433,6 +433,17 @@ def test_the_command_line_takes_wildcards_and_combinatorial_mode(sd1_dir, tmp_pa
                                                                    "002-a-orange-hat-s0.png"]
 
 
+def test_the_command_line_draws_variables_yaml_wildcards_and_cyclical_parts(sd1_dir, tmp_path, wildcards):
+    from textinv.cli import main
+
+    (wildcards / "palette.yaml").write_text("colors:\n  pale: [white]\n")
+    assert main(["generate", "--model", str(sd1_dir), "--prompt", "${c=!__colors/pale__}a ${c} {@hat|cap}",
+                 "--wildcards-dir", str(wildcards), "-n", "2", "--steps", "1", "--width", "32", "--out",
+                 str(tmp_path / "r")]) == 0
+    drawn = {int(p.stem.split("-s")[-1]): _text(p)["prompt"] for p in (tmp_path / "r").iterdir()}
+    assert drawn == {0: "a white hat", 1: "a white cap"}
+
+
 def test_embeddings_and_loras_named_only_in_a_wildcard_file_are_loaded(sd1_dir, tmp_path):
     """A web UI embeddings folder loads the files the prompts name: here only a wildcard file's line names it."""
     import torch
