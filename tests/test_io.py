@@ -86,3 +86,27 @@ def test_a_ctrl_c_just_as_the_temporary_file_is_made_leaves_no_temporary(tmp_pat
         write_text(tmp_path / "a.txt", "x")
     monkeypatch.undo()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_killed_writes_temporary_is_cleared_and_a_live_ones_and_a_users_files_are_kept(tmp_path):
+    """A kill mid-write leaves `.NAME.XXXXXXXX.tmp`; the next run clears those of its own files' names, but not one
+    a write in progress holds (another run drawing into the folder: here, this process), nor files of other names."""
+    import re
+    import subprocess
+    import sys
+
+    from textinv.io import clear_stale_temporaries
+
+    killed = subprocess.run([sys.executable, "-c", "import os, signal\nfrom textinv.io import atomic_path\n"
+                             f"with atomic_path({str(tmp_path / '000-a-s0.png')!r}) as tmp:\n"
+                             " tmp.write_bytes(b'half')\n os.kill(os.getpid(), signal.SIGKILL)"])
+    assert killed.returncode == -9
+    [stale] = tmp_path.glob(".*.tmp")
+    users = [tmp_path / ".notes.txt.abcdefgh.tmp", tmp_path / ".000-a-s0.png.tmp"]
+    for path in users:
+        path.write_text("mine")
+    with atomic_path(tmp_path / "000-a-s1.png") as live:
+        live.write_bytes(b"being written")
+        assert clear_stale_temporaries(tmp_path, re.compile(r".*\.png")) == 1
+        assert not stale.exists() and live.exists() and all(path.exists() for path in users)
+    assert (tmp_path / "000-a-s1.png").read_bytes() == b"being written"

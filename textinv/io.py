@@ -12,13 +12,21 @@ import errno
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: a file open in another process cannot be removed there, which keeps a live one
+    fcntl = None
 
 # the letters of a temporary file's name (mkstemp's, as `run_folder.clear_temporaries` finds them), drawn from the
 # system's randomness: the random module's own numbers are a seeded run's, and a write must not move them
 _NAME_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 _NAMES = random.SystemRandom()
+# what `atomic_path` names its temporary files: `.NAME.XXXXXXXX.tmp` (a process killed mid-write leaves one)
+TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 
 
 @contextlib.contextmanager
@@ -33,11 +41,12 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
     path = Path(path)
     make_folder(path.parent)
     tmp = None  # named before it is made (not by mkstemp): a Ctrl-C the moment after still finds it to remove
+    held = None  # (POSIX) the temporary file kept open and locked while it is written: a live one, not a kill's
     try:
         for _ in range(100):  # (as mkstemp: another name while one is taken)
             tmp = path.parent / f".{path.name}.{''.join(_NAMES.choices(_NAME_LETTERS, k=8))}.tmp"
             try:
-                os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+                held = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
             except FileExistsError:
                 tmp = None  # (another's: not removed below)
                 continue
@@ -47,6 +56,7 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
             break
         else:
             raise FileExistsError(errno.EEXIST, "no unused temporary file name found", str(path))
+        held = _held(held)
         yield tmp
         # made 0600 (as mkstemp makes it); give the file the permissions open() would. Only now: a writer may have
         # made the file anew (safetensors' save_file does), with mode 0600 again, so a chmod before the write is lost.
@@ -69,6 +79,62 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def clear_stale_temporaries(folder: str | os.PathLike, names: re.Pattern) -> int:
+    """Remove from `folder` (not below it) the temporary files of `atomic_path` writes a kill cut short, for the
+    files whose names `names` matches in full (a command's own, never a user's file); a live write's, which its
+    process holds locked, is left (POSIX; elsewhere its open file cannot be removed). The lock is on the file made:
+    a writer that makes it anew (safetensors' save_file) writes an unlocked one, so use it for pictures (PIL writes
+    in place). Returns how many were removed.
+
+    >>> clear_stale_temporaries("renders", re.compile(r".*\.png"))  # doctest: +SKIP
+    1
+    """
+    removed = 0
+    for path in Path(folder).glob(".*.tmp"):
+        found = TEMPORARY.fullmatch(path.name)
+        if not found or not names.fullmatch(found[1]) or path.is_symlink() or not path.is_file():
+            continue
+        try:
+            if _unheld(path):  # (once unheld, always: no live write takes a name that is in use)
+                path.unlink()
+                removed += 1
+        except OSError:  # (gone meanwhile: its write ended; on Windows, open in another process)
+            pass
+    return removed
+
+
+def _held(handle: int) -> int | None:
+    """The temporary file open at `handle`, locked for as long as it is written (`clear_stale_temporaries` leaves
+    it): the handle to close when done, or None where it cannot be held (closed then): on Windows, where an open
+    file cannot be renamed, and on a file system without locks."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            return handle
+    except OSError:
+        pass
+    os.close(handle)
+    return None
+
+
+def _unheld(path: Path) -> bool:
+    """Whether no process holds the temporary file `path` (`_held`): True on Windows, where one that is open
+    cannot be removed anyway."""
+    if fcntl is None:
+        return True
+    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(handle)
 
 
 def _publish_new(tmp: Path, path: Path) -> None:

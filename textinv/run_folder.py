@@ -30,7 +30,7 @@ from .errors import ConfigError, FormatError
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, load_embedding, second_file,
                       step_filename)
 from .hub import hub_reference
-from .io import write_bytes, write_text
+from .io import TEMPORARY, write_bytes, write_text
 from .models import BUNDLED_MODELS, same_model
 from .tokens import token_names
 from .tracking import LOGS_DIR, run_name
@@ -42,8 +42,6 @@ LOSS_LOG = "loss.csv"
 VALIDATION_LOG = "validation.csv"  # the validation loss (--validate-every, --validation-split), as loss.csv the loss
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".textinv-train.lock"  # held by the one `textinv train` writing the folder (see `run_lock`)
-# what `io.atomic_path` names its temporary files: `.NAME.XXXXXXXX.tmp` (a process killed mid-write leaves one)
-_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 _LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyond the end of the file is allowed)
 # settings that may differ between a run and its resumption (they do not change what is learned step by step; device:
 # where it runs, as `auto` already resumes a run on another machine's device, e.g. on another GPU than it started on;
@@ -208,7 +206,7 @@ def clear_temporaries(out: Path) -> None:
     `run_lock`, once `prepare_output` has taken the folder for this run: no other textinv process writes there then;
     a folder refused is left as it is, as another run writing below it)."""
     for path in Path(out).rglob(".*.tmp"):
-        if path.is_file() and _TEMPORARY.fullmatch(path.name):
+        if path.is_file() and TEMPORARY.fullmatch(path.name):
             path.unlink(missing_ok=True)
 
 
