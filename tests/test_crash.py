@@ -418,8 +418,9 @@ def test_a_full_disk_while_drawing_is_one_line_and_keeps_the_pictures_drawn(sd1_
                      str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert err.splitlines()[-1] == (f"textinv generate: error: No space left on device: {out / '000-a-dog-s1.png'}; "
-                                    f"make room, then run it again")  # (on a line of its own, after the bar)
+    assert err.splitlines()[-1] == (f"textinv generate: error: --out {out}: cannot write 000-a-dog-s1.png (No space "
+                                    f"left on device); the 1 picture written before it is in {out}: make room, then "
+                                    f"run the command again")  # (on a line of its own, after the bar)
     assert sorted(p.name for p in out.iterdir()) == ["000-a-dog-s0.png"]  # (and no temporary file)
 
 
@@ -716,3 +717,90 @@ def test_a_signal_as_a_finished_run_lets_go_of_its_folder_is_the_runs_not_python
     finally:
         signal.signal(signal.SIGTERM, before)
     assert result.steps == 2 and "SIGTERM: the run is complete and saved, finishing up" in capsys.readouterr().err
+
+
+def _generate_config(model_dir, out, **kw):
+    from textinv.config import GenerateConfig
+
+    return GenerateConfig(**{"prompt": ["a dog"], "out": str(out), "n": 3, "steps": 2, "model": str(model_dir), **kw})
+
+
+def test_a_generate_killed_mid_picture_leaves_it_under_no_name_and_the_next_run_clears_its_temporary(sd1_dir,
+                                                                                                        tmp_path):
+    """kill -9 while the second picture's PNG is half written: the first is whole, the second is no file of its
+    name, and its temporary file, left behind, is removed by the next run into the folder (a user's hidden file
+    and a live write's temporary are kept), which writes its own set beside the first's (suffix -2)."""
+    from PIL import Image
+
+    from textinv.generate import generate
+
+    out = tmp_path / "r"
+    killed = subprocess.run([sys.executable, "-c", "import os, signal, sys\nfrom PIL import Image\n"
+                             "real, calls = Image.Image.save, []\n"
+                             "def save(self, fp, *a, **k):\n calls.append(fp)\n if len(calls) == 2:\n"
+                             "  open(fp, 'wb').write(b'\\x89PNG half')\n  os.kill(os.getpid(), signal.SIGKILL)\n"
+                             " return real(self, fp, *a, **k)\n"
+                             "Image.Image.save = save\nfrom textinv import cli\n"
+                             f"cli.main(['generate', '--model', {str(sd1_dir)!r}, '--prompt', 'a dog', '-n', '3', "
+                             f"'--steps', '2', '--batch-size', '1', '--out', {str(out)!r}])"],
+                            stderr=subprocess.DEVNULL)
+    assert killed.returncode == -signal.SIGKILL
+    first = (out / "000-a-dog-s0.png").read_bytes()
+    assert Image.open(out / "000-a-dog-s0.png").text["seed"] == "0"
+    [stale] = out.glob(".*.tmp")
+    assert stale.name.startswith(".000-a-dog-s1.png.") and not (out / "000-a-dog-s1.png").exists()
+    mine = out / ".000-a-dog-s1.png.abcdefgh.tmp.keep"
+    mine.write_text("a user's")
+    with textinv_io.atomic_path(out / "000-a-cat-s0.png") as live:  # (another run drawing into the folder)
+        paths = generate(_generate_config(sd1_dir, out), progress=False)
+        assert live.exists()
+    assert [p.name for p in paths] == [f"000-a-dog-s{seed}-2.png" for seed in range(3)]
+    assert not stale.exists() and mine.exists() and (out / "000-a-dog-s0.png").read_bytes() == first
+    assert Image.open(out / "000-a-dog-s0-2.png").tobytes() == Image.open(out / "000-a-dog-s0.png").tobytes()
+
+
+def test_an_out_folder_removed_while_drawing_is_not_made_again_and_the_error_says_so(sd1_dir, tmp_path,
+                                                                                       monkeypatch):
+    """A folder removed mid-run (or its disk unmounted) was made again for the next picture: on an unmounted disk,
+    a folder on the disk below it. Said instead, with the count of pictures written, as a CLI error, not a
+    traceback."""
+    import shutil
+
+    from textinv import generate as generate_module
+
+    out = tmp_path / "r"
+    real = generate_module._save_new
+
+    def then_removed(*a, **k):
+        written = real(*a, **k)
+        shutil.rmtree(out)
+        return written
+
+    monkeypatch.setattr(generate_module, "_save_new", then_removed)
+    with pytest.raises(ConfigError, match=rf"--out {re.escape(str(out))} was removed .* after 1 picture had been "
+                                          r"written to it; nothing more was written"):
+        generate_module.generate(_generate_config(sd1_dir, out), progress=False)
+    assert not out.exists()
+
+
+def test_a_picture_that_cannot_be_written_is_a_cli_error_naming_it_and_the_pictures_kept(sd1_dir, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """A folder made read-only mid-run (root ignores a chmod: the write's refusal stands in) was a traceback."""
+    from textinv import generate as generate_module
+
+    out = tmp_path / "r"
+    real, calls = generate_module.atomic_path, []
+
+    def refused_second(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(generate_module, "atomic_path", refused_second)
+    assert cli.main(["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "3", "--steps", "2",
+                     "--out", str(out)]) == 2
+    said = capsys.readouterr().err
+    assert f"--out {out}: cannot write 000-a-dog-s1.png (Permission denied); the 1 picture written before it is in " \
+           f"{out}: make the folder writable, or choose another --out" in said and "Traceback" not in said
+    assert [p.name for p in out.iterdir()] == ["000-a-dog-s0.png"]

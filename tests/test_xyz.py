@@ -531,3 +531,42 @@ def test_running_out_of_memory_in_a_cell_names_the_cell_and_the_cells_written(tm
                                                 r"out of memory .* The 3 cells before it are written in \S+r, with "
                                                 r"no grid$"):
         xyz.plot(_config(tmp_path, x="steps=1-3", y="guidance=3,7.5"), model=object(), progress=False)
+
+
+def test_a_killed_plots_half_written_grid_is_cleared_and_a_grid_that_cannot_be_written_is_said(sd1_dir, tmp_path,
+                                                                                                monkeypatch):
+    """The next plot into the folder removes the temporary file a kill left of a grid (not a user's file), and a
+    grid that cannot be written (a full disk, the folder made read-only) is a ConfigError saying the cells'
+    pictures are kept, not an OSError."""
+    import errno
+
+    out = tmp_path / "r"
+    out.mkdir()
+    stale, mine = out / ".xyz_grid-0000.png.abcdefgh.tmp", out / ".xyz_grid-notes.png.abcdefgh.tmp"
+    stale.write_bytes(b"\x89PNG half")
+    mine.write_text("a user's")
+    model = load_model(sd1_dir)
+    paths = generate(_config(tmp_path, model=str(sd1_dir), x="steps=1,2"), model=model, progress=False)
+    assert paths[0].name == "xyz_grid-0000.png" and not stale.exists() and mine.exists()
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(xyz, "atomic_path", full)
+    with pytest.raises(ConfigError, match=r"cannot write xyz_grid-0001.png \(No space left on device\); the 2 "
+                                          r"pictures written before it are in"):
+        generate(_config(tmp_path, model=str(sd1_dir), x="steps=1,2"), model=model, progress=False)
+    monkeypatch.undo()
+    real = xyz.generate
+
+    def then_removed(*a, **k):  # (the folder removed after the first cell)
+        import shutil
+
+        written = real(*a, **k)
+        shutil.rmtree(out)
+        return written
+
+    monkeypatch.setattr(xyz, "generate", then_removed)
+    with pytest.raises(ConfigError, match=r"was removed .* after 1 picture had been written to it"):
+        generate(_config(tmp_path, model=str(sd1_dir), x="steps=1,2"), model=model, progress=False)
+    assert not out.exists()

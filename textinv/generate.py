@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import errno
 import hashlib
 import json
 import math
@@ -39,7 +40,7 @@ from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import (RECORD_KEY, LearnedEmbedding, ModelSpecWarning, diffusers_file, load_embedding,
                       load_embedding_pair)
-from .io import absolute, atomic_path, output_folder
+from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
                      encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
@@ -1020,6 +1021,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     config, jobs, embeddings, paths, loras, pictures, inpaint = checked_settings(config)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
+    clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
     if model is None:
         where.device, where.dtype = device, drawing_dtype(config.precision, device)
         model = drawing_model(config, where.dtype, device)
@@ -1678,6 +1680,22 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
 
+def write_failed(error: OSError, out: Path, written: int) -> ConfigError:
+    """The error for a picture that could not be written into `out` after `written` were: a full disk, a folder made
+    read-only, or removed (moved, its disk unmounted) while drawing."""
+    kept = (f"the {written} picture{'s' * (written != 1)} written before it {'are' if written != 1 else 'is'} in {out}"
+            if written else "no picture was written")
+    if not out.is_dir():
+        return ConfigError(f"--out {out} was removed (or moved, or its disk unmounted) while drawing, after {written} "
+                           f"picture{'s' * (written != 1)} had been written to it; nothing more was written: give "
+                           f"the folder back, or another --out, and run the command again")
+    name = Path(error.filename).name if error.filename else "a picture"
+    fix = {errno.ENOSPC: "make room", errno.EDQUOT: "make room", errno.EROFS: "choose another --out"}.get(
+        error.errno, "make the folder writable, or choose another --out")
+    return ConfigError(f"--out {out}: cannot write {name} ({error.strerror or error}); {kept}: {fix}, then run the "
+                       f"command again")
+
+
 def _write_batch(run: _Run, batch: list[tuple[int, Path | None, int]], images: list[Image.Image],
                  texts: dict[int, _Text], bar) -> None:
     """Write the pictures of `batch` (`_batches`), drawn in one call (only `keep_seeds`' when given), each with its
@@ -1689,8 +1707,11 @@ def _write_batch(run: _Run, batch: list[tuple[int, Path | None, int]], images: l
         if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
             continue
         info = texts[index].png(config, seed, chunk) if config.metadata != "none" else None
-        path, run.suffix = _save_new(img, Path(config.out), run.names[index, source, seed], run.suffix, run.mine,
-                                     info)
+        try:
+            path, run.suffix = _save_new(img, Path(config.out), run.names[index, source, seed], run.suffix, run.mine,
+                                         info)
+        except OSError as e:
+            raise write_failed(e, Path(config.out), len(run.written)) from e
         run.written.append(path)
         run.where.written = len(run.written)
 
@@ -1800,8 +1821,11 @@ def _save_new(img: Image.Image, out: Path, name: str, run: str, names: list[str]
               ) -> tuple[Path, str]:
     """Write `img` as `out/<name><run>.png` (`run`: this run's suffix, `_new_run_suffix`), never over a file: when
     another run drawing into `out` took the name since, this run moves to the next suffix free for all its `names`.
-    The path written, and the run's suffix from then on."""
+    The path written, and the run's suffix from then on. A removed `out` is not made again (FileNotFoundError): a
+    folder on a disk unmounted mid-run would be made on the disk below it."""
     while True:
+        if not out.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(out))
         path = out / f"{name}{run}.png"
         try:
             with atomic_path(path, replace=False) as tmp:
@@ -1809,6 +1833,11 @@ def _save_new(img: Image.Image, out: Path, name: str, run: str, names: list[str]
             return path, run
         except FileExistsError:
             run = _new_run_suffix(out, names)
+
+
+# the names `_save_new` gives pictures (`_file_names`, then the run's suffix): the temporary files of these alone are
+# removed when a run starts (`io.clear_stale_temporaries`)
+PICTURE_NAME = re.compile(r"\d{3,}-.*-s-?\d+(-\d+)?\.png")
 
 
 def _source_labels(sources: list[Path]) -> dict[Path, str]:

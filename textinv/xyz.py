@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import csv
 import difflib
+import errno
 import glob
 import io
 import json
@@ -45,8 +46,8 @@ from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, DeviceMemoryError, TextinvError
 from .formats import RECORD_KEY, load_embedding, second_file
 from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _Where, checked_settings,
-                       drawing_dtype, drawing_model, generate, make_grid)
-from .io import absolute, atomic_path
+                       drawing_dtype, drawing_model, generate, make_grid, write_failed)
+from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
 from .models import pick_device
 from .run_folder import _nfc
@@ -530,11 +531,15 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
     """
     config = copy.copy(config).validate()  # (its seed drawn once: every cell draws it, as the web UI's fix_seed)
     ready = plan(config)
+    clear_stale_temporaries(config.out, re.compile(rf"{GRID_NAME}-\d+\.png"))  # (a killed plot's half-written grid)
     if model is None:
         model = _load(config)
     cells: list[list[Path]] = []
     for i, cell in enumerate(tqdm(ready.cells, disable=not progress, desc="xyz plot", unit="cell")):
         keep = None if keep_seeds is None else {s - config.seed + cell.seed for s in keep_seeds}
+        if cells and not Path(config.out).is_dir():  # (removed mid-plot: the cell's generate would make it again)
+            raise write_failed(FileNotFoundError(errno.ENOENT, "No such file or directory", config.out),
+                               Path(config.out), sum(map(len, cells)))
         try:
             cells.append(generate(cell, model, progress=False, keep_seeds=keep))
         except DeviceMemoryError as e:  # (its own count of pictures written is the cell's)
@@ -556,8 +561,11 @@ def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path]]) ->
     written = [(whole, cells, None)]
     if config.xyz_sub_grids and nz > 1 and (ready.axes[0] or ready.axes[1]):
         written += [(sub, these, iz) for iz, (sub, these) in enumerate(zip(subs, per_z))]
-    return [_save_grid(grid, Path(config.out), _grid_text(config, ready, these, iz) if config.metadata != "none"
-                       else None) for grid, these, iz in written]
+    try:
+        return [_save_grid(grid, Path(config.out), _grid_text(config, ready, these, iz) if config.metadata != "none"
+                           else None) for grid, these, iz in written]
+    except OSError as e:  # (the cells' pictures are written: said with the error)
+        raise write_failed(e, Path(config.out), sum(map(len, cells))) from e
 
 
 def _cell_name(ready: Plan, index: int) -> str:
@@ -757,7 +765,9 @@ def _with_fields(parameters: str, fields: str) -> str:
 
 def _save_grid(grid: Image.Image, out: Path, info) -> Path:
     """Write `grid` as the next free xyz_grid-NNNN.png in `out` (the web UI's grid name and numbering), never over a
-    file."""
+    file, nor into a folder made again after it was removed (`generate._save_new`)."""
+    if not out.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(out))
     taken = [int(m[1]) for p in out.glob(f"{GRID_NAME}-*.png") if (m := re.fullmatch(rf"{GRID_NAME}-(\d+)\.png", p.name))]
     number = max(taken, default=-1) + 1
     while True:
