@@ -318,3 +318,14 @@ def test_a_dataset_configs_subsets_are_captioned_with_the_suffix_each_reads(blip
     found = picture_set(subsets=dataset_subsets(dataset))
     captions = [read_caption(p, e) for p, e in zip(found.paths, found.caption_extensions)]
     assert None not in captions and captions[1] == "kept" and captions[2] == "kept too"
+
+
+def test_a_killed_runs_temporary_caption_file_is_cleared_and_a_users_hidden_files_kept(blip_dir, tmp_path, capsys):
+    """A kill mid-write left `.img1.txt.XXXXXXXX.tmp` beside the pictures; the next run writes img1.txt and removes
+    it, not a hidden file of another name."""
+    folder = write_images(tmp_path / "pics", n=2)
+    stale, mine = folder / ".img1.txt.abcdefgh.tmp", folder / ".notes.txt.abcdefgh.tmp"
+    stale.write_text("a half capt")
+    mine.write_text("mine")
+    assert run(capsys, "--images", folder, "--model", blip_dir)[0] == 0
+    assert not stale.exists() and mine.exists() and (folder / "img1.txt").exists()

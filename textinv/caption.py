@@ -21,6 +21,7 @@ lengths count BLIP's prompt too, as in both.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .config import DEVICE_HELP, PRECISIONS, check_choices, check_types, opt
 from .data import (CAPTION_SUFFIXES, _PICTURE_SUFFIXES, PictureSet, _caption, _read_text, caption_file, load_image,
                    picture_set)
 from .errors import ConfigError, DataError, ModelError
-from .io import write_text
+from .io import clear_stale_temporaries, write_text
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
 BLIP_PROMPT = "a picture of"  # BLIP's captioning prompt (its blip_decoder's `prompt`), cut from each caption
@@ -145,6 +146,7 @@ def caption_pictures(config: CaptionConfig, blip: Blip | None = None) -> Caption
     result = CaptionResult()
     todo = _uncaptioned(pictures, config, result)
     _check_targets(todo, pictures.paths)
+    _clear_stale(todo)
     if todo:
         blip = blip or load_blip(config.model, device, _dtype(config.precision, device), config.revision)
         with _seeded(config.seed, blip.device):
@@ -212,6 +214,16 @@ def _check_targets(todo: list[tuple[Path, Path]], pictures: list[Path]) -> None:
             raise DataError(f"{seen[target].name} and {path.name} would share the caption file {target.name} in "
                             f"{target.parent} (train reads it for both); rename one of them")
         seen[target] = path
+
+
+def _clear_stale(todo: list[tuple[Path, Path]]) -> None:
+    """Remove the temporary files a killed run left of the caption files to write (`io.clear_stale_temporaries`):
+    those of these names alone, in a folder of the user's own files."""
+    names: dict[Path, list[str]] = {}
+    for _, target in todo:
+        names.setdefault(target.parent, []).append(re.escape(target.name))
+    for folder, these in names.items():
+        clear_stale_temporaries(folder, re.compile("|".join(these)))
 
 
 def _caption_batch(blip: Blip, todo: list[tuple[Path, Path]], config: CaptionConfig, result: CaptionResult) -> None:
