@@ -570,6 +570,25 @@ def test_a_unet_chunk_reads_the_vae_under_the_swap_lock(tmp_path, monkeypatch):
     assert lock_free_at_read == [False]
 
 
+def test_an_export_reads_the_checkpoints_under_the_swap_lock(tmp_path, monkeypatch):
+    """An export beside a running chunk read the checkpoints without the lock the chunk swaps them in under: mid-swap
+    it could find `unet` gone (and export an untrained UNet, with a warning) or read one checkpoint's files and the
+    next one's. It reads under the lock; an export from a read-only disk still writes nothing (see above)."""
+    from textinv.shapes import pretrain
+
+    work = tmp_path / "w"
+    assert pretrain_main(["--quick", "--work", str(work), "--steps", "1"]) == 0
+    build, lock_free_at_read = pretrain.build_pipeline, []
+
+    def probing_build(config, folder, *a, **k):
+        lock_free_at_read.append(_lock_is_free(work))
+        return build(config, folder, *a, **k)
+
+    monkeypatch.setattr(pretrain, "build_pipeline", probing_build)
+    assert pretrain_main(["--export", "--work", str(work), "--out", str(tmp_path / "m")]) == 0
+    assert lock_free_at_read == [False]
+
+
 def _killed_mid_swap(folder):
     import os
     import signal

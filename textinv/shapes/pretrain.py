@@ -308,7 +308,7 @@ def _recover_folder(final: Path) -> Path:
 def _recover_checkpoints(work: Path, stages) -> None:
     """`_recover_folder` for each stage's checkpoint in `work`, under the lock `save_checkpoint` swaps under, so it
     waits for a chunk running beside it to finish its swap instead of undoing it. The lock is taken only when a
-    checkpoint looks half swapped: an export on a read-only disk writes nothing."""
+    checkpoint looks half swapped."""
     if all((work / stage).exists() or not (work / f"{stage}.old").exists() for stage in stages):
         return
     with _locked(work / "log.json"):
@@ -384,13 +384,23 @@ def _set_generator_state(g: torch.Generator, state: list[int]) -> None:
 def _locked(path: Path):
     """Hold an exclusive lock on `path` + ".lock" (POSIX; elsewhere no lock): a VAE and a UNet chunk may run at once
     in one work folder, and each rewrites `log.json` and swaps its checkpoint in under `log.json`'s lock. The
-    operating system drops the lock with the process that held it, so a killed chunk blocks no later one."""
+    operating system drops the lock with the process that held it, so a killed chunk blocks no later one. A lock
+    file that cannot be written (a read-only disk, another's folder: an export's) is locked as it is, read-only;
+    where there is none, nothing that writes there has run."""
     try:
         import fcntl
     except ImportError:  # Windows: two chunks at once in one folder are not supported there
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
+    lock = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock, "a")  # (not "w": an export on a read-only disk changes nothing, not even a date)
+    except OSError:
+        if not lock.exists():
+            yield
+            return
+        handle = open(lock)
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -841,18 +851,10 @@ def export(config: PretrainConfig, work: Path, out: Path, command: str, dtype=to
     Refused (ConfigError) when `work` has no checkpoint at all, and when `out` is the work folder or holds it, or is
     anything but an earlier export (a folder with `training.json`) or an empty folder: the swap replaces it whole."""
     out = Path(out)
-    _recover_checkpoints(work, STAGES)
-    if not any((work / stage / "state.json").exists() for stage in STAGES):
-        raise ConfigError(f"no checkpoints in {work}: train a stage first (--stage vae, then --stage unet), or check "
-                          f"the --work path")
-    if out.resolve() == work.resolve() or out.resolve() in work.resolve().parents:
-        raise ConfigError(f"--out {out} would replace the work folder {work} and its checkpoints; give another folder")
-    if out.exists() and not (out.is_dir() and ((out / "training.json").is_file() or not any(out.iterdir()))):
-        raise ConfigError(f"--out {out} exists and is not an earlier export (no training.json in it): give a new "
-                          f"folder, or remove it first")
-    if not (work / "unet" / "state.json").exists():
-        log(f"warning: {work / 'unet'} has no checkpoint: the exported UNet and text encoder are untrained")
-    pipe = build_pipeline(config, work)
+    # under the lock a chunk running beside it swaps its checkpoint in under: no checkpoint is read mid-swap (gone,
+    # or the next one's state with the last one's weights); the swap waits the few seconds the reading takes
+    with _locked(work / "log.json"):
+        pipe, stages = _read_work(config, work, out, log)
     pipe.to(dtype=dtype)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -860,8 +862,6 @@ def export(config: PretrainConfig, work: Path, out: Path, command: str, dtype=to
     pipe.save_pretrained(tmp, safe_serialization=True)
     pipe.tokenizer.save_pretrained(tmp / "tokenizer")  # again: some versions write only tokenizer.json
     _write_vocab_files(pipe.tokenizer, tmp / "tokenizer")
-    log_path = work / "log.json"
-    stages = json.loads(log_path.read_text()) if log_path.exists() else {}
     record = {
         "format": "textinv-shapes-model/1",
         "exported": _now(),
@@ -881,6 +881,25 @@ def export(config: PretrainConfig, work: Path, out: Path, command: str, dtype=to
     _replace_folder(tmp, out)
     log(f"exported to {out}")
     return out
+
+
+def _read_work(config: PretrainConfig, work: Path, out: Path, log) -> tuple:
+    """`export`'s checks, then the pipeline built from `work`'s checkpoints and its `log.json` (call it holding the
+    work folder's lock); a checkpoint a killed chunk left half swapped is put back first."""
+    for stage in STAGES:
+        _recover_folder(work / stage)
+    if not any((work / stage / "state.json").exists() for stage in STAGES):
+        raise ConfigError(f"no checkpoints in {work}: train a stage first (--stage vae, then --stage unet), or check "
+                          f"the --work path")
+    if out.resolve() == work.resolve() or out.resolve() in work.resolve().parents:
+        raise ConfigError(f"--out {out} would replace the work folder {work} and its checkpoints; give another folder")
+    if out.exists() and not (out.is_dir() and ((out / "training.json").is_file() or not any(out.iterdir()))):
+        raise ConfigError(f"--out {out} exists and is not an earlier export (no training.json in it): give a new "
+                          f"folder, or remove it first")
+    if not (work / "unet" / "state.json").exists():
+        log(f"warning: {work / 'unet'} has no checkpoint: the exported UNet and text encoder are untrained")
+    log_path = work / "log.json"
+    return build_pipeline(config, work), json.loads(log_path.read_text()) if log_path.exists() else {}
 
 
 def _write_vocab_files(tokenizer, folder: Path) -> None:
