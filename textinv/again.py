@@ -13,7 +13,7 @@ What a picture's text can hold, and how each is read:
 - the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
   Seed, Variation seed (and strength), Size, Clip skip and Tiling, and its hires fix (Denoising strength, Hires
   upscale or resize, steps, upscaler, sampler, prompt and negative prompt: `_a1111_passes`; an upscaling network's
-  enlargement is Lanczos's here); its TI hashes check the
+  enlargement is Lanczos's here), its Refiner switch at (the Refiner must be given: --refiner); its TI hashes check the
   --embedding files given (`_check_ti_hashes`), its Lora hashes the LoRA files the prompt's tags find in --lora-dir
   (`_check_lora_hashes`). An img2img picture is drawn from its picture when --init-image gives it, else from the
   prompt alone; an inpainted one's Mask blur, Mask mode, Masked content, Inpaint area and Masked area padding apply
@@ -76,7 +76,7 @@ _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
                "Lora hashes", "Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
                "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
                "Variation seed strength", "Tiling", "Emphasis", "Mask blur", "Mask mode", "Masked content",
-               "Inpaint area", "Masked area padding", "Inpaint blend")
+               "Inpaint area", "Masked area padding", "Inpaint blend", "Refiner", "Refiner switch at")
 # sd-dynamic-prompts' templates, where a version writes them among the settings (else after them:
 # `_without_templates`): the prompts above are what was drawn, so a redraw needs nothing of them
 _A1111_DRAWN_FROM = ("Template", "Negative Template")
@@ -461,6 +461,12 @@ def _from_a1111(path: Path, text: str) -> Picture:
     model = ", ".join(f"{k} {fields[k]}" for k in ("Model", "Model hash") if fields.get(k))
     needs["model"] = (f"--again {path} was drawn by the A1111 web UI ({model or 'its model is not named'}); textinv "
                       f"cannot find a model by the web UI's name or hash: give it with --model (its file or folder)")
+    if fields.get("Refiner"):  # (found as the model is: by the file or folder given)
+        needs["refiner"] = (f"--again {path} was drawn by the A1111 web UI with the Refiner {fields['Refiner']}; "
+                            f"textinv cannot find a model by the web UI's name or hash: give it with --refiner (its "
+                            f"file or folder)")
+        if fields.get("Refiner switch at"):
+            settings["refiner_switch_at"] = fields["Refiner switch at"]
     _a1111_sampler(path, fields, False, settings, needs)
     without_init: list[str] = []
     without_mask: list[str] = []

@@ -39,6 +39,17 @@ from .refine import SPELLINGS as UPSCALER_SPELLINGS
 from .tracking import check_trackers
 
 
+REFINER_SWITCH_AT = 0.8  # the web UI's default Refiner Switch at
+
+
+def check_refiner_switch(switch_at: float, flag: str = "--refiner-switch-at") -> None:
+    """Refuse a refiner switch that is not strictly between 0 (the refiner would draw every step) and 1 (none)."""
+    if not (math.isfinite(switch_at) and 0 < switch_at < 1):
+        raise ConfigError(f"{flag} {switch_at:g} must be above 0 and below 1 (how far down the noise schedule the "
+                          f"refiner takes over; the web UI's default is {REFINER_SWITCH_AT}); to draw without the "
+                          f"refiner, leave --refiner out")
+
+
 def opt(default, help: str, **extra):
     """A dataclass field with its command-line help (and optional `choices`, `flag`, `short`) as metadata.
     `path="file"` marks a local path, `path="source"` a path or else a hub id or bundled name (`--model`),
@@ -822,6 +833,11 @@ class GenerateConfig:
                    path="source")
     lora_dir: list = opt([], "folder(s) of LoRA files (.safetensors, searched with their subfolders) for the "
                              "prompts' <lora:name:0.8> tags, e.g. the web UI's models/Lora", path="file")
+    refiner: str = opt(None, "the web UI's Refiner: this model (as --model takes it: folder, single file, hub id; "
+                             "for SDXL the SDXL refiner) draws the sampling steps after --refiner-switch-at, the same "
+                             "sampler going on with the same latents", path="source")
+    refiner_switch_at: float = opt(None, f"the share of the way down the noise schedule where --refiner takes over "
+                                         f"(the web UI's Switch at; default {REFINER_SWITCH_AT}), above 0 and below 1")
     x: str = opt(None, "the web UI's X/Y/Z plot: AXIS=VALUES, one setting along the grid's columns, each cell drawn "
                        "as generate draws it and xyz_grid-NNNN.png laying them out with labels, e.g. guidance=3,7.5,12 "
                        "or 'embedding=runs/dog/embeddings/*.safetensors' (axes: seed, steps, guidance, sampler, "
@@ -862,6 +878,10 @@ class GenerateConfig:
             raise ConfigError(f"-n must be >= 1, got {self.n}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.refiner_switch_at is not None and not self.refiner:
+            raise ConfigError("--refiner-switch-at says when the refiner takes over: give the refiner too (--refiner)")
+        if self.refiner:
+            check_refiner_switch(self.switch_at())
         if self.max_prompts is not None and not self.combinatorial:
             raise ConfigError("--max-prompts caps --combinatorial's combinations: add --combinatorial, or leave it out "
                               "(each picture then draws one prompt)")
@@ -904,6 +924,10 @@ class GenerateConfig:
     def hires(self) -> bool:
         """Whether the settings ask for the hires fix."""
         return bool(self.hires_scale or self.hires_width or self.hires_height)
+
+    def switch_at(self) -> float:
+        """--refiner-switch-at as it resolved (the web UI's default without one)."""
+        return REFINER_SWITCH_AT if self.refiner_switch_at is None else self.refiner_switch_at
 
     def _check_passes(self) -> None:
         """Refuse --init-image and the hires fix's settings that do not go together or cannot be drawn."""

@@ -34,16 +34,17 @@ from tqdm.auto import tqdm
 from . import __version__, dynamic, emphasis, refine
 from . import inpaint as inpainting
 from .inpaint import Inpaint
-from .config import GenerateConfig, check_side
+from .config import REFINER_SWITCH_AT, GenerateConfig, check_refiner_switch, check_side
 from .data import load_image, prepare_image
 from .errors import ConfigError, FormatError, TokenError
-from .families import describe_widths
+from .families import FAMILY_NAMES, describe_widths
 from .formats import (RECORD_KEY, LearnedEmbedding, ModelSpecWarning, diffusers_file, load_embedding,
                       load_embedding_pair)
 from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
-from .models import (DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip, check_model_object,
-                     encode_text, load_model, pick_device, quiet_transformers, read_clip_skip)
+from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
+                     check_model_object, encode_text, load_model, pick_device, quiet_transformers, read_clip_skip,
+                     source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .samplers import scheduler_for, webui_names
@@ -58,6 +59,14 @@ def check_fits(model: Model, emb: LearnedEmbedding,
     (and, for one half of an SDXL pair, `pair_hint`: how the caller's command takes both). An SDXL embedding fits a
     model of one text encoder as wide as its CLIP-L half (SD 1.x): that half is used (`uses_clip_l_half`)."""
     if uses_clip_l_half(model, emb):
+        return
+    if model.is_refiner:  # (its one encoder is SDXL's second, OpenCLIP-G: an embedding's clip_g half goes in)
+        vectors = emb.vectors.get("text_encoder_2")
+        if vectors is None or vectors.shape[-1] != model.widths[0]:
+            raise FormatError(f"embedding {emb.token!r} has width {describe_widths(emb.widths)}: it holds no vectors "
+                              f"for the SDXL refiner {model.source}'s one text encoder (OpenCLIP-G, width "
+                              f"{model.widths[0]}), which reads an SDXL embedding's clip_g half; give --refiner a "
+                              f"model this embedding was made for, or draw without --refiner")
         return
     if emb.widths != model.widths or set(emb.vectors) != {name for name, _, _ in model.encoders}:
         raise FormatError(
@@ -113,9 +122,9 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
             except TokenError as e:
                 raise TokenError(f"cannot add embedding {emb.token!r}: {e} (pass a different name with --token)") from e
     if not hasattr(model, "_pristine"):  # what unload_embeddings restores: the tokens go into copies of the tokenizers
-        model._pristine = [(tok, te.get_input_embeddings()) for _, tok, te in model.encoders]
-        for attr, (tok, _) in zip(("tokenizer", "tokenizer_2"), model._pristine):
-            setattr(model.pipeline, attr, tokenizer_copy(tok))
+        model._pristine = [(name, tok, te.get_input_embeddings()) for name, tok, te in model.encoders]
+        for name, tok, _ in model._pristine:
+            setattr(model.pipeline, _tokenizer_of(name), tokenizer_copy(tok))
     for name, tokenizer, encoder in model.encoders:
         add_tokens(tokenizer, encoder, names, emb.vectors[name])
 
@@ -126,11 +135,15 @@ def unload_embeddings(model: Model) -> None:
     pristine = getattr(model, "_pristine", None)
     if pristine is None:
         return
-    attrs = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")]
-    for (tok_attr, te_attr), (tokenizer, table) in zip(attrs, pristine):
-        setattr(model.pipeline, tok_attr, tokenizer)
-        getattr(model.pipeline, te_attr).set_input_embeddings(table)
+    for name, tokenizer, table in pristine:
+        setattr(model.pipeline, _tokenizer_of(name), tokenizer)
+        getattr(model.pipeline, name).set_input_embeddings(table)
     del model._pristine
+
+
+def _tokenizer_of(encoder: str) -> str:
+    """The pipeline's name for a text encoder's tokenizer: text_encoder_2 -> tokenizer_2."""
+    return encoder.replace("text_encoder", "tokenizer")
 
 
 def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
@@ -218,6 +231,37 @@ class Hires:
         return enlarged, crop, refine.final_size(enlarged, crop, factor)
 
 
+# the web UI's sdxl_refiner_high_aesthetic_score and sdxl_refiner_low_aesthetic_score: the SDXL refiner's time ids
+# end with one for the prompt, the other for the negative prompt
+AESTHETIC_SCORES = (6.0, 2.5)
+
+
+@dataclass(frozen=True)
+class Refiner:
+    """The web UI's Refiner: `model` (loaded with `load_model(refiner=True)`, the embeddings installed) draws the
+    sampling steps of a pass from the first whose noise level is `switch_at` of the way down the model's training
+    schedule, the same sampler going on with the same latents (`_handing_on`)."""
+
+    model: Model
+    switch_at: float = REFINER_SWITCH_AT
+
+
+def check_refiner(model: Model, refiner: Model, flag: str = "--refiner") -> None:
+    """Refuse a refiner whose latents are not `model`'s (the web UI's refiner continues the base's latents as they
+    are: an SDXL model with an SDXL one, SD 1.x/2.x with SD 1.x/2.x) or that predicts another target."""
+    ours, theirs = model.vae.config, refiner.vae.config
+    if (model.is_xl != refiner.is_xl or ours.latent_channels != theirs.latent_channels
+            or ours.scaling_factor != theirs.scaling_factor):
+        raise ConfigError(f"{flag} {refiner.source} ({FAMILY_NAMES.get(refiner.family, 'custom model')}) does not "
+                          f"draw in the latents of --model {model.source} "
+                          f"({FAMILY_NAMES.get(model.family, 'custom model')}): give an SDXL refiner for an SDXL "
+                          f"model, an SD 1.x/2.x model for an SD 1.x/2.x one")
+    if refiner.prediction_type != model.prediction_type:
+        raise ConfigError(f"{flag} {refiner.source} predicts {refiner.prediction_type}, --model {model.source} "
+                          f"{model.prediction_type}: textinv's refiner continues the sampler with the refiner's UNet "
+                          f"as it is, so both must predict the same (give one of the same prediction type)")
+
+
 @torch.no_grad()
 def render(
     model: Model,
@@ -238,6 +282,7 @@ def render(
     tiling: bool = False,
     emphasis_mode: str = "original",
     inpaint: Inpaint | None = None,
+    refiner: Refiner | None = None,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
@@ -251,7 +296,9 @@ def render(
     the strength) blends each pass's noise toward the variation seed's (`seed_noise`), and `tiling` draws pictures
     that wrap around at their edges (`_tiled`), each as the web UI does; `emphasis_mode` is its Emphasis setting
     (`emphasis.MODES`). `inpaint` (with `start`) redraws only the mask's part of each picture (`inpaint`, the web
-    UI's inpainting); a model made for it (a UNet of 9 input channels) draws only from pictures.
+    UI's inpainting); a model made for it (a UNet of 9 input channels) draws only from pictures. `refiner` draws
+    the last steps (`Refiner`), of the hires fix's second pass where there is one, as the web UI's default
+    (hires_fix_refiner_pass: second pass).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -272,6 +319,9 @@ def render(
         _pass_schedule(model, hires.steps or steps, hires.denoise, True)
         if hires.sampler:
             scheduler_for(pipe.scheduler, hires.sampler, flag="--hires-sampler")
+    if refiner is not None:
+        check_refiner_switch(refiner.switch_at)
+        check_refiner(model, refiner.model)
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip, emphasis_mode=emphasis_mode)
     if inpaint is not None and start is None:
@@ -279,10 +329,10 @@ def render(
     if start is None and pipe.unet.config.in_channels == 9:
         raise ConfigError(f"{model.source} is an inpainting model (its UNet reads a mask and a picture): it redraws "
                           f"a picture (--init-image, with --mask for the part to redraw) and cannot draw from text")
-    with _tiled(pipe, tiling):
+    with _tiled(pipe, tiling, refiner and refiner.model.unet):
         if start is not None:
             return _redrawn(model, start, inpaint, steps, denoise or refine.IMG2IMG_DENOISE, sampler,
-                            (width, height), variation, **drawing)
+                            (width, height), variation, refiner=refiner, **drawing)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         # (C, H/f, W/f), as the pipelines and the web UI lay out the noise: a square's is what it always was
         shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
@@ -290,7 +340,7 @@ def render(
         in_latents = hires is not None and refine.UPSCALERS[hires.upscaler].mode is not None
         first = _pass(model, pipe, steps, sampler, (width, height), latents=latents, generator=generators,
                       num_inference_steps=steps, height=height, width=width,
-                      output_type="latent" if in_latents else "pil", **drawing)
+                      output_type="latent" if in_latents else "pil", refiner=None if hires else refiner, **drawing)
         if hires is None:
             return first
         factor = pipe.vae_scale_factor
@@ -306,7 +356,7 @@ def render(
         second = {**drawing, **({"prompts": [hires.prompt] * len(prompts)} if hires.prompt is not None else {}),
                   **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {})}
         return _refined(model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler, size,
-                        variation, **second)
+                        variation, refiner=refiner, **second)
 
 
 def seed_noise(generators: list[torch.Generator], shape: tuple[int, ...],
@@ -334,10 +384,12 @@ def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _tiled(pipe, tiling: bool):
-    """With `tiling`, every convolution of the UNet and the VAE pads circularly for the block, as the web UI's
-    Tiling does: the picture wraps around at its edges, so copies of it tile without a seam (textures, patterns)."""
-    convolutions = [m for part in (pipe.unet, pipe.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+def _tiled(pipe, tiling: bool, *more: torch.nn.Module | None):
+    """With `tiling`, every convolution of the UNet and the VAE (and of `more`: a refiner's UNet) pads circularly
+    for the block, as the web UI's Tiling does: the picture wraps around at its edges, so copies of it tile without
+    a seam (textures, patterns)."""
+    parts = [pipe.unet, pipe.vae, *(m for m in more if m is not None)]
+    convolutions = [m for part in parts for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
     modes = [m.padding_mode for m in convolutions]
     if tiling:
         for m in convolutions:
@@ -485,38 +537,29 @@ def _counts(per_encoder, rows: int) -> list[int]:
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
           guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
-          **call):
+          refiner: Refiner | None = None, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
     `blend_step`) runs after each step, after prompt editing's switch; `on_unet` (a function of `pipe` giving hook
     handles: inpainting's `blend_denoised`) hooks the UNet after the prompt's own hooks, so its output hook sees
-    the output the pipeline gets."""
-    width, height = size
+    the output the pipeline gets. `refiner` draws the pass's last steps (`_handing_on`)."""
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
-    at = _layout(model, prompts, negative_prompt, steps)
-    # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
-    zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
-    conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode)
-                    for r, n in zip(at.rows, at.negative_rows)]
-    # the pipeline's own arguments hold one row a picture (with AND: its first sub-prompt's, which `_composing`
-    # replaces by all of them at each UNet call)
-    firsts = [at.owners.index(i) for i in range(len(prompts))]
-    given = [_rows(c, firsts) for c in conditioning] if at.composed else conditioning
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
+    prompting = (prompts, negative_prompt, steps, clip_skip, size, emphasis_mode, stretch)
+    ends, given, hooks = _prompted(model, pipe, pipe.unet, *prompting)
     kwargs = dict(given[0])
-    if len(at.ends) > 1:
-        kwargs.update(_switching_conditioning(model, steps, at.ends, given, stretch))
+    switching = _switching_conditioning(model, steps, ends, given, stretch) if len(ends) > 1 else {}
+    if refiner is not None:
+        _, refined, refiner_hooks = _prompted(refiner.model, pipe, refiner.model.unet, *prompting)
+        hooks += refiner_hooks
+        switching = _handing_on(pipe, refiner, given, refined, stretch, size, switching.get("callback_on_step_end"))
+    kwargs.update(switching)
     if on_step is not None:
         kwargs.update(_also_each_step(kwargs, on_step))
-    if at.composed:
-        _repeat_last(conditioning, at.rows, at.kept, at.chunks)
-        hooks = _composing(pipe, conditioning, stretch, at.owners, at.weights, at.lengths)
-    else:
-        hooks = [_length_mask(pipe, *at.lengths)] if at.lengths is not None else []
     hooks += on_unet(pipe) if on_unet is not None else []
-    was_training, own_scheduler = pipe.unet.training, pipe.scheduler
+    was_training, own_scheduler, own_unet = pipe.unet.training, pipe.scheduler, pipe.unet
     pipe.unet.eval()
     pipe.scheduler = scheduler_for(own_scheduler, sampler, seeds)
     try:
@@ -529,9 +572,100 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     finally:
         for hook in hooks:
             hook.remove()
+        pipe.unet = own_unet  # (the refiner's after a hand-on)
         pipe.unet.train(was_training)
         pipe.scheduler = own_scheduler
     return result.images if call.get("output_type") == "latent" else list(result.images)
+
+
+def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str, steps: int, clip_skip: int,
+              size: tuple[int, int], emphasis_mode: str, stretch: list[int]) -> tuple[list[int], list[dict], list]:
+    """`model`'s conditioning of a pass (`_pass`) and what draws it: the stretches' last steps (`_layout`), the
+    pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
+    draw composable diffusion or hide the padding (`stretch`: the stretch the next UNet call is in)."""
+    width, height = size
+    at = _layout(model, prompts, negative_prompt, steps)
+    # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
+    zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
+    conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode)
+                    for r, n in zip(at.rows, at.negative_rows)]
+    if not at.composed:
+        return at.ends, conditioning, [_length_mask(pipe, *at.lengths, unet)] if at.lengths is not None else []
+    # the pipeline's own arguments hold one row a picture (its first sub-prompt's, which `_composing` replaces by
+    # all of them at each UNet call)
+    firsts = [at.owners.index(i) for i in range(len(prompts))]
+    given = [_rows(c, firsts) for c in conditioning]
+    _repeat_last(conditioning, at.rows, at.kept, at.chunks)
+    return at.ends, given, _composing(pipe, conditioning, stretch, at.owners, at.weights, at.lengths, unet)
+
+
+def _handing_on(pipe, refiner: Refiner, given: list[dict], refined: list[dict], stretch: list[int],
+                size: tuple[int, int], switching=None) -> dict:
+    """Pipeline step-callback arguments that hand the pass on to `refiner` as the web UI does
+    (sd_samplers_common.apply_refiner): from the first iteration whose noise level is `refiner.switch_at` of the way
+    down (`_switch_iteration`) the pipeline calls the refiner's UNet, given its conditioning (`refined`: each stretch
+    of prompt editing's, `_prompted` with its text encoder and the learned tokens in it). The sampler (the
+    pipeline's scheduler) goes on with the same latents and its own state (a multistep sampler's history too), as
+    the web UI's k-diffusion loop does. `switching` (prompt editing's callback, over `given`) keeps switching
+    stretches, over the refiner's conditioning once handed on. An SDXL refiner's time ids are its own: the size,
+    crop and aesthetic score (`AESTHETIC_SCORES`)."""
+    names = ["prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if refiner.model.is_xl else [])
+    at: list[int] = []  # the iteration the refiner draws from (known once sampling starts)
+
+    def hand_on(pipe, i, t, tensors):
+        if not at:
+            at.append(_switch_iteration(pipe.scheduler, pipe.num_timesteps, refiner.switch_at))
+            if at[0] == 0:  # (the pipeline has drawn it with its own UNet: said, not drawn otherwise than asked)
+                raise ConfigError(f"--refiner-switch-at {refiner.switch_at:g} falls at this pass's first step (an "
+                                  f"img2img pass at a low --denoise starts past it): give a higher "
+                                  f"--refiner-switch-at or a higher --denoise")
+        out = switching(pipe, i, t, tensors) if switching is not None else {}
+        if i + 1 != at[0]:
+            return out
+        given[:] = refined  # (prompt editing switches over the refiner's conditioning from now on)
+        pipe.unet = refiner.model.unet
+        c = refined[stretch[0]]
+        pairs = [(c["negative_prompt_embeds"], c["prompt_embeds"])]
+        if refiner.model.is_xl:
+            pairs.append((c["negative_pooled_prompt_embeds"], c["pooled_prompt_embeds"]))
+            pairs.append(_refiner_time_ids(refiner.model, size, len(c["prompt_embeds"]), c["prompt_embeds"]))
+        guided = pipe.do_classifier_free_guidance
+        return {name: torch.cat(pair) if guided else pair[1] for name, pair in zip(names, pairs)}
+
+    return dict(callback_on_step_end=hand_on, callback_on_step_end_tensor_inputs=names)
+
+
+def _refiner_time_ids(refiner: Model, size: tuple[int, int], rows: int, like: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(negative's, prompt's) SDXL time ids (rows, n) of a refiner drawing at `size` (W, H): the SDXL refiner's
+    (height, width, crop top, crop left, aesthetic score), with `AESTHETIC_SCORES`, as the web UI conditions it
+    (sd_models_xl.get_learned_conditioning); another SDXL model's own (height, width, 0, 0, height, width)."""
+    width, height = size
+    high, low = AESTHETIC_SCORES
+    ends = ([low], [high]) if refiner.is_refiner else ([height, width], [height, width])
+    return tuple(torch.tensor([[height, width, 0, 0, *end]] * rows, dtype=like.dtype, device=like.device)
+                 for end in ends)
+
+
+def _switch_iteration(scheduler, iterations: int, switch_at: float) -> int:
+    """The first of a pass's `iterations` (the last of the scheduler's timesteps) whose noise level is `switch_at`
+    of the way down: (T - 1 - level) / T >= switch_at, its level the training timestep whose sigma is nearest the
+    iteration's (a sampler without sigmas: its timestep), as the web UI reads it; `iterations` if none is."""
+    count = scheduler.config.num_train_timesteps
+    levels = _noise_levels(scheduler, len(scheduler.timesteps) - iterations)
+    return next((k for k, level in enumerate(levels) if (count - 1 - level) / count >= switch_at), iterations)
+
+
+def _noise_levels(scheduler, first: int) -> list[int]:
+    """Each iteration's (from the `first` of the scheduler's timesteps) training timestep: the one whose sigma is
+    nearest the iteration's sigma, where the sampler has sigmas (Euler, DPM++, ...), else its timestep (DDIM)."""
+    timesteps = scheduler.timesteps[first:]
+    sigmas = getattr(scheduler, "sigmas", None)
+    table = getattr(scheduler, "alphas_cumprod", None)
+    if sigmas is None or table is None or len(sigmas) < len(scheduler.timesteps):
+        return [int(t) for t in timesteps]
+    table = ((1 - table) / table) ** 0.5  # (T,): the training sigmas
+    return [int(torch.argmin((table - float(sigma)).abs())) for sigma in sigmas[first:first + len(timesteps)]]
 
 
 def _also_each_step(kwargs: dict, on_step) -> dict:
@@ -547,10 +681,11 @@ def _also_each_step(kwargs: dict, on_step) -> dict:
     return dict(callback_on_step_end=both, callback_on_step_end_tensor_inputs=names + ["latents"])
 
 
-def _length_mask(pipe, own: list[int], own_negative: int, chunks: int):
+def _length_mask(pipe, own: list[int], own_negative: int, chunks: int, unet=None):
     """A hook on the UNet that gives each call an `encoder_attention_mask` keeping each prompt's own `own[i]`
     chunks (and the negative's `own_negative`) of the `chunks` every one was padded to: the same as the web UI's
-    UNet calls at each one's own length (CFGDenoiser.forward, with pad_cond_uncond off, its default)."""
+    UNet calls at each one's own length (CFGDenoiser.forward, with pad_cond_uncond off, its default). `unet`: the
+    one hooked (default `pipe`'s)."""
     def add_mask(module, args, kwargs):
         hidden = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
         counts = ([own_negative] * len(own) if pipe.do_classifier_free_guidance else []) + own
@@ -558,7 +693,7 @@ def _length_mask(pipe, own: list[int], own_negative: int, chunks: int):
             return None
         return args, {**kwargs, "encoder_attention_mask": _chunk_mask(counts, chunks, hidden)}
 
-    return pipe.unet.register_forward_pre_hook(add_mask, with_kwargs=True)
+    return (unet or pipe.unet).register_forward_pre_hook(add_mask, with_kwargs=True)
 
 
 def _chunk_mask(counts: list[int], chunks: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -590,7 +725,7 @@ def _rows(conditioning: dict, index: list[int]) -> dict:
 
 
 def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[int], weights: list[float],
-               lengths: tuple | None) -> list:
+               lengths: tuple | None, unet=None) -> list:
     """Hooks on the UNet that draw composable diffusion (`emphasis.composable_parts`) with the pipeline unchanged.
 
     `conditioning[stretch[0]]` holds one row per sub-prompt (sub-prompt j belongs to picture `owners[j]`, weight
@@ -601,7 +736,8 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
     the same in the UNet's output as in the denoised picture, both being affine in it). Guidance 1, which diffusers
     draws without the negative, still draws it here, as the web UI does. `lengths`: (kept, own_negative, chunks):
     each stretch's chunk counts of the sub-prompt rows read (`_repeat_last`: a picture's longest), the negative's
-    own, of the `chunks` all are padded to; or None (all are read whole). A step costs K + 1 UNet rows a picture."""
+    own, of the `chunks` all are padded to; or None (all are read whole). A step costs K + 1 UNet rows a picture.
+    `unet`: the one hooked (default `pipe`'s)."""
     count = len(set(owners))
     state = {}
 
@@ -649,8 +785,9 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
         output.sample = out
         return output
 
-    return [pipe.unet.register_forward_pre_hook(expand, with_kwargs=True),
-            pipe.unet.register_forward_hook(combine, with_kwargs=True)]
+    unet = unet or pipe.unet
+    return [unet.register_forward_pre_hook(expand, with_kwargs=True),
+            unet.register_forward_hook(combine, with_kwargs=True)]
 
 
 def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
@@ -747,7 +884,8 @@ def png_text(params: dict[str, str]) -> PngInfo:
               "hires_scale": "Hires upscale", "hires_resize": "Hires resize", "hires_steps": "Hires steps",
               "hires_upscaler": "Hires upscaler", "hires_sampler": "Hires sampler",
               "hires_schedule": "Hires schedule type", "hires_prompt": "Hires prompt",
-              "hires_negative_prompt": "Hires negative prompt", "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
+              "hires_negative_prompt": "Hires negative prompt", "refiner": "Refiner",
+              "refiner_switch_at": "Refiner switch at", "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
     sampler, schedule = webui_names(params.get("sampler", "default")) or (None, None)
     values = {**params, "sampler": sampler, "schedule": schedule,
               "clip_skip": params["clip_skip"] if int(params.get("clip_skip", 1)) > 1 else None}
@@ -1022,22 +1160,49 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
+    if config.refiner:  # (the families the sources tell, before either loads)
+        check_refiner_source(model.is_xl if model is not None else source_is_xl(config.model), config)
     if model is None:
         where.device, where.dtype = device, drawing_dtype(config.precision, device)
         model = drawing_model(config, where.dtype, device)
     where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
+    refiner = refiner_model(config, model)
     # (up to the first picture: a model passed in, or one loaded, takes the embeddings now, the LoRAs by prompt)
     what = " and ".join(name for name, given in (("the embeddings", embeddings), ("the LoRAs", loras)) if given)
     where.installing = f"installing {what} in the model" if what else "preparing to draw"
-    with handed_back(model):
+    with handed_back(model), handed_back(refiner.model) if refiner else contextlib.nullcontext():
         for emb in embeddings:
             install_embedding(model, emb)
+            if refiner:  # (its clip_g half, for an SDXL refiner: `check_fits`)
+                install_embedding(refiner.model, emb)
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
-                             _embedding_sums(embeddings, paths, digests), where, pictures, inpaint, jobs)
+                             _embedding_sums(embeddings, paths, digests), where, pictures, inpaint, jobs, refiner)
         finally:
             unload_loras(model)
+
+
+def check_refiner_source(xl: bool | None, config: GenerateConfig) -> None:
+    """Refuse --refiner of another family than --model (`xl`: whether it is SDXL; None: not known before it
+    loads), from what their sources tell (`models.source_is_xl`), before either loads; `check_refiner` checks the
+    loaded models."""
+    theirs = source_is_xl(config.refiner)
+    if xl is not None and theirs is not None and xl != theirs:
+        name = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
+        raise ConfigError(f"--refiner {config.refiner} is {name[theirs]} and --model {config.model} {name[xl]}: a "
+                          f"refiner continues the model's latents, so it must be of the same kind (the SDXL refiner "
+                          f"or another SDXL model for SDXL, an SD 1.x/2.x model for SD 1.x/2.x)")
+
+
+def refiner_model(config: GenerateConfig, model: Model) -> Refiner | None:
+    """--refiner loaded as `model` is (its precision and device), checked against it (`check_refiner`); None
+    without one."""
+    if not config.refiner:
+        return None
+    loaded = load_model(config.refiner, dtype=model.unet.dtype, device=model.unet.device, refiner=True)
+    check_refiner(model, loaded)
+    return Refiner(loaded, config.switch_at())
 
 
 def drawing_model(config: GenerateConfig, dtype: torch.dtype, device) -> Model:
@@ -1346,7 +1511,8 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
             "tiling": config.tiling, "emphasis": config.emphasis,
             "init_image": _where(str(init_image) if init_image else None),
-            "denoise": passes_denoise(config), **_mask_record(config),
+            "denoise": passes_denoise(config), **_mask_record(config), "refiner": _where(config.refiner),
+            "refiner_switch_at": config.switch_at() if config.refiner else None,
             **{name: getattr(config, name) for name in HIRES_SETTINGS},
             **({"hires_upscaler": config.hires_upscaler or refine.DEFAULT_UPSCALER} if config.hires() else {}),
             "metadata": config.metadata}  # (so a redraw is written as the picture was)
@@ -1368,7 +1534,7 @@ def _mask_record(config: GenerateConfig) -> dict:
 # each path setting a picture records, and whether its value is always a local path (else it may be a bundled
 # model's name or a hub id)
 _PATH_SETTINGS = {"model": False, "embedding": True, "lora_dir": True, "vae": False, "single_file_config": False,
-                  "init_image": True, "mask": True}
+                  "init_image": True, "mask": True, "refiner": False}
 MASK_SETTINGS = ("mask", "mask_blur", "inpaint_fill", "mask_invert", "inpaint_area", "masked_padding",
                  "inpaint_blend")
 HIRES_SETTINGS = ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_upscaler", "hires_sampler",
@@ -1459,13 +1625,14 @@ def _warn_large(model: Model, drawn: tuple[int, int], stacklevel: int = 3) -> No
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
               progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
               embedding_sums: dict[str, str], where: _Where | None = None, pictures: _InitPictures | None = None,
-              inpaint: Inpaint | None = None, jobs: list[dynamic.Job] | None = None) -> list[Path]:
+              inpaint: Inpaint | None = None, jobs: list[dynamic.Job] | None = None,
+              refiner: Refiner | None = None) -> list[Path]:
     """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
     `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
     (`_memory_error`); `pictures`: the --init-image pictures each prompt redraws (`_InitPictures`; None: no
     picture), each drawn with every seed of the prompt's; `inpaint`: their mask and its settings (--mask); `jobs`:
     the prompts and negative prompts as drawn from their templates, and their seeds (`_jobs`; None: each --prompt
-    with every seed)."""
+    with every seed); `refiner`: --refiner loaded, its embeddings installed (`refiner_model`)."""
     pictures = pictures or _InitPictures([None])
     steps = config.steps or DEFAULT_STEPS
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
@@ -1481,7 +1648,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     run = _Run(config, model, embeddings, loras, _hires_prompts(config, embeddings), steps, guidance, clip_skip,
                pictures, inpaint, recorded_sums=[digests[e] for e in config.embedding], embedding_sums=embedding_sums,
                mask_sum=file_sha256(Path(config.mask)) if config.mask else None, where=where or _Where(),
-               keep_seeds=keep_seeds, names=names, mine=mine, suffix=_new_run_suffix(Path(config.out), mine))
+               keep_seeds=keep_seeds, names=names, mine=mine, suffix=_new_run_suffix(Path(config.out), mine),
+               refiner=refiner)
     prompts = [_prompt(run, *texts[index], negatives[job.negative][0]) for index, job in enumerate(jobs)]
     bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
                desc="generate", unit="img")
@@ -1600,6 +1768,7 @@ class _Run:
     lora_sums: dict[str, str] = field(default_factory=dict)  # each LoRA's web UI hash (`lora_sha256`), read once
     warned: set[tuple[int, int]] = field(default_factory=set)  # the sizes `_warn_large` has warned of
     loras_on: dict | None = None  # the LoRAs active on the model (`_lora_set`; None: not known)
+    refiner: Refiner | None = None  # --refiner (`refiner_model`)
     written: list[Path] = field(default_factory=list)
 
 
@@ -1675,7 +1844,7 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps, None,
                     run.guidance, prompt.negative, config.sampler, run.clip_skip, width, height,
                     None if init is None else [init] * len(batch), passes_denoise(config), hires, variation,
-                    config.tiling, config.emphasis, run.inpaint)
+                    config.tiling, config.emphasis, run.inpaint, run.refiner)
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
@@ -1812,7 +1981,8 @@ class _Text:
                          **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
                             if k in ("token", "revision", "variant", "vae", "prediction_type", "single_file_config",
                                      "lora_dir") and v},
-                         **_pass_params(config, self.hires, self.source, self.prompt), **_noise_params(config, seed),
+                         **_pass_params(config, self.hires, self.source, self.prompt), **_refiner_params(config),
+                         **_noise_params(config, seed),
                          **{k: v for k, v in self.hashes.items() if v}, "textinv_version": __version__,
                          **templates, RECORD_KEY: json.dumps(record)})
 
@@ -1856,6 +2026,17 @@ def _source_labels(sources: list[Path]) -> dict[Path, str]:
 def _lora_set(tags: list[emphasis.LoraTag]) -> dict[str, tuple[float, float]]:
     """The LoRAs `apply_loras` makes active for `tags`: each by its name, its last tag's multipliers."""
     return {t.name: (t.te, t.unet) for t in tags}
+
+
+def _refiner_params(config: GenerateConfig) -> dict:
+    """The PNG text of --refiner, as the web UI writes it (Refiner, Refiner switch at): the refiner by its name (a
+    file's without its suffix, a folder's, a hub id), without the web UI's hash of the file, as the model is
+    (hashing gigabytes for a label); empty without one."""
+    if not config.refiner:
+        return {}
+    source = config.refiner.rstrip("/\\")
+    name = Path(source).stem if Path(source).suffix.lower() in CHECKPOINT_SUFFIXES else Path(source).name
+    return {"refiner": name if Path(source).exists() else config.refiner, "refiner_switch_at": config.switch_at()}
 
 
 def _noise_params(config: GenerateConfig, seed: int) -> dict:

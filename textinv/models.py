@@ -129,9 +129,15 @@ class Model:
         return getattr(self.pipeline, "text_encoder_2", None) is not None
 
     @property
+    def is_refiner(self) -> bool:
+        """An SDXL refiner: only SDXL's second text encoder (OpenCLIP bigG), as `generate --refiner` loads one."""
+        return self.is_xl and self.pipeline.text_encoder is None
+
+    @property
     def encoders(self) -> list[tuple[str, object, torch.nn.Module]]:
-        """(component name, tokenizer, text encoder) for each text encoder, in pipeline order."""
-        pairs = [("text_encoder", self.pipeline.tokenizer, self.pipeline.text_encoder)]
+        """(component name, tokenizer, text encoder) for each text encoder, in pipeline order (an SDXL refiner's:
+        only the second)."""
+        pairs = [("text_encoder", self.pipeline.tokenizer, self.pipeline.text_encoder)] * (not self.is_refiner)
         if self.is_xl:
             pairs.append(("text_encoder_2", self.pipeline.tokenizer_2, self.pipeline.text_encoder_2))
         return pairs
@@ -477,9 +483,9 @@ def checkpoint_family(path: str | os.PathLike) -> str:
     return _inspect_checkpoint(path)[0]
 
 
-def _inspect_checkpoint(path: str | os.PathLike, inpainting: bool = False):
+def _inspect_checkpoint(path: str | os.PathLike, inpainting: bool = False, refiner: bool = False):
     """(family, keys) of a single-file checkpoint; keys maps its weight names to tensors or shapes. `inpainting`:
-    an inpainting model is taken too (`load_model`)."""
+    an inpainting model is taken too, `refiner`: the SDXL refiner (`load_model`)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     path = Path(path)
@@ -499,7 +505,8 @@ def _inspect_checkpoint(path: str | os.PathLike, inpainting: bool = False):
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise ModelError(_not_a_checkpoint(path, keys))
     kind = infer_diffusers_model_type(keys)
-    if kind in _NOT_TEXT_TO_IMAGE and not (inpainting and _NOT_TEXT_TO_IMAGE[kind] == _INPAINTING):
+    taken = (inpainting and _NOT_TEXT_TO_IMAGE.get(kind) == _INPAINTING) or (refiner and kind == "xl_refiner")
+    if kind in _NOT_TEXT_TO_IMAGE and not taken:
         raise ModelError(_not_text_to_image(path, _NOT_TEXT_TO_IMAGE[kind]))
     family = _SINGLE_FILE_FAMILIES.get(kind)
     if family is None:
@@ -611,6 +618,17 @@ def _folder_variant(folder: Path, xl: bool, wanted: str | None = None) -> str | 
     return variants.pop() if variants else None
 
 
+def source_is_xl(source: str | os.PathLike | None) -> bool | None:
+    """Whether a `--model` value is an SDXL model (the SDXL refiner too), read without loading it (a folder's
+    model_index.json, a file's keys); None for a hub id, known only once loaded."""
+    kind, location = resolve_source(source)
+    if kind in ("bundled", "folder"):
+        return _index_family(Path(location)) == "sdxl"
+    if kind == "file":
+        return _inspect_checkpoint(location, inpainting=True, refiner=True)[0] == "sdxl"
+    return None
+
+
 def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
     """Classify a `--model` value: ("bundled" | "folder" | "file" | "hub", location). Raises for a bad path."""
     source = DEFAULT_MODEL if source in (None, "") else str(source)
@@ -712,11 +730,13 @@ def load_model(
     revision: str | None = None,
     variant: str | None = None,
     inpainting: bool = False,
+    refiner: bool = False,
 ) -> Model:
     """Load an SD 1.x/2.x/XL pipeline from a bundled name, diffusers folder, single file or hub id; all frozen.
     `revision` (a hub id's branch, tag or commit) and `variant` (its weights' variant, "fp16"; a folder's too) are
     diffusers' `from_pretrained(revision=, variant=)`. `inpainting`: an inpainting model (a UNet that also reads a
-    mask and a masked picture, sd-v1-5-inpainting) is taken too, for `generate --init-image`.
+    mask and a masked picture, sd-v1-5-inpainting) is taken too, for `generate --init-image`; `refiner`: the SDXL
+    refiner (only SDXL's second text encoder) too, for `generate --refiner`.
 
     >>> model = load_model("shapes")            # doctest: +SKIP
     >>> model.family, model.resolution          # doctest: +SKIP
@@ -748,7 +768,7 @@ def load_model(
         if suffix.lower() == ".safetensors" and suffix != ".safetensors":
             raise ModelError(f"{location}: diffusers reads a file as safetensors only by a lower-case suffix; rename "
                              f"it to {Path(location).with_suffix('.safetensors').name}")
-        family, keys = _inspect_checkpoint(location, inpainting)
+        family, keys = _inspect_checkpoint(location, inpainting, refiner)
         if single_file_config is not None:
             single_file_config = _check_single_file_config(single_file_config, family)
         file_prediction, zero_snr = checkpoint_prediction(location, keys)
@@ -835,11 +855,11 @@ def load_model(
         raise ModelError(f"cannot load model {location!r}: {type(e).__name__}: {_first_line(e)}.{hint}") from e
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise ModelError(f"{location} is a {type(pipe).__name__}; textinv trains Stable Diffusion 1.x, 2.x and XL")
-    _check_text_to_image(pipe, location, inpainting)
+    _check_text_to_image(pipe, location, inpainting, refiner)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # it is not part of what we train or judge
     is_xl = isinstance(pipe, StableDiffusionXLPipeline)
-    width = pipe.text_encoder.get_input_embeddings().embedding_dim
+    width = (pipe.text_encoder or pipe.text_encoder_2).get_input_embeddings().embedding_dim
     family = "sdxl" if is_xl else (family or family_for_widths((width,)) or "custom")
     if vae is not None and kind != "file":  # (a single file's --vae went in with its other parts)
         pipe.vae = _load_vae(vae, dtype, pipe.vae.config)
@@ -1005,12 +1025,15 @@ def _folder_family(folder: Path) -> str | None:
     return family_for_widths((width,)) if isinstance(width, int) else None
 
 
-def _check_text_to_image(pipe, location: str, inpainting: bool = False) -> None:
+def _check_text_to_image(pipe, location: str, inpainting: bool = False, refiner: bool = False) -> None:
     """Refuse pipelines that load as SD/SDXL but are not the text-to-image model: an SDXL refiner (no first text
-    encoder), an inpainting (unless `inpainting`) or other image-conditioned UNet (more input channels than the VAE's
-    latents)."""
+    encoder; unless `refiner`), an inpainting (unless `inpainting`) or other image-conditioned UNet (more input
+    channels than the VAE's latents)."""
     if pipe.text_encoder is None or pipe.tokenizer is None:
         if getattr(pipe, "text_encoder_2", None) is not None:
+            if refiner:
+                return
+
             raise ModelError(_not_text_to_image(location, "an SDXL refiner (it has only text_encoder_2)"))
         raise ModelError(f"{location} has no text encoder or tokenizer; textinv needs a complete text-to-image model")
     channels, latents = pipe.unet.config.in_channels, pipe.vae.config.latent_channels

@@ -13,7 +13,7 @@ from . import models  # noqa: F401  (first: it imports diffusers' pipelines with
 from .vocab import build_tokenizer
 
 from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,  # noqa: E402
-                       StableDiffusionXLPipeline, UNet2DConditionModel)
+                       StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 # Words the tiny tokenizer knows as single tokens: enough for the default templates' common words and test inits.
@@ -68,6 +68,29 @@ def build_tiny_xl_pipeline(seed: int = 0, widths: tuple[int, int] = (32, 64)) ->
                                        steps_offset=1, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(vae=_tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_xl_refiner(base: StableDiffusionXLPipeline, seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
+    """A tiny random SDXL refiner for `base` (`build_tiny_xl_pipeline`): its second text encoder and VAE, a UNet of
+    its own that reads that encoder alone and 5 time ids (size, crop, aesthetic score), as SDXL's refiner is laid out.
+
+    >>> build_tiny_xl_refiner(build_tiny_xl_pipeline()).config.requires_aesthetics_score
+    True
+    """
+    torch.manual_seed(seed)
+    width = base.text_encoder_2.config.hidden_size
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=width, attention_head_dim=(2, 4), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=5 * 8 + width,
+        transformer_layers_per_block=(1, 1), norm_num_groups=16,
+    )
+    pipe = StableDiffusionXLImg2ImgPipeline(vae=base.vae, text_encoder=None, tokenizer=None,
+                                            text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2,
+                                            unet=unet, scheduler=base.scheduler, requires_aesthetics_score=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

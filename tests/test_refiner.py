@@ -1,0 +1,209 @@
+"""generate --refiner: the web UI's Refiner (a second model draws the last steps of the same sampling)."""
+
+import numpy as np
+import pytest
+import torch
+
+from textinv.config import GenerateConfig
+from textinv.errors import ConfigError, FormatError, ModelError
+from textinv.formats import LearnedEmbedding
+from textinv.generate import Refiner, generate, install_embedding, render
+from textinv.models import load_model
+from textinv.tiny import build_tiny_xl_pipeline, build_tiny_xl_refiner
+
+PROMPT = ["a photo of a dog"]
+
+
+@pytest.fixture(scope="module")
+def xl_dirs(tmp_path_factory):
+    """A tiny SDXL model and its tiny refiner (text_encoder_2 only, 5 time ids), saved as diffusers folders."""
+    root = tmp_path_factory.mktemp("tiny-xl-refiner")
+    base = build_tiny_xl_pipeline()
+    base.save_pretrained(root / "base")
+    build_tiny_xl_refiner(base, seed=1).save_pretrained(root / "refiner")
+    return root / "base", root / "refiner"
+
+
+@pytest.fixture(scope="module")
+def models(xl_dirs):
+    return load_model(xl_dirs[0]), load_model(xl_dirs[1], refiner=True)
+
+
+def _counting(unet, seen: list):
+    """Record each UNet call's time ids and text conditioning."""
+    def note(module, args, kwargs):
+        seen.append((kwargs["added_cond_kwargs"]["time_ids"].clone(), kwargs["encoder_hidden_states"].clone()))
+    return unet.register_forward_pre_hook(note, with_kwargs=True)
+
+
+def _drawn(model, refiner, switch_at=0.8, steps=10, prompts=PROMPT, negative=""):
+    base_calls, refiner_calls = [], []
+    hooks = [_counting(model.unet, base_calls), _counting(refiner.unet, refiner_calls)]
+    try:
+        images = render(model, prompts, [0], steps=steps, negative_prompt=negative,
+                        refiner=Refiner(refiner, switch_at) if switch_at is not None else None)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return np.asarray(images[0], dtype=float), base_calls, refiner_calls
+
+
+def test_the_refiner_draws_the_steps_past_the_switch_and_the_base_those_before(models):
+    """10 Euler steps (timesteps 901, 801, ..., 1): at 0.8 the web UI switches at the first step whose training
+    timestep is at most 199 (its completed ratio (999 - t) / 1000 >= 0.8): the last 2; at 0.5, the last 5."""
+    model, refiner = models
+    alone, calls, none = _drawn(model, refiner, None)
+    assert (len(calls), len(none)) == (10, 0)
+    refined, base_calls, refiner_calls = _drawn(model, refiner, 0.8)
+    assert (len(base_calls), len(refiner_calls)) == (8, 2)
+    assert np.abs(refined - alone).max() > 0
+    _, base_calls, refiner_calls = _drawn(model, refiner, 0.5)
+    assert (len(base_calls), len(refiner_calls)) == (5, 5)
+    assert model.pipeline.unet is model.unet and model.unet is not refiner.unet  # (given back after the pass)
+
+
+def test_a_switch_past_the_last_step_draws_as_without_a_refiner(models):
+    model, refiner = models
+    alone = _drawn(model, refiner, None)[0]
+    late, _, refiner_calls = _drawn(model, refiner, 0.9999)
+    assert refiner_calls == [] and np.array_equal(late, alone)
+
+
+def test_the_refiner_is_conditioned_on_its_encoder_and_the_web_ui_s_aesthetic_scores(models):
+    """Its time ids are (height, width, crop top, crop left, aesthetic score): 2.5 for the negative prompt, 6.0 for
+    the prompt (the web UI's sdxl_refiner_low/high_aesthetic_score); its text conditioning is its one encoder's."""
+    model, refiner = models
+    _, _, refiner_calls = _drawn(model, refiner, 0.8, negative="blue")
+    time_ids, hidden = refiner_calls[0]
+    assert time_ids.tolist() == [[16, 16, 0, 0, 2.5], [16, 16, 0, 0, 6.0]]
+    assert hidden.shape[-1] == refiner.widths[0] == 64
+
+
+def _embedding(clip_l: float, clip_g: float) -> LearnedEmbedding:
+    g = torch.Generator().manual_seed(0)
+    return LearnedEmbedding("<rq>", {"text_encoder": clip_l * torch.randn(1, 32, generator=g),
+                                     "text_encoder_2": clip_g * torch.randn(1, 64, generator=g)})
+
+
+def _with_embedding(xl_dirs, emb):
+    model, refiner = load_model(xl_dirs[0]), load_model(xl_dirs[1], refiner=True)
+    install_embedding(model, emb)
+    install_embedding(refiner, emb)
+    return _drawn(model, refiner, 0.8, prompts=["a photo of <rq>"])
+
+
+def test_a_learned_token_s_clip_g_vectors_condition_the_refiner_and_its_clip_l_ones_do_not(xl_dirs):
+    image, _, refiner_calls = _with_embedding(xl_dirs, _embedding(1, 1))
+    other_l, _, l_calls = _with_embedding(xl_dirs, _embedding(3, 1))
+    other_g, _, g_calls = _with_embedding(xl_dirs, _embedding(1, 3))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(refiner_calls, l_calls))  # (the base's part differs)
+    assert not np.array_equal(image, other_l)
+    assert not torch.equal(refiner_calls[0][1], g_calls[0][1]) and not np.array_equal(image, other_g)
+
+
+def test_an_embedding_without_clip_g_vectors_is_refused_by_the_refiner(models):
+    _, refiner = models
+    with pytest.raises(FormatError, match="no vectors for the SDXL refiner .* clip_g"):
+        install_embedding(refiner, LearnedEmbedding("<sd1>", {"text_encoder": torch.zeros(1, 32)}))
+
+
+@pytest.mark.parametrize("switch_at", [0, 1, 1.5, -0.2, float("nan")])
+def test_a_switch_outside_0_to_1_is_refused_naming_the_flag(switch_at):
+    with pytest.raises(ConfigError, match="--refiner-switch-at .* above 0 and below 1"):
+        GenerateConfig(prompt=PROMPT, refiner="x", refiner_switch_at=switch_at).validate()
+    with pytest.raises(ConfigError, match="--refiner-switch-at .* give the refiner too"):
+        GenerateConfig(prompt=PROMPT, refiner_switch_at=0.5).validate()
+
+
+def test_a_refiner_of_another_family_is_refused_before_anything_loads(xl_dirs, sd1_dir, tmp_path, monkeypatch):
+    import textinv.generate as generating
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded a model")
+
+    monkeypatch.setattr(generating, "load_model", no_loading)
+    for model, refiner in ((sd1_dir, xl_dirs[1]), (xl_dirs[0], sd1_dir)):
+        with pytest.raises(ConfigError, match=r"--refiner .* must be of the same kind"):
+            generate(GenerateConfig(prompt=PROMPT, model=str(model), refiner=str(refiner), out=str(tmp_path)),
+                     progress=False)
+
+
+def test_training_on_the_refiner_stays_refused(xl_dirs):
+    with pytest.raises(ModelError, match="is an SDXL refiner"):
+        load_model(xl_dirs[1])
+
+
+def test_generate_draws_with_the_refiner_records_it_and_again_draws_it_bit_for_bit(xl_dirs, tmp_path, monkeypatch):
+    """The learned token goes into both models (the refiner: its clip_g); the picture's text names the refiner as
+    the web UI does (Refiner, Refiner switch at) and its record holds it, so --again draws the same picture."""
+    from PIL import Image
+
+    from textinv.cli import main
+    from textinv.formats import save_embedding
+
+    save_embedding(_embedding(1, 1), tmp_path / "rq.safetensors", "sdxl")
+    common = ["generate", "--model", str(xl_dirs[0]), "--embedding", str(tmp_path / "rq.safetensors"), "--prompt",
+              "a photo of <rq>", "-n", "2", "--steps", "6", "--metadata", "full"]
+    assert main(common + ["--out", str(tmp_path / "base")]) == 0
+    assert main(common + ["--refiner", str(xl_dirs[1]), "--refiner-switch-at", "0.5",
+                          "--out", str(tmp_path / "refined")]) == 0
+    name = "000-a-photo-of-rq-s1.png"
+    picture = tmp_path / "refined" / name
+    text = Image.open(picture).text
+    assert f"Refiner: {xl_dirs[1].name}, Refiner switch at: 0.5" in text["parameters"]
+    assert not np.array_equal(_pixels(picture), _pixels(tmp_path / "base" / name))
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--again", str(picture), "--out", "again"]) == 0
+    assert np.array_equal(_pixels(tmp_path / "again" / name), _pixels(picture))
+
+
+def _pixels(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+def test_again_reads_a_web_ui_pictures_refiner_and_asks_for_its_model(xl_dirs, tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import again_config
+
+    info = PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 4, Sampler: Euler, Seed: 3, Size: 16x16, Model: sd_xl_base_1.0, "
+                                "Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.7")
+    Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
+    with pytest.raises(ConfigError, match=r"with the Refiner sd_xl_refiner_1.0 \[7440042bbd\].*give it with "
+                                          r"--refiner"):
+        again_config(tmp_path / "webui.png", {"model": str(xl_dirs[0])})
+    with pytest.warns(UserWarning, match="not applied"):  # (its Model, as ever)
+        config, _ = again_config(tmp_path / "webui.png", {"model": str(xl_dirs[0]), "refiner": str(xl_dirs[1])})
+    assert (config.refiner, config.refiner_switch_at) == (str(xl_dirs[1]), 0.7)
+
+
+def test_prompt_editing_goes_on_in_the_refiner_with_its_own_encoding(models):
+    """[from:to:0.7] over 10 steps draws 'from' for steps 0-7 and 'to' for 8-9: the refiner (steps 5-9 at 0.5)
+    reads its own encoding of each, switching where the base would have."""
+    model, refiner = models
+    _, base_calls, refiner_calls = _drawn(model, refiner, 0.5, prompts=["a photo of [a dog:a cat:0.7]"])
+    hidden = [h for _, h in refiner_calls]
+    assert len(hidden) == 5 and hidden[0].shape[-1] == 64
+    assert torch.equal(hidden[0], hidden[2]) and torch.equal(hidden[3], hidden[4])
+    assert not torch.equal(hidden[2], hidden[3])
+
+
+def test_with_the_hires_fix_the_refiner_draws_the_last_steps_of_the_second_pass(models):
+    """The web UI's default (hires_fix_refiner_pass: second pass): the first pass is the base's alone."""
+    from textinv.generate import Hires
+
+    model, refiner = models
+    base_calls, refiner_calls = [], []
+    hooks = [_counting(model.unet, base_calls), _counting(refiner.unet, refiner_calls)]
+    seen = []
+    hooks.append(refiner.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[-1])))
+    try:
+        render(model, PROMPT, [0], steps=10, hires=Hires(scale=2), refiner=Refiner(refiner, 0.8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(base_calls) > 10 and refiner_calls and set(seen) == {16}  # (the second pass's latents: 16 x 16)
