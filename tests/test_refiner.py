@@ -207,3 +207,54 @@ def test_with_the_hires_fix_the_refiner_draws_the_last_steps_of_the_second_pass(
         for hook in hooks:
             hook.remove()
     assert len(base_calls) > 10 and refiner_calls and set(seen) == {16}  # (the second pass's latents: 16 x 16)
+
+
+def test_an_sd1_model_takes_an_sd1_refiner_and_refuses_one_that_predicts_otherwise(sd1_dir, sd2_dir, tmp_path):
+    """The web UI takes any checkpoint as refiner: an SD 1.x one continues an SD 1.x model's latents; the tiny SD
+    2.x model predicts v, which the sampler would read as the SD 1.x model's epsilon."""
+    from textinv.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline("sd1", seed=3).save_pretrained(tmp_path / "other")
+    model, other = load_model(sd1_dir), load_model(tmp_path / "other", refiner=True)
+    base_calls, refiner_calls = [], []
+    hooks = [model.unet.register_forward_pre_hook(lambda *a: base_calls.append(1)),
+             other.unet.register_forward_pre_hook(lambda *a: refiner_calls.append(1))]
+    try:
+        refined = render(model, PROMPT, [0], steps=10, refiner=Refiner(other, 0.5))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert (len(base_calls), len(refiner_calls)) == (5, 5)
+    assert not np.array_equal(np.asarray(refined[0]), np.asarray(render(model, PROMPT, [0], steps=10)[0]))
+    with pytest.raises(ConfigError, match="predicts v_prediction, --model .* epsilon"):
+        render(model, PROMPT, [0], steps=10, refiner=Refiner(load_model(sd2_dir, refiner=True), 0.5))
+
+
+def test_an_img2img_pass_that_starts_past_the_switch_is_refused(models):
+    """At --denoise 0.1 the pass starts a tenth of the way up the schedule, past a switch at 0.5: the refiner would
+    draw all of it, which the pipeline's first step (the model's) cannot give it."""
+    from PIL import Image
+
+    model, refiner = models
+    start = [Image.new("RGB", (16, 16), "red")]
+    with pytest.raises(ConfigError, match="--refiner-switch-at 0.5 falls at this pass's first step"):
+        render(model, PROMPT, [0], steps=10, start=start, denoise=0.1, refiner=Refiner(refiner, 0.5))
+    render(model, PROMPT, [0], steps=10, start=start, denoise=0.8, refiner=Refiner(refiner, 0.5))
+
+
+def test_a_multistep_sampler_goes_on_with_the_base_steps_history(models):
+    """DPM++ 2M's second-order step reads the previous step's output: at the refiner's first step it is the base's,
+    as in the web UI's k-diffusion loop (one sampler run, the model swapped under it)."""
+    model, refiner = models
+    history = []
+
+    def note(module, args):
+        if not history:
+            history.append([o is not None for o in model.pipeline.scheduler.model_outputs])
+
+    hook = refiner.unet.register_forward_pre_hook(note)
+    try:
+        render(model, PROMPT, [0], steps=10, sampler="dpm++2m", refiner=Refiner(refiner, 0.5))
+    finally:
+        hook.remove()
+    assert history == [[True, True]]
