@@ -258,3 +258,38 @@ def test_a_multistep_sampler_goes_on_with_the_base_steps_history(models):
     finally:
         hook.remove()
     assert history == [[True, True]]
+
+
+def test_inpainting_holds_the_refiners_steps_to_the_kept_part_too(models):
+    """--mask's blend (the kept part held to the picture at every UNet call) hooks the refiner's UNet as well."""
+    from PIL import Image
+
+    from textinv.inpaint import Inpaint
+
+    model, refiner = models
+    mask = Image.new("L", (16, 16), 0)
+    mask.paste(255, (0, 0, 8, 16))
+    hooked = []
+    note = refiner.unet.register_forward_pre_hook(lambda m, a: hooked.append(len(refiner.unet._forward_hooks)))
+    try:
+        render(model, PROMPT, [0], steps=10, start=[Image.new("RGB", (16, 16), "red")], denoise=0.9,
+               inpaint=Inpaint(mask), refiner=Refiner(refiner, 0.5))
+    finally:
+        note.remove()
+    assert hooked and all(n >= 1 for n in hooked) and not refiner.unet._forward_hooks
+
+
+def test_composable_diffusion_goes_on_in_the_refiner(models):
+    """A prompt with AND: the refiner's UNet reads the negative and each sub-prompt (1 + 2 rows), as the base's does."""
+    model, refiner = models
+    rows = {"base": [], "refiner": []}
+    hooks = [unet.register_forward_hook(lambda m, a, k, out, seen=seen: seen.append(k["encoder_hidden_states"].shape),
+                                        with_kwargs=True)
+             for unet, seen in ((model.unet, rows["base"]), (refiner.unet, rows["refiner"]))]
+    try:
+        render(model, ["a dog AND a cat"], [0], steps=10, refiner=Refiner(refiner, 0.8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [shape[0] for shape in rows["base"]] == [3] * 8 and [shape[0] for shape in rows["refiner"]] == [3] * 2
+    assert rows["refiner"][0][-1] == 64

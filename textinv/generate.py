@@ -547,6 +547,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
+    given_unet = pipe.unet
     prompting = (prompts, negative_prompt, steps, clip_skip, size, emphasis_mode, stretch)
     ends, given, hooks = _prompted(model, pipe, pipe.unet, *prompting)
     kwargs = dict(given[0])
@@ -559,6 +560,12 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     if on_step is not None:
         kwargs.update(_also_each_step(kwargs, on_step))
     hooks += on_unet(pipe) if on_unet is not None else []
+    if on_unet is not None and refiner is not None:  # (the refiner's UNet held to the kept latents too)
+        pipe.unet = refiner.model.unet
+        try:
+            hooks += on_unet(pipe)
+        finally:
+            pipe.unet = given_unet
     was_training, own_scheduler, own_unet = pipe.unet.training, pipe.scheduler, pipe.unet
     pipe.unet.eval()
     pipe.scheduler = scheduler_for(own_scheduler, sampler, seeds)
