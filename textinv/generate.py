@@ -555,7 +555,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     if refiner is not None:
         _, refined, refiner_hooks = _prompted(refiner.model, pipe, refiner.model.unet, *prompting)
         hooks += refiner_hooks
-        switching = _handing_on(pipe, refiner, given, refined, stretch, size, switching.get("callback_on_step_end"))
+        switching = _handing_on(refiner, given, refined, stretch, size, switching.get("callback_on_step_end"))
     kwargs.update(switching)
     if on_step is not None:
         kwargs.update(_also_each_step(kwargs, on_step))
@@ -566,7 +566,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
             hooks += on_unet(pipe)
         finally:
             pipe.unet = given_unet
-    was_training, own_scheduler, own_unet = pipe.unet.training, pipe.scheduler, pipe.unet
+    was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
     pipe.scheduler = scheduler_for(own_scheduler, sampler, seeds)
     try:
@@ -579,7 +579,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     finally:
         for hook in hooks:
             hook.remove()
-        pipe.unet = own_unet  # (the refiner's after a hand-on)
+        pipe.unet = given_unet  # (the refiner's after a hand-on)
         pipe.unet.train(was_training)
         pipe.scheduler = own_scheduler
     return result.images if call.get("output_type") == "latent" else list(result.images)
@@ -606,8 +606,8 @@ def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str
     return at.ends, given, _composing(pipe, conditioning, stretch, at.owners, at.weights, at.lengths, unet)
 
 
-def _handing_on(pipe, refiner: Refiner, given: list[dict], refined: list[dict], stretch: list[int],
-                size: tuple[int, int], switching=None) -> dict:
+def _handing_on(refiner: Refiner, given: list[dict], refined: list[dict], stretch: list[int], size: tuple[int, int],
+                switching=None) -> dict:
     """Pipeline step-callback arguments that hand the pass on to `refiner` as the web UI does
     (sd_samplers_common.apply_refiner): from the first iteration whose noise level is `refiner.switch_at` of the way
     down (`_switch_iteration`) the pipeline calls the refiner's UNet, given its conditioning (`refined`: each stretch
