@@ -293,3 +293,16 @@ def test_composable_diffusion_goes_on_in_the_refiner(models):
             hook.remove()
     assert [shape[0] for shape in rows["base"]] == [3] * 8 and [shape[0] for shape in rows["refiner"]] == [3] * 2
     assert rows["refiner"][0][-1] == 64
+
+
+def test_a_shareable_picture_names_its_refiner_and_again_asks_where_it_is(xl_dirs, tmp_path):
+    from textinv.again import again_config
+    from textinv.cli import main
+
+    assert main(["generate", "--model", str(xl_dirs[0]), "--refiner", str(xl_dirs[1]), "--prompt", "a dog", "-n", "1",
+                 "--steps", "4", "--metadata", "shareable", "--out", str(tmp_path)]) == 0
+    (picture,) = tmp_path.glob("*.png")
+    with pytest.raises(ConfigError, match=f"--refiner with where {xl_dirs[1].name} is"):
+        again_config(picture, {"model": str(xl_dirs[0])})
+    config, _ = again_config(picture, {"model": str(xl_dirs[0]), "refiner": str(xl_dirs[1])})
+    assert (config.refiner, config.switch_at()) == (str(xl_dirs[1]), 0.8)
