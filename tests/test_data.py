@@ -32,8 +32,10 @@ from textinv.data import (
     load_image,
     load_training_images,
     make_caption,
+    no_upscale_size,
     prepare_image,
     random_hflip,
+    random_windows,
     read_caption,
     read_template_file,
     to_rgb,
@@ -1109,3 +1111,71 @@ def test_a_caption_file_in_utf_16_or_with_a_byte_order_mark_reads_as_in_utf_8(tm
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9")  # (Latin-1, no mark: not guessed)
     with pytest.raises(DataError, match="is not UTF-8 text"):
         read_caption(tmp_path / "bad.png")
+
+
+def _unit(arr: np.ndarray) -> torch.Tensor:  # (H, W, C) uint8 as prepare_image's (C, H, W) in [-1, 1]
+    return torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+@pytest.mark.parametrize("full, resolution, step, want", [
+    ((500, 300), 512, 64, ((500, 300), (448, 256))),  # within the area: its own size, cut down to steps
+    ((512, 512), 512, 64, ((512, 512), (512, 512))),
+    ((3000, 2000), 512, 64, ((576, 384), (576, 384))),  # a tie of both roundings: kohya takes the height's
+    ((700, 1200), 512, 64, ((384, 658), (384, 640))),  # the width's rounding keeps 7:12 closer
+    ((1200, 700), 512, 64, ((658, 384), (640, 384))),
+    ((40, 900), 512, 64, ((40, 900), (0, 896))),
+])
+def test_no_upscale_sizes_are_kohyas(full, resolution, step, want):
+    """kohya's BucketManager.select_bucket with no_upscale: (resized_size, bucket_reso)."""
+    assert no_upscale_size(*full, resolution, step) == want
+
+
+def test_bucket_no_upscale_keeps_a_small_pictures_own_pixels_and_crop(tmp_path):
+    """A picture within the resolution's area trains at its own size cut down to the step, its centre as it is (no
+    pixel resampled), with no warning of upscaling; plain buckets enlarge it to a bucket of about the area."""
+    arr = np.random.default_rng(0).integers(0, 256, (30, 50, 4), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "small.png")
+    with caught(SmallImageWarning) as small:
+        (own,) = load_training_images([tmp_path / "small.png"], 64, bucket_step=8, no_upscale=True, use_alpha=True)
+    assert not small.list
+    rgb = np.array(to_rgb(Image.open(tmp_path / "small.png")))  # (the transparent parts as textinv reads them)
+    assert own.pixels.shape == (3, 24, 48) and torch.equal(own.pixels, _unit(rgb[3:27, 1:49]))
+    assert torch.equal(own.alpha, torch.from_numpy(arr[3:27, 1:49, 3:]).permute(2, 0, 1).float() / 255.0)
+    assert own.crop_top_left() == (3, 1) and own.original_size == (30, 50)
+    with caught(SmallImageWarning) as small:
+        (enlarged,) = load_training_images([tmp_path / "small.png"], 64, bucket_step=8)
+    assert small.list and enlarged.pixels.shape[-2:] == (48, 80)
+    # without --center-crop the whole picture, squeezed into its bucket (by less than a step)
+    (squeezed,) = load_training_images([tmp_path / "small.png"], 64, bucket_step=8, no_upscale=True,
+                                       center_crop=False)
+    assert squeezed.pixels.shape == (3, 24, 48) and squeezed.crop_top_left(center_crop=False) == (0, 0)
+
+
+def test_bucket_no_upscale_scales_a_large_picture_down_to_the_area(tmp_path):
+    arr = np.random.default_rng(1).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "large.png")
+    (picture,) = load_training_images([tmp_path / "large.png"], 64, bucket_step=8, no_upscale=True)
+    assert no_upscale_size(300, 200, 64, 8) == ((72, 48), (72, 48))
+    whole = np.array(Image.fromarray(arr).resize((72, 48), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    assert picture.pixels.shape == (3, 48, 72)
+    assert (picture.pixels - _unit(whole)).abs().max() < 0.05  # (the same picture, up to the resampler's rounding)
+    assert picture.crop_top_left() == (0, 0) and picture.original_size == (200, 300)
+
+
+def test_bucket_no_upscale_random_windows_are_cut_from_the_picture_at_its_own_size(tmp_path):
+    arr = np.random.default_rng(2).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "small.png")
+    (picture,) = load_training_images([tmp_path / "small.png"], 64, bucket_step=8, no_upscale=True,
+                                      random_crop=True)
+    assert torch.equal(picture.cover, torch.from_numpy(arr).permute(2, 0, 1))  # (not scaled to cover 48x24)
+    for window in random_windows([picture], 8, seed=0):
+        assert window.pixels.shape == (3, 24, 48)
+        assert any(torch.equal(window.pixels, picture.cover[:, t:t + 24, l:l + 48])
+                   for t in range(7) for l in range(3))
+
+
+def test_bucket_no_upscale_refuses_a_picture_under_one_step(tmp_path):
+    Image.new("RGB", (6, 40)).save(tmp_path / "thin.png")
+    with pytest.raises(DataError, match=r"thin.png is 6x40 pixels, a side under the 8-pixel step of the buckets: "
+                                        r"with --bucket-no-upscale a picture is never enlarged"):
+        load_training_images([tmp_path / "thin.png"], 64, bucket_step=8, no_upscale=True)

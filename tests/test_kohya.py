@@ -192,7 +192,7 @@ def test_datasets_of_different_resolutions_are_refused(tmp_path):
 
 # a value that changes something for each key textinv takes only at kohya's default
 CHANGING = {"color_aug": "true", "face_crop_aug_range": "[2.0, 4.0]",
-            "bucket_no_upscale": "true", "is_reg": "true",
+            "is_reg": "true",
             "caption_separator": '";"', "keep_tokens_separator": '"|||"', "secondary_separator": '";;;"',
             "enable_wildcard": "true", "token_warmup_min": "2", "token_warmup_step": "0.5",
             "caption_dropout_rate": "0.1", "caption_dropout_every_n_epochs": "2",
@@ -663,3 +663,22 @@ def test_the_readmes_table_of_kohyas_keys_puts_each_key_in_the_row_that_says_wha
     at_default = next(keys for said, keys in rows.items() if said.startswith("taken at kohya's default"))
     assert unused == set(IGNORED)
     assert not (unused | at_default) & set(SETTINGS)
+
+
+def test_bucket_no_upscale_is_taken_with_buckets_and_its_unused_sizes_said(tmp_path):
+    """kohya's bucket_no_upscale: --bucket-no-upscale with enable_bucket. kohya ignores min_bucket_reso and
+    max_bucket_reso then (each picture's size makes its bucket), with a warning, and so does textinv, even at sizes
+    it would refuse; without enable_bucket it ignores bucket_no_upscale itself, and textinv says so."""
+    folder = write_images(tmp_path / "a", n=1)
+    dataset = toml(tmp_path / "d.toml", f'[general]\nenable_bucket = true\nbucket_no_upscale = true\n'
+                                        f'resolution = 1024\nmin_bucket_reso = 256\n[[datasets]]\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    config = TrainConfig(dataset_config=str(dataset), token="<t>", out="o")
+    with pytest.warns(DatasetConfigWarning, match=r"min_bucket_reso \(\[general\]\) left unused: with "
+                                                  r"bucket_no_upscale each picture's own size makes its bucket"):
+        given = apply_dataset_config(config)
+    assert given.buckets and given.bucket_no_upscale
+    toml(dataset, dataset.read_text().replace("enable_bucket = true\n", "").replace("min_bucket_reso = 256\n", ""))
+    with pytest.warns(DatasetConfigWarning, match=r"bucket_no_upscale = true left unused: the buckets are off"):
+        given = apply_dataset_config(config)
+    assert not given.buckets and not given.bucket_no_upscale

@@ -1970,3 +1970,74 @@ def test_random_crop_works_with_buckets_alpha_masks_and_a_validation_split_and_i
         config(images, tmp_path / "b", random_crop=True, center_crop=False).validate()
     with pytest.raises(ConfigError, match="--random-crop and --reference-like"):
         config(images, tmp_path / "b", random_crop=True, reference_like=True).validate()
+
+
+def _unequal_pictures(folder):
+    """`_mixed_pictures` (each larger than the tiny models' 16x16 area) and one smaller, 14x10."""
+    import numpy as np
+    from PIL import Image
+
+    _mixed_pictures(folder, alpha=True)
+    arr = np.random.default_rng(1).integers(0, 255, (10, 14, 4), dtype=np.uint8)
+    arr[..., 3] = 255
+    Image.fromarray(arr).save(folder / "small.png")
+    return folder
+
+
+def test_bucket_no_upscale_trains_each_picture_at_its_own_size_and_tells_sdxl(tmp_path):
+    """kohya's --bucket_no_upscale: the small picture trains at its own 14x10 cut down to 12x8 (never enlarged),
+    the larger ones scaled down to about the 16x16 area; SDXL is told each one's size as loaded, where its crop
+    lies in it as scaled, and the size trained at."""
+    from textinv.data import no_upscale_size
+    from textinv.tiny import build_tiny_xl_pipeline
+
+    folder = tmp_path / "xl"
+    build_tiny_xl_pipeline().save_pretrained(folder)
+    pictures = _unequal_pictures(tmp_path / "cut")
+    model = load_model(folder)
+    step = train_module.bucket_step(model)
+    seen = []
+    real = train_module.diffusion_loss
+
+    def spy(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight, **k):
+        seen.extend(map(tuple, time_ids.int().tolist()))
+        return real(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight, **k)
+
+    train_module.diffusion_loss, saved = spy, train_module.diffusion_loss
+    try:
+        result = train(config(pictures, tmp_path / "o", steps=4, batch=4, buckets=True, bucket_no_upscale=True,
+                              alpha_mask=True, validation_split=0.25, resolution=16),
+                       model=model, progress=False)
+    finally:
+        train_module.diffusion_loss = saved
+    assert result.steps == 4
+    want = set()
+    for w, h in ((48, 24), (24, 48), (32, 32), (14, 10)):
+        (scaled_w, scaled_h), (bucket_w, bucket_h) = no_upscale_size(w, h, 16, step)
+        want.add((h, w, (scaled_h - bucket_h) // 2, (scaled_w - bucket_w) // 2, bucket_h, bucket_w))
+    assert (10, 14, 1, 1, 8, 12) in want and set(seen) <= want and len(set(seen)) >= 2
+    assert "bucket_no_upscale: true" in (tmp_path / "o" / "config.yaml").read_text()
+
+
+def test_bucket_no_upscale_resumes_exactly_and_a_resume_without_it_is_refused(sd1_dir, tmp_path):
+    from textinv.data import SmallImageWarning
+
+    pictures = _unequal_pictures(tmp_path / "cut")
+    kw = dict(steps=6, batch=3, save_every=2, buckets=True, bucket_no_upscale=True)
+    straight = train(config(pictures, tmp_path / "a", **kw), model=load_model(sd1_dir), progress=False)
+    with pytest.warns(SmallImageWarning):  # (plain buckets enlarge the small picture)
+        plain = train(config(pictures, tmp_path / "p", **{**kw, "bucket_no_upscale": False}),
+                      model=load_model(sd1_dir), progress=False)
+    assert not torch.equal(straight.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
+    train(config(pictures, tmp_path / "b", **{**kw, "steps": 4}), model=load_model(sd1_dir), progress=False)
+    with pytest.raises(ConfigError, match=r"cannot resume .* with different settings \(bucket_no_upscale"):
+        train(config(pictures, tmp_path / "b", **{**kw, "bucket_no_upscale": False}, resume=True),
+              model=load_model(sd1_dir), progress=False)
+    resumed = train(config(pictures, tmp_path / "b", **kw, resume=True), model=load_model(sd1_dir), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
+def test_bucket_no_upscale_without_buckets_is_refused(images, tmp_path):
+    with pytest.raises(ConfigError, match=r"--bucket-no-upscale says how --buckets sizes each picture's bucket, and "
+                                          r"the buckets are off: give --buckets too"):
+        config(images, tmp_path / "o", bucket_no_upscale=True).validate()

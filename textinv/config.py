@@ -343,6 +343,10 @@ class TrainConfig:
     buckets: bool = opt(False, "aspect-ratio buckets (kohya's --enable_bucket): each picture trains at the size "
                                "nearest its own proportions, about --resolution's area, instead of its centre "
                                "square, so a portrait keeps its head and feet")
+    bucket_no_upscale: bool = opt(False, "with --buckets: never enlarge a picture (kohya's --bucket_no_upscale): one "
+                                         "within --resolution's area keeps its own size, one larger is scaled down "
+                                         "to about that area, and each trains at that size cut down to the buckets' "
+                                         "steps, a bucket of its own")
     flip: bool = opt(None, "random horizontal flips (p=0.5); default on, as in the paper's code")
     repeats: int = opt(1, "times each image appears per epoch (weighting between images); in kohya's layout, "
                          "times its folder's count")
@@ -530,6 +534,9 @@ class TrainConfig:
         if self.random_crop and self.reference_like:
             raise ConfigError("--random-crop and --reference-like: the diffusers example that benchmark mode does "
                               "crops the centre; leave out one of them")
+        if self.bucket_no_upscale and not self.buckets:
+            raise ConfigError("--bucket-no-upscale says how --buckets sizes each picture's bucket, and the buckets are "
+                              "off: give --buckets too, or leave out --bucket-no-upscale")
         if self.buckets and self.reference_like:
             raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
         if self.resume and self.overwrite:

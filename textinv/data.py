@@ -785,10 +785,21 @@ def covering(img: Image.Image, size: tuple[int, int], area: tuple[float, float, 
     """
     left, top, right, bottom = area or (0.0, 0.0, float(img.width), float(img.height))
     scale = max(size[0] / (right - left), size[1] / (bottom - top))
-    cover = (max(size[0], round((right - left) * scale)), max(size[1], round((bottom - top) * scale)))
-    enlarging = scale > 1
+    return scaled(img, (max(size[0], round((right - left) * scale)), max(size[1], round((bottom - top) * scale))),
+                  area)
+
+
+def scaled(img: Image.Image, size: tuple[int, int], area: tuple[float, float, float, float] | None = None
+           ) -> Image.Image:
+    """`img` (or its `area`) scaled to `size` (W, H) as a whole: Lanczos shrinking, bicubic enlarging (as `_fit`).
+
+    >>> scaled(Image.new("RGB", (640, 480)), (320, 240)).size
+    (320, 240)
+    """
+    left, top, right, bottom = area or (0.0, 0.0, float(img.width), float(img.height))
+    enlarging = size[0] > right - left or size[1] > bottom - top
     resample = Image.Resampling.BICUBIC if enlarging else Image.Resampling.LANCZOS
-    return img.resize(cover, resample=resample, box=(left, top, right, bottom), reducing_gap=_REDUCING_GAP)
+    return img.resize(size, resample=resample, box=(left, top, right, bottom), reducing_gap=_REDUCING_GAP)
 
 
 def _bytes(img: Image.Image) -> torch.Tensor:
@@ -892,6 +903,36 @@ def bucket_size(width: int, height: int, resolution: int, step: int) -> tuple[in
     return min(bucket_sizes(resolution, step), key=lambda s: (abs(math.log(s[0] / s[1]) - aspect), -s[0] * s[1]))
 
 
+def no_upscale_size(width: int, height: int, resolution: int, step: int
+                    ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(scaled (W, H), bucket (W, H)) of a `width` x `height` picture with --bucket-no-upscale (kohya's
+    bucket_no_upscale, its `BucketManager.select_bucket`): a picture within resolution x resolution keeps its own
+    size; a larger one is scaled down to about that area in its own proportions, the side whose rounding to
+    `step`s changes them less made a whole number of steps. The bucket is the scaled size cut down to `step`s (the
+    picture is cropped to it, never enlarged), a bucket of its own. A side under one step leaves a side of 0.
+
+    >>> no_upscale_size(500, 300, 512, 64), no_upscale_size(3000, 2000, 512, 64)
+    (((500, 300), (448, 256)), ((576, 384), (576, 384)))
+    """
+    def to_steps(x: float) -> int:  # (kohya's round_to_steps: to the nearest pixel, then down to a step)
+        x = int(x + 0.5)
+        return x - x % step
+
+    def error(w: int, h: int) -> float:  # how far w x h's proportions are from the picture's (a side of 0: far)
+        return abs(w / h - aspect) if h else math.inf
+
+    aspect, area = width / height, resolution * resolution
+    if width * height <= area:
+        size = (width, height)
+    else:  # (scaled to the area: sqrt(area x aspect) wide, area / that high; a tie goes to the height, as kohya's)
+        by_width = to_steps(math.sqrt(area * aspect))
+        by_height = to_steps(area / math.sqrt(area * aspect))
+        size = ((by_width, int(by_width / aspect + 0.5))
+                if error(by_width, to_steps(by_width / aspect)) < error(to_steps(by_height * aspect), by_height)
+                else (int(by_height * aspect + 0.5), by_height))
+    return size, (size[0] - size[0] % step, size[1] - size[1] % step)
+
+
 def _check_resolution(resolution: int) -> None:
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ConfigError(f"resolution must be a positive whole number of pixels (such as 512), got {resolution!r}")
@@ -913,29 +954,34 @@ class TrainingImage:
     # at once took 2.4 GB more for 500 pictures at 512 px (3:2)
     cover: torch.Tensor | None = None
     cover_alpha: torch.Tensor | None = None
+    scaled_size: tuple[int, int] | None = None  # (height, width) it was scaled to before its crop, with
+    # --bucket-no-upscale (`no_upscale_size`); else the smallest size that covers its training size
 
     def crop_top_left(self, center_crop: bool = True) -> tuple[int, int]:
-        """(top, left) of the crop in the picture resized to cover its training size (SDXL's crop ids); for a
-        square, the picture whose short side is the resolution."""
+        """(top, left) of the crop in the picture as scaled before it (SDXL's crop ids): resized to cover its
+        training size (for a square, the picture whose short side is the resolution), or its `scaled_size`."""
         h, w = self.original_size
         target_h, target_w = self.pixels.shape[-2:]
         if not center_crop or not h or not w:
             return (0, 0)
         scale = max(target_h / h, target_w / w)
-        return (max(0, round(h * scale) - target_h) // 2, max(0, round(w * scale) - target_w) // 2)
+        scaled_h, scaled_w = self.scaled_size or (round(h * scale), round(w * scale))
+        return (max(0, scaled_h - target_h) // 2, max(0, scaled_w - target_w) // 2)
 
 
 def load_training_images(
     paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True, use_alpha: bool = False,
     bucket_step: int | None = None, caption_extensions: Sequence[str | None] | None = None,
-    random_crop: bool = False,
+    random_crop: bool = False, no_upscale: bool = False,
 ) -> list[TrainingImage]:
     """Load, prepare and caption each picture in `paths` (typically `find_images(folder)`), as a square of
-    `resolution`, or with `bucket_step` at its aspect-ratio bucket (`bucket_size`). `caption_extensions`: each
-    picture's kohya subset's (`read_caption`), None for textinv's own. With `random_crop` each picture also keeps
-    its `cover` (`covering`), for `random_windows`.
+    `resolution`, or with `bucket_step` at its aspect-ratio bucket (`bucket_size`; with `no_upscale` a bucket of its
+    own, `no_upscale_size`). `caption_extensions`: each picture's kohya subset's (`read_caption`), None for
+    textinv's own. With `random_crop` each picture also keeps its `cover` (`covering`, or with `no_upscale` the
+    picture as scaled), for `random_windows`.
 
-    Pictures smaller than their training size are upscaled, with one `SmallImageWarning` naming each and its size. With
+    Pictures smaller than their training size are upscaled (never with `no_upscale`: a picture with a side under
+    one `bucket_step` raises `DataError`), with one `SmallImageWarning` naming each and its size. With
     `use_alpha` each picture's transparency is kept too (`TrainingImage.alpha`, None for an opaque picture); a
     picture that is transparent all over raises `DataError`.
 
@@ -950,7 +996,12 @@ def load_training_images(
     small: list[str] = []
     several: list[str] = []  # caption files of several lines
 
+    if no_upscale and not bucket_step:
+        raise ValueError("no_upscale makes each picture a bucket of its own: give its bucket_step too")
+
     def training_size(full: tuple[int, int]) -> tuple[int, int]:  # (W, H) of a picture of upright size `full`
+        if no_upscale:  # (what it is read at: the picture as scaled, which its bucket is cut from)
+            return no_upscale_size(*full, resolution, bucket_step)[0]
         return bucket_size(*full, resolution, bucket_step) if bucket_step else (resolution, resolution)
 
     for path, extension in zip(paths, caption_extensions or [None] * len(paths), strict=True):
@@ -958,11 +1009,15 @@ def load_training_images(
         # a big JPEG is decoded at a reduced scale, as large as its crop needs (`_read`): a 24-megapixel photo
         # trained at 512 is never held whole
         img, alpha, (width, height), area = _read(path, use_alpha, training_size)
-        size = training_size((width, height))
-        if width < size[0] or height < size[1]:  # (for a square: the short side below the resolution)
+        size = scaled_to = training_size((width, height))
+        crop = area
+        if no_upscale:
+            size, crop = _own_bucket(path, (width, height), area, resolution, bucket_step, center_crop)
+        elif width < size[0] or height < size[1]:  # (for a square: the short side below the resolution)
             small.append(f"{path} ({width}x{height})")
-        pixels = prepare_image(img, resolution, center_crop, size, area)
-        weight = prepare_alpha(alpha, resolution, center_crop, size, area) if alpha is not None else None
+        fitted = center_crop and not no_upscale  # (no_upscale's crop is its own: `crop`, then squeezed to size)
+        pixels = prepare_image(img, resolution, fitted, size, crop)
+        weight = prepare_alpha(alpha, resolution, fitted, size, crop) if alpha is not None else None
         if weight is not None and not weight.max() > 0:
             raise DataError(f"{path} is transparent all over, so with --alpha-mask none of it would be learned; "
                             "remove it, or fix its alpha channel")
@@ -970,10 +1025,15 @@ def load_training_images(
         text = _read_text(found, "caption file") if found is not None else ""
         result.append(TrainingImage(path=path, pixels=pixels, caption=_caption(text),
                                     original_size=(height, width), alpha=weight, caption_extension=extension))
-        if random_crop:
-            result[-1].cover = _bytes(covering(img, size, area))
+        if no_upscale:
+            result[-1].scaled_size = scaled_to[::-1]
+        if random_crop:  # (the windows are cut from the picture as scaled: with no_upscale, not to cover the bucket)
+            def cover(picture: Image.Image) -> torch.Tensor:
+                return _bytes(scaled(picture, scaled_to, area) if no_upscale else covering(picture, size, area))
+
+            result[-1].cover = cover(img)
             if alpha is not None:
-                result[-1].cover_alpha = _bytes(covering(alpha, size, area))
+                result[-1].cover_alpha = cover(alpha)
         lines = sum(1 for line in text.splitlines() if line.strip())
         if lines > 1:
             several.append(f"{found} ({lines} lines)")
@@ -992,6 +1052,25 @@ def load_training_images(
             stacklevel=2,
         )
     return result
+
+
+def _own_bucket(path: Path, full: tuple[int, int], area: tuple[float, float, float, float], resolution: int,
+                step: int, center_crop: bool) -> tuple[tuple[int, int], tuple[float, float, float, float]]:
+    """A --bucket-no-upscale picture's bucket (W, H) and the box of `area` (in the decoded picture's pixels) that
+    becomes it: the picture scaled to its `no_upscale_size`, then its centre cut to the bucket, as kohya crops
+    (whole pixels off each side, the odd one on the right or bottom); without `center_crop`, all of it, squeezed
+    by less than a step."""
+    (scaled_w, scaled_h), bucket = no_upscale_size(*full, resolution, step)
+    if not all(bucket):
+        raise DataError(f"{path} is {full[0]}x{full[1]} pixels, a side under the {step}-pixel step of the buckets: "
+                        f"with --bucket-no-upscale a picture is never enlarged, so it has no bucket; remove it, "
+                        f"enlarge it, or leave out --bucket-no-upscale")
+    if not center_crop:
+        return bucket, area
+    left, top, right, bottom = area
+    x, y = (right - left) / scaled_w, (bottom - top) / scaled_h  # (decoded pixels per scaled pixel)
+    off_x, off_y = (scaled_w - bucket[0]) // 2, (scaled_h - bucket[1]) // 2
+    return bucket, (left + off_x * x, top + off_y * y, left + (off_x + bucket[0]) * x, top + (off_y + bucket[1]) * y)
 
 
 def latent_weights(pictures: list, size: tuple[int, int], folder) -> torch.Tensor:

@@ -298,8 +298,10 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
      "textinv skips no pictures by size from the command line (pick the --images you train on); a --dataset-config "
      "file's skip_image_resolution, in [general] or a [[datasets]], leaves out its pictures of at most that area, as "
      "kohya's does"),
-    ("bucket_reso_steps bucket_no_upscale", _K, "train", None, "textinv's buckets (--buckets) span half to twice "
-                                                               "--resolution; no other setting"),
+    ("bucket_reso_steps", _K, "train", None, "textinv's buckets (--buckets) step by the model's down-sampling, 64 "
+                                             "pixels (SDXL: 32); no other setting"),
+    ("bucket_no_upscale", _K, "train", "--bucket-no-upscale", "with --buckets: textinv refuses it alone, which kohya "
+                                                               "ignores"),
     ("resize_interpolation", _K, "train", None, "textinv resizes with Lanczos when shrinking, bicubic when "
                                                 "enlarging; no setting"),
     ("dataset_class in_json dataset_repeats", _K, "train", None,

@@ -162,6 +162,7 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "resolution": (DATASET_KEY, "resolution", _resolution),
     "batch_size": (DATASET_KEY, "batch", _whole(1)),
     "enable_bucket": (DATASET_KEY, "buckets", _bool),
+    "bucket_no_upscale": (DATASET_KEY, "bucket_no_upscale", _bool),
     "flip_aug": (SUBSET_KEY, "flip", _bool),
     "random_crop": (SUBSET_KEY, "random_crop", _bool),
     "shuffle_caption": (SUBSET_KEY, "shuffle_tags", _bool),
@@ -201,8 +202,6 @@ AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
     "color_aug": (SUBSET_KEY, (False,), "textinv has no colour augmentation: it encodes each picture once (kohya "
                                         "refuses color_aug with --cache_latents too); remove it"),
     "face_crop_aug_range": (SUBSET_KEY, (), "textinv has no face-crop augmentation; remove it"),
-    "bucket_no_upscale": (DATASET_KEY, (False,), "textinv scales every picture to its bucket, a small one up (with a "
-                                                 "warning); remove it, or use larger pictures"),
     "is_reg": (OWN_KEY, (False,), "textinv trains no regularisation pictures: a token learns only from captions that "
                                   "hold it, and kohya's textual inversion, which keeps them, trains them with the "
                                   "concept's captions when it uses its templates (--use_object_template) and spends "
@@ -461,7 +460,12 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
         changes[setting] = value
     resolution = changes.get("resolution", config.resolution)
     buckets = changes.get("buckets", config.buckets)
-    _check_buckets(read, resolution, buckets)
+    if changes.get("bucket_no_upscale") and not buckets:  # (kohya's buckets are off: it goes unread there)
+        warnings.warn(DatasetConfigWarning(f"{path}: bucket_no_upscale = true left unused: the buckets are off (no "
+                                           f"enable_bucket, nor --buckets), and kohya ignores it then too"),
+                      stacklevel=3)
+        del changes["bucket_no_upscale"]
+    _check_buckets(read, resolution, buckets, changes.get("bucket_no_upscale", config.bucket_no_upscale))
     _warn_ignored(read)
     subsets = [_subset(read, i, values, config.resume) for i, values in enumerate(read.subsets)]
     # a resume given the file again: its record agrees, but for where the folders are now (the run moved: its
@@ -538,9 +542,10 @@ def _subset(read: DatasetConfig, i: int, values: dict[str, tuple[Any, str]], res
     return subset
 
 
-def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool) -> None:
+def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool, no_upscale: bool = False) -> None:
     """Refuse bucket sizes that make other buckets than textinv's (`data.bucket_sizes`: sides from half to twice the
-    resolution, in the model's steps); without buckets kohya ignores them, and textinv with a warning. A value that
+    resolution, in the model's steps); without buckets kohya ignores them, and textinv with a warning, and so are
+    min_bucket_reso and max_bucket_reso with bucket_no_upscale (each picture's size makes its bucket). A value that
     does not bind is taken: at 512, kohya's GUI's max_bucket_reso = 2048 beside min_bucket_reso = 256 makes the
     buckets 1024 makes (no side of 256 or more pairs with more than 1024 in 512x512's area)."""
     given = {(key, place): value for dataset in read.datasets for key, (value, place) in dataset.items()
@@ -551,6 +556,13 @@ def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool) -
                                            f"enable_bucket, nor --buckets), and kohya ignores them then too"),
                       stacklevel=4)
         return
+    sizes = [(key, place) for key, place in given if key != "bucket_reso_steps"]
+    if no_upscale and sizes:
+        places = ", ".join(dict.fromkeys(f"{key} ({place})" for key, place in sizes))
+        warnings.warn(DatasetConfigWarning(f"{read.path}: {places} left unused: with bucket_no_upscale each "
+                                           f"picture's own size makes its bucket, and kohya ignores them then too"),
+                      stacklevel=4)
+        given = {(key, place): value for (key, place), value in given.items() if key == "bucket_reso_steps"}
     for (key, place), value in given.items():
         if key == "bucket_reso_steps" and value not in BUCKET_STEPS:
             raise ConfigError(f"{read.path}: {place}: bucket_reso_steps = {value}: textinv's buckets step by "
@@ -560,7 +572,7 @@ def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool) -
                               f"against: give resolution (e.g. 512 in [general]) or --resolution")
     for dataset in read.datasets:
         sizes = {key: dataset[key] for key in ("min_bucket_reso", "max_bucket_reso") if key in dataset}
-        if not sizes:
+        if not sizes or no_upscale:
             continue
         ours = {"min_bucket_reso": resolution / 2, "max_bucket_reso": 2 * resolution}
         if all(value == ours[key] for key, (value, _) in sizes.items()):

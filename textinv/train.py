@@ -1122,7 +1122,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         encoded are RANDOM_CROPS windows of each (`random_windows`), else each picture's centre."""
         pictures = load_training_images(listed.paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
                                         bucket_step=step_px, caption_extensions=listed.caption_extensions,
-                                        random_crop=crop_seed is not None)
+                                        random_crop=crop_seed is not None, no_upscale=config.bucket_no_upscale)
         encoded = random_windows(pictures, RANDOM_CROPS, crop_seed) if crop_seed is not None else pictures
         mean, std, pixel_weight = _encoded(model.vae, encoded, listed.where, config.alpha_mask, device)
         for p in pictures:  # (the windows are encoded: their pictures' covers are not needed any more)
