@@ -11,7 +11,7 @@ from textinv.config import TrainConfig
 from textinv.errors import ConfigError, DataError
 from textinv.models import load_model
 from textinv.train import TrainingInterrupted, train
-from textinv.validation import held_out
+from textinv.validation import held_out, held_out_by_subset
 
 
 def vectors(result):
@@ -249,3 +249,33 @@ def test_validation_pictures_take_the_subsets_caption_extension(tmp_path):
                                               validation_images=str(kept), model="no/such-model"))
     with pytest.raises(DataError, match=r"--validation-images \S+kept: the caption file \S+img0.cap is not UTF-8"):
         train(config, progress=False)
+
+
+def test_kohya_subsets_hold_out_each_its_own_share_as_kohya_counts_it():
+    """kohya's split_train_val runs on each subset alone: round(share x its pictures) of each, Python's rounding
+    (half to even), as textinv's; pooled, [3, 3] at 0.5 held out round(3.0) = 3, kohya 2 + 2; [5, 5] at 0.1 one,
+    kohya none. Each subset keeps one to train on, as kohya's ceil((1 - share) x n) does."""
+    assert len(held_out_by_subset([3, 3], 0.5, 0)) == 4 and len(held_out(6, 0.5, 0)) == 3
+    assert held_out_by_subset([5, 5], 0.1, 0) == [] and len(held_out(10, 0.1, 0)) == 1
+    assert len(held_out_by_subset([10, 4], 0.25, 0)) == 2 + 1  # (round(2.5) = 2, round(1.0) = 1)
+    out = held_out_by_subset([3, 2, 1], 0.6, 0)  # (round(1.8) = 2, round(1.2) = 1, round(0.6) = 1: all but one: 0)
+    assert len([k for k in out if k < 3]) == 2 and len([k for k in out if 3 <= k < 5]) == 1 and 5 not in out
+    assert held_out_by_subset([4, 4], 0.5, 3) == held_out_by_subset([4, 4], 0.5, 3)
+    assert len({tuple(held_out_by_subset([4, 4], 0.5, seed)) for seed in range(6)}) > 1  # (the seed chooses)
+
+
+def test_a_dataset_configs_split_is_kohyas_count_and_one_holding_out_none_is_refused(sd1_dir, tmp_path, capsys):
+    a, b = write_images(tmp_path / "a", n=3), write_images(tmp_path / "b", n=3, seed=1)
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[general]\nvalidation_split = 0.5\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{a}"\n'
+                       f'[[datasets.subsets]]\nimage_dir = "{b}"\n')
+    run = dict(dataset_config=str(dataset), token="<zq>", init="dog", steps=2, batch=2, save_every=0,
+               sample_every=0)
+    train(TrainConfig(out=str(tmp_path / "o"), **run), model=load_model(sd1_dir))
+    said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("held out for"))
+    assert said.count(", ") + 1 == 4  # (2 of each subset of 3; pooled, round(0.5 x 6) = 3)
+    dataset.write_text(dataset.read_text().replace("0.5", "0.1"))
+    with pytest.raises(ConfigError, match=r"--validation-split 0.1 holds out none of the kohya subsets .*'s "
+                                          r"pictures, counted as kohya counts them \(round\(0.1 x each subset's "
+                                          r"pictures, 3, 3\), .*give a share above 0.166667"):
+        train(TrainConfig(out=str(tmp_path / "p"), **run), model=load_model(sd1_dir))

@@ -378,7 +378,8 @@ class TrainConfig:
     sample_steps: int = opt(25, "denoising steps for sample grids")
     log_every: int = opt(10, "loss log interval in steps")
     validation_split: float = opt(0.0, "hold out this share of each concept's pictures from training (round(share x "
-                                       "pictures), at least one, leaving one to train on) and score the validation "
+                                       "pictures), at least one, leaving one to train on; of kohya subsets, each's "
+                                       "own share, as kohya counts it) and score the validation "
                                        "loss on them (kohya's --validation_split); 0: none held out, and the "
                                        "validation loss, when --validate-every asks for it, is the training "
                                        "pictures'")

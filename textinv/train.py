@@ -65,7 +65,7 @@ from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
                      init_vectors, scratch_tokens, split_words, token_names)
 from .tracking import LOGS_DIR, RunTracker, run_name, tracker_names
-from .validation import FixedDraws, fixed_draws, split_pictures, validation_loss
+from .validation import FixedDraws, fixed_draws, split_pictures, subset_sizes, validation_loss
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the vectors at the last finished step were saved before stopping."""
@@ -1738,7 +1738,18 @@ def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], s
             raise ConfigError(f"--validation-split {config.validation_split:g}: {pictures.where} holds one picture "
                               f"({spec['token']}'s), and training needs it; add pictures, or leave out "
                               f"--validation-split (--validate-every N scores the training pictures instead)")
-    split = [split_pictures(p, config.validation_split, concept_seed(seed, k)) for k, p in enumerate(found)]
+    # (kohya's subsets: each holds out its own share, as kohya counts it)
+    split = [split_pictures(p, config.validation_split, concept_seed(seed, k), by_subset=bool(config.subsets))
+             for k, p in enumerate(found)]
+    for spec, pictures, (_, held) in zip(specs, found, split):
+        if not held.paths:
+            sizes = subset_sizes(pictures)
+            fix = (f"give a share above {0.5 / max(sizes):g}" if max(sizes) > 1 else
+                   "each subset's one picture is trained on: add pictures")
+            raise ConfigError(f"--validation-split {config.validation_split:g} holds out none of {pictures.where}'s "
+                              f"pictures, counted as kohya counts them (round({config.validation_split:g} x each "
+                              f"subset's pictures, {', '.join(map(str, sizes))}), leaving one of each to train on); "
+                              f"{fix}, or leave out --validation-split (validation_split)")
     if say:
         for spec, (_, held) in zip(specs, split):
             mine = f"{spec['token']}: " if len(specs) > 1 else ""

@@ -15,6 +15,8 @@ noise), which would make it a draw again.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +38,37 @@ def held_out(count: int, share: float, seed: int) -> list[int]:
     return sorted(order[:keep].tolist())
 
 
-def split_pictures(pictures: PictureSet, share: float, seed: int) -> tuple[PictureSet, PictureSet]:
-    """`pictures` as (the ones trained on, the ones held out: `held_out`), each in its own order."""
-    out = held_out(len(pictures.paths), share, seed)
-    kept = [k for k in range(len(pictures.paths)) if k not in out]
+def held_out_by_subset(sizes: Sequence[int], share: float, seed: int) -> list[int]:
+    """Which pictures of kohya subsets of `sizes` pictures each, laid end to end, a share `share` holds out, counted
+    as kohya counts them (its `split_train_val` runs on each subset alone): round(share x a subset's pictures) of
+    each, none where that rounds to 0; at most all but one of it, as kohya trains ceil((1 - share) x its pictures)
+    (and a picture it holds out too, where the two counts overlap: textinv never trains one it holds out).
+
+    >>> held_out_by_subset([5, 5], 0.1, 0), len(held_out_by_subset([3, 3], 0.5, 0))  # (round(0.5) = 0, round(1.5) = 2)
+    ([], 4)
+    """
+    g = torch.Generator().manual_seed(seed)
+    out, start = [], 0
+    for n in sizes:
+        keep = min(n - 1, round(share * n))
+        out += sorted((start + torch.randperm(n, generator=g)[:keep]).tolist())
+        start += n
+    return out
+
+
+def subset_sizes(pictures: PictureSet) -> list[int]:
+    """How many pictures each kohya subset of `pictures` holds, in order (their names start with the subset's
+    number: "2/a.png")."""
+    return list(Counter(name.split("/", 1)[0] for name in pictures.names).values())
+
+
+def split_pictures(pictures: PictureSet, share: float, seed: int, by_subset: bool = False
+                   ) -> tuple[PictureSet, PictureSet]:
+    """`pictures` as (the ones trained on, the ones held out: `held_out`, or with `by_subset`, kohya subsets'
+    pictures, `held_out_by_subset`), each in its own order."""
+    count = len(pictures.paths)
+    out = held_out_by_subset(subset_sizes(pictures), share, seed) if by_subset else held_out(count, share, seed)
+    kept = [k for k in range(count) if k not in out]
     return pictures.picked(kept), pictures.picked(out)
 
 
