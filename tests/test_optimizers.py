@@ -1,6 +1,7 @@
 """--optimizer, --optimizer-args and the schedules kohya's configs name: the default run as it always was, each
 optimizer's run resumed exactly, kohya's names and arguments taken, and what cannot work refused before any step."""
 
+import importlib.util
 import sys
 import types
 import warnings
@@ -23,6 +24,10 @@ from conftest import train_config
 config = train_config  # (a short run's settings, `kw` over them)
 
 
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def vectors(result):
     return result.embedding.vectors["text_encoder"]
 
@@ -36,7 +41,7 @@ def test_the_default_run_is_todays_adamw_bit_for_bit(sd1_dir, images, tmp_path, 
         eight_bit = train(config(images, tmp_path / "b", optimizer="AdamW8bit"), model=load_model(sd1_dir),
                           progress=False)
     built = []
-    monkeypatch.setattr(train_module, "make_optimizer", lambda name, params, lr, weight_decay, args: built.append(
+    monkeypatch.setattr(train_module, "make_optimizer", lambda name, params, lr, weight_decay, args, **_: built.append(
         name) or torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))  # (the line train had)
     before = train(config(images, tmp_path / "c"), model=load_model(sd1_dir), progress=False)
     assert built == ["adamw"]
@@ -51,11 +56,14 @@ def test_the_default_run_is_todays_adamw_bit_for_bit(sd1_dir, images, tmp_path, 
 @pytest.mark.parametrize("optimizer, schedule", [
     ("adafactor", dict(lr_schedule="cosine_with_restarts", lr_cycles=2, warmup_steps=1)),
     ("SGDNesterov", dict(lr_schedule="polynomial", lr_power=2.0)),
+    pytest.param("AdamWScheduleFree", dict(lr_schedule="constant_with_warmup", warmup_steps=2, save_every=2),
+                 marks=pytest.mark.skipif(not _has("schedulefree"), reason="needs schedulefree")),
 ])
 def test_each_optimizer_resumes_to_the_uninterrupted_run_bit_for_bit(optimizer, schedule, sd1_dir, images, tmp_path,
                                                                       monkeypatch):
-    """The optimizer's state (Adafactor's factored moments and step count, SGD's momentum) and kohya's schedules are
-    in each checkpoint: a run stopped (Ctrl-C) after step 4 and resumed ends where the uninterrupted one does."""
+    """The optimizer's state (Adafactor's factored moments and step count, SGD's momentum, the schedule-free
+    iterate z and step count beside the point y it steps from) and kohya's schedules are in each checkpoint: a run
+    stopped (Ctrl-C) after step 4 and resumed ends where the uninterrupted one does."""
     from conftest import interrupt_loss_at
 
     settings = dict(steps=8, optimizer=optimizer, **schedule)
@@ -323,3 +331,112 @@ def test_optimizer_args_are_recorded_one_way_so_a_resume_with_another_spelling_g
     first = config(images, tmp_path / "a", optimizer_args=["betas=0.9,0.99"]).validate()
     second = config(images, tmp_path / "a", optimizer_args=["betas=0.9, 0.99"]).validate()
     assert first.optimizer_args == second.optimizer_args == ["betas=(0.9, 0.99)"]
+
+
+# --- schedule-free (Defazio et al. 2024) -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kohya, ours, cls", [("AdamWScheduleFree", "adamw-schedulefree", "AdamWScheduleFree"),
+                                              ("SGDScheduleFree", "sgd-schedulefree", "SGDScheduleFree"),
+                                              ("RAdamScheduleFree", "radam-schedulefree", "RAdamScheduleFree")])
+def test_kohyas_schedule_free_names_build_the_packages_optimizers_in_training_mode(kohya, ours, cls, images,
+                                                                                 tmp_path):
+    schedulefree = pytest.importorskip("schedulefree")
+    warm = dict(lr_schedule="constant_with_warmup", warmup_steps=3) if ours != "radam-schedulefree" else {}
+    args = ["momentum=0.8"] if ours == "sgd-schedulefree" else ["betas=0.95,0.99"]
+    checked = config(images, tmp_path / "o", optimizer=kohya, optimizer_args=args, **warm).validate()
+    assert checked.optimizer == ours
+    p = torch.zeros(2, 4, requires_grad=True)
+    built = make_optimizer(ours, [p], 0.01, 0.02, checked.optimizer_args, warmup_steps=checked.warmup_steps)
+    assert type(built) is getattr(schedulefree, cls)
+    group = built.param_groups[0]
+    assert group["train_mode"] and (group["lr"], group["weight_decay"]) == (0.01, 0.02)  # (it steps as it is)
+    assert group.get("warmup_steps", 0) == warm.get("warmup_steps", 0)
+    assert group.get("momentum", group.get("betas")) == (0.8 if ours == "sgd-schedulefree" else (0.95, 0.99))
+
+
+@pytest.mark.parametrize("settings, said", [
+    (dict(lr_schedule="cosine"), r"--optimizer adamw-schedulefree with --lr-schedule cosine: a schedule-free "
+                                 r"optimizer needs no rate schedule .* leave --lr-schedule constant"),
+    (dict(lr_steps="0.05:2, 0.01", lr=TrainConfig.lr), r"with --lr-steps: a schedule-free optimizer needs no rate"),
+    (dict(optimizer_args=["warmup_steps=10"]), r"warmup_steps=\.\.\.: give it as --warmup-steps"),
+    (dict(optimizer="RAdamScheduleFree", lr_schedule="constant_with_warmup", warmup_steps=5),
+     r"radam-schedulefree with --warmup-steps: RAdam's rectification is its warm-up"),
+])
+def test_a_schedule_for_a_schedule_free_optimizer_is_refused_naming_the_fix(settings, said, tmp_path):
+    pytest.importorskip("schedulefree")
+    with pytest.raises(ConfigError, match=said):
+        config(tmp_path / "nowhere", tmp_path / "o", **{"optimizer": "adamw-schedulefree", **settings}).validate()
+
+
+def test_schedule_free_is_refused_without_its_package_naming_the_pip_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "schedulefree", None)
+    with pytest.raises(ConfigError, match=r"--optimizer sgd-schedulefree needs the schedulefree package .*: pip "
+                                          r"install schedulefree"):
+        config(tmp_path / "nowhere", tmp_path / "o", optimizer="SGDScheduleFree").validate()
+
+
+def _average(path, schedulefree):
+    """The schedule-free average x of a checkpoint: its vectors (the point y it steps from) moved by the package's
+    own eval()."""
+    state = torch.load(path, weights_only=False)
+    y = [v.clone().requires_grad_(True) for v in state["vectors"]]
+    optimizer = schedulefree.AdamWScheduleFree(y, lr=1.0)
+    optimizer.load_state_dict(state["optimizer"])
+    optimizer.eval()
+    return [v.detach() for v in y]
+
+
+def test_schedule_free_saves_samples_and_scores_its_average_and_trains_only_the_new_rows(sd1_dir, images, tmp_path,
+                                                                                         monkeypatch):
+    """The files, the grids and the validation loss see the optimizer's average x (its eval mode), the checkpoint
+    the point y it steps from (to go on exactly); the token's rows move and no other row of the table does."""
+    schedulefree = pytest.importorskip("schedulefree")
+    from textinv.formats import load_embedding
+
+    seen = []
+
+    def grid(model, *a, **k):  # (what the sampler would draw with: the row the prompt's token reads)
+        seen.append(("grid", learned_rows()))
+        return real_grid(model, *a, **k)
+
+    def scored(*a, **k):  # (what the validation loss is of)
+        seen.append(("loss", learned_rows()))
+        return real_loss(*a, **k)
+
+    def learned_rows():
+        return model.encoders[0][2].get_input_embeddings().vectors.detach().clone()
+
+    real_grid, real_loss = train_module.sample_grid, train_module.validation_loss
+    monkeypatch.setattr(train_module, "sample_grid", grid)
+    monkeypatch.setattr(train_module, "validation_loss", scored)
+    model = load_model(sd1_dir)
+    table = model.encoders[0][2].get_input_embeddings().weight.detach().clone()
+    out = tmp_path / "o"
+    result = train(config(images, out, steps=4, save_every=2, sample_every=2, sample_steps=1, step_embeddings=True,
+                          validation_split=0.25, validate_every=2, optimizer="adamw-schedulefree",
+                          lr_schedule="constant_with_warmup", warmup_steps=2), model=model, progress=False)
+    at_2 = load_embedding(next((out / "embeddings").glob("*2.*"))).vectors["text_encoder"]
+    average = _average(out / "checkpoints" / "step-000002.pt", schedulefree)[0]
+    y = torch.load(out / "checkpoints" / "step-000002.pt", weights_only=False)["vectors"][0]
+    assert torch.equal(at_2, average[-1:]) and not torch.equal(at_2, y[-1:])
+    # (steps 0, 2 and 4: each scored, then drawn)
+    assert [what for what, _ in seen] == ["loss", "grid"] * 3
+    assert torch.equal(seen[2][1], average) and torch.equal(seen[3][1], average)
+    final = _average(out / "checkpoints" / "step-000004.pt", schedulefree)[0]
+    assert torch.equal(vectors(result), final[-1:])
+    assert torch.equal(seen[4][1], final) and torch.equal(seen[5][1], final)
+    assert not torch.equal(vectors(result), seen[0][1][-1:])  # (learned)
+    after = model.encoders[0][2].get_input_embeddings().weight.detach()
+    assert torch.equal(after[:len(table)], table)  # (every other row as it was)
+
+
+def test_a_schedule_free_run_that_saves_and_scores_goes_on_as_one_that_does_not(sd1_dir, images, tmp_path):
+    """Saving, sampling or scoring moves the vectors to the average and back: bit for bit back (the package's
+    train() alone would be off by a rounding), so a run that saves every step ends where one that never saves does."""
+    pytest.importorskip("schedulefree")
+    settings = dict(steps=6, optimizer="adamw-schedulefree", validation_split=0.25)  # (the same pictures trained)
+    quiet = train(config(images, tmp_path / "a", validate_every=6, **settings), model=load_model(sd1_dir),
+                  progress=False)
+    busy = train(config(images, tmp_path / "b", save_every=1, validate_every=1, **settings), model=load_model(sd1_dir),
+                 progress=False)
+    assert torch.equal(vectors(quiet), vectors(busy)) and quiet.losses == busy.losses

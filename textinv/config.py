@@ -29,7 +29,7 @@ from .emphasis import MODES as EMPHASIS
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint
 from .io import read_text
-from .optimizers import OPTIMIZERS, canonical_optimizer_args, check_optimizer, memory_saver_note
+from .optimizers import OPTIMIZERS, canonical_optimizer_args, check_optimizer, check_schedule, memory_saver_note
 from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
 from .samplers import SAMPLERS, check_installed
@@ -271,8 +271,10 @@ class TrainConfig:
     warmup_steps: int = opt(0, "linear lr warm-up steps")
     optimizer: str = opt("adamw", "the optimizer of the new vectors: adamw (the paper's), lion (needs pip install "
                                   "lion-pytorch), prodigy (needs pip install prodigyopt; give --lr 1.0), adafactor, "
-                                  "sgd (Nesterov momentum 0.9); kohya's names (AdamW8bit, Lion, Prodigy, AdaFactor, "
-                                  "SGDNesterov) are taken as these, its 8-bit and paged ones as the fp32 optimizer",
+                                  "sgd (Nesterov momentum 0.9), adamw-schedulefree, sgd-schedulefree, "
+                                  "radam-schedulefree (need pip install schedulefree; no --lr-schedule); kohya's names "
+                                  "(AdamW8bit, Lion, Prodigy, AdaFactor, SGDNesterov, AdamWScheduleFree, ...) are "
+                                  "taken as these, its 8-bit and paged ones as the fp32 optimizer",
                           choices=OPTIMIZERS, spellings=OPTIMIZER_SPELLINGS, notes=memory_saver_note)
     optimizer_args: list = opt([], "the optimizer's own arguments, KEY=VALUE each, the value as Python reads it "
                                    "(kohya's --optimizer_args), e.g. betas=0.9,0.99 eps=1e-6, or d_coef=2 for "
@@ -569,6 +571,7 @@ class TrainConfig:
             raise ConfigError(f"--reference-like does what the diffusers example does, for benchmarks against it, and "
                               f"its optimizer is AdamW with PyTorch's settings: leave out --optimizer "
                               f"{self.optimizer} and --optimizer-args with --reference-like")
+        check_schedule(self.optimizer, self.lr_schedule, self.warmup_steps, self.lr_steps)
         check_optimizer(self.optimizer, self.optimizer_args, self.lr, self.weight_decay, concepts)
         # one spelling for each value (a resume compares the recorded settings: betas=0.9,0.99 is betas=0.9, 0.99)
         self.optimizer_args = canonical_optimizer_args(self.optimizer_args)

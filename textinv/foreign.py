@@ -180,9 +180,10 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                        "else after the token"),
     ("cache_latents cache_latents_to_disk", _K, "train", None, "not needed: textinv encodes each picture once and "
                                                                "keeps its latent distribution"),
-    ("optimizer_type", _K, "train", "--optimizer", "adamw (the default), lion, prodigy, adafactor or sgd, on the new "
-                                                   "vectors only; its names are taken (AdamW, Lion, Prodigy, "
-                                                   "AdaFactor, SGDNesterov), AdamW8bit, PagedAdamW8bit and "
+    ("optimizer_type", _K, "train", "--optimizer", "adamw (the default), lion, prodigy, adafactor, sgd or the "
+                                                   "schedule-free ones, on the new vectors only; its names are taken "
+                                                   "(AdamW, Lion, Prodigy, AdaFactor, SGDNesterov, AdamWScheduleFree, "
+                                                   "SGDScheduleFree, RAdamScheduleFree), AdamW8bit, PagedAdamW8bit and "
                                                    "PagedAdamW as adamw in fp32 (a few thousand numbers need no "
                                                    "8-bit state); no DAdaptation optimizers"),
     ("use_lion_optimizer", _K, "train", "--optimizer", "--optimizer lion (pip install lion-pytorch)"),

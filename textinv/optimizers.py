@@ -3,7 +3,8 @@
 AdamW (Loshchilov & Hutter 2019) is the paper's and the diffusers script's, and the default. The others are the ones
 kohya's sd-scripts configs most often name (its --optimizer_type), each the package kohya's scripts use: Lion
 (Chen et al. 2023, `lion-pytorch`), Prodigy (Mishchenko & Defazio 2024, `prodigyopt`), Adafactor (Shazeer & Stern
-2018, transformers') and SGD with Nesterov momentum (torch's, kohya's SGDNesterov). kohya's 8-bit and paged AdamW
+2018, transformers'), SGD with Nesterov momentum (torch's, kohya's SGDNesterov) and the schedule-free AdamW, SGD and
+RAdam (Defazio et al. 2024, "The Road Less Scheduled", `schedulefree`). kohya's 8-bit and paged AdamW
 (bitsandbytes) save memory on billions of weights; the new vectors are a few thousand numbers, so they are taken as
 the AdamW in fp32 that they approximate.
 
@@ -13,11 +14,16 @@ ones it does. Everything is checked by building the optimizer over a stand-in te
 
     >>> parse_optimizer_args(["betas=0.9,0.99", "d_coef=2", "relative_step=False"])
     {'betas': (0.9, 0.99), 'd_coef': 2, 'relative_step': False}
+
+A schedule-free optimizer steps at a point y between its running average x and its SGD-like iterate z, and x is the
+result: what is saved, sampled and scored (`evaluating`). It needs no rate schedule (the average takes its place) and
+warms up by itself (`warmup_steps`, from --warmup-steps).
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import inspect
 
@@ -25,12 +31,14 @@ import torch
 
 from .errors import ConfigError
 
-OPTIMIZERS = ("adamw", "lion", "prodigy", "adafactor", "sgd")
+SCHEDULE_FREE = ("adamw-schedulefree", "sgd-schedulefree", "radam-schedulefree")
+OPTIMIZERS = ("adamw", "lion", "prodigy", "adafactor", "sgd", *SCHEDULE_FREE)
 
 # what --optimizer takes for each: kohya's names (its --optimizer_type, matched without case) and textinv's own
 _MEMORY_SAVERS = ("adamw8bit", "pagedadamw8bit", "pagedadamw", "lion8bit", "pagedlion8bit")
 SPELLINGS = {**{name: name for name in OPTIMIZERS}, "adamw8bit": "adamw", "pagedadamw8bit": "adamw",
-             "pagedadamw": "adamw", "lion8bit": "lion", "pagedlion8bit": "lion", "sgdnesterov": "sgd"}
+             "pagedadamw": "adamw", "lion8bit": "lion", "pagedlion8bit": "lion", "sgdnesterov": "sgd",
+             **{name.replace("-", ""): name for name in SCHEDULE_FREE}}
 
 
 def memory_saver_note(name: str) -> str | None:
@@ -51,6 +59,9 @@ _CLASSES = {
     "prodigy": ("prodigyopt", "Prodigy", "prodigyopt"),
     "adafactor": ("transformers.optimization", "Adafactor", None),
     "sgd": ("torch.optim", "SGD", None),
+    "adamw-schedulefree": ("schedulefree", "AdamWScheduleFree", "schedulefree"),
+    "sgd-schedulefree": ("schedulefree", "SGDScheduleFree", "schedulefree"),
+    "radam-schedulefree": ("schedulefree", "RAdamScheduleFree", "schedulefree"),
 }
 # what textinv gives besides lr and weight_decay, unless --optimizer-args says otherwise: kohya's SGDNesterov (momentum
 # 0.9 unless given); Adafactor at the rate of --lr and its schedule, as kohya's usual AdaFactor args set it
@@ -62,7 +73,12 @@ _OWN = ("params", "lr", "weight_decay")
 # update clipping and relative scale, and Prodigy's one step size d for all weights, mix every row of the shared tensor
 _ROWS_SHARED = {"adafactor": "Adafactor's second moment is factored over the rows and columns of the tensor all "
                              "concepts' vectors share (and its update clipped by that tensor's RMS)",
-                "prodigy": "Prodigy estimates one step size from all the vectors at once"}
+                "prodigy": "Prodigy estimates one step size from all the vectors at once",
+                # (each row's own step otherwise, but a step one concept skips alone in fp16 still counts in the
+                # tensor's step count, which weighs the average: the concept's rows would then be averaged as no
+                # run of its own averages them)
+                **{name: "the schedule-free average weighs each step by the step count of the tensor all concepts' "
+                         "vectors share" for name in SCHEDULE_FREE}}
 
 
 def optimizer_class(name: str):
@@ -116,6 +132,9 @@ def optimizer_arguments(name: str, items: list[str]) -> dict:
                    "weight_decay": "give it as --weight-decay, textinv's setting for every optimizer",
                    "params": "textinv gives the new vectors"}[key]
             raise ConfigError(f"--optimizer-args {key}=...: {fix}")
+        if key == "warmup_steps" and name in SCHEDULE_FREE:
+            raise ConfigError(f"--optimizer-args warmup_steps=...: give it as --warmup-steps (with --lr-schedule "
+                              f"constant_with_warmup), which --optimizer {name} takes as its own warm-up")
         if key not in taken:
             own = ", ".join(p for p in taken if p not in _OWN and not p.startswith("_"))
             raise ConfigError(f"--optimizer-args {key}=...: {module}.{cls_name} (--optimizer {name}) "
@@ -129,21 +148,72 @@ def optimizer_arguments(name: str, items: list[str]) -> dict:
 
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float,
-                   items: list[str] = ()) -> torch.optim.Optimizer:
+                   items: list[str] = (), warmup_steps: int = 0) -> torch.optim.Optimizer:
     """--optimizer `name` over `params` at rate `lr`, with `weight_decay` (each optimizer's own kind: decoupled
     for AdamW, Lion, Prodigy and Adafactor, an L2 term for SGD) and --optimizer-args `items`. The default, adamw
-    with no args, is `torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)`, as it always was.
+    with no args, is `torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)`, as it always was. A
+    schedule-free one warms up over `warmup_steps` itself, and is returned in training mode (kohya's scripts set it
+    so before the first step; its step refuses to run otherwise).
 
     >>> make_optimizer("sgd", [torch.zeros(2, 4, requires_grad=True)], 0.1, 0.0).defaults["nesterov"]
     True
     """
     cls = optimizer_class(name)
     kwargs = optimizer_arguments(name, list(items))
+    if warmup_steps:  # (refused before, for any other optimizer: `check_schedule`)
+        kwargs["warmup_steps"] = warmup_steps
     try:
-        return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
+        optimizer = cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
     except (TypeError, ValueError) as e:  # (a value the optimizer refuses: betas=2, momentum=0 with nesterov)
         raise ConfigError(f"--optimizer {name} with --optimizer-args {' '.join(items) or '(none)'}: "
                           f"{cls.__name__} says: {e}") from None
+    if name in SCHEDULE_FREE:
+        optimizer.train()
+    return optimizer
+
+
+@contextlib.contextmanager
+def evaluating(optimizer: torch.optim.Optimizer):
+    """Inside, the parameters of a schedule-free `optimizer` hold its average x, the weights to save, sample and
+    score (its `eval()`); after, exactly the point it steps from again. (Its `train()` would move them back by the
+    inverse interpolation, off by a rounding each time: a run that saves would then differ from one that does not.)
+    Any other optimizer's parameters are left as they are.
+
+    >>> p = torch.zeros(3, requires_grad=True)
+    >>> with evaluating(torch.optim.SGD([p], lr=0.1)):
+    ...     p.tolist()
+    [0.0, 0.0, 0.0]
+    """
+    if "train_mode" not in optimizer.param_groups[0]:  # (schedulefree's optimizers mark their mode there)
+        yield
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    kept = [p.detach().clone() for p in params]
+    optimizer.eval()
+    try:
+        yield
+    finally:
+        optimizer.train()
+        with torch.no_grad():
+            for p, y in zip(params, kept):
+                p.copy_(y)
+
+
+def check_schedule(name: str, lr_schedule: str, warmup_steps: int, lr_steps: str | None) -> None:
+    """Refuse a rate schedule for a schedule-free optimizer, whose average takes the place of one (kohya's scripts
+    give it none, whatever --lr_scheduler says): only its own warm-up, which RAdam's has no need of."""
+    if name not in SCHEDULE_FREE:
+        return
+    if lr_steps is not None or lr_schedule not in ("constant", "constant_with_warmup"):
+        given = "--lr-steps" if lr_steps is not None else f"--lr-schedule {lr_schedule}"
+        raise ConfigError(f"--optimizer {name} with {given}: a schedule-free optimizer needs no rate schedule (its "
+                          f"running average takes the place of one, and kohya's scripts give it none); leave "
+                          f"--lr-schedule constant, or give constant_with_warmup with --warmup-steps N for its own "
+                          f"warm-up")
+    if warmup_steps and name == "radam-schedulefree":
+        raise ConfigError("--optimizer radam-schedulefree with --warmup-steps: RAdam's rectification is its "
+                          "warm-up, and RAdamScheduleFree takes no warmup_steps; leave out --warmup-steps, or use "
+                          "--optimizer adamw-schedulefree")
 
 
 def check_optimizer(name: str, items: list[str], lr: float, weight_decay: float, concepts: int) -> None:

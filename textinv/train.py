@@ -54,7 +54,7 @@ from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, m
                      release, smaller_side, step_bytes)
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, model_fingerprints,
                      pick_device, shareable_name, xl_time_ids)
-from .optimizers import make_optimizer
+from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder,
                          load_checkpoint, moved_places, name_changes, newest_checkpoint, prepare_output, run_lock,
@@ -1182,7 +1182,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             trained.append(e.base.weight)
         table_copies = [e.base.weight.detach().clone() for e in exts]
     # (--optimizer adamw, the default: torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay))
-    optimizer = make_optimizer(config.optimizer, trained, lr, config.weight_decay, config.optimizer_args)
+    # (a schedule-free one warms up itself, and runs at a constant rate: `optimizers.check_schedule`)
+    schedule_free = config.optimizer in SCHEDULE_FREE
+    optimizer = make_optimizer(config.optimizer, trained, lr, config.weight_decay, config.optimizer_args,
+                               warmup_steps=config.warmup_steps if schedule_free else 0)
     from diffusers.optimization import get_scheduler
 
     if stepped:  # A1111's: each rate until its step (the LambdaLR is rebuilt from the settings on resume)
@@ -1193,7 +1196,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     else:
         # (diffusers' schedules, kohya's too: each a LambdaLR of the step, so a resume rebuilds it from the settings
         # and `_rate_from_schedule` reads it; num_cycles and power shape only cosine_with_restarts and polynomial)
-        lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+        lr_schedule = get_scheduler("constant" if schedule_free else config.lr_schedule, optimizer,
+                                    num_warmup_steps=0 if schedule_free else config.warmup_steps,
                                     num_training_steps=config.steps, num_cycles=config.lr_cycles,
                                     power=config.lr_power)
 
@@ -1275,15 +1279,17 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         if not is_main:
             return []
         date = modelspec.now()  # (one for the step's files too: they are the same bytes as the main file's)
-        files = [f for c in concepts for f in _write_embedding(embedding_of(c, at_step, vectors), embedding_path(c),
-                                                                 file_format, date)]
-        # (not for the last good vectors a non-finite loss falls back to: they are an earlier step's)
-        if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0 \
-                and vectors is None:
-            for c in concepts:  # (the step's files are the same bytes as the main file's at that step)
-                _write_embedding(embedding_of(c, at_step),
-                                 c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step), file_format,
-                                 date)
+        # (the files hold a schedule-free optimizer's average; the checkpoint the point it steps from, to go on)
+        with evaluating(optimizer):
+            files = [f for c in concepts for f in _write_embedding(embedding_of(c, at_step, vectors),
+                                                                     embedding_path(c), file_format, date)]
+            # (not for the last good vectors a non-finite loss falls back to: they are an earlier step's)
+            if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0 \
+                    and vectors is None:
+                for c in concepts:  # (the step's files are the same bytes as the main file's at that step)
+                    _write_embedding(embedding_of(c, at_step),
+                                     c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step),
+                                     file_format, date)
         if checkpoint:
             save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
                              config, (interval_loss.tolist(), interval_steps),
@@ -1330,7 +1336,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             where.at_once, where.drawn_at = pictures, (width, height)
         # with the UNet uncompiled: compiled for the training step, it would compile again for the sampler's calls
         # (no gradient, another batch): minutes for a whole UNet, and CUDA graphs of their own, for a few pictures
-        with uncompiled(model.unet):
+        with uncompiled(model.unet), evaluating(optimizer):
             for c in concepts:
                 def own(p: str) -> str:  # (this concept's token, all its vectors)
                     return expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
@@ -1354,7 +1360,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         def loss_of(b: dict) -> torch.Tensor:
             return grouped_loss(model, scheduler, b["latents"], b["noise"], b["timesteps"], b["ids"],
                                 config.min_snr_gamma, b["cond_ids"], clip_skip, b["pixel_weight"], None, loss_options)
-        with uncompiled(model.unet):  # (as the grids: no compile for another batch, no gradient)
+        with uncompiled(model.unet), evaluating(optimizer):  # (as the grids: no compile, no gradient)
             losses = [validation_loss(c.validation, loss_of, config.batch) for c in concepts]
         means = torch.stack(losses).tolist()  # (K,)
         validated.append((at_step, sum(means)))
@@ -1375,7 +1381,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         return all(torch.isfinite(e.vectors).all() for e in exts)
 
     def snapshot() -> list[torch.Tensor]:
-        return [e.vectors.detach().clone() for e in exts]
+        with evaluating(optimizer):  # (what a file of these vectors holds)
+            return [e.vectors.detach().clone() for e in exts]
 
     last_good, last_good_step = snapshot(), step
 
@@ -1582,8 +1589,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         if validated:
             print(_lowest_validation(validated, step, lambda at: [
                 c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at) for c in concepts]))
-    return TrainResult(embedding=embedding_of(concepts[0], step), files=files, steps=step, losses=history,
-                       embeddings=[embedding_of(c, step) for c in concepts], validation=validated)
+    with evaluating(optimizer):
+        embeddings = [embedding_of(c, step) for c in concepts]
+    return TrainResult(embedding=embeddings[0], files=files, steps=step, losses=history, embeddings=embeddings,
+                       validation=validated)
 
 
 def _each(calls: list) -> None:
