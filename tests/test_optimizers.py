@@ -58,11 +58,15 @@ def test_the_default_run_is_todays_adamw_bit_for_bit(sd1_dir, images, tmp_path, 
     ("SGDNesterov", dict(lr_schedule="polynomial", lr_power=2.0)),
     pytest.param("AdamWScheduleFree", dict(lr_schedule="constant_with_warmup", warmup_steps=2, save_every=2),
                  marks=pytest.mark.skipif(not _has("schedulefree"), reason="needs schedulefree")),
+    pytest.param("DAdaptAdam", dict(lr_schedule="cosine"),
+                 marks=[pytest.mark.skipif(not _has("dadaptation"), reason="needs dadaptation"),
+                        pytest.mark.filterwarnings("ignore:--optimizer dadapt-adam estimates")]),
 ])
 def test_each_optimizer_resumes_to_the_uninterrupted_run_bit_for_bit(optimizer, schedule, sd1_dir, images, tmp_path,
                                                                       monkeypatch):
     """The optimizer's state (Adafactor's factored moments and step count, SGD's momentum, the schedule-free
-    iterate z and step count beside the point y it steps from) and kohya's schedules are in each checkpoint: a run
+    iterate z and step count beside the point y it steps from, D-Adaptation's estimate d and its sums) and kohya's
+    schedules are in each checkpoint: a run
     stopped (Ctrl-C) after step 4 and resumed ends where the uninterrupted one does."""
     from conftest import interrupt_loss_at
 
@@ -141,7 +145,7 @@ def test_kohyas_optimizer_args_are_read_as_kohya_reads_them():
     (dict(optimizer="sgd", optimizer_args=["momentum=0"]), r"--optimizer sgd with --optimizer-args momentum=0: SGD "
                                                            r"says: Nesterov momentum requires a momentum"),
     (dict(optimizer="adafactor", optimizer_args=["relative_step=True"]), r"Adafactor would then set its own rate"),
-    (dict(optimizer="DAdaptAdam"), r"--optimizer 'DAdaptAdam' is not one of: adamw, lion, prodigy, adafactor, sgd"),
+    (dict(optimizer="CAME"), r"--optimizer 'CAME' is not one of: adamw, lion, prodigy, adafactor, sgd"),
     (dict(optimizer="sgd", reference_like=True), r"--reference-like does what the diffusers example does, .* its "
                                                  r"optimizer is AdamW"),
     (dict(lr_cycles=2), r"--lr-cycles 2 shapes --lr-schedule cosine_with_restarts, and the schedule is constant"),
@@ -440,3 +444,66 @@ def test_a_schedule_free_run_that_saves_and_scores_goes_on_as_one_that_does_not(
     busy = train(config(images, tmp_path / "b", save_every=1, validate_every=1, **settings), model=load_model(sd1_dir),
                  progress=False)
     assert torch.equal(vectors(quiet), vectors(busy)) and quiet.losses == busy.losses
+
+
+# --- D-Adaptation (Defazio & Mishchenko 2023) ------------------------------------------------------------------------
+
+DADAPT_NAMES = [("DAdaptation", "dadapt-adam-preprint", "DAdaptAdamPreprint", ["decouple=True"]),
+                ("DAdaptAdamPreprint", "dadapt-adam-preprint", "DAdaptAdamPreprint", ["betas=0.9,0.99"]),
+                ("DAdaptAdaGrad", "dadapt-adagrad", "DAdaptAdaGrad", ["momentum=0.5"]),
+                ("DAdaptAdam", "dadapt-adam", "DAdaptAdam", ["decouple=True", "use_bias_correction=True"]),
+                ("DAdaptAdan", "dadapt-adan", "DAdaptAdan", ["betas=0.98,0.92,0.99", "no_prox=True"]),
+                ("DAdaptAdanIP", "dadapt-adan-ip", "DAdaptAdanIP", ["no_prox=True"]),
+                ("DAdaptLion", "dadapt-lion", "DAdaptLion", ["betas=0.95,0.98"]),
+                ("DAdaptSGD", "dadapt-sgd", "DAdaptSGD", ["momentum=0.9", "growth_rate=1.02"])]
+
+
+@pytest.mark.parametrize("kohya, ours, cls, args", DADAPT_NAMES)
+def test_kohyas_dadaptation_names_build_the_packages_optimizers_with_their_args(kohya, ours, cls, args, images,
+                                                                                tmp_path):
+    """Each of kohya's DAdapt names is the class kohya's scripts build (DAdaptation: the preprint's Adam), with
+    kohya's optimizer_args; run at --lr 1.0 (nothing said), they train the token's rows and no other."""
+    dadaptation = pytest.importorskip("dadaptation")
+    import dadaptation.experimental
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (at --lr 1.0, nothing to say)
+        checked = config(images, tmp_path / "o", optimizer=kohya, optimizer_args=args, lr=1.0).validate()
+    assert checked.optimizer == ours
+    p = torch.zeros(2, 4, requires_grad=True)
+    built = make_optimizer(ours, [p], 1.0, 0.02, checked.optimizer_args)
+    assert type(built) is (getattr(dadaptation, cls, None) or getattr(dadaptation.experimental, cls))
+    group = built.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (1.0, 0.02)
+    assert all(group[key] == value for key, value in parse_optimizer_args(args).items())
+
+
+@pytest.mark.parametrize("kohya", ["DAdaptAdam", "DAdaptLion", "DAdaptSGD"])
+def test_a_dadaptation_run_moves_the_tokens_rows_and_no_other(kohya, sd1_dir, images, tmp_path):
+    pytest.importorskip("dadaptation")
+    model = load_model(sd1_dir)
+    table = model.encoders[0][2].get_input_embeddings().weight.detach().clone()
+    init = table[model.encoders[0][1].convert_tokens_to_ids("dog")]
+    result = train(config(images, tmp_path / "o", steps=4, optimizer=kohya, lr=1.0), model=model, progress=False)
+    assert not torch.equal(vectors(result)[0], init) and torch.isfinite(vectors(result)).all()
+    after = model.encoders[0][2].get_input_embeddings().weight.detach()
+    assert torch.equal(after[:len(table)], table)
+
+
+def test_dadaptation_is_refused_without_its_package_at_another_rate_said_and_with_several_concepts(tmp_path,
+                                                                                                  monkeypatch):
+    pytest.importorskip("dadaptation")
+    with pytest.warns(UserWarning, match=r"--optimizer dadapt-lion estimates its own step size and is meant to run "
+                                         r"at --lr 1.0 .*; --lr 0.05 scales that estimate by 0.05"):
+        config(tmp_path / "nowhere", tmp_path / "o", optimizer="DAdaptLion", lr=0.05).validate()
+    with pytest.raises(ConfigError, match=r"--optimizer-args lr=\.\.\.: give it as --lr \(for prodigy and the dadapt "
+                                          r"ones, --lr 1.0"):
+        config(tmp_path / "nowhere", tmp_path / "o", optimizer="DAdaptAdam", optimizer_args=["lr=1.0"]).validate()
+    with pytest.raises(ConfigError, match=r"--optimizer dadapt-adam with several --concepts: D-Adaptation estimates "
+                                          r"one step size from all the vectors at once"):
+        TrainConfig(concepts=["a=<a>", "b=<b>"], out=str(tmp_path / "o"), optimizer="DAdaptAdam", lr=1.0).validate()
+    monkeypatch.setitem(sys.modules, "dadaptation", None)
+    monkeypatch.setitem(sys.modules, "dadaptation.experimental", None)
+    for name in ("DAdaptAdam", "DAdaptation"):
+        with pytest.raises(ConfigError, match=r"needs the dadaptation package .*: pip install dadaptation"):
+            config(tmp_path / "nowhere", tmp_path / "o", optimizer=name, lr=1.0).validate()

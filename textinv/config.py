@@ -29,7 +29,8 @@ from .emphasis import MODES as EMPHASIS
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint
 from .io import read_text
-from .optimizers import OPTIMIZERS, canonical_optimizer_args, check_optimizer, check_schedule, memory_saver_note
+from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, check_optimizer, check_schedule,
+                         memory_saver_note)
 from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
 from .samplers import SAMPLERS, check_installed
@@ -272,9 +273,12 @@ class TrainConfig:
     optimizer: str = opt("adamw", "the optimizer of the new vectors: adamw (the paper's), lion (needs pip install "
                                   "lion-pytorch), prodigy (needs pip install prodigyopt; give --lr 1.0), adafactor, "
                                   "sgd (Nesterov momentum 0.9), adamw-schedulefree, sgd-schedulefree, "
-                                  "radam-schedulefree (need pip install schedulefree; no --lr-schedule); kohya's names "
-                                  "(AdamW8bit, Lion, Prodigy, AdaFactor, SGDNesterov, AdamWScheduleFree, ...) are "
-                                  "taken as these, its 8-bit and paged ones as the fp32 optimizer",
+                                  "radam-schedulefree (need pip install schedulefree; no --lr-schedule), "
+                                  "dadapt-adam, dadapt-adam-preprint, dadapt-adagrad, dadapt-adan, dadapt-adan-ip, "
+                                  "dadapt-lion, dadapt-sgd (need pip install dadaptation; give --lr 1.0); kohya's "
+                                  "names (AdamW8bit, Lion, Prodigy, AdaFactor, SGDNesterov, AdamWScheduleFree, "
+                                  "DAdaptation, DAdaptAdam, ...) are taken as these, its 8-bit and paged ones as the "
+                                  "fp32 optimizer",
                           choices=OPTIMIZERS, spellings=OPTIMIZER_SPELLINGS, notes=memory_saver_note)
     optimizer_args: list = opt([], "the optimizer's own arguments, KEY=VALUE each, the value as Python reads it "
                                    "(kohya's --optimizer_args), e.g. betas=0.9,0.99 eps=1e-6, or d_coef=2 for "
@@ -575,10 +579,10 @@ class TrainConfig:
         check_optimizer(self.optimizer, self.optimizer_args, self.lr, self.weight_decay, concepts)
         # one spelling for each value (a resume compares the recorded settings: betas=0.9,0.99 is betas=0.9, 0.99)
         self.optimizer_args = canonical_optimizer_args(self.optimizer_args)
-        if self.optimizer == "prodigy" and self.lr_steps is None and self.lr != 1:
-            warnings.warn(f"--optimizer prodigy estimates its own step size and is meant to run at --lr 1.0 (as "
-                          f"kohya's Prodigy configs give it); --lr {self.lr:g} scales that estimate by {self.lr:g}",
-                          stacklevel=3)
+        if self.optimizer in OWN_STEP_SIZE and self.lr_steps is None and self.lr != 1:
+            warnings.warn(f"--optimizer {self.optimizer} estimates its own step size and is meant to run at --lr 1.0 "
+                          f"(as kohya's Prodigy and DAdaptation configs give it); --lr {self.lr:g} scales that "
+                          f"estimate by {self.lr:g}", stacklevel=3)
 
     def _check_validation(self) -> None:
         """--validation-split, --validate-every, --validation-seed and --validation-draws (whether each concept has

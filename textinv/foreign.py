@@ -180,12 +180,13 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                        "else after the token"),
     ("cache_latents cache_latents_to_disk", _K, "train", None, "not needed: textinv encodes each picture once and "
                                                                "keeps its latent distribution"),
-    ("optimizer_type", _K, "train", "--optimizer", "adamw (the default), lion, prodigy, adafactor, sgd or the "
-                                                   "schedule-free ones, on the new vectors only; its names are taken "
-                                                   "(AdamW, Lion, Prodigy, AdaFactor, SGDNesterov, AdamWScheduleFree, "
-                                                   "SGDScheduleFree, RAdamScheduleFree), AdamW8bit, PagedAdamW8bit and "
+    ("optimizer_type", _K, "train", "--optimizer", "adamw (the default), lion, prodigy, adafactor, sgd, the "
+                                                   "schedule-free and the D-Adaptation ones, on the new vectors only; "
+                                                   "its names are taken (AdamW, Lion, Prodigy, AdaFactor, SGDNesterov, "
+                                                   "AdamWScheduleFree, SGDScheduleFree, RAdamScheduleFree, "
+                                                   "DAdaptation, DAdaptAdam, ...), AdamW8bit, PagedAdamW8bit and "
                                                    "PagedAdamW as adamw in fp32 (a few thousand numbers need no "
-                                                   "8-bit state); no DAdaptation optimizers"),
+                                                   "8-bit state)"),
     ("use_lion_optimizer", _K, "train", "--optimizer", "--optimizer lion (pip install lion-pytorch)"),
     ("dataset_config", _K, "train", "--dataset-config", "the same file, for one --token: its subsets' folders, "
                                                         "repeats and caption extensions, and the settings textinv "

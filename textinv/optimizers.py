@@ -3,10 +3,11 @@
 AdamW (Loshchilov & Hutter 2019) is the paper's and the diffusers script's, and the default. The others are the ones
 kohya's sd-scripts configs most often name (its --optimizer_type), each the package kohya's scripts use: Lion
 (Chen et al. 2023, `lion-pytorch`), Prodigy (Mishchenko & Defazio 2024, `prodigyopt`), Adafactor (Shazeer & Stern
-2018, transformers'), SGD with Nesterov momentum (torch's, kohya's SGDNesterov) and the schedule-free AdamW, SGD and
-RAdam (Defazio et al. 2024, "The Road Less Scheduled", `schedulefree`). kohya's 8-bit and paged AdamW
-(bitsandbytes) save memory on billions of weights; the new vectors are a few thousand numbers, so they are taken as
-the AdamW in fp32 that they approximate.
+2018, transformers'), SGD with Nesterov momentum (torch's, kohya's SGDNesterov), the schedule-free AdamW, SGD and
+RAdam (Defazio et al. 2024, "The Road Less Scheduled", `schedulefree`) and D-Adaptation's Adam, AdaGrad, Adan, Lion
+and SGD (Defazio & Mishchenko 2023, `dadaptation`; kohya's DAdaptation is its DAdaptAdamPreprint). kohya's 8-bit and
+paged AdamW (bitsandbytes) save memory on billions of weights; the new vectors are a few thousand numbers, so they are
+taken as the AdamW in fp32 that they approximate.
 
 --optimizer-args holds kohya's optimizer_args, KEY=VALUE each, the value read as a Python literal as kohya reads it
 ("betas=0.9,0.99" is the tuple (0.9, 0.99)); a key the optimizer's constructor does not take is refused naming the
@@ -32,13 +33,21 @@ import torch
 from .errors import ConfigError
 
 SCHEDULE_FREE = ("adamw-schedulefree", "sgd-schedulefree", "radam-schedulefree")
-OPTIMIZERS = ("adamw", "lion", "prodigy", "adafactor", "sgd", *SCHEDULE_FREE)
+# D-Adaptation's, each textinv's name for kohya's (DAdaptation, kohya's first, is the Adam of the paper's preprint)
+DADAPT = {"dadapt-adam-preprint": ("dadaptation.experimental", "DAdaptAdamPreprint"),
+          "dadapt-adagrad": ("dadaptation", "DAdaptAdaGrad"), "dadapt-adam": ("dadaptation", "DAdaptAdam"),
+          "dadapt-adan": ("dadaptation", "DAdaptAdan"), "dadapt-adan-ip": ("dadaptation.experimental", "DAdaptAdanIP"),
+          "dadapt-lion": ("dadaptation", "DAdaptLion"), "dadapt-sgd": ("dadaptation", "DAdaptSGD")}
+OPTIMIZERS = ("adamw", "lion", "prodigy", "adafactor", "sgd", *SCHEDULE_FREE, *DADAPT)
+# the optimizers that estimate their own step size, meant to run at --lr 1.0 (which scales the estimate)
+OWN_STEP_SIZE = ("prodigy", *DADAPT)
 
 # what --optimizer takes for each: kohya's names (its --optimizer_type, matched without case) and textinv's own
 _MEMORY_SAVERS = ("adamw8bit", "pagedadamw8bit", "pagedadamw", "lion8bit", "pagedlion8bit")
 SPELLINGS = {**{name: name for name in OPTIMIZERS}, "adamw8bit": "adamw", "pagedadamw8bit": "adamw",
              "pagedadamw": "adamw", "lion8bit": "lion", "pagedlion8bit": "lion", "sgdnesterov": "sgd",
-             **{name.replace("-", ""): name for name in SCHEDULE_FREE}}
+             **{name.replace("-", ""): name for name in SCHEDULE_FREE},
+             **{cls.lower(): name for name, (_, cls) in DADAPT.items()}, "dadaptation": "dadapt-adam-preprint"}
 
 
 def memory_saver_note(name: str) -> str | None:
@@ -62,6 +71,7 @@ _CLASSES = {
     "adamw-schedulefree": ("schedulefree", "AdamWScheduleFree", "schedulefree"),
     "sgd-schedulefree": ("schedulefree", "SGDScheduleFree", "schedulefree"),
     "radam-schedulefree": ("schedulefree", "RAdamScheduleFree", "schedulefree"),
+    **{name: (module, cls, "dadaptation") for name, (module, cls) in DADAPT.items()},
 }
 # what textinv gives besides lr and weight_decay, unless --optimizer-args says otherwise: kohya's SGDNesterov (momentum
 # 0.9 unless given); Adafactor at the rate of --lr and its schedule, as kohya's usual AdaFactor args set it
@@ -78,7 +88,8 @@ _ROWS_SHARED = {"adafactor": "Adafactor's second moment is factored over the row
                 # tensor's step count, which weighs the average: the concept's rows would then be averaged as no
                 # run of its own averages them)
                 **{name: "the schedule-free average weighs each step by the step count of the tensor all concepts' "
-                         "vectors share" for name in SCHEDULE_FREE}}
+                         "vectors share" for name in SCHEDULE_FREE},
+                **{name: "D-Adaptation estimates one step size from all the vectors at once" for name in DADAPT}}
 
 
 def optimizer_class(name: str):
@@ -128,7 +139,7 @@ def optimizer_arguments(name: str, items: list[str]) -> dict:
     taken = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     for key in given:
         if key in _OWN:
-            fix = {"lr": "give it as --lr (for prodigy, --lr 1.0 as kohya's configs do)",
+            fix = {"lr": "give it as --lr (for prodigy and the dadapt ones, --lr 1.0 as kohya's configs do)",
                    "weight_decay": "give it as --weight-decay, textinv's setting for every optimizer",
                    "params": "textinv gives the new vectors"}[key]
             raise ConfigError(f"--optimizer-args {key}=...: {fix}")
@@ -150,7 +161,8 @@ def optimizer_arguments(name: str, items: list[str]) -> dict:
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float,
                    items: list[str] = (), warmup_steps: int = 0) -> torch.optim.Optimizer:
     """--optimizer `name` over `params` at rate `lr`, with `weight_decay` (each optimizer's own kind: decoupled
-    for AdamW, Lion, Prodigy and Adafactor, an L2 term for SGD) and --optimizer-args `items`. The default, adamw
+    for AdamW, Lion, Prodigy and Adafactor, an L2 term for SGD and for D-Adaptation's Adam unless decouple=True)
+    and --optimizer-args `items`. The default, adamw
     with no args, is `torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)`, as it always was. A
     schedule-free one warms up over `warmup_steps` itself, and is returned in training mode (kohya's scripts set it
     so before the first step; its step refuses to run otherwise).
