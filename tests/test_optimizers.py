@@ -58,6 +58,10 @@ def test_the_default_run_is_todays_adamw_bit_for_bit(sd1_dir, images, tmp_path, 
     ("SGDNesterov", dict(lr_schedule="polynomial", lr_power=2.0)),
     pytest.param("AdamWScheduleFree", dict(lr_schedule="constant_with_warmup", warmup_steps=2, save_every=2),
                  marks=pytest.mark.skipif(not _has("schedulefree"), reason="needs schedulefree")),
+    pytest.param("Lion", dict(lr_schedule="linear", lr=1e-3),
+                 marks=pytest.mark.skipif(not _has("lion_pytorch"), reason="needs lion-pytorch")),
+    pytest.param("Prodigy", dict(lr_schedule="constant", lr=1.0),
+                 marks=pytest.mark.skipif(not _has("prodigyopt"), reason="needs prodigyopt")),
     pytest.param("DAdaptAdam", dict(lr_schedule="cosine"),
                  marks=[pytest.mark.skipif(not _has("dadaptation"), reason="needs dadaptation"),
                         pytest.mark.filterwarnings("ignore:--optimizer dadapt-adam estimates")]),
@@ -65,8 +69,8 @@ def test_the_default_run_is_todays_adamw_bit_for_bit(sd1_dir, images, tmp_path, 
 def test_each_optimizer_resumes_to_the_uninterrupted_run_bit_for_bit(optimizer, schedule, sd1_dir, images, tmp_path,
                                                                       monkeypatch):
     """The optimizer's state (Adafactor's factored moments and step count, SGD's momentum, the schedule-free
-    iterate z and step count beside the point y it steps from, D-Adaptation's estimate d and its sums) and kohya's
-    schedules are in each checkpoint: a run
+    iterate z and step count beside the point y it steps from, D-Adaptation's and Prodigy's estimate d and its sums,
+    Lion's momentum) and kohya's schedules are in each checkpoint: a run
     stopped (Ctrl-C) after step 4 and resumed ends where the uninterrupted one does."""
     from conftest import interrupt_loss_at
 
