@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import struct
 import threading
@@ -1179,3 +1180,41 @@ def test_bucket_no_upscale_refuses_a_picture_under_one_step(tmp_path):
     with pytest.raises(DataError, match=r"thin.png is 6x40 pixels, a side under the 8-pixel step of the buckets: "
                                         r"with --bucket-no-upscale a picture is never enlarged"):
         load_training_images([tmp_path / "thin.png"], 64, bucket_step=8, no_upscale=True)
+
+
+def test_kohyas_separators_split_keep_and_join_tags_as_its_process_caption_does():
+    """kohya's caption_separator, keep_tokens_separator and secondary_separator (sd-scripts' `process_caption`):
+    tags split by the separator, the part before "|||" kept in front and the part after a second one at the end
+    (in place of --keep-tags), tags glued by ";;;" varied as one and then written with the separator; the varied
+    tags joined with ", ". Without variation the "|||" is taken out all the same, and ";;;" written as the
+    separator."""
+    rng = np.random.default_rng(0)
+    text = "{}, ink ||| cat;;;black, hat, red, sky ||| art, hd"
+    tags = data.TagVariation(shuffle=True, dropout=0.3, keep=3, keep_separator="|||", joiner=";;;")
+    varied = [tags.vary(text, rng).split(", ") for _ in range(300)]
+    assert all(v[:2] == ["{}", "ink"] and v[-2:] == ["art", "hd"] for v in varied)  # in front, and at the end
+    middles = [v[2:-2] for v in varied]
+    assert all(set(m) <= {"cat,black", "hat", "red", "sky"} for m in middles)  # glued: one tag, then ","
+    assert len({tuple(m) for m in middles}) > 20 and any(len(m) < 4 for m in middles)  # shuffled and dropped
+    assert data.TagVariation(keep_separator="|||", joiner=";;;").plain(text) == "{}, ink, cat,black, hat, red, sky, " \
+                                                                                "art, hd"
+    # another separator: the tags split by it (a comma inside a tag stays), joined with ", " as kohya joins them
+    semi = data.TagVariation(shuffle=True, keep=1, separator=";")
+    assert {semi.vary("{}; a, b; c", rng) for _ in range(50)} == {"{}, a, b, c", "{}, c, a, b"}
+    assert semi.plain("{}; a, b; c") == "{}; a, b; c"  # unvaried: as written, as kohya's
+    # one "|||": the part after it varies, and --keep-tags is not used
+    once = data.TagVariation(shuffle=True, keep=2, keep_separator="|||")
+    assert {once.vary("{}, a ||| c, d", rng) for _ in range(50)} == {"{}, a, c, d", "{}, a, d, c"}
+
+
+def test_a_sampler_trains_kohyas_separators_and_a_token_put_in_front_is_a_tag_of_its_own(tmp_path):
+    images = [image(tmp_path, "a", "{} ||| red; on grass ||| photo"), image(tmp_path, "b", "red; blue")]
+    tags = data.TagVariation(separator=";", keep_separator="|||", seed=0)
+    assert CaptionSampler(images[:1], OBJECT_TEMPLATES, "<t>", tags=tags).candidates(0) == \
+        ["<t>, red, on grass, photo"]  # no variation: "|||" taken out all the same, the tags joined as varied
+    varied = CaptionSampler(images[:1], OBJECT_TEMPLATES, "<t>", tags=dataclasses.replace(tags, shuffle=True))
+    assert {v for v in varied.candidates(0)} == {"<t>, red, on grass, photo", "<t>, on grass, red, photo"}
+    with pytest.warns(data.CaptionWithoutMarkerWarning):
+        unmarked = CaptionSampler(images[1:], OBJECT_TEMPLATES, "<t>",
+                                  tags=dataclasses.replace(tags, dropout=0.9, keep_separator=""))
+    assert "<t>" in {v for v in unmarked.candidates(0)}  # "red" left out too: the token is not glued to it

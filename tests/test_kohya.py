@@ -178,6 +178,45 @@ def test_caption_prefix_suffix_and_random_crop_train_as_the_flags_do(sd1_dir, tm
             '"masterpiece,"', "3"))), token="<t>", out="o"))
 
 
+def test_kohyas_separators_train_as_the_flags_do_and_a_resume_keeps_them(sd1_dir, tmp_path):
+    """caption_separator, keep_tokens_separator and secondary_separator are --tag-separator, --keep-tags-separator
+    and --tag-joiner: the file's run learns what the flags' run learns, not what a run without them learns;
+    config.yaml records them, and a resume given other ones is refused."""
+    a = write_images(tmp_path / "a", n=2, seed=1)
+    (a / "img0.txt").write_text("{}; ink ||| cat::black; hat; red ||| art")
+    (a / "img1.txt").write_text("{}; sitting; grass::green")
+    dataset = toml(tmp_path / "d.toml", f'[general]\nshuffle_caption = true\ncaption_separator = ";"\n'
+                                        f'keep_tokens_separator = "|||"\nsecondary_separator = "::"\n[[datasets]]\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{a}"\n')
+    common = dict(token="<kd>", init="dog", model=str(sd1_dir), steps=2, save_every=0, sample_every=0, lr=5e-2,
+                  resolution=16, shuffle_tags=True)
+    separators = dict(tag_separator=";", keep_tags_separator="|||", tag_joiner="::")
+    read = train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "d"), **common), progress=False)
+    flags = train(TrainConfig(images=str(a), out=str(tmp_path / "f"), **common, **separators), progress=False)
+    plain = train(TrainConfig(images=str(a), out=str(tmp_path / "p"), **common), progress=False)
+    assert torch.equal(read.embedding.vectors["text_encoder"], flags.embedding.vectors["text_encoder"])
+    assert not torch.equal(read.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
+    saved = yaml.safe_load((tmp_path / "d" / "config.yaml").read_text())
+    assert {k: saved[k] for k in separators} == separators
+    with pytest.raises(ConfigError, match=r"cannot resume .* with different settings \(tag_separator: ';' -> ','\)"):
+        train(TrainConfig(images=str(a), out=str(tmp_path / "f"), resume=True, **common,
+                          **{**separators, "tag_separator": ","}), progress=False)
+
+
+@pytest.mark.parametrize("given, said", [
+    (dict(tag_separator=""), r"--tag-separator must be the text between a caption's tags, such as ',' or ';', "
+                             r"got ''"),
+    (dict(tag_joiner=" "), r"--tag-joiner must be text such as '\|\|\|' \(or '' for none\), got ' '"),
+    (dict(tag_joiner=",,"), r"--tag-separator ',' and --tag-joiner ',,' overlap, so a caption could not say which "
+                            r"is meant; give --tag-joiner other text"),
+    (dict(keep_tags_separator="|||", tag_joiner="||"), r"--keep-tags-separator '\|\|\|' and --tag-joiner '\|\|' "
+                                                       r"overlap"),
+])
+def test_separators_that_cannot_be_told_apart_are_refused(given, said, tmp_path):
+    with pytest.raises(ConfigError, match=said):
+        TrainConfig(images=str(tmp_path), token="<t>", out=str(tmp_path / "o"), **given).validate()
+
+
 def test_datasets_of_different_resolutions_are_refused(tmp_path):
     folder = write_images(tmp_path / "a", n=1)
     dataset = toml(tmp_path / "d.toml", f'[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "{folder}"'
@@ -193,7 +232,6 @@ def test_datasets_of_different_resolutions_are_refused(tmp_path):
 # a value that changes something for each key textinv takes only at kohya's default
 CHANGING = {"color_aug": "true", "face_crop_aug_range": "[2.0, 4.0]",
             "is_reg": "true",
-            "caption_separator": '";"', "keep_tokens_separator": '"|||"', "secondary_separator": '";;;"',
             "enable_wildcard": "true", "token_warmup_min": "2", "token_warmup_step": "0.5",
             "caption_dropout_rate": "0.1", "caption_dropout_every_n_epochs": "2",
             "resize_interpolation": '"lanczos"', "metadata_file": '"meta.json"', "conditioning_data_dir": '"masks"'}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import difflib
+import itertools
 import json
 import math
 import os
@@ -361,6 +362,13 @@ class TrainConfig:
     tag_dropout: float = opt(0.0, "leave out each caption tag with this chance (the web UI's 'drop out tags', "
                                   "kohya's --caption_tag_dropout_rate); the tag holding the token stays")
     keep_tags: int = opt(0, "the first N caption tags stay first and are never dropped (kohya's --keep_tokens)")
+    tag_separator: str = opt(",", "what separates a caption's tags for --shuffle-tags and --tag-dropout (kohya's "
+                                  "--caption_separator); the varied tags are joined with ', ', as kohya's")
+    keep_tags_separator: str = opt("", "in a caption holding it (e.g. '|||'), the tags before it stay in place and "
+                                       "those after a second one stay at the end, instead of --keep-tags' (kohya's "
+                                       "--keep_tokens_separator); taken out of the caption")
+    tag_joiner: str = opt("", "tags joined by it (e.g. ';;;') count as one for --shuffle-tags and --tag-dropout, "
+                              "then it is written as --tag-separator (kohya's --secondary_separator)")
     caption_prefix: str = opt("", "text put before each caption file's caption, a space between (kohya's "
                                   "--caption_prefix); the templates stay as they are, as kohya's replace the caption")
     caption_suffix: str = opt("", "text put after each caption file's caption, a space between (kohya's "
@@ -478,6 +486,7 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.tag_dropout < 1.0:  # (also refuses NaN)
             raise ConfigError(f"--tag-dropout is a chance in [0, 1), got {self.tag_dropout}")
+        self._check_tag_separators()
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints", "keep_tags"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
@@ -583,6 +592,23 @@ class TrainConfig:
             warnings.warn(f"--optimizer {self.optimizer} estimates its own step size and is meant to run at --lr 1.0 "
                           f"(as kohya's Prodigy and DAdaptation configs give it); --lr {self.lr:g} scales that "
                           f"estimate by {self.lr:g}", stacklevel=3)
+
+    def _check_tag_separators(self) -> None:
+        """--tag-separator splits the tags, so it cannot be empty; --keep-tags-separator and --tag-joiner must each
+        be other text than the others, or a caption could not say which it means."""
+        if not isinstance(self.tag_separator, str) or not self.tag_separator.strip():
+            raise ConfigError(f"--tag-separator must be the text between a caption's tags, such as ',' or ';', got "
+                              f"{self.tag_separator!r}")
+        given = {"--tag-separator": self.tag_separator, "--keep-tags-separator": self.keep_tags_separator,
+                 "--tag-joiner": self.tag_joiner}
+        for flag in ("--keep-tags-separator", "--tag-joiner"):
+            text = given[flag]
+            if not isinstance(text, str) or (text and not text.strip()):
+                raise ConfigError(f"{flag} must be text such as '|||' (or '' for none), got {text!r}")
+        for (a, x), (b, y) in itertools.combinations(given.items(), 2):
+            if x and y and (x in y or y in x):
+                raise ConfigError(f"{a} {x!r} and {b} {y!r} overlap, so a caption could not say which is meant; "
+                                  f"give {b} other text, e.g. '|||' to keep tags or ';;;' to join them")
 
     def _check_validation(self) -> None:
         """--validation-split, --validate-every, --validation-seed and --validation-draws (whether each concept has

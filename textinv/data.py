@@ -1274,13 +1274,22 @@ class TagVariation:
 
     The trainer tokenizes every prompt once (`candidates`), so each picture gets `variants` varied captions drawn
     up front from `seed` and each sample picks one of them; with 256 a picture's variants are each used about ten
-    times in a 3000-step run of 5 pictures at batch 4. The tag holding the token's marker is never dropped."""
+    times in a 3000-step run of 5 pictures at batch 4. The tag holding the token's marker is never dropped.
+
+    kohya's separators, as its `process_caption` reads them: `separator` (its caption_separator) splits the tags
+    instead of ","; a caption holding `keep_separator` (its keep_tokens_separator, e.g. "|||") keeps the tags before
+    it in place, and those after a second one at the end, instead of the first `keep`; tags joined by `joiner` (its
+    secondary_separator) are one tag, the joiner written as `separator` once the tags are varied. The varied tags
+    are joined with ", ", as kohya joins them."""
 
     shuffle: bool = False
     dropout: float = 0.0  # each tag's chance to be left out of a prompt
     keep: int = 0  # the first `keep` tags stay in place and are never dropped
     variants: int = 256
     seed: int = 0
+    separator: str = ","
+    keep_separator: str = ""
+    joiner: str = ""
 
     @property
     def active(self) -> bool:
@@ -1292,14 +1301,39 @@ class TagVariation:
         >>> TagVariation(shuffle=True, keep=1).vary("{}, red, on grass, sunny", np.random.default_rng(0))
         '{}, sunny, red, on grass'
         """
-        tags = [t.strip() for t in text.split(",") if t.strip()]
-        fixed, rest = tags[:self.keep], tags[self.keep:]
+        fixed, rest, last = self._parts(text)
         if self.dropout > 0:
             draws = rng.random(len(rest))
             rest = [t for t, u in zip(rest, draws) if u >= self.dropout or _has_marker(t)]
         if self.shuffle:
             rest = [rest[i] for i in rng.permutation(len(rest))]
-        return ", ".join(fixed + rest)
+        return self._joined(", ".join(fixed + rest + last))
+
+    def plain(self, text: str) -> str:
+        """`text` as it is trained without shuffling or dropout: a `keep_separator`'s parts joined with ", ", the
+        `joiner` written as `separator` (kohya leaves its keep_tokens_separator in the text then; it is no word
+        of the caption, so here it is taken out as when the tags vary).
+
+        >>> TagVariation(keep_separator="|||", joiner="::").plain("{}, ink ||| cat::black, hat ||| art")
+        '{}, ink, cat,black, hat, art'
+        """
+        if self.keep_separator and self.keep_separator in text:
+            text = ", ".join(sum(self._parts(text), []))
+        return self._joined(text)
+
+    def _parts(self, text: str) -> tuple[list[str], list[str], list[str]]:
+        """The tags kept in front, those varied, and those kept at the end."""
+        def tags(part: str) -> list[str]:
+            return [t.strip() for t in part.split(self.separator) if t.strip()]
+        if self.keep_separator and self.keep_separator in text:
+            front, rest = text.split(self.keep_separator, 1)
+            rest, _, last = rest.partition(self.keep_separator)
+            return tags(front), tags(rest), tags(last)
+        every = tags(text)
+        return every[:self.keep], every[self.keep:], []
+
+    def _joined(self, text: str) -> str:
+        return text.replace(self.joiner, self.separator) if self.joiner else text
 
 
 class CaptionSampler:
@@ -1379,7 +1413,7 @@ class CaptionSampler:
                 unmarked.append((caption_file(image.path, image.caption_extension)
                                  or image.path.with_suffix(".txt")).name)
                 # (with tag variation the token is a tag of its own, not glued to the first one)
-                caption = f"{MARKER}{',' if tags.active else ''} {caption}"
+                caption = f"{MARKER}{tags.separator if tags.active else ''} {caption}"
             self.captions.append(caption)
             self._token_put_in_front.append(front)
         if unmarked:
@@ -1419,6 +1453,7 @@ class CaptionSampler:
                 return [make_caption(tags.vary(caption, rng), self.placeholder) for _ in range(tags.variants)]
             return [make_caption(self.templates[rng.integers(len(self.templates))], self.placeholder,
                                  filewords=self.tags.vary(caption, rng)) for _ in range(self.tags.variants)]
+        caption = self.tags.plain(caption) if caption is not None else None
         if caption is not None and not self.uses_filewords:
             return [make_caption(caption, self.placeholder)]
         return [make_caption(t, self.placeholder, filewords=caption) for t in self.templates]
@@ -1426,6 +1461,7 @@ class CaptionSampler:
     def __call__(self, index: int) -> str:
         """The prompt for image number `index`."""
         caption = self.captions[index]
+        caption = self.tags.plain(caption) if caption is not None else None
         if caption is not None and not self.uses_filewords:
             return make_caption(caption, self.placeholder)
         choice = int(torch.randint(len(self.templates), (), generator=self.generator))

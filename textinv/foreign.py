@@ -269,8 +269,10 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
      "version itself"),
     ("console_log_level console_log_file console_log_simple", _K, "train", None, _CONSOLE),
     ("cache_info skip_cache_check", _K, "train", None, "not needed: textinv keeps no cache between runs"),
-    ("caption_separator secondary_separator keep_tokens_separator", _K, "train", None,
-     "textinv's caption tags are comma-separated; --keep-tags N keeps the first N"),
+    ("caption_separator", _K, "train", "--tag-separator", "the varied tags are joined with ', ', as theirs"),
+    ("keep_tokens_separator", _K, "train", "--keep-tags-separator", "taken out of the caption also when the tags do "
+                                                                    "not vary, where theirs is left in the text"),
+    ("secondary_separator", _K, "train", "--tag-joiner", ""),
     ("caption_prefix", _K, "train", "--caption-prefix", "put before each caption file's text, a space between, "
                                                         "as theirs; the templates stay as they are, as theirs "
                                                         "replace the whole caption"),

@@ -169,6 +169,9 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "keep_tokens": (SUBSET_KEY, "keep_tags", _whole(0)),
     # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; textinv has this one)
     "caption_tag_dropout_rate": (SUBSET_KEY, "tag_dropout", _chance),
+    "caption_separator": (SUBSET_KEY, "tag_separator", _text),
+    "keep_tokens_separator": (SUBSET_KEY, "keep_tags_separator", _string),
+    "secondary_separator": (SUBSET_KEY, "tag_joiner", _string),
     "caption_prefix": (SUBSET_KEY, "caption_prefix", _string),
     "caption_suffix": (SUBSET_KEY, "caption_suffix", _string),
     "alpha_mask": (OWN_KEY, "alpha_mask", _bool),
@@ -206,9 +209,6 @@ AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
                                   "hold it, and kohya's textual inversion, which keeps them, trains them with the "
                                   "concept's captions when it uses its templates (--use_object_template) and spends "
                                   "steps on them otherwise; remove the subset"),
-    "caption_separator": (SUBSET_KEY, (",",), "textinv's tags are separated by commas; remove it"),
-    "keep_tokens_separator": (SUBSET_KEY, ("",), "textinv keeps the first keep_tokens tags (--keep-tags); use that"),
-    "secondary_separator": (SUBSET_KEY, ("",), "textinv's tags are separated by commas only; write them so"),
     "enable_wildcard": (SUBSET_KEY, (False,), "textinv reads a caption file's lines as one caption, without "
                                               "wildcards; remove it"),
     "token_warmup_min": (SUBSET_KEY, (1,), "textinv trains every caption whole from the first step; remove it"),
