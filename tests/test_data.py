@@ -281,7 +281,10 @@ def test_a_caption_file_of_several_lines_is_joined_and_said(tmp_path):
         pictures = load_training_images(find_images(tmp_path), 8)
     assert [p.caption for p in pictures] == ["a {} on grass", "a {} on grass a {} in snow", None]
     assert len(rec.list) == 1 and f"{tmp_path / 'b.txt'} (2 lines)" in str(rec.list[0])
-    assert "a.txt" not in str(rec.list[0])
+    assert "a.txt" not in str(rec.list[0]) and "give --caption-wildcards to draw one of them" in str(rec.list[0])
+    with warnings.catch_warnings():  # (with wildcards the lines are meant: each a caption, `CaptionSampler`)
+        warnings.simplefilter("error", CaptionLinesWarning)
+        load_training_images(find_images(tmp_path), 8, wildcards=True)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need os.mkfifo")
@@ -1218,3 +1221,58 @@ def test_a_sampler_trains_kohyas_separators_and_a_token_put_in_front_is_a_tag_of
         unmarked = CaptionSampler(images[1:], OBJECT_TEMPLATES, "<t>",
                                   tags=dataclasses.replace(tags, dropout=0.9, keep_separator=""))
     assert "<t>" in {v for v in unmarked.candidates(0)}  # "red" left out too: the token is not glued to it
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kohya's wildcards (enable_wildcard, --caption-wildcards)
+
+
+def test_wildcards_draw_one_choice_each_as_kohya_reads_them():
+    """sd-scripts' `process_caption`: each {a|b|c} one choice, uniformly; {{ and }} a literal brace; an empty
+    choice no word; {} (textinv's marker) no wildcard."""
+    rng = np.random.default_rng(0)
+    drawn = [data.expand_wildcards("{} in a {red|blue|green} car{, fast|}", rng) for _ in range(3000)]
+    assert set(drawn) == {f"{{}} in a {c} car{f}" for c in ("red", "blue", "green") for f in (", fast", "")}
+    assert abs(sum("red" in d for d in drawn) / 3000 - 1 / 3) < 0.03
+    assert data.expand_wildcards("{{logo}} {{{a}}}", rng) == "{logo} {a}"  # (a one-choice wildcard in braces)
+    assert data.expand_wildcards("{} no choices", rng) == "{} no choices"
+
+
+def test_caption_wildcards_draw_a_line_and_its_choices_seeded_then_vary_the_tags(tmp_path):
+    """With wildcards a caption file's lines are its captions: each of a picture's 256 prompts draws a line and
+    its choices from the seed (the same every time the bank is built: a resume sees the same), then the tags are
+    varied; kohya's prefix goes before the file's first line and its suffix after its last, as it puts them
+    around the file's text. Without wildcards the lines are one caption and the braces stay as written."""
+    images = [image(tmp_path, "a", "{} on a {red|blue} sofa\n\n  a {} toy, {big|small}\n"), image(tmp_path, "b")]
+
+    def sampler(seed=0, **kw):
+        return CaptionSampler(images, OBJECT_TEMPLATES, "<t>", tags=data.TagVariation(seed=seed, wildcards=True, **kw),
+                              prefix="photo,", suffix="hd")
+
+    drawn = sampler().candidates(0)
+    assert len(drawn) == 256 and set(drawn) == {"photo, <t> on a red sofa", "photo, <t> on a blue sofa",
+                                                "a <t> toy, big hd", "a <t> toy, small hd"}
+    assert abs(sum(d.startswith("photo") for d in drawn) / 256 - 0.5) < 0.1  # a line each, equally likely
+    assert drawn == sampler().candidates(0) and drawn != sampler(1).candidates(0)
+    assert sampler().candidates(1) == CaptionSampler(images, OBJECT_TEMPLATES, "<t>").candidates(1)  # templates
+    # the choices drawn before the tags vary: "red, big" gives two tags, shuffled apart
+    toy = [image(tmp_path, "c", "{}, {red, big|blue}, toy")]
+    shuffled = [v.split(", ") for v in CaptionSampler(toy, OBJECT_TEMPLATES, "<t>", tags=data.TagVariation(
+        wildcards=True, shuffle=True, keep=1)).candidates(0)]
+    assert {frozenset(v) for v in shuffled} == {frozenset({"<t>", "red", "big", "toy"}), frozenset({"<t>", "blue",
+                                                                                                    "toy"})}
+    assert any(v.index("big") < v.index("red") for v in shuffled if "red" in v)
+    plain = CaptionSampler(images, OBJECT_TEMPLATES, "<t>").candidates(0)
+    assert plain == ["<t> on a {red|blue} sofa a <t> toy, {big|small}"]
+
+
+def test_a_wildcard_line_without_the_token_gets_it_in_front_and_one_draw_is_one_prompt(tmp_path):
+    images = [image(tmp_path, "a", "{} on a sofa\na dog, {red|blue}"), image(tmp_path, "b", "{} asleep")]
+    with pytest.warns(data.CaptionWithoutMarkerWarning, match=r"a\.txt"):
+        sampler = CaptionSampler(images, OBJECT_TEMPLATES, "<t>", tags=data.TagVariation(wildcards=True, dropout=0.9,
+                                                                                         keep=1))
+    drawn = set(sampler.candidates(0))  # the token a tag of its own in front, and --keep-tags 1 the file's first
+    assert {"<t> on a sofa", "<t>, a dog", "<t>, a dog, red"} <= drawn and all(d.startswith("<t>") for d in drawn)
+    assert all(d.startswith("<t>, a dog") for d in drawn if "dog" in d)
+    assert CaptionSampler(images[1:], OBJECT_TEMPLATES, "<t>",
+                          tags=data.TagVariation(wildcards=True)).candidates(0) == ["<t> asleep"]  # not 256 alike

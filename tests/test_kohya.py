@@ -13,7 +13,7 @@ from conftest import write_images
 
 from textinv.cli import main
 from textinv.config import TrainConfig, build, config_file_settings
-from textinv.data import SkippedFilesWarning
+from textinv.data import CaptionLinesWarning, SkippedFilesWarning
 from textinv.errors import ConfigError, DataError
 from textinv.kohya import AT_DEFAULT, DatasetConfigWarning, apply_dataset_config
 from textinv.train import train
@@ -203,6 +203,36 @@ def test_kohyas_separators_train_as_the_flags_do_and_a_resume_keeps_them(sd1_dir
                           **{**separators, "tag_separator": ","}), progress=False)
 
 
+def test_enable_wildcard_trains_as_caption_wildcards_and_a_resume_draws_the_same(sd1_dir, tmp_path):
+    """kohya's enable_wildcard is --caption-wildcards: the file's run learns what the flag's run learns, not what a
+    run reading the lines as one caption learns; the lines are drawn from --seed, so a run resumed at step 2 ends
+    where the run straight through ends. Its several lines are meant: no CaptionLinesWarning."""
+    a = write_images(tmp_path / "a", n=2, seed=1)
+    (a / "img0.txt").write_text("{} on a {red|blue} sofa\na {} toy, {big|small}\n")
+    (a / "img1.txt").write_text("{} asleep\n{} awake")
+    dataset = toml(tmp_path / "d.toml", f'[general]\nenable_wildcard = true\n[[datasets]]\n[[datasets.subsets]]\n'
+                                        f'image_dir = "{a}"\n')
+    common = dict(token="<kd>", init="dog", model=str(sd1_dir), steps=4, save_every=0, sample_every=0, lr=5e-2,
+                  resolution=16, batch=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CaptionLinesWarning)
+        read = train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "d"), **common), progress=False)
+    flags = train(TrainConfig(images=str(a), caption_wildcards=True, out=str(tmp_path / "f"), **common),
+                  progress=False)
+    with pytest.warns(CaptionLinesWarning):
+        plain = train(TrainConfig(images=str(a), out=str(tmp_path / "p"), **common), progress=False)
+    assert torch.equal(read.embedding.vectors["text_encoder"], flags.embedding.vectors["text_encoder"])
+    assert not torch.equal(read.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
+    assert yaml.safe_load((tmp_path / "d" / "config.yaml").read_text())["caption_wildcards"] is True
+    halves = dict(common, caption_wildcards=True, save_every=2)
+    train(TrainConfig(images=str(a), out=str(tmp_path / "r"), **dict(halves, steps=2)), progress=False)
+    resumed = train(TrainConfig(images=str(a), out=str(tmp_path / "r"), resume=True, **halves), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], flags.embedding.vectors["text_encoder"])
+    with pytest.raises(ConfigError, match=r"with different settings \(caption_wildcards: True -> False\)"):
+        train(TrainConfig(images=str(a), out=str(tmp_path / "r"), resume=True, **dict(halves, caption_wildcards=False)),
+              progress=False)
+
+
 @pytest.mark.parametrize("given, said", [
     (dict(tag_separator=""), r"--tag-separator must be the text between a caption's tags, such as ',' or ';', "
                              r"got ''"),
@@ -232,7 +262,7 @@ def test_datasets_of_different_resolutions_are_refused(tmp_path):
 # a value that changes something for each key textinv takes only at kohya's default
 CHANGING = {"color_aug": "true", "face_crop_aug_range": "[2.0, 4.0]",
             "is_reg": "true",
-            "enable_wildcard": "true", "token_warmup_min": "2", "token_warmup_step": "0.5",
+            "token_warmup_min": "2", "token_warmup_step": "0.5",
             "caption_dropout_rate": "0.1", "caption_dropout_every_n_epochs": "2",
             "resize_interpolation": '"lanczos"', "metadata_file": '"meta.json"', "conditioning_data_dir": '"masks"'}
 

@@ -362,6 +362,9 @@ class TrainConfig:
     tag_dropout: float = opt(0.0, "leave out each caption tag with this chance (the web UI's 'drop out tags', "
                                   "kohya's --caption_tag_dropout_rate); the tag holding the token stays")
     keep_tags: int = opt(0, "the first N caption tags stay first and are never dropped (kohya's --keep_tokens)")
+    caption_wildcards: bool = opt(False, "a caption file's lines are its captions, one drawn each time it is used, "
+                                         "and {a|b|c} in it one choice drawn ({{ and }} a brace), from --seed "
+                                         "(kohya's --enable_wildcard)")
     tag_separator: str = opt(",", "what separates a caption's tags for --shuffle-tags and --tag-dropout (kohya's "
                                   "--caption_separator); the varied tags are joined with ', ', as kohya's")
     keep_tags_separator: str = opt("", "in a caption holding it (e.g. '|||'), the tags before it stay in place and "

@@ -44,6 +44,8 @@ __all__ = [
     "CaptionWithoutMarkerWarning",
     "TrainingImage",
     "CaptionSampler",
+    "expand_wildcards",
+    "read_caption_lines",
     "find_images",
     "kohya_repeats",
     "picture_repeats",
@@ -972,13 +974,14 @@ class TrainingImage:
 def load_training_images(
     paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True, use_alpha: bool = False,
     bucket_step: int | None = None, caption_extensions: Sequence[str | None] | None = None,
-    random_crop: bool = False, no_upscale: bool = False,
+    random_crop: bool = False, no_upscale: bool = False, wildcards: bool = False,
 ) -> list[TrainingImage]:
     """Load, prepare and caption each picture in `paths` (typically `find_images(folder)`), as a square of
     `resolution`, or with `bucket_step` at its aspect-ratio bucket (`bucket_size`; with `no_upscale` a bucket of its
     own, `no_upscale_size`). `caption_extensions`: each picture's kohya subset's (`read_caption`), None for
     textinv's own. With `random_crop` each picture also keeps its `cover` (`covering`, or with `no_upscale` the
-    picture as scaled), for `random_windows`.
+    picture as scaled), for `random_windows`. `wildcards` (--caption-wildcards): a caption file's lines are its
+    captions (`CaptionSampler`), so several lines are meant.
 
     Pictures smaller than their training size are upscaled (never with `no_upscale`: a picture with a side under
     one `bucket_step` raises `DataError`), with one `SmallImageWarning` naming each and its size. With
@@ -1035,13 +1038,14 @@ def load_training_images(
             if alpha is not None:
                 result[-1].cover_alpha = cover(alpha)
         lines = sum(1 for line in text.splitlines() if line.strip())
-        if lines > 1:
+        if lines > 1 and not wildcards:
             several.append(f"{found} ({lines} lines)")
     if several:  # (kohya's scripts train on a file's first line, or pick a line per step with enable_wildcard)
         warnings.warn(CaptionLinesWarning(
             f"{len(several)} caption file(s) hold several lines, which textinv joins into one caption (as the web UI "
             f"reads a caption file): {', '.join(several[:3])}{', ...' if len(several) > 3 else ''}; kohya's scripts "
-            f"train on the first line only: if the lines are alternatives, keep one a file"), stacklevel=2)
+            f"train on the first line only: if the lines are alternatives, keep one a file, or give "
+            f"--caption-wildcards to draw one of them each time, as kohya's enable_wildcard does"), stacklevel=2)
     if small:
         warnings.warn(
             SmallImageWarning(
@@ -1200,6 +1204,39 @@ def _caption(text: str) -> str | None:
     return " ".join(text.split()).replace(A1111_MARKER, MARKER) or None
 
 
+def read_caption_lines(image_path: str | os.PathLike, extension: str | None = None) -> list[str]:
+    """The lines of a picture's caption file (`read_caption`), each stripped, blank ones left out, as kohya reads
+    them with its enable_wildcard (`expand_wildcards` is not applied yet); [] without a caption file.
+
+    >>> read_caption_lines("photos/my_cat/cat1.jpg")  # doctest: +SKIP
+    ['a {} asleep on a {red|blue} sofa', '{} on the floor']
+    """
+    found = caption_file(image_path, extension)
+    text = _read_text(found, "caption file") if found is not None else ""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+# kohya's wildcard: "{a|b|c}", one choice drawn; not nested, and "{}" (textinv's marker) is none
+_WILDCARD_RE = re.compile(r"\{([^}]+)\}")
+
+
+def expand_wildcards(text: str, rng: np.random.Generator) -> str:
+    """`text` with each `{a|b|c}` replaced by one of its choices, drawn uniformly from `rng`, as kohya's
+    enable_wildcard reads a caption (sd-scripts' `process_caption`): `{{` and `}}` are a literal brace, choices do
+    not nest, and an empty choice (`{red|}`) is no word. `{}`, textinv's marker, is left as it is; inside a choice
+    write the token itself or `[name]`.
+
+    >>> expand_wildcards("a {red|blue} car, {{logo}}, {}", np.random.default_rng(0))
+    'a blue car, {logo}, {}'
+    """
+    left, right = "\ue000", "\ue001"  # (private-use characters hold the literal braces while choices are drawn)
+    while left in text or right in text:
+        left, right = left + "\ue000", right + "\ue001"
+    text = text.replace("{{", left).replace("}}", right)
+    text = _WILDCARD_RE.sub(lambda m: (choices := m.group(1).split("|"))[rng.integers(len(choices))], text)
+    return text.replace(left, "{").replace(right, "}")
+
+
 def caption_file(image_path: str | os.PathLike, extension: str | None = None) -> Path | None:
     """The caption file beside a picture (`read_caption`), or None."""
     image_path = Path(image_path)
@@ -1280,7 +1317,11 @@ class TagVariation:
     instead of ","; a caption holding `keep_separator` (its keep_tokens_separator, e.g. "|||") keeps the tags before
     it in place, and those after a second one at the end, instead of the first `keep`; tags joined by `joiner` (its
     secondary_separator) are one tag, the joiner written as `separator` once the tags are varied. The varied tags
-    are joined with ", ", as kohya joins them."""
+    are joined with ", ", as kohya joins them.
+
+    `wildcards` (kohya's enable_wildcard): a caption file's lines are its captions, and each variant draws one of
+    them and its `{a|b|c}` choices (`expand_wildcards`) before its tags are varied, as kohya's `process_caption`
+    does, so a picture gets `variants` drawn captions even with no tag shuffled."""
 
     shuffle: bool = False
     dropout: float = 0.0  # each tag's chance to be left out of a prompt
@@ -1290,6 +1331,7 @@ class TagVariation:
     separator: str = ","
     keep_separator: str = ""
     joiner: str = ""
+    wildcards: bool = False  # kohya's enable_wildcard: a line of the caption file and its {a|b} choices drawn
 
     @property
     def active(self) -> bool:
@@ -1393,13 +1435,23 @@ class CaptionSampler:
         # the token as written in a caption, alone or already expanded ("<t> <t>_1"), but not one entry ("<t>_1"),
         # and as a whole word: a bare token such as "sks" is not the end of "asks"
         token = re.escape(placeholder.split()[0])
-        written = re.compile(rf"(?<!\w){token}(?:\s+{token}_\d+)*(?!\w)", re.IGNORECASE)
+        self._written = re.compile(rf"(?<!\w){token}(?:\s+{token}_\d+)*(?!\w)", re.IGNORECASE)
+        written = self._written
 
         self.captions: list[str | None] = []  # per image; None means "draw a template"
         self._token_put_in_front: list[bool] = []  # per image: its caption's first tag is the token we added
+        # per image with --caption-wildcards and a caption file: its lines, drawn from (`_drawn`); else None
+        self.lines: list[list[str] | None] = []
         unmarked = []
         for image in images:
             caption = image.caption
+            lines = read_caption_lines(image.path, image.caption_extension) if tags.wildcards and caption else None
+            if lines:  # (kohya puts them around the whole file: the prefix on its first line, the suffix its last)
+                lines[0] = " ".join(filter(None, (prefix, lines[0])))
+                lines[-1] = " ".join(filter(None, (lines[-1], suffix)))
+                if any(not _has_marker(written.sub(MARKER, line)) for line in lines) and not self.uses_filewords:
+                    unmarked.append(caption_file(image.path, image.caption_extension).name)
+            self.lines.append(lines)
             if caption is not None:  # (kohya: prefix + " " + caption + " " + suffix, each only where given)
                 caption = " ".join(part for part in (prefix, caption, suffix) if part)
             # A1111 takes [filewords] from the file name when there is no caption file; an empty caption file is
@@ -1409,7 +1461,7 @@ class CaptionSampler:
             if caption is not None:
                 caption = written.sub(MARKER, caption)
             front = caption is not None and not self.uses_filewords and not _has_marker(caption)
-            if front:
+            if front and not lines:
                 unmarked.append((caption_file(image.path, image.caption_extension)
                                  or image.path.with_suffix(".txt")).name)
                 # (with tag variation the token is a tag of its own, not glued to the first one)
@@ -1442,7 +1494,10 @@ class CaptionSampler:
 
     def candidates(self, index: int) -> list[str]:
         """Every prompt image number `index` can get, each equally likely (the trainer tokenizes them once); with
-        tag variation, `tags.variants` prompts drawn from the seed and the picture's number (a multiset)."""
+        tag variation or wildcards, `tags.variants` prompts drawn from the seed and the picture's number (a
+        multiset)."""
+        if self.lines[index]:
+            return self._drawn(index)
         caption = self.captions[index]
         if caption is not None and self.tags.active:
             rng = np.random.default_rng([self.tags.seed % 2**63, index])  # (numpy takes no negative seed)
@@ -1458,8 +1513,32 @@ class CaptionSampler:
             return [make_caption(caption, self.placeholder)]
         return [make_caption(t, self.placeholder, filewords=caption) for t in self.templates]
 
+    def _drawn(self, index: int) -> list[str]:
+        """The prompts of a picture whose caption file's lines are its captions (--caption-wildcards): each draws a
+        line and its `{a|b}` choices, then marks the token and varies the tags as any caption (kohya's
+        `process_caption`: line, choices, tags); one prompt where every draw gives the same."""
+        rng = np.random.default_rng([self.tags.seed % 2**63, index])  # (numpy takes no negative seed)
+        lines, drawn = self.lines[index], []
+        for _ in range(self.tags.variants):
+            text = _caption(expand_wildcards(lines[rng.integers(len(lines))], rng)) or ""
+            caption = self._written.sub(MARKER, text)
+            tags = self.tags
+            if not self.uses_filewords and not _has_marker(caption):  # (the token in front, as for any caption)
+                caption = f"{MARKER}{tags.separator if tags.active else ''} {caption}"
+                tags = dataclasses.replace(tags, keep=tags.keep + 1) if tags.keep else tags
+            varied = tags.vary(caption, rng) if tags.active else tags.plain(caption)
+            if self.uses_filewords:
+                drawn.append(make_caption(self.templates[rng.integers(len(self.templates))], self.placeholder,
+                                          filewords=varied))
+            else:
+                drawn.append(make_caption(varied, self.placeholder))
+        return drawn if len(set(drawn)) > 1 else drawn[:1]
+
     def __call__(self, index: int) -> str:
         """The prompt for image number `index`."""
+        if self.lines[index]:
+            drawn = self._drawn(index)
+            return drawn[int(torch.randint(len(drawn), (), generator=self.generator))]
         caption = self.captions[index]
         caption = self.tags.plain(caption) if caption is not None else None
         if caption is not None and not self.uses_filewords:

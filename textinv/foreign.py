@@ -281,7 +281,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("caption_dropout_rate caption_dropout_every_n_epochs", _K, "train", None,
      "textinv never leaves a whole caption out: a caption dropped holds no token, so the vectors would learn nothing "
      "from that sample (kohya's textual inversion has no such flag either; --tag-dropout leaves out single tags)"),
-    ("enable_wildcard token_warmup_min token_warmup_step", _K, "train", None,
+    ("enable_wildcard", _K, "train", "--caption-wildcards", "a caption file's lines and {a|b} choices drawn as "
+                                                            "theirs, from --seed"),
+    ("token_warmup_min token_warmup_step", _K, "train", None,
      "textinv uses each caption as written (less --tag-dropout, --shuffle-tags): write the words in the caption "
      "files or the --templates"),
     ("random_crop", _K, "train", "--random-crop", "as theirs, a window at a random place after the short side is "

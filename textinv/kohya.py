@@ -169,6 +169,7 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "keep_tokens": (SUBSET_KEY, "keep_tags", _whole(0)),
     # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; textinv has this one)
     "caption_tag_dropout_rate": (SUBSET_KEY, "tag_dropout", _chance),
+    "enable_wildcard": (SUBSET_KEY, "caption_wildcards", _bool),
     "caption_separator": (SUBSET_KEY, "tag_separator", _text),
     "keep_tokens_separator": (SUBSET_KEY, "keep_tags_separator", _string),
     "secondary_separator": (SUBSET_KEY, "tag_joiner", _string),
@@ -209,8 +210,6 @@ AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
                                   "hold it, and kohya's textual inversion, which keeps them, trains them with the "
                                   "concept's captions when it uses its templates (--use_object_template) and spends "
                                   "steps on them otherwise; remove the subset"),
-    "enable_wildcard": (SUBSET_KEY, (False,), "textinv reads a caption file's lines as one caption, without "
-                                              "wildcards; remove it"),
     "token_warmup_min": (SUBSET_KEY, (1,), "textinv trains every caption whole from the first step; remove it"),
     "token_warmup_step": (SUBSET_KEY, (0,), "textinv trains every caption whole from the first step; remove it"),
     "caption_dropout_rate": (SUBSET_KEY, (0,), _NO_DROPOUT),

@@ -1122,7 +1122,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         encoded are RANDOM_CROPS windows of each (`random_windows`), else each picture's centre."""
         pictures = load_training_images(listed.paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
                                         bucket_step=step_px, caption_extensions=listed.caption_extensions,
-                                        random_crop=crop_seed is not None, no_upscale=config.bucket_no_upscale)
+                                        random_crop=crop_seed is not None, no_upscale=config.bucket_no_upscale,
+                                        wildcards=config.caption_wildcards)
         encoded = random_windows(pictures, RANDOM_CROPS, crop_seed) if crop_seed is not None else pictures
         mean, std, pixel_weight = _encoded(model.vae, encoded, listed.where, config.alpha_mask, device)
         for p in pictures:  # (the windows are encoded: their pictures' covers are not needed any more)
@@ -1137,9 +1138,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         time_ids = _xl_time_ids(pictures, config.center_crop, device) if model.is_xl else None
         return _Read(pictures, mean, std, bank, time_ids, pixel_weight)
 
-    # (kohya's caption_separator, keep_tokens_separator, secondary_separator: also for the captions scored unvaried)
+    # (kohya's caption_separator, keep_tokens_separator, secondary_separator, enable_wildcard: also for the captions
+    # scored unvaried)
     separators = dict(separator=config.tag_separator, keep_separator=config.keep_tags_separator,
-                      joiner=config.tag_joiner)
+                      joiner=config.tag_joiner, wildcards=config.caption_wildcards)
     for k, (spec, listed, rows) in enumerate(zip(specs, found, rows_per_concept)):
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags,
                             seed=concept_seed(config.seed, k), **separators)
