@@ -632,6 +632,8 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
     (["train", "--keep_tokens_separator", "|||"], "textinv calls it --keep-tags-separator"),
     (["train", "--secondary_separator", ";;;"], "--secondary_separator is kohya's name; textinv calls it --tag-joiner"),
     (["train", "--enable_wildcard"], "--enable_wildcard is kohya's name; textinv calls it --caption-wildcards"),
+    (["train", "--token_warmup_step", "0.5"], "--token_warmup_step is kohya's name; textinv calls it "
+                                              "--tag-warmup-steps"),
     (["train", "--random_crop"], "--random_crop is kohya's name; textinv calls it --random-crop (as theirs, a "
                                  "window at a random place after the short side is resized"),
     (["train", "--caption_dropout_rate", "0.1"], "a caption dropped holds no token, so the vectors would learn "

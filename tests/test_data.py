@@ -1276,3 +1276,27 @@ def test_a_wildcard_line_without_the_token_gets_it_in_front_and_one_draw_is_one_
     assert all(d.startswith("<t>, a dog") for d in drawn if "dog" in d)
     assert CaptionSampler(images[1:], OBJECT_TEMPLATES, "<t>",
                           tags=data.TagVariation(wildcards=True)).candidates(0) == ["<t> asleep"]  # not 256 alike
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kohya's tag warm-up (token_warmup_min, token_warmup_step; --tag-warmup-min, --tag-warmup-steps)
+
+
+def test_the_tag_warmup_counts_and_cuts_the_tags_as_kohyas_process_caption_does():
+    """kohya: at step s < W, floor(s * (n - min) / W) + min of the n varied tags, the first ones in the caption's
+    order, then shuffled and dropped; all from step W on. The tag holding the token stays, as under dropout."""
+    tags = data.TagVariation(shuffle=True, keep=1, warmup_min=2, warmup_steps=8)
+    assert [tags.tags_used(s, 6) for s in range(10)] == [2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    assert tags.tags_used(None, 6) == 6 and data.TagVariation(warmup_steps=0).tags_used(0, 6) == 6
+    rng = np.random.default_rng(0)
+    cut = [tags.vary("photo, a, b, {} here, c, d", rng, used=2).split(", ") for _ in range(100)]
+    assert {frozenset(v[1:]) for v in cut} == {frozenset({"a", "b", "{} here"})} and all(v[0] == "photo" for v in cut)
+    assert len({tuple(v) for v in cut}) == 6  # the first two, and the token's, shuffled
+
+
+def test_a_sampler_gives_each_warmup_level_its_own_prompts(tmp_path):
+    images = [image(tmp_path, "a", "{}, red, on grass, sunny")]
+    sampler = CaptionSampler(images, OBJECT_TEMPLATES, "<t>", tags=data.TagVariation(warmup_min=1, warmup_steps=4))
+    assert sampler.varied_count(0) == 4  # (the token's tag too: without --keep-tags it is one of them)
+    assert sampler.candidates(0, used=1) == ["<t>"] and sampler.candidates(0, used=2) == ["<t>, red"]
+    assert sampler.candidates(0) == ["<t>, red, on grass, sunny"]  # no level: the whole caption, as before

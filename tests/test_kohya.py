@@ -233,6 +233,50 @@ def test_enable_wildcard_trains_as_caption_wildcards_and_a_resume_draws_the_same
               progress=False)
 
 
+def test_the_token_warmup_trains_as_the_flags_do_grows_the_tags_and_resumes_exactly(sd1_dir, tmp_path, monkeypatch):
+    """kohya's token_warmup_min and token_warmup_step (a share of the steps below 1) are --tag-warmup-min and
+    --tag-warmup-steps: the file's run learns what the flags' run learns, not what a run without them learns; the
+    first step's captions hold token_warmup_min tags, the last step's all; a run resumed at step 2 ends where the
+    run straight through ends (the tags used follow the step)."""
+    import textinv.train as train_module
+    banks = []
+    real = train_module.CaptionBank
+
+    def recording(*args, **kwargs):
+        banks.append(real(*args, **kwargs))
+        return banks[-1]
+
+    monkeypatch.setattr(train_module, "CaptionBank", recording)
+    a = write_images(tmp_path / "a", n=2, seed=1)
+    (a / "img0.txt").write_text("{}, red, on grass, sunny, small")
+    (a / "img1.txt").write_text("{}, asleep, on a sofa")
+    dataset = toml(tmp_path / "d.toml", f'[general]\ntoken_warmup_min = 1\ntoken_warmup_step = 0.5\n[[datasets]]\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{a}"\n')
+    common = dict(token="<kd>", init="dog", model=str(sd1_dir), steps=8, save_every=0, sample_every=0, lr=5e-2,
+                  resolution=16, batch=1)
+    read = train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "d"), **common), progress=False)
+    flags = train(TrainConfig(images=str(a), tag_warmup_min=1, tag_warmup_steps=0.5, out=str(tmp_path / "f"),
+                              **common), progress=False)
+    plain = train(TrainConfig(images=str(a), out=str(tmp_path / "p"), **common), progress=False)
+    assert torch.equal(read.embedding.vectors["text_encoder"], flags.embedding.vectors["text_encoder"])
+    assert not torch.equal(read.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
+    saved = yaml.safe_load((tmp_path / "d" / "config.yaml").read_text())
+    assert (saved["tag_warmup_min"], saved["tag_warmup_steps"]) == (1, 0.5)
+    bank = banks[1]  # (the flags' run: 4 steps of warm-up, half of 8)
+
+    def texts(step):
+        ids = bank.pick(torch.tensor([0] * 20), torch.rand(20), step)[0]
+        return {bank.texts[(bank.ids[0] == row).all(1).nonzero()[0].item()] for row in ids}
+    assert texts(0) == {"<kd>"} and texts(2) == {"<kd>, red, on grass"} and texts(4) == texts(None) == \
+        {"<kd>, red, on grass, sunny, small"}
+    # (a share counts the --steps of each command: 4 steps the same in the run stopped at 2 as in the one of 8)
+    halves = dict(common, tag_warmup_min=1, tag_warmup_steps=4, save_every=2)
+    train(TrainConfig(images=str(a), out=str(tmp_path / "r"), **dict(halves, steps=2)), progress=False)
+    resumed = train(TrainConfig(images=str(a), out=str(tmp_path / "r"), resume=True, **halves), progress=False)
+    assert not torch.equal(resumed.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], flags.embedding.vectors["text_encoder"])
+
+
 @pytest.mark.parametrize("given, said", [
     (dict(tag_separator=""), r"--tag-separator must be the text between a caption's tags, such as ',' or ';', "
                              r"got ''"),
@@ -241,8 +285,13 @@ def test_enable_wildcard_trains_as_caption_wildcards_and_a_resume_draws_the_same
                             r"is meant; give --tag-joiner other text"),
     (dict(keep_tags_separator="|||", tag_joiner="||"), r"--keep-tags-separator '\|\|\|' and --tag-joiner '\|\|' "
                                                        r"overlap"),
+    (dict(tag_warmup_steps=10.5), r"--tag-warmup-steps must be a whole number of steps, or a share of --steps "
+                                   r"below 1 \(0: no warm-up\), got 10.5"),
+    (dict(tag_warmup_min=-1), r"--tag-warmup-min must be a whole number >= 0"),
+    (dict(tag_warmup_steps=0.5, caption_wildcards=True), r"--tag-warmup-steps and --caption-wildcards cannot be "
+                                                         r"given together"),
 ])
-def test_separators_that_cannot_be_told_apart_are_refused(given, said, tmp_path):
+def test_separators_and_warmups_that_cannot_be_trained_are_refused(given, said, tmp_path):
     with pytest.raises(ConfigError, match=said):
         TrainConfig(images=str(tmp_path), token="<t>", out=str(tmp_path / "o"), **given).validate()
 
@@ -262,7 +311,6 @@ def test_datasets_of_different_resolutions_are_refused(tmp_path):
 # a value that changes something for each key textinv takes only at kohya's default
 CHANGING = {"color_aug": "true", "face_crop_aug_range": "[2.0, 4.0]",
             "is_reg": "true",
-            "token_warmup_min": "2", "token_warmup_step": "0.5",
             "caption_dropout_rate": "0.1", "caption_dropout_every_n_epochs": "2",
             "resize_interpolation": '"lanczos"', "metadata_file": '"meta.json"', "conditioning_data_dir": '"masks"'}
 

@@ -365,6 +365,11 @@ class TrainConfig:
     caption_wildcards: bool = opt(False, "a caption file's lines are its captions, one drawn each time it is used, "
                                          "and {a|b|c} in it one choice drawn ({{ and }} a brace), from --seed "
                                          "(kohya's --enable_wildcard)")
+    tag_warmup_min: int = opt(1, "with --tag-warmup-steps, the caption tags used at the first step (kohya's "
+                                 "--token_warmup_min)")
+    tag_warmup_steps: float = opt(0, "use a caption's tags from --tag-warmup-min at the first step up to all of them "
+                                     "at this step, in the caption's order (kohya's --token_warmup_step; below 1, a "
+                                     "share of --steps; 0: all from the start)")
     tag_separator: str = opt(",", "what separates a caption's tags for --shuffle-tags and --tag-dropout (kohya's "
                                   "--caption_separator); the varied tags are joined with ', ', as kohya's")
     keep_tags_separator: str = opt("", "in a caption holding it (e.g. '|||'), the tags before it stay in place and "
@@ -490,6 +495,7 @@ class TrainConfig:
         if not 0.0 <= self.tag_dropout < 1.0:  # (also refuses NaN)
             raise ConfigError(f"--tag-dropout is a chance in [0, 1), got {self.tag_dropout}")
         self._check_tag_separators()
+        self._check_tag_warmup()
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints", "keep_tags"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
@@ -644,6 +650,26 @@ class TrainConfig:
         if self.validation_seed is not None and not self.validating_every:
             raise ConfigError("--validation-seed seeds the validation loss, which is off: give --validate-every N "
                               "or --validation-split")
+
+    def tag_warmup_length(self) -> int:
+        """The steps of the tag warm-up (0: none): --tag-warmup-steps, a share of --steps below 1, as kohya counts
+        its token_warmup_step."""
+        share = self.tag_warmup_steps
+        return math.floor(share * self.steps) if share < 1 else int(share)
+
+    def _check_tag_warmup(self) -> None:
+        steps, low = self.tag_warmup_steps, self.tag_warmup_min
+        if isinstance(low, bool) or not isinstance(low, int) or low < 0:
+            raise ConfigError(f"--tag-warmup-min must be a whole number >= 0 (the tags used at the first step), got "
+                              f"{low!r}")
+        if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not steps >= 0 or (
+                steps >= 1 and steps != int(steps)):
+            raise ConfigError(f"--tag-warmup-steps must be a whole number of steps, or a share of --steps below 1 "
+                              f"(0: no warm-up), got {steps!r}")
+        if steps and self.caption_wildcards:
+            raise ConfigError("--tag-warmup-steps and --caption-wildcards cannot be given together: textinv counts a "
+                              "picture's tags once, before the first step, where a wildcard caption's drawn line has "
+                              "its own count; leave one out")
 
     @builtins.property  # (the field `property` hides the builtin here)
     def validating_every(self) -> int:

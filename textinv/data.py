@@ -1332,18 +1332,35 @@ class TagVariation:
     keep_separator: str = ""
     joiner: str = ""
     wildcards: bool = False  # kohya's enable_wildcard: a line of the caption file and its {a|b} choices drawn
+    warmup_min: int = 1  # kohya's token_warmup_min: the varied tags used at the first step
+    warmup_steps: int = 0  # kohya's token_warmup_step, in steps: all of them used from this step on (0: always)
+
+    def tags_used(self, step: int | None, count: int) -> int:
+        """How many of a caption's `count` varied tags are used at `step` (0 = the first), as kohya's token
+        warm-up counts them: from `warmup_min` at step 0 up to all at `warmup_steps`; all when `step` is None.
+
+        >>> [TagVariation(warmup_min=1, warmup_steps=10).tags_used(s, 5) for s in (0, 3, 5, 9, 10)]
+        [1, 2, 3, 4, 5]
+        """
+        if step is None or not self.warmup_steps or step >= self.warmup_steps:
+            return count
+        return min(count, step * (count - self.warmup_min) // self.warmup_steps + self.warmup_min)
 
     @property
     def active(self) -> bool:
         return self.shuffle or self.dropout > 0
 
-    def vary(self, text: str, rng: np.random.Generator) -> str:
-        """`text` with its tags shuffled and/or dropped.
+    def vary(self, text: str, rng: np.random.Generator, used: int | None = None) -> str:
+        """`text` with its tags shuffled and/or dropped; with `used` (`tags_used`), only the first `used` of the
+        varied tags, in the caption's order, as kohya's warm-up cuts them before it shuffles (but the tag holding
+        the token's marker, which stays as it stays under dropout).
 
         >>> TagVariation(shuffle=True, keep=1).vary("{}, red, on grass, sunny", np.random.default_rng(0))
         '{}, sunny, red, on grass'
         """
         fixed, rest, last = self._parts(text)
+        if used is not None:
+            rest = rest[:used] + [t for t in rest[used:] if _has_marker(t)]
         if self.dropout > 0:
             draws = rng.random(len(rest))
             rest = [t for t, u in zip(rest, draws) if u >= self.dropout or _has_marker(t)]
@@ -1373,6 +1390,10 @@ class TagVariation:
             return tags(front), tags(rest), tags(last)
         every = tags(text)
         return every[:self.keep], every[self.keep:], []
+
+    def varied_count(self, text: str) -> int:
+        """How many of `text`'s tags vary (those `tags_used` counts)."""
+        return len(self._parts(text)[1])
 
     def _joined(self, text: str) -> str:
         return text.replace(self.joiner, self.separator) if self.joiner else text
@@ -1492,22 +1513,33 @@ class CaptionSampler:
     def __len__(self) -> int:
         return len(self.captions)
 
-    def candidates(self, index: int) -> list[str]:
+    def varied_count(self, index: int) -> int:
+        """How many tags of image `index`'s caption vary (0 without one): what the warm-up counts (`tags_used`)."""
+        caption = self.captions[index]
+        return self._tags(index).varied_count(caption) if caption is not None and not self.lines[index] else 0
+
+    def _tags(self, index: int) -> TagVariation:
+        if self.tags.keep and self._token_put_in_front[index] and not self.uses_filewords:
+            return dataclasses.replace(self.tags, keep=self.tags.keep + 1)  # --keep-tags counts the file's own tags
+        return self.tags
+
+    def candidates(self, index: int, used: int | None = None) -> list[str]:
         """Every prompt image number `index` can get, each equally likely (the trainer tokenizes them once); with
         tag variation or wildcards, `tags.variants` prompts drawn from the seed and the picture's number (a
-        multiset)."""
+        multiset). `used`: the prompts of the tag warm-up's step that uses that many varied tags (`tags_used`)."""
         if self.lines[index]:
             return self._drawn(index)
         caption = self.captions[index]
-        if caption is not None and self.tags.active:
-            rng = np.random.default_rng([self.tags.seed % 2**63, index])  # (numpy takes no negative seed)
+        if caption is not None and (self.tags.active or used is not None):
+            # (numpy takes no negative seed; a warm-up level's draws are their own, the whole caption's as before)
+            rng = np.random.default_rng([self.tags.seed % 2**63, index] + ([used] if used is not None else []))
+            tags = self._tags(index)
             if not self.uses_filewords:
-                tags = self.tags
-                if tags.keep and self._token_put_in_front[index]:  # --keep-tags counts the caption file's own tags
-                    tags = dataclasses.replace(tags, keep=tags.keep + 1)
-                return [make_caption(tags.vary(caption, rng), self.placeholder) for _ in range(tags.variants)]
-            return [make_caption(self.templates[rng.integers(len(self.templates))], self.placeholder,
-                                 filewords=self.tags.vary(caption, rng)) for _ in range(self.tags.variants)]
+                drawn = [make_caption(tags.vary(caption, rng, used), self.placeholder) for _ in range(tags.variants)]
+            else:
+                drawn = [make_caption(self.templates[rng.integers(len(self.templates))], self.placeholder,
+                                      filewords=tags.vary(caption, rng, used)) for _ in range(tags.variants)]
+            return drawn if used is None or len(set(drawn)) > 1 else drawn[:1]
         caption = self.tags.plain(caption) if caption is not None else None
         if caption is not None and not self.uses_filewords:
             return [make_caption(caption, self.placeholder)]

@@ -283,9 +283,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
      "from that sample (kohya's textual inversion has no such flag either; --tag-dropout leaves out single tags)"),
     ("enable_wildcard", _K, "train", "--caption-wildcards", "a caption file's lines and {a|b} choices drawn as "
                                                             "theirs, from --seed"),
-    ("token_warmup_min token_warmup_step", _K, "train", None,
-     "textinv uses each caption as written (less --tag-dropout, --shuffle-tags): write the words in the caption "
-     "files or the --templates"),
+    ("token_warmup_min", _K, "train", "--tag-warmup-min", ""),
+    ("token_warmup_step", _K, "train", "--tag-warmup-steps", "below 1 a share of --steps, as theirs; the tag holding "
+                                                             "the token is used from the start"),
     ("random_crop", _K, "train", "--random-crop", "as theirs, a window at a random place after the short side is "
                                                   "resized; textinv encodes 8 windows a picture up front (theirs "
                                                   "refuses it with --cache_latents)"),

@@ -142,6 +142,13 @@ def _skip_resolution(value):
                      "most that area are left out)")
 
 
+def _warmup_steps(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and (
+            value < 1 or value == int(value)):
+        return value
+    raise ValueError("a whole number of steps, or a share of the steps below 1 (0: no warm-up)")
+
+
 def _string(value):
     if isinstance(value, str):
         return value
@@ -170,6 +177,9 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; textinv has this one)
     "caption_tag_dropout_rate": (SUBSET_KEY, "tag_dropout", _chance),
     "enable_wildcard": (SUBSET_KEY, "caption_wildcards", _bool),
+    # (kohya's textual inversion warms the tags up: its loop gives the dataset each step)
+    "token_warmup_min": (SUBSET_KEY, "tag_warmup_min", _whole(0)),
+    "token_warmup_step": (SUBSET_KEY, "tag_warmup_steps", _warmup_steps),
     "caption_separator": (SUBSET_KEY, "tag_separator", _text),
     "keep_tokens_separator": (SUBSET_KEY, "keep_tags_separator", _string),
     "secondary_separator": (SUBSET_KEY, "tag_joiner", _string),
@@ -210,8 +220,6 @@ AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
                                   "hold it, and kohya's textual inversion, which keeps them, trains them with the "
                                   "concept's captions when it uses its templates (--use_object_template) and spends "
                                   "steps on them otherwise; remove the subset"),
-    "token_warmup_min": (SUBSET_KEY, (1,), "textinv trains every caption whole from the first step; remove it"),
-    "token_warmup_step": (SUBSET_KEY, (0,), "textinv trains every caption whole from the first step; remove it"),
     "caption_dropout_rate": (SUBSET_KEY, (0,), _NO_DROPOUT),
     "caption_dropout_every_n_epochs": (SUBSET_KEY, (0,), _NO_DROPOUT),
     "resize_interpolation": (SUBSET_KEY, (), "textinv resizes with Lanczos (bicubic when enlarging); remove it"),

@@ -151,14 +151,28 @@ class CaptionBank:
 
     def __init__(self, tokenizers: list, sampler: CaptionSampler, device, entries: list[str] | None = None,
                  max_token_length: int = emphasis.CHUNK):
+        # with kohya's tag warm-up, a picture's captions per count of varied tags used, from warmup_min to all (its
+        # last level, the one without a warm-up)
+        self.tags = sampler.tags
+        counts = [sampler.varied_count(i) if sampler.tags.warmup_steps else 0 for i in range(len(sampler))]
+        low = sampler.tags.warmup_min
+        self.levels = max(max(counts) - low + 1, 1)
         texts: list[str] = []
-        rows: list[list[int]] = []
-        for i in range(len(sampler)):
-            options = sampler.candidates(i)
-            rows.append([len(texts) + j for j in range(len(options))])
-            texts.extend(options)
+        rows: list[list[int]] = []  # per picture and level: row i * levels + level
+        picture_of: list[int] = []
+        for i, count in enumerate(counts):
+            used = [min(low + level, count) for level in range(self.levels)] if count > low else [None] * self.levels
+            for level, n in enumerate(used):
+                if level and n == used[level - 1]:
+                    rows.append(rows[-1])  # (all used already: the level before's captions)
+                    continue
+                options = sampler.candidates(i, None if n == count or n is None else n)
+                rows.append([len(texts) + j for j in range(len(options))])
+                texts.extend(options)
+                picture_of.extend([i] * len(options))
         self.texts = texts
-        self.picture_of = [i for i, r in enumerate(rows) for _ in r]  # each caption's picture
+        self.counts_of_tags = torch.tensor(counts, device=device)  # (I,)
+        self.picture_of = picture_of  # each caption's picture
         if entries:
             for tok in tokenizers:
                 _check_token_fits(tok, texts, entries, moved=sampler.tags.active and not sampler.tags.keep,
@@ -169,14 +183,21 @@ class CaptionBank:
         else:
             self.ids = [long_caption_ids(tok, texts, max_token_length).to(device) for tok in tokenizers]
         width = max(len(r) for r in rows)
-        self.choices = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], device=device)  # (I, K)
-        self.counts = torch.tensor([len(r) for r in rows], device=device)  # (I,)
+        self.choices = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], device=device)  # (I * L, K)
+        self.counts = torch.tensor([len(r) for r in rows], device=device)  # (I * L,)
 
-    def pick(self, image: torch.Tensor, u: torch.Tensor) -> list[torch.Tensor]:
+    def pick(self, image: torch.Tensor, u: torch.Tensor, step: int | None = None) -> list[torch.Tensor]:
         """Token ids (B, 77) per tokenizer (B, n * 77 with kohya's chunks) for pictures `image` (B,) given uniform
-        draws `u` (B,) in [0, 1)."""
-        k = (u * self.counts[image]).long().clamp(max=self.choices.shape[1] - 1)
-        rows = self.choices[image, k]
+        draws `u` (B,) in [0, 1); at `step` (0 = the first) of a tag warm-up, its captions (`tags_used`)."""
+        level = torch.full_like(image, self.levels - 1)
+        warmup = self.tags.warmup_steps
+        if step is not None and warmup and step < warmup:
+            count, low = self.counts_of_tags[image], self.tags.warmup_min
+            used = torch.minimum(count, step * (count - low) // warmup + low)
+            level = torch.where(count > low, used - low, level).clamp(0, self.levels - 1)
+        row = image * self.levels + level
+        k = (u * self.counts[row]).long().clamp(max=self.choices.shape[1] - 1)
+        rows = self.choices[row, k]
         return [ids[rows] for ids in self.ids]
 
 
@@ -1144,7 +1165,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                       joiner=config.tag_joiner, wildcards=config.caption_wildcards)
     for k, (spec, listed, rows) in enumerate(zip(specs, found, rows_per_concept)):
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags,
-                            seed=concept_seed(config.seed, k), **separators)
+                            seed=concept_seed(config.seed, k), warmup_min=config.tag_warmup_min,
+                            warmup_steps=config.tag_warmup_length(), **separators)
         crops = RANDOM_CROPS if config.random_crop else 1
         read = pictures_of(listed, spec, tags, concept_seed(config.seed, k) if config.random_crop else None)
         pictures, mean, std, bank, time_ids, pixel_weight = read
@@ -1454,7 +1476,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             samplers_at_step = [s.state_dict() for s in samplers]
             step_loss = torch.zeros(len(concepts), device=device)
             for _ in range(config.grad_accum):
-                inputs = _micro_batch([_draw(c, config, world, rank, timesteps, device, scaling, model)
+                inputs = _micro_batch([_draw(c, config, world, rank, timesteps, device, scaling, model, step)
                                        for c in concepts], model.is_xl, config.alpha_mask)
                 if captured is not None:  # (the same losses and gradients, from a replayed CUDA graph)
                     per_concept = captured(inputs)
@@ -1838,8 +1860,9 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, model) -> dict:
-    """One concept's part of a micro-batch: latents, noise, timesteps, token ids, SDXL time ids."""
+def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, model, step: int) -> dict:
+    """One concept's part of a micro-batch at `step` (0 = the first): latents, noise, timesteps, token ids, SDXL
+    time ids."""
     drawn = c.sampler.draw(config.batch * world, c.noise_shape, timesteps)
     mine_cpu = {k: v[rank * config.batch:(rank + 1) * config.batch] for k, v in drawn.items()}
     mine = {k: _to_device(v, device) for k, v in mine_cpu.items()}
@@ -1866,7 +1889,7 @@ def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, mode
     if parts:  # (kohya's noise settings: none in a default run)
         noise, input_noise = composed_noise(noise, latents, parts, config.adaptive_noise_scale, corner)
     return {"latents": latents, "noise": noise, "input_noise": input_noise, "timestep": mine["timestep"],
-            "ids": c.bank.pick(mine["image"], mine["caption"]),
+            "ids": c.bank.pick(mine["image"], mine["caption"], step),
             "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None,
             "pixel_weight": pixel_weight}
 
