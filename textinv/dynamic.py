@@ -38,6 +38,7 @@ from .errors import ConfigError
 
 SEPARATOR = ", "  # between the options a `{2$$...}` variant draws (dynamicprompts' default)
 MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combinations
+MAX_DEPTH = 100  # the most wildcards and variables drawn one inside another
 
 _WILDCARD = re.compile(r"__([~!@]?)([\w\-./*]+?)(?:\(([^()]*)\))?__")  # `__name__`, `__@name(var=value, ...)__`
 _NAMED_BY_VARIABLE = re.compile(r"__[~!@]?[\w\-./*]*\$\{")  # `__colors/${season}__`
@@ -445,6 +446,10 @@ def _within(within: tuple[str, ...], name: str) -> tuple[str, ...]:
         loop = " -> ".join(within[within.index(name):] + (name,))
         what = "wildcards draw one another" if name.startswith("__") else "a variable draws itself"
         raise ConfigError(f"{what} in a loop: {loop}; take one of them out of the other's file or value")
+    if len(within) >= MAX_DEPTH:  # (else drawing them runs past Python's recursion limit)
+        chain = " -> ".join(within + (name,))
+        raise ConfigError(f"wildcards and variables draw one another more than {MAX_DEPTH} deep: {chain}; draw "
+                          f"fewer in one another")
     return within + (name,)
 
 
