@@ -270,6 +270,22 @@ def test_bad_templates_and_wildcards_are_refused_naming_the_fix(wildcards, templ
         dynamic.jobs([template], "", [0], str(wildcards) if folder else None)
 
 
+def test_wildcards_drawing_one_another_hundreds_deep_are_refused_naming_the_chain(wildcards):
+    for k in range(1000):
+        (wildcards / f"deep{k}.txt").write_text(f"x __deep{k + 1}__\n" if k < 999 else "end\n")
+    with pytest.raises(ConfigError, match=r"wildcards and variables draw one another more than 100 deep: __deep0__ "
+                                          r"-> __deep1__ -> .* -> __deep100__; "):
+        dynamic.jobs(["__deep0__"], "", [0], str(wildcards))
+
+
+def test_braces_nested_hundreds_deep_are_refused_naming_the_prompt():
+    with pytest.raises(ConfigError, match=r"--prompt '\{\{\{.*: its variants nest too deeply to read"):
+        dynamic.jobs(["{" * 1000 + "a" + "}" * 1000], "", [0])
+    for combinatorial in (False, True):  # (read, but drawn deeper)
+        with pytest.raises(ConfigError, match=r"--prompt \['\{\{\{.*: variants nest too deeply to draw"):
+            dynamic.jobs(["{" * 400 + "a|b" + "}" * 400], "", [0], combinatorial=combinatorial)
+
+
 def test_generate_refuses_bad_dynamic_settings_before_the_model_loads(tmp_path):
     base = dict(out=str(tmp_path / "r"), model=str(tmp_path / "no-model"))
     with pytest.raises(ConfigError, match="never closed"):

@@ -91,7 +91,11 @@ def parse(text: str, where: str = "--prompt") -> list:
     ['a ', Variant(options=((1.0, ['red']), (2.0, ['blue'])), low=1, high=1, separator=', ', sampler=''), ' ', \
 Wildcard(name='hat', variables=(), sampler='')]
     """
-    nodes, i = _sequence(text, 0, False, where)
+    try:
+        nodes, i = _sequence(text, 0, False, where)
+    except RecursionError:  # (hundreds of braces one inside another)
+        raise ConfigError(f"{where} {text!r}: its variants nest too deeply to read (Python's recursion limit): nest "
+                          f"fewer") from None
     return nodes
 
 
@@ -669,6 +673,15 @@ def jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | None
     >>> [(j.prompt, j.seeds) for j in jobs(["a {cat|dog}"], "", [0, 1, 2], combinatorial=True)]
     [('a cat', (0, 1, 2)), ('a dog', (0, 1, 2))]
     """
+    try:
+        return _jobs(prompts, negative, seeds, folder, combinatorial, max_prompts)
+    except RecursionError:  # (variants hundreds deep read, but drawing them goes deeper)
+        raise ConfigError(f"--prompt {prompts!r} or --negative-prompt {negative!r}: variants nest too deeply to draw "
+                          f"(Python's recursion limit): nest fewer") from None
+
+
+def _jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | None, combinatorial: bool,
+          max_prompts: int) -> list[Job]:
     wildcards = Wildcards(Path(folder).expanduser() if folder else None)
     negative_nodes = parse(negative, "--negative-prompt")
     check(negative_nodes, wildcards)
