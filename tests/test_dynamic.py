@@ -286,6 +286,11 @@ def test_braces_nested_hundreds_deep_are_refused_naming_the_prompt():
             dynamic.jobs(["{" * 400 + "a|b" + "}" * 400], "", [0], combinatorial=combinatorial)
 
 
+def test_a_folder_named_like_a_wildcard_file_is_not_read_as_one(wildcards):
+    (wildcards / "old.txt").mkdir()
+    assert {j.prompt for j in dynamic.jobs(["__*__"], "", list(range(30)), str(wildcards))} >= {"blue", "watercolor"}
+
+
 def test_generate_refuses_bad_dynamic_settings_before_the_model_loads(tmp_path):
     base = dict(out=str(tmp_path / "r"), model=str(tmp_path / "no-model"))
     with pytest.raises(ConfigError, match="never closed"):

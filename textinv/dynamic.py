@@ -284,9 +284,11 @@ class Wildcards:
         if self._names is None:
             names: dict = {}
             for path in sorted(self.folder.rglob("*")):
+                if not path.is_file():  # (a folder named like a file, old.txt)
+                    continue
                 if path.suffix == ".txt":
                     found = [(self._name(path), path)]
-                elif path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+                elif path.suffix in (".yaml", ".yml", ".json"):
                     under = path.parent.relative_to(self.folder).as_posix()
                     prefix = "" if under == "." else under + "/"
                     found = [(prefix + key, (path, key, entries)) for key, entries in _structured(path)]
