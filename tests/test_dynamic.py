@@ -309,6 +309,9 @@ def test_generate_refuses_bad_dynamic_settings_before_the_model_loads(tmp_path):
         generate(GenerateConfig(prompt=["a"], negative_prompt="{x", **base), progress=False)
     with pytest.raises(ConfigError, match="--hires-prompt '\\{a\\|b\\}': the hires fix's prompts take no"):
         generate(GenerateConfig(prompt=["a"], hires_scale=2, hires_prompt="{a|b}", **base), progress=False)
+    with pytest.raises(ConfigError, match=r"--hires-negative-prompt '\$\{s:x\}': the hires fix's prompts take no .*"
+                                          r"\$\{variables\} .*, or \\\{, \$\\\{ and \\_ for the characters"):
+        generate(GenerateConfig(prompt=["a"], hires_scale=2, hires_negative_prompt="${s:x}", **base), progress=False)
     with pytest.raises(ConfigError, match="--wildcards-dir .*nowhere is no folder"):
         generate(GenerateConfig(prompt=["a"], wildcards_dir=str(tmp_path / "nowhere"), **base), progress=False)
     with pytest.raises(ConfigError, match="--max-prompts must be >= 1"):

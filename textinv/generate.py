@@ -1240,9 +1240,9 @@ def _jobs(config: GenerateConfig) -> list[dynamic.Job]:
     for flag, text in (("--hires-prompt", config.hires_prompt), ("--hires-negative-prompt",
                                                                  config.hires_negative_prompt)):
         if text and dynamic.is_dynamic(dynamic.parse(text, flag)):
-            raise ConfigError(f"{flag} {text!r}: the hires fix's prompts take no {{a|b}} variants or __wildcards__ "
-                              f"(one is drawn for every picture); write the text out, or \\{{ and \\_ for the "
-                              f"characters")
+            raise ConfigError(f"{flag} {text!r}: the hires fix's prompts take no {{a|b}} variants, __wildcards__ or "
+                              f"${{variables}} (one is drawn for every picture); write the text out, or \\{{, $\\{{ "
+                              f"and \\_ for the characters")
     seeds = [config.seed + i for i in range(config.n)]
     return dynamic.jobs(config.prompt, config.negative_prompt, seeds, config.wildcards_dir, config.combinatorial,
                         config.max_prompts or dynamic.MAX_PROMPTS)
