@@ -174,6 +174,28 @@ def test_bad_yaml_and_json_wildcard_files_are_refused_naming_file_and_key(wildca
         dynamic.jobs(["__a__ __styles__"], "", [0], str(wildcards))
 
 
+def test_a_yaml_or_json_file_that_never_ends_expands_past_counting_or_nests_too_deeply_is_refused(wildcards):
+    """YAML's aliases can make a mapping hold itself, or a few lines stand for billions of keys; brackets may nest
+    thousands deep: each is refused, not a hang or a RecursionError."""
+    (wildcards / "self.yaml").write_text("a: &x\n  b: [red]\n  c: *x\n")
+    with pytest.raises(ConfigError, match=r"self.yaml: the key a/c holds a mapping around it \(a YAML alias of its "
+                                          r"own anchor\), so its names never end: "):
+        dynamic.jobs(["__a/b__"], "", [0], str(wildcards))
+    levels = ["l0: &l0 [x]"] + [f"l{k}: &l{k} {{" + ", ".join(f"k{j}: *l{k - 1}" for j in range(10)) + "}"
+                                for k in range(1, 9)]
+    (wildcards / "self.yaml").write_text("\n".join(levels) + "\n")  # (10**8 names)
+    with pytest.raises(ConfigError, match=r"self.yaml holds more than 1000000 keys and options \(its aliases "
+                                          r"expanded\)"):
+        dynamic.jobs(["__l0__"], "", [0], str(wildcards))
+    (wildcards / "self.yaml").unlink()
+    (wildcards / "deep.json").write_text('{"a":' * 5000 + '["x"]' + "}" * 5000)
+    with pytest.raises(ConfigError, match=r"deep.json nests too deeply to read"):
+        dynamic.jobs(["__a__"], "", [0], str(wildcards))
+    (wildcards / "deep.json").write_text('{"a":' * 150 + '["x"]' + "}" * 150)
+    with pytest.raises(ConfigError, match=r"deep.json: the key a/a/.*/a nests its keys too deeply"):
+        dynamic.jobs(["__a__"], "", [0], str(wildcards))
+
+
 def test_a_cyclical_part_gives_the_ith_seed_its_ith_text_whatever_n(wildcards):
     """`{@...}` and `__@...__` (dynamicprompts' cyclical sampler): options in turn, an option's own parts turning once
     a round; picture i (of --seed, --seed + 1, ...) takes the i-th."""

@@ -38,7 +38,8 @@ from .errors import ConfigError
 
 SEPARATOR = ", "  # between the options a `{2$$...}` variant draws (dynamicprompts' default)
 MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combinations
-MAX_DEPTH = 100  # the most wildcards and variables drawn one inside another
+MAX_DEPTH = 100  # the most wildcards and variables drawn one inside another (and keys of a YAML file)
+MAX_STRUCTURED = 1_000_000  # the most keys and options a YAML or JSON wildcard file holds, its aliases expanded
 
 _WILDCARD = re.compile(r"__([~!@]?)([\w\-./*]+?)(?:\(([^()]*)\))?__")  # `__name__`, `__@name(var=value, ...)__`
 _NAMED_BY_VARIABLE = re.compile(r"__[~!@]?[\w\-./*]*\$\{")  # `__colors/${season}__`
@@ -340,7 +341,22 @@ def _origin(source) -> str:
 def _structured(path: Path) -> list[tuple[str, list]]:
     """A YAML or JSON wildcard file's wildcards as (name, [(weight, text, where), ...]): a mapping's keys name them,
     nested mappings as `key/sub`; a file that is one list is one, named as the file (dynamicprompts' reading)."""
-    text = _text(path)
+    try:
+        data = _load(path, _text(path))
+    except RecursionError:  # (thousands of brackets one inside another)
+        raise ConfigError(f"the wildcard file {path} nests too deeply to read (Python's recursion limit): fix it, or "
+                          f"move it out of --wildcards-dir") from None
+    if isinstance(data, list):
+        return [(path.stem, _structured_options(data, path, path.stem))]
+    if not isinstance(data, dict):
+        raise ConfigError(f"the wildcard file {path} holds {type(data).__name__ if data is not None else 'nothing'}, "
+                          f"where a mapping of names to lists of options (or one list) is expected: fix it, or move "
+                          f"it out of --wildcards-dir")
+    return _structured_keys(data, path)
+
+
+def _load(path: Path, text: str):
+    """A YAML or JSON file's data; one that does not read is refused."""
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -358,30 +374,41 @@ def _structured(path: Path) -> list[tuple[str, list]]:
         except yaml.YAMLError as e:
             raise ConfigError(f"the wildcard file {path} is not YAML ({' '.join(str(e).split())}): fix it, or move it "
                               f"out of --wildcards-dir") from None
-    if isinstance(data, list):
-        return [(path.stem, _structured_options(data, path, path.stem))]
-    if not isinstance(data, dict):
-        raise ConfigError(f"the wildcard file {path} holds {type(data).__name__ if data is not None else 'nothing'}, "
-                          f"where a mapping of names to lists of options (or one list) is expected: fix it, or move "
-                          f"it out of --wildcards-dir")
-    return _structured_keys(data, path, "")
+    return data
 
 
-def _structured_keys(data: dict, path: Path, prefix: str) -> list[tuple[str, list]]:
-    out = []
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if not isinstance(key, str):
-            raise ConfigError(f"the wildcard file {path}: the key {name} ({type(key).__name__}) is not a name: quote "
-                              f"it (\"{key}\")")
-        if isinstance(value, list):
-            out.append((name, _structured_options(value, path, name)))
-        elif isinstance(value, dict):
-            out += _structured_keys(value, path, name + "/")
-        else:
-            raise ConfigError(f"the wildcard file {path}: the key {name} holds {value!r} ({type(value).__name__}), "
-                              f"where a list of options or a mapping of names is expected: make it a list, or "
-                              f"remove it")
+def _structured_keys(data: dict, path: Path) -> list[tuple[str, list]]:
+    """A mapping's wildcards, nested keys as `key/sub`. YAML's aliases can make a mapping hold one around it, or a few
+    lines stand for billions of keys: both are refused, as are keys nested past `MAX_DEPTH`."""
+    out: list = []
+    size = 0  # keys and options read, each alias's as often as it stands
+
+    def walk(mapping: dict, prefix: str, above: tuple) -> None:
+        nonlocal size
+        for key, value in mapping.items():
+            name = f"{prefix}{key}"
+            if not isinstance(key, str):
+                raise ConfigError(f"the wildcard file {path}: the key {name} ({type(key).__name__}) is not a name: "
+                                  f"quote it (\"{key}\")")
+            size += 1 + (len(value) if isinstance(value, list) else 0)
+            if size > MAX_STRUCTURED:
+                raise ConfigError(f"the wildcard file {path} holds more than {MAX_STRUCTURED} keys and options (its "
+                                  f"aliases expanded): split it, or use fewer aliases")
+            if isinstance(value, list):
+                out.append((name, _structured_options(value, path, name)))
+            elif isinstance(value, dict) and (any(value is m for m in above) or len(above) > MAX_DEPTH):
+                what = "nests its keys too deeply" if len(above) > MAX_DEPTH else \
+                    "holds a mapping around it (a YAML alias of its own anchor), so its names never end"
+                raise ConfigError(f"the wildcard file {path}: the key {name} {what}: fix it, or move it out of "
+                                  f"--wildcards-dir")
+            elif isinstance(value, dict):
+                walk(value, name + "/", above + (value,))
+            else:
+                raise ConfigError(f"the wildcard file {path}: the key {name} holds {value!r} "
+                                  f"({type(value).__name__}), where a list of options or a mapping of names is "
+                                  f"expected: make it a list, or remove it")
+
+    walk(data, "", (data,))
     return out
 
 
