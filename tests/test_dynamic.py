@@ -108,6 +108,8 @@ def test_combinatorial_mode_takes_each_value_of_a_variable_set_once(wildcards):
     ("${s={a|${s}}}${s}", r"a variable draws itself in a loop: \$\{s\} -> \$\{s\}"),
     ("__styles(a)__", r"the wildcard __styles\(a\)__ sets its variables as name=value"),
     ("${s=cold}__colors/${s}__", r"the wildcard at character 10 is named by a variable, which textinv does not read"),
+    ("a __styles(x=a, s=(red:1.2))__", r"the wildcard at character 3 sets a variable to a value in parentheses, which "
+                                  r"textinv does not read: set it before \(\$\{s=\(red:1.2\)\}__styles__\)"),
 ])
 def test_bad_variables_are_refused_naming_the_fix(wildcards, template, message):
     with pytest.raises(ConfigError, match=message):
@@ -246,6 +248,13 @@ def test_a_drawn_prompt_keeps_escapes_for_emphasis_and_draws_itself_again():
     (drawn,) = _draws(r"\{a\} {b|b} \(c\)", [0])
     assert drawn == r"\{a\} b \(c\)" and emphasis.plain_text(drawn) == "{a} b (c)"
     assert not dynamic.is_dynamic(dynamic.parse(drawn))
+
+
+@pytest.mark.parametrize("text", ["__w(s=(x:1.2))__ ${s} $\\{t} __a__", "{{best}} __init__(self) a\\{b"])
+def test_a_pictures_prompt_made_literal_is_drawn_as_the_text_it_is(text):
+    literal = dynamic.literal(text)
+    assert not dynamic.is_dynamic(dynamic.parse(literal))
+    assert emphasis.plain_text(literal) == emphasis.plain_text(text)
 
 
 def test_a_pictures_prompt_is_its_seeds_whatever_n_and_the_first_seed():

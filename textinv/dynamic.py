@@ -43,6 +43,7 @@ MAX_STRUCTURED = 1_000_000  # the most keys and options a YAML or JSON wildcard 
 
 _WILDCARD = re.compile(r"__([~!@]?)([\w\-./*]+?)(?:\(([^()]*)\))?__")  # `__name__`, `__@name(var=value, ...)__`
 _NAMED_BY_VARIABLE = re.compile(r"__[~!@]?[\w\-./*]*\$\{")  # `__colors/${season}__`
+_PARENTHESES_IN_VARIABLES = re.compile(r"__[~!@]?([\w\-./*]+?)\((?:[^()]*,)?\s*([\w-]+)\s*=\s*(\(.*?\))\)__")
 _SAMPLER = re.compile(r"\s*([~!@])")  # `{~a|b}`: a variant's (or a wildcard's) own sampler
 _VARIABLE = re.compile(r"\$\{\s*([A-Za-z_-][A-Za-z0-9_-]*)\s*(\}|:|=|\?=)")  # `${name}`, `${name:`, `${name=`
 _HEADER = re.compile(r"\s*(\d*)\s*(?:(-)\s*(\d*))?\s*\$\$")  # `2$$`, `1-3$$`, `-2$$`, `2-$$`
@@ -114,7 +115,7 @@ def literal(text: str) -> str:
             out.append(text[i:i + 2])
             i += 2
             continue
-        if text[i] in "{}" or _WILDCARD.match(text, i):
+        if text[i] in "{}" or _WILDCARD.match(text, i) or _PARENTHESES_IN_VARIABLES.match(text, i):
             out.append("\\")
         out.append(text[i])
         i += 1
@@ -152,6 +153,11 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
                               f"textinv does not read: name the file (a variant of wildcards picks among them: "
                               f"{{__colors/summer__|__colors/winter__}}), or write \\_\\_ for underscores that are "
                               f"text")
+        elif _PARENTHESES_IN_VARIABLES.match(text, i) and not wildcard:  # (`__a(s=(x:1.2))__`: else drawn as text)
+            name, variable, value = _PARENTHESES_IN_VARIABLES.match(text, i).groups()
+            raise ConfigError(f"{where} {text!r}: the wildcard at character {i + 1} sets a variable to a value in "
+                              f"parentheses, which textinv does not read: set it before "
+                              f"(${{{variable}={value}}}__{name}__), or write \\_\\_ for underscores that are text")
         elif text.startswith("${", i):
             flush()
             node, i = _variable(text, i, inside, where)
