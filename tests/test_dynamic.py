@@ -278,6 +278,19 @@ def test_combinatorial_mode_gives_every_combination_in_order_up_to_max_prompts(w
     assert [j.prompt for j in jobs] == ["a c", "a d", "b c"]
 
 
+def test_combinatorial_mode_draws_each_prompt_once_as_sd_dynamic_prompts_does(wildcards):
+    """The extension's variants and wildcards give each text once (a line written twice weighs more when drawn at
+    random, and is one combination), and a `{2$$...}` choice without an option twice."""
+    (wildcards / "twice.txt").write_text("red\nred\n{red|blue}\n")
+    def prompts(template):
+        return [j.prompt for j in dynamic.jobs([template], "", [0], str(wildcards), combinatorial=True)]
+
+    assert prompts("{a|a|b} __twice__") == ["a red", "a blue", "b red", "b blue"]
+    assert prompts("{2$$a|a|b}") == ["a, b"]
+    assert prompts("{2$$__twice__}") == ["red, blue"]
+    assert prompts("{x|{a|a}}") == ["x", "a"]
+
+
 @pytest.mark.parametrize("template, folder, message", [
     ("a {cat|dog", None, r"the '\{' at character 3 is never closed: close it with '\}', or write \\\{"),
     ("a cat} dog", None, r"a '\}' at character 6 closes no '\{'"),

@@ -648,15 +648,27 @@ def _node_texts(node, wildcards: Wildcards, variables: dict, turns: Turns) -> It
     elif node.sampler == "@":
         yield _cycle(node, turns.next(node), turns.rng, wildcards, variables)
     elif isinstance(node, Wildcard):
-        for _, line in wildcards.options(node.name):
-            yield from combinations(_line(node, line), wildcards, variables, turns)
+        texts = (text for _, line in wildcards.options(node.name)
+                 for text in combinations(_line(node, line), wildcards, variables, turns))
+        yield from _once(texts)
     else:
         options = [nodes for _, nodes in _options(node, wildcards)]
         low, high = _count(node, len(options))
-        for count in range(low, high + 1):
-            for chosen in itertools.combinations(options, count):
-                for texts in _products([combinations(option, wildcards, variables, turns) for option in chosen]):
-                    yield node.separator.join(texts)
+        choices = (texts for count in range(low, high + 1) for chosen in itertools.combinations(options, count)
+                   for texts in _products([combinations(option, wildcards, variables, turns) for option in chosen]))
+        for texts in _once(choices):
+            if len(set(texts)) == len(texts):  # (no option's text twice in one choice, as dynamicprompts)
+                yield node.separator.join(texts)
+
+
+def _once(values: Iterator) -> Iterator:
+    """`values` without those given before: a variant's or wildcard's texts, each once, as dynamicprompts gives them
+    (a line written twice weighs more when drawn at random, and is one combination)."""
+    seen = set()
+    for value in values:
+        if value not in seen:
+            seen.add(value)
+            yield value
 
 
 def _products(iterators: list[Iterator[str]]) -> Iterator[tuple[str, ...]]:
