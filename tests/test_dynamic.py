@@ -80,6 +80,7 @@ def test_variables_reach_wildcard_files_and_a_wildcards_own_variables_its_lines(
     assert set(_draws("${season=!{summer|winter}}__outfit__, ${season}", folder=wildcards)) == {
         "a summer coat, summer", "a winter coat, winter"}
     assert set(_draws("__outfit__", folder=wildcards)) == {"a spring coat"}
+    assert set(_draws("__outfit__${s:!}", folder=wildcards)) == {"a spring coat!"}  # (a wildcard, then a variable)
     assert set(_draws("__outfit(season=winter)__ __outfit(season={wet|dry})__", folder=wildcards)) == {
         "a winter coat a wet coat", "a winter coat a dry coat"}
     assert set(_draws("{2$$__outfit(season=autumn)__}", folder=wildcards)) == {"a autumn coat"}

@@ -148,7 +148,7 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
             flush()
             node, i = _variant(text, i, where)
             nodes.append(node)
-        elif _NAMED_BY_VARIABLE.match(text, i):
+        elif _NAMED_BY_VARIABLE.match(text, i) and not wildcard:  # (`__a__${s}`: a wildcard, then a variable)
             raise ConfigError(f"{where} {text!r}: the wildcard at character {i + 1} is named by a variable, which "
                               f"textinv does not read: name the file (a variant of wildcards picks among them: "
                               f"{{__colors/summer__|__colors/winter__}}), or write \\_\\_ for underscores that are "
