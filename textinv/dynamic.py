@@ -148,16 +148,6 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
             flush()
             node, i = _variant(text, i, where)
             nodes.append(node)
-        elif _NAMED_BY_VARIABLE.match(text, i) and not wildcard:  # (`__a__${s}`: a wildcard, then a variable)
-            raise ConfigError(f"{where} {text!r}: the wildcard at character {i + 1} is named by a variable, which "
-                              f"textinv does not read: name the file (a variant of wildcards picks among them: "
-                              f"{{__colors/summer__|__colors/winter__}}), or write \\_\\_ for underscores that are "
-                              f"text")
-        elif _PARENTHESES_IN_VARIABLES.match(text, i) and not wildcard:  # (`__a(s=(x:1.2))__`: else drawn as text)
-            name, variable, value = _PARENTHESES_IN_VARIABLES.match(text, i).groups()
-            raise ConfigError(f"{where} {text!r}: the wildcard at character {i + 1} sets a variable to a value in "
-                              f"parentheses, which textinv does not read: set it before "
-                              f"(${{{variable}={value}}}__{name}__), or write \\_\\_ for underscores that are text")
         elif text.startswith("${", i):
             flush()
             node, i = _variable(text, i, inside, where)
@@ -173,11 +163,28 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
             nodes.append(Wildcard(name, _wildcard_variables(spec, wildcard.group(0), where), sampler))
             i = wildcard.end()
         else:
+            if ch == "_":
+                _refuse_unread_wildcard(text, i, where)
             square += (ch == "[") - (ch == "]" and square > 0)
             chars.append(ch)
             i += 1
     flush()
     return nodes, i
+
+
+def _refuse_unread_wildcard(text: str, i: int, where: str) -> None:
+    """Refuse what dynamicprompts reads as a wildcard at `text[i]` and textinv cannot (it is not `_WILDCARD`), rather
+    than draw it as text: a wildcard named by a variable, or setting one to a value in parentheses."""
+    if _NAMED_BY_VARIABLE.match(text, i):
+        raise ConfigError(f"{where} {text!r}: the wildcard at character {i + 1} is named by a variable, which "
+                          f"textinv does not read: name the file (a variant of wildcards picks among them: "
+                          f"{{__colors/summer__|__colors/winter__}}), or write \\_\\_ for underscores that are text")
+    parentheses = _PARENTHESES_IN_VARIABLES.match(text, i)  # `__a(s=(x:1.2))__`
+    if parentheses:
+        name, variable, value = parentheses.groups()
+        raise ConfigError(f"{where} {text!r}: the wildcard at character {i + 1} sets a variable to a value in "
+                          f"parentheses, which textinv does not read: set it before "
+                          f"(${{{variable}={value}}}__{name}__), or write \\_\\_ for underscores that are text")
 
 
 def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
