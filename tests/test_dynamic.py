@@ -117,6 +117,13 @@ def test_bad_variables_are_refused_naming_the_fix(wildcards, template, message):
         dynamic.jobs([template], "", [0], str(wildcards))
 
 
+def test_a_variable_or_wildcard_refused_names_the_prompt_it_is_in(wildcards):
+    with pytest.raises(ConfigError, match=r"^--prompt 'b \$\{s\}': \$\{s\} is used where no"):
+        dynamic.jobs(["a", "b ${s}"], "", [0])
+    with pytest.raises(ConfigError, match=r"^--negative-prompt '__nope__': __nope__: no wildcard file nope.txt"):
+        dynamic.jobs(["a"], "__nope__", [0], str(wildcards))
+
+
 def test_weights_draw_options_as_often_as_they_weigh():
     drawn = _draws("{1::a|3::b}", range(2000))
     assert 0.7 < drawn.count("b") / len(drawn) < 0.8

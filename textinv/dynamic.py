@@ -744,10 +744,13 @@ def _jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | Non
           max_prompts: int) -> list[Job]:
     wildcards = Wildcards(Path(folder).expanduser() if folder else None)
     negative_nodes = parse(negative, "--negative-prompt")
-    check(negative_nodes, wildcards)
     parsed = [parse(prompt) for prompt in prompts]
-    for nodes in parsed:
-        check(nodes, wildcards)
+    for flag, text, nodes in [("--negative-prompt", negative, negative_nodes)] + [
+            ("--prompt", prompt, nodes) for prompt, nodes in zip(prompts, parsed)]:
+        try:
+            check(nodes, wildcards)
+        except ConfigError as e:  # (which of the prompts draws the missing file, the unset variable...)
+            raise ConfigError(f"{flag} {text!r}: {e}") from None
 
     index = {seed: i for i, seed in enumerate(seeds)}  # (a cyclical part's turn: the picture's place)
 
