@@ -338,13 +338,15 @@ def test_braces_nested_hundreds_deep_are_refused_naming_the_prompt():
             dynamic.jobs(["{" * 400 + "a|b" + "}" * 400], "", [0], combinatorial=combinatorial)
 
 
-def test_each_wildcard_is_checked_once_not_once_for_each_way_to_reach_it(wildcards, monkeypatch):
-    """Four lines each drawing the next wildcard, ten deep, reach the last one 4**9 ways."""
+@pytest.mark.parametrize("prompt", ["__w0__ {__w0__|__w3__}", "${s=!{a|b}}${t={c|d}}__w0__ {__w0__|__w3__}"])
+def test_each_wildcard_is_checked_once_not_once_for_each_way_to_reach_it(wildcards, monkeypatch, prompt):
+    """Four lines each drawing the next wildcard, ten deep, reach the last one 4**9 ways (with the same variables
+    set around it, as a prompt's variables are)."""
     for k in range(10):
         (wildcards / f"w{k}.txt").write_text("".join(f"{j} __w{k + 1}__\n" for j in range(4)) if k < 9 else "end\n")
     calls, check = [], dynamic.check
     monkeypatch.setattr(dynamic, "check", lambda *args, **kwargs: calls.append(1) or check(*args, **kwargs))
-    dynamic.jobs(["__w0__ {__w0__|__w3__}"], "", [0], str(wildcards))
+    dynamic.jobs([prompt], "", [0], str(wildcards))
     assert len(calls) < 200
 
 

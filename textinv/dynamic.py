@@ -271,7 +271,7 @@ class Wildcards:
     folder: Path | None
     _read: dict = field(default_factory=dict)
     _names: dict | None = None  # wildcard name: its .txt file, or (structured file, key, options)
-    checked: set = field(default_factory=set)  # names `check` read through with no variables set around them
+    checked: set = field(default_factory=set)  # wildcards `check` read through, with the variables set around them
 
     def options(self, name: str) -> list[tuple[float, list]]:
         """The weighted, parsed options the wildcard `__name__` draws from (a .txt file's weigh 1); a name no file
@@ -470,14 +470,13 @@ def check(nodes: list, wildcards: Wildcards, within: tuple[str, ...] = (), varia
     nodes, variables = _assigned(nodes, variables or {}, checked)
     for node in nodes:
         if isinstance(node, Wildcard):
-            alone = not node.variables and not variables  # (its lines then draw the same however it is reached)
-            if alone and node.name in wildcards.checked:
+            seen = repr((node.name, node.variables, sorted(variables.items())))  # (what its lines draw from)
+            if seen in wildcards.checked:
                 continue  # (else a wildcard reached by many lines of many files is read as often: exponential)
             inner = _within(within, f"__{node.name}__")
             for _, line in wildcards.options(node.name):
                 check(_line(node, line), wildcards, inner, variables)
-            if alone:
-                wildcards.checked.add(node.name)
+            wildcards.checked.add(seen)
         elif isinstance(node, Variable):
             if node.name in variables:
                 check(variables[node.name], wildcards, _within(within, f"${{{node.name}}}"), variables)
