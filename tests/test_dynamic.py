@@ -287,8 +287,8 @@ def test_combinatorial_mode_gives_every_combination_in_order_up_to_max_prompts(w
 
 
 def test_combinatorial_mode_draws_each_prompt_once_as_sd_dynamic_prompts_does(wildcards):
-    """The extension's variants and wildcards give each text once (a line written twice weighs more when drawn at
-    random, and is one combination), and a `{2$$...}` choice without an option twice."""
+    """The extension's variants and wildcards give each text once (a line written twice is one combination), and a
+    `{2$$...}` choice holds no text twice."""
     (wildcards / "twice.txt").write_text("red\nred\n{red|blue}\n")
     def prompts(template):
         return [j.prompt for j in dynamic.jobs([template], "", [0], str(wildcards), combinatorial=True)]

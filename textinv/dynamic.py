@@ -669,7 +669,7 @@ def _node_texts(node, wildcards: Wildcards, variables: dict, turns: Turns) -> It
 
 def _once(values: Iterator) -> Iterator:
     """`values` without those given before: a variant's or wildcard's texts, each once, as dynamicprompts gives them
-    (a line written twice weighs more when drawn at random, and is one combination)."""
+    (it reads a file's lines as a set; textinv's random mode, as before, draws a line written twice twice as often)."""
     seen = set()
     for value in values:
         if value not in seen:
