@@ -12,13 +12,14 @@ What a picture's text can hold, and how each is read:
   did not record (those settings take their defaults; its paths were written as typed).
 - the A1111 web UI's `parameters` text: its prompt, negative prompt, Steps, Sampler (with Schedule type), CFG scale,
   Seed, Variation seed (and strength), Size, Clip skip and Tiling, and its hires fix (Denoising strength, Hires
-  upscale or resize, steps, upscaler, sampler, prompt and negative prompt: `_a1111_passes`; an upscaling network's
-  enlargement is Lanczos's here), its Refiner switch at (the Refiner must be given: --refiner); its TI hashes check the
+  upscale or resize, steps, upscaler, sampler, prompt and negative prompt, Forge's Hires CFG Scale: `_a1111_passes`;
+  an upscaling network's enlargement is Lanczos's here; a Hires checkpoint must be given: --hires-model), its
+  Refiner switch at (the Refiner must be given: --refiner); its TI hashes check the
   --embedding files given (`_check_ti_hashes`), its Lora hashes the LoRA files the prompt's tags find in --lora-dir
   (`_check_lora_hashes`). An img2img picture is drawn from its picture when --init-image gives it, else from the
   prompt alone; an inpainted one's Mask blur, Mask mode, Masked content, Inpaint area and Masked area padding apply
   when --mask gives its mask (`_a1111_mask`), else it is redrawn whole, with a warning. The rest (Model, Model hash,
-  VAE, Hires checkpoint, ...) cannot be applied and is named in a warning;
+  VAE, ...) cannot be applied and is named in a warning;
   the model must be given (--model), and a sampler textinv does not have must be chosen (--sampler).
   The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
 - ComfyUI's graph, its `prompt` text (the API format: {node id: {"class_type", "inputs"}}, an input from another node
@@ -76,7 +77,8 @@ _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
                "Lora hashes", "Denoising strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
                "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
                "Variation seed strength", "Tiling", "Emphasis", "Mask blur", "Mask mode", "Masked content",
-               "Inpaint area", "Masked area padding", "Inpaint blend", "Refiner", "Refiner switch at")
+               "Inpaint area", "Masked area padding", "Inpaint blend", "Refiner", "Refiner switch at",
+               "Hires CFG Scale", "Hires checkpoint")
 # sd-dynamic-prompts' templates, where a version writes them among the settings (else after them:
 # `_without_templates`): the prompts above are what was drawn, so a redraw needs nothing of them
 _A1111_DRAWN_FROM = ("Template", "Negative Template")
@@ -512,7 +514,8 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
                   notes: list[str], without_init: list[str], without_mask: list[str]) -> None:
     """The web UI's hires fix and img2img fields into `settings` (`Denoising strength`, `Hires upscale` or
     `Hires resize`, `Hires steps`, `Hires upscaler`, `Hires sampler`, `Hires prompt`, `Hires negative prompt`: the
-    web UI writes these two only where they differ from the picture's), what cannot be read into `needs`, what is
+    web UI writes these two only where they differ from the picture's; Forge's `Hires CFG Scale`), what cannot be
+    read into `needs` (a `Hires checkpoint`: its model, as the Model's), what is
     drawn otherwise into `notes` (an img2img picture drawn without its picture: `without_init`; an inpainted one
     without its mask: `without_mask`)."""
     if "Denoising strength" in fields:
@@ -538,9 +541,14 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
                          f"textinv does not run: it is enlarged with Lanczos (--hires-upscaler), then redrawn as the "
                          f"web UI redrew it, so expect the finer detail to differ")
     _a1111_sampler(path, fields, True, settings, needs)
-    for label, name in (("Hires prompt", "hires_prompt"), ("Hires negative prompt", "hires_negative_prompt")):
+    for label, name in (("Hires prompt", "hires_prompt"), ("Hires negative prompt", "hires_negative_prompt"),
+                        ("Hires CFG Scale", "hires_guidance")):
         if fields.get(label) and {"Hires upscale", "Hires resize"} & set(fields):
             settings[name] = fields[label]
+    if fields.get("Hires checkpoint") and {"Hires upscale", "Hires resize"} & set(fields):  # (as the Model is)
+        needs["hires_model"] = (f"--again {path} was redrawn by its hires fix with the web UI's Hires checkpoint "
+                                f"{fields['Hires checkpoint']}; textinv cannot find a model by the web UI's name or "
+                                f"hash: give it with --hires-model (its file or folder)")
     if "Denoising strength" in fields and not ({"Hires upscale", "Hires resize"} & set(fields)):
         without_init.append(f"{path} was drawn by the web UI's img2img from a picture of its own, which its text "
                             f"does not hold: give that picture with --init-image, or it is drawn from the prompt alone")

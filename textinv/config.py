@@ -892,6 +892,11 @@ class GenerateConfig:
                                   "tags work as in --prompt, its LoRAs replacing the prompt's for the second pass")
     hires_negative_prompt: str = opt(None, "the hires fix's negative prompt (the web UI's Hires negative prompt; "
                                            "default or empty: --negative-prompt)")
+    hires_guidance: float = opt(None, "the hires fix's guidance scale (the web UI's Hires CFG Scale, as Forge has it; "
+                                      "default: --guidance)")
+    hires_model: str = opt(None, "the web UI's Hires checkpoint: this model (as --model takes it, of its family) "
+                                 "draws the hires fix's second pass, its text encoders reading the hires prompts, "
+                                 "its VAE encoding and decoding that pass", path="source")
     batch_size: int = opt(4, "images per pipeline call: more is faster on a large GPU, fewer needs less memory; a "
                              "seed draws the same image at any batch size")
     precision: str = opt("auto", "weights' precision; auto = fp16 on a CUDA GPU, else fp32", choices=PRECISIONS)
@@ -1010,10 +1015,14 @@ class GenerateConfig:
         check_side("--hires-height", self.hires_height)
         if self.hires_steps is not None and self.hires_steps < 1:
             raise ConfigError(f"--hires-steps must be >= 1, got {self.hires_steps}")
+        if self.hires_guidance is not None and not (math.isfinite(self.hires_guidance) and self.hires_guidance >= 1):
+            raise ConfigError(f"--hires-guidance must be a finite number of at least 1 (1 turns guidance off), got "
+                              f"{self.hires_guidance}")
         if not self.hires():
             given = [flag for flag, value in (("--hires-steps", self.hires_steps), ("--hires-upscaler",
                      self.hires_upscaler), ("--hires-sampler", self.hires_sampler), ("--hires-prompt",
-                     self.hires_prompt), ("--hires-negative-prompt", self.hires_negative_prompt))
+                     self.hires_prompt), ("--hires-negative-prompt", self.hires_negative_prompt),
+                     ("--hires-guidance", self.hires_guidance), ("--hires-model", self.hires_model))
                      if value not in (None, "")]  # (an empty hires prompt is the web UI's: none of its own)
             if given:
                 raise ConfigError(f"{' and '.join(given)} set the hires fix, which --hires-scale (or --hires-width "

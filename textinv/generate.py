@@ -212,7 +212,9 @@ class Hires:
     may be None: the first pass's proportions), with `upscaler` (`refine.UPSCALERS`), then redrawn at `denoise` over
     `steps` sampling steps (None: as many as the first pass's) with `sampler` (None: the first pass's), for `prompt`
     and `negative_prompt` (already expanded; None: the first pass's), the web UI's Hires prompt and Hires negative
-    prompt; `switch` (when given) is called before the second pass (`_source_pass`: the hires prompt's LoRAs)."""
+    prompt, at `guidance` (None: the first pass's; Forge's Hires CFG Scale), by `model` (None: the first pass's; the
+    web UI's Hires checkpoint, loaded with `hires_model`, the embeddings installed); `switch` (when given) is called
+    before the second pass (`_source_pass`: the hires prompt's LoRAs)."""
 
     scale: float | None = None
     width: int | None = None
@@ -223,6 +225,8 @@ class Hires:
     sampler: str | None = None
     prompt: str | None = None
     negative_prompt: str | None = None
+    guidance: float | None = None
+    model: Model | None = field(default=None, compare=False)
     switch: Callable[[], None] | None = field(default=None, compare=False)
 
     def sizes(self, width: int, height: int, factor: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
@@ -262,6 +266,19 @@ def check_refiner(model: Model, refiner: Model, flag: str = "--refiner") -> None
                           f"as it is, so both must predict the same (give one of the same prediction type)")
 
 
+def check_hires_model(model: Model, hires: Model) -> None:
+    """Refuse a hires model (--hires-model) whose latents are not `model`'s: the hires fix's second pass redraws the
+    first pass's latents (enlarged) as they are, so both must be SDXL, or both SD 1.x/2.x with the same VAE latents.
+    Its prediction type may differ: that pass samples with its own scheduler."""
+    ours, theirs = model.vae.config, hires.vae.config
+    if (model.is_xl != hires.is_xl or hires.is_refiner or ours.latent_channels != theirs.latent_channels
+            or ours.scaling_factor != theirs.scaling_factor):
+        raise ConfigError(f"--hires-model {hires.source} ({FAMILY_NAMES.get(hires.family, 'custom model')}) does not "
+                          f"draw in the latents of --model {model.source} "
+                          f"({FAMILY_NAMES.get(model.family, 'custom model')}): give a model of the same family (an "
+                          f"SDXL model for SDXL, not its refiner; an SD 1.x/2.x model for SD 1.x/2.x)")
+
+
 @torch.no_grad()
 def render(
     model: Model,
@@ -298,7 +315,7 @@ def render(
     (`emphasis.MODES`). `inpaint` (with `start`) redraws only the mask's part of each picture (`inpaint`, the web
     UI's inpainting); a model made for it (a UNet of 9 input channels) draws only from pictures. `refiner` draws
     the last steps (`Refiner`), of the hires fix's second pass where there is one, as the web UI's default
-    (hires_fix_refiner_pass: second pass).
+    (hires_fix_refiner_pass: second pass): of `hires.model`'s pass, where it has one.
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -315,13 +332,17 @@ def render(
     if start is not None and hires is not None:  # (what GenerateConfig refuses, not dropped here unsaid)
         raise ConfigError("render takes `start` (img2img) or `hires` (the hires fix), not both, as the web UI's "
                           "img2img has no hires fix: redraw the pictures at the larger width and height instead")
+    second_model = (hires.model or model) if hires is not None else model  # (the hires fix's second pass's)
     if hires is not None:  # (its pass's schedule and sampler: refused now, not once the first pass has drawn)
-        _pass_schedule(model, hires.steps or steps, hires.denoise, True)
+        check_hires_model(model, second_model)
+        _pass_schedule(second_model, hires.steps or steps, hires.denoise, True)
         if hires.sampler:
-            scheduler_for(pipe.scheduler, hires.sampler, flag="--hires-sampler")
+            scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
+        if hires.guidance is not None:
+            _check_sampling(second_model, hires.steps or steps, hires.guidance)
     if refiner is not None:
         check_refiner_switch(refiner.switch_at)
-        check_refiner(model, refiner.model)
+        check_refiner(second_model, refiner.model)
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip, emphasis_mode=emphasis_mode)
     if inpaint is not None and start is None:
@@ -329,7 +350,9 @@ def render(
     if start is None and pipe.unet.config.in_channels == 9:
         raise ConfigError(f"{model.source} is an inpainting model (its UNet reads a mask and a picture): it redraws "
                           f"a picture (--init-image, with --mask for the part to redraw) and cannot draw from text")
-    with _tiled(pipe, tiling, refiner and refiner.model.unet):
+    others = [refiner and refiner.model.unet] + ([second_model.unet, second_model.vae] if second_model is not model
+                                                 else [])
+    with _tiled(pipe, tiling, *others):
         if start is not None:
             return _redrawn(model, start, inpaint, steps, denoise or refine.IMG2IMG_DENOISE, sampler,
                             (width, height), variation, refiner=refiner, **drawing)
@@ -350,12 +373,14 @@ def render(
         else:
             pictures = refine.upscale_pictures(first, enlarged, hires.upscaler, factor)
             pixels = torch.stack([prepare_image(p, 0, size=p.size) for p in pictures])
-            latents = refine.cropped(refine.encode(pipe.vae, pixels), crop)
+            # (the web UI decodes with the first pass's checkpoint and encodes with the hires one, loaded between)
+            latents = refine.cropped(refine.encode(second_model.vae, pixels), crop)
         if hires.switch is not None:
             hires.switch()
         second = {**drawing, **({"prompts": [hires.prompt] * len(prompts)} if hires.prompt is not None else {}),
-                  **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {})}
-        return _refined(model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler, size,
+                  **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {}),
+                  **({"guidance": hires.guidance} if hires.guidance is not None else {})}
+        return _refined(second_model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler, size,
                         variation, refiner=refiner, **second)
 
 
@@ -891,7 +916,8 @@ def png_text(params: dict[str, str]) -> PngInfo:
               "hires_scale": "Hires upscale", "hires_resize": "Hires resize", "hires_steps": "Hires steps",
               "hires_upscaler": "Hires upscaler", "hires_sampler": "Hires sampler",
               "hires_schedule": "Hires schedule type", "hires_prompt": "Hires prompt",
-              "hires_negative_prompt": "Hires negative prompt", "refiner": "Refiner",
+              "hires_negative_prompt": "Hires negative prompt", "hires_guidance": "Hires CFG Scale",
+              "hires_model": "Hires checkpoint", "refiner": "Refiner",
               "refiner_switch_at": "Refiner switch at", "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
     sampler, schedule = webui_names(params.get("sampler", "default")) or (None, None)
     values = {**params, "sampler": sampler, "schedule": schedule,
@@ -1154,6 +1180,9 @@ def checked_settings(config: GenerateConfig) -> Checked:
                           f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
     loras = lora_files([tag for prompt in [job.prompt for job in jobs] + [config.hires_prompt or ""]
                         for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
+    if config.hires_model and loras:  # (they would be applied to the first pass's model alone)
+        raise ConfigError(f"--hires-model draws without the prompts' LoRAs ({', '.join(sorted(loras))}) as yet: leave "
+                          f"the <lora:...> tags out, or --hires-model (the hires fix then redraws with --model)")
     pictures = _InitPictures(refine.init_pictures(config.init_image))  # (a bad picture: said before the model loads)
     inpaint = mask_settings(config, pictures.sizes)  # (a bad mask too)
     return Checked(config, jobs, embeddings, paths, loras, pictures, inpaint)
@@ -1169,23 +1198,30 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
     if config.refiner:  # (the families the sources tell, before either loads)
         check_refiner_source(model.is_xl if model is not None else source_is_xl(config.model), config)
+    if config.hires_model:
+        check_hires_source(model.is_xl if model is not None else source_is_xl(config.model), config)
     if model is None:
         where.device, where.dtype = device, drawing_dtype(config.precision, device)
         model = drawing_model(config, where.dtype, device)
     where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
     refiner = refiner_model(config, model)
+    second = hires_model(config, model)
     # (up to the first picture: a model passed in, or one loaded, takes the embeddings now, the LoRAs by prompt)
     what = " and ".join(name for name, given in (("the embeddings", embeddings), ("the LoRAs", loras)) if given)
     where.installing = f"installing {what} in the model" if what else "preparing to draw"
-    with handed_back(model), handed_back(refiner.model) if refiner else contextlib.nullcontext():
+    with handed_back(model), handed_back(refiner.model) if refiner else contextlib.nullcontext(), \
+            handed_back(second) if second else contextlib.nullcontext():
         for emb in embeddings:
             install_embedding(model, emb)
             if refiner:  # (its clip_g half, for an SDXL refiner: `check_fits`)
                 install_embedding(refiner.model, emb)
+            if second:
+                install_embedding(second, emb)
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
-                             _embedding_sums(embeddings, paths, digests), where, pictures, inpaint, jobs, refiner)
+                             _embedding_sums(embeddings, paths, digests), where, pictures, inpaint, jobs, refiner,
+                             second)
         finally:
             unload_loras(model)
 
@@ -1200,6 +1236,28 @@ def check_refiner_source(xl: bool | None, config: GenerateConfig) -> None:
         raise ConfigError(f"--refiner {config.refiner} is {name[theirs]} and --model {config.model} {name[xl]}: a "
                           f"refiner continues the model's latents, so it must be of the same kind (the SDXL refiner "
                           f"or another SDXL model for SDXL, an SD 1.x/2.x model for SD 1.x/2.x)")
+
+
+def check_hires_source(xl: bool | None, config: GenerateConfig) -> None:
+    """Refuse --hires-model of another family than --model (`xl`: whether it is SDXL; None: not known before it
+    loads), from what their sources tell, before either loads; `check_hires_model` checks the loaded models."""
+    theirs = source_is_xl(config.hires_model)
+    if xl is not None and theirs is not None and xl != theirs:
+        name = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
+        raise ConfigError(f"--hires-model {config.hires_model} is {name[theirs]} and --model {config.model} "
+                          f"{name[xl]}: the hires fix's second pass redraws the first pass's latents, so both must "
+                          f"be of the same family")
+
+
+def hires_model(config: GenerateConfig, model: Model) -> Model | None:
+    """--hires-model loaded as `model` is (its precision and device, --vae and --single-file-config: the web UI's
+    VAE setting holds for every checkpoint), checked against it (`check_hires_model`); None without one."""
+    if not config.hires_model:
+        return None
+    loaded = load_model(config.hires_model, dtype=model.unet.dtype, device=model.unet.device,
+                        single_file_config=config.single_file_config, vae=config.vae)
+    check_hires_model(model, loaded)
+    return loaded
 
 
 def refiner_model(config: GenerateConfig, model: Model) -> Refiner | None:
@@ -1520,7 +1578,7 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "init_image": _where(str(init_image) if init_image else None),
             "denoise": passes_denoise(config), **_mask_record(config), "refiner": _where(config.refiner),
             "refiner_switch_at": config.switch_at() if config.refiner else None,
-            **{name: getattr(config, name) for name in HIRES_SETTINGS},
+            **{name: getattr(config, name) for name in HIRES_SETTINGS}, "hires_model": _where(config.hires_model),
             **({"hires_upscaler": config.hires_upscaler or refine.DEFAULT_UPSCALER} if config.hires() else {}),
             "metadata": config.metadata}  # (so a redraw is written as the picture was)
 
@@ -1541,11 +1599,11 @@ def _mask_record(config: GenerateConfig) -> dict:
 # each path setting a picture records, and whether its value is always a local path (else it may be a bundled
 # model's name or a hub id)
 _PATH_SETTINGS = {"model": False, "embedding": True, "lora_dir": True, "vae": False, "single_file_config": False,
-                  "init_image": True, "mask": True, "refiner": False}
+                  "init_image": True, "mask": True, "refiner": False, "hires_model": False}
 MASK_SETTINGS = ("mask", "mask_blur", "inpaint_fill", "mask_invert", "inpaint_area", "masked_padding",
                  "inpaint_blend")
 HIRES_SETTINGS = ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_upscaler", "hires_sampler",
-                  "hires_prompt", "hires_negative_prompt")
+                  "hires_prompt", "hires_negative_prompt", "hires_guidance", "hires_model")
 
 
 def shareable_record(settings: dict) -> tuple[dict, list[str]]:
@@ -1617,7 +1675,8 @@ def _sizes(config: GenerateConfig, model: Model, init: Image.Image | None
     if not config.hires():
         return width, height, None, (width, height)
     hires = Hires(config.hires_scale, config.hires_width, config.hires_height, config.hires_steps,
-                  passes_denoise(config), config.hires_upscaler or refine.DEFAULT_UPSCALER, config.hires_sampler)
+                  passes_denoise(config), config.hires_upscaler or refine.DEFAULT_UPSCALER, config.hires_sampler,
+                  guidance=config.hires_guidance)
     return width, height, hires, hires.sizes(width, height, model.pipeline.vae_scale_factor)[2]
 
 
@@ -1633,13 +1692,14 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
               progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
               embedding_sums: dict[str, str], where: _Where | None = None, pictures: _InitPictures | None = None,
               inpaint: Inpaint | None = None, jobs: list[dynamic.Job] | None = None,
-              refiner: Refiner | None = None) -> list[Path]:
+              refiner: Refiner | None = None, second: Model | None = None) -> list[Path]:
     """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
     `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
     (`_memory_error`); `pictures`: the --init-image pictures each prompt redraws (`_InitPictures`; None: no
     picture), each drawn with every seed of the prompt's; `inpaint`: their mask and its settings (--mask); `jobs`:
     the prompts and negative prompts as drawn from their templates, and their seeds (`_jobs`; None: each --prompt
-    with every seed); `refiner`: --refiner loaded, its embeddings installed (`refiner_model`)."""
+    with every seed); `refiner`: --refiner loaded, its embeddings installed (`refiner_model`); `second`: --hires-model
+    so (`hires_model`)."""
     pictures = pictures or _InitPictures([None])
     steps = config.steps or DEFAULT_STEPS
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
@@ -1656,7 +1716,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                pictures, inpaint, recorded_sums=[digests[e] for e in config.embedding], embedding_sums=embedding_sums,
                mask_sum=file_sha256(Path(config.mask)) if config.mask else None, where=where or _Where(),
                keep_seeds=keep_seeds, names=names, mine=mine, suffix=_new_run_suffix(Path(config.out), mine),
-               refiner=refiner)
+               refiner=refiner, hires_model=second)
     prompts = [_prompt(run, *texts[index], negatives[job.negative][0]) for index, job in enumerate(jobs)]
     bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
                desc="generate", unit="img")
@@ -1776,6 +1836,7 @@ class _Run:
     warned: set[tuple[int, int]] = field(default_factory=set)  # the sizes `_warn_large` has warned of
     loras_on: dict | None = None  # the LoRAs active on the model (`_lora_set`; None: not known)
     refiner: Refiner | None = None  # --refiner (`refiner_model`)
+    hires_model: Model | None = None  # --hires-model (`hires_model`)
     written: list[Path] = field(default_factory=list)
 
 
@@ -1930,7 +1991,7 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
     if hires is not None:  # (with this prompt's second pass)
         text = run.hires.text
         hires = replace(hires, prompt=expand_all(text, run.embeddings) if text is not None else None,
-                        negative_prompt=run.hires.negative,
+                        negative_prompt=run.hires.negative, model=run.hires_model,
                         switch=(lambda: apply_loras(model, run.hires.tags, run.loras)) if prompt.switch else None)
     if drawn not in run.warned:
         run.warned.add(drawn)
@@ -2041,9 +2102,15 @@ def _refiner_params(config: GenerateConfig) -> dict:
     (hashing gigabytes for a label); empty without one."""
     if not config.refiner:
         return {}
-    source = config.refiner.rstrip("/\\")
+    return {"refiner": _model_name(config.refiner), "refiner_switch_at": config.switch_at()}
+
+
+def _model_name(given: str) -> str:
+    """A model setting as the web UI names a checkpoint: a file's name without its suffix, a folder's name, a hub
+    id (or a bundled name) as given."""
+    source = given.rstrip("/\\")
     name = Path(source).stem if Path(source).suffix.lower() in CHECKPOINT_SUFFIXES else Path(source).name
-    return {"refiner": name if Path(source).exists() else config.refiner, "refiner_switch_at": config.switch_at()}
+    return name if Path(source).exists() else given
 
 
 def _noise_params(config: GenerateConfig, seed: int) -> dict:
@@ -2089,6 +2156,10 @@ def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | Non
         params["hires_prompt"] = config.hires_prompt
     if config.hires_negative_prompt and config.hires_negative_prompt != config.negative_prompt:
         params["hires_negative_prompt"] = config.hires_negative_prompt
+    if hires.guidance is not None:  # (Forge writes its Hires CFG Scale whenever the hires fix is on)
+        params["hires_guidance"] = f"{hires.guidance:g}"
+    if config.hires_model:  # (the web UI's short title: the checkpoint's name, here without its hash)
+        params["hires_model"] = _model_name(config.hires_model)
     return {k: v for k, v in params.items() if v is not None}
 
 
