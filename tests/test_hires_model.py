@@ -246,3 +246,9 @@ def test_a_hires_model_that_predicts_otherwise_samples_with_its_own_scheduler(mo
     monkeypatch.setattr(generating, "scheduler_for", noting)
     render(model, PROMPT, [0], steps=4, hires=Hires(scale=2, model=load_model(sd2_dir)))
     assert made == ["epsilon", "v_prediction"]
+
+
+@pytest.mark.parametrize("guidance", [float("nan"), 0.5])
+def test_render_refuses_a_hires_guidance_it_cannot_guide_at(models, guidance):
+    with pytest.raises(ConfigError, match="--hires-guidance must be a finite number of at least 1"):
+        render(models[0], PROMPT, [0], steps=4, hires=Hires(scale=2, guidance=guidance))

@@ -338,8 +338,8 @@ def render(
         _pass_schedule(second_model, hires.steps or steps, hires.denoise, True)
         if hires.sampler:
             scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
-        if hires.guidance is not None:
-            _check_sampling(second_model, hires.steps or steps, hires.guidance)
+        if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
+            raise ConfigError(f"--hires-guidance must be a finite number of at least 1, got {hires.guidance}")
     if refiner is not None:
         check_refiner_switch(refiner.switch_at)
         check_refiner(second_model, refiner.model)
