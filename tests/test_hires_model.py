@@ -8,7 +8,7 @@ import torch
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
 from textinv.formats import LearnedEmbedding, save_embedding
-from textinv.generate import Hires, generate, install_embedding, render
+from textinv.generate import Hires, generate, render
 from textinv.models import load_model
 from textinv.tiny import build_tiny_pipeline
 
@@ -51,7 +51,8 @@ def test_the_hires_model_draws_the_second_pass_alone_with_its_own_vae(models, up
             hook.remove()
     assert len(base) == 4 and {s[-1] for s in base} == {8}
     assert len(hires) == 4 and {s[-1] for s in hires} == {16}
-    assert len(hires_dec) == 1 and len(base_dec) == (upscaler == "lanczos") and len(hires_enc) == (upscaler == "lanczos")
+    pictured = upscaler == "lanczos"
+    assert len(hires_dec) == 1 and len(base_dec) == pictured and len(hires_enc) == pictured
     alone = render(model, PROMPT, [0], steps=4, hires=Hires(scale=2, upscaler=upscaler))[0]
     assert image.size == alone.size == (32, 32) and not np.array_equal(np.asarray(image), np.asarray(alone))
     assert model.pipeline.unet is model.unet and other.pipeline.unet is other.unet
@@ -76,7 +77,8 @@ def test_the_hires_guidance_guides_the_second_pass_only(models, monkeypatch):
 
 
 def _embedding(scale: float) -> LearnedEmbedding:
-    return LearnedEmbedding("<rq>", {"text_encoder": scale * torch.randn(1, 32, generator=torch.Generator().manual_seed(0))})
+    vectors = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
+    return LearnedEmbedding("<rq>", {"text_encoder": scale * vectors})
 
 
 def test_the_learned_token_conditions_the_hires_model(sd1_dir, other_dir, tmp_path, monkeypatch):

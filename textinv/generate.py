@@ -380,8 +380,8 @@ def render(
         second = {**drawing, **({"prompts": [hires.prompt] * len(prompts)} if hires.prompt is not None else {}),
                   **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {}),
                   **({"guidance": hires.guidance} if hires.guidance is not None else {})}
-        return _refined(second_model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler, size,
-                        variation, refiner=refiner, **second)
+        return _refined(second_model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
+                        size, variation, refiner=refiner, **second)
 
 
 def seed_noise(generators: list[torch.Generator], shape: tuple[int, ...],
