@@ -156,6 +156,10 @@ def test_again_reads_a_web_ui_pictures_hires_checkpoint_and_cfg_and_asks_for_its
     with pytest.warns(UserWarning, match=r"parameters: Model \("):
         config, _ = again_config(picture, {"model": str(sd1_dir), "hires_model": str(other_dir)})
     assert (config.hires_guidance, config.hires_model, config.hires_scale) == (4.5, str(other_dir), 2)
+    with pytest.warns(UserWarning, match=r"parameters: Model \("):  # (reForge's 0: the first pass's)
+        config, _ = again_config(_webui_picture(tmp_path, "Hires upscale: 2, Hires CFG Scale: 0"),
+                                 {"model": str(sd1_dir)})
+    assert (config.hires_guidance, config.hires_scale) == (None, 2)
 
 
 def test_bad_hires_settings_are_refused_before_anything_loads(sd1_dir, tmp_path, monkeypatch):

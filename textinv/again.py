@@ -545,6 +545,8 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
                         ("Hires CFG Scale", "hires_guidance")):
         if fields.get(label) and {"Hires upscale", "Hires resize"} & set(fields):
             settings[name] = fields[label]
+    if _number(settings.get("hires_guidance")) == 0:  # (reForge's 0: the first pass's CFG scale)
+        del settings["hires_guidance"]
     if fields.get("Hires checkpoint") and {"Hires upscale", "Hires resize"} & set(fields):  # (as the Model is)
         needs["hires_model"] = (f"--again {path} was redrawn by its hires fix with the web UI's Hires checkpoint "
                                 f"{fields['Hires checkpoint']}; textinv cannot find a model by the web UI's name or "
