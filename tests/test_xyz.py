@@ -527,6 +527,7 @@ def test_running_out_of_memory_in_a_cell_names_the_cell_and_the_cells_written(tm
         return []
 
     monkeypatch.setattr(xyz, "generate", draws)
+    (tmp_path / "r").mkdir()  # (as generate makes --out: the plot stops when it is gone after a cell)
     with pytest.raises(DeviceMemoryError, match=r"^the X/Y/Z plot's cell 4 of 6 \(--x steps=1, --y guidance=7.5\): "
                                                 r"out of memory .* The 3 cells before it are written in \S+r, with "
                                                 r"no grid$"):
