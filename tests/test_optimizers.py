@@ -511,3 +511,26 @@ def test_dadaptation_is_refused_without_its_package_at_another_rate_said_and_wit
     for name in ("DAdaptAdam", "DAdaptation"):
         with pytest.raises(ConfigError, match=r"needs the dadaptation package .*: pip install dadaptation"):
             config(tmp_path / "nowhere", tmp_path / "o", optimizer=name, lr=1.0).validate()
+
+
+def test_evaluating_puts_the_point_it_steps_from_back_when_eval_itself_is_interrupted():
+    """A Ctrl-C (or any error) inside the optimizer's own eval() left the vectors at the average and the optimizer
+    in eval mode: the checkpoint saved on the way out then held the average as the point to step from, and the
+    next step was refused (schedulefree steps only in training mode)."""
+    schedulefree = pytest.importorskip("schedulefree")
+
+    class Interrupted(schedulefree.AdamWScheduleFree):
+        def eval(self):
+            super().eval()  # (the vectors moved, the mode switched)
+            raise KeyboardInterrupt
+
+    p = torch.randn(2, 4, requires_grad=True)
+    optimizer = Interrupted([p], lr=0.1)
+    optimizer.train()
+    p.grad = torch.ones_like(p)
+    optimizer.step()
+    y = p.detach().clone()
+    with pytest.raises(KeyboardInterrupt):
+        with optimizers.evaluating(optimizer):
+            pass
+    assert torch.equal(p.detach(), y) and optimizer.param_groups[0]["train_mode"]

@@ -201,8 +201,8 @@ def evaluating(optimizer: torch.optim.Optimizer):
         return
     params = [p for group in optimizer.param_groups for p in group["params"]]
     kept = [p.detach().clone() for p in params]
-    optimizer.eval()
-    try:
+    try:  # (eval() inside: an interruption in the middle of it leaves the point it steps from too)
+        optimizer.eval()
         yield
     finally:
         optimizer.train()
