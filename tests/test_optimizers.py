@@ -534,3 +534,26 @@ def test_evaluating_puts_the_point_it_steps_from_back_when_eval_itself_is_interr
         with optimizers.evaluating(optimizer):
             pass
     assert torch.equal(p.detach(), y) and optimizer.param_groups[0]["train_mode"]
+
+
+def test_schedule_free_samples_an_installed_tokens_vectors_as_they_were(sd1_dir, images, tmp_path, monkeypatch):
+    """A token installed before the run shares the trained tensor; its rows are put back after every step, but the
+    schedule-free z kept its weight decay, so the average the grids are drawn with moved the installed token."""
+    pytest.importorskip("schedulefree")
+    from textinv.formats import LearnedEmbedding
+    from textinv.generate import install_embedding
+
+    model = load_model(sd1_dir)
+    before = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    install_embedding(model, LearnedEmbedding("<had>", {"text_encoder": before.clone()}, {}))
+    seen = []
+
+    def grid(*a, **k):  # (the installed token's rows as the grid is drawn)
+        seen.append(model.text_encoder.get_input_embeddings().vectors.detach()[:2].clone())
+        return real_grid(*a, **k)
+
+    real_grid = train_module.sample_grid
+    monkeypatch.setattr(train_module, "sample_grid", grid)
+    train(config(images, tmp_path / "out", steps=4, sample_every=2, sample_steps=1, weight_decay=0.5,
+                 optimizer="adamw-schedulefree"), model=model, progress=False)
+    assert len(seen) == 3 and all(torch.equal(rows, before) for rows in seen)

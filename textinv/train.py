@@ -1507,6 +1507,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 with torch.no_grad():
                     for e, kept in others:
                         e.vectors[:len(kept)] = kept
+                        # (and in a schedule-free optimizer's iterate z, which its weight decay moved: the average
+                        # that grids and validation see is between the two)
+                        if "z" in optimizer.state.get(e.vectors, {}):
+                            optimizer.state[e.vectors]["z"][:len(kept)] = kept
             interval_loss += step_loss
             interval_steps += 1
             step += 1
