@@ -279,3 +279,28 @@ def test_a_dataset_configs_split_is_kohyas_count_and_one_holding_out_none_is_ref
                                           r"pictures, counted as kohya counts them \(round\(0.1 x each subset's "
                                           r"pictures, 3, 3\), .*give a share above 0.166667"):
         train(TrainConfig(out=str(tmp_path / "p"), **run), model=load_model(sd1_dir))
+
+
+def test_a_subsets_run_started_with_the_pooled_split_resumes_with_the_pictures_it_held_out(sd1_dir, tmp_path,
+                                                                                          monkeypatch):
+    """A run of several kohya subsets started before each subset held out its own share (one share of all their
+    pictures together) goes on with the pictures its checkpoint held out: it was refused as if the folders had
+    changed ("other pictures held out"), and putting them back, as that said, could not help."""
+    from textinv import train as train_module
+
+    a, b = write_images(tmp_path / "a", n=3), write_images(tmp_path / "b", n=3, seed=1)
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[general]\nvalidation_split = 0.5\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{a}"\n'
+                       f'[[datasets.subsets]]\nimage_dir = "{b}"\n')
+    run = dict(dataset_config=str(dataset), token="<zq>", init="dog", batch=2, save_every=2, sample_every=0,
+               validate_every=2)
+    real = train_module.split_pictures
+    with monkeypatch.context() as m:  # (the count before: round(0.5 x 6) = 3 of the six, not 2 of each subset)
+        m.setattr(train_module, "split_pictures", lambda p, share, seed, **_: real(p, share, seed))
+        straight = train(TrainConfig(out=str(tmp_path / "s"), steps=4, **run), model=load_model(sd1_dir),
+                         progress=False)
+        train(TrainConfig(out=str(tmp_path / "r"), steps=2, **run), model=load_model(sd1_dir), progress=False)
+    resumed = train(TrainConfig(out=str(tmp_path / "r"), steps=4, resume=True, **run), model=load_model(sd1_dir),
+                    progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.validation == straight.validation

@@ -57,8 +57,8 @@ from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_
 from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder,
-                         load_checkpoint, moved_places, name_changes, newest_checkpoint, prepare_output, run_lock,
-                         same_names, save_checkpoint, saved_validation, write_loss_log)
+                         load_checkpoint, moved_places, name_changes, newest_checkpoint, prepare_output,
+                         read_run_settings, run_lock, same_names, save_checkpoint, saved_validation, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
@@ -1025,8 +1025,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             read_caption(path, extension)  # (a caption file that is not UTF-8, say; read again with the pictures)
     validation_seed = config.seed if config.validation_seed is None else config.validation_seed
     held_back = [None] * len(found)  # each concept's pictures held out for the validation loss (--validation-split)
+    checkpoint = newest_checkpoint(out) if config.resume else None
     if config.validation_split:
-        found, held_back = _held_out(config, specs, found, validation_seed, is_main and progress)
+        found, held_back = _held_out(config, specs, found, validation_seed, is_main and progress,
+                                     _split_then(checkpoint, config))
     elif config.validation_images is not None:
         held_back = [_validation_pictures(config.validation_images, found[0])]
     # each picture's times in an epoch: its kohya folder's (or subset's) count x --repeats
@@ -1040,7 +1042,6 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
             print(length)
     if config.cuda_graphs:
         check_graph_device(device)
-    checkpoint = newest_checkpoint(out) if config.resume else None
     moved, places = {}, []  # (the model settings a resume gives anew, compared once it has loaded; all it moved)
     if checkpoint is not None:
         # (the pictures in the order its epoch table counts them)
@@ -1769,19 +1770,33 @@ class _StopRequest:
             signal.signal(sig, previous)
 
 
-def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], seed: int, say: bool
-              ) -> tuple[list[PictureSet], list[PictureSet]]:
+def _split_then(checkpoint: tuple[Path, dict] | None, config: TrainConfig) -> list[list[str] | None] | None:
+    """The pictures a resumed run's checkpoint held out, each concept's, where the run's --validation-split and
+    --validation-seed are today's (None otherwise): a run goes on with the split it started with, also one started
+    before textinv counted kohya subsets' shares each on its own."""
+    if checkpoint is None or not checkpoint[1].get("held_out"):
+        return None
+    saved = read_run_settings(config.out)
+    if (saved.get("validation_split"), saved.get("validation_seed")) != (config.validation_split,
+                                                                         config.validation_seed):
+        return None
+    return checkpoint[1]["held_out"]
+
+
+def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], seed: int, say: bool,
+              then: list[list[str] | None] | None = None) -> tuple[list[PictureSet], list[PictureSet]]:
     """Each concept's pictures split by --validation-split (`validation.split_pictures`, concept k's by its own
     seed): (the ones trained on, the ones held out); those held out are printed when `say`. A concept with a single
-    picture has none to spare."""
+    picture has none to spare. `then`: the pictures a resumed run held out (`_split_then`), each concept's, taken
+    where all of them are still there (a picture added or removed is then said by `check_resumable`)."""
     for spec, pictures in zip(specs, found):
         if len(pictures.paths) < 2:
             raise ConfigError(f"--validation-split {config.validation_split:g}: {pictures.where} holds one picture "
                               f"({spec['token']}'s), and training needs it; add pictures, or leave out "
                               f"--validation-split (--validate-every N scores the training pictures instead)")
     # (kohya's subsets: each holds out its own share, as kohya counts it)
-    split = [split_pictures(p, config.validation_split, concept_seed(seed, k), by_subset=bool(config.subsets))
-             for k, p in enumerate(found)]
+    split = [split_pictures(p, config.validation_split, concept_seed(seed, k), by_subset=bool(config.subsets),
+                            then=names) for k, (p, names) in enumerate(zip(found, then or [None] * len(found)))]
     for spec, pictures, (_, held) in zip(specs, found, split):
         if not held.paths:
             sizes = subset_sizes(pictures)
