@@ -304,3 +304,15 @@ def test_a_subsets_run_started_with_the_pooled_split_resumes_with_the_pictures_i
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.validation == straight.validation
+
+
+def test_kohyas_folder_layout_holds_out_each_folders_own_share_as_its_subsets_do(sd1_dir, tmp_path, capsys):
+    """kohya makes each N_words folder of its layout a subset of its own, and splits each subset alone; the folders
+    were pooled: round(0.5 x 6) = 3 held out, where kohya holds out 2 of each folder of 3."""
+    folder = tmp_path / "img"
+    write_images(folder / "1_dog", n=3)
+    write_images(folder / "2_toy", n=3, seed=1)
+    train(train_config(folder, tmp_path / "o", steps=1, validation_split=0.5), model=load_model(sd1_dir))
+    said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("held out for"))
+    held = said.split(": ", 1)[1].split(", ")
+    assert len(held) == 4 and sum(name.startswith("1_dog/") for name in held) == 2

@@ -400,11 +400,11 @@ class TrainConfig:
     sample_steps: int = opt(25, "denoising steps for sample grids")
     log_every: int = opt(10, "loss log interval in steps")
     validation_split: float = opt(0.0, "hold out this share of each concept's pictures from training (round(share x "
-                                       "pictures), at least one, leaving one to train on; of kohya subsets, each's "
-                                       "own share, as kohya counts it) and score the validation "
-                                       "loss on them (kohya's --validation_split); 0: none held out, and the "
-                                       "validation loss, when --validate-every asks for it, is the training "
-                                       "pictures'")
+                                       "pictures), at least one, leaving one to train on; of kohya subsets or "
+                                       "layout folders, each's own share, as kohya counts it) and score the "
+                                       "validation loss on them (kohya's --validation_split); 0: none held out, "
+                                       "and the validation loss, when --validate-every asks for it, is the "
+                                       "training pictures'")
     validation_images: str = opt(None, "a folder of pictures of the concept kept for the validation loss and never "
                                        "trained on, instead of --validation-split's share (one concept)",
                                  path="file")

@@ -1794,8 +1794,9 @@ def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], s
             raise ConfigError(f"--validation-split {config.validation_split:g}: {pictures.where} holds one picture "
                               f"({spec['token']}'s), and training needs it; add pictures, or leave out "
                               f"--validation-split (--validate-every N scores the training pictures instead)")
-    # (kohya's subsets: each holds out its own share, as kohya counts it)
-    split = [split_pictures(p, config.validation_split, concept_seed(seed, k), by_subset=bool(config.subsets),
+    # (kohya's subsets, and the folders of its layout, which it makes subsets: each holds out its own share, as
+    # kohya counts it; `described` says a concept's pictures are one or the other)
+    split = [split_pictures(p, config.validation_split, concept_seed(seed, k), by_subset=p.described is not None,
                             then=names) for k, (p, names) in enumerate(zip(found, then or [None] * len(found)))]
     for spec, pictures, (_, held) in zip(specs, found, split):
         if not held.paths:

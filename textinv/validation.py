@@ -58,7 +58,7 @@ def held_out_by_subset(sizes: Sequence[int], share: float, seed: int) -> list[in
 
 def subset_sizes(pictures: PictureSet) -> list[int]:
     """How many pictures each kohya subset of `pictures` holds, in order (their names start with the subset's
-    number: "2/a.png")."""
+    number, "2/a.png", or in kohya's folder layout with its folder, "10_dog/a.png")."""
     return list(Counter(name.split("/", 1)[0] for name in pictures.names).values())
 
 
