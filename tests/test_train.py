@@ -1984,7 +1984,7 @@ def _unequal_pictures(folder):
     return folder
 
 
-def test_bucket_no_upscale_trains_each_picture_at_its_own_size_and_tells_sdxl(tmp_path):
+def test_bucket_no_upscale_trains_each_picture_at_its_own_size_and_tells_sdxl(tmp_path, monkeypatch):
     """kohya's --bucket_no_upscale: the small picture trains at its own 14x10 cut down to 12x8 (never enlarged),
     the larger ones scaled down to about the 16x16 area; SDXL is told each one's size as loaded, where its crop
     lies in it as scaled, and the size trained at."""
@@ -2003,13 +2003,10 @@ def test_bucket_no_upscale_trains_each_picture_at_its_own_size_and_tells_sdxl(tm
         seen.extend(map(tuple, time_ids.int().tolist()))
         return real(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight, **k)
 
-    train_module.diffusion_loss, saved = spy, train_module.diffusion_loss
-    try:
-        result = train(config(pictures, tmp_path / "o", steps=4, batch=4, buckets=True, bucket_no_upscale=True,
-                              alpha_mask=True, validation_split=0.25, resolution=16),
-                       model=model, progress=False)
-    finally:
-        train_module.diffusion_loss = saved
+    monkeypatch.setattr(train_module, "diffusion_loss", spy)
+    result = train(config(pictures, tmp_path / "o", steps=4, batch=4, buckets=True, bucket_no_upscale=True,
+                          alpha_mask=True, validation_split=0.25, resolution=16),
+                   model=model, progress=False)
     assert result.steps == 4
     want = set()
     for w, h in ((48, 24), (24, 48), (32, 32), (14, 10)):
