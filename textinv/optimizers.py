@@ -161,9 +161,9 @@ def optimizer_arguments(name: str, items: list[str]) -> dict:
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float,
                    items: list[str] = (), warmup_steps: int = 0) -> torch.optim.Optimizer:
     """--optimizer `name` over `params` at rate `lr`, with `weight_decay` (each optimizer's own kind: decoupled
-    for AdamW, Lion, Prodigy and Adafactor, an L2 term for SGD and for D-Adaptation's Adam unless decouple=True)
-    and --optimizer-args `items`. The default, adamw
-    with no args, is `torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)`, as it always was. A
+    for AdamW, Lion, Prodigy, Adafactor and D-Adaptation's Lion and Adan, an L2 term for SGD, D-Adaptation's SGD
+    and AdaGrad, and its Adam unless decouple=True) and --optimizer-args `items`. The default, adamw with no args,
+    is `torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)`, as it always was. A
     schedule-free one warms up over `warmup_steps` itself, and is returned in training mode (kohya's scripts set it
     so before the first step; its step refuses to run otherwise).
 
