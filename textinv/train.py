@@ -1798,20 +1798,25 @@ def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], s
     # kohya counts it; `described` says a concept's pictures are one or the other)
     split = [split_pictures(p, config.validation_split, concept_seed(seed, k), by_subset=p.described is not None,
                             then=names) for k, (p, names) in enumerate(zip(found, then or [None] * len(found)))]
-    for spec, pictures, (_, held) in zip(specs, found, split):
+    for pictures, (_, held) in zip(found, split):
         if not held.paths:
-            sizes = subset_sizes(pictures)
-            fix = (f"give a share above {0.5 / max(sizes):g}" if max(sizes) > 1 else
-                   "each subset's one picture is trained on: add pictures")
-            raise ConfigError(f"--validation-split {config.validation_split:g} holds out none of {pictures.where}'s "
-                              f"pictures, counted as kohya counts them (round({config.validation_split:g} x each "
-                              f"subset's pictures, {', '.join(map(str, sizes))}), leaving one of each to train on); "
-                              f"{fix}, or leave out --validation-split (validation_split)")
+            _refuse_none_held(config.validation_split, pictures)
     if say:
         for spec, (_, held) in zip(specs, split):
             mine = f"{spec['token']}: " if len(specs) > 1 else ""
             print(f"{mine}held out for the validation loss: {', '.join(held.names)}")
     return [kept for kept, _ in split], [held for _, held in split]
+
+
+def _refuse_none_held(share: float, pictures: PictureSet) -> None:
+    """Refuse a --validation-split `share` that holds out none of kohya subsets' `pictures` (each subset's
+    round(share x its pictures)), naming the share that holds one out."""
+    sizes = subset_sizes(pictures)
+    fix = (f"give a share above {0.5 / max(sizes):g}" if max(sizes) > 1 else
+           "each subset's one picture is trained on: add pictures")
+    raise ConfigError(f"--validation-split {share:g} holds out none of {pictures.where}'s pictures, counted as kohya "
+                      f"counts them (round({share:g} x each subset's pictures, {', '.join(map(str, sizes))}), leaving "
+                      f"one of each to train on); {fix}, or leave out --validation-split (validation_split)")
 
 
 def _validation_pictures(folder: str, trained: PictureSet) -> PictureSet:
