@@ -306,3 +306,22 @@ def test_a_shareable_picture_names_its_refiner_and_again_asks_where_it_is(xl_dir
         again_config(picture, {"model": str(xl_dirs[0])})
     config, _ = again_config(picture, {"model": str(xl_dirs[0]), "refiner": str(xl_dirs[1])})
     assert (config.refiner, config.switch_at()) == (str(xl_dirs[1]), 0.8)
+
+
+def test_an_xyz_plot_loads_the_refiner_once_for_all_its_cells(xl_dirs, tmp_path, monkeypatch):
+    """The plot draws each cell with generate on the one model it loaded; the refiner is loaded once too (an SDXL
+    refiner is gigabytes: read again for each cell, a plot of 12 cells would read it 12 times)."""
+    import textinv.generate as generating
+
+    loads = []
+    real = generating.load_model
+
+    def counting(source, *args, **kwargs):
+        loads.append((str(source), kwargs.get("refiner", False)))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(generating, "load_model", counting)
+    generate(GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner=str(xl_dirs[1]), n=1, steps=4,
+                            x="guidance=3,7", y="seed=1,2", out=str(tmp_path)), progress=False)
+    assert [load for load in loads if load[1]] == [(str(xl_dirs[1]), True)]
+    assert len(list(tmp_path.glob("*.png"))) == 5  # (the grid and its 4 cells)

@@ -521,7 +521,7 @@ def test_running_out_of_memory_in_a_cell_names_the_cell_and_the_cells_written(tm
     cell ran out and that the cells before it are written."""
     from textinv.errors import DeviceMemoryError
 
-    def draws(cell, model, progress, keep_seeds):
+    def draws(cell, model, progress, keep_seeds, refiner):
         if (cell.steps, cell.guidance) == (1, 7.5):
             raise DeviceMemoryError("out of memory on cuda drawing 1 picture at once. No picture was written")
         return []

@@ -1076,7 +1076,7 @@ def _half_of(half: LearnedEmbedding, whole: LearnedEmbedding) -> bool:
 
 
 def generate(config: GenerateConfig, model: Model | None = None, progress: bool = True,
-             keep_seeds: set[int] | None = None) -> list[Path]:
+             keep_seeds: set[int] | None = None, refiner: Model | None = None) -> list[Path]:
     """Write `config.n` images for each prompt (and each picture of an --init-image folder) into `config.out`;
     return their paths. With `keep_seeds`, every seed is drawn but only those seeds' pictures are written (`again`: a
     picture redrawn in the batch it was drawn in, as a batch's kernels round otherwise than one picture's).
@@ -1085,7 +1085,8 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     >>> generate(GenerateConfig(prompt=["a photo of <my-dog>"], embedding=["runs/dog/learned_embeds.safetensors"]))  # doctest: +SKIP
     [PosixPath('renders/000-a-photo-of-my-dog-s0.png'), ...]
 
-    A `model` passed in (`models.load_model`) comes back as it came: the embeddings and LoRAs are taken out again.
+    A `model` passed in (`models.load_model`) comes back as it came: the embeddings and LoRAs are taken out again;
+    so does a `refiner` passed in (`refiner_model`'s), which --refiner then names, loaded already.
     Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     With `config.x`, `.y` or `.z` it draws the web UI's X/Y/Z plot instead (`xyz.plot`).
     """
@@ -1094,7 +1095,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
 
         return plot(config, model, progress, keep_seeds)
     where = _Where()
-    return out_of_memory_as(lambda: _generate(config, model, progress, keep_seeds, where),
+    return out_of_memory_as(lambda: _generate(config, model, progress, keep_seeds, where, refiner),
                             lambda e: _memory_error(where, e), lambda: where.device)
 
 
@@ -1189,22 +1190,21 @@ def checked_settings(config: GenerateConfig) -> Checked:
 
 
 def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_seeds: set[int] | None,
-              where: _Where) -> list[Path]:
+              where: _Where, refiner: Model | None = None) -> list[Path]:
     """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     check_model_object(model)
     config, jobs, embeddings, paths, loras, pictures, inpaint = checked_settings(config)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
-    if config.refiner:  # (the families the sources tell, before either loads)
-        check_refiner_source(model.is_xl if model is not None else source_is_xl(config.model), config)
+    check_refiner_source(config, model)
     if config.hires_model:
         check_hires_source(model.is_xl if model is not None else source_is_xl(config.model), config)
     if model is None:
         where.device, where.dtype = device, drawing_dtype(config.precision, device)
         model = drawing_model(config, where.dtype, device)
     where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
-    refiner = refiner_model(config, model)
+    refiner = refiner_model(config, model, refiner)
     second = hires_model(config, model)
     # (up to the first picture: a model passed in, or one loaded, takes the embeddings now, the LoRAs by prompt)
     what = " and ".join(name for name, given in (("the embeddings", embeddings), ("the LoRAs", loras)) if given)
@@ -1226,10 +1226,13 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
             unload_loras(model)
 
 
-def check_refiner_source(xl: bool | None, config: GenerateConfig) -> None:
-    """Refuse --refiner of another family than --model (`xl`: whether it is SDXL; None: not known before it
-    loads), from what their sources tell (`models.source_is_xl`), before either loads; `check_refiner` checks the
-    loaded models."""
+def check_refiner_source(config: GenerateConfig, model: Model | None = None) -> None:
+    """Refuse --refiner of another family than --model (or `model`, loaded already), from what their sources tell
+    (`models.source_is_xl`; a hub id's is not known before it loads), before either loads; `check_refiner` checks
+    the loaded models."""
+    if not config.refiner:
+        return
+    xl = model.is_xl if model is not None else source_is_xl(config.model)
     theirs = source_is_xl(config.refiner)
     if xl is not None and theirs is not None and xl != theirs:
         name = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
@@ -1260,13 +1263,14 @@ def hires_model(config: GenerateConfig, model: Model) -> Model | None:
     return loaded
 
 
-def refiner_model(config: GenerateConfig, model: Model) -> Refiner | None:
-    """--refiner loaded as `model` is (its precision and device), checked against it (`check_refiner`); None
-    without one."""
+def refiner_model(config: GenerateConfig, model: Model, loaded: Model | None = None) -> Refiner | None:
+    """--refiner loaded as `model` is (its precision and device), checked against it (`check_refiner`), or `loaded`
+    (this so already: the X/Y/Z plot's, once for all its cells); None without one."""
     if not config.refiner:
         return None
-    loaded = load_model(config.refiner, dtype=model.unet.dtype, device=model.unet.device, refiner=True)
-    check_refiner(model, loaded)
+    if loaded is None:
+        loaded = load_model(config.refiner, dtype=model.unet.dtype, device=model.unet.device, refiner=True)
+        check_refiner(model, loaded)
     return Refiner(loaded, config.switch_at())
 
 

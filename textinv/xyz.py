@@ -45,8 +45,9 @@ from tqdm.auto import tqdm
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, DeviceMemoryError, TextinvError
 from .formats import RECORD_KEY, load_embedding, second_file
-from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _Where, checked_settings,
-                       drawing_dtype, drawing_model, generate, make_grid, write_failed)
+from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _Where, check_refiner_source,
+                       checked_settings, drawing_dtype, drawing_model, generate, make_grid, refiner_model,
+                       write_failed)
 from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
 from .models import pick_device
@@ -532,8 +533,10 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
     config = copy.copy(config).validate()  # (its seed drawn once: every cell draws it, as the web UI's fix_seed)
     ready = plan(config)
     clear_stale_temporaries(config.out, re.compile(rf"{GRID_NAME}-\d+\.png"))  # (a killed plot's half-written grid)
+    check_refiner_source(config, model)
     if model is None:
         model = _load(config)
+    refiner = _load_refiner(config, model)
     cells: list[list[Path]] = []
     for i, cell in enumerate(tqdm(ready.cells, disable=not progress, desc="xyz plot", unit="cell")):
         keep = None if keep_seeds is None else {s - config.seed + cell.seed for s in keep_seeds}
@@ -541,7 +544,7 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
             raise write_failed(FileNotFoundError(errno.ENOENT, "No such file or directory", config.out),
                                Path(config.out), sum(map(len, cells)))
         try:
-            cells.append(generate(cell, model, progress=False, keep_seeds=keep))
+            cells.append(generate(cell, model, progress=False, keep_seeds=keep, refiner=refiner))
         except DeviceMemoryError as e:  # (its own count of pictures written is the cell's)
             raise DeviceMemoryError(f"the X/Y/Z plot's cell {i + 1} of {len(ready.cells)} ({_cell_name(ready, i)}): "
                                     f"{e}. The {i} cell{'s' * (i != 1)} before it {'are' if i != 1 else 'is'} "
@@ -582,6 +585,16 @@ def _load(config: GenerateConfig):
     return out_of_memory_as(
         lambda: drawing_model(config, where.dtype, where.device),
         lambda e: _memory_error(where, e), lambda: where.device)
+
+
+def _load_refiner(config: GenerateConfig, model):
+    """--refiner loaded once for every cell (`refiner_model`), as `_load` loads the model; None without one."""
+    if not config.refiner:
+        return None
+    where = _Where(device=model.unet.device, dtype=model.unet.dtype)
+    refiner = out_of_memory_as(lambda: refiner_model(config, model), lambda e: _memory_error(where, e),
+                               lambda: where.device)
+    return refiner and refiner.model
 
 
 def _cell_picture(paths: list[Path]) -> Image.Image:
