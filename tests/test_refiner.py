@@ -325,3 +325,19 @@ def test_an_xyz_plot_loads_the_refiner_once_for_all_its_cells(xl_dirs, tmp_path,
                             x="guidance=3,7", y="seed=1,2", out=str(tmp_path)), progress=False)
     assert [load for load in loads if load[1]] == [(str(xl_dirs[1]), True)]
     assert len(list(tmp_path.glob("*.png"))) == 5  # (the grid and its 4 cells)
+
+
+def test_a_refiner_that_is_missing_or_not_a_model_is_said_of_refiner_before_the_model_loads(xl_dirs, tmp_path,
+                                                                                             monkeypatch):
+    """models' messages name --model; for --refiner's file they name --refiner, before anything loads."""
+    import textinv.generate as generating
+    from textinv.formats import save_embedding
+
+    monkeypatch.setattr(generating, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    save_embedding(_embedding(1, 1), tmp_path / "rq.safetensors", "sdxl")
+    for refiner, said in ((tmp_path / "missing.safetensors", "does not exist"),
+                          (tmp_path / "rq.safetensors", "embedding, not a model: --refiner takes")):
+        with pytest.raises(ModelError, match=f"^--refiner {refiner}: .*{said}") as caught:
+            generate(GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner=str(refiner),
+                                    out=str(tmp_path / "out")), progress=False)
+        assert "--model" not in str(caught.value)

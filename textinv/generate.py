@@ -36,7 +36,7 @@ from . import inpaint as inpainting
 from .inpaint import Inpaint
 from .config import REFINER_SWITCH_AT, GenerateConfig, check_refiner_switch, check_side
 from .data import load_image, prepare_image
-from .errors import ConfigError, FormatError, TokenError
+from .errors import ConfigError, FormatError, ModelError, TokenError
 from .families import FAMILY_NAMES, describe_widths
 from .formats import (RECORD_KEY, LearnedEmbedding, ModelSpecWarning, diffusers_file, load_embedding,
                       load_embedding_pair)
@@ -1233,7 +1233,8 @@ def check_refiner_source(config: GenerateConfig, model: Model | None = None) -> 
     if not config.refiner:
         return
     xl = model.is_xl if model is not None else source_is_xl(config.model)
-    theirs = source_is_xl(config.refiner)
+    with _said_of_refiner(config.refiner):
+        theirs = source_is_xl(config.refiner)
     if xl is not None and theirs is not None and xl != theirs:
         name = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
         raise ConfigError(f"--refiner {config.refiner} is {name[theirs]} and --model {config.model} {name[xl]}: a "
@@ -1269,9 +1270,20 @@ def refiner_model(config: GenerateConfig, model: Model, loaded: Model | None = N
     if not config.refiner:
         return None
     if loaded is None:
-        loaded = load_model(config.refiner, dtype=model.unet.dtype, device=model.unet.device, refiner=True)
+        with _said_of_refiner(config.refiner):
+            loaded = load_model(config.refiner, dtype=model.unet.dtype, device=model.unet.device, refiner=True)
         check_refiner(model, loaded)
     return Refiner(loaded, config.switch_at())
+
+
+@contextlib.contextmanager
+def _said_of_refiner(source: str):
+    """A `models` error about --refiner's `source` (a path that is not there, an embedding or a LoRA, a hub id not
+    downloaded) said of --refiner: `models` says --model of the model it reads."""
+    try:
+        yield
+    except ModelError as e:
+        raise ModelError(f"--refiner {source}: {str(e).replace('--model', '--refiner')}") from e
 
 
 def drawing_model(config: GenerateConfig, dtype: torch.dtype, device) -> Model:
