@@ -341,3 +341,15 @@ def test_a_refiner_that_is_missing_or_not_a_model_is_said_of_refiner_before_the_
             generate(GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner=str(refiner),
                                     out=str(tmp_path / "out")), progress=False)
         assert "--model" not in str(caught.value)
+
+
+def test_the_model_itself_as_refiner_is_refused_before_anything_loads(xl_dirs, tmp_path, monkeypatch):
+    """The web UI draws without a refiner when its Refiner is the checkpoint loaded (and writes no Refiner); here it
+    would load the model a second time to draw the same steps, so it is refused, however the path is written."""
+    import textinv.generate as generating
+
+    monkeypatch.setattr(generating, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.chdir(xl_dirs[0].parent)
+    with pytest.raises(ConfigError, match=r"--refiner \./base/ is --model .*; leave --refiner out"):
+        generate(GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner="./base/", out=str(tmp_path)),
+                 progress=False)

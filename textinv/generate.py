@@ -44,7 +44,7 @@ from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
                      check_model_object, encode_text, load_model, pick_device, quiet_transformers, read_clip_skip,
-                     source_is_xl)
+                     resolve_source, source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .samplers import scheduler_for, webui_names
@@ -1235,6 +1235,10 @@ def check_refiner_source(config: GenerateConfig, model: Model | None = None) -> 
     xl = model.is_xl if model is not None else source_is_xl(config.model)
     with _said_of_refiner(config.refiner):
         theirs = source_is_xl(config.refiner)
+        if _where_model_is(config.refiner) == _where_model_is(config.model):
+            raise ConfigError(f"--refiner {config.refiner} is --model {config.model}: the web UI draws without a "
+                              f"refiner when its Refiner is the model loaded; leave --refiner out, or give another "
+                              f"model")
     if xl is not None and theirs is not None and xl != theirs:
         name = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
         raise ConfigError(f"--refiner {config.refiner} is {name[theirs]} and --model {config.model} {name[xl]}: a "
@@ -1274,6 +1278,13 @@ def refiner_model(config: GenerateConfig, model: Model, loaded: Model | None = N
             loaded = load_model(config.refiner, dtype=model.unet.dtype, device=model.unet.device, refiner=True)
         check_refiner(model, loaded)
     return Refiner(loaded, config.switch_at())
+
+
+def _where_model_is(source: str | None) -> tuple[str, str]:
+    """`models.resolve_source`'s (kind, location), a folder's or file's resolved, so that two spellings of one path
+    compare equal."""
+    kind, location = resolve_source(source)
+    return kind, str(Path(location).resolve()) if kind in ("folder", "file") else location
 
 
 @contextlib.contextmanager
