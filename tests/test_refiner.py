@@ -353,3 +353,26 @@ def test_the_model_itself_as_refiner_is_refused_before_anything_loads(xl_dirs, t
     with pytest.raises(ConfigError, match=r"--refiner \./base/ is --model .*; leave --refiner out"):
         generate(GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner="./base/", out=str(tmp_path)),
                  progress=False)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "ddim"])
+def test_a_pass_that_starts_past_the_switch_is_refused_before_anything_is_drawn(models, sampler):
+    """The hires fix's second pass at --denoise 0.15 starts past a switch at 0.8, as an img2img pass at 0.1 does
+    past one at 0.5: refused before the first pass (or the pass's first step) is drawn, not after."""
+    from PIL import Image
+
+    from textinv.generate import Hires
+
+    model, refiner = models
+    calls = []
+    hook = model.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ConfigError, match="--refiner-switch-at 0.8 falls at this pass's first step"):
+            render(model, PROMPT, [0], steps=10, sampler=sampler, hires=Hires(scale=2, denoise=0.15),
+                   refiner=Refiner(refiner, 0.8))
+        with pytest.raises(ConfigError, match="--refiner-switch-at 0.5 falls at this pass's first step"):
+            render(model, PROMPT, [0], steps=10, sampler=sampler, start=[Image.new("RGB", (16, 16), "red")],
+                   denoise=0.1, refiner=Refiner(refiner, 0.5))
+    finally:
+        hook.remove()
+    assert calls == []

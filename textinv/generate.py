@@ -279,6 +279,32 @@ def check_hires_model(model: Model, hires: Model) -> None:
                           f"SDXL model for SDXL, not its refiner; an SD 1.x/2.x model for SD 1.x/2.x)")
 
 
+def _check_refiner_passes(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
+                          hires: Hires | None) -> None:
+    """Refuse, before drawing, a refiner that does not fit `model` (the pass's it draws in: `check_refiner`) or whose
+    switch falls at the first step of the pass it draws in (`_handing_on` hands on after a step): the hires fix's
+    second pass, or an img2img pass at `denoise` (None: none), that starts past it."""
+    check_refiner_switch(refiner.switch_at)
+    check_refiner(model, refiner.model)
+    if hires is not None:
+        steps, denoise, sampler = hires.steps or steps, hires.denoise, hires.sampler or sampler
+    elif denoise is None:
+        return
+    schedule, run = refine.pass_steps(steps, denoise, hires is not None)
+    scheduler = copy.deepcopy(scheduler_for(model.pipeline.scheduler, sampler))
+    scheduler.set_timesteps(schedule)
+    iterations = len(scheduler.timesteps) - (schedule - run) * scheduler.order  # (diffusers' img2img get_timesteps)
+    if _switch_iteration(scheduler, iterations, refiner.switch_at) == 0:
+        raise _past_the_switch(refiner)
+
+
+def _past_the_switch(refiner: Refiner) -> ConfigError:
+    """The error of a pass whose first step is past `refiner`'s switch (`_check_refiner_passes`)."""
+    return ConfigError(f"--refiner-switch-at {refiner.switch_at:g} falls at this pass's first step (an img2img pass "
+                       f"or the hires fix's second pass at a low --denoise starts past it): give a higher "
+                       f"--refiner-switch-at or a higher --denoise")
+
+
 @torch.no_grad()
 def render(
     model: Model,
@@ -341,8 +367,8 @@ def render(
         if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
             raise ConfigError(f"--hires-guidance must be a finite number of at least 1, got {hires.guidance}")
     if refiner is not None:
-        check_refiner_switch(refiner.switch_at)
-        check_refiner(second_model, refiner.model)
+        img2img = (denoise or refine.IMG2IMG_DENOISE) if start is not None else None
+        _check_refiner_passes(second_model, refiner, steps, sampler, img2img, hires)
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip, emphasis_mode=emphasis_mode)
     if inpaint is not None and start is None:
@@ -647,10 +673,8 @@ def _handing_on(refiner: Refiner, given: list[dict], refined: list[dict], stretc
     def hand_on(pipe, i, t, tensors):
         if not at:
             at.append(_switch_iteration(pipe.scheduler, pipe.num_timesteps, refiner.switch_at))
-            if at[0] == 0:  # (the pipeline has drawn it with its own UNet: said, not drawn otherwise than asked)
-                raise ConfigError(f"--refiner-switch-at {refiner.switch_at:g} falls at this pass's first step (an "
-                                  f"img2img pass at a low --denoise starts past it): give a higher "
-                                  f"--refiner-switch-at or a higher --denoise")
+            if at[0] == 0:  # (the pipeline has drawn it with its own UNet; `_check_refiner_passes` said so before)
+                raise _past_the_switch(refiner)
         out = switching(pipe, i, t, tensors) if switching is not None else {}
         if i + 1 != at[0]:
             return out
