@@ -681,12 +681,9 @@ def _handing_on(refiner: Refiner, given: list[dict], refined: list[dict], stretc
         given[:] = refined  # (prompt editing switches over the refiner's conditioning from now on)
         pipe.unet = refiner.model.unet
         c = refined[stretch[0]]
-        pairs = [(c["negative_prompt_embeds"], c["prompt_embeds"])]
-        if refiner.model.is_xl:
-            pairs.append((c["negative_pooled_prompt_embeds"], c["pooled_prompt_embeds"]))
-            pairs.append(_refiner_time_ids(refiner.model, size, len(c["prompt_embeds"]), c["prompt_embeds"]))
-        guided = pipe.do_classifier_free_guidance
-        return {name: torch.cat(pair) if guided else pair[1] for name, pair in zip(names, pairs)}
+        xl = refiner.model.is_xl
+        time_ids = _refiner_time_ids(refiner.model, size, len(c["prompt_embeds"]), c["prompt_embeds"]) if xl else None
+        return _step_tensors(pipe, c, xl, time_ids)
 
     return dict(callback_on_step_end=hand_on, callback_on_step_end_tensor_inputs=names)
 
@@ -884,14 +881,22 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
         if k == current[0]:
             return {}
         current[0] = k
-        c = conditioning[k]
-        pairs = [(c["negative_prompt_embeds"], c["prompt_embeds"])]
-        if model.is_xl:
-            pairs.append((c["negative_pooled_prompt_embeds"], c["pooled_prompt_embeds"]))
-        guided = pipe.do_classifier_free_guidance
-        return {name: torch.cat(pair) if guided else pair[1] for name, pair in zip(names, pairs)}
+        return _step_tensors(pipe, conditioning[k], model.is_xl)
 
     return dict(callback_on_step_end=switch, callback_on_step_end_tensor_inputs=names)
+
+
+def _step_tensors(pipe, c: dict, xl: bool, time_ids: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """What a step callback returns to condition the next iterations on `c` (`_conditioning`'s arguments): the
+    prompt's embeddings (SDXL: and pooled ones; `time_ids` where given), each with the negative's laid before them
+    under classifier-free guidance, as the pipeline lays them out."""
+    pairs = {"prompt_embeds": (c["negative_prompt_embeds"], c["prompt_embeds"])}
+    if xl:
+        pairs["add_text_embeds"] = (c["negative_pooled_prompt_embeds"], c["pooled_prompt_embeds"])
+    if time_ids is not None:
+        pairs["add_time_ids"] = time_ids
+    guided = pipe.do_classifier_free_guidance
+    return {name: torch.cat(pair) if guided else pair[1] for name, pair in pairs.items()}
 
 
 def _check_sampling(model: Model, steps: int, guidance: float) -> None:
