@@ -376,3 +376,13 @@ def test_a_pass_that_starts_past_the_switch_is_refused_before_anything_is_drawn(
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_an_xyz_plot_takes_a_refiner_passed_in_as_it_takes_the_model(models, xl_dirs, tmp_path, monkeypatch):
+    import textinv.generate as generating
+
+    model, refiner = models
+    monkeypatch.setattr(generating, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    generate(GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner=str(xl_dirs[1]), n=1, steps=4,
+                            x="guidance=3,7", out=str(tmp_path)), model, progress=False, refiner=refiner)
+    assert len(list(tmp_path.glob("*.png"))) == 3

@@ -1122,7 +1122,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     if config.x or config.y or config.z:
         from .xyz import plot
 
-        return plot(config, model, progress, keep_seeds)
+        return plot(config, model, progress, keep_seeds, refiner)
     where = _Where()
     return out_of_memory_as(lambda: _generate(config, model, progress, keep_seeds, where, refiner),
                             lambda e: _memory_error(where, e), lambda: where.device)

@@ -520,11 +520,12 @@ def _check(cell: GenerateConfig) -> None:
 
 # --- drawing -----------------------------------------------------------------------------------------------------
 
-def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: set[int] | None = None) -> list[Path]:
+def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: set[int] | None = None,
+         refiner=None) -> list[Path]:
     """Draw the X/Y/Z plot `config.x`, `.y`, `.z` ask for: each cell with `generate` on one model (`model`, or the
-    one `config` names, loaded once), then its `xyz_grid-NNNN.png` in `config.out` (`_save_grids`). Returns the
-    grids' paths, then the cells' pictures'. `keep_seeds` (`--again`: the pictures of the batch it was drawn in that
-    are written) is counted from --seed, and moves with a seed axis.
+    one `config` names, loaded once; its --refiner `refiner`, or loaded once too), then its `xyz_grid-NNNN.png` in
+    `config.out` (`_save_grids`). Returns the grids' paths, then the cells' pictures'. `keep_seeds` (`--again`: the
+    pictures of the batch it was drawn in that are written) is counted from --seed, and moves with a seed axis.
 
     >>> plot(GenerateConfig(prompt=["a photo of <dog>"], embedding=["dog-500.safetensors"], n=1,
     ...                     x="embedding=runs/dog/embeddings/*.safetensors", y="guidance=3,7.5"))  # doctest: +SKIP
@@ -536,7 +537,7 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
     check_refiner_source(config, model)
     if model is None:
         model = _load(config)
-    refiner = _load_refiner(config, model)
+    refiner = refiner or _load_refiner(config, model)
     cells: list[list[Path]] = []
     for i, cell in enumerate(tqdm(ready.cells, disable=not progress, desc="xyz plot", unit="cell")):
         keep = None if keep_seeds is None else {s - config.seed + cell.seed for s in keep_seeds}
