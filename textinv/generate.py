@@ -1257,17 +1257,17 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
 
 def check_refiner_source(config: GenerateConfig, model: Model | None = None) -> None:
     """Refuse --refiner of another family than --model (or `model`, loaded already), from what their sources tell
-    (`models.source_is_xl`; a hub id's is not known before it loads), before either loads; `check_refiner` checks
-    the loaded models."""
+    (`models.source_is_xl`; a hub id's is not known before it loads), or --model itself, before either loads;
+    `check_refiner` checks the loaded models."""
     if not config.refiner:
         return
     xl = model.is_xl if model is not None else source_is_xl(config.model)
     with _said_of_refiner(config.refiner):
         theirs = source_is_xl(config.refiner)
-        if _where_model_is(config.refiner) == _where_model_is(config.model):
-            raise ConfigError(f"--refiner {config.refiner} is --model {config.model}: the web UI draws without a "
-                              f"refiner when its Refiner is the model loaded; leave --refiner out, or give another "
-                              f"model")
+        where = _where_model_is(config.refiner)
+    if model is None and where == _where_model_is(config.model):
+        raise ConfigError(f"--refiner {config.refiner} is --model {config.model}: the web UI draws without a "
+                          f"refiner when its Refiner is the model loaded; leave --refiner out, or give another model")
     if xl is not None and theirs is not None and xl != theirs:
         name = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
         raise ConfigError(f"--refiner {config.refiner} is {name[theirs]} and --model {config.model} {name[xl]}: a "
