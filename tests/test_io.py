@@ -1,5 +1,6 @@
 """Atomic writes: the target is replaced whole or not at all, with ordinary permissions."""
 
+import errno
 import os
 
 import pytest
@@ -110,3 +111,101 @@ def test_a_killed_writes_temporary_is_cleared_and_a_live_ones_and_a_users_files_
         assert clear_stale_temporaries(tmp_path, re.compile(r".*\.png")) == 1
         assert not stale.exists() and live.exists() and all(path.exists() for path in users)
     assert (tmp_path / "000-a-s1.png").read_bytes() == b"being written"
+
+
+def _is_held(path) -> bool:
+    """Whether a write holds `path` locked (flock refuses a second open file even in this process)."""
+    import fcntl
+
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)
+
+
+def test_a_temporary_cleared_between_its_making_and_its_lock_is_made_again_and_held(tmp_path, monkeypatch):
+    """Another run's clear_stale_temporaries may find the temporary file the instant after it is made, before this
+    write locks it, and remove it: the write then takes a new one, which it holds, not the name of a file gone."""
+    import fcntl
+
+    from textinv import io
+
+    real = fcntl.flock
+    cleared = []
+
+    def cleared_first(handle, operation):
+        if not cleared:  # (the other run's clear wins the race once)
+            [made] = tmp_path.glob(".*.tmp")
+            made.unlink()
+            cleared.append(made)
+        real(handle, operation)
+
+    monkeypatch.setattr(io.fcntl, "flock", cleared_first)
+    with atomic_path(tmp_path / "000-a-s0.png") as tmp:
+        monkeypatch.setattr(io.fcntl, "flock", real)
+        assert cleared and tmp.exists() and _is_held(tmp)
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "000-a-s0.png").read_bytes() == b"x" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_stale_temporary_is_removed_while_its_lock_is_held(tmp_path, monkeypatch):
+    """clear_stale_temporaries removes a stale temporary file before it lets go of its lock: let go first, and a
+    write that locked the file meanwhile (made the instant before another clear took it) would lose it."""
+    import re
+
+    from textinv import io
+    from textinv.io import clear_stale_temporaries
+
+    stale = tmp_path / ".000-a-s0.png.abcdefgh.tmp"
+    stale.write_bytes(b"half")
+    real = os.close
+    there_when_let_go = []
+
+    def close(handle):
+        there_when_let_go.append(stale.exists())
+        real(handle)
+
+    monkeypatch.setattr(io.os, "close", close)
+    removed = clear_stale_temporaries(tmp_path, re.compile(r".*\.png"))
+    monkeypatch.setattr(io.os, "close", real)
+    assert removed == 1 and not stale.exists() and there_when_let_go == [False]
+
+
+def test_writes_succeed_where_the_file_system_has_no_locks_and_nothing_is_cleared_there(tmp_path, monkeypatch):
+    """On a file system where flock fails (some network mounts), a write goes on unlocked, leaves no open file, and
+    clear_stale_temporaries removes nothing there: it cannot tell a live write's temporary from a killed one's."""
+    import re
+
+    from textinv import io
+    from textinv.io import clear_stale_temporaries
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    stale = tmp_path / ".000-a-s0.png.abcdefgh.tmp"
+    stale.write_bytes(b"half")
+    monkeypatch.setattr(io.fcntl, "flock", no_locks)
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(50):
+        write_text(tmp_path / f"{i:03d}-a-s0.png", "x")
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert clear_stale_temporaries(tmp_path, re.compile(r".*\.png")) == 0 and stale.exists()
+    assert len(list(tmp_path.glob("*.png"))) == 50
+
+
+def test_a_long_run_of_locked_writes_leaves_no_file_open(tmp_path):
+    """Each write's temporary file is held open while it is written and closed after, failed writes too: a run
+    writing thousands of pictures keeps no handle per picture."""
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(2000):
+        write_text(tmp_path / f"{i:04d}.txt", "x")
+    for i in range(20):
+        with pytest.raises(FileExistsError), atomic_path(tmp_path / f"{i:04d}.txt", replace=False) as tmp:
+            tmp.write_bytes(b"y")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "z.txt") as tmp:
+        raise RuntimeError("the writer failed")
+    assert len(os.listdir("/proc/self/fd")) == before and len(os.listdir(tmp_path)) == 2000

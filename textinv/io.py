@@ -53,10 +53,15 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
             except OSError:  # (not made: a folder made read-only, say)
                 tmp = None
                 raise
-            break
+            held = _held(held)
+            # still there once locked (its name drawn at random: a file there is this write's), or another run's
+            # clear_stale_temporaries took it in the instant before the lock: a new one, the gone one not removed
+            if held is None or os.path.lexists(tmp):
+                break
+            os.close(held)
+            held = tmp = None
         else:
             raise FileExistsError(errno.EEXIST, "no unused temporary file name found", str(path))
-        held = _held(held)
         yield tmp
         # made 0600 (as mkstemp makes it); give the file the permissions open() would. Only now: a writer may have
         # made the file anew (safetensors' save_file does), with mode 0600 again, so a chmod before the write is lost.
@@ -100,9 +105,7 @@ def clear_stale_temporaries(folder: str | os.PathLike, names: re.Pattern) -> int
         if not found or not names.fullmatch(found[1]) or path.is_symlink() or not path.is_file():
             continue
         try:
-            if _unheld(path):  # (once unheld, always: no live write takes a name that is in use)
-                path.unlink()
-                removed += 1
+            removed += _remove_unheld(path)
         except OSError:  # (gone meanwhile: its write ended; on Windows, open in another process)
             pass
     return removed
@@ -122,14 +125,17 @@ def _held(handle: int) -> int | None:
     return None
 
 
-def _unheld(path: Path) -> bool:
-    """Whether no process holds the temporary file `path` (`_held`): True on Windows, where one that is open
-    cannot be removed anyway."""
+def _remove_unheld(path: Path) -> bool:
+    """Remove the temporary file `path` unless a process holds it (`_held`), and say whether it was removed. It is
+    removed while locked: let go first, and a write locking it meanwhile (made the instant before) would lose it.
+    On Windows, where a file open in another process cannot be removed, it is removed unlocked."""
     if fcntl is None:
+        path.unlink()
         return True
     handle = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink()
         return True
     except BlockingIOError:
         return False
