@@ -1526,7 +1526,8 @@ class CaptionSampler:
     def candidates(self, index: int, used: int | None = None) -> list[str]:
         """Every prompt image number `index` can get, each equally likely (the trainer tokenizes them once); with
         tag variation or wildcards, `tags.variants` prompts drawn from the seed and the picture's number (a
-        multiset). `used`: the prompts of the tag warm-up's step that uses that many varied tags (`tags_used`)."""
+        multiset). `used`: the prompts of the tag warm-up's step that uses that many varied tags (`tags_used`), its
+        share of `tags.variants` (`_level_variants`)."""
         if self.lines[index]:
             return self._drawn(index)
         caption = self.captions[index]
@@ -1534,16 +1535,24 @@ class CaptionSampler:
             # (numpy takes no negative seed; a warm-up level's draws are their own, the whole caption's as before)
             rng = np.random.default_rng([self.tags.seed % 2**63, index] + ([used] if used is not None else []))
             tags = self._tags(index)
+            count = tags.variants if used is None else self._level_variants(index)
             if not self.uses_filewords:
-                drawn = [make_caption(tags.vary(caption, rng, used), self.placeholder) for _ in range(tags.variants)]
+                drawn = [make_caption(tags.vary(caption, rng, used), self.placeholder) for _ in range(count)]
             else:
                 drawn = [make_caption(self.templates[rng.integers(len(self.templates))], self.placeholder,
-                                      filewords=tags.vary(caption, rng, used)) for _ in range(tags.variants)]
+                                      filewords=tags.vary(caption, rng, used)) for _ in range(count)]
             return drawn if used is None or len(set(drawn)) > 1 else drawn[:1]
         caption = self.tags.plain(caption) if caption is not None else None
         if caption is not None and not self.uses_filewords:
             return [make_caption(caption, self.placeholder)]
         return [make_caption(t, self.placeholder, filewords=caption) for t in self.templates]
+
+    def _level_variants(self, index: int) -> int:
+        """The prompts of each warm-up level of image `index` (`candidates` with `used`): its levels share
+        `tags.variants`, as each is trained for a few steps only; 256 for each of a 30-tag caption's 29 levels made
+        50 such pictures 384,000 prompts to tokenize up front."""
+        levels = max(self.varied_count(index) - self.tags.warmup_min, 1)
+        return -(-self.tags.variants // levels)
 
     def _drawn(self, index: int) -> list[str]:
         """The prompts of a picture whose caption file's lines are its captions (--caption-wildcards): each draws a
