@@ -1399,6 +1399,22 @@ class TagVariation:
         return text.replace(self.joiner, self.separator) if self.joiner else text
 
 
+def _joined_words(*parts: str) -> str:
+    """`parts` joined with a space, those empty left out (kohya's caption prefix and suffix around a caption)."""
+    return " ".join(part for part in parts if part)
+
+
+def _token_in_front(caption: str, tags: TagVariation) -> str:
+    """`caption` (one that does not name the token) with the token's marker put in front: with tag variation a tag
+    of its own, not glued to the first one."""
+    return f"{MARKER}{tags.separator if tags.active else ''} {caption}"
+
+
+def _keeping_the_token(tags: TagVariation) -> TagVariation:
+    """`tags` for a caption whose token was put in front: --keep-tags counts the file's own tags."""
+    return dataclasses.replace(tags, keep=tags.keep + 1) if tags.keep else tags
+
+
 class CaptionSampler:
     """Gives each training sample its prompt.
 
@@ -1457,38 +1473,12 @@ class CaptionSampler:
         # and as a whole word: a bare token such as "sks" is not the end of "asks"
         token = re.escape(placeholder.split()[0])
         self._written = re.compile(rf"(?<!\w){token}(?:\s+{token}_\d+)*(?!\w)", re.IGNORECASE)
-        written = self._written
 
         self.captions: list[str | None] = []  # per image; None means "draw a template"
         self._token_put_in_front: list[bool] = []  # per image: its caption's first tag is the token we added
         # per image with --caption-wildcards and a caption file: its lines, drawn from (`_drawn`); else None
         self.lines: list[list[str] | None] = []
-        unmarked = []
-        for image in images:
-            caption = image.caption
-            lines = read_caption_lines(image.path, image.caption_extension) if tags.wildcards and caption else None
-            if lines:  # (kohya puts them around the whole file: the prefix on its first line, the suffix its last)
-                lines[0] = " ".join(filter(None, (prefix, lines[0])))
-                lines[-1] = " ".join(filter(None, (lines[-1], suffix)))
-                if any(not _has_marker(written.sub(MARKER, line)) for line in lines) and not self.uses_filewords:
-                    unmarked.append(caption_file(image.path, image.caption_extension).name)
-            self.lines.append(lines)
-            if caption is not None:  # (kohya: prefix + " " + caption + " " + suffix, each only where given)
-                caption = " ".join(part for part in (prefix, caption, suffix) if part)
-            # A1111 takes [filewords] from the file name when there is no caption file; an empty caption file is
-            # its picture's words, none (A1111 reads it as ""), not a cue to use a camera's name such as IMG_1234
-            if caption is None and self.uses_filewords and caption_file(image.path, image.caption_extension) is None:
-                caption = filename_words(image.path)
-            if caption is not None:
-                caption = written.sub(MARKER, caption)
-            front = caption is not None and not self.uses_filewords and not _has_marker(caption)
-            if front and not lines:
-                unmarked.append((caption_file(image.path, image.caption_extension)
-                                 or image.path.with_suffix(".txt")).name)
-                # (with tag variation the token is a tag of its own, not glued to the first one)
-                caption = f"{MARKER}{tags.separator if tags.active else ''} {caption}"
-            self.captions.append(caption)
-            self._token_put_in_front.append(front)
+        unmarked = [name for image in images if (name := self._read(image, prefix, suffix))]
         if unmarked:
             warnings.warn(
                 CaptionWithoutMarkerWarning(
@@ -1510,6 +1500,33 @@ class CaptionSampler:
                                             "write caption files, or put the words into the --templates lines"),
                           stacklevel=2)
 
+    def _read(self, image: TrainingImage, prefix: str, suffix: str) -> str | None:
+        """Take in `image`'s caption (or its caption file's lines, with wildcards), prefix and suffix put around it;
+        the name of its caption file when the token had to be put in front of it (warned of), else None."""
+        caption, written, unmarked = image.caption, self._written, None
+        lines = read_caption_lines(image.path, image.caption_extension) if self.tags.wildcards and caption else None
+        if lines:  # (kohya puts them around the whole file: the prefix on its first line, the suffix its last)
+            lines[0] = _joined_words(prefix, lines[0])
+            lines[-1] = _joined_words(lines[-1], suffix)
+            if any(not _has_marker(written.sub(MARKER, line)) for line in lines) and not self.uses_filewords:
+                unmarked = caption_file(image.path, image.caption_extension).name
+        self.lines.append(lines)
+        if caption is not None:  # (kohya: prefix + " " + caption + " " + suffix, each only where given)
+            caption = _joined_words(prefix, caption, suffix)
+        # A1111 takes [filewords] from the file name when there is no caption file; an empty caption file is
+        # its picture's words, none (A1111 reads it as ""), not a cue to use a camera's name such as IMG_1234
+        if caption is None and self.uses_filewords and caption_file(image.path, image.caption_extension) is None:
+            caption = filename_words(image.path)
+        if caption is not None:
+            caption = written.sub(MARKER, caption)
+        front = caption is not None and not self.uses_filewords and not _has_marker(caption)
+        if front and not lines:
+            unmarked = (caption_file(image.path, image.caption_extension) or image.path.with_suffix(".txt")).name
+            caption = _token_in_front(caption, self.tags)
+        self.captions.append(caption)
+        self._token_put_in_front.append(front)
+        return unmarked
+
     def __len__(self) -> int:
         return len(self.captions)
 
@@ -1519,8 +1536,8 @@ class CaptionSampler:
         return self._tags(index).varied_count(caption) if caption is not None and not self.lines[index] else 0
 
     def _tags(self, index: int) -> TagVariation:
-        if self.tags.keep and self._token_put_in_front[index] and not self.uses_filewords:
-            return dataclasses.replace(self.tags, keep=self.tags.keep + 1)  # --keep-tags counts the file's own tags
+        if self._token_put_in_front[index] and not self.uses_filewords:
+            return _keeping_the_token(self.tags)
         return self.tags
 
     def candidates(self, index: int, used: int | None = None) -> list[str]:
@@ -1565,8 +1582,8 @@ class CaptionSampler:
             caption = self._written.sub(MARKER, text)
             tags = self.tags
             if not self.uses_filewords and not _has_marker(caption):  # (the token in front, as for any caption)
-                caption = f"{MARKER}{tags.separator if tags.active else ''} {caption}"
-                tags = dataclasses.replace(tags, keep=tags.keep + 1) if tags.keep else tags
+                caption = _token_in_front(caption, tags)
+                tags = _keeping_the_token(tags)
             varied = tags.vary(caption, rng) if tags.active else tags.plain(caption)
             if self.uses_filewords:
                 drawn.append(make_caption(self.templates[rng.integers(len(self.templates))], self.placeholder,
