@@ -157,19 +157,7 @@ class CaptionBank:
         counts = [sampler.varied_count(i) if sampler.tags.warmup_steps else 0 for i in range(len(sampler))]
         low = sampler.tags.warmup_min
         self.levels = max(max(counts) - low + 1, 1)
-        texts: list[str] = []
-        rows: list[list[int]] = []  # per picture and level: row i * levels + level
-        picture_of: list[int] = []
-        for i, count in enumerate(counts):
-            used = [min(low + level, count) for level in range(self.levels)] if count > low else [None] * self.levels
-            for level, n in enumerate(used):
-                if level and n == used[level - 1]:
-                    rows.append(rows[-1])  # (all used already: the level before's captions)
-                    continue
-                options = sampler.candidates(i, None if n == count or n is None else n)
-                rows.append([len(texts) + j for j in range(len(options))])
-                texts.extend(options)
-                picture_of.extend([i] * len(options))
+        texts, rows, picture_of = _levelled_captions(sampler, counts, self.levels)
         self.texts = texts
         self.counts_of_tags = torch.tensor(counts, device=device)  # (I,)
         self.picture_of = picture_of  # each caption's picture
@@ -199,6 +187,28 @@ class CaptionBank:
         k = (u * self.counts[row]).long().clamp(max=self.choices.shape[1] - 1)
         rows = self.choices[row, k]
         return [ids[rows] for ids in self.ids]
+
+
+def _levelled_captions(sampler: CaptionSampler, counts: list[int], levels: int
+                       ) -> tuple[list[str], list[list[int]], list[int]]:
+    """Every caption of `sampler`'s pictures (`CaptionBank`), per picture and warm-up level (`counts`: each one's
+    varied tags, 0 without a warm-up): the texts, the rows of texts each picture draws from at each level (row
+    i * levels + level) and each text's picture."""
+    low = sampler.tags.warmup_min
+    texts: list[str] = []
+    rows: list[list[int]] = []
+    picture_of: list[int] = []
+    for i, count in enumerate(counts):
+        used = [min(low + level, count) for level in range(levels)] if count > low else [None] * levels
+        for level, n in enumerate(used):
+            if level and n == used[level - 1]:
+                rows.append(rows[-1])  # (all used already: the level before's captions)
+                continue
+            options = sampler.candidates(i, None if n == count or n is None else n)
+            rows.append([len(texts) + j for j in range(len(options))])
+            texts.extend(options)
+            picture_of.extend([i] * len(options))
+    return texts, rows, picture_of
 
 
 def long_caption_ids(tokenizer, texts: list[str], max_token_length: int) -> torch.Tensor:
