@@ -386,3 +386,25 @@ def test_an_xyz_plot_takes_a_refiner_passed_in_as_it_takes_the_model(models, xl_
     generate(GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner=str(xl_dirs[1]), n=1, steps=4,
                             x="guidance=3,7", out=str(tmp_path)), model, progress=False, refiner=refiner)
     assert len(list(tmp_path.glob("*.png"))) == 3
+
+
+def test_the_refiner_loads_with_the_model_s_variant_and_single_file_config(sd1_dir, tmp_path, monkeypatch):
+    """--variant picks the refiner folder's fp16 weights, as --model's; an SD 1.x refiner's single file loads offline
+    with --single-file-config, as --model's does (without it its configs are fetched from the hub)."""
+    from safetensors.torch import save_file
+    from test_models import _ldm_state_dict
+    from textinv.generate import refiner_model
+    from textinv.tiny import build_tiny_pipeline
+
+    model = load_model(sd1_dir)
+    build_tiny_pipeline("sd1", seed=3).save_pretrained(tmp_path / "both")
+    fp16 = build_tiny_pipeline("sd1", seed=4)
+    fp16.save_pretrained(tmp_path / "both", variant="fp16")
+    config = GenerateConfig(prompt=PROMPT, model=str(sd1_dir), refiner=str(tmp_path / "both"), variant="fp16")
+    assert torch.equal(refiner_model(config, model).model.unet.conv_in.weight, fp16.unet.conv_in.weight)
+    theirs = build_tiny_pipeline("sd1", seed=5)
+    save_file(_ldm_state_dict(theirs), tmp_path / "refiner.safetensors")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = GenerateConfig(prompt=PROMPT, model=str(sd1_dir), refiner=str(tmp_path / "refiner.safetensors"),
+                            single_file_config=str(sd1_dir))
+    assert torch.equal(refiner_model(config, model).model.unet.conv_in.weight, theirs.unet.conv_in.weight)

@@ -44,7 +44,7 @@ from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
                      check_model_object, encode_text, load_model, pick_device, quiet_transformers, read_clip_skip,
-                     resolve_source, source_is_xl)
+                     resolve_source, source_is_sdxl_refiner_file, source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .samplers import scheduler_for, webui_names
@@ -1304,9 +1304,20 @@ def refiner_model(config: GenerateConfig, model: Model, loaded: Model | None = N
         return None
     if loaded is None:
         with _said_of_refiner(config.refiner):
-            loaded = load_model(config.refiner, dtype=model.unet.dtype, device=model.unet.device, refiner=True)
+            loaded = load_model(config.refiner, dtype=model.unet.dtype, device=model.unet.device, refiner=True,
+                                **_refiner_settings(config))
         check_refiner(model, loaded)
     return Refiner(loaded, config.switch_at())
+
+
+def _refiner_settings(config: GenerateConfig) -> dict:
+    """The --model settings --refiner loads with where they fit it: --variant for a hub id or folder (a single file
+    has no variants), --single-file-config for a single file of --model's kind (the SDXL refiner's file has its own
+    configs, which a folder of --model's kind does not give). --prediction-type is --model's alone: the refiner's is
+    its own (`check_refiner` refuses one that differs), as the web UI reads each checkpoint's."""
+    if resolve_source(config.refiner)[0] != "file":
+        return {"variant": config.variant}
+    return {} if source_is_sdxl_refiner_file(config.refiner) else {"single_file_config": config.single_file_config}
 
 
 def _where_model_is(source: str | None) -> tuple[str, str]:

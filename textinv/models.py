@@ -629,6 +629,17 @@ def source_is_xl(source: str | os.PathLike | None) -> bool | None:
     return None
 
 
+def source_is_sdxl_refiner_file(source: str | os.PathLike | None) -> bool:
+    """Whether a `--model` value is a single file of the SDXL refiner (its own configs: another UNet, one text
+    encoder), read from its keys without loading it."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    kind, location = resolve_source(source)
+    if kind != "file":
+        return False
+    return infer_diffusers_model_type(_inspect_checkpoint(location, refiner=True)[1]) == "xl_refiner"
+
+
 def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
     """Classify a `--model` value: ("bundled" | "folder" | "file" | "hub", location). Raises for a bad path."""
     source = DEFAULT_MODEL if source in (None, "") else str(source)
