@@ -408,3 +408,25 @@ def test_the_refiner_loads_with_the_model_s_variant_and_single_file_config(sd1_d
     config = GenerateConfig(prompt=PROMPT, model=str(sd1_dir), refiner=str(tmp_path / "refiner.safetensors"),
                             single_file_config=str(sd1_dir))
     assert torch.equal(refiner_model(config, model).model.unet.conv_in.weight, theirs.unet.conv_in.weight)
+
+
+def test_a_picture_the_refiner_did_not_take_over_in_names_no_refiner_and_again_draws_it_bit_for_bit(
+        xl_dirs, tmp_path, monkeypatch):
+    """The web UI writes Refiner and Refiner switch at when it switches (sd_samplers_common.apply_refiner): at 0.9999
+    no step of 6 reaches the switch, so the picture's text names none; its record still holds --refiner."""
+    import json
+
+    from PIL import Image
+
+    from textinv.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--model", str(xl_dirs[0]), "--prompt", "a photo of a dog", "-n", "1", "--steps", "6",
+                 "--refiner", str(xl_dirs[1]), "--refiner-switch-at", "0.9999", "--metadata", "full",
+                 "--out", "late"]) == 0
+    picture = next((tmp_path / "late").glob("*.png"))
+    text = Image.open(picture).text
+    assert "Refiner" not in text["parameters"] and "refiner" not in text
+    assert json.loads(text["textinv_settings"])["settings"]["refiner"]
+    assert main(["generate", "--again", str(picture), "--out", "again"]) == 0
+    assert np.array_equal(_pixels(tmp_path / "again" / picture.name), _pixels(picture))

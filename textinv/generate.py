@@ -286,16 +286,29 @@ def _check_refiner_passes(model: Model, refiner: Refiner, steps: int, sampler: s
     second pass, or an img2img pass at `denoise` (None: none), that starts past it."""
     check_refiner_switch(refiner.switch_at)
     check_refiner(model, refiner.model)
+    if _refiner_span(model, refiner, steps, sampler, denoise, hires)[0] == 0:
+        raise _past_the_switch(refiner)
+
+
+def refiner_switches(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
+                     hires: Hires | None) -> bool:
+    """Whether `refiner` takes over in the pass it draws in (`_check_refiner_passes`' arguments): the web UI writes
+    its Refiner into a picture's text only then (sd_samplers_common.apply_refiner, when it switches)."""
+    at, iterations = _refiner_span(model, refiner, steps, sampler, denoise, hires)
+    return at < iterations
+
+
+def _refiner_span(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
+                  hires: Hires | None) -> tuple[int, int]:
+    """(the iteration `refiner` takes over at, the iterations) of the pass it draws in: the hires fix's second
+    pass, or an img2img pass at `denoise`, or (neither) the text-to-image pass (`_switch_iteration`)."""
     if hires is not None:
         steps, denoise, sampler = hires.steps or steps, hires.denoise, hires.sampler or sampler
-    elif denoise is None:
-        return
-    schedule, run = refine.pass_steps(steps, denoise, hires is not None)
+    schedule, run = refine.pass_steps(steps, denoise, hires is not None) if denoise is not None else (steps, steps)
     scheduler = copy.deepcopy(scheduler_for(model.pipeline.scheduler, sampler))
     scheduler.set_timesteps(schedule)
     iterations = len(scheduler.timesteps) - (schedule - run) * scheduler.order  # (diffusers' img2img get_timesteps)
-    if _switch_iteration(scheduler, iterations, refiner.switch_at) == 0:
-        raise _past_the_switch(refiner)
+    return _switch_iteration(scheduler, iterations, refiner.switch_at), iterations
 
 
 def _past_the_switch(refiner: Refiner) -> ConfigError:
@@ -2064,8 +2077,12 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
         run.warned.add(drawn)
         _warn_large(model, drawn, stacklevel=5)
     shared = _record(config, model, run.steps, run.guidance, run.clip_skip, width, height, source)
+    img2img = (passes_denoise(config) or refine.IMG2IMG_DENOISE) if init is not None else None
+    second = (hires.model or model) if hires is not None else model  # (the model of the pass the refiner draws in)
+    refined = run.refiner is not None and refiner_switches(second, run.refiner, run.steps, config.sampler, img2img,
+                                                            hires)
     png = _Text(job.prompt, prompt.expanded, shared, prompt.hashes, run.recorded_sums, hires, source, job,
-                run.pictures.sums.get(source), run.mask_sum)
+                run.pictures.sums.get(source), run.mask_sum, refined)
     return width, height, hires, drawn, png
 
 
@@ -2087,6 +2104,7 @@ class _Text:
     job: dynamic.Job
     init_sum: str | None = None
     mask_sum: str | None = None
+    refined: bool = False  # whether the refiner took over in drawing them (`refiner_switches`)
 
     def __post_init__(self):
         self.by_name: list[str] = []  # the settings recorded by name only, which --again asks for
@@ -2116,7 +2134,7 @@ class _Text:
                          **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
                             if k in ("token", "revision", "variant", "vae", "prediction_type", "single_file_config",
                                      "lora_dir") and v},
-                         **_pass_params(config, self.hires, self.source, self.prompt), **_refiner_params(config),
+                         **_pass_params(config, self.hires, self.source, self.prompt), **(_refiner_params(config) if self.refined else {}),
                          **_noise_params(config, seed),
                          **{k: v for k, v in self.hashes.items() if v}, "textinv_version": __version__,
                          **templates, RECORD_KEY: json.dumps(record)})
@@ -2164,9 +2182,9 @@ def _lora_set(tags: list[emphasis.LoraTag]) -> dict[str, tuple[float, float]]:
 
 
 def _refiner_params(config: GenerateConfig) -> dict:
-    """The PNG text of --refiner, as the web UI writes it (Refiner, Refiner switch at): the refiner by its name (a
-    file's without its suffix, a folder's, a hub id), without the web UI's hash of the file, as the model is
-    (hashing gigabytes for a label); empty without one."""
+    """The PNG text of --refiner, as the web UI writes it (Refiner, Refiner switch at) where it took over: the refiner
+    by its name (a file's without its suffix, a folder's, a hub id), without the web UI's hash of the file, as the
+    model is (hashing gigabytes for a label); empty without one."""
     if not config.refiner:
         return {}
     return {"refiner": _model_name(config.refiner), "refiner_switch_at": config.switch_at()}
