@@ -430,3 +430,41 @@ def test_a_picture_the_refiner_did_not_take_over_in_names_no_refiner_and_again_d
     assert json.loads(text["textinv_settings"])["settings"]["refiner"]
     assert main(["generate", "--again", str(picture), "--out", "again"]) == 0
     assert np.array_equal(_pixels(tmp_path / "again" / picture.name), _pixels(picture))
+
+
+def test_an_xyz_plot_varies_the_refiner_and_its_switch_loading_each_refiner_once(xl_dirs, tmp_path, monkeypatch):
+    """The web UI's Refiner checkpoint (None: no refiner) and Refiner switch at axes. Along x, the fastest axis, the
+    refiners alternate between cells: each is loaded once all the same, its cells drawn together."""
+    import json
+
+    from PIL import Image
+
+    import textinv.generate as generating
+    from textinv import xyz
+
+    other = tmp_path / "other-refiner"
+    build_tiny_xl_refiner(build_tiny_xl_pipeline(), seed=2).save_pretrained(other)
+    loads = []
+    real = generating.load_model
+
+    def counting(source, *args, **kwargs):
+        loads.append((str(source), kwargs.get("refiner", False)))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(generating, "load_model", counting)
+    config = GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), n=1, steps=4, metadata="full", out=str(tmp_path),
+                            x=f"refiner={xl_dirs[1]},None,{other}", y="refiner switch at=0.5,0.9999")
+    paths = generate(config, progress=False)
+    assert [load for load in loads if load[1]] == [(str(xl_dirs[1]), True), (str(other), True)]
+    cells = [np.asarray(Image.open(p)) for p in paths[1:]]  # (x fastest: r1, None, r2 at 0.5, then at 0.9999)
+    assert np.array_equal(cells[1], cells[4]) and np.array_equal(cells[3], cells[4])  # (None; a switch never reached)
+    assert not np.array_equal(cells[0], cells[1]) and not np.array_equal(cells[0], cells[2])
+    said = [Image.open(p).text["parameters"] for p in paths[1:]]
+    assert f"Refiner: {xl_dirs[1].name}, Refiner switch at: 0.5" in said[0]
+    assert "Refiner" not in said[1] and "Refiner" not in said[3]
+    axis = xyz.read_axis("--x", f"refiner=none,{other}", config)
+    assert axis.labels == ["Refiner checkpoint: None", "Refiner checkpoint: other-refiner"]
+    # the grid's record names the refiners by their paths under --metadata full, by their names where shared
+    record = json.loads(Image.open(paths[0]).text["textinv_settings"])
+    assert record["settings"]["x"] == f"refiner={xl_dirs[1]},None,{other}"
+    assert xyz._axis_setting(axis, full=False) == "refiner=None,other-refiner"

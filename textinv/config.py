@@ -916,8 +916,8 @@ class GenerateConfig:
     x: str = opt(None, "the web UI's X/Y/Z plot: AXIS=VALUES, one setting along the grid's columns, each cell drawn "
                        "as generate draws it and xyz_grid-NNNN.png laying them out with labels, e.g. guidance=3,7.5,12 "
                        "or 'embedding=runs/dog/embeddings/*.safetensors' (axes: seed, steps, guidance, sampler, "
-                       "prompt-sr, embedding, clip-skip, denoise, size, hires-scale, hires-steps; numbers as the web "
-                       "UI's: 1-5, 1-10 (+2), 1-10 [5])")
+                       "prompt-sr, embedding, clip-skip, denoise, size, hires-scale, hires-steps, refiner, "
+                       "refiner-switch-at; numbers as the web UI's: 1-5, 1-10 (+2), 1-10 [5])")
     y: str = opt(None, "the X/Y/Z plot's rows: AXIS=VALUES (see --x)")
     z: str = opt(None, "the X/Y/Z plot's third axis: AXIS=VALUES (see --x), one grid per value, drawn side by side "
                        "in one xyz_grid-NNNN.png under each value's label")

@@ -2134,7 +2134,8 @@ class _Text:
                          **{k: ", ".join(v) if isinstance(v, list) else v for k, v in shared.items()
                             if k in ("token", "revision", "variant", "vae", "prediction_type", "single_file_config",
                                      "lora_dir") and v},
-                         **_pass_params(config, self.hires, self.source, self.prompt), **(_refiner_params(config) if self.refined else {}),
+                         **_pass_params(config, self.hires, self.source, self.prompt),
+                         **(_refiner_params(config) if self.refined else {}),
                          **_noise_params(config, seed),
                          **{k: v for k, v in self.hashes.items() if v}, "textinv_version": __version__,
                          **templates, RECORD_KEY: json.dumps(record)})

@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, DeviceMemoryError, TextinvError
 from .formats import RECORD_KEY, load_embedding, second_file
-from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _Where, check_refiner_source,
-                       checked_settings, drawing_dtype, drawing_model, generate, make_grid, refiner_model,
-                       write_failed)
+from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _model_name, _Where,
+                       check_refiner_source, checked_settings, drawing_dtype, drawing_model, generate, make_grid,
+                       refiner_model, write_failed)
 from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
 from .models import pick_device
@@ -167,6 +167,11 @@ def _sizes(items: list[str], config: GenerateConfig) -> list[tuple[int, int]]:
             raise ValueError(f"{item!r} is no size; write width x height, e.g. 512x768")
         sizes.append((int(match[1]), int(match[2])))
     return sizes
+
+
+def _refiners(items: list[str], config: GenerateConfig) -> list[str | None]:
+    """Refiner checkpoint's values: models as --refiner takes them, or None (the web UI's 'None': no refiner)."""
+    return [None if item.lower() == "none" else item for item in items]
 
 
 def _search_replace(items: list[str], config: GenerateConfig) -> list[str]:
@@ -376,6 +381,9 @@ AXES = {axis.name: axis for axis in (
     Axis("size", "Size", _sizes, lambda v, c, vs: {"width": v[0], "height": v[1]}, show=lambda v: f"{v[0]}x{v[1]}"),
     Axis("hires-scale", "Hires upscale", _numbers(float), _field("hires_scale")),
     Axis("hires-steps", "Hires steps", _numbers(int), _field("hires_steps")),
+    Axis("refiner", "Refiner checkpoint", _refiners, _field("refiner"),
+         show=lambda v: "None" if v is None else _model_name(v)),
+    Axis("refiner-switch-at", "Refiner switch at", _numbers(float), _field("refiner_switch_at")),
 )}
 # the web UI's labels name them too ("CFG Scale", "Prompt S/R", "Denoising"), and "cfg"
 _SPELLINGS = {**{a.label.lower(): a.name for a in AXES.values()}, "cfg": "guidance"}
@@ -431,7 +439,8 @@ def read_axis(flag: str, text: str, config: GenerateConfig) -> Plotted:
 
 _EXAMPLES = {"seed": "1-4", "steps": "10-30 (+10)", "guidance": "3,7.5,12", "sampler": "euler,dpm++2m_karras",
              "prompt-sr": "<dog>,<cat>", "embedding": "runs/dog/embeddings/*.safetensors", "clip-skip": "1,2",
-             "denoise": "0.3-0.7 [3]", "size": "512x512,512x768", "hires-scale": "1.5,2", "hires-steps": "10,20"}
+             "denoise": "0.3-0.7 [3]", "size": "512x512,512x768", "hires-scale": "1.5,2", "hires-steps": "10,20",
+             "refiner": "None,stabilityai/stable-diffusion-xl-refiner-1.0", "refiner-switch-at": "0.6,0.8"}
 
 
 @dataclass
@@ -477,6 +486,8 @@ def plan(config: GenerateConfig) -> Plan:
                 cell, parts = base, [(a, a.values[i]) for a, i in zip(axes, (ix, iy, iz)) if a is not None]
                 for a, value in parts:
                     cell = replace(cell, **a.settings(value, cell))
+                if not cell.refiner and any(a.axis.name == "refiner" for a, _ in parts):
+                    cell = replace(cell, refiner_switch_at=None)  # (the web UI's None: no refiner, no switch)
                 cells.append(_checked(cell, base, parts))
     return Plan(axes, cells)
 
@@ -523,9 +534,10 @@ def _check(cell: GenerateConfig) -> None:
 def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: set[int] | None = None,
          refiner=None) -> list[Path]:
     """Draw the X/Y/Z plot `config.x`, `.y`, `.z` ask for: each cell with `generate` on one model (`model`, or the
-    one `config` names, loaded once; its --refiner `refiner`, or loaded once too), then its `xyz_grid-NNNN.png` in
-    `config.out` (`_save_grids`). Returns the grids' paths, then the cells' pictures'. `keep_seeds` (`--again`: the
-    pictures of the batch it was drawn in that are written) is counted from --seed, and moves with a seed axis.
+    one `config` names, loaded once; its --refiner `refiner`, or loaded once too; a refiner axis's each once, its
+    cells drawn one after another), then its `xyz_grid-NNNN.png` in `config.out` (`_save_grids`). Returns the
+    grids' paths, then the cells' pictures'. `keep_seeds` (`--again`: the pictures of the batch it was drawn in that
+    are written) is counted from --seed, and moves with a seed axis.
 
     >>> plot(GenerateConfig(prompt=["a photo of <dog>"], embedding=["dog-500.safetensors"], n=1,
     ...                     x="embedding=runs/dog/embeddings/*.safetensors", y="guidance=3,7.5"))  # doctest: +SKIP
@@ -534,22 +546,31 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
     config = copy.copy(config).validate()  # (its seed drawn once: every cell draws it, as the web UI's fix_seed)
     ready = plan(config)
     clear_stale_temporaries(config.out, re.compile(rf"{GRID_NAME}-\d+\.png"))  # (a killed plot's half-written grid)
-    check_refiner_source(config, model)
+    refiners = list(dict.fromkeys(cell.refiner for cell in ready.cells))  # (each value's cells drawn together)
+    for source in refiners:
+        check_refiner_source(replace(config, refiner=source), model)
     if model is None:
         model = _load(config)
-    refiner = refiner or _load_refiner(config, model)
-    cells: list[list[Path]] = []
-    for i, cell in enumerate(tqdm(ready.cells, disable=not progress, desc="xyz plot", unit="cell")):
+    drawn: dict[int, list[Path]] = {}
+    order = sorted(range(len(ready.cells)), key=lambda i: refiners.index(ready.cells[i].refiner))
+    loaded_for, loaded = (config.refiner, refiner) if refiner is not None else (None, None)
+    for i in tqdm(order, disable=not progress, desc="xyz plot", unit="cell"):
+        cell = ready.cells[i]
         keep = None if keep_seeds is None else {s - config.seed + cell.seed for s in keep_seeds}
-        if cells and not Path(config.out).is_dir():  # (removed mid-plot: the cell's generate would make it again)
+        if drawn and not Path(config.out).is_dir():  # (removed mid-plot: the cell's generate would make it again)
             raise write_failed(FileNotFoundError(errno.ENOENT, "No such file or directory", config.out),
-                               Path(config.out), sum(map(len, cells)))
+                               Path(config.out), sum(map(len, drawn.values())))
+        if cell.refiner != loaded_for:  # (the one before let go first: one refiner held at a time)
+            loaded = None
+            loaded, loaded_for = _load_refiner(cell, model), cell.refiner
         try:
-            cells.append(generate(cell, model, progress=False, keep_seeds=keep, refiner=refiner))
+            drawn[i] = generate(cell, model, progress=False, keep_seeds=keep, refiner=loaded)
         except DeviceMemoryError as e:  # (its own count of pictures written is the cell's)
+            n = len(drawn)
             raise DeviceMemoryError(f"the X/Y/Z plot's cell {i + 1} of {len(ready.cells)} ({_cell_name(ready, i)}): "
-                                    f"{e}. The {i} cell{'s' * (i != 1)} before it {'are' if i != 1 else 'is'} "
+                                    f"{e}. The {n} cell{'s' * (n != 1)} before it {'are' if n != 1 else 'is'} "
                                     f"written in {config.out}, with no grid") from e
+    cells = [drawn[i] for i in range(len(ready.cells))]
     return _save_grids(config, ready, cells) + [path for paths in cells for path in paths]
 
 
@@ -711,7 +732,7 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
     for key, a in zip("XYZ", ready.axes):
         if a is None:
             continue
-        shown = ", ".join(a.axis.show(v) for v in a.values) if a.axis.name == "embedding" else a.given
+        shown = ", ".join(a.axis.show(v) for v in a.values) if a.axis.name in _FILE_AXES else a.given
         fields += [(f"{key} Type", a.axis.label), (f"{key} Values", shown)]
         if a.axis.name == "seed":
             fields.append((f"Fixed {key} Values", ", ".join(map(str, a.values))))
@@ -750,16 +771,28 @@ def _grid_record(config: GenerateConfig, ready: Plan, record: dict) -> dict:
     return record
 
 
+_FILE_AXES = ("embedding", "refiner")  # (their values are files, named without their folders where shared)
+
+
 def _axis_setting(a: Plotted, full: bool) -> str:
     """An axis as the grid's record keeps it for `--again`: as given, a seed axis with the seeds it drew (-1's
-    too), an embedding axis as its files (by their names only, unless `full`: --metadata shareable's way)."""
+    too), an embedding or refiner axis as its files (by their names only, unless `full`: --metadata shareable's
+    way; a refiner's hub id as it is)."""
     if a.axis.name == "seed":
         return f"seed={','.join(map(str, a.values))}"
-    if a.axis.name != "embedding":
+    if a.axis.name not in _FILE_AXES:
         return f"{a.axis.name}={a.given}"
     line = io.StringIO()
-    csv.writer(line).writerow([absolute(f.path) if full else Path(f.path).name for f in a.values])
-    return f"embedding={line.getvalue().strip()}"
+    csv.writer(line).writerow([_recorded_file(a, v, full) for v in a.values])
+    return f"{a.axis.name}={line.getvalue().strip()}"
+
+
+def _recorded_file(a: Plotted, value, full: bool) -> str:
+    """An embedding or refiner axis's value as the grid's record names it (`_axis_setting`)."""
+    path = value.path if a.axis.name == "embedding" else value
+    if path is None or (a.axis.name == "refiner" and not Path(path).expanduser().exists()):
+        return a.axis.show(value)  # (None, or a hub id)
+    return absolute(path) if full else a.axis.show(value)
 
 
 def _with_fields(parameters: str, fields: str) -> str:
