@@ -468,3 +468,17 @@ def test_an_xyz_plot_varies_the_refiner_and_its_switch_loading_each_refiner_once
     record = json.loads(Image.open(paths[0]).text["textinv_settings"])
     assert record["settings"]["x"] == f"refiner={xl_dirs[1]},None,{other}"
     assert xyz._axis_setting(axis, full=False) == "refiner=None,other-refiner"
+
+
+def test_the_sdxl_refiner_s_single_file_takes_its_own_configs_not_single_file_config(tmp_path):
+    """--single-file-config is a folder of --model's kind: the SDXL refiner's file (another UNet, one encoder) would
+    be built from the base's configs, so it goes to a refiner file of the model's kind only."""
+    from safetensors.torch import save_file
+    from textinv.generate import _refiner_settings
+
+    refiner = tmp_path / "refiner.safetensors"
+    keys = {"model.diffusion_model.input_blocks.0.0.weight": (384, 4, 3, 3),
+            "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias": (1280,)}
+    save_file({k: torch.zeros(shape) for k, shape in keys.items()}, refiner)
+    config = GenerateConfig(prompt=PROMPT, refiner=str(refiner), single_file_config=str(tmp_path), variant="fp16")
+    assert _refiner_settings(config) == {}
