@@ -995,12 +995,11 @@ def load_training_images(
     _check_resolution(resolution)
     if not paths:
         raise DataError("no pictures to train on; give 3-10 pictures of your concept")
+    if no_upscale and not bucket_step:
+        raise ValueError("no_upscale makes each picture a bucket of its own: give its bucket_step too")
     result: list[TrainingImage] = []
     small: list[str] = []
     several: list[str] = []  # caption files of several lines
-
-    if no_upscale and not bucket_step:
-        raise ValueError("no_upscale makes each picture a bucket of its own: give its bucket_step too")
 
     def training_size(full: tuple[int, int]) -> tuple[int, int]:  # (W, H) of a picture of upright size `full`
         if no_upscale:  # (what it is read at: the picture as scaled, which its bucket is cut from)
@@ -1026,36 +1025,50 @@ def load_training_images(
                             "remove it, or fix its alpha channel")
         found = caption_file(path, extension)
         text = _read_text(found, "caption file") if found is not None else ""
+        cover, cover_alpha = (_covers(img, alpha, size, area, scaled_to if no_upscale else None) if random_crop
+                              else (None, None))
         result.append(TrainingImage(path=path, pixels=pixels, caption=_caption(text),
-                                    original_size=(height, width), alpha=weight, caption_extension=extension))
-        if no_upscale:
-            result[-1].scaled_size = scaled_to[::-1]
-        if random_crop:  # (the windows are cut from the picture as scaled: with no_upscale, not to cover the bucket)
-            def cover(picture: Image.Image) -> torch.Tensor:
-                return _bytes(scaled(picture, scaled_to, area) if no_upscale else covering(picture, size, area))
-
-            result[-1].cover = cover(img)
-            if alpha is not None:
-                result[-1].cover_alpha = cover(alpha)
+                                    original_size=(height, width), alpha=weight, caption_extension=extension,
+                                    cover=cover, cover_alpha=cover_alpha,
+                                    scaled_size=scaled_to[::-1] if no_upscale else None))
         lines = sum(1 for line in text.splitlines() if line.strip())
         if lines > 1 and not wildcards:
             several.append(f"{found} ({lines} lines)")
-    if several:  # (kohya's scripts train on a file's first line, or pick a line per step with enable_wildcard)
-        warnings.warn(CaptionLinesWarning(
-            f"{len(several)} caption file(s) hold several lines, which textinv joins into one caption (as the web UI "
-            f"reads a caption file): {', '.join(several[:3])}{', ...' if len(several) > 3 else ''}; kohya's scripts "
-            f"train on the first line only: if the lines are alternatives, keep one a file, or give "
-            f"--caption-wildcards to draw one of them each time, as kohya's enable_wildcard does"), stacklevel=2)
+    if several:
+        _warn_several_lines(several)
     if small:
-        warnings.warn(
-            SmallImageWarning(
-                f"{len(small)} picture(s) are smaller than the training resolution {resolution}x{resolution} "
-                f"{'(their buckets) ' if bucket_step else ''}and will be upscaled, which blurs them: "
-                f"{', '.join(small)}; use larger pictures or a lower resolution"
-            ),
-            stacklevel=2,
-        )
+        _warn_small(small, resolution, bucket_step)
     return result
+
+
+def _covers(img: Image.Image, alpha: Image.Image | None, size: tuple[int, int],
+            area: tuple[float, float, float, float], scaled_to: tuple[int, int] | None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A picture's `cover` and `cover_alpha` (None without `alpha`), which `random_windows` cuts its crops from: the
+    picture resized to cover its training `size`, or with --bucket-no-upscale as scaled (`scaled_to`, W x H), not
+    to cover its bucket."""
+    def cover(picture: Image.Image) -> torch.Tensor:
+        return _bytes(scaled(picture, scaled_to, area) if scaled_to else covering(picture, size, area))
+
+    return cover(img), cover(alpha) if alpha is not None else None
+
+
+def _warn_several_lines(several: list[str]) -> None:
+    """Warn (at `load_training_images`' caller) of the caption files `several` that hold several lines: kohya's
+    scripts train on a file's first line, or pick a line per step with enable_wildcard."""
+    warnings.warn(CaptionLinesWarning(
+        f"{len(several)} caption file(s) hold several lines, which textinv joins into one caption (as the web UI "
+        f"reads a caption file): {', '.join(several[:3])}{', ...' if len(several) > 3 else ''}; kohya's scripts "
+        f"train on the first line only: if the lines are alternatives, keep one a file, or give "
+        f"--caption-wildcards to draw one of them each time, as kohya's enable_wildcard does"), stacklevel=3)
+
+
+def _warn_small(small: list[str], resolution: int, bucket_step: int | None) -> None:
+    """Warn (at `load_training_images`' caller) of the pictures `small` that are upscaled to their training size."""
+    warnings.warn(SmallImageWarning(
+        f"{len(small)} picture(s) are smaller than the training resolution {resolution}x{resolution} "
+        f"{'(their buckets) ' if bucket_step else ''}and will be upscaled, which blurs them: "
+        f"{', '.join(small)}; use larger pictures or a lower resolution"), stacklevel=3)
 
 
 def _own_bucket(path: Path, full: tuple[int, int], area: tuple[float, float, float, float], resolution: int,
