@@ -1170,20 +1170,21 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         time_ids = _xl_time_ids(pictures, config.center_crop, device) if model.is_xl else None
         return _Read(pictures, mean, std, bank, time_ids, pixel_weight)
 
-    # (kohya's caption_separator, keep_tokens_separator, secondary_separator, enable_wildcard: also for the captions
-    # scored unvaried)
-    separators = dict(separator=config.tag_separator, keep_separator=config.keep_tags_separator,
-                      joiner=config.tag_joiner, wildcards=config.caption_wildcards)
+    # how the caption files are written (kohya's caption_separator, keep_tokens_separator, secondary_separator,
+    # enable_wildcard): the held-out pictures' captions too, which are scored unvaried
+    caption_format = dict(separator=config.tag_separator, keep_separator=config.keep_tags_separator,
+                          joiner=config.tag_joiner, wildcards=config.caption_wildcards)
     for k, (spec, listed, rows) in enumerate(zip(specs, found, rows_per_concept)):
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags,
                             seed=concept_seed(config.seed, k), warmup_min=config.tag_warmup_min,
-                            warmup_steps=config.tag_warmup_length(), **separators)
+                            warmup_steps=config.tag_warmup_length(), **caption_format)
         crops = RANDOM_CROPS if config.random_crop else 1
         read = pictures_of(listed, spec, tags, concept_seed(config.seed, k) if config.random_crop else None)
         pictures, mean, std, bank, time_ids, pixel_weight = read
         validation = None
         if config.validating_every:  # the pictures held out, or the training pictures
-            scored = pictures_of(held_back[k], spec, TagVariation(**separators)) if held_back[k] is not None else read
+            scored = (pictures_of(held_back[k], spec, TagVariation(**caption_format)) if held_back[k] is not None
+                      else read)
             validation = fixed_draws(scored.mean, scored.std, scored.bank, scored.time_ids, scored.pixel_weight,
                                      pictures=len(scored.pictures), draws=config.validation_draws,
                                      timesteps=timesteps, seed=concept_seed(validation_seed, k),
