@@ -662,8 +662,7 @@ class TrainConfig:
         if isinstance(low, bool) or not isinstance(low, int) or low < 0:
             raise ConfigError(f"--tag-warmup-min must be a whole number >= 0 (the tags used at the first step), got "
                               f"{low!r}")
-        if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not steps >= 0 or (
-                steps >= 1 and steps != int(steps)):
+        if not is_warmup_length(steps):
             raise ConfigError(f"--tag-warmup-steps must be a whole number of steps, or a share of --steps below 1 "
                               f"(0: no warm-up), got {steps!r}")
         if steps and self.caption_wildcards:
@@ -1077,6 +1076,13 @@ def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | No
     if clip_skip is not None:
         check_clip_skip_value(clip_skip)
     check_side("--resolution", resolution)
+
+
+def is_warmup_length(value) -> bool:
+    """Whether `value` is a tag warm-up's length as kohya's token_warmup_step takes it (--tag-warmup-steps): a whole
+    number of steps, or a share of the steps below 1 (0: no warm-up)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            and (value < 1 or value == int(value)))
 
 
 def check_side(flag: str, pixels: int | None, multiple: int = 8) -> None:

@@ -45,7 +45,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import TrainConfig, check_side
+from .config import TrainConfig, check_side, is_warmup_length
 from .data import side_buckets, skip_sides
 from .errors import ConfigError, backslash_note
 from .foreign import foreign_hint, setting_of
@@ -143,8 +143,7 @@ def _skip_resolution(value):
 
 
 def _warmup_steps(value):
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and (
-            value < 1 or value == int(value)):
+    if is_warmup_length(value):
         return value
     raise ValueError("a whole number of steps, or a share of the steps below 1 (0: no warm-up)")
 
