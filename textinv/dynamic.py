@@ -45,7 +45,8 @@ _WILDCARD = re.compile(r"__([~!@]?)([\w\-./*]+?)(?:\(([^()]*)\))?__")  # `__name
 _NAMED_BY_VARIABLE = re.compile(r"__[~!@]?[\w\-./*]*\$\{")  # `__colors/${season}__`
 _PARENTHESES_IN_VARIABLES = re.compile(r"__[~!@]?([\w\-./*]+?)\((?:[^()]*,)?\s*([\w-]+)\s*=\s*(\(.*?\))\)__")
 _SAMPLER = re.compile(r"\s*([~!@])")  # `{~a|b}`: a variant's (or a wildcard's) own sampler
-_VARIABLE = re.compile(r"\$\{\s*([A-Za-z_-][A-Za-z0-9_-]*)\s*(\}|:|=|\?=)")  # `${name}`, `${name:`, `${name=`
+_NAME = r"[A-Za-z_-][A-Za-z0-9_-]*"  # a variable's name: letters, digits, _ and -, not a digit first
+_VARIABLE = re.compile(rf"\$\{{\s*({_NAME})\s*(\}}|:|=|\?=)")  # `${name}`, `${name:`, `${name=`
 _HEADER = re.compile(r"\s*(\d*)\s*(?:(-)\s*(\d*))?\s*\$\$")  # `2$$`, `1-3$$`, `-2$$`, `2-$$`
 _SEPARATOR = re.compile(r"([^|{}]*?)\$\$")
 _WEIGHT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*::")
@@ -254,7 +255,7 @@ def _wildcard_variables(spec: str | None, written: str, where: str) -> tuple:
     out = []
     for pair in (spec.split(",") if spec is not None else []):
         name, equals, value = (part.strip() for part in pair.partition("="))
-        if not equals or not re.fullmatch(r"[A-Za-z_-][A-Za-z0-9_-]*", name):
+        if not equals or not re.fullmatch(_NAME, name):
             raise ConfigError(f"{where}: the wildcard {written} sets its variables as name=value, separated by commas, "
                               f"not {pair.strip()!r}: fix it, or write \\_\\_ for underscores that are text")
         out.append((name, parse(value, f"{where}: {written}")))
