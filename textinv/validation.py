@@ -67,9 +67,9 @@ def split_pictures(pictures: PictureSet, share: float, seed: int, by_subset: boo
     """`pictures` as (the ones trained on, the ones held out: `held_out`, or with `by_subset`, kohya subsets'
     pictures, `held_out_by_subset`), each in its own order. `then`: the names of the pictures a run held out before,
     held out again where every one of them is among `pictures` (a resumed run's split, whatever today's count)."""
-    count = len(pictures.paths)
-    if then is not None and set(then) <= set(pictures.names):
-        out = [k for k, name in enumerate(pictures.names) if name in set(then)]
+    count, before = len(pictures.paths), set(then or ())
+    if then is not None and before <= set(pictures.names):
+        out = [k for k, name in enumerate(pictures.names) if name in before]
     else:
         out = held_out_by_subset(subset_sizes(pictures), share, seed) if by_subset else held_out(count, share, seed)
     kept = [k for k in range(count) if k not in out]
