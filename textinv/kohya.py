@@ -548,7 +548,7 @@ def _subset(read: DatasetConfig, i: int, values: dict[str, tuple[Any, str]], res
     return subset
 
 
-def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool, no_upscale: bool = False) -> None:
+def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool, no_upscale: bool) -> None:
     """Refuse bucket sizes that make other buckets than textinv's (`data.bucket_sizes`: sides from half to twice the
     resolution, in the model's steps); without buckets kohya ignores them, and textinv with a warning, and so are
     min_bucket_reso and max_bucket_reso with bucket_no_upscale (each picture's size makes its bucket). A value that

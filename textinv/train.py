@@ -1795,7 +1795,7 @@ def _split_then(checkpoint: tuple[Path, dict] | None, config: TrainConfig) -> li
 
 
 def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], seed: int, say: bool,
-              then: list[list[str] | None] | None = None) -> tuple[list[PictureSet], list[PictureSet]]:
+              then: list[list[str] | None] | None) -> tuple[list[PictureSet], list[PictureSet]]:
     """Each concept's pictures split by --validation-split (`validation.split_pictures`, concept k's by its own
     seed): (the ones trained on, the ones held out); those held out are printed when `say`. A concept with a single
     picture has none to spare. `then`: the pictures a resumed run held out (`_split_then`), each concept's, taken
