@@ -460,13 +460,11 @@ def _from_a1111(path: Path, text: str) -> Picture:
     if "Size" in fields:
         settings["width"], settings["height"] = _size(path, fields["Size"], "Size")
     needs = {}
-    model = ", ".join(f"{k} {fields[k]}" for k in ("Model", "Model hash") if fields.get(k))
-    needs["model"] = (f"--again {path} was drawn by the A1111 web UI ({model or 'its model is not named'}); textinv "
-                      f"cannot find a model by the web UI's name or hash: give it with --model (its file or folder)")
+    model = ", ".join(f"{k} {fields[k]}" for k in ("Model", "Model hash") if fields.get(k)) or "its model is not named"
+    needs["model"] = _model_needed(f"--again {path} was drawn by the A1111 web UI ({model})", "--model")
     if fields.get("Refiner"):  # (found as the model is: by the file or folder given)
-        needs["refiner"] = (f"--again {path} was drawn by the A1111 web UI with the Refiner {fields['Refiner']}; "
-                            f"textinv cannot find a model by the web UI's name or hash: give it with --refiner (its "
-                            f"file or folder)")
+        needs["refiner"] = _model_needed(f"--again {path} was drawn by the A1111 web UI with the Refiner "
+                                         f"{fields['Refiner']}", "--refiner")
         if fields.get("Refiner switch at"):
             settings["refiner_switch_at"] = fields["Refiner switch at"]
     _a1111_sampler(path, fields, False, settings, needs)
@@ -510,6 +508,13 @@ def _number(text: str) -> float | None:
         return None
 
 
+def _model_needed(drawn: str, flag: str) -> str:
+    """What --again says of a model the web UI's text names (`drawn`: which model drew it), which textinv cannot
+    find by that name: it must be given, with `flag`."""
+    return (f"{drawn}; textinv cannot find a model by the web UI's name or hash: give it with {flag} (its file or "
+            f"folder)")
+
+
 def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], needs: dict[str, str],
                   notes: list[str], without_init: list[str], without_mask: list[str]) -> None:
     """The web UI's hires fix and img2img fields into `settings` (`Denoising strength`, `Hires upscale` or
@@ -548,9 +553,8 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
     if _number(settings.get("hires_guidance")) == 0:  # (reForge's 0: the first pass's CFG scale)
         del settings["hires_guidance"]
     if fields.get("Hires checkpoint") and {"Hires upscale", "Hires resize"} & set(fields):  # (as the Model is)
-        needs["hires_model"] = (f"--again {path} was redrawn by its hires fix with the web UI's Hires checkpoint "
-                                f"{fields['Hires checkpoint']}; textinv cannot find a model by the web UI's name or "
-                                f"hash: give it with --hires-model (its file or folder)")
+        needs["hires_model"] = _model_needed(f"--again {path} was redrawn by its hires fix with the web UI's Hires "
+                                             f"checkpoint {fields['Hires checkpoint']}", "--hires-model")
     if "Denoising strength" in fields and not ({"Hires upscale", "Hires resize"} & set(fields)):
         without_init.append(f"{path} was drawn by the web UI's img2img from a picture of its own, which its text "
                             f"does not hold: give that picture with --init-image, or it is drawn from the prompt alone")
