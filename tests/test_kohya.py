@@ -2,6 +2,7 @@
 default as kohya's do, and every key textinv cannot train as it is is refused by name, saying what to do."""
 
 import json
+import math
 import re
 import shutil
 import warnings
@@ -287,6 +288,8 @@ def test_the_token_warmup_trains_as_the_flags_do_grows_the_tags_and_resumes_exac
                                                        r"overlap"),
     (dict(tag_warmup_steps=10.5), r"--tag-warmup-steps must be a whole number of steps, or a share of --steps "
                                    r"below 1 \(0: no warm-up\), got 10.5"),
+    (dict(tag_warmup_steps=math.inf), r"--tag-warmup-steps must be a whole number of steps, or a share of --steps "
+                                      r"below 1 \(0: no warm-up\), got inf"),
     (dict(tag_warmup_min=-1), r"--tag-warmup-min must be a whole number >= 0"),
     (dict(tag_warmup_steps=0.5, caption_wildcards=True), r"--tag-warmup-steps and --caption-wildcards cannot be "
                                                          r"given together"),

@@ -1081,7 +1081,7 @@ def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | No
 def is_warmup_length(value) -> bool:
     """Whether `value` is a tag warm-up's length as kohya's token_warmup_step takes it (--tag-warmup-steps): a whole
     number of steps, or a share of the steps below 1 (0: no warm-up)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
             and (value < 1 or value == int(value)))
 
 
