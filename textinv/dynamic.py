@@ -769,7 +769,7 @@ def _jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | Non
             texts = list(itertools.islice(combinations(nodes, wildcards, turns=turns), max_prompts + 1))
             if len(texts) > max_prompts:  # (not counted: a few wildcards can make millions)
                 warnings.warn(f"--prompt {template!r} has more combinations than --max-prompts {max_prompts}: the "
-                              f"first {max_prompts} are drawn; raise --max-prompts for more", stacklevel=2)
+                              f"first {max_prompts} are drawn; raise --max-prompts for more", stacklevel=3)
             drawn = [lambda seed, text=text: text for text in texts[:max_prompts]]
         else:
             drawn = [lambda seed: draw(nodes, random.Random(seed), wildcards, index=index[seed])]
