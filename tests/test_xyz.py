@@ -571,3 +571,15 @@ def test_a_killed_plots_half_written_grid_is_cleared_and_a_grid_that_cannot_be_w
     with pytest.raises(ConfigError, match=r"was removed .* after 1 picture had been written to it"):
         generate(_config(tmp_path, model=str(sd1_dir), x="steps=1,2"), model=model, progress=False)
     assert not out.exists()
+
+
+def test_a_sampler_the_model_cannot_sample_is_refused_before_any_cell_is_drawn(sd1_dir, tmp_path):
+    """A Karras schedule on a zero-terminal-SNR model (as the bundled shapes model's) is refused once the model has
+    loaded, naming the axis, not after the cells before it have been written."""
+    model = load_model(sd1_dir)
+    scheduler = model.pipeline.scheduler
+    model.pipeline.scheduler = type(scheduler).from_config(scheduler.config, rescale_betas_zero_snr=True)
+    config = _config(tmp_path, model=str(sd1_dir), x="sampler=euler,dpm++2m_karras")
+    with pytest.raises(ConfigError, match=r"--x 'sampler=euler,dpm\+\+2m_karras': sampler dpm\+\+2m_karras cannot"):
+        generate(config, model=model, progress=False)
+    assert not list((tmp_path / "r").glob("*.png"))

@@ -53,6 +53,7 @@ from .memory import out_of_memory_as
 from .models import pick_device
 from .run_folder import _nfc
 from .report import INK, PAPER, font
+from .samplers import scheduler_for
 
 SCRIPT = "X/Y/Z plot"  # (the web UI's script's title, which its grids' text names)
 GRID_NAME = "xyz_grid"
@@ -551,6 +552,7 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
         check_refiner_source(replace(config, refiner=source), model)
     if model is None:
         model = _load(config)
+    _check_samplers(ready, model)
     drawn: dict[int, list[Path]] = {}
     order = sorted(range(len(ready.cells)), key=lambda i: refiners.index(ready.cells[i].refiner))
     loaded_for, loaded = (config.refiner, refiner) if refiner is not None else (None, None)
@@ -572,6 +574,15 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
                                     f"written in {config.out}, with no grid") from e
     cells = [drawn[i] for i in range(len(ready.cells))]
     return _save_grids(config, ready, cells) + [path for paths in cells for path in paths]
+
+
+def _check_samplers(ready: Plan, model) -> None:
+    """Each cell's sampler made for `model`'s noise schedule, so that one it cannot sample (a Karras schedule on a
+    zero-terminal-SNR model) is refused once the model has loaded, not after the cells before it are drawn."""
+    axis = next((a for a in ready.axes if a is not None and a.axis.name == "sampler"), None)
+    for sampler in dict.fromkeys(cell.sampler for cell in ready.cells if cell.sampler != "default"):
+        flag = f"{axis.flag} {'sampler=' + axis.given!r}: sampler" if axis is not None else "--sampler"
+        scheduler_for(model.pipeline.scheduler, sampler, flag=flag)
 
 
 def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path]]) -> list[Path]:
