@@ -801,3 +801,23 @@ def test_bucket_no_upscale_is_taken_with_buckets_and_its_unused_sizes_said(tmp_p
     with pytest.warns(DatasetConfigWarning, match=r"bucket_no_upscale = true left unused: the buckets are off"):
         given = apply_dataset_config(config)
     assert not given.buckets and not given.bucket_no_upscale
+
+
+def test_caption_settings_that_do_not_go_together_are_refused_naming_the_files_keys(tmp_path):
+    """token_warmup_step with enable_wildcard, and separators that overlap, are refused as their flags are, but
+    naming the keys the file gives (and a flag only where it was given), not flags the user never typed."""
+    folder = write_images(tmp_path / "dog", n=1)
+    both = toml(tmp_path / "d.toml", f'[general]\nenable_wildcard = true\ntoken_warmup_step = 2\n[[datasets]]\n'
+                                     f'[[datasets.subsets]]\nimage_dir = "{folder.as_posix()}"\n')
+    with pytest.raises(ConfigError, match=r"d\.toml's token_warmup_step \(\[general\]\) and \S+d\.toml's "
+                                          r"enable_wildcard \(\[general\]\) cannot be given together"):
+        apply_dataset_config(TrainConfig(dataset_config=str(both), token="<t>", out="o"))
+    one = toml(tmp_path / "e.toml", f'[general]\nenable_wildcard = true\n[[datasets]]\n'
+                                    f'[[datasets.subsets]]\nimage_dir = "{folder.as_posix()}"\n')
+    with pytest.raises(ConfigError, match=r"^--tag-warmup-steps and \S+e\.toml's enable_wildcard \(\[general\]\)"):
+        apply_dataset_config(TrainConfig(dataset_config=str(one), token="<t>", out="o", tag_warmup_steps=3))
+    overlap = toml(tmp_path / "f.toml", f'[general]\ncaption_separator = ","\nkeep_tokens_separator = ",,"\n'
+                                        f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder.as_posix()}"\n')
+    with pytest.raises(ConfigError, match=r"f\.toml's caption_separator \(\[general\]\) ',' and \S+f\.toml's "
+                                          r"keep_tokens_separator \(\[general\]\) ',,' overlap"):
+        apply_dataset_config(TrainConfig(dataset_config=str(overlap), token="<t>", out="o"))

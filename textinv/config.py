@@ -21,7 +21,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -602,15 +602,17 @@ class TrainConfig:
                           f"(as kohya's Prodigy and DAdaptation configs give it); --lr {self.lr:g} scales that "
                           f"estimate by {self.lr:g}", stacklevel=3)
 
-    def _check_tag_separators(self) -> None:
+    def _check_tag_separators(self, said: dict[str, str] | None = None) -> None:
         """--tag-separator splits the tags, so it cannot be empty; --keep-tags-separator and --tag-joiner must each
-        be other text than the others, or a caption could not say which it means."""
+        be other text than the others, or a caption could not say which it means. `said`: how a setting was given
+        where it was no flag (a --dataset-config key), for the refusal to name."""
+        name = _namer(said)
         if not isinstance(self.tag_separator, str) or not self.tag_separator.strip():
-            raise ConfigError(f"--tag-separator must be the text between a caption's tags, such as ',' or ';', got "
-                              f"{self.tag_separator!r}")
-        given = {"--tag-separator": self.tag_separator, "--keep-tags-separator": self.keep_tags_separator,
-                 "--tag-joiner": self.tag_joiner}
-        for flag in ("--keep-tags-separator", "--tag-joiner"):
+            raise ConfigError(f"{name('tag_separator')} must be the text between a caption's tags, such as ',' or "
+                              f"';', got {self.tag_separator!r}")
+        given = {name("tag_separator"): self.tag_separator, name("keep_tags_separator"): self.keep_tags_separator,
+                 name("tag_joiner"): self.tag_joiner}
+        for flag in (name("keep_tags_separator"), name("tag_joiner")):
             text = given[flag]
             if not isinstance(text, str) or (text and not text.strip()):
                 raise ConfigError(f"{flag} must be text such as '|||' (or '' for none), got {text!r}")
@@ -657,7 +659,9 @@ class TrainConfig:
         share = self.tag_warmup_steps
         return math.floor(share * self.steps) if share < 1 else int(share)
 
-    def _check_tag_warmup(self) -> None:
+    def _check_tag_warmup(self, said: dict[str, str] | None = None) -> None:
+        """kohya's token warm-up: its counts, and not with wildcard captions. `said`: as `_check_tag_separators`."""
+        name = _namer(said)
         steps, low = self.tag_warmup_steps, self.tag_warmup_min
         if isinstance(low, bool) or not isinstance(low, int) or low < 0:
             raise ConfigError(f"--tag-warmup-min must be a whole number >= 0 (the tags used at the first step), got "
@@ -666,9 +670,9 @@ class TrainConfig:
             raise ConfigError(f"--tag-warmup-steps must be a whole number of steps, or a share of --steps below 1 "
                               f"(0: no warm-up), got {steps!r}")
         if steps and self.caption_wildcards:
-            raise ConfigError("--tag-warmup-steps and --caption-wildcards cannot be given together: textinv counts a "
-                              "picture's tags once, before the first step, where a wildcard caption's drawn line has "
-                              "its own count; leave one out")
+            raise ConfigError(f"{name('tag_warmup_steps')} and {name('caption_wildcards')} cannot be given together: "
+                              f"textinv counts a picture's tags once, before the first step, where a wildcard "
+                              f"caption's drawn line has its own count; leave one out")
 
     @builtins.property  # (the field `property` hides the builtin here)
     def validating_every(self) -> int:
@@ -1066,6 +1070,11 @@ class GenerateConfig:
         if self.masked_padding is not None and self.inpaint_area != "masked":
             raise ConfigError("--masked-padding widens the box --inpaint-area masked redraws: add --inpaint-area "
                               "masked")
+
+def _namer(said: dict[str, str] | None) -> Callable[[str], str]:
+    """A setting's name in a refusal: how `said` says it was given (a --dataset-config key), else its flag."""
+    return lambda setting: (said or {}).get(setting) or "--" + setting.replace("_", "-")
+
 
 def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | None, resolution: int | None) -> None:
     """The drawing settings `generate` and `score` share (None: the default): --steps, --guidance, --clip-skip,

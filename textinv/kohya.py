@@ -35,6 +35,7 @@ kohya does not know is refused, as kohya's schema refuses it, and so is a key in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -433,6 +434,7 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
         _refuse_at_default(path, values)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     changes: dict[str, Any] = {}
+    said: dict[str, str] = {}  # each setting the file gives, as it gives it (`_check_warmup_wildcards`)
     for key, (places, setting, _) in SETTINGS.items():
         per_dataset = places == DATASET_KEY
         units = read.datasets if per_dataset else read.subsets
@@ -464,6 +466,8 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
                                   f"({_shown(ours)}), where {place} gives {_toml(value)}; textinv has one "
                                   f"{_flag(setting)} for all its pictures: give {key} {once}")
         changes[setting] = value
+        said[setting] = f"{path}'s {key} ({place})"
+    _check_captions(config, changes, said)
     resolution = changes.get("resolution", config.resolution)
     buckets = changes.get("buckets", config.buckets)
     if changes.get("bucket_no_upscale") and not buckets:  # (kohya's buckets are off: it goes unread there)
@@ -511,6 +515,16 @@ def _but_folders(subsets: list[dict]) -> list[dict]:
 
 def _resuming(config: TrainConfig, path: Path) -> str:
     return f"cannot resume {config.out} with --dataset-config {path}"
+
+
+def _check_captions(config: TrainConfig, changes: dict[str, Any], said: dict[str, str]) -> None:
+    """`TrainConfig`'s checks of the caption settings, made on the file's values here so that a refusal names the
+    keys that gave them (`said`), not flags the user never typed."""
+    given = copy.copy(config)
+    for setting, value in changes.items():
+        setattr(given, setting, value)
+    given._check_tag_separators(said)
+    given._check_tag_warmup(said)
 
 
 def _flag(setting: str) -> str:
