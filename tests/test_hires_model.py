@@ -177,8 +177,8 @@ def test_bad_hires_settings_are_refused_before_anything_loads(sd1_dir, tmp_path,
         with pytest.raises(ConfigError, match=r"--hires-model .* must be of the same family"):
             generate(GenerateConfig(prompt=PROMPT, model=str(model), hires_scale=2, hires_model=str(hires), out=out),
                      progress=False)
-    for settings, said in (({"hires_guidance": 3}, "--hires-guidance set the hires fix"),
-                           ({"hires_model": str(sd1_dir)}, "--hires-model set the hires fix"),
+    for settings, said in (({"hires_guidance": 3}, "--hires-guidance sets the hires fix"),
+                           ({"hires_model": str(sd1_dir)}, "--hires-model sets the hires fix"),
                            ({"hires_scale": 2, "hires_guidance": 0.5}, "--hires-guidance must be .* at least 1"),
                            ({"hires_scale": 2, "hires_guidance": float("inf")}, "--hires-guidance must be a finite")):
         with pytest.raises(ConfigError, match=said):

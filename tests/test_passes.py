@@ -216,7 +216,7 @@ def test_an_odd_init_picture_just_works_upright_at_its_proportions(sd1_dir, tmp_
     ({"hires_scale": 1.0}, r"--hires-scale must be a number above 1"),
     ({"hires_scale": 2, "hires_width": 64}, r"--hires-scale or --hires-width/--hires-height, not both"),
     ({"hires_width": 60}, r"--hires-width must be a multiple of 8"),
-    ({"hires_steps": 3}, r"--hires-steps set the hires fix, which --hires-scale .* turns on"),
+    ({"hires_steps": 3}, r"--hires-steps sets the hires fix, which --hires-scale .* turns on"),
     ({"hires_upscaler": "lanczos", "hires_sampler": "euler"}, r"--hires-upscaler and --hires-sampler set the hires"),
     ({"hires_prompt": "a cat", "hires_negative_prompt": "blurry"},
      r"--hires-prompt and --hires-negative-prompt set the hires fix, which --hires-scale .* turns on"),

@@ -1028,7 +1028,8 @@ class GenerateConfig:
                      ("--hires-guidance", self.hires_guidance), ("--hires-model", self.hires_model))
                      if value not in (None, "")]  # (an empty hires prompt is the web UI's: none of its own)
             if given:
-                raise ConfigError(f"{' and '.join(given)} set the hires fix, which --hires-scale (or --hires-width "
+                verb = "set" if len(given) > 1 else "sets"
+                raise ConfigError(f"{' and '.join(given)} {verb} the hires fix, which --hires-scale (or --hires-width "
                                   f"and --hires-height) turns on; add it, e.g. --hires-scale 2")
         if self.denoise is not None:
             if not (math.isfinite(self.denoise) and 0 < self.denoise <= 1):
