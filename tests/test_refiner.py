@@ -308,9 +308,8 @@ def test_a_shareable_picture_names_its_refiner_and_again_asks_where_it_is(xl_dir
     assert (config.refiner, config.switch_at()) == (str(xl_dirs[1]), 0.8)
 
 
-def test_an_xyz_plot_loads_the_refiner_once_for_all_its_cells(xl_dirs, tmp_path, monkeypatch):
-    """The plot draws each cell with generate on the one model it loaded; the refiner is loaded once too (an SDXL
-    refiner is gigabytes: read again for each cell, a plot of 12 cells would read it 12 times)."""
+def _counted_loads(monkeypatch) -> list[tuple[str, bool]]:
+    """generate's model loads from now on, each as (source, whether as a refiner), in the list returned."""
     import textinv.generate as generating
 
     loads = []
@@ -321,6 +320,13 @@ def test_an_xyz_plot_loads_the_refiner_once_for_all_its_cells(xl_dirs, tmp_path,
         return real(source, *args, **kwargs)
 
     monkeypatch.setattr(generating, "load_model", counting)
+    return loads
+
+
+def test_an_xyz_plot_loads_the_refiner_once_for_all_its_cells(xl_dirs, tmp_path, monkeypatch):
+    """The plot draws each cell with generate on the one model it loaded; the refiner is loaded once too (an SDXL
+    refiner is gigabytes: read again for each cell, a plot of 12 cells would read it 12 times)."""
+    loads = _counted_loads(monkeypatch)
     generate(GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner=str(xl_dirs[1]), n=1, steps=4,
                             x="guidance=3,7", y="seed=1,2", out=str(tmp_path)), progress=False)
     assert [load for load in loads if load[1]] == [(str(xl_dirs[1]), True)]
@@ -439,19 +445,11 @@ def test_an_xyz_plot_varies_the_refiner_and_its_switch_loading_each_refiner_once
 
     from PIL import Image
 
-    import textinv.generate as generating
     from textinv import xyz
 
     other = tmp_path / "other-refiner"
     build_tiny_xl_refiner(build_tiny_xl_pipeline(), seed=2).save_pretrained(other)
-    loads = []
-    real = generating.load_model
-
-    def counting(source, *args, **kwargs):
-        loads.append((str(source), kwargs.get("refiner", False)))
-        return real(source, *args, **kwargs)
-
-    monkeypatch.setattr(generating, "load_model", counting)
+    loads = _counted_loads(monkeypatch)
     config = GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), n=1, steps=4, metadata="full", out=str(tmp_path),
                             x=f"refiner={xl_dirs[1]},None,{other}", y="refiner switch at=0.5,0.9999")
     paths = generate(config, progress=False)
