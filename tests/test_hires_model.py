@@ -258,3 +258,16 @@ def test_a_hires_model_that_predicts_otherwise_samples_with_its_own_scheduler(mo
 def test_render_refuses_a_hires_guidance_it_cannot_guide_at(models, guidance):
     with pytest.raises(ConfigError, match="--hires-guidance must be a finite number of at least 1"):
         render(models[0], PROMPT, [0], steps=4, hires=Hires(scale=2, guidance=guidance))
+
+
+def test_the_hires_model_loads_with_the_models_variant(sd1_dir, tmp_path):
+    """--variant picks the hires model folder's fp16 weights, as --model's (a single file has none: not given it)."""
+    from textinv.generate import hires_model
+
+    model = load_model(sd1_dir)
+    build_tiny_pipeline("sd1", seed=3).save_pretrained(tmp_path / "both")
+    fp16 = build_tiny_pipeline("sd1", seed=4)
+    fp16.save_pretrained(tmp_path / "both", variant="fp16")
+    config = GenerateConfig(prompt="a photo", model=str(sd1_dir), hires_model=str(tmp_path / "both"),
+                            hires_scale=2, variant="fp16")
+    assert torch.equal(hires_model(config, model).unet.conv_in.weight, fp16.unet.conv_in.weight)

@@ -1301,10 +1301,12 @@ def check_hires_source(xl: bool | None, config: GenerateConfig) -> None:
 
 def hires_model(config: GenerateConfig, model: Model) -> Model | None:
     """--hires-model loaded as `model` is (its precision and device, --vae and --single-file-config: the web UI's
-    VAE setting holds for every checkpoint), checked against it (`check_hires_model`); None without one."""
+    VAE setting holds for every checkpoint; --variant for a hub id or folder: a single file has none), checked
+    against it (`check_hires_model`); None without one."""
     if not config.hires_model:
         return None
-    loaded = load_model(config.hires_model, dtype=model.unet.dtype, device=model.unet.device,
+    variant = None if resolve_source(config.hires_model)[0] == "file" else config.variant
+    loaded = load_model(config.hires_model, dtype=model.unet.dtype, device=model.unet.device, variant=variant,
                         single_file_config=config.single_file_config, vae=config.vae)
     check_hires_model(model, loaded)
     return loaded
