@@ -1240,8 +1240,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
     check_refiner_source(config, model)
-    if config.hires_model:
-        check_hires_source(model.is_xl if model is not None else source_is_xl(config.model), config)
+    check_hires_source(config, model)
     if model is None:
         where.device, where.dtype = device, drawing_dtype(config.precision, device)
         model = drawing_model(config, where.dtype, device)
@@ -1281,22 +1280,28 @@ def check_refiner_source(config: GenerateConfig, model: Model | None = None) -> 
     if model is None and where == _where_model_is(config.model):
         raise ConfigError(f"--refiner {config.refiner} is --model {config.model}: the web UI draws without a "
                           f"refiner when its Refiner is the model loaded; leave --refiner out, or give another model")
-    if xl is not None and theirs is not None and xl != theirs:
-        name = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
-        raise ConfigError(f"--refiner {config.refiner} is {name[theirs]} and --model {config.model} {name[xl]}: a "
-                          f"refiner continues the model's latents, so it must be of the same kind (the SDXL refiner "
-                          f"or another SDXL model for SDXL, an SD 1.x/2.x model for SD 1.x/2.x)")
+    _refuse_other_family(f"--refiner {config.refiner}", theirs, xl, config,
+                         "a refiner continues the model's latents, so it must be of the same kind (the SDXL refiner "
+                         "or another SDXL model for SDXL, an SD 1.x/2.x model for SD 1.x/2.x)")
 
 
-def check_hires_source(xl: bool | None, config: GenerateConfig) -> None:
-    """Refuse --hires-model of another family than --model (`xl`: whether it is SDXL; None: not known before it
-    loads), from what their sources tell, before either loads; `check_hires_model` checks the loaded models."""
-    theirs = source_is_xl(config.hires_model)
+def check_hires_source(config: GenerateConfig, model: Model | None = None) -> None:
+    """Refuse --hires-model of another family than --model (or `model`, loaded already), from what their sources
+    tell, before either loads; `check_hires_model` checks the loaded models."""
+    if not config.hires_model:
+        return
+    xl = model.is_xl if model is not None else source_is_xl(config.model)
+    _refuse_other_family(f"--hires-model {config.hires_model}", source_is_xl(config.hires_model), xl, config,
+                         "the hires fix's second pass redraws the first pass's latents, so both must be of the same "
+                         "family")
+
+
+def _refuse_other_family(given: str, theirs: bool | None, xl: bool | None, config: GenerateConfig, why: str) -> None:
+    """Refuse a second model (`given`: its flag and source) whose source says SDXL (`theirs`) where --model's says
+    otherwise (`xl`), or the reverse; None: not known before it loads. `why`: why they must match."""
     if xl is not None and theirs is not None and xl != theirs:
         name = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
-        raise ConfigError(f"--hires-model {config.hires_model} is {name[theirs]} and --model {config.model} "
-                          f"{name[xl]}: the hires fix's second pass redraws the first pass's latents, so both must "
-                          f"be of the same family")
+        raise ConfigError(f"{given} is {name[theirs]} and --model {config.model} {name[xl]}: {why}")
 
 
 def hires_model(config: GenerateConfig, model: Model) -> Model | None:
