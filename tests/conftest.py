@@ -32,6 +32,21 @@ def sd2_dir(tmp_path_factory):
     return path
 
 
+def recorded_caption_banks(monkeypatch) -> list:
+    """The CaptionBanks train builds from now on (the captions it trains on), in the list returned."""
+    import textinv.train as train_module
+
+    banks = []
+    real = train_module.CaptionBank
+
+    def recording(*args, **kwargs):
+        banks.append(real(*args, **kwargs))
+        return banks[-1]
+
+    monkeypatch.setattr(train_module, "CaptionBank", recording)
+    return banks
+
+
 def write_images(folder, n=4, size=24, seed=0):
     """`n` small random-colour pictures with a bright square in each (so there is something to learn)."""
     folder.mkdir(parents=True, exist_ok=True)

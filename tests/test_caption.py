@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 from textinv import caption as caption_module
-from textinv import train as train_module
 from textinv.caption import BLIP_PROMPT, CaptionConfig, caption_pictures, describe, load_blip
 from textinv.cli import main
 from textinv.data import find_images, load_training_images, picture_set, read_caption
@@ -17,7 +16,7 @@ from textinv.kohya import dataset_subsets
 from textinv.models import load_model
 from textinv.train import train
 
-from conftest import train_config, write_images
+from conftest import recorded_caption_banks, train_config, write_images
 
 _WORDS = "a picture of dog cat red sofa on the in green grass small big lying sitting with".split()
 
@@ -225,9 +224,7 @@ def test_train_reads_the_written_captions(blip_dir, sd1_dir, tmp_path, capsys, m
     folder = write_images(tmp_path / "pics", n=2)
     assert run(capsys, "--images", folder, "--model", blip_dir, "--prefix", "a photo of {},")[0] == 0
     written = [(folder / f"img{i}.txt").read_text().strip() for i in range(2)]
-    banks = []
-    real = train_module.CaptionBank
-    monkeypatch.setattr(train_module, "CaptionBank", lambda *a, **k: banks.append(real(*a, **k)) or banks[-1])
+    banks = recorded_caption_banks(monkeypatch)
     train(train_config(folder, tmp_path / "run", steps=1, batch=1), model=load_model(sd1_dir), progress=False)
     assert banks[-1].texts == [text.replace("{}", "<zq>") for text in written]
     assert all(text.startswith("a photo of <zq>, ") for text in banks[-1].texts)

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 import yaml
-from conftest import write_images
+from conftest import recorded_caption_banks, write_images
 
 from textinv.cli import main
 from textinv.config import TrainConfig, build, config_file_settings
@@ -239,15 +239,7 @@ def test_the_token_warmup_trains_as_the_flags_do_grows_the_tags_and_resumes_exac
     --tag-warmup-steps: the file's run learns what the flags' run learns, not what a run without them learns; the
     first step's captions hold token_warmup_min tags, the last step's all; a run resumed at step 2 ends where the
     run straight through ends (the tags used follow the step)."""
-    import textinv.train as train_module
-    banks = []
-    real = train_module.CaptionBank
-
-    def recording(*args, **kwargs):
-        banks.append(real(*args, **kwargs))
-        return banks[-1]
-
-    monkeypatch.setattr(train_module, "CaptionBank", recording)
+    banks = recorded_caption_banks(monkeypatch)
     a = write_images(tmp_path / "a", n=2, seed=1)
     (a / "img0.txt").write_text("{}, red, on grass, sunny, small")
     (a / "img1.txt").write_text("{}, asleep, on a sofa")

@@ -13,7 +13,7 @@ from textinv import run_folder
 from textinv import train as train_module
 from textinv.run_folder import read_loss_log
 from textinv.train import TrainingInterrupted, train
-from conftest import train_config
+from conftest import recorded_caption_banks, train_config
 
 
 config = train_config  # (a short run's settings, `kw` over them)
@@ -1056,14 +1056,7 @@ def test_alpha_mask_on_opaque_pictures_learns_what_a_plain_run_learns(sd1_dir, i
 def test_shuffled_tags_reach_the_training_prompts_and_resume_exactly(sd1_dir, images, tmp_path, monkeypatch):
     for i, path in enumerate(sorted(images.glob("*.png"))):
         path.with_suffix(".txt").write_text(f"{{}}, red square, dark background, picture {i}, small")
-    banks = []
-    real = train_module.CaptionBank
-
-    def recording(*args, **kwargs):
-        banks.append(real(*args, **kwargs))
-        return banks[-1]
-
-    monkeypatch.setattr(train_module, "CaptionBank", recording)
+    banks = recorded_caption_banks(monkeypatch)
     shuffled = train(config(images, tmp_path / "a", shuffle_tags=True, tag_dropout=0.3, keep_tags=1),
                      model=load_model(sd1_dir), progress=False)
     texts = banks[-1].texts
