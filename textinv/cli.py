@@ -5,6 +5,7 @@
     textinv generate --again renders/000-a-photo-of-my-dog-s2.png --seed 7   # that picture's settings, another seed
     textinv convert runs/my-dog/learned_embeds.safetensors my-dog.pt
     textinv inspect my-dog.pt
+    textinv merge mix.pt --token "<mix>" "dog.pt*0.7 + cat.pt*0.3"   # a new embedding of others (and words)
     textinv inspect renders/000-a-photo-of-my-dog-s2.png   # a picture's settings, as the web UI's PNG Info
     textinv score --embedding runs/my-dog --description "a corgi"   # CLIP scores beside baselines, a report
     textinv push runs/my-dog --repo me/my-dog     # publish on the Hugging Face hub, with a model card
@@ -143,6 +144,15 @@ def cmd_convert(args) -> int:
     written = convert(embedding_file(Path(home(args.src))), home(args.dst), to=args.to, token=args.token,
                       second=args.second and home(args.second), overwrite=args.overwrite)
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .config import MergeConfig
+    from .merge import merge
+
+    result = merge(_config_from_args(MergeConfig, args))
+    print(result.report["text"])
     return 0
 
 
@@ -323,6 +333,18 @@ def make_parser() -> argparse.ArgumentParser:
                                     "file, when it is not named as src's partner (learned_embeds_2.* is found alone)")
     p.add_argument("--overwrite", action="store_true", help="replace dst if it exists (default: refuse)")
     p.set_defaults(func=cmd_convert)
+
+    from .config import MergeConfig
+
+    p = sub.add_parser("merge", help="make a new embedding of embeddings and words: weighted sums, concatenation",
+                       description="Write a new embedding made of embedding files and vocabulary words, as the web "
+                                   "UI's Embedding Inspector and Embedding Merge extensions do. E.g. textinv merge "
+                                   "mix.pt --token '<mix>' \"dog.pt*0.7 + cat.pt*0.3\" \"style.pt[0:2]\"")
+    merge_help = {f.name: f.metadata["help"] for f in dataclasses.fields(MergeConfig)}
+    p.add_argument("out", metavar="OUT", help=merge_help["out"])
+    p.add_argument("terms", metavar="TERM", nargs="+", help=merge_help["terms"])
+    add_config_flags(p, MergeConfig)
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("inspect", help="what an embedding file holds and which model it fits "
                        "(a drawn picture: the settings generate --again reads from it)")

@@ -1113,6 +1113,58 @@ def check_side(flag: str, pixels: int | None, multiple: int = 8) -> None:
                       + " or ".join(map(str, nearest)))
 
 
+from .formats import FORMATS as EMBEDDING_FORMATS
+from .formats import format_for
+
+
+@dataclass
+class MergeConfig:
+    """Everything that defines a merge (`textinv merge`): a new embedding made of embeddings and words."""
+
+    out: str = opt(None, "the embedding file to write; its format from the extension (.safetensors, .pt, .bin, "
+                         ".png) or --to; a folder (out/) gets the format's file name", path="file", cli=False)
+    terms: list = opt([], "the new word's vectors, one term after another (concatenation); a term is parts joined "
+                          "by + (a weighted sum, vector by vector); a part is an embedding file (or a training "
+                          "run's folder, or a hub id) or 'words' in single quotes (their tokens' rows of --model's "
+                          "vocabulary), then [start:stop] to take some of its vectors, then *weight; e.g. "
+                          "\"dog.pt*0.7 + cat.pt*0.3\" style.pt[0:2] \"'golden retriever'\"", cli=False)
+    token: str = opt(None, "the new embedding's token, e.g. '<dog-cat>'")
+    model: str = opt(None, "the model whose vocabulary 'words' are read from (needed for words); every part must "
+                           "fit it", path="source")
+    revision: str = opt(None, REVISION_HELP)
+    variant: str = opt(None, VARIANT_HELP)
+    to: str = opt(None, "format to write (default: from OUT's extension, as convert)", choices=EMBEDDING_FORMATS)
+    overwrite: bool = opt(False, "replace OUT if it exists (without it, an existing OUT is refused)")
+
+    def validate(self) -> "MergeConfig":
+        from .merge import parse_term  # (here: merge.py imports this module)
+
+        check_types(self)
+        check_choices(self)
+        if not self.out:
+            raise ConfigError("OUT is required: the embedding file to write, e.g. dog-cat.safetensors")
+        if not self.token or any(c.isspace() for c in self.token):
+            raise ConfigError(f"--token {self.token!r} must be one word without spaces, e.g. '<dog-cat>': the word "
+                              f"the new embedding is written as in prompts")
+        if not self.terms:
+            raise ConfigError("nothing to merge: give one or more terms, e.g. \"dog.pt*0.5 + cat.pt*0.5\"")
+        given = [flag for flag, value in (("--revision", self.revision), ("--variant", self.variant)) if value]
+        if given and not self.model:
+            raise ConfigError(f"{' and '.join(given)} picks which version of --model to load; give --model too, or "
+                              "leave it out")
+        # a `~` the shell left as it is: the home folder (and `out/` keeps its slash: a folder to write into)
+        self.out = os.path.expanduser(self.out if isinstance(self.out, str) else str(self.out))
+        if Path(self.out).is_file() and not self.overwrite:
+            raise ConfigError(f"{self.out} already exists; pass --overwrite to replace it, or choose another OUT")
+        if self.to is None:
+            format_for(self.out, None, False)  # (an extension that names no format: said before any work)
+        words = [part for term in self.terms for part in parse_term(term) if part.words]
+        if words and not self.model:
+            raise ConfigError(f"the part {words[0]} is words, read from a model's vocabulary: give the model with "
+                              "--model (the one the embeddings are for), or use embedding files only")
+        return self
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 

@@ -890,19 +890,28 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
     [PosixPath('my-dog.pt')]
     """
     emb = load_embedding(src, token=token) if second is None else load_embedding_pair(src, second, token=token)
-    if to == "diffusers" and "text_encoder_2" in emb.vectors:  # as training's --format diffusers on SDXL
-        to = "diffusers-sdxl"
+    return save_embedding(emb, dst, format=format_for(dst, to, "text_encoder_2" in emb.vectors), overwrite=overwrite)
+
+
+def format_for(dst: str | Path, to: str | None, two: bool) -> str:
+    """The format `convert` (and `merge`) write to `dst`: `to`, else the one dst's extension names (see `convert`);
+    `two`: the embedding holds SDXL's two encoders' vectors.
+
+    >>> format_for("my-dog.pt", None, False), format_for("out/", "diffusers", True)
+    ('a1111', 'diffusers-sdxl')
+    """
+    if to == "diffusers" and two:  # as training's --format diffusers on SDXL
+        return "diffusers-sdxl"
+    if to is not None:
+        return to
+    suffix = Path(dst).suffix.lower()
+    if _names_folder(dst) or suffix == ".safetensors":
+        return "sdxl" if two else "diffusers"
+    to = {".pt": "a1111", ".png": "a1111-png", ".bin": "diffusers-bin"}.get(suffix)
     if to is None:
-        dst_path = Path(dst)
-        suffix = dst_path.suffix.lower()
-        if _names_folder(dst) or suffix == ".safetensors":
-            to = "sdxl" if "text_encoder_2" in emb.vectors else "diffusers"
-        else:
-            to = {".pt": "a1111", ".png": "a1111-png", ".bin": "diffusers-bin"}.get(suffix)
-        if to is None:
-            raise FormatError(f"{dst}: cannot tell the format from the extension {suffix or '(none)'!r}: end it in "
-                              f".safetensors, .pt, .bin or .png, or give the format (--to): {', '.join(FORMATS)}")
-    return save_embedding(emb, dst, format=to, overwrite=overwrite)
+        raise FormatError(f"{dst}: cannot tell the format from the extension {suffix or '(none)'!r}: end it in "
+                          f".safetensors, .pt, .bin or .png, or give the format (--to): {', '.join(FORMATS)}")
+    return to
 
 
 def _names_folder(path: str | Path) -> bool:
@@ -963,5 +972,5 @@ def _check_format(format: str) -> None:
 
 __all__ = [
     "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "LearnedEmbedding", "default_filename", "second_file",
-    "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "describe",
+    "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for", "describe",
 ]

@@ -125,12 +125,7 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
     elif report["format"] != "diffusers-sdxl" and stem != emb.token:
         report["web_ui_name"] = stem
         lines.append(f"in the A1111 web UI and ComfyUI: {stem} (they call an embedding by its file name)")
-    for name, entry in report["encoders"].items():
-        norms = ", ".join(f"{n:.3f}" for n in entry["norms"])
-        line = f"{name} (width {entry['width']}): norms {norms}"
-        if "vocab_norm_mean" in entry:
-            line += f" (vocabulary's words: {entry['vocab_norm_mean']:.3f} +/- {entry['vocab_norm_std']:.3f})"
-        lines.append(line)
+    lines += encoder_lines(report["encoders"])
     for name, per_vector in (nearest or {}).items():
         where = f" ({name})" if len(nearest) > 1 else ""
         for i, near in enumerate(per_vector):
@@ -152,6 +147,19 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
         lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in own.items()))
     report["text"] = "\n".join(lines)
     return report
+
+
+def encoder_lines(encoders: dict) -> list[str]:
+    """A line per text encoder of `formats.describe`'s "encoders": its width and each vector's norm, beside the
+    vocabulary's words' where they were measured."""
+    lines = []
+    for name, entry in encoders.items():
+        norms = ", ".join(f"{n:.3f}" for n in entry["norms"])
+        line = f"{name} (width {entry['width']}): norms {norms}"
+        if "vocab_norm_mean" in entry:
+            line += f" (vocabulary's words: {entry['vocab_norm_mean']:.3f} +/- {entry['vocab_norm_std']:.3f})"
+        lines.append(line)
+    return lines
 
 
 def inspect_picture(path) -> dict:

@@ -1,0 +1,320 @@
+"""`textinv merge`: a new embedding made of existing embeddings and vocabulary words, as the A1111 web UI's
+"Embedding Inspector" (its mixer) and "Embedding Merge" extensions make them.
+
+A merge is written as terms, laid one after another: the new word stands for their vectors in that order
+(concatenation). A term is parts joined by `+`, summed vector by vector (parts of one vector count; a part of one
+vector is added to each). A part is
+
+    dog.pt                 an embedding file in any format textinv reads, a training run's folder, or a hub id
+    'golden retriever'     words: each token's row of the model's token-embedding table, one vector per token (as
+                           Embedding Inspector reads a word; SDXL: the rows of both text encoders)
+    style.pt[0:2]          some of its vectors: Python's index or slice ([1], [-1], [1:], [:2]), within its count
+    cat.pt*0.3             scaled by a number (*-1 subtracts)
+
+so `textinv merge mix.pt --token "<mix>" "dog.pt*0.7 + cat.pt*0.3" style.pt[0:2]` writes three vectors: the mix
+of dog and cat (one vector each), then style's first two. A path that holds `+`, `*`, `[`, `]` or `'` cannot be
+written in a term: rename it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__, modelspec
+from .config import MergeConfig
+from .emphasis import CHUNK
+from .errors import ConfigError, FormatError, TokenError
+from .families import describe_widths
+from .formats import LearnedEmbedding, describe, format_for, load_embedding, save_embedding
+
+# what a merged file keeps of its parts' metadata, where every part says the same: the model they were made for
+# (generate and score read it) and how it reads them; the rest (steps, init, title, date) describes one part only
+_AGREED = ("base_model", "base_model_revision", "base_model_variant", "family", "prediction_type", "resolution",
+           "clip_skip", "max_token_length", modelspec.PREFIX + "architecture")
+
+# a part as written: 'words' or a path, then an optional [slice], then optional *weights, then + or the end
+_PART = re.compile(r"""\s*(?:'(?P<words>[^']*)'|(?P<path>[^'+*\[\]]*[^'+*\[\]\s]))
+                       \s*(?:\[(?P<take>[^\]]*)\])?
+                       (?P<weights>(?:\s*\*\s*[^\s'+*\[\]]+)*)
+                       \s*(?P<end>\+|$)""", re.VERBOSE)
+_TAKE = re.compile(r"\s*-?\d+\s*|\s*(-?\d+)?\s*:\s*(-?\d+)?\s*")
+SYNTAX = ("write a term as parts joined by +, each an embedding file or 'words' in single quotes, then [start:stop] "
+          "and *weight if wanted, e.g. \"dog.pt*0.7 + 'golden retriever'[0:1]*0.3\"")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a term, as written: an embedding (`source` a file, a run's folder or a hub id) or, with `words`,
+    words of the model's vocabulary; `take` the vectors it takes (an index or slice as written, "0:2"; None: all);
+    `weight` what they are multiplied by.
+
+    >>> str(Part("dog.pt", take="0:2", weight=0.5))
+    'dog.pt[0:2]*0.5'
+    """
+
+    source: str
+    words: bool = False
+    take: str | None = None
+    weight: float = 1.0
+
+    def __str__(self) -> str:
+        return (f"'{self.source}'" if self.words else self.source) + (f"[{self.take}]" if self.take is not None else "") \
+            + (f"*{self.weight:g}" if self.weight != 1 else "")
+
+
+@dataclass
+class MergeResult:
+    files: list[Path]  # what was written (diffusers-sdxl: both files)
+    embedding: LearnedEmbedding
+    report: dict = field(default_factory=dict)  # `describe`'s summary, the files, the recipe and a `text` to print
+
+
+def parse_term(term: str) -> list[Part]:
+    """The parts of one term (see the module's docstring); ConfigError naming the term and the syntax if it cannot be
+    read.
+
+    >>> parse_term("dog.pt*0.7 + 'golden retriever'[1]")
+    [Part(source='dog.pt', words=False, take=None, weight=0.7), Part(source='golden retriever', words=True, take='1', weight=1.0)]
+    """
+    if not isinstance(term, str) or not term.strip():
+        raise ConfigError(f"the term {term!r} is empty: {SYNTAX}")
+    parts, at = [], 0
+    while True:
+        m = _PART.match(term, at)
+        if m is None or (m.group("end") == "+" and not term[m.end():].strip()):
+            where = "it ends in +" if m is not None else f"at {term[at:].strip()!r}"
+            raise ConfigError(f"cannot read the term {term!r} ({where}): {SYNTAX}")
+        words = m.group("words")
+        if words is not None and not words.strip():
+            raise ConfigError(f"the term {term!r} has empty quotes '': put words in them, e.g. 'dog'")
+        take = m.group("take")
+        if take is not None and not _TAKE.fullmatch(take):
+            raise ConfigError(f"the term {term!r}: [{take}] is no index or slice; write [2] for one vector, [0:2] for "
+                              "the first two, [-1] for the last")
+        parts.append(Part(words.strip() if words is not None else m.group("path").strip(), words is not None,
+                          None if take is None else take.replace(" ", ""), _weight(term, m.group("weights"))))
+        at = m.end()
+        if m.group("end") != "+":
+            return parts
+
+
+def _weight(term: str, written: str) -> float:
+    """The product of the `*number` factors `written` holds (none: 1)."""
+    weight = 1.0
+    for factor in filter(None, (f.strip() for f in written.split("*"))):
+        try:
+            value = float(factor)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ConfigError(f"the term {term!r}: *{factor} is no number; a weight is written *0.5 (or *-1 to "
+                              "subtract)")
+        weight *= value
+    return weight
+
+
+def take(emb: LearnedEmbedding, rows: str | None, name: str | None = None) -> LearnedEmbedding:
+    """`emb` with only the vectors `rows` picks (Python's index "1" or "-1", or slice "0:2", ":2"), which must lie
+    within its vectors; None: all of them. `name`: what errors call it (default: its token).
+
+    >>> take(LearnedEmbedding("<x>", {"text_encoder": torch.eye(3)}), "1:").num_vectors
+    2
+    """
+    if rows is None:
+        return emb
+    name, n = name or emb.token, emb.num_vectors
+    if not _TAKE.fullmatch(rows):
+        raise ConfigError(f"{name}: [{rows}] is no index or slice; write [2] for one vector, [0:2] for the first two")
+    start, colon, stop = (text.strip() for text in rows.partition(":"))
+    first = int(start) if start else 0
+    last = (int(stop) if stop else n) if colon else first + 1
+    if not colon and first < 0:  # [-1]: the last vector
+        last = first + 1 or n
+    first, last = (i + n if i < 0 else i for i in (first, last))
+    if not (0 <= first <= n and 0 <= last <= n):
+        raise ConfigError(f"{name}[{rows}] is out of range: it has {n} vector{'s' * (n != 1)}, [0] to [{n - 1}] "
+                          f"([-1] the last); e.g. [0:{n}] takes them all")
+    if first >= last:
+        raise ConfigError(f"{name}[{rows}] takes no vectors (of its {n}); e.g. [0:{n}] takes them all")
+    return LearnedEmbedding(emb.token, {enc: t[first:last] for enc, t in emb.vectors.items()}, emb.metadata)
+
+
+def word_embedding(model, words: str) -> LearnedEmbedding:
+    """The vectors of `words` in `model` (`models.Model`): each token's row of each text encoder's token-embedding
+    table, one vector per token, in order. Each word must be one token of the vocabulary (TokenError naming the
+    pieces it is read as otherwise: a misspelt word's pieces mean nothing).
+
+    >>> word_embedding(load_model("shapes"), "red star").num_vectors   # doctest: +SKIP
+    2
+    """
+    from .models import shareable_name
+    from .tokens import base_embedding, split_words
+
+    vectors = {}
+    for name, tokenizer, encoder in model.encoders:
+        ids = tokenizer(words, add_special_tokens=False).input_ids
+        table = base_embedding(encoder).weight
+        markers = {tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id} - {None}
+        if not ids or markers.intersection(ids) or max(ids) >= table.shape[0]:
+            raise TokenError(f"'{words}' has no vectors in {model.source}'s vocabulary (its tokenizer reads it as "
+                             f"{tokenizer.convert_ids_to_tokens(ids)}); give plain words, or an embedding's file for "
+                             "a learned token")
+        split = split_words(tokenizer, ids)
+        if split:
+            raise TokenError(f"'{words}': {model.source}'s vocabulary does not know {', '.join(split)} as a word, so "
+                             "it would be read as those pieces' vectors; check the spelling, or give a word it knows")
+        vectors[name] = table[ids].detach()
+    source = str(shareable_name(model.source)[0])
+    return LearnedEmbedding(words, vectors, {"base_model": source, "family": model.family,
+                                             "prediction_type": model.prediction_type})
+
+
+def merge_embeddings(terms: list, token: str, recipe: str | None = None) -> LearnedEmbedding:
+    """A new embedding `token` from plain objects: `terms` is a list of terms laid one after another, each a list of
+    (LearnedEmbedding, weight) pairs summed vector by vector (an embedding alone means weight 1). Parts are named
+    in errors by their tokens; `recipe` (default: written from them) is recorded as "merged_from".
+
+    >>> dog, cat = load_embedding("dog.pt"), load_embedding("cat.pt")              # doctest: +SKIP
+    >>> merge_embeddings([[(dog, 0.7), (cat, 0.3)], [take(dog, "0:1")]], "<mix>").num_vectors   # doctest: +SKIP
+    2
+    """
+    labelled = [[(pair, 1.0) if isinstance(pair, LearnedEmbedding) else tuple(pair) for pair in term]
+                for term in terms]
+    labelled = [[(f"{emb.token}" + (f"*{w:g}" if w != 1 else ""), emb, float(w)) for emb, w in term]
+                for term in labelled]
+    return _merged(labelled, token, recipe or " ".join("+".join(label for label, _, _ in t) for t in labelled))
+
+
+def merge(config: MergeConfig, model=None) -> MergeResult:
+    """`textinv merge`: read every part `config.terms` names, check they fit one another (one family, sums of one
+    vector count, slices in range) and write the new embedding to `config.out`, all checks before anything is
+    written. `model` (a loaded `models.Model`): the one words are read from, in place of loading `config.model`.
+
+    >>> merge(MergeConfig(out="mix.pt", token="<mix>", terms=["dog.pt*0.5 + cat.pt*0.5"])).report["text"]  # doctest: +SKIP
+    """
+    from .inspect import word_rows
+    from .models import load_model, shareable_name
+    from .run_folder import embedding_file
+    from .tokens import base_embedding
+
+    # 1. Check the settings and read every term before loading anything.
+    config.validate()
+    terms = [parse_term(term) for term in config.terms]
+    if model is None and config.model:
+        model = load_model(config.model, revision=config.revision, variant=config.variant)
+    # 2. Read each part (an embedding file once, whatever number of parts name it) and take its vectors.
+    files: dict[str, LearnedEmbedding] = {}
+    labelled = []
+    for term in terms:
+        labelled.append([])
+        for part in term:
+            if part.words:
+                emb = word_embedding(model, part.source)
+            else:
+                if part.source not in files:
+                    files[part.source] = load_embedding(embedding_file(Path(part.source).expanduser()))
+                emb = files[part.source]
+            emb = take(emb, part.take, str(Part(part.source, part.words)))
+            labelled[-1].append((str(part), emb, part.weight))
+    if model is not None:
+        _check_fits_model([(label, emb) for term in labelled for label, emb, _ in term], model)
+    recipe = shlex.join(" + ".join(str(_shared(part, shareable_name)) for part in term) for term in terms)
+    emb = _merged(labelled, config.token, recipe)
+    # 3. Write (save_embedding refuses an existing file without overwrite, and a format that cannot hold it).
+    written = save_embedding(emb, config.out, format_for(config.out, config.to, "text_encoder_2" in emb.vectors),
+                             overwrite=config.overwrite)
+    norms = None
+    if model is not None:
+        norms = {name: word_rows(base_embedding(te).weight.detach(), tok).float().norm(dim=1)
+                 for name, tok, te in model.encoders}
+    return MergeResult(written, emb, summary(emb, written, norms))
+
+
+def _shared(part: Part, shareable_name) -> Part:
+    """`part` as a shared file records it: a local file by its name alone (`models.shareable_name`)."""
+    if part.words:
+        return part
+    return Part(str(shareable_name(part.source, always_local=True)[0]), False, part.take, part.weight)
+
+
+def _merged(terms: list[list[tuple[str, LearnedEmbedding, float]]], token: str, recipe: str) -> LearnedEmbedding:
+    """The embedding `token` of labelled, weighted parts: every check first (one family, sums of one vector count,
+    not empty), then each term's sum, laid one after another; a result of more than 75 vectors is warned about."""
+    parts = [(label, emb) for term in terms for label, emb, _ in term]
+    if not parts:
+        raise ConfigError("nothing to merge: give one or more terms, e.g. \"dog.pt*0.5 + cat.pt*0.5\"")
+    _check_one_family(parts)
+    counts = [_count(term) for term in terms]
+    sums = [{name: sum(w * emb.vectors[name].expand(n, -1) for _, emb, w in term) for name in parts[0][1].vectors}
+            for term, n in zip(terms, counts)]
+    vectors = {name: torch.cat([s[name] for s in sums]) for name in parts[0][1].vectors}
+    total = sum(counts)
+    if total > CHUNK:  # as inspect says and generate warns: kept, for ComfyUI and textinv, which split it
+        warnings.warn(f"the merge {recipe} has {total} vectors, more than the {CHUNK} one pass of the text encoder "
+                      f"reads: a prompt splits it across chunks read apart, so it may not draw as one token, and the "
+                      f"A1111 web UI cannot use it; take fewer vectors ([0:{CHUNK}]) to keep it whole", stacklevel=3)
+    metadata = {**_agreed([emb.metadata for _, emb in parts]), "token": token, "vectors": str(total),
+                "merged_from": recipe, "textinv_version": __version__}
+    return LearnedEmbedding(token, vectors, metadata)
+
+
+def _check_one_family(parts: list[tuple[str, LearnedEmbedding]]) -> None:
+    """Refuse parts whose text encoders or widths differ (an SD 1.x file beside an SD 2.x or SDXL one)."""
+    first, emb = parts[0]
+    for label, other in parts[1:]:
+        if other.widths != emb.widths or set(other.vectors) != set(emb.vectors):
+            raise FormatError(f"{label} has width {describe_widths(other.widths)} but {first} has "
+                              f"{describe_widths(emb.widths)}: a merge adds and lays side by side vectors of one "
+                              f"model family; leave {label} out, or use a version of it made for "
+                              f"{describe_widths(emb.widths)}")
+
+
+def _check_fits_model(parts: list[tuple[str, LearnedEmbedding]], model) -> None:
+    """Refuse a part that does not fit `model` (--model: the model the merged embedding is for)."""
+    for label, emb in parts:
+        if emb.widths != model.widths:
+            raise FormatError(f"{label} has width {describe_widths(emb.widths)} but --model {model.source} has "
+                              f"{describe_widths(model.widths)}: give the model the embeddings were made for (it "
+                              "is read for words), or leave the part out")
+
+
+def _count(term: list[tuple[str, LearnedEmbedding, float]]) -> int:
+    """The vector count of a sum: its parts' common count, a part of one vector being added to each."""
+    many = {label: emb.num_vectors for label, emb, _ in term if emb.num_vectors > 1}
+    if len(set(many.values())) > 1:
+        said = ", ".join(f"{label} {n}" for label, n in many.items())
+        n = min(many.values())
+        raise ConfigError(f"the sum {' + '.join(label for label, _, _ in term)} adds vector by vector, but its parts "
+                          f"have different numbers of vectors ({said}): take as many of each ([0:{n}]), or write "
+                          "them as terms of their own, laid one after another")
+    return max([1, *many.values()])
+
+
+def _agreed(metadatas: list[dict[str, str]]) -> dict[str, str]:
+    """The `_AGREED` keys every one of `metadatas` holds with one value."""
+    out = {}
+    for key in _AGREED:
+        values = {m.get(key) for m in metadatas}
+        if len(values) == 1 and None not in values:
+            out[key] = values.pop()
+    return out
+
+
+def summary(emb: LearnedEmbedding, files: list[Path], vocab_norms=None) -> dict:
+    """`formats.describe`'s summary of the merged embedding, with the files written and a `text` to print: its
+    vectors, widths and each vector's norm (beside the vocabulary's words', given `vocab_norms`)."""
+    from .inspect import encoder_lines
+
+    report = {**describe(emb, vocab_norms), "files": [str(f) for f in files]}
+    report["text"] = "\n".join([f"wrote {', '.join(report['files'])}",
+                                f"token: {emb.token}, {emb.num_vectors} vector{'s' * (emb.num_vectors != 1)}, fits "
+                                f"{report['family']}", f"merged from: {emb.metadata['merged_from']}",
+                                *encoder_lines(report["encoders"])])
+    return report
