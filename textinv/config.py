@@ -1148,6 +1148,7 @@ class MergeConfig:
                               f"the new embedding is written as in prompts")
         if not self.terms:
             raise ConfigError("nothing to merge: give one or more terms, e.g. \"dog.pt*0.5 + cat.pt*0.5\"")
+        self.terms = [os.fspath(t) if isinstance(t, os.PathLike) else t for t in self.terms]  # (a Path: that file)
         given = [flag for flag, value in (("--revision", self.revision), ("--variant", self.variant)) if value]
         if given and not self.model:
             raise ConfigError(f"{' and '.join(given)} picks which version of --model to load; give --model too, or "
@@ -1158,10 +1159,8 @@ class MergeConfig:
             raise ConfigError(f"{self.out} already exists; pass --overwrite to replace it, or choose another OUT")
         if self.to is None:
             format_for(self.out, None, False)  # (an extension that names no format: said before any work)
-        words = [part for term in self.terms for part in parse_term(term) if part.words]
-        if words and not self.model:
-            raise ConfigError(f"the part {words[0]} is words, read from a model's vocabulary: give the model with "
-                              "--model (the one the embeddings are for), or use embedding files only")
+        for term in self.terms:  # (each term's syntax: said before anything is loaded)
+            parse_term(term)
         return self
 
 

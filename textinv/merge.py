@@ -83,7 +83,9 @@ def parse_term(term: str) -> list[Part]:
     >>> parse_term("dog.pt*0.7 + 'golden retriever'[1]")
     [Part(source='dog.pt', words=False, take=None, weight=0.7), Part(source='golden retriever', words=True, take='1', weight=1.0)]
     """
-    if not isinstance(term, str) or not term.strip():
+    if not isinstance(term, str):
+        raise ConfigError(f"a term is text, got {type(term).__name__} {term!r}: {SYNTAX}")
+    if not term.strip():
         raise ConfigError(f"the term {term!r} is empty: {SYNTAX}")
     parts, at = [], 0
     while True:
@@ -200,13 +202,18 @@ def merge(config: MergeConfig, model=None) -> MergeResult:
     >>> merge(MergeConfig(out="mix.pt", token="<mix>", terms=["dog.pt*0.5 + cat.pt*0.5"])).report["text"]  # doctest: +SKIP
     """
     from .inspect import word_rows
-    from .models import load_model, shareable_name
+    from .models import check_model_object, load_model, shareable_name
     from .run_folder import embedding_file
     from .tokens import base_embedding
 
     # 1. Check the settings and read every term before loading anything.
+    check_model_object(model)
     config.validate()
     terms = [parse_term(term) for term in config.terms]
+    words = [part for term in terms for part in term if part.words]
+    if words and model is None and not config.model:
+        raise ConfigError(f"the part {words[0]} is words, read from a model's vocabulary: give the model with "
+                          "--model (the one the embeddings are for), or use embedding files only")
     if model is None and config.model:
         model = load_model(config.model, revision=config.revision, variant=config.variant)
     # 2. Read each part (an embedding file once, whatever number of parts name it) and take its vectors.

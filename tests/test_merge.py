@@ -1,0 +1,242 @@
+"""`textinv merge`: weighted sums, concatenation, slices and words, its refusals, and the command line."""
+
+import warnings
+
+import pytest
+import torch
+
+from textinv.cli import main
+from textinv.config import MergeConfig
+from textinv.errors import ConfigError, FormatError, ModelError, TokenError
+from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
+from textinv.generate import encode_prompts, expand_all, install_embedding, unload_embeddings
+from textinv.merge import Part, merge, merge_embeddings, parse_term, take
+from textinv.models import load_model
+from textinv.tiny import build_tiny_xl_pipeline
+from textinv.tokens import base_embedding
+
+
+@pytest.fixture(scope="module")
+def xl_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-xl")
+    build_tiny_xl_pipeline().save_pretrained(path)
+    return path
+
+
+def saved(path, n, widths=(768,), token="<e>", fmt=None, seed=0, **metadata):
+    """A random embedding of `n` vectors per width written to `path`; returns it as written."""
+    gen = torch.Generator().manual_seed(seed)
+    names = ("text_encoder", "text_encoder_2")
+    emb = LearnedEmbedding(token, {name: torch.randn(n, w, generator=gen) for name, w in zip(names, widths)},
+                           metadata)
+    save_embedding(emb, path, fmt or ("sdxl" if len(widths) == 2 else "diffusers"))
+    return emb
+
+
+def run(tmp_path, *terms, out="out.safetensors", **settings):
+    return merge(MergeConfig(out=str(tmp_path / out), token="<m>", terms=list(terms), **settings))
+
+
+def test_a_weighted_sum_is_the_arithmetic_on_the_loaded_tensors(tmp_path):
+    saved(tmp_path / "a.pt", 3, fmt="a1111", seed=1)
+    saved(tmp_path / "b.safetensors", 3, fmt="kohya", seed=2)
+    saved(tmp_path / "c.safetensors", 1, seed=3)
+    a, b, c = (load_embedding(tmp_path / f).vectors["text_encoder"] for f in ("a.pt", "b.safetensors", "c.safetensors"))
+    result = run(tmp_path, f"{tmp_path}/a.pt*0.7 + {tmp_path}/b.safetensors*0.3 + {tmp_path}/c.safetensors*-2")
+    expected = 0.7 * a + 0.3 * b + -2 * c  # (c, one vector, is added to each of the three)
+    assert torch.equal(result.embedding.vectors["text_encoder"], expected)
+    assert torch.equal(load_embedding(result.files[0]).vectors["text_encoder"], expected)
+
+
+def test_concatenation_keeps_the_order_and_slices_take_their_rows(tmp_path):
+    a = saved(tmp_path / "a.safetensors", 4, seed=1).vectors["text_encoder"]
+    b = saved(tmp_path / "b.safetensors", 3, seed=2).vectors["text_encoder"]
+    result = run(tmp_path, f"{tmp_path}/b.safetensors[1:]", f"{tmp_path}/a.safetensors[-1]",
+                 f"{tmp_path}/a.safetensors[:2]*0.5", f"{tmp_path}/b.safetensors[0]")
+    assert torch.equal(result.embedding.vectors["text_encoder"], torch.cat([b[1:], a[3:], 0.5 * a[:2], b[:1]]))
+    assert result.embedding.num_vectors == 6 and load_embedding(result.files[0]).num_vectors == 6
+
+
+def test_words_are_the_models_token_embedding_rows(sd1_dir, tmp_path):
+    model = load_model(sd1_dir)
+    table = base_embedding(model.text_encoder).weight
+    ids = model.tokenizer("red dog", add_special_tokens=False).input_ids
+    result = merge(MergeConfig(out=str(tmp_path / "w.pt"), token="<w>", terms=["'red dog'", "'cat'*2"],
+                               model=str(sd1_dir)))
+    assert len(ids) == 2
+    cat = table[model.tokenizer("cat", add_special_tokens=False).input_ids]
+    assert torch.equal(result.embedding.vectors["text_encoder"], torch.cat([table[ids], 2 * cat]))
+    assert result.embedding.metadata["base_model"] == sd1_dir.name  # (its name alone, as train records a folder)
+
+
+def test_sdxl_words_are_the_rows_of_both_encoders(xl_dir, tmp_path):
+    model = load_model(xl_dir)
+    result = merge(MergeConfig(out=str(tmp_path / "w.safetensors"), token="<w>", terms=["'photo of a dog'[1:]"]),
+                   model=model)
+    for name, tokenizer, encoder in model.encoders:
+        ids = tokenizer("of a dog", add_special_tokens=False).input_ids
+        assert torch.equal(result.embedding.vectors[name], base_embedding(encoder).weight[ids])
+    raw = load_embedding(result.files[0])
+    assert raw.widths == (32, 64) and raw.num_vectors == 3
+
+
+def test_sdxl_files_are_merged_in_both_halves(tmp_path):
+    a = saved(tmp_path / "a.safetensors", 2, widths=(768, 1280), seed=1)
+    b = saved(tmp_path / "b.safetensors", 2, widths=(768, 1280), seed=2)
+    result = run(tmp_path, f"{tmp_path}/a.safetensors*0.25 + {tmp_path}/b.safetensors", f"{tmp_path}/b.safetensors[1]")
+    for name in ("text_encoder", "text_encoder_2"):
+        want = torch.cat([0.25 * a.vectors[name] + b.vectors[name], b.vectors[name][1:]])
+        assert torch.equal(result.embedding.vectors[name], want)
+    assert load_embedding(result.files[0]).family == "sdxl"
+    assert result.embedding.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/textual-inversion"
+
+
+def test_one_embedding_alone_with_weight_1_is_the_original(sd1_dir, tmp_path):
+    model = load_model(sd1_dir)
+    original = saved(tmp_path / "a.pt", 2, widths=(32,), token="<a>", fmt="a1111", base_model="x", steps="40")
+    result = run(tmp_path, f"{tmp_path}/a.pt*1", out="same.pt")
+    merged = load_embedding(result.files[0], token="<a>")
+    assert torch.equal(merged.vectors["text_encoder"], original.vectors["text_encoder"])
+    assert merged.metadata["base_model"] == "x"
+    conditioning = []
+    for emb in (original, merged):
+        install_embedding(model, emb)
+        conditioning.append(encode_prompts(model, [expand_all("a photo of <a>", [emb])])[0])
+        unload_embeddings(model)
+    assert torch.equal(*conditioning)
+
+
+def test_the_metadata_keeps_what_the_parts_agree_on(tmp_path):
+    saved(tmp_path / "a.safetensors", 1, seed=1, base_model="sd15", family="sd1", steps="100")
+    saved(tmp_path / "b.safetensors", 1, seed=2, base_model="sd15", family="sd1", steps="200")
+    saved(tmp_path / "c.safetensors", 1, seed=3, base_model="other", family="sd1")
+    agreed = run(tmp_path, f"{tmp_path}/a.safetensors+{tmp_path}/b.safetensors", out="ab.safetensors")
+    meta = load_embedding(agreed.files[0]).metadata
+    assert meta["base_model"] == "sd15" and "steps" not in meta and meta["vectors"] == "1"
+    assert meta["merged_from"] == "'a.safetensors + b.safetensors'"  # (files by their names alone)
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/textual-inversion"
+    assert meta["modelspec.title"] == "<m>"
+    mixed = run(tmp_path, f"{tmp_path}/a.safetensors", f"{tmp_path}/c.safetensors", out="ac.safetensors")
+    assert "base_model" not in mixed.embedding.metadata and mixed.embedding.metadata["family"] == "sd1"
+
+
+@pytest.mark.parametrize("widths", [(1024,), (768, 1280)])
+def test_parts_of_other_families_are_refused(tmp_path, widths):
+    saved(tmp_path / "sd1.safetensors", 1, seed=1)
+    saved(tmp_path / "other.safetensors", 1, widths=widths, seed=2)
+    with pytest.raises(FormatError, match=r"other\.safetensors has width .*but .*sd1\.safetensors has 768 "
+                                          r"\(Stable Diffusion 1\.x\).*leave"):
+        run(tmp_path, f"{tmp_path}/sd1.safetensors + {tmp_path}/other.safetensors")
+    with pytest.raises(FormatError, match="other.safetensors has width"):  # (laid side by side just the same)
+        run(tmp_path, f"{tmp_path}/sd1.safetensors", f"{tmp_path}/other.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_part_that_does_not_fit_the_model_is_refused(sd1_dir, tmp_path):
+    saved(tmp_path / "a.safetensors", 1)
+    with pytest.raises(FormatError, match=r"a\.safetensors has width 768 .* but --model .* has 32"):
+        run(tmp_path, f"'dog' + {tmp_path}/a.safetensors", model=str(sd1_dir))
+
+
+def test_words_need_a_model_and_must_be_in_its_vocabulary(sd1_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"'dog' is words.*--model"):
+        run(tmp_path, "'dog'")
+    with pytest.raises(TokenError, match=r"does not know dgo \(d \+ g \+ o\)"):
+        run(tmp_path, "'a dgo'", model=str(sd1_dir))
+    with pytest.raises(ConfigError, match="empty quotes"):
+        run(tmp_path, "' '", model=str(sd1_dir))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_sum_of_parts_of_different_counts_is_refused(tmp_path):
+    saved(tmp_path / "a.safetensors", 3)
+    saved(tmp_path / "b.safetensors", 2)
+    with pytest.raises(ConfigError, match=r"different numbers of vectors \(.*a\.safetensors 3, .*b\.safetensors "
+                                          r"2\): take as many of each \(\[0:2\]\)"):
+        run(tmp_path, f"{tmp_path}/a.safetensors + {tmp_path}/b.safetensors")
+    result = run(tmp_path, f"{tmp_path}/a.safetensors[0:2] + {tmp_path}/b.safetensors")  # (the fix it names)
+    assert result.embedding.num_vectors == 2
+
+
+@pytest.mark.parametrize("rows, match", [("3", "out of range: it has 3 vectors"), ("0:4", "out of range"),
+                                         ("-4", "out of range"), ("2:1", "takes no vectors"),
+                                         ("1:1", "takes no vectors"), ("a", "no index or slice")])
+def test_a_slice_out_of_range_or_empty_is_refused(tmp_path, rows, match):
+    saved(tmp_path / "a.safetensors", 3)
+    with pytest.raises(ConfigError, match=match):
+        run(tmp_path, f"{tmp_path}/a.safetensors[{rows}]")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_more_than_75_vectors_are_written_with_a_warning(tmp_path):
+    saved(tmp_path / "a.safetensors", 40)
+    with pytest.warns(UserWarning, match="80 vectors, more than the 75"):
+        result = run(tmp_path, f"{tmp_path}/a.safetensors", f"{tmp_path}/a.safetensors")
+    assert load_embedding(result.files[0]).num_vectors == 80
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (75 fit one pass: no warning)
+        run(tmp_path, f"{tmp_path}/a.safetensors", f"{tmp_path}/a.safetensors[:35]", out="b.safetensors")
+
+
+@pytest.mark.parametrize("terms, match", [([], "nothing to merge"), (["  "], "is empty"),
+                                          (["a.pt +"], "ends in \\+"), (["a.pt*x"], "no number"),
+                                          (["a.pt*"], "cannot read"), (["'dog"], "cannot read")])
+def test_an_empty_or_unreadable_merge_is_refused(tmp_path, terms, match):
+    with pytest.raises(ConfigError, match=match):
+        run(tmp_path, *terms)
+
+
+def test_parse_term_reads_parts_slices_and_weights():
+    assert parse_term(" runs/my dog/x.pt [ 0 : 2 ] * 0.5 * -2 +'a cat'[-1] ") == [
+        Part("runs/my dog/x.pt", take="0:2", weight=-1.0), Part("a cat", words=True, take="-1")]
+
+
+def test_an_existing_out_is_refused_unless_overwrite(tmp_path):
+    a = saved(tmp_path / "a.safetensors", 1, seed=1)
+    b = saved(tmp_path / "b.safetensors", 1, seed=2)
+    run(tmp_path, f"{tmp_path}/a.safetensors")
+    with pytest.raises(ConfigError, match="already exists; pass --overwrite"):
+        run(tmp_path, f"{tmp_path}/b.safetensors")
+    assert torch.equal(load_embedding(tmp_path / "out.safetensors").vectors["text_encoder"], a.vectors["text_encoder"])
+    run(tmp_path, f"{tmp_path}/b.safetensors", overwrite=True)
+    assert torch.equal(load_embedding(tmp_path / "out.safetensors").vectors["text_encoder"], b.vectors["text_encoder"])
+
+
+def test_a_term_may_be_a_path_and_the_model_a_loaded_one(sd1_dir, tmp_path):
+    a = saved(tmp_path / "a.safetensors", 1, widths=(32,))
+    result = run(tmp_path, tmp_path / "a.safetensors")
+    assert torch.equal(result.embedding.vectors["text_encoder"], a.vectors["text_encoder"])
+    with pytest.raises(ConfigError, match="a term is text, got int"):
+        run(tmp_path, 3, out="b.safetensors")
+    with pytest.raises(ModelError, match="model= takes a Model from textinv.models.load_model, got str"):
+        merge(MergeConfig(out=str(tmp_path / "c.pt"), token="<c>", terms=["'dog'"]), model=str(sd1_dir))
+
+
+def test_merge_embeddings_takes_plain_objects():
+    a = LearnedEmbedding("<a>", {"text_encoder": torch.randn(2, 8)})
+    b = LearnedEmbedding("<b>", {"text_encoder": torch.randn(1, 8)})
+    emb = merge_embeddings([[(a, 0.5), (b, 2)], [take(a, "1")]], "<ab>")
+    assert torch.equal(emb.vectors["text_encoder"], torch.cat([0.5 * a.vectors["text_encoder"]
+                                                               + 2 * b.vectors["text_encoder"],
+                                                               a.vectors["text_encoder"][1:]]))
+    assert emb.metadata["merged_from"] == "<a>*0.5+<b>*2 <a>"
+    with pytest.raises(FormatError, match="<c> has width 9"):
+        merge_embeddings([[a], [LearnedEmbedding("<c>", {"text_encoder": torch.randn(1, 9)})]], "<x>")
+
+
+def test_the_command_line_end_to_end(sd1_dir, tmp_path, capsys):
+    saved(tmp_path / "a.safetensors", 2, widths=(32,), seed=1)
+    args = ["merge", str(tmp_path / "mix.pt"), "--token", "<mix>", "--model", str(sd1_dir),
+            f"{tmp_path}/a.safetensors*0.5 + 'dog'*0.5", "'red cat'"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'mix.pt'}" in out and "token: <mix>, 4 vectors" in out
+    assert "text_encoder (width 32): norms " in out and "vocabulary's words" in out
+    emb = load_embedding(tmp_path / "mix.pt")
+    assert emb.token == "<mix>" and emb.num_vectors == 4
+    assert main(args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite", "--to", "kohya"]) == 2  # (.pt is no kohya file: said, nothing written)
+    assert "must end in .safetensors" in capsys.readouterr().err
+    assert main(["merge", str(tmp_path / "x.safetensors"), "--token", "<x>", "'dog'"]) == 2
+    assert "--model" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
