@@ -113,7 +113,7 @@ def test_the_metadata_keeps_what_the_parts_agree_on(tmp_path):
     agreed = run(tmp_path, f"{tmp_path}/a.safetensors+{tmp_path}/b.safetensors", out="ab.safetensors")
     meta = load_embedding(agreed.files[0]).metadata
     assert meta["base_model"] == "sd15" and "steps" not in meta and meta["vectors"] == "1"
-    assert meta["merged_from"] == "'a.safetensors + b.safetensors'"  # (files by their names alone)
+    assert meta["merged_from"] == '"a.safetensors + b.safetensors"'  # (files by their names alone)
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/textual-inversion"
     assert meta["modelspec.title"] == "<m>"
     mixed = run(tmp_path, f"{tmp_path}/a.safetensors", f"{tmp_path}/c.safetensors", out="ac.safetensors")
@@ -219,7 +219,7 @@ def test_merge_embeddings_takes_plain_objects():
     assert torch.equal(emb.vectors["text_encoder"], torch.cat([0.5 * a.vectors["text_encoder"]
                                                                + 2 * b.vectors["text_encoder"],
                                                                a.vectors["text_encoder"][1:]]))
-    assert emb.metadata["merged_from"] == "<a>*0.5+<b>*2 <a>"
+    assert emb.metadata["merged_from"] == '"<a>*0.5 + <b>*2" "<a>"'
     with pytest.raises(FormatError, match="<c> has width 9"):
         merge_embeddings([[a], [LearnedEmbedding("<c>", {"text_encoder": torch.randn(1, 9)})]], "<x>")
 
@@ -240,3 +240,23 @@ def test_the_command_line_end_to_end(sd1_dir, tmp_path, capsys):
     assert "must end in .safetensors" in capsys.readouterr().err
     assert main(["merge", str(tmp_path / "x.safetensors"), "--token", "<x>", "'dog'"]) == 2
     assert "--model" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_training_runs_folder_is_read_as_its_embedding(sd1_dir, images, tmp_path):
+    """A run saved as a1111 keeps its file under the token's name (`run_folder.embedding_file` finds it), and what
+    the run recorded and the words' model agree on (the base model, family, prediction type) is kept."""
+    from textinv.config import TrainConfig
+    from textinv.train import train
+
+    model = load_model(sd1_dir)
+    run_out = tmp_path / "run"
+    trained = train(TrainConfig(model=str(sd1_dir), images=str(images), token="<t>", init="dog", out=str(run_out),
+                                steps=2, batch=1, save_every=0, sample_every=0, format="a1111"),
+                    model=model, progress=False).embedding
+    result = merge(MergeConfig(out=str(tmp_path / "m.safetensors"), token="<m>", terms=[f"{run_out} + 'dog'"]),
+                   model=model)
+    dog = base_embedding(model.text_encoder).weight[model.tokenizer("dog", add_special_tokens=False).input_ids]
+    assert torch.equal(result.embedding.vectors["text_encoder"], trained.vectors["text_encoder"] + dog)
+    meta = result.embedding.metadata
+    assert meta["base_model"] == sd1_dir.name and meta["family"] == "custom" and "steps" not in meta
+    assert meta["merged_from"] == "\"run + 'dog'\""

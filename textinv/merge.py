@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,10 @@ from .emphasis import CHUNK
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import LearnedEmbedding, describe, format_for, load_embedding, save_embedding
+from .inspect import encoder_lines, word_rows
+from .models import Model, check_model_object, load_model, shareable_name
+from .run_folder import embedding_file
+from .tokens import base_embedding, split_words
 
 # what a merged file keeps of its parts' metadata, where every part says the same: the model they were made for
 # (generate and score read it) and how it reads them; the rest (steps, init, title, date) describes one part only
@@ -65,8 +68,9 @@ class Part:
     weight: float = 1.0
 
     def __str__(self) -> str:
-        return (f"'{self.source}'" if self.words else self.source) + (f"[{self.take}]" if self.take is not None else "") \
-            + (f"*{self.weight:g}" if self.weight != 1 else "")
+        written = f"'{self.source}'" if self.words else self.source
+        return written + (f"[{self.take}]" if self.take is not None else "") + (
+            f"*{self.weight:g}" if self.weight != 1 else "")
 
 
 @dataclass
@@ -80,8 +84,8 @@ def parse_term(term: str) -> list[Part]:
     """The parts of one term (see the module's docstring); ConfigError naming the term and the syntax if it cannot be
     read.
 
-    >>> parse_term("dog.pt*0.7 + 'golden retriever'[1]")
-    [Part(source='dog.pt', words=False, take=None, weight=0.7), Part(source='golden retriever', words=True, take='1', weight=1.0)]
+    >>> [str(part) for part in parse_term("dog.pt * 0.7 + 'golden retriever' [1]")]
+    ['dog.pt*0.7', "'golden retriever'[1]"]
     """
     if not isinstance(term, str):
         raise ConfigError(f"a term is text, got {type(term).__name__} {term!r}: {SYNTAX}")
@@ -156,9 +160,6 @@ def word_embedding(model, words: str) -> LearnedEmbedding:
     >>> word_embedding(load_model("shapes"), "red star").num_vectors   # doctest: +SKIP
     2
     """
-    from .models import shareable_name
-    from .tokens import base_embedding, split_words
-
     vectors = {}
     for name, tokenizer, encoder in model.encoders:
         ids = tokenizer(words, add_special_tokens=False).input_ids
@@ -191,21 +192,17 @@ def merge_embeddings(terms: list, token: str, recipe: str | None = None) -> Lear
                 for term in terms]
     labelled = [[(f"{emb.token}" + (f"*{w:g}" if w != 1 else ""), emb, float(w)) for emb, w in term]
                 for term in labelled]
-    return _merged(labelled, token, recipe or " ".join("+".join(label for label, _, _ in t) for t in labelled))
+    return _merged(labelled, token, recipe or _recipe([[label for label, _, _ in term] for term in labelled]))
 
 
-def merge(config: MergeConfig, model=None) -> MergeResult:
+def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     """`textinv merge`: read every part `config.terms` names, check they fit one another (one family, sums of one
     vector count, slices in range) and write the new embedding to `config.out`, all checks before anything is
     written. `model` (a loaded `models.Model`): the one words are read from, in place of loading `config.model`.
 
-    >>> merge(MergeConfig(out="mix.pt", token="<mix>", terms=["dog.pt*0.5 + cat.pt*0.5"])).report["text"]  # doctest: +SKIP
+    >>> merge(MergeConfig(out="mix.pt", token="<mix>", terms=["dog.pt*0.5 + cat.pt*0.5"])).files  # doctest: +SKIP
+    [PosixPath('mix.pt')]
     """
-    from .inspect import word_rows
-    from .models import check_model_object, load_model, shareable_name
-    from .run_folder import embedding_file
-    from .tokens import base_embedding
-
     # 1. Check the settings and read every term before loading anything.
     check_model_object(model)
     config.validate()
@@ -216,7 +213,23 @@ def merge(config: MergeConfig, model=None) -> MergeResult:
                           "--model (the one the embeddings are for), or use embedding files only")
     if model is None and config.model:
         model = load_model(config.model, revision=config.revision, variant=config.variant)
-    # 2. Read each part (an embedding file once, whatever number of parts name it) and take its vectors.
+    # 2. Read the parts, check them and make the embedding.
+    labelled = _read_parts(terms, model)
+    if model is not None:
+        _check_fits_model([(label, emb) for term in labelled for label, emb, _ in term], model)
+    recipe = _recipe([[str(_shared(part)) for part in term] for term in terms])
+    emb = _merged(labelled, config.token, recipe)
+    # 3. Write (save_embedding refuses an existing file without overwrite, and a format that cannot hold it).
+    written = save_embedding(emb, config.out, format_for(config.out, config.to, "text_encoder_2" in emb.vectors),
+                             overwrite=config.overwrite)
+    norms = None if model is None else {name: word_rows(base_embedding(te).weight.detach(), tok).float().norm(dim=1)
+                                        for name, tok, te in model.encoders}
+    return MergeResult(written, emb, summary(emb, written, norms))
+
+
+def _read_parts(terms: list[list[Part]], model: Model | None) -> list[list[tuple[str, LearnedEmbedding, float]]]:
+    """Each part's vectors (a file read once, whatever number of parts name it; words from `model`), with the
+    vectors it takes, labelled as written and weighted."""
     files: dict[str, LearnedEmbedding] = {}
     labelled = []
     for term in terms:
@@ -230,21 +243,19 @@ def merge(config: MergeConfig, model=None) -> MergeResult:
                 emb = files[part.source]
             emb = take(emb, part.take, str(Part(part.source, part.words)))
             labelled[-1].append((str(part), emb, part.weight))
-    if model is not None:
-        _check_fits_model([(label, emb) for term in labelled for label, emb, _ in term], model)
-    recipe = shlex.join(" + ".join(str(_shared(part, shareable_name)) for part in term) for term in terms)
-    emb = _merged(labelled, config.token, recipe)
-    # 3. Write (save_embedding refuses an existing file without overwrite, and a format that cannot hold it).
-    written = save_embedding(emb, config.out, format_for(config.out, config.to, "text_encoder_2" in emb.vectors),
-                             overwrite=config.overwrite)
-    norms = None
-    if model is not None:
-        norms = {name: word_rows(base_embedding(te).weight.detach(), tok).float().norm(dim=1)
-                 for name, tok, te in model.encoders}
-    return MergeResult(written, emb, summary(emb, written, norms))
+    return labelled
 
 
-def _shared(part: Part, shareable_name) -> Part:
+def _recipe(terms: list[list[str]]) -> str:
+    """How a merge was written, as its file records it: each term in double quotes, as a command line gives it.
+
+    >>> print(_recipe([["a.pt*0.5", "'dog'"], ["b.pt[0:2]"]]))
+    "a.pt*0.5 + 'dog'" "b.pt[0:2]"
+    """
+    return " ".join('"' + " + ".join(parts) + '"' for parts in terms)
+
+
+def _shared(part: Part) -> Part:
     """`part` as a shared file records it: a local file by its name alone (`models.shareable_name`)."""
     if part.words:
         return part
@@ -317,8 +328,6 @@ def _agreed(metadatas: list[dict[str, str]]) -> dict[str, str]:
 def summary(emb: LearnedEmbedding, files: list[Path], vocab_norms=None) -> dict:
     """`formats.describe`'s summary of the merged embedding, with the files written and a `text` to print: its
     vectors, widths and each vector's norm (beside the vocabulary's words', given `vocab_norms`)."""
-    from .inspect import encoder_lines
-
     report = {**describe(emb, vocab_norms), "files": [str(f) for f in files]}
     report["text"] = "\n".join([f"wrote {', '.join(report['files'])}",
                                 f"token: {emb.token}, {emb.num_vectors} vector{'s' * (emb.num_vectors != 1)}, fits "
