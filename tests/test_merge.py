@@ -89,6 +89,10 @@ def test_sdxl_files_are_merged_in_both_halves(tmp_path):
         assert torch.equal(result.embedding.vectors[name], want)
     assert load_embedding(result.files[0]).family == "sdxl"
     assert result.embedding.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/textual-inversion"
+    pair = merge(MergeConfig(out=f"{tmp_path}/pair/", token="<m>", terms=[f"{tmp_path}/a.safetensors"],
+                             to="diffusers"))  # (a folder, written as convert --to diffusers writes SDXL)
+    assert [f.name for f in pair.files] == ["learned_embeds.safetensors", "learned_embeds_2.safetensors"]
+    assert torch.equal(load_embedding(pair.files[0]).vectors["text_encoder_2"], a.vectors["text_encoder_2"])
 
 
 def test_one_embedding_alone_with_weight_1_is_the_original(sd1_dir, tmp_path):
