@@ -224,6 +224,8 @@ def test_merge_embeddings_takes_plain_objects():
                                                                + 2 * b.vectors["text_encoder"],
                                                                a.vectors["text_encoder"][1:]]))
     assert emb.metadata["merged_from"] == '"<a>*0.5 + <b>*2" "<a>"'
+    with pytest.raises(ConfigError, match="a weight is a finite number, got nan"):
+        merge_embeddings([[(a, float("nan"))]], "<x>")
     with pytest.raises(FormatError, match="<c> has width 9"):
         merge_embeddings([[a], [LearnedEmbedding("<c>", {"text_encoder": torch.randn(1, 9)})]], "<x>")
 

@@ -1127,7 +1127,8 @@ class MergeConfig:
                           "by + (a weighted sum, vector by vector); a part is an embedding file (or a training "
                           "run's folder, or a hub id) or 'words' in single quotes (their tokens' rows of --model's "
                           "vocabulary), then [start:stop] to take some of its vectors, then *weight; e.g. "
-                          "\"dog.pt*0.7 + cat.pt*0.3\" style.pt[0:2] \"'golden retriever'\"", cli=False)
+                          "\"dog.pt*0.7 + cat.pt*0.3\" \"style.pt[0:2]\" \"'golden retriever'\" (in quotes: the "
+                          "shell reads * [ ' itself)", cli=False)
     token: str = opt(None, "the new embedding's token, e.g. '<dog-cat>'")
     model: str = opt(None, "the model whose vocabulary 'words' are read from (needed for words); every part must "
                            "fit it", path="source")

@@ -11,7 +11,7 @@ vector is added to each). A part is
     style.pt[0:2]          some of its vectors: Python's index or slice ([1], [-1], [1:], [:2]), within its count
     cat.pt*0.3             scaled by a number (*-1 subtracts)
 
-so `textinv merge mix.pt --token "<mix>" "dog.pt*0.7 + cat.pt*0.3" style.pt[0:2]` writes three vectors: the mix
+so `textinv merge mix.pt --token "<mix>" "dog.pt*0.7 + cat.pt*0.3" "style.pt[0:2]"` writes three vectors: the mix
 of dog and cat (one vector each), then style's first two. A path that holds `+`, `*`, `[`, `]` or `'` cannot be
 written in a term: rename it.
 """
@@ -152,7 +152,7 @@ def take(emb: LearnedEmbedding, rows: str | None, name: str | None = None) -> Le
     return LearnedEmbedding(emb.token, {enc: t[first:last] for enc, t in emb.vectors.items()}, emb.metadata)
 
 
-def word_embedding(model, words: str) -> LearnedEmbedding:
+def word_embedding(model: Model, words: str) -> LearnedEmbedding:
     """The vectors of `words` in `model` (`models.Model`): each token's row of each text encoder's token-embedding
     table, one vector per token, in order. Each word must be one token of the vocabulary (TokenError naming the
     pieces it is read as otherwise: a misspelt word's pieces mean nothing).
@@ -192,6 +192,9 @@ def merge_embeddings(terms: list, token: str, recipe: str | None = None) -> Lear
                 for term in terms]
     labelled = [[(f"{emb.token}" + (f"*{w:g}" if w != 1 else ""), emb, float(w)) for emb, w in term]
                 for term in labelled]
+    for label, _, w in (part for term in labelled for part in term):
+        if not math.isfinite(w):
+            raise ConfigError(f"{label}: a weight is a finite number, got {w}")
     return _merged(labelled, token, recipe or _recipe([[label for label, _, _ in term] for term in labelled]))
 
 
