@@ -753,6 +753,49 @@ def load_model(
     >>> model.family, model.resolution          # doctest: +SKIP
     ('custom', 64)
     """
+    # 1. the options against the kind of source, before anything is read from it
+    kind, location = _check_load_options(source, prediction_type, vae, revision, variant)
+    # 2. what the source says of itself (family, a folder's variant, a single file's prediction), checked
+    found = _inspect_source(kind, location, single_file_config, vae, variant, inpainting, refiner)
+    # 3. the pipeline, every failure said as a ModelError
+    pipe = _load_pipeline(found, dtype, vae, revision, variant)
+    # 4. checked as a model textinv works with, its VAE set, frozen and moved
+    family = _set_up_pipeline(pipe, found, dtype, vae, inpainting, refiner)
+    model = Model(pipeline=pipe, family=family, source=str(source or DEFAULT_MODEL), prediction_type="epsilon")
+    for _, tokenizer, encoder in model.encoders:
+        _check_tokenizer(tokenizer, encoder, location)
+    for module in [pipe.unet, pipe.vae] + [te for _, _, te in model.encoders]:
+        module.requires_grad_(False)
+        module.eval()
+    pipe.to(device)
+    # 5. the prediction type its scheduler follows, then what it was loaded with and what it records of itself
+    model.prediction_type = _set_prediction_type(pipe, location, prediction_type, found)
+    model.loaded_with = {k: str(v) for k, v in (("vae", vae), ("single_file_config", found.single_file_config),
+                                                ("prediction_type", prediction_type), ("revision", revision),
+                                                ("variant", variant)) if v}
+    _read_records(model, kind, location, revision)
+    return model
+
+
+@dataclass
+class _Source:
+    """What `load_model` knows of its source before loading it. `variant`: the one a folder is loaded with (asked
+    for, or the only one its files have); `keys`, `file_prediction` and `zero_snr`: a single file's;
+    `single_file_config`: as given, or as `_check_single_file_config` made it, for a single file."""
+
+    kind: str
+    location: str
+    single_file_config: str | None
+    family: str | None = None
+    variant: str | None = None
+    keys: object = None
+    file_prediction: str | None = None
+    zero_snr: bool = False
+
+
+def _check_load_options(source, prediction_type: str | None, vae, revision: str | None,
+                        variant: str | None) -> tuple[str, str]:
+    """`load_model`'s options checked against the kind of source, before anything is read; its (kind, location)."""
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ModelError(f"prediction type {prediction_type!r} is not supported; use 'epsilon' or 'v_prediction'")
     kind, location = resolve_source(source)
@@ -765,114 +808,145 @@ def load_model(
     if variant and kind == "file":
         raise ModelError(f"--variant {variant} is for a hub id or a diffusers folder; --model {source} is a single "
                          f"file, whose weights are what they are: leave --variant out")
-    family = None
-    given_variant, variant = variant, None
-    file_prediction, zero_snr = None, False
+    return kind, location
+
+
+def _inspect_source(kind: str, location: str, single_file_config: str | None, vae, variant: str | None,
+                    inpainting: bool, refiner: bool) -> _Source:
+    """What a folder's files or a single file's keys say of the model, checked; a hub id says nothing before it
+    is loaded."""
+    found = _Source(kind, location, single_file_config)
     if kind in ("bundled", "folder"):
-        family = _index_family(Path(location))
-        variant = _folder_variant(Path(location), xl=family == "sdxl", wanted=given_variant)
-        if single_file_config is not None:
+        found.family = _index_family(Path(location))
+        found.variant = _folder_variant(Path(location), xl=found.family == "sdxl", wanted=variant)
+        if single_file_config is not None:  # (stacklevel: load_model's caller)
             warnings.warn(f"--single-file-config is for a single-file checkpoint; {location} is a diffusers folder "
-                          f"with its own configs, so it is not used", stacklevel=2)
+                          f"with its own configs, so it is not used", stacklevel=3)
     elif kind == "file":
         suffix = Path(location).suffix
         if suffix.lower() == ".safetensors" and suffix != ".safetensors":
             raise ModelError(f"{location}: diffusers reads a file as safetensors only by a lower-case suffix; rename "
                              f"it to {Path(location).with_suffix('.safetensors').name}")
-        family, keys = _inspect_checkpoint(location, inpainting, refiner)
+        found.family, found.keys = _inspect_checkpoint(location, inpainting, refiner)
         if single_file_config is not None:
-            single_file_config = _check_single_file_config(single_file_config, family)
-        file_prediction, zero_snr = checkpoint_prediction(location, keys)
-        if vae is None and _saved_without_vae(keys, family):
-            raise ModelError(f"{location} is a {FAMILY_NAMES[family]} checkpoint saved without its VAE (no "
+            found.single_file_config = _check_single_file_config(single_file_config, found.family)
+        found.file_prediction, found.zero_snr = checkpoint_prediction(location, found.keys)
+        if vae is None and _saved_without_vae(found.keys, found.family):
+            raise ModelError(f"{location} is a {FAMILY_NAMES[found.family]} checkpoint saved without its VAE (no "
                              f"first_stage_model.* weights): pass the VAE it is used with as --vae, usually "
-                             f"{_USUAL_VAES[family]} (a .safetensors file, a diffusers VAE folder or a hub id)")
+                             f"{_USUAL_VAES[found.family]} (a .safetensors file, a diffusers VAE folder or a hub id)")
+    return found
+
+
+def _load_pipeline(found: _Source, dtype: torch.dtype, vae, revision: str | None, variant: str | None):
+    """The pipeline, by diffusers' loader for the kind of source; its failures as a ModelError that says why."""
     common = dict(torch_dtype=dtype)  # (newer diffusers call it `dtype` and warn; older ones know only this)
     try:
         # (transformers' bars inside diffusers' one; the filter is the block's own, not left in the caller's process)
         with _one_progress_bar(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
-            if kind == "hub":  # the family is known only after loading: let diffusers pick the pipeline class
+            if found.kind == "hub":  # the family is known only after loading: let diffusers pick the pipeline class
                 from diffusers import DiffusionPipeline
 
                 with _quiet_diffusers():  # its "couldn't connect" lines: our error below says it once
-                    pipe = _from_hub(DiffusionPipeline, location, common, revision=revision, variant=given_variant)
-            else:
-                cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-                if cls is StableDiffusionPipeline:
-                    common.update(safety_checker=None, requires_safety_checker=False)
-                if kind == "file":
-                    if single_file_config:
-                        common["config"] = single_file_config
-                    with _quiet_diffusers(), _lightning_callbacks_readable():  # its "attempting to download" lines
-                        if vae is not None:
-                            # loaded first and passed in, as diffusers takes a component the file lacks: a file saved
-                            # without its VAE has none to replace, and one with a VAE need not load it. Its config is
-                            # the one diffusers would give the file's own VAE (the folder's or hub model's vae/)
-                            from diffusers import AutoencoderKL
-
-                            with warnings.catch_warnings():  # (huggingface_hub's deprecation notes, for a hub id)
-                                warnings.simplefilter("ignore")
-                                own = AutoencoderKL.load_config(single_file_config or _single_file_config_repo(keys),
-                                                                subfolder="vae")
-                            common["vae"] = _load_vae(vae, dtype, own)
-                        if family == "sd1" and _old_text_encoder_layout(keys):  # diffusers would not find it
-                            common["text_encoder"] = _old_layout_text_encoder(keys, single_file_config, dtype)
-                        pipe = cls.from_single_file(location, **common)
-                else:
-                    pipe = cls.from_pretrained(location, **common, **({"variant": variant} if variant else {}))
+                    return _from_hub(DiffusionPipeline, found.location, common, revision=revision, variant=variant)
+            cls = StableDiffusionXLPipeline if found.family == "sdxl" else StableDiffusionPipeline
+            if cls is StableDiffusionPipeline:
+                common.update(safety_checker=None, requires_safety_checker=False)
+            if found.kind == "file":
+                return _from_single_file(cls, found, common, dtype, vae)
+            folder_variant = {"variant": found.variant} if found.variant else {}
+            return cls.from_pretrained(found.location, **common, **folder_variant)
     except ModelError:
         raise
     except Exception as e:
-        # (a variant whose files are not there is diffusers' ValueError, cached or not)
-        variant_missing = given_variant and isinstance(e, ValueError) and "variant" in str(e)
-        if kind == "hub" and (isinstance(e, (OSError, ConnectionError)) or variant_missing):  # not cached, no network
-            offline = offline_note()
-            if revision or given_variant:
-                which = " and ".join(part for part in (revision and f"revision {revision!r}",
-                                                       given_variant and f"variant {given_variant!r}") if part)
-                flags = " ".join(part for part in (revision and f"--revision {revision}",
-                                                   given_variant and f"--include '*.{given_variant}.*' '*.json' "
-                                                                     f"'*.txt'") if part)
-                raise ModelError(f"model {location!r} with {which} is not in the local Hugging Face cache and the "
-                                 f"hub could not be reached{offline}: check the name, or download it where there is "
-                                 f"a network (`hf download {location} {flags}`)") from e
-            raise ModelError(f"model {location!r} is not in the local Hugging Face cache and the hub could not be "
-                             f"reached{offline}: download it where there is a network (`hf download "
-                             f"{location}`) and pass its folder, or pass a local folder or .safetensors file") from e
-        if kind == "file" and isinstance(e, (OSError, ConnectionError)) and not (
-                single_file_config and Path(single_file_config).is_dir()):
-            # its configs are fetched from the hub (a hub --single-file-config, or the repo diffusers picks for the
-            # file's kind); huggingface_hub's own text says to unset HF_HUB_OFFLINE, no help without a network
-            repo = single_file_config or _single_file_config_repo(keys)
-            name = FAMILY_NAMES[family]
-            raise ModelError(f"{location} is a {name} checkpoint, which holds weights only: its configs and "
-                             f"tokenizer come from the hub model {repo!r}, which is not in the local Hugging Face "
-                             f"cache and the hub could not be reached{offline_note()}. Pass --single-file-config with "
-                             f"a local diffusers folder of a {name} model (its configs and tokenizer are read, not its "
-                             f"weights), or run once with a network") from e
-        if kind == "file" and type(e).__name__ == "SingleFileComponentError":  # a component's weights are missing
-            raise ModelError(f"cannot load model {location!r}: {_first_line(e)}: it is not a complete checkpoint (a "
-                             f"UNet-only or pruned file?); textinv needs one with the UNet, VAE and text encoder(s), "
-                             f"or the model's diffusers folder") from e
-        hint = (
-            f" A single file needs the model's config files: they come from the hub (network) or pass "
-            f"--single-file-config with a local diffusers folder of the same family ({FAMILY_NAMES[family]})."
-            if kind == "file"
-            else " Hub ids need a network or a filled Hugging Face cache; or download the model and pass its folder."
-            if kind == "hub"
-            else ""
-        )
-        raise ModelError(f"cannot load model {location!r}: {type(e).__name__}: {_first_line(e)}.{hint}") from e
+        raise _load_error(e, found, revision, variant) from e
+
+
+def _from_single_file(cls, found: _Source, common: dict, dtype: torch.dtype, vae):
+    """`cls.from_single_file`, with a --vae and an old-layout SD 1 text encoder loaded first and passed in."""
+    if found.single_file_config:
+        common["config"] = found.single_file_config
+    with _quiet_diffusers(), _lightning_callbacks_readable():  # its "attempting to download" lines
+        if vae is not None:
+            # loaded first and passed in, as diffusers takes a component the file lacks: a file saved without its
+            # VAE has none to replace, and one with a VAE need not load it. Its config is the one diffusers would
+            # give the file's own VAE (the folder's or hub model's vae/)
+            from diffusers import AutoencoderKL
+
+            with warnings.catch_warnings():  # (huggingface_hub's deprecation notes, for a hub id)
+                warnings.simplefilter("ignore")
+                own = AutoencoderKL.load_config(found.single_file_config or _single_file_config_repo(found.keys),
+                                                subfolder="vae")
+            common["vae"] = _load_vae(vae, dtype, own)
+        if found.family == "sd1" and _old_text_encoder_layout(found.keys):  # diffusers would not find it
+            common["text_encoder"] = _old_layout_text_encoder(found.keys, found.single_file_config, dtype)
+        return cls.from_single_file(found.location, **common)
+
+
+def _load_error(e: Exception, found: _Source, revision: str | None, variant: str | None) -> ModelError:
+    """The ModelError for diffusers' failure `e` to load the source: not cached and no network, an incomplete
+    checkpoint, or its own words with a hint by the kind of source."""
+    location, family, single_file_config = found.location, found.family, found.single_file_config
+    # (a variant whose files are not there is diffusers' ValueError, cached or not)
+    variant_missing = variant and isinstance(e, ValueError) and "variant" in str(e)
+    if found.kind == "hub" and (isinstance(e, (OSError, ConnectionError)) or variant_missing):  # not cached, no network
+        return _hub_not_cached(location, revision, variant)
+    if found.kind == "file" and isinstance(e, (OSError, ConnectionError)) and not (
+            single_file_config and Path(single_file_config).is_dir()):
+        # its configs are fetched from the hub (a hub --single-file-config, or the repo diffusers picks for the
+        # file's kind); huggingface_hub's own text says to unset HF_HUB_OFFLINE, no help without a network
+        repo = single_file_config or _single_file_config_repo(found.keys)
+        name = FAMILY_NAMES[family]
+        return ModelError(f"{location} is a {name} checkpoint, which holds weights only: its configs and "
+                          f"tokenizer come from the hub model {repo!r}, which is not in the local Hugging Face "
+                          f"cache and the hub could not be reached{offline_note()}. Pass --single-file-config with "
+                          f"a local diffusers folder of a {name} model (its configs and tokenizer are read, not its "
+                          f"weights), or run once with a network")
+    if found.kind == "file" and type(e).__name__ == "SingleFileComponentError":  # a component's weights are missing
+        return ModelError(f"cannot load model {location!r}: {_first_line(e)}: it is not a complete checkpoint (a "
+                          f"UNet-only or pruned file?); textinv needs one with the UNet, VAE and text encoder(s), "
+                          f"or the model's diffusers folder")
+    hint = (
+        f" A single file needs the model's config files: they come from the hub (network) or pass "
+        f"--single-file-config with a local diffusers folder of the same family ({FAMILY_NAMES[family]})."
+        if found.kind == "file"
+        else " Hub ids need a network or a filled Hugging Face cache; or download the model and pass its folder."
+        if found.kind == "hub"
+        else ""
+    )
+    return ModelError(f"cannot load model {location!r}: {type(e).__name__}: {_first_line(e)}.{hint}")
+
+
+def _hub_not_cached(location: str, revision: str | None, variant: str | None) -> ModelError:
+    """The ModelError for a hub id (at a revision or variant asked for) that is not cached, with no network."""
+    offline = offline_note()
+    if revision or variant:
+        which = " and ".join(part for part in (revision and f"revision {revision!r}",
+                                               variant and f"variant {variant!r}") if part)
+        flags = " ".join(part for part in (revision and f"--revision {revision}",
+                                           variant and f"--include '*.{variant}.*' '*.json' '*.txt'") if part)
+        return ModelError(f"model {location!r} with {which} is not in the local Hugging Face cache and the hub could "
+                          f"not be reached{offline}: check the name, or download it where there is a network (`hf "
+                          f"download {location} {flags}`)")
+    return ModelError(f"model {location!r} is not in the local Hugging Face cache and the hub could not be "
+                      f"reached{offline}: download it where there is a network (`hf download {location}`) and pass "
+                      f"its folder, or pass a local folder or .safetensors file")
+
+
+def _set_up_pipeline(pipe, found: _Source, dtype: torch.dtype, vae, inpainting: bool, refiner: bool) -> str:
+    """Check the loaded pipeline is a text-to-image SD model textinv works with, then set its VAE (a --vae, SDXL's
+    kept in fp32) and quiet its progress bar; its family."""
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
-        raise ModelError(f"{location} is a {type(pipe).__name__}; textinv trains Stable Diffusion 1.x, 2.x and XL")
-    _check_text_to_image(pipe, location, inpainting, refiner)
+        raise ModelError(f"{found.location} is a {type(pipe).__name__}; textinv trains Stable Diffusion 1.x, 2.x "
+                         f"and XL")
+    _check_text_to_image(pipe, found.location, inpainting, refiner)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # it is not part of what we train or judge
     is_xl = isinstance(pipe, StableDiffusionXLPipeline)
     width = (pipe.text_encoder or pipe.text_encoder_2).get_input_embeddings().embedding_dim
-    family = "sdxl" if is_xl else (family or family_for_widths((width,)) or "custom")
-    if vae is not None and kind != "file":  # (a single file's --vae went in with its other parts)
+    family = "sdxl" if is_xl else (found.family or family_for_widths((width,)) or "custom")
+    if vae is not None and found.kind != "file":  # (a single file's --vae went in with its other parts)
         pipe.vae = _load_vae(vae, dtype, pipe.vae.config)
     if is_xl and dtype == torch.float16 and (vae is None or getattr(pipe.vae.config, "force_upcast", True)):
         # SDXL's VAE overflows in fp16, so it stays in fp32, for training's encoding as well as for decoding. A --vae
@@ -882,29 +956,30 @@ def load_model(
         pipe.vae.to(torch.float32)
         _decode_any_dtype(pipe.vae)
     pipe.set_progress_bar_config(disable=True)
-    model = Model(pipeline=pipe, family=family, source=str(source or DEFAULT_MODEL), prediction_type="epsilon")
-    for _, tokenizer, encoder in model.encoders:
-        _check_tokenizer(tokenizer, encoder, location)
-    for module in [pipe.unet, pipe.vae] + [te for _, _, te in model.encoders]:
-        module.requires_grad_(False)
-        module.eval()
-    pipe.to(device)
+    return family
+
+
+def _set_prediction_type(pipe, location: str, prediction_type: str | None, found: _Source) -> str:
+    """The prediction type the model is trained and sampled with, checked, and its scheduler made to follow it
+    (and a single file's zero terminal SNR); returns it."""
     own = pipe.scheduler.config.get("prediction_type", "epsilon")
     # the user's word, else what a single file says of itself (the config diffusers paired it with knows nothing
     # of the file: SDXL's base config for a v-pred fine-tune), else the scheduler's
-    pred = prediction_type or file_prediction or own
+    pred = prediction_type or found.file_prediction or own
     if pred not in PREDICTION_TYPES:
         raise ModelError(f"{location}'s scheduler predicts {pred!r}, which textinv does not support; pass "
                          f"--prediction-type epsilon or v_prediction")
     changes = {"prediction_type": pred} if pred != own else {}
-    if zero_snr and not pipe.scheduler.config.get("rescale_betas_zero_snr", False):
+    if found.zero_snr and not pipe.scheduler.config.get("rescale_betas_zero_snr", False):
         changes["rescale_betas_zero_snr"] = True
     if changes:  # sampling must follow them too, not only training (`Model.noise_scheduler`)
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **changes)
-    model.prediction_type = pred
-    model.loaded_with = {k: str(v) for k, v in (("vae", vae), ("single_file_config", single_file_config),
-                                                ("prediction_type", prediction_type), ("revision", revision),
-                                                ("variant", given_variant)) if v}
+    return pred
+
+
+def _read_records(model: Model, kind: str, location: str, revision: str | None) -> None:
+    """`model.guidance` and `.prompting` from the training record a folder (or the hub model, at the revision it
+    was loaded at) holds beside it; SD's defaults where it holds none."""
     if kind in ("bundled", "folder"):
         model.guidance = recorded_guidance(Path(location))
         model.prompting = recorded_prompting(Path(location))
@@ -915,7 +990,6 @@ def load_model(
         if record is not None:  # (its snapshot folder; most hub models have none: SD's defaults)
             model.guidance = recorded_guidance(record.parent)
             model.prompting = recorded_prompting(record.parent)
-    return model
 
 
 def _from_hub(cls, repo: str, options: dict, revision: str | None = None, variant: str | None = None):
