@@ -451,15 +451,41 @@ class TrainConfig:
         so does a kohya sample prompts file in --sample-prompts (`sample_prompts.read_prompt_file`).
         """
         check_types(self)
+        # 1. a file that gives settings: read, and what it gave is checked instead
         if self.dataset_config:
             from .kohya import apply_dataset_config  # (kohya.py reads this module's settings)
 
             return apply_dataset_config(self).validate()
-        from .sample_prompts import check_entries, is_prompt_file, names_a_file, prompt_text, read_prompt_file
+        from .sample_prompts import is_prompt_file, read_prompt_file
 
         if any(is_prompt_file(entry) for entry in self.sample_prompts):  # kohya's file: what it gives from now on
             return dataclasses.replace(self, sample_prompts=read_prompt_file(self.sample_prompts, self.resume)
                                        ).validate()
+        # 2. the checks by topic, in the order a user meets their errors: the output and the concepts, the choices,
+        # counts, validation, rates and trackers, loss, the model's inputs, the schedule and the optimizer
+        tokens = self._check_concepts()
+        check_choices(self)
+        self._check_counts_and_tags()
+        self._check_validation()
+        check_lr(self.lr)
+        self._check_trackers()
+        self._check_regularizers()
+        self._check_model_inputs(len(tokens))
+        self._check_lr_steps()
+        if self.init_embedding is not None and not str(self.init_embedding).strip():
+            raise ConfigError("--init-embedding needs an embedding file")
+        if self.warmup_steps and self.lr_schedule == "constant":
+            raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear, cosine, "
+                              "cosine_with_restarts or polynomial")
+        self._check_schedule_and_optimizer(len(tokens))
+        # 3. options that rule each other out, then the sample prompts (which name the tokens)
+        self._check_exclusive_options()
+        self._check_sample_prompts(tokens)
+        return self
+
+    def _check_concepts(self) -> list[str]:
+        """--out, and the pictures and tokens of the run: --images and --token, --concepts or kohya's subsets, one
+        of them, with no token repeated or named by a caption prefix all concepts share; the tokens."""
         if not self.out:
             raise ConfigError(f"--out is required ({_help('out')})")
         if self.concepts and (self.images or self.token):
@@ -471,8 +497,7 @@ class TrainConfig:
         if self.init_embedding and (self.init or self.concepts):
             raise ConfigError("--init-embedding gives the starting vectors of the one --token: leave out --init "
                               "and --concepts")
-        specs = self.concept_list()
-        tokens = [spec["token"] for spec in specs]
+        tokens = [spec["token"] for spec in self.concept_list()]
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"--concepts repeats a token: {tokens}; each concept needs its own")
         if len(tokens) > 1:  # (one prefix for all: each concept's captions would name that token)
@@ -482,7 +507,10 @@ class TrainConfig:
                     raise ConfigError(f"{flag} {text!r} names the token {named[0]}, and goes on the captions of every "
                                       f"concept of the run: the others' samples would train {named[0]} too; write "
                                       f"each token in its own concept's caption files, or learn it in a run of its own")
-        check_choices(self)
+        return tokens
+
+    def _check_counts_and_tags(self) -> None:
+        """--epochs (not with --steps), the whole numbers >= 1 and >= 0, and the caption tags' settings."""
         if self.epochs is not None:
             if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
                 raise ConfigError(f"--epochs must be a whole number >= 1, got {self.epochs!r}")
@@ -499,12 +527,17 @@ class TrainConfig:
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints", "keep_tags"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
-        self._check_validation()
-        check_lr(self.lr)
-        check_trackers(self.log_with, self.resume)  # (unknown names and missing packages, before the model loads)
+
+    def _check_trackers(self) -> None:
+        """--log-with's trackers (unknown names and missing packages, before the model loads) and --log-dir."""
+        check_trackers(self.log_with, self.resume)
         if self.log_dir is not None and self.log_with is None:
             raise ConfigError(f"--log-dir {self.log_dir} is where --log-with's trackers write, and none is given; "
                               f"add --log-with tensorboard (or another tracker)")
+
+    def _check_regularizers(self) -> None:
+        """--weight-decay, --max-grad-norm, --min-snr-gamma, --noise-offset, then kohya's other noise and loss
+        settings (`_check_noise_and_loss`)."""
         if not self.weight_decay >= 0:  # (also refuses NaN)
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         for name in ("max_grad_norm", "min_snr_gamma"):
@@ -515,9 +548,13 @@ class TrainConfig:
             raise ConfigError(f"--noise-offset must be a number >= 0 (0: off; 0.05-0.1 is typical), got "
                               f"{offset!r}")
         self._check_noise_and_loss()
+
+    def _check_model_inputs(self, concepts: int) -> None:
+        """What the model is run with: --resolution, --seed (with room for every seed drawn from it), --clip-skip,
+        --min-timestep and --max-timestep, and --vectors (they must fit in one 77-token prompt)."""
         check_side("--resolution", self.resolution)
         # (the seeds drawn: concept k's data seed + 1_000_003 k (`train.concept_seed`), sample grid image i's seed + i)
-        check_seed(self.seed, 1_000_003 * (len(specs) - 1) + max(4, len(self.sample_prompts)), negative=True)
+        check_seed(self.seed, 1_000_003 * (concepts - 1) + max(4, len(self.sample_prompts)), negative=True)
         check_clip_skip_value(self.clip_skip)
         if not isinstance(self.min_timestep, int) or self.min_timestep < 0:
             raise ConfigError(f"--min-timestep must be a whole number >= 0, got {self.min_timestep!r}")
@@ -528,6 +565,10 @@ class TrainConfig:
         if self.vectors > CHUNK:
             raise ConfigError(f"--vectors {self.vectors} leaves no room in a 77-token prompt; use at most {CHUNK} "
                               f"(1-8 is usual)")
+
+    def _check_lr_steps(self) -> None:
+        """--lr-steps (a schedule of its own: not with --lr-schedule, --warmup-steps or --lr), and a warning for a
+        rate far above textual inversion's usual ones."""
         if self.lr_steps is not None:
             parse_lr_steps(self.lr_steps)
             if self.lr_schedule != "constant" or self.warmup_steps:
@@ -539,13 +580,12 @@ class TrainConfig:
         if max(rates) > 1:  # (valid, but the loss goes NaN within steps: most likely 5e3 typed for 5e-3)
             warnings.warn(f"learning rate {max(rates):g} is far above textual inversion's usual rates (the paper's "
                           f"5e-3, the web UI's 0.005 and up to 0.05 at first); check the exponent's sign (5e3 is "
-                          f"5000, 5e-3 is 0.005)", stacklevel=2)
-        if self.init_embedding is not None and not str(self.init_embedding).strip():
-            raise ConfigError("--init-embedding needs an embedding file")
-        if self.warmup_steps and self.lr_schedule == "constant":
-            raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear, cosine, "
-                              "cosine_with_restarts or polynomial")
-        self._check_schedule_and_optimizer(len(specs))
+                          f"5000, 5e-3 is 0.005)", stacklevel=3)  # (validate's caller)
+
+    def _check_exclusive_options(self) -> None:
+        """Options that rule each other out: --cuda-graphs with --buckets or a compile mode that captures graphs,
+        --random-crop, --buckets and --reference-like, --bucket-no-upscale without --buckets, --resume with
+        --overwrite."""
         if self.cuda_graphs and self.buckets:
             raise ConfigError("--cuda-graphs and --buckets: a captured step takes one shape of pictures, and buckets "
                               "make several; leave out one of them")
@@ -566,13 +606,17 @@ class TrainConfig:
             raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: resume keeps the folder, overwrite empties it")
+
+    def _check_sample_prompts(self, tokens: list[str]) -> None:
+        """Each --sample-prompts entry, and that each prompt has '{}' or one of the tokens where the token goes."""
+        from .sample_prompts import check_entries, names_a_file, prompt_text
+
         check_entries(self.sample_prompts)
         for prompt in map(prompt_text, self.sample_prompts):  # ({} or the token written, as in captions and score's)
             if "{}" not in prompt and not any(t and t.lower() in prompt.lower() for t in tokens):
                 named = (f" (it names a file: kohya's sample prompts file is read when its name ends in .txt, .toml "
                          f"or .json)" if names_a_file(prompt) else "")
                 raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' (or the token) where the token goes{named}")
-        return self
 
     def _check_schedule_and_optimizer(self, concepts: int) -> None:
         """--lr-cycles and --lr-power with the schedule they shape, and the optimizer (`optimizers.check_optimizer`)."""
