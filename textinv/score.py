@@ -630,6 +630,73 @@ def _score(config: ScoreConfig, model: Model | None, judge: ClipJudge | None, pr
     # 1. checks -------------------------------------------------------------------------------------------------
     check_model_object(model)
     config = config.validate()
+    plan = _plan(config)
+    device = pick_device(config.device)
+    out = out_folder(config.out)
+    previous, partial, lock = _prepare_out(out)
+    where.device, where.out = device, str(out)
+    try:  # (from here on a failure takes the half-built report with it)
+        judge, model = _load_parts(config, plan, model, judge, device, where)
+        where.doing = "judging the training pictures with CLIP"
+        drawing = _drawing(config, plan, model, judge, partial)
+        texts = judge.texts([scored_text(t, drawing.steps) for _, t in plan.prompts])  # (P, D)
+        # the training pictures saved into the report, and thumbnails for its sheet, now: the full-size ones go
+        training_files = _save_training(partial, plan.pictures)
+        plan.pictures = [_thumb(p) for p in plan.pictures[:10]]
+        t_ready = time.perf_counter()
+
+        # 2. draw each prompt with each method at the same seeds; 3. judge each picture as it is drawn -----------
+        check_fits(model, plan.emb, "pass the first file, learned_embeds.safetensors, with "
+                                    "learned_embeds_2.safetensors beside it")
+        log(f"drawing {len(plan.prompts)} prompts x {len(drawing.seeds)} seeds with "
+            f"{', '.join(m['label'] for m in plan.methods)} on {model.describe()}", flush=True)
+        drawing.bar = tqdm(total=len(plan.methods) * len(plan.prompts) * len(drawing.seeds), disable=not progress,
+                           desc="score", unit="img")
+        where.size = drawing.size
+        where.doing = (f"drawing the report's pictures ({min(4, len(drawing.seeds))} at once at "
+                       f"{drawing.size}x{drawing.size})")
+        table, drawn = _draw_and_judge(drawing, plan, texts)
+        t_drawn = time.perf_counter()
+
+        # 4. report ---------------------------------------------------------------------------------------------
+        losses = _losses(plan.run)
+        seconds = {"load": round(t_ready - started, 1), "draw": round(t_drawn - t_ready - drawing.judging, 1),
+                   "judge": round(drawing.judging, 1)}
+        report = _report(config, plan, model, judge, drawing, training_files, table, losses, seconds)
+        report["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        _write_report(partial, report, plan.pictures, drawn, losses)
+        _swap_in(partial, out, previous)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        _release(lock, out)
+    log(format_table(report))
+    log(f"report: {out / 'report.html'} (open it in a browser) and {out / 'report.png'}; scores in "
+        f"{out / 'scores.json'}")
+    return ScoreResult(html=out / "report.html", png=out / "report.png", scores=out / "scores.json", report=report)
+
+
+@dataclass
+class _Plan:
+    """What `score` works out from its settings and the embedding's training run before anything is loaded."""
+
+    emb: LearnedEmbedding  # the scored embedding, under --token's name if given
+    run: dict  # its training run's settings (`run_settings`)
+    others: list  # (embedding, path as given) of each --compare
+    installed: list  # the scored embedding and the compared ones, all drawn at once under their own tokens
+    images: str | None  # the training pictures' folder (none for a run of kohya subsets)
+    subsets: list  # that run's subsets, whose pictures are the training pictures
+    pictures: list  # the training pictures, read (only the sheet's thumbnails once they are saved in the report)
+    source: str  # the model
+    kind: str  # the property learned: object, style...
+    prompts: list  # (kind, template) of each prompt drawn: the reconstruction, then the edits
+    methods: list  # how each picture names the concept (`_methods`)
+
+
+def _plan(config: ScoreConfig) -> _Plan:
+    """The embedding, the ones compared with it, the training pictures, the model and the prompts, each checked
+    (a bad file or a missing folder is said before anything heavy is loaded)."""
     emb = load_embedding(embedding_file(Path(config.embedding)))
     run = run_settings(Path(config.embedding), emb.token)  # (by the file's own token)
     if config.token is not None:
@@ -649,92 +716,83 @@ def _score(config: ScoreConfig, model: Model | None, judge: ClipJudge | None, pr
     edits = [_template(p, emb.token) for p in config.prompts] or list(EDITS[kind])
     prompts = [("reconstruction", RECONSTRUCTION[kind])] + [("edit", t) for t in edits]
     methods = _methods(config, emb, run, others)
-    device = pick_device(config.device)
-    out = out_folder(config.out)
-    previous, partial, lock = _prepare_out(out)
-    where.device, where.out = device, str(out)
-    try:  # (from here on a failure takes the half-built report with it)
-        if judge is None:
-            judge = ClipJudge.load(config.clip, device)
-        if model is None:
-            where.doing, where.dtype = "loading the model", drawing_dtype(config.precision, device)
-            model = _load(config, source, run, device, emb.metadata)
-        where.device, where.dtype = model.unet.device, model.unet.dtype
-        where.doing = "judging the training pictures with CLIP"
-        steps = config.steps or DEFAULT_STEPS
-        size = config.resolution or model.resolution
-        guidance = model.guidance_or_own(config.guidance)
-        clip_skip = generation_clip_skip(model, config.clip_skip, installed)
-        seeds = [config.seed + i for i in range(config.n)]
-        # the training pictures' features, and thumbnails for the report, now: the full-size pictures go
-        training = judge.images(pictures)  # (T, D)
-        texts = judge.texts([scored_text(t, steps) for _, t in prompts])  # (P, D)
-        training_files = _save_training(partial, pictures)
-        pictures = [_thumb(p) for p in pictures[:10]]
-        t_ready = time.perf_counter()
+    return _Plan(emb, run, others, installed, images, subsets, pictures, source, kind, prompts, methods)
 
-        # 2. draw each prompt with each method at the same seeds; 3. judge each picture as it is drawn -----------
-        check_fits(model, emb, "pass the first file, learned_embeds.safetensors, with learned_embeds_2.safetensors "
-                               "beside it")
-        log(f"drawing {len(prompts)} prompts x {len(seeds)} seeds with {', '.join(m['label'] for m in methods)} "
-            f"on {model.describe()}", flush=True)
-        bar = tqdm(total=len(methods) * len(prompts) * len(seeds), disable=not progress, desc="score", unit="img")
-        where.size = size
-        where.doing = f"drawing the report's pictures ({min(4, len(seeds))} at once at {size}x{size})"
-        drawing = Drawing(model, judge, installed, partial, training, bar, seeds, steps, size,
-                          guidance, clip_skip, config.sampler, config.negative_prompt, str(source),
-                          str(config.embedding))
-        drawn: dict[tuple[int, int], list[Image.Image]] = {}  # the first SHEET_PICTURES of each, as thumbnails
-        table = []
-        try:
-            with handed_back(model):  # (in here: one that fails takes those before it off again)
-                for e in installed:
-                    install_embedding(model, e)
-                for i, method in enumerate(methods):
-                    rows = []
-                    for j, (kind_j, template) in enumerate(prompts):
-                        row, drawn[i, j] = drawing.row(method, j, template, texts[j])
-                        rows.append({"kind": kind_j, **row})
-                    table.append({**method, "prompts": rows, **_summary(rows)})
-        finally:
-            bar.close()
-        t_drawn = time.perf_counter()
-        judging = drawing.judging
 
-        # 4. report ---------------------------------------------------------------------------------------------
-        losses = _losses(run)
-        report = {
-            "title": f"textinv score: {emb.token}",
-            "embedding": {"path": _named_as(config.embedding), "token": emb.token, "vectors": emb.num_vectors,
-                          "metadata": emb.metadata},
-            "compared": [{"path": path, "token": other.token, "metadata": other.metadata} for other, path in others],
-            "images": absolute(images) if images else ", ".join(s["images"] for s in subsets),
-            "training_files": training_files, "model": model.describe(),
-            "clip": judge.source, "settings": {**dataclasses.asdict(config), "steps": steps, "guidance": guidance,
-                                               # (the model as loaded: the run's revision and variant, if not given)
-                                               **{k: model.loaded_with.get(k) for k in ("revision", "variant")},
-                                               "clip_skip": clip_skip, "resolution": size, "property": kind},
-            "seeds": seeds, "training_similarity": training_similarity(training), "methods": table,
-            "loss": [list(x) for x in losses], "textinv_version": __version__,
-            "seconds": {"load": round(t_ready - started, 1), "draw": round(t_drawn - t_ready - judging, 1),
-                        "judge": round(judging, 1)},
-        }
-        report["seconds"]["total"] = round(time.perf_counter() - started, 1)
-        loss_png = draw_loss_curve(losses) if losses else None
-        with atomic_path(partial / "report.png") as tmp:
-            draw_sheet(report, pictures, drawn, loss_png).save(tmp, format="PNG")
-        write_text(partial / "report.html", render_html(report, loss_png))
-        write_json(partial / "scores.json", report)
-        _swap_in(partial, out, previous)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+def _load_parts(config: ScoreConfig, plan: _Plan, model: Model | None, judge: ClipJudge | None,
+                device: torch.device, where: _Where) -> tuple[ClipJudge, Model]:
+    """The CLIP judge and the model, each unless given."""
+    if judge is None:
+        judge = ClipJudge.load(config.clip, device)
+    if model is None:
+        where.doing, where.dtype = "loading the model", drawing_dtype(config.precision, device)
+        model = _load(config, plan.source, plan.run, device, plan.emb.metadata)
+    where.device, where.dtype = model.unet.device, model.unet.dtype
+    return judge, model
+
+
+def _drawing(config: ScoreConfig, plan: _Plan, model: Model, judge: ClipJudge, partial: Path) -> Drawing:
+    """The settings every picture is drawn with and the training pictures' CLIP features they are judged against;
+    its `bar` is set once drawing starts."""
+    steps = config.steps or DEFAULT_STEPS
+    size = config.resolution or model.resolution
+    guidance = model.guidance_or_own(config.guidance)
+    clip_skip = generation_clip_skip(model, config.clip_skip, plan.installed)
+    seeds = [config.seed + i for i in range(config.n)]
+    training = judge.images(plan.pictures)  # (T, D)
+    return Drawing(model, judge, plan.installed, partial, training, None, seeds, steps, size, guidance, clip_skip,
+                   config.sampler, config.negative_prompt, str(plan.source), str(config.embedding))
+
+
+def _draw_and_judge(drawing: Drawing, plan: _Plan, texts: torch.Tensor) -> tuple[list[dict], dict]:
+    """Every prompt drawn with every method, the embeddings installed for it and taken off after; the table's rows
+    (one per method) and the sheet's thumbnails, by (method, prompt)."""
+    drawn: dict[tuple[int, int], list[Image.Image]] = {}  # the first SHEET_PICTURES of each, as thumbnails
+    table = []
+    try:
+        with handed_back(drawing.model):  # (in here: one that fails takes those before it off again)
+            for e in plan.installed:
+                install_embedding(drawing.model, e)
+            for i, method in enumerate(plan.methods):
+                rows = []
+                for j, (kind_j, template) in enumerate(plan.prompts):
+                    row, drawn[i, j] = drawing.row(method, j, template, texts[j])
+                    rows.append({"kind": kind_j, **row})
+                table.append({**method, "prompts": rows, **_summary(rows)})
     finally:
-        _release(lock, out)
-    log(format_table(report))
-    log(f"report: {out / 'report.html'} (open it in a browser) and {out / 'report.png'}; scores in "
-        f"{out / 'scores.json'}")
-    return ScoreResult(html=out / "report.html", png=out / "report.png", scores=out / "scores.json", report=report)
+        drawing.bar.close()
+    return table, drawn
+
+
+def _report(config: ScoreConfig, plan: _Plan, model: Model, judge: ClipJudge, drawing: Drawing,
+            training_files: list[str], table: list[dict], losses: list, seconds: dict) -> dict:
+    """scores.json's content, which the sheet and the HTML page show too."""
+    return {
+        "title": f"textinv score: {plan.emb.token}",
+        "embedding": {"path": _named_as(config.embedding), "token": plan.emb.token, "vectors": plan.emb.num_vectors,
+                      "metadata": plan.emb.metadata},
+        "compared": [{"path": path, "token": other.token, "metadata": other.metadata} for other, path in plan.others],
+        "images": absolute(plan.images) if plan.images else ", ".join(s["images"] for s in plan.subsets),
+        "training_files": training_files, "model": model.describe(),
+        "clip": judge.source, "settings": {**dataclasses.asdict(config), "steps": drawing.steps,
+                                           "guidance": drawing.guidance,
+                                           # (the model as loaded: the run's revision and variant, if not given)
+                                           **{k: model.loaded_with.get(k) for k in ("revision", "variant")},
+                                           "clip_skip": drawing.clip_skip, "resolution": drawing.size,
+                                           "property": plan.kind},
+        "seeds": drawing.seeds, "training_similarity": training_similarity(drawing.training), "methods": table,
+        "loss": [list(x) for x in losses], "textinv_version": __version__,
+        "seconds": seconds,
+    }
+
+
+def _write_report(partial: Path, report: dict, pictures: list[Image.Image], drawn: dict, losses: list) -> None:
+    """report.png (the sheet), report.html and scores.json, into the report being built."""
+    loss_png = draw_loss_curve(losses) if losses else None
+    with atomic_path(partial / "report.png") as tmp:
+        draw_sheet(report, pictures, drawn, loss_png).save(tmp, format="PNG")
+    write_text(partial / "report.html", render_html(report, loss_png))
+    write_json(partial / "scores.json", report)
 
 
 @dataclass
