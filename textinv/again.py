@@ -804,44 +804,22 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
     """A picture ComfyUI saved: its settings read from the sampler the saved picture comes from and the nodes that
     sampler's inputs reach (the prompts' text encoders, the empty latent, the checkpoint, LoRA and VAE loaders, clip
     skip); what the graph holds beside them that changes the picture is named."""
-    try:
-        nodes = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"--again {path}: its ComfyUI 'prompt' text is not JSON ({e}); the file was "
-                          f"altered") from None
-    if not isinstance(nodes, dict) or not all(isinstance(n, dict) for n in nodes.values()):
-        raise ConfigError(f"--again {path}: its ComfyUI 'prompt' text holds no graph of nodes; the file was altered")
-    graph = _ComfyGraph(path, {str(k): v for k, v in nodes.items()})
+    # 1. the graph, and the sampler the saved picture comes from
+    graph = _parsed_comfy_graph(path, text)
     notes: list[str] = []
     save, sampler, decoder, changed = _comfy_saved(graph, picture_size, notes)
     settings: dict[str, Any] = {}
     needs: dict[str, str] = {}
-    # a hires fix's two passes: the first's settings are the drawing's, the second's the hires fix's
+    # 2. its passes: a hires fix's two (the first's settings are the drawing's, the second's the hires fix's), or
+    # an img2img's
     hires = _comfy_hires(graph, sampler, picture_size, changed, needs, notes)
     read = {sampler}
-    others = [n for n in graph.nodes if graph.cls(n) in _COMFY_SAMPLER_NODES and n != sampler
-              and not (hires and n == hires.first)]
-    if others:
-        described = "; ".join(f"{graph.named(n)}: seed {graph.value(n, graph.seed_input(n), (int,))}, "
-                              f"{graph.value(n, 'steps', (int,))} steps" for n in others)
-        first = f", and its hires fix's first pass {graph.named(hires.first)}, which are" if hires else " and which is"
-        notes.append(f"{path}: its ComfyUI graph has other samplers than {graph.named(sampler)}, which the saved "
-                     f"picture comes from{first} read: {described} (not applied)")
+    _comfy_other_samplers(graph, sampler, hires, notes)
     if hires is not None:
         settings.update(hires.settings)
         read |= hires.read
         sampler = hires.first
-    named, inputs = graph.named(sampler), graph.inputs(sampler)
-
-    for name, setting, kinds in ((graph.seed_input(sampler), "seed", (int,)), ("steps", "steps", (int,)),
-                                 ("cfg", "guidance", (int, float))):
-        value = graph.value(sampler, name, kinds)
-        if value is None:
-            needs[setting] = (f"--again {path}: its ComfyUI {named} takes its {name} from a node textinv cannot read "
-                              f"it from: give it with --{setting}")
-        else:
-            settings[setting] = value
-    _comfy_sampler(graph, sampler, False, settings, needs)
+    _comfy_drawing(graph, sampler, settings, needs)
     # img2img: its steps counted as textinv's img2img counts them; drawn from the prompt alone, the sampler's own
     img2img = _comfy_img2img(graph, sampler, changed, notes) if hires is None else None
     if img2img is not None:
@@ -849,7 +827,67 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
         read |= img2img.read
     elif hires is None:
         _comfy_partial(graph, sampler, notes)
+    # 3. what the sampler's inputs reach: the prompts (and clip skip), the size, the model, LoRAs and VAE
+    clip = _comfy_prompts(graph, sampler, settings, needs, notes, read)
+    _comfy_size(graph, sampler, picture_size, changed, settings, notes)
+    unread = _comfy_model(graph, sampler, decoder, clip, settings, needs, notes)
+    # 4. what else the saved picture passed through, named as not applied
+    other = [graph.named(n) for n in graph.passed(save)
+             if (graph.cls(n) not in _COMFY_READ and n not in read) or n in unread]
+    if other:
+        notes.append(f"{path}: not applied from its ComfyUI graph: {', '.join(other)} (textinv draws with the model, "
+                     f"prompts, LoRAs and VAE alone), so the redraw is without them")
+    if img2img is None:
+        return Picture(path, "comfyui", _typed(path, settings), needs=needs, notes=notes)
+    return Picture(path, "comfyui", _typed(path, settings), needs=needs, notes=notes,
+                   without_init=img2img.without_init, text_only={"steps": img2img.own_steps, "denoise": None},
+                   with_init=img2img.with_init)
 
+
+def _parsed_comfy_graph(path: Path, text: str) -> _ComfyGraph:
+    """The graph in a picture's ComfyUI 'prompt' text, checked to be one."""
+    try:
+        nodes = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"--again {path}: its ComfyUI 'prompt' text is not JSON ({e}); the file was "
+                          f"altered") from None
+    if not isinstance(nodes, dict) or not all(isinstance(n, dict) for n in nodes.values()):
+        raise ConfigError(f"--again {path}: its ComfyUI 'prompt' text holds no graph of nodes; the file was altered")
+    return _ComfyGraph(path, {str(k): v for k, v in nodes.items()})
+
+
+def _comfy_other_samplers(graph: _ComfyGraph, sampler: str, hires: _ComfyHires | None, notes: list[str]) -> None:
+    """A note naming the samplers the saved picture does not come from (they are not applied)."""
+    others = [n for n in graph.nodes if graph.cls(n) in _COMFY_SAMPLER_NODES and n != sampler
+              and not (hires and n == hires.first)]
+    if others:
+        described = "; ".join(f"{graph.named(n)}: seed {graph.value(n, graph.seed_input(n), (int,))}, "
+                              f"{graph.value(n, 'steps', (int,))} steps" for n in others)
+        first = f", and its hires fix's first pass {graph.named(hires.first)}, which are" if hires else " and which is"
+        notes.append(f"{graph.path}: its ComfyUI graph has other samplers than {graph.named(sampler)}, which the "
+                     f"saved picture comes from{first} read: {described} (not applied)")
+
+
+def _comfy_drawing(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], needs: dict[str, str]) -> None:
+    """The sampler's seed, steps and guidance (or what it needs given, where another node gives them), and its
+    sampler and schedule (`_comfy_sampler`)."""
+    named = graph.named(sampler)
+    for name, setting, kinds in ((graph.seed_input(sampler), "seed", (int,)), ("steps", "steps", (int,)),
+                                 ("cfg", "guidance", (int, float))):
+        value = graph.value(sampler, name, kinds)
+        if value is None:
+            needs[setting] = (f"--again {graph.path}: its ComfyUI {named} takes its {name} from a node textinv cannot "
+                              f"read it from: give it with --{setting}")
+        else:
+            settings[setting] = value
+    _comfy_sampler(graph, sampler, False, settings, needs)
+
+
+def _comfy_prompts(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], needs: dict[str, str],
+                   notes: list[str], read: set[str]) -> list[str]:
+    """The sampler's positive and negative prompts (or what it needs given), and the clip skip of the CLIP that
+    encodes the positive one; returns that CLIP's chain of nodes (its LoRAs are read from it)."""
+    path, named, inputs = graph.path, graph.named(sampler), graph.inputs(sampler)
     clip: list[str] = []
     for side, setting in (("positive", "prompt"), ("negative", "negative_prompt")):
         prompt, encoders, why = graph.prompt(graph.link(inputs.get(side)))
@@ -870,7 +908,7 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
                                  f"text_g")
         if side == "positive":
             # (a ConditioningCombine it went through is drawn, as AND: not named as not applied)
-            read |= {n for n in graph.passed(graph.link(inputs[side])[0]) if graph.cls(n) == "ConditioningCombine"}
+            read.update(n for n in graph.passed(graph.link(inputs[side])[0]) if graph.cls(n) == "ConditioningCombine")
             clips = [graph.inputs(encoder).get("clip") for encoder in encoders]
             if any(other != clips[0] for other in clips[1:]):
                 notes.append(f"{path}: its combined prompts are encoded by other CLIPs (another clip skip or LoRA "
@@ -880,8 +918,14 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
             skip = _comfy_clip_skip(graph, clip, needs, notes)
             if skip is not None:
                 settings["clip_skip"] = skip
+    return clip
 
-    size = graph.latent_size(graph.link(inputs.get("latent_image")))
+
+def _comfy_size(graph: _ComfyGraph, sampler: str, picture_size: tuple[int, int], changed: bool,
+                settings: dict[str, Any], notes: list[str]) -> None:
+    """The size the sampler drew at: its empty latent's, else the saved picture's where nothing resized it."""
+    path, named = graph.path, graph.named(sampler)
+    size = graph.latent_size(graph.link(graph.inputs(sampler).get("latent_image")))
     if size is not None:
         settings["width"], settings["height"], batch, empty = size
         if batch > 1:
@@ -894,7 +938,13 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
         notes.append(f"{path}: its ComfyUI graph does not say the size {named} drew at (it did not start from an "
                      f"EmptyLatentImage, and the picture was resized after): give --width and --height")
 
-    model = graph.chain(graph.link(inputs.get("model")), ("model",))
+
+def _comfy_model(graph: _ComfyGraph, sampler: str, decoder: str | None, clip: list[str], settings: dict[str, Any],
+                 needs: dict[str, str], notes: list[str]) -> list[str]:
+    """The model (always needed given: ComfyUI names it as its own folder does), the LoRAs on it and on `clip` (as
+    tags added to the prompt) and a VAE loaded beside the checkpoint; returns the LoRA nodes not read."""
+    path = graph.path
+    model = graph.chain(graph.link(graph.inputs(sampler).get("model")), ("model",))
     loaded = [(what, graph.value(model[-1], key, (str,))) for key, what in
               (("ckpt_name", "checkpoint"), ("unet_name", "diffusion model"))] if model else []
     model_named = next((f"{what} {name}" for what, name in loaded if name), "its model is not named")
@@ -912,16 +962,7 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
     if vae is not None and graph.cls(vae[0]) == "VAELoader":
         notes.append(f"{path} was decoded with ComfyUI's VAE {graph.value(vae[0], 'vae_name', (str,))} "
                      f"({graph.named(vae[0])}), not its checkpoint's: give it with --vae (its file or folder)")
-    other = [graph.named(n) for n in graph.passed(save)
-             if (graph.cls(n) not in _COMFY_READ and n not in read) or n in unread]
-    if other:
-        notes.append(f"{path}: not applied from its ComfyUI graph: {', '.join(other)} (textinv draws with the model, "
-                     f"prompts, LoRAs and VAE alone), so the redraw is without them")
-    if img2img is None:
-        return Picture(path, "comfyui", _typed(path, settings), needs=needs, notes=notes)
-    return Picture(path, "comfyui", _typed(path, settings), needs=needs, notes=notes,
-                   without_init=img2img.without_init, text_only={"steps": img2img.own_steps, "denoise": None},
-                   with_init=img2img.with_init)
+    return unread
 
 
 def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int], notes: list[str]) -> tuple[str, str, str | None, bool]:
