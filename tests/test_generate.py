@@ -1743,6 +1743,18 @@ def _comfy_hires_graph():
     return graph
 
 
+def test_again_reads_a_comfyui_graph_whose_latents_go_round_in_a_loop_without_recursing_forever(tmp_path):
+    """An edited graph whose first sampler's latent comes from the second, which enlarges the first's: following the
+    latents back raised RecursionError. The loop is a latent that starts from no empty one (as an img2img's), said."""
+    from textinv.again import read_picture
+
+    graph = _comfy_hires_graph()
+    graph["3"]["inputs"]["latent_image"] = ["11", 0]
+    picture = read_picture(_comfy_picture(tmp_path / "loop.png", graph, (48, 32)))
+    assert (picture.settings["seed"], picture.settings["width"], picture.settings["height"]) == (77, 48, 32)
+    assert any("refined a picture it was given" in note for note in picture.notes), picture.notes
+
+
 def test_again_reads_the_sampler_a_comfyui_picture_comes_from_of_several(sd1_dir, tmp_path):
     """Two samplers that are no hires fix textinv draws (the first refined a latent itself): the one the saved picture
     comes from is read (its size the upscaled one), the other named, drawing from noise said. Of two saved pictures

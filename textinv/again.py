@@ -706,18 +706,21 @@ class _ComfyGraph:
             link = self.upstream(last, names)
         return None, decoder, changed, last
 
-    def latent_size(self, link: Link | None) -> tuple[int, int, int, str] | None:
+    def latent_size(self, link: Link | None, seen: frozenset[str] = frozenset()
+                    ) -> tuple[int, int, int, str] | None:
         """(width, height, batch size, the EmptyLatentImage's id) of the latent a sampler starts from, through other
-        samplers and latent upscales (a hires pass); None when it starts from another (a picture's: img2img)."""
-        if link is None:
+        samplers and latent upscales (a hires pass); None when it starts from another (a picture's: img2img) or the
+        links go round in a loop (an edited graph: ComfyUI runs none)."""
+        if link is None or link[0] in seen:
             return None
         node, cls, ints = link[0], self.cls(link[0]), (int,)
+        seen = seen | {node}
         if cls == "EmptyLatentImage":
             size = [self.value(node, name, ints) for name in ("width", "height", "batch_size")]
             return None if None in size else (*size, node)
         if cls in _COMFY_SAMPLER_NODES:
-            return self.latent_size(self.link(self.inputs(node).get("latent_image")))
-        base = self.latent_size(self.link(self.inputs(node).get("samples")))
+            return self.latent_size(self.link(self.inputs(node).get("latent_image")), seen)
+        base = self.latent_size(self.link(self.inputs(node).get("samples")), seen)
         if base is None or cls not in ("LatentUpscale", "LatentUpscaleBy"):
             return None
         width, height, batch, empty = base
