@@ -12,6 +12,7 @@ The files that carry it (see /work/shared/FORMATS.md for the full table):
     onetrainer       <name>.safetensors           {"emp_params": [n, d]} (+ "emp_params_out", ignored); read only
     sdxl             <name>.safetensors           {"clip_l": [n, 768], "clip_g": [n, 1280]}
     diffusers-sdxl   learned_embeds.safetensors + learned_embeds_2.safetensors, one {token: [n, d]} per encoder
+    lora-bundle      <lora>.safetensors           a LoRA's tensors + "bundle_emb.<NAME>.<key>" per embedding; read only
 
 Decisions worth knowing:
 - Files are recognised by their bytes (safetensors header, torch zip/pickle, PNG/WebP signature), never by the
@@ -36,6 +37,11 @@ Decisions worth knowing:
   also as `learned_embeds-steps-N` / `learned_embeds_2-steps-N`; for other names the partner of `x.safetensors` is
   `x_2.safetensors`, as our writer names it). A partner with another number of vectors is an error. Pass
   `pair=False` to read one file alone, or name both files with `load_embedding_pair`.
+- lora-bundle: a LoRA may carry embeddings, as the A1111 web UI (extensions-builtin/Lora/networks.py), Forge and
+  OneTrainer's "bundle embeddings" write and read them: `bundle_emb.NAME.KEY`, where NAME (no dot) is what prompts
+  call it and KEY one tensor name of an embedding file: `string_to_param.*` (an A1111 .pt's dict), `emb_params`, or
+  `clip_l` + `clip_g` (any single tensor name reads as its one tensor, as the web UI reads it). `FILE::NAME` names one
+  (`split_bundle`); a file that bundles one alone gives it without; a LoRA that bundles none is refused as a LoRA.
 """
 
 from __future__ import annotations
@@ -63,7 +69,9 @@ from .io import atomic_path
 FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "sdxl", "diffusers-sdxl")
 TOKEN_FREE_FORMATS = ("diffusers", "diffusers-bin", "diffusers-sdxl")  # files named learned_embeds.*, any token
 DETECTED_FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "onetrainer", "sdxl", "clip_l",
-                    "diffusers-sdxl")
+                    "diffusers-sdxl", "lora-bundle")
+BUNDLE_PREFIX = "bundle_emb."  # a LoRA's bundled embeddings: bundle_emb.<NAME>.<the embedding file's tensor name>
+BUNDLE_SEPARATOR = "::"  # FILE::NAME, one embedding bundled in a LoRA file
 
 PNG_CHUNK = "sd-ti-embedding"  # the text chunk A1111 reads an embedding from
 RECORD_KEY = "textinv_settings"  # the text chunk of a picture textinv drew: its settings, as JSON (`generate`)
@@ -417,6 +425,10 @@ def _located_read(path, token: str | None, pair: bool) -> tuple[Path, _Read]:
     token its token_identifier.txt names when no `token` is given (`_with_token_identifier`)."""
     from .hub import fetch_embedding, hub_reference
 
+    path, bundle = split_bundle(path)
+    if bundle is not None:  # (named as the web UI and prompts call it; never one half of a pair)
+        file = _local_file(path)
+        return Path(f"{file}{BUNDLE_SEPARATOR}{bundle}"), _read(file, bundle)
     reference = hub_reference(path)  # (once: it looks at the disk)
     file = fetch_embedding(*reference) if reference is not None else _local_file(path)
     read = _read_paired(file, pair)
@@ -515,7 +527,52 @@ def detect_format(path: str | Path) -> str:
     >>> detect_format("embeddings/charturner.pt")   # doctest: +SKIP
     'a1111'
     """
-    return _read_paired(_resolve(path)).format
+    return _located_read(path, None, True)[1].format
+
+
+def split_bundle(path: str | Path) -> tuple[str | Path, str | None]:
+    """(file, NAME) for `FILE::NAME`, one embedding bundled in a LoRA file (see lora-bundle above); anything else,
+    a file that is there whatever its name holds included, as it is with None.
+
+    >>> split_bundle("Lora/style.safetensors::mystyle"), split_bundle("my-dog.pt")
+    (('Lora/style.safetensors', 'mystyle'), ('my-dog.pt', None))
+    """
+    text = str(path)
+    if BUNDLE_SEPARATOR not in text or Path(text).exists():
+        return path, None
+    file, name = text.rsplit(BUNDLE_SEPARATOR, 1)
+    return file, name
+
+
+def bundled_names(path: str | Path) -> list[str]:
+    """The names of the embeddings a LoRA file bundles (`bundle_emb.NAME.KEY`), in the file's order, read from its
+    header alone; [] for any other file (one that is no safetensors file too).
+
+    >>> bundled_names("Lora/style.safetensors")   # doctest: +SKIP
+    ['mystyle']
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return _bundle_names(f.keys())
+    except Exception:  # (not a safetensors file: it bundles nothing)
+        return []
+
+
+def _bundle_names(keys) -> list[str]:
+    rests = [k[len(BUNDLE_PREFIX):] for k in map(str, keys) if k.startswith(BUNDLE_PREFIX)]
+    return list(dict.fromkeys(rest.split(".", 1)[0] for rest in rests if "." in rest))
+
+
+def load_bundled(path: str | Path) -> list[LearnedEmbedding]:
+    """Every embedding a LoRA file bundles, each with its NAME as token, as the web UI installs them when a prompt
+    names the LoRA; [] for a LoRA that bundles none.
+
+    >>> [emb.token for emb in load_bundled("Lora/style.safetensors")]   # doctest: +SKIP
+    ['mystyle']
+    """
+    return [load_embedding(f"{path}{BUNDLE_SEPARATOR}{name}") for name in bundled_names(path)]
 
 
 def diffusers_file(folder: Path) -> Path | None:
@@ -569,8 +626,9 @@ class ModelSpecWarning(UserWarning):
     """A file's modelspec.architecture does not fit its vectors."""
 
 
-def _read(path: Path) -> _Read:
-    """Open `path` as whatever its first bytes say it is and interpret the content's layout."""
+def _read(path: Path, bundle: str | None = None) -> _Read:
+    """Open `path` as whatever its first bytes say it is and interpret the content's layout; `bundle`: the NAME of
+    one embedding a LoRA file bundles (see lora-bundle above)."""
     with open(path, "rb") as f:
         head = f.read(16)
     if not head:
@@ -580,9 +638,17 @@ def _read(path: Path) -> _Read:
     if head.startswith(b"\xff\xd8\xff"):  # a JPEG holds no embedding, but may be a drawn picture: said so
         _read_image(path)
     header_len = int.from_bytes(head[:8], "little")
-    if head[8:9] == b"{" and header_len <= _MAX_SAFETENSORS_HEADER:  # checked first: a header length can start 0x80
-        obj, metadata = _read_safetensors(path, header_len)
-        return _interpret(path, obj, metadata, "diffusers")
+    safetensors = head[8:9] == b"{" and header_len <= _MAX_SAFETENSORS_HEADER  # first: a length can start 0x80
+    if bundle is not None and not safetensors:
+        raise FormatError(f"{path}{BUNDLE_SEPARATOR}{bundle}: {path} is no LoRA .safetensors file, so it bundles no "
+                          f"embeddings; name the embedding file alone")
+    if safetensors:
+        obj, metadata, bundle = _read_safetensors(path, header_len, bundle)
+        if bundle is None:
+            return _interpret(path, obj, metadata, "diffusers")
+        # the web UI calls a bundled embedding by its NAME, whatever the tensor inside is keyed by
+        read = _interpret(Path(f"{path}{BUNDLE_SEPARATOR}{bundle}"), obj, {}, "diffusers")
+        return read._replace(format="lora-bundle", token=bundle)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip archive, or a legacy raw pickle
         _check_size(path, None)  # (a pickle's names are only known once the whole file is loaded)
         return _interpret(path, _read_pickle(path), {}, "diffusers-bin")
@@ -590,7 +656,10 @@ def _read(path: Path) -> _Read:
                       "with an embedding chunk")
 
 
-def _read_safetensors(path: Path, header_len: int) -> tuple[dict, dict]:
+def _read_safetensors(path: Path, header_len: int, bundle: str | None = None) -> tuple[dict, dict, str | None]:
+    """The tensors and metadata of an embedding file, with None; of a LoRA that bundles embeddings, the one named
+    `bundle` (or its only one) as the web UI gives it to its embedding loader, no metadata (the LoRA's is not the
+    embedding's), and its NAME."""
     from safetensors import safe_open
 
     size = path.stat().st_size
@@ -601,6 +670,10 @@ def _read_safetensors(path: Path, header_len: int) -> tuple[dict, dict]:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             keys = list(f.keys())
+            names = _bundle_names(keys)
+            if names or bundle is not None:  # (before the size check: a LoRA is megabytes)
+                bundle = _pick_bundle(path, names, bundle)
+                return _bundle_dict(f, keys, bundle), {}, bundle
             # named now, from the header: the tensors may be a model's gigabytes. Names that are no embedding's, or
             # a modelspec that says the file is something else (a LoRA's...), refuse it
             if not embedding_layout(keys) or modelspec.other_kind(metadata) is not None:
@@ -613,7 +686,40 @@ def _read_safetensors(path: Path, header_len: int) -> tuple[dict, dict]:
         raise FormatError(f"{path}: not a readable safetensors file ({e}); it may be truncated or damaged: "
                           "get the file again") from None
     metadata.pop("format", None)  # the container's own tag ("pt"), not something about the embedding
-    return tensors, metadata
+    return tensors, metadata, None
+
+
+def _pick_bundle(path: Path, names: list[str], bundle: str | None) -> str:
+    """The NAME of the bundled embedding to read: `bundle`, else the file's only one; a name the file does not
+    bundle, or a choice left open among several, is refused with the names there are."""
+    listed = ", ".join(names)
+    if bundle is None and len(names) > 1:
+        raise FormatError(f"{path}: a LoRA that bundles {len(names)} embeddings ({listed}): name one as "
+                          f"{path}{BUNDLE_SEPARATOR}{names[0]}")
+    if bundle is None:
+        return names[0]
+    if bundle not in names:
+        held = f"it bundles {listed}" if names else "it bundles no embeddings"
+        raise FormatError(f"{path}{BUNDLE_SEPARATOR}{bundle}: {path} bundles no embedding {bundle!r} ({held}); "
+                          + (f"name one of them after {BUNDLE_SEPARATOR}" if names else
+                             f"give the file without {BUNDLE_SEPARATOR}{bundle}"))
+    return bundle
+
+
+def _bundle_dict(f, keys: list[str], name: str) -> dict:
+    """One bundled embedding's tensors as the web UI's LoRA loader hands them to its embedding loader:
+    `bundle_emb.NAME.string_to_param.K` as an A1111 file's {"string_to_param": {K: tensor}}, any other
+    `bundle_emb.NAME.KEY` (emb_params, clip_l, clip_g) as {KEY: tensor}."""
+    prefix = f"{BUNDLE_PREFIX}{name}."
+    obj: dict = {}
+    for key in keys:
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            if rest.startswith("string_to_param."):
+                obj["string_to_param"] = {rest.split(".", 1)[1]: f.get_tensor(key)}
+            else:
+                obj[rest] = f.get_tensor(key)
+    return obj
 
 
 class _PickledParameterDict:
@@ -973,4 +1079,5 @@ def _check_format(format: str) -> None:
 __all__ = [
     "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "LearnedEmbedding", "default_filename", "second_file",
     "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for", "describe",
+    "split_bundle", "bundled_names", "load_bundled",
 ]
