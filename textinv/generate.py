@@ -38,8 +38,9 @@ from .config import REFINER_SWITCH_AT, GenerateConfig, check_refiner_switch, che
 from .data import load_image, prepare_image
 from .errors import ConfigError, FormatError, ModelError, TokenError
 from .families import FAMILY_NAMES, describe_widths
-from .formats import (RECORD_KEY, LearnedEmbedding, ModelSpecWarning, diffusers_file, load_embedding,
-                      load_embedding_pair)
+from .formats import (BUNDLE_PREFIX, BUNDLE_SEPARATOR, RECORD_KEY, LearnedEmbedding, ModelSpecWarning,
+                      bundled_names, diffusers_file, load_bundled, load_embedding, load_embedding_pair,
+                      split_bundle)
 from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
@@ -1177,8 +1178,8 @@ def _memory_error(where: _Where, error: BaseException):
 
 class Checked(NamedTuple):
     """What `checked_settings` read: the settings validated (a copy), the prompts' jobs (`_jobs`), the embeddings
-    and their files, the LoRA files, the --init-image pictures (`_InitPictures`, each read once) and the --mask's
-    `Inpaint`."""
+    and their files, the LoRA files, the --init-image pictures (`_InitPictures`, each read once), the --mask's
+    `Inpaint`, and the LoRA each embedding bundled in one comes from (`_add_bundled`: token -> LoRA name)."""
 
     config: GenerateConfig
     jobs: list
@@ -1187,6 +1188,7 @@ class Checked(NamedTuple):
     loras: list
     pictures: "_InitPictures"
     inpaint: Inpaint | None
+    bundled: dict
 
 
 def checked_settings(config: GenerateConfig) -> Checked:
@@ -1226,16 +1228,76 @@ def checked_settings(config: GenerateConfig) -> Checked:
     if config.hires_model and loras:  # (they would be applied to the first pass's model alone)
         raise ConfigError(f"--hires-model draws without the prompts' LoRAs ({', '.join(sorted(loras))}) as yet: leave "
                           f"the <lora:...> tags out, or --hires-model (the hires fix then redraws with --model)")
+    bundled = _add_bundled(loras, embeddings, paths)
+    _check_bundled_prompted(config, jobs, bundled, loras)
     pictures = _InitPictures(refine.init_pictures(config.init_image))  # (a bad picture: said before the model loads)
     inpaint = mask_settings(config, pictures.sizes)  # (a bad mask too)
-    return Checked(config, jobs, embeddings, paths, loras, pictures, inpaint)
+    return Checked(config, jobs, embeddings, paths, loras, pictures, inpaint, bundled)
+
+
+def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], paths: list[str]) -> dict[str, str]:
+    """Add the embeddings the prompts' LoRA files bundle (`formats.load_bundled`) to `embeddings` (and their
+    `FILE::NAME` to `paths`), as the A1111 web UI installs them with their LoRA (extensions-builtin/Lora/networks.py);
+    return the LoRA each comes from, by token. As there, a bundled name that an --embedding already gives is skipped
+    with a warning (its embeddings folder's file wins), and the LoRA's multipliers do not touch the vectors. Two LoRAs
+    that bundle one name with different vectors are refused: which the web UI draws is not knowable from here."""
+    given = {emb.token.lower() for emb in embeddings}
+    added: dict[str, LearnedEmbedding] = {}  # (by token, lowercased: CLIP's tokenizers read them so)
+    bundled: dict[str, str] = {}
+    for name, path in loras.items():
+        for emb in load_bundled(path):
+            key = emb.token.lower()
+            if key in given:
+                warnings.warn(f"<lora:{name}> bundles the embedding {emb.token!r}, which an --embedding gives too: "
+                              f"the --embedding is drawn, as the web UI skips a bundled embedding its embeddings "
+                              f"folder has", stacklevel=3)
+            elif key in added:
+                other = added[key]
+                if other.widths != emb.widths or any(not torch.equal(other.vectors[k], emb.vectors[k])
+                                                     for k in emb.vectors):
+                    raise TokenError(f"<lora:{bundled[other.token]}> and <lora:{name}> both bundle an embedding "
+                                     f"{emb.token!r}, with other vectors: which one the web UI draws is not knowable; "
+                                     f"give the one meant as --embedding {path}{BUNDLE_SEPARATOR}{emb.token}")
+            else:
+                embeddings.append(emb)
+                paths.append(f"{path}{BUNDLE_SEPARATOR}{emb.token}")
+                added[key], bundled[emb.token] = emb, name
+    return bundled
+
+
+def _check_bundled_prompted(config: GenerateConfig, jobs: list, bundled: dict[str, str],
+                            loras: dict[str, Path]) -> None:
+    """Refuse a prompt that writes a bundled embedding's name without the LoRA that bundles it in its pass: the web
+    UI has the name only while that LoRA is on, and reads it as words elsewhere; here the token is the model's for
+    the whole run, so it would draw the embedding."""
+    if not bundled:
+        return
+    hires_tags = emphasis.lora_tags(config.hires_prompt)[1] if config.hires_prompt else None
+    for job in jobs:
+        words, tags = emphasis.lora_tags(job.prompt)
+        passes = [([words, job.negative], tags)]
+        if config.hires_prompt or config.hires_negative_prompt:
+            passes.append(([emphasis.lora_tags(config.hires_prompt or "")[0], config.hires_negative_prompt or ""],
+                           tags if hires_tags is None else hires_tags))
+        for texts, on in passes:
+            on = {tag.name for tag in on}
+            texts = [emphasis.lora_tags(t)[0] for t in texts]  # (a tag's own name is no word of the prompt)
+            for token, lora in bundled.items():
+                said = next((t for t in texts if re.search(rf"(?<!\w){re.escape(token)}(?!\w)", t, re.IGNORECASE)),
+                            None)
+                if said is not None and lora not in on:
+                    raise ConfigError(
+                        f"{said[:60]!r} writes {token!r}, an embedding bundled in <lora:{lora}>, which its pass does "
+                        f"not apply: the web UI has a bundled embedding only while its LoRA is on (elsewhere it reads "
+                        f"the name as words); add <lora:{lora}:0> to that prompt (its embeddings without its weights), "
+                        f"or give it as --embedding {loras[lora]}{BUNDLE_SEPARATOR}{token}")
 
 
 def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_seeds: set[int] | None,
               where: _Where, refiner: Model | None = None) -> list[Path]:
     """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     check_model_object(model)
-    config, jobs, embeddings, paths, loras, pictures, inpaint = checked_settings(config)
+    config, jobs, embeddings, paths, loras, pictures, inpaint, bundled = checked_settings(config)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
@@ -1262,7 +1324,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
                              _embedding_sums(embeddings, paths, digests), where, pictures, inpaint, jobs, refiner,
-                             second)
+                             second, bundled)
         finally:
             unload_loras(model)
 
@@ -1495,10 +1557,10 @@ def apply_loras(model: Model, tags: list[emphasis.LoraTag], files: dict[str, Pat
         for tag in tags:
             if tag.name not in loaded:
                 adapter = f"lora{len(loaded)}"
-                _load_lora(model, tag.name, files[tag.name], adapter)
-                loaded[tag.name] = adapter
+                loaded[tag.name] = adapter if _load_lora(model, tag.name, files[tag.name], adapter) else None
+        tags = [t for t in tags if loaded[t.name] is not None]  # (a file of bundled embeddings alone: no weights)
         if not tags:
-            if loaded:
+            if any(loaded.values()):
                 pipe.disable_lora()
             return
         pipe.enable_lora()
@@ -1508,12 +1570,16 @@ def apply_loras(model: Model, tags: list[emphasis.LoraTag], files: dict[str, Pat
                             if loaded[t.name] in has} for t in tags])
 
 
-def _load_lora(model: Model, name: str, path: Path, adapter: str) -> None:
-    """Load one LoRA file as `adapter`. A file that fails can fail part-way (a LoRA of another family leaves its
+def _load_lora(model: Model, name: str, path: Path, adapter: str) -> bool:
+    """Load one LoRA file as `adapter`; False: it holds no weights, only bundled embeddings. A file that fails can fail part-way (a LoRA of another family leaves its
     adapter in the UNet, one whose text-encoder part does not fit leaves its UNet part): every LoRA comes off
     then, or the model would be handed back with half of it, and the next file would find its adapter name taken."""
     try:
-        model.pipeline.load_lora_weights(str(path), adapter_name=adapter)
+        with _lora_weights(path) as weights:
+            if weights is None:
+                return False
+            model.pipeline.load_lora_weights(str(weights), adapter_name=adapter)
+            return True
     except Exception as e:
         model.__dict__.pop("_loras", None)
         model.pipeline.unload_lora_weights()
@@ -1525,6 +1591,31 @@ def _load_lora(model: Model, name: str, path: Path, adapter: str) -> None:
             raise FormatError(f"<lora:{name}> ({path}) could not be applied to {model.source}: {why}; is it a LoRA "
                               f"for this model's family ({model.family})?") from None
         raise
+
+
+@contextlib.contextmanager
+def _lora_weights(path: Path):
+    """The file diffusers loads for a LoRA: `path`, or for one that bundles embeddings a copy without them, its
+    metadata kept (diffusers refuses a tensor name that is no LoRA's; the web UI sets them apart); None when it
+    holds nothing else (the web UI then changes no weights)."""
+    if not bundled_names(path):
+        yield path
+        return
+    import tempfile
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = f.metadata()
+        tensors = {key: f.get_tensor(key) for key in f.keys() if not key.startswith(BUNDLE_PREFIX)}
+    if not tensors:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        copy_path = Path(folder) / path.name
+        save_file(tensors, str(copy_path), metadata=metadata)
+        yield copy_path
 
 
 @contextlib.contextmanager
@@ -1540,7 +1631,7 @@ def _quiet_lora_loading():
 
 def unload_loras(model: Model) -> None:
     """Take every LoRA `apply_loras` loaded off the model: its weights are as before."""
-    if model.__dict__.pop("_loras", None):
+    if any((model.__dict__.pop("_loras", None) or {}).values()):  # (None: a file of bundled embeddings alone)
         model.pipeline.unload_lora_weights()
 
 
@@ -1585,6 +1676,8 @@ def _file_name(label: str) -> str:
     >>> _file_name("embeds/charturner.pt"), _file_name("me/Teal.Star-v1"), _file_name("me/x/style.safetensors")
     ('charturner', 'Teal.Star-v1', 'style')
     """
+    if split_bundle(label)[1] is not None:  # (FILE::NAME: the web UI calls a LoRA's bundled embedding by its NAME)
+        return split_bundle(label)[1]
     found = hub_reference(label)
     if found is not None:
         return Path(found[1]).stem if found[1] else found[0].split("/")[1]
@@ -1779,14 +1872,15 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
               progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
               embedding_sums: dict[str, str], where: _Where | None = None, pictures: _InitPictures | None = None,
               inpaint: Inpaint | None = None, jobs: list[dynamic.Job] | None = None,
-              refiner: Refiner | None = None, second: Model | None = None) -> list[Path]:
+              refiner: Refiner | None = None, second: Model | None = None,
+              bundled: dict[str, str] | None = None) -> list[Path]:
     """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
     `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
     (`_memory_error`); `pictures`: the --init-image pictures each prompt redraws (`_InitPictures`; None: no
     picture), each drawn with every seed of the prompt's; `inpaint`: their mask and its settings (--mask); `jobs`:
     the prompts and negative prompts as drawn from their templates, and their seeds (`_jobs`; None: each --prompt
     with every seed); `refiner`: --refiner loaded, its embeddings installed (`refiner_model`); `second`: --hires-model
-    so (`hires_model`)."""
+    so (`hires_model`); `bundled`: the LoRA each embedding bundled in one came from, by token (`_add_bundled`)."""
     pictures = pictures or _InitPictures([None])
     steps = config.steps or DEFAULT_STEPS
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
@@ -1803,7 +1897,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
                pictures, inpaint, recorded_sums=[digests[e] for e in config.embedding], embedding_sums=embedding_sums,
                mask_sum=file_sha256(Path(config.mask)) if config.mask else None, where=where or _Where(),
                keep_seeds=keep_seeds, names=names, mine=mine, suffix=_new_run_suffix(Path(config.out), mine),
-               refiner=refiner, hires_model=second)
+               refiner=refiner, hires_model=second, bundled=bundled or {})
     prompts = [_prompt(run, *texts[index], negatives[job.negative][0]) for index, job in enumerate(jobs)]
     bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
                desc="generate", unit="img")
@@ -1925,6 +2019,7 @@ class _Run:
     refiner: Refiner | None = None  # --refiner (`refiner_model`)
     hires_model: Model | None = None  # --hires-model (`hires_model`)
     written: list[Path] = field(default_factory=list)
+    bundled: dict[str, str] = field(default_factory=dict)  # token -> the LoRA that bundles it (`_add_bundled`)
 
 
 @dataclass(frozen=True)
@@ -2063,9 +2158,13 @@ def _prompt_hashes(run: _Run, loras: list[emphasis.LoraTag], prompts: list[str])
         if tag.name not in run.lora_sums:
             run.lora_sums[tag.name] = lora_sha256(run.loras[tag.name])
     used = _used_embeddings(run.model, run.embeddings, prompts, run.steps)
+    # a bundled embedding's "hash" is its LoRA's name (the web UI's BundledTIHash, with its default "Add Lora name
+    # as TI hashes for bundled Textual Inversion")
+    bundled = ", ".join(f"{hash_name(e.token)}: {run.bundled[e.token]}" for e in used if e.token in run.bundled)
+    files = webui_hashes({e.token: run.embedding_sums[e.token] for e in used
+                          if e.token in run.embedding_sums and e.token not in run.bundled})
     return {"lora_hashes": webui_hashes({tag.name: run.lora_sums[tag.name] for tag in loras}),
-            "ti_hashes": webui_hashes({e.token: run.embedding_sums[e.token] for e in used
-                                       if e.token in run.embedding_sums})}
+            "ti_hashes": ", ".join(text for text in (files, bundled) if text)}
 
 
 def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | None, init: Image.Image | None

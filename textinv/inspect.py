@@ -16,7 +16,8 @@ import torch
 from . import modelspec
 from .emphasis import CHUNK
 from .families import FAMILY_NAMES, FAMILY_WIDTHS, describe_widths
-from .formats import ModelSpecWarning, _resolve, a1111_png_name, describe, read_embedding
+from .formats import (BUNDLE_SEPARATOR, ModelSpecWarning, _resolve, a1111_png_name, bundled_names, describe,
+                      load_bundled, read_embedding, split_bundle)
 from .generate import uses_clip_l_half
 from .models import load_model
 from .tokens import base_embedding
@@ -63,7 +64,12 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
 
     >>> inspect_file("my-dog.pt", model="me/sd15", revision="v2")["revision"]   # doctest: +SKIP
     'v2'
+
+    A LoRA file that bundles embeddings is reported as the list of them (`bundled`); `FILE::NAME` inspects one.
     """
+    file, bundle = split_bundle(path)
+    if bundle is None and bundled_names(file):
+        return bundle_report(file)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         emb, layout = read_embedding(path)  # (the file read once)
@@ -115,9 +121,11 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
         lines.append(mismatch[0])
     # The web UIs call a file by its name, whatever token it stores (an image by its chunk's name, and they do not
     # read a diffusers-sdxl pair as one embedding): what their users type in a prompt
-    file = _resolve(Path(path))  # (a diffusers folder: its learned_embeds file)
+    file = _resolve(Path(file))  # (a diffusers folder: its learned_embeds file)
     stem = file.stem
-    if report["format"] == "a1111-png":  # (ComfyUI reads no image embeddings)
+    if report["format"] == "lora-bundle":  # (called by its NAME, the token)
+        pass
+    elif report["format"] == "a1111-png":  # (ComfyUI reads no image embeddings)
         called = a1111_png_name(file)
         if called and called != emb.token:
             report["web_ui_name"] = called
@@ -147,6 +155,18 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
         lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in own.items()))
     report["text"] = "\n".join(lines)
     return report
+
+
+def bundle_report(path) -> dict:
+    """`inspect_file`'s report on a LoRA file that bundles embeddings: each one's summary (`formats.describe`) in
+    "bundled", and a line for each in `text`: its name (what prompts call it, and `FILE::NAME` inspects it alone),
+    vectors and family."""
+    bundled = [describe(emb) for emb in load_bundled(path)]
+    lines = [f"{path}: a LoRA that bundles {len(bundled)} embedding{'s' * (len(bundled) != 1)}, installed with it by "
+             f"<lora:{Path(path).stem}> in a prompt (inspect one as {path}{BUNDLE_SEPARATOR}NAME)"]
+    lines += [f"{b['token']}: {b['num_vectors']} vectors, fits {b['family']} ({path}{BUNDLE_SEPARATOR}{b['token']})"
+              for b in bundled]
+    return {"file": str(path), "format": "lora-bundle", "bundled": bundled, "text": "\n".join(lines)}
 
 
 def encoder_lines(encoders: dict) -> list[str]:

@@ -1,0 +1,162 @@
+"""Embeddings bundled in LoRA files (bundle_emb.NAME.KEY, as the A1111 web UI, Forge and OneTrainer keep them):
+read, inspected and converted as one embedding, and installed by a prompt's <lora:...> tag."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from textinv.config import GenerateConfig
+from textinv.errors import ConfigError, FormatError, TokenError
+from textinv.formats import LearnedEmbedding, convert, detect_format, load_embedding, save_embedding
+from textinv.generate import generate
+from textinv.inspect import inspect_file
+from textinv.models import load_model
+from textinv.tiny import build_tiny_xl_pipeline
+from test_generate import _save_tiny_lora
+
+
+def _bundle(lora, out, bundles):
+    """`lora`'s tensors (None: none) and `bundles` ({NAME: {KEY: tensor}}) as `out`, the web UI's key layout."""
+    tensors = dict(load_file(str(lora))) if lora is not None else {}
+    for name, vectors in bundles.items():
+        tensors.update({f"bundle_emb.{name}.{key}": v.clone() for key, v in vectors.items()})
+    save_file(tensors, str(out), metadata={"ss_network_module": "networks.lora"})
+    return out
+
+
+@pytest.fixture
+def loras(tmp_path):
+    """Two LoRA folders holding mystyle.safetensors, the same LoRA: `plain` without, `bundled` with the bundled
+    embedding "bund" (2 vectors, the A1111 .pt's string_to_param layout); and those vectors."""
+    plain, bundled = tmp_path / "plain", tmp_path / "bundled"
+    plain.mkdir(), bundled.mkdir()
+    _save_tiny_lora(plain, "mystyle")
+    torch.manual_seed(3)
+    vectors = torch.randn(2, 32)
+    _bundle(plain / "mystyle.safetensors", bundled / "mystyle.safetensors", {"bund": {"string_to_param.*": vectors}})
+    return plain, bundled, vectors
+
+
+def test_a_bundled_embedding_reads_as_one_embedding_under_its_name(loras, tmp_path):
+    _, bundled, vectors = loras
+    lora = bundled / "mystyle.safetensors"
+    emb = load_embedding(lora)  # (its only one)
+    assert emb.token == "bund" and torch.equal(emb.vectors["text_encoder"], vectors)
+    assert detect_format(lora) == "lora-bundle" and emb.metadata == {}
+    # convert takes it out bit-exact, into any layout
+    for name in ("bund.pt", "bund.safetensors"):
+        convert(f"{lora}::bund", tmp_path / name)
+        assert torch.equal(load_embedding(tmp_path / name).vectors["text_encoder"], vectors)
+    # each vector key the web UI reads: emb_params, clip_l + clip_g (SDXL), any single tensor
+    l, g = torch.randn(1, 32), torch.randn(1, 64)
+    several = _bundle(None, tmp_path / "several.safetensors", {"k": {"emb_params": vectors}, "x": {"clip_l": l,
+                                                                                                   "clip_g": g}})
+    assert torch.equal(load_embedding(f"{several}::k").vectors["text_encoder"], vectors)
+    xl = load_embedding(f"{several}::x")
+    assert xl.token == "x" and torch.equal(xl.vectors["text_encoder"], l) and torch.equal(xl.vectors["text_encoder_2"], g)
+
+
+def test_bundles_are_named_or_refused_with_the_names_there_are(loras, tmp_path):
+    plain, bundled, vectors = loras
+    several = _bundle(None, tmp_path / "several.safetensors", {"a": {"emb_params": vectors}, "b": {"emb_params": vectors}})
+    with pytest.raises(FormatError, match=r"bundles 2 embeddings \(a, b\): name one as .*several.safetensors::a"):
+        load_embedding(several)
+    with pytest.raises(FormatError, match=r"bundles no embedding 'c' \(it bundles a, b\)"):
+        load_embedding(f"{several}::c")
+    # a LoRA without bundles is refused as before, and one named with ::NAME says it bundles none
+    with pytest.raises(FormatError, match=r"this is a LoRA .*<lora:mystyle> in a prompt"):
+        load_embedding(plain / "mystyle.safetensors")
+    with pytest.raises(FormatError, match="it bundles no embeddings"):
+        load_embedding(f"{plain / 'mystyle.safetensors'}::bund")
+
+
+def test_inspect_lists_a_loras_bundled_embeddings(loras, tmp_path):
+    _, bundled, vectors = loras
+    several = _bundle(bundled / "mystyle.safetensors", tmp_path / "several.safetensors",
+                      {"other": {"emb_params": torch.randn(3, 32)}})
+    report = inspect_file(several)
+    assert report["format"] == "lora-bundle"
+    assert [(b["token"], b["num_vectors"]) for b in report["bundled"]] == [("bund", 2), ("other", 3)]
+    assert "several.safetensors::bund" in report["text"] and "other: 3 vectors" in report["text"]
+    one = inspect_file(f"{several}::other")
+    assert one["token"] == "other" and one["num_vectors"] == 3
+
+
+def _draw(model, tmp_path, out, prompt, **settings):
+    paths = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=2, **settings), model=model,
+                     progress=False)
+    return np.asarray(Image.open(paths[0])), Image.open(paths[0]).text
+
+
+def test_a_lora_tag_installs_its_bundled_embeddings_as_the_same_vectors_given_as_embedding(sd1_dir, loras, tmp_path):
+    plain, bundled, vectors = loras
+    model = load_model(sd1_dir)
+    sizes = [len(tok) for _, tok, _ in model.encoders]
+    pt = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors}), tmp_path / "bund.pt", "a1111")[0]
+    prompt = "a photo of bund <lora:mystyle:0.5>"  # (the multiplier is the LoRA's, never the vectors')
+    drawn, text = _draw(model, tmp_path, "bundled", prompt, lora_dir=[str(bundled)])
+    given, _ = _draw(model, tmp_path, "given", prompt, lora_dir=[str(plain)], embedding=[str(pt)])
+    words, _ = _draw(model, tmp_path, "words", prompt, lora_dir=[str(plain)])
+    assert np.array_equal(drawn, given) and not np.array_equal(drawn, words)
+    assert 'TI hashes: "bund: mystyle"' in text["parameters"]  # (the web UI's: the LoRA's name as its hash)
+    assert [len(tok) for _, tok, _ in model.encoders] == sizes and not hasattr(model, "_loras")
+
+
+def test_an_embedding_given_beside_a_bundle_of_its_name_wins_as_in_the_web_ui(sd1_dir, loras, tmp_path):
+    plain, bundled, vectors = loras
+    model = load_model(sd1_dir)
+    other = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors.flip(0)}), tmp_path / "bund.pt",
+                           "a1111")[0]
+    prompt = "a photo of bund <lora:mystyle:1>"
+    with pytest.warns(UserWarning, match="bundles the embedding 'bund', which an --embedding gives too"):
+        drawn, _ = _draw(model, tmp_path, "both", prompt, lora_dir=[str(bundled)], embedding=[str(other)])
+    loose, _ = _draw(model, tmp_path, "loose", prompt, lora_dir=[str(plain)], embedding=[str(other)])
+    assert np.array_equal(drawn, loose)
+
+
+def test_bundled_names_outside_their_loras_prompts_and_clashing_bundles_are_refused(loras, tmp_path):
+    plain, bundled, vectors = loras
+    missing = str(tmp_path / "no-model")  # (refused before any model loads)
+    with pytest.raises(ConfigError, match=r"writes 'bund', an embedding bundled in <lora:mystyle>, which its pass "
+                                          r"does not apply.*<lora:mystyle:0>"):
+        generate(GenerateConfig(prompt=["a <lora:mystyle>", "a photo of bund"], out=str(tmp_path / "r"),
+                                model=missing, lora_dir=[str(bundled)]), progress=False)
+    _bundle(None, bundled / "second.safetensors", {"bund": {"emb_params": vectors.flip(0)}})
+    with pytest.raises(TokenError, match=r"<lora:mystyle> and <lora:second> both bundle an embedding 'bund'"):
+        generate(GenerateConfig(prompt=["bund <lora:mystyle> <lora:second>"], out=str(tmp_path / "r"),
+                                model=missing, lora_dir=[str(bundled)]), progress=False)
+
+
+def test_an_sdxl_bundle_installs_both_halves(tmp_path):
+    folder = tmp_path / "xl"
+    build_tiny_xl_pipeline().save_pretrained(folder)
+    model = load_model(folder)
+    torch.manual_seed(4)
+    halves = {"clip_l": torch.randn(2, model.widths[0]), "clip_g": torch.randn(2, model.widths[1])}
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    _bundle(None, loras / "xlstyle.safetensors", {"xq": halves})  # (a file of bundled embeddings alone)
+    file = save_embedding(LearnedEmbedding("xq", {"text_encoder": halves["clip_l"],
+                                                  "text_encoder_2": halves["clip_g"]}), tmp_path / "xq.safetensors",
+                          "sdxl")[0]
+    drawn, _ = _draw(model, tmp_path, "bundled", "a photo of xq <lora:xlstyle>", lora_dir=[str(loras)])
+    given, _ = _draw(model, tmp_path, "given", "a photo of xq", embedding=[str(file)])
+    assert np.array_equal(drawn, given)
+    # each half matters: the clip_g half changed alone draws another picture
+    _bundle(None, loras / "xlstyle.safetensors", {"xq": {**halves, "clip_g": halves["clip_g"].flip(0)}})
+    other, _ = _draw(model, tmp_path, "other", "a photo of xq <lora:xlstyle>", lora_dir=[str(loras)])
+    assert not np.array_equal(drawn, other)
+
+
+def test_embedding_takes_one_bundled_embedding_by_file_and_name(sd1_dir, loras, tmp_path):
+    plain, bundled, vectors = loras
+    model = load_model(sd1_dir)
+    pt = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors}), tmp_path / "bund.pt", "a1111")[0]
+    named, _ = _draw(model, tmp_path, "named", "a photo of bund",
+                     embedding=[f"{bundled / 'mystyle.safetensors'}::bund"])
+    given, _ = _draw(model, tmp_path, "given", "a photo of bund", embedding=[str(pt)])
+    assert np.array_equal(named, given)
