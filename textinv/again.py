@@ -158,7 +158,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
     _check_init_unchanged(picture, flags.get("init_image", settings.get("init_image")))
     _check_init_unchanged(picture, flags.get("mask", settings.get("mask")), "mask")
-    _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []))
+    _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []), _prompts(flags, settings))
     _check_lora_hashes(picture, _prompts(flags, settings), flags.get("lora_dir", []))
     keep = None
     settings["n"] = 1
@@ -1415,16 +1415,20 @@ def _check_init_unchanged(picture: Picture, init_image: str | None, name: str = 
                       f"now, so it will differ", stacklevel=3)
 
 
-def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str]) -> None:
+def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str], prompts: list[str] = ()) -> None:
     """Warn of an --embedding file that is not the one a web UI picture names: its "TI hashes" give each embedding's
     name and the first digits of its file's SHA-256 (`generate.webui_hashes`). A file whose SHA-256 begins with one
     of them is that embedding, whatever its name; one named as an embedding there (its file name, or its --token; in
     a folder given, the files so named) whose SHA-256 does not is another file or version. The embeddings no file
     given answers to are named too: without them the prompt reads their names as words. Names are compared in one
-    Unicode form (`run_folder.same_names`): a file copied from macOS keeps café's accent apart (NFD)."""
+    Unicode form (`run_folder.same_names`): a file copied from macOS keeps café's accent apart (NFD). An embedding
+    bundled in a LoRA is listed with the LoRA's name for its hash (the web UI's BundledTIHash): one whose LoRA a
+    `<lora:...>` tag of the `prompts` names comes with it, so no file is looked for."""
     if not picture.ti_hashes:
         return
-    wanted = {_nfc(name).lower(): (name, short) for name, short in picture.ti_hashes.items()}
+    tagged = {_nfc(tag.name).lower() for prompt in prompts for tag in lora_tags(prompt)[1]}
+    wanted = {_nfc(name).lower(): (name, short) for name, short in picture.ti_hashes.items()
+              if _nfc(short).lower() not in tagged}
     given: list[tuple[str, Path]] = []  # (the name it answers to, the file)
     for i, entry in enumerate(files):
         path = Path(entry).expanduser()
