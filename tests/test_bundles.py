@@ -58,6 +58,9 @@ def test_a_bundled_embedding_reads_as_one_embedding_under_its_name(loras, tmp_pa
     assert torch.equal(load_embedding(f"{several}::k").vectors["text_encoder"], vectors)
     xl = load_embedding(f"{several}::x")
     assert xl.token == "x" and torch.equal(xl.vectors["text_encoder"], l) and torch.equal(xl.vectors["text_encoder_2"], g)
+    # OneTrainer's bundles: clip_l (SD 1.x), its output vectors beside (clip_l_out) left out
+    onetrainer = _bundle(None, tmp_path / "ot.safetensors", {"<ot>": {"clip_l": l, "clip_l_out": l + 1}})
+    assert torch.equal(load_embedding(onetrainer).vectors["text_encoder"], l)
 
 
 def test_bundles_are_named_or_refused_with_the_names_there_are(loras, tmp_path):

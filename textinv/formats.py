@@ -527,7 +527,8 @@ def detect_format(path: str | Path) -> str:
     >>> detect_format("embeddings/charturner.pt")   # doctest: +SKIP
     'a1111'
     """
-    return _located_read(path, None, True)[1].format
+    path, bundle = split_bundle(path)
+    return _read(_local_file(path), bundle).format if bundle is not None else _read_paired(_resolve(path)).format
 
 
 def split_bundle(path: str | Path) -> tuple[str | Path, str | None]:
@@ -709,12 +710,16 @@ def _pick_bundle(path: Path, names: list[str], bundle: str | None) -> str:
 def _bundle_dict(f, keys: list[str], name: str) -> dict:
     """One bundled embedding's tensors as the web UI's LoRA loader hands them to its embedding loader:
     `bundle_emb.NAME.string_to_param.K` as an A1111 file's {"string_to_param": {K: tensor}}, any other
-    `bundle_emb.NAME.KEY` (emb_params, clip_l, clip_g) as {KEY: tensor}."""
+    `bundle_emb.NAME.KEY` (emb_params, clip_l, clip_g) as {KEY: tensor}; OneTrainer's `KEY_out` beside KEY left out
+    (the web UI reads an SDXL bundle's as the extra keys they are, and fails on an SD 1.x one's)."""
     prefix = f"{BUNDLE_PREFIX}{name}."
+    held = {key[len(prefix):] for key in keys if key.startswith(prefix)}
     obj: dict = {}
     for key in keys:
         if key.startswith(prefix):
             rest = key[len(prefix):]
+            if rest.endswith("_out") and rest[:-len("_out")] in held:
+                continue  # OneTrainer's output vectors (clip_l_out...), which loaders ignore
             if rest.startswith("string_to_param."):
                 obj["string_to_param"] = {rest.split(".", 1)[1]: f.get_tensor(key)}
             else:
