@@ -185,3 +185,34 @@ def test_again_takes_a_web_ui_pictures_bundled_embedding_from_its_lora_tag(sd1_d
 
     assert "no --embedding given is" not in said("a photo of bund <lora:MyStyle:0.5>")
     assert "drawn with the embeddings bund (its TI hashes), which no --embedding given is" in said("a photo of bund")
+
+
+def test_convert_into_lora_bundles_an_embedding_the_web_ui_way(loras, tmp_path):
+    from textinv.cli import main
+
+    plain, _, vectors = loras
+    lora = plain / "mystyle.safetensors"
+    pt = save_embedding(LearnedEmbedding("<dog>", {"text_encoder": vectors}), tmp_path / "dog.pt", "a1111")[0]
+    out = tmp_path / "style-dog.safetensors"
+    assert main(["convert", str(pt), str(out), "--into-lora", str(lora)]) == 0
+    written, before = load_file(str(out)), load_file(str(lora))
+    assert set(written) == set(before) | {"bundle_emb.<dog>.string_to_param.*"}
+    assert all(torch.equal(written[k], before[k]) for k in before)  # the LoRA as it was
+    assert torch.equal(load_embedding(f"{out}::<dog>").vectors["text_encoder"], vectors)
+    xl = save_embedding(LearnedEmbedding("xq", {"text_encoder": vectors, "text_encoder_2": torch.randn(2, 64)}),
+                        tmp_path / "xq.safetensors", "sdxl")[0]
+    convert(xl, tmp_path / "xl.safetensors", into_lora=lora)
+    assert {k for k in load_file(str(tmp_path / "xl.safetensors")) if k.startswith("bundle_emb")} == \
+        {"bundle_emb.xq.clip_l", "bundle_emb.xq.clip_g"}
+    cases = [(dict(dst=out), "already exists; pass --overwrite"),
+             (dict(dst=tmp_path / "x.pt"), "end the name in .safetensors"),
+             (dict(token="a.b"), "ends at its first dot"),
+             (dict(into_lora=out), r"bundles an embedding '<dog>' already"),
+             (dict(into_lora=pt), "not a readable .safetensors LoRA"),
+             (dict(into_lora=tmp_path / "xq.safetensors"), "holds no LoRA's tensors"),
+             (dict(to="a1111"), "give one of them")]
+    for change, message in cases:
+        settings = {"dst": tmp_path / "new.safetensors", "into_lora": lora, **change}
+        with pytest.raises(FormatError, match=message):
+            convert(pt, **settings)
+    assert not (tmp_path / "new.safetensors").exists()

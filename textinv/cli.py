@@ -142,7 +142,8 @@ def cmd_convert(args) -> int:
     # (a `~` the shell left as it is, quoted or after `=`: the home folder, as train and score read it)
     home = os.path.expanduser
     written = convert(embedding_file(Path(home(args.src))), home(args.dst), to=args.to, token=args.token,
-                      second=args.second and home(args.second), overwrite=args.overwrite)
+                      second=args.second and home(args.second), overwrite=args.overwrite,
+                      into_lora=args.into_lora and home(args.into_lora))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -332,6 +333,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--second", help="SDXL kept as two files (diffusers' SDXL script): the second text encoder's "
                                     "file, when it is not named as src's partner (learned_embeds_2.* is found alone)")
     p.add_argument("--overwrite", action="store_true", help="replace dst if it exists (default: refuse)")
+    p.add_argument("--into-lora", metavar="LORA", help="write LORA (.safetensors) with the embedding bundled in it to "
+                   "dst, as the web UI reads bundles: <lora:dst's name> in a prompt then installs it under its token")
     p.set_defaults(func=cmd_convert)
 
     from .config import MergeConfig

@@ -988,20 +988,79 @@ def _vectors(path: Path, value, where: str) -> torch.Tensor:
 
 
 def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str | None = None,
-            second: str | Path | None = None, overwrite: bool = False) -> list[Path]:
+            second: str | Path | None = None, overwrite: bool = False,
+            into_lora: str | Path | None = None) -> list[Path]:
     """Read `src` (any layout) and write it to `dst` as `to`; return the files written.
 
     Without `to`, the format follows dst's extension: .pt -> a1111, .png -> a1111-png, .bin -> diffusers-bin,
     .safetensors (or a folder) -> sdxl for an SDXL pair, else diffusers; `to="diffusers"` for an SDXL pair writes
     diffusers-sdxl (two files), as training does. `token` renames the embedding. `second`: the other half of an SDXL
     embedding kept as two single-encoder files (`load_embedding_pair`), for names that do not pair by themselves.
-    A file already at the destination is refused unless `overwrite` (as train refuses a used --out).
+    A file already at the destination is refused unless `overwrite` (as train refuses a used --out). `into_lora`:
+    write the LoRA file it names with the embedding bundled in it instead (`bundle_into_lora`).
 
     >>> convert("learned_embeds.safetensors", "my-dog.pt")   # doctest: +SKIP
     [PosixPath('my-dog.pt')]
     """
+    if into_lora is not None and to is not None:
+        raise FormatError(f"--to {to} names an embedding format; --into-lora writes the LoRA's .safetensors with the "
+                          f"embedding bundled in it: give one of them")
     emb = load_embedding(src, token=token) if second is None else load_embedding_pair(src, second, token=token)
+    if into_lora is not None:
+        return [bundle_into_lora(emb, into_lora, dst, overwrite=overwrite)]
     return save_embedding(emb, dst, format=format_for(dst, to, "text_encoder_2" in emb.vectors), overwrite=overwrite)
+
+
+def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
+    """Write `lora`'s tensors and metadata to `dst` with `emb` bundled as the web UI reads it (see lora-bundle
+    above): `bundle_emb.TOKEN.string_to_param.*` (an A1111 .pt's layout) for one text encoder, `.clip_l` and
+    `.clip_g` for SDXL; `<lora:...>` then installs it under its token. The LoRA's metadata is kept as it is (its
+    `sshs_model_hash`, the web UI's hash for it, included: its weights are unchanged). A token with a dot (the web UI
+    ends the NAME there), a NAME the LoRA bundles already, a `lora` that is no LoRA .safetensors file and a `dst`
+    there already (unless `overwrite`) are refused before anything is written.
+
+    >>> bundle_into_lora(load_embedding("my-dog.pt"), "Lora/style.safetensors", "Lora/style-dog.safetensors")  # doctest: +SKIP
+    PosixPath('Lora/style-dog.safetensors')
+    """
+    from safetensors import safe_open
+
+    lora, dst = Path(lora), Path(dst)
+    if "." in emb.token:
+        raise FormatError(f"{emb.token!r}: a bundled embedding's name ends at its first dot (bundle_emb.NAME.KEY), "
+                          f"so the web UI would call it {emb.token.split('.')[0]!r}: rename it with --token")
+    if dst.suffix.lower() != ".safetensors":
+        raise FormatError(f"{dst}: a LoRA with bundled embeddings is a .safetensors file: end the name in .safetensors")
+    if dst.exists() and not overwrite:
+        raise FormatError(f"{dst} already exists; pass --overwrite to replace it, or choose another output path")
+    try:
+        with safe_open(str(_local_file(lora)), framework="pt", device="cpu") as f:
+            metadata, keys = dict(f.metadata() or {}), list(f.keys())
+            if not any(is_lora_key(k) for k in keys):
+                raise FormatError(f"--into-lora {lora}: it holds no LoRA's tensors (e.g. "
+                                  f"{sorted(keys)[0] if keys else 'none at all'!r}): give the LoRA file to bundle into")
+            tensors = {key: f.get_tensor(key) for key in keys}
+    except FormatError:
+        raise
+    except Exception as e:  # (a pickle, a damaged file)
+        raise FormatError(f"--into-lora {lora}: not a readable .safetensors LoRA ({e}); textinv bundles into "
+                          f".safetensors files only") from None
+    if emb.token in _bundle_names(keys):
+        raise FormatError(f"--into-lora {lora} bundles an embedding {emb.token!r} already: rename this one with "
+                          f"--token")
+    prefix = f"{BUNDLE_PREFIX}{emb.token}."
+    if len(emb.vectors) == 2:
+        tensors.update({prefix + key: emb.vectors[name] for key, name in _SDXL_KEYS.items()})
+    else:
+        tensors[prefix + "string_to_param.*"] = emb.vectors["text_encoder"]
+    from safetensors.torch import save
+
+    try:
+        data = _sorted_metadata(save(tensors, metadata=metadata or None))  # (the same bytes each time)
+        with atomic_path(dst) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:
+        raise FormatError(f"cannot write {dst}: {e.strerror or e}; choose another output path") from None
+    return dst
 
 
 def format_for(dst: str | Path, to: str | None, two: bool) -> str:
@@ -1084,5 +1143,5 @@ def _check_format(format: str) -> None:
 __all__ = [
     "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "LearnedEmbedding", "default_filename", "second_file",
     "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for", "describe",
-    "split_bundle", "bundled_names", "load_bundled",
+    "split_bundle", "bundled_names", "load_bundled", "bundle_into_lora",
 ]
