@@ -77,7 +77,7 @@ def test_bundles_are_named_or_refused_with_the_names_there_are(loras, tmp_path):
         load_embedding(f"{plain / 'mystyle.safetensors'}::bund")
 
 
-def test_inspect_lists_a_loras_bundled_embeddings(loras, tmp_path):
+def test_inspect_lists_a_loras_bundled_embeddings(sd1_dir, loras, tmp_path):
     _, bundled, vectors = loras
     several = _bundle(bundled / "mystyle.safetensors", tmp_path / "several.safetensors",
                       {"other": {"emb_params": torch.randn(3, 32)}})
@@ -87,6 +87,11 @@ def test_inspect_lists_a_loras_bundled_embeddings(loras, tmp_path):
     assert "several.safetensors::bund" in report["text"] and "other: 3 vectors" in report["text"]
     one = inspect_file(f"{several}::other")
     assert one["token"] == "other" and one["num_vectors"] == 3
+    with pytest.raises(ConfigError, match=r"bundles 2 embeddings \(bund, other\): name the one to compare with "
+                                          r"--model as .*several.safetensors::bund"):
+        inspect_file(several, model="shapes")
+    compared = inspect_file(bundled / "mystyle.safetensors", model=str(sd1_dir))  # (its one bundle, to the model)
+    assert compared["token"] == "bund" and len(compared["nearest_tokens"]["text_encoder"]) == 2
 
 
 def _draw(model, tmp_path, out, prompt, **settings):

@@ -15,6 +15,7 @@ import torch
 
 from . import modelspec
 from .emphasis import CHUNK
+from .errors import ConfigError
 from .families import FAMILY_NAMES, FAMILY_WIDTHS, describe_widths
 from .formats import (BUNDLE_SEPARATOR, ModelSpecWarning, _resolve, a1111_png_name, bundled_names, describe,
                       load_bundled, read_embedding, split_bundle)
@@ -65,10 +66,17 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
     >>> inspect_file("my-dog.pt", model="me/sd15", revision="v2")["revision"]   # doctest: +SKIP
     'v2'
 
-    A LoRA file that bundles embeddings is reported as the list of them (`bundled`); `FILE::NAME` inspects one.
+    A LoRA file that bundles embeddings is reported as the list of them (`bundled`); `FILE::NAME` inspects one (with
+    `model`, a LoRA that bundles one alone is inspected as that one).
     """
     file, bundle = split_bundle(path)
-    if bundle is None and bundled_names(file):
+    names = bundled_names(file) if bundle is None else []
+    if names and model is not None:
+        if len(names) > 1:
+            raise ConfigError(f"{path} is a LoRA that bundles {len(names)} embeddings ({', '.join(names)}): name the "
+                              f"one to compare with --model as {path}{BUNDLE_SEPARATOR}{names[0]}")
+        path, file, bundle = f"{file}{BUNDLE_SEPARATOR}{names[0]}", file, names[0]
+    elif names:
         return bundle_report(file)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
