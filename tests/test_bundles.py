@@ -57,7 +57,8 @@ def test_a_bundled_embedding_reads_as_one_embedding_under_its_name(loras, tmp_pa
                                                                                                    "clip_g": g}})
     assert torch.equal(load_embedding(f"{several}::k").vectors["text_encoder"], vectors)
     xl = load_embedding(f"{several}::x")
-    assert xl.token == "x" and torch.equal(xl.vectors["text_encoder"], l) and torch.equal(xl.vectors["text_encoder_2"], g)
+    assert xl.token == "x" and torch.equal(xl.vectors["text_encoder"], l)
+    assert torch.equal(xl.vectors["text_encoder_2"], g)
     # OneTrainer's bundles: clip_l (SD 1.x), its output vectors beside (clip_l_out) left out
     onetrainer = _bundle(None, tmp_path / "ot.safetensors", {"<ot>": {"clip_l": l, "clip_l_out": l + 1}})
     assert torch.equal(load_embedding(onetrainer).vectors["text_encoder"], l)
@@ -65,7 +66,8 @@ def test_a_bundled_embedding_reads_as_one_embedding_under_its_name(loras, tmp_pa
 
 def test_bundles_are_named_or_refused_with_the_names_there_are(loras, tmp_path):
     plain, bundled, vectors = loras
-    several = _bundle(None, tmp_path / "several.safetensors", {"a": {"emb_params": vectors}, "b": {"emb_params": vectors}})
+    several = _bundle(None, tmp_path / "several.safetensors",
+                      {"a": {"emb_params": vectors}, "b": {"emb_params": vectors}})
     with pytest.raises(FormatError, match=r"bundles 2 embeddings \(a, b\): name one as .*several.safetensors::a"):
         load_embedding(several)
     with pytest.raises(FormatError, match=r"bundles no embedding 'c' \(it bundles a, b\)"):

@@ -1019,7 +1019,8 @@ def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, o
     ends the NAME there), a NAME the LoRA bundles already, a `lora` that is no LoRA .safetensors file and a `dst`
     there already (unless `overwrite`) are refused before anything is written.
 
-    >>> bundle_into_lora(load_embedding("my-dog.pt"), "Lora/style.safetensors", "Lora/style-dog.safetensors")  # doctest: +SKIP
+    >>> dog = load_embedding("my-dog.pt")                                                    # doctest: +SKIP
+    >>> bundle_into_lora(dog, "Lora/style.safetensors", "Lora/style-dog.safetensors")       # doctest: +SKIP
     PosixPath('Lora/style-dog.safetensors')
     """
     from safetensors import safe_open

@@ -1571,9 +1571,10 @@ def apply_loras(model: Model, tags: list[emphasis.LoraTag], files: dict[str, Pat
 
 
 def _load_lora(model: Model, name: str, path: Path, adapter: str) -> bool:
-    """Load one LoRA file as `adapter`; False: it holds no weights, only bundled embeddings. A file that fails can fail part-way (a LoRA of another family leaves its
-    adapter in the UNet, one whose text-encoder part does not fit leaves its UNet part): every LoRA comes off
-    then, or the model would be handed back with half of it, and the next file would find its adapter name taken."""
+    """Load one LoRA file as `adapter`; False: it holds no weights, only bundled embeddings. A file that fails can
+    fail part-way (a LoRA of another family leaves its adapter in the UNet, one whose text-encoder part does not fit
+    leaves its UNet part): every LoRA comes off then, or the model would be handed back with half of it, and the
+    next file would find its adapter name taken."""
     try:
         with _lora_weights(path) as weights:
             if weights is None:
