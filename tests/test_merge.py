@@ -266,3 +266,14 @@ def test_a_training_runs_folder_is_read_as_its_embedding(sd1_dir, images, tmp_pa
     meta = result.embedding.metadata
     assert meta["base_model"] == sd1_dir.name and meta["family"] == "custom" and "steps" not in meta
     assert meta["merged_from"] == "\"run + 'dog'\""
+
+
+def test_a_token_the_models_vocabulary_has_is_refused_before_writing(sd1_dir, tmp_path):
+    """generate refuses such a file (it would overwrite a word's meaning): with --model, merge says so first."""
+    model = load_model(sd1_dir)
+    with pytest.raises(TokenError, match=r"--token 'dog' cannot be used with --model .*existing token 'dog</w>'"):
+        merge(MergeConfig(out=str(tmp_path / "dog.pt"), token="dog", terms=["'cat'"]), model=model)
+    with pytest.raises(TokenError, match=r"--token 'Cat'.*existing token 'cat</w>' \(CLIP lower-cases"):
+        merge(MergeConfig(out=str(tmp_path / "cat.pt"), token="Cat", terms=["'dog'"]), model=model)
+    assert not list(tmp_path.iterdir())
+    assert merge(MergeConfig(out=str(tmp_path / "new.pt"), token="<dog-2>", terms=["'cat'"]), model=model).files

@@ -35,7 +35,7 @@ from .formats import LearnedEmbedding, describe, format_for, load_embedding, sav
 from .inspect import encoder_lines, word_rows
 from .models import Model, check_model_object, load_model, shareable_name
 from .run_folder import embedding_file
-from .tokens import base_embedding, split_words
+from .tokens import base_embedding, check_new_token, split_words, token_names
 
 # what a merged file keeps of its parts' metadata, where every part says the same: the model they were made for
 # (generate and score read it) and how it reads them; the rest (steps, init, title, date) describes one part only
@@ -222,6 +222,8 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
         _check_fits_model([(label, emb) for term in labelled for label, emb, _ in term], model)
     recipe = _recipe([[str(_shared(part)) for part in term] for term in terms])
     emb = _merged(labelled, config.token, recipe)
+    if model is not None:
+        _check_token_is_new(emb, model)
     # 3. Write (save_embedding refuses an existing file without overwrite, and a format that cannot hold it).
     written = save_embedding(emb, config.out, format_for(config.out, config.to, "text_encoder_2" in emb.vectors),
                              overwrite=config.overwrite)
@@ -304,6 +306,17 @@ def _check_fits_model(parts: list[tuple[str, LearnedEmbedding]], model) -> None:
             raise FormatError(f"{label} has width {describe_widths(emb.widths)} but --model {model.source} has "
                               f"{describe_widths(model.widths)}: give the model the embeddings were made for (it "
                               "is read for words), or leave the part out")
+
+
+def _check_token_is_new(emb: LearnedEmbedding, model) -> None:
+    """Refuse a --token `model`'s tokenizers already read as a word of theirs: generate refuses to load such a file
+    (its vectors would take the word's place in every prompt), so it is said before the file is written."""
+    for _, tokenizer, _ in model.encoders:
+        for name in token_names(emb.token, emb.num_vectors):
+            try:
+                check_new_token(tokenizer, name)
+            except TokenError as e:
+                raise TokenError(f"--token {emb.token!r} cannot be used with --model {model.source}: {e}") from None
 
 
 def _count(term: list[tuple[str, LearnedEmbedding, float]]) -> int:
