@@ -210,7 +210,7 @@ def test_a_term_may_be_a_path_and_the_model_a_loaded_one(sd1_dir, tmp_path):
     a = saved(tmp_path / "a.safetensors", 1, widths=(32,))
     result = run(tmp_path, tmp_path / "a.safetensors")
     assert torch.equal(result.embedding.vectors["text_encoder"], a.vectors["text_encoder"])
-    with pytest.raises(ConfigError, match="a term is text, got int"):
+    with pytest.raises(ConfigError, match="a term is text or a Path, got int"):
         run(tmp_path, 3, out="b.safetensors")
     with pytest.raises(ModelError, match="model= takes a Model from textinv.models.load_model, got str"):
         merge(MergeConfig(out=str(tmp_path / "c.pt"), token="<c>", terms=["'dog'"]), model=str(sd1_dir))
@@ -277,3 +277,11 @@ def test_a_token_the_models_vocabulary_has_is_refused_before_writing(sd1_dir, tm
         merge(MergeConfig(out=str(tmp_path / "cat.pt"), token="Cat", terms=["'dog'"]), model=model)
     assert not list(tmp_path.iterdir())
     assert merge(MergeConfig(out=str(tmp_path / "new.pt"), token="<dog-2>", terms=["'cat'"]), model=model).files
+
+
+def test_a_path_term_is_its_file_whatever_its_name_holds(tmp_path):
+    """A term written as text is read as parts ([ ] + * ' are its syntax); a Path is one file, named as it is."""
+    a = saved(tmp_path / "dog [v2]+cat*2.safetensors", 2)
+    result = run(tmp_path, tmp_path / "dog [v2]+cat*2.safetensors")
+    assert torch.equal(result.embedding.vectors["text_encoder"], a.vectors["text_encoder"])
+    assert result.embedding.metadata["merged_from"] == '"dog [v2]+cat*2.safetensors"'

@@ -1193,7 +1193,6 @@ class MergeConfig:
                               f"the new embedding is written as in prompts")
         if not self.terms:
             raise ConfigError("nothing to merge: give one or more terms, e.g. \"dog.pt*0.5 + cat.pt*0.5\"")
-        self.terms = [os.fspath(t) if isinstance(t, os.PathLike) else t for t in self.terms]  # (a Path: that file)
         given = [flag for flag, value in (("--revision", self.revision), ("--variant", self.variant)) if value]
         if given and not self.model:
             raise ConfigError(f"{' and '.join(given)} picks which version of --model to load; give --model too, or "

@@ -13,12 +13,13 @@ vector is added to each). A part is
 
 so `textinv merge mix.pt --token "<mix>" "dog.pt*0.7 + cat.pt*0.3" "style.pt[0:2]"` writes three vectors: the mix
 of dog and cat (one vector each), then style's first two. A path that holds `+`, `*`, `[`, `]` or `'` cannot be
-written in a term: rename it.
+written in a term: rename it (or, from Python, give the term as a `Path`: that one file).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -82,13 +83,15 @@ class MergeResult:
 
 def parse_term(term: str) -> list[Part]:
     """The parts of one term (see the module's docstring); ConfigError naming the term and the syntax if it cannot be
-    read.
+    read. A `Path` (or other path object) is one part, that file, whatever its name holds (+, *, [, ], ').
 
     >>> [str(part) for part in parse_term("dog.pt * 0.7 + 'golden retriever' [1]")]
     ['dog.pt*0.7', "'golden retriever'[1]"]
     """
+    if isinstance(term, os.PathLike):
+        return [Part(os.fspath(term))]
     if not isinstance(term, str):
-        raise ConfigError(f"a term is text, got {type(term).__name__} {term!r}: {SYNTAX}")
+        raise ConfigError(f"a term is text or a Path, got {type(term).__name__} {term!r}: {SYNTAX}")
     if not term.strip():
         raise ConfigError(f"the term {term!r} is empty: {SYNTAX}")
     parts, at = [], 0
