@@ -285,3 +285,13 @@ def test_a_path_term_is_its_file_whatever_its_name_holds(tmp_path):
     result = run(tmp_path, tmp_path / "dog [v2]+cat*2.safetensors")
     assert torch.equal(result.embedding.vectors["text_encoder"], a.vectors["text_encoder"])
     assert result.embedding.metadata["merged_from"] == '"dog [v2]+cat*2.safetensors"'
+
+
+def test_the_recipe_records_each_weight_as_given(tmp_path):
+    """merged_from makes the merge again: a weight is written to 15 digits (`:g` kept six, 0.123457), as many as a
+    typed number comes back with, leaving out a product's rounding (1e-7*3 is 3.0000000000000004e-07)."""
+    saved(tmp_path / "a.safetensors", 1)
+    result = run(tmp_path, f"{tmp_path}/a.safetensors*0.123456789 + {tmp_path}/a.safetensors*1e-7*3")
+    assert result.embedding.metadata["merged_from"] == '"a.safetensors*0.123456789 + a.safetensors*3e-07"'
+    a = LearnedEmbedding("<a>", {"text_encoder": torch.randn(1, 8)})
+    assert merge_embeddings([[(a, 2 / 3)]], "<x>").metadata["merged_from"] == '"<a>*0.666666666666667"'

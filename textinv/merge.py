@@ -71,7 +71,7 @@ class Part:
     def __str__(self) -> str:
         written = f"'{self.source}'" if self.words else self.source
         return written + (f"[{self.take}]" if self.take is not None else "") + (
-            f"*{self.weight:g}" if self.weight != 1 else "")
+            f"*{self.weight:.15g}" if self.weight != 1 else "")
 
 
 @dataclass
@@ -193,7 +193,7 @@ def merge_embeddings(terms: list, token: str, recipe: str | None = None) -> Lear
     """
     labelled = [[(pair, 1.0) if isinstance(pair, LearnedEmbedding) else tuple(pair) for pair in term]
                 for term in terms]
-    labelled = [[(f"{emb.token}" + (f"*{w:g}" if w != 1 else ""), emb, float(w)) for emb, w in term]
+    labelled = [[(f"{emb.token}" + (f"*{w:.15g}" if w != 1 else ""), emb, float(w)) for emb, w in term]
                 for term in labelled]
     for label, _, w in (part for term in labelled for part in term):
         if not math.isfinite(w):
