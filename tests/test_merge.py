@@ -295,3 +295,14 @@ def test_the_recipe_records_each_weight_as_given(tmp_path):
     assert result.embedding.metadata["merged_from"] == '"a.safetensors*0.123456789 + a.safetensors*3e-07"'
     a = LearnedEmbedding("<a>", {"text_encoder": torch.randn(1, 8)})
     assert merge_embeddings([[(a, 2 / 3)]], "<x>").metadata["merged_from"] == '"<a>*0.666666666666667"'
+
+
+@pytest.mark.parametrize("terms, match", [
+    (lambda a: [a, a], r"a term is a list of parts, got LearnedEmbedding"),
+    (lambda a: [[(a, "0.5")]], r"a part is a LearnedEmbedding or \(LearnedEmbedding, weight\), got tuple"),
+    (lambda a: [[(a, 0.5, 1)]], r"got tuple"),
+    (lambda a: [[a.vectors["text_encoder"]]], r"got Tensor")])
+def test_merge_embeddings_refuses_terms_of_another_shape(terms, match):
+    a = LearnedEmbedding("<a>", {"text_encoder": torch.randn(1, 8)})
+    with pytest.raises(ConfigError, match=match):
+        merge_embeddings(terms(a), "<x>")

@@ -19,6 +19,7 @@ written in a term: rename it (or, from Python, give the term as a `Path`: that o
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import warnings
@@ -191,14 +192,27 @@ def merge_embeddings(terms: list, token: str, recipe: str | None = None) -> Lear
     >>> merge_embeddings([[(dog, 0.7), (cat, 0.3)], [take(dog, "0:1")]], "<mix>").num_vectors   # doctest: +SKIP
     2
     """
-    labelled = [[(pair, 1.0) if isinstance(pair, LearnedEmbedding) else tuple(pair) for pair in term]
+    for term in terms:
+        if not isinstance(term, (list, tuple)):
+            raise ConfigError(f"a term is a list of parts, got {type(term).__name__}; e.g. [[(dog, 0.7), (cat, 0.3)], "
+                              "[style]] (one list per term, even of one part)")
+    labelled = [[(f"{emb.token}" + (f"*{w:.15g}" if w != 1 else ""), emb, w) for emb, w in map(_pair, term)]
                 for term in terms]
-    labelled = [[(f"{emb.token}" + (f"*{w:.15g}" if w != 1 else ""), emb, float(w)) for emb, w in term]
-                for term in labelled]
     for label, _, w in (part for term in labelled for part in term):
         if not math.isfinite(w):
             raise ConfigError(f"{label}: a weight is a finite number, got {w}")
     return _merged(labelled, token, recipe or _recipe([[label for label, _, _ in term] for term in labelled]))
+
+
+def _pair(part) -> tuple[LearnedEmbedding, float]:
+    """A part of `merge_embeddings`' terms as (embedding, weight): an embedding alone has weight 1."""
+    if isinstance(part, LearnedEmbedding):
+        return part, 1.0
+    if (isinstance(part, (list, tuple)) and len(part) == 2 and isinstance(part[0], LearnedEmbedding)
+            and isinstance(part[1], numbers.Real) and not isinstance(part[1], bool)):
+        return part[0], float(part[1])
+    raise ConfigError(f"a part is a LearnedEmbedding or (LearnedEmbedding, weight), got {type(part).__name__}; "
+                      "e.g. (dog, 0.7), the weight a number")
 
 
 def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
