@@ -306,3 +306,10 @@ def test_merge_embeddings_refuses_terms_of_another_shape(terms, match):
     a = LearnedEmbedding("<a>", {"text_encoder": torch.randn(1, 8)})
     with pytest.raises(ConfigError, match=match):
         merge_embeddings(terms(a), "<x>")
+
+
+def test_an_out_that_does_not_fit_to_is_refused_before_the_model_is_loaded(tmp_path):
+    """--to kohya with mix.pt was said only after --model was loaded and every part read."""
+    with pytest.raises(FormatError, match=r"mix\.pt: a 'kohya' file must end in \.safetensors"):
+        merge(MergeConfig(out=str(tmp_path / "mix.pt"), token="<m>", terms=["'dog'"], to="kohya",
+                          model=str(tmp_path / "no-such-model")))

@@ -1158,7 +1158,7 @@ def check_side(flag: str, pixels: int | None, multiple: int = 8) -> None:
 
 
 from .formats import FORMATS as EMBEDDING_FORMATS
-from .formats import format_for
+from .formats import check_suffix, format_for
 
 
 @dataclass
@@ -1201,8 +1201,9 @@ class MergeConfig:
         self.out = os.path.expanduser(self.out if isinstance(self.out, str) else str(self.out))
         if Path(self.out).is_file() and not self.overwrite:
             raise ConfigError(f"{self.out} already exists; pass --overwrite to replace it, or choose another OUT")
-        if self.to is None:
-            format_for(self.out, None, False)  # (an extension that names no format: said before any work)
+        # an extension that names no format, or not --to's: said before any work (SDXL's formats take the same
+        # extensions as SD's, so the parts need not be read to tell)
+        check_suffix(self.out, format_for(self.out, self.to, False), self.token)
         for term in self.terms:  # (each term's syntax: said before anything is loaded)
             parse_term(term)
         return self

@@ -262,10 +262,7 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
     try:
         if _names_folder(given):
             path = path / default_filename(format, emb.token)
-        if path.suffix.lower() not in _SUFFIXES[format]:
-            raise FormatError(
-                f"{path}: a {format!r} file must end in {' or '.join(_SUFFIXES[format])} (tools choose their loader "
-                f"by extension): rename it, e.g. {default_filename(format, emb.token)!r}, or pick another format")
+        check_suffix(path, format, emb.token)
         if not overwrite:
             for target in (path, second_file(path)) if format == "diffusers-sdxl" else (path,):
                 if target.exists():
@@ -275,6 +272,20 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
         return _write_embedding(emb, path, format, preview, date)
     except OSError as e:  # a read-only or full disk, a file where a folder should be, a name too long: say which
         raise FormatError(f"cannot write {path}: {e.strerror or e}; choose another output path") from None
+
+
+def check_suffix(path: str | Path, format: str, token: str) -> None:
+    """Refuse a file name whose extension `format`'s readers do not take (tools choose their loader by extension);
+    a folder (`out/`, or one that exists) passes: the file in it gets the format's own name.
+
+    >>> check_suffix("my-dog.pt", "kohya", "<my-dog>")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    textinv.errors.FormatError: my-dog.pt: a 'kohya' file must end in .safetensors ...
+    """
+    if not _names_folder(path) and Path(path).suffix.lower() not in _SUFFIXES[format]:
+        raise FormatError(
+            f"{path}: a {format!r} file must end in {' or '.join(_SUFFIXES[format])} (tools choose their loader "
+            f"by extension): rename it, e.g. {default_filename(format, token)!r}, or pick another format")
 
 
 def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, date: str | None = None) -> list[Path]:
@@ -1143,6 +1154,6 @@ def _check_format(format: str) -> None:
 
 __all__ = [
     "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "LearnedEmbedding", "default_filename", "second_file",
-    "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for", "describe",
+    "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for", "check_suffix", "describe",
     "split_bundle", "bundled_names", "load_bundled", "bundle_into_lora",
 ]
