@@ -313,3 +313,19 @@ def test_an_out_that_does_not_fit_to_is_refused_before_the_model_is_loaded(tmp_p
     with pytest.raises(FormatError, match=r"mix\.pt: a 'kohya' file must end in \.safetensors"):
         merge(MergeConfig(out=str(tmp_path / "mix.pt"), token="<m>", terms=["'dog'"], to="kohya",
                           model=str(tmp_path / "no-such-model")))
+
+
+@pytest.mark.parametrize("name", ["dog [v2].safetensors", "dog+cat.safetensors", "it's.safetensors"])
+def test_a_file_whose_name_holds_the_syntax_is_said_to_be_renamed(tmp_path, name):
+    saved(tmp_path / name, 1)
+    with pytest.raises(ConfigError, match=r"is a file, but \+ \* \[ \] ' in a term are read as its syntax.*rename"):
+        run(tmp_path, f"{tmp_path}/{name}")
+
+
+def test_a_term_longer_than_a_file_name_may_be_is_read(tmp_path, monkeypatch):
+    """A term of many parts is one name of over 255 characters to the system, which is no error here."""
+    monkeypatch.chdir(tmp_path)
+    a = saved(tmp_path / "a-long-enough-name.safetensors", 1).vectors["text_encoder"]
+    term = " + ".join(["a-long-enough-name.safetensors*0.05"] * 10)
+    assert len(term) > 255
+    assert torch.allclose(run(tmp_path, term).embedding.vectors["text_encoder"], 0.5 * a)

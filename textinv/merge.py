@@ -95,6 +95,11 @@ def parse_term(term: str) -> list[Part]:
         raise ConfigError(f"a term is text or a Path, got {type(term).__name__} {term!r}: {SYNTAX}")
     if not term.strip():
         raise ConfigError(f"the term {term!r} is empty: {SYNTAX}")
+    # read as parts, 'dog [v2].pt' was "[v2] is no index" and 'dog+cat.pt' the missing files dog and cat.pt
+    # (os.path.isfile: a long term is a name too long for the system, which Path.is_file raises on)
+    if set(term) & set("+*[]'") and os.path.isfile(os.path.expanduser(term.strip())):
+        raise ConfigError(f"the term {term!r} is a file, but + * [ ] ' in a term are read as its syntax, not as "
+                          "part of a name: rename or copy the file to a name without them")
     parts, at = [], 0
     while True:
         m = _PART.match(term, at)
