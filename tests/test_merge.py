@@ -329,3 +329,9 @@ def test_a_term_longer_than_a_file_name_may_be_is_read(tmp_path, monkeypatch):
     term = " + ".join(["a-long-enough-name.safetensors*0.05"] * 10)
     assert len(term) > 255
     assert torch.allclose(run(tmp_path, term).embedding.vectors["text_encoder"], 0.5 * a)
+
+
+def test_a_missing_token_is_said_to_be_required(tmp_path, capsys):
+    saved(tmp_path / "a.safetensors", 1)
+    assert main(["merge", str(tmp_path / "m.pt"), f"{tmp_path}/a.safetensors"]) == 2
+    assert "--token is required" in capsys.readouterr().err  # (it said "--token None must be one word")

@@ -1188,6 +1188,9 @@ class MergeConfig:
         check_choices(self)
         if not self.out:
             raise ConfigError("OUT is required: the embedding file to write, e.g. dog-cat.safetensors")
+        if self.token is None:
+            raise ConfigError("--token is required: the word the new embedding is written as in prompts, e.g. "
+                              "'<dog-cat>'")
         if not self.token or any(c.isspace() for c in self.token):
             raise ConfigError(f"--token {self.token!r} must be one word without spaces, e.g. '<dog-cat>': the word "
                               f"the new embedding is written as in prompts")
