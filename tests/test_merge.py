@@ -335,3 +335,10 @@ def test_a_missing_token_is_said_to_be_required(tmp_path, capsys):
     saved(tmp_path / "a.safetensors", 1)
     assert main(["merge", str(tmp_path / "m.pt"), f"{tmp_path}/a.safetensors"]) == 2
     assert "--token is required" in capsys.readouterr().err  # (it said "--token None must be one word")
+
+
+def test_take_reads_an_index_given_as_a_number_and_refuses_a_slice_object():
+    a = LearnedEmbedding("<a>", {"text_encoder": torch.randn(3, 8)})
+    assert torch.equal(take(a, -1).vectors["text_encoder"], take(a, "-1").vectors["text_encoder"])
+    with pytest.raises(ConfigError, match=r"<a>: the vectors to take are .* written as text, got slice.*\"0:2\""):
+        take(a, slice(0, 2))

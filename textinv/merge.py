@@ -135,9 +135,9 @@ def _weight(term: str, written: str) -> float:
     return weight
 
 
-def take(emb: LearnedEmbedding, rows: str | None, name: str | None = None) -> LearnedEmbedding:
-    """`emb` with only the vectors `rows` picks (Python's index "1" or "-1", or slice "0:2", ":2"), which must lie
-    within its vectors; None: all of them. `name`: what errors call it (default: its token).
+def take(emb: LearnedEmbedding, rows: str | int | None, name: str | None = None) -> LearnedEmbedding:
+    """`emb` with only the vectors `rows` picks (Python's index "1" or "-1", or 1, or slice "0:2", ":2"), which must
+    lie within its vectors; None: all of them. `name`: what errors call it (default: its token).
 
     >>> take(LearnedEmbedding("<x>", {"text_encoder": torch.eye(3)}), "1:").num_vectors
     2
@@ -145,6 +145,11 @@ def take(emb: LearnedEmbedding, rows: str | None, name: str | None = None) -> Le
     if rows is None:
         return emb
     name, n = name or emb.token, emb.num_vectors
+    if isinstance(rows, int) and not isinstance(rows, bool):
+        rows = str(rows)
+    if not isinstance(rows, str):
+        raise ConfigError(f"{name}: the vectors to take are an index or a slice written as text, got "
+                          f"{type(rows).__name__} {rows!r}; e.g. take(emb, \"0:2\") for the first two, take(emb, 1)")
     if not _TAKE.fullmatch(rows):
         raise ConfigError(f"{name}: [{rows}] is no index or slice; write [2] for one vector, [0:2] for the first two")
     start, colon, stop = (text.strip() for text in rows.partition(":"))
