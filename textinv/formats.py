@@ -1154,6 +1154,7 @@ def _check_format(format: str) -> None:
 
 __all__ = [
     "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "LearnedEmbedding", "default_filename", "second_file",
-    "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for", "check_suffix", "describe",
+    "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for",
+    "check_suffix", "describe",
     "split_bundle", "bundled_names", "load_bundled", "bundle_into_lora",
 ]
