@@ -685,6 +685,22 @@ def test_a_config_key_of_another_tool_is_answered_with_textinvs_setting(tmp_path
         build(GenerateConfig, {"num_inference_steps": 20})
 
 
+def test_kohyas_config_file_tables_are_named_as_tables_with_their_keys_answered(tmp_path, capsys):
+    """kohya's --config_file groups its settings in tables ([training_arguments]), which its read_config_from_file
+    reads as one list: the error named the table as an unknown setting and listed every setting, saying nothing of
+    the keys inside it."""
+    cfg = tmp_path / "kohya.toml"
+    cfg.write_text('[model_arguments]\npretrained_model_name_or_path = "sd15"\n'
+                   '[training_arguments]\nmax_token_length = 150\nsteps = 10\n')
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: [model_arguments] and [training_arguments] are tables, as kohya's --config_file groups its " \
+           "settings; textinv reads settings at the top level: write them without the table headers" in err
+    assert "'pretrained_model_name_or_path': that is the diffusers and kohya scripts' name; textinv calls it " \
+           "'model'" in err
+    assert "known settings:" not in err and "'max_token_length': that is" not in err  # (textinv's own name too)
+
+
 def test_the_table_of_other_tools_names_names_only_flags_textinv_has():
     """foreign.NAMES cannot rot: each textinv flag it names (in its column or its note) is one of that command's,
     and a config key of its config (push has none); a flag in a note that names `textinv push` may be push's; each

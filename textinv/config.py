@@ -1309,6 +1309,14 @@ def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
     if where and cls is TrainConfig and unknown and set(unknown) <= {"general", "datasets"}:
         raise ConfigError(f"unknown settings {', '.join(map(repr, unknown))}{where}: the file is kohya's dataset "
                           f"config ([general] and [[datasets]] tables); give it to --dataset-config, not --config")
+    tables = [key for key in unknown if isinstance(settings[key], dict)]
+    if where and tables:  # (kohya's --config_file: its read_config_from_file reads its tables' keys as one list)
+        inner = [f"{key!r}: {hint}" for table in tables for key in settings[table] if key not in names
+                 and (hint := foreign_hint(str(key), _COMMANDS.get(cls.__name__, ""), as_key=True))]
+        raise ConfigError(f"{where.removeprefix(' in ')}: {' and '.join(f'[{key}]' for key in tables)} "
+                          f"{'are tables' if len(tables) > 1 else 'is a table'}, as kohya's --config_file groups "
+                          f"its settings; textinv reads settings at the top level: write them without the table "
+                          f"headers" + "".join(f"; {hint}" for hint in inner))
     other = _command_of(settings) if unknown and where else None
     if other:  # a whole file meant for another command: its first key's nearest name here would mislead
         keys = ", ".join(map(repr, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
