@@ -119,6 +119,22 @@ def test_two_embeddings_in_one_prompt_and_clash_refused(sd1_dir, tmp_path):
                                 steps=2, model=str(sd1_dir)), progress=False)
 
 
+def test_an_embedding_whose_token_the_model_has_saved_in_it_is_refused_in_generates_words(sd1_dir):
+    """The diffusers script's --save_as_full_pipeline saves the model with its learned token in the tokenizer, and
+    its learned_embeds.safetensors beside it: given both, generate said "training it would overwrite the meaning of
+    an existing word", of a command that trains nothing."""
+    model = load_model(sd1_dir)
+    model.tokenizer.add_tokens(["<cat-toy>"])
+    model.text_encoder.resize_token_embeddings(len(model.tokenizer))
+    emb = LearnedEmbedding("<cat-toy>", {"text_encoder": torch.randn(1, model.width)})
+    with pytest.raises(TokenError) as caught:
+        install_embedding(model, emb)
+    said = str(caught.value)
+    assert "training" not in said
+    assert "the model's tokenizer has '<cat-toy>' already" in said and "--save_as_full_pipeline" in said
+    assert "pass another name for the embedding with --token" in said
+
+
 def test_trained_file_loads_through_diffusers_own_loader_and_matches_our_generation(sd1_dir, images, tmp_path):
     from textinv.config import TrainConfig
     from textinv.train import train

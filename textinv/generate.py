@@ -118,6 +118,11 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
     names = token_names(emb.token, emb.num_vectors)
     for _, tokenizer, _ in model.encoders:  # check every encoder before changing any
         for name in names:
+            if name in tokenizer.get_vocab():  # (check_new_token's message speaks of training)
+                raise TokenError(f"cannot add embedding {emb.token!r}: the model's tokenizer has {name!r} already, as "
+                                 f"a word of its own or a learned token saved into the model (as the diffusers "
+                                 f"script's --save_as_full_pipeline saves it, which draws without --embedding); "
+                                 f"pass another name for the embedding with --token")
             try:
                 check_new_token(tokenizer, name)
             except TokenError as e:
