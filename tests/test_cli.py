@@ -701,6 +701,28 @@ def test_kohyas_config_file_tables_are_named_as_tables_with_their_keys_answered(
     assert "known settings:" not in err and "'max_token_length': that is" not in err  # (textinv's own name too)
 
 
+def test_kohyas_width_comma_height_resolution_is_answered_with_the_one_number_to_give(tmp_path, capsys):
+    """kohya's --resolution takes "W,H" (its GUI writes resolution = "512,512" into its config): given to textinv, it
+    was argparse's "invalid int value" on the command line and "must be a whole number" in a --config file."""
+    with pytest.raises(SystemExit):
+        main(["train", "--resolution", "512,512", "--token", "<t>", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert "argument --resolution: 512,512 is kohya's W,H: textinv's --resolution is one side of a square; give " \
+           "--resolution 512 (see" in err
+    cfg = tmp_path / "kohya.toml"
+    cfg.write_text('resolution = "512, 768"\n')
+    assert main(["train", "--config", str(cfg), "--token", "<t>", "--out", str(tmp_path / "o")]) == 2
+    assert f"setting 'resolution' in {cfg}: 512, 768 is kohya's W,H: textinv's --resolution is one side of a " \
+           "square; give --resolution 768 (the longer side), or 640 (about its area) with --buckets" in \
+           capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"is kohya's W,H: .*give --width 512 --height 768"):
+        build(GenerateConfig, {"resolution": "512,768"})
+    assert build(TrainConfig, {"resolution": "512"}).resolution == 512  # (one number as text, as YAML may give it)
+    with pytest.raises(SystemExit):
+        main(["train", "--resolution", "big", "--token", "<t>", "--out", str(tmp_path / "o")])
+    assert "argument --resolution: invalid int value: 'big'" in capsys.readouterr().err
+
+
 def test_the_table_of_other_tools_names_names_only_flags_textinv_has():
     """foreign.NAMES cannot rot: each textinv flag it names (in its column or its note) is one of that command's,
     and a config key of its config (push has none); a flag in a note that names `textinv push` may be push's; each

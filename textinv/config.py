@@ -1139,6 +1139,27 @@ def is_warmup_length(value) -> bool:
             and (value < 1 or value == int(value)))
 
 
+def kohya_pair_note(value, sides: bool) -> str | None:
+    """What to give for kohya's "W,H" resolution (its command line's form, which its GUI writes into its config
+    file), or None where `value` is not one; `sides`: the command has --width and --height (generate).
+
+    >>> kohya_pair_note("512,512", sides=False)
+    "512,512 is kohya's W,H: textinv's --resolution is one side of a square; give --resolution 512"
+    """
+    found = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", value) if isinstance(value, str) else None
+    if not found:
+        return None
+    width, height = int(found[1]), int(found[2])
+    if width == height:
+        fix = f"give --resolution {width}"
+    elif sides:
+        fix = f"give --width {width} --height {height}"
+    else:  # (with --buckets, the buckets of about a square's area; kohya's dataset config is answered alike)
+        area = round((width * height) ** 0.5 / 64) * 64
+        fix = f"give --resolution {max(width, height)} (the longer side), or {area} (about its area) with --buckets"
+    return f"{value} is kohya's W,H: textinv's --resolution is one side of a square; {fix}"
+
+
 def check_side(flag: str, pixels: int | None, multiple: int = 8) -> None:
     """Refuse an image side (None: the default) that is not a positive multiple of `multiple` pixels, naming the
     flag and the nearest sizes that are, or one far beyond any model's (it would only run out of memory).
@@ -1297,6 +1318,8 @@ def typed_settings(cls, settings: dict[str, Any], where: str = "") -> dict[str, 
     for key, value in settings.items():
         f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if key == "resolution" and (note := kohya_pair_note(value, sides="width" in fields)):
+            raise ConfigError(f"setting 'resolution'{where}: {note}")
         out[key] = _coerce(key, hints[key], value, default, where)
     return out
 
