@@ -75,6 +75,14 @@ def test_single_encoder_formats_are_refused_for_sdxl(xl_dir, images, tmp_path):
         train(xl_config(images, tmp_path / "a", format="a1111"), model=load_model(xl_dir), progress=False)
 
 
+def test_format_kohya_on_sdxl_names_the_format_kohyas_sdxl_script_writes(xl_dir, images, tmp_path):
+    """kohya's SDXL textual inversion writes clip_l + clip_g, textinv's 'sdxl': a kohya user's --format kohya was
+    told only that it "holds one text encoder", which kohya's SDXL files do not."""
+    with pytest.raises(ConfigError, match=r"kohya's sdxl_train_textual_inversion.py writes the 'sdxl' one \(clip_l "
+                                          r"\+ clip_g\): --format sdxl"):
+        train(xl_config(images, tmp_path / "a", format="kohya"), model=load_model(xl_dir), progress=False)
+
+
 def test_pooled_embedding_is_read_at_end_of_text_not_at_a_new_token(xl_dir):
     model = load_model(xl_dir)
     assert model.pipeline.text_encoder_2.config.eos_token_id == 2  # the old config value real SDXL has

@@ -2194,8 +2194,10 @@ def _file_format(name: str | None, model: Model) -> str:
     """The file format for --format on this model: SDXL's are the single `sdxl` file or diffusers' two files."""
     if model.is_xl:
         if name not in (None, "sdxl", "diffusers"):
+            theirs = (" (kohya's sdxl_train_textual_inversion.py writes the 'sdxl' one (clip_l + clip_g): --format "
+                      "sdxl)" if name == "kohya" else "")
             raise ConfigError(f"--format {name} holds one text encoder; an SDXL embedding is saved as 'sdxl' "
-                              f"(one file: clip_l + clip_g) or 'diffusers' (two files)")
+                              f"(one file: clip_l + clip_g) or 'diffusers' (two files){theirs}")
         return "diffusers-sdxl" if name == "diffusers" else "sdxl"
     if name == "sdxl":
         raise ConfigError(f"--format sdxl is for SDXL models; {model.source} is {model.family}")
