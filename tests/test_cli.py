@@ -721,6 +721,9 @@ def test_kohyas_width_comma_height_resolution_is_answered_with_the_one_number_to
     with pytest.raises(SystemExit):
         main(["train", "--resolution", "big", "--token", "<t>", "--out", str(tmp_path / "o")])
     assert "argument --resolution: invalid int value: 'big'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # (score has neither --buckets nor --width)
+        main(["score", "--resolution", "512,768", "--embedding", "e.safetensors"])
+    assert "give --resolution 768 (the longer side) (see" in capsys.readouterr().err
 
 
 def test_the_table_of_other_tools_names_names_only_flags_textinv_has():

@@ -68,17 +68,17 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(*names, type=lambda value, known=f.metadata["spellings"], note=f.metadata.get(
                 "notes"): spelled(known, value, note), **kwargs)
         elif f.name == "resolution":
-            parser.add_argument(*names, type=_resolution_type("width" in hints), **kwargs)
+            parser.add_argument(*names, type=_resolution_type(list(hints)), **kwargs)
         else:
             parser.add_argument(*names, type=kind if kind in (int, float) else str, **kwargs)
 
 
-def _resolution_type(sides: bool):
+def _resolution_type(settings: list[str]):
     """argparse's type of --resolution: a whole number, with kohya's "W,H" answered (`config.kohya_pair_note`)."""
     from .config import kohya_pair_note
 
     def side(text: str) -> int:
-        note = kohya_pair_note(text, sides)
+        note = kohya_pair_note(text, settings)
         if note:
             raise argparse.ArgumentTypeError(note)
         return int(text)

@@ -1139,11 +1139,11 @@ def is_warmup_length(value) -> bool:
             and (value < 1 or value == int(value)))
 
 
-def kohya_pair_note(value, sides: bool) -> str | None:
+def kohya_pair_note(value, names) -> str | None:
     """What to give for kohya's "W,H" resolution (its command line's form, which its GUI writes into its config
-    file), or None where `value` is not one; `sides`: the command has --width and --height (generate).
+    file), or None where `value` is not one; `names`: the command's settings (generate has width and height).
 
-    >>> kohya_pair_note("512,512", sides=False)
+    >>> kohya_pair_note("512,512", ["resolution"])
     "512,512 is kohya's W,H: textinv's --resolution is one side of a square; give --resolution 512"
     """
     found = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", value) if isinstance(value, str) else None
@@ -1152,11 +1152,13 @@ def kohya_pair_note(value, sides: bool) -> str | None:
     width, height = int(found[1]), int(found[2])
     if width == height:
         fix = f"give --resolution {width}"
-    elif sides:
+    elif "width" in names and "height" in names:
         fix = f"give --width {width} --height {height}"
-    else:  # (with --buckets, the buckets of about a square's area; kohya's dataset config is answered alike)
+    elif "buckets" in names:  # (the buckets of about a square's area; kohya's dataset config is answered alike)
         area = round((width * height) ** 0.5 / 64) * 64
         fix = f"give --resolution {max(width, height)} (the longer side), or {area} (about its area) with --buckets"
+    else:
+        fix = f"give --resolution {max(width, height)} (the longer side)"
     return f"{value} is kohya's W,H: textinv's --resolution is one side of a square; {fix}"
 
 
@@ -1318,7 +1320,7 @@ def typed_settings(cls, settings: dict[str, Any], where: str = "") -> dict[str, 
     for key, value in settings.items():
         f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if key == "resolution" and (note := kohya_pair_note(value, sides="width" in fields)):
+        if key == "resolution" and (note := kohya_pair_note(value, fields)):
             raise ConfigError(f"setting 'resolution'{where}: {note}")
         out[key] = _coerce(key, hints[key], value, default, where)
     return out
