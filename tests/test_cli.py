@@ -699,6 +699,10 @@ def test_kohyas_config_file_tables_are_named_as_tables_with_their_keys_answered(
     assert "'pretrained_model_name_or_path': that is the diffusers and kohya scripts' name; textinv calls it " \
            "'model'" in err
     assert "known settings:" not in err and "'max_token_length': that is" not in err  # (textinv's own name too)
+    typo = tmp_path / "train.yaml"  # (a mistyped key holding a mapping in YAML is no kohya table)
+    typo.write_text("sample_prompt:\n  prompt: a photo of {}\n")
+    assert main(["train", "--config", str(typo), "--out", str(tmp_path / "o")]) == 2
+    assert "did you mean 'sample_prompts'?" in capsys.readouterr().err
 
 
 def test_kohyas_width_comma_height_resolution_is_answered_with_the_one_number_to_give(tmp_path, capsys):

@@ -1335,7 +1335,7 @@ def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
         raise ConfigError(f"unknown settings {', '.join(map(repr, unknown))}{where}: the file is kohya's dataset "
                           f"config ([general] and [[datasets]] tables); give it to --dataset-config, not --config")
     tables = [key for key in unknown if isinstance(settings[key], dict)]
-    if where and tables:  # (kohya's --config_file: its read_config_from_file reads its tables' keys as one list)
+    if where.lower().endswith(".toml") and tables:  # (kohya's --config_file: its tables' keys are read as one list)
         inner = [f"{key!r}: {hint}" for table in tables for key in settings[table] if key not in names
                  and (hint := foreign_hint(str(key), _COMMANDS.get(cls.__name__, ""), as_key=True))]
         raise ConfigError(f"{where.removeprefix(' in ')}: {' and '.join(f'[{key}]' for key in tables)} "
