@@ -379,6 +379,23 @@ def test_an_axis_whose_place_among_the_embeddings_given_is_unsaid_is_refused(tmp
                  progress=False)
 
 
+def test_a_training_runs_folder_given_as_embedding_is_the_axiss_own_whatever_format_it_saved(sd1_dir, images,
+                                                                                             tmp_path):
+    """`--embedding runs/my-dog --x "embedding=runs/my-dog/embeddings/*.pt"` after `train --format a1111` (or an
+    SDXL run, whose file is named after its token): the folder holds the axis's token, so each step file takes its
+    place; it was refused as two files of one token, the folder's file not being found by its token."""
+    from textinv.config import TrainConfig
+    from textinv.train import train
+
+    run = tmp_path / "run"
+    train(TrainConfig(images=str(images), token="<zq>", init="dog", out=str(run), format="a1111", steps=2, batch=2,
+                      save_every=1, sample_every=0), model=load_model(sd1_dir), progress=False)
+    steps = sorted(str(f) for f in (run / "embeddings").glob("*.pt"))
+    cells = xyz.plan(_config(tmp_path, prompt=["a photo of <zq>"], embedding=[str(run)],
+                             x=f"embedding={run}/embeddings/*.pt")).cells
+    assert [c.embedding for c in cells] == [[f] for f in steps]
+
+
 def web_ui_step(folder, name, step, seed=0):
     """An embedding as the web UI saves a training step's: NAME-STEP.pt, holding the name NAME-STEP."""
     folder.mkdir(exist_ok=True)

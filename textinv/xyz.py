@@ -51,7 +51,7 @@ from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error,
 from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
 from .models import pick_device
-from .run_folder import _nfc
+from .run_folder import _nfc, embedding_file
 from .report import INK, PAPER, font
 from .samplers import scheduler_for
 
@@ -281,16 +281,18 @@ def _axis_slot(own: dict[str, str], config: GenerateConfig, given: list[str | No
 
 def _given_tokens(config: GenerateConfig, said: str) -> list[str | None]:
     """Each --embedding's token: its --token, else the one generate draws its file by (the one it holds, or its file's
-    name where the prompts, `said`, write that instead: `_as_prompted`); None: no file textinv reads alone, a folder
-    or a hub id (a missing file is its cells' error)."""
+    name where the prompts, `said`, write that instead: `_as_prompted`; a training run's folder gives its file's);
+    None: no file textinv reads alone, a folder or a hub id (a missing file is its cells' error)."""
     if config.token:
         return list(config.token)
     tokens = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for entry in config.embedding:
-            try:
-                tokens.append(_as_prompted(load_embedding(Path(entry).expanduser()), _file_name(entry), said).token)
+            try:  # (a training run's folder: the file it saved, under the token's name whatever its format)
+                file = embedding_file(Path(entry).expanduser())
+                name = _file_name(str(file) if file.is_file() else entry)
+                tokens.append(_as_prompted(load_embedding(file), name, said).token)
             except (TextinvError, OSError):
                 tokens.append(None)
     return tokens
