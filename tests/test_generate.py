@@ -1065,6 +1065,25 @@ def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir
         draw("c", "easyneg", token=["x"])
 
 
+def test_an_embeddings_folders_subfolders_are_read_and_its_preview_pictures_left_out_as_in_the_web_ui(tmp_path):
+    """The web UI walks its embeddings folder's subfolders (embeddings/negative/easyneg.pt) and leaves out a picture
+    that holds no embedding (a preview, mydog.png beside mydog.pt): the subfolder's file was not found, so the
+    prompt drew its name as words, and the preview was refused as an embedding that could not be read."""
+    from textinv.generate import embedding_files
+
+    folder = tmp_path / "embeddings"
+    for name in ("negative/easyneg", "mydog"):
+        save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(2, 32)}), folder / f"{name}.pt", "a1111")
+    Image.new("RGB", (8, 8)).save(folder / "mydog.png")
+    Image.new("RGB", (8, 8)).save(folder / "cat.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a preview beside its embedding is left out without a word)
+        assert embedding_files([str(folder)], [None], "mydog, easyneg") == [
+            (str(folder / "mydog.pt"), "mydog"), (str(folder / "negative" / "easyneg.pt"), "easyneg")]
+    with pytest.warns(UserWarning, match=r"left out \S+cat.png: a picture without an embedding"):
+        assert embedding_files([str(folder)], [None], "a cat, mydog") == [(str(folder / "mydog.pt"), "mydog")]
+
+
 def test_comfyuis_embedding_names_in_a_prompt_draw_as_the_names_alone(sd1_dir, tmp_path):
     """ComfyUI writes `embedding:NAME` (the suffix and a subfolder optional, inside a weight too): it was read as the
     words "embedding" and ":" beside the name, another picture; a name given by no --embedding is refused (ComfyUI
@@ -2655,6 +2674,28 @@ def test_again_finds_a_web_ui_pictures_ti_hashes_in_a_folder_whose_names_came_fr
     info = PngInfo()
     info.add_text("parameters", 'a caf\u00e9 cat\nSteps: 2, Seed: 3, Size: 16x16, TI hashes: "caf\u00e9: 0123456789ab", '
                                 'Version: v1')
+    Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again_config(tmp_path / "webui.png", {"model": str(sd1_dir), "embedding": [str(folder)]})
+    said = " ".join(str(w.message) for w in caught)
+    assert f"other embedding files than {wrong} (its SHA-256 begins" in said
+    assert "no --embedding given is" not in said
+
+
+def test_again_finds_a_web_ui_pictures_ti_hashes_in_the_subfolders_of_an_embeddings_folder(sd1_dir, tmp_path):
+    """The web UI reads its embeddings folder's subfolders, so the picture's easyneg may be negative/easyneg.pt: it
+    was named as an embedding no --embedding gives, and a wrong version there went unsaid."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import again_config
+
+    folder = tmp_path / "embeddings"
+    wrong = save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32)}),
+                           folder / "negative" / "easyneg.pt", "a1111")[0]
+    info = PngInfo()
+    info.add_text("parameters", 'a cat\nNegative prompt: easyneg\nSteps: 2, Seed: 3, Size: 16x16, TI hashes: '
+                                '"easyneg: 0123456789ab", Version: v1')
     Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

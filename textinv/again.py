@@ -57,8 +57,8 @@ from .dynamic import literal
 from .emphasis import as_words, lora_tags
 from .errors import ConfigError
 from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
-from .generate import (EMBEDDING_SUFFIXES, HIRES_SETTINGS, MASK_SETTINGS, file_digest, file_sha256, hash_name,
-                       lora_files, lora_sha256)
+from .generate import (HIRES_SETTINGS, MASK_SETTINGS, file_digest, file_sha256, folder_embeddings,
+                       hash_name, lora_files, lora_sha256)
 from .hub import hub_reference
 from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
 from .run_folder import _nfc
@@ -1433,8 +1433,7 @@ def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str], prom
     for i, entry in enumerate(files):
         path = Path(entry).expanduser()
         if path.is_dir():
-            given += [(_nfc(f.stem), f) for f in sorted(path.iterdir())
-                      if _nfc(f.stem).lower() in wanted and f.suffix.lower() in EMBEDDING_SUFFIXES and f.is_file()]
+            given += [(_nfc(f.stem), f) for f in folder_embeddings(path) if _nfc(f.stem).lower() in wanted]
         elif path.is_file():
             given.append((_nfc(tokens[i] if i < len(tokens) and tokens[i] else path.stem), path))
     found, other = set(), []

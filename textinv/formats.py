@@ -821,6 +821,18 @@ def _read_image(path: Path) -> dict:
         raise FormatError(f"{path}: the {PNG_CHUNK!r} chunk is not base64-encoded JSON of an embedding ({e})") from None
 
 
+def holds_png_embedding(path: str | Path) -> bool:
+    """Whether a picture carries an A1111 embedding in its text chunk (`PNG_CHUNK`); a preview picture does not. One
+    that cannot be read counts as one, so that reading it says what is wrong."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return PNG_CHUNK in (getattr(image, "text", None) or image.info)
+    except (OSError, ValueError, SyntaxError):
+        return True
+
+
 def a1111_png_name(path: str | Path) -> str | None:
     """The name the A1111 web UI calls an image embedding by: its chunk's "name", not the file's (a renamed PNG
     keeps it), or None where the chunk has none.
@@ -1153,7 +1165,8 @@ def _check_format(format: str) -> None:
 
 
 __all__ = [
-    "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "LearnedEmbedding", "default_filename", "second_file",
+    "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "holds_png_embedding", "LearnedEmbedding",
+    "default_filename", "second_file",
     "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for",
     "check_suffix", "describe",
     "split_bundle", "bundled_names", "load_bundled", "bundle_into_lora",

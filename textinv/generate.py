@@ -38,9 +38,9 @@ from .config import REFINER_SWITCH_AT, GenerateConfig, check_refiner_switch, che
 from .data import load_image, prepare_image
 from .errors import ConfigError, FormatError, ModelError, TokenError
 from .families import FAMILY_NAMES, describe_widths
-from .formats import (BUNDLE_PREFIX, BUNDLE_SEPARATOR, RECORD_KEY, LearnedEmbedding, ModelSpecWarning,
-                      bundled_names, diffusers_file, load_bundled, load_embedding, load_embedding_pair,
-                      split_bundle)
+from .formats import (BUNDLE_PREFIX, BUNDLE_SEPARATOR, PNG_CHUNK, RECORD_KEY, LearnedEmbedding, ModelSpecWarning,
+                      bundled_names, diffusers_file, holds_png_embedding, load_bundled, load_embedding,
+                      load_embedding_pair, split_bundle)
 from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
@@ -1705,10 +1705,10 @@ def _as_prompted(emb: LearnedEmbedding, name: str, said: str) -> LearnedEmbeddin
 
 def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> list[tuple[str, str | None]]:
     """(file, token) for each --embedding. A folder that is not a diffusers run folder (learned_embeds.*) is read as
-    the A1111 web UI reads its embeddings folder: each file's name is its token, and the files named in the
-    prompts (`said`, lowercased) are loaded, the others left alone, each under its name composed (NFC, as a prompt
-    is typed, `_named`). A training run's folder gives its embedding (every concept's, for a run of several)
-    whatever format it saved."""
+    the A1111 web UI reads its embeddings folder: each file's name is its token (in its subfolders too), and the
+    files named in the prompts (`said`, lowercased) are loaded, the others left alone, each under its name composed
+    (NFC, as a prompt is typed, `_named`); a picture that holds no embedding (a preview) is left out. A training
+    run's folder gives its embedding (every concept's, for a run of several) whatever format it saved."""
     files: list[tuple[str, str | None]] = []
     for entry, token in zip(entries, tokens):
         folder = Path(entry)
@@ -1733,14 +1733,25 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
         if token:
             raise ConfigError(f"--token {token} renames one embedding file; {entry} is a folder of them, each named "
                               f"by its file name (rename the file instead)")
-        named = [f for f in sorted(folder.iterdir()) if f.suffix.lower() in EMBEDDING_SUFFIXES and f.is_file()
-                 and _named(f.stem, said)]
+        named = [f for f in folder_embeddings(folder) if _named(f.stem, said)]
+        for picture in [f for f in named if f.suffix.lower() == ".png" and not holds_png_embedding(f)]:
+            named.remove(picture)  # (a preview picture: the web UI leaves it out, as it holds no embedding)
+            if not any(_nfc(f.stem) == _nfc(picture.stem) for f in named):
+                warnings.warn(f"left out {picture}: a picture without an embedding's {PNG_CHUNK!r} text chunk (a "
+                              f"preview, or an embedding kept in its pixels, which textinv does not decode), so "
+                              f"{picture.stem!r} is read as words", stacklevel=3)
         if not named:
             warnings.warn(f"no embedding in the folder {entry} is named in the prompts; a folder's embeddings are "
                           f"written by their file names, as in the A1111 web UI (e.g. 'easynegative' for "
                           f"easynegative.safetensors)", stacklevel=3)
         files += [(str(f), _nfc(f.stem)) for f in named]
     return files
+
+
+def folder_embeddings(folder: Path) -> list[Path]:
+    """The embedding files in `folder` and its subfolders, as the web UI walks its embeddings folder (where
+    embeddings/negative/easyneg.pt is called easyneg)."""
+    return [f for f in sorted(folder.rglob("*")) if f.suffix.lower() in EMBEDDING_SUFFIXES and f.is_file()]
 
 
 def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, clip_skip: int, width: int,
