@@ -1084,6 +1084,18 @@ def test_an_embeddings_folders_subfolders_are_read_and_its_preview_pictures_left
         assert embedding_files([str(folder)], [None], "a cat, mydog") == [(str(folder / "mydog.pt"), "mydog")]
 
 
+def test_an_embeddings_folders_file_named_with_a_space_is_refused_naming_the_file_to_rename(tmp_path):
+    """The web UI calls `My Dog.pt` "My Dog"; a learned token here is one word. It was refused once the model had
+    loaded, saying to pass --token, which a folder's files do not take."""
+    from textinv.generate import embedding_files
+
+    folder = tmp_path / "embeddings"
+    save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(2, 32)}), folder / "My Dog.pt", "a1111")
+    with pytest.raises(ConfigError, match=r"\S+/My Dog.pt: .* one word without spaces: rename the file \(My_Dog.pt\) "
+                                          r"and write My_Dog in the prompt"):
+        embedding_files([str(folder)], [None], "a photo of my dog")
+
+
 def test_comfyuis_embedding_names_in_a_prompt_draw_as_the_names_alone(sd1_dir, tmp_path):
     """ComfyUI writes `embedding:NAME` (the suffix and a subfolder optional, inside a weight too): it was read as the
     words "embedding" and ":" beside the name, another picture; a name given by no --embedding is refused (ComfyUI

@@ -1734,6 +1734,12 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
             raise ConfigError(f"--token {token} renames one embedding file; {entry} is a folder of them, each named "
                               f"by its file name (rename the file instead)")
         named = [f for f in folder_embeddings(folder) if _named(f.stem, said)]
+        spaced = next((f for f in named if len(f.stem.split()) > 1), None)
+        if spaced is not None:  # (the web UI reads a name of several words; a learned token here is one)
+            underscored = "_".join(spaced.stem.split())
+            raise ConfigError(f"{spaced}: the prompt calls it by its file's name, as the web UI does, but a learned "
+                              f"token is one word without spaces: rename the file ({underscored}{spaced.suffix}) and "
+                              f"write {underscored} in the prompt")
         for picture in [f for f in named if f.suffix.lower() == ".png" and not holds_png_embedding(f)]:
             named.remove(picture)  # (a preview picture: the web UI leaves it out, as it holds no embedding)
             if not any(_nfc(f.stem) == _nfc(picture.stem) for f in named):
