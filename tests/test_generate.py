@@ -501,6 +501,16 @@ def test_generate_draws_emphasis_and_names_files_by_the_words(sd1_dir, tmp_path)
     assert path.name == "000-a-dog-on-grass-s0.png"
 
 
+def test_a_composable_prompts_weights_are_not_among_the_words_it_is_named_by():
+    """A sub-prompt's weight (`a castle AND a dragon:0.8`) is syntax, as `(red:1.5)`'s is: the file was named
+    000-a-castle-AND-a-dragon-0-8-s0.png."""
+    from textinv.emphasis import words_drawn
+    from textinv.generate import _slug
+
+    assert _slug(words_drawn("a castle:1.5 AND a (dragon:1.2) : 0.8 AND 16:9 frame")) == \
+        "a-castle-AND-a-dragon-AND-16-9-frame"
+
+
 NEW_SAMPLERS = ["heun", "dpm2", "dpm2_a", "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s"]
 # the web UI's SDE samplers, DDPM and LMS, and sigma schedules beside Karras
 SDE_SAMPLERS = ["dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde", "ddpm", "lms", "dpm++2m_sde_karras",

@@ -95,11 +95,15 @@ def plain_text(prompt: str) -> str:
 def words_drawn(prompt: str, steps: int = 100) -> str:
     """The words a prompt's picture ends up showing (for its file's name, and for CLIP to read): the text of the last
     of `steps` sampling steps (prompt editing done, an alternation's option there), without LoRA tags, emphasis or
-    BREAK (the web UI's chunk break, not a word).
+    BREAK (the web UI's chunk break, not a word), or the weights of its `AND` sub-prompts.
 
     >>> words_drawn("a [cat:dog:0.5] BREAK on (grass:1.2) <lora:film:0.8>")
     'a dog   on grass '
+    >>> words_drawn("a castle AND a dragon:0.8")
+    'a castle AND  a dragon'
     """
+    if has_and(prompt):
+        return " AND ".join(words_drawn(part, steps) for part, _ in composable_parts(prompt))
     text = prompt_schedule(prompt, steps)[-1][1]
     text = _EXTRA_NETWORK.sub(lambda m: "" if m.group(1).lower() in LORA_KINDS else m.group(0), text)
     return re.sub(r"\bBREAK\b", " ", plain_text(text))
