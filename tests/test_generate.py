@@ -1004,6 +1004,35 @@ def test_prompt_editing_and_alternation_are_scheduled_as_the_web_ui_does(prompt,
     assert prompt_schedule(prompt, steps) == schedule
 
 
+@pytest.mark.parametrize("prompt, schedule", [
+    ("a [b:.5] c", [(10, "a b c")]),  # (the web UI's own examples: 10 first steps, 10 hires steps)
+    ("a [b:1.5] c", [(5, "a  c"), (10, "a b c")]),
+    ("[cat:dog:15]", [(5, "cat"), (10, "dog")]), ("[cat:dog:5]", [(10, "dog")]),  # steps count on from the first
+    ("[red|blue] car", [(1, "red car"), (2, "blue car"), (3, "red car")] + [(n, ("red", "blue")[(n - 1) % 2] + " car")
+                                                                          for n in range(4, 11)]),
+])
+def test_prompt_editing_in_the_hires_fixs_pass_counts_on_from_the_first_pass_as_the_web_ui_does(prompt, schedule):
+    """The web UI (1.8 on) schedules the hires pass's prompt on from the first pass: a fraction below 1 is of the first
+    pass (done by then), one above 1 of the hires pass, a step counts on from the first pass's steps. Each pass was
+    scheduled on its own, so `[<style>:0.3]` left the style out of the hires pass's first 30%."""
+    from textinv.emphasis import prompt_schedule
+
+    assert prompt_schedule(prompt, 10, first=10) == schedule
+
+
+def test_the_hires_pass_draws_a_prompt_edit_past_its_first_pass_throughout(sd1_dir, tmp_path):
+    """`[cat:dog:0.5]` with the hires fix: the first pass switches halfway, the hires pass draws "dog" all through,
+    the picture its hires prompt "dog" draws."""
+    model = load_model(sd1_dir)
+
+    def draw(out, **kw):
+        return np.asarray(Image.open(generate(GenerateConfig(
+            prompt=["a [cat:dog:0.5]"], out=str(tmp_path / out), n=1, steps=4, hires_scale=1.5, hires_steps=4,
+            model=str(sd1_dir), **kw), model=model, progress=False)[0]))
+
+    assert np.array_equal(draw("edited"), draw("dog", hires_prompt="a dog"))
+
+
 def _conditioning_seen(model):
     """Each UNet call's text conditioning (encoder hidden states and SDXL's pooled text embedding), in order."""
     seen = []

@@ -243,7 +243,7 @@ def composable_parts(prompt: str) -> list[tuple[str, float]]:
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")  # the web UI's grammar: a signed number
 
 
-def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+def prompt_schedule(prompt: str, steps: int, first: int | None = None) -> list[tuple[int, str]]:
     """The web UI's prompt editing and alternation as (last step, text) pairs, last steps in 1..`steps`, as its
     parser gives them. The web UI counts the sampling steps from 0 and gives step s the text of the first pair
     whose last step is at least s (`generate` does the same), so `[cat:dog:5]` draws "cat" for 6 steps. The texts
@@ -257,6 +257,10 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     no alternation's options (`a | b`, `[x|y` never closed) fails the web UI's grammar, and its prompt is then one
     text for every step (its editing undone): so here too.
 
+    `first`: the steps of the first pass when this is the hires fix's pass, which the web UI (1.8 on) schedules on
+    from it: a fraction below 1 is of the first pass, done by then (`[cat:dog:0.5]` is "dog" throughout), one above
+    1 of this pass (`1.5`: half of it), and a step counts on from the first pass's (`first` + 5: its step 5).
+
     >>> prompt_schedule("a [cat:dog:0.5] on [grass::3]", 10)
     [(3, 'a cat on grass'), (5, 'a cat on '), (10, 'a dog on ')]
     >>> prompt_schedule("[red|blue] car", 3)
@@ -267,8 +271,8 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
         if _stray_bar(tree):  # the web UI's grammar fails on it, and its prompt is then one text for every step
             return [(steps, prompt)]
         ends = {steps}
-        _collect_steps(tree, steps, ends)
-        texts = [(end, _text_at(tree, end, steps)) for end in sorted(e for e in ends if 1 <= e <= steps)]
+        _collect_steps(tree, steps, ends, first)
+        texts = [(end, _text_at(tree, end, steps, first)) for end in sorted(e for e in ends if 1 <= e <= steps)]
     except RecursionError:  # (thousands of nested brackets; the web UI's parser gives up on such a prompt too)
         return [(steps, prompt)]
     schedule: list[tuple[int, str]] = []
@@ -384,35 +388,39 @@ def _square(parts: list[list], seps: list[str]) -> list:
     return nodes + ["]"]
 
 
-def _edit_step(when: str, steps: int) -> int:
-    value = float(when) * steps if "." in when else float(when)
+def _edit_step(when: str, steps: int, first: int | None = None) -> int:
+    if first is None:
+        value = float(when) * steps if "." in when else float(when)
+    else:  # (the hires fix's pass, scheduled on from the first pass's `first` steps: `prompt_schedule`)
+        value = (float(when) - 1) * steps if "." in when else float(when) - first
     return int(max(-1.0, min(float(steps), value)))  # (a value past a float's range is infinite: cut, not int()ed)
 
 
-def _collect_steps(nodes: list, steps: int, ends: set[int]) -> None:
+def _collect_steps(nodes: list, steps: int, ends: set[int], first: int | None = None) -> None:
     """Add to `ends` every step after which some edit or alternation changes the text."""
     for node in nodes:
         if isinstance(node, str):
             continue
         if node[0] == "edit":
-            ends.add(_edit_step(node[3], steps))
-            _collect_steps(node[1], steps, ends)
-            _collect_steps(node[2], steps, ends)
+            ends.add(_edit_step(node[3], steps, first))
+            _collect_steps(node[1], steps, ends, first)
+            _collect_steps(node[2], steps, ends, first)
         else:
             ends.update(range(1, steps + 1))
             for option in node[1]:
-                _collect_steps(option, steps, ends)
+                _collect_steps(option, steps, ends, first)
 
 
-def _text_at(nodes: list, step: int, steps: int) -> str:
+def _text_at(nodes: list, step: int, steps: int, first: int | None = None) -> str:
     out = []
     for node in nodes:
         if isinstance(node, str):
             out.append(node)
         elif node[0] == "edit":
-            out.append(_text_at(node[1] if step <= _edit_step(node[3], steps) else node[2], step, steps))
+            out.append(_text_at(node[1] if step <= _edit_step(node[3], steps, first) else node[2], step, steps,
+                                first))
         else:
-            out.append(_text_at(node[1][(step - 1) % len(node[1])], step, steps))
+            out.append(_text_at(node[1][(step - 1) % len(node[1])], step, steps, first))
     return "".join(out)
 
 

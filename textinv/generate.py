@@ -426,7 +426,7 @@ def render(
                   **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {}),
                   **({"guidance": hires.guidance} if hires.guidance is not None else {})}
         return _refined(second_model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
-                        size, variation, refiner=refiner, **second)
+                        size, variation, refiner=refiner, first_pass=steps, **second)
 
 
 def seed_noise(generators: list[torch.Generator], shape: tuple[int, ...],
@@ -554,8 +554,10 @@ class _Layout(NamedTuple):
     lengths: tuple | None
 
 
-def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int) -> _Layout:
-    """The sub-prompts, stretches of steps and chunks of 77 a pass over `steps` steps draws `prompts` with.
+def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
+            first_pass: int | None = None) -> _Layout:
+    """The sub-prompts, stretches of steps and chunks of 77 a pass over `steps` steps draws `prompts` with
+    (`first_pass`: the first pass's steps, where this is the hires fix's pass: `emphasis.prompt_schedule`'s `first`).
 
     Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps (`ends`: each one's last
     step) with texts of their own (`texts[stretch]`: each sub-prompt's, then the negative's); a prompt without them
@@ -570,7 +572,7 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int) 
     owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
     weights = [w for per in parts for _, w in per]
     subprompts = [text for per in parts for text, _ in per]
-    schedules = [emphasis.prompt_schedule(text, steps) for text in subprompts + [negative_prompt]]
+    schedules = [emphasis.prompt_schedule(text, steps, first_pass) for text in subprompts + [negative_prompt]]
     ends = sorted({end for schedule in schedules for end, _ in schedule})
     texts = [[next(text for end, text in schedule if last <= end) for schedule in schedules] for last in ends]
     rows = [_prompt_chunks(model, stretch[:-1]) for stretch in texts]
@@ -607,18 +609,19 @@ def _counts(per_encoder, rows: int) -> list[int]:
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
           guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
-          refiner: Refiner | None = None, **call):
+          refiner: Refiner | None = None, first_pass: int | None = None, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
     `blend_step`) runs after each step, after prompt editing's switch; `on_unet` (a function of `pipe` giving hook
     handles: inpainting's `blend_denoised`) hooks the UNet after the prompt's own hooks, so its output hook sees
-    the output the pipeline gets. `refiner` draws the pass's last steps (`_handing_on`)."""
+    the output the pipeline gets. `refiner` draws the pass's last steps (`_handing_on`). `first_pass`: the first
+    pass's steps, where this is the hires fix's pass, whose prompt editing counts on from them (`_layout`)."""
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
     given_unet = pipe.unet
-    prompting = (prompts, negative_prompt, steps, clip_skip, size, emphasis_mode, stretch)
+    prompting = (prompts, negative_prompt, steps, clip_skip, size, emphasis_mode, stretch, first_pass)
     ends, given, hooks = _prompted(model, pipe, pipe.unet, *prompting)
     kwargs = dict(given[0])
     switching = _switching_conditioning(model, steps, ends, given, stretch) if len(ends) > 1 else {}
@@ -656,12 +659,13 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
 
 
 def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str, steps: int, clip_skip: int,
-              size: tuple[int, int], emphasis_mode: str, stretch: list[int]) -> tuple[list[int], list[dict], list]:
+              size: tuple[int, int], emphasis_mode: str, stretch: list[int],
+              first_pass: int | None = None) -> tuple[list[int], list[dict], list]:
     """`model`'s conditioning of a pass (`_pass`) and what draws it: the stretches' last steps (`_layout`), the
     pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
     draw composable diffusion or hide the padding (`stretch`: the stretch the next UNet call is in)."""
     width, height = size
-    at = _layout(model, prompts, negative_prompt, steps)
+    at = _layout(model, prompts, negative_prompt, steps, first_pass)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
     zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
     conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode)
@@ -2087,12 +2091,13 @@ def _mixable(run: _Run, prompt: _Prompt) -> tuple:
     of 77 the prompt and its negative are padded to (long prompts, BREAK), and whether the padding is hidden from
     the UNet (`_layout`), each of which changes how the UNet's kernels run."""
     config, model = run.config, run.model
-    passes = [refine.pass_steps(run.steps, passes_denoise(config), False)[1] if config.init_image else run.steps]
+    passes = [(refine.pass_steps(run.steps, passes_denoise(config), False)[1] if config.init_image else run.steps,
+               None)]
     if config.hires() and run.hires.text is None:  # (its own hires prompt: the same for every picture)
-        passes.append(refine.pass_steps(config.hires_steps or run.steps, passes_denoise(config), True)[1])
+        passes.append((refine.pass_steps(config.hires_steps or run.steps, passes_denoise(config), True)[1], run.steps))
     shapes = []
-    for steps in passes:
-        at = _layout(model, [prompt.expanded], prompt.negative, steps)
+    for steps, first_pass in passes:
+        at = _layout(model, [prompt.expanded], prompt.negative, steps, first_pass)
         shapes.append((len(at.owners) if at.composed else 0, at.chunks, at.lengths is not None))
     return prompt.negative, tuple(_lora_set(prompt.tags).items()), prompt.switch, tuple(shapes)
 
