@@ -1033,6 +1033,22 @@ def test_the_hires_pass_draws_a_prompt_edit_past_its_first_pass_throughout(sd1_d
     assert np.array_equal(draw("edited"), draw("dog", hires_prompt="a dog"))
 
 
+def test_an_img2img_pass_schedules_prompt_editing_over_all_its_steps_from_its_first_as_the_web_ui_does(sd1_dir,
+                                                                                                     tmp_path):
+    """The web UI schedules an img2img pass's prompt over all of --steps and counts the steps it runs from 0: at 4
+    steps and denoise 0.5 it runs 3 (steps 0-2), and `[cat:dog:0.5]` switches after step 2, so all three are "cat".
+    Scheduled over the 3 steps run, "dog" drew the last."""
+    model = load_model(sd1_dir)
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(tmp_path / "init.png")
+
+    def draw(out, prompt):
+        return np.asarray(Image.open(generate(GenerateConfig(
+            prompt=[prompt], out=str(tmp_path / out), n=1, steps=4, init_image=str(tmp_path / "init.png"),
+            denoise=0.5, model=str(sd1_dir)), model=model, progress=False)[0]))
+
+    assert np.array_equal(draw("edited", "a [cat:dog:0.5]"), draw("cat", "a cat"))
+
+
 def _conditioning_seen(model):
     """Each UNet call's text conditioning (encoder hidden states and SDXL's pooled text embedding), in order."""
     seen = []

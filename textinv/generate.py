@@ -499,9 +499,11 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
         hook = inpainting.conditioning_hook(pipe.unet, pixels[1], pixels[0],
                                             lambda p: refine.encode(pipe.vae, p))
     try:
+        # (the web UI schedules an img2img pass's prompt editing over all its --steps, the hires fix's on from
+        # the first pass: `_pass`)
         return _pass(model, pipe, run, sampler, size, seeds=seeds, image=latents, generator=generators,
                      num_inference_steps=schedule, strength=refine.strength(schedule, run), output_type="pil",
-                     on_step=on_step, on_unet=on_unet, **drawing)
+                     on_step=on_step, on_unet=on_unet, **({} if hires else {"edit_steps": steps}), **drawing)
     finally:
         if hook is not None:
             hook.remove()
@@ -609,19 +611,21 @@ def _counts(per_encoder, rows: int) -> list[int]:
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
           guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
-          refiner: Refiner | None = None, first_pass: int | None = None, **call):
+          refiner: Refiner | None = None, first_pass: int | None = None, edit_steps: int | None = None, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
     `blend_step`) runs after each step, after prompt editing's switch; `on_unet` (a function of `pipe` giving hook
     handles: inpainting's `blend_denoised`) hooks the UNet after the prompt's own hooks, so its output hook sees
     the output the pipeline gets. `refiner` draws the pass's last steps (`_handing_on`). `first_pass`: the first
-    pass's steps, where this is the hires fix's pass, whose prompt editing counts on from them (`_layout`)."""
+    pass's steps, where this is the hires fix's pass, whose prompt editing counts on from them (`_layout`);
+    `edit_steps`: the steps its prompt editing is scheduled over where not the steps it runs (an img2img pass runs
+    the last of them, its steps counted from 0, as the web UI counts them)."""
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
     given_unet = pipe.unet
-    prompting = (prompts, negative_prompt, steps, clip_skip, size, emphasis_mode, stretch, first_pass)
+    prompting = (prompts, negative_prompt, edit_steps or steps, clip_skip, size, emphasis_mode, stretch, first_pass)
     ends, given, hooks = _prompted(model, pipe, pipe.unet, *prompting)
     kwargs = dict(given[0])
     switching = _switching_conditioning(model, steps, ends, given, stretch) if len(ends) > 1 else {}
@@ -2091,8 +2095,7 @@ def _mixable(run: _Run, prompt: _Prompt) -> tuple:
     of 77 the prompt and its negative are padded to (long prompts, BREAK), and whether the padding is hidden from
     the UNet (`_layout`), each of which changes how the UNet's kernels run."""
     config, model = run.config, run.model
-    passes = [(refine.pass_steps(run.steps, passes_denoise(config), False)[1] if config.init_image else run.steps,
-               None)]
+    passes = [(run.steps, None)]  # (an img2img pass's prompt editing is scheduled over all its steps: `_pass`)
     if config.hires() and run.hires.text is None:  # (its own hires prompt: the same for every picture)
         passes.append((refine.pass_steps(config.hires_steps or run.steps, passes_denoise(config), True)[1], run.steps))
     shapes = []
