@@ -162,6 +162,16 @@ def test_again_reads_a_web_ui_pictures_hires_checkpoint_and_cfg_and_asks_for_its
     assert (config.hires_guidance, config.hires_scale) == (None, 2)
 
 
+def test_again_reads_a_web_ui_pictures_hires_steps_0_as_the_first_passs_steps(sd1_dir, tmp_path):
+    """The web UI's Hires steps 0 is "as many as the first pass": it was read as --hires-steps 0 and refused."""
+    from textinv.again import again_config
+
+    with pytest.warns(UserWarning, match=r"parameters: Model \("):
+        config, _ = again_config(_webui_picture(tmp_path, "Hires upscale: 2, Hires steps: 0"), {"model": str(sd1_dir)})
+    assert (config.hires_steps, config.hires_scale) == (None, 2)
+    config.validate()
+
+
 def test_bad_hires_settings_are_refused_before_anything_loads(sd1_dir, tmp_path, monkeypatch):
     import textinv.generate as generating
     from textinv.tiny import build_tiny_xl_pipeline

@@ -536,7 +536,7 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
         width, height = _size(path, fields["Hires resize"], "Hires resize")
         settings.update({name: side for name, side in (("hires_width", width), ("hires_height", height))
                          if side.strip("0")})  # (the web UI writes a side it derives as 0)
-    if "Hires steps" in fields:
+    if "Hires steps" in fields and _number(fields["Hires steps"]) != 0:  # (the web UI's 0: the first pass's steps)
         settings["hires_steps"] = fields["Hires steps"]
     upscaler = fields.get("Hires upscaler")
     if upscaler is not None:
