@@ -1741,25 +1741,33 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
         if token:
             raise ConfigError(f"--token {token} renames one embedding file; {entry} is a folder of them, each named "
                               f"by its file name (rename the file instead)")
-        named = [f for f in folder_embeddings(folder) if _named(f.stem, said)]
-        spaced = next((f for f in named if len(f.stem.split()) > 1), None)
-        if spaced is not None:  # (the web UI reads a name of several words; a learned token here is one)
-            underscored = "_".join(spaced.stem.split())
-            raise ConfigError(f"{spaced}: the prompt calls it by its file's name, as the web UI does, but a learned "
-                              f"token is one word without spaces: rename the file ({underscored}{spaced.suffix}) and "
-                              f"write {underscored} in the prompt")
-        for picture in [f for f in named if f.suffix.lower() == ".png" and not holds_png_embedding(f)]:
-            named.remove(picture)  # (a preview picture: the web UI leaves it out, as it holds no embedding)
-            if not any(_nfc(f.stem) == _nfc(picture.stem) for f in named):
-                warnings.warn(f"left out {picture}: a picture without an embedding's {PNG_CHUNK!r} text chunk (a "
-                              f"preview, or an embedding kept in its pixels, which textinv does not decode), so "
-                              f"{picture.stem!r} is read as words", stacklevel=3)
+        named = _named_in_folder(folder, said)
         if not named:
             warnings.warn(f"no embedding in the folder {entry} is named in the prompts; a folder's embeddings are "
                           f"written by their file names, as in the A1111 web UI (e.g. 'easynegative' for "
                           f"easynegative.safetensors)", stacklevel=3)
         files += [(str(f), _nfc(f.stem)) for f in named]
     return files
+
+
+def _named_in_folder(folder: Path, said: str) -> list[Path]:
+    """The files of a web UI embeddings folder (`folder_embeddings`) that the prompts (`said`) name by their file
+    names, but for pictures that hold no embedding (previews, which the web UI leaves out); a name of several words,
+    which the web UI reads, is refused, naming the file to rename."""
+    named = [f for f in folder_embeddings(folder) if _named(f.stem, said)]
+    spaced = next((f for f in named if len(f.stem.split()) > 1), None)
+    if spaced is not None:  # (the web UI reads a name of several words; a learned token here is one)
+        underscored = "_".join(spaced.stem.split())
+        raise ConfigError(f"{spaced}: the prompt calls it by its file's name, as the web UI does, but a learned "
+                          f"token is one word without spaces: rename the file ({underscored}{spaced.suffix}) and "
+                          f"write {underscored} in the prompt")
+    for picture in [f for f in named if f.suffix.lower() == ".png" and not holds_png_embedding(f)]:
+        named.remove(picture)  # (a preview picture: the web UI leaves it out, as it holds no embedding)
+        if not any(_nfc(f.stem) == _nfc(picture.stem) for f in named):
+            warnings.warn(f"left out {picture}: a picture without an embedding's {PNG_CHUNK!r} text chunk (a "
+                          f"preview, or an embedding kept in its pixels, which textinv does not decode), so "
+                          f"{picture.stem!r} is read as words", stacklevel=4)
+    return named
 
 
 def folder_embeddings(folder: Path) -> list[Path]:
