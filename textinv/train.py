@@ -828,42 +828,70 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
     fixes = [(f"--precision {half}", "", False)] if where.dtype == torch.float32 else []
     if where.resolution and where.stage != "load":
         fixes.append((f"--resolution {smaller_side(where.resolution)}", "the pictures are learned at that size", False))
+    fit = None
     if where.stage == "load":
         doing = f"loading the model ({precision})"
     elif where.stage == "latents":
         doing = f"caching the pictures' latents (the VAE encoding them at {size}, {precision})"
     elif where.stage == "grid":
-        # the pictures drawn at once: all the grid's, or with a sample prompts file's options those of one set of
-        # settings, at their own size (the grid's is the training size, never "about" it)
-        n = where.at_once or where.prompts
-        width, height = where.drawn_at or (where.resolution, where.resolution)
-        drawn = f"{width}x{height}" if width else "its size"
-        held = (f"{n} prompt{'s' * (n > 1)}" if n == where.prompts else
-                f"{n} of its {where.prompts} prompts at once")
-        doing = f"drawing the sample grid of step {where.step} ({held} at {drawn})"
-        fixes = [("fewer --sample-prompts", f"the grid draws {'its' if n == where.prompts else 'these'} {n} at once",
-                  True)] * (n > 1) + [("--sample-every 0", "no grids", True)]
-        if config.cuda_graphs:  # (the captured step's memory stays reserved while the grid is drawn)
-            fixes.append(("no --cuda-graphs", "the training step's memory is then free for the grid", True))
+        doing, fixes = _grid_out_of_memory(where)
     else:
-        concepts = len(config.concept_list())
-        per_step = config.batch * config.grad_accum
-        fit = _batches_that_fit(where, device, config.batch * concepts)
-        batch = f"batch {config.batch}" + (f" per concept x {concepts} concepts" if concepts > 1 else "") + \
-            (f" x grad-accum {config.grad_accum}" if config.grad_accum > 1 else "")
-        doing = f"in training step {where.step} ({batch}, {size}, {precision}" + \
-            (", --gradient-checkpointing" if config.gradient_checkpointing else "") + \
-            (", --cuda-graphs)" if config.cuda_graphs else ")")
-        if config.batch > 1:  # the largest batch that divides it: the same samples a step, in more passes
-            part = next(d for d in range(config.batch // 2, 0, -1) if config.batch % d == 0)
-            if fit and fit[0] >= concepts:  # (the largest such batch worked out to fit)
-                part = next(d for d in range(part, 0, -1) if config.batch % d == 0 and d * concepts <= fit[0])
-            fixes.insert(0, (f"--batch {part} --grad-accum {per_step // part}",
-                             f"the same {per_step} samples a step, drawn in {per_step // part} passes", False))
-        if not config.gradient_checkpointing:
-            fixes.insert(0, ("--gradient-checkpointing", "the same result, about a third slower", True))
-        if config.cuda_graphs:  # (a captured step keeps a pool of its own for the whole run)
-            fixes.insert(0, ("no --cuda-graphs", "the same result, slower at small batches", True))
+        doing, fit = _step_out_of_memory(where, device, size, precision, fixes)
+    after = _how_the_run_goes_on(where, fixes)
+    listed = [f"{flags} ({why})" if why else flags for flags, why, _ in fixes]
+    if where.stage == "step" and fit:
+        after = f"{_what_fits(config, fit, size, precision)}. {after}"
+    return memory_error(device, doing, listed, after, error)
+
+
+def _grid_out_of_memory(where: _Where) -> tuple[str, list[tuple[str, str, bool]]]:
+    """`_memory_error` drawing a sample grid: what was drawn, and the fixes (each its flags, what it does, and
+    whether a --resume may take it)."""
+    # the pictures drawn at once: all the grid's, or with a sample prompts file's options those of one set of
+    # settings, at their own size (the grid's is the training size, never "about" it)
+    n = where.at_once or where.prompts
+    width, height = where.drawn_at or (where.resolution, where.resolution)
+    drawn = f"{width}x{height}" if width else "its size"
+    held = (f"{n} prompt{'s' * (n > 1)}" if n == where.prompts else
+            f"{n} of its {where.prompts} prompts at once")
+    doing = f"drawing the sample grid of step {where.step} ({held} at {drawn})"
+    fixes = [("fewer --sample-prompts", f"the grid draws {'its' if n == where.prompts else 'these'} {n} at once",
+              True)] * (n > 1) + [("--sample-every 0", "no grids", True)]
+    if where.config.cuda_graphs:  # (the captured step's memory stays reserved while the grid is drawn)
+        fixes.append(("no --cuda-graphs", "the training step's memory is then free for the grid", True))
+    return doing, fixes
+
+
+def _step_out_of_memory(where: _Where, device: torch.device, size: str, precision: str,
+                        fixes: list[tuple[str, str, bool]]) -> tuple[str, tuple[int, int] | None]:
+    """`_memory_error` in a training step: what the step was, with the fixes that suit it put first in `fixes`,
+    and the samples that fit (`_batches_that_fit`), where it can say."""
+    config = where.config
+    concepts = len(config.concept_list())
+    per_step = config.batch * config.grad_accum
+    fit = _batches_that_fit(where, device, config.batch * concepts)
+    batch = f"batch {config.batch}" + (f" per concept x {concepts} concepts" if concepts > 1 else "") + \
+        (f" x grad-accum {config.grad_accum}" if config.grad_accum > 1 else "")
+    doing = f"in training step {where.step} ({batch}, {size}, {precision}" + \
+        (", --gradient-checkpointing" if config.gradient_checkpointing else "") + \
+        (", --cuda-graphs)" if config.cuda_graphs else ")")
+    if config.batch > 1:  # the largest batch that divides it: the same samples a step, in more passes
+        part = next(d for d in range(config.batch // 2, 0, -1) if config.batch % d == 0)
+        if fit and fit[0] >= concepts:  # (the largest such batch worked out to fit)
+            part = next(d for d in range(part, 0, -1) if config.batch % d == 0 and d * concepts <= fit[0])
+        fixes.insert(0, (f"--batch {part} --grad-accum {per_step // part}",
+                         f"the same {per_step} samples a step, drawn in {per_step // part} passes", False))
+    if not config.gradient_checkpointing:
+        fixes.insert(0, ("--gradient-checkpointing", "the same result, about a third slower", True))
+    if config.cuda_graphs:  # (a captured step keeps a pool of its own for the whole run)
+        fixes.insert(0, ("no --cuda-graphs", "the same result, slower at small batches", True))
+    return doing, fit
+
+
+def _how_the_run_goes_on(where: _Where, fixes: list[tuple[str, str, bool]]) -> str:
+    """`_memory_error`'s last sentence: what is saved of the run (nothing, or its last checkpoint), and which of
+    `fixes` a --resume may take."""
+    config = where.config
     out = shlex.quote(str(config.out))
     resumable = [flags for flags, _, ok in fixes if ok]
     at = where.saved
@@ -883,25 +911,28 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
     if where.writing and at and len(resumable) < len(fixes):
         after += f"; {'the other settings' if resumable else 'these settings'} change what is learned: they start " \
                  f"the run again with --overwrite, or in another --out"
-    listed = [f"{flags} ({why})" if why else flags for flags, why, _ in fixes]
-    if where.stage == "step" and fit:
-        # samples at once (--batch x concepts), and the --batch that gives them: "a step" above is --batch x
-        # --grad-accum samples of each concept
-        def per_concept(n: int, first: bool) -> str:
-            if concepts == 1 or not n:
-                return ""
-            if n < concepts:
-                return " (not one per concept)"
-            return f" (--batch {n // concepts} for its {concepts} concepts)" if first else f" (--batch {n // concepts})"
+    return after
 
-        plain, kept = fit
-        worked = (f"Worked out for this model ({size}, {precision}): the room this GPU has takes "
-                  + (f"{plain} sample{'s' * (plain != 1)} at once" if plain else "not one sample")
-                  + per_concept(plain, True))
-        if not config.gradient_checkpointing:
-            worked += f", {kept or 'not one'} with --gradient-checkpointing{per_concept(kept, False)}"
-        after = f"{worked}. {after}"
-    return memory_error(device, doing, listed, after, error)
+
+def _what_fits(config: TrainConfig, fit: tuple[int, int], size: str, precision: str) -> str:
+    """The samples a step could take at once (--batch x concepts), without and with gradient checkpointing, and
+    the --batch that gives them: "a step" in the fixes is --batch x --grad-accum samples of each concept."""
+    concepts = len(config.concept_list())
+
+    def per_concept(n: int, first: bool) -> str:
+        if concepts == 1 or not n:
+            return ""
+        if n < concepts:
+            return " (not one per concept)"
+        return f" (--batch {n // concepts} for its {concepts} concepts)" if first else f" (--batch {n // concepts})"
+
+    plain, kept = fit
+    worked = (f"Worked out for this model ({size}, {precision}): the room this GPU has takes "
+              + (f"{plain} sample{'s' * (plain != 1)} at once" if plain else "not one sample")
+              + per_concept(plain, True))
+    if not config.gradient_checkpointing:
+        worked += f", {kept or 'not one'} with --gradient-checkpointing{per_concept(kept, False)}"
+    return worked
 
 
 def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[int, int] | None:
