@@ -1040,6 +1040,254 @@ def _pictures(config: TrainConfig, folder: str | None) -> PictureSet:
                         f"{again})") from None
 
 
+@dataclass(eq=False)
+class _Run:
+    """What `_train`'s phases hand on to one another, and the loop's running state (what nanoGPT's train.py keeps in
+    its globals): the run's settings and process first, then each phase's fields as it fills them in."""
+
+    config: TrainConfig
+    state: object  # accelerate's PartialState: this process, and how many there are
+    device: torch.device
+    where: _Where  # what the run is doing, kept up to date for `_memory_error`
+    progress: bool
+    on_step: Callable[[int], None] | None
+    source: str | None  # the --dataset-config the config's subsets and settings were read from
+    prompts_from: str | None  # the kohya sample prompts file its sample prompts were read from
+    # `_check_inputs`: the pictures and the checkpoint, before the model loads
+    previous: object = None  # (--overwrite: the old run, cleared once the inputs and the model have loaded)
+    specs: list[dict] = field(default_factory=list)  # each concept's token, init text and folder
+    found: list[PictureSet] = field(default_factory=list)  # each concept's pictures
+    held_back: list = field(default_factory=list)  # each concept's pictures held out for the validation loss
+    checkpoint: tuple[Path, dict] | None = None  # the one a --resume goes on from
+    repeats: list[list[int]] = field(default_factory=list)  # each picture's times in an epoch
+    length: str | None = None  # (how --epochs became the steps: printed, and kept in config.yaml's header)
+    moved: dict = field(default_factory=dict)  # (the model settings a resume gives anew, compared once it has loaded)
+    places: list = field(default_factory=list)  # (all a resume moved)
+    start_from: LearnedEmbedding | None = None  # --init-embedding's vectors
+    templates: list[str] = field(default_factory=list)
+    validation_seed: int = 0
+    # `_load_model`: the model with the run's tokens added
+    model: Model | None = None
+    dtype: torch.dtype = torch.float32
+    fingerprints: object = None
+    file_format: str = ""
+    timesteps: tuple[int, int] = (0, 0)
+    loss_options: object = None
+    clip_skip: int = 1
+    held: list[int] = field(default_factory=list)  # rows that tokens added before this run hold in each encoder
+    rows_per_concept: list = field(default_factory=list)
+    # `_read_concepts`
+    resolution: int = 0
+    concepts: list[ConceptState] = field(default_factory=list)
+    # `_prepare_step`: the optimizer over the new vectors, its schedule and the step's pieces
+    scheduler: object = None
+    scaling: float = 1.0
+    exts: list = field(default_factory=list)  # each encoder's embedding, the added vectors in it
+    others: list = field(default_factory=list)  # (the rows of tokens not this run's, and their values: kept)
+    lr: float = 0.0
+    trained: list = field(default_factory=list)
+    table_copies: list = field(default_factory=list)  # (the reference-like mode's frozen tables)
+    optimizer: object = None
+    lr_schedule: object = None
+    scaler: object = None
+    captured: CapturedStep | None = None
+    samplers: list = field(default_factory=list)
+    # `_start_or_resume` and the loop
+    step: int = 0
+    # history: (step, loss) per log interval, the loss summed over concepts; by_concept: each concept's, with several
+    history: list = field(default_factory=list)
+    by_concept: list = field(default_factory=list)
+    # each concept's loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed
+    # loss.csv is the uninterrupted run's)
+    interval_loss: torch.Tensor | None = None  # (K,)
+    interval_steps: int = 0
+    validated: list = field(default_factory=list)  # the validation losses: (step, summed over concepts)
+    validated_by_concept: list = field(default_factory=list)  # and each concept's
+    skipped: list[int] = field(default_factory=list)  # the fp16 steps each concept skipped alone
+    sample_prompts: list[SamplePrompt] = field(default_factory=list)
+    last_good: list | None = None  # the last vectors known finite, and their step
+    last_good_step: int = 0
+    lr_used: float | None = None  # the rate of the step just taken
+    tracker: RunTracker | None = None
+    group: object = None  # data parallel: the CPU group the processes agree on stopping over
+    stop: _StopRequest | None = None
+    samplers_at_step: list | None = None  # what a checkpoint of `step` holds if a second Ctrl-C stops mid-step
+    started: float = 0.0  # (when the loop began, and at which step: for the summary)
+    first_step: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
+
+    @property
+    def rank(self) -> int:
+        return self.state.process_index
+
+    @property
+    def world(self) -> int:
+        return self.state.num_processes
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    def concept_losses(self, inputs: dict) -> torch.Tensor:
+        """Each concept's mean loss over its part of a micro-batch, (K,); their sum is what is differentiated, so
+        concept k's gradient is its own run's."""
+        config = self.config
+        per_sample = grouped_loss(self.model, self.scheduler, inputs["latents"], inputs["noise"], inputs["timesteps"],
+                                  inputs["ids"], config.min_snr_gamma, inputs["cond_ids"], self.clip_skip,
+                                  inputs["pixel_weight"], inputs["input_noise"], self.loss_options)  # (K * B,)
+        return per_sample.view(len(self.concepts), -1).mean(dim=1)
+
+    def embedding_of(self, c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None
+                     ) -> LearnedEmbedding:
+        config, model = self.config, self.model
+        vectors = vectors or [e.vectors for e in self.exts]
+        per_encoder = {name: v[r].detach().float().cpu().clone()
+                       for (name, _, _), v, r in zip(model.encoders, vectors, c.rows)}
+        meta = {"token": c.token, "vectors": str(config.vectors), "base_model": str(shareable_name(config.model)[0]),
+                "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
+                "clip_skip": str(self.clip_skip), "resolution": str(self.resolution),
+                "prediction_type": model.prediction_type, "textinv_version": __version__}
+        # (a hub id's branch and weights' variant beside its name, only when given: the file is as it always was)
+        meta.update({f"base_model_{k}": getattr(config, k) for k in ("revision", "variant") if getattr(config, k)})
+        if config.max_token_length != emphasis.CHUNK:  # (left out at 75: a run's file is as it always was)
+            meta["max_token_length"] = str(config.max_token_length)
+        return LearnedEmbedding(c.token, per_encoder, meta)
+
+    def embedding_path(self, c: ConceptState) -> Path:
+        return c.out / default_filename(self.file_format, c.token)
+
+    def saved_where(self) -> Path:
+        """What a message names as saved: the embedding file, or with several concepts the folder of them all."""
+        return self.embedding_path(self.concepts[0]) if len(self.concepts) == 1 else self.out
+
+    def save_all(self, at_step: int, vectors: list[torch.Tensor] | None = None, checkpoint: bool = True
+                 ) -> list[Path]:
+        """Each concept's embedding, and a checkpoint to resume from (main process only)."""
+        if not self.is_main:
+            return []
+        config, concepts, file_format = self.config, self.concepts, self.file_format
+        date = modelspec.now()  # (one for the step's files too: they are the same bytes as the main file's)
+        # (the files hold a schedule-free optimizer's average; the checkpoint the point it steps from, to go on)
+        with evaluating(self.optimizer):
+            files = [f for c in concepts for f in _write_embedding(self.embedding_of(c, at_step, vectors),
+                                                                     self.embedding_path(c), file_format, date)]
+            # (not for the last good vectors a non-finite loss falls back to: they are an earlier step's)
+            if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0 \
+                    and vectors is None:
+                for c in concepts:  # (the step's files are the same bytes as the main file's at that step)
+                    _write_embedding(self.embedding_of(c, at_step),
+                                     c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step),
+                                     file_format, date)
+        if checkpoint:
+            save_checkpoint(self.out, at_step, self.exts, self.optimizer, self.lr_schedule, self.samplers,
+                            self.scaler, (self.history, self.by_concept), config,
+                            (self.interval_loss.tolist(), self.interval_steps),
+                            pictures=[listed.names for listed in self.found], processes=self.world,
+                            skipped=self.skipped, model=self.fingerprints,
+                            validation=(self.validated, self.validated_by_concept),
+                            held_out=([held.names for held in self.held_back] if self.held_back[0] is not None
+                                      else None))
+        # (a run stopped by a non-finite loss keeps its finite curve)
+        write_loss_log(self.out / LOSS_LOG, self.history, self.by_concept, [c.token for c in concepts])
+        # (as the checkpoint has them: a second Ctrl-C between a score and its row left the row out)
+        if self.validated:
+            self.write_validation_log()
+        return files
+
+    def write_validation_log(self) -> None:
+        write_loss_log(self.out / VALIDATION_LOG, self.validated, self.validated_by_concept,
+                       [c.token for c in self.concepts], column="validation_loss")
+
+    def grid_path(self, c: ConceptState, at_step: int) -> Path:
+        return c.out / SAMPLES_DIR / f"step-{at_step:06d}.png"
+
+    def draw_samples(self, at_step: int) -> None:
+        config, where, concepts = self.config, self.where, self.concepts
+        if not (self.is_main and config.sample_every):
+            return
+        where.stage, where.step, where.prompts, where.at_once, where.drawn_at = "grid", at_step, \
+            len(self.sample_prompts), 0, None
+
+        def drawing(pictures: int, width: int, height: int) -> None:
+            where.at_once, where.drawn_at = pictures, (width, height)
+        # with the UNet uncompiled: compiled for the training step, it would compile again for the sampler's calls
+        # (no gradient, another batch): minutes for a whole UNet, and CUDA graphs of their own, for a few pictures
+        with uncompiled(self.model.unet), evaluating(self.optimizer):
+            for c in concepts:
+                def own(p: str) -> str:  # (this concept's token, all its vectors)
+                    return expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
+
+                grid = sample_grid(self.model, [dataclasses.replace(s, prompt=own(s.prompt),
+                                                                    negative_prompt=own(s.negative_prompt))
+                                                for s in self.sample_prompts], config.seed, config.sample_steps,
+                                   self.resolution, self.clip_skip, drawing)
+                with atomic_path(self.grid_path(c, at_step)) as tmp:
+                    grid.save(tmp, format="PNG")
+                if self.tracker is not None:  # (after its file: a grid the tracker has is in samples/ too)
+                    self.tracker.log_grid(at_step, "samples" if len(concepts) == 1 else f"samples/{c.out.name}",
+                                          grid)
+        where.stage, where.step = "step", at_step + 1
+
+    def validate(self, at_step: int) -> None:
+        """The validation loss of the vectors at `at_step` (every process scores it, the same: no collective), once a
+        step: validation.csv and the trackers get it."""
+        config, concepts = self.config, self.concepts
+        if self.validated and self.validated[-1][0] == at_step:
+            return
+
+        def loss_of(b: dict) -> torch.Tensor:
+            return grouped_loss(self.model, self.scheduler, b["latents"], b["noise"], b["timesteps"], b["ids"],
+                                config.min_snr_gamma, b["cond_ids"], self.clip_skip, b["pixel_weight"], None,
+                                self.loss_options)
+        with uncompiled(self.model.unet), evaluating(self.optimizer):  # (as the grids: no compile, no gradient)
+            losses = [validation_loss(c.validation, loss_of, config.batch) for c in concepts]
+        means = torch.stack(losses).tolist()  # (K,)
+        self.validated.append((at_step, sum(means)))
+        if len(concepts) > 1:
+            self.validated_by_concept.append(means)
+        if self.tracker is not None:
+            self.tracker.log_validation(at_step, sum(means),
+                                        {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1
+                                        else None)
+        if self.is_main:
+            self.write_validation_log()
+
+    def validating(self, at_step: int) -> bool:
+        every = self.config.validating_every
+        return bool(every) and (at_step % every == 0 or at_step == self.config.steps)
+
+    def vectors_finite(self) -> bool:
+        return all(torch.isfinite(e.vectors).all() for e in self.exts)
+
+    def snapshot(self) -> list[torch.Tensor]:
+        with evaluating(self.optimizer):  # (what a file of these vectors holds)
+            return [e.vectors.detach().clone() for e in self.exts]
+
+    def stop_non_finite(self, at_step: int, bad: list[str], together: bool = True) -> None:
+        """Save the last good vectors (as of their step) and stop with what to change. `together`: every process
+        gets here at this step (loss and grads are shared, so the vectors are too), and so may wait for the main
+        one's save; after a second Ctrl-C they may be anywhere."""
+        self.save_all(self.last_good_step, self.last_good, checkpoint=False)
+        if together:
+            self.wait_for_main()
+        which = f" ({', '.join(bad)}'s)" if len(self.concepts) > 1 and bad else ""
+        raise TrainingError(
+            f"the loss{which} became non-finite (NaN/inf) by step {at_step}; the last good vectors (step "
+            f"{self.last_good_step}) were saved to {self.saved_where()}. Lower "
+            f"{'--lr-steps' if self.config.lr_steps else '--lr'} (the rate is {self.lr_used:g} now), set "
+            f"--max-grad-norm 1.0, or use --precision fp32/bf16 instead of fp16.")
+
+    def wait_for_main(self) -> None:
+        """The other processes leave only once the main one has saved: a launcher that sees one process end
+        stops the rest, which would cut the main process's save short."""
+        if self.group is not None:
+            torch.distributed.barrier(group=self.group)
+            _PROCESS_GROUP.together = True
+
+
 def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device,
            source: str | None = None, where: _Where | None = None, prompts_from: str | None = None,
            *, handlers: contextlib.ExitStack) -> TrainResult:
@@ -1047,11 +1295,10 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     it is doing, kept up to date for `_memory_error`; `prompts_from`: the kohya sample prompts file its sample
     prompts were read from; `handlers`: where the run's signal handlers are put back (`train`'s, once it has let
     go of the folder and the model)."""
-    where = where or _Where(config, torch.float32)
-    is_main, rank, world = state.is_main_process, state.process_index, state.num_processes
-
-    # 1. settings and output folder ---------------------------------------------------------------------------
-    config, previous = prepare_output(config, is_main)
+    run = _Run(config, state, device, where or _Where(config, torch.float32), progress, on_step, source, prompts_from)
+    # 1. settings and output folder -------------------------------------------------------------------------------
+    config, is_main, progress, where = run.config, run.is_main, run.progress, run.where
+    config, run.previous = prepare_output(config, is_main)
     out = Path(config.out)
     if is_main:  # (the folder is this run's now: a refused one is left as it is)
         clear_temporaries(out)
@@ -1060,7 +1307,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     found = [_pictures(config, spec["images"]) for spec in specs]
     for spec, pictures in zip(specs, found):
         if pictures.described and is_main and progress:  # (kohya's layout or subsets: what was read)
-            print(f"{source}: {pictures.described}" if source and spec["images"] is None else pictures.described)
+            print(f"{run.source}: {pictures.described}" if run.source and spec["images"] is None
+                  else pictures.described)
     for pictures in found:
         for path, extension in zip(pictures.paths, pictures.caption_extensions):
             read_caption(path, extension)  # (a caption file that is not UTF-8, say; read again with the pictures)
@@ -1076,17 +1324,17 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
     length = None  # (how --epochs became the steps: printed, and kept in config.yaml's header)
     if config.epochs is not None:  # the steps from now on: config.yaml holds them, so a resume or rerun takes them
-        steps, length = steps_for_epochs(config.epochs, repeats, config.batch, config.grad_accum, world,
+        steps, length = steps_for_epochs(config.epochs, repeats, config.batch, config.grad_accum, run.world,
                                          [spec["token"] for spec in specs])
         config = dataclasses.replace(config, steps=steps, epochs=None)
         if is_main and progress:
             print(length)
     if config.cuda_graphs:
-        check_graph_device(device)
+        check_graph_device(run.device)
     moved, places = {}, []  # (the model settings a resume gives anew, compared once it has loaded; all it moved)
     if checkpoint is not None:
         # (the pictures in the order its epoch table counts them)
-        found, moved = check_resumable(checkpoint, config, found, world,
+        found, moved = check_resumable(checkpoint, config, found, run.world,
                                        held_back if config.validation_split else None)
         places = moved_places(out, config)  # (said once resumed: config.yaml then records where they are now)
         if config.validation_images is not None:  # (not trained on: a change is said, the run goes on)
@@ -1099,8 +1347,12 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         if checkpoint is None:  # (a resume takes the vectors from its checkpoint: the file may be gone by now)
             start_from = _read_init_embedding(config)
     templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
-
+    run.config, run.specs, run.found, run.held_back, run.checkpoint = config, specs, found, held_back, checkpoint
+    run.repeats, run.length, run.moved, run.places = repeats, length, moved, places
+    run.start_from, run.templates, run.validation_seed = start_from, templates, validation_seed
     # 2. model and tokens -----------------------------------------------------------------------------------------
+    config, device, where, is_main, checkpoint = run.config, run.device, run.where, run.is_main, run.checkpoint
+    moved, specs, start_from = run.moved, run.specs, run.start_from
     dtype = resolve_precision(config.precision, device)
     if model is not None and checkpoint is not None:  # (not config.model's: it is compared as one given anew)
         moved = {"model": "the model passed to train()"}
@@ -1117,11 +1369,12 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         check_same_model(checkpoint, moved, fingerprints, config)
     where.dtype = next(model.unet.parameters()).dtype  # (a model passed in has its own)
     where.model = model
-    file_format = _file_format(config.format, model)
-    timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
+    run.model, run.dtype, run.moved, run.fingerprints = model, dtype, moved, fingerprints
+    run.file_format = _file_format(config.format, model)
+    timesteps = run.timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
     check_loss_for(config, model.prediction_type, model.source, model.noise_scheduler().alphas_cumprod, timesteps)
-    loss_options = LossOptions.of(config)
-    clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
+    run.loss_options = LossOptions.of(config)
+    run.clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
     if config.sample_every:  # (now, not at the first grid: the sampler refuses them there)
         check_steps(model, config.sample_steps, "--sample-steps")
         for shot in map(as_sample, config.sample_prompts):  # (a sampler this model's schedule refuses, likewise)
@@ -1131,13 +1384,14 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # paper's templates' words) gives the init and templates the user left out
     own = model.prompting.get(config.property, {})
     if own.get("templates") and not config.templates:
-        templates = list(own["templates"])
+        run.templates = list(own["templates"])
     if own.get("init") and not config.init and not config.init_embedding:
-        specs = [dict(spec, init=again["init"]) for spec, again in zip(specs, config.concept_list(own["init"]))]
+        specs = run.specs = [dict(spec, init=again["init"])
+                             for spec, again in zip(specs, config.concept_list(own["init"]))]
     # rows that tokens added before this run (an installed embedding) hold in each encoder's vectors: they share the
     # trained parameter, so AdamW's weight decay would shrink them; they are put back after every step
-    held = [len(te.get_input_embeddings().vectors) if isinstance(te.get_input_embeddings(), ExtendedEmbedding) else 0
-            for _, _, te in model.encoders]
+    run.held = [len(te.get_input_embeddings().vectors) if isinstance(te.get_input_embeddings(), ExtendedEmbedding)
+                else 0 for _, _, te in model.encoders]
     # every concept's token entries and init text first: a later concept's bad one must not leave a model passed in
     # holding the earlier concepts' tokens (the corrected run would then find them taken); and an init text is read
     # as its concept's own run reads it, whatever tokens the other concepts add (their word pieces, not their rows)
@@ -1148,7 +1402,6 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                 check_new_token(tok, name)
         init_ids.append([encode_init(tok, spec["init"]) for _, tok, _ in model.encoders]
                         if start_from is None and not config.init_embedding else None)
-    rows_per_concept = []
     for spec, ids in zip(specs, init_ids):
         names = token_names(spec["token"], config.vectors)
         # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
@@ -1168,16 +1421,16 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
                               f"so {spec['token']} starts from the mean of those fragments' vectors; give a word it "
                               f"knows (check the spelling)", stacklevel=2)
         exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
-        rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
+        run.rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         model.unet.train()  # diffusers checkpoints only in training mode; the frozen UNet has no dropout
-
     # 3. data -----------------------------------------------------------------------------------------------------
-    resolution = config.resolution or model.resolution
+    config, model, device, where, specs = run.config, run.model, run.device, run.where, run.specs
+    resolution = run.resolution = config.resolution or model.resolution
     where.stage, where.resolution = "latents", resolution
     tokenizers = [tok for _, tok, _ in model.encoders]
-    concepts: list[ConceptState] = []
+    concepts = run.concepts
     step_px = bucket_step(model) if config.buckets else None
 
     def pictures_of(listed: PictureSet, spec: dict, tags: TagVariation = TagVariation(), crop_seed=None) -> _Read:
@@ -1192,7 +1445,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         for p in pictures:  # (the windows are encoded: their pictures' covers are not needed any more)
             p.cover = p.cover_alpha = None
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
-        captions = CaptionSampler(pictures, templates, placeholder, tags=tags, prefix=config.caption_prefix,
+        captions = CaptionSampler(pictures, run.templates, placeholder, tags=tags, prefix=config.caption_prefix,
                                   suffix=config.caption_suffix)
         bank = CaptionBank(tokenizers, captions, device,
                            entries=token_names(spec["token"], config.vectors), max_token_length=config.max_token_length)
@@ -1205,7 +1458,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     # enable_wildcard): the held-out pictures' captions too, which are scored unvaried
     caption_format = dict(separator=config.tag_separator, keep_separator=config.keep_tags_separator,
                           joiner=config.tag_joiner, wildcards=config.caption_wildcards)
-    for k, (spec, listed, rows) in enumerate(zip(specs, found, rows_per_concept)):
+    for k, (spec, listed, rows) in enumerate(zip(specs, run.found, run.rows_per_concept)):
         tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags,
                             seed=concept_seed(config.seed, k), warmup_min=config.tag_warmup_min,
                             warmup_steps=config.tag_warmup_length(), **caption_format)
@@ -1214,169 +1467,119 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         pictures, mean, std, bank, time_ids, pixel_weight = read
         validation = None
         if config.validating_every:  # the pictures held out, or the training pictures
-            scored = (pictures_of(held_back[k], spec, TagVariation(**caption_format)) if held_back[k] is not None
-                      else read)
+            scored = (pictures_of(run.held_back[k], spec, TagVariation(**caption_format))
+                      if run.held_back[k] is not None else read)
             validation = fixed_draws(scored.mean, scored.std, scored.bank, scored.time_ids, scored.pixel_weight,
                                      pictures=len(scored.pictures), draws=config.validation_draws,
-                                     timesteps=timesteps, seed=concept_seed(validation_seed, k),
+                                     timesteps=run.timesteps, seed=concept_seed(run.validation_seed, k),
                                      scaling=model.vae.config.scaling_factor, device=device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
-        sampler = BatchSampler(len(pictures), repeats[k], config.use_flip, concept_seed(config.seed, k),
+        sampler = BatchSampler(len(pictures), run.repeats[k], config.use_flip, concept_seed(config.seed, k),
                                config.noise_offset, NoiseOptions.of(config), crops)
-        concept_out = out if len(specs) == 1 else out / concept_folder(spec["token"])
+        concept_out = run.out if len(specs) == 1 else run.out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
                                      concept_out, pixel_weight=pixel_weight, validation=validation, crops=crops))
         if config.reference_like:  # (one shape: --buckets is refused with it)
             pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
             concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
-    where.stage = "step"  # (from the compiled UNet's check on: a step's batch)
+    config, model, device, concepts = run.config, run.model, run.device, run.concepts
+    run.where.stage = "step"  # (from the compiled UNet's check on: a step's batch)
     speed_up_unet(model.unet, config.compile, config.compile_mode, config.channels_last)
     if config.compile != "off":
         # (the example as the steps call the UNet: a different shape, layout or call recompiles at the first step)
         check_compiled_unet(model.unet, unet_example(model, len(concepts) * config.batch, concepts[0].mean[0].shape,
                                                      like=concepts[0].mean[0], tokens=config.max_token_length + 2))
-    scheduler = model.noise_scheduler()
+    scheduler = run.scheduler = model.noise_scheduler()
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    scaling = model.vae.config.scaling_factor
-    exts = [te.get_input_embeddings() for _, _, te in model.encoders]
-    others = [(e, e.vectors.detach()[:n].clone()) for e, n in zip(exts, held) if n]  # (not this run's: kept)
+    run.scaling = model.vae.config.scaling_factor
+    exts = run.exts = [te.get_input_embeddings() for _, _, te in model.encoders]
+    run.others = [(e, e.vectors.detach()[:n].clone()) for e, n in zip(exts, run.held) if n]  # (not this run's: kept)
 
     # optimizer over the new vectors only
     stepped = parse_lr_steps(config.lr_steps) if config.lr_steps else None
     base = stepped[0][0] if stepped else config.lr
-    lr = base * (config.batch * config.grad_accum * world if config.scale_lr else 1)
-    trained = [e.vectors for e in exts]
+    lr = run.lr = base * (config.batch * config.grad_accum * run.world if config.scale_lr else 1)
+    trained = run.trained = [e.vectors for e in exts]
     if config.reference_like:  # the diffusers example's costs, for side-by-side benchmarks
         for (_, _, te), e in zip(model.encoders, exts):
             te.float()
             e.base.weight.requires_grad_(True)
             trained.append(e.base.weight)
-        table_copies = [e.base.weight.detach().clone() for e in exts]
+        run.table_copies = [e.base.weight.detach().clone() for e in exts]
     # (--optimizer adamw, the default: torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay))
     # (a schedule-free one warms up itself, and runs at a constant rate: `optimizers.check_schedule`)
     schedule_free = config.optimizer in SCHEDULE_FREE
-    optimizer = make_optimizer(config.optimizer, trained, lr, config.weight_decay, config.optimizer_args,
-                               warmup_steps=config.warmup_steps if schedule_free else 0)
+    optimizer = run.optimizer = make_optimizer(config.optimizer, trained, lr, config.weight_decay,
+                                               config.optimizer_args,
+                                               warmup_steps=config.warmup_steps if schedule_free else 0)
     from diffusers.optimization import get_scheduler
 
     if stepped:  # A1111's: each rate until its step (the LambdaLR is rebuilt from the settings on resume)
         def factor(step: int) -> float:
             return next((rate for rate, until in stepped if until is None or step < until), stepped[-1][0]) / base
 
-        lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        run.lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     else:
         # (diffusers' schedules, kohya's too: each a LambdaLR of the step, so a resume rebuilds it from the settings
         # and `_rate_from_schedule` reads it; num_cycles and power shape only cosine_with_restarts and polynomial)
-        lr_schedule = get_scheduler("constant" if schedule_free else config.lr_schedule, optimizer,
-                                    num_warmup_steps=0 if schedule_free else config.warmup_steps,
-                                    num_training_steps=config.steps, num_cycles=config.lr_cycles,
-                                    power=config.lr_power)
+        run.lr_schedule = get_scheduler("constant" if schedule_free else config.lr_schedule, optimizer,
+                                        num_warmup_steps=0 if schedule_free else config.warmup_steps,
+                                        num_training_steps=config.steps, num_cycles=config.lr_cycles,
+                                        power=config.lr_power)
 
     # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    def concept_losses(inputs: dict) -> torch.Tensor:
-        """Each concept's mean loss over its part of a micro-batch, (K,); their sum is what is differentiated, so
-        concept k's gradient is its own run's."""
-        per_sample = grouped_loss(model, scheduler, inputs["latents"], inputs["noise"], inputs["timesteps"],
-                                  inputs["ids"], config.min_snr_gamma, inputs["cond_ids"], clip_skip,
-                                  inputs["pixel_weight"], inputs["input_noise"], loss_options)  # (K * B,)
-        return per_sample.view(len(concepts), -1).mean(dim=1)
-
-    captured = CapturedStep(concept_losses, trained, lambda total: scaler.scale(total / config.grad_accum),
-                            capture=device.type == "cuda") if config.cuda_graphs else None
-    samplers = [c.sampler for c in concepts]
+    scaler = run.scaler = torch.amp.GradScaler(device.type, enabled=run.dtype == torch.float16)
+    run.captured = CapturedStep(run.concept_losses, trained, lambda total: scaler.scale(total / config.grad_accum),
+                                capture=device.type == "cuda") if config.cuda_graphs else None
+    run.samplers = [c.sampler for c in concepts]
+    config, device, concepts, out, checkpoint = run.config, run.device, run.concepts, run.out, run.checkpoint
     # what config.yaml's header records beside the settings: where the run ran, and the defaults left to the model
-    resolved = {"resolution": resolution, "format": file_format, "flip": config.use_flip, "max_timestep": timesteps[1],
+    resolved = {"resolution": run.resolution, "format": run.file_format, "flip": config.use_flip,
+                "max_timestep": run.timesteps[1],
                 "init": concepts[0].init if len(concepts) == 1 and not config.init_embedding else None}
     # on the CPU the thread count too: torch splits some float sums by thread, so 1 and 2 threads differ in a last bit
     threads = torch.get_num_threads()
-    record = (f"{device.type}, {dtype}" + (f", {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else ""),
+    record = (f"{device.type}, {run.dtype}" + (f", {threads} thread{'s' * (threads > 1)}" if device.type == "cpu"
+                                               else ""),
               {k: v for k, v in resolved.items() if getattr(config, k) is None and v is not None})
-    # history: (step, loss) per log interval, the loss summed over concepts; by_concept: each concept's, with several
-    step, history, by_concept, interval = 0, [], [], ([0.0] * len(concepts), 0)
-    validated, validated_by_concept = [], []  # the validation losses: (step, summed over concepts), each concept's
-    skipped = [0] * len(concepts)  # the fp16 steps each concept skipped alone (`_step_skipping_overflows`)
-    read_from = f"{READ_FROM} {source}" if source else None  # (config.yaml's header names the subsets' file)
-    prompts_note = f"{PROMPTS_FROM} {prompts_from}" if prompts_from else None  # (and the prompts' file)
+    interval = ([0.0] * len(concepts), 0)
+    run.skipped = [0] * len(concepts)  # the fp16 steps each concept skipped alone (`_step_skipping_overflows`)
+    read_from = f"{READ_FROM} {run.source}" if run.source else None  # (config.yaml's header names the subsets' file)
+    prompts_note = f"{PROMPTS_FROM} {run.prompts_from}" if run.prompts_from else None  # (and the prompts' file)
+    length = run.length
     if config.resume:
-        step, history, by_concept, interval = load_checkpoint(checkpoint, exts, optimizer, lr_schedule, samplers,
-                                                               scaler)
-        skipped = [int(n) for n in checkpoint[1].get("skipped_steps") or skipped]  # (older checkpoints: none)
-        validated, validated_by_concept = saved_validation(checkpoint[1])
-        _rate_from_schedule(optimizer, lr_schedule)  # (a raised --steps: the next step's rate is the new schedule's)
-        if is_main:
+        run.step, run.history, run.by_concept, interval = load_checkpoint(checkpoint, run.exts, run.optimizer,
+                                                                          run.lr_schedule, run.samplers, run.scaler)
+        run.skipped = [int(n) for n in checkpoint[1].get("skipped_steps") or run.skipped]  # (older checkpoints: none)
+        run.validated, run.validated_by_concept = saved_validation(checkpoint[1])
+        _rate_from_schedule(run.optimizer, run.lr_schedule)  # (a raised --steps: the next step's rate is the new one)
+        if run.is_main:
             # the settings a resume may change (--steps) as now in force; how --epochs gave the steps is kept while
             # they stand
             length = length or _epochs_note(out / CONFIG_FILE, config.steps)
-            read_from = _header_note(out / CONFIG_FILE, READ_FROM) if config.subsets and not source else read_from
-            if not prompts_from and config.sample_prompts == _saved_setting(out / CONFIG_FILE, "sample_prompts"):
+            read_from = _header_note(out / CONFIG_FILE, READ_FROM) if config.subsets and not run.source else read_from
+            if not run.prompts_from and config.sample_prompts == _saved_setting(out / CONFIG_FILE, "sample_prompts"):
                 prompts_note = _header_note(out / CONFIG_FILE, PROMPTS_FROM)  # (the prompts the file gave, still)
-            save_config(config, out / CONFIG_FILE, world, *record, length=length,
+            save_config(config, out / CONFIG_FILE, run.world, *record, length=length,
                         read_from=[note for note in (read_from, prompts_note) if note])
-            if progress:
-                print(f"resuming {out} at step {step} of {config.steps}" + "".join(f"\n  {p}" for p in places))
-    elif is_main:
-        if previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
-            clear_run(out, previous, Path(config.init_embedding) if config.init_embedding else None)
+            if run.progress:
+                print(f"resuming {out} at step {run.step} of {config.steps}" + "".join(f"\n  {p}" for p in run.places))
+    elif run.is_main:
+        if run.previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
+            clear_run(out, run.previous, Path(config.init_embedding) if config.init_embedding else None)
         output_folder(out)
-        save_config(config, out / CONFIG_FILE, world, *record, length=length,
+        save_config(config, out / CONFIG_FILE, run.world, *record, length=length,
                     read_from=[note for note in (read_from, prompts_note) if note])
-    where.writing = True
+    run.where.writing = True
+    run.sample_prompts = _sample_prompts(config, run.templates, concepts)
+    run.interval_loss = torch.tensor(interval[0], device=device)  # (K,)
+    run.interval_steps = interval[1]
+    files = _loop(run, handlers)  # 4. the loop
+    return _finish(run, files)  # 5. results
 
-    def embedding_of(c: ConceptState, at_step: int, vectors: list[torch.Tensor] | None = None) -> LearnedEmbedding:
-        vectors = vectors or [e.vectors for e in exts]
-        per_encoder = {name: v[r].detach().float().cpu().clone()
-                       for (name, _, _), v, r in zip(model.encoders, vectors, c.rows)}
-        meta = {"token": c.token, "vectors": str(config.vectors), "base_model": str(shareable_name(config.model)[0]),
-                "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
-                "clip_skip": str(clip_skip), "resolution": str(resolution), "prediction_type": model.prediction_type,
-                "textinv_version": __version__}
-        # (a hub id's branch and weights' variant beside its name, only when given: the file is as it always was)
-        meta.update({f"base_model_{k}": getattr(config, k) for k in ("revision", "variant") if getattr(config, k)})
-        if config.max_token_length != emphasis.CHUNK:  # (left out at 75: a run's file is as it always was)
-            meta["max_token_length"] = str(config.max_token_length)
-        return LearnedEmbedding(c.token, per_encoder, meta)
 
-    def embedding_path(c: ConceptState) -> Path:
-        return c.out / default_filename(file_format, c.token)
-
-    def saved_where() -> Path:
-        """What a message names as saved: the embedding file, or with several concepts the folder of them all."""
-        return embedding_path(concepts[0]) if len(concepts) == 1 else out
-
-    def save_all(at_step: int, vectors: list[torch.Tensor] | None = None, checkpoint: bool = True) -> list[Path]:
-        """Each concept's embedding, and a checkpoint to resume from (main process only)."""
-        if not is_main:
-            return []
-        date = modelspec.now()  # (one for the step's files too: they are the same bytes as the main file's)
-        # (the files hold a schedule-free optimizer's average; the checkpoint the point it steps from, to go on)
-        with evaluating(optimizer):
-            files = [f for c in concepts for f in _write_embedding(embedding_of(c, at_step, vectors),
-                                                                     embedding_path(c), file_format, date)]
-            # (not for the last good vectors a non-finite loss falls back to: they are an earlier step's)
-            if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0 \
-                    and vectors is None:
-                for c in concepts:  # (the step's files are the same bytes as the main file's at that step)
-                    _write_embedding(embedding_of(c, at_step),
-                                     c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step),
-                                     file_format, date)
-        if checkpoint:
-            save_checkpoint(out, at_step, exts, optimizer, lr_schedule, samplers, scaler, (history, by_concept),
-                             config, (interval_loss.tolist(), interval_steps),
-                             pictures=[listed.names for listed in found], processes=world,
-                             skipped=skipped, model=fingerprints, validation=(validated, validated_by_concept),
-                             held_out=[held.names for held in held_back] if held_back[0] is not None else None)
-        # (a run stopped by a non-finite loss keeps its finite curve)
-        write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
-        if validated:  # (as the checkpoint has them: a second Ctrl-C between a score and its row left the row out)
-            write_validation_log()
-        return files
-
-    def write_validation_log() -> None:
-        write_loss_log(out / VALIDATION_LOG, validated, validated_by_concept, [c.token for c in concepts],
-                       column="validation_loss")
-
+def _sample_prompts(config: TrainConfig, templates: list[str], concepts: list[ConceptState]) -> list[SamplePrompt]:
+    """The grids' prompts, each concept's token marked `{}` for `_Run.draw_samples` to fill in."""
     # the grids' prompts: the run's templates, but a [filewords] template has no picture's words to fill in, and
     # when every template has one (A1111's *_filewords.txt) the property's default templates stand in
     # (each with the settings a kohya sample prompts file gave it, or none: the grid's)
@@ -1391,233 +1594,152 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     def marked(p: str) -> str:
         return p if "{}" in p else named.sub(lambda m: "{}", p)
 
-    sample_prompts = [dataclasses.replace(s, prompt=marked(s.prompt), negative_prompt=marked(s.negative_prompt))
-                      for s in sample_prompts]
+    return [dataclasses.replace(s, prompt=marked(s.prompt), negative_prompt=marked(s.negative_prompt))
+            for s in sample_prompts]
 
-    def grid_path(c: ConceptState, at_step: int) -> Path:
-        return c.out / SAMPLES_DIR / f"step-{at_step:06d}.png"
 
-    def draw_samples(at_step: int) -> None:
-        if not (is_main and config.sample_every):
-            return
-        where.stage, where.step, where.prompts, where.at_once, where.drawn_at = "grid", at_step, len(sample_prompts), \
-            0, None
-
-        def drawing(pictures: int, width: int, height: int) -> None:
-            where.at_once, where.drawn_at = pictures, (width, height)
-        # with the UNet uncompiled: compiled for the training step, it would compile again for the sampler's calls
-        # (no gradient, another batch): minutes for a whole UNet, and CUDA graphs of their own, for a few pictures
-        with uncompiled(model.unet), evaluating(optimizer):
-            for c in concepts:
-                def own(p: str) -> str:  # (this concept's token, all its vectors)
-                    return expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
-
-                grid = sample_grid(model, [dataclasses.replace(s, prompt=own(s.prompt),
-                                                               negative_prompt=own(s.negative_prompt))
-                                           for s in sample_prompts], config.seed, config.sample_steps, resolution,
-                                   clip_skip, drawing)
-                with atomic_path(grid_path(c, at_step)) as tmp:
-                    grid.save(tmp, format="PNG")
-                if tracker is not None:  # (after its file: a grid the tracker has is in samples/ too)
-                    tracker.log_grid(at_step, "samples" if len(concepts) == 1 else f"samples/{c.out.name}", grid)
-        where.stage, where.step = "step", at_step + 1
-
-    def validate(at_step: int) -> None:
-        """The validation loss of the vectors at `at_step` (every process scores it, the same: no collective), once a
-        step: validation.csv and the trackers get it."""
-        if validated and validated[-1][0] == at_step:
-            return
-
-        def loss_of(b: dict) -> torch.Tensor:
-            return grouped_loss(model, scheduler, b["latents"], b["noise"], b["timesteps"], b["ids"],
-                                config.min_snr_gamma, b["cond_ids"], clip_skip, b["pixel_weight"], None, loss_options)
-        with uncompiled(model.unet), evaluating(optimizer):  # (as the grids: no compile, no gradient)
-            losses = [validation_loss(c.validation, loss_of, config.batch) for c in concepts]
-        means = torch.stack(losses).tolist()  # (K,)
-        validated.append((at_step, sum(means)))
-        if len(concepts) > 1:
-            validated_by_concept.append(means)
-        if tracker is not None:
-            tracker.log_validation(at_step, sum(means),
-                                   {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1 else None)
-        if is_main:
-            write_validation_log()
-
-    def validating(at_step: int) -> bool:
-        every = config.validating_every
-        return bool(every) and (at_step % every == 0 or at_step == config.steps)
-
-    # 4. the loop -------------------------------------------------------------------------------------------------
-    def vectors_finite() -> bool:
-        return all(torch.isfinite(e.vectors).all() for e in exts)
-
-    def snapshot() -> list[torch.Tensor]:
-        with evaluating(optimizer):  # (what a file of these vectors holds)
-            return [e.vectors.detach().clone() for e in exts]
-
-    last_good, last_good_step = snapshot(), step
-
-    def stop_non_finite(at_step: int, bad: list[str], together: bool = True) -> None:
-        """Save the last good vectors (as of their step) and stop with what to change. `together`: every process
-        gets here at this step (loss and grads are shared, so the vectors are too), and so may wait for the main
-        one's save; after a second Ctrl-C they may be anywhere."""
-        save_all(last_good_step, last_good, checkpoint=False)
-        if together:
-            wait_for_main()
-        which = f" ({', '.join(bad)}'s)" if len(concepts) > 1 and bad else ""
-        raise TrainingError(
-            f"the loss{which} became non-finite (NaN/inf) by step {at_step}; the last good vectors (step "
-            f"{last_good_step}) were saved to {saved_where()}. Lower {'--lr-steps' if config.lr_steps else '--lr'} "
-            f"(the rate is {lr_used:g} now), set --max-grad-norm 1.0, or use --precision "
-            f"fp32/bf16 instead of fp16.")
-    # each concept's loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed
-    # loss.csv is the uninterrupted run's)
-    interval_loss = torch.tensor(interval[0], device=device)  # (K,)
-    interval_steps = interval[1]
+def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
+    """`_train`'s loop, top to bottom: stop if asked, take a step, log, then validate, save and draw as due; the
+    final save. A Ctrl-C or SIGTERM saves the run at its last finished step, as does running out of device memory.
+    Returns the embedding files written."""
+    config, device, model, concepts, samplers = run.config, run.device, run.model, run.concepts, run.samplers
+    run.last_good, run.last_good_step = run.snapshot(), run.step
     # --log-with: loss.csv's rows and the grids go to experiment trackers too (a resumed run goes on in its logs)
     trackers = tracker_names(config.log_with)
-    tracker = RunTracker(trackers, Path(config.log_dir or out / LOGS_DIR), run_name(out),
-                         resumed_at=step if config.resume else None) \
-        if trackers else None
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step")
-    started, first_step = time.time(), step
-    samplers_at_step = None
+    run.tracker = RunTracker(trackers, Path(config.log_dir or run.out / LOGS_DIR), run_name(run.out),
+                             resumed_at=run.step if config.resume else None) if trackers else None
+    bar = tqdm(total=config.steps, initial=run.step, disable=not (run.progress and run.is_main), desc="train",
+               unit="step")
+    run.started, run.first_step = time.time(), run.step
     # data parallel: the processes agree at every step boundary on whether to stop (a signal reaches them at
     # different moments, or only one of them), over a CPU group, so the check costs no GPU synchronisation
-    group, own_group = None, False
-    if world > 1:
+    own_group = False
+    if run.world > 1:
         own_group = torch.distributed.get_backend() != "gloo"  # (NCCL's collectives need GPU tensors)
-        group = torch.distributed.new_group(backend="gloo") if own_group else torch.distributed.group.WORLD
-    stop = _StopRequest(group)
+        run.group = torch.distributed.new_group(backend="gloo") if own_group else torch.distributed.group.WORLD
+    stop = run.stop = _StopRequest(run.group)
     handlers.callback(stop.release)
-
-    def wait_for_main() -> None:
-        """The other processes leave only once the main one has saved: a launcher that sees one process end
-        stops the rest, which would cut the main process's save short."""
-        if group is not None:
-            torch.distributed.barrier(group=group)
-            _PROCESS_GROUP.together = True
     # the reference-like mode with half-precision weights: the diffusers example keeps the text encoder's weights in
     # fp32, but `accelerator.prepare` (--mixed_precision bf16/fp16) runs its forward under autocast; so here too
     # (an instance attribute, removed when the run ends; the UNet and VAE run as they are, outside autocast)
-    autocast_text = [te for _, _, te in model.encoders] if config.reference_like and dtype != torch.float32 else []
+    autocast_text = [te for _, _, te in model.encoders] if config.reference_like and run.dtype != torch.float32 else []
     for te in autocast_text:
-        te.forward = torch.autocast(device.type, dtype=dtype)(te.forward)
-    where.held = _allocated(device)
+        te.forward = torch.autocast(device.type, dtype=run.dtype)(te.forward)
+    run.where.held = _allocated(device)
     try:
-        if validating(step):  # (the start's, or on resume the step's the run stopped in)
-            validate(step)
-        if step == 0 and not config.resume:
-            draw_samples(0)
-        elif config.resume and config.sample_every and step % config.sample_every == 0 and not all(
-                grid_path(c, step).is_file() for c in concepts):
-            draw_samples(step)  # (the run stopped after this step's checkpoint, before its grid)
-        while step < config.steps:
+        if run.validating(run.step):  # (the start's, or on resume the step's the run stopped in)
+            run.validate(run.step)
+        if run.step == 0 and not config.resume:
+            run.draw_samples(0)
+        elif config.resume and config.sample_every and run.step % config.sample_every == 0 and not all(
+                run.grid_path(c, run.step).is_file() for c in concepts):
+            run.draw_samples(run.step)  # (the run stopped after this step's checkpoint, before its grid)
+        while run.step < config.steps:
             stop.check()  # Ctrl-C or SIGTERM since the last step: stop here, between two steps
-            where.step = step + 1
+            run.where.step = run.step + 1
             # what a checkpoint of `step` must hold if a second Ctrl-C stops the run in the middle of this step
-            samplers_at_step = [s.state_dict() for s in samplers]
+            run.samplers_at_step = [s.state_dict() for s in samplers]
             step_loss = torch.zeros(len(concepts), device=device)
             for _ in range(config.grad_accum):
-                inputs = _micro_batch([_draw(c, config, world, rank, timesteps, device, scaling, model, step)
-                                       for c in concepts], model.is_xl, config.alpha_mask)
-                if captured is not None:  # (the same losses and gradients, from a replayed CUDA graph)
-                    per_concept = captured(inputs)
+                inputs = _micro_batch([_draw(c, config, run.world, run.rank, run.timesteps, device, run.scaling,
+                                             model, run.step) for c in concepts], model.is_xl, config.alpha_mask)
+                if run.captured is not None:  # (the same losses and gradients, from a replayed CUDA graph)
+                    per_concept = run.captured(inputs)
                 else:
-                    per_concept = concept_losses(inputs)  # (K,)
-                    scaler.scale(per_concept.sum() / config.grad_accum).backward()
+                    per_concept = run.concept_losses(inputs)  # (K,)
+                    run.scaler.scale(per_concept.sum() / config.grad_accum).backward()
                 step_loss += per_concept.detach() / config.grad_accum
-            if world > 1:  # the mean over the global batch: of the gradient, and of the loss that is logged
-                for tensor in [e.vectors.grad for e in exts] + [step_loss]:
+            if run.world > 1:  # the mean over the global batch: of the gradient, and of the loss that is logged
+                for tensor in [e.vectors.grad for e in run.exts] + [step_loss]:
                     torch.distributed.all_reduce(tensor)
-                    tensor /= world
-            scaler.unscale_(optimizer)
+                    tensor /= run.world
+            run.scaler.unscale_(run.optimizer)
             if config.max_grad_norm:
                 for c in concepts:  # each concept clipped on its own, as in its own run
-                    _clip_rows([(e.vectors.grad, r) for e, r in zip(exts, c.rows)], config.max_grad_norm)
+                    _clip_rows([(e.vectors.grad, r) for e, r in zip(run.exts, c.rows)], config.max_grad_norm)
             # from the update to the step's log entry a second Ctrl-C waits (milliseconds): stopped in between, the
             # checkpoint would hold the update under the previous step's count, and a resume would apply it twice
             stop.hold()
             # (the reference-like mode trains the whole table too, and skips whole steps as the reference does)
             if config.reference_like:
-                _step_skipping_overflows(scaler, optimizer, exts, [[slice(None)] * len(exts)])
+                _step_skipping_overflows(run.scaler, run.optimizer, run.exts, [[slice(None)] * len(run.exts)])
                 with torch.no_grad():  # put the frozen rows back, as the reference does after every step
-                    for e, copy in zip(exts, table_copies):
+                    for e, copy in zip(run.exts, run.table_copies):
                         e.base.weight.copy_(copy)
             else:
-                _step_skipping_overflows(scaler, optimizer, exts, [c.rows for c in concepts], skipped)
-            if others:  # the tokens installed before this run stay as they were
+                _step_skipping_overflows(run.scaler, run.optimizer, run.exts, [c.rows for c in concepts], run.skipped)
+            if run.others:  # the tokens installed before this run stay as they were
                 with torch.no_grad():
-                    for e, kept in others:
+                    for e, kept in run.others:
                         e.vectors[:len(kept)] = kept
                         # (and in a schedule-free optimizer's iterate z, which its weight decay moved: the average
                         # that grids and validation see is between the two)
-                        if "z" in optimizer.state.get(e.vectors, {}):
-                            optimizer.state[e.vectors]["z"][:len(kept)] = kept
-            interval_loss += step_loss
-            interval_steps += 1
-            step += 1
-            samplers_at_step = None  # from here on the samplers' state is that of the finished step
-            lr_used = lr_schedule.get_last_lr()[0]  # (a Python float: no host sync)
-            lr_schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+                        if "z" in run.optimizer.state.get(e.vectors, {}):
+                            run.optimizer.state[e.vectors]["z"][:len(kept)] = kept
+            run.interval_loss += step_loss
+            run.interval_steps += 1
+            run.step += 1
+            step = run.step
+            run.samplers_at_step = None  # from here on the samplers' state is that of the finished step
+            run.lr_used = run.lr_schedule.get_last_lr()[0]  # (a Python float: no host sync)
+            run.lr_schedule.step()
+            run.optimizer.zero_grad(set_to_none=True)
             bar.update(1)
-            if on_step is not None:
-                on_step(step)
-
+            if run.on_step is not None:
+                run.on_step(step)
             if step % config.log_every == 0 or step == config.steps:
-                means = (interval_loss / interval_steps).tolist()  # the only host sync, once per interval
+                means = (run.interval_loss / run.interval_steps).tolist()  # the only host sync, once per interval
                 mean_loss = sum(means)
-                if not math.isfinite(mean_loss) or not vectors_finite():
-                    stop_non_finite(step, [c.token for c, m in zip(concepts, means) if not math.isfinite(m)])
-                last_good, last_good_step = snapshot(), step
-                history.append((step, mean_loss))
+                if not math.isfinite(mean_loss) or not run.vectors_finite():
+                    run.stop_non_finite(step, [c.token for c, m in zip(concepts, means) if not math.isfinite(m)])
+                run.last_good, run.last_good_step = run.snapshot(), step
+                run.history.append((step, mean_loss))
                 if len(concepts) > 1:
-                    by_concept.append(means)
-                if tracker is not None:
-                    tracker.log(step, mean_loss, lr_used,
-                                {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1 else None)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_used:.2e}",  # (the rate of the step just taken)
-                                **({"val": f"{validated[-1][1]:.4f}"} if validated else {}))  # (the latest score)
-                interval_loss.zero_()
-                interval_steps = 0
-                if is_main and step % (config.log_every * 10) == 0:
-                    write_loss_log(out / LOSS_LOG, history, by_concept, [c.token for c in concepts])
+                    run.by_concept.append(means)
+                if run.tracker is not None:
+                    run.tracker.log(step, mean_loss, run.lr_used,
+                                    {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1 else None)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{run.lr_used:.2e}",  # (the rate of the step just taken)
+                                **({"val": f"{run.validated[-1][1]:.4f}"} if run.validated else {}))  # (the latest)
+                run.interval_loss.zero_()
+                run.interval_steps = 0
+                if run.is_main and step % (config.log_every * 10) == 0:
+                    write_loss_log(run.out / LOSS_LOG, run.history, run.by_concept, [c.token for c in concepts])
             stop.release_hold()  # (a second Ctrl-C that came meanwhile stops the run here)
             saving = config.save_every and step % config.save_every == 0 and step < config.steps
             sampling = config.sample_every and step % config.sample_every == 0
-            scoring = validating(step)
+            scoring = run.validating(step)
             # a save, sample or validation step between loss checks: no file, checkpoint, grid or validation loss of
             # vectors gone non-finite
-            if (saving or sampling or scoring) and not vectors_finite():
-                stop_non_finite(step, [])
+            if (saving or sampling or scoring) and not run.vectors_finite():
+                run.stop_non_finite(step, [])
             if scoring:  # (before the save: its checkpoint holds this step's)
-                validate(step)
+                run.validate(step)
             if saving:
-                last_good, last_good_step = snapshot(), step  # (finite: checked)
-                save_all(step)
+                run.last_good, run.last_good_step = run.snapshot(), step  # (finite: checked)
+                run.save_all(step)
             if sampling:
-                draw_samples(step)
+                run.draw_samples(step)
         # 5. results (inside the signal handling: a Ctrl-C or SIGTERM now lets the last save finish)
         _PROCESS_GROUP.together = True  # (every process took the last step: none is left in a collective)
-        files = save_all(step)
+        files = run.save_all(run.step)
         stop.finished = True
-        if config.sample_every and step % config.sample_every:
-            draw_samples(step)
+        if config.sample_every and run.step % config.sample_every:
+            run.draw_samples(run.step)
     except KeyboardInterrupt:
         stop.holding = False
         bar.close()
-        optimizer.zero_grad(set_to_none=True)
-        if not vectors_finite():  # (gone non-finite since the last loss check: no NaN file, nor a checkpoint)
-            stop_non_finite(step, [], together=stop.agreed)
-        if samplers_at_step is not None and step < config.steps:  # the half-drawn step is redone on resume
-            for s, saved in zip(samplers, samplers_at_step):
+        run.optimizer.zero_grad(set_to_none=True)
+        if not run.vectors_finite():  # (gone non-finite since the last loss check: no NaN file, nor a checkpoint)
+            run.stop_non_finite(run.step, [], together=stop.agreed)
+        if run.samplers_at_step is not None and run.step < config.steps:  # the half-drawn step is redone on resume
+            for s, saved in zip(samplers, run.samplers_at_step):
                 s.load_state_dict(saved)
-        files = save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
+        files = run.save_all(run.step)  # `step` counts finished optimizer steps: the vectors are those of that step
         if stop.agreed:  # (every process stopped here; after a second Ctrl-C they may be anywhere)
-            wait_for_main()
-        if step < config.steps:
-            raise TrainingInterrupted(step, saved_where(), stop.signum) from None
+            run.wait_for_main()
+        if run.step < config.steps:
+            raise TrainingInterrupted(run.step, run.saved_where(), stop.signum) from None
         # stopped in the last save or grid, its files are all saved now: the run is complete (a resume would have
         # nothing to learn), and says so as a run that was not stopped does, not "interrupted ... --resume"
         stop.finished = True
@@ -1628,19 +1750,19 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         # frame's), then the run is saved as Ctrl-C saves it, at the last finished step, so --resume continues it
         # (`train` says how); not between a step's update and its count, where the last checkpoint stands
         release(e)
-        inputs = per_concept = step_loss = captured = None  # noqa: F841 (let go of; a graph holds its memory)
-        optimizer.zero_grad(set_to_none=True)
+        inputs = per_concept = step_loss = run.captured = None  # noqa: F841 (let go of; a graph holds its memory)
+        run.optimizer.zero_grad(set_to_none=True)
         if not stop.holding:
-            if samplers_at_step is not None and step < config.steps:  # (the half-drawn step is redone on resume)
-                for s, saved in zip(samplers, samplers_at_step):
+            if run.samplers_at_step is not None and run.step < config.steps:  # (the half-drawn step: redone on resume)
+                for s, saved in zip(samplers, run.samplers_at_step):
                     s.load_state_dict(saved)
-            save_all(step)
-            where.saved = step if is_main else None
+            run.save_all(run.step)
+            run.where.saved = run.step if run.is_main else None
         raise
     finally:
         # a captured step holds a whole step's memory: not kept by the traceback of a run stopped or failed (which a
         # notebook keeps), nor past the run
-        captured = None  # noqa: F841
+        run.captured = None
         # Each part runs whatever a Ctrl-C or SIGTERM cuts short (a tracker's close may take a while: wandb's
         # upload), and the handlers stay: put back, a signal would be Python's KeyboardInterrupt, or SIGTERM's kill,
         # before the tracker was closed. A signal here ends only the part it lands in: a run that got here is saved
@@ -1648,11 +1770,17 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         # takes moments, and a signal changes nothing (`train` puts the handlers back once the folder is let go of)
         _each([bar.close,  # (before an error's message, not after it)
                *(lambda te=te: delattr(te, "forward") for te in autocast_text),
-               (lambda: torch.distributed.destroy_process_group(group)) if own_group else None,
-               tracker.finish if tracker is not None else None,
+               (lambda: torch.distributed.destroy_process_group(run.group)) if own_group else None,
+               run.tracker.finish if run.tracker is not None else None,
                stop.end])
-    if is_main and progress:
-        took = time.time() - started
+    return files
+
+
+def _finish(run: _Run, files: list[Path]) -> TrainResult:
+    """What the run learned, said on the terminal (how long it took, the lowest validation loss) and returned."""
+    step, concepts, first_step = run.step, run.concepts, run.first_step
+    if run.is_main and run.progress:
+        took = time.time() - run.started
         learned = ", ".join(c.token for c in concepts)
         if first_step == 0:
             what = f"learned {learned} in {step} steps"
@@ -1661,13 +1789,13 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
         else:
             what = f"{learned}: nothing to learn, the run was at step {step} already"
         print(f"{what} ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
-        if validated:
-            print(_lowest_validation(validated, step, lambda at: [
-                c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at) for c in concepts]))
-    with evaluating(optimizer):
-        embeddings = [embedding_of(c, step) for c in concepts]
-    return TrainResult(embedding=embeddings[0], files=files, steps=step, losses=history, embeddings=embeddings,
-                       validation=validated)
+        if run.validated:
+            print(_lowest_validation(run.validated, step, lambda at: [
+                c.out / STEP_EMBEDDINGS_DIR / step_filename(run.file_format, c.token, at) for c in concepts]))
+    with evaluating(run.optimizer):
+        embeddings = [run.embedding_of(c, step) for c in concepts]
+    return TrainResult(embedding=embeddings[0], files=files, steps=step, losses=run.history,
+                       embeddings=embeddings, validation=run.validated)
 
 
 def _each(calls: list) -> None:
