@@ -1639,44 +1639,7 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
             run.where.step = run.step + 1
             # what a checkpoint of `step` must hold if a second Ctrl-C stops the run in the middle of this step
             run.samplers_at_step = [s.state_dict() for s in samplers]
-            step_loss = torch.zeros(len(concepts), device=device)
-            for _ in range(config.grad_accum):
-                inputs = _micro_batch([_draw(c, config, run.world, run.rank, run.timesteps, device, run.scaling,
-                                             model, run.step) for c in concepts], model.is_xl, config.alpha_mask)
-                if run.captured is not None:  # (the same losses and gradients, from a replayed CUDA graph)
-                    per_concept = run.captured(inputs)
-                else:
-                    per_concept = run.concept_losses(inputs)  # (K,)
-                    run.scaler.scale(per_concept.sum() / config.grad_accum).backward()
-                step_loss += per_concept.detach() / config.grad_accum
-            if run.world > 1:  # the mean over the global batch: of the gradient, and of the loss that is logged
-                for tensor in [e.vectors.grad for e in run.exts] + [step_loss]:
-                    torch.distributed.all_reduce(tensor)
-                    tensor /= run.world
-            run.scaler.unscale_(run.optimizer)
-            if config.max_grad_norm:
-                for c in concepts:  # each concept clipped on its own, as in its own run
-                    _clip_rows([(e.vectors.grad, r) for e, r in zip(run.exts, c.rows)], config.max_grad_norm)
-            # from the update to the step's log entry a second Ctrl-C waits (milliseconds): stopped in between, the
-            # checkpoint would hold the update under the previous step's count, and a resume would apply it twice
-            stop.hold()
-            # (the reference-like mode trains the whole table too, and skips whole steps as the reference does)
-            if config.reference_like:
-                _step_skipping_overflows(run.scaler, run.optimizer, run.exts, [[slice(None)] * len(run.exts)])
-                with torch.no_grad():  # put the frozen rows back, as the reference does after every step
-                    for e, copy in zip(run.exts, run.table_copies):
-                        e.base.weight.copy_(copy)
-            else:
-                _step_skipping_overflows(run.scaler, run.optimizer, run.exts, [c.rows for c in concepts], run.skipped)
-            if run.others:  # the tokens installed before this run stay as they were
-                with torch.no_grad():
-                    for e, kept in run.others:
-                        e.vectors[:len(kept)] = kept
-                        # (and in a schedule-free optimizer's iterate z, which its weight decay moved: the average
-                        # that grids and validation see is between the two)
-                        if "z" in run.optimizer.state.get(e.vectors, {}):
-                            run.optimizer.state[e.vectors]["z"][:len(kept)] = kept
-            run.interval_loss += step_loss
+            run.interval_loss += _train_step(run)
             run.interval_steps += 1
             run.step += 1
             step = run.step
@@ -1750,7 +1713,7 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
         # frame's), then the run is saved as Ctrl-C saves it, at the last finished step, so --resume continues it
         # (`train` says how); not between a step's update and its count, where the last checkpoint stands
         release(e)
-        inputs = per_concept = step_loss = run.captured = None  # noqa: F841 (let go of; a graph holds its memory)
+        run.captured = None  # (let go of: a graph holds its memory)
         run.optimizer.zero_grad(set_to_none=True)
         if not stop.holding:
             if run.samplers_at_step is not None and run.step < config.steps:  # (the half-drawn step: redone on resume)
@@ -1774,6 +1737,54 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
                run.tracker.finish if run.tracker is not None else None,
                stop.end])
     return files
+
+
+def _train_step(run: _Run) -> torch.Tensor:
+    """One optimizer step: `grad_accum` micro-batches drawn from every concept's generator, their gradients
+    averaged across processes, each concept's rows clipped, then the update. Returns the step's loss of each
+    concept, (K,), on the device (no host sync). A second Ctrl-C waits from the update on (`_StopRequest.hold`)
+    until the loop has counted and logged the step."""
+    config, device, model, concepts, exts, optimizer, scaler = \
+        run.config, run.device, run.model, run.concepts, run.exts, run.optimizer, run.scaler
+    step, world = run.step, run.world
+    step_loss = torch.zeros(len(concepts), device=device)
+    for _ in range(config.grad_accum):
+        inputs = _micro_batch([_draw(c, config, world, run.rank, run.timesteps, device, run.scaling, model, step)
+                               for c in concepts], model.is_xl, config.alpha_mask)
+        if run.captured is not None:  # (the same losses and gradients, from a replayed CUDA graph)
+            per_concept = run.captured(inputs)
+        else:
+            per_concept = run.concept_losses(inputs)  # (K,)
+            scaler.scale(per_concept.sum() / config.grad_accum).backward()
+        step_loss += per_concept.detach() / config.grad_accum
+    if world > 1:  # the mean over the global batch: of the gradient, and of the loss that is logged
+        for tensor in [e.vectors.grad for e in exts] + [step_loss]:
+            torch.distributed.all_reduce(tensor)
+            tensor /= world
+    scaler.unscale_(optimizer)
+    if config.max_grad_norm:
+        for c in concepts:  # each concept clipped on its own, as in its own run
+            _clip_rows([(e.vectors.grad, r) for e, r in zip(exts, c.rows)], config.max_grad_norm)
+    # from the update to the step's log entry a second Ctrl-C waits (milliseconds): stopped in between, the
+    # checkpoint would hold the update under the previous step's count, and a resume would apply it twice
+    run.stop.hold()
+    # (the reference-like mode trains the whole table too, and skips whole steps as the reference does)
+    if config.reference_like:
+        _step_skipping_overflows(scaler, optimizer, exts, [[slice(None)] * len(exts)])
+        with torch.no_grad():  # put the frozen rows back, as the reference does after every step
+            for e, copy in zip(exts, run.table_copies):
+                e.base.weight.copy_(copy)
+    else:
+        _step_skipping_overflows(scaler, optimizer, exts, [c.rows for c in concepts], run.skipped)
+    if run.others:  # the tokens installed before this run stay as they were
+        with torch.no_grad():
+            for e, kept in run.others:
+                e.vectors[:len(kept)] = kept
+                # (and in a schedule-free optimizer's iterate z, which its weight decay moved: the average
+                # that grids and validation see is between the two)
+                if "z" in optimizer.state.get(e.vectors, {}):
+                    optimizer.state[e.vectors]["z"][:len(kept)] = kept
+    return step_loss
 
 
 def _finish(run: _Run, files: list[Path]) -> TrainResult:
