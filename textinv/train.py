@@ -1602,7 +1602,7 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
     """`_train`'s loop, top to bottom: stop if asked, take a step, log, then validate, save and draw as due; the
     final save. A Ctrl-C or SIGTERM saves the run at its last finished step, as does running out of device memory.
     Returns the embedding files written."""
-    config, device, model, concepts, samplers = run.config, run.device, run.model, run.concepts, run.samplers
+    config, device, model, samplers = run.config, run.device, run.model, run.samplers
     run.last_good, run.last_good_step = run.snapshot(), run.step
     # --log-with: loss.csv's rows and the grids go to experiment trackers too (a resumed run goes on in its logs)
     trackers = tracker_names(config.log_with)
@@ -1627,13 +1627,7 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
         te.forward = torch.autocast(device.type, dtype=run.dtype)(te.forward)
     run.where.held = _allocated(device)
     try:
-        if run.validating(run.step):  # (the start's, or on resume the step's the run stopped in)
-            run.validate(run.step)
-        if run.step == 0 and not config.resume:
-            run.draw_samples(0)
-        elif config.resume and config.sample_every and run.step % config.sample_every == 0 and not all(
-                run.grid_path(c, run.step).is_file() for c in concepts):
-            run.draw_samples(run.step)  # (the run stopped after this step's checkpoint, before its grid)
+        _first_actions(run)
         while run.step < config.steps:
             stop.check()  # Ctrl-C or SIGTERM since the last step: stop here, between two steps
             run.where.step = run.step + 1
@@ -1651,38 +1645,9 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
             if run.on_step is not None:
                 run.on_step(step)
             if step % config.log_every == 0 or step == config.steps:
-                means = (run.interval_loss / run.interval_steps).tolist()  # the only host sync, once per interval
-                mean_loss = sum(means)
-                if not math.isfinite(mean_loss) or not run.vectors_finite():
-                    run.stop_non_finite(step, [c.token for c, m in zip(concepts, means) if not math.isfinite(m)])
-                run.last_good, run.last_good_step = run.snapshot(), step
-                run.history.append((step, mean_loss))
-                if len(concepts) > 1:
-                    run.by_concept.append(means)
-                if run.tracker is not None:
-                    run.tracker.log(step, mean_loss, run.lr_used,
-                                    {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1 else None)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{run.lr_used:.2e}",  # (the rate of the step just taken)
-                                **({"val": f"{run.validated[-1][1]:.4f}"} if run.validated else {}))  # (the latest)
-                run.interval_loss.zero_()
-                run.interval_steps = 0
-                if run.is_main and step % (config.log_every * 10) == 0:
-                    write_loss_log(run.out / LOSS_LOG, run.history, run.by_concept, [c.token for c in concepts])
+                _log(run, bar)
             stop.release_hold()  # (a second Ctrl-C that came meanwhile stops the run here)
-            saving = config.save_every and step % config.save_every == 0 and step < config.steps
-            sampling = config.sample_every and step % config.sample_every == 0
-            scoring = run.validating(step)
-            # a save, sample or validation step between loss checks: no file, checkpoint, grid or validation loss of
-            # vectors gone non-finite
-            if (saving or sampling or scoring) and not run.vectors_finite():
-                run.stop_non_finite(step, [])
-            if scoring:  # (before the save: its checkpoint holds this step's)
-                run.validate(step)
-            if saving:
-                run.last_good, run.last_good_step = run.snapshot(), step  # (finite: checked)
-                run.save_all(step)
-            if sampling:
-                run.draw_samples(step)
+            _periodic_actions(run)
         # 5. results (inside the signal handling: a Ctrl-C or SIGTERM now lets the last save finish)
         _PROCESS_GROUP.together = True  # (every process took the last step: none is left in a collective)
         files = run.save_all(run.step)
@@ -1739,6 +1704,19 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
     return files
 
 
+def _first_actions(run: _Run) -> None:
+    """Before the first step: the validation loss of the vectors the run starts from, and their grid (a resumed run
+    stopped between a checkpoint and its grid draws that grid now)."""
+    config, step = run.config, run.step
+    if run.validating(step):  # (the start's, or on resume the step's the run stopped in)
+        run.validate(step)
+    if step == 0 and not config.resume:
+        run.draw_samples(0)
+    elif config.resume and config.sample_every and step % config.sample_every == 0 and not all(
+            run.grid_path(c, step).is_file() for c in run.concepts):
+        run.draw_samples(step)  # (the run stopped after this step's checkpoint, before its grid)
+
+
 def _train_step(run: _Run) -> torch.Tensor:
     """One optimizer step: `grad_accum` micro-batches drawn from every concept's generator, their gradients
     averaged across processes, each concept's rows clipped, then the update. Returns the step's loss of each
@@ -1785,6 +1763,48 @@ def _train_step(run: _Run) -> torch.Tensor:
                 if "z" in optimizer.state.get(e.vectors, {}):
                     optimizer.state[e.vectors]["z"][:len(kept)] = kept
     return step_loss
+
+
+def _log(run: _Run, bar) -> None:
+    """The log interval's mean loss (the loop's only host sync, once an interval): checked finite, then into the
+    history, the trackers and the progress bar; loss.csv every ten intervals."""
+    step, concepts = run.step, run.concepts
+    means = (run.interval_loss / run.interval_steps).tolist()  # the only host sync, once per interval
+    mean_loss = sum(means)
+    if not math.isfinite(mean_loss) or not run.vectors_finite():
+        run.stop_non_finite(step, [c.token for c, m in zip(concepts, means) if not math.isfinite(m)])
+    run.last_good, run.last_good_step = run.snapshot(), step
+    run.history.append((step, mean_loss))
+    if len(concepts) > 1:
+        run.by_concept.append(means)
+    if run.tracker is not None:
+        run.tracker.log(step, mean_loss, run.lr_used,
+                        {c.out.name: m for c, m in zip(concepts, means)} if len(concepts) > 1 else None)
+    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{run.lr_used:.2e}",  # (the rate of the step just taken)
+                    **({"val": f"{run.validated[-1][1]:.4f}"} if run.validated else {}))  # (the latest score)
+    run.interval_loss.zero_()
+    run.interval_steps = 0
+    if run.is_main and step % (run.config.log_every * 10) == 0:
+        write_loss_log(run.out / LOSS_LOG, run.history, run.by_concept, [c.token for c in concepts])
+
+
+def _periodic_actions(run: _Run) -> None:
+    """After a step: the validation loss, a checkpoint and a sample grid, each when its interval has come round."""
+    config, step = run.config, run.step
+    saving = config.save_every and step % config.save_every == 0 and step < config.steps
+    sampling = config.sample_every and step % config.sample_every == 0
+    scoring = run.validating(step)
+    # a save, sample or validation step between loss checks: no file, checkpoint, grid or validation loss of
+    # vectors gone non-finite
+    if (saving or sampling or scoring) and not run.vectors_finite():
+        run.stop_non_finite(step, [])
+    if scoring:  # (before the save: its checkpoint holds this step's)
+        run.validate(step)
+    if saving:
+        run.last_good, run.last_good_step = run.snapshot(), step  # (finite: checked)
+        run.save_all(step)
+    if sampling:
+        run.draw_samples(step)
 
 
 def _finish(run: _Run, files: list[Path]) -> TrainResult:
