@@ -1657,20 +1657,7 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
     except KeyboardInterrupt:
         stop.holding = False
         bar.close()
-        run.optimizer.zero_grad(set_to_none=True)
-        if not run.vectors_finite():  # (gone non-finite since the last loss check: no NaN file, nor a checkpoint)
-            run.stop_non_finite(run.step, [], together=stop.agreed)
-        if run.samplers_at_step is not None and run.step < config.steps:  # the half-drawn step is redone on resume
-            for s, saved in zip(samplers, run.samplers_at_step):
-                s.load_state_dict(saved)
-        files = run.save_all(run.step)  # `step` counts finished optimizer steps: the vectors are those of that step
-        if stop.agreed:  # (every process stopped here; after a second Ctrl-C they may be anywhere)
-            run.wait_for_main()
-        if run.step < config.steps:
-            raise TrainingInterrupted(run.step, run.saved_where(), stop.signum) from None
-        # stopped in the last save or grid, its files are all saved now: the run is complete (a resume would have
-        # nothing to learn), and says so as a run that was not stopped does, not "interrupted ... --resume"
-        stop.finished = True
+        files = _save_interrupted(run)
     except RuntimeError as e:  # (torch.OutOfMemoryError is one)
         if not is_out_of_memory(e):
             raise
@@ -1679,13 +1666,7 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
         # (`train` says how); not between a step's update and its count, where the last checkpoint stands
         release(e)
         run.captured = None  # (let go of: a graph holds its memory)
-        run.optimizer.zero_grad(set_to_none=True)
-        if not stop.holding:
-            if run.samplers_at_step is not None and run.step < config.steps:  # (the half-drawn step: redone on resume)
-                for s, saved in zip(samplers, run.samplers_at_step):
-                    s.load_state_dict(saved)
-            run.save_all(run.step)
-            run.where.saved = run.step if run.is_main else None
+        _save_out_of_memory(run)
         raise
     finally:
         # a captured step holds a whole step's memory: not kept by the traceback of a run stopped or failed (which a
@@ -1805,6 +1786,40 @@ def _periodic_actions(run: _Run) -> None:
         run.save_all(step)
     if sampling:
         run.draw_samples(step)
+
+
+def _save_interrupted(run: _Run) -> list[Path]:
+    """A Ctrl-C or SIGTERM: the run saved at its last finished step (a half-drawn step is redone on resume), then
+    `TrainingInterrupted`, unless the run had finished. Returns the files written."""
+    step, stop = run.step, run.stop
+    run.optimizer.zero_grad(set_to_none=True)
+    if not run.vectors_finite():  # (gone non-finite since the last loss check: no NaN file, nor a checkpoint)
+        run.stop_non_finite(step, [], together=stop.agreed)
+    if run.samplers_at_step is not None and step < run.config.steps:  # the half-drawn step is redone on resume
+        for s, saved in zip(run.samplers, run.samplers_at_step):
+            s.load_state_dict(saved)
+    files = run.save_all(step)  # `step` counts finished optimizer steps: the vectors are those of that step
+    if stop.agreed:  # (every process stopped here; after a second Ctrl-C they may be anywhere)
+        run.wait_for_main()
+    if step < run.config.steps:
+        raise TrainingInterrupted(step, run.saved_where(), stop.signum) from None
+    # stopped in the last save or grid, its files are all saved now: the run is complete (a resume would have
+    # nothing to learn), and says so as a run that was not stopped does, not "interrupted ... --resume"
+    stop.finished = True
+    return files
+
+
+def _save_out_of_memory(run: _Run) -> None:
+    """Out of device memory, the step's tensors let go of: the run saved as Ctrl-C saves it, at the last finished
+    step; not between a step's update and its count, where the last checkpoint stands."""
+    step = run.step
+    run.optimizer.zero_grad(set_to_none=True)
+    if not run.stop.holding:
+        if run.samplers_at_step is not None and step < run.config.steps:  # (the half-drawn step is redone on resume)
+            for s, saved in zip(run.samplers, run.samplers_at_step):
+                s.load_state_dict(saved)
+        run.save_all(step)
+        run.where.saved = step if run.is_main else None
 
 
 def _finish(run: _Run, files: list[Path]) -> TrainResult:
