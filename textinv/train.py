@@ -1296,60 +1296,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     prompts were read from; `handlers`: where the run's signal handlers are put back (`train`'s, once it has let
     go of the folder and the model)."""
     run = _Run(config, state, device, where or _Where(config, torch.float32), progress, on_step, source, prompts_from)
-    # 1. settings and output folder -------------------------------------------------------------------------------
-    config, is_main, progress, where = run.config, run.is_main, run.progress, run.where
-    config, run.previous = prepare_output(config, is_main)
-    out = Path(config.out)
-    if is_main:  # (the folder is this run's now: a refused one is left as it is)
-        clear_temporaries(out)
-    specs = config.concept_list()
-    # fail on bad data before the (slow) model load: each concept's folder, or kohya's subsets (--dataset-config)
-    found = [_pictures(config, spec["images"]) for spec in specs]
-    for spec, pictures in zip(specs, found):
-        if pictures.described and is_main and progress:  # (kohya's layout or subsets: what was read)
-            print(f"{run.source}: {pictures.described}" if run.source and spec["images"] is None
-                  else pictures.described)
-    for pictures in found:
-        for path, extension in zip(pictures.paths, pictures.caption_extensions):
-            read_caption(path, extension)  # (a caption file that is not UTF-8, say; read again with the pictures)
-    validation_seed = config.seed if config.validation_seed is None else config.validation_seed
-    held_back = [None] * len(found)  # each concept's pictures held out for the validation loss (--validation-split)
-    checkpoint = newest_checkpoint(out) if config.resume else None
-    if config.validation_split:
-        found, held_back = _held_out(config, specs, found, validation_seed, is_main and progress,
-                                     _split_then(checkpoint, config))
-    elif config.validation_images is not None:
-        held_back = [_validation_pictures(config.validation_images, found[0])]
-    # each picture's times in an epoch: its kohya folder's (or subset's) count x --repeats
-    repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
-    length = None  # (how --epochs became the steps: printed, and kept in config.yaml's header)
-    if config.epochs is not None:  # the steps from now on: config.yaml holds them, so a resume or rerun takes them
-        steps, length = steps_for_epochs(config.epochs, repeats, config.batch, config.grad_accum, run.world,
-                                         [spec["token"] for spec in specs])
-        config = dataclasses.replace(config, steps=steps, epochs=None)
-        if is_main and progress:
-            print(length)
-    if config.cuda_graphs:
-        check_graph_device(run.device)
-    moved, places = {}, []  # (the model settings a resume gives anew, compared once it has loaded; all it moved)
-    if checkpoint is not None:
-        # (the pictures in the order its epoch table counts them)
-        found, moved = check_resumable(checkpoint, config, found, run.world,
-                                       held_back if config.validation_split else None)
-        places = moved_places(out, config)  # (said once resumed: config.yaml then records where they are now)
-        if config.validation_images is not None:  # (not trained on: a change is said, the run goes on)
-            _warn_other_validation_pictures(checkpoint[1], held_back[0], step=int(checkpoint[1]["step"]))
-        repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
-    where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
-    start_from = None
-    if config.init_embedding:
-        specs[0]["init"] = f"embedding {shareable_name(config.init_embedding, True)[0]}"  # (the file records its name)
-        if checkpoint is None:  # (a resume takes the vectors from its checkpoint: the file may be gone by now)
-            start_from = _read_init_embedding(config)
-    templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
-    run.config, run.specs, run.found, run.held_back, run.checkpoint = config, specs, found, held_back, checkpoint
-    run.repeats, run.length, run.moved, run.places = repeats, length, moved, places
-    run.start_from, run.templates, run.validation_seed = start_from, templates, validation_seed
+    _check_inputs(run)  # 1. settings, output folder and pictures, before the (slow) model load
     # 2. model and tokens -----------------------------------------------------------------------------------------
     config, device, where, is_main, checkpoint = run.config, run.device, run.where, run.is_main, run.checkpoint
     moved, specs, start_from = run.moved, run.specs, run.start_from
@@ -1576,6 +1523,65 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     run.interval_steps = interval[1]
     files = _loop(run, handlers)  # 4. the loop
     return _finish(run, files)  # 5. results
+
+
+def _check_inputs(run: _Run) -> None:
+    """`_train`'s first phase: the output folder, each concept's pictures (read before the slow model load, so bad
+    data fails first), the pictures held out for validation, the steps --epochs gives, and the checkpoint a
+    --resume goes on from, checked against the settings."""
+    config, is_main, progress, where = run.config, run.is_main, run.progress, run.where
+    config, run.previous = prepare_output(config, is_main)
+    out = Path(config.out)
+    if is_main:  # (the folder is this run's now: a refused one is left as it is)
+        clear_temporaries(out)
+    specs = config.concept_list()
+    # fail on bad data before the (slow) model load: each concept's folder, or kohya's subsets (--dataset-config)
+    found = [_pictures(config, spec["images"]) for spec in specs]
+    for spec, pictures in zip(specs, found):
+        if pictures.described and is_main and progress:  # (kohya's layout or subsets: what was read)
+            print(f"{run.source}: {pictures.described}" if run.source and spec["images"] is None
+                  else pictures.described)
+    for pictures in found:
+        for path, extension in zip(pictures.paths, pictures.caption_extensions):
+            read_caption(path, extension)  # (a caption file that is not UTF-8, say; read again with the pictures)
+    validation_seed = config.seed if config.validation_seed is None else config.validation_seed
+    held_back = [None] * len(found)  # each concept's pictures held out for the validation loss (--validation-split)
+    checkpoint = newest_checkpoint(out) if config.resume else None
+    if config.validation_split:
+        found, held_back = _held_out(config, specs, found, validation_seed, is_main and progress,
+                                     _split_then(checkpoint, config))
+    elif config.validation_images is not None:
+        held_back = [_validation_pictures(config.validation_images, found[0])]
+    # each picture's times in an epoch: its kohya folder's (or subset's) count x --repeats
+    repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
+    length = None  # (how --epochs became the steps: printed, and kept in config.yaml's header)
+    if config.epochs is not None:  # the steps from now on: config.yaml holds them, so a resume or rerun takes them
+        steps, length = steps_for_epochs(config.epochs, repeats, config.batch, config.grad_accum, run.world,
+                                         [spec["token"] for spec in specs])
+        config = dataclasses.replace(config, steps=steps, epochs=None)
+        if is_main and progress:
+            print(length)
+    if config.cuda_graphs:
+        check_graph_device(run.device)
+    moved, places = {}, []  # (the model settings a resume gives anew, compared once it has loaded; all it moved)
+    if checkpoint is not None:
+        # (the pictures in the order its epoch table counts them)
+        found, moved = check_resumable(checkpoint, config, found, run.world,
+                                       held_back if config.validation_split else None)
+        places = moved_places(out, config)  # (said once resumed: config.yaml then records where they are now)
+        if config.validation_images is not None:  # (not trained on: a change is said, the run goes on)
+            _warn_other_validation_pictures(checkpoint[1], held_back[0], step=int(checkpoint[1]["step"]))
+        repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
+    where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
+    start_from = None
+    if config.init_embedding:
+        specs[0]["init"] = f"embedding {shareable_name(config.init_embedding, True)[0]}"  # (the file records its name)
+        if checkpoint is None:  # (a resume takes the vectors from its checkpoint: the file may be gone by now)
+            start_from = _read_init_embedding(config)
+    templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
+    run.config, run.specs, run.found, run.held_back, run.checkpoint = config, specs, found, held_back, checkpoint
+    run.repeats, run.length, run.moved, run.places = repeats, length, moved, places
+    run.start_from, run.templates, run.validation_seed = start_from, templates, validation_seed
 
 
 def _sample_prompts(config: TrainConfig, templates: list[str], concepts: list[ConceptState]) -> list[SamplePrompt]:
@@ -2064,7 +2070,8 @@ def _warn_other_validation_pictures(state: dict, held: PictureSet, step: int) ->
         return
     detail = name_changes(then, held.names)
     warnings.warn(f"--validation-images {held.where} holds other pictures than when the run began ({detail}): "
-                  f"{VALIDATION_LOG} scores those before step {step} and these after it", stacklevel=3)
+                  f"{VALIDATION_LOG} scores those before step {step} and these after it",
+                  stacklevel=4)  # (the line in `train` that runs the run, past `_check_inputs` and `_train`)
 
 
 def _lowest_validation(validated: list[tuple[int, float]], last: int, step_files: Callable[[int], list[Path]]
