@@ -1297,81 +1297,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     go of the folder and the model)."""
     run = _Run(config, state, device, where or _Where(config, torch.float32), progress, on_step, source, prompts_from)
     _check_inputs(run)  # 1. settings, output folder and pictures, before the (slow) model load
-    # 2. model and tokens -----------------------------------------------------------------------------------------
-    config, device, where, is_main, checkpoint = run.config, run.device, run.where, run.is_main, run.checkpoint
-    moved, specs, start_from = run.moved, run.specs, run.start_from
-    dtype = resolve_precision(config.precision, device)
-    if model is not None and checkpoint is not None:  # (not config.model's: it is compared as one given anew)
-        moved = {"model": "the model passed to train()"}
-    if model is None:
-        try:
-            model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
-                               single_file_config=config.single_file_config, vae=config.vae,
-                               revision=config.revision, variant=config.variant)
-        except ModelError as e:
-            raise _moved_model(e, config, moved) from None
-    model.check_trainable()
-    fingerprints = model_fingerprints(model)  # (before any token is added: a checkpoint records the model's own)
-    if checkpoint is not None:
-        check_same_model(checkpoint, moved, fingerprints, config)
-    where.dtype = next(model.unet.parameters()).dtype  # (a model passed in has its own)
-    where.model = model
-    run.model, run.dtype, run.moved, run.fingerprints = model, dtype, moved, fingerprints
-    run.file_format = _file_format(config.format, model)
-    timesteps = run.timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
-    check_loss_for(config, model.prediction_type, model.source, model.noise_scheduler().alphas_cumprod, timesteps)
-    run.loss_options = LossOptions.of(config)
-    run.clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
-    if config.sample_every:  # (now, not at the first grid: the sampler refuses them there)
-        check_steps(model, config.sample_steps, "--sample-steps")
-        for shot in map(as_sample, config.sample_prompts):  # (a sampler this model's schedule refuses, likewise)
-            scheduler_for(model.pipeline.scheduler, shot.sampler or "default",
-                          flag=f"--sample-prompts {shot.prompt!r}: its sampler")
-    # a model that says its own words for the property (the bundled shapes model knows neither "object" nor the
-    # paper's templates' words) gives the init and templates the user left out
-    own = model.prompting.get(config.property, {})
-    if own.get("templates") and not config.templates:
-        run.templates = list(own["templates"])
-    if own.get("init") and not config.init and not config.init_embedding:
-        specs = run.specs = [dict(spec, init=again["init"])
-                             for spec, again in zip(specs, config.concept_list(own["init"]))]
-    # rows that tokens added before this run (an installed embedding) hold in each encoder's vectors: they share the
-    # trained parameter, so AdamW's weight decay would shrink them; they are put back after every step
-    run.held = [len(te.get_input_embeddings().vectors) if isinstance(te.get_input_embeddings(), ExtendedEmbedding)
-                else 0 for _, _, te in model.encoders]
-    # every concept's token entries and init text first: a later concept's bad one must not leave a model passed in
-    # holding the earlier concepts' tokens (the corrected run would then find them taken); and an init text is read
-    # as its concept's own run reads it, whatever tokens the other concepts add (their word pieces, not their rows)
-    init_ids = []
-    for spec in specs:
-        for _, tok, _ in model.encoders:
-            for name in token_names(spec["token"], config.vectors):
-                check_new_token(tok, name)
-        init_ids.append([encode_init(tok, spec["init"]) for _, tok, _ in model.encoders]
-                        if start_from is None and not config.init_embedding else None)
-    for spec, ids in zip(specs, init_ids):
-        names = token_names(spec["token"], config.vectors)
-        # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
-        if start_from is not None:
-            check_fits(model, start_from, PAIR_HINT)
-            if is_main and uses_clip_l_half(model, start_from):  # (starts below takes its clip_l half)
-                warn_clip_l_half(model, start_from)
-            starts = [start_from.vectors[name] for name, _, _ in model.encoders]
-        elif config.init_embedding:  # resuming: the checkpoint's vectors replace these
-            starts = [torch.zeros(config.vectors, base_embedding(te).weight.shape[1]) for _, _, te in model.encoders]
-        else:
-            starts = [init_vectors(base_embedding(te).weight, own, config.vectors)
-                      for (_, _, te), own in zip(model.encoders, ids)]
-            split = split_words(model.tokenizer, ids[0])
-            if split and is_main and not config.resume:
-                warnings.warn(f"--init {spec['init']!r}: {model.source} does not know {', '.join(split)} as a word, "
-                              f"so {spec['token']} starts from the mean of those fragments' vectors; give a word it "
-                              f"knows (check the spelling)", stacklevel=2)
-        exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
-        run.rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
-    if config.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-        model.unet.train()  # diffusers checkpoints only in training mode; the frozen UNet has no dropout
+    _load_model(run, model)  # 2. model and tokens
     # 3. data -----------------------------------------------------------------------------------------------------
     config, model, device, where, specs = run.config, run.model, run.device, run.where, run.specs
     resolution = run.resolution = config.resolution or model.resolution
@@ -1582,6 +1508,86 @@ def _check_inputs(run: _Run) -> None:
     run.config, run.specs, run.found, run.held_back, run.checkpoint = config, specs, found, held_back, checkpoint
     run.repeats, run.length, run.moved, run.places = repeats, length, moved, places
     run.start_from, run.templates, run.validation_seed = start_from, templates, validation_seed
+
+
+def _load_model(run: _Run, model: Model | None) -> None:
+    """`_train`'s second phase: the model (loaded, or the one passed in), checked against the checkpoint and the
+    settings, with each concept's token added to every text encoder, its vectors started from the init text."""
+    config, device, where, is_main, checkpoint = run.config, run.device, run.where, run.is_main, run.checkpoint
+    moved, specs, start_from = run.moved, run.specs, run.start_from
+    dtype = resolve_precision(config.precision, device)
+    if model is not None and checkpoint is not None:  # (not config.model's: it is compared as one given anew)
+        moved = {"model": "the model passed to train()"}
+    if model is None:
+        try:
+            model = load_model(config.model, dtype=dtype, device=device, prediction_type=config.prediction_type,
+                               single_file_config=config.single_file_config, vae=config.vae,
+                               revision=config.revision, variant=config.variant)
+        except ModelError as e:
+            raise _moved_model(e, config, moved) from None
+    model.check_trainable()
+    fingerprints = model_fingerprints(model)  # (before any token is added: a checkpoint records the model's own)
+    if checkpoint is not None:
+        check_same_model(checkpoint, moved, fingerprints, config)
+    where.dtype = next(model.unet.parameters()).dtype  # (a model passed in has its own)
+    where.model = model
+    run.model, run.dtype, run.moved, run.fingerprints = model, dtype, moved, fingerprints
+    run.file_format = _file_format(config.format, model)
+    timesteps = run.timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
+    check_loss_for(config, model.prediction_type, model.source, model.noise_scheduler().alphas_cumprod, timesteps)
+    run.loss_options = LossOptions.of(config)
+    run.clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
+    if config.sample_every:  # (now, not at the first grid: the sampler refuses them there)
+        check_steps(model, config.sample_steps, "--sample-steps")
+        for shot in map(as_sample, config.sample_prompts):  # (a sampler this model's schedule refuses, likewise)
+            scheduler_for(model.pipeline.scheduler, shot.sampler or "default",
+                          flag=f"--sample-prompts {shot.prompt!r}: its sampler")
+    # a model that says its own words for the property (the bundled shapes model knows neither "object" nor the
+    # paper's templates' words) gives the init and templates the user left out
+    own = model.prompting.get(config.property, {})
+    if own.get("templates") and not config.templates:
+        run.templates = list(own["templates"])
+    if own.get("init") and not config.init and not config.init_embedding:
+        specs = run.specs = [dict(spec, init=again["init"])
+                             for spec, again in zip(specs, config.concept_list(own["init"]))]
+    # rows that tokens added before this run (an installed embedding) hold in each encoder's vectors: they share the
+    # trained parameter, so AdamW's weight decay would shrink them; they are put back after every step
+    run.held = [len(te.get_input_embeddings().vectors) if isinstance(te.get_input_embeddings(), ExtendedEmbedding)
+                else 0 for _, _, te in model.encoders]
+    # every concept's token entries and init text first: a later concept's bad one must not leave a model passed in
+    # holding the earlier concepts' tokens (the corrected run would then find them taken); and an init text is read
+    # as its concept's own run reads it, whatever tokens the other concepts add (their word pieces, not their rows)
+    init_ids = []
+    for spec in specs:
+        for _, tok, _ in model.encoders:
+            for name in token_names(spec["token"], config.vectors):
+                check_new_token(tok, name)
+        init_ids.append([encode_init(tok, spec["init"]) for _, tok, _ in model.encoders]
+                        if start_from is None and not config.init_embedding else None)
+    for spec, ids in zip(specs, init_ids):
+        names = token_names(spec["token"], config.vectors)
+        # one set of vectors per text encoder (SDXL has two), each initialised from the init text in its own encoder
+        if start_from is not None:
+            check_fits(model, start_from, PAIR_HINT)
+            if is_main and uses_clip_l_half(model, start_from):  # (starts below takes its clip_l half)
+                warn_clip_l_half(model, start_from)
+            starts = [start_from.vectors[name] for name, _, _ in model.encoders]
+        elif config.init_embedding:  # resuming: the checkpoint's vectors replace these
+            starts = [torch.zeros(config.vectors, base_embedding(te).weight.shape[1]) for _, _, te in model.encoders]
+        else:
+            starts = [init_vectors(base_embedding(te).weight, own, config.vectors)
+                      for (_, _, te), own in zip(model.encoders, ids)]
+            split = split_words(model.tokenizer, ids[0])
+            if split and is_main and not config.resume:
+                warnings.warn(f"--init {spec['init']!r}: {model.source} does not know {', '.join(split)} as a word, "
+                              f"so {spec['token']} starts from the mean of those fragments' vectors; give a word it "
+                              f"knows (check the spelling)",
+                              stacklevel=3)  # (the line in `train` that runs the run, past `_train`)
+        exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
+        run.rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
+    if config.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        model.unet.train()  # diffusers checkpoints only in training mode; the frozen UNet has no dropout
 
 
 def _sample_prompts(config: TrainConfig, templates: list[str], concepts: list[ConceptState]) -> list[SamplePrompt]:
