@@ -1298,63 +1298,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     run = _Run(config, state, device, where or _Where(config, torch.float32), progress, on_step, source, prompts_from)
     _check_inputs(run)  # 1. settings, output folder and pictures, before the (slow) model load
     _load_model(run, model)  # 2. model and tokens
-    # 3. data -----------------------------------------------------------------------------------------------------
-    config, model, device, where, specs = run.config, run.model, run.device, run.where, run.specs
-    resolution = run.resolution = config.resolution or model.resolution
-    where.stage, where.resolution = "latents", resolution
-    tokenizers = [tok for _, tok, _ in model.encoders]
-    concepts = run.concepts
-    step_px = bucket_step(model) if config.buckets else None
-
-    def pictures_of(listed: PictureSet, spec: dict, tags: TagVariation = TagVariation(), crop_seed=None) -> _Read:
-        """A concept's pictures read and encoded, with their captions; with `crop_seed` (--random-crop) the
-        encoded are RANDOM_CROPS windows of each (`random_windows`), else each picture's centre."""
-        pictures = load_training_images(listed.paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
-                                        bucket_step=step_px, caption_extensions=listed.caption_extensions,
-                                        random_crop=crop_seed is not None, no_upscale=config.bucket_no_upscale,
-                                        wildcards=config.caption_wildcards)
-        encoded = random_windows(pictures, RANDOM_CROPS, crop_seed) if crop_seed is not None else pictures
-        mean, std, pixel_weight = _encoded(model.vae, encoded, listed.where, config.alpha_mask, device)
-        for p in pictures:  # (the windows are encoded: their pictures' covers are not needed any more)
-            p.cover = p.cover_alpha = None
-        placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
-        captions = CaptionSampler(pictures, run.templates, placeholder, tags=tags, prefix=config.caption_prefix,
-                                  suffix=config.caption_suffix)
-        bank = CaptionBank(tokenizers, captions, device,
-                           entries=token_names(spec["token"], config.vectors), max_token_length=config.max_token_length)
-        _check_no_other_tokens(model.tokenizer, bank, pictures, spec, [s["token"] for s in specs if s is not spec],
-                               config.vectors)
-        time_ids = _xl_time_ids(pictures, config.center_crop, device) if model.is_xl else None
-        return _Read(pictures, mean, std, bank, time_ids, pixel_weight)
-
-    # how the caption files are written (kohya's caption_separator, keep_tokens_separator, secondary_separator,
-    # enable_wildcard): the held-out pictures' captions too, which are scored unvaried
-    caption_format = dict(separator=config.tag_separator, keep_separator=config.keep_tags_separator,
-                          joiner=config.tag_joiner, wildcards=config.caption_wildcards)
-    for k, (spec, listed, rows) in enumerate(zip(specs, run.found, run.rows_per_concept)):
-        tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags,
-                            seed=concept_seed(config.seed, k), warmup_min=config.tag_warmup_min,
-                            warmup_steps=config.tag_warmup_length(), **caption_format)
-        crops = RANDOM_CROPS if config.random_crop else 1
-        read = pictures_of(listed, spec, tags, concept_seed(config.seed, k) if config.random_crop else None)
-        pictures, mean, std, bank, time_ids, pixel_weight = read
-        validation = None
-        if config.validating_every:  # the pictures held out, or the training pictures
-            scored = (pictures_of(run.held_back[k], spec, TagVariation(**caption_format))
-                      if run.held_back[k] is not None else read)
-            validation = fixed_draws(scored.mean, scored.std, scored.bank, scored.time_ids, scored.pixel_weight,
-                                     pictures=len(scored.pictures), draws=config.validation_draws,
-                                     timesteps=run.timesteps, seed=concept_seed(run.validation_seed, k),
-                                     scaling=model.vae.config.scaling_factor, device=device)
-        # concept k draws from its own generator: a concept of a joint run sees what its own run would see
-        sampler = BatchSampler(len(pictures), run.repeats[k], config.use_flip, concept_seed(config.seed, k),
-                               config.noise_offset, NoiseOptions.of(config), crops)
-        concept_out = run.out if len(specs) == 1 else run.out / concept_folder(spec["token"])
-        concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
-                                     concept_out, pixel_weight=pixel_weight, validation=validation, crops=crops))
-        if config.reference_like:  # (one shape: --buckets is refused with it)
-            pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
-            concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
+    _read_concepts(run)  # 3. data: each concept's cached latents and captions
     config, model, device, concepts = run.config, run.model, run.device, run.concepts
     run.where.stage = "step"  # (from the compiled UNet's check on: a step's batch)
     speed_up_unet(model.unet, config.compile, config.compile_mode, config.channels_last)
@@ -1588,6 +1532,67 @@ def _load_model(run: _Run, model: Model | None) -> None:
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         model.unet.train()  # diffusers checkpoints only in training mode; the frozen UNet has no dropout
+
+
+def _read_concepts(run: _Run) -> None:
+    """`_train`'s third phase: each concept's pictures read and encoded once (their cached latent distributions),
+    its captions tokenized once, its validation draws fixed, and its own seeded batch sampler."""
+    config, model, device, where, specs = run.config, run.model, run.device, run.where, run.specs
+    resolution = run.resolution = config.resolution or model.resolution
+    where.stage, where.resolution = "latents", resolution
+    tokenizers = [tok for _, tok, _ in model.encoders]
+    concepts = run.concepts
+    step_px = bucket_step(model) if config.buckets else None
+
+    def pictures_of(listed: PictureSet, spec: dict, tags: TagVariation = TagVariation(), crop_seed=None) -> _Read:
+        """A concept's pictures read and encoded, with their captions; with `crop_seed` (--random-crop) the
+        encoded are RANDOM_CROPS windows of each (`random_windows`), else each picture's centre."""
+        pictures = load_training_images(listed.paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
+                                        bucket_step=step_px, caption_extensions=listed.caption_extensions,
+                                        random_crop=crop_seed is not None, no_upscale=config.bucket_no_upscale,
+                                        wildcards=config.caption_wildcards)
+        encoded = random_windows(pictures, RANDOM_CROPS, crop_seed) if crop_seed is not None else pictures
+        mean, std, pixel_weight = _encoded(model.vae, encoded, listed.where, config.alpha_mask, device)
+        for p in pictures:  # (the windows are encoded: their pictures' covers are not needed any more)
+            p.cover = p.cover_alpha = None
+        placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
+        captions = CaptionSampler(pictures, run.templates, placeholder, tags=tags, prefix=config.caption_prefix,
+                                  suffix=config.caption_suffix)
+        bank = CaptionBank(tokenizers, captions, device,
+                           entries=token_names(spec["token"], config.vectors), max_token_length=config.max_token_length)
+        _check_no_other_tokens(model.tokenizer, bank, pictures, spec, [s["token"] for s in specs if s is not spec],
+                               config.vectors)
+        time_ids = _xl_time_ids(pictures, config.center_crop, device) if model.is_xl else None
+        return _Read(pictures, mean, std, bank, time_ids, pixel_weight)
+
+    # how the caption files are written (kohya's caption_separator, keep_tokens_separator, secondary_separator,
+    # enable_wildcard): the held-out pictures' captions too, which are scored unvaried
+    caption_format = dict(separator=config.tag_separator, keep_separator=config.keep_tags_separator,
+                          joiner=config.tag_joiner, wildcards=config.caption_wildcards)
+    for k, (spec, listed, rows) in enumerate(zip(specs, run.found, run.rows_per_concept)):
+        tags = TagVariation(config.shuffle_tags, config.tag_dropout, config.keep_tags,
+                            seed=concept_seed(config.seed, k), warmup_min=config.tag_warmup_min,
+                            warmup_steps=config.tag_warmup_length(), **caption_format)
+        crops = RANDOM_CROPS if config.random_crop else 1
+        read = pictures_of(listed, spec, tags, concept_seed(config.seed, k) if config.random_crop else None)
+        pictures, mean, std, bank, time_ids, pixel_weight = read
+        validation = None
+        if config.validating_every:  # the pictures held out, or the training pictures
+            scored = (pictures_of(run.held_back[k], spec, TagVariation(**caption_format))
+                      if run.held_back[k] is not None else read)
+            validation = fixed_draws(scored.mean, scored.std, scored.bank, scored.time_ids, scored.pixel_weight,
+                                     pictures=len(scored.pictures), draws=config.validation_draws,
+                                     timesteps=run.timesteps, seed=concept_seed(run.validation_seed, k),
+                                     scaling=model.vae.config.scaling_factor, device=device)
+        # concept k draws from its own generator: a concept of a joint run sees what its own run would see
+        sampler = BatchSampler(len(pictures), run.repeats[k], config.use_flip, concept_seed(config.seed, k),
+                               config.noise_offset, NoiseOptions.of(config), crops)
+        concept_out = run.out if len(specs) == 1 else run.out / concept_folder(spec["token"])
+        concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
+                                     concept_out, pixel_weight=pixel_weight, validation=validation, crops=crops))
+        if config.reference_like:  # (one shape: --buckets is refused with it)
+            pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
+            concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
 
 
 def _sample_prompts(config: TrainConfig, templates: list[str], concepts: list[ConceptState]) -> list[SamplePrompt]:
