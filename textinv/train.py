@@ -1299,56 +1299,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     _check_inputs(run)  # 1. settings, output folder and pictures, before the (slow) model load
     _load_model(run, model)  # 2. model and tokens
     _read_concepts(run)  # 3. data: each concept's cached latents and captions
-    config, model, device, concepts = run.config, run.model, run.device, run.concepts
-    run.where.stage = "step"  # (from the compiled UNet's check on: a step's batch)
-    speed_up_unet(model.unet, config.compile, config.compile_mode, config.channels_last)
-    if config.compile != "off":
-        # (the example as the steps call the UNet: a different shape, layout or call recompiles at the first step)
-        check_compiled_unet(model.unet, unet_example(model, len(concepts) * config.batch, concepts[0].mean[0].shape,
-                                                     like=concepts[0].mean[0], tokens=config.max_token_length + 2))
-    scheduler = run.scheduler = model.noise_scheduler()
-    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    run.scaling = model.vae.config.scaling_factor
-    exts = run.exts = [te.get_input_embeddings() for _, _, te in model.encoders]
-    run.others = [(e, e.vectors.detach()[:n].clone()) for e, n in zip(exts, run.held) if n]  # (not this run's: kept)
-
-    # optimizer over the new vectors only
-    stepped = parse_lr_steps(config.lr_steps) if config.lr_steps else None
-    base = stepped[0][0] if stepped else config.lr
-    lr = run.lr = base * (config.batch * config.grad_accum * run.world if config.scale_lr else 1)
-    trained = run.trained = [e.vectors for e in exts]
-    if config.reference_like:  # the diffusers example's costs, for side-by-side benchmarks
-        for (_, _, te), e in zip(model.encoders, exts):
-            te.float()
-            e.base.weight.requires_grad_(True)
-            trained.append(e.base.weight)
-        run.table_copies = [e.base.weight.detach().clone() for e in exts]
-    # (--optimizer adamw, the default: torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay))
-    # (a schedule-free one warms up itself, and runs at a constant rate: `optimizers.check_schedule`)
-    schedule_free = config.optimizer in SCHEDULE_FREE
-    optimizer = run.optimizer = make_optimizer(config.optimizer, trained, lr, config.weight_decay,
-                                               config.optimizer_args,
-                                               warmup_steps=config.warmup_steps if schedule_free else 0)
-    from diffusers.optimization import get_scheduler
-
-    if stepped:  # A1111's: each rate until its step (the LambdaLR is rebuilt from the settings on resume)
-        def factor(step: int) -> float:
-            return next((rate for rate, until in stepped if until is None or step < until), stepped[-1][0]) / base
-
-        run.lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    else:
-        # (diffusers' schedules, kohya's too: each a LambdaLR of the step, so a resume rebuilds it from the settings
-        # and `_rate_from_schedule` reads it; num_cycles and power shape only cosine_with_restarts and polynomial)
-        run.lr_schedule = get_scheduler("constant" if schedule_free else config.lr_schedule, optimizer,
-                                        num_warmup_steps=0 if schedule_free else config.warmup_steps,
-                                        num_training_steps=config.steps, num_cycles=config.lr_cycles,
-                                        power=config.lr_power)
-
-    # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
-    scaler = run.scaler = torch.amp.GradScaler(device.type, enabled=run.dtype == torch.float16)
-    run.captured = CapturedStep(run.concept_losses, trained, lambda total: scaler.scale(total / config.grad_accum),
-                                capture=device.type == "cuda") if config.cuda_graphs else None
-    run.samplers = [c.sampler for c in concepts]
+    _prepare_step(run)  # the optimizer over the new vectors, its schedule, the compiled UNet
     config, device, concepts, out, checkpoint = run.config, run.device, run.concepts, run.out, run.checkpoint
     # what config.yaml's header records beside the settings: where the run ran, and the defaults left to the model
     resolved = {"resolution": run.resolution, "format": run.file_format, "flip": config.use_flip,
@@ -1593,6 +1544,62 @@ def _read_concepts(run: _Run) -> None:
         if config.reference_like:  # (one shape: --buckets is refused with it)
             pixels = torch.stack([p.pixels for p in pictures])  # (I, 3, H, W)
             concepts[-1].pixels = torch.cat([pixels, pixels.flip(-1)]).to(device, model.vae.dtype)
+
+
+def _prepare_step(run: _Run) -> None:
+    """What the training step needs: the UNet sped up (--compile, --channels-last), the noise schedule on the
+    device, the optimizer over the new vectors only, its learning-rate schedule, the fp16 loss scaler, and with
+    --cuda-graphs the captured step."""
+    config, model, device, concepts = run.config, run.model, run.device, run.concepts
+    run.where.stage = "step"  # (from the compiled UNet's check on: a step's batch)
+    speed_up_unet(model.unet, config.compile, config.compile_mode, config.channels_last)
+    if config.compile != "off":
+        # (the example as the steps call the UNet: a different shape, layout or call recompiles at the first step)
+        check_compiled_unet(model.unet, unet_example(model, len(concepts) * config.batch, concepts[0].mean[0].shape,
+                                                     like=concepts[0].mean[0], tokens=config.max_token_length + 2))
+    scheduler = run.scheduler = model.noise_scheduler()
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    run.scaling = model.vae.config.scaling_factor
+    exts = run.exts = [te.get_input_embeddings() for _, _, te in model.encoders]
+    run.others = [(e, e.vectors.detach()[:n].clone()) for e, n in zip(exts, run.held) if n]  # (not this run's: kept)
+
+    # optimizer over the new vectors only
+    stepped = parse_lr_steps(config.lr_steps) if config.lr_steps else None
+    base = stepped[0][0] if stepped else config.lr
+    lr = run.lr = base * (config.batch * config.grad_accum * run.world if config.scale_lr else 1)
+    trained = run.trained = [e.vectors for e in exts]
+    if config.reference_like:  # the diffusers example's costs, for side-by-side benchmarks
+        for (_, _, te), e in zip(model.encoders, exts):
+            te.float()
+            e.base.weight.requires_grad_(True)
+            trained.append(e.base.weight)
+        run.table_copies = [e.base.weight.detach().clone() for e in exts]
+    # (--optimizer adamw, the default: torch.optim.AdamW(trained, lr=lr, weight_decay=config.weight_decay))
+    # (a schedule-free one warms up itself, and runs at a constant rate: `optimizers.check_schedule`)
+    schedule_free = config.optimizer in SCHEDULE_FREE
+    optimizer = run.optimizer = make_optimizer(config.optimizer, trained, lr, config.weight_decay,
+                                               config.optimizer_args,
+                                               warmup_steps=config.warmup_steps if schedule_free else 0)
+    from diffusers.optimization import get_scheduler
+
+    if stepped:  # A1111's: each rate until its step (the LambdaLR is rebuilt from the settings on resume)
+        def factor(step: int) -> float:
+            return next((rate for rate, until in stepped if until is None or step < until), stepped[-1][0]) / base
+
+        run.lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    else:
+        # (diffusers' schedules, kohya's too: each a LambdaLR of the step, so a resume rebuilds it from the settings
+        # and `_rate_from_schedule` reads it; num_cycles and power shape only cosine_with_restarts and polynomial)
+        run.lr_schedule = get_scheduler("constant" if schedule_free else config.lr_schedule, optimizer,
+                                        num_warmup_steps=0 if schedule_free else config.warmup_steps,
+                                        num_training_steps=config.steps, num_cycles=config.lr_cycles,
+                                        power=config.lr_power)
+
+    # fp16 gradients through the frozen fp16 UNet can underflow: scale the loss (a no-op for fp32/bf16)
+    scaler = run.scaler = torch.amp.GradScaler(device.type, enabled=run.dtype == torch.float16)
+    run.captured = CapturedStep(run.concept_losses, trained, lambda total: scaler.scale(total / config.grad_accum),
+                                capture=device.type == "cuda") if config.cuda_graphs else None
+    run.samplers = [c.sampler for c in concepts]
 
 
 def _sample_prompts(config: TrainConfig, templates: list[str], concepts: list[ConceptState]) -> list[SamplePrompt]:
