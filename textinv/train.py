@@ -1300,48 +1300,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     _load_model(run, model)  # 2. model and tokens
     _read_concepts(run)  # 3. data: each concept's cached latents and captions
     _prepare_step(run)  # the optimizer over the new vectors, its schedule, the compiled UNet
-    config, device, concepts, out, checkpoint = run.config, run.device, run.concepts, run.out, run.checkpoint
-    # what config.yaml's header records beside the settings: where the run ran, and the defaults left to the model
-    resolved = {"resolution": run.resolution, "format": run.file_format, "flip": config.use_flip,
-                "max_timestep": run.timesteps[1],
-                "init": concepts[0].init if len(concepts) == 1 and not config.init_embedding else None}
-    # on the CPU the thread count too: torch splits some float sums by thread, so 1 and 2 threads differ in a last bit
-    threads = torch.get_num_threads()
-    record = (f"{device.type}, {run.dtype}" + (f", {threads} thread{'s' * (threads > 1)}" if device.type == "cpu"
-                                               else ""),
-              {k: v for k, v in resolved.items() if getattr(config, k) is None and v is not None})
-    interval = ([0.0] * len(concepts), 0)
-    run.skipped = [0] * len(concepts)  # the fp16 steps each concept skipped alone (`_step_skipping_overflows`)
-    read_from = f"{READ_FROM} {run.source}" if run.source else None  # (config.yaml's header names the subsets' file)
-    prompts_note = f"{PROMPTS_FROM} {run.prompts_from}" if run.prompts_from else None  # (and the prompts' file)
-    length = run.length
-    if config.resume:
-        run.step, run.history, run.by_concept, interval = load_checkpoint(checkpoint, run.exts, run.optimizer,
-                                                                          run.lr_schedule, run.samplers, run.scaler)
-        run.skipped = [int(n) for n in checkpoint[1].get("skipped_steps") or run.skipped]  # (older checkpoints: none)
-        run.validated, run.validated_by_concept = saved_validation(checkpoint[1])
-        _rate_from_schedule(run.optimizer, run.lr_schedule)  # (a raised --steps: the next step's rate is the new one)
-        if run.is_main:
-            # the settings a resume may change (--steps) as now in force; how --epochs gave the steps is kept while
-            # they stand
-            length = length or _epochs_note(out / CONFIG_FILE, config.steps)
-            read_from = _header_note(out / CONFIG_FILE, READ_FROM) if config.subsets and not run.source else read_from
-            if not run.prompts_from and config.sample_prompts == _saved_setting(out / CONFIG_FILE, "sample_prompts"):
-                prompts_note = _header_note(out / CONFIG_FILE, PROMPTS_FROM)  # (the prompts the file gave, still)
-            save_config(config, out / CONFIG_FILE, run.world, *record, length=length,
-                        read_from=[note for note in (read_from, prompts_note) if note])
-            if run.progress:
-                print(f"resuming {out} at step {run.step} of {config.steps}" + "".join(f"\n  {p}" for p in run.places))
-    elif run.is_main:
-        if run.previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
-            clear_run(out, run.previous, Path(config.init_embedding) if config.init_embedding else None)
-        output_folder(out)
-        save_config(config, out / CONFIG_FILE, run.world, *record, length=length,
-                    read_from=[note for note in (read_from, prompts_note) if note])
-    run.where.writing = True
-    run.sample_prompts = _sample_prompts(config, run.templates, concepts)
-    run.interval_loss = torch.tensor(interval[0], device=device)  # (K,)
-    run.interval_steps = interval[1]
+    _start_or_resume(run)  # config.yaml, or the checkpoint's state
     files = _loop(run, handlers)  # 4. the loop
     return _finish(run, files)  # 5. results
 
@@ -1600,6 +1559,54 @@ def _prepare_step(run: _Run) -> None:
     run.captured = CapturedStep(run.concept_losses, trained, lambda total: scaler.scale(total / config.grad_accum),
                                 capture=device.type == "cuda") if config.cuda_graphs else None
     run.samplers = [c.sampler for c in concepts]
+
+
+def _start_or_resume(run: _Run) -> None:
+    """A new run writes its config.yaml (an --overwrite clears the old run first, now that the inputs and the model
+    have loaded); a resumed one takes its step, loss curve, optimizer, schedule and samplers from its checkpoint and
+    writes the settings now in force."""
+    config, device, concepts, out, checkpoint = run.config, run.device, run.concepts, run.out, run.checkpoint
+    # what config.yaml's header records beside the settings: where the run ran, and the defaults left to the model
+    resolved = {"resolution": run.resolution, "format": run.file_format, "flip": config.use_flip,
+                "max_timestep": run.timesteps[1],
+                "init": concepts[0].init if len(concepts) == 1 and not config.init_embedding else None}
+    # on the CPU the thread count too: torch splits some float sums by thread, so 1 and 2 threads differ in a last bit
+    threads = torch.get_num_threads()
+    record = (f"{device.type}, {run.dtype}" + (f", {threads} thread{'s' * (threads > 1)}" if device.type == "cpu"
+                                               else ""),
+              {k: v for k, v in resolved.items() if getattr(config, k) is None and v is not None})
+    interval = ([0.0] * len(concepts), 0)
+    run.skipped = [0] * len(concepts)  # the fp16 steps each concept skipped alone (`_step_skipping_overflows`)
+    read_from = f"{READ_FROM} {run.source}" if run.source else None  # (config.yaml's header names the subsets' file)
+    prompts_note = f"{PROMPTS_FROM} {run.prompts_from}" if run.prompts_from else None  # (and the prompts' file)
+    length = run.length
+    if config.resume:
+        run.step, run.history, run.by_concept, interval = load_checkpoint(checkpoint, run.exts, run.optimizer,
+                                                                          run.lr_schedule, run.samplers, run.scaler)
+        run.skipped = [int(n) for n in checkpoint[1].get("skipped_steps") or run.skipped]  # (older checkpoints: none)
+        run.validated, run.validated_by_concept = saved_validation(checkpoint[1])
+        _rate_from_schedule(run.optimizer, run.lr_schedule)  # (a raised --steps: the next step's rate is the new one)
+        if run.is_main:
+            # the settings a resume may change (--steps) as now in force; how --epochs gave the steps is kept while
+            # they stand
+            length = length or _epochs_note(out / CONFIG_FILE, config.steps)
+            read_from = _header_note(out / CONFIG_FILE, READ_FROM) if config.subsets and not run.source else read_from
+            if not run.prompts_from and config.sample_prompts == _saved_setting(out / CONFIG_FILE, "sample_prompts"):
+                prompts_note = _header_note(out / CONFIG_FILE, PROMPTS_FROM)  # (the prompts the file gave, still)
+            save_config(config, out / CONFIG_FILE, run.world, *record, length=length,
+                        read_from=[note for note in (read_from, prompts_note) if note])
+            if run.progress:
+                print(f"resuming {out} at step {run.step} of {config.steps}" + "".join(f"\n  {p}" for p in run.places))
+    elif run.is_main:
+        if run.previous is not None:  # --overwrite: the inputs and the model loaded, so the old run goes now
+            clear_run(out, run.previous, Path(config.init_embedding) if config.init_embedding else None)
+        output_folder(out)
+        save_config(config, out / CONFIG_FILE, run.world, *record, length=length,
+                    read_from=[note for note in (read_from, prompts_note) if note])
+    run.where.writing = True
+    run.sample_prompts = _sample_prompts(config, run.templates, concepts)
+    run.interval_loss = torch.tensor(interval[0], device=device)  # (K,)
+    run.interval_steps = interval[1]
 
 
 def _sample_prompts(config: TrainConfig, templates: list[str], concepts: list[ConceptState]) -> list[SamplePrompt]:
