@@ -1367,8 +1367,8 @@ def _check_inputs(run: _Run) -> None:
 def _load_model(run: _Run, model: Model | None) -> None:
     """`_train`'s second phase: the model (loaded, or the one passed in), checked against the checkpoint and the
     settings, with each concept's token added to every text encoder, its vectors started from the init text."""
-    config, device, where, is_main, checkpoint = run.config, run.device, run.where, run.is_main, run.checkpoint
-    moved, specs, start_from = run.moved, run.specs, run.start_from
+    config, device, where, checkpoint, moved, specs = \
+        run.config, run.device, run.where, run.checkpoint, run.moved, run.specs
     dtype = resolve_precision(config.precision, device)
     if model is not None and checkpoint is not None:  # (not config.model's: it is compared as one given anew)
         moved = {"model": "the model passed to train()"}
@@ -1404,6 +1404,16 @@ def _load_model(run: _Run, model: Model | None) -> None:
     if own.get("init") and not config.init and not config.init_embedding:
         specs = run.specs = [dict(spec, init=again["init"])
                              for spec, again in zip(specs, config.concept_list(own["init"]))]
+    _add_run_tokens(run)
+    if config.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        model.unet.train()  # diffusers checkpoints only in training mode; the frozen UNet has no dropout
+
+
+def _add_run_tokens(run: _Run) -> None:
+    """Each concept's token entries added to every text encoder of the model, their vectors started from the
+    concept's init text (or --init-embedding's file), and each concept's rows in the added vectors noted."""
+    config, model, specs, start_from, is_main = run.config, run.model, run.specs, run.start_from, run.is_main
     # rows that tokens added before this run (an installed embedding) hold in each encoder's vectors: they share the
     # trained parameter, so AdamW's weight decay would shrink them; they are put back after every step
     run.held = [len(te.get_input_embeddings().vectors) if isinstance(te.get_input_embeddings(), ExtendedEmbedding)
@@ -1436,12 +1446,9 @@ def _load_model(run: _Run, model: Model | None) -> None:
                 warnings.warn(f"--init {spec['init']!r}: {model.source} does not know {', '.join(split)} as a word, "
                               f"so {spec['token']} starts from the mean of those fragments' vectors; give a word it "
                               f"knows (check the spelling)",
-                              stacklevel=3)  # (the line in `train` that runs the run, past `_train`)
+                              stacklevel=4)  # (the line in `train` that runs the run, past `_load_model`, `_train`)
         exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
         run.rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
-    if config.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-        model.unet.train()  # diffusers checkpoints only in training mode; the frozen UNet has no dropout
 
 
 def _read_concepts(run: _Run) -> None:
