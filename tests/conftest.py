@@ -187,3 +187,23 @@ def train_config(images, out, **kw):
 
     return TrainConfig(**{**dict(images=str(images), token="<zq>", init="dog", out=str(out), steps=6, batch=2,
                                  save_every=0, sample_every=0, log_every=2, lr=5e-2), **kw})
+
+
+def web_ui_picture(path, parameters: str):
+    """An 8x8 PNG at `path` holding `parameters` as the A1111 web UI's generation text; returns `path`."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def again_warned(picture, flags: dict):
+    """`again_config(picture, flags)` with every warning it gives recorded: (its config, the warnings' text joined)."""
+    from textinv.again import again_config
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config, _ = again_config(picture, flags)
+    return config, " ".join(str(w.message) for w in caught)

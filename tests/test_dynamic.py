@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import again_warned, web_ui_picture
 from textinv import dynamic, emphasis
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
@@ -452,18 +453,9 @@ def test_templates_of_several_lines_after_the_settings_are_left_out_of_the_web_u
 def test_templates_among_the_web_uis_settings_are_not_said_to_be_left_unapplied(sd1_dir, tmp_path):
     """Some sd-dynamic-prompts versions write the templates among the settings: the prompt is the drawn one, so the
     redraw lacks nothing, and no warning names them."""
-    from PIL.PngImagePlugin import PngInfo
-
-    from textinv.again import again_config
-
-    info = PngInfo()
-    info.add_text("parameters", 'a cat\nNegative prompt: ugly\nSteps: 4, Seed: 3, Size: 32x32, Template: "a {cat|dog}, '
-                                'b", Negative Template: {ugly|bad}, Version: v1')
-    Image.new("RGB", (8, 8)).save(tmp_path / "w.png", pnginfo=info)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        config, _ = again_config(tmp_path / "w.png", {"model": str(sd1_dir)})
-    said = " ".join(str(w.message) for w in caught)
+    picture = web_ui_picture(tmp_path / "w.png", 'a cat\nNegative prompt: ugly\nSteps: 4, Seed: 3, Size: 32x32, '
+                                                 'Template: "a {cat|dog}, b", Negative Template: {ugly|bad}, Version: v1')
+    config, said = again_warned(picture, {"model": str(sd1_dir)})
     assert "not applied from its A1111 parameters: Version (" in said and "Template" not in said
     assert (config.prompt, config.negative_prompt, config.seed) == (["a cat"], "ugly", 3)
 

@@ -9,6 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from conftest import again_warned, web_ui_picture
 from textinv import dynamic
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, TokenError
@@ -2729,23 +2730,14 @@ def test_again_finds_a_web_ui_pictures_ti_hashes_in_a_folder_whose_names_came_fr
     and café was named as an embedding no --embedding gives."""
     import unicodedata
 
-    from PIL.PngImagePlugin import PngInfo
-
-    from textinv.again import again_config
-
     folder = tmp_path / "embeddings"
     folder.mkdir()
     nfd = unicodedata.normalize("NFD", "caf\u00e9")
     wrong = save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32)}), folder / f"{nfd}.pt",
                            "a1111")[0]
-    info = PngInfo()
-    info.add_text("parameters", 'a caf\u00e9 cat\nSteps: 2, Seed: 3, Size: 16x16, TI hashes: "caf\u00e9: 0123456789ab", '
-                                'Version: v1')
-    Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        again_config(tmp_path / "webui.png", {"model": str(sd1_dir), "embedding": [str(folder)]})
-    said = " ".join(str(w.message) for w in caught)
+    picture = web_ui_picture(tmp_path / "webui.png", 'a caf\u00e9 cat\nSteps: 2, Seed: 3, Size: 16x16, TI hashes: '
+                                                     '"caf\u00e9: 0123456789ab", Version: v1')
+    _, said = again_warned(picture, {"model": str(sd1_dir), "embedding": [str(folder)]})
     assert f"other embedding files than {wrong} (its SHA-256 begins" in said
     assert "no --embedding given is" not in said
 
@@ -2753,21 +2745,12 @@ def test_again_finds_a_web_ui_pictures_ti_hashes_in_a_folder_whose_names_came_fr
 def test_again_finds_a_web_ui_pictures_ti_hashes_in_the_subfolders_of_an_embeddings_folder(sd1_dir, tmp_path):
     """The web UI reads its embeddings folder's subfolders, so the picture's easyneg may be negative/easyneg.pt: it
     was named as an embedding no --embedding gives, and a wrong version there went unsaid."""
-    from PIL.PngImagePlugin import PngInfo
-
-    from textinv.again import again_config
-
     folder = tmp_path / "embeddings"
     wrong = save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32)}),
                            folder / "negative" / "easyneg.pt", "a1111")[0]
-    info = PngInfo()
-    info.add_text("parameters", 'a cat\nNegative prompt: easyneg\nSteps: 2, Seed: 3, Size: 16x16, TI hashes: '
-                                '"easyneg: 0123456789ab", Version: v1')
-    Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        again_config(tmp_path / "webui.png", {"model": str(sd1_dir), "embedding": [str(folder)]})
-    said = " ".join(str(w.message) for w in caught)
+    picture = web_ui_picture(tmp_path / "webui.png", 'a cat\nNegative prompt: easyneg\nSteps: 2, Seed: 3, Size: 16x16, '
+                                                     'TI hashes: "easyneg: 0123456789ab", Version: v1')
+    _, said = again_warned(picture, {"model": str(sd1_dir), "embedding": [str(folder)]})
     assert f"other embedding files than {wrong} (its SHA-256 begins" in said
     assert "no --embedding given is" not in said
 
