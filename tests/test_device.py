@@ -180,3 +180,72 @@ def test_a_missing_device_is_refused_before_generate_or_evaluate_makes_its_out_f
     assert main(["evaluate", "--fast", "--concepts", "1", "--device", "mps", "--out", str(tmp_path / "e")]) == 2
     assert "--device mps: PyTorch's MPS backend" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def _as_on_a_gpu(precision: str, device: torch.device) -> torch.dtype:
+    """`resolve_precision` as on a CUDA GPU that has bf16: what `auto` is there."""
+    return torch.bfloat16 if precision == "auto" else models.DTYPES[precision]
+
+
+def _run(images, sd1_dir, out, steps, **kw) -> TrainConfig:
+    return TrainConfig(images=str(images), model=str(sd1_dir), token="<zq>", init="dog", out=str(out), steps=steps,
+                       batch=2, save_every=2, sample_every=0, lr=5e-2, **kw)
+
+
+def test_a_resume_at_the_same_precision_given_otherwise_goes_on_to_the_uninterrupted_run(sd1_dir, images, tmp_path):
+    """`auto` is fp32 on the CPU, so `--precision fp32` resumes a run started with `auto` there (it was refused as
+    another setting): the steps are the same arithmetic, and the run ends where the uninterrupted one does."""
+    if pick_device("auto").type != "cpu":
+        pytest.skip("auto is not the CPU here")
+    straight = train(_run(images, sd1_dir, tmp_path / "a", 4), progress=False)
+    train(_run(images, sd1_dir, tmp_path / "b", 2), progress=False)
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume", "--steps", "4", "--precision", "fp32"]) == 0
+    resumed = load_embedding(tmp_path / "b" / "learned_embeds.safetensors")
+    assert torch.equal(resumed.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    state = torch.load(tmp_path / "b" / "checkpoints" / "step-000004.pt", weights_only=True)
+    assert (state["precision"], state["device"]) == ("fp32", "cpu")
+
+
+def test_a_run_moved_to_a_device_where_its_precision_is_another_is_refused_before_the_model_loads(
+        sd1_dir, images, tmp_path, monkeypatch):
+    """`auto` is bf16 on a CUDA GPU and fp32 on the CPU: a run resumed on the other one went on at the other
+    precision, silently. Now the resume names both and the --precision that goes on as the run was; with it, it
+    does. (The GPU is simulated: a checkpoint recording what a GPU's bf16 run records, and `auto` resolved as there.)"""
+    if pick_device("auto").type != "cpu":
+        pytest.skip("auto is not the CPU here")
+    out = tmp_path / "b"
+    straight = train(_run(images, sd1_dir, tmp_path / "a", 4), progress=False)
+    train(_run(images, sd1_dir, out, 2), progress=False)
+    [path] = out.glob("checkpoints/*.pt")
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "precision": "bf16", "device": "cuda"}, path)  # (a GPU's bf16 run, resumed on the CPU)
+    real_load = train_module.load_model
+    monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(ConfigError, match=r"cannot resume .* at fp32 \(--precision auto on cpu\): its checkpoint "
+                                          r"step-000002.pt was trained at bf16 on cuda.*resume with --precision bf16 "
+                                          r"to go on as it was, or start a new run with --overwrite"):
+        train(_run(images, sd1_dir, out, 4, resume=True), progress=False)
+    torch.save(state, path)  # (the CPU's fp32 run, resumed on a GPU, where auto is bf16)
+    monkeypatch.setattr(train_module, "resolve_precision", _as_on_a_gpu)
+    with pytest.raises(ConfigError, match=r"at bf16 \(--precision auto on cpu\): its checkpoint step-000002.pt was "
+                                          r"trained at fp32 on cpu.*resume with --precision fp32"):
+        train(_run(images, sd1_dir, out, 4, resume=True), progress=False)
+    monkeypatch.setattr(train_module, "load_model", real_load)
+    resumed = train(_run(images, sd1_dir, out, 4, resume=True, precision="fp32"), progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
+def test_a_checkpoint_without_the_precision_record_resumes_comparing_the_setting_as_written(sd1_dir, images,
+                                                                                              tmp_path, monkeypatch):
+    """Checkpoints saved before the record: the setting as config.yaml writes it is compared, as then; the same
+    word resumes whatever it resolves to now."""
+    out = tmp_path / "b"
+    train(_run(images, sd1_dir, out, 2), progress=False)
+    [path] = out.glob("checkpoints/*.pt")
+    state = torch.load(path, weights_only=True)
+    del state["precision"], state["device"]
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=r"different settings \(precision: 'auto' -> 'fp32'\)"):
+        train(_run(images, sd1_dir, out, 4, resume=True, precision="fp32"), progress=False)
+    monkeypatch.setattr(train_module, "resolve_precision", _as_on_a_gpu)  # (auto is bf16 now: not recorded then)
+    assert train(_run(images, sd1_dir, out, 4, resume=True), progress=False).steps == 4

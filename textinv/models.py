@@ -73,6 +73,15 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_GUIDANCE = 7.5  # SD's classifier-free guidance scale, the default of its pipelines and of A1111
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """The --precision that names `dtype` (torch's own name for one it has none for).
+
+    >>> precision_name(torch.bfloat16)
+    'bf16'
+    """
+    return {d: name for name, d in DTYPES.items()}.get(dtype, str(dtype))
+
+
 def pick_device(setting: str = "auto", flag: str = "--device") -> torch.device:
     """The torch.device a `--device` setting names: auto (CUDA, else MPS on an Apple Silicon Mac, else the CPU),
     cpu, cuda (the current GPU), cuda:N or mps. A device this machine does not have is refused, naming `flag` and

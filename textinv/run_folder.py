@@ -31,7 +31,7 @@ from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_f
                       step_filename)
 from .hub import hub_reference
 from .io import TEMPORARY, write_bytes, write_text
-from .models import BUNDLED_MODELS, same_model
+from .models import BUNDLED_MODELS, precision_name, same_model
 from .tokens import token_names
 from .tracking import LOGS_DIR, run_name
 
@@ -46,10 +46,11 @@ _LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyon
 # settings that may differ between a run and its resumption (they do not change what is learned step by step; device:
 # where it runs, as `auto` already resumes a run on another machine's device, e.g. on another GPU than it started on;
 # gradient_checkpointing: the UNet's forward is run again in the backward pass, the same numbers in less memory, so a
-# run that ran out of it goes on with it; cuda_graphs: the same kernels, launched at once)
+# run that ran out of it goes on with it; cuda_graphs: the same kernels, launched at once; precision: compared as the
+# dtype it gives on this device with the one the checkpoint was trained at, `check_same_precision`)
 RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_embeddings", "sample_every",
                      "sample_steps", "log_every", "device", "log_with", "log_dir", "gradient_checkpointing",
-                     "cuda_graphs", "resume", "overwrite", "sample_prompts", "validate_every",
+                     "cuda_graphs", "resume", "overwrite", "sample_prompts", "validate_every", "precision",
                      "out"}  # (out: the folder resumed, however spelt)
 # stored absolute: a run resumes, or reruns, from any directory. The settings the config marks as paths (`opt`'s
 # path=, which a --config file's relative ones are read by too): local ones, and model sources (a path, a hub id or
@@ -467,19 +468,23 @@ def checkpoint_path(out: Path, step: int) -> Path:
 def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, history, config,
                      interval: tuple[list[float], int] = ([0.0], 0), pictures: list[list[str]] | None = None,
                      processes: int = 1, skipped: list[int] | None = None, model: dict[str, str] | None = None,
-                     validation: tuple[list, list] = ([], []), held_out: list[list[str]] | None = None) -> None:
+                     validation: tuple[list, list] = ([], []), held_out: list[list[str]] | None = None,
+                     ran_at: tuple[str, str] | None = None) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, and
     what the data stream depends on (each concept's picture names, the number of processes sharing a batch);
     `skipped`: the fp16 steps each concept skipped alone (its Adam step count is the shared one less these);
     `model`: the model's fingerprints (`model_fingerprints`), so a resume can tell it wherever it is; `validation`:
     the validation losses so far, as `history` (`saved_validation` reads them back); `held_out`: each concept's
-    pictures --validation-split holds out, by name as `pictures` (None: no split)."""
+    pictures --validation-split holds out, by name as `pictures` (None: no split); `ran_at`: the precision the steps
+    were taken at and the device type, ("bf16", "cuda"), for `check_same_precision`."""
     state = {
         "step": step,
         "model": model,
         "pictures": pictures,
         "held_out": held_out,
         "processes": processes,
+        "precision": ran_at[0] if ran_at else None,
+        "device": ran_at[1] if ran_at else None,
         "vectors": [e.vectors.detach().cpu().clone() for e in exts],
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
@@ -619,6 +624,31 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
         raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
                           f"({detail}); put {folder}, or start a new run with --overwrite")
     return ordered, moved
+
+
+def check_same_precision(checkpoint: tuple[Path, dict], config: TrainConfig, dtype: torch.dtype,
+                         device: torch.device) -> None:
+    """Refuse, before the model loads, a resume that would take its steps at another precision (`dtype`, what
+    --precision gives on `device`) than its checkpoint's were taken at: `auto` is bf16 on a CUDA GPU and fp32 on the
+    CPU, so a run moved between them would go on in other arithmetic, not to where it would have ended. The same
+    dtype however given (`auto` and `fp32` on the CPU) goes on. A checkpoint saved before the record has the
+    setting compared as written, as then."""
+    path, state = checkpoint
+    out, then = Path(config.out), state.get("precision")
+    if then is None:
+        was = read_run_settings(out).get("precision", "auto")
+        if was != config.precision:
+            raise ConfigError(f"cannot resume {out} with different settings (precision: {was!r} -> "
+                              f"{config.precision!r}); resume with the same settings or start a new run in another "
+                              "folder")
+        return
+    now = precision_name(dtype)
+    if now != then:
+        raise ConfigError(f"cannot resume {out} at {now} (--precision {config.precision} on {device.type}): its "
+                          f"checkpoint {path.name} was trained at {then} on {state.get('device')}, and steps at "
+                          f"another precision round otherwise, so the run would not end where it would have; resume "
+                          f"with --precision {then} to go on as it was, or start a new run with --overwrite"
+                          f"{_from_saved_vectors(out)}")
 
 
 class ModelChangedWarning(UserWarning):

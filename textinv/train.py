@@ -53,12 +53,13 @@ from .io import atomic_path, output_folder
 from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as,
                      release, smaller_side, step_bytes)
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, model_fingerprints,
-                     pick_device, shareable_name, xl_time_ids)
+                     pick_device, precision_name, shareable_name, xl_time_ids)
 from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
-                         check_resumable, check_same_model, checkpoints, clear_run, clear_temporaries, concept_folder,
-                         load_checkpoint, moved_places, name_changes, newest_checkpoint, prepare_output,
-                         read_run_settings, run_lock, same_names, save_checkpoint, saved_validation, write_loss_log)
+                         check_resumable, check_same_model, check_same_precision, checkpoints, clear_run,
+                         clear_temporaries, concept_folder, load_checkpoint, moved_places, name_changes,
+                         newest_checkpoint, prepare_output, read_run_settings, run_lock, same_names, save_checkpoint,
+                         saved_validation, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
@@ -822,7 +823,7 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
     config = where.config
     size = f"{where.resolution}x{where.resolution}" if where.resolution else "its size"
     size = f"about {size}" if config.buckets else size
-    precision = {dtype: name for name, dtype in DTYPES.items()}.get(where.dtype, str(where.dtype))
+    precision = precision_name(where.dtype)
     # each fix: its flags, what it does, and whether a --resume may take it (it changes nothing that is learned)
     half = "fp16" if device.type == "mps" or device.type == "cuda" and not torch.cuda.is_bf16_supported() else "bf16"
     fixes = [(f"--precision {half}", "", False)] if where.dtype == torch.float32 else []
@@ -1189,7 +1190,7 @@ class _Run:
                             skipped=self.skipped, model=self.fingerprints,
                             validation=(self.validated, self.validated_by_concept),
                             held_out=([held.names for held in self.held_back] if self.held_back[0] is not None
-                                      else None))
+                                      else None), ran_at=(precision_name(self.dtype), self.device.type))
         # (a run stopped by a non-finite loss keeps its finite curve)
         write_loss_log(self.out / LOSS_LOG, self.history, self.by_concept, [c.token for c in concepts])
         # (as the checkpoint has them: a second Ctrl-C between a score and its row left the row out)
@@ -1348,6 +1349,7 @@ def _check_inputs(run: _Run) -> None:
         # (the pictures in the order its epoch table counts them)
         found, moved = check_resumable(checkpoint, config, found, run.world,
                                        held_back if config.validation_split else None)
+        check_same_precision(checkpoint, config, resolve_precision(config.precision, run.device), run.device)
         places = moved_places(out, config)  # (said once resumed: config.yaml then records where they are now)
         if config.validation_images is not None:  # (not trained on: a change is said, the run goes on)
             _warn_other_validation_pictures(checkpoint[1], held_back[0], step=int(checkpoint[1]["step"]))
