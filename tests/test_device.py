@@ -223,7 +223,7 @@ def test_a_run_moved_to_a_device_where_its_precision_is_another_is_refused_befor
     monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
     with pytest.raises(ConfigError, match=r"cannot resume .* at fp32 \(--precision auto on cpu\): its checkpoint "
                                           r"step-000002.pt was trained at bf16 on cuda.*resume with --precision bf16 "
-                                          r"to go on as it was, or start a new run with --overwrite"):
+                                          r"to go on as it was, or with --precision fp32 to go on at fp32 knowingly"):
         train(_run(images, sd1_dir, out, 4, resume=True), progress=False)
     torch.save(state, path)  # (the CPU's fp32 run, resumed on a GPU, where auto is bf16)
     monkeypatch.setattr(train_module, "resolve_precision", _as_on_a_gpu)
@@ -237,15 +237,36 @@ def test_a_run_moved_to_a_device_where_its_precision_is_another_is_refused_befor
 
 def test_a_checkpoint_without_the_precision_record_resumes_comparing_the_setting_as_written(sd1_dir, images,
                                                                                               tmp_path, monkeypatch):
-    """Checkpoints saved before the record: the setting as config.yaml writes it is compared, as then; the same
-    word resumes whatever it resolves to now."""
+    """Checkpoints saved before the record: the same word resumes whatever it resolves to now (as then); another
+    word is a change asked for, warned about since the precision the steps were taken at cannot be told."""
+    from textinv.run_folder import PrecisionChangedWarning
+
+    for out in (tmp_path / "b", tmp_path / "c"):
+        train(_run(images, sd1_dir, out, 2), progress=False)
+        [path] = out.glob("checkpoints/*.pt")
+        state = torch.load(path, weights_only=True)
+        del state["precision"], state["device"]
+        torch.save(state, path)
+    with pytest.warns(PrecisionChangedWarning, match=r"at fp32 \(--precision fp32\), as asked: it ran at a precision "
+                                                     r"its checkpoint does not record \(--precision auto\)"):
+        assert train(_run(images, sd1_dir, tmp_path / "c", 4, resume=True, precision="fp32"),
+                     progress=False).steps == 4
+    monkeypatch.setattr(train_module, "resolve_precision", _as_on_a_gpu)  # (auto is bf16 now: not recorded then)
+    assert train(_run(images, sd1_dir, tmp_path / "b", 4, resume=True), progress=False).steps == 4
+
+
+def test_another_precision_asked_for_on_resume_goes_on_warned(sd1_dir, images, tmp_path, monkeypatch):
+    """A GPU's bf16 run resumed on the CPU with --precision fp32 given: a change asked for, not one that `auto`
+    made silently; it goes on at fp32, warned that it will not end exactly where it would have. The same word
+    meaning the same dtype (fp32 for a CPU run of auto) says nothing."""
+    from textinv.run_folder import PrecisionChangedWarning
+
     out = tmp_path / "b"
     train(_run(images, sd1_dir, out, 2), progress=False)
     [path] = out.glob("checkpoints/*.pt")
     state = torch.load(path, weights_only=True)
-    del state["precision"], state["device"]
-    torch.save(state, path)
-    with pytest.raises(ConfigError, match=r"different settings \(precision: 'auto' -> 'fp32'\)"):
-        train(_run(images, sd1_dir, out, 4, resume=True, precision="fp32"), progress=False)
-    monkeypatch.setattr(train_module, "resolve_precision", _as_on_a_gpu)  # (auto is bf16 now: not recorded then)
-    assert train(_run(images, sd1_dir, out, 4, resume=True), progress=False).steps == 4
+    torch.save({**state, "precision": "bf16", "device": "cuda"}, path)
+    with pytest.warns(PrecisionChangedWarning, match=r"resuming .* at fp32 \(--precision fp32\), as asked: it ran at "
+                                                     r"bf16 on cuda \(--precision auto\)"):
+        resumed = train(_run(images, sd1_dir, out, 4, resume=True, precision="fp32"), progress=False)
+    assert resumed.steps == 4

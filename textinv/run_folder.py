@@ -626,29 +626,34 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
     return ordered, moved
 
 
+class PrecisionChangedWarning(UserWarning):
+    """A run resumed with another --precision than it ran at, as asked: it goes on in other arithmetic."""
+
+
 def check_same_precision(checkpoint: tuple[Path, dict], config: TrainConfig, dtype: torch.dtype,
                          device: torch.device) -> None:
-    """Refuse, before the model loads, a resume that would take its steps at another precision (`dtype`, what
-    --precision gives on `device`) than its checkpoint's were taken at: `auto` is bf16 on a CUDA GPU and fp32 on the
-    CPU, so a run moved between them would go on in other arithmetic, not to where it would have ended. The same
-    dtype however given (`auto` and `fp32` on the CPU) goes on. A checkpoint saved before the record has the
-    setting compared as written, as then."""
+    """Before the model loads: a resume whose --precision reads as the run's (config.yaml's word) must take its steps
+    at the precision its checkpoint's were taken at (`dtype`, what --precision gives on `device`): `auto` is bf16 on
+    a CUDA GPU and fp32 on the CPU, so a run moved between them would go on in other arithmetic, silently, and not
+    end where it would have. The same dtype however given (`auto` and `fp32` on the CPU) goes on. Another word given
+    (`--precision fp32` on a bf16 run) is a change asked for: it goes on, warned about when the arithmetic changes (or
+    cannot be told: a checkpoint saved before the record)."""
     path, state = checkpoint
     out, then = Path(config.out), state.get("precision")
-    if then is None:
-        was = read_run_settings(out).get("precision", "auto")
-        if was != config.precision:
-            raise ConfigError(f"cannot resume {out} with different settings (precision: {was!r} -> "
-                              f"{config.precision!r}); resume with the same settings or start a new run in another "
-                              "folder")
-        return
+    was = read_run_settings(out).get("precision", "auto")
     now = precision_name(dtype)
-    if now != then:
-        raise ConfigError(f"cannot resume {out} at {now} (--precision {config.precision} on {device.type}): its "
-                          f"checkpoint {path.name} was trained at {then} on {state.get('device')}, and steps at "
-                          f"another precision round otherwise, so the run would not end where it would have; resume "
-                          f"with --precision {then} to go on as it was, or start a new run with --overwrite"
-                          f"{_from_saved_vectors(out)}")
+    if then == now or (then is None and was == config.precision):
+        return
+    if was != config.precision:
+        ran = f"at {then} on {state.get('device')}" if then else "at a precision its checkpoint does not record"
+        warnings.warn(f"resuming {out} at {now} (--precision {config.precision}), as asked: it ran {ran} "
+                      f"(--precision {was}), so it goes on in other arithmetic and will not end exactly where it "
+                      "would have", PrecisionChangedWarning, stacklevel=3)
+        return
+    raise ConfigError(f"cannot resume {out} at {now} (--precision {config.precision} on {device.type}): its "
+                      f"checkpoint {path.name} was trained at {then} on {state.get('device')}, and steps at another "
+                      f"precision round otherwise, so the run would not end where it would have; resume with "
+                      f"--precision {then} to go on as it was, or with --precision {now} to go on at {now} knowingly")
 
 
 class ModelChangedWarning(UserWarning):
