@@ -1013,7 +1013,7 @@ def test_prompt_editing_and_alternation_are_scheduled_as_the_web_ui_does(prompt,
                                                                           for n in range(4, 11)]),
 ])
 def test_prompt_editing_in_the_hires_fixs_pass_counts_on_from_the_first_pass_as_the_web_ui_does(prompt, schedule):
-    """The web UI (1.8 on) schedules the hires pass's prompt on from the first pass: a fraction below 1 is of the first
+    """The web UI (1.6 on) schedules the hires pass's prompt on from the first pass: a fraction below 1 is of the first
     pass (done by then), one above 1 of the hires pass, a step counts on from the first pass's steps. Each pass was
     scheduled on its own, so `[<style>:0.3]` left the style out of the hires pass's first 30%."""
     from textinv.emphasis import prompt_schedule

@@ -257,7 +257,7 @@ def prompt_schedule(prompt: str, steps: int, first: int | None = None) -> list[t
     no alternation's options (`a | b`, `[x|y` never closed) fails the web UI's grammar, and its prompt is then one
     text for every step (its editing undone): so here too.
 
-    `first`: the steps of the first pass when this is the hires fix's pass, which the web UI (1.8 on) schedules on
+    `first`: the steps of the first pass when this is the hires fix's pass, which the web UI (1.6 on) schedules on
     from it: a fraction below 1 is of the first pass, done by then (`[cat:dog:0.5]` is "dog" throughout), one above
     1 of this pass (`1.5`: half of it), and a step counts on from the first pass's (`first` + 5: its step 5).
 
