@@ -813,6 +813,12 @@ preview_prompt preview_negative_prompt preview_steps preview_sampler_name previe
 preview_seed preview_width preview_height
 name num_vectors_per_token overwrite_old init_text
 """.split()
+# the web UI's Train tab's own form names (modules/ui.py: Create embedding, Train) and the keys of the settings-*.json
+# it saves beside a run (modules/textual_inversion/saving_settings.py), where they differ from train_embedding's
+_WEB_UI_FORM = """
+new_embedding_name initialization_text nvpt overwrite_old_embedding train_embedding_name embedding_learn_rate
+dataset_directory model_name model_hash initial_step num_of_dataset_images datetime
+""".split()
 _GENERATE = """
 console_log_level console_log_file console_log_simple sdxl v1 v2 v_parameterization prompt from_file from_module
 prompter_module_args interactive no_preview image_path mask_path strength images_per_prompt outdir sequential_file_name
@@ -840,9 +846,9 @@ pin_memory num_beams top_p max_length min_length seed debug recursive
 
 
 @pytest.mark.parametrize("command, flags", [("train", _DIFFUSERS_TRAIN), ("train", _KOHYA_TRAIN),
-                                            ("train", _WEB_UI_TRAIN), ("generate", _GENERATE),
-                                            ("caption", _KOHYA_CAPTION)],
-                         ids=["diffusers", "kohya", "web-ui", "generate", "kohya-make-captions"])
+                                            ("train", _WEB_UI_TRAIN), ("train", _WEB_UI_FORM),
+                                            ("generate", _GENERATE), ("caption", _KOHYA_CAPTION)],
+                         ids=["diffusers", "kohya", "web-ui", "web-ui-form", "generate", "kohya-make-captions"])
 def test_every_flag_of_the_other_tools_is_textinvs_own_or_answered(command, flags, capsys):
     """Each of their flags is textinv's own (an underscore spelling of it is answered with it) or answered by
     foreign.NAMES, never left to the nearest name by spelling: --revision was "did you mean --precision?",

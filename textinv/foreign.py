@@ -347,6 +347,19 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("overwrite_old", _W, "train", "--overwrite", ""),
     ("latent_sampling_method", _W, "train", None, "textinv draws a new latent from each picture's cached "
                                                   "distribution at every use, the web UI's 'random'"),
+    # train: the web UI's Train tab's form names (modules/ui.py) and its saved settings-*.json keys, where they differ
+    ("new_embedding_name train_embedding_name", _W, "train", "--token", ""),
+    ("initialization_text", _W, "train", "--init", ""),
+    ("nvpt", _W, "train", "--vectors", ""),
+    ("overwrite_old_embedding", _W, "train", "--overwrite", ""),
+    ("embedding_learn_rate", _W, "train", "--lr", "a stepped rate such as 0.05:10, 0.005 is --lr-steps"),
+    ("dataset_directory", _W, "train", "--images", ""),
+    ("model_name", _W, "train", "--model", "a checkpoint file or a diffusers folder"),
+    ("model_hash num_of_dataset_images datetime", _W, "train", None,
+     "a record of the run, not a setting: textinv records every setting of a run (the model among them) in "
+     "config.yaml in --out"),
+    ("initial_step", _W, "train", None, "the step a run went on from, a record: textinv train --out DIR --resume "
+                                        "continues from DIR's last checkpoint"),
     # generate: diffusers' pipeline arguments and kohya's gen_img
     ("pretrained_model_name_or_path", _DK, "generate", "--model", ""),
     ("ckpt", _G, "generate", "--model", ""),
