@@ -220,7 +220,9 @@ def test_an_odd_init_picture_just_works_upright_at_its_proportions(sd1_dir, tmp_
     ({"hires_upscaler": "lanczos", "hires_sampler": "euler"}, r"--hires-upscaler and --hires-sampler set the hires"),
     ({"hires_prompt": "a cat", "hires_negative_prompt": "blurry"},
      r"--hires-prompt and --hires-negative-prompt set the hires fix, which --hires-scale .* turns on"),
-    ({"hires_upscaler": "R-ESRGAN 4x+", "hires_scale": 2}, r"--hires-upscaler 'R-ESRGAN 4x\+' is not one of: latent"),
+    ({"hires_upscaler": "R-ESRGAN 4x+", "hires_scale": 2},
+     r"--hires-upscaler 'R-ESRGAN 4x\+' is the web UI's upscaling network, .* textinv does not run: give lanczos"),
+    ({"hires_upscaler": "lanczoss", "hires_scale": 2}, r"--hires-upscaler 'lanczoss' is not one of: latent"),
     ({"denoise": 0.5}, r"--denoise says how much of a picture is redrawn: give the picture \(--init-image\)"),
     ({"denoise": 0, "hires_scale": 2}, r"--denoise must be above 0 and at most 1"),
     ({"denoise": 1.5, "hires_scale": 2}, r"--denoise must be above 0 and at most 1"),
@@ -230,6 +232,21 @@ def test_an_odd_init_picture_just_works_upright_at_its_proportions(sd1_dir, tmp_
 def test_passes_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
     with pytest.raises(ConfigError, match=message):
         GenerateConfig(prompt=["a dog"], **settings).validate()
+
+
+@pytest.mark.parametrize("name", ["ESRGAN_4x", "R-ESRGAN 4x+ Anime6B", "SwinIR 4x", "LDSR", "4x-UltraSharp", "ScuNET GAN",
+                                  "DAT x4"])
+def test_the_web_uis_upscaling_networks_are_refused_on_the_command_line_naming_textinvs_upscalers(name, capsys):
+    """The web UI's upscaling networks were argparse's "invalid choice", which said nothing of what they are: they
+    are named as what textinv does not run, with its own upscalers and the one --again uses for them (lanczos)."""
+    from textinv.cli import _parse, make_parser
+
+    with pytest.raises(SystemExit):
+        _parse(make_parser(), ["generate", "--prompt", "a dog", "--hires-scale", "2", "--hires-upscaler", name])
+    err = capsys.readouterr().err
+    assert "invalid choice" not in err
+    assert f"argument --hires-upscaler: {name!r} is the web UI's upscaling network" in err
+    assert "latent, latent-antialiased" in err and "give lanczos" in err and "--again" in err
 
 
 def test_a_bad_init_picture_is_said_before_the_model_loads(tmp_path, monkeypatch):

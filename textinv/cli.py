@@ -63,14 +63,26 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         elif kind is list:
             parser.add_argument(*names, action="extend", nargs="+", **kwargs)
         elif "spellings" in f.metadata:  # (argparse checks the choices after `type`: another tool's name passes)
-            from .config import spelled
-
-            parser.add_argument(*names, type=lambda value, known=f.metadata["spellings"], note=f.metadata.get(
-                "notes"): spelled(known, value, note), **kwargs)
+            parser.add_argument(*names, type=_spelled_type(f.metadata), **kwargs)
         elif f.name == "resolution":
             parser.add_argument(*names, type=_resolution_type(list(hints)), **kwargs)
         else:
             parser.add_argument(*names, type=kind if kind in (int, float) else str, **kwargs)
+
+
+def _spelled_type(metadata):
+    """argparse's type of a setting that takes other tools' names of its choices (`config.spelled`); a name the
+    setting answers itself (its `refused`: the web UI's upscaling networks) is that answer, not "invalid choice"."""
+    from .config import spelled
+
+    def value_of(text: str) -> str:
+        value = spelled(metadata["spellings"], text, metadata.get("notes"))
+        refused = metadata.get("refused", lambda _: None)(value) if value not in metadata["choices"] else None
+        if refused:
+            raise argparse.ArgumentTypeError(f"{text!r} {refused}")  # (argparse names the flag before it)
+        return value
+    value_of.__name__ = "str"
+    return value_of
 
 
 def _resolution_type(settings: list[str]):

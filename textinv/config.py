@@ -36,7 +36,7 @@ from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
 from .samplers import SAMPLERS, check_installed
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .refine import DEFAULT_UPSCALER, HIRES_DENOISE, IMG2IMG_DENOISE, UPSCALERS
+from .refine import DEFAULT_UPSCALER, HIRES_DENOISE, IMG2IMG_DENOISE, UPSCALERS, network_upscaler
 from .refine import SPELLINGS as UPSCALER_SPELLINGS
 from .tracking import check_trackers
 
@@ -108,7 +108,9 @@ def check_choices(config) -> None:
             setattr(config, f.name, spelled(f.metadata["spellings"], getattr(config, f.name), f.metadata.get("notes")))
         value = getattr(config, f.name)
         if choices and value is not None and value not in choices:
-            raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of: {', '.join(map(str, choices))}")
+            refused = f.metadata.get("refused", lambda _: None)(value)  # (a field's own answer to a name it lacks)
+            said = refused or f"is not one of: {', '.join(map(str, choices))}"
+            raise ConfigError(f"--{_flag(f.name)} {value!r} {said}")
 
 
 # what a setting given from Python needs besides its type, where the plain "takes a list" would not say it
@@ -931,7 +933,7 @@ class GenerateConfig:
                                  "the last ones of a schedule 1/--denoise times as long")
     hires_upscaler: str = opt(None, f"how the hires fix enlarges the first pass: {', '.join(UPSCALERS)} (default "
                                     f"{DEFAULT_UPSCALER}; the web UI's names work, e.g. 'Latent (antialiased)')",
-                              choices=tuple(UPSCALERS), spellings=UPSCALER_SPELLINGS)
+                              choices=tuple(UPSCALERS), spellings=UPSCALER_SPELLINGS, refused=network_upscaler)
     hires_sampler: str = opt(None, "the hires fix's sampler (default: --sampler)", choices=SAMPLERS,
                              spellings=SAMPLER_SPELLINGS)
     hires_prompt: str = opt(None, "the hires fix's prompt, one for every --prompt (the web UI's Hires prompt; "

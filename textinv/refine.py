@@ -16,6 +16,7 @@ runs of how long a schedule (`pass_steps`), and the pictures' latents (`encode`)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,13 +47,30 @@ UPSCALERS = {
 }
 """The hires fix's upscalers: the web UI's latent ones and its two plain picture resamplers. Its upscaling networks
 (R-ESRGAN 4x+, 4x-UltraSharp, SwinIR, LDSR, ...) are separate downloads textinv does not run: `--again` enlarges
-their pictures with Lanczos and says so. The web UI's "None" resizes with Lanczos too (it resizes what it does not
+their pictures with Lanczos and says so, and --hires-upscaler refuses them, naming lanczos (`network_upscaler`). The web UI's "None" resizes with Lanczos too (it resizes what it does not
 upscale), so it reads as lanczos."""
 SPELLINGS = {**{name: name for name in UPSCALERS}, **{u.label.lower(): name for name, u in UPSCALERS.items()},
              "none": "lanczos"}
 DEFAULT_UPSCALER = "latent"  # (the web UI's)
 HIRES_DENOISE = 0.7  # the web UI's default "Denoising strength" for the hires fix
 IMG2IMG_DENOISE = 0.75  # and for img2img
+# the web UI's upscaling networks by their names' families and its "4x"/"x4" scale marks (ESRGAN_4x, R-ESRGAN 4x+,
+# SwinIR 4x, LDSR, ScuNET GAN, DAT x4, 4x-UltraSharp and the other 4x_... model files)
+_NETWORK = re.compile(r"esrgan|swinir|ldsr|scunet|ultrasharp|\bdat\b|\d+x(?![a-z])|\bx\d", re.IGNORECASE)
+
+
+def network_upscaler(name: str) -> str | None:
+    """What to say of `name` given as --hires-upscaler (after it) when it is one of the web UI's upscaling networks,
+    which textinv does not run (None for any other name).
+
+    >>> network_upscaler("lanczos") is None
+    True
+    """
+    if name.strip().lower() in SPELLINGS or not _NETWORK.search(name):
+        return None
+    return (f"is the web UI's upscaling network, a separate download textinv does not run: give lanczos (as --again "
+            f"reads a web UI picture enlarged by one; the redraw adds the detail) or one of textinv's others: "
+            f"{', '.join(UPSCALERS)}")
 
 
 def hires_size(width: int, height: int, scale: float | None, to_width: int | None, to_height: int | None,
