@@ -99,10 +99,11 @@ def test_a_seed_draws_the_same_hires_picture_at_any_batch_size(sd1_dir, upscaler
 
 
 def test_prompt_editing_in_a_second_pass_switches_halfway_through_the_steps_it_runs(sd1_dir):
-    """The pass runs the last steps of its schedule: the switch is counted over the steps run, not the schedule's."""
+    """The pass runs the last steps of its schedule: the switch is counted over the steps run, not the schedule's.
+    As in the web UI (1.6 on), 1.5 is halfway through the second pass (0.5 is the first pass's half, done by then)."""
     model = load_model(sd1_dir)
     calls = _unet_calls(model)
-    render(model, ["a [cat:dog:0.5] on grass"], [1], steps=2, width=16, sampler="ddim",
+    render(model, ["a [cat:dog:1.5] on grass"], [1], steps=2, width=16, sampler="ddim",
            hires=Hires(scale=2, steps=4, denoise=0.5))
     hidden = [h[-1] for _, _, h in calls[2:]]  # (the prompt's row; the negative's is the first)
     # the edit at step 2 of 4 (counted from 0): the web UI switches after 3 steps
