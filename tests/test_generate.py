@@ -488,6 +488,29 @@ def test_a_prompt_without_emphasis_encodes_as_alone_beside_one_with_it(sd1_dir):
     assert torch.equal(plain, alone)
     assert torch.equal(weighted, encode_prompts(model, ["(sun:1.2)"])[0][0])
 
+def test_emphasis_is_scaled_back_to_the_mean_of_all_a_prompts_scheduled_texts_as_the_web_ui_does(sd1_dir):
+    """The web UI encodes a prompt's prompt-editing and alternation texts as one batch and scales each chunk back
+    to the whole batch's mean (sd_hijack_clip's forward, sd_emphasis.EmphasisOriginal), so `[(red:1.5)|blue] car`'s
+    "blue car" is scaled by the factor "(red:1.5) car" needs. Each text was scaled to its own mean: "blue car" was
+    left as it is."""
+    from textinv.emphasis import token_chunks
+    from textinv.generate import _prompted
+    from textinv.models import encode_text
+
+    model = load_model(sd1_dir)
+    # (the tiny encoder's final layer norm leaves every token's mean at 0, and a mean of 0 cannot be scaled back to)
+    torch.nn.init.constant_(model.text_encoder.final_layer_norm.bias, 0.5)
+    chunks = [token_chunks(model.tokenizer, text)[0] for text in ("(red:1.5) car", "blue car")]
+    states = encode_text(model, [torch.tensor([ids for ids, _ in chunks])])[0]
+    weights = torch.tensor([w for _, w in chunks])[..., None]
+    expected = states * weights * (states.mean() / (states * weights).mean())
+    pipe = model.pipeline
+    ends, given, _ = _prompted(model, pipe, pipe.unet, ["[(red:1.5)|blue] car"], "", 2, 1, (64, 64), "original", [0])
+    assert ends == [1, 2]
+    assert torch.allclose(given[0]["prompt_embeds"][0], expected[0], atol=1e-5)
+    assert torch.allclose(given[1]["prompt_embeds"][0], expected[1], atol=1e-5)
+
+
 def test_generate_draws_emphasis_and_names_files_by_the_words(sd1_dir, tmp_path):
     def draw(prompt, out):
         path = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=2, model=str(sd1_dir)),

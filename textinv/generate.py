@@ -181,35 +181,70 @@ def _prompt_chunks(model: Model, prompts: list[str]) -> list[list[list[tuple[lis
     return [[emphasis.token_chunks(tok, p) for p in prompts] for _, tok, _ in model.encoders]
 
 
-def _encode_chunks(model: Model, rows, count: int, clip_skip: int,
-                   emphasis_mode: str = "original") -> tuple[torch.Tensor, torch.Tensor | None]:
+def _encode_chunks(model: Model, rows, count: int, clip_skip: int, emphasis_mode: str = "original",
+                   means: list | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`encode_prompts` on prompts already cut into chunks (`_prompt_chunks`), each padded to `count` chunks, with
-    the weights applied as `emphasis_mode` (`emphasis.MODES`) says."""
+    the weights applied as `emphasis_mode` (`emphasis.MODES`) says. `means`: for each prompt, None (each chunk
+    scaled back to its own mean) or the factors its chunks are scaled back by (`_schedule_means`)."""
     widths = [te.config.hidden_size for _, _, te in model.encoders]
-    empties = [emphasis.token_chunks(tok, "")[0] for _, tok, _ in model.encoders]
     hidden, pooled = [], None
     for k in range(count):
-        ids, weights = [], []
-        for (_, _, te), per_prompt, empty in zip(model.encoders, rows, empties):
-            part = [c[k] if k < len(c) else empty for c in per_prompt]
-            ids.append(torch.tensor([p[0] for p in part], device=te.device))
-            weights.append(torch.tensor([p[1] for p in part]))
-        h, pool = encode_text(model, ids, clip_skip)
-        if emphasis_mode != "ignore" and not all(bool((w == 1).all()) for w in weights):
+        h, pool, weights = _chunk_states(model, rows, k, clip_skip)
+        grouped = [m is not None and k < len(m) for m in means or []]
+        if emphasis_mode != "ignore" and (any(grouped) or not all(bool((w == 1).all()) for w in weights)):
             parts = []
-            for part, w in zip(h.split(widths, dim=-1), weights):  # SDXL: each encoder's part to its own mean, as
-                before = part.mean(dim=(1, 2), keepdim=True)        # the web UI weighs each encoder on its own
+            for e, (part, w) in enumerate(zip(h.split(widths, dim=-1), weights)):  # SDXL: each encoder's part to
+                before = part.mean(dim=(1, 2), keepdim=True)  # its own mean, as the web UI weighs each on its own
                 weighed = part * w.to(part.device, part.dtype)[..., None]
-                if emphasis_mode != "no-norm":
-                    weighed = weighed * (before / weighed.mean(dim=(1, 2), keepdim=True))
                 # a prompt without emphasis is left as it is drawn alone (its mean can be 0: 0 / 0 would be NaN)
                 plain = (w == 1).all(dim=1).to(part.device)[:, None, None]
+                if emphasis_mode != "no-norm":
+                    factor = before / weighed.mean(dim=(1, 2), keepdim=True)
+                    for row in (i for i, g in enumerate(grouped) if g):  # (its schedule's factor, for every text)
+                        factor[row], plain[row] = means[row][k][e], False
+                    weighed = weighed * factor
                 parts.append(torch.where(plain, part, weighed))
             h = torch.cat(parts, dim=-1)
         hidden.append(h)
         pooled = pool if k == 0 else pooled
     dtype = model.unet.dtype
     return torch.cat(hidden, dim=1).to(dtype), (pooled.to(dtype) if pooled is not None else None)
+
+
+def _chunk_states(model: Model, rows, k: int, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None, list]:
+    """The hidden states (B, 77, C) and pooled embedding of every prompt's `k`th chunk in `rows`
+    (`_prompt_chunks`; an empty chunk for a prompt with fewer), and each encoder's weights (B, 77)."""
+    ids, weights = [], []
+    for (_, tok, te), per_prompt in zip(model.encoders, rows):
+        empty = emphasis.token_chunks(tok, "")[0]
+        part = [c[k] if k < len(c) else empty for c in per_prompt]
+        ids.append(torch.tensor([p[0] for p in part], device=te.device))
+        weights.append(torch.tensor([p[1] for p in part]))
+    h, pool = encode_text(model, ids, clip_skip)
+    return h, pool, weights
+
+
+def _schedule_means(model: Model, schedules: list[list[tuple[int, str]]], clip_skip: int,
+                    emphasis_mode: str) -> list:
+    """For each prompt schedule (`emphasis.prompt_schedule`) with more than one text and some emphasis, the factors
+    (one per chunk and encoder) that scale its texts' weighted chunks back to their unweighted mean over all of its
+    texts at once, as the web UI encodes a prompt's schedule in one batch and scales back the batch (the chunks of
+    a text with fewer chunks empty); None for the others, which are scaled back each to its own mean."""
+    widths = [te.config.hidden_size for _, _, te in model.encoders]
+    means = []
+    for schedule in schedules:
+        rows = _prompt_chunks(model, [text for _, text in schedule])
+        if emphasis_mode != "original" or len(schedule) < 2 or all(w == 1 for per in rows for c in per
+                                                                   for _, ws in c for w in ws):
+            means.append(None)
+            continue
+        factors = []
+        for k in range(max(len(c) for per in rows for c in per)):
+            h, _, weights = _chunk_states(model, rows, k, clip_skip)
+            factors.append([part.mean() / (part * w.to(part.device, part.dtype)[..., None]).mean()
+                            if not bool((w == 1).all()) else 1.0 for part, w in zip(h.split(widths, dim=-1), weights)])
+        means.append(factors)
+    return means
 
 
 @dataclass(frozen=True)
@@ -554,6 +589,7 @@ class _Layout(NamedTuple):
     chunks: int
     kept: list[list[int]]
     lengths: tuple | None
+    schedules: list[list[tuple[int, str]]]
 
 
 def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
@@ -568,7 +604,7 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     combined at each UNet call (`_composing`); a batch without AND is drawn as it always was. `rows`,
     `negative_rows`: each stretch's chunks (`_prompt_chunks`), every one padded to `chunks`; `kept`: each stretch's
     chunk count the UNet reads of each sub-prompt row; `lengths`: what `_length_mask` or `_composing` hide of the
-    padding (None: nothing)."""
+    padding (None: nothing); `schedules`: each sub-prompt's schedule, then the negative's."""
     composed = any(emphasis.has_and(p) for p in prompts)
     parts = [emphasis.composable_parts(p) if composed else [(p, 1.0)] for p in prompts]
     owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
@@ -590,7 +626,7 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
         kept = []
         own = [max(len(r[e][p]) for r in rows for e in range(len(r))) for p in range(len(subprompts))]
         lengths = (own, own_negative, chunks) if set(own + [own_negative]) != {chunks} else None
-    return _Layout(composed, owners, weights, ends, texts, rows, negative_rows, chunks, kept, lengths)
+    return _Layout(composed, owners, weights, ends, texts, rows, negative_rows, chunks, kept, lengths, schedules)
 
 
 def _kept(rows, owners: list[int]) -> list[list[int]]:
@@ -672,8 +708,10 @@ def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str
     at = _layout(model, prompts, negative_prompt, steps, first_pass)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
     zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
-    conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode)
-                    for r, n in zip(at.rows, at.negative_rows)]
+    means = _schedule_means(model, at.schedules, clip_skip, emphasis_mode)
+    means = (means[:-1], means[-1:] * (len(at.schedules) - 1))  # (the sub-prompts', the negative's for each row)
+    conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode,
+                                  means) for r, n in zip(at.rows, at.negative_rows)]
     if not at.composed:
         return at.ends, conditioning, [_length_mask(pipe, *at.lengths, unet)] if at.lengths is not None else []
     # the pipeline's own arguments hold one row a picture (its first sub-prompt's, which `_composing` replaces by
@@ -871,12 +909,13 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
 
 
 def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
-                  size: tuple[int, int], emphasis_mode: str = "original") -> dict:
+                  size: tuple[int, int], emphasis_mode: str = "original", means: tuple = (None, None)) -> dict:
     """The pipeline's conditioning arguments for prompts and their negative already cut into chunks;
     `zero_negative`: SDXL's zeros for an empty negative prompt; `size`: (height, width), SDXL's original and
-    target size micro-conditioning (its time ids), in the order diffusers and SDXL's training use."""
-    cond, pooled = _encode_chunks(model, rows, chunks, clip_skip, emphasis_mode)
-    uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip, emphasis_mode)
+    target size micro-conditioning (its time ids), in the order diffusers and SDXL's training use; `means`: the
+    prompts' and the negatives' `_encode_chunks` means."""
+    cond, pooled = _encode_chunks(model, rows, chunks, clip_skip, emphasis_mode, means[0])
+    uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip, emphasis_mode, means[1])
     if not model.is_xl:
         return dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
     if zero_negative:
