@@ -223,3 +223,63 @@ def test_convert_into_lora_bundles_an_embedding_the_web_ui_way(loras, tmp_path):
         with pytest.raises(FormatError, match=message):
             convert(pt, **settings)
     assert not (tmp_path / "new.safetensors").exists()
+
+
+def test_score_takes_a_bundled_embedding_by_file_and_name_as_generate_does(sd1_dir, loras, tmp_path):
+    from conftest import write_images
+    from textinv.score import ScoreConfig, score
+    from textinv.tiny import save_tiny_clip
+
+    _, bundled, vectors = loras
+    lora = bundled / "mystyle.safetensors"
+    clip = save_tiny_clip(tmp_path / "clip")
+    two = _bundle(lora, tmp_path / "two.safetensors", {"other": {"emb_params": vectors.flip(0)}})
+    config = ScoreConfig(embedding=f"{lora}::bund", compare=[f"{two}::other", f"{lora}::bund"], clip=str(clip),
+                         model=str(sd1_dir), images=str(write_images(tmp_path / "images", n=2)),
+                         out=str(tmp_path / "o"), n=1, steps=1, prompts=["{} on a table"], init="none")
+    report = score(config, progress=False).report
+    assert report["embedding"]["token"] == "bund"
+    # the compared one under its NAME; the scored one named again is drawn once
+    assert [m["words"] for m in report["methods"]] == ["bund", "<other>"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        ScoreConfig(embedding=f"{tmp_path / 'gone.safetensors'}::bund").validate()
+
+
+def test_an_embedding_axis_takes_bundled_embeddings_by_file_and_name(loras, tmp_path):
+    from textinv import xyz
+
+    _, bundled, vectors = loras
+    lora = bundled / "mystyle.safetensors"
+    two = _bundle(None, tmp_path / "two.safetensors", {"bund": {"emb_params": vectors.flip(0)}})
+    config = GenerateConfig(prompt=["a photo of bund"], out=str(tmp_path / "r"), n=1, steps=2,
+                            model=str(tmp_path / "no-model"), x=f"embedding={lora}::bund,{two}::bund")
+    cells = xyz.plan(config).cells
+    assert [c.embedding for c in cells] == [[f"{lora}::bund"], [f"{two}::bund"]]
+    with pytest.raises(ConfigError, match=r"gone.safetensors::bund does not exist"):
+        xyz.plan(GenerateConfig(**{**config.__dict__, "x": f"embedding={tmp_path / 'gone.safetensors'}::bund"}))
+
+
+def test_again_redraws_textinvs_own_pictures_drawn_with_bundled_embeddings(sd1_dir, loras, tmp_path):
+    """Drawn by a LoRA tag or by --embedding FILE::NAME, the picture records where the LoRA is; --again finds it
+    there, redraws it bit for bit, and tells a LoRA whose bundled vectors changed since."""
+    import warnings
+
+    from textinv.again import again_config
+
+    _, bundled, vectors = loras
+    lora = bundled / "mystyle.safetensors"
+    model = load_model(sd1_dir)
+    for prompt, settings in (("a photo of bund <lora:mystyle:0.5>", dict(lora_dir=[str(bundled)])),
+                             ("a photo of bund", dict(embedding=[f"{lora}::bund"]))):
+        out = tmp_path / f"r{len(settings)}{prompt[-2]}"
+        (first,) = generate(GenerateConfig(prompt=[prompt], out=str(out), n=1, steps=2, model=str(sd1_dir),
+                                           metadata="full", **settings), model=model, progress=False)
+        config, keep = again_config(first, {"out": str(out / "again")})
+        (second,) = generate(config, model=model, progress=False, keep_seeds=keep)
+        assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
+    # the bundled vectors changed in place: said, as for any embedding file retrained since
+    _bundle(tmp_path / "plain" / "mystyle.safetensors", lora, {"bund": {"string_to_param.*": vectors.flip(0)}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again_config(first, {"out": str(tmp_path / "again")})
+    assert any("was drawn with other contents of" in str(w.message) for w in caught)

@@ -56,7 +56,7 @@ from .config import GenerateConfig, build, typed_settings
 from .dynamic import literal
 from .emphasis import as_words, lora_tags
 from .errors import ConfigError
-from .formats import PNG_CHUNK, RECORD_KEY, exif_comment
+from .formats import PNG_CHUNK, RECORD_KEY, exif_comment, on_disk
 from .generate import (HIRES_SETTINGS, MASK_SETTINGS, file_digest, file_sha256, folder_embeddings,
                        hash_name, lora_files, lora_sha256)
 from .hub import hub_reference
@@ -1511,7 +1511,7 @@ def _check_still_there(picture: Picture, settings: dict[str, Any], flags: dict[s
             continue
         values = settings[f.name] if isinstance(settings[f.name], list) else [settings[f.name]]
         for value in values:
-            where = Path(value).expanduser()
+            where = on_disk(value) if kind == "embedding" else Path(value).expanduser()  # (FILE::NAME: FILE)
             if kind == "source" and not where.is_absolute():  # a hub id or bundled name, or an old relative path
                 continue
             if kind == "embedding" and hub_reference(value) is not None:  # (read from the hub, or its cache)

@@ -556,6 +556,16 @@ def split_bundle(path: str | Path) -> tuple[str | Path, str | None]:
     return file, name
 
 
+def on_disk(path: str | Path) -> Path:
+    """The file or folder on disk an embedding entry names: FILE of `FILE::NAME` (`split_bundle`), else `path`, with
+    `~` expanded; for the checks that an entry is there before anything is read.
+
+    >>> on_disk("Lora/style.safetensors::mystyle")
+    PosixPath('Lora/style.safetensors')
+    """
+    return Path(split_bundle(Path(path).expanduser())[0])
+
+
 def bundled_names(path: str | Path) -> list[str]:
     """The names of the embeddings a LoRA file bundles (`bundle_emb.NAME.KEY`), in the file's order, read from its
     header alone; [] for any other file (one that is no safetensors file too).
@@ -1169,5 +1179,5 @@ __all__ = [
     "default_filename", "second_file",
     "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for",
     "check_suffix", "describe",
-    "split_bundle", "bundled_names", "load_bundled", "bundle_into_lora",
+    "split_bundle", "on_disk", "bundled_names", "load_bundled", "bundle_into_lora",
 ]

@@ -1894,7 +1894,9 @@ def file_digest(path: str) -> str | None:
     """The SHA-256 of an embedding file (kilobytes: instant), which a picture records so that `--again` can tell a
     file retrained or replaced at the same path. A training run's folder (or a diffusers output folder) gives its
     embedding file's, so a run retrained since is told as its file is; None for a folder of several embeddings (the
-    web UI's embeddings folder, a run of several concepts). A hub id gives its file's in the cache, as it was read."""
+    web UI's embeddings folder, a run of several concepts). A hub id gives its file's in the cache, as it was read;
+    `FILE::NAME`, one a LoRA bundles, its LoRA file's (which holds its vectors)."""
+    path = split_bundle(path)[0]
     reference = hub_reference(path)
     if reference is not None:
         return file_sha256(fetch_embedding(*reference))

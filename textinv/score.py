@@ -46,7 +46,7 @@ from .config import (DEVICE_HELP, PRECISIONS, SAMPLER_SPELLINGS, SAMPLERS, check
                      check_types, opt)
 from .data import PROPERTIES, load_image, picture_set
 from .errors import ConfigError, DataError, FormatError, ModelError
-from .formats import LearnedEmbedding, load_embedding
+from .formats import BUNDLE_SEPARATOR, LearnedEmbedding, load_embedding, on_disk, split_bundle
 from .hub import hub_reference
 from .samplers import check_installed
 from .generate import (DEFAULT_STEPS, _file_name, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
@@ -137,7 +137,7 @@ class ScoreConfig:
         check_types(self)  # (a Python caller's prompts="..." or steps="8")
         if not self.embedding:
             raise ConfigError("--embedding is required: the embedding file, or the training run's --out folder")
-        if not Path(self.embedding).exists() and hub_reference(self.embedding) is None:
+        if not on_disk(self.embedding).exists() and hub_reference(self.embedding) is None:  # (FILE::NAME: FILE)
             raise ConfigError(f"--embedding {self.embedding} does not exist")
         check_choices(self)
         check_installed(self.sampler)
@@ -373,7 +373,7 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
     for text, folder in _expand_folders(paths):
         path = Path(text).expanduser()
         on_hub = hub_reference(text) is not None  # (read as --embedding reads one: from the hub, or its cache)
-        if not on_hub and not path.exists():
+        if not on_hub and not on_disk(path).exists():  # (FILE::NAME, a LoRA's bundled one: FILE)
             raise ConfigError(f"--compare {text} does not exist")
         try:
             other, file = load_embedding(embedding_file(path)), _read_file(path)
@@ -387,7 +387,8 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
         if file in read:
             continue
         read.add(file)
-        name = _file_name(text) if on_hub else path.stem if path.is_file() else path.name
+        name = (_file_name(text) if on_hub or split_bundle(path)[1] is not None  # (a bundled one: its NAME)
+                else path.stem if path.is_file() else path.name)
         token = _compare_token(name, tokens, text)
         tokens.add(token.lower())
         if other.num_vectors != emb.num_vectors or other.widths != emb.widths:
@@ -438,10 +439,13 @@ def _named_as(text: str) -> str:
 
 
 def _read_file(path: Path) -> Path:
-    """The file an embedding is read from (a pair's first file; a diffusers folder's learned_embeds.*)."""
+    """The file an embedding is read from (a pair's first file; a diffusers folder's learned_embeds.*); for one a
+    LoRA bundles, `FILE::NAME` with FILE so found."""
     from .formats import _resolve
 
-    return _resolve(embedding_file(Path(path).expanduser())).resolve()
+    file, bundle = split_bundle(Path(path).expanduser())
+    found = _resolve(embedding_file(Path(file))).resolve()
+    return found if bundle is None else Path(f"{found}{BUNDLE_SEPARATOR}{bundle}")
 
 
 def _compare_token(name: str, taken: set[str], text: str) -> str:

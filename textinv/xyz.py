@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, DeviceMemoryError, TextinvError
-from .formats import RECORD_KEY, load_embedding, second_file
+from .formats import RECORD_KEY, load_embedding, on_disk, second_file
 from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _model_name, _Where,
                        check_refiner_source, checked_settings, drawing_dtype, drawing_model, generate, make_grid,
                        refiner_model, write_failed)
@@ -222,7 +222,7 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]
             if not found:
                 raise ValueError(f"{item!r} matches no file")
             files += _by_step(found)
-        elif not Path(item).expanduser().exists():
+        elif not on_disk(item).exists():  # (FILE::NAME, one a LoRA bundles: FILE)
             raise ValueError(f"{item} does not exist")
         else:
             files.append(str(Path(item).expanduser()))
