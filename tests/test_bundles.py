@@ -283,3 +283,12 @@ def test_again_redraws_textinvs_own_pictures_drawn_with_bundled_embeddings(sd1_d
         warnings.simplefilter("always")
         again_config(first, {"out": str(tmp_path / "again")})
     assert any("was drawn with other contents of" in str(w.message) for w in caught)
+
+
+def test_a_bundle_of_two_string_to_param_terms_is_refused_as_such_a_loose_file_is(tmp_path):
+    """The web UI's embedding loader refuses a string_to_param of several terms; read one after the other, the last
+    one was taken silently."""
+    two = _bundle(None, tmp_path / "two.safetensors", {"two": {"string_to_param.*": torch.randn(1, 32),
+                                                                "string_to_param.b": torch.randn(2, 32)}})
+    with pytest.raises(FormatError, match=r"two.safetensors::two: the A1111 file holds 2 embeddings"):
+        load_embedding(two)

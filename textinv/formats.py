@@ -742,7 +742,7 @@ def _bundle_dict(f, keys: list[str], name: str) -> dict:
             if rest.endswith("_out") and rest[:-len("_out")] in held:
                 continue  # OneTrainer's output vectors (clip_l_out...), which loaders ignore
             if rest.startswith("string_to_param."):
-                obj["string_to_param"] = {rest.split(".", 1)[1]: f.get_tensor(key)}
+                obj.setdefault("string_to_param", {})[rest.split(".", 1)[1]] = f.get_tensor(key)  # (several: refused)
             else:
                 obj[rest] = f.get_tensor(key)
     return obj
