@@ -292,3 +292,32 @@ def test_a_bundle_of_two_string_to_param_terms_is_refused_as_such_a_loose_file_i
                                                                 "string_to_param.b": torch.randn(2, 32)}})
     with pytest.raises(FormatError, match=r"two.safetensors::two: the A1111 file holds 2 embeddings"):
         load_embedding(two)
+
+
+def test_into_lora_writes_the_new_files_own_sshs_hashes(loras, tmp_path):
+    """kohya's sd-scripts write a LoRA's "addnet" hashes into its metadata (sshs_model_hash: the SHA-256 of the
+    bytes after the header; sshs_legacy_hash: the first 8 hex digits of the SHA-256 of the 64 KiB at 1 MiB), and the
+    web UI and civitai take them as the file's hash: with a bundle added the bytes differ, so the hashes are the new
+    file's, recomputed here from its bytes. A LoRA without them gets none (the web UI computes the first itself)."""
+    import hashlib
+    import json
+
+    from textinv.generate import lora_sha256
+
+    plain, _, vectors = loras
+    tensors = dict(load_file(str(plain / "mystyle.safetensors")))
+    tensors["lora_unet_big.lora_down.weight"] = torch.randn(1000, 400)  # (1.6 MB: the legacy slice is in it)
+    old = {"ss_network_module": "networks.lora", "sshs_model_hash": "a" * 64, "sshs_legacy_hash": "abcdef12"}
+    save_file(tensors, str(tmp_path / "big.safetensors"), metadata=old)
+    pt = save_embedding(LearnedEmbedding("dog", {"text_encoder": vectors}), tmp_path / "dog.pt", "a1111")[0]
+    out = convert(pt, tmp_path / "out.safetensors", into_lora=tmp_path / "big.safetensors")[0]
+    data = out.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8:8 + n])["__metadata__"]
+    assert metadata["sshs_model_hash"] == hashlib.sha256(data[8 + n:]).hexdigest() == lora_sha256(out)
+    assert metadata["sshs_legacy_hash"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    assert metadata["ss_network_module"] == "networks.lora" and "bundle_emb.dog.string_to_param.*" in load_file(out)
+    bare = convert(pt, tmp_path / "bare.safetensors", into_lora=plain / "mystyle.safetensors")[0]
+    data = bare.read_bytes()
+    kept = json.loads(data[8:8 + int.from_bytes(data[:8], "little")]).get("__metadata__", {})
+    assert not {"sshs_model_hash", "sshs_legacy_hash"} & kept.keys()

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import pickle
@@ -341,11 +342,47 @@ def _sorted_metadata(data: bytes) -> bytes:
     was written: the hash the web UI's "TI hashes" and `generate --again`'s check of a file go by. The header stays
     what safetensors writes (compact JSON, padded with spaces to 8 bytes); the tensors' offsets are from its end."""
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    return _with_header(json.loads(data[8:8 + n]), data[8 + n:])
+
+
+def _with_header(header: dict, body: bytes) -> bytes:
+    """A safetensors file's bytes: `header` (its metadata keys sorted, see `_sorted_metadata`), then `body`, the
+    tensors' bytes its offsets point into."""
+    header = {**header, "__metadata__": dict(sorted(header.get("__metadata__", {}).items()))}
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+    return len(text).to_bytes(8, "little") + text + body
+
+
+LEGACY_HASH_SLICE = (0x100000, 0x10000)  # the old "addnet" hash: SHA-256 of the 64 KiB at 1 MiB into the file
+
+
+def _rehashed(data: bytes) -> bytes:
+    """A LoRA's safetensors bytes with the hashes of the file its metadata carries computed anew on these bytes:
+    kohya's sd-scripts write `sshs_model_hash` and `sshs_legacy_hash` (train_util's precalculate_safetensors_hashes:
+    sd-webui-additional-networks' hashes), and the web UI's "Lora hashes" and civitai take the first as the file's
+    hash; `modelspec.hash_sha256` is the first again. The first is the SHA-256 of the bytes after the header (the
+    header's own changes leave it); the legacy one the first 8 hex digits of the SHA-256 of `LEGACY_HASH_SLICE`,
+    which the header's length moves: it is computed with its own 8 digits in place, and left out where the header
+    reaches into the slice (over 1 MiB of header: it would hash itself). Keys the file lacks are not added."""
+    n = int.from_bytes(data[:8], "little")
+    header, body = json.loads(data[8:8 + n]), data[8 + n:]
+    metadata = header.get("__metadata__") or {}
+    if not {"sshs_model_hash", "sshs_legacy_hash", modelspec.PREFIX + "hash_sha256"} & metadata.keys():
+        return data
+    for key, value in (("sshs_model_hash", hashlib.sha256(body).hexdigest()),
+                       (modelspec.PREFIX + "hash_sha256", modelspec.tensor_hash(data))):
+        if key in metadata:
+            metadata[key] = value
+    if "sshs_legacy_hash" in metadata:
+        metadata["sshs_legacy_hash"] = "0" * 8  # (its length kept: the header's, and so the slice's bytes, are known)
+        start, size = LEGACY_HASH_SLICE
+        placed = _with_header(header, body)
+        if len(placed) - len(body) > start:
+            del metadata["sshs_legacy_hash"]
+        else:
+            metadata["sshs_legacy_hash"] = hashlib.sha256(placed[start:start + size]).hexdigest()[:8]
+    return _with_header(header, body)
 
 
 def _a1111_dict(emb: LearnedEmbedding, tensor, name: str | None = None) -> dict:
@@ -1047,8 +1084,9 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
 def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
     """Write `lora`'s tensors and metadata to `dst` with `emb` bundled as the web UI reads it (see lora-bundle
     above): `bundle_emb.TOKEN.string_to_param.*` (an A1111 .pt's layout) for one text encoder, `.clip_l` and
-    `.clip_g` for SDXL; `<lora:...>` then installs it under its token. The LoRA's metadata is kept as it is (its
-    `sshs_model_hash`, the web UI's hash for it, included: its weights are unchanged). A token with a dot (the web UI
+    `.clip_g` for SDXL; `<lora:...>` then installs it under its token. The LoRA's metadata is kept, its hashes of
+    the file (`sshs_model_hash`, the web UI's and civitai's hash for it...) computed anew for the file written
+    (`_rehashed`): its bytes are another file's. A token with a dot (the web UI
     ends the NAME there), a NAME the LoRA bundles already, a `lora` that is no LoRA .safetensors file and a `dst`
     there already (unless `overwrite`) are refused before anything is written.
 
@@ -1089,7 +1127,7 @@ def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, o
     from safetensors.torch import save
 
     try:
-        data = _sorted_metadata(save(tensors, metadata=metadata or None))  # (the same bytes each time)
+        data = _rehashed(_sorted_metadata(save(tensors, metadata=metadata or None)))  # (the same bytes each time)
         with atomic_path(dst) as tmp:
             tmp.write_bytes(data)
     except OSError as e:
