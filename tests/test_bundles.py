@@ -321,3 +321,37 @@ def test_into_lora_writes_the_new_files_own_sshs_hashes(loras, tmp_path):
     data = bare.read_bytes()
     kept = json.loads(data[8:8 + int.from_bytes(data[:8], "little")]).get("__metadata__", {})
     assert not {"sshs_model_hash", "sshs_legacy_hash"} & kept.keys()
+
+
+def test_the_copy_of_a_lora_without_its_bundles_is_made_in_the_temporary_folder_and_always_removed(
+        sd1_dir, loras, tmp_path, monkeypatch):
+    """diffusers refuses the bundle's tensors, so a LoRA that bundles embeddings is loaded from a copy without them,
+    made in the system's temporary folder (never beside the user's LoRA) and removed however the run ends; a LoRA
+    that bundles none is loaded as it is. A copy that cannot be written is said to be the temporary folder's fault,
+    not the LoRA file's."""
+    import tempfile
+
+    plain, bundled, _ = loras
+    model = load_model(sd1_dir)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    loaded = []
+    real = type(model.pipeline).load_lora_weights
+
+    def load(pipe, path, **kw):
+        loaded.append(path)
+        if path.startswith(str(scratch)) and len(loaded) == 1:
+            raise KeyboardInterrupt
+        return real(pipe, path, **kw)
+
+    monkeypatch.setattr(type(model.pipeline), "load_lora_weights", load)
+    with pytest.raises(KeyboardInterrupt):
+        _draw(model, tmp_path, "cut", "bund <lora:mystyle>", lora_dir=[str(bundled)])
+    _draw(model, tmp_path, "plain", "a <lora:mystyle>", lora_dir=[str(plain)])
+    assert loaded[1] == str(plain / "mystyle.safetensors") and not any(scratch.iterdir())
+    assert sorted(p.name for p in bundled.iterdir()) == ["mystyle.safetensors"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    with pytest.raises(ConfigError, match=r"<lora:mystyle> bundles embeddings.*gone.*set TMPDIR"):
+        _draw(model, tmp_path, "full", "bund <lora:mystyle>", lora_dir=[str(bundled)])
+    assert not hasattr(model, "_loras")

@@ -1628,7 +1628,7 @@ def _load_lora(model: Model, name: str, path: Path, adapter: str) -> bool:
     leaves its UNet part): every LoRA comes off then, or the model would be handed back with half of it, and the
     next file would find its adapter name taken."""
     try:
-        with _lora_weights(path) as weights:
+        with _lora_weights(name, path) as weights:
             if weights is None:
                 return False
             model.pipeline.load_lora_weights(str(weights), adapter_name=adapter)
@@ -1637,6 +1637,8 @@ def _load_lora(model: Model, name: str, path: Path, adapter: str) -> bool:
         model.__dict__.pop("_loras", None)
         model.pipeline.unload_lora_weights()
         why = _first_line(e).split(". For details look at the above report")[0].rstrip(":")  # (a report not shown)
+        if isinstance(e, ConfigError):  # (said already: the temporary copy's, `_lora_weights`)
+            raise
         if isinstance(e, OSError):  # (what diffusers makes of a file safetensors cannot read)
             raise FormatError(f"<lora:{name}> ({path}) could not be read: {why}; is the file whole? download it "
                               f"again") from None
@@ -1647,10 +1649,11 @@ def _load_lora(model: Model, name: str, path: Path, adapter: str) -> bool:
 
 
 @contextlib.contextmanager
-def _lora_weights(path: Path):
-    """The file diffusers loads for a LoRA: `path`, or for one that bundles embeddings a copy without them, its
-    metadata kept (diffusers refuses a tensor name that is no LoRA's; the web UI sets them apart); None when it
-    holds nothing else (the web UI then changes no weights)."""
+def _lora_weights(name: str, path: Path):
+    """The file diffusers loads for <lora:`name`>: `path`, or for one that bundles embeddings a copy without them,
+    its metadata kept (diffusers refuses a tensor name that is no LoRA's; the web UI sets them apart), in the
+    system's temporary folder and removed however the run ends; None when it holds nothing else (the web UI then
+    changes no weights)."""
     if not bundled_names(path):
         yield path
         return
@@ -1665,9 +1668,14 @@ def _lora_weights(path: Path):
     if not tensors:
         yield None
         return
-    with tempfile.TemporaryDirectory() as folder:
-        copy_path = Path(folder) / path.name
-        save_file(tensors, str(copy_path), metadata=metadata)
+    with contextlib.ExitStack() as stack:
+        try:  # (a full or missing temporary folder is no fault of the LoRA's file)
+            copy_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="textinv-lora-"))) / path.name
+            save_file(tensors, str(copy_path), metadata=metadata)
+        except OSError as e:
+            raise ConfigError(f"<lora:{name}> bundles embeddings, so its weights are loaded from a copy without them, "
+                              f"which could not be written in {tempfile.gettempdir()} ({e.strerror or e}): free space "
+                              f"there, or set TMPDIR to a folder with room for {path.name}") from None
         yield copy_path
 
 
