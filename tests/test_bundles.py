@@ -355,3 +355,25 @@ def test_the_copy_of_a_lora_without_its_bundles_is_made_in_the_temporary_folder_
     with pytest.raises(ConfigError, match=r"<lora:mystyle> bundles embeddings.*gone.*set TMPDIR"):
         _draw(model, tmp_path, "full", "bund <lora:mystyle>", lora_dir=[str(bundled)])
     assert not hasattr(model, "_loras")
+
+
+def test_bundled_embeddings_the_prompts_do_not_write_are_left_out_and_a_name_of_two_words_is_refused(
+        sd1_dir, loras, tmp_path):
+    """The web UI installs a LoRA's every bundled embedding, and matches a name of several words (a space in it) in
+    the prompt. textinv's tokens are one word, so such a name failed every prompt that applied the LoRA, after the
+    model had loaded, with a fix (--token) a tag cannot take. Only the bundled names a prompt writes are installed
+    (as a web UI embeddings folder's files are), and a name of several words that one writes is refused before the
+    model loads, with how to draw it."""
+    plain, bundled, vectors = loras
+    _bundle(plain / "mystyle.safetensors", bundled / "mystyle.safetensors",
+            {"bund": {"string_to_param.*": vectors}, "my style": {"emb_params": vectors.flip(0)}})
+    model = load_model(sd1_dir)
+    pt = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors}), tmp_path / "bund.pt", "a1111")[0]
+    drawn, _ = _draw(model, tmp_path, "bundled", "a photo of bund <lora:mystyle>", lora_dir=[str(bundled)])
+    given, _ = _draw(model, tmp_path, "given", "a photo of bund <lora:mystyle>", lora_dir=[str(plain)],
+                     embedding=[str(pt)])
+    assert np.array_equal(drawn, given)
+    with pytest.raises(ConfigError, match=r"<lora:mystyle> bundles 'my style'.*one word.*convert "
+                                          r".*mystyle.safetensors::my style.*--token"):
+        generate(GenerateConfig(prompt=["a my style <lora:mystyle>"], out=str(tmp_path / "r"),
+                                model=str(tmp_path / "no-model"), lora_dir=[str(bundled)]), progress=False)

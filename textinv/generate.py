@@ -1280,25 +1280,36 @@ def checked_settings(config: GenerateConfig) -> Checked:
     if config.hires_model and loras:  # (they would be applied to the first pass's model alone)
         raise ConfigError(f"--hires-model draws without the prompts' LoRAs ({', '.join(sorted(loras))}) as yet: leave "
                           f"the <lora:...> tags out, or --hires-model (the hires fix then redraws with --model)")
-    bundled = _add_bundled(loras, embeddings, paths)
+    bundled = _add_bundled(loras, embeddings, paths, said)
     _check_bundled_prompted(config, jobs, bundled, loras)
     pictures = _InitPictures(refine.init_pictures(config.init_image))  # (a bad picture: said before the model loads)
     inpaint = mask_settings(config, pictures.sizes)  # (a bad mask too)
     return Checked(config, jobs, embeddings, paths, loras, pictures, inpaint, bundled)
 
 
-def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], paths: list[str]) -> dict[str, str]:
+def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], paths: list[str],
+                 said: str) -> dict[str, str]:
     """Add the embeddings the prompts' LoRA files bundle (`formats.load_bundled`) to `embeddings` (and their
     `FILE::NAME` to `paths`), as the A1111 web UI installs them with their LoRA (extensions-builtin/Lora/networks.py);
     return the LoRA each comes from, by token. As there, a bundled name that an --embedding already gives is skipped
     with a warning (its embeddings folder's file wins), and the LoRA's multipliers do not touch the vectors. Two LoRAs
-    that bundle one name with different vectors are refused: which the web UI draws is not knowable from here."""
+    that bundle one name with different vectors are refused: which the web UI draws is not knowable from here. Only
+    the names the prompts write (`said`, lowercased) are added, as a web UI embeddings folder's files are: the others
+    draw nothing, and a name textinv cannot install (one of several words) fails no prompt that does not use it."""
     given = {emb.token.lower() for emb in embeddings}
     added: dict[str, LearnedEmbedding] = {}  # (by token, lowercased: CLIP's tokenizers read them so)
     bundled: dict[str, str] = {}
     for name, path in loras.items():
         for emb in load_bundled(path):
             key = emb.token.lower()
+            if key not in said:
+                continue
+            if any(c.isspace() for c in emb.token):  # (the web UI matches the words; a token here is one word)
+                one = re.sub(r"\s+", "-", emb.token.strip())
+                raise ConfigError(f"<lora:{name}> bundles {emb.token!r}, which a prompt writes: a name of several "
+                                  f"words, which textinv cannot install (a token is one word); take it out under one "
+                                  f"word with: textinv convert \"{path}{BUNDLE_SEPARATOR}{emb.token}\" {one}.pt "
+                                  f"--token {one}, then give --embedding {one}.pt and write {one}")
             if key in given:
                 warnings.warn(f"<lora:{name}> bundles the embedding {emb.token!r}, which an --embedding gives too: "
                               f"the --embedding is drawn, as the web UI skips a bundled embedding its embeddings "
