@@ -377,3 +377,20 @@ def test_bundled_embeddings_the_prompts_do_not_write_are_left_out_and_a_name_of_
                                           r".*mystyle.safetensors::my style.*--token"):
         generate(GenerateConfig(prompt=["a my style <lora:mystyle>"], out=str(tmp_path / "r"),
                                 model=str(tmp_path / "no-model"), lora_dir=[str(bundled)]), progress=False)
+
+
+def test_a_bundled_name_kept_decomposed_answers_to_the_name_typed(sd1_dir, loras, tmp_path):
+    """A bundle named on macOS keeps café's accent apart (NFD); prompts are read composed (NFC), as the web UI's
+    tokenizer reads both: the name typed draws it, and names it in FILE::NAME."""
+    plain, bundled, vectors = loras
+    _bundle(plain / "mystyle.safetensors", bundled / "mystyle.safetensors",
+            {"cafe\u0301": {"string_to_param.*": vectors}})
+    model = load_model(sd1_dir)
+    pt = save_embedding(LearnedEmbedding("caf\u00e9", {"text_encoder": vectors}), tmp_path / "c.pt", "a1111")[0]
+    drawn, text = _draw(model, tmp_path, "bundled", "a photo of caf\u00e9 <lora:mystyle>", lora_dir=[str(bundled)])
+    given, _ = _draw(model, tmp_path, "given", "a photo of caf\u00e9 <lora:mystyle>", lora_dir=[str(plain)],
+                     embedding=[str(pt)])
+    assert np.array_equal(drawn, given) and 'TI hashes: "caf\u00e9: mystyle"' in text["parameters"]
+    # and FILE::NAME typed composed names it (as the refusal of a pass without the LoRA tells it to)
+    named = load_embedding(f"{bundled / 'mystyle.safetensors'}::caf\u00e9")
+    assert named.token == "caf\u00e9" and torch.equal(named.vectors["text_encoder"], vectors)

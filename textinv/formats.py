@@ -757,6 +757,9 @@ def _pick_bundle(path: Path, names: list[str], bundle: str | None) -> str:
                           f"{path}{BUNDLE_SEPARATOR}{names[0]}")
     if bundle is None:
         return names[0]
+    # (in one Unicode form: a name kept decomposed, as macOS keeps café's accent apart, answers to the name typed)
+    bundle = next((n for n in names if unicodedata.normalize("NFC", n) == unicodedata.normalize("NFC", bundle)),
+                  bundle)
     if bundle not in names:
         held = f"it bundles {listed}" if names else "it bundles no embeddings"
         raise FormatError(f"{path}{BUNDLE_SEPARATOR}{bundle}: {path} bundles no embedding {bundle!r} ({held}); "
