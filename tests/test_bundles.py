@@ -394,3 +394,14 @@ def test_a_bundled_name_kept_decomposed_answers_to_the_name_typed(sd1_dir, loras
     # and FILE::NAME typed composed names it (as the refusal of a pass without the LoRA tells it to)
     named = load_embedding(f"{bundled / 'mystyle.safetensors'}::caf\u00e9")
     assert named.token == "caf\u00e9" and torch.equal(named.vectors["text_encoder"], vectors)
+
+
+def test_hires_model_beside_a_bundle_lora_says_how_to_keep_its_embeddings(sd1_dir, loras, tmp_path):
+    """--hires-model takes no LoRA tags as yet; left out, a bundle's name is words: the refusal names the
+    --embedding FILE::NAME that keeps each bundled embedding the prompts write."""
+    _, bundled, _ = loras
+    with pytest.raises(ConfigError, match=r"--hires-model draws without the prompts' LoRAs.*bundled embeddings the "
+                                          r"prompts write as --embedding .*mystyle.safetensors::bund"):
+        generate(GenerateConfig(prompt=["a bund <lora:mystyle:0>"], model=str(sd1_dir), hires_scale=2,
+                                hires_model=str(sd1_dir), lora_dir=[str(bundled)], out=str(tmp_path / "r")),
+                 progress=False)
