@@ -405,3 +405,22 @@ def test_hires_model_beside_a_bundle_lora_says_how_to_keep_its_embeddings(sd1_di
         generate(GenerateConfig(prompt=["a bund <lora:mystyle:0>"], model=str(sd1_dir), hires_scale=2,
                                 hires_model=str(sd1_dir), lora_dir=[str(bundled)], out=str(tmp_path / "r")),
                  progress=False)
+
+
+def test_into_lora_refuses_an_embedding_of_another_family_than_the_loras(loras, tmp_path):
+    """The web UI skips a bundled embedding whose width is not its model's: one of another family than the LoRA's
+    own (its modelspec.architecture, which kohya's sd-scripts write) would never be drawn with it."""
+    plain, _, _ = loras
+    tensors = dict(load_file(str(plain / "mystyle.safetensors")))
+    xl = save_file(tensors, str(tmp_path / "xl.safetensors"),
+                   metadata={"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"})
+    sd1 = save_embedding(LearnedEmbedding("dog", {"text_encoder": torch.randn(1, 768)}), tmp_path / "d.pt",
+                         "a1111")[0]
+    with pytest.raises(FormatError, match=r"--into-lora .*xl.safetensors is a LoRA for Stable Diffusion XL.*'dog' is "
+                                          r"768 \(Stable Diffusion 1"):
+        convert(sd1, tmp_path / "out.safetensors", into_lora=tmp_path / "xl.safetensors")
+    assert xl is None and not (tmp_path / "out.safetensors").exists()
+    both = save_embedding(LearnedEmbedding("dog", {"text_encoder": torch.randn(1, 768),
+                                                   "text_encoder_2": torch.randn(1, 1280)}), tmp_path / "x.safetensors",
+                          "sdxl")[0]
+    convert(both, tmp_path / "out.safetensors", into_lora=tmp_path / "xl.safetensors")  # (its own family: written)

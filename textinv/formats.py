@@ -63,7 +63,7 @@ import torch
 
 from . import modelspec
 from .errors import ConfigError, FormatError
-from .families import TEXT_ENCODERS, describe_widths, family_for_widths
+from .families import FAMILY_NAMES, TEXT_ENCODERS, describe_widths, family_for_widths
 from .io import atomic_path
 
 # Formats we write, and the ones `detect_format` can name (we read OneTrainer files but do not write them).
@@ -1122,6 +1122,11 @@ def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, o
     if emb.token in _bundle_names(keys):
         raise FormatError(f"--into-lora {lora} bundles an embedding {emb.token!r} already: rename this one with "
                           f"--token")
+    family = modelspec.family_of(metadata)  # (the web UI skips a bundled embedding of another width than its model's)
+    if family is not None and not modelspec.fits(family, emb.widths):
+        raise FormatError(f"--into-lora {lora} is a LoRA for {FAMILY_NAMES[family]} (its modelspec.architecture), "
+                          f"{emb.token!r} is {describe_widths(emb.widths)}: the web UI would never draw it with this "
+                          f"LoRA; bundle it into a LoRA of its own family")
     prefix = f"{BUNDLE_PREFIX}{emb.token}."
     if len(emb.vectors) == 2:
         tensors.update({prefix + key: emb.vectors[name] for key, name in _SDXL_KEYS.items()})
