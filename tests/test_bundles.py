@@ -377,6 +377,12 @@ def test_bundled_embeddings_the_prompts_do_not_write_are_left_out_and_a_name_of_
                                           r".*mystyle.safetensors::my style.*--token"):
         generate(GenerateConfig(prompt=["a my style <lora:mystyle>"], out=str(tmp_path / "r"),
                                 model=str(tmp_path / "no-model"), lora_dir=[str(bundled)]), progress=False)
+    # a tag's own text writes no embedding: a LoRA named as it bundles is applied, the name left out
+    from textinv.generate import checked_settings
+
+    shutil.copy(bundled / "mystyle.safetensors", bundled / "my style.safetensors")
+    assert checked_settings(GenerateConfig(prompt=["a dog <lora:my style>"], out=str(tmp_path / "r"),
+                                           model=str(tmp_path / "no-model"), lora_dir=[str(bundled)])).bundled == {}
 
 
 def test_a_bundled_name_kept_decomposed_answers_to_the_name_typed(sd1_dir, loras, tmp_path):

@@ -1302,6 +1302,7 @@ def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], pat
     given = {emb.token.lower() for emb in embeddings}
     added: dict[str, LearnedEmbedding] = {}  # (by token, lowercased: CLIP's tokenizers read them so)
     bundled: dict[str, str] = {}
+    said = emphasis.lora_tags(said)[0]  # (a tag's own name writes no embedding: <lora:mystyle> bundling "mystyle")
     for name, path in loras.items():
         for emb in load_bundled(path):
             key = emb.token.lower()
