@@ -1089,9 +1089,9 @@ def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, o
     above): `bundle_emb.TOKEN.string_to_param.*` (an A1111 .pt's layout) for one text encoder, `.clip_l` and
     `.clip_g` for SDXL; `<lora:...>` then installs it under its token. The LoRA's metadata is kept, its hashes of
     the file (`sshs_model_hash`, the web UI's and civitai's hash for it...) computed anew for the file written
-    (`_rehashed`): its bytes are another file's. A token with a dot (the web UI
-    ends the NAME there), a NAME the LoRA bundles already, a `lora` that is no LoRA .safetensors file and a `dst`
-    there already (unless `overwrite`) are refused before anything is written.
+    (`_rehashed`): its bytes are another file's. A token with a dot (the web UI ends the NAME there), a NAME the LoRA
+    bundles already, an embedding of another family than the LoRA's modelspec names, a `lora` that is no LoRA
+    .safetensors file and a `dst` there already (unless `overwrite`) are refused before anything is written.
 
     >>> dog = load_embedding("my-dog.pt")                                                    # doctest: +SKIP
     >>> bundle_into_lora(dog, "Lora/style.safetensors", "Lora/style-dog.safetensors")       # doctest: +SKIP

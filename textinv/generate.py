@@ -1278,8 +1278,9 @@ def checked_settings(config: GenerateConfig) -> Checked:
     loras = lora_files([tag for prompt in [job.prompt for job in jobs] + [config.hires_prompt or ""]
                         for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
     if config.hires_model and loras:  # (they would be applied to the first pass's model alone)
+        words = emphasis.lora_tags(said)[0]  # (without the tag, a bundled name it writes is words)
         kept = [f"{path}{BUNDLE_SEPARATOR}{name}" for path in loras.values() for name in bundled_names(path)
-                if _nfc(name).lower() in said]  # (without the tag, a bundled name is words)
+                if _nfc(name).lower() in words]
         keep = f" (and give the bundled embeddings the prompts write as --embedding {' '.join(kept)})" if kept else ""
         raise ConfigError(f"--hires-model draws without the prompts' LoRAs ({', '.join(sorted(loras))}) as yet: leave "
                           f"the <lora:...> tags out{keep}, or --hires-model (the hires fix then redraws with --model)")
