@@ -98,12 +98,22 @@ def test_demo_without_the_model_says_how_to_get_it(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "d" / "report.html").exists()
 
 
-def test_evaluate_fast_returns_the_table(model_dir, probe_path, tmp_path):
+FAST_CONCEPTS = [find_concept("teal-star"), find_concept("crayon-style")]  # an object and a style
+
+
+@pytest.fixture(scope="module")
+def fast_evaluation(model_dir, probe_path):
+    """One quick `evaluate` of an object and a style (the tests below only read it): the model it ran on, the
+    model's vocabulary size before it, and its result."""
     model = load_model(model_dir)
     vocab_before = len(model.tokenizer)
-    probe = Probe.load(probe_path)
-    concepts = [find_concept("teal-star"), find_concept("crayon-style")]  # an object and a style
-    result = evaluate(model, probe, concepts, progress=False, **FAST)
+    result = evaluate(model, Probe.load(probe_path), FAST_CONCEPTS, progress=False, **FAST)
+    return model, vocab_before, result
+
+
+def test_evaluate_fast_returns_the_table(fast_evaluation, tmp_path):
+    model, vocab_before, result = fast_evaluation
+    concepts = FAST_CONCEPTS
 
     methods = METHODS + CEILINGS  # the methods, then the ceilings: each prompt's true scene rendered, and round-tripped
     assert [(r["concept"], r["method"]) for r in result["rows"]] == [(c.name, m) for c in concepts for m in methods]
@@ -165,9 +175,8 @@ def test_a_named_colour_never_passes_for_an_in_between_hue():
             assert attribute_hits(read, {"hue": concept.attributes["hue"]}, hue_tolerance=15.0)["hue"] == [True]
 
 
-def test_means_are_also_given_for_objects_and_styles_apart(model_dir, probe_path):
-    result = evaluate(load_model(model_dir), Probe.load(probe_path),
-                      [find_concept("teal-star"), find_concept("crayon-style")], progress=False, **FAST)
+def test_means_are_also_given_for_objects_and_styles_apart(fast_evaluation):
+    result = fast_evaluation[2]
     by_kind = result["mean_by_kind"]
     assert set(by_kind) == {"object", "style"}
     for kind, name in (("object", "teal star"), ("style", "crayon style")):
