@@ -142,6 +142,21 @@ def test_a_part_that_does_not_fit_the_model_is_refused(sd1_dir, tmp_path):
         run(tmp_path, f"'dog' + {tmp_path}/a.safetensors", model=str(sd1_dir))
 
 
+def test_an_sdxl_part_gives_its_clip_l_half_on_an_sd1_model_as_generate_does(sd1_dir, xl_dir, tmp_path):
+    """generate draws an SDXL file's clip_l half on SD 1.x (as ComfyUI does), with a warning; merge with that
+    --model takes the same half, so its file is what generate would draw. SD 1.x parts on SDXL stay refused."""
+    xl = saved(tmp_path / "xl.safetensors", 2, widths=(32, 64), family="sdxl")
+    one = saved(tmp_path / "one.safetensors", 2, widths=(32,), seed=3)
+    with pytest.warns(UserWarning, match="only its clip_l half"):
+        result = run(tmp_path, f"{tmp_path}/xl.safetensors*0.5 + {tmp_path}/one.safetensors", model=str(sd1_dir))
+    assert set(result.embedding.vectors) == {"text_encoder"}
+    assert torch.allclose(result.embedding.vectors["text_encoder"],
+                          0.5 * xl.vectors["text_encoder"] + one.vectors["text_encoder"])
+    assert load_embedding(result.files[0]).family != "sdxl"
+    with pytest.raises(FormatError, match=r"one\.safetensors has width 32 .* but --model .* has"):
+        run(tmp_path, f"{tmp_path}/one.safetensors", model=str(xl_dir), out="xl-out.safetensors")
+
+
 def test_words_need_a_model_and_must_be_in_its_vocabulary(sd1_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"'dog' is words.*--model"):
         run(tmp_path, "'dog'")

@@ -246,6 +246,7 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     # 2. Read the parts, check them and make the embedding.
     labelled = _read_parts(terms, model)
     if model is not None:
+        labelled = [[(label, _as_drawn(emb, model), w) for label, emb, w in term] for term in labelled]
         _check_fits_model([(label, emb) for term in labelled for label, emb, _ in term], model)
     recipe = _recipe([[str(_shared(part)) for part in term] for term in terms])
     emb = _merged(labelled, config.token, recipe)
@@ -324,6 +325,18 @@ def _check_one_family(parts: list[tuple[str, LearnedEmbedding]]) -> None:
                               f"{describe_widths(emb.widths)}: a merge adds and lays side by side vectors of one "
                               f"model family; leave {label} out, or use a version of it made for "
                               f"{describe_widths(emb.widths)}")
+
+
+def _as_drawn(emb: LearnedEmbedding, model) -> LearnedEmbedding:
+    """`emb` as `generate` draws it with `model`: an SDXL embedding's clip_l half on an SD 1.x model, with the same
+    warning (`generate.uses_clip_l_half`), its record of SDXL left behind; any other as it is."""
+    from .generate import uses_clip_l_half, warn_clip_l_half
+
+    if not uses_clip_l_half(model, emb):
+        return emb
+    warn_clip_l_half(model, emb, stacklevel=4)
+    metadata = {key: value for key, value in emb.metadata.items() if key not in _AGREED}
+    return LearnedEmbedding(emb.token, {"text_encoder": emb.vectors["text_encoder"]}, metadata)
 
 
 def _check_fits_model(parts: list[tuple[str, LearnedEmbedding]], model) -> None:
