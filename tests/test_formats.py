@@ -21,6 +21,7 @@ from textinv.formats import (
     default_filename,
     describe,
     detect_format,
+    first_file,
     load_embedding,
     load_embedding_pair,
     save_embedding,
@@ -340,6 +341,29 @@ def test_diffusers_bin_with_one_dimensional_tensor(tmp_path):
     assert detect_format(tmp_path / "learned_embeds.bin") == "diffusers-bin"
 
 
+def test_a_pairs_second_file_alone_finds_its_first_beside_it(tmp_path):
+    """As the first file finds the second, the second given alone (--embedding out/learned_embeds_2.safetensors)
+    finds the first beside it, by the same rules: the same token at SDXL's two widths, and steps that agree."""
+    l, g = torch.randn(3, 768), torch.randn(3, 1280)
+    first = tmp_path / "learned_embeds-steps-500.safetensors"
+    second = tmp_path / "learned_embeds_2-steps-500.safetensors"
+    save_file({"<cat>": l}, first, metadata={"format": "pt", "steps": "500"})
+    save_file({"<cat>": g}, second, metadata={"format": "pt", "steps": "500"})
+    emb = load_embedding(second)
+    assert emb.token == "<cat>" and emb.family == "sdxl" and detect_format(second) == "diffusers-sdxl"
+    assert torch.equal(emb.vectors["text_encoder"], l) and torch.equal(emb.vectors["text_encoder_2"], g)
+    assert first_file(second) == first and first_file(first) is None
+    assert first_file(tmp_path / "dog_2.pt") == tmp_path / "dog.pt"
+    convert(second, tmp_path / "cat.safetensors", to="sdxl")  # (convert, inspect, merge read it so too)
+    assert load_embedding(tmp_path / "cat.safetensors").widths == (768, 1280)
+    save_file({"<cat>": g}, second, metadata={"format": "pt", "steps": "400"})  # two steps' files mixed
+    with pytest.raises(FormatError, match="different steps"):
+        load_embedding(second)
+    save_file({"<cat>": torch.randn(3, 1024)}, first)  # an SD 2.x file beside: no pair of SDXL's widths
+    save_file({"<cat>": torch.randn(3, 768)}, second)
+    assert load_embedding(second).widths == (768,)
+
+
 def test_diffusers_sdxl_example_pair(tmp_path):
     l, g = torch.randn(3, 768), torch.randn(3, 1280)
     first = tmp_path / "learned_embeds-steps-500.safetensors"
@@ -350,11 +374,11 @@ def test_diffusers_sdxl_example_pair(tmp_path):
     assert emb.token == "<cat>" and emb.family == "sdxl" and emb.metadata == {}
     assert torch.equal(emb.vectors["text_encoder"], l) and torch.equal(emb.vectors["text_encoder_2"], g)
     assert load_embedding(first, pair=False).family == "sd1"
-    assert load_embedding(second).widths == (1280,)  # the second file alone is just a diffusers file
+    assert load_embedding(second, pair=False).widths == (1280,)
     assert torch.equal(load_embedding_pair(first, second).vectors["text_encoder_2"], g)
     swapped = load_embedding_pair(second, first)  # handed over the wrong way round: the widths tell
     assert torch.equal(swapped.vectors["text_encoder"], l) and torch.equal(swapped.vectors["text_encoder_2"], g)
-    assert detect_format(first) == "diffusers-sdxl" and detect_format(second) == "diffusers"
+    assert detect_format(first) == "diffusers-sdxl"
 
     save_file({"<cat>": g[:1]}, second)  # a partner from another run: refuse rather than guess
     with pytest.raises(FormatError, match="hold 3 and 1 vectors"):

@@ -337,7 +337,7 @@ def test_the_two_file_layout_given_as_two_embeddings_is_one_token(xl_dir, tmp_pa
         return np.asarray(Image.open(generate(config, model=model, progress=False)[0]))
 
     want = draw([one], "one")
-    for k, embeddings in enumerate(([first, second], [second, first], renamed, [first.parent, second])):
+    for k, embeddings in enumerate(([first, second], [second, first], renamed, [first.parent, second], [second])):
         assert np.array_equal(draw(embeddings, f"r{k}"), want), embeddings
     with pytest.raises(Exception, match="one half of an SDXL embedding.*pass both files"):
         draw([renamed[0]], "half")
@@ -408,9 +408,11 @@ def test_inspect_names_a_lone_second_half_of_the_two_file_layout(tmp_path):
 
     emb = LearnedEmbedding("<hq>", {"text_encoder": torch.randn(1, 768), "text_encoder_2": torch.randn(1, 1280)})
     _, second = save_embedding(emb, tmp_path / "learned_embeds.safetensors", "diffusers-sdxl")
+    assert "note" not in inspect_file(tmp_path / "learned_embeds.safetensors")
+    assert "XL" in inspect_file(second)["family"] and "note" not in inspect_file(second)  # (it finds the first)
+    (tmp_path / "learned_embeds.safetensors").unlink()
     report = inspect_file(second)
     assert "second half of an SDXL embedding kept as two files" in report["text"]
-    assert "note" not in inspect_file(tmp_path / "learned_embeds.safetensors")
 
 
 def test_clip_skip_2_on_sdxl_is_its_own_penultimate_reading_and_more_is_refused(xl_dir, images, tmp_path):

@@ -35,7 +35,8 @@ Decisions worth knowing:
 - diffusers-sdxl: `load_embedding("learned_embeds.safetensors")` also reads `learned_embeds_2.safetensors` beside it
   when that file is keyed by the same token and has another width (diffusers' SDXL example writes exactly this pair,
   also as `learned_embeds-steps-N` / `learned_embeds_2-steps-N`; for other names the partner of `x.safetensors` is
-  `x_2.safetensors`, as our writer names it). A partner with another number of vectors is an error. Pass
+  `x_2.safetensors`, as our writer names it); the second file given alone finds the first beside it the same way
+  (`first_file`). A partner with another number of vectors is an error. Pass
   `pair=False` to read one file alone, or name both files with `load_embedding_pair`.
 - lora-bundle: a LoRA may carry embeddings, as the A1111 web UI (extensions-builtin/Lora/networks.py), Forge and
   OneTrainer's "bundle embeddings" write and read them: `bundle_emb.NAME.KEY`, where NAME (no dot) is what prompts
@@ -225,6 +226,24 @@ def second_file(path: str | Path) -> Path:
     if path.name.startswith(prefix) and not path.name.startswith(prefix + "_2"):
         return path.with_name(prefix + "_2" + path.name[len(prefix):])
     return path.with_name(f"{path.stem}_2{path.suffix}")
+
+
+def first_file(path: str | Path) -> Path | None:
+    """The file whose `second_file` is `path` (a diffusers SDXL pair's first, beside its second), or None where
+    `path` is named as no second file is.
+
+    >>> first_file("out/learned_embeds_2-steps-500.safetensors").name
+    'learned_embeds-steps-500.safetensors'
+    """
+    path = Path(path)
+    prefix = "learned_embeds_2"
+    if path.name.startswith(prefix):
+        first = path.with_name("learned_embeds" + path.name[len(prefix):])
+    elif path.stem.endswith("_2"):
+        first = path.with_name(path.stem[:-2] + path.suffix)
+    else:
+        return None
+    return first if second_file(first) == path else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -446,8 +465,8 @@ def load_embedding(path: str | Path, token: str | None = None, *, pair: bool = T
     The token is, in order: `token` if given; the key of a diffusers file; the `name` of an A1111 file; the
     metadata's "token"; the file name without extension (what A1111 and ComfyUI call it). `path` may be a diffusers
     output folder holding learned_embeds.safetensors or .bin. With `pair` (the default) a diffusers file whose
-    diffusers-sdxl partner (`second_file(path)`) lies beside it, keyed by the same token at another width, is read
-    as one SDXL pair.
+    diffusers-sdxl partner (`second_file(path)`, or for a second file `first_file(path)`) lies beside it, keyed by
+    the same token at another width, is read as one SDXL pair.
 
     >>> emb = load_embedding("embeddings/charturner.pt")   # doctest: +SKIP
     >>> emb.token, emb.num_vectors, emb.family              # doctest: +SKIP
@@ -504,33 +523,42 @@ def _with_token_identifier(repo: str, read: _Read) -> _Read:
 
 
 def _read_paired(path: Path, pair: bool = True) -> _Read:
-    """`_read`, and with `pair` a diffusers file's diffusers-sdxl partner beside it read in (see load_embedding)."""
+    """`_read`, and with `pair` a diffusers file's diffusers-sdxl partner beside it read in (see load_embedding):
+    the second file (`second_file(path)`) beside a first, or the first (`first_file(path)`) beside a second."""
     read = _read(path)
-    if pair and read.format == "diffusers" and set(read.vectors) == {"text_encoder"}:
-        second = second_file(path)
-        if second != path and second.is_file():
-            other = _read(second)
-            # a partner holds the same token at another width (768 vs 1280 for SDXL); two versions of one
-            # embedding have equal widths and must not be fused
-            width1, width2 = read.vectors["text_encoder"].shape[-1], other.vectors["text_encoder"].shape[-1]
-            if other.format == "diffusers" and other.token == read.token and _may_pair(width1, width2):
-                n1, n2 = read.vectors["text_encoder"].shape[0], other.vectors["text_encoder"].shape[0]
-                if n1 != n2:
-                    raise FormatError(f"{path} and {second} look like one diffusers-sdxl pair for {read.token!r} but "
-                                      f"hold {n1} and {n2} vectors: they come from different runs; load one with "
-                                      "pair=False or pass the two right files to load_embedding_pair")
-                # (written a file at a time, the second first: a run killed between them left its halves of two
-                # saves)
-                steps = read.metadata.get("steps"), other.metadata.get("steps")
-                if all(steps) and steps[0] != steps[1]:
-                    raise FormatError(f"{path} and {second} are one diffusers-sdxl pair for {read.token!r} saved at "
-                                      f"different steps ({steps[0]} and {steps[1]}): the run was stopped between "
-                                      "writing them (textinv train --resume writes both again), or two steps' files "
-                                      "were mixed; give the pair of one step (a run's embeddings/ folder keeps "
-                                      "each --save-every step's)")
-                read = read._replace(format="diffusers-sdxl", vectors={
-                    "text_encoder": read.vectors["text_encoder"], "text_encoder_2": other.vectors["text_encoder"]})
+    if not (pair and read.format == "diffusers" and set(read.vectors) == {"text_encoder"}):
+        return read
+    second, first = second_file(path), first_file(path)
+    if second != path and second.is_file():
+        return _joined(path, read, second, _read(second)) or read
+    if first is not None and first.is_file():
+        return _joined(first, _read(first), path, read) or read
     return read
+
+
+def _joined(path1: Path, first: _Read, path2: Path, second: _Read) -> _Read | None:
+    """The diffusers-sdxl pair of a first file and its second (`second_file`), or None where they are no pair."""
+    # a partner holds the same token at another width (768 vs 1280 for SDXL); two versions of one
+    # embedding have equal widths and must not be fused
+    vectors1, vectors2 = first.vectors.get("text_encoder"), second.vectors.get("text_encoder")
+    if (vectors2 is None or set(first.vectors) != {"text_encoder"} or set(second.vectors) != {"text_encoder"}
+            or first.format != "diffusers" or second.format != "diffusers" or first.token != second.token
+            or not _may_pair(vectors1.shape[-1], vectors2.shape[-1])):
+        return None
+    n1, n2 = vectors1.shape[0], vectors2.shape[0]
+    if n1 != n2:
+        raise FormatError(f"{path1} and {path2} look like one diffusers-sdxl pair for {first.token!r} but "
+                          f"hold {n1} and {n2} vectors: they come from different runs; load one with "
+                          "pair=False or pass the two right files to load_embedding_pair")
+    # (written a file at a time, the second first: a run killed between them left its halves of two saves)
+    steps = first.metadata.get("steps"), second.metadata.get("steps")
+    if all(steps) and steps[0] != steps[1]:
+        raise FormatError(f"{path1} and {path2} are one diffusers-sdxl pair for {first.token!r} saved at "
+                          f"different steps ({steps[0]} and {steps[1]}): the run was stopped between "
+                          "writing them (textinv train --resume writes both again), or two steps' files "
+                          "were mixed; give the pair of one step (a run's embeddings/ folder keeps "
+                          "each --save-every step's)")
+    return first._replace(format="diffusers-sdxl", vectors={"text_encoder": vectors1, "text_encoder_2": vectors2})
 
 
 def _may_pair(width1: int, width2: int) -> bool:
@@ -1222,7 +1250,7 @@ def _check_format(format: str) -> None:
 
 __all__ = [
     "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "holds_png_embedding", "LearnedEmbedding",
-    "default_filename", "second_file",
+    "default_filename", "second_file", "first_file",
     "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for",
     "check_suffix", "describe",
     "split_bundle", "on_disk", "bundled_names", "load_bundled", "bundle_into_lora",

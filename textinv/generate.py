@@ -1122,7 +1122,7 @@ def _join_sdxl_halves(embeddings: list[LearnedEmbedding], paths: list) -> tuple[
     """diffusers' SDXL example keeps one token as two files, one per text encoder. Given both as --embedding (same
     token, two widths), they are one SDXL embedding, the narrower half the first encoder's (768 and 1280). A half
     given beside the pair it was already read with (learned_embeds.safetensors finds learned_embeds_2 beside
-    it) is dropped."""
+    it), or the pair's other file (which finds it again), is dropped."""
     out, labels, used = [], [], set()
     for i, emb in enumerate(embeddings):
         if i in used:
@@ -1136,7 +1136,7 @@ def _join_sdxl_halves(embeddings: list[LearnedEmbedding], paths: list) -> tuple[
                 emb = load_embedding_pair(paths[i], paths[j], token=emb.token)  # (it puts the narrower first)
                 label = f"{paths[i]} + {paths[j]}"
                 used.add(j)
-            elif _half_of(other, emb):
+            elif _half_of(other, emb) or _one_pair(paths[i], paths[j], emb, other):
                 used.add(j)
             elif _half_of(emb, other):
                 emb, label = other, str(paths[j])
@@ -1163,6 +1163,17 @@ def _read_embeddings(files: list[tuple[str, str | None]]) -> tuple[list[LearnedE
             if not (issubclass(w.category, ModelSpecWarning) and len(emb.widths) == 1 and emb.token in whole):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return embeddings, labels
+
+
+def _one_pair(path1, path2, emb1: LearnedEmbedding, emb2: LearnedEmbedding) -> bool:
+    """Whether two entries, each read as a whole SDXL embedding, are one diffusers pair's two files (each finds the
+    other beside it: `formats.second_file`)."""
+    from .formats import _resolve, second_file
+
+    if len(emb1.widths) != 2 or len(emb2.widths) != 2:
+        return False
+    file1, file2 = _resolve(path1), _resolve(path2)
+    return second_file(file1) == file2 or second_file(file2) == file1
 
 
 def _half_of(half: LearnedEmbedding, whole: LearnedEmbedding) -> bool:
