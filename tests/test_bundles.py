@@ -172,6 +172,37 @@ def test_embedding_takes_one_bundled_embedding_by_file_and_name(sd1_dir, loras, 
     assert np.array_equal(named, given)
 
 
+def test_a_bundle_given_as_embedding_is_in_ti_hashes_by_its_loras_name_and_again_reads_it_back(sd1_dir, loras,
+                                                                                                tmp_path):
+    """--embedding FILE::NAME (or a LoRA that bundles it alone) is listed as the web UI lists a bundled embedding,
+    with its LoRA's name for a hash; --again of that text given the same entry finds it, and tells another LoRA."""
+    import warnings
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import again_config
+
+    _, bundled, vectors = loras
+    lora = bundled / "mystyle.safetensors"
+    model = load_model(sd1_dir)
+    for k, entry in enumerate((f"{lora}::bund", str(lora))):
+        _, text = _draw(model, tmp_path, f"d{k}", "a photo of bund", embedding=[entry])
+        assert 'TI hashes: "bund: mystyle"' in text["parameters"]
+    info = PngInfo()  # (the parameters alone, as a web UI reads them)
+    info.add_text("parameters", text["parameters"])
+    Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
+
+    def said(entry):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again_config(tmp_path / "webui.png", {"model": str(sd1_dir), "embedding": [entry]})
+        return " ".join(str(w.message) for w in caught)
+
+    assert "TI hashes" not in said(f"{lora}::bund") and "TI hashes" not in said(str(lora))
+    shutil.copy(lora, tmp_path / "other.safetensors")
+    assert "bundled in the LoRA other; the picture's bund mystyle" in said(f"{tmp_path / 'other.safetensors'}::bund")
+
+
 def test_again_takes_a_web_ui_pictures_bundled_embedding_from_its_lora_tag(sd1_dir, tmp_path):
     """The web UI lists a bundled embedding in TI hashes with its LoRA's name for a hash: no file is missing when the
     prompt's tag names that LoRA."""

@@ -56,7 +56,7 @@ from .config import GenerateConfig, build, typed_settings
 from .dynamic import literal
 from .emphasis import as_words, lora_tags
 from .errors import ConfigError
-from .formats import PNG_CHUNK, RECORD_KEY, exif_comment, on_disk
+from .formats import PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, on_disk, split_bundle
 from .generate import (HIRES_SETTINGS, MASK_SETTINGS, file_digest, file_sha256, folder_embeddings,
                        hash_name, lora_files, lora_sha256)
 from .hub import hub_reference
@@ -1430,13 +1430,23 @@ def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str], prom
     wanted = {_nfc(name).lower(): (name, short) for name, short in picture.ti_hashes.items()
               if _nfc(short).lower() not in tagged}
     given: list[tuple[str, Path]] = []  # (the name it answers to, the file)
+    bundles: list[tuple[str, str, str]] = []  # (the name it answers to, its LoRA's name, the entry)
     for i, entry in enumerate(files):
-        path = Path(entry).expanduser()
+        path, token = Path(entry).expanduser(), tokens[i] if i < len(tokens) and tokens[i] else None
+        names = [split_bundle(entry)[1]] if split_bundle(entry)[1] else bundled_names(path)[:1]
         if path.is_dir():
             given += [(_nfc(f.stem), f) for f in folder_embeddings(path) if _nfc(f.stem).lower() in wanted]
+        elif names:  # (FILE::NAME, or a LoRA that bundles one: listed with the LoRA's name, BundledTIHash)
+            bundles.append((_nfc(token or names[0]), _nfc(on_disk(entry).stem), entry))
         elif path.is_file():
-            given.append((_nfc(tokens[i] if i < len(tokens) and tokens[i] else path.stem), path))
+            given.append((_nfc(token or path.stem), path))
     found, other = set(), []
+    for name, lora, entry in bundles:
+        if name.lower() in wanted:
+            found.add(name.lower())
+            if wanted[name.lower()][1].lower() != lora.lower():
+                other.append(f"{entry} (bundled in the LoRA {lora}; the picture's {wanted[name.lower()][0]} "
+                             f"{wanted[name.lower()][1]})")
     for name, file in given:
         digest = file_digest(str(file))
         same = [key for key, (_, short) in wanted.items() if digest.startswith(short)]

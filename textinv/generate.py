@@ -1403,7 +1403,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
                              _embedding_sums(embeddings, paths, digests), where, pictures, inpaint, jobs, refiner,
-                             second, bundled)
+                             second, {**_given_bundles(embeddings, paths), **bundled})
         finally:
             unload_loras(model)
 
@@ -1566,6 +1566,18 @@ def _embedding_sums(embeddings: list[LearnedEmbedding], labels: list[str],
             continue
         sums[emb.token] = digests.get(label) or file_digest(str(file))
     return sums
+
+
+def _given_bundles(embeddings: list[LearnedEmbedding], labels: list[str]) -> dict[str, str]:
+    """The LoRA each --embedding bundled in one comes from (`FILE::NAME`, or a LoRA file that bundles it alone), by
+    token, as the web UI names a LoRA: its file's name without the suffix. Its "TI hashes" list a bundled embedding
+    with that name for a hash (BundledTIHash), the only way it has to draw one: with its LoRA on."""
+    found = {}
+    for emb, label in zip(embeddings, labels):
+        file, name = split_bundle(label)
+        if name is not None or bundled_names(file):
+            found[emb.token] = Path(file).stem
+    return found
 
 
 def _one_half(file: Path) -> bool:
