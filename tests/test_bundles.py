@@ -128,6 +128,25 @@ def test_an_embedding_given_beside_a_bundle_of_its_name_wins_as_in_the_web_ui(sd
     assert np.array_equal(drawn, loose)
 
 
+def test_a_loose_file_that_does_not_fit_gives_way_to_the_bundle_of_its_name_that_does(sd1_dir, loras, tmp_path):
+    """The web UI skips an embeddings-folder file of another shape, so a LoRA's bundle of its name is the one it
+    draws: so here, with a warning naming the file skipped; where neither fits, the loose file is refused as before."""
+    _, bundled, vectors = loras
+    model = load_model(sd1_dir)
+    wide = save_embedding(LearnedEmbedding("bund", {"text_encoder": torch.randn(2, 64)}), tmp_path / "bund.pt",
+                          "a1111")[0]
+    prompt = "a photo of bund <lora:mystyle:1>"
+    with pytest.warns(UserWarning, match=r"bund\.pt \(embedding 'bund', width 64.*is skipped: <lora:mystyle>'s"):
+        drawn, text = _draw(model, tmp_path, "skipped", prompt, lora_dir=[str(bundled)], embedding=[str(wide)])
+    alone, _ = _draw(model, tmp_path, "alone", prompt, lora_dir=[str(bundled)])
+    assert np.array_equal(drawn, alone) and 'TI hashes: "bund: mystyle"' in text["parameters"]
+    (tmp_path / "wide").mkdir()
+    both_wide = _bundle(None, tmp_path / "wide" / "mystyle.safetensors",
+                        {"bund": {"string_to_param.*": torch.randn(2, 64)}})
+    with pytest.raises(FormatError, match=r"embedding 'bund' has width 64.*but the model"):
+        _draw(model, tmp_path, "neither", prompt, lora_dir=[str(both_wide.parent)], embedding=[str(wide)])
+
+
 def test_bundled_names_outside_their_loras_prompts_and_clashing_bundles_are_refused(loras, tmp_path):
     plain, bundled, vectors = loras
     missing = str(tmp_path / "no-model")  # (refused before any model loads)

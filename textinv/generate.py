@@ -1242,7 +1242,8 @@ def _memory_error(where: _Where, error: BaseException):
 class Checked(NamedTuple):
     """What `checked_settings` read: the settings validated (a copy), the prompts' jobs (`_jobs`), the embeddings
     and their files, the LoRA files, the --init-image pictures (`_InitPictures`, each read once), the --mask's
-    `Inpaint`, and the LoRA each embedding bundled in one comes from (`_add_bundled`: token -> LoRA name)."""
+    `Inpaint`, the LoRA each embedding bundled in one comes from (`_add_bundled`: token -> LoRA name), and the
+    bundled embeddings an --embedding of their name kept out (`_add_bundled`), by lowercased token."""
 
     config: GenerateConfig
     jobs: list
@@ -1252,6 +1253,7 @@ class Checked(NamedTuple):
     pictures: "_InitPictures"
     inpaint: Inpaint | None
     bundled: dict
+    stand_ins: dict
 
 
 def checked_settings(config: GenerateConfig) -> Checked:
@@ -1295,19 +1297,22 @@ def checked_settings(config: GenerateConfig) -> Checked:
         keep = f" (and give the bundled embeddings the prompts write as --embedding {' '.join(kept)})" if kept else ""
         raise ConfigError(f"--hires-model draws without the prompts' LoRAs ({', '.join(sorted(loras))}) as yet: leave "
                           f"the <lora:...> tags out{keep}, or --hires-model (the hires fix then redraws with --model)")
-    bundled = _add_bundled(loras, embeddings, paths, said)
+    stand_ins: dict[str, tuple[LearnedEmbedding, str, str]] = {}
+    bundled = _add_bundled(loras, embeddings, paths, said, stand_ins)
     _check_bundled_prompted(config, jobs, bundled, loras)
     pictures = _InitPictures(refine.init_pictures(config.init_image))  # (a bad picture: said before the model loads)
     inpaint = mask_settings(config, pictures.sizes)  # (a bad mask too)
-    return Checked(config, jobs, embeddings, paths, loras, pictures, inpaint, bundled)
+    return Checked(config, jobs, embeddings, paths, loras, pictures, inpaint, bundled, stand_ins)
 
 
 def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], paths: list[str],
-                 said: str) -> dict[str, str]:
+                 said: str, stand_ins: dict | None = None) -> dict[str, str]:
     """Add the embeddings the prompts' LoRA files bundle (`formats.load_bundled`) to `embeddings` (and their
     `FILE::NAME` to `paths`), as the A1111 web UI installs them with their LoRA (extensions-builtin/Lora/networks.py);
     return the LoRA each comes from, by token. As there, a bundled name that an --embedding already gives is skipped
-    with a warning (its embeddings folder's file wins), and the LoRA's multipliers do not touch the vectors. Two LoRAs
+    with a warning (its embeddings folder's file wins), kept in `stand_ins` (lowercased token -> (embedding, its
+    FILE::NAME, its LoRA)) for a file that turns out not to fit the model (`_fitting`), and the LoRA's multipliers
+    do not touch the vectors. Two LoRAs
     that bundle one name with different vectors are refused: which the web UI draws is not knowable from here. Only
     the names the prompts write (`said`, lowercased) are added, as a web UI embeddings folder's files are: the others
     draw nothing, and a name textinv cannot install (one of several words) fails no prompt that does not use it."""
@@ -1328,8 +1333,10 @@ def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], pat
                                   f"--token {one}, then give --embedding {one}.pt and write {one}")
             if key in given:
                 warnings.warn(f"<lora:{name}> bundles the embedding {emb.token!r}, which an --embedding gives too: "
-                              f"the --embedding is drawn, as the web UI skips a bundled embedding its embeddings "
-                              f"folder has", stacklevel=3)
+                              f"the --embedding is drawn (where it fits the model), as the web UI skips a bundled "
+                              f"embedding its embeddings folder has", stacklevel=3)
+                if stand_ins is not None:
+                    stand_ins.setdefault(key, (emb, f"{path}{BUNDLE_SEPARATOR}{emb.token}", name))
             elif key in added:
                 other = added[key]
                 if other.widths != emb.widths or any(not torch.equal(other.vectors[k], emb.vectors[k])
@@ -1342,6 +1349,35 @@ def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], pat
                 paths.append(f"{path}{BUNDLE_SEPARATOR}{emb.token}")
                 added[key], bundled[emb.token] = emb, name
     return bundled
+
+
+def _fitting(config: GenerateConfig, jobs: list, model: Model, embeddings: list[LearnedEmbedding], paths: list[str],
+             loras: dict[str, Path], bundled: dict[str, str], stand_ins: dict) -> None:
+    """Put in the place of an --embedding that does not fit `model` (another width) the embedding of its name a
+    prompt's LoRA bundles (`_add_bundled`'s `stand_ins`), where that one fits, with a warning naming the file
+    skipped: the web UI skips an embeddings folder's file of another shape (textual_inversion.py), so the LoRA's
+    bundle is the one it has under that name (Lora/networks.py). Where neither fits, `install_embedding` refuses the
+    --embedding, as before."""
+    for i, emb in enumerate(embeddings):
+        stand_in = stand_ins.get(emb.token.lower())
+        if stand_in is None or _fits(model, emb) or not _fits(model, stand_in[0]):
+            continue
+        bundle, path, lora = stand_in
+        _check_bundled_prompted(config, jobs, {bundle.token: lora}, loras)  # (its LoRA's passes only, as a bundle)
+        warnings.warn(f"{paths[i]} (embedding {emb.token!r}, width {describe_widths(emb.widths)}) does not fit the "
+                      f"model {model.source} (width {describe_widths(model.widths)}) and is skipped: <lora:{lora}>'s "
+                      f"bundled {bundle.token!r} is drawn, as the web UI skips an embedding of another shape",
+                      stacklevel=4)
+        embeddings[i], paths[i] = bundle, path
+        bundled[bundle.token] = lora
+
+
+def _fits(model: Model, emb: LearnedEmbedding) -> bool:
+    try:
+        check_fits(model, emb)
+    except FormatError:
+        return False
+    return True
 
 
 def _check_bundled_prompted(config: GenerateConfig, jobs: list, bundled: dict[str, str],
@@ -1376,7 +1412,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
               where: _Where, refiner: Model | None = None) -> list[Path]:
     """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     check_model_object(model)
-    config, jobs, embeddings, paths, loras, pictures, inpaint, bundled = checked_settings(config)
+    config, jobs, embeddings, paths, loras, pictures, inpaint, bundled, stand_ins = checked_settings(config)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
@@ -1393,6 +1429,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     where.installing = f"installing {what} in the model" if what else "preparing to draw"
     with handed_back(model), handed_back(refiner.model) if refiner else contextlib.nullcontext(), \
             handed_back(second) if second else contextlib.nullcontext():
+        _fitting(config, jobs, model, embeddings, paths, loras, bundled, stand_ins)
         for emb in embeddings:
             install_embedding(model, emb)
             if refiner:  # (its clip_g half, for an SDXL refiner: `check_fits`)
