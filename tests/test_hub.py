@@ -57,6 +57,18 @@ def test_a_named_file_in_a_repo_is_read_as_diffusers_weight_name(hub_cache):
     assert load_embedding("me/embeds/sub/other.safetensors").token == "<o>"
 
 
+def test_a_named_second_file_of_a_diffusers_sdxl_pair_fetches_and_reads_the_first(hub_cache, monkeypatch):
+    import huggingface_hub
+
+    pair = LearnedEmbedding("<xl>", {"text_encoder": torch.randn(1, 768), "text_encoder_2": torch.randn(1, 1280)})
+    save_embedding(pair, cache_snapshot(hub_cache, "me/xl") / "learned_embeds.safetensors", "diffusers-sdxl")
+    asked, download = [], huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, **kw: asked.append(name) or
+                        download(repo, name, **kw))
+    assert load_embedding("me/xl/learned_embeds_2.safetensors").widths == (768, 1280)
+    assert asked == ["learned_embeds_2.safetensors", "learned_embeds.safetensors"]
+
+
 def test_a_token_identifier_that_differs_from_the_files_token_is_warned_about(hub_cache):
     cache_repo(hub_cache, "me/dog", {"learned_embeds.bin": concept("<dog>"), "token_identifier.txt": b"<puppy>\n"})
     with pytest.warns(UserWarning, match=r"token_identifier.txt names the token '<puppy>', but its embedding file "

@@ -66,7 +66,7 @@ def fetch_embedding(repo: str, file: str | None = None) -> Path:
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
-    from .formats import second_file
+    from .formats import first_file, second_file
     from .models import offline_note
 
     key = (repo, file, str(constants.HF_HUB_CACHE))
@@ -91,8 +91,9 @@ def fetch_embedding(repo: str, file: str | None = None) -> Path:
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); try again, or "
                               f"download it and give its path") from None
         else:
-            if found.suffix == ".safetensors":  # diffusers' SDXL pair: its second file, beside it if the repo has one
-                _fetch_quietly(repo, second_file(Path(name)).as_posix())
+            if found.suffix == ".safetensors":  # diffusers' SDXL pair: its other file, beside it if the repo has one
+                first = first_file(Path(name))
+                _fetch_quietly(repo, (first or second_file(Path(name))).as_posix())
             _fetched[key] = found
             return found
     shown = "/".join([repo, file]) if file else repo
