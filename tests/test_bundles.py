@@ -1,7 +1,9 @@
 """Embeddings bundled in LoRA files (bundle_emb.NAME.KEY, as the A1111 web UI, Forge and OneTrainer keep them):
 read, inspected and converted as one embedding, and installed by a prompt's <lora:...> tag."""
 
+import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -136,14 +138,18 @@ def test_a_loose_file_that_does_not_fit_gives_way_to_the_bundle_of_its_name_that
     wide = save_embedding(LearnedEmbedding("bund", {"text_encoder": torch.randn(2, 64)}), tmp_path / "bund.pt",
                           "a1111")[0]
     prompt = "a photo of bund <lora:mystyle:1>"
-    with pytest.warns(UserWarning, match=r"bund\.pt \(embedding 'bund', width 64.*is skipped: <lora:mystyle>'s"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         drawn, text = _draw(model, tmp_path, "skipped", prompt, lora_dir=[str(bundled)], embedding=[str(wide)])
+    assert any(re.search(r"bund\.pt \(embedding 'bund', width 64.*is skipped: <lora:mystyle>'s", str(w.message))
+               for w in caught)
     alone, _ = _draw(model, tmp_path, "alone", prompt, lora_dir=[str(bundled)])
     assert np.array_equal(drawn, alone) and 'TI hashes: "bund: mystyle"' in text["parameters"]
     (tmp_path / "wide").mkdir()
     both_wide = _bundle(None, tmp_path / "wide" / "mystyle.safetensors",
                         {"bund": {"string_to_param.*": torch.randn(2, 64)}})
-    with pytest.raises(FormatError, match=r"embedding 'bund' has width 64.*but the model"):
+    with pytest.raises(FormatError, match=r"embedding 'bund' has width 64.*but the model"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (that the --embedding is drawn: said before the model loads)
         _draw(model, tmp_path, "neither", prompt, lora_dir=[str(both_wide.parent)], embedding=[str(wide)])
 
 
@@ -195,8 +201,6 @@ def test_a_bundle_given_as_embedding_is_in_ti_hashes_by_its_loras_name_and_again
                                                                                                 tmp_path):
     """--embedding FILE::NAME (or a LoRA that bundles it alone) is listed as the web UI lists a bundled embedding,
     with its LoRA's name for a hash; --again of that text given the same entry finds it, and tells another LoRA."""
-    import warnings
-
     from PIL.PngImagePlugin import PngInfo
 
     from textinv.again import again_config
