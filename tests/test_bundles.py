@@ -133,7 +133,7 @@ def test_an_embedding_given_beside_a_bundle_of_its_name_wins_as_in_the_web_ui(sd
 def test_a_loose_file_that_does_not_fit_gives_way_to_the_bundle_of_its_name_that_does(sd1_dir, loras, tmp_path):
     """The web UI skips an embeddings-folder file of another shape, so a LoRA's bundle of its name is the one it
     draws: so here, with a warning naming the file skipped; where neither fits, the loose file is refused as before."""
-    _, bundled, vectors = loras
+    _, bundled, _ = loras
     model = load_model(sd1_dir)
     wide = save_embedding(LearnedEmbedding("bund", {"text_encoder": torch.randn(2, 64)}), tmp_path / "bund.pt",
                           "a1111")[0]
@@ -205,7 +205,7 @@ def test_a_bundle_given_as_embedding_is_in_ti_hashes_by_its_loras_name_and_again
 
     from textinv.again import again_config
 
-    _, bundled, vectors = loras
+    _, bundled, _ = loras
     lora = bundled / "mystyle.safetensors"
     model = load_model(sd1_dir)
     for k, entry in enumerate((f"{lora}::bund", str(lora))):
