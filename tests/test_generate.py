@@ -1044,6 +1044,20 @@ def test_prompt_editing_in_the_hires_fixs_pass_counts_on_from_the_first_pass_as_
     assert prompt_schedule(prompt, 10, first=10) == schedule
 
 
+@pytest.mark.parametrize("prompt, first, schedule", [
+    ("a [b:c:0.5] [d:e:1.5]", None, [(1, "a b d"), (5, "a b e"), (10, "a c e")]),  # 1.5: step 1; 0.5: half
+    ("[cat:dog:1.0]", None, [(1, "cat"), (10, "dog")]),  # (the new timelines: "cat" all 10 steps)
+    ("[cat:dog:0.5]", 8, [(4, "cat"), (8, "dog")]),  # the hires pass: the first pass's schedule, counted from 0
+    ("[cat:dog:3]", 8, [(3, "cat"), (8, "dog")]),
+])
+def test_the_old_prompt_editing_timelines_are_the_web_uis_use_old_scheduling(prompt, first, schedule):
+    """The web UI's "Old prompt editing timelines" (before 1.6): a number below 1 is a fraction of the steps and any
+    other a step, whether it has a decimal point or not, and the hires pass takes the first pass's schedule."""
+    from textinv.emphasis import prompt_schedule
+
+    assert prompt_schedule(prompt, 10, first=first, old=True) == schedule
+
+
 def test_the_hires_pass_draws_a_prompt_edit_past_its_first_pass_throughout(sd1_dir, tmp_path):
     """`[cat:dog:0.5]` with the hires fix: the first pass switches halfway, the hires pass draws "dog" all through,
     the picture its hires prompt "dog" draws."""
@@ -1119,6 +1133,21 @@ def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidan
     whole = render(load_model(sd1_dir), ["a [red:blue:1.0] dog"], [0], steps=4, guidance=guidance,
                    negative_prompt="ugly", sampler="euler")  # one stretch: the plain path, the same picture
     assert np.array_equal(np.asarray(whole[0]), np.asarray(plain[0]))
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpm2_karras"])
+def test_a_second_order_samplers_prompt_editing_counts_its_model_calls_as_the_web_ui_does(sd1_dir, sampler):
+    """The web UI schedules a second-order sampler's prompt editing over twice the steps and counts its model calls
+    (step_multiplier): `[red:blue:2]` at 4 steps (7 calls) draws red for calls 0-2, not for the first 3 steps' 5."""
+    from textinv.generate import encode_prompts
+
+    model = load_model(sd1_dir)
+    seen = _conditioning_seen(model)
+    render(model, ["a [red:blue:2] dog"], [0], steps=4, guidance=7.5, negative_prompt="", sampler=sampler)
+    red, blue = (encode_prompts(model, [f"a {c} dog"])[0] for c in ("red", "blue"))
+    assert len(seen) == 7
+    for call, (hidden, _) in enumerate(seen):
+        torch.testing.assert_close(hidden[1:], red if call <= 2 else blue)
 
 
 def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir, tmp_path):

@@ -244,7 +244,7 @@ def composable_parts(prompt: str) -> list[tuple[str, float]]:
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")  # the web UI's grammar: a signed number
 
 
-def prompt_schedule(prompt: str, steps: int, first: int | None = None) -> list[tuple[int, str]]:
+def prompt_schedule(prompt: str, steps: int, first: int | None = None, old: bool = False) -> list[tuple[int, str]]:
     """The web UI's prompt editing and alternation as (last step, text) pairs, last steps in 1..`steps`, as its
     parser gives them. The web UI counts the sampling steps from 0 and gives step s the text of the first pair
     whose last step is at least s (`generate` does the same), so `[cat:dog:5]` draws "cat" for 6 steps. The texts
@@ -262,18 +262,27 @@ def prompt_schedule(prompt: str, steps: int, first: int | None = None) -> list[t
     from it: a fraction below 1 is of the first pass, done by then (`[cat:dog:0.5]` is "dog" throughout), one above
     1 of this pass (`1.5`: half of it), and a step counts on from the first pass's (`first` + 5: its step 5).
 
+    `old`: the web UI's "Old prompt editing timelines" (its use_old_scheduling, before 1.6): a `when` below 1 is a
+    fraction of the steps and any other a step (`1.5`: step 1), and the hires fix's pass takes the first pass's
+    schedule over its `first` steps, its own steps counted from 0.
+
     >>> prompt_schedule("a [cat:dog:0.5] on [grass::3]", 10)
     [(3, 'a cat on grass'), (5, 'a cat on '), (10, 'a dog on ')]
     >>> prompt_schedule("[red|blue] car", 3)
     [(1, 'red car'), (2, 'blue car'), (3, 'red car')]
+    >>> prompt_schedule("[cat:dog:1.5]", 10, old=True)
+    [(1, 'cat'), (10, 'dog')]
     """
+    if old and first is not None:
+        steps, first = first, None
+    rule = (steps, first, old)
     try:
         tree = _parse_schedule(prompt)
         if _stray_bar(tree):  # the web UI's grammar fails on it, and its prompt is then one text for every step
             return [(steps, prompt)]
         ends = {steps}
-        _collect_steps(tree, steps, ends, first)
-        texts = [(end, _text_at(tree, end, steps, first)) for end in sorted(e for e in ends if 1 <= e <= steps)]
+        _collect_steps(tree, rule, ends)
+        texts = [(end, _text_at(tree, end, rule)) for end in sorted(e for e in ends if 1 <= e <= steps)]
     except RecursionError:  # (thousands of nested brackets; the web UI's parser gives up on such a prompt too)
         return [(steps, prompt)]
     schedule: list[tuple[int, str]] = []
@@ -389,39 +398,42 @@ def _square(parts: list[list], seps: list[str]) -> list:
     return nodes + ["]"]
 
 
-def _edit_step(when: str, steps: int, first: int | None = None) -> int:
-    if first is None:
+def _edit_step(when: str, rule: tuple[int, int | None, bool]) -> int:
+    """The last step before `when` takes effect under `rule` (steps, first, old: `prompt_schedule`'s)."""
+    steps, first, old = rule
+    if old:  # (the web UI's use_old_scheduling: below 1 a fraction, else a step)
+        value = float(when) * steps if float(when) < 1 else float(when)
+    elif first is None:
         value = float(when) * steps if "." in when else float(when)
     else:  # (the hires fix's pass, scheduled on from the first pass's `first` steps: `prompt_schedule`)
         value = (float(when) - 1) * steps if "." in when else float(when) - first
     return int(max(-1.0, min(float(steps), value)))  # (a value past a float's range is infinite: cut, not int()ed)
 
 
-def _collect_steps(nodes: list, steps: int, ends: set[int], first: int | None = None) -> None:
+def _collect_steps(nodes: list, rule: tuple, ends: set[int]) -> None:
     """Add to `ends` every step after which some edit or alternation changes the text."""
     for node in nodes:
         if isinstance(node, str):
             continue
         if node[0] == "edit":
-            ends.add(_edit_step(node[3], steps, first))
-            _collect_steps(node[1], steps, ends, first)
-            _collect_steps(node[2], steps, ends, first)
+            ends.add(_edit_step(node[3], rule))
+            _collect_steps(node[1], rule, ends)
+            _collect_steps(node[2], rule, ends)
         else:
-            ends.update(range(1, steps + 1))
+            ends.update(range(1, rule[0] + 1))
             for option in node[1]:
-                _collect_steps(option, steps, ends, first)
+                _collect_steps(option, rule, ends)
 
 
-def _text_at(nodes: list, step: int, steps: int, first: int | None = None) -> str:
+def _text_at(nodes: list, step: int, rule: tuple) -> str:
     out = []
     for node in nodes:
         if isinstance(node, str):
             out.append(node)
         elif node[0] == "edit":
-            out.append(_text_at(node[1] if step <= _edit_step(node[3], steps, first) else node[2], step, steps,
-                                first))
+            out.append(_text_at(node[1] if step <= _edit_step(node[3], rule) else node[2], step, rule))
         else:
-            out.append(_text_at(node[1][(step - 1) % len(node[1])], step, steps, first))
+            out.append(_text_at(node[1][(step - 1) % len(node[1])], step, rule))
     return "".join(out)
 
 

@@ -48,7 +48,7 @@ from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_dif
                      resolve_source, source_is_sdxl_refiner_file, source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
-from .samplers import scheduler_for, webui_names
+from .samplers import scheduler_for, step_multiplier, webui_names
 from .tokens import add_tokens, check_new_token, expand_prompt, scratch_tokens, token_names, tokenizer_copy
 
 DEFAULT_STEPS = 25
@@ -461,7 +461,7 @@ def render(
                   **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {}),
                   **({"guidance": hires.guidance} if hires.guidance is not None else {})}
         return _refined(second_model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
-                        size, variation, refiner=refiner, first_pass=steps, **second)
+                        size, variation, refiner=refiner, first_pass=steps * step_multiplier(sampler), **second)
 
 
 def seed_noise(generators: list[torch.Generator], shape: tuple[int, ...],
@@ -593,9 +593,10 @@ class _Layout(NamedTuple):
 
 
 def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
-            first_pass: int | None = None) -> _Layout:
+            first_pass: int | None = None, old_editing: bool = False) -> _Layout:
     """The sub-prompts, stretches of steps and chunks of 77 a pass over `steps` steps draws `prompts` with
-    (`first_pass`: the first pass's steps, where this is the hires fix's pass: `emphasis.prompt_schedule`'s `first`).
+    (`first_pass`: the first pass's steps, where this is the hires fix's pass: `emphasis.prompt_schedule`'s `first`;
+    `old_editing`: its `old`).
 
     Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps (`ends`: each one's last
     step) with texts of their own (`texts[stretch]`: each sub-prompt's, then the negative's); a prompt without them
@@ -610,7 +611,8 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
     weights = [w for per in parts for _, w in per]
     subprompts = [text for per in parts for text, _ in per]
-    schedules = [emphasis.prompt_schedule(text, steps, first_pass) for text in subprompts + [negative_prompt]]
+    schedules = [emphasis.prompt_schedule(text, steps, first_pass, old_editing)
+                 for text in subprompts + [negative_prompt]]
     ends = sorted({end for schedule in schedules for end, _ in schedule})
     texts = [[next(text for end, text in schedule if last <= end) for schedule in schedules] for last in ends]
     rows = [_prompt_chunks(model, stretch[:-1]) for stretch in texts]
@@ -647,7 +649,8 @@ def _counts(per_encoder, rows: int) -> list[int]:
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
           guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
-          refiner: Refiner | None = None, first_pass: int | None = None, edit_steps: int | None = None, **call):
+          refiner: Refiner | None = None, first_pass: int | None = None, edit_steps: int | None = None,
+          old_editing: bool = False, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
@@ -656,15 +659,19 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     the output the pipeline gets. `refiner` draws the pass's last steps (`_handing_on`). `first_pass`: the first
     pass's steps, where this is the hires fix's pass, whose prompt editing counts on from them (`_layout`);
     `edit_steps`: the steps its prompt editing is scheduled over where not the steps it runs (an img2img pass runs
-    the last of them, its steps counted from 0, as the web UI counts them)."""
+    the last of them, its steps counted from 0, as the web UI counts them). A second-order sampler's steps count
+    as its model calls (`step_multiplier`: two a step), as the web UI counts them; `old_editing`: the web UI's old
+    prompt editing timelines (`emphasis.prompt_schedule`'s `old`)."""
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
     given_unet = pipe.unet
-    prompting = (prompts, negative_prompt, edit_steps or steps, clip_skip, size, emphasis_mode, stretch, first_pass)
+    multiplier = step_multiplier(sampler)
+    prompting = (prompts, negative_prompt, (edit_steps or steps) * multiplier, clip_skip, size, emphasis_mode, stretch,
+                 first_pass, old_editing)
     ends, given, hooks = _prompted(model, pipe, pipe.unet, *prompting)
     kwargs = dict(given[0])
-    switching = _switching_conditioning(model, steps, ends, given, stretch) if len(ends) > 1 else {}
+    switching = _switching_conditioning(model, steps, ends, given, stretch, multiplier > 1) if len(ends) > 1 else {}
     if refiner is not None:
         _, refined, refiner_hooks = _prompted(refiner.model, pipe, refiner.model.unet, *prompting)
         hooks += refiner_hooks
@@ -700,12 +707,12 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
 
 def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str, steps: int, clip_skip: int,
               size: tuple[int, int], emphasis_mode: str, stretch: list[int],
-              first_pass: int | None = None) -> tuple[list[int], list[dict], list]:
+              first_pass: int | None = None, old_editing: bool = False) -> tuple[list[int], list[dict], list]:
     """`model`'s conditioning of a pass (`_pass`) and what draws it: the stretches' last steps (`_layout`), the
     pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
     draw composable diffusion or hide the padding (`stretch`: the stretch the next UNet call is in)."""
     width, height = size
-    at = _layout(model, prompts, negative_prompt, steps, first_pass)
+    at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
     zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
     means = _schedule_means(model, at.schedules, clip_skip, emphasis_mode)
@@ -925,13 +932,15 @@ def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks
 
 
 def _switching_conditioning(model: Model, steps: int, ends: list[int], conditioning: list[dict],
-                            current: list[int]) -> dict:
+                            current: list[int], per_call: bool = False) -> dict:
     """Pipeline arguments that give each sampling step its stretch's conditioning, as the web UI does: step s,
     counted from 0, takes the first stretch whose last step `ends[k]` is at least s (so an edit at step 5 of 10
     switches after 6 steps, and `[a|b]` draws a, a, b, a, ...). Diffusers calls `callback_on_step_end` after each
     iteration and what it returns replaces the tensors the next ones read (under classifier-free guidance the
     negative's and the prompt's, laid end to end). An iteration's step is its timestep's place among the
     schedule's distinct timesteps: PNDM repeats one (steps + 1 iterations), Heun-like samplers take two per step.
+    `per_call`: an iteration's step is its place among the iterations, one model call each, as the web UI counts
+    a second-order sampler's steps (`step_multiplier`).
     `current` ([0] to start) holds the stretch the next iteration is in, which `_composing` reads too."""
     names = ["prompt_embeds"] + (["add_text_embeds"] if model.is_xl else [])
     step_of: list[int] = []  # each iteration's step, from 0 (the timesteps are set once sampling starts)
@@ -940,7 +949,8 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
         if not step_of:  # (an img2img pass runs the schedule's last `num_timesteps` only)
             timesteps = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) - pipe.num_timesteps:].tolist()
             place = {value: n for n, value in enumerate(dict.fromkeys(timesteps))}
-            step_of.extend(place[value] * steps // len(place) for value in timesteps)
+            step_of.extend(range(len(timesteps)) if per_call else (place[value] * steps // len(place)
+                                                                   for value in timesteps))
         if i + 1 >= len(step_of):
             return {}
         k = min(bisect.bisect_left(ends, step_of[i + 1]), len(ends) - 1)  # the next iteration's stretch

@@ -35,6 +35,9 @@ class Base(NamedTuple):
     # the web UI's discard_next_to_last_sigma: the schedule of one step more, less its smallest non-zero sigma, so the
     # last step goes from a larger noise level to none (`_discarding`)
     discard: bool = False
+    # the web UI's second_order: two model calls a step, which it counts as two steps where it schedules prompt
+    # editing (SamplerData.total_steps, StableDiffusionProcessing.step_multiplier): `step_multiplier`
+    second_order: bool = False
 
 
 _DPM = "DPMSolverMultistepScheduler"
@@ -51,16 +54,19 @@ BASES = {
                                                          "solver_type": "heun"}, "exponential", True),
     "dpm++3m_sde": Base("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
                         "exponential", True, discard=True),
-    "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde"),
+    "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde", second_order=True),
     "ddim": Base("DDIM", "DDIMScheduler", {}),
     "ddpm": Base("DDPM", "DDPMScheduler", {}),
     # the web UI's UniPC at its defaults (uni_pc_variant bh1, uni_pc_order 3, uni_pc_lower_order_final) and ComfyUI's
     # uni_pc; diffusers' own default is bh2 at order 2, ending at sigma 0
     "unipc": Base("UniPC", "UniPCMultistepScheduler", _UNIPC | {"solver_type": "bh1"}),
     "unipc_bh2": Base(None, "UniPCMultistepScheduler", _UNIPC | {"solver_type": "bh2"}),  # ComfyUI's uni_pc_bh2
-    "heun": Base("Heun", "HeunDiscreteScheduler", {}, spaced=True),  # Karras et al. 2022, Algorithm 1
-    "dpm2": Base("DPM2", "KDPM2DiscreteScheduler", {}, "karras", True, discard=True),  # k-diffusion's sample_dpm_2
-    "dpm2_a": Base("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "karras", True, discard=True),
+    # Karras et al. 2022, Algorithm 1
+    "heun": Base("Heun", "HeunDiscreteScheduler", {}, spaced=True, second_order=True),
+    "dpm2": Base("DPM2", "KDPM2DiscreteScheduler", {}, "karras", True, discard=True,  # k-diffusion's sample_dpm_2
+                 second_order=True),
+    "dpm2_a": Base("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "karras", True, discard=True,
+                   second_order=True),
     # pseudo linear multistep (Liu et al. 2022) without PNDM's Runge-Kutta warm-up, as the web UI's PLMS
     "plms": Base("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
     # the web UI's "DPM++ 2S a" is ancestral, diffusers' single-step DPM-Solver++ is not: no web UI name
@@ -101,6 +107,16 @@ EVEN_SPACINGS = {"uniform", "sgm uniform", "sgm_uniform", "normal", "simple", "d
 # use_beta_sigmas space the noise levels themselves from the largest to the smallest (SD at 10 steps: the middle step
 # at sigma 2.6 there, 8.4 here)
 COMFY_OTHER_SCHEDULES = {"beta"}
+
+
+def step_multiplier(name: str) -> int:
+    """The model calls a step of sampler `name` counts as where the web UI schedules prompt editing: 2 for its
+    second-order samplers (Heun, DPM2, DPM2 a, DPM++ SDE), else 1 (the model's own, "default", too).
+
+    >>> step_multiplier("heun_karras"), step_multiplier("dpm++2m")
+    (2, 1)
+    """
+    return 2 if name in _PARTS and BASES[_PARTS[name][0]].second_order else 1
 
 
 def webui_names(name: str) -> tuple[str, str | None] | None:
