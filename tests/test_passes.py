@@ -360,6 +360,35 @@ def test_the_web_uis_emphasis_settings_weigh_as_it_does_and_are_written_and_read
         assert again_config(web, {"model": str(sd1_dir)})[0].emphasis == "ignore"
 
 
+def test_old_prompt_editing_timelines_are_drawn_written_and_read_back_as_the_web_ui_does(sd1_dir, tmp_path):
+    """--old-prompt-editing draws `[red:blue:1.5]` at 4 steps red for step 0-1 (the old timelines: step 1), not
+    all 4 (the new: a fraction past the end), and is written as the web UI writes it; --again reads it back, and
+    gives it to a web UI picture before 1.6.0 with a `[` in its prompt, as the web UI redraws one."""
+    from textinv.again import again_config
+
+    def draw(name, prompt, **old):
+        return generate(GenerateConfig(prompt=[prompt], n=1, seed=2, steps=4, width=16, model=str(sd1_dir),
+                                       metadata="full", out=str(tmp_path / name), **old), progress=False)[0]
+
+    old = draw("old", "a [red:blue:1.5] dog", old_prompt_editing=True)
+    assert np.array_equal(np.asarray(Image.open(old)), np.asarray(Image.open(draw("same", "a [red:blue:1] dog"))))
+    assert not np.array_equal(np.asarray(Image.open(old)),
+                              np.asarray(Image.open(draw("new", "a [red:blue:1.5] dog"))))
+    assert "Old prompt editing timelines: True" in Image.open(old).text["parameters"]
+    unchanged = draw("unchanged", "a [red:blue:2] dog", old_prompt_editing=True)  # (the same either way: unsaid)
+    assert "Old prompt editing" not in Image.open(unchanged).text["parameters"]
+    assert again_config(old, {"out": str(tmp_path / "b")})[0].old_prompt_editing
+    edited = "a [red:blue:1.5] dog"
+    for version, prompt, expected in [("v1.5.2", edited, True), ("v1.6.0", edited, False), ("v1.5.2", "a red dog", False),
+                                      (None, edited, False)]:  # (no Version: the web UI leaves it, as its own)
+        field = f", Version: {version}" if version else ""
+        web = _picture(tmp_path / "w.png", f"{prompt}\nSteps: 4, Seed: 3, Size: 16x16{field}")
+        assert again_config(web, {"model": str(sd1_dir)})[0].old_prompt_editing is expected, version
+    web = _picture(tmp_path / "w.png", "a [red:blue:1.5] dog\nSteps: 4, Seed: 3, Size: 16x16, "
+                                       "Old prompt editing timelines: True, Version: v1.9.0")
+    assert again_config(web, {"model": str(sd1_dir)})[0].old_prompt_editing
+
+
 def test_again_takes_a_flag_that_draws_another_way_over_the_pictures_way(sd1_dir, tmp_path):
     """--again's flags go over the picture's settings: one that draws a setting another way replaces the picture's
     way (its hires size by another, its hires fix by --init-image and back, its variation by strength 0), rather

@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from . import __version__
 from .config import GenerateConfig, build, typed_settings
 from .dynamic import literal
@@ -78,7 +80,7 @@ _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
                "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
                "Variation seed strength", "Tiling", "Emphasis", "Mask blur", "Mask mode", "Masked content",
                "Inpaint area", "Masked area padding", "Inpaint blend", "Refiner", "Refiner switch at",
-               "Hires CFG Scale", "Hires checkpoint")
+               "Hires CFG Scale", "Hires checkpoint", "Old prompt editing timelines")
 # sd-dynamic-prompts' templates, where a version writes them among the settings (else after them:
 # `_without_templates`): the prompts above are what was drawn, so a redraw needs nothing of them
 _A1111_DRAWN_FROM = ("Template", "Negative Template")
@@ -443,15 +445,34 @@ def _without_templates(lines: list[str]) -> list[str]:
     return lines
 
 
+def _before_new_timelines(version: str | None) -> bool:
+    """Whether the web UI `version` (its infotext's "Version") is before 1.6.0, whose pictures with a `[` in the
+    prompt it redraws on the old prompt editing timelines, reading it as its infotext_versions does: the first two
+    parts between dashes ("v1.5.1-12-gabc": v1.5.1-12), a PEP 440 version; none, or one it cannot read: not before.
+
+    >>> _before_new_timelines("v1.5.2"), _before_new_timelines("1.6.0-RC-28-ga0af285"), _before_new_timelines(None)
+    (True, True, False)
+    """
+    if version is None:
+        return False
+    match = re.match(r"([^-]+-[^-]+)-.*", version)
+    try:
+        return Version(match.group(1) if match else version) < Version("1.6.0")
+    except InvalidVersion:
+        return False
+
+
 def _from_a1111(path: Path, text: str) -> Picture:
     prompt, negative, fields = parse_a1111_parameters(text)
     settings: dict[str, Any] = {"prompt": [prompt], "negative_prompt": negative}
     names = {"Steps": "steps", "CFG scale": "guidance", "Seed": "seed", "Clip skip": "clip_skip",
              "Variation seed": "variation_seed", "Variation seed strength": "variation_strength", "Tiling": "tiling",
-             "Emphasis": "emphasis"}
+             "Emphasis": "emphasis", "Old prompt editing timelines": "old_prompt_editing"}
     for label, name in names.items():
         if label in fields:
             settings[name] = fields[label]
+    if _before_new_timelines(fields.get("Version")) and "[" in prompt and "old_prompt_editing" not in settings:
+        settings["old_prompt_editing"] = True  # (as the web UI redraws it: infotext_versions.backcompat)
     notes = []
     if str(settings.get("emphasis", "")).strip().lower() == "none":  # (the web UI's None: brackets read as words)
         notes.append(f"{path} was drawn with the web UI's Emphasis None, its brackets read as words; textinv reads "

@@ -886,6 +886,10 @@ class GenerateConfig:
                                          "variation seed's)")
     tiling: bool = opt(False, "pictures that wrap around at their edges, so copies tile without a seam (textures; "
                               "the web UI's Tiling)")
+    old_prompt_editing: bool = opt(False, "prompt editing on the web UI's old timelines (its \"Use old prompt editing "
+                                          "timelines\", before 1.6): in [a:b:N] an N below 1 is a fraction of the "
+                                          "steps, any other a step (1.5: step 1), and the hires fix's pass takes the "
+                                          "first pass's schedule")
     emphasis: str = opt("original", "how (word:1.3) weights apply, as the web UI's Emphasis setting: original (the "
                                     "weights, each 75-token chunk then scaled back to its mean), no-norm (the weights "
                                     "alone), ignore (the syntax read, the weights left out)", choices=EMPHASIS,

@@ -380,6 +380,7 @@ def render(
     emphasis_mode: str = "original",
     inpaint: Inpaint | None = None,
     refiner: Refiner | None = None,
+    old_editing: bool = False,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
@@ -392,7 +393,7 @@ def render(
     web UI's passes do: a seed gives its picture at any batch size. `variation` (each picture's variation seed, and
     the strength) blends each pass's noise toward the variation seed's (`seed_noise`), and `tiling` draws pictures
     that wrap around at their edges (`_tiled`), each as the web UI does; `emphasis_mode` is its Emphasis setting
-    (`emphasis.MODES`). `inpaint` (with `start`) redraws only the mask's part of each picture (`inpaint`, the web
+    (`emphasis.MODES`), `old_editing` its old prompt editing timelines (`emphasis.prompt_schedule`). `inpaint` (with `start`) redraws only the mask's part of each picture (`inpaint`, the web
     UI's inpainting); a model made for it (a UNet of 9 input channels) draws only from pictures. `refiner` draws
     the last steps (`Refiner`), of the hires fix's second pass where there is one, as the web UI's default
     (hires_fix_refiner_pass: second pass): of `hires.model`'s pass, where it has one.
@@ -424,7 +425,7 @@ def render(
         img2img = (denoise or refine.IMG2IMG_DENOISE) if start is not None else None
         _check_refiner_passes(second_model, refiner, steps, sampler, img2img, hires)
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
-                   clip_skip=clip_skip, emphasis_mode=emphasis_mode)
+                   clip_skip=clip_skip, emphasis_mode=emphasis_mode, old_editing=old_editing)
     if inpaint is not None and start is None:
         raise ConfigError("render's `inpaint` masks the pictures in `start` (--mask needs --init-image)")
     if start is None and pipe.unet.config.in_channels == 9:
@@ -1014,7 +1015,7 @@ def png_text(params: dict[str, str]) -> PngInfo:
     labels = {"steps": "Steps", "sampler": "Sampler", "schedule": "Schedule type", "guidance": "CFG scale",
               "seed": "Seed", "variation_seed": "Variation seed", "variation_strength": "Variation seed strength",
               "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
-              "emphasis": "Emphasis", "mask_blur": "Mask blur", "mask_mode": "Mask mode",
+              "emphasis": "Emphasis", "old_prompt_editing": "Old prompt editing timelines", "mask_blur": "Mask blur", "mask_mode": "Mask mode",
               "masked_content": "Masked content", "inpaint_area": "Inpaint area",
               "masked_padding": "Masked area padding", "inpaint_blend": inpainting.BLEND_LABEL,
               "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
@@ -1926,7 +1927,7 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "single_file_config": _where(config.single_file_config), "vae": _where(config.vae),
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
             "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
-            "tiling": config.tiling, "emphasis": config.emphasis,
+            "tiling": config.tiling, "emphasis": config.emphasis, "old_prompt_editing": config.old_prompt_editing,
             "init_image": _where(str(init_image) if init_image else None),
             "denoise": passes_denoise(config), **_mask_record(config), "refiner": _where(config.refiner),
             "refiner_switch_at": config.switch_at() if config.refiner else None,
@@ -2238,12 +2239,16 @@ def _mixable(run: _Run, prompt: _Prompt) -> tuple:
     of 77 the prompt and its negative are padded to (long prompts, BREAK), and whether the padding is hidden from
     the UNet (`_layout`), each of which changes how the UNet's kernels run."""
     config, model = run.config, run.model
-    passes = [(run.steps, None)]  # (an img2img pass's prompt editing is scheduled over all its steps: `_pass`)
+    # (an img2img pass's prompt editing is scheduled over all its steps, a second-order sampler's over its model
+    # calls: `_pass`)
+    first = run.steps * step_multiplier(config.sampler)
+    passes = [(first, None)]
     if config.hires() and run.hires.text is None:  # (its own hires prompt: the same for every picture)
-        passes.append((refine.pass_steps(config.hires_steps or run.steps, passes_denoise(config), True)[1], run.steps))
+        steps = refine.pass_steps(config.hires_steps or run.steps, passes_denoise(config), True)[1]
+        passes.append((steps * step_multiplier(config.hires_sampler or config.sampler), first))
     shapes = []
     for steps, first_pass in passes:
-        at = _layout(model, [prompt.expanded], prompt.negative, steps, first_pass)
+        at = _layout(model, [prompt.expanded], prompt.negative, steps, first_pass, config.old_prompt_editing)
         shapes.append((len(at.owners) if at.composed else 0, at.chunks, at.lengths is not None))
     return prompt.negative, tuple(_lora_set(prompt.tags).items()), prompt.switch, tuple(shapes)
 
@@ -2268,7 +2273,7 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps, None,
                     run.guidance, prompt.negative, config.sampler, run.clip_skip, width, height,
                     None if init is None else [init] * len(batch), passes_denoise(config), hires, variation,
-                    config.tiling, config.emphasis, run.inpaint, run.refiner)
+                    config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing)
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
@@ -2417,6 +2422,7 @@ class _Text:
                          **_pass_params(config, self.hires, self.source, self.prompt),
                          **(_refiner_params(config) if self.refined else {}),
                          **_noise_params(config, seed),
+                         **_old_editing_params(config, [self.prompt, job.negative], shared["steps"]),
                          **{k: v for k, v in self.hashes.items() if v}, "textinv_version": __version__,
                          **templates, RECORD_KEY: json.dumps(record)})
 
@@ -2477,6 +2483,17 @@ def _model_name(given: str) -> str:
     source = given.rstrip("/\\")
     name = Path(source).stem if Path(source).suffix.lower() in CHECKPOINT_SUFFIXES else Path(source).name
     return name if Path(source).exists() else given
+
+
+def _old_editing_params(config: GenerateConfig, texts: list[str], steps: int) -> dict:
+    """The PNG text of --old-prompt-editing: the web UI's "Old prompt editing timelines: True", which it writes only
+    where the old timelines change a schedule of `texts` (the prompt and its negative) over the first pass's
+    `steps` (empty where they do not)."""
+    total = steps * step_multiplier(config.sampler)
+    if config.old_prompt_editing and any(emphasis.prompt_schedule(t, total, old=True) !=
+                                         emphasis.prompt_schedule(t, total) for t in texts):
+        return {"old_prompt_editing": "True"}
+    return {}
 
 
 def _noise_params(config: GenerateConfig, seed: int) -> dict:
