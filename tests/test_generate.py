@@ -1432,6 +1432,36 @@ def test_a_prompt_and_negative_of_different_lengths_are_each_read_at_their_own_l
     model.unet._forward_hooks.update(hooks)
 
 
+@pytest.mark.parametrize("prompt, negative, row", [
+    ("[a red dog:a photo of a " + "dog " * 80 + ":1]", "ugly", 1),  # the prompt two chunks long from step 2 on
+    ("a red dog", "[ugly:a photo of a " + "dog " * 80 + ":1]", 0),  # the negative
+    ("[a red dog:a photo of a " + "dog " * 80 + ":1] AND a cat", "ugly", None),  # a sub-prompt: both rows
+])
+def test_a_prompt_edited_to_another_length_is_read_at_each_steps_own_length(sd1_dir, prompt, negative, row):
+    """The web UI reads each step's conditioning at that step's text's length (reconstruct_cond_batch picks one
+    text's tensor; CFGDenoiser.forward, pad_cond_uncond off): a prompt or negative of one chunk, edited into two
+    after step 1, is read at 77 tokens in steps 0-1, not with the later text's second chunk's padding."""
+    model = load_model(sd1_dir)
+    unet = model.pipeline.unet
+    masks = []
+    forward = unet.forward
+
+    def record(*args, **kwargs):  # (what the UNet is called with once every hook has run)
+        masks.append(kwargs.get("encoder_attention_mask"))
+        return forward(*args, **kwargs)
+
+    unet.forward = record
+    try:
+        render(model, [prompt], [0], steps=4, guidance=7.5, negative_prompt=negative, sampler="euler")
+    finally:
+        del unet.forward
+    assert len(masks) == 4 and all(m is not None and m.shape[1] == 154 for m in masks)
+    rows = [row] if row is not None else [1, 2]
+    for call, mask in enumerate(masks):
+        for r in rows:
+            assert int(mask[r].sum()) == (77 if call <= 1 else 154), (call, r)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # User review: a training run's --out folder, whatever --format it saved
 

@@ -379,7 +379,8 @@ def test_old_prompt_editing_timelines_are_drawn_written_and_read_back_as_the_web
     assert "Old prompt editing" not in Image.open(unchanged).text["parameters"]
     assert again_config(old, {"out": str(tmp_path / "b")})[0].old_prompt_editing
     edited = "a [red:blue:1.5] dog"
-    for version, prompt, expected in [("v1.5.2", edited, True), ("v1.6.0", edited, False), ("v1.5.2", "a red dog", False),
+    for version, prompt, expected in [("v1.5.2", edited, True), ("v1.6.0", edited, False),
+                                      ("v1.5.2", "a red dog", False),
                                       (None, edited, False)]:  # (no Version: the web UI leaves it, as its own)
         field = f", Version: {version}" if version else ""
         web = _picture(tmp_path / "w.png", f"{prompt}\nSteps: 4, Seed: 3, Size: 16x16{field}")

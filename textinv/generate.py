@@ -393,10 +393,11 @@ def render(
     web UI's passes do: a seed gives its picture at any batch size. `variation` (each picture's variation seed, and
     the strength) blends each pass's noise toward the variation seed's (`seed_noise`), and `tiling` draws pictures
     that wrap around at their edges (`_tiled`), each as the web UI does; `emphasis_mode` is its Emphasis setting
-    (`emphasis.MODES`), `old_editing` its old prompt editing timelines (`emphasis.prompt_schedule`). `inpaint` (with `start`) redraws only the mask's part of each picture (`inpaint`, the web
-    UI's inpainting); a model made for it (a UNet of 9 input channels) draws only from pictures. `refiner` draws
-    the last steps (`Refiner`), of the hires fix's second pass where there is one, as the web UI's default
-    (hires_fix_refiner_pass: second pass): of `hires.model`'s pass, where it has one.
+    (`emphasis.MODES`), `old_editing` its old prompt editing timelines (`emphasis.prompt_schedule`). `inpaint`
+    (with `start`) redraws only the mask's part of each picture (`inpaint`, the web UI's inpainting); a model made
+    for it (a UNet of 9 input channels) draws only from pictures. `refiner` draws the last steps (`Refiner`), of the
+    hires fix's second pass where there is one, as the web UI's default (hires_fix_refiner_pass: second pass): of
+    `hires.model`'s pass, where it has one.
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -606,7 +607,7 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     combined at each UNet call (`_composing`); a batch without AND is drawn as it always was. `rows`,
     `negative_rows`: each stretch's chunks (`_prompt_chunks`), every one padded to `chunks`; `kept`: each stretch's
     chunk count the UNet reads of each sub-prompt row; `lengths`: what `_length_mask` or `_composing` hide of the
-    padding (None: nothing); `schedules`: each sub-prompt's schedule, then the negative's."""
+    padding, each stretch's (None: nothing); `schedules`: each sub-prompt's schedule, then the negative's."""
     composed = any(emphasis.has_and(p) for p in prompts)
     parts = [emphasis.composable_parts(p) if composed else [(p, 1.0)] for p in prompts]
     owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
@@ -619,16 +620,13 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     rows = [_prompt_chunks(model, stretch[:-1]) for stretch in texts]
     negative_rows = [[per * len(subprompts) for per in _prompt_chunks(model, stretch[-1:])] for stretch in texts]
     chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
-    # the web UI reads a prompt and its negative each at its own length (it pads neither by default): the empty
-    # chunks that make them one length here are hidden from the UNet's cross-attention
-    own_negative = max(len(r[e][0]) for r in negative_rows for e in range(len(r)))
-    if composed:
-        kept = _kept(rows, owners)
-        lengths = (kept, own_negative, chunks) if {n for k in kept for n in k} | {own_negative} != {chunks} else None
-    else:
-        kept = []
-        own = [max(len(r[e][p]) for r in rows for e in range(len(r))) for p in range(len(subprompts))]
-        lengths = (own, own_negative, chunks) if set(own + [own_negative]) != {chunks} else None
+    # the web UI reads a prompt and its negative each at its own length at each step (it pads neither by default):
+    # the empty chunks that make them one length here are hidden from the UNet's cross-attention, each stretch's
+    own_negative = [_counts(r, 1)[0] for r in negative_rows]
+    kept = _kept(rows, owners) if composed else []
+    own = kept if composed else [_counts(r, len(subprompts)) for r in rows]
+    counts = {n for per in own for n in per} | set(own_negative)
+    lengths = (own, own_negative, chunks) if counts != {chunks} else None
     return _Layout(composed, owners, weights, ends, texts, rows, negative_rows, chunks, kept, lengths, schedules)
 
 
@@ -721,7 +719,7 @@ def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str
     conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode,
                                   means) for r, n in zip(at.rows, at.negative_rows)]
     if not at.composed:
-        return at.ends, conditioning, [_length_mask(pipe, *at.lengths, unet)] if at.lengths is not None else []
+        return at.ends, conditioning, [_length_mask(pipe, *at.lengths, stretch, unet)] if at.lengths else []
     # the pipeline's own arguments hold one row a picture (its first sub-prompt's, which `_composing` replaces by
     # all of them at each UNet call)
     firsts = [at.owners.index(i) for i in range(len(prompts))]
@@ -807,14 +805,17 @@ def _also_each_step(kwargs: dict, on_step) -> dict:
     return dict(callback_on_step_end=both, callback_on_step_end_tensor_inputs=names + ["latents"])
 
 
-def _length_mask(pipe, own: list[int], own_negative: int, chunks: int, unet=None):
-    """A hook on the UNet that gives each call an `encoder_attention_mask` keeping each prompt's own `own[i]`
-    chunks (and the negative's `own_negative`) of the `chunks` every one was padded to: the same as the web UI's
-    UNet calls at each one's own length (CFGDenoiser.forward, with pad_cond_uncond off, its default). `unet`: the
-    one hooked (default `pipe`'s)."""
+def _length_mask(pipe, own: list[list[int]], own_negative: list[int], chunks: int, stretch: list[int],
+                 unet=None):
+    """A hook on the UNet that gives each call an `encoder_attention_mask` keeping each prompt's own `own[s][i]`
+    chunks (and the negative's `own_negative[s]`) of the `chunks` every one was padded to, in the stretch `s` of
+    prompt editing the call is in (`stretch[0]`): the same as the web UI's UNet calls at each one's own length at
+    that step (CFGDenoiser.forward, with pad_cond_uncond off, its default). `unet`: the one hooked (default
+    `pipe`'s)."""
     def add_mask(module, args, kwargs):
         hidden = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
-        counts = ([own_negative] * len(own) if pipe.do_classifier_free_guidance else []) + own
+        own_now, negative_now = own[stretch[0]], own_negative[stretch[0]]
+        counts = ([negative_now] * len(own_now) if pipe.do_classifier_free_guidance else []) + own_now
         if hidden is None or hidden.shape[0] != len(counts):
             return None
         return args, {**kwargs, "encoder_attention_mask": _chunk_mask(counts, chunks, hidden)}
@@ -861,8 +862,9 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
     uncond), draws the web UI's uncond + sum_j w_j g (cond_j - uncond) (sd_samplers_cfg_denoiser.combine_denoised;
     the same in the UNet's output as in the denoised picture, both being affine in it). Guidance 1, which diffusers
     draws without the negative, still draws it here, as the web UI does. `lengths`: (kept, own_negative, chunks):
-    each stretch's chunk counts of the sub-prompt rows read (`_repeat_last`: a picture's longest), the negative's
-    own, of the `chunks` all are padded to; or None (all are read whole). A step costs K + 1 UNet rows a picture.
+    each stretch's chunk counts of the sub-prompt rows read (`_repeat_last`: a picture's longest) and of the
+    negative (its own), of the `chunks` all are padded to; or None (all are read whole). A step costs K + 1 UNet
+    rows a picture.
     `unet`: the one hooked (default `pipe`'s)."""
     count = len(set(owners))
     state = {}
@@ -893,7 +895,8 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
                 "time_ids": torch.cat([ids[:count], ids[-count:][owners]])}
         if lengths is not None:
             kept, own_negative, chunks = lengths
-            kwargs["encoder_attention_mask"] = _chunk_mask([own_negative] * count + kept[stretch[0]], chunks, hidden)
+            counts = [own_negative[stretch[0]]] * count + kept[stretch[0]]
+            kwargs["encoder_attention_mask"] = _chunk_mask(counts, chunks, hidden)
         return tuple(args), kwargs
 
     def combine(module, args, kwargs, output):
@@ -1015,7 +1018,8 @@ def png_text(params: dict[str, str]) -> PngInfo:
     labels = {"steps": "Steps", "sampler": "Sampler", "schedule": "Schedule type", "guidance": "CFG scale",
               "seed": "Seed", "variation_seed": "Variation seed", "variation_strength": "Variation seed strength",
               "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
-              "emphasis": "Emphasis", "old_prompt_editing": "Old prompt editing timelines", "mask_blur": "Mask blur", "mask_mode": "Mask mode",
+              "emphasis": "Emphasis", "old_prompt_editing": "Old prompt editing timelines", "mask_blur": "Mask blur",
+              "mask_mode": "Mask mode",
               "masked_content": "Masked content", "inpaint_area": "Inpaint area",
               "masked_padding": "Masked area padding", "inpaint_blend": inpainting.BLEND_LABEL,
               "clip_skip": "Clip skip",  # A1111's (it writes a clip skip only above 1)
