@@ -1071,6 +1071,20 @@ def test_the_hires_pass_draws_a_prompt_edit_past_its_first_pass_throughout(sd1_d
     assert np.array_equal(draw("edited"), draw("dog", hires_prompt="a dog"))
 
 
+def test_the_hires_pass_counts_on_from_a_second_order_first_pass_by_its_model_calls(sd1_dir, tmp_path):
+    """The web UI counts the hires pass's steps on from the first pass's model calls (firstpass_steps: Heun's 4
+    steps are 8), so after a Heun first pass `[cat:dog:10]` switches after step 2 of a 4-step Euler hires pass,
+    as `[cat:dog:1.5]` does."""
+    model = load_model(sd1_dir)
+
+    def draw(out, hires_prompt):
+        return np.asarray(Image.open(generate(GenerateConfig(
+            prompt=["a cat"], out=str(tmp_path / out), n=1, steps=4, sampler="heun", hires_scale=1.5, hires_steps=4,
+            hires_sampler="euler", hires_prompt=hires_prompt, model=str(sd1_dir)), model=model, progress=False)[0]))
+
+    assert np.array_equal(draw("step", "a [cat:dog:10]"), draw("fraction", "a [cat:dog:1.5]"))
+
+
 def test_an_img2img_pass_schedules_prompt_editing_over_all_its_steps_from_its_first_as_the_web_ui_does(sd1_dir,
                                                                                                      tmp_path):
     """The web UI schedules an img2img pass's prompt over all of --steps and counts the steps it runs from 0: at 4
