@@ -377,6 +377,8 @@ def test_old_prompt_editing_timelines_are_drawn_written_and_read_back_as_the_web
     assert "Old prompt editing timelines: True" in Image.open(old).text["parameters"]
     unchanged = draw("unchanged", "a [red:blue:2] dog", old_prompt_editing=True)  # (the same either way: unsaid)
     assert "Old prompt editing" not in Image.open(unchanged).text["parameters"]
+    hires = draw("hires", "a [red:blue:2] dog", old_prompt_editing=True, hires_scale=1.5)  # (its second pass's)
+    assert "Old prompt editing timelines: True" in Image.open(hires).text["parameters"]
     assert again_config(old, {"out": str(tmp_path / "b")})[0].old_prompt_editing
     edited = "a [red:blue:1.5] dog"
     for version, prompt, expected in [("v1.5.2", edited, True), ("v1.6.0", edited, False),

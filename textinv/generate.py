@@ -2426,7 +2426,7 @@ class _Text:
                          **_pass_params(config, self.hires, self.source, self.prompt),
                          **(_refiner_params(config) if self.refined else {}),
                          **_noise_params(config, seed),
-                         **_old_editing_params(config, [self.prompt, job.negative], shared["steps"]),
+                         **_old_editing_params(config, self.hires, [self.prompt, job.negative], shared["steps"]),
                          **{k: v for k, v in self.hashes.items() if v}, "textinv_version": __version__,
                          **templates, RECORD_KEY: json.dumps(record)})
 
@@ -2489,13 +2489,19 @@ def _model_name(given: str) -> str:
     return name if Path(source).exists() else given
 
 
-def _old_editing_params(config: GenerateConfig, texts: list[str], steps: int) -> dict:
+def _old_editing_params(config: GenerateConfig, hires: Hires | None, texts: list[str], steps: int) -> dict:
     """The PNG text of --old-prompt-editing: the web UI's "Old prompt editing timelines: True", which it writes only
-    where the old timelines change a schedule of `texts` (the prompt and its negative) over the first pass's
-    `steps` (empty where they do not)."""
-    total = steps * step_multiplier(config.sampler)
-    if config.old_prompt_editing and any(emphasis.prompt_schedule(t, total, old=True) !=
-                                         emphasis.prompt_schedule(t, total) for t in texts):
+    where the old timelines change a schedule of `texts` (the prompt and its negative) in the first pass of `steps`
+    or the `hires` fix's (empty where they do not)."""
+    if not config.old_prompt_editing:
+        return {}
+    first = steps * step_multiplier(config.sampler)
+    passes = [(first, None)]  # (each pass's steps as `_pass` schedules them, the first pass's for the hires fix's)
+    if hires is not None:
+        run = refine.pass_steps(hires.steps or steps, hires.denoise, True)[1]
+        passes.append((run * step_multiplier(hires.sampler or config.sampler), first))
+    if any(emphasis.prompt_schedule(t, n, at, old=True) != emphasis.prompt_schedule(t, n, at)
+           for n, at in passes for t in texts):
         return {"old_prompt_editing": "True"}
     return {}
 
