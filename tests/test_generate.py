@@ -1149,7 +1149,7 @@ def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidan
     assert np.array_equal(np.asarray(whole[0]), np.asarray(plain[0]))
 
 
-@pytest.mark.parametrize("sampler", ["heun", "dpm2_karras"])
+@pytest.mark.parametrize("sampler", ["heun", "dpm2_karras", "dpm2_a", "dpm++sde"])
 def test_a_second_order_samplers_prompt_editing_counts_its_model_calls_as_the_web_ui_does(sd1_dir, sampler):
     """The web UI schedules a second-order sampler's prompt editing over twice the steps and counts its model calls
     (step_multiplier): `[red:blue:2]` at 4 steps (7 calls) draws red for calls 0-2, not for the first 3 steps' 5."""
