@@ -1089,13 +1089,13 @@ def lora_sha256(path: str | Path) -> str:
 
 
 def _used_embeddings(model: Model, embeddings: list[LearnedEmbedding], prompts: list[str],
-                     steps: int) -> list[LearnedEmbedding]:
+                     steps: int, old_editing: bool = False) -> list[LearnedEmbedding]:
     """The embeddings `prompts` draw with, found as the web UI finds them: by their token among the prompt's
-    tokens, at any step (prompt editing can bring one in or take it out)."""
+    tokens, at any step (prompt editing can bring one in or take it out, on the timelines drawn: `old_editing`)."""
     tokenizer = model.encoders[0][1]
     ids: set[int] = set()
     for prompt in prompts:
-        for _, text in emphasis.prompt_schedule(prompt, steps):
+        for _, text in emphasis.prompt_schedule(prompt, steps, old=old_editing):
             ids.update(tokenizer(emphasis.plain_text(text), add_special_tokens=False, verbose=False).input_ids)
     return [emb for emb in embeddings if tokenizer.convert_tokens_to_ids(emb.token) in ids]
 
@@ -2340,7 +2340,7 @@ def _prompt_hashes(run: _Run, loras: list[emphasis.LoraTag], prompts: list[str])
     for tag in loras:
         if tag.name not in run.lora_sums:
             run.lora_sums[tag.name] = lora_sha256(run.loras[tag.name])
-    used = _used_embeddings(run.model, run.embeddings, prompts, run.steps)
+    used = _used_embeddings(run.model, run.embeddings, prompts, run.steps, run.config.old_prompt_editing)
     # a bundled embedding's "hash" is its LoRA's name (the web UI's BundledTIHash, with its default "Add Lora name
     # as TI hashes for bundled Textual Inversion")
     bundled = ", ".join(f"{hash_name(e.token)}: {run.bundled[e.token]}" for e in used if e.token in run.bundled)
