@@ -394,22 +394,29 @@ def test_old_prompt_editing_timelines_are_drawn_written_and_read_back_as_the_web
     assert again_warned(web, {"model": str(sd1_dir)})[0].old_prompt_editing
 
 
-def test_the_ti_hashes_of_old_timelines_name_an_embedding_only_they_bring_in(sd1_dir, tmp_path):
+def test_the_ti_hashes_name_an_embedding_only_a_passs_own_schedule_brings_in(sd1_dir, tmp_path):
     """`[a cat:a <q>:1.5]` at 4 steps draws <q> from step 1 on the old timelines and never on the new: the picture's
-    TI hashes followed the new ones, so an --old-prompt-editing picture left out the embedding it drew with."""
+    TI hashes followed the new ones, so an --old-prompt-editing picture left out the embedding it drew with; and
+    they read every pass as a first pass of plain steps, so the hires fix's and a second-order sampler's left it out
+    too."""
     from textinv.again import parse_a1111_parameters
     from textinv.formats import LearnedEmbedding, save_embedding
 
     q = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "q.safetensors")[0]
 
-    def hashes(**old):
-        [drawn] = generate(GenerateConfig(prompt=["[a cat:a <q>:1.5]"], embedding=[str(q)], n=1, seed=2, steps=4,
-                                          width=16, model=str(sd1_dir), out=str(tmp_path / str(old)), **old),
-                           progress=False)
+    def hashes(prompt="[a cat:a <q>:1.5]", **settings):
+        [drawn] = generate(GenerateConfig(prompt=[prompt], embedding=[str(q)], n=1, seed=2, steps=4, width=16,
+                                          model=str(sd1_dir), out=str(tmp_path / str(len(list(tmp_path.iterdir())))),
+                                          **settings), progress=False)
         return parse_a1111_parameters(Image.open(drawn).text["parameters"])[2].get("TI hashes", "")
 
     assert hashes(old_prompt_editing=True).startswith("<q>: ")
     assert hashes() == ""  # (on the new timelines 1.5 is past the last step: <q> is never drawn)
+    # each pass on its own schedule: the hires pass counts on from the first (1.5: halfway through it), a
+    # second-order sampler over its model calls (4 Heun steps are 7 calls: the edit at 5 comes in)
+    assert hashes(hires_scale=1.5).startswith("<q>: ")
+    assert hashes("[a cat:a <q>:5]", sampler="heun").startswith("<q>: ")
+    assert hashes("[a cat:a <q>:5]") == ""  # (4 steps of a first-order sampler: never)
 
 
 def test_again_takes_a_flag_that_draws_another_way_over_the_pictures_way(sd1_dir, tmp_path):

@@ -1088,15 +1088,20 @@ def lora_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _used_embeddings(model: Model, embeddings: list[LearnedEmbedding], prompts: list[str],
-                     steps: int, old_editing: bool = False) -> list[LearnedEmbedding]:
-    """The embeddings `prompts` draw with, found as the web UI finds them: by their token among the prompt's
-    tokens, at any step (prompt editing can bring one in or take it out, on the timelines drawn: `old_editing`)."""
+def _used_embeddings(model: Model, embeddings: list[LearnedEmbedding],
+                     passes: list[tuple[list[str], int, int | None]], old_editing: bool = False
+                     ) -> list[LearnedEmbedding]:
+    """The embeddings a picture draws with, found as the web UI finds them: by their token among its prompts'
+    tokens, at any step (prompt editing can bring one in or take it out), each pass's prompts (`passes`: the prompts,
+    the steps they are scheduled over and the first pass's, as `_schedule_passes` gives them) on its own schedule,
+    on the timelines drawn (`old_editing`)."""
     tokenizer = model.encoders[0][1]
     ids: set[int] = set()
-    for prompt in prompts:
-        for _, text in emphasis.prompt_schedule(prompt, steps, old=old_editing):
-            ids.update(tokenizer(emphasis.plain_text(text), add_special_tokens=False, verbose=False).input_ids)
+    for prompts, steps, first_pass in passes:
+        for prompt in prompts:
+            for _, text in emphasis.prompt_schedule(prompt, steps, first_pass, old_editing):
+                ids.update(tokenizer(emphasis.plain_text(text), add_special_tokens=False,
+                                     verbose=False).input_ids)
     return [emb for emb in embeddings if tokenizer.convert_tokens_to_ids(emb.token) in ids]
 
 
@@ -2237,19 +2242,26 @@ def _batches(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt]
         yield batch
 
 
+def _schedule_passes(run: _Run) -> list[tuple[int, int | None]]:
+    """(steps, the first pass's) each pass schedules prompt editing over (`_pass`): the first pass's --steps (an
+    img2img's all of them, a second-order sampler's model calls), then the hires fix's, counted on from the first's."""
+    config = run.config
+    first = run.steps * step_multiplier(config.sampler)
+    passes: list[tuple[int, int | None]] = [(first, None)]
+    if config.hires():
+        steps = refine.pass_steps(config.hires_steps or run.steps, passes_denoise(config), True)[1]
+        passes.append((steps * step_multiplier(config.hires_sampler or config.sampler), first))
+    return passes
+
+
 def _mixable(run: _Run, prompt: _Prompt) -> tuple:
     """What pictures of different prompts must share to be drawn in one pipeline call as each is drawn alone: the
     negative prompt and the LoRAs (one of each a call), and in each pass, the number of sub-prompts (AND), of chunks
     of 77 the prompt and its negative are padded to (long prompts, BREAK), and whether the padding is hidden from
     the UNet (`_layout`), each of which changes how the UNet's kernels run."""
     config, model = run.config, run.model
-    # (an img2img pass's prompt editing is scheduled over all its steps, a second-order sampler's over its model
-    # calls: `_pass`)
-    first = run.steps * step_multiplier(config.sampler)
-    passes = [(first, None)]
-    if config.hires() and run.hires.text is None:  # (its own hires prompt: the same for every picture)
-        steps = refine.pass_steps(config.hires_steps or run.steps, passes_denoise(config), True)[1]
-        passes.append((steps * step_multiplier(config.hires_sampler or config.sampler), first))
+    # (its own hires prompt is the same for every picture: only the first pass's is compared)
+    passes = _schedule_passes(run)[:1 if run.hires.text is not None else None]
     shapes = []
     for steps, first_pass in passes:
         at = _layout(model, [prompt.expanded], prompt.negative, steps, first_pass, config.old_prompt_editing)
@@ -2330,17 +2342,20 @@ def _prompt(run: _Run, words: str, tags: list[emphasis.LoraTag], negative: str) 
     hashes = {}
     if run.config.metadata != "none":
         drawn_loras = tags + (hires.tags if switch else [])  # (both passes')
-        hashes = _prompt_hashes(run, drawn_loras, [words, negative, hires.text or "", hires.negative or ""])
+        second = [words if hires.text is None else hires.text, negative if hires.negative is None else hires.negative]
+        hashes = _prompt_hashes(run, drawn_loras, [words, negative], second)
     return _Prompt(expanded, tags, negative, switch, hashes)
 
 
-def _prompt_hashes(run: _Run, loras: list[emphasis.LoraTag], prompts: list[str]) -> dict[str, str]:
-    """The web UI's hashes of the LoRAs and embeddings a prompt draws with (its `prompts`: both passes' prompts and
-    negative prompts), by which civitai links them."""
+def _prompt_hashes(run: _Run, loras: list[emphasis.LoraTag], first: list[str], second: list[str]
+                   ) -> dict[str, str]:
+    """The web UI's hashes of the LoRAs and embeddings a prompt draws with (`first`: the first pass's prompt and
+    negative prompt, `second`: the hires fix's, when it draws one), by which civitai links them."""
     for tag in loras:
         if tag.name not in run.lora_sums:
             run.lora_sums[tag.name] = lora_sha256(run.loras[tag.name])
-    used = _used_embeddings(run.model, run.embeddings, prompts, run.steps, run.config.old_prompt_editing)
+    passes = [(prompts, *steps) for prompts, steps in zip([first, second], _schedule_passes(run))]
+    used = _used_embeddings(run.model, run.embeddings, passes, run.config.old_prompt_editing)
     # a bundled embedding's "hash" is its LoRA's name (the web UI's BundledTIHash, with its default "Add Lora name
     # as TI hashes for bundled Textual Inversion")
     bundled = ", ".join(f"{hash_name(e.token)}: {run.bundled[e.token]}" for e in used if e.token in run.bundled)
