@@ -32,19 +32,24 @@ def sd2_dir(tmp_path_factory):
     return path
 
 
+def recorded_results(monkeypatch, module, name: str) -> list:
+    """What `module.name` returns from now on, each call's result appended to the list returned."""
+    results = []
+    real = getattr(module, name)
+
+    def recording(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(module, name, recording)
+    return results
+
+
 def recorded_caption_banks(monkeypatch) -> list:
     """The CaptionBanks train builds from now on (the captions it trains on), in the list returned."""
     import textinv.train as train_module
 
-    banks = []
-    real = train_module.CaptionBank
-
-    def recording(*args, **kwargs):
-        banks.append(real(*args, **kwargs))
-        return banks[-1]
-
-    monkeypatch.setattr(train_module, "CaptionBank", recording)
-    return banks
+    return recorded_results(monkeypatch, train_module, "CaptionBank")
 
 
 def write_images(folder, n=4, size=24, seed=0):

@@ -13,7 +13,7 @@ from textinv import run_folder
 from textinv import train as train_module
 from textinv.run_folder import read_loss_log
 from textinv.train import TrainingInterrupted, train
-from conftest import recorded_caption_banks, train_config
+from conftest import recorded_caption_banks, recorded_results, train_config
 
 
 config = train_config  # (a short run's settings, `kw` over them)
@@ -1930,14 +1930,7 @@ def test_random_crop_trains_on_cached_windows_and_resumes_exactly(sd1_dir, tmp_p
     takes one: the windows of one picture encode differently, the run learns other vectors than its centres'
     run, and a resumed run (the windows cut again from the seed) ends where the uninterrupted one does."""
     images = wide_pictures(tmp_path / "w")
-    encoded = []
-    real = train_module._encoded
-
-    def recording(*args, **kwargs):
-        encoded.append(real(*args, **kwargs))
-        return encoded[-1]
-
-    monkeypatch.setattr(train_module, "_encoded", recording)
+    encoded = recorded_results(monkeypatch, train_module, "_encoded")
     crop = dict(resolution=16, random_crop=True)
     whole = train(config(images, tmp_path / "a", **crop), model=load_model(sd1_dir), progress=False)
     mean = encoded[-1][0]
