@@ -44,8 +44,8 @@ from .formats import (BUNDLE_PREFIX, BUNDLE_SEPARATOR, PNG_CHUNK, RECORD_KEY, Le
 from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
-                     check_model_object, encode_text, load_model, pick_device, quiet_transformers, read_clip_skip,
-                     resolve_source, source_is_sdxl_refiner_file, source_is_xl)
+                     check_model_object, encode_text, load_model, pick_device, precision_name, quiet_transformers,
+                     read_clip_skip, resolve_source, source_is_sdxl_refiner_file, source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .samplers import scheduler_for, step_multiplier, webui_names
@@ -1244,7 +1244,7 @@ class _Where:
 def _memory_error(where: _Where, error: BaseException):
     """The `DeviceMemoryError` for running out of memory at `where`, with the settings that need less there, the one
     that changes the pictures least first."""
-    precision = {dtype: name for name, dtype in DTYPES.items()}.get(where.dtype, str(where.dtype))
+    precision = precision_name(where.dtype)
     mps = where.device is not None and where.device.type == "mps"
     half = ["--precision fp16" + (" (on MPS it can draw black pictures)" if mps else "")] \
         if where.dtype == torch.float32 else []
