@@ -374,6 +374,42 @@ def test_object_weights_put_the_weight_on_the_objects():
     assert torch.equal(object_weights(batch, images, 0.0), torch.ones_like(w))
 
 
+def test_unet_object_weight_weighs_the_objects_latent_pixels_in_the_unet_loss(tmp_path):
+    """`unet_object_weight` gives the UNet stage's inputs latent-pixel weights that are higher where the objects
+    are, and the step's loss uses them: the same two steps move the weights otherwise than a plain run does."""
+    import shutil
+
+    import numpy as np
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from textinv.shapes.pretrain import (QUICK, _CaptionIds, _unet_draws, _unet_inputs, _unet_pictures, train_unet,
+                                         train_vae)
+
+    config = PretrainConfig(**{**QUICK, "unet_batch": 4, "unet_object_weight": 8.0})
+    ids_of = _CaptionIds(build_tokenizer_for_world())
+    drawn = _unet_draws(config, torch.Generator().manual_seed(0), np.random.default_rng(0), ids_of, (4, 16, 16), 1000)
+    inputs, _ = _unet_pictures(drawn, False, config.unet_object_weight, 16)
+    w, images, background = inputs["w"], (inputs["x"] + 1) / 2, drawn[0].background_rgb.view(-1, 3, 1, 1)
+    assert w.shape == (4, 1, 16, 16)
+    on_object = F.avg_pool2d(((images - background).abs().amax(1, keepdim=True) > 0.1).float(), 4)
+    for i in range(4):  # (each picture's weights have mean 1)
+        assert w[i][on_object[i] == 1].min() > 4 * w[i][on_object[i] == 0].min()
+    plain, _ = _unet_inputs(PretrainConfig(**{**QUICK, "unet_batch": 4}), torch.Generator().manual_seed(0),
+                            np.random.default_rng(0), ids_of, (4, 16, 16), 1000, False)
+    assert "w" not in plain and torch.equal(plain["x"], inputs["x"])  # (the default run's inputs as before)
+
+    train_vae(config, tmp_path / "vae-only", minutes=5, max_steps=2, log=lambda _: None)
+    weights = {}
+    for weight in (0.0, 8.0):
+        work = tmp_path / f"w{weight}"
+        shutil.copytree(tmp_path / "vae-only", work)
+        train_unet(PretrainConfig(**{**QUICK, "unet_batch": 4, "unet_object_weight": weight}), work, minutes=5,
+                   max_steps=2, log=lambda _: None)
+        weights[weight] = load_file(str(work / "unet" / "unet.safetensors"))
+    assert max((weights[0.0][k] - weights[8.0][k]).abs().max().item() for k in weights[0.0]) > 1e-6
+
+
 def test_noise_schedule_is_sd_rescaled_to_zero_terminal_snr_with_trailing_steps():
     """The shapes model's schedule is SD's scaled-linear one with its last timestep moved to pure noise (so the
     background cannot leak through the noisy input's mean), and sampling starts at that last timestep. The first
@@ -774,12 +810,12 @@ def test_no_render_runs_while_the_unet_step_is_captured(tmp_path, monkeypatch):
     fake = FakeCapture(monkeypatch)
     rendering, rendered, real_render = [], [], pretrain._unet_pictures
 
-    def slow_render(drawn, pin):  # (the renders after the first outlast the first step's warm-up: they would overlap)
+    def slow_render(drawn, pin, *weighting):  # (renders after the first outlast the first step's warm-up: overlap)
         rendering.append(1)
         try:
             if rendered:
                 time.sleep(0.5)
-            return real_render(drawn, pin)
+            return real_render(drawn, pin, *weighting)
         finally:
             rendering.pop()
             rendered.append(1)

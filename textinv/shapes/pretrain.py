@@ -98,6 +98,9 @@ class PretrainConfig:
     unet_lr: float = 1.5e-3
     empty_caption_prob: float = 0.1
     min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off
+    # extra denoising-loss weight on the latent pixels the objects cover (0: the plain mean over all of them), as
+    # `object_weight` does for the VAE: the fill is a small part of a picture and of its loss
+    unet_object_weight: float = 0.0
     prediction_type: str = "v_prediction"  # or "epsilon" (the first exports' choice; needs zero_terminal_snr off)
     zero_terminal_snr: bool = True  # rescale the betas so the last timestep is pure noise; sample "trailing"
     ema_decay: float = 0.998
@@ -149,8 +152,9 @@ class PretrainConfig:
             raise ConfigError(f"vae_posterior must be 'mode' or 'sample', got {self.vae_posterior!r}")
         if self.vae_part not in ("all", "decoder"):
             raise ConfigError(f"vae_part must be 'all' or 'decoder', got {self.vae_part!r}")
-        if self.object_weight < 0:
-            raise ConfigError(f"object_weight must be >= 0, got {self.object_weight}")
+        for name in ("object_weight", "unet_object_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
@@ -629,11 +633,17 @@ def _unet_draws(config: PretrainConfig, g: torch.Generator, rng: np.random.Gener
     return batch, {"ids": ids, "noise": noise, "t": t}, (_generator_state(g), rng.bit_generator.state)
 
 
-def _unet_pictures(drawn: tuple, pin: bool) -> tuple[dict[str, torch.Tensor], tuple]:
+def _unet_pictures(drawn: tuple, pin: bool, object_weight: float = 0.0,
+                   latent_side: int = 16) -> tuple[dict[str, torch.Tensor], tuple]:
     """A step's inputs from its draws (`_unet_draws`): the scenes rendered, (B, 3, 64, 64) in [-1, 1]. `pin`: in
-    page-locked memory, so the copies to a GPU need not wait for it."""
+    page-locked memory, so the copies to a GPU need not wait for it. `object_weight` > 0 adds "w", the latent
+    pixels' loss weights (B, 1, latent_side, latent_side): `object_weights` averaged over each latent pixel's
+    patch, so a latent pixel the object covers weighs up to 1 + `object_weight` times a background one."""
     batch, inputs, states = drawn
-    inputs = {"x": world.render(batch, "cpu") * 2 - 1, **inputs}
+    images = world.render(batch, "cpu")
+    inputs = {"x": images * 2 - 1, **inputs}
+    if object_weight:
+        inputs["w"] = F.adaptive_avg_pool2d(object_weights(batch, images, object_weight), latent_side)
     if pin:
         inputs = {k: v.pin_memory() for k, v in inputs.items()}
     return inputs, states
@@ -643,7 +653,8 @@ def _unet_inputs(config: PretrainConfig, g: torch.Generator, rng: np.random.Gene
                  latent_shape: tuple[int, ...], timesteps: int, pin: bool) -> tuple[dict[str, torch.Tensor], tuple]:
     """One UNet step's inputs, made in turn: pictures, caption ids, noise and timesteps, and the generators' states
     after."""
-    return _unet_pictures(_unet_draws(config, g, rng, ids_of, latent_shape, timesteps), pin)
+    return _unet_pictures(_unet_draws(config, g, rng, ids_of, latent_shape, timesteps), pin,
+                          config.unet_object_weight, latent_shape[-1])
 
 
 def _render_threads(n: int | None) -> int:
@@ -754,7 +765,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
         return _unet_draws(config, g, rng, ids_of, latent_shape, noise_scheduler.config.num_train_timesteps)
 
     def finish(drawn):
-        return _unet_pictures(drawn, cuda)
+        return _unet_pictures(drawn, cuda, config.unet_object_weight, side)
 
     def step_loss(inputs: dict) -> torch.Tensor:
         """The step's loss, (1,), from the latents, noise, timesteps and caption ids."""
@@ -764,7 +775,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
             context = text_encoder(inputs["ids"])[0]  # (B, 77, width)
             pred = unet(noisy, t, context).sample
         return denoising_loss(noise_scheduler, pred, latents, noise, t, config.prediction_type,
-                              config.min_snr_gamma, plus_one=True).mean()[None]
+                              config.min_snr_gamma, plus_one=True, pixel_weight=inputs.get("w")).mean()[None]
 
     # --cuda-graphs: the forward and backward captured once and replayed (textinv/graphs.py): a step of this small
     # UNet is ~1,500 kernels whose launches, not their arithmetic, likely set its time on a GPU
@@ -781,6 +792,8 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
             with torch.no_grad(), autocast:
                 latents = vae.encode(x).latent_dist.sample(generator=None).float() * scale  # (B, 4, 16, 16)
             step_inputs = {"latents": latents, "noise": noise, "t": t, "ids": ids}
+            if "w" in inputs:  # (--set unet_object_weight=W)
+                step_inputs["w"] = inputs["w"].to(device, non_blocking=True)
             if captured is not None:  # (the same loss and gradients, from a replayed CUDA graph)
                 if captured.capture and captured.graph is None:  # (this call captures the step)
                     # torch.cuda.graph captures in "global" mode: a CUDA call that another thread makes meanwhile
