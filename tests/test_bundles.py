@@ -81,6 +81,21 @@ def test_bundles_are_named_or_refused_with_the_names_there_are(loras, tmp_path):
         load_embedding(f"{plain / 'mystyle.safetensors'}::bund")
 
 
+def test_a_name_holding_the_separator_is_read_after_the_first_one_that_leaves_a_file(tmp_path):
+    """FILE::NAME splits where FILE is a file: a NAME with :: in it (which the key bundle_emb.NAME.KEY allows) was
+    cut at its last ::, so FILE was looked for as 'several.safetensors::a' and never found."""
+    one, two = torch.randn(1, 32), torch.randn(2, 32)
+    several = _bundle(None, tmp_path / "several.safetensors", {"a::b": {"emb_params": one}, "c": {"emb_params": two}})
+    emb = load_embedding(f"{several}::a::b")
+    assert emb.token == "a::b" and torch.equal(emb.vectors["text_encoder"], one)
+    assert detect_format(f"{several}::a::b") == "lora-bundle"
+    odd = shutil.copy(several, tmp_path / "x::y.safetensors")  # (a FILE holding :: is found as before)
+    assert torch.equal(load_embedding(f"{odd}::c").vectors["text_encoder"], two)
+    assert load_embedding(f"{odd}::a::b").token == "a::b"
+    with pytest.raises(FormatError, match=r"missing\.safetensors::a: no such file"):  # (none there: the last ::)
+        load_embedding(f"{tmp_path}/missing.safetensors::a::b")
+
+
 def test_inspect_lists_a_loras_bundled_embeddings(sd1_dir, loras, tmp_path):
     _, bundled, vectors = loras
     several = _bundle(bundled / "mystyle.safetensors", tmp_path / "several.safetensors",

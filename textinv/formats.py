@@ -609,7 +609,9 @@ def detect_format(path: str | Path) -> str:
 
 def split_bundle(path: str | Path) -> tuple[str | Path, str | None]:
     """(file, NAME) for `FILE::NAME`, one embedding bundled in a LoRA file (see lora-bundle above); anything else,
-    a file that is there whatever its name holds included, as it is with None.
+    a file that is there whatever its name holds included, as it is with None. Either side may hold `::`: FILE ends
+    at the first `::` before which a file is there (`style.safetensors::a::b` is style's bundle `a::b`); where none
+    is, at the last (and the missing FILE is said).
 
     >>> split_bundle("Lora/style.safetensors::mystyle"), split_bundle("my-dog.pt")
     (('Lora/style.safetensors', 'mystyle'), ('my-dog.pt', None))
@@ -617,8 +619,9 @@ def split_bundle(path: str | Path) -> tuple[str | Path, str | None]:
     text = str(path)
     if BUNDLE_SEPARATOR not in text or Path(text).exists():
         return path, None
-    file, name = text.rsplit(BUNDLE_SEPARATOR, 1)
-    return file, name
+    pieces = text.split(BUNDLE_SEPARATOR)
+    splits = [(BUNDLE_SEPARATOR.join(pieces[:i]), BUNDLE_SEPARATOR.join(pieces[i:])) for i in range(1, len(pieces))]
+    return next((split for split in splits if Path(split[0]).is_file()), splits[-1])
 
 
 def on_disk(path: str | Path) -> Path:
