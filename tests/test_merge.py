@@ -357,3 +357,36 @@ def test_take_reads_an_index_given_as_a_number_and_refuses_a_slice_object():
     assert torch.equal(take(a, -1).vectors["text_encoder"], take(a, "-1").vectors["text_encoder"])
     with pytest.raises(ConfigError, match=r"<a>: the vectors to take are .* written as text, got slice.*\"0:2\""):
         take(a, slice(0, 2))
+
+
+def test_what_the_files_and_settings_tell_is_said_before_the_model_loads(sd1_dir, tmp_path):
+    """A model takes seconds to minutes to load: an OUT folder that holds the file it would get, a --to that cannot
+    hold the files' merge, a sum of files of different counts, a slice out of range and files no model takes
+    together were said only once it had loaded (here a model that is not there, which would fail to load)."""
+    saved(tmp_path / "a.safetensors", 2)
+    saved(tmp_path / "b.safetensors", 3, seed=1)
+    saved(tmp_path / "sd2.safetensors", 1, widths=(1024,), seed=2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "learned_embeds.safetensors").write_bytes(b"kept")
+    a = f"{tmp_path}/a.safetensors"
+
+    def merge_with(*terms, out="m.safetensors", **settings):
+        return merge(MergeConfig(out=str(tmp_path / out), token="<m>", terms=list(terms),
+                                 model=str(tmp_path / "no-such-model"), **settings))
+
+    with pytest.raises(FormatError, match=r"out/learned_embeds\.safetensors already exists; pass --overwrite"):
+        merge_with(f"{a} + 'dog'", out="out")
+    with pytest.raises(FormatError, match=r"the 'sdxl' format is for SDXL's two text encoders, but '<m>' has one"):
+        merge_with(f"{a} + 'dog'", to="sdxl")
+    with pytest.raises(ConfigError, match=r"different numbers of vectors \(.*a\.safetensors 2, .*b\.safetensors 3\)"):
+        merge_with(f"{a} + {tmp_path}/b.safetensors + 'dog'")
+    with pytest.raises(ConfigError, match=r"a\.safetensors\[2\] is out of range"):
+        merge_with(f"{a}[2]")
+    with pytest.raises(FormatError, match=r"sd2\.safetensors has width 1024"):
+        merge_with(a, f"{tmp_path}/sd2.safetensors")
+    assert (tmp_path / "out" / "learned_embeds.safetensors").read_bytes() == b"kept"
+    # an SDXL file with a --model is left to the model: on SD 1.x it gives its clip_l half, which an a1111 file holds
+    saved(tmp_path / "xl.safetensors", 1, widths=(32, 64))
+    with pytest.warns(UserWarning, match="only its clip_l half"):
+        result = run(tmp_path, f"{tmp_path}/xl.safetensors", model=str(sd1_dir), to="a1111", out="xl.pt")
+    assert load_embedding(result.files[0]).widths == (32,)

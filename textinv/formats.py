@@ -268,30 +268,43 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
     _check_format(format)
     if not isinstance(emb, LearnedEmbedding):
         raise FormatError(f"save_embedding needs a LearnedEmbedding, got {type(emb).__name__}")
-    two = "text_encoder_2" in emb.vectors
-    if format in _SINGLE_ENCODER_FORMATS and two:
-        raise FormatError(
-            f"the {format!r} format holds the vectors of one text encoder, but {emb.token!r} has two "
-            f"({describe_widths(emb.widths)}): save it as 'sdxl' (one file, read by A1111, ComfyUI and kohya) or "
-            "'diffusers-sdxl' (two files, one per encoder)")
-    if format in _TWO_ENCODER_FORMATS and not two:
-        raise FormatError(
-            f"the {format!r} format is for SDXL's two text encoders, but {emb.token!r} has one "
-            f"({describe_widths(emb.widths)}): save it as 'diffusers', 'a1111' or 'kohya'")
-    given, path = path, Path(path)
     try:
-        if _names_folder(given):
-            path = path / default_filename(format, emb.token)
-        check_suffix(path, format, emb.token)
-        if not overwrite:
-            for target in (path, second_file(path)) if format == "diffusers-sdxl" else (path,):
-                if target.exists():
-                    raise FormatError(f"{target} already exists; pass --overwrite to replace it, or choose another "
-                                      "output path")
+        path = check_writable(path, format, emb.token, emb.widths, overwrite)
         # 2. Write.
         return _write_embedding(emb, path, format, preview, date)
     except OSError as e:  # a read-only or full disk, a file where a folder should be, a name too long: say which
         raise FormatError(f"cannot write {path}: {e.strerror or e}; choose another output path") from None
+
+
+def check_writable(path: str | Path, format: str, token: str, widths: tuple[int, ...], overwrite: bool = True
+                   ) -> Path:
+    """The file `save_embedding` writes for `path` (a folder: the format's file name in it, `default_filename`),
+    once the checks it makes before writing pass: `format` holds an embedding of `widths` (one text encoder's, or
+    SDXL's two), the name ends in the format's extension, and without `overwrite` no file is there already (for
+    diffusers-sdxl, neither of the two). `merge` makes them before its model loads.
+
+    >>> check_writable("out/", "a1111", "<my-dog>", (768,))
+    PosixPath('out/my-dog.pt')
+    """
+    _check_format(format)
+    two = len(widths) == 2
+    if format in _SINGLE_ENCODER_FORMATS and two:
+        raise FormatError(
+            f"the {format!r} format holds the vectors of one text encoder, but {token!r} has two "
+            f"({describe_widths(widths)}): save it as 'sdxl' (one file, read by A1111, ComfyUI and kohya) or "
+            "'diffusers-sdxl' (two files, one per encoder)")
+    if format in _TWO_ENCODER_FORMATS and not two:
+        raise FormatError(
+            f"the {format!r} format is for SDXL's two text encoders, but {token!r} has one "
+            f"({describe_widths(widths)}): save it as 'diffusers', 'a1111' or 'kohya'")
+    file = Path(path) / default_filename(format, token) if _names_folder(path) else Path(path)
+    check_suffix(file, format, token)
+    if not overwrite:
+        for target in (file, second_file(file)) if format == "diffusers-sdxl" else (file,):
+            if target.exists():
+                raise FormatError(f"{target} already exists; pass --overwrite to replace it, or choose another "
+                                  "output path")
+    return file
 
 
 def check_suffix(path: str | Path, format: str, token: str) -> None:
@@ -1255,6 +1268,6 @@ __all__ = [
     "FORMATS", "DETECTED_FORMATS", "PNG_CHUNK", "a1111_png_name", "holds_png_embedding", "LearnedEmbedding",
     "default_filename", "second_file", "first_file",
     "save_embedding", "load_embedding", "load_embedding_pair", "detect_format", "convert", "format_for",
-    "check_suffix", "describe",
+    "check_suffix", "check_writable", "describe",
     "split_bundle", "on_disk", "bundled_names", "load_bundled", "bundle_into_lora",
 ]

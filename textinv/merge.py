@@ -33,7 +33,7 @@ from .config import MergeConfig
 from .emphasis import CHUNK
 from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
-from .formats import LearnedEmbedding, describe, format_for, load_embedding, save_embedding
+from .formats import LearnedEmbedding, check_writable, describe, format_for, load_embedding, save_embedding
 from .inspect import encoder_lines, word_rows
 from .models import Model, check_model_object, load_model, shareable_name
 from .run_folder import embedding_file
@@ -233,7 +233,8 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     >>> merge(MergeConfig(out="mix.pt", token="<mix>", terms=["dog.pt*0.5 + cat.pt*0.5"])).files  # doctest: +SKIP
     [PosixPath('mix.pt')]
     """
-    # 1. Check the settings and read every term before loading anything.
+    # 1. Check the settings, read every file and check what they tell before loading anything: a model takes
+    #    seconds to minutes to load
     check_model_object(model)
     config.validate()
     terms = [parse_term(term) for term in config.terms]
@@ -241,10 +242,12 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     if words and model is None and not config.model:
         raise ConfigError(f"the part {words[0]} is words, read from a model's vocabulary: give the model with "
                           "--model (the one the embeddings are for), or use embedding files only")
+    files = _read_files(terms)
+    _check_files(terms, files, config, with_model=model is not None or bool(config.model))
     if model is None and config.model:
         model = load_model(config.model, revision=config.revision, variant=config.variant)
-    # 2. Read the parts, check them and make the embedding.
-    labelled = _read_parts(terms, model)
+    # 2. Read the words, check the parts and make the embedding.
+    labelled = _read_parts(terms, files, model)
     if model is not None:
         labelled = [[(label, _as_drawn(emb, model), w) for label, emb, w in term] for term in labelled]
         _check_fits_model([(label, emb) for term in labelled for label, emb, _ in term], model)
@@ -260,23 +263,45 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     return MergeResult(written, emb, summary(emb, written, norms))
 
 
-def _read_parts(terms: list[list[Part]], model: Model | None) -> list[list[tuple[str, LearnedEmbedding, float]]]:
-    """Each part's vectors (a file read once, whatever number of parts name it; words from `model`), with the
-    vectors it takes, labelled as written and weighted."""
-    files: dict[str, LearnedEmbedding] = {}
-    labelled = []
+def _read_files(terms: list[list[Part]]) -> dict[Part, LearnedEmbedding]:
+    """The vectors each part that names a file takes (a file read once, whatever number of parts name it)."""
+    read: dict[str, LearnedEmbedding] = {}
+    files = {}
+    for part in (part for term in terms for part in term if not part.words):
+        if part.source not in read:
+            read[part.source] = load_embedding(embedding_file(Path(part.source).expanduser()))
+        files[part] = take(read[part.source], part.take, str(Part(part.source)))
+    return files
+
+
+def _check_files(terms: list[list[Part]], files: dict[Part, LearnedEmbedding], config: MergeConfig,
+                 with_model: bool) -> None:
+    """What the files alone tell, said before a model loads: a sum of files of different vector counts, files no
+    model takes together (other widths of their first text encoder: an SDXL file's clip_l half is as wide as an
+    SD 1.x one's, which an SD 1.x --model takes) and, where they decide whether the merge is SDXL's (no --model,
+    or no SDXL file), an OUT that cannot hold it or a file there already (`formats.check_writable`)."""
+    parts = [(str(part), files[part]) for term in terms for part in term if not part.words]
     for term in terms:
-        labelled.append([])
-        for part in term:
-            if part.words:
-                emb = word_embedding(model, part.source)
-            else:
-                if part.source not in files:
-                    files[part.source] = load_embedding(embedding_file(Path(part.source).expanduser()))
-                emb = files[part.source]
-            emb = take(emb, part.take, str(Part(part.source, part.words)))
-            labelled[-1].append((str(part), emb, part.weight))
-    return labelled
+        _count([(str(part), files[part], part.weight) for part in term if not part.words])
+    if len({emb.widths[0] for _, emb in parts}) > 1:
+        _check_one_family(parts)
+    widths = {emb.widths for _, emb in parts}
+    if len(widths) == 1 and not (with_model and len(next(iter(widths))) == 2):
+        widths = widths.pop()
+        check_writable(config.out, format_for(config.out, config.to, len(widths) == 2), config.token, widths,
+                       config.overwrite)
+
+
+def _read_parts(terms: list[list[Part]], files: dict[Part, LearnedEmbedding], model: Model | None
+                ) -> list[list[tuple[str, LearnedEmbedding, float]]]:
+    """Each part labelled as written, with its vectors (a file's from `files`; words' from `model`, the vectors
+    they take) and weight."""
+    def vectors(part: Part) -> LearnedEmbedding:
+        if not part.words:
+            return files[part]
+        return take(word_embedding(model, part.source), part.take, str(Part(part.source, True)))
+
+    return [[(str(part), vectors(part), part.weight) for part in term] for term in terms]
 
 
 def _recipe(terms: list[list[str]]) -> str:
