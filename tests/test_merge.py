@@ -390,3 +390,16 @@ def test_what_the_files_and_settings_tell_is_said_before_the_model_loads(sd1_dir
     with pytest.warns(UserWarning, match="only its clip_l half"):
         result = run(tmp_path, f"{tmp_path}/xl.safetensors", model=str(sd1_dir), to="a1111", out="xl.pt")
     assert load_embedding(result.files[0]).widths == (32,)
+
+
+def test_a_part_that_records_nothing_keeps_what_the_others_agree_on(tmp_path):
+    """A diffusers .bin has no place for metadata: merged with parts that name their base model, it dropped it."""
+    saved(tmp_path / "a.safetensors", 1, seed=1, base_model="sd15", family="sd1")
+    saved(tmp_path / "b.bin", 1, seed=2, fmt="diffusers-bin")
+    saved(tmp_path / "c.safetensors", 1, seed=3, base_model="other", family="sd1")
+    assert load_embedding(tmp_path / "b.bin").metadata == {}
+    meta = run(tmp_path, f"{tmp_path}/a.safetensors + {tmp_path}/b.bin").embedding.metadata
+    assert meta["base_model"] == "sd15" and meta["family"] == "sd1"
+    meta = run(tmp_path, f"{tmp_path}/b.bin", f"{tmp_path}/a.safetensors", f"{tmp_path}/c.safetensors",
+               out="abc.safetensors").embedding.metadata
+    assert "base_model" not in meta and meta["family"] == "sd1"  # (two that name theirs differ: neither is kept)

@@ -397,10 +397,12 @@ def _count(term: list[tuple[str, LearnedEmbedding, float]]) -> int:
 
 
 def _agreed(metadatas: list[dict[str, str]]) -> dict[str, str]:
-    """The `_AGREED` keys every one of `metadatas` holds with one value."""
+    """The `_AGREED` keys every one of `metadatas` that records any of them holds with one value: one that records
+    none (a diffusers .bin, which has no place for them; a web UI .pt) tells nothing, so it takes nothing away."""
+    said = [m for m in metadatas if any(key in m for key in _AGREED)]
     out = {}
     for key in _AGREED:
-        values = {m.get(key) for m in metadatas}
+        values = {m.get(key) for m in said}
         if len(values) == 1 and None not in values:
             out[key] = values.pop()
     return out
