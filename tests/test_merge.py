@@ -199,7 +199,7 @@ def test_more_than_75_vectors_are_written_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize("terms, match", [([], "nothing to merge"), (["  "], "is empty"),
                                           (["a.pt +"], "ends in \\+"), (["a.pt*x"], "no number"),
-                                          (["a.pt*"], "cannot read"), (["'dog"], "cannot read")])
+                                          (["a.pt*"], r"the \* of '\*' has no number"), (["'dog"], "cannot read")])
 def test_an_empty_or_unreadable_merge_is_refused(tmp_path, terms, match):
     with pytest.raises(ConfigError, match=match):
         run(tmp_path, *terms)
@@ -403,3 +403,15 @@ def test_a_part_that_records_nothing_keeps_what_the_others_agree_on(tmp_path):
     meta = run(tmp_path, f"{tmp_path}/b.bin", f"{tmp_path}/a.safetensors", f"{tmp_path}/c.safetensors",
                out="abc.safetensors").embedding.metadata
     assert "base_model" not in meta and meta["family"] == "sd1"  # (two that name theirs differ: neither is kept)
+
+
+@pytest.mark.parametrize("term, at", [("a.pt*+2", r"\*\+"), ("a.pt * + b.pt", r"\* \+"), ("a.pt*[0]", r"\*\["),
+                                      ("a.pt*'dog'", r"\*'"), ("a.pt*2*", r"\*")])
+def test_a_star_without_a_number_is_said_to_want_a_weight(term, at):
+    """It was met with the syntax of a whole term, which does not say the weight is what cannot be read."""
+    with pytest.raises(ConfigError, match=rf"the term .*: the \* of .{at}. has no number after it; a weight is "
+                                          r"written after the part and its \[start:stop\] as \*0\.5"):
+        parse_term(term)
+    with pytest.raises(ConfigError, match=r"\*1e is no number \(a \+ ends a part: write 1e5, not 1e\+5\)"):
+        parse_term("a.pt*1e+5")
+    assert parse_term("'a*b' + b.pt*2")[0] == Part("a*b", words=True)  # (a * in words is theirs)

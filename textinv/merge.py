@@ -104,6 +104,7 @@ def parse_term(term: str) -> list[Part]:
     while True:
         m = _PART.match(term, at)
         if m is None or (m.group("end") == "+" and not term[m.end():].strip()):
+            _check_weights_written(term, term[at:])
             where = "it ends in +" if m is not None else f"at {term[at:].strip()!r}"
             raise ConfigError(f"cannot read the term {term!r} ({where}): {SYNTAX}")
         words = m.group("words")
@@ -120,6 +121,15 @@ def parse_term(term: str) -> list[Part]:
             return parts
 
 
+def _check_weights_written(term: str, rest: str) -> None:
+    """Refuse a `*` with no number after it in `rest` (the part of `term` that cannot be read), naming it: `*+2`,
+    `*[0]` and a trailing `*` were met with the syntax of a whole term."""
+    bare = re.search(r"\*\s*(?:[+*\[\]']|$)", re.sub(r"'[^']*'", "''", rest))  # (a * inside 'words' is theirs)
+    if bare:
+        raise ConfigError(f"the term {term!r}: the * of {bare.group().strip()!r} has no number after it; a weight is "
+                          "written after the part and its [start:stop] as *0.5 (or *-1 to subtract)")
+
+
 def _weight(term: str, written: str) -> float:
     """The product of the `*number` factors `written` holds (none: 1)."""
     weight = 1.0
@@ -129,8 +139,9 @@ def _weight(term: str, written: str) -> float:
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
-            raise ConfigError(f"the term {term!r}: *{factor} is no number; a weight is written *0.5 (or *-1 to "
-                              "subtract)")
+            plus = " (a + ends a part: write 1e5, not 1e+5)" if factor[-1:] in "eE" else ""
+            raise ConfigError(f"the term {term!r}: *{factor} is no number{plus}; a weight is written *0.5 (or *-1 "
+                              "to subtract)")
         weight *= value
     return weight
 
