@@ -415,3 +415,19 @@ def test_a_star_without_a_number_is_said_to_want_a_weight(term, at):
     with pytest.raises(ConfigError, match=r"\*1e is no number \(a \+ ends a part: write 1e5, not 1e\+5\)"):
         parse_term("a.pt*1e+5")
     assert parse_term("'a*b' + b.pt*2")[0] == Part("a*b", words=True)  # (a * in words is theirs)
+
+
+def test_a_term_whose_vectors_are_no_finite_numbers_is_refused_naming_it(tmp_path):
+    """*1e38 is a finite weight, but the vectors' norms came out as inf (and *1e200*1e200's inf, times 0, nan)."""
+    saved(tmp_path / "a.safetensors", 1)
+    a = f"{tmp_path}/a.safetensors"
+    for weights in ("*1e38", "*1e39"):
+        with pytest.raises(ConfigError, match=r"the term .*a\.safetensors\*1e\+\d+ gives vectors whose norms are "
+                                              r"no finite number: .* give smaller weights"):
+            run(tmp_path, a, f"{a}{weights}")
+    with pytest.raises(ConfigError, match=r"the term .*: its weights \*1e200\*1e200 multiply to inf"):
+        run(tmp_path, f"{a}*1e200*1e200 + {a}*0")
+    big = LearnedEmbedding("<big>", {"text_encoder": torch.full((1, 8), 3e38)})
+    with pytest.raises(ConfigError, match=r"the term <big> \+ <big> gives vectors whose norms"):
+        merge_embeddings([[big, big]], "<x>")
+    assert not (tmp_path / "out.safetensors").exists()

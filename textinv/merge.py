@@ -143,6 +143,9 @@ def _weight(term: str, written: str) -> float:
             raise ConfigError(f"the term {term!r}: *{factor} is no number{plus}; a weight is written *0.5 (or *-1 "
                               "to subtract)")
         weight *= value
+    if not math.isfinite(weight):
+        raise ConfigError(f"the term {term!r}: its weights {written.strip()} multiply to {weight}, more than the "
+                          "largest a float holds; give smaller weights")
     return weight
 
 
@@ -341,6 +344,11 @@ def _merged(terms: list[list[tuple[str, LearnedEmbedding, float]]], token: str, 
     counts = [_count(term) for term in terms]
     sums = [{name: sum(w * emb.vectors[name].expand(n, -1) for _, emb, w in term) for name in parts[0][1].vectors}
             for term, n in zip(terms, counts)]
+    for term, s in zip(terms, sums):  # (a float ends at 3.4e38: *1e38 gave norms of inf, and inf * 0 is nan)
+        if not all(torch.isfinite(t.norm(dim=1)).all() for t in s.values()):
+            raise ConfigError(f"the term {' + '.join(label for label, _, _ in term)} gives vectors whose norms are no "
+                              "finite number: its weights take them past the largest a float holds (3.4e38); give "
+                              "smaller weights")
     vectors = {name: torch.cat([s[name] for s in sums]) for name in parts[0][1].vectors}
     total = sum(counts)
     if total > CHUNK:  # as inspect says and generate warns: kept, for ComfyUI and textinv, which split it
