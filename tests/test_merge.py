@@ -1,5 +1,6 @@
 """`textinv merge`: weighted sums, concatenation, slices and words, its refusals, and the command line."""
 
+import re
 import warnings
 
 import pytest
@@ -431,3 +432,18 @@ def test_a_term_whose_vectors_are_no_finite_numbers_is_refused_naming_it(tmp_pat
     with pytest.raises(ConfigError, match=r"the term <big> \+ <big> gives vectors whose norms"):
         merge_embeddings([[big, big]], "<x>")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_token_installed_in_a_models_tokenizer_is_refused_in_words_of_merging(sd1_dir, tmp_path):
+    """An embedding installed in the model passed (by generate's install_embedding) holds the token: it was
+    refused with check_new_token's words of training ("training it would overwrite")."""
+    model = load_model(sd1_dir)
+    install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}))
+    with pytest.raises(TokenError) as refused:
+        merge(MergeConfig(out=str(tmp_path / "q.pt"), token="<q>", terms=["'cat'"]), model=model)
+    assert re.search(r"--token '<q>' cannot be used with --model .*: its tokenizer has '<q>' already, as a word of "
+                     r"its own or a token installed into this model .*unload_embeddings.*a file merged under it",
+                     str(refused.value))
+    assert "training" not in str(refused.value) and not (tmp_path / "q.pt").exists()
+    unload_embeddings(model)
+    assert merge(MergeConfig(out=str(tmp_path / "q.pt"), token="<q>", terms=["'cat'"]), model=model).files
