@@ -360,7 +360,8 @@ def test_take_reads_an_index_given_as_a_number_and_refuses_a_slice_object():
         take(a, slice(0, 2))
 
 
-def test_what_the_files_and_settings_tell_is_said_before_the_model_loads(sd1_dir, tmp_path):
+def test_what_the_files_and_settings_tell_is_said_before_the_model_loads(sd1_dir, xl_dir, tmp_path,
+                                                                         monkeypatch):
     """A model takes seconds to minutes to load: an OUT folder that holds the file it would get, a --to that cannot
     hold the files' merge, a sum of files of different counts, a slice out of range and files no model takes
     together were said only once it had loaded (here a model that is not there, which would fail to load)."""
@@ -386,8 +387,14 @@ def test_what_the_files_and_settings_tell_is_said_before_the_model_loads(sd1_dir
     with pytest.raises(FormatError, match=r"sd2\.safetensors has width 1024"):
         merge_with(a, f"{tmp_path}/sd2.safetensors")
     assert (tmp_path / "out" / "learned_embeds.safetensors").read_bytes() == b"kept"
-    # an SDXL file with a --model is left to the model: on SD 1.x it gives its clip_l half, which an a1111 file holds
+    # an SDXL file with --model is SDXL's merge on an SDXL model, as its folder tells, which an a1111 file cannot
+    # hold; on SD 1.x it gives its clip_l half, which it holds
     saved(tmp_path / "xl.safetensors", 1, widths=(32, 64))
+    with monkeypatch.context() as patched:
+        patched.setattr("textinv.merge.load_model", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+        with pytest.raises(FormatError, match=r"the 'a1111' format holds the vectors of one text encoder, but '<m>' "
+                                              r"has two"):
+            run(tmp_path, f"{tmp_path}/xl.safetensors", model=str(xl_dir), to="a1111", out="xl.pt")
     with pytest.warns(UserWarning, match="only its clip_l half"):
         result = run(tmp_path, f"{tmp_path}/xl.safetensors", model=str(sd1_dir), to="a1111", out="xl.pt")
     assert load_embedding(result.files[0]).widths == (32,)

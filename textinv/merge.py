@@ -35,7 +35,7 @@ from .errors import ConfigError, FormatError, TokenError
 from .families import describe_widths
 from .formats import LearnedEmbedding, check_writable, describe, format_for, load_embedding, save_embedding
 from .inspect import encoder_lines, word_rows
-from .models import Model, check_model_object, load_model, shareable_name
+from .models import Model, check_model_object, load_model, shareable_name, source_is_xl
 from .run_folder import embedding_file
 from .tokens import base_embedding, check_new_token, split_words, token_names
 
@@ -257,7 +257,7 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
         raise ConfigError(f"the part {words[0]} is words, read from a model's vocabulary: give the model with "
                           "--model (the one the embeddings are for), or use embedding files only")
     files = _read_files(terms)
-    _check_files(terms, files, config, with_model=model is not None or bool(config.model))
+    _check_files(terms, files, config, model)
     if model is None and config.model:
         model = load_model(config.model, revision=config.revision, variant=config.variant)
     # 2. Read the words, check the parts and make the embedding.
@@ -289,21 +289,28 @@ def _read_files(terms: list[list[Part]]) -> dict[Part, LearnedEmbedding]:
 
 
 def _check_files(terms: list[list[Part]], files: dict[Part, LearnedEmbedding], config: MergeConfig,
-                 with_model: bool) -> None:
-    """What the files alone tell, said before a model loads: a sum of files of different vector counts, files no
-    model takes together (other widths of their first text encoder: an SDXL file's clip_l half is as wide as an
-    SD 1.x one's, which an SD 1.x --model takes) and, where they decide whether the merge is SDXL's (no --model,
-    or no SDXL file), an OUT that cannot hold it or a file there already (`formats.check_writable`)."""
+                 model: Model | None) -> None:
+    """What the files and settings tell, said before a model loads: a sum of files of different vector counts,
+    files no model takes together (other widths of their first text encoder: an SDXL file's clip_l half is as wide
+    as an SD 1.x one's, which an SD 1.x --model takes) and an OUT that cannot hold the merge or whose file is there
+    already (`formats.check_writable`), where the files tell its widths: SDXL files with --model give an SD 1.x
+    model their clip_l half, so its source tells (`models.source_is_xl`; a hub id's only once it loads)."""
     parts = [(str(part), files[part]) for term in terms for part in term if not part.words]
     for term in terms:
         _count([(str(part), files[part], part.weight) for part in term if not part.words])
     if len({emb.widths[0] for _, emb in parts}) > 1:
         _check_one_family(parts)
     widths = {emb.widths for _, emb in parts}
-    if len(widths) == 1 and not (with_model and len(next(iter(widths))) == 2):
-        widths = widths.pop()
-        check_writable(config.out, format_for(config.out, config.to, len(widths) == 2), config.token, widths,
-                       config.overwrite)
+    if len(widths) != 1:  # (none, or SDXL's beside SD 1.x's: `_as_drawn` and `_merged` tell)
+        return
+    widths = widths.pop()
+    if len(widths) == 2 and (model is not None or config.model):
+        xl = model.is_xl if model is not None else source_is_xl(config.model)
+        if xl is None:
+            return
+        widths = widths if xl else widths[:1]
+    check_writable(config.out, format_for(config.out, config.to, len(widths) == 2), config.token, widths,
+                   config.overwrite)
 
 
 def _read_parts(terms: list[list[Part]], files: dict[Part, LearnedEmbedding], model: Model | None
