@@ -266,7 +266,7 @@ def test_a_run_moved_with_its_pictures_resumes_given_where_they_are_now(sd1_dir,
     one = dict(images=str(dogs), token="<zq>", init="dog", **common)
     two = dict(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>"], **common)
     for run, name in ((one, "one"), (two, "two")):
-        straight = train(TrainConfig(**run, out=str(tmp_path / f"{name}-a"), steps=4), progress=False)
+        train(TrainConfig(**run, out=str(tmp_path / f"{name}-a"), steps=4), progress=False)
         train(TrainConfig(**run, out=str(tmp_path / name), steps=2), progress=False)
         shutil.move(tmp_path / name, tmp_path / "moved" / name)
     for folder in (dogs, cats):
