@@ -270,3 +270,22 @@ def test_another_precision_asked_for_on_resume_goes_on_warned(sd1_dir, images, t
                                                      r"bf16 on cuda \(--precision auto\)"):
         resumed = train(_run(images, sd1_dir, out, 4, resume=True, precision="fp32"), progress=False)
     assert resumed.steps == 4
+
+
+def test_a_resume_compares_the_precision_of_a_model_passed_in(sd1_dir, images, tmp_path):
+    """A model passed to train() takes its steps at its own dtype, whatever --precision reads as: the checkpoint
+    records that one, and a resume with a model at another (or none, where --precision gives another) is refused as
+    one at another --precision is; the same model's dtype resumes."""
+    bf16 = load_model(sd1_dir, dtype=torch.bfloat16)
+    train(_run(images, sd1_dir, tmp_path / "b", 2), model=bf16, progress=False)
+    state = torch.load(tmp_path / "b" / "checkpoints" / "step-000002.pt", weights_only=True)
+    assert state["precision"] == "bf16"
+    with pytest.raises(ConfigError, match=r"cannot resume .* at fp32 \(--precision auto on cpu\): its checkpoint "
+                                          r"step-000002.pt was trained at bf16 on cpu"):
+        train(_run(images, sd1_dir, tmp_path / "b", 4, resume=True), progress=False)
+    assert train(_run(images, sd1_dir, tmp_path / "b", 4, resume=True), model=bf16, progress=False).steps == 4
+    train(_run(images, sd1_dir, tmp_path / "f", 2), model=load_model(sd1_dir), progress=False)
+    with pytest.raises(ConfigError, match=r"cannot resume .* at bf16 \(the model passed to train\(\)\): its "
+                                          r"checkpoint step-000002.pt was trained at fp32 on cpu.*pass the model "
+                                          r"loaded at torch.float32 \(load_model's dtype\)"):
+        train(_run(images, sd1_dir, tmp_path / "f", 4, resume=True), model=bf16, progress=False)

@@ -31,7 +31,7 @@ from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_f
                       step_filename)
 from .hub import hub_reference
 from .io import TEMPORARY, write_bytes, write_text
-from .models import BUNDLED_MODELS, precision_name, same_model
+from .models import BUNDLED_MODELS, DTYPES, precision_name, same_model
 from .tokens import token_names
 from .tracking import LOGS_DIR, run_name
 
@@ -631,13 +631,14 @@ class PrecisionChangedWarning(UserWarning):
 
 
 def check_same_precision(checkpoint: tuple[Path, dict], config: TrainConfig, dtype: torch.dtype,
-                         device: torch.device) -> None:
+                         device: torch.device, passed: bool = False) -> None:
     """Before the model loads: a resume whose --precision reads as the run's (config.yaml's word) must take its steps
     at the precision its checkpoint's were taken at (`dtype`, what --precision gives on `device`): `auto` is bf16 on
     a CUDA GPU and fp32 on the CPU, so a run moved between them would go on in other arithmetic, silently, and not
     end where it would have. The same dtype however given (`auto` and `fp32` on the CPU) goes on. Another word given
     (`--precision fp32` on a bf16 run) is a change asked for: it goes on, warned about when the arithmetic changes (or
-    cannot be told: a checkpoint saved before the record)."""
+    cannot be told: a checkpoint saved before the record). `passed`: `dtype` is that of a model passed to train(),
+    which its steps take whatever --precision gives."""
     path, state = checkpoint
     out, then = Path(config.out), state.get("precision")
     was = read_run_settings(out).get("precision", "auto")
@@ -650,10 +651,12 @@ def check_same_precision(checkpoint: tuple[Path, dict], config: TrainConfig, dty
                       f"(--precision {was}), so it goes on in other arithmetic and will not end exactly where it "
                       "would have", PrecisionChangedWarning, stacklevel=3)
         return
-    raise ConfigError(f"cannot resume {out} at {now} (--precision {config.precision} on {device.type}): its "
-                      f"checkpoint {path.name} was trained at {then} on {state.get('device')}, and steps at another "
-                      f"precision round otherwise, so the run would not end where it would have; resume with "
-                      f"--precision {then} to go on as it was, or with --precision {now} to go on at {now} knowingly")
+    given = "the model passed to train()" if passed else f"--precision {config.precision} on {device.type}"
+    fix = (f"pass the model loaded at {DTYPES[then]} (load_model's dtype) to go on as it was, or give --precision "
+           f"{now}" if passed else f"resume with --precision {then} to go on as it was, or with --precision {now}")
+    raise ConfigError(f"cannot resume {out} at {now} ({given}): its checkpoint {path.name} was trained at {then} on "
+                      f"{state.get('device')}, and steps at another precision round otherwise, so the run would not "
+                      f"end where it would have; {fix} to go on at {now} knowingly")
 
 
 class ModelChangedWarning(UserWarning):

@@ -1297,7 +1297,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     prompts were read from; `handlers`: where the run's signal handlers are put back (`train`'s, once it has let
     go of the folder and the model)."""
     run = _Run(config, state, device, where or _Where(config, torch.float32), progress, on_step, source, prompts_from)
-    _check_inputs(run)  # 1. settings, output folder and pictures, before the (slow) model load
+    _check_inputs(run, model)  # 1. settings, output folder and pictures, before the (slow) model load
     _load_model(run, model)  # 2. model and tokens
     _read_concepts(run)  # 3. data: each concept's cached latents and captions
     _prepare_step(run)  # the optimizer over the new vectors, its schedule, the compiled UNet
@@ -1306,7 +1306,7 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     return _finish(run, files)  # 5. results
 
 
-def _check_inputs(run: _Run) -> None:
+def _check_inputs(run: _Run, model: Model | None) -> None:
     """`_train`'s first phase: the output folder, each concept's pictures (read before the slow model load, so bad
     data fails first), the pictures held out for validation, the steps --epochs gives, and the checkpoint a
     --resume goes on from, checked against the settings."""
@@ -1349,7 +1349,9 @@ def _check_inputs(run: _Run) -> None:
         # (the pictures in the order its epoch table counts them)
         found, moved = check_resumable(checkpoint, config, found, run.world,
                                        held_back if config.validation_split else None)
-        check_same_precision(checkpoint, config, resolve_precision(config.precision, run.device), run.device)
+        # (the dtype the steps take: a model passed in trains at its own, whatever --precision gives)
+        check_same_precision(checkpoint, config, resolve_precision(config.precision, run.device) if model is None
+                             else model.unet.dtype, run.device, passed=model is not None)
         places = moved_places(out, config)  # (said once resumed: config.yaml then records where they are now)
         if config.validation_images is not None:  # (not trained on: a change is said, the run goes on)
             _warn_other_validation_pictures(checkpoint[1], held_back[0], step=int(checkpoint[1]["step"]))
@@ -1371,7 +1373,8 @@ def _load_model(run: _Run, model: Model | None) -> None:
     settings, with each concept's token added to every text encoder, its vectors started from the init text."""
     config, device, where, checkpoint, moved, specs = \
         run.config, run.device, run.where, run.checkpoint, run.moved, run.specs
-    dtype = resolve_precision(config.precision, device)
+    # the dtype the steps take (checkpoints record it): a model passed in keeps its own
+    dtype = resolve_precision(config.precision, device) if model is None else model.unet.dtype
     if model is not None and checkpoint is not None:  # (not config.model's: it is compared as one given anew)
         moved = {"model": "the model passed to train()"}
     if model is None:
