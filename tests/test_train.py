@@ -1815,13 +1815,25 @@ def test_epochs_give_the_steps_of_a_kohya_folder_and_keep_them_in_config_yaml(sd
                sample_every=0, save_every=0, log_every=1)
     result = train(TrainConfig(out=str(tmp_path / "a"), epochs=2, **run), progress=True)
     assert result.steps == 3 == len(result.losses)
-    said = "--epochs 2: 5 samples (3 pictures, each its kohya folder's count x --repeats) / batch 2 x grad-accum 2 " \
-           "= 1.25 steps an epoch, 3 steps"
+    said = "--epochs 2: 5 samples (3 pictures, each its kohya folder's count or subset's num_repeats x --repeats) / " \
+           "batch 2 x grad-accum 2 = 1.25 steps an epoch, 3 steps"
     assert said in capsys.readouterr().out
     text = (tmp_path / "a" / "config.yaml").read_text()
     saved = yaml.safe_load(text)
     assert saved["steps"] == 3 and saved["epochs"] is None and f"# {said}\n" in text
     assert train(TrainConfig(out=str(tmp_path / "b"), epochs=2, **{**run, "repeats": 2}), progress=False).steps == 5
+
+
+def test_a_resume_keeps_the_epochs_line_in_an_earlier_wording(tmp_path):
+    """config.yaml's --epochs line is read back on resume (`_epochs_note`): a run folder an earlier textinv wrote,
+    which said 'each its kohya folder's count' for a dataset config's num_repeats too, keeps its line."""
+    from textinv.train import _epochs_note
+
+    for each in ("its kohya folder's count", "its kohya folder's count or subset's num_repeats"):
+        line = f"--epochs 2: 5 samples (3 pictures, each {each} x --repeats) / batch 2 = 2.5 steps an epoch, 5 steps"
+        (tmp_path / "config.yaml").write_text(f"# {line}\nsteps: 5\n", encoding="utf-8")
+        assert _epochs_note(tmp_path / "config.yaml", 5) == line
+        assert _epochs_note(tmp_path / "config.yaml", 6) is None  # (a run of other steps: not how they were counted)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "statvfs"), reason="statvfs: a POSIX system's")

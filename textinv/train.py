@@ -307,8 +307,8 @@ def _check_no_other_tokens(tokenizer, bank: CaptionBank, pictures: list, spec: d
 def steps_for_epochs(epochs: int, counts: Sequence[Sequence[int]], batch: int, grad_accum: int = 1,
                      processes: int = 1, tokens: Sequence[str] = ()) -> tuple[int, str]:
     """The optimizer steps of `epochs` epochs (--epochs), and one line saying how they were counted. `counts` holds,
-    per concept, how many times each picture is in an epoch (its kohya folder's count x --repeats: `BatchSampler`'s
-    table); `tokens` names the concepts.
+    per concept, how many times each picture is in an epoch (its kohya folder's count, or its subset's num_repeats,
+    x --repeats: `BatchSampler`'s table); `tokens` names the concepts.
 
     Every step draws batch x grad_accum x processes samples from each concept's epochs, and an epoch ends inside a
     batch (the sampler goes on into the next one), so E epochs are E x the epoch's samples over that, rounded up
@@ -327,7 +327,7 @@ def steps_for_epochs(epochs: int, counts: Sequence[Sequence[int]], batch: int, g
     each = counts[k]
     what = f"{len(each)} picture{'s' * (len(each) != 1)}"
     if len(set(each)) > 1:  # (kohya folders of different counts)
-        what = f"{sizes[k]} samples ({what}, each its kohya folder's count x --repeats)"
+        what = f"{sizes[k]} samples ({what}, each its kohya folder's count or subset's num_repeats x --repeats)"
     elif each[0] > 1:
         what += f" x {each[0]} repeats"
     by = " x ".join([f"batch {batch}"] + [f"grad-accum {grad_accum}"] * (grad_accum > 1)
@@ -340,7 +340,8 @@ def steps_for_epochs(epochs: int, counts: Sequence[Sequence[int]], batch: int, g
 
 def _epochs_note(path: Path, steps: int) -> str | None:
     """The line of a run's config.yaml header that says how --epochs gave its steps (`steps_for_epochs`), while the
-    run is still of those `steps`; else None."""
+    run is still of those `steps`; else None. Read by its start and end only, so a line an earlier textinv worded
+    otherwise is kept as it is."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
