@@ -2679,6 +2679,34 @@ def test_no_metadata_writes_no_text_and_full_keeps_the_paths(sd1_dir, tmp_path):
     assert np.array_equal(_pixels(full), _pixels(picture))  # the text changes, not the picture
 
 
+def test_the_parameters_name_a_single_file_model_as_the_web_ui_does_and_again_still_finds_it(sd1_dir, tmp_path):
+    """The web UI's infotext writes `Model: <name>`, its checkpoint's file name without the suffix
+    (sd_models.CheckpointInfo.model_name), where textinv wrote the file's name or (--metadata full) its path; --again
+    finds the model by textinv's record, not by that name, so a full picture redraws without --model and a shareable
+    one asks for it."""
+    from safetensors.torch import save_file
+    from test_models import _ldm_state_dict
+    from textinv.again import again_config
+
+    save_file(_ldm_state_dict(build_tiny_pipeline("sd1", seed=0)), tmp_path / "sd15 v2.safetensors")
+    model = tmp_path / "sd15 v2.safetensors"
+    for metadata in ("shareable", "full"):
+        [picture] = generate(GenerateConfig(prompt=["a dog"], model=str(model), single_file_config=str(sd1_dir),
+                                            out=str(tmp_path / metadata), n=1, seed=1, steps=2, metadata=metadata),
+                             progress=False)
+        text = Image.open(picture).text
+        assert re.search(r"Model: sd15 v2(,|$)", text["parameters"]), text["parameters"]
+        assert text["model"] == ("sd15 v2.safetensors" if metadata == "shareable" else str(model))
+    assert again_config(picture, {"out": str(tmp_path / "again")})[0].model == str(model)
+    with pytest.raises(ConfigError, match=r"--model with where sd15 v2.safetensors is"):
+        again_config(tmp_path / "shareable" / picture.name, {"out": str(tmp_path / "again")})
+    from textinv.generate import png_text  # (a folder, a hub id and a bundled name, as the web UI has none: as given)
+
+    for given, named in ((str(sd1_dir), sd1_dir.name), ("sd15", "sd15"), ("org/sd-1.5", "org/sd-1.5"),
+                         ("shapes", "shapes")):
+        assert f"Model: {named}" in png_text({"prompt": "a", "model": given}).chunks[-1][1].decode()
+
+
 def test_again_on_a_shareable_picture_asks_for_each_path_and_draws_it_bit_for_bit_when_given(sd1_dir, tmp_path,
                                                                                               monkeypatch):
     import json

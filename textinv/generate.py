@@ -1031,7 +1031,8 @@ def png_text(params: dict[str, str]) -> PngInfo:
               "refiner_switch_at": "Refiner switch at", "lora_hashes": "Lora hashes", "ti_hashes": "TI hashes"}
     sampler, schedule = webui_names(params.get("sampler", "default")) or (None, None)
     values = {**params, "sampler": sampler, "schedule": schedule,
-              "clip_skip": params["clip_skip"] if int(params.get("clip_skip", 1)) > 1 else None}
+              "clip_skip": params["clip_skip"] if int(params.get("clip_skip", 1)) > 1 else None,
+              "model": _model_name(str(params["model"])) if params.get("model") else None}  # (as the web UI names it)
     summary += ", ".join(f"{label}: {_infotext_value(values[k])}" for k, label in labels.items()
                          if values.get(k) is not None)
     # sd-dynamic-prompts' lines after the settings: the templates the prompts were drawn from
@@ -2497,11 +2498,14 @@ def _refiner_params(config: GenerateConfig) -> dict:
 
 
 def _model_name(given: str) -> str:
-    """A model setting as the web UI names a checkpoint: a file's name without its suffix, a folder's name, a hub
-    id (or a bundled name) as given."""
-    source = given.rstrip("/\\")
-    name = Path(source).stem if Path(source).suffix.lower() in CHECKPOINT_SUFFIXES else Path(source).name
-    return name if Path(source).exists() else given
+    """A model setting as the web UI names a checkpoint (sd_models.CheckpointInfo.model_name): a file's name without
+    its suffix (also a file named without its path, as --metadata shareable records it), a folder's name, a hub id
+    (or a bundled name) as given. The web UI's name also holds the folders under its models folder, which textinv has
+    none of."""
+    source = Path(given.rstrip("/\\"))
+    if source.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return source.stem
+    return source.name if source.exists() else given
 
 
 def _old_editing_params(config: GenerateConfig, hires: Hires | None, texts: list[str], steps: int) -> dict:
