@@ -1517,6 +1517,42 @@ def test_training_on_a_one_encoder_model_can_start_from_an_sdxl_files_clip_l_hal
     assert torch.allclose(result.embedding.vectors["text_encoder"], clip_l, atol=1e-5)  # (one step at a rate of ~0)
 
 
+def test_warnings_raised_inside_a_run_name_the_line_that_called_train(sd1_dir, images, tmp_path):
+    """A warning a run raises names the user's `train(...)` line, however deep in the run it was raised: the SDXL
+    file's clip_l half (generate's), the files skipped and the picture smaller than the training size (data's), an
+    --init word the model does not know (train's own), a key kohya's dataset config gives to no use (kohya's), and
+    another --precision asked for on resume (run_folder's); once the run's phases were functions of their own,
+    each named a line inside textinv."""
+    import numpy as np
+    from PIL import Image
+
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    xl = LearnedEmbedding("<old>", {"text_encoder": torch.randn(2, 32), "text_encoder_2": torch.randn(2, 64)})
+    path = save_embedding(xl, tmp_path / "old.safetensors", "sdxl")[0]
+    small = tmp_path / "small"
+    small.mkdir()
+    for i, size in enumerate(((40, 40), (10, 14))):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)).save(small / f"{i}.png")
+    (small / "notes.md").write_text("not a picture")
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{images}"\ncache_info = true\n')
+    with pytest.warns(UserWarning) as said:
+        train(config(images, tmp_path / "a", vectors=2, init=None, init_embedding=str(path), steps=1),
+              model=load_model(sd1_dir), progress=False)
+        train(config(small, tmp_path / "b", steps=1, buckets=True, init="zqxzqx"), model=load_model(sd1_dir),
+              progress=False)
+        kohya = dict(dataset_config=str(dataset), token="<zq>", init="dog", out=str(tmp_path / "c"), batch=2,
+                     save_every=2, sample_every=0)
+        train(TrainConfig(**kohya, steps=2), model=load_model(sd1_dir), progress=False)
+        train(TrainConfig(**kohya, steps=4, resume=True, precision="bf16", model=str(sd1_dir)), progress=False)
+    messages = "\n".join(str(w.message) for w in said)
+    for what in ("only its clip_l half", "skipped 1 file(s)", "smaller than the training resolution",
+                 "does not know", "left unused: cache_info", "as asked: it ran at fp32"):
+        assert what in messages, what
+    assert [(w.filename, w.lineno) for w in said if w.filename != __file__] == []
+
+
 def test_training_leaves_an_installed_embeddings_vectors_alone(sd1_dir, images, tmp_path):
     """A model that already holds a token (`install_embedding`, or a token learned before) trains a new one: the
     installed token's vectors share the trained parameter, and AdamW's weight decay shrank them every step. The

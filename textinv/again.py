@@ -46,7 +46,6 @@ import dataclasses
 import json
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ from . import __version__
 from .config import GenerateConfig, build, typed_settings
 from .dynamic import literal
 from .emphasis import as_words, lora_tags
-from .errors import ConfigError
+from .errors import ConfigError, warn
 from .formats import PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, on_disk, split_bundle
 from .generate import (HIRES_SETTINGS, MASK_SETTINGS, file_digest, file_sha256, folder_embeddings,
                        hash_name, lora_files, lora_sha256)
@@ -133,7 +132,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     _check_paths_given(picture, settings, flags)
     from_text = not (flags.get("init_image") or settings.get("init_image"))
     for note in picture.notes + (picture.without_init if from_text else picture.with_init):
-        warnings.warn(note, stacklevel=2)
+        warn(note, stacklevel=2)
     if from_text:  # (a ComfyUI img2img's steps are counted otherwise from text: its sampler's own are drawn)
         for name, value in picture.text_only.items():
             if name in flags:
@@ -155,7 +154,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         for name in MASK_SETTINGS:
             settings.pop(name, None)
         for note in picture.without_mask if not from_text else []:
-            warnings.warn(note, stacklevel=2)
+            warn(note, stacklevel=2)
     _check_still_there(picture, settings, flags)
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
     _check_init_unchanged(picture, flags.get("init_image", settings.get("init_image")))
@@ -180,8 +179,8 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         settings["n"], keep = len(batch) or 1, None
         settings["batch_size"] = picture.settings.get("batch_size", settings.get("batch_size"))
     if picture.origin == "textinv" and picture.version != __version__:
-        warnings.warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
-                      f"{__version__}: the redraw may differ from it", stacklevel=2)
+        warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
+             f"{__version__}: the redraw may differ from it", stacklevel=2)
     return build(GenerateConfig, settings, flags), keep
 
 
@@ -359,9 +358,9 @@ def _from_record(path: Path, text: str) -> Picture:
     unknown = [k for k in record if k not in _RECORD_EXTRAS]
     unknown += [k for k in record["settings"] if k not in fields]
     if unknown:
-        warnings.warn(f"{path} records settings this textinv ({__version__}) does not know, from textinv "
-                      f"{version or '(unknown)'}: {', '.join(map(str, unknown))}; they are ignored, so the redraw may "
-                      f"differ (draw it with that textinv for the same picture)", stacklevel=3)
+        warn(f"{path} records settings this textinv ({__version__}) does not know, from textinv "
+             f"{version or '(unknown)'}: {', '.join(map(str, unknown))}; they are ignored, so the redraw may "
+             f"differ (draw it with that textinv for the same picture)", stacklevel=3)
     settings = _typed(path, {k: v for k, v in record["settings"].items() if k in fields and k not in _NOT_RECORDED})
     if settings.get("mask") and "inpaint_blend" not in settings:
         settings["inpaint_blend"] = "noised"  # (drawn before the choice, when textinv had diffusers' way only)
@@ -385,9 +384,9 @@ def _from_old_keys(path: Path, text: dict[str, str]) -> Picture:
     embeddings = raw.pop("embeddings", "")
     raw["embedding"] = [e for e in embeddings.split(", ") if e] if embeddings else []
     raw["prompt"] = [raw["prompt"]]
-    warnings.warn(f"{path} was drawn by textinv {text['textinv_version']}, which did not record the precision, "
-                  f"--vae, --lora-dir, --prediction-type, --single-file-config, --token or --batch-size, and wrote "
-                  f"paths as typed (read from here): give any the picture was drawn with as flags", stacklevel=3)
+    warn(f"{path} was drawn by textinv {text['textinv_version']}, which did not record the precision, "
+         f"--vae, --lora-dir, --prediction-type, --single-file-config, --token or --batch-size, and wrote "
+         f"paths as typed (read from here): give any the picture was drawn with as flags", stacklevel=3)
     return Picture(path, "textinv", _typed(path, raw), [], text["textinv_version"])
 
 
@@ -1420,8 +1419,8 @@ def _check_unchanged(picture: Picture, files: list[str]) -> None:
     changed = [f for f, old in zip(files, picture.digests)
                if isinstance(old, str) and file_digest(f) not in (None, old)]  # (a run's folder: its file's)
     if changed:
-        warnings.warn(f"{picture.path} was drawn with other contents of {', '.join(changed)} (the file was retrained "
-                      f"or replaced since): the redraw uses the file as it is now, so it will differ", stacklevel=3)
+        warn(f"{picture.path} was drawn with other contents of {', '.join(changed)} (the file was retrained "
+             f"or replaced since): the redraw uses the file as it is now, so it will differ", stacklevel=3)
 
 
 def _check_init_unchanged(picture: Picture, init_image: str | None, name: str = "init_image") -> None:
@@ -1431,9 +1430,9 @@ def _check_init_unchanged(picture: Picture, init_image: str | None, name: str = 
     if not digest or not init_image or not Path(init_image).expanduser().is_file():
         return
     if file_sha256(Path(init_image).expanduser()) != digest:
-        warnings.warn(f"{picture.path} was drawn from other contents of {init_image} (--{name.replace('_', '-')}; "
-                      f"the picture was replaced since, or another given for it): the redraw starts from it as it is "
-                      f"now, so it will differ", stacklevel=3)
+        warn(f"{picture.path} was drawn from other contents of {init_image} (--{name.replace('_', '-')}; "
+             f"the picture was replaced since, or another given for it): the redraw starts from it as it is "
+             f"now, so it will differ", stacklevel=3)
 
 
 def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str], prompts: list[str] = ()) -> None:
@@ -1477,13 +1476,13 @@ def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str], prom
             other.append(f"{file} (its SHA-256 begins {digest[:12]}; the picture's {wanted[name.lower()][0]} "
                          f"{wanted[name.lower()][1]})")
     if other:
-        warnings.warn(f"{picture.path} was drawn with other embedding files than " + ", ".join(other) + " (its TI "
-                      "hashes): another file or version of the embedding, so the redraw will differ", stacklevel=3)
+        warn(f"{picture.path} was drawn with other embedding files than " + ", ".join(other) + " (its TI "
+             "hashes): another file or version of the embedding, so the redraw will differ", stacklevel=3)
     missing = [name for key, (name, _) in wanted.items() if key not in found]
     if missing:
-        warnings.warn(f"{picture.path} was drawn with the embeddings {', '.join(missing)} (its TI hashes), which no "
-                      f"--embedding given is: pass their files (or the web UI's embeddings folder), or the prompt "
-                      f"reads their names as words", stacklevel=3)
+        warn(f"{picture.path} was drawn with the embeddings {', '.join(missing)} (its TI hashes), which no "
+             f"--embedding given is: pass their files (or the web UI's embeddings folder), or the prompt "
+             f"reads their names as words", stacklevel=3)
 
 
 def _check_lora_hashes(picture: Picture, prompts: list[str], folders: list[str]) -> None:
@@ -1505,8 +1504,8 @@ def _check_lora_hashes(picture: Picture, prompts: list[str], folders: list[str])
         if not digest.startswith(short):
             other.append(f"{file} (its hash begins {digest[:12]}; the picture's {name} {short})")
     if other:
-        warnings.warn(f"{picture.path} was drawn with other LoRA files than " + ", ".join(other) + " (its Lora "
-                      "hashes): another file or version of the LoRA, so the redraw will differ", stacklevel=3)
+        warn(f"{picture.path} was drawn with other LoRA files than " + ", ".join(other) + " (its Lora "
+             "hashes): another file or version of the LoRA, so the redraw will differ", stacklevel=3)
 
 
 def _check_paths_given(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:

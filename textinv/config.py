@@ -18,7 +18,6 @@ import random
 import re
 import tomllib
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +26,7 @@ import yaml
 
 from .emphasis import CHUNK
 from .emphasis import MODES as EMPHASIS
-from .errors import ConfigError, backslash_note
+from .errors import ConfigError, backslash_note, warn
 from .foreign import foreign_hint
 from .io import read_text
 from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, check_optimizer, check_schedule,
@@ -94,7 +93,7 @@ def spelled(spellings: dict[str, str], value, note=None):
         return value
     said = note(value) if note is not None else None
     if said:
-        warnings.warn(said, stacklevel=3)
+        warn(said, stacklevel=3)
     return spellings.get(value.strip().lower(), value)
 
 
@@ -580,9 +579,9 @@ class TrainConfig:
                 raise ConfigError(f"--lr-steps gives the rates: leave out --lr (got {self.lr})")
         rates = [rate for rate, _ in parse_lr_steps(self.lr_steps)] if self.lr_steps is not None else [self.lr]
         if max(rates) > 1:  # (valid, but the loss goes NaN within steps: most likely 5e3 typed for 5e-3)
-            warnings.warn(f"learning rate {max(rates):g} is far above textual inversion's usual rates (the paper's "
-                          f"5e-3, the web UI's 0.005 and up to 0.05 at first); check the exponent's sign (5e3 is "
-                          f"5000, 5e-3 is 0.005)", stacklevel=3)  # (validate's caller)
+            warn(f"learning rate {max(rates):g} is far above textual inversion's usual rates (the paper's "
+                 f"5e-3, the web UI's 0.005 and up to 0.05 at first); check the exponent's sign (5e3 is "
+                 f"5000, 5e-3 is 0.005)", stacklevel=3)  # (validate's caller)
 
     def _check_exclusive_options(self) -> None:
         """Options that rule each other out: --cuda-graphs with --buckets or a compile mode that captures graphs,
@@ -644,9 +643,9 @@ class TrainConfig:
         # one spelling for each value (a resume compares the recorded settings: betas=0.9,0.99 is betas=0.9, 0.99)
         self.optimizer_args = canonical_optimizer_args(self.optimizer_args)
         if self.optimizer in OWN_STEP_SIZE and self.lr_steps is None and self.lr != 1:
-            warnings.warn(f"--optimizer {self.optimizer} estimates its own step size and is meant to run at --lr 1.0 "
-                          f"(as kohya's Prodigy and DAdaptation configs give it); --lr {self.lr:g} scales that "
-                          f"estimate by {self.lr:g}", stacklevel=3)
+            warn(f"--optimizer {self.optimizer} estimates its own step size and is meant to run at --lr 1.0 "
+                 f"(as kohya's Prodigy and DAdaptation configs give it); --lr {self.lr:g} scales that "
+                 f"estimate by {self.lr:g}", stacklevel=3)
 
     def _check_tag_separators(self, said: dict[str, str] | None = None) -> None:
         """--tag-separator splits the tags, so it cannot be empty; --keep-tags-separator and --tag-joiner must each

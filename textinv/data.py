@@ -22,7 +22,6 @@ import io
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import ConfigError, DataError, backslash_note
+from .errors import ConfigError, DataError, backslash_note, warn
 from .io import read_text
 
 __all__ = [
@@ -215,7 +214,7 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     images, subfolders = _scan(folder)
     kohya = [p for p in subfolders if kohya_repeats(p.name) is not None]
     if images and kohya:
-        warnings.warn(SkippedFilesWarning(
+        warn(SkippedFilesWarning(
             f"{folder} holds pictures itself, so only they are read, not its kohya folders "
             f"({_names(kohya)}); to train on all, move the pictures into a folder of their own such as "
             f"{folder / '1_pictures'}"), stacklevel=2)
@@ -268,7 +267,7 @@ def _scan(folder: Path, caption_extension: str | None = None) -> tuple[list[Path
         hint = ""
         if any(p.suffix.lower() in (".heic", ".heif") for p in skipped):
             hint = " (Pillow cannot read HEIC photos: convert them to JPEG first)"
-        warnings.warn(
+        warn(
             SkippedFilesWarning(f"skipped {len(skipped)} file(s) in {folder} that are not pictures: {names}{hint}"),
             stacklevel=3,
         )
@@ -314,8 +313,8 @@ def _kohya_images(folder: Path, subfolders: list[Path]) -> list[Path]:
             if not found:
                 skipped.append(f"{sub.name} (no pictures in it)")
     if skipped:
-        warnings.warn(SkippedFilesWarning(f"skipped {len(skipped)} subfolder(s) of {folder}, which is read in "
-                                          f"kohya's layout: {', '.join(skipped)}"), stacklevel=3)
+        warn(SkippedFilesWarning(f"skipped {len(skipped)} subfolder(s) of {folder}, which is read in "
+                                 f"kohya's layout: {', '.join(skipped)}"), stacklevel=3)
     if not images:
         raise DataError(f"no images found in the kohya folders of {folder}; put the pictures of your concept in a "
                         f"subfolder named <repeats>_<words>, such as {folder / '10_mydog'}")
@@ -465,9 +464,9 @@ def _larger_than(folder: Path, paths: list[Path], skip: Sequence[int]) -> list[P
         raise DataError(f"no picture in {folder}, a kohya subset's folder (image_dir), is larger in area than its "
                         f"skip_image_resolution {width}x{height}, which leaves out all {len(small)}: {listed}; give "
                         f"a smaller skip_image_resolution, or remove the subset")
-    warnings.warn(SkippedFilesWarning(f"skipped {len(small)} picture(s) in {folder} of at most {width}x{height} "
-                                      f"pixels in area (its skip_image_resolution, as kohya skips them): {listed}"),
-                  stacklevel=3)
+    warn(SkippedFilesWarning(f"skipped {len(small)} picture(s) in {folder} of at most {width}x{height} "
+                             f"pixels in area (its skip_image_resolution, as kohya skips them): {listed}"),
+         stacklevel=3)
     return [p for p in paths if p not in small]
 
 
@@ -1056,7 +1055,7 @@ def _covers(img: Image.Image, alpha: Image.Image | None, size: tuple[int, int],
 def _warn_several_lines(several: list[str]) -> None:
     """Warn (at `load_training_images`' caller) of the caption files `several` that hold several lines: kohya's
     scripts train on a file's first line, or pick a line per step with enable_wildcard."""
-    warnings.warn(CaptionLinesWarning(
+    warn(CaptionLinesWarning(
         f"{len(several)} caption file(s) hold several lines, which textinv joins into one caption (as the web UI "
         f"reads a caption file): {', '.join(several[:3])}{', ...' if len(several) > 3 else ''}; kohya's scripts "
         f"train on the first line only: if the lines are alternatives, keep one a file, or give "
@@ -1065,7 +1064,7 @@ def _warn_several_lines(several: list[str]) -> None:
 
 def _warn_small(small: list[str], resolution: int, bucket_step: int | None) -> None:
     """Warn (at `load_training_images`' caller) of the pictures `small` that are upscaled to their training size."""
-    warnings.warn(SmallImageWarning(
+    warn(SmallImageWarning(
         f"{len(small)} picture(s) are smaller than the training resolution {resolution}x{resolution} "
         f"{'(their buckets) ' if bucket_step else ''}and will be upscaled, which blurs them: "
         f"{', '.join(small)}; use larger pictures or a lower resolution"), stacklevel=3)
@@ -1102,9 +1101,9 @@ def latent_weights_each(pictures: list, sizes: list[tuple[int, int]], folder) ->
     """`latent_weights` for pictures of several sizes (aspect-ratio buckets): picture i's (1, 1, h_i, w_i) at
     its latents' size `sizes[i]` (the mirror images are the caller's: `w.flip(-1)`)."""
     if all(p.alpha is None for p in pictures):
-        warnings.warn(AlphaMaskWarning(f"--alpha-mask: no picture in {folder} has an alpha channel or a transparent "
-                                       f"colour, so every pixel weighs 1; save the pictures as PNGs with the "
-                                       f"background transparent"), stacklevel=3)
+        warn(AlphaMaskWarning(f"--alpha-mask: no picture in {folder} has an alpha channel or a transparent "
+                              f"colour, so every pixel weighs 1; save the pictures as PNGs with the "
+                              f"background transparent"), stacklevel=3)
     return [torch.nn.functional.interpolate(
         (unit_alpha(p.alpha) if p.alpha is not None else torch.ones(1, *p.pixels.shape[-2:]))[None],
         size=tuple(size), mode="area") for p, size in zip(pictures, sizes)]
@@ -1493,7 +1492,7 @@ class CaptionSampler:
         self.lines: list[list[str] | None] = []
         unmarked = [name for image in images if (name := self._read(image, prefix, suffix))]
         if unmarked:
-            warnings.warn(
+            warn(
                 CaptionWithoutMarkerWarning(
                     f"{len(unmarked)} caption file(s) have no {MARKER} (or {A1111_MARKER}) marker and do not name the "
                     f"token, so it is put in front of their text: {', '.join(unmarked)}; write {MARKER} where the "
@@ -1502,16 +1501,16 @@ class CaptionSampler:
                 stacklevel=2,
             )
         if tags.active and all(c is None for c in self.captions):
-            warnings.warn(TagOptionsWarning("tag shuffling or dropout was asked for, but no picture has a caption "
-                                            "file (or, with [filewords] templates, words in its file name) whose "
-                                            "tags it could change; the templates are used as they are"),
-                          stacklevel=2)
+            warn(TagOptionsWarning("tag shuffling or dropout was asked for, but no picture has a caption "
+                                   "file (or, with [filewords] templates, words in its file name) whose "
+                                   "tags it could change; the templates are used as they are"),
+                 stacklevel=2)
         if (prefix or suffix) and all(image.caption is None for image in images):
-            warnings.warn(TagOptionsWarning("a caption prefix or suffix was given, but no picture has a caption "
-                                            "file to put it on; the templates are used as they are (kohya's "
-                                            "templates replace the whole caption, prefix and suffix with it): "
-                                            "write caption files, or put the words into the --templates lines"),
-                          stacklevel=2)
+            warn(TagOptionsWarning("a caption prefix or suffix was given, but no picture has a caption "
+                                   "file to put it on; the templates are used as they are (kohya's "
+                                   "templates replace the whole caption, prefix and suffix with it): "
+                                   "write caption files, or put the words into the --templates lines"),
+                 stacklevel=2)
 
     def _read(self, image: TrainingImage, prefix: str, suffix: str) -> str | None:
         """Take in `image`'s caption (or its caption file's lines, with wildcards), prefix and suffix put around it;

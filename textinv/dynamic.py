@@ -29,12 +29,11 @@ import itertools
 import json
 import random
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ConfigError
+from .errors import ConfigError, warn
 
 SEPARATOR = ", "  # between the options a `{2$$...}` variant draws (dynamicprompts' default)
 MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combinations
@@ -768,8 +767,8 @@ def _jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | Non
             turns = Turns(random.Random(f"combinatorial {seeds[0] if seeds else 0}"))
             texts = list(itertools.islice(combinations(nodes, wildcards, turns=turns), max_prompts + 1))
             if len(texts) > max_prompts:  # (not counted: a few wildcards can make millions)
-                warnings.warn(f"--prompt {template!r} has more combinations than --max-prompts {max_prompts}: the "
-                              f"first {max_prompts} are drawn; raise --max-prompts for more", stacklevel=3)
+                warn(f"--prompt {template!r} has more combinations than --max-prompts {max_prompts}: the "
+                     f"first {max_prompts} are drawn; raise --max-prompts for more", stacklevel=3)
             drawn = [lambda seed, text=text: text for text in texts[:max_prompts]]
         else:
             drawn = [lambda seed: draw(nodes, random.Random(seed), wildcards, index=index[seed])]

@@ -1,10 +1,12 @@
-"""The errors textinv raises for input a user can fix.
+"""The errors textinv raises for input a user can fix, and where its warnings point (`warn`).
 
 Every message names the bad value and says what to do instead. The command line prints a `TextinvError` as one
 clean line (no traceback) and exits with status 2; anything else is a bug and keeps its traceback.
 """
 
 import os
+import sys
+import warnings
 
 
 class TextinvError(Exception):
@@ -56,3 +58,26 @@ def backslash_note(path) -> str:
     else:
         example = repr(forward)
     return f" (it is written with backslashes, as on Windows; here folders are separated by '/', e.g. {example})"
+
+
+_ENTRY_POINTS = set()  # the code of the functions whose caller a warning raised inside them names (`warn`)
+
+
+def warns_at_caller(function):
+    """`function` (`train.train`) made one whose caller the warnings raised inside it name (`warn`)."""
+    _ENTRY_POINTS.add(function.__code__)
+    return function
+
+
+def warn(message, category=None, stacklevel: int = 1) -> None:
+    """`warnings.warn`, named at the user's line inside a `warns_at_caller` function: a warning raised anywhere in a
+    `train(...)` (its phases, the picture and kohya readers it calls) names the line that called it, where a fixed
+    `stacklevel` names a line inside textinv at one depth or another. Elsewhere (`find_images` called directly) it is
+    `stacklevel` as `warnings.warn` counts it from the caller. (Python 3.12's `skip_file_prefixes` does the like.)
+
+    >>> warn("a note", UserWarning, stacklevel=2)  # doctest: +SKIP
+    """
+    frame, level = sys._getframe(1), 1  # (the caller's frame is stacklevel 1 to it)
+    while frame is not None and frame.f_code not in _ENTRY_POINTS:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=(level + 1 if frame is not None else stacklevel) + 1)

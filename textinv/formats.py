@@ -55,7 +55,6 @@ import os
 import pickle
 import re
 import unicodedata
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NamedTuple
@@ -63,7 +62,7 @@ from typing import Mapping, NamedTuple
 import torch
 
 from . import modelspec
-from .errors import ConfigError, FormatError
+from .errors import ConfigError, FormatError, warn
 from .families import FAMILY_NAMES, TEXT_ENCODERS, describe_widths, family_for_widths
 from .io import atomic_path
 
@@ -529,9 +528,9 @@ def _with_token_identifier(repo: str, read: _Read) -> _Read:
         return read  # (one name: a token is read composed, `LearnedEmbedding`)
     if held is None:
         return read._replace(token=named)
-    warnings.warn(f"{repo}: its {TOKEN_FILE} names the token {named!r}, but its embedding file holds {held!r}, which "
-                  f"is the one loaded (as diffusers loads it): write {held} in prompts, or rename it with --token "
-                  f"{named}", stacklevel=4)
+    warn(f"{repo}: its {TOKEN_FILE} names the token {named!r}, but its embedding file holds {held!r}, which "
+         f"is the one loaded (as diffusers loads it): write {held} in prompts, or rename it with --token "
+         f"{named}", stacklevel=4)
     return read
 
 
@@ -721,7 +720,7 @@ def _build(path: Path, read: _Read, token: str | None) -> LearnedEmbedding:
         raise FormatError(f"{path}: {e}") from None
     wrong = modelspec.contradiction(emb.metadata, emb.widths)
     if wrong:  # the vectors are what a loader uses; the metadata is only a label (ModelSpec: tools warn)
-        warnings.warn(ModelSpecWarning(f"{path}: {wrong}"), stacklevel=3)
+        warn(ModelSpecWarning(f"{path}: {wrong}"), stacklevel=3)
     return emb
 
 

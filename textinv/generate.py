@@ -36,7 +36,7 @@ from . import inpaint as inpainting
 from .inpaint import Inpaint
 from .config import REFINER_SWITCH_AT, GenerateConfig, check_refiner_switch, check_side
 from .data import load_image, prepare_image
-from .errors import ConfigError, FormatError, ModelError, TokenError
+from .errors import ConfigError, FormatError, ModelError, TokenError, warn
 from .families import FAMILY_NAMES, describe_widths
 from .formats import (BUNDLE_PREFIX, BUNDLE_SEPARATOR, PNG_CHUNK, RECORD_KEY, LearnedEmbedding, ModelSpecWarning,
                       bundled_names, diffusers_file, holds_png_embedding, load_bundled, load_embedding,
@@ -90,11 +90,11 @@ def uses_clip_l_half(model: Model, emb: LearnedEmbedding) -> bool:
 def warn_clip_l_half(model: Model, emb: LearnedEmbedding, stacklevel: int = 3) -> None:
     """Say that only an SDXL embedding's clip_l half goes into this model (`uses_clip_l_half`), and why it may not
     draw as on SDXL."""
-    warnings.warn(f"embedding {emb.token!r} is an SDXL embedding (width {describe_widths(emb.widths)}); the model "
-                  f"{model.source} has one text encoder of width {describe_widths(model.widths)}, so only its clip_l "
-                  f"half (the CLIP-L encoder's vectors) is used, as ComfyUI does. It was trained for SDXL, which reads "
-                  f"CLIP-L's penultimate layer, so it may draw differently (--clip-skip 2 reads that layer)",
-                  stacklevel=stacklevel)
+    warn(f"embedding {emb.token!r} is an SDXL embedding (width {describe_widths(emb.widths)}); the model "
+         f"{model.source} has one text encoder of width {describe_widths(model.widths)}, so only its clip_l "
+         f"half (the CLIP-L encoder's vectors) is used, as ComfyUI does. It was trained for SDXL, which reads "
+         f"CLIP-L's penultimate layer, so it may draw differently (--clip-skip 2 reads that layer)",
+         stacklevel=stacklevel)
 
 
 def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
@@ -111,10 +111,10 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
         # no prompt window holds it: the token is split across chunks (as ComfyUI splits it), each read by its own
         # pass of the text encoder, so its vectors never see one another as one token's do (the web UI fails on it)
         chunks = math.ceil(emb.num_vectors / emphasis.CHUNK)
-        warnings.warn(f"embedding {emb.token!r} has {emb.num_vectors} vectors, more than the {emphasis.CHUNK} one "
-                      f"pass of the text encoder reads: it is split across {chunks} chunks of the prompt, read apart, "
-                      f"so it may not draw as one token (embeddings have 1-75 vectors; the A1111 web UI cannot use "
-                      f"this one)", stacklevel=2)
+        warn(f"embedding {emb.token!r} has {emb.num_vectors} vectors, more than the {emphasis.CHUNK} one "
+             f"pass of the text encoder reads: it is split across {chunks} chunks of the prompt, read apart, "
+             f"so it may not draw as one token (embeddings have 1-75 vectors; the A1111 web UI cannot use "
+             f"this one)", stacklevel=2)
     names = token_names(emb.token, emb.num_vectors)
     for _, tokenizer, _ in model.encoders:  # check every encoder before changing any
         for name in names:
@@ -1127,8 +1127,8 @@ def generation_clip_skip(model: Model, asked: int | None, embeddings: list[Learn
         next(iter(trained.values())) if len(set(trained.values())) == 1 else 1)
     other = {token: n for token, n in trained.items() if n != clip_skip}
     if other:
-        warnings.warn(f"drawing with clip skip {clip_skip}, but " + ", ".join(f"{t} was trained with {n}"
-                      for t, n in other.items()) + ": pass --clip-skip as it was trained", stacklevel=3)
+        warn(f"drawing with clip skip {clip_skip}, but " + ", ".join(f"{t} was trained with {n}"
+             for t, n in other.items()) + ": pass --clip-skip as it was trained", stacklevel=3)
     return clip_skip
 
 
@@ -1307,8 +1307,8 @@ def checked_settings(config: GenerateConfig) -> Checked:
                              f"with --token (one --token per --embedding, in order)")
         seen[emb.token] = str(path)
         if emb.token.lower() not in said:  # a typo in the prompt would leave the embedding silently unused
-            warnings.warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
-                          f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
+            warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
+                 f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
     loras = lora_files([tag for prompt in [job.prompt for job in jobs] + [config.hires_prompt or ""]
                         for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
     if config.hires_model and loras:  # (they would be applied to the first pass's model alone)
@@ -1353,9 +1353,9 @@ def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], pat
                                   f"word with: textinv convert \"{path}{BUNDLE_SEPARATOR}{emb.token}\" {one}.pt "
                                   f"--token {one}, then give --embedding {one}.pt and write {one}")
             if key in given:
-                warnings.warn(f"<lora:{name}> bundles the embedding {emb.token!r}, which an --embedding gives too: "
-                              f"the --embedding is drawn (where it fits the model), as the web UI skips a bundled "
-                              f"embedding its embeddings folder has", stacklevel=3)
+                warn(f"<lora:{name}> bundles the embedding {emb.token!r}, which an --embedding gives too: "
+                     f"the --embedding is drawn (where it fits the model), as the web UI skips a bundled "
+                     f"embedding its embeddings folder has", stacklevel=3)
                 if stand_ins is not None:
                     stand_ins.setdefault(key, (emb, f"{path}{BUNDLE_SEPARATOR}{emb.token}", name))
             elif key in added:
@@ -1385,10 +1385,10 @@ def _fitting(config: GenerateConfig, jobs: list, model: Model, embeddings: list[
             continue
         bundle, path, lora = stand_in
         _check_bundled_prompted(config, jobs, {bundle.token: lora}, loras)  # (its LoRA's passes only, as a bundle)
-        warnings.warn(f"{paths[i]} (embedding {emb.token!r}, width {describe_widths(emb.widths)}) does not fit the "
-                      f"model {model.source} (width {describe_widths(model.widths)}) and is skipped: <lora:{lora}>'s "
-                      f"bundled {bundle.token!r} is drawn, as the web UI skips an embedding of another shape",
-                      stacklevel=4)
+        warn(f"{paths[i]} (embedding {emb.token!r}, width {describe_widths(emb.widths)}) does not fit the "
+             f"model {model.source} (width {describe_widths(model.widths)}) and is skipped: <lora:{lora}>'s "
+             f"bundled {bundle.token!r} is drawn, as the web UI skips an embedding of another shape",
+             stacklevel=4)
         embeddings[i], paths[i] = bundle, path
         bundled[bundle.token] = lora
 
@@ -1887,9 +1887,9 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
                               f"by its file name (rename the file instead)")
         named = _named_in_folder(folder, said)
         if not named:
-            warnings.warn(f"no embedding in the folder {entry} is named in the prompts; a folder's embeddings are "
-                          f"written by their file names, as in the A1111 web UI (e.g. 'easynegative' for "
-                          f"easynegative.safetensors)", stacklevel=3)
+            warn(f"no embedding in the folder {entry} is named in the prompts; a folder's embeddings are "
+                 f"written by their file names, as in the A1111 web UI (e.g. 'easynegative' for "
+                 f"easynegative.safetensors)", stacklevel=3)
         files += [(str(f), _nfc(f.stem)) for f in named]
     return files
 
@@ -1908,9 +1908,9 @@ def _named_in_folder(folder: Path, said: str) -> list[Path]:
     for picture in [f for f in named if f.suffix.lower() == ".png" and not holds_png_embedding(f)]:
         named.remove(picture)  # (a preview picture: the web UI leaves it out, as it holds no embedding)
         if not any(_nfc(f.stem) == _nfc(picture.stem) for f in named):
-            warnings.warn(f"left out {picture}: a picture without an embedding's {PNG_CHUNK!r} text chunk (a "
-                          f"preview, or an embedding kept in its pixels, which textinv does not decode), so "
-                          f"{picture.stem!r} is read as words", stacklevel=4)
+            warn(f"left out {picture}: a picture without an embedding's {PNG_CHUNK!r} text chunk (a "
+                 f"preview, or an embedding kept in its pixels, which textinv does not decode), so "
+                 f"{picture.stem!r} is read as words", stacklevel=4)
     return named
 
 
@@ -2048,9 +2048,9 @@ def _sizes(config: GenerateConfig, model: Model, init: Image.Image | None
 def _warn_large(model: Model, drawn: tuple[int, int], stacklevel: int = 3) -> None:
     area = drawn[0] * drawn[1] / model.resolution ** 2
     if area > 4:  # compute grows with the pixels, and quality falls off far from the training size
-        warnings.warn(f"{drawn[0]}x{drawn[1]} is {area:.3g}x the pixels of the {model.resolution}x{model.resolution} "
-                      f"{model.source} was trained at: each picture takes about {area:.3g}x as long, and models "
-                      f"draw poorly far from their training size", stacklevel=stacklevel)
+        warn(f"{drawn[0]}x{drawn[1]} is {area:.3g}x the pixels of the {model.resolution}x{model.resolution} "
+             f"{model.source} was trained at: each picture takes about {area:.3g}x as long, and models "
+             f"draw poorly far from their training size", stacklevel=stacklevel)
 
 
 def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
@@ -2137,13 +2137,13 @@ def _warn_unapplied(config: GenerateConfig, jobs: list[dynamic.Job],
     negative_loras = [tag for _, tags in negatives.values() for tag in tags]
     negative_loras += emphasis.lora_tags(config.hires_negative_prompt or "")[1]
     if negative_loras:
-        warnings.warn("LoRA tags in the negative prompt are not applied (only the prompt's are): "
-                      + ", ".join(f"<lora:{t.name}>" for t in negative_loras), stacklevel=3)
+        warn("LoRA tags in the negative prompt are not applied (only the prompt's are): "
+             + ", ".join(f"<lora:{t.name}>" for t in negative_loras), stacklevel=3)
     for text in dict.fromkeys([job.prompt for job in jobs] + list(negatives) + [config.hires_prompt or "",
                                                                                config.hires_negative_prompt or ""]):
         if emphasis.unsupported(text):
-            warnings.warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
-                          "textinv does not apply: they are read as words", stacklevel=3)
+            warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
+                 "textinv does not apply: they are read as words", stacklevel=3)
 
 
 def _file_names(config: GenerateConfig, jobs: list[dynamic.Job], sources: list[Path | None]

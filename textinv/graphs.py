@@ -20,12 +20,11 @@ optimizer's in-place updates are what the next replay uses.
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, warn
 from .memory import is_out_of_memory
 
 WARMUP = 2
@@ -108,9 +107,9 @@ class CapturedStep:
                 self.capture = False
                 why = chain[-1]  # (the first error: the capture's end then fails on it with an error of its own)
                 self.failure = f"{type(why).__name__}: {str(why).splitlines()[0][:200] if str(why) else ''}"
-                warnings.warn(f"--cuda-graphs: the step could not be captured as a CUDA graph ({self.failure}); "
-                              f"training goes on without graphs, as fast as a run without --cuda-graphs",
-                              stacklevel=2)
+                warn(f"--cuda-graphs: the step could not be captured as a CUDA graph ({self.failure}); "
+                     f"training goes on without graphs, as fast as a run without --cuda-graphs",
+                     stacklevel=2)
         if self.graph is not None:
             self.graph.replay()
             losses, grads = self.outputs

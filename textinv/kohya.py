@@ -42,13 +42,12 @@ import json
 import os
 import re
 import tomllib
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import TrainConfig, check_side, is_warmup_length
 from .data import side_buckets, skip_sides
-from .errors import ConfigError, backslash_note
+from .errors import ConfigError, backslash_note, warn
 from .foreign import foreign_hint, setting_of
 from .io import read_text
 
@@ -318,9 +317,9 @@ def read_dataset_config(path: str | os.PathLike) -> DatasetConfig:
             first = next((places[i] for i, kept in enumerate(subsets)
                           if subset_of[i] == d - 1 and kept["image_dir"][0] == folder), None)
             if first:  # (kohya's DreamBoothDataset takes a folder once: its subsets are equal by image_dir alone)
-                warnings.warn(DatasetConfigWarning(f"{path}: {place} left out: its image_dir {folder!r} is that of "
-                                                   f"{first} in the same dataset, and kohya trains only the first "
-                                                   f"subset of a folder; remove it, or merge the two"), stacklevel=3)
+                warn(DatasetConfigWarning(f"{path}: {place} left out: its image_dir {folder!r} is that of "
+                                          f"{first} in the same dataset, and kohya trains only the first "
+                                          f"subset of a folder; remove it, or merge the two"), stacklevel=3)
                 continue
             subsets.append(values)
             subset_of.append(d - 1)
@@ -471,9 +470,9 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
     resolution = changes.get("resolution", config.resolution)
     buckets = changes.get("buckets", config.buckets)
     if changes.get("bucket_no_upscale") and not buckets:  # (kohya's buckets are off: it goes unread there)
-        warnings.warn(DatasetConfigWarning(f"{path}: bucket_no_upscale = true left unused: the buckets are off (no "
-                                           f"enable_bucket, nor --buckets), and kohya ignores it then too"),
-                      stacklevel=3)
+        warn(DatasetConfigWarning(f"{path}: bucket_no_upscale = true left unused: the buckets are off (no "
+                                  f"enable_bucket, nor --buckets), and kohya ignores it then too"),
+             stacklevel=3)
         del changes["bucket_no_upscale"]
     _check_buckets(read, resolution, buckets, changes.get("bucket_no_upscale", config.bucket_no_upscale))
     _warn_ignored(read)
@@ -572,16 +571,16 @@ def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool, n
              if key in BUCKET_KEYS}
     if given and not buckets:
         places = ", ".join(dict.fromkeys(f"{key} ({place})" for key, place in given))
-        warnings.warn(DatasetConfigWarning(f"{read.path}: {places} left unused: the buckets are off (no "
-                                           f"enable_bucket, nor --buckets), and kohya ignores them then too"),
-                      stacklevel=4)
+        warn(DatasetConfigWarning(f"{read.path}: {places} left unused: the buckets are off (no "
+                                  f"enable_bucket, nor --buckets), and kohya ignores them then too"),
+             stacklevel=4)
         return
     sizes = [(key, place) for key, place in given if key != "bucket_reso_steps"]
     if no_upscale and sizes:
         places = ", ".join(dict.fromkeys(f"{key} ({place})" for key, place in sizes))
-        warnings.warn(DatasetConfigWarning(f"{read.path}: {places} left unused: with bucket_no_upscale each "
-                                           f"picture's own size makes its bucket, and kohya ignores them then too"),
-                      stacklevel=4)
+        warn(DatasetConfigWarning(f"{read.path}: {places} left unused: with bucket_no_upscale each "
+                                  f"picture's own size makes its bucket, and kohya ignores them then too"),
+             stacklevel=4)
         given = {(key, place): value for (key, place), value in given.items() if key == "bucket_reso_steps"}
     for (key, place), value in given.items():
         if key == "bucket_reso_steps" and value not in BUCKET_STEPS:
@@ -630,4 +629,4 @@ def _warn_ignored(read: DatasetConfig) -> None:
                 found[key].append(place)
     if found:
         said = "; ".join(f"{key} ({', '.join(places)}): {IGNORED[key][1]}" for key, places in found.items())
-        warnings.warn(DatasetConfigWarning(f"{read.path}: left unused: {said}"), stacklevel=4)
+        warn(DatasetConfigWarning(f"{read.path}: left unused: {said}"), stacklevel=4)

@@ -22,7 +22,6 @@ import math
 import numbers
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 from . import __version__, modelspec
 from .config import MergeConfig
 from .emphasis import CHUNK
-from .errors import ConfigError, FormatError, TokenError
+from .errors import ConfigError, FormatError, TokenError, warn
 from .families import describe_widths
 from .formats import LearnedEmbedding, check_writable, describe, format_for, load_embedding, save_embedding
 from .inspect import encoder_lines, word_rows
@@ -359,9 +358,9 @@ def _merged(terms: list[list[tuple[str, LearnedEmbedding, float]]], token: str, 
     vectors = {name: torch.cat([s[name] for s in sums]) for name in parts[0][1].vectors}
     total = sum(counts)
     if total > CHUNK:  # as inspect says and generate warns: kept, for ComfyUI and textinv, which split it
-        warnings.warn(f"the merge {recipe} has {total} vectors, more than the {CHUNK} one pass of the text encoder "
-                      f"reads: a prompt splits it across chunks read apart, so it may not draw as one token, and the "
-                      f"A1111 web UI cannot use it; take fewer vectors ([0:{CHUNK}]) to keep it whole", stacklevel=3)
+        warn(f"the merge {recipe} has {total} vectors, more than the {CHUNK} one pass of the text encoder "
+             f"reads: a prompt splits it across chunks read apart, so it may not draw as one token, and the "
+             f"A1111 web UI cannot use it; take fewer vectors ([0:{CHUNK}]) to keep it whole", stacklevel=3)
     metadata = {**_agreed([emb.metadata for _, emb in parts]), "token": token, "vectors": str(total),
                 "merged_from": recipe, "textinv_version": __version__}
     return LearnedEmbedding(token, vectors, metadata)

@@ -38,7 +38,7 @@ try:
 finally:
     _transformers_logging.set_verbosity(_level)
 
-from .errors import ConfigError, ModelError, backslash_note
+from .errors import ConfigError, ModelError, backslash_note, warn
 from .families import FAMILY_NAMES, family_for_widths
 from .formats import embedding_layout, weights_kind
 from .io import absolute
@@ -828,8 +828,8 @@ def _inspect_source(kind: str, location: str, single_file_config: str | None, va
         found.family = _index_family(Path(location))
         found.variant = _folder_variant(Path(location), xl=found.family == "sdxl", wanted=variant)
         if single_file_config is not None:  # (stacklevel: load_model's caller)
-            warnings.warn(f"--single-file-config is for a single-file checkpoint; {location} is a diffusers folder "
-                          f"with its own configs, so it is not used", stacklevel=3)
+            warn(f"--single-file-config is for a single-file checkpoint; {location} is a diffusers folder "
+                 f"with its own configs, so it is not used", stacklevel=3)
     elif kind == "file":
         suffix = Path(location).suffix
         if suffix.lower() == ".safetensors" and suffix != ".safetensors":

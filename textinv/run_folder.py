@@ -16,7 +16,6 @@ import re
 import shutil
 import socket
 import unicodedata
-import warnings
 import zipfile
 from pathlib import Path
 from typing import IO, Callable
@@ -26,7 +25,7 @@ import torch
 from . import __version__
 from .config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, read_config_file
 from .data import _OS_LITTER, PictureSet
-from .errors import ConfigError, FormatError
+from .errors import ConfigError, FormatError, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, load_embedding, second_file,
                       step_filename)
 from .hub import hub_reference
@@ -533,8 +532,8 @@ def newest_checkpoint(out: Path) -> tuple[Path, dict]:
             damaged.append(f"{path.name} ({type(e).__name__})")
             why = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
             older = found[i - 1].name if i else None
-            warnings.warn(f"checkpoint {path} cannot be read ({why}); "
-                          + (f"resuming from {older}" if older else "no older one is kept"), stacklevel=2)
+            warn(f"checkpoint {path} cannot be read ({why}); "
+                 + (f"resuming from {older}" if older else "no older one is kept"), stacklevel=2)
     raise ConfigError(f"cannot resume: every checkpoint in {out / CHECKPOINT_DIR} is damaged ({', '.join(damaged)}); "
                       f"start the run again with --overwrite{_from_saved_vectors(out)}")
 
@@ -647,9 +646,9 @@ def check_same_precision(checkpoint: tuple[Path, dict], config: TrainConfig, dty
         return
     if was != config.precision:
         ran = f"at {then} on {state.get('device')}" if then else "at a precision its checkpoint does not record"
-        warnings.warn(f"resuming {out} at {now} (--precision {config.precision}), as asked: it ran {ran} "
-                      f"(--precision {was}), so it goes on in other arithmetic and will not end exactly where it "
-                      "would have", PrecisionChangedWarning, stacklevel=3)
+        warn(f"resuming {out} at {now} (--precision {config.precision}), as asked: it ran {ran} "
+             f"(--precision {was}), so it goes on in other arithmetic and will not end exactly where it "
+             "would have", PrecisionChangedWarning, stacklevel=3)
         return
     given = "the model passed to train()" if passed else f"--precision {config.precision} on {device.type}"
     fix = (f"pass the model loaded at {DTYPES[then]} (load_model's dtype) to go on as it was, or give --precision "
@@ -676,9 +675,9 @@ def check_same_model(checkpoint: tuple[Path, dict], moved: dict[str, str], finge
     if same is None:  # (read in fp16 then, bf16 now: neither rounding gives the other)
         if moved:
             then, now = "/".join(saved), "/".join(fingerprints)
-            warnings.warn(f"resuming {out} with {given}: the model could not be compared with the run's "
-                          f"(its weights were read in {then} then, {now} now); make sure it is the same model",
-                          ModelChangedWarning, stacklevel=3)
+            warn(f"resuming {out} with {given}: the model could not be compared with the run's "
+                 f"(its weights were read in {then} then, {now} now); make sure it is the same model",
+                 ModelChangedWarning, stacklevel=3)
         return
     if moved:
         variant = moved.get("variant")
@@ -691,9 +690,9 @@ def check_same_model(checkpoint: tuple[Path, dict], moved: dict[str, str], finge
         raise ConfigError(f"cannot resume {out} with {given}: that is not the model the run was trained "
                           "with (its weights differ); give the run's own model where it is now, or start a new run "
                           "with --overwrite")
-    warnings.warn(f"resuming {out}: the model {config.model} has changed since the run started (its weights are not "
-                  "the ones its checkpoint recorded); the run goes on with the model as it is now, so its embedding "
-                  "is learned partly against each", ModelChangedWarning, stacklevel=3)
+    warn(f"resuming {out}: the model {config.model} has changed since the run started (its weights are not "
+         "the ones its checkpoint recorded); the run goes on with the model as it is now, so its embedding "
+         "is learned partly against each", ModelChangedWarning, stacklevel=3)
 
 
 def same_names(saved: list[str], now: list[str]) -> list[int] | None:

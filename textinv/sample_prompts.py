@@ -33,13 +33,12 @@ import math
 import os
 import re
 import tomllib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import check_seed, check_side
-from .errors import ConfigError, backslash_note
+from .errors import ConfigError, backslash_note, warn
 from .io import read_text
 from .samplers import KOHYA, KOHYA_OTHERS, SAMPLERS, check_installed
 
@@ -237,7 +236,7 @@ def _line(line: str, where: str) -> str | dict:
         if pair in REFUSED:
             raise ConfigError(f"{where}: --{option} gives {REFUSED[pair]}; remove the option")
         if pair in UNUSED:
-            warnings.warn(f"{where}: --{option} left out: it is {UNUSED[pair]}", stacklevel=2)
+            warn(f"{where}: --{option} left out: it is {UNUSED[pair]}", stacklevel=2)
             continue
         if option not in _OPTION:
             glued = re.fullmatch(r"([a-z]+)(\d[\d.]*)", option)
@@ -280,7 +279,7 @@ def _mapping(item: dict, where: str) -> str | dict:
         if pair in REFUSED:
             raise ConfigError(f"{where}: {key} gives {REFUSED[pair]}; remove it")
         if pair in UNUSED:
-            warnings.warn(f"{where}: {key} left out: it is {UNUSED[pair]}", stacklevel=2)
+            warn(f"{where}: {key} left out: it is {UNUSED[pair]}", stacklevel=2)
             continue
         if key not in _KEY:
             ours = f" (textinv's name; kohya's is {KEYS[key][1]!r})" if key in KEYS and KEYS[key][1] != key else ""

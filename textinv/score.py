@@ -32,7 +32,6 @@ import json
 import re
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -45,7 +44,7 @@ from . import __version__, emphasis
 from .config import (DEVICE_HELP, PRECISIONS, SAMPLER_SPELLINGS, SAMPLERS, check_choices, check_drawing, check_seed,
                      check_types, opt)
 from .data import PROPERTIES, load_image, picture_set
-from .errors import ConfigError, DataError, FormatError, ModelError
+from .errors import ConfigError, DataError, FormatError, ModelError, warn
 from .formats import BUNDLE_SEPARATOR, LearnedEmbedding, load_embedding, on_disk, split_bundle
 from .hub import hub_reference
 from .samplers import check_installed
@@ -401,8 +400,8 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
         if folder not in read_from:
             raise ConfigError(f"--compare {folder} holds no embedding file ({listed} are not); give the files, or a "
                               f"run's embeddings/ folder")
-        warnings.warn(f"--compare {folder}: skipped {len(names)} file(s) that are no embedding: {listed}",
-                      stacklevel=3)
+        warn(f"--compare {folder}: skipped {len(names)} file(s) that are no embedding: {listed}",
+             stacklevel=3)
     return found
 
 
@@ -924,7 +923,7 @@ def _losses(run: dict) -> list[tuple[int, float]]:
     try:
         return read_loss_log(run["loss_log"], run["loss_column"])
     except (OSError, KeyError, ValueError) as e:  # a damaged log costs the chart, not the report
-        warnings.warn(f"could not read the loss curve {run['loss_log']} ({e}); the report leaves it out", stacklevel=3)
+        warn(f"could not read the loss curve {run['loss_log']} ({e}); the report leaves it out", stacklevel=3)
         return []
 
 

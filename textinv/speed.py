@@ -7,10 +7,10 @@ Each lever is measured on its own by `benchmarks/train_speed.py` (see BENCHMARKS
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import torch
 
+from .errors import warn
 from .models import Model
 
 
@@ -109,8 +109,8 @@ def check_compiled_unet(unet, example: dict) -> bool:
     if max(errors) <= tolerance:
         _recompile(compiled)
         return True
-    warnings.warn(f"torch.compile changed the UNet's result (output {errors[0]:.1e}, gradient to the text "
-                  f"{max(errors[1:]):.1e} relative to the uncompiled UNet; allowed {tolerance:.0e}): a compiler bug "
-                  f"in torch {torch.__version__}. Training without --compile; try --compile blocks or another torch.",
-                  RuntimeWarning, stacklevel=2)
+    warn(f"torch.compile changed the UNet's result (output {errors[0]:.1e}, gradient to the text "
+         f"{max(errors[1:]):.1e} relative to the uncompiled UNet; allowed {tolerance:.0e}): a compiler bug "
+         f"in torch {torch.__version__}. Training without --compile; try --compile blocks or another torch.",
+         RuntimeWarning, stacklevel=2)
     return False

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, warn
 
 # accelerate's tracker names: the modules any of which provides one, and the package to install for it
 TRACKERS = {
@@ -176,5 +175,5 @@ class RunTracker:
             try:
                 tracker.finish()
             except Exception as e:  # (any tracker's own failure: theirs to name)
-                warnings.warn(f"the {tracker.name} tracker could not be closed ({type(e).__name__}: {e}); its last "
-                              f"values may be missing there (loss.csv and samples/ in --out have them)", stacklevel=2)
+                warn(f"the {tracker.name} tracker could not be closed ({type(e).__name__}: {e}); its last "
+                     f"values may be missing there (loss.csv and samples/ in --out have them)", stacklevel=2)

@@ -45,7 +45,7 @@ from .config import MAX_TOKEN_LENGTHS, TrainConfig, parse_lr_steps, read_config_
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, random_windows, read_caption, read_template_file,
                    unit_pixels)
-from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError
+from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError, warn, warns_at_caller
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, check_steps, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
@@ -734,6 +734,7 @@ class ConceptState:
         self.noise_shape = (shapes[0][0], max(s[1] for s in shapes), max(s[2] for s in shapes))
 
 
+@warns_at_caller  # (a warning raised anywhere in the run names the user's `train(...)` line)
 def train(config: TrainConfig, model: Model | None = None, progress: bool = True, on_step=None) -> TrainResult:
     """Learn `config.token` from the pictures in `config.images`; write everything into `config.out`.
 
@@ -1449,10 +1450,9 @@ def _add_run_tokens(run: _Run) -> None:
                       for (_, _, te), own in zip(model.encoders, ids)]
             split = split_words(model.tokenizer, ids[0])
             if split and is_main and not config.resume:
-                warnings.warn(f"--init {spec['init']!r}: {model.source} does not know {', '.join(split)} as a word, "
-                              f"so {spec['token']} starts from the mean of those fragments' vectors; give a word it "
-                              f"knows (check the spelling)",
-                              stacklevel=4)  # (the line in `train` that runs the run, past `_load_model`, `_train`)
+                warn(f"--init {spec['init']!r}: {model.source} does not know {', '.join(split)} as a word, "
+                     f"so {spec['token']} starts from the mean of those fragments' vectors; give a word it "
+                     f"knows (check the spelling)")  # (named at the line that called `train`: `warn`)
         exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
         run.rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
 
@@ -2107,9 +2107,8 @@ def _warn_other_validation_pictures(state: dict, held: PictureSet, step: int) ->
     if then is None or same_names(then, held.names) is not None:
         return
     detail = name_changes(then, held.names)
-    warnings.warn(f"--validation-images {held.where} holds other pictures than when the run began ({detail}): "
-                  f"{VALIDATION_LOG} scores those before step {step} and these after it",
-                  stacklevel=4)  # (the line in `train` that runs the run, past `_check_inputs` and `_train`)
+    warn(f"--validation-images {held.where} holds other pictures than when the run began ({detail}): "
+         f"{VALIDATION_LOG} scores those before step {step} and these after it")  # (at `train`'s caller: `warn`)
 
 
 def _lowest_validation(validated: list[tuple[int, float]], last: int, step_files: Callable[[int], list[Path]]
