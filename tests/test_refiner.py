@@ -128,6 +128,22 @@ def test_a_refiner_of_another_family_is_refused_before_anything_loads(xl_dirs, s
                      progress=False)
 
 
+def test_an_inpainting_refiner_is_refused_before_anything_loads(sd1_dir, tmp_path, monkeypatch):
+    """Its UNet reads a mask and a masked picture (9 channels), which a refiner going on with the latents has not:
+    told from a folder's config or a file's keys, before the model loads (once loaded it was refused too, late)."""
+    import textinv.generate as generating
+    from test_models import _fake_checkpoint, _saved_with_unet_channels
+
+    folder = _saved_with_unet_channels(tmp_path / "inpaint", 9, "StableDiffusionInpaintPipeline")
+    file = _fake_checkpoint(tmp_path / "inpaint.safetensors",
+                            {"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)})
+    monkeypatch.setattr(generating, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    for refiner in (folder, file):
+        with pytest.raises(ConfigError, match=f"--refiner {refiner} is an inpainting model .* give a text-to-image"):
+            generate(GenerateConfig(prompt=PROMPT, model=str(sd1_dir), refiner=str(refiner),
+                                    out=str(tmp_path / "out")), progress=False)
+
+
 def test_training_on_the_refiner_stays_refused(xl_dirs):
     with pytest.raises(ModelError, match="is an SDXL refiner"):
         load_model(xl_dirs[1])

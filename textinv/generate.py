@@ -45,7 +45,8 @@ from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
                      check_model_object, encode_text, load_model, pick_device, precision_name, quiet_transformers,
-                     read_clip_skip, resolve_source, source_is_sdxl_refiner_file, source_is_xl)
+                     read_clip_skip, resolve_source, source_is_inpainting, source_is_sdxl_refiner_file,
+                     source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .samplers import scheduler_for, step_multiplier, webui_names
@@ -1468,7 +1469,8 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
 
 def check_refiner_source(config: GenerateConfig, model: Model | None = None) -> None:
     """Refuse --refiner of another family than --model (or `model`, loaded already), from what their sources tell
-    (`models.source_is_xl`; a hub id's is not known before it loads), or --model itself, before either loads;
+    (`models.source_is_xl`; a hub id's is not known before it loads), an inpainting model
+    (`models.source_is_inpainting`; a hub id's is refused once loaded), or --model itself, before either loads;
     `check_refiner` checks the loaded models."""
     if not config.refiner:
         return
@@ -1476,6 +1478,11 @@ def check_refiner_source(config: GenerateConfig, model: Model | None = None) -> 
     with _said_of_refiner(config.refiner):
         theirs = source_is_xl(config.refiner)
         where = _where_model_is(config.refiner)
+        inpainting_model = source_is_inpainting(config.refiner)
+    if inpainting_model:
+        raise ConfigError(f"--refiner {config.refiner} is an inpainting model (its UNet reads a mask and a masked "
+                          f"picture besides the latents): a refiner goes on with the model's latents alone; give a "
+                          f"text-to-image model or the SDXL refiner")
     if model is None and where == _where_model_is(config.model):
         raise ConfigError(f"--refiner {config.refiner} is --model {config.model}: the web UI draws without a "
                           f"refiner when its Refiner is the model loaded; leave --refiner out, or give another model")

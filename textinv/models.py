@@ -637,6 +637,27 @@ def source_is_xl(source: str | os.PathLike | None) -> bool | None:
     return None
 
 
+def source_is_inpainting(source: str | os.PathLike | None) -> bool | None:
+    """Whether a `--model` value is an inpainting model (a UNet that also reads a mask and a masked picture), read
+    without loading it (a folder's unet/config.json, a file's keys); None for a hub id, or a folder that does not
+    tell."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    kind, location = resolve_source(source)
+    if kind == "file":
+        keys = _inspect_checkpoint(location, inpainting=True, refiner=True)[1]
+        return _NOT_TEXT_TO_IMAGE.get(infer_diffusers_model_type(keys)) == _INPAINTING
+    if kind == "hub":
+        return None
+    try:
+        unet = json.loads((Path(location) / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((Path(location) / "vae" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    # (noisy latents, the masked picture's latents and the mask: what `_check_text_to_image` tells once loaded)
+    return unet.get("in_channels") == 2 * vae.get("latent_channels", 4) + 1
+
+
 def source_is_sdxl_refiner_file(source: str | os.PathLike | None) -> bool:
     """Whether a `--model` value is a single file of the SDXL refiner (its own configs: another UNet, one text
     encoder), read from its keys without loading it."""
