@@ -246,18 +246,6 @@ def test_an_sd1_model_takes_an_sd1_refiner_and_refuses_one_that_predicts_otherwi
         render(model, PROMPT, [0], steps=10, refiner=Refiner(load_model(sd2_dir, refiner=True), 0.5))
 
 
-def test_an_img2img_pass_that_starts_past_the_switch_is_refused(models):
-    """At --denoise 0.1 the pass starts a tenth of the way up the schedule, past a switch at 0.5: the refiner would
-    draw all of it, which the pipeline's first step (the model's) cannot give it."""
-    from PIL import Image
-
-    model, refiner = models
-    start = [Image.new("RGB", (16, 16), "red")]
-    with pytest.raises(ConfigError, match="--refiner-switch-at 0.5 falls at this pass's first step"):
-        render(model, PROMPT, [0], steps=10, start=start, denoise=0.1, refiner=Refiner(refiner, 0.5))
-    render(model, PROMPT, [0], steps=10, start=start, denoise=0.8, refiner=Refiner(refiner, 0.5))
-
-
 def test_a_multistep_sampler_goes_on_with_the_base_steps_history(models):
     """DPM++ 2M's second-order step reads the previous step's output: at the refiner's first step it is the base's,
     as in the web UI's k-diffusion loop (one sampler run, the model swapped under it)."""
@@ -378,23 +366,52 @@ def test_the_model_itself_as_refiner_is_refused_before_anything_loads(xl_dirs, t
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "ddim"])
-def test_a_pass_that_starts_past_the_switch_is_refused_before_anything_is_drawn(models, sampler):
+def test_a_pass_that_starts_past_the_switch_is_drawn_by_the_refiner_all_through(models, sampler):
     """The hires fix's second pass at --denoise 0.15 starts past a switch at 0.8, as an img2img pass at 0.1 does
-    past one at 0.5: refused before the first pass (or the pass's first step) is drawn, not after."""
+    past one at 0.5: the web UI's refiner takes over before that pass's first model call, so the refiner's UNet
+    draws every step of it, conditioned as the refiner (its encoder, 5 time ids ending in the aesthetic score)."""
     from PIL import Image
 
     from textinv.generate import Hires
 
     model, refiner = models
+    runs = {"text": ([], [])}
+    hook = _counting(model.unet, runs["text"][0])
+    try:
+        render(model, PROMPT, [0], steps=10, sampler=sampler)  # (the hires fix's first pass)
+    finally:
+        hook.remove()
+    for name, drawing in (("hires", dict(hires=Hires(scale=2, denoise=0.15), switch_at=0.8)),
+                          ("img2img", dict(start=[Image.new("RGB", (16, 16), "red")], denoise=0.1, switch_at=0.5))):
+        base_calls, refiner_calls = [], []
+        hooks = [_counting(model.unet, base_calls), _counting(refiner.unet, refiner_calls)]
+        switch_at = drawing.pop("switch_at")
+        try:
+            refined = render(model, PROMPT, [0], steps=10, sampler=sampler, refiner=Refiner(refiner, switch_at),
+                             **drawing)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        alone = render(model, PROMPT, [0], steps=10, sampler=sampler, **drawing)
+        assert not np.array_equal(np.asarray(refined[0]), np.asarray(alone[0]))
+        runs[name] = (base_calls, refiner_calls)
+    (hires_base, hires_refiner), (img2img_base, img2img_refiner) = runs["hires"], runs["img2img"]
+    assert len(hires_base) == len(runs["text"][0]) and img2img_base == []  # (the base drew the first pass alone)
+    assert hires_refiner and img2img_refiner
+    assert {ids.shape[-1] for ids, _ in hires_refiner} == {5}
+    assert {tuple(ids[:, -1].tolist()) for ids, _ in hires_refiner} == {(2.5, 6.0)}
+    assert {hidden.shape[-1] for _, hidden in hires_refiner} == {refiner.widths[0]}
+
+
+def test_a_text_to_image_pass_that_starts_past_the_switch_is_refused_before_anything_is_drawn(models):
+    """A text-to-image pass hands on only after its first step; a switch at 0.05 falls at the first of the tiny
+    model's 10 Euler steps (its scheduler's first noise level lies below the top of the training schedule)."""
+    model, refiner = models
     calls = []
     hook = model.unet.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(ConfigError, match="--refiner-switch-at 0.8 falls at this pass's first step"):
-            render(model, PROMPT, [0], steps=10, sampler=sampler, hires=Hires(scale=2, denoise=0.15),
-                   refiner=Refiner(refiner, 0.8))
-        with pytest.raises(ConfigError, match="--refiner-switch-at 0.5 falls at this pass's first step"):
-            render(model, PROMPT, [0], steps=10, sampler=sampler, start=[Image.new("RGB", (16, 16), "red")],
-                   denoise=0.1, refiner=Refiner(refiner, 0.5))
+        with pytest.raises(ConfigError, match="--refiner-switch-at 0.05 falls at the first step of the text-to-image"):
+            render(model, PROMPT, [0], steps=10, sampler="euler", refiner=Refiner(refiner, 0.05))
     finally:
         hook.remove()
     assert calls == []

@@ -324,11 +324,12 @@ def check_hires_model(model: Model, hires: Model) -> None:
 def _check_refiner_passes(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
                           hires: Hires | None) -> None:
     """Refuse, before drawing, a refiner that does not fit `model` (the pass's it draws in: `check_refiner`) or whose
-    switch falls at the first step of the pass it draws in (`_handing_on` hands on after a step): the hires fix's
-    second pass, or an img2img pass at `denoise` (None: none), that starts past it."""
+    switch falls at the first step of a text-to-image pass (`_handing_on` hands on after a step; an img2img pass at
+    `denoise` (None: none) or the hires fix's second pass that starts past it is the refiner's all through:
+    `_refined`)."""
     check_refiner_switch(refiner.switch_at)
     check_refiner(model, refiner.model)
-    if _refiner_span(model, refiner, steps, sampler, denoise, hires)[0] == 0:
+    if denoise is None and hires is None and _refiner_span(model, refiner, steps, sampler, denoise, hires)[0] == 0:
         raise _past_the_switch(refiner)
 
 
@@ -343,10 +344,16 @@ def refiner_switches(model: Model, refiner: Refiner, steps: int, sampler: str, d
 def _refiner_span(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
                   hires: Hires | None) -> tuple[int, int]:
     """(the iteration `refiner` takes over at, the iterations) of the pass it draws in: the hires fix's second
-    pass, or an img2img pass at `denoise`, or (neither) the text-to-image pass (`_switch_iteration`)."""
+    pass, or an img2img pass at `denoise`, or (neither) the text-to-image pass (`_refiner_start`)."""
     if hires is not None:
         steps, denoise, sampler = hires.steps or steps, hires.denoise, hires.sampler or sampler
     schedule, run = refine.pass_steps(steps, denoise, hires is not None) if denoise is not None else (steps, steps)
+    return _refiner_start(model, refiner, sampler, schedule, run)
+
+
+def _refiner_start(model: Model, refiner: Refiner, sampler: str, schedule: int, run: int) -> tuple[int, int]:
+    """(the iteration `refiner` takes over at, the iterations) of a pass of `model` that runs the last `run` steps
+    of a schedule of `schedule` with `sampler` (`_switch_iteration`)."""
     scheduler = copy.deepcopy(scheduler_for(model.pipeline.scheduler, sampler))
     scheduler.set_timesteps(schedule)
     iterations = len(scheduler.timesteps) - (schedule - run) * scheduler.order  # (diffusers' img2img get_timesteps)
@@ -354,10 +361,10 @@ def _refiner_span(model: Model, refiner: Refiner, steps: int, sampler: str, deno
 
 
 def _past_the_switch(refiner: Refiner) -> ConfigError:
-    """The error of a pass whose first step is past `refiner`'s switch (`_check_refiner_passes`)."""
-    return ConfigError(f"--refiner-switch-at {refiner.switch_at:g} falls at this pass's first step (an img2img pass "
-                       f"or the hires fix's second pass at a low --denoise starts past it): give a higher "
-                       f"--refiner-switch-at or a higher --denoise")
+    """The error of a text-to-image pass whose first step is past `refiner`'s switch (`_check_refiner_passes`)."""
+    return ConfigError(f"--refiner-switch-at {refiner.switch_at:g} falls at the first step of the text-to-image pass "
+                       f"(its sampler's first noise level is already past it), which textinv's refiner takes over "
+                       f"only after: give a higher --refiner-switch-at")
 
 
 @torch.no_grad()
@@ -518,8 +525,14 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
     their `variation`), as the web UI's passes draw theirs. `redraw` (the latent mask (B, 1, h, w), 1 where drawn;
     the --inpaint-fill; the --inpaint-blend) keeps the rest of `latents` at every step (`inpaint.blend_denoised`,
     or `inpaint.blend_step` for noised); an inpainting model reads `pixels` (the
-    pictures (B, 3, H, W) and their masks (B, 1, H, W)) at every step."""
+    pictures (B, 3, H, W) and their masks (B, 1, H, W)) at every step. `drawing`'s refiner draws the pass's last
+    steps (`_pass`), or all of it where its first step is past the switch, as the web UI's does."""
     schedule, run = _pass_schedule(model, steps, denoise, hires)
+    refiner, given = drawing.get("refiner"), model
+    if refiner is not None and _refiner_start(model, refiner, sampler, schedule, run)[0] == 0:
+        # a pass that starts past the switch is the refiner's all through, as the web UI's (its apply_refiner runs
+        # before each model call): its UNet and text encoder draw, its VAE decodes
+        model, drawing = refiner.model, {**drawing, "refiner": None}
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = seed_noise(generators, tuple(latents.shape[1:]), variation)
     on_step = on_unet = None
@@ -532,6 +545,11 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
             on_step = inpainting.keep_init(latents, redraw[0])
             on_unet = inpainting.blend_denoised(latents, redraw[0])
     pipe = refine.image_to_image(model.pipeline, noise)
+    if model is not given and model.is_xl:  # (conditioned as in a hand-on: `_refiner_time_ids`, `_prompted`)
+        pipe.register_to_config(force_zeros_for_empty_prompt=given.pipeline.config.force_zeros_for_empty_prompt,
+                                requires_aesthetics_score=model.is_refiner)
+        high, low = AESTHETIC_SCORES
+        drawing.update(aesthetic_score=high, negative_aesthetic_score=low)
     hook = None
     if inpainting_model and pixels is not None:
         hook = inpainting.conditioning_hook(pipe.unet, pixels[1], pixels[0],
