@@ -449,6 +449,45 @@ def test_the_refiner_loads_with_the_model_s_variant_and_single_file_config(sd1_d
     assert torch.equal(refiner_model(config, model).model.unet.conv_in.weight, theirs.unet.conv_in.weight)
 
 
+def test_the_refiner_loads_with_the_model_s_vae(xl_dirs, tmp_path):
+    """The web UI's VAE setting holds for every checkpoint, the refiner too (it decodes what it took over in);
+    --revision, a commit of --model's repository, does not."""
+    from dataclasses import replace
+
+    from textinv.generate import _refiner_settings, refiner_model
+    from textinv.tiny import _tiny_vae
+
+    torch.manual_seed(7)
+    vae = _tiny_vae()
+    vae.save_pretrained(tmp_path / "vae")
+    model = load_model(xl_dirs[0], vae=tmp_path / "vae")
+    config = GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner=str(xl_dirs[1]), vae=str(tmp_path / "vae"))
+    refiner = refiner_model(config, model).model
+    assert torch.equal(refiner.vae.decoder.conv_out.weight, vae.decoder.conv_out.weight)
+    own = load_model(xl_dirs[1], refiner=True).vae
+    assert not torch.equal(own.decoder.conv_out.weight, vae.decoder.conv_out.weight)
+    assert "revision" not in _refiner_settings(replace(config, revision="v1.0"))
+
+
+def test_the_refiner_s_vae_decodes_a_pass_it_took_over_in_and_the_model_s_one_it_did_not(models):
+    """The web UI decodes with the model loaded after sampling: the refiner, once it has taken over."""
+    from PIL import Image
+
+    model, refiner = models
+    decoded = []
+    hooks = [model.vae.decoder.register_forward_pre_hook(lambda *a: decoded.append("model")),
+             refiner.vae.decoder.register_forward_pre_hook(lambda *a: decoded.append("refiner"))]
+    try:
+        for switch_at, drawing in ((0.5, {}), (0.9999, {}),  # (a hand-on; none)
+                                   (0.5, dict(start=[Image.new("RGB", (16, 16), "red")], denoise=0.1))):  # (all)
+            render(model, PROMPT, [0], steps=4, refiner=Refiner(refiner, switch_at), **drawing)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert decoded == ["refiner", "model", "refiner"]
+    assert model.pipeline.vae is model.vae  # (given back after the pass)
+
+
 def test_a_picture_the_refiner_did_not_take_over_in_names_no_refiner_and_again_draws_it_bit_for_bit(
         xl_dirs, tmp_path, monkeypatch):
     """The web UI writes Refiner and Refiner switch at when it switches (sd_samplers_common.apply_refiner): at 0.9999
@@ -512,4 +551,4 @@ def test_the_sdxl_refiner_s_single_file_takes_its_own_configs_not_single_file_co
             "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias": (1280,)}
     save_file({k: torch.zeros(shape) for k, shape in keys.items()}, refiner)
     config = GenerateConfig(prompt=PROMPT, refiner=str(refiner), single_file_config=str(tmp_path), variant="fp16")
-    assert _refiner_settings(config) == {}
+    assert _refiner_settings(config) == {"vae": None}  # (the --vae it takes as any refiner does: none here)

@@ -440,8 +440,8 @@ def render(
     if start is None and pipe.unet.config.in_channels == 9:
         raise ConfigError(f"{model.source} is an inpainting model (its UNet reads a mask and a picture): it redraws "
                           f"a picture (--init-image, with --mask for the part to redraw) and cannot draw from text")
-    others = [refiner and refiner.model.unet] + ([second_model.unet, second_model.vae] if second_model is not model
-                                                 else [])
+    others = ([refiner.model.unet, refiner.model.vae] if refiner else []) + (
+        [second_model.unet, second_model.vae] if second_model is not model else [])
     with _tiled(pipe, tiling, *others):
         if start is not None:
             return _redrawn(model, start, inpaint, steps, denoise or refine.IMG2IMG_DENOISE, sampler,
@@ -500,9 +500,9 @@ def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _tiled(pipe, tiling: bool, *more: torch.nn.Module | None):
-    """With `tiling`, every convolution of the UNet and the VAE (and of `more`: a refiner's UNet) pads circularly
-    for the block, as the web UI's Tiling does: the picture wraps around at its edges, so copies of it tile without
-    a seam (textures, patterns)."""
+    """With `tiling`, every convolution of the UNet and the VAE (and of `more`: a refiner's UNet and VAE) pads
+    circularly for the block, as the web UI's Tiling does: the picture wraps around at its edges, so copies of it
+    tile without a seam (textures, patterns)."""
     parts = [pipe.unet, pipe.vae, *(m for m in more if m is not None)]
     convolutions = [m for part in parts for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
     modes = [m.padding_mode for m in convolutions]
@@ -683,7 +683,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
-    given_unet = pipe.unet
+    given_unet, given_vae = pipe.unet, pipe.vae
     multiplier = step_multiplier(sampler)
     prompting = (prompts, negative_prompt, (edit_steps or steps) * multiplier, clip_skip, size, emphasis_mode, stretch,
                  first_pass, old_editing)
@@ -717,7 +717,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     finally:
         for hook in hooks:
             hook.remove()
-        pipe.unet = given_unet  # (the refiner's after a hand-on)
+        pipe.unet, pipe.vae = given_unet, given_vae  # (the refiner's after a hand-on)
         pipe.unet.train(was_training)
         pipe.scheduler = own_scheduler
     return result.images if call.get("output_type") == "latent" else list(result.images)
@@ -754,7 +754,8 @@ def _handing_on(refiner: Refiner, given: list[dict], refined: list[dict], stretc
     down (`_switch_iteration`) the pipeline calls the refiner's UNet, given its conditioning (`refined`: each stretch
     of prompt editing's, `_prompted` with its text encoder and the learned tokens in it). The sampler (the
     pipeline's scheduler) goes on with the same latents and its own state (a multistep sampler's history too), as
-    the web UI's k-diffusion loop does. `switching` (prompt editing's callback, over `given`) keeps switching
+    the web UI's k-diffusion loop does, and the refiner's VAE decodes the pass (the web UI decodes with the model
+    loaded, the refiner by then). `switching` (prompt editing's callback, over `given`) keeps switching
     stretches, over the refiner's conditioning once handed on. An SDXL refiner's time ids are its own: the size,
     crop and aesthetic score (`AESTHETIC_SCORES`)."""
     names = ["prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if refiner.model.is_xl else [])
@@ -766,10 +767,10 @@ def _handing_on(refiner: Refiner, given: list[dict], refined: list[dict], stretc
             if at[0] == 0:  # (the pipeline has drawn it with its own UNet; `_check_refiner_passes` said so before)
                 raise _past_the_switch(refiner)
         out = switching(pipe, i, t, tensors) if switching is not None else {}
-        if i + 1 != at[0]:
+        if i + 1 != at[0] or at[0] == pipe.num_timesteps:  # (none past the switch: the model's VAE decodes)
             return out
         given[:] = refined  # (prompt editing switches over the refiner's conditioning from now on)
-        pipe.unet = refiner.model.unet
+        pipe.unet, pipe.vae = refiner.model.unet, refiner.model.vae  # (the web UI decodes with the refiner loaded)
         c = refined[stretch[0]]
         xl = refiner.model.is_xl
         time_ids = _refiner_time_ids(refiner.model, size, len(c["prompt_embeds"]), c["prompt_embeds"]) if xl else None
@@ -1555,13 +1556,18 @@ def refiner_model(config: GenerateConfig, model: Model, loaded: Model | None = N
 
 
 def _refiner_settings(config: GenerateConfig) -> dict:
-    """The --model settings --refiner loads with where they fit it: --variant for a hub id or folder (a single file
-    has no variants), --single-file-config for a single file of --model's kind (the SDXL refiner's file has its own
-    configs, which a folder of --model's kind does not give). --prediction-type is --model's alone: the refiner's is
-    its own (`check_refiner` refuses one that differs), as the web UI reads each checkpoint's."""
+    """The --model settings --refiner loads with where they fit it: --vae (the web UI's VAE setting holds for every
+    checkpoint, the refiner too, whose VAE decodes the pictures it took over in: `_handing_on`), --variant for a hub
+    id or folder (a single file has no variants), --single-file-config for a single file of --model's kind (the SDXL
+    refiner's file has its own configs, which a folder of --model's kind does not give). --revision and
+    --prediction-type are --model's alone: a revision names a commit of --model's repository, and the refiner's
+    prediction type is its own (`check_refiner` refuses one that differs), as the web UI reads each checkpoint's."""
+    settings = {"vae": config.vae}
     if resolve_source(config.refiner)[0] != "file":
-        return {"variant": config.variant}
-    return {} if source_is_sdxl_refiner_file(config.refiner) else {"single_file_config": config.single_file_config}
+        return {**settings, "variant": config.variant}
+    if source_is_sdxl_refiner_file(config.refiner):
+        return settings
+    return {**settings, "single_file_config": config.single_file_config}
 
 
 def _where_model_is(source: str | None) -> tuple[str, str]:
