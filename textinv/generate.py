@@ -403,9 +403,10 @@ def render(
     that wrap around at their edges (`_tiled`), each as the web UI does; `emphasis_mode` is its Emphasis setting
     (`emphasis.MODES`), `old_editing` its old prompt editing timelines (`emphasis.prompt_schedule`). `inpaint`
     (with `start`) redraws only the mask's part of each picture (`inpaint`, the web UI's inpainting); a model made
-    for it (a UNet of 9 input channels) draws only from pictures. `refiner` draws the last steps (`Refiner`), of the
-    hires fix's second pass where there is one, as the web UI's default (hires_fix_refiner_pass: second pass): of
-    `hires.model`'s pass, where it has one.
+    for it (a UNet of 9 input channels) draws only from pictures. `refiner` draws the last steps (`Refiner`; all of
+    an img2img pass or second pass that starts past its switch, `_refined`), of the hires fix's second pass where
+    there is one, as the web UI's default (hires_fix_refiner_pass: second pass): of `hires.model`'s pass, where it
+    has one.
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
