@@ -90,7 +90,7 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
 
 
 def clear_stale_temporaries(folder: str | os.PathLike, names: re.Pattern) -> int:
-    """Remove from `folder` (not below it) the temporary files of `atomic_path` writes a kill cut short, for the
+    r"""Remove from `folder` (not below it) the temporary files of `atomic_path` writes a kill cut short, for the
     files whose names `names` matches in full (a command's own, never a user's file); a live write's, which its
     process holds locked, is left (POSIX; elsewhere its open file cannot be removed). The lock is on the file made:
     a writer that makes it anew (safetensors' save_file) writes an unlocked one, so use it for pictures (PIL writes
