@@ -488,7 +488,7 @@ def test_kohyas_flag_name_is_answered_with_textinvs_and_its_file_given_to_config
     dataset = toml(tmp_path / "d.toml", '[general]\nnum_repeats = 2\n[[datasets]]\n[[datasets.subsets]]\n'
                                         'image_dir = "a"\n')
     assert main(["train", "--config", str(dataset), "--token", "<t>", "--out", str(tmp_path / "o")]) == 2
-    assert f"the file is kohya's dataset config ([general] and [[datasets]] tables); give it to --dataset-config" \
+    assert "the file is kohya's dataset config ([general] and [[datasets]] tables); give it to --dataset-config" \
            in capsys.readouterr().err
 
 

@@ -208,7 +208,7 @@ def test_the_command_line_says_it_in_one_line(sd1_dir, images, tmp_path, monkeyp
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and "Traceback" not in err
     assert lines[0].startswith("textinv train: error: out of memory on cpu in training step 3 (batch 2, 16x16, fp32)")
-    assert lines[0].endswith(f"--overwrite, or in another --out")
+    assert lines[0].endswith("--overwrite, or in another --out")
     assert cli.main(["train", "--out", str(out), "--resume", "--gradient-checkpointing"]) == 0
 
 

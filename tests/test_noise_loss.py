@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from textinv import train as train_module

@@ -2,7 +2,6 @@
 in the sample grids, recorded in config.yaml so a resume needs no file; prompts without options draw as they did."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import yaml
 from PIL import Image
 
 from textinv.cli import main
-from textinv.config import TrainConfig, build, config_file_settings, read_config_file
+from textinv.config import TrainConfig, build, config_file_settings
 from textinv.errors import ConfigError
 from textinv.generate import make_grid, render
 from textinv.models import load_model

@@ -15,7 +15,6 @@ from tensorboardX.proto.event_pb2 import Event  # (tensorboardX is in the test e
 
 from textinv.config import TrainConfig
 from textinv.errors import ConfigError
-from textinv.formats import load_embedding
 from textinv.models import load_model
 from textinv.run_folder import checkpoints, read_loss_log
 from textinv.train import TrainingInterrupted, train

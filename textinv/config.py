@@ -615,7 +615,7 @@ class TrainConfig:
         check_entries(self.sample_prompts)
         for prompt in map(prompt_text, self.sample_prompts):  # ({} or the token written, as in captions and score's)
             if "{}" not in prompt and not any(t and t.lower() in prompt.lower() for t in tokens):
-                named = (f" (it names a file: kohya's sample prompts file is read when its name ends in .txt, .toml "
+                named = (" (it names a file: kohya's sample prompts file is read when its name ends in .txt, .toml "
                          f"or .json)" if names_a_file(prompt) else "")
                 raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' (or the token) where the token goes{named}")
 
