@@ -11,6 +11,9 @@ Each is set as the web UI runs it where diffusers' defaults differ: a sigma sche
 range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), and
 LMS counts its order from the pass's first step (`_lms_from_first_step`).
 
+DPM++ 2S a has no diffusers scheduler: it is textinv's own (`schedulers.DPMSolverPP2SAncestralScheduler`), made as
+diffusers' are.
+
 Two bases need a package diffusers does not install: `lms` (and every `_beta` schedule) SciPy, `dpm++sde` torchsde
 (`pip install 'textinv[samplers]'` adds both); a name whose package is missing is refused when it is read
 (`check_installed`), not at the first picture.
@@ -27,7 +30,7 @@ from .errors import ConfigError
 
 class Base(NamedTuple):
     label: str | None  # the web UI's name for it; None: the web UI has no such sampler
-    cls: str  # the diffusers scheduler it is made as
+    cls: str  # the diffusers scheduler it is made as (or textinv's own, in `schedulers`)
     options: dict  # with these settings over the model's scheduler config
     automatic: str = ""  # the schedule the web UI's "Automatic" gives it ("": the model's own spacing)
     spaced: bool = False  # takes a sigma schedule (`SCHEDULES`): the web UI's k-diffusion samplers that diffusers has
@@ -67,9 +70,11 @@ BASES = {
                  second_order=True),
     "dpm2_a": Base("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "karras", True, discard=True,
                    second_order=True),
+    # k-diffusion's sample_dpmpp_2s_ancestral: DPM-Solver++(2S) steps (Lu et al. 2022) with ancestral noise
+    "dpm++2s_a": Base("DPM++ 2S a", "DPMSolverPP2SAncestralScheduler", {}, "karras", True, second_order=True),
     # pseudo linear multistep (Liu et al. 2022) without PNDM's Runge-Kutta warm-up, as the web UI's PLMS
     "plms": Base("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
-    # the web UI's "DPM++ 2S a" is ancestral, diffusers' single-step DPM-Solver++ is not: no web UI name
+    # diffusers' single-step DPM-Solver++, kohya's dpmsingle: not ancestral, so not the web UI's "DPM++ 2S a"
     "dpm++2s": Base(None, "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "lms": Base("LMS", "LMSDiscreteScheduler", {}, spaced=True, needs="scipy"),
 }
@@ -92,12 +97,13 @@ KOHYA = {"ddim": "ddim", "ddpm": "ddpm", "euler": "euler", "k_euler": "euler", "
          "dpmsingle": "dpm++2s"}  # (DPMSolverSinglestep's defaults: dpmsolver++, order 2)
 KOHYA_OTHERS = ("pndm", "dpmsolver")  # kohya's, which textinv does not have
 # ComfyUI's samplers (KSampler's sampler_name) that textinv has, as textinv's base names. The _gpu ones draw the same
-# noise on the GPU; uni_pc is UniPC's bh1 variant, uni_pc_bh2 its bh2, both at order 3. Not here: dpmpp_2s_ancestral
-# (textinv's dpm++2s is not ancestral), dpm_fast, dpm_adaptive, lcm, the cfg_pp ones
+# noise on the GPU; uni_pc is UniPC's bh1 variant, uni_pc_bh2 its bh2, both at order 3. Not here: dpm_fast,
+# dpm_adaptive, lcm, the cfg_pp ones
 COMFY = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a",
          "lms": "lms", "dpmpp_2m": "dpm++2m", "dpmpp_2m_sde": "dpm++2m_sde", "dpmpp_2m_sde_gpu": "dpm++2m_sde",
          "dpmpp_3m_sde": "dpm++3m_sde", "dpmpp_3m_sde_gpu": "dpm++3m_sde", "dpmpp_sde": "dpm++sde",
-         "dpmpp_sde_gpu": "dpm++sde", "ddim": "ddim", "uni_pc": "unipc", "uni_pc_bh2": "unipc_bh2", "ddpm": "ddpm"}
+         "dpmpp_sde_gpu": "dpm++sde", "dpmpp_2s_ancestral": "dpm++2s_a",
+         "ddim": "ddim", "uni_pc": "unipc", "uni_pc_bh2": "unipc_bh2", "ddpm": "ddpm"}
 # the schedules that space the steps evenly in timestep, differing at the ends only, as diffusers' own spacings
 # (leading, trailing, linspace) do: the model's own spacing, a name without a schedule. The web UI's labels and
 # ComfyUI's scheduler names, lowercase
@@ -111,7 +117,7 @@ COMFY_OTHER_SCHEDULES = {"beta"}
 
 def step_multiplier(name: str) -> int:
     """The model calls a step of sampler `name` counts as where the web UI schedules prompt editing: 2 for its
-    second-order samplers (Heun, DPM2, DPM2 a, DPM++ SDE), else 1 (the model's own, "default", too).
+    second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE), else 1 (the model's own, "default", too).
 
     >>> step_multiplier("heun_karras"), step_multiplier("dpm++2m")
     (2, 1)
@@ -229,15 +235,13 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     >>> scheduler_for(model.pipeline.scheduler, "dpm2_a_karras")  # doctest: +SKIP
     KDPM2AncestralDiscreteScheduler {... "use_karras_sigmas": true ...}
     """
-    import diffusers
-
     if name == "default":
         return scheduler
     if name not in _PARTS:
         raise ConfigError(f"{flag} {name!r} is not one of: {', '.join(SAMPLERS)}")
     check_installed(name, flag)
     base, schedule = _PARTS[name]
-    cls = getattr(diffusers, BASES[base].cls)
+    cls = _scheduler_class(base)
     # the sigma spacing is the sampler's: a model whose scheduler config ships Karras (or exponential, beta) spacing
     # would otherwise draw "euler" with it, recorded as plain Euler
     takes = inspect.signature(cls.__init__).parameters
@@ -259,10 +263,10 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
         # (from_config keeps a setting the class does not take in its config: what it takes is its __init__'s)
         if "rescale_betas_zero_snr" not in takes:
             # diffusers' class has no such option: it would quietly sample SD's unrescaled schedule, not the model's
-            able = [n for n, b in BASES.items()
-                    if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, b.cls).__init__).parameters]
+            able = [n for n in BASES
+                    if "rescale_betas_zero_snr" in inspect.signature(_scheduler_class(n).__init__).parameters]
             raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
-                              f"this one's): diffusers' {cls.__name__} has none; use {', '.join(able[:-1])} or "
+                              f"this one's): its scheduler, {cls.__name__}, has none; use {', '.join(able[:-1])} or "
                               f"{able[-1]}")
         if schedule:
             # its largest noise level is infinite: a sigma schedule puts most steps at the top, on the same timestep
@@ -270,6 +274,15 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
             raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
                               f"this one's); use {base}")
     return made
+
+
+def _scheduler_class(base: str) -> type:
+    """The scheduler class base sampler `base` is made as: diffusers', or textinv's own (`schedulers`)."""
+    import diffusers
+
+    from . import schedulers
+
+    return getattr(schedulers, BASES[base].cls, None) or getattr(diffusers, BASES[base].cls)
 
 
 _VARIANTS: dict[tuple[type, str], type] = {}
