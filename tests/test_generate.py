@@ -535,7 +535,8 @@ def test_a_composable_prompts_weights_are_not_among_the_words_it_is_named_by():
         "a-castle-AND-a-dragon-AND-16-9-frame"
 
 
-NEW_SAMPLERS = ["heun", "dpm2", "dpm2_a", "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s"]
+NEW_SAMPLERS = ["heun", "dpm2", "dpm2_a", "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s", "dpm++2s_a",
+                "dpm++2s_a_karras"]
 # the web UI's SDE samplers, DDPM and LMS, and sigma schedules beside Karras
 SDE_SAMPLERS = ["dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde", "ddpm", "lms", "dpm++2m_sde_karras",
                 "dpm++2m_exponential", "euler_beta", "dpm++sde_karras"]
@@ -570,8 +571,9 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
 @pytest.mark.parametrize("sampler", NEW_SAMPLERS + SDE_SAMPLERS)
 def test_each_new_sampler_draws_a_seed_the_same_twice_and_again_bit_for_bit(sd1_dir, tmp_path, sampler):
     """heun, dpm2, dpm2_a, their Karras versions, plms and dpm++2s (the web UI's and kohya's samplers that diffusers
-    has) were refused. Each draws a seed's picture the same every time, the ancestral ones too (their noise at each
-    step comes from the picture's seed), and `--again` draws it again from its record, bit for bit."""
+    has) were refused, and so was the web UI's DPM++ 2S a (dpm++2s_a, textinv's own scheduler). Each draws a seed's
+    picture the same every time, the ancestral ones too (their noise at each step comes from the picture's seed),
+    and `--again` draws it again from its record, bit for bit."""
     import json
 
     from textinv.cli import main
@@ -1149,7 +1151,7 @@ def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidan
     assert np.array_equal(np.asarray(whole[0]), np.asarray(plain[0]))
 
 
-@pytest.mark.parametrize("sampler", ["heun", "dpm2_karras", "dpm2_a", "dpm++sde"])
+@pytest.mark.parametrize("sampler", ["heun", "dpm2_karras", "dpm2_a", "dpm++sde", "dpm++2s_a_karras"])
 def test_a_second_order_samplers_prompt_editing_counts_its_model_calls_as_the_web_ui_does(sd1_dir, sampler):
     """The web UI schedules a second-order sampler's prompt editing over twice the steps and counts its model calls
     (step_multiplier): `[red:blue:2]` at 4 steps (7 calls) draws red for calls 0-2, not for the first 3 steps' 5."""
@@ -1640,7 +1642,12 @@ def test_again_reads_the_web_uis_parameters_and_says_what_it_cannot_use(sd1_dir,
     assert again_config(path, {"model": str(sd1_dir), "sampler": "euler"})[0].sampler == "euler"
     # the web UI's Heun, DPM2 and PLMS are textinv's; a Karras one by its old name or its Schedule type (v1.9 on)
     for text, ours in [("Sampler: Heun", "heun"), ("Sampler: DPM2 a Karras", "dpm2_a_karras"), ("Sampler: PLMS", "plms"),
-                       ("Sampler: DPM2, Schedule type: Karras", "dpm2_karras"), ("Sampler: DPM2 a", "dpm2_a")]:
+                       ("Sampler: DPM2, Schedule type: Karras", "dpm2_karras"), ("Sampler: DPM2 a", "dpm2_a"),
+                       ("Sampler: DPM++ 2S a, Schedule type: Karras", "dpm++2s_a_karras"),
+                       ("Sampler: DPM++ 2S a, Schedule type: Automatic", "dpm++2s_a_karras"),
+                       ("Sampler: DPM++ 2S a, Schedule type: Exponential", "dpm++2s_a_exponential"),
+                       ("Sampler: DPM++ 2S a, Schedule type: Uniform", "dpm++2s_a"),
+                       ("Sampler: DPM++ 2S a Karras", "dpm++2s_a_karras")]:
         path = picture(f"a cat\nSteps: 4, {text}, Seed: 3, Size: 16x16")
         assert again_config(path, {"model": str(sd1_dir)})[0].sampler == ours, text
 
@@ -2425,9 +2432,11 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
     for pair, ours in [(("euler", "normal"), "euler"), (("euler_ancestral", "simple"), "euler_a"),
                        (("dpmpp_2m", "normal"), "dpm++2m"), (("dpm_2_ancestral", "karras"), "dpm2_a_karras"),
                        (("heun", "sgm_uniform"), "heun"), (("ddim", "ddim_uniform"), "ddim"),
-                       (("uni_pc", "normal"), "unipc"), (("uni_pc_bh2", "normal"), "unipc_bh2")]:
+                       (("uni_pc", "normal"), "unipc"), (("uni_pc_bh2", "normal"), "unipc_bh2"),
+                       (("dpmpp_2s_ancestral", "karras"), "dpm++2s_a_karras"),
+                       (("dpmpp_2s_ancestral", "normal"), "dpm++2s_a")]:
         assert read(*pair).settings["sampler"] == ours, pair
-    for pair in [("dpmpp_2s_ancestral", "normal"), ("ddim", "karras"), ("euler", "kl_optimal")]:
+    for pair in [("dpmpp_2s_ancestral_cfg_pp", "normal"), ("ddim", "karras"), ("euler", "kl_optimal")]:
         assert "sampler" not in read(*pair).settings
     path = tmp_path / "s.png"
     with pytest.raises(ConfigError, match=r"s.png was drawn with ComfyUI's sampler 'euler' and scheduler 'kl_optimal' "

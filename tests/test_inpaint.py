@@ -102,8 +102,8 @@ def _drawn_latents(model, sampler, monkeypatch):
 
 # k-diffusion samplers of each kind: first order, ancestral, second order (Heun, DPM2 at its midpoints, DPM++ SDE),
 # multistep, on the model's spacing and on Karras's; then the web UI's timestep samplers
-@pytest.mark.parametrize("sampler", ["euler", "euler_a", "heun", "dpm2", "dpm++sde", "dpm++2m_karras", "lms",
-                                     "dpm++3m_sde", "ddpm", "ddim", "plms", "unipc"])
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "heun", "dpm2", "dpm++2s_a", "dpm++sde", "dpm++2m_karras",
+                                     "lms", "dpm++3m_sde", "ddpm", "ddim", "plms", "unipc"])
 def test_the_denoised_blend_carries_the_kept_latents_to_the_init_pictures_with_every_sampler(sd1_dir, sampler,
                                                                                               monkeypatch):
     """The default blend, the web UI's: the kept part of every step's denoised estimate is the init latents, so the
