@@ -283,7 +283,7 @@ def test_resume_needs_only_the_output_folder(sd1_dir, images, tmp_path):
                                           ("DPM++ SDE Karras", "dpm++sde_karras"), ("DPM++ 3M SDE", "dpm++3m_sde"),
                                           ("Euler Exponential", "euler_exponential"), ("DPM2 a Beta", "dpm2_a_beta"),
                                           ("DPM++ 2S a", "dpm++2s_a"), ("DPM++ 2S a Karras", "dpm++2s_a_karras"),
-                                          ("dpmpp_2s_ancestral", "dpm++2s_a")])
+                                          ("dpmpp_2s_ancestral", "dpm++2s_a"), ("Restart", "restart")])
 def test_the_web_uis_and_kohyas_sampler_names_are_taken_as_textinvs(tmp_path, given, ours):
     """`--sampler k_euler_a` (kohya's gen_img) or 'Euler a' (the web UI, as its pictures name it) was argparse's
     "invalid choice" for the very scheduler textinv draws as euler_a: on the command line, in a config file and from

@@ -536,7 +536,7 @@ def test_a_composable_prompts_weights_are_not_among_the_words_it_is_named_by():
 
 
 NEW_SAMPLERS = ["heun", "dpm2", "dpm2_a", "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s", "dpm++2s_a",
-                "dpm++2s_a_karras"]
+                "dpm++2s_a_karras", "restart"]
 # the web UI's SDE samplers, DDPM and LMS, and sigma schedules beside Karras
 SDE_SAMPLERS = ["dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde", "ddpm", "lms", "dpm++2m_sde_karras",
                 "dpm++2m_exponential", "euler_beta", "dpm++sde_karras"]
@@ -571,7 +571,7 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
 @pytest.mark.parametrize("sampler", NEW_SAMPLERS + SDE_SAMPLERS)
 def test_each_new_sampler_draws_a_seed_the_same_twice_and_again_bit_for_bit(sd1_dir, tmp_path, sampler):
     """heun, dpm2, dpm2_a, their Karras versions, plms and dpm++2s (the web UI's and kohya's samplers that diffusers
-    has) were refused, and so was the web UI's DPM++ 2S a (dpm++2s_a, textinv's own scheduler). Each draws a seed's
+    has) were refused, and so were the web UI's DPM++ 2S a and Restart (textinv's own schedulers). Each draws a seed's
     picture the same every time, the ancestral ones too (their noise at each step comes from the picture's seed),
     and `--again` draws it again from its record, bit for bit."""
     import json
@@ -1151,7 +1151,7 @@ def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidan
     assert np.array_equal(np.asarray(whole[0]), np.asarray(plain[0]))
 
 
-@pytest.mark.parametrize("sampler", ["heun", "dpm2_karras", "dpm2_a", "dpm++sde", "dpm++2s_a_karras"])
+@pytest.mark.parametrize("sampler", ["heun", "dpm2_karras", "dpm2_a", "dpm++sde", "dpm++2s_a_karras", "restart"])
 def test_a_second_order_samplers_prompt_editing_counts_its_model_calls_as_the_web_ui_does(sd1_dir, sampler):
     """The web UI schedules a second-order sampler's prompt editing over twice the steps and counts its model calls
     (step_multiplier): `[red:blue:2]` at 4 steps (7 calls) draws red for calls 0-2, not for the first 3 steps' 5."""
@@ -1164,6 +1164,29 @@ def test_a_second_order_samplers_prompt_editing_counts_its_model_calls_as_the_we
     assert len(seen) == 7
     for call, (hidden, _) in enumerate(seen):
         torch.testing.assert_close(hidden[1:], red if call <= 2 else blue)
+
+
+def test_restarts_img2img_pass_plans_the_steps_it_runs_as_the_web_ui_hands_them_to_it(sd1_dir, tmp_path):
+    """The web UI runs Restart on the sigmas of the steps an img2img pass runs: 22 of 30 steps (denoise 0.7) are
+    planned on their own, with a restart of their own. The pipeline takes its timesteps before it sets the
+    scheduler's begin index, and the UNet is called at the replanned ones, 2 x 22 - 1 calls."""
+    from textinv.samplers import scheduler_for
+
+    model = load_model(sd1_dir)
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(tmp_path / "init.png")
+    seen = []
+    model.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(float(
+        (args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0])), with_kwargs=True)
+    generate(GenerateConfig(prompt=["a cat"], out=str(tmp_path / "r"), n=1, steps=30, sampler="restart",
+                            init_image=str(tmp_path / "init.png"), denoise=0.7, model=str(sd1_dir)), model=model,
+             progress=False)
+    planned = scheduler_for(model.pipeline.scheduler, "restart")
+    planned.set_timesteps(30)
+    whole = planned.timesteps.tolist()
+    planned.set_begin_index(2 * 8)
+    assert len(seen) == 2 * 22 - 1 and seen != whole[16:]
+    assert seen == pytest.approx(planned.timesteps[16:].tolist())
+    assert any(b > a for a, b in zip(seen, seen[1:]))  # (back up: a restart)
 
 
 def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir, tmp_path):
@@ -1647,7 +1670,8 @@ def test_again_reads_the_web_uis_parameters_and_says_what_it_cannot_use(sd1_dir,
                        ("Sampler: DPM++ 2S a, Schedule type: Automatic", "dpm++2s_a_karras"),
                        ("Sampler: DPM++ 2S a, Schedule type: Exponential", "dpm++2s_a_exponential"),
                        ("Sampler: DPM++ 2S a, Schedule type: Uniform", "dpm++2s_a"),
-                       ("Sampler: DPM++ 2S a Karras", "dpm++2s_a_karras")]:
+                       ("Sampler: DPM++ 2S a Karras", "dpm++2s_a_karras"), ("Sampler: Restart", "restart_karras"),
+                       ("Sampler: Restart, Schedule type: Uniform", "restart")]:
         path = picture(f"a cat\nSteps: 4, {text}, Seed: 3, Size: 16x16")
         assert again_config(path, {"model": str(sd1_dir)})[0].sampler == ours, text
 

@@ -1,6 +1,7 @@
 """textinv's own schedulers (`textinv.schedulers`) against direct transcriptions of the samplers they implement, on a
 toy denoiser (a function of the latents and sigma): the same steps, to float32's precision."""
 
+import inspect
 import math
 
 import numpy as np
@@ -70,17 +71,23 @@ def _prediction(kind: str, x, denoised, sigma: float):
     return denoised
 
 
-def _drawn(scheduler, steps: int, x, sigma_of_call: list[float], kind: str, seed: int):
+def _drawn(scheduler, steps: int, x, sigma_of_call: list[float], kind: str, seed: int, begin: int = 0):
     """A diffusers pipeline's loop over `scheduler`: the toy denoiser reads each call's scaled input back at the
     sigma the transcription calls it at (`sigma_of_call`), and its output is of prediction type `kind`. The result
-    and the latents each call read."""
+    and the latents each call read. `begin`: the call an img2img pipeline starts from (its timesteps from there,
+    taken before it sets the scheduler's begin index, as diffusers' get_timesteps does)."""
     scheduler.set_timesteps(steps)
-    generator = torch.Generator().manual_seed(seed)
+    timesteps = scheduler.timesteps[begin:]
+    if begin:
+        scheduler.set_begin_index(begin)
+    # (as diffusers' pipelines pass it: to a step that takes one)
+    noise = {"generator": torch.Generator().manual_seed(seed)} \
+        if "generator" in inspect.signature(scheduler.step).parameters else {}
     read = []
-    for t, sigma in zip(scheduler.timesteps, sigma_of_call, strict=True):
+    for t, sigma in zip(timesteps, sigma_of_call, strict=True):
         read.append(scheduler.scale_model_input(x, t) * math.sqrt(sigma ** 2 + 1))
         output = _prediction(kind, read[-1], _toy(read[-1], sigma), sigma)
-        x = scheduler.step(output, t, x, generator=generator).prev_sample
+        x = scheduler.step(output, t, x, **noise).prev_sample
     return x, read
 
 
@@ -112,3 +119,86 @@ def test_dpmpp_2s_ancestral_takes_k_diffusions_steps_on_a_toy_denoiser(name, kin
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
     other, _ = _drawn(scheduler_for(own, name), steps, x, calls, kind, seed + 1)
     assert not torch.allclose(got, other)  # (its noise is the generator's)
+
+
+def _restart(denoiser, x, sigmas, noise):
+    """The web UI's restart_sampler (s_noise 1, its own restart list), written out in float64 sigmas: Heun's steps;
+    at 20 steps or more, n - 9 Karras steps over the schedule's range and 9 from the level nearest 2 to the one
+    nearest 0.1 again (n // 4 twice from 36 steps), noise taking the latents up to where a step starts higher."""
+    steps = len(sigmas) - 1
+    pairs = list(zip(sigmas[:-1], sigmas[1:]))
+    if steps >= 20:
+        span, times = (steps // 4, 2) if steps >= 36 else (9, 1)
+        levels = _karras_range(steps - span * times, sigmas[-2], sigmas[0])
+        low = int(np.argmin([abs(s - 0.1) for s in levels]))
+        high = int(np.argmin([abs(s - 2) for s in levels]))
+        pairs = []
+        for i in range(len(levels) - 1):
+            pairs.append((levels[i], levels[i + 1]))
+            if i + 1 == low and high < low:
+                again = _karras_range(span + 1, levels[low], levels[high])[:-1]
+                again[0], again[-1] = levels[high], levels[low]
+                pairs += list(zip(again[:-1], again[1:])) * times
+    last = None
+    for old, new in pairs:
+        if last is not None and last < old:
+            x = x + noise(x) * (old ** 2 - last ** 2) ** 0.5
+        denoised = denoiser(x, old)
+        d = (x - denoised) / old
+        if new == 0:
+            x = x + d * (new - old)
+        else:
+            x_2 = x + d * (new - old)
+            d_2 = (x_2 - denoiser(x_2, new)) / new
+            x = x + (d + d_2) / 2 * (new - old)
+        last = new
+    return x, len(pairs)
+
+
+def _karras_range(n, low, high, rho=7.0):
+    top, bottom = high ** (1 / rho), low ** (1 / rho)
+    return [(top + i / (n - 1) * (bottom - top)) ** rho for i in range(n)] + [0.0]
+
+
+@pytest.mark.parametrize("name, steps, start, kind", [("restart_karras", 8, 0, "epsilon"),
+                                                      ("restart", 24, 0, "epsilon"),
+                                                      ("restart_karras", 40, 0, "v_prediction"),
+                                                      ("restart", 30, 8, "epsilon")])
+def test_restart_takes_the_web_uis_steps_on_a_toy_denoiser(name, steps, start, kind):
+    """Each model call's latents and the result match restart_sampler's on the same sigmas and noise: Heun's steps
+    below 20 (8), one restart from 20 (24), two from 36 (40); an img2img pass that starts at step 8 of 30 (the
+    pipeline's begin index) plans its last 22 steps alone, as the web UI hands Restart those sigmas."""
+    own = _sd_scheduler(prediction_type=kind)
+    sigmas = (_karras if name.endswith("_karras") else _evenly)(own, steps)
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[start]
+    calls, read = [], []
+
+    def recording(latents, sigma):
+        calls.append(sigma)
+        read.append(latents.float())
+        return _toy(latents, sigma)
+
+    generator = torch.Generator().manual_seed(5)
+    expected, taken = _restart(recording, x.double(), sigmas[start:], lambda like: torch.randn(like.shape,
+                                                                                                generator=generator))
+    assert taken == steps - start and len(calls) == 2 * taken - 1
+    made = scheduler_for(own, name)
+    assert type(made).__name__ == "RestartScheduler"
+    got, got_read = _drawn(made, steps, x, calls, kind, 5, begin=2 * start)
+    for call, (latents, wanted) in enumerate(zip(got_read, read)):
+        torch.testing.assert_close(latents, wanted, rtol=1e-5, atol=1e-5, msg=f"call {call}")
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_restart_below_20_steps_is_heun_call_for_call():
+    from diffusers import HeunDiscreteScheduler
+
+    own = _sd_scheduler()
+    made, heun = scheduler_for(own, "restart_karras"), scheduler_for(own, "heun_karras")
+    assert isinstance(heun, HeunDiscreteScheduler) and not type(heun) is type(made)
+    for scheduler in (made, heun):
+        scheduler.set_timesteps(19)
+    assert torch.equal(made.timesteps, heun.timesteps) and torch.equal(made.sigmas, heun.sigmas)
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2)) * float(made.sigmas[0])
+    calls = [float(s) for s in made.sigmas[:-1]]
+    assert torch.equal(_drawn(made, 19, x, calls, "epsilon", 0)[0], _drawn(heun, 19, x, calls, "epsilon", 0)[0])

@@ -11,8 +11,7 @@ Each is set as the web UI runs it where diffusers' defaults differ: a sigma sche
 range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), and
 LMS counts its order from the pass's first step (`_lms_from_first_step`).
 
-DPM++ 2S a has no diffusers scheduler: it is textinv's own (`schedulers.DPMSolverPP2SAncestralScheduler`), made as
-diffusers' are.
+DPM++ 2S a and Restart have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers' are.
 
 Two bases need a package diffusers does not install: `lms` (and every `_beta` schedule) SciPy, `dpm++sde` torchsde
 (`pip install 'textinv[samplers]'` adds both); a name whose package is missing is refused when it is read
@@ -72,6 +71,8 @@ BASES = {
                    second_order=True),
     # k-diffusion's sample_dpmpp_2s_ancestral: DPM-Solver++(2S) steps (Lu et al. 2022) with ancestral noise
     "dpm++2s_a": Base("DPM++ 2S a", "DPMSolverPP2SAncestralScheduler", {}, "karras", True, second_order=True),
+    # Heun with restarts (Xu et al. 2023), as the web UI's sd_samplers_extra.restart_sampler
+    "restart": Base("Restart", "RestartScheduler", {}, "karras", True, second_order=True),
     # pseudo linear multistep (Liu et al. 2022) without PNDM's Runge-Kutta warm-up, as the web UI's PLMS
     "plms": Base("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
     # diffusers' single-step DPM-Solver++, kohya's dpmsingle: not ancestral, so not the web UI's "DPM++ 2S a"
@@ -117,7 +118,7 @@ COMFY_OTHER_SCHEDULES = {"beta"}
 
 def step_multiplier(name: str) -> int:
     """The model calls a step of sampler `name` counts as where the web UI schedules prompt editing: 2 for its
-    second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE), else 1 (the model's own, "default", too).
+    second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, Restart), else 1 (the model's own, "default", too).
 
     >>> step_multiplier("heun_karras"), step_multiplier("dpm++2m")
     (2, 1)
@@ -143,8 +144,9 @@ def webui_names(name: str) -> tuple[str, str | None] | None:
 
 def from_webui(sampler: str, schedule: str | None) -> str | None:
     """textinv's name for the web UI's `Sampler` and `Schedule type` (None when its text has none), or None when
-    textinv has no such sampler. No schedule is the model's spacing, as before the web UI had the setting; its
-    sampler may carry the schedule in its name, as then ("DPM++ 2M Karras"); "Automatic" is the sampler's own.
+    textinv has no such sampler. No schedule is the model's spacing, as before the web UI had the setting (Restart's
+    Karras, its only one then); its sampler may carry the schedule in its name, as then ("DPM++ 2M Karras");
+    "Automatic" is the sampler's own.
 
     >>> from_webui("DPM++ 2M", "Karras"), from_webui("DPM++ 2M Karras", None), from_webui("DPM++ 2M", "Automatic")
     ('dpm++2m_karras', 'dpm++2m_karras', 'dpm++2m_karras')
@@ -158,6 +160,8 @@ def from_webui(sampler: str, schedule: str | None) -> str | None:
     base = next((name for name, b in BASES.items() if b.label and b.label.lower() == sampler.lower()), None)
     if base is None:
         return None
+    if base == "restart" and not schedule:  # (before the setting, the web UI's Restart always drew on Karras's)
+        schedule = "karras"
     return _named(base, BASES[base].automatic if schedule.lower() == "automatic" else schedule)
 
 

@@ -4,12 +4,20 @@ with them as with their own (`samplers.scheduler_for` makes them from the model'
 `DPMSolverPP2SAncestralScheduler` is k-diffusion's sample_dpmpp_2s_ancestral, the web UI's "DPM++ 2S a" and
 ComfyUI's dpmpp_2s_ancestral: DPM-Solver++(2S) (Lu et al. 2022, "DPM-Solver++", Algorithm 1 with r = 1/2) from each
 sigma down to the ancestral step's sigma_down, then fresh noise of sigma_up (eta 1, s_noise 1).
+
+`RestartScheduler` is the web UI's "Restart" (its sd_samplers_extra.restart_sampler): Heun's steps with, at 20 steps
+or more, a stretch of the schedule drawn again after noise takes the latents back up it (Xu et al. 2023, "Restart
+Sampling for Improving Generative Processes").
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
-from diffusers import KDPM2AncestralDiscreteScheduler
+from diffusers import HeunDiscreteScheduler, KDPM2AncestralDiscreteScheduler
+from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -40,7 +48,7 @@ class DPMSolverPP2SAncestralScheduler(KDPM2AncestralDiscreteScheduler):
         first = self.state_in_first_order
         at = self.step_index if first else self.step_index - 1
         sigma, middle = self.sigmas[at], self.sigmas_interpol[at]
-        denoised = self._denoised(model_output, sample, sigma if first else middle)
+        denoised = _denoised(self.config.prediction_type, model_output, sample, sigma if first else middle)
         if first:
             # t = -log sigma; from t to the midpoint s = t + h / 2: x_s = (sigma_s / sigma) x - expm1(-h / 2) D, where
             # -expm1(-h / 2) = 1 - sigma_s / sigma. The last step's midpoint is 0 (diffusers' table): x_s = D
@@ -60,14 +68,123 @@ class DPMSolverPP2SAncestralScheduler(KDPM2AncestralDiscreteScheduler):
             return prev_sample, denoised
         return KDPM2AncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
 
-    def _denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The denoised estimate of `sample` (x0 + sigma noise) from the model's output for its scaled input
-        x / sqrt(sigma^2 + 1), by the model's prediction type."""
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            return sample - sigma * model_output
-        if kind == "v_prediction":
-            return model_output * (-sigma / (sigma ** 2 + 1) ** 0.5) + sample / (sigma ** 2 + 1)
-        if kind == "sample":
-            return model_output
-        raise ValueError(f"prediction_type {kind!r} is not one of epsilon, v_prediction or sample")
+
+def _denoised(kind: str, model_output: torch.Tensor, sample: torch.Tensor, sigma) -> torch.Tensor:
+    """The denoised estimate of `sample` (x0 + sigma noise) from the output of a model of prediction type `kind`
+    for its scaled input x / sqrt(sigma^2 + 1)."""
+    if kind == "epsilon":
+        return sample - sigma * model_output
+    if kind == "v_prediction":
+        return model_output * (-sigma / (sigma ** 2 + 1) ** 0.5) + sample / (sigma ** 2 + 1)
+    if kind == "sample":
+        return model_output
+    raise ValueError(f"prediction_type {kind!r} is not one of epsilon, v_prediction or sample")
+
+
+def karras(n: int, low: float, high: float, rho: float = 7.0) -> list[float]:
+    """Karras et al. 2022's n noise levels from `high` down to `low` (eq. 5), then 0, as k-diffusion's
+    get_sigmas_karras.
+
+    >>> [round(s, 3) for s in karras(3, 0.1, 2.0)]
+    [2.0, 0.61, 0.1, 0.0]
+    """
+    top, bottom = high ** (1 / rho), low ** (1 / rho)
+    return [(top + i / max(n - 1, 1) * (bottom - top)) ** rho for i in range(n)] + [0.0]
+
+
+def restart_plan(schedule: list[float]) -> list[tuple[float, float]]:
+    """The Heun steps (from sigma, to sigma) the web UI's Restart takes on the sigma `schedule` (its n steps' sigmas,
+    then 0): at fewer than 20 steps the schedule's own; from 20, n - 9 Karras steps over the schedule's range with 9
+    steps from the level nearest 2 down to the one nearest 0.1 drawn again once they are passed, and from 36 steps
+    n - 2 (n // 4) steps with n // 4 drawn again twice (Xu et al. 2023's restart interval [0.1, 2]). Always n steps.
+
+    >>> len(restart_plan(karras(20, 0.03, 14.6))), restart_plan([14.6, 1.0, 0.0])
+    (20, [(14.6, 1.0), (1.0, 0.0)])
+    """
+    steps = len(schedule) - 1
+    if steps < 20:
+        return list(zip(schedule[:-1], schedule[1:]))
+    span, times = (steps // 4, 2) if steps >= 36 else (9, 1)
+    levels = karras(steps - span * times, schedule[-2], schedule[0])
+    low, high = (min(range(len(levels)), key=lambda i: abs(levels[i] - x)) for x in (0.1, 2.0))
+    plan = []
+    for i in range(len(levels) - 1):
+        plan.append((levels[i], levels[i + 1]))
+        if i + 1 == low and high < low:
+            again = karras(span + 1, levels[low], levels[high])[:-1]
+            again[0], again[-1] = levels[high], levels[low]  # (the very levels: no noise where one ends, ~1e-17 off)
+            plan += list(zip(again[:-1], again[1:])) * times
+    return plan
+
+
+class RestartScheduler(HeunDiscreteScheduler):
+    """The web UI's Restart: Heun's steps along `restart_plan`, where a step that starts above the last one's end
+    first adds the noise that takes the latents up to it, sqrt(start^2 - end^2) of the pipeline's generator's.
+
+    Its tables are laid out as diffusers' Heun lays out its own, one entry a model call: two calls a step (at its
+    start, then at its end from the Euler step there) and one for the last step, to 0, so `scale_model_input`,
+    `add_noise` and img2img's start are that class's. At fewer than 20 steps it is Heun, call for call. An img2img
+    pass (`set_begin_index`) plans the schedule's last steps alone, as the web UI hands Restart the sigmas it runs.
+    """
+
+    def set_timesteps(self, num_inference_steps=None, device=None, num_train_timesteps=None, timesteps=None):
+        super().set_timesteps(num_inference_steps, device, num_train_timesteps, timesteps)
+        # Heun's tables hold [s0, s1, s1, ..., s(n-1), s(n-1), 0]: the schedule is their first and every other one
+        self.schedule = torch.cat([self.sigmas[:1], self.sigmas[1::2]]).tolist()
+        self._heun = self.sigmas.clone(), self.timesteps.clone()
+        self._lay_out(0)
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        super().set_begin_index(begin_index)
+        if begin_index:
+            self._lay_out(begin_index)
+
+    def _lay_out(self, begin: int) -> None:
+        """The tables from call `begin` (the first call of step begin / 2) on, for the plan of the schedule's steps
+        from there. The timesteps are changed in place: an img2img pipeline holds the part it runs already."""
+        schedule = self.schedule[begin // 2:]
+        plan = restart_plan(schedule)
+        sigmas, times = (table[begin:] for table in self._heun)  # (a plan of the schedule's own steps: Heun's)
+        if plan != list(zip(schedule[:-1], schedule[1:])):
+            calls = [s for start, end in plan for s in ((start, end) if end > 0 else (start,))]
+            if len(calls) != len(times):
+                raise ValueError(f"Restart planned {len(calls)} model calls for the {len(schedule) - 1} steps from "
+                                 f"call {begin}, where {len(times)} remain")
+            log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
+            times = torch.from_numpy(self._sigma_to_t(np.array(calls), log_sigmas))
+            sigmas = torch.tensor(calls + [0.0])
+        self.timesteps[begin:] = times.to(self.timesteps)
+        self.sigmas = torch.cat([self.sigmas[:begin], sigmas.to(self.sigmas)])
+        self.plan = self.plan[:begin // 2] + plan if begin else plan
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True):
+        """One model call's update: at a step's start the Euler step to its end (the last step's whole move), at
+        its end Heun's correction, then the noise up to the next step's start where that is higher."""
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        k = self.step_index // 2  # this call's step: calls 0 1 | 2 3 | ... (each step's start at an even one)
+        start, end = self.plan[k]
+        first = self.step_index % 2 == 0
+        denoised = _denoised(self.config.prediction_type, model_output, sample, start if first else end)
+        if first:
+            derivative = (sample - denoised) / start
+            prev_sample = sample + derivative * (end - start)
+            if end > 0:
+                self.sample, self.prev_derivative, self.dt = sample, derivative, end - start
+                return self._output(prev_sample, denoised, return_dict)
+        else:
+            derivative = (self.prev_derivative + (sample - denoised) / end) / 2
+            prev_sample = self.sample + derivative * self.dt
+            self.sample, self.prev_derivative, self.dt = None, None, None
+        if k + 1 < len(self.plan) and self.plan[k + 1][0] > end:
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                                 generator=generator)
+            prev_sample = prev_sample + noise * math.sqrt(self.plan[k + 1][0] ** 2 - end ** 2)
+        return self._output(prev_sample, denoised, return_dict)
+
+    def _output(self, prev_sample, denoised, return_dict: bool):
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, denoised
+        return HeunDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
