@@ -202,3 +202,17 @@ def test_restart_below_20_steps_is_heun_call_for_call():
     x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2)) * float(made.sigmas[0])
     calls = [float(s) for s in made.sigmas[:-1]]
     assert torch.equal(_drawn(made, 19, x, calls, "epsilon", 0)[0], _drawn(heun, 19, x, calls, "epsilon", 0)[0])
+
+
+def test_a_restart_img2img_pass_that_would_take_fewer_steps_than_it_runs_is_refused_by_name():
+    """Below the restart interval (a schedule that starts under sigma 0.1) the web UI's Restart takes n - 9 steps
+    of n; a diffusers pipeline has counted the n already, so the pass is refused saying why, not drawn short."""
+    own = DDIMScheduler(beta_start=1e-5, beta_end=5e-5, beta_schedule="linear", timestep_spacing="linspace")
+    made = scheduler_for(own, "restart")
+    made.set_timesteps(80)
+    start = next(k for k, sigma in enumerate(made.schedule) if sigma < 0.09)
+    run = 80 - start
+    assert 20 <= run < 36
+    with pytest.raises(ValueError, match=f"Restart takes {run - 9} steps, not {run}, on a schedule that starts at "
+                                         f"sigma 0.0[0-9]+, below its restart interval"):
+        made.set_begin_index(2 * start)

@@ -118,7 +118,8 @@ COMFY_OTHER_SCHEDULES = {"beta"}
 
 def step_multiplier(name: str) -> int:
     """The model calls a step of sampler `name` counts as where the web UI schedules prompt editing: 2 for its
-    second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, Restart), else 1 (the model's own, "default", too).
+    second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, Restart), else 1 (the model's own, "default",
+    too).
 
     >>> step_multiplier("heun_karras"), step_multiplier("dpm++2m")
     (2, 1)

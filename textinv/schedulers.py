@@ -33,8 +33,8 @@ class DPMSolverPP2SAncestralScheduler(KDPM2AncestralDiscreteScheduler):
     differs. DPM2's second half is an Euler step with the midpoint's derivative; this one is the exponential
     integrator's step on the denoised estimates, exact for a denoiser that does not change along the step.
 
-    >>> scheduler = DPMSolverPP2SAncestralScheduler.from_config(pipe.scheduler.config)  # doctest: +SKIP
-    >>> pipe.scheduler = scheduler; pipe("a cat", num_inference_steps=20, generator=torch.Generator().manual_seed(1))
+    >>> pipe.scheduler = DPMSolverPP2SAncestralScheduler.from_config(pipe.scheduler.config)  # doctest: +SKIP
+    >>> pipe("a cat", num_inference_steps=20, generator=torch.Generator().manual_seed(1))  # doctest: +SKIP
     """
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
@@ -86,7 +86,7 @@ def karras(n: int, low: float, high: float, rho: float = 7.0) -> list[float]:
     get_sigmas_karras.
 
     >>> [round(s, 3) for s in karras(3, 0.1, 2.0)]
-    [2.0, 0.61, 0.1, 0.0]
+    [2.0, 0.524, 0.1, 0.0]
     """
     top, bottom = high ** (1 / rho), low ** (1 / rho)
     return [(top + i / max(n - 1, 1) * (bottom - top)) ** rho for i in range(n)] + [0.0]
@@ -96,7 +96,8 @@ def restart_plan(schedule: list[float]) -> list[tuple[float, float]]:
     """The Heun steps (from sigma, to sigma) the web UI's Restart takes on the sigma `schedule` (its n steps' sigmas,
     then 0): at fewer than 20 steps the schedule's own; from 20, n - 9 Karras steps over the schedule's range with 9
     steps from the level nearest 2 down to the one nearest 0.1 drawn again once they are passed, and from 36 steps
-    n - 2 (n // 4) steps with n // 4 drawn again twice (Xu et al. 2023's restart interval [0.1, 2]). Always n steps.
+    n - 2 (n // 4) steps with n // 4 drawn again twice (Xu et al. 2023's restart interval [0.1, 2]): n steps in all,
+    fewer only where no level of the range is nearer 2 than 0.1 (a schedule that starts below about 0.1).
 
     >>> len(restart_plan(karras(20, 0.03, 14.6))), restart_plan([14.6, 1.0, 0.0])
     (20, [(14.6, 1.0), (1.0, 0.0)])
@@ -148,8 +149,10 @@ class RestartScheduler(HeunDiscreteScheduler):
         if plan != list(zip(schedule[:-1], schedule[1:])):
             calls = [s for start, end in plan for s in ((start, end) if end > 0 else (start,))]
             if len(calls) != len(times):
-                raise ValueError(f"Restart planned {len(calls)} model calls for the {len(schedule) - 1} steps from "
-                                 f"call {begin}, where {len(times)} remain")
+                # (the web UI would take fewer steps; a diffusers pipeline has counted the iterations already)
+                raise ValueError(f"Restart takes {len(plan)} steps, not {len(schedule) - 1}, on a schedule that "
+                                 f"starts at sigma {schedule[0]:.3g}, below its restart interval: draw this pass at "
+                                 f"a higher denoising strength or fewer than 20 steps")
             log_sigmas = torch.log(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
             times = torch.from_numpy(self._sigma_to_t(np.array(calls), log_sigmas))
             sigmas = torch.tensor(calls + [0.0])
