@@ -1189,6 +1189,23 @@ def test_restarts_img2img_pass_plans_the_steps_it_runs_as_the_web_ui_hands_them_
     assert any(b > a for a, b in zip(seen, seen[1:]))  # (back up: a restart)
 
 
+def test_the_refiner_switch_of_a_restart_img2img_pass_is_found_on_the_steps_planned_for_it(sd1_dir):
+    """The check before drawing (`_refiner_span`) reads the pass's noise levels as the pipeline's scheduler has them
+    once it has set its begin index, where the hand-on reads them: Restart's img2img pass plans its own steps."""
+    from types import SimpleNamespace
+
+    from textinv.generate import _refiner_span, _switch_iteration
+    from textinv.samplers import scheduler_for
+
+    model = load_model(sd1_dir)
+    planned = scheduler_for(model.pipeline.scheduler, "restart")
+    planned.set_timesteps(30)  # (denoise 0.7: the last 22 steps, 43 calls, from call 16)
+    whole = _switch_iteration(planned, 43, 0.5)
+    planned.set_begin_index(16)
+    assert _refiner_span(model, SimpleNamespace(switch_at=0.5), 30, "restart", 0.7, None) == \
+        (_switch_iteration(planned, 43, 0.5), 43) != (whole, 43)
+
+
 def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir, tmp_path):
     folder = tmp_path / "embeddings"
     folder.mkdir()

@@ -357,6 +357,9 @@ def _refiner_start(model: Model, refiner: Refiner, sampler: str, schedule: int, 
     scheduler = copy.deepcopy(scheduler_for(model.pipeline.scheduler, sampler))
     scheduler.set_timesteps(schedule)
     iterations = len(scheduler.timesteps) - (schedule - run) * scheduler.order  # (diffusers' img2img get_timesteps)
+    if iterations < len(scheduler.timesteps) and hasattr(scheduler, "set_begin_index"):
+        # as the img2img pipeline sets it: Restart plans the steps the pass runs from there on their own
+        scheduler.set_begin_index(len(scheduler.timesteps) - iterations)
     return _switch_iteration(scheduler, iterations, refiner.switch_at), iterations
 
 
