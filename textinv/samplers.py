@@ -32,7 +32,7 @@ class Base(NamedTuple):
     cls: str  # the diffusers scheduler it is made as (or textinv's own, in `schedulers`)
     options: dict  # with these settings over the model's scheduler config
     automatic: str = ""  # the schedule the web UI's "Automatic" gives it ("": the model's own spacing)
-    spaced: bool = False  # takes a sigma schedule (`SCHEDULES`): the web UI's k-diffusion samplers that diffusers has
+    spaced: bool = False  # takes a sigma schedule (`SCHEDULES`): the web UI's k-diffusion samplers that textinv has
     needs: str = ""  # a package diffusers needs for it
     # the web UI's discard_next_to_last_sigma: the schedule of one step more, less its smallest non-zero sigma, so the
     # last step goes from a larger noise level to none (`_discarding`)

@@ -126,6 +126,9 @@ class RestartScheduler(HeunDiscreteScheduler):
     start, then at its end from the Euler step there) and one for the last step, to 0, so `scale_model_input`,
     `add_noise` and img2img's start are that class's. At fewer than 20 steps it is Heun, call for call. An img2img
     pass (`set_begin_index`) plans the schedule's last steps alone, as the web UI hands Restart the sigmas it runs.
+
+    >>> pipe.scheduler = RestartScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)  # doctest: +SKIP
+    >>> pipe("a cat", num_inference_steps=20, generator=torch.Generator().manual_seed(1))  # doctest: +SKIP
     """
 
     def set_timesteps(self, num_inference_steps=None, device=None, num_train_timesteps=None, timesteps=None):
