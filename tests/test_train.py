@@ -1073,6 +1073,83 @@ def test_shuffled_tags_reach_the_training_prompts_and_resume_exactly(sd1_dir, im
         config(images, tmp_path / "d", tag_dropout=1.0).validate()
 
 
+def test_caption_dropout_drops_samples_at_its_rate_and_off_draws_what_runs_always_drew():
+    """kohya's caption_dropout_rate: each sample's caption dropped with that chance, drawn from the run's seeded
+    generator after everything else, so a run without it draws what it always drew."""
+    from textinv.train import BatchSampler
+
+    dropping = BatchSampler(4, 25, flip=True, seed=0, caption_dropout=0.3)
+    plain = BatchSampler(4, 25, flip=True, seed=0)
+    dropped = []
+    for _ in range(50):
+        drawn, before = dropping.draw(40, (1, 2, 2), (0, 1000)), plain.draw(40, (1, 2, 2), (0, 1000))
+        assert "dropped" not in before and all(torch.equal(drawn[k], before[k]) for k in before)
+        dropped.append(drawn["dropped"])
+        plain.generator.set_state(dropping.generator.get_state())  # (past the dropout's own draws)
+    share = torch.cat(dropped).float().mean().item()  # of 2000 samples
+    assert abs(share - 0.3) < 0.03, share
+    again = BatchSampler(4, 25, flip=True, seed=0, caption_dropout=0.3)
+    assert torch.equal(again.draw(40, (1, 2, 2), (0, 1000))["dropped"], dropped[0])  # (seeded)
+
+
+def test_caption_dropout_every_n_epochs_drops_exactly_those_epochs_and_resumes_mid_epoch():
+    """kohya's caption_dropout_every_n_epochs N: every sample of epochs N, 2N, ... (counted from 1, as kohya's
+    current_epoch) is dropped, also where an epoch ends inside a batch; a sampler restored from a checkpoint's
+    state goes on dropping what the uninterrupted one drops."""
+    from textinv.train import BatchSampler
+
+    sampler = BatchSampler(3, 2, flip=False, seed=1, dropout_every=2)  # epochs of 6 samples, batches of 4
+    dropped = torch.cat([sampler.draw(4, (1,), (0, 10))["dropped"] for _ in range(9)])  # 6 epochs
+    epochs = torch.arange(36) // 6 + 1
+    assert torch.equal(dropped, epochs % 2 == 0)
+    saved = BatchSampler(3, 2, flip=False, seed=1, dropout_every=4, caption_dropout=0.2)
+    for _ in range(4):
+        saved.draw(4, (1,), (0, 10))
+    restored = BatchSampler(3, 2, flip=False, seed=1, dropout_every=4, caption_dropout=0.2)
+    restored.load_state_dict(saved.state_dict())
+    for _ in range(5):
+        a, b = saved.draw(4, (1,), (0, 10)), restored.draw(4, (1,), (0, 10))
+        assert torch.equal(a["dropped"], b["dropped"]) and torch.equal(a["image"], b["image"])
+
+
+def test_a_dropped_caption_trains_on_the_empty_prompt_and_resumes_exactly(sd1_dir, images, tmp_path, monkeypatch):
+    """A dropped sample's prompt is the empty one, with no token, template, prefix or suffix: kohya's
+    process_caption empties the caption and skips its textual inversion's replacements (the templates among
+    them) then. With --caption-dropout-every 2, 4 pictures and 12 samples, exactly the second epoch (samples 4 to
+    7) is; a run stopped and resumed learns what the uninterrupted run learns."""
+    for path in sorted(images.glob("*.png"))[:2]:  # (two with a caption file, two with the templates)
+        path.with_suffix(".txt").write_text("{}, red square")
+    picks = recorded_results(monkeypatch, train_module.CaptionBank, "pick")
+    banks = recorded_caption_banks(monkeypatch)
+    every = train(config(images, tmp_path / "a", caption_dropout_every=2, caption_prefix="art,"),
+                  model=load_model(sd1_dir), progress=False)
+    empty = banks[-1].empty[0]
+    assert banks[-1].texts[-1] != "" and (empty[0] == empty[0, -1]).sum() >= 75  # (start, end and padding)
+    rows = torch.cat([ids[0] for ids in picks])  # (12, 77)
+    assert [bool((row == empty[0]).all()) for row in rows] == [False] * 4 + [True] * 4 + [False] * 4
+    plain = train(config(images, tmp_path / "b", caption_prefix="art,"), model=load_model(sd1_dir), progress=False)
+    assert not torch.equal(every.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
+    dropout = dict(caption_dropout=0.4, caption_dropout_every=3, save_every=3)
+    straight = train(config(images, tmp_path / "c", **dropout), model=load_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "d", steps=3, **dropout), model=load_model(sd1_dir), progress=False)
+    resumed = train(config(images, tmp_path / "d", resume=True, **dropout), model=load_model(sd1_dir),
+                    progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.losses[-1] == straight.losses[-1]
+
+
+@pytest.mark.parametrize("given, said", [
+    (dict(caption_dropout=1.5), r"--caption-dropout is a chance in \[0, 1\), got 1.5"),
+    (dict(caption_dropout=-0.1), r"--caption-dropout is a chance in \[0, 1\), got -0.1"),
+    (dict(caption_dropout=1.0), "--caption-dropout at 1 drops every caption, so the vectors would learn nothing"),
+    (dict(caption_dropout_every=-2), r"--caption-dropout-every must be a whole number >= 0 \(0: never\), got -2"),
+    (dict(caption_dropout_every=1), "--caption-dropout-every at 1 drops the captions of every epoch"),
+])
+def test_caption_dropout_that_cannot_be_trained_is_refused_by_name(given, said, images, tmp_path):
+    with pytest.raises(ConfigError, match=said):
+        config(images, tmp_path / "o", **given).validate()
+
+
 def test_an_fp16_overflow_skips_only_its_own_concepts_step():
     """Under fp16 loss scaling, a concept whose gradients overflowed keeps its vectors and Adam moments, while the
     other concepts (rows of the same tensors) take the step their own runs would; the scale is lowered."""

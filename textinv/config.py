@@ -363,6 +363,11 @@ class TrainConfig:
     tag_dropout: float = opt(0.0, "leave out each caption tag with this chance (the web UI's 'drop out tags', "
                                   "kohya's --caption_tag_dropout_rate); the tag holding the token stays")
     keep_tags: int = opt(0, "the first N caption tags stay first and are never dropped (kohya's --keep_tokens)")
+    caption_dropout: float = opt(0.0, "train each sample with this chance on the empty prompt, as kohya's "
+                                      "--caption_dropout_rate drops the whole caption (templates, prefix and token "
+                                      "too): the vectors learn nothing from it")
+    caption_dropout_every: int = opt(0, "train every sample of every Nth epoch (N, 2N, ...) on the empty prompt, as "
+                                        "kohya's --caption_dropout_every_n_epochs (0: never)")
     caption_wildcards: bool = opt(False, "a caption file's lines are its captions, one drawn each time it is used, "
                                          "and {a|b|c} in it one choice drawn ({{ and }} a brace), from --seed "
                                          "(kohya's --enable_wildcard)")
@@ -523,6 +528,7 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.tag_dropout < 1.0:  # (also refuses NaN)
             raise ConfigError(f"--tag-dropout is a chance in [0, 1), got {self.tag_dropout}")
+        self._check_caption_dropout()
         self._check_tag_separators()
         self._check_tag_warmup()
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints", "keep_tags"):
@@ -646,6 +652,23 @@ class TrainConfig:
             warn(f"--optimizer {self.optimizer} estimates its own step size and is meant to run at --lr 1.0 "
                  f"(as kohya's Prodigy and DAdaptation configs give it); --lr {self.lr:g} scales that "
                  f"estimate by {self.lr:g}", stacklevel=3)
+
+    def _check_caption_dropout(self, said: dict[str, str] | None = None) -> None:
+        """--caption-dropout in [0, 1) and --caption-dropout-every a whole number other than 1: at 1 either drops
+        every caption, so the vectors would learn nothing. `said`: how a setting was given where it was no flag (a
+        --dataset-config key), for the refusal to name."""
+        name = _namer(said)
+        rate, every = self.caption_dropout, self.caption_dropout_every
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:  # (NaN too)
+            raise ConfigError(f"{name('caption_dropout')} is a chance in [0, 1), got {rate!r}")
+        if rate == 1:
+            raise ConfigError(f"{name('caption_dropout')} at 1 drops every caption, so the vectors would learn "
+                              f"nothing: give a chance below 1")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ConfigError(f"{name('caption_dropout_every')} must be a whole number >= 0 (0: never), got {every!r}")
+        if every == 1:
+            raise ConfigError(f"{name('caption_dropout_every')} at 1 drops the captions of every epoch, so the "
+                              f"vectors would learn nothing: give 2 or more (every Nth epoch), or 0 for never")
 
     def _check_tag_separators(self, said: dict[str, str] | None = None) -> None:
         """--tag-separator splits the tags, so it cannot be empty; --keep-tags-separator and --tag-joiner must each

@@ -278,9 +278,11 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                                         "replace the whole caption"),
     ("caption_suffix", _K, "train", "--caption-suffix", "put after each caption file's text, a space between, as "
                                                         "theirs"),
-    ("caption_dropout_rate caption_dropout_every_n_epochs", _K, "train", None,
-     "textinv never leaves a whole caption out: a caption dropped holds no token, so the vectors would learn nothing "
-     "from that sample (kohya's textual inversion has no such flag either; --tag-dropout leaves out single tags)"),
+    ("caption_dropout_rate", _K, "train", "--caption-dropout", "the sample trains on the empty prompt, as theirs "
+                                                              "(their textual inversion has no such flag): the "
+                                                              "vectors learn nothing from it"),
+    ("caption_dropout_every_n_epochs", _K, "train", "--caption-dropout-every", "epochs N, 2N, ... on the empty "
+                                                                              "prompt, as theirs"),
     ("enable_wildcard", _K, "train", "--caption-wildcards", "a caption file's lines and {a|b} choices drawn as "
                                                             "theirs, from --seed"),
     ("token_warmup_min", _K, "train", "--tag-warmup-min", ""),

@@ -91,6 +91,13 @@ def _chance(value):
     raise ValueError("a chance from 0 up to (not including) 1")
 
 
+def _rate(value):
+    # (1 is a rate too, refused with why by `TrainConfig._check_caption_dropout`, naming the key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    raise ValueError("a chance from 0 up to (not including) 1")
+
+
 def _text(value):
     if isinstance(value, str) and value.strip():
         return value
@@ -173,8 +180,11 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "random_crop": (SUBSET_KEY, "random_crop", _bool),
     "shuffle_caption": (SUBSET_KEY, "shuffle_tags", _bool),
     "keep_tokens": (SUBSET_KEY, "keep_tags", _whole(0)),
-    # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; textinv has this one)
+    # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; its LoRA scripts and
+    # textinv have them. A dropped caption is the empty prompt: `train.BatchSampler.dropped`)
     "caption_tag_dropout_rate": (SUBSET_KEY, "tag_dropout", _chance),
+    "caption_dropout_rate": (SUBSET_KEY, "caption_dropout", _rate),
+    "caption_dropout_every_n_epochs": (SUBSET_KEY, "caption_dropout_every", _whole(0)),
     "enable_wildcard": (SUBSET_KEY, "caption_wildcards", _bool),
     # (kohya's textual inversion warms the tags up: its loop gives the dataset each step)
     "token_warmup_min": (SUBSET_KEY, "tag_warmup_min", _whole(0)),
@@ -207,9 +217,6 @@ BUCKET_KEYS: dict[str, tuple[tuple[str, ...], Callable]] = {
 }
 BUCKET_STEPS = (64, 32)  # textinv's bucket step: the model's down-sampling, 64 pixels for SD 1.x/2.x, 32 for SDXL
 
-_NO_DROPOUT = ("textinv never leaves a whole caption out: a sample whose caption is dropped holds no token, so the "
-               "learned vectors get no gradient from it and the step is spent for nothing (kohya's textual inversion "
-               "refuses the caption dropout keys: its dataset schema is built without them); remove it")
 # kohya key -> (tables, the values that change nothing (kohya's default), what to do instead of any other)
 AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
     "color_aug": (SUBSET_KEY, (False,), "textinv has no colour augmentation: it encodes each picture once (kohya "
@@ -219,8 +226,6 @@ AT_DEFAULT: dict[str, tuple[tuple[str, ...], tuple, str]] = {
                                   "hold it, and kohya's textual inversion, which keeps them, trains them with the "
                                   "concept's captions when it uses its templates (--use_object_template) and spends "
                                   "steps on them otherwise; remove the subset"),
-    "caption_dropout_rate": (SUBSET_KEY, (0,), _NO_DROPOUT),
-    "caption_dropout_every_n_epochs": (SUBSET_KEY, (0,), _NO_DROPOUT),
     "resize_interpolation": (SUBSET_KEY, (), "textinv resizes with Lanczos (bicubic when enlarging); remove it"),
     "metadata_file": (OWN_KEY, (), "textinv reads each picture's caption from a file beside it (kohya's fine-tuning "
                                    "metadata is made from such files): give the subset's image_dir, with a NAME.txt "
@@ -524,6 +529,7 @@ def _check_captions(config: TrainConfig, changes: dict[str, Any], said: dict[str
         setattr(given, setting, value)
     given._check_tag_separators(said)
     given._check_tag_warmup(said)
+    given._check_caption_dropout(said)
 
 
 def _flag(setting: str) -> str:

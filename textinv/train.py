@@ -148,7 +148,8 @@ def _floats(pixels: torch.Tensor) -> torch.Tensor:
 class CaptionBank:
     """Every caption a picture can get, tokenized once per tokenizer: `ids[k]` (C, 77), and per picture the
     caption rows it draws from. With a `max_token_length` above 75 (--max-token-length 150 or 225) each caption's
-    ids are kohya's chunks, (C, n * 77) (`long_caption_ids`)."""
+    ids are kohya's chunks, (C, n * 77) (`long_caption_ids`). `empty[k]` (1, 77): the empty prompt, which a
+    sample whose caption is dropped trains on (--caption-dropout: `BatchSampler`)."""
 
     def __init__(self, tokenizers: list, sampler: CaptionSampler, device, entries: list[str] | None = None,
                  max_token_length: int = emphasis.CHUNK):
@@ -166,18 +167,17 @@ class CaptionBank:
             for tok in tokenizers:
                 _check_token_fits(tok, texts, entries, moved=sampler.tags.active and not sampler.tags.keep,
                                   max_token_length=max_token_length)
-        if max_token_length == emphasis.CHUNK:  # one pass of the text encoder, as always
-            self.ids = [tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(device) for tok in tokenizers]
-        else:
-            self.ids = [long_caption_ids(tok, texts, max_token_length).to(device) for tok in tokenizers]
+        self.ids = [_caption_ids(tok, texts, max_token_length).to(device) for tok in tokenizers]
+        self.empty = [_caption_ids(tok, [""], max_token_length).to(device) for tok in tokenizers]
         width = max(len(r) for r in rows)
         self.choices = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], device=device)  # (I * L, K)
         self.counts = torch.tensor([len(r) for r in rows], device=device)  # (I * L,)
 
-    def pick(self, image: torch.Tensor, u: torch.Tensor, step: int | None = None) -> list[torch.Tensor]:
+    def pick(self, image: torch.Tensor, u: torch.Tensor, step: int | None = None,
+             dropped: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Token ids (B, 77) per tokenizer (B, n * 77 with kohya's chunks) for pictures `image` (B,) given uniform
-        draws `u` (B,) in [0, 1); at `step` (0 = the first) of a tag warm-up, its captions (`tags_used`)."""
+        draws `u` (B,) in [0, 1); at `step` (0 = the first) of a tag warm-up, its captions (`tags_used`); the
+        samples `dropped` (B,) marks get the empty prompt's (kohya's caption dropout)."""
         level = torch.full_like(image, self.levels - 1)
         warmup = self.tags.warmup_steps
         if step is not None and warmup and step < warmup:
@@ -187,7 +187,19 @@ class CaptionBank:
         row = image * self.levels + level
         k = (u * self.counts[row]).long().clamp(max=self.choices.shape[1] - 1)
         rows = self.choices[row, k]
-        return [ids[rows] for ids in self.ids]
+        picked = [ids[rows] for ids in self.ids]
+        if dropped is None:
+            return picked
+        return [torch.where(dropped[:, None], empty, ids) for ids, empty in zip(picked, self.empty)]  # (B, 77)
+
+
+def _caption_ids(tokenizer, texts: list[str], max_token_length: int) -> torch.Tensor:
+    """`texts`' token ids, (C, 77): one pass of the text encoder, as always; (C, n * 77) kohya's chunks with a
+    --max-token-length above 75 (`long_caption_ids`)."""
+    if max_token_length == emphasis.CHUNK:
+        return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids
+    return long_caption_ids(tokenizer, texts, max_token_length)
 
 
 def _levelled_captions(sampler: CaptionSampler, counts: list[int], levels: int
@@ -417,14 +429,16 @@ def pyramid_levels(generator: torch.Generator, n: int, shape: tuple[int, ...], i
 
 class BatchSampler:
     """Draws the random parts of each batch from one generator: pictures (in shuffled epochs), flips, captions,
-    latent samples, noise and timesteps. Its state (generator + epoch position) goes into checkpoints."""
+    latent samples, noise and timesteps. Its state (generator, epoch and position in it) goes into checkpoints."""
 
     def __init__(self, num_images: int, repeats: int | Sequence[int], flip: bool, seed: int,
-                 noise_offset: float = 0.0, noise: NoiseOptions | None = None, crops: int = 1):
+                 noise_offset: float = 0.0, noise: NoiseOptions | None = None, crops: int = 1,
+                 caption_dropout: float = 0.0, dropout_every: int = 0):
         """`repeats`: how many times each picture is in an epoch, one count for all or one per picture (kohya's
         folders: the folder's count times --repeats). `noise_offset`: --noise-offset (0: off); `noise`: kohya's
         other noise settings (None: all off). `crops`: each picture's random windows (--random-crop), of which
-        each sample takes one."""
+        each sample takes one. `caption_dropout`, `dropout_every`: --caption-dropout and --caption-dropout-every
+        (0: off), the samples trained on the empty prompt (`dropped`)."""
         counts = torch.tensor([repeats] * num_images if isinstance(repeats, int) else list(repeats))  # (I,)
         # an epoch's pictures, round by round (0, 1, 2, 0, 1, 2, 0, 2...): with one count for all this is
         # arange(I * repeats) % I, the table runs drew from before counts per picture, so their draws are unchanged
@@ -436,27 +450,49 @@ class BatchSampler:
         self.noise_offset = noise_offset
         self.noise = noise or NoiseOptions()
         self.crops = crops
+        self.caption_dropout = caption_dropout
+        self.dropout_every = dropout_every
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.cursor = 0
+        self.epoch = 0  # the epochs begun: the first is 1, as kohya counts them
 
     def _next_images(self, n: int) -> torch.Tensor:
-        picked = []
+        return self._next(n)[0]
+
+    def _next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next `n` samples' pictures (n,), and the epoch each is in (n,): an epoch may end inside a batch."""
+        picked, epochs = [], []
         while n > 0:
             if self.cursor >= len(self.order):  # a new epoch: every picture its `repeats` times, shuffled
                 self.order = self.table[torch.randperm(self.num_items, generator=self.generator)]
                 self.cursor = 0
+                self.epoch += 1
             take = self.order[self.cursor:self.cursor + n]
             self.cursor += len(take)
             n -= len(take)
             picked.append(take)
-        return torch.cat(picked)
+            epochs.append(torch.full((len(take),), self.epoch))
+        return torch.cat(picked), torch.cat(epochs)
+
+    def dropped(self, epochs: torch.Tensor) -> torch.Tensor:
+        """Which samples of `epochs` (each one's epoch, `_next`) are trained on the empty prompt, as kohya's
+        `process_caption` drops a caption (library/train_util.py): each with chance `caption_dropout`, and every
+        one in an epoch that `dropout_every` divides (its current_epoch % N == 0, counted from 1: epochs N, 2N,
+        ...). The chances are drawn last, and only when on, so a run without them draws what it always drew."""
+        dropped = torch.zeros(len(epochs), dtype=torch.bool)
+        if self.caption_dropout:
+            dropped = torch.rand(len(epochs), generator=self.generator) < self.caption_dropout
+        if self.dropout_every:
+            dropped |= epochs % self.dropout_every == 0
+        return dropped
 
     def draw(self, n: int, latent_shape: tuple[int, ...], timesteps: tuple[int, int]) -> dict[str, torch.Tensor]:
         """`n` samples' random parts; timesteps uniform in [timesteps[0], timesteps[1])."""
         g = self.generator
+        images, epochs = self._next(n)
         drawn = {
-            "image": self._next_images(n),
+            "image": images,
             "flip": (torch.rand(n, generator=g) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool),
             "caption": torch.rand(n, generator=g),
             "eps_latent": torch.randn((n, *latent_shape), generator=g),
@@ -493,15 +529,20 @@ class BatchSampler:
             drawn["ip_noise"] = strength * torch.randn((n, *latent_shape), generator=g)
         if self.crops > 1:  # (--random-crop: drawn last, and only then, as the noise settings are)
             drawn["crop"] = torch.randint(self.crops, (n,), generator=g)
+        if self.caption_dropout or self.dropout_every:
+            drawn["dropped"] = self.dropped(epochs)
         return drawn
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": self.order, "cursor": self.cursor}
+        return {"generator": self.generator.get_state(), "order": self.order, "cursor": self.cursor,
+                "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.order = state["order"]
         self.cursor = int(state["cursor"])
+        # (a checkpoint of an earlier version holds no epoch: its run had no caption dropout, which alone reads it)
+        self.epoch = int(state.get("epoch", 0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1509,7 +1550,8 @@ def _read_concepts(run: _Run) -> None:
                                      scaling=model.vae.config.scaling_factor, device=device)
         # concept k draws from its own generator: a concept of a joint run sees what its own run would see
         sampler = BatchSampler(len(pictures), run.repeats[k], config.use_flip, concept_seed(config.seed, k),
-                               config.noise_offset, NoiseOptions.of(config), crops)
+                               config.noise_offset, NoiseOptions.of(config), crops, config.caption_dropout,
+                               config.caption_dropout_every)
         concept_out = run.out if len(specs) == 1 else run.out / concept_folder(spec["token"])
         concepts.append(ConceptState(spec["token"], spec["init"], pictures, mean, std, bank, sampler, time_ids, rows,
                                      concept_out, pixel_weight=pixel_weight, validation=validation, crops=crops))
@@ -2174,7 +2216,7 @@ def _draw(c: ConceptState, config, world, rank, timesteps, device, scaling, mode
     if parts:  # (kohya's noise settings: none in a default run)
         noise, input_noise = composed_noise(noise, latents, parts, config.adaptive_noise_scale, corner)
     return {"latents": latents, "noise": noise, "input_noise": input_noise, "timestep": mine["timestep"],
-            "ids": c.bank.pick(mine["image"], mine["caption"], step),
+            "ids": c.bank.pick(mine["image"], mine["caption"], step, mine.get("dropped")),
             "time_ids": c.time_ids[mine["image"]] if c.time_ids is not None else None,
             "pixel_weight": pixel_weight}
 
