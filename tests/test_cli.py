@@ -638,8 +638,9 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
                                               "--tag-warmup-steps"),
     (["train", "--random_crop"], "--random_crop is kohya's name; textinv calls it --random-crop (as theirs, a "
                                  "window at a random place after the short side is resized"),
-    (["train", "--caption_dropout_rate", "0.1"], "a caption dropped holds no token, so the vectors would learn "
-                                                 "nothing from that sample"),
+    (["train", "--caption_dropout_rate", "0.1"], "--caption_dropout_rate is kohya's name; textinv calls it "
+                                                 "--caption-dropout (the sample trains on the empty prompt"),
+    (["train", "--caption_dropout_every_n_epochs", "2"], "textinv calls it --caption-dropout-every"),
     (["push", "run", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; textinv calls it "
                                                   "--repo"),
 ])

@@ -303,10 +303,36 @@ def test_datasets_of_different_resolutions_are_refused(tmp_path):
     assert apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o")).resolution == 512
 
 
+@pytest.mark.parametrize("given, said", [
+    ("caption_dropout_rate = 1.5", r"\[general\]: caption_dropout_rate must be a chance from 0 up to \(not "
+                                   r"including\) 1, got 1.5"),
+    ("caption_dropout_rate = -0.5", "caption_dropout_rate must be a chance"),
+    ("caption_dropout_rate = 1", r"d.toml's caption_dropout_rate \(\[general\]\) at 1 drops every caption, so the "
+                                 r"vectors would learn nothing"),
+    ("caption_dropout_every_n_epochs = -1", r"\[general\]: caption_dropout_every_n_epochs must be a whole number >= "
+                                            r"0, got -1"),
+    ("caption_dropout_every_n_epochs = 1", r"d.toml's caption_dropout_every_n_epochs \(\[general\]\) at 1 drops "
+                                           r"the captions of every epoch"),
+])
+def test_kohyas_caption_dropout_keys_are_the_flags_and_bad_values_are_refused_naming_the_key(given, said,
+                                                                                             tmp_path):
+    """caption_dropout_rate and caption_dropout_every_n_epochs are --caption-dropout and --caption-dropout-every
+    (kohya's LoRA scripts take them; its textual inversion refuses them); a value that cannot be trained is refused
+    naming the file's key."""
+    folder = write_images(tmp_path / "a", n=1)
+    dataset = toml(tmp_path / "d.toml", f'[general]\ncaption_dropout_rate = 0.25\n[[datasets]]\n'
+                                        f'[[datasets.subsets]]\nimage_dir = "{folder}"\n'
+                                        f'caption_dropout_every_n_epochs = 3\n')
+    read = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    assert (read.caption_dropout, read.caption_dropout_every) == (0.25, 3)
+    toml(dataset, f'[general]\n{given}\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    with pytest.raises(ConfigError, match=said):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+
+
 # a value that changes something for each key textinv takes only at kohya's default
 CHANGING = {"color_aug": "true", "face_crop_aug_range": "[2.0, 4.0]",
             "is_reg": "true",
-            "caption_dropout_rate": "0.1", "caption_dropout_every_n_epochs": "2",
             "resize_interpolation": '"lanczos"', "metadata_file": '"meta.json"', "conditioning_data_dir": '"masks"'}
 
 
