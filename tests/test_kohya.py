@@ -303,6 +303,31 @@ def test_datasets_of_different_resolutions_are_refused(tmp_path):
     assert apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o")).resolution == 512
 
 
+def test_kohyas_dropout_keys_train_as_the_flags_do_and_tag_dropout_keeps_the_first_keep_tokens(sd1_dir, tmp_path,
+                                                                                                 monkeypatch):
+    """caption_dropout_rate, caption_dropout_every_n_epochs, caption_tag_dropout_rate and keep_tokens are
+    --caption-dropout, --caption-dropout-every, --tag-dropout and --keep-tags: the file's run learns what the flags'
+    run learns; the tags are dropped after the first keep_tokens, as kohya's `process_caption` keeps them;
+    config.yaml records the settings."""
+    a = write_images(tmp_path / "a", n=2, seed=1)
+    (a / "img0.txt").write_text("{}, ink, red, hat, sky, art")
+    (a / "img1.txt").write_text("{}, ink, grass, sitting, blue")
+    dataset = toml(tmp_path / "d.toml", f'[general]\ncaption_tag_dropout_rate = 0.5\nkeep_tokens = 2\n'
+                                        f'caption_dropout_rate = 0.3\n[[datasets]]\n[[datasets.subsets]]\n'
+                                        f'image_dir = "{a}"\ncaption_dropout_every_n_epochs = 2\n')
+    common = dict(token="<kd>", init="dog", model=str(sd1_dir), steps=4, save_every=0, sample_every=0, lr=5e-2,
+                  resolution=16, batch=1)
+    banks = recorded_caption_banks(monkeypatch)
+    read = train(TrainConfig(dataset_config=str(dataset), out=str(tmp_path / "d"), **common), progress=False)
+    texts = [t.split(", ") for t in banks[-1].texts]
+    assert all(t[:2] == ["<kd>", "ink"] for t in texts) and any(len(t) == 2 for t in texts)
+    flags = train(TrainConfig(images=str(a), out=str(tmp_path / "f"), tag_dropout=0.5, keep_tags=2,
+                              caption_dropout=0.3, caption_dropout_every=2, **common), progress=False)
+    assert torch.equal(read.embedding.vectors["text_encoder"], flags.embedding.vectors["text_encoder"])
+    saved = yaml.safe_load((tmp_path / "d" / "config.yaml").read_text())
+    assert (saved["caption_dropout"], saved["caption_dropout_every"], saved["tag_dropout"]) == (0.3, 2, 0.5)
+
+
 @pytest.mark.parametrize("given, said", [
     ("caption_dropout_rate = 1.5", r"\[general\]: caption_dropout_rate must be a chance from 0 up to \(not "
                                    r"including\) 1, got 1.5"),
