@@ -1189,6 +1189,29 @@ def test_restarts_img2img_pass_plans_the_steps_it_runs_as_the_web_ui_hands_them_
     assert any(b > a for a, b in zip(seen, seen[1:]))  # (back up: a restart)
 
 
+@pytest.mark.parametrize("pass_", ["hires", "img2img"])
+def test_a_restart_pass_the_web_ui_would_draw_short_is_refused_before_the_unet_is_called(sd1_dir, pass_):
+    """A pass that starts below Restart's restart interval with 20 steps or more to run, where the web UI's Restart
+    takes 9 fewer (a hires pass of 20 steps at --hires-denoise 0.1 on the Karras schedule, from sigma 0.07; an
+    img2img pass of 21 of 200 steps at --denoise 0.1), is refused naming the flags before any UNet call: it was the
+    scheduler's ValueError from inside the pipeline, the hires fix's once its first pass had drawn."""
+    from textinv.generate import Hires
+
+    model = load_model(sd1_dir)
+    calls = []
+    model.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    if pass_ == "hires":
+        drawing = dict(steps=2, hires=Hires(scale=2, steps=20, denoise=0.1))
+        flags = r"--hires-steps 20 at --hires-denoise 0.1"
+    else:
+        drawing = dict(steps=200, start=[Image.new("RGB", (16, 16), (200, 120, 40))], denoise=0.1)
+        flags = r"--steps 200 at --denoise 0.1"
+    with pytest.raises(ConfigError, match=f"--sampler restart_karras: {flags} runs the last 2[01] steps of 200, "
+                                          r"from sigma 0\.07[0-9]*, below Restart's restart interval"):
+        render(model, ["a cat"], [0], width=16, height=16, sampler="restart_karras", **drawing)
+    assert not calls
+
+
 def test_the_refiner_switch_of_a_restart_img2img_pass_is_found_on_the_steps_planned_for_it(sd1_dir):
     """The check before drawing (`_refiner_span`) reads the pass's noise levels as the pipeline's scheduler has them
     once it has set its begin index, where the hand-on reads them: Restart's img2img pass plans its own steps."""

@@ -49,7 +49,7 @@ from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_dif
                      source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
-from .samplers import scheduler_for, step_multiplier, webui_names
+from .samplers import check_pass, scheduler_for, step_multiplier, webui_names
 from .tokens import add_tokens, check_new_token, expand_prompt, scratch_tokens, token_names, tokenizer_copy
 
 DEFAULT_STEPS = 25
@@ -429,11 +429,14 @@ def render(
     second_model = (hires.model or model) if hires is not None else model  # (the hires fix's second pass's)
     if hires is not None:  # (its pass's schedule and sampler: refused now, not once the first pass has drawn)
         check_hires_model(model, second_model)
-        _pass_schedule(second_model, hires.steps or steps, hires.denoise, True)
+        _pass_schedule(second_model, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
+                       "--hires-sampler" if hires.sampler else "--sampler")
         if hires.sampler:
             scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
         if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
             raise ConfigError(f"--hires-guidance must be a finite number of at least 1, got {hires.guidance}")
+    if start is not None:  # (refused now, not once its pictures are encoded)
+        _pass_schedule(model, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler)
     if refiner is not None:
         img2img = (denoise or refine.IMG2IMG_DENOISE) if start is not None else None
         _check_refiner_passes(second_model, refiner, steps, sampler, img2img, hires)
@@ -531,7 +534,7 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
     or `inpaint.blend_step` for noised); an inpainting model reads `pixels` (the
     pictures (B, 3, H, W) and their masks (B, 1, H, W)) at every step. `drawing`'s refiner draws the pass's last
     steps (`_pass`), or all of it where its first step is past the switch, as the web UI's does."""
-    schedule, run = _pass_schedule(model, steps, denoise, hires)
+    schedule, run = _pass_schedule(model, steps, denoise, hires, sampler)
     refiner, given = drawing.get("refiner"), model
     if refiner is not None and _refiner_start(model, refiner, sampler, schedule, run)[0] == 0:
         # a pass that starts past the switch is the refiner's all through, as the web UI's (its apply_refiner runs
@@ -589,15 +592,19 @@ def _redrawn(model: Model, start: list[Image.Image], inpaint: Inpaint | None, st
     return [inpainting.paste_back(d, r) for d, r in zip(drawn, ready)]
 
 
-def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool) -> tuple[int, int]:
-    """`refine.pass_steps`'s (schedule, run) of a pass, its schedule refused where longer than the model's."""
+def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool, sampler: str,
+                   sampler_flag: str = "--sampler") -> tuple[int, int]:
+    """`refine.pass_steps`'s (schedule, run) of a pass, its schedule refused where longer than the model's, and
+    `sampler` (given as `sampler_flag`) where it would draw the pass short (`samplers.check_pass`)."""
     schedule, run = refine.pass_steps(steps, denoise, hires)
     most = model.pipeline.scheduler.config.get("num_train_timesteps")
+    flag = "--hires-steps" if hires else "--steps"
     if most and schedule > most:
-        flag = "--hires-steps" if hires else "--steps"
         raise ConfigError(f"{flag} {steps} at --denoise {denoise} runs the last of a schedule of {schedule} steps, "
                           f"more than the {most} noise levels {model.source} was trained with: give fewer {flag} or "
                           f"a higher --denoise")
+    given = f"{flag} {steps} at {'--hires-denoise' if hires else '--denoise'} {denoise:g}"
+    check_pass(model.pipeline.scheduler, sampler, schedule, run, given, sampler_flag)
     return schedule, run
 
 

@@ -281,6 +281,29 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     return made
 
 
+def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: str = "--sampler") -> None:
+    """Refuse sampler `name` for a pass that runs the last `run` steps of a `schedule`-step schedule of the model
+    whose scheduler is `scheduler` where it would take fewer: Restart from below its restart interval, 20 steps or
+    more to run, where the web UI's takes 9 fewer (`schedulers.restart_plan`) and a diffusers pipeline has counted
+    them all. `given`: the settings that make the pass, `flag`: where the sampler was given, both for the message.
+
+    >>> check_pass(model.pipeline.scheduler, "restart_karras", 200, 21, "--denoise 0.1")  # doctest: +SKIP
+    ConfigError: --sampler restart_karras: --denoise 0.1 runs the last 21 steps of 200, from sigma 0.075, below ...
+    """
+    if run == schedule or name not in _PARTS or _PARTS[name][0] != "restart":
+        return
+    from .schedulers import restart_plan
+
+    made = scheduler_for(scheduler, name, flag=flag)
+    made.set_timesteps(schedule)
+    levels = made.schedule[schedule - run:]
+    taken = len(restart_plan(levels))
+    if taken < run:
+        raise ConfigError(f"{flag} {name}: {given} runs the last {run} steps of {schedule}, from sigma "
+                          f"{levels[0]:.2g}, below Restart's restart interval (0.1 to 2), where the web UI's Restart "
+                          f"takes only {taken}: give a higher denoise, or fewer than 20 steps to run")
+
+
 def _scheduler_class(base: str) -> type:
     """The scheduler class base sampler `base` is made as: diffusers', or textinv's own (`schedulers`)."""
     import diffusers
