@@ -183,6 +183,21 @@ def test_again_reads_a_web_ui_pictures_hires_fix(sd1_dir, tmp_path):
     assert again_config(path, {**flags, "hires_sampler": "euler"})[0].hires_sampler == "euler"
 
 
+def test_again_reads_a_web_ui_hires_sampler_with_no_schedule_written_on_the_first_passs(sd1_dir, tmp_path):
+    """The web UI writes a Hires schedule type only where it differs from the first pass's Schedule type: a hires
+    sampler with a schedule of its own (Restart, DPM++ 2S a, DPM++ 2M: Automatic is Karras) and none written drew on
+    the first pass's, Exponential here (it was read as Karras or as the model's spacing). Euler has none of its own:
+    the first pass's Automatic gave it none, so it stays plain."""
+    from textinv.again import again_config
+
+    for hires_sampler, ours in (("Restart", "restart_exponential"), ("DPM++ 2S a", "dpm++2s_a_exponential"),
+                                ("DPM++ 2M", "dpm++2m_exponential"), ("DPM++ 2M Karras", "dpm++2m_karras"),
+                                ("Euler", "euler")):
+        path = _picture(tmp_path / "w.png", f"a cat\nSteps: 20, Sampler: DPM++ 2M SDE, Schedule type: Exponential, "
+                                            f"Seed: 3, Size: 64x64, Denoising strength: 0.5, Hires upscale: 2, Hires "
+                                            f"sampler: {hires_sampler}")
+        assert again_config(path, {"model": str(sd1_dir)})[0].hires_sampler == ours, hires_sampler
+
 def test_again_draws_a_web_ui_img2img_picture_from_its_picture_or_says_it_draws_from_the_prompt(sd1_dir, tmp_path):
     from textinv.again import again_config
 

@@ -505,13 +505,14 @@ def _from_a1111(path: Path, text: str) -> Picture:
 
 def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: dict[str, Any],
                    needs: dict[str, str]) -> None:
-    """The web UI's `Sampler` and `Schedule type` (`hires`: its `Hires sampler` and `Hires schedule type`) into
-    `settings` as textinv's sampler, or into `needs` when textinv has none such."""
+    """The web UI's `Sampler` and `Schedule type` (`hires`: its `Hires sampler` and `Hires schedule type`, which it
+    writes only where it differs from the first pass's: `from_webui`'s `first`) into `settings` as textinv's sampler,
+    or into `needs` when textinv has none such."""
     sampler, schedule = ("Hires sampler", "Hires schedule type") if hires else ("Sampler", "Schedule type")
     if sampler not in fields:
         return
     name = "hires_sampler" if hires else "sampler"
-    ours = from_webui(fields[sampler], fields.get(schedule))
+    ours = from_webui(fields[sampler], fields.get(schedule), fields.get("Schedule type") if hires else None)
     if ours:
         settings[name] = ours
         return
