@@ -187,7 +187,8 @@ def test_again_reads_a_web_ui_hires_sampler_with_no_schedule_written_on_the_firs
     """The web UI writes a Hires schedule type only where it differs from the first pass's Schedule type: a hires
     sampler with a schedule of its own (Restart, DPM++ 2S a, DPM++ 2M: Automatic is Karras) and none written drew on
     the first pass's, Exponential here (it was read as Karras or as the model's spacing). Euler has none of its own:
-    the first pass's Automatic gave it none, so it stays plain."""
+    the first pass's Automatic gave it none, so it stays plain. A first pass's schedule textinv lacks is named where
+    the hires sampler is refused on it."""
     from textinv.again import again_config
 
     for hires_sampler, ours in (("Restart", "restart_exponential"), ("DPM++ 2S a", "dpm++2s_a_exponential"),
@@ -197,6 +198,12 @@ def test_again_reads_a_web_ui_hires_sampler_with_no_schedule_written_on_the_firs
                                             f"Seed: 3, Size: 64x64, Denoising strength: 0.5, Hires upscale: 2, Hires "
                                             f"sampler: {hires_sampler}")
         assert again_config(path, {"model": str(sd1_dir)})[0].hires_sampler == ours, hires_sampler
+    path = _picture(tmp_path / "w.png", "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Align Your Steps, Seed: "
+                                        "3, Size: 64x64, Denoising strength: 0.5, Hires upscale: 2, Hires sampler: "
+                                        "DPM++ 2S a")
+    with pytest.raises(ConfigError, match="hires fix with the web UI's sampler 'DPM\\+\\+ 2S a, Schedule type Align "
+                                          "Your Steps', which textinv does not have"):
+        again_config(path, {"model": str(sd1_dir), "sampler": "dpm++2m"})  # (the first pass's is refused too)
 
 def test_again_draws_a_web_ui_img2img_picture_from_its_picture_or_says_it_draws_from_the_prompt(sd1_dir, tmp_path):
     from textinv.again import again_config

@@ -512,11 +512,12 @@ def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: di
     if sampler not in fields:
         return
     name = "hires_sampler" if hires else "sampler"
-    ours = from_webui(fields[sampler], fields.get(schedule), fields.get("Schedule type") if hires else None)
+    first = fields.get("Schedule type") if hires else None
+    ours = from_webui(fields[sampler], fields.get(schedule), first)
     if ours:
         settings[name] = ours
         return
-    said = ", Schedule type ".join(fields[k] for k in (sampler, schedule) if fields.get(k))
+    said = ", Schedule type ".join(s for s in (fields[sampler], fields.get(schedule) or first) if s)
     needs[name] = (f"--again {path} was {'redrawn by its hires fix' if hires else 'drawn'} with the web UI's sampler "
                    f"{said!r}, which textinv does not have: choose one with --{name.replace('_', '-')} (textinv "
                    f"generate --help lists them){'' if hires else ', or default'}")
