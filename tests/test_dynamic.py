@@ -163,7 +163,7 @@ def test_options_in_yaml_and_json_files_weigh_what_they_say(wildcards):
     assert set(drawn) == {"a", "b", "2::x::y"}
     assert 0.55 < drawn.count("b") / len(drawn) < 0.65
     assert [j.prompt for j in dynamic.jobs(["__w__"], "", [0], str(wildcards), combinatorial=True)] == [
-        "b", "a", "c", "d", "2::x::y"]
+        "2::x::y", "a", "b", "c", "d"]  # (sorted by their text)
 
 
 @pytest.mark.parametrize("name, text, message", [
@@ -217,7 +217,7 @@ def test_a_cyclical_part_gives_the_ith_seed_its_ith_text_whatever_n(wildcards):
     assert prompts("{@a|b|c} {@x|y}") == ["a x", "b y", "c x", "a y", "b x", "c y"]
     assert prompts("{@a|b|c} {@x|y}", range(10, 13)) == ["a x", "b y", "c x"]
     assert prompts("{@a|{b|c}}") == ["a", "b", "a", "c", "a", "b"]
-    assert prompts("__@colors/*__") == ["blue", "red", "orange", "blue", "red", "orange"]
+    assert prompts("__@colors/*__") == ["blue", "orange", "red", "blue", "orange", "red"]
     assert prompts("{@2$$a|b|c}")[:4] == ["a, b", "a, c", "b, c", "a, b"]
     assert set(prompts("{@a|{~b|c}}")[1::2]) <= {"b", "c"}
 
@@ -235,8 +235,8 @@ def test_random_and_combinatorial_marks_draw_as_dynamicprompts_draws_them(wildca
     again = [j.prompt for j in dynamic.jobs(["{!a|b|c|d} {~x|y|z} {@p|q|r}"], "", [0, 5], combinatorial=True)]
     assert again == jobs  # (drawn from the first seed)
     assert [j.prompt for j in dynamic.jobs(["__!colors/*__ __@styles__"], "", [0], str(wildcards),
-                                           combinatorial=True)] == ["blue oil painting", "red watercolor",
-                                                                    "orange oil painting"]
+                                           combinatorial=True)] == ["blue oil painting", "orange watercolor",
+                                                                    "red oil painting"]
 
 
 @pytest.mark.parametrize("prompt", [
@@ -279,7 +279,7 @@ def test_a_pictures_prompt_is_its_seeds_whatever_n_and_the_first_seed():
 def test_combinatorial_mode_gives_every_combination_in_order_up_to_max_prompts(wildcards):
     jobs = dynamic.jobs(["{a|b} __colors/warm__", "plain"], "", [3, 4], str(wildcards), combinatorial=True)
     assert [(j.index, j.prompt, j.seeds) for j in jobs] == [
-        (0, "a red", (3, 4)), (1, "a orange", (3, 4)), (2, "b red", (3, 4)), (3, "b orange", (3, 4)),
+        (0, "a orange", (3, 4)), (1, "a red", (3, 4)), (2, "b orange", (3, 4)), (3, "b red", (3, 4)),
         (4, "plain", (3, 4))]
     assert [j.prompt for j in dynamic.jobs(["{2$$a|b|c}"], "", [0], combinatorial=True)] == ["a, b", "a, c", "b, c"]
     with pytest.warns(UserWarning, match=r"more combinations than --max-prompts 3: the first 3 are drawn"):
@@ -298,6 +298,18 @@ def test_combinatorial_mode_draws_each_prompt_once_as_sd_dynamic_prompts_does(wi
     assert prompts("{2$$a|a|b}") == ["a, b"]
     assert prompts("{2$$__twice__}") == ["red, blue"]
     assert prompts("{x|{a|a}}") == ["x", "a"]
+
+
+def test_a_wildcards_lines_are_drawn_each_once_in_sorted_order_as_sd_dynamic_prompts_reads_them(wildcards):
+    """The extension's wildcard manager (its defaults: dedupe, sort) reads a file's lines, and a glob's, each once
+    (a line written twice weighs as one) and sorted by their text, which cyclical and combinatorial drawing follow."""
+    (wildcards / "twice.txt").write_text("red\nred\nred\nblue\n")
+    drawn = _draws("__twice__", range(2000), folder=wildcards)
+    assert 0.45 < drawn.count("red") / len(drawn) < 0.55
+    assert [j.prompt for j in dynamic.jobs(["__colors/*__"], "", [0], str(wildcards), combinatorial=True)] == [
+        "blue", "orange", "red"]
+    cycled = {s: j.prompt for j in dynamic.jobs(["__@colors/warm__"], "", [0, 1, 2], str(wildcards)) for s in j.seeds}
+    assert cycled == {0: "orange", 1: "red", 2: "orange"}
 
 
 @pytest.mark.parametrize("template, folder, message", [
@@ -509,8 +521,8 @@ def test_the_command_line_takes_wildcards_and_combinatorial_mode(sd1_dir, tmp_pa
         assert main(["generate", "--model", str(sd1_dir), "--prompt", "a __colors/warm__ {hat|cap}", "--wildcards-dir",
                      str(wildcards), "--combinatorial", "--max-prompts", "3", "-n", "1", "--steps", "1", "--width",
                      "32", "--out", str(tmp_path / "r")]) == 0
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["000-a-red-hat-s0.png", "001-a-red-cap-s0.png",
-                                                                   "002-a-orange-hat-s0.png"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["000-a-orange-hat-s0.png", "001-a-orange-cap-s0.png",
+                                                                   "002-a-red-hat-s0.png"]
 
 
 def test_the_command_line_draws_variables_yaml_wildcards_and_cyclical_parts(sd1_dir, tmp_path, wildcards):

@@ -274,11 +274,16 @@ class Wildcards:
     checked: set = field(default_factory=set)  # wildcards `check` read through, with the variables set around them
 
     def options(self, name: str) -> list[tuple[float, list]]:
-        """The weighted, parsed options the wildcard `__name__` draws from (a .txt file's weigh 1); a name no file
-        answers to, or an empty file or list, raises."""
+        """The weighted, parsed options the wildcard `__name__` draws from (a .txt file's weigh 1), each once and
+        sorted by their text, as the extension's wildcard manager gives them (its defaults: dedupe, sort); a name no
+        file answers to, or an empty file or list, raises."""
         if name not in self._read:
-            self._read[name] = [(weight, parse(text, f"wildcard __{name}__ ({where})")) for source in
-                                self._sources(name) for weight, text, where in self._entries(name, source)]
+            entries: dict = {}  # (text, weight): where it is first written
+            for source in self._sources(name):
+                for weight, text, where in self._entries(name, source):
+                    entries.setdefault((text, weight), where)
+            self._read[name] = [(weight, parse(text, f"wildcard __{name}__ ({where})"))
+                                for (text, weight), where in sorted(entries.items(), key=lambda e: e[0][0])]
         return self._read[name]
 
     def _sources(self, name: str) -> list:
@@ -669,7 +674,7 @@ def _node_texts(node, wildcards: Wildcards, variables: dict, turns: Turns) -> It
 
 def _once(values: Iterator) -> Iterator:
     """`values` without those given before: a variant's or wildcard's texts, each once, as dynamicprompts gives them
-    (it reads a file's lines as a set; textinv's random mode, as before, draws a line written twice twice as often)."""
+    (two lines that draw the same text, `{red|blue}` and `red`, give it once)."""
     seen = set()
     for value in values:
         if value not in seen:
