@@ -140,6 +140,15 @@ def test_wildcards_read_lines_subfolders_globs_and_nest(wildcards):
         ("blue", "orange"), ("blue", "red"), ("orange", "red")}  # (a wildcard alone: its lines, none twice)
 
 
+def test_a_hash_starts_a_comment_to_the_end_of_a_wildcard_files_line_as_the_extensions_parser_reads_it(wildcards):
+    """dynamicprompts leaves out lines starting with `#`, and its parser reads a `#` anywhere in a line as a comment
+    to the line's end (textinv leaves out the spaces before it too); `\\#` is the character."""
+    (wildcards / "hues.txt").write_text("red # a warm one\n  # indented\n{teal|navy}# cool ones\nno\\#1\n")
+    (wildcards / "hues.yaml").write_text("more: ['green # cool', \"# only a comment\"]\n")
+    assert set(_draws("__hues__", folder=wildcards)) == {"red", "teal", "navy", "no\\#1"}
+    assert set(_draws("__more__", folder=wildcards)) == {"green"}
+
+
 def test_yaml_and_json_files_hold_wildcards_named_by_their_keys(wildcards):
     """As dynamicprompts reads them: a mapping's keys name the wildcards (not the file), nested keys as `key/sub`, under
     the file's folder; a file that is one list is named as a .txt file; globs cover them beside the .txt files."""

@@ -49,6 +49,7 @@ _VARIABLE = re.compile(rf"\$\{{\s*({_NAME})\s*(\}}|:|=|\?=)")  # `${name}`, `${n
 _HEADER = re.compile(r"\s*(\d*)\s*(?:(-)\s*(\d*))?\s*\$\$")  # `2$$`, `1-3$$`, `-2$$`, `2-$$`
 _SEPARATOR = re.compile(r"([^|{}]*?)\$\$")
 _WEIGHT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*::")
+_COMMENT = re.compile(r"^((?:\\.|[^\\#\n])*?)\s*#.*$", re.M)  # `text # comment`, escapes passed over
 
 
 @dataclass(frozen=True)
@@ -263,8 +264,8 @@ def _wildcard_variables(spec: str | None, written: str, where: str) -> tuple:
 
 @dataclass
 class Wildcards:
-    """The wildcard files of `folder` (None: none given): `name.txt`, one option a line, lines starting with `#` and
-    blank ones left out; `colors/warm` for a subfolder's file, `colors/*` for several (their lines together). A
+    """The wildcard files of `folder` (None: none given): `name.txt`, one option a line, blank ones and comments (`#` to
+    the line's end) left out; `colors/warm` for a subfolder's file, `colors/*` for several (their lines together). A
     `.yaml`, `.yml` or `.json` file holds several, as dynamicprompts reads them: its keys name them (not the file's
     name), nested keys as `key/sub`, under its folder's path; a file that is one list is named as a .txt file."""
 
@@ -336,8 +337,8 @@ class Wildcards:
         return entries
 
     def _lines(self, name: str, path: Path) -> list[tuple[int, str]]:
-        lines = [(n, line.strip()) for n, line in enumerate(_text(path, f"__{name}__: ").splitlines(), 1)
-                 if line.strip() and not line.strip().startswith("#")]
+        lines = [(n, _uncommented(line)) for n, line in enumerate(_text(path, f"__{name}__: ").splitlines(), 1)]
+        lines = [(n, line) for n, line in lines if line]
         if not lines:
             raise ConfigError(f"__{name}__: the wildcard file {path} holds no options (one a line; lines starting "
                               f"with # are comments)")
@@ -350,6 +351,12 @@ def _text(path: Path, said: str = "") -> str:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{said}the wildcard file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it "
                           f"as UTF-8") from None
+
+
+def _uncommented(text: str) -> str:
+    """`text` less its comments, stripped: a `#` (not `\\#`) starts one, to the end of its line, as dynamicprompts'
+    parser reads it in a wildcard file's line (and leaves out a line that starts with one)."""
+    return _COMMENT.sub(r"\1", text).strip()
 
 
 def _origin(source) -> str:
@@ -432,7 +439,7 @@ def _structured_keys(data: dict, path: Path) -> list[tuple[str, list]]:
 
 def _structured_options(items: list, path: Path, key: str) -> list[tuple[float, str, str]]:
     """A list's options as (weight, text, where): a string (`2::text` weighs 2), or a mapping {text: ..., weight: ...}
-    (`content` for `text`); empty ones left out, as are the lines of a string that start with `#`."""
+    (`content` for `text`); empty ones left out, as are comments (`_uncommented`)."""
     out = []
     for n, item in enumerate(items, 1):
         where, weight = f"{path.name} key {key} item {n}", 1.0
@@ -444,7 +451,7 @@ def _structured_options(items: list, path: Path, key: str) -> list[tuple[float, 
             raise ConfigError(f"the wildcard file {path}: item {n} of the key {key} is {item!r} "
                               f"({type(item).__name__}), not an option's text: quote it, or write it as "
                               f"{{text: ..., weight: 2}}")
-        text = "\n".join(line for line in (item or "").splitlines() if not line.strip().startswith("#")).strip()
+        text = _uncommented(item or "")
         if weight < 0:
             raise ConfigError(f"the wildcard file {path}: item {n} of the key {key} weighs {weight:g}: a weight is 0 "
                               f"or more")
