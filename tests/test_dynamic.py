@@ -149,6 +149,17 @@ def test_a_hash_starts_a_comment_to_the_end_of_a_wildcard_files_line_as_the_exte
     assert set(_draws("__more__", folder=wildcards)) == {"green"}
 
 
+def test_wildcards_whose_names_hold_spaces_are_read_as_the_extension_reads_them(wildcards):
+    """dynamicprompts reads a wildcard's name up to its closing `__`, spaces and all, so files and folders named with
+    spaces are wildcards; `__` with a space after it (or before the closing one) stays text."""
+    (wildcards / "eye colors").mkdir()
+    (wildcards / "eye colors" / "deep ones.txt").write_text("brown\n")
+    (wildcards / "hair color.txt").write_text("blond\n")
+    assert set(_draws("__hair color__, __eye colors/deep ones__ eyes", folder=wildcards)) == {"blond, brown eyes"}
+    assert not dynamic.is_dynamic(dynamic.parse("a __ b __ c, x__ y__"))
+    assert not dynamic.is_dynamic(dynamic.parse(dynamic.literal("__hair color__")))
+
+
 def test_yaml_and_json_files_hold_wildcards_named_by_their_keys(wildcards):
     """As dynamicprompts reads them: a mapping's keys name the wildcards (not the file), nested keys as `key/sub`, under
     the file's folder; a file that is one list is named as a .txt file; globs cover them beside the .txt files."""

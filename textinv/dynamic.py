@@ -40,9 +40,10 @@ MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combina
 MAX_DEPTH = 100  # the most wildcards and variables drawn one inside another (and keys of a YAML file)
 MAX_STRUCTURED = 1_000_000  # the most keys and options a YAML or JSON wildcard file holds, its aliases expanded
 
-_WILDCARD = re.compile(r"__([~!@]?)([\w\-./*]+?)(?:\(([^()]*)\))?__")  # `__name__`, `__@name(var=value, ...)__`
-_NAMED_BY_VARIABLE = re.compile(r"__[~!@]?[\w\-./*]*\$\{")  # `__colors/${season}__`
-_PARENTHESES_IN_VARIABLES = re.compile(r"__[~!@]?([\w\-./*]+?)\((?:[^()]*,)?\s*([\w-]+)\s*=\s*(\(.*?\))\)__")
+_PATH = r"[\w\-./*](?:[\w\-./* ]*?[\w\-./*])??"  # a wildcard's name: spaces inside it, as dynamicprompts reads it
+_WILDCARD = re.compile(rf"__([~!@]?)({_PATH})(?:\(([^()]*)\))?__")  # `__name__`, `__@name(var=value, ...)__`
+_NAMED_BY_VARIABLE = re.compile(r"__[~!@]?[\w\-./* ]*\$\{")  # `__colors/${season}__`
+_PARENTHESES_IN_VARIABLES = re.compile(rf"__[~!@]?({_PATH})\((?:[^()]*,)?\s*([\w-]+)\s*=\s*(\(.*?\))\)__")
 _SAMPLER = re.compile(r"\s*([~!@])")  # `{~a|b}`: a variant's (or a wildcard's) own sampler
 _NAME = r"[A-Za-z_-][A-Za-z0-9_-]*"  # a variable's name: letters, digits, _ and -, not a digit first
 _VARIABLE = re.compile(rf"\$\{{\s*({_NAME})\s*(\}}|:|=|\?=)")  # `${name}`, `${name:`, `${name=`
