@@ -186,45 +186,56 @@ def test_options_in_yaml_and_json_files_weigh_what_they_say(wildcards):
         "2::x::y", "a", "b", "c", "d"]  # (sorted by their text)
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("bad.yaml", "a: [x\n", r"the wildcard file .*bad.yaml is not YAML \(.*\): fix it, or move it out"),
-    ("bad.json", '{"a": [x]}', r"the wildcard file .*bad.json is not JSON \(Expecting value at line 1 column 8\)"),
-    ("bad.yaml", "a:\n  flurp: 12345\n", r"bad.yaml: the key a/flurp holds 12345 \(int\), where a list of "
-                                           r"options or a mapping of names is expected"),
-    ("bad.yaml", "a: [x, 1990]\n", r"bad.yaml: item 2 of the key a is 1990 \(int\), not an option's text: quote it"),
-    ("bad.yaml", "1234: [x]\n", r"bad.yaml: the key 1234 \(int\) is not a name: quote it"),
-    ("bad.yaml", "just text\n", r"bad.yaml holds str, where a mapping of names to lists of options"),
-    ("bad.json", '{"a": [{"text": "x", "weight": -1}]}', r"item 1 of the key a weighs -1: a weight is 0 or more"),
-    ("bad.yaml", "styles: [x]\n", r"__styles__ is given twice in --wildcards-dir .*: by .*bad.yaml \(key styles\) "
-                                   r"and .*styles.txt; rename or remove one"),
-    ("bad.yaml", "a: []\n", r"__a__: the wildcard file .*bad.yaml holds no options under a"),
+@pytest.mark.parametrize("name, text, used, message", [
+    ("bad.yaml", "a: [x\n", "a", r"__a__: no wildcard file a.txt .*; it may be in a wildcard file that does not "
+                                 r"read: the wildcard file .*bad.yaml is not YAML \(.*\): fix it, or move it out"),
+    ("bad.json", '{"a": [x]}', "a", r"the wildcard file .*bad.json is not JSON \(Expecting value at line 1 column 8\)"),
+    ("bad.yaml", "a:\n  flurp: 12345\n", "a/flurp", r"bad.yaml: the key a/flurp holds 12345 \(int\), where a list "
+                                                    r"of options or a mapping of names is expected"),
+    ("bad.yaml", "a: [x, 1990]\n", "a", r"bad.yaml: item 2 of the key a is 1990 \(int\), not an option's text: quote"),
+    ("bad.yaml", "1234: [x]\n", "1234", r"bad.yaml: the key 1234 \(int\) is not a name: quote it"),
+    ("bad.yaml", "just text\n", "a", r"bad.yaml holds str, where a mapping of names to lists of options"),
+    ("bad.json", '{"a": [{"text": "x", "weight": -1}]}', "a", r"item 1 of the key a weighs -1: a weight is 0 or more"),
+    ("bad.yaml", "styles: [x]\n", "styles", r"__styles__ is given twice in --wildcards-dir .*: by .*bad.yaml \(key "
+                                            r"styles\) and .*styles.txt; rename or remove one"),
 ])
-def test_bad_yaml_and_json_wildcard_files_are_refused_naming_file_and_key(wildcards, name, text, message):
+def test_a_bad_yaml_or_json_wildcard_file_or_key_is_skipped_with_a_warning_and_refused_where_used(wildcards, name,
+                                                                                                   text, used, message):
+    """As dynamicprompts skips a structured file that does not read, or a key it cannot take, with a warning: the
+    other wildcards draw; the bad one, used, is refused naming the file."""
     (wildcards / name).write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.warns(UserWarning, match=name):
+        assert {j.prompt for j in dynamic.jobs(["__colors/*__ __hats__"], "", [0], str(wildcards))}
+    with pytest.warns(UserWarning, match=name), pytest.raises(ConfigError, match=message):
+        dynamic.jobs([f"__{used}__ __hats__"], "", [0], str(wildcards))
+
+
+def test_an_empty_key_is_refused_where_used(wildcards):
+    (wildcards / "bad.yaml").write_text("a: []\n")
+    with pytest.raises(ConfigError, match=r"__a__: the wildcard file .*bad.yaml holds no options under a"):
         dynamic.jobs(["__a__ __styles__"], "", [0], str(wildcards))
 
 
 def test_a_yaml_or_json_file_that_never_ends_expands_past_counting_or_nests_too_deeply_is_refused(wildcards):
     """YAML's aliases can make a mapping hold itself, or a few lines stand for billions of keys; brackets may nest
-    thousands deep: each is refused, not a hang or a RecursionError."""
+    thousands deep: each file is skipped with a warning and named where its wildcard is used, not a hang or a
+    RecursionError."""
+    def refused(prompt, message):
+        with pytest.warns(UserWarning, match="left out with its wildcards"), pytest.raises(ConfigError, match=message):
+            dynamic.jobs([prompt], "", [0], str(wildcards))
+
     (wildcards / "self.yaml").write_text("a: &x\n  b: [red]\n  c: *x\n")
-    with pytest.raises(ConfigError, match=r"self.yaml: the key a/c holds a mapping around it \(a YAML alias of its "
-                                          r"own anchor\), so its names never end: "):
-        dynamic.jobs(["__a/b__"], "", [0], str(wildcards))
+    refused("__a/b__", r"self.yaml: the key a/c holds a mapping around it \(a YAML alias of its own anchor\), so its "
+                       r"names never end: ")
     levels = ["l0: &l0 [x]"] + [f"l{k}: &l{k} {{" + ", ".join(f"k{j}: *l{k - 1}" for j in range(10)) + "}"
                                 for k in range(1, 9)]
     (wildcards / "self.yaml").write_text("\n".join(levels) + "\n")  # (10**8 names)
-    with pytest.raises(ConfigError, match=r"self.yaml holds more than 1000000 keys and options \(its aliases "
-                                          r"expanded\)"):
-        dynamic.jobs(["__l0__"], "", [0], str(wildcards))
+    refused("__l0__", r"self.yaml holds more than 1000000 keys and options \(its aliases expanded\)")
     (wildcards / "self.yaml").unlink()
     (wildcards / "deep.json").write_text('{"a":' * 5000 + '["x"]' + "}" * 5000)
-    with pytest.raises(ConfigError, match=r"deep.json nests too deeply to read"):
-        dynamic.jobs(["__a__"], "", [0], str(wildcards))
+    refused("__a__", r"deep.json nests too deeply to read")
     (wildcards / "deep.json").write_text('{"a":' * 150 + '["x"]' + "}" * 150)
-    with pytest.raises(ConfigError, match=r"deep.json: the key a/a/.*/a nests its keys too deeply"):
-        dynamic.jobs(["__a__"], "", [0], str(wildcards))
+    refused("__a__", r"deep.json: the key a/a/.*/a nests its keys too deeply")
 
 
 def test_a_cyclical_part_gives_the_ith_seed_its_ith_text_whatever_n(wildcards):

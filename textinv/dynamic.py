@@ -272,7 +272,8 @@ class Wildcards:
 
     folder: Path | None
     _read: dict = field(default_factory=dict)
-    _names: dict | None = None  # wildcard name: its .txt file, or (structured file, key, options)
+    _names: dict | None = None  # wildcard name: its .txt file, (structured file, key, options), or why it is refused
+    _unread: dict = field(default_factory=dict)  # a structured file that does not read: why
     checked: set = field(default_factory=set)  # wildcards `check` read through, with the variables set around them
 
     def options(self, name: str) -> list[tuple[float, list]]:
@@ -293,36 +294,55 @@ class Wildcards:
             raise ConfigError(f"__{name}__ is a wildcard, and no --wildcards-dir was given: pass the folder that holds "
                               f"{name}.txt, or write \\_\\_ for underscores that are text")
         names = self._all()
-        found = [source for n, source in names.items() if fnmatch.fnmatchcase(n, name)] if "*" in name else \
-            [names[name]] if name in names else []
+        if name in names and isinstance(names[name], ConfigError):
+            raise names[name]
+        found = [source for n, source in names.items() if fnmatch.fnmatchcase(n, name)
+                 and not isinstance(source, ConfigError)] if "*" in name else [names[name]] if name in names else []
         if not found:
             there = ", ".join(list(names)[:20]) or "no wildcard files"
+            unread = [reason for path, reason in self._unread.items() if name.startswith(self._prefix(path))]
+            maybe = f"; it may be in a wildcard file that does not read: {'; '.join(unread)}" if unread else ""
             raise ConfigError(f"__{name}__: no wildcard file {name}.txt in --wildcards-dir {self.folder} (it holds: "
-                              f"{there}); add it, or fix the name")
+                              f"{there}); add it, or fix the name{maybe}")
         return found
 
     def _all(self) -> dict:
-        """Every wildcard name in the folder, in order, each structured file read (a bad one refused)."""
+        """Every wildcard name in the folder, in order (a bad YAML or JSON file, or key, or a name given twice: warned
+        of, passed over by globs and refused where used, as dynamicprompts skips them with a warning)."""
         if self._names is None:
             names: dict = {}
             for path in sorted(self.folder.rglob("*")):
-                if not path.is_file():  # (a folder named like a file, old.txt)
-                    continue
-                if path.suffix == ".txt":
-                    found = [(self._name(path), path)]
-                elif path.suffix in (".yaml", ".yml", ".json"):
-                    under = path.parent.relative_to(self.folder).as_posix()
-                    prefix = "" if under == "." else under + "/"
-                    found = [(prefix + key, (path, key, entries)) for key, entries in _structured(path)]
-                else:
-                    continue
-                for name, source in found:
+                for name, source in self._found(path):
                     if name in names:
-                        raise ConfigError(f"__{name}__ is given twice in --wildcards-dir {self.folder}: by "
-                                          f"{_origin(names[name])} and {_origin(source)}; rename or remove one")
+                        source = ConfigError(f"__{name}__ is given twice in --wildcards-dir {self.folder}: by "
+                                             f"{_origin(names[name])} and {_origin(source)}; rename or remove one")
+                    if isinstance(source, ConfigError):
+                        warn(f"{source} (left out, as the extension leaves it out; refused where used)")
                     names[name] = source
             self._names = dict(sorted(names.items()))
         return self._names
+
+    def _found(self, path: Path) -> list[tuple[str, object]]:
+        """The wildcards a file in the folder names: (name, its .txt file, or (structured file, key, options), or the
+        ConfigError that refuses a bad key); a structured file that does not read names none (`_unread`)."""
+        if not path.is_file():  # (a folder named like a file, old.txt)
+            return []
+        if path.suffix == ".txt":
+            return [(self._name(path), path)]
+        if path.suffix not in (".yaml", ".yml", ".json"):
+            return []
+        try:
+            return [(self._prefix(path) + key, entries if isinstance(entries, ConfigError) else (path, key, entries))
+                    for key, entries in _structured(path)]
+        except ConfigError as e:
+            warn(f"{e} (left out with its wildcards, as the extension leaves it out)")
+            self._unread[path] = str(e)
+            return []
+
+    def _prefix(self, path: Path) -> str:
+        """The names of a structured file's wildcards begin with its folder's path."""
+        under = path.parent.relative_to(self.folder).as_posix()
+        return "" if under == "." else under + "/"
 
     def _name(self, path: Path) -> str:
         return path.relative_to(self.folder).with_suffix("").as_posix()
@@ -361,11 +381,14 @@ def _uncommented(text: str) -> str:
 
 
 def _origin(source) -> str:
+    if isinstance(source, ConfigError):  # (a name given twice before, or a bad key)
+        return "another file"
     return str(source) if isinstance(source, Path) else f"{source[0]} (key {source[1]})"
 
 
 def _structured(path: Path) -> list[tuple[str, list]]:
-    """A YAML or JSON wildcard file's wildcards as (name, [(weight, text, where), ...]): a mapping's keys name them,
+    """A YAML or JSON wildcard file's wildcards as (name, [(weight, text, where), ...], or the ConfigError refusing a
+    bad key); one that does not read, or is neither a mapping nor a list, raises. A mapping's keys name them,
     nested mappings as `key/sub`; a file that is one list is one, named as the file (dynamicprompts' reading)."""
     try:
         data = _load(path, _text(path))
@@ -373,7 +396,7 @@ def _structured(path: Path) -> list[tuple[str, list]]:
         raise ConfigError(f"the wildcard file {path} nests too deeply to read (Python's recursion limit): fix it, or "
                           f"move it out of --wildcards-dir") from None
     if isinstance(data, list):
-        return [(path.stem, _structured_options(data, path, path.stem))]
+        return [(path.stem, _options_or_error(data, path, path.stem))]
     if not isinstance(data, dict):
         raise ConfigError(f"the wildcard file {path} holds {type(data).__name__ if data is not None else 'nothing'}, "
                           f"where a mapping of names to lists of options (or one list) is expected: fix it, or move "
@@ -404,8 +427,9 @@ def _load(path: Path, text: str):
 
 
 def _structured_keys(data: dict, path: Path) -> list[tuple[str, list]]:
-    """A mapping's wildcards, nested keys as `key/sub`. YAML's aliases can make a mapping hold one around it, or a few
-    lines stand for billions of keys: both are refused, as are keys nested past `MAX_DEPTH`."""
+    """A mapping's wildcards, nested keys as `key/sub`, a bad key's the ConfigError that refuses it. YAML's aliases can
+    make a mapping hold one around it, or a few lines stand for billions of keys: both refuse the file, as do keys
+    nested past `MAX_DEPTH`."""
     out: list = []
     size = 0  # keys and options read, each alias's as often as it stands
 
@@ -414,14 +438,15 @@ def _structured_keys(data: dict, path: Path) -> list[tuple[str, list]]:
         for key, value in mapping.items():
             name = f"{prefix}{key}"
             if not isinstance(key, str):
-                raise ConfigError(f"the wildcard file {path}: the key {name} ({type(key).__name__}) is not a name: "
-                                  f"quote it (\"{key}\")")
+                out.append((name, ConfigError(f"the wildcard file {path}: the key {name} ({type(key).__name__}) is "
+                                              f"not a name: quote it (\"{key}\")")))
+                continue
             size += 1 + (len(value) if isinstance(value, list) else 0)
             if size > MAX_STRUCTURED:
                 raise ConfigError(f"the wildcard file {path} holds more than {MAX_STRUCTURED} keys and options (its "
                                   f"aliases expanded): split it, or use fewer aliases")
             if isinstance(value, list):
-                out.append((name, _structured_options(value, path, name)))
+                out.append((name, _options_or_error(value, path, name)))
             elif isinstance(value, dict) and (any(value is m for m in above) or len(above) > MAX_DEPTH):
                 what = "nests its keys too deeply" if len(above) > MAX_DEPTH else \
                     "holds a mapping around it (a YAML alias of its own anchor), so its names never end"
@@ -430,12 +455,20 @@ def _structured_keys(data: dict, path: Path) -> list[tuple[str, list]]:
             elif isinstance(value, dict):
                 walk(value, name + "/", above + (value,))
             else:
-                raise ConfigError(f"the wildcard file {path}: the key {name} holds {value!r} "
-                                  f"({type(value).__name__}), where a list of options or a mapping of names is "
-                                  f"expected: make it a list, or remove it")
+                out.append((name, ConfigError(f"the wildcard file {path}: the key {name} holds {value!r} "
+                                              f"({type(value).__name__}), where a list of options or a mapping of "
+                                              f"names is expected: make it a list, or remove it")))
 
     walk(data, "", (data,))
     return out
+
+
+def _options_or_error(items: list, path: Path, key: str) -> list | ConfigError:
+    """`_structured_options`, or the ConfigError that refuses them (the key is skipped, as dynamicprompts skips it)."""
+    try:
+        return _structured_options(items, path, key)
+    except ConfigError as e:
+        return e
 
 
 def _structured_options(items: list, path: Path, key: str) -> list[tuple[float, str, str]]:
