@@ -399,6 +399,20 @@ def test_a_folder_named_like_a_wildcard_file_is_not_read_as_one(wildcards):
     assert {j.prompt for j in dynamic.jobs(["__*__"], "", list(range(30)), str(wildcards))} >= {"blue", "watercolor"}
 
 
+def test_files_in_hidden_folders_are_not_wildcards_as_the_extension_passes_those_folders_over(wildcards):
+    """dynamicprompts walks --wildcards-dir leaving out folders whose names start with a dot (.git, an editor's
+    .history): their copies of the files are no wildcards, and a bad YAML file there is no warning."""
+    (wildcards / ".history").mkdir()
+    (wildcards / ".history" / "styles.txt").write_text("an old style\n")
+    (wildcards / ".history" / "bad.yaml").write_text("a: [x\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drawn = {j.prompt for j in dynamic.jobs(["__*__"], "", list(range(60)), str(wildcards))}
+    assert "an old style" not in drawn and "watercolor" in drawn
+    with pytest.raises(ConfigError, match=r"no wildcard file .history/styles.txt"):
+        dynamic.jobs(["__.history/styles__"], "", [0], str(wildcards))
+
+
 def test_generate_refuses_bad_dynamic_settings_before_the_model_loads(tmp_path):
     base = dict(out=str(tmp_path / "r"), model=str(tmp_path / "no-model"))
     with pytest.raises(ConfigError, match="never closed"):

@@ -327,6 +327,8 @@ class Wildcards:
         ConfigError that refuses a bad key); a structured file that does not read names none (`_unread`)."""
         if not path.is_file():  # (a folder named like a file, old.txt)
             return []
+        if any(part.startswith(".") for part in path.relative_to(self.folder).parts[:-1]):
+            return []  # (a hidden folder, .git or an editor's .history: dynamicprompts passes it over)
         if path.suffix == ".txt":
             return [(self._name(path), path)]
         if path.suffix not in (".yaml", ".yml", ".json"):
