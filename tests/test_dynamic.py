@@ -160,6 +160,21 @@ def test_wildcards_whose_names_hold_spaces_are_read_as_the_extension_reads_them(
     assert not dynamic.is_dynamic(dynamic.parse(dynamic.literal("__hair color__")))
 
 
+def test_a_wildcard_found_nowhere_by_its_name_is_looked_for_in_the_subfolders_with_a_warning(wildcards):
+    """dynamicprompts, finding no wildcard of the name, tries `**/name` (a file of that name in any subfolder) and warns
+    which it used, so prompts written for a collection laid out in folders still draw."""
+    (wildcards / "people" / "hair").mkdir(parents=True)
+    (wildcards / "people" / "hair" / "long.txt").write_text("braids\n")
+    with pytest.warns(UserWarning) as caught:
+        assert set(_draws("__warm__ __hair/long__", folder=wildcards)) == {"red braids", "orange braids"}
+    assert [str(w.message) for w in caught] == [
+        "__warm__: no wildcard of that name; drawn from colors/warm, as the extension draws **/warm: name it so",
+        "__hair/long__: no wildcard of that name; drawn from people/hair/long, as the extension draws **/hair/long: "
+        "name it so"]
+    with pytest.raises(ConfigError, match=r"__cold/x__: no wildcard file cold/x.txt"):
+        _draws("__cold/x__", folder=wildcards)
+
+
 def test_yaml_and_json_files_hold_wildcards_named_by_their_keys(wildcards):
     """As dynamicprompts reads them: a mapping's keys name the wildcards (not the file), nested keys as `key/sub`, under
     the file's folder; a file that is one list is named as a .txt file; globs cover them beside the .txt files."""
