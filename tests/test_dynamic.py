@@ -38,12 +38,12 @@ def wildcards(tmp_path):
     ("a {cat|dog|bird}", {"a cat", "a dog", "a bird"}),
     ("a {big {red|blue}|small} box", {"a big red box", "a big blue box", "a small box"}),
     ("{0::a|1::b}", {"b"}),
-    ("{2$$a|b}", {"a, b", "b, a"}),
+    ("{2$$a|b}", {"a,b", "b,a"}),  # (joined by ",", the extension's default: "A red,pink rose")
     ("{2$$ and $$a|b}", {"a and b", "b and a"}),
     ("{1-2$$-$$a|b}", {"a", "b", "a-b", "b-a"}),
     ("{-1$$a|b}", {"a", "b"}),
-    ("{2-$$a|b}", {"a, b", "b, a"}),
-    ("{5$$a|b}", {"a, b", "b, a"}),  # (more than it has: as many as it has)
+    ("{2-$$a|b}", {"a,b", "b,a"}),
+    ("{5$$a|b}", {"a,b", "b,a"}),  # (more than it has: as many as it has)
     ("{0-1$$a}", {"", "a"}),
     ("{|a}", {"", "a"}),
     ("{[cat|dog]|bird}", {"[cat|dog]", "bird"}),  # (an alternation's bar is its own)
@@ -136,7 +136,7 @@ def test_wildcards_read_lines_subfolders_globs_and_nest(wildcards):
     assert set(_draws("__colors/*__", folder=wildcards)) == {"red", "orange", "blue"}
     hats = {f"a {c} {h}" for c in ("red", "orange") for h in ("hat", "cap")}
     assert set(_draws("__hats__", folder=wildcards)) == hats
-    assert {tuple(sorted(d.split(", "))) for d in _draws("{2$$__colors/*__}", folder=wildcards)} <= {
+    assert {tuple(sorted(d.split(","))) for d in _draws("{2$$__colors/*__}", folder=wildcards)} <= {
         ("blue", "orange"), ("blue", "red"), ("orange", "red")}  # (a wildcard alone: its lines, none twice)
 
 
@@ -264,7 +264,7 @@ def test_a_cyclical_part_gives_the_ith_seed_its_ith_text_whatever_n(wildcards):
     assert prompts("{@a|b|c} {@x|y}", range(10, 13)) == ["a x", "b y", "c x"]
     assert prompts("{@a|{b|c}}") == ["a", "b", "a", "c", "a", "b"]
     assert prompts("__@colors/*__") == ["blue", "orange", "red", "blue", "orange", "red"]
-    assert prompts("{@2$$a|b|c}")[:4] == ["a, b", "a, c", "b, c", "a, b"]
+    assert prompts("{@2$$a|b|c}")[:4] == ["a,b", "a,c", "b,c", "a,b"]
     assert set(prompts("{@a|{~b|c}}")[1::2]) <= {"b", "c"}
 
 
@@ -327,7 +327,7 @@ def test_combinatorial_mode_gives_every_combination_in_order_up_to_max_prompts(w
     assert [(j.index, j.prompt, j.seeds) for j in jobs] == [
         (0, "a orange", (3, 4)), (1, "a red", (3, 4)), (2, "b orange", (3, 4)), (3, "b red", (3, 4)),
         (4, "plain", (3, 4))]
-    assert [j.prompt for j in dynamic.jobs(["{2$$a|b|c}"], "", [0], combinatorial=True)] == ["a, b", "a, c", "b, c"]
+    assert [j.prompt for j in dynamic.jobs(["{2$$a|b|c}"], "", [0], combinatorial=True)] == ["a,b", "a,c", "b,c"]
     with pytest.warns(UserWarning, match=r"more combinations than --max-prompts 3: the first 3 are drawn"):
         jobs = dynamic.jobs(["{a|b} {c|d}"], "", [0], combinatorial=True, max_prompts=3)
     assert [j.prompt for j in jobs] == ["a c", "a d", "b c"]
@@ -341,8 +341,8 @@ def test_combinatorial_mode_draws_each_prompt_once_as_sd_dynamic_prompts_does(wi
         return [j.prompt for j in dynamic.jobs([template], "", [0], str(wildcards), combinatorial=True)]
 
     assert prompts("{a|a|b} __twice__") == ["a red", "a blue", "b red", "b blue"]
-    assert prompts("{2$$a|a|b}") == ["a, b"]
-    assert prompts("{2$$__twice__}") == ["red, blue"]
+    assert prompts("{2$$a|a|b}") == ["a,b"]
+    assert prompts("{2$$__twice__}") == ["red,blue"]
     assert prompts("{x|{a|a}}") == ["x", "a"]
 
 

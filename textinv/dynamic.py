@@ -3,7 +3,7 @@ one `--prompt` draws a learned word in many settings.
 
     {on the beach|in the snow|on the moon}   one option, drawn at random
     {0.5::a|2::b}                            weighted options (a weight left out is 1)
-    {2$$a|b|c}  {1-3$$a|b|c}  {2$$ and $$a|b|c}   two options, one to three, joined by " and " (default ", ")
+    {2$$a|b|c}  {1-3$$a|b|c}  {2$$ and $$a|b|c}   two options, one to three, joined by " and " (default ",")
     __styles__  __colors/warm__  __colors/*__     a line of styles.txt (colors/warm.txt, any file in colors/) in the
                                                   --wildcards-dir folder
     ${season=summer}  ${season=!{summer|winter}}  set a variable: its template, drawn at each use; `!`: drawn once
@@ -35,7 +35,7 @@ from typing import Iterator
 
 from .errors import ConfigError, warn
 
-SEPARATOR = ", "  # between the options a `{2$$...}` variant draws (dynamicprompts' default)
+SEPARATOR = ","  # between the options a `{2$$...}` variant draws (dynamicprompts' default: "A red,pink rose")
 MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combinations
 MAX_DEPTH = 100  # the most wildcards and variables drawn one inside another (and keys of a YAML file)
 MAX_STRUCTURED = 1_000_000  # the most keys and options a YAML or JSON wildcard file holds, its aliases expanded
@@ -92,7 +92,7 @@ def parse(text: str, where: str = "--prompt") -> list:
     unbalanced brace).
 
     >>> parse("a {red|2::blue} __hat__")
-    ['a ', Variant(options=((1.0, ['red']), (2.0, ['blue'])), low=1, high=1, separator=', ', sampler=''), ' ', \
+    ['a ', Variant(options=((1.0, ['red']), (2.0, ['blue'])), low=1, high=1, separator=',', sampler=''), ' ', \
 Wildcard(name='hat', variables=(), sampler='')]
     """
     try:
