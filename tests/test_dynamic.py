@@ -40,6 +40,7 @@ def wildcards(tmp_path):
     ("{0::a|1::b}", {"b"}),
     ("{2$$a|b}", {"a,b", "b,a"}),  # (joined by ",", the extension's default: "A red,pink rose")
     ("{2$$ and $$a|b}", {"a and b", "b and a"}),
+    ("{2$$ | $$a|b}", {"a | b", "b | a"}),  # (a separator may hold a bar, as dynamicprompts reads it)
     ("{1-2$$-$$a|b}", {"a", "b", "a-b", "b-a"}),
     ("{-1$$a|b}", {"a", "b"}),
     ("{2-$$a|b}", {"a,b", "b,a"}),

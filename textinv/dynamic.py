@@ -48,7 +48,7 @@ _SAMPLER = re.compile(r"\s*([~!@])")  # `{~a|b}`: a variant's (or a wildcard's) 
 _NAME = r"[A-Za-z_-][A-Za-z0-9_-]*"  # a variable's name: letters, digits, _ and -, not a digit first
 _VARIABLE = re.compile(rf"\$\{{\s*({_NAME})\s*(\}}|:|=|\?=)")  # `${name}`, `${name:`, `${name=`
 _HEADER = re.compile(r"\s*(\d*)\s*(?:(-)\s*(\d*))?\s*\$\$")  # `2$$`, `1-3$$`, `-2$$`, `2-$$`
-_SEPARATOR = re.compile(r"([^|{}]*?)\$\$")
+_SEPARATOR = re.compile(r"([^${}]*?)\$\$")  # `{2$$ and $$...}`, `{2$$ | $$...}`: any text but `$`, `{`, `}`
 _WEIGHT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*::")
 _COMMENT = re.compile(r"^((?:\\.|[^\\#\n])*?)\s*#.*$", re.M)  # `text # comment`, escapes passed over
 
