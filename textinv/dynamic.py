@@ -296,25 +296,24 @@ class Wildcards:
         names = self._all()
         if name in names and isinstance(names[name], ConfigError):
             raise names[name]
-        found = self._matching(name) if "*" in name else [names[name]] if name in names else []
+        found = self._matching(name) if "*" in name else {name: names[name]} if name in names else {}
         if not found and not name.startswith("**"):  # (dynamicprompts then looks in the subfolders, warning)
             found = self._matching(f"**/{name}")
             if found:
-                warn(f"__{name}__: no wildcard of that name; drawn from "
-                     f"{', '.join(n for n in names if fnmatch.fnmatchcase(n, f'**/{name}'))}, as the extension draws "
+                warn(f"__{name}__: no wildcard of that name; drawn from {', '.join(found)}, as the extension draws "
                      f"**/{name}: name it so")
         if not found:
             there = ", ".join(list(names)[:20]) or "no wildcard files"
-            unread = [reason for path, reason in self._unread.items() if name.startswith(self._prefix(path))]
-            maybe = f"; it may be in a wildcard file that does not read: {'; '.join(unread)}" if unread else ""
+            unread = "; ".join(self._unread.values())
+            maybe = f"; it may be in a wildcard file that does not read: {unread}" if unread else ""
             raise ConfigError(f"__{name}__: no wildcard file {name}.txt in --wildcards-dir {self.folder} (it holds: "
                               f"{there}); add it, or fix the name{maybe}")
-        return found
+        return list(found.values())
 
-    def _matching(self, pattern: str) -> list:
-        """The sources of the wildcards a glob matches, those refused passed over (warned of when read)."""
-        return [source for n, source in self._all().items() if fnmatch.fnmatchcase(n, pattern)
-                and not isinstance(source, ConfigError)]
+    def _matching(self, pattern: str) -> dict:
+        """The wildcards a glob matches, with their sources, those refused passed over (warned of when read)."""
+        return {n: source for n, source in self._all().items() if fnmatch.fnmatchcase(n, pattern)
+                and not isinstance(source, ConfigError)}
 
     def _all(self) -> dict:
         """Every wildcard name in the folder, in order (a bad YAML or JSON file, or key, or a name given twice: warned
