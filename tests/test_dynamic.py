@@ -66,6 +66,7 @@ def test_a_variable_set_with_a_bang_is_drawn_once_else_at_each_use():
     ("${s=!{wet|cold}}{a ${s:dry}|b {${s}|c}}", {"a wet", "a cold", "b wet", "b cold", "b c"}),  # in nested variants
     ("${s:{x|y}}", {"x", "y"}),  # a default is a template
     ("${s = wet }${s}", {"wet "}),
+    ("${s=! {wet|cold}} a ${s} day", {" a wet day", " a cold day"}),  # (spaces after `=!` left out; the text's kept)
     ("(${s=!{a|b}}${s}:1.2) [${s}|x] [${s}:x:0.5]", {"(a:1.2) [a|x] [a:x:0.5]", "(b:1.2) [b|x] [b:x:0.5]"}),
     ("${s=a}${s?=b}${s}", {"a"}),  # `?=` keeps a value set
     ("${s?=b}${s}", {"b"}),
