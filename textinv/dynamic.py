@@ -326,7 +326,7 @@ class Wildcards:
                         source = ConfigError(f"__{name}__ is given twice in --wildcards-dir {self.folder}: by "
                                              f"{_origin(names[name])} and {_origin(source)}; rename or remove one")
                     if isinstance(source, ConfigError):
-                        warn(f"{source} (left out, as the extension leaves it out; refused where used)")
+                        warn(f"{source} (left out; refused where a prompt uses it)")
                     names[name] = source
             self._names = dict(sorted(names.items()))
         return self._names
