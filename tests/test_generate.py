@@ -1934,6 +1934,7 @@ def test_again_draws_a_comfyui_picture_from_its_graph_once_the_model_is_given(sd
     (drawn,) = (tmp_path / "r").iterdir()
     settings = json.loads(Image.open(drawn).text["textinv_settings"])["settings"]
     assert settings["prompt"] == ["a (red:1.2) cat <zz>"]  # (ComfyUI's embedding:zz, as generate records it)
+    assert settings["emphasis"] == "comfy"  # (its (red:1.2) as ComfyUI weighs it)
     assert (settings["negative_prompt"], settings["seed"], settings["steps"], settings["guidance"]) == (
         "blurry", 1234, 2, 6.5)
     assert (settings["width"], settings["height"], settings["sampler"], settings["clip_skip"]) == (

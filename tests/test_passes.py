@@ -383,6 +383,47 @@ def test_the_web_uis_emphasis_settings_weigh_as_it_does_and_are_written_and_read
         assert again_config(web, {"model": str(sd1_dir)})[0].emphasis == "ignore"
 
 
+def test_comfy_emphasis_reads_comfyuis_prompt_syntax():
+    """ComfyUI's CLIPTextEncode (comfy/sd1_clip.py, token_weights) weighs round brackets alone, sets `(x:N)` at N
+    whatever holds it, and reads square brackets, BREAK and a backslash as words: read as the web UI's syntax, its
+    `[dull]` weighed 1/1.1, `((red:1.3))` 1.43 and `[cat:dog:0.5]` was prompt editing."""
+    from textinv.emphasis import comfy_syntax, parse
+
+    assert parse(comfy_syntax("a ((red:1.3)) car, [dull] (sky) BREAK")) == [
+        ("a ", 1.0), ("red", 1.3), (" car, [dull] ", 1.0), ("sky", 1.1), (" break", 1.0)]
+    assert parse(comfy_syntax(r"\(x\) (a (b) c:2) C:\dir")) == [
+        ("(x) ", 1.0), ("a ", 2.0), ("b", 2.2), (" c", 2.0), (" C:\\dir", 1.0)]
+    assert parse(comfy_syntax("[cat:dog:0.5] x) (y")) == [("[cat:dog:0.5] x) (y", 1.0)]  # (a ")" first: no weight)
+    # textinv's own syntax kept: ComfyUI's embedding names, LoRA tags, AND (a ConditioningCombine read by --again)
+    kept = "(embedding:cat:1.2) <lora:x:0.5> a:0.5 AND b"
+    assert comfy_syntax(kept) == kept
+    with pytest.raises(ConfigError, match="write N as a number"):
+        comfy_syntax("(x:inf)")
+
+
+def test_comfy_emphasis_moves_weighted_tokens_from_the_empty_prompts_states_as_comfyui_does(sd1_dir, tmp_path):
+    """ComfyUI weighs a token's hidden state z as z_empty + w (z - z_empty), z_empty the empty prompt's at its place
+    (comfy/sd1_clip.py, encode_token_weights), and scales nothing back to a mean; its prompt editing brackets are
+    words. Read as the web UI's, `(red:1.5)` was scaled and the chunk scaled back, `[red:blue:0.5]` edited."""
+    from textinv.again import again_config
+    from textinv.generate import _encode_chunks, _prompt_chunks, _prompted, encode_prompts
+
+    model = load_model(sd1_dir)
+    plain, empty = (_encode_chunks(model, [_prompt_chunks(model, [p])[0]], 1, 1)[0] for p in ("a red dog", ""))
+    comfy = _encode_chunks(model, [_prompt_chunks(model, ["a (red:1.5) dog"])[0]], 1, 1, "comfy")[0]
+    red = 2  # (<start>, a, red)
+    assert torch.allclose(comfy[0, red], empty[0, red] + 1.5 * (plain[0, red] - empty[0, red]), atol=1e-6)
+    assert torch.equal(comfy[0, :red], plain[0, :red]) and torch.equal(comfy[0, red + 1:], plain[0, red + 1:])
+    pipe = model.pipeline
+    ends, given, _ = _prompted(model, pipe, pipe.unet, ["a [red:blue:0.5] dog"], "", 2, 1, (64, 64), "comfy", [0])
+    assert ends == [2] and torch.equal(given[0]["prompt_embeds"], encode_prompts(model, [r"a \[red:blue:0.5\] dog"])[0])
+    # recorded for --again, not in the web UI's text (it has no such Emphasis)
+    path = generate(GenerateConfig(prompt=["a (red:1.5) dog"], n=1, steps=2, width=16, model=str(sd1_dir),
+                                   emphasis="ComfyUI", metadata="full", out=str(tmp_path / "a")), progress=False)[0]
+    assert "Emphasis" not in Image.open(path).text["parameters"]
+    assert again_config(path, {"out": str(tmp_path / "b")})[0].emphasis == "comfy"
+
+
 def test_old_prompt_editing_timelines_are_drawn_written_and_read_back_as_the_web_ui_does(sd1_dir, tmp_path):
     """--old-prompt-editing draws `[red:blue:1.5]` at 4 steps red for step 0-1 (the old timelines: step 1), not
     all 4 (the new: a fraction past the end), and is written as the web UI writes it; --again reads it back, and

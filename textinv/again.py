@@ -833,7 +833,7 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
     graph = _parsed_comfy_graph(path, text)
     notes: list[str] = []
     save, sampler, decoder, changed = _comfy_saved(graph, picture_size, notes)
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {"emphasis": "comfy"}  # (its CLIPTextEncode's prompt syntax and weighting)
     needs: dict[str, str] = {}
     # 2. its passes: a hires fix's two (the first's settings are the drawing's, the second's the hires fix's), or
     # an img2img's

@@ -914,9 +914,10 @@ class GenerateConfig:
                                           "first pass's schedule")
     emphasis: str = opt("original", "how (word:1.3) weights apply, as the web UI's Emphasis setting: original (the "
                                     "weights, each 75-token chunk then scaled back to its mean), no-norm (the weights "
-                                    "alone), ignore (the syntax read, the weights left out)", choices=EMPHASIS,
+                                    "alone), ignore (the syntax read, the weights left out); comfy: as ComfyUI's "
+                                    "CLIPTextEncode reads and weighs them", choices=EMPHASIS,
                         spellings={"original": "original", "no-norm": "no-norm", "no norm": "no-norm",
-                                   "ignore": "ignore"})
+                                   "ignore": "ignore", "comfy": "comfy", "comfyui": "comfy"})
     init_image: str = opt(None, "a picture (or a folder of them: each) to redraw with the prompt instead of drawing "
                                 "from noise (img2img): --denoise of the way, at --width x --height (the picture "
                                 "cropped to fit), one of them with the other at its proportions, or else the model's "

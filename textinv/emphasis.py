@@ -18,15 +18,18 @@ chunk's mean, as the web UI does, so a weight changes the balance between the wo
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from .errors import ConfigError
 
-MODES = ("original", "no-norm", "ignore")
+MODES = ("original", "no-norm", "ignore", "comfy")
 """The web UI's Emphasis setting: the weights, each chunk then scaled back to its unweighted mean (Original, its
 default); the weights alone (No norm); the weights' syntax read and the weights left out (Ignore). Its None (the
-brackets read as words) textinv does not have."""
+brackets read as words) textinv does not have. "comfy" is ComfyUI's CLIPTextEncode instead: its syntax
+(`comfy_syntax`) and its weighting, each weighted token's hidden state moved from the empty prompt's by its weight
+(`generate`)."""
 
 ROUND, SQUARE = 1.1, 1 / 1.1
 
@@ -179,6 +182,70 @@ def comfy_embeddings(prompt: str, written=lambda name: name) -> tuple[str, list[
         return written(names[-1])
 
     return _COMFY_EMBEDDING.sub(name, prompt), names
+
+
+def comfy_syntax(prompt: str) -> str:
+    """A prompt written for ComfyUI's CLIPTextEncode written in the web UI's syntax with the same words and weights
+    (comfy/sd1_clip.py, token_weights): there only round brackets weigh, `(x)` by 1.1 and `(x:1.3)` at 1.3 whatever
+    brackets hold it (`((x:1.3))` is 1.3, where the web UI multiplies them: 1.43); square brackets, a backslash but
+    before a round bracket, and `BREAK` are words. Kept as textinv reads them: LoRA tags, `AND` (composable
+    diffusion) and `embedding:NAME` (`comfy_embeddings`).
+
+    >>> comfy_syntax("a ((red:1.3)) car, [dull] (sky) BREAK")
+    'a (red:1.3) car, \\\\[dull\\\\] (sky:1.1) break'
+    """
+    pieces = []
+    for text, weight in _comfy_weights(prompt.replace("\\(", "\0\2").replace("\\)", "\0\1"), 1.0):
+        text = re.sub(r"([\\()\[\]])", r"\\\1", text.replace("\0\2", "(").replace("\0\1", ")"))
+        text = _BREAK_WORD.sub("break", text)
+        if weight != 1.0 and not math.isfinite(weight):
+            raise ConfigError(f"{prompt[:60]!r} weighs {text!r} at {weight}, which ComfyUI reads from its (words:N): "
+                              f"write N as a number")
+        pieces.append(text if weight == 1.0 else f"({text}:{weight:.12g})")
+    return "".join(pieces)
+
+
+_BREAK_WORD = re.compile(r"\bBREAK\b")
+
+
+def _comfy_weights(text: str, weight: float) -> list[tuple[str, float]]:
+    """`text` as (text, weight) pieces, as ComfyUI's token_weights reads it: split at its outermost round brackets;
+    a bracket's text weighs 1.1 times the text around it, or the number after its last colon where that is one."""
+    pieces: list[tuple[str, float]] = []
+    for part in _comfy_brackets(text):
+        if len(part) < 2 or part[0] != "(" or part[-1] != ")":
+            pieces.append((part, weight))
+            continue
+        inner, inner_weight = part[1:-1], weight * 1.1
+        colon = inner.rfind(":")
+        if colon > 0:
+            try:
+                inner, inner_weight = inner[:colon], float(inner[colon + 1:])
+            except ValueError:
+                pass
+        pieces += _comfy_weights(inner, inner_weight)
+    return pieces
+
+
+def _comfy_brackets(text: str) -> list[str]:
+    """`text` cut before each outermost `(` and after its `)`, as ComfyUI's parse_parentheses cuts it (a `)` that
+    closes nothing leaves the depth below 0, so the brackets after it are no outermost ones)."""
+    parts, current, depth = [], "", 0
+    for char in text:
+        if char == "(" and depth == 0:
+            if current:
+                parts.append(current)
+            current = ""
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                parts.append(current + char)
+                current = ""
+                continue
+        current += char
+    return parts + [current] if current else parts
 
 
 _UNSUPPORTED = (("extra-network tags", re.compile(r"<(?:hypernet):[^<>]*>", re.I)),)

@@ -192,7 +192,9 @@ def _encode_chunks(model: Model, rows, count: int, clip_skip: int, emphasis_mode
     for k in range(count):
         h, pool, weights = _chunk_states(model, rows, k, clip_skip)
         grouped = [m is not None and k < len(m) for m in means or []]
-        if emphasis_mode != "ignore" and (any(grouped) or not all(bool((w == 1).all()) for w in weights)):
+        if emphasis_mode == "comfy":
+            h = _comfy_weighted(model, h, weights, clip_skip)
+        elif emphasis_mode != "ignore" and (any(grouped) or not all(bool((w == 1).all()) for w in weights)):
             parts = []
             for e, (part, w) in enumerate(zip(h.split(widths, dim=-1), weights)):  # SDXL: each encoder's part to
                 before = part.mean(dim=(1, 2), keepdim=True)  # its own mean, as the web UI weighs each on its own
@@ -210,6 +212,23 @@ def _encode_chunks(model: Model, rows, count: int, clip_skip: int, emphasis_mode
         pooled = pool if k == 0 else pooled
     dtype = model.unet.dtype
     return torch.cat(hidden, dim=1).to(dtype), (pooled.to(dtype) if pooled is not None else None)
+
+
+def _comfy_weighted(model: Model, h: torch.Tensor, weights: list, clip_skip: int) -> torch.Tensor:
+    """Hidden states (B, 77, C) weighted as ComfyUI's CLIPTextEncode weighs them (comfy/sd1_clip.py,
+    encode_token_weights): a token of weight w moved from the empty prompt's state at its place, z_empty + w (z -
+    z_empty), each encoder's part by its own weights; nothing scaled back to a mean, and a token of weight 1 as it
+    is."""
+    if all(bool((w == 1).all()) for w in weights):
+        return h
+    ids = [torch.tensor([emphasis.token_chunks(tok, "")[0][0]], device=te.device) for _, tok, te in model.encoders]
+    empty = encode_text(model, ids, clip_skip)[0]  # (1, 77, C): start, end, padding
+    widths = [te.config.hidden_size for _, _, te in model.encoders]
+    parts = []
+    for part, base, w in zip(h.split(widths, dim=-1), empty.split(widths, dim=-1), weights):
+        w = w.to(part.device, part.dtype)[..., None]
+        parts.append(torch.where(w == 1, part, base + w * (part - base)))
+    return torch.cat(parts, dim=-1)
 
 
 def _chunk_states(model: Model, rows, k: int, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None, list]:
@@ -741,6 +760,8 @@ def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str
     pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
     draw composable diffusion or hide the padding (`stretch`: the stretch the next UNet call is in)."""
     width, height = size
+    if emphasis_mode == "comfy":  # (ComfyUI's syntax, in the web UI's that `_layout` reads)
+        prompts, negative_prompt = [emphasis.comfy_syntax(p) for p in prompts], emphasis.comfy_syntax(negative_prompt)
     at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
     zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
@@ -2570,7 +2591,8 @@ def _old_editing_params(config: GenerateConfig, hires: Hires | None, texts: list
 def _noise_params(config: GenerateConfig, seed: int) -> dict:
     """The PNG text of a picture's variation seed and tiling (the web UI's labels; empty without them)."""
     params = {"tiling": "True"} if config.tiling else {}
-    if config.emphasis != "original":  # (as the web UI: only another than its default)
+    if config.emphasis not in ("original", "comfy"):  # (as the web UI: only another than its default; it has no
+        # ComfyUI's)
         params["emphasis"] = {"no-norm": "No norm", "ignore": "Ignore"}[config.emphasis]
     if config.variation_strength:
         params.update(variation_seed=_variation_seed(config, seed), variation_strength=config.variation_strength)
