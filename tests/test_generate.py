@@ -2513,7 +2513,11 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
     for sampler_name, scheduler, ours, base in [("dpmpp_2m_sde_gpu", "karras", "dpm++2m_sde_karras", "dpm++2m_sde"),
                                                 ("dpmpp_3m_sde", "exponential", "dpm++3m_sde_exponential", "dpm++3m_sde"),
                                                 ("lms", "karras", "lms_karras", "lms"), ("dpmpp_sde", "normal", "dpm++sde",
-                                                                                       "dpm++sde")]:
+                                                                                       "dpm++sde"),
+                                                # (k-diffusion's sample_dpmpp_2m_sde with solver_type heun, as the
+                                                # web UI's DPM++ 2M SDE Heun: was refused, "textinv does not have")
+                                                ("dpmpp_2m_sde_heun_gpu", "karras", "dpm++2m_sde_heun_karras",
+                                                 "dpm++2m_sde_heun")]:
         assert read(sampler_name, scheduler).settings["sampler"] == ours, sampler_name
         assert GenerateConfig(prompt=["a dog"], sampler=sampler_name).validate().sampler == base
 

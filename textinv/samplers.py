@@ -102,6 +102,7 @@ KOHYA_OTHERS = ("pndm", "dpmsolver")  # kohya's, which textinv does not have
 # dpm_adaptive, lcm, the cfg_pp ones
 COMFY = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a",
          "lms": "lms", "dpmpp_2m": "dpm++2m", "dpmpp_2m_sde": "dpm++2m_sde", "dpmpp_2m_sde_gpu": "dpm++2m_sde",
+         "dpmpp_2m_sde_heun": "dpm++2m_sde_heun", "dpmpp_2m_sde_heun_gpu": "dpm++2m_sde_heun",
          "dpmpp_3m_sde": "dpm++3m_sde", "dpmpp_3m_sde_gpu": "dpm++3m_sde", "dpmpp_sde": "dpm++sde",
          "dpmpp_sde_gpu": "dpm++sde", "dpmpp_2s_ancestral": "dpm++2s_a",
          "ddim": "ddim", "uni_pc": "unipc", "uni_pc_bh2": "unipc_bh2", "ddpm": "ddpm"}
