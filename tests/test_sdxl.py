@@ -473,6 +473,19 @@ def test_an_edited_sdxl_prompt_switches_the_pooled_embedding_too(xl_dir):
     assert seen[2][1][0].any()
 
 
+def test_comfy_emphasis_encodes_an_empty_sdxl_negative_as_comfyui_does(xl_dir):
+    """ComfyUI's CLIPTextEncode encodes an empty prompt as any other (zeros come from its ConditioningZeroOut node
+    alone); diffusers' SDXL pipeline and the web UI zero it, and so did a ComfyUI picture's redraw."""
+    from test_generate import _conditioning_seen
+
+    model = load_model(xl_dir)
+    seen = _conditioning_seen(model)
+    render(model, ["a dog"], [0], steps=1, emphasis_mode="comfy")
+    empty, empty_pooled = encode_prompts(model, [""])
+    torch.testing.assert_close(seen[0][0][:1], empty)
+    torch.testing.assert_close(seen[0][1][:1], empty_pooled)
+
+
 def _overflowing_vae(folder, force_upcast: bool):
     """The tiny SDXL VAE with an encoder whose activations pass fp16's range (as SDXL's own VAE's do at full size),
     saved with its config's `force_upcast`: the flag the stock SDXL VAE sets and the fp16-fixed one clears."""

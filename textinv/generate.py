@@ -763,8 +763,10 @@ def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str
     if emphasis_mode == "comfy":  # (ComfyUI's syntax, in the web UI's that `_layout` reads)
         prompts, negative_prompt = [emphasis.comfy_syntax(p) for p in prompts], emphasis.comfy_syntax(negative_prompt)
     at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing)
-    # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step
-    zero_negative = model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
+    # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step, ComfyUI's
+    # CLIPTextEncode never (its ConditioningZeroOut does)
+    zero_negative = (model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
+                     and emphasis_mode != "comfy")
     means = _schedule_means(model, at.schedules, clip_skip, emphasis_mode)
     means = (means[:-1], means[-1:] * (len(at.schedules) - 1))  # (the sub-prompts', the negative's for each row)
     conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode,
