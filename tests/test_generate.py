@@ -1994,6 +1994,12 @@ def test_again_reads_clip_skip_loras_and_a_batch_from_a_comfyui_graph_and_names_
     assert config.prompt == ["a cat <lora:ghibli:0:0.7> <lora:film:0.5:1>"]
     assert "PICTURE: its CLIPTextEncodeSDXL node 6 gives SDXL's CLIP-G the positive prompt 'a cat' and CLIP-L " \
            "'a cat, film grain'; textinv gives both encoders one prompt: its text_g" in said
+    # its size conditioning, which textinv sets to the size drawn, was dropped unsaid
+    assert "PICTURE: its CLIPTextEncodeSDXL node 6 tells SDXL an original size of 1024x1024, a crop at (0, 0) and a " \
+           "target size of 1024x1024; textinv tells it the size drawn, 24x16, and no crop, so the redraw differs" in said
+    graph["6"]["inputs"].update(width=24, height=16, target_width=24, target_height=16)
+    assert not any("tells SDXL" in s for s in _notes(_comfy_picture(tmp_path / "c.png", graph),
+                                                     {"model": str(sd1_dir)})[1])
 
 
 def _comfy_hires_graph():

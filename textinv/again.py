@@ -855,6 +855,7 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Pictu
     # 3. what the sampler's inputs reach: the prompts (and clip skip), the size, the model, LoRAs and VAE
     clip = _comfy_prompts(graph, sampler, settings, needs, notes, read)
     _comfy_size(graph, sampler, picture_size, changed, settings, notes)
+    _comfy_sdxl_sizes(graph, save, settings, notes)
     unread = _comfy_model(graph, sampler, decoder, clip, settings, needs, notes)
     # 4. what else the saved picture passed through, named as not applied
     other = [graph.named(n) for n in graph.passed(save)
@@ -962,6 +963,21 @@ def _comfy_size(graph: _ComfyGraph, sampler: str, picture_size: tuple[int, int],
     elif "width" not in settings:  # (an img2img's scale node gave it)
         notes.append(f"{path}: its ComfyUI graph does not say the size {named} drew at (it did not start from an "
                      f"EmptyLatentImage, and the picture was resized after): give --width and --height")
+
+
+def _comfy_sdxl_sizes(graph: _ComfyGraph, save: str, settings: dict[str, Any], notes: list[str]) -> None:
+    """A note for each CLIPTextEncodeSDXL that told SDXL another size than the one drawn: its width, height, crop
+    and target size are SDXL's size conditioning ("time ids"), which textinv sets to the size drawn, no crop."""
+    drawn = (settings.get("width"), settings.get("height"))
+    for node in graph.passed(save):
+        if graph.cls(node) != "CLIPTextEncodeSDXL":
+            continue
+        said = [graph.value(node, name, (int,)) for name in ("width", "height", "crop_w", "crop_h", "target_width",
+                                                             "target_height")]
+        if said != [*drawn, 0, 0, *drawn]:
+            notes.append(f"{graph.path}: its {graph.named(node)} tells SDXL an original size of {said[0]}x{said[1]}, "
+                         f"a crop at ({said[2]}, {said[3]}) and a target size of {said[4]}x{said[5]}; textinv tells "
+                         f"it the size drawn, {drawn[0]}x{drawn[1]}, and no crop, so the redraw differs")
 
 
 def _comfy_model(graph: _ComfyGraph, sampler: str, decoder: str | None, clip: list[str], settings: dict[str, Any],
