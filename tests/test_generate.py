@@ -2505,9 +2505,11 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
                        (("heun", "sgm_uniform"), "heun"), (("ddim", "ddim_uniform"), "ddim"),
                        (("uni_pc", "normal"), "unipc"), (("uni_pc_bh2", "normal"), "unipc_bh2"),
                        (("dpmpp_2s_ancestral", "karras"), "dpm++2s_a_karras"),
-                       (("dpmpp_2s_ancestral", "normal"), "dpm++2s_a")]:
+                       (("dpmpp_2s_ancestral", "normal"), "dpm++2s_a"),
+                       # (ComfyUI's ddim is its Euler: on Karras's schedule, refused as no ddim_karras)
+                       (("ddim", "karras"), "euler_karras")]:
         assert read(*pair).settings["sampler"] == ours, pair
-    for pair in [("dpmpp_2s_ancestral_cfg_pp", "normal"), ("ddim", "karras"), ("euler", "kl_optimal")]:
+    for pair in [("dpmpp_2s_ancestral_cfg_pp", "normal"), ("ddim", "beta"), ("euler", "kl_optimal")]:
         assert "sampler" not in read(*pair).settings
     path = tmp_path / "s.png"
     with pytest.raises(ConfigError, match=r"s.png was drawn with ComfyUI's sampler 'euler' and scheduler 'kl_optimal' "

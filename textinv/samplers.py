@@ -180,7 +180,12 @@ def from_comfy(sampler: str, scheduler: str) -> str | None:
     """
     if sampler not in COMFY or scheduler.lower() in COMFY_OTHER_SCHEDULES:
         return None
-    return _named(COMFY[sampler], scheduler)
+    base = COMFY[sampler]
+    if base == "ddim" and scheduler.lower() not in EVEN_SPACINGS:
+        # ComfyUI's ddim runs its Euler sampler (comfy/samplers.py, get_sampler_method), DDIM's steps at eta 0 (Karras
+        # et al. 2022, section 3): on a sigma schedule, Euler's on it
+        base = "euler"
+    return _named(base, scheduler)
 
 
 def _named(base: str, schedule: str) -> str | None:
