@@ -1947,6 +1947,24 @@ def test_again_draws_a_comfyui_picture_from_its_graph_once_the_model_is_given(sd
     assert (config.guidance, config.negative_prompt, config.width, config.height) == (6.5, "blurry", 24, 16)
 
 
+def test_again_reads_a_comfyui_webp_from_its_exif(tmp_path):
+    """ComfyUI's WebP saver (SaveAnimatedWEBP) keeps the graph in the EXIF Model tag as "prompt:{...}" (the layout in
+    Make, "workflow:{...}"), where the PNG has its 'prompt' text: the picture was refused as holding no settings."""
+    import json
+
+    from textinv.again import holds_settings, read_picture
+
+    image = Image.new("RGB", (24, 16))
+    exif = image.getexif()
+    exif[0x0110] = "prompt:" + json.dumps(_comfy_graph())
+    exif[0x010F] = "workflow:" + json.dumps({"nodes": [], "links": []})
+    image.save(tmp_path / "ComfyUI_00001_.webp", exif=exif)
+    picture = read_picture(tmp_path / "ComfyUI_00001_.webp")
+    assert (picture.origin, picture.settings["seed"], picture.settings["prompt"]) == (
+        "comfyui", 1234, ["a (red:1.2) cat embedding:zz"])
+    assert holds_settings(tmp_path / "ComfyUI_00001_.webp")
+
+
 def test_again_reads_clip_skip_loras_and_a_batch_from_a_comfyui_graph_and_names_what_it_cannot_apply(sd1_dir,
                                                                                                        tmp_path):
     """CLIPSetLastLayer is clip skip; each LoraLoader is a tag in the prompt, at the strengths ComfyUI applied; a

@@ -241,7 +241,8 @@ def _replaced(flags: dict[str, Any], settings: dict[str, Any]) -> set[str]:
 
 def read_picture(path: str | Path) -> Picture:
     """The settings in a picture's PNG text: textinv's record, else an older textinv's per-key text, else the A1111 web
-    UI's `parameters`, else ComfyUI's graph (its `prompt` text); else the web UI's text in its EXIF UserComment (how it
+    UI's `parameters`, else ComfyUI's graph (its `prompt` text, a WebP's EXIF Model tag); else the web UI's text in its
+    EXIF UserComment (how it
     saves a JPEG, WebP or AVIF). A file without any of them, an A1111 embedding PNG, and a file that is no picture are
     refused."""
     from PIL import Image, UnidentifiedImageError
@@ -251,7 +252,7 @@ def read_picture(path: str | Path) -> Picture:
         raise ConfigError(f"--again {path}: no such file; give a picture that textinv, the web UI or ComfyUI drew")
     try:
         with Image.open(path) as image:
-            text = dict(getattr(image, "text", None) or {})
+            text = {**_comfy_exif(image), **(getattr(image, "text", None) or {})}  # (a PNG's own text first)
             comment = exif_comment(image)
             size = image.size
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
@@ -300,7 +301,7 @@ def holds_settings(path: str | Path) -> bool:
 
     try:
         with Image.open(path) as image:
-            return has_settings(dict(getattr(image, "text", None) or {}), exif_comment(image))
+            return has_settings({**_comfy_exif(image), **(getattr(image, "text", None) or {})}, exif_comment(image))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return False
 
@@ -634,6 +635,18 @@ _COMFY_VALUE_NAMES = {"value", "text", "string", "prompt", "seed", "noise_seed",
 _COMFY_READ = {"SaveImage", "PreviewImage", *_COMFY_DECODERS, *_COMFY_SAMPLER_NODES, *_COMFY_ENCODERS,
                "EmptyLatentImage", "CLIPSetLastLayer", "CheckpointLoaderSimple", "CheckpointLoader", "LoraLoader",
                "LoraLoaderModelOnly", "VAELoader", "Reroute"}
+
+
+_EXIF_MODEL = 0x0110  # EXIF's Model tag, where ComfyUI's WebP saver (SaveAnimatedWEBP) writes "prompt:" + its graph
+
+
+def _comfy_exif(image) -> dict[str, str]:
+    """The graph a ComfyUI WebP keeps in its EXIF Model tag ("prompt:{...}"), under the PNG text key ComfyUI gives
+    it in a PNG: {"prompt": graph}; {} where there is none."""
+    value = image.getexif().get(_EXIF_MODEL)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return {"prompt": value[len("prompt:"):]} if isinstance(value, str) and value.startswith("prompt:{") else {}
 
 
 def comfy_graph(text: dict[str, str]) -> str | None:
