@@ -242,9 +242,8 @@ def _replaced(flags: dict[str, Any], settings: dict[str, Any]) -> set[str]:
 def read_picture(path: str | Path) -> Picture:
     """The settings in a picture's PNG text: textinv's record, else an older textinv's per-key text, else the A1111 web
     UI's `parameters`, else ComfyUI's graph (its `prompt` text, a WebP's EXIF Model tag); else the web UI's text in its
-    EXIF UserComment (how it
-    saves a JPEG, WebP or AVIF). A file without any of them, an A1111 embedding PNG, and a file that is no picture are
-    refused."""
+    EXIF UserComment (how it saves a JPEG, WebP or AVIF). A file without any of them, an A1111 embedding PNG, and a
+    file that is no picture are refused."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
