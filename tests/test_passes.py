@@ -394,6 +394,7 @@ def test_comfy_emphasis_reads_comfyuis_prompt_syntax():
     assert parse(comfy_syntax(r"\(x\) (a (b) c:2) C:\dir")) == [
         ("(x) ", 1.0), ("a ", 2.0), ("b", 2.2), (" c", 2.0), (" C:\\dir", 1.0)]
     assert parse(comfy_syntax("[cat:dog:0.5] x) (y")) == [("[cat:dog:0.5] x) (y", 1.0)]  # (a ")" first: no weight)
+    assert parse(comfy_syntax("(faint:1e-5) (loud:2E1)")) == [("faint", 1e-05), (" ", 1.0), ("loud", 20.0)]
     # textinv's own syntax kept: ComfyUI's embedding names, LoRA tags, AND (a ConditioningCombine read by --again)
     kept = "(embedding:cat:1.2) <lora:x:0.5> a:0.5 AND b"
     assert comfy_syntax(kept) == kept

@@ -201,7 +201,8 @@ def comfy_syntax(prompt: str) -> str:
         if weight != 1.0 and not math.isfinite(weight):
             raise ConfigError(f"{prompt[:60]!r} weighs {text!r} at {weight}, which ComfyUI reads from its (words:N): "
                               f"write N as a number")
-        pieces.append(text if weight == 1.0 else f"({text}:{weight:.12g})")
+        # (in digits: the web UI's syntax reads no exponent, 1e-3)
+        pieces.append(text if weight == 1.0 else f"({text}:{f'{weight:.6f}'.rstrip('0').rstrip('.')})")
     return "".join(pieces)
 
 
