@@ -811,7 +811,9 @@ class _ComfyGraph:
                     return None, f"the text of its {self.named(node)} comes from a node textinv cannot read"
                 return [(text, node)], ""
             if self.cls(node) == "ConditioningZeroOut":  # (its text is not drawn: zeros are, which no text gives)
-                break
+                return None, (f"its {self.named(node)} guides against zeros, which textinv draws only on SDXL, for "
+                              f"an empty negative prompt with another --emphasis than comfy, whose empty prompt is "
+                              f"encoded as ComfyUI's CLIPTextEncode encodes it")
             if self.cls(node) == "ConditioningCombine":
                 parts: list[tuple[str, str]] = []
                 for name in ("conditioning_1", "conditioning_2"):
