@@ -402,6 +402,32 @@ def test_comfy_emphasis_reads_comfyuis_prompt_syntax():
         comfy_syntax("(x:inf)")
 
 
+def test_comfy_emphasis_cuts_a_long_prompt_into_chunks_as_comfyui_does(sd1_dir):
+    """ComfyUI cuts a prompt word by word (comfy/sd1_clip.py, tokenize_with_weights): a chunk takes up to 75 tokens
+    with no look back for a comma, a word that does not fit goes whole into the next chunk, one of 8 tokens or more
+    is split, and an embedding's vectors stay together. The web UI's cut (after a comma among a chunk's last 20
+    tokens) was used."""
+    from textinv.emphasis import comfy_token_chunks
+    from textinv.generate import _layout
+
+    model = load_model(sd1_dir)
+    tok = model.tokenizer
+    tok.add_tokens(["<q>", "<q>_1", "<q>_2"])
+    dog, comma, cat, q = (tok(w, add_special_tokens=False).input_ids for w in ("dog", ",", "cat", "<q> <q>_1 <q>_2"))
+    word = tok("photograph", add_special_tokens=False).input_ids  # (6 tokens in the tiny vocabulary)
+    large = tok("supercalifragilistic", add_special_tokens=False).input_ids  # (18)
+    end = [tok.eos_token_id]
+    for prompt, first, second in [("dog " * 70 + ", " + "cat " * 10, dog * 70 + comma + cat * 4, cat * 6),
+                                  ("dog " * 72 + "photograph", dog * 72, word),
+                                  ("dog " * 70 + "supercalifragilistic", dog * 70 + large[:5], large[5:]),
+                                  ("dog " * 73 + "<q> <q>_1 <q>_2", dog * 73, q)]:
+        (ids, _), (more, _) = comfy_token_chunks(tok, prompt)
+        assert ids[1:len(first) + 2] == first + end and more[1:len(second) + 2] == second + end, prompt
+    prompt = "dog " * 70 + ", (cat:1.2) " * 5
+    assert _layout(model, [prompt], "", 2, comfy=True).rows[0][0][0] == comfy_token_chunks(
+        tok, "dog " * 70 + ", (cat:1.2) " * 5)
+
+
 def test_comfy_emphasis_moves_weighted_tokens_from_the_empty_prompts_states_as_comfyui_does(sd1_dir, tmp_path):
     """ComfyUI weighs a token's hidden state z as z_empty + w (z - z_empty), z_empty the empty prompt's at its place
     (comfy/sd1_clip.py, encode_token_weights), and scales nothing back to a mean; its prompt editing brackets are

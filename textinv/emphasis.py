@@ -526,9 +526,7 @@ def token_chunks(tokenizer, prompt: str) -> list[tuple[list[int], list[float]]]:
 
     def close() -> None:
         nonlocal ids, weights, last_comma
-        pad = CHUNK - len(ids)
-        chunks.append(([tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad,
-                       [1.0] + weights + [1.0] * (pad + 1)))
+        chunks.append(_chunk(tokenizer, ids, weights))
         ids, weights, last_comma = [], [], -1
 
     for text, weight in parse(prompt):
@@ -559,6 +557,51 @@ def token_chunks(tokenizer, prompt: str) -> list[tuple[list[int], list[float]]]:
     if ids or not chunks:
         close()
     return chunks
+
+
+def _chunk(tokenizer, ids: list[int], weights: list[float]) -> tuple[list[int], list[float]]:
+    """A chunk of 77 ids: start, `ids` (at most `CHUNK`), end, padding; and its weights (1 but for `ids`)."""
+    pad = CHUNK - len(ids)
+    return ([tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad,
+            [1.0] + weights + [1.0] * (pad + 1))
+
+
+def comfy_token_chunks(tokenizer, prompt: str) -> list[tuple[list[int], list[float]]]:
+    """`prompt` (in the web UI's syntax, as `comfy_syntax` writes it) cut into chunks of 77 ids as ComfyUI's
+    CLIPTextEncode cuts it (comfy/sd1_clip.py, tokenize_with_weights): word by word (the text between spaces; a
+    learned token's vectors are one word, as ComfyUI's embedding:NAME is), each into the chunk if it has room, else
+    whole into the next one, this one padded; a word of 8 tokens or more fills the chunk and goes on in the next. No
+    comma is looked back for, as `token_chunks` does."""
+    words: list[list[tuple[int, float]]] = []
+    for text, weight in parse(prompt):
+        for word in text.split():
+            tokens = tokenizer(word, add_special_tokens=False, verbose=False).input_ids
+            if words and tokens and _continues(tokenizer, [t for t, _ in words[-1]], tokens):
+                words[-1] += [(t, weight) for t in tokens]
+            elif tokens:
+                words.append([(t, weight) for t in tokens])
+    chunks: list[tuple[list[int], list[float]]] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    for word in words:
+        large = len(word) >= 8
+        while word:
+            if len(ids) + len(word) <= CHUNK:
+                ids, weights, word = ids + [t for t, _ in word], weights + [w for _, w in word], []
+                continue
+            if large:  # (its first tokens fill the chunk)
+                room = CHUNK - len(ids)
+                ids, weights = ids + [t for t, _ in word[:room]], weights + [w for _, w in word[:room]]
+                word = word[room:]
+            chunks.append(_chunk(tokenizer, ids, weights))
+            ids, weights = [], []
+    return chunks + [_chunk(tokenizer, ids, weights)] if ids or not chunks else chunks
+
+
+def _continues(tokenizer, word: list[int], tokens: list[int]) -> bool:
+    """Whether `tokens` are the next vector of the learned token `word` begins with (`<t> <t>_1 ...`)."""
+    return len(tokens) == 1 and word[0] >= tokenizer.vocab_size and tokenizer.convert_ids_to_tokens(tokens[0]) == (
+        f"{tokenizer.convert_ids_to_tokens(word[0])}_{len(word)}")
 
 
 def _learned_token_length(tokenizer, tokens: list[int], i: int) -> int:

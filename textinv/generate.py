@@ -177,9 +177,12 @@ def encode_prompts(model: Model, prompts: list[str], chunks: int = 1,
     return _encode_chunks(model, rows, max([chunks] + [len(c) for per in rows for c in per]), clip_skip)
 
 
-def _prompt_chunks(model: Model, prompts: list[str]) -> list[list[list[tuple[list[int], list[float]]]]]:
-    """Each prompt's 77-id chunks (`emphasis.token_chunks`) in each text encoder's tokenizer: [encoder][prompt]."""
-    return [[emphasis.token_chunks(tok, p) for p in prompts] for _, tok, _ in model.encoders]
+def _prompt_chunks(model: Model, prompts: list[str], comfy: bool = False
+                   ) -> list[list[list[tuple[list[int], list[float]]]]]:
+    """Each prompt's 77-id chunks (`emphasis.token_chunks`; `comfy`: as ComfyUI cuts them,
+    `emphasis.comfy_token_chunks`) in each text encoder's tokenizer: [encoder][prompt]."""
+    cut = emphasis.comfy_token_chunks if comfy else emphasis.token_chunks
+    return [[cut(tok, p) for p in prompts] for _, tok, _ in model.encoders]
 
 
 def _encode_chunks(model: Model, rows, count: int, clip_skip: int, emphasis_mode: str = "original",
@@ -644,10 +647,11 @@ class _Layout(NamedTuple):
 
 
 def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
-            first_pass: int | None = None, old_editing: bool = False) -> _Layout:
+            first_pass: int | None = None, old_editing: bool = False, comfy: bool = False) -> _Layout:
     """The sub-prompts, stretches of steps and chunks of 77 a pass over `steps` steps draws `prompts` with
     (`first_pass`: the first pass's steps, where this is the hires fix's pass: `emphasis.prompt_schedule`'s `first`;
-    `old_editing`: its `old`).
+    `old_editing`: its `old`; `comfy`: the prompts read and cut into chunks as ComfyUI's CLIPTextEncode does,
+    `emphasis.comfy_syntax` and `emphasis.comfy_token_chunks`).
 
     Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps (`ends`: each one's last
     step) with texts of their own (`texts[stretch]`: each sub-prompt's, then the negative's); a prompt without them
@@ -657,6 +661,8 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     `negative_rows`: each stretch's chunks (`_prompt_chunks`), every one padded to `chunks`; `kept`: each stretch's
     chunk count the UNet reads of each sub-prompt row; `lengths`: what `_length_mask` or `_composing` hide of the
     padding, each stretch's (None: nothing); `schedules`: each sub-prompt's schedule, then the negative's."""
+    if comfy:
+        prompts, negative_prompt = [emphasis.comfy_syntax(p) for p in prompts], emphasis.comfy_syntax(negative_prompt)
     composed = any(emphasis.has_and(p) for p in prompts)
     parts = [emphasis.composable_parts(p) if composed else [(p, 1.0)] for p in prompts]
     owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
@@ -666,8 +672,9 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
                  for text in subprompts + [negative_prompt]]
     ends = sorted({end for schedule in schedules for end, _ in schedule})
     texts = [[next(text for end, text in schedule if last <= end) for schedule in schedules] for last in ends]
-    rows = [_prompt_chunks(model, stretch[:-1]) for stretch in texts]
-    negative_rows = [[per * len(subprompts) for per in _prompt_chunks(model, stretch[-1:])] for stretch in texts]
+    rows = [_prompt_chunks(model, stretch[:-1], comfy) for stretch in texts]
+    negative_rows = [[per * len(subprompts) for per in _prompt_chunks(model, stretch[-1:], comfy)]
+                     for stretch in texts]
     chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
     # the web UI reads a prompt and its negative each at its own length at each step (it pads neither by default):
     # the empty chunks that make them one length here are hidden from the UNet's cross-attention, each stretch's
@@ -760,9 +767,7 @@ def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str
     pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
     draw composable diffusion or hide the padding (`stretch`: the stretch the next UNet call is in)."""
     width, height = size
-    if emphasis_mode == "comfy":  # (ComfyUI's syntax, in the web UI's that `_layout` reads)
-        prompts, negative_prompt = [emphasis.comfy_syntax(p) for p in prompts], emphasis.comfy_syntax(negative_prompt)
-    at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing)
+    at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing, emphasis_mode == "comfy")
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step, ComfyUI's
     # CLIPTextEncode never (its ConditioningZeroOut does)
     zero_negative = (model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
@@ -2330,7 +2335,8 @@ def _mixable(run: _Run, prompt: _Prompt) -> tuple:
     passes = _schedule_passes(run)[:1 if run.hires.text is not None else None]
     shapes = []
     for steps, first_pass in passes:
-        at = _layout(model, [prompt.expanded], prompt.negative, steps, first_pass, config.old_prompt_editing)
+        at = _layout(model, [prompt.expanded], prompt.negative, steps, first_pass, config.old_prompt_editing,
+                     config.emphasis == "comfy")
         shapes.append((len(at.owners) if at.composed else 0, at.chunks, at.lengths is not None))
     return prompt.negative, tuple(_lora_set(prompt.tags).items()), prompt.switch, tuple(shapes)
 
