@@ -14,6 +14,9 @@ is encoded on its own between start and end tokens; the hidden states are laid e
 chunks; `generate.encode_prompts` encodes them, scales each token's hidden state by its weight and restores each
 chunk's mean, as the web UI does, so a weight changes the balance between the words, not the conditioning's scale
 (the mean over all of a prompt's `prompt_schedule` texts at once, as the web UI encodes them: `generate`).
+
+ComfyUI's CLIPTextEncode (`generate --emphasis comfy`) reads a prompt otherwise: `comfy_syntax` writes its weights in
+the web UI's syntax, `comfy_token_chunks` cuts it as it does, and `comfy_embeddings` reads its `embedding:NAME`.
 """
 
 from __future__ import annotations
