@@ -454,3 +454,16 @@ def test_a_token_installed_in_a_models_tokenizer_is_refused_in_words_of_merging(
     assert "training" not in str(refused.value) and not (tmp_path / "q.pt").exists()
     unload_embeddings(model)
     assert merge(MergeConfig(out=str(tmp_path / "q.pt"), token="<q>", terms=["'cat'"]), model=model).files
+
+
+def test_a_term_of_files_whose_weights_overflow_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """Its vectors are known from the files alone: `--model` took seconds to minutes to load before the term was
+    refused. A term with words waits for the model, which gives their vectors."""
+    saved(tmp_path / "a.safetensors", 1)
+    a = f"{tmp_path}/a.safetensors"
+    monkeypatch.setattr("textinv.merge.load_model", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=r"the term .*a\.safetensors\*1e\+39 gives vectors whose norms are no "
+                                          r"finite number"):
+        run(tmp_path, "'dog'", f"{a}*1e39", model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ConfigError, match=r"the term .*a\.safetensors\*-1e\+38 \+ .*a\.safetensors\*-1e\+38 gives"):
+        run(tmp_path, f"{a}*-1e38 + {a}*-1e38", "'dog'", model=str(tmp_path / "no-such-model"))

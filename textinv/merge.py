@@ -289,16 +289,20 @@ def _read_files(terms: list[list[Part]]) -> dict[Part, LearnedEmbedding]:
 
 def _check_files(terms: list[list[Part]], files: dict[Part, LearnedEmbedding], config: MergeConfig,
                  model: Model | None) -> None:
-    """What the files and settings tell, said before a model loads: a sum of files of different vector counts,
-    files no model takes together (other widths of their first text encoder: an SDXL file's clip_l half is as wide
+    """What the files and settings tell, said before a model loads: a sum of files of different vector counts, or
+    of files alone whose weights take its vectors past what a float holds (`_check_finite`), files no model takes
+    together (other widths of their first text encoder: an SDXL file's clip_l half is as wide
     as an SD 1.x one's, which an SD 1.x --model takes) and an OUT that cannot hold the merge or whose file is there
     already (`formats.check_writable`), where the files tell its widths: SDXL files with --model give an SD 1.x
     model their clip_l half, so its source tells (`models.source_is_xl`; a hub id's only once it loads)."""
     parts = [(str(part), files[part]) for term in terms for part in term if not part.words]
-    for term in terms:
-        _count([(str(part), files[part], part.weight) for part in term if not part.words])
+    labelled = [[(str(part), files[part], part.weight) for part in term if not part.words] for term in terms]
+    counts = [_count(term) for term in labelled]
     if len({emb.widths[0] for _, emb in parts}) > 1:
         _check_one_family(parts)
+    for term, n, written in zip(labelled, counts, terms):
+        if len(term) == len(written):  # (files alone: the sum is known now; words' vectors wait for the model)
+            _check_finite(term, _sums(term, n, ("text_encoder",)))  # (the encoder every model takes)
     widths = {emb.widths for _, emb in parts}
     if len(widths) != 1:  # (none, or SDXL's beside SD 1.x's: `_as_drawn` and `_merged` tell)
         return
@@ -348,13 +352,9 @@ def _merged(terms: list[list[tuple[str, LearnedEmbedding, float]]], token: str, 
         raise ConfigError("nothing to merge: give one or more terms, e.g. \"dog.pt*0.5 + cat.pt*0.5\"")
     _check_one_family(parts)
     counts = [_count(term) for term in terms]
-    sums = [{name: sum(w * emb.vectors[name].expand(n, -1) for _, emb, w in term) for name in parts[0][1].vectors}
-            for term, n in zip(terms, counts)]
-    for term, s in zip(terms, sums):  # (a float ends at 3.4e38: *1e38 gave norms of inf, and inf * 0 is nan)
-        if not all(torch.isfinite(t.norm(dim=1)).all() for t in s.values()):
-            raise ConfigError(f"the term {' + '.join(label for label, _, _ in term)} gives vectors whose norms are no "
-                              "finite number: its weights take them past the largest a float holds (3.4e38); give "
-                              "smaller weights")
+    sums = [_sums(term, n, parts[0][1].vectors) for term, n in zip(terms, counts)]
+    for term, s in zip(terms, sums):
+        _check_finite(term, s)
     vectors = {name: torch.cat([s[name] for s in sums]) for name in parts[0][1].vectors}
     total = sum(counts)
     if total > CHUNK:  # as inspect says and generate warns: kept, for ComfyUI and textinv, which split it
@@ -364,6 +364,20 @@ def _merged(terms: list[list[tuple[str, LearnedEmbedding, float]]], token: str, 
     metadata = {**_agreed([emb.metadata for _, emb in parts]), "token": token, "vectors": str(total),
                 "merged_from": recipe, "textinv_version": __version__}
     return LearnedEmbedding(token, vectors, metadata)
+
+
+def _sums(term: list[tuple[str, LearnedEmbedding, float]], n: int, names) -> dict[str, torch.Tensor]:
+    """A term's weighted sum, (n, width) for each text encoder in `names`, a part of one vector added to each."""
+    return {name: sum(w * emb.vectors[name].expand(n, -1) for _, emb, w in term) for name in names}
+
+
+def _check_finite(term: list[tuple[str, LearnedEmbedding, float]], sums: dict[str, torch.Tensor]) -> None:
+    """Refuse a term whose sums (`_sums`) hold a vector whose norm is no finite number: a float ends at 3.4e38, so
+    *1e38 gave norms of inf (and inf * 0 is nan)."""
+    if not all(torch.isfinite(t.norm(dim=1)).all() for t in sums.values()):
+        raise ConfigError(f"the term {' + '.join(label for label, _, _ in term)} gives vectors whose norms are no "
+                          "finite number: its weights take them past the largest a float holds (3.4e38); give "
+                          "smaller weights")
 
 
 def _check_one_family(parts: list[tuple[str, LearnedEmbedding]]) -> None:
