@@ -410,6 +410,16 @@ def test_unet_object_weight_weighs_the_objects_latent_pixels_in_the_unet_loss(tm
     assert max((weights[0.0][k] - weights[8.0][k]).abs().max().item() for k in weights[0.0]) > 1e-6
 
 
+@pytest.mark.parametrize("name", ["object_weight", "unet_object_weight"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_loss_weight_that_is_no_finite_number_at_least_0_is_refused(name, value):
+    """`--set unet_object_weight=nan` (or inf) passed the check `< 0` and made every step's loss nan."""
+    from textinv.shapes.pretrain import parse_setting
+
+    with pytest.raises(ConfigError, match=rf"{name} must be a finite number >= 0, got {value}"):
+        PretrainConfig(**dict([parse_setting(f"{name}={value}")]))
+
+
 def test_noise_schedule_is_sd_rescaled_to_zero_terminal_snr_with_trailing_steps():
     """The shapes model's schedule is SD's scaled-linear one with its last timestep moved to pure noise (so the
     background cannot leak through the noisy input's mean), and sampling starts at that last timestep. The first

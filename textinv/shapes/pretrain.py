@@ -152,9 +152,9 @@ class PretrainConfig:
             raise ConfigError(f"vae_posterior must be 'mode' or 'sample', got {self.vae_posterior!r}")
         if self.vae_part not in ("all", "decoder"):
             raise ConfigError(f"vae_part must be 'all' or 'decoder', got {self.vae_part!r}")
-        for name in ("object_weight", "unet_object_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("object_weight", "unet_object_weight"):  # (nan and inf passed `< 0`: every loss was nan)
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
