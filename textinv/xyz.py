@@ -248,7 +248,7 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]
         token, renamed = _shared_token(own, said)
     if token.lower() not in said:
         beside = (" (no --embedding is the axis's: none is one of its files or holds its token, so each is loaded "
-                  f"beside them)" if config.embedding and slot is None else "")
+                  "beside them)" if config.embedding and slot is None else "")
         raise ValueError(f"their token {token!r} is in no --prompt, --negative-prompt or hires prompt, so no cell "
                          f"would draw them{beside}; write it in the prompt, e.g. 'a photo of {token}'")
     if not renamed and not (config.token and slot is None):
