@@ -261,3 +261,27 @@ def test_prompts_as_a_tuple_draw_as_a_list_does(sd1_dir, tmp_path):
     config = GenerateConfig(prompt=("a photo", "a dog"), n=1, steps=1, out=str(tmp_path / "r"))
     assert len(generate(config, model=model, progress=False)) == 2
     assert config.prompt == ("a photo", "a dog")  # (the caller's config as it was)
+
+
+def test_warnings_raised_inside_generate_merge_and_a_plot_name_the_line_that_called_them(sd1_dir, tmp_path):
+    """generate()'s warnings named lines inside textinv (checked_settings' and install_embedding's own callers),
+    merge()'s one inside merge.py, a plot's cells' the line in xyz.py that draws each cell: a warning names the
+    caller's line as train()'s do (`errors.warns_at_caller`), the outermost such call's where one runs another."""
+    from textinv.config import MergeConfig
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.merge import merge
+
+    model = load_model(sd1_dir)
+    long = save_embedding(LearnedEmbedding("<long>", {"text_encoder": torch.randn(80, 32)}), tmp_path / "l.safetensors",
+                          "diffusers")[0]
+    xl = LearnedEmbedding("<xl>", {"text_encoder": torch.randn(1, 32), "text_encoder_2": torch.randn(1, 64)})
+    xl = save_embedding(xl, tmp_path / "xl.safetensors", "sdxl")[0]
+    drawing = dict(prompt=["a cat"], embedding=[str(long)], n=1, steps=1, out=str(tmp_path / "r"))
+    with pytest.warns(UserWarning) as said:
+        generate(GenerateConfig(**drawing), model=model, progress=False)
+        merge(MergeConfig(out=str(tmp_path / "m.pt"), token="<m>", terms=[str(xl)]), model=model)
+        generate(GenerateConfig(**drawing, x="steps=1,2"), model=model, progress=False)
+    messages = "\n".join(str(w.message) for w in said)
+    for what in ("is in no --prompt", "has 80 vectors", "only its clip_l half"):
+        assert what in messages, what
+    assert [(w.filename, w.lineno) for w in said if w.filename != __file__] == []

@@ -64,20 +64,25 @@ _ENTRY_POINTS = set()  # the code of the functions whose caller a warning raised
 
 
 def warns_at_caller(function):
-    """`function` (`train.train`) made one whose caller the warnings raised inside it name (`warn`)."""
+    """`function` (`train.train`, `generate.generate`, `merge.merge`, `xyz.plot`) made one whose caller the warnings
+    raised inside it name (`warn`)."""
     _ENTRY_POINTS.add(function.__code__)
     return function
 
 
 def warn(message, category=None, stacklevel: int = 1) -> None:
     """`warnings.warn`, named at the user's line inside a `warns_at_caller` function: a warning raised anywhere in a
-    `train(...)` (its phases, the picture and kohya readers it calls) names the line that called it, where a fixed
-    `stacklevel` names a line inside textinv at one depth or another. Elsewhere (`find_images` called directly) it is
-    `stacklevel` as `warnings.warn` counts it from the caller. (Python 3.12's `skip_file_prefixes` does the like.)
+    `train(...)` (its phases, the picture and kohya readers it calls) or a `generate(...)` names the line that called
+    it, where a fixed `stacklevel` names a line inside textinv at one depth or another; where one such function runs
+    another (`generate` with an X/Y/Z plot runs `plot`, which runs `generate` for each cell), the outermost's
+    caller. Elsewhere (`find_images` called directly) it is `stacklevel` as `warnings.warn` counts it from the
+    caller. (Python 3.12's `skip_file_prefixes` does the like.)
 
     >>> warn("a note", UserWarning, stacklevel=2)  # doctest: +SKIP
     """
-    frame, level = sys._getframe(1), 1  # (the caller's frame is stacklevel 1 to it)
-    while frame is not None and frame.f_code not in _ENTRY_POINTS:
+    frame, level, found = sys._getframe(1), 1, None  # (the caller's frame is stacklevel 1 to it)
+    while frame is not None:
+        if frame.f_code in _ENTRY_POINTS:
+            found = level
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=(level + 1 if frame is not None else stacklevel) + 1)
+    warnings.warn(message, category, stacklevel=(found + 1 if found is not None else stacklevel) + 1)

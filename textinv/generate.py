@@ -36,7 +36,7 @@ from . import inpaint as inpainting
 from .inpaint import Inpaint
 from .config import REFINER_SWITCH_AT, GenerateConfig, check_refiner_switch, check_side
 from .data import load_image, prepare_image
-from .errors import ConfigError, FormatError, ModelError, TokenError, warn
+from .errors import ConfigError, FormatError, ModelError, TokenError, warn, warns_at_caller
 from .families import FAMILY_NAMES, describe_widths
 from .formats import (BUNDLE_PREFIX, BUNDLE_SEPARATOR, PNG_CHUNK, RECORD_KEY, LearnedEmbedding, ModelSpecWarning,
                       bundled_names, diffusers_file, holds_png_embedding, load_bundled, load_embedding,
@@ -1261,6 +1261,7 @@ def _half_of(half: LearnedEmbedding, whole: LearnedEmbedding) -> bool:
         torch.equal(half.vectors["text_encoder"], v) for v in whole.vectors.values())
 
 
+@warns_at_caller  # (its warnings name the user's line: `errors.warn`)
 def generate(config: GenerateConfig, model: Model | None = None, progress: bool = True,
              keep_seeds: set[int] | None = None, refiner: Model | None = None) -> list[Path]:
     """Write `config.n` images for each prompt (and each picture of an --init-image folder) into `config.out`;

@@ -30,7 +30,7 @@ import torch
 from . import __version__, modelspec
 from .config import MergeConfig
 from .emphasis import CHUNK
-from .errors import ConfigError, FormatError, TokenError, warn
+from .errors import ConfigError, FormatError, TokenError, warn, warns_at_caller
 from .families import describe_widths
 from .formats import LearnedEmbedding, check_writable, describe, format_for, load_embedding, save_embedding
 from .inspect import encoder_lines, word_rows
@@ -238,6 +238,7 @@ def _pair(part) -> tuple[LearnedEmbedding, float]:
                       "e.g. (dog, 0.7), the weight a number")
 
 
+@warns_at_caller  # (its warnings name the user's line: `errors.warn`)
 def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     """`textinv merge`: read every part `config.terms` names, check they fit one another (one family, sums of one
     vector count, slices in range) and write the new embedding to `config.out`, all checks before anything is

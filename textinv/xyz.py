@@ -43,7 +43,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
-from .errors import ConfigError, DeviceMemoryError, TextinvError
+from .errors import ConfigError, DeviceMemoryError, TextinvError, warns_at_caller
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
 from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _model_name, _Where,
                        check_refiner_source, checked_settings, drawing_dtype, drawing_model, generate, make_grid,
@@ -534,6 +534,7 @@ def _check(cell: GenerateConfig) -> None:
 
 # --- drawing -----------------------------------------------------------------------------------------------------
 
+@warns_at_caller  # (its cells' warnings name the user's line: `errors.warn`)
 def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: set[int] | None = None,
          refiner=None) -> list[Path]:
     """Draw the X/Y/Z plot `config.x`, `.y`, `.z` ask for: each cell with `generate` on one model (`model`, or the
