@@ -1087,6 +1087,29 @@ def test_the_hires_pass_counts_on_from_a_second_order_first_pass_by_its_model_ca
     assert np.array_equal(draw("step", "a [cat:dog:10]"), draw("fraction", "a [cat:dog:1.5]"))
 
 
+def test_pictures_drawn_on_copies_of_a_made_sampler_are_those_drawn_on_samplers_made_afresh(sd1_dir, tmp_path,
+                                                                                             monkeypatch):
+    """A sampler is made once and each pass draws on a copy (`samplers._made`): two pictures of a batch, each with
+    a DPM2 a first pass and a DPM++ 2S a hires pass, are bit for bit those of samplers made afresh for every pass."""
+    from textinv import samplers
+
+    model = load_model(sd1_dir)
+
+    def draw(out):
+        paths = generate(GenerateConfig(prompt=["a cat"], out=str(tmp_path / out), n=2, seed=5, steps=3,
+                                        sampler="dpm2_a", hires_scale=1.5, hires_steps=3, hires_sampler="dpm++2s_a",
+                                        model=str(sd1_dir)), model=model, progress=False)
+        return [np.asarray(Image.open(path)) for path in paths]
+
+    copied = draw("copied")
+    monkeypatch.setattr(samplers, "_made", lambda cls, config, options: cls.from_config(config, **options),
+                        raising=False)
+    afresh = draw("afresh")
+    assert len(copied) == 2 and not np.array_equal(*copied)
+    for a, b in zip(copied, afresh, strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_an_img2img_pass_schedules_prompt_editing_over_all_its_steps_from_its_first_as_the_web_ui_does(sd1_dir,
                                                                                                      tmp_path):
     """The web UI schedules an img2img pass's prompt over all of --steps and counts the steps it runs from 0: at 4

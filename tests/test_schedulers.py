@@ -216,3 +216,56 @@ def test_a_restart_img2img_pass_that_would_take_fewer_steps_than_it_runs_is_refu
     with pytest.raises(ValueError, match=f"Restart takes {run - 9} steps, not {run}, on a schedule that starts at "
                                          f"sigma 0.0[0-9]+, below its restart interval"):
         made.set_begin_index(2 * start)
+
+
+def _two_passes(make, kind: str = "epsilon"):
+    """The results of two passes, each on a scheduler `make()` gives: 6 steps from the start, then an img2img pass of
+    4 steps from call 2 (seeded noise for the ancestral steps)."""
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(3)) * 14.0
+    drawn = []
+    for steps, begin, seed in ((6, 0, 1), (4, 2, 2)):
+        scheduler = make()
+        scheduler.set_timesteps(steps)
+        calls = len(scheduler.timesteps) - begin
+        drawn.append(_drawn(scheduler, steps, x, [10.0 / (k + 1) for k in range(calls)], kind, seed, begin)[0])
+    return drawn
+
+
+@pytest.mark.parametrize("name, base", [("dpm2_a", "KDPM2AncestralDiscreteScheduler"),
+                                        ("dpm++2s_a_karras", "KDPM2AncestralDiscreteScheduler"),
+                                        ("dpm2", "KDPM2DiscreteScheduler"), ("restart", "HeunDiscreteScheduler")])
+def test_a_sampler_is_set_up_once_and_each_pass_draws_on_a_copy_of_its_own(monkeypatch, name, base):
+    """Diffusers' DPM2 and DPM2 a set up their tables for every training timestep when made (~0.5 s), Restart plans
+    its steps on them: made again, a sampler is a copy of the first one made, not set up again. Each copy holds its
+    own timesteps, tables and step and begin index, and passes drawn on copies are bit for bit those drawn on
+    schedulers made afresh."""
+    import diffusers
+
+    from textinv import samplers
+
+    monkeypatch.setattr(samplers, "_MADE", {}, raising=False)
+    own = _sd_scheduler()
+    cls = getattr(diffusers, base)
+    set_ups, real = [], cls.set_timesteps
+    monkeypatch.setattr(cls, "set_timesteps", lambda self, *args, **kw: set_ups.append(1) or real(self, *args, **kw))
+    first = scheduler_for(own, name)
+    assert len(set_ups) == 1  # (the class's own set-up, on every training timestep)
+
+    def made_again():
+        before = len(set_ups)
+        made = scheduler_for(own, name)
+        assert len(set_ups) == before  # (a copy: not set up again)
+        return made
+
+    second = made_again()
+    first.set_timesteps(6)
+    first.set_begin_index(2)
+    first._step_index = 3
+    assert (second.step_index, second.begin_index) == (None, None)
+    assert len(second.timesteps) > len(first.timesteps) and len(second.sigmas) > len(first.sigmas)
+    copied = _two_passes(made_again)
+    monkeypatch.setattr(samplers, "_made", lambda cls, config, options: cls.from_config(config, **options),
+                        raising=False)
+    afresh = _two_passes(lambda: scheduler_for(own, name))
+    for a, b in zip(copied, afresh, strict=True):
+        assert torch.equal(a, b)

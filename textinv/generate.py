@@ -376,7 +376,7 @@ def _refiner_span(model: Model, refiner: Refiner, steps: int, sampler: str, deno
 def _refiner_start(model: Model, refiner: Refiner, sampler: str, schedule: int, run: int) -> tuple[int, int]:
     """(the iteration `refiner` takes over at, the iterations) of a pass of `model` that runs the last `run` steps
     of a schedule of `schedule` with `sampler` (`_switch_iteration`)."""
-    scheduler = copy.deepcopy(scheduler_for(model.pipeline.scheduler, sampler))
+    scheduler = scheduler_for(model.pipeline.scheduler, sampler)  # (a copy of its own: set here, not elsewhere)
     scheduler.set_timesteps(schedule)
     iterations = len(scheduler.timesteps) - (schedule - run) * scheduler.order  # (diffusers' img2img get_timesteps)
     if iterations < len(scheduler.timesteps) and hasattr(scheduler, "set_begin_index"):
