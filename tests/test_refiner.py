@@ -552,3 +552,64 @@ def test_the_sdxl_refiner_s_single_file_takes_its_own_configs_not_single_file_co
     save_file({k: torch.zeros(shape) for k, shape in keys.items()}, refiner)
     config = GenerateConfig(prompt=PROMPT, refiner=str(refiner), single_file_config=str(tmp_path), variant="fp16")
     assert _refiner_settings(config) == {"vae": None}  # (the --vae it takes as any refiner does: none here)
+
+
+def _web_ui_switch(made, switch_at: float) -> int:
+    """The model call the web UI's refiner takes over at (sd_samplers_common.apply_refiner) in a DPM2, DPM2 a or
+    DPM++ 2S a pass on the step sigmas `made` holds: each call's sigma as k-diffusion calls the model (a step's
+    second call at its midpoint: sqrt(sigma sigma_next) for sample_dpm_2, sqrt(sigma sigma_down) for the ancestral
+    ones, sigma_down that of get_ancestral_step at eta 1), the training timestep t nearest it, the first call whose
+    (T - 1 - t) / T >= switch_at; the calls if none is."""
+    alphas = made.alphas_cumprod.double()
+    table = ((1 - alphas) / alphas) ** 0.5
+    steps = [float(s) for s in torch.cat([made.sigmas[:1], made.sigmas[1::2]])]
+    steps = steps[:steps.index(0.0) + 1]
+    ancestral = hasattr(made, "sigmas_up")
+    calls = []
+    for sigma, after in zip(steps[:-1], steps[1:]):
+        calls.append(sigma)
+        if after > 0:
+            up = min(after, (after ** 2 * (sigma ** 2 - after ** 2) / sigma ** 2) ** 0.5)
+            calls.append((sigma * ((after ** 2 - up ** 2) ** 0.5 if ancestral else after)) ** 0.5)
+    assert len(calls) == len(made.timesteps)
+    count = len(table)
+    levels = [int(torch.argmin((table - sigma).abs())) for sigma in calls]
+    return next((k for k, t in enumerate(levels) if (count - 1 - t) / count >= switch_at), len(calls))
+
+
+@pytest.mark.parametrize("sampler", ["dpm2", "dpm2_karras", "dpm2_a", "dpm++2s_a_karras"])
+def test_the_refiner_switch_of_a_dpm2_pass_reads_its_midpoint_calls_noise_level(sampler):
+    """DPM2's second call of a step is at the step's midpoint, sqrt(sigma sigma_next), where diffusers' DPM2 table of
+    sigmas holds sigma_next: read from that table, the midpoint call was found past a switch it has not reached, one
+    call early. The switch is the web UI's at every Switch at (DPM2 a's and DPM++ 2S a's midpoint is sigma_next)."""
+    from diffusers import DDIMScheduler
+
+    from textinv.generate import _switch_iteration
+    from textinv.samplers import scheduler_for
+
+    own = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                        set_alpha_to_one=False, timestep_spacing="leading", steps_offset=1)
+    made = scheduler_for(own, sampler)
+    for steps in (7, 20):
+        made.set_timesteps(steps)
+        calls = len(made.timesteps)
+        for switch_at in np.arange(0.02, 1.0, 0.02):
+            assert _switch_iteration(made, calls, switch_at) == _web_ui_switch(made, switch_at), (steps, switch_at)
+
+
+def test_a_dpm2_pass_hands_on_to_the_refiner_at_the_web_uis_call(models):
+    """7 DPM2 steps (13 model calls): the base draws the calls before the web UI's switch, the refiner the rest."""
+    from textinv.samplers import scheduler_for
+
+    model, refiner = models
+    made = scheduler_for(model.pipeline.scheduler, "dpm2")
+    made.set_timesteps(7)
+    switch = _web_ui_switch(made, 0.2)
+    base_calls, refiner_calls = [], []
+    hooks = [_counting(model.unet, base_calls), _counting(refiner.unet, refiner_calls)]
+    try:
+        render(model, PROMPT, [0], steps=7, sampler="dpm2", refiner=Refiner(refiner, 0.2))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert (len(base_calls), len(refiner_calls)) == (switch, 13 - switch)

@@ -843,12 +843,27 @@ def _noise_levels(scheduler, first: int) -> list[int]:
     """Each iteration's (from the `first` of the scheduler's timesteps) training timestep: the one whose sigma is
     nearest the iteration's sigma, where the sampler has sigmas (Euler, DPM++, ...), else its timestep (DDIM)."""
     timesteps = scheduler.timesteps[first:]
-    sigmas = getattr(scheduler, "sigmas", None)
+    sigmas = _call_sigmas(scheduler)
     table = getattr(scheduler, "alphas_cumprod", None)
     if sigmas is None or table is None or len(sigmas) < len(scheduler.timesteps):
         return [int(t) for t in timesteps]
     table = ((1 - table) / table) ** 0.5  # (T,): the training sigmas
     return [int(torch.argmin((table - float(sigma)).abs())) for sigma in sigmas[first:first + len(timesteps)]]
+
+
+def _call_sigmas(scheduler):
+    """The sigma of each of the scheduler's model calls (None: it has no sigmas): its `sigmas`, one a call, but for
+    diffusers' DPM2, whose step's second call, at an odd index, is at the midpoint sqrt(sigma sigma_next) (k-diffusion's
+    sample_dpm_2 calls the model there, and the web UI switches to the refiner on that call's sigma), where its
+    `sigmas` hold the next step's sigma: that call's is in `sigmas_interpol`, at the same index. (DPM2 a's midpoint,
+    and DPM++ 2S a's, between sigma and the ancestral step's sigma_down = sigma_next^2 / sigma, is sigma_next itself,
+    as their `sigmas` hold it.)"""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is None or not hasattr(scheduler, "sigmas_interpol") or hasattr(scheduler, "sigmas_up"):
+        return sigmas
+    calls = sigmas.clone()
+    calls[1::2] = scheduler.sigmas_interpol[1::2]
+    return calls
 
 
 def _also_each_step(kwargs: dict, on_step) -> dict:
