@@ -160,6 +160,51 @@ def test_generate_writes_the_hires_fix_as_the_web_ui_and_again_draws_it_again(sd
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
 
 
+def _web_ui_hires_sampler(fields: dict) -> str | None:
+    """textinv's name for the sampler the web UI redraws a picture's hires pass with, reading its text as its
+    get_hr_sampler_and_scheduler does: the Hires sampler, on the Hires schedule type, else the first pass's Schedule
+    type, else Automatic (the sampler's own)."""
+    from textinv.samplers import from_webui
+
+    schedule = fields.get("Hires schedule type") or fields.get("Schedule type") or "Automatic"
+    return from_webui(fields["Hires sampler"], schedule)
+
+
+def test_the_hires_sampler_is_written_so_the_web_ui_redraws_its_pass_on_the_same_schedule():
+    """For every first pass and hires sampler the web UI has, the text names the hires pass's schedule where the web UI
+    would otherwise take another: Euler on the model's spacing after DPM++ 2M Karras says "Uniform" (the web UI read
+    the first pass's Karras for it). The Hires schedule type is written only where it differs from the Schedule
+    type, as the web UI writes it."""
+    from textinv.samplers import SAMPLERS, webui_hires_names, webui_names
+
+    assert webui_hires_names("euler", "dpm++2m_karras") == ("Euler", "Uniform")
+    for first in SAMPLERS:
+        written = webui_names(first) or (None, None)
+        for name in SAMPLERS:
+            names = webui_hires_names(name, first)
+            if names is None:
+                assert webui_names(name) is None
+                continue
+            fields = {"Sampler": written[0], "Schedule type": written[1], "Hires sampler": names[0],
+                      "Hires schedule type": names[1]}
+            assert _web_ui_hires_sampler(fields) == name, (first, name)
+            assert names[1] is None or names[1] != written[1], (first, name)
+
+
+def test_generate_writes_a_hires_sampler_on_the_models_spacing_after_a_karras_first_pass(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    config = GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                            out=str(tmp_path / "a"), sampler="dpm++2m_karras", hires_scale=1.5, hires_sampler="euler")
+    path = generate(config, progress=False)[0]
+    text = Image.open(path).text["parameters"]
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in text
+    assert "Hires sampler: Euler, Hires schedule type: Uniform" in text
+    fields = dict(part.split(": ", 1) for part in text.splitlines()[-1].split(", ") if ": " in part)
+    assert _web_ui_hires_sampler(fields) == "euler"
+    assert again_config(path, {"out": str(tmp_path / "b"), "model": str(sd1_dir)})[0].hires_sampler == "euler"
+
+
 def test_again_reads_a_web_ui_pictures_hires_fix(sd1_dir, tmp_path):
     from textinv.again import again_config
 

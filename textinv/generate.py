@@ -49,7 +49,7 @@ from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_dif
                      source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
-from .samplers import check_pass, scheduler_for, step_multiplier, webui_names
+from .samplers import check_pass, scheduler_for, step_multiplier, webui_hires_names, webui_names
 from .tokens import add_tokens, check_new_token, expand_prompt, scratch_tokens, token_names, tokenizer_copy
 
 DEFAULT_STEPS = 25
@@ -2651,7 +2651,8 @@ def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | Non
     if hires.steps:
         params["hires_steps"] = hires.steps
     if hires.sampler and hires.sampler != config.sampler:
-        params["hires_sampler"], params["hires_schedule"] = webui_names(hires.sampler) or (None, None)
+        params["hires_sampler"], params["hires_schedule"] = (webui_hires_names(hires.sampler, config.sampler)
+                                                             or (None, None))
     if config.hires_prompt and config.hires_prompt != prompt:
         params["hires_prompt"] = config.hires_prompt
     if config.hires_negative_prompt and config.hires_negative_prompt != config.negative_prompt:

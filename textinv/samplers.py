@@ -3,9 +3,10 @@ and kohya's names for the same, and the diffusers scheduler each is made as (`sc
 
 A name is a base sampler ("dpm++2m") or a base and its sigma schedule ("dpm++2m_karras"). The web UI (1.9 on) writes
 the two apart, `Sampler: DPM++ 2M, Schedule type: Karras`, and reads its older one-name form, "DPM++ 2M Karras", as
-the same; `webui_names` and `from_webui` translate both ways, `from_comfy` reads ComfyUI's sampler and scheduler. Its "Automatic" schedule is each sampler's own choice
-(Karras for DPM++ 2M, Exponential for the SDE ones, the model's own spacing for Euler), so a picture drawn on the
-model's spacing with a sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
+the same; `webui_names` (`webui_hires_names` for the hires fix's) and `from_webui` translate both ways, `from_comfy`
+reads ComfyUI's sampler and scheduler. Its "Automatic" schedule is each sampler's own choice (Karras for DPM++ 2M,
+Exponential for the SDE ones, the model's own spacing for Euler), so a picture drawn on the model's spacing with a
+sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
 
 Each is set as the web UI runs it where diffusers' defaults differ: a sigma schedule spans the model's whole noise
 range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), and
@@ -144,6 +145,28 @@ def webui_names(name: str) -> tuple[str, str | None] | None:
         return BASES[base].label, SCHEDULES[schedule][0]
     # the web UI's "Automatic" (what it reads when no schedule is written) would give this sampler its own choice
     return BASES[base].label, "Uniform" if BASES[base].automatic else None
+
+
+def webui_hires_names(name: str, first: str) -> tuple[str, str | None] | None:
+    """The web UI's `Hires sampler` and `Hires schedule type` for hires sampler `name` after a first pass of sampler
+    `first` (None: not written), or None when the web UI has no such sampler. The web UI writes the hires schedule
+    only where it differs from the first pass's `Schedule type` and reads none as that one, so a sampler on the
+    model's spacing (Euler, Heun, ...) after a first pass on a sigma schedule says "Uniform" (the web UI's name for
+    the model's spacing), or the web UI would redraw its pass on the first pass's schedule.
+
+    >>> webui_hires_names("euler", "dpm++2m_karras"), webui_hires_names("euler", "euler_a")
+    (('Euler', 'Uniform'), ('Euler', None))
+    >>> webui_hires_names("dpm++2m", "euler_a"), webui_hires_names("heun_karras", "dpm++2m_karras")
+    (('DPM++ 2M', 'Uniform'), ('Heun', None))
+    """
+    names = webui_names(name)
+    if names is None:
+        return None
+    sampler, schedule = names
+    before = (webui_names(first) or (None, None))[1]
+    if schedule is None and before not in (None, "Uniform"):
+        schedule = "Uniform"
+    return sampler, None if schedule == before else schedule
 
 
 def from_webui(sampler: str, schedule: str | None, first: str | None = None) -> str | None:
