@@ -756,3 +756,11 @@ def test_step_memory_works_out_a_model_of_ones_own(sd2_dir, capsys, monkeypatch)
     assert out.startswith(f"{model.source} at {model.resolution}x{model.resolution}, bf16: frozen weights ")
     assert set(seen) == {("v_prediction", model.widths, model.resolution)}  # (its own architecture, not --arch's)
     assert [line.split()[:2] for line in out.splitlines()[2:]] == [["no", "1"], ["yes", "1"]]
+
+
+def test_sampler_setup_prints_a_row_per_sampler(capsys):
+    from benchmarks import sampler_setup
+
+    assert sampler_setup.main(["--samplers", "euler", "dpm2_a", "--repeat", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| euler", "| dpm2_a"]
