@@ -447,6 +447,22 @@ def test_comfy_emphasis_reads_comfyuis_prompt_syntax():
         comfy_syntax("(x:inf)")
 
 
+def test_comfy_emphasis_reads_each_bracket_as_words_of_its_own(sd1_dir):
+    """ComfyUI tokenizes each bracket's text on its own (comfy/sd1_clip.py, tokenize_with_weights), so `(red)(car)`
+    is the words red and car; the web UI's syntax joins neighbours of one weight into one text, `redcar`, other
+    tokens."""
+    from textinv.emphasis import comfy_syntax, comfy_token_chunks, parse
+
+    tok = load_model(sd1_dir).tokenizer
+    words = tok("red", add_special_tokens=False).input_ids + tok("car", add_special_tokens=False).input_ids
+    assert tok("redcar", add_special_tokens=False).input_ids != words  # (else the test would not tell)
+    for prompt in ["(red)(car)", "red(car:1)", "(red:1.2)((car:1.2))"]:
+        ids, _ = comfy_token_chunks(tok, comfy_syntax(prompt))[0]
+        assert ids[1:len(words) + 2] == words + [tok.eos_token_id], prompt
+    assert comfy_syntax("(red) car") == "(red:1.1) car"  # (a space there already: none added)
+    assert parse(comfy_syntax("(red:1.2)(car:1.200001)")) == [("red", 1.2), (" ", 1.0), ("car", 1.2)]
+
+
 def test_comfy_emphasis_cuts_a_long_prompt_into_chunks_as_comfyui_does(sd1_dir):
     """ComfyUI cuts a prompt word by word (comfy/sd1_clip.py, tokenize_with_weights): a chunk takes up to 75 tokens
     with no look back for a comma, a word that does not fit goes whole into the next chunk, one of 8 tokens or more

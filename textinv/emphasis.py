@@ -197,15 +197,19 @@ def comfy_syntax(prompt: str) -> str:
     >>> comfy_syntax("a ((red:1.3)) car, [dull] (sky) BREAK")
     'a (red:1.3) car, \\\\[dull\\\\] (sky:1.1) break'
     """
-    pieces = []
+    pieces, last = [], None
     for text, weight in _comfy_weights(prompt.replace("\\(", "\0\2").replace("\\)", "\0\1"), 1.0):
         text = re.sub(r"([\\()\[\]])", r"\\\1", text.replace("\0\2", "(").replace("\0\1", ")"))
         text = _BREAK_WORD.sub("break", text)
         if weight != 1.0 and not math.isfinite(weight):
             raise ConfigError(f"{prompt[:60]!r} weighs {text!r} at {weight}, which ComfyUI reads from its (words:N): "
                               f"write N as a number")
+        if round(weight, 5) == last and pieces and not (pieces[-1][-1:].isspace() or text[:1].isspace()):
+            # ComfyUI tokenizes each bracket's text apart; the web UI's syntax would join the two into one word
+            pieces.append(" ")
         # (in digits: the web UI's syntax reads no exponent, 1e-3)
         pieces.append(text if weight == 1.0 else f"({text}:{f'{weight:.6f}'.rstrip('0').rstrip('.')})")
+        last = round(weight, 5)  # (as `parse` reads it)
     return "".join(pieces)
 
 
