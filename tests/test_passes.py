@@ -464,10 +464,11 @@ def test_comfy_emphasis_reads_each_bracket_as_words_of_its_own(sd1_dir):
 
 
 def test_comfy_emphasis_cuts_a_long_prompt_into_chunks_as_comfyui_does(sd1_dir):
-    """ComfyUI cuts a prompt word by word (comfy/sd1_clip.py, tokenize_with_weights): a chunk takes up to 75 tokens
-    with no look back for a comma, a word that does not fit goes whole into the next chunk, one of 8 tokens or more
-    is split, and an embedding's vectors stay together. The web UI's cut (after a comma among a chunk's last 20
-    tokens) was used."""
+    """ComfyUI cuts a prompt by its pieces (comfy/sd1_clip.py, tokenize_with_weights: each bracket's text, cut before
+    each embedding): a chunk takes up to 75 tokens with no look back for a comma, a piece that does not fit goes whole
+    into the next chunk, one of 8 tokens or more fills the chunk and goes on in the next, and an embedding's vectors
+    are a piece of their own. The web UI's cut (after a comma among a chunk's last 20 tokens) was used, then one word
+    by word (ComfyUI's before it tokenized a piece whole: a long prompt's last word was moved, not split)."""
     from textinv.emphasis import comfy_token_chunks
     from textinv.generate import _layout
 
@@ -479,7 +480,10 @@ def test_comfy_emphasis_cuts_a_long_prompt_into_chunks_as_comfyui_does(sd1_dir):
     large = tok("supercalifragilistic", add_special_tokens=False).input_ids  # (18)
     end = [tok.eos_token_id]
     for prompt, first, second in [("dog " * 70 + ", " + "cat " * 10, dog * 70 + comma + cat * 4, cat * 6),
-                                  ("dog " * 72 + "photograph", dog * 72, word),
+                                  ("dog " * 72 + "photograph", dog * 72 + word[:3], word[3:]),
+                                  ("dog " * 72 + "(photograph:1.2)", dog * 72, word),
+                                  ("dog " * 70 + "<q> <q>_1 <q>_2 " + "cat " * 10, dog * 70 + q + cat * 2, cat * 8),
+                                  ("dog " * 73 + "<q> <q>_1 <q>_2 " + "cat " * 8, dog * 73, q + cat * 8),
                                   ("dog " * 70 + "supercalifragilistic", dog * 70 + large[:5], large[5:]),
                                   ("dog " * 73 + "<q> <q>_1 <q>_2", dog * 73, q)]:
         (ids, _), (more, _) = comfy_token_chunks(tok, prompt)

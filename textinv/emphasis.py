@@ -575,40 +575,42 @@ def _chunk(tokenizer, ids: list[int], weights: list[float]) -> tuple[list[int], 
 
 def comfy_token_chunks(tokenizer, prompt: str) -> list[tuple[list[int], list[float]]]:
     """`prompt` (in the web UI's syntax, as `comfy_syntax` writes it) cut into chunks of 77 ids as ComfyUI's
-    CLIPTextEncode cuts it (comfy/sd1_clip.py, tokenize_with_weights): word by word (the text between spaces; a
-    learned token's vectors are one word, as ComfyUI's embedding:NAME is), each into the chunk if it has room, else
-    whole into the next one, this one padded; a word of 8 tokens or more fills the chunk and goes on in the next. No
-    comma is looked back for, as `token_chunks` does."""
-    words: list[list[tuple[int, float]]] = []
-    for text, weight in parse(prompt):
-        for word in text.split():
-            tokens = tokenizer(word, add_special_tokens=False, verbose=False).input_ids
-            if words and tokens and _continues(tokenizer, [t for t, _ in words[-1]], tokens):
-                words[-1] += [(t, weight) for t in tokens]
-            elif tokens:
-                words.append([(t, weight) for t in tokens])
+    CLIPTextEncode cuts it (comfy/sd1_clip.py, tokenize_with_weights): piece by piece (`_comfy_pieces`), each into
+    the chunk if it has room, else whole into the next one, this one padded; a piece of 8 tokens or more fills the
+    chunk and goes on in the next. No comma is looked back for, as `token_chunks` does."""
     chunks: list[tuple[list[int], list[float]]] = []
     ids: list[int] = []
     weights: list[float] = []
-    for word in words:
-        large = len(word) >= 8
-        while word:
-            if len(ids) + len(word) <= CHUNK:
-                ids, weights, word = ids + [t for t, _ in word], weights + [w for _, w in word], []
+    for piece, weight in _comfy_pieces(tokenizer, prompt):
+        large = len(piece) >= 8
+        while piece:
+            if len(ids) + len(piece) <= CHUNK:
+                ids, weights, piece = ids + piece, weights + [weight] * len(piece), []
                 continue
             if large:  # (its first tokens fill the chunk)
                 room = CHUNK - len(ids)
-                ids, weights = ids + [t for t, _ in word[:room]], weights + [w for _, w in word[:room]]
-                word = word[room:]
+                ids, weights, piece = ids + piece[:room], weights + [weight] * room, piece[room:]
             chunks.append(_chunk(tokenizer, ids, weights))
             ids, weights = [], []
     return chunks + [_chunk(tokenizer, ids, weights)] if ids or not chunks else chunks
 
 
-def _continues(tokenizer, word: list[int], tokens: list[int]) -> bool:
-    """Whether `tokens` are the next vector of the learned token `word` begins with (`<t> <t>_1 ...`)."""
-    return len(tokens) == 1 and word[0] >= tokenizer.vocab_size and tokenizer.convert_ids_to_tokens(tokens[0]) == (
-        f"{tokenizer.convert_ids_to_tokens(word[0])}_{len(word)}")
+def _comfy_pieces(tokenizer, prompt: str) -> list[tuple[list[int], float]]:
+    """The ids ComfyUI keeps together when it cuts `prompt` into chunks, and their weight: each weighted text's, cut
+    before and after each learned token (`<t> <t>_1 ...`, as ComfyUI's embedding:NAME is a piece of its own). Its
+    older versions cut a text into words (split at spaces) and kept each word together instead."""
+    pieces = []
+    for text, weight in parse(prompt):
+        tokens = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+        i = 0
+        while i < len(tokens):
+            n = _learned_token_length(tokenizer, tokens, i)
+            if n == 1 and tokens[i] < tokenizer.vocab_size:  # (words up to the next learned token)
+                while i + n < len(tokens) and tokens[i + n] < tokenizer.vocab_size:
+                    n += 1
+            pieces.append((tokens[i:i + n], weight))
+            i += n
+    return pieces
 
 
 def _learned_token_length(tokenizer, tokens: list[int], i: int) -> int:
