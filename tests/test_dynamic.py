@@ -120,6 +120,18 @@ def test_bad_variables_are_refused_naming_the_fix(wildcards, template, message):
         dynamic.jobs([template], "", [0], str(wildcards))
 
 
+def test_double_underscores_before_a_variable_are_text_where_no_wildcard_is_closed(wildcards):
+    """A wildcard named by a variable is refused only where dynamicprompts reads one: `__`, a name not starting with a
+    space, its variables, and a closing `__` (a name may hold spaces since it is read as there); `snake_case__ and
+    ${s}` is text and a variable, as it was before names held spaces."""
+    for template, drawn in [("snake_case__ and ${s=x} ${s}", "snake_case__ and  x"),
+                            ("tail__ x ${v=1}y__z", "tail__ x y__z"), ("my__var ${v=1} here", "my__var  here")]:
+        assert [j.prompt for j in dynamic.jobs([template], "", [0], str(wildcards))] == [drawn]
+    for template in ["${s=cold}__colors/${s}__", "${s=cold}__${s} colors__", "${s=cold}__my colors/${s}__"]:
+        with pytest.raises(ConfigError, match="is named by a variable"):
+            dynamic.jobs([template], "", [0], str(wildcards))
+
+
 def test_a_variable_or_wildcard_refused_names_the_prompt_it_is_in(wildcards):
     with pytest.raises(ConfigError, match=r"^--prompt 'b \$\{s\}': \$\{s\} is used where no"):
         dynamic.jobs(["a", "b ${s}"], "", [0])

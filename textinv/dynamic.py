@@ -42,7 +42,9 @@ MAX_STRUCTURED = 1_000_000  # the most keys and options a YAML or JSON wildcard 
 
 _PATH = r"[\w\-./*](?:[\w\-./* ]*?[\w\-./*])??"  # a wildcard's name: spaces inside it, as dynamicprompts reads it
 _WILDCARD = re.compile(rf"__([~!@]?)({_PATH})(?:\(([^()]*)\))?__")  # `__name__`, `__@name(var=value, ...)__`
-_NAMED_BY_VARIABLE = re.compile(r"__[~!@]?[\w\-./* ]*\$\{")  # `__colors/${season}__`
+_VARIABLE_IN_NAME = r"\$\{(?:[^{}]|\{[^{}]*\})*\}"  # `${season}`, `${season:{a|b}}`
+_NAMED_BY_VARIABLE = re.compile(  # `__colors/${season}__`: a name not starting with a space, then a closing `__`
+    rf"__[~!@]?(?:[\w\-./*][\w\-./* ]*)?{_VARIABLE_IN_NAME}(?:[\w\-./* ]|{_VARIABLE_IN_NAME})*__")
 _PARENTHESES_IN_VARIABLES = re.compile(rf"__[~!@]?({_PATH})\((?:[^()]*,)?\s*([\w-]+)\s*=\s*(\(.*?\))\)__")
 _SAMPLER = re.compile(r"\s*([~!@])")  # `{~a|b}`: a variant's (or a wildcard's) own sampler
 _NAME = r"[A-Za-z_-][A-Za-z0-9_-]*"  # a variable's name: letters, digits, _ and -, not a digit first
