@@ -2628,8 +2628,8 @@ def test_again_follows_a_comfyui_prompt_to_a_primitive_and_asks_for_one_it_canno
 
 def test_again_refuses_a_comfyui_graph_it_cannot_follow_naming_the_file(tmp_path):
     """A graph whose saved picture comes from no KSampler (a custom sampler), one with no save node, a 'prompt' text
-    that is no JSON and a PNG with ComfyUI's layout alone are refused naming the file and why. A ComfyUI picture
-    given as --embedding is pointed to --again, as the web UI's is."""
+    that is no JSON and a PNG whose layout alone (its 'workflow') holds no nodes are refused naming the file and why.
+    A ComfyUI picture given as --embedding is pointed to --again, as the web UI's is."""
     import json
 
     from PIL.PngImagePlugin import PngInfo
@@ -2651,12 +2651,145 @@ def test_again_refuses_a_comfyui_graph_it_cannot_follow_naming_the_file(tmp_path
     info = PngInfo()
     info.add_text("workflow", json.dumps({"nodes": [], "links": []}))
     Image.new("RGB", (8, 8)).save(tmp_path / "layout.png", pnginfo=info)
-    with pytest.raises(ConfigError, match=r"layout.png holds no generation settings .*\(its ComfyUI 'workflow' text "
-                                          r"is the editor's layout: ComfyUI saves the graph it ran beside it, as "
-                                          r"'prompt', which this file lacks\)"):
+    with pytest.raises(ConfigError, match=r"layout.png: .*and it has no SaveImage or PreviewImage node"):
         read_picture(tmp_path / "layout.png")
     with pytest.raises(FormatError, match=r"drawn picture .*textinv generate --again .*drawn\.png"):
         load_embedding(_comfy_picture(tmp_path / "drawn.png", _comfy_graph()))
+
+
+def _comfy_lora_graph():
+    """The default graph (`_comfy_graph`) with clip skip 2 (CLIPSetLastLayer node 10) and a LoRA (LoraLoader node
+    11) on its model and CLIP, in the API format."""
+    graph = _comfy_graph()
+    graph.update({
+        "10": {"class_type": "CLIPSetLastLayer", "inputs": {"stop_at_clip_layer": -2, "clip": ["4", 1]}},
+        "11": {"class_type": "LoraLoader", "inputs": {"lora_name": "film.safetensors", "strength_model": 1.0,
+                                                      "strength_clip": 0.5, "model": ["4", 0], "clip": ["10", 0]}},
+    })
+    graph["3"]["inputs"]["model"] = ["11", 0]
+    graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["11", 1]
+    return graph
+
+
+def _comfy_editor_workflow():
+    """`_comfy_lora_graph` as ComfyUI's editor saves it ("Save", a PNG's 'workflow'): nodes with their widgets_values
+    (KSampler's control_after_generate after its seed) and links [id, from node, from slot, to node, to slot, type].
+    Its seed comes from a Primitive (node 20), its model through a Reroute (21), the negative prompt's CLIP through a
+    bypassed LoRA (12); a muted ControlNetLoader (14) and a note (13) are not in the graph ComfyUI runs."""
+    def node(id, type, widgets, inputs=(), outputs=(), mode=0):
+        return {"id": id, "type": type, "mode": mode, "widgets_values": widgets,
+                "inputs": [{"name": name, "type": kind, "link": link, **({"widget": {"name": name}} if widget else {})}
+                           for name, kind, link, widget in inputs],
+                "outputs": [{"name": kind.lower(), "type": kind} for kind in outputs]}
+
+    nodes = [
+        node(3, "KSampler", [1234, "randomize", 2, 6.5, "dpmpp_2m", "karras", 1.0],
+             [("model", "MODEL", 1, False), ("positive", "CONDITIONING", 2, False),
+              ("negative", "CONDITIONING", 3, False), ("latent_image", "LATENT", 4, False), ("seed", "INT", 5, True)],
+             ["LATENT"]),
+        node(4, "CheckpointLoaderSimple", ["sd15/v1-5-pruned-emaonly.safetensors"], (), ["MODEL", "CLIP", "VAE"]),
+        node(5, "EmptyLatentImage", [24, 16, 1], (), ["LATENT"]),
+        node(6, "CLIPTextEncode", ["a (red:1.2) cat embedding:zz"], [("clip", "CLIP", 6, False)], ["CONDITIONING"]),
+        node(7, "CLIPTextEncode", ["blurry"], [("clip", "CLIP", 7, False)], ["CONDITIONING"]),
+        node(8, "VAEDecode", [], [("samples", "LATENT", 8, False), ("vae", "VAE", 9, False)], ["IMAGE"]),
+        node(9, "SaveImage", ["ComfyUI"], [("images", "IMAGE", 10, False)]),
+        node(10, "CLIPSetLastLayer", [-2], [("clip", "CLIP", 11, False)], ["CLIP"]),
+        node(11, "LoraLoader", ["film.safetensors", 1.0, 0.5], [("model", "MODEL", 12, False),
+                                                                ("clip", "CLIP", 13, False)], ["MODEL", "CLIP"]),
+        node(12, "LoraLoader", ["ghibli.safetensors", 0.8, 0.8], [("model", "MODEL", None, False),
+                                                                  ("clip", "CLIP", 14, False)], ["MODEL", "CLIP"],
+             mode=4),
+        node(13, "Note", ["the cat prompt"]),
+        node(14, "ControlNetLoader", ["canny.safetensors"], (), ["CONTROL_NET"], mode=2),
+        node(20, "PrimitiveNode", [1234, "fixed"], (), ["INT"]),
+        node(21, "Reroute", [], [("", "*", 15, False)], ["MODEL"]),
+    ]
+    links = [[1, 21, 0, 3, 0, "MODEL"], [2, 6, 0, 3, 1, "CONDITIONING"], [3, 7, 0, 3, 2, "CONDITIONING"],
+             [4, 5, 0, 3, 3, "LATENT"], [5, 20, 0, 3, 4, "INT"], [6, 11, 1, 6, 0, "CLIP"], [7, 12, 1, 7, 0, "CLIP"],
+             [8, 3, 0, 8, 0, "LATENT"], [9, 4, 2, 8, 1, "VAE"], [10, 8, 0, 9, 0, "IMAGE"], [11, 4, 1, 10, 0, "CLIP"],
+             [12, 4, 0, 11, 0, "MODEL"], [13, 10, 0, 11, 1, "CLIP"], [14, 11, 1, 12, 1, "CLIP"],
+             [15, 11, 0, 21, 0, "MODEL"]]
+    return {"last_node_id": 21, "last_link_id": 15, "nodes": nodes, "links": links, "groups": [], "version": 0.4}
+
+
+def test_again_reads_a_comfyui_workflow_file_in_either_format_as_the_picture_it_drew(sd1_dir, tmp_path):
+    """ComfyUI saves a workflow as a .json file, in its API format ("Save (API Format)": the picture's 'prompt'
+    graph) or the editor's ("Save": nodes with their widgets_values, and links); a picture may hold the editor's
+    alone (its 'workflow'). --again took each for a picture and refused it ("cannot read it as a picture", "holds no
+    generation settings"): each is read, to the same settings as the picture the graph drew."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import holds_settings, read_picture
+    from textinv.cli import main
+    from textinv.comfy_workflow import api_graph
+
+    # (the Primitive's seed, the Reroute and the bypassed LoRA passed through, the note and the muted node dropped)
+    assert api_graph(_comfy_editor_workflow(), tmp_path / "editor.json") == _comfy_lora_graph()
+    drawn = read_picture(_comfy_picture(tmp_path / "drawn.png", _comfy_lora_graph()))
+    (tmp_path / "api.json").write_text(json.dumps(_comfy_lora_graph()))
+    (tmp_path / "editor.json").write_text(json.dumps(_comfy_editor_workflow()))
+    info = PngInfo()
+    info.add_text("workflow", json.dumps(_comfy_editor_workflow()))
+    Image.new("RGB", (24, 16)).save(tmp_path / "layout.png", pnginfo=info)
+    webp = Image.new("RGB", (24, 16))  # (SaveAnimatedWEBP's layout: the EXIF Make tag, "workflow:{...}")
+    exif = webp.getexif()
+    exif[0x010F] = "workflow:" + json.dumps(_comfy_editor_workflow())
+    webp.save(tmp_path / "layout.webp", exif=exif)
+    assert drawn.settings["clip_skip"] == 2 and drawn.settings["seed"] == 1234
+    assert drawn.settings["prompt"] == ["a (red:1.2) cat embedding:zz <lora:film:0.5:1>"]
+    for name in ("api.json", "editor.json", "layout.png", "layout.webp"):
+        picture = read_picture(tmp_path / name)
+        assert (picture.origin, picture.settings, list(picture.needs)) == ("comfyui", drawn.settings, ["model"]), name
+    assert holds_settings(tmp_path / "layout.png")
+    with pytest.warns(UserWarning, match=r"editor.json: its LoRAs are drawn by the tags <lora:film:0.5:1>"):
+        assert main(["generate", "--again", str(tmp_path / "editor.json"), "--model", str(sd1_dir), "--prompt",
+                     "a cat", "--out", str(tmp_path / "r")]) == 0
+    (redrawn,) = (tmp_path / "r").iterdir()
+    settings = json.loads(Image.open(redrawn).text["textinv_settings"])["settings"]
+    assert (settings["seed"], settings["steps"], settings["clip_skip"], Image.open(redrawn).size) == (1234, 2, 2,
+                                                                                                     (24, 16))
+    # without a picture, a size the graph does not say is asked for (a picture's is the size drawn)
+    graph = _comfy_hires_graph()
+    graph["3"]["inputs"]["latent_image"] = ["11", 0]
+    (tmp_path / "loop.json").write_text(json.dumps(graph))
+    picture = read_picture(tmp_path / "loop.json")
+    assert "width" not in picture.settings
+    assert any("does not say the size KSampler node 11 drew at (it did not start from an EmptyLatentImage, and a "
+               "workflow file holds no picture): give --width and --height" in note for note in picture.notes)
+
+
+def test_again_refuses_a_comfyui_workflow_file_it_cannot_read_naming_it(tmp_path, capsys):
+    """A .json that is no JSON, JSON that is neither of ComfyUI's formats, an editor's workflow with a node type
+    textinv cannot translate (its widgets' order is its own) or with other widgets than its type's: each refused
+    naming the file, the node and the fix, before anything loads."""
+    import json
+
+    from textinv.again import read_picture
+    from textinv.cli import main
+
+    (tmp_path / "broken.json").write_text('{"nodes": [')
+    (tmp_path / "other.json").write_text(json.dumps({"settings": {"seed": 1}}))
+    unknown = _comfy_editor_workflow()
+    unknown["nodes"].append({"id": 15, "type": "ControlNetApply", "mode": 0, "widgets_values": [1.0], "inputs": []})
+    (tmp_path / "unknown.json").write_text(json.dumps(unknown))
+    short = _comfy_editor_workflow()
+    short["nodes"][0]["widgets_values"] = [1234, 2, 6.5, "dpmpp_2m", "karras", 1.0]  # (no control_after_generate)
+    (tmp_path / "short.json").write_text(json.dumps(short))
+    cases = [("broken.json", r"broken.json: cannot read it as a ComfyUI workflow's JSON"),
+             ("other.json", r"other.json is no ComfyUI workflow: neither the editor's format \(ComfyUI's \"Save\": "
+                            r"\"nodes\" and \"links\"\) nor the API format"),
+             ("unknown.json", r"unknown.json: its ComfyUI workflow \(the editor's format\) has a ControlNetApply node "
+                              r"\(15\), which textinv cannot translate into the graph ComfyUI runs: export the "
+                              r"workflow with ComfyUI's \"Save \(API Format\)\" and give that file"),
+             ("short.json", r"short.json: its ComfyUI workflow's KSampler node \(3\) holds 6 widget values, where "
+                            r"textinv reads 7 \(seed, control_after_generate, steps, .*\"Save \(API Format\)\"")]
+    for name, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            read_picture(tmp_path / name)
+    assert main(["generate", "--again", str(tmp_path / "unknown.json")]) == 2
+    assert "ControlNetApply node (15)" in capsys.readouterr().err
 
 
 def test_again_tells_a_training_runs_folder_retrained_since(sd1_dir, tmp_path):

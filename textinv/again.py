@@ -23,7 +23,9 @@ What a picture's text can hold, and how each is read:
   the model must be given (--model), and a sampler textinv does not have must be chosen (--sampler).
   The web UI's JPEG, WebP and AVIF keep the same text in their EXIF UserComment, read alike.
 - ComfyUI's graph, its `prompt` text (the API format: {node id: {"class_type", "inputs"}}, an input from another node
-  a link [node id, output index]; its `workflow` text is the editor's layout, not read). From the saved picture its
+  a link [node id, output index]; its `workflow` text, the editor's layout, is translated into it where the
+  `prompt` is missing, `comfy_workflow`), or a workflow saved as a .json file, in either format
+  (`_from_comfy_file`). From the saved picture its
   links are followed back through VAEDecode to the KSampler or KSamplerAdvanced it comes from (of several samplers,
   that one; the others are named; a hires fix's two passes are read as textinv's hires fix, its first pass's
   settings the drawing's: `_comfy_hires`; an img2img from a LoadImage as textinv's, its steps counted as textinv
@@ -56,6 +58,7 @@ from . import __version__
 from .config import GenerateConfig, build, typed_settings
 from .dynamic import literal
 from .emphasis import as_words, lora_tags
+from .comfy_workflow import api_graph, is_api_graph, is_editor_workflow
 from .errors import ConfigError, warn
 from .formats import PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, on_disk, split_bundle
 from .generate import (HIRES_SETTINGS, MASK_SETTINGS, file_digest, file_sha256, folder_embeddings,
@@ -242,13 +245,16 @@ def _replaced(flags: dict[str, Any], settings: dict[str, Any]) -> set[str]:
 def read_picture(path: str | Path) -> Picture:
     """The settings in a picture's PNG text: textinv's record, else an older textinv's per-key text, else the A1111 web
     UI's `parameters`, else ComfyUI's graph (its `prompt` text, a WebP's EXIF Model tag); else the web UI's text in its
-    EXIF UserComment (how it saves a JPEG, WebP or AVIF). A file without any of them, an A1111 embedding PNG, and a
-    file that is no picture are refused."""
+    EXIF UserComment (how it saves a JPEG, WebP or AVIF); else ComfyUI's editor layout (its `workflow`). A .json file
+    is a ComfyUI workflow (`_from_comfy_file`). A file without any of them, an A1111 embedding PNG, and a file that is
+    no picture are refused."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--again {path}: no such file; give a picture that textinv, the web UI or ComfyUI drew")
+    if path.suffix.lower() == ".json":
+        return _from_comfy_file(path)
     try:
         with Image.open(path) as image:
             text = {**_comfy_exif(image), **(getattr(image, "text", None) or {})}  # (a PNG's own text first)
@@ -273,16 +279,17 @@ def read_picture(path: str | Path) -> Picture:
     parameters = web_ui_parameters(comment)
     if parameters:
         return _from_a1111(path, parameters)
+    workflow = _json_object(text.get("workflow"))
+    if is_editor_workflow(workflow):  # (the editor's layout alone: the graph it ran, translated from it)
+        return _from_comfyui(path, json.dumps(api_graph(workflow, path)), size)
     comment = decode_user_comment(comment) if comment is not None else ""
     if comment:  # a camera's or an editor's comment: no "Steps: .., Seed: .." line
         shown = comment if len(comment) <= 60 else comment[:57] + "..."
         raise ConfigError(f"--again {path}: its EXIF UserComment {shown!r} is not the web UI's generation "
                           f"parameters (no 'Steps: ..., Seed: ...' line): give a picture that textinv, the web UI or "
                           f"ComfyUI drew")
-    layout = (" (its ComfyUI 'workflow' text is the editor's layout: ComfyUI saves the graph it ran beside it, as "
-              "'prompt', which this file lacks)" if "workflow" in text else "")
     raise ConfigError(f"--again {path} holds no generation settings (no textinv record, no A1111 'parameters' text, "
-                      f"no ComfyUI 'prompt' graph, no EXIF UserComment){layout}: give a picture that textinv, the web "
+                      f"no ComfyUI 'prompt' graph, no EXIF UserComment): give a picture that textinv, the web "
                       f"UI or ComfyUI drew, with its metadata kept (some editors and sites remove it, and textinv's "
                       f"--metadata none writes none)")
 
@@ -291,7 +298,8 @@ def has_settings(text: dict[str, str], comment: bytes | None) -> bool:
     """Whether a picture's PNG text or EXIF UserComment (`formats.exif_comment`) holds generation settings of a kind
     `read_picture` reads, readable or not: what tells a drawn picture from a photo (`formats`, `textinv inspect`)."""
     return (RECORD_KEY in text or ("textinv_version" in text and "prompt" in text) or "parameters" in text
-            or comfy_graph(text) is not None or web_ui_parameters(comment) is not None)
+            or comfy_graph(text) is not None or web_ui_parameters(comment) is not None
+            or is_editor_workflow(_json_object(text.get("workflow"))))
 
 
 def holds_settings(path: str | Path) -> bool:
@@ -639,13 +647,47 @@ _COMFY_READ = {"SaveImage", "PreviewImage", *_COMFY_DECODERS, *_COMFY_SAMPLER_NO
 _EXIF_MODEL = 0x0110  # EXIF's Model tag, where ComfyUI's WebP saver (SaveAnimatedWEBP) writes "prompt:" + its graph
 
 
+_EXIF_MAKE = 0x010F  # and its Make tag, where it writes "workflow:" + the editor's layout
+
+
 def _comfy_exif(image) -> dict[str, str]:
-    """The graph a ComfyUI WebP keeps in its EXIF Model tag ("prompt:{...}"), under the PNG text key ComfyUI gives
-    it in a PNG: {"prompt": graph}; {} where there is none."""
-    value = image.getexif().get(_EXIF_MODEL)
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return {"prompt": value[len("prompt:"):]} if isinstance(value, str) and value.startswith("prompt:{") else {}
+    """The graph a ComfyUI WebP keeps in its EXIF Model tag ("prompt:{...}") and the layout in its Make tag
+    ("workflow:{...}"), under the PNG text keys ComfyUI gives them in a PNG: {"prompt": graph, "workflow": layout},
+    each where there is one."""
+    exif, found = image.getexif(), {}
+    for tag, key in ((_EXIF_MODEL, "prompt"), (_EXIF_MAKE, "workflow")):
+        value = exif.get(tag)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, str) and value.startswith(key + ":{"):
+            found[key] = value[len(key) + 1:]
+    return found
+
+
+def _json_object(text: str | None) -> Any:
+    """`text` read as JSON (a picture's 'workflow'), None where it is none."""
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def _from_comfy_file(path: Path) -> Picture:
+    """A ComfyUI workflow saved as a file: its API format ("Save (API Format)") read as a picture's 'prompt' graph,
+    its editor format ("Save") translated into that (`comfy_workflow.api_graph`). No picture gives the size drawn."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"--again {path}: cannot read it as a ComfyUI workflow's JSON ({e})") from None
+    if is_api_graph(data):
+        return _from_comfyui(path, text, None)
+    if is_editor_workflow(data):
+        return _from_comfyui(path, json.dumps(api_graph(data, path)), None)
+    raise ConfigError(f"--again {path} is no ComfyUI workflow: neither the editor's format (ComfyUI's \"Save\": "
+                      f"\"nodes\" and \"links\") nor the API format (\"Save (API Format)\": each node by its id, with "
+                      f"its \"class_type\" and \"inputs\"); give one of those, or a picture that textinv, the web UI "
+                      f"or ComfyUI drew")
 
 
 def comfy_graph(text: dict[str, str]) -> str | None:
@@ -839,10 +881,11 @@ class _ComfyGraph:
         return [node for node in self.nodes if node in found]
 
 
-def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int]) -> Picture:
+def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int] | None) -> Picture:
     """A picture ComfyUI saved: its settings read from the sampler the saved picture comes from and the nodes that
     sampler's inputs reach (the prompts' text encoders, the empty latent, the checkpoint, LoRA and VAE loaders, clip
-    skip); what the graph holds beside them that changes the picture is named."""
+    skip); what the graph holds beside them that changes the picture is named. `picture_size`: the saved picture's,
+    None for a workflow file (`_from_comfy_file`)."""
     # 1. the graph, and the sampler the saved picture comes from
     graph = _parsed_comfy_graph(path, text)
     notes: list[str] = []
@@ -961,7 +1004,7 @@ def _comfy_prompts(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], n
     return clip
 
 
-def _comfy_size(graph: _ComfyGraph, sampler: str, picture_size: tuple[int, int], changed: bool,
+def _comfy_size(graph: _ComfyGraph, sampler: str, picture_size: tuple[int, int] | None, changed: bool,
                 settings: dict[str, Any], notes: list[str]) -> None:
     """The size the sampler drew at: its empty latent's, else the saved picture's where nothing resized it."""
     path, named = graph.path, graph.named(sampler)
@@ -972,11 +1015,12 @@ def _comfy_size(graph: _ComfyGraph, sampler: str, picture_size: tuple[int, int],
             notes.append(f"{path} is one of a batch of {batch} ({graph.named(empty)}): ComfyUI draws a batch's "
                          f"noise from one seed, so the seed draws the batch's first picture again; the others have no "
                          f"seed of their own")
-    elif not changed:  # the decoder's picture as saved: the size the sampler drew at
+    elif not changed and picture_size is not None:  # the decoder's picture as saved: the size the sampler drew at
         settings["width"], settings["height"] = picture_size
     elif "width" not in settings:  # (an img2img's scale node gave it)
+        after = "a workflow file holds no picture" if picture_size is None else "the picture was resized after"
         notes.append(f"{path}: its ComfyUI graph does not say the size {named} drew at (it did not start from an "
-                     f"EmptyLatentImage, and the picture was resized after): give --width and --height")
+                     f"EmptyLatentImage, and {after}): give --width and --height")
 
 
 def _comfy_sdxl_sizes(graph: _ComfyGraph, save: str, settings: dict[str, Any], notes: list[str]) -> None:
@@ -1020,7 +1064,8 @@ def _comfy_model(graph: _ComfyGraph, sampler: str, decoder: str | None, clip: li
     return unread
 
 
-def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int], notes: list[str]) -> tuple[str, str, str | None, bool]:
+def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int] | None, notes: list[str]
+                ) -> tuple[str, str, str | None, bool]:
     """(the save node, the sampler its picture comes from, their decoder, whether a node between them changed the
     picture). Of save nodes leading to several samplers, the one whose size is the picture's, else the last, said in
     `notes`. A graph with none textinv can follow is refused."""
@@ -1094,7 +1139,7 @@ class _ComfyHires:
     read: set[str]  # the nodes read into them: the first sampler, the upscalers, VAEEncode, ...
 
 
-def _comfy_hires(graph: _ComfyGraph, second: str, size: tuple[int, int], changed: bool, needs: dict[str, str],
+def _comfy_hires(graph: _ComfyGraph, second: str, size: tuple[int, int] | None, changed: bool, needs: dict[str, str],
                  notes: list[str]) -> _ComfyHires | None:
     """The web UI's hires fix a ComfyUI graph drew, read into textinv's settings: a first sampler from an
     EmptyLatentImage, its latent enlarged (LatentUpscale, LatentUpscaleBy) or its picture (VAEDecode, then

@@ -347,7 +347,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
     p.add_argument("--again", metavar="PICTURE", help="draw a picture textinv, the A1111 web UI or ComfyUI drew "
                    "again, from the settings in its PNG text (a web UI JPEG/WebP/AVIF: its EXIF; ComfyUI's: its "
-                   "graph, a WebP's in its EXIF); flags beside it override them (--seed 5, -n 4, --prompt ...)")
+                   "graph, a WebP's in its EXIF; or a ComfyUI workflow saved as .json, either format); flags beside "
+                   "it override them (--seed 5, -n 4, --prompt ...)")
     add_config_flags(p, GenerateConfig)
     p.set_defaults(func=cmd_generate)
 
