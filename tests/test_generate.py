@@ -2743,9 +2743,11 @@ def test_again_reads_a_comfyui_workflow_file_in_either_format_as_the_picture_it_
         picture = read_picture(tmp_path / name)
         assert (picture.origin, picture.settings, list(picture.needs)) == ("comfyui", drawn.settings, ["model"]), name
     assert holds_settings(tmp_path / "layout.png")
-    with pytest.warns(UserWarning, match=r"editor.json: its LoRAs are drawn by the tags <lora:film:0.5:1>"):
+    with warnings.catch_warnings(record=True) as said:  # (its clip skip and LoRA, as from the picture)
+        warnings.simplefilter("always")
         assert main(["generate", "--again", str(tmp_path / "editor.json"), "--model", str(sd1_dir), "--prompt",
                      "a cat", "--out", str(tmp_path / "r")]) == 0
+    assert any("editor.json: its LoRAs are drawn by the tags <lora:film:0.5:1>" in str(w.message) for w in said)
     (redrawn,) = (tmp_path / "r").iterdir()
     settings = json.loads(Image.open(redrawn).text["textinv_settings"])["settings"]
     assert (settings["seed"], settings["steps"], settings["clip_skip"], Image.open(redrawn).size) == (1234, 2, 2,
