@@ -2743,6 +2743,14 @@ def test_again_reads_a_comfyui_workflow_file_in_either_format_as_the_picture_it_
         picture = read_picture(tmp_path / name)
         assert (picture.origin, picture.settings, list(picture.needs)) == ("comfyui", drawn.settings, ["model"]), name
     assert holds_settings(tmp_path / "layout.png")
+    # a prompt typed into core's String node, its link read as the picture's graph reads it
+    workflow = _comfy_editor_workflow()
+    workflow["nodes"].append({"id": 22, "type": "PrimitiveStringMultiline", "widgets_values": ["a dog"],
+                              "outputs": [{"name": "STRING", "type": "STRING"}]})
+    workflow["nodes"][3]["inputs"].append({"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": 16})
+    workflow["links"].append([16, 22, 0, 6, 1, "STRING"])
+    (tmp_path / "string.json").write_text(json.dumps(workflow))
+    assert read_picture(tmp_path / "string.json").settings["prompt"] == ["a dog <lora:film:0.5:1>"]
     with warnings.catch_warnings(record=True) as said:  # (its clip skip and LoRA, as from the picture)
         warnings.simplefilter("always")
         assert main(["generate", "--again", str(tmp_path / "editor.json"), "--model", str(sd1_dir), "--prompt",

@@ -50,6 +50,11 @@ WIDGETS: dict[str, tuple[str, ...] | None] = {
     "LoadImage": ("image", "_upload"),  # (its upload button's value, "image", is written after the file's name)
     "SaveImage": ("filename_prefix",),
     "PreviewImage": (),
+    # core's value nodes (comfy_extras/nodes_primitive.py), whose value another node's input may take
+    "PrimitiveString": ("value",),
+    "PrimitiveStringMultiline": ("value",),
+    "PrimitiveFloat": ("value",),
+    "PrimitiveInt": ("value", "_control_after_generate"),  # (written by the versions that have it)
 }
 _EDITOR_ONLY = ("Reroute", "PrimitiveNode", "Note", "MarkdownNote")  # (not in the graph ComfyUI runs)
 _MUTED, _BYPASSED = 2, 4  # a node's `mode`: "Never" (dropped) and "Bypass" (its inputs passed on to its outputs)
