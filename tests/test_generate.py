@@ -2781,25 +2781,54 @@ def test_again_refuses_a_comfyui_workflow_file_it_cannot_read_naming_it(tmp_path
 
     (tmp_path / "broken.json").write_text('{"nodes": [')
     (tmp_path / "other.json").write_text(json.dumps({"settings": {"seed": 1}}))
-    unknown = _comfy_editor_workflow()
-    unknown["nodes"].append({"id": 15, "type": "ControlNetApply", "mode": 0, "widgets_values": [1.0], "inputs": []})
-    (tmp_path / "unknown.json").write_text(json.dumps(unknown))
     short = _comfy_editor_workflow()
     short["nodes"][0]["widgets_values"] = [1234, 2, 6.5, "dpmpp_2m", "karras", 1.0]  # (no control_after_generate)
     (tmp_path / "short.json").write_text(json.dumps(short))
     cases = [("broken.json", r"broken.json: cannot read it as a ComfyUI workflow's JSON"),
              ("other.json", r"other.json is no ComfyUI workflow: neither the editor's format \(ComfyUI's \"Save\": "
                             r"\"nodes\" and \"links\"\) nor the API format"),
-             ("unknown.json", r"unknown.json: its ComfyUI workflow \(the editor's format\) has a ControlNetApply node "
-                              r"\(15\), which textinv cannot translate into the graph ComfyUI runs: export the "
-                              r"workflow with ComfyUI's \"Save \(API Format\)\" and give that file"),
              ("short.json", r"short.json: its ComfyUI workflow's KSampler node \(3\) holds 6 widget values, where "
                             r"textinv reads 7 \(seed, control_after_generate, steps, .*\"Save \(API Format\)\"")]
     for name, message in cases:
         with pytest.raises(ConfigError, match=message):
             read_picture(tmp_path / name)
-    assert main(["generate", "--again", str(tmp_path / "unknown.json")]) == 2
-    assert "ControlNetApply node (15)" in capsys.readouterr().err
+    assert main(["generate", "--again", str(tmp_path / "short.json")]) == 2
+    assert "KSampler node (3)" in capsys.readouterr().err
+
+
+def test_a_comfyui_workflow_node_textinv_does_not_translate_is_named_as_not_applied_where_the_picture_passed(tmp_path):
+    """An editor workflow's node of a type textinv has no widget order for (ImageSharpen, a ControlNet node) comes
+    with its links alone: between the decoder and the saver it is named as not applied, as in an API-format graph;
+    unconnected, it is passed over; the settings read are the plain workflow's either way."""
+    from textinv.again import read_picture
+
+    plain = read_picture(_write_json(tmp_path / "plain.json", _comfy_editor_workflow()))
+    apart = _comfy_editor_workflow()
+    apart["nodes"].append({"id": 15, "type": "ControlNetApply", "mode": 0, "widgets_values": [1.0], "inputs": []})
+    between = _comfy_editor_workflow()
+    between["nodes"].append({"id": 16, "type": "ImageSharpen", "mode": 0, "widgets_values": [1, 1.0, 1.0],
+                             "inputs": [{"name": "image", "type": "IMAGE", "link": 16}],
+                             "outputs": [{"name": "IMAGE", "type": "IMAGE"}]})
+    between["links"] = [link for link in between["links"] if link[0] != 10] + [[10, 16, 0, 9, 0, "IMAGE"],
+                                                                              [16, 8, 0, 16, 0, "IMAGE"]]
+    saver = next(node for node in between["nodes"] if node["type"] == "SaveImage")
+    assert saver["inputs"][0]["link"] == 10  # (the saver now reads the sharpened picture through link 10)
+    read = read_picture(_write_json(tmp_path / "apart.json", apart))
+    sharpened = read_picture(_write_json(tmp_path / "between.json", between))
+    assert read.settings == plain.settings == sharpened.settings
+    def said(picture):  # (each note without the file it names)
+        return [note.split(": ", 1)[1] for note in picture.notes]
+
+    assert said(read) == said(plain) and not any("not applied from its ComfyUI graph" in n for n in said(plain))
+    assert said(sharpened)[:len(said(plain))] == said(plain)
+    assert [n for n in said(sharpened) if n.startswith("not applied from its ComfyUI graph: ImageSharpen")]
+
+
+def _write_json(path, data):
+    import json
+
+    path.write_text(json.dumps(data))
+    return path
 
 
 def test_again_tells_a_training_runs_folder_retrained_since(sd1_dir, tmp_path):

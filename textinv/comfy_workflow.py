@@ -7,7 +7,8 @@
   inputs that are links left out) and its `inputs` (each with a link id); each link [id, from node, from slot, to
   node, to slot, type]. `api_graph` translates it into the API format for the nodes `again` reads, as ComfyUI's
   editor does when it queues a graph: a Reroute, a bypassed node and a Primitive are passed through, a muted node and
-  a note dropped. Any other node type is refused: its widgets' order is its own.
+  a note dropped. Any other node type comes with its links alone (its widgets' order is its own), as the reader
+  names such a node as not applied where the picture passed through it.
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def is_editor_workflow(data: Any) -> bool:
 
 
 def api_graph(workflow: dict, path: Path) -> dict[str, dict]:
-    """The editor's `workflow` (read from `path`) as ComfyUI's API format, for the node types `WIDGETS` lists; a node
-    of another type, or with other widgets than its type's, is refused naming it.
+    """The editor's `workflow` (read from `path`) as ComfyUI's API format. The node types `WIDGETS` lists come whole;
+    another type (ControlNet's, an upscaler's, a custom node) comes with its links alone, its widgets' order being its
+    own: the graph's reader names it as not applied where the picture passed through it, as in an API-format graph,
+    and passes it over elsewhere. A listed type with other widgets than textinv reads is refused naming it.
 
     >>> api_graph({"nodes": [{"id": 5, "type": "EmptyLatentImage", "widgets_values": [512, 768, 1]}], "links": []},
     ...           Path("w.json"))
@@ -87,12 +90,7 @@ def api_graph(workflow: dict, path: Path) -> dict[str, dict]:
         kind = node.get("type")
         if kind in _EDITOR_ONLY or node.get("mode") in (_MUTED, _BYPASSED):
             continue
-        if kind not in WIDGETS:
-            raise ConfigError(f"--again {path}: its ComfyUI workflow (the editor's format) has a {kind} node "
-                              f"({key}), which textinv cannot translate into the graph ComfyUI runs: export the "
-                              f"workflow with ComfyUI's \"Save (API Format)\" and give that file, or give a picture "
-                              f"ComfyUI saved (its 'prompt' text holds that graph)")
-        inputs = _widgets(node, path)
+        inputs = _widgets(node, path) if kind in WIDGETS else {}  # (another type: its links alone)
         for slot in node.get("inputs") or []:
             source = _source(slot.get("link") if isinstance(slot, dict) else None, nodes, links, set())
             if source is not None and source != _PRIMITIVE:
