@@ -692,6 +692,32 @@ def test_a_compare_folder_of_the_diffusers_script_gives_its_steps_and_skips_othe
         _compared([str(junk / "preview.png")], embs[4])
 
 
+def test_a_warning_raised_inside_score_names_the_line_that_called_it(clip_dir, tmp_path, monkeypatch):
+    """score() is marked as train() and generate() are (`errors.warns_at_caller`): the files a --compare folder
+    skips were said at a line inside score.py."""
+    import inspect
+
+    from textinv import score as score_module
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    emb = LearnedEmbedding("<cat>", {"text_encoder": torch.randn(1, 32)})
+    scored = save_embedding(emb, tmp_path / "cat.safetensors", "diffusers")[0]
+    steps = tmp_path / "steps"
+    save_embedding(emb, steps / "learned_embeds-steps-2.safetensors", "diffusers")
+    (steps / "optimizer.bin").write_bytes(b"not an embedding")
+
+    def stop(*a, **k):  # (the warning is raised while planning; nothing needs loading or drawing)
+        raise RuntimeError("stopped before loading")
+
+    monkeypatch.setattr(score_module, "_load_parts", stop)
+    config = ScoreConfig(embedding=str(scored), compare=[str(steps)], images=str(write_images(tmp_path / "i", n=2)),
+                         model="unused", clip=str(clip_dir), out=str(tmp_path / "out"), n=1, steps=1)
+    with pytest.warns(UserWarning, match="skipped 1 file") as said, pytest.raises(RuntimeError, match="stopped"):
+        line = inspect.currentframe().f_lineno + 1
+        score(config, progress=False)
+    assert [(w.filename, w.lineno) for w in said if "skipped" in str(w.message)] == [(__file__, line)]
+
+
 def test_a_clip_part_is_not_taken_for_a_whole_clip_model(sd1_dir, clip_dir, tmp_path):
     """transformers builds a CLIPModel from a folder of one CLIP tower (a model's text_encoder with its tokenizer
     and an image processor beside it), every weight it lacks random, and said nothing (its report is quieted): the

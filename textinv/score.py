@@ -44,7 +44,7 @@ from . import __version__, emphasis
 from .config import (DEVICE_HELP, PRECISIONS, SAMPLER_SPELLINGS, SAMPLERS, check_choices, check_drawing, check_seed,
                      check_types, opt)
 from .data import PROPERTIES, load_image, picture_set
-from .errors import ConfigError, DataError, FormatError, ModelError, warn
+from .errors import ConfigError, DataError, FormatError, ModelError, warn, warns_at_caller
 from .formats import BUNDLE_SEPARATOR, LearnedEmbedding, load_embedding, on_disk, split_bundle
 from .hub import hub_reference
 from .samplers import check_installed
@@ -589,6 +589,7 @@ def _swap_in(partial: Path, out: Path, previous: Path) -> None:
 # the run
 
 
+@warns_at_caller  # (its warnings name the user's line: `errors.warn`)
 def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | None = None,
           progress: bool = True) -> ScoreResult:
     """Draw, judge and report one embedding (see the module's docstring); return where the report is.
