@@ -233,6 +233,31 @@ def test_a_tokenizer_copy_shares_only_its_merge_list_with_the_original(sd1_dir):
     assert tokenizer_copy(tokenizer)("a <zq>").input_ids == tokenizer("a <zq>").input_ids
 
 
+def test_a_warning_of_a_generate_in_a_train_callback_names_the_callbacks_line(sd1_dir, images, tmp_path):
+    """A warning names the innermost marked call the user's own code made (`errors.warn`): a generate() the user's
+    on_step callback ran inside train() named the `train(...)` line, the outermost such call, not the callback's."""
+    import inspect
+
+    from conftest import train_config
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    drawing_model = load_model(sd1_dir)
+    long = save_embedding(LearnedEmbedding("<long>", {"text_encoder": torch.randn(80, 32)}), tmp_path / "l.safetensors",
+                          "diffusers")[0]
+    lines = []
+
+    def on_step(step):
+        if step == 1:
+            lines.append(inspect.currentframe().f_lineno + 1)
+            generate(GenerateConfig(prompt=["a <long>"], embedding=[str(long)], n=1, steps=1, out=str(tmp_path / "r")),
+                     model=drawing_model, progress=False)
+
+    with pytest.warns(UserWarning, match="has 80 vectors") as said:
+        train(train_config(images, tmp_path / "run", steps=1), model=load_model(sd1_dir), progress=False,
+              on_step=on_step)
+    assert {(w.filename, w.lineno) for w in said if "has 80 vectors" in str(w.message)} == {(__file__, lines[0])}
+
+
 def test_generate_hands_back_a_model_with_an_embedding_installed_as_it_came(sd1_dir, tmp_path):
     """A model holding an embedding the notebook installed (install_embedding, as the README offers) kept every
     embedding generate() added to it: the next generate() with the same file was refused, its token "already in the

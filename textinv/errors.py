@@ -61,11 +61,12 @@ def backslash_note(path) -> str:
 
 
 _ENTRY_POINTS = set()  # the code of the functions whose caller a warning raised inside them names (`warn`)
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep  # (textinv's own files, shapes/ among them)
 
 
 def warns_at_caller(function):
-    """`function` (`train.train`, `generate.generate`, `merge.merge`, `xyz.plot`) made one whose caller the warnings
-    raised inside it name (`warn`)."""
+    """`function` (`train.train`, `generate.generate`, `merge.merge`, `xyz.plot`, `score.score`) made one whose
+    caller the warnings raised inside it name (`warn`)."""
     _ENTRY_POINTS.add(function.__code__)
     return function
 
@@ -73,10 +74,13 @@ def warns_at_caller(function):
 def warn(message, category=None, stacklevel: int = 1) -> None:
     """`warnings.warn`, named at the user's line inside a `warns_at_caller` function: a warning raised anywhere in a
     `train(...)` (its phases, the picture and kohya readers it calls) or a `generate(...)` names the line that called
-    it, where a fixed `stacklevel` names a line inside textinv at one depth or another; where one such function runs
-    another (`generate` with an X/Y/Z plot runs `plot`, which runs `generate` for each cell), the outermost's
-    caller. Elsewhere (`find_images` called directly) it is `stacklevel` as `warnings.warn` counts it from the
-    caller. (Python 3.12's `skip_file_prefixes` does the like.)
+    it, where a fixed `stacklevel` names a line inside textinv at one depth or another. Where one such function runs
+    another, the innermost one the user's own code called is named: `generate` with an X/Y/Z plot runs `plot`,
+    which runs `generate` for each cell, all called from inside textinv but the first (its caller is named); a
+    `generate` in the `on_step` callback a `train` calls is called by the user's callback (the callback's line is
+    named, not the `train(...)`). Called from textinv's own command line, the outermost's caller. Elsewhere
+    (`find_images` called directly) it is `stacklevel` as `warnings.warn` counts it from the caller. (Python 3.12's
+    `skip_file_prefixes` does the like.)
 
     >>> warn("a note", UserWarning, stacklevel=2)  # doctest: +SKIP
     """
@@ -84,5 +88,8 @@ def warn(message, category=None, stacklevel: int = 1) -> None:
     while frame is not None:
         if frame.f_code in _ENTRY_POINTS:
             found = level
+            caller = frame.f_back
+            if caller is not None and not os.path.abspath(caller.f_code.co_filename).startswith(_PACKAGE):
+                break  # (the user's code called it: the innermost such call is the one to name)
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=(found + 1 if found is not None else stacklevel) + 1)
