@@ -96,6 +96,26 @@ def test_a_name_holding_the_separator_is_read_after_the_first_one_that_leaves_a_
         load_embedding(f"{tmp_path}/missing.safetensors::a::b")
 
 
+def test_a_path_in_the_home_folder_is_read_with_its_tilde_as_the_command_line_reads_it(tmp_path, monkeypatch):
+    """load_embedding("~/dog.pt") said no such file, FILE::NAME too (a name holding '::' was even cut at the wrong
+    one), where the command line and the config classes expand '~'."""
+    from textinv.formats import load_bundled, load_embedding_pair, on_disk
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    vectors, wide = torch.randn(2, 32), torch.randn(2, 64)
+    save_embedding(LearnedEmbedding("<dog>", {"text_encoder": vectors}), tmp_path / "dog.pt", "a1111")
+    save_embedding(LearnedEmbedding("<w>", {"text_encoder": wide}), tmp_path / "w.safetensors", "diffusers")
+    _bundle(None, tmp_path / "s.safetensors", {"k": {"emb_params": vectors}, "a::b": {"emb_params": wide}})
+    assert torch.equal(load_embedding("~/dog.pt").vectors["text_encoder"], vectors)
+    assert detect_format("~/dog.pt") == "a1111"
+    assert torch.equal(load_embedding("~/s.safetensors::k").vectors["text_encoder"], vectors)
+    assert torch.equal(load_embedding("~/s.safetensors::a::b").vectors["text_encoder"], wide)
+    assert detect_format("~/s.safetensors::k") == "lora-bundle"
+    assert on_disk("~/s.safetensors::a::b") == tmp_path / "s.safetensors"
+    assert sorted(emb.token for emb in load_bundled("~/s.safetensors")) == ["a::b", "k"]
+    assert load_embedding_pair("~/dog.pt", "~/w.safetensors").widths == (32, 64)
+
+
 def test_inspect_lists_a_loras_bundled_embeddings(sd1_dir, loras, tmp_path):
     _, bundled, vectors = loras
     several = _bundle(bundled / "mystyle.safetensors", tmp_path / "several.safetensors",

@@ -629,11 +629,11 @@ def split_bundle(path: str | Path) -> tuple[str | Path, str | None]:
     (('Lora/style.safetensors', 'mystyle'), ('my-dog.pt', None))
     """
     text = str(path)
-    if BUNDLE_SEPARATOR not in text or Path(text).exists():
+    if BUNDLE_SEPARATOR not in text or Path(text).expanduser().exists():
         return path, None
     pieces = text.split(BUNDLE_SEPARATOR)
     splits = [(BUNDLE_SEPARATOR.join(pieces[:i]), BUNDLE_SEPARATOR.join(pieces[i:])) for i in range(1, len(pieces))]
-    return next((split for split in splits if Path(split[0]).is_file()), splits[-1])
+    return next((split for split in splits if Path(split[0]).expanduser().is_file()), splits[-1])
 
 
 def on_disk(path: str | Path) -> Path:
@@ -656,7 +656,7 @@ def bundled_names(path: str | Path) -> list[str]:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with safe_open(str(Path(path).expanduser()), framework="pt", device="cpu") as f:
             return _bundle_names(f.keys())
     except Exception:  # (not a safetensors file: it bundles nothing)
         return []
@@ -693,8 +693,9 @@ def _resolve(path: str | Path) -> Path:
 
 
 def _local_file(path: str | Path) -> Path:
-    """`_resolve` for a `path` that names no hub repo: itself, or a diffusers folder's learned_embeds file."""
-    path = Path(path)
+    """`_resolve` for a `path` that names no hub repo: itself (`~` expanded), or a diffusers folder's learned_embeds
+    file."""
+    path = Path(path).expanduser()
     if path.is_dir():
         found = diffusers_file(path)
         if found is not None:
