@@ -295,6 +295,18 @@ def test_a_token_the_models_vocabulary_has_is_refused_before_writing(sd1_dir, tm
     assert merge(MergeConfig(out=str(tmp_path / "new.pt"), token="<dog-2>", terms=["'cat'"]), model=model).files
 
 
+def test_the_token_check_reads_each_tokenizers_vocabulary_once(sd1_dir, monkeypatch):
+    """get_vocab() builds the whole vocabulary (49,408 entries on a real CLIP tokenizer) as a new dict: the check
+    built it twice for each of the token's vector names."""
+    from textinv.merge import _check_token_is_new
+
+    model = load_model(sd1_dir)
+    real, calls = model.tokenizer.get_vocab, []
+    monkeypatch.setattr(model.tokenizer, "get_vocab", lambda: calls.append(1) or real())
+    _check_token_is_new(LearnedEmbedding("<new>", {"text_encoder": torch.randn(4, 32)}), model)
+    assert len(calls) == 1
+
+
 def test_a_path_term_is_its_file_whatever_its_name_holds(tmp_path):
     """A term written as text is read as parts ([ ] + * ' are its syntax); a Path is one file, named as it is."""
     a = saved(tmp_path / "dog [v2]+cat*2.safetensors", 2)

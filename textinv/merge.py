@@ -417,14 +417,15 @@ def _check_token_is_new(emb: LearnedEmbedding, model) -> None:
     """Refuse a --token `model`'s tokenizers already read as a word of theirs: generate refuses to load such a file
     (its vectors would take the word's place in every prompt), so it is said before the file is written."""
     for _, tokenizer, _ in model.encoders:
+        vocab = tokenizer.get_vocab()  # (a new dict of the whole vocabulary: built once)
         for name in token_names(emb.token, emb.num_vectors):
-            if name in tokenizer.get_vocab():  # (check_new_token's message speaks of training)
+            if name in vocab:  # (check_new_token's message speaks of training)
                 raise TokenError(f"--token {emb.token!r} cannot be used with --model {model.source}: its tokenizer has "
                                  f"{name!r} already, as a word of its own or a token installed into this model "
                                  "(generate.install_embedding; unload_embeddings takes those out), so a file merged "
                                  "under it is one generate refuses with this model; pick another --token")
             try:
-                check_new_token(tokenizer, name)
+                check_new_token(tokenizer, name, vocab)
             except TokenError as e:
                 raise TokenError(f"--token {emb.token!r} cannot be used with --model {model.source}: {e}") from None
 

@@ -118,14 +118,15 @@ def base_embedding(text_encoder: nn.Module) -> nn.Embedding:
     return emb.base if isinstance(emb, ExtendedEmbedding) else emb
 
 
-def check_new_token(tokenizer, token: str) -> None:
+def check_new_token(tokenizer, token: str, vocab: dict | None = None) -> None:
     """Refuse a placeholder that the tokenizer already reads as one known token (it must not be silently reused).
 
     CLIP lower-cases text before matching, so `<Dog>` clashes with an existing `<dog>`: both are caught here.
+    `vocab`: `tokenizer.get_vocab()` where the caller has it already (it builds the whole vocabulary, a new dict).
     """
     if not token or token != token.strip() or any(c.isspace() for c in token):
         raise TokenError(f"token {token!r} must be one non-empty word without spaces, e.g. '<my-dog>'")
-    if token in tokenizer.get_vocab():
+    if token in (vocab if vocab is not None else tokenizer.get_vocab()):
         raise TokenError(
             f"token {token!r} is already in the tokenizer's vocabulary; training it would overwrite the meaning of "
             f"an existing word. Pick a new string, e.g. '<{token.strip('<>')}-concept>'."
