@@ -30,6 +30,23 @@ def test_embedding_of_another_width_is_refused_naming_both(sd1_dir):
         install_embedding(model, xl)
 
 
+def test_installing_an_embedding_builds_the_vocabulary_as_often_for_many_vectors_as_for_one(sd1_dir, monkeypatch):
+    """get_vocab() builds the whole vocabulary (49,408 entries on a real CLIP tokenizer) as a new dict: the checks
+    built it twice for each of the token's vector names, and once more for each as they were added."""
+    from textinv.generate import unload_embeddings
+
+    model = load_model(sd1_dir)
+    real, calls = model.tokenizer.get_vocab, []
+    monkeypatch.setattr(model.tokenizer, "get_vocab", lambda: calls.append(1) or real())  # (the copy keeps it too)
+    built = []
+    for n in (1, 4):
+        calls.clear()
+        install_embedding(model, LearnedEmbedding(f"<v{n}>", {"text_encoder": torch.randn(n, 32)}))
+        unload_embeddings(model)
+        built.append(len(calls))
+    assert built[0] == built[1]
+
+
 def test_an_sdxl_embedding_on_a_one_encoder_model_of_its_clip_l_width_uses_that_half(sd1_dir, tmp_path):
     """An SDXL file (clip_l + clip_g) on an SD 1.x model was refused for its width; ComfyUI uses its clip_l half
     there (the web UI skips it), so do we, saying so. The tiny model's 32 stands for SD 1.x's 768: its rows are the

@@ -118,14 +118,15 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
              f"this one)", stacklevel=2)
     names = token_names(emb.token, emb.num_vectors)
     for _, tokenizer, _ in model.encoders:  # check every encoder before changing any
+        vocab = tokenizer.get_vocab()  # (a new dict of the whole vocabulary: built once)
         for name in names:
-            if name in tokenizer.get_vocab():  # (check_new_token's message speaks of training)
+            if name in vocab:  # (check_new_token's message speaks of training)
                 raise TokenError(f"cannot add embedding {emb.token!r}: the model's tokenizer has {name!r} already, as "
                                  f"a word of its own or a learned token saved into the model (as the diffusers "
                                  f"script's --save_as_full_pipeline saves it, which draws without --embedding); "
                                  f"pass another name for the embedding with --token")
             try:
-                check_new_token(tokenizer, name)
+                check_new_token(tokenizer, name, vocab)
             except TokenError as e:
                 raise TokenError(f"cannot add embedding {emb.token!r}: {e} (pass a different name with --token)") from e
     if not hasattr(model, "_pristine"):  # what unload_embeddings restores: the tokens go into copies of the tokenizers

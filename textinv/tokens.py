@@ -218,8 +218,9 @@ def add_tokens(tokenizer, text_encoder: nn.Module, names: list[str], vectors: to
         raise TokenError(
             f"{len(names)} token(s) need vectors of shape ({len(names)}, {table.embedding_dim}); got {tuple(vectors.shape)}"
         )
+    vocab = tokenizer.get_vocab()
     for name in names:
-        check_new_token(tokenizer, name)
+        check_new_token(tokenizer, name, vocab)
     current = text_encoder.get_input_embeddings()
     existing = current.vectors.detach() if isinstance(current, ExtendedEmbedding) else vectors.new_zeros(0, vectors.shape[1])
     if len(tokenizer) != table.num_embeddings + existing.shape[0]:
