@@ -329,8 +329,10 @@ def test_kohyas_dropout_keys_train_as_the_flags_do_and_tag_dropout_keeps_the_fir
 
 
 @pytest.mark.parametrize("given, said", [
-    ("caption_dropout_rate = 1.5", r"\[general\]: caption_dropout_rate must be a chance from 0 up to \(not "
-                                   r"including\) 1, got 1.5"),
+    # (the first check takes 1, which the second refuses saying why: the first did not say it took 1)
+    ("caption_dropout_rate = 1.5", r"\[general\]: caption_dropout_rate must be a chance from 0 to 1 \(below 1 for "
+                                   r"the vectors to learn: 1 drops every caption\), got 1.5"),
+    ('caption_dropout_rate = "half"', r'caption_dropout_rate must be a chance from 0 to 1 \(.*\), got "half"'),
     ("caption_dropout_rate = -0.5", "caption_dropout_rate must be a chance"),
     ("caption_dropout_rate = 1", r"d.toml's caption_dropout_rate \(\[general\]\) at 1 drops every caption, so the "
                                  r"vectors would learn nothing"),

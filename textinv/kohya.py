@@ -92,10 +92,11 @@ def _chance(value):
 
 
 def _rate(value):
-    # (1 is a rate too, refused with why by `TrainConfig._check_caption_dropout`, naming the key)
+    # (1 is a rate too, refused with why by `TrainConfig._check_caption_dropout`, naming the key; the message says
+    # it is taken here, where "not including 1" was said of a check that 1 passes)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
         return float(value)
-    raise ValueError("a chance from 0 up to (not including) 1")
+    raise ValueError("a chance from 0 to 1 (below 1 for the vectors to learn: 1 drops every caption)")
 
 
 def _text(value):
