@@ -1989,10 +1989,12 @@ def test_again_draws_a_comfyui_picture_from_its_graph_once_the_model_is_given(sd
 
 def test_again_reads_a_comfyui_webp_from_its_exif(tmp_path):
     """ComfyUI's WebP saver (SaveAnimatedWEBP) keeps the graph in the EXIF Model tag as "prompt:{...}" (the layout in
-    Make, "workflow:{...}"), where the PNG has its 'prompt' text: the picture was refused as holding no settings."""
+    Make, "workflow:{...}"), where the PNG has its 'prompt' text: the picture was refused as holding no settings.
+    Given as an embedding, it was told to use the embedding's file, where a drawn PNG is told it is a drawn picture."""
     import json
 
     from textinv.again import holds_settings, read_picture
+    from textinv.errors import FormatError
 
     image = Image.new("RGB", (24, 16))
     exif = image.getexif()
@@ -2003,6 +2005,9 @@ def test_again_reads_a_comfyui_webp_from_its_exif(tmp_path):
     assert (picture.origin, picture.settings["seed"], picture.settings["prompt"]) == (
         "comfyui", 1234, ["a (red:1.2) cat embedding:zz"])
     assert holds_settings(tmp_path / "ComfyUI_00001_.webp")
+    with pytest.raises(FormatError, match=r"it is a drawn picture with its generation settings; `textinv generate "
+                                          r"--again .*ComfyUI_00001_.webp` draws it again"):
+        load_embedding(tmp_path / "ComfyUI_00001_.webp")
 
 
 def test_again_reads_clip_skip_loras_and_a_batch_from_a_comfyui_graph_and_names_what_it_cannot_apply(sd1_dir,

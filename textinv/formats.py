@@ -896,14 +896,14 @@ def _read_image(path: Path) -> dict:
         with Image.open(path) as image:
             chunks = getattr(image, "text", None) or image.info  # PNG text chunks; other formats' info
             chunk = chunks.get(PNG_CHUNK)
-            comment = exif_comment(image)  # (the web UI's JPEG and WebP keep their settings there)
     except (OSError, ValueError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
     if not isinstance(chunk, (str, bytes)):
-        # a picture textinv (RECORD_KEY), the web UI or ComfyUI drew holds its settings, which --again reads
-        from .again import has_settings  # (here: again.py imports this module)
+        # a picture textinv (RECORD_KEY), the web UI or ComfyUI drew holds its settings, which --again reads: in its
+        # PNG text, its EXIF UserComment (the web UI's JPEG and WebP) or EXIF Model tag (ComfyUI's WebP)
+        from .again import holds_settings  # (here: again.py imports this module)
 
-        drawn = has_settings(chunks, comment)
+        drawn = holds_settings(path)
         raise FormatError(
             f"{path}: this image has no {PNG_CHUNK!r} text chunk, so it carries no embedding textinv can read "
             "(A1111 also hides embeddings in the pixels of some preview images, which textinv does not decode): "
