@@ -622,7 +622,7 @@ class TrainConfig:
         for prompt in map(prompt_text, self.sample_prompts):  # ({} or the token written, as in captions and score's)
             if "{}" not in prompt and not any(t and t.lower() in prompt.lower() for t in tokens):
                 named = (" (it names a file: kohya's sample prompts file is read when its name ends in .txt, .toml "
-                         f"or .json)" if names_a_file(prompt) else "")
+                         "or .json)" if names_a_file(prompt) else "")
                 raise ConfigError(f"sample prompt {prompt!r} has no '{{}}' (or the token) where the token goes{named}")
 
     def _check_schedule_and_optimizer(self, concepts: int) -> None:
