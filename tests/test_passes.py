@@ -629,6 +629,27 @@ def test_render_refuses_an_init_picture_with_the_hires_fix_rather_than_drop_one(
         render(model, ["a dog"], [1], steps=2, width=16, start=[Image.new("RGB", (16, 16))], hires=Hires(scale=2))
 
 
+def test_render_refuses_each_mistake_in_one_order_before_it_draws(sd1_dir):
+    """render's checks, each given with every later one's mistake too: the size, the guidance, the steps, the clip
+    skip, an init picture beside the hires fix, the hires fix's own settings, a mask without an init picture."""
+    from textinv.inpaint import Inpaint
+
+    model = load_model(sd1_dir)
+    calls = _unet_calls(model)
+    mistakes = [({"width": 20}, r"--width must be a multiple of 8 pixels, got 20"),
+                ({"guidance": float("inf")}, r"--guidance must be a finite number, got inf"),
+                ({"steps": 5000}, r"--steps 5000 is more than the 1000 noise levels"),
+                ({"clip_skip": 99}, r"--clip-skip 99 is more than the"),
+                ({"start": [Image.new("RGB", (16, 16))]}, r"render takes `start` \(img2img\) or `hires`"),
+                ({"hires": Hires(scale=2, guidance=0.5)}, r"--hires-guidance must be a finite number of at least 1"),
+                ({"inpaint": Inpaint(Image.new("L", (16, 16)))}, r"render's `inpaint` masks the pictures in `start`")]
+    for i, (_, message) in enumerate(mistakes):
+        given = {key: value for settings, _ in mistakes[i:] for key, value in settings.items()}
+        with pytest.raises(ConfigError, match=message):
+            render(model, ["a dog"], [0], **{"steps": 2, "width": 16, **given})
+    assert calls == []
+
+
 def test_again_warns_of_an_init_picture_replaced_since_and_a_switch_of_pass_takes_its_own_denoise(sd1_dir, tmp_path):
     from textinv.again import again_config
 
