@@ -446,62 +446,95 @@ def render(
     guidance = model.guidance_or_own(guidance)
     _check_sampling(model, steps, guidance)
     check_clip_skip(model, clip_skip)
-    if start is not None and hires is not None:  # (what GenerateConfig refuses, not dropped here unsaid)
-        raise ConfigError("render takes `start` (img2img) or `hires` (the hires fix), not both, as the web UI's "
-                          "img2img has no hires fix: redraw the pictures at the larger width and height instead")
-    second_model = (hires.model or model) if hires is not None else model  # (the hires fix's second pass's)
-    if hires is not None:  # (its pass's schedule and sampler: refused now, not once the first pass has drawn)
-        check_hires_model(model, second_model)
-        _pass_schedule(second_model, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
-                       "--hires-sampler" if hires.sampler else "--sampler")
-        if hires.sampler:
-            scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
-        if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
-            raise ConfigError(f"--hires-guidance must be a finite number of at least 1, got {hires.guidance}")
-    if start is not None:  # (refused now, not once its pictures are encoded)
-        _pass_schedule(model, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler)
-    if refiner is not None:
-        img2img = (denoise or refine.IMG2IMG_DENOISE) if start is not None else None
-        _check_refiner_passes(second_model, refiner, steps, sampler, img2img, hires)
+    second_model = _check_passes(model, steps, sampler, start, denoise, hires, inpaint, refiner)
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip, emphasis_mode=emphasis_mode, old_editing=old_editing)
-    if inpaint is not None and start is None:
-        raise ConfigError("render's `inpaint` masks the pictures in `start` (--mask needs --init-image)")
-    if start is None and pipe.unet.config.in_channels == 9:
-        raise ConfigError(f"{model.source} is an inpainting model (its UNet reads a mask and a picture): it redraws "
-                          f"a picture (--init-image, with --mask for the part to redraw) and cannot draw from text")
     others = ([refiner.model.unet, refiner.model.vae] if refiner else []) + (
         [second_model.unet, second_model.vae] if second_model is not model else [])
     with _tiled(pipe, tiling, *others):
         if start is not None:
             return _redrawn(model, start, inpaint, steps, denoise or refine.IMG2IMG_DENOISE, sampler,
                             (width, height), variation, refiner=refiner, **drawing)
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
-        # (C, H/f, W/f), as the pipelines and the web UI lay out the noise: a square's is what it always was
-        shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-        latents = seed_noise(generators, shape, variation).to(pipe.device, pipe.unet.dtype)
-        in_latents = hires is not None and refine.UPSCALERS[hires.upscaler].mode is not None
-        first = _pass(model, pipe, steps, sampler, (width, height), latents=latents, generator=generators,
-                      num_inference_steps=steps, height=height, width=width,
-                      output_type="latent" if in_latents else "pil", refiner=None if hires else refiner, **drawing)
-        if hires is None:
-            return first
-        factor = pipe.vae_scale_factor
-        enlarged, crop, size = hires.sizes(width, height, factor)
-        if in_latents:
-            latents = refine.upscale_latents(first, enlarged, crop, hires.upscaler, factor)
-        else:
-            pictures = refine.upscale_pictures(first, enlarged, hires.upscaler, factor)
-            pixels = torch.stack([prepare_image(p, 0, size=p.size) for p in pictures])
-            # (the web UI decodes with the first pass's checkpoint and encodes with the hires one, loaded between)
-            latents = refine.cropped(refine.encode(second_model.vae, pixels), crop)
-        if hires.switch is not None:
-            hires.switch()
-        second = {**drawing, **({"prompts": [hires.prompt] * len(prompts)} if hires.prompt is not None else {}),
-                  **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {}),
-                  **({"guidance": hires.guidance} if hires.guidance is not None else {})}
-        return _refined(second_model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
-                        size, variation, refiner=refiner, first_pass=steps * step_multiplier(sampler), **second)
+        return _text_to_image(model, steps, sampler, (width, height), hires, variation, refiner, **drawing)
+
+
+def _check_passes(model: Model, steps: int, sampler: str, start: list[Image.Image] | None, denoise: float | None,
+                  hires: Hires | None, inpaint: Inpaint | None, refiner: Refiner | None) -> Model:
+    """Refuse, before drawing, passes `render` cannot draw (its arguments); return the model of the hires fix's
+    second pass (`model` where it has none of its own, or there is no hires fix)."""
+    if start is not None and hires is not None:  # (what GenerateConfig refuses, not dropped here unsaid)
+        raise ConfigError("render takes `start` (img2img) or `hires` (the hires fix), not both, as the web UI's "
+                          "img2img has no hires fix: redraw the pictures at the larger width and height instead")
+    second_model = (hires.model or model) if hires is not None else model  # (the hires fix's second pass's)
+    if hires is not None:
+        _check_hires(model, second_model, hires, steps, sampler)
+    if start is not None:  # (refused now, not once its pictures are encoded)
+        _pass_schedule(model, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler)
+    if refiner is not None:
+        img2img = (denoise or refine.IMG2IMG_DENOISE) if start is not None else None
+        _check_refiner_passes(second_model, refiner, steps, sampler, img2img, hires)
+    if inpaint is not None and start is None:
+        raise ConfigError("render's `inpaint` masks the pictures in `start` (--mask needs --init-image)")
+    if start is None and model.pipeline.unet.config.in_channels == 9:
+        raise ConfigError(f"{model.source} is an inpainting model (its UNet reads a mask and a picture): it redraws "
+                          f"a picture (--init-image, with --mask for the part to redraw) and cannot draw from text")
+    return second_model
+
+
+def _check_hires(model: Model, second_model: Model, hires: Hires, steps: int, sampler: str) -> None:
+    """Refuse the hires fix's second pass (by `second_model`) now, not once the first pass has drawn: its model, its
+    schedule and sampler (`sampler`: the first pass's), its guidance."""
+    check_hires_model(model, second_model)
+    _pass_schedule(second_model, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
+                   "--hires-sampler" if hires.sampler else "--sampler")
+    if hires.sampler:
+        scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
+    if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
+        raise ConfigError(f"--hires-guidance must be a finite number of at least 1, got {hires.guidance}")
+
+
+def _text_to_image(model: Model, steps: int, sampler: str, size: tuple[int, int], hires: Hires | None,
+                   variation: tuple[list[int], float] | None, refiner: Refiner | None, **drawing
+                   ) -> list[Image.Image]:
+    """The pictures of a text-to-image pass at `size` (W, H) from the seeds' noise (with their `variation`), then
+    with `hires` its hires fix's second pass (`_hires_pass`); `refiner` draws the last steps of the last pass."""
+    pipe = model.pipeline
+    width, height = size
+    generators = [torch.Generator().manual_seed(s) for s in drawing["seeds"]]
+    # (C, H/f, W/f), as the pipelines and the web UI lay out the noise: a square's is what it always was
+    shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    latents = seed_noise(generators, shape, variation).to(pipe.device, pipe.unet.dtype)
+    in_latents = hires is not None and refine.UPSCALERS[hires.upscaler].mode is not None
+    first = _pass(model, pipe, steps, sampler, size, latents=latents, generator=generators,
+                  num_inference_steps=steps, height=height, width=width,
+                  output_type="latent" if in_latents else "pil", refiner=None if hires else refiner, **drawing)
+    if hires is None:
+        return first
+    return _hires_pass(model, first, steps, sampler, size, hires, variation, refiner, **drawing)
+
+
+def _hires_pass(model: Model, first: torch.Tensor | list[Image.Image], steps: int, sampler: str,
+                size: tuple[int, int], hires: Hires, variation: tuple[list[int], float] | None,
+                refiner: Refiner | None, **drawing) -> list[Image.Image]:
+    """The hires fix's second pass over `first`, the first pass's latents (an upscaler that works on latents) or
+    pictures, drawn at `size` (W, H) by `model`: enlarged (`Hires.sizes`), then redrawn by `hires.model` (or
+    `model`) with `hires`'s settings, the first pass's where it gives none."""
+    second_model, factor = hires.model or model, model.pipeline.vae_scale_factor
+    enlarged, crop, final = hires.sizes(*size, factor)
+    if refine.UPSCALERS[hires.upscaler].mode is not None:
+        latents = refine.upscale_latents(first, enlarged, crop, hires.upscaler, factor)
+    else:
+        pictures = refine.upscale_pictures(first, enlarged, hires.upscaler, factor)
+        pixels = torch.stack([prepare_image(p, 0, size=p.size) for p in pictures])
+        # (the web UI decodes with the first pass's checkpoint and encodes with the hires one, loaded between)
+        latents = refine.cropped(refine.encode(second_model.vae, pixels), crop)
+    if hires.switch is not None:
+        hires.switch()
+    second = {**drawing, **({"prompts": [hires.prompt] * len(drawing["prompts"])} if hires.prompt is not None else {}),
+              **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {}),
+              **({"guidance": hires.guidance} if hires.guidance is not None else {})}
+    return _refined(second_model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
+                    final, variation, refiner=refiner, first_pass=steps * step_multiplier(sampler), **second)
 
 
 def seed_noise(generators: list[torch.Generator], shape: tuple[int, ...],
