@@ -328,23 +328,38 @@ def _short_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .config import GenerateConfig, TrainConfig
-
     parser = _Parser(prog="textinv", description="Textual Inversion: learn a new word for a concept "
                                      "from a few pictures, and generate with it.")
     parser.add_argument("--version", action="version", version=f"textinv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in (_add_train, _add_generate, _add_convert, _add_merge, _add_inspect, _add_score, _add_caption,
+                        _add_push, _add_demo, _add_evaluate):
+        add_command(sub)
+    parser.commands = sub.choices  # (name -> its parser: `_parse` names the command's own flags)
+    return parser
+
+
+def _add_config_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
+
+
+def _add_train(sub) -> None:
+    from .config import TrainConfig
 
     p = sub.add_parser("train", help="learn a token from a folder of pictures",
                        description="Learn new token vectors so the frozen model reconstructs your pictures.")
-    p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
+    _add_config_file(p)
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+
+
+def _add_generate(sub) -> None:
+    from .config import GenerateConfig
 
     p = sub.add_parser("generate", help="generate images with learned tokens",
                        description="Draw pictures from prompts that use learned tokens (embedding files of any "
                                    "supported format); each PNG carries its prompt, seed and settings.")
-    p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
+    _add_config_file(p)
     p.add_argument("--again", metavar="PICTURE", help="draw a picture textinv, the A1111 web UI or ComfyUI drew "
                    "again, from the settings in its PNG text (a web UI JPEG/WebP/AVIF: its EXIF; ComfyUI's: its "
                    "graph, a WebP's in its EXIF; or a ComfyUI workflow saved as .json, either format); flags beside "
@@ -352,6 +367,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_flags(p, GenerateConfig)
     p.set_defaults(func=cmd_generate)
 
+
+def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert an embedding file between formats (lossless)")
     p.add_argument("src", help="embedding file in any supported format")
     p.add_argument("dst", help="file to write")
@@ -365,6 +382,8 @@ def make_parser() -> argparse.ArgumentParser:
                    "dst, as the web UI reads bundles: <lora:dst's name> in a prompt then installs it under its token")
     p.set_defaults(func=cmd_convert)
 
+
+def _add_merge(sub) -> None:
     from .config import MergeConfig
 
     p = sub.add_parser("merge", help="make a new embedding of embeddings and words: weighted sums, concatenation",
@@ -377,6 +396,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_flags(p, MergeConfig)
     p.set_defaults(func=cmd_merge)
 
+
+def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="what an embedding file holds and which model it fits "
                        "(a drawn picture: the settings generate --again reads from it)")
     p.add_argument("file", help="embedding file in any supported format, or a picture textinv, the web UI or "
@@ -387,6 +408,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
 
+
+def _add_score(sub) -> None:
     from .score import ScoreConfig
 
     p = sub.add_parser("score", help="how good is an embedding: CLIP reconstruction and editability, with a report",
@@ -394,10 +417,12 @@ def make_parser() -> argparse.ArgumentParser:
                                    "with baselines (the init word, your description) at the same seeds, judge the "
                                    "pictures with CLIP as the textual inversion paper does, and write report.html, "
                                    "report.png and scores.json.")
-    p.add_argument("--config", help="YAML/TOML/JSON file of settings; flags override it")
+    _add_config_file(p)
     add_config_flags(p, ScoreConfig)
     p.set_defaults(func=cmd_score)
 
+
+def _add_caption(sub) -> None:
     from .caption import CaptionConfig
 
     p = sub.add_parser("caption", help="write a caption file beside each training picture, with BLIP",
@@ -408,6 +433,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_flags(p, CaptionConfig)
     p.set_defaults(func=cmd_caption)
 
+
+def _add_push(sub) -> None:
     # a command of its own, not a train flag: it publishes a run once it is done (or resumed, or scored, or an older
     # one), a failed upload costs no training, and a token given to train would be saved in the run's config.yaml
     p = sub.add_parser("push", help="publish an embedding on the Hugging Face hub, with a model card",
@@ -423,8 +450,9 @@ def make_parser() -> argparse.ArgumentParser:
                                        "login` saved; given here, it stays in your shell's history)")
     p.set_defaults(func=cmd_push)
 
+
+def _add_demo(sub) -> None:
     from .shapes.demo import DemoConfig
-    from .shapes.evaluate import EvalConfig
 
     p = sub.add_parser("demo", help="learn an example concept on the bundled model and write a report",
                        description="Learn the example concept in examples/ (a teal star) on the CPU with the "
@@ -433,6 +461,10 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_flags(p, DemoConfig)
     _add_threads(p)
     p.set_defaults(func=cmd_demo)
+
+
+def _add_evaluate(sub) -> None:
+    from .shapes.evaluate import EvalConfig
 
     p = sub.add_parser("evaluate", help="the quality benchmark: reconstruction and editability per concept",
                        description="Learn each benchmark concept of the shapes world and score it, with two "
@@ -449,8 +481,6 @@ def make_parser() -> argparse.ArgumentParser:
     _add_threads(p)
     add_config_flags(p, EvalConfig)
     p.set_defaults(func=cmd_evaluate)
-    parser.commands = sub.choices  # (name -> its parser: `_parse` names the command's own flags)
-    return parser
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
