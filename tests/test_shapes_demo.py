@@ -88,6 +88,26 @@ def test_demo_quick_writes_the_html_and_png_report(model_dir, probe_path, tmp_pa
     assert not (out / LOCK_FILE).exists()  # (the hold's file goes with the run that held it)
 
 
+def test_a_demo_without_the_probe_shows_the_pictures_unjudged_and_says_why(model_dir, tmp_path, monkeypatch, capsys):
+    import textinv.shapes.probe as probe_module
+
+    monkeypatch.setattr(probe_module, "DEFAULT_PATH", tmp_path / "no-probe.safetensors")
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--model", str(model_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith(f"note: no probe weights installed ({tmp_path / 'no-probe.safetensors'}), so "
+                                     f"the pictures are shown without scores; train them with `python -m "
+                                     f"textinv.shapes.probe --train`")
+    report = json.loads((out / "scores.json").read_text())
+    assert report["probe"] is None and report["summary"] is None and report["probe_note"] in printed
+    assert len(report["prompts"]) == 1 + len(find_concept(DEFAULT_CONCEPT).edit_prompts())
+    for entry in report["prompts"]:
+        for method in ("textual-inversion", "init-word"):
+            assert {k: v for k, v in entry[method].items() if k != "prompt"} == {
+                "pass": [None], "read": [None], "glimpse": [None], "passed": None, "of": 1, "hits": None}
+    assert (out / "report.html").is_file() and (out / "report.png").is_file()
+
+
 def test_demo_without_the_model_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     code = main(["demo", "--quick", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "no-model")])
     assert code == 2 and "not found" in capsys.readouterr().err
