@@ -866,3 +866,41 @@ def test_caption_settings_that_do_not_go_together_are_refused_naming_the_files_k
     with pytest.raises(ConfigError, match=r"f\.toml's caption_separator \(\[general\]\) ',' and \S+f\.toml's "
                                           r"keep_tokens_separator \(\[general\]\) ',,' overlap"):
         apply_dataset_config(TrainConfig(dataset_config=str(overlap), token="<t>", out="o"))
+
+
+def test_a_setting_one_dataset_leaves_out_a_resume_at_other_settings_and_a_second_list_of_subsets_are_refused(
+        tmp_path):
+    """The refusals of `apply_dataset_config` the tests above do not reach: a [[datasets]] key one dataset leaves to
+    the command line, a resume given the file again at another value than the run's, and subsets given twice."""
+    a, b = write_images(tmp_path / "a", n=1), write_images(tmp_path / "b", n=1)
+    dataset = toml(tmp_path / "d.toml", f'[[datasets]]\nresolution = 768\n[[datasets.subsets]]\nimage_dir = "{a}"\n'
+                                        f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{b}"\n')
+    with pytest.raises(ConfigError, match=r"d.toml: \[\[datasets\]\] 2 gives no resolution, so it takes textinv's "
+                                          r"--resolution \(None\), where \[\[datasets\]\] 1 gives 768; textinv has "
+                                          r"one --resolution for all its pictures: give resolution in \[general\]$"):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    toml(dataset, f'[general]\nbatch_size = 2\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{a}"\n')
+    with pytest.raises(ConfigError, match=rf"^cannot resume o with --dataset-config {re.escape(str(dataset))}: its "
+                                          r"batch_size = 2 \(\[general\]\) is not the run's --batch 8; resume "
+                                          r"without --dataset-config \(the run's config.yaml records what the file "
+                                          r"gave when the run started\), or start a new run$"):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o", resume=True, batch=8))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(dataset))}'s subsets \({re.escape(str(a))} x1\) and the "
+                                          rf"subsets given \({re.escape(str(b))} x1\) both name the pictures: give one "
+                                          r"of them$"):
+        apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o",
+                                         subsets=[{"images": str(b)}]))
+
+
+def test_the_dataset_configs_warnings_point_at_the_line_that_validated_the_config(tmp_path):
+    """Each warning reading the file gives names the caller of `TrainConfig.validate` (its stacklevel), not kohya.py."""
+    folder = write_images(tmp_path / "a", n=1)
+    unused = [("bucket_no_upscale = true\n", r"bucket_no_upscale = true left unused: the buckets are off"),
+              ("min_bucket_reso = 256\n", r"min_bucket_reso \(\[general\]\) left unused: the buckets are off"),
+              ("class_tokens = 'dog'\n", r"left unused: class_tokens")]
+    for key, message in unused:
+        dataset = toml(tmp_path / "d.toml", f'[general]\n{key}[[datasets]]\n[[datasets.subsets]]\n'
+                                            f'image_dir = "{folder}"\n')
+        with pytest.warns(DatasetConfigWarning, match=message) as record:
+            TrainConfig(dataset_config=str(dataset), token="<t>", out="o").validate()
+        assert [w.filename for w in record if w.category is DatasetConfigWarning] == [__file__]
