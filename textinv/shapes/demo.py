@@ -36,7 +36,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from textinv import __version__
-from textinv.config import check_guidance, check_lr, check_seed, opt
+from textinv.config import TrainConfig, check_guidance, check_lr, check_seed, opt
 from textinv.errors import ConfigError, ModelError, TrainingError
 from textinv.io import atomic_path, output_folder, write_json, write_text
 from textinv.report import (BASE_CSS, FAIL, INK, LINE, MUTED, PAPER, PASS, UNKNOWN, data_uri, draw_loss_curve,
@@ -294,92 +294,139 @@ def _learn_draw_judge(config: DemoConfig, concept: Concept, out: Path, model, pr
         model = load_model(config.model)
     check_judged_size(model)
     config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
-    t_ready = time.perf_counter()
+    times = {"started": started, "ready": time.perf_counter()}  # (perf_counter at each stage's end: the report's)
 
     with _replacing_report(out):  # the last report stays until this one is written
         # 2. learn -------------------------------------------------------------------------------------------------
-        from textinv.generate import install_embedding
-        from textinv.train import train
-
-        templates = write_templates(concept, out / "templates.txt")
-        tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
-                          seed=config.seed, model=config.model)
-        # the loss at draws fixed for the run, four times over it: the steady line beside the noisy loss (8 draws a
-        # picture: 200 samples of the UNet without gradients over a 400-step run, a few percent of its time)
-        tc = dataclasses.replace(tc, validate_every=max(1, config.steps // 4), validation_draws=8)
+        tc = _demo_train_config(config, concept, out, images_dir)
         log(f"learning {concept.token} ({concept.name}) from {len(pictures)} pictures in {images_dir}, "
             f"{config.steps} steps", flush=True)
         rows = {m: _demo_prompts(concept, m) for m in METHODS}
         seeds = [config.seed + i for i in range(config.samples)]
-        drawn = {}
-        try:
-            result = train(tc, model=model, progress=progress)  # (the model comes back without the token)
-        except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
-            raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
-                                f"--lr (now {config.lr})") from None
-        t_trained = time.perf_counter()
-        with scratch_tokens(model):  # a model passed in comes back without the token
-            install_embedding(model, result.embedding)
+        result = _learn(tc, model, progress, config.lr)
+        times["trained"] = time.perf_counter()
 
-            # 3. draw ----------------------------------------------------------------------------------------------
-            log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
-                f"'{concept.init_word}'", flush=True)
-            for m in METHODS:
-                prompts = [p for _, p, _ in rows[m] for _ in seeds]
-                drawn[m] = sample(model, prompts, seeds * len(rows[m]), config.sample_steps, config.guidance)
-        t_drawn = time.perf_counter()
+        # 3. draw --------------------------------------------------------------------------------------------------
+        drawn = _draw(model, result, rows, seeds, config, concept, log)
+        times["drawn"] = time.perf_counter()
 
         # 4. judge -------------------------------------------------------------------------------------------------
-        k = len(seeds)
-        table = []
-        for j in range(len(rows[METHODS[0]])):
-            entry = {"kind": rows[METHODS[0]][j][0], "expects": rows[METHODS[0]][j][2]}
-            for m in METHODS:
-                _, prompt, expected = rows[m][j]
-                pics = drawn[m][j * k:(j + 1) * k]
-                verdicts, readings, glimpses, hits = [None] * k, [None] * k, [None] * k, None
-                if probe is not None:
-                    verdicts, per_attribute, predicted = score_images(probe, pics, expected)
-                    hits = {a: sum(v) for a, v in per_attribute.items()}  # how many pictures get each one right
-                    per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
-                    readings = [_reading(p) for p in per_picture]
-                    glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
-                entry[m] = {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
-                            "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k,
-                            "hits": hits}
-            table.append(entry)
-        t_judged = time.perf_counter()
+        table = _judge(probe, rows, drawn, len(seeds))
+        times["judged"] = time.perf_counter()
 
         # 5. report ------------------------------------------------------------------------------------------------
-        report = {
-            "title": f"textinv demo: learning {concept.token} from {len(pictures)} pictures",
-            "concept": {"name": concept.name, "token": concept.token, "init_word": concept.init_word,
-                        "kind": concept.kind, "description": concept.description, "attributes": concept.attributes},
-            "images": str(images_dir), "images_committed": committed,
-            "model": model.describe(), "textinv_version": __version__,
-            "settings": dataclasses.asdict(config), "seeds": seeds,
-            "probe": None if probe is None else (getattr(probe, "metrics", None) or "loaded"), "probe_note": note,
-            "loss": [list(x) for x in result.losses],
-            "validation_loss": [list(x) for x in result.validation],
-            "prompts": table,
-            "summary": _summary(table) if probe is not None else None,
-            "embedding": str(result.files[0]) if result.files else None,
-            "seconds": {"load": round(t_ready - started, 1), "train": round(t_trained - t_ready, 1),
-                        "draw": round(t_drawn - t_trained, 1), "judge": round(t_judged - t_drawn, 1)},
-        }
-        report["seconds"]["total"] = round(time.perf_counter() - started, 1)  # drawing the report: well under 1 s
-        loss_png = draw_loss_curve(result.losses, fixed=result.validation)
-        sheet = draw_sheet(report, pictures, drawn, loss_png)
-        html_path, png_path, json_path = out / "report.html", out / "report.png", out / "scores.json"
-        with atomic_path(png_path) as tmp:
-            sheet.save(tmp, format="PNG")
-        write_text(html_path, render_html(report, pictures, drawn, loss_png))
-        write_json(json_path, report)
+        report = _report(config, concept, model, probe, note, (images_dir, committed, len(pictures)), seeds, result,
+                         table, times)
+        html_path, png_path, json_path = _write_report(out, report, pictures, drawn, result)
     log(f"report: {html_path} (open it in a browser) and {png_path}; scores in {json_path}")
     if note:
         log(f"note: {note}")
     return DemoResult(html=html_path, png=png_path, scores=json_path, embedding=Path(report["embedding"] or ""),
                       seconds=report["seconds"]["total"], report=report)
+
+
+def _demo_train_config(config: DemoConfig, concept: Concept, out: Path, images_dir: Path) -> TrainConfig:
+    """The demo's training run (`evaluate.train_config`), into out/run, its prompts in out/templates.txt."""
+    templates = write_templates(concept, out / "templates.txt")
+    tc = train_config(concept, images_dir, templates, out / "run", config.steps, config.lr, config.batch,
+                      seed=config.seed, model=config.model)
+    # the loss at draws fixed for the run, four times over it: the steady line beside the noisy loss (8 draws a
+    # picture: 200 samples of the UNet without gradients over a 400-step run, a few percent of its time)
+    return dataclasses.replace(tc, validate_every=max(1, config.steps // 4), validation_draws=8)
+
+
+def _learn(tc: TrainConfig, model, progress: bool, lr: float):
+    """`train`'s result for `tc` (the model comes back without the token); a failure's advice is the demo's."""
+    from textinv.train import train
+
+    try:
+        return train(tc, model=model, progress=progress)
+    except TrainingError as e:  # its advice names train's flags; the demo has --lr and --batch
+        raise TrainingError(f"the demo's training failed: {str(e).split('. ')[0]}. Run it again with a lower "
+                            f"--lr (now {lr})") from None
+
+
+def _draw(model, result, rows: dict[str, list], seeds: list[int], config: DemoConfig, concept: Concept, log
+          ) -> dict[str, list[Image.Image]]:
+    """Each method's pictures, every row's prompt at every seed in turn, the learned token installed meanwhile."""
+    from textinv.generate import install_embedding
+
+    drawn = {}
+    with scratch_tokens(model):  # a model passed in comes back without the token
+        install_embedding(model, result.embedding)
+        log(f"drawing {len(rows[METHODS[0]])} prompts x {len(seeds)} seeds, with {concept.token} and with "
+            f"'{concept.init_word}'", flush=True)
+        for m in METHODS:
+            prompts = [p for _, p, _ in rows[m] for _ in seeds]
+            drawn[m] = sample(model, prompts, seeds * len(rows[m]), config.sample_steps, config.guidance)
+    return drawn
+
+
+def _judge(probe, rows: dict[str, list], drawn: dict[str, list[Image.Image]], k: int) -> list[dict]:
+    """One entry per prompt row: each method's prompt and, with a `probe`, its verdicts on the row's `k` pictures."""
+    table = []
+    for j in range(len(rows[METHODS[0]])):
+        entry = {"kind": rows[METHODS[0]][j][0], "expects": rows[METHODS[0]][j][2]}
+        for m in METHODS:
+            _, prompt, expected = rows[m][j]
+            entry[m] = _judged(probe, prompt, expected, drawn[m][j * k:(j + 1) * k])
+        table.append(entry)
+    return table
+
+
+def _judged(probe, prompt: str, expected: dict, pics: list[Image.Image]) -> dict:
+    """The probe's verdicts on one prompt's pictures (None without a probe)."""
+    k = len(pics)
+    verdicts, readings, glimpses, hits = [None] * k, [None] * k, [None] * k, None
+    if probe is not None:
+        verdicts, per_attribute, predicted = score_images(probe, pics, expected)
+        hits = {a: sum(v) for a, v in per_attribute.items()}  # how many pictures get each one right
+        per_picture = [{a: predicted[a][i] for a in predicted} for i in range(k)]
+        readings = [_reading(p) for p in per_picture]
+        glimpses = [f"{p['color']} {p['shape']}, hue {p['hue']:.0f}" for p in per_picture]
+    return {"prompt": prompt, "pass": verdicts, "read": readings, "glimpse": glimpses,
+            "passed": sum(bool(v) for v in verdicts) if probe is not None else None, "of": k, "hits": hits}
+
+
+def _report(config: DemoConfig, concept: Concept, model, probe, note: str | None,
+            pictures: tuple[Path, bool, int], seeds: list[int], result, table: list[dict], times: dict[str, float]
+            ) -> dict:
+    """scores.json's record of the run: `pictures` is (their folder, whether committed, how many); `times` the
+    perf_counter readings at the start and the end of each stage."""
+    images_dir, committed, count = pictures
+    report = {
+        "title": f"textinv demo: learning {concept.token} from {count} pictures",
+        "concept": {"name": concept.name, "token": concept.token, "init_word": concept.init_word,
+                    "kind": concept.kind, "description": concept.description, "attributes": concept.attributes},
+        "images": str(images_dir), "images_committed": committed,
+        "model": model.describe(), "textinv_version": __version__,
+        "settings": dataclasses.asdict(config), "seeds": seeds,
+        "probe": None if probe is None else (getattr(probe, "metrics", None) or "loaded"), "probe_note": note,
+        "loss": [list(x) for x in result.losses],
+        "validation_loss": [list(x) for x in result.validation],
+        "prompts": table,
+        "summary": _summary(table) if probe is not None else None,
+        "embedding": str(result.files[0]) if result.files else None,
+        "seconds": {"load": round(times["ready"] - times["started"], 1),
+                    "train": round(times["trained"] - times["ready"], 1),
+                    "draw": round(times["drawn"] - times["trained"], 1),
+                    "judge": round(times["judged"] - times["drawn"], 1)},
+    }
+    report["seconds"]["total"] = round(time.perf_counter() - times["started"], 1)  # drawing the report: well under 1 s
+    return report
+
+
+def _write_report(out: Path, report: dict, pictures: list[Image.Image], drawn: dict[str, list[Image.Image]], result
+                  ) -> tuple[Path, Path, Path]:
+    """report.png, report.html and scores.json in `out`, each written whole (`io.atomic_path`)."""
+    loss_png = draw_loss_curve(result.losses, fixed=result.validation)
+    sheet = draw_sheet(report, pictures, drawn, loss_png)
+    html_path, png_path, json_path = out / "report.html", out / "report.png", out / "scores.json"
+    with atomic_path(png_path) as tmp:
+        sheet.save(tmp, format="PNG")
+    write_text(html_path, render_html(report, pictures, drawn, loss_png))
+    write_json(json_path, report)
+    return html_path, png_path, json_path
 
 
 def _demo_prompts(concept: Concept, method: str) -> list[tuple[str, str, dict]]:
