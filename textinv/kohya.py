@@ -437,41 +437,7 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
                           f"file's subsets are its folders)")
     for values in read.subsets:
         _refuse_at_default(path, values)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    changes: dict[str, Any] = {}
-    said: dict[str, str] = {}  # each setting the file gives, as it gives it (`_check_warmup_wildcards`)
-    for key, (places, setting, _) in SETTINGS.items():
-        per_dataset = places == DATASET_KEY
-        units = read.datasets if per_dataset else read.subsets
-        once = "in [general]" if places != OWN_KEY else "in every [[datasets.subsets]]"
-        found = [unit.get(key) for unit in units]
-        present = [v for v in found if v is not None]
-        if not present:
-            continue
-        (value, place), *rest = present
-        for other, other_place in rest:
-            if other != value:
-                what = "[[datasets]]" if per_dataset else "subsets"
-                raise ConfigError(f"{path}: {key} differs between {what} ({place}: {_toml(value)}, {other_place}: "
-                                  f"{_toml(other)}); textinv has one {_flag(setting)} for all its pictures: give "
-                                  f"one value {once}, or train them apart")
-        current = getattr(config, setting)
-        if current != defaults[setting] and current != value:
-            if config.resume:
-                raise ConfigError(f"{_resuming(config, path)}: its {key} = {_toml(value)} ({place}) is not the run's "
-                                  f"{_flag(setting)} {_shown(current)}; {_RESUME_FIX}")
-            raise ConfigError(f"{_flag(setting)} {_shown(current)} and {path}'s {key} = {_toml(value)} ({place}) "
-                              f"both give the {setting.replace('_', ' ')}: leave one out")
-        if len(present) < len(found):  # (those take the command line's: textinv's setting, as it is)
-            ours = config.use_flip if setting == "flip" else current
-            if ours != value:
-                missing = next(i for i, v in enumerate(found) if v is None)
-                which = f"[[datasets]] {missing + 1}" if per_dataset else read.places[missing]
-                raise ConfigError(f"{path}: {which} gives no {key}, so it takes textinv's {_flag(setting)} "
-                                  f"({_shown(ours)}), where {place} gives {_toml(value)}; textinv has one "
-                                  f"{_flag(setting)} for all its pictures: give {key} {once}")
-        changes[setting] = value
-        said[setting] = f"{path}'s {key} ({place})"
+    changes, said = _file_settings(config, read)
     _check_captions(config, changes, said)
     resolution = changes.get("resolution", config.resolution)
     buckets = changes.get("buckets", config.buckets)
@@ -482,6 +448,75 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
         del changes["bucket_no_upscale"]
     _check_buckets(read, resolution, buckets, changes.get("bucket_no_upscale", config.bucket_no_upscale))
     _warn_ignored(read)
+    subsets = _file_subsets(config, read)
+    return dataclasses.replace(config, **changes, subsets=subsets, dataset_config=None)
+
+
+def _file_settings(config: TrainConfig, read: DatasetConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings the file gives (`SETTINGS`) as textinv's (setting: value), and where each was given (setting:
+    "FILE's key (place)", for `_check_warmup_wildcards`); refused where the file gives one twice, or `config`
+    another (`_check_beside_config`)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changes: dict[str, Any] = {}
+    said: dict[str, str] = {}
+    for key, (places, setting, _) in SETTINGS.items():
+        units = read.datasets if places == DATASET_KEY else read.subsets
+        found = [unit.get(key) for unit in units]
+        present = [v for v in found if v is not None]
+        if not present:
+            continue
+        value, place = _one_value(read.path, key, places, setting, present)
+        _check_beside_config(config, read, key, places, setting, (value, place), found, defaults[setting])
+        changes[setting] = value
+        said[setting] = f"{read.path}'s {key} ({place})"
+    return changes, said
+
+
+def _once(places: tuple[str, ...]) -> str:
+    """Where a key of `places` is given once for all the pictures."""
+    return "in [general]" if places != OWN_KEY else "in every [[datasets.subsets]]"
+
+
+def _one_value(path: Path, key: str, places: tuple[str, ...], setting: str, present: list[tuple[Any, str]]
+               ) -> tuple[Any, str]:
+    """The (value, place) the file gives `key` in every dataset or subset of `present`: refused where they differ."""
+    (value, place), *rest = present
+    for other, other_place in rest:
+        if other != value:
+            what = "[[datasets]]" if places == DATASET_KEY else "subsets"
+            raise ConfigError(f"{path}: {key} differs between {what} ({place}: {_toml(value)}, {other_place}: "
+                              f"{_toml(other)}); textinv has one {_flag(setting)} for all its pictures: give "
+                              f"one value {_once(places)}, or train them apart")
+    return value, place
+
+
+def _check_beside_config(config: TrainConfig, read: DatasetConfig, key: str, places: tuple[str, ...], setting: str,
+                         given: tuple[Any, str], found: list[tuple[Any, str] | None], default: Any) -> None:
+    """Refuse the file's `given` (value, place) of `key` where `config` gives `setting` another value than its
+    `default` (a resume: other than the run's), or where a dataset or subset of `found` leaves `key` out (None) and
+    so takes `config`'s other value, as kohya takes its command line's."""
+    path, (value, place) = read.path, given
+    current = getattr(config, setting)
+    if current != default and current != value:
+        if config.resume:
+            raise ConfigError(f"{_resuming(config, path)}: its {key} = {_toml(value)} ({place}) is not the run's "
+                              f"{_flag(setting)} {_shown(current)}; {_RESUME_FIX}")
+        raise ConfigError(f"{_flag(setting)} {_shown(current)} and {path}'s {key} = {_toml(value)} ({place}) "
+                          f"both give the {setting.replace('_', ' ')}: leave one out")
+    if any(v is None for v in found):  # (those take the command line's: textinv's setting, as it is)
+        ours = config.use_flip if setting == "flip" else current
+        if ours != value:
+            missing = next(i for i, v in enumerate(found) if v is None)
+            which = f"[[datasets]] {missing + 1}" if places == DATASET_KEY else read.places[missing]
+            raise ConfigError(f"{path}: {which} gives no {key}, so it takes textinv's {_flag(setting)} "
+                              f"({_shown(ours)}), where {place} gives {_toml(value)}; textinv has one "
+                              f"{_flag(setting)} for all its pictures: give {key} {_once(places)}")
+
+
+def _file_subsets(config: TrainConfig, read: DatasetConfig) -> list[dict[str, Any]]:
+    """The file's subsets (`_subset`), refused where `config` gives others (a resume: other than the run's, but for
+    where the folders are now)."""
+    path = read.path
     subsets = [_subset(read, i, values, config.resume) for i, values in enumerate(read.subsets)]
     # a resume given the file again: its record agrees, but for where the folders are now (the run moved: its
     # pictures are checked by name against the checkpoint's, `run_folder.check_resumable`)
@@ -495,7 +530,7 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"{path}'s subsets ({_listed(subsets)}) and the subsets given "
                           f"({_listed(config.subset_list())}) "
                           f"both name the pictures: give one of them")
-    return dataclasses.replace(config, **changes, subsets=subsets, dataset_config=None)
+    return subsets
 
 
 def dataset_subsets(path: str | os.PathLike) -> list[dict[str, Any]]:
