@@ -2149,3 +2149,20 @@ def test_bucket_no_upscale_without_buckets_is_refused(images, tmp_path):
     with pytest.raises(ConfigError, match=r"--bucket-no-upscale says how --buckets sizes each picture's bucket, and "
                                           r"the buckets are off: give --buckets too"):
         config(images, tmp_path / "o", bucket_no_upscale=True).validate()
+
+
+def test_the_token_checks_build_the_vocabulary_as_often_for_many_vectors_as_for_one(sd1_dir, images, tmp_path,
+                                                                                    monkeypatch):
+    """get_vocab() builds the whole vocabulary (49,408 entries on a real CLIP tokenizer) as a new dict: the run's
+    token checks built it once for each vector name of each concept; now once a tokenizer."""
+    from transformers import CLIPTokenizer
+
+    real, calls = CLIPTokenizer.get_vocab, []
+    monkeypatch.setattr(CLIPTokenizer, "get_vocab", lambda self: calls.append(1) or real(self))
+    built = []
+    for n in (1, 4):
+        calls.clear()
+        train(TrainConfig(images=str(images), token=f"<v{n}>", init="dog", vectors=n, model=str(sd1_dir), steps=1,
+                          save_every=0, sample_every=0, resolution=16, out=str(tmp_path / f"v{n}")), progress=False)
+        built.append(len(calls))
+    assert built[0] == built[1]

@@ -1470,10 +1470,11 @@ def _add_run_tokens(run: _Run) -> None:
     # holding the earlier concepts' tokens (the corrected run would then find them taken); and an init text is read
     # as its concept's own run reads it, whatever tokens the other concepts add (their word pieces, not their rows)
     init_ids = []
+    vocabs = [tok.get_vocab() for _, tok, _ in model.encoders]  # (a new dict of the whole vocabulary each call)
     for spec in specs:
-        for _, tok, _ in model.encoders:
+        for (_, tok, _), vocab in zip(model.encoders, vocabs):
             for name in token_names(spec["token"], config.vectors):
-                check_new_token(tok, name)
+                check_new_token(tok, name, vocab)
         init_ids.append([encode_init(tok, spec["init"]) for _, tok, _ in model.encoders]
                         if start_from is None and not config.init_embedding else None)
     for spec, ids in zip(specs, init_ids):
