@@ -50,7 +50,7 @@ from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_dif
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .samplers import check_pass, scheduler_for, step_multiplier, webui_hires_names, webui_names
-from .tokens import add_tokens, check_new_token, expand_prompt, scratch_tokens, token_names, tokenizer_copy
+from .tokens import add_tokens, expand_prompt, scratch_tokens, token_clash, token_names, tokenizer_copy
 
 DEFAULT_STEPS = 25
 
@@ -117,18 +117,15 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
              f"so it may not draw as one token (embeddings have 1-75 vectors; the A1111 web UI cannot use "
              f"this one)", stacklevel=2)
     names = token_names(emb.token, emb.num_vectors)
-    for _, tokenizer, _ in model.encoders:  # check every encoder before changing any
-        vocab = tokenizer.get_vocab()  # (a new dict of the whole vocabulary: built once)
-        for name in names:
-            if name in vocab:  # (check_new_token's message speaks of training)
-                raise TokenError(f"cannot add embedding {emb.token!r}: the model's tokenizer has {name!r} already, as "
-                                 f"a word of its own or a learned token saved into the model (as the diffusers "
-                                 f"script's --save_as_full_pipeline saves it, which draws without --embedding); "
-                                 f"pass another name for the embedding with --token")
-            try:
-                check_new_token(tokenizer, name, vocab)
-            except TokenError as e:
-                raise TokenError(f"cannot add embedding {emb.token!r}: {e} (pass a different name with --token)") from e
+    clash = token_clash([tokenizer for _, tokenizer, _ in model.encoders], names)  # (every encoder before any change)
+    if clash is not None:
+        name, error = clash
+        if error is None:  # (check_new_token's message speaks of training)
+            raise TokenError(f"cannot add embedding {emb.token!r}: the model's tokenizer has {name!r} already, as "
+                             f"a word of its own or a learned token saved into the model (as the diffusers "
+                             f"script's --save_as_full_pipeline saves it, which draws without --embedding); "
+                             f"pass another name for the embedding with --token")
+        raise TokenError(f"cannot add embedding {emb.token!r}: {error} (pass a different name with --token)") from error
     if not hasattr(model, "_pristine"):  # what unload_embeddings restores: the tokens go into copies of the tokenizers
         model._pristine = [(name, tok, te.get_input_embeddings()) for name, tok, te in model.encoders]
         for name, tok, _ in model._pristine:

@@ -36,7 +36,7 @@ from .formats import LearnedEmbedding, check_writable, describe, format_for, loa
 from .inspect import encoder_lines, word_rows
 from .models import Model, check_model_object, load_model, shareable_name, source_is_xl
 from .run_folder import embedding_file
-from .tokens import base_embedding, check_new_token, split_words, token_names
+from .tokens import base_embedding, split_words, token_clash, token_names
 
 # what a merged file keeps of its parts' metadata, where every part says the same: the model they were made for
 # (generate and score read it) and how it reads them; the rest (steps, init, title, date) describes one part only
@@ -416,18 +416,15 @@ def _check_fits_model(parts: list[tuple[str, LearnedEmbedding]], model) -> None:
 def _check_token_is_new(emb: LearnedEmbedding, model) -> None:
     """Refuse a --token `model`'s tokenizers already read as a word of theirs: generate refuses to load such a file
     (its vectors would take the word's place in every prompt), so it is said before the file is written."""
-    for _, tokenizer, _ in model.encoders:
-        vocab = tokenizer.get_vocab()  # (a new dict of the whole vocabulary: built once)
-        for name in token_names(emb.token, emb.num_vectors):
-            if name in vocab:  # (check_new_token's message speaks of training)
-                raise TokenError(f"--token {emb.token!r} cannot be used with --model {model.source}: its tokenizer has "
-                                 f"{name!r} already, as a word of its own or a token installed into this model "
-                                 "(generate.install_embedding; unload_embeddings takes those out), so a file merged "
-                                 "under it is one generate refuses with this model; pick another --token")
-            try:
-                check_new_token(tokenizer, name, vocab)
-            except TokenError as e:
-                raise TokenError(f"--token {emb.token!r} cannot be used with --model {model.source}: {e}") from None
+    clash = token_clash([tokenizer for _, tokenizer, _ in model.encoders], token_names(emb.token, emb.num_vectors))
+    if clash is not None:
+        name, error = clash
+        if error is None:  # (check_new_token's message speaks of training)
+            raise TokenError(f"--token {emb.token!r} cannot be used with --model {model.source}: its tokenizer has "
+                             f"{name!r} already, as a word of its own or a token installed into this model "
+                             "(generate.install_embedding; unload_embeddings takes those out), so a file merged "
+                             "under it is one generate refuses with this model; pick another --token")
+        raise TokenError(f"--token {emb.token!r} cannot be used with --model {model.source}: {error}") from None
 
 
 def _count(term: list[tuple[str, LearnedEmbedding, float]]) -> int:

@@ -141,6 +141,23 @@ def check_new_token(tokenizer, token: str, vocab: dict | None = None) -> None:
         )
 
 
+def token_clash(tokenizers, names: list[str]) -> tuple[str, TokenError | None] | None:
+    """The first of `names` that one of `tokenizers` (each checked before the next) already reads as one of its
+    tokens: (name, None) where it is in the vocabulary as it is (a word of its own or a token installed earlier), (name,
+    `check_new_token`'s error) where the tokenizer reads it as another known token (or it is no word); None where
+    none clashes. Each tokenizer's vocabulary is built once (`get_vocab` makes a new dict of all of it)."""
+    for tokenizer in tokenizers:
+        vocab = tokenizer.get_vocab()
+        for name in names:
+            if name in vocab:
+                return name, None
+            try:
+                check_new_token(tokenizer, name, vocab)
+            except TokenError as e:
+                return name, e
+    return None
+
+
 def encode_init(tokenizer, text: str) -> list[int]:
     """The token ids of an init word or phrase, without BOS/EOS; TokenError if it yields nothing usable."""
     ids = tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
