@@ -78,6 +78,38 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
         path, file, bundle = f"{file}{BUNDLE_SEPARATOR}{names[0]}", file, names[0]
     elif names:
         return bundle_report(file)
+    emb, layout, mismatch = _read_noting_modelspec(path)
+    report = {"file": str(path), "format": layout}
+    nearest = None
+    if model is not None:
+        nearest = _compare_with_model(report, emb, model, top_k, revision, variant)
+    else:
+        report.update(describe(emb))
+    lines = [f"{report['file']}: {report['format']} format", f"token: {emb.token}",
+             f"vectors: {emb.num_vectors}", f"fits: {report['family']}"]
+    lines += _modelspec_lines(report)
+    if mismatch:
+        report["modelspec_mismatch"] = mismatch[0]
+        lines.append(mismatch[0])
+    lines += _web_ui_name(report, emb, file)
+    lines += encoder_lines(report["encoders"])
+    for name, per_vector in (nearest or {}).items():
+        where = f" ({name})" if len(nearest) > 1 else ""
+        for i, near in enumerate(per_vector):
+            lines.append(f"vector {i}{where} reads as: " + ", ".join(f"{t} ({s:.2f})" for t, s in near))
+    lines += _notes(report, emb)
+    if "model_mismatch" in report:
+        lines.append(report["model_mismatch"])
+    own = {k: v for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX)}  # (shown above)
+    if own:
+        lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in own.items()))
+    report["text"] = "\n".join(lines)
+    return report
+
+
+def _read_noting_modelspec(path):
+    """The embedding at `path`, its layout, and the messages of the `ModelSpecWarning`s reading it raised (kept for
+    the report, not warned); its other warnings are warned as they were."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         emb, layout = read_embedding(path)  # (the file read once)
@@ -85,33 +117,40 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
     for w in caught:
         if not issubclass(w.category, ModelSpecWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    report = {"file": str(path), "format": layout}
-    nearest = None
-    if model is not None:
-        loaded = load_model(model, revision=revision, variant=variant)
-        # the model compared with, and which version of it, as generate's record and score's report name them
-        version = {k: loaded.loaded_with[k] for k in ("revision", "variant") if k in loaded.loaded_with}
-        report.update({"model": str(model), **version})
-        compared = str(model) + "".join(f" ({k} {v})" for k, v in version.items())
-        tables = {name: base_embedding(te).weight.detach() for name, _, te in loaded.encoders}
-        tokenizers = {name: tok for name, tok, _ in loaded.encoders}
-        if emb.widths == loaded.widths and set(emb.vectors) == set(tables):
-            report.update(describe(emb, {name: word_rows(t, tokenizers[name]).float().norm(dim=1)
-                                         for name, t in tables.items()}))
-            nearest = {name: nearest_tokens(tables[name], emb.vectors[name], tokenizers[name], top_k)
-                       for name in emb.vectors}
-            report["nearest_tokens"] = nearest
-        else:
-            report.update(describe(emb))
-            report["model_mismatch"] = (f"this embedding ({describe_widths(emb.widths)}) does not fit "
-                                        f"{compared} ({describe_widths(loaded.widths)})")
-            if uses_clip_l_half(loaded, emb):  # (what generate, score and train then do)
-                report["model_mismatch"] += (": only its clip_l half is used there (as ComfyUI does), and it was "
-                                             "trained for SDXL's reading of CLIP-L, so it may draw differently")
-    else:
-        report.update(describe(emb))
-    lines = [f"{report['file']}: {report['format']} format", f"token: {emb.token}",
-             f"vectors: {emb.num_vectors}", f"fits: {report['family']}"]
+    return emb, layout, mismatch
+
+
+def _compare_with_model(report: dict, emb, model: str, top_k: int, revision: str | None,
+                        variant: str | None) -> dict | None:
+    """Add to `report` the model compared with (and which version of it), the embedding's summary measured against
+    its vocabulary, and the vocabulary tokens nearest each vector, which it returns; or, where the embedding does
+    not fit the model, its summary alone and why it does not fit (returning None)."""
+    loaded = load_model(model, revision=revision, variant=variant)
+    # the model compared with, and which version of it, as generate's record and score's report name them
+    version = {k: loaded.loaded_with[k] for k in ("revision", "variant") if k in loaded.loaded_with}
+    report.update({"model": str(model), **version})
+    compared = str(model) + "".join(f" ({k} {v})" for k, v in version.items())
+    tables = {name: base_embedding(te).weight.detach() for name, _, te in loaded.encoders}
+    tokenizers = {name: tok for name, tok, _ in loaded.encoders}
+    if emb.widths == loaded.widths and set(emb.vectors) == set(tables):
+        report.update(describe(emb, {name: word_rows(t, tokenizers[name]).float().norm(dim=1)
+                                     for name, t in tables.items()}))
+        nearest = {name: nearest_tokens(tables[name], emb.vectors[name], tokenizers[name], top_k)
+                   for name in emb.vectors}
+        report["nearest_tokens"] = nearest
+        return nearest
+    report.update(describe(emb))
+    report["model_mismatch"] = (f"this embedding ({describe_widths(emb.widths)}) does not fit "
+                                f"{compared} ({describe_widths(loaded.widths)})")
+    if uses_clip_l_half(loaded, emb):  # (what generate, score and train then do)
+        report["model_mismatch"] += (": only its clip_l half is used there (as ComfyUI does), and it was "
+                                     "trained for SDXL's reading of CLIP-L, so it may draw differently")
+    return None
+
+
+def _modelspec_lines(report: dict) -> list[str]:
+    """The report's lines on what the file's modelspec metadata says."""
+    lines = []
     spec = report.get("modelspec", {})
     if "architecture" in spec:  # what the file says it was made for: SD 2.x's 512 or 768-v, a test model's family
         made_for = report.get("made_for")
@@ -124,28 +163,33 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
             if k not in ("architecture", "title", "resolution", "sai_model_spec", "implementation", "hash_sha256")}
     if rest:
         lines.append("modelspec: " + ", ".join(f"{k}={v}" for k, v in sorted(rest.items())))
-    if mismatch:
-        report["modelspec_mismatch"] = mismatch[0]
-        lines.append(mismatch[0])
+    return lines
+
+
+def _web_ui_name(report: dict, emb, file) -> list[str]:
+    """Where the web UIs call the embedding in `file` by another name than its token: that name added to `report`
+    ("web_ui_name"), and its line."""
     # The web UIs call a file by its name, whatever token it stores (an image by its chunk's name, and they do not
     # read a diffusers-sdxl pair as one embedding): what their users type in a prompt
     file = _resolve(Path(file))  # (a diffusers folder: its learned_embeds file)
     stem = file.stem
     if report["format"] == "lora-bundle":  # (called by its NAME, the token)
-        pass
-    elif report["format"] == "a1111-png":  # (ComfyUI reads no image embeddings)
+        return []
+    if report["format"] == "a1111-png":  # (ComfyUI reads no image embeddings)
         called = a1111_png_name(file)
         if called and called != emb.token:
             report["web_ui_name"] = called
-            lines.append(f"in the A1111 web UI: {called} (it calls an image embedding by the name in its text chunk)")
+            return [f"in the A1111 web UI: {called} (it calls an image embedding by the name in its text chunk)"]
     elif report["format"] != "diffusers-sdxl" and stem != emb.token:
         report["web_ui_name"] = stem
-        lines.append(f"in the A1111 web UI and ComfyUI: {stem} (they call an embedding by its file name)")
-    lines += encoder_lines(report["encoders"])
-    for name, per_vector in (nearest or {}).items():
-        where = f" ({name})" if len(nearest) > 1 else ""
-        for i, near in enumerate(per_vector):
-            lines.append(f"vector {i}{where} reads as: " + ", ".join(f"{t} ({s:.2f})" for t, s in near))
+        return [f"in the A1111 web UI and ComfyUI: {stem} (they call an embedding by its file name)"]
+    return []
+
+
+def _notes(report: dict, emb) -> list[str]:
+    """Notes on an embedding the tools read otherwise than one might expect (the second half of an SDXL pair alone,
+    more vectors than one pass of the text encoder reads), added to `report` and as lines."""
+    lines = []
     if emb.widths == (FAMILY_WIDTHS["sdxl"][1],):  # alone, the second half of diffusers' two-file SDXL layout
         report["note"] = (f"{FAMILY_WIDTHS['sdxl'][1]} is the width of SDXL's second text encoder: this file "
                           f"looks like the second half of an SDXL embedding kept as two files (learned_embeds and "
@@ -156,13 +200,7 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
                                  f"reads, so a prompt splits it across chunks read apart, and the A1111 web UI "
                                  f"cannot use it")
         lines.append(report["note_length"])
-    if "model_mismatch" in report:
-        lines.append(report["model_mismatch"])
-    own = {k: v for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX)}  # (shown above)
-    if own:
-        lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in own.items()))
-    report["text"] = "\n".join(lines)
-    return report
+    return lines
 
 
 def bundle_report(path) -> dict:
