@@ -665,26 +665,12 @@ def _render_threads(n: int | None) -> int:
     return min(8, os.cpu_count() or 1) if n is None else n
 
 
-def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu", max_steps: int | None = None,
-               log=print, ahead: bool | None = None, render_threads: int | None = None,
-               cuda_graphs: bool = False) -> int:
-    """Train (or continue) the UNet and the text encoder on the frozen VAE's latents; returns the step.
-    `ahead`: make each step's inputs while the previous step runs (default: on a GPU); `render_threads`: with
-    `ahead`, render up to this many steps' pictures at once (default: min(8, the CPU count)). The run is the
-    same bit for bit either way. `cuda_graphs`: the step's forward and backward captured as a CUDA graph on a GPU
-    (`textinv.graphs.CapturedStep`; elsewhere, and if the capture fails, the same computation runs eagerly).
-
-    >>> train_unet(config, Path("runs/shapes"), minutes=20, device="cuda", render_threads=8)  # doctest: +SKIP
-    """
-    from diffusers import DDPMScheduler
-
-    from textinv.train import denoising_loss
-
-    render_threads = _render_threads(render_threads)
-    folder = work / "unet"
+def _frozen_vae(config: PretrainConfig, work: Path, device) -> tuple[torch.nn.Module, int, int]:
+    """The trained VAE, frozen on `device`, with its step and the step its encoder (so the latents) was last changed
+    at."""
     # Under the lock: a decoder-only VAE chunk running beside this one swaps its checkpoint in under it.
     with _locked(work / "log.json"):
-        for stage in (work / "vae", folder):
+        for stage in (work / "vae", work / "unet"):
             _recover_folder(stage)
         if not (work / "vae" / "state.json").exists():
             raise ConfigError(f"no trained VAE in {work / 'vae'}: run `--stage vae --work {work}` first")
@@ -696,60 +682,57 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     vae.to(device).eval().requires_grad_(False)
     vae_step = vae_state["step"]
     latents_from = vae_state.get("encoder_step", vae_step)  # a decoder-only chunk leaves the latents as they were
+    return vae, vae_step, latents_from
+
+
+def _unet_models(config: PretrainConfig, device):
+    """The tokenizer, the text encoder and UNet (in training mode on `device`, their initial weights from the seed)
+    and the noise schedule."""
+    from diffusers import DDPMScheduler
+
     tokenizer = build_tokenizer_for_world()
     torch.manual_seed(config.seed + 1)  # the initial weights of a fresh run come from the seed too
     text_encoder = build_text_encoder(config, tokenizer).to(device).train()
     unet = build_unet(config).to(device).train()
     noise_scheduler = DDPMScheduler.from_config(build_scheduler(config).config)
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)  # (1000,), read every step
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=config.unet_lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
-    g = torch.Generator().manual_seed(config.seed + 1)
-    rng = np.random.default_rng(config.seed + 1)  # caption wording
-    names = [f"unet.{k}" for k, _ in unet.named_parameters()] + [f"text_encoder.{k}" for k, _ in
-                                                                   text_encoder.named_parameters()]
-    step, scale = 0, None
+    return tokenizer, text_encoder, unet, noise_scheduler
+
+
+def _resume_unet(folder: Path, config: PretrainConfig, unet, text_encoder, opt, params, names: list[str],
+                 g: torch.Generator, rng: np.random.Generator, device, latents_from: int,
+                 log) -> tuple[int, float | None, dict[str, torch.Tensor]]:
+    """The UNet stage's checkpoint in `folder` loaded into the models, AdamW and the generators: its step, its
+    latent scaling factor (None where the VAE's encoder moved since: to be measured again) and its EMA (`names`:
+    the parameters' names, in order). Where there is none: step 0, no scaling factor, the EMA a copy of `params`."""
+    if not (folder / "state.json").exists():
+        return 0, None, {n: p.detach().clone() for n, p in zip(names, params)}
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / "state.json").read_text())
+    unet.load_state_dict(load_weights(folder, "unet"))
+    text_encoder.load_state_dict(load_weights(folder, "text_encoder"), strict=False)
+    _load_moments(opt, params, load_file(str(folder / "optimizer.safetensors")))
+    _set_generator_state(g, state["generator"])
+    rng.bit_generator.state = state["rng"]
+    step, scale = state["step"], state["scaling_factor"]
+    ema = {k: v.to(device, torch.float32) for k, v in load_weights(folder, "ema").items()}
+    log(f"unet: resuming at step {step}")
+    trained_on = state.get("latents_from", state.get("vae_step"))  # older checkpoints name only the VAE step
+    if trained_on != latents_from:  # the encoder trained on since: its latents moved
+        scale = None
+        log(f"unet: the VAE's encoder is now at step {latents_from} (was {trained_on}); fine-tuning on its latents")
+    was = (state.get("prediction_type", "epsilon"), state.get("zero_terminal_snr", False))  # first exports
     objective = (config.prediction_type, config.zero_terminal_snr)
-    if (folder / "state.json").exists():
-        state = json.loads((folder / "state.json").read_text())
-        unet.load_state_dict(load_weights(folder, "unet"))
-        text_encoder.load_state_dict(load_weights(folder, "text_encoder"), strict=False)
-        from safetensors.torch import load_file
-        _load_moments(opt, params, load_file(str(folder / "optimizer.safetensors")))
-        _set_generator_state(g, state["generator"])
-        rng.bit_generator.state = state["rng"]
-        step, scale = state["step"], state["scaling_factor"]
-        ema = {k: v.to(device, torch.float32) for k, v in load_weights(folder, "ema").items()}
-        log(f"unet: resuming at step {step}")
-        trained_on = state.get("latents_from", state.get("vae_step"))  # older checkpoints name only the VAE step
-        if trained_on != latents_from:  # the encoder trained on since: its latents moved
-            scale = None
-            log(f"unet: the VAE's encoder is now at step {latents_from} (was {trained_on}); fine-tuning on its latents")
-        was = (state.get("prediction_type", "epsilon"), state.get("zero_terminal_snr", False))  # first exports
-        if was != objective:
-            log(f"unet: fine-tuning from {was[0]} (zero terminal SNR: {was[1]}) to {objective[0]} "
-                f"(zero terminal SNR: {objective[1]})")
-    else:
-        ema = {n: p.detach().clone() for n, p in zip(names, params)}
-    if scale is None:
-        scale = latent_scale(vae, device)
-        log(f"unet: latent scaling factor {scale:.4f}")
-    torch.manual_seed(config.seed + 1 + step)  # the VAE posterior's sampling noise (none once deterministic)
+    if was != objective:
+        log(f"unet: fine-tuning from {was[0]} (zero terminal SNR: {was[1]}) to {objective[0]} "
+            f"(zero terminal SNR: {objective[1]})")
+    return step, scale, ema
 
-    drawn = (_generator_state(g), rng.bit_generator.state)  # the generators' states after the last step's draws
 
-    def save():
-        save_checkpoint(folder, {"unet": unet, "text_encoder": text_encoder}, opt, params,
-                        {"step": chunk.step, "generator": drawn[0], "rng": drawn[1],
-                         "scaling_factor": scale, "vae_step": vae_step, "latents_from": latents_from,
-                         "prediction_type": objective[0],
-                         "zero_terminal_snr": objective[1]}, ema)
-
-    chunk = _Chunk("unet", work, config, step, save, 25, log, device=str(device), batch=config.unet_batch,
-                   lr=config.unet_lr, vae_step=vae_step)
-    cuda = torch.device(device).type == "cuda"
-    # (no cast cache with graphs: a cached cast would live in the capture's memory, as PyTorch's notes on graphs say)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda, cache_enabled=not cuda_graphs)
+def _unet_inputs_ahead(config: PretrainConfig, g: torch.Generator, rng: np.random.Generator, tokenizer, vae,
+                       timesteps: int, cuda: bool, ahead: bool | None, render_threads: int) -> _Ahead:
+    """The UNet steps' inputs, one step's at each `next()`, with the generators' states after its draws."""
     # On a GPU the next steps' inputs are made on the CPU by threads (rendering is torch ops, which free the GIL)
     # while the device runs this step, and copied without the host waiting; a step never reads the device back (the
     # loss is read once a log line), so nothing makes the host wait for the GPU. One thread draws the random numbers
@@ -762,10 +745,28 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     ids_of = _CaptionIds(tokenizer)
 
     def draw():
-        return _unet_draws(config, g, rng, ids_of, latent_shape, noise_scheduler.config.num_train_timesteps)
+        return _unet_draws(config, g, rng, ids_of, latent_shape, timesteps)
 
     def finish(drawn):
         return _unet_pictures(drawn, cuda, config.unet_object_weight, side)
+
+    return _Ahead(draw, finish, ahead if ahead is not None else cuda, workers=render_threads)
+
+
+def _step_inputs(inputs: dict, vae, scale: float, device, autocast) -> dict[str, torch.Tensor]:
+    """A step's inputs on `device`, its pictures encoded to latents."""
+    x, ids, noise, t = (inputs[k].to(device, non_blocking=True) for k in ("x", "ids", "noise", "t"))
+    with torch.no_grad(), autocast:
+        latents = vae.encode(x).latent_dist.sample(generator=None).float() * scale  # (B, 4, 16, 16)
+    step_inputs = {"latents": latents, "noise": noise, "t": t, "ids": ids}
+    if "w" in inputs:  # (--set unet_object_weight=W)
+        step_inputs["w"] = inputs["w"].to(device, non_blocking=True)
+    return step_inputs
+
+
+def _unet_loss(config: PretrainConfig, noise_scheduler, text_encoder, unet, autocast):
+    """The UNet step's loss as a function of the step's inputs (`_step_inputs`)."""
+    from textinv.train import denoising_loss
 
     def step_loss(inputs: dict) -> torch.Tensor:
         """The step's loss, (1,), from the latents, noise, timesteps and caption ids."""
@@ -777,45 +778,99 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
         return denoising_loss(noise_scheduler, pred, latents, noise, t, config.prediction_type,
                               config.min_snr_gamma, plus_one=True, pixel_weight=inputs.get("w")).mean()[None]
 
-    # --cuda-graphs: the forward and backward captured once and replayed (textinv/graphs.py): a step of this small
-    # UNet is ~1,500 kernels whose launches, not their arithmetic, likely set its time on a GPU
-    # (`benchmarks/step_ops.py`); its gradients are the graph's outputs, used by clipping and AdamW before the next
+    return step_loss
+
+
+def _captured_step(captured: CapturedStep, step_inputs: dict, opt, params, clip: float, inputs_ahead: _Ahead,
+                   chunk: _Chunk, log) -> torch.Tensor:
+    """`_optimizer_step` with the loss and gradients from a replayed CUDA graph (the same as the plain step's);
+    returns the loss. The first step captures it and says how that went, in the log and the chunk's record.
+
+    --cuda-graphs: the forward and backward captured once and replayed (textinv/graphs.py): a step of this small
+    UNet is ~1,500 kernels whose launches, not their arithmetic, likely set its time on a GPU
+    (`benchmarks/step_ops.py`); its gradients are the graph's outputs, used by clipping and AdamW before the next."""
+    if captured.capture and captured.graph is None:  # (this call captures the step)
+        # torch.cuda.graph captures in "global" mode: a CUDA call that another thread makes meanwhile (a render
+        # thread pinning its pictures: cudaHostAlloc, cudaEventQuery) fails in that thread and breaks the capture.
+        # So the renders under way finish first, once (the next are asked for after the step); "thread_local" mode
+        # would let them run, unchecked.
+        inputs_ahead.settle()
+    loss = captured(step_inputs)[0]
+    if chunk.step == chunk.step0:  # (the first step: the capture's outcome, in the log and the record)
+        chunk.record["cuda_graphs"] = "captured" if captured.graph is not None else \
+            f"eager ({captured.failure or 'not on a GPU'})"
+        log(f"unet: --cuda-graphs: {chunk.record['cuda_graphs']}")
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    return loss
+
+
+@torch.no_grad()
+def _update_ema(ema_tensors: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    """Move the EMA's tensors (in the parameters' order) towards the parameters by 1 - `decay`."""
+    # one call for all ~500 tensors: on a GPU a launch each would be ~3 ms of the host's time a step, which sets
+    # the rate here; the same lerp per element (on the CPU it is that loop), so the same bits
+    torch._foreach_lerp_(ema_tensors, [p.detach() for p in params], 1 - decay)
+
+
+def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu", max_steps: int | None = None,
+               log=print, ahead: bool | None = None, render_threads: int | None = None,
+               cuda_graphs: bool = False) -> int:
+    """Train (or continue) the UNet and the text encoder on the frozen VAE's latents; returns the step.
+    `ahead`: make each step's inputs while the previous step runs (default: on a GPU); `render_threads`: with
+    `ahead`, render up to this many steps' pictures at once (default: min(8, the CPU count)). The run is the
+    same bit for bit either way. `cuda_graphs`: the step's forward and backward captured as a CUDA graph on a GPU
+    (`textinv.graphs.CapturedStep`; elsewhere, and if the capture fails, the same computation runs eagerly).
+
+    >>> train_unet(config, Path("runs/shapes"), minutes=20, device="cuda", render_threads=8)  # doctest: +SKIP
+    """
+    render_threads = _render_threads(render_threads)
+    vae, vae_step, latents_from = _frozen_vae(config, work, device)
+    tokenizer, text_encoder, unet, noise_scheduler = _unet_models(config, device)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=config.unet_lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    g, rng = torch.Generator().manual_seed(config.seed + 1), np.random.default_rng(config.seed + 1)  # (rng: wording)
+    names = [f"{part}.{k}" for part, model in (("unet", unet), ("text_encoder", text_encoder))
+             for k, _ in model.named_parameters()]
+    step, scale, ema = _resume_unet(work / "unet", config, unet, text_encoder, opt, params, names, g, rng, device,
+                                    latents_from, log)
+    if scale is None:
+        scale = latent_scale(vae, device)
+        log(f"unet: latent scaling factor {scale:.4f}")
+    torch.manual_seed(config.seed + 1 + step)  # the VAE posterior's sampling noise (none once deterministic)
+
+    drawn = (_generator_state(g), rng.bit_generator.state)  # the generators' states after the last step's draws
+
+    def save():
+        save_checkpoint(work / "unet", {"unet": unet, "text_encoder": text_encoder}, opt, params,
+                        {"step": chunk.step, "generator": drawn[0], "rng": drawn[1], "scaling_factor": scale,
+                         "vae_step": vae_step, "latents_from": latents_from,
+                         "prediction_type": config.prediction_type, "zero_terminal_snr": config.zero_terminal_snr},
+                        ema)
+
+    chunk = _Chunk("unet", work, config, step, save, 25, log, device=str(device), batch=config.unet_batch,
+                   lr=config.unet_lr, vae_step=vae_step)
+    cuda = torch.device(device).type == "cuda"
+    # (no cast cache with graphs: a cached cast would live in the capture's memory, as PyTorch's notes on graphs say)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda, cache_enabled=not cuda_graphs)
+
+    step_loss = _unet_loss(config, noise_scheduler, text_encoder, unet, autocast)
     captured = CapturedStep(step_loss, params, capture=cuda, accumulate=False) if cuda_graphs else None
     ema_tensors = [ema[n] for n in names]  # (in the parameters' order)
-    enabled = ahead if ahead is not None else cuda
-    with _Ahead(draw, finish, enabled, workers=render_threads) as inputs_ahead:
+    with _unet_inputs_ahead(config, g, rng, tokenizer, vae, noise_scheduler.config.num_train_timesteps, cuda, ahead,
+                            render_threads) as inputs_ahead:
         while chunk.running(minutes, max_steps):
             for group in opt.param_groups:
                 group["lr"] = _lr(chunk.step, config.unet_lr, config.warmup)
             inputs, drawn = inputs_ahead.next()
-            x, ids, noise, t = (inputs[k].to(device, non_blocking=True) for k in ("x", "ids", "noise", "t"))
-            with torch.no_grad(), autocast:
-                latents = vae.encode(x).latent_dist.sample(generator=None).float() * scale  # (B, 4, 16, 16)
-            step_inputs = {"latents": latents, "noise": noise, "t": t, "ids": ids}
-            if "w" in inputs:  # (--set unet_object_weight=W)
-                step_inputs["w"] = inputs["w"].to(device, non_blocking=True)
+            step_inputs = _step_inputs(inputs, vae, scale, device, autocast)
             if captured is not None:  # (the same loss and gradients, from a replayed CUDA graph)
-                if captured.capture and captured.graph is None:  # (this call captures the step)
-                    # torch.cuda.graph captures in "global" mode: a CUDA call that another thread makes meanwhile
-                    # (a render thread pinning its pictures: cudaHostAlloc, cudaEventQuery) fails in that thread
-                    # and breaks the capture. So the renders under way finish first, once (the next are asked for
-                    # after the step); "thread_local" mode would let them run, unchecked.
-                    inputs_ahead.settle()
-                loss = captured(step_inputs)[0]
-                if chunk.step == chunk.step0:  # (the first step: the capture's outcome, in the log and the record)
-                    chunk.record["cuda_graphs"] = "captured" if captured.graph is not None else \
-                        f"eager ({captured.failure or 'not on a GPU'})"
-                    log(f"unet: --cuda-graphs: {chunk.record['cuda_graphs']}")
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                opt.step()
+                loss = _captured_step(captured, step_inputs, opt, params, config.grad_clip, inputs_ahead, chunk, log)
             else:
                 loss = step_loss(step_inputs)[0]
                 _optimizer_step(opt, params, loss, config.grad_clip)
-            with torch.no_grad():  # EMA with a short warm-up, so early exports are not dominated by the random init
-                decay = min(config.ema_decay, (2 + chunk.step) / (11 + chunk.step))
-                # one call for all ~500 tensors: on a GPU a launch each would be ~3 ms of the host's time a step,
-                # which sets the rate here; the same lerp per element (on the CPU it is that loop), so the same bits
-                torch._foreach_lerp_(ema_tensors, [p.detach() for p in params], 1 - decay)
+            # EMA with a short warm-up, so early exports are not dominated by the random init
+            _update_ema(ema_tensors, params, min(config.ema_decay, (2 + chunk.step) / (11 + chunk.step)))
             chunk.tick(loss, "loss")
     return chunk.finish()
 
