@@ -506,64 +506,16 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
     >>> result["rows"][0]["method"], result["rows"][0]["reconstruction"]                     # doctest: +SKIP
     ('textual-inversion', 0.75)
     """
-    from textinv.generate import install_embedding, unload_embeddings
-    from textinv.samplers import scheduler_for
-
     config = build(EvalConfig, dataclasses.asdict(config or EvalConfig()), settings).validate()
-    check_judged_size(model)
-    check_trainer_settings(model, config)
-    scheduler_for(model.pipeline.scheduler, config.sampler)  # (one the model's schedule refuses: now, not after learning)
-    config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
-    concepts = list(concepts)
-    if not concepts:
-        raise ConfigError("no concepts to evaluate: pass at least one world.Concept (see world.BENCHMARK_CONCEPTS)")
-    for c in concepts:
-        if not isinstance(c, Concept):
-            raise ConfigError(f"concepts must be world.Concept objects, got {type(c).__name__}")
-    if out is not None:
-        output_folder(out)  # now, not after the benchmark
+    config, concepts = _check_evaluation(model, concepts, config, out)
     log = print if progress else (lambda *a, **k: None)
 
     started = time.perf_counter()
     rows, details = [], []
     for n, concept in enumerate(concepts, 1):
-        train_seconds, sample_seconds, losses, runs = 0.0, 0.0, [], []
-        for seed in config.train_seeds:
-            log(f"[{n}/{len(concepts)}] {concept.name}: learning {concept.token} ({config.steps} steps, "
-                f"training seed {seed})", flush=True)
-            t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="textinv-eval-") as tmp:
-                result = learn(model, concept, config, Path(tmp), seed=seed)
-            t1 = time.perf_counter()
-            install_embedding(model, result.embedding)
-            try:
-                runs.append(score_method(model, probe, concept, "textual-inversion", config))
-            finally:
-                unload_embeddings(model)
-            train_seconds += t1 - t0
-            sample_seconds += time.perf_counter() - t1
-            losses.append(result.losses[-1][1] if result.losses else None)
-        t1 = time.perf_counter()
-        # the baselines do not depend on the training run: sampled once
-        scores = {"textual-inversion": pool_runs(runs, config.train_seeds),
-                  **{m: score_method(model, probe, concept, m, config) for m in METHODS[1:]},
-                  **score_ceilings(model, probe, concept, config)}
-        sample_seconds += time.perf_counter() - t1
-        for method, s in scores.items():
-            rows.append({"concept": concept.name, "kind": concept.kind, "method": method, "phrase": s["phrase"],
-                         "reconstruction": s["reconstruction"], "editability": s["editability"],
-                         "hue_error_deg": s["hue_error_deg"], **({"runs": s["runs"]} if "runs" in s else {})})
-        finals = [x for x in losses if x is not None]  # each run's last logged loss
-        details.append({"concept": concept.name, "token": concept.token, "kind": concept.kind,
-                        "description": concept.description, "attributes": concept.attributes,
-                        "train_seconds": round(train_seconds, 1), "sample_seconds": round(sample_seconds, 1),
-                        "final_loss": _mean(finals) if finals else None,
-                        "methods": scores})
-        ti = scores["textual-inversion"]
-        log(f"    reconstruction {ti['reconstruction']:.2f}  editability {ti['editability']:.2f}  "
-            f"(init word {scores['init-word']['reconstruction']:.2f} / {scores['init-word']['editability']:.2f}, "
-            f"true render {scores['true-render']['reconstruction']:.2f} / {scores['true-render']['editability']:.2f}); "
-            f"train {train_seconds:.0f} s, sample {sample_seconds:.0f} s", flush=True)
+        concept_rows, detail = _evaluate_concept(model, probe, concept, config, log, f"[{n}/{len(concepts)}]")
+        rows += concept_rows
+        details.append(detail)
 
     result = {
         "benchmark": "textinv shapes quality",
@@ -584,6 +536,81 @@ def evaluate(model, probe, concepts=BENCHMARK_CONCEPTS, *, config: EvalConfig | 
     if out is not None:
         write_results(result, out)
     return result
+
+
+def _check_evaluation(model, concepts, config: EvalConfig, out) -> tuple[EvalConfig, list[Concept]]:
+    """`evaluate`'s checks, before anything is learned: the settings against the model, the concepts, the output
+    folder (made now). Returns the settings with the model's own guidance where they leave it to the model, and the
+    concepts as a list."""
+    from textinv.samplers import scheduler_for
+
+    check_judged_size(model)
+    check_trainer_settings(model, config)
+    scheduler_for(model.pipeline.scheduler, config.sampler)  # (one the schedule refuses: now, not after learning)
+    config = dataclasses.replace(config, guidance=model.guidance_or_own(config.guidance))
+    concepts = list(concepts)
+    if not concepts:
+        raise ConfigError("no concepts to evaluate: pass at least one world.Concept (see world.BENCHMARK_CONCEPTS)")
+    for c in concepts:
+        if not isinstance(c, Concept):
+            raise ConfigError(f"concepts must be world.Concept objects, got {type(c).__name__}")
+    if out is not None:
+        output_folder(out)  # now, not after the benchmark
+    return config, concepts
+
+
+def _learned_runs(model, probe, concept: Concept, config: EvalConfig, log,
+                  counter: str) -> tuple[list[dict], list, float, float]:
+    """Learn the concept once for each training seed and score each run's word (`score_method`): the scores, each
+    run's last logged loss (None where none was logged), and the seconds spent training and sampling."""
+    from textinv.generate import install_embedding, unload_embeddings
+
+    train_seconds, sample_seconds, losses, runs = 0.0, 0.0, [], []
+    for seed in config.train_seeds:
+        log(f"{counter} {concept.name}: learning {concept.token} ({config.steps} steps, training seed {seed})",
+            flush=True)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="textinv-eval-") as tmp:
+            result = learn(model, concept, config, Path(tmp), seed=seed)
+        t1 = time.perf_counter()
+        install_embedding(model, result.embedding)
+        try:
+            runs.append(score_method(model, probe, concept, "textual-inversion", config))
+        finally:
+            unload_embeddings(model)
+        train_seconds += t1 - t0
+        sample_seconds += time.perf_counter() - t1
+        losses.append(result.losses[-1][1] if result.losses else None)
+    return runs, losses, train_seconds, sample_seconds
+
+
+def _evaluate_concept(model, probe, concept: Concept, config: EvalConfig, log,
+                      counter: str) -> tuple[list[dict], dict]:
+    """One concept learned and scored beside the baselines and ceilings: its rows of the table, its details (each
+    method's full scores, timings, final loss), and a line of its results in the log."""
+    runs, losses, train_seconds, sample_seconds = _learned_runs(model, probe, concept, config, log, counter)
+    t1 = time.perf_counter()
+    # the baselines do not depend on the training run: sampled once
+    scores = {"textual-inversion": pool_runs(runs, config.train_seeds),
+              **{m: score_method(model, probe, concept, m, config) for m in METHODS[1:]},
+              **score_ceilings(model, probe, concept, config)}
+    sample_seconds += time.perf_counter() - t1
+    rows = [{"concept": concept.name, "kind": concept.kind, "method": method, "phrase": s["phrase"],
+             "reconstruction": s["reconstruction"], "editability": s["editability"],
+             "hue_error_deg": s["hue_error_deg"], **({"runs": s["runs"]} if "runs" in s else {})}
+            for method, s in scores.items()]
+    finals = [x for x in losses if x is not None]  # each run's last logged loss
+    detail = {"concept": concept.name, "token": concept.token, "kind": concept.kind,
+              "description": concept.description, "attributes": concept.attributes,
+              "train_seconds": round(train_seconds, 1), "sample_seconds": round(sample_seconds, 1),
+              "final_loss": _mean(finals) if finals else None,
+              "methods": scores}
+    ti = scores["textual-inversion"]
+    log(f"    reconstruction {ti['reconstruction']:.2f}  editability {ti['editability']:.2f}  "
+        f"(init word {scores['init-word']['reconstruction']:.2f} / {scores['init-word']['editability']:.2f}, "
+        f"true render {scores['true-render']['reconstruction']:.2f} / {scores['true-render']['editability']:.2f}); "
+        f"train {train_seconds:.0f} s, sample {sample_seconds:.0f} s", flush=True)
+    return rows, detail
 
 
 def _summary(rows: list[dict]) -> dict:
