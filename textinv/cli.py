@@ -192,8 +192,8 @@ def cmd_inspect(args) -> int:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     given = [flag for flag, value in (("--revision", args.revision), ("--variant", args.variant)) if value]
     if given and not args.model:  # (said, not ignored: the file alone was read, no model at that version)
-        raise ConfigError(f"{' and '.join(given)} {'pick' if len(given) > 1 else 'picks'} which version of --model to load; give --model too, or leave "
-                          f"{'them' if len(given) > 1 else 'it'} out")
+        raise ConfigError(f"{' and '.join(given)} {'pick' if len(given) > 1 else 'picks'} which version of --model "
+                          f"to load; give --model too, or leave {'them' if len(given) > 1 else 'it'} out")
     path = embedding_file(Path(args.file).expanduser())
     try:
         report = inspect_file(path, model=args.model, top_k=args.top_k, revision=args.revision, variant=args.variant)

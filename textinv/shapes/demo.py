@@ -108,7 +108,7 @@ class DemoConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
         check_lr(config.lr)
         check_guidance(config.guidance)
-        check_seed(config.seed, max(config.samples, 4), negative=True)  # (picture i uses seed + i; the training run's grids too)
+        check_seed(config.seed, max(config.samples, 4), negative=True)  # (picture i uses seed + i; the run's grids too)
         find_concept(config.concept)
         return config
 
