@@ -311,6 +311,37 @@ def test_the_web_uis_own_syntax_passes_through_unchanged(prompt):
     assert (job.prompt, job.seeds, job.template) == (prompt, (0, 1), None)
 
 
+@pytest.mark.parametrize("template, drawn", [
+    ("a photo # a comment\nof a dog", "a photo  \nof a dog"),  # (the text either side joined by a space)
+    ("# a note\na dog", "\na dog"),
+    ("// a note\na dog", "\na dog"),
+    ("/* a note */a dog", "a dog"),
+    ("{red|red} // a note\ndog", "red\ndog"),  # (where a part starts, with the whitespace before it)
+    ("{red|red}\n\n// one\n# two\n/* three */ dog", "red dog"),
+    ("{red|red}/* a\nnote */ dog", "red dog"),
+    ("http://x.org/a // b /* c */", "http://x.org/a // b /* c */"),  # (within text: text)
+    ("{ # note\n red|red}", "red"),
+    ("{2::/* note */red|red}", "red"),
+    ("${s= # note\n red}${s}", "red"),
+    ("{red # note\n}", "red  \n"),
+    ("no\\#1 # note", "no\\#1 "),  # (textinv's escape: the character)
+])
+def test_comments_in_a_prompt_are_left_out_as_dynamicprompts_parser_leaves_them_out(template, drawn):
+    """dynamicprompts' parser ignores `#` to the end of its line anywhere in text, and `//` to the line's end and
+    `/* */` where a part starts (the prompt's or an option's start, after a variant, wildcard or variable): the drawn
+    texts here are the ones dynamicprompts 0.31 gives for them."""
+    assert set(_draws(template, range(3))) == {drawn}
+
+
+def test_a_prompt_with_comments_alone_is_drawn_less_them_and_records_its_template():
+    (job,) = dynamic.jobs(["a dog # a note"], "// a note\nblurry", [0, 1])
+    assert (job.prompt, job.negative, job.template, job.negative_template) == (
+        "a dog ", "\nblurry", "a dog # a note", "// a note\nblurry")
+    with pytest.raises(ConfigError, match=r"the '\{' at character 1 is never closed \(a # in it starts a comment to "
+                                          r"the end of its line: write \\# for the character\)"):
+        dynamic.jobs(["{a|b # note}"], "", [0])
+
+
 def test_a_drawn_prompt_keeps_escapes_for_emphasis_and_draws_itself_again():
     from textinv import emphasis
 
@@ -319,11 +350,14 @@ def test_a_drawn_prompt_keeps_escapes_for_emphasis_and_draws_itself_again():
     assert not dynamic.is_dynamic(dynamic.parse(drawn))
 
 
-@pytest.mark.parametrize("text", ["__w(s=(x:1.2))__ ${s} $\\{t} __a__", "{{best}} __init__(self) a\\{b"])
+@pytest.mark.parametrize("text", ["__w(s=(x:1.2))__ ${s} $\\{t} __a__", "{{best}} __init__(self) a\\{b",
+                                  " // a #1 fan /* x */"])
 def test_a_pictures_prompt_made_literal_is_drawn_as_the_text_it_is(text):
     literal = dynamic.literal(text)
     assert not dynamic.is_dynamic(dynamic.parse(literal))
     assert emphasis.plain_text(literal) == emphasis.plain_text(text)
+    (job,) = dynamic.jobs([literal], "", [0])
+    assert emphasis.plain_text(job.prompt) == emphasis.plain_text(text)
 
 
 def test_a_pictures_prompt_is_its_seeds_whatever_n_and_the_first_seed():

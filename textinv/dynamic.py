@@ -53,6 +53,8 @@ _HEADER = re.compile(r"\s*(\d*)\s*(?:(-)\s*(\d*))?\s*\$\$")  # `2$$`, `1-3$$`, `
 _SEPARATOR = re.compile(r"([^${}]*?)\$\$")  # `{2$$ and $$...}`, `{2$$ | $$...}`: any text but `$`, `{`, `}`
 _WEIGHT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*::")
 _COMMENT = re.compile(r"^((?:\\.|[^\\#\n])*?)\s*#.*$", re.M)  # `text # comment`, escapes passed over
+_COMMENTS = re.compile(r"(?:[ \t\r\n]*(?:#[^\n]*|//[^\n]*|/\*.*?\*/))+", re.S)  # `# x`, `// x`, `/* x */`
+_LEAD = re.compile(r"(?:[ \t\r\n]*(?:#[^\n]*|//[^\n]*|/\*.*?\*/))*[ \t\r\n]*", re.S)  # an option's start: left out
 
 
 @dataclass(frozen=True)
@@ -106,20 +108,23 @@ Wildcard(name='hat', variables=(), sampler='')]
 
 
 def literal(text: str) -> str:
-    """`text` with what `parse` reads as a variant or a wildcard escaped (`{` and `}` as `\\{` and `\\}`, a
-    wildcard's first `_` as `\\_`; escapes already there stay), so it is drawn as written, as `emphasis.parse`
-    reads it the same: a picture's prompt, which is what it drew (`again`).
+    """`text` with what `parse` reads as a variant, a wildcard or a comment escaped (`{`, `}` and `#` as `\\{`, `\\}`
+    and `\\#`, a wildcard's first `_` as `\\_`, the `/` of a `//` or `/*` that starts the text as `\\/`; escapes
+    already there stay), so it is drawn as written, as `emphasis.parse` reads it the same: a picture's prompt, which
+    is what it drew (`again`).
 
-    >>> literal("{{best}} __init__ a\\{b")
-    '\\\\{\\\\{best\\\\}\\\\} \\\\__init__ a\\\\{b'
+    >>> literal("{{best}} __init__ a\\{b #1")
+    '\\\\{\\\\{best\\\\}\\\\} \\\\__init__ a\\\\{b \\\\#1'
     """
     out, i = [], 0
+    lead = len(text) - len(text.lstrip(" \t\r\n"))  # (where the text starts, the one place `//` is a comment here)
     while i < len(text):
         if text[i] == "\\" and i + 1 < len(text):
             out.append(text[i:i + 2])
             i += 2
             continue
-        if text[i] in "{}" or _WILDCARD.match(text, i) or _PARENTHESES_IN_VARIABLES.match(text, i):
+        starts = i == lead and text.startswith(("//", "/*"), i)
+        if text[i] in "{}#" or starts or _WILDCARD.match(text, i) or _PARENTHESES_IN_VARIABLES.match(text, i):
             out.append("\\")
         out.append(text[i])
         i += 1
@@ -127,34 +132,49 @@ def literal(text: str) -> str:
 
 
 def is_dynamic(nodes: list) -> bool:
-    """Whether parsed nodes hold a variant, a wildcard or a variable (else the text is drawn as written)."""
+    """Whether parsed nodes hold a variant, a wildcard or a variable (else the text is drawn as written, less its
+    comments: the nodes joined)."""
     return any(not isinstance(node, str) for node in nodes)
 
 
 def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
-    """Nodes from `text[i:]` up to the end, or (`inside` a variant) up to its next `|` or `}`, not consumed."""
+    """Nodes from `text[i:]` up to the end, or (`inside` a variant) up to its next `|` or `}`, not consumed. Comments
+    are left out as dynamicprompts' parser leaves them out: a `#` (not `\\#`) to the end of its line anywhere, and
+    `//` to the line's end and `/* */` where a part starts (the text's start, after a variant, wildcard or variable),
+    with the whitespace before them there; text that a `#` comment cuts is joined by a space, as the parser joins it."""
     nodes: list = []
     chars: list[str] = []
     square = 0  # open square brackets: a `|` inside one is an alternation's, not the variant's
+    starts, spaced = True, False  # (a part starts here; a comment cut the text)
 
     def flush() -> None:
+        nonlocal starts, spaced
         if chars:
             nodes.append("".join(chars))
             chars.clear()
+        starts, spaced = True, False
+
+    def add(piece: str) -> None:
+        nonlocal starts, spaced
+        chars.append(" " + piece if spaced else piece)
+        starts, spaced = False, False
 
     while i < len(text):
         ch = text[i]
+        comments = _COMMENTS.match(text, i) if starts or ch == "#" else None
         wildcard = _WILDCARD.match(text, i)
-        if ch == "\\" and i + 1 < len(text):  # kept as written, for emphasis.parse
-            chars.append(text[i:i + 2])
+        if comments:
+            spaced, i = not starts, comments.end()
+        elif ch == "\\" and i + 1 < len(text):  # kept as written, for emphasis.parse
+            add(text[i:i + 2])
             i += 2
         elif ch == "{":
-            flush()
             node, i = _variant(text, i, where)
+            flush()
             nodes.append(node)
         elif text.startswith("${", i):
-            flush()
             node, i = _variable(text, i, inside, where)
+            flush()
             nodes.append(node)
         elif ch == "}" and not inside:
             raise ConfigError(f"{where} {text!r}: a '}}' at character {i + 1} closes no '{{': remove it, or write "
@@ -162,17 +182,18 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
         elif inside and (ch == "}" or (ch == "|" and not square)):
             break
         elif wildcard:
-            flush()
             sampler, name, spec = wildcard.groups()
+            flush()
             nodes.append(Wildcard(name, _wildcard_variables(spec, wildcard.group(0), where), sampler))
             i = wildcard.end()
         else:
             if ch == "_":
                 _refuse_unread_wildcard(text, i, where)
             square += (ch == "[") - (ch == "]" and square > 0)
-            chars.append(ch)
+            add(ch)
             i += 1
-    flush()
+    if chars:
+        nodes.append("".join(chars))
     return nodes, i
 
 
@@ -197,7 +218,7 @@ def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
         raise ConfigError(f"{where} {text!r}: '{{}}' marks the token in training's prompts; here it is an empty "
                           f"variant, which draws nothing: write the token itself (e.g. <my-dog>), or \\{{\\}} "
                           f"for the characters")
-    i, low, high, separator, sampler = start + 1, 1, 1, SEPARATOR, ""
+    i, low, high, separator, sampler = _LEAD.match(text, start + 1).end(), 1, 1, SEPARATOR, ""
     own_sampler = _SAMPLER.match(text, i)
     if own_sampler:
         sampler, i = own_sampler.group(1), own_sampler.end()
@@ -211,15 +232,18 @@ def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
         if own:
             separator, i = own.group(1), own.end()
     options = []
-    while True:
+    while True:  # (an option's leading whitespace, and comments there, left out, as dynamicprompts leaves them)
+        i = _LEAD.match(text, i).end()
         weight = _WEIGHT.match(text, i)
         if weight:
             i = weight.end()
         nodes, i = _sequence(text, i, True, where)
         options.append((float(weight.group(1)) if weight else 1.0, nodes))
         if i >= len(text):
-            raise ConfigError(f"{where} {text!r}: the '{{' at character {start + 1} is never closed: close it with "
-                              f"'}}', or write \\{{ for the character")
+            comment = " (a # in it starts a comment to the end of its line: write \\# for the character)" \
+                if "#" in text[start:] else ""
+            raise ConfigError(f"{where} {text!r}: the '{{' at character {start + 1} is never closed{comment}: close "
+                              f"it with '}}', or write \\{{ for the character")
         i += 1
         if text[i - 1] == "}":
             return Variant(tuple(options), low, high if high is not None else len(options), separator, sampler), i
@@ -240,8 +264,7 @@ def _variable(text: str, start: int, inside: bool, where: str) -> tuple[Variable
                           f"(e.g. ${{{name}={{a|b}}}} then {{${{{name}}}|c}})")
     immediate = kind != ":" and text.startswith("!", i)
     i += immediate
-    while i < len(text) and text[i].isspace():
-        i += 1
+    i = _LEAD.match(text, i).end()
     value, i = _sequence(text, i, True, where)
     if i >= len(text):
         raise ConfigError(f"{at} is never closed: close it with '}}', or write $\\{{ for the characters")
@@ -814,14 +837,14 @@ def _jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | Non
 
     def negative_of(seed: int) -> str:
         if not is_dynamic(negative_nodes):
-            return negative
+            return "".join(negative_nodes)  # (as written, less its comments)
         return draw(negative_nodes, random.Random(f"negative {seed}"), wildcards, index=index[seed])
 
     out: list[Job] = []
     place = 0
     for template, nodes in zip(prompts, parsed):
         if not is_dynamic(nodes):
-            drawn = [lambda seed: template]
+            drawn = [lambda seed, text="".join(nodes): text]  # (as written, less its comments)
         elif combinatorial:
             turns = Turns(random.Random(f"combinatorial {seeds[0] if seeds else 0}"))
             texts = list(itertools.islice(combinations(nodes, wildcards, turns=turns), max_prompts + 1))
@@ -835,7 +858,12 @@ def _jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | Non
             groups: dict[tuple[str, str], list[int]] = {}
             for seed in seeds:
                 groups.setdefault((prompt_of(seed), negative_of(seed)), []).append(seed)
-            out += [Job(place, prompt, neg, tuple(group), template if is_dynamic(nodes) else None,
-                        negative if is_dynamic(negative_nodes) else None) for (prompt, neg), group in groups.items()]
+            out += [Job(place, prompt, neg, tuple(group), _template(template, nodes),
+                        _template(negative, negative_nodes)) for (prompt, neg), group in groups.items()]
             place += 1
     return out
+
+
+def _template(text: str, nodes: list) -> str | None:
+    """`text`, the template its pictures record, where it draws other text (variants, comments); else None."""
+    return text if is_dynamic(nodes) or "".join(nodes) != text else None
