@@ -212,7 +212,7 @@ def test_options_in_yaml_and_json_files_weigh_what_they_say(wildcards):
     assert set(drawn) == {"a", "b", "2::x::y"}
     assert 0.55 < drawn.count("b") / len(drawn) < 0.65
     assert [j.prompt for j in dynamic.jobs(["__w__"], "", [0], str(wildcards), combinatorial=True)] == [
-        "2::x::y", "a", "b", "c", "d"]  # (sorted by their text)
+        "2::x::y", "a", "b"]  # (sorted by their text; those weighing 0 left out, as the extension leaves them out)
 
 
 @pytest.mark.parametrize("name, text, used, message", [
@@ -278,7 +278,7 @@ def test_a_cyclical_part_gives_the_ith_seed_its_ith_text_whatever_n(wildcards):
     assert prompts("{@a|b|c} {@x|y}", range(10, 13)) == ["a x", "b y", "c x"]
     assert prompts("{@a|{b|c}}") == ["a", "b", "a", "c", "a", "b"]
     assert prompts("__@colors/*__") == ["blue", "orange", "red", "blue", "orange", "red"]
-    assert prompts("{@2$$a|b|c}")[:4] == ["a,b", "a,c", "b,c", "a,b"]
+    assert prompts("{@2$$a|b|c}", range(7)) == ["a,b", "a,c", "b,a", "b,c", "c,a", "c,b", "a,b"]
     assert set(prompts("{@a|{~b|c}}")[1::2]) <= {"b", "c"}
 
 
@@ -375,7 +375,8 @@ def test_combinatorial_mode_gives_every_combination_in_order_up_to_max_prompts(w
     assert [(j.index, j.prompt, j.seeds) for j in jobs] == [
         (0, "a orange", (3, 4)), (1, "a red", (3, 4)), (2, "b orange", (3, 4)), (3, "b red", (3, 4)),
         (4, "plain", (3, 4))]
-    assert [j.prompt for j in dynamic.jobs(["{2$$a|b|c}"], "", [0], combinatorial=True)] == ["a,b", "a,c", "b,c"]
+    assert [j.prompt for j in dynamic.jobs(["{2$$a|b|c}"], "", [0], combinatorial=True)] == [
+        "a,b", "a,c", "b,a", "b,c", "c,a", "c,b"]  # (each order, as dynamicprompts 0.31 enumerates them)
     with pytest.warns(UserWarning, match=r"more combinations than --max-prompts 3: the first 3 are drawn"):
         jobs = dynamic.jobs(["{a|b} {c|d}"], "", [0], combinatorial=True, max_prompts=3)
     assert [j.prompt for j in jobs] == ["a c", "a d", "b c"]
@@ -389,9 +390,27 @@ def test_combinatorial_mode_draws_each_prompt_once_as_sd_dynamic_prompts_does(wi
         return [j.prompt for j in dynamic.jobs([template], "", [0], str(wildcards), combinatorial=True)]
 
     assert prompts("{a|a|b} __twice__") == ["a red", "a blue", "b red", "b blue"]
-    assert prompts("{2$$a|a|b}") == ["a,b"]
-    assert prompts("{2$$__twice__}") == ["red,blue"]
+    assert prompts("{2$$a|a|b}") == ["a,b", "b,a"]
+    assert prompts("{2$$__twice__}") == ["red,blue", "blue,red"]
+    assert prompts("{2$$a|{b|c}}") == ["a,b", "a,c", "b,a", "c,a"]  # (every text of an option, whatever its place)
     assert prompts("{x|{a|a}}") == ["x", "a"]
+
+
+def test_a_wildcards_weights_count_as_the_extension_counts_them_in_cyclical_and_combinatorial_drawing(wildcards):
+    """dynamicprompts takes a wildcard's option as often as its weight, cut to a whole number, where it does not draw
+    at random: a cyclical wildcard turns through them so, `{__name__}` draws by them, and combinatorial mode leaves
+    out those weighing under 1 (the lists here are the ones dynamicprompts 0.31 gives)."""
+    (wildcards / "w.yaml").write_text("w: ['2.7::heavy', '0.5::half', plain, {text: zero, weight: 0}]\n"
+                                      "light: ['0.5::a', '0.2::b']\n")
+    cycled = {s: j.prompt for j in dynamic.jobs(["__@w__"], "", list(range(4)), str(wildcards)) for s in j.seeds}
+    assert cycled == {0: "heavy", 1: "heavy", 2: "plain", 3: "heavy"}
+    assert [j.prompt for j in dynamic.jobs(["__w__", "{__w__}"], "", [0], str(wildcards), combinatorial=True)] == [
+        "heavy", "plain", "heavy", "plain"]
+    drawn = _draws("{__w__}", range(3000), folder=wildcards)
+    assert set(drawn) == {"heavy", "plain"} and 0.62 < drawn.count("heavy") / len(drawn) < 0.72
+    assert {"half", "heavy", "plain"} == set(_draws("__w__", range(300), folder=wildcards))  # (at random: as weighed)
+    with pytest.raises(ConfigError, match=r"__light__: its options all weigh under 1, .*: weigh one 1 or more"):
+        dynamic.jobs(["__@light__"], "", [0], str(wildcards))
 
 
 def test_a_wildcards_lines_are_drawn_each_once_in_sorted_order_as_sd_dynamic_prompts_reads_them(wildcards):

@@ -31,7 +31,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import ConfigError, warn
 
@@ -313,6 +313,17 @@ class Wildcards:
             self._read[name] = [(weight, parse(text, f"wildcard __{name}__ ({where})"))
                                 for (text, weight), where in sorted(entries.items(), key=lambda e: e[0][0])]
         return self._read[name]
+
+    def counted(self, name: str) -> list[tuple[int, list]]:
+        """The options of `__name__` with the times the extension's cyclical and combinatorial drawing (and a variant
+        of the wildcard alone, `{2$$__name__}`) take each: its weight cut to a whole number (dynamicprompts'
+        `iterate_string_values_weighted`), those under 1 left out; a wildcard whose options all weigh under 1 raises."""
+        counted = [(int(weight), line) for weight, line in self.options(name) if weight >= 1]
+        if not counted:
+            raise ConfigError(f"__{name}__: its options all weigh under 1, and the extension takes an option as often "
+                              f"as its weight says, cut to a whole number, in cyclical and combinatorial drawing and "
+                              f"in {{2$$__{name}__}}: weigh one 1 or more")
+        return counted
 
     def _sources(self, name: str) -> list:
         if self.folder is None:
@@ -636,15 +647,18 @@ def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict 
 
 def _cycle(node: Variant | Wildcard, k: int, rng: random.Random, wildcards: Wildcards, variables: dict) -> str:
     """The `k`-th text of a cyclical variant or wildcard, as dynamicprompts' cyclical sampler turns: its options (a
-    `{2$$...}` variant's choices, as itertools.combinations gives them) in turn, the parts of each option turning
-    once a round (option k mod n, its parts' turn k // n); weights are left out."""
+    `{2$$...}` variant's choices, as `_arrangements` gives them) in turn, the parts of each option turning once a
+    round (option k mod n, its parts' turn k // n); a variant's weights are left out, a wildcard's option is taken as
+    often as `Wildcards.counted` says."""
     if isinstance(node, Wildcard):
-        lines = [line for _, line in wildcards.options(node.name)]
+        lines = [line for times, line in wildcards.counted(node.name) for _ in range(times)]
         return _cycled(_line(node, lines[k % len(lines)]), k // len(lines), rng, wildcards, variables)
     options = [nodes for _, nodes in _options(node, wildcards)]
     low, high = _count(node, len(options))
-    choices = [chosen for count in range(low, high + 1) for chosen in itertools.combinations(options, count)]
-    chosen, turn = choices[k % len(choices)], k // len(choices)
+    choices = list(itertools.islice(_choices(options, low, high), k + 1))  # (the k-th, without listing them all)
+    if not choices:  # (`{@2$$a|a}`: no two different options)
+        return ""
+    chosen, turn = (choices[k], 0) if k < len(choices) else (choices[k % len(choices)], k // len(choices))
     return node.separator.join(_cycled(option, turn, rng, wildcards, variables) for option in chosen)
 
 
@@ -692,7 +706,7 @@ class Turns:
 def combinations(nodes: list, wildcards: Wildcards, variables: dict | None = None,
                  turns: Turns | None = None) -> Iterator[str]:
     """Every text `nodes` stand for, in order: the first variant's options slowest, each variant's options in the
-    order written, a `{2$$...}` variant's choices as itertools.combinations gives them (weights are left out); a
+    order written, a `{2$$...}` variant's choices as `_arrangements` gives them (weights are left out); a
     `${name=!...}` setting takes each of its value's texts in turn, slowest of all. A part marked `~` or `@` is not
     enumerated: each combination draws it (`turns`; default: a generator seeded 0), as dynamicprompts does."""
     variables, turns = variables or {}, turns or Turns(random.Random(0))
@@ -736,14 +750,15 @@ def _node_texts(node, wildcards: Wildcards, variables: dict, turns: Turns) -> It
     elif node.sampler == "@":
         yield _cycle(node, turns.next(node), turns.rng, wildcards, variables)
     elif isinstance(node, Wildcard):
-        texts = (text for _, line in wildcards.options(node.name)
+        texts = (text for _, line in wildcards.counted(node.name)
                  for text in combinations(_line(node, line), wildcards, variables, turns))
         yield from _once(texts)
     else:
         options = [nodes for _, nodes in _options(node, wildcards)]
         low, high = _count(node, len(options))
-        choices = (texts for count in range(low, high + 1) for chosen in itertools.combinations(options, count)
-                   for texts in _products([combinations(option, wildcards, variables, turns) for option in chosen]))
+        choices = (texts for chosen in _choices(options, low, high)
+                   for texts in _products([lambda option=option: combinations(option, wildcards, variables, turns)
+                                           for option in chosen]))
         for texts in _once(choices):
             if len(set(texts)) == len(texts):  # (no option's text twice in one choice, as dynamicprompts)
                 yield node.separator.join(texts)
@@ -759,23 +774,43 @@ def _once(values: Iterator) -> Iterator:
             yield value
 
 
-def _products(iterators: list[Iterator[str]]) -> Iterator[tuple[str, ...]]:
-    """itertools.product, but reading each later iterator anew for each earlier value, so nothing is read ahead."""
-    if not iterators:
+def _products(makers: list[Callable[[], Iterator[str]]]) -> Iterator[tuple[str, ...]]:
+    """itertools.product of the iterators `makers` make, but making each later one anew for each earlier value, so
+    nothing is read ahead."""
+    if not makers:
         yield ()
         return
-    first, rest = iterators[0], iterators[1:]
-    for value in first:
+    first, rest = makers[0], makers[1:]
+    for value in first():
         for after in _products(rest):
             yield (value,) + after
 
 
 def _options(node: Variant, wildcards: Wildcards) -> list[tuple[float, list]]:
-    """A variant's options; `{2$$__name__}`, a wildcard alone, draws from its file's lines (no line twice)."""
+    """A variant's options; `{2$$__name__}`, a wildcard alone, draws from its file's lines (no line twice), each
+    weighing the times the extension takes it there (`Wildcards.counted`)."""
     if len(node.options) == 1 and len(node.options[0][1]) == 1 and isinstance(node.options[0][1][0], Wildcard):
         alone = node.options[0][1][0]
-        return [(weight, _line(alone, line)) for weight, line in wildcards.options(alone.name)]
+        return [(float(times), _line(alone, line)) for times, line in wildcards.counted(alone.name)]
     return list(node.options)
+
+
+def _choices(options: list, low: int, high: int) -> Iterator[tuple]:
+    """The choices of `low` to `high` options a variant enumerates, fewest first (`_arrangements`)."""
+    for count in range(low, high + 1):
+        yield from _arrangements(options, count)
+
+
+def _arrangements(options: list, count: int) -> Iterator[tuple]:
+    """`count` of `options` in every order, as dynamicprompts' variants enumerate them (`get_value_combinations`):
+    `{2$$a|b|c}` gives a,b a,c b,a b,c c,a c,b, as itertools.permutations does, but an option never beside one
+    equal to it (`{2$$a|a|b}`: a,b a,b b,a b,a)."""
+    if count <= 0:
+        yield ()
+        return
+    for option in options:
+        for after in _arrangements([other for other in options if other != option], count - 1):
+            yield (option, *after)
 
 
 def _count(node: Variant, available: int) -> tuple[int, int]:
