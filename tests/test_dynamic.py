@@ -205,6 +205,24 @@ def test_yaml_and_json_files_hold_wildcards_named_by_their_keys(wildcards):
     assert set(_draws("__toys(figure=elephant)__", folder=wildcards)) == {"a elephant plush toy"}
 
 
+def test_yaml_values_and_one_list_files_are_read_as_the_extension_reads_them(wildcards):
+    """dynamicprompts 0.31 reads a key holding one string as one option, a key holding nothing as none, keys nested
+    any depth as `key/sub/subsub`, and a file that is one list as its strings written out: `2::red` is that text
+    (it weighs a key's list alone), and its other items are left out (textinv warns of both)."""
+    (wildcards / "palette.yaml").write_text("solo: just red\nplaceholder:\nnested:\n  deep:\n    deeper: [x]\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert set(_draws("__solo__ __nested/deep/deeper__", folder=wildcards)) == {"just red x"}
+    with pytest.raises(ConfigError, match=r"__placeholder__: the wildcard file .*palette.yaml holds no options under "
+                                          r"placeholder"):
+        _draws("__placeholder__", folder=wildcards)
+    (wildcards / "flat.yaml").write_text("- 2::red\n- blue\n- {text: green, weight: 3}\n- 7\n-\n")
+    with pytest.warns(UserWarning, match=r"flat.yaml is one list, which the extension reads as text alone: '2::red' is "
+                                         r"drawn as written, not weighed, and 2 item\(s\) that are not text are left "
+                                         r"out; put the list under a key \(flat: \[...\]\) to weigh its options"):
+        assert set(_draws("__flat__", folder=wildcards)) == {"2::red", "blue"}
+
+
 def test_options_in_yaml_and_json_files_weigh_what_they_say(wildcards):
     (wildcards / "w.json").write_text('{"w": ["3::b", "a", {"text": "c", "weight": 0}, {"content": "d", "weight": 0},'
                                       ' "", null, "2::x::y"]}')
@@ -222,6 +240,9 @@ def test_options_in_yaml_and_json_files_weigh_what_they_say(wildcards):
     ("bad.yaml", "a:\n  flurp: 12345\n", "a/flurp", r"bad.yaml: the key a/flurp holds 12345 \(int\), where a list "
                                                     r"of options or a mapping of names is expected"),
     ("bad.yaml", "a: [x, 1990]\n", "a", r"bad.yaml: item 2 of the key a is 1990 \(int\), not an option's text: quote"),
+    ("bad.yaml", "a: [{x|y}, z]\n", "a", r"bad.yaml: item 1 of the key a is \{'x\|y': None\} \(dict\), not an option's "
+                                        r"text \(YAML reads \{a\|b\} unquoted as a mapping: quote it, '\{a\|b\}'\)"),
+    ("bad.json", '{"a": [{"text": "x", "weight": "heavy"}]}', "a", r"item 1 of the key a weighs 'heavy', not a number"),
     ("bad.yaml", "1234: [x]\n", "1234", r"bad.yaml: the key 1234 \(int\) is not a name: quote it"),
     ("bad.yaml", "just text\n", "a", r"bad.yaml holds str, where a mapping of names to lists of options"),
     ("bad.json", '{"a": [{"text": "x", "weight": -1}]}', "a", r"item 1 of the key a weighs -1: a weight is 0 or more"),

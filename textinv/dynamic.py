@@ -436,14 +436,15 @@ def _origin(source) -> str:
 def _structured(path: Path) -> list[tuple[str, list]]:
     """A YAML or JSON wildcard file's wildcards as (name, [(weight, text, where), ...], or the ConfigError refusing a
     bad key); one that does not read, or is neither a mapping nor a list, raises. A mapping's keys name them,
-    nested mappings as `key/sub`; a file that is one list is one, named as the file (dynamicprompts' reading)."""
+    nested mappings as `key/sub`; a file that is one list is one, named as the file (`_flat_options`), as
+    dynamicprompts reads them."""
     try:
         data = _load(path, _text(path))
     except RecursionError:  # (thousands of brackets one inside another)
         raise ConfigError(f"the wildcard file {path} nests too deeply to read (Python's recursion limit): fix it, or "
                           f"move it out of --wildcards-dir") from None
     if isinstance(data, list):
-        return [(path.stem, _options_or_error(data, path, path.stem))]
+        return [(path.stem, _flat_options(data, path))]
     if not isinstance(data, dict):
         raise ConfigError(f"the wildcard file {path} holds {type(data).__name__ if data is not None else 'nothing'}, "
                           f"where a mapping of names to lists of options (or one list) is expected: fix it, or move "
@@ -488,6 +489,8 @@ def _structured_keys(data: dict, path: Path) -> list[tuple[str, list]]:
                 out.append((name, ConfigError(f"the wildcard file {path}: the key {name} ({type(key).__name__}) is "
                                               f"not a name: quote it (\"{key}\")")))
                 continue
+            if isinstance(value, str) or value is None:  # (dynamicprompts: one option; none, as an empty list)
+                value = [value] if value else []
             size += 1 + (len(value) if isinstance(value, list) else 0)
             if size > MAX_STRUCTURED:
                 raise ConfigError(f"the wildcard file {path} holds more than {MAX_STRUCTURED} keys and options (its "
@@ -519,26 +522,47 @@ def _options_or_error(items: list, path: Path, key: str) -> list | ConfigError:
 
 
 def _structured_options(items: list, path: Path, key: str) -> list[tuple[float, str, str]]:
-    """A list's options as (weight, text, where): a string (`2::text` weighs 2), or a mapping {text: ..., weight: ...}
-    (`content` for `text`); empty ones left out, as are comments (`_uncommented`)."""
+    """A key's list's options as (weight, text, where) (`_item`); empty ones left out, as are comments
+    (`_uncommented`)."""
     out = []
     for n, item in enumerate(items, 1):
-        where, weight = f"{path.name} key {key} item {n}", 1.0
-        if isinstance(item, dict) and isinstance(item.get("weight", 1), (int, float)):
-            weight, item = float(item.get("weight", 1)), item.get("text") or item.get("content")
-        elif isinstance(item, str):
-            weight, item = _item_weight(item)
-        if not isinstance(item, str) and item is not None:
-            raise ConfigError(f"the wildcard file {path}: item {n} of the key {key} is {item!r} "
-                              f"({type(item).__name__}), not an option's text: quote it, or write it as "
-                              f"{{text: ..., weight: 2}}")
-        text = _uncommented(item or "")
-        if weight < 0:
-            raise ConfigError(f"the wildcard file {path}: item {n} of the key {key} weighs {weight:g}: a weight is 0 "
-                              f"or more")
-        if text:
-            out.append((weight, text, where))
+        weight, text = _item(item, f"the wildcard file {path}: item {n} of the key {key}")
+        if _uncommented(text):
+            out.append((weight, _uncommented(text), f"{path.name} key {key} item {n}"))
     return out
+
+
+def _item(item, what: str) -> tuple[float, str]:
+    """A list item's weight and text: a string (`2::text` weighs 2), a mapping {text: ..., weight: ...} (`content`
+    for `text`), or nothing (null). Any other item raises (dynamicprompts skips it with a warning), as does a
+    mapping without text: YAML reads `- {a|b}`, unquoted, as one."""
+    if item is None or isinstance(item, str):
+        return _item_weight(item or "")
+    if not isinstance(item, dict) or not ("text" in item or "content" in item):
+        hint = " (YAML reads {a|b} unquoted as a mapping: quote it, '{a|b}')" if isinstance(item, dict) else ""
+        raise ConfigError(f"{what} is {item!r} ({type(item).__name__}), not an option's text{hint}: quote it, or "
+                          f"write it as {{text: ..., weight: 2}}")
+    try:
+        weight = float(item.get("weight", 1))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} weighs {item['weight']!r}, not a number: write one (weight: 2)") from None
+    if weight < 0:
+        raise ConfigError(f"{what} weighs {weight:g}: a weight is 0 or more")
+    return weight, str(item.get("text") or item.get("content") or "")
+
+
+def _flat_options(items: list, path: Path) -> list[tuple[float, str, str]]:
+    """The options of a file that is one list, as dynamicprompts reads one: its strings as written (`2::red` is that
+    text, not weighed: it weighs a key's list alone), its other items left out; a warning says where that is so."""
+    texts = [(n, item) for n, item in enumerate(items, 1) if isinstance(item, str)]
+    weighed = [item for _, item in texts if _item_weight(item)[1] != item]
+    others = len(items) - len(texts) - items.count(None)
+    if weighed or others:
+        what = [f"{weighed[0]!r} is drawn as written, not weighed"] if weighed else []
+        what += [f"{others} item(s) that are not text are left out"] if others else []
+        warn(f"the wildcard file {path} is one list, which the extension reads as text alone: {', and '.join(what)}; "
+             f"put the list under a key ({path.stem}: [...]) to weigh its options", stacklevel=2)
+    return [(1.0, _uncommented(item), f"{path.name} item {n}") for n, item in texts if _uncommented(item)]
 
 
 def _item_weight(item: str) -> tuple[float, str]:
