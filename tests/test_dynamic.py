@@ -43,6 +43,7 @@ def wildcards(tmp_path):
     ("{2$$ | $$a|b}", {"a | b", "b | a"}),  # (a separator may hold a bar, as dynamicprompts reads it)
     ("{1-2$$-$$a|b}", {"a", "b", "a-b", "b-a"}),
     ("{-1$$a|b}", {"a", "b"}),
+    ("{2-1$$a|b}", {"a", "b", "a,b", "b,a"}),  # (a range written backwards, as dynamicprompts reads it)
     ("{2-$$a|b}", {"a,b", "b,a"}),
     ("{5$$a|b}", {"a,b", "b,a"}),  # (more than it has: as many as it has)
     ("{0-1$$a}", {"", "a"}),

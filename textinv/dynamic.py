@@ -227,6 +227,8 @@ def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
         first, dash, last = header.groups()
         low = int(first) if first else 1
         high = (int(last) if last else None) if dash else low
+        if high is not None and high < low:  # (`{3-1$$...}`: dynamicprompts reads it as 1-3)
+            low, high = high, low
         i = header.end()
         own = _SEPARATOR.match(text, i)
         if own:
