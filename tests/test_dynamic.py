@@ -44,6 +44,8 @@ def wildcards(tmp_path):
     ("{1-2$$-$$a|b}", {"a", "b", "a-b", "b-a"}),
     ("{-1$$a|b}", {"a", "b"}),
     ("{2-1$$a|b}", {"a", "b", "a,b", "b,a"}),  # (a range written backwards, as dynamicprompts reads it)
+    ("{2$$a|}", {"a"}),  # (joined less a separator at either end, as dynamicprompts joins them)
+    ("{1-2$$ and $$|a}", {"", "a"}),
     ("{2-$$a|b}", {"a,b", "b,a"}),
     ("{5$$a|b}", {"a,b", "b,a"}),  # (more than it has: as many as it has)
     ("{0-1$$a}", {"", "a"}),
@@ -52,6 +54,29 @@ def wildcards(tmp_path):
 ])
 def test_each_variant_form_draws_what_sd_dynamic_prompts_draws(template, seen):
     assert set(_draws(template)) == seen
+
+
+@pytest.mark.parametrize("template, drawn", [
+    ("%{(...:1.2)$${cat|cat}}", "(cat:1.2)"),
+    ("a %{ [...] $$ dog} c", "a [dog]  c"),  # (the whitespace after `%{` and `$$` left out)
+    ("%{x\u2026y$$z}", "xzy"),  # (Unicode's ellipsis too)
+    ("%{no marker$$x}", "no markerx"),
+    ("100%{a|a}", "100%a"),  # (no `$$`: a `%` before a variant, as before; dynamicprompts refuses it)
+])
+def test_a_wrap_command_draws_its_inner_text_where_its_wrapper_has_dots(template, drawn):
+    """dynamicprompts' `%{wrapper$$inner}`: the drawn inner text stands in the wrapper's first `...`."""
+    assert set(_draws(template, range(3))) == {drawn}
+
+
+def test_a_wrap_commands_parts_come_from_wildcards_and_combine_in_order(wildcards):
+    (wildcards / "wraps.txt").write_text("(...:1.2)\n[...]\n")
+    assert set(_draws("%{__wraps__$$a {cat|dog}}", folder=wildcards)) == {
+        "(a cat:1.2)", "(a dog:1.2)", "[a cat]", "[a dog]"}
+    assert [j.prompt for j in dynamic.jobs(["%{{a...|b...}$${x|y}}"], "", [0], combinatorial=True)] == [
+        "ax", "ay", "bx", "by"]  # (as dynamicprompts 0.31 gives them)
+    with pytest.raises(ConfigError, match=r"the '%\{' at character 1 is never closed, or holds a '\|' after its "
+                                          r"'\$\$': write %\{wrapper ... \$\$inner\}"):
+        dynamic.jobs(["%{a$$b|c}"], "", [0])
 
 
 def test_a_variable_set_with_a_bang_is_drawn_once_else_at_each_use():

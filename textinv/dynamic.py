@@ -9,6 +9,8 @@ one `--prompt` draws a learned word in many settings.
     ${season=summer}  ${season=!{summer|winter}}  set a variable: its template, drawn at each use; `!`: drawn once
     ${season}  ${season:summer}  __outfit(season=winter)__   use it (with a default); a wildcard's own variables
     {@a|b}  __@colors__  {~a|b}  {!a|b}           a part's own sampler: cyclical, random, combinatorial
+    %{(...:1.2)$$a {cat|dog}}                     wrap: the inner text drawn where the wrapper's `...` stands
+    # to the line's end; // to the line's end and /* */ where a part starts    comments, left out
 
 Variants nest, and a wildcard file's lines may hold variants and wildcards themselves. As in dynamicprompts, a
 variable is set outside variants, for the whole text it stands in (a prompt, a wildcard file's line) and what that
@@ -54,6 +56,7 @@ _SEPARATOR = re.compile(r"([^${}]*?)\$\$")  # `{2$$ and $$...}`, `{2$$ | $$...}`
 _WEIGHT = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*::")
 _COMMENT = re.compile(r"^((?:\\.|[^\\#\n])*?)\s*#.*$", re.M)  # `text # comment`, escapes passed over
 _COMMENTS = re.compile(r"(?:[ \t\r\n]*(?:#[^\n]*|//[^\n]*|/\*.*?\*/))+", re.S)  # `# x`, `// x`, `/* x */`
+_WRAP_MARKER = re.compile(r"[\u1801\u2026\u22ee-\u22f1\ufe19]+|\.{3,}")  # where `%{wrapper$$inner}` puts inner
 _LEAD = re.compile(r"(?:[ \t\r\n]*(?:#[^\n]*|//[^\n]*|/\*.*?\*/))*[ \t\r\n]*", re.S)  # an option's start: left out
 
 
@@ -80,6 +83,14 @@ class Assign:
     value: list
     immediate: bool = False
     keep: bool = False
+
+
+@dataclass(frozen=True)
+class Wrap:
+    """`%{wrapper$$inner}`: the inner text drawn into the wrapper's where its `...` (or `…`) stands."""
+
+    wrapper: list
+    inner: list
 
 
 @dataclass(frozen=True)
@@ -137,8 +148,9 @@ def is_dynamic(nodes: list) -> bool:
     return any(not isinstance(node, str) for node in nodes)
 
 
-def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
-    """Nodes from `text[i:]` up to the end, or (`inside` a variant) up to its next `|` or `}`, not consumed. Comments
+def _sequence(text: str, i: int, inside: bool, where: str, wrapper: bool = False) -> tuple[list, int]:
+    """Nodes from `text[i:]` up to the end, or (`inside` a variant) up to its next `|` or `}` (or, a `wrapper`, `$$`),
+    not consumed. Comments
     are left out as dynamicprompts' parser leaves them out: a `#` (not `\\#`) to the end of its line anywhere, and
     `//` to the line's end and `/* */` where a part starts (the text's start, after a variant, wildcard or variable),
     with the whitespace before them there; text that a `#` comment cuts is joined by a space, as the parser joins it."""
@@ -176,10 +188,14 @@ def _sequence(text: str, i: int, inside: bool, where: str) -> tuple[list, int]:
             node, i = _variable(text, i, inside, where)
             flush()
             nodes.append(node)
+        elif text.startswith("%{", i) and (wrap := _wrap(text, i, where)):
+            flush()
+            nodes.append(wrap[0])
+            i = wrap[1]
         elif ch == "}" and not inside:
             raise ConfigError(f"{where} {text!r}: a '}}' at character {i + 1} closes no '{{': remove it, or write "
                               f"\\}} for the character")
-        elif inside and (ch == "}" or (ch == "|" and not square)):
+        elif inside and (ch == "}" or (ch == "|" and not square) or (wrapper and text.startswith("$$", i))):
             break
         elif wildcard:
             sampler, name, spec = wildcard.groups()
@@ -249,6 +265,21 @@ def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
         i += 1
         if text[i - 1] == "}":
             return Variant(tuple(options), low, high if high is not None else len(options), separator, sampler), i
+
+
+def _wrap(text: str, start: int, where: str) -> tuple[Wrap, int] | None:
+    """The wrap command whose `%{` is at `start` (`%{wrapper$$inner}`, dynamicprompts' grammar: the whitespace after
+    `%{` and `$$` left out), and the index after its `}`; None where no `$$` follows the wrapper (a `%` before a
+    variant, as textinv read it before)."""
+    wrapper, i = _sequence(text, _LEAD.match(text, start + 2).end(), True, where, wrapper=True)
+    if not text.startswith("$$", i):
+        return None
+    inner, i = _sequence(text, _LEAD.match(text, i + 2).end(), True, where)
+    if i >= len(text) or text[i] != "}":
+        raise ConfigError(f"{where} {text!r}: the '%{{' at character {start + 1} is never closed, or holds a '|' "
+                          f"after its '$$': write %{{wrapper ... $$inner}} (a variant inside it for options), or %\\{{ "
+                          f"for the characters")
+    return Wrap(wrapper, inner), i + 1
 
 
 def _variable(text: str, start: int, inside: bool, where: str) -> tuple[Variable | Assign, int]:
@@ -608,6 +639,9 @@ def check(nodes: list, wildcards: Wildcards, within: tuple[str, ...] = (), varia
         elif isinstance(node, Variant):
             for _, option in node.options:
                 check(option, wildcards, within, variables)
+        elif isinstance(node, Wrap):
+            check(node.wrapper, wildcards, within, variables)
+            check(node.inner, wildcards, within, variables)
 
 
 def _within(within: tuple[str, ...], name: str) -> tuple[str, ...]:
@@ -653,6 +687,8 @@ def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict 
             out.append(node)
         elif isinstance(node, Variable):
             out.append(again(variables.get(node.name, node.default), variables))
+        elif isinstance(node, Wrap):
+            out.append(_wrapped(again(node.wrapper, variables), again(node.inner, variables)))
         elif node.sampler == "@":
             out.append(_cycle(node, index, rng, wildcards, variables))
         elif isinstance(node, Wildcard):  # (`!`, combinatorial, draws at random here, as dynamicprompts draws it)
@@ -667,7 +703,7 @@ def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict 
                 k = rng.choices(range(len(places)), weights if any(weights) else None)[0]
                 picked.append(options[places.pop(k)][1])
                 weights.pop(k)
-            out.append(node.separator.join(again(option, variables) for option in picked))
+            out.append(_joined(node.separator, [again(option, variables) for option in picked]))
     return "".join(out)
 
 
@@ -685,7 +721,7 @@ def _cycle(node: Variant | Wildcard, k: int, rng: random.Random, wildcards: Wild
     if not choices:  # (`{@2$$a|a}`: no two different options)
         return ""
     chosen, turn = (choices[k], 0) if k < len(choices) else (choices[k % len(choices)], k // len(choices))
-    return node.separator.join(_cycled(option, turn, rng, wildcards, variables) for option in chosen)
+    return _joined(node.separator, [_cycled(option, turn, rng, wildcards, variables) for option in chosen])
 
 
 def _cycled(nodes: list, k: int, rng: random.Random, wildcards: Wildcards, variables: dict) -> str:
@@ -701,11 +737,33 @@ def _cycled(nodes: list, k: int, rng: random.Random, wildcards: Wildcards, varia
             out.append(node)
         elif isinstance(node, Variable):
             out.append(again(variables.get(node.name, node.default), variables))
+        elif isinstance(node, Wrap):  # (dynamicprompts cannot cycle one: its parts turn together here)
+            out.append(_wrapped(again(node.wrapper, variables), again(node.inner, variables)))
         elif node.sampler == "~":
             out.append(draw([node], rng, wildcards, variables))
         else:
             out.append(_cycle(node, k, rng, wildcards, variables))
     return "".join(out)
+
+
+def _joined(separator: str, texts: list[str]) -> str:
+    """A `{2$$...}` variant's texts joined as dynamicprompts joins them: by `separator`, less one at either end (an
+    empty option's: `{2$$a|}` draws "a"); one text as it is."""
+    if len(texts) == 1:
+        return texts[0]
+    joined = separator.join(texts)
+    if separator:
+        joined = joined.removeprefix(separator).removesuffix(separator)
+    return joined
+
+
+def _wrapped(wrapper: str, inner: str) -> str:
+    """`inner` in `wrapper` where its first `...` (three dots or more, or Unicode's ellipses) stands; after it where
+    it has none, as dynamicprompts wraps it."""
+    marker = _WRAP_MARKER.search(wrapper)
+    if not marker:
+        return wrapper + inner
+    return wrapper[:marker.start()] + inner + wrapper[marker.end():]
 
 
 def _pick(options: list[tuple[float, list]], rng: random.Random) -> list:
@@ -771,6 +829,10 @@ def _node_texts(node, wildcards: Wildcards, variables: dict, turns: Turns) -> It
         yield node
     elif isinstance(node, Variable):
         yield from combinations(variables.get(node.name, node.default), wildcards, variables, turns)
+    elif isinstance(node, Wrap):  # (each wrapper's text with each inner text, the wrapper's slower)
+        for wrapper in combinations(node.wrapper, wildcards, variables, turns):
+            for inner in combinations(node.inner, wildcards, variables, turns):
+                yield _wrapped(wrapper, inner)
     elif node.sampler == "~":
         yield draw([node], turns.rng, wildcards, variables)
     elif node.sampler == "@":
@@ -787,7 +849,7 @@ def _node_texts(node, wildcards: Wildcards, variables: dict, turns: Turns) -> It
                                            for option in chosen]))
         for texts in _once(choices):
             if len(set(texts)) == len(texts):  # (no option's text twice in one choice, as dynamicprompts)
-                yield node.separator.join(texts)
+                yield _joined(node.separator, list(texts))
 
 
 def _once(values: Iterator) -> Iterator:
