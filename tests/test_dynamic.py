@@ -327,6 +327,8 @@ def test_a_cyclical_part_gives_the_ith_seed_its_ith_text_whatever_n(wildcards):
     assert prompts("__@colors/*__") == ["blue", "orange", "red", "blue", "orange", "red"]
     assert prompts("{@2$$a|b|c}", range(7)) == ["a,b", "a,c", "b,a", "b,c", "c,a", "c,b", "a,b"]
     assert set(prompts("{@a|{~b|c}}")[1::2]) <= {"b", "c"}
+    with pytest.raises(ConfigError, match=r"a cyclical variant \{@2\$\$...\} has no 2 different options to choose"):
+        prompts("{@2$$a|a}")  # (dynamicprompts turns forever)
 
 
 def test_random_and_combinatorial_marks_draw_as_dynamicprompts_draws_them(wildcards):

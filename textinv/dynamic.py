@@ -150,10 +150,10 @@ def is_dynamic(nodes: list) -> bool:
 
 def _sequence(text: str, i: int, inside: bool, where: str, wrapper: bool = False) -> tuple[list, int]:
     """Nodes from `text[i:]` up to the end, or (`inside` a variant) up to its next `|` or `}` (or, a `wrapper`, `$$`),
-    not consumed. Comments
-    are left out as dynamicprompts' parser leaves them out: a `#` (not `\\#`) to the end of its line anywhere, and
-    `//` to the line's end and `/* */` where a part starts (the text's start, after a variant, wildcard or variable),
-    with the whitespace before them there; text that a `#` comment cuts is joined by a space, as the parser joins it."""
+    not consumed. Comments are left out as dynamicprompts' parser leaves them out: a `#` (not `\\#`) to the end of
+    its line anywhere, and `//` to the line's end and `/* */` where a part starts (the text's start, after a variant,
+    wildcard or variable), with the whitespace before them there; text that a `#` comment cuts is joined by a space,
+    as the parser joins it."""
     nodes: list = []
     chars: list[str] = []
     square = 0  # open square brackets: a `|` inside one is an alternation's, not the variant's
@@ -594,7 +594,7 @@ def _flat_options(items: list, path: Path) -> list[tuple[float, str, str]]:
         what = [f"{weighed[0]!r} is drawn as written, not weighed"] if weighed else []
         what += [f"{others} item(s) that are not text are left out"] if others else []
         warn(f"the wildcard file {path} is one list, which the extension reads as text alone: {', and '.join(what)}; "
-             f"put the list under a key ({path.stem}: [...]) to weigh its options", stacklevel=2)
+             f"put the list under a key ({path.stem}: [...]) to weigh its options")
     return [(1.0, _uncommented(item), f"{path.name} item {n}") for n, item in texts if _uncommented(item)]
 
 
@@ -718,8 +718,9 @@ def _cycle(node: Variant | Wildcard, k: int, rng: random.Random, wildcards: Wild
     options = [nodes for _, nodes in _options(node, wildcards)]
     low, high = _count(node, len(options))
     choices = list(itertools.islice(_choices(options, low, high), k + 1))  # (the k-th, without listing them all)
-    if not choices:  # (`{@2$$a|a}`: no two different options)
-        return ""
+    if not choices:  # (`{@2$$a|a}`: dynamicprompts turns through its no choices forever)
+        raise ConfigError(f"a cyclical variant {{@{low}$$...}} has no {low} different options to choose: give it "
+                          f"different options, or choose fewer")
     chosen, turn = (choices[k], 0) if k < len(choices) else (choices[k % len(choices)], k // len(choices))
     return _joined(node.separator, [_cycled(option, turn, rng, wildcards, variables) for option in chosen])
 
