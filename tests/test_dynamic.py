@@ -657,13 +657,15 @@ def test_again_draws_a_pictures_braces_and_underscores_as_the_text_it_drew(sd1_d
     from textinv.again import again_config
 
     info = PngInfo()
-    info.add_text("parameters", "{{best}} a cat {} __x__\nNegative prompt: {ugly|bad}\nSteps: 2, Seed: 3, Size: 16x16")
+    info.add_text("parameters", "{{best}} a cat {} __x__ #1\nNegative prompt: // {ugly|bad}\nSteps: 2, Seed: 3, "
+                                "Size: 16x16")  # (and a `#`, a leading `//`: text, not comments)
     Image.new("RGB", (8, 8)).save(tmp_path / "w.png", pnginfo=info)
     config, keep = again_config(tmp_path / "w.png", {"model": str(sd1_dir), "out": str(tmp_path / "o")})
-    assert emphasis.parse(config.prompt[0]) == [("{{best}} a cat {} __x__", 1.0)]
-    assert emphasis.parse(config.negative_prompt) == [("{ugly|bad}", 1.0)]
+    assert emphasis.parse(config.prompt[0]) == [("{{best}} a cat {} __x__ #1", 1.0)]
+    assert emphasis.parse(config.negative_prompt) == [("// {ugly|bad}", 1.0)]
     (drawn,) = generate(config, keep_seeds=keep, progress=False)
-    assert emphasis.parse(_text(drawn)["prompt"]) == [("{{best}} a cat {} __x__", 1.0)]
+    assert emphasis.parse(_text(drawn)["prompt"]) == [("{{best}} a cat {} __x__ #1", 1.0)]
+    assert emphasis.parse(_text(drawn)["negative_prompt"]) == [("// {ugly|bad}", 1.0)]
     again, _ = again_config(drawn, {"model": str(sd1_dir)})  # (escaped once: the redraw's again is the same)
     assert (again.prompt, again.negative_prompt) == (config.prompt, config.negative_prompt)
     # a prompt given anew is a template, as always
