@@ -269,3 +269,94 @@ def test_a_sampler_is_set_up_once_and_each_pass_draws_on_a_copy_of_its_own(monke
     afresh = _two_passes(lambda: scheduler_for(own, name))
     for a, b in zip(copied, afresh, strict=True):
         assert torch.equal(a, b)
+
+
+def _ancestral_step(s: float, s_next: float, eta: float) -> tuple[float, float]:
+    """k-diffusion's get_ancestral_step: (sigma_down, sigma_up)."""
+    up = min(s_next, eta * (s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2) ** 0.5)
+    return (s_next ** 2 - up ** 2) ** 0.5, up
+
+
+def _euler_ancestral(denoiser, x, sigmas, noise, eta):
+    """k-diffusion's sample_euler_ancestral at `eta`, s_noise 1, written out in float64 sigmas."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = denoiser(x, s)
+        down, up = _ancestral_step(s, s_next, eta)
+        x = x + (x - denoised) / s * (down - s)
+        x = x + noise(x) * up  # (diffusers' draws the last step's too, of sigma 0)
+    return x
+
+
+def _dpm2_ancestral(denoiser, x, sigmas, noise, eta):
+    """k-diffusion's sample_dpm_2_ancestral at `eta`, s_noise 1: DPM-Solver-2 to sigma_down through its log-midpoint,
+    Euler's step for the last, then noise of sigma_up."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = denoiser(x, s)
+        down, up = _ancestral_step(s, s_next, eta)
+        d = (x - denoised) / s
+        if down == 0:
+            x = x + d * (down - s)
+        else:
+            mid = math.exp((math.log(s) + math.log(down)) / 2)
+            x_2 = x + d * (mid - s)
+            x = x + (x_2 - denoiser(x_2, mid)) / mid * (down - s)
+            x = x + noise(x) * up
+    return x
+
+
+def _dpmpp_2s_ancestral_at(denoiser, x, sigmas, noise, eta):
+    """sample_dpmpp_2s_ancestral at `eta` (`_dpmpp_2s_ancestral` is it at 1)."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = denoiser(x, s)
+        down, up = _ancestral_step(s, s_next, eta)
+        if down == 0:
+            x = x + (x - denoised) / s * (down - s)
+        else:
+            h = math.log(s) - math.log(down)
+            mid = math.exp(-(-math.log(s) + h / 2))
+            x_2 = (mid / s) * x - math.expm1(-h / 2) * denoised
+            x = (down / s) * x - math.expm1(-h) * denoiser(x_2, mid)
+        if s_next > 0:
+            x = x + noise(x) * up
+    return x
+
+
+@pytest.mark.parametrize("name, eta", [("euler_a", 0.5), ("euler_a", 0.0), ("dpm2_a_karras", 0.5),
+                                       ("dpm2_a", 0.0), ("dpm++2s_a_karras", 0.3), ("dpm++2s_a", 0.7)])
+def test_an_ancestral_sampler_at_an_eta_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta):
+    """At --eta, Euler a, DPM2 a (its next-to-last sigma discarded) and DPM++ 2S a take k-diffusion's steps at that
+    eta: each step to the lower sigma_down, the midpoint between (for the two-call ones) moved with it, then noise of
+    the smaller sigma_up from the generator."""
+    steps, seed = 5, 3
+    own = _sd_scheduler()
+    base, karras = name.removesuffix("_karras"), name.endswith("_karras")
+    sigmas = (_karras if karras else _evenly)(own, steps + (base == "dpm2_a"))
+    if base == "dpm2_a":  # (the web UI's discard_next_to_last_sigma)
+        sigmas = sigmas[:-2] + sigmas[-1:]
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[0]
+    calls = []
+
+    def recording(latents, sigma):
+        calls.append(sigma)
+        return _toy(latents, sigma)
+
+    generator = torch.Generator().manual_seed(seed)
+    write_out = {"euler_a": _euler_ancestral, "dpm2_a": _dpm2_ancestral, "dpm++2s_a": _dpmpp_2s_ancestral_at}[base]
+    expected = write_out(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
+                         eta)
+    got, _ = _drawn(scheduler_for(own, name, eta=eta), steps, x, calls, "epsilon", seed)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+    at_one, _ = _drawn(scheduler_for(own, name), steps, x, calls, "epsilon", seed)
+    assert not torch.allclose(got, at_one, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["euler_a", "dpm2_a_karras", "dpm++2s_a", "ddim"])
+def test_a_sampler_at_its_own_eta_is_the_one_it_was(name):
+    """--eta at a sampler's default (1; DDIM's 0) makes the scheduler it always was: the same class, the same steps."""
+    own = _sd_scheduler()
+    plain, given = scheduler_for(own, name), scheduler_for(own, name, eta=0.0 if name == "ddim" else 1.0)
+    assert type(given) is type(plain)
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2)) * 14.6
+    plain.set_timesteps(4)
+    calls = [1.0] * len(plain.timesteps)
+    assert torch.equal(_drawn(plain, 4, x, calls, "epsilon", 5)[0], _drawn(given, 4, x, calls, "epsilon", 5)[0])

@@ -67,7 +67,8 @@ from .hub import hub_reference
 from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
-from .samplers import from_comfy, from_webui
+from .samplers import SPELLINGS as SAMPLER_SPELLINGS
+from .samplers import eta_default, eta_label, from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
@@ -82,7 +83,7 @@ _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
                "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
                "Variation seed strength", "Tiling", "Emphasis", "Mask blur", "Mask mode", "Masked content",
                "Inpaint area", "Masked area padding", "Inpaint blend", "Refiner", "Refiner switch at",
-               "Hires CFG Scale", "Hires checkpoint", "Old prompt editing timelines")
+               "Hires CFG Scale", "Hires checkpoint", "Old prompt editing timelines", "ENSD")
 # sd-dynamic-prompts' templates, where a version writes them among the settings (else after them:
 # `_without_templates`): the prompts above are what was drawn, so a redraw needs nothing of them
 _A1111_DRAWN_FROM = ("Template", "Negative Template")
@@ -133,6 +134,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         if name not in flags and name not in replaced:
             raise ConfigError(why)
     _check_paths_given(picture, settings, flags)
+    _eta_taken(picture, settings, flags)
     from_text = not (flags.get("init_image") or settings.get("init_image"))
     for note in picture.notes + (picture.without_init if from_text else picture.with_init):
         warn(note, stacklevel=2)
@@ -185,6 +187,18 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
              f"{__version__}: the redraw may differ from it", stacklevel=2)
     return build(GenerateConfig, settings, flags), keep
+
+
+def _eta_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Drop the picture's eta from `settings`, with a warning, where `flags` give samplers that take none (an --eta
+    given is the command's, checked as given)."""
+    if "eta" not in settings or "eta" in flags:
+        return
+    names = [flags.get(key, settings.get(key)) for key in ("sampler", "hires_sampler")]
+    if any(name and eta_default(SAMPLER_SPELLINGS.get(str(name).strip().lower(), str(name))) is not None for name in names):
+        return
+    warn(f"{picture.path} was drawn at eta {settings.pop('eta')}, which the sampler given does not take: it draws "
+         f"without", stacklevel=3)
 
 
 def _is_grid(picture: Picture) -> bool:
@@ -474,7 +488,7 @@ def _from_a1111(path: Path, text: str) -> Picture:
     settings: dict[str, Any] = {"prompt": [prompt], "negative_prompt": negative}
     names = {"Steps": "steps", "CFG scale": "guidance", "Seed": "seed", "Clip skip": "clip_skip",
              "Variation seed": "variation_seed", "Variation seed strength": "variation_strength", "Tiling": "tiling",
-             "Emphasis": "emphasis", "Old prompt editing timelines": "old_prompt_editing"}
+             "Emphasis": "emphasis", "Old prompt editing timelines": "old_prompt_editing", "ENSD": "ensd"}
     for label, name in names.items():
         if label in fields:
             settings[name] = fields[label]
@@ -499,7 +513,8 @@ def _from_a1111(path: Path, text: str) -> Picture:
     without_init: list[str] = []
     without_mask: list[str] = []
     _a1111_passes(path, fields, settings, needs, notes, without_init, without_mask)
-    unused = [k for k in fields if k not in _A1111_USED + _A1111_DRAWN_FROM]
+    used = _a1111_eta(fields, settings)
+    unused = [k for k in fields if k not in _A1111_USED + _A1111_DRAWN_FROM + used]
     if unused:
         notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
                       f"--lora-dir give models, embeddings and LoRAs; face restoration, a seed resized "
@@ -529,6 +544,18 @@ def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: di
     needs[name] = (f"--again {path} was {'redrawn by its hires fix' if hires else 'drawn'} with the web UI's sampler "
                    f"{said!r}, which textinv does not have: choose one with --{name.replace('_', '-')} (textinv "
                    f"generate --help lists them){'' if hires else ', or default'}")
+
+
+def _a1111_eta(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, ...]:
+    """The web UI's "Eta" (its ancestral samplers', written where not 1) or "Eta DDIM" (DDIM's, where not 0) into
+    `settings` as --eta, where a sampler of the picture's (the first pass's, else the hires fix's) takes that one
+    (`samplers.eta_label`); the label read, or none (an SDE sampler's Eta is then named as not applied)."""
+    for name in (settings.get("sampler"), settings.get("hires_sampler")):
+        label = eta_label(name) if name else None
+        if label in fields:
+            settings["eta"] = fields[label]
+            return (label,)
+    return ()
 
 
 def _number(text: str) -> float | None:

@@ -33,7 +33,7 @@ from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, ch
                          memory_saver_note)
 from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
-from .samplers import SAMPLERS, check_installed
+from .samplers import SAMPLERS, check_eta, check_installed
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
 from .refine import DEFAULT_UPSCALER, HIRES_DENOISE, IMG2IMG_DENOISE, UPSCALERS, network_upscaler
 from .refine import SPELLINGS as UPSCALER_SPELLINGS
@@ -906,6 +906,10 @@ class GenerateConfig:
                                     "-1 draws one")
     variation_strength: float = opt(0.0, "how far toward --variation-seed's noise, from 0 (the seed's own) to 1 (the "
                                          "variation seed's)")
+    eta: float = opt(None, "the web UI's Eta: the share of each step's noise an ancestral sampler (euler_a, dpm2_a, "
+                           "dpm++2s_a) draws afresh, from 0 to 1 (its default); for ddim its Eta DDIM (default 0)")
+    ensd: int = opt(0, "the web UI's Eta noise seed delta (ENSD, e.g. 31337): a sampler's noise at every step is "
+                       "drawn from seed + this, as the web UI's is; 0: from the seed, on from the starting noise")
     tiling: bool = opt(False, "pictures that wrap around at their edges, so copies tile without a seam (textures; "
                               "the web UI's Tiling)")
     old_prompt_editing: bool = opt(False, "prompt editing on the web UI's old timelines (its \"Use old prompt editing "
@@ -1049,6 +1053,7 @@ class GenerateConfig:
             raise ConfigError(f"--seed must be -1 (a random one) or between 0 and {2**64 - self.n} (image i uses "
                               f"seed + i), got {self.seed}")
         self._check_variation()
+        self._check_step_noise()
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ConfigError(f"--out {self.out} is a file; give a folder for the PNGs")
         check_drawing(self.steps, self.guidance, self.clip_skip, self.resolution)
@@ -1071,6 +1076,13 @@ class GenerateConfig:
         if self.variation_seed is not None and not 0 <= self.variation_seed <= 2**64 - self.n:
             raise ConfigError(f"--variation-seed must be -1 (a random one) or between 0 and {2**64 - self.n} (image i "
                               f"uses it + i), got {self.variation_seed}")
+
+    def _check_step_noise(self) -> None:
+        """Refuse an --eta the samplers do not take (`samplers.check_eta`) and an --ensd no seed can be offset by."""
+        check_eta(self.eta, [self.sampler] + ([self.hires_sampler] if self.hires_sampler and self.hires() else []))
+        if not 0 <= self.ensd <= 2**64 - 1 - (self.seed + self.n - 1):  # (manual_seed's range, for every picture)
+            raise ConfigError(f"--ensd must be 0 or more, and seed + ENSD at most 2^64 - 1 for every picture, got "
+                              f"{self.ensd}")
 
     def hires(self) -> bool:
         """Whether the settings ask for the hires fix."""

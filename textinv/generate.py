@@ -49,7 +49,8 @@ from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_dif
                      source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
-from .samplers import check_pass, scheduler_for, step_multiplier, webui_hires_names, webui_names
+from .samplers import (check_eta, check_pass, ensd_reaches, eta_default, eta_label, scheduler_for, step_multiplier,
+                       webui_hires_names, webui_names)
 from .tokens import add_tokens, expand_prompt, scratch_tokens, token_clash, token_names, tokenizer_copy
 
 DEFAULT_STEPS = 25
@@ -412,6 +413,8 @@ def render(
     inpaint: Inpaint | None = None,
     refiner: Refiner | None = None,
     old_editing: bool = False,
+    eta: float | None = None,
+    ensd: int = 0,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
@@ -431,6 +434,9 @@ def render(
     there is one, as the web UI's default (hires_fix_refiner_pass: second pass): of `hires.model`'s pass, where it
     has one.
 
+    `eta` is an ancestral sampler's or DDIM's (None: the sampler's own, `samplers.eta_default`), `ensd` the web UI's
+    Eta noise seed delta: each pass's noise at every step is drawn from seed + `ensd` (`_step_noise`).
+
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
     web UI draws it (`emphasis.composable_parts`, `_composing`): its k sub-prompts cost k + 1 UNet rows a step.
@@ -444,8 +450,9 @@ def render(
     _check_sampling(model, steps, guidance)
     check_clip_skip(model, clip_skip)
     second_model = _check_passes(model, steps, sampler, start, denoise, hires, inpaint, refiner)
+    check_eta(eta, [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
-                   clip_skip=clip_skip, emphasis_mode=emphasis_mode, old_editing=old_editing)
+                   clip_skip=clip_skip, emphasis_mode=emphasis_mode, old_editing=old_editing, eta=eta, ensd=ensd)
     others = ([refiner.model.unet, refiner.model.vae] if refiner else []) + (
         [second_model.unet, second_model.vae] if second_model is not model else [])
     with _tiled(pipe, tiling, *others):
@@ -491,7 +498,7 @@ def _check_hires(model: Model, second_model: Model, hires: Hires, steps: int, sa
 
 
 def _text_to_image(model: Model, steps: int, sampler: str, size: tuple[int, int], hires: Hires | None,
-                   variation: tuple[list[int], float] | None, refiner: Refiner | None, **drawing
+                   variation: tuple[list[int], float] | None, refiner: Refiner | None, ensd: int = 0, **drawing
                    ) -> list[Image.Image]:
     """The pictures of a text-to-image pass at `size` (W, H) from the seeds' noise (with their `variation`), then
     with `hires` its hires fix's second pass (`_hires_pass`); `refiner` draws the last steps of the last pass."""
@@ -501,13 +508,14 @@ def _text_to_image(model: Model, steps: int, sampler: str, size: tuple[int, int]
     # (C, H/f, W/f), as the pipelines and the web UI lay out the noise: a square's is what it always was
     shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     latents = seed_noise(generators, shape, variation).to(pipe.device, pipe.unet.dtype)
+    _step_noise(generators, drawing["seeds"], ensd, sampler)
     in_latents = hires is not None and refine.UPSCALERS[hires.upscaler].mode is not None
     first = _pass(model, pipe, steps, sampler, size, latents=latents, generator=generators,
                   num_inference_steps=steps, height=height, width=width,
                   output_type="latent" if in_latents else "pil", refiner=None if hires else refiner, **drawing)
     if hires is None:
         return first
-    return _hires_pass(model, first, steps, sampler, size, hires, variation, refiner, **drawing)
+    return _hires_pass(model, first, steps, sampler, size, hires, variation, refiner, ensd=ensd, **drawing)
 
 
 def _hires_pass(model: Model, first: torch.Tensor | list[Image.Image], steps: int, sampler: str,
@@ -532,6 +540,16 @@ def _hires_pass(model: Model, first: torch.Tensor | list[Image.Image], steps: in
               **({"guidance": hires.guidance} if hires.guidance is not None else {})}
     return _refined(second_model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
                     final, variation, refiner=refiner, first_pass=steps * step_multiplier(sampler), **second)
+
+
+def _step_noise(generators: list[torch.Generator], seeds: list[int], ensd: int, sampler: str) -> None:
+    """Seed `generators`, which drew each picture's starting noise and go on to draw its sampler's noise at every
+    step, with seed + `ensd` (the web UI's Eta noise seed delta; 0: they go on as they are), as the web UI's
+    ImageRNG does once a pass's starting noise is drawn. Not for an SDE sampler, whose noise the web UI draws from a
+    Brownian tree of the seed that the delta does not reach (`samplers.ensd_reaches`)."""
+    if ensd and ensd_reaches(sampler):
+        for generator, seed in zip(generators, seeds):
+            generator.manual_seed(seed + ensd)
 
 
 def seed_noise(generators: list[torch.Generator], shape: tuple[int, ...],
@@ -579,7 +597,7 @@ def _tiled(pipe, tiling: bool, *more: torch.nn.Module | None):
 def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hires: bool, sampler: str,
              size: tuple[int, int], variation: tuple[list[int], float] | None, seeds: list[int],
              pixels: tuple[torch.Tensor, torch.Tensor] | None = None,
-             redraw: tuple[torch.Tensor, str, str] | None = None, **drawing) -> list[Image.Image]:
+             redraw: tuple[torch.Tensor, str, str] | None = None, ensd: int = 0, **drawing) -> list[Image.Image]:
     """The pictures of an img2img pass over `latents` (B, C, h, w) at `denoise`, `steps` counted as
     `refine.pass_steps` counts them (`hires`: the hires fix's), drawn at `size` (W, H), its noise the seeds' (with
     their `variation`), as the web UI's passes draw theirs. `redraw` (the latent mask (B, 1, h, w), 1 where drawn;
@@ -595,6 +613,7 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
         model, drawing = refiner.model, {**drawing, "refiner": None}
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = seed_noise(generators, tuple(latents.shape[1:]), variation)
+    _step_noise(generators, seeds, ensd, sampler)
     on_step = on_unet = None
     inpainting_model = model.pipeline.unet.config.in_channels == 9
     if redraw is not None:
@@ -736,7 +755,7 @@ def _counts(per_encoder, rows: int) -> list[int]:
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
           guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
           refiner: Refiner | None = None, first_pass: int | None = None, edit_steps: int | None = None,
-          old_editing: bool = False, **call):
+          old_editing: bool = False, eta: float | None = None, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
@@ -774,7 +793,9 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
             pipe.unet = given_unet
     was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
-    pipe.scheduler = scheduler_for(own_scheduler, sampler, seeds)
+    pipe.scheduler = scheduler_for(own_scheduler, sampler, seeds, eta=eta)
+    if eta is not None and eta_label(sampler) == "Eta DDIM":  # (diffusers' DDIM takes its eta from the pipeline)
+        call["eta"] = eta
     try:
         # the generators also draw an ancestral sampler's noise at each step (euler_a): a seed gives its picture
         with warnings.catch_warnings():
@@ -1122,6 +1143,7 @@ def png_text(params: dict[str, str]) -> PngInfo:
         summary += f"Negative prompt: {params['negative_prompt']}\n"
     labels = {"steps": "Steps", "sampler": "Sampler", "schedule": "Schedule type", "guidance": "CFG scale",
               "seed": "Seed", "variation_seed": "Variation seed", "variation_strength": "Variation seed strength",
+              "eta": "Eta", "eta_ddim": "Eta DDIM", "ensd": "ENSD",
               "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
               "emphasis": "Emphasis", "old_prompt_editing": "Old prompt editing timelines", "mask_blur": "Mask blur",
               "mask_mode": "Mask mode",
@@ -2055,6 +2077,8 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
             "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
             "tiling": config.tiling, "emphasis": config.emphasis, "old_prompt_editing": config.old_prompt_editing,
+            # (only where given, so a picture drawn without them reads in a textinv from before them with no warning)
+            **({"eta": config.eta} if config.eta is not None else {}), **({"ensd": config.ensd} if config.ensd else {}),
             "init_image": _where(str(init_image) if init_image else None),
             "denoise": passes_denoise(config), **_mask_record(config), "refiner": _where(config.refiner),
             "refiner_switch_at": config.switch_at() if config.refiner else None,
@@ -2408,7 +2432,8 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps, None,
                     run.guidance, prompt.negative, config.sampler, run.clip_skip, width, height,
                     None if init is None else [init] * len(batch), passes_denoise(config), hires, variation,
-                    config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing)
+                    config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing,
+                    eta=config.eta, ensd=config.ensd)
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
@@ -2644,8 +2669,15 @@ def _old_editing_params(config: GenerateConfig, hires: Hires | None, texts: list
 
 
 def _noise_params(config: GenerateConfig, seed: int) -> dict:
-    """The PNG text of a picture's variation seed and tiling (the web UI's labels; empty without them)."""
+    """The PNG text of a picture's variation seed, eta, ENSD and tiling (the web UI's labels; empty without them).
+    The eta is written as the web UI writes it, where it is not the sampler's default: "Eta" for an ancestral
+    sampler, "Eta DDIM" for DDIM (the first pass's sampler's, else the hires fix's)."""
     params = {"tiling": "True"} if config.tiling else {}
+    taking = [s for s in (config.sampler, config.hires_sampler) if s and eta_default(s) is not None]
+    if config.eta is not None and taking and config.eta != eta_default(taking[0]):
+        params["eta_ddim" if eta_label(taking[0]) == "Eta DDIM" else "eta"] = f"{config.eta:g}"
+    if config.ensd:
+        params["ensd"] = config.ensd
     if config.emphasis not in ("original", "comfy"):  # (as the web UI: only another than its default; it has no
         # ComfyUI's)
         params["emphasis"] = {"no-norm": "No norm", "ignore": "Ignore"}[config.emphasis]

@@ -25,6 +25,7 @@ import copy
 import importlib.util
 import inspect
 import json
+import math
 from typing import NamedTuple
 
 from .errors import ConfigError
@@ -43,6 +44,12 @@ class Base(NamedTuple):
     # the web UI's second_order: two model calls a step, which it counts as two steps where it schedules prompt
     # editing (SamplerData.total_steps, StableDiffusionProcessing.step_multiplier): `step_multiplier`
     second_order: bool = False
+    # the eta it draws at where not told (the web UI's Eta, 1, for the ancestral samplers; its Eta DDIM, 0, for
+    # DDIM), or None: textinv's takes no --eta (`check_eta`)
+    eta: float | None = None
+    # the web UI draws its noise from a Brownian tree seeded by the picture's seed (its brownian_noise), which its
+    # Eta noise seed delta (--ensd) does not reach
+    brownian: bool = False
 
 
 _DPM = "DPMSolverMultistepScheduler"
@@ -51,16 +58,17 @@ _DPM = "DPMSolverMultistepScheduler"
 _UNIPC = {"solver_order": 3, "lower_order_final": True, "final_sigmas_type": "sigma_min"}
 BASES = {
     "euler": Base("Euler", "EulerDiscreteScheduler", {}, spaced=True),
-    "euler_a": Base("Euler a", "EulerAncestralDiscreteScheduler", {}),  # (diffusers' takes no sigma schedule)
+    "euler_a": Base("Euler a", "EulerAncestralDiscreteScheduler", {}, eta=1.0),  # (diffusers' takes no sigma schedule)
     "dpm++2m": Base("DPM++ 2M", _DPM, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "karras", True),
     "dpm++2m_sde": Base("DPM++ 2M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-                        "exponential", True),
+                        "exponential", True, brownian=True),
     "dpm++2m_sde_heun": Base("DPM++ 2M SDE Heun", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
-                                                         "solver_type": "heun"}, "exponential", True),
+                                                         "solver_type": "heun"}, "exponential", True, brownian=True),
     "dpm++3m_sde": Base("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
-                        "exponential", True, discard=True),
-    "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde", second_order=True),
-    "ddim": Base("DDIM", "DDIMScheduler", {}),
+                        "exponential", True, discard=True, brownian=True),
+    "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde", second_order=True,
+                     brownian=True),
+    "ddim": Base("DDIM", "DDIMScheduler", {}, eta=0.0),
     "ddpm": Base("DDPM", "DDPMScheduler", {}),
     # the web UI's UniPC at its defaults (uni_pc_variant bh1, uni_pc_order 3, uni_pc_lower_order_final) and ComfyUI's
     # uni_pc; diffusers' own default is bh2 at order 2, ending at sigma 0
@@ -71,9 +79,10 @@ BASES = {
     "dpm2": Base("DPM2", "KDPM2DiscreteScheduler", {}, "karras", True, discard=True,  # k-diffusion's sample_dpm_2
                  second_order=True),
     "dpm2_a": Base("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "karras", True, discard=True,
-                   second_order=True),
+                   second_order=True, eta=1.0),
     # k-diffusion's sample_dpmpp_2s_ancestral: DPM-Solver++(2S) steps (Lu et al. 2022) with ancestral noise
-    "dpm++2s_a": Base("DPM++ 2S a", "DPMSolverPP2SAncestralScheduler", {}, "karras", True, second_order=True),
+    "dpm++2s_a": Base("DPM++ 2S a", "DPMSolverPP2SAncestralScheduler", {}, "karras", True, second_order=True,
+                      eta=1.0),
     # Heun with restarts (Xu et al. 2023), as the web UI's sd_samplers_extra.restart_sampler
     "restart": Base("Restart", "RestartScheduler", {}, "karras", True, second_order=True),
     # pseudo linear multistep (Liu et al. 2022) without PNDM's Runge-Kutta warm-up, as the web UI's PLMS
@@ -129,6 +138,48 @@ def step_multiplier(name: str) -> int:
     (2, 1)
     """
     return 2 if name in _PARTS and BASES[_PARTS[name][0]].second_order else 1
+
+
+def eta_default(name: str) -> float | None:
+    """The eta sampler `name` draws at without --eta: 1 for the ancestral ones (the web UI's Eta), 0 for DDIM (its
+    Eta DDIM); None for one that takes no --eta.
+
+    >>> eta_default("euler_a"), eta_default("ddim"), eta_default("dpm++2m_karras")
+    (1.0, 0.0, None)
+    """
+    base = _PARTS.get(name, (None, ""))[0]
+    return BASES[base].eta if base else None
+
+
+def eta_label(name: str) -> str | None:
+    """The web UI's infotext label of sampler `name`'s eta: "Eta DDIM" for DDIM, "Eta" for the ancestral ones (None:
+    it takes none here)."""
+    default = eta_default(name)
+    return None if default is None else "Eta DDIM" if _PARTS[name][0] == "ddim" else "Eta"
+
+
+def check_eta(eta: float | None, names: list[str]) -> None:
+    """Refuse --eta outside 0 to 1 (the web UI's range for its Eta and Eta DDIM), or where none of the passes'
+    samplers `names` (--sampler, --hires-sampler) takes one, naming those that do."""
+    if eta is None:
+        return
+    if not (math.isfinite(eta) and 0 <= eta <= 1):
+        raise ConfigError(f"--eta must be from 0 to 1 (the share of each step's noise an ancestral sampler adds "
+                          f"afresh), got {eta}")
+    if any(eta_default(name) is not None for name in names):
+        return
+    taking = [n for n, b in BASES.items() if b.eta is not None]
+    sde = [n for n, b in BASES.items() if b.brownian]
+    raise ConfigError(f"--eta {eta:g}: --sampler {' or '.join(dict.fromkeys(names))} takes no eta; give one that "
+                      f"does: {', '.join(taking)} (the web UI's Eta, default 1; DDIM's, Eta DDIM, default 0), with "
+                      f"any schedule. textinv's SDE samplers ({', '.join(sde)}) draw at eta 1 only")
+
+
+def ensd_reaches(name: str) -> bool:
+    """Whether the web UI's Eta noise seed delta (--ensd) changes the noise sampler `name` draws at each step: it
+    seeds the generators every step's noise is drawn from, not the Brownian tree of the SDE samplers."""
+    base = _PARTS.get(name, (None, ""))[0]
+    return not (base and BASES[base].brownian)
 
 
 def webui_names(name: str) -> tuple[str, str | None] | None:
@@ -266,11 +317,13 @@ def check_installed(name: str, flag: str = "--sampler") -> None:
                             f"torchsde), or choose another sampler")
 
 
-def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: str = "--sampler"):
+def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: str = "--sampler",
+                  eta: float | None = None):
     """The diffusers scheduler for sampler `name`, made from the model's own scheduler's config, so it keeps the
     model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler. `seeds`
     (the pictures' seeds, in the batch's order) seed DPM++ SDE's Brownian noise, one tree a picture, so a seed
-    draws its picture at any batch size. A refusal names `flag` as where the sampler was given.
+    draws its picture at any batch size. `eta` (None: the sampler's own, `eta_default`) sets an ancestral sampler's
+    (`_at_eta`; DDIM's is the pipeline's argument). A refusal names `flag` as where the sampler was given.
 
     >>> scheduler_for(model.pipeline.scheduler, "dpm2_a_karras")  # doctest: +SKIP
     KDPM2AncestralDiscreteScheduler {... "use_karras_sigmas": true ...}
@@ -298,7 +351,13 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
         cls = _discarding(cls)
     if base == "lms":
         cls = _lms_from_first_step(cls)
+    # (DDIM's is the pipeline's argument; a sampler that takes none draws as it does: the other pass's took it)
+    at_eta = eta is not None and BASES[base].eta not in (None, eta) and base != "ddim"
+    if at_eta:
+        cls = _at_eta(cls, base == "euler_a")
     made = _made(cls, scheduler.config, {**spacing, **options})
+    if at_eta:
+        made.eta = eta
     if scheduler.config.get("rescale_betas_zero_snr"):
         # (from_config keeps a setting the class does not take in its config: what it takes is its __init__'s)
         if "rescale_betas_zero_snr" not in takes:
@@ -407,6 +466,23 @@ def _discarding(cls: type) -> type:
         self.num_inference_steps = num_inference_steps
 
     return _variant(cls, "discarding the next-to-last sigma", set_timesteps=set_timesteps)
+
+
+def _at_eta(cls, euler: bool):
+    """Ancestral scheduler `cls` at the eta its `eta` attribute holds (`schedulers.ancestral_step`): `euler`, Euler
+    a's step (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's tables set for it after `set_timesteps`
+    (`schedulers.ancestral_tables`). At eta 1 (and while it has none, as when made) it is `cls`'s own."""
+    from . import schedulers
+
+    if euler:
+        return _variant(cls, "at another eta", step=schedulers.euler_ancestral_step)
+
+    def set_timesteps(self, *args, **kwargs):
+        cls.set_timesteps(self, *args, **kwargs)
+        if getattr(self, "eta", 1.0) != 1.0:
+            schedulers.ancestral_tables(self, self.eta)
+
+    return _variant(cls, "at another eta", set_timesteps=set_timesteps)
 
 
 def _lms_from_first_step(cls):

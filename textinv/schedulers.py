@@ -194,3 +194,64 @@ class RestartScheduler(HeunDiscreteScheduler):
         if not return_dict:
             return prev_sample, denoised
         return HeunDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
+
+def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma_down, sigma_up) of an ancestral step from `sigma` to `sigma_next`, as k-diffusion's get_ancestral_step:
+    the step goes down to sigma_down, then adds noise of sigma_up, sigma_down^2 + sigma_up^2 = sigma_next^2. Eta 1 (the
+    web UI's default) adds the most noise that keeps the step a DDPM one (Song et al. 2021, eq. 16), eta 0 none.
+
+    >>> [round(float(s), 3) for s in ancestral_step(torch.tensor(2.0), torch.tensor(1.0), 0.5)]
+    [0.901, 0.433]
+    """
+    up = torch.minimum(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
+    return (sigma_next ** 2 - up ** 2) ** 0.5, up
+
+
+def euler_ancestral_step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+                         generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True):
+    """Diffusers' EulerAncestralDiscreteScheduler's step at the scheduler's `eta` (k-diffusion's
+    sample_euler_ancestral, the web UI's Euler a at its Eta): Euler's step to sigma_down, then the noise of sigma_up
+    (`ancestral_step`) from the pipeline's generator. Diffusers' own is this at eta 1."""
+    from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
+
+    if self.step_index is None:
+        self._init_step_index(timestep)
+    sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+    sample = sample.to(torch.float32)
+    denoised = _denoised(self.config.prediction_type, model_output, sample, sigma)
+    down, up = ancestral_step(sigma, sigma_next, self.eta)
+    noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device, generator=generator)
+    prev_sample = (sample + (sample - denoised) / sigma * (down - sigma) + noise * up).to(model_output.dtype)
+    self._step_index += 1
+    if not return_dict:
+        return prev_sample, denoised
+    return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
+
+def ancestral_tables(scheduler, eta: float) -> None:
+    """Set the up and down sigmas and the midpoints of diffusers' DPM2 a tables (KDPM2AncestralDiscreteScheduler's,
+    which DPM++ 2S a lays out alike) for `eta` (`ancestral_step`), and the midpoints' timesteps: k-diffusion's
+    sample_dpm_2_ancestral and sample_dpmpp_2s_ancestral take each step's midpoint between sigma and sigma_down
+    (halfway in log sigma), so it moves with eta. The tables hold each step's values twice, [v0, v1, v1, ..., vn, vn,
+    vn] (vn: the end), and the timesteps [t0, its midpoint's, t1, ...]; the last step, to 0, adds no noise and has no
+    midpoint at any eta."""
+    def schedule(table):
+        return torch.cat([table[:1], table[1::2][:-1]])
+
+    def table(values):
+        return torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])
+
+    sigmas = schedule(scheduler.sigmas)  # (the steps' sigmas, then 0)
+    steps = len(sigmas) - 1
+    if steps < 2:
+        return
+    down, up = ancestral_step(sigmas[:steps - 1], sigmas[1:steps], eta)  # (every step but the last)
+    middle = sigmas[:steps - 1].log().lerp(down.log(), 0.5).exp()
+    for name, values in (("sigmas_down", down), ("sigmas_up", up), ("sigmas_interpol", middle)):
+        whole = schedule(getattr(scheduler, name)).clone()
+        whole[:steps - 1] = values.to(whole)
+        setattr(scheduler, name, table(whole))
+    log_sigmas = scheduler.log_sigmas.cpu().numpy()
+    times = torch.from_numpy(scheduler._sigma_to_t(middle.cpu().numpy(), log_sigmas))
+    scheduler.timesteps[1::2] = times.to(scheduler.timesteps)
