@@ -867,3 +867,102 @@ def test_an_init_image_folders_pictures_whose_names_shorten_alike_are_each_named
                      progress=False)
     names = [p.name for p in paths]
     assert len(set(names)) == 8 and not any(n.endswith("-2.png") for n in names)
+
+
+def test_ensd_seeds_each_steps_noise_from_seed_plus_the_delta_as_the_web_ui_does(sd1_dir):
+    """The web UI's Eta noise seed delta: once a pass's starting noise is drawn from the seed, its sampler's noise
+    at every step is drawn from seed + ENSD (its ImageRNG), for each picture of a batch; an SDE sampler's Brownian
+    noise it does not reach, and a sampler that draws none (Euler) is unchanged. ENSD 0 is the drawing as it was."""
+    from textinv.generate import _step_noise
+
+    generators = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    _step_noise(generators, [5, 6], 31337, "euler_a")
+    for g, seed in zip(generators, (5, 6)):
+        assert torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=torch.Generator().manual_seed(
+            seed + 31337)))
+    model = load_model(sd1_dir)
+
+    def draw(sampler, seeds=(5,), **settings):
+        return [np.asarray(p).astype(int) for p in render(model, ["a dog"] * len(seeds), list(seeds), steps=3,
+                                                          width=16, sampler=sampler, **settings)]
+
+    plain = draw("euler_a")[0]
+    assert np.array_equal(draw("euler_a", ensd=0)[0], plain)
+    delta = draw("euler_a", ensd=31337)[0]
+    assert np.abs(delta - plain).max() > 10
+    assert np.abs(draw("euler_a", (4, 5), ensd=31337)[1] - delta).max() <= 1  # (each picture its own)
+    assert np.array_equal(draw("euler", ensd=31337)[0], draw("euler")[0])
+    assert np.array_equal(draw("dpm++2m_sde", ensd=31337)[0], draw("dpm++2m_sde")[0])
+    hires = Hires(scale=2.0, denoise=0.6, sampler="euler_a")  # (its pass's noise too)
+    assert np.abs(draw("euler", hires=hires, ensd=7)[0] - draw("euler", hires=hires)[0]).max() > 10
+
+
+def test_eta_sets_ddims_and_the_ancestral_samplers_noise_and_its_default_draws_as_before(sd1_dir):
+    model = load_model(sd1_dir)
+
+    def draw(sampler, **settings):
+        return np.asarray(render(model, ["a dog"], [5], steps=3, width=16, sampler=sampler, **settings)[0]).astype(int)
+
+    for sampler, default in (("ddim", 0.0), ("euler_a", 1.0), ("dpm2_a", 1.0)):
+        plain = draw(sampler)
+        assert np.array_equal(draw(sampler, eta=default), plain)
+        assert np.abs(draw(sampler, eta=0.5) - plain).max() > 10, sampler
+    # at eta 0 DPM2 a adds no noise: it is DPM2 (the same steps and midpoints)
+    assert np.abs(draw("dpm2_a", eta=0.0) - draw("dpm2")).max() <= 1
+    with pytest.raises(ConfigError, match=r"--eta 0.5: --sampler dpm\+\+2m takes no eta; give one that does: "
+                                          r"euler_a, dpm2_a, dpm\+\+2s_a \(the web UI.s Eta, default 1\) or ddim"):
+        render(model, ["a dog"], [5], steps=3, width=16, sampler="dpm++2m", eta=0.5)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"eta": 1.5, "sampler": "euler_a"}, r"--eta must be from 0 to 1"),
+    ({"eta": 0.5}, r"--eta 0.5: --sampler default takes no eta; give one that does: euler_a, .* SDE samplers "
+                   r"\(dpm\+\+2m_sde, .*\) draw at eta 1 only"),
+    ({"eta": 0.5, "sampler": "dpm++2m_sde_karras"}, r"--sampler dpm\+\+2m_sde_karras takes no eta"),
+    ({"ensd": -1}, r"--ensd must be 0 or more"),
+])
+def test_an_eta_or_ensd_that_cannot_be_drawn_is_refused_naming_the_flag(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        GenerateConfig(prompt=["a dog"], **settings).validate()
+    # an eta the hires fix's sampler takes
+    GenerateConfig(prompt=["a dog"], eta=0.5, hires_scale=2, hires_sampler="euler_a").validate()
+
+
+def test_generate_writes_eta_and_ensd_as_the_web_ui_and_again_draws_them(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    paths = generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                                    sampler="euler_a", eta=0.5, ensd=31337, metadata="full",
+                                    out=str(tmp_path / "a")), progress=False)
+    text = Image.open(paths[0]).text["parameters"]
+    assert "Sampler: Euler a, " in text and "Eta: 0.5, ENSD: 31337" in text
+    config, keep = again_config(paths[0], {"out": str(tmp_path / "b")})
+    assert (config.eta, config.ensd) == (0.5, 31337)
+    again = generate(config, progress=False, keep_seeds=keep)
+    assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(paths[0])))
+    # at the defaults neither is written, nor recorded (so an older textinv reads the record without a warning)
+    plain = generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                                    sampler="ddim", metadata="full", out=str(tmp_path / "c")), progress=False)[0]
+    assert "Eta" not in Image.open(plain).text["parameters"]
+    assert not {"eta", "ensd"} & set(json.loads(Image.open(plain).text[RECORD_KEY])["settings"])
+    ddim = generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                                   sampler="ddim", eta=0.25, out=str(tmp_path / "d")), progress=False)[0]
+    assert "Eta DDIM: 0.25" in Image.open(ddim).text["parameters"]
+
+
+def test_again_reads_the_web_uis_eta_eta_ddim_and_ensd(sd1_dir, tmp_path):
+    web = _picture(tmp_path / "a.png", "a cat\nSteps: 4, Sampler: Euler a, Seed: 3, Size: 16x16, Eta: 0.6, "
+                                       "ENSD: 31337")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert (config.sampler, config.eta, config.ensd) == ("euler_a", 0.6, 31337) and "Eta" not in said
+    web = _picture(tmp_path / "b.png", "a cat\nSteps: 4, Sampler: DDIM, Seed: 3, Size: 16x16, Eta DDIM: 0.3")
+    config, _ = again_warned(web, {"model": str(sd1_dir)})
+    assert (config.sampler, config.eta, config.ensd) == ("ddim", 0.3, 0)
+    # DPM++ 2M SDE's Eta the web UI applies; textinv's draws at 1 only: named as not applied
+    web = _picture(tmp_path / "c.png", "a cat\nSteps: 4, Sampler: DPM++ 2M SDE, Schedule type: Karras, Seed: 3, "
+                                       "Size: 16x16, Eta: 0.5")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert config.eta is None and "not applied from its A1111 parameters: Eta" in said
+    # another sampler given beside it, which takes none: drawn without, said
+    config, said = again_warned(tmp_path / "a.png", {"model": str(sd1_dir), "sampler": "DPM++ 2M"})
+    assert config.eta is None and config.ensd == 31337 and "drawn at eta 0.6" in said

@@ -2432,8 +2432,8 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps, None,
                     run.guidance, prompt.negative, config.sampler, run.clip_skip, width, height,
                     None if init is None else [init] * len(batch), passes_denoise(config), hires, variation,
-                    config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing,
-                    eta=config.eta, ensd=config.ensd)
+                    config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing, config.eta,
+                    config.ensd)
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 

@@ -168,11 +168,11 @@ def check_eta(eta: float | None, names: list[str]) -> None:
                           f"afresh), got {eta}")
     if any(eta_default(name) is not None for name in names):
         return
-    taking = [n for n, b in BASES.items() if b.eta is not None]
+    ancestral = [n for n, b in BASES.items() if b.eta == 1]
     sde = [n for n, b in BASES.items() if b.brownian]
     raise ConfigError(f"--eta {eta:g}: --sampler {' or '.join(dict.fromkeys(names))} takes no eta; give one that "
-                      f"does: {', '.join(taking)} (the web UI's Eta, default 1; DDIM's, Eta DDIM, default 0), with "
-                      f"any schedule. textinv's SDE samplers ({', '.join(sde)}) draw at eta 1 only")
+                      f"does: {', '.join(ancestral)} (the web UI's Eta, default 1) or ddim (its Eta DDIM, default 0), "
+                      f"with a schedule or without. textinv's SDE samplers ({', '.join(sde)}) draw at eta 1 only")
 
 
 def ensd_reaches(name: str) -> bool:
