@@ -360,3 +360,27 @@ def test_a_sampler_at_its_own_eta_is_the_one_it_was(name):
     plain.set_timesteps(4)
     calls = [1.0] * len(plain.timesteps)
     assert torch.equal(_drawn(plain, 4, x, calls, "epsilon", 5)[0], _drawn(given, 4, x, calls, "epsilon", 5)[0])
+
+
+def _sigma_to_t(scheduler, sigma: float) -> float:
+    """k-diffusion's DiscreteSchedule.sigma_to_t, unquantized (the web UI's default): the training timestep of
+    `sigma`, interpolated in log sigma between the two training levels around it."""
+    logs = np.log(_training_sigmas(scheduler))
+    low = min(int(np.sum(math.log(sigma) >= logs)) - 1, len(logs) - 2) if math.log(sigma) >= logs[0] else 0
+    w = min(max((logs[low] - math.log(sigma)) / (logs[low] - logs[low + 1]), 0), 1)
+    return (1 - w) * low + w * (low + 1)
+
+
+@pytest.mark.parametrize("name", ["dpm2_karras", "dpm2_a_karras", "dpm++2s_a_karras", "dpm2_a_karras@0.5"])
+def test_dpm2s_karras_steps_call_the_model_at_their_sigmas_own_timesteps(name):
+    """Diffusers' DPM2 and DPM2 a round their steps' timesteps to whole ones on Karras sigmas (only there); the web
+    UI calls the model at each sigma's own timestep, which textinv's take: the steps' model calls at their sigmas'
+    timesteps, unrounded, the midpoints' as they were."""
+    name, _, eta = name.partition("@")
+    own = _sd_scheduler()
+    made = scheduler_for(own, name, eta=float(eta) if eta else None)
+    made.set_timesteps(7)
+    steps = torch.cat([made.sigmas[:1], made.sigmas[1::2][:-1]])[:-1].tolist()
+    wanted = [_sigma_to_t(own, s) for s in steps]
+    assert made.timesteps[0::2].tolist() == pytest.approx(wanted, abs=1e-2)
+    assert any(abs(t - round(t)) > 0.05 for t in wanted)  # (not whole timesteps)

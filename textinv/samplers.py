@@ -9,8 +9,10 @@ Exponential for the SDE ones, the model's own spacing for Euler), so a picture d
 sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
 
 Each is set as the web UI runs it where diffusers' defaults differ: a sigma schedule spans the model's whole noise
-range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), and
-LMS counts its order from the pass's first step (`_lms_from_first_step`).
+range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), DPM2,
+DPM2 a and DPM++ 2S a on Karras sigmas call the model at each sigma's own timestep, not a rounded one (`_unrounded`),
+and LMS counts its order from the pass's first step (`_lms_from_first_step`). `--eta` sets the ancestral samplers'
+eta (`_at_eta`) and DDIM's (the pipeline's argument).
 
 DPM++ 2S a and Restart have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers' are.
 
@@ -351,6 +353,8 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
         cls = _discarding(cls)
     if base == "lms":
         cls = _lms_from_first_step(cls)
+    if schedule == "karras" and _interleaved(cls):
+        cls = _unrounded(cls)
     # (DDIM's is the pipeline's argument; a sampler that takes none draws as it does: the other pass's took it)
     at_eta = eta is not None and BASES[base].eta not in (None, eta) and base != "ddim"
     if at_eta:
@@ -483,6 +487,30 @@ def _at_eta(cls, euler: bool):
             schedulers.ancestral_tables(self, self.eta)
 
     return _variant(cls, "at another eta", set_timesteps=set_timesteps)
+
+
+def _interleaved(cls: type) -> bool:
+    """Whether `cls` lays out its tables as diffusers' DPM2 and DPM2 a do, two entries a step (DPM++ 2S a too)."""
+    import diffusers
+
+    return issubclass(cls, (diffusers.KDPM2DiscreteScheduler, diffusers.KDPM2AncestralDiscreteScheduler))
+
+
+def _unrounded(cls):
+    """Diffusers' DPM2 or DPM2 a (so DPM++ 2S a) on Karras sigmas, its steps' timesteps those of their sigmas as they
+    are: diffusers rounds them to whole timesteps there (and only there: not on its other schedules, nor the
+    midpoints', nor Euler's or Heun's on Karras), where the web UI's k-diffusion denoiser (CompVisDenoiser, its
+    quantization off by default) calls the model at the timestep of the sigma itself. The tables hold [t0, its
+    midpoint's, t1, ...]: the steps' at the even places."""
+    def set_timesteps(self, *args, **kwargs):
+        cls.set_timesteps(self, *args, **kwargs)
+        sigmas = torch.cat([self.sigmas[:1], self.sigmas[1::2][:-1]])[:-1]  # (the steps' sigmas, without the end)
+        times = self._sigma_to_t(sigmas.cpu().numpy(), self.log_sigmas.cpu().numpy())
+        self.timesteps[0::2] = torch.from_numpy(times).to(self.timesteps)
+
+    import torch
+
+    return _variant(cls, "its Karras timesteps unrounded", set_timesteps=set_timesteps)
 
 
 def _lms_from_first_step(cls):
