@@ -195,7 +195,8 @@ def _eta_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]
     if "eta" not in settings or "eta" in flags:
         return
     names = [flags.get(key, settings.get(key)) for key in ("sampler", "hires_sampler")]
-    if any(name and eta_default(SAMPLER_SPELLINGS.get(str(name).strip().lower(), str(name))) is not None for name in names):
+    names = [SAMPLER_SPELLINGS.get(str(name).strip().lower(), str(name)) for name in names if name]
+    if any(eta_default(name) is not None for name in names):
         return
     warn(f"{picture.path} was drawn at eta {settings.pop('eta')}, which the sampler given does not take: it draws "
          f"without", stacklevel=3)

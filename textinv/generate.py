@@ -2078,7 +2078,8 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
             "tiling": config.tiling, "emphasis": config.emphasis, "old_prompt_editing": config.old_prompt_editing,
             # (only where given, so a picture drawn without them reads in a textinv from before them with no warning)
-            **({"eta": config.eta} if config.eta is not None else {}), **({"ensd": config.ensd} if config.ensd else {}),
+            **({"eta": config.eta} if config.eta is not None else {}),
+            **({"ensd": config.ensd} if config.ensd else {}),
             "init_image": _where(str(init_image) if init_image else None),
             "denoise": passes_denoise(config), **_mask_record(config), "refiner": _where(config.refiner),
             "refiner_switch_at": config.switch_at() if config.refiner else None,

@@ -474,8 +474,9 @@ def _discarding(cls: type) -> type:
 
 def _at_eta(cls, euler: bool):
     """Ancestral scheduler `cls` at the eta its `eta` attribute holds (`schedulers.ancestral_step`): `euler`, Euler
-    a's step (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's tables set for it after `set_timesteps`
-    (`schedulers.ancestral_tables`). At eta 1 (and while it has none, as when made) it is `cls`'s own."""
+    a's step (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's tables set for it after
+    `set_timesteps` (`schedulers.ancestral_tables`). At eta 1 (and while it has none, as when made) it is `cls`'s
+    own."""
     from . import schedulers
 
     if euler:
