@@ -966,3 +966,12 @@ def test_again_reads_the_web_uis_eta_eta_ddim_and_ensd(sd1_dir, tmp_path):
     # another sampler given beside it, which takes none: drawn without, said
     config, said = again_warned(tmp_path / "a.png", {"model": str(sd1_dir), "sampler": "DPM++ 2M"})
     assert config.eta is None and config.ensd == 31337 and "drawn at eta 0.6" in said
+
+
+def test_an_x_y_z_plots_eta_is_checked_against_each_cells_sampler(tmp_path):
+    from textinv.xyz import plan
+
+    ready = plan(GenerateConfig(prompt=["a dog"], eta=0.5, x="sampler=euler_a,ddim", out=str(tmp_path)).validate())
+    assert [cell.sampler for cell in ready.cells] == ["euler_a", "ddim"]
+    with pytest.raises(ConfigError, match=r"--x sampler=dpm\+\+2m: --eta 0.5: --sampler dpm\+\+2m takes no eta"):
+        plan(GenerateConfig(prompt=["a dog"], eta=0.5, x="sampler=euler_a,dpm++2m", out=str(tmp_path)).validate())

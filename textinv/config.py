@@ -1078,8 +1078,11 @@ class GenerateConfig:
                               f"uses it + i), got {self.variation_seed}")
 
     def _check_step_noise(self) -> None:
-        """Refuse an --eta the samplers do not take (`samplers.check_eta`) and an --ensd no seed can be offset by."""
-        check_eta(self.eta, [self.sampler] + ([self.hires_sampler] if self.hires_sampler and self.hires() else []))
+        """Refuse an --eta the samplers do not take (`samplers.check_eta`; an X/Y/Z plot's cells are checked each,
+        with their own samplers: `xyz.plan`) and an --ensd no seed can be offset by."""
+        plotted = self.x or self.y or self.z
+        check_eta(self.eta, None if plotted else
+                  [self.sampler] + ([self.hires_sampler] if self.hires_sampler and self.hires() else []))
         if not 0 <= self.ensd <= 2**64 - 1 - (self.seed + self.n - 1):  # (manual_seed's range, for every picture)
             raise ConfigError(f"--ensd must be 0 or more, and seed + ENSD at most 2^64 - 1 for every picture, got "
                               f"{self.ensd}")

@@ -160,15 +160,15 @@ def eta_label(name: str) -> str | None:
     return None if default is None else "Eta DDIM" if _PARTS[name][0] == "ddim" else "Eta"
 
 
-def check_eta(eta: float | None, names: list[str]) -> None:
+def check_eta(eta: float | None, names: list[str] | None) -> None:
     """Refuse --eta outside 0 to 1 (the web UI's range for its Eta and Eta DDIM), or where none of the passes'
-    samplers `names` (--sampler, --hires-sampler) takes one, naming those that do."""
+    samplers `names` (--sampler, --hires-sampler; None: not known yet) takes one, naming those that do."""
     if eta is None:
         return
     if not (math.isfinite(eta) and 0 <= eta <= 1):
         raise ConfigError(f"--eta must be from 0 to 1 (the share of each step's noise an ancestral sampler adds "
                           f"afresh), got {eta}")
-    if any(eta_default(name) is not None for name in names):
+    if names is None or any(eta_default(name) is not None for name in names):
         return
     ancestral = [n for n, b in BASES.items() if b.eta == 1]
     sde = [n for n, b in BASES.items() if b.brownian]
