@@ -1373,6 +1373,39 @@ def test_comfyuis_embedding_names_on_both_sides_of_a_prompt_edit_draw_both(sd1_d
     assert text["parameters"].startswith("a photo of [<cat>:<dog>:0.5]")
 
 
+def test_comfy_emphasis_names_embeddings_as_comfyui_does_a_bare_file_name_being_words(sd1_dir, tmp_path):
+    """Under --emphasis comfy a prompt names an embedding as ComfyUI does, `embedding:NAME`: a bare word that is a
+    file's name loaded an embeddings folder's file (`a mydog` drew mydog.pt) and named a file whose stored token is
+    another (charturnerv2.pt) as the web UI reads it, where ComfyUI draws the words. The token a file stores,
+    written bare, draws it still (textinv's own way, as its comfy pictures record their prompts)."""
+    folder = tmp_path / "embeddings"
+    for name in ("easyneg", "mydog"):
+        save_embedding(LearnedEmbedding(f"<{name}-stored>", {"text_encoder": torch.randn(2, 32) * 3}),
+                       folder / f"{name}.pt", "a1111")
+    turner = tmp_path / "charturnerv2.pt"
+    save_embedding(LearnedEmbedding("charturner", {"text_encoder": torch.randn(1, 32) * 3}), turner, "a1111")
+    zz = save_embedding(LearnedEmbedding("<zz>", {"text_encoder": torch.randn(1, 32) * 3}),
+                        tmp_path / "zz.safetensors")[0]
+
+    def draw(out, prompt, embedding, mode="comfy"):
+        path = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=1, model=str(sd1_dir),
+                                       embedding=[str(e) for e in embedding], emphasis=mode), progress=False)[0]
+        return np.asarray(Image.open(path))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the folder's mydog.pt is not loaded, so not warned about)
+        comfy = draw("a", "embedding:easyneg, a mydog", [folder])
+    assert np.array_equal(comfy, draw("b", "embedding:easyneg, a mydog", [folder / "easyneg.pt"]))
+    assert not np.array_equal(draw("c", "embedding:easyneg, a mydog", [folder], "original"), comfy)  # (web UI: mydog.pt)
+    with pytest.warns(UserWarning, match=r"charturnerv2.pt is left out: the prompt writes 'charturnerv2' as a bare "
+                                         r"word, which --emphasis comfy reads as words, as ComfyUI does; write "
+                                         r"embedding:charturnerv2 where the concept goes"):
+        words = draw("d", "a charturnerv2 dog", [turner])
+    assert np.array_equal(words, draw("e", "a charturnerv2 dog", []))
+    assert np.array_equal(draw("f", "a <zz> dog", [zz]), draw("g", "a embedding:zz dog", [zz]))
+    assert not np.array_equal(draw("h", "a <zz> dog", [zz]), draw("i", "a <zz> dog", []))
+
+
 def test_a_run_folder_copied_from_a_mac_names_its_token_named_files_in_either_unicode_form(sd1_dir, images,
                                                                                            tmp_path):
     """A run's token-named folder and file (`<café>`: café/café.pt) come back from macOS with the accent as a

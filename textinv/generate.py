@@ -1419,10 +1419,17 @@ def checked_settings(config: GenerateConfig) -> Checked:
     jobs = _jobs(config)
     # the prompts as drawn, each job's and its negative: what names the embeddings and LoRAs
     drawn = replace(config, prompt=[job.prompt for job in jobs] + [job.negative for job in jobs])
-    # (ComfyUI's embedding:NAME names a file too)
+    # (ComfyUI's embedding:NAME names a file too; under --emphasis comfy it alone does, as there)
     said = " ".join(drawn.prompt + [config.hires_prompt or "", config.hires_negative_prompt or ""]).lower()
+    if config.emphasis == "comfy":
+        said = " ".join(emphasis.comfy_embeddings(said)[1])
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
     embeddings, paths = _read_embeddings(files)
+    if config.emphasis == "comfy":
+        # (an embeddings folder's files: not entries themselves, each under its file's name, `embedding_files`)
+        folders = {path for path, tok in files if path not in config.embedding and tok == _nfc(Path(path).stem)}
+        embeddings, paths = _comfy_unnamed(embeddings, paths, drawn.prompt + [config.hires_prompt or "",
+                                                                            config.hires_negative_prompt or ""], folders)
     renamed = {path for path, tok in files if tok is not None}
     (texts, config.negative_prompt, config.hires_prompt, config.hires_negative_prompt,
      said) = _comfy_names(drawn, embeddings, paths, renamed)
@@ -1936,13 +1943,15 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
                  ) -> tuple[list[str], str, str | None, str | None, str]:
     """The prompts (and the negative one, the hires fix's two (None: not given), and all of them lowercased) with
     ComfyUI's `embedding:NAME` written as the token of the embedding whose file (or token) has that name, so the name
-    draws the embedding even where it is a word (`embedding:dog` for dog.safetensors holding `<dog>`); each embedding
-    named by a prompt's own words under its file's name (`_as_prompted`) as before. A name that no embedding answers
-    to is refused."""
+    draws the embedding even where it is a word (`embedding:dog` for dog.safetensors holding `<dog>`). A name that
+    no embedding answers to is refused. Each embedding named by a prompt's own words under its file's name
+    (`_as_prompted`) as the web UI calls it, but under --emphasis comfy, where a bare word is words, as in ComfyUI
+    (`_comfy_unnamed` then leaves out an embedding that no `embedding:NAME` names)."""
     texts = config.prompt + [config.negative_prompt, config.hires_prompt or "", config.hires_negative_prompt or ""]
     plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
-    embeddings[:] = [emb if path in renamed else _as_prompted(emb, _file_name(path), plain)
-                     for emb, path in zip(embeddings, paths)]
+    if config.emphasis != "comfy":
+        embeddings[:] = [emb if path in renamed else _as_prompted(emb, _file_name(path), plain)
+                         for emb, path in zip(embeddings, paths)]
     tokens = {}
     for emb, path in zip(embeddings, paths):
         tokens.setdefault(emb.token.lower(), emb.token)
@@ -1956,6 +1965,32 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
 
     texts = [emphasis.comfy_embeddings(p, token)[0] for p in texts]
     return (texts[:-3], texts[-3], texts[-2] or None, texts[-1] or None, " ".join(texts).lower())
+
+
+def _comfy_unnamed(embeddings: list[LearnedEmbedding], paths: list[str], prompts: list[str], folders: set[str]
+                   ) -> tuple[list[LearnedEmbedding], list[str]]:
+    """The embeddings and their labels less those the `prompts` (as given) do not name as --emphasis comfy reads
+    them: by `embedding:NAME` (its file's name or its token), as ComfyUI does, or by the token its file stores (or
+    --token gives) as a word, as textinv writes its own (and records its pictures' prompts). A file's name as a bare
+    word is words there, as in ComfyUI: such an embedding is left out, and a warning names the fix. `folders`: the
+    files read from an embeddings folder (`embedding_files`), whose token is their file's name: where one is named
+    by `embedding:NAME` and stands bare too, it draws at both, unlike ComfyUI, which a warning says."""
+    named = {_nfc(name).lower() for p in prompts for name in emphasis.comfy_embeddings(p)[1]}
+    bare = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in prompts).lower()
+    kept, labels = [], []
+    for emb, path in zip(embeddings, paths):
+        name = _nfc(_file_name(path))
+        if path in folders and name.lower() in named and _named(name, bare):
+            warn(f"the prompt writes {name!r} (from {path}) bare as well as embedding:{name}: textinv draws the "
+                 f"embedding at both, where ComfyUI reads the bare word as words", stacklevel=3)
+        elif not {name.lower(), emb.token.lower()} & named and (path in folders or not _named(emb.token, bare)):
+            said = (f"the prompt writes {name!r} as a bare word, which --emphasis comfy reads as words, as ComfyUI "
+                    f"does" if _named(name, bare) else "no --prompt or --negative-prompt names it")
+            warn(f"{path} is left out: {said}; write embedding:{name} where the concept goes", stacklevel=3)
+            continue
+        kept.append(emb)
+        labels.append(path)
+    return kept, labels
 
 
 def _named(name: str, said: str) -> bool:
@@ -2028,7 +2063,8 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
         if not named:
             warn(f"no embedding in the folder {entry} is named in the prompts; a folder's embeddings are "
                  f"written by their file names, as in the A1111 web UI (e.g. 'easynegative' for "
-                 f"easynegative.safetensors)", stacklevel=3)
+                 f"easynegative.safetensors; under --emphasis comfy as in ComfyUI: 'embedding:easynegative')",
+                 stacklevel=3)
         files += [(str(f), _nfc(f.stem)) for f in named]
     return files
 
