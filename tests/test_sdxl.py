@@ -621,3 +621,49 @@ def test_random_crop_trains_sdxl_with_the_centre_crops_size_and_place(xl_dir, tm
                    progress=False)
     assert all(torch.isfinite(v).all() for v in result.embedding.vectors.values())
     assert seen[-1].tolist() == [[16, 48, 0, 16, 16, 16]] * 2  # (size, the centre crop's top-left, target)
+
+
+def test_comfy_emphasis_applies_a_one_encoder_embedding_to_the_sdxl_encoder_of_its_width(xl_dir, tmp_path):
+    """ComfyUI applies an SD 1.x embedding (768 wide, CLIP-L's width) on SDXL to CLIP-L and leaves it out of
+    OpenCLIP-G's reading of the prompt (comfy/sd1_clip.py: its vectors taken out of the chunk, which closes up and is
+    padded at its end). --emphasis comfy refused it, as the other modes still do (the web UI skips it)."""
+    from dataclasses import replace
+
+    from test_generate import _conditioning_seen
+
+    from textinv.errors import FormatError
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.generate import expand_all
+
+    vectors = torch.randn(2, 32) * 3  # (the tiny SDXL's CLIP-L is 32 wide, its OpenCLIP-G 64)
+    path = tmp_path / "one.pt"
+    save_embedding(LearnedEmbedding("<one>", {"text_encoder": vectors}), path, "a1111")
+    config = GenerateConfig(prompt=["a <one> dog"], embedding=[str(path)], out=str(tmp_path / "a"), n=1, steps=1,
+                            model=str(xl_dir), emphasis="comfy")
+    with pytest.raises(FormatError, match="has width 32 .* but the model"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        generate(replace(config, emphasis="original"), progress=False)
+    model = load_model(xl_dir)
+    seen = _conditioning_seen(model)
+    with pytest.warns(UserWarning, match=r"embedding '<one>' has width 32 .*: it is applied to the SDXL model .* "
+                                         r"text encoder of width 32 alone and left out of the other's \(width 64\)"):
+        generate(config, model=model, progress=False)
+    hidden, pooled = seen[0][0][1:], seen[0][1][1:]  # (the prompt's row; the negative's is first)
+    both = LearnedEmbedding("<one>", {"text_encoder": vectors, "text_encoder_2": torch.randn(2, 64)})
+    install_embedding(model, both)
+    with_clip_l = encode_prompts(model, [expand_all("a <one> dog", [both])])[0]
+    unload_embeddings(model)
+    without, without_pooled = encode_prompts(model, ["a dog"])
+    torch.testing.assert_close(hidden[..., :32], with_clip_l[..., :32])
+    torch.testing.assert_close(hidden[..., 32:], without[..., 32:])
+    torch.testing.assert_close(pooled, without_pooled)
+
+
+def test_an_embedding_left_out_of_an_encoders_chunk_closes_it_up_its_weights_staying_by_place():
+    """As ComfyUI leaves out an embedding of another width: the ids go, the end token and the rest move up, padding
+    fills the end, and each weight stays at its place (so the 1.5 after the embedding now falls on the end token)."""
+    from textinv.generate import _left_out
+
+    chunk = ([49406, 1, 500, 501, 2, 49407, 0, 0], [1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0])
+    assert _left_out(chunk, {500, 501}, 0) == ([49406, 1, 2, 49407, 0, 0, 0, 0], chunk[1])
+    assert _left_out(chunk, None, 0) == chunk

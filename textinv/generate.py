@@ -99,14 +99,35 @@ def warn_clip_l_half(model: Model, emb: LearnedEmbedding, stacklevel: int = 3) -
          stacklevel=stacklevel)
 
 
-def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
+def comfy_one_encoder(model: Model, emb: LearnedEmbedding) -> str | None:
+    """The one SDXL text encoder (its name) as wide as a one-encoder embedding (SD 1.x's 768: CLIP-L), which
+    ComfyUI applies it to, leaving it out of the other encoder's reading (comfy/sd1_clip.py: "shape mismatch when
+    trying to apply embedding, embedding will be ignored"); None for any other model or embedding."""
+    if not model.is_xl or model.is_refiner or len(emb.widths) != 1:
+        return None
+    fitting = [name for name, _, te in model.encoders if te.config.hidden_size == emb.widths[0]]
+    return fitting[0] if len(fitting) == 1 else None
+
+
+def install_embedding(model: Model, emb: LearnedEmbedding, comfy: bool = False) -> None:
     """Add one learned embedding to the model's tokenizer(s) and text encoder(s); all checks happen first.
 
     Refuses an embedding whose width does not fit the model (naming both widths and their families) and a token
     that clashes with one the tokenizer already has. SDXL embeddings go into both encoders, each half into its own;
-    on an SD 1.x model only their clip_l half, with a warning (`uses_clip_l_half`). Undo with `unload_embeddings`.
+    on an SD 1.x model only their clip_l half, with a warning (`uses_clip_l_half`). `comfy` (--emphasis comfy): a
+    one-encoder embedding on SDXL goes into the encoder of its width, as ComfyUI applies it, with a warning; the
+    other encoder's tokenizer gets its token too, whose ids `_prompt_chunks` takes out of that encoder's chunks, as
+    ComfyUI does (`comfy_one_encoder`). Undo with `unload_embeddings`.
     """
-    check_fits(model, emb)
+    one = comfy_one_encoder(model, emb) if comfy else None
+    if one is None:
+        check_fits(model, emb)
+    else:
+        other = next(te.config.hidden_size for name, _, te in model.encoders if name != one)
+        warn(f"embedding {emb.token!r} has width {describe_widths(emb.widths)}: it is applied to the SDXL model "
+             f"{model.source}'s text encoder of width {emb.widths[0]} alone and left out of the other's (width "
+             f"{other}) reading of the prompt, as ComfyUI does (it warns of a shape mismatch), so it may draw "
+             f"weaker than on the family it was made for", stacklevel=2)
     if uses_clip_l_half(model, emb):  # (add_tokens below takes each of the model's encoders' own half: clip_l)
         warn_clip_l_half(model, emb)
     if emb.num_vectors > emphasis.CHUNK:
@@ -132,7 +153,14 @@ def install_embedding(model: Model, emb: LearnedEmbedding) -> None:
         for name, tok, _ in model._pristine:
             setattr(model.pipeline, _tokenizer_of(name), tokenizer_copy(tok))
     for name, tokenizer, encoder in model.encoders:
-        add_tokens(tokenizer, encoder, names, emb.vectors[name])
+        if one is None:
+            add_tokens(tokenizer, encoder, names, emb.vectors[name])
+        elif name == one:
+            add_tokens(tokenizer, encoder, names, emb.vectors["text_encoder"])
+        else:  # (rows never read: `_prompt_chunks` takes their ids out of this encoder's chunks)
+            add_tokens(tokenizer, encoder, names, torch.zeros(len(names), encoder.config.hidden_size))
+            model.__dict__.setdefault("_comfy_left_out", {}).setdefault(name, set()).update(
+                tokenizer.convert_tokens_to_ids(names))
 
 
 def unload_embeddings(model: Model) -> None:
@@ -145,6 +173,7 @@ def unload_embeddings(model: Model) -> None:
         setattr(model.pipeline, _tokenizer_of(name), tokenizer)
         getattr(model.pipeline, name).set_input_embeddings(table)
     del model._pristine
+    model.__dict__.pop("_comfy_left_out", None)
 
 
 def _tokenizer_of(encoder: str) -> str:
@@ -181,7 +210,19 @@ def _prompt_chunks(model: Model, prompts: list[str], comfy: bool = False
     """Each prompt's 77-id chunks (`emphasis.token_chunks`; `comfy`: as ComfyUI cuts them,
     `emphasis.comfy_token_chunks`) in each text encoder's tokenizer: [encoder][prompt]."""
     cut = emphasis.comfy_token_chunks if comfy else emphasis.token_chunks
-    return [[cut(tok, p) for p in prompts] for _, tok, _ in model.encoders]
+    left_out = model.__dict__.get("_comfy_left_out", {}) if comfy else {}
+    return [[[_left_out(c, left_out.get(name), tok.pad_token_id) for c in cut(tok, p)] for p in prompts]
+            for name, tok, _ in model.encoders]
+
+
+def _left_out(chunk: tuple[list[int], list[float]], ids: set[int] | None, pad: int) -> tuple[list[int], list[float]]:
+    """A chunk without the ids of an embedding its encoder does not read (`install_embedding`'s `comfy`), the chunk
+    closed up and padded at its end, as ComfyUI leaves out an embedding of another width; the weights stay by
+    place, as there, so those after it fall on the tokens that moved up."""
+    if not ids:
+        return chunk
+    kept = [i for i in chunk[0] if i not in ids]
+    return kept + [pad] * (len(chunk[0]) - len(kept)), chunk[1]
 
 
 def _encode_chunks(model: Model, rows, count: int, clip_skip: int, emphasis_mode: str = "original",
@@ -1587,11 +1628,11 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
             handed_back(second) if second else contextlib.nullcontext():
         _fitting(config, jobs, model, embeddings, paths, loras, bundled, stand_ins)
         for emb in embeddings:
-            install_embedding(model, emb)
+            install_embedding(model, emb, config.emphasis == "comfy")
             if refiner:  # (its clip_g half, for an SDXL refiner: `check_fits`)
                 install_embedding(refiner.model, emb)
             if second:
-                install_embedding(second, emb)
+                install_embedding(second, emb, config.emphasis == "comfy")
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
             return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
