@@ -1406,6 +1406,28 @@ def test_comfy_emphasis_names_embeddings_as_comfyui_does_a_bare_file_name_being_
     assert not np.array_equal(draw("h", "a <zz> dog", [zz]), draw("i", "a <zz> dog", []))
 
 
+def test_zero_negative_guides_against_zeros_on_sd1_as_comfyuis_conditioning_zero_out(sd1_dir, tmp_path):
+    """ComfyUI's ConditioningZeroOut on a sampler's negative guides against zeros on any model; textinv drew zeros
+    on SDXL alone (for an empty negative), so an SD 1.x picture drawn so could not be redrawn. A negative prompt
+    beside it is refused, before any drawing."""
+    import json
+    from dataclasses import replace
+
+    from textinv.models import load_model
+
+    model = load_model(sd1_dir)
+    seen = _conditioning_seen(model)
+    config = GenerateConfig(prompt=["a dog"], zero_negative=True, out=str(tmp_path / "a"), n=1, steps=1,
+                            model=str(sd1_dir))
+    (png,) = generate(config, model=model, progress=False)
+    hidden = seen[0][0]
+    assert not hidden[:1].any() and hidden[1:].any()  # (the negative's row zeros, the prompt's not)
+    assert json.loads(Image.open(png).text["textinv_settings"])["settings"]["zero_negative"] is True
+    with pytest.raises(ConfigError, match="--zero-negative guides against zeros in place of a negative prompt: "
+                                          "leave --negative-prompt out, or --zero-negative"):
+        generate(replace(config, negative_prompt="blurry"), model=model, progress=False)
+
+
 def test_a_run_folder_copied_from_a_mac_names_its_token_named_files_in_either_unicode_form(sd1_dir, images,
                                                                                            tmp_path):
     """A run's token-named folder and file (`<café>`: café/café.pt) come back from macOS with the accent as a
@@ -2675,12 +2697,16 @@ def test_again_follows_a_comfyui_prompt_to_a_primitive_and_asks_for_one_it_canno
     graph["30"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 0]}}
     graph["3"]["inputs"]["negative"] = ["30", 0]
     path = _comfy_picture(tmp_path / "p.png", graph)
-    # (zeros, which SDXL draws for an empty negative with the web UI's emphasis: --emphasis comfy encodes it)
-    with pytest.raises(ConfigError, match=r"the negative prompt of its ComfyUI KSampler node 3 is no text textinv "
-                                          r"can read \(its ConditioningZeroOut node 30 guides against zeros, which "
-                                          r"textinv draws only on SDXL, for an empty negative prompt with another "
-                                          r"--emphasis than comfy, .*\): give it with --negative-prompt"):
-        _notes(path, {"model": str(sd1_dir), "prompt": ["a cat"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (its node is drawn, not named as not applied)
+        config, _ = _notes(path, {"model": str(sd1_dir), "prompt": ["a cat"]})
+    assert (config.negative_prompt, config.zero_negative) == ("", True)  # (zeros, on SD 1.x as on any model)
+    graph["3"]["inputs"]["negative"], graph["3"]["inputs"]["positive"] = ["7", 0], ["30", 0]
+    with pytest.raises(ConfigError, match=r"the positive prompt of its ComfyUI KSampler node 3 is no text textinv "
+                                          r"can read \(its ConditioningZeroOut node 30 gives zeros, which textinv "
+                                          r"draws in place of a sampler's negative prompt alone \(--zero-negative\)"
+                                          r"\): give it with --prompt"):
+        _notes(_comfy_picture(tmp_path / "p.png", graph), {"model": str(sd1_dir)})
 
 
 def test_again_refuses_a_comfyui_graph_it_cannot_follow_naming_the_file(tmp_path):

@@ -881,9 +881,8 @@ class _ComfyGraph:
                     return None, f"the text of its {self.named(node)} comes from a node textinv cannot read"
                 return [(text, node)], ""
             if self.cls(node) == "ConditioningZeroOut":  # (its text is not drawn: zeros are, which no text gives)
-                return None, (f"its {self.named(node)} guides against zeros, which textinv draws only on SDXL, for "
-                              f"an empty negative prompt with another --emphasis than comfy, whose empty prompt is "
-                              f"encoded as ComfyUI's CLIPTextEncode encodes it")
+                return None, (f"its {self.named(node)} gives zeros, which textinv draws in place of a sampler's "
+                              f"negative prompt alone (--zero-negative)")
             if self.cls(node) == "ConditioningCombine":
                 parts: list[tuple[str, str]] = []
                 for name in ("conditioning_1", "conditioning_2"):
@@ -1001,7 +1000,12 @@ def _comfy_prompts(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], n
     path, named, inputs = graph.path, graph.named(sampler), graph.inputs(sampler)
     clip: list[str] = []
     for side, setting in (("positive", "prompt"), ("negative", "negative_prompt")):
-        prompt, encoders, why = graph.prompt(graph.link(inputs.get(side)))
+        link = graph.link(inputs.get(side))
+        if side == "negative" and link is not None and graph.cls(link[0]) == "ConditioningZeroOut":
+            settings["negative_prompt"], settings["zero_negative"] = "", True  # (zeros, on any model)
+            read.add(link[0])
+            continue
+        prompt, encoders, why = graph.prompt(link)
         if prompt is not None and side == "negative" and len(encoders) > 1:
             prompt, why = None, (f"it combines {len(encoders)} prompts (ConditioningCombine), whose predictions "
                                  f"ComfyUI averages; textinv's negative prompt is one text")

@@ -883,6 +883,9 @@ class GenerateConfig:
     variant: str = opt(None, VARIANT_HELP)
     token: list = opt([], "token name(s) for the embedding files, in order (default: from each file)")
     negative_prompt: str = opt("", "what to steer away from")
+    zero_negative: bool = opt(False, "guide against zeros in place of the negative prompt's conditioning, on any "
+                                     "model, as ComfyUI's ConditioningZeroOut on a sampler's negative (--negative-"
+                                     "prompt then stays empty)")
     wildcards_dir: str = opt(None, "folder of wildcard files for the prompts' __name__ (name.txt: one option a line; "
                                    "__sub/name__ in a subfolder, __sub/*__ any there; .yaml/.json files: their keys "
                                    "name them, as sd-dynamic-prompts reads them)", path="file")
@@ -1042,6 +1045,10 @@ class GenerateConfig:
                               "(each picture then draws one prompt)")
         if self.max_prompts is not None and self.max_prompts < 1:
             raise ConfigError(f"--max-prompts must be >= 1, got {self.max_prompts}")
+        if self.zero_negative and (self.negative_prompt or self.hires_negative_prompt):
+            given = "--negative-prompt" if self.negative_prompt else "--hires-negative-prompt"
+            raise ConfigError(f"--zero-negative guides against zeros in place of a negative prompt: leave {given} "
+                              f"out, or --zero-negative")
         if self.wildcards_dir is not None:
             self.wildcards_dir = os.path.expanduser(self.wildcards_dir)
             if not Path(self.wildcards_dir).is_dir():

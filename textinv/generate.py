@@ -440,7 +440,7 @@ def render(
     steps: int = DEFAULT_STEPS,
     resolution: int | None = None,
     guidance: float | None = None,
-    negative_prompt: str = "",
+    negative_prompt: str | None = "",
     sampler: str = "default",
     clip_skip: int = 1,
     width: int | None = None,
@@ -460,7 +460,8 @@ def render(
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
     the text encoder's layer `clip_skip` from the end (`models.encode_text`), `width` x `height` pixels (each by
-    default `resolution`, by default the model's own size).
+    default `resolution`, by default the model's own size). `negative_prompt` None guides against zeros in its
+    place, on any model, as ComfyUI's ConditioningZeroOut on a sampler's negative does.
 
     `start` (one RGB picture per prompt) draws img2img: each picture, cropped to the size, redrawn `denoise` of the
     way (default `refine.IMG2IMG_DENOISE`; `refine.pass_steps` counts the steps as the web UI does). `hires`
@@ -860,11 +861,12 @@ def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str
     pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
     draw composable diffusion or hide the padding (`stretch`: the stretch the next UNet call is in)."""
     width, height = size
+    zeros, negative_prompt = negative_prompt is None, negative_prompt or ""  # (None: `render`'s zeros)
     at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing, emphasis_mode == "comfy")
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step, ComfyUI's
-    # CLIPTextEncode never (its ConditioningZeroOut does)
-    zero_negative = (model.is_xl and pipe.config.force_zeros_for_empty_prompt and not any(s[-1] for s in at.texts)
-                     and emphasis_mode != "comfy")
+    # CLIPTextEncode never (its ConditioningZeroOut does, on any model: `zeros`)
+    zero_negative = zeros or (model.is_xl and pipe.config.force_zeros_for_empty_prompt
+                              and not any(s[-1] for s in at.texts) and emphasis_mode != "comfy")
     means = _schedule_means(model, at.schedules, clip_skip, emphasis_mode)
     means = (means[:-1], means[-1:] * (len(at.schedules) - 1))  # (the sub-prompts', the negative's for each row)
     conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode,
@@ -1089,15 +1091,16 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
 def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
                   size: tuple[int, int], emphasis_mode: str = "original", means: tuple = (None, None)) -> dict:
     """The pipeline's conditioning arguments for prompts and their negative already cut into chunks;
-    `zero_negative`: SDXL's zeros for an empty negative prompt; `size`: (height, width), SDXL's original and
+    `zero_negative`: zeros for the negative (SDXL's for an empty negative prompt; ComfyUI's ConditioningZeroOut on
+    any model); `size`: (height, width), SDXL's original and
     target size micro-conditioning (its time ids), in the order diffusers and SDXL's training use; `means`: the
     prompts' and the negatives' `_encode_chunks` means."""
     cond, pooled = _encode_chunks(model, rows, chunks, clip_skip, emphasis_mode, means[0])
     uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip, emphasis_mode, means[1])
+    if zero_negative:
+        uncond, neg_pooled = torch.zeros_like(cond), None if pooled is None else torch.zeros_like(pooled)
     if not model.is_xl:
         return dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
-    if zero_negative:
-        uncond, neg_pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
     return dict(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
                 negative_pooled_prompt_embeds=neg_pooled, original_size=size, target_size=size)
 
@@ -2154,6 +2157,7 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
             "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
             "tiling": config.tiling, "emphasis": config.emphasis, "old_prompt_editing": config.old_prompt_editing,
+            "zero_negative": config.zero_negative,
             # (only where given, so a picture drawn without them reads in a textinv from before them with no warning)
             **({"eta": config.eta} if config.eta is not None else {}),
             **({"ensd": config.ensd} if config.ensd else {}),
@@ -2508,9 +2512,10 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
         apply_loras(model, prompt.tags, run.loras)
     run.loras_on = None  # (unknown until render is done: the hires fix may switch)
     images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps, None,
-                    run.guidance, prompt.negative, config.sampler, run.clip_skip, width, height,
-                    None if init is None else [init] * len(batch), passes_denoise(config), hires, variation,
-                    config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing, config.eta,
+                    run.guidance, None if config.zero_negative else prompt.negative, config.sampler, run.clip_skip,
+                    width, height, None if init is None else [init] * len(batch), passes_denoise(config), hires,
+                    variation, config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing,
+                    config.eta,
                     config.ensd)
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
