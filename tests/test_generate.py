@@ -1378,6 +1378,8 @@ def test_comfy_emphasis_names_embeddings_as_comfyui_does_a_bare_file_name_being_
     file's name loaded an embeddings folder's file (`a mydog` drew mydog.pt) and named a file whose stored token is
     another (charturnerv2.pt) as the web UI reads it, where ComfyUI draws the words. The token a file stores,
     written bare, draws it still (textinv's own way, as its comfy pictures record their prompts)."""
+    import json
+
     folder = tmp_path / "embeddings"
     for name in ("easyneg", "mydog"):
         save_embedding(LearnedEmbedding(f"<{name}-stored>", {"text_encoder": torch.randn(2, 32) * 3}),
@@ -1395,7 +1397,14 @@ def test_comfy_emphasis_names_embeddings_as_comfyui_does_a_bare_file_name_being_
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (the folder's mydog.pt is not loaded, so not warned about)
         comfy = draw("a", "embedding:easyneg, a mydog", [folder])
+    (png,) = (tmp_path / "a").iterdir()
+    text = Image.open(png).text  # (recorded as written: redrawn with the folder, it names the file again)
+    assert json.loads(text["textinv_settings"])["settings"]["prompt"] == ["embedding:easyneg, a mydog"]
+    assert 'TI hashes: "easyneg: ' in text["parameters"]
     assert np.array_equal(comfy, draw("b", "embedding:easyneg, a mydog", [folder / "easyneg.pt"]))
+    # (the folder's file is drawn where embedding:NAME names it alone; its bare name is words)
+    assert np.array_equal(draw("b2", "embedding:easyneg, easyneg a mydog", [folder]),
+                          draw("b3", "embedding:easyneg, easyneg a mydog", [folder / "easyneg.pt"]))
     assert not np.array_equal(draw("c", "embedding:easyneg, a mydog", [folder], "original"), comfy)  # (web UI: mydog.pt)
     with pytest.warns(UserWarning, match=r"charturnerv2.pt is left out: the prompt writes 'charturnerv2' as a bare "
                                          r"word, which --emphasis comfy reads as words, as ComfyUI does; write "

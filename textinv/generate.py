@@ -1468,12 +1468,12 @@ def checked_settings(config: GenerateConfig) -> Checked:
     if config.emphasis == "comfy":
         said = " ".join(emphasis.comfy_embeddings(said)[1])
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
+    if config.emphasis == "comfy":
+        files = _comfy_folder_tokens(files, config.embedding)
     embeddings, paths = _read_embeddings(files)
     if config.emphasis == "comfy":
-        # (an embeddings folder's files: not entries themselves, each under its file's name, `embedding_files`)
-        folders = {path for path, tok in files if path not in config.embedding and tok == _nfc(Path(path).stem)}
         embeddings, paths = _comfy_unnamed(embeddings, paths, drawn.prompt + [config.hires_prompt or "",
-                                                                            config.hires_negative_prompt or ""], folders)
+                                                                            config.hires_negative_prompt or ""])
     renamed = {path for path, tok in files if tok is not None}
     (texts, config.negative_prompt, config.hires_prompt, config.hires_negative_prompt,
      said) = _comfy_names(drawn, embeddings, paths, renamed)
@@ -2011,23 +2011,30 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
     return (texts[:-3], texts[-3], texts[-2] or None, texts[-1] or None, " ".join(texts).lower())
 
 
-def _comfy_unnamed(embeddings: list[LearnedEmbedding], paths: list[str], prompts: list[str], folders: set[str]
+def _comfy_folder_tokens(files: list[tuple[str, str | None]], entries: list[str]) -> list[tuple[str, str | None]]:
+    """`embedding_files`' (file, token) pairs with an embeddings folder's files (no entries themselves, each under
+    its file's name) under the token `embedding:NAME`, for --emphasis comfy: a prompt's `embedding:NAME` is written
+    as it (`_comfy_names`), so the name alone is words, as in ComfyUI, and the pictures record the prompt as written,
+    which draws alike again."""
+    return [(path, f"{COMFY_TOKEN}{tok}" if path not in entries and tok == _nfc(Path(path).stem) else tok)
+            for path, tok in files]
+
+
+COMFY_TOKEN = "embedding:"  # (what an embeddings folder's file is installed under, before its name: comfy mode)
+
+
+def _comfy_unnamed(embeddings: list[LearnedEmbedding], paths: list[str], prompts: list[str]
                    ) -> tuple[list[LearnedEmbedding], list[str]]:
     """The embeddings and their labels less those the `prompts` (as given) do not name as --emphasis comfy reads
     them: by `embedding:NAME` (its file's name or its token), as ComfyUI does, or by the token its file stores (or
     --token gives) as a word, as textinv writes its own (and records its pictures' prompts). A file's name as a bare
-    word is words there, as in ComfyUI: such an embedding is left out, and a warning names the fix. `folders`: the
-    files read from an embeddings folder (`embedding_files`), whose token is their file's name: where one is named
-    by `embedding:NAME` and stands bare too, it draws at both, unlike ComfyUI, which a warning says."""
+    word is words there, as in ComfyUI: such an embedding is left out, and a warning names the fix."""
     named = {_nfc(name).lower() for p in prompts for name in emphasis.comfy_embeddings(p)[1]}
     bare = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in prompts).lower()
     kept, labels = [], []
     for emb, path in zip(embeddings, paths):
         name = _nfc(_file_name(path))
-        if path in folders and name.lower() in named and _named(name, bare):
-            warn(f"the prompt writes {name!r} (from {path}) bare as well as embedding:{name}: textinv draws the "
-                 f"embedding at both, where ComfyUI reads the bare word as words", stacklevel=3)
-        elif not {name.lower(), emb.token.lower()} & named and (path in folders or not _named(emb.token, bare)):
+        if not {name.lower(), emb.token.lower()} & named and not _named(emb.token, bare):
             said = (f"the prompt writes {name!r} as a bare word, which --emphasis comfy reads as words, as ComfyUI "
                     f"does" if _named(name, bare) else "no --prompt or --negative-prompt names it")
             warn(f"{path} is left out: {said}; write embedding:{name} where the concept goes", stacklevel=3)
@@ -2586,8 +2593,8 @@ def _prompt_hashes(run: _Run, loras: list[emphasis.LoraTag], first: list[str], s
     # a bundled embedding's "hash" is its LoRA's name (the web UI's BundledTIHash, with its default "Add Lora name
     # as TI hashes for bundled Textual Inversion")
     bundled = ", ".join(f"{hash_name(e.token)}: {run.bundled[e.token]}" for e in used if e.token in run.bundled)
-    files = webui_hashes({e.token: run.embedding_sums[e.token] for e in used
-                          if e.token in run.embedding_sums and e.token not in run.bundled})
+    files = webui_hashes({e.token.removeprefix(COMFY_TOKEN): run.embedding_sums[e.token] for e in used
+                          if e.token in run.embedding_sums and e.token not in run.bundled})  # (a folder's file by name)
     return {"lora_hashes": webui_hashes({tag.name: run.lora_sums[tag.name] for tag in loras}),
             "ti_hashes": ", ".join(text for text in (files, bundled) if text)}
 
