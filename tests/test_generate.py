@@ -1437,6 +1437,22 @@ def test_zero_negative_guides_against_zeros_on_sd1_as_comfyuis_conditioning_zero
         generate(replace(config, negative_prompt="blurry"), model=model, progress=False)
 
 
+def test_prompt_l_is_refused_where_it_cannot_apply_before_any_drawing(sd1_dir, tmp_path):
+    """SDXL's CLIP-L text (ComfyUI's CLIPTextEncodeSDXL text_l) on a model of one text encoder, beside a hires
+    prompt (whose pass would have none) or AND (sub-prompts drawn apart): refused, naming the fix."""
+    common = dict(n=1, steps=1, out=str(tmp_path / "a"), emphasis="comfy")
+    for config, message in (
+            (GenerateConfig(prompt=["a dog"], prompt_l="a cat", model=str(sd1_dir), **common),
+             "--prompt-l and --negative-prompt-l give SDXL's CLIP-L its own text; .* has one text encoder"),
+            (GenerateConfig(prompt=["a dog"], negative_prompt_l="dark", hires_scale=2, hires_prompt="a cat",
+                            **common), "--negative-prompt-l gives the prompts' CLIP-L text, which the hires fix's"),
+            (GenerateConfig(prompt=["a dog AND a cat"], prompt_l="a cat", **common),
+             "--prompt-l gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts draws apart")):
+        with pytest.raises(ConfigError, match=message):
+            generate(config, progress=False)
+    assert not list((tmp_path / "a").glob("*.png"))
+
+
 def test_a_run_folder_copied_from_a_mac_names_its_token_named_files_in_either_unicode_form(sd1_dir, images,
                                                                                            tmp_path):
     """A run's token-named folder and file (`<café>`: café/café.pt) come back from macOS with the accent as a
@@ -2112,7 +2128,7 @@ def test_again_reads_clip_skip_loras_and_a_batch_from_a_comfyui_graph_and_names_
     assert [s for s in said if "not applied" in s] == [
         "PICTURE: not applied from its ComfyUI graph: ControlNetLoader node 13, LoadImage node 14, ControlNetApply "
         "node 15 (textinv draws with the model, prompts, LoRAs and VAE alone), so the redraw is without them"]
-    # a LoRA only on the model (LoraLoaderModelOnly) is drawn on the UNet alone; SDXL's two prompts: text_g, said
+    # a LoRA only on the model (LoraLoaderModelOnly) is drawn on the UNet alone; SDXL's two prompts: both read
     graph["11"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": "ghibli.safetensors",
                                                                    "strength_model": 0.7, "model": ["4", 0]}}
     graph["12"]["inputs"]["clip"] = ["10", 0]
@@ -2121,8 +2137,14 @@ def test_again_reads_clip_skip_loras_and_a_batch_from_a_comfyui_graph_and_names_
         "crop_w": 0, "crop_h": 0, "target_width": 1024, "target_height": 1024}}
     config, said = _notes(_comfy_picture(tmp_path / "c.png", graph), {"model": str(sd1_dir)})
     assert config.prompt == ["a cat <lora:ghibli:0:0.7> <lora:film:0.5:1>"]
-    assert "PICTURE: its CLIPTextEncodeSDXL node 6 gives SDXL's CLIP-G the positive prompt 'a cat' and CLIP-L " \
-           "'a cat, film grain'; textinv gives both encoders one prompt: its text_g" in said
+    assert (config.prompt_l, config.negative_prompt_l) == ("a cat, film grain", None)  # (CLIP-L's, as it encodes)
+    assert not any("text_g" in s or "CLIP-L" in s for s in said)
+    graph["20"] = {"class_type": "StringConcatenate", "inputs": {"string_a": "a", "string_b": "b", "delimiter": ""}}
+    graph["6"]["inputs"]["text_l"] = ["20", 0]
+    with pytest.raises(ConfigError, match=r"the text_l of its CLIPTextEncodeSDXL node 6 comes from a node textinv "
+                                          r"cannot read: give it with --prompt-l"):
+        _notes(_comfy_picture(tmp_path / "c.png", graph), {"model": str(sd1_dir)})
+    graph["6"]["inputs"]["text_l"] = "a cat, film grain"
     # its size conditioning, which textinv sets to the size drawn, was dropped unsaid
     assert "PICTURE: its CLIPTextEncodeSDXL node 6 tells SDXL an original size of 1024x1024, a crop at (0, 0) and a " \
            "target size of 1024x1024; textinv tells it the size drawn, 24x16, and no crop, so the redraw differs" in said

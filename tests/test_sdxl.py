@@ -667,3 +667,33 @@ def test_an_embedding_left_out_of_an_encoders_chunk_closes_it_up_its_weights_sta
     chunk = ([49406, 1, 500, 501, 2, 49407, 0, 0], [1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0])
     assert _left_out(chunk, {500, 501}, 0) == ([49406, 1, 2, 49407, 0, 0, 0, 0], chunk[1])
     assert _left_out(chunk, None, 0) == chunk
+
+
+def test_prompt_l_gives_sdxls_clip_l_its_own_text_as_comfyuis_clip_text_encode_sdxl(xl_dir, tmp_path):
+    """ComfyUI's CLIPTextEncodeSDXL encodes its text_l with CLIP-L and its text_g with OpenCLIP-G (whose pooled
+    embedding SDXL reads), the text of fewer chunks given empty ones; textinv gave both encoders text_g. --prompt-l
+    and --negative-prompt-l give CLIP-L its text, under --emphasis comfy alone."""
+    from dataclasses import replace
+
+    from test_generate import _conditioning_seen
+
+    model = load_model(xl_dir)
+    seen = _conditioning_seen(model)
+    long_l = " ".join(["red hat"] * 40)  # (past 75 tokens, no comma: cut alike as ComfyUI and the web UI cut it)
+    config = GenerateConfig(prompt=["a dog"], prompt_l=long_l, negative_prompt="blurry", negative_prompt_l="dark",
+                            out=str(tmp_path / "a"), n=1, steps=1, model=str(xl_dir), emphasis="comfy")
+    (png,) = generate(config, model=model, progress=False)
+    negative, positive = seen[0][0][:1], seen[0][0][1:]
+    l_text = encode_prompts(model, [long_l])
+    chunks = l_text[0].shape[1] // 77  # (CLIP-L's chunks, more than one; OpenCLIP-G's text is given empty ones)
+    g_text = encode_prompts(model, ["a dog"], chunks=chunks)
+    assert chunks > 1 and positive.shape[1] == 77 * chunks
+    torch.testing.assert_close(positive[..., :32], l_text[0][..., :32])
+    torch.testing.assert_close(positive[..., 32:], g_text[0][..., 32:])
+    torch.testing.assert_close(seen[0][1][1:], g_text[1])
+    torch.testing.assert_close(negative[:, :77, :32], encode_prompts(model, ["dark"])[0][..., :32])
+    torch.testing.assert_close(negative[:, :77, 32:], encode_prompts(model, ["blurry"])[0][..., 32:])
+    settings = json.loads(Image.open(png).text["textinv_settings"])["settings"]
+    assert (settings["prompt_l"], settings["negative_prompt_l"]) == (long_l, "dark")
+    with pytest.raises(ConfigError, match="--prompt-l is ComfyUI's CLIPTextEncodeSDXL text_l: add --emphasis comfy"):
+        generate(replace(config, emphasis="original"), model=model, progress=False)

@@ -1014,13 +1014,7 @@ def _comfy_prompts(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], n
                               f"({why}): give it with --{setting.replace('_', '-')}")
             continue
         settings[setting] = [prompt] if setting == "prompt" else prompt
-        for encoder in encoders:
-            if graph.cls(encoder) == "CLIPTextEncodeSDXL":
-                text_g, clip_l = (graph.value(encoder, name, (str,)) for name in ("text_g", "text_l"))
-                if clip_l is not None and clip_l.strip() != text_g.strip():
-                    notes.append(f"{path}: its {graph.named(encoder)} gives SDXL's CLIP-G the {side} prompt "
-                                 f"{text_g!r} and CLIP-L {clip_l!r}; textinv gives both encoders one prompt: its "
-                                 f"text_g")
+        _comfy_clip_l(graph, encoders, side, settings, needs, notes)
         if side == "positive":
             # (a ConditioningCombine it went through is drawn, as AND: not named as not applied)
             read.update(n for n in graph.passed(graph.link(inputs[side])[0]) if graph.cls(n) == "ConditioningCombine")
@@ -1034,6 +1028,25 @@ def _comfy_prompts(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], n
             if skip is not None:
                 settings["clip_skip"] = skip
     return clip
+
+
+def _comfy_clip_l(graph: _ComfyGraph, encoders: list[str], side: str, settings: dict[str, Any],
+                  needs: dict[str, str], notes: list[str]) -> None:
+    """A CLIPTextEncodeSDXL's text_l where it is not its text_g (which is the prompt): SDXL's CLIP-L text of that
+    side (`--prompt-l`, `--negative-prompt-l`), as it encodes it; asked for where a node gives it that textinv cannot
+    read, and said where it is one of several combined prompts (textinv's CLIP-L text is one a prompt)."""
+    setting, flag = ("prompt_l", "--prompt-l") if side == "positive" else ("negative_prompt_l", "--negative-prompt-l")
+    for encoder in (e for e in encoders if graph.cls(e) == "CLIPTextEncodeSDXL"):
+        text_g, text_l = (graph.value(encoder, name, (str,)) for name in ("text_g", "text_l"))
+        if text_l is None and graph.link(graph.inputs(encoder).get("text_l")) is not None:
+            needs[setting] = (f"--again {graph.path}: the text_l of its {graph.named(encoder)} comes from a node "
+                              f"textinv cannot read: give it with {flag}")
+        elif text_l is not None and text_l.strip() != text_g.strip() and len(encoders) > 1:
+            notes.append(f"{graph.path}: its {graph.named(encoder)} gives SDXL's CLIP-L the {side} text {text_l!r} "
+                         f"apart from its text_g, one of {len(encoders)} combined prompts; textinv gives CLIP-L a "
+                         f"prompt's text_g there")
+        elif text_l is not None and text_l.strip() != text_g.strip():
+            settings[setting] = as_words(text_l)  # (the same tokens as AND to CLIP, as its text_g)
 
 
 def _comfy_size(graph: _ComfyGraph, sampler: str, picture_size: tuple[int, int] | None, changed: bool,

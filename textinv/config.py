@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .emphasis import CHUNK
+from .emphasis import CHUNK, has_and
 from .emphasis import MODES as EMPHASIS
 from .errors import ConfigError, backslash_note, warn
 from .foreign import foreign_hint
@@ -883,6 +883,10 @@ class GenerateConfig:
     variant: str = opt(None, VARIANT_HELP)
     token: list = opt([], "token name(s) for the embedding files, in order (default: from each file)")
     negative_prompt: str = opt("", "what to steer away from")
+    prompt_l: str = opt(None, "SDXL's CLIP-L text where it is not the prompt's, as ComfyUI's CLIPTextEncodeSDXL "
+                              "gives its text_l apart (the prompt is then its text_g, read by OpenCLIP-G); every "
+                              "prompt's, with --emphasis comfy")
+    negative_prompt_l: str = opt(None, "the negative prompt's CLIP-L text where it is not its own (as --prompt-l)")
     zero_negative: bool = opt(False, "guide against zeros in place of the negative prompt's conditioning, on any "
                                      "model, as ComfyUI's ConditioningZeroOut on a sampler's negative (--negative-"
                                      "prompt then stays empty)")
@@ -1016,6 +1020,23 @@ class GenerateConfig:
                                      "machine, but the paths tell who you are and how your folders are laid out), "
                                      "none (no text)", choices=METADATA)
 
+    def _check_clip_l(self) -> None:
+        """Refuse --prompt-l or --negative-prompt-l (ComfyUI's CLIPTextEncodeSDXL text_l) where they cannot apply."""
+        given = [flag for flag, value in (("--prompt-l", self.prompt_l), ("--negative-prompt-l",
+                                                                          self.negative_prompt_l)) if value is not None]
+        if not given:
+            return
+        if self.emphasis != "comfy":
+            raise ConfigError(f"{given[0]} is ComfyUI's CLIPTextEncodeSDXL text_l: add --emphasis comfy, which reads "
+                              f"the prompts as it does")
+        if self.hires_prompt is not None or self.hires_negative_prompt is not None:
+            raise ConfigError(f"{given[0]} gives the prompts' CLIP-L text, which the hires fix's own prompt would "
+                              f"leave without one: leave --hires-prompt and --hires-negative-prompt out, or "
+                              f"{given[0]}")
+        if any(has_and(p) for p in self.prompt):
+            raise ConfigError(f"{given[0]} gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts "
+                              f"draws apart: write and for the word, or leave {given[0]} out")
+
     def validate(self) -> "GenerateConfig":
         check_types(self)
         for f in dataclasses.fields(self):  # (a tuple check_types lets stand for a list: the list, which is joined)
@@ -1045,8 +1066,10 @@ class GenerateConfig:
                               "(each picture then draws one prompt)")
         if self.max_prompts is not None and self.max_prompts < 1:
             raise ConfigError(f"--max-prompts must be >= 1, got {self.max_prompts}")
-        if self.zero_negative and (self.negative_prompt or self.hires_negative_prompt):
-            given = "--negative-prompt" if self.negative_prompt else "--hires-negative-prompt"
+        self._check_clip_l()
+        if self.zero_negative and (self.negative_prompt or self.hires_negative_prompt or self.negative_prompt_l):
+            given = ("--negative-prompt" if self.negative_prompt else
+                     "--hires-negative-prompt" if self.hires_negative_prompt else "--negative-prompt-l")
             raise ConfigError(f"--zero-negative guides against zeros in place of a negative prompt: leave {given} "
                               f"out, or --zero-negative")
         if self.wildcards_dir is not None:

@@ -205,13 +205,15 @@ def encode_prompts(model: Model, prompts: list[str], chunks: int = 1,
     return _encode_chunks(model, rows, max([chunks] + [len(c) for per in rows for c in per]), clip_skip)
 
 
-def _prompt_chunks(model: Model, prompts: list[str], comfy: bool = False
+def _prompt_chunks(model: Model, prompts: list[str], comfy: bool = False, clip_l: list[str] | None = None
                    ) -> list[list[list[tuple[list[int], list[float]]]]]:
     """Each prompt's 77-id chunks (`emphasis.token_chunks`; `comfy`: as ComfyUI cuts them,
-    `emphasis.comfy_token_chunks`) in each text encoder's tokenizer: [encoder][prompt]."""
+    `emphasis.comfy_token_chunks`) in each text encoder's tokenizer: [encoder][prompt]. `clip_l`: SDXL's CLIP-L
+    texts in place of the prompts (ComfyUI's CLIPTextEncodeSDXL text_l), one a prompt."""
     cut = emphasis.comfy_token_chunks if comfy else emphasis.token_chunks
     left_out = model.__dict__.get("_comfy_left_out", {}) if comfy else {}
-    return [[[_left_out(c, left_out.get(name), tok.pad_token_id) for c in cut(tok, p)] for p in prompts]
+    return [[[_left_out(c, left_out.get(name), tok.pad_token_id) for c in cut(tok, p)]
+             for p in (clip_l if clip_l is not None and name == "text_encoder" and model.is_xl else prompts)]
             for name, tok, _ in model.encoders]
 
 
@@ -456,12 +458,15 @@ def render(
     old_editing: bool = False,
     eta: float | None = None,
     ensd: int = 0,
+    clip_l: tuple[str | None, str | None] = (None, None),
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
     the text encoder's layer `clip_skip` from the end (`models.encode_text`), `width` x `height` pixels (each by
     default `resolution`, by default the model's own size). `negative_prompt` None guides against zeros in its
-    place, on any model, as ComfyUI's ConditioningZeroOut on a sampler's negative does.
+    place, on any model, as ComfyUI's ConditioningZeroOut on a sampler's negative does. `clip_l`: SDXL's CLIP-L
+    text of every prompt and of the negative (already expanded; None: theirs), as ComfyUI's CLIPTextEncodeSDXL
+    gives its text_l apart from its text_g, with `emphasis_mode` comfy (`_layout`).
 
     `start` (one RGB picture per prompt) draws img2img: each picture, cropped to the size, redrawn `denoise` of the
     way (default `refine.IMG2IMG_DENOISE`; `refine.pass_steps` counts the steps as the web UI does). `hires`
@@ -494,7 +499,8 @@ def render(
     second_model = _check_passes(model, steps, sampler, start, denoise, hires, inpaint, refiner)
     check_eta(eta, [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
-                   clip_skip=clip_skip, emphasis_mode=emphasis_mode, old_editing=old_editing, eta=eta, ensd=ensd)
+                   clip_skip=clip_skip, emphasis_mode=emphasis_mode, old_editing=old_editing, eta=eta, ensd=ensd,
+                   clip_l=clip_l)
     others = ([refiner.model.unet, refiner.model.vae] if refiner else []) + (
         [second_model.unet, second_model.vae] if second_model is not model else [])
     with _tiled(pipe, tiling, *others):
@@ -739,11 +745,14 @@ class _Layout(NamedTuple):
 
 
 def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
-            first_pass: int | None = None, old_editing: bool = False, comfy: bool = False) -> _Layout:
+            first_pass: int | None = None, old_editing: bool = False, comfy: bool = False,
+            clip_l: tuple[str | None, str | None] = (None, None)) -> _Layout:
     """The sub-prompts, stretches of steps and chunks of 77 a pass over `steps` steps draws `prompts` with
     (`first_pass`: the first pass's steps, where this is the hires fix's pass: `emphasis.prompt_schedule`'s `first`;
     `old_editing`: its `old`; `comfy`: the prompts read and cut into chunks as ComfyUI's CLIPTextEncode does,
-    `emphasis.comfy_syntax` and `emphasis.comfy_token_chunks`).
+    `emphasis.comfy_syntax` and `emphasis.comfy_token_chunks`; `clip_l`: SDXL's CLIP-L text of every prompt and of
+    the negative where it is not theirs, as ComfyUI's CLIPTextEncodeSDXL gives its text_l, comfy alone: it has no
+    prompt editing or AND there, and a text of fewer chunks than the other encoder's gets empty ones, as there).
 
     Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps (`ends`: each one's last
     step) with texts of their own (`texts[stretch]`: each sub-prompt's, then the negative's); a prompt without them
@@ -755,6 +764,7 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     padding, each stretch's (None: nothing); `schedules`: each sub-prompt's schedule, then the negative's."""
     if comfy:
         prompts, negative_prompt = [emphasis.comfy_syntax(p) for p in prompts], emphasis.comfy_syntax(negative_prompt)
+    clip_l = [None if text is None else emphasis.comfy_syntax(text) for text in clip_l]
     composed = any(emphasis.has_and(p) for p in prompts)
     parts = [emphasis.composable_parts(p) if composed else [(p, 1.0)] for p in prompts]
     owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
@@ -764,8 +774,10 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
                  for text in subprompts + [negative_prompt]]
     ends = sorted({end for schedule in schedules for end, _ in schedule})
     texts = [[next(text for end, text in schedule if last <= end) for schedule in schedules] for last in ends]
-    rows = [_prompt_chunks(model, stretch[:-1], comfy) for stretch in texts]
-    negative_rows = [[per * len(subprompts) for per in _prompt_chunks(model, stretch[-1:], comfy)]
+    own_l = None if clip_l[0] is None else [clip_l[0]] * len(subprompts)
+    rows = [_prompt_chunks(model, stretch[:-1], comfy, own_l) for stretch in texts]
+    negative_l = None if clip_l[1] is None else clip_l[1:]
+    negative_rows = [[per * len(subprompts) for per in _prompt_chunks(model, stretch[-1:], comfy, negative_l)]
                      for stretch in texts]
     chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
     # the web UI reads a prompt and its negative each at its own length at each step (it pads neither by default):
@@ -797,7 +809,8 @@ def _counts(per_encoder, rows: int) -> list[int]:
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
           guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
           refiner: Refiner | None = None, first_pass: int | None = None, edit_steps: int | None = None,
-          old_editing: bool = False, eta: float | None = None, **call):
+          old_editing: bool = False, eta: float | None = None,
+          clip_l: tuple[str | None, str | None] = (None, None), **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
@@ -808,14 +821,14 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     `edit_steps`: the steps its prompt editing is scheduled over where not the steps it runs (an img2img pass runs
     the last of them, its steps counted from 0, as the web UI counts them). A second-order sampler's steps count
     as its model calls (`step_multiplier`: two a step), as the web UI counts them; `old_editing`: the web UI's old
-    prompt editing timelines (`emphasis.prompt_schedule`'s `old`)."""
+    prompt editing timelines (`emphasis.prompt_schedule`'s `old`); `clip_l`: `_layout`'s."""
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
     given_unet, given_vae = pipe.unet, pipe.vae
     multiplier = step_multiplier(sampler)
     prompting = (prompts, negative_prompt, (edit_steps or steps) * multiplier, clip_skip, size, emphasis_mode, stretch,
-                 first_pass, old_editing)
+                 first_pass, old_editing, clip_l)
     ends, given, hooks = _prompted(model, pipe, pipe.unet, *prompting)
     kwargs = dict(given[0])
     switching = _switching_conditioning(model, steps, ends, given, stretch, multiplier > 1) if len(ends) > 1 else {}
@@ -855,14 +868,14 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
 
 
 def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str, steps: int, clip_skip: int,
-              size: tuple[int, int], emphasis_mode: str, stretch: list[int],
-              first_pass: int | None = None, old_editing: bool = False) -> tuple[list[int], list[dict], list]:
+              size: tuple[int, int], emphasis_mode: str, stretch: list[int], first_pass: int | None = None,
+              old_editing: bool = False, clip_l: tuple = (None, None)) -> tuple[list[int], list[dict], list]:
     """`model`'s conditioning of a pass (`_pass`) and what draws it: the stretches' last steps (`_layout`), the
     pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
     draw composable diffusion or hide the padding (`stretch`: the stretch the next UNet call is in)."""
     width, height = size
     zeros, negative_prompt = negative_prompt is None, negative_prompt or ""  # (None: `render`'s zeros)
-    at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing, emphasis_mode == "comfy")
+    at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing, emphasis_mode == "comfy", clip_l)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step, ComfyUI's
     # CLIPTextEncode never (its ConditioningZeroOut does, on any model: `zeros`)
     zero_negative = zeros or (model.is_xl and pipe.config.force_zeros_for_empty_prompt
@@ -1460,11 +1473,13 @@ def checked_settings(config: GenerateConfig) -> Checked:
     # (the web UI's: an empty hires prompt is the pass's own)
     config.hires_prompt = _nfc(config.hires_prompt) if config.hires_prompt else None
     config.hires_negative_prompt = _nfc(config.hires_negative_prompt) if config.hires_negative_prompt else None
+    config.prompt_l, config.negative_prompt_l = (_nfc(p) if p is not None else None
+                                                 for p in (config.prompt_l, config.negative_prompt_l))
     jobs = _jobs(config)
     # the prompts as drawn, each job's and its negative: what names the embeddings and LoRAs
     drawn = replace(config, prompt=[job.prompt for job in jobs] + [job.negative for job in jobs])
     # (ComfyUI's embedding:NAME names a file too; under --emphasis comfy it alone does, as there)
-    said = " ".join(drawn.prompt + [config.hires_prompt or "", config.hires_negative_prompt or ""]).lower()
+    said = " ".join(drawn.prompt + [text or "" for text in _optional_prompts(config)]).lower()
     if config.emphasis == "comfy":
         said = " ".join(emphasis.comfy_embeddings(said)[1])
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
@@ -1472,11 +1487,11 @@ def checked_settings(config: GenerateConfig) -> Checked:
         files = _comfy_folder_tokens(files, config.embedding)
     embeddings, paths = _read_embeddings(files)
     if config.emphasis == "comfy":
-        embeddings, paths = _comfy_unnamed(embeddings, paths, drawn.prompt + [config.hires_prompt or "",
-                                                                            config.hires_negative_prompt or ""])
+        embeddings, paths = _comfy_unnamed(embeddings, paths,
+                                           drawn.prompt + [text or "" for text in _optional_prompts(config)])
     renamed = {path for path, tok in files if tok is not None}
-    (texts, config.negative_prompt, config.hires_prompt, config.hires_negative_prompt,
-     said) = _comfy_names(drawn, embeddings, paths, renamed)
+    (texts, config.negative_prompt, config.hires_prompt, config.hires_negative_prompt, config.prompt_l,
+     config.negative_prompt_l, said) = _comfy_names(drawn, embeddings, paths, renamed)
     jobs = [replace(job, prompt=prompt, negative=negative)
             for job, prompt, negative in zip(jobs, texts[:len(jobs)], texts[len(jobs):])]
     seen: dict[str, str] = {}
@@ -1624,6 +1639,9 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
     refiner = refiner_model(config, model, refiner)
     second = hires_model(config, model)
+    if (config.prompt_l, config.negative_prompt_l) != (None, None) and (not model.is_xl or model.is_refiner):
+        raise ConfigError(f"--prompt-l and --negative-prompt-l give SDXL's CLIP-L its own text; {model.source} has "
+                          f"one text encoder: leave them out, or give the prompt itself")
     # (up to the first picture: a model passed in, or one loaded, takes the embeddings now, the LoRAs by prompt)
     what = " and ".join(name for name, given in (("the embeddings", embeddings), ("the LoRAs", loras)) if given)
     where.installing = f"installing {what} in the model" if what else "preparing to draw"
@@ -1984,14 +2002,15 @@ def unload_loras(model: Model) -> None:
 
 
 def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], paths: list[str], renamed: set[str]
-                 ) -> tuple[list[str], str, str | None, str | None, str]:
-    """The prompts (and the negative one, the hires fix's two (None: not given), and all of them lowercased) with
+                 ) -> tuple[list[str], str, str | None, str | None, str | None, str | None, str]:
+    """The prompts (and the negative one, the hires fix's two and SDXL's CLIP-L two (None: not given), and all of
+    them lowercased) with
     ComfyUI's `embedding:NAME` written as the token of the embedding whose file (or token) has that name, so the name
     draws the embedding even where it is a word (`embedding:dog` for dog.safetensors holding `<dog>`). A name that
     no embedding answers to is refused. Each embedding named by a prompt's own words under its file's name
     (`_as_prompted`) as the web UI calls it, but under --emphasis comfy, where a bare word is words, as in ComfyUI
     (`_comfy_unnamed` then leaves out an embedding that no `embedding:NAME` names)."""
-    texts = config.prompt + [config.negative_prompt, config.hires_prompt or "", config.hires_negative_prompt or ""]
+    texts = config.prompt + [config.negative_prompt] + [text or "" for text in _optional_prompts(config)]
     plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
     if config.emphasis != "comfy":
         embeddings[:] = [emb if path in renamed else _as_prompted(emb, _file_name(path), plain)
@@ -2008,7 +2027,14 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
         return tokens[name.lower()]
 
     texts = [emphasis.comfy_embeddings(p, token)[0] for p in texts]
-    return (texts[:-3], texts[-3], texts[-2] or None, texts[-1] or None, " ".join(texts).lower())
+    given = _optional_prompts(config)
+    return (texts[:-5], texts[-5], *[None if g is None else t for g, t in zip(given, texts[-4:])],
+            " ".join(texts).lower())
+
+
+def _optional_prompts(config: GenerateConfig) -> list[str | None]:
+    """The hires fix's prompt and negative prompt and SDXL's CLIP-L prompt and negative prompt (None: not given)."""
+    return [config.hires_prompt, config.hires_negative_prompt, config.prompt_l, config.negative_prompt_l]
 
 
 def _comfy_folder_tokens(files: list[tuple[str, str | None]], entries: list[str]) -> list[tuple[str, str | None]]:
@@ -2164,7 +2190,8 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             "lora_dir": [_where(d) for d in config.lora_dir], "batch_size": config.batch_size,
             "variation_seed": config.variation_seed, "variation_strength": config.variation_strength,
             "tiling": config.tiling, "emphasis": config.emphasis, "old_prompt_editing": config.old_prompt_editing,
-            "zero_negative": config.zero_negative,
+            "zero_negative": config.zero_negative, "prompt_l": config.prompt_l,
+            "negative_prompt_l": config.negative_prompt_l,
             # (only where given, so a picture drawn without them reads in a textinv from before them with no warning)
             **({"eta": config.eta} if config.eta is not None else {}),
             **({"ensd": config.ensd} if config.ensd else {}),
@@ -2522,8 +2549,9 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
                     run.guidance, None if config.zero_negative else prompt.negative, config.sampler, run.clip_skip,
                     width, height, None if init is None else [init] * len(batch), passes_denoise(config), hires,
                     variation, config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing,
-                    config.eta,
-                    config.ensd)
+                    config.eta, config.ensd,
+                    tuple(text if text is None else expand_all(text, run.embeddings)
+                          for text in (config.prompt_l, config.negative_prompt_l)))
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
