@@ -1405,7 +1405,8 @@ def test_comfy_emphasis_names_embeddings_as_comfyui_does_a_bare_file_name_being_
     # (the folder's file is drawn where embedding:NAME names it alone; its bare name is words)
     assert np.array_equal(draw("b2", "embedding:easyneg, easyneg a mydog", [folder]),
                           draw("b3", "embedding:easyneg, easyneg a mydog", [folder / "easyneg.pt"]))
-    assert not np.array_equal(draw("c", "embedding:easyneg, a mydog", [folder], "original"), comfy)  # (web UI: mydog.pt)
+    web_ui = draw("c", "embedding:easyneg, a mydog", [folder], "original")  # (it loads and draws mydog.pt)
+    assert not np.array_equal(web_ui, comfy)
     with pytest.warns(UserWarning, match=r"charturnerv2.pt is left out: the prompt writes 'charturnerv2' as a bare "
                                          r"word, which --emphasis comfy reads as words, as ComfyUI does; write "
                                          r"embedding:charturnerv2 where the concept goes"):
