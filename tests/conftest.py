@@ -69,6 +69,15 @@ def images(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _one_thread_again():
+    """Each test starts on the one thread set above: a benchmark run in-process sets the process's torch threads
+    (`shapes_speed --threads 1 2` left 2, as did `hue_by_guidance`'s default), and every later test ran on them."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
 def _quiet_warnings():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)

@@ -136,6 +136,15 @@ def test_shapes_speed_prints_a_row_per_thread_count(capsys):
     assert all(float(r[3].split()[0]) > 0 and float(r[4]) > 0 for r in rows)
 
 
+def test_a_benchmark_that_sets_torch_threads_sets_them_for_its_own_test():
+    torch.set_num_threads(2)  # as shapes_speed's last --threads and hue_by_guidance's default leave them
+
+
+def test_the_next_test_runs_on_the_one_thread_conftest_sets():
+    """(with the test above, in this order: conftest's fixture puts the thread count back after each test)"""
+    assert torch.get_num_threads() == 1
+
+
 def test_shapes_inputs_prints_a_row_per_setting(capsys):
     from benchmarks.shapes_inputs import main as shapes_inputs
 
