@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random SD 1.x / 2.x pipelines saved once per session, and small image folders."""
 
+import copy
 import os
 import warnings
 import weakref
@@ -30,6 +31,21 @@ def sd2_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-sd2")
     build_tiny_pipeline("sd2", seed=1).save_pretrained(path)
     return path
+
+
+_LOADED = {}  # (fresh_model's loads, by folder: never handed out, only copied)
+
+
+def fresh_model(folder):
+    """`load_model(folder)` for a test to train on or change as it likes: the folder is loaded once a session, and
+    each call returns a deep copy of that load, which shares nothing with it (a third of a load's time; the tiny
+    models were loaded ~600 times a run). A test of loading itself calls `load_model`."""
+    from textinv.models import load_model
+
+    key = str(folder)
+    if key not in _LOADED:
+        _LOADED[key] = load_model(folder)
+    return copy.deepcopy(_LOADED[key])
 
 
 def recorded_results(monkeypatch, module, name: str) -> list:
@@ -154,9 +170,8 @@ def cache_snapshot(cache, repo: str):
 
 def each_concept_alone(model_dir, tmp_path, concepts: list[str], **settings):
     """Each of `concepts` ("FOLDER=TOKEN=INIT") learned in a run of its own, at the seed a joint run of them gives
-    it (`train.concept_seed`), on a fresh load of the model: the embeddings a joint run's must equal."""
+    it (`train.concept_seed`), on a fresh copy of the model (`fresh_model`): the embeddings a joint run's must equal."""
     from textinv.config import TrainConfig
-    from textinv.models import load_model
     from textinv.train import concept_seed, train
 
     alone = []
@@ -164,7 +179,7 @@ def each_concept_alone(model_dir, tmp_path, concepts: list[str], **settings):
         folder, token, init = concept.split("=")
         config = TrainConfig(images=folder, token=token, init=init, out=str(tmp_path / f"alone-{k}"),
                              **{**settings, "seed": concept_seed(settings.get("seed", 0), k)})
-        alone.append(train(config, model=load_model(model_dir), progress=False).embedding)
+        alone.append(train(config, model=fresh_model(model_dir), progress=False).embedding)
     return alone
 
 

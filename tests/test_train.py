@@ -13,7 +13,7 @@ from textinv import run_folder
 from textinv import train as train_module
 from textinv.run_folder import read_loss_log
 from textinv.train import TrainingInterrupted, train
-from conftest import recorded_caption_banks, recorded_results, train_config
+from conftest import fresh_model, recorded_caption_banks, recorded_results, train_config
 
 
 config = train_config  # (a short run's settings, `kw` over them)
@@ -25,9 +25,24 @@ def frozen_state(model):
             if "token_embedding.rows" not in k}
 
 
+def test_a_fresh_model_shares_nothing_with_the_next_one(sd1_dir, images, tmp_path):
+    """`fresh_model` copies one load per session: what a test does to its copy (train on it, change a weight, a
+    token added) is not in the next test's copy, which equals a load of its own."""
+    model = fresh_model(sd1_dir)
+    train(config(images, tmp_path / "out", steps=1), model=model, progress=False)
+    model.tokenizer.add_tokens(["<left-behind>"])
+    with torch.no_grad():
+        model.unet.conv_in.weight.zero_()
+    again, loaded = fresh_model(sd1_dir), load_model(sd1_dir)
+    assert len(again.tokenizer) == len(loaded.tokenizer) and "<left-behind>" not in again.tokenizer.get_vocab()
+    for part in ("unet", "vae", "text_encoder"):
+        got, want = getattr(again, part).state_dict(), getattr(loaded, part).state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), part
+
+
 @pytest.mark.parametrize("family_dir", ["sd1_dir", "sd2_dir"])
 def test_only_new_rows_change_and_frozen_weights_are_bit_identical(family_dir, request, images, tmp_path):
-    model = load_model(request.getfixturevalue(family_dir))
+    model = fresh_model(request.getfixturevalue(family_dir))
     before = frozen_state(model)
     table_before = base_embedding(model.text_encoder).weight.detach().clone()
     init_row = table_before[model.tokenizer("dog", add_special_tokens=False).input_ids[0]].clone()
@@ -45,7 +60,7 @@ def test_only_new_rows_change_and_frozen_weights_are_bit_identical(family_dir, r
 
 
 def test_v_prediction_model_trains_on_velocity(sd2_dir, images, tmp_path, monkeypatch):
-    model = load_model(sd2_dir)
+    model = fresh_model(sd2_dir)
     assert model.prediction_type == "v_prediction"
     seen = []
     real = model.noise_scheduler
@@ -63,7 +78,7 @@ def test_v_prediction_model_trains_on_velocity(sd2_dir, images, tmp_path, monkey
 
 def test_outputs_written_and_embedding_file_is_diffusers_layout(sd1_dir, images, tmp_path):
     out = tmp_path / "out"
-    train(config(images, out, steps=4, save_every=2, sample_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4, save_every=2, sample_every=2), model=fresh_model(sd1_dir), progress=False)
     raw = load_file(out / "learned_embeds.safetensors")
     assert list(raw) == ["<zq>"] and raw["<zq>"].shape == (1, 32)
     emb = load_embedding(out / "learned_embeds.safetensors")
@@ -78,7 +93,7 @@ def test_outputs_written_and_embedding_file_is_diffusers_layout(sd1_dir, images,
 @pytest.mark.parametrize("fmt, name", [("a1111", "zq.pt"), ("kohya", "zq.safetensors")])
 def test_other_save_formats(fmt, name, sd1_dir, images, tmp_path):
     out = tmp_path / "out"
-    result = train(config(images, out, steps=2, format=fmt), model=load_model(sd1_dir), progress=False)
+    result = train(config(images, out, steps=2, format=fmt), model=fresh_model(sd1_dir), progress=False)
     loaded = load_embedding(out / name)
     assert loaded.token == "<zq>"
     assert torch.equal(loaded.vectors["text_encoder"], result.embedding.vectors["text_encoder"])
@@ -103,7 +118,7 @@ def fixed_batch_loss(model, images, prompt, n=64, seed=123):
 def test_loss_goes_down_on_a_tiny_learnable_target(sd1_dir, images, tmp_path):
     from textinv.generate import install_embedding
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     result = train(config(images, tmp_path / "out", steps=150, batch=4, lr=5e-2, log_every=50, vectors=2),
                    model=model, progress=False)
     install_embedding(model, result.embedding)  # (the model came back without the token)
@@ -120,21 +135,21 @@ def test_loss_goes_down_on_a_tiny_learnable_target(sd1_dir, images, tmp_path):
 @pytest.mark.parametrize("noise_offset", [0.0, 0.1])
 def test_resume_equals_uninterrupted_run_bit_for_bit(noise_offset, sd1_dir, images, tmp_path):
     straight = train(config(images, tmp_path / "a", steps=8, save_every=4, noise_offset=noise_offset),
-                     model=load_model(sd1_dir), progress=False)
+                     model=fresh_model(sd1_dir), progress=False)
     first = train(config(images, tmp_path / "b", steps=4, save_every=4, noise_offset=noise_offset),
-                  model=load_model(sd1_dir), progress=False)
+                  model=fresh_model(sd1_dir), progress=False)
     assert not torch.equal(first.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     resumed = train(config(images, tmp_path / "b", steps=8, save_every=4, resume=True, noise_offset=noise_offset),
-                    model=load_model(sd1_dir), progress=False)
+                    model=fresh_model(sd1_dir), progress=False)
     assert resumed.steps == 8
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses == straight.losses
 
 
 def test_resume_with_changed_settings_is_refused(sd1_dir, images, tmp_path):
-    train(config(images, tmp_path / "b", steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "b", steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     with pytest.raises(ConfigError, match="lr"):
-        train(config(images, tmp_path / "b", steps=4, lr=1e-3, resume=True), model=load_model(sd1_dir),
+        train(config(images, tmp_path / "b", steps=4, lr=1e-3, resume=True), model=fresh_model(sd1_dir),
               progress=False)
 
 
@@ -143,8 +158,8 @@ def test_existing_output_folder_is_not_overwritten_silently(sd1_dir, images, tmp
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError, match="--resume .* --overwrite"):
-        train(config(images, out), model=load_model(sd1_dir), progress=False)
-    train(config(images, out, steps=2, overwrite=True), model=load_model(sd1_dir), progress=False)
+        train(config(images, out), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, overwrite=True), model=fresh_model(sd1_dir), progress=False)
     assert (out / "keep.txt").read_text() == "mine"  # --overwrite removes only what a run writes
     assert (out / "learned_embeds.safetensors").exists()
 
@@ -156,7 +171,7 @@ def test_a_folder_holding_only_what_a_file_browser_leaves_is_an_empty_one(sd1_di
     out.mkdir()
     for name in (".DS_Store", "._.DS_Store", "desktop.ini", "Thumbs.db"):
         (out / name).write_bytes(b"\0")
-    train(config(images, out, steps=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2), model=fresh_model(sd1_dir), progress=False)
     assert (out / "learned_embeds.safetensors").is_file() and (out / ".DS_Store").read_bytes() == b"\0"
 
 
@@ -164,16 +179,16 @@ def test_overwrite_keeps_the_old_run_until_the_inputs_load_and_deletes_only_its_
     """A run that fails on its inputs leaves the folder as it was; a good one replaces the old run's files and
     keeps the user's own: a model file, another embedding, notes."""
     out = tmp_path / "out"
-    train(config(images, out, steps=2, format="a1111"), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, format="a1111"), model=fresh_model(sd1_dir), progress=False)
     old = (out / "zq.pt").read_bytes()
     mine = {"model.safetensors": b"weights", "other-lora.pt": b"lora", "notes.md": b"notes",
             "learned_embeds-backup.safetensors": b"an older run the user kept"}
     for name, data in mine.items():
         (out / name).write_bytes(data)
     with pytest.raises(DataError, match="goood"):
-        train(config(tmp_path / "goood", out, steps=2, overwrite=True), model=load_model(sd1_dir), progress=False)
+        train(config(tmp_path / "goood", out, steps=2, overwrite=True), model=fresh_model(sd1_dir), progress=False)
     assert (out / "zq.pt").read_bytes() == old and (out / "config.yaml").exists()
-    train(config(images, out, steps=2, overwrite=True), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, overwrite=True), model=fresh_model(sd1_dir), progress=False)
     assert not (out / "zq.pt").exists() and (out / "learned_embeds.safetensors").exists()  # the old run is gone
     assert {name: (out / name).read_bytes() for name in mine} == mine
 
@@ -243,12 +258,12 @@ def test_a_folder_whose_names_came_back_in_another_unicode_form_resumes_the_same
     decomposed = named(write_images(tmp_path / "nfd", n=3, seed=4), "NFD")
     assert sorted(p.name for p in composed.iterdir()) != [unicodedata.normalize("NFC", p.name)
                                                           for p in sorted(decomposed.iterdir())]
-    straight = train(config(composed, tmp_path / "a", steps=4, save_every=2, batch=1), model=load_model(sd1_dir),
+    straight = train(config(composed, tmp_path / "a", steps=4, save_every=2, batch=1), model=fresh_model(sd1_dir),
                      progress=False)
-    train(config(composed, tmp_path / "b", steps=2, save_every=2, batch=1), model=load_model(sd1_dir),
+    train(config(composed, tmp_path / "b", steps=2, save_every=2, batch=1), model=fresh_model(sd1_dir),
           progress=False)
     resumed = train(config(decomposed, tmp_path / "b", steps=4, save_every=2, batch=1, resume=True),
-                    model=load_model(sd1_dir), progress=False)
+                    model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses == straight.losses
 
@@ -356,7 +371,7 @@ def test_noise_offset_noise_is_what_the_latents_are_noised_with_and_the_velocity
     for x in (0.0, 0.5):
         seen.clear()
         train(config(pictures, tmp_path / f"o{x}", steps=1, batch=3, buckets=True, noise_offset=x),
-              model=load_model(sd2_dir), progress=False)
+              model=fresh_model(sd2_dir), progress=False)
         assert [kind for kind, _ in seen] == ["add", "v"] * (len(seen) // 2) and len(seen) >= 4  # (several shapes)
         assert all(torch.equal(a, v) for (_, a), (_, v) in zip(seen[::2], seen[1::2]))
         runs[x] = [noise for kind, noise in seen if kind == "add"]
@@ -412,7 +427,7 @@ def test_resume_with_another_number_of_processes_is_refused(sd1_dir, images, tmp
     """Each process draws its slice of a global batch of --batch x processes: resuming a 2-process run in one
     process would silently halve the batch of every remaining step."""
     out = tmp_path / "o"
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     path = out / "checkpoints" / "step-000002.pt"
     state = torch.load(path, weights_only=True)
     assert state["processes"] == 1
@@ -431,14 +446,14 @@ def test_out_that_cannot_be_made_fails_before_the_model_loads(images, tmp_path):
 def test_resume_from_another_directory_and_another_spelling_of_the_folder(sd1_dir, images, tmp_path, monkeypatch):
     """Relative --images and --out, then resumed from elsewhere with the folder written absolute with a slash:
     the same run (the saved paths are absolute)."""
-    straight = train(config(images, tmp_path / "a", steps=4, save_every=2), model=load_model(sd1_dir),
+    straight = train(config(images, tmp_path / "a", steps=4, save_every=2), model=fresh_model(sd1_dir),
                      progress=False)
     monkeypatch.chdir(images.parent)
-    train(config(images.name, "b", steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images.name, "b", steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     resumed = train(config(f"../{images.name}", str(images.parent / "b") + "/", steps=4, save_every=2, resume=True),
-                    model=load_model(sd1_dir), progress=False)
+                    model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
 
 
@@ -449,7 +464,7 @@ def test_sigterm_saves_like_ctrl_c(sd1_dir, images, tmp_path):
     out = tmp_path / "b"
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as info:
-        train(config(images, out, steps=6), model=load_model(sd1_dir), progress=False,
+        train(config(images, out, steps=6), model=fresh_model(sd1_dir), progress=False,
               on_step=lambda step: step == 2 and os.kill(os.getpid(), signal.SIGTERM))
     assert info.value.step == 2 and info.value.signum == signal.SIGTERM  # (the command exits 143)
     assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "2"
@@ -468,7 +483,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_vectors(sd1_dir, images, tmp_
     monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match="non-finite.*--lr"):
-        train(config(images, out, steps=10, log_every=2), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=10, log_every=2), model=fresh_model(sd1_dir), progress=False)
     saved = load_embedding(out / "learned_embeds.safetensors")
     assert torch.isfinite(saved.vectors["text_encoder"]).all()
     logged = read_loss_log(out / "loss.csv")  # the curve up to the last finite interval, to see where it went
@@ -478,21 +493,21 @@ def test_non_finite_loss_stops_and_keeps_last_good_vectors(sd1_dir, images, tmp_
 def test_ctrl_c_saves_current_vectors_and_resume_finishes_the_run(sd1_dir, images, tmp_path, monkeypatch):
     from conftest import interrupt_loss_at
 
-    straight = train(config(images, tmp_path / "a", steps=6), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a", steps=6), model=fresh_model(sd1_dir), progress=False)
     undo = interrupt_loss_at(monkeypatch, 4)
     out = tmp_path / "b"
     with pytest.raises(TrainingInterrupted) as info:
-        train(config(images, out, steps=6), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=6), model=fresh_model(sd1_dir), progress=False)
     assert info.value.step == 3
     assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "3"
     undo()
-    resumed = train(config(images, out, steps=6, resume=True), model=load_model(sd1_dir), progress=False)
+    resumed = train(config(images, out, steps=6, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
 
 
 def test_min_snr_weighting_changes_the_loss(sd1_dir, images, tmp_path):
-    plain = train(config(images, tmp_path / "a", steps=2), model=load_model(sd1_dir), progress=False)
-    snr = train(config(images, tmp_path / "b", steps=2, min_snr_gamma=1.0), model=load_model(sd1_dir),
+    plain = train(config(images, tmp_path / "a", steps=2), model=fresh_model(sd1_dir), progress=False)
+    snr = train(config(images, tmp_path / "b", steps=2, min_snr_gamma=1.0), model=fresh_model(sd1_dir),
                 progress=False)
     assert plain.losses != snr.losses
 
@@ -505,12 +520,12 @@ def test_timesteps_are_drawn_only_from_the_given_range(sd1_dir, images, tmp_path
         return real(model, scheduler, latents, noise, timesteps, *a, **k)
 
     monkeypatch.setattr(train_module, "diffusion_loss", recording)
-    train(config(images, tmp_path / "a", min_timestep=300, max_timestep=310), model=load_model(sd1_dir),
+    train(config(images, tmp_path / "a", min_timestep=300, max_timestep=310), model=fresh_model(sd1_dir),
           progress=False)
     drawn = torch.cat(seen)
     assert len(drawn) == 12 and drawn.min() >= 300 and drawn.max() < 310 and len(drawn.unique()) > 1
     with pytest.raises(ConfigError, match="do not fit the model's 1000 timesteps"):
-        train(config(images, tmp_path / "b", max_timestep=1001), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "b", max_timestep=1001), model=fresh_model(sd1_dir), progress=False)
     for bad in (dict(min_timestep=-1), dict(min_timestep=500, max_timestep=500)):
         with pytest.raises(ConfigError, match="timestep must be a whole number"):
             config(images, tmp_path / "c", **bad).validate()
@@ -536,7 +551,7 @@ def test_loss_weights_cap_the_clean_latent_weight_at_gamma():
 
 def test_grad_accumulation_and_clipping_run(sd1_dir, images, tmp_path):
     result = train(config(images, tmp_path / "a", steps=2, grad_accum=2, max_grad_norm=1e-6, lr_schedule="cosine",
-                          warmup_steps=1), model=load_model(sd1_dir), progress=False)
+                          warmup_steps=1), model=fresh_model(sd1_dir), progress=False)
     assert result.steps == 2
 
 
@@ -555,16 +570,16 @@ def test_bad_settings_fail_before_loading_anything(tmp_path, images):
 def test_a_caption_whose_token_falls_past_the_text_window_is_refused(sd1_dir, images, tmp_path):
     # 75 vectors after "a photo of the cool": the last ones would lie past the 77-token window, never trained
     with pytest.raises(ConfigError, match="cuts the token's 75 vector"):
-        train(config(images, tmp_path / "a", vectors=75, steps=1), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "a", vectors=75, steps=1), model=fresh_model(sd1_dir), progress=False)
     # a caption file that writes the token at the end of 100 words loses it: refused, naming the caption
     first = sorted(images.glob("*.png"))[0]
     first.with_suffix(".txt").write_text("word " * 100 + "{}")
     with pytest.raises(ConfigError, match="training caption 'word word"):
-        train(config(images, tmp_path / "b", steps=1), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "b", steps=1), model=fresh_model(sd1_dir), progress=False)
     # a long caption with its token early is only cut at the end, as everywhere: it trains, even when the end it
     # loses names the token again
     first.with_suffix(".txt").write_text("{} " + "word " * 100 + "{}")
-    assert train(config(images, tmp_path / "c", steps=1), model=load_model(sd1_dir), progress=False).steps == 1
+    assert train(config(images, tmp_path / "c", steps=1), model=fresh_model(sd1_dir), progress=False).steps == 1
 
 
 def test_checkpoints_are_ordered_by_step_past_six_digits(tmp_path):
@@ -580,7 +595,7 @@ def test_checkpoints_are_ordered_by_step_past_six_digits(tmp_path):
 def test_half_precision_loss_curve_matches_fp32(precision, sd1_dir, images, tmp_path):
     """Frozen weights in bf16/fp16 (vectors stay fp32, fp16 with loss scaling) track the fp32 run."""
     kw = dict(steps=6, log_every=2)
-    ref = train(config(images, tmp_path / "a", **kw), model=load_model(sd1_dir), progress=False)
+    ref = train(config(images, tmp_path / "a", **kw), model=fresh_model(sd1_dir), progress=False)
     half = train(config(images, tmp_path / "b", precision=precision, **kw), progress=False,
                  model=load_model(sd1_dir, dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[precision])))
     assert half.embedding.vectors["text_encoder"].dtype == torch.float32
@@ -597,7 +612,7 @@ def test_several_concepts_in_one_run_each_equal_to_its_own_run(noise_offset, sd1
     common = dict(steps=4, batch=2, save_every=0, sample_every=0, log_every=2, lr=5e-2, max_grad_norm=0.05,
                   noise_offset=noise_offset)
     joint = train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", {"images": str(cats), "token": "<jc>", "init": "cat"}],
-                              out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir), progress=False)
+                              out=str(tmp_path / "joint"), **common), model=fresh_model(sd1_dir), progress=False)
     assert [e.token for e in joint.embeddings] == ["<jd>", "<jc>"]
     for mine, alone in zip(joint.embeddings, each_concept_alone(sd1_dir, tmp_path, [f"{dogs}=<jd>=dog",
                                                                                  f"{cats}=<jc>=cat"], **common)):
@@ -616,11 +631,11 @@ def test_an_interrupted_run_of_several_concepts_resumes_to_the_uninterrupted_one
     one, four = write_images(tmp_path / "one", n=1, seed=1), write_images(tmp_path / "four", seed=2)
     run = dict(concepts=[f"{one}=<jd>=dog", f"{four}=<jc>=cat"], steps=6, batch=3, save_every=4, sample_every=0,
                log_every=4, lr=5e-2)
-    straight = train(TrainConfig(out=str(tmp_path / "a"), **run), model=load_model(sd1_dir), progress=False)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **run), model=fresh_model(sd1_dir), progress=False)
     with pytest.raises(TrainingInterrupted):
-        train(TrainConfig(out=str(tmp_path / "b"), **run), model=load_model(sd1_dir), progress=False,
+        train(TrainConfig(out=str(tmp_path / "b"), **run), model=fresh_model(sd1_dir), progress=False,
               on_step=lambda step: step == 3 and os.kill(os.getpid(), signal.SIGTERM))
-    resumed = train(TrainConfig(out=str(tmp_path / "b"), resume=True, **run), model=load_model(sd1_dir),
+    resumed = train(TrainConfig(out=str(tmp_path / "b"), resume=True, **run), model=fresh_model(sd1_dir),
                     progress=False)
     for mine, theirs in zip(resumed.embeddings, straight.embeddings, strict=True):
         assert torch.equal(mine.vectors["text_encoder"], theirs.vectors["text_encoder"]), mine.token
@@ -651,7 +666,7 @@ def test_a_diverging_concept_of_several_is_named(sd1_dir, tmp_path, monkeypatch)
     one, two = write_images(tmp_path / "one", n=2, seed=1), write_images(tmp_path / "two", n=2, seed=2)
     with pytest.raises(TrainingError, match=r"the loss \(<jc>'s\) became non-finite"):
         train(TrainConfig(concepts=[f"{one}=<jd>=dog", f"{two}=<jc>=cat"], steps=2, batch=2, save_every=0,
-                          sample_every=0, log_every=1, out=str(tmp_path / "o")), model=load_model(sd1_dir),
+                          sample_every=0, log_every=1, out=str(tmp_path / "o")), model=fresh_model(sd1_dir),
               progress=False)
 
 
@@ -689,7 +704,7 @@ def test_speed_levers_compute_what_the_plain_path_computes(levers, sd1_dir):
     gradient it sends back to the text conditioning match the plain UNet's to float rounding."""
     from textinv.speed import _unet_and_input_gradient, speed_up_unet, unet_example
 
-    plain, fast = load_model(sd1_dir), load_model(sd1_dir)
+    plain, fast = fresh_model(sd1_dir), fresh_model(sd1_dir)
     speed_up_unet(fast.unet, **levers)
     if levers.get("channels_last"):
         assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
@@ -706,7 +721,7 @@ def test_compile_check_uncompiles_a_unet_whose_gradients_are_wrong(sd1_dir):
     warning; a faithful one is kept."""
     from textinv.speed import check_compiled_unet, unet_example
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     block = model.unet.up_blocks[0]
     example = unet_example(model, 2, (4, 8, 8))
     faithful = block._call_impl
@@ -745,7 +760,7 @@ def test_the_compile_check_runs_the_graph_that_training_runs(sample_every, sd1_d
     against positions, another memory layout), dynamo's guards fail at the first step and the whole UNet compiles a
     second time (minutes of a GPU lease at SD size), and the graph that was checked is not the one that trains. The
     sample grids (no gradient, another batch) run it uncompiled, or they would compile it again."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     cfg = config(images, tmp_path / "run", steps=3, compile="unet", sample_every=sample_every, sample_steps=2)
     assert graphs_compiled(monkeypatch, model, cfg) == 1  # compiled once, by the check; the steps ran that graph
     assert model.unet._compiled_call_impl is not None  # (compiled again after each grid)
@@ -761,10 +776,10 @@ def test_compiled_runs_track_the_plain_run(levers, sd1_dir, images, tmp_path):
     import warnings
 
     kw = dict(steps=4, log_every=1)
-    plain = train(config(images, tmp_path / "a", **kw), model=load_model(sd1_dir), progress=False)
+    plain = train(config(images, tmp_path / "a", **kw), model=fresh_model(sd1_dir), progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        fast = train(config(images, tmp_path / "b", **levers, **kw), model=load_model(sd1_dir), progress=False)
+        fast = train(config(images, tmp_path / "b", **levers, **kw), model=fresh_model(sd1_dir), progress=False)
     for (s1, l1), (s2, l2) in zip(plain.losses, fast.losses, strict=True):
         assert s1 == s2 and abs(l1 - l2) <= 1e-3 * l1, (plain.losses, fast.losses)
 
@@ -775,7 +790,7 @@ def test_a_signal_that_lands_inside_a_step_stops_the_run_between_steps(sd1_dir, 
     import os
     import signal
 
-    straight = train(config(images, tmp_path / "a", steps=6), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a", steps=6), model=fresh_model(sd1_dir), progress=False)
     real, calls = torch.amp.GradScaler.update, []
 
     def update_then_signal(self, *a, **k):
@@ -788,10 +803,10 @@ def test_a_signal_that_lands_inside_a_step_stops_the_run_between_steps(sd1_dir, 
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "b"
     with pytest.raises(TrainingInterrupted) as info:
-        train(config(images, out, steps=6), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=6), model=fresh_model(sd1_dir), progress=False)
     assert info.value.step == 3 and signal.getsignal(signal.SIGINT) == before
     monkeypatch.setattr(torch.amp.GradScaler, "update", real)
-    resumed = train(config(images, out, steps=6, resume=True), model=load_model(sd1_dir), progress=False)
+    resumed = train(config(images, out, steps=6, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
 
 
@@ -801,13 +816,13 @@ def test_a_resumed_loss_log_is_the_uninterrupted_runs(sd1_dir, images, tmp_path)
     import os
     import signal
 
-    straight = train(config(images, tmp_path / "a", steps=8, log_every=3), model=load_model(sd1_dir),
+    straight = train(config(images, tmp_path / "a", steps=8, log_every=3), model=fresh_model(sd1_dir),
                      progress=False)
     out = tmp_path / "b"
     with pytest.raises(TrainingInterrupted):
-        train(config(images, out, steps=8, log_every=3), model=load_model(sd1_dir), progress=False,
+        train(config(images, out, steps=8, log_every=3), model=fresh_model(sd1_dir), progress=False,
               on_step=lambda step: step == 4 and os.kill(os.getpid(), signal.SIGTERM))
-    resumed = train(config(images, out, steps=8, log_every=3, resume=True), model=load_model(sd1_dir),
+    resumed = train(config(images, out, steps=8, log_every=3, resume=True), model=fresh_model(sd1_dir),
                     progress=False)
     assert resumed.losses == straight.losses and [s for s, _ in resumed.losses] == [3, 6, 8]
     assert read_loss_log(out / "loss.csv") == read_loss_log(tmp_path / "a" / "loss.csv")
@@ -815,9 +830,9 @@ def test_a_resumed_loss_log_is_the_uninterrupted_runs(sd1_dir, images, tmp_path)
 
 def test_resume_with_fewer_steps_than_done_is_refused(sd1_dir, images, tmp_path):
     out = tmp_path / "b"
-    train(config(images, out, steps=4), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4), model=fresh_model(sd1_dir), progress=False)
     with pytest.raises(ConfigError, match="at step 4 with --steps 2.*--steps 4 or more"):
-        train(config(images, out, steps=2, resume=True), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=2, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert "steps: 4" in (out / "config.yaml").read_text()  # the record still says what made the file
 
 
@@ -847,7 +862,7 @@ def test_a_run_with_a_relative_model_and_concepts_resumes_from_anywhere(sd1_dir,
 def test_clip_skip_reads_an_earlier_layer_in_training_and_is_recorded_in_the_file(sd1_dir, images, tmp_path):
     from textinv.models import check_clip_skip, encode_text
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     ids = model.tokenizer(["a photo of a dog"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     te = model.text_encoder
     norm = getattr(te, "final_layer_norm", None) or te.text_model.final_layer_norm  # (transformers 5, 4)
@@ -857,8 +872,8 @@ def test_clip_skip_reads_an_earlier_layer_in_training_and_is_recorded_in_the_fil
     assert not torch.allclose(penultimate, te(ids)[0])
     with pytest.raises(ConfigError, match="more than the 2 layers"):
         check_clip_skip(model, 3)
-    plain = train(config(images, tmp_path / "a"), model=load_model(sd1_dir), progress=False)
-    skipped = train(config(images, tmp_path / "b", clip_skip=2), model=load_model(sd1_dir), progress=False)
+    plain = train(config(images, tmp_path / "a"), model=fresh_model(sd1_dir), progress=False)
+    skipped = train(config(images, tmp_path / "b", clip_skip=2), model=fresh_model(sd1_dir), progress=False)
     assert plain.losses != skipped.losses
     assert (plain.embedding.metadata["clip_skip"], skipped.embedding.metadata["clip_skip"]) == ("1", "2")
     assert load_embedding(tmp_path / "b" / "learned_embeds.safetensors").metadata["clip_skip"] == "2"
@@ -868,7 +883,7 @@ def test_clip_skip_reads_an_earlier_layer_in_training_and_is_recorded_in_the_fil
 
 def test_a1111_stepped_learning_rate_changes_the_rate_at_its_steps_and_resumes(sd1_dir, images, tmp_path):
     def vectors(out, **kw):
-        result = train(config(images, tmp_path / out, **kw), model=load_model(sd1_dir), progress=False)
+        result = train(config(images, tmp_path / out, **kw), model=fresh_model(sd1_dir), progress=False)
         return result.embedding.vectors["text_encoder"]
 
     stepped = vectors("a", lr=5e-3, lr_steps="0.05:3, 1e-9")  # 6 steps: three at 0.05, then (almost) none
@@ -903,18 +918,18 @@ def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
     start = torch.randn(2, 32)
     path = save_embedding(LearnedEmbedding("<old>", {"text_encoder": start}), tmp_path / "old.pt", "a1111")[0]
     result = train(config(images, tmp_path / "a", vectors=2, init=None, init_embedding=str(path), lr=1e-9, steps=1),
-                   model=load_model(sd1_dir), progress=False)
+                   model=fresh_model(sd1_dir), progress=False)
     assert torch.allclose(result.embedding.vectors["text_encoder"], start, atol=1e-5)  # (one step at a rate of ~0)
     assert result.embedding.metadata["init"] == f"embedding {path.name}"  # (not where it lies)
     moved = train(config(images, tmp_path / "b", vectors=2, init=None, init_embedding=str(path)),
-                  model=load_model(sd1_dir), progress=False).embedding.vectors["text_encoder"]
+                  model=fresh_model(sd1_dir), progress=False).embedding.vectors["text_encoder"]
     assert not torch.allclose(moved, start, atol=1e-3)  # and it learns from there
     with pytest.raises(ConfigError, match="has 2 vector\\(s\\) per encoder; pass --vectors 2"):
-        train(config(images, tmp_path / "c", init=None, init_embedding=str(path)), model=load_model(sd1_dir),
+        train(config(images, tmp_path / "c", init=None, init_embedding=str(path)), model=fresh_model(sd1_dir),
               progress=False)
     wide = save_embedding(LearnedEmbedding("<w>", {"text_encoder": torch.randn(1, 1024)}), tmp_path / "w.pt", "a1111")[0]
     with pytest.raises(FormatError, match="has width 1024"):
-        train(config(images, tmp_path / "d", init=None, init_embedding=str(wide)), model=load_model(sd1_dir),
+        train(config(images, tmp_path / "d", init=None, init_embedding=str(wide)), model=fresh_model(sd1_dir),
               progress=False)
     long = save_embedding(LearnedEmbedding("<l>", {"text_encoder": torch.randn(76, 32)}), tmp_path / "l.pt", "a1111")[0]
     with pytest.raises(ConfigError, match=r"has 76 vectors per encoder, more than a 77-token prompt holds"):
@@ -933,7 +948,7 @@ def test_a_result_can_be_refined_in_place_with_overwrite(sd1_dir, images, tmp_pa
     it), and replaced by the refined result, which equals a refinement elsewhere."""
     import shutil
 
-    first = train(config(images, tmp_path / "a", steps=3, save_every=0), model=load_model(sd1_dir), progress=False)
+    first = train(config(images, tmp_path / "a", steps=3, save_every=0), model=fresh_model(sd1_dir), progress=False)
     learned = tmp_path / "a" / "learned_embeds.safetensors"
     shutil.copy(learned, tmp_path / "copy.safetensors")
     refine = dict(init=None, steps=4, save_every=2)
@@ -943,12 +958,12 @@ def test_a_result_can_be_refined_in_place_with_overwrite(sd1_dir, images, tmp_pa
 
     with pytest.raises(RuntimeError, match="went down"):
         train(config(images, tmp_path / "a", init_embedding=str(learned), overwrite=True, **refine),
-              model=load_model(sd1_dir), progress=False, on_step=crash)
+              model=fresh_model(sd1_dir), progress=False, on_step=crash)
     assert learned.exists()
     again = train(config(images, tmp_path / "a", init_embedding=str(learned), overwrite=True, **refine),
-                  model=load_model(sd1_dir), progress=False)
+                  model=fresh_model(sd1_dir), progress=False)
     elsewhere = train(config(images, tmp_path / "b", init_embedding=str(tmp_path / "copy.safetensors"), **refine),
-                      model=load_model(sd1_dir), progress=False)
+                      model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(again.embedding.vectors["text_encoder"], elsewhere.embedding.vectors["text_encoder"])
     assert not torch.equal(again.embedding.vectors["text_encoder"], first.embedding.vectors["text_encoder"])
     assert torch.equal(load_embedding(learned).vectors["text_encoder"], again.embedding.vectors["text_encoder"])
@@ -960,16 +975,16 @@ def test_a_run_started_from_an_embedding_file_resumes_without_it(sd1_dir, images
     path = save_embedding(LearnedEmbedding("<old>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "old.pt",
                           "a1111")[0]
     settings = dict(vectors=2, init=None, init_embedding=str(path))
-    straight = train(config(images, tmp_path / "a", **settings), model=load_model(sd1_dir), progress=False)
-    train(config(images, tmp_path / "b", steps=3, save_every=3, **settings), model=load_model(sd1_dir),
+    straight = train(config(images, tmp_path / "a", **settings), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "b", steps=3, save_every=3, **settings), model=fresh_model(sd1_dir),
           progress=False)
     path.unlink()  # the checkpoint holds the vectors now
-    resumed = train(config(images, tmp_path / "b", resume=True, **settings), model=load_model(sd1_dir),
+    resumed = train(config(images, tmp_path / "b", resume=True, **settings), model=fresh_model(sd1_dir),
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.embedding.metadata["init"] == f"embedding {path.name}"  # (not where it lies)
     with pytest.raises(FormatError, match="^--init-embedding: "):  # a fresh run needs it, and says which flag
-        train(config(images, tmp_path / "c", **settings), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "c", **settings), model=fresh_model(sd1_dir), progress=False)
 
 
 def cut_out(images, folder, keep=lambda a: a):
@@ -1020,7 +1035,7 @@ def test_alpha_mask_weighs_each_drawn_picture_by_its_own_alpha(sd1_dir, images, 
         path.with_suffix(".txt").write_text(f"{{}} number {i}")  # the caption tells which picture a sample is
     real, drawn = train_module._draw, []
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
 
     def recording(c, *args, **kwargs):
         part = real(c, *args, **kwargs)
@@ -1040,14 +1055,14 @@ def test_alpha_mask_weighs_each_drawn_picture_by_its_own_alpha(sd1_dir, images, 
         mirrored += torch.equal(weight, known[i + 4])
     assert 0 < mirrored < 16  # plain and mirrored pictures both drawn, the mirror with mirrored weights
     monkeypatch.undo()
-    plain = train(config(cut, tmp_path / "b", steps=8), model=load_model(sd1_dir), progress=False)
+    plain = train(config(cut, tmp_path / "b", steps=8), model=fresh_model(sd1_dir), progress=False)
     assert not torch.allclose(masked.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
     assert "alpha_mask: true" in (tmp_path / "a" / "config.yaml").read_text()
 
 
 def test_alpha_mask_on_opaque_pictures_learns_what_a_plain_run_learns(sd1_dir, images, tmp_path):
     opaque = cut_out(images, tmp_path / "opaque", keep=lambda a: a * 0 + 255)
-    runs = [train(config(opaque, tmp_path / name, alpha_mask=mask), model=load_model(sd1_dir), progress=False)
+    runs = [train(config(opaque, tmp_path / name, alpha_mask=mask), model=fresh_model(sd1_dir), progress=False)
             for name, mask in (("a", True), ("b", False))]
     torch.testing.assert_close(runs[0].embedding.vectors["text_encoder"], runs[1].embedding.vectors["text_encoder"],
                                rtol=1e-5, atol=1e-6)
@@ -1058,16 +1073,16 @@ def test_shuffled_tags_reach_the_training_prompts_and_resume_exactly(sd1_dir, im
         path.with_suffix(".txt").write_text(f"{{}}, red square, dark background, picture {i}, small")
     banks = recorded_caption_banks(monkeypatch)
     shuffled = train(config(images, tmp_path / "a", shuffle_tags=True, tag_dropout=0.3, keep_tags=1),
-                     model=load_model(sd1_dir), progress=False)
+                     model=fresh_model(sd1_dir), progress=False)
     texts = banks[-1].texts
     assert len(texts) == 4 * 256 and all(t.split(",")[0] == "<zq>" for t in texts)  # the kept first tag
     assert len(set(texts)) > 150 and any("small" not in t for t in texts)  # of 4 x 65 possible
-    plain = train(config(images, tmp_path / "b"), model=load_model(sd1_dir), progress=False)
+    plain = train(config(images, tmp_path / "b"), model=fresh_model(sd1_dir), progress=False)
     assert len(banks[-1].texts) == 4
     assert not torch.equal(shuffled.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
     tags = dict(shuffle_tags=True, tag_dropout=0.3, keep_tags=1, save_every=3)  # the bank is rebuilt the same
-    train(config(images, tmp_path / "c", steps=3, **tags), model=load_model(sd1_dir), progress=False)
-    resumed = train(config(images, tmp_path / "c", resume=True, **tags), model=load_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "c", steps=3, **tags), model=fresh_model(sd1_dir), progress=False)
+    resumed = train(config(images, tmp_path / "c", resume=True, **tags), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], shuffled.embedding.vectors["text_encoder"])
     with pytest.raises(ConfigError, match="--tag-dropout is a chance in"):
         config(images, tmp_path / "d", tag_dropout=1.0).validate()
@@ -1122,17 +1137,17 @@ def test_a_dropped_caption_trains_on_the_empty_prompt_and_resumes_exactly(sd1_di
     picks = recorded_results(monkeypatch, train_module.CaptionBank, "pick")
     banks = recorded_caption_banks(monkeypatch)
     every = train(config(images, tmp_path / "a", caption_dropout_every=2, caption_prefix="art,"),
-                  model=load_model(sd1_dir), progress=False)
+                  model=fresh_model(sd1_dir), progress=False)
     empty = banks[-1].empty[0]
     assert banks[-1].texts[-1] != "" and (empty[0] == empty[0, -1]).sum() >= 75  # (start, end and padding)
     rows = torch.cat([ids[0] for ids in picks])  # (12, 77)
     assert [bool((row == empty[0]).all()) for row in rows] == [False] * 4 + [True] * 4 + [False] * 4
-    plain = train(config(images, tmp_path / "b", caption_prefix="art,"), model=load_model(sd1_dir), progress=False)
+    plain = train(config(images, tmp_path / "b", caption_prefix="art,"), model=fresh_model(sd1_dir), progress=False)
     assert not torch.equal(every.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
     dropout = dict(caption_dropout=0.4, caption_dropout_every=3, save_every=3)
-    straight = train(config(images, tmp_path / "c", **dropout), model=load_model(sd1_dir), progress=False)
-    train(config(images, tmp_path / "d", steps=3, **dropout), model=load_model(sd1_dir), progress=False)
-    resumed = train(config(images, tmp_path / "d", resume=True, **dropout), model=load_model(sd1_dir),
+    straight = train(config(images, tmp_path / "c", **dropout), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "d", steps=3, **dropout), model=fresh_model(sd1_dir), progress=False)
+    resumed = train(config(images, tmp_path / "d", resume=True, **dropout), model=fresh_model(sd1_dir),
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses[-1] == straight.losses[-1]
@@ -1265,14 +1280,14 @@ def test_overwrite_keeps_an_init_embedding_with_its_partner_and_in_a_concept_fol
 
 
 def test_a_saved_run_older_than_a_setting_resumes_only_with_its_default(sd1_dir, images, tmp_path):
-    train(config(images, tmp_path / "a", steps=2, save_every=1), model=load_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "a", steps=2, save_every=1), model=fresh_model(sd1_dir), progress=False)
     saved = tmp_path / "a" / "config.yaml"
     saved.write_text("\n".join(line for line in saved.read_text().splitlines()
                                if not line.startswith("alpha_mask:")) + "\n")  # as a run saved before it existed
     with pytest.raises(ConfigError, match="alpha_mask: False -> True"):
         train(config(images, tmp_path / "a", steps=3, save_every=1, alpha_mask=True, resume=True),
-              model=load_model(sd1_dir), progress=False)
-    assert train(config(images, tmp_path / "a", steps=3, save_every=1, resume=True), model=load_model(sd1_dir),
+              model=fresh_model(sd1_dir), progress=False)
+    assert train(config(images, tmp_path / "a", steps=3, save_every=1, resume=True), model=fresh_model(sd1_dir),
                  progress=False).steps == 3
 
 
@@ -1280,9 +1295,9 @@ def test_a_shuffled_long_caption_that_loses_its_token_names_keep_tags(sd1_dir, i
     for path in sorted(images.glob("*.png")):
         path.with_suffix(".txt").write_text("{}, " + ", ".join(f"tag{i} word{i} more{i}" for i in range(30)))
     with pytest.raises(ConfigError, match="--keep-tags 1 keeps a first tag"):
-        train(config(images, tmp_path / "a", shuffle_tags=True), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "a", shuffle_tags=True), model=fresh_model(sd1_dir), progress=False)
     assert train(config(images, tmp_path / "b", shuffle_tags=True, keep_tags=1, steps=1),
-                 model=load_model(sd1_dir), progress=False).steps == 1
+                 model=fresh_model(sd1_dir), progress=False).steps == 1
 
 
 def _nan_loss_after(monkeypatch, calls: int) -> None:
@@ -1304,7 +1319,7 @@ def test_vectors_gone_non_finite_between_loss_checks_draw_no_sample_grid(sd1_dir
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"non-finite .* by step 6; the last good vectors \(step 4\)"):
         train(config(images, out, steps=12, log_every=4, save_every=0, sample_every=3, sample_steps=2),
-              model=load_model(sd1_dir), progress=False)
+              model=fresh_model(sd1_dir), progress=False)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000000.png", "step-000003.png"]
 
 
@@ -1315,14 +1330,14 @@ def test_a_run_stopped_by_a_non_finite_loss_writes_no_step_file_of_an_earlier_st
     _nan_loss_after(monkeypatch, 4)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match="non-finite"):
-        train(config(images, out, steps=8, log_every=2, save_every=2), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=8, log_every=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     names = sorted(p.name for p in (out / "embeddings").iterdir())
     assert names == ["learned_embeds-steps-2.safetensors", "learned_embeds-steps-4.safetensors"]
 
 
 def test_each_saved_step_keeps_its_embedding_and_a_resumed_run_writes_the_same(sd1_dir, images, tmp_path):
     straight = train(config(images, tmp_path / "a", steps=6, save_every=2, keep_checkpoints=3),
-                     model=load_model(sd1_dir), progress=False)
+                     model=fresh_model(sd1_dir), progress=False)
     steps = tmp_path / "a" / "embeddings"
     names = [f"learned_embeds-steps-{n}.safetensors" for n in (2, 4, 6)]
     assert sorted(p.name for p in steps.iterdir()) == sorted(names)
@@ -1333,8 +1348,8 @@ def test_each_saved_step_keeps_its_embedding_and_a_resumed_run_writes_the_same(s
         assert torch.equal(emb.vectors["text_encoder"], saved[-1:])  # the step's vectors, not the last ones
     assert torch.equal(load_embedding(steps / names[-1]).vectors["text_encoder"],
                        straight.embedding.vectors["text_encoder"])
-    train(config(images, tmp_path / "b", steps=4, save_every=2), model=load_model(sd1_dir), progress=False)
-    train(config(images, tmp_path / "b", steps=6, save_every=2, resume=True), model=load_model(sd1_dir),
+    train(config(images, tmp_path / "b", steps=4, save_every=2), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "b", steps=6, save_every=2, resume=True), model=fresh_model(sd1_dir),
           progress=False)
     resumed = sorted((tmp_path / "b" / "embeddings").iterdir())
     assert [p.name for p in resumed] == sorted(names)
@@ -1344,24 +1359,24 @@ def test_each_saved_step_keeps_its_embedding_and_a_resumed_run_writes_the_same(s
 
 
 def test_step_embeddings_are_named_as_the_formats_tools_name_them_and_can_be_left_out(sd1_dir, images, tmp_path):
-    train(config(images, tmp_path / "a", steps=2, save_every=1, format="a1111"), model=load_model(sd1_dir),
+    train(config(images, tmp_path / "a", steps=2, save_every=1, format="a1111"), model=fresh_model(sd1_dir),
           progress=False)
     assert sorted(p.name for p in (tmp_path / "a" / "embeddings").iterdir()) == ["zq-1.pt", "zq-2.pt"]
     assert load_embedding(tmp_path / "a" / "embeddings" / "zq-1.pt").metadata["steps"] == "1"
-    train(config(images, tmp_path / "b", steps=2, save_every=1, step_embeddings=False), model=load_model(sd1_dir),
+    train(config(images, tmp_path / "b", steps=2, save_every=1, step_embeddings=False), model=fresh_model(sd1_dir),
           progress=False)
     assert not (tmp_path / "b" / "embeddings").exists()
 
 
 def test_overwrite_deletes_the_step_embeddings_but_not_a_users_file_or_the_init_embedding(sd1_dir, images, tmp_path):
     out = tmp_path / "out"
-    train(config(images, out, steps=3, save_every=1), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=3, save_every=1), model=fresh_model(sd1_dir), progress=False)
     (out / "embeddings" / "my-favourite.pt").write_bytes(b"mine")
     (out / "embeddings" / "any-3.pt").write_bytes(b"mine too")  # (named like a step file of no token of the run)
     start = out / "embeddings" / "learned_embeds-steps-2.safetensors"
     vectors = load_embedding(start).vectors["text_encoder"]
     result = train(config(images, out, steps=1, save_every=1, init=None, init_embedding=str(start), overwrite=True),
-                   model=load_model(sd1_dir), progress=False)
+                   model=fresh_model(sd1_dir), progress=False)
     left = sorted(p.name for p in (out / "embeddings").iterdir())
     assert left == ["any-3.pt", "learned_embeds-steps-1.safetensors", "learned_embeds-steps-2.safetensors",
                     "my-favourite.pt"]
@@ -1396,29 +1411,29 @@ def test_buckets_train_each_picture_at_its_own_shape_and_resume_exactly(sd1_dir,
 
     monkeypatch.setattr(train_module, "diffusion_loss", spy)
     straight = train(config(pictures, tmp_path / "a", steps=6, batch=3, save_every=2, buckets=True),
-                     model=load_model(sd1_dir), progress=False)
+                     model=fresh_model(sd1_dir), progress=False)
     assert set(seen) == {(6, 10), (10, 6), (8, 8)}  # 20x12, 12x20, 16x16 pixels: the buckets of 2:1, 1:2, 1:1
     monkeypatch.setattr(train_module, "diffusion_loss", real)
-    square = train(config(pictures, tmp_path / "s", steps=6, batch=3), model=load_model(sd1_dir), progress=False)
+    square = train(config(pictures, tmp_path / "s", steps=6, batch=3), model=fresh_model(sd1_dir), progress=False)
     assert not torch.equal(straight.embedding.vectors["text_encoder"], square.embedding.vectors["text_encoder"])
-    train(config(pictures, tmp_path / "b", steps=4, batch=3, save_every=2, buckets=True), model=load_model(sd1_dir),
+    train(config(pictures, tmp_path / "b", steps=4, batch=3, save_every=2, buckets=True), model=fresh_model(sd1_dir),
           progress=False)
     resumed = train(config(pictures, tmp_path / "b", steps=6, batch=3, save_every=2, buckets=True, resume=True),
-                    model=load_model(sd1_dir), progress=False)
+                    model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses == straight.losses
 
 
 def test_buckets_on_square_pictures_change_nothing(sd1_dir, images, tmp_path):
-    plain = train(config(images, tmp_path / "a", steps=4), model=load_model(sd1_dir), progress=False)
-    bucketed = train(config(images, tmp_path / "b", steps=4, buckets=True), model=load_model(sd1_dir), progress=False)
+    plain = train(config(images, tmp_path / "a", steps=4), model=fresh_model(sd1_dir), progress=False)
+    bucketed = train(config(images, tmp_path / "b", steps=4, buckets=True), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(plain.embedding.vectors["text_encoder"], bucketed.embedding.vectors["text_encoder"])
 
 
 def test_grouped_loss_is_each_shapes_loss_in_the_batchs_order(sd1_dir, monkeypatch):
     from textinv.train import diffusion_loss, grouped_loss
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     encodings = []
     real_encode = train_module.encode_text
     monkeypatch.setattr(train_module, "encode_text", lambda m, ids, *a: encodings.append(len(ids[0])) or
@@ -1452,7 +1467,7 @@ def test_grouped_loss_sends_its_indices_to_the_device_without_a_host_sync(sd1_di
 
     from textinv.train import grouped_loss
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     made_on_device, moved = [], []
     real_tensor, real_move = torch.tensor, train_module._to_device
 
@@ -1505,7 +1520,7 @@ def test_bucketed_concepts_of_a_joint_run_each_equal_their_own_run(noise_offset,
     common = dict(steps=3, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2, buckets=True,
                   noise_offset=noise_offset)
     concepts = [f"{mixed}=<jm>=dog", f"{squares}=<js>=cat"]
-    joint = train(TrainConfig(concepts=concepts, out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir),
+    joint = train(TrainConfig(concepts=concepts, out=str(tmp_path / "joint"), **common), model=fresh_model(sd1_dir),
                   progress=False)
     for mine, alone in zip(joint.embeddings, each_concept_alone(sd1_dir, tmp_path, concepts, **common)):
         assert torch.allclose(mine.vectors["text_encoder"], alone.vectors["text_encoder"], atol=1e-5)
@@ -1518,7 +1533,7 @@ def test_vectors_gone_non_finite_between_loss_checks_stop_at_the_save_with_the_l
     _nan_loss_after(monkeypatch, 4)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"non-finite .* by step 6; the last good vectors \(step 4\)"):
-        train(config(images, out, steps=12, log_every=4, save_every=3), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=12, log_every=4, save_every=3), model=fresh_model(sd1_dir), progress=False)
     saved = load_embedding(out / "learned_embeds.safetensors")
     assert torch.isfinite(saved.vectors["text_encoder"]).all() and saved.metadata["steps"] == "4"
 
@@ -1533,7 +1548,7 @@ def test_interrupt_after_the_vectors_went_non_finite_between_loss_checks_keeps_t
     _nan_loss_after(monkeypatch, 4)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"non-finite .* by step 6; the last good vectors \(step 4\)"):
-        train(config(images, out, steps=12, log_every=4), model=load_model(sd1_dir), progress=False,
+        train(config(images, out, steps=12, log_every=4), model=fresh_model(sd1_dir), progress=False,
               on_step=lambda step: step == 6 and os.kill(os.getpid(), signal.SIGTERM))
     saved = load_embedding(out / "learned_embeds.safetensors")
     assert torch.isfinite(saved.vectors["text_encoder"]).all() and saved.metadata["steps"] == "4"
@@ -1546,7 +1561,7 @@ def test_a_save_between_loss_checks_is_the_last_good_point_a_later_stop_falls_ba
     _nan_loss_after(monkeypatch, 6)
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"by step 8; the last good vectors \(step 6\)"):
-        train(config(images, out, steps=12, log_every=4, save_every=3), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=12, log_every=4, save_every=3), model=fresh_model(sd1_dir), progress=False)
     saved = load_embedding(out / "learned_embeds.safetensors")
     step6 = load_embedding(out / "embeddings" / "learned_embeds-steps-6.safetensors")
     assert saved.metadata["steps"] == "6" and torch.equal(saved.vectors["text_encoder"], step6.vectors["text_encoder"])
@@ -1570,12 +1585,12 @@ def test_a_resume_with_raised_steps_takes_the_longer_schedules_rate_from_its_fir
     """README: raising --steps on resume makes the rest of the run follow the longer schedule. The first resumed
     step took the rate the old schedule had set in the optimizer (0 at the end of a linear one), a wasted step."""
     straight = _rates_of_steps(monkeypatch)
-    train(config(images, tmp_path / "a", steps=8, lr_schedule=schedule), model=load_model(sd1_dir), progress=False)
-    train(config(images, tmp_path / "b", steps=4, save_every=4, lr_schedule=schedule), model=load_model(sd1_dir),
+    train(config(images, tmp_path / "a", steps=8, lr_schedule=schedule), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "b", steps=4, save_every=4, lr_schedule=schedule), model=fresh_model(sd1_dir),
           progress=False)
     resumed = _rates_of_steps(monkeypatch)
     train(config(images, tmp_path / "b", steps=8, save_every=4, lr_schedule=schedule, resume=True),
-          model=load_model(sd1_dir), progress=False)
+          model=fresh_model(sd1_dir), progress=False)
     assert resumed == straight[4:8], (resumed, straight)
 
 
@@ -1589,7 +1604,7 @@ def test_training_on_a_one_encoder_model_can_start_from_an_sdxl_files_clip_l_hal
     path = save_embedding(xl, tmp_path / "old.safetensors", "sdxl")[0]
     with pytest.warns(UserWarning, match="only its clip_l half"):
         result = train(config(images, tmp_path / "a", vectors=2, init=None, init_embedding=str(path), lr=1e-9,
-                              steps=1), model=load_model(sd1_dir), progress=False)
+                              steps=1), model=fresh_model(sd1_dir), progress=False)
     assert list(result.embedding.vectors) == ["text_encoder"]
     assert torch.allclose(result.embedding.vectors["text_encoder"], clip_l, atol=1e-5)  # (one step at a rate of ~0)
 
@@ -1616,12 +1631,12 @@ def test_warnings_raised_inside_a_run_name_the_line_that_called_train(sd1_dir, i
     dataset.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{images}"\ncache_info = true\n')
     with pytest.warns(UserWarning) as said:
         train(config(images, tmp_path / "a", vectors=2, init=None, init_embedding=str(path), steps=1),
-              model=load_model(sd1_dir), progress=False)
-        train(config(small, tmp_path / "b", steps=1, buckets=True, init="zqxzqx"), model=load_model(sd1_dir),
+              model=fresh_model(sd1_dir), progress=False)
+        train(config(small, tmp_path / "b", steps=1, buckets=True, init="zqxzqx"), model=fresh_model(sd1_dir),
               progress=False)
         kohya = dict(dataset_config=str(dataset), token="<zq>", init="dog", out=str(tmp_path / "c"), batch=2,
                      save_every=2, sample_every=0)
-        train(TrainConfig(**kohya, steps=2), model=load_model(sd1_dir), progress=False)
+        train(TrainConfig(**kohya, steps=2), model=fresh_model(sd1_dir), progress=False)
         train(TrainConfig(**kohya, steps=4, resume=True, precision="bf16", model=str(sd1_dir)), progress=False)
     messages = "\n".join(str(w.message) for w in said)
     for what in ("only its clip_l half", "skipped 1 file(s)", "smaller than the training resolution",
@@ -1637,7 +1652,7 @@ def test_training_leaves_an_installed_embeddings_vectors_alone(sd1_dir, images, 
     from textinv.formats import LearnedEmbedding
     from textinv.generate import install_embedding
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     before = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
     install_embedding(model, LearnedEmbedding("<had>", {"text_encoder": before.clone()}, {}))
     seen = []  # the rows as the run's last step left them (the model comes back with its own table after the run)
@@ -1658,7 +1673,7 @@ def test_sample_prompts_may_name_the_token_as_generate_prompts_do(sd1_dir, image
     for name, prompt in (("braces", "a photo of {} on grass"), ("token", "a photo of <ZQ> on grass")):
         out = tmp_path / name
         train(config(images, out, steps=1, sample_every=1, sample_prompts=[prompt]).validate(),
-              model=load_model(sd1_dir), progress=False)
+              model=fresh_model(sd1_dir), progress=False)
         grids.append(np.asarray(Image.open(out / "samples" / "step-000001.png")))
     assert np.array_equal(grids[0], grids[1])
     with pytest.raises(ConfigError, match="has no '{}' \\(or the token\\)"):
@@ -1671,10 +1686,10 @@ def test_an_init_word_the_tokenizer_splits_into_fragments_is_warned_about(sd1_di
     import warnings
 
     with pytest.warns(UserWarning, match=r"--init 'dgo'.*dgo \(d \+ g \+ o\)"):
-        train(config(images, tmp_path / "typo", init="dgo", steps=1), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "typo", init="dgo", steps=1), model=fresh_model(sd1_dir), progress=False)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        train(config(images, tmp_path / "word", init="small red dog, toy", steps=1), model=load_model(sd1_dir),
+        train(config(images, tmp_path / "word", init="small red dog, toy", steps=1), model=fresh_model(sd1_dir),
               progress=False)
     assert not [w for w in seen if "--init" in str(w.message)]
 
@@ -1700,7 +1715,7 @@ def test_a_model_that_records_its_own_words_gives_the_init_and_templates_left_ou
     monkeypatch.setattr(train_module, "CaptionSampler", spy)
     own = train(config(images, tmp_path / "a", steps=1, init=None), model=load_model(folder), progress=False)
     assert seen == [["a drawing of {}", "{} on grass"]] and own.embedding.metadata["init"] == "cat"
-    plain = train(config(images, tmp_path / "p", steps=1, init="cat", templates=None), model=load_model(sd1_dir),
+    plain = train(config(images, tmp_path / "p", steps=1, init="cat", templates=None), model=fresh_model(sd1_dir),
                   progress=False)
     assert plain.embedding.metadata["init"] == "cat" and seen[-1] != seen[0]  # (a model without a record: the paper's)
     template_file = tmp_path / "t.txt"
@@ -1737,7 +1752,7 @@ def test_latents_are_cached_a_batch_at_a_time_with_the_mirror_images_after(sd1_d
     from textinv.data import find_images, load_training_images
     from textinv.train import encode_latents
 
-    vae = load_model(sd1_dir).vae
+    vae = fresh_model(sd1_dir).vae
     pictures = [p.pixels for p in load_training_images(find_images(images), 24)]
     seen = []
     real_encode = vae.encode
@@ -1766,14 +1781,14 @@ def test_the_runs_config_records_what_it_ran_with_and_the_defaults_it_resolved(s
     from textinv.config import build, read_config_file
     from textinv.data import flip_default
 
-    train(config(images, tmp_path / "a", init=None, steps=1, property="style"), model=load_model(sd1_dir),
+    train(config(images, tmp_path / "a", init=None, steps=1, property="style"), model=fresh_model(sd1_dir),
           progress=False)
     header = [line for line in (tmp_path / "a" / "config.yaml").read_text().splitlines() if line.startswith("#")]
     assert f"torch {version('torch')}, diffusers {version('diffusers')}" in header[1]
     assert header[1].endswith("on cpu, torch.float32, 1 thread")  # (the tests' thread count, conftest.py)
     resolved = yaml.safe_load(header[2].removeprefix("# defaults as resolved: "))
-    assert resolved == {"resolution": load_model(sd1_dir).resolution, "format": "diffusers", "flip": flip_default("style"),
-                        "max_timestep": 1000, "init": "style"}
+    assert resolved == {"resolution": fresh_model(sd1_dir).resolution, "format": "diffusers",
+                        "flip": flip_default("style"), "max_timestep": 1000, "init": "style"}
     assert build(TrainConfig, read_config_file(tmp_path / "a" / "config.yaml")).resolution is None
 
 
@@ -1842,12 +1857,12 @@ def test_a_caption_that_names_another_concepts_token_is_refused(sd1_dir, tmp_pat
     (dogs / "img1.txt").write_text("a photo of {} beside <JC>")  # (CLIP reads it lower-cased: <jc>)
     run = dict(out=str(tmp_path / "o"), steps=2, batch=2, save_every=0, sample_every=0)
     with pytest.raises(ConfigError, match=r"caption of img1\.png .*names <jc>, another concept's token"):
-        train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], **run), model=load_model(sd1_dir),
+        train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], **run), model=fresh_model(sd1_dir),
               progress=False)
     assert not (tmp_path / "o" / "jd").exists()
     (dogs / "img1.txt").write_text("a photo of {} beside <jcat>")  # another word that begins like it: plain text
     train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], **{**run, "overwrite": True}),
-          model=load_model(sd1_dir), progress=False)
+          model=fresh_model(sd1_dir), progress=False)
 
 
 @pytest.mark.parametrize("second, message", [("{cats}=cat", "token 'cat' is read by the tokenizer as the existing"),
@@ -1859,7 +1874,7 @@ def test_a_bad_later_concept_leaves_the_given_model_as_it_was(second, message, s
     from textinv.errors import TokenError
 
     dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     size, table = len(model.tokenizer), model.text_encoder.get_input_embeddings()
     with pytest.raises(TokenError, match=message):
         train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", second.format(cats=cats)], out=str(tmp_path / "o"), steps=1,
@@ -1880,10 +1895,10 @@ def test_an_init_text_that_names_another_concepts_token_starts_as_in_its_own_run
     common = dict(steps=2, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2)
     with pytest.warns(UserWarning, match="does not know"):
         joint = train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=<jd>"], out=str(tmp_path / "j"),
-                                  **common), model=load_model(sd1_dir), progress=False)
+                                  **common), model=fresh_model(sd1_dir), progress=False)
     with pytest.warns(UserWarning, match="does not know"):  # (its own run warns alike)
         alone = train(TrainConfig(images=str(cats), token="<jc>", init="<jd>", out=str(tmp_path / "c"),
-                                  seed=concept_seed(0, 1), **common), model=load_model(sd1_dir), progress=False)
+                                  seed=concept_seed(0, 1), **common), model=fresh_model(sd1_dir), progress=False)
     assert joint.embeddings[1].metadata["init"] == "<jd>"
     torch.testing.assert_close(joint.embeddings[1].vectors["text_encoder"], alone.embedding.vectors["text_encoder"],
                                rtol=0, atol=1e-5)
@@ -1969,7 +1984,7 @@ def test_an_out_on_a_read_only_disk_is_said_to_be_on_one(monkeypatch, tmp_path):
 def test_more_sample_steps_than_the_models_noise_levels_are_refused_before_the_run_starts(sd1_dir, images, tmp_path):
     """--sample-steps past the model's training timesteps was taken, and the run failed at its first grid (after the
     model loaded and the folder was made), in the sampler's words."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     most = model.pipeline.scheduler.config.num_train_timesteps
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match=f"--sample-steps {most + 1} is more than the {most} noise levels"):
@@ -2045,7 +2060,7 @@ def test_random_windows_are_held_as_bytes_and_encode_as_their_float_windows_did(
             continue
         x = next(x for x in range(33) if torch.equal(w.pixels, pictures[i % 3].cover[:, :, x:x + 16]))
         old.append(dataclasses.replace(w, pixels=cover[:, :, x:x + 16], alpha=cover_alpha[:, :, x:x + 16]))
-    vae = load_model(sd1_dir).vae
+    vae = fresh_model(sd1_dir).vae
     now, before = (train_module._encoded(vae, each, tmp_path, True, "cpu") for each in (windows, old))
     assert all(torch.equal(a, b) for a, b in zip(now, before))
 
@@ -2057,15 +2072,15 @@ def test_random_crop_trains_on_cached_windows_and_resumes_exactly(sd1_dir, tmp_p
     images = wide_pictures(tmp_path / "w")
     encoded = recorded_results(monkeypatch, train_module, "_encoded")
     crop = dict(resolution=16, random_crop=True)
-    whole = train(config(images, tmp_path / "a", **crop), model=load_model(sd1_dir), progress=False)
+    whole = train(config(images, tmp_path / "a", **crop), model=fresh_model(sd1_dir), progress=False)
     mean = encoded[-1][0]
     assert mean.shape[0] == 2 * 3 * train_module.RANDOM_CROPS
     assert not torch.allclose(mean[0], mean[3]) and not torch.allclose(mean[0], mean[6])  # picture 0's windows
-    centre = train(config(images, tmp_path / "b", resolution=16), model=load_model(sd1_dir), progress=False)
+    centre = train(config(images, tmp_path / "b", resolution=16), model=fresh_model(sd1_dir), progress=False)
     assert encoded[-1][0].shape[0] == 2 * 3
     assert not torch.equal(whole.embedding.vectors["text_encoder"], centre.embedding.vectors["text_encoder"])
-    train(config(images, tmp_path / "c", steps=4, save_every=2, **crop), model=load_model(sd1_dir), progress=False)
-    resumed = train(config(images, tmp_path / "c", save_every=2, resume=True, **crop), model=load_model(sd1_dir),
+    train(config(images, tmp_path / "c", steps=4, save_every=2, **crop), model=fresh_model(sd1_dir), progress=False)
+    resumed = train(config(images, tmp_path / "c", save_every=2, resume=True, **crop), model=fresh_model(sd1_dir),
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], whole.embedding.vectors["text_encoder"])
 
@@ -2074,7 +2089,7 @@ def test_random_crop_works_with_buckets_alpha_masks_and_a_validation_split_and_i
         sd1_dir, tmp_path):
     images = wide_pictures(tmp_path / "w", n=4, alpha=True)
     run = train(config(images, tmp_path / "a", resolution=16, random_crop=True, buckets=True, alpha_mask=True,
-                       validation_split=0.25, validate_every=3), model=load_model(sd1_dir), progress=False)
+                       validation_split=0.25, validate_every=3), model=fresh_model(sd1_dir), progress=False)
     assert torch.isfinite(run.embedding.vectors["text_encoder"]).all()
     with pytest.raises(ConfigError, match="--random-crop and --no-center-crop: squashed, the whole picture is its "
                                           "training size and there is nothing to crop"):
@@ -2132,16 +2147,16 @@ def test_bucket_no_upscale_resumes_exactly_and_a_resume_without_it_is_refused(sd
 
     pictures = _unequal_pictures(tmp_path / "cut")
     kw = dict(steps=6, batch=3, save_every=2, buckets=True, bucket_no_upscale=True)
-    straight = train(config(pictures, tmp_path / "a", **kw), model=load_model(sd1_dir), progress=False)
+    straight = train(config(pictures, tmp_path / "a", **kw), model=fresh_model(sd1_dir), progress=False)
     with pytest.warns(SmallImageWarning):  # (plain buckets enlarge the small picture)
         plain = train(config(pictures, tmp_path / "p", **{**kw, "bucket_no_upscale": False}),
-                      model=load_model(sd1_dir), progress=False)
+                      model=fresh_model(sd1_dir), progress=False)
     assert not torch.equal(straight.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
-    train(config(pictures, tmp_path / "b", **{**kw, "steps": 4}), model=load_model(sd1_dir), progress=False)
+    train(config(pictures, tmp_path / "b", **{**kw, "steps": 4}), model=fresh_model(sd1_dir), progress=False)
     with pytest.raises(ConfigError, match=r"cannot resume .* with different settings \(bucket_no_upscale"):
         train(config(pictures, tmp_path / "b", **{**kw, "bucket_no_upscale": False}, resume=True),
-              model=load_model(sd1_dir), progress=False)
-    resumed = train(config(pictures, tmp_path / "b", **kw, resume=True), model=load_model(sd1_dir), progress=False)
+              model=fresh_model(sd1_dir), progress=False)
+    resumed = train(config(pictures, tmp_path / "b", **kw, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
 
 
