@@ -16,11 +16,10 @@ from textinv import io as textinv_io
 from textinv import train as train_module
 from textinv.config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, config_file_settings, read_config_file
 from textinv.errors import ConfigError
-from textinv.models import load_model
 from textinv.run_folder import LOCK_FILE, checkpoints, read_loss_log, read_run_settings, run_lock
 from textinv.tracking import RunTracker
 from textinv.train import TrainingInterrupted, train
-from conftest import train_config
+from conftest import fresh_model, train_config
 
 
 config = train_config  # (a short run's settings, `kw` over them)
@@ -31,8 +30,8 @@ def test_a_second_run_on_a_folder_being_written_is_refused(sd1_dir, images, tmp_
     with run_lock(out):  # (another textinv train holding the folder; flock refuses a second open file even here)
         for extra in ({}, {"resume": True}, {"overwrite": True}):
             with pytest.raises(ConfigError, match="being written by another textinv train .pid"):
-                train(config(images, out, **extra), model=load_model(sd1_dir), progress=False)
-    train(config(images, out), model=load_model(sd1_dir), progress=False)  # released: the folder is free again
+                train(config(images, out, **extra), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, out), model=fresh_model(sd1_dir), progress=False)  # released: the folder is free again
 
 
 def test_a_killed_runs_lock_does_not_hold_the_folder(sd1_dir, images, tmp_path):
@@ -43,21 +42,21 @@ def test_a_killed_runs_lock_does_not_hold_the_folder(sd1_dir, images, tmp_path):
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(ConfigError, match=f"pid {holder.pid}"):
-        train(config(images, out), model=load_model(sd1_dir), progress=False)
+        train(config(images, out), model=fresh_model(sd1_dir), progress=False)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert (out / LOCK_FILE).exists()  # (left behind by the kill, but no longer held)
-    train(config(images, out, overwrite=True), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, overwrite=True), model=fresh_model(sd1_dir), progress=False)
     assert not (out / LOCK_FILE).exists()  # (a run that ends takes its file with it, as score and the demo do)
 
 
 def test_a_run_that_fails_on_its_inputs_leaves_no_folder(sd1_dir, images, tmp_path):
     out = tmp_path / "new"
     with pytest.raises(Exception):
-        train(config(tmp_path / "no-such-pictures", out), model=load_model(sd1_dir), progress=False)
+        train(config(tmp_path / "no-such-pictures", out), model=fresh_model(sd1_dir), progress=False)
     assert not out.exists()
     with pytest.raises(Exception):  # (nor the folders made above it)
-        train(config(tmp_path / "no-such-pictures", tmp_path / "a" / "b"), model=load_model(sd1_dir), progress=False)
+        train(config(tmp_path / "no-such-pictures", tmp_path / "a" / "b"), model=fresh_model(sd1_dir), progress=False)
     assert not (tmp_path / "a").exists()
 
 
@@ -81,16 +80,16 @@ def test_a_second_ctrl_c_inside_a_steps_update_still_resumes_exactly(where, sd1_
     """Without the hold, a second Ctrl-C right after the optimizer's update (or before the schedule's step) saved
     step 3's update under step 2 (or step 3 with step 2's rate), and the resumed vectors differed by up to 0.04."""
     run = dict(steps=6, lr_schedule="linear")
-    straight = train(config(images, tmp_path / "a", **run), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a", **run), model=fresh_model(sd1_dir), progress=False)
     if where == "update":
         undo = _twice_ctrl_c_at(monkeypatch, train_module, "_step_skipping_overflows", 3)
     else:  # (get_last_lr is called between `step += 1` and `lr_schedule.step()`)
         undo = _twice_ctrl_c_at(monkeypatch, torch.optim.lr_scheduler.LambdaLR, "get_last_lr", 3)
     with pytest.raises(TrainingInterrupted) as info:
-        train(config(images, tmp_path / "b", **run), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "b", **run), model=fresh_model(sd1_dir), progress=False)
     assert info.value.step == 3
     undo()
-    resumed = train(config(images, tmp_path / "b", resume=True, **run), model=load_model(sd1_dir), progress=False)
+    resumed = train(config(images, tmp_path / "b", resume=True, **run), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses == straight.losses
 
@@ -100,10 +99,10 @@ def test_a_grid_lost_after_its_checkpoint_is_drawn_again_on_resume(sd1_dir, imag
     its grid resumed from that checkpoint and never drew the grid."""
     out = tmp_path / "b"
     run = dict(save_every=2, sample_every=2, sample_steps=2)
-    train(config(images, out, steps=2, **run), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, **run), model=fresh_model(sd1_dir), progress=False)
     drawn = (out / "samples" / "step-000002.png").read_bytes()
     (out / "samples" / "step-000002.png").unlink()  # (what a kill between the two writes leaves)
-    train(config(images, out, steps=4, resume=True, **run), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4, resume=True, **run), model=fresh_model(sd1_dir), progress=False)
     assert (out / "samples" / "step-000002.png").read_bytes() == drawn
     assert sorted(p.name for p in (out / "samples").iterdir()) == [f"step-00000{i}.png" for i in (0, 2, 4)]
 
@@ -146,12 +145,12 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(sd1_dir, im
 
 def test_temporaries_of_writes_cut_short_are_cleared_by_the_next_run(sd1_dir, images, tmp_path):
     out = tmp_path / "b"
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     litter = [out / ".learned_embeds.safetensors.ab12_x9z.tmp", out / "checkpoints" / ".step-000004.pt.q0w9e8r7.tmp"]
     mine = out / "notes.tmp"  # (not a name textinv writes: kept)
     for path in litter + [mine]:
         path.write_bytes(b"half")
-    train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4, save_every=2, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert [p.exists() for p in litter] == [False, False] and mine.exists()
 
 
@@ -160,7 +159,7 @@ def test_an_overwrite_cut_short_leaves_the_record_that_names_the_old_runs_files(
     """The old run's config.yaml went before its steps' files: a kill between left files named by a token that the
     next --overwrite, finding no record, no longer knew, and they stayed among the new run's."""
     out = tmp_path / "run"
-    train(config(images, out, steps=3, save_every=1, format="a1111"), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=3, save_every=1, format="a1111"), model=fresh_model(sd1_dir), progress=False)
     real = Path.unlink
 
     def unlink(self, *a, **k):  # (a kill the moment the record is gone)
@@ -169,10 +168,10 @@ def test_an_overwrite_cut_short_leaves_the_record_that_names_the_old_runs_files(
             raise KeyboardInterrupt
     monkeypatch.setattr(Path, "unlink", unlink)
     with pytest.raises(KeyboardInterrupt):
-        train(config(images, out, steps=2, save_every=2, format="a1111", overwrite=True), model=load_model(sd1_dir),
+        train(config(images, out, steps=2, save_every=2, format="a1111", overwrite=True), model=fresh_model(sd1_dir),
               progress=False)
     monkeypatch.setattr(Path, "unlink", real)
-    train(config(images, out, steps=2, save_every=2, format="a1111", overwrite=True), model=load_model(sd1_dir),
+    train(config(images, out, steps=2, save_every=2, format="a1111", overwrite=True), model=fresh_model(sd1_dir),
           progress=False)
     assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["zq-2.pt"]
 
@@ -190,7 +189,7 @@ def test_a_second_ctrl_c_as_the_last_score_is_written_leaves_no_row_out(sd1_dir,
         return real(path, *a, **k)
     monkeypatch.setattr(train_module, "write_loss_log", cut_short)
     out = tmp_path / "run"
-    train(config(images, out, steps=4, validate_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4, validate_every=2), model=fresh_model(sd1_dir), progress=False)
     assert [step for step, _ in read_loss_log(out / "validation.csv", "validation_loss")] == [0, 2, 4]
 
 
@@ -232,7 +231,7 @@ def test_sigterm_during_the_last_save_lets_it_finish(sd1_dir, images, tmp_path, 
     before = signal.signal(signal.SIGTERM, default)
     try:
         out = tmp_path / "b"
-        result = train(config(images, out, steps=4), model=load_model(sd1_dir), progress=False)  # the final save
+        result = train(config(images, out, steps=4), model=fresh_model(sd1_dir), progress=False)  # the final save
     finally:
         signal.signal(signal.SIGTERM, before)
     assert result.steps == 4 and [p.name for p in checkpoints(out)] == ["step-000004.pt"]
@@ -279,7 +278,7 @@ def test_a_signal_while_a_saved_run_tidies_up_ends_nothing_and_closes_the_tracke
         done.append("tracker")
         real_finish(self)
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(train_module, "tqdm", bar)
     monkeypatch.setattr(RunTracker, "finish", finish)
@@ -309,18 +308,18 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_to_the_same_res
     """An atomic write never leaves half a checkpoint, but a disk error or a copy cut short can: the newest one
     stopped the resume with torch's own error, though the one before it was whole."""
     run = dict(save_every=2, keep_checkpoints=3)
-    whole = train(config(images, tmp_path / "whole", steps=6, **run), model=load_model(sd1_dir), progress=False)
+    whole = train(config(images, tmp_path / "whole", steps=6, **run), model=fresh_model(sd1_dir), progress=False)
     out = tmp_path / "damaged"
-    train(config(images, out, steps=4, **run), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4, **run), model=fresh_model(sd1_dir), progress=False)
     damage(checkpoints(out)[-1])
     with pytest.warns(UserWarning, match="step-000004.pt cannot be read .*resuming from step-000002.pt"):
-        resumed = train(config(images, out, steps=6, resume=True, **run), model=load_model(sd1_dir), progress=False)
+        resumed = train(config(images, out, steps=6, resume=True, **run), model=fresh_model(sd1_dir), progress=False)
     assert resumed.embedding.vectors.keys() == whole.embedding.vectors.keys()
     assert all(torch.equal(resumed.embedding.vectors[k], whole.embedding.vectors[k]) for k in whole.embedding.vectors)
     for path in checkpoints(out):
         path.write_bytes(b"")
     with pytest.raises(ConfigError, match="every checkpoint .* is damaged"), pytest.warns(UserWarning):
-        train(config(images, out, steps=8, resume=True, **run), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=8, resume=True, **run), model=fresh_model(sd1_dir), progress=False)
 
 
 def test_a_full_disk_at_an_embedding_file_says_how_to_go_on_too(sd1_dir, images, tmp_path, monkeypatch, capsys):
@@ -354,7 +353,7 @@ def test_a_refused_folder_keeps_the_temporaries_of_other_writers(sd1_dir, images
     other.parent.mkdir(parents=True)
     other.write_bytes(b"being written")
     with pytest.raises(ConfigError, match="not empty"):
-        train(config(images, parent), model=load_model(sd1_dir), progress=False)
+        train(config(images, parent), model=fresh_model(sd1_dir), progress=False)
     assert other.exists()
     assert sorted(p.name for p in parent.iterdir()) == ["cat"]
 
@@ -383,22 +382,22 @@ def test_the_windows_lock_takes_the_same_byte_whatever_the_file_holds(tmp_path, 
 def test_a_resumed_run_says_which_steps_it_learned(sd1_dir, images, tmp_path, capsys):
     """It said "learned <zq> in 4 steps (0 s)" after a resume that had run two of them."""
     out = tmp_path / "b"
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=True)
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=True)
     assert "learned <zq> in 2 steps (" in capsys.readouterr().out
-    train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=True)
+    train(config(images, out, steps=4, save_every=2, resume=True), model=fresh_model(sd1_dir), progress=True)
     assert "learned <zq>: steps 3-4 (" in capsys.readouterr().out
-    train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=True)
+    train(config(images, out, steps=4, save_every=2, resume=True), model=fresh_model(sd1_dir), progress=True)
     assert "<zq>: nothing to learn, the run was at step 4 already (" in capsys.readouterr().out
 
 
 def test_gradient_checkpointing_may_be_turned_on_when_resuming_to_the_same_result(sd1_dir, images, tmp_path):
     """It runs the UNet's forward again in the backward pass: the same numbers in less memory, so a run that ran out
     of memory goes on with it (it was refused as a changed setting)."""
-    straight = train(config(images, tmp_path / "a", steps=4), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a", steps=4), model=fresh_model(sd1_dir), progress=False)
     out = tmp_path / "b"
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     resumed = train(config(images, out, steps=4, save_every=2, resume=True, gradient_checkpointing=True),
-                    model=load_model(sd1_dir), progress=False)
+                    model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses == straight.losses
 
@@ -444,7 +443,7 @@ def test_a_settings_file_cut_short_at_any_line_is_refused_and_an_older_ones_resu
     """A config.yaml cut at a line (a copy cut short) still parsed, and --resume took the settings lost for their
     defaults. The files older versions wrote have no last line to look for, and must still resume."""
     out = tmp_path / "b"
-    train(config(images, out, steps=2, lr_schedule="linear"), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, lr_schedule="linear"), model=fresh_model(sd1_dir), progress=False)
     saved = out / "config.yaml"
     lines = saved.read_text().splitlines(keepends=True)
     assert lines[-1] == SETTINGS_END + "\n" and SETTINGS_END_NOTE + "\n" in lines
@@ -467,7 +466,7 @@ def test_a_settings_file_cut_short_at_any_line_is_refused_and_an_older_ones_resu
     assert config_file_settings(TrainConfig, saved)["lr_schedule"] == "linear"
     # an older textinv's file: no note in its header, no last line
     saved.write_text("".join(line for line in lines if line.strip() not in (SETTINGS_END, SETTINGS_END_NOTE)))
-    resumed = train(config(images, out, steps=4, lr_schedule="linear", resume=True), model=load_model(sd1_dir),
+    resumed = train(config(images, out, steps=4, lr_schedule="linear", resume=True), model=fresh_model(sd1_dir),
                     progress=False)
     assert resumed.steps == 4 and saved.read_text().endswith(SETTINGS_END + "\n")  # (written anew, whole)
 
@@ -477,16 +476,16 @@ def test_a_run_whose_pictures_moved_resumes_from_where_they_are_now(sd1_dir, ima
     without --images "the image folder ... does not exist; give the folder that holds your pictures", and with it
     "cannot resume with different settings (images: ...)". The checkpoint's picture names are still checked."""
     out, moved = tmp_path / "b", tmp_path / "moved pictures"
-    whole = train(config(images, tmp_path / "whole", steps=4), model=load_model(sd1_dir), progress=False)
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    whole = train(config(images, tmp_path / "whole", steps=4), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     images.rename(moved)
     assert cli.main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 2
     assert f"the image folder {images} does not exist" in capsys.readouterr().err
     (moved / "img0.png").rename(moved / "other.png")
     with pytest.raises(ConfigError, match="missing now: img0.png; new: other.png"):
-        train(config(moved, out, steps=4, resume=True), model=load_model(sd1_dir), progress=False)
+        train(config(moved, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False)
     (moved / "other.png").rename(moved / "img0.png")
-    resumed = train(config(moved, out, steps=4, resume=True), model=load_model(sd1_dir), progress=False)
+    resumed = train(config(moved, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], whole.embedding.vectors["text_encoder"])
     assert read_config_file(out / "config.yaml")["images"] == str(moved)  # (a later resume finds them there)
 
@@ -600,17 +599,17 @@ def test_a_resume_without_checkpoints_says_how_to_go_on_from_the_saved_vectors(s
     """Checkpoints deleted after a run (to make room), then --resume --steps more: the message said the run had
     stopped before its first save, and its fix, --overwrite, deletes the run's embedding with the rest."""
     out = tmp_path / "b"
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     for path in checkpoints(out):
         path.unlink()
     with pytest.raises(ConfigError) as e:
-        train(config(images, out, steps=4, resume=True), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert str(e.value) == (f"cannot resume: {out / 'checkpoints'} holds no checkpoint (the run stopped before its "
                             f"first --save-every step, or they were deleted); start it again with --overwrite, and "
                             f"--init-embedding {out / 'learned_embeds.safetensors'} (in place of --init) to start "
                             f"from the vectors it saved")
     train(config(images, out, steps=2, overwrite=True, init=None,  # (the way it gives)
-                 init_embedding=str(out / "learned_embeds.safetensors")), model=load_model(sd1_dir), progress=False)
+                 init_embedding=str(out / "learned_embeds.safetensors")), model=fresh_model(sd1_dir), progress=False)
 
 
 def test_a_hub_models_revision_and_variant_are_recorded_and_a_resume_that_gives_others_is_the_model_anew(
@@ -712,7 +711,7 @@ def test_a_signal_as_a_finished_run_lets_go_of_its_folder_is_the_runs_not_python
     sent.append(signal.SIGTERM)
     before = signal.signal(signal.SIGTERM, default)
     try:
-        result = train(config(images, tmp_path / "api", steps=2), model=load_model(sd1_dir), progress=False)
+        result = train(config(images, tmp_path / "api", steps=2), model=fresh_model(sd1_dir), progress=False)
         assert signal.getsignal(signal.SIGTERM) is default  # (put back once the run is done)
     finally:
         signal.signal(signal.SIGTERM, before)

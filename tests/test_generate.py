@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from conftest import again_warned, web_ui_picture
+from conftest import again_warned, fresh_model, web_ui_picture
 from textinv import dynamic
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, TokenError
@@ -21,7 +21,7 @@ from textinv.tiny import build_tiny_pipeline
 
 
 def test_embedding_of_another_width_is_refused_naming_both(sd1_dir):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     emb = LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 768)})
     with pytest.raises(FormatError, match=r"768 \(Stable Diffusion 1.x\).*32 \(no known"):
         install_embedding(model, emb)
@@ -35,7 +35,7 @@ def test_installing_an_embedding_builds_the_vocabulary_as_often_for_many_vectors
     built it twice for each of the token's vector names, and once more for each as they were added."""
     from textinv.generate import unload_embeddings
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     real, calls = model.tokenizer.get_vocab, []
     monkeypatch.setattr(model.tokenizer, "get_vocab", lambda: calls.append(1) or real())  # (the copy keeps it too)
     built = []
@@ -55,7 +55,7 @@ def test_an_sdxl_embedding_on_a_one_encoder_model_of_its_clip_l_width_uses_that_
     xl = LearnedEmbedding("<q>", {"text_encoder": clip_l, "text_encoder_2": torch.randn(2, 64)})
     xl_path = save_embedding(xl, tmp_path / "q.safetensors", "sdxl")[0]
     half_path = save_embedding(LearnedEmbedding("<q>", {"text_encoder": clip_l}), tmp_path / "half.safetensors")[0]
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     with pytest.warns(UserWarning, match=r"'<q>' is an SDXL embedding \(width 32 \+ 64 .*only its clip_l half"):
         install_embedding(model, load_embedding(xl_path))
     ids = model.tokenizer.convert_tokens_to_ids(["<q>", "<q>_1"])
@@ -89,7 +89,7 @@ def test_an_embedding_of_more_vectors_than_a_prompt_window_is_warned_about_and_s
     vectors, which fit, are not warned about."""
     from textinv.generate import encode_prompts, unload_embeddings
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         install_embedding(model, LearnedEmbedding("<fits>", {"text_encoder": torch.randn(75, 32)}))
@@ -141,7 +141,7 @@ def test_an_embedding_whose_token_the_model_has_saved_in_it_is_refused_in_genera
     """The diffusers script's --save_as_full_pipeline saves the model with its learned token in the tokenizer, and
     its learned_embeds.safetensors beside it: given both, generate said "training it would overwrite the meaning of
     an existing word", of a command that trains nothing."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     model.tokenizer.add_tokens(["<cat-toy>"])
     model.text_encoder.resize_token_embeddings(len(model.tokenizer))
     emb = LearnedEmbedding("<cat-toy>", {"text_encoder": torch.randn(1, model.width)})
@@ -158,7 +158,7 @@ def test_trained_file_loads_through_diffusers_own_loader_and_matches_our_generat
     from textinv.train import train
 
     result = train(TrainConfig(images=str(images), token="<zq>", init="dog", out=str(tmp_path / "run"), steps=3,
-                               batch=2, save_every=0, sample_every=0, vectors=2, lr=0.5), model=load_model(sd1_dir),
+                               batch=2, save_every=0, sample_every=0, vectors=2, lr=0.5), model=fresh_model(sd1_dir),
                    progress=False)
     path = result.files[0]
     pipe = StableDiffusionPipeline.from_pretrained(sd1_dir, safety_checker=None)
@@ -176,7 +176,7 @@ def test_trained_file_loads_through_diffusers_own_loader_and_matches_our_generat
     rows = pipe.text_encoder.get_input_embeddings().weight[ids]
     assert torch.equal(rows, result.embedding.vectors["text_encoder"])
     # our own generation with the same file gives the same image diffusers gives
-    ours = load_model(sd1_dir)
+    ours = fresh_model(sd1_dir)
     install_embedding(ours, result.embedding)
     mine = render(ours, [expand_all("a photo of <zq>", [result.embedding])], seeds=[0], steps=3)[0]
     theirs = (after * 255).round().astype("uint8")
@@ -204,7 +204,7 @@ def test_generate_defaults_to_the_models_own_guidance(sd1_dir, tmp_path):
 
 def test_render_defaults_to_the_models_own_guidance(sd1_dir):
     """The library call follows the model too, as the commands above it do: no guidance given is the model's."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     model.guidance = 2.0
 
     def drawn(**kwargs):
@@ -235,7 +235,7 @@ def test_negative_prompt_uses_every_vector_of_a_learned_negative_embedding(sd1_d
 
 
 def test_generate_hands_a_given_model_back_as_it_was(sd1_dir, tmp_path):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     size = len(model.tokenizer)
     emb = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32)}), tmp_path / "q.pt", "a1111")[0]
     for run in ("a", "b"):  # the second call would find <q> already in the vocabulary
@@ -270,7 +270,7 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_encoded_in_chunks_as_the
     from textinv.emphasis import token_chunks
     from textinv.generate import encode_prompts
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(8, 32)}))
     long = "a photo of <q> " + "dog " * 66  # 3 + 8 vectors + 66 = 77 tokens once <q> is expanded: two chunks
     expanded = expand_all(long, [LearnedEmbedding("<q>", {"text_encoder": torch.zeros(8, 32)})])
@@ -291,7 +291,7 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_encoded_in_chunks_as_the
 def test_long_prompts_are_cut_into_chunks_at_commas_breaks_and_around_learned_tokens(sd1_dir):
     from textinv.emphasis import CHUNK, token_chunks
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     tok = model.tokenizer
     one = tok("dog", add_special_tokens=False).input_ids[0]
     comma = tok(",", add_special_tokens=False).input_ids[0]
@@ -381,7 +381,7 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_the_model_loads(tmp_pa
 
 
 def test_a_size_far_above_the_models_is_warned_about_by_its_area(sd1_dir, tmp_path):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     native = model.resolution
 
     def draw(out, **size):
@@ -398,7 +398,7 @@ def test_a_size_far_above_the_models_is_warned_about_by_its_area(sd1_dir, tmp_pa
 
 
 def test_a_non_square_picture_has_the_asked_size_and_says_it_as_the_web_ui_does(sd1_dir, tmp_path):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
 
     def draw(out, **size):
         path = generate(GenerateConfig(prompt=["a dog"], n=1, seed=3, steps=2, out=str(tmp_path / out),
@@ -428,7 +428,7 @@ def test_a_bad_size_is_refused_before_loading_naming_the_flag_and_the_nearest_va
 
 
 def test_a_size_the_models_vae_cannot_draw_is_refused_with_the_nearest_it_can(sd1_dir):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     model.pipeline.vae_scale_factor = 16  # (as a VAE that downscales 16x would be)
     with pytest.raises(ConfigError, match=r"--width must be a multiple of 16 pixels, got 24; the nearest: 16 or 32"):
         render(model, ["a dog"], [0], steps=1, width=24, height=32)
@@ -436,7 +436,7 @@ def test_a_size_the_models_vae_cannot_draw_is_refused_with_the_nearest_it_can(sd
 
 @pytest.mark.parametrize("sampler", ["default", "euler_a"])
 def test_a_seed_draws_the_same_picture_at_any_batch_size(sd1_dir, tmp_path, sampler):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     calls = []
     model.unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
 
@@ -475,7 +475,7 @@ def test_emphasis_scales_its_tokens_and_plain_prompts_encode_as_in_training(sd1_
     from textinv.generate import encode_prompts
     from textinv.models import encode_text
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     tok = model.tokenizer
     prompts = ["a photo of a dog", "dog " * 75]  # 75 words: one chunk, no padding
     ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
@@ -499,7 +499,7 @@ def test_a_prompt_without_emphasis_encodes_as_alone_beside_one_with_it(sd1_dir):
     model's 'a blue cat' averages exactly 0, which 0 / 0 made NaN)."""
     from textinv.generate import encode_prompts
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     alone = encode_prompts(model, ["a blue cat"])[0][0]
     weighted, plain = encode_prompts(model, ["(sun:1.2)", "a blue cat"])[0]
     assert torch.equal(plain, alone)
@@ -514,7 +514,7 @@ def test_emphasis_is_scaled_back_to_the_mean_of_all_a_prompts_scheduled_texts_as
     from textinv.generate import _prompted
     from textinv.models import encode_text
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     # (the tiny encoder's final layer norm leaves every token's mean at 0, and a mean of 0 cannot be scaled back to)
     torch.nn.init.constant_(model.text_encoder.final_layer_norm.bias, 0.5)
     chunks = [token_chunks(model.tokenizer, text)[0] for text in ("(red:1.5) car", "blue car")]
@@ -564,7 +564,7 @@ SDE_SAMPLERS = ["dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde", "d
 def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp_path, sampler):
     from textinv.samplers import webui_names
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     own = model.pipeline.scheduler
     config = GenerateConfig(prompt=["a photo of a dog"], out=str(tmp_path / "r"), n=1, steps=4, sampler=sampler,
                             model=str(sd1_dir))
@@ -612,7 +612,7 @@ def test_each_new_sampler_draws_a_seed_the_same_twice_and_again_bit_for_bit(sd1_
 def test_a_sampler_named_as_the_web_ui_or_kohya_name_it_draws_as_textinvs_and_is_recorded_so(sd1_dir, tmp_path):
     """'Euler a' (the web UI) and k_euler_a (kohya) are textinv's euler_a: the same picture, recorded as textinv
     names it (and as the web UI writes it in `parameters`), so --again and config.yaml read it back."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
 
     def draw(out, sampler):
         path = generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / out), n=1, steps=2, sampler=sampler,
@@ -638,7 +638,7 @@ def test_a_samplers_sigma_spacing_is_its_own_not_the_models_scheduler_configs(sd
 
     from textinv.samplers import scheduler_for
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     shipped = diffusers.DPMSolverMultistepScheduler.from_config(model.pipeline.scheduler.config,
                                                                 use_karras_sigmas=True, use_exponential_sigmas=False)
     for sampler in ("euler", "dpm++2m", "heun", "dpm2", "unipc", "dpm++2s"):
@@ -660,7 +660,7 @@ def test_unipc_is_the_web_uis_and_comfyuis_bh1_at_order_3_and_comfyuis_bh2_is_it
     were diffusers' default, bh2 at order 2, and took a last step to sigma 0, which bh1 cannot take."""
     from textinv.samplers import from_comfy, from_webui, scheduler_for, webui_names
 
-    own = load_model(sd1_dir).pipeline.scheduler
+    own = fresh_model(sd1_dir).pipeline.scheduler
     for name, variant in [("unipc", "bh1"), ("unipc_bh2", "bh2")]:
         made = scheduler_for(own, name)
         assert (made.config.solver_type, made.config.solver_order, made.config.lower_order_final) == (variant, 3, True)
@@ -689,7 +689,7 @@ def test_dpm2_dpm2_a_and_dpm3m_sde_discard_the_next_to_last_sigma_as_the_web_ui_
 
     from textinv.samplers import BASES, SCHEDULES, scheduler_for
 
-    own = load_model(sd1_dir).pipeline.scheduler
+    own = fresh_model(sd1_dir).pipeline.scheduler
     own = type(own).from_config(own.config, timestep_spacing=spacing)  # (the model's own, a name without schedule's)
     discarding = {"dpm2", "dpm2_a", "dpm++3m_sde"}
     for base in ["dpm2", "dpm2_a", "dpm++3m_sde", "dpm++2m_sde", "euler"]:
@@ -734,7 +734,7 @@ def test_a_sigma_schedule_spans_the_models_whole_noise_range_at_any_timestep_spa
     (SD 2.x's, SDXL's) 4 Karras steps started at sigma 4.1 of SD's 14.6 and ended at 0.04, not 0.03."""
     from textinv.samplers import scheduler_for
 
-    own = load_model(sd1_dir).pipeline.scheduler
+    own = fresh_model(sd1_dir).pipeline.scheduler
     leading = type(own).from_config(own.config, timestep_spacing="leading")
     alphas = leading.alphas_cumprod
     top, bottom = (((1 - alphas) / alphas) ** 0.5)[[-1, 0]].tolist()
@@ -750,7 +750,7 @@ def test_a_sigma_schedule_spans_the_models_whole_noise_range_at_any_timestep_spa
 def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
     from textinv.samplers import scheduler_for
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     zero_snr = type(model.pipeline.scheduler).from_config(model.pipeline.scheduler.config, rescale_betas_zero_snr=True)
     with pytest.raises(ConfigError, match="dpm\\+\\+2m_karras cannot sample a model with a zero-terminal-SNR"):
         scheduler_for(zero_snr, "dpm++2m_karras")
@@ -783,7 +783,7 @@ def test_lms_counts_its_order_from_the_passs_first_step_as_the_web_uis_sample_lm
 
     from textinv.samplers import scheduler_for
 
-    made = scheduler_for(load_model(sd1_dir).pipeline.scheduler, "lms")
+    made = scheduler_for(fresh_model(sd1_dir).pipeline.scheduler, "lms")
     plain = diffusers.LMSDiscreteScheduler.from_config(made.config)
     x, eps = torch.randn(2, 1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
 
@@ -898,7 +898,7 @@ def test_lora_tags_apply_their_loras_at_their_multipliers_and_leave_the_model_cl
     loras = tmp_path / "Lora"
     (loras / "styles").mkdir(parents=True)
     _save_tiny_lora(loras / "styles", "mystyle")
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
 
     def draw(*prompts, out):
         paths = generate(GenerateConfig(prompt=list(prompts), out=str(tmp_path / out), n=1, steps=2,
@@ -930,7 +930,7 @@ def test_pictures_that_drew_other_loras_are_drawn_in_calls_of_their_own(sd1_dir,
     loras = tmp_path / "Lora"
     loras.mkdir()
     _save_tiny_lora(loras, "mystyle")
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     calls, render = [], gen.render
     monkeypatch.setattr(gen, "render", lambda m, prompts, *a, **k: calls.append(prompts) or render(m, prompts, *a, **k))
     common = dict(steps=2, width=32, lora_dir=[str(loras)], model=str(sd1_dir))
@@ -962,7 +962,7 @@ def test_a_file_that_is_no_lora_for_the_model_is_refused_by_name(sd1_dir, tmp_pa
     from safetensors.torch import save_file
 
     save_file({"foo": torch.zeros(3)}, str(tmp_path / "junk.safetensors"))
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     with pytest.raises(FormatError, match="<lora:junk> .*junk.safetensors. could not be applied"):
         generate(GenerateConfig(prompt=["a cat <lora:junk:0.5>"], out=str(tmp_path / "r"), n=1, steps=1,
                                 lora_dir=[str(tmp_path)]), model=model, progress=False)
@@ -983,7 +983,7 @@ def test_a_lora_that_fails_part_way_leaves_the_model_clean_and_the_next_one_load
     save_file({k: torch.zeros(v.shape[0], 2 * v.shape[1]) if k.startswith("text_encoder") and "lora_A" in k else v
                for k, v in state.items()}, str(loras / "halfway.safetensors"))
     (loras / "cut.safetensors").write_bytes((loras / "good.safetensors").read_bytes()[:300])
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
 
     def draw(prompt, out, model=model):
         (path,) = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=2,
@@ -996,7 +996,7 @@ def test_a_lora_that_fails_part_way_leaves_the_model_clean_and_the_next_one_load
             draw(f"a dog <lora:{name}>", name)
         assert not any(isinstance(m, LoraLayer) for m in list(model.unet.modules()) + list(model.text_encoder.modules()))
         assert np.array_equal(draw("a dog", f"after-{name}"), plain) and not hasattr(model, "_loras")
-    assert np.array_equal(draw("a dog <lora:good>", "good"), draw("a dog <lora:good>", "fresh", load_model(sd1_dir)))
+    assert np.array_equal(draw("a dog <lora:good>", "good"), draw("a dog <lora:good>", "fresh", fresh_model(sd1_dir)))
 
 
 def test_a_second_lora_with_a_text_encoder_part_loads_without_false_alarms(sd1_dir, tmp_path):
@@ -1018,13 +1018,13 @@ def test_a_second_lora_with_a_text_encoder_part_loads_without_false_alarms(sd1_d
             warnings.simplefilter("always")
             paths = generate(GenerateConfig(prompt=["a dog <lora:one:0.5>", "a dog <lora:two:1:0.5> <lora:one:0.3>"],
                                             out=str(tmp_path / "r"), n=1, steps=2, lora_dir=[str(loras)]),
-                             model=load_model(sd1_dir), progress=False)
+                             model=fresh_model(sd1_dir), progress=False)
     finally:
         logging.getLogger("transformers").removeHandler(handler)
     assert "MISSING" not in said.getvalue() and "newly initialized" not in said.getvalue(), said.getvalue()
     assert not [w for w in seen if "peft_config" in str(w.message)]
     fresh = generate(GenerateConfig(prompt=["a dog <lora:two:1:0.5> <lora:one:0.3>"], out=str(tmp_path / "f"), n=1,
-                                    steps=2, lora_dir=[str(loras)]), model=load_model(sd1_dir), progress=False)
+                                    steps=2, lora_dir=[str(loras)]), model=fresh_model(sd1_dir), progress=False)
     assert np.array_equal(np.asarray(Image.open(paths[1])), np.asarray(Image.open(fresh[0])))
 
 
@@ -1082,7 +1082,7 @@ def test_the_old_prompt_editing_timelines_are_the_web_uis_use_old_scheduling(pro
 def test_the_hires_pass_draws_a_prompt_edit_past_its_first_pass_throughout(sd1_dir, tmp_path):
     """`[cat:dog:0.5]` with the hires fix: the first pass switches halfway, the hires pass draws "dog" all through,
     the picture its hires prompt "dog" draws."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
 
     def draw(out, **kw):
         return np.asarray(Image.open(generate(GenerateConfig(
@@ -1096,7 +1096,7 @@ def test_the_hires_pass_counts_on_from_a_second_order_first_pass_by_its_model_ca
     """The web UI counts the hires pass's steps on from the first pass's model calls (firstpass_steps: Heun's 4
     steps are 8), so after a Heun first pass `[cat:dog:10]` switches after step 2 of a 4-step Euler hires pass,
     as `[cat:dog:1.5]` does."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
 
     def draw(out, hires_prompt):
         return np.asarray(Image.open(generate(GenerateConfig(
@@ -1112,7 +1112,7 @@ def test_pictures_drawn_on_copies_of_a_made_sampler_are_those_drawn_on_samplers_
     a DPM2 a first pass and a DPM++ 2S a hires pass, are bit for bit those of samplers made afresh for every pass."""
     from textinv import samplers
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
 
     def draw(out):
         paths = generate(GenerateConfig(prompt=["a cat"], out=str(tmp_path / out), n=2, seed=5, steps=3,
@@ -1134,7 +1134,7 @@ def test_an_img2img_pass_schedules_prompt_editing_over_all_its_steps_from_its_fi
     """The web UI schedules an img2img pass's prompt over all of --steps and counts the steps it runs from 0: at 4
     steps and denoise 0.5 it runs 3 (steps 0-2), and `[cat:dog:0.5]` switches after step 2, so all three are "cat".
     Scheduled over the 3 steps run, "dog" drew the last."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     Image.new("RGB", (16, 16), (200, 120, 40)).save(tmp_path / "init.png")
 
     def draw(out, prompt):
@@ -1169,7 +1169,7 @@ def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidan
 
     from textinv.generate import encode_prompts
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     sampler = "euler"
     if scheduler == "pndm":
         model.pipeline.scheduler = PNDMScheduler.from_config(model.pipeline.scheduler.config, skip_prk_steps=True)
@@ -1184,11 +1184,11 @@ def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidan
         cond = red if step <= 2 else blue
         expected = torch.cat([dark if step == 2 else ugly, cond]) if guidance > 1 else cond
         torch.testing.assert_close(hidden, expected)
-    plain = render(load_model(sd1_dir), ["a red dog"], [0], steps=4, guidance=guidance, negative_prompt="ugly",
+    plain = render(fresh_model(sd1_dir), ["a red dog"], [0], steps=4, guidance=guidance, negative_prompt="ugly",
                    sampler="euler")
     if scheduler == "euler":
         assert not np.array_equal(np.asarray(edited[0]), np.asarray(plain[0]))
-    whole = render(load_model(sd1_dir), ["a [red:blue:1.0] dog"], [0], steps=4, guidance=guidance,
+    whole = render(fresh_model(sd1_dir), ["a [red:blue:1.0] dog"], [0], steps=4, guidance=guidance,
                    negative_prompt="ugly", sampler="euler")  # one stretch: the plain path, the same picture
     assert np.array_equal(np.asarray(whole[0]), np.asarray(plain[0]))
 
@@ -1199,7 +1199,7 @@ def test_a_second_order_samplers_prompt_editing_counts_its_model_calls_as_the_we
     (step_multiplier): `[red:blue:2]` at 4 steps (7 calls) draws red for calls 0-2, not for the first 3 steps' 5."""
     from textinv.generate import encode_prompts
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     seen = _conditioning_seen(model)
     render(model, ["a [red:blue:2] dog"], [0], steps=4, guidance=7.5, negative_prompt="", sampler=sampler)
     red, blue = (encode_prompts(model, [f"a {c} dog"])[0] for c in ("red", "blue"))
@@ -1214,7 +1214,7 @@ def test_restarts_img2img_pass_plans_the_steps_it_runs_as_the_web_ui_hands_them_
     scheduler's begin index, and the UNet is called at the replanned ones, 2 x 22 - 1 calls."""
     from textinv.samplers import scheduler_for
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     Image.new("RGB", (16, 16), (200, 120, 40)).save(tmp_path / "init.png")
     seen = []
     model.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(float(
@@ -1239,7 +1239,7 @@ def test_a_restart_pass_the_web_ui_would_draw_short_is_refused_before_the_unet_i
     scheduler's ValueError from inside the pipeline, the hires fix's once its first pass had drawn."""
     from textinv.generate import Hires
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     calls = []
     model.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
     if pass_ == "hires":
@@ -1262,7 +1262,7 @@ def test_the_refiner_switch_of_a_restart_img2img_pass_is_found_on_the_steps_plan
     from textinv.generate import _refiner_span, _switch_iteration
     from textinv.samplers import scheduler_for
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     planned = scheduler_for(model.pipeline.scheduler, "restart")
     planned.set_timesteps(30)  # (denoise 0.7: the last 22 steps, 43 calls, from call 16)
     whole = _switch_iteration(planned, 43, 0.5)
@@ -1617,7 +1617,7 @@ def test_a_prompt_and_negative_of_different_lengths_are_each_read_at_their_own_l
     cross-attention reads, and changes the picture."""
     from textinv.generate import encode_prompts
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     calls = []
     model.unet.register_forward_hook(lambda m, args, kwargs, out: calls.append((args, kwargs, out)),
                                      with_kwargs=True)
@@ -1643,7 +1643,7 @@ def test_a_prompt_edited_to_another_length_is_read_at_each_steps_own_length(sd1_
     """The web UI reads each step's conditioning at that step's text's length (reconstruct_cond_batch picks one
     text's tensor; CFGDenoiser.forward, pad_cond_uncond off): a prompt or negative of one chunk, edited into two
     after step 1, is read at 77 tokens in steps 0-1, not with the later text's second chunk's padding."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     unet = model.pipeline.unet
     masks = []
     forward = unet.forward
@@ -1678,7 +1678,7 @@ def test_a_training_runs_folder_draws_its_token_whatever_format_it_saved(sd1_dir
     from textinv.config import TrainConfig
     from textinv.train import train
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     common = dict(steps=2, batch=2, save_every=0, sample_every=0, lr=0.5)
     train(TrainConfig(images=str(images), token="<zq>", init="dog", out=str(tmp_path / "run"), format="a1111",
                       **common), model=model, progress=False)
@@ -1783,7 +1783,7 @@ def test_again_draws_a_picture_in_the_batch_it_was_drawn_in(sd1_dir, tmp_path):
     out a pixel off (on this CPU, seed 6's did). Its batch is drawn again, and only the picture is written."""
     from textinv.again import again_config
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     calls = []
     model.unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     paths = generate(GenerateConfig(prompt=["a dog"], n=3, seed=5, steps=3, width=32, batch_size=3,
@@ -3207,7 +3207,7 @@ def test_pictures_name_the_embeddings_and_loras_they_used_by_the_web_uis_hashes(
     config = GenerateConfig(prompt=["a photo of <Q> <lora:my,style:0.5> <lora:kohya:0.2>", "[a cat:a <q>:2]", "a dog"],
                             negative_prompt="BAD, blurry", embedding=[str(q), str(bad), str(unused)],
                             out=str(tmp_path / "r"), n=1, steps=3, lora_dir=[str(loras)])
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     with pytest.warns(UserWarning, match="'<u>'"):  # (no prompt uses it)
         first, edited, plain = generate(config, model=model, progress=False)
     texts = [parse_a1111_parameters(Image.open(p).text["parameters"]) for p in (first, edited, plain)]
@@ -3420,7 +3420,7 @@ def _drawn(model, prompts, seeds=(0,), steps=3, **kwargs):
 def test_composable_diffusion_guides_with_each_sub_prompt(sd1_dir):
     """"a AND b" is neither "a b" nor "a"; "x:0.5 AND x:0.5" reduces to "x" (uncond + 0.5 g (x - uncond) twice), at
     guidance 1 too (no CFG: uncond + sum w (cond - uncond), as the web UI draws at CFG scale 1)."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     both, = _drawn(model, ["a red dog AND a blue cat"])
     assert np.abs(both - _drawn(model, ["a red dog a blue cat"])[0]).max() > 2
     assert np.abs(both - _drawn(model, ["a red dog"])[0]).max() > 2
@@ -3439,7 +3439,7 @@ def test_composable_diffusion_guides_with_each_sub_prompt(sd1_dir):
 def test_composable_diffusion_picture_is_its_own_at_any_batch_size_and_length(sd1_dir):
     """A picture's batch-mates (another prompt with more sub-prompts, longer ones) do not change it, nor does a
     sub-prompt longer than one chunk change another's picture: each is read at its own length."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     alone, = _drawn(model, ["a red dog AND a blue cat"], negative_prompt="ugly")
     mates = _drawn(model, ["a red dog AND a blue cat", "fog AND " + "tree, " * 40 + " AND sun:0.3"], seeds=(0, 1),
                    negative_prompt="ugly")
@@ -3452,7 +3452,7 @@ def test_composable_sub_prompts_of_different_lengths_are_padded_with_their_last_
     the negative is read at its own length (the web UI's pad_cond_uncond off)."""
     from textinv.generate import encode_prompts
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     unet = model.pipeline.unet
     seen = []
     forward = unet.forward
@@ -3477,7 +3477,7 @@ def test_composable_sub_prompts_of_different_lengths_are_padded_with_their_last_
 
 
 def test_prompt_editing_and_learned_tokens_work_inside_each_sub_prompt(sd1_dir):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     emb = LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, model.widths[0], generator=torch.Generator()
                                                                  .manual_seed(0)) * 2})
     install_embedding(model, emb)
@@ -3494,7 +3494,7 @@ def test_a_prompt_without_and_draws_as_before(sd1_dir, monkeypatch):
     import textinv.generate as gen
     from textinv.emphasis import composable_parts
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     assert composable_parts("a photo of a dog") == [("a photo of a dog", 1.0)]  # (the split alone changes nothing)
     ours, = _drawn(model, ["a photo of a dog"], steps=3)
 

@@ -20,6 +20,7 @@ from textinv.train import train
 
 from graph_fakes import FakeCapture
 from test_train import config
+from conftest import fresh_model
 
 
 @pytest.fixture
@@ -75,8 +76,8 @@ def test_several_concepts_and_sdxl_through_the_captured_path(on_the_cpu, sd1_dir
     dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
     common = dict(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], steps=4, batch=2, save_every=0,
                   sample_every=0, log_every=2, lr=5e-2, max_grad_norm=0.05)
-    plain = train(TrainConfig(out=str(tmp_path / "a"), **common), model=load_model(sd1_dir), progress=False)
-    graphed = train(TrainConfig(out=str(tmp_path / "b"), cuda_graphs=True, **common), model=load_model(sd1_dir),
+    plain = train(TrainConfig(out=str(tmp_path / "a"), **common), model=fresh_model(sd1_dir), progress=False)
+    graphed = train(TrainConfig(out=str(tmp_path / "b"), cuda_graphs=True, **common), model=fresh_model(sd1_dir),
                     progress=False)
     same_run(plain, graphed)
 
@@ -91,11 +92,11 @@ def test_several_concepts_and_sdxl_through_the_captured_path(on_the_cpu, sd1_dir
 
 
 def test_cuda_graphs_may_be_turned_on_when_resuming(on_the_cpu, sd1_dir, images, tmp_path):
-    straight = train(config(images, tmp_path / "a", steps=4), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a", steps=4), model=fresh_model(sd1_dir), progress=False)
     out = tmp_path / "b"
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     resumed = train(config(images, out, steps=4, save_every=2, resume=True, cuda_graphs=True),
-                    model=load_model(sd1_dir), progress=False)
+                    model=fresh_model(sd1_dir), progress=False)
     same_run(straight, resumed)
 
 
@@ -107,7 +108,7 @@ def test_what_a_captured_step_cannot_take_is_refused(images, tmp_path, sd1_dir):
     config(images, tmp_path, cuda_graphs=True, compile="blocks").validate()  # (regional compile is captured too)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="needs an NVIDIA GPU; this run is on cpu: leave --cuda-graphs out"):
-            train(config(images, tmp_path / "run", cuda_graphs=True), model=load_model(sd1_dir), progress=False)
+            train(config(images, tmp_path / "run", cuda_graphs=True), model=fresh_model(sd1_dir), progress=False)
         assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -146,7 +147,7 @@ def test_running_out_of_memory_while_capturing_is_the_runs_error(on_the_cpu, sd1
     monkeypatch.setattr(graphs.CapturedStep, "__init__",
                         lambda self, *a, **kw: real_init(self, *a, **{**kw, "capture": True}))
     with pytest.raises(DeviceMemoryError, match="training step 1"):
-        train(config(images, tmp_path / "run", cuda_graphs=True), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "run", cuda_graphs=True), model=fresh_model(sd1_dir), progress=False)
 
 
 def test_a_replay_adds_its_own_gradients_and_returns_its_own_losses(fake_capture):
@@ -195,12 +196,12 @@ def test_replayed_on_the_cpu_the_captured_step_learns_what_the_plain_step_learns
 
 
 def test_a_resumed_run_captures_its_step_again(fake_capture, sd1_dir, images, tmp_path):
-    straight = train(config(images, tmp_path / "a", steps=4), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a", steps=4), model=fresh_model(sd1_dir), progress=False)
     out = tmp_path / "b"
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     fake_capture.watch = lambda: weights(model)
     train(config(images, out, steps=2, save_every=2, cuda_graphs=True), model=model, progress=False)
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     resumed = train(config(images, out, steps=4, save_every=2, resume=True, cuda_graphs=True), model=model,
                     progress=False)
     assert (fake_capture.captures, fake_capture.replays) == (2, 4)
@@ -215,7 +216,7 @@ def test_a_stopped_run_lets_go_of_its_graph(fake_capture, sd1_dir, images, tmp_p
             raise KeyboardInterrupt
 
     with pytest.raises(train_module.TrainingInterrupted) as info:
-        train(config(images, tmp_path / "run", cuda_graphs=True), model=load_model(sd1_dir), progress=False,
+        train(config(images, tmp_path / "run", cuda_graphs=True), model=fresh_model(sd1_dir), progress=False,
               on_step=stop)
     gc.collect()
     assert info.value.__traceback__ is not None and fake_capture.replays == 2
@@ -256,7 +257,7 @@ def test_running_out_of_memory_inside_the_capture_is_the_runs_error(on_the_cpu, 
     with pytest.raises(DeviceMemoryError, match=r"in training step 1 \(batch 2, 16x16, fp32, --cuda-graphs\).*least: "
                                                 r"no --cuda-graphs \(the same result, slower at small batches\); "
                                                 r"--gradient-checkpointing"):
-        train(config(images, tmp_path / "run", cuda_graphs=True), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "run", cuda_graphs=True), model=fresh_model(sd1_dir), progress=False)
 
 
 def test_a_grid_that_runs_out_of_memory_beside_the_captured_step_suggests_leaving_it_out(images, tmp_path):

@@ -16,6 +16,7 @@ from textinv.tokens import base_embedding
 from textinv.train import encode_captions, long_caption_ids, train
 
 from test_train import config
+from conftest import fresh_model
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +162,7 @@ def test_a_token_past_the_75th_token_trains_with_150_and_is_refused_at_75(family
 def test_a_token_across_a_chunks_end_trains_every_vector(sd1_dir, images, tmp_path, monkeypatch):
     """kohya cuts every 75 tokens, whatever is there: a token of 2 vectors at tokens 75 and 76 has its first in the
     first chunk and its second in the next; both learn, and the conditioning the UNet gets holds both."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     caption_all(images, words(model.tokenizer, 74) + " {}")
     seen = []
     real = train_module.encode_captions
@@ -178,20 +179,20 @@ def test_a_token_across_a_chunks_end_trains_every_vector(sd1_dir, images, tmp_pa
 
 
 def test_resume_is_exact_and_refuses_another_length(sd1_dir, images, tmp_path):
-    caption_all(images, "{} " + words(load_model(sd1_dir).tokenizer, 100))
+    caption_all(images, "{} " + words(fresh_model(sd1_dir).tokenizer, 100))
     long = dict(max_token_length=225, vectors=2)
-    straight = train(config(images, tmp_path / "a", steps=4, **long), model=load_model(sd1_dir), progress=False)
-    train(config(images, tmp_path / "b", steps=2, save_every=2, **long), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a", steps=4, **long), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "b", steps=2, save_every=2, **long), model=fresh_model(sd1_dir), progress=False)
     resumed = train(config(images, tmp_path / "b", steps=4, save_every=2, resume=True, **long),
-                    model=load_model(sd1_dir), progress=False)
+                    model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     for was, now in ((225, 150), (225, 75)):
         with pytest.raises(ConfigError, match=f"cannot resume .*max_token_length: {was} -> {now}"):
             train(config(images, tmp_path / "b", steps=6, resume=True, vectors=2, max_token_length=now),
-                  model=load_model(sd1_dir), progress=False)
-    train(config(images, tmp_path / "c", steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+                  model=fresh_model(sd1_dir), progress=False)
+    train(config(images, tmp_path / "c", steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     with pytest.raises(ConfigError, match="max_token_length: 75 -> 150"):
-        train(config(images, tmp_path / "c", steps=4, resume=True, max_token_length=150), model=load_model(sd1_dir),
+        train(config(images, tmp_path / "c", steps=4, resume=True, max_token_length=150), model=fresh_model(sd1_dir),
               progress=False)
 
 
@@ -230,12 +231,12 @@ def test_several_concepts_at_150_each_learn_what_their_own_run_learns(sd1_dir, t
     from conftest import each_concept_alone, write_images
 
     dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
-    tok = load_model(sd1_dir).tokenizer
+    tok = fresh_model(sd1_dir).tokenizer
     caption_all(dogs, words(tok, 90) + " {}")
     caption_all(cats, "{} " + words(tok, 30))
     common = dict(steps=3, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2, max_token_length=150)
     concepts = [f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"]
-    joint = train(TrainConfig(concepts=concepts, out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir),
+    joint = train(TrainConfig(concepts=concepts, out=str(tmp_path / "joint"), **common), model=fresh_model(sd1_dir),
                   progress=False)
     for mine, alone in zip(joint.embeddings, each_concept_alone(sd1_dir, tmp_path, concepts, **common)):
         assert torch.allclose(mine.vectors["text_encoder"], alone.vectors["text_encoder"], atol=1e-5)
@@ -248,7 +249,7 @@ def test_the_compile_check_runs_the_graph_of_the_long_conditioning(sd1_dir, imag
     from test_train import graphs_compiled
 
     cfg = config(images, tmp_path / "run", steps=2, compile="unet", max_token_length=150)
-    assert graphs_compiled(monkeypatch, load_model(sd1_dir), cfg) == 1
+    assert graphs_compiled(monkeypatch, fresh_model(sd1_dir), cfg) == 1
 
 
 def test_the_memory_worked_out_counts_the_long_conditioning(sd1_dir, images, tmp_path, monkeypatch):
@@ -260,7 +261,7 @@ def test_the_memory_worked_out_counts_the_long_conditioning(sd1_dir, images, tmp
     from conftest import CUDA_OUT_OF_MEMORY
     from test_memory import _fake_cuda
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     twin, ids = meta_twin(model)
     side = model.resolution
     long = step_bytes(twin, ids, 3, side, max_token_length=225)

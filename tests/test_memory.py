@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import CUDA_OUT_OF_MEMORY, out_of_memory_at, train_config
+from conftest import CUDA_OUT_OF_MEMORY, fresh_model, out_of_memory_at, train_config
 from textinv import cli
 from textinv import train as train_module
 from textinv.errors import DeviceMemoryError
@@ -28,7 +28,7 @@ def config(images, out, **kw):
 
 def test_out_of_memory_in_a_step_names_it_with_the_fixes_and_the_run_resumes_to_the_same_result(
         sd1_dir, images, tmp_path, monkeypatch):
-    straight = train(config(images, tmp_path / "a"), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a"), model=fresh_model(sd1_dir), progress=False)
     out = tmp_path / "b"
     undo, seen = out_of_memory_at(monkeypatch, 4)  # (one UNet call a step: step 4)
     real_save, held_at_save = train_module.save_checkpoint, []
@@ -41,7 +41,7 @@ def test_out_of_memory_in_a_step_names_it_with_the_fixes_and_the_run_resumes_to_
     real_finish, finished = train_module.RunTracker.finish, []
     monkeypatch.setattr(train_module.RunTracker, "finish", lambda self: finished.append(real_finish(self)))
     with pytest.raises(DeviceMemoryError) as info:
-        train(config(images, out, log_with="tensorboard"), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, log_with="tensorboard"), model=fresh_model(sd1_dir), progress=False)
     undo()
     assert held_at_save == [False]  # the failed step's tensors were let go of before the save
     assert len(finished) == 1  # the tracker closed
@@ -61,7 +61,7 @@ def test_out_of_memory_in_a_step_names_it_with_the_fixes_and_the_run_resumes_to_
     assert not list(out.rglob("*.tmp"))
     with run_lock(out):  # (flock refuses a second open file even in this process: it would fail while held)
         pass
-    resumed = train(config(images, out, resume=True, gradient_checkpointing=True), model=load_model(sd1_dir),
+    resumed = train(config(images, out, resume=True, gradient_checkpointing=True), model=fresh_model(sd1_dir),
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses == straight.losses
@@ -71,7 +71,7 @@ def test_the_error_holds_none_of_the_failed_steps_tensors_and_the_model_trains_a
                                                                                      monkeypatch):
     """A notebook keeps the last error (sys.last_exc): through the frames in its traceback (or its context's), the
     failed step's tensors would stay on the GPU, and a second try with a smaller batch would not fit either."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     size = len(model.tokenizer)
     undo, seen = out_of_memory_at(monkeypatch, 2)
     with pytest.raises(DeviceMemoryError) as info:
@@ -88,12 +88,12 @@ def test_the_error_holds_none_of_the_failed_steps_tensors_and_the_model_trains_a
 
 def test_out_of_memory_in_a_sample_grid_resumes_without_grids(sd1_dir, images, tmp_path, monkeypatch):
     grids = dict(sample_every=2, sample_steps=2, steps=4)
-    straight = train(config(images, tmp_path / "a", **grids), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a", **grids), model=fresh_model(sd1_dir), progress=False)
     out = tmp_path / "b"
     # the UNet's calls: the grid of step 0 (two denoising steps), steps 1 and 2, then the grid of step 2
     undo, _ = out_of_memory_at(monkeypatch, 5)
     with pytest.raises(DeviceMemoryError) as info:
-        train(config(images, out, **grids), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, **grids), model=fresh_model(sd1_dir), progress=False)
     undo()
     message = str(info.value)
     assert message.startswith("out of memory on cpu drawing the sample grid of step 2 (4 prompts at 16x16): ")
@@ -102,7 +102,7 @@ def test_out_of_memory_in_a_sample_grid_resumes_without_grids(sd1_dir, images, t
     assert message.endswith(f"The run is saved at step 2: textinv train --out {out} --resume continues it with "
                             f"fewer --sample-prompts or --sample-every 0, which change nothing that is learned")
     assert [p.name for p in checkpoints(out)] == ["step-000002.pt"]
-    resumed = train(config(images, out, resume=True, **{**grids, "sample_every": 0}), model=load_model(sd1_dir),
+    resumed = train(config(images, out, resume=True, **{**grids, "sample_every": 0}), model=fresh_model(sd1_dir),
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
 
@@ -111,7 +111,7 @@ def test_out_of_memory_in_the_last_grid_says_the_run_had_finished(sd1_dir, image
     out = tmp_path / "b"
     undo, _ = out_of_memory_at(monkeypatch, 9)  # (grids of steps 0 and 2 two calls each, a call a step: step 4's)
     with pytest.raises(DeviceMemoryError) as info:
-        train(config(images, out, sample_every=2, sample_steps=2, steps=4), model=load_model(sd1_dir),
+        train(config(images, out, sample_every=2, sample_steps=2, steps=4), model=fresh_model(sd1_dir),
               progress=False)
     undo()
     assert str(info.value).endswith("The run had finished: its embedding and checkpoint of step 4 are saved; only "
@@ -141,7 +141,7 @@ def test_other_runtime_errors_pass_through_as_they_are(sd1_dir, images, tmp_path
     bug = RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x32 and 64x32)")
     undo, _ = out_of_memory_at(monkeypatch, 2, bug)
     with pytest.raises(RuntimeError) as info:
-        train(config(images, tmp_path / "b"), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "b"), model=fresh_model(sd1_dir), progress=False)
     undo()
     assert info.value is bug and type(info.value) is RuntimeError
     assert checkpoints(tmp_path / "b") == []  # (saved as a crash leaves a run: not as running out of memory)
@@ -216,7 +216,7 @@ def test_out_of_memory_while_drawing_says_the_batch_and_what_was_written(sd1_dir
     from textinv.config import GenerateConfig
     from textinv.generate import generate
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     out = tmp_path / "renders"
     undo, seen = out_of_memory_at(monkeypatch, 3)  # (two denoising steps a call: the second call of 2 pictures)
     with pytest.raises(DeviceMemoryError) as info:
@@ -260,7 +260,7 @@ def test_out_of_memory_in_a_grid_with_a_prompts_files_options_counts_the_picture
     undo, _ = out_of_memory_at(monkeypatch, call)
     with pytest.raises(DeviceMemoryError) as info:
         train(config(images, tmp_path / "b", sample_every=2, sample_steps=2, sample_prompts=[str(prompts)]),
-              model=load_model(sd1_dir), progress=False)
+              model=fresh_model(sd1_dir), progress=False)
     undo()
     message = str(info.value)
     assert message.startswith(f"out of memory on cpu drawing the sample grid of step 0 ({said}): ")
@@ -274,7 +274,7 @@ def test_out_of_memory_installing_an_embedding_in_a_model_passed_in_says_so(sd1_
     from textinv.config import GenerateConfig
     from textinv.formats import LearnedEmbedding, save_embedding
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     generate_module.install_embedding(model, LearnedEmbedding("<mine>", {"text_encoder": torch.randn(1, 32)}))
     tokenizer, table, size = model.tokenizer, model.text_encoder.get_input_embeddings(), len(model.tokenizer)
     file = save_embedding(LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, 32)}),
@@ -400,7 +400,7 @@ def test_the_meta_twin_takes_each_components_own_dtype_and_mode(sd1_dir):
     model's would, and run its layers as that model's are (eval: no dropout masks)."""
     from textinv.memory import meta_twin
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     model.unet.to(torch.bfloat16)
     twin, _ = meta_twin(model)
     assert next(twin.unet.parameters()).dtype == torch.bfloat16
@@ -421,7 +421,7 @@ def test_out_of_memory_in_a_step_on_a_gpu_says_which_batch_fits_worked_out_for_t
         checkpointing, sd1_dir, images, tmp_path, monkeypatch):
     from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     side = model.resolution
     twin, ids = meta_twin(model)
     held = 5_000_000  # (what the run holds between steps: weights, latents, the optimizer)
@@ -459,7 +459,7 @@ def test_the_worked_out_batch_of_several_concepts_says_the_batch_per_concept(sd1
     --grad-accum samples of each concept."""
     from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     side = model.resolution
     twin, ids = meta_twin(model)
     held = 5_000_000
@@ -487,7 +487,7 @@ def test_the_worked_out_batch_counts_what_the_run_held_as_its_steps_began(sd1_di
     picture at SDXL's size) with them: torch's allocated bytes then are less than the run held between steps."""
     from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     side = model.resolution
     twin, ids = meta_twin(model)
     held = 5_000_000
@@ -500,7 +500,7 @@ def test_the_worked_out_batch_counts_what_the_run_held_as_its_steps_began(sd1_di
 
 
 def test_the_worked_out_batch_is_left_out_where_it_cannot_explain_the_failure(sd1_dir, images, tmp_path, monkeypatch):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     _fake_cuda(monkeypatch, free=2 ** 40, reserved=0, allocated=0)  # (room for any batch: says nothing)
     where = _Where(config(images, tmp_path, batch=8), torch.float32, stage="step", step=5,
                    resolution=model.resolution, model=model)
@@ -516,7 +516,7 @@ def test_ctrl_c_while_the_batch_is_worked_out_shows_the_error_at_once(sd1_dir, i
     waiting", and must not put a KeyboardInterrupt from deep in torch where the out-of-memory message would be."""
     import torch.nn.functional as F
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     _fake_cuda(monkeypatch, free=1, reserved=0, allocated=0)
     where = _Where(config(images, tmp_path, batch=8), torch.float32, stage="step", step=5,
                    resolution=model.resolution, model=model)
@@ -538,7 +538,7 @@ def test_the_worked_out_batch_is_left_out_for_a_step_that_is_not_the_one_it_work
         settings, sd1_dir, images, tmp_path, monkeypatch):
     """The reference-like mode runs the VAE every step and trains the whole table; inductor's CUDA graphs keep a
     pool of their own: the eager step it works out is not theirs."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     _fake_cuda(monkeypatch, free=1, reserved=0, allocated=0)  # (no room: it would say "not one sample")
     kw = dict(stage="step", step=5, resolution=model.resolution, model=model)
     plain = str(_memory_error(_Where(config(images, tmp_path, batch=8), torch.float32, **kw), torch.device("cuda"),
@@ -550,7 +550,7 @@ def test_the_worked_out_batch_is_left_out_for_a_step_that_is_not_the_one_it_work
 
 
 def test_a_run_hands_its_model_and_size_to_the_worked_out_batch(sd1_dir, images, tmp_path, monkeypatch):
-    model, asked = load_model(sd1_dir), []
+    model, asked = fresh_model(sd1_dir), []
 
     def batches_that_fit(where, device, batch):
         asked.append((where.model, where.resolution, where.clip_skip, where.held, batch))
@@ -618,7 +618,7 @@ def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, sd1_dir, sd
 
 def test_working_out_the_batch_says_so_while_it_works_only_when_the_run_shows_progress(sd1_dir, images, tmp_path,
                                                                                       monkeypatch, capsys):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     _fake_cuda(monkeypatch, free=1, reserved=0, allocated=0)
     capsys.readouterr()  # (the load's own progress bar)
     for progress in (True, False):
@@ -635,7 +635,7 @@ def test_the_worked_out_batch_keeps_within_the_part_of_the_gpu_the_process_may_u
                                                                                   monkeypatch):
     from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     twin, ids = meta_twin(model)
     part = int((WORKSPACE + step_bytes(twin, ids, 3, model.resolution)) * RESERVE) + 1  # (room for 3 at once)
     # the GPU has 24 GiB free, but this process may use only `part` of it (set_per_process_memory_fraction)

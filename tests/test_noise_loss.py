@@ -17,6 +17,7 @@ from textinv.models import load_model
 from textinv.train import (BatchSampler, LossOptions, NoiseOptions, composed_noise, denoising_loss, train)
 
 from test_train import _mixed_pictures, config
+from conftest import fresh_model
 
 
 def sd_scheduler(prediction_type="epsilon"):
@@ -185,7 +186,7 @@ def test_the_defaults_run_the_ops_they_always_ran(sd1_dir, images, tmp_path, mon
     inert = dict(huber_c=0.3, huber_schedule="constant", huber_scale=2.0, multires_noise_discount=0.5)
     assert LossOptions.of(TrainConfig(**inert)) is None and NoiseOptions.of(TrainConfig(**inert)) is None
     run = dict(steps=3, vectors=2, noise_offset=0.1)
-    default = train(config(images, tmp_path / "a", **run), model=load_model(sd1_dir), progress=False)
+    default = train(config(images, tmp_path / "a", **run), model=fresh_model(sd1_dir), progress=False)
 
     def absent(*a, **k):
         raise AssertionError("kohya's noise or loss code ran in a default run")
@@ -199,7 +200,7 @@ def test_the_defaults_run_the_ops_they_always_ran(sd1_dir, images, tmp_path, mon
         return real(*a, **k)
 
     monkeypatch.setattr(train_module, "diffusion_loss", spy)
-    without = train(config(images, tmp_path / "b", **run, **inert), model=load_model(sd1_dir), progress=False)
+    without = train(config(images, tmp_path / "b", **run, **inert), model=fresh_model(sd1_dir), progress=False)
     assert calls and all(keys == [] for keys in calls)  # (positional, as before: no input_noise, no options)
     for name in default.embedding.vectors:
         assert torch.equal(default.embedding.vectors[name], without.embedding.vectors[name])
@@ -219,22 +220,22 @@ def test_resume_equals_an_uninterrupted_run_with_every_setting_on(settings, sd1_
     """The noise parts come from each concept's seeded generator, whose state each checkpoint holds: a run stopped
     and resumed learns what the uninterrupted run learns, bit for bit; and each setting changes what is learned."""
     pictures = _mixed_pictures(tmp_path / "mixed") if settings.get("buckets") else images
-    straight = train(config(pictures, tmp_path / "a", steps=6, save_every=2, **settings), model=load_model(sd1_dir),
+    straight = train(config(pictures, tmp_path / "a", steps=6, save_every=2, **settings), model=fresh_model(sd1_dir),
                      progress=False)
-    train(config(pictures, tmp_path / "b", steps=4, save_every=2, **settings), model=load_model(sd1_dir),
+    train(config(pictures, tmp_path / "b", steps=4, save_every=2, **settings), model=fresh_model(sd1_dir),
           progress=False)
     resumed = train(config(pictures, tmp_path / "b", steps=6, save_every=2, resume=True, **settings),
-                    model=load_model(sd1_dir), progress=False)
+                    model=fresh_model(sd1_dir), progress=False)
     for name in straight.embedding.vectors:
         assert torch.equal(straight.embedding.vectors[name], resumed.embedding.vectors[name])
     assert straight.losses == resumed.losses
     plain = {k: v for k, v in settings.items() if k == "buckets"}
-    without = train(config(pictures, tmp_path / "c", steps=6, **plain), model=load_model(sd1_dir), progress=False)
+    without = train(config(pictures, tmp_path / "c", steps=6, **plain), model=fresh_model(sd1_dir), progress=False)
     assert straight.losses != without.losses
     with pytest.raises(ConfigError, match="cannot resume .* with different settings"):  # (the settings are the run's)
         changed = {k: v for k, v in settings.items() if k not in ("ip_noise_gamma", "ip_noise_gamma_random_strength",
                                                                  "v_pred_like_loss")}
-        train(config(pictures, tmp_path / "b", steps=8, resume=True, **changed), model=load_model(sd1_dir),
+        train(config(pictures, tmp_path / "b", steps=8, resume=True, **changed), model=fresh_model(sd1_dir),
               progress=False)
 
 
@@ -246,13 +247,13 @@ def test_the_perturbation_noises_the_latents_and_the_target_keeps_the_noise(sd2_
 
     seen = []
     record_noise(monkeypatch, seen)
-    train(config(images, tmp_path / "p", steps=1, batch=3, ip_noise_gamma=0.5), model=load_model(sd2_dir),
+    train(config(images, tmp_path / "p", steps=1, batch=3, ip_noise_gamma=0.5), model=fresh_model(sd2_dir),
           progress=False)
     (_, noised), (_, target) = [s for s in seen if s[0] in ("add", "v")][:2]
     gap = noised - target  # (3, 4, h, w): 0.5 x normal noise
     assert gap.std().item() == pytest.approx(0.5, rel=0.25) and abs(gap.mean().item()) < 0.15
     seen.clear()
-    train(config(images, tmp_path / "q", steps=1, batch=3), model=load_model(sd2_dir), progress=False)
+    train(config(images, tmp_path / "q", steps=1, batch=3), model=fresh_model(sd2_dir), progress=False)
     (_, noised), (_, plain_target) = seen[:2]
     assert torch.equal(noised, plain_target) and torch.equal(plain_target, target)  # (the target's noise unchanged)
 
@@ -283,14 +284,14 @@ def test_the_weights_for_the_other_kind_of_model_are_refused_before_the_first_st
                                                                                    tmp_path):
     with pytest.raises(ConfigError, match="--scale-v-pred-loss-like-noise-pred weighs a v-prediction loss, and .* "
                                           "predicts epsilon: leave it out"):
-        train(config(images, tmp_path / "a", scale_v_pred_loss_like_noise_pred=True), model=load_model(sd1_dir),
+        train(config(images, tmp_path / "a", scale_v_pred_loss_like_noise_pred=True), model=fresh_model(sd1_dir),
               progress=False)
     with pytest.raises(ConfigError, match="--v-pred-like-loss 0.1 adds a v-prediction-like term to an epsilon loss, "
                                           "and .* predicts v_prediction"):
-        train(config(images, tmp_path / "b", v_pred_like_loss=0.1), model=load_model(sd2_dir), progress=False)
+        train(config(images, tmp_path / "b", v_pred_like_loss=0.1), model=fresh_model(sd2_dir), progress=False)
     for out in ("a", "b"):
         assert not (tmp_path / out / "checkpoints").exists()
-    train(config(images, tmp_path / "c", steps=2, scale_v_pred_loss_like_noise_pred=True), model=load_model(sd2_dir),
+    train(config(images, tmp_path / "c", steps=2, scale_v_pred_loss_like_noise_pred=True), model=fresh_model(sd2_dir),
           progress=False)
 
 
@@ -321,7 +322,7 @@ def test_each_concept_of_a_joint_run_draws_and_weighs_as_its_own_run(sd1_dir, tm
     concepts = [f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"]
     common = dict(steps=4, batch=2, save_every=0, sample_every=0, log_every=2, lr=5e-2, max_grad_norm=0.05,
                   **ALL_NOISE, **ALL_LOSS)
-    joint = train(TrainConfig(concepts=concepts, out=str(tmp_path / "joint"), **common), model=load_model(sd1_dir),
+    joint = train(TrainConfig(concepts=concepts, out=str(tmp_path / "joint"), **common), model=fresh_model(sd1_dir),
                   progress=False)
     for mine, alone in zip(joint.embeddings, each_concept_alone(sd1_dir, tmp_path, concepts, **common)):
         assert torch.allclose(mine.vectors["text_encoder"], alone.vectors["text_encoder"], atol=1e-5)

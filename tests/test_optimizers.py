@@ -15,10 +15,9 @@ from textinv import train as train_module
 from textinv.cli import main
 from textinv.config import TrainConfig, build, config_file_settings
 from textinv.errors import ConfigError
-from textinv.models import load_model
 from textinv.optimizers import make_optimizer, parse_optimizer_args
 from textinv.train import TrainingInterrupted, train
-from conftest import train_config
+from conftest import fresh_model, train_config
 
 
 config = train_config  # (a short run's settings, `kw` over them)
@@ -35,15 +34,15 @@ def vectors(result):
 def test_the_default_run_is_todays_adamw_bit_for_bit(sd1_dir, images, tmp_path, monkeypatch):
     """--optimizer adamw, the default, builds torch's AdamW with the rate and weight decay alone, as train did before
     the flag: the same vectors and losses as that line, and a kohya AdamW8bit config trains the same run."""
-    default = train(config(images, tmp_path / "a"), model=load_model(sd1_dir), progress=False)
+    default = train(config(images, tmp_path / "a"), model=fresh_model(sd1_dir), progress=False)
     with pytest.warns(UserWarning, match=r"--optimizer AdamW8bit: taken as adamw; 8-bit and paged optimizers save "
                                          r"memory on billions of weights"):
-        eight_bit = train(config(images, tmp_path / "b", optimizer="AdamW8bit"), model=load_model(sd1_dir),
+        eight_bit = train(config(images, tmp_path / "b", optimizer="AdamW8bit"), model=fresh_model(sd1_dir),
                           progress=False)
     built = []
     monkeypatch.setattr(train_module, "make_optimizer", lambda name, params, lr, weight_decay, args, **_: built.append(
         name) or torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))  # (the line train had)
-    before = train(config(images, tmp_path / "c"), model=load_model(sd1_dir), progress=False)
+    before = train(config(images, tmp_path / "c"), model=fresh_model(sd1_dir), progress=False)
     assert built == ["adamw"]
     for other in (eight_bit, before):
         assert torch.equal(vectors(default), vectors(other)) and default.losses == other.losses
@@ -75,27 +74,27 @@ def test_each_optimizer_resumes_to_the_uninterrupted_run_bit_for_bit(optimizer, 
     from conftest import interrupt_loss_at
 
     settings = dict(steps=8, optimizer=optimizer, **schedule)
-    straight = train(config(images, tmp_path / "a", **settings), model=load_model(sd1_dir), progress=False)
+    straight = train(config(images, tmp_path / "a", **settings), model=fresh_model(sd1_dir), progress=False)
     undo = interrupt_loss_at(monkeypatch, 5)
     with pytest.raises(TrainingInterrupted) as info:
-        train(config(images, tmp_path / "b", **settings), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "b", **settings), model=fresh_model(sd1_dir), progress=False)
     assert info.value.step == 4
     undo()
-    resumed = train(config(images, tmp_path / "b", **settings, resume=True), model=load_model(sd1_dir),
+    resumed = train(config(images, tmp_path / "b", **settings, resume=True), model=fresh_model(sd1_dir),
                     progress=False)
     assert torch.equal(vectors(resumed), vectors(straight)) and resumed.losses == straight.losses
-    adamw = train(config(images, tmp_path / "c", steps=8, **schedule), model=load_model(sd1_dir), progress=False)
+    adamw = train(config(images, tmp_path / "c", steps=8, **schedule), model=fresh_model(sd1_dir), progress=False)
     assert not torch.equal(vectors(straight), vectors(adamw))  # (the optimizer asked for is the one that ran)
 
 
 def test_a_resume_with_another_optimizer_or_its_args_is_refused(sd1_dir, images, tmp_path):
-    train(config(images, tmp_path / "b", steps=2, save_every=2, optimizer="sgd"), model=load_model(sd1_dir),
+    train(config(images, tmp_path / "b", steps=2, save_every=2, optimizer="sgd"), model=fresh_model(sd1_dir),
           progress=False)
     with pytest.raises(ConfigError, match=r"cannot resume .* \(optimizer: 'sgd' -> 'adamw'\)"):
-        train(config(images, tmp_path / "b", steps=4, resume=True), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "b", steps=4, resume=True), model=fresh_model(sd1_dir), progress=False)
     with pytest.raises(ConfigError, match=r"optimizer_args: \[\] -> \['momentum=0.5'\]"):
         train(config(images, tmp_path / "b", steps=4, resume=True, optimizer="sgd", optimizer_args=["momentum=0.5"]),
-              model=load_model(sd1_dir), progress=False)
+              model=fresh_model(sd1_dir), progress=False)
 
 
 def _rates(monkeypatch, cls) -> list:
@@ -116,7 +115,7 @@ def test_kohyas_schedules_give_diffusers_rates_with_their_cycles_and_power(sched
     seen = _rates(monkeypatch, torch.optim.AdamW)
     flag = {"num_cycles": "lr_cycles", "power": "lr_power"}
     train(config(images, tmp_path / "a", steps=9, warmup_steps=2, lr_schedule=schedule,
-                 **{flag[k]: v for k, v in shape.items()}), model=load_model(sd1_dir), progress=False)
+                 **{flag[k]: v for k, v in shape.items()}), model=fresh_model(sd1_dir), progress=False)
     reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=5e-2)
     lr_schedule = get_scheduler(schedule, reference, num_warmup_steps=2, num_training_steps=9, **shape)
     assert seen == [5e-2 * lr_schedule.lr_lambdas[0](s) for s in range(9)]  # (LambdaLR's own expression)
@@ -197,7 +196,7 @@ def _fake_package(monkeypatch, module: str, cls: str, **own):
 def test_lion_and_prodigy_are_built_from_their_packages_with_kohyas_args(sd1_dir, images, tmp_path, monkeypatch):
     lion = _fake_package(monkeypatch, "lion_pytorch", "Lion", betas=(0.9, 0.99), use_triton=False)
     result = train(config(images, tmp_path / "a", steps=2, optimizer="Lion", optimizer_args=["betas=0.95,0.98"],
-                          weight_decay=0.1, lr=1e-4), model=load_model(sd1_dir), progress=False)
+                          weight_decay=0.1, lr=1e-4), model=fresh_model(sd1_dir), progress=False)
     assert result.steps == 2
     assert lion[-1] == dict(lr=1e-4, weight_decay=0.1, betas=(0.95, 0.98))  # (the run's own; a stand-in's first)
     prodigy = _fake_package(monkeypatch, "prodigyopt", "Prodigy", d_coef=1.0, use_bias_correction=False)
@@ -417,7 +416,7 @@ def test_schedule_free_saves_samples_and_scores_its_average_and_trains_only_the_
     real_grid, real_loss = train_module.sample_grid, train_module.validation_loss
     monkeypatch.setattr(train_module, "sample_grid", grid)
     monkeypatch.setattr(train_module, "validation_loss", scored)
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     table = model.encoders[0][2].get_input_embeddings().weight.detach().clone()
     out = tmp_path / "o"
     result = train(config(images, out, steps=4, save_every=2, sample_every=2, sample_steps=1, step_embeddings=True,
@@ -443,9 +442,9 @@ def test_a_schedule_free_run_that_saves_and_scores_goes_on_as_one_that_does_not(
     train() alone would be off by a rounding), so a run that saves every step ends where one that never saves does."""
     pytest.importorskip("schedulefree")
     settings = dict(steps=6, optimizer="adamw-schedulefree", validation_split=0.25)  # (the same pictures trained)
-    quiet = train(config(images, tmp_path / "a", validate_every=6, **settings), model=load_model(sd1_dir),
+    quiet = train(config(images, tmp_path / "a", validate_every=6, **settings), model=fresh_model(sd1_dir),
                   progress=False)
-    busy = train(config(images, tmp_path / "b", save_every=1, validate_every=1, **settings), model=load_model(sd1_dir),
+    busy = train(config(images, tmp_path / "b", save_every=1, validate_every=1, **settings), model=fresh_model(sd1_dir),
                  progress=False)
     assert torch.equal(vectors(quiet), vectors(busy)) and quiet.losses == busy.losses
 
@@ -485,7 +484,7 @@ def test_kohyas_dadaptation_names_build_the_packages_optimizers_with_their_args(
 @pytest.mark.parametrize("kohya", ["DAdaptAdam", "DAdaptLion", "DAdaptSGD"])
 def test_a_dadaptation_run_moves_the_tokens_rows_and_no_other(kohya, sd1_dir, images, tmp_path):
     pytest.importorskip("dadaptation")
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     table = model.encoders[0][2].get_input_embeddings().weight.detach().clone()
     init = table[model.encoders[0][1].convert_tokens_to_ids("dog")]
     result = train(config(images, tmp_path / "o", steps=4, optimizer=kohya, lr=1.0), model=model, progress=False)
@@ -543,7 +542,7 @@ def test_schedule_free_samples_an_installed_tokens_vectors_as_they_were(sd1_dir,
     from textinv.formats import LearnedEmbedding
     from textinv.generate import install_embedding
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     before = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
     install_embedding(model, LearnedEmbedding("<had>", {"text_encoder": before.clone()}, {}))
     seen = []

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from conftest import again_warned
+from conftest import again_warned, fresh_model
 from textinv import refine
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
@@ -89,7 +89,7 @@ def test_the_hires_fix_draws_the_first_pass_then_its_steps_at_the_larger_size(sd
 
 @pytest.mark.parametrize("upscaler", ["latent", "lanczos"])
 def test_a_seed_draws_the_same_hires_picture_at_any_batch_size(sd1_dir, upscaler):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     hires = Hires(width=32, height=24, steps=2, upscaler=upscaler)  # (24x24 enlarged to 32x32, 1 latent row cut)
     together = render(model, ["a dog", "a dog"], [5, 6], steps=2, width=24, hires=hires)
     alone = render(model, ["a dog"], [6], steps=2, width=24, hires=hires)
@@ -102,7 +102,7 @@ def test_a_seed_draws_the_same_hires_picture_at_any_batch_size(sd1_dir, upscaler
 def test_prompt_editing_in_a_second_pass_switches_halfway_through_the_steps_it_runs(sd1_dir):
     """The pass runs the last steps of its schedule: the switch is counted over the steps run, not the schedule's.
     As in the web UI (1.6 on), 1.5 is halfway through the second pass (0.5 is the first pass's half, done by then)."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     calls = _unet_calls(model)
     render(model, ["a [cat:dog:1.5] on grass"], [1], steps=2, width=16, sampler="ddim",
            hires=Hires(scale=2, steps=4, denoise=0.5))
@@ -330,7 +330,7 @@ def test_a_bad_init_picture_is_said_before_the_model_loads(tmp_path, monkeypatch
 
 
 def test_a_variation_seed_blends_each_pictures_noise_toward_its_own_as_the_web_ui_does(sd1_dir):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
 
     def draw(seeds, variation=None):
         return [np.asarray(p).astype(int) for p in render(model, ["a dog"] * len(seeds), seeds, steps=2, width=16,
@@ -376,7 +376,7 @@ def test_tiling_draws_a_picture_that_wraps_around(sd1_dir, monkeypatch):
     some latent columns draws the same picture rolled by as many columns' pixels. Padded with zeros it does not."""
     from textinv import generate as generate_module
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     factor = model.pipeline.vae_scale_factor
     own = generate_module.seed_noise
     roll = {"by": 0}
@@ -410,7 +410,7 @@ def test_the_web_uis_emphasis_settings_weigh_as_it_does_and_are_written_and_read
     from textinv.again import again_config
     from textinv.generate import _encode_chunks, _prompt_chunks
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     rows = [_prompt_chunks(model, ["a (red:1.5) dog"])[0]]
     plain = _encode_chunks(model, [_prompt_chunks(model, ["a red dog"])[0]], 1, 1)[0]
     original, no_norm, ignore = (_encode_chunks(model, rows, 1, 1, mode)[0] for mode in ("original", "no-norm",
@@ -453,7 +453,7 @@ def test_comfy_emphasis_reads_each_bracket_as_words_of_its_own(sd1_dir):
     tokens."""
     from textinv.emphasis import comfy_syntax, comfy_token_chunks, parse
 
-    tok = load_model(sd1_dir).tokenizer
+    tok = fresh_model(sd1_dir).tokenizer
     words = tok("red", add_special_tokens=False).input_ids + tok("car", add_special_tokens=False).input_ids
     assert tok("redcar", add_special_tokens=False).input_ids != words  # (else the test would not tell)
     for prompt in ["(red)(car)", "red(car:1)", "(red:1.2)((car:1.2))"]:
@@ -472,7 +472,7 @@ def test_comfy_emphasis_cuts_a_long_prompt_into_chunks_as_comfyui_does(sd1_dir):
     from textinv.emphasis import comfy_token_chunks
     from textinv.generate import _layout
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     tok = model.tokenizer
     tok.add_tokens(["<q>", "<q>_1", "<q>_2"])
     dog, comma, cat, q = (tok(w, add_special_tokens=False).input_ids for w in ("dog", ",", "cat", "<q> <q>_1 <q>_2"))
@@ -500,7 +500,7 @@ def test_comfy_emphasis_moves_weighted_tokens_from_the_empty_prompts_states_as_c
     from textinv.again import again_config
     from textinv.generate import _encode_chunks, _prompt_chunks, _prompted, encode_prompts
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     plain, empty = (_encode_chunks(model, [_prompt_chunks(model, [p])[0]], 1, 1)[0] for p in ("a red dog", ""))
     comfy = _encode_chunks(model, [_prompt_chunks(model, ["a (red:1.5) dog"])[0]], 1, 1, "comfy")[0]
     red = 2  # (<start>, a, red)
@@ -624,7 +624,7 @@ def test_a_hires_pass_that_cannot_be_drawn_is_refused_before_the_first_pass_draw
 
 
 def test_render_refuses_an_init_picture_with_the_hires_fix_rather_than_drop_one(sd1_dir):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     with pytest.raises(ConfigError, match=r"render takes `start` \(img2img\) or `hires` \(the hires fix\), not both"):
         render(model, ["a dog"], [1], steps=2, width=16, start=[Image.new("RGB", (16, 16))], hires=Hires(scale=2))
 
@@ -634,7 +634,7 @@ def test_render_refuses_each_mistake_in_one_order_before_it_draws(sd1_dir):
     skip, an init picture beside the hires fix, the hires fix's own settings, a mask without an init picture."""
     from textinv.inpaint import Inpaint
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     calls = _unet_calls(model)
     mistakes = [({"width": 20}, r"--width must be a multiple of 8 pixels, got 20"),
                 ({"guidance": float("inf")}, r"--guidance must be a finite number, got inf"),
@@ -703,7 +703,7 @@ def test_an_init_image_folder_redraws_each_of_its_pictures_with_every_prompt(sd1
 def test_a_hires_prompt_and_negative_prompt_condition_the_second_pass_only(sd1_dir):
     from textinv.generate import encode_prompts
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     calls = _unet_calls(model)
     render(model, ["a dog"], [3], steps=2, width=16, negative_prompt="ugly",
            hires=Hires(scale=2, steps=2, prompt="a red cat", negative_prompt="blurry"))
@@ -725,7 +725,7 @@ def test_generate_writes_the_hires_prompts_as_the_web_ui_and_again_draws_them(sd
     from textinv.formats import LearnedEmbedding, save_embedding
 
     emb = tmp_path / "zq.safetensors"  # (two vectors: a hires prompt's token is expanded as the prompt's)
-    save_embedding(LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, load_model(sd1_dir).widths[0])}), emb)
+    save_embedding(LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, fresh_model(sd1_dir).widths[0])}), emb)
     seen = []
     drawn = gen.render
 

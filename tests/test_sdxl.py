@@ -19,6 +19,7 @@ from textinv.models import encode_text, load_model
 from textinv.tiny import build_tiny_xl_pipeline
 from textinv.tokens import base_embedding
 from textinv.train import train
+from conftest import fresh_model
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def xl_config(images, out, **kw):
 
 
 def test_trains_both_encoders_only_new_rows_and_writes_the_sdxl_file(xl_dir, images, tmp_path):
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     frozen = {f"{n}.{k}": v.clone() for n, m in (("unet", model.unet), ("te1", model.pipeline.text_encoder),
                                                   ("te2", model.pipeline.text_encoder_2), ("vae", model.vae))
               for k, v in m.state_dict().items()}
@@ -59,20 +60,20 @@ def test_trains_both_encoders_only_new_rows_and_writes_the_sdxl_file(xl_dir, ima
 @pytest.mark.parametrize("noise_offset", [0.0, 0.1])
 def test_diffusers_format_writes_the_two_file_layout_and_resume_is_exact(noise_offset, xl_dir, images, tmp_path):
     straight = train(xl_config(images, tmp_path / "a", format="diffusers", noise_offset=noise_offset),
-                     model=load_model(xl_dir), progress=False)
+                     model=fresh_model(xl_dir), progress=False)
     assert (tmp_path / "a" / "learned_embeds.safetensors").exists()
     assert load_file(tmp_path / "a" / "learned_embeds_2.safetensors")["<xq>"].shape == (2, 64)
-    train(xl_config(images, tmp_path / "b", steps=2, noise_offset=noise_offset), model=load_model(xl_dir),
+    train(xl_config(images, tmp_path / "b", steps=2, noise_offset=noise_offset), model=fresh_model(xl_dir),
           progress=False)
     resumed = train(xl_config(images, tmp_path / "b", resume=True, noise_offset=noise_offset),
-                    model=load_model(xl_dir), progress=False)
+                    model=fresh_model(xl_dir), progress=False)
     for name in ("text_encoder", "text_encoder_2"):
         assert torch.equal(resumed.embedding.vectors[name], straight.embedding.vectors[name])
 
 
 def test_single_encoder_formats_are_refused_for_sdxl(xl_dir, images, tmp_path):
     with pytest.raises(ConfigError, match="one text encoder"):
-        train(xl_config(images, tmp_path / "a", format="a1111"), model=load_model(xl_dir), progress=False)
+        train(xl_config(images, tmp_path / "a", format="a1111"), model=fresh_model(xl_dir), progress=False)
 
 
 def test_format_kohya_on_sdxl_names_the_format_kohyas_sdxl_script_writes(xl_dir, images, tmp_path):
@@ -80,11 +81,11 @@ def test_format_kohya_on_sdxl_names_the_format_kohyas_sdxl_script_writes(xl_dir,
     told only that it "holds one text encoder", which kohya's SDXL files do not."""
     with pytest.raises(ConfigError, match=r"kohya's sdxl_train_textual_inversion.py writes the 'sdxl' one \(clip_l "
                                           r"\+ clip_g\): --format sdxl"):
-        train(xl_config(images, tmp_path / "a", format="kohya"), model=load_model(xl_dir), progress=False)
+        train(xl_config(images, tmp_path / "a", format="kohya"), model=fresh_model(xl_dir), progress=False)
 
 
 def test_pooled_embedding_is_read_at_end_of_text_not_at_a_new_token(xl_dir):
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     assert model.pipeline.text_encoder_2.config.eos_token_id == 2  # the old config value real SDXL has
     install_embedding(model, load_embedding_from(model, "<pq>"))
     _, tok, te = model.encoders[1]
@@ -97,7 +98,7 @@ def test_pooled_embedding_is_read_at_end_of_text_not_at_a_new_token(xl_dir):
 
 
 def test_emphasis_weighs_both_encoders_halves_and_leaves_the_pooled_embedding(xl_dir):
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     plain, pooled = encode_prompts(model, ["a photo of a dog"])
     weighted, weighted_pooled = encode_prompts(model, ["a photo of a (dog:1.5)"])
     assert torch.equal(weighted_pooled, pooled)  # the web UI leaves the pooled embedding unweighted too
@@ -110,7 +111,7 @@ def test_emphasis_weighs_both_encoders_halves_and_leaves_the_pooled_embedding(xl
 
 
 def test_a_long_prompt_is_read_in_chunks_by_both_encoders_with_the_first_chunks_pooled_embedding(xl_dir):
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     head = "a photo of a " + "dog " * 71  # 75 tokens: the first chunk
     short, short_pooled = encode_prompts(model, [head])
     long, long_pooled = encode_prompts(model, [head + "cat"])
@@ -127,7 +128,7 @@ def load_embedding_from(model, token):
 
 
 def test_sdxl_file_loads_through_diffusers_into_each_encoder_and_matches_ours(xl_dir, images, tmp_path):
-    result = train(xl_config(images, tmp_path / "run", vectors=1, lr=0.5), model=load_model(xl_dir), progress=False)
+    result = train(xl_config(images, tmp_path / "run", vectors=1, lr=0.5), model=fresh_model(xl_dir), progress=False)
     pipe = StableDiffusionXLPipeline.from_pretrained(xl_dir)
     pipe.set_progress_bar_config(disable=True)
     state = load_file(tmp_path / "run" / "xq.safetensors")
@@ -149,7 +150,7 @@ def test_sdxl_file_loads_through_diffusers_into_each_encoder_and_matches_ours(xl
         assert torch.equal(row, result.embedding.vectors[name][0])
     # our generation reads the pooled vector at end-of-text; diffusers' at the largest id (the new token) for
     # this old-style config, so only the hidden states are comparable: check those are the same
-    ours = load_model(xl_dir)
+    ours = fresh_model(xl_dir)
     install_embedding(ours, result.embedding)
     hidden, _ = encode_prompts(ours, ["a photo of <xq>"])
     theirs = pipe.encode_prompt("a photo of <xq>", do_classifier_free_guidance=False)[0]
@@ -157,7 +158,7 @@ def test_sdxl_file_loads_through_diffusers_into_each_encoder_and_matches_ours(xl
 
 
 def test_generate_sdxl_and_unload_restores_the_pipeline(xl_dir, tmp_path):
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     sizes = [len(tok) for _, tok, _ in model.encoders]
     plain = np.asarray(render(model, ["a photo of a dog"], [0], steps=2)[0])
     install_embedding(model, load_embedding_from(model, "<gq>"))
@@ -179,7 +180,7 @@ def test_generate_sdxl_and_unload_restores_the_pipeline(xl_dir, tmp_path):
 def test_a_non_square_sdxl_picture_is_conditioned_on_its_own_size(xl_dir, tmp_path):
     """SDXL's UNet takes the picture's original and target size as (height, width) time ids, as diffusers'
     pipeline and SDXL's training lay them out; a landscape told it is a square draws as a cropped square."""
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     seen = []
     model.unet.register_forward_pre_hook(
         lambda m, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].tolist()), with_kwargs=True)
@@ -194,7 +195,7 @@ def test_inspect_sdxl_file_against_the_model(xl_dir, tmp_path):
     from textinv.formats import LearnedEmbedding, save_embedding
     from textinv.inspect import inspect_file
 
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     dog = [base_embedding(te).weight[tok.convert_tokens_to_ids("dog</w>")] for _, tok, te in model.encoders]
     emb = LearnedEmbedding("<iq>", {"text_encoder": dog[0][None], "text_encoder_2": dog[1][None]})
     path = save_embedding(emb, tmp_path / "iq.safetensors", "sdxl")[0]
@@ -206,7 +207,7 @@ def test_inspect_sdxl_file_against_the_model(xl_dir, tmp_path):
 
 
 def test_two_file_layout_loads_through_diffusers_each_file_into_its_encoder(xl_dir, images, tmp_path):
-    result = train(xl_config(images, tmp_path / "run", format="diffusers", steps=2), model=load_model(xl_dir),
+    result = train(xl_config(images, tmp_path / "run", format="diffusers", steps=2), model=fresh_model(xl_dir),
                    progress=False)
     pipe = StableDiffusionXLPipeline.from_pretrained(xl_dir)
     pipe.set_progress_bar_config(disable=True)
@@ -223,7 +224,7 @@ def test_two_file_layout_loads_through_diffusers_each_file_into_its_encoder(xl_d
     assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[ids],
                        result.embedding.vectors["text_encoder_2"])
     # both files say what they are (ModelSpec), with the run's resolution and prediction type; diffusers ignored it
-    side = load_model(xl_dir).resolution
+    side = fresh_model(xl_dir).resolution
     for name in ("learned_embeds.safetensors", "learned_embeds_2.safetensors"):
         with safe_open(str(tmp_path / "run" / name), "pt") as f:
             meta = f.metadata()
@@ -239,7 +240,7 @@ def test_a_steps_embedding_file_has_the_main_files_modelspec_date(xl_dir, images
 
     ticks = iter(range(10_000))
     monkeypatch.setattr(modelspec, "now", lambda: f"2024-01-01T00:00:{next(ticks) % 60:02d}+00:00")
-    train(xl_config(images, tmp_path / "run", steps=2, save_every=2), model=load_model(xl_dir), progress=False)
+    train(xl_config(images, tmp_path / "run", steps=2, save_every=2), model=fresh_model(xl_dir), progress=False)
     dates = []
     for path in (tmp_path / "run" / "xq.safetensors", tmp_path / "run" / "embeddings" / "xq-2.safetensors"):
         with safe_open(str(path), "pt") as f:
@@ -255,7 +256,7 @@ def test_a_finished_run_resumed_leaves_its_embedding_files_byte_for_byte(xl_dir,
 
     ticks = iter(range(10_000))
     monkeypatch.setattr(modelspec, "now", lambda: f"2024-01-01T00:{next(ticks) // 60 % 60:02d}:{next(ticks) % 60:02d}Z")
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     run = tmp_path / "run"
     train(xl_config(images, run, steps=2, save_every=2), model=model, progress=False)
     files = [run / "xq.safetensors", run / "embeddings" / "xq-2.safetensors"]
@@ -282,7 +283,7 @@ def test_fp16_sdxl_renders_with_its_vae_kept_in_fp32(xl_dir, images):
     half = load_model(xl_dir, dtype=torch.float16)
     assert half.unet.dtype == torch.float16 and half.vae.dtype == torch.float32
     image = np.asarray(render(half, ["a photo of a dog"], [0], steps=2)[0], dtype=float)
-    full = np.asarray(render(load_model(xl_dir), ["a photo of a dog"], [0], steps=2)[0], dtype=float)
+    full = np.asarray(render(fresh_model(xl_dir), ["a photo of a dog"], [0], steps=2)[0], dtype=float)
     assert image.shape == (16, 16, 3) and np.abs(image - full).max() <= 8
     pixels = torch.stack([p.pixels for p in load_training_images(find_images(str(images)), 16, True)])
     mean, std = encode_latents(half.vae, pixels)
@@ -306,13 +307,13 @@ def test_playground_style_edm_model_is_refused_for_training_but_still_generates(
     training would run and learn the wrong thing, so it is refused before the loop; drawing with it works."""
     from diffusers import EDMDPMSolverMultistepScheduler
 
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     model.pipeline.scheduler = EDMDPMSolverMultistepScheduler()
     with pytest.raises(ModelError, match="EDM noise schedule"):
         train(xl_config(images, tmp_path / "a"), model=model, progress=False)
     assert not (tmp_path / "a").exists()
     assert render(model, ["a dog"], [0], steps=2)[0].size == (model.resolution, model.resolution)
-    normalised = load_model(xl_dir)
+    normalised = fresh_model(xl_dir)
     normalised.vae.register_to_config(latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
     with pytest.raises(ModelError, match="normalised latents"):
         train(xl_config(images, tmp_path / "b"), model=normalised, progress=False)
@@ -323,7 +324,7 @@ def test_the_two_file_layout_given_as_two_embeddings_is_one_token(xl_dir, tmp_pa
     either order, renamed, or beside the folder that already pairs them, they draw what the one-file layout draws."""
     from textinv.formats import save_embedding
 
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     emb = load_embedding_from(model, "<gq>")
     one = save_embedding(emb, tmp_path / "one" / "gq.safetensors", "sdxl")[0]
     first, second = save_embedding(emb, tmp_path / "pair" / "learned_embeds.safetensors", "diffusers-sdxl")
@@ -349,7 +350,7 @@ def test_two_halves_given_together_are_not_warned_about_as_halves(xl_dir, tmp_pa
     was the first file given alone, found with its partner, when generate looked for its TI hash."""
     from textinv.formats import LearnedEmbedding, ModelSpecWarning, save_embedding
 
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     emb = load_embedding_from(model, "<gq>")
     emb = LearnedEmbedding(emb.token, emb.vectors, {"family": "sdxl"})  # (as trained on SDXL)
     first, second = save_embedding(emb, tmp_path / "pair" / "learned_embeds.safetensors", "diffusers-sdxl")
@@ -379,7 +380,7 @@ def test_an_sdxl_file_without_clip_l_is_named_incomplete(tmp_path):
 def test_convert_to_diffusers_writes_the_sdxl_pair(xl_dir, tmp_path):
     from textinv.formats import convert, save_embedding
 
-    emb = load_embedding_from(load_model(xl_dir), "<gq>")
+    emb = load_embedding_from(fresh_model(xl_dir), "<gq>")
     src = save_embedding(emb, tmp_path / "gq.safetensors", "sdxl")[0]
     written = convert(src, tmp_path / "out" / "learned_embeds.safetensors", to="diffusers")
     assert [p.name for p in written] == ["learned_embeds.safetensors", "learned_embeds_2.safetensors"]
@@ -391,7 +392,7 @@ def test_convert_joins_two_renamed_halves(xl_dir, tmp_path):
     from textinv.cli import main
     from textinv.formats import save_embedding
 
-    emb = load_embedding_from(load_model(xl_dir), "<gq>")
+    emb = load_embedding_from(fresh_model(xl_dir), "<gq>")
     first, second = save_embedding(emb, tmp_path / "pair" / "learned_embeds.safetensors", "diffusers-sdxl")
     halves = [tmp_path / "gq_l.safetensors", tmp_path / "gq_g.safetensors"]
     for src, dst in zip((first, second), halves):
@@ -420,11 +421,11 @@ def test_clip_skip_2_on_sdxl_is_its_own_penultimate_reading_and_more_is_refused(
     on SDXL and ComfyUI's "stop at -2" is SDXL's default. It trains and draws as 1 does; 3 and more are refused."""
     import warnings
 
-    plain = train(xl_config(images, tmp_path / "a"), model=load_model(xl_dir), progress=False)
-    skipped = train(xl_config(images, tmp_path / "b", clip_skip=2), model=load_model(xl_dir), progress=False)
+    plain = train(xl_config(images, tmp_path / "a"), model=fresh_model(xl_dir), progress=False)
+    skipped = train(xl_config(images, tmp_path / "b", clip_skip=2), model=fresh_model(xl_dir), progress=False)
     assert all(torch.equal(plain.embedding.vectors[k], skipped.embedding.vectors[k]) for k in plain.embedding.vectors)
     assert skipped.embedding.metadata["clip_skip"] == "1"  # the layer read, in SDXL's numbering: its own
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
 
     def draw(out, **kw):
         config = GenerateConfig(prompt=["a photo of <xq>"], embedding=[str(tmp_path / "b")], out=str(tmp_path / out),
@@ -436,7 +437,7 @@ def test_clip_skip_2_on_sdxl_is_its_own_penultimate_reading_and_more_is_refused(
         two = draw("r2", clip_skip=2)
     assert np.array_equal(np.asarray(two), np.asarray(draw("r1", clip_skip=1)))
     with pytest.raises(ConfigError, match="SDXL reads its text encoders' penultimate layers.*3"):
-        train(xl_config(images, tmp_path / "c", clip_skip=3), model=load_model(xl_dir), progress=False)
+        train(xl_config(images, tmp_path / "c", clip_skip=3), model=fresh_model(xl_dir), progress=False)
     with pytest.raises(ConfigError, match="SDXL reads"):
         draw("r3", clip_skip=3)
 
@@ -447,13 +448,13 @@ def test_starting_from_one_half_of_an_sdxl_pair_says_how_to_give_both(xl_dir, im
     half = save_embedding(LearnedEmbedding("<h>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "h.pt", "a1111")[0]
     with pytest.raises(Exception, match="join the two with textinv convert FIRST OUT --second SECOND"):
         train(xl_config(images, tmp_path / "a", init=None, init_embedding=str(half), vectors=1),
-              model=load_model(xl_dir), progress=False)
+              model=fresh_model(xl_dir), progress=False)
 
 
 def test_an_edited_sdxl_prompt_switches_the_pooled_embedding_too(xl_dir):
     from test_generate import _conditioning_seen
 
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     seen = _conditioning_seen(model)
     render(model, ["[a dog:a cat:1]"], [0], steps=3)
     (dog, dog_pooled), (cat, cat_pooled) = (encode_prompts(model, [p]) for p in ("a dog", "a cat"))
@@ -478,7 +479,7 @@ def test_comfy_emphasis_encodes_an_empty_sdxl_negative_as_comfyui_does(xl_dir):
     alone); diffusers' SDXL pipeline and the web UI zero it, and so did a ComfyUI picture's redraw."""
     from test_generate import _conditioning_seen
 
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     seen = _conditioning_seen(model)
     render(model, ["a dog"], [0], steps=1, emphasis_mode="comfy")
     empty, empty_pooled = encode_prompts(model, [""])
@@ -521,7 +522,7 @@ def test_the_compile_check_runs_the_graph_that_sdxl_training_runs(xl_dir, images
     from test_train import graphs_compiled
 
     cfg = xl_config(images, tmp_path / "run", steps=2, save_every=0, compile="unet")
-    assert graphs_compiled(monkeypatch, load_model(xl_dir), cfg) == 1
+    assert graphs_compiled(monkeypatch, fresh_model(xl_dir), cfg) == 1
 
 
 def test_the_compile_check_compares_the_gradient_to_the_pooled_embedding(xl_dir):
@@ -529,7 +530,7 @@ def test_the_compile_check_compares_the_gradient_to_the_pooled_embedding(xl_dir)
     wrong: the check catches it."""
     from textinv.speed import check_compiled_unet, unet_example
 
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     model.unet.requires_grad_(False)
     example = unet_example(model, 2, (4, 8, 8))
     embedding = model.unet.add_embedding  # (what the pooled embedding and time ids go through)
@@ -548,7 +549,7 @@ def test_an_sdxl_pictures_ti_hashes_name_one_file_embeddings_and_not_a_diffusers
     from textinv.again import parse_a1111_parameters
     from textinv.formats import save_embedding
 
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     emb = load_embedding_from(model, "<gq>")
     one = save_embedding(emb, tmp_path / "gq.safetensors", "sdxl")[0]
     pair = save_embedding(emb, tmp_path / "pair" / "learned_embeds.safetensors", "diffusers-sdxl")
@@ -566,7 +567,7 @@ def test_an_sdxl_pictures_ti_hashes_name_one_file_embeddings_and_not_a_diffusers
 @pytest.mark.parametrize("sampler", ["dpm++sde_karras", "dpm++2m_sde_exponential", "dpm++3m_sde", "lms_beta"])
 def test_the_sde_samplers_and_schedules_draw_sdxl_each_picture_from_its_seed(xl_dir, sampler):
     """The samplers that add noise at every step draw SDXL's pictures each from its own seed, as SD's."""
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     pair = render(model, ["a dog", "a dog"], [4, 5], steps=3, sampler=sampler)
     alone = render(model, ["a dog"], [5], steps=3, sampler=sampler)[0]
     assert np.asarray(alone).std() > 0 and np.array_equal(np.asarray(pair[1]), np.asarray(alone))
@@ -575,7 +576,7 @@ def test_the_sde_samplers_and_schedules_draw_sdxl_each_picture_from_its_seed(xl_
 def test_sdxl_draws_composable_diffusion_with_each_sub_prompts_pooled_embedding(xl_dir):
     """SDXL's UNet takes each sub-prompt's pooled text embedding and the time ids beside its hidden states: "x:0.5
     AND x:0.5" is "x", and "a AND b" guides with both (also with a sub-prompt edited and one longer than a chunk)."""
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
 
     def drawn(prompt, **kwargs):
         return np.asarray(render(model, [prompt], [0], steps=2, **kwargs)[0], dtype=int)
@@ -591,7 +592,7 @@ def test_sdxl_draws_the_hires_fix_and_img2img_told_each_pass_its_own_size(xl_dir
     """SDXL's img2img pipeline takes the latents as they are and each pass is told its own size (the time ids)."""
     from textinv.generate import Hires, render
 
-    model = load_model(xl_dir)
+    model = fresh_model(xl_dir)
     told = []
     model.unet.register_forward_pre_hook(
         lambda m, args, kwargs: told.append(kwargs["added_cond_kwargs"]["time_ids"][-1].tolist()), with_kwargs=True)
@@ -617,7 +618,7 @@ def test_random_crop_trains_sdxl_with_the_centre_crops_size_and_place(xl_dir, tm
     seen = []
     real = train_module._xl_time_ids
     monkeypatch.setattr(train_module, "_xl_time_ids", lambda *a: seen.append(real(*a)) or seen[-1])
-    result = train(xl_config(folder, tmp_path / "run", resolution=16, random_crop=True), model=load_model(xl_dir),
+    result = train(xl_config(folder, tmp_path / "run", resolution=16, random_crop=True), model=fresh_model(xl_dir),
                    progress=False)
     assert all(torch.isfinite(v).all() for v in result.embedding.vectors.values())
     assert seen[-1].tolist() == [[16, 48, 0, 16, 16, 16]] * 2  # (size, the centre crop's top-left, target)

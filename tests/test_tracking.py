@@ -15,10 +15,9 @@ from tensorboardX.proto.event_pb2 import Event  # (tensorboardX is in the test e
 
 from textinv.config import TrainConfig
 from textinv.errors import ConfigError
-from textinv.models import load_model
 from textinv.run_folder import checkpoints, read_loss_log
 from textinv.train import TrainingInterrupted, train
-from conftest import train_config
+from conftest import fresh_model, train_config
 
 
 def config(images, out, **kw):
@@ -70,7 +69,7 @@ def images_of(events: list[Event]) -> dict[str, list[tuple[int, np.ndarray]]]:
 
 def test_tensorboard_gets_loss_csvs_values_at_its_steps_and_the_sample_grids(sd1_dir, images, tmp_path):
     out = tmp_path / "run"
-    result = train(config(images, out, steps=6, sample_every=3), model=load_model(sd1_dir), progress=False)
+    result = train(config(images, out, steps=6, sample_every=3), model=fresh_model(sd1_dir), progress=False)
     events = read_events(out / "logs" / "run")  # (--log-dir's default, OUT/logs, then the run's folder name)
     logged = scalars(events)
     assert sorted(logged) == ["loss", "lr"]
@@ -87,7 +86,7 @@ def test_tensorboard_gets_loss_csvs_values_at_its_steps_and_the_sample_grids(sd1
         assert np.array_equal(pixels, np.asarray(Image.open(out / "samples" / f"step-{step:06d}.png").convert("RGB")))
     # logging changes nothing the run learns or writes
     plain = train(config(images, tmp_path / "plain", steps=6, sample_every=3, log_with=None),
-                  model=load_model(sd1_dir), progress=False)
+                  model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(result.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
     assert (out / "loss.csv").read_bytes() == (tmp_path / "plain" / "loss.csv").read_bytes()
     assert not (tmp_path / "plain" / "logs").exists()
@@ -101,7 +100,7 @@ def test_several_concepts_each_log_their_own_loss_and_grid(sd1_dir, tmp_path):
     out = tmp_path / "pets"
     train(TrainConfig(concepts=[f"{one}=<jd>=dog", f"{two}=<jc>=cat"], out=str(out), steps=2, batch=1, save_every=0,
                       sample_every=2, log_every=1, log_with="tensorboard", log_dir=str(tmp_path / "tb")),
-          model=load_model(sd1_dir), progress=False)
+          model=fresh_model(sd1_dir), progress=False)
     events = read_events(tmp_path / "tb" / "pets")  # (--log-dir given: its folder, then the run's name)
     logged = scalars(events)
     assert sorted(logged) == ["loss", "loss/jc", "loss/jd", "lr"]
@@ -125,11 +124,11 @@ def test_a_run_resumed_after_a_crash_logs_each_step_once(sd1_dir, images, tmp_pa
     run = dict(steps=8, save_every=4, sample_every=4, keep_checkpoints=2)
     undo = interrupt_loss_at(monkeypatch, 7)  # (a Ctrl-C in step 7: steps 2, 4, 6 logged, a checkpoint at 6)
     with pytest.raises(TrainingInterrupted):
-        train(config(images, out, **run), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, **run), model=fresh_model(sd1_dir), progress=False)
     undo()
     assert [s for s, _ in scalars(read_events(out / "logs" / "run"))["loss"]] == [2, 4, 6]
     checkpoints(out)[-1].unlink()  # the crash: step 6 logged, its checkpoint never written
-    train(config(images, out, resume=True, **run), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, resume=True, **run), model=fresh_model(sd1_dir), progress=False)
     events = read_events(out / "logs" / "run")
     logged = scalars(events)
     assert [s for s, _ in logged["loss"]] == [s for s, _ in logged["lr"]] == [2, 4, 6, 8]
@@ -140,9 +139,9 @@ def test_a_run_resumed_after_a_crash_logs_each_step_once(sd1_dir, images, tmp_pa
 def test_log_with_may_change_on_resume_and_is_recorded(sd1_dir, images, tmp_path):
     out = tmp_path / "run"
     run = dict(model=str(sd1_dir), save_every=2)
-    train(config(images, out, steps=4, log_with=None, **run), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4, log_with=None, **run), model=fresh_model(sd1_dir), progress=False)
     assert yaml.safe_load((out / "config.yaml").read_text())["log_with"] is None
-    train(config(images, out, steps=8, resume=True, **run), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=8, resume=True, **run), model=fresh_model(sd1_dir), progress=False)
     assert yaml.safe_load((out / "config.yaml").read_text())["log_with"] == "tensorboard"
     assert [s for s, _ in scalars(read_events(out / "logs" / "run"))["loss"]] == [6, 8]
     # the command line resumes with the recorded tracker, and --log-with none turns it off
@@ -204,15 +203,15 @@ def test_a_log_dir_without_a_tracker_is_refused(images, tmp_path):
 
 def test_overwrite_deletes_the_previous_runs_logs_in_out(sd1_dir, images, tmp_path):
     out = tmp_path / "run"
-    train(config(images, out, steps=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2), model=fresh_model(sd1_dir), progress=False)
     (out / "logs" / "mine.txt").write_text("a user's file")
     [first] = (out / "logs" / "run").glob("events.*")
     old = first.rename(first.with_name("events.out.tfevents.0000000001.old"))  # (the new run's may take its name)
-    train(config(images, out, steps=2, overwrite=True), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, overwrite=True), model=fresh_model(sd1_dir), progress=False)
     assert not old.exists() and (out / "logs" / "mine.txt").exists()
     assert len(list((out / "logs" / "run").glob("events.*"))) == 1
     (out / "logs" / "mine.txt").unlink()
-    train(config(images, out, steps=2, overwrite=True, log_with=None), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, overwrite=True, log_with=None), model=fresh_model(sd1_dir), progress=False)
     assert not (out / "logs").exists()  # (the folder it made, left empty, goes too)
 
 
@@ -225,9 +224,9 @@ def test_the_trackers_leave_accelerates_global_state_to_the_caller(sd1_dir, imag
 
     AcceleratorState._reset_state(reset_partial_state=True)  # (a test before may have left one)
     try:
-        train(config(images, tmp_path / "a", steps=2), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "a", steps=2), model=fresh_model(sd1_dir), progress=False)
         Accelerator(cpu=True, mixed_precision="bf16")  # (the caller's own, after textinv's run)
-        train(config(images, tmp_path / "b", steps=2), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "b", steps=2), model=fresh_model(sd1_dir), progress=False)
         assert [s for s, _ in scalars(read_events(tmp_path / "b" / "logs" / "b"))["loss"]] == [2]
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -248,11 +247,11 @@ def test_overwrite_deletes_the_logs_of_a_run_whose_logging_was_turned_off_on_res
     """config.yaml records --log-with none after a resume turned logging off; the events its first part wrote are
     still the old run's, and go with it."""
     out = tmp_path / "run"
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
-    train(config(images, out, steps=4, save_every=2, resume=True, log_with="none"), model=load_model(sd1_dir),
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4, save_every=2, resume=True, log_with="none"), model=fresh_model(sd1_dir),
           progress=False)
     assert list((out / "logs" / "run").glob("events.*"))
-    train(config(images, out, steps=2, overwrite=True, log_with=None), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, overwrite=True, log_with=None), model=fresh_model(sd1_dir), progress=False)
     assert not (out / "logs").exists()
 
 
@@ -296,11 +295,11 @@ def test_a_tracker_that_cannot_close_is_warned_about_and_hides_no_error(sd1_dir,
 
     monkeypatch.setattr(TensorBoardTracker, "finish", cannot_close)
     with pytest.warns(UserWarning, match=r"the tensorboard tracker could not be closed \(ConnectionError: no network"):
-        result = train(config(images, tmp_path / "done"), model=load_model(sd1_dir), progress=False)
+        result = train(config(images, tmp_path / "done"), model=fresh_model(sd1_dir), progress=False)
     assert result.steps == 6 and (tmp_path / "done" / "loss.csv").is_file()
     undo = interrupt_loss_at(monkeypatch, 3)
     with pytest.raises(TrainingInterrupted), pytest.warns(UserWarning, match="could not be closed"):
-        train(config(images, tmp_path / "stopped"), model=load_model(sd1_dir), progress=False)
+        train(config(images, tmp_path / "stopped"), model=fresh_model(sd1_dir), progress=False)
     undo()
 
 
@@ -311,7 +310,7 @@ def test_tensorboard_gets_the_validation_loss_of_validation_csv(sd1_dir, tmp_pat
     out = tmp_path / "pets"
     result = train(TrainConfig(concepts=[f"{one}=<jd>=dog", f"{two}=<jc>=cat"], out=str(out), steps=2, batch=1,
                                save_every=0, sample_every=0, log_every=1, validate_every=1, log_with="tensorboard"),
-                   model=load_model(sd1_dir), progress=False)
+                   model=fresh_model(sd1_dir), progress=False)
     logged = scalars(read_events(out / "logs" / "pets"))
     assert logged["validation_loss"] == [(s, pytest.approx(v, abs=1e-6)) for s, v in result.validation]
     for token, tag in (("<jd>", "validation_loss/jd"), ("<jc>", "validation_loss/jc")):

@@ -5,11 +5,10 @@ import shutil
 
 import pytest
 import torch
-from conftest import interrupt_loss_at, train_config, write_images
+from conftest import fresh_model, interrupt_loss_at, train_config, write_images
 
 from textinv.config import TrainConfig
 from textinv.errors import ConfigError, DataError
-from textinv.models import load_model
 from textinv.train import TrainingInterrupted, train
 from textinv.validation import held_out, held_out_by_subset
 
@@ -35,20 +34,20 @@ def test_validation_leaves_training_as_it_was_and_scores_fixed_draws(sd1_dir, im
     """Scoring the validation loss draws nothing from the training's generators: the vectors and losses are those
     of a run without it. Its draws are fixed: at a rate of 0 every step's validation loss is the same number, and
     with a moving vector it changes."""
-    plain = train(train_config(images, tmp_path / "plain"), model=load_model(sd1_dir), progress=False)
-    scored = train(train_config(images, tmp_path / "v", validate_every=2), model=load_model(sd1_dir), progress=False)
+    plain = train(train_config(images, tmp_path / "plain"), model=fresh_model(sd1_dir), progress=False)
+    scored = train(train_config(images, tmp_path / "v", validate_every=2), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(vectors(scored), vectors(plain)) and scored.losses == plain.losses
     assert [s for s, _ in scored.validation] == [0, 2, 4, 6]
     assert [int(r["step"]) for r in rows(tmp_path / "v" / "validation.csv")] == [0, 2, 4, 6]
     assert len({v for _, v in scored.validation}) == 4  # (the vectors moved)
-    again = train(train_config(images, tmp_path / "again", validate_every=2), model=load_model(sd1_dir),
+    again = train(train_config(images, tmp_path / "again", validate_every=2), model=fresh_model(sd1_dir),
                   progress=False)
     assert again.validation == scored.validation
     still = train(train_config(images, tmp_path / "still", validate_every=3, lr=1e-30, weight_decay=0.0),
-                  model=load_model(sd1_dir), progress=False)
+                  model=fresh_model(sd1_dir), progress=False)
     assert [s for s, _ in still.validation] == [0, 3, 6] and len({v for _, v in still.validation}) == 1
     reseeded = train(train_config(images, tmp_path / "seed", validate_every=3, validation_seed=7),
-                     model=load_model(sd1_dir), progress=False)
+                     model=fresh_model(sd1_dir), progress=False)
     assert reseeded.validation[0][1] != still.validation[0][1]  # (other draws of the same starting vectors)
 
 
@@ -61,9 +60,9 @@ def test_the_pictures_held_out_are_not_trained_on(sd1_dir, tmp_path, capsys):
     for k in range(4):
         if k != out:
             shutil.copy(folder / f"img{k}.png", three / f"img{k}.png")
-    split = train(train_config(folder, tmp_path / "split", validation_split=0.25), model=load_model(sd1_dir))
+    split = train(train_config(folder, tmp_path / "split", validation_split=0.25), model=fresh_model(sd1_dir))
     assert f"held out for the validation loss: img{out}.png" in capsys.readouterr().out
-    alone = train(train_config(three, tmp_path / "alone"), model=load_model(sd1_dir), progress=False)
+    alone = train(train_config(three, tmp_path / "alone"), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(vectors(split), vectors(alone))
     # (--save-every 0: the end alone, beside the start)
     assert [s for s, _ in split.validation] == [0, 6]
@@ -71,7 +70,7 @@ def test_the_pictures_held_out_are_not_trained_on(sd1_dir, tmp_path, capsys):
 
 def test_the_run_names_the_step_with_the_lowest_validation_loss(sd1_dir, images, tmp_path, capsys):
     result = train(train_config(images, tmp_path / "run", steps=4, save_every=2, validation_split=0.25),
-                   model=load_model(sd1_dir))
+                   model=fresh_model(sd1_dir))
     step, loss = min(result.validation, key=lambda entry: entry[1])
     assert [s for s, _ in result.validation] == [0, 2, 4]  # (--save-every's steps by default)
     assert f"lowest validation loss {loss:.6f} at step {step} (validation.csv)" in capsys.readouterr().out
@@ -79,12 +78,12 @@ def test_the_run_names_the_step_with_the_lowest_validation_loss(sd1_dir, images,
 
 def test_a_resumed_run_scores_what_the_uninterrupted_one_scores(sd1_dir, images, tmp_path, monkeypatch):
     settings = dict(steps=6, save_every=2, validation_split=0.25, validate_every=1)
-    straight = train(train_config(images, tmp_path / "a", **settings), model=load_model(sd1_dir), progress=False)
+    straight = train(train_config(images, tmp_path / "a", **settings), model=fresh_model(sd1_dir), progress=False)
     undo = interrupt_loss_at(monkeypatch, 14)  # (in step 4's validation or step: the checkpoint is step 2's)
     with pytest.raises(TrainingInterrupted):
-        train(train_config(images, tmp_path / "b", **settings), model=load_model(sd1_dir), progress=False)
+        train(train_config(images, tmp_path / "b", **settings), model=fresh_model(sd1_dir), progress=False)
     undo()
-    resumed = train(train_config(images, tmp_path / "b", **settings, resume=True), model=load_model(sd1_dir),
+    resumed = train(train_config(images, tmp_path / "b", **settings, resume=True), model=fresh_model(sd1_dir),
                     progress=False)
     assert resumed.validation == straight.validation and torch.equal(vectors(resumed), vectors(straight))
     assert rows(tmp_path / "b" / "validation.csv") == rows(tmp_path / "a" / "validation.csv")
@@ -93,7 +92,7 @@ def test_a_resumed_run_scores_what_the_uninterrupted_one_scores(sd1_dir, images,
 def test_several_concepts_each_get_a_column(sd1_dir, tmp_path):
     a, b = write_images(tmp_path / "a", n=3), write_images(tmp_path / "b", n=3, seed=1)
     result = train(TrainConfig(concepts=[f"{a}=<a>=dog", f"{b}=<b>=cat"], out=str(tmp_path / "run"), steps=2,
-                               batch=2, save_every=0, sample_every=0, validate_every=2), model=load_model(sd1_dir),
+                               batch=2, save_every=0, sample_every=0, validate_every=2), model=fresh_model(sd1_dir),
                    progress=False)
     table = rows(tmp_path / "run" / "validation.csv")
     assert list(table[0]) == ["step", "validation_loss", "<a>", "<b>"]
@@ -131,10 +130,10 @@ def test_kohyas_dataset_config_gives_the_split_and_its_seed(tmp_path):
 
 def test_a_folder_of_validation_pictures_is_scored_and_not_trained_on(sd1_dir, images, tmp_path):
     kept = write_images(tmp_path / "kept", n=2, seed=5)
-    plain = train(train_config(images, tmp_path / "plain", validate_every=3), model=load_model(sd1_dir),
+    plain = train(train_config(images, tmp_path / "plain", validate_every=3), model=fresh_model(sd1_dir),
                   progress=False)
     held = train(train_config(images, tmp_path / "held", validation_images=str(kept), save_every=3),
-                 model=load_model(sd1_dir), progress=False)
+                 model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(vectors(held), vectors(plain))  # (the training pictures are --images' alone)
     assert [s for s, _ in held.validation] == [0, 3, 6]  # (--save-every's steps)
     assert held.validation[0][1] != plain.validation[0][1]  # (other pictures scored)
@@ -173,9 +172,9 @@ def test_validation_pictures_with_a_split_or_no_scores_are_refused(settings, mes
 
 def test_a_resume_may_score_more_or_less_often(sd1_dir, images, tmp_path):
     settings = dict(steps=4, save_every=2, validation_split=0.25)
-    train(train_config(images, tmp_path / "run", **settings), model=load_model(sd1_dir), progress=False)
+    train(train_config(images, tmp_path / "run", **settings), model=fresh_model(sd1_dir), progress=False)
     more = train(train_config(images, tmp_path / "run", **{**settings, "steps": 6}, validate_every=1, resume=True),
-                 model=load_model(sd1_dir), progress=False)
+                 model=fresh_model(sd1_dir), progress=False)
     assert [s for s, _ in more.validation] == [0, 2, 4, 5, 6]
 
 
@@ -184,23 +183,23 @@ def test_a_resume_after_a_picture_was_added_names_that_picture_not_one_the_split
     not a training picture the split now holds out as missing, nor the one it held out as new."""
     folder = write_images(tmp_path / "five", n=5)
     settings = dict(steps=2, save_every=2, validation_split=0.2)
-    train(train_config(folder, tmp_path / "run", **settings), model=load_model(sd1_dir), progress=False)
+    train(train_config(folder, tmp_path / "run", **settings), model=fresh_model(sd1_dir), progress=False)
     shutil.copy(write_images(tmp_path / "six", n=6) / "img5.png", folder / "img5.png")
     assert held_out(5, 0.2, 0) != held_out(6, 0.2, 0)  # (the split moves: what the message must see through)
     with pytest.raises(ConfigError, match=r"changed since the run started \(new: img5.png\)"):
         train(train_config(folder, tmp_path / "run", **{**settings, "steps": 4}, resume=True),
-              model=load_model(sd1_dir), progress=False)
+              model=fresh_model(sd1_dir), progress=False)
 
 
 def test_a_resume_whose_validation_pictures_changed_says_so(sd1_dir, images, tmp_path):
     kept = write_images(tmp_path / "kept", n=2, seed=5)
     settings = dict(steps=4, save_every=2, validation_images=str(kept))
-    train(train_config(images, tmp_path / "run", **settings), model=load_model(sd1_dir), progress=False)
+    train(train_config(images, tmp_path / "run", **settings), model=fresh_model(sd1_dir), progress=False)
     (kept / "img1.png").unlink()
     with pytest.warns(UserWarning, match=r"other pictures than when the run began \(missing now: img1.png\): "
                                          r"validation.csv scores those before step 4"):
         train(train_config(images, tmp_path / "run", **{**settings, "steps": 6}, resume=True),
-              model=load_model(sd1_dir), progress=False)
+              model=fresh_model(sd1_dir), progress=False)
 
 
 def test_a_resume_takes_the_validation_pictures_where_they_are_now(sd1_dir, images, tmp_path, capsys):
@@ -209,12 +208,12 @@ def test_a_resume_takes_the_validation_pictures_where_they_are_now(sd1_dir, imag
     kept = write_images(tmp_path / "kept", n=2, seed=5)
     settings = dict(steps=4, save_every=2)
     straight = train(train_config(images, tmp_path / "a", **{**settings, "steps": 6}, validation_images=str(kept)),
-                     model=load_model(sd1_dir), progress=False)
-    train(train_config(images, tmp_path / "b", **settings, validation_images=str(kept)), model=load_model(sd1_dir),
+                     model=fresh_model(sd1_dir), progress=False)
+    train(train_config(images, tmp_path / "b", **settings, validation_images=str(kept)), model=fresh_model(sd1_dir),
           progress=False)
     moved = shutil.move(str(kept), str(tmp_path / "elsewhere"))
     resumed = train(train_config(images, tmp_path / "b", **{**settings, "steps": 6}, validation_images=moved,
-                                 resume=True), model=load_model(sd1_dir))
+                                 resume=True), model=fresh_model(sd1_dir))
     assert resumed.validation == straight.validation
     assert f"--validation-images now {moved} (was {kept})" in capsys.readouterr().out
 
@@ -271,14 +270,14 @@ def test_a_dataset_configs_split_is_kohyas_count_and_one_holding_out_none_is_ref
                        f'[[datasets.subsets]]\nimage_dir = "{b}"\n')
     run = dict(dataset_config=str(dataset), token="<zq>", init="dog", steps=2, batch=2, save_every=0,
                sample_every=0)
-    train(TrainConfig(out=str(tmp_path / "o"), **run), model=load_model(sd1_dir))
+    train(TrainConfig(out=str(tmp_path / "o"), **run), model=fresh_model(sd1_dir))
     said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("held out for"))
     assert said.count(", ") + 1 == 4  # (2 of each subset of 3; pooled, round(0.5 x 6) = 3)
     dataset.write_text(dataset.read_text().replace("0.5", "0.1"))
     with pytest.raises(ConfigError, match=r"--validation-split 0.1 holds out none of the kohya subsets .*'s "
                                           r"pictures, counted as kohya counts them \(round\(0.1 x each subset's "
                                           r"pictures, 3, 3\), .*give a share above 0.166667"):
-        train(TrainConfig(out=str(tmp_path / "p"), **run), model=load_model(sd1_dir))
+        train(TrainConfig(out=str(tmp_path / "p"), **run), model=fresh_model(sd1_dir))
 
 
 def test_a_subsets_run_started_with_the_pooled_split_resumes_with_the_pictures_it_held_out(sd1_dir, tmp_path,
@@ -297,10 +296,10 @@ def test_a_subsets_run_started_with_the_pooled_split_resumes_with_the_pictures_i
     real = train_module.split_pictures
     with monkeypatch.context() as m:  # (the count before: round(0.5 x 6) = 3 of the six, not 2 of each subset)
         m.setattr(train_module, "split_pictures", lambda p, share, seed, **_: real(p, share, seed))
-        straight = train(TrainConfig(out=str(tmp_path / "s"), steps=4, **run), model=load_model(sd1_dir),
+        straight = train(TrainConfig(out=str(tmp_path / "s"), steps=4, **run), model=fresh_model(sd1_dir),
                          progress=False)
-        train(TrainConfig(out=str(tmp_path / "r"), steps=2, **run), model=load_model(sd1_dir), progress=False)
-    resumed = train(TrainConfig(out=str(tmp_path / "r"), steps=4, resume=True, **run), model=load_model(sd1_dir),
+        train(TrainConfig(out=str(tmp_path / "r"), steps=2, **run), model=fresh_model(sd1_dir), progress=False)
+    resumed = train(TrainConfig(out=str(tmp_path / "r"), steps=4, resume=True, **run), model=fresh_model(sd1_dir),
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.validation == straight.validation
@@ -312,7 +311,7 @@ def test_kohyas_folder_layout_holds_out_each_folders_own_share_as_its_subsets_do
     folder = tmp_path / "img"
     write_images(folder / "1_dog", n=3)
     write_images(folder / "2_toy", n=3, seed=1)
-    train(train_config(folder, tmp_path / "o", steps=1, validation_split=0.5), model=load_model(sd1_dir))
+    train(train_config(folder, tmp_path / "o", steps=1, validation_split=0.5), model=fresh_model(sd1_dir))
     said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("held out for"))
     held = said.split(": ", 1)[1].split(", ")
     assert len(held) == 4 and sum(name.startswith("1_dog/") for name in held) == 2

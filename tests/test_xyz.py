@@ -14,9 +14,9 @@ from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, TextinvError
 from textinv.formats import RECORD_KEY, LearnedEmbedding, save_embedding
 from textinv.generate import generate
-from textinv.models import load_model
 from textinv import generate as generate_module
 from textinv import xyz
+from conftest import fresh_model
 
 
 def pixels(path_or_image):
@@ -134,7 +134,7 @@ def test_embedding_axis_files_that_are_no_embedding_or_hold_other_tokens_are_ref
 def test_the_grid_lays_out_each_cell_x_fastest_and_each_is_the_plain_generates_picture(sd1_dir, tmp_path):
     """Each cell is the picture generate draws with the cell's settings, bit for bit; the grid holds them x fastest
     (the web UI's order), right of the row labels and below the column labels, and names its axes in its text."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     config = _config(tmp_path, model=str(sd1_dir), x="guidance=3,9", y="steps=1-2", seed=4)
     paths = generate(config, model=model, progress=False)
     grid_path, cells = paths[0], paths[1:]
@@ -166,7 +166,7 @@ def test_a_z_axis_draws_its_grids_side_by_side_in_one_and_each_alone_with_sub_gr
     out = tmp_path / "r"
     out.mkdir()
     Image.new("RGB", (4, 4)).save(out / "xyz_grid-0003.png")
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     paths = generate(_config(tmp_path, model=str(sd1_dir), n=2, x="steps=1,2", z="seed=0,10", xyz_sub_grids=True,
                              xyz_margin=6), model=model, progress=False)
     (whole, *subs), cells = paths[:3], paths[3:]
@@ -209,7 +209,7 @@ def test_a_z_axis_draws_its_grids_side_by_side_in_one_and_each_alone_with_sub_gr
 def test_a_z_axis_writes_one_grid_by_default_and_no_legend_leaves_the_labels_out(sd1_dir, tmp_path):
     """The web UI's defaults: the grid of all alone; Draw legend off: the cells and nothing else."""
     paths = generate(_config(tmp_path, model=str(sd1_dir), x="guidance=3,9", z="steps=1,2", xyz_legend=False),
-                     model=load_model(sd1_dir), progress=False)
+                     model=fresh_model(sd1_dir), progress=False)
     grid, cells = paths[0], paths[1:]
     assert len(cells) == 4 and [p.name for p in (tmp_path / "r").glob("xyz_grid-*")] == ["xyz_grid-0000.png"]
     assert Image.open(grid).size == (64, 16)
@@ -220,7 +220,7 @@ def test_a_z_axis_alone_writes_no_sub_grids(sd1_dir, tmp_path):
     """With --z alone a value's grid would be its cell, whose pictures are written already, and whose record names
     no axis: --again on it drew its first picture alone, not the grid. The grid of all is written, nothing more."""
     paths = generate(_config(tmp_path, model=str(sd1_dir), n=2, z="seed=1,5", xyz_sub_grids=True),
-                     model=load_model(sd1_dir), progress=False)
+                     model=fresh_model(sd1_dir), progress=False)
     assert [p.name for p in paths if p.name.startswith("xyz_grid")] == ["xyz_grid-0000.png"] and len(paths) == 5
 
 
@@ -229,7 +229,7 @@ def test_again_on_a_grid_draws_every_prompt_and_each_cells_drawn_variant(sd1_dir
     command's prompts instead (each --prompt, a dynamic one's template), so each cell draws its own again."""
     prompts = ["a photo of {dog|cat|bird|fish|cow|horse}", "a drawing of a tree"]
     grid, *cells = generate(_config(tmp_path, model=str(sd1_dir), prompt=prompts, x="seed=1-3"),
-                            model=load_model(sd1_dir), progress=False)
+                            model=fresh_model(sd1_dir), progress=False)
     assert len({Image.open(c).text["prompt"] for c in cells[::2]}) > 1  # (the seeds drew other animals)
     assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--out", str(tmp_path / "a")]) == 0
     assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0000.png"), pixels(grid))
@@ -243,7 +243,7 @@ def test_again_on_a_grid_drawn_from_an_init_image_folder_draws_every_picture_of_
     Image.new("RGB", (16, 16), "red").save(photos / "a.png")
     Image.new("RGB", (16, 16), "blue").save(photos / "b.png")
     grid, *cells = generate(_config(tmp_path, model=str(sd1_dir), init_image=str(photos), width=16, height=16,
-                                    x="denoise=0.5,0.9", metadata=metadata), model=load_model(sd1_dir), progress=False)
+                                    x="denoise=0.5,0.9", metadata=metadata), model=fresh_model(sd1_dir), progress=False)
     assert len(cells) == 4
     beside = [] if metadata == "full" else ["--init-image", str(photos)]  # (shareable: the folder by its name)
     assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--out", str(tmp_path / "a"), *beside]) == 0
@@ -251,7 +251,7 @@ def test_again_on_a_grid_drawn_from_an_init_image_folder_draws_every_picture_of_
 
 
 def test_prompt_search_and_replace_replaces_the_first_value_in_the_prompt_and_the_negative(sd1_dir, tmp_path):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     config = _config(tmp_path, model=str(sd1_dir), prompt=["a photo of dog"], negative_prompt="a dog, blurry",
                      x="prompt-sr=dog,cat")
     cells = generate(config, model=model, progress=False)[1:]
@@ -283,7 +283,7 @@ def test_the_embedding_axis_draws_each_file_under_one_token_in_training_step_ord
         emb = LearnedEmbedding("<q>", {"text_encoder": torch.randn(2, 32, generator=torch.Generator().manual_seed(
             steps)) * 3}, {"steps": str(steps)})
         files[steps] = save_embedding(emb, folder / f"learned_embeds-steps-{steps}.safetensors")[0]
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     config = _config(tmp_path, model=str(sd1_dir), prompt=["a photo of <q>"], embedding=[str(files[500])],
                      x=f"embedding={folder}/*.safetensors")
     paths = generate(config, model=model, progress=False)
@@ -319,7 +319,7 @@ def test_the_other_embeddings_given_stay_in_every_cell(sd1_dir, tmp_path):
     files = {steps: save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(
         1, 32, generator=torch.Generator().manual_seed(steps)) * 3}, {"steps": str(steps)}),
         folder / f"learned_embeds-steps-{steps}.safetensors")[0] for steps in (500, 1000)}
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     settings = {"model": str(sd1_dir), "prompt": ["a photo of <q>"], "negative_prompt": "<neg>"}
     for given in ([str(neg)], [str(neg), str(files[500])]):  # (beside it; in the place of the axis's own)
         cells = generate(_config(tmp_path, out=str(tmp_path / f"r{len(given)}"), embedding=given,
@@ -349,7 +349,7 @@ def test_the_axiss_token_is_looked_for_as_generate_looks_for_it(sd1_dir, tmp_pat
     """As generate's check and the tokenizer: an added token is read inside a longer word (CLIP's tokenizer splits
     "hotdogzq" into "hot" and the added "dogzq", so the cells draw it), and the hires fix's prompts draw it too,
     composed (NFC) as generate composes them; each cell is the plain generate's."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     folder = tmp_path / "e"
     for steps in (1, 2):
         save_embedding(LearnedEmbedding("dogzq", {"text_encoder": torch.randn(1, 32, generator=torch.Generator(
@@ -389,7 +389,7 @@ def test_a_training_runs_folder_given_as_embedding_is_the_axiss_own_whatever_for
 
     run = tmp_path / "run"
     train(TrainConfig(images=str(images), token="<zq>", init="dog", out=str(run), format="a1111", steps=2, batch=2,
-                      save_every=1, sample_every=0), model=load_model(sd1_dir), progress=False)
+                      save_every=1, sample_every=0), model=fresh_model(sd1_dir), progress=False)
     steps = sorted(str(f) for f in (run / "embeddings").glob("*.pt"))
     cells = xyz.plan(_config(tmp_path, prompt=["a photo of <zq>"], embedding=[str(run)],
                              x=f"embedding={run}/embeddings/*.pt")).cells
@@ -410,7 +410,7 @@ def test_the_web_uis_step_files_are_drawn_under_the_runs_name(sd1_dir, tmp_path)
     name, which the prompt writes, with no --token; each cell is a plain generate with that file under that name."""
     folder = tmp_path / "embeddings"
     files = {step: web_ui_step(folder, "my-dog", step, seed=step) for step in (1000, 500)}
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     config = _config(tmp_path, model=str(sd1_dir), prompt=["a photo of my-dog"], x=f"embedding={folder}/*.pt",
                      metadata="full")
     grid, *cells = generate(config, model=model, progress=False)
@@ -563,7 +563,7 @@ def test_a_killed_plots_half_written_grid_is_cleared_and_a_grid_that_cannot_be_w
     stale, mine = out / ".xyz_grid-0000.png.abcdefgh.tmp", out / ".xyz_grid-notes.png.abcdefgh.tmp"
     stale.write_bytes(b"\x89PNG half")
     mine.write_text("a user's")
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     paths = generate(_config(tmp_path, model=str(sd1_dir), x="steps=1,2"), model=model, progress=False)
     assert paths[0].name == "xyz_grid-0000.png" and not stale.exists() and mine.exists()
 
@@ -593,7 +593,7 @@ def test_a_killed_plots_half_written_grid_is_cleared_and_a_grid_that_cannot_be_w
 def test_a_sampler_the_model_cannot_sample_is_refused_before_any_cell_is_drawn(sd1_dir, tmp_path):
     """A Karras schedule on a zero-terminal-SNR model (as the bundled shapes model's) is refused once the model has
     loaded, naming the axis, not after the cells before it have been written."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     scheduler = model.pipeline.scheduler
     model.pipeline.scheduler = type(scheduler).from_config(scheduler.config, rescale_betas_zero_snr=True)
     config = _config(tmp_path, model=str(sd1_dir), x="sampler=euler,dpm++2m_karras")
