@@ -709,6 +709,58 @@ def _pattern_mask(pattern, angle, period_px, dx, dy, px) -> torch.Tensor:
     return m
 
 
+def _wobbled(lx, ly, i, rpx, s, seed, salt, s64):
+    """Sketchy: the object frame's coordinates `lx`, `ly` with rows `i` wobbled (new tensors); `rpx`, `s` and
+    `seed` are those rows' radius in pixels, style strength and seed."""
+    # By under a pixel, in waves 16 pixels long (a shaky hand, not a new shape: a small hexagon must still read as a
+    # hexagon, not a circle), phases from the seed.
+    amp = (0.25 + 0.35 * s) * s64 / rpx
+    k = 2 * math.pi * rpx / (16.0 * s64)
+    ph1 = 2 * math.pi * _hash_scalar(seed, salt + 1).view(-1, 1, 1)
+    ph2 = 2 * math.pi * _hash_scalar(seed, salt + 2).view(-1, 1, 1)
+    lx, ly = lx.clone(), ly.clone()
+    lx[i], ly[i] = lx[i] + amp * torch.sin(k * ly[i] + ph1), ly[i] + amp * torch.sin(k * lx[i] + ph2)
+    return lx, ly
+
+
+def _patterned_color(c, m, bg_rgb) -> torch.Tensor:
+    """(N, 3, H, W): the object colour `c` (N, 3, 1, 1) mixed by the pattern's coverage `m` with a tint (dark
+    backgrounds) or a shade (light ones)."""
+    lum = (bg_rgb * torch.tensor([0.299, 0.587, 0.114], device=bg_rgb.device)).sum(1).view(-1, 1, 1, 1)
+    c2 = torch.where(lum < 0.5, c + (1 - c) * 0.6, c * 0.45)
+    return c + (c2 - c) * m[:, None]
+
+
+def _outlined(d, alpha, m, c, color, s, s64):
+    """Outlined (the rows' distance, coverage, pattern coverage, object colour, colour and strength): their
+    coverage, an edge band 1.5-3 px wide plus the pattern's marks, and their colour, the object colour."""
+    w = (1.5 + 1.5 * s) * s64
+    band = (0.5 - ((d + w / 2).abs() - w / 2)).clamp(0, 1)
+    return torch.maximum(band, alpha * m), c.expand_as(color)
+
+
+def _sketched(d, alpha, color, s, seed, salt, size, s64):
+    """Sketchy (the rows' distance, coverage, colour, strength and seed): their coverage, with crayon grain letting
+    the background through the fill, and their colour, with a darker pencil stroke following the edge."""
+    grain = _hash_noise(seed, salt + 3, size, size)
+    stroke = (0.5 - (d.abs() - 0.6 * s64)).clamp(0, 1)
+    return torch.maximum(alpha * (1 - (0.2 + 0.3 * s) * grain), stroke), color * (1 - 0.55 * stroke[:, None])
+
+
+def _shaded(shape, dx, dy, ct, st, r, rpx, color, strength, s64):
+    """Shaded (the rows' shapes, offsets, rotation's cosine and sine, radius, radius in pixels, colour and
+    strength): their colour and their drop shadow's coverage."""
+    # Brightness ramps along the light direction (upper left, turned by strength), highlights go to white; the drop
+    # shadow is the shape again, moved away from the light, with a soft edge.
+    la = torch.deg2rad(135.0 + 90.0 * (strength - 0.5)).view(-1, 1, 1)
+    lxd, lyd = torch.cos(la), torch.sin(la)
+    b = (0.85 + 0.4 * (dx * lxd + dy * lyd) / r).clamp(0.4, 1.3)[:, None]
+    color = torch.where(b < 1, color * b, color + (1 - color) * (b - 1) * 1.5)
+    sx, sy = dx + 0.09 * lxd, dy + 0.09 * lyd  # 0.09 image units away from the light
+    ds = _sdf_by_shape(shape, (ct * sx + st * sy) / r, (-st * sx + ct * sy) / r) * rpx
+    return color, (0.5 - ds / (3.0 * s64)).clamp(0, 1)
+
+
 def _draw_objects(o: ObjectBatch, style, strength, seed, bg_rgb, X, Y, px, salt):
     """Render the objects of `o` (N rows) over a shared grid: returns coverage (N, H, W), colour (N, 3, H, W) and
     drop-shadow coverage (N, H, W). Lengths written in pixels are pixels of a 64-pixel image (times `s64`)."""
@@ -722,58 +774,26 @@ def _draw_objects(o: ObjectBatch, style, strength, seed, bg_rgb, X, Y, px, salt)
     ly = (-st * dx + ct * dy) / radius
     rpx = radius / px  # radius in pixels
     s = strength.view(-1, 1, 1)
-    sketchy = (style == _STYLE_ID["sketchy"]).nonzero().squeeze(1)
-    outlined = (style == _STYLE_ID["outlined"]).nonzero().squeeze(1)
-    shaded = (style == _STYLE_ID["shaded"]).nonzero().squeeze(1)
-
+    sketchy, outlined, shaded = ((style == _STYLE_ID[name]).nonzero().squeeze(1)
+                                 for name in ("sketchy", "outlined", "shaded"))
     if sketchy.numel():
-        # Sketchy: wobble the frame by under a pixel, in waves 16 pixels long (a shaky hand, not a new shape:
-        # a small hexagon must still read as a hexagon, not a circle), phases from the seed.
-        i, r = sketchy, rpx[sketchy]
-        amp = (0.25 + 0.35 * s[i]) * s64 / r
-        k = 2 * math.pi * r / (16.0 * s64)
-        ph1 = 2 * math.pi * _hash_scalar(seed[i], salt + 1).view(-1, 1, 1)
-        ph2 = 2 * math.pi * _hash_scalar(seed[i], salt + 2).view(-1, 1, 1)
-        lx, ly = lx.clone(), ly.clone()
-        lx[i], ly[i] = lx[i] + amp * torch.sin(k * ly[i] + ph1), ly[i] + amp * torch.sin(k * lx[i] + ph2)
-
+        lx, ly = _wobbled(lx, ly, sketchy, rpx[sketchy], s[sketchy], seed[sketchy], salt, s64)
     d = _sdf_by_shape(o.shape, lx, ly) * rpx  # (N, H, W) signed distance in pixels
     alpha = (0.5 - d).clamp(0, 1)
-
-    # Pattern: mix the object colour with a tint (dark backgrounds) or a shade (light ones).
     m = _pattern_mask(o.pattern, o.pattern_angle, o.pattern_period * s64, dx, dy, px)
     c = o.rgb.view(-1, 3, 1, 1)
-    lum = (bg_rgb * torch.tensor([0.299, 0.587, 0.114], device=bg_rgb.device)).sum(1).view(-1, 1, 1, 1)
-    c2 = torch.where(lum < 0.5, c + (1 - c) * 0.6, c * 0.45)
-    color = c + (c2 - c) * m[:, None]
-
+    color = _patterned_color(c, m, bg_rgb)
     if outlined.numel():
-        # Outlined: an edge band 1.5-3 px wide, plus the pattern's marks drawn in the object colour.
         i = outlined
-        w = (1.5 + 1.5 * s[i]) * s64
-        band = (0.5 - ((d[i] + w / 2).abs() - w / 2)).clamp(0, 1)
-        alpha[i] = torch.maximum(band, alpha[i] * m[i])
-        color[i] = c[i].expand_as(color[i])
+        alpha[i], color[i] = _outlined(d[i], alpha[i], m[i], c[i], color[i], s[i], s64)
     if sketchy.numel():
-        # Sketchy: crayon grain lets the background through the fill; a darker pencil stroke follows the edge.
         i = sketchy
-        grain = _hash_noise(seed[i], salt + 3, X.shape[-1], X.shape[-1])
-        stroke = (0.5 - (d[i].abs() - 0.6 * s64)).clamp(0, 1)
-        alpha[i] = torch.maximum(alpha[i] * (1 - (0.2 + 0.3 * s[i]) * grain), stroke)
-        color[i] = color[i] * (1 - 0.55 * stroke[:, None])
+        alpha[i], color[i] = _sketched(d[i], alpha[i], color[i], s[i], seed[i], salt, X.shape[-1], s64)
     shadow = torch.zeros_like(alpha)
     if shaded.numel():
-        # Shaded: brightness ramps along the light direction (upper left, turned by strength), highlights go to
-        # white; the drop shadow is the shape again, moved away from the light, with a soft edge.
-        i, r = shaded, radius[shaded]
-        la = torch.deg2rad(135.0 + 90.0 * (strength[i] - 0.5)).view(-1, 1, 1)
-        lxd, lyd = torch.cos(la), torch.sin(la)
-        b = (0.85 + 0.4 * (dx[i] * lxd + dy[i] * lyd) / r).clamp(0.4, 1.3)[:, None]
-        col = color[i]
-        color[i] = torch.where(b < 1, col * b, col + (1 - col) * (b - 1) * 1.5)
-        sx, sy = dx[i] + 0.09 * lxd, dy[i] + 0.09 * lyd  # 0.09 image units away from the light
-        ds = _sdf_by_shape(o.shape[i], (ct[i] * sx + st[i] * sy) / r, (-st[i] * sx + ct[i] * sy) / r) * rpx[i]
-        shadow[i] = (0.5 - ds / (3.0 * s64)).clamp(0, 1)
+        i = shaded
+        color[i], shadow[i] = _shaded(o.shape[i], dx[i], dy[i], ct[i], st[i], radius[i], rpx[i], color[i],
+                                      strength[i], s64)
     return alpha, color, shadow
 
 
