@@ -226,19 +226,35 @@ def model_card(emb, repo: str, files: list[str], grid: Path | None = None) -> st
     - textual_inversion
     ...
     """
-    from .families import FAMILY_NAMES, describe_widths, family_for_widths
-    from .formats import default_filename
+    from .families import family_for_widths
     from .models import _is_hub_id
 
-    meta = emb.metadata
-    family = family_for_widths(emb.widths) or meta.get("family")
-    base = meta.get("base_model")
+    family = family_for_widths(emb.widths) or emb.metadata.get("family")
+    base = emb.metadata.get("base_model")
     on_hub = bool(base) and _is_hub_id(base)
+    body = _card_about(emb, family, base, on_hub)
+    if grid is not None:
+        step = grid.stem.removeprefix("step-").lstrip("0") or "0"
+        body += [f"![samples]({GRID_FILE})", "", f"The training run's sample grid at step {step}.", ""]
+    body += _card_use(emb, repo, files, family, base, on_hub) + _card_web_ui(emb, files, family)
+    return "\n".join(_card_front_matter(family, base, on_hub) + body)
+
+
+def _card_front_matter(family: str | None, base: str | None, on_hub: bool) -> list[str]:
+    """The model card's front matter lines: base_model (when it is a hub id), the library, the tags and a note on
+    the license."""
     tags = ["textual_inversion", *_FAMILY_TAGS.get(family, []), "text-to-image", "textinv"]
-    front = (["---"] + ([f"base_model: {base}"] if on_hub else []) + ["library_name: diffusers", "tags:"]
-             + [f"- {tag}" for tag in tags]
-             + ["# license: choose one: https://huggingface.co/docs/hub/repositories-licenses (the base model's "
-                "license may bind what you choose)", "---", ""])
+    return (["---"] + ([f"base_model: {base}"] if on_hub else []) + ["library_name: diffusers", "tags:"]
+            + [f"- {tag}" for tag in tags]
+            + ["# license: choose one: https://huggingface.co/docs/hub/repositories-licenses (the base model's "
+               "license may bind what you choose)", "---", ""])
+
+
+def _card_about(emb, family: str | None, base: str | None, on_hub: bool) -> list[str]:
+    """The model card's heading, what the embedding is, and a table of what its metadata records."""
+    from .families import FAMILY_NAMES, describe_widths
+
+    meta = emb.metadata
     rows = [("token", f"`{emb.token}`" + (f" ({emb.num_vectors} vectors)" if emb.num_vectors > 1 else "")),
             ("init", meta.get("init")), ("base model", f"[{base}](https://huggingface.co/{base})" if on_hub else base),
             ("family", FAMILY_NAMES.get(family, describe_widths(emb.widths))), ("steps", meta.get("steps")),
@@ -246,28 +262,35 @@ def model_card(emb, repo: str, files: list[str], grid: Path | None = None) -> st
             ("clip skip", meta.get("clip_skip") if meta.get("clip_skip") not in (None, "1") else None),
             # (recorded only when it is not 75: captions read in kohya's 75-token chunks)
             ("caption tokens read", meta.get("max_token_length"))]
-    body = [f"# {emb.token}", "", f"A textual-inversion embedding: the new word `{emb.token}` for a concept, learned "
+    return [f"# {emb.token}", "", f"A textual-inversion embedding: the new word `{emb.token}` for a concept, learned "
             "from a few pictures with the model kept frozen, by textinv"
             + (f" {meta['textinv_version']}." if meta.get("textinv_version") else "."), "",
             "| | |", "| --- | --- |", *(f"| {k} | {str(v).replace('|', '&#124;')} |" for k, v in rows if v), ""]
-    if grid is not None:
-        step = grid.stem.removeprefix("step-").lstrip("0") or "0"
-        body += [f"![samples]({GRID_FILE})", "", f"The training run's sample grid at step {step}.", ""]
+
+
+def _card_use(emb, repo: str, files: list[str], family: str | None, base: str | None, on_hub: bool) -> list[str]:
+    """The model card's "Use" section: how to load the embedding with textinv and with diffusers."""
     weight = "" if files[0] == "learned_embeds.safetensors" or files[0] == "learned_embeds.bin" else \
         f', weight_name="{files[0]}"'
     prompt = f"a photo of {emb.token}"
     # (a local base model by its name alone, as the file records it: the reader gives the path of their copy)
-    body += ["## Use", "", "With textinv, on the base model it was learned on"
+    lines = ["## Use", "", "With textinv, on the base model it was learned on"
              + ("" if on_hub or not base else f" (`{base}`: the path of your copy)") + ":", "", "```sh",
              f"textinv generate --embedding {repo}" + (f"/{files[0]}" if weight else "")
              + (f" --model {base}" if base else "") + f' --prompt "{prompt}"', "```", ""]
     if family == "sdxl":
-        body += ["With diffusers, each text encoder's half is loaded into its own encoder (see diffusers' "
-                 "[textual inversion guide](https://huggingface.co/docs/diffusers/using-diffusers/textual_inversion_"
-                 "inference)).", ""]
-    else:
-        body += ["With diffusers:", "", "```python", f'pipe.load_textual_inversion("{repo}"{weight})',
-                 f'image = pipe("{prompt}").images[0]', "```", ""]
+        return lines + ["With diffusers, each text encoder's half is loaded into its own encoder (see diffusers' "
+                        "[textual inversion guide](https://huggingface.co/docs/diffusers/using-diffusers/textual_"
+                        "inversion_inference)).", ""]
+    return lines + ["With diffusers:", "", "```python", f'pipe.load_textual_inversion("{repo}"{weight})',
+                    f'image = pipe("{prompt}").images[0]', "```", ""]
+
+
+def _card_web_ui(emb, files: list[str], family: str | None) -> list[str]:
+    """The model card's lines on the AUTOMATIC1111 web UI and ComfyUI: where the file goes and the word to write
+    (none for a diffusers SDXL pair, which they do not read)."""
+    from .formats import default_filename
+
     name = Path(files[0]).stem
     if files[0].startswith("learned_embeds"):  # (they call an embedding by its file name: one to write in prompts)
         name = Path(default_filename("kohya", emb.token)).stem
@@ -275,9 +298,9 @@ def model_card(emb, repo: str, files: list[str], grid: Path | None = None) -> st
     else:
         where = f"put `{files[0]}` in the embeddings folder"
     if family != "sdxl" or len(files) == 1:  # (the web UIs read an SDXL embedding as one file, not diffusers' pair)
-        body += [f"In the AUTOMATIC1111 web UI or ComfyUI: {where} and write `{name}` in the prompt (they call an "
-                 "embedding by its file name).", ""]
-    return "\n".join(front + body)
+        return [f"In the AUTOMATIC1111 web UI or ComfyUI: {where} and write `{name}` in the prompt (they call an "
+                "embedding by its file name).", ""]
+    return []
 
 
 def _upload(folder: Path, repo: str, private: bool, hub_token: str | None, api, message: str) -> str:
