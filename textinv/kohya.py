@@ -280,6 +280,29 @@ def read_dataset_config(path: str | os.PathLike) -> DatasetConfig:
     (10, '[[datasets]] 1, [[datasets.subsets]] 1')
     """
     path = Path(path).expanduser()
+    data = _load_dataset_config(path)
+    _check_top(path, data)
+    general = _table(path, data.get("general", {}), GENERAL, "[general]")
+    if not isinstance(data.get("datasets", []), list):  # ([datasets] written for [[datasets]])
+        raise ConfigError(f"{path}: datasets must be a list of tables, [[datasets]] (two brackets), got "
+                          f"{type(data['datasets']).__name__}")
+    datasets, subsets, subset_of, places = [], [], [], []
+    for d, dataset in enumerate(data.get("datasets", []), start=1):
+        resolved = {**general, **_table(path, dataset, DATASET, f"[[datasets]] {d}")}
+        datasets.append(resolved)
+        for place, values in _dataset_subsets(path, d, dataset, resolved):
+            subsets.append(values)
+            subset_of.append(d - 1)
+            places.append(place)
+    if not subsets:
+        raise ConfigError(f"{path} holds no [[datasets]]: kohya's dataset config lists them, each with its "
+                          f"[[datasets.subsets]] of pictures (image_dir = \"img/dog\", num_repeats = 10)")
+    return DatasetConfig(path, datasets, subsets, subset_of, places)
+
+
+def _load_dataset_config(path: Path) -> dict:
+    """The tables of the dataset config file at `path` (.toml or .json, UTF-8 or UTF-16 with its byte-order mark),
+    as read; refused where there is no such file or it cannot be read."""
     if not path.is_file():
         raise ConfigError(f"--dataset-config {path} does not exist{backslash_note(path)}; give kohya's dataset config "
                           f"file (.toml)")
@@ -298,42 +321,35 @@ def read_dataset_config(path: str | os.PathLike) -> DatasetConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"--dataset-config {path} must hold [general] and [[datasets]] tables, got "
                           f"{type(data).__name__}")
-    _check_top(path, data)
-    general = _table(path, data.get("general", {}), GENERAL, "[general]")
-    if not isinstance(data.get("datasets", []), list):  # ([datasets] written for [[datasets]])
-        raise ConfigError(f"{path}: datasets must be a list of tables, [[datasets]] (two brackets), got "
-                          f"{type(data['datasets']).__name__}")
-    datasets, subsets, subset_of, places = [], [], [], []
-    for d, dataset in enumerate(data.get("datasets", []), start=1):
-        where = f"[[datasets]] {d}"
-        resolved = {**general, **_table(path, dataset, DATASET, where)}
-        datasets.append(resolved)
-        items = dataset.get("subsets")
-        if not isinstance(items, list) or not items:
-            raise ConfigError(f"{path}: {where} has no [[datasets.subsets]]: each of kohya's datasets lists its "
-                              f"folders of pictures, e.g. [[datasets.subsets]] with image_dir = \"img/dog\"")
-        for s, subset in enumerate(items, start=1):
-            place = f"{where}, [[datasets.subsets]] {s}"
-            values = {**resolved, **_table(path, subset, SUBSET, place)}
-            if "image_dir" not in values:
-                _refuse_at_default(path, values)  # (a fine-tuning subset's metadata_file: what to do instead)
-                raise ConfigError(f"{path}: {place} has no image_dir; kohya's subsets each name their folder of "
-                                  f"pictures, e.g. image_dir = \"img/dog\"")
-            folder = values["image_dir"][0]
-            first = next((places[i] for i, kept in enumerate(subsets)
-                          if subset_of[i] == d - 1 and kept["image_dir"][0] == folder), None)
-            if first:  # (kohya's DreamBoothDataset takes a folder once: its subsets are equal by image_dir alone)
-                warn(DatasetConfigWarning(f"{path}: {place} left out: its image_dir {folder!r} is that of "
-                                          f"{first} in the same dataset, and kohya trains only the first "
-                                          f"subset of a folder; remove it, or merge the two"), stacklevel=3)
-                continue
-            subsets.append(values)
-            subset_of.append(d - 1)
-            places.append(place)
-    if not subsets:
-        raise ConfigError(f"{path} holds no [[datasets]]: kohya's dataset config lists them, each with its "
-                          f"[[datasets.subsets]] of pictures (image_dir = \"img/dog\", num_repeats = 10)")
-    return DatasetConfig(path, datasets, subsets, subset_of, places)
+    return data
+
+
+def _dataset_subsets(path: Path, d: int, dataset: dict, resolved: dict) -> list[tuple[str, dict]]:
+    """The subsets of [[datasets]] `d` (from 1) that kohya trains, each as its place in the file and its keys
+    resolved over the dataset's (`resolved`); a subset whose folder an earlier one of the dataset names is left out,
+    with a warning."""
+    where = f"[[datasets]] {d}"
+    items = dataset.get("subsets")
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{path}: {where} has no [[datasets.subsets]]: each of kohya's datasets lists its "
+                          f"folders of pictures, e.g. [[datasets.subsets]] with image_dir = \"img/dog\"")
+    kept = []
+    for s, subset in enumerate(items, start=1):
+        place = f"{where}, [[datasets.subsets]] {s}"
+        values = {**resolved, **_table(path, subset, SUBSET, place)}
+        if "image_dir" not in values:
+            _refuse_at_default(path, values)  # (a fine-tuning subset's metadata_file: what to do instead)
+            raise ConfigError(f"{path}: {place} has no image_dir; kohya's subsets each name their folder of "
+                              f"pictures, e.g. image_dir = \"img/dog\"")
+        folder = values["image_dir"][0]
+        first = next((at for at, other in kept if other["image_dir"][0] == folder), None)
+        if first:  # (kohya's DreamBoothDataset takes a folder once: its subsets are equal by image_dir alone)
+            warn(DatasetConfigWarning(f"{path}: {place} left out: its image_dir {folder!r} is that of "
+                                      f"{first} in the same dataset, and kohya trains only the first "
+                                      f"subset of a folder; remove it, or merge the two"), stacklevel=4)
+            continue
+        kept.append((place, values))
+    return kept
 
 
 def _check_top(path: Path, data: dict) -> None:
