@@ -483,81 +483,99 @@ def _counts(hits: dict[str, int], of: int) -> str:
     return ", ".join(f"{a.replace('_', ' ')} {n}/{of}" for a, n in hits.items())
 
 
+_CELL, _GAP = 64 * SCALE, 8  # the sheet's pictures: their side, and the room between two, in pixels
+
+
 def draw_sheet(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image) -> Image.Image:
     """The whole report on one PNG: training pictures, loss, every prompt's pictures (S* beside the init word,
     a green/red bar under each for the probe's verdict), and the totals."""
-    title_font, head_font, text_font, small = font(22), font(16), font(13), font(11)
-    k = len(report["seeds"])
-    cell = 64 * SCALE
-    gap = 8
-    block = max(k * (cell + gap), 280)
     col_gap = 36
-    width = max(2 * block + col_gap + 2 * 24, len(pictures) * (cell + gap) + loss_png.width + 3 * 24, 900)
-    n_prompts = len(report["prompts"])
-    row_height = cell + 56
-    height = 90 + 34 + cell + 70 + 48 + n_prompts * row_height + 200
+    block = max(len(report["seeds"]) * (_CELL + _GAP), 280)  # one method's pictures of a prompt
+    width = max(2 * block + col_gap + 2 * 24, len(pictures) * (_CELL + _GAP) + loss_png.width + 3 * 24, 900)
+    height = 90 + 34 + _CELL + 70 + 48 + len(report["prompts"]) * (_CELL + 56) + 200
     sheet = Image.new("RGB", (width, height), PAPER)
     d = ImageDraw.Draw(sheet)
-    x0, y = 24, 18
+    x0 = 24
+    y = _sheet_heading(d, report, x0, 18)
+    y = _sheet_training(sheet, d, pictures, loss_png, x0, y)
+    y = _sheet_prompts(sheet, d, report, drawn, x0, x0 + block + col_gap, y)
+    d.line([x0, y, width - 24, y], fill=LINE)
+    y = _sheet_scores(d, report, x0, y + 12)
+    y += 28
+    d.text((x0, y), f"seeds {report['seeds']}; textinv {report['textinv_version']}; total "
+           f"{report['seconds'].get('total', 0):.0f} s", fill=MUTED, font=font(11))
+    return sheet.crop((0, 0, width, min(height, y + 30)))
+
+
+def _sheet_heading(d: ImageDraw.ImageDraw, report: dict, x0: int, y: int) -> int:
+    """The sheet's title and what was learned, how, at `y`; returns the `y` below them."""
     c = report["concept"]
-    d.text((x0, y), report["title"], fill=INK, font=title_font)
+    d.text((x0, y), report["title"], fill=INK, font=font(22))
     y += 32
     d.text((x0, y), f"{c['name']}: {c['description']}. Model: {report['model']}. {report['settings']['steps']} "
-           f"steps, {report['seconds']['train']:.0f} s of training.", fill=MUTED, font=text_font)
-    y += 40
+           f"steps, {report['seconds']['train']:.0f} s of training.", fill=MUTED, font=font(13))
+    return y + 40
 
-    # training pictures and the loss curve
-    d.text((x0, y), "1. The pictures it learns from", fill=INK, font=head_font)
+
+def _sheet_training(sheet: Image.Image, d: ImageDraw.ImageDraw, pictures: list[Image.Image], loss_png: Image.Image,
+                    x0: int, y: int) -> int:
+    """Section 1: the training pictures, the loss curve at the right; returns the `y` below them."""
+    d.text((x0, y), "1. The pictures it learns from", fill=INK, font=font(16))
     y += 28
     for i, pic in enumerate(pictures):
-        sheet.paste(_big(pic), (x0 + i * (cell + gap), y))
-    sheet.paste(loss_png, (width - loss_png.width - 24, y - 30))
-    y += max(cell, loss_png.height - 30) + 30
+        sheet.paste(_big(pic), (x0 + i * (_CELL + _GAP), y))
+    sheet.paste(loss_png, (sheet.width - loss_png.width - 24, y - 30))
+    return y + max(_CELL, loss_png.height - 30) + 30
 
-    # prompts
+
+def _sheet_prompts(sheet: Image.Image, d: ImageDraw.ImageDraw, report: dict, drawn: dict, x0: int, x1: int,
+                   y: int) -> int:
+    """Section 2: each prompt's pictures, S*'s from `x0` and the init word's from `x1`, a bar under each for the
+    probe's verdict; returns the `y` below them."""
+    c, k = report["concept"], len(report["seeds"])
+    small = font(11)
     d.text((x0, y), f"2. New prompts: {c['token']} (left) and the init word '{c['init_word']}' in its place (right), "
-           f"same seeds", fill=INK, font=head_font)
+           f"same seeds", fill=INK, font=font(16))
     y += 24
     d.text((x0, y), report["probe_note"] or "bar under each picture: green = the probe sees the concept and the "
            "edit, red = it does not", fill=FAIL if report["probe_note"] else MUTED, font=small)
     y += 24
-    xs = {"textual-inversion": x0, "init-word": x0 + block + col_gap}
+    xs = {"textual-inversion": x0, "init-word": x1}
     labels = {"textual-inversion": c["token"], "init-word": f"'{c['init_word']}' instead"}
     for j, entry in enumerate(report["prompts"]):
-        d.text((x0, y), entry["textual-inversion"]["prompt"], fill=INK, font=text_font)
+        d.text((x0, y), entry["textual-inversion"]["prompt"], fill=INK, font=font(13))
         for m in METHODS:
             e = entry[m]
             d.text((xs[m], y + 19), f"{labels[m]}: {_count(e)}", fill=MUTED, font=small)
             for i in range(k):
-                px, py = xs[m] + i * (cell + gap), y + 36
+                px, py = xs[m] + i * (_CELL + _GAP), y + 36
                 sheet.paste(_big(drawn[m][j * k + i]), (px, py))
                 verdict = e["pass"][i]
                 color = UNKNOWN if verdict is None else PASS if verdict else FAIL
-                d.rectangle([px, py + cell + 2, px + cell - 1, py + cell + 7], fill=color)
-        y += row_height
+                d.rectangle([px, py + _CELL + 2, px + _CELL - 1, py + _CELL + 7], fill=color)
+        y += _CELL + 56
+    return y
 
-    # totals
-    d.line([x0, y, width - 24, y], fill=LINE)
-    y += 12
-    d.text((x0, y), "3. Scores (the attribute probe's verdict)", fill=INK, font=head_font)
+
+def _sheet_scores(d: ImageDraw.ImageDraw, report: dict, x0: int, y: int) -> int:
+    """Section 3: each method's totals and attributes right (or why nothing was judged); returns the `y` below."""
+    c, text_font = report["concept"], font(13)
+    d.text((x0, y), "3. Scores (the attribute probe's verdict)", fill=INK, font=font(16))
     y += 28
     if report["summary"] is None:
         d.text((x0, y), "not judged: " + (report["probe_note"] or "no probe"), fill=MUTED, font=text_font)
-    else:
-        for m in METHODS:
-            s = report["summary"][m]
-            name = c["token"] if m == "textual-inversion" else f"init word '{c['init_word']}'"
-            d.text((x0, y), f"{name}:  shows the concept in {s['reconstruction'][0]}/{s['reconstruction'][1]} "
-                   f"of 'a photo of' pictures;  obeys the edit and keeps the concept in {s['editability'][0]}/"
-                   f"{s['editability'][1]} edited pictures", fill=INK, font=text_font)
-            y += 20
-            d.text((x0 + 16, y), f"the concept's attributes, over all its pictures: {_concept_hits(report, m)}",
-                   fill=MUTED, font=small)
-            y += 24
-    y += 28
-    d.text((x0, y), f"seeds {report['seeds']}; textinv {report['textinv_version']}; total "
-           f"{report['seconds'].get('total', 0):.0f} s", fill=MUTED, font=small)
-    return sheet.crop((0, 0, width, min(height, y + 30)))
+        return y
+    for m in METHODS:
+        s = report["summary"][m]
+        name = c["token"] if m == "textual-inversion" else f"init word '{c['init_word']}'"
+        d.text((x0, y), f"{name}:  shows the concept in {s['reconstruction'][0]}/{s['reconstruction'][1]} "
+               f"of 'a photo of' pictures;  obeys the edit and keeps the concept in {s['editability'][0]}/"
+               f"{s['editability'][1]} edited pictures", fill=INK, font=text_font)
+        y += 20
+        d.text((x0 + 16, y), f"the concept's attributes, over all its pictures: {_concept_hits(report, m)}",
+               fill=MUTED, font=font(11))
+        y += 24
+    return y
 
 
 _CSS = BASE_CSS + """
