@@ -591,9 +591,15 @@ figcaption { max-width: 128px; }
 
 def render_html(report: dict, pictures: list[Image.Image], drawn: dict, loss_png: Image.Image) -> str:
     """The report as one self-contained HTML page (every picture inlined)."""
+    parts = (_html_heading(report) + _html_training(report, pictures, loss_png) + _html_prompts(report, drawn)
+             + _html_scores(report) + [_html_settings(report)])
+    return "\n".join(parts)
+
+
+def _html_heading(report: dict) -> list[str]:
+    """The page's head, title and what was learned, from what, on which model (and the probe's note)."""
     esc = html.escape
     c = report["concept"]
-    k = len(report["seeds"])
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(report['title'])}</title>"
              f"<style>{_CSS}</style></head><body>",
              f"<h1>{esc(report['title'])}</h1>",
@@ -601,21 +607,32 @@ def render_html(report: dict, pictures: list[Image.Image], drawn: dict, loss_png
              f"from the init word <code>{esc(c['init_word'])}</code> on {esc(report['model'])}.</p>"]
     if report["probe_note"]:
         parts.append(f"<p class='note'>{esc(report['probe_note'])}</p>")
+    return parts
 
-    parts.append("<section id='training'><h2>1. The pictures it learns from</h2><div class='row'>")
+
+def _html_training(report: dict, pictures: list[Image.Image], loss_png: Image.Image) -> list[str]:
+    """Section 1, the training pictures, and the loss curve with the run's times."""
+    esc = html.escape
+    parts = ["<section id='training'><h2>1. The pictures it learns from</h2><div class='row'>"]
     parts += [f"<img class='px' src='{data_uri(_big(p))}' alt='training picture {i + 1}'>"
               for i, p in enumerate(pictures)]
     parts.append(f"</div><p class='muted'>{esc(report['images'])}</p></section>")
-
     s = report["seconds"]
     parts.append(f"<section id='loss'><h2>Training</h2><img src='{data_uri(loss_png)}' alt='training loss'>"
                  f"<p class='muted'>{report['settings']['steps']} steps in {s['train']:.0f} s; loading took "
                  f"{s['load']:.0f} s, drawing {s['draw']:.0f} s, judging {s['judge']:.0f} s.</p></section>")
+    return parts
 
-    parts.append(f"<section id='samples'><h2>2. New prompts: <code>{esc(c['token'])}</code> beside the init word "
-                 f"<code>{esc(c['init_word'])}</code></h2><p class='muted'>Same seeds on both sides. A green frame: "
-                 f"the probe sees the concept and the edit; red: it does not (hover a picture for what it sees)."
-                 f"</p>")
+
+def _html_prompts(report: dict, drawn: dict) -> list[str]:
+    """Section 2: each prompt's pictures, S*'s beside the init word's, framed by the probe's verdict."""
+    esc = html.escape
+    c = report["concept"]
+    k = len(report["seeds"])
+    parts = [f"<section id='samples'><h2>2. New prompts: <code>{esc(c['token'])}</code> beside the init word "
+             f"<code>{esc(c['init_word'])}</code></h2><p class='muted'>Same seeds on both sides. A green frame: "
+             f"the probe sees the concept and the edit; red: it does not (hover a picture for what it sees)."
+             f"</p>"]
     for j, entry in enumerate(report["prompts"]):
         parts.append("<div class='prompt'>")
         for m in METHODS:
@@ -634,8 +651,14 @@ def render_html(report: dict, pictures: list[Image.Image], drawn: dict, loss_png
             parts.append("</div></div>")
         parts.append("</div>")
     parts.append("</section>")
+    return parts
 
-    parts.append("<section id='scores'><h2>3. Scores</h2>")
+
+def _html_scores(report: dict) -> list[str]:
+    """Section 3: what the scores mean and each method's (or why nothing was judged)."""
+    esc = html.escape
+    c = report["concept"]
+    parts = ["<section id='scores'><h2>3. Scores</h2>"]
     expects = ", ".join(f"{a} {v}" for a, v in c["attributes"].items())
     if report["summary"] is None:
         parts.append(f"<p class='muted'>Not judged: {esc(report['probe_note'] or 'no probe')}</p>")
@@ -653,14 +676,19 @@ def render_html(report: dict, pictures: list[Image.Image], drawn: dict, loss_png
                          f"<td>{esc(_concept_hits(report, m))}</td></tr>")
         parts.append("</table>")
     parts.append("</section>")
+    return parts
 
+
+def _html_settings(report: dict) -> str:
+    """The last section: the learned embedding, how to use it, the settings to reproduce the run; the page's end."""
+    esc = html.escape
     settings = json.dumps(report["settings"], indent=1)
-    parts.append(f"<section id='settings'><h2>Reproduce</h2><p>The learned embedding: "
-                 f"<code>{esc(str(report['embedding']))}</code>. Use it with <code>textinv generate --embedding "
-                 f"{esc(str(report['embedding']))} --prompt 'a photo of {esc(c['token'])}'</code>.</p>"
-                 f"<pre>{esc(settings)}</pre><p class='muted'>seeds {report['seeds']}; textinv "
-                 f"{esc(report['textinv_version'])}; total {s.get('total', 0):.0f} s</p></section></body></html>")
-    return "\n".join(parts)
+    return (f"<section id='settings'><h2>Reproduce</h2><p>The learned embedding: "
+            f"<code>{esc(str(report['embedding']))}</code>. Use it with <code>textinv generate --embedding "
+            f"{esc(str(report['embedding']))} --prompt 'a photo of {esc(report['concept']['token'])}'</code>.</p>"
+            f"<pre>{esc(settings)}</pre><p class='muted'>seeds {report['seeds']}; textinv "
+            f"{esc(report['textinv_version'])}; total {report['seconds'].get('total', 0):.0f} s</p></section>"
+            f"</body></html>")
 
 
 # ---------------------------------------------------------------------------------------------------------------
