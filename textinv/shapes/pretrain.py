@@ -1024,11 +1024,39 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
     afresh. `keep=("vae",)` keeps only the autoencoder: the next UNet chunk starts a new UNet and text encoder on
     its latents, with sizes that may differ from the export's (`--set unet_channels=...`). `settings` (`--set`)
     apply to the new folder; a kept UNet may only grow attention at levels that had none (`grow_unet`)."""
-    from safetensors.torch import save_file
-
     from textinv.models import load_model
 
     model_dir, work = Path(model_dir), Path(work)
+    record = _export_record(model_dir, work, keep)
+    exported, config = _continued_config(record, keep, settings)
+    steps = {stage: v["steps"] for stage, v in record.get("stages", {}).items()}
+    changed = [k for k in ARCHITECTURE["vae"] if getattr(exported, k) != getattr(config, k)]
+    if changed:
+        raise ConfigError(f"--set {', '.join(changed)}: the VAE is kept from {model_dir}, so its sizes stay")
+    added = _grown_levels(exported, config) if "unet" in keep else []
+    model = load_model(model_dir)  # float32, as the loader gives every model
+    unet = grow_unet(model.unet, config, added, log) if added else None
+
+    # written beside `work` and renamed into place at the end: a run killed meanwhile leaves no half folder that
+    # the next try would take for a run (it clears what a killed try left)
+    final, work = work, work.with_name(f".{work.name}.from-model")
+    shutil.rmtree(work, ignore_errors=True)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise ConfigError(f"{final} holds files but no run; give --from-model a new --work folder (or empty it)")
+    _write_kept_stages(work, keep, model, unet, config, record, steps)
+    _write_json(work / "config.json", asdict(config))
+    _write_json(work / "log.json", {k: v for k, v in record.get("stages", {}).items() if k in keep})
+    if final.exists():
+        final.rmdir()  # (empty)
+    os.replace(work, final)
+    log(f"{final}: continues {model_dir} (" + ", ".join(f"{k} step {steps.get(k, 0)}" for k in keep)
+        + ("" if "unet" in keep else "; a new UNet and text encoder start at the next --stage unet") + ")")
+    return config
+
+
+def _export_record(model_dir: Path, work: Path, keep: tuple[str, ...]) -> dict:
+    """The training record (training.json) of the export in `model_dir`, once `work` is a new folder and `keep`
+    names stages --from-model can keep."""
     record_path = model_dir / "training.json"
     if not record_path.is_file():
         raise ConfigError(f"{model_dir} has no training.json: only a folder written by --export can be continued")
@@ -1037,31 +1065,29 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
     unknown = [k for k in keep if k not in STAGES]
     if unknown or "vae" not in keep:
         raise ConfigError(f"--keep {','.join(keep)}: keep 'vae' or 'vae,unet' (a UNet is tied to its VAE's latents)")
-    record = json.loads(record_path.read_text())
+    return json.loads(record_path.read_text())
+
+
+def _continued_config(record: dict, keep: tuple[str, ...], settings: dict | None
+                      ) -> tuple[PretrainConfig, PretrainConfig]:
+    """The export's config (with a new UNet's rates where the UNet is not kept) and the new folder's, `settings`
+    applied to it."""
     config = PretrainConfig(**record["config"])
     if "unet" not in keep:  # a new UNet trains from the start's rates, not the export's last fine-tune's (1e-4)
         for name in NEW_UNET_RESETS:
             setattr(config, name, getattr(PretrainConfig(), name))
-    exported = config
-    config = PretrainConfig(**{**asdict(config), **(settings or {})})
-    steps = {stage: v["steps"] for stage, v in record.get("stages", {}).items()}
+    return config, PretrainConfig(**{**asdict(config), **(settings or {})})
 
-    changed = [k for k in ARCHITECTURE["vae"] if getattr(exported, k) != getattr(config, k)]
-    if changed:
-        raise ConfigError(f"--set {', '.join(changed)}: the VAE is kept from {model_dir}, so its sizes stay")
-    added = _grown_levels(exported, config) if "unet" in keep else []
-    model = load_model(model_dir)  # float32, as the loader gives every model
-    unet = grow_unet(model.unet, config, added, log) if added else None
+
+def _write_kept_stages(work: Path, keep: tuple[str, ...], model, unet, config: PretrainConfig, record: dict,
+                       steps: dict[str, int]) -> None:
+    """A checkpoint in `work` for each kept stage, from the exported `model` (`unet`: the grown UNet, if any): its
+    weights (the UNet's and text encoder's also as their EMA), no optimizer moments, its step and generators."""
+    from safetensors.torch import save_file
 
     def weights(module) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
 
-    # written beside `work` and renamed into place at the end: a run killed meanwhile leaves no half folder that
-    # the next try would take for a run (it clears what a killed try left)
-    final, work = work, work.with_name(f".{work.name}.from-model")
-    shutil.rmtree(work, ignore_errors=True)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise ConfigError(f"{final} holds files but no run; give --from-model a new --work folder (or empty it)")
     g = torch.Generator().manual_seed(config.seed)
     stage_dirs = {"vae": {"vae": weights(model.vae)},
                   "unet": {"unet": weights(unet or model.unet), "text_encoder": weights(model.text_encoder)}}
@@ -1082,15 +1108,6 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
                          prediction_type=model.prediction_type,
                          zero_terminal_snr=bool(model.pipeline.scheduler.config.get("rescale_betas_zero_snr")))
         _write_json(folder / "state.json", state)
-    _write_json(work / "config.json", asdict(config))
-    _write_json(work / "log.json", {k: v for k, v in record.get("stages", {}).items() if k in keep})
-    if final.exists():
-        final.rmdir()  # (empty)
-    os.replace(work, final)
-    work = final
-    log(f"{work}: continues {model_dir} (" + ", ".join(f"{k} step {steps.get(k, 0)}" for k in keep)
-        + ("" if "unet" in keep else "; a new UNet and text encoder start at the next --stage unet") + ")")
-    return config
 
 
 def _grown_levels(exported: PretrainConfig, config: PretrainConfig) -> list[int]:
