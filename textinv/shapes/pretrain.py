@@ -1225,6 +1225,41 @@ def main(argv=None) -> int:
 
 
 def _run(argv) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not (args.stage or args.export or args.quick or args.from_model):
+        parser.error("give --stage vae|unet, --export, --quick or --from-model")
+    if args.stage and args.export:
+        parser.error("--stage and --export are separate runs; do one, then the other")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device} asked for, but torch sees no CUDA device")
+    torch.set_num_threads(args.threads)
+    command = "python -m textinv.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    _check_options(parser, args)
+    overrides = _overrides(args)
+    if args.from_model:
+        start_from_model(args.from_model, args.work, tuple(k.strip() for k in args.keep.split(",")), overrides)
+    config = _config_for(args.work, overrides, write=bool(args.stage or args.quick or args.from_model))
+    out = args.out or args.work / "model"
+    if args.quick:
+        steps = args.steps or 3
+        train_vae(config, args.work, args.minutes, args.device, max_steps=steps)
+        train_unet(config, args.work, args.minutes, args.device, max_steps=steps,
+                   render_threads=args.render_threads)
+        export(config, args.work, out, command)
+        return 0
+    if args.stage == "vae":
+        train_vae(config, args.work, args.minutes, args.device, max_steps=args.steps)
+    elif args.stage == "unet":
+        train_unet(config, args.work, args.minutes, args.device, max_steps=args.steps,
+                   render_threads=args.render_threads, cuda_graphs=args.cuda_graphs)
+    if args.export:
+        export(config, args.work, out, command, dtype=torch.float32 if args.fp32 else torch.float16)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line's options (each one's help is its --help line)."""
     parser = argparse.ArgumentParser(prog="python -m textinv.shapes.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=STAGES, help="train this stage for --minutes (resuming if possible)")
     parser.add_argument("--export", action="store_true", help="write the diffusers folder to --out")
@@ -1251,16 +1286,13 @@ def _run(argv) -> int:
     parser.add_argument("--cuda-graphs", action="store_true", help="with --stage unet on a GPU: capture the step's "
                         "forward and backward as a CUDA graph and replay it (a step of a small UNet is launch-bound)")
     parser.add_argument("--fp32", action="store_true", help="export float32 weights instead of float16")
-    args = parser.parse_args(argv)
-    if not (args.stage or args.export or args.quick or args.from_model):
-        parser.error("give --stage vae|unet, --export, --quick or --from-model")
-    if args.stage and args.export:
-        parser.error("--stage and --export are separate runs; do one, then the other")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device} asked for, but torch sees no CUDA device")
-    torch.set_num_threads(args.threads)
-    command = "python -m textinv.shapes.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
-    _render_threads(args.render_threads)  # (checked before anything is written)
+    return parser
+
+
+def _check_options(parser: argparse.ArgumentParser, args) -> None:
+    """The options that go only with another (or on a GPU) refused where they are given without it, and
+    --render-threads checked, before anything is written."""
+    _render_threads(args.render_threads)
     if args.keep != "vae,unet" and not args.from_model:
         parser.error("--keep goes with --from-model")
     if args.decoder_only and args.stage != "vae":
@@ -1268,6 +1300,11 @@ def _run(argv) -> int:
     if args.cuda_graphs and (args.stage != "unet" or not args.device.startswith("cuda")):
         raise ConfigError("--cuda-graphs goes with --stage unet --device cuda (it captures the UNet stage's step on "
                           "a GPU): leave it out here")
+
+
+def _overrides(args) -> dict:
+    """The PretrainConfig fields the command line sets: --quick's sizes, then --set, --seed, and the stage's
+    --batch, --lr and --decoder-only."""
     overrides = dict(QUICK) if args.quick else {}
     overrides.update(parse_setting(text) for text in args.set)
     if args.seed is not None:  # before --from-model writes the new folder: its seed, as any new folder's
@@ -1278,25 +1315,7 @@ def _run(argv) -> int:
         overrides[f"{args.stage}_lr"] = args.lr
     if args.stage == "vae":
         overrides["vae_part"] = "decoder" if args.decoder_only else "all"
-    if args.from_model:
-        start_from_model(args.from_model, args.work, tuple(k.strip() for k in args.keep.split(",")), overrides)
-    config = _config_for(args.work, overrides, write=bool(args.stage or args.quick or args.from_model))
-    out = args.out or args.work / "model"
-    if args.quick:
-        steps = args.steps or 3
-        train_vae(config, args.work, args.minutes, args.device, max_steps=steps)
-        train_unet(config, args.work, args.minutes, args.device, max_steps=steps,
-                   render_threads=args.render_threads)
-        export(config, args.work, out, command)
-        return 0
-    if args.stage == "vae":
-        train_vae(config, args.work, args.minutes, args.device, max_steps=args.steps)
-    elif args.stage == "unet":
-        train_unet(config, args.work, args.minutes, args.device, max_steps=args.steps,
-                   render_threads=args.render_threads, cuda_graphs=args.cuda_graphs)
-    if args.export:
-        export(config, args.work, out, command, dtype=torch.float32 if args.fp32 else torch.float16)
-    return 0
+    return overrides
 
 
 if __name__ == "__main__":
