@@ -176,6 +176,37 @@ def test_a_pair_whose_files_were_saved_at_different_steps_is_refused(tmp_path):
         load_embedding(first)
 
 
+def test_a_pair_of_two_saves_without_steps_is_refused_and_a_save_made_whole_loads(tmp_path, monkeypatch):
+    """A merge or convert into an existing pair killed between its two files left the new second file beside the
+    old first, which recorded no steps to tell them apart: they loaded as one embedding of two saves' halves."""
+    import textinv.formats as formats
+
+    def emb(value):
+        return LearnedEmbedding("<cat>", {"text_encoder": torch.full((1, 768), value),
+                                          "text_encoder_2": torch.full((1, 1280), value)})
+
+    path = tmp_path / "learned_embeds.safetensors"
+    save_embedding(emb(1.0), path, format="diffusers-sdxl")
+    written, real = [], formats._write_safetensors
+
+    def killed_before_the_first_file(target, *args):
+        written.append(target)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        return real(target, *args)
+
+    monkeypatch.setattr(formats, "_write_safetensors", killed_before_the_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        save_embedding(emb(2.0), path, format="diffusers-sdxl")
+    monkeypatch.undo()
+    with pytest.raises(FormatError, match=r"learned_embeds_2.safetensors is not the one saved with it.*save it again"):
+        load_embedding(path)
+    save_embedding(emb(2.0), path, format="diffusers-sdxl")  # (saved again whole)
+    loaded = load_embedding(path)
+    assert [float(v[0, 0]) for v in loaded.vectors.values()] == [2.0, 2.0]
+    assert not any("pair" in key for key in loaded.metadata)  # (the record of its partner is the file's, not kept)
+
+
 def test_png_keeps_the_preview_image(tmp_path):
     preview = Image.new("RGB", (40, 30), (200, 10, 10))
     (p,) = save_embedding(make_emb(), tmp_path / "dog.png", format="a1111-png", preview=preview)

@@ -71,6 +71,8 @@ FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "sdxl", 
 TOKEN_FREE_FORMATS = ("diffusers", "diffusers-bin", "diffusers-sdxl")  # files named learned_embeds.*, any token
 DETECTED_FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "onetrainer", "sdxl", "clip_l",
                     "diffusers-sdxl", "lora-bundle")
+# a diffusers-sdxl first file's record of its second (`_pair_hash`): a save cut short between the two is seen
+PAIR_KEY = "textinv_pair_sha256"
 BUNDLE_PREFIX = "bundle_emb."  # a LoRA's bundled embeddings: bundle_emb.<NAME>.<the embedding file's tensor name>
 BUNDLE_SEPARATOR = "::"  # FILE::NAME, one embedding bundled in a LoRA file
 
@@ -323,7 +325,7 @@ def check_suffix(path: str | Path, format: str, token: str) -> None:
 def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, date: str | None = None) -> list[Path]:
     vectors = {name: t.detach().to(torch.float32).contiguous().clone() for name, t in emb.vectors.items()}
     if format in modelspec.IMPLEMENTATIONS:  # the safetensors formats: each file says what it is
-        metadata = {k: v for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX)}
+        metadata = {k: v for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX) and k != PAIR_KEY}
         metadata.update(modelspec.keys_for(emb.token, emb.widths, emb.metadata, format, date))
     if format == "diffusers":
         _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb.token, metadata)
@@ -333,9 +335,11 @@ def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, da
         _write_safetensors(path, {key: vectors[name] for key, name in _SDXL_KEYS.items()}, emb.token, metadata)
     elif format == "diffusers-sdxl":
         second = second_file(path)
-        # the second file first: the one users point at appears last, once its partner is complete
+        # the second file first: the one users point at appears last, once its partner is complete, naming it (a
+        # save cut short between the two left the new second file beside the old first)
         _write_safetensors(second, {emb.token: vectors["text_encoder_2"]}, emb.token, metadata)
-        _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb.token, metadata)
+        _write_safetensors(path, {emb.token: vectors["text_encoder"]}, emb.token,
+                           {**metadata, PAIR_KEY: _pair_hash(vectors["text_encoder_2"])})
         return [path, second]
     elif format == "diffusers-bin":
         _write_pickle(path, {emb.token: vectors["text_encoder"]})  # diffusers wants exactly one key: no metadata
@@ -570,7 +574,18 @@ def _joined(path1: Path, first: _Read, path2: Path, second: _Read) -> _Read | No
                           "writing them (textinv train --resume writes both again), or two steps' files "
                           "were mixed; give the pair of one step (a run's embeddings/ folder keeps "
                           "each --save-every step's)")
-    return first._replace(format="diffusers-sdxl", vectors={"text_encoder": vectors1, "text_encoder_2": vectors2})
+    said = first.metadata.get(PAIR_KEY)
+    if said is not None and said != _pair_hash(vectors2):
+        raise FormatError(f"{path1} and {path2} look like one diffusers-sdxl pair for {first.token!r}, but {path2} is "
+                          f"not the one saved with it (a save stopped between writing the two, or two saves' files "
+                          f"mixed): save it again, or pass the two right files to load_embedding_pair")
+    return first._replace(format="diffusers-sdxl", vectors={"text_encoder": vectors1, "text_encoder_2": vectors2},
+                          metadata={k: v for k, v in first.metadata.items() if k != PAIR_KEY})
+
+
+def _pair_hash(second: torch.Tensor) -> str:
+    """SHA-256 of a diffusers-sdxl pair's second vectors as written (float32), which its first file records."""
+    return hashlib.sha256(second.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()).hexdigest()
 
 
 def _may_pair(width1: int, width2: int) -> bool:
@@ -601,7 +616,7 @@ def load_embedding_pair(path1: str | Path, path2: str | Path, token: str | None 
     if vectors[0].shape[1] > vectors[1].shape[1]:  # handed over as (second, first): SDXL's first encoder (CLIP-L,
         vectors.reverse()                           # 768) is the narrower one
     read = first._replace(format="diffusers-sdxl", vectors=dict(zip(("text_encoder", "text_encoder_2"), vectors)),
-                          metadata={**second.metadata, **first.metadata})
+                          metadata={k: v for k, v in {**second.metadata, **first.metadata}.items() if k != PAIR_KEY})
     try:
         return _build(path1, read, token)
     except FormatError as e:
