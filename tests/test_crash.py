@@ -154,6 +154,17 @@ def test_temporaries_of_writes_cut_short_are_cleared_by_the_next_run(sd1_dir, im
     assert [p.exists() for p in litter] == [False, False] and mine.exists()
 
 
+def test_a_run_clearing_its_folder_leaves_a_live_write_below_it(sd1_dir, images, tmp_path):
+    """A `generate --out` inside the run's folder (previews of its steps) writing a picture as the run resumes: the
+    run took the picture's temporary file for a kill's, and the picture was lost with an error."""
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    with textinv_io.atomic_path(out / "previews" / "00000-1.png") as tmp:
+        tmp.write_bytes(b"a picture")
+        train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=False)
+    assert (out / "previews" / "00000-1.png").read_bytes() == b"a picture"
+
+
 def test_an_overwrite_cut_short_leaves_the_record_that_names_the_old_runs_files(sd1_dir, images, tmp_path,
                                                                                   monkeypatch):
     """The old run's config.yaml went before its steps' files: a kill between left files named by a token that the

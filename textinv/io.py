@@ -105,7 +105,7 @@ def clear_stale_temporaries(folder: str | os.PathLike, names: re.Pattern) -> int
         if not found or not names.fullmatch(found[1]) or path.is_symlink() or not path.is_file():
             continue
         try:
-            removed += _remove_unheld(path)
+            removed += remove_unheld(path)
         except OSError:  # (gone meanwhile: its write ended; on Windows, open in another process)
             pass
     return removed
@@ -125,7 +125,7 @@ def _held(handle: int) -> int | None:
     return None
 
 
-def _remove_unheld(path: Path) -> bool:
+def remove_unheld(path: Path) -> bool:
     """Remove the temporary file `path` unless a process holds it (`_held`), and say whether it was removed. It is
     removed while locked: let go first, and a write locking it meanwhile (made the instant before) would lose it.
     On Windows, where a file open in another process cannot be removed, it is removed unlocked."""

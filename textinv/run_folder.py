@@ -29,7 +29,7 @@ from .errors import ConfigError, FormatError, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, load_embedding, second_file,
                       step_filename)
 from .hub import hub_reference
-from .io import TEMPORARY, write_bytes, write_text
+from .io import TEMPORARY, remove_unheld, write_bytes, write_text
 from .models import BUNDLED_MODELS, DTYPES, precision_name, same_model
 from .tokens import token_names
 from .tracking import LOGS_DIR, run_name
@@ -203,11 +203,13 @@ def run_lock(out: Path, is_main: bool = True):
 
 def clear_temporaries(out: Path) -> None:
     """Remove the temporary files that writes cut short by a kill left in the run folder `out` (call it holding
-    `run_lock`, once `prepare_output` has taken the folder for this run: no other textinv process writes there then;
-    a folder refused is left as it is, as another run writing below it)."""
+    `run_lock`, once `prepare_output` has taken the folder for this run; a folder refused is left as it is, as another
+    run writing below it). A live write's, which its process holds locked, stays: another command may write below
+    (`generate --out` the folder's previews)."""
     for path in Path(out).rglob(".*.tmp"):
-        if path.is_file() and TEMPORARY.fullmatch(path.name):
-            path.unlink(missing_ok=True)
+        if path.is_file() and not path.is_symlink() and TEMPORARY.fullmatch(path.name):
+            with contextlib.suppress(OSError):  # (gone meanwhile: its write ended)
+                remove_unheld(path)
 
 
 def hold_file(lock: Path, refusal: Callable[[str], str]) -> IO:
