@@ -333,6 +333,28 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_to_the_same_res
         train(config(images, out, steps=8, resume=True, **run), model=fresh_model(sd1_dir), progress=False)
 
 
+def test_a_full_disk_at_the_first_checkpoint_says_how_to_go_on(sd1_dir, images, tmp_path, monkeypatch, capsys):
+    """It said "no checkpoint was saved yet" and stopped there: the same command was then refused on the folder
+    the run had begun."""
+    out = tmp_path / "b"
+    real = os.fsync
+
+    def fsync(fd):
+        if ".step-000002.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(textinv_io.os, "fsync", fsync)
+    args = ["train", "--images", str(images), "--token", "<zq>", "--init", "dog", "--out", str(out), "--model",
+            str(sd1_dir), "--steps", "4", "--batch", "2", "--save-every", "2", "--sample-every", "0"]
+    assert cli.main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line][-1]
+    assert err == (f"textinv train: error: No space left on device: {out / 'checkpoints' / 'step-000002.pt'}; no "
+                   f"checkpoint was saved yet: make room, then start the run again with --overwrite")
+    monkeypatch.setattr(textinv_io.os, "fsync", real)
+    assert cli.main(args + ["--overwrite"]) == 0
+
+
 def test_a_full_disk_at_an_embedding_file_says_how_to_go_on_too(sd1_dir, images, tmp_path, monkeypatch, capsys):
     """The embedding's own write said "choose another output path" (convert's advice) where a run needs --resume."""
     out = tmp_path / "b"

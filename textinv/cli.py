@@ -136,7 +136,8 @@ def cmd_train(args) -> int:
         kept = checkpoints(Path(config.out))
         fix = "make room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
         then = (f"the last checkpoint ({kept[-1].name}) is kept: {fix}, then continue with: textinv train --out "
-                f"{shlex.quote(str(config.out))} --resume" if kept else "no checkpoint was saved yet")
+                f"{shlex.quote(str(config.out))} --resume" if kept
+                else f"no checkpoint was saved yet: {fix}, then start the run again with --overwrite")
         print(f"textinv train: error: {e.strerror or e}: {e.filename or 'a file'}; {then}", file=sys.stderr)
         return 2
     return 0
