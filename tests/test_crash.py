@@ -628,6 +628,24 @@ def test_a_checkpoint_without_the_models_fingerprint_resumes_only_with_the_model
     train(config(images, out, steps=4, resume=True, model=str(here)), progress=False)  # (where it was: as before)
 
 
+def test_a_resume_whose_settings_file_was_deleted_says_it_is_gone_not_that_no_run_was_started(sd1_dir, images,
+                                                                                               tmp_path, capsys):
+    """It said "no run was started there; start a new run without --resume", which the folder's checkpoints then
+    refused: put the record back, or start again."""
+    out = tmp_path / "b"
+    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    (out / "config.yaml").unlink()
+    for argv in (["train", "--out", str(out), "--resume"],
+                 ["train", "--images", str(images), "--token", "<zq>", "--model", str(sd1_dir), "--out", str(out),
+                  "--resume"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert (f"cannot resume: {out} holds the run's checkpoints but not its config.yaml, the settings a resume "
+                f"goes on with: put back a copy of it, or start the run again with --overwrite") in err
+    with pytest.raises(ConfigError, match="holds the run's checkpoints but not its config.yaml"):
+        train(config(images, out, resume=True), model=load_model(sd1_dir), progress=False)
+
+
 def test_a_resume_without_checkpoints_says_how_to_go_on_from_the_saved_vectors(sd1_dir, images, tmp_path, capsys):
     """Checkpoints deleted after a run (to make room), then --resume --steps more: the message said the run had
     stopped before its first save, and its fix, --overwrite, deletes the run's embedding with the rest."""

@@ -106,12 +106,11 @@ def _config_from_args(cls, args: argparse.Namespace):
     # (its relative paths are read from its folder; flags' from the working directory, as a shell's are)
     layers = [config_file_settings(cls, args.config)] if getattr(args, "config", None) else []
     if flags.get("resume") and flags.get("out"):  # `--out DIR --resume` alone continues the saved run
-        from .run_folder import CONFIG_FILE, read_run_settings
+        from .run_folder import CONFIG_FILE, no_record, read_run_settings
 
         saved = Path(flags["out"]) / CONFIG_FILE
         if not saved.exists():  # (said now: the missing --images would be the first complaint otherwise)
-            raise ConfigError(f"cannot resume: {flags['out']} holds no {CONFIG_FILE}, so no run was started there; "
-                              "check --out, or start a new run without --resume")
+            raise ConfigError(no_record(flags["out"]))
         layers.insert(0, {k: v for k, v in read_run_settings(flags["out"]).items() if k not in ("resume", "overwrite")})
     return build(cls, *layers, flags)
 

@@ -95,7 +95,7 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
     if config.resume:
         saved = out / CONFIG_FILE
         if not saved.exists():
-            raise ConfigError(f"cannot resume: {out} holds no {CONFIG_FILE}; start a new run without --resume")
+            raise ConfigError(no_record(out))
         old = read_run_settings(out)
         new = _absolute_paths(config).to_dict()
         defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
@@ -140,6 +140,16 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         except ConfigError:
             previous = {}  # a damaged record: only the files every run writes are cleared
     return _absolute_paths(config), previous
+
+
+def no_record(out: str | os.PathLike) -> str:
+    """Why `out`, which lacks config.yaml, cannot resume, and what to do: a folder with checkpoints lost its record
+    (deleted by hand), one without holds no run."""
+    if checkpoints(Path(out)):
+        return (f"cannot resume: {out} holds the run's checkpoints but not its {CONFIG_FILE}, the settings a resume "
+                f"goes on with: put back a copy of it, or start the run again with --overwrite")
+    return (f"cannot resume: {out} holds no {CONFIG_FILE}, so no run was started there; check --out, or start a new "
+            f"run without --resume")
 
 
 def read_run_settings(out: str | os.PathLike) -> dict:
