@@ -50,6 +50,22 @@ def test_a_killed_runs_lock_does_not_hold_the_folder(sd1_dir, images, tmp_path):
     assert not (out / LOCK_FILE).exists()  # (a run that ends takes its file with it, as score and the demo do)
 
 
+def test_a_folder_on_a_file_system_without_locks_is_written_with_a_warning(sd1_dir, images, tmp_path, monkeypatch):
+    """flock fails with ENOLCK on NFS without its lock daemon (and is not there on some FUSE mounts): the run
+    stopped before its first step, saying "No locks available: a file", and left its lock file in a new folder."""
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match=r"takes no locks \(No locks available\): a second textinv command on it is "
+                                         r"not refused"):
+        train(config(images, out), model=load_model(sd1_dir), progress=False)
+    assert (out / "learned_embeds.safetensors").exists() and not (out / LOCK_FILE).exists()
+
+
 def test_a_run_that_fails_on_its_inputs_leaves_no_folder(sd1_dir, images, tmp_path):
     out = tmp_path / "new"
     with pytest.raises(Exception):

@@ -262,7 +262,8 @@ def drop_lock(f: IO, lock: Path) -> None:
 
 
 def _try_lock(f) -> bool:
-    """Take an exclusive, non-blocking lock on open file `f`; False when another process holds it."""
+    """Take an exclusive, non-blocking lock on open file `f`; False when another process holds it, True with a
+    warning where the file system takes no locks."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -281,6 +282,10 @@ def _try_lock(f) -> bool:
         return True
     except BlockingIOError:
         return False
+    except OSError as e:  # (NFS without its lock daemon, some FUSE mounts: nothing to hold, the command goes on)
+        warn(f"{Path(f.name).parent} is on a file system that takes no locks ({e.strerror or e}): a second textinv "
+             f"command on it is not refused, so run one at a time there", stacklevel=2)
+        return True
 
 
 def _check_token_names(tokens: list[str], vectors: int) -> None:
