@@ -3,6 +3,7 @@
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def test_a_folder_on_a_file_system_without_locks_is_written_with_a_warning(sd1_d
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match=r"takes no locks \(No locks available\): a second textinv command on it is "
                                          r"not refused"):
-        train(config(images, out), model=load_model(sd1_dir), progress=False)
+        train(config(images, out), model=fresh_model(sd1_dir), progress=False)
     assert (out / "learned_embeds.safetensors").exists() and not (out / LOCK_FILE).exists()
 
 
@@ -174,10 +175,10 @@ def test_a_run_clearing_its_folder_leaves_a_live_write_below_it(sd1_dir, images,
     """A `generate --out` inside the run's folder (previews of its steps) writing a picture as the run resumes: the
     run took the picture's temporary file for a kill's, and the picture was lost with an error."""
     out = tmp_path / "b"
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     with textinv_io.atomic_path(out / "previews" / "00000-1.png") as tmp:
         tmp.write_bytes(b"a picture")
-        train(config(images, out, steps=4, save_every=2, resume=True), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, steps=4, save_every=2, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert (out / "previews" / "00000-1.png").read_bytes() == b"a picture"
 
 
@@ -649,7 +650,7 @@ def test_a_resume_whose_settings_file_was_deleted_says_it_is_gone_not_that_no_ru
     """It said "no run was started there; start a new run without --resume", which the folder's checkpoints then
     refused: put the record back, or start again."""
     out = tmp_path / "b"
-    train(config(images, out, steps=2, save_every=2), model=load_model(sd1_dir), progress=False)
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
     (out / "config.yaml").unlink()
     for argv in (["train", "--out", str(out), "--resume"],
                  ["train", "--images", str(images), "--token", "<zq>", "--model", str(sd1_dir), "--out", str(out),
@@ -659,7 +660,7 @@ def test_a_resume_whose_settings_file_was_deleted_says_it_is_gone_not_that_no_ru
         assert (f"cannot resume: {out} holds the run's checkpoints but not its config.yaml, the settings a resume "
                 f"goes on with: put back a copy of it, or start the run again with --overwrite") in err
     with pytest.raises(ConfigError, match="holds the run's checkpoints but not its config.yaml"):
-        train(config(images, out, resume=True), model=load_model(sd1_dir), progress=False)
+        train(config(images, out, resume=True), model=fresh_model(sd1_dir), progress=False)
 
 
 def test_a_resume_without_checkpoints_says_how_to_go_on_from_the_saved_vectors(sd1_dir, images, tmp_path, capsys):
@@ -677,6 +678,23 @@ def test_a_resume_without_checkpoints_says_how_to_go_on_from_the_saved_vectors(s
                             f"from the vectors it saved")
     train(config(images, out, steps=2, overwrite=True, init=None,  # (the way it gives)
                  init_embedding=str(out / "learned_embeds.safetensors")), model=fresh_model(sd1_dir), progress=False)
+
+
+def test_a_resume_without_checkpoints_names_the_newest_saved_vectors_that_load(sd1_dir, images, tmp_path):
+    """Its embedding file damaged too (a copy cut short), the message named it all the same, and following it
+    ended on "truncated safetensors file"; the steps' files in embeddings/ hold the vectors too."""
+    out = tmp_path / "b"
+    train(config(images, out, steps=4, save_every=2), model=fresh_model(sd1_dir), progress=False)
+    shutil.rmtree(out / "checkpoints")
+    main = out / "learned_embeds.safetensors"
+    main.write_bytes(main.read_bytes()[:300])
+    newest = out / "embeddings" / "learned_embeds-steps-4.safetensors"
+    with pytest.raises(ConfigError, match=f"--init-embedding {re.escape(str(newest))} .in place of --init."):
+        train(config(images, out, steps=6, resume=True), model=fresh_model(sd1_dir), progress=False)
+    newest.write_bytes(b"")  # (and that one emptied: the step before it)
+    before = newest.with_name(newest.name.replace("4", "2"))
+    with pytest.raises(ConfigError, match=f"--init-embedding {re.escape(str(before))} "):
+        train(config(images, out, steps=6, resume=True), model=fresh_model(sd1_dir), progress=False)
 
 
 def test_a_hub_models_revision_and_variant_are_recorded_and_a_resume_that_gives_others_is_the_model_anew(

@@ -458,14 +458,8 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
             path.unlink()
     steps = out / STEP_EMBEDDINGS_DIR  # the steps' embeddings by their names (the folder may hold a user's own)
     if steps.is_dir():
-        sentinel = "123456789"
-        named = [(fmt, "<any>") for fmt in TOKEN_FREE_FORMATS] + [(fmt, t) for fmt in FORMATS
-                                                                  if fmt not in TOKEN_FREE_FORMATS for t in tokens]
-        patterns = [re.escape(name).replace(sentinel, r"\d+")
-                    for fmt, token in named for first in [step_filename(fmt, token, int(sentinel))]
-                    for name in (first, second_file(first).name)]
-        for path in steps.iterdir():
-            if path.is_file() and path.resolve() not in kept and any(re.fullmatch(p, path.name) for p in patterns):
+        for path, _ in _step_files(steps, tokens):
+            if path.resolve() not in kept:
                 path.unlink()
         if not any(steps.iterdir()):
             steps.rmdir()
@@ -475,6 +469,23 @@ def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # checkpoints and the loss log
+
+
+def _step_files(folder: Path, tokens: list[str]) -> list[tuple[Path, int]]:
+    """The steps' embedding files in `folder` that a run of `tokens` writes, in any format (`step_filename`, a
+    diffusers-sdxl pair's second files too), each with its step: by their names, as the folder may hold a user's own."""
+    sentinel = "123456789"
+    named = [(fmt, "<any>") for fmt in TOKEN_FREE_FORMATS] + [(fmt, t) for fmt in FORMATS
+                                                              if fmt not in TOKEN_FREE_FORMATS for t in tokens]
+    patterns = [re.escape(name).replace(sentinel, r"(\d+)")
+                for fmt, token in named for first in [step_filename(fmt, token, int(sentinel))]
+                for name in (first, second_file(first).name)]
+    found = []
+    for path in folder.iterdir() if folder.is_dir() else ():
+        matched = next((m for p in patterns for m in [re.fullmatch(p, path.name)] if m), None)
+        if path.is_file() and matched:
+            found.append((path, int(matched[1])))
+    return found
 
 
 def checkpoint_path(out: Path, step: int) -> Path:
@@ -573,10 +584,19 @@ def _from_saved_vectors(out: Path) -> str:
         found = embedding_file(out)
     except ConfigError:  # (a run of several concepts: one file each)
         return ""
+    saved = saved_run(out)
+    tokens = [spec["token"] for spec in saved[1]] if saved is not None else []
     if found.is_dir():  # (diffusers' layout, which embedding_file leaves to load_embedding)
         found = diffusers_file(found) or found
-    return (f", and --init-embedding {found} (in place of --init) to start from the vectors it saved"
-            if found.is_file() else "")
+    # (damaged too, as a copy cut short leaves it: the newest of the steps' files that loads)
+    steps = [path for path, _ in sorted(_step_files(out / STEP_EMBEDDINGS_DIR, tokens), key=lambda f: -f[1])]
+    for file in ([found] if found.is_file() else []) + steps:
+        try:
+            load_embedding(file)
+        except (FormatError, OSError):
+            continue
+        return f", and --init-embedding {file} (in place of --init) to start from the vectors it saved"
+    return ""
 
 
 def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: list[PictureSet],
