@@ -111,6 +111,30 @@ def test_a_second_ctrl_c_inside_a_steps_update_still_resumes_exactly(where, sd1_
     assert resumed.losses == straight.losses
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)
+def test_a_ctrl_c_that_lands_in_a_finalizer_as_the_model_loads_still_stops_the_run(sd1_dir, images, tmp_path,
+                                                                                   monkeypatch):
+    """Python drops an exception raised inside a `__del__` (garbage collected as the model loads), printing
+    "Exception ignored in": the KeyboardInterrupt of a Ctrl-C landing there went with it, and the run trained on as
+    if none had come (seen on `textinv train --resume`, killed then with SIGKILL)."""
+    real = train_module._prepare_step
+
+    class Collected:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)  # (Ctrl-C, landing in the finalizer)
+
+    def prepare_step(run):
+        real(run)
+        Collected()
+
+    monkeypatch.setattr(train_module, "_prepare_step", prepare_step)
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(images, out, save_every=2), model=fresh_model(sd1_dir), progress=False)
+    assert not checkpoints(out) and not (out / "learned_embeds.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_grid_lost_after_its_checkpoint_is_drawn_again_on_resume(sd1_dir, images, tmp_path):
     """--save-every and --sample-every coincide by default (500): a run killed after a step's checkpoint and before
     its grid resumed from that checkpoint and never drew the grid."""

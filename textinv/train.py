@@ -829,8 +829,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             # the run's signal handlers (`_StopRequest`, from its first step) go back last, once the folder is let go
             # of and the model handed back: a signal in those last moments is the run's, not Python's
-            with contextlib.ExitStack() as handlers, run_lock(Path(config.out), state.is_main_process), \
-                    _handed_back(model):  # (one run per folder)
+            with _EarlyInterrupt(), contextlib.ExitStack() as handlers, \
+                    run_lock(Path(config.out), state.is_main_process), _handed_back(model):  # (one run per folder)
                 return _train(config, model, progress, on_step, state, device, source, where, prompts_from,
                               handlers=handlers)
 
@@ -2026,6 +2026,10 @@ class _StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            early = getattr(self._previous[signal.SIGINT], "__self__", None)
+            if isinstance(early, _EarlyInterrupt) and early.noted:  # (a Ctrl-C before this step that Python dropped)
+                self.release()
+                raise KeyboardInterrupt
 
     def _handle(self, signum, frame):
         if self.ended:  # (its outcome is decided: complete, stopped or failed, it is said as it would have been)
@@ -2071,6 +2075,31 @@ class _StopRequest:
     def release(self) -> None:
         for sig, previous in reversed(self._previous.items()):  # (SIGINT's last: its own raises KeyboardInterrupt)
             signal.signal(sig, previous)
+
+
+class _EarlyInterrupt:
+    """Ctrl-C before the run's first step (the model and pictures loading) stops it at once, as Python's own handler
+    does, and is noted: Python drops an exception raised inside an object's `__del__` (printing "Exception ignored
+    in"), and a Ctrl-C landing in one, as the model's loading collects garbage, was lost and the run went on. The
+    loop's `_StopRequest` stops on the note. Only Python's own handler, in the main thread, is replaced."""
+
+    def __init__(self):
+        self.noted = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.noted = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _split_then(checkpoint: tuple[Path, dict] | None, config: TrainConfig) -> list[list[str] | None] | None:
