@@ -703,7 +703,7 @@ def test_inspect_says_the_name_the_web_ui_calls_a_file_by(tmp_path):
     assert inspect_file(path)["web_ui_name"] == "my-dog"
     torch.save({"string_to_param": {"*": torch.randn(1, 768)}, "name": "same"}, tmp_path / "same.pt")
     report = inspect_file(tmp_path / "same.pt")
-    assert "web_ui_name" not in report and "web UI" not in report["text"]
+    assert "web_ui_name" not in report and "calls an embedding" not in report["text"]
 
 
 def test_inspect_says_the_name_the_web_ui_calls_an_image_embedding_by(tmp_path):
@@ -719,7 +719,20 @@ def test_inspect_says_the_name_the_web_ui_calls_an_image_embedding_by(tmp_path):
     assert inspect_file(tmp_path / "renamed.png")["web_ui_name"] == "dog-500"
     (path,) = save_embedding(make_emb("sd1", 1), tmp_path, format="a1111-png")  # my-dog.png: the chunk names the token
     report = inspect_file(path)
-    assert "web_ui_name" not in report and "web UI" not in report["text"]
+    assert "web_ui_name" not in report and "calls an image embedding" not in report["text"]
+
+
+def test_inspect_says_the_hash_the_web_ui_names_a_file_by(tmp_path):
+    """The web UI's "TI hashes" (and its embedding cards) name a file by its SHA-256's first 12 hex digits: inspect
+    says it, so a picture's TI hashes can be matched to a file."""
+    import hashlib
+
+    from textinv.inspect import inspect_file
+
+    (path,) = save_embedding(make_emb("sd1", 1), tmp_path, format="a1111")
+    report = inspect_file(path)
+    assert report["web_ui_hash"] == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert f"web UI hash: {report['web_ui_hash']}" in report["text"]
 
 
 def test_inspect_says_an_embedding_longer_than_a_prompt_window_is_split(tmp_path):

@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .families import FAMILY_NAMES, FAMILY_WIDTHS, describe_widths
 from .formats import (BUNDLE_SEPARATOR, ModelSpecWarning, _resolve, a1111_png_name, bundled_names, describe,
                       load_bundled, read_embedding, split_bundle)
-from .generate import uses_clip_l_half
+from .generate import file_sha256, uses_clip_l_half
 from .models import load_model
 from .tokens import base_embedding
 
@@ -91,7 +91,7 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
     if mismatch:
         report["modelspec_mismatch"] = mismatch[0]
         lines.append(mismatch[0])
-    lines += _web_ui_name(report, emb, file)
+    lines += _web_ui_name(report, emb, file) + _web_ui_hash(report, file)
     lines += encoder_lines(report["encoders"])
     for name, per_vector in (nearest or {}).items():
         where = f" ({name})" if len(nearest) > 1 else ""
@@ -184,6 +184,16 @@ def _web_ui_name(report: dict, emb, file) -> list[str]:
         report["web_ui_name"] = stem
         return [f"in the A1111 web UI and ComfyUI: {stem} (they call an embedding by its file name)"]
     return []
+
+
+def _web_ui_hash(report: dict, file) -> list[str]:
+    """The hash the web UI's "TI hashes" name the embedding file by (its SHA-256's first 12 digits), added to `report`
+    ("web_ui_hash"), and its line; none for a LoRA's bundled embedding or a diffusers SDXL pair, which the web UI
+    does not read as a file of their own."""
+    if report["format"] in ("lora-bundle", "diffusers-sdxl"):
+        return []
+    report["web_ui_hash"] = file_sha256(_resolve(Path(file)))[:12]
+    return [f"web UI hash: {report['web_ui_hash']} (its TI hashes name the file so: its SHA-256's first 12 digits)"]
 
 
 def _notes(report: dict, emb) -> list[str]:
