@@ -708,6 +708,23 @@ def test_kohyas_config_file_tables_are_named_as_tables_with_their_keys_answered(
     assert "did you mean 'sample_prompts'?" in capsys.readouterr().err
 
 
+def test_the_web_uis_stepped_rate_given_as_lr_is_answered_with_lr_steps(tmp_path, capsys):
+    """The web UI's one "Embedding Learning rate" field takes a stepped rate (0.05:10, 0.005): given as --lr it was
+    argparse's "invalid float value", and in a config file "must be a number", neither naming --lr-steps."""
+    with pytest.raises(SystemExit):
+        main(["train", "--lr", "0.05:10, 0.005", "--token", "<t>", "--out", str(tmp_path / "o")])
+    assert ("argument --lr: '0.05:10, 0.005' is the web UI's stepped rate (RATE:STEP, ..., RATE): give it as "
+            "--lr-steps '0.05:10, 0.005' (see") in capsys.readouterr().err
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text('lr: "0.005:500"\n')
+    assert main(["train", "--config", str(cfg), "--token", "<t>", "--out", str(tmp_path / "o")]) == 2
+    assert f"setting 'lr' in {cfg}: '0.005:500' is the web UI's stepped rate" in capsys.readouterr().err
+    assert build(TrainConfig, {"lr": "5e-3"}).lr == 5e-3  # (a number as text, as YAML gives 5e-3)
+    with pytest.raises(SystemExit):
+        main(["train", "--lr", "fast", "--token", "<t>", "--out", str(tmp_path / "o")])
+    assert "argument --lr: invalid float value: 'fast'" in capsys.readouterr().err
+
+
 def test_kohyas_width_comma_height_resolution_is_answered_with_the_one_number_to_give(tmp_path, capsys):
     """kohya's --resolution takes "W,H" (its GUI writes resolution = "512,512" into its config): given to textinv, it
     was argparse's "invalid int value" on the command line and "must be a whole number" in a --config file."""

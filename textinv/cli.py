@@ -66,6 +66,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(*names, type=_spelled_type(f.metadata), **kwargs)
         elif f.name == "resolution":
             parser.add_argument(*names, type=_resolution_type(list(hints)), **kwargs)
+        elif f.name == "lr":
+            parser.add_argument(*names, type=_lr_type, **kwargs)
         else:
             parser.add_argument(*names, type=kind if kind in (int, float) else str, **kwargs)
 
@@ -96,6 +98,19 @@ def _resolution_type(settings: list[str]):
         return int(text)
     side.__name__ = "int"  # (argparse names it in "invalid int value: 'x'", as for the other numbers)
     return side
+
+
+def _lr_type(text: str) -> float:
+    """argparse's type of --lr: a number, with the web UI's stepped rate answered (`config.stepped_rate_note`)."""
+    from .config import stepped_rate_note
+
+    note = stepped_rate_note(text)
+    if note:
+        raise argparse.ArgumentTypeError(note)
+    return float(text)
+
+
+_lr_type.__name__ = "float"  # (argparse names it in "invalid float value: 'x'", as for the other numbers)
 
 
 def _config_from_args(cls, args: argparse.Namespace):

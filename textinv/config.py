@@ -1236,6 +1236,18 @@ def kohya_pair_note(value, names) -> str | None:
     return f"{value} is kohya's W,H: textinv's --resolution is one side of a square; {fix}"
 
 
+def stepped_rate_note(value) -> str | None:
+    """What to give for the web UI's stepped learning rate given as --lr (its one "Embedding Learning rate" field
+    takes both), or None where `value` is not one.
+
+    >>> stepped_rate_note("0.05:10, 0.005")
+    "'0.05:10, 0.005' is the web UI's stepped rate (RATE:STEP, ..., RATE): give it as --lr-steps '0.05:10, 0.005'"
+    """
+    if not isinstance(value, str) or not re.fullmatch(r"[\d.eE+-]+\s*:\s*-?\d+(\s*,.*)?|[\d.eE+-]+\s*,.*", value.strip()):
+        return None
+    return f"{value!r} is the web UI's stepped rate (RATE:STEP, ..., RATE): give it as --lr-steps {value!r}"
+
+
 def check_side(flag: str, pixels: int | None, multiple: int = 8) -> None:
     """Refuse an image side (None: the default) that is not a positive multiple of `multiple` pixels, naming the
     flag and the nearest sizes that are, or one far beyond any model's (it would only run out of memory).
@@ -1396,6 +1408,8 @@ def typed_settings(cls, settings: dict[str, Any], where: str = "") -> dict[str, 
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if key == "resolution" and (note := kohya_pair_note(value, fields)):
             raise ConfigError(f"setting 'resolution'{where}: {note}")
+        if key == "lr" and (note := stepped_rate_note(value)):
+            raise ConfigError(f"setting 'lr'{where}: {note}")
         out[key] = _coerce(key, hints[key], value, default, where)
     return out
 
