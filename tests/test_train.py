@@ -2181,3 +2181,20 @@ def test_the_token_checks_build_the_vocabulary_as_often_for_many_vectors_as_for_
                           save_every=0, sample_every=0, resolution=16, out=str(tmp_path / f"v{n}")), progress=False)
         built.append(len(calls))
     assert built[0] == built[1]
+
+
+def test_max_grad_value_clips_each_number_of_the_gradient(sd1_dir, images, tmp_path):
+    """The web UI's gradient clipping 'value': every number of the vectors' gradient is cut to [-V, V], so one SGD
+    step (Nesterov momentum 0.9: 1.9 x lr x the gradient) moves no number further than 1.9 x lr x V."""
+    from textinv.config import build
+
+    model = load_model(sd1_dir)
+    start = base_embedding(model.text_encoder).weight[model.tokenizer.convert_tokens_to_ids("dog</w>")].clone()
+    settings = dict(steps=1, optimizer="sgd", weight_decay=0.0, lr=1.0)
+    result = train(train_config(images, tmp_path / "a", max_grad_value=1e-7, **settings), model=model, progress=False)
+    moved = (result.embedding.vectors["text_encoder"][0] - start).abs().max()
+    assert 0 < moved <= 1.9 * 1e-7 * 1.01
+    unclipped = train(train_config(images, tmp_path / "b", **settings), model=load_model(sd1_dir), progress=False)
+    assert (unclipped.embedding.vectors["text_encoder"][0] - start).abs().max() > 100 * moved
+    with pytest.raises(ConfigError, match="--max-grad-norm and --max-grad-value"):
+        build(TrainConfig, {"max_grad_value": 0.1, "max_grad_norm": 1.0})

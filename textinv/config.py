@@ -220,7 +220,10 @@ EITHER_LENGTH = ("give the run's length as --steps or as --epochs, not both (--e
 # settings that say one thing two ways: a layer of settings (a config file, the flags) that gives one of them
 # replaces the other one a lower layer gave (a flag's --epochs beats a file's steps: `build`), and one that gives
 # both is refused (`check_alternatives`)
-ALTERNATIVES = {"TrainConfig": {("steps", "epochs"): EITHER_LENGTH}}
+ALTERNATIVES = {"TrainConfig": {("steps", "epochs"): EITHER_LENGTH,
+                                ("max_grad_norm", "max_grad_value"):
+                                    "--max-grad-norm and --max-grad-value: clip by the norm or by each value (the web "
+                                    "UI's gradient clipping mode picks one); give one of them"}}
 
 
 @dataclass
@@ -288,6 +291,8 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "weight decay of the new vectors only (the reference's 1e-2), as --optimizer "
                                     "applies it: decoupled for adamw, lion, prodigy and adafactor, an L2 term for sgd")
     max_grad_norm: float = opt(None, "clip the vectors' gradient norm to this (off by default)")
+    max_grad_value: float = opt(None, "clip each number of the vectors' gradient to [-V, V] instead (the web UI's "
+                                      "gradient clipping 'value'; off by default)")
     min_snr_gamma: float = opt(None, "min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is typical); off by default")
     clip_skip: int = opt(1, "text-encoder layer read, counted from the end as A1111 and kohya count (1: the last; 2: "
                             "the penultimate, usual for anime SD 1.x models); generate with the same. SD 1.x/2.x "
@@ -547,7 +552,7 @@ class TrainConfig:
         settings (`_check_noise_and_loss`)."""
         if not self.weight_decay >= 0:  # (also refuses NaN)
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        for name in ("max_grad_norm", "min_snr_gamma"):
+        for name in ("max_grad_norm", "max_grad_value", "min_snr_gamma"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"--{_flag(name)} must be > 0 when given, got {getattr(self, name)}")
         offset = self.noise_offset

@@ -335,8 +335,8 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("save_embedding_every", _W, "train", "--save-every", ""),
     ("tag_drop_out", _W, "train", "--tag-dropout", ""),
     ("use_weight", _W, "train", "--alpha-mask", ""),
-    ("clip_grad_mode clip_grad_value", _W, "train", "--max-grad-norm", "clipping by norm; textinv has no clipping "
-                                                                       "by value"),
+    ("clip_grad_mode clip_grad_value", _W, "train", "--max-grad-norm",
+     "mode 'norm'; mode 'value' is --max-grad-value (one number: a stepped value such as 0.1:100, 0.05 is not taken)"),
     ("varsize", _W, "train", "--buckets", "each picture near its own proportions, about --resolution's area"),
     ("save_image_with_stored_embedding preview_from_txt2img", _W, "train", None,
      "textinv's sample grids are written to OUT/samples; the embeddings are files of their own"),

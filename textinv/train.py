@@ -1811,6 +1811,10 @@ def _train_step(run: _Run) -> torch.Tensor:
     if config.max_grad_norm:
         for c in concepts:  # each concept clipped on its own, as in its own run
             _clip_rows([(e.vectors.grad, r) for e, r in zip(exts, c.rows)], config.max_grad_norm)
+    if config.max_grad_value:  # (each number on its own: the concepts' rows need no telling apart)
+        for e in exts:  # (an fp16 overflow's inf is kept, so that its step is skipped as without clipping)
+            grad = e.vectors.grad
+            grad.copy_(torch.where(grad.isinf(), grad, grad.clamp(-config.max_grad_value, config.max_grad_value)))
     # from the update to the step's log entry a second Ctrl-C waits (milliseconds): stopped in between, the
     # checkpoint would hold the update under the previous step's count, and a resume would apply it twice
     run.stop.hold()
