@@ -2198,3 +2198,23 @@ def test_max_grad_value_clips_each_number_of_the_gradient(sd1_dir, images, tmp_p
     assert (unclipped.embedding.vectors["text_encoder"][0] - start).abs().max() > 100 * moved
     with pytest.raises(ConfigError, match="--max-grad-norm and --max-grad-value"):
         build(TrainConfig, {"max_grad_value": 0.1, "max_grad_norm": 1.0})
+
+
+def test_latent_sampling_keeps_the_latents_as_the_web_uis_methods_do(sd1_dir, tmp_path, monkeypatch):
+    """--latent-sampling, the web UI's latent sampling method: random draws a new latent from the picture's VAE
+    distribution at each use; deterministic trains on its mean, once on one draw: the same latent every time."""
+    from conftest import write_images
+
+    one = write_images(tmp_path / "one", n=1)  # (one picture, not flipped: every sample is of the same latent)
+    seen = {}
+    for method in ("random", "deterministic", "once"):
+        drawn = recorded_results(monkeypatch, train_module, "_draw")
+        train(train_config(one, tmp_path / method, latent_sampling=method, flip=False), model=load_model(sd1_dir),
+              progress=False)
+        seen[method] = torch.cat([d["latents"] for d in drawn])  # (steps x batch, 4, h, w)
+    assert not torch.equal(seen["random"][0], seen["random"][1])
+    for method in ("deterministic", "once"):
+        assert all(torch.equal(latent, seen[method][0]) for latent in seen[method])
+    assert not torch.equal(seen["once"][0], seen["deterministic"][0])
+    with pytest.raises(ConfigError, match="--latent-sampling once and --reference-like"):
+        train_config(one, tmp_path / "r", latent_sampling="once", reference_like=True).validate()

@@ -360,6 +360,10 @@ class TrainConfig:
                                          "within --resolution's area keeps its own size, one larger is scaled down "
                                          "to about that area, and each trains at that size cut down to the buckets' "
                                          "steps, a bucket of its own")
+    latent_sampling: str = opt("random", "the latent each use of a picture trains on, from its VAE distribution "
+                                         "(the web UI's latent sampling method): random, a new draw each time; "
+                                         "deterministic, the distribution's mean; once, one draw from --seed kept",
+                               choices=("random", "deterministic", "once"))
     flip: bool = opt(None, "random horizontal flips (p=0.5); default on, as in the paper's code")
     repeats: int = opt(1, "times each image appears per epoch (weighting between images); in kohya's layout, "
                          "times its folder's count")
@@ -614,6 +618,9 @@ class TrainConfig:
         if self.bucket_no_upscale and not self.buckets:
             raise ConfigError("--bucket-no-upscale says how --buckets sizes each picture's bucket, and the buckets are "
                               "off: give --buckets too, or leave out --bucket-no-upscale")
+        if self.latent_sampling != "random" and self.reference_like:
+            raise ConfigError(f"--latent-sampling {self.latent_sampling} and --reference-like: the diffusers example "
+                              f"that benchmark mode does draws a new latent each step (random)")
         if self.buckets and self.reference_like:
             raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
         if self.resume and self.overwrite:

@@ -347,8 +347,8 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("preview_steps", _W, "train", "--sample-steps", ""),
     ("name", _W, "train", "--token", ""),
     ("overwrite_old", _W, "train", "--overwrite", ""),
-    ("latent_sampling_method", _W, "train", None, "textinv draws a new latent from each picture's cached "
-                                                  "distribution at every use, the web UI's 'random'"),
+    ("latent_sampling_method", _W, "train", "--latent-sampling", "the same three: random (textinv's default), "
+                                                                 "deterministic, once (the web UI's default)"),
     # train: the web UI's Train tab's form names (modules/ui.py) and its saved settings-*.json keys, where they differ
     ("new_embedding_name train_embedding_name", _W, "train", "--token", ""),
     ("initialization_text", _W, "train", "--init", ""),

@@ -1509,15 +1509,18 @@ def _read_concepts(run: _Run) -> None:
     concepts = run.concepts
     step_px = bucket_step(model) if config.buckets else None
 
-    def pictures_of(listed: PictureSet, spec: dict, tags: TagVariation = TagVariation(), crop_seed=None) -> _Read:
+    def pictures_of(listed: PictureSet, spec: dict, seed: int, tags: TagVariation = TagVariation(),
+                    crop_seed=None) -> _Read:
         """A concept's pictures read and encoded, with their captions; with `crop_seed` (--random-crop) the
-        encoded are RANDOM_CROPS windows of each (`random_windows`), else each picture's centre."""
+        encoded are RANDOM_CROPS windows of each (`random_windows`), else each picture's centre; `seed` draws
+        --latent-sampling once's latents."""
         pictures = load_training_images(listed.paths, resolution, config.center_crop, use_alpha=config.alpha_mask,
                                         bucket_step=step_px, caption_extensions=listed.caption_extensions,
                                         random_crop=crop_seed is not None, no_upscale=config.bucket_no_upscale,
                                         wildcards=config.caption_wildcards)
         encoded = random_windows(pictures, RANDOM_CROPS, crop_seed) if crop_seed is not None else pictures
         mean, std, pixel_weight = _encoded(model.vae, encoded, listed.where, config.alpha_mask, device)
+        mean, std = sampled_latents(mean, std, config.latent_sampling, seed)
         for p in pictures:  # (the windows are encoded: their pictures' covers are not needed any more)
             p.cover = p.cover_alpha = None
         placeholder = expand_prompt(spec["token"], spec["token"], config.vectors)
@@ -1539,11 +1542,13 @@ def _read_concepts(run: _Run) -> None:
                             seed=concept_seed(config.seed, k), warmup_min=config.tag_warmup_min,
                             warmup_steps=config.tag_warmup_length(), **caption_format)
         crops = RANDOM_CROPS if config.random_crop else 1
-        read = pictures_of(listed, spec, tags, concept_seed(config.seed, k) if config.random_crop else None)
+        read = pictures_of(listed, spec, concept_seed(config.seed, k), tags,
+                           concept_seed(config.seed, k) if config.random_crop else None)
         pictures, mean, std, bank, time_ids, pixel_weight = read
         validation = None
         if config.validating_every:  # the pictures held out, or the training pictures
-            scored = (pictures_of(run.held_back[k], spec, TagVariation(**caption_format))
+            scored = (pictures_of(run.held_back[k], spec, concept_seed(config.seed, k),
+                                  TagVariation(**caption_format))
                       if run.held_back[k] is not None else read)
             validation = fixed_draws(scored.mean, scored.std, scored.bank, scored.time_ids, scored.pixel_weight,
                                      pictures=len(scored.pictures), draws=config.validation_draws,
@@ -2368,6 +2373,27 @@ def _encoded(vae, pictures: list, folder, alpha_mask: bool, device) -> tuple:
         return _latents_each(vae, pictures, folder, alpha_mask, device)
     mean, std = encode_latents(vae, [p.pixels for p in pictures], mirrored=True)  # (2I, 4, h, w)
     return mean, std, latent_weights(pictures, mean.shape[-2:], folder).to(device) if alpha_mask else None
+
+
+def sampled_latents(mean, std, method: str, seed: int) -> tuple:
+    """Cached latent distributions (`_encoded`'s tensors, or lists of them) as --latent-sampling keeps them, the web
+    UI's latent sampling method: "random" as they are (each use of a picture draws mean + std * eps anew, as the
+    paper's code encodes every step); "deterministic" the means alone (std 0); "once" one draw of each from `seed`
+    (its own generator: the run's other draws stay as they are), std 0. The web UI's default is "once".
+
+    >>> mean, std = sampled_latents(torch.zeros(2, 4, 8, 8), torch.ones(2, 4, 8, 8), "deterministic", seed=0)
+    >>> bool(std.eq(0).all()) and bool(mean.eq(0).all())
+    True
+    """
+    if method == "random":
+        return mean, std
+    listed = isinstance(mean, list)
+    means, stds = (mean, std) if listed else ([mean], [std])
+    if method == "once":
+        g = torch.Generator().manual_seed(seed)
+        means = [m + s * torch.randn(m.shape, generator=g).to(m.device) for m, s in zip(means, stds)]
+    stds = [torch.zeros_like(s) for s in stds]
+    return (means, stds) if listed else (means[0], stds[0])
 
 
 def _xl_time_ids(pictures: list, center_crop: bool, device) -> torch.Tensor:
