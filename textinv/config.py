@@ -509,6 +509,10 @@ class TrainConfig:
             raise ConfigError(f"{'--images' if self.images else '--concepts'} and subsets (kohya's, as "
                               f"--dataset-config reads them) both name the pictures: give one of them")
         self.subset_list()
+        if self.init is not None and not str(self.init).strip():  # (it was taken as left out: the --property word)
+            raise ConfigError(f"--init {self.init!r} is empty: give a word or phrase to start from, or leave --init "
+                              f"out for the --property word ({self.property}); the web UI's empty initialization "
+                              f"text starts from zeros, which textinv does not do")
         if self.init_embedding and (self.init or self.concepts):
             raise ConfigError("--init-embedding gives the starting vectors of the one --token: leave out --init "
                               "and --concepts")
