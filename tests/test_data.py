@@ -742,6 +742,10 @@ def test_empty_or_missing_template_file(tmp_path):
         read_template_file(tmp_path / "empty.txt")
     with pytest.raises(DataError, match="gone.txt"):
         read_template_file(tmp_path / "gone.txt")
+    # the web UI's Train tab lists its own files by name: one given so is said to be in the web UI's folder
+    with pytest.raises(DataError, match="subject_filewords.txt is one of the web UI's, in its folder "
+                                        "stable-diffusion-webui/textual_inversion_templates/"):
+        read_template_file(tmp_path / "subject_filewords.txt")
 
 
 def test_make_caption_refuses_text_without_marker():

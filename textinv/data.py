@@ -1168,6 +1168,9 @@ def _has_marker(text: str) -> bool:
     return MARKER in text or A1111_MARKER in text
 
 
+WEBUI_TEMPLATES = ("style.txt", "style_filewords.txt", "subject.txt", "subject_filewords.txt")  # (the web UI's own)
+
+
 def read_template_file(path: str | os.PathLike) -> list[str]:
     """Read prompt templates, one per non-empty line, with `{}` (or A1111's `[name]`) where the token goes.
 
@@ -1179,6 +1182,9 @@ def read_template_file(path: str | os.PathLike) -> list[str]:
     ['a painting of [filewords], art by {}', ...]
     """
     path = Path(path)
+    if path.name in WEBUI_TEMPLATES and not path.exists():  # (picked by name from a list in the web UI's Train tab)
+        raise DataError(f"the template file {path} does not exist; {path.name} is one of the web UI's, in its "
+                        f"folder stable-diffusion-webui/textual_inversion_templates/: give that file's path")
     text = _read_text(path, "template file")
     templates = []
     for number, line in enumerate(text.splitlines(), start=1):
