@@ -2220,3 +2220,21 @@ def test_latent_sampling_keeps_the_latents_as_the_web_uis_methods_do(sd1_dir, tm
     assert not torch.equal(seen["once"][0], seen["deterministic"][0])
     with pytest.raises(ConfigError, match="--latent-sampling once and --reference-like"):
         train_config(one, tmp_path / "r", latent_sampling="once", reference_like=True).validate()
+
+
+def test_png_embeddings_put_each_grids_step_embedding_in_its_picture(sd1_dir, images, tmp_path):
+    """--png-embeddings, the web UI's "save images with embedding in PNG chunks": beside each sample grid, the step's
+    embedding inside that grid's picture, named as the web UI names its own (zq-2.png: called zq-2 there)."""
+    from PIL import Image
+
+    from textinv.formats import a1111_png_name
+
+    out = tmp_path / "a"
+    result = train(train_config(images, out, steps=2, sample_every=2, sample_steps=2, png_embeddings=True),
+                   model=load_model(sd1_dir), progress=False)
+    png = out / "samples" / "zq-2.png"
+    assert a1111_png_name(png) == "zq-2"
+    torch.testing.assert_close(load_embedding(png).vectors, result.embedding.vectors, rtol=0, atol=0)
+    assert Image.open(png).size == Image.open(out / "samples" / "step-000002.png").size
+    with pytest.raises(ConfigError, match="--png-embeddings .* --sample-every 0"):
+        train_config(images, tmp_path / "b", png_embeddings=True, sample_every=0).validate()

@@ -407,6 +407,9 @@ class TrainConfig:
     step_embeddings: bool = opt(True, "at every --save-every step also keep that step's embedding in embeddings/ "
                                       "(as A1111 and the diffusers script do), to pick the best step by its samples")
     sample_every: int = opt(500, "sample grid every N steps (0: never)")
+    png_embeddings: bool = opt(False, "with each sample grid also write samples/NAME-STEP.png, that step's "
+                                      "embedding inside a picture of the grid, as the web UI's 'save images with "
+                                      "embedding in PNG chunks' does (the web UI loads it from its embeddings folder)")
     sample_prompts: list = opt([], "prompts for the sample grids ('{}' or the token written out marks it), or one "
                                    "file of them as kohya's --sample_prompts takes it (.txt, .toml or .json), with "
                                    "its per-prompt options (--n negative prompt, --d seed, --l CFG scale, --s steps, "
@@ -619,6 +622,9 @@ class TrainConfig:
         if self.random_crop and self.reference_like:
             raise ConfigError("--random-crop and --reference-like: the diffusers example that benchmark mode does "
                               "crops the centre; leave out one of them")
+        if self.png_embeddings and not self.sample_every:
+            raise ConfigError("--png-embeddings puts each sample grid's step's embedding into its picture, and "
+                              "--sample-every 0 draws none: give --sample-every N too")
         if self.bucket_no_upscale and not self.buckets:
             raise ConfigError("--bucket-no-upscale says how --buckets sizes each picture's bucket, and the buckets are "
                               "off: give --buckets too, or leave out --bucket-no-upscale")

@@ -338,8 +338,11 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("clip_grad_mode clip_grad_value", _W, "train", "--max-grad-norm",
      "mode 'norm'; mode 'value' is --max-grad-value (one number: a stepped value such as 0.1:100, 0.05 is not taken)"),
     ("varsize", _W, "train", "--buckets", "each picture near its own proportions, about --resolution's area"),
-    ("save_image_with_stored_embedding preview_from_txt2img", _W, "train", None,
-     "textinv's sample grids are written to OUT/samples; the embeddings are files of their own"),
+    ("save_image_with_stored_embedding", _W, "train", "--png-embeddings",
+     "beside each sample grid, samples/NAME-STEP.png holds that step's embedding in the grid's picture"),
+    ("preview_from_txt2img", _W, "train", "--sample-prompts",
+     "the grids' own prompts; a kohya-style prompts file gives each its negative prompt, sampler, CFG scale, seed "
+     "and size"),
     ("preview_prompt", _W, "train", "--sample-prompts", "prompts with {} (or the token) where the concept goes"),
     ("preview_negative_prompt preview_sampler_name preview_sampler_index preview_cfg_scale preview_seed "
      "preview_width preview_height", _W, "train", "--sample-prompts",

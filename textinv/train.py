@@ -1270,6 +1270,10 @@ class _Run:
                                    self.resolution, self.clip_skip, drawing)
                 with atomic_path(self.grid_path(c, at_step)) as tmp:
                     grid.save(tmp, format="PNG")
+                if config.png_embeddings:  # (named as the web UI names its own: my-dog-500.png, called so there)
+                    save_embedding(self.embedding_of(c, at_step),
+                                   c.out / SAMPLES_DIR / step_filename("a1111-png", c.token, at_step), "a1111-png",
+                                   preview=grid)
                 if self.tracker is not None:  # (after its file: a grid the tracker has is in samples/ too)
                     self.tracker.log_grid(at_step, "samples" if len(concepts) == 1 else f"samples/{c.out.name}",
                                           grid)
@@ -1435,6 +1439,9 @@ def _load_model(run: _Run, model: Model | None) -> None:
     where.model = model
     run.model, run.dtype, run.moved, run.fingerprints = model, dtype, moved, fingerprints
     run.file_format = _file_format(config.format, model)
+    if config.png_embeddings and model.is_xl:
+        raise ConfigError("--png-embeddings writes the web UI's embedding PNGs, which hold one text encoder's "
+                          "vectors; an SDXL embedding has two: leave it out")
     timesteps = run.timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
     check_loss_for(config, model.prediction_type, model.source, model.noise_scheduler().alphas_cumprod, timesteps)
     run.loss_options = LossOptions.of(config)
