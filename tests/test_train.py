@@ -567,6 +567,8 @@ def test_bad_settings_fail_before_loading_anything(tmp_path, images):
         train(config(images, tmp_path / "o", lr=1e38), progress=False)
     with pytest.raises(ConfigError, match="--init '' is empty"):  # (it started from 'object', said nowhere)
         train(config(images, tmp_path / "o", init=""), progress=False)
+    with pytest.raises(ConfigError, match="token 'My Dog' must be one word without spaces, e.g. '<my-dog>'"):
+        train(config(images, tmp_path / "o", token="My Dog"), progress=False)  # (the web UI's names may hold them)
 
 
 def test_a_caption_whose_token_falls_past_the_text_window_is_refused(sd1_dir, images, tmp_path):

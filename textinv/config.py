@@ -520,6 +520,11 @@ class TrainConfig:
             raise ConfigError("--init-embedding gives the starting vectors of the one --token: leave out --init "
                               "and --concepts")
         tokens = [spec["token"] for spec in self.concept_list()]
+        for token in tokens:  # (said before the model loads; the tokenizer's checks need it loaded)
+            if isinstance(token, str) and token.strip() and any(c.isspace() for c in token.strip()):
+                raise ConfigError(f"token {token!r} must be one word without spaces, e.g. "
+                                  f"'<{'-'.join(token.split()).lower()}>' (the web UI's embedding names may hold "
+                                  f"spaces: its prompts read the file's name, textinv's the token)")
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"--concepts repeats a token: {tokens}; each concept needs its own")
         if len(tokens) > 1:  # (one prefix for all: each concept's captions would name that token)
