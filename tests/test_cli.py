@@ -720,9 +720,10 @@ def test_the_web_uis_stepped_rate_given_as_lr_is_answered_with_lr_steps(tmp_path
     assert main(["train", "--config", str(cfg), "--token", "<t>", "--out", str(tmp_path / "o")]) == 2
     assert f"setting 'lr' in {cfg}: '0.005:500' is the web UI's stepped rate" in capsys.readouterr().err
     assert build(TrainConfig, {"lr": "5e-3"}).lr == 5e-3  # (a number as text, as YAML gives 5e-3)
-    with pytest.raises(SystemExit):
-        main(["train", "--lr", "fast", "--token", "<t>", "--out", str(tmp_path / "o")])
-    assert "argument --lr: invalid float value: 'fast'" in capsys.readouterr().err
+    for text in ("fast", "0,005"):  # (a decimal comma is no stepped rate)
+        with pytest.raises(SystemExit):
+            main(["train", "--lr", text, "--token", "<t>", "--out", str(tmp_path / "o")])
+        assert f"argument --lr: invalid float value: '{text}'" in capsys.readouterr().err
 
 
 def test_kohyas_width_comma_height_resolution_is_answered_with_the_one_number_to_give(tmp_path, capsys):

@@ -1270,7 +1270,7 @@ def stepped_rate_note(value) -> str | None:
     >>> stepped_rate_note("0.05:10, 0.005")
     "'0.05:10, 0.005' is the web UI's stepped rate (RATE:STEP, ..., RATE): give it as --lr-steps '0.05:10, 0.005'"
     """
-    if not isinstance(value, str) or not re.fullmatch(r"[\d.eE+-]+\s*:\s*-?\d+(\s*,.*)?|[\d.eE+-]+\s*,.*", value.strip()):
+    if not isinstance(value, str) or not re.fullmatch(r"[\d.eE+-]+\s*:\s*-?\d+(\s*,.*)?", value.strip()):
         return None
     return f"{value!r} is the web UI's stepped rate (RATE:STEP, ..., RATE): give it as --lr-steps {value!r}"
 
