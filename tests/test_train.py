@@ -2240,3 +2240,25 @@ def test_png_embeddings_put_each_grids_step_embedding_in_its_picture(sd1_dir, im
     assert Image.open(png).size == Image.open(out / "samples" / "step-000002.png").size
     with pytest.raises(ConfigError, match="--png-embeddings .* --sample-every 0"):
         train_config(images, tmp_path / "b", png_embeddings=True, sample_every=0).validate()
+
+
+def test_templates_without_filewords_are_said_unread_for_captioned_pictures(sd1_dir, images, tmp_path):
+    """A picture with a caption file trains on its caption, not on --templates without [filewords] (the web UI's
+    subject.txt leaves caption files unread instead): said, naming the pictures, once, before the model loads."""
+    import warnings
+
+    from textinv.data import UnreadTemplatesWarning
+
+    (images / "img0.txt").write_text("a {} on a sofa")
+    plain = tmp_path / "subject.txt"
+    plain.write_text("a photo of a [name]\n")
+    with pytest.warns(UnreadTemplatesWarning, match=rf"1 picture\(s\) with a caption file train on it instead of "
+                                                    rf"the templates of {plain} \(img0.png\)"):
+        train(train_config(images, tmp_path / "a", templates=str(plain), steps=1), model=load_model(sd1_dir),
+              progress=False)
+    filewords = tmp_path / "subject_filewords.txt"
+    filewords.write_text("a photo of a [name], [filewords]\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreadTemplatesWarning)
+        train(train_config(images, tmp_path / "b", templates=str(filewords), steps=1), model=load_model(sd1_dir),
+              progress=False)

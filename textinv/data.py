@@ -175,6 +175,10 @@ class CaptionWithoutMarkerWarning(UserWarning):
     """A caption file has no `{}` or `[name]` marker, so the placeholder is put in front of its text."""
 
 
+class UnreadTemplatesWarning(UserWarning):
+    """--templates without `[filewords]` where pictures have caption files: those train on their captions alone."""
+
+
 class CaptionLinesWarning(UserWarning):
     """A caption file holds several lines, which textinv joins into one caption where kohya's scripts take the
     first."""
@@ -1166,6 +1170,22 @@ def flip_default(learnable_property: str) -> bool:
 
 def _has_marker(text: str) -> bool:
     return MARKER in text or A1111_MARKER in text
+
+
+def warn_unread_templates(path, templates: Sequence[str], sets: Sequence[PictureSet]) -> None:
+    """Warn where the template file `path` will not be read for some pictures: without `[filewords]` its templates
+    are only for pictures without a caption file (the others train on their captions), where the web UI's
+    subject.txt and style.txt leave the caption files unread instead."""
+    if any(FILEWORDS in t for t in templates):
+        return
+    captioned = [p.name for listed in sets for p, ext in zip(listed.paths, listed.caption_extensions)
+                 if caption_file(p, ext) is not None]
+    if captioned:
+        warn(UnreadTemplatesWarning(
+            f"{len(captioned)} picture(s) with a caption file train on it instead of the templates of {path} "
+            f"({', '.join(captioned[:3])}{', ...' if len(captioned) > 3 else ''}): write [filewords] in the "
+            f"templates where a caption goes to train on both (the web UI's templates without it leave the caption "
+            f"files unread)"), stacklevel=2)
 
 
 WEBUI_TEMPLATES = ("style.txt", "style_filewords.txt", "subject.txt", "subject_filewords.txt")  # (the web UI's own)

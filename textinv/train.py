@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 from . import __version__, emphasis, modelspec
 from .config import MAX_TOKEN_LENGTHS, TrainConfig, parse_lr_steps, read_config_file, save_config
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
-                   load_training_images, picture_set, random_windows, read_caption, read_template_file,
-                   unit_pixels)
+                   load_training_images, picture_set, random_windows, read_caption, read_template_file, unit_pixels,
+                   warn_unread_templates)
 from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError, warn, warns_at_caller
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, check_steps, uses_clip_l_half, warn_clip_l_half
@@ -1410,6 +1410,8 @@ def _check_inputs(run: _Run, model: Model | None) -> None:
         if checkpoint is None:  # (a resume takes the vectors from its checkpoint: the file may be gone by now)
             start_from = _read_init_embedding(config)
     templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
+    if config.templates:
+        warn_unread_templates(config.templates, templates, found)
     run.config, run.specs, run.found, run.held_back, run.checkpoint = config, specs, found, held_back, checkpoint
     run.repeats, run.length, run.moved, run.places = repeats, length, moved, places
     run.start_from, run.templates, run.validation_seed = start_from, templates, validation_seed
