@@ -41,6 +41,7 @@ __all__ = [
     "SkippedFilesWarning",
     "SmallImageWarning",
     "CaptionWithoutMarkerWarning",
+    "UnreadTemplatesWarning",
     "TrainingImage",
     "CaptionSampler",
     "expand_wildcards",
