@@ -153,6 +153,27 @@ def test_an_embedding_whose_token_the_model_has_saved_in_it_is_refused_in_genera
     assert "pass another name for the embedding with --token" in said
 
 
+def test_a_multi_vector_token_the_model_has_saved_in_it_draws_with_all_its_vectors_as_in_diffusers(
+        sd1_dir, tmp_path, monkeypatch):
+    """The diffusers script's --save_as_full_pipeline with --num_vectors 2 saves `<cat-toy>` and `<cat-toy>_1` in
+    the model's tokenizer, and diffusers' pipelines turn `<cat-toy>` in a prompt into both: generate drew that
+    model's `<cat-toy>` with its first vector alone."""
+    import textinv.generate as gen
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_dir)
+    pipe.tokenizer.add_tokens(["<cat-toy>", "<cat-toy>_1"])
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    pipe.save_pretrained(tmp_path / "whole")
+    seen = []
+    real = gen.render
+    monkeypatch.setattr(gen, "render", lambda *a: seen.append((a[1], a[6])) or real(*a))  # (prompts, negative)
+    generate(GenerateConfig(prompt=["a photo of <cat-toy>"], negative_prompt="<cat-toy>", out=str(tmp_path / "out"),
+                            n=1, steps=2, model=str(tmp_path / "whole")), progress=False)
+    theirs = pipe.maybe_convert_prompt("a photo of <cat-toy>", pipe.tokenizer)
+    assert seen == [([theirs], "<cat-toy> <cat-toy>_1")]
+    assert theirs == "a photo of <cat-toy> <cat-toy>_1"
+
+
 def test_trained_file_loads_through_diffusers_own_loader_and_matches_our_generation(sd1_dir, images, tmp_path):
     from textinv.config import TrainConfig
     from textinv.train import train

@@ -51,7 +51,8 @@ from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .samplers import (check_eta, check_pass, ensd_reaches, eta_default, eta_label, scheduler_for, step_multiplier,
                        webui_hires_names, webui_names)
-from .tokens import add_tokens, expand_prompt, scratch_tokens, token_clash, token_names, tokenizer_copy
+from .tokens import (add_tokens, expand_prompt, saved_tokens, scratch_tokens, token_clash, token_names,
+                     tokenizer_copy)
 
 DEFAULT_STEPS = 25
 
@@ -181,11 +182,13 @@ def _tokenizer_of(encoder: str) -> str:
     return encoder.replace("text_encoder", "tokenizer")
 
 
-def expand_all(prompt: str, embeddings: list[LearnedEmbedding]) -> str:
-    """Expand every loaded multi-vector token in `prompt`."""
-    tokens = [emb.token for emb in embeddings]
-    for emb in embeddings:
-        prompt = expand_prompt(prompt, emb.token, emb.num_vectors, others=tokens)
+def expand_all(prompt: str, embeddings: list[LearnedEmbedding], model: Model | None = None) -> str:
+    """Expand every loaded multi-vector token in `prompt`, and, given the `model`, those saved in its tokenizer
+    (`tokens.saved_tokens`: a model the diffusers script saved whole)."""
+    counts = saved_tokens(model.encoders[0][1]) if model is not None else {}
+    counts.update((emb.token, emb.num_vectors) for emb in embeddings)
+    for token, n in counts.items():
+        prompt = expand_prompt(prompt, token, n, others=counts)
     return prompt
 
 
@@ -2335,7 +2338,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     _warn_unapplied(config, jobs, negatives)
     names = _file_names(config, jobs, pictures.sources)
     mine = [name for (_, _, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
-    run = _Run(config, model, embeddings, loras, _hires_prompts(config, embeddings), steps, guidance, clip_skip,
+    run = _Run(config, model, embeddings, loras, _hires_prompts(config, embeddings, model), steps, guidance, clip_skip,
                pictures, inpaint, recorded_sums=[digests[e] for e in config.embedding], embedding_sums=embedding_sums,
                mask_sum=file_sha256(Path(config.mask)) if config.mask else None, where=where or _Where(),
                keep_seeds=keep_seeds, names=names, mine=mine, suffix=_new_run_suffix(Path(config.out), mine),
@@ -2424,10 +2427,10 @@ class _HiresPrompts:
     negative: str | None
 
 
-def _hires_prompts(config: GenerateConfig, embeddings: list[LearnedEmbedding]) -> _HiresPrompts:
+def _hires_prompts(config: GenerateConfig, embeddings: list[LearnedEmbedding], model: Model) -> _HiresPrompts:
     text, tags = emphasis.lora_tags(config.hires_prompt) if config.hires_prompt else (None, [])
     negative = emphasis.lora_tags(config.hires_negative_prompt or "")[0]
-    return _HiresPrompts(text, tags, expand_all(negative, embeddings) if config.hires_negative_prompt else None)
+    return _HiresPrompts(text, tags, expand_all(negative, embeddings, model) if config.hires_negative_prompt else None)
 
 
 @dataclass
@@ -2595,8 +2598,8 @@ def _write_batch(run: _Run, batch: list[tuple[int, Path | None, int]], images: l
 def _prompt(run: _Run, words: str, tags: list[emphasis.LoraTag], negative: str) -> _Prompt:
     """A job's prompt (`words` and LoRA `tags`) and `negative` words made ready to draw (`_draw_batch` makes its LoRAs
     active)."""
-    negative = expand_all(negative, run.embeddings)  # (a learned negative needs all its vectors)
-    expanded = expand_all(words, run.embeddings)
+    negative = expand_all(negative, run.embeddings, run.model)  # (a learned negative needs all its vectors)
+    expanded = expand_all(words, run.embeddings, run.model)
     # the web UI activates the hires prompt's LoRAs for the second pass (its hr_extra_network_data), and every
     # network it does not name with none: a hires prompt without tags draws that pass without LoRAs
     hires = run.hires
@@ -2636,7 +2639,7 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
     width, height, hires, drawn = _sizes(config, model, init)
     if hires is not None:  # (with this prompt's second pass)
         text = run.hires.text
-        hires = replace(hires, prompt=expand_all(text, run.embeddings) if text is not None else None,
+        hires = replace(hires, prompt=expand_all(text, run.embeddings, run.model) if text is not None else None,
                         negative_prompt=run.hires.negative, model=run.hires_model,
                         switch=(lambda: apply_loras(model, run.hires.tags, run.loras)) if prompt.switch else None)
     if drawn not in run.warned:

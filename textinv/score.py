@@ -825,8 +825,8 @@ class Drawing:
         judged as it is drawn, a few at a time, and only the sheet's thumbnails kept (-n 64 on SDXL is over a
         thousand 1024px pictures: gigabytes held for nothing). Returns the row and those thumbnails."""
         prompt = template.replace(MARKER, method["words"])
-        expanded = expand_all(prompt, self.embeddings)
-        negative = expand_all(self.negative_prompt, self.embeddings)
+        expanded = expand_all(prompt, self.embeddings, self.model)
+        negative = expand_all(self.negative_prompt, self.embeddings, self.model)
         row = {"prompt": prompt, "scored_text": scored_text(template, self.steps), "concept": [], "text": [],
                "files": []}
         thumbs = []

@@ -58,6 +58,29 @@ def expand_prompt(prompt: str, token: str, num_vectors: int, others: Iterable[st
     return pattern.sub(" ".join(token_names(token, num_vectors)), prompt)
 
 
+def saved_tokens(tokenizer) -> dict[str, int]:
+    """The multi-vector tokens saved in `tokenizer`, with their vector counts: each added token `<t>` that has
+    `<t>_1` ... `<t>_{N-1}` beside it, as the diffusers script's --save_as_full_pipeline saves them. diffusers'
+    pipelines write all N for `<t>` in a prompt (`maybe_convert_prompt`), so a model saved so draws them all here too.
+
+    >>> from textinv.vocab import build_tokenizer
+    >>> tokenizer = build_tokenizer(["cat"])
+    >>> tokenizer.add_tokens(["<cat-toy>", "<cat-toy>_1", "<one>"])
+    3
+    >>> saved_tokens(tokenizer)
+    {'<cat-toy>': 2}
+    """
+    added = set(tokenizer.get_added_vocab())
+    counts = {}
+    for token in added:
+        n = 1
+        while f"{token}_{n}" in added:
+            n += 1
+        if n > 1:
+            counts[token] = n
+    return counts
+
+
 class _Rows(nn.Module):
     def __init__(self, weight: torch.Tensor):
         super().__init__()
