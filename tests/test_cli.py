@@ -347,6 +347,22 @@ def test_resume_of_a_folder_without_a_run_says_so(tmp_path, capsys):
     assert code == 2 and "cannot resume" in err and "holds no config.yaml" in err
 
 
+def test_resume_of_the_diffusers_scripts_output_folder_names_its_last_step_file_to_start_from(tmp_path, capsys):
+    """`--resume_from_checkpoint latest` on the diffusers script's --output_dir becomes `--out DIR --resume`: its
+    checkpoint-N folders are accelerate states textinv cannot read, and the error only said no run was started."""
+    out = tmp_path / "textual_inversion_cat"
+    for step in (500, 1000):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"learned_embeds-steps-{step}.safetensors").write_bytes(b"")
+    (out / "learned_embeds.safetensors").write_bytes(b"")
+    code = main(["train", "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds no config.yaml" in err
+    assert "checkpoint-1000 is the diffusers script's" in err
+    assert f"--init-embedding {out / 'learned_embeds-steps-1000.safetensors'}" in err
+    assert "--out NEW_DIR" in err
+
+
 def test_a_mistyped_choice_is_one_line_not_the_whole_usage(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--precision", "fp33"])

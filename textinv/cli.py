@@ -125,9 +125,31 @@ def _config_from_args(cls, args: argparse.Namespace):
 
         saved = Path(flags["out"]) / CONFIG_FILE
         if not saved.exists():  # (said now: the missing --images would be the first complaint otherwise)
-            raise ConfigError(no_record(flags["out"]))
+            note = _diffusers_run_note(Path(flags["out"]))
+            raise ConfigError(f"cannot resume: {flags['out']} holds no {CONFIG_FILE}, so no run was started there; {note}"
+                              if note else no_record(flags["out"]))
         layers.insert(0, {k: v for k, v in read_run_settings(flags["out"]).items() if k not in ("resume", "overwrite")})
     return build(cls, *layers, flags)
+
+
+def _step_of(path: Path) -> int:
+    """The step number at the end of a diffusers script's name (`checkpoint-500`, `learned_embeds-steps-500.bin`);
+    -1 for none."""
+    tail = path.name.split(".")[0].rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def _diffusers_run_note(out: Path) -> str | None:
+    """For `--resume` of the diffusers script's --output_dir (what its `--resume_from_checkpoint latest` read):
+    its checkpoint-N folders are accelerate states, so say which of its files a new run starts from instead."""
+    states = sorted(out.glob("checkpoint-*"), key=_step_of) if out.is_dir() else []
+    if not states:
+        return None
+    files = sorted(out.glob("learned_embeds-steps-*"), key=_step_of) or sorted(out.glob("learned_embeds.*"))
+    start = (f"--init-embedding {shlex.quote(str(files[-1]))} (with --vectors, if it has more than one)"
+             if files else "--init-embedding with its learned_embeds file")
+    return (f"its {states[-1].name} is the diffusers script's (an accelerate state, which textinv cannot read): "
+            f"start a textinv run from its vectors with {start} --out NEW_DIR")
 
 
 def cmd_train(args) -> int:

@@ -84,7 +84,11 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                                      "textinv's default auto is bf16 on a CUDA GPU that has it, "
                                                      "else fp32"),
     ("resume_from_checkpoint", _D, "train", "--resume", "a switch, not a path: textinv train --out DIR --resume "
-                                                        "continues from DIR's last checkpoint"),
+                                                        "continues from DIR's last checkpoint, and refuses a DIR "
+                                                        "without a run, where latest started one; the script's "
+                                                        "checkpoint-N folders are not read: --init-embedding "
+                                                        "DIR/learned_embeds-steps-N.safetensors starts a new run "
+                                                        "from that step's vectors"),
     ("checkpointing_steps save_steps", _D, "train", "--save-every", _SAVE),
     ("save_every_n_steps", _K, "train", "--save-every", _SAVE),
     ("checkpoints_total_limit", _D, "train", "--keep-checkpoints", "textinv keeps the last 2 unless told"),
