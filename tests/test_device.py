@@ -2,6 +2,7 @@
 the CPU; CUDA and MPS machines are simulated by patching what torch reports (only the choosing is simulated, never a
 run on them)."""
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -289,3 +290,19 @@ def test_a_resume_compares_the_precision_of_a_model_passed_in(sd1_dir, images, t
                                           r"checkpoint step-000002.pt was trained at fp32 on cpu.*pass the model "
                                           r"loaded at torch.float32 \(load_model's dtype\)"):
         train(_run(images, sd1_dir, tmp_path / "f", 4, resume=True), model=bf16, progress=False)
+
+
+def test_accelerate_launchs_mixed_precision_that_the_run_does_not_take_is_warned_about(sd1_dir, images, tmp_path,
+                                                                                     monkeypatch):
+    """The diffusers script takes its precision from `accelerate launch --mixed_precision fp16` or the `accelerate
+    config` file, which accelerate passes on as ACCELERATE_MIXED_PRECISION; textinv takes --precision, so such a
+    launch trained at another precision than the one asked for, without a word. accelerate's "no" is said nothing
+    of: it is every launch's default."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.warns(UserWarning, match=r"accelerate launch's mixed precision fp16 .* is not read by textinv: this "
+                                         r"run takes fp32 \(--precision auto\); give --precision fp16"):
+        train(_run(images, sd1_dir, tmp_path / "a", 1), progress=False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*mixed precision")
+        train(_run(images, sd1_dir, tmp_path / "b", 1), progress=False)

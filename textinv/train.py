@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import dataclasses
 import math
+import os
 import re
 import shlex
 import signal
@@ -104,6 +105,19 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     return DTYPES[precision]
+
+
+def _warn_launcher_precision(precision: str, dtype: torch.dtype) -> None:
+    """Say so when `accelerate launch` was asked for a mixed precision (its --mixed_precision, or the `accelerate
+    config` file's, passed on as ACCELERATE_MIXED_PRECISION: where the diffusers script takes its precision from)
+    other than the `dtype` the run takes from --precision. accelerate's "no", every launch's default, says nothing."""
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if asked == "no" or DTYPES.get(asked) == dtype:
+        return
+    taken = next(name for name, d in DTYPES.items() if d == dtype)
+    give = f"give --precision {asked}" if asked in DTYPES else f"textinv has --precision {', '.join(DTYPES)}"
+    warn(f"accelerate launch's mixed precision {asked} (its --mixed_precision or your accelerate config) is not read "
+         f"by textinv: this run takes {taken} (--precision {precision}); {give} for the frozen weights' precision")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -823,6 +837,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         device = model.unet.device
     where = _Where(config, resolve_precision(config.precision, device) if model is None else model.unet.dtype,
                    progress=progress and state.is_main_process)
+    if state.is_main_process:
+        _warn_launcher_precision(config.precision, where.dtype)
 
     def run() -> TrainResult:
         # (cuda:N: pinned memory, the bf16 check and CUDA graphs use the current GPU, which would otherwise be cuda:0)
