@@ -370,6 +370,25 @@ def test_a_mistyped_choice_is_one_line_not_the_whole_usage(capsys):
     assert info.value.code == 2 and len(err) == 1 and "invalid choice: 'fp33'" in err[0] and "--help" in err[0]
 
 
+@pytest.mark.parametrize("command", ["train", "generate"])
+def test_precision_no_the_diffusers_scripts_and_accelerates_word_for_fp32_is_answered(command, capsys, tmp_path):
+    """`--mixed_precision no` typed as `--precision no` said only "invalid choice" (a config file too)."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--precision", "no"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert "--precision: 'no' is the diffusers script's and accelerate's word for full precision: give fp32" in err[0]
+    config = tmp_path / "run.yaml"
+    config.write_text(f"precision: 'no'\nout: {tmp_path / 'out'}\nimages: {tmp_path}\ntoken: <t>\n"
+                      if command == "train" else f"precision: 'no'\nout: {tmp_path / 'out'}\nprompt: [x]\n")
+    assert main([command, "--config", str(config)]) == 2
+    assert "give fp32" in capsys.readouterr().err
+    config.write_text(config.read_text().replace("'no'", "no"))  # (YAML's false)
+    assert main([command, "--config", str(config)]) == 2
+    assert "got bool False (YAML reads an unquoted yes, no, on or off as true or false: put the word in quotes)" \
+        in capsys.readouterr().err
+
+
 def test_filewords_only_templates_train_and_draw_sample_grids(sd1_dir, images, tmp_path):
     """A1111's *_filewords.txt has [filewords] on every line; the sample grids fall back to the default templates."""
     templates = tmp_path / "style_filewords.txt"

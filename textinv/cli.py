@@ -62,7 +62,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
                 parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
         elif kind is list:
             parser.add_argument(*names, action="extend", nargs="+", **kwargs)
-        elif "spellings" in f.metadata:  # (argparse checks the choices after `type`: another tool's name passes)
+        elif "spellings" in f.metadata or "refused" in f.metadata:  # (argparse checks the choices after `type`)
             parser.add_argument(*names, type=_spelled_type(f.metadata), **kwargs)
         elif f.name == "resolution":
             parser.add_argument(*names, type=_resolution_type(list(hints)), **kwargs)
@@ -78,7 +78,7 @@ def _spelled_type(metadata):
     from .config import spelled
 
     def value_of(text: str) -> str:
-        value = spelled(metadata["spellings"], text, metadata.get("notes"))
+        value = spelled(metadata.get("spellings", {}), text, metadata.get("notes"))
         refused = metadata.get("refused", lambda _: None)(value) if value not in metadata["choices"] else None
         if refused:
             raise argparse.ArgumentTypeError(f"{text!r} {refused}")  # (argparse names the flag before it)

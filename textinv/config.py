@@ -67,6 +67,13 @@ from .inpaint import (AREAS as INPAINT_AREAS, BLENDS as INPAINT_BLENDS, FILLS as
                       MASKED_PADDING)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def precision_refused(value) -> str | None:
+    """--precision's answer to accelerate's and the diffusers script's `--mixed_precision no`."""
+    if str(value).strip().lower() == "no":
+        return "is the diffusers script's and accelerate's word for full precision: give fp32"
+    return None
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 COMPILE = ("off", "blocks", "unet")
@@ -399,7 +406,7 @@ class TrainConfig:
     templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token; "
                                "default: the paper's for --property, or the model's own", path="file")
     precision: str = opt("auto", "weights' precision; auto = bf16 on a CUDA GPU that has it, else fp32",
-                         choices=PRECISIONS)
+                         choices=PRECISIONS, refused=precision_refused)
     device: str = opt("auto", DEVICE_HELP)
     seed: int = opt(0, "random seed: same seed and settings give the same run (on the CPU: at the same thread count)")
     save_every: int = opt(500, "checkpoint every N steps (0: only at the end)")
@@ -1013,7 +1020,8 @@ class GenerateConfig:
                                  "its VAE encoding and decoding that pass", path="source")
     batch_size: int = opt(4, "images per pipeline call: more is faster on a large GPU, fewer needs less memory; a "
                              "seed draws the same image at any batch size")
-    precision: str = opt("auto", "weights' precision; auto = fp16 on a CUDA GPU, else fp32", choices=PRECISIONS)
+    precision: str = opt("auto", "weights' precision; auto = fp16 on a CUDA GPU, else fp32", choices=PRECISIONS,
+                         refused=precision_refused)
     device: str = opt("auto", DEVICE_HELP)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family",
@@ -1587,7 +1595,11 @@ def _coerce(name: str, kind: type, value: Any, default: Any, source: str = "") -
     if kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{where} must be text, got {type(value).__name__} {value!r}")
+        # (YAML 1.1, which PyYAML reads, takes an unquoted no, yes, off or on as a bool: accelerate's config writes
+        # mixed_precision: 'no' quoted for that reason)
+        quote = " (YAML reads an unquoted yes, no, on or off as true or false: put the word in quotes)" \
+            if isinstance(value, bool) else ""
+        raise ConfigError(f"{where} must be text, got {type(value).__name__} {value!r}{quote}")
     if kind is list:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
