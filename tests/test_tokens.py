@@ -182,3 +182,22 @@ def test_built_vocabulary_refuses_a_word_with_a_space():
 
     with pytest.raises(ValueError, match="ice cream"):
         build_tokenizer(["dog", "ice cream"])
+
+
+def test_a_token_the_diffusers_script_saved_in_the_model_is_refused_as_such_with_the_way_to_go_on():
+    """Training `<cat-toy>` on a model the diffusers script saved whole (--save_as_full_pipeline) was refused as
+    "an existing word", and the name it offered for `<cat-toy>_1` was '<cat-toy>_1-concept>'."""
+    from textinv.vocab import build_tokenizer
+
+    tokenizer = build_tokenizer(["dog"])
+    tokenizer.add_tokens(["<cat-toy>", "<cat-toy>_1"])
+    with pytest.raises(TokenError) as caught:
+        check_new_token(tokenizer, "<cat-toy>")
+    said = str(caught.value)
+    assert "is a learned token the model holds already (as the diffusers script's --save_as_full_pipeline saves " \
+           "one in it)" in said
+    assert "--init-embedding" in said and "existing word" not in said
+    with pytest.raises(TokenError, match=r"e\.g\. '<cat-toy_1-concept>'"):
+        check_new_token(tokenizer, "<cat-toy>_1")
+    with pytest.raises(TokenError, match="overwrite the meaning of an existing word"):
+        check_new_token(tokenizer, "dog</w>")

@@ -149,10 +149,18 @@ def check_new_token(tokenizer, token: str, vocab: dict | None = None) -> None:
     """
     if not token or token != token.strip() or any(c.isspace() for c in token):
         raise TokenError(f"token {token!r} must be one non-empty word without spaces, e.g. '<my-dog>'")
+    instead = f"<{re.sub('[<>]', '', token)}-concept>"
+    if token in tokenizer.get_added_vocab() and token not in tokenizer.all_special_tokens:
+        raise TokenError(
+            f"token {token!r} is a learned token the model holds already (as the diffusers script's "
+            f"--save_as_full_pipeline saves one in it), not a word of its own; to go on training it, give the model "
+            f"it was trained on as --model and its embedding file (learned_embeds.safetensors) as --init-embedding, "
+            f"or pick a new string, e.g. {instead!r}."
+        )
     if token in (vocab if vocab is not None else tokenizer.get_vocab()):
         raise TokenError(
             f"token {token!r} is already in the tokenizer's vocabulary; training it would overwrite the meaning of "
-            f"an existing word. Pick a new string, e.g. '<{token.strip('<>')}-concept>'."
+            f"an existing word. Pick a new string, e.g. {instead!r}."
         )
     ids = tokenizer(token, add_special_tokens=False).input_ids
     if len(ids) == 1 and ids[0] not in tokenizer.all_special_ids:
@@ -160,7 +168,7 @@ def check_new_token(tokenizer, token: str, vocab: dict | None = None) -> None:
         why = " (CLIP lower-cases text before matching)" if token.lower() != token else ""
         raise TokenError(
             f"token {token!r} is read by the tokenizer as the existing token {known!r}{why}; pick a string it "
-            f"does not know yet, e.g. '<{token.strip('<>')}-concept>'."
+            f"does not know yet, e.g. {instead!r}."
         )
 
 
