@@ -106,10 +106,12 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("report_to", _D, "train", "--log-with", "tensorboard, wandb and the other trackers accelerate has, "
                                              "comma-separated; off unless given (the diffusers script's default "
                                              "is tensorboard); loss.csv and samples/ in --out are written either way"),
-    ("logging_dir", _DK, "train", "--log-dir", "default OUT/logs, as the diffusers script's; the events go in a "
-                                               "folder named after --out's inside it. Give --log-with too: kohya's "
-                                               "logs to TensorBoard when --logging_dir comes alone, textinv refuses "
-                                               "--log-dir alone"),
+    ("logging_dir", _DK, "train", "--log-dir", "default OUT/logs, as the diffusers script's; a relative DIR is "
+                                               "read from the working directory, as kohya's (the diffusers "
+                                               "script's is inside --output_dir: --log-dir OUT/logs); the events go "
+                                               "in a folder named after --out's inside it. Give --log-with too: "
+                                               "kohya's logs to TensorBoard when --logging_dir comes alone, textinv "
+                                               "refuses --log-dir alone"),
     ("enable_xformers_memory_efficient_attention", _D, "train", None, _ATTENTION),
     ("push_to_hub", _D, "train", None, "textinv publishes with a command of its own, once the run is done: textinv "
                                        "push OUT --repo OWNER/NAME (the embedding, a model card, the sample grid)"),
