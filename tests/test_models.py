@@ -681,6 +681,32 @@ def test_a_folder_that_is_not_a_model_points_at_the_model_or_its_checkpoints(sd1
         resolve_source(str(webui))
 
 
+def test_a_training_runs_folder_given_as_model_points_at_its_model_and_embedding(tmp_path):
+    """`StableDiffusionPipeline.from_pretrained(output_dir)` is the diffusers habit; --model given a textinv run's
+    --out, or the diffusers script's --output_dir saved without --save_as_full_pipeline, said "It holds checkpoint
+    files (learned_embeds.safetensors): pass one of them", an embedding that --model then refuses."""
+    run = tmp_path / "runs" / "my-dog"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: stable-diffusion-v1-5/stable-diffusion-v1-5\nsteps: 100\n")
+    save_file({"<my-dog>": torch.zeros(1, 8)}, run / "learned_embeds.safetensors")
+    with pytest.raises(ModelError) as caught:
+        resolve_source(str(run))
+    said = str(caught.value)
+    assert "checkpoint files" not in said
+    assert (f"It is a textinv training run: its embedding goes to `textinv generate --embedding {run}` (or `train "
+            f"--init-embedding`), its model to --model stable-diffusion-v1-5/stable-diffusion-v1-5") in said
+    theirs = tmp_path / "textual_inversion_cat"
+    theirs.mkdir()
+    save_file({"<cat-toy>": torch.zeros(1, 8)}, theirs / "learned_embeds.safetensors")
+    with pytest.raises(ModelError) as caught:
+        resolve_source(str(theirs))
+    said = str(caught.value)
+    assert "checkpoint files" not in said
+    assert (f"It holds a textual-inversion embedding (learned_embeds.safetensors), no model: give it to `textinv "
+            f"generate --embedding {theirs}` (or `train --init-embedding`), with the model it was trained on as "
+            f"--model (the diffusers script saves the whole model there only with --save_as_full_pipeline)") in said
+
+
 def test_a_pickle_with_code_names_what_it_asks_for(tmp_path):
     import os
 

@@ -704,12 +704,37 @@ def _folder_hint(path: Path) -> str:
     here = path.resolve()
     if (here.parent / "model_index.json").is_file():
         return f"It is the {here.name}/ part of the diffusers model {here.parent}: pass that folder."
+    run = _training_run_hint(path)
+    if run:
+        return run
     files = sorted(f.name for f in path.iterdir() if f.is_file() and f.suffix.lower() in (".safetensors", ".ckpt"))
     if files:
         listed = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
         return f"It holds checkpoint files ({listed}): pass one of them, e.g. {path / files[0]}."
     return ("Give a diffusers folder, a .safetensors/.ckpt checkpoint, or a hub id like "
             "'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
+
+
+def _training_run_hint(path: Path) -> str | None:
+    """For a folder a training run wrote (textinv's --out, with its config.yaml, or the diffusers script's
+    --output_dir, with learned_embeds.safetensors or .bin), which `from_pretrained(output_dir)` reads only where the
+    script saved the whole model: its embedding goes to --embedding, and the model it trained on to --model."""
+    from .config import read_config_file
+
+    if (path / "config.yaml").is_file():
+        try:
+            model = read_config_file(path / "config.yaml").get("model")
+        except ConfigError:
+            model = None
+        given = f"--model {model}" if isinstance(model, str) else "--model (the one it was trained on)"
+        return (f"It is a textinv training run: its embedding goes to `textinv generate --embedding {path}` (or "
+                f"`train --init-embedding`), its model to {given}.")
+    learned = [name for name in ("learned_embeds.safetensors", "learned_embeds.bin") if (path / name).is_file()]
+    if learned:
+        return (f"It holds a textual-inversion embedding ({learned[0]}), no model: give it to `textinv generate "
+                f"--embedding {path}` (or `train --init-embedding`), with the model it was trained on as --model (the "
+                f"diffusers script saves the whole model there only with --save_as_full_pipeline).")
+    return None
 
 
 def _is_local_path(text: str, base: Path | None = None) -> bool:
