@@ -389,6 +389,20 @@ def test_precision_no_the_diffusers_scripts_and_accelerates_word_for_fp32_is_ans
         in capsys.readouterr().err
 
 
+def test_an_accelerate_config_given_to_config_is_named_as_one(tmp_path, capsys):
+    """The file `accelerate config` writes (the diffusers script's launch settings) given to --config was refused
+    for its mixed_precision key alone, as if it were a textinv config with one wrong name."""
+    config = tmp_path / "default_config.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: fp16\n"
+                      "num_processes: 1\nuse_cpu: false\n")
+    assert main(["train", "--config", str(config), "--images", str(tmp_path), "--token", "<t>",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{config} is an accelerate config (accelerate config writes it): give it to accelerate launch " \
+           f"--config_file {config} -m textinv train ..." in err
+    assert "its mixed_precision is not read by textinv: give --precision" in err
+
+
 def test_filewords_only_templates_train_and_draw_sample_grids(sd1_dir, images, tmp_path):
     """A1111's *_filewords.txt has [filewords] on every line; the sample grids fall back to the default templates."""
     templates = tmp_path / "style_filewords.txt"

@@ -1457,6 +1457,12 @@ def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
     if where and cls is TrainConfig and unknown and set(unknown) <= {"general", "datasets"}:
         raise ConfigError(f"unknown settings {', '.join(map(repr, unknown))}{where}: the file is kohya's dataset "
                           f"config ([general] and [[datasets]] tables); give it to --dataset-config, not --config")
+    if where and {"compute_environment", "distributed_type"} & set(unknown):  # (`accelerate config` writes both)
+        file = where.removeprefix(" in ")
+        raise ConfigError(f"{file} is an accelerate config (accelerate config writes it): give it to accelerate "
+                          f"launch --config_file {file} -m textinv {_COMMANDS.get(cls.__name__, 'train')} ..., and "
+                          f"textinv's own settings to --config; its mixed_precision is not read by textinv: give "
+                          f"--precision")
     tables = [key for key in unknown if isinstance(settings[key], dict)]
     if where.lower().endswith(".toml") and tables:  # (kohya's --config_file: its tables' keys are read as one list)
         inner = [f"{key!r}: {hint}" for table in tables for key in settings[table] if key not in names
