@@ -2192,13 +2192,13 @@ def test_max_grad_value_clips_each_number_of_the_gradient(sd1_dir, images, tmp_p
     step (Nesterov momentum 0.9: 1.9 x lr x the gradient) moves no number further than 1.9 x lr x V."""
     from textinv.config import build
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     start = base_embedding(model.text_encoder).weight[model.tokenizer.convert_tokens_to_ids("dog</w>")].clone()
     settings = dict(steps=1, optimizer="sgd", weight_decay=0.0, lr=1.0)
     result = train(train_config(images, tmp_path / "a", max_grad_value=1e-7, **settings), model=model, progress=False)
     moved = (result.embedding.vectors["text_encoder"][0] - start).abs().max()
     assert 0 < moved <= 1.9 * 1e-7 * 1.01
-    unclipped = train(train_config(images, tmp_path / "b", **settings), model=load_model(sd1_dir), progress=False)
+    unclipped = train(train_config(images, tmp_path / "b", **settings), model=fresh_model(sd1_dir), progress=False)
     assert (unclipped.embedding.vectors["text_encoder"][0] - start).abs().max() > 100 * moved
     with pytest.raises(ConfigError, match="--max-grad-norm and --max-grad-value"):
         build(TrainConfig, {"max_grad_value": 0.1, "max_grad_norm": 1.0})
@@ -2213,7 +2213,7 @@ def test_latent_sampling_keeps_the_latents_as_the_web_uis_methods_do(sd1_dir, tm
     seen = {}
     for method in ("random", "deterministic", "once"):
         drawn = recorded_results(monkeypatch, train_module, "_draw")
-        train(train_config(one, tmp_path / method, latent_sampling=method, flip=False), model=load_model(sd1_dir),
+        train(train_config(one, tmp_path / method, latent_sampling=method, flip=False), model=fresh_model(sd1_dir),
               progress=False)
         seen[method] = torch.cat([d["latents"] for d in drawn])  # (steps x batch, 4, h, w)
     assert not torch.equal(seen["random"][0], seen["random"][1])
@@ -2233,7 +2233,7 @@ def test_png_embeddings_put_each_grids_step_embedding_in_its_picture(sd1_dir, im
 
     out = tmp_path / "a"
     result = train(train_config(images, out, steps=2, sample_every=2, sample_steps=2, png_embeddings=True),
-                   model=load_model(sd1_dir), progress=False)
+                   model=fresh_model(sd1_dir), progress=False)
     png = out / "samples" / "zq-2.png"
     assert a1111_png_name(png) == "zq-2"
     torch.testing.assert_close(load_embedding(png).vectors, result.embedding.vectors, rtol=0, atol=0)
@@ -2254,11 +2254,11 @@ def test_templates_without_filewords_are_said_unread_for_captioned_pictures(sd1_
     plain.write_text("a photo of a [name]\n")
     with pytest.warns(UnreadTemplatesWarning, match=rf"1 picture\(s\) with a caption file train on it instead of "
                                                     rf"the templates of {plain} \(img0.png\)"):
-        train(train_config(images, tmp_path / "a", templates=str(plain), steps=1), model=load_model(sd1_dir),
+        train(train_config(images, tmp_path / "a", templates=str(plain), steps=1), model=fresh_model(sd1_dir),
               progress=False)
     filewords = tmp_path / "subject_filewords.txt"
     filewords.write_text("a photo of a [name], [filewords]\n")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnreadTemplatesWarning)
-        train(train_config(images, tmp_path / "b", templates=str(filewords), steps=1), model=load_model(sd1_dir),
+        train(train_config(images, tmp_path / "b", templates=str(filewords), steps=1), model=fresh_model(sd1_dir),
               progress=False)
