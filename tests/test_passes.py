@@ -975,3 +975,17 @@ def test_an_x_y_z_plots_eta_is_checked_against_each_cells_sampler(tmp_path):
     assert [cell.sampler for cell in ready.cells] == ["euler_a", "ddim"]
     with pytest.raises(ConfigError, match=r"--x sampler=dpm\+\+2m: --eta 0.5: --sampler dpm\+\+2m takes no eta"):
         plan(GenerateConfig(prompt=["a dog"], eta=0.5, x="sampler=euler_a,dpm++2m", out=str(tmp_path)).validate())
+
+
+def test_comfy_emphasis_draws_a_dynamic_prompts_escape_as_its_character(sd1_dir):
+    """Under --emphasis comfy a `#`, `{`, `}`, a wildcard's `_` or a leading `//` written escaped (`\\#`: what
+    `dynamic.literal` writes of a picture's prompt for --again, and how a prompt gives one now that `#` starts a
+    comment) is the character, as the web UI's syntax reads it: ComfyUI's syntax kept the backslash, a token more
+    (a ComfyUI picture's `#` redrew as `\\#`, and no prompt could draw a `#`)."""
+    from textinv.dynamic import jobs, literal
+    from textinv.emphasis import comfy_syntax, comfy_token_chunks
+
+    tok = load_model(sd1_dir).tokenizer
+    for written in ["a #1 {red} car", "__init__ a b", "// a b", "(a #1:1.2) \\(x\\) C:\\dir"]:
+        (job,) = jobs([literal(written)], "", [0], None, False, 1)
+        assert comfy_token_chunks(tok, comfy_syntax(job.prompt)) == comfy_token_chunks(tok, comfy_syntax(written))

@@ -187,17 +187,23 @@ def comfy_embeddings(prompt: str, written=lambda name: name) -> tuple[str, list[
     return _COMFY_EMBEDDING.sub(name, prompt), names
 
 
+# a character of the dynamic prompts syntax escaped (`dynamic.literal`, a prompt's own `\#`): the character, drawn
+_DYNAMIC_ESCAPE = re.compile(r"\\([{}#_/])")
+
+
 def comfy_syntax(prompt: str) -> str:
     """A prompt written for ComfyUI's CLIPTextEncode written in the web UI's syntax with the same words and weights
     (comfy/sd1_clip.py, token_weights): there only round brackets weigh, `(x)` by 1.1 and `(x:1.3)` at 1.3 whatever
     brackets hold it (`((x:1.3))` is 1.3, where the web UI multiplies them: 1.43); square brackets, a backslash but
     before a round bracket, and `BREAK` are words. Kept as textinv reads them: LoRA tags, `AND` (composable
-    diffusion) and `embedding:NAME` (`comfy_embeddings`).
+    diffusion) and `embedding:NAME` (`comfy_embeddings`), and the escapes of the dynamic prompts syntax (`\\#`,
+    `\\{`: `_DYNAMIC_ESCAPE`), the character itself, as `parse` reads them.
 
     >>> comfy_syntax("a ((red:1.3)) car, [dull] (sky) BREAK")
     'a (red:1.3) car, \\\\[dull\\\\] (sky:1.1) break'
     """
     pieces, last = [], None
+    prompt = _DYNAMIC_ESCAPE.sub(r"\1", prompt)
     for text, weight in _comfy_weights(prompt.replace("\\(", "\0\2").replace("\\)", "\0\1"), 1.0):
         text = re.sub(r"([\\()\[\]])", r"\\\1", text.replace("\0\2", "(").replace("\0\1", ")"))
         text = _BREAK_WORD.sub("break", text)
