@@ -698,3 +698,29 @@ def test_prompt_l_gives_sdxls_clip_l_its_own_text_as_comfyuis_clip_text_encode_s
     assert (settings["prompt_l"], settings["negative_prompt_l"]) == (long_l, "dark")
     with pytest.raises(ConfigError, match="--prompt-l is ComfyUI's CLIPTextEncodeSDXL text_l: add --emphasis comfy"):
         generate(replace(config, emphasis="original"), model=model, progress=False)
+
+
+def test_prompt_l_takes_no_dynamic_prompts_and_again_draws_a_comfyui_text_l_as_written(xl_dir, tmp_path):
+    """--prompt-l is drawn for every picture, as a hires prompt is: a variant or wildcard in it is refused (its
+    braces were drawn as words, unsaid). A ComfyUI text_l holding `{`, `}` or `#` (text there) is read by --again
+    as text and drawn so: CLIP-L reads what ComfyUI's CLIP-L read."""
+    from test_generate import _comfy_graph, _comfy_picture, _conditioning_seen
+
+    from textinv.again import again_config
+
+    model = load_model(xl_dir)
+    common = dict(out=str(tmp_path / "a"), n=1, steps=1, model=str(xl_dir), emphasis="comfy")
+    for flag, given in (("--prompt-l", dict(prompt_l="a {cat|bird}")),
+                        ("--negative-prompt-l", dict(negative_prompt_l="__colors__"))):
+        with pytest.raises(ConfigError, match=f"{flag} .*: SDXL's CLIP-L texts take no {{a|b}} variants"):
+            generate(GenerateConfig(prompt=["a dog"], **given, **common), model=model, progress=False)
+    assert not (tmp_path / "a").exists() or not list((tmp_path / "a").glob("*.png"))
+    graph = _comfy_graph()
+    graph["6"] = {"class_type": "CLIPTextEncodeSDXL", "inputs": {
+        "text_g": "a dog", "text_l": "a {red} car #1", "clip": ["4", 1], "width": 24, "height": 16, "crop_w": 0,
+        "crop_h": 0, "target_width": 24, "target_height": 16}}
+    config, _ = again_config(_comfy_picture(tmp_path / "c.png", graph), {"model": str(xl_dir),
+                                                                        "out": str(tmp_path / "b")})
+    seen = _conditioning_seen(model)
+    generate(config, model=model, progress=False)
+    torch.testing.assert_close(seen[0][0][1:, :77, :32], encode_prompts(model, ["a {red} car #1"])[0][..., :32])

@@ -214,7 +214,7 @@ def _as_drawn(settings: dict[str, Any]) -> None:
     """The picture's prompts in `settings` made `dynamic.literal`: each is what the picture drew (sd-dynamic-prompts'
     templates are not among them), so a `{`, `}` or `__name__` in it is text, as the web UI without the extension,
     and textinv before it, drew it."""
-    for name in ("negative_prompt", "hires_prompt", "hires_negative_prompt"):
+    for name in ("negative_prompt", "hires_prompt", "hires_negative_prompt", "prompt_l", "negative_prompt_l"):
         if settings.get(name):
             settings[name] = literal(settings[name])
     if settings.get("prompt"):

@@ -1792,12 +1792,14 @@ def mask_settings(config: GenerateConfig, sizes: dict[Path, tuple[int, int]]) ->
 def _jobs(config: GenerateConfig) -> list[dynamic.Job]:
     """The prompts and negative prompt the pictures draw, from their templates (`dynamic.jobs`: the web UI's
     sd-dynamic-prompts syntax); read and checked before anything loads."""
-    for flag, text in (("--hires-prompt", config.hires_prompt), ("--hires-negative-prompt",
-                                                                 config.hires_negative_prompt)):
+    for flag, text, whose in (("--hires-prompt", config.hires_prompt, "the hires fix's prompts take"),
+                              ("--hires-negative-prompt", config.hires_negative_prompt, "the hires fix's prompts take"),
+                              ("--prompt-l", config.prompt_l, "SDXL's CLIP-L texts take"),
+                              ("--negative-prompt-l", config.negative_prompt_l, "SDXL's CLIP-L texts take")):
         if text and dynamic.is_dynamic(dynamic.parse(text, flag)):
-            raise ConfigError(f"{flag} {text!r}: the hires fix's prompts take no {{a|b}} variants, __wildcards__ or "
-                              f"${{variables}} (one is drawn for every picture); write the text out, or \\{{, $\\{{ "
-                              f"and \\_ for the characters")
+            raise ConfigError(f"{flag} {text!r}: {whose} no {{a|b}} variants, __wildcards__ or ${{variables}} (one "
+                              f"is drawn for every picture); write the text out, or \\{{, $\\{{ and \\_ for the "
+                              f"characters")
     seeds = [config.seed + i for i in range(config.n)]
     return dynamic.jobs(config.prompt, config.negative_prompt, seeds, config.wildcards_dir, config.combinatorial,
                         config.max_prompts or dynamic.MAX_PROMPTS)
