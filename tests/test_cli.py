@@ -1288,3 +1288,17 @@ def test_inspect_compares_with_a_hub_models_revision_and_variant_and_records_the
     assert "with revision 'v9' is not in the local Hugging Face cache" in capsys.readouterr().err
     assert main(["inspect", str(path), "--revision", "v1"]) == 2
     assert "--revision picks which version of --model to load; give --model too" in capsys.readouterr().err
+
+
+def test_diffusers_sdxl_prompt_2_is_answered_with_the_flags_that_give_each_encoder_its_text():
+    """Diffusers' SDXL pipeline gives its `prompt` to CLIP-L and `prompt_2` to OpenCLIP-G (whose pooled embedding
+    SDXL reads); textinv's --prompt is OpenCLIP-G's (and CLIP-L's where --prompt-l is not given, under --emphasis
+    comfy). It said textinv gives both encoders one prompt, which --prompt-l made untrue."""
+    from textinv.foreign import foreign_hint
+
+    assert foreign_hint("--prompt_2", "generate") == (
+        "--prompt_2 is the diffusers pipelines' name; textinv calls it --prompt (OpenCLIP-G's text; diffusers' prompt, "
+        "CLIP-L's, is then --prompt-l, with --emphasis comfy)")
+    assert foreign_hint("--negative_prompt_2", "generate") == (
+        "--negative_prompt_2 is the diffusers pipelines' name; textinv calls it --negative-prompt (OpenCLIP-G's text; "
+        "diffusers' negative_prompt, CLIP-L's, is then --negative-prompt-l, with --emphasis comfy)")

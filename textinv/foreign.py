@@ -440,7 +440,12 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("tokenizer_cache_dir", _G, "generate", None, _TOKENIZER),
     ("console_log_level console_log_file console_log_simple", _G, "generate", None, _CONSOLE),
     ("generator", _P, "generate", "--seed", "picture i of a prompt at seed + i"),
-    ("prompt_2 negative_prompt_2", _P, "generate", None, "textinv gives SDXL's two text encoders the same prompt"),
+    # (diffusers' SDXL gives its prompt to CLIP-L, its prompt_2 to OpenCLIP-G; ComfyUI's text_l and text_g)
+    ("prompt_2", _P, "generate", "--prompt", "OpenCLIP-G's text; diffusers' prompt, CLIP-L's, is then --prompt-l, "
+                                             "with --emphasis comfy"),
+    ("negative_prompt_2", _P, "generate", "--negative-prompt", "OpenCLIP-G's text; diffusers' negative_prompt, "
+                                                               "CLIP-L's, is then --negative-prompt-l, with "
+                                                               "--emphasis comfy"),
     ("output_type", _P, "generate", None, "textinv writes PNGs, each carrying its prompt, seed and settings"),
     # caption: kohya's finetune/make_captions.py (its other flags are textinv's, dashed)
     ("train_data_dir", "kohya's make_captions'", "caption", "--images", "the pictures' folder, as train reads it: "
