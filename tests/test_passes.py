@@ -968,6 +968,36 @@ def test_again_reads_the_web_uis_eta_eta_ddim_and_ensd(sd1_dir, tmp_path):
     assert config.eta is None and config.ensd == 31337 and "drawn at eta 0.6" in said
 
 
+def test_eta_is_the_first_samplers_kind_and_a_pass_of_the_other_kind_draws_at_its_own(sd1_dir, tmp_path,
+                                                                                       monkeypatch):
+    """The web UI's Eta (the ancestral samplers') and Eta DDIM are two settings: a hires pass with DDIM after Euler a
+    at Eta 0.5 draws at Eta DDIM's 0, and a redraw with a sampler of the other kind at its own default. textinv
+    drew both passes at --eta (the picture saying Eta alone), and --again --sampler euler_a of a DDIM picture at Eta
+    DDIM 0.3 drew Euler a at 0.3."""
+    from textinv import generate as generating
+
+    calls, step = [], generating._pass  # (each pass's sampler and eta)
+    monkeypatch.setattr(generating, "_pass", lambda *a, **kw: (calls.append((a[3], kw.get("eta"))), step(*a, **kw))[1])
+    (png,) = generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                                     sampler="euler_a", eta=0.5, hires_scale=2, hires_sampler="ddim",
+                                     out=str(tmp_path / "a")), progress=False)
+    assert calls == [("euler_a", 0.5), ("ddim", None)]
+    text = Image.open(png).text["parameters"]
+    assert "Eta: 0.5" in text and "Eta DDIM" not in text
+    ddim = generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                                   sampler="ddim", eta=0.3, out=str(tmp_path / "b")), progress=False)[0]
+    config, said = again_warned(ddim, {"model": str(sd1_dir), "sampler": "Euler a"})
+    assert config.eta is None and "drawn at Eta DDIM 0.3, which Euler a does not take (its Eta is the web UI's other " \
+                                  "setting): it draws at its own default" in said
+    config, said = again_warned(ddim, {"model": str(sd1_dir), "sampler": "DDIM"})
+    assert config.eta == 0.3 and "drawn at" not in said
+    # a web UI picture's Eta DDIM of a DDIM hires pass after Euler a: --eta would draw it on Euler a's pass
+    web = _picture(tmp_path / "w.png", "a cat\nSteps: 4, Sampler: Euler a, Seed: 3, Size: 16x16, Hires upscale: 2, "
+                                       "Hires sampler: DDIM, Eta DDIM: 0.3")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert config.eta is None and "not applied from its A1111 parameters: Eta DDIM" in said
+
+
 def test_an_x_y_z_plots_eta_is_checked_against_each_cells_sampler(tmp_path):
     from textinv.xyz import plan
 

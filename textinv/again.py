@@ -190,16 +190,29 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
 
 
 def _eta_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
-    """Drop the picture's eta from `settings`, with a warning, where `flags` give samplers that take none (an --eta
-    given is the command's, checked as given)."""
+    """Drop the picture's eta from `settings`, with a warning, where `flags` give samplers that take none, or take
+    the web UI's other one (its Eta and Eta DDIM are two settings: `samplers.eta_of`); an --eta given is the
+    command's, checked as given."""
     if "eta" not in settings or "eta" in flags:
         return
-    names = [flags.get(key, settings.get(key)) for key in ("sampler", "hires_sampler")]
-    names = [SAMPLER_SPELLINGS.get(str(name).strip().lower(), str(name)) for name in names if name]
-    if any(eta_default(name) is not None for name in names):
+    names = [_sampler_named(flags.get(key, settings.get(key))) for key in ("sampler", "hires_sampler")]
+    kinds = [eta_label(name) for name in names if name and eta_label(name)]
+    drawn = [eta_label(name) for name in map(_sampler_named, (settings.get("sampler"), settings.get("hires_sampler")))
+             if name and eta_label(name)]
+    if kinds and (not drawn or kinds[0] == drawn[0]):
         return
-    warn(f"{picture.path} was drawn at eta {settings.pop('eta')}, which the sampler given does not take: it draws "
-         f"without", stacklevel=3)
+    if not kinds:
+        warn(f"{picture.path} was drawn at eta {settings.pop('eta')}, which the sampler given does not take: it "
+             f"draws without", stacklevel=3)
+        return
+    given = next(flags.get(key) for key in ("sampler", "hires_sampler") if flags.get(key))
+    warn(f"{picture.path} was drawn at {drawn[0]} {settings.pop('eta')}, which {given} does not take (its {kinds[0]} "
+         f"is the web UI's other setting): it draws at its own default", stacklevel=3)
+
+
+def _sampler_named(name: Any) -> str | None:
+    """A sampler as textinv names it, from any of its spellings (None: not given)."""
+    return SAMPLER_SPELLINGS.get(str(name).strip().lower(), str(name)) if name else None
 
 
 def _is_grid(picture: Picture) -> bool:
@@ -549,13 +562,14 @@ def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: di
 
 def _a1111_eta(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, ...]:
     """The web UI's "Eta" (its ancestral samplers', written where not 1) or "Eta DDIM" (DDIM's, where not 0) into
-    `settings` as --eta, where a sampler of the picture's (the first pass's, else the hires fix's) takes that one
-    (`samplers.eta_label`); the label read, or none (an SDE sampler's Eta is then named as not applied)."""
-    for name in (settings.get("sampler"), settings.get("hires_sampler")):
-        label = eta_label(name) if name else None
-        if label in fields:
-            settings["eta"] = fields[label]
-            return (label,)
+    `settings` as --eta, where the first of the picture's samplers (the first pass's, then the hires fix's) that
+    takes one takes that one (`samplers.eta_label`, `samplers.eta_of`); the label read, or none (an SDE sampler's
+    Eta, or the other pass's kind's, is then named as not applied)."""
+    labels = [eta_label(name) for name in (settings.get("sampler"), settings.get("hires_sampler")) if name]
+    label = next((label for label in labels if label), None)  # (--eta's: `samplers.eta_of`; the other's is named)
+    if label in fields:
+        settings["eta"] = fields[label]
+        return (label,)
     return ()
 
 

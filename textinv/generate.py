@@ -49,8 +49,8 @@ from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_dif
                      source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
-from .samplers import (check_eta, check_pass, ensd_reaches, eta_default, eta_label, scheduler_for, step_multiplier,
-                       webui_hires_names, webui_names)
+from .samplers import (check_eta, check_pass, ensd_reaches, eta_default, eta_label, eta_of, scheduler_for,
+                       step_multiplier, webui_hires_names, webui_names)
 from .tokens import (add_tokens, expand_prompt, saved_tokens, scratch_tokens, token_clash, token_names,
                      tokenizer_copy)
 
@@ -574,7 +574,8 @@ def _hires_pass(model: Model, first: torch.Tensor | list[Image.Image], steps: in
                 refiner: Refiner | None, **drawing) -> list[Image.Image]:
     """The hires fix's second pass over `first`, the first pass's latents (an upscaler that works on latents) or
     pictures, drawn at `size` (W, H) by `model`: enlarged (`Hires.sizes`), then redrawn by `hires.model` (or
-    `model`) with `hires`'s settings, the first pass's where it gives none."""
+    `model`) with `hires`'s settings, the first pass's where it gives none; its sampler at the eta `samplers.eta_of`
+    gives it."""
     second_model, factor = hires.model or model, model.pipeline.vae_scale_factor
     enlarged, crop, final = hires.sizes(*size, factor)
     if refine.UPSCALERS[hires.upscaler].mode is not None:
@@ -586,7 +587,8 @@ def _hires_pass(model: Model, first: torch.Tensor | list[Image.Image], steps: in
         latents = refine.cropped(refine.encode(second_model.vae, pixels), crop)
     if hires.switch is not None:
         hires.switch()
-    second = {**drawing, **({"prompts": [hires.prompt] * len(drawing["prompts"])} if hires.prompt is not None else {}),
+    second = {**drawing, "eta": eta_of(drawing["eta"], hires.sampler or sampler, [sampler, hires.sampler or sampler]),
+              **({"prompts": [hires.prompt] * len(drawing["prompts"])} if hires.prompt is not None else {}),
               **({"negative_prompt": hires.negative_prompt} if hires.negative_prompt is not None else {}),
               **({"guidance": hires.guidance} if hires.guidance is not None else {})}
     return _refined(second_model, latents, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,

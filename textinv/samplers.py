@@ -160,6 +160,19 @@ def eta_label(name: str) -> str | None:
     return None if default is None else "Eta DDIM" if _PARTS[name][0] == "ddim" else "Eta"
 
 
+def eta_of(eta: float | None, name: str, names: list[str]) -> float | None:
+    """The eta a pass of sampler `name` draws at, of --eta `eta` given for the passes' samplers `names` (--sampler,
+    then --hires-sampler): `eta` where `name` takes the eta of the first of them that takes one, else None (its own
+    default): the web UI's Eta (the ancestral samplers') and Eta DDIM are two settings, so a pass of the other kind
+    draws at that one's.
+
+    >>> eta_of(0.5, "ddim", ["euler_a", "ddim"]), eta_of(0.5, "dpm2_a", ["euler_a", "dpm2_a"])
+    (None, 0.5)
+    """
+    kinds = [eta_label(n) for n in names if eta_label(n)]
+    return eta if kinds and eta_label(name) == kinds[0] else None
+
+
 def check_eta(eta: float | None, names: list[str] | None) -> None:
     """Refuse --eta outside 0 to 1 (the web UI's range for its Eta and Eta DDIM), or where none of the passes'
     samplers `names` (--sampler, --hires-sampler; None: not known yet) takes one, naming those that do."""
