@@ -68,7 +68,7 @@ from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_M
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .samplers import eta_default, eta_label, from_comfy, from_webui
+from .samplers import eta_label, from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
