@@ -1469,7 +1469,11 @@ def test_prompt_l_is_refused_where_it_cannot_apply_before_any_drawing(sd1_dir, t
             (GenerateConfig(prompt=["a dog"], negative_prompt_l="dark", hires_scale=2, hires_prompt="a cat",
                             **common), "--negative-prompt-l gives the prompts' CLIP-L text, which the hires fix's"),
             (GenerateConfig(prompt=["a dog AND a cat"], prompt_l="a cat", **common),
-             "--prompt-l gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts draws apart")):
+             "--prompt-l gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts draws apart"),
+            # (a LoRA tag there was drawn as words, the LoRA not applied)
+            (GenerateConfig(prompt=["a dog"], negative_prompt_l="<lora:film:0.5> dark", **common),
+             "--negative-prompt-l '<lora:film:0.5> dark' holds a LoRA tag, which applies to the whole picture: write "
+             "it in --prompt")):
         with pytest.raises(ConfigError, match=message):
             generate(config, progress=False)
     assert not list((tmp_path / "a").glob("*.png"))

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .emphasis import CHUNK, has_and
+from .emphasis import CHUNK, has_and, lora_tags
 from .emphasis import MODES as EMPHASIS
 from .errors import ConfigError, backslash_note, warn
 from .foreign import foreign_hint
@@ -1071,6 +1071,10 @@ class GenerateConfig:
         if any(has_and(p) for p in self.prompt):
             raise ConfigError(f"{given[0]} gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts "
                               f"draws apart: write and for the word, or leave {given[0]} out")
+        for flag, text in (("--prompt-l", self.prompt_l), ("--negative-prompt-l", self.negative_prompt_l)):
+            if text is not None and lora_tags(text)[1]:  # (else drawn as words, the LoRA not applied)
+                raise ConfigError(f"{flag} {text!r} holds a LoRA tag, which applies to the whole picture: write it "
+                                  f"in --prompt")
 
     def validate(self) -> "GenerateConfig":
         check_types(self)
