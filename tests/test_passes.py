@@ -950,6 +950,30 @@ def test_generate_writes_eta_and_ensd_as_the_web_ui_and_again_draws_them(sd1_dir
     assert "Eta DDIM: 0.25" in Image.open(ddim).text["parameters"]
 
 
+def test_ensd_is_written_as_the_web_ui_writes_it_and_recorded_for_any_sampler(sd1_dir, tmp_path):
+    """The web UI writes ENSD for its ancestral samplers (uses_ensd) at an eta not 0 only; textinv wrote it for any
+    sampler. Its record keeps --ensd all the same, so --again redraws a DDIM picture drawn with one bit for bit."""
+    from textinv.again import again_config
+
+    def draw(out, **settings):
+        return generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=3, width=16, model=str(sd1_dir),
+                                       out=str(tmp_path / out), **settings), progress=False)[0]
+
+    ddim = draw("a", sampler="ddim", eta=0.5, ensd=31337)
+    text = Image.open(ddim).text
+    assert "Eta DDIM: 0.5" in text["parameters"] and "ENSD" not in text["parameters"]
+    assert json.loads(text[RECORD_KEY])["settings"]["ensd"] == 31337
+    config, keep = again_config(ddim, {"out": str(tmp_path / "b"), "model": str(sd1_dir)})
+    assert config.ensd == 31337
+    again = generate(config, progress=False, keep_seeds=keep)[0]
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(ddim)))
+    assert not np.array_equal(np.asarray(Image.open(draw("c", sampler="ddim", eta=0.5))),
+                              np.asarray(Image.open(ddim)))  # (the delta drew it)
+    assert "ENSD" not in Image.open(draw("d", sampler="euler_a", eta=0, ensd=31337)).text["parameters"]
+    assert "ENSD" not in Image.open(draw("e", sampler="euler", ensd=31337)).text["parameters"]
+    assert "ENSD: 31337" in Image.open(draw("f", sampler="dpm2_a", ensd=31337)).text["parameters"]
+
+
 def test_again_reads_the_web_uis_eta_eta_ddim_and_ensd(sd1_dir, tmp_path):
     web = _picture(tmp_path / "a.png", "a cat\nSteps: 4, Sampler: Euler a, Seed: 3, Size: 16x16, Eta: 0.6, "
                                        "ENSD: 31337")

@@ -49,8 +49,8 @@ from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_dif
                      source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
-from .samplers import (check_eta, check_pass, ensd_reaches, eta_default, eta_label, eta_of, scheduler_for,
-                       step_multiplier, webui_hires_names, webui_names)
+from .samplers import (check_eta, check_pass, ensd_reaches, ensd_written, eta_default, eta_label, eta_of,
+                       scheduler_for, step_multiplier, webui_hires_names, webui_names)
 from .tokens import (add_tokens, expand_prompt, saved_tokens, scratch_tokens, token_clash, token_names,
                      tokenizer_copy)
 
@@ -2796,12 +2796,13 @@ def _old_editing_params(config: GenerateConfig, hires: Hires | None, texts: list
 def _noise_params(config: GenerateConfig, seed: int) -> dict:
     """The PNG text of a picture's variation seed, eta, ENSD and tiling (the web UI's labels; empty without them).
     The eta is written as the web UI writes it, where it is not the sampler's default: "Eta" for an ancestral
-    sampler, "Eta DDIM" for DDIM (the first pass's sampler's, else the hires fix's)."""
+    sampler, "Eta DDIM" for DDIM (the first pass's sampler's, else the hires fix's); "ENSD" where the web UI writes
+    it (`samplers.ensd_written`: the first pass's sampler an ancestral one, its eta not 0)."""
     params = {"tiling": "True"} if config.tiling else {}
     taking = [s for s in (config.sampler, config.hires_sampler) if s and eta_default(s) is not None]
     if config.eta is not None and taking and config.eta != eta_default(taking[0]):
         params["eta_ddim" if eta_label(taking[0]) == "Eta DDIM" else "eta"] = f"{config.eta:g}"
-    if config.ensd:
+    if config.ensd and ensd_written(config.sampler, eta_of(config.eta, config.sampler, taking)):
         params["ensd"] = config.ensd
     if config.emphasis not in ("original", "comfy"):  # (as the web UI: only another than its default; it has no
         # ComfyUI's)

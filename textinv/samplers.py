@@ -197,6 +197,17 @@ def ensd_reaches(name: str) -> bool:
     return not (base and BASES[base].brownian)
 
 
+def ensd_written(name: str, eta: float | None) -> bool:
+    """Whether the web UI writes "ENSD" into a picture whose first pass's sampler is `name`, drawn at --eta `eta`
+    (None: its default): for the samplers it flags uses_ensd (the ancestral ones) at an eta not 0 only, as its
+    is_sampler_using_eta_noise_seed_delta. textinv's own record keeps --ensd for any sampler, so --again redraws it.
+
+    >>> ensd_written("euler_a", None), ensd_written("euler_a", 0), ensd_written("ddim", 0.5), ensd_written("euler", 1)
+    (True, False, False, False)
+    """
+    return eta_label(name) == "Eta" and eta != 0
+
+
 def webui_names(name: str) -> tuple[str, str | None] | None:
     """The web UI's `Sampler` and `Schedule type` for sampler `name` (None: not written), or None when the web UI
     has no such sampler (the model's own, "default", has no name there either).
