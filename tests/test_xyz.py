@@ -85,6 +85,10 @@ def _config(tmp_path, **settings):
     ({"x": "steps=1,2", "xyz_margin": -2}, r"--xyz-margin must be 0 to 500 pixels .*, got -2"),
     ({"x": "steps=1,2", "xyz_margin": 100_000}, r"--xyz-margin must be 0 to 500 pixels .*, got 100000"),
     ({"x": "seed=1-11", "y": "steps=1-10"}, r"make 11 x 10 x 1 = 110 cells, more than --xyz-max-cells 100"),
+    # (each seed the plot draws, offset by --ensd, named: not the command's --seed alone)
+    ({"x": f"seed=1,{2**64 - 5}", "ensd": 31337}, r"^--x seed=18446744073709551611: --ensd 31337: picture seed "
+                                                  r"18446744073709551611 \+ ENSD is 18446744073709582948, past 2\^64 - 1"),
+    ({"x": "seed=1,2", "n": 3, "ensd": 2**64 - 4}, r"^--x seed=2: --ensd 18446744073709551612: picture seed 4 \+ "),
 ])
 def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, settings, said):
     with pytest.raises(ConfigError, match=said):

@@ -1152,9 +1152,12 @@ class GenerateConfig:
         plotted = self.x or self.y or self.z
         check_eta(self.eta, None if plotted else
                   [self.sampler] + ([self.hires_sampler] if self.hires_sampler and self.hires() else []))
-        if not 0 <= self.ensd <= 2**64 - 1 - (self.seed + self.n - 1):  # (manual_seed's range, for every picture)
-            raise ConfigError(f"--ensd must be 0 or more, and seed + ENSD at most 2^64 - 1 for every picture, got "
-                              f"{self.ensd}")
+        if self.ensd < 0:
+            raise ConfigError(f"--ensd must be 0 or more (the web UI's Eta noise seed delta), got {self.ensd}")
+        last = self.seed + self.n - 1  # (the last picture's seed: manual_seed takes seed + ENSD up to 2^64 - 1)
+        if last + self.ensd > 2**64 - 1:
+            raise ConfigError(f"--ensd {self.ensd}: picture seed {last} + ENSD is {last + self.ensd}, past 2^64 - 1 "
+                              f"(the largest seed torch takes); give a smaller --ensd or seed")
 
     def hires(self) -> bool:
         """Whether the settings ask for the hires fix."""
