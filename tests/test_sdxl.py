@@ -700,6 +700,20 @@ def test_prompt_l_gives_sdxls_clip_l_its_own_text_as_comfyuis_clip_text_encode_s
         generate(replace(config, emphasis="original"), model=model, progress=False)
 
 
+def test_an_xyz_prompt_search_and_replace_draws_the_clip_l_text_replaced(xl_dir, tmp_path):
+    """A Prompt S/R cell is the plain generate of its prompts replaced, --prompt-l's too (CLIP-L kept the first
+    value, drawing it beside the cell's)."""
+    model = fresh_model(xl_dir)
+    settings = dict(prompt=["a photo"], negative_prompt="blurry", n=1, steps=1, width=16, height=16,
+                    model=str(xl_dir), emphasis="comfy")
+    cells = generate(GenerateConfig(prompt_l="a red dog", x="prompt-sr=red,blue", out=str(tmp_path / "a"),
+                                    **settings), model=model, progress=False)[1:]
+    plain = generate(GenerateConfig(prompt_l="a blue dog", out=str(tmp_path / "b"), **settings), model=model,
+                     progress=False)[0]
+    assert np.array_equal(np.asarray(Image.open(cells[1])), np.asarray(Image.open(plain)))
+    assert not np.array_equal(np.asarray(Image.open(cells[0])), np.asarray(Image.open(plain)))
+
+
 def test_prompt_l_takes_no_dynamic_prompts_and_again_draws_a_comfyui_text_l_as_written(xl_dir, tmp_path):
     """--prompt-l is drawn for every picture, as a hires prompt is: a variant or wildcard in it is refused (its
     braces were drawn as words, unsaid). A ComfyUI text_l holding `{`, `}` or `#` (text there) is read by --again

@@ -278,6 +278,19 @@ def test_prompt_search_and_replace_replaces_in_the_hires_prompts_too(tmp_path, n
     assert xyz.plan(_config(tmp_path, x="prompt-sr=dog,cat", hires_scale=1.5)).cells[1].hires_prompt is None
 
 
+def test_prompt_search_and_replace_replaces_in_the_clip_l_prompts_too(tmp_path, no_model):
+    """--prompt-l and --negative-prompt-l are CLIP-L's part of the prompts: a CLIP-L text that kept the first value
+    would draw it beside each cell's. The first value may be in them alone."""
+    comfy = {"emphasis": "comfy", "prompt_l": "a dog", "negative_prompt_l": "a dog, dark"}
+    cells = xyz.plan(_config(tmp_path, x="prompt-sr=dog,cat", **comfy)).cells
+    assert [(c.prompt, c.prompt_l, c.negative_prompt_l) for c in cells] == [
+        (["a photo of dog"], "a dog", "a dog, dark"), (["a photo of cat"], "a cat", "a cat, dark")]
+    cells = xyz.plan(_config(tmp_path, x="prompt-sr=dark,bright", **comfy)).cells
+    assert [c.negative_prompt_l for c in cells] == ["a dog, dark", "a dog, bright"]
+    with pytest.raises(ConfigError, match=r"'cat' is in no --prompt or --negative-prompt \(nor --prompt-l or "):
+        xyz.plan(_config(tmp_path, x="prompt-sr=cat,bird", **comfy))
+
+
 def test_the_embedding_axis_draws_each_file_under_one_token_in_training_step_order(sd1_dir, tmp_path):
     """The key use: a run's saved embeddings, by a glob, each drawn by the same prompt, in the order of their steps
     (not of their names: steps-1000 sorts before steps-500 as text); each cell is a plain generate with that file."""

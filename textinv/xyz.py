@@ -177,22 +177,26 @@ def _refiners(items: list[str], config: GenerateConfig) -> list[str | None]:
 
 def _search_replace(items: list[str], config: GenerateConfig) -> list[str]:
     """Prompt S/R as the web UI's: the first value must be in a prompt or the negative prompt (it is what each value,
-    the first included, replaces)."""
+    the first included, replaces), or in --prompt-l or --negative-prompt-l, CLIP-L's part of them."""
     first = items[0]
-    if not any(first in text for text in config.prompt + [config.negative_prompt]):
-        raise ValueError(f"the first value {first!r} is in no --prompt or --negative-prompt; Prompt S/R searches "
-                         f"for the first value and replaces it by each value in turn, so begin with words of the "
-                         f"prompt, e.g. prompt-sr=<dog>,<cat>")
+    clip_l = [t for t in (config.prompt_l, config.negative_prompt_l) if t is not None]
+    if not any(first in text for text in config.prompt + [config.negative_prompt] + clip_l):
+        raise ValueError(f"the first value {first!r} is in no --prompt or --negative-prompt"
+                         f"{' (nor --prompt-l or --negative-prompt-l)' if clip_l else ''}; Prompt S/R searches for "
+                         f"the first value and replaces it by each value in turn, so begin with words of the prompt, "
+                         f"e.g. prompt-sr=<dog>,<cat>")
     return items
 
 
 def _replaced(value: str, config: GenerateConfig, values: list[str]) -> dict:
-    """The prompts with the first value replaced by `value`: the web UI's, and the hires fix's prompts where given
-    (which the web UI leaves as written, so that its second pass would draw the first value over each cell's)."""
+    """The prompts with the first value replaced by `value`: the web UI's, and the hires fix's prompts and CLIP-L's
+    (--prompt-l, --negative-prompt-l) where given, parts of the prompt the web UI lacks or leaves as written: a second
+    pass or a CLIP-L that kept the first value would draw it beside each cell's."""
     def swap(text):
         return text.replace(values[0], value) if text is not None else None
     return {"prompt": [swap(p) for p in config.prompt], "negative_prompt": swap(config.negative_prompt),
-            "hires_prompt": swap(config.hires_prompt), "hires_negative_prompt": swap(config.hires_negative_prompt)}
+            "hires_prompt": swap(config.hires_prompt), "hires_negative_prompt": swap(config.hires_negative_prompt),
+            "prompt_l": swap(config.prompt_l), "negative_prompt_l": swap(config.negative_prompt_l)}
 
 
 # --- the embedding axis ------------------------------------------------------------------------------------------
