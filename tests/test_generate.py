@@ -3539,3 +3539,35 @@ def test_a_prompt_without_and_draws_as_before(sd1_dir, monkeypatch):
                   guidance_scale=model.guidance_or_own(None), height=size, width=size, latents=latents,
                   generator=[torch.Generator().manual_seed(0)], output_type="pil").images[0]
     assert np.array_equal(np.asarray(direct, dtype=int), ours)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)
+@pytest.mark.parametrize("settings", [{}, {"x": "steps=1,2"}], ids=["pictures", "xyz-plot"])
+def test_a_ctrl_c_that_lands_in_a_finalizer_as_the_model_loads_stops_generate(settings, sd1_dir, tmp_path,
+                                                                              monkeypatch):
+    """Python drops an exception raised inside a `__del__` (garbage collected as the model loads), printing
+    "Exception ignored in": the KeyboardInterrupt of a Ctrl-C landing there went with it, and every picture was drawn
+    as if none had come (train stops on it: test_crash)."""
+    import signal
+
+    from textinv import generate as generate_module, xyz
+
+    real = generate_module.drawing_model
+
+    class Collected:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)  # (Ctrl-C, landing in the finalizer)
+
+    def drawing_model(*a, **k):
+        model = real(*a, **k)
+        Collected()
+        return model
+
+    for module in (generate_module, xyz):
+        monkeypatch.setattr(module, "drawing_model", drawing_model)
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(prompt=["a dog"], n=1, steps=1, out=str(out), model=str(sd1_dir), **settings),
+                 progress=False)
+    assert not out.exists() or not list(out.iterdir())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

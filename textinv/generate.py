@@ -44,9 +44,9 @@ from .formats import (BUNDLE_PREFIX, BUNDLE_SEPARATOR, PNG_CHUNK, RECORD_KEY, Le
 from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
-                     check_model_object, encode_text, load_model, pick_device, precision_name, quiet_transformers,
-                     read_clip_skip, resolve_source, source_is_inpainting, source_is_sdxl_refiner_file,
-                     source_is_xl)
+                     check_model_object, encode_text, interrupt_kept, load_model, pick_device, precision_name,
+                     quiet_transformers, read_clip_skip, resolve_source, source_is_inpainting,
+                     source_is_sdxl_refiner_file, source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .samplers import (check_eta, check_pass, ensd_reaches, ensd_written, eta_default, eta_label, eta_of,
@@ -1638,12 +1638,13 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
     check_refiner_source(config, model)
     check_hires_source(config, model)
-    if model is None:
-        where.device, where.dtype = device, drawing_dtype(config.precision, device)
-        model = drawing_model(config, where.dtype, device)
-    where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
-    refiner = refiner_model(config, model, refiner)
-    second = hires_model(config, model)
+    with interrupt_kept():  # (a Ctrl-C that Python dropped inside a __del__ as they load stops it here)
+        if model is None:
+            where.device, where.dtype = device, drawing_dtype(config.precision, device)
+            model = drawing_model(config, where.dtype, device)
+        where.device, where.dtype, where.out = model.unet.device, model.unet.dtype, str(config.out)
+        refiner = refiner_model(config, model, refiner)
+        second = hires_model(config, model)
     if (config.prompt_l, config.negative_prompt_l) != (None, None) and (not model.is_xl or model.is_refiner):
         raise ConfigError(f"--prompt-l and --negative-prompt-l give SDXL's CLIP-L its own text; {model.source} has "
                           f"one text encoder: leave them out, or give the prompt itself")

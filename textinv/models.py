@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import re
+import signal
+import threading
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -782,6 +784,42 @@ def _is_hub_id(text: str) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+class EarlyInterrupt:
+    """Ctrl-C while a model (and a run's pictures) load stops at once, as Python's own handler does, and is noted:
+    Python drops an exception raised inside an object's `__del__` (printing "Exception ignored in"), and a Ctrl-C
+    landing in one, as the loading collects garbage, was lost and the work went on. Whoever holds it stops on
+    `noted` once the loading is done (`interrupt_kept`; train's `_StopRequest` at its first step). Only Python's own
+    handler, in the main thread, is replaced, and put back on exit."""
+
+    def __init__(self):
+        self.noted = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.noted = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@contextlib.contextmanager
+def interrupt_kept():
+    """The block (a model loading) under `EarlyInterrupt`: a Ctrl-C in it that Python dropped inside a `__del__`
+    raises KeyboardInterrupt as the block ends, before any work is done with what it loaded."""
+    with EarlyInterrupt() as early:
+        yield
+    if early.noted:
+        raise KeyboardInterrupt
 
 
 def load_model(

@@ -53,8 +53,8 @@ from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
 from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as,
                      release, smaller_side, step_bytes)
-from .models import (DTYPES, Model, check_clip_skip, check_model_object, encode_text, load_model, model_fingerprints,
-                     pick_device, precision_name, shareable_name, xl_time_ids)
+from .models import (DTYPES, EarlyInterrupt, Model, check_clip_skip, check_model_object, encode_text, load_model,
+                     model_fingerprints, pick_device, precision_name, shareable_name, xl_time_ids)
 from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, check_same_precision, checkpoints, clear_run,
@@ -845,7 +845,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             # the run's signal handlers (`_StopRequest`, from its first step) go back last, once the folder is let go
             # of and the model handed back: a signal in those last moments is the run's, not Python's
-            with _EarlyInterrupt(), contextlib.ExitStack() as handlers, \
+            with EarlyInterrupt(), contextlib.ExitStack() as handlers, \
                     run_lock(Path(config.out), state.is_main_process), _handed_back(model):  # (one run per folder)
                 return _train(config, model, progress, on_step, state, device, source, where, prompts_from,
                               handlers=handlers)
@@ -2061,7 +2061,7 @@ class _StopRequest:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
             early = getattr(self._previous[signal.SIGINT], "__self__", None)
-            if isinstance(early, _EarlyInterrupt) and early.noted:  # (a Ctrl-C before this step that Python dropped)
+            if isinstance(early, EarlyInterrupt) and early.noted:  # (a Ctrl-C before this step that Python dropped)
                 self.release()
                 raise KeyboardInterrupt
 
@@ -2109,31 +2109,6 @@ class _StopRequest:
     def release(self) -> None:
         for sig, previous in reversed(self._previous.items()):  # (SIGINT's last: its own raises KeyboardInterrupt)
             signal.signal(sig, previous)
-
-
-class _EarlyInterrupt:
-    """Ctrl-C before the run's first step (the model and pictures loading) stops it at once, as Python's own handler
-    does, and is noted: Python drops an exception raised inside an object's `__del__` (printing "Exception ignored
-    in"), and a Ctrl-C landing in one, as the model's loading collects garbage, was lost and the run went on. The
-    loop's `_StopRequest` stops on the note. Only Python's own handler, in the main thread, is replaced."""
-
-    def __init__(self):
-        self.noted = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.noted = True
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def _split_then(checkpoint: tuple[Path, dict] | None, config: TrainConfig) -> list[list[str] | None] | None:

@@ -50,7 +50,7 @@ from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error,
                        refiner_model, write_failed)
 from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
-from .models import pick_device
+from .models import interrupt_kept, pick_device
 from .run_folder import _nfc, embedding_file
 from .report import INK, PAPER, font
 from .samplers import scheduler_for
@@ -622,9 +622,10 @@ def _load(config: GenerateConfig):
     """The model `config` names, loaded as `generate` loads it (running out of memory said as it says it)."""
     where = _Where(device=pick_device(config.device))
     where.dtype = drawing_dtype(config.precision, where.device)
-    return out_of_memory_as(
-        lambda: drawing_model(config, where.dtype, where.device),
-        lambda e: _memory_error(where, e), lambda: where.device)
+    with interrupt_kept():  # (a Ctrl-C that Python dropped inside a __del__ as it loads stops it here)
+        return out_of_memory_as(
+            lambda: drawing_model(config, where.dtype, where.device),
+            lambda e: _memory_error(where, e), lambda: where.device)
 
 
 def _load_refiner(config: GenerateConfig, model):
