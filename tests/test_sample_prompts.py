@@ -307,3 +307,26 @@ def test_a_grid_sampler_the_models_schedule_refuses_is_refused_before_the_first_
     config.sample_prompts[1]["sampler"] = "dpm++2m_sde"  # (one that can)
     train(config.validate(), progress=False)
     assert (out / "samples" / "step-000002.png").exists()
+
+
+def test_a_multi_vector_token_the_model_has_saved_in_it_is_drawn_whole_in_the_grids(sd1_dir, images, tmp_path,
+                                                                                  monkeypatch):
+    """A model the diffusers script saved whole (--save_as_full_pipeline --num_vectors 2) holds `<cat-toy>` and
+    `<cat-toy>_1`, and generate draws `<cat-toy>` with both (`tokens.saved_tokens`): the grids drew its first vector
+    alone, in the prompt and the negative prompt."""
+    import textinv.generate as gen
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_dir)
+    pipe.tokenizer.add_tokens(["<cat-toy>", "<cat-toy>_1"])
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    pipe.save_pretrained(tmp_path / "whole")
+    seen = []
+    real = gen.render
+    monkeypatch.setattr(gen, "render", lambda model, prompts, **k: seen.append((prompts, k["negative_prompt"]))
+                        or real(model, prompts, **k))
+    train(TrainConfig(images=str(images), token="<zq>", init="dog", model=str(tmp_path / "whole"),
+                      out=str(tmp_path / "run"), steps=1, vectors=2, batch=2, save_every=0, sample_every=1,
+                      sample_steps=2, sample_prompts=[{"prompt": "{} beside <cat-toy>", "negative_prompt": "<cat-toy>"}]),
+          progress=False)
+    assert seen and all(s == (["<zq> <zq>_1 beside <cat-toy> <cat-toy>_1"], "<cat-toy> <cat-toy>_1") for s in seen)

@@ -48,7 +48,7 @@ from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, 
                    warn_unread_templates)
 from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError, warn, warns_at_caller
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
-from .generate import check_fits, check_steps, uses_clip_l_half, warn_clip_l_half
+from .generate import check_fits, check_steps, expand_all, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
 from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as,
@@ -1277,8 +1277,9 @@ class _Run:
         # (no gradient, another batch): minutes for a whole UNet, and CUDA graphs of their own, for a few pictures
         with uncompiled(self.model.unet), evaluating(self.optimizer):
             for c in concepts:
-                def own(p: str) -> str:  # (this concept's token, all its vectors)
-                    return expand_prompt(p.replace("{}", c.token), c.token, config.vectors)
+                def own(p: str) -> str:  # (this concept's token, all its vectors; and as generate draws them,
+                    # the multi-vector tokens a model the diffusers script saved whole holds: `tokens.saved_tokens`)
+                    return expand_all(expand_prompt(p.replace("{}", c.token), c.token, config.vectors), [], self.model)
 
                 grid = sample_grid(self.model, [dataclasses.replace(s, prompt=own(s.prompt),
                                                                     negative_prompt=own(s.negative_prompt))
