@@ -125,6 +125,8 @@ def test_junk_is_skipped_with_one_warning_naming_it(tmp_path):
     for name in ("junk.bin", "notes.md", "fake.png", "orphan.txt"):
         assert name in message
     assert "fake.png (named as a picture but unreadable" in message  # not left to look like a misplaced file
+    assert "; and it holds pictures itself, so only they are read, not its subfolders (sub): subfolders are not " \
+           "searched" in message  # (in the same one warning)
     for name in ("a.txt", ".DS_Store", "Thumbs.db", "c.png"):
         assert name not in message
 
@@ -231,11 +233,29 @@ def test_pictures_beside_kohya_folders_are_read_and_the_folders_named_as_left_ou
     solid(tmp_path / "a.png")
     (tmp_path / "10_more").mkdir()
     solid(tmp_path / "10_more" / "b.png")
-    (tmp_path / "backup").mkdir()  # (any other subfolder beside pictures stays unremarked, as before)
+    (tmp_path / "backup").mkdir()  # (named in the same one warning: every subfolder left out is)
     with caught(SkippedFilesWarning) as rec:
         assert find_images(tmp_path) == [tmp_path / "a.png"]
-    assert len(rec.list) == 1 and "only they are read, not its kohya folders (10_more)" in str(rec.list[0])
-    assert "backup" not in str(rec.list[0])
+    assert len(rec.list) == 1
+    said = str(rec.list[0])
+    assert "holds pictures itself, so only they are read, not its subfolders (10_more, backup)" in said
+    assert f"to train on its kohya folders (10_more) too, move the pictures into a folder of their own such as " \
+           f"{tmp_path / '1_pictures'}" in said
+
+
+def test_a_plain_subfolder_beside_pictures_is_named_as_left_out(tmp_path):
+    """A subfolder not in kohya's `<repeats>_<words>` way (`raw/`) beside the pictures was passed over without a
+    word: its pictures are not read (subfolders are not searched), and the warning says so, once."""
+    solid(tmp_path / "a.png")
+    for name in ("raw", "more"):
+        (tmp_path / name).mkdir()
+        solid(tmp_path / name / "b.png")
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.png"]
+    assert [str(w) for w in rec.list] == [
+        f"{tmp_path} holds pictures itself, so only they are read, not its subfolders (more, raw): subfolders are "
+        f"not searched; to train on their pictures, move them into {tmp_path}, or give a subfolder as the folder of "
+        f"pictures"]
 
 
 def test_camera_raw_is_skipped_with_a_hint_not_trained_from_its_preview(tmp_path):

@@ -203,7 +203,7 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     `folder` holds no pictures itself but subfolders named `<repeats>_<words>`, their pictures are read (one level
     down, not deeper); each is trained `repeats` times as often (`picture_repeats`). A subfolder without the
     prefix, or with 0 repeats, is skipped with a warning, as kohya skips it. When `folder` holds pictures itself,
-    only they are read, with a warning naming the kohya subfolders left out.
+    only they are read, with one warning naming the subfolders left out (kohya's or not).
 
     >>> find_images("photos/my_cat")  # doctest: +SKIP
     [PosixPath('photos/my_cat/cat1.jpg'), PosixPath('photos/my_cat/cat2.png')]
@@ -216,13 +216,8 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
                         f"your pictures")
     if not folder.is_dir():
         raise DataError(f"{folder} is a file, not a folder; give the folder that holds your pictures")
-    images, subfolders = _scan(folder)
+    images, subfolders = _scan(folder, say_subfolders=True)
     kohya = [p for p in subfolders if kohya_repeats(p.name) is not None]
-    if images and kohya:
-        warn(SkippedFilesWarning(
-            f"{folder} holds pictures itself, so only they are read, not its kohya folders "
-            f"({_names(kohya)}); to train on all, move the pictures into a folder of their own such as "
-            f"{folder / '1_pictures'}"), stacklevel=2)
     if not images and kohya:
         return _kohya_images(folder, subfolders)
     if not images and subfolders:
@@ -237,14 +232,28 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     return images
 
 
+def _subfolders_left_out(folder: Path, subfolders: list[Path], subject: str) -> str:
+    """What `find_images` says of the `subfolders` of a `folder` that holds pictures itself, which it does not read
+    (those named in kohya's layout it would read without the pictures); `subject`: the folder as the words name it."""
+    kohya = [p for p in subfolders if kohya_repeats(p.name) is not None]
+    said = f"{subject} holds pictures itself, so only they are read, not its subfolders ({_names(subfolders)})"
+    if kohya:
+        return (f"{said}; to train on its kohya folders ({_names(kohya)}) too, move the pictures into a folder of "
+                f"their own such as {folder / '1_pictures'}")
+    return (f"{said}: subfolders are not searched; to train on their pictures, move them into {folder}, or give a "
+            f"subfolder as the folder of pictures")
+
+
 def _names(paths: Sequence[Path]) -> str:
     return ", ".join(p.name for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
 
 
-def _scan(folder: Path, caption_extension: str | None = None) -> tuple[list[Path], list[Path]]:
+def _scan(folder: Path, caption_extension: str | None = None,
+          say_subfolders: bool = False) -> tuple[list[Path], list[Path]]:
     """The pictures and the subfolders in `folder`, each sorted by name; other files are named in one
-    `SkippedFilesWarning` (`find_images`). `caption_extension`: a kohya subset's, whose caption files (NAME + it)
-    are expected beside the pictures too."""
+    `SkippedFilesWarning` (`find_images`), and with `say_subfolders` so are the subfolders of a folder that holds
+    pictures (`_subfolders_left_out`), in the same one. `caption_extension`: a kohya subset's, whose caption files
+    (NAME + it) are expected beside the pictures too."""
     try:
         entries = sorted(folder.iterdir())
     except OSError as e:
@@ -267,15 +276,17 @@ def _scan(folder: Path, caption_extension: str | None = None) -> tuple[list[Path
     captions = {p.with_suffix("").name + caption_extension for p in images} if caption_extension else set()
     skipped = [p for p in others if not (((p.suffix in _CAPTION_NAMES and p.stem in stems) or p.name in captions)
                                          and p.is_file())]
+    said = []
     if skipped:
         names = ", ".join(_describe_skipped(p) for p in skipped)
         hint = ""
         if any(p.suffix.lower() in (".heic", ".heif") for p in skipped):
             hint = " (Pillow cannot read HEIC photos: convert them to JPEG first)"
-        warn(
-            SkippedFilesWarning(f"skipped {len(skipped)} file(s) in {folder} that are not pictures: {names}{hint}"),
-            stacklevel=3,
-        )
+        said.append(f"skipped {len(skipped)} file(s) in {folder} that are not pictures: {names}{hint}")
+    if say_subfolders and images and subfolders:
+        said.append(_subfolders_left_out(folder, subfolders, "and it" if said else str(folder)))
+    if said:
+        warn(SkippedFilesWarning("; ".join(said)), stacklevel=3)
     return images, subfolders
 
 
