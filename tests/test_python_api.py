@@ -310,3 +310,13 @@ def test_warnings_raised_inside_generate_merge_and_a_plot_name_the_line_that_cal
     for what in ("is in no --prompt", "has 80 vectors", "only its clip_l half"):
         assert what in messages, what
     assert [(w.filename, w.lineno) for w in said if w.filename != __file__] == []
+
+
+@pytest.mark.parametrize("settings", [{}, {"x": "steps=1,2"}], ids=["pictures", "xyz-plot"])
+def test_generate_returns_absolute_paths_as_train_does(settings, sd1_dir, tmp_path, monkeypatch):
+    """train() returned its files absolute and generate() its pictures as `out` was given (`renders/000-...png`):
+    a path kept in a notebook named another file once the working directory changed."""
+    monkeypatch.chdir(tmp_path)
+    paths = generate(GenerateConfig(prompt=["a dog"], n=1, steps=1, out="renders", **settings),
+                     model=load_model(sd1_dir), progress=False)
+    assert paths and all(p.is_absolute() and p.parent == tmp_path / "renders" and p.is_file() for p in paths)

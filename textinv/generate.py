@@ -1395,12 +1395,12 @@ def _half_of(half: LearnedEmbedding, whole: LearnedEmbedding) -> bool:
 def generate(config: GenerateConfig, model: Model | None = None, progress: bool = True,
              keep_seeds: set[int] | None = None, refiner: Model | None = None) -> list[Path]:
     """Write `config.n` images for each prompt (and each picture of an --init-image folder) into `config.out`;
-    return their paths. With `keep_seeds`, every seed is drawn but only those seeds' pictures are written (`again`: a
+    return their paths, absolute. With `keep_seeds`, every seed is drawn but only those seeds' pictures are written (`again`: a
     picture redrawn in the batch it was drawn in, as a batch's kernels round otherwise than one picture's).
 
     >>> from textinv.config import GenerateConfig
     >>> generate(GenerateConfig(prompt=["a photo of <my-dog>"], embedding=["runs/dog/learned_embeds.safetensors"]))  # doctest: +SKIP
-    [PosixPath('renders/000-a-photo-of-my-dog-s0.png'), ...]
+    [PosixPath('/.../renders/000-a-photo-of-my-dog-s0.png'), ...]
 
     A `model` passed in (`models.load_model`) comes back as it came: the embeddings and LoRAs are taken out again;
     so does a `refiner` passed in (`refiner_model`'s), which --refiner then names, loaded already.
@@ -1410,10 +1410,12 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     if config.x or config.y or config.z:
         from .xyz import plot
 
-        return plot(config, model, progress, keep_seeds, refiner)
-    where = _Where()
-    return out_of_memory_as(lambda: _generate(config, model, progress, keep_seeds, where, refiner),
-                            lambda e: _memory_error(where, e), lambda: where.device)
+        paths = plot(config, model, progress, keep_seeds, refiner)
+    else:
+        where = _Where()
+        paths = out_of_memory_as(lambda: _generate(config, model, progress, keep_seeds, where, refiner),
+                                 lambda e: _memory_error(where, e), lambda: where.device)
+    return [Path(absolute(p)) for p in paths]  # (as train's files: found from any working directory)
 
 
 @dataclass
