@@ -325,8 +325,8 @@ def test_a_multi_vector_token_the_model_has_saved_in_it_is_drawn_whole_in_the_gr
     real = gen.render
     monkeypatch.setattr(gen, "render", lambda model, prompts, **k: seen.append((prompts, k["negative_prompt"]))
                         or real(model, prompts, **k))
+    grid = {"prompt": "{} beside <cat-toy>", "negative_prompt": "<cat-toy>"}
     train(TrainConfig(images=str(images), token="<zq>", init="dog", model=str(tmp_path / "whole"),
                       out=str(tmp_path / "run"), steps=1, vectors=2, batch=2, save_every=0, sample_every=1,
-                      sample_steps=2, sample_prompts=[{"prompt": "{} beside <cat-toy>", "negative_prompt": "<cat-toy>"}]),
-          progress=False)
+                      sample_steps=2, sample_prompts=[grid]), progress=False)
     assert seen and all(s == (["<zq> <zq>_1 beside <cat-toy> <cat-toy>_1"], "<cat-toy> <cat-toy>_1") for s in seen)

@@ -1395,8 +1395,9 @@ def _half_of(half: LearnedEmbedding, whole: LearnedEmbedding) -> bool:
 def generate(config: GenerateConfig, model: Model | None = None, progress: bool = True,
              keep_seeds: set[int] | None = None, refiner: Model | None = None) -> list[Path]:
     """Write `config.n` images for each prompt (and each picture of an --init-image folder) into `config.out`;
-    return their paths, absolute. With `keep_seeds`, every seed is drawn but only those seeds' pictures are written (`again`: a
-    picture redrawn in the batch it was drawn in, as a batch's kernels round otherwise than one picture's).
+    return their paths, absolute. With `keep_seeds`, every seed is drawn but only those seeds' pictures are written
+    (`again`: a picture redrawn in the batch it was drawn in, as a batch's kernels round otherwise than one
+    picture's).
 
     >>> from textinv.config import GenerateConfig
     >>> generate(GenerateConfig(prompt=["a photo of <my-dog>"], embedding=["runs/dog/learned_embeds.safetensors"]))  # doctest: +SKIP

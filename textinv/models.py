@@ -815,7 +815,11 @@ class EarlyInterrupt:
 @contextlib.contextmanager
 def interrupt_kept():
     """The block (a model loading) under `EarlyInterrupt`: a Ctrl-C in it that Python dropped inside a `__del__`
-    raises KeyboardInterrupt as the block ends, before any work is done with what it loaded."""
+    raises KeyboardInterrupt as the block ends, before any work is done with what it loaded.
+
+    >>> with interrupt_kept():
+    ...     model = load_model("shapes")  # doctest: +SKIP
+    """
     with EarlyInterrupt() as early:
         yield
     if early.noted:
