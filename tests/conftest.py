@@ -48,6 +48,18 @@ def fresh_model(folder):
     return copy.deepcopy(_LOADED[key])
 
 
+def saved_whole(sd1_dir, folder):
+    """The tiny SD 1.x model saved to `folder` as the diffusers script's --save_as_full_pipeline --num_vectors 2
+    saves it: `<cat-toy>` and `<cat-toy>_1` in its tokenizer and text encoder. Returns the pipeline."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd1_dir)
+    pipe.tokenizer.add_tokens(["<cat-toy>", "<cat-toy>_1"])
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    pipe.save_pretrained(folder)
+    return pipe
+
+
 def recorded_results(monkeypatch, module, name: str) -> list:
     """What `module.name` returns from now on, each call's result appended to the list returned."""
     results = []

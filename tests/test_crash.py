@@ -158,19 +158,26 @@ def test_a_resumed_runs_record_reruns_the_run_elsewhere(sd1_dir, images, tmp_pat
     assert cli.main(["train", "--config", str(out / "config.yaml"), "--overwrite"]) == 0
 
 
-def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(sd1_dir, images, tmp_path, monkeypatch,
-                                                                      capsys):
-    out = tmp_path / "b"
-    real, writes = os.fsync, []
+def disk_full_at(monkeypatch, part: str, nth: int = 1):
+    """Every atomic write syncs its temporary file once (`io`): the `nth` sync of a temporary whose name holds
+    `part` fails as a full disk does. Returns the real `os.fsync`, to put back."""
+    real, seen = os.fsync, []
 
-    def fsync(fd):  # every atomic write syncs once; fail the second checkpoint's
-        name = os.readlink(f"/proc/self/fd/{fd}")
-        writes.append(name)
-        if ".step-000004.pt." in name:
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def fsync(fd):
+        if part in os.readlink(f"/proc/self/fd/{fd}"):
+            seen.append(fd)
+            if len(seen) == nth:
+                raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd)
 
     monkeypatch.setattr(textinv_io.os, "fsync", fsync)
+    return real
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(sd1_dir, images, tmp_path, monkeypatch,
+                                                                      capsys):
+    out = tmp_path / "b"
+    real = disk_full_at(monkeypatch, ".step-000004.pt.")  # (the second checkpoint's)
     args = ["train", "--images", str(images), "--token", "<zq>", "--init", "dog", "--out", str(out), "--model",
             str(sd1_dir), "--steps", "6", "--batch", "2", "--save-every", "2", "--sample-every", "0"]
     assert cli.main(args) == 2
@@ -378,14 +385,7 @@ def test_a_full_disk_at_the_first_checkpoint_says_how_to_go_on(sd1_dir, images, 
     """It said "no checkpoint was saved yet" and stopped there: the same command was then refused on the folder
     the run had begun."""
     out = tmp_path / "b"
-    real = os.fsync
-
-    def fsync(fd):
-        if ".step-000002.pt." in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd)
-
-    monkeypatch.setattr(textinv_io.os, "fsync", fsync)
+    real = disk_full_at(monkeypatch, ".step-000002.pt.")
     args = ["train", "--images", str(images), "--token", "<zq>", "--init", "dog", "--out", str(out), "--model",
             str(sd1_dir), "--steps", "4", "--batch", "2", "--save-every", "2", "--sample-every", "0"]
     assert cli.main(args) == 2
@@ -399,16 +399,7 @@ def test_a_full_disk_at_the_first_checkpoint_says_how_to_go_on(sd1_dir, images, 
 def test_a_full_disk_at_an_embedding_file_says_how_to_go_on_too(sd1_dir, images, tmp_path, monkeypatch, capsys):
     """The embedding's own write said "choose another output path" (convert's advice) where a run needs --resume."""
     out = tmp_path / "b"
-    real, embedding_writes = os.fsync, []
-
-    def fsync(fd):
-        if ".learned_embeds.safetensors." in os.readlink(f"/proc/self/fd/{fd}"):
-            embedding_writes.append(fd)
-            if len(embedding_writes) == 2:  # step 4's, after step 2's embedding and checkpoint
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd)
-
-    monkeypatch.setattr(textinv_io.os, "fsync", fsync)
+    disk_full_at(monkeypatch, ".learned_embeds.safetensors.", nth=2)  # (step 4's, after step 2's and a checkpoint)
     args = ["train", "--images", str(images), "--token", "<zq>", "--init", "dog", "--out", str(out), "--model",
             str(sd1_dir), "--steps", "6", "--batch", "2", "--save-every", "2", "--sample-every", "0",
             "--no-step-embeddings"]
@@ -479,14 +470,7 @@ def test_gradient_checkpointing_may_be_turned_on_when_resuming_to_the_same_resul
 def test_a_full_disk_while_drawing_is_one_line_and_keeps_the_pictures_drawn(sd1_dir, tmp_path, monkeypatch, capsys):
     """train said a full disk in one line; generate (and score, demo) ended in a traceback."""
     out = tmp_path / "renders"
-    real = os.fsync
-
-    def fsync(fd):
-        if "-s1.png." in os.readlink(f"/proc/self/fd/{fd}"):  # the second picture
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd)
-
-    monkeypatch.setattr(textinv_io.os, "fsync", fsync)
+    disk_full_at(monkeypatch, "-s1.png.")  # (the second picture)
     code = cli.main(["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "3", "--steps", "1", "--out",
                      str(out)])
     err = capsys.readouterr().err

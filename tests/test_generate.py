@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from conftest import again_warned, fresh_model, web_ui_picture
+from conftest import again_warned, fresh_model, saved_whole, web_ui_picture
 from textinv import dynamic
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, TokenError
@@ -160,10 +160,7 @@ def test_a_multi_vector_token_the_model_has_saved_in_it_draws_with_all_its_vecto
     model's `<cat-toy>` with its first vector alone."""
     import textinv.generate as gen
 
-    pipe = StableDiffusionPipeline.from_pretrained(sd1_dir)
-    pipe.tokenizer.add_tokens(["<cat-toy>", "<cat-toy>_1"])
-    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
-    pipe.save_pretrained(tmp_path / "whole")
+    pipe = saved_whole(sd1_dir, tmp_path / "whole")
     seen = []
     real = gen.render
     monkeypatch.setattr(gen, "render", lambda *a: seen.append((a[1], a[6])) or real(*a))  # (prompts, negative)

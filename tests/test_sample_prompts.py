@@ -15,6 +15,7 @@ from textinv.generate import make_grid, render
 from textinv.models import load_model
 from textinv.sample_prompts import SamplePrompt
 from textinv.train import sample_grid, train
+from conftest import saved_whole
 
 TXT = """# sample prompts for <zq>
 a photo of <zq>
@@ -315,12 +316,8 @@ def test_a_multi_vector_token_the_model_has_saved_in_it_is_drawn_whole_in_the_gr
     `<cat-toy>_1`, and generate draws `<cat-toy>` with both (`tokens.saved_tokens`): the grids drew its first vector
     alone, in the prompt and the negative prompt."""
     import textinv.generate as gen
-    from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(sd1_dir)
-    pipe.tokenizer.add_tokens(["<cat-toy>", "<cat-toy>_1"])
-    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
-    pipe.save_pretrained(tmp_path / "whole")
+    saved_whole(sd1_dir, tmp_path / "whole")
     seen = []
     real = gen.render
     monkeypatch.setattr(gen, "render", lambda model, prompts, **k: seen.append((prompts, k["negative_prompt"]))
