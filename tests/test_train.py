@@ -897,6 +897,22 @@ def test_a1111_stepped_learning_rate_changes_the_rate_at_its_steps_and_resumes(s
     assert torch.equal(vectors("d", steps=6, lr=5e-3, lr_steps="0.05:3, 1e-9", resume=True), stepped)
 
 
+def test_a_stepped_rate_with_a_last_step_ends_the_run_there_as_the_web_uis(sd1_dir, images, tmp_path, capsys):
+    """The web UI stops at the last rate's step ("0.05:2, 0.01:4" trains 4 steps), where textinv ran on to --steps;
+    a --steps past it, or --epochs, is refused as saying otherwise."""
+    result = train(config(images, tmp_path / "a", steps=TrainConfig.steps, lr=TrainConfig.lr, log_every=1,
+                          lr_steps="0.05:2, 0.01:4"), model=fresh_model(sd1_dir), progress=True)
+    assert [step for step, _ in result.losses] == [1, 2, 3, 4]
+    assert "--lr-steps ends at step 4, its last rate's step" in capsys.readouterr().out
+    assert "\nsteps: 4\n" in (tmp_path / "a" / "config.yaml").read_text()  # (so a resume runs to it too)
+    with pytest.raises(ConfigError, match=r"ends the run at step 4 .*, before --steps 6: leave out --steps, or end"):
+        config(images, tmp_path / "b", lr=TrainConfig.lr, lr_steps="0.05:2, 0.01:4").validate()
+    with pytest.raises(ConfigError, match="and --epochs 2 gives the length too: leave out --epochs"):
+        config(images, tmp_path / "b", steps=TrainConfig.steps, epochs=2, lr=TrainConfig.lr,
+               lr_steps="0.05:2, 0.01:4").validate()
+    config(images, tmp_path / "b", steps=3, lr=TrainConfig.lr, lr_steps="0.05:2, 0.01:4").validate()  # (stops first)
+
+
 @pytest.mark.parametrize("text, error", [("0.05:10, fast", "'fast' is not RATE:STEP"),
                                          ("0.05, 0.01:10", "only the last rate may go without a step"),
                                          ("0.05:10, 0.01:5, 0.001", "the steps must rise from 1, got 5 after 10"),

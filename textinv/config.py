@@ -195,6 +195,16 @@ def parse_lr_steps(text: str) -> list[tuple[float, int | None]]:
     return pairs
 
 
+def lr_steps_end(text: str | None) -> int | None:
+    """The step at which a stepped rate (`parse_lr_steps`) ends the run: its last rate's step, as the web UI stops
+    there; None when the last rate goes on to the end (or there is no stepped rate).
+
+    >>> lr_steps_end("0.005:100, 1e-3:1000"), lr_steps_end("0.005:100, 1e-3")
+    (1000, None)
+    """
+    return parse_lr_steps(text)[-1][1] if text is not None else None
+
+
 def check_clip_skip_value(clip_skip: int) -> None:
     """Refuse a clip skip below 1 (the model's own depth is checked once it has loaded: `models.check_clip_skip`)."""
     if not isinstance(clip_skip, int) or clip_skip < 1:
@@ -611,11 +621,25 @@ class TrainConfig:
                                   "--warmup-steps 0")
             if self.lr != TrainConfig.lr:  # (the field's default)
                 raise ConfigError(f"--lr-steps gives the rates: leave out --lr (got {self.lr})")
+            self._check_lr_steps_length()
         rates = [rate for rate, _ in parse_lr_steps(self.lr_steps)] if self.lr_steps is not None else [self.lr]
         if max(rates) > 1:  # (valid, but the loss goes NaN within steps: most likely 5e3 typed for 5e-3)
             warn(f"learning rate {max(rates):g} is far above textual inversion's usual rates (the paper's "
                  f"5e-3, the web UI's 0.005 and up to 0.05 at first); check the exponent's sign (5e3 is "
                  f"5000, 5e-3 is 0.005)", stacklevel=3)  # (validate's caller)
+
+    def _check_lr_steps_length(self) -> None:
+        """A stepped rate whose last rate has a step ends the run there, as the web UI's does (`train` takes it as
+        --steps when --steps is left out): refuse --epochs, or a --steps past it, which would say otherwise."""
+        end = lr_steps_end(self.lr_steps)
+        if end is None:
+            return
+        said = f"--lr-steps {self.lr_steps!r} ends the run at step {end} (its last rate's step, as the web UI's)"
+        fix = "or end --lr-steps with a rate without a step ('..., RATE') to train on at it"
+        if self.epochs is not None:
+            raise ConfigError(f"{said}, and --epochs {self.epochs} gives the length too: leave out --epochs, {fix}")
+        if self.steps != DEFAULT_STEPS and self.steps > end:  # (the field's default: --steps left out)
+            raise ConfigError(f"{said}, before --steps {self.steps}: leave out --steps, {fix}")
 
     def _check_exclusive_options(self) -> None:
         """Options that rule each other out: --cuda-graphs with --buckets or a compile mode that captures graphs,

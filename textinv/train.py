@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis, modelspec
-from .config import MAX_TOKEN_LENGTHS, TrainConfig, parse_lr_steps, read_config_file, save_config
+from .config import (DEFAULT_STEPS, MAX_TOKEN_LENGTHS, TrainConfig, lr_steps_end, parse_lr_steps, read_config_file,
+                     save_config)
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, random_windows, read_caption, read_template_file, unit_pixels,
                    warn_unread_templates)
@@ -1406,6 +1407,11 @@ def _check_inputs(run: _Run, model: Model | None) -> None:
         config = dataclasses.replace(config, steps=steps, epochs=None)
         if is_main and progress:
             print(length)
+    end = lr_steps_end(config.lr_steps)
+    if end is not None and config.steps == DEFAULT_STEPS:  # (--steps left out: the web UI stops at the last step)
+        config = dataclasses.replace(config, steps=end)  # (config.yaml holds it, so a resume runs to it too)
+        if is_main and progress:
+            print(f"--lr-steps ends at step {end}, its last rate's step, as the web UI's: the run is {end} steps")
     if config.cuda_graphs:
         check_graph_device(run.device)
     moved, places = {}, []  # (the model settings a resume gives anew, compared once it has loaded; all it moved)
