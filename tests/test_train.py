@@ -650,7 +650,8 @@ def test_an_interrupted_run_of_several_concepts_resumes_to_the_uninterrupted_one
 
     for folder in ("a", "b"):
         rows = list(csv.DictReader(open(tmp_path / folder / "loss.csv", newline="")))
-        assert list(rows[0]) == ["step", "loss", "<jd>", "<jc>"] and [r["step"] for r in rows] == ["4", "6"]
+        assert list(rows[0]) == ["step", "loss", "<jd>", "<jc>", "learn_rate", "epoch"]
+        assert [r["step"] for r in rows] == ["4", "6"]
         for r in rows:
             assert float(r["<jd>"]) > 0 and float(r["<jc>"]) > 0
             assert float(r["<jd>"]) + float(r["<jc>"]) == pytest.approx(float(r["loss"]), abs=2e-6)
@@ -895,6 +896,24 @@ def test_a1111_stepped_learning_rate_changes_the_rate_at_its_steps_and_resumes(s
     assert not torch.allclose(stepped, vectors("c", lr=0.05), atol=1e-4)
     vectors("d", steps=3, save_every=3, lr=5e-3, lr_steps="0.05:3, 1e-9")
     assert torch.equal(vectors("d", steps=6, lr=5e-3, lr_steps="0.05:3, 1e-9", resume=True), stepped)
+
+
+def test_loss_csv_gives_each_rows_rate_and_epoch_as_the_web_uis_log_and_old_files_still_read(sd1_dir, images,
+                                                                                                tmp_path):
+    """The web UI's textual_inversion_loss.csv has learn_rate and epoch columns; loss.csv had step and loss only.
+    They come after the old columns, so a reader of those (read_loss_log, a column's place) reads both."""
+    import csv
+
+    train(config(images, tmp_path / "a", batch=3, lr=TrainConfig.lr, lr_steps="0.05:3, 0.01"),
+          model=fresh_model(sd1_dir), progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "a" / "loss.csv", newline="")))
+    assert list(rows[0]) == ["step", "loss", "learn_rate", "epoch"]
+    # (4 pictures, 3 samples a step: step 2's last sample is the 6th, in epoch 2; step 6's the 18th, in epoch 5)
+    assert [(r["step"], float(r["learn_rate"]), r["epoch"]) for r in rows] == [
+        ("2", 0.05, "2"), ("4", 0.01, "3"), ("6", 0.01, "5")]
+    assert [s for s, _ in read_loss_log(tmp_path / "a" / "loss.csv")] == [2, 4, 6]
+    (tmp_path / "old.csv").write_text("step,loss\n2,0.500000\n4,0.250000\n")  # (written before these columns)
+    assert read_loss_log(tmp_path / "old.csv") == [(2, 0.5), (4, 0.25)]
 
 
 def test_a_stepped_rate_with_a_last_step_ends_the_run_there_as_the_web_uis(sd1_dir, images, tmp_path, capsys):

@@ -828,16 +828,20 @@ def saved_validation(state: dict) -> tuple[list[tuple[int, float]], list[list[fl
 
 
 def write_loss_log(path: Path, history: list[tuple[int, float]], by_concept: list[list[float]] = (),
-                    tokens: list[str] = (), column: str = "loss") -> None:
+                    tokens: list[str] = (), column: str = "loss", rate: Callable[[int], float] | None = None,
+                    epoch: Callable[[int], int] | None = None) -> None:
     """loss.csv: `step,loss` (the loss summed over concepts), and with several concepts a column per token for each
-    one's own loss (their sum is `loss`; the curve of one that diverges or stalls shows there); validation.csv the
-    same with `column` validation_loss."""
+    one's own loss (their sum is `loss`; the curve of one that diverges or stalls shows there), then the web UI's
+    `learn_rate` and `epoch` of each row's step (`rate`, `epoch`), last so that the earlier columns keep their
+    places; validation.csv the same with `column` validation_loss."""
     per_concept = len(tokens) > 1 and len(by_concept) == len(history)  # (not from a checkpoint made before them)
     text = io.StringIO()
     rows = csv.writer(text, lineterminator="\n")  # (quotes a token with a comma in it)
-    rows.writerow(["step", column, *(tokens if per_concept else [])])
+    rows.writerow(["step", column, *(tokens if per_concept else []), *(["learn_rate"] if rate else []),
+                   *(["epoch"] if epoch else [])])
     for (s, v), per in zip(history, by_concept if per_concept else [()] * len(history)):
-        rows.writerow([s, f"{v:.6f}", *(f"{x:.6f}" for x in per)])
+        rows.writerow([s, f"{v:.6f}", *(f"{x:.6f}" for x in per), *([f"{rate(s):.6g}"] if rate else []),
+                       *([epoch(s)] if epoch else [])])
     write_text(path, text.getvalue())
 
 

@@ -1252,11 +1252,21 @@ class _Run:
                             held_out=([held.names for held in self.held_back] if self.held_back[0] is not None
                                       else None), ran_at=(precision_name(self.dtype), self.device.type))
         # (a run stopped by a non-finite loss keeps its finite curve)
-        write_loss_log(self.out / LOSS_LOG, self.history, self.by_concept, [c.token for c in concepts])
+        self.write_loss_log()
         # (as the checkpoint has them: a second Ctrl-C between a score and its row left the row out)
         if self.validated:
             self.write_validation_log()
         return files
+
+    def write_loss_log(self) -> None:
+        """loss.csv: the loss history, with each row's rate (the schedule's at that step) and epoch (the largest
+        concept's, from 1, as `steps_for_epochs` counts them: the epoch of the step's last sample)."""
+        per_step = self.config.batch * self.config.grad_accum * self.world
+        size = max(sum(counts) for counts in self.repeats)
+        schedule = self.lr_schedule  # (a LambdaLR: the rate of step s is set after s - 1 schedule steps)
+        write_loss_log(self.out / LOSS_LOG, self.history, self.by_concept, [c.token for c in self.concepts],
+                       rate=lambda s: schedule.base_lrs[0] * schedule.lr_lambdas[0](s - 1),
+                       epoch=lambda s: -(-s * per_step // size))
 
     def write_validation_log(self) -> None:
         write_loss_log(self.out / VALIDATION_LOG, self.validated, self.validated_by_concept,
@@ -1894,7 +1904,7 @@ def _log(run: _Run, bar) -> None:
     run.interval_loss.zero_()
     run.interval_steps = 0
     if run.is_main and step % (run.config.log_every * 10) == 0:
-        write_loss_log(run.out / LOSS_LOG, run.history, run.by_concept, [c.token for c in concepts])
+        run.write_loss_log()
 
 
 def _periodic_actions(run: _Run) -> None:
