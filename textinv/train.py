@@ -1262,11 +1262,10 @@ class _Run:
         """loss.csv: the loss history, with each row's rate (the schedule's at that step) and epoch (the largest
         concept's, from 1, as `steps_for_epochs` counts them: the epoch of the step's last sample)."""
         per_step = self.config.batch * self.config.grad_accum * self.world
-        size = max(sum(counts) for counts in self.repeats)
         schedule = self.lr_schedule  # (a LambdaLR: the rate of step s is set after s - 1 schedule steps)
         write_loss_log(self.out / LOSS_LOG, self.history, self.by_concept, [c.token for c in self.concepts],
                        rate=lambda s: schedule.base_lrs[0] * schedule.lr_lambdas[0](s - 1),
-                       epoch=lambda s: -(-s * per_step // size))
+                       epoch=lambda s: -(-s * per_step // max(sum(counts) for counts in self.repeats)))
 
     def write_validation_log(self) -> None:
         write_loss_log(self.out / VALIDATION_LOG, self.validated, self.validated_by_concept,
