@@ -286,7 +286,8 @@ class TrainConfig:
     lr_schedule: str = opt("constant", "learning-rate schedule", choices=LR_SCHEDULES)
     lr_steps: str = opt(None, "the A1111 web UI's stepped rate instead of --lr: 'RATE:STEP, RATE:STEP, ..., RATE' "
                               "uses each RATE until optimizer step STEP, the last to the end, e.g. "
-                              "'0.05:10, 0.02:20, 0.01:60, 0.005'")
+                              "'0.05:10, 0.02:20, 0.01:60, 0.005'; a last RATE:STEP ends the run at STEP, as the "
+                              "web UI's does (--steps left out is taken as it)")
     lr_cycles: int = opt(1, "--lr-schedule cosine_with_restarts: the cosine falls to 0 this many times, restarting "
                             "at --lr each time (kohya's --lr_scheduler_num_cycles)")
     lr_power: float = opt(1.0, "--lr-schedule polynomial: the decay's power, from --lr to 1e-7 at the last step (1: "
