@@ -2239,6 +2239,32 @@ def test_max_grad_value_clips_each_number_of_the_gradient(sd1_dir, images, tmp_p
         build(TrainConfig, {"max_grad_value": 0.1, "max_grad_norm": 1.0})
 
 
+def test_the_clip_value_may_be_stepped_as_the_web_uis(sd1_dir, images, tmp_path):
+    """The web UI's clip value takes its stepped rate's syntax ('0.1:100, 0.05'); textinv's took one number."""
+    from textinv.config import build
+
+    settings = dict(optimizer="sgd", weight_decay=0.0, lr=1.0)
+
+    def vectors(out, steps, **kw):
+        result = train(train_config(images, tmp_path / out, steps=steps, **settings, **kw), model=fresh_model(sd1_dir),
+                       progress=False)
+        return result.embedding.vectors["text_encoder"]
+
+    stepped = vectors("a", 2, max_grad_value="1e-7:1, 1e-3")  # (1e-7 at step 0, as the web UI counts, then 1e-3)
+    assert torch.equal(vectors("b", 1, max_grad_value="1e-7:1, 1e-3"), vectors("c", 1, max_grad_value=1e-7))
+    assert not torch.allclose(stepped, vectors("d", 2, max_grad_value=1e-7), atol=1e-5)
+    given = {"images": str(images), "token": "<zq>", "out": str(tmp_path / "f")}  # (as a config file gives it)
+    assert build(TrainConfig, {**given, "max_grad_norm": "0.1:100, 0.05"}).validate().max_grad_norm == "0.1:100, 0.05"
+    assert build(TrainConfig, {**given, "max_grad_norm": 0.5}).max_grad_norm == "0.5"
+    with pytest.raises(ConfigError, match="--max-grad-norm '0.1:100, fast': 'fast' is not VALUE:STEP"):
+        build(TrainConfig, {**given, "max_grad_norm": "0.1:100, fast"}).validate()
+    with pytest.raises(ConfigError, match="--max-grad-value must be > 0 when given, got 0"):
+        train_config(images, tmp_path / "f", max_grad_value=0).validate()
+    # (a number given from Python, read back as text from config.yaml, resumes the same run)
+    vectors("e", 1, max_grad_norm=0.05, save_every=1)
+    vectors("e", 2, max_grad_norm=0.05, resume=True)
+
+
 def test_latent_sampling_keeps_the_latents_as_the_web_uis_methods_do(sd1_dir, tmp_path, monkeypatch):
     """--latent-sampling, the web UI's latent sampling method: random draws a new latent from the picture's VAE
     distribution at each use; deterministic trains on its mean, once on one draw: the same latent every time."""

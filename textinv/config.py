@@ -144,7 +144,9 @@ def check_types(config) -> None:
         ok = {list: isinstance(value, (list, tuple)), bool: isinstance(value, bool),
               int: isinstance(value, int) and not isinstance(value, bool),
               float: isinstance(value, (int, float)) and not isinstance(value, bool),
-              str: isinstance(value, (str, os.PathLike))}.get(kind, True)
+              str: isinstance(value, (str, os.PathLike))
+              or (f.metadata.get("stepped") and isinstance(value, (int, float)) and not isinstance(value, bool))
+              }.get(kind, True)
         if ok:
             continue
         what = {list: "a list", bool: "True or False", int: "a whole number", float: "a number"}.get(
@@ -165,8 +167,10 @@ def check_lr(lr: float) -> None:
         raise ConfigError(f"--lr must be > 0 and at most {MAX_LR:g}, got {lr}; textual inversion uses about 5e-3")
 
 
-def parse_lr_steps(text: str) -> list[tuple[float, int | None]]:
+def parse_lr_steps(text: str, flag: str = "--lr-steps", what: str = "rate", most: float = MAX_LR
+                   ) -> list[tuple[float, int | None]]:
     """The A1111 web UI's stepped learning rate as (rate, until step) pairs; the last step may be None (to the end).
+    `flag`, `what` and `most`: the setting's name, its values' and their limit, for its other stepped settings.
 
     >>> parse_lr_steps("0.05:10, 0.02:20, 0.005")
     [(0.05, 10), (0.02, 20), (0.005, None)]
@@ -174,25 +178,56 @@ def parse_lr_steps(text: str) -> list[tuple[float, int | None]]:
     pairs: list[tuple[float, int | None]] = []
     items = [item.strip() for item in str(text).split(",") if item.strip()]  # (the web UI skips empty parts too)
     if not items:
-        raise ConfigError(f"--lr-steps {text!r} holds no rate; e.g. '0.05:10, 0.005'")
+        raise ConfigError(f"{flag} {text!r} holds no {what}; e.g. '0.05:10, 0.005'")
     for n, item in enumerate(items):
         rate, sep, until = (part.strip() for part in item.partition(":"))
         try:
             value = float(rate)
             step = int(until) if sep else None
         except ValueError:
-            raise ConfigError(f"--lr-steps {text!r}: {item!r} is not RATE:STEP (e.g. 0.005:100) or a last RATE") from None
+            raise ConfigError(f"{flag} {text!r}: {item!r} is not {what.upper()}:STEP (e.g. 0.005:100) or a last "
+                              f"{what.upper()}") from None
         if step == -1 and n == len(items) - 1:  # the web UI's "to the end"
             step = None
-        if not 0 < value <= MAX_LR:
-            raise ConfigError(f"--lr-steps {text!r}: the rate {value:g} must be > 0 and at most {MAX_LR:g}")
+        if not 0 < value <= most:
+            limit = f" and at most {most:g}" if most < math.inf else ""
+            raise ConfigError(f"{flag} {text!r}: the {what} {value:g} must be > 0{limit}")
         if step is None and n < len(items) - 1:
-            raise ConfigError(f"--lr-steps {text!r}: only the last rate may go without a step (RATE:STEP, ..., RATE)")
+            raise ConfigError(f"{flag} {text!r}: only the last {what} may go without a step ({what.upper()}:STEP, "
+                              f"..., {what.upper()})")
         if step is not None and step <= (pairs[-1][1] if pairs else 0):
-            raise ConfigError(f"--lr-steps {text!r}: the steps must rise from 1, got {step} after "
+            raise ConfigError(f"{flag} {text!r}: the steps must rise from 1, got {step} after "
                               f"{pairs[-1][1] if pairs else 'the start'}")
         pairs.append((value, step))
     return pairs
+
+
+def stepped_value(pairs: list[tuple[float, int | None]], step: int) -> float:
+    """The value of a stepped setting (`parse_lr_steps`) at optimizer step `step` (from 0): each value until its
+    step, the last one after that too.
+
+    >>> stepped_value([(0.05, 10), (0.005, None)], 9), stepped_value([(0.05, 10), (0.005, 20)], 25)
+    (0.05, 0.005)
+    """
+    return next((value for value, until in pairs if until is None or step < until), pairs[-1][0])
+
+
+def clip_steps(value, flag: str) -> list[tuple[float, int | None]] | None:
+    """--max-grad-norm or --max-grad-value as stepped values (`parse_lr_steps`): one number, or the web UI's
+    stepped clip value ('0.1:100, 0.05'); None when off.
+
+    >>> clip_steps(1.0, "--max-grad-norm"), clip_steps("0.1:100, 0.05", "--max-grad-value")
+    ([(1.0, None)], [(0.1, 100), (0.05, None)])
+    """
+    if value is None:
+        return None
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        return parse_lr_steps(value, flag, "value", math.inf)
+    if not number > 0:  # (also refuses NaN)
+        raise ConfigError(f"{flag} must be > 0 when given, got {value}")
+    return [(number, None)]
 
 
 def lr_steps_end(text: str | None) -> int | None:
@@ -308,9 +343,12 @@ class TrainConfig:
                                    "prodigy; --lr and --weight-decay are given by their flags")
     weight_decay: float = opt(0.01, "weight decay of the new vectors only (the reference's 1e-2), as --optimizer "
                                     "applies it: decoupled for adamw, lion, prodigy and adafactor, an L2 term for sgd")
-    max_grad_norm: float = opt(None, "clip the vectors' gradient norm to this (off by default)")
-    max_grad_value: float = opt(None, "clip each number of the vectors' gradient to [-V, V] instead (the web UI's "
-                                      "gradient clipping 'value'; off by default)")
+    max_grad_norm: str = opt(None, "clip the vectors' gradient norm to this (off by default); or stepped as "
+                                   "--lr-steps, the web UI's clip value: '0.1:100, 0.05' clips at 0.1 until step "
+                                   "100, then at 0.05", stepped=True)  # (a number from Python too)
+    max_grad_value: str = opt(None, "clip each number of the vectors' gradient to [-V, V] instead (the web UI's "
+                                    "gradient clipping 'value'; off by default); stepped as --max-grad-norm",
+                              stepped=True)
     min_snr_gamma: float = opt(None, "min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is typical); off by default")
     clip_skip: int = opt(1, "text-encoder layer read, counted from the end as A1111 and kohya count (1: the last; 2: "
                             "the penultimate, usual for anime SD 1.x models); generate with the same. SD 1.x/2.x "
@@ -586,9 +624,10 @@ class TrainConfig:
         settings (`_check_noise_and_loss`)."""
         if not self.weight_decay >= 0:  # (also refuses NaN)
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        for name in ("max_grad_norm", "max_grad_value", "min_snr_gamma"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ConfigError(f"--{_flag(name)} must be > 0 when given, got {getattr(self, name)}")
+        for name in ("max_grad_norm", "max_grad_value"):
+            clip_steps(getattr(self, name), f"--{_flag(name)}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ConfigError(f"--min-snr-gamma must be > 0 when given, got {self.min_snr_gamma}")
         offset = self.noise_offset
         if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < math.inf:  # (NaN)
             raise ConfigError(f"--noise-offset must be a number >= 0 (0: off; 0.05-0.1 is typical), got "

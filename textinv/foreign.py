@@ -342,7 +342,7 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("tag_drop_out", _W, "train", "--tag-dropout", ""),
     ("use_weight", _W, "train", "--alpha-mask", ""),
     ("clip_grad_mode clip_grad_value", _W, "train", "--max-grad-norm",
-     "mode 'norm'; mode 'value' is --max-grad-value (one number: a stepped value such as 0.1:100, 0.05 is not taken)"),
+     "mode 'norm'; mode 'value' is --max-grad-value (a stepped value such as 0.1:100, 0.05 is taken by both)"),
     ("varsize", _W, "train", "--buckets", "with --bucket-no-upscale: a picture within --resolution's area keeps "
                                           "its size (cut down to the model's steps), a larger one is scaled down"),
     ("save_image_with_stored_embedding", _W, "train", "--png-embeddings",

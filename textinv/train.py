@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis, modelspec
-from .config import (DEFAULT_STEPS, MAX_TOKEN_LENGTHS, TrainConfig, lr_steps_end, parse_lr_steps, read_config_file,
-                     save_config)
+from .config import (DEFAULT_STEPS, MAX_TOKEN_LENGTHS, TrainConfig, clip_steps, lr_steps_end, parse_lr_steps,
+                     read_config_file, save_config, stepped_value)
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, random_windows, read_caption, read_template_file, unit_pixels,
                    warn_unread_templates)
@@ -1150,6 +1150,8 @@ class _Run:
     table_copies: list = field(default_factory=list)  # (the reference-like mode's frozen tables)
     optimizer: object = None
     lr_schedule: object = None
+    clip_norm: list | None = None  # --max-grad-norm, --max-grad-value as (value, until step) pairs: `clip_steps`
+    clip_value: list | None = None
     scaler: object = None
     captured: CapturedStep | None = None
     samplers: list = field(default_factory=list)
@@ -1626,6 +1628,8 @@ def _prepare_step(run: _Run) -> None:
 
     # optimizer over the new vectors only
     stepped = parse_lr_steps(config.lr_steps) if config.lr_steps else None
+    run.clip_norm = clip_steps(config.max_grad_norm, "--max-grad-norm")
+    run.clip_value = clip_steps(config.max_grad_value, "--max-grad-value")
     base = stepped[0][0] if stepped else config.lr
     lr = run.lr = base * (config.batch * config.grad_accum * run.world if config.scale_lr else 1)
     trained = run.trained = [e.vectors for e in exts]
@@ -1645,7 +1649,7 @@ def _prepare_step(run: _Run) -> None:
 
     if stepped:  # A1111's: each rate until its step (the LambdaLR is rebuilt from the settings on resume)
         def factor(step: int) -> float:
-            return next((rate for rate, until in stepped if until is None or step < until), stepped[-1][0]) / base
+            return stepped_value(stepped, step) / base
 
         run.lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     else:
@@ -1854,13 +1858,15 @@ def _train_step(run: _Run) -> torch.Tensor:
             torch.distributed.all_reduce(tensor)
             tensor /= world
     scaler.unscale_(optimizer)
-    if config.max_grad_norm:
+    if run.clip_norm:  # (stepped as the web UI's clip value: the value at this step, counted from 0)
+        norm = stepped_value(run.clip_norm, run.step)
         for c in concepts:  # each concept clipped on its own, as in its own run
-            _clip_rows([(e.vectors.grad, r) for e, r in zip(exts, c.rows)], config.max_grad_norm)
-    if config.max_grad_value:  # (each number on its own: the concepts' rows need no telling apart)
+            _clip_rows([(e.vectors.grad, r) for e, r in zip(exts, c.rows)], norm)
+    if run.clip_value:  # (each number on its own: the concepts' rows need no telling apart)
+        value = stepped_value(run.clip_value, run.step)
         for e in exts:  # (an fp16 overflow's inf is kept, so that its step is skipped as without clipping)
             grad = e.vectors.grad
-            grad.copy_(torch.where(grad.isinf(), grad, grad.clamp(-config.max_grad_value, config.max_grad_value)))
+            grad.copy_(torch.where(grad.isinf(), grad, grad.clamp(-value, value)))
     # from the update to the step's log entry a second Ctrl-C waits (milliseconds): stopped in between, the
     # checkpoint would hold the update under the previous step's count, and a resume would apply it twice
     run.stop.hold()
