@@ -738,3 +738,24 @@ def test_prompt_l_takes_no_dynamic_prompts_and_again_draws_a_comfyui_text_l_as_w
     seen = _conditioning_seen(model)
     generate(config, model=model, progress=False)
     torch.testing.assert_close(seen[0][0][1:, :77, :32], encode_prompts(model, ["a {red} car #1"])[0][..., :32])
+
+
+def test_prompt_l_draws_a_multi_vector_token_the_model_has_saved_in_it_with_all_its_vectors(xl_dir, tmp_path,
+                                                                                           monkeypatch):
+    """A model the diffusers script saved whole holds `<cat-toy>` and `<cat-toy>_1` in both tokenizers; its prompt
+    drew both vectors (`tokens.saved_tokens`), and --prompt-l / --negative-prompt-l, CLIP-L's texts, drew the first
+    alone."""
+    import textinv.generate as gen
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl_dir)
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        tokenizer.add_tokens(["<cat-toy>", "<cat-toy>_1"])
+        encoder.resize_token_embeddings(len(tokenizer))
+    pipe.save_pretrained(tmp_path / "whole")
+    seen = []
+    real = gen.render
+    monkeypatch.setattr(gen, "render", lambda *a: seen.append((a[1], a[-1])) or real(*a))  # (prompts, CLIP-L's)
+    generate(GenerateConfig(prompt=["a <cat-toy>"], prompt_l="a photo of <cat-toy>", negative_prompt_l="<cat-toy>",
+                            out=str(tmp_path / "out"), n=1, steps=1, model=str(tmp_path / "whole"), emphasis="comfy"),
+             progress=False)
+    assert seen == [(["a <cat-toy> <cat-toy>_1"], ("a photo of <cat-toy> <cat-toy>_1", "<cat-toy> <cat-toy>_1"))]

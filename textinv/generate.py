@@ -2561,7 +2561,7 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
                     width, height, None if init is None else [init] * len(batch), passes_denoise(config), hires,
                     variation, config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing,
                     config.eta, config.ensd,
-                    tuple(text if text is None else expand_all(text, run.embeddings)
+                    tuple(text if text is None else expand_all(text, run.embeddings, model)
                           for text in (config.prompt_l, config.negative_prompt_l)))
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
