@@ -1,6 +1,7 @@
 """SDXL: training on both text encoders, its file layouts through diffusers' loader, generation, unload."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -759,3 +760,25 @@ def test_prompt_l_draws_a_multi_vector_token_the_model_has_saved_in_it_with_all_
                             out=str(tmp_path / "out"), n=1, steps=1, model=str(tmp_path / "whole"), emphasis="comfy"),
              progress=False)
     assert seen == [(["a <cat-toy> <cat-toy>_1"], ("a photo of <cat-toy> <cat-toy>_1", "<cat-toy> <cat-toy>_1"))]
+
+
+def test_a_resume_without_checkpoints_names_a_diffusers_sdxl_pairs_first_step_file(xl_dir, images, tmp_path,
+                                                                                    monkeypatch):
+    """Its checkpoints gone and its embedding file damaged, --resume names the newest step's saved vectors: of a
+    diffusers-sdxl pair that was the first file or the second (learned_embeds_2-steps-N, which reads as the second
+    encoder's half alone) as embeddings/ listed them."""
+    import shutil
+
+    from textinv import run_folder
+
+    out = tmp_path / "run"
+    train(xl_config(images, out, format="diffusers"), model=fresh_model(xl_dir), progress=False)
+    shutil.rmtree(out / "checkpoints")
+    main = out / "learned_embeds.safetensors"
+    main.write_bytes(main.read_bytes()[:300])
+    listed = run_folder._step_files  # (the seconds listed first, as a folder may list them)
+    monkeypatch.setattr(run_folder, "_step_files", lambda *a: sorted(listed(*a), key=lambda f: f[0].name)[::-1])
+    first = out / "embeddings" / "learned_embeds-steps-4.safetensors"
+    with pytest.raises(ConfigError, match=f"--init-embedding {re.escape(str(first))} .in place of --init."):
+        train(xl_config(images, out, format="diffusers", steps=6, resume=True), model=fresh_model(xl_dir),
+              progress=False)

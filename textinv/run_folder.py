@@ -26,8 +26,8 @@ from . import __version__
 from .config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, read_config_file
 from .data import _OS_LITTER, PictureSet
 from .errors import ConfigError, FormatError, warn
-from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, load_embedding, second_file,
-                      step_filename)
+from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, first_file, load_embedding,
+                      second_file, step_filename)
 from .hub import hub_reference
 from .io import TEMPORARY, remove_unheld, write_bytes, write_text
 from .models import BUNDLED_MODELS, DTYPES, precision_name, same_model
@@ -588,8 +588,11 @@ def _from_saved_vectors(out: Path) -> str:
     tokens = [spec["token"] for spec in saved[1]] if saved is not None else []
     if found.is_dir():  # (diffusers' layout, which embedding_file leaves to load_embedding)
         found = diffusers_file(found) or found
-    # (damaged too, as a copy cut short leaves it: the newest of the steps' files that loads)
-    steps = [path for path, _ in sorted(_step_files(out / STEP_EMBEDDINGS_DIR, tokens), key=lambda f: -f[1])]
+    # (damaged too, as a copy cut short leaves it: the newest of the steps' files that loads; a diffusers-sdxl
+    # pair's first before its second, which loads as the pair too but reads as its half alone)
+    found_steps = _step_files(out / STEP_EMBEDDINGS_DIR, tokens)
+    listed = {path for path, _ in found_steps}
+    steps = [path for path, _ in sorted(found_steps, key=lambda f: (-f[1], first_file(f[0]) in listed))]
     for file in ([found] if found.is_file() else []) + steps:
         try:
             load_embedding(file)
