@@ -567,6 +567,9 @@ def test_bad_settings_fail_before_loading_anything(tmp_path, images):
         train(config(images, tmp_path / "o", lr=1e38), progress=False)
     with pytest.raises(ConfigError, match="--init '' is empty"):  # (it started from 'object', said nowhere)
         train(config(images, tmp_path / "o", init=""), progress=False)
+    for item in (f"{images}=<zq>=", {"images": str(images), "token": "<zq>", "init": " "}):  # (a concept's, too)
+        with pytest.raises(ConfigError, match="concept .*: its init is empty"):
+            train(TrainConfig(concepts=[item], out=str(tmp_path / "o")), progress=False)
     with pytest.raises(ConfigError, match="token 'My Dog' must be one word without spaces, e.g. '<my-dog>'"):
         train(config(images, tmp_path / "o", token="My Dog"), progress=False)  # (the web UI's names may hold them)
 
@@ -1905,7 +1908,7 @@ def test_a_caption_that_names_another_concepts_token_is_refused(sd1_dir, tmp_pat
 
 
 @pytest.mark.parametrize("second, message", [("{cats}=cat", "token 'cat' is read by the tokenizer as the existing"),
-                                             ("{cats}=<jc>=\u00a0", "init text .* cannot be encoded")])
+                                             ("{cats}=<jc>=<|endoftext|>", "init text .* cannot be encoded")])
 def test_a_bad_later_concept_leaves_the_given_model_as_it_was(second, message, sd1_dir, tmp_path):
     """Every concept's token and init are checked before any token is added: a model passed in (a notebook's, an
     evaluation's) is not left with the first concepts' tokens, which would refuse the corrected run as taken."""

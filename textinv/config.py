@@ -956,6 +956,10 @@ class TrainConfig:
                 spec = dict(zip(("images", "token", "init"), parts))
             if not spec.get("images") or not spec.get("token"):
                 raise ConfigError(f"concept {item!r} needs both a folder and a token")
+            if spec.get("init") is not None and not spec["init"].strip():  # (as --init's: not the fallback)
+                raise ConfigError(f"concept {item!r}: its init is empty: give a word or phrase to start from, or "
+                                  f"leave it out (FOLDER=TOKEN) for --init's; the web UI's empty initialization "
+                                  f"text starts from zeros, which textinv does not do")
             spec["init"] = spec.get("init") or fallback
             specs.append(spec)
         return specs
