@@ -2306,6 +2306,18 @@ def test_png_embeddings_put_each_grids_step_embedding_in_its_picture(sd1_dir, im
         train_config(images, tmp_path / "b", png_embeddings=True, sample_every=0).validate()
 
 
+def test_a_resume_writes_the_png_embedding_a_run_stopped_before(sd1_dir, images, tmp_path):
+    """--png-embeddings' picture is written after its step's grid: a run stopped between the two (after the step's
+    checkpoint) resumed with the grid there and never wrote the picture."""
+    out = tmp_path / "a"
+    settings = dict(sample_every=2, sample_steps=2, save_every=2, png_embeddings=True)
+    train(train_config(images, out, steps=2, **settings), model=fresh_model(sd1_dir), progress=False)
+    png = out / "samples" / "zq-2.png"
+    png.unlink()
+    train(train_config(images, out, steps=3, resume=True, **settings), model=fresh_model(sd1_dir), progress=False)
+    assert png.is_file()
+
+
 def test_templates_without_filewords_are_said_unread_for_captioned_pictures(sd1_dir, images, tmp_path):
     """A picture with a caption file trains on its caption, not on --templates without [filewords] (the web UI's
     subject.txt leaves caption files unread instead): said, naming the pictures, once, before the model loads."""

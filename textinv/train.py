@@ -1276,6 +1276,16 @@ class _Run:
     def grid_path(self, c: ConceptState, at_step: int) -> Path:
         return c.out / SAMPLES_DIR / f"step-{at_step:06d}.png"
 
+    def png_path(self, c: ConceptState, at_step: int) -> Path:
+        """--png-embeddings' picture (named as the web UI names its own: my-dog-500.png, called so there)."""
+        return c.out / SAMPLES_DIR / step_filename("a1111-png", c.token, at_step)
+
+    def drawn(self, at_step: int) -> bool:
+        """Whether every concept's grid of `at_step` is written, with its --png-embeddings picture (written after
+        it: a run stopped between the two left the grid alone)."""
+        return all(self.grid_path(c, at_step).is_file()
+                   and (not self.config.png_embeddings or self.png_path(c, at_step).is_file()) for c in self.concepts)
+
     def draw_samples(self, at_step: int) -> None:
         config, where, concepts = self.config, self.where, self.concepts
         if not (self.is_main and config.sample_every):
@@ -1299,9 +1309,8 @@ class _Run:
                                    self.resolution, self.clip_skip, drawing)
                 with atomic_path(self.grid_path(c, at_step)) as tmp:
                     grid.save(tmp, format="PNG")
-                if config.png_embeddings:  # (named as the web UI names its own: my-dog-500.png, called so there)
-                    save_embedding(self.embedding_of(c, at_step),
-                                   c.out / SAMPLES_DIR / step_filename("a1111-png", c.token, at_step), "a1111-png",
+                if config.png_embeddings:
+                    save_embedding(self.embedding_of(c, at_step), self.png_path(c, at_step), "a1111-png",
                                    preview=grid)
                 if self.tracker is not None:  # (after its file: a grid the tracker has is in samples/ too)
                     self.tracker.log_grid(at_step, "samples" if len(concepts) == 1 else f"samples/{c.out.name}",
@@ -1830,8 +1839,7 @@ def _first_actions(run: _Run) -> None:
         run.validate(step)
     if step == 0 and not config.resume:
         run.draw_samples(0)
-    elif config.resume and config.sample_every and step % config.sample_every == 0 and not all(
-            run.grid_path(c, step).is_file() for c in run.concepts):
+    elif config.resume and config.sample_every and step % config.sample_every == 0 and not run.drawn(step):
         run.draw_samples(step)  # (the run stopped after this step's checkpoint, before its grid)
 
 
