@@ -1126,6 +1126,25 @@ def test_a_subsets_caption_extension_is_its_caption_file_and_no_stray(tmp_path):
     assert [p.caption for p in loaded] == ["{}, red square", None]
 
 
+def test_a_subsets_subfolders_are_named_as_left_out(tmp_path):
+    """A kohya subset's image_dir is read as kohya reads it, the pictures in it and not in its subfolders (kohya's
+    schema has no key to search deeper): its subfolders were passed over without a word; they are named, once."""
+    from textinv.data import picture_set
+
+    folder = tmp_path / "dog"
+    for name in ("raw", "10_more"):
+        (folder / name).mkdir(parents=True)
+        solid(folder / name / "b.png")
+    solid(folder / "a.png")
+    with caught(SkippedFilesWarning) as rec:
+        found = picture_set(subsets=[{"images": str(folder), "repeats": 2, "caption_extension": None}])
+    assert found.paths == [folder / "a.png"]
+    assert [str(w) for w in rec.list] == [
+        f"{folder} holds pictures itself, so only they are read, not its subfolders (10_more, raw): a kohya "
+        f"subset's pictures are those in its folder (image_dir), not in its subfolders; to train on theirs, move "
+        f"them into {folder}, or give each subfolder as a subset of its own"]
+
+
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16"])
 def test_a_caption_file_in_utf_16_or_with_a_byte_order_mark_reads_as_in_utf_8(tmp_path, encoding):
     """Windows Notepad saves "Unicode" as UTF-16 with its byte-order mark: it was refused as not UTF-8; the mark says

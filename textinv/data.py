@@ -232,11 +232,16 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     return images
 
 
-def _subfolders_left_out(folder: Path, subfolders: list[Path], subject: str) -> str:
+def _subfolders_left_out(folder: Path, subfolders: list[Path], subject: str, subset: bool = False) -> str:
     """What `find_images` says of the `subfolders` of a `folder` that holds pictures itself, which it does not read
-    (those named in kohya's layout it would read without the pictures); `subject`: the folder as the words name it."""
+    (those named in kohya's layout it would read without the pictures); `subject`: the folder as the words name it.
+    With `subset`, `folder` is a kohya subset's image_dir, whose subfolders kohya does not read either (its
+    glob_images looks in the folder only, and its schema has no key to search deeper)."""
     kohya = [p for p in subfolders if kohya_repeats(p.name) is not None]
     said = f"{subject} holds pictures itself, so only they are read, not its subfolders ({_names(subfolders)})"
+    if subset:
+        return (f"{said}: a kohya subset's pictures are those in its folder (image_dir), not in its subfolders; to "
+                f"train on theirs, move them into {folder}, or give each subfolder as a subset of its own")
     if kohya:
         return (f"{said}; to train on its kohya folders ({_names(kohya)}) too, move the pictures into a folder of "
                 f"their own such as {folder / '1_pictures'}")
@@ -248,12 +253,12 @@ def _names(paths: Sequence[Path]) -> str:
     return ", ".join(p.name for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
 
 
-def _scan(folder: Path, caption_extension: str | None = None,
-          say_subfolders: bool = False) -> tuple[list[Path], list[Path]]:
+def _scan(folder: Path, caption_extension: str | None = None, say_subfolders: bool = False,
+          subset: bool = False) -> tuple[list[Path], list[Path]]:
     """The pictures and the subfolders in `folder`, each sorted by name; other files are named in one
     `SkippedFilesWarning` (`find_images`), and with `say_subfolders` so are the subfolders of a folder that holds
-    pictures (`_subfolders_left_out`), in the same one. `caption_extension`: a kohya subset's, whose caption files
-    (NAME + it) are expected beside the pictures too."""
+    pictures (`_subfolders_left_out`, `subset`: of a kohya subset's folder), in the same one. `caption_extension`: a
+    kohya subset's, whose caption files (NAME + it) are expected beside the pictures too."""
     try:
         entries = sorted(folder.iterdir())
     except OSError as e:
@@ -284,7 +289,7 @@ def _scan(folder: Path, caption_extension: str | None = None,
             hint = " (Pillow cannot read HEIC photos: convert them to JPEG first)"
         said.append(f"skipped {len(skipped)} file(s) in {folder} that are not pictures: {names}{hint}")
     if say_subfolders and images and subfolders:
-        said.append(_subfolders_left_out(folder, subfolders, "and it" if said else str(folder)))
+        said.append(_subfolders_left_out(folder, subfolders, "and it" if said else str(folder), subset))
     if said:
         warn(SkippedFilesWarning("; ".join(said)), stacklevel=3)
     return images, subfolders
@@ -422,7 +427,7 @@ def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict]
         if not folder.is_dir():  # (--dataset-config checked it; a recorded run's folder may have gone since)
             raise DataError(f"the subset folder {folder} does not exist{backslash_note(folder)}; put it back, or "
                             f"train without that subset")
-        found, subfolders = _scan(folder, extension)
+        found, subfolders = _scan(folder, extension, say_subfolders=True, subset=True)
         if not found:
             below = (f" (a subset's pictures are those in its folder, not in its subfolders: give each of "
                      f"{_names(subfolders)} as a subset of its own)" if subfolders else "")
