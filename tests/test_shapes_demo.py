@@ -425,6 +425,11 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
             settings(flags={"train_set": [item]})
     with pytest.raises(ConfigError, match="--train-set lr_steps gives the rates: leave out --lr"):
         settings(flags={"lr": 0.01, "train_set": ["lr_steps=0.05:2, 0.005"]})
+    # (a stepped rate that ends before the benchmark's steps was refused only when the first concept began learning)
+    with pytest.raises(ConfigError, match=r"^--train-set: --lr-steps '0.05:2, 0.005:10' ends the run at step 10 .*, "
+                                          r"before --steps 50: leave out --steps"):
+        settings(flags={"steps": 50, "train_set": ["lr_steps=0.05:2, 0.005:10"]})
+    assert settings(flags={"steps": 10, "train_set": ["lr_steps=0.05:2, 0.005:10"]}).steps == 10
 
 
 def test_evaluate_learns_with_further_trainer_settings_and_records_them(model_dir, probe_path, monkeypatch):

@@ -151,9 +151,11 @@ class EvalConfig:
             settings[key] = value.strip()
         if "lr_steps" in settings and self.lr != EvalConfig.lr:
             raise ConfigError(f"--train-set lr_steps gives the rates: leave out --lr (got {self.lr})")
-        # unknown keys, wrong types and bad values refused now, by name, not after the model has loaded
+        # unknown keys, wrong types and bad values refused now, by name, not after the model has loaded; with the
+        # benchmark's own steps, so what depends on them (an lr_steps that ends before them) is refused now too
+        placeholders = {"out": "-", "images": "-", "token": "<-", "steps": self.steps}
         try:
-            return settings, build(TrainConfig, {"out": "-", "images": "-", "token": "<-"}, settings).validate()
+            return settings, build(TrainConfig, placeholders, settings).validate()
         except ConfigError as e:
             raise ConfigError(f"--train-set: {e}") from None
 
