@@ -685,6 +685,12 @@ def test_concepts_settings_are_checked(images, tmp_path):
         TrainConfig(concepts=[f"{images}=<b>", f"{images}=<b>"], out=str(tmp_path)).validate()
     with pytest.raises(ConfigError, match="FOLDER=TOKEN"):
         TrainConfig(concepts=[f"{images}"], out=str(tmp_path)).validate()
+    # (each token heads a column of loss.csv, beside its own columns: two of one name read as one, the sum hidden)
+    for token in ("step", "loss", "validation_loss", "learn_rate", "epoch"):
+        with pytest.raises(ConfigError, match=f"^token '{token}' is the name of a column of loss.csv .*: the two "
+                                              f"would read as one; name the concept otherwise, e.g. '<{token}>'$"):
+            TrainConfig(concepts=[f"{images}=<b>", f"{images}={token}"], out=str(tmp_path)).validate()
+    TrainConfig(images=str(images), token="epoch", out=str(tmp_path)).validate()  # (one concept: no token column)
     odd = tmp_path / "size=large"  # a folder whose name holds "=" is found as the folder
     odd.mkdir()
     specs = TrainConfig(concepts=[f"{odd}=<b>=dog", f"{images}=<c>"], out=str(tmp_path)).concept_list()

@@ -266,6 +266,9 @@ def check_guidance(guidance: float | None) -> None:
 
 
 DEFAULT_STEPS = 3000
+# loss.csv's and validation.csv's own columns (`run_folder.write_loss_log`), beside a column per token with several
+# concepts: no token may be named as one of them (`TrainConfig._check_log_columns`)
+LOG_COLUMNS = ("step", "loss", "validation_loss", "learn_rate", "epoch")
 # --steps and --epochs both say how long a run is: one of them, or the run would have two lengths
 EITHER_LENGTH = ("give the run's length as --steps or as --epochs, not both (--epochs E sets --steps to E epochs' "
                  "steps)")
@@ -584,6 +587,7 @@ class TrainConfig:
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"--concepts repeats a token: {tokens}; each concept needs its own")
         if len(tokens) > 1:  # (one prefix for all: each concept's captions would name that token)
+            self._check_log_columns(tokens)
             for flag, text in (("--caption-prefix", self.caption_prefix), ("--caption-suffix", self.caption_suffix)):
                 named = [t for t in tokens if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text or "", re.IGNORECASE)]
                 if named:
@@ -591,6 +595,16 @@ class TrainConfig:
                                       f"concept of the run: the others' samples would train {named[0]} too; write "
                                       f"each token in its own concept's caption files, or learn it in a run of its own")
         return tokens
+
+    @staticmethod
+    def _check_log_columns(tokens: list[str]) -> None:
+        """A run of several concepts gives each token a column of loss.csv and validation.csv (headed by the token,
+        as the files of earlier runs are): a token named as one of their own columns would make two of one name."""
+        clash = [t for t in tokens if t in LOG_COLUMNS]
+        if clash:
+            raise ConfigError(f"token {clash[0]!r} is the name of a column of loss.csv ({', '.join(LOG_COLUMNS)}), "
+                              f"where each concept of a run of several has a column headed by its token: the two "
+                              f"would read as one; name the concept otherwise, e.g. '<{clash[0]}>'")
 
     def _check_counts_and_tags(self) -> None:
         """--epochs (not with --steps), the whole numbers >= 1 and >= 0, and the caption tags' settings."""
