@@ -2344,3 +2344,37 @@ def test_templates_without_filewords_are_said_unread_for_captioned_pictures(sd1_
         warnings.simplefilter("error", UnreadTemplatesWarning)
         train(train_config(images, tmp_path / "b", templates=str(filewords), steps=1), model=fresh_model(sd1_dir),
               progress=False)
+
+
+def test_a_width_by_height_run_trains_at_that_size_and_tells_sdxl(tmp_path, monkeypatch):
+    """--resolution 24x16 (W x H): each 24x24 picture is resized to cover 24x16 and its centre cut, so the latents
+    are 16x24 over the VAE's scale; SDXL is told the size as loaded, the crop's top 4 and the 16x24 trained at; the
+    learned rows move and no other row does; the embedding and config.yaml record the size, the grid draws it."""
+    from PIL import Image
+
+    from textinv.tiny import build_tiny_xl_pipeline
+
+    folder = tmp_path / "xl"
+    build_tiny_xl_pipeline().save_pretrained(folder)
+    model = load_model(folder)
+    before = [base_embedding(te).weight.detach().clone() for _, _, te in model.encoders]
+    seen = []
+    real = train_module.diffusion_loss
+
+    def spy(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight, **k):
+        seen.append((tuple(latents.shape[-2:]), time_ids.int().tolist()))
+        return real(model, scheduler, latents, noise, timesteps, ids, snr, time_ids, clip_skip, pixel_weight, **k)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", spy)
+    from conftest import write_images
+    result = train(train_config(write_images(tmp_path / "i"), tmp_path / "o", steps=2, resolution=[24, 16],
+                                sample_every=2), model=model, progress=False)
+    scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
+    assert {hw for hw, _ in seen} == {(16 // scale, 24 // scale)}
+    assert all(ids == [24, 24, 4, 0, 16, 24] for _, rows in seen for ids in rows)
+    for (_, tok, te), old, rows in zip(model.encoders, before, result.embeddings[0].vectors.values()):
+        dog = old[tok.convert_tokens_to_ids(tok.tokenize("dog"))[0]]  # (the init word's row, where training began)
+        assert torch.equal(base_embedding(te).weight.detach()[:old.shape[0]], old) and not torch.allclose(rows[0], dog)
+    assert result.embeddings[0].metadata["resolution"] == "24x16"
+    assert "resolution:\n- 24\n- 16" in (tmp_path / "o" / "config.yaml").read_text()
+    assert Image.open(tmp_path / "o" / "samples" / "step-000002.png").size == (4 * 24, 16)

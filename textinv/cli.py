@@ -26,6 +26,7 @@ import errno
 import gc
 import json
 import os
+import re
 import shlex
 import sys
 import typing
@@ -88,10 +89,13 @@ def _spelled_type(metadata):
 
 
 def _resolution_type(settings: list[str]):
-    """argparse's type of --resolution: a whole number, with kohya's "W,H" answered (`config.kohya_pair_note`)."""
-    from .config import kohya_pair_note
+    """argparse's type of --resolution: a whole number, with kohya's "W,H" answered (`config.kohya_pair_note`);
+    train's also WIDTHxHEIGHT and "W,H" (`config.training_size`)."""
+    from .config import kohya_pair_note, training_size
 
-    def side(text: str) -> int:
+    def side(text: str) -> int | list[int]:
+        if "buckets" in settings and re.fullmatch(r"\s*\d+\s*[x,]\s*\d+\s*", text.lower()):
+            return training_size(text)
         note = kohya_pair_note(text, settings)
         if note:
             raise argparse.ArgumentTypeError(note)

@@ -404,7 +404,8 @@ class TrainConfig:
     min_timestep: int = opt(0, "draw training timesteps from this one up (kohya's --min_timestep)")
     max_timestep: int = opt(None, "draw training timesteps below this one (kohya's --max_timestep); default: the "
                                   "model's schedule length (1000 for SD)")
-    resolution: int = opt(None, "training image size; default: the model's native size")
+    resolution: int | list = opt(None, "training image size: one side of a square, or WIDTHxHEIGHT (kohya's "
+                                        "WIDTH,HEIGHT) for pictures of that size; default: the model's native size")
     center_crop: bool = opt(True, "resize the short side then center-crop (false: squash the whole image)")
     random_crop: bool = opt(False, "train each picture at random windows of its training size instead of its centre "
                                    "(kohya's --random_crop): 8 windows a picture, drawn from --seed and encoded up "
@@ -651,7 +652,7 @@ class TrainConfig:
     def _check_model_inputs(self, concepts: int) -> None:
         """What the model is run with: --resolution, --seed (with room for every seed drawn from it), --clip-skip,
         --min-timestep and --max-timestep, and --vectors (they must fit in one 77-token prompt)."""
-        check_side("--resolution", self.resolution)
+        check_training_size(training_size(self.resolution), self.buckets)
         # (the seeds drawn: concept k's data seed + 1_000_003 k (`train.concept_seed`), sample grid image i's seed + i)
         check_seed(self.seed, 1_000_003 * (concepts - 1) + max(4, len(self.sample_prompts)), negative=True)
         check_clip_skip_value(self.clip_skip)
@@ -1337,6 +1338,41 @@ def is_warmup_length(value) -> bool:
             and (value < 1 or value == int(value)))
 
 
+def training_size(value) -> int | list[int] | None:
+    """--resolution as train reads it: one side of a square (a number, or its text), or [width, height] from
+    "WIDTHxHEIGHT", kohya's "WIDTH,HEIGHT" (its `prepare_dataset_args` reads the first as the width) or a list of
+    two; a pair of equal sides is that square's side, so "512x512" trains as 512 does. None stays None.
+
+    >>> training_size("512x768"), training_size("512,512"), training_size([768, 512])
+    ([512, 768], 512, [768, 512])
+    """
+    if isinstance(value, str):
+        sides = re.fullmatch(r"\s*(\d+)\s*(?:[x,]\s*(\d+)\s*)?", value.lower())
+        if not sides:
+            raise ConfigError(f"--resolution must be a number of pixels (512) or WIDTHxHEIGHT (512x768), got "
+                              f"{value!r}")
+        value = [int(sides[1]), int(sides[2])] if sides[2] else int(sides[1])
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"--resolution as a pair must be two whole numbers [width, height], got {value!r}")
+        value = value[0] if value[0] == value[1] else list(value)
+    return value
+
+
+def check_training_size(resolution: int | list | None, buckets: bool) -> None:
+    """Refuse a --resolution (`training_size`'s) of a side that is not a multiple of 8 (`check_side`, naming the
+    nearest), and WIDTHxHEIGHT with --buckets, whose sizes are made about one square's area."""
+    if not isinstance(resolution, list):
+        check_side("--resolution", resolution)
+        return
+    for name, side in zip(("width", "height"), resolution):
+        check_side(f"--resolution's {name}", side)
+    if buckets:
+        area = round((resolution[0] * resolution[1]) ** 0.5 / 64) * 64
+        raise ConfigError(f"--buckets makes its sizes about one square's area: give --resolution one number with "
+                          f"it, e.g. {area} (about {resolution[0]}x{resolution[1]}'s area), or leave out --buckets")
+
+
 def kohya_pair_note(value, names) -> str | None:
     """What to give for kohya's "W,H" resolution (its command line's form, which its GUI writes into its config
     file), or None where `value` is not one; `names`: the command's settings (generate has width and height).
@@ -1530,7 +1566,9 @@ def typed_settings(cls, settings: dict[str, Any], where: str = "") -> dict[str, 
     for key, value in settings.items():
         f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if key == "resolution" and (note := kohya_pair_note(value, fields)):
+        if key == "resolution" and cls is TrainConfig:  # (one side, or WIDTHxHEIGHT: `training_size`)
+            value = training_size(value)
+        elif key == "resolution" and (note := kohya_pair_note(value, fields)):
             raise ConfigError(f"setting 'resolution'{where}: {note}")
         if key == "lr" and (note := stepped_rate_note(value)):
             raise ConfigError(f"setting 'lr'{where}: {note}")

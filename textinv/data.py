@@ -992,12 +992,13 @@ class TrainingImage:
 
 
 def load_training_images(
-    paths: Sequence[str | os.PathLike], resolution: int, center_crop: bool = True, use_alpha: bool = False,
+    paths: Sequence[str | os.PathLike], resolution: int | tuple[int, int], center_crop: bool = True,
+    use_alpha: bool = False,
     bucket_step: int | None = None, caption_extensions: Sequence[str | None] | None = None,
     random_crop: bool = False, no_upscale: bool = False, wildcards: bool = False,
 ) -> list[TrainingImage]:
     """Load, prepare and caption each picture in `paths` (typically `find_images(folder)`), as a square of
-    `resolution`, or with `bucket_step` at its aspect-ratio bucket (`bucket_size`; with `no_upscale` a bucket of its
+    `resolution` (or at `resolution` (W, H): --resolution WIDTHxHEIGHT), or with `bucket_step` at its aspect-ratio bucket (`bucket_size`; with `no_upscale` a bucket of its
     own, `no_upscale_size`). `caption_extensions`: each picture's kohya subset's (`read_caption`), None for
     textinv's own. With `random_crop` each picture also keeps its `cover` (`covering`, or with `no_upscale` the
     picture as scaled), for `random_windows`. `wildcards` (--caption-wildcards): a caption file's lines are its
@@ -1012,7 +1013,11 @@ def load_training_images(
     >>> images[0].pixels.shape, images[0].caption  # doctest: +SKIP
     (torch.Size([3, 512, 512]), None)
     """
-    _check_resolution(resolution)
+    fixed = tuple(resolution) if isinstance(resolution, (tuple, list)) else (resolution, resolution)  # (W, H)
+    for side in fixed:
+        _check_resolution(side)
+    if fixed[0] != fixed[1] and bucket_step:
+        raise ValueError("buckets are made about a square's area: give one resolution with bucket_step")
     if not paths:
         raise DataError("no pictures to train on; give 3-10 pictures of your concept")
     if no_upscale and not bucket_step:
@@ -1024,7 +1029,7 @@ def load_training_images(
     def training_size(full: tuple[int, int]) -> tuple[int, int]:  # (W, H) of a picture of upright size `full`
         if no_upscale:  # (what it is read at: the picture as scaled, which its bucket is cut from)
             return no_upscale_size(*full, resolution, bucket_step)[0]
-        return bucket_size(*full, resolution, bucket_step) if bucket_step else (resolution, resolution)
+        return bucket_size(*full, resolution, bucket_step) if bucket_step else fixed
 
     for path, extension in zip(paths, caption_extensions or [None] * len(paths), strict=True):
         path = Path(path)
@@ -1057,7 +1062,7 @@ def load_training_images(
     if several:
         _warn_several_lines(several)
     if small:
-        _warn_small(small, resolution, bucket_step)
+        _warn_small(small, fixed, bucket_step)
     return result
 
 
@@ -1083,10 +1088,10 @@ def _warn_several_lines(several: list[str]) -> None:
         f"--caption-wildcards to draw one of them each time, as kohya's enable_wildcard does"), stacklevel=3)
 
 
-def _warn_small(small: list[str], resolution: int, bucket_step: int | None) -> None:
+def _warn_small(small: list[str], size: tuple[int, int], bucket_step: int | None) -> None:
     """Warn (at `load_training_images`' caller) of the pictures `small` that are upscaled to their training size."""
     warn(SmallImageWarning(
-        f"{len(small)} picture(s) are smaller than the training resolution {resolution}x{resolution} "
+        f"{len(small)} picture(s) are smaller than the training resolution {size[0]}x{size[1]} "
         f"{'(their buckets) ' if bucket_step else ''}and will be upscaled, which blurs them: "
         f"{', '.join(small)}; use larger pictures or a lower resolution"), stacklevel=3)
 

@@ -45,7 +45,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import TrainConfig, check_side, is_warmup_length
+from .config import TrainConfig, check_side, check_training_size, is_warmup_length, training_size
 from .data import side_buckets, skip_sides
 from .errors import ConfigError, backslash_note, warn
 from .foreign import foreign_hint, setting_of
@@ -118,18 +118,17 @@ class _Refused(ValueError):
 
 
 def _resolution(value):
-    # one number, or [width, height] (kohya's "W,H"): textinv trains squares (or buckets of a square's area)
-    if isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
-        value = value[0]
-    elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        area = round((value[0] * value[1]) ** 0.5 / 64) * 64  # (the side of about its area, in the buckets' steps)
-        raise _Refused(f"textinv trains squares of one --resolution (with enable_bucket, buckets of about its "
-                       f"area); give one number, e.g. resolution = {max(value)} (its longer side), or {area} "
-                       f"(about its area: with enable_bucket, the buckets kohya makes from {value})")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError("a number of pixels, such as 512 (or [512, 512])")
+    # one number, or [width, height] (kohya's "W,H": its BaseDataset reads the first as the width): textinv's
+    # --resolution takes both (`config.training_size`: a pair of equal sides is the square's one number)
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in value):
+        value = training_size(value)
+    sides = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sides):
+        raise ValueError("a number of pixels, such as 512, or [width, height], such as [512, 768]")
     try:
-        check_side("resolution", value)
+        for side in sides:
+            check_side("resolution", side)
     except ConfigError as e:  # (a multiple of 8, as --resolution)
         raise _Refused(str(e)) from None
     return value
@@ -462,6 +461,10 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
                                   f"enable_bucket, nor --buckets), and kohya ignores it then too"),
              stacklevel=3)
         del changes["bucket_no_upscale"]
+    try:  # ([width, height] with buckets: textinv's are made about one square's area, not kohya's w x h)
+        check_training_size(training_size(resolution), buckets)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: resolution = {resolution} with enable_bucket (or --buckets): {e}") from None
     _check_buckets(read, resolution, buckets, changes.get("bucket_no_upscale", config.bucket_no_upscale))
     _warn_ignored(read)
     subsets = _file_subsets(config, read)

@@ -25,6 +25,7 @@ architecture to name. Any other `modelspec.*` key a file carried (author, descri
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 from typing import Mapping
 
@@ -164,8 +165,10 @@ def keys_for(token: str, widths: tuple[int, ...], metadata: Mapping[str, str], f
     keys.setdefault(PREFIX + "title", token)
     keys.setdefault(PREFIX + "date", date or now())
     resolution = str(metadata.get("resolution", ""))
-    if resolution.isdecimal():  # textinv records the square side it trained at
+    if resolution.isdecimal():  # textinv records the square side it trained at, or WIDTHxHEIGHT
         keys[PREFIX + "resolution"] = f"{resolution}x{resolution}"
+    elif re.fullmatch(r"\d+x\d+", resolution):
+        keys[PREFIX + "resolution"] = resolution
     prediction = PREDICTION_TYPES.get(str(metadata.get("prediction_type", "")))
     if prediction:
         keys[PREFIX + "prediction_type"] = prediction

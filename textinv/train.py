@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, emphasis, modelspec
 from .config import (DEFAULT_STEPS, MAX_TOKEN_LENGTHS, TrainConfig, clip_steps, lr_steps_end, parse_lr_steps,
-                     read_config_file, save_config, stepped_value)
+                     read_config_file, save_config, stepped_value, training_size)
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, random_windows, read_caption, read_template_file, unit_pixels,
                    warn_unread_templates)
@@ -1138,7 +1138,7 @@ class _Run:
     held: list[int] = field(default_factory=list)  # rows that tokens added before this run hold in each encoder
     rows_per_concept: list = field(default_factory=list)
     # `_read_concepts`
-    resolution: int = 0
+    resolution: int | tuple[int, int] = 0  # a square's side, or (W, H) with --resolution WIDTHxHEIGHT
     concepts: list[ConceptState] = field(default_factory=list)
     # `_prepare_step`: the optimizer over the new vectors, its schedule and the step's pieces
     scheduler: object = None
@@ -1211,7 +1211,7 @@ class _Run:
                        for (name, _, _), v, r in zip(model.encoders, vectors, c.rows)}
         meta = {"token": c.token, "vectors": str(config.vectors), "base_model": str(shareable_name(config.model)[0]),
                 "family": model.family, "property": config.property, "init": c.init, "steps": str(at_step),
-                "clip_skip": str(self.clip_skip), "resolution": str(self.resolution),
+                "clip_skip": str(self.clip_skip), "resolution": _size_text(self.resolution),
                 "prediction_type": model.prediction_type, "textinv_version": __version__}
         # (a hub id's branch and weights' variant beside its name, only when given: the file is as it always was)
         meta.update({f"base_model_{k}": getattr(config, k) for k in ("revision", "variant") if getattr(config, k)})
@@ -1555,8 +1555,10 @@ def _read_concepts(run: _Run) -> None:
     """`_train`'s third phase: each concept's pictures read and encoded once (their cached latent distributions),
     its captions tokenized once, its validation draws fixed, and its own seeded batch sampler."""
     config, model, device, where, specs = run.config, run.model, run.device, run.where, run.specs
-    resolution = run.resolution = config.resolution or model.resolution
-    where.stage, where.resolution = "latents", resolution
+    size = training_size(config.resolution)
+    resolution = run.resolution = tuple(size) if isinstance(size, list) else size or model.resolution
+    # (the out-of-memory advice and the batch estimate are a square's; WIDTHxHEIGHT goes without them)
+    where.stage, where.resolution = "latents", resolution if isinstance(resolution, int) else None
     tokenizers = [tok for _, tok, _ in model.encoders]
     concepts = run.concepts
     step_px = bucket_step(model) if config.buckets else None
@@ -2426,6 +2428,11 @@ def sampled_latents(mean, std, method: str, seed: int) -> tuple:
     return (means, stds) if listed else (means[0], stds[0])
 
 
+def _size_text(resolution: int | tuple[int, int]) -> str:
+    """The training size as an embedding's metadata records it: "512" for a square (as it always was), "512x768"."""
+    return "x".join(map(str, resolution)) if isinstance(resolution, tuple) else str(resolution)
+
+
 def _xl_time_ids(pictures: list, center_crop: bool, device) -> torch.Tensor:
     """SDXL's size and crop conditioning of each picture, (I, 6) (mirrored pictures share it)."""
     return torch.stack([xl_time_ids(torch.tensor([p.original_size]), torch.tensor([p.crop_top_left(center_crop)]),
@@ -2586,11 +2593,12 @@ def _file_format(name: str | None, model: Model) -> str:
 
 
 @torch.no_grad()
-def sample_grid(model: Model, prompts: list[str | SamplePrompt], seed: int, steps: int, resolution: int,
-                clip_skip: int = 1, drawing=None):
+def sample_grid(model: Model, prompts: list[str | SamplePrompt], seed: int, steps: int,
+                resolution: int | tuple[int, int], clip_skip: int = 1, drawing=None):
     """One image per (expanded) prompt at fixed seeds, side by side: the same grid at every step shows the progress.
     Picture i is drawn at seed + i, `steps` steps, the model's guidance and scheduler and `resolution`, each but
-    where its `SamplePrompt` (a kohya sample prompts file's options) gives its own, with its negative prompt.
+    where its `SamplePrompt` (a kohya sample prompts file's options) gives its own, with its negative prompt;
+    `resolution` (W, H): pictures of that size (a run at --resolution WIDTHxHEIGHT).
     `drawing(pictures, width, height)`, if given, is told what each pipeline call draws before it draws it (train's
     note for running out of memory).
 
@@ -2605,9 +2613,10 @@ def sample_grid(model: Model, prompts: list[str | SamplePrompt], seed: int, step
     # the pictures of one set of settings go through the pipeline together: a grid of prompts without options is
     # one call, as it always was
     groups: dict[tuple, list[int]] = {}
+    wide, high = resolution if isinstance(resolution, tuple) else (resolution, resolution)
     for i, s in enumerate(shots):
-        key = (s.negative_prompt, s.guidance, s.steps or steps, s.sampler or "default", s.width or resolution,
-               s.height or resolution)
+        key = (s.negative_prompt, s.guidance, s.steps or steps, s.sampler or "default", s.width or wide,
+               s.height or high)
         groups.setdefault(key, []).append(i)
     images = [None] * len(shots)
     for (negative, guidance, n, sampler, width, height), members in groups.items():
@@ -2615,7 +2624,7 @@ def sample_grid(model: Model, prompts: list[str | SamplePrompt], seed: int, step
             drawing(len(members), width, height)
         drawn = render(model, [shots[i].prompt for i in members],
                        seeds=[seed + i if shots[i].seed is None else shots[i].seed for i in members], steps=n,
-                       resolution=resolution, guidance=guidance, negative_prompt=negative, sampler=sampler,
+                       resolution=max(wide, high), guidance=guidance, negative_prompt=negative, sampler=sampler,
                        clip_skip=clip_skip, width=width, height=height)
         for i, image in zip(members, drawn):
             images[i] = image
