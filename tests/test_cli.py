@@ -776,19 +776,18 @@ def test_the_web_uis_stepped_rate_given_as_lr_is_answered_with_lr_steps(tmp_path
 
 
 def test_kohyas_width_comma_height_resolution_is_answered_with_the_one_number_to_give(tmp_path, capsys):
-    """kohya's --resolution takes "W,H" (its GUI writes resolution = "512,512" into its config): given to textinv, it
-    was argparse's "invalid int value" on the command line and "must be a whole number" in a --config file."""
+    """kohya's --resolution takes "W,H" (its GUI writes resolution = "512,512" into its config): given to textinv's
+    generate or score, it was argparse's "invalid int value" on the command line and "must be a whole number" in a
+    --config file; train takes it (`test_train_takes_width_by_height_in_every_spelling_and_a_pair_of_one_side_is_the_square`)."""
     with pytest.raises(SystemExit):
-        main(["train", "--resolution", "512,512", "--token", "<t>", "--out", str(tmp_path / "o")])
-    err = capsys.readouterr().err
+        main(["score", "--resolution", "512,512", "--embedding", "e.safetensors"])
     assert "argument --resolution: 512,512 is kohya's W,H: textinv's --resolution is one side of a square; give " \
-           "--resolution 512 (see" in err
+           "--resolution 512 (see" in capsys.readouterr().err
     cfg = tmp_path / "kohya.toml"
     cfg.write_text('resolution = "512, 768"\n')
-    assert main(["train", "--config", str(cfg), "--token", "<t>", "--out", str(tmp_path / "o")]) == 2
+    assert main(["generate", "--config", str(cfg), "--prompt", "a dog", "--out", str(tmp_path / "o")]) == 2
     assert f"setting 'resolution' in {cfg}: 512, 768 is kohya's W,H: textinv's --resolution is one side of a " \
-           "square; give --resolution 768 (the longer side), or 640 (about its area) with --buckets" in \
-           capsys.readouterr().err
+           "square; give --width 512 --height 768" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"is kohya's W,H: .*give --width 512 --height 768"):
         build(GenerateConfig, {"resolution": "512,768"})
     assert build(TrainConfig, {"resolution": "512"}).resolution == 512  # (one number as text, as YAML may give it)
@@ -798,6 +797,46 @@ def test_kohyas_width_comma_height_resolution_is_answered_with_the_one_number_to
     with pytest.raises(SystemExit):  # (score has neither --buckets nor --width)
         main(["score", "--resolution", "512,768", "--embedding", "e.safetensors"])
     assert "give --resolution 768 (the longer side) (see" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, taken", [("512x768", [512, 768]), ("768,512", [768, 512]), ("512 X 768", [512, 768]),
+                                          ("512x512", 512), ("512,512", 512), ("512", 512)])
+def test_train_takes_width_by_height_in_every_spelling_and_a_pair_of_one_side_is_the_square(given, taken, tmp_path):
+    """--resolution WIDTHxHEIGHT, or kohya's WIDTH,HEIGHT (its prepare_dataset_args reads the first as the width),
+    on the command line and in a --config file; a pair of equal sides is that square's one number, so a run given
+    512x512 is the run given 512."""
+    from textinv.cli import _config_from_args, _parse, make_parser
+
+    parser = make_parser()
+    args = _parse(parser, ["train", "--resolution", given, "--token", "<t>", "--images", "i", "--out", "o"])
+    assert _config_from_args(TrainConfig, args).resolution == taken
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({"resolution": given}))
+    args = _parse(parser, ["train", "--config", str(tmp_path / "train.yaml"), "--token", "<t>", "--images", "i",
+                           "--out", "o"])
+    assert _config_from_args(TrainConfig, args).resolution == taken
+    assert build(TrainConfig, {"resolution": taken}).resolution == taken  # (config.yaml's list, read back)
+
+
+@pytest.mark.parametrize("given, said", [
+    ("500x768", r"--resolution's width must be a multiple of 8 pixels, got 500; the nearest: 496 or 504"),
+    ("512x770", r"--resolution's height must be a multiple of 8 pixels, got 770; the nearest: 768 or 776"),
+    ("512x0", r"--resolution's height must be a multiple of 8 pixels, got 0; the nearest: 8"),
+])
+def test_a_width_by_height_of_a_bad_side_is_refused_before_the_model_loads(given, said, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"  # (never reached: the size is checked first)
+    assert main(["train", "--resolution", given, "--model", str(missing), "--token", "<t>", "--images",
+                 str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert re.search(said, capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_width_by_height_with_buckets_is_refused_naming_a_square_of_about_its_area(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"--buckets makes its sizes about one square's area: give --resolution "
+                                          r"one number with it, e.g. 640 \(about 512x768's area\)"):
+        TrainConfig(images="i", token="<t>", out="o", resolution=[512, 768], buckets=True).validate()
+    with pytest.raises(SystemExit):
+        main(["train", "--resolution", "512x", "--token", "<t>", "--out", str(tmp_path / "o")])
+    assert "argument --resolution: invalid int value: '512x'" in capsys.readouterr().err
 
 
 def test_the_table_of_other_tools_names_names_only_flags_textinv_has():

@@ -685,6 +685,24 @@ def test_centre_crop_keeps_the_centre(landscape):
     assert close(along(1), first, tol=10) and close(along(6), RED, tol=10) and close(along(10), last, tol=10)
 
 
+def test_a_width_by_height_size_covers_and_cuts_the_centre_or_squashes_the_whole(tmp_path):
+    """--resolution 10x20 (W x H): a 60x20 green | red | blue picture is scaled to cover 10x20 (it already does) and
+    its centre cut, all red; with --no-center-crop the whole of it is squashed to 10x20, all three colours."""
+    img = Image.new("RGB", (60, 20), GREEN)
+    img.paste(RED, (20, 0, 40, 20))
+    img.paste(BLUE, (40, 0, 60, 20))
+    img.save(tmp_path / "wide.png")
+    (cut,) = load_training_images([tmp_path / "wide.png"], (10, 20))
+    (squashed,) = load_training_images([tmp_path / "wide.png"], (10, 20), center_crop=False)
+    assert cut.pixels.shape == squashed.pixels.shape == (3, 20, 10)
+    assert all(close(pixel(cut.pixels, row, col), RED, tol=2) for row in range(20) for col in range(10))
+    assert cut.crop_top_left() == (0, 25) and squashed.crop_top_left(center_crop=False) == (0, 0)
+    assert close(pixel(squashed.pixels, 10, 1), GREEN, tol=10) and close(pixel(squashed.pixels, 10, 5), RED, tol=10) \
+        and close(pixel(squashed.pixels, 10, 8), BLUE, tol=10)
+    with pytest.raises(ValueError, match="buckets are made about a square's area"):
+        load_training_images([tmp_path / "wide.png"], (10, 20), bucket_step=8)
+
+
 def test_values_span_minus_one_to_one():
     img = Image.new("RGB", (16, 16), (0, 0, 0))
     img.paste((255, 255, 255), (8, 0, 16, 16))

@@ -303,6 +303,19 @@ def test_datasets_of_different_resolutions_are_refused(tmp_path):
     assert apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o")).resolution == 512
 
 
+def test_a_datasets_width_and_height_train_at_that_size_as_kohya_reads_them(sd1_dir, tmp_path):
+    """resolution = [24, 16] (kohya's BaseDataset reads it as width, height) was refused: textinv trained squares
+    only. It is --resolution 24x16 now: the run trains 24 wide and 16 high, and records the size."""
+    folder = write_images(tmp_path / "a", n=2)
+    dataset = toml(tmp_path / "d.toml", f'[[datasets]]\nresolution = [24, 16]\n[[datasets.subsets]]\n'
+                                        f'image_dir = "{folder}"\n')
+    config = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
+    assert config.resolution == [24, 16]
+    result = train(TrainConfig(dataset_config=str(dataset), model=str(sd1_dir), token="<t>", init="dog", steps=1,
+                               batch=2, save_every=0, sample_every=0, out=str(tmp_path / "o")), progress=False)
+    assert result.embeddings[0].metadata["resolution"] == "24x16"
+
+
 def test_kohyas_dropout_keys_train_as_the_flags_do_and_tag_dropout_keeps_the_first_keep_tokens(sd1_dir, tmp_path,
                                                                                                  monkeypatch):
     """caption_dropout_rate, caption_dropout_every_n_epochs, caption_tag_dropout_rate and keep_tokens are
@@ -393,9 +406,9 @@ def test_each_key_textinv_has_no_equivalent_for_is_refused_by_name_with_what_to_
                                r"give it as --steps"),
     ('steps = 30\n', r"holds textinv settings \(steps\), not kohya's \[general\] and \[\[datasets\]\]: give it to "
                      r"--config"),
-    ('[general]\nresolution = [768, 512]\n', r"\[general\]: resolution = \[768, 512\]: textinv trains squares of one "
-                                             r"--resolution .* give one number, e.g. resolution = 768 \(its longer "
-                                             r"side\), or 640 \(about its area"),
+    ('[general]\nenable_bucket = true\nresolution = [768, 512]\n',
+     r"resolution = \[768, 512\] with enable_bucket \(or --buckets\): --buckets makes its sizes about one square's "
+     r"area: give --resolution one number with it, e.g. 640"),
     ('[general]\nresolution = 500\n', r"\[general\]: resolution = 500: resolution must be a multiple of 8 pixels, "
                                       r"got 500; the nearest: 496 or 504"),
     ('[general]\nnum_repeats = "10"\n', r"\[general\]: num_repeats must be a whole number >= 1, got \"10\""),

@@ -2378,3 +2378,25 @@ def test_a_width_by_height_run_trains_at_that_size_and_tells_sdxl(tmp_path, monk
     assert result.embeddings[0].metadata["resolution"] == "24x16"
     assert "resolution:\n- 24\n- 16" in (tmp_path / "o" / "config.yaml").read_text()
     assert Image.open(tmp_path / "o" / "samples" / "step-000002.png").size == (4 * 24, 16)
+
+
+def test_a_width_by_height_of_one_side_trains_bit_for_bit_as_that_square(sd1_dir, images, tmp_path):
+    """--resolution 16x16 (or kohya's [16, 16]) is --resolution 16: the same vectors, the same recorded size."""
+    runs = [train(train_config(images, tmp_path / str(i), model=str(sd1_dir), resolution=given), progress=False)
+            for i, given in enumerate([16, [16, 16], "16x16"])]
+    first = runs[0].embeddings[0]
+    for run in runs[1:]:
+        assert all(torch.equal(first.vectors[k], run.embeddings[0].vectors[k]) for k in first.vectors)
+        assert run.embeddings[0].metadata["resolution"] == "16"
+    assert "resolution: 16\n" in (tmp_path / "1" / "config.yaml").read_text()
+
+
+def test_a_width_by_height_run_resumes_exactly_and_a_resume_at_another_size_is_refused(sd1_dir, images, tmp_path):
+    kw = dict(model=str(sd1_dir), steps=4, save_every=2, resolution="24x16")
+    straight = train(train_config(images, tmp_path / "a", **kw), progress=False)
+    train(train_config(images, tmp_path / "b", **{**kw, "steps": 2}), progress=False)
+    with pytest.raises(ConfigError, match=r"cannot resume .* with different settings \(resolution"):
+        train(train_config(images, tmp_path / "b", **{**kw, "resolution": "16x24"}, resume=True), progress=False)
+    resumed = train(train_config(images, tmp_path / "b", **{**kw, "resolution": [24, 16]}, resume=True),
+                    progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])

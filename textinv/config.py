@@ -539,6 +539,9 @@ class TrainConfig:
         if any(is_prompt_file(entry) for entry in self.sample_prompts):  # kohya's file: what it gives from now on
             return dataclasses.replace(self, sample_prompts=read_prompt_file(self.sample_prompts, self.resume)
                                        ).validate()
+        if training_size(self.resolution) != self.resolution:  # ("512x768" or (512, 768) from Python: as the CLI
+            # reads it, so config.yaml records [512, 768], and 512x512 is 512)
+            return dataclasses.replace(self, resolution=training_size(self.resolution)).validate()
         # 2. the checks by topic, in the order a user meets their errors: the output and the concepts, the choices,
         # counts, validation, rates and trackers, loss, the model's inputs, the schedule and the optimizer
         tokens = self._check_concepts()
@@ -1376,6 +1379,7 @@ def check_training_size(resolution: int | list | None, buckets: bool) -> None:
 def kohya_pair_note(value, names) -> str | None:
     """What to give for kohya's "W,H" resolution (its command line's form, which its GUI writes into its config
     file), or None where `value` is not one; `names`: the command's settings (generate has width and height).
+    train takes the pair itself (`training_size`).
 
     >>> kohya_pair_note("512,512", ["resolution"])
     "512,512 is kohya's W,H: textinv's --resolution is one side of a square; give --resolution 512"
@@ -1388,9 +1392,6 @@ def kohya_pair_note(value, names) -> str | None:
         fix = f"give --resolution {width}"
     elif "width" in names and "height" in names:
         fix = f"give --width {width} --height {height}"
-    elif "buckets" in names:  # (the buckets of about a square's area; kohya's dataset config is answered alike)
-        area = round((width * height) ** 0.5 / 64) * 64
-        fix = f"give --resolution {max(width, height)} (the longer side), or {area} (about its area) with --buckets"
     else:
         fix = f"give --resolution {max(width, height)} (the longer side)"
     return f"{value} is kohya's W,H: textinv's --resolution is one side of a square; {fix}"
