@@ -847,6 +847,16 @@ def test_the_same_embedding_is_written_as_the_same_bytes(tmp_path, fmt):
     assert_same_vectors(emb, load_embedding(first[0]))
 
 
+def test_modelspec_resolution_of_a_width_by_height_run_is_its_size():
+    """A run at --resolution 512x768 records "512x768" (a square's run "512"): modelspec's own WIDTHxHEIGHT."""
+    from textinv.modelspec import keys_for
+
+    assert keys_for("<t>", (768,), {"family": "sd1", "resolution": "512x768"}, "kohya")["modelspec.resolution"] \
+        == "512x768"
+    assert keys_for("<t>", (768,), {"family": "sd1", "resolution": "512"}, "kohya")["modelspec.resolution"] \
+        == "512x512"
+
+
 def test_modelspec_of_an_embedding_without_a_record_of_its_training(tmp_path):
     """A file from elsewhere (an A1111 .pt) is named by its widths; what is not known is left out, not guessed,
     except SD 2.x's variant, which the architecture must name: 768-v, as SwarmUI files every 1024-wide embedding."""
