@@ -334,8 +334,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("init_text", _W, "train", "--init", ""),
     ("batch_size", _W, "train", "--batch", ""),
     ("gradient_step", _W, "train", "--grad-accum", ""),
-    ("training_width training_height", _W, "train", "--resolution", "square; --buckets trains each picture near "
-                                                                    "its own proportions"),
+    ("training_width training_height", _W, "train", "--resolution", "WIDTHxHEIGHT with --no-center-crop, as the "
+                                                                    "web UI squashes each picture to it; --buckets "
+                                                                    "trains each near its own proportions"),
     ("template_filename template_file", _W, "train", "--templates", "[name] and [filewords] work as in the web UI"),
     ("create_image_every", _W, "train", "--sample-every", ""),
     ("save_embedding_every", _W, "train", "--save-every", ""),
