@@ -837,6 +837,11 @@ def test_a_width_by_height_with_buckets_is_refused_naming_a_square_of_about_its_
     with pytest.raises(SystemExit):
         main(["train", "--resolution", "512x", "--token", "<t>", "--out", str(tmp_path / "o")])
     assert "argument --resolution: invalid int value: '512x'" in capsys.readouterr().err
+    assert build(TrainConfig, {"resolution": 512.0}).resolution == 512  # (YAML's 512.0: a whole number, as before)
+    with pytest.raises(ConfigError, match=r"--resolution takes a whole number of pixels \(512\) or \[width, height\]"):
+        TrainConfig(images="i", token="<t>", out="o", resolution=512.5).validate()
+    with pytest.raises(ConfigError, match=r"as a pair must be two whole numbers \[width, height\], got \[512, 768, 2\]"):
+        TrainConfig(images="i", token="<t>", out="o", resolution=[512, 768, 2]).validate()
 
 
 def test_the_table_of_other_tools_names_names_only_flags_textinv_has():

@@ -1366,6 +1366,9 @@ def check_training_size(resolution: int | list | None, buckets: bool) -> None:
     """Refuse a --resolution (`training_size`'s) of a side that is not a multiple of 8 (`check_side`, naming the
     nearest), and WIDTHxHEIGHT with --buckets, whose sizes are made about one square's area."""
     if not isinstance(resolution, list):
+        if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)):
+            raise ConfigError(f"--resolution takes a whole number of pixels (512) or [width, height] ([512, 768]), "
+                              f"got {resolution!r}")
         check_side("--resolution", resolution)
         return
     for name, side in zip(("width", "height"), resolution):
@@ -1567,13 +1570,17 @@ def typed_settings(cls, settings: dict[str, Any], where: str = "") -> dict[str, 
     for key, value in settings.items():
         f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = hints[key]
         if key == "resolution" and cls is TrainConfig:  # (one side, or WIDTHxHEIGHT: `training_size`)
-            value = training_size(value)
+            value, kind = training_size(value), int
+            if isinstance(value, list):
+                out[key] = value
+                continue
         elif key == "resolution" and (note := kohya_pair_note(value, fields)):
             raise ConfigError(f"setting 'resolution'{where}: {note}")
         if key == "lr" and (note := stepped_rate_note(value)):
             raise ConfigError(f"setting 'lr'{where}: {note}")
-        out[key] = _coerce(key, hints[key], value, default, where)
+        out[key] = _coerce(key, kind, value, default, where)
     return out
 
 
