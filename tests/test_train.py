@@ -2400,3 +2400,24 @@ def test_a_width_by_height_run_resumes_exactly_and_a_resume_at_another_size_is_r
     resumed = train(train_config(images, tmp_path / "b", **{**kw, "resolution": [24, 16]}, resume=True),
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
+def test_a_stepped_rate_ending_in_a_step_still_resumes_to_a_raised_or_older_steps(sd1_dir, images, tmp_path):
+    """On --resume a --steps past --lr-steps' last step goes on at its last rate, as a raised --steps did before the
+    last step ended the run (--lr-steps itself cannot change on a resume): the run can be lengthened, and a run an
+    older textinv started with such a --steps (config.yaml's steps: 6) resumes. Both were refused, the error
+    saying to change --lr-steps, which the resume then refused."""
+    from textinv.cli import main
+
+    out = tmp_path / "a"
+    train(config(images, out, model=str(sd1_dir), steps=TrainConfig.steps, lr=TrainConfig.lr, save_every=2,
+                 lr_steps="0.05:2, 0.01:4"), progress=False)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "6"]) == 0
+    assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "6"
+    old = tmp_path / "old"
+    train(config(images, old, model=str(sd1_dir), steps=3, lr=TrainConfig.lr, save_every=2,
+                 lr_steps="0.05:2, 0.01:3"), progress=False, on_step=lambda s: s == 2)
+    saved = (old / "config.yaml").read_text()
+    (old / "config.yaml").write_text(saved.replace("\nsteps: 3\n", "\nsteps: 6\n"))  # (as an older textinv saved it)
+    assert main(["train", "--out", str(old), "--resume"]) == 0
+    assert load_embedding(old / "learned_embeds.safetensors").metadata["steps"] == "6"

@@ -688,7 +688,9 @@ class TrainConfig:
 
     def _check_lr_steps_length(self) -> None:
         """A stepped rate whose last rate has a step ends the run there, as the web UI's does (`train` takes it as
-        --steps when --steps is left out): refuse --epochs, or a --steps past it, which would say otherwise."""
+        --steps when --steps is left out): refuse --epochs, or a --steps past it, which would say otherwise. A resume
+        may go past it at the last rate (a raised --steps, or a run an older textinv started so; --lr-steps cannot
+        change on a resume)."""
         end = lr_steps_end(self.lr_steps)
         if end is None:
             return
@@ -696,7 +698,7 @@ class TrainConfig:
         fix = "or end --lr-steps with a rate without a step ('..., RATE') to train on at it"
         if self.epochs is not None:
             raise ConfigError(f"{said}, and --epochs {self.epochs} gives the length too: leave out --epochs, {fix}")
-        if self.steps != DEFAULT_STEPS and self.steps > end:  # (the field's default: --steps left out)
+        if self.steps != DEFAULT_STEPS and self.steps > end and not self.resume:  # (the default: --steps left out)
             raise ConfigError(f"{said}, before --steps {self.steps}: leave out --steps, {fix}")
 
     def _check_exclusive_options(self) -> None:
