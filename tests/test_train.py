@@ -2421,3 +2421,16 @@ def test_a_stepped_rate_ending_in_a_step_still_resumes_to_a_raised_or_older_step
     (old / "config.yaml").write_text(saved.replace("\nsteps: 3\n", "\nsteps: 6\n"))  # (as an older textinv saved it)
     assert main(["train", "--out", str(old), "--resume"]) == 0
     assert load_embedding(old / "learned_embeds.safetensors").metadata["steps"] == "6"
+
+
+def test_a_resume_reads_a_clip_value_given_anew_as_a_number_or_text_alike(sd1_dir, images, tmp_path):
+    """--max-grad-norm is text now (a stepped value, '0.1:100, 0.05'), a number from Python and a run saved before:
+    a resume giving it again, the same value spelt as a number or as text, is the same setting. It was refused as
+    another (max_grad_norm: 1.0 -> '1.0')."""
+    from textinv.cli import main
+
+    out = tmp_path / "a"
+    train(config(images, out, model=str(sd1_dir), steps=4, save_every=2, max_grad_norm=1.0),
+          progress=False, on_step=lambda s: s == 2)
+    assert main(["train", "--out", str(out), "--resume", "--max-grad-norm", "1"]) == 0
+    assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "4"

@@ -23,7 +23,7 @@ from typing import IO, Callable
 import torch
 
 from . import __version__
-from .config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, read_config_file
+from .config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, clip_steps, read_config_file
 from .data import _OS_LITTER, PictureSet
 from .errors import ConfigError, FormatError, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, first_file, load_embedding,
@@ -398,7 +398,20 @@ def _same(name: str, old, new, config: TrainConfig) -> bool:
                 == _absolute_paths(dataclasses.replace(config, concepts=new)).concept_list())
     if name in PATH_SETTINGS + MODEL_SETTINGS and old and new:  # (a hub id resolves to itself under any cwd)
         return old == new or _absolute(old) == _absolute(new)
+    if name in STEPPED_SETTINGS:  # (a number from Python or a run saved before they were text; '1' from the CLI)
+        return old == new or _stepped(old, name) == _stepped(new, name)
     return old == new
+
+
+STEPPED_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("stepped"))
+
+
+def _stepped(value, name: str):
+    """A stepped setting's (value, until step) pairs, to compare however it was spelt; `value` itself if unreadable."""
+    try:
+        return clip_steps(value, name)
+    except ConfigError:
+        return value
 
 
 def _check_writable(out: Path) -> None:
