@@ -1346,3 +1346,19 @@ def test_diffusers_sdxl_prompt_2_is_answered_with_the_flags_that_give_each_encod
     assert foreign_hint("--negative_prompt_2", "generate") == (
         "--negative_prompt_2 is the diffusers pipelines' name; textinv calls it --negative-prompt (OpenCLIP-G's text; "
         "diffusers' negative_prompt, CLIP-L's, is then --negative-prompt-l, with --emphasis comfy)")
+
+
+def test_a_yaml_stepped_clip_value_of_whole_numbers_is_refused_unquoted_a_number_read(tmp_path):
+    """YAML 1.1 reads `max_grad_norm: 1:30` (clip at 1 until step 30) as 90, base 60, and the run clipped at 90; it
+    is refused as lr_steps' is, naming the quotes. A number, and a stepped value YAML keeps as text, still read."""
+    from textinv.config import read_config_file
+
+    cfg = tmp_path / "c.yaml"
+    for name in ("max_grad_norm", "max-grad-value"):
+        cfg.write_text(f"steps: 10\n{name}: 1:30  # (web UI)\n")
+        with pytest.raises(ConfigError, match=f"put {name.replace('-', '_')} in quotes .* here 90"):
+            read_config_file(cfg)
+    cfg.write_text("max_grad_norm: 90\nmax_grad_value: 0.1:100, 0.05\n")
+    assert read_config_file(cfg) == {"max_grad_norm": 90, "max_grad_value": "0.1:100, 0.05"}
+    cfg.write_text('max_grad_norm: "1:30"\n')
+    assert read_config_file(cfg) == {"max_grad_norm": "1:30"}

@@ -1532,10 +1532,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping of setting: value (e.g. `{example}`), got "
                           f"{type(data).__name__}")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    if suffix in (".yaml", ".yml") and type(data.get("lr_steps")) is int:  # YAML 1.1 reads 1:30 as 90 (base 60)
-        raise ConfigError(f"config file {path}: put lr_steps in quotes (lr_steps: \"1:30\"): YAML reads an unquoted "
-                          f"RATE:STEP of whole numbers as one number, here {data['lr_steps']}")
+    for name in ("lr_steps", "max_grad_norm", "max_grad_value"):  # YAML 1.1 reads 1:30 as 90 (base 60)
+        if suffix in (".yaml", ".yml") and _base_60(text, name) and isinstance(data.get(name), (int, float)):
+            raise ConfigError(f"config file {path}: put {name} in quotes ({name}: \"1:30\"): YAML reads an unquoted "
+                              f"RATE:STEP of whole numbers as one number, here {data[name]}")
     return data
+
+
+def _base_60(text: str, name: str) -> bool:
+    """Whether YAML `text` gives setting `name` (spelt with - or _) a number of YAML 1.1's base 60 (1:30, 90)."""
+    key = name.replace("_", "[-_]")
+    return re.search(rf"^[ \t]*{key}[ \t]*:[ \t]*[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+", text, re.MULTILINE) is not None
 
 
 def build(cls, *layers: dict[str, Any]):
