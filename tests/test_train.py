@@ -2416,7 +2416,7 @@ def test_a_stepped_rate_ending_in_a_step_still_resumes_to_a_raised_or_older_step
     assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "6"
     old = tmp_path / "old"
     train(config(images, old, model=str(sd1_dir), steps=3, lr=TrainConfig.lr, save_every=2,
-                 lr_steps="0.05:2, 0.01:3"), progress=False, on_step=lambda s: s == 2)
+                 lr_steps="0.05:2, 0.01:3"), progress=False)
     saved = (old / "config.yaml").read_text()
     (old / "config.yaml").write_text(saved.replace("\nsteps: 3\n", "\nsteps: 6\n"))  # (as an older textinv saved it)
     assert main(["train", "--out", str(old), "--resume"]) == 0
@@ -2430,7 +2430,23 @@ def test_a_resume_reads_a_clip_value_given_anew_as_a_number_or_text_alike(sd1_di
     from textinv.cli import main
 
     out = tmp_path / "a"
-    train(config(images, out, model=str(sd1_dir), steps=4, save_every=2, max_grad_norm=1.0),
-          progress=False, on_step=lambda s: s == 2)
+    train(config(images, out, model=str(sd1_dir), steps=4, save_every=2, max_grad_norm=1.0), progress=False)
     assert main(["train", "--out", str(out), "--resume", "--max-grad-norm", "1"]) == 0
     assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "4"
+
+
+def test_a_run_an_older_textinv_started_with_a_stepped_rate_resumes_to_its_saved_steps(sd1_dir, images, tmp_path):
+    """An older textinv ran a stepped rate ending in RATE:STEP on to --steps, its default 3000 saved as such in
+    config.yaml: resumed, it goes on to those steps at the last rate. It was cut to the last rate's step, so a run
+    past it could not resume (--steps 3000 given again read as left out)."""
+    out = tmp_path / "old"
+    run = dict(model=str(sd1_dir), lr=TrainConfig.lr, save_every=2, lr_steps="0.05:2, 0.01:3")
+    train(config(images, out, steps=3, **run), progress=False)
+    saved = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(saved.replace("\nsteps: 3\n", f"\nsteps: {TrainConfig.steps}\n"))
+    import os
+    import signal
+
+    with pytest.raises(TrainingInterrupted):  # (stopped at step 4, past the last rate's step, on its way to 3000)
+        train(config(images, out, steps=TrainConfig.steps, resume=True, **run), progress=False,
+              on_step=lambda s: s == 4 and os.kill(os.getpid(), signal.SIGTERM))

@@ -1428,9 +1428,12 @@ def _check_inputs(run: _Run, model: Model | None) -> None:
         if is_main and progress:
             print(length)
     end = lr_steps_end(config.lr_steps)
+    if checkpoint is not None and end is not None and config.steps == DEFAULT_STEPS:  # (the run's, as it started:
+        saved = _saved_setting(out / CONFIG_FILE, "steps")  # a run an older textinv started ran on to its --steps)
+        end = saved if type(saved) is int else end
     if end is not None and config.steps == DEFAULT_STEPS:  # (--steps left out: the web UI stops at the last step)
         config = dataclasses.replace(config, steps=end)  # (config.yaml holds it, so a resume runs to it too)
-        if is_main and progress:
+        if is_main and progress and checkpoint is None:
             print(f"--lr-steps ends at step {end}, its last rate's step, as the web UI's: the run is {end} steps")
     if config.cuda_graphs:
         check_graph_device(run.device)
