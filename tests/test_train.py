@@ -2450,3 +2450,19 @@ def test_a_run_an_older_textinv_started_with_a_stepped_rate_resumes_to_its_saved
     with pytest.raises(TrainingInterrupted):  # (stopped at step 4, past the last rate's step, on its way to 3000)
         train(config(images, out, steps=TrainConfig.steps, resume=True, **run), progress=False,
               on_step=lambda s: s == 4 and os.kill(os.getpid(), signal.SIGTERM))
+
+
+def test_loss_csv_keeps_the_rates_its_rows_trained_at_across_a_resume_with_a_raised_steps(sd1_dir, images, tmp_path):
+    """A resume with a raised --steps stretches a cosine schedule; loss.csv's rows from before it trained at the
+    first one's rates, which their learn_rate keeps. They were rewritten with the stretched schedule's (row 2:
+    0.0481 for the 0.0427 it trained at)."""
+    import csv
+
+    def rates():
+        return [float(r["learn_rate"]) for r in csv.DictReader(open(tmp_path / "a" / "loss.csv", newline=""))]
+
+    run = dict(log_every=1, save_every=2, lr_schedule="cosine")
+    train(config(images, tmp_path / "a", steps=4, **run), model=fresh_model(sd1_dir), progress=False)
+    before = rates()
+    train(config(images, tmp_path / "a", steps=8, resume=True, **run), model=fresh_model(sd1_dir), progress=False)
+    assert rates()[:4] == before and rates()[4:] == [0.025, 0.0154329, 0.00732233, 0.00190301]  # (the new ones)

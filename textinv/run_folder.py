@@ -510,8 +510,9 @@ def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, h
                      processes: int = 1, skipped: list[int] | None = None, model: dict[str, str] | None = None,
                      validation: tuple[list, list] = ([], []), held_out: list[list[str]] | None = None,
                      ran_at: tuple[str, str] | None = None) -> None:
-    """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, and
-    what the data stream depends on (each concept's picture names, the number of processes sharing a batch);
+    """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, the loss
+    history (`history`: its rows, each concept's, and the last rows' learning rates, loss.csv's), and what the data
+    stream depends on (each concept's picture names, the number of processes sharing a batch);
     `skipped`: the fp16 steps each concept skipped alone (its Adam step count is the shared one less these);
     `model`: the model's fingerprints (`model_fingerprints`), so a resume can tell it wherever it is; `validation`:
     the validation losses so far, as `history` (`saved_validation` reads them back); `held_out`: each concept's
@@ -533,6 +534,7 @@ def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, h
         "skipped_steps": list(skipped or [0] * len(samplers)),
         "history": [list(h) for h in history[0]],
         "history_by_concept": [list(map(float, h)) for h in history[1]],
+        "history_rates": [float(r) for r in history[2]] if len(history) > 2 else [],  # (each row's learning rate)
         # the log interval's loss sum over its steps so far (summed over concepts), each concept's, and the steps
         "interval": [float(sum(interval[0])), int(interval[1])],
         "interval_by_concept": [float(v) for v in interval[0]],

@@ -1160,6 +1160,7 @@ class _Run:
     # history: (step, loss) per log interval, the loss summed over concepts; by_concept: each concept's, with several
     history: list = field(default_factory=list)
     by_concept: list = field(default_factory=list)
+    rates: list = field(default_factory=list)  # the rate of each of the last rows of `history` (loss.csv's learn_rate)
     # each concept's loss summed over the log interval's finished steps (a checkpoint keeps it, so a resumed
     # loss.csv is the uninterrupted run's)
     interval_loss: torch.Tensor | None = None  # (K,)
@@ -1246,7 +1247,7 @@ class _Run:
                                      file_format, date)
         if checkpoint:
             save_checkpoint(self.out, at_step, self.exts, self.optimizer, self.lr_schedule, self.samplers,
-                            self.scaler, (self.history, self.by_concept), config,
+                            self.scaler, (self.history, self.by_concept, self.rates), config,
                             (self.interval_loss.tolist(), self.interval_steps),
                             pictures=[listed.names for listed in self.found], processes=self.world,
                             skipped=self.skipped, model=self.fingerprints,
@@ -1261,12 +1262,15 @@ class _Run:
         return files
 
     def write_loss_log(self) -> None:
-        """loss.csv: the loss history, with each row's rate (the schedule's at that step) and epoch (the largest
-        concept's, from 1, as `steps_for_epochs` counts them: the epoch of the step's last sample)."""
+        """loss.csv: the loss history, with each row's rate (the one it trained at; the schedule's at that step for
+        rows a checkpoint made before them lacks) and epoch (the largest concept's, from 1, as `steps_for_epochs`
+        counts them: the epoch of the step's last sample)."""
         per_step = self.config.batch * self.config.grad_accum * self.world
         schedule = self.lr_schedule  # (a LambdaLR: the rate of step s is set after s - 1 schedule steps)
+        # (a resume with a raised --steps stretches a schedule: the rows before it trained at the old one's rates)
+        known = dict(zip([s for s, _ in self.history][-len(self.rates):], self.rates)) if self.rates else {}
         write_loss_log(self.out / LOSS_LOG, self.history, self.by_concept, [c.token for c in self.concepts],
-                       rate=lambda s: schedule.base_lrs[0] * schedule.lr_lambdas[0](s - 1),
+                       rate=lambda s: known[s] if s in known else schedule.base_lrs[0] * schedule.lr_lambdas[0](s - 1),
                        epoch=lambda s: -(-s * per_step // max(sum(counts) for counts in self.repeats)))
 
     def write_validation_log(self) -> None:
@@ -1704,6 +1708,7 @@ def _start_or_resume(run: _Run) -> None:
         run.step, run.history, run.by_concept, interval = load_checkpoint(checkpoint, run.exts, run.optimizer,
                                                                           run.lr_schedule, run.samplers, run.scaler)
         run.skipped = [int(n) for n in checkpoint[1].get("skipped_steps") or run.skipped]  # (older checkpoints: none)
+        run.rates = [float(r) for r in checkpoint[1].get("history_rates") or []]  # (the last rows': older have none)
         run.validated, run.validated_by_concept = saved_validation(checkpoint[1])
         _rate_from_schedule(run.optimizer, run.lr_schedule)  # (a raised --steps: the next step's rate is the new one)
         if run.is_main:
@@ -1912,6 +1917,7 @@ def _log(run: _Run, bar) -> None:
         run.stop_non_finite(step, [c.token for c, m in zip(concepts, means) if not math.isfinite(m)])
     run.last_good, run.last_good_step = run.snapshot(), step
     run.history.append((step, mean_loss))
+    run.rates.append(run.lr_used)
     if len(concepts) > 1:
         run.by_concept.append(means)
     if run.tracker is not None:
