@@ -2,6 +2,8 @@
 
 import copy
 import os
+import signal
+import sys
 import warnings
 import weakref
 
@@ -58,6 +60,17 @@ def saved_whole(sd1_dir, folder):
     pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
     pipe.save_pretrained(folder)
     return pipe
+
+
+@pytest.fixture
+def pythons_sigint():
+    """SIGINT under Python's own handler for the test, as in a fresh process, and put back after: a Ctrl-C test of
+    `EarlyInterrupt` (which steps in only where Python's handler is) must not depend on what ran before it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    if previous is not signal.default_int_handler:
+        print(f"(SIGINT's handler was {previous!r})", file=sys.stderr)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def recorded_results(monkeypatch, module, name: str) -> list:

@@ -113,7 +113,7 @@ def test_a_second_ctrl_c_inside_a_steps_update_still_resumes_exactly(where, sd1_
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)
 def test_a_ctrl_c_that_lands_in_a_finalizer_as_the_model_loads_still_stops_the_run(sd1_dir, images, tmp_path,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, pythons_sigint):
     """Python drops an exception raised inside a `__del__` (garbage collected as the model loads), printing
     "Exception ignored in": the KeyboardInterrupt of a Ctrl-C landing there went with it, and the run trained on as
     if none had come (seen on `textinv train --resume`, killed then with SIGKILL)."""

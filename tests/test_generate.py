@@ -3541,7 +3541,7 @@ def test_a_prompt_without_and_draws_as_before(sd1_dir, monkeypatch):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)
 @pytest.mark.parametrize("settings", [{}, {"x": "steps=1,2"}], ids=["pictures", "xyz-plot"])
 def test_a_ctrl_c_that_lands_in_a_finalizer_as_the_model_loads_stops_generate(settings, sd1_dir, tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, pythons_sigint):
     """Python drops an exception raised inside a `__del__` (garbage collected as the model loads), printing
     "Exception ignored in": the KeyboardInterrupt of a Ctrl-C landing there went with it, and every picture was drawn
     as if none had come (train stops on it: test_crash)."""
