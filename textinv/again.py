@@ -68,7 +68,7 @@ from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_M
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .samplers import eta_label, from_comfy, from_webui
+from .samplers import eta_kind, from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
@@ -195,18 +195,16 @@ def _eta_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]
     command's, checked as given."""
     if "eta" not in settings or "eta" in flags:
         return
-    names = [_sampler_named(flags.get(key, settings.get(key))) for key in ("sampler", "hires_sampler")]
-    kinds = [eta_label(name) for name in names if name and eta_label(name)]
-    drawn = [eta_label(name) for name in map(_sampler_named, (settings.get("sampler"), settings.get("hires_sampler")))
-             if name and eta_label(name)]
-    if kinds and (not drawn or kinds[0] == drawn[0]):
+    kind = eta_kind(_sampler_named(flags.get(key, settings.get(key))) for key in ("sampler", "hires_sampler"))
+    drawn = eta_kind(_sampler_named(settings.get(key)) for key in ("sampler", "hires_sampler"))
+    if kind and (not drawn or kind == drawn):
         return
-    if not kinds:
+    if not kind:
         warn(f"{picture.path} was drawn at eta {settings.pop('eta')}, which the sampler given does not take: it "
              f"draws without", stacklevel=3)
         return
     given = next(flags.get(key) for key in ("sampler", "hires_sampler") if flags.get(key))
-    warn(f"{picture.path} was drawn at {drawn[0]} {settings.pop('eta')}, which {given} does not take (its {kinds[0]} "
+    warn(f"{picture.path} was drawn at {drawn} {settings.pop('eta')}, which {given} does not take (its {kind} "
          f"is the web UI's other setting): it draws at its own default", stacklevel=3)
 
 
@@ -563,10 +561,9 @@ def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: di
 def _a1111_eta(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, ...]:
     """The web UI's "Eta" (its ancestral samplers', written where not 1) or "Eta DDIM" (DDIM's, where not 0) into
     `settings` as --eta, where the first of the picture's samplers (the first pass's, then the hires fix's) that
-    takes one takes that one (`samplers.eta_label`, `samplers.eta_of`); the label read, or none (an SDE sampler's
+    takes one takes that one (`samplers.eta_kind`, `samplers.eta_of`); the label read, or none (an SDE sampler's
     Eta, or the other pass's kind's, is then named as not applied)."""
-    labels = [eta_label(name) for name in (settings.get("sampler"), settings.get("hires_sampler")) if name]
-    label = next((label for label in labels if label), None)  # (--eta's: `samplers.eta_of`; the other's is named)
+    label = eta_kind([settings.get("sampler"), settings.get("hires_sampler")])  # (the other's is named)
     if label in fields:
         settings["eta"] = fields[label]
         return (label,)

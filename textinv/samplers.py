@@ -160,6 +160,16 @@ def eta_label(name: str) -> str | None:
     return None if default is None else "Eta DDIM" if _PARTS[name][0] == "ddim" else "Eta"
 
 
+def eta_kind(names) -> str | None:
+    """The eta label (`eta_label`) of the first of samplers `names` (the passes', in order; None or empty: not
+    given) that takes an eta: the one an --eta given for those passes is (`eta_of`); None where none takes one.
+
+    >>> eta_kind([None, "euler", "ddim", "euler_a"]), eta_kind(["euler"])
+    ('Eta DDIM', None)
+    """
+    return next((label for label in map(eta_label, filter(None, names)) if label), None)
+
+
 def eta_of(eta: float | None, name: str, names: list[str]) -> float | None:
     """The eta a pass of sampler `name` draws at, of --eta `eta` given for the passes' samplers `names` (--sampler,
     then --hires-sampler): `eta` where `name` takes the eta of the first of them that takes one, else None (its own
@@ -169,8 +179,8 @@ def eta_of(eta: float | None, name: str, names: list[str]) -> float | None:
     >>> eta_of(0.5, "ddim", ["euler_a", "ddim"]), eta_of(0.5, "dpm2_a", ["euler_a", "dpm2_a"])
     (None, 0.5)
     """
-    kinds = [eta_label(n) for n in names if eta_label(n)]
-    return eta if kinds and eta_label(name) == kinds[0] else None
+    kind = eta_kind(names)
+    return eta if kind is not None and eta_label(name) == kind else None
 
 
 def check_eta(eta: float | None, names: list[str] | None) -> None:
