@@ -537,13 +537,11 @@ def _unrounded(cls):
     midpoints', nor Euler's or Heun's on Karras), where the web UI's k-diffusion denoiser (CompVisDenoiser, its
     quantization off by default) calls the model at the timestep of the sigma itself. The tables hold [t0, its
     midpoint's, t1, ...]: the steps' at the even places."""
-    def set_timesteps(self, *args, **kwargs):
-        cls.set_timesteps(self, *args, **kwargs)
-        sigmas = torch.cat([self.sigmas[:1], self.sigmas[1::2][:-1]])[:-1]  # (the steps' sigmas, without the end)
-        times = self._sigma_to_t(sigmas.cpu().numpy(), self.log_sigmas.cpu().numpy())
-        self.timesteps[0::2] = torch.from_numpy(times).to(self.timesteps)
+    from . import schedulers
 
-    import torch
+    def set_timesteps(self, *args, **kwargs):
+        cls.set_timesteps(self, *args, **kwargs)  # (the steps' sigmas without the end, at the even places)
+        schedulers.set_times(self, schedulers.step_values(self.sigmas)[:-1], slice(0, None, 2))
 
     return _variant(cls, "its Karras timesteps unrounded", set_timesteps=set_timesteps)
 

@@ -229,6 +229,18 @@ def euler_ancestral_step(self, model_output: torch.Tensor, timestep, sample: tor
     return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
 
 
+def step_values(table: torch.Tensor) -> torch.Tensor:
+    """The steps' values of a table diffusers' DPM2 and DPM2 a lay out two entries a step (DPM++ 2S a too), [v0, v1,
+    v1, ..., vn, vn] (vn: the end): [v0, v1, ..., vn]."""
+    return torch.cat([table[:1], table[1::2][:-1]])
+
+
+def set_times(scheduler, sigmas: torch.Tensor, places: slice) -> None:
+    """Write the timesteps of `sigmas` (the scheduler's own sigma-to-timestep mapping) into its timesteps' `places`."""
+    times = scheduler._sigma_to_t(sigmas.cpu().numpy(), scheduler.log_sigmas.cpu().numpy())
+    scheduler.timesteps[places] = torch.from_numpy(times).to(scheduler.timesteps)
+
+
 def ancestral_tables(scheduler, eta: float) -> None:
     """Set the up and down sigmas and the midpoints of diffusers' DPM2 a tables (KDPM2AncestralDiscreteScheduler's,
     which DPM++ 2S a lays out alike) for `eta` (`ancestral_step`), and the midpoints' timesteps: k-diffusion's
@@ -236,22 +248,17 @@ def ancestral_tables(scheduler, eta: float) -> None:
     (halfway in log sigma), so it moves with eta. The tables hold each step's values twice, [v0, v1, v1, ..., vn, vn,
     vn] (vn: the end), and the timesteps [t0, its midpoint's, t1, ...]; the last step, to 0, adds no noise and has no
     midpoint at any eta."""
-    def schedule(table):
-        return torch.cat([table[:1], table[1::2][:-1]])
-
     def table(values):
         return torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])
 
-    sigmas = schedule(scheduler.sigmas)  # (the steps' sigmas, then 0)
+    sigmas = step_values(scheduler.sigmas)  # (the steps' sigmas, then 0)
     steps = len(sigmas) - 1
     if steps < 2:
         return
     down, up = ancestral_step(sigmas[:steps - 1], sigmas[1:steps], eta)  # (every step but the last)
     middle = sigmas[:steps - 1].log().lerp(down.log(), 0.5).exp()
     for name, values in (("sigmas_down", down), ("sigmas_up", up), ("sigmas_interpol", middle)):
-        whole = schedule(getattr(scheduler, name)).clone()
+        whole = step_values(getattr(scheduler, name)).clone()
         whole[:steps - 1] = values.to(whole)
         setattr(scheduler, name, table(whole))
-    log_sigmas = scheduler.log_sigmas.cpu().numpy()
-    times = torch.from_numpy(scheduler._sigma_to_t(middle.cpu().numpy(), log_sigmas))
-    scheduler.timesteps[1::2] = times.to(scheduler.timesteps)
+    set_times(scheduler, middle, slice(1, None, 2))
