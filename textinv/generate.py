@@ -1487,7 +1487,8 @@ def checked_settings(config: GenerateConfig) -> Checked:
     # the prompts as drawn, each job's and its negative: what names the embeddings and LoRAs
     drawn = replace(config, prompt=[job.prompt for job in jobs] + [job.negative for job in jobs])
     # (ComfyUI's embedding:NAME names a file too; under --emphasis comfy it alone does, as there)
-    said = " ".join(drawn.prompt + [text or "" for text in _optional_prompts(config)]).lower()
+    written = drawn.prompt + [text or "" for text in _optional_prompts(config)]  # (every prompt, as written)
+    said = " ".join(written).lower()
     if config.emphasis == "comfy":
         said = " ".join(emphasis.comfy_embeddings(said)[1])
     files = embedding_files(config.embedding, config.token or [None] * len(config.embedding), said)
@@ -1495,8 +1496,7 @@ def checked_settings(config: GenerateConfig) -> Checked:
         files = _comfy_folder_tokens(files, config.embedding)
     embeddings, paths = _read_embeddings(files)
     if config.emphasis == "comfy":
-        embeddings, paths = _comfy_unnamed(embeddings, paths,
-                                           drawn.prompt + [text or "" for text in _optional_prompts(config)])
+        embeddings, paths = _comfy_unnamed(embeddings, paths, written)
     renamed = {path for path, tok in files if tok is not None}
     (texts, config.negative_prompt, config.hires_prompt, config.hires_negative_prompt, config.prompt_l,
      config.negative_prompt_l, said) = _comfy_names(drawn, embeddings, paths, renamed)

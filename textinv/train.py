@@ -1266,12 +1266,13 @@ class _Run:
         rows a checkpoint made before them lacks) and epoch (the largest concept's, from 1, as `steps_for_epochs`
         counts them: the epoch of the step's last sample)."""
         per_step = self.config.batch * self.config.grad_accum * self.world
+        per_epoch = max(sum(counts) for counts in self.repeats)  # (the largest concept's samples)
         schedule = self.lr_schedule  # (a LambdaLR: the rate of step s is set after s - 1 schedule steps)
         # (a resume with a raised --steps stretches a schedule: the rows before it trained at the old one's rates)
         known = dict(zip([s for s, _ in self.history][-len(self.rates):], self.rates)) if self.rates else {}
         write_loss_log(self.out / LOSS_LOG, self.history, self.by_concept, [c.token for c in self.concepts],
                        rate=lambda s: known[s] if s in known else schedule.base_lrs[0] * schedule.lr_lambdas[0](s - 1),
-                       epoch=lambda s: -(-s * per_step // max(sum(counts) for counts in self.repeats)))
+                       epoch=lambda s: -(-s * per_step // per_epoch))
 
     def write_validation_log(self) -> None:
         write_loss_log(self.out / VALIDATION_LOG, self.validated, self.validated_by_concept,
