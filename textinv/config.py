@@ -1145,8 +1145,8 @@ class GenerateConfig:
 
     def _check_clip_l(self) -> None:
         """Refuse --prompt-l or --negative-prompt-l (ComfyUI's CLIPTextEncodeSDXL text_l) where they cannot apply."""
-        given = [flag for flag, value in (("--prompt-l", self.prompt_l), ("--negative-prompt-l",
-                                                                          self.negative_prompt_l)) if value is not None]
+        texts = (("--prompt-l", self.prompt_l), ("--negative-prompt-l", self.negative_prompt_l))
+        given = [flag for flag, text in texts if text is not None]
         if not given:
             return
         if self.emphasis != "comfy":
@@ -1159,7 +1159,7 @@ class GenerateConfig:
         if any(has_and(p) for p in self.prompt):
             raise ConfigError(f"{given[0]} gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts "
                               f"draws apart: write and for the word, or leave {given[0]} out")
-        for flag, text in (("--prompt-l", self.prompt_l), ("--negative-prompt-l", self.negative_prompt_l)):
+        for flag, text in texts:
             if text is not None and lora_tags(text)[1]:  # (else drawn as words, the LoRA not applied)
                 raise ConfigError(f"{flag} {text!r} holds a LoRA tag, which applies to the whole picture: write it "
                                   f"in --prompt")
