@@ -21,6 +21,41 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert os.listdir(tmp_path) == ["emb.safetensors"]
 
 
+@pytest.mark.parametrize("replace", [True, False])
+def test_the_folder_is_flushed_once_the_file_is_renamed_into_it(tmp_path, monkeypatch, replace):
+    """A rename is an entry of the folder: on a power cut it is lost unless the folder is flushed after it (POSIX)."""
+    import stat
+
+    synced = []  # (is it a folder, is the file there yet) at each fsync
+    real = os.fsync
+
+    def fsync(handle):
+        synced.append((stat.S_ISDIR(os.fstat(handle).st_mode), (tmp_path / "a.txt").exists()))
+        real(handle)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with atomic_path(tmp_path / "a.txt", replace=replace) as tmp:
+        tmp.write_text("x")
+    assert synced == [(False, False), (True, True)]  # the file's bytes before the rename, the folder after it
+
+
+def test_a_folder_that_cannot_be_flushed_keeps_the_file_written(tmp_path, monkeypatch):
+    """Some file systems refuse fsync on a folder (EINVAL): the rename stands, and no error."""
+    import stat
+
+    real = os.fsync
+
+    def fsync(handle):
+        if stat.S_ISDIR(os.fstat(handle).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(handle)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").read_text() == "x"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
 def test_written_file_gets_the_umask_permissions(tmp_path):
     old = os.umask(0o022)
     try:

@@ -898,3 +898,20 @@ def test_a_hub_embedding_is_reported_by_its_id_and_reads_no_run_from_the_working
     report = score(_quick("me/zq", clip_dir, tmp_path / "o", init="none", images=str(run_dir.parent / "images"),
                           model=str(sd1_dir)), judge=judge, progress=False).report
     assert report["embedding"]["path"] == "me/zq"
+
+
+def test_a_published_report_is_flushed_into_its_folder(tmp_path, monkeypatch):
+    """The swap's renames are entries of the report's parent folder: flushed once the new report is in place."""
+    from textinv import score as score_module
+
+    out, partial, previous = tmp_path / "report", tmp_path / ".report.partial", tmp_path / ".report.previous"
+    out.mkdir()
+    (out / "scores.json").write_text("old")
+    partial.mkdir()
+    (partial / "scores.json").write_text("new")
+    synced = []
+    monkeypatch.setattr(score_module, "sync_folder", lambda folder: synced.append(
+        (folder, (out / "scores.json").read_text())))
+    score_module._swap_in(partial, out, previous)
+    assert synced == [(tmp_path, "new")]
+    assert not previous.exists()

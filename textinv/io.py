@@ -1,7 +1,8 @@
 """Atomic file writes: a crash never leaves half a file where a good one was.
 
 Every file textinv writes goes through `atomic_path`: the data goes to a temporary file in the same folder, is
-flushed to disk, then renamed over the target in one step (`os.replace` is atomic on POSIX and Windows).
+flushed to disk, then renamed over the target in one step (`os.replace` is atomic on POSIX and Windows), and the
+folder is flushed too (POSIX), so the rename itself outlasts a power cut.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
             os.replace(tmp, path)
         else:
             _publish_new(tmp, path)
+        tmp = None  # (published: nothing to remove below)
+        sync_folder(path.parent)
     except OSError as e:  # (a full disk, a folder made read-only: named by the file meant, not its temporary name)
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -156,6 +159,22 @@ def _publish_new(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
         return
     tmp.unlink()
+
+
+def sync_folder(folder: str | os.PathLike) -> None:
+    """Flush `folder`'s entries to disk (POSIX), so a rename in it survives a power cut as its file's bytes do. A
+    system or file system that cannot (Windows opens no folders; some network file systems refuse it) is left as it
+    is: the rename has been made, only its durability is the system's."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def make_folder(path: str | os.PathLike) -> None:

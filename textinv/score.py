@@ -50,7 +50,7 @@ from .hub import hub_reference
 from .samplers import check_installed
 from .generate import (DEFAULT_STEPS, _file_name, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        handed_back, install_embedding, png_text, render)
-from .io import absolute, atomic_path, make_folder, write_json, write_text
+from .io import absolute, atomic_path, make_folder, sync_folder, write_json, write_text
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (Model, _is_local_path, check_model_object, load_model, offline_note, pick_device,
                      quiet_transformers)
@@ -582,6 +582,7 @@ def _swap_in(partial: Path, out: Path, previous: Path) -> None:
             shutil.rmtree(previous)
         out.rename(previous)
     partial.rename(out)
+    sync_folder(out.parent)  # (the renames themselves outlast a power cut, as the report's files do)
     shutil.rmtree(previous, ignore_errors=True)
 
 

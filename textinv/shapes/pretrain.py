@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from textinv.errors import ConfigError
 from textinv.graphs import CapturedStep
-from textinv.io import write_text
+from textinv.io import sync_folder, write_text
 from textinv.shapes import world
 from textinv.shapes.evaluate import PROMPTING
 
@@ -295,6 +295,7 @@ def _replace_folder(tmp: Path, final: Path) -> None:
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
+    sync_folder(final.parent)
     if old.exists():
         shutil.rmtree(old)
 
