@@ -256,7 +256,8 @@ def test_options_in_yaml_and_json_files_weigh_what_they_say(wildcards):
     assert set(drawn) == {"a", "b", "2::x::y"}
     assert 0.55 < drawn.count("b") / len(drawn) < 0.65
     assert [j.prompt for j in dynamic.jobs(["__w__"], "", [0], str(wildcards), combinatorial=True)] == [
-        "2::x::y", "a", "b"]  # (sorted by their text; those weighing 0 left out, as the extension leaves them out)
+        "2::x::y", "a", "b", "b", "b"]  # (sorted by their text, each as often as it weighs, cut to a whole number:
+    # those weighing 0 left out, as dynamicprompts 0.31's combinatorial sampler, _get_wildcard, takes them)
 
 
 @pytest.mark.parametrize("name, text, used, message", [
@@ -431,18 +432,51 @@ def test_combinatorial_mode_gives_every_combination_in_order_up_to_max_prompts(w
     assert [j.prompt for j in jobs] == ["a c", "a d", "b c"]
 
 
-def test_combinatorial_mode_draws_each_prompt_once_as_sd_dynamic_prompts_does(wildcards):
-    """The extension's variants and wildcards give each text once (a line written twice is one combination), and a
-    `{2$$...}` choice holds no text twice."""
+def test_combinatorial_mode_gives_a_wildcards_text_again_for_each_line_that_draws_it(wildcards):
+    """dynamicprompts 0.31's combinatorial sampler (samplers/combinatorial.py, `_get_wildcard`) gives every text of
+    each of a wildcard's lines, none left out for being given before, while its variants (`_get_variant`) give each
+    choice once and a `{2$$...}` choice no text twice. The wildcard manager reads a line written twice once (its
+    default, dedup_wildcards), so here `red` twice and `{red|blue}` give red, red, blue: the lists are the ones
+    dynamicprompts 0.31 gives."""
     (wildcards / "twice.txt").write_text("red\nred\n{red|blue}\n")
     def prompts(template):
         return [j.prompt for j in dynamic.jobs([template], "", [0], str(wildcards), combinatorial=True)]
 
-    assert prompts("{a|a|b} __twice__") == ["a red", "a blue", "b red", "b blue"]
+    assert prompts("__twice__") == ["red", "red", "blue"]
+    assert prompts("{a|a|b} __twice__") == ["a red", "a red", "a blue", "b red", "b red", "b blue"]
+    assert prompts("x {__twice__|y}") == ["x red", "x blue", "x y"]  # (a variant's texts: each once)
     assert prompts("{2$$a|a|b}") == ["a,b", "b,a"]
     assert prompts("{2$$__twice__}") == ["red,blue", "blue,red"]
     assert prompts("{2$$a|{b|c}}") == ["a,b", "a,c", "b,a", "c,a"]  # (every text of an option, whatever its place)
     assert prompts("{x|{a|a}}") == ["x", "a"]
+
+
+def test_a_prompt_given_again_in_combinatorial_mode_is_drawn_with_seeds_of_its_own(wildcards):
+    """The extension draws each prompt of its list with a seed of its own, so a text given again is another picture;
+    here each prompt is drawn with every seed, and its k-th time with the seeds k blocks of -n further on."""
+    (wildcards / "twice.txt").write_text("red\n{red|blue}\n")
+    jobs = dynamic.jobs(["a __twice__"], "{@x|y|z|w}", [5, 6], str(wildcards), combinatorial=True)
+    assert [(j.index, j.prompt, j.seeds) for j in jobs] == [(0, "a red", (5,)), (0, "a red", (6,)),
+                                                             (1, "a red", (7,)), (1, "a red", (8,)),
+                                                             (2, "a blue", (5,)), (2, "a blue", (6,))]
+    assert [j.negative for j in jobs] == ["x", "y", "z", "w", "x", "y"]  # (a cyclical part: the picture's turn)
+    with pytest.warns(UserWarning, match="more combinations than --max-prompts 2"):  # (each time counted)
+        assert [j.prompt for j in dynamic.jobs(["__twice__"], "", [0], str(wildcards), combinatorial=True,
+                                               max_prompts=2)] == ["red", "red"]
+
+
+def test_a_wildcard_alone_in_a_variant_may_give_a_line_weighing_2_twice(wildcards):
+    """dynamicprompts 0.31 turns `{2$$__name__}` into a variant of the wildcard's lines, each as many times as it
+    weighs (samplers/utils.py, `wildcard_to_variant`), drawn without replacement from those copies (utils.py,
+    `choose_without_replacement`): a line weighing 3 may be drawn twice, and as many are drawn as the wildcard has
+    lines, each counted once. Two lines that draw one text may give it twice too (`red` and `{red|blue}`). The
+    drawn lists here are the ones dynamicprompts 0.31 gives for these seeds."""
+    (wildcards / "w.yaml").write_text("w: ['3::a', b]\n")
+    (wildcards / "twice.txt").write_text("red\n{red|blue}\n")
+    assert set(_draws("{5$$__w__}", range(100), folder=wildcards)) == {"a,a", "a,b", "b,a"}
+    assert set(_draws("{1-3$$__w__}", range(100), folder=wildcards)) == {"a", "b", "a,a", "a,b", "b,a"}
+    assert _draws("{2$$__w__}", range(6), folder=wildcards) == ["b,a", "a,b", "a,a", "a,a", "a,b", "a,b"]
+    assert set(_draws("{2$$__twice__}", range(100), folder=wildcards)) == {"red,red", "red,blue", "blue,red"}
 
 
 def test_a_wildcards_weights_count_as_the_extension_counts_them_in_cyclical_and_combinatorial_drawing(wildcards):
@@ -454,7 +488,7 @@ def test_a_wildcards_weights_count_as_the_extension_counts_them_in_cyclical_and_
     cycled = {s: j.prompt for j in dynamic.jobs(["__@w__"], "", list(range(4)), str(wildcards)) for s in j.seeds}
     assert cycled == {0: "heavy", 1: "heavy", 2: "plain", 3: "heavy"}
     assert [j.prompt for j in dynamic.jobs(["__w__", "{__w__}"], "", [0], str(wildcards), combinatorial=True)] == [
-        "heavy", "plain", "heavy", "plain"]
+        "heavy", "heavy", "plain", "heavy", "plain"]
     drawn = _draws("{__w__}", range(3000), folder=wildcards)
     assert set(drawn) == {"heavy", "plain"} and 0.62 < drawn.count("heavy") / len(drawn) < 0.72
     assert {"half", "heavy", "plain"} == set(_draws("__w__", range(300), folder=wildcards))  # (at random: as weighed)

@@ -695,7 +695,7 @@ def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict 
             out.append(again(_line(node, _pick(wildcards.options(node.name), rng)), variables))
         else:
             options = _options(node, wildcards)
-            count = rng.randint(*_count(node, len(options)))
+            count = rng.randint(*_count(node, options, wildcards))
             picked = []
             weights = [w for w, _ in options]
             places = list(range(len(options)))
@@ -716,7 +716,7 @@ def _cycle(node: Variant | Wildcard, k: int, rng: random.Random, wildcards: Wild
         lines = [line for times, line in wildcards.counted(node.name) for _ in range(times)]
         return _cycled(_line(node, lines[k % len(lines)]), k // len(lines), rng, wildcards, variables)
     options = [nodes for _, nodes in _options(node, wildcards)]
-    low, high = _count(node, len(options))
+    low, high = _count(node, options, wildcards)
     choices = list(itertools.islice(_choices(options, low, high), k + 1))  # (the k-th, without listing them all)
     if not choices:  # (`{@2$$a|a}`: dynamicprompts turns through its no choices forever)
         raise ConfigError(f"a cyclical variant {{@{low}$$...}} has no {low} different options to choose: give it "
@@ -838,13 +838,14 @@ def _node_texts(node, wildcards: Wildcards, variables: dict, turns: Turns) -> It
         yield draw([node], turns.rng, wildcards, variables)
     elif node.sampler == "@":
         yield _cycle(node, turns.next(node), turns.rng, wildcards, variables)
-    elif isinstance(node, Wildcard):
-        texts = (text for _, line in wildcards.counted(node.name)
-                 for text in combinations(_line(node, line), wildcards, variables, turns))
-        yield from _once(texts)
+    elif isinstance(node, Wildcard):  # (each line as often as it weighs, and no text given once only: a text two
+        # lines draw comes again, as dynamicprompts' combinatorial sampler gives a wildcard's texts)
+        for times, line in wildcards.counted(node.name):
+            for _ in range(times):
+                yield from combinations(_line(node, line), wildcards, variables, turns)
     else:
         options = [nodes for _, nodes in _options(node, wildcards)]
-        low, high = _count(node, len(options))
+        low, high = _count(node, options, wildcards)
         choices = (texts for chosen in _choices(options, low, high)
                    for texts in _products([lambda option=option: combinations(option, wildcards, variables, turns)
                                            for option in chosen]))
@@ -854,8 +855,8 @@ def _node_texts(node, wildcards: Wildcards, variables: dict, turns: Turns) -> It
 
 
 def _once(values: Iterator) -> Iterator:
-    """`values` without those given before: a variant's or wildcard's texts, each once, as dynamicprompts gives them
-    (two lines that draw the same text, `{red|blue}` and `red`, give it once)."""
+    """`values` without those given before: a variant's choices, each once, as dynamicprompts gives them (two options
+    that draw the same text, `{red|blue}` and `red`, give it once)."""
     seen = set()
     for value in values:
         if value not in seen:
@@ -876,12 +877,20 @@ def _products(makers: list[Callable[[], Iterator[str]]]) -> Iterator[tuple[str, 
 
 
 def _options(node: Variant, wildcards: Wildcards) -> list[tuple[float, list]]:
-    """A variant's options; `{2$$__name__}`, a wildcard alone, draws from its file's lines (no line twice), each
-    weighing the times the extension takes it there (`Wildcards.counted`)."""
-    if len(node.options) == 1 and len(node.options[0][1]) == 1 and isinstance(node.options[0][1][0], Wildcard):
-        alone = node.options[0][1][0]
-        return [(float(times), _line(alone, line)) for times, line in wildcards.counted(alone.name)]
+    """A variant's options; `{2$$__name__}`, a wildcard alone, draws from its file's lines, each as many times as the
+    extension takes it there (`Wildcards.counted`), as options of their own weighing 1 (dynamicprompts'
+    `wildcard_to_variant`), so a line weighing 2 may be drawn twice (`{2$$__name__}`: "red,red")."""
+    alone = _alone(node)
+    if alone:
+        return [(1.0, _line(alone, line)) for times, line in wildcards.counted(alone.name) for _ in range(times)]
     return list(node.options)
+
+
+def _alone(node: Variant) -> Wildcard | None:
+    """The wildcard a variant holds alone (`{2$$__name__}`), else None."""
+    if len(node.options) == 1 and len(node.options[0][1]) == 1 and isinstance(node.options[0][1][0], Wildcard):
+        return node.options[0][1][0]
+    return None
 
 
 def _choices(options: list, low: int, high: int) -> Iterator[tuple]:
@@ -902,8 +911,11 @@ def _arrangements(options: list, count: int) -> Iterator[tuple]:
             yield (option, *after)
 
 
-def _count(node: Variant, available: int) -> tuple[int, int]:
-    """How few and how many options a variant draws, cut to those it has (as dynamicprompts does)."""
+def _count(node: Variant, options: list, wildcards: Wildcards) -> tuple[int, int]:
+    """How few and how many of `options` (`_options`) a variant draws, cut to those it has, as dynamicprompts does; a
+    wildcard alone's to its options each once too (`wildcard_to_variant` cuts to its values, not to their copies)."""
+    alone = _alone(node)
+    available = min(len(options), len(wildcards.options(alone.name))) if alone else len(options)
     high = min(node.high, available)
     return min(node.low, high), high
 
@@ -957,34 +969,48 @@ def _jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | Non
         except ConfigError as e:  # (which of the prompts draws the missing file, the unset variable...)
             raise ConfigError(f"{flag} {text!r}: {e}") from None
 
-    index = {seed: i for i, seed in enumerate(seeds)}  # (a cyclical part's turn: the picture's place)
-
-    def negative_of(seed: int) -> str:
+    def negative_of(seed: int, index: int) -> str:
         if not is_dynamic(negative_nodes):
             return "".join(negative_nodes)  # (as written, less its comments)
-        return draw(negative_nodes, random.Random(f"negative {seed}"), wildcards, index=index[seed])
+        return draw(negative_nodes, random.Random(f"negative {seed}"), wildcards, index=index)
 
     out: list[Job] = []
     place = 0
     for template, nodes in zip(prompts, parsed):
         if not is_dynamic(nodes):
-            drawn = [lambda seed, text="".join(nodes): text]  # (as written, less its comments)
+            drawn = [(lambda seed, index, text="".join(nodes): text, 0)]  # (as written, less its comments)
         elif combinatorial:
-            turns = Turns(random.Random(f"combinatorial {seeds[0] if seeds else 0}"))
-            texts = list(itertools.islice(combinations(nodes, wildcards, turns=turns), max_prompts + 1))
-            if len(texts) > max_prompts:  # (not counted: a few wildcards can make millions)
-                warn(f"--prompt {template!r} has more combinations than --max-prompts {max_prompts}: the "
-                     f"first {max_prompts} are drawn; raise --max-prompts for more", stacklevel=3)
-            drawn = [lambda seed, text=text: text for text in texts[:max_prompts]]
+            drawn = [(lambda seed, index, text=text: text, repeat)
+                     for text, repeat in _combined(template, nodes, wildcards, seeds, max_prompts)]
         else:
-            drawn = [lambda seed: draw(nodes, random.Random(seed), wildcards, index=index[seed])]
-        for prompt_of in drawn:
+            drawn = [(lambda seed, index: draw(nodes, random.Random(seed), wildcards, index=index), 0)]
+        for prompt_of, repeat in drawn:  # (`repeat`: the times combinatorial mode gave the prompt before)
             groups: dict[tuple[str, str], list[int]] = {}
-            for seed in seeds:
-                groups.setdefault((prompt_of(seed), negative_of(seed)), []).append(seed)
+            for i, seed in enumerate(seeds):  # (a cyclical part's turn: the picture's place)
+                index, seed = repeat * len(seeds) + i, seed + repeat * len(seeds)
+                groups.setdefault((prompt_of(seed, index), negative_of(seed, index)), []).append(seed)
             out += [Job(place, prompt, neg, tuple(group), _template(template, nodes),
                         _template(negative, negative_nodes)) for (prompt, neg), group in groups.items()]
             place += 1
+    return out
+
+
+def _combined(template: str, nodes: list, wildcards: Wildcards, seeds: list[int],
+              max_prompts: int) -> list[tuple[str, int]]:
+    """Combinatorial mode's prompts of a template, in order, at most `max_prompts` (a warning says there were more),
+    each with the times it came before: dynamicprompts gives a text again where a wildcard's lines draw it twice
+    (or a line weighs 2), and the extension draws it again with seeds of its own, so here its k-th time is drawn with
+    the seeds k blocks of -n further on (seed + k * n, ...)."""
+    turns = Turns(random.Random(f"combinatorial {seeds[0] if seeds else 0}"))
+    texts = list(itertools.islice(combinations(nodes, wildcards, turns=turns), max_prompts + 1))
+    if len(texts) > max_prompts:  # (not counted: a few wildcards can make millions)
+        warn(f"--prompt {template!r} has more combinations than --max-prompts {max_prompts}: the first "
+             f"{max_prompts} are drawn; raise --max-prompts for more", stacklevel=4)
+    before: dict[str, int] = {}
+    out = []
+    for text in texts[:max_prompts]:
+        out.append((text, before.get(text, 0)))
+        before[text] = before.get(text, 0) + 1
     return out
 
 
