@@ -804,9 +804,10 @@ class Turns:
 def combinations(nodes: list, wildcards: Wildcards, variables: dict | None = None,
                  turns: Turns | None = None) -> Iterator[str]:
     """Every text `nodes` stand for, in order: the first variant's options slowest, each variant's options in the
-    order written, a `{2$$...}` variant's choices as `_arrangements` gives them (weights are left out); a
-    `${name=!...}` setting takes each of its value's texts in turn, slowest of all. A part marked `~` or `@` is not
-    enumerated: each combination draws it (`turns`; default: a generator seeded 0), as dynamicprompts does."""
+    order written, a `{2$$...}` variant's choices as `_arrangements` gives them (weights are left out), a wildcard's
+    lines each as often as it weighs, every text of each (a text two lines draw comes twice); a `${name=!...}`
+    setting takes each of its value's texts in turn, slowest of all. A part marked `~` or `@` is not enumerated:
+    each combination draws it (`turns`; default: a generator seeded 0), as dynamicprompts does."""
     variables, turns = variables or {}, turns or Turns(random.Random(0))
     settings = [node for node in nodes if isinstance(node, Assign)]
     if settings:
@@ -956,7 +957,7 @@ def jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | None
     one job; a cyclical part (`{@...}`) gives picture i (of `seeds`) its i-th text. Combinatorial mode: each
     template's combinations in order (`combinations`, at most `max_prompts`, a warning saying how many more there
     were; its parts marked `~` drawn with a generator seeded from the first seed), each drawn with every seed, one
-    after the other in the files' names.
+    after the other in the files' names (a text given again with the seeds after them, `_combined`).
     A template without variants or wildcards is one job of every seed, its text as written. `folder`: the
     --wildcards-dir (None: none).
 
