@@ -62,6 +62,7 @@ def test_each_variant_form_draws_what_sd_dynamic_prompts_draws(template, seen):
     ("a %{ [...] $$ dog} c", "a [dog]  c"),  # (the whitespace after `%{` and `$$` left out)
     ("%{x\u2026y$$z}", "xzy"),  # (Unicode's ellipsis too)
     ("%{no marker$$x}", "no markerx"),
+    ("100%{a|a}", "100%a"),  # (no `$$`: a `%` before a variant, as before; dynamicprompts refuses it)
 ])
 def test_a_wrap_command_draws_its_inner_text_where_its_wrapper_has_dots(template, drawn):
     """dynamicprompts' `%{wrapper$$inner}`: the drawn inner text stands in the wrapper's first `...`."""
@@ -97,7 +98,10 @@ def test_a_variable_set_with_a_bang_is_drawn_once_else_at_each_use():
     ("${s=a}${s?=b}${s}", {"a"}),  # `?=` keeps a value set
     ("${s?=b}${s}", {"b"}),
     ("${s}${s=late}", {"late"}),  # (a setting holds for the whole text it stands in)
-    (r"\$\{s\} costs \$5", {r"\$\{s\} costs \$5"}),
+    (r"$\{s\} costs $5", {r"$\{s\} costs $5"}),
+    # (dynamicprompts refuses a `$` or `%` that starts nothing; every prompt here takes the syntax, so a plain
+    # "a $5 bill, 100% cotton" is drawn as the text it is)
+    ("costs $5, 100% cotton, 100%{a|a}", {"costs $5, 100% cotton, 100%a"}),
 ])
 def test_variables_are_used_as_sd_dynamic_prompts_uses_them(template, seen):
     assert set(_draws(template)) == seen
@@ -134,7 +138,7 @@ def test_combinatorial_mode_takes_each_value_of_a_variable_set_once(wildcards):
     ("{a|${s=b}}", r"the '\$\{' at character 4 sets \$\{s\} inside a variant or a variable: set it before"),
     ("${s=a|b}", r"\$\{s\}'s value holds a '\|' at character 6: .*wrap options in a variant"),
     ("${s=a", r"the '\$\{' at character 1 is never closed"),
-    ("${1s}", r"the '\$\{' at character 1 starts no variable .* write \\\$\\\{ for the characters"),
+    ("${1s}", r"the '\$\{' at character 1 starts no variable .* write \$\\\{ for the characters"),
     ("${s={a|${s}}}${s}", r"a variable draws itself in a loop: \$\{s\} -> \$\{s\}"),
     ("__styles(a)__", r"the wildcard __styles\(a\)__ sets its variables as name=value"),
     ("${s=cold}__colors/${s}__", r"the wildcard at character 10 is named by a variable, which textinv does not read"),
@@ -401,7 +405,6 @@ def test_a_drawn_prompt_keeps_escapes_for_emphasis_and_draws_itself_again():
 
 
 @pytest.mark.parametrize("text", ["__w(s=(x:1.2))__ ${s} $\\{t} __a__", "{{best}} __init__(self) a\\{b",
-                                  "$5, 100% %{a$$b}",
                                   " // a #1 fan /* x */"])
 def test_a_pictures_prompt_made_literal_is_drawn_as_the_text_it_is(text):
     literal = dynamic.literal(text)
@@ -507,37 +510,6 @@ def test_a_wildcards_lines_are_drawn_each_once_in_sorted_order_as_sd_dynamic_pro
         "blue", "orange", "red"]
     cycled = {s: j.prompt for j in dynamic.jobs(["__@colors/warm__"], "", [0, 1, 2], str(wildcards)) for s in j.seeds}
     assert cycled == {0: "orange", 1: "red", 2: "orange"}
-
-
-@pytest.mark.parametrize("template, message", [
-    ("costs $5", r"^--prompt 'costs \$5': the '\$' at character 7 starts no variable \(\$\{name\}\), and "
-                 r"dynamicprompts refuses it anywhere else: write \\\$ for the character$"),
-    ("100% cotton", r"the '%' at character 4 starts no wrap command \(%\{wrapper ... \$\$inner\}\), .*write \\%"),
-    ("100%{a|a}", r"the '%' at character 4 starts no wrap command"),  # (no `$$` after its wrapper: no wrap command)
-    ("{a|$5}", r"the '\$' at character 4 starts no variable"),
-    ("{a$$b|c}", r"the '\$' at character 3 starts no variable"),  # (a `$$` with no count before it)
-    ("${s=$5}${s}", r"the '\$' at character 5 starts no variable"),
-    ("__sale__", r"^--prompt '__sale__': wildcard __sale__ \(sale.txt line 2\) '50% off': the '%' at character 3"),
-])
-def test_a_dollar_or_percent_sign_that_starts_no_variable_or_wrap_command_is_refused(wildcards, template, message):
-    """dynamicprompts 0.31's parser (parser/parse.py, `_configure_literal_sequence`) keeps `$` and `%` out of its
-    literals, so a prompt holding one that starts no `${...}` or `%{...$$...}` does not parse (and has no escape for
-    them); textinv refuses it the same, naming it, before anything is drawn, and reads `\\$` and `\\%` as the
-    characters."""
-    (wildcards / "sale.txt").write_text("off\n50% off\n")
-    with pytest.raises(ConfigError, match=message):
-        dynamic.jobs([template], "", [0], str(wildcards))
-    (job,) = dynamic.jobs([r"costs \$5, 100\% {a|a}"], "", [0])
-    assert emphasis.plain_text(job.prompt) == "costs $5, 100% a"
-
-
-def test_the_hires_prompts_take_dollar_and_percent_signs_as_text(tmp_path):
-    """The hires fix's prompts take no dynamic syntax, so a `$` or `%` there is text, as before."""
-    import textinv.generate as gen
-
-    config = GenerateConfig(prompt=["a"], hires_scale=2, hires_prompt="100% $5", hires_negative_prompt="$\\{x",
-                            out=str(tmp_path / "r"), model=str(tmp_path / "no-model"))
-    assert [job.prompt for job in gen._jobs(config)] == ["a"]
 
 
 @pytest.mark.parametrize("template, folder, message", [

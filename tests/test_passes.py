@@ -1032,7 +1032,7 @@ def test_an_x_y_z_plots_eta_is_checked_against_each_cells_sampler(tmp_path):
 
 
 def test_comfy_emphasis_draws_a_dynamic_prompts_escape_as_its_character(sd1_dir):
-    """Under --emphasis comfy a `#`, `{`, `}`, `$`, `%`, a wildcard's `_` or a leading `//` written escaped (`\\#`: what
+    """Under --emphasis comfy a `#`, `{`, `}`, a wildcard's `_` or a leading `//` written escaped (`\\#`: what
     `dynamic.literal` writes of a picture's prompt for --again, and how a prompt gives one now that `#` starts a
     comment) is the character, as the web UI's syntax reads it: ComfyUI's syntax kept the backslash, a token more
     (a ComfyUI picture's `#` redrew as `\\#`, and no prompt could draw a `#`)."""
@@ -1040,6 +1040,6 @@ def test_comfy_emphasis_draws_a_dynamic_prompts_escape_as_its_character(sd1_dir)
     from textinv.emphasis import comfy_syntax, comfy_token_chunks
 
     tok = load_model(sd1_dir).tokenizer
-    for written in ["a #1 {red} car", "__init__ a b", "// a b", "(a #1:1.2) \\(x\\) C:\\dir", "$5, 100% off"]:
+    for written in ["a #1 {red} car", "__init__ a b", "// a b", "(a #1:1.2) \\(x\\) C:\\dir"]:
         (job,) = jobs([literal(written)], "", [0], None, False, 1)
         assert comfy_token_chunks(tok, comfy_syntax(job.prompt)) == comfy_token_chunks(tok, comfy_syntax(written))

@@ -102,17 +102,16 @@ class Variant:
     sampler: str = ""  # as a Wildcard's: `{~a|b}`, `{!a|b}`, `{@a|b}`
 
 
-def parse(text: str, where: str = "--prompt", strict: bool = True) -> list:
+def parse(text: str, where: str = "--prompt") -> list:
     """`text` as nodes: text (str), `Variant`, `Wildcard`, `Variable` and `Assign`; `where` names it in an error (an
-    unbalanced brace). `strict`: a `$` or `%` that starts no variable or wrap command is refused, as dynamicprompts'
-    parser refuses it (its literals hold neither); else it is text (the hires fix's prompts, which take no syntax).
+    unbalanced brace).
 
     >>> parse("a {red|2::blue} __hat__")
     ['a ', Variant(options=((1.0, ['red']), (2.0, ['blue'])), low=1, high=1, separator=',', sampler=''), ' ', \
 Wildcard(name='hat', variables=(), sampler='')]
     """
     try:
-        nodes, i = _sequence(text, 0, False, where, strict)
+        nodes, i = _sequence(text, 0, False, where)
     except RecursionError:  # (hundreds of braces one inside another)
         raise ConfigError(f"{where} {text!r}: its variants nest too deeply to read (Python's recursion limit): nest "
                           f"fewer") from None
@@ -120,13 +119,13 @@ Wildcard(name='hat', variables=(), sampler='')]
 
 
 def literal(text: str) -> str:
-    """`text` with what `parse` reads as a variant, a wildcard, a variable, a wrap command or a comment escaped (`{`,
-    `}`, `#`, `$` and `%` as `\\{`, `\\}`, `\\#`, `\\$` and `\\%`, a wildcard's first `_` as `\\_`, the `/` of a `//` or
-    `/*` that starts the text as `\\/`; escapes already there stay), so it is drawn as written, as `emphasis.parse`
-    reads it the same: a picture's prompt, which is what it drew (`again`).
+    """`text` with what `parse` reads as a variant, a wildcard or a comment escaped (`{`, `}` and `#` as `\\{`, `\\}`
+    and `\\#`, a wildcard's first `_` as `\\_`, the `/` of a `//` or `/*` that starts the text as `\\/`; escapes
+    already there stay), so it is drawn as written, as `emphasis.parse` reads it the same: a picture's prompt, which
+    is what it drew (`again`).
 
-    >>> literal("{{best}} __init__ a\\{b #1 100%")
-    '\\\\{\\\\{best\\\\}\\\\} \\\\__init__ a\\\\{b \\\\#1 100\\\\%'
+    >>> literal("{{best}} __init__ a\\{b #1")
+    '\\\\{\\\\{best\\\\}\\\\} \\\\__init__ a\\\\{b \\\\#1'
     """
     out, i = [], 0
     lead = len(text) - len(text.lstrip(" \t\r\n"))  # (where the text starts, the one place `//` is a comment here)
@@ -136,7 +135,7 @@ def literal(text: str) -> str:
             i += 2
             continue
         starts = i == lead and text.startswith(("//", "/*"), i)
-        if text[i] in "{}#$%" or starts or _WILDCARD.match(text, i) or _PARENTHESES_IN_VARIABLES.match(text, i):
+        if text[i] in "{}#" or starts or _WILDCARD.match(text, i) or _PARENTHESES_IN_VARIABLES.match(text, i):
             out.append("\\")
         out.append(text[i])
         i += 1
@@ -149,8 +148,7 @@ def is_dynamic(nodes: list) -> bool:
     return any(not isinstance(node, str) for node in nodes)
 
 
-def _sequence(text: str, i: int, inside: bool, where: str, strict: bool,
-              wrapper: bool = False) -> tuple[list, int]:
+def _sequence(text: str, i: int, inside: bool, where: str, wrapper: bool = False) -> tuple[list, int]:
     """Nodes from `text[i:]` up to the end, or (`inside` a variant) up to its next `|` or `}` (or, a `wrapper`, `$$`),
     not consumed. Comments are left out as dynamicprompts' parser leaves them out: a `#` (not `\\#`) to the end of
     its line anywhere, and `//` to the line's end and `/* */` where a part starts (the text's start, after a variant,
@@ -183,14 +181,14 @@ def _sequence(text: str, i: int, inside: bool, where: str, strict: bool,
             add(text[i:i + 2])
             i += 2
         elif ch == "{":
-            node, i = _variant(text, i, where, strict)
+            node, i = _variant(text, i, where)
             flush()
             nodes.append(node)
         elif text.startswith("${", i):
-            node, i = _variable(text, i, inside, where, strict)
+            node, i = _variable(text, i, inside, where)
             flush()
             nodes.append(node)
-        elif text.startswith("%{", i) and (wrap := _wrap(text, i, where, strict)):
+        elif text.startswith("%{", i) and (wrap := _wrap(text, i, where)):
             flush()
             nodes.append(wrap[0])
             i = wrap[1]
@@ -207,8 +205,6 @@ def _sequence(text: str, i: int, inside: bool, where: str, strict: bool,
         else:
             if ch == "_":
                 _refuse_unread_wildcard(text, i, where)
-            if ch in "$%" and strict:
-                _refuse_sign(text, i, where)
             square += (ch == "[") - (ch == "]" and square > 0)
             add(ch)
             i += 1
@@ -232,16 +228,7 @@ def _refuse_unread_wildcard(text: str, i: int, where: str) -> None:
                           f"(${{{variable}={value}}}__{name}__), or write \\_\\_ for underscores that are text")
 
 
-def _refuse_sign(text: str, i: int, where: str) -> None:
-    """Refuse a `$` or `%` at `text[i]` that starts no variable or wrap command: dynamicprompts' parser reads them
-    as nothing else (its literals hold neither, parser/parse.py `_configure_literal_sequence`), so it refuses the
-    prompt; textinv's escape, `\\$` or `\\%`, is the character."""
-    what = "variable (${name})" if text[i] == "$" else "wrap command (%{wrapper ... $$inner})"
-    raise ConfigError(f"{where} {text!r}: the '{text[i]}' at character {i + 1} starts no {what}, and dynamicprompts "
-                      f"refuses it anywhere else: write \\{text[i]} for the character")
-
-
-def _variant(text: str, start: int, where: str, strict: bool) -> tuple[Variant, int]:
+def _variant(text: str, start: int, where: str) -> tuple[Variant, int]:
     """The variant whose `{` is at `start`, and the index after its `}`."""
     if text.startswith("{}", start):  # (an empty variant draws nothing: surely training's mark for the token)
         raise ConfigError(f"{where} {text!r}: '{{}}' marks the token in training's prompts; here it is an empty "
@@ -268,7 +255,7 @@ def _variant(text: str, start: int, where: str, strict: bool) -> tuple[Variant, 
         weight = _WEIGHT.match(text, i)
         if weight:
             i = weight.end()
-        nodes, i = _sequence(text, i, True, where, strict)
+        nodes, i = _sequence(text, i, True, where)
         options.append((float(weight.group(1)) if weight else 1.0, nodes))
         if i >= len(text):
             comment = " (a # in it starts a comment to the end of its line: write \\# for the character)" \
@@ -280,14 +267,14 @@ def _variant(text: str, start: int, where: str, strict: bool) -> tuple[Variant, 
             return Variant(tuple(options), low, high if high is not None else len(options), separator, sampler), i
 
 
-def _wrap(text: str, start: int, where: str, strict: bool) -> tuple[Wrap, int] | None:
+def _wrap(text: str, start: int, where: str) -> tuple[Wrap, int] | None:
     """The wrap command whose `%{` is at `start` (`%{wrapper$$inner}`, dynamicprompts' grammar: the whitespace after
     `%{` and `$$` left out), and the index after its `}`; None where no `$$` follows the wrapper (a `%` before a
     variant, as textinv read it before)."""
-    wrapper, i = _sequence(text, _LEAD.match(text, start + 2).end(), True, where, strict, wrapper=True)
+    wrapper, i = _sequence(text, _LEAD.match(text, start + 2).end(), True, where, wrapper=True)
     if not text.startswith("$$", i):
         return None
-    inner, i = _sequence(text, _LEAD.match(text, i + 2).end(), True, where, strict)
+    inner, i = _sequence(text, _LEAD.match(text, i + 2).end(), True, where)
     if i >= len(text) or text[i] != "}":
         raise ConfigError(f"{where} {text!r}: the '%{{' at character {start + 1} is never closed, or holds a '|' "
                           f"after its '$$': write %{{wrapper ... $$inner}} (a variant inside it for options), or %\\{{ "
@@ -295,13 +282,13 @@ def _wrap(text: str, start: int, where: str, strict: bool) -> tuple[Wrap, int] |
     return Wrap(wrapper, inner), i + 1
 
 
-def _variable(text: str, start: int, inside: bool, where: str, strict: bool) -> tuple[Variable | Assign, int]:
+def _variable(text: str, start: int, inside: bool, where: str) -> tuple[Variable | Assign, int]:
     """The variable's use or setting whose `${` is at `start`, and the index after its `}`."""
     head = _VARIABLE.match(text, start)
     at = f"{where} {text!r}: the '${{' at character {start + 1}"
     if not head:
         raise ConfigError(f"{at} starts no variable (${{name}}, ${{name:default}}, ${{name=value}}; a name is letters, "
-                          f"digits, _ and -): fix it, or write \\$\\{{ for the characters")
+                          f"digits, _ and -): fix it, or write $\\{{ for the characters")
     name, kind, i = head.group(1), head.group(2), head.end()
     if kind == "}":
         return Variable(name), i
@@ -311,9 +298,9 @@ def _variable(text: str, start: int, inside: bool, where: str, strict: bool) -> 
     immediate = kind != ":" and text.startswith("!", i)
     i += immediate
     i = _LEAD.match(text, i).end()
-    value, i = _sequence(text, i, True, where, strict)
+    value, i = _sequence(text, i, True, where)
     if i >= len(text):
-        raise ConfigError(f"{at} is never closed: close it with '}}', or write \\$\\{{ for the characters")
+        raise ConfigError(f"{at} is never closed: close it with '}}', or write $\\{{ for the characters")
     if text[i] == "|":
         raise ConfigError(f"{at}: ${{{name}}}'s value holds a '|' at character {i + 1}: one value stands there; wrap "
                           f"options in a variant (${{{name}={{a|b}}}}), or write \\| for the character")

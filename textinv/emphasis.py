@@ -188,7 +188,7 @@ def comfy_embeddings(prompt: str, written=lambda name: name) -> tuple[str, list[
 
 
 # a character of the dynamic prompts syntax escaped (`dynamic.literal`, a prompt's own `\#`): the character, drawn
-_DYNAMIC_ESCAPE = re.compile(r"\\([{}#_/$%])")
+_DYNAMIC_ESCAPE = re.compile(r"\\([{}#_/])")
 
 
 def comfy_syntax(prompt: str) -> str:

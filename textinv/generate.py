@@ -1802,7 +1802,7 @@ def _jobs(config: GenerateConfig) -> list[dynamic.Job]:
                               ("--hires-negative-prompt", config.hires_negative_prompt, "the hires fix's prompts take"),
                               ("--prompt-l", config.prompt_l, "SDXL's CLIP-L texts take"),
                               ("--negative-prompt-l", config.negative_prompt_l, "SDXL's CLIP-L texts take")):
-        if text and dynamic.is_dynamic(dynamic.parse(text, flag, strict=False)):  # (a `$`, a `%`: text here)
+        if text and dynamic.is_dynamic(dynamic.parse(text, flag)):
             raise ConfigError(f"{flag} {text!r}: {whose} no {{a|b}} variants, __wildcards__ or ${{variables}} (one "
                               f"is drawn for every picture); write the text out, or \\{{, $\\{{ and \\_ for the "
                               f"characters")
