@@ -1,5 +1,6 @@
 """Generation with learned tokens, and interoperability with diffusers' own textual-inversion loader."""
 
+import json
 import re
 import warnings
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
+from safetensors.torch import save_file
 
 from conftest import again_warned, fresh_model, saved_whole, web_ui_picture
 from textinv import dynamic
@@ -3570,3 +3572,59 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_as_the_model_loads_stops_generate(se
                  progress=False)
     assert not out.exists() or not list(out.iterdir())
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_generate_draws_at_the_non_square_size_the_embedding_was_trained_at(sd1_dir, tmp_path):
+    """A run at --resolution WIDTHxHEIGHT records it in its file: a picture drawn with it and no size of its own is
+    drawn at that size, and records it; a size given, a square's record or an embedding the prompt does not draw
+    with leaves the model's own."""
+    model = load_model(sd1_dir)
+    side = model.resolution
+
+    def drawn(embeddings, prompt="a photo of <q>", **kw):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "drawing at")  # (no warning where the embeddings agree)
+            path = generate(GenerateConfig(prompt=[prompt], embedding=[str(e) for e in embeddings], n=1, steps=1,
+                                           out=str(tmp_path / f"r{len(list(tmp_path.iterdir()))}"), **kw),
+                            model=model, progress=False)[0]
+        picture = Image.open(path)
+        recorded = json.loads(picture.text["textinv_settings"])["settings"]
+        assert (recorded["width"], recorded["height"]) == picture.size
+        return picture.size
+
+    def saved(name, resolution, token="<q>", format="diffusers"):
+        metadata = {"resolution": resolution} if resolution else {}
+        return save_embedding(LearnedEmbedding(token, {"text_encoder": torch.randn(1, 32)}, metadata),
+                              tmp_path / name, format)[0]
+
+    wide = saved("wide.safetensors", f"{side}x{side * 2}")
+    assert drawn([wide]) == (side, side * 2)
+    assert drawn([saved("wide.pt", f"{side}x{side * 2}", format="a1111")]) == (side, side * 2)  # (its textinv dict)
+    assert drawn([wide], width=side * 3) == (side * 3, side)  # (a size given: as given, the rest the model's)
+    assert drawn([wide], resolution=side) == (side, side)
+    assert drawn([wide], prompt="a photo of a dog") == (side, side)  # (given, but not drawn with)
+    assert drawn([saved("square.safetensors", str(side * 2))]) == (side, side)  # (a square: the model's own)
+    assert drawn([saved("plain.safetensors", None)]) == (side, side)
+    # kohya's sd-scripts write the size as ModelSpec's resolution
+    kohya = tmp_path / "<k>.safetensors"
+    save_file({"emb_params": torch.randn(1, 32)}, str(kohya), metadata={"modelspec.resolution": f"{side * 2}x{side}"})
+    assert drawn([kohya], prompt="a photo of <k>") == (side * 2, side)
+    # two that agree, or one that does not say beside it: theirs
+    other = saved("other.safetensors", f"{side}x{side * 2}", "<r>")
+    assert drawn([wide, other, saved("p.safetensors", None, "<p>")], prompt="<p> beside <q> and <r>") == \
+        (side, side * 2)
+
+
+def test_embeddings_trained_at_different_sizes_draw_at_the_models_own_and_say_so_once(sd1_dir, tmp_path):
+    model = load_model(sd1_dir)
+    side = model.resolution
+    tall, wide = [save_embedding(LearnedEmbedding(token, {"text_encoder": torch.randn(1, 32)},
+                                                  {"resolution": size}), tmp_path / f"{i}.safetensors")[0]
+                  for i, (token, size) in enumerate([("<q>", f"{side}x{side * 2}"), ("<r>", f"{side * 2}x{side}")])]
+    with pytest.warns(UserWarning) as heard:
+        paths = generate(GenerateConfig(prompt=["<q> and <r>", "<q> beside <r>"], embedding=[str(tall), str(wide)],
+                                        n=2, steps=1, out=str(tmp_path / "r")), model=model, progress=False)
+    assert [Image.open(p).size for p in paths] == [(side, side)] * 4
+    said = [str(w.message) for w in heard if "trained at" in str(w.message)]
+    assert said == [f"drawing at {side}x{side}, the model's own size: <q> was trained at {side}x{side * 2}, <r> was "
+                    f"trained at {side * 2}x{side}; pass --width and --height"]

@@ -1321,6 +1321,38 @@ def generation_clip_skip(model: Model, asked: int | None, embeddings: list[Learn
     return clip_skip
 
 
+def trained_size(emb: LearnedEmbedding) -> tuple[int, int] | None:
+    """The (width, height) an embedding file says it was trained at: textinv's record ("512", a square's side, or
+    "512x768" from --resolution WIDTHxHEIGHT), else the ModelSpec resolution kohya's sd-scripts write ("512x768");
+    None: unsaid, or not a size a picture can be drawn at (a side that is no multiple of 8).
+
+    >>> trained_size(LearnedEmbedding("<t>", {"text_encoder": torch.zeros(1, 768)}, {"resolution": "512x768"}))
+    (512, 768)
+    """
+    for key in ("resolution", "modelspec.resolution"):
+        found = re.fullmatch(r"(\d+)(?:x(\d+))?", str(emb.metadata.get(key, "")).strip())
+        if found:
+            size = int(found[1]), int(found[2] or found[1])
+            return size if all(side > 0 and side % 8 == 0 for side in size) else None
+    return None
+
+
+def generation_size(model: Model, embeddings: list[LearnedEmbedding]) -> tuple[int, int] | None:
+    """The (width, height) to draw at where no size is given: the one `embeddings` (those the prompts draw with)
+    were trained at where it is not a square and none was trained at another (`trained_size`; a file that does not
+    say is left out); None: the model's own. Embeddings trained at different sizes, one of them not square, are
+    warned about: the model's own square is drawn, which suits none of them better than another."""
+    sizes = {e.token: size for e in embeddings if (size := trained_size(e)) is not None}
+    if len(set(sizes.values())) > 1:
+        if any(w != h for w, h in sizes.values()):
+            warn(f"drawing at {model.resolution}x{model.resolution}, the model's own size: " + ", ".join(
+                 f"{t} was trained at {w}x{h}" for t, (w, h) in sizes.items()) + "; pass --width and --height",
+                 stacklevel=3)
+        return None
+    size = next(iter(sizes.values()), None)
+    return size if size and size[0] != size[1] else None
+
+
 def _slug(text: str, limit: int = 40) -> str:
     """A file-name-safe short form of a prompt: letters and digits of any script (with their combining marks, as
     Devanagari's vowel signs or a decomposed accent), the rest as '-'."""
@@ -2313,6 +2345,19 @@ def _sizes(config: GenerateConfig, model: Model, init: Image.Image | None
     return width, height, hires, hires.sizes(width, height, model.pipeline.vae_scale_factor)[2]
 
 
+def _trained_size_given(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding],
+                        prompts: list[str]) -> GenerateConfig:
+    """`config` with --width and --height the size the embeddings its `prompts` draw with were trained at
+    (`generation_size`), where it gives no size of its own (none of --width, --height, --resolution, and no
+    --init-image, whose picture's proportions decide): pictures then record the size they were drawn at."""
+    if config.width or config.height or config.resolution or config.init_image:
+        return config
+    used = _used_embeddings(model, embeddings, [(prompts, config.steps or DEFAULT_STEPS, None)],
+                            config.old_prompt_editing)
+    size = generation_size(model, used)
+    return replace(config, width=size[0], height=size[1]) if size else config
+
+
 def _warn_large(model: Model, drawn: tuple[int, int], stacklevel: int = 3) -> None:
     area = drawn[0] * drawn[1] / model.resolution ** 2
     if area > 4:  # compute grows with the pixels, and quality falls off far from the training size
@@ -2343,6 +2388,8 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     # each prompt's and negative prompt's words and LoRAs, all read (a bad tag refused) before any picture is drawn
     texts = [emphasis.lora_tags(job.prompt) for job in jobs]
     negatives = {job.negative: emphasis.lora_tags(job.negative) for job in jobs}
+    drawn = [words for words, _ in texts + list(negatives.values())] + [emphasis.lora_tags(config.hires_prompt or "")[0]]
+    config = _trained_size_given(config, model, embeddings, drawn)
     _warn_unapplied(config, jobs, negatives)
     names = _file_names(config, jobs, pictures.sources)
     mine = [name for (_, _, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
