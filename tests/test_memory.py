@@ -567,14 +567,15 @@ def test_a_run_hands_its_model_and_size_to_the_worked_out_batch(sd1_dir, images,
     assert "--batch 1 --grad-accum 4" in str(info.value)
 
 
-@pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl"])
-def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, sd1_dir, sd2_dir, images, tmp_path,
+@pytest.mark.parametrize("arch, size", [("sd1", None), ("sd2", None), ("sdxl", None), ("sdxl", (24, 16))])
+def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, size, sd1_dir, sd2_dir, images, tmp_path,
                                                                 monkeypatch):
     """The count is of `step_bytes`'s step, not of the run's: the run's own step (two concepts drawn into one batch,
     --alpha-mask's pixel weights, min-SNR, --vectors 2, clip skip 2, SD 2's v-prediction, SDXL's two encoders, pooled
-    output and time ids, checkpointing, --max-token-length's chunks) counted on the CPU must hold what the twin's
-    does, attention on the math path on both sides (the CPU has no kernel the meta device can stand in for). A
-    second text pass or a tensor the step keeps and the twin's does not would show here."""
+    output and time ids, checkpointing, --max-token-length's chunks, --resolution WIDTHxHEIGHT's latents) counted on
+    the CPU must hold what the twin's does, attention on the math path on both sides (the CPU has no kernel the meta
+    device can stand in for). A second text pass or a tensor the step keeps and the twin's does not would show
+    here."""
     from contextlib import nullcontext
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -589,6 +590,8 @@ def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, sd1_dir, sd
     settings = {"sd1": dict(alpha_mask=True, min_snr_gamma=5.0, clip_skip=2, grad_accum=2),
                 "sd2": dict(noise_offset=0.1, max_token_length=150),
                 "sdxl": dict(gradient_checkpointing=True, max_token_length=225)}[arch]
+    if size:
+        settings["resolution"] = list(size)
     run = dataclasses.replace(config(images, tmp_path / "run", batch=2, steps=1, vectors=2, **settings), images=None,
                               token=None, concepts=[f"{images}=<za>", f"{images}=<zb>"])
     live, marks = memory.LiveMemory(), {}
@@ -611,7 +614,7 @@ def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, sd1_dir, sd
     model = load_model(where)
     twin, ids = memory.meta_twin(model, run.vectors)
     monkeypatch.setattr(memory, "fused_attention", nullcontext)  # (the meta device's own choice: the math path)
-    counted = memory.step_bytes(twin, ids, run.batch * 2, model.resolution, run.gradient_checkpointing,
+    counted = memory.step_bytes(twin, ids, run.batch * 2, size or model.resolution, run.gradient_checkpointing,
                                 check_clip_skip(model, run.clip_skip), run.max_token_length)
     assert counted == pytest.approx(marks["peak"] - marks["at"], rel=0.01)
 
@@ -675,3 +678,62 @@ def test_on_a_gpu_the_worked_out_batch_trains_where_the_larger_one_ran_out(tmp_p
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
+
+
+def test_the_step_is_counted_by_its_pixels_width_by_height(sd1_dir):
+    """--resolution 512x768 is 393,216 pixels a picture, 1.5 times 512x512's, and fewer than 640x640's 409,600 (1.5625
+    times): the step's bytes follow the pixels (the tiny model has no attention at these sizes to make them grow
+    faster), whichever way round the picture is; a square given as (W, H) is that square."""
+    from textinv.memory import meta_twin, step_bytes
+
+    twin, ids = meta_twin(fresh_model(sd1_dir))
+    counted = {size: step_bytes(twin, ids, 1, size) for size in [512, (512, 768), (768, 512), (640, 640)]}
+    assert counted[(512, 768)] == counted[(768, 512)] < counted[(640, 640)]
+    assert counted[(512, 768)] / counted[512] == pytest.approx(1.5, rel=0.01)
+    assert counted[(640, 640)] / counted[512] == pytest.approx(1.5625, rel=0.01)
+    assert step_bytes(twin, ids, 1, 640) == counted[(640, 640)]
+
+
+def test_out_of_memory_at_a_width_by_height_says_that_size_and_a_smaller_one(images, tmp_path):
+    run = config(images, tmp_path, batch=1, gradient_checkpointing=True, resolution="512x768")
+    where = _Where(run, torch.float32, stage="step", step=7, resolution=(512, 768))
+    message = str(_memory_error(where, torch.device("cpu"), torch.OutOfMemoryError("")))
+    assert message.startswith("out of memory on cpu in training step 7 (batch 1, 512x768, fp32, "
+                              "--gradient-checkpointing). ")
+    assert "--precision bf16; --resolution 384x576 (the pictures are learned at that size)." in message
+    where.stage = "latents"
+    assert "(the VAE encoding them at 512x768, fp32)" in str(_memory_error(where, torch.device("cpu"),
+                                                                            torch.OutOfMemoryError("")))
+
+
+def test_the_worked_out_batch_of_a_width_by_height_run_counts_its_pixels(sd1_dir, images, tmp_path, monkeypatch):
+    from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
+
+    model = fresh_model(sd1_dir)
+    size = (model.resolution, model.resolution * 2)
+    twin, ids = meta_twin(model)
+    held = 5_000_000
+    room = int((held + WORKSPACE + step_bytes(twin, ids, 3, size, True)) * RESERVE) + 1  # (3 fit, not 4)
+    assert (held + WORKSPACE + step_bytes(twin, ids, 4, size, True)) * RESERVE > room
+    _fake_cuda(monkeypatch, free=room, reserved=0, allocated=held)
+    run = config(images, tmp_path, batch=8, gradient_checkpointing=True, resolution=list(size))
+    where = _Where(run, torch.float32, stage="step", step=5, resolution=size, model=model)
+    message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
+    assert f"Worked out for this model ({size[0]}x{size[1]}, fp32): the room this GPU has takes 3 samples at " \
+           f"once." in message
+
+
+def test_a_width_by_height_run_hands_its_size_to_the_worked_out_batch(sd1_dir, images, tmp_path, monkeypatch):
+    model, asked = fresh_model(sd1_dir), []
+
+    def batches_that_fit(where, device, batch):
+        asked.append(where.resolution)
+        return 1, 5
+
+    monkeypatch.setattr(train_module, "_batches_that_fit", batches_that_fit)
+    out_of_memory_at(monkeypatch, 2)
+    with pytest.raises(DeviceMemoryError) as info:
+        train(config(images, tmp_path / "run", batch=4, resolution="24x16"), model=model, progress=False)
+    assert asked == [(24, 16)]
+    assert "in training step 2 (batch 4, 24x16, fp32)" in str(info.value)
+    assert "--resolution 16x8 (the pictures are learned at that size)" in str(info.value)

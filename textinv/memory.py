@@ -68,6 +68,28 @@ def smaller_side(pixels: int) -> int:
     return max(grain, pixels * 3 // 4 // grain * grain)
 
 
+def sides(resolution: int | tuple[int, int]) -> tuple[int, int]:
+    """A training size as (width, height): a square's side `resolution`, or (W, H) as given (--resolution
+    WIDTHxHEIGHT).
+
+    >>> sides(512), sides((512, 768))
+    ((512, 512), (512, 768))
+    """
+    return (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+
+
+def smaller_size(resolution: int | tuple[int, int]) -> str:
+    """The --resolution to suggest for fewer pixels: each side `smaller_side` (about 3/4 of it, so about 9/16 of the
+    pixels), one number for a square.
+
+    >>> smaller_size(512), smaller_size((512, 768))
+    ('384', '384x576')
+    """
+    if isinstance(resolution, int):
+        return str(smaller_side(resolution))
+    return "x".join(str(smaller_side(side)) for side in resolution)
+
+
 def _gib(n: int) -> str:
     return f"{n / 2 ** 30:.1f} GiB"
 
@@ -267,11 +289,12 @@ def meta_twin(model, vectors: int = 1):
     return twin, first_ids
 
 
-def step_bytes(twin, first_ids: list[int], batch: int, resolution: int, checkpointing: bool = False,
-               clip_skip: int = 1, max_token_length: int = 75) -> int:
-    """The most bytes a training step of `batch` samples at `resolution` (forward, loss, backward to the learned
-    vectors) holds at once beyond what the run holds between steps, on a meta-device model (`meta_twin`); with
-    `max_token_length` 150 or 225 (--max-token-length) each caption is its 2 or 3 chunks, as the trainer's."""
+def step_bytes(twin, first_ids: list[int], batch: int, resolution: int | tuple[int, int],
+               checkpointing: bool = False, clip_skip: int = 1, max_token_length: int = 75) -> int:
+    """The most bytes a training step of `batch` samples at `resolution` (a square's side, or (W, H): --resolution
+    WIDTHxHEIGHT) (forward, loss, backward to the learned vectors) holds at once beyond what the run holds between
+    steps, on a meta-device model (`meta_twin`); with `max_token_length` 150 or 225 (--max-token-length) each
+    caption is its 2 or 3 chunks, as the trainer's."""
     from .models import xl_time_ids
     from .train import diffusion_loss
 
@@ -282,11 +305,13 @@ def step_bytes(twin, first_ids: list[int], batch: int, resolution: int, checkpoi
     else:
         unet.disable_gradient_checkpointing()
         unet.eval()
-    side = resolution // twin.pipeline.vae_scale_factor
+    width, height = sides(resolution)
+    scale = twin.pipeline.vae_scale_factor
     scheduler = twin.noise_scheduler()
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to("meta")
     with LiveMemory() as live, fused_attention():
-        latents = torch.zeros(batch, unet.config.in_channels, side, side, device="meta")  # (the trainer's: fp32)
+        # (B, C, H/f, W/f), fp32 as the trainer's
+        latents = torch.zeros(batch, unet.config.in_channels, height // scale, width // scale, device="meta")
         timesteps = torch.zeros(batch, dtype=torch.long, device="meta")
         ids = []
         for (_, tok, _), first in zip(twin.encoders, first_ids):
@@ -295,8 +320,8 @@ def step_bytes(twin, first_ids: list[int], batch: int, resolution: int, checkpoi
             ids.append(torch.tensor([row * chunks] * batch, device="meta"))
         time_ids = None
         if twin.is_xl:
-            time_ids = xl_time_ids(torch.tensor([[resolution, resolution]] * batch), torch.zeros(batch, 2),
-                                   resolution).to("meta")
+            size = torch.tensor([[height, width]] * batch)  # (SDXL's time ids are (h, w))
+            time_ids = xl_time_ids(size, torch.zeros(batch, 2), size).to("meta")
         diffusion_loss(twin, scheduler, latents, torch.zeros_like(latents), timesteps, ids, time_ids=time_ids,
                        clip_skip=clip_skip).mean().backward()
     return live.peak

@@ -53,7 +53,7 @@ from .generate import check_fits, check_steps, expand_all, uses_clip_l_half, war
 from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
 from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as,
-                     release, smaller_side, step_bytes)
+                     release, sides, smaller_size, step_bytes)
 from .models import (DTYPES, EarlyInterrupt, Model, check_clip_skip, check_model_object, encode_text, load_model,
                      model_fingerprints, pick_device, precision_name, shareable_name, xl_time_ids)
 from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
@@ -865,7 +865,7 @@ class _Where:
     dtype: torch.dtype
     stage: str = "load"
     step: int = 0
-    resolution: int | None = None
+    resolution: int | tuple[int, int] | None = None  # (a square's side, or (W, H): --resolution WIDTHxHEIGHT)
     prompts: int = 0
     at_once: int = 0  # (a grid's pictures drawn together, `sample_grid`'s `drawing`: prompts with options apart)
     drawn_at: tuple[int, int] | None = None  # (their width and height)
@@ -881,14 +881,14 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
     """The `DeviceMemoryError` for running out of memory at `where`: the settings that need less there, the one
     that changes what is learned least first, and how the run goes on."""
     config = where.config
-    size = f"{where.resolution}x{where.resolution}" if where.resolution else "its size"
+    size = "x".join(map(str, sides(where.resolution))) if where.resolution else "its size"
     size = f"about {size}" if config.buckets else size
     precision = precision_name(where.dtype)
     # each fix: its flags, what it does, and whether a --resume may take it (it changes nothing that is learned)
     half = "fp16" if device.type == "mps" or device.type == "cuda" and not torch.cuda.is_bf16_supported() else "bf16"
     fixes = [(f"--precision {half}", "", False)] if where.dtype == torch.float32 else []
     if where.resolution and where.stage != "load":
-        fixes.append((f"--resolution {smaller_side(where.resolution)}", "the pictures are learned at that size", False))
+        fixes.append((f"--resolution {smaller_size(where.resolution)}", "the pictures are learned at that size", False))
     fit = None
     if where.stage == "load":
         doing = f"loading the model ({precision})"
@@ -911,7 +911,7 @@ def _grid_out_of_memory(where: _Where) -> tuple[str, list[tuple[str, str, bool]]
     # the pictures drawn at once: all the grid's, or with a sample prompts file's options those of one set of
     # settings, at their own size (the grid's is the training size, never "about" it)
     n = where.at_once or where.prompts
-    width, height = where.drawn_at or (where.resolution, where.resolution)
+    width, height = where.drawn_at or (sides(where.resolution) if where.resolution else (None, None))
     drawn = f"{width}x{height}" if width else "its size"
     held = (f"{n} prompt{'s' * (n > 1)}" if n == where.prompts else
             f"{n} of its {where.prompts} prompts at once")
@@ -1565,8 +1565,7 @@ def _read_concepts(run: _Run) -> None:
     config, model, device, where, specs = run.config, run.model, run.device, run.where, run.specs
     size = training_size(config.resolution)
     resolution = run.resolution = tuple(size) if isinstance(size, list) else size or model.resolution
-    # (the out-of-memory advice and the batch estimate are a square's; WIDTHxHEIGHT goes without them)
-    where.stage, where.resolution = "latents", resolution if isinstance(resolution, int) else None
+    where.stage, where.resolution = "latents", resolution
     tokenizers = [tok for _, tok, _ in model.encoders]
     concepts = run.concepts
     step_px = bucket_step(model) if config.buckets else None
@@ -2623,7 +2622,7 @@ def sample_grid(model: Model, prompts: list[str | SamplePrompt], seed: int, step
     # the pictures of one set of settings go through the pipeline together: a grid of prompts without options is
     # one call, as it always was
     groups: dict[tuple, list[int]] = {}
-    wide, high = resolution if isinstance(resolution, tuple) else (resolution, resolution)
+    wide, high = sides(resolution)
     for i, s in enumerate(shots):
         key = (s.negative_prompt, s.guidance, s.steps or steps, s.sampler or "default", s.width or wide,
                s.height or high)
