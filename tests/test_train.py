@@ -2466,3 +2466,82 @@ def test_loss_csv_keeps_the_rates_its_rows_trained_at_across_a_resume_with_a_rai
     before = rates()
     train(config(images, tmp_path / "a", steps=8, resume=True, **run), model=fresh_model(sd1_dir), progress=False)
     assert rates()[:4] == before and rates()[4:] == [0.025, 0.0154329, 0.00732233, 0.00190301]  # (the new ones)
+
+
+@pytest.mark.parametrize("size, cover", [((24, 16), (16, 48)), ((16, 24), (24, 72))])
+def test_random_windows_at_a_width_by_height_cut_the_mask_with_the_picture(size, cover, tmp_path):
+    """At --resolution WIDTHxHEIGHT each 48x16 picture is scaled to cover W x H (a 16x24 portrait: 72x24) and its
+    windows are W x H, (3, H, W), each a slice of the cover along its width; its alpha is cut at the same place."""
+    from textinv.data import load_training_images, random_windows
+
+    paths = sorted(wide_pictures(tmp_path / "w", alpha=True).glob("*.png"))
+    pictures = load_training_images(paths, size, use_alpha=True, random_crop=True)
+    width, height = size
+    assert pictures[0].pixels.shape == (3, height, width) and pictures[0].alpha.shape == (1, height, width)
+    assert pictures[0].cover.shape == (3, *cover) and pictures[0].cover_alpha.shape == (1, *cover)
+    places = set()
+    for i, w in enumerate(random_windows(pictures, 8, seed=1)):
+        p = pictures[i % 3]
+        assert w.pixels.shape == (3, height, width) and w.alpha.shape == (1, height, width)
+        if w.pixels.dtype == torch.float32:  # (a window transparent all over: the picture's centre)
+            assert torch.equal(w.alpha, p.alpha)
+            continue
+        x = next(x for x in range(cover[1] - width + 1) if torch.equal(w.pixels, p.cover[:, :, x:x + width]))
+        assert torch.equal(w.alpha, p.cover_alpha[:, :, x:x + width])
+        places.add(x)
+    assert len(places) > 1
+
+
+def test_random_crop_and_alpha_mask_at_a_width_by_height_train_on_each_windows_own_weights(sd1_dir, tmp_path,
+                                                                                           monkeypatch):
+    """--resolution 24x16 with --random-crop and --alpha-mask: the latents and pixel weights of a step are
+    (B, C, 16/f, 24/f), and each sample's weights are those of the window its latent was encoded from (or of its
+    mirror image), not another's, nor the centre's."""
+    from textinv.data import latent_weights, load_training_images, random_windows
+
+    images = wide_pictures(tmp_path / "w", alpha=True)
+    paths = sorted(images.glob("*.png"))
+    model, seen = fresh_model(sd1_dir), []
+    real = train_module._draw
+
+    def recording(c, *args, **kwargs):
+        part = real(c, *args, **kwargs)
+        seen.append((part["latents"].shape, part["pixel_weight"]))
+        return part
+
+    monkeypatch.setattr(train_module, "_draw", recording)
+    train(config(images, tmp_path / "a", resolution="24x16", random_crop=True, alpha_mask=True, steps=6),
+          model=model, progress=False)
+    scale = model.pipeline.vae_scale_factor
+    windows = random_windows(load_training_images(paths, (24, 16), use_alpha=True, random_crop=True),
+                             train_module.RANDOM_CROPS, train_module.concept_seed(0, 0))
+    known = latent_weights(windows, (16 // scale, 24 // scale), images)  # (the windows', then their mirrors')
+    assert len({tuple(w.flatten().tolist()) for w in known}) > 2  # (windows of different weights)
+    for shape, weights in seen:
+        assert shape[-2:] == weights.shape[-2:] == (16 // scale, 24 // scale)
+        assert all(any(torch.equal(w, k) for k in known) for w in weights)
+    assert len({tuple(w.flatten().tolist()) for _, weights in seen for w in weights}) > 1
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(alpha_mask=True)])
+def test_the_reference_like_mode_at_a_width_by_height_learns_what_the_cached_mode_learns(settings, sd1_dir, images,
+                                                                                         tmp_path, monkeypatch):
+    """The benchmark mode encodes the W x H pictures every step: its latents are (B, C, H/f, W/f) as the cached
+    ones, and it learns the same vectors (with --alpha-mask, weighted by the same alpha)."""
+    if settings:
+        images = cut_out(images, tmp_path / "cut")
+    shapes = []
+    real = train_module.diffusion_loss
+
+    def spy(model, scheduler, latents, *args, **kwargs):
+        shapes.append(tuple(latents.shape[-2:]))
+        return real(model, scheduler, latents, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "diffusion_loss", spy)
+    kw = dict(resolution="24x16", steps=4, **settings)
+    ours = train(config(images, tmp_path / "a", **kw), model=fresh_model(sd1_dir), progress=False)
+    ref = train(config(images, tmp_path / "b", reference_like=True, **kw), model=fresh_model(sd1_dir),
+                progress=False)
+    scale = fresh_model(sd1_dir).pipeline.vae_scale_factor
+    assert set(shapes) == {(16 // scale, 24 // scale)} and len(shapes) == 8
+    assert torch.allclose(ours.embedding.vectors["text_encoder"], ref.embedding.vectors["text_encoder"], atol=1e-5)
