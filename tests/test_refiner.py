@@ -1,12 +1,14 @@
 """generate --refiner: the web UI's Refiner (a second model draws the last steps of the same sampling)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, ModelError
-from textinv.formats import LearnedEmbedding
+from textinv.formats import LearnedEmbedding, save_embedding
 from textinv.generate import Refiner, generate, install_embedding, render
 from textinv.models import load_model
 from textinv.tiny import build_tiny_xl_pipeline, build_tiny_xl_refiner
@@ -105,6 +107,39 @@ def test_an_embedding_without_clip_g_vectors_is_refused_by_the_refiner(models):
     _, refiner = models
     with pytest.raises(FormatError, match="no vectors for the SDXL refiner .* clip_g"):
         install_embedding(refiner, LearnedEmbedding("<sd1>", {"text_encoder": torch.zeros(1, 32)}))
+
+
+def test_comfy_emphasis_draws_the_refiner_without_an_embedding_it_cannot_read_as_comfyui_does(xl_dirs, tmp_path):
+    """ComfyUI's refiner reads a file's clip_g vectors (1280 wide) and leaves an SD 1.x embedding (768) out of its
+    prompt with a warning (comfy/sd1_clip.py: shape mismatch): under --emphasis comfy the refiner draws without it
+    (its ids taken out of the chunk, which closes up), the base still reading it on CLIP-L; it was refused, as the
+    other modes still do, the error naming --emphasis comfy."""
+    sd1 = LearnedEmbedding("<sd1>", {"text_encoder": 3 * torch.randn(2, 32, generator=torch.Generator().manual_seed(0))})
+    model, refiner = load_model(xl_dirs[0]), load_model(xl_dirs[1], refiner=True)
+    with pytest.raises(FormatError, match="no vectors for the SDXL refiner .* --emphasis comfy"):
+        install_embedding(refiner, sd1)
+    with pytest.warns(UserWarning, match=r"embedding '<sd1>' has width 32 .*and fits none of .* text encoders "
+                                         r"\(width 64 .*: it is left out of the prompt"):
+        install_embedding(refiner, sd1, comfy=True)
+    with pytest.warns(UserWarning, match="applied to the SDXL model .* width 32 alone"):
+        install_embedding(model, sd1, comfy=True)
+
+    def refiner_sees(prompt):
+        seen = []
+        hook = _counting(refiner.unet, seen)
+        try:
+            render(model, [prompt], [0], steps=10, emphasis_mode="comfy", refiner=Refiner(refiner, 0.8))
+        finally:
+            hook.remove()
+        return seen[0][1]
+
+    torch.testing.assert_close(refiner_sees("a photo of <sd1> <sd1>_1"), refiner_sees("a photo of"))
+    save_embedding(sd1, tmp_path / "sd1.pt", "a1111")
+    with warnings.catch_warnings():  # (generate --refiner: the refiner takes it as comfy reads it too)
+        warnings.simplefilter("ignore")
+        generate(GenerateConfig(prompt=["a photo of <sd1>"], embedding=[str(tmp_path / "sd1.pt")], n=1, steps=2,
+                                model=str(xl_dirs[0]), refiner=str(xl_dirs[1]), emphasis="comfy",
+                                out=str(tmp_path / "out")), progress=False)
 
 
 @pytest.mark.parametrize("switch_at", [0, 1, 1.5, -0.2, float("nan")])

@@ -661,6 +661,30 @@ def test_comfy_emphasis_applies_a_one_encoder_embedding_to_the_sdxl_encoder_of_i
     torch.testing.assert_close(pooled, without_pooled)
 
 
+def test_comfy_emphasis_draws_an_embedding_that_fits_no_sdxl_encoder_without_it_as_comfyui_does(xl_dir, tmp_path):
+    """An SD 2.x embedding (1024 wide) on SDXL fits neither CLIP-L (768) nor OpenCLIP-G (1280): ComfyUI leaves it
+    out of both with a warning and draws the rest of the prompt. --emphasis comfy refused it; it now draws the
+    picture of the prompt without the token, as there; the other modes still refuse it, naming --emphasis comfy."""
+    from dataclasses import replace
+
+    from textinv.errors import FormatError
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    path = tmp_path / "two.pt"  # (the tiny SDXL's encoders are 32 and 64 wide: 48 fits neither)
+    save_embedding(LearnedEmbedding("<two>", {"text_encoder": torch.randn(2, 48) * 3}), path, "a1111")
+    config = GenerateConfig(prompt=["a <two> dog"], embedding=[str(path)], out=str(tmp_path / "a"), n=1, steps=2,
+                            model=str(xl_dir), emphasis="comfy")
+    with pytest.raises(FormatError, match="has width 48 .* but the model .* so does --emphasis comfy"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        generate(replace(config, emphasis="original"), progress=False)
+    with pytest.warns(UserWarning, match=r"embedding '<two>' has width 48 .*and fits none of .* text encoders "
+                                         r"\(width 32 \+ 64"):
+        (left_out,) = generate(config, progress=False)
+    (without,) = generate(replace(config, prompt=["a dog"], embedding=[], out=str(tmp_path / "b")), progress=False)
+    assert np.array_equal(np.asarray(Image.open(left_out)), np.asarray(Image.open(without)))
+
+
 def test_an_embedding_left_out_of_an_encoders_chunk_closes_it_up_its_weights_staying_by_place():
     """As ComfyUI leaves out an embedding of another width: the ids go, the end token and the rest move up, padding
     fills the end, and each weight stays at its place (so the 1.5 after the embedding now falls on the end token)."""

@@ -100,14 +100,45 @@ def warn_clip_l_half(model: Model, emb: LearnedEmbedding, stacklevel: int = 3) -
          stacklevel=stacklevel)
 
 
-def comfy_one_encoder(model: Model, emb: LearnedEmbedding) -> str | None:
-    """The one SDXL text encoder (its name) as wide as a one-encoder embedding (SD 1.x's 768: CLIP-L), which
-    ComfyUI applies it to, leaving it out of the other encoder's reading (comfy/sd1_clip.py: "shape mismatch when
-    trying to apply embedding, embedding will be ignored"); None for any other model or embedding."""
-    if not model.is_xl or model.is_refiner or len(emb.widths) != 1:
+def comfy_vectors(model: Model, emb: LearnedEmbedding) -> dict[str, torch.Tensor | None] | None:
+    """For --emphasis comfy, an embedding that does not fit `model` as it is (`check_fits`; None where it does):
+    the vectors ComfyUI applies to each of its text encoders, by name. Its tokenizer of each encoder reads the
+    file's vectors of that encoder (an SDXL file's clip_l or clip_g half, another file's one tensor) and leaves out,
+    with a warning, those of another width (comfy/sd1_clip.py: "shape mismatch when trying to apply embedding,
+    embedding will be ignored"): here the file's vectors as wide as the encoder, None where none are (left out of
+    that encoder's reading: an SD 1.x file on SDXL goes into CLIP-L alone, and into neither the SDXL refiner's one
+    encoder nor SD 2.x's; an SD 2.x file fits none of SDXL's)."""
+    try:
+        check_fits(model, emb)
         return None
-    fitting = [name for name, _, te in model.encoders if te.config.hidden_size == emb.widths[0]]
-    return fitting[0] if len(fitting) == 1 else None
+    except FormatError:
+        pass
+    return {name: next((v for v in emb.vectors.values() if v.shape[-1] == width), None)
+            for (name, _, _), width in zip(model.encoders, model.widths)}
+
+
+def _warn_comfy_left_out(model: Model, emb: LearnedEmbedding, placed: dict[str, torch.Tensor | None]) -> None:
+    """Say which of the model's text encoders read `emb` under --emphasis comfy (`comfy_vectors`) and which leave
+    it out, as ComfyUI warns of the shape mismatch."""
+    widths = dict(zip([name for name, _, _ in model.encoders], model.widths))
+    taken = [widths[name] for name, vectors in placed.items() if vectors is not None]
+    if len(taken) == len(placed):  # (read by every encoder: nothing left out)
+        return
+    if not taken:
+        warn(f"embedding {emb.token!r} has width {describe_widths(emb.widths)} and fits none of {model.source}'s "
+             f"text encoders (width {describe_widths(model.widths)}): it is left out of the prompt, which is drawn "
+             f"without the concept, as ComfyUI does (it warns of a shape mismatch); give a model of the family "
+             f"the embedding was made for to draw it", stacklevel=3)
+        return
+    others = [str(widths[name]) for name, vectors in placed.items() if vectors is None]
+    warn(f"embedding {emb.token!r} has width {describe_widths(emb.widths)}: it is applied to the SDXL model "
+         f"{model.source}'s text encoder of width {taken[0]} alone and left out of the other's (width "
+         f"{', '.join(others)}) reading of the prompt, as ComfyUI does (it warns of a shape mismatch), so it may "
+         f"draw weaker than on the family it was made for", stacklevel=3)
+
+
+COMFY_HINT = ("; ComfyUI leaves vectors of another width out of the prompt with a warning, and so does "
+              "--emphasis comfy")
 
 
 def install_embedding(model: Model, emb: LearnedEmbedding, comfy: bool = False) -> None:
@@ -115,20 +146,20 @@ def install_embedding(model: Model, emb: LearnedEmbedding, comfy: bool = False) 
 
     Refuses an embedding whose width does not fit the model (naming both widths and their families) and a token
     that clashes with one the tokenizer already has. SDXL embeddings go into both encoders, each half into its own;
-    on an SD 1.x model only their clip_l half, with a warning (`uses_clip_l_half`). `comfy` (--emphasis comfy): a
-    one-encoder embedding on SDXL goes into the encoder of its width, as ComfyUI applies it, with a warning; the
-    other encoder's tokenizer gets its token too, whose ids `_prompt_chunks` takes out of that encoder's chunks, as
-    ComfyUI does (`comfy_one_encoder`). Undo with `unload_embeddings`.
+    on an SD 1.x model only their clip_l half, with a warning (`uses_clip_l_half`). `comfy` (--emphasis comfy): an
+    embedding that does not fit goes into the encoders of its width only, as ComfyUI applies it (`comfy_vectors`:
+    an SD 1.x file on SDXL into CLIP-L; one that fits no encoder into none), with a warning; the other encoders'
+    tokenizers get its token too, whose ids `_prompt_chunks` takes out of those encoders' chunks, as ComfyUI
+    does. Undo with `unload_embeddings`.
     """
-    one = comfy_one_encoder(model, emb) if comfy else None
-    if one is None:
-        check_fits(model, emb)
+    placed = comfy_vectors(model, emb) if comfy else None
+    if placed is None:
+        try:
+            check_fits(model, emb)
+        except FormatError as refused:
+            raise FormatError(f"{refused}{COMFY_HINT}") from None
     else:
-        other = next(te.config.hidden_size for name, _, te in model.encoders if name != one)
-        warn(f"embedding {emb.token!r} has width {describe_widths(emb.widths)}: it is applied to the SDXL model "
-             f"{model.source}'s text encoder of width {emb.widths[0]} alone and left out of the other's (width "
-             f"{other}) reading of the prompt, as ComfyUI does (it warns of a shape mismatch), so it may draw "
-             f"weaker than on the family it was made for", stacklevel=2)
+        _warn_comfy_left_out(model, emb, placed)
     if uses_clip_l_half(model, emb):  # (add_tokens below takes each of the model's encoders' own half: clip_l)
         warn_clip_l_half(model, emb)
     if emb.num_vectors > emphasis.CHUNK:
@@ -154,14 +185,13 @@ def install_embedding(model: Model, emb: LearnedEmbedding, comfy: bool = False) 
         for name, tok, _ in model._pristine:
             setattr(model.pipeline, _tokenizer_of(name), tokenizer_copy(tok))
     for name, tokenizer, encoder in model.encoders:
-        if one is None:
-            add_tokens(tokenizer, encoder, names, emb.vectors[name])
-        elif name == one:
-            add_tokens(tokenizer, encoder, names, emb.vectors["text_encoder"])
-        else:  # (rows never read: `_prompt_chunks` takes their ids out of this encoder's chunks)
+        vectors = emb.vectors[name] if placed is None else placed[name]
+        if vectors is None:  # (rows never read: `_prompt_chunks` takes their ids out of this encoder's chunks)
             add_tokens(tokenizer, encoder, names, torch.zeros(len(names), encoder.config.hidden_size))
             model.__dict__.setdefault("_comfy_left_out", {}).setdefault(name, set()).update(
                 tokenizer.convert_tokens_to_ids(names))
+        else:
+            add_tokens(tokenizer, encoder, names, vectors)
 
 
 def unload_embeddings(model: Model) -> None:
@@ -1692,7 +1722,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
         for emb in embeddings:
             install_embedding(model, emb, config.emphasis == "comfy")
             if refiner:  # (its clip_g half, for an SDXL refiner: `check_fits`)
-                install_embedding(refiner.model, emb)
+                install_embedding(refiner.model, emb, config.emphasis == "comfy")
             if second:
                 install_embedding(second, emb, config.emphasis == "comfy")
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
