@@ -1396,8 +1396,7 @@ def test_comfyuis_embedding_names_on_both_sides_of_a_prompt_edit_draw_both(sd1_d
 def test_comfy_emphasis_names_embeddings_as_comfyui_does_a_bare_file_name_being_words(sd1_dir, tmp_path):
     """Under --emphasis comfy a prompt names an embedding as ComfyUI does, `embedding:NAME`: a bare word that is a
     file's name loaded an embeddings folder's file (`a mydog` drew mydog.pt) and named a file whose stored token is
-    another (charturnerv2.pt) as the web UI reads it, where ComfyUI draws the words. The token a file stores,
-    written bare, draws it still (textinv's own way, as its comfy pictures record their prompts)."""
+    another (charturnerv2.pt) as the web UI reads it, where ComfyUI draws the words."""
     import json
 
     folder = tmp_path / "embeddings"
@@ -1432,8 +1431,74 @@ def test_comfy_emphasis_names_embeddings_as_comfyui_does_a_bare_file_name_being_
                                          r"embedding:charturnerv2 where the concept goes"):
         words = draw("d", "a charturnerv2 dog", [turner])
     assert np.array_equal(words, draw("e", "a charturnerv2 dog", []))
-    assert np.array_equal(draw("f", "a <zz> dog", [zz]), draw("g", "a embedding:zz dog", [zz]))
-    assert not np.array_equal(draw("h", "a <zz> dog", [zz]), draw("i", "a <zz> dog", []))
+    assert not np.array_equal(draw("g", "a embedding:zz dog", [zz]), draw("i", "a zz dog", []))
+
+
+def test_comfy_emphasis_reads_the_token_a_file_stores_written_bare_as_words_as_comfyui_does(sd1_dir, tmp_path):
+    """ComfyUI draws an embedding where `embedding:NAME` names it alone: `<zz>` written bare is the words "<zz>".
+    Under --emphasis comfy it drew the embedding (textinv's way); it is words now, with one warning naming the token
+    and the `embedding:` form, and the embedding is left out where no `embedding:NAME` names it. The picture
+    records the prompt as written, which draws it again alike."""
+    import json
+
+    from textinv.again import again_config
+
+    zz = save_embedding(LearnedEmbedding("<zz>", {"text_encoder": torch.randn(2, 32) * 3}),
+                        tmp_path / "zz.safetensors")[0]
+
+    def draw(out, prompt, embedding, negative=""):
+        path = generate(GenerateConfig(prompt=[prompt], negative_prompt=negative, out=str(tmp_path / out), n=1,
+                                       steps=1, model=str(sd1_dir), embedding=[str(e) for e in embedding],
+                                       emphasis="comfy"), progress=False)[0]
+        return np.asarray(Image.open(path)), path
+
+    with pytest.warns(UserWarning, match=r"zz.safetensors is left out: the prompt writes '<zz>' as a bare word, "
+                                         r"which --emphasis comfy reads as words, as ComfyUI does; write "
+                                         r"embedding:zz where the concept goes"):
+        words, _ = draw("a", "a <zz> dog", [zz])
+    assert np.array_equal(words, draw("b", "a <zz> dog", [])[0])
+    named, path = draw("c", "a embedding:zz dog", [zz])
+    assert not np.array_equal(named, words)
+    assert json.loads(Image.open(path).text["textinv_settings"])["settings"]["prompt"] == ["a embedding:zz dog"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config, _ = again_config(path, {"out": str(tmp_path / "again"), "model": str(sd1_dir), "embedding": [str(zz)]})
+        assert np.array_equal(np.asarray(Image.open(generate(config, progress=False)[0])), named)
+    with warnings.catch_warnings(record=True) as heard:
+        warnings.simplefilter("always")
+        both, _ = draw("d", "a embedding:zz <zz> dog, <zz>", [zz], negative="<zz>")
+    said = [str(w.message) for w in heard if "<zz>" in str(w.message)]
+    assert len(said) == 1 and "zz.safetensors: the prompt writes '<zz>' as a bare word" in said[0]
+    assert not np.array_equal(both, words)
+
+
+def test_comfy_emphasis_finds_an_embeddings_file_by_its_exact_name_as_comfyui_on_linux(sd1_dir, tmp_path):
+    """ComfyUI looks `embedding:NAME` up as a file, NAME or NAME.safetensors/.pt/.bin, which on Linux is exact:
+    `embedding:easyneg` misses EasyNeg.pt, and `embedding:up` misses up.PT (only `embedding:up.PT` finds it), and
+    ComfyUI then draws without it, warning. --emphasis comfy found them ignoring case; it now refuses the name,
+    naming the file and how to write it. Outside comfy the names are read ignoring case, as the web UI reads them."""
+    folder = tmp_path / "embeddings"
+    save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32)}), folder / "EasyNeg.pt", "a1111")
+    up = tmp_path / "up.PT"
+    save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32)}), tmp_path / "up.pt", "a1111")
+    (tmp_path / "up.pt").rename(up)
+
+    def draw(out, prompt, embedding, mode="comfy"):
+        return generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=1, model=str(sd1_dir),
+                                       embedding=[str(embedding)], emphasis=mode), progress=False)
+
+    with pytest.raises(ConfigError, match=r"embedding:easyneg in the prompt names \S+/EasyNeg.pt only ignoring "
+                                          r"case: ComfyUI \(on Linux\) finds an embedding by its file's exact name, "
+                                          r"and draws without it where none is; write embedding:EasyNeg"):
+        draw("a", "a embedding:easyneg dog", folder)
+    with pytest.raises(ConfigError, match=r"embedding:up in the prompt names \S+/up.PT only ignoring case: .* "
+                                          r"write embedding:up.PT"):
+        draw("b", "a embedding:up dog", up)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (each found, and drawn)
+        draw("c", "a embedding:EasyNeg dog", folder)
+        draw("d", "a embedding:sub/up.PT dog", up)
+        draw("e", "a embedding:easyneg dog", folder, "original")
 
 
 def test_zero_negative_guides_against_zeros_on_sd1_as_comfyuis_conditioning_zero_out(sd1_dir, tmp_path):
@@ -2080,7 +2145,7 @@ def test_again_draws_a_comfyui_picture_from_its_graph_once_the_model_is_given(sd
                  "--out", str(tmp_path / "r")]) == 0
     (drawn,) = (tmp_path / "r").iterdir()
     settings = json.loads(Image.open(drawn).text["textinv_settings"])["settings"]
-    assert settings["prompt"] == ["a (red:1.2) cat <zz>"]  # (ComfyUI's embedding:zz, as generate records it)
+    assert settings["prompt"] == ["a (red:1.2) cat embedding:zz"]  # (as ComfyUI wrote it: <zz> bare is words)
     assert settings["emphasis"] == "comfy"  # (its (red:1.2) as ComfyUI weighs it)
     assert (settings["negative_prompt"], settings["seed"], settings["steps"], settings["guidance"]) == (
         "blurry", 1234, 2, 6.5)

@@ -640,15 +640,15 @@ def test_comfy_emphasis_applies_a_one_encoder_embedding_to_the_sdxl_encoder_of_i
     vectors = torch.randn(2, 32) * 3  # (the tiny SDXL's CLIP-L is 32 wide, its OpenCLIP-G 64)
     path = tmp_path / "one.pt"
     save_embedding(LearnedEmbedding("<one>", {"text_encoder": vectors}), path, "a1111")
-    config = GenerateConfig(prompt=["a <one> dog"], embedding=[str(path)], out=str(tmp_path / "a"), n=1, steps=1,
-                            model=str(xl_dir), emphasis="comfy")
+    config = GenerateConfig(prompt=["a embedding:one dog"], embedding=[str(path)], out=str(tmp_path / "a"), n=1,
+                            steps=1, model=str(xl_dir), emphasis="comfy")
     with pytest.raises(FormatError, match="has width 32 .* but the model"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         generate(replace(config, emphasis="original"), progress=False)
     model = load_model(xl_dir)
     seen = _conditioning_seen(model)
-    with pytest.warns(UserWarning, match=r"embedding '<one>' has width 32 .*: it is applied to the SDXL model .* "
-                                         r"text encoder of width 32 alone and left out of the other's \(width 64\)"):
+    with pytest.warns(UserWarning, match=r"embedding 'embedding:one' has width 32 .*: it is applied to the SDXL "
+                                         r"model .* text encoder of width 32 alone and left out of the other's \(width 64\)"):
         generate(config, model=model, progress=False)
     hidden, pooled = seen[0][0][1:], seen[0][1][1:]  # (the prompt's row; the negative's is first)
     both = LearnedEmbedding("<one>", {"text_encoder": vectors, "text_encoder_2": torch.randn(2, 64)})
@@ -672,13 +672,14 @@ def test_comfy_emphasis_draws_an_embedding_that_fits_no_sdxl_encoder_without_it_
 
     path = tmp_path / "two.pt"  # (the tiny SDXL's encoders are 32 and 64 wide: 48 fits neither)
     save_embedding(LearnedEmbedding("<two>", {"text_encoder": torch.randn(2, 48) * 3}), path, "a1111")
-    config = GenerateConfig(prompt=["a <two> dog"], embedding=[str(path)], out=str(tmp_path / "a"), n=1, steps=2,
+    config = GenerateConfig(prompt=["a embedding:two dog"], embedding=[str(path)], out=str(tmp_path / "a"), n=1,
+                            steps=2,
                             model=str(xl_dir), emphasis="comfy")
     with pytest.raises(FormatError, match="has width 48 .* but the model .* so does --emphasis comfy"), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         generate(replace(config, emphasis="original"), progress=False)
-    with pytest.warns(UserWarning, match=r"embedding '<two>' has width 48 .*and fits none of .* text encoders "
+    with pytest.warns(UserWarning, match=r"embedding 'embedding:two' has width 48 .*and fits none of .* text encoders "
                                          r"\(width 32 \+ 64"):
         (left_out,) = generate(config, progress=False)
     (without,) = generate(replace(config, prompt=["a dog"], embedding=[], out=str(tmp_path / "b")), progress=False)

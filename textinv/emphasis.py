@@ -167,24 +167,33 @@ _COMFY_EMBEDDING = re.compile(r"(?<!\w)embedding:([^\s,()\[\]|:]+)")
 _EMBEDDING_SUFFIX = re.compile(r"\.(?:safetensors|pt|bin)$", re.I)
 
 
-def comfy_embeddings(prompt: str, written=lambda name: name) -> tuple[str, list[str]]:
+def comfy_embeddings(prompt: str, written=lambda name: name, whole: bool = False) -> tuple[str, list[str]]:
     """The prompt with each ComfyUI `embedding:NAME` written as `written(NAME)` (by default the name alone, which
     the web UI reads as an embedding's file name), and the names: the caller writes each as its embedding's token,
     and checks each is given (ComfyUI drops a name it cannot find with a warning, which would draw the prompt
-    without the concept).
+    without the concept). A name is without its folder and suffix (`comfy_name`), or as written where `whole`.
 
     >>> comfy_embeddings("embedding:EasyNegative, (embedding:style/charturner.pt:1.2) a dog")
     ('EasyNegative, (charturner:1.2) a dog', ['EasyNegative', 'charturner'])
-    >>> comfy_embeddings("[embedding:a:embedding:b:0.5]")
-    ('[a:b:0.5]', ['a', 'b'])
+    >>> comfy_embeddings("[embedding:a:embedding:b.pt:0.5]", whole=True)
+    ('[a:b.pt:0.5]', ['a', 'b.pt'])
     """
     names: list[str] = []
 
     def name(match: re.Match) -> str:
-        names.append(_EMBEDDING_SUFFIX.sub("", re.split(r"[\\/]", match.group(1))[-1]))
+        names.append(match.group(1) if whole else comfy_name(match.group(1)))
         return written(names[-1])
 
     return _COMFY_EMBEDDING.sub(name, prompt), names
+
+
+def comfy_name(written: str) -> str:
+    """The NAME of a ComfyUI `embedding:NAME` without its folder and suffix, as the web UI calls the file.
+
+    >>> comfy_name("style/charturner.pt")
+    'charturner'
+    """
+    return _EMBEDDING_SUFFIX.sub("", re.split(r"[\\/]", written)[-1])
 
 
 # a character of the dynamic prompts syntax escaped (`dynamic.literal`, a prompt's own `\#`): the character, drawn

@@ -2082,12 +2082,24 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
     draws the embedding even where it is a word (`embedding:dog` for dog.safetensors holding `<dog>`). A name that
     no embedding answers to is refused. Each embedding named by a prompt's own words under its file's name
     (`_as_prompted`) as the web UI calls it, but under --emphasis comfy, where a bare word is words, as in ComfyUI
-    (`_comfy_unnamed` then leaves out an embedding that no `embedding:NAME` names)."""
+    (`_comfy_unnamed` then leaves out an embedding that no `embedding:NAME` names), and each embedding is drawn
+    under the token `embedding:NAME` alone, its names looked up as ComfyUI looks up a file (`_comfy_tokens`)."""
     texts = config.prompt + [config.negative_prompt] + [text or "" for text in _optional_prompts(config)]
-    plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
-    if config.emphasis != "comfy":
+    if config.emphasis == "comfy":
+        texts = [emphasis.comfy_embeddings(p, _comfy_tokens(embeddings, paths), whole=True)[0] for p in texts]
+    else:
+        plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
         embeddings[:] = [emb if path in renamed else _as_prompted(emb, _file_name(path), plain)
                          for emb, path in zip(embeddings, paths)]
+        texts = [emphasis.comfy_embeddings(p, _webui_tokens(embeddings, paths))[0] for p in texts]
+    given = _optional_prompts(config)
+    return (texts[:-5], texts[-5], *[None if g is None else t for g, t in zip(given, texts[-4:])],
+            " ".join(texts).lower())
+
+
+def _webui_tokens(embeddings: list[LearnedEmbedding], paths: list[str]) -> Callable[[str], str]:
+    """What a prompt's `embedding:NAME` (its name alone) is written as outside --emphasis comfy: the token of the
+    embedding whose token or file's name is NAME, ignoring case, as the web UI reads a name."""
     tokens = {}
     for emb, path in zip(embeddings, paths):
         tokens.setdefault(emb.token.lower(), emb.token)
@@ -2095,14 +2107,68 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
 
     def token(name: str) -> str:  # (a name from the prompts, composed already)
         if name.lower() not in tokens:
-            raise ConfigError(f"embedding:{name} in the prompt names no embedding given: pass its file with "
-                              f"--embedding (or the folder that holds it, as ComfyUI's models/embeddings)")
+            raise ConfigError(_NAMES_NONE.format(name=name))
         return tokens[name.lower()]
 
-    texts = [emphasis.comfy_embeddings(p, token)[0] for p in texts]
-    given = _optional_prompts(config)
-    return (texts[:-5], texts[-5], *[None if g is None else t for g, t in zip(given, texts[-4:])],
-            " ".join(texts).lower())
+    return token
+
+
+_NAMES_NONE = ("embedding:{name} in the prompt names no embedding given: pass its file with --embedding (or the "
+               "folder that holds it, as ComfyUI's models/embeddings)")
+
+
+def _comfy_tokens(embeddings: list[LearnedEmbedding], paths: list[str]) -> Callable[[str], str]:
+    """For --emphasis comfy: each embedding renamed `embedding:NAME` (NAME: its file's name, `_file_name`; an
+    embeddings folder's file is so named already, `_comfy_folder_tokens`), so that only a prompt's `embedding:NAME`
+    draws it and the token its file stores, written bare, is words, as in ComfyUI (the pictures record the prompt
+    so, which draws alike again); and what a prompt's `embedding:NAME`, as written (folder and suffix too), is
+    written as: the token of the embedding whose file ComfyUI on Linux finds by that name, case and all
+    (`_comfy_file_names`), else whose stored token (or --token) it is, ignoring case as tokens are read. A name
+    that matches a file only ignoring case is refused naming the file: ComfyUI there draws without it, warning."""
+    found: list[tuple[set[str], set[str], str, str]] = []  # (names that find the file, lowercased, label, token)
+    stored: dict[str, str] = {}
+    for i, (emb, path) in enumerate(zip(embeddings, paths)):
+        token = emb.token if emb.token.startswith(COMFY_TOKEN) else f"{COMFY_TOKEN}{_nfc(_file_name(path))}"
+        if token != emb.token:
+            stored.setdefault(emb.token.lower(), token)
+            embeddings[i] = LearnedEmbedding(token, emb.vectors, emb.metadata)
+        found.append((_comfy_file_names(path), _comfy_file_names(path, any_case=True), path, token))
+
+    def token(written: str) -> str:  # (a name from the prompts, composed already)
+        base = re.split(r"[\\/]", written)[-1]
+        exact = next((token for names, _, _, token in found if base in names), None) \
+            or stored.get(emphasis.comfy_name(base).lower())
+        if exact is not None:
+            return exact
+        for names, folded, path, _ in found:
+            if base.lower() in folded:
+                right = min(names, key=len)
+                raise ConfigError(f"embedding:{written} in the prompt names {path} only ignoring case: ComfyUI (on "
+                                  f"Linux) finds an embedding by its file's exact name, and draws without it "
+                                  f"where none is; write embedding:{right}, or rename the file")
+        raise ConfigError(_NAMES_NONE.format(name=written))
+
+    return token
+
+
+_COMFY_SUFFIXES = (".safetensors", ".pt", ".bin")  # (what ComfyUI adds to an embedding:NAME, in lower case)
+
+
+def _comfy_file_names(label: str, any_case: bool = False) -> set[str]:
+    """The names after `embedding:` that find the file of the embedding `label` as ComfyUI on Linux finds it
+    (comfy/sd1_clip.py, load_embed): the file's own name, or it less .safetensors, .pt or .bin, which it tries
+    adding (`x.PT` is found by `embedding:x.PT` alone); a hub id, a folder or a LoRA's bundled embedding by its
+    name (`_file_name`), as ComfyUI has none of them. `any_case`: the names that find it ignoring case, lowercased.
+
+    >>> _comfy_file_names("sd-concepts-library/cat-toy")
+    {'cat-toy'}
+    """
+    if split_bundle(label)[1] is not None or not Path(label).is_file():
+        names = {_nfc(_file_name(label))}
+    else:
+        whole = _nfc(Path(label).name).lower() if any_case else _nfc(Path(label).name)
+        names = {whole} | {whole[:-len(suffix)] for suffix in _COMFY_SUFFIXES if whole.endswith(suffix)}
+    return {name.lower() for name in names} if any_case else names
 
 
 def _optional_prompts(config: GenerateConfig) -> list[str | None]:
@@ -2125,21 +2191,24 @@ COMFY_TOKEN = "embedding:"  # (what an embeddings folder's file is installed und
 def _comfy_unnamed(embeddings: list[LearnedEmbedding], paths: list[str], prompts: list[str]
                    ) -> tuple[list[LearnedEmbedding], list[str]]:
     """The embeddings and their labels less those the `prompts` (as given) do not name as --emphasis comfy reads
-    them: by `embedding:NAME` (its file's name or its token), as ComfyUI does, or by the token its file stores (or
-    --token gives) as a word, as textinv writes its own (and records its pictures' prompts). A file's name as a bare
-    word is words there, as in ComfyUI: such an embedding is left out, and a warning names the fix."""
+    them: by `embedding:NAME` (its file's name or its token), as ComfyUI does. A file's name or the token it stores
+    (or --token gives), written as a bare word, is words there, as in ComfyUI (`_comfy_tokens`): a warning names
+    the fix, once a file, and such an embedding that no `embedding:NAME` names is left out."""
     named = {_nfc(name).lower() for p in prompts for name in emphasis.comfy_embeddings(p)[1]}
     bare = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in prompts).lower()
     kept, labels = [], []
     for emb, path in zip(embeddings, paths):
         name = _nfc(_file_name(path))
-        if not {name.lower(), emb.token.lower()} & named and not _named(emb.token, bare):
-            said = (f"the prompt writes {name!r} as a bare word, which --emphasis comfy reads as words, as ComfyUI "
-                    f"does" if _named(name, bare) else "no --prompt or --negative-prompt names it")
-            warn(f"{path} is left out: {said}; write embedding:{name} where the concept goes", stacklevel=3)
-            continue
-        kept.append(emb)
-        labels.append(path)
+        wanted = bool({name.lower(), emb.token.lower()} & named)
+        word = next((w for w in (emb.token, name) if not w.startswith(COMFY_TOKEN) and _named(w, bare)), None)
+        if word is not None or not wanted:
+            said = (f"the prompt writes {word!r} as a bare word, which --emphasis comfy reads as words, as ComfyUI "
+                    f"does" if word is not None else "no --prompt or --negative-prompt names it")
+            left = "" if wanted else " is left out"
+            warn(f"{path}{left}: {said}; write embedding:{name} where the concept goes", stacklevel=3)
+        if wanted:
+            kept.append(emb)
+            labels.append(path)
     return kept, labels
 
 
