@@ -1472,6 +1472,45 @@ def test_comfy_emphasis_reads_the_token_a_file_stores_written_bare_as_words_as_c
     assert not np.array_equal(both, words)
 
 
+def test_again_draws_an_older_textinv_comfy_picture_whose_bare_token_drew_the_embedding_as_it_was_drawn(sd1_dir,
+                                                                                                         tmp_path):
+    """A picture textinv drew under --emphasis comfy before a token written bare was words there records its prompt
+    with the token bare (`a <zz> dog`), which drew the embedding: --again reads it as `embedding:<zz>`, the same
+    picture; it drew the words, another picture. Its record lacks the mark newer comfy pictures carry."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from textinv.again import again_config
+
+    zz = save_embedding(LearnedEmbedding("<zz>", {"text_encoder": torch.randn(2, 32) * 3}),
+                        tmp_path / "zz.safetensors")[0]
+    common = dict(n=1, steps=1, model=str(sd1_dir), embedding=[str(zz)], emphasis="comfy", negative_prompt="<zz>")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the negative's <zz> is words)
+        (path,) = generate(GenerateConfig(prompt=["a embedding:zz dog"], out=str(tmp_path / "a"), **common),
+                           progress=False)
+    (drawn,) = generate(GenerateConfig(prompt=["a embedding:zz dog"], out=str(tmp_path / "b"),
+                                       **{**common, "negative_prompt": "embedding:zz"}), progress=False)
+    text = dict(Image.open(drawn).text)
+    record = json.loads(text["textinv_settings"])
+    assert record.pop("comfy_bare_tokens") == "words"
+    record["settings"].update(prompt=["a <zz> dog"], negative_prompt="<zz>")  # (as the older textinv wrote it)
+    text["textinv_settings"] = json.dumps(record)
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    Image.open(drawn).save(tmp_path / "older.png", pnginfo=info)
+    config, _ = again_config(tmp_path / "older.png", {"out": str(tmp_path / "again"), "model": str(sd1_dir),
+                                                      "embedding": [str(zz)]})
+    assert (config.prompt, config.negative_prompt) == (["a embedding:<zz> dog"], "embedding:<zz>")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (again,) = generate(config, progress=False)
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(drawn)))
+    assert not np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(drawn)))
+
+
 def test_comfy_emphasis_finds_an_embeddings_file_by_its_exact_name_as_comfyui_on_linux(sd1_dir, tmp_path):
     """ComfyUI looks `embedding:NAME` up as a file, NAME or NAME.safetensors/.pt/.bin, which on Linux is exact:
     `embedding:easyneg` misses EasyNeg.pt, and `embedding:up` misses up.PT (only `embedding:up.PT` finds it), and

@@ -48,6 +48,7 @@ import dataclasses
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,9 @@ from .dynamic import literal
 from .emphasis import as_words, lora_tags
 from .comfy_workflow import api_graph, is_api_graph, is_editor_workflow
 from .errors import ConfigError, warn
-from .formats import PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, on_disk, split_bundle
-from .generate import (HIRES_SETTINGS, MASK_SETTINGS, file_digest, file_sha256, folder_embeddings,
-                       hash_name, lora_files, lora_sha256)
+from .formats import PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, load_embedding, on_disk, split_bundle
+from .generate import (COMFY_BARE_TOKENS, COMFY_TOKEN, HIRES_SETTINGS, MASK_SETTINGS, embedding_files, file_digest,
+                       file_sha256, folder_embeddings, hash_name, lora_files, lora_sha256)
 from .hub import hub_reference
 from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
 from .run_folder import _nfc
@@ -73,7 +74,7 @@ from .samplers import eta_kind, from_comfy, from_webui
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "init_image_sha256", "mask_sha256",
-                  "by_name", "template", "negative_template")
+                  "by_name", "template", "negative_template", COMFY_BARE_TOKENS)
 _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
@@ -112,6 +113,9 @@ class Picture:
     text_only: dict[str, Any] = field(default_factory=dict)
     with_init: list[str] = field(default_factory=list)
     without_mask: list[str] = field(default_factory=list)  # what is said of an inpainted picture drawn without --mask
+    # a textinv picture drawn under --emphasis comfy before an embedding's token written bare was words there (its
+    # record lacks COMFY_BARE_TOKENS): the token drew the embedding
+    bare_tokens_drawn: bool = False
 
 
 def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfig, set[int] | None]:
@@ -162,6 +166,8 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
             warn(note, stacklevel=2)
     _check_still_there(picture, settings, flags)
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
+    if picture.bare_tokens_drawn:
+        _name_bare_tokens(settings, flags)
     _check_init_unchanged(picture, flags.get("init_image", settings.get("init_image")))
     _check_init_unchanged(picture, flags.get("mask", settings.get("mask")), "mask")
     _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []), _prompts(flags, settings))
@@ -407,7 +413,8 @@ def _from_record(path: Path, text: str) -> Picture:
     init, mask = record.get("init_image_sha256"), record.get("mask_sha256")
     return Picture(path, "textinv", settings, batch, version, digests, by_name=by_name,
                    init_digest=init if isinstance(init, str) else None,
-                   mask_digest=mask if isinstance(mask, str) else None)
+                   mask_digest=mask if isinstance(mask, str) else None,
+                   bare_tokens_drawn=settings.get("emphasis") == "comfy" and COMFY_BARE_TOKENS not in record)
 
 
 def _from_old_keys(path: Path, text: dict[str, str]) -> Picture:
@@ -1541,6 +1548,28 @@ def _comfy_loras(graph: _ComfyGraph, model: list[str], clip: list[str]) -> tuple
         elif te or unet:
             tags.append(f"<lora:{name}:{te:g}>" if te == unet else f"<lora:{name}:{te:g}:{unet:g}>")
     return tags, unread
+
+
+def _name_bare_tokens(settings: dict[str, Any], flags: dict[str, Any]) -> None:
+    """The picture's prompts in `settings` with each embedding's token written bare as `embedding:TOKEN`, for a
+    textinv picture drawn under --emphasis comfy when a bare token drew the embedding (`Picture.bare_tokens_drawn`),
+    which is words there now, as in ComfyUI: so it draws as it was drawn. The tokens are the --embedding files'
+    (given anew or recorded) or their --token; an embeddings folder's files were named `embedding:NAME` already."""
+    entries = flags.get("embedding", settings.get("embedding", []))
+    tokens = list(flags.get("token", settings.get("token") or [])) + [None] * len(entries)
+    with warnings.catch_warnings():  # (a folder whose files no prompt names: said when it is drawn)
+        warnings.simplefilter("ignore")
+        files = embedding_files(entries, tokens[:len(entries)], "")
+        named = {token or load_embedding(path).token for path, token in files}
+    for token in sorted(named, key=len, reverse=True):
+        bare = re.compile(rf"(?<![\w<:-]){re.escape(token)}(?![\w>-])", re.IGNORECASE)
+        for name in ("prompt", "negative_prompt", "hires_prompt", "hires_negative_prompt", "prompt_l",
+                     "negative_prompt_l"):
+            value = settings.get(name)
+            if isinstance(value, list):
+                settings[name] = [bare.sub(f"{COMFY_TOKEN}{token}", text) for text in value]
+            elif value:
+                settings[name] = bare.sub(f"{COMFY_TOKEN}{token}", value)
 
 
 def _check_unchanged(picture: Picture, files: list[str]) -> None:

@@ -2086,12 +2086,14 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
     under the token `embedding:NAME` alone, its names looked up as ComfyUI looks up a file (`_comfy_tokens`)."""
     texts = config.prompt + [config.negative_prompt] + [text or "" for text in _optional_prompts(config)]
     if config.emphasis == "comfy":
-        texts = [emphasis.comfy_embeddings(p, _comfy_tokens(embeddings, paths), whole=True)[0] for p in texts]
+        token = _comfy_tokens(embeddings, paths)  # (renames them: once)
+        texts = [emphasis.comfy_embeddings(p, token, whole=True)[0] for p in texts]
     else:
         plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
         embeddings[:] = [emb if path in renamed else _as_prompted(emb, _file_name(path), plain)
                          for emb, path in zip(embeddings, paths)]
-        texts = [emphasis.comfy_embeddings(p, _webui_tokens(embeddings, paths))[0] for p in texts]
+        token = _webui_tokens(embeddings, paths)
+        texts = [emphasis.comfy_embeddings(p, token)[0] for p in texts]
     given = _optional_prompts(config)
     return (texts[:-5], texts[-5], *[None if g is None else t for g, t in zip(given, texts[-4:])],
             " ".join(texts).lower())
@@ -2185,7 +2187,10 @@ def _comfy_folder_tokens(files: list[tuple[str, str | None]], entries: list[str]
             for path, tok in files]
 
 
-COMFY_TOKEN = "embedding:"  # (what an embeddings folder's file is installed under, before its name: comfy mode)
+COMFY_TOKEN = "embedding:"  # (what an embedding is installed under, before its name: comfy mode, `_comfy_tokens`)
+# the record's mark of a picture drawn under --emphasis comfy where an embedding's token written bare is words, as in
+# ComfyUI (`_comfy_tokens`); a comfy picture without it drew the embedding there (`again._name_bare_tokens`)
+COMFY_BARE_TOKENS = "comfy_bare_tokens"
 
 
 def _comfy_unnamed(embeddings: list[LearnedEmbedding], paths: list[str], prompts: list[str]
@@ -2847,7 +2852,8 @@ class _Text:
         record = {"textinv_version": __version__, "batch_seeds": chunk, "settings": settings,
                   "embedding_sha256": self.sums, **({"init_image_sha256": self.init_sum} if self.init_sum else {}),
                   **({"mask_sha256": self.mask_sum} if self.mask_sum else {}),
-                  **({"by_name": self.by_name} if self.by_name else {}), **templates}
+                  **({"by_name": self.by_name} if self.by_name else {}), **templates,
+                  **({COMFY_BARE_TOKENS: "words"} if config.emphasis == "comfy" else {})}
         return png_text({"prompt": self.prompt, "expanded_prompt": self.expanded,
                          "negative_prompt": job.negative, "seed": seed, "steps": shared["steps"],
                          "sampler": config.sampler, "guidance": shared["guidance"],
