@@ -2197,18 +2197,20 @@ def _comfy_unnamed(embeddings: list[LearnedEmbedding], paths: list[str], prompts
                    ) -> tuple[list[LearnedEmbedding], list[str]]:
     """The embeddings and their labels less those the `prompts` (as given) do not name as --emphasis comfy reads
     them: by `embedding:NAME` (its file's name or its token), as ComfyUI does. A file's name or the token it stores
-    (or --token gives), written as a bare word, is words there, as in ComfyUI (`_comfy_tokens`): a warning names
-    the fix, once a file, and such an embedding that no `embedding:NAME` names is left out."""
+    (or --token gives), written as a bare word, is words there, as in ComfyUI (`_comfy_tokens`): an embedding that
+    no `embedding:NAME` names is left out, and a warning names the fix, once a file; so does one for a token written
+    bare beside its `embedding:NAME`, which drew the embedding before it was words here."""
     named = {_nfc(name).lower() for p in prompts for name in emphasis.comfy_embeddings(p)[1]}
     bare = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in prompts).lower()
     kept, labels = [], []
     for emb, path in zip(embeddings, paths):
         name = _nfc(_file_name(path))
         wanted = bool({name.lower(), emb.token.lower()} & named)
-        word = next((w for w in (emb.token, name) if not w.startswith(COMFY_TOKEN) and _named(w, bare)), None)
-        if word is not None or not wanted:
+        token_bare = not emb.token.startswith(COMFY_TOKEN) and _named(emb.token, bare)  # (it drew the embedding)
+        if token_bare or not wanted:
+            word = emb.token if token_bare else name
             said = (f"the prompt writes {word!r} as a bare word, which --emphasis comfy reads as words, as ComfyUI "
-                    f"does" if word is not None else "no --prompt or --negative-prompt names it")
+                    f"does" if token_bare or _named(name, bare) else "no --prompt or --negative-prompt names it")
             left = "" if wanted else " is left out"
             warn(f"{path}{left}: {said}; write embedding:{name} where the concept goes", stacklevel=3)
         if wanted:
