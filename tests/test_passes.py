@@ -992,6 +992,90 @@ def test_again_reads_the_web_uis_eta_eta_ddim_and_ensd(sd1_dir, tmp_path):
     assert config.eta is None and config.ensd == 31337 and "drawn at eta 0.6" in said
 
 
+def test_sigma_churn_draws_euler_heun_and_dpm2_with_fresh_noise_and_at_0_as_before(sd1_dir):
+    """The web UI's Sigma churn: Euler, Heun and DPM2 add each picture's own noise before each step (so a picture is
+    its seed's at any batch size); at churn 0 they draw as they did, whatever tmin, tmax and noise say. A hires
+    pass whose sampler takes it churns too."""
+    from textinv.samplers import Churn
+
+    model = load_model(sd1_dir)
+
+    def draw(sampler, seeds=(5,), **settings):
+        return [np.asarray(p).astype(int) for p in render(model, ["a dog"] * len(seeds), list(seeds), steps=3,
+                                                          width=16, sampler=sampler, **settings)]
+
+    for sampler in ("euler", "heun_karras", "dpm2"):
+        plain = draw(sampler)[0]
+        assert np.array_equal(draw(sampler, churn=Churn(0.0, 0.5, 5.0, 0.5))[0], plain)
+        churned = draw(sampler, churn=Churn(churn=1.0))[0]
+        assert np.abs(churned - plain).max() > 10, sampler
+        assert np.array_equal(draw(sampler, churn=Churn(churn=1.0))[0], churned)  # (the seed's noise)
+        assert np.abs(draw(sampler, (4, 5), churn=Churn(churn=1.0))[1] - churned).max() <= 1
+    hires = Hires(scale=2.0, denoise=0.6, sampler="euler")
+    assert np.abs(draw("euler_a", hires=hires, churn=Churn(churn=1.0))[0]
+                  - draw("euler_a", hires=hires)[0]).max() > 10
+    with pytest.raises(ConfigError, match=r"--sigma-churn 1: --sampler euler_a takes no sigma churn settings; give "
+                                          r"one that does: euler, heun, dpm2"):
+        render(model, ["a dog"], [5], steps=3, width=16, sampler="euler_a", churn=Churn(churn=1.0))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"sigma_churn": -1, "sampler": "euler"}, r"--sigma-churn must be a number from 0, got -1"),
+    ({"sigma_noise": float("nan"), "sampler": "euler"}, r"--sigma-noise must be a number from 0"),
+    ({"sigma_tmax": 0.0, "sampler": "euler"}, r"--sigma-tmax 0 must be above 0 .* leave it out for no upper limit"),
+    ({"sigma_tmin": 2.0, "sigma_tmax": 1.0, "sampler": "heun"}, r"--sigma-tmax 1 must be above 0 and not below "
+                                                                r"--sigma-tmin 2"),
+    ({"sigma_churn": 0.5}, r"--sigma-churn 0.5: --sampler default takes no sigma churn settings"),
+    ({"sigma_noise": 0.5, "sampler": "dpm2_a"}, r"--sigma-noise 0.5: --sampler dpm2_a takes no sigma churn settings "
+                                                r"\(the web UI also scales its noise by Sigma noise"),
+])
+def test_sigma_churn_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        GenerateConfig(prompt=["a dog"], **settings).validate()
+    # settings the hires fix's sampler takes
+    GenerateConfig(prompt=["a dog"], sigma_churn=0.5, hires_scale=2, hires_sampler="dpm2_karras").validate()
+
+
+def test_generate_writes_the_sigma_churn_settings_as_the_web_ui_and_again_draws_them(sd1_dir, tmp_path):
+    from textinv.again import again_config
+
+    paths = generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                                    sampler="heun", sigma_churn=0.5, sigma_tmin=0.1, sigma_tmax=20.0,
+                                    sigma_noise=0.9, metadata="full", out=str(tmp_path / "a")), progress=False)
+    text = Image.open(paths[0]).text["parameters"]
+    assert "Sigma churn: 0.5, Sigma tmin: 0.1, Sigma tmax: 20, Sigma noise: 0.9" in text
+    config, keep = again_config(paths[0], {"out": str(tmp_path / "b")})
+    assert (config.sigma_churn, config.sigma_tmin, config.sigma_tmax, config.sigma_noise) == (0.5, 0.1, 20.0, 0.9)
+    again = generate(config, progress=False, keep_seeds=keep)
+    assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(paths[0])))
+    # at the defaults none is written, nor recorded (so an older textinv reads the record without a warning)
+    plain = generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                                    sampler="heun", metadata="full", out=str(tmp_path / "c")), progress=False)[0]
+    assert "Sigma" not in Image.open(plain).text["parameters"]
+    assert not any(k.startswith("sigma_") for k in json.loads(Image.open(plain).text[RECORD_KEY])["settings"])
+    # only the ones not at their default
+    only = generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
+                                   sampler="euler", sigma_churn=0.3, out=str(tmp_path / "d")), progress=False)[0]
+    assert "Sigma churn: 0.3" in Image.open(only).text["parameters"]
+    assert "Sigma tmin" not in Image.open(only).text["parameters"]
+
+
+def test_again_reads_the_web_uis_sigma_churn_settings(sd1_dir, tmp_path):
+    web = _picture(tmp_path / "a.png", "a cat\nSteps: 4, Sampler: Euler, Schedule type: Karras, Seed: 3, "
+                                       "Size: 16x16, Sigma churn: 0.4, Sigma tmin: 0.2, Sigma tmax: 10.0, "
+                                       "Sigma noise: 0.95")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert (config.sampler, config.sigma_churn, config.sigma_tmin, config.sigma_tmax, config.sigma_noise) == (
+        "euler_karras", 0.4, 0.2, 10.0, 0.95) and "Sigma" not in said
+    # DPM2 a's Sigma noise the web UI applies; textinv's does not take it: named as not applied
+    web = _picture(tmp_path / "b.png", "a cat\nSteps: 4, Sampler: DPM2 a, Seed: 3, Size: 16x16, Sigma noise: 0.5")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert config.sigma_noise == 1.0 and "not applied from its A1111 parameters: Sigma noise" in said
+    # another sampler given beside it, which takes none: drawn without, said
+    config, said = again_warned(tmp_path / "a.png", {"model": str(sd1_dir), "sampler": "DPM++ 2M"})
+    assert config.sigma_churn == 0.0 and config.sigma_tmax is None and "drawn at sigma churn 0.4" in said
+
+
 def test_eta_is_the_first_samplers_kind_and_a_pass_of_the_other_kind_draws_at_its_own(sd1_dir, tmp_path,
                                                                                        monkeypatch):
     """The web UI's Eta (the ancestral samplers') and Eta DDIM are two settings: a hires pass with DDIM after Euler a

@@ -384,3 +384,110 @@ def test_dpm2s_karras_steps_call_the_model_at_their_sigmas_own_timesteps(name):
     wanted = [_sigma_to_t(own, s) for s in steps]
     assert made.timesteps[0::2].tolist() == pytest.approx(wanted, abs=1e-2)
     assert any(abs(t - round(t)) > 0.05 for t in wanted)  # (not whole timesteps)
+
+
+def _churning(sampler: str, denoiser, x, sigmas, noise, churn: float, tmin: float = 0.0, tmax: float = math.inf,
+              s_noise: float = 1.0):
+    """k-diffusion's sample_euler, sample_heun or sample_dpm_2 with sigma churn (Karras et al. 2022, Algorithm 2),
+    written out in float64 sigmas: a step whose sigma is from tmin to tmax first adds noise up to sigma_hat, then
+    steps from there (Euler's step for the last, to 0)."""
+    steps = len(sigmas) - 1
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        gamma = min(churn / steps, 2 ** 0.5 - 1) if tmin <= s <= tmax else 0.0
+        hat = s * (1 + gamma)
+        if gamma > 0:
+            x = x + noise(x) * s_noise * (hat ** 2 - s ** 2) ** 0.5
+        d = (x - denoiser(x, hat)) / hat
+        if s_next == 0 or sampler == "euler":
+            x = x + d * (s_next - hat)
+        elif sampler == "heun":
+            x_2 = x + d * (s_next - hat)
+            x = x + (d + (x_2 - denoiser(x_2, s_next)) / s_next) / 2 * (s_next - hat)
+        else:  # dpm2: through the midpoint, halfway in log sigma
+            mid = math.exp((math.log(hat) + math.log(s_next)) / 2)
+            x_2 = x + d * (mid - hat)
+            x = x + (x_2 - denoiser(x_2, mid)) / mid * (s_next - hat)
+    return x
+
+
+@pytest.mark.parametrize("name, churn, tmin, tmax, s_noise, first", [
+    ("euler", 0.5, 0.0, math.inf, 1.0, 0), ("euler_karras", 40.0, 0.0, math.inf, 1.0, 0),
+    ("heun", 0.8, 0.5, 5.0, 0.7, 0), ("heun_karras", 1.0, 0.0, math.inf, 1.0, 2),
+    ("dpm2", 1.0, 0.0, math.inf, 1.0, 0), ("dpm2_karras", 0.6, 0.0, 3.0, 0.5, 0), ("dpm2", 1.0, 0.0, math.inf, 1.0, 2)])
+def test_sigma_churn_takes_k_diffusions_steps_on_a_toy_denoiser(name, churn, tmin, tmax, s_noise, first):
+    """With the web UI's sigma churn, Euler, Heun and DPM2 take k-diffusion's steps: each step whose sigma is from tmin
+    to tmax first adds each picture's own noise (its generator's next draw) up to sigma_hat = sigma (1 + gamma),
+    gamma = min(churn / steps, sqrt 2 - 1), then calls the model there at sigma_hat's timestep (DPM2: its midpoint
+    from sigma_hat). An img2img pass (`first`: its first step) counts the steps it runs."""
+    from textinv.samplers import Churn
+
+    steps, seeds = 5, (3, 4)
+    own = _sd_scheduler()
+    base, karras = name.removesuffix("_karras"), name.endswith("_karras")
+    sigmas = (_karras if karras else _evenly)(own, steps + (base == "dpm2"))
+    if base == "dpm2":  # (the web UI's discard_next_to_last_sigma)
+        sigmas = sigmas[:-2] + sigmas[-1:]
+    run = sigmas[first:]
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * run[0]
+    calls = []
+
+    def recording(latents, sigma):
+        calls.append(sigma)
+        return _toy(latents, sigma)
+
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    expected = _churning(base, recording, x.double(), run,
+                         lambda like: torch.stack([torch.randn(like.shape[1:], generator=g) for g in generators]),
+                         churn, tmin, tmax, s_noise)
+    made = scheduler_for(own, name, churn=Churn(churn, tmin, tmax, s_noise),
+                         generators=[torch.Generator().manual_seed(s) for s in seeds])
+    made.set_timesteps(steps)
+    got, _ = _drawn(made, steps, x, calls, "epsilon", 0, begin=first * made.order)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+    # each call at its own sigma's timestep (sigma_hat's, a churned step's first): the web UI's unquantized one
+    made.set_timesteps(steps)
+    if first:
+        made.set_begin_index(first * made.order)
+    assert made.churned and min(made.churned) >= first
+    for k, (sigma, hat) in made.churned.items():
+        assert math.isclose(made.timesteps[k * made.order], _sigma_to_t(own, hat), abs_tol=1e-3)
+    plain, _ = _drawn(scheduler_for(own, name), steps, x, calls, "epsilon", 0, begin=first * made.order)
+    assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_the_churns_first_step_is_the_hand_computed_one():
+    """Euler at churn 0.5 over 5 steps, one picture, from sigma s0: its generator's next draw e takes the latents up
+    to sigma_hat = 1.1 s0, x_hat = x + e sqrt(sigma_hat^2 - s0^2); the model reads x_hat / sqrt(sigma_hat^2 + 1) at
+    sigma_hat's timestep, and the step is Euler's from there: x_hat + eps (s1 - sigma_hat)."""
+    from textinv.samplers import Churn
+
+    own = _sd_scheduler()
+    made = scheduler_for(own, "euler", churn=Churn(churn=0.5), generators=[torch.Generator().manual_seed(9)])
+    made.set_timesteps(5)
+    s0, s1 = float(made.sigmas[0]), float(made.sigmas[1])
+    hat = 1.1 * s0
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(1)) * s0
+    e = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(9))
+    x_hat = x + e * math.sqrt(hat ** 2 - s0 ** 2)
+    t = made.timesteps[0]
+    assert math.isclose(float(t), _sigma_to_t(own, hat), abs_tol=1e-3)
+    scaled = made.scale_model_input(torch.cat([x, x]), t)  # (guidance's two rows: the same noise in both)
+    torch.testing.assert_close(scaled, torch.cat([x_hat, x_hat]) / math.sqrt(hat ** 2 + 1))
+    eps = 0.1 * scaled[:1]
+    torch.testing.assert_close(made.step(eps, t, x).prev_sample, x_hat + eps * (s1 - hat))
+    assert float(made.sigmas[0]) == s0  # (the table keeps the step's own sigma)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun_karras", "dpm2"])
+def test_a_churn_of_0_makes_the_sampler_it_always_was(name):
+    """At churn 0 (whatever tmin, tmax and noise) a sampler is its own: the same class, the same steps."""
+    from textinv.samplers import Churn
+
+    own = _sd_scheduler()
+    plain = scheduler_for(own, name)
+    given = scheduler_for(own, name, churn=Churn(0.0, 0.5, 3.0, 0.5), generators=[torch.Generator()])
+    assert type(given) is type(plain)
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2)) * 14.6
+    plain.set_timesteps(4)
+    calls = [1.0] * len(plain.timesteps)
+    assert torch.equal(_drawn(plain, 4, x, calls, "epsilon", 5)[0], _drawn(given, 4, x, calls, "epsilon", 5)[0])

@@ -69,7 +69,7 @@ from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_M
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .samplers import eta_kind, from_comfy, from_webui
+from .samplers import CHURN_LABELS, eta_kind, from_comfy, from_webui, takes_churn
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
@@ -139,6 +139,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
             raise ConfigError(why)
     _check_paths_given(picture, settings, flags)
     _eta_taken(picture, settings, flags)
+    _churn_taken(picture, settings, flags)
     from_text = not (flags.get("init_image") or settings.get("init_image"))
     for note in picture.notes + (picture.without_init if from_text else picture.with_init):
         warn(note, stacklevel=2)
@@ -212,6 +213,20 @@ def _eta_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]
     given = next(flags.get(key) for key in ("sampler", "hires_sampler") if flags.get(key))
     warn(f"{picture.path} was drawn at {drawn} {settings.pop('eta')}, which {given} does not take (its {kind} "
          f"is the web UI's other setting): it draws at its own default", stacklevel=3)
+
+
+def _churn_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Drop the picture's sigma churn settings from `settings`, with a warning, where `flags` give samplers none of
+    which takes them (`samplers.takes_churn`); any of them given is the command's, checked as given."""
+    drawn = [f"sigma_{key}" for key in CHURN_LABELS if f"sigma_{key}" in settings]
+    if not drawn or set(drawn) & set(flags):
+        return
+    names = [_sampler_named(flags.get(key, settings.get(key))) for key in ("sampler", "hires_sampler")]
+    if any(takes_churn(name) for name in names if name):
+        return
+    said = ", ".join(f"{name.replace('_', ' ')} {settings.pop(name)}" for name in drawn)
+    warn(f"{picture.path} was drawn at {said}, which the sampler given does not take: it draws without",
+         stacklevel=3)
 
 
 def _sampler_named(name: Any) -> str | None:
@@ -532,7 +547,7 @@ def _from_a1111(path: Path, text: str) -> Picture:
     without_init: list[str] = []
     without_mask: list[str] = []
     _a1111_passes(path, fields, settings, needs, notes, without_init, without_mask)
-    used = _a1111_eta(fields, settings)
+    used = _a1111_eta(fields, settings) + _a1111_churn(fields, settings)
     unused = [k for k in fields if k not in _A1111_USED + _A1111_DRAWN_FROM + used]
     if unused:
         notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
@@ -575,6 +590,18 @@ def _a1111_eta(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, .
         settings["eta"] = fields[label]
         return (label,)
     return ()
+
+
+def _a1111_churn(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, ...]:
+    """The web UI's "Sigma churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" (each written where not its
+    default) into `settings` as --sigma-churn, --sigma-tmin, --sigma-tmax and --sigma-noise, where one of the
+    picture's samplers takes them (`samplers.takes_churn`: Euler, Heun, DPM2); the labels read (the web UI's Sigma
+    noise on an ancestral or SDE sampler, which textinv's do not take, is then named as not applied)."""
+    if not any(takes_churn(settings.get(key) or "") for key in ("sampler", "hires_sampler")):
+        return ()
+    read = {key: label for key, label in CHURN_LABELS.items() if label in fields}
+    settings.update((f"sigma_{key}", fields[label]) for key, label in read.items())
+    return tuple(read.values())
 
 
 def _number(text: str) -> float | None:

@@ -33,7 +33,7 @@ from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, ch
                          memory_saver_note)
 from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
-from .samplers import SAMPLERS, check_eta, check_installed
+from .samplers import SAMPLERS, Churn, check_churn, check_eta, check_installed
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
 from .refine import DEFAULT_UPSCALER, HIRES_DENOISE, IMG2IMG_DENOISE, UPSCALERS, network_upscaler
 from .refine import SPELLINGS as UPSCALER_SPELLINGS
@@ -1039,6 +1039,13 @@ class GenerateConfig:
                            "dpm++2s_a) draws afresh, from 0 to 1 (its default); for ddim its Eta DDIM (default 0)")
     ensd: int = opt(0, "the web UI's Eta noise seed delta (ENSD, e.g. 31337): a sampler's noise at every step is "
                        "drawn from seed + this, as the web UI's is; 0: from the seed, on from the starting noise")
+    sigma_churn: float = opt(0.0, "the web UI's Sigma churn, for euler, heun and dpm2: each step first adds fresh "
+                                   "noise that raises its sigma by min(this / steps, 0.414) of itself, then steps "
+                                   "from there (Karras et al. 2022's S_churn); 0: none")
+    sigma_tmin: float = opt(0.0, "the web UI's Sigma tmin: only steps whose sigma is at least this churn")
+    sigma_tmax: float = opt(None, "the web UI's Sigma tmax: only steps whose sigma is at most this churn (default: no "
+                                  "limit)")
+    sigma_noise: float = opt(1.0, "the web UI's Sigma noise: the churn's fresh noise is scaled by this")
     tiling: bool = opt(False, "pictures that wrap around at their edges, so copies tile without a seam (textures; "
                               "the web UI's Tiling)")
     old_prompt_editing: bool = opt(False, "prompt editing on the web UI's old timelines (its \"Use old prompt editing "
@@ -1236,16 +1243,24 @@ class GenerateConfig:
 
     def _check_step_noise(self) -> None:
         """Refuse an --eta the samplers do not take (`samplers.check_eta`; an X/Y/Z plot's cells are checked each,
-        with their own samplers: `xyz.plan`) and an --ensd no seed can be offset by."""
+        with their own samplers: `xyz.plan`), sigma churn settings they do not take (`samplers.check_churn`) and an
+        --ensd no seed can be offset by."""
         plotted = self.x or self.y or self.z
         check_eta(self.eta, None if plotted else
                   [self.sampler] + ([self.hires_sampler] if self.hires_sampler and self.hires() else []))
+        check_churn(self.churn(), None if plotted else
+                    [self.sampler] + ([self.hires_sampler] if self.hires_sampler and self.hires() else []))
         if self.ensd < 0:
             raise ConfigError(f"--ensd must be 0 or more (the web UI's Eta noise seed delta), got {self.ensd}")
         last = self.seed + self.n - 1  # (the last picture's seed: manual_seed takes seed + ENSD up to 2^64 - 1)
         if last + self.ensd > 2**64 - 1:
             raise ConfigError(f"--ensd {self.ensd}: picture seed {last} + ENSD is {last + self.ensd}, past 2^64 - 1 "
                               f"(the largest seed torch takes); give a smaller --ensd or seed")
+
+    def churn(self) -> Churn:
+        """--sigma-churn, --sigma-tmin, --sigma-tmax (None: no limit) and --sigma-noise, as the samplers take them."""
+        return Churn(self.sigma_churn, self.sigma_tmin, math.inf if self.sigma_tmax is None else self.sigma_tmax,
+                     self.sigma_noise)
 
     def hires(self) -> bool:
         """Whether the settings ask for the hires fix."""

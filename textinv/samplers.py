@@ -12,7 +12,8 @@ Each is set as the web UI runs it where diffusers' defaults differ: a sigma sche
 range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), DPM2,
 DPM2 a and DPM++ 2S a on Karras sigmas call the model at each sigma's own timestep, not a rounded one (`_unrounded`),
 and LMS counts its order from the pass's first step (`_lms_from_first_step`). `--eta` sets the ancestral samplers'
-eta (`_at_eta`) and DDIM's (the pipeline's argument).
+eta (`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (with its tmin, tmax and noise: `Churn`) Euler's,
+Heun's and DPM2's sigma churn (`_churning`).
 
 DPM++ 2S a and Restart have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers' are.
 
@@ -23,6 +24,7 @@ Two bases need a package diffusers does not install: `lms` (and every `_beta` sc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import inspect
@@ -52,6 +54,9 @@ class Base(NamedTuple):
     # the web UI draws its noise from a Brownian tree seeded by the picture's seed (its brownian_noise), which its
     # Eta noise seed delta (--ensd) does not reach
     brownian: bool = False
+    # takes the web UI's sigma churn, tmin, tmax and noise (`Churn`): k-diffusion's sample_euler, sample_heun and
+    # sample_dpm_2, the samplers its sampler_extra_params gives all four
+    churns: bool = False
 
 
 _DPM = "DPMSolverMultistepScheduler"
@@ -59,7 +64,7 @@ _DPM = "DPMSolverMultistepScheduler"
 # smallest noise level (their t = 1/N) with no step to 0, where bh1's update is infinite times 0 (a black picture)
 _UNIPC = {"solver_order": 3, "lower_order_final": True, "final_sigmas_type": "sigma_min"}
 BASES = {
-    "euler": Base("Euler", "EulerDiscreteScheduler", {}, spaced=True),
+    "euler": Base("Euler", "EulerDiscreteScheduler", {}, spaced=True, churns=True),
     "euler_a": Base("Euler a", "EulerAncestralDiscreteScheduler", {}, eta=1.0),  # (diffusers' takes no sigma schedule)
     "dpm++2m": Base("DPM++ 2M", _DPM, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "karras", True),
     "dpm++2m_sde": Base("DPM++ 2M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
@@ -77,9 +82,9 @@ BASES = {
     "unipc": Base("UniPC", "UniPCMultistepScheduler", _UNIPC | {"solver_type": "bh1"}),
     "unipc_bh2": Base(None, "UniPCMultistepScheduler", _UNIPC | {"solver_type": "bh2"}),  # ComfyUI's uni_pc_bh2
     # Karras et al. 2022, Algorithm 1
-    "heun": Base("Heun", "HeunDiscreteScheduler", {}, spaced=True, second_order=True),
+    "heun": Base("Heun", "HeunDiscreteScheduler", {}, spaced=True, second_order=True, churns=True),
     "dpm2": Base("DPM2", "KDPM2DiscreteScheduler", {}, "karras", True, discard=True,  # k-diffusion's sample_dpm_2
-                 second_order=True),
+                 second_order=True, churns=True),
     "dpm2_a": Base("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, "karras", True, discard=True,
                    second_order=True, eta=1.0),
     # k-diffusion's sample_dpmpp_2s_ancestral: DPM-Solver++(2S) steps (Lu et al. 2022) with ancestral noise
@@ -218,6 +223,66 @@ def ensd_written(name: str, eta: float | None) -> bool:
     return eta_label(name) == "Eta" and eta != 0
 
 
+class Churn(NamedTuple):
+    """The web UI's sigma churn settings (its s_churn, s_tmin, s_tmax, s_noise; Karras et al. 2022, Algorithm 2, as
+    k-diffusion's sample_euler, sample_heun and sample_dpm_2 take them): each step whose sigma is from `tmin` to
+    `tmax` first adds fresh noise, `noise` times the amount that takes its sigma up by gamma = min(`churn` / steps,
+    sqrt 2 - 1), then steps from there (`_churning`). The defaults are the web UI's (its Sigma tmax 0: no limit)."""
+
+    churn: float = 0.0
+    tmin: float = 0.0
+    tmax: float = math.inf
+    noise: float = 1.0
+
+
+# the web UI's infotext labels of `Churn`'s settings, with the flags that give them
+CHURN_LABELS = {"churn": "Sigma churn", "tmin": "Sigma tmin", "tmax": "Sigma tmax", "noise": "Sigma noise"}
+CHURN_FLAGS = {"churn": "--sigma-churn", "tmin": "--sigma-tmin", "tmax": "--sigma-tmax", "noise": "--sigma-noise"}
+# the samplers whose noise the web UI scales by its Sigma noise alone (its sampler_extra_params): textinv's draw theirs
+# unscaled, so they take no --sigma-noise
+_NOISE_ONLY = ("dpm2_a", "dpm++2s_a", "dpm++sde", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde")
+
+
+def takes_churn(name: str) -> bool:
+    """Whether sampler `name` takes the web UI's sigma churn settings (`Churn`): Euler, Heun and DPM2, on any schedule.
+
+    >>> takes_churn("heun_karras"), takes_churn("euler_a")
+    (True, False)
+    """
+    base = _PARTS.get(name, (None, ""))[0]
+    return bool(base and BASES[base].churns)
+
+
+def churn_given(churn: Churn) -> dict[str, float]:
+    """`churn`'s settings that are not the web UI's defaults, by field name.
+
+    >>> churn_given(Churn(churn=0.5, noise=1.0))
+    {'churn': 0.5}
+    """
+    return {key: value for key, value in churn._asdict().items() if value != getattr(Churn(), key)}
+
+
+def check_churn(churn: Churn, names: list[str] | None) -> None:
+    """Refuse sigma churn settings outside their range (each a finite number from 0, --sigma-tmax above 0 and not
+    below --sigma-tmin), or given where none of the passes' samplers `names` (--sampler, --hires-sampler; None: not
+    known yet) takes them (`takes_churn`), naming those that do."""
+    for key, value in churn._asdict().items():
+        if not (value >= 0 and (math.isfinite(value) or key == "tmax")):
+            raise ConfigError(f"{CHURN_FLAGS[key]} must be a number from 0, got {value}")
+    if churn.tmax <= 0 or churn.tmax < churn.tmin:
+        raise ConfigError(f"--sigma-tmax {churn.tmax:g} must be above 0 and not below --sigma-tmin {churn.tmin:g} (the "
+                          f"steps that churn have a sigma from tmin to tmax); leave it out for no upper limit")
+    given = churn_given(churn)
+    if not given or names is None or any(map(takes_churn, names)):
+        return
+    flags = ", ".join(f"{CHURN_FLAGS[key]} {value:g}" for key, value in given.items())
+    also = (" (the web UI also scales its noise by Sigma noise, which textinv does not)"
+            if "noise" in given and any(_PARTS.get(n, (None, ""))[0] in _NOISE_ONLY for n in names) else "")
+    raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma churn settings{also}; "
+                      f"give one that does: {', '.join(n for n, b in BASES.items() if b.churns)}, with a schedule "
+                      f"or without (the web UI's Euler, Heun and DPM2)")
+
+
 def webui_names(name: str) -> tuple[str, str | None] | None:
     """The web UI's `Sampler` and `Schedule type` for sampler `name` (None: not written), or None when the web UI
     has no such sampler (the model's own, "default", has no name there either).
@@ -354,12 +419,16 @@ def check_installed(name: str, flag: str = "--sampler") -> None:
 
 
 def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: str = "--sampler",
-                  eta: float | None = None):
+                  eta: float | None = None, churn: Churn | None = None,
+                  generators: list | None = None):
     """The diffusers scheduler for sampler `name`, made from the model's own scheduler's config, so it keeps the
     model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler. `seeds`
     (the pictures' seeds, in the batch's order) seed DPM++ SDE's Brownian noise, one tree a picture, so a seed
     draws its picture at any batch size. `eta` (None: the sampler's own, `eta_default`) sets an ancestral sampler's
-    (`_at_eta`; DDIM's is the pipeline's argument). A refusal names `flag` as where the sampler was given.
+    (`_at_eta`; DDIM's is the pipeline's argument). `churn` sets the sigma churn of a sampler that takes it
+    (`takes_churn`; another draws without), its noise drawn from `generators` (the pipeline's, one a picture, in
+    the batch's order), as the web UI draws it from each picture's. A refusal names `flag` as where the sampler was
+    given.
 
     >>> scheduler_for(model.pipeline.scheduler, "dpm2_a_karras")  # doctest: +SKIP
     KDPM2AncestralDiscreteScheduler {... "use_karras_sigmas": true ...}
@@ -393,9 +462,17 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     at_eta = eta is not None and BASES[base].eta not in (None, eta) and base != "ddim"
     if at_eta:
         cls = _at_eta(cls, base == "euler_a")
+    churning = churn is not None and churn.churn > 0 and BASES[base].churns  # (at churn 0 the others do nothing)
+    if churning:
+        if not isinstance(generators, list):
+            raise ValueError("a sampler with sigma churn draws its noise from the pictures' generators: give "
+                             "scheduler_for a list of them, one a picture")
+        cls = _churning(cls)
     made = _made(cls, scheduler.config, {**spacing, **options})
     if at_eta:
         made.eta = eta
+    if churning:
+        made.churn, made.generators = churn, generators
     if scheduler.config.get("rescale_betas_zero_snr"):
         # (from_config keeps a setting the class does not take in its config: what it takes is its __init__'s)
         if "rescale_betas_zero_snr" not in takes:
@@ -522,6 +599,102 @@ def _at_eta(cls, euler: bool):
             schedulers.ancestral_tables(self, self.eta)
 
     return _variant(cls, "at another eta", set_timesteps=set_timesteps)
+
+
+def _churning(cls):
+    """Diffusers' Euler, Heun or DPM2 (`cls`) with the sigma churn its `churn` attribute holds (`Churn`), as
+    k-diffusion's sample_euler, sample_heun and sample_dpm_2 (the web UI's) take it: step k, from sigma s_k, first
+    adds noise of sqrt(sigma_hat^2 - s_k^2) (times the noise setting, one draw of each picture's generator), then
+    steps from sigma_hat = s_k (1 + gamma) as the sampler does: its model call at sigma_hat's timestep, its
+    derivative and step length from sigma_hat, DPM2's midpoint between sigma_hat and the next sigma. Gamma is
+    min(churn / steps, sqrt 2 - 1) where tmin <= s_k <= tmax, else 0 (no draw); steps are those the pass runs (an
+    img2img pass: the schedule's last ones, from `set_begin_index`), as the web UI hands the sampler only those.
+
+    The tables keep the steps' own sigmas (the starting noise, img2img's start and the refiner's switch read them):
+    a churned step's sigma_hat stands in its first call's place only while its calls run; its timesteps and DPM2's
+    midpoints are written where the pipeline reads them."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    def set_timesteps(self, *args, **kwargs):
+        cls.set_timesteps(self, *args, **kwargs)
+        self._unchurned = self.timesteps.clone(), getattr(self, "sigmas_interpol", None)
+        _plan_churn(self, 0)
+
+    def set_begin_index(self, begin_index: int = 0):
+        cls.set_begin_index(self, begin_index)
+        _plan_churn(self, begin_index // self.order)
+
+    def scale_model_input(self, sample, timestep):
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        k, call = divmod(self.step_index, self.order)
+        if k not in self.churned:
+            return cls.scale_model_input(self, sample, timestep)
+        if call == 0:  # (the step's first call: its noise, one draw a picture, added here and in `step`)
+            sigma, hat = self.churned[k]
+            rows = (len(self.generators),) + tuple(sample.shape[1:])
+            noise = randn_tensor(rows, generator=self.generators, device=sample.device, dtype=sample.dtype)
+            self._added = noise * (self.churn.noise * (hat ** 2 - sigma ** 2) ** 0.5)
+            # (the pipeline's batch holds the latents once for each guidance row: the same noise for each)
+            sample = sample + self._added.repeat(sample.shape[0] // len(self.generators), *[1] * (sample.dim() - 1))
+        with _at_sigma_hat(self, k):
+            return cls.scale_model_input(self, sample, timestep)
+
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        k, call = divmod(self.step_index, self.order)
+        if k not in self.churned:
+            return cls.step(self, model_output, timestep, sample, *args, **kwargs)
+        with _at_sigma_hat(self, k):
+            return cls.step(self, model_output, timestep, sample + self._added if call == 0 else sample, *args,
+                            **kwargs)
+
+    return _variant(cls, "with sigma churn", set_timesteps=set_timesteps, set_begin_index=set_begin_index,
+                    scale_model_input=scale_model_input, step=step)
+
+
+def _plan_churn(scheduler, first: int) -> None:
+    """Set `scheduler.churned` ({step: (its sigma, sigma_hat)}, the steps from `first` on that churn) for a pass
+    that runs the steps from `first` (`_churning`), and the timesteps of their calls at sigma_hat (DPM2's midpoint
+    calls' too, the midpoints in its tables): the unchurned ones are put back first."""
+    import torch
+
+    from . import schedulers
+
+    churn, order = getattr(scheduler, "churn", None), scheduler.order
+    if churn is None:  # (diffusers' Heun and DPM2 set their timesteps when made, before it is set)
+        scheduler.churned = {}
+        return
+    timesteps, midpoints = scheduler._unchurned
+    scheduler.timesteps[:] = timesteps  # (in place: an img2img pipeline holds the part it runs already)
+    if midpoints is not None:
+        scheduler.sigmas_interpol = midpoints.clone()
+    starts = range(0, len(scheduler.timesteps), order)  # (each step's first call)
+    sigmas = [float(scheduler.sigmas[i]) for i in starts] + [0.0]  # (the steps' sigmas, then the end)
+    steps = len(starts) - first
+    gamma = min(churn.churn / steps, 2 ** 0.5 - 1) if steps > 0 else 0.0
+    scheduler.churned = {k: (s, s * (1 + gamma)) for k, s in enumerate(sigmas[:-1])
+                         if k >= first and churn.tmin <= s <= churn.tmax and gamma > 0}
+    for k, (_, hat) in scheduler.churned.items():
+        schedulers.set_times(scheduler, torch.tensor([hat]), slice(k * order, k * order + 1))
+        if midpoints is not None and sigmas[k + 1] > 0:  # (DPM2: halfway from sigma_hat to the next, in log sigma)
+            middle = math.sqrt(hat * sigmas[k + 1])
+            scheduler.sigmas_interpol[2 * k + 1] = middle
+            schedulers.set_times(scheduler, torch.tensor([middle]), slice(2 * k + 1, 2 * k + 2))
+
+
+@contextlib.contextmanager
+def _at_sigma_hat(scheduler, step: int):
+    """Step `step`'s sigma_hat in its first call's place in `scheduler.sigmas` (`_churning`) while the sampler's
+    own scale_model_input or step reads it there, its own sigma put back after."""
+    place = step * scheduler.order
+    sigma, hat = scheduler.churned[step]
+    scheduler.sigmas[place] = hat
+    try:
+        yield
+    finally:
+        scheduler.sigmas[place] = sigma
 
 
 def _interleaved(cls: type) -> bool:

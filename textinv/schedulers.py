@@ -236,8 +236,12 @@ def step_values(table: torch.Tensor) -> torch.Tensor:
 
 
 def set_times(scheduler, sigmas: torch.Tensor, places: slice) -> None:
-    """Write the timesteps of `sigmas` (the scheduler's own sigma-to-timestep mapping) into its timesteps' `places`."""
-    times = scheduler._sigma_to_t(sigmas.cpu().numpy(), scheduler.log_sigmas.cpu().numpy())
+    """Write the timesteps of `sigmas` (the scheduler's own sigma-to-timestep mapping) into its timesteps' `places`
+    (a scheduler that keeps no log sigmas, as Euler and Heun: those of its training noise levels)."""
+    log_sigmas = getattr(scheduler, "log_sigmas", None)
+    if log_sigmas is None:
+        log_sigmas = torch.log(((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod) ** 0.5)
+    times = scheduler._sigma_to_t(sigmas.cpu().numpy(), log_sigmas.cpu().numpy())
     scheduler.timesteps[places] = torch.from_numpy(times).to(scheduler.timesteps)
 
 
