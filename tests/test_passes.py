@@ -1076,6 +1076,44 @@ def test_again_reads_the_web_uis_sigma_churn_settings(sd1_dir, tmp_path):
     assert config.sigma_churn == 0.0 and config.sigma_tmax is None and "drawn at sigma churn 0.4" in said
 
 
+def test_discard_penultimate_sigma_is_drawn_written_and_read_as_the_web_uis(sd1_dir, tmp_path):
+    """--discard-penultimate-sigma draws Euler on the longer schedule less its next-to-last sigma, writes "Discard
+    penultimate sigma: True" as the web UI does (not for DPM2, which discards it always), and --again reads it from
+    textinv's pictures and the web UI's."""
+    from textinv.again import again_config
+
+    def draw(out, **settings):
+        return generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=3, width=16, model=str(sd1_dir),
+                                       metadata="full", out=str(tmp_path / out), **settings), progress=False)[0]
+
+    discarded = draw("a", sampler="euler", discard_penultimate_sigma=True)
+    assert "Discard penultimate sigma: True" in Image.open(discarded).text["parameters"]
+    plain = draw("b", sampler="euler")
+    assert np.abs(np.asarray(Image.open(discarded)).astype(int) - np.asarray(Image.open(plain))).max() > 10
+    assert "Discard" not in Image.open(plain).text["parameters"]
+    assert "discard_penultimate_sigma" not in json.loads(Image.open(plain).text[RECORD_KEY])["settings"]
+    config, keep = again_config(discarded, {"out": str(tmp_path / "c")})
+    assert config.discard_penultimate_sigma
+    again = generate(config, progress=False, keep_seeds=keep)[0]
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(discarded)))
+    dpm2 = draw("d", sampler="dpm2", discard_penultimate_sigma=True)
+    assert "Discard" not in Image.open(dpm2).text["parameters"]
+    assert np.array_equal(np.asarray(Image.open(dpm2)), np.asarray(Image.open(draw("e", sampler="dpm2"))))
+    web = _picture(tmp_path / "w.png", "a cat\nSteps: 4, Sampler: Heun, Seed: 3, Size: 16x16, "
+                                       "Discard penultimate sigma: True")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert config.sampler == "heun" and config.discard_penultimate_sigma and "Discard" not in said
+    config, said = again_warned(web, {"model": str(sd1_dir), "sampler": "ddim"})
+    assert not config.discard_penultimate_sigma and "next-to-last sigma discarded" in said
+    web = _picture(tmp_path / "x.png", "a cat\nSteps: 4, Sampler: UniPC, Seed: 3, Size: 16x16, "
+                                       "Discard penultimate sigma: True")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert not config.discard_penultimate_sigma and "not applied from its A1111 parameters: Discard" in said
+    with pytest.raises(ConfigError, match=r"--discard-penultimate-sigma: --sampler ddim takes no sigma schedule to "
+                                          r"discard it from .* give one that does: euler, euler_a"):
+        GenerateConfig(prompt=["a dog"], sampler="ddim", discard_penultimate_sigma=True).validate()
+
+
 def test_eta_is_the_first_samplers_kind_and_a_pass_of_the_other_kind_draws_at_its_own(sd1_dir, tmp_path,
                                                                                        monkeypatch):
     """The web UI's Eta (the ancestral samplers') and Eta DDIM are two settings: a hires pass with DDIM after Euler a

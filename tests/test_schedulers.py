@@ -491,3 +491,65 @@ def test_a_churn_of_0_makes_the_sampler_it_always_was(name):
     plain.set_timesteps(4)
     calls = [1.0] * len(plain.timesteps)
     assert torch.equal(_drawn(plain, 4, x, calls, "epsilon", 5)[0], _drawn(given, 4, x, calls, "epsilon", 5)[0])
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_a", "lms_karras", "heun", "heun_karras", "dpm++2m", "dpm++sde",
+                                  "dpm++2s_a_karras", "dpm++2m_sde_exponential"])
+def test_discarding_the_penultimate_sigma_takes_it_out_of_the_longer_schedule(name):
+    """--discard-penultimate-sigma (the web UI's "Always discard next-to-last sigma"): n steps go down the n + 1 step
+    schedule without its smallest non-zero sigma, so there are still n steps and the last goes from the sigma before
+    it to 0; every other sigma is the longer schedule's."""
+    from textinv.schedulers import step_values
+
+    steps = 5
+    own = _sd_scheduler()
+
+    def schedule(made):  # (the steps' sigmas, then 0: one a step, or two calls a step laid out)
+        if hasattr(made, "sigmas_interpol"):
+            return step_values(made.sigmas).tolist()
+        return (torch.cat([made.sigmas[:1], made.sigmas[1::2]]) if made.order == 2 else made.sigmas).tolist()
+
+    longer = scheduler_for(own, name, seeds=[1])
+    longer.set_timesteps(steps + 1)
+    made = scheduler_for(own, name, seeds=[1], discard=True)
+    made.set_timesteps(steps)
+    wanted = schedule(longer)
+    assert len(wanted) == steps + 2
+    assert schedule(made) == pytest.approx(wanted[:-2] + wanted[-1:])
+    plain = scheduler_for(own, name, seeds=[1])
+    plain.set_timesteps(steps)
+    assert len(made.timesteps) == len(plain.timesteps)  # (the same number of model calls)
+    assert not torch.allclose(made.sigmas, plain.sigmas)
+
+
+@pytest.mark.parametrize("name", ["euler_karras", "heun"])
+def test_a_discarding_sampler_takes_k_diffusions_steps_on_a_toy_denoiser(name):
+    """Euler and Heun with the next-to-last sigma discarded are k-diffusion's sample_euler and sample_heun on the web
+    UI's discarded schedule: the model called at each of its sigmas, the last step Euler's to 0."""
+    steps = 5
+    own = _sd_scheduler()
+    base, karras = name.removesuffix("_karras"), name.endswith("_karras")
+    sigmas = (_karras if karras else _evenly)(own, steps + 1)
+    sigmas = sigmas[:-2] + sigmas[-1:]
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[0]
+    calls = []
+
+    def recording(latents, sigma):
+        calls.append(sigma)
+        return _toy(latents, sigma)
+
+    expected = _churning(base, recording, x.double(), sigmas, None, 0.0)
+    got, _ = _drawn(scheduler_for(own, name, discard=True), steps, x, calls, "epsilon", 0)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["dpm2", "dpm2_a_karras", "dpm++3m_sde", "ddim", "unipc", "restart"])
+def test_discarding_leaves_a_sampler_that_always_discards_or_has_no_sigma_schedule_as_it_was(name):
+    """DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma always; DDIM, UniPC and Restart are not discarded
+    from (the config refuses the flag for a pass of these alone): the same class, the same tables."""
+    own = _sd_scheduler()
+    plain, given = scheduler_for(own, name, seeds=[1]), scheduler_for(own, name, seeds=[1], discard=True)
+    assert type(given) is type(plain)
+    plain.set_timesteps(5)
+    given.set_timesteps(5)
+    assert torch.equal(plain.timesteps, given.timesteps)

@@ -69,7 +69,7 @@ from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_M
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .samplers import CHURN_LABELS, eta_kind, from_comfy, from_webui, takes_churn
+from .samplers import CHURN_LABELS, discards, eta_kind, from_comfy, from_webui, takes_churn
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
@@ -140,6 +140,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     _check_paths_given(picture, settings, flags)
     _eta_taken(picture, settings, flags)
     _churn_taken(picture, settings, flags)
+    _discard_taken(picture, settings, flags)
     from_text = not (flags.get("init_image") or settings.get("init_image"))
     for note in picture.notes + (picture.without_init if from_text else picture.with_init):
         warn(note, stacklevel=2)
@@ -227,6 +228,19 @@ def _churn_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, An
     said = ", ".join(f"{name.replace('_', ' ')} {settings.pop(name)}" for name in drawn)
     warn(f"{picture.path} was drawn at {said}, which the sampler given does not take: it draws without",
          stacklevel=3)
+
+
+def _discard_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Drop the picture's --discard-penultimate-sigma from `settings`, with a warning, where `flags` give samplers
+    none of which takes it (`samplers.discards`)."""
+    if not settings.get("discard_penultimate_sigma") or "discard_penultimate_sigma" in flags:
+        return
+    names = [_sampler_named(flags.get(key, settings.get(key))) for key in ("sampler", "hires_sampler")]
+    if any(discards(name, True) for name in names if name):
+        return
+    settings.pop("discard_penultimate_sigma")
+    warn(f"{picture.path} was drawn with its next-to-last sigma discarded, which the sampler given does not take: "
+         f"it draws without", stacklevel=3)
 
 
 def _sampler_named(name: Any) -> str | None:
@@ -547,7 +561,7 @@ def _from_a1111(path: Path, text: str) -> Picture:
     without_init: list[str] = []
     without_mask: list[str] = []
     _a1111_passes(path, fields, settings, needs, notes, without_init, without_mask)
-    used = _a1111_eta(fields, settings) + _a1111_churn(fields, settings)
+    used = _a1111_eta(fields, settings) + _a1111_churn(fields, settings) + _a1111_discard(fields, settings)
     unused = [k for k in fields if k not in _A1111_USED + _A1111_DRAWN_FROM + used]
     if unused:
         notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
@@ -602,6 +616,19 @@ def _a1111_churn(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str,
     read = {key: label for key, label in CHURN_LABELS.items() if label in fields}
     settings.update((f"sigma_{key}", fields[label]) for key, label in read.items())
     return tuple(read.values())
+
+
+def _a1111_discard(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, ...]:
+    """The web UI's "Discard penultimate sigma: True" (its "Always discard next-to-last sigma", written where it made a
+    sampler discard it) into `settings` as --discard-penultimate-sigma, where one of the picture's samplers takes it
+    (`samplers.discards`); the label read, or none (named as not applied)."""
+    label = "Discard penultimate sigma"
+    if str(fields.get(label, "")).strip().lower() != "true":
+        return ()
+    if not any(discards(settings.get(key) or "", True) for key in ("sampler", "hires_sampler")):
+        return ()
+    settings["discard_penultimate_sigma"] = True
+    return (label,)
 
 
 def _number(text: str) -> float | None:

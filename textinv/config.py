@@ -33,7 +33,7 @@ from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, ch
                          memory_saver_note)
 from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
-from .samplers import SAMPLERS, Churn, check_churn, check_eta, check_installed
+from .samplers import SAMPLERS, Churn, check_churn, check_discard, check_eta, check_installed
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
 from .refine import DEFAULT_UPSCALER, HIRES_DENOISE, IMG2IMG_DENOISE, UPSCALERS, network_upscaler
 from .refine import SPELLINGS as UPSCALER_SPELLINGS
@@ -1046,6 +1046,10 @@ class GenerateConfig:
     sigma_tmax: float = opt(None, "the web UI's Sigma tmax: only steps whose sigma is at most this churn (default: no "
                                   "limit)")
     sigma_noise: float = opt(1.0, "the web UI's Sigma noise: the churn's fresh noise is scaled by this")
+    discard_penultimate_sigma: bool = opt(False, "the web UI's \"Always discard next-to-last sigma\": N steps go "
+                                                 "down the N + 1 step schedule less its smallest non-zero sigma (as "
+                                                 "dpm2, dpm2_a and dpm++3m_sde always do), for its other k-diffusion "
+                                                 "samplers")
     tiling: bool = opt(False, "pictures that wrap around at their edges, so copies tile without a seam (textures; "
                               "the web UI's Tiling)")
     old_prompt_editing: bool = opt(False, "prompt editing on the web UI's old timelines (its \"Use old prompt editing "
@@ -1243,13 +1247,15 @@ class GenerateConfig:
 
     def _check_step_noise(self) -> None:
         """Refuse an --eta the samplers do not take (`samplers.check_eta`; an X/Y/Z plot's cells are checked each,
-        with their own samplers: `xyz.plan`), sigma churn settings they do not take (`samplers.check_churn`) and an
-        --ensd no seed can be offset by."""
+        with their own samplers: `xyz.plan`), sigma churn settings or --discard-penultimate-sigma they do not take
+        (`samplers.check_churn`, `samplers.check_discard`) and an --ensd no seed can be offset by."""
         plotted = self.x or self.y or self.z
         check_eta(self.eta, None if plotted else
                   [self.sampler] + ([self.hires_sampler] if self.hires_sampler and self.hires() else []))
-        check_churn(self.churn(), None if plotted else
-                    [self.sampler] + ([self.hires_sampler] if self.hires_sampler and self.hires() else []))
+        names = None if plotted else [self.sampler] + ([self.hires_sampler] if self.hires_sampler and self.hires()
+                                                       else [])
+        check_churn(self.churn(), names)
+        check_discard(self.discard_penultimate_sigma, names)
         if self.ensd < 0:
             raise ConfigError(f"--ensd must be 0 or more (the web UI's Eta noise seed delta), got {self.ensd}")
         last = self.seed + self.n - 1  # (the last picture's seed: manual_seed takes seed + ENSD up to 2^64 - 1)

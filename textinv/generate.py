@@ -49,8 +49,8 @@ from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_dif
                      source_is_sdxl_refiner_file, source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
-from .samplers import (CHURN_LABELS, Churn, check_churn, check_eta, check_pass, churn_given, ensd_reaches,
-                       ensd_written, eta_default, eta_label, eta_of, takes_churn,
+from .samplers import (CHURN_LABELS, Churn, check_churn, check_discard, check_eta, check_pass, churn_given,
+                       discard_written, ensd_reaches, ensd_written, eta_default, eta_label, eta_of, takes_churn,
                        scheduler_for, step_multiplier, webui_hires_names, webui_names)
 from .tokens import (add_tokens, expand_prompt, saved_tokens, scratch_tokens, token_clash, token_names,
                      tokenizer_copy)
@@ -494,6 +494,7 @@ def render(
     ensd: int = 0,
     clip_l: tuple[str | None, str | None] = (None, None),
     churn: Churn | None = None,
+    discard: bool = False,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
@@ -518,7 +519,8 @@ def render(
 
     `eta` is an ancestral sampler's or DDIM's (None: the sampler's own, `samplers.eta_default`), `ensd` the web UI's
     Eta noise seed delta: each pass's noise at every step is drawn from seed + `ensd` (`_step_noise`). `churn` is
-    the web UI's sigma churn settings (`samplers.Churn`), for each pass whose sampler takes them (Euler, Heun, DPM2).
+    the web UI's sigma churn settings (`samplers.Churn`), for each pass whose sampler takes them (Euler, Heun, DPM2);
+    `discard` its "Always discard next-to-last sigma", for each pass whose sampler takes it (`samplers.discards`).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -535,9 +537,10 @@ def render(
     second_model = _check_passes(model, steps, sampler, start, denoise, hires, inpaint, refiner)
     check_eta(eta, [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
     check_churn(churn or Churn(), [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
+    check_discard(discard, [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip, emphasis_mode=emphasis_mode, old_editing=old_editing, eta=eta, ensd=ensd,
-                   clip_l=clip_l, churn=churn)
+                   clip_l=clip_l, churn=churn, discard=discard)
     others = ([refiner.model.unet, refiner.model.vae] if refiner else []) + (
         [second_model.unet, second_model.vae] if second_model is not model else [])
     with _tiled(pipe, tiling, *others):
@@ -849,7 +852,8 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
           guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
           refiner: Refiner | None = None, first_pass: int | None = None, edit_steps: int | None = None,
           old_editing: bool = False, eta: float | None = None,
-          clip_l: tuple[str | None, str | None] = (None, None), churn: Churn | None = None, **call):
+          clip_l: tuple[str | None, str | None] = (None, None), churn: Churn | None = None, discard: bool = False,
+          **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
@@ -861,7 +865,8 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     the last of them, its steps counted from 0, as the web UI counts them). A second-order sampler's steps count
     as its model calls (`step_multiplier`: two a step), as the web UI counts them; `old_editing`: the web UI's old
     prompt editing timelines (`emphasis.prompt_schedule`'s `old`); `clip_l`: `_layout`'s; `churn`: the sigma churn
-    of a sampler that takes it (`samplers.scheduler_for`), its noise drawn by the pass's generators."""
+    of a sampler that takes it (`samplers.scheduler_for`), its noise drawn by the pass's generators; `discard`: the
+    next-to-last sigma discarded where the sampler takes that."""
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
@@ -889,7 +894,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     was_training, own_scheduler = pipe.unet.training, pipe.scheduler
     pipe.unet.eval()
     pipe.scheduler = scheduler_for(own_scheduler, sampler, seeds, eta=eta, churn=churn,
-                                   generators=call.get("generator"))
+                                   generators=call.get("generator"), discard=discard)
     if eta is not None and eta_label(sampler) == "Eta DDIM":  # (diffusers' DDIM takes its eta from the pipeline)
         call["eta"] = eta
     try:
@@ -1243,6 +1248,7 @@ def png_text(params: dict[str, str]) -> PngInfo:
               "seed": "Seed", "variation_seed": "Variation seed", "variation_strength": "Variation seed strength",
               "eta": "Eta", "eta_ddim": "Eta DDIM", "ensd": "ENSD",
               **{f"sigma_{key}": label for key, label in CHURN_LABELS.items()},
+              "discard_penultimate_sigma": "Discard penultimate sigma",
               "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
               "emphasis": "Emphasis", "old_prompt_editing": "Old prompt editing timelines", "mask_blur": "Mask blur",
               "mask_mode": "Mask mode",
@@ -2352,6 +2358,7 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             **({"eta": config.eta} if config.eta is not None else {}),
             **({"ensd": config.ensd} if config.ensd else {}),
             **{f"sigma_{key}": getattr(config, f"sigma_{key}") for key in churn_given(config.churn())},
+            **({"discard_penultimate_sigma": True} if config.discard_penultimate_sigma else {}),
             "init_image": _where(str(init_image) if init_image else None),
             "denoise": passes_denoise(config), **_mask_record(config), "refiner": _where(config.refiner),
             "refiner_switch_at": config.switch_at() if config.refiner else None,
@@ -2723,7 +2730,8 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
                     variation, config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing,
                     config.eta, config.ensd,
                     tuple(text if text is None else expand_all(text, run.embeddings, model)
-                          for text in (config.prompt_l, config.negative_prompt_l)), config.churn())
+                          for text in (config.prompt_l, config.negative_prompt_l)), config.churn(),
+                    config.discard_penultimate_sigma)
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
@@ -2964,7 +2972,8 @@ def _noise_params(config: GenerateConfig, seed: int) -> dict:
     empty without them). The eta is written as the web UI writes it, where it is not the sampler's default: "Eta"
     for an ancestral sampler, "Eta DDIM" for DDIM (the first pass's sampler's, else the hires fix's); "ENSD" where
     the web UI writes it (`samplers.ensd_written`: the first pass's sampler an ancestral one, its eta not 0); "Sigma
-    churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" where not the default and a pass's sampler takes them."""
+    churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" where not the default and a pass's sampler takes them;
+    "Discard penultimate sigma: True" where it makes a pass's sampler discard it (`samplers.discard_written`)."""
     params = {"tiling": "True"} if config.tiling else {}
     taking = [s for s in (config.sampler, config.hires_sampler) if s and eta_default(s) is not None]
     if config.eta is not None and taking and config.eta != eta_default(taking[0]):
@@ -2973,6 +2982,8 @@ def _noise_params(config: GenerateConfig, seed: int) -> dict:
         params["ensd"] = config.ensd
     if any(takes_churn(s) for s in (config.sampler, config.hires_sampler) if s):
         params.update({f"sigma_{key}": f"{value:g}" for key, value in churn_given(config.churn()).items()})
+    if discard_written([s for s in (config.sampler, config.hires_sampler) if s], config.discard_penultimate_sigma):
+        params["discard_penultimate_sigma"] = "True"
     if config.emphasis not in ("original", "comfy"):  # (as the web UI: only another than its default; it has no
         # ComfyUI's)
         params["emphasis"] = {"no-norm": "No norm", "ignore": "Ignore"}[config.emphasis]

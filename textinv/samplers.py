@@ -13,7 +13,8 @@ range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-t
 DPM2 a and DPM++ 2S a on Karras sigmas call the model at each sigma's own timestep, not a rounded one (`_unrounded`),
 and LMS counts its order from the pass's first step (`_lms_from_first_step`). `--eta` sets the ancestral samplers'
 eta (`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (with its tmin, tmax and noise: `Churn`) Euler's,
-Heun's and DPM2's sigma churn (`_churning`).
+Heun's and DPM2's sigma churn (`_churning`); `--discard-penultimate-sigma` discards the next-to-last sigma for the
+other k-diffusion samplers too (`discards`).
 
 DPM++ 2S a and Restart have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers' are.
 
@@ -243,6 +244,41 @@ CHURN_FLAGS = {"churn": "--sigma-churn", "tmin": "--sigma-tmin", "tmax": "--sigm
 _NOISE_ONLY = ("dpm2_a", "dpm++2s_a", "dpm++sde", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde")
 
 
+# the samplers the web UI's "Always discard next-to-last sigma" reaches that do not discard it already: its
+# k-diffusion ones that textinv has on diffusers' sigma tables (not Restart, which plans its steps on them)
+_DISCARDING = ("euler", "euler_a", "lms", "heun", "dpm++2m", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++sde",
+               "dpm++2s_a")
+
+
+def discards(name: str, discard: bool = False) -> bool:
+    """Whether sampler `name` discards the next-to-last sigma (`_discarding`): DPM2, DPM2 a and DPM++ 3M SDE always,
+    as the web UI's do; with `discard` (--discard-penultimate-sigma, its "Always discard next-to-last sigma") its
+    other k-diffusion samplers too.
+
+    >>> discards("euler"), discards("euler", True), discards("dpm2_karras"), discards("ddim", True)
+    (False, True, True, False)
+    """
+    base = _PARTS.get(name, (None, ""))[0]
+    return bool(base and (BASES[base].discard or discard and base in _DISCARDING))
+
+
+def discard_written(names: list[str], discard: bool) -> bool:
+    """Whether the web UI writes "Discard penultimate sigma: True" for passes of samplers `names` drawn with
+    --discard-penultimate-sigma `discard`: where the setting makes one of them discard, not one that always does."""
+    return discard and any(discards(n, True) and not discards(n) for n in names)
+
+
+def check_discard(discard: bool, names: list[str] | None) -> None:
+    """Refuse --discard-penultimate-sigma where none of the passes' samplers `names` (None: not known yet) takes it,
+    naming those that do."""
+    if not discard or names is None or any(discards(n, True) for n in names):
+        return
+    raise ConfigError(f"--discard-penultimate-sigma: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma "
+                      f"schedule to discard it from (the web UI draws its DDIM, PLMS and UniPC one step more with "
+                      f"it, which textinv does not); give one that does: {', '.join(_DISCARDING)}, with a schedule "
+                      f"or without (dpm2, dpm2_a and dpm++3m_sde discard it always)")
+
+
 def takes_churn(name: str) -> bool:
     """Whether sampler `name` takes the web UI's sigma churn settings (`Churn`): Euler, Heun and DPM2, on any schedule.
 
@@ -420,14 +456,15 @@ def check_installed(name: str, flag: str = "--sampler") -> None:
 
 def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: str = "--sampler",
                   eta: float | None = None, churn: Churn | None = None,
-                  generators: list | None = None):
+                  generators: list | None = None, discard: bool = False):
     """The diffusers scheduler for sampler `name`, made from the model's own scheduler's config, so it keeps the
     model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler. `seeds`
     (the pictures' seeds, in the batch's order) seed DPM++ SDE's Brownian noise, one tree a picture, so a seed
     draws its picture at any batch size. `eta` (None: the sampler's own, `eta_default`) sets an ancestral sampler's
     (`_at_eta`; DDIM's is the pipeline's argument). `churn` sets the sigma churn of a sampler that takes it
     (`takes_churn`; another draws without), its noise drawn from `generators` (the pipeline's, one a picture, in
-    the batch's order), as the web UI draws it from each picture's. A refusal names `flag` as where the sampler was
+    the batch's order), as the web UI draws it from each picture's. `discard` discards the next-to-last sigma where
+    the sampler takes that (`discards`; another draws as it does). A refusal names `flag` as where the sampler was
     given.
 
     >>> scheduler_for(model.pipeline.scheduler, "dpm2_a_karras")  # doctest: +SKIP
@@ -452,7 +489,7 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     options = dict(BASES[base].options)
     if "noise_sampler_seed" in takes:  # (without seeds, a random tree: not one a seed remakes)
         options["noise_sampler_seed"] = list(seeds) if seeds is not None else None
-    if BASES[base].discard:
+    if discards(name, discard):
         cls = _discarding(cls)
     if base == "lms":
         cls = _lms_from_first_step(cls)
@@ -562,8 +599,8 @@ def _discarding(cls: type) -> type:
     """Diffusers' scheduler `cls` with the web UI's discard_next_to_last_sigma (DPM2, DPM2 a, DPM++ 3M SDE): for n
     steps, the sigmas of its n + 1 step schedule (the model's spacing or a sigma schedule) without the last non-zero
     one, so the sampler's last step goes from the one before it to 0, as the web UI's sampler table marks those three
-    (its "Always discard next-to-last sigma" setting does it for all). `set_timesteps` builds the longer schedule and
-    takes that step out of its tables.
+    (its "Always discard next-to-last sigma" setting, --discard-penultimate-sigma, does it for its other k-diffusion
+    samplers: `discards`). `set_timesteps` builds the longer schedule and takes that step out of its tables.
 
     >>> _discarding(diffusers.KDPM2DiscreteScheduler)  # doctest: +SKIP
     <class 'textinv.samplers.KDPM2DiscreteScheduler'>
@@ -575,7 +612,9 @@ def _discarding(cls: type) -> type:
         cls.set_timesteps(self, num_inference_steps + 1, *args, **kwargs)
         if hasattr(self, "sigmas_interpol"):
             _discard_interleaved(self)
-        else:  # a multistep table: one sigma a step, then the end (DPMSolverMultistepScheduler)
+        elif self.order == 2:  # Heun's and DPM++ SDE's tables: two calls a step (`_discard_two_calls`)
+            _discard_two_calls(self)
+        else:  # one sigma a step, then the end (Euler, Euler a, LMS, DPMSolverMultistepScheduler)
             self.sigmas = _without_next_to_last(self.sigmas)
             self.timesteps = self.timesteps[:-1]
         self.num_inference_steps = num_inference_steps
@@ -736,6 +775,17 @@ def _without_next_to_last(values):
     import torch
 
     return torch.cat([values[:-2], values[-1:]])
+
+
+def _discard_two_calls(scheduler) -> None:
+    """Take the next-to-last sigma out of diffusers' Heun and DPM++ SDE tables, which hold [s0, s1, s1, ..., sn, sn,
+    0] from the schedule [s0, ..., sn, 0], and timesteps of two calls a step and one for the last: without sn the last
+    step goes from s(n-1) to 0 in one call, its timesteps the table's less its last two."""
+    import torch
+
+    schedule = _without_next_to_last(torch.cat([scheduler.sigmas[:1], scheduler.sigmas[1::2]]))
+    scheduler.sigmas = torch.cat([schedule[:1], schedule[1:-1].repeat_interleave(2), schedule[-1:]])
+    scheduler.timesteps = scheduler.timesteps[:-2]
 
 
 def _discard_interleaved(scheduler) -> None:
