@@ -1114,6 +1114,23 @@ def test_discard_penultimate_sigma_is_drawn_written_and_read_as_the_web_uis(sd1_
         GenerateConfig(prompt=["a dog"], sampler="ddim", discard_penultimate_sigma=True).validate()
 
 
+def test_the_refiners_switch_is_read_on_the_discarded_schedule():
+    """With --discard-penultimate-sigma the steps' sigmas are the longer schedule's, so the refiner's switch (the
+    first step whose noise level is past it) is found on those: Euler at 4 steps switches at 0.5 after its third step
+    there, after its second on its own schedule."""
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler
+
+    from textinv.generate import _refiner_start
+
+    own = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                        set_alpha_to_one=False, timestep_spacing="linspace")
+    model, refiner = SimpleNamespace(pipeline=SimpleNamespace(scheduler=own)), SimpleNamespace(switch_at=0.5)
+    assert _refiner_start(model, refiner, "euler", 4, 4) == (2, 4)
+    assert _refiner_start(model, refiner, "euler", 4, 4, discard=True) == (3, 4)
+
+
 def test_eta_is_the_first_samplers_kind_and_a_pass_of_the_other_kind_draws_at_its_own(sd1_dir, tmp_path,
                                                                                        monkeypatch):
     """The web UI's Eta (the ancestral samplers') and Eta DDIM are two settings: a hires pass with DDIM after Euler a

@@ -420,39 +420,43 @@ def check_hires_model(model: Model, hires: Model) -> None:
 
 
 def _check_refiner_passes(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
-                          hires: Hires | None) -> None:
+                          hires: Hires | None, discard: bool = False) -> None:
     """Refuse, before drawing, a refiner that does not fit `model` (the pass's it draws in: `check_refiner`) or whose
     switch falls at the first step of a text-to-image pass (`_handing_on` hands on after a step; an img2img pass at
     `denoise` (None: none) or the hires fix's second pass that starts past it is the refiner's all through:
-    `_refined`)."""
+    `_refined`). `discard`: --discard-penultimate-sigma, which moves the steps' sigmas."""
     check_refiner_switch(refiner.switch_at)
     check_refiner(model, refiner.model)
-    if denoise is None and hires is None and _refiner_span(model, refiner, steps, sampler, denoise, hires)[0] == 0:
+    if denoise is None and hires is None and _refiner_span(model, refiner, steps, sampler, denoise, hires,
+                                                           discard)[0] == 0:
         raise _past_the_switch(refiner)
 
 
 def refiner_switches(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
-                     hires: Hires | None) -> bool:
+                     hires: Hires | None, discard: bool = False) -> bool:
     """Whether `refiner` takes over in the pass it draws in (`_check_refiner_passes`' arguments): the web UI writes
     its Refiner into a picture's text only then (sd_samplers_common.apply_refiner, when it switches)."""
-    at, iterations = _refiner_span(model, refiner, steps, sampler, denoise, hires)
+    at, iterations = _refiner_span(model, refiner, steps, sampler, denoise, hires, discard)
     return at < iterations
 
 
 def _refiner_span(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
-                  hires: Hires | None) -> tuple[int, int]:
+                  hires: Hires | None, discard: bool = False) -> tuple[int, int]:
     """(the iteration `refiner` takes over at, the iterations) of the pass it draws in: the hires fix's second
     pass, or an img2img pass at `denoise`, or (neither) the text-to-image pass (`_refiner_start`)."""
     if hires is not None:
         steps, denoise, sampler = hires.steps or steps, hires.denoise, hires.sampler or sampler
     schedule, run = refine.pass_steps(steps, denoise, hires is not None) if denoise is not None else (steps, steps)
-    return _refiner_start(model, refiner, sampler, schedule, run)
+    return _refiner_start(model, refiner, sampler, schedule, run, discard)
 
 
-def _refiner_start(model: Model, refiner: Refiner, sampler: str, schedule: int, run: int) -> tuple[int, int]:
+def _refiner_start(model: Model, refiner: Refiner, sampler: str, schedule: int, run: int,
+                   discard: bool = False) -> tuple[int, int]:
     """(the iteration `refiner` takes over at, the iterations) of a pass of `model` that runs the last `run` steps
-    of a schedule of `schedule` with `sampler` (`_switch_iteration`)."""
-    scheduler = scheduler_for(model.pipeline.scheduler, sampler)  # (a copy of its own: set here, not elsewhere)
+    of a schedule of `schedule` with `sampler` (`_switch_iteration`), its next-to-last sigma discarded with
+    `discard` where it takes that."""
+    # (a copy of its own: set here, not elsewhere)
+    scheduler = scheduler_for(model.pipeline.scheduler, sampler, discard=discard)
     scheduler.set_timesteps(schedule)
     iterations = len(scheduler.timesteps) - (schedule - run) * scheduler.order  # (diffusers' img2img get_timesteps)
     if iterations < len(scheduler.timesteps) and hasattr(scheduler, "set_begin_index"):
@@ -534,7 +538,7 @@ def render(
     guidance = model.guidance_or_own(guidance)
     _check_sampling(model, steps, guidance)
     check_clip_skip(model, clip_skip)
-    second_model = _check_passes(model, steps, sampler, start, denoise, hires, inpaint, refiner)
+    second_model = _check_passes(model, steps, sampler, start, denoise, hires, inpaint, refiner, discard)
     check_eta(eta, [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
     check_churn(churn or Churn(), [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
     check_discard(discard, [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
@@ -551,7 +555,8 @@ def render(
 
 
 def _check_passes(model: Model, steps: int, sampler: str, start: list[Image.Image] | None, denoise: float | None,
-                  hires: Hires | None, inpaint: Inpaint | None, refiner: Refiner | None) -> Model:
+                  hires: Hires | None, inpaint: Inpaint | None, refiner: Refiner | None,
+                  discard: bool = False) -> Model:
     """Refuse, before drawing, passes `render` cannot draw (its arguments); return the model of the hires fix's
     second pass (`model` where it has none of its own, or there is no hires fix)."""
     if start is not None and hires is not None:  # (what GenerateConfig refuses, not dropped here unsaid)
@@ -564,7 +569,7 @@ def _check_passes(model: Model, steps: int, sampler: str, start: list[Image.Imag
         _pass_schedule(model, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler)
     if refiner is not None:
         img2img = (denoise or refine.IMG2IMG_DENOISE) if start is not None else None
-        _check_refiner_passes(second_model, refiner, steps, sampler, img2img, hires)
+        _check_refiner_passes(second_model, refiner, steps, sampler, img2img, hires, discard)
     if inpaint is not None and start is None:
         raise ConfigError("render's `inpaint` masks the pictures in `start` (--mask needs --init-image)")
     if start is None and model.pipeline.unet.config.in_channels == 9:
@@ -697,7 +702,8 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
     steps (`_pass`), or all of it where its first step is past the switch, as the web UI's does."""
     schedule, run = _pass_schedule(model, steps, denoise, hires, sampler)
     refiner, given = drawing.get("refiner"), model
-    if refiner is not None and _refiner_start(model, refiner, sampler, schedule, run)[0] == 0:
+    discard = drawing.get("discard", False)
+    if refiner is not None and _refiner_start(model, refiner, sampler, schedule, run, discard)[0] == 0:
         # a pass that starts past the switch is the refiner's all through, as the web UI's (its apply_refiner runs
         # before each model call): its UNet and text encoder draw, its VAE decodes
         model, drawing = refiner.model, {**drawing, "refiner": None}
@@ -2826,7 +2832,7 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
     img2img = (passes_denoise(config) or refine.IMG2IMG_DENOISE) if init is not None else None
     second = (hires.model or model) if hires is not None else model  # (the model of the pass the refiner draws in)
     refined = run.refiner is not None and refiner_switches(second, run.refiner, run.steps, config.sampler, img2img,
-                                                            hires)
+                                                            hires, config.discard_penultimate_sigma)
     png = _Text(job.prompt, prompt.expanded, shared, prompt.hashes, run.recorded_sums, hires, source, job,
                 run.pictures.sums.get(source), run.mask_sum, refined)
     return width, height, hires, drawn, png
