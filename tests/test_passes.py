@@ -1043,7 +1043,7 @@ def test_generate_writes_the_sigma_churn_settings_as_the_web_ui_and_again_draws_
                                     sampler="heun", sigma_churn=0.5, sigma_tmin=0.1, sigma_tmax=20.0,
                                     sigma_noise=0.9, metadata="full", out=str(tmp_path / "a")), progress=False)
     text = Image.open(paths[0]).text["parameters"]
-    assert "Sigma churn: 0.5, Sigma tmin: 0.1, Sigma tmax: 20, Sigma noise: 0.9" in text
+    assert "Sigma churn: 0.5, Sigma tmin: 0.1, Sigma tmax: 20.0, Sigma noise: 0.9" in text
     config, keep = again_config(paths[0], {"out": str(tmp_path / "b")})
     assert (config.sigma_churn, config.sigma_tmin, config.sigma_tmax, config.sigma_noise) == (0.5, 0.1, 20.0, 0.9)
     again = generate(config, progress=False, keep_seeds=keep)
@@ -1056,7 +1056,7 @@ def test_generate_writes_the_sigma_churn_settings_as_the_web_ui_and_again_draws_
     # only the ones not at their default
     only = generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=2, width=16, model=str(sd1_dir),
                                    sampler="euler", sigma_churn=0.3, out=str(tmp_path / "d")), progress=False)[0]
-    assert "Sigma churn: 0.3" in Image.open(only).text["parameters"]
+    assert "Sigma churn: 0.3," in Image.open(only).text["parameters"]
     assert "Sigma tmin" not in Image.open(only).text["parameters"]
 
 

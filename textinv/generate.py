@@ -2987,7 +2987,8 @@ def _noise_params(config: GenerateConfig, seed: int) -> dict:
     if config.ensd and ensd_written(config.sampler, eta_of(config.eta, config.sampler, taking)):
         params["ensd"] = config.ensd
     if any(takes_churn(s) for s in (config.sampler, config.hires_sampler) if s):
-        params.update({f"sigma_{key}": f"{value:g}" for key, value in churn_given(config.churn()).items()})
+        # (as floats, as the web UI writes them: "Sigma churn: 0.5", "Sigma tmax: 20.0")
+        params.update({f"sigma_{key}": float(value) for key, value in churn_given(config.churn()).items()})
     if discard_written([s for s in (config.sampler, config.hires_sampler) if s], config.discard_penultimate_sigma):
         params["discard_penultimate_sigma"] = "True"
     if config.emphasis not in ("original", "comfy"):  # (as the web UI: only another than its default; it has no
