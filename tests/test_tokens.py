@@ -10,7 +10,7 @@ from textinv.errors import TokenError
 from textinv.tiny import build_tiny_pipeline
 from textinv.tokens import (
     ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt, init_vectors,
-    token_names,
+    token_names, webui_init_ids,
 )
 
 
@@ -115,6 +115,21 @@ def test_init_phrase_is_averaged_or_spread(pipe):
     assert torch.equal(two, table[ids])
     four = init_vectors(table, ids, 4)
     assert torch.equal(four, table[[ids[0], ids[0], ids[1], ids[1]]])
+
+
+def test_init_spread_webui_copies_every_nth_token_as_the_web_ui(pipe):
+    """The web UI's create_embedding fills vector i from init token i * n // N: fewer tokens than vectors repeat, as
+    textinv's average does; more tokens than vectors are skipped over, not averaged (textinv's default)."""
+    table = base_embedding(pipe.text_encoder).weight
+    ids = encode_init(pipe.tokenizer, "red dog on a mat")  # (7 tokens in the tiny vocabulary)
+    n = len(ids)
+    assert n == 7
+    for vectors in (2, 3, 5, 9):  # (n > N skips: tokens 0, 3 of 7 for 2; n < N repeats: 0, 0, 1, ... for 9)
+        assert torch.equal(init_vectors(table, ids, vectors, "webui"), table[[ids[i * n // vectors]
+                                                                              for i in range(vectors)]])
+    assert torch.equal(init_vectors(table, ids, 9, "webui"), init_vectors(table, ids, 9))
+    assert torch.allclose(init_vectors(table, ids, 2)[0], table[ids[:4]].mean(0))  # (the default still averages)
+    assert webui_init_ids(ids, 2, open_clip=False) == ids[:2] and webui_init_ids(ids, 2, open_clip=True) == ids
 
 
 def test_token_already_known_is_refused(pipe):

@@ -1742,6 +1742,24 @@ def test_an_init_word_the_tokenizer_splits_into_fragments_is_warned_about(sd1_di
     assert not [w for w in seen if "--init" in str(w.message)]
 
 
+def test_init_spread_webui_starts_from_the_tokens_the_web_ui_reads(sd1_dir, images, tmp_path, monkeypatch):
+    """--init-spread webui: SD 1.x's tokenizer cuts the init text at --vectors tokens in the web UI, so 2 vectors
+    from "small red dog, toy" are "small" and "red"; textinv's default averages the tokens' two runs. Refused beside
+    --init-embedding, which gives the vectors."""
+    model = fresh_model(sd1_dir)
+    table = base_embedding(model.text_encoder).weight.detach().clone()
+    ids = encode_init(model.tokenizer, "small red dog, toy")
+    assert len(ids) > 2
+    starts = recorded_results(monkeypatch, train_module, "init_vectors")
+    for spread in ("webui", "average"):
+        train(config(images, tmp_path / spread, init="small red dog, toy", vectors=2, steps=1, init_spread=spread),
+              model=fresh_model(sd1_dir), progress=False)
+    assert torch.equal(starts[0], table[ids[:2]])
+    assert torch.allclose(starts[1], torch.stack([c.mean(0) for c in torch.tensor_split(table[ids], 2)]))
+    with pytest.raises(ConfigError, match="--init-embedding gives them: leave out --init-spread"):
+        config(images, tmp_path / "c", init=None, init_embedding="a.pt", init_spread="webui").validate()
+
+
 def test_a_model_that_records_its_own_words_gives_the_init_and_templates_left_out(sd1_dir, images, tmp_path,
                                                                                   monkeypatch):
     """The bundled shapes model knows neither "object" nor the paper's templates' words: its training.json says its

@@ -67,6 +67,7 @@ from .inpaint import (AREAS as INPAINT_AREAS, BLENDS as INPAINT_BLENDS, FILLS as
                       MASKED_PADDING)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+INIT_SPREADS = ("average", "webui")  # how an init text of more tokens than --vectors fills them: tokens.init_vectors
 
 
 def precision_refused(value) -> str | None:
@@ -305,6 +306,12 @@ class TrainConfig:
     variant: str = opt(None, VARIANT_HELP)
     init: str = opt(None, "word or phrase to start from (e.g. 'dog'); default: the --property word, or the "
                     "model's own word for it (the bundled model's 'shape')")
+    init_spread: str = opt("average", "how an init text of more tokens than --vectors fills them: average (each "
+                                      "vector the mean of its run of tokens) or webui (as the A1111 web UI: vector i "
+                                      "copies token i x tokens / vectors, the others left out; on SD 1.x, and SDXL's "
+                                      "first encoder, the first --vectors tokens, as its tokenizer cuts the text "
+                                      "there); fewer tokens than vectors are spread alike by both",
+                           choices=INIT_SPREADS)
     init_embedding: str = opt(None, "start from this embedding file's vectors instead (any format: continue a run "
                                     "whose checkpoints are gone, or refine a downloaded embedding, as kohya's "
                                     "--weights), or a hub id (owner/name); --vectors must match its count",
@@ -582,6 +589,9 @@ class TrainConfig:
         if self.init_embedding and (self.init or self.concepts):
             raise ConfigError("--init-embedding gives the starting vectors of the one --token: leave out --init "
                               "and --concepts")
+        if self.init_embedding and self.init_spread != TrainConfig.init_spread:  # (no init text to spread)
+            raise ConfigError(f"--init-spread {self.init_spread} says how an init text fills the vectors, and "
+                              f"--init-embedding gives them: leave out --init-spread")
         tokens = [spec["token"] for spec in self.concept_list()]
         for token in tokens:  # (said before the model loads; the tokenizer's checks need it loaded)
             if isinstance(token, str) and token.strip() and any(c.isspace() for c in token.strip()):

@@ -226,16 +226,18 @@ def split_words(tokenizer, ids: list[int]) -> list[str]:
     return words
 
 
-def init_vectors(table: torch.Tensor, ids: list[int], num_vectors: int) -> torch.Tensor:
+def init_vectors(table: torch.Tensor, ids: list[int], num_vectors: int, spread: str = "average") -> torch.Tensor:
     """Starting vectors `(num_vectors, dim)` from the init text's token rows.
 
     The init tokens are split into `num_vectors` contiguous runs and each vector is the mean of its run: one vector
     from a phrase is the phrase's mean; N vectors from N tokens copy them one for one; more vectors than tokens
-    repeat each token over a contiguous block (vector i takes token floor(i * len / N)).
+    repeat each token over a contiguous block (vector i takes token floor(i * len / N)). With `spread` "webui"
+    vector i copies token floor(i * len / N) for more tokens than vectors too, as the A1111 web UI's
+    create_embedding does: the tokens between are left out, not averaged (`webui_init_ids`: the ones it reads).
 
     >>> table = torch.arange(12.0).reshape(6, 2)
-    >>> init_vectors(table, [1, 3], 1).tolist()
-    [[4.0, 5.0]]
+    >>> init_vectors(table, [1, 3], 1).tolist(), init_vectors(table, [1, 3], 1, "webui").tolist()
+    ([[4.0, 5.0]], [[2.0, 3.0]])
     >>> init_vectors(table, [1, 3], 4).tolist()
     [[2.0, 3.0], [2.0, 3.0], [6.0, 7.0], [6.0, 7.0]]
     """
@@ -250,9 +252,20 @@ def init_vectors(table: torch.Tensor, ids: list[int], num_vectors: int) -> torch
         )
     rows = table[torch.tensor(ids, device=table.device)].float()  # (L, C)
     n = len(ids)
-    if num_vectors >= n:
+    if num_vectors >= n or spread == "webui":
         return rows[[i * n // num_vectors for i in range(num_vectors)]].clone()
     return torch.stack([chunk.mean(0) for chunk in torch.tensor_split(rows, num_vectors)])
+
+
+def webui_init_ids(ids: list[int], num_vectors: int, open_clip: bool) -> list[int]:
+    """The init tokens the A1111 web UI starts an embedding from: its SD 1.x text encoder's tokenizer (CLIP ViT-L's,
+    also SDXL's first) is called with max_length=num_vectors, which transformers takes as a cut to that many
+    tokens; OpenCLIP's (SD 2.x, SDXL's second) reads them all. `init_vectors(..., "webui")` then picks among them.
+
+    >>> webui_init_ids([5, 6, 7], 2, open_clip=False), webui_init_ids([5, 6, 7], 2, open_clip=True)
+    ([5, 6], [5, 6, 7])
+    """
+    return list(ids) if open_clip else list(ids[:num_vectors])
 
 
 def add_tokens(tokenizer, text_encoder: nn.Module, names: list[str], vectors: torch.Tensor) -> ExtendedEmbedding:

@@ -66,7 +66,7 @@ from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
 from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_token, encode_init, expand_prompt,
-                     init_vectors, scratch_tokens, split_words, token_names)
+                     init_vectors, scratch_tokens, split_words, token_names, webui_init_ids)
 from .tracking import LOGS_DIR, RunTracker, run_name, tracker_names
 from .validation import FixedDraws, fixed_draws, split_pictures, subset_sizes, validation_loss
 
@@ -1548,15 +1548,23 @@ def _add_run_tokens(run: _Run) -> None:
         elif config.init_embedding:  # resuming: the checkpoint's vectors replace these
             starts = [torch.zeros(config.vectors, base_embedding(te).weight.shape[1]) for _, _, te in model.encoders]
         else:
-            starts = [init_vectors(base_embedding(te).weight, own, config.vectors)
-                      for (_, _, te), own in zip(model.encoders, ids)]
+            starts = [init_vectors(base_embedding(te).weight, _init_ids(model, name, own, config), config.vectors,
+                                   config.init_spread) for (name, _, te), own in zip(model.encoders, ids)]
             split = split_words(model.tokenizer, ids[0])
             if split and is_main and not config.resume:
                 warn(f"--init {spec['init']!r}: {model.source} does not know {', '.join(split)} as a word, "
-                     f"so {spec['token']} starts from the mean of those fragments' vectors; give a word it "
+                     f"so {spec['token']} starts from those fragments' vectors; give a word it "
                      f"knows (check the spelling)")  # (named at the line that called `train`: `warn`)
         exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
         run.rows_per_concept.append([slice(e.vectors.shape[0] - config.vectors, e.vectors.shape[0]) for e in exts])
+
+
+def _init_ids(model: Model, encoder: str, ids: list[int], config: TrainConfig) -> list[int]:
+    """The init tokens encoder `encoder` starts from: all of them, or with --init-spread webui the ones the web UI
+    reads there (`webui_init_ids`: OpenCLIP's are SD 2.x's encoder and SDXL's second)."""
+    if config.init_spread != "webui":
+        return ids
+    return webui_init_ids(ids, config.vectors, open_clip=model.family == "sd2" or encoder == "text_encoder_2")
 
 
 def _read_concepts(run: _Run) -> None:
