@@ -1252,7 +1252,7 @@ def test_epochs_and_steps_together_are_refused(images, tmp_path, capsys):
         TrainConfig(images="x", token="<t>", out="o", epochs=0).validate()
     cfg.write_text("steps: 10\n")
     later_epochs = build(TrainConfig, {"steps": 10}, {"epochs": 2})
-    assert (later_epochs.steps, later_epochs.epochs) == (3000, 2)  # (the file's steps go: resolved from the epochs)
+    assert (later_epochs.steps, later_epochs.epochs) == (None, 2)  # (the file's steps go: resolved from the epochs)
     later_steps = build(TrainConfig, {"epochs": 2}, {"steps": 10})
     assert (later_steps.steps, later_steps.epochs) == (10, None)
 

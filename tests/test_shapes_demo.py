@@ -263,9 +263,9 @@ def test_loss_curve_draws_any_history():
 
 def test_evaluate_settings_layer_fast_then_flags_and_check_the_concept_count():
     from textinv.errors import ConfigError
-    from textinv.shapes.evaluate import EvalConfig, first_concepts, settings
+    from textinv.shapes.evaluate import EVAL_STEPS, first_concepts, settings
 
-    assert settings().steps == EvalConfig().steps
+    assert settings().steps == EVAL_STEPS
     assert settings(fast=True).steps == FAST["steps"]
     assert settings(fast=True, flags={"steps": 7, "out": "ignored: not a setting"}).steps == 7
     assert len(first_concepts(None)) == len(first_concepts(len(first_concepts(None))))
@@ -430,6 +430,23 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
                                           r"before --steps 50: leave out --steps"):
         settings(flags={"steps": 50, "train_set": ["lr_steps=0.05:2, 0.005:10"]})
     assert settings(flags={"steps": 10, "train_set": ["lr_steps=0.05:2, 0.005:10"]}).steps == 10
+
+
+def test_evaluate_steps_given_as_trains_default_number_is_given_and_left_out_follows_a_stepped_rate(capsys):
+    """evaluate --steps 3000 (train's default number) with a stepped rate ending at step 10 is a --steps past its
+    end, refused as train's; it read as left out, and each concept quietly learned 10 steps. --steps left out
+    follows the stepped rate's end, as train's does: it was refused as "before --steps 1000: leave out --steps"."""
+    from textinv.cli import main
+    from textinv.config import DEFAULT_STEPS
+    from textinv.errors import ConfigError
+    from textinv.shapes.evaluate import settings
+
+    stepped = ["lr_steps=0.05:2, 0.005:10"]
+    with pytest.raises(ConfigError, match=f"ends the run at step 10 .*, before --steps {DEFAULT_STEPS}: leave out"):
+        settings(flags={"steps": DEFAULT_STEPS, "train_set": stepped})
+    assert main(["evaluate", "--steps", str(DEFAULT_STEPS), "--train-set", *stepped]) == 2
+    assert f"before --steps {DEFAULT_STEPS}" in capsys.readouterr().err
+    assert settings(flags={"train_set": stepped}).steps == 10
 
 
 def test_evaluate_learns_with_further_trainer_settings_and_records_them(model_dir, probe_path, monkeypatch):

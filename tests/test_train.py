@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from textinv.config import TrainConfig
+from textinv.config import DEFAULT_STEPS, TrainConfig
 from textinv.errors import ConfigError, DataError, FormatError, TrainingError
 from textinv.formats import load_embedding
 from textinv.models import load_model
@@ -939,6 +939,27 @@ def test_a_stepped_rate_with_a_last_step_ends_the_run_there_as_the_web_uis(sd1_d
         config(images, tmp_path / "b", steps=TrainConfig.steps, epochs=2, lr=TrainConfig.lr,
                lr_steps="0.05:2, 0.01:4").validate()
     config(images, tmp_path / "b", steps=3, lr=TrainConfig.lr, lr_steps="0.05:2, 0.01:4").validate()  # (stops first)
+
+
+def test_a_steps_given_as_the_defaults_number_is_given_beside_a_stepped_rate_that_ends(sd1_dir, images, tmp_path,
+                                                                                        capsys):
+    """`--steps 3000` (the default's number) given with a stepped rate ending at step 4 is a --steps past its end:
+    refused, on the command line, in a config file and from Python, where it read as left out and the run quietly
+    took 4 steps. Left out, the run still ends at the stepped rate's last step."""
+    from textinv.cli import main
+
+    run = ["train", "--images", str(images), "--token", "<zq>", "--model", str(sd1_dir), "--lr-steps", "0.05:2, 0.01:4"]
+    assert main(run + ["--out", str(tmp_path / "a"), "--steps", str(DEFAULT_STEPS)]) == 2
+    assert f"ends the run at step 4 (its last rate's step, as the web UI's), before --steps {DEFAULT_STEPS}" in (
+        capsys.readouterr().err)
+    (tmp_path / "run.yaml").write_text(f"steps: {DEFAULT_STEPS}\n")
+    assert main(run + ["--out", str(tmp_path / "b"), "--config", str(tmp_path / "run.yaml")]) == 2
+    assert f"before --steps {DEFAULT_STEPS}" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=f"before --steps {DEFAULT_STEPS}"):
+        config(images, tmp_path / "c", steps=DEFAULT_STEPS, lr=TrainConfig.lr, lr_steps="0.05:2, 0.01:4").validate()
+    assert TrainConfig().steps is None and TrainConfig(lr_steps="0.05:2, 0.01:4").steps_to_run() == 4
+    assert main(run + ["--out", str(tmp_path / "d"), "--batch", "2", "--save-every", "0", "--sample-every", "0"]) == 0
+    assert load_embedding(tmp_path / "d" / "learned_embeds.safetensors").metadata["steps"] == "4"
 
 
 @pytest.mark.parametrize("text, error", [("0.05:10, fast", "'fast' is not RATE:STEP"),
@@ -2461,7 +2482,7 @@ def test_a_run_an_older_textinv_started_with_a_stepped_rate_resumes_to_its_saved
     run = dict(model=str(sd1_dir), lr=TrainConfig.lr, save_every=2, lr_steps="0.05:2, 0.01:3")
     train(config(images, out, steps=3, **run), progress=False)
     saved = (out / "config.yaml").read_text()
-    (out / "config.yaml").write_text(saved.replace("\nsteps: 3\n", f"\nsteps: {TrainConfig.steps}\n"))
+    (out / "config.yaml").write_text(saved.replace("\nsteps: 3\n", f"\nsteps: {DEFAULT_STEPS}\n"))
     import os
     import signal
 

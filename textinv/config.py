@@ -318,7 +318,8 @@ class TrainConfig:
                                     path="embedding")
     property: str = opt("object", "what the images share: an object or a style", choices=PROPERTIES)
     vectors: int = opt(1, "vectors per token (more = more capacity, less editability)")
-    steps: int = opt(DEFAULT_STEPS, "optimizer steps (or give --epochs instead)")
+    steps: int = opt(None, f"optimizer steps (or give --epochs instead); default {DEFAULT_STEPS}, or the last step "
+                           f"of a --lr-steps that ends in one")
     epochs: int = opt(None, "the run's length in epochs instead of --steps, as the diffusers script's "
                             "--num_train_epochs and kohya's --max_train_epochs: an epoch is every picture its "
                             "--repeats times (in kohya's layout, times its folder's count), with several --concepts "
@@ -625,10 +626,10 @@ class TrainConfig:
         if self.epochs is not None:
             if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
                 raise ConfigError(f"--epochs must be a whole number >= 1, got {self.epochs!r}")
-            if self.steps != DEFAULT_STEPS:  # (the field's default: a --steps given too; `build` sees it always)
+            if self.steps is not None:  # (a --steps given too; `build` sees it always)
                 raise ConfigError(EITHER_LENGTH)
         positive = ("vectors", "steps", "batch", "grad_accum", "repeats", "sample_steps", "log_every")
-        for name in positive:
+        for name in positive if self.steps is not None else set(positive) - {"steps"}:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.tag_dropout < 1.0:  # (also refuses NaN)
@@ -708,7 +709,7 @@ class TrainConfig:
         fix = "or end --lr-steps with a rate without a step ('..., RATE') to train on at it"
         if self.epochs is not None:
             raise ConfigError(f"{said}, and --epochs {self.epochs} gives the length too: leave out --epochs, {fix}")
-        if self.steps != DEFAULT_STEPS and self.steps > end and not self.resume:  # (the default: --steps left out)
+        if self.steps is not None and self.steps > end and not self.resume:  # (None: --steps left out)
             raise ConfigError(f"{said}, before --steps {self.steps}: leave out --steps, {fix}")
 
     def _check_exclusive_options(self) -> None:
@@ -853,7 +854,16 @@ class TrainConfig:
         """The steps of the tag warm-up (0: none): --tag-warmup-steps, a share of --steps below 1, as kohya counts
         its token_warmup_step."""
         share = self.tag_warmup_steps
-        return math.floor(share * self.steps) if share < 1 else int(share)
+        return math.floor(share * self.steps_to_run()) if share < 1 else int(share)
+
+    def steps_to_run(self) -> int:
+        """--steps, or left out (None) a stepped rate's last step where it ends in one, as the web UI stops there,
+        else DEFAULT_STEPS (`train` sets it so before the run; a resume's is the run's own).
+
+        >>> TrainConfig().steps_to_run(), TrainConfig(lr_steps="0.005:100, 1e-3:1000").steps_to_run()
+        (3000, 1000)
+        """
+        return self.steps if self.steps is not None else lr_steps_end(self.lr_steps) or DEFAULT_STEPS
 
     def _check_tag_warmup(self, said: dict[str, str] | None = None) -> None:
         """kohya's token warm-up: its counts, and not with wildcard captions. `said`: as `_check_tag_separators`."""
@@ -877,7 +887,7 @@ class TrainConfig:
         if self.validate_every is not None:
             return self.validate_every
         held = self.validation_split or self.validation_images is not None
-        return (self.save_every or self.steps) if held else 0
+        return (self.save_every or self.steps_to_run()) if held else 0
 
     def _check_noise_and_loss(self) -> None:
         """kohya's noise and loss settings (the ones that need the model, v-prediction or not, are checked once it

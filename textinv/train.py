@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis, modelspec
-from .config import (DEFAULT_STEPS, MAX_TOKEN_LENGTHS, TrainConfig, clip_steps, lr_steps_end, parse_lr_steps,
+from .config import (MAX_TOKEN_LENGTHS, TrainConfig, clip_steps, lr_steps_end, parse_lr_steps,
                      read_config_file, save_config, stepped_value, training_size)
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
                    load_training_images, picture_set, random_windows, read_caption, read_template_file, unit_pixels,
@@ -1433,12 +1433,11 @@ def _check_inputs(run: _Run, model: Model | None) -> None:
         if is_main and progress:
             print(length)
     end = lr_steps_end(config.lr_steps)
-    if checkpoint is not None and end is not None and config.steps == DEFAULT_STEPS:  # (the run's, as it started:
-        saved = _saved_setting(out / CONFIG_FILE, "steps")  # a run an older textinv started ran on to its --steps)
-        end = saved if type(saved) is int else end
-    if end is not None and config.steps == DEFAULT_STEPS:  # (--steps left out: the web UI stops at the last step)
-        config = dataclasses.replace(config, steps=end)  # (config.yaml holds it, so a resume runs to it too)
-        if is_main and progress and checkpoint is None:
+    if config.steps is None:  # --steps left out (config.yaml then holds the steps, so a resume runs to them too)
+        saved = _saved_setting(out / CONFIG_FILE, "steps") if checkpoint is not None and end is not None else None
+        config = dataclasses.replace(config, steps=saved if type(saved) is int  # (the run's, as it started: a run an
+                                     else config.steps_to_run())  # older textinv started ran on to its --steps)
+        if end is not None and is_main and progress and checkpoint is None:  # (the web UI stops at the last step)
             print(f"--lr-steps ends at step {end}, its last rate's step, as the web UI's: the run is {end} steps")
     if config.cuda_graphs:
         check_graph_device(run.device)
