@@ -90,6 +90,34 @@ def test_outputs_written_and_embedding_file_is_diffusers_layout(sd1_dir, images,
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002.pt", "step-000004.pt"]
 
 
+def test_a1111_pt_records_a_single_file_models_short_hash_and_name_as_the_web_ui(sd1_dir, images, tmp_path,
+                                                                               monkeypatch):
+    """--format a1111 writes the web UI's sd_checkpoint (the checkpoint file's SHA-256, first 10 digits) and
+    sd_checkpoint_name (its name without the suffix) when the model is a single file, where sd_checkpoint was
+    empty; the file is read once per run, not at every save. A diffusers folder has none, as before."""
+    import hashlib
+
+    from safetensors.torch import save_file
+    from test_models import _ldm_state_dict
+    from textinv.tiny import build_tiny_pipeline
+
+    checkpoint = tmp_path / "tiny sd15.safetensors"
+    save_file(_ldm_state_dict(build_tiny_pipeline("sd1", seed=0)), checkpoint)
+    hashed = recorded_results(monkeypatch, train_module, "webui_checkpoint")
+    train(config(images, tmp_path / "file", model=str(checkpoint), single_file_config=str(sd1_dir), steps=4,
+                 save_every=2, format="a1111"), progress=False)
+    assert len(hashed) == 1
+    steps_saved = list((tmp_path / "file" / "embeddings").iterdir())
+    assert steps_saved
+    for saved in (tmp_path / "file" / "zq.pt", *steps_saved):
+        data = torch.load(saved, weights_only=True)
+        assert data["sd_checkpoint"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10], saved
+        assert data["sd_checkpoint_name"] == "tiny sd15"
+    train(config(images, tmp_path / "folder", steps=1, format="a1111"), model=fresh_model(sd1_dir), progress=False)
+    data = torch.load(tmp_path / "folder" / "zq.pt", weights_only=True)
+    assert data["sd_checkpoint"] is None and data["sd_checkpoint_name"] == sd1_dir.name
+
+
 @pytest.mark.parametrize("fmt, name", [("a1111", "zq.pt"), ("kohya", "zq.safetensors")])
 def test_other_save_formats(fmt, name, sd1_dir, images, tmp_path):
     out = tmp_path / "out"

