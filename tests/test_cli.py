@@ -323,7 +323,7 @@ def test_config_file_values_take_their_settings_types(tmp_path):
     assert config.sample_prompts == ["a {}"] and type(config.lr) is float and type(config.steps) is int
     for text, message in (("lr: fast\n", "'lr' must be a number"), ("steps: 2.5\n", "'steps' must be a whole number"),
                           ("center_crop: maybe\n", "'center_crop' must be true or false"),
-                          ("steps:\n", "'steps' needs a value"), ("sample_prompts: [[1]]\n", "each entry must be text"),
+                          ("batch:\n", "'batch' needs a value"), ("sample_prompts: [[1]]\n", "each entry must be text"),
                           ("weight_decay: .nan\n", "--weight-decay must be >= 0"), ("1: 2\n", "unknown setting '1'")):
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=message):

@@ -629,7 +629,7 @@ class TrainConfig:
             if self.steps is not None:  # (a --steps given too; `build` sees it always)
                 raise ConfigError(EITHER_LENGTH)
         positive = ("vectors", "steps", "batch", "grad_accum", "repeats", "sample_steps", "log_every")
-        for name in positive if self.steps is not None else set(positive) - {"steps"}:
+        for name in (n for n in positive if n != "steps" or self.steps is not None):  # (None: left out, `train`'s)
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.tag_dropout < 1.0:  # (also refuses NaN)

@@ -1436,9 +1436,10 @@ def _check_inputs(run: _Run, model: Model | None) -> None:
             print(length)
     end = lr_steps_end(config.lr_steps)
     if config.steps is None:  # --steps left out (config.yaml then holds the steps, so a resume runs to them too)
+        # (a resume of a stepped rate that ends: the run's saved steps, as it started; a run an older textinv started
+        # ran on past the last rate's step to its --steps)
         saved = _saved_setting(out / CONFIG_FILE, "steps") if checkpoint is not None and end is not None else None
-        config = dataclasses.replace(config, steps=saved if type(saved) is int  # (the run's, as it started: a run an
-                                     else config.steps_to_run())  # older textinv started ran on to its --steps)
+        config = dataclasses.replace(config, steps=saved if type(saved) is int else config.steps_to_run())
         if end is not None and is_main and progress and checkpoint is None:  # (the web UI stops at the last step)
             print(f"--lr-steps ends at step {end}, its last rate's step, as the web UI's: the run is {end} steps")
     if config.cuda_graphs:
