@@ -1021,9 +1021,11 @@ def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
     moved = train(config(images, tmp_path / "b", vectors=2, init=None, init_embedding=str(path)),
                   model=fresh_model(sd1_dir), progress=False).embedding.vectors["text_encoder"]
     assert not torch.allclose(moved, start, atol=1e-3)  # and it learns from there
-    with pytest.raises(ConfigError, match="has 2 vector\\(s\\) per encoder; pass --vectors 2"):
-        train(config(images, tmp_path / "c", init=None, init_embedding=str(path)), model=fresh_model(sd1_dir),
-              progress=False)
+    with pytest.raises(ConfigError, match=r"has 2 vector\(s\) per encoder, --vectors 3 asks for 3: leave --vectors "
+                                          r"out \(it is then the file's count\) or give --vectors 2$"):
+        train(config(images, tmp_path / "c", vectors=3, init=None, init_embedding=str(path)),
+              model=fresh_model(sd1_dir), progress=False)
+    assert not (tmp_path / "c").exists()  # (refused before the model loads, nothing written)
     wide = save_embedding(LearnedEmbedding("<w>", {"text_encoder": torch.randn(1, 1024)}), tmp_path / "w.pt", "a1111")[0]
     with pytest.raises(FormatError, match="has width 1024"):
         train(config(images, tmp_path / "d", init=None, init_embedding=str(wide)), model=fresh_model(sd1_dir),
@@ -1037,6 +1039,25 @@ def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
         config(images, tmp_path / "f", init_embedding=str(path)).validate()
     with pytest.raises(ConfigError, match="--init-embedding needs an embedding file"):
         config(images, tmp_path / "f", init=None, init_embedding=" ").validate()
+
+
+def test_vectors_left_out_are_the_init_embeddings_count(sd1_dir, images, tmp_path):
+    """The diffusers script's --num_vectors had to be given again as --vectors to start from a saved embedding of
+    several vectors: left out, it is the file's count now, which config.yaml records (a resume reads it there)."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.run_folder import read_run_settings
+
+    start = torch.randn(3, 32)
+    path = save_embedding(LearnedEmbedding("<old>", {"text_encoder": start}), tmp_path / "old.pt", "a1111")[0]
+    settings = dict(init=None, init_embedding=str(path), lr=1e-9, save_every=1)
+    result = train(config(images, tmp_path / "a", steps=1, **settings), model=fresh_model(sd1_dir), progress=False)
+    assert torch.allclose(result.embedding.vectors["text_encoder"], start, atol=1e-5)
+    assert result.embedding.metadata["vectors"] == "3"
+    assert read_run_settings(tmp_path / "a")["vectors"] == 3
+    resumed = train(config(images, tmp_path / "a", steps=2, resume=True, **settings), model=fresh_model(sd1_dir),
+                    progress=False)  # (left out again: the run's 3, not a change of settings)
+    assert resumed.embedding.vectors["text_encoder"].shape == (3, 32)
+    assert config(images, tmp_path / "b").validate().vectors == 1  # (without a file: 1, as before)
 
 
 def test_a_result_can_be_refined_in_place_with_overwrite(sd1_dir, images, tmp_path):

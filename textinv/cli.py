@@ -150,8 +150,8 @@ def _diffusers_run_note(out: Path) -> str | None:
     if not states:
         return None
     files = sorted(out.glob("learned_embeds-steps-*"), key=_step_of) or sorted(out.glob("learned_embeds.*"))
-    start = (f"--init-embedding {shlex.quote(str(files[-1]))} (with --vectors, if it has more than one)"
-             if files else "--init-embedding with its learned_embeds file")
+    start = f"--init-embedding {shlex.quote(str(files[-1]))}" if files else \
+        "--init-embedding with its learned_embeds file"
     return (f"its {states[-1].name} is the diffusers script's (an accelerate state, which textinv cannot read): "
             f"start a textinv run from its vectors with {start} --out NEW_DIR")
 

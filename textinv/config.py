@@ -314,10 +314,11 @@ class TrainConfig:
                            choices=INIT_SPREADS)
     init_embedding: str = opt(None, "start from this embedding file's vectors instead (any format: continue a run "
                                     "whose checkpoints are gone, or refine a downloaded embedding, as kohya's "
-                                    "--weights), or a hub id (owner/name); --vectors must match its count",
-                                    path="embedding")
+                                    "--weights), or a hub id (owner/name); --vectors is its count unless given (and "
+                                    "must match it)", path="embedding")
     property: str = opt("object", "what the images share: an object or a style", choices=PROPERTIES)
-    vectors: int = opt(1, "vectors per token (more = more capacity, less editability)")
+    vectors: int = opt(None, "vectors per token (more = more capacity, less editability); default: 1, or the "
+                             "--init-embedding file's count")
     steps: int = opt(None, f"optimizer steps (or give --epochs instead); default {DEFAULT_STEPS}, or the last step "
                            f"of a --lr-steps that ends in one")
     epochs: int = opt(None, "the run's length in epochs instead of --steps, as the diffusers script's "
@@ -550,6 +551,8 @@ class TrainConfig:
         if training_size(self.resolution) != self.resolution:  # ("512x768" or (512, 768) from Python: as the CLI
             # reads it, so config.yaml records [512, 768], and 512x512 is 512)
             return dataclasses.replace(self, resolution=training_size(self.resolution)).validate()
+        if self.vectors is None and not self.init_embedding:  # (with it left out, `train` reads the file's count)
+            return dataclasses.replace(self, vectors=1).validate()
         # 2. the checks by topic, in the order a user meets their errors: the output and the concepts, the choices,
         # counts, validation, rates and trackers, loss, the model's inputs, the schedule and the optimizer
         tokens = self._check_concepts()
@@ -629,7 +632,9 @@ class TrainConfig:
             if self.steps is not None:  # (a --steps given too; `build` sees it always)
                 raise ConfigError(EITHER_LENGTH)
         positive = ("vectors", "steps", "batch", "grad_accum", "repeats", "sample_steps", "log_every")
-        for name in (n for n in positive if n != "steps" or self.steps is not None):  # (None: left out, `train`'s)
+        # (None: left out, resolved by `train`: --steps as its default or --lr-steps' end, --vectors as the
+        # --init-embedding file's count)
+        for name in (n for n in positive if n not in ("steps", "vectors") or getattr(self, n) is not None):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.tag_dropout < 1.0:  # (also refuses NaN)
@@ -676,7 +681,7 @@ class TrainConfig:
                                                   and self.max_timestep > self.min_timestep):
             raise ConfigError(f"--max-timestep must be a whole number above --min-timestep ({self.min_timestep}), "
                               f"got {self.max_timestep!r}")
-        if self.vectors > CHUNK:
+        if self.vectors is not None and self.vectors > CHUNK:
             raise ConfigError(f"--vectors {self.vectors} leaves no room in a 77-token prompt; use at most {CHUNK} "
                               f"(1-8 is usual)")
 

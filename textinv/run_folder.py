@@ -87,7 +87,7 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
     if taken:
         raise ConfigError(f"--concepts token {taken[0]} would put its files in {out / concept_folder(taken[0])}, "
                           f"where the run keeps its own {concept_folder(taken[0])}; give that concept another token")
-    _check_token_names(tokens, config.vectors)
+    _check_token_names(tokens, config.vectors or 1)  # (left out: one token, --init-embedding's, which takes no other's)
     # (what a file browser leaves in a folder looked into, .DS_Store, desktop.ini, is not a run; nor are hidden files,
     # the lock's among them: a new run's files take none of their names)
     holds_run = out.is_dir() and any(not p.name.startswith(".") and p.name.lower() not in _OS_LITTER
@@ -98,6 +98,8 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
             raise ConfigError(no_record(out))
         old = read_run_settings(out)
         new = _absolute_paths(config).to_dict()
+        if new["vectors"] is None:  # (left out beside --init-embedding: the run's, the file's count when it started)
+            new["vectors"] = old.get("vectors")
         defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
         # (images: the folder may have moved, to another disk or machine; its pictures must be the run's, which
         # `check_resumable` sees by their names)

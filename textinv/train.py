@@ -1023,7 +1023,7 @@ def _batches_that_fit(where: _Where, device: torch.device, batch: int) -> tuple[
         if where.progress:
             print(f"out of memory in training step {where.step}: working out how many samples fit on {device} "
                   f"(seconds; Ctrl-C skips it)", file=sys.stderr, flush=True)
-        twin, first_ids = meta_twin(where.model, config.vectors)
+        twin, first_ids = meta_twin(where.model, config.vectors or 1)  # (left out, unvalidated: 1)
 
         def needs(checkpointing: bool):
             return lambda n: held + step_bytes(twin, first_ids, n, where.resolution, checkpointing, where.clip_skip,
@@ -1456,12 +1456,14 @@ def _check_inputs(run: _Run, model: Model | None) -> None:
         if config.validation_images is not None:  # (not trained on: a change is said, the run goes on)
             _warn_other_validation_pictures(checkpoint[1], held_back[0], step=int(checkpoint[1]["step"]))
         repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
-    where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
     start_from = None
     if config.init_embedding:
         specs[0]["init"] = f"embedding {shareable_name(config.init_embedding, True)[0]}"  # (the file records its name)
         if checkpoint is None:  # (a resume takes the vectors from its checkpoint: the file may be gone by now)
             start_from = _read_init_embedding(config)
+            # --vectors left out is the file's count (config.yaml records it, so a resume or rerun has it)
+            config = dataclasses.replace(config, vectors=start_from.num_vectors)
+    where.config, where.step = config, (int(checkpoint[1]["step"]) if checkpoint is not None else 0) + 1
     templates = read_template_file(config.templates) if config.templates else list(default_templates(config.property))
     if config.templates:
         warn_unread_templates(config.templates, templates, found)
@@ -2482,7 +2484,8 @@ PAIR_HINT = ("give its first file (learned_embeds) with its partner (learned_emb
 
 
 def _read_init_embedding(config: TrainConfig) -> LearnedEmbedding:
-    """The --init-embedding file, read before the model loads, with its vector count checked."""
+    """The --init-embedding file, read before the model loads, with its vector count checked against --vectors
+    where that was given."""
     try:
         start = load_embedding(config.init_embedding)
     except FormatError as e:
@@ -2491,9 +2494,10 @@ def _read_init_embedding(config: TrainConfig) -> LearnedEmbedding:
         raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vectors per encoder, more "
                           f"than a 77-token prompt holds ({emphasis.CHUNK} at most, with its start and end), so it "
                           f"cannot be trained; start from an embedding of at most {emphasis.CHUNK} vectors")
-    if start.num_vectors != config.vectors:
-        raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vector(s) per encoder; "
-                          f"pass --vectors {start.num_vectors}")
+    if config.vectors is not None and start.num_vectors != config.vectors:
+        raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vector(s) per encoder, "
+                          f"--vectors {config.vectors} asks for {config.vectors}: leave --vectors out (it is then the "
+                          f"file's count) or give --vectors {start.num_vectors}")
     return start
 
 
