@@ -1271,6 +1271,25 @@ def test_a_dropped_caption_trains_on_the_empty_prompt_and_resumes_exactly(sd1_di
     assert resumed.losses[-1] == straight.losses[-1]
 
 
+def test_a_caption_naming_a_token_the_model_has_saved_in_it_trains_on_all_its_vectors(sd1_dir, images, tmp_path,
+                                                                                       monkeypatch):
+    """On a model the diffusers script saved whole (--save_as_full_pipeline --num_vectors 2: `<cat-toy>` and
+    `<cat-toy>_1` in its tokenizer), a caption naming `<cat-toy>` trained the new token beside its first vector
+    alone, where generate, the grids and diffusers' pipelines read both (`tokens.saved_tokens`)."""
+    from conftest import saved_whole
+
+    pipe = saved_whole(sd1_dir, tmp_path / "whole")
+    for path in images.glob("*.png"):
+        path.with_suffix(".txt").write_text("{} beside <cat-toy>, red square")
+    banks = recorded_caption_banks(monkeypatch)
+    train(config(images, tmp_path / "run", model=str(tmp_path / "whole"), vectors=2, steps=1), progress=False)
+    saved = pipe.tokenizer.convert_tokens_to_ids(["<cat-toy>", "<cat-toy>_1"])
+    assert banks[0].texts and all(text.endswith("beside <cat-toy> <cat-toy>_1, red square") for text in banks[0].texts)
+    for row in banks[0].ids[0]:  # (each caption's ids: both, one after the other)
+        at = row.tolist().index(saved[0])
+        assert row[at + 1] == saved[1] and (row == saved[0]).sum() == (row == saved[1]).sum() == 1
+
+
 @pytest.mark.parametrize("given, said", [
     (dict(caption_dropout=1.5), r"--caption-dropout is a chance in \[0, 1\), got 1.5"),
     (dict(caption_dropout=-0.1), r"--caption-dropout is a chance in \[0, 1\), got -0.1"),

@@ -164,10 +164,12 @@ class CaptionBank:
     """Every caption a picture can get, tokenized once per tokenizer: `ids[k]` (C, 77), and per picture the
     caption rows it draws from. With a `max_token_length` above 75 (--max-token-length 150 or 225) each caption's
     ids are kohya's chunks, (C, n * 77) (`long_caption_ids`). `empty[k]` (1, 77): the empty prompt, which a
-    sample whose caption is dropped trains on (--caption-dropout: `BatchSampler`)."""
+    sample whose caption is dropped trains on (--caption-dropout: `BatchSampler`). `expand`: each caption's text
+    as it is tokenized (`_read_concepts` gives `generate.expand_all`'s, so a multi-vector token that a model saved
+    whole holds is read with all its vectors, as generate reads it)."""
 
     def __init__(self, tokenizers: list, sampler: CaptionSampler, device, entries: list[str] | None = None,
-                 max_token_length: int = emphasis.CHUNK):
+                 max_token_length: int = emphasis.CHUNK, expand: Callable[[str], str] | None = None):
         # with kohya's tag warm-up, a picture's captions per count of varied tags used, from warmup_min to all (its
         # last level, the one without a warm-up)
         self.tags = sampler.tags
@@ -175,6 +177,7 @@ class CaptionBank:
         low = sampler.tags.warmup_min
         self.levels = max(max(counts) - low + 1, 1)
         texts, rows, picture_of = _levelled_captions(sampler, counts, self.levels)
+        texts = [expand(t) for t in texts] if expand is not None else texts
         self.texts = texts
         self.counts_of_tags = torch.tensor(counts, device=device)  # (I,)
         self.picture_of = picture_of  # each caption's picture
@@ -1602,7 +1605,8 @@ def _read_concepts(run: _Run) -> None:
         captions = CaptionSampler(pictures, run.templates, placeholder, tags=tags, prefix=config.caption_prefix,
                                   suffix=config.caption_suffix)
         bank = CaptionBank(tokenizers, captions, device,
-                           entries=token_names(spec["token"], config.vectors), max_token_length=config.max_token_length)
+                           entries=token_names(spec["token"], config.vectors), max_token_length=config.max_token_length,
+                           expand=lambda text: expand_all(text, [], model))
         _check_no_other_tokens(model.tokenizer, bank, pictures, spec, [s["token"] for s in specs if s is not spec],
                                config.vectors)
         time_ids = _xl_time_ids(pictures, config.center_crop, device) if model.is_xl else None
