@@ -400,7 +400,7 @@ def test_an_accelerate_config_given_to_config_is_named_as_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{config} is an accelerate config (accelerate config writes it): give it to accelerate launch " \
            f"--config_file {config} -m textinv train ..." in err
-    assert "its mixed_precision is not read by textinv: give --precision" in err
+    assert "train takes its mixed_precision from accelerate launch where --precision is left out" in err
 
 
 def test_filewords_only_templates_train_and_draw_sample_grids(sd1_dir, images, tmp_path):

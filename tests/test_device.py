@@ -2,6 +2,10 @@
 the CPU; CUDA and MPS machines are simulated by patching what torch reports (only the choosing is simulated, never a
 run on them)."""
 
+import os
+import re
+import subprocess
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -16,6 +20,8 @@ from textinv.errors import ConfigError
 from textinv.formats import load_embedding
 from textinv.generate import drawing_dtype, generate
 from textinv.models import load_model, pick_device
+from textinv.run_folder import read_run_settings
+from conftest import fresh_model
 from textinv.train import resolve_precision, train
 
 
@@ -292,17 +298,58 @@ def test_a_resume_compares_the_precision_of_a_model_passed_in(sd1_dir, images, t
         train(_run(images, sd1_dir, tmp_path / "f", 4, resume=True), model=bf16, progress=False)
 
 
-def test_accelerate_launchs_mixed_precision_that_the_run_does_not_take_is_warned_about(sd1_dir, images, tmp_path,
-                                                                                     monkeypatch):
-    """The diffusers script takes its precision from `accelerate launch --mixed_precision fp16` or the `accelerate
-    config` file, which accelerate passes on as ACCELERATE_MIXED_PRECISION; textinv takes --precision, so such a
-    launch trained at another precision than the one asked for, without a word. accelerate's "no" is said nothing
-    of: it is every launch's default."""
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
-    with pytest.warns(UserWarning, match=r"accelerate launch's mixed precision fp16 .* is not read by textinv: this "
-                                         r"run takes fp32 \(--precision auto\); give --precision fp16"):
-        train(_run(images, sd1_dir, tmp_path / "a", 1), progress=False)
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+def test_accelerate_launchs_mixed_precision_is_taken_where_precision_is_left_out(sd1_dir, images, tmp_path,
+                                                                                monkeypatch, capsys):
+    """The diffusers script takes its precision from `accelerate launch --mixed_precision bf16` or the `accelerate
+    config` file, which accelerate passes on as ACCELERATE_MIXED_PRECISION; textinv only warned that it took
+    --precision instead. Left out, --precision is the launch's now, and the run says so (config.yaml records it)."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*mixed precision")
-        train(_run(images, sd1_dir, tmp_path / "b", 1), progress=False)
+        train(_run(images, sd1_dir, tmp_path / "a", 1), progress=True)
+    assert ("--precision bf16: accelerate launch's mixed precision (its --mixed_precision or your accelerate "
+            "config), with --precision left out") in capsys.readouterr().out
+    assert read_run_settings(tmp_path / "a")["precision"] == "bf16"
+    with pytest.warns(UserWarning, match=r"is bf16, not taken by textinv: this run takes fp32"):  # (a model passed
+        train(_run(images, sd1_dir, tmp_path / "b", 1), model=fresh_model(sd1_dir), progress=False)  # in: its own)
+    assert read_run_settings(tmp_path / "b")["precision"] == "auto"
+
+
+@pytest.mark.parametrize("asked, given, taken, said", [
+    ("bf16", "fp32", "fp32", r"give --precision bf16 \(or leave --precision out\)"),  # (the user's, warned about)
+    ("fp8", None, "auto", "textinv has --precision fp32, fp16, bf16"),  # (none of textinv's)
+    ("no", None, "auto", None),  # (every launch's default: nothing to say)
+])
+def test_accelerate_launchs_mixed_precision_that_the_run_does_not_take_is_warned_about(
+        asked, given, taken, said, sd1_dir, images, tmp_path, monkeypatch):
+    """A --precision given that differs from the launch's is kept, with a warning naming both; the launch's fp8
+    (no precision of textinv's) leaves auto, warned about; its "no", every launch's default, says nothing."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", asked)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(_run(images, sd1_dir, tmp_path / "a", 1, precision=given), progress=False)
+    warned = [str(w.message) for w in caught if "mixed precision" in str(w.message)]
+    assert read_run_settings(tmp_path / "a")["precision"] == taken
+    if said is None:
+        assert not warned
+    else:
+        assert len(warned) == 1 and re.search(
+            rf"accelerate launch's mixed precision \(its --mixed_precision or your accelerate config\) is {asked}, "
+            rf"not taken by textinv: this run takes fp32 \(--precision {taken}\); {said}", warned[0]), warned
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a launched subprocess")
+def test_the_accelerate_config_files_mixed_precision_reaches_train_through_the_launch(tmp_path):
+    """`accelerate launch --config_file FILE` passes the file's mixed_precision on to the script it starts, as the
+    ACCELERATE_MIXED_PRECISION that `launcher_precision` reads."""
+    config = tmp_path / "default_config.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: bf16\n"
+                      "num_machines: 1\nnum_processes: 1\nuse_cpu: true\n")
+    script = tmp_path / "asked.py"
+    script.write_text("from textinv.train import launcher_precision\nprint('asked', launcher_precision())\n")
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+              "--num_cpu_threads_per_process", "1"]
+    proc = subprocess.run([*launch, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "asked bf16" in proc.stdout

@@ -467,7 +467,8 @@ class TrainConfig:
                                   "--caption_suffix)")
     templates: str = opt(None, "file of caption templates, one per line, '{}' (or A1111 '[name]') marks the token; "
                                "default: the paper's for --property, or the model's own", path="file")
-    precision: str = opt("auto", "weights' precision; auto = bf16 on a CUDA GPU that has it, else fp32",
+    precision: str = opt(None, "weights' precision; auto = bf16 on a CUDA GPU that has it, else fp32; default: "
+                               "accelerate launch's --mixed_precision fp16 or bf16 (or its config file's), else auto",
                          choices=PRECISIONS, refused=precision_refused)
     device: str = opt("auto", DEVICE_HELP)
     seed: int = opt(0, "random seed: same seed and settings give the same run (on the CPU: at the same thread count)")
@@ -1651,8 +1652,9 @@ def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
         file = where.removeprefix(" in ")
         raise ConfigError(f"{file} is an accelerate config (accelerate config writes it): give it to accelerate "
                           f"launch --config_file {file} -m textinv {_COMMANDS.get(cls.__name__, 'train')} ..., and "
-                          f"textinv's own settings to --config; its mixed_precision is not read by textinv: give "
-                          f"--precision")
+                          f"textinv's own settings to --config; "
+                          + ("train takes its mixed_precision from accelerate launch where --precision is left out"
+                             if cls is TrainConfig else "its mixed_precision is not read by textinv: give --precision"))
     tables = [key for key in unknown if isinstance(settings[key], dict)]
     if where.lower().endswith(".toml") and tables:  # (kohya's --config_file: its tables' keys are read as one list)
         inner = [f"{key!r}: {hint}" for table in tables for key in settings[table] if key not in names

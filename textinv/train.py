@@ -108,17 +108,48 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[precision]
 
 
+LAUNCHED_AT = "accelerate launch's mixed precision (its --mixed_precision or your accelerate config)"
+
+
+def launcher_precision() -> str:
+    """The mixed precision `accelerate launch` was asked for: its --mixed_precision, else the `accelerate config`
+    file's mixed_precision, else "no", which the launcher passes on to the processes it starts as
+    ACCELERATE_MIXED_PRECISION (accelerate's utils/launch.py; the diffusers script's Accelerator takes its precision
+    from it). "no" without a launcher, too.
+
+    >>> launcher_precision()  # doctest: +SKIP
+    'bf16'
+    """
+    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+
+
+def _launched_precision(config: TrainConfig, say: bool, passed: bool) -> TrainConfig:
+    """`config` with --precision left out (None) read as `accelerate launch`'s fp16 or bf16 (`launcher_precision`),
+    as the diffusers script reads it, and said so where `say`; else as auto. The launcher's "no" is every launch's
+    default (a launch that asked for nothing), so it leaves auto, and fp8 is none of textinv's precisions (warned
+    about by `_warn_launcher_precision`); a model `passed` in trains at its own dtype, so leaves auto too."""
+    if config.precision is not None:
+        return config
+    asked = launcher_precision()
+    if passed or asked not in ("fp16", "bf16"):
+        return dataclasses.replace(config, precision="auto")
+    if say:
+        print(f"--precision {asked}: {LAUNCHED_AT}, with --precision left out")
+    return dataclasses.replace(config, precision=asked)
+
+
 def _warn_launcher_precision(precision: str, dtype: torch.dtype) -> None:
-    """Say so when `accelerate launch` was asked for a mixed precision (its --mixed_precision, or the `accelerate
-    config` file's, passed on as ACCELERATE_MIXED_PRECISION: where the diffusers script takes its precision from)
-    other than the `dtype` the run takes from --precision. accelerate's "no", every launch's default, says nothing."""
-    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    """Say so when `accelerate launch` was asked for a mixed precision (`launcher_precision`) other than the `dtype`
+    the run takes: a --precision given that differs, or fp8, which textinv lacks. accelerate's "no", every launch's
+    default, says nothing."""
+    asked = launcher_precision()
     if asked == "no" or DTYPES.get(asked) == dtype:
         return
     taken = next(name for name, d in DTYPES.items() if d == dtype)
-    give = f"give --precision {asked}" if asked in DTYPES else f"textinv has --precision {', '.join(DTYPES)}"
-    warn(f"accelerate launch's mixed precision {asked} (its --mixed_precision or your accelerate config) is not read "
-         f"by textinv: this run takes {taken} (--precision {precision}); {give} for the frozen weights' precision")
+    give = (f"give --precision {asked} (or leave --precision out)" if asked in DTYPES
+            else f"textinv has --precision {', '.join(DTYPES)}")
+    warn(f"{LAUNCHED_AT} is {asked}, not taken by textinv: this run takes {taken} (--precision {precision}); {give} "
+         f"for the frozen weights' precision")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -839,6 +870,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         device = state.device
     elif model is not None:
         device = model.unet.device
+    config = _launched_precision(config, progress and state.is_main_process, passed=model is not None)
     where = _Where(config, resolve_precision(config.precision, device) if model is None else model.unet.dtype,
                    progress=progress and state.is_main_process)
     if state.is_main_process:
