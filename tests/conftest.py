@@ -86,6 +86,25 @@ def recorded_results(monkeypatch, module, name: str) -> list:
     return results
 
 
+def recorded_arguments(monkeypatch, module, name: str, *arguments: str) -> list:
+    """The named arguments of each call of `module.name` from now on, a tuple a call, in the list returned: by name,
+    so a parameter added to the function does not move them (`generate.render` takes two dozen)."""
+    import inspect
+
+    seen = []
+    real = getattr(module, name)
+    signature = inspect.signature(real)
+
+    def recording(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        seen.append(tuple(bound.arguments[a] for a in arguments))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recording)
+    return seen
+
+
 def recorded_caption_banks(monkeypatch) -> list:
     """The CaptionBanks train builds from now on (the captions it trains on), in the list returned."""
     import textinv.train as train_module

@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import again_warned, fresh_model, saved_whole, web_ui_picture
+from conftest import again_warned, fresh_model, recorded_arguments, saved_whole, web_ui_picture
 from textinv import dynamic
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, TokenError
@@ -163,9 +163,7 @@ def test_a_multi_vector_token_the_model_has_saved_in_it_draws_with_all_its_vecto
     import textinv.generate as gen
 
     pipe = saved_whole(sd1_dir, tmp_path / "whole")
-    seen = []
-    real = gen.render
-    monkeypatch.setattr(gen, "render", lambda *a: seen.append((a[1], a[6])) or real(*a))  # (prompts, negative)
+    seen = recorded_arguments(monkeypatch, gen, "render", "prompts", "negative_prompt")
     generate(GenerateConfig(prompt=["a photo of <cat-toy>"], negative_prompt="<cat-toy>", out=str(tmp_path / "out"),
                             n=1, steps=2, model=str(tmp_path / "whole")), progress=False)
     theirs = pipe.maybe_convert_prompt("a photo of <cat-toy>", pipe.tokenizer)

@@ -20,7 +20,7 @@ from textinv.models import encode_text, load_model
 from textinv.tiny import build_tiny_xl_pipeline
 from textinv.tokens import base_embedding
 from textinv.train import train
-from conftest import fresh_model
+from conftest import fresh_model, recorded_arguments
 
 
 @pytest.fixture(scope="module")
@@ -778,9 +778,7 @@ def test_prompt_l_draws_a_multi_vector_token_the_model_has_saved_in_it_with_all_
         tokenizer.add_tokens(["<cat-toy>", "<cat-toy>_1"])
         encoder.resize_token_embeddings(len(tokenizer))
     pipe.save_pretrained(tmp_path / "whole")
-    seen = []
-    real = gen.render
-    monkeypatch.setattr(gen, "render", lambda *a: seen.append((a[1], a[-1])) or real(*a))  # (prompts, CLIP-L's)
+    seen = recorded_arguments(monkeypatch, gen, "render", "prompts", "clip_l")
     generate(GenerateConfig(prompt=["a <cat-toy>"], prompt_l="a photo of <cat-toy>", negative_prompt_l="<cat-toy>",
                             out=str(tmp_path / "out"), n=1, steps=1, model=str(tmp_path / "whole"), emphasis="comfy"),
              progress=False)
