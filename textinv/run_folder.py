@@ -93,45 +93,7 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
     holds_run = out.is_dir() and any(not p.name.startswith(".") and p.name.lower() not in _OS_LITTER
                                      for p in out.iterdir())
     if config.resume:
-        saved = out / CONFIG_FILE
-        if not saved.exists():
-            raise ConfigError(no_record(out))
-        old = read_run_settings(out)
-        new = _absolute_paths(config).to_dict()
-        if new["vectors"] is None:  # (left out beside --init-embedding: the run's, the file's count when it started)
-            new["vectors"] = old.get("vectors")
-        defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
-        # (images: the folder may have moved, to another disk or machine; its pictures must be the run's, which
-        # `check_resumable` sees by their names)
-        moved = {"images"} if new["images"] and old.get("images") else set()
-        # (--validation-images too: not trained on, its pictures then and now are compared by name, a change said)
-        moved |= {"validation_images"} if new["validation_images"] and old.get("validation_images") else set()
-        # (the model too, as its folder or file may move: the checkpoint's fingerprint of it is compared once it has
-        # loaded, `check_same_model`)
-        moved |= {k for k in MODEL_SETTINGS if new[k] and old.get(k)}
-        # (a hub id's revision or variant given now, where the run had another or none: the model given anew, whose
-        # weights `check_same_model` compares; one left out is the run's)
-        moved |= {k for k in MODEL_CHOICES if new[k]}
-        if new["model"] and not new["revision"] and Path(new["model"]).expanduser().exists():
-            moved.add("revision")  # (the hub model's branch, downloaded to a folder or file: that has one version)
-        # (kohya's subsets too, the run's own given again, as --dataset-config reads them: their folders where they
-        # are now)
-        if new["subsets"] and old.get("subsets") and _moved_subsets(old["subsets"], new["subsets"], config):
-            moved.add("subsets")
-        if new["concepts"] and old.get("concepts"):  # (theirs too, given again with the same tokens)
-            concepts = _moved_concepts(old["concepts"], new["concepts"], config)
-            if concepts is not None:
-                new["concepts"] = concepts
-                moved.add("concepts")
-        diffs = [k for k in new if k not in RESUMABLE_CHANGES | moved and not (k in MODEL_CHOICES and not new[k])
-                 and not _same(k, old.get(k, defaults.get(k)), new[k], config)]
-        if diffs:
-            detail = ", ".join(f"{k}: {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in diffs)
-            raise ConfigError(f"cannot resume {out} with different settings ({detail}); resume with the same "
-                              f"settings or start a new run in another folder")
-        # (--epochs given now: the steps come from it, not from the default `steps` beside it)
-        now = {k: new[k] for k in RESUMABLE_CHANGES | moved if not (k == "steps" and new["epochs"] is not None)}
-        return build(TrainConfig, old, now).validate(), None
+        return _resumed(out, config), None
     if holds_run and not config.overwrite:
         raise ConfigError(f"output folder {out} is not empty; pass --resume to continue the run there, "
                           f"--overwrite to replace it, or choose another --out")
@@ -142,6 +104,57 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
         except ConfigError:
             previous = {}  # a damaged record: only the files every run writes are cleared
     return _absolute_paths(config), previous
+
+
+def _resumed(out: Path, config: TrainConfig) -> TrainConfig:
+    """The config a --resume of the run in `out` goes on with: the saved one, with the settings that may change
+    (`RESUMABLE_CHANGES`, and those that may have moved, `_moved_settings`) taken from `config`; other settings given
+    otherwise than the run's are refused."""
+    if not (out / CONFIG_FILE).exists():
+        raise ConfigError(no_record(out))
+    old = read_run_settings(out)
+    new = _absolute_paths(config).to_dict()
+    if new["vectors"] is None:  # (left out beside --init-embedding: the run's, the file's count when it started)
+        new["vectors"] = old.get("vectors")
+    defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
+    moved = _moved_settings(old, new, config)
+    diffs = [k for k in new if k not in RESUMABLE_CHANGES | moved and not (k in MODEL_CHOICES and not new[k])
+             and not _same(k, old.get(k, defaults.get(k)), new[k], config)]
+    if diffs:
+        detail = ", ".join(f"{k}: {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in diffs)
+        raise ConfigError(f"cannot resume {out} with different settings ({detail}); resume with the same "
+                          f"settings or start a new run in another folder")
+    # (--epochs given now: the steps come from it, not from the default `steps` beside it)
+    now = {k: new[k] for k in RESUMABLE_CHANGES | moved if not (k == "steps" and new["epochs"] is not None)}
+    return build(TrainConfig, old, now).validate()
+
+
+def _moved_settings(old: dict, new: dict, config: TrainConfig) -> set[str]:
+    """The settings of a resumed run (`old`) that may be given anew (`new`) because what they name may have moved;
+    `new["concepts"]` becomes the run's concepts at their folders now."""
+    # (images: the folder may have moved, to another disk or machine; its pictures must be the run's, which
+    # `check_resumable` sees by their names)
+    moved = {"images"} if new["images"] and old.get("images") else set()
+    # (--validation-images too: not trained on, its pictures then and now are compared by name, a change said)
+    moved |= {"validation_images"} if new["validation_images"] and old.get("validation_images") else set()
+    # (the model too, as its folder or file may move: the checkpoint's fingerprint of it is compared once it has
+    # loaded, `check_same_model`)
+    moved |= {k for k in MODEL_SETTINGS if new[k] and old.get(k)}
+    # (a hub id's revision or variant given now, where the run had another or none: the model given anew, whose
+    # weights `check_same_model` compares; one left out is the run's)
+    moved |= {k for k in MODEL_CHOICES if new[k]}
+    if new["model"] and not new["revision"] and Path(new["model"]).expanduser().exists():
+        moved.add("revision")  # (the hub model's branch, downloaded to a folder or file: that has one version)
+    # (kohya's subsets too, the run's own given again, as --dataset-config reads them: their folders where they
+    # are now)
+    if new["subsets"] and old.get("subsets") and _moved_subsets(old["subsets"], new["subsets"], config):
+        moved.add("subsets")
+    if new["concepts"] and old.get("concepts"):  # (theirs too, given again with the same tokens)
+        concepts = _moved_concepts(old["concepts"], new["concepts"], config)
+        if concepts is not None:
+            new["concepts"] = concepts
+            moved.add("concepts")
+    return moved
 
 
 def no_record(out: str | os.PathLike) -> str:
