@@ -138,6 +138,21 @@ def _one_thread_again():
 
 
 @pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    """Fail a test that leaves SIGINT's or SIGTERM's handler other than it found it: a leaked handler changes what a
+    Ctrl-C does in every later test (one did, and the Ctrl-C-in-a-finalizer tests failed only in the whole suite)."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    changed = [f"{sig.name} {was!r} -> {signal.getsignal(sig)!r}" for sig, was in before.items()
+               if signal.getsignal(sig) != was]
+    for sig, was in before.items():
+        if was is not None:  # (None: a handler not set from Python, which cannot be put back from it)
+            signal.signal(sig, was)  # (put back: the next test starts as it should)
+    if changed:
+        pytest.fail("the test left signal handlers changed: " + ", ".join(changed), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
 def _quiet_warnings():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)

@@ -111,13 +111,10 @@ def test_a_second_ctrl_c_inside_a_steps_update_still_resumes_exactly(where, sd1_
     assert resumed.losses == straight.losses
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)
-def test_a_ctrl_c_that_lands_in_a_finalizer_as_the_model_loads_still_stops_the_run(sd1_dir, images, tmp_path,
-                                                                                   monkeypatch, pythons_sigint):
-    """Python drops an exception raised inside a `__del__` (garbage collected as the model loads), printing
-    "Exception ignored in": the KeyboardInterrupt of a Ctrl-C landing there went with it, and the run trained on as
-    if none had come (seen on `textinv train --resume`, killed then with SIGKILL)."""
-    real = train_module._prepare_step
+def _a_ctrl_c_in_a_finalizer_after(monkeypatch, name: str) -> None:
+    """A Ctrl-C that lands in a `__del__` run as train's `name` (a phase of loading) ends: Python drops the
+    KeyboardInterrupt raised there, printing "Exception ignored in"."""
+    real = getattr(train_module, name)
 
     class Collected:
         def __del__(self):
@@ -125,16 +122,84 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_as_the_model_loads_still_stops_the_r
             # the interpreter next checks for signals, which other threads and the suite's state move)
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
-    def prepare_step(run):
-        real(run)
+    def phase(run, *a, **k):
+        real(run, *a, **k)
         Collected()
 
-    monkeypatch.setattr(train_module, "_prepare_step", prepare_step)
+    monkeypatch.setattr(train_module, name, phase)
+
+
+def _left_open(monkeypatch) -> set:
+    """The training bars and trackers made from now on that are not closed (finished): each is in the set returned
+    from when it is made until then."""
+    left, real_bar, real_init, real_finish = set(), train_module.tqdm, RunTracker.__init__, RunTracker.finish
+
+    def bar(*a, **k):
+        made = real_bar(*a, **k)
+        left.add(("bar", id(made)))
+        real_close = made.close
+        made.close = lambda: left.discard(("bar", id(made))) or real_close()
+        return made
+
+    def init(self, *a, **k):
+        left.add(("tracker", id(self)))
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(train_module, "tqdm", bar)
+    monkeypatch.setattr(RunTracker, "__init__", init)
+    monkeypatch.setattr(RunTracker, "finish", lambda self: left.discard(("tracker", id(self))) or real_finish(self))
+    return left
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)
+def test_a_ctrl_c_that_lands_in_a_finalizer_as_the_model_loads_still_stops_the_run(sd1_dir, images, tmp_path,
+                                                                                   monkeypatch, pythons_sigint):
+    """Python drops an exception raised inside a `__del__` (garbage collected as the model loads), printing
+    "Exception ignored in": the KeyboardInterrupt of a Ctrl-C landing there went with it, and the run trained on as
+    if none had come (seen on `textinv train --resume`, killed then with SIGKILL)."""
+    _a_ctrl_c_in_a_finalizer_after(monkeypatch, "_prepare_step")
     out = tmp_path / "b"
     with pytest.raises(KeyboardInterrupt):
         train(config(images, out, save_every=2), model=fresh_model(sd1_dir), progress=False)
     assert not checkpoints(out) and not (out / "learned_embeds.safetensors").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)
+def test_a_ctrl_c_kept_as_the_model_loads_stops_the_run_before_its_tracker_and_bar_are_made(sd1_dir, images,
+                                                                                           tmp_path, monkeypatch,
+                                                                                           pythons_sigint):
+    """The kept Ctrl-C was raised once the loop had made its tracker and progress bar, before the part that closes
+    them: the tracker was never finished (a notebook kept it open, and the bar)."""
+    left = _left_open(monkeypatch)
+    _a_ctrl_c_in_a_finalizer_after(monkeypatch, "_start_or_resume")
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(images, out, log_with="tensorboard"), model=fresh_model(sd1_dir), progress=False)
+    assert not left and not checkpoints(out)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_as_the_loop_sets_up_leaves_its_tracker_finished_and_the_handlers_back(sd1_dir, images,
+                                                                                              tmp_path, monkeypatch,
+                                                                                              capsys):
+    """A Ctrl-C landing between the loop's tracker and its progress bar came out of `train` with the tracker never
+    finished: only the steps' part of the loop undid what the loop had made."""
+    left = _left_open(monkeypatch)
+    real_bar = train_module.tqdm
+
+    def bar(*a, **k):  # (made once the tracker is)
+        os.kill(os.getpid(), signal.SIGINT)  # noted
+        os.kill(os.getpid(), signal.SIGINT)  # "again stops at once"
+        return real_bar(*a, **k)
+
+    monkeypatch.setattr(train_module, "tqdm", bar)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(images, tmp_path / "b", log_with="tensorboard"), model=fresh_model(sd1_dir), progress=False)
+    assert not left
+    assert "SIGINT: stopping after this step and saving; Ctrl-C again stops at once" in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 def test_a_grid_lost_after_its_checkpoint_is_drawn_again_on_resume(sd1_dir, images, tmp_path):

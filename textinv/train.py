@@ -1805,33 +1805,67 @@ def _sample_prompts(config: TrainConfig, templates: list[str], concepts: list[Co
 
 
 def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
-    """`_train`'s loop, top to bottom: stop if asked, take a step, log, then validate, save and draw as due; the
-    final save. A Ctrl-C or SIGTERM saves the run at its last finished step, as does running out of device memory.
-    Returns the embedding files written."""
-    config, device, model, samplers = run.config, run.device, run.model, run.samplers
+    """`_train`'s loop: the run's signal handlers (`_StopRequest`), what the steps need (`_set_up_loop`), the steps
+    (`_steps`); then what was set up is undone, however the loop ends (a signal at any line of it included). A Ctrl-C
+    kept as the model loaded (`EarlyInterrupt`) stops the run before anything is set up. Returns the embedding files
+    written."""
     run.last_good, run.last_good_step = run.snapshot(), run.step
-    # --log-with: loss.csv's rows and the grids go to experiment trackers too (a resumed run goes on in its logs)
-    trackers = tracker_names(config.log_with)
-    run.tracker = RunTracker(trackers, Path(config.log_dir or run.out / LOGS_DIR), run_name(run.out),
-                             resumed_at=run.step if config.resume else None) if trackers else None
-    bar = tqdm(total=config.steps, initial=run.step, disable=not (run.progress and run.is_main), desc="train",
-               unit="step")
     run.started, run.first_step = time.time(), run.step
+    stop = run.stop = _StopRequest()
+    handlers.callback(stop.release)
+    stop.install()  # (from here a first signal is noted, and stops the run at the next step boundary)
+    undo = []  # what `_set_up_loop` made, each undone in the reverse order
+    try:
+        return _steps(run, _set_up_loop(run, undo))
+    finally:
+        # a captured step holds a whole step's memory: not kept by the traceback of a run stopped or failed (which a
+        # notebook keeps), nor past the run
+        run.captured = None
+        # Each part runs whatever a Ctrl-C or SIGTERM cuts short (a tracker's close may take a while: wandb's
+        # upload), and the handlers stay: put back, a signal would be Python's KeyboardInterrupt, or SIGTERM's kill,
+        # before the tracker was closed. A signal here ends only the part it lands in: a run that got here is saved
+        # (an error on its way out goes on as it was). Then the run has ended (`_StopRequest.end`): what is left
+        # takes moments, and a signal changes nothing (`train` puts the handlers back once the folder is let go of)
+        _each([*reversed(undo), stop.end])
+
+
+def _set_up_loop(run: _Run, undo: list) -> tqdm:
+    """What `_loop`'s steps need, each thing's undoing appended to `undo` as it is made: data parallel's CPU group,
+    the experiment trackers, autocast on the text encoders, and the progress bar, which is returned (closed first,
+    before an error's message, not after it)."""
+    config, device = run.config, run.device
     # data parallel: the processes agree at every step boundary on whether to stop (a signal reaches them at
     # different moments, or only one of them), over a CPU group, so the check costs no GPU synchronisation
-    own_group = False
-    if run.world > 1:
-        own_group = torch.distributed.get_backend() != "gloo"  # (NCCL's collectives need GPU tensors)
-        run.group = torch.distributed.new_group(backend="gloo") if own_group else torch.distributed.group.WORLD
-    stop = run.stop = _StopRequest(run.group)
-    handlers.callback(stop.release)
+    if run.world > 1 and torch.distributed.get_backend() != "gloo":  # (NCCL's collectives need GPU tensors)
+        run.group = run.stop.group = torch.distributed.new_group(backend="gloo")
+        undo.append(lambda: torch.distributed.destroy_process_group(run.group))
+    elif run.world > 1:
+        run.group = run.stop.group = torch.distributed.group.WORLD
+    # --log-with: loss.csv's rows and the grids go to experiment trackers too (a resumed run goes on in its logs)
+    trackers = tracker_names(config.log_with)
+    if trackers:
+        run.tracker = RunTracker(trackers, Path(config.log_dir or run.out / LOGS_DIR), run_name(run.out),
+                                 resumed_at=run.step if config.resume else None)
+        undo.append(run.tracker.finish)
     # the reference-like mode with half-precision weights: the diffusers example keeps the text encoder's weights in
     # fp32, but `accelerator.prepare` (--mixed_precision bf16/fp16) runs its forward under autocast; so here too
     # (an instance attribute, removed when the run ends; the UNet and VAE run as they are, outside autocast)
-    autocast_text = [te for _, _, te in model.encoders] if config.reference_like and run.dtype != torch.float32 else []
-    for te in autocast_text:
-        te.forward = torch.autocast(device.type, dtype=run.dtype)(te.forward)
+    if config.reference_like and run.dtype != torch.float32:
+        for _, _, te in run.model.encoders:
+            te.forward = torch.autocast(device.type, dtype=run.dtype)(te.forward)
+            undo.append(lambda te=te: delattr(te, "forward"))
     run.where.held = _allocated(device)
+    bar = tqdm(total=config.steps, initial=run.step, disable=not (run.progress and run.is_main), desc="train",
+               unit="step")
+    undo.append(bar.close)
+    return bar
+
+
+def _steps(run: _Run, bar: tqdm) -> list[Path]:
+    """`_loop`'s steps, top to bottom: stop if asked, take a step, log, then validate, save and draw as due; the
+    final save. A Ctrl-C or SIGTERM saves the run at its last finished step, as does running out of device memory.
+    Returns the embedding files written."""
+    config, samplers, stop = run.config, run.samplers, run.stop
     try:
         _first_actions(run)
         while run.step < config.steps:
@@ -1874,20 +1908,6 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
         run.captured = None  # (let go of: a graph holds its memory)
         _save_out_of_memory(run)
         raise
-    finally:
-        # a captured step holds a whole step's memory: not kept by the traceback of a run stopped or failed (which a
-        # notebook keeps), nor past the run
-        run.captured = None
-        # Each part runs whatever a Ctrl-C or SIGTERM cuts short (a tracker's close may take a while: wandb's
-        # upload), and the handlers stay: put back, a signal would be Python's KeyboardInterrupt, or SIGTERM's kill,
-        # before the tracker was closed. A signal here ends only the part it lands in: a run that got here is saved
-        # (an error on its way out goes on as it was). Then the run has ended (`_StopRequest.end`): what is left
-        # takes moments, and a signal changes nothing (`train` puts the handlers back once the folder is let go of)
-        _each([bar.close,  # (before an error's message, not after it)
-               *(lambda te=te: delattr(te, "forward") for te in autocast_text),
-               (lambda: torch.distributed.destroy_process_group(run.group)) if own_group else None,
-               run.tracker.finish if run.tracker is not None else None,
-               stop.end])
     return files
 
 
@@ -2148,6 +2168,10 @@ class _StopRequest:
         self.finished = False  # the last step's files are all saved: a signal now stops nothing that needs resuming
         self.ended = False  # the run has ended, saved or not, and only lets go of its folder and model (`end`)
         self._previous = {}
+
+    def install(self) -> None:
+        """The handlers, in the main thread (`release` puts back those installed, also if a signal cut this short);
+        a Ctrl-C that `EarlyInterrupt` kept as the model loaded raises KeyboardInterrupt here."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
