@@ -73,6 +73,16 @@ def pythons_sigint():
     signal.signal(signal.SIGINT, previous)
 
 
+class CtrlCInFinalizer:
+    """An object whose `__del__` (run as it is let go of) runs Ctrl-C's handler, as a Ctrl-C landing in a finalizer
+    does: Python drops an exception raised there, printing "Exception ignored in"."""
+
+    def __del__(self):
+        # (the handler run inside the finalizer: where Python runs a raised SIGINT's handler depends on when the
+        # interpreter next checks for signals, which other threads and the suite's state move)
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+
 def recorded_results(monkeypatch, module, name: str) -> list:
     """What `module.name` returns from now on, each call's result appended to the list returned."""
     results = []

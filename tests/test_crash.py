@@ -20,7 +20,7 @@ from textinv.errors import ConfigError
 from textinv.run_folder import LOCK_FILE, checkpoints, read_loss_log, read_run_settings, run_lock
 from textinv.tracking import RunTracker
 from textinv.train import TrainingInterrupted, train
-from conftest import fresh_model, train_config
+from conftest import CtrlCInFinalizer, fresh_model, train_config
 
 
 config = train_config  # (a short run's settings, `kw` over them)
@@ -116,15 +116,9 @@ def _a_ctrl_c_in_a_finalizer_after(monkeypatch, name: str) -> None:
     KeyboardInterrupt raised there, printing "Exception ignored in"."""
     real = getattr(train_module, name)
 
-    class Collected:
-        def __del__(self):
-            # (Ctrl-C's handler run inside the finalizer: where Python runs a raised SIGINT's handler depends on when
-            # the interpreter next checks for signals, which other threads and the suite's state move)
-            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
-
     def phase(run, *a, **k):
         real(run, *a, **k)
-        Collected()
+        CtrlCInFinalizer()
 
     monkeypatch.setattr(train_module, name, phase)
 

@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import again_warned, fresh_model, recorded_arguments, saved_whole, web_ui_picture
+from conftest import CtrlCInFinalizer, again_warned, fresh_model, recorded_arguments, saved_whole, web_ui_picture
 from textinv import dynamic
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, TokenError
@@ -3655,15 +3655,9 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_as_the_model_loads_stops_generate(se
 
     real = generate_module.drawing_model
 
-    class Collected:
-        def __del__(self):
-            # (Ctrl-C's handler run inside the finalizer: where Python runs a raised SIGINT's handler depends on when
-            # the interpreter next checks for signals, which other threads and the suite's state move)
-            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
-
     def drawing_model(*a, **k):
         model = real(*a, **k)
-        Collected()
+        CtrlCInFinalizer()
         return model
 
     for module in (generate_module, xyz):
@@ -3730,3 +3724,29 @@ def test_embeddings_trained_at_different_sizes_draw_at_the_models_own_and_say_so
     said = [str(w.message) for w in heard if "trained at" in str(w.message)]
     assert said == [f"drawing at {side}x{side}, the model's own size: <q> was trained at {side}x{side * 2}, <r> was "
                     f"trained at {side * 2}x{side}; pass --width and --height"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)
+@pytest.mark.parametrize("settings", [{}, {"x": "steps=1,2"}], ids=["pictures", "xyz-plot"])
+def test_a_ctrl_c_that_lands_in_a_finalizer_as_generate_draws_stops_it_before_the_next_batch(settings, sd1_dir,
+                                                                                           tmp_path, monkeypatch,
+                                                                                           pythons_sigint):
+    """Once the model had loaded, Python's own handler was back: the KeyboardInterrupt of a Ctrl-C landing in a
+    `__del__` as a batch was drawn went with the finalizer, and every later picture was drawn as if none had come."""
+    import signal
+
+    from textinv import generate as generate_module
+
+    real = generate_module._draw_batch
+
+    def draw_batch(*a, **k):
+        real(*a, **k)
+        CtrlCInFinalizer()
+
+    monkeypatch.setattr(generate_module, "_draw_batch", draw_batch)
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(prompt=["a dog"], n=3, batch_size=1, steps=1, out=str(out), model=str(sd1_dir),
+                                **settings), progress=False)
+    assert len(list(out.rglob("*.png"))) == 1  # (the first batch's picture, written before the Ctrl-C landed)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -969,3 +969,23 @@ def test_a_pickled_vae_file_loads_weights_only_and_one_that_carries_code_is_refu
             load_model(model, single_file_config=sd1_dir if model != sd1_dir else None, vae=tmp_path / "bad-vae.ckpt")
         assert "\n" not in str(info.value) and ".safetensors" in str(info.value)
     assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)
+def test_a_ctrl_c_dropped_in_a_block_within_a_block_stops_at_the_inner_blocks_end(pythons_sigint):
+    """The inner `interrupt_kept` found the outer one's handler, not Python's, and left it in place: only the outer
+    block noted the Ctrl-C, and the work after the inner block, on what it had loaded, went on until the outer one
+    ended."""
+    import signal
+
+    from conftest import CtrlCInFinalizer
+    from textinv.models import interrupt_kept
+
+    went_on = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt_kept():
+            with interrupt_kept():
+                CtrlCInFinalizer()
+            went_on.append(True)
+    assert not went_on
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -2529,8 +2529,11 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
                desc="generate", unit="img")
     try:  # (closed on a failure too: the error is then said on a line of its own, not after the bar)
-        for batch in _batches(run, jobs, prompts):
-            _draw_batch(run, jobs, prompts, batch, bar)
+        # (a Ctrl-C that Python dropped inside a __del__ as a batch draws stops it before the next batch is drawn)
+        with interrupt_kept() as kept:
+            for batch in _batches(run, jobs, prompts):
+                kept.check()
+                _draw_batch(run, jobs, prompts, batch, bar)
     finally:
         bar.close()
     return run.written

@@ -808,22 +808,31 @@ class EarlyInterrupt:
     """Ctrl-C while a model (and a run's pictures) load stops at once, as Python's own handler does, and is noted:
     Python drops an exception raised inside an object's `__del__` (printing "Exception ignored in"), and a Ctrl-C
     landing in one, as the loading collects garbage, was lost and the work went on. Whoever holds it stops on
-    `noted` once the loading is done (`interrupt_kept`; train's `_StopRequest` at its first step). Only Python's own
-    handler, in the main thread, is replaced, and put back on exit."""
+    `noted` once the loading is done (`interrupt_kept`; train's `_StopRequest` as its loop begins). Only Python's own
+    handler, in the main thread, is replaced, or another `EarlyInterrupt`'s (a block within a block: both note the
+    Ctrl-C, so the inner one, which ends first, stops on it), and put back on exit."""
 
     def __init__(self):
         self.noted = False
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        handler = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread() and (
+                handler is signal.default_int_handler or isinstance(getattr(handler, "__self__", None),
+                                                                    EarlyInterrupt)):
+            self._previous = handler  # (before `_handle` goes in: it hands the signal on to it)
+            signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.noted = True
-        raise KeyboardInterrupt
+        self._previous(signum, frame)  # (Python's raises KeyboardInterrupt; an outer block's notes it, then raises)
+
+    def check(self) -> None:
+        """KeyboardInterrupt if a Ctrl-C came (one that Python dropped: a raised one has stopped the work already)."""
+        if self.noted:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
@@ -832,16 +841,16 @@ class EarlyInterrupt:
 
 @contextlib.contextmanager
 def interrupt_kept():
-    """The block (a model loading) under `EarlyInterrupt`: a Ctrl-C in it that Python dropped inside a `__del__`
-    raises KeyboardInterrupt as the block ends, before any work is done with what it loaded.
+    """The block (a model loading) under `EarlyInterrupt`, which it yields: a Ctrl-C in it that Python dropped inside
+    a `__del__` raises KeyboardInterrupt as the block ends, before any work is done with what it loaded (or
+    earlier, where the block calls its `check`). In a block within a block, the inner one's end raises it.
 
     >>> with interrupt_kept():
     ...     model = load_model("shapes")  # doctest: +SKIP
     """
     with EarlyInterrupt() as early:
-        yield
-    if early.noted:
-        raise KeyboardInterrupt
+        yield early
+    early.check()
 
 
 def load_model(
