@@ -174,25 +174,29 @@ def test_a_ctrl_c_kept_as_the_model_loads_stops_the_run_before_its_tracker_and_b
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_second_ctrl_c_as_the_loop_sets_up_leaves_its_tracker_finished_and_the_handlers_back(sd1_dir, images,
-                                                                                              tmp_path, monkeypatch,
-                                                                                              capsys):
-    """A Ctrl-C landing between the loop's tracker and its progress bar came out of `train` with the tracker never
-    finished: only the steps' part of the loop undid what the loop had made."""
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_ctrl_c_as_the_loop_sets_up_is_the_runs_and_leaves_its_tracker_finished(signals, sd1_dir, images, tmp_path,
+                                                                                  monkeypatch):
+    """A Ctrl-C landing between the loop's tracker and its progress bar came out of `train` as Python's bare
+    KeyboardInterrupt, with the tracker never finished: only the steps' part of the loop undid what it had made. Now
+    the run's handlers are in first: one Ctrl-C is noted and saves the run before its first step, a second stops at
+    once; either way the tracker is finished and the handlers put back."""
     left = _left_open(monkeypatch)
     real_bar = train_module.tqdm
 
     def bar(*a, **k):  # (made once the tracker is)
-        os.kill(os.getpid(), signal.SIGINT)  # noted
-        os.kill(os.getpid(), signal.SIGINT)  # "again stops at once"
+        for _ in range(signals):  # noted; then "again stops at once"
+            os.kill(os.getpid(), signal.SIGINT)
         return real_bar(*a, **k)
 
     monkeypatch.setattr(train_module, "tqdm", bar)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(images, tmp_path / "b", log_with="tensorboard"), model=fresh_model(sd1_dir), progress=False)
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(config(images, out, log_with="tensorboard"), model=fresh_model(sd1_dir), progress=False)
+    assert isinstance(stopped.value, TrainingInterrupted) == (signals == 1)
+    assert [c.stem for c in checkpoints(out)] == (["step-000000"] if signals == 1 else [])
     assert not left
-    assert "SIGINT: stopping after this step and saving; Ctrl-C again stops at once" in capsys.readouterr().err
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
