@@ -147,17 +147,35 @@ def _one_thread_again():
         torch.set_num_threads(1)
 
 
+def _handlers() -> dict:
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _put_back(handlers: dict) -> list[str]:
+    """Put SIGINT's and SIGTERM's handlers back to `handlers`; returns those that had changed, named."""
+    changed = [f"{sig.name} {was!r} -> {signal.getsignal(sig)!r}" for sig, was in handlers.items()
+               if signal.getsignal(sig) != was]
+    for sig, was in handlers.items():
+        if was is not None:  # (None: a handler not set from Python, which cannot be put back from it)
+            signal.signal(sig, was)
+    return changed
+
+
+_HANDLERS_AT_START = _handlers()
+
+
 @pytest.fixture(autouse=True)
 def _signal_handlers_kept():
-    """Fail a test that leaves SIGINT's or SIGTERM's handler other than it found it: a leaked handler changes what a
-    Ctrl-C does in every later test (one did, and the Ctrl-C-in-a-finalizer tests failed only in the whole suite)."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Fail a test that leaves SIGINT's or SIGTERM's handler other than it found it, and one that finds them other
+    than the session started with (a module or session fixture changed them): a leaked handler changes what a
+    Ctrl-C does in every later test (one did, and the Ctrl-C-in-a-finalizer tests failed only in the whole suite).
+    Either way they are put back, so only that test fails."""
+    changed = _put_back(_HANDLERS_AT_START)
+    if changed:
+        pytest.fail("signal handlers were changed before this test, by a fixture of a wider scope: "
+                    + ", ".join(changed), pytrace=False)
     yield
-    changed = [f"{sig.name} {was!r} -> {signal.getsignal(sig)!r}" for sig, was in before.items()
-               if signal.getsignal(sig) != was]
-    for sig, was in before.items():
-        if was is not None:  # (None: a handler not set from Python, which cannot be put back from it)
-            signal.signal(sig, was)  # (put back: the next test starts as it should)
+    changed = _put_back(_HANDLERS_AT_START)
     if changed:
         pytest.fail("the test left signal handlers changed: " + ", ".join(changed), pytrace=False)
 
