@@ -2733,14 +2733,15 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     if run.loras_on != _lora_set(prompt.tags):
         apply_loras(model, prompt.tags, run.loras)
     run.loras_on = None  # (unknown until render is done: the hires fix may switch)
-    images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps, None,
-                    run.guidance, None if config.zero_negative else prompt.negative, config.sampler, run.clip_skip,
-                    width, height, None if init is None else [init] * len(batch), passes_denoise(config), hires,
-                    variation, config.tiling, config.emphasis, run.inpaint, run.refiner, config.old_prompt_editing,
-                    config.eta, config.ensd,
-                    tuple(text if text is None else expand_all(text, run.embeddings, model)
-                          for text in (config.prompt_l, config.negative_prompt_l)), config.churn(),
-                    config.discard_penultimate_sigma)
+    clip_l = tuple(text if text is None else expand_all(text, run.embeddings, model)
+                   for text in (config.prompt_l, config.negative_prompt_l))
+    images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps,
+                    guidance=run.guidance, negative_prompt=None if config.zero_negative else prompt.negative,
+                    sampler=config.sampler, clip_skip=run.clip_skip, width=width, height=height,
+                    start=None if init is None else [init] * len(batch), denoise=passes_denoise(config), hires=hires,
+                    variation=variation, tiling=config.tiling, emphasis_mode=config.emphasis, inpaint=run.inpaint,
+                    refiner=run.refiner, old_editing=config.old_prompt_editing, eta=config.eta, ensd=config.ensd,
+                    clip_l=clip_l, churn=config.churn(), discard=config.discard_penultimate_sigma)
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
