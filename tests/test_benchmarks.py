@@ -129,7 +129,7 @@ def test_shapes_speed_prints_a_row_per_thread_count(capsys):
 
     if not (BUNDLED_MODELS["shapes"] / "model_index.json").exists():
         pytest.skip("needs the bundled shapes model")
-    assert shapes_speed(["--threads", "1", "2", "--pictures", "1", "--steps", "2", "--warmup", "1",
+    assert shapes_speed(["--threads", "1", "2", "--pictures", "1", "--steps", "1", "--warmup", "1",
                          "--sample-steps", "2", "--precision", "fp32", "bf16"]) == 0
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith(("| fp32", "| bf16"))]
     assert [(r[1].strip(), r[2].strip()) for r in rows] == [("fp32", "1"), ("fp32", "2"), ("bf16", "1"), ("bf16", "2")]
