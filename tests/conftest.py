@@ -9,6 +9,9 @@ import weakref
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# (and one thread in each process a test starts, as in this one below: a benchmark's or the GPU session's commands
+# ran on every core, and on 2 shared cores their OpenMP threads spun waiting for each other)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
