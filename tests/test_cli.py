@@ -245,6 +245,53 @@ def test_accelerate_a_signal_to_one_process_stops_both_at_one_step_and_the_run_r
     assert [v for _, v in logged[0]] == pytest.approx([v for _, v in logged[1]], rel=1e-5), logged
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
+def test_accelerate_a_ctrl_c_kept_as_one_process_loads_stops_both_at_step_0(sd1_dir, images, tmp_path):
+    """A Ctrl-C that process 1 alone kept as the model loaded (`EarlyInterrupt`: Python dropped it inside a
+    `__del__`) was raised there alone as its loop began: process 0 waited for it at its first step boundary until
+    the launcher killed it, and nothing was saved. It is process 1's stop request now: both stop at step 0, saved."""
+    import textwrap
+
+    out = tmp_path / "ddp"
+    script = tmp_path / "kept.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        import textinv.train as train_module
+        from textinv.config import TrainConfig
+        from textinv.train import TrainingInterrupted, train
+        {AT_EXIT}
+        rank = int(os.environ["RANK"])
+
+        class CtrlCInFinalizer:  # (conftest's: its Ctrl-C is dropped as it is let go of)
+            def __del__(self):
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+        loaded = train_module._start_or_resume  # (the last phase of loading)
+
+        def start_or_resume(run):
+            loaded(run)
+            if rank == 1:
+                CtrlCInFinalizer()
+
+        train_module._start_or_resume = start_or_resume
+        config = TrainConfig(model={str(sd1_dir)!r}, images={str(images)!r}, token="<t>", init="dog", steps=4,
+                             batch=2, save_every=0, sample_every=0, out={str(out)!r})
+        try:
+            train(config, progress=False)
+        except TrainingInterrupted as e:
+            print(f"process {{rank}} stopped at step {{e.step}}", flush=True)
+            sys.exit(130)
+    """))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*ACCELERATE, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert "Exception ignored in" in proc.stderr, proc.stderr[-3000:]  # (the Ctrl-C was the dropped one)
+    assert "process 0 stopped at step 0" in proc.stdout and "process 1 stopped at step 0" in proc.stdout, \
+        proc.stdout + proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"process {rank} exits with the process group running: False" in proc.stdout, proc.stdout
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000000.pt"]
+
+
 def test_an_interrupted_data_parallel_run_says_how_to_continue_once(images, tmp_path, monkeypatch, capsys):
     import textinv.train as train_module
 

@@ -1807,13 +1807,15 @@ def _sample_prompts(config: TrainConfig, templates: list[str], concepts: list[Co
 def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
     """`_train`'s loop: the run's signal handlers (`_StopRequest`), what the steps need (`_set_up_loop`), the steps
     (`_steps`); then what was set up is undone, however the loop ends (a signal at any line of it included). A Ctrl-C
-    kept as the model loaded (`EarlyInterrupt`) stops the run before anything is set up. Returns the embedding files
-    written."""
+    kept as the model loaded (`EarlyInterrupt`) stops the run before anything is set up; in data parallel it stops
+    every process at the first step boundary instead, as a Ctrl-C during the set-up does. Returns the embedding
+    files written."""
     run.last_good, run.last_good_step = run.snapshot(), run.step
     run.started, run.first_step = time.time(), run.step
     stop = run.stop = _StopRequest()
     handlers.callback(stop.release)
-    stop.install()  # (from here a first signal is noted, and stops the run at the next step boundary)
+    # from here a first signal is noted, and stops the run at the next step boundary
+    stop.install(alone=run.world == 1)
     undo = []  # what `_set_up_loop` made, each undone in the reverse order
     try:
         return _steps(run, _set_up_loop(run, undo))
@@ -2169,14 +2171,21 @@ class _StopRequest:
         self.ended = False  # the run has ended, saved or not, and only lets go of its folder and model (`end`)
         self._previous = {}
 
-    def install(self) -> None:
-        """The handlers, in the main thread (`release` puts back those installed, also if a signal cut this short);
-        a Ctrl-C that `EarlyInterrupt` kept as the model loaded raises KeyboardInterrupt here."""
+    def install(self, alone: bool = True) -> None:
+        """The handlers, in the main thread (`release` puts back those installed, also if a signal cut this short).
+        A Ctrl-C that `EarlyInterrupt` kept as the model loaded raises KeyboardInterrupt here, as one that Python
+        raised during the loading would have; not `alone` (data parallel), it is this process's first signal
+        instead: raised in it alone, the other processes waited for it in their next collective until the launcher
+        killed them, unsaved."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
             early = getattr(self._previous[signal.SIGINT], "__self__", None)
             if isinstance(early, EarlyInterrupt) and early.noted:  # (a Ctrl-C before this step that Python dropped)
+                if not alone:  # (every process stops at the first step boundary, saved there)
+                    if not self.asked:  # (a signal that came since the handlers went in has asked already)
+                        self._handle(signal.SIGINT, None)
+                    return
                 self.release()
                 raise KeyboardInterrupt
 
