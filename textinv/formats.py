@@ -7,7 +7,8 @@ The files that carry it (see /work/shared/FORMATS.md for the full table):
     diffusers-bin    learned_embeds.bin           torch.save({token: [n, d]}); a 1-D [d] means n = 1
     a1111            <name>.pt                    {"string_to_token": {"*": 265}, "string_to_param": {"*": [n, d]},
                                                    "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
-    a1111-png        <name>.png                   text chunk "sd-ti-embedding" = base64(JSON of the a1111 dict)
+    a1111-png        <name>.png                   text chunk "sd-ti-embedding" = base64(JSON of the a1111 dict), and
+                                                  the same JSON hidden in pixel strips either side (`a1111_pixels`)
     kohya            <name>.safetensors           {"emb_params": [n, d]}, metadata may carry "modelspec.*" keys
     onetrainer       <name>.safetensors           {"emp_params": [n, d]} (+ "emp_params_out", ignored); read only
     sdxl             <name>.safetensors           {"clip_l": [n, 768], "clip_g": [n, 1280]}
@@ -61,7 +62,7 @@ from typing import Mapping, NamedTuple
 
 import torch
 
-from . import modelspec
+from . import a1111_pixels, modelspec
 from .errors import ConfigError, FormatError, warn
 from .families import FAMILY_NAMES, TEXT_ENCODERS, describe_widths, family_for_widths
 from .io import atomic_path
@@ -457,7 +458,9 @@ def _write_a1111_png(path: Path, emb: LearnedEmbedding, tensor, preview) -> None
     elif not isinstance(preview, Image.Image):
         raise FormatError(f"preview must be a PIL image, got {type(preview).__name__}")
     else:
-        image = preview if preview.mode in ("1", "L", "LA", "I", "P", "RGB", "RGBA") else preview.convert("RGB")
+        image = preview
+    # the web UI's second copy, in strips of pixels either side: an image host that strips the chunk keeps it
+    image = a1111_pixels.hide(image, data, tensor[0].tolist())
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
 
@@ -911,8 +914,12 @@ def _read_image(path: Path) -> dict:
         with Image.open(path) as image:
             chunks = getattr(image, "text", None) or image.info  # PNG text chunks; other formats' info
             chunk = chunks.get(PNG_CHUNK)
+            # without the chunk (an image host strips text), the web UI reads the copy hidden in the pixels
+            hidden = None if isinstance(chunk, (str, bytes)) else a1111_pixels.find(image, _decode_json_tensor)
     except (OSError, ValueError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
+    if hidden is not None:
+        return hidden
     if not isinstance(chunk, (str, bytes)):
         # a picture textinv (RECORD_KEY), the web UI or ComfyUI drew holds its settings, which --again reads: in its
         # PNG text, its EXIF UserComment (the web UI's JPEG and WebP) or EXIF Model tag (ComfyUI's WebP)
@@ -920,8 +927,8 @@ def _read_image(path: Path) -> dict:
 
         drawn = holds_settings(path)
         raise FormatError(
-            f"{path}: this image has no {PNG_CHUNK!r} text chunk, so it carries no embedding textinv can read "
-            "(A1111 also hides embeddings in the pixels of some preview images, which textinv does not decode): "
+            f"{path}: this image has no {PNG_CHUNK!r} text chunk and no embedding hidden in its pixels (the web "
+            "UI's second copy, lost when the picture is resized or saved lossy), so it carries no embedding: "
             + (f"it is a drawn picture with its generation settings; `textinv generate --again {path}` draws it "
                "again" if drawn else "use the embedding's .pt or .safetensors file instead"))
     try:
@@ -931,13 +938,14 @@ def _read_image(path: Path) -> dict:
 
 
 def holds_png_embedding(path: str | Path) -> bool:
-    """Whether a picture carries an A1111 embedding in its text chunk (`PNG_CHUNK`); a preview picture does not. One
-    that cannot be read counts as one, so that reading it says what is wrong."""
+    """Whether a picture carries an A1111 embedding, in its text chunk (`PNG_CHUNK`) or its pixels
+    (`a1111_pixels`); a preview picture does not. One that cannot be read counts as one, so that reading it says
+    what is wrong."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return PNG_CHUNK in (getattr(image, "text", None) or image.info)
+            return PNG_CHUNK in (getattr(image, "text", None) or image.info) or a1111_pixels.find(image) is not None
     except (OSError, ValueError, SyntaxError):
         return True
 
