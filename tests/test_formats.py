@@ -8,12 +8,14 @@ import json
 import os
 import struct
 import warnings
+import zlib
 
 import pytest
 import torch
 from PIL import Image, PngImagePlugin
 from safetensors.torch import load_file, save_file
 
+from textinv import a1111_pixels
 from textinv.errors import FormatError
 from textinv.formats import (
     LearnedEmbedding,
@@ -22,6 +24,7 @@ from textinv.formats import (
     describe,
     detect_format,
     first_file,
+    holds_png_embedding,
     load_embedding,
     load_embedding_pair,
     save_embedding,
@@ -208,10 +211,76 @@ def test_a_pair_of_two_saves_without_steps_is_refused_and_a_save_made_whole_load
 
 
 def test_png_keeps_the_preview_image(tmp_path):
+    """The preview sits whole between the two strips of the embedding's pixel copy, one black column either side."""
     preview = Image.new("RGB", (40, 30), (200, 10, 10))
     (p,) = save_embedding(make_emb(), tmp_path / "dog.png", format="a1111-png", preview=preview)
     with Image.open(p) as image:
-        assert image.size == (40, 30) and image.convert("RGB").getpixel((0, 0)) == (200, 10, 10)
+        strip = (image.width - 40 - 2) // 2
+        assert image.height == 30 and strip > 0
+        assert image.convert("RGB").crop((strip + 1, 0, strip + 41, 30)).tobytes() == preview.tobytes()
+        assert {image.getpixel((x, y)) for x in (strip, strip + 41) for y in range(30)} == {(0, 0, 0)}
+
+
+def _pixels_only(path, to):
+    """`path` saved again from its pixels alone, as an image host that strips PNG text chunks serves it."""
+    with Image.open(path) as image:
+        Image.frombytes("RGB", image.size, image.convert("RGB").tobytes()).save(to)
+    with Image.open(to) as image:
+        assert not image.text
+    return to
+
+
+def test_png_embedding_loads_from_its_pixels_once_its_text_chunk_is_stripped(tmp_path):
+    """The web UI hides a second copy of a PNG embedding in the picture's pixels, which it reads when the text chunk
+    is gone; so do we, and ours carries it too: the same vectors, bit for bit, the token and the metadata."""
+    emb = make_emb("sd2", 4, metadata={**META, "vectors": "4"})
+    (p,) = save_embedding(emb, tmp_path / "my-dog.png", format="a1111-png")
+    bare = _pixels_only(p, tmp_path / "hosted.png")
+    loaded = load_embedding(bare)
+    assert loaded.token == "<my-dog>" and own_metadata(loaded) == own_metadata(load_embedding(p))
+    assert_same_vectors(emb, loaded)
+    assert detect_format(bare) == "a1111-png" and holds_png_embedding(bare)
+
+
+def test_a_picture_whose_pixel_copy_is_lost_is_refused_clearly(tmp_path):
+    """Resized (or saved lossy), the hidden copy is gone: with no text chunk either, the error says both are missing;
+    a plain picture is no embedding, which a folder of embeddings leaves out as a preview."""
+    (p,) = save_embedding(make_emb(), tmp_path / "my-dog.png", format="a1111-png")
+    with Image.open(_pixels_only(p, tmp_path / "bare.png")) as image:
+        image.resize((image.width // 2, image.height // 2)).save(tmp_path / "small.png")
+    Image.new("RGB", (64, 64), (40, 90, 160)).save(tmp_path / "photo.png")
+    for picture in ("small.png", "photo.png"):
+        with pytest.raises(FormatError, match="no 'sd-ti-embedding' text chunk and no embedding hidden in its pixels"):
+            load_embedding(tmp_path / picture)
+        assert not holds_png_embedding(tmp_path / picture)
+
+
+def test_the_pixel_copy_follows_the_web_uis_layout(tmp_path):
+    """Facts from the web UI's modules/textual_inversion/image_embedding.py, not from our encoder:
+    - lcg(): its self-test (`__main__`) pins the first bytes of the seed-0 stream, reference_random =
+      [253, 242, 127, 44, 157, 27, 239, 133, 38, 79, ...], and 12731374 as the sum of the 100000 after the first 100.
+    - insert_image_data_embed(): a stream of n bytes beside a picture h high is padded to n + h - n % h cells, then
+      up to the next multiple of 3h that is larger (h = 100: 1000 bytes give 1100, then 1200 cells, 4 columns a strip;
+      1100 and 1199 bytes give 1200, then 1500 cells, 5 columns);
+      the picture is [low nibbles][black column][picture][black column][high nibbles], row by row, 3 channels a
+      pixel, each cell xored with its place's LCG byte & 0x0F (xor_block, started afresh for each strip).
+    - the stream is zlib at level 9, whose first two bytes are 0x78 0xDA (RFC 1950), so the left strip's first
+      pixel's low nibbles are 0x8 ^ (253 & 15) and 0xA ^ (242 & 15), and the right strip's 0x7 ^ (253 & 15) and
+      0xD ^ (242 & 15)."""
+    reference = [253, 242, 127, 44, 157, 27, 239, 133, 38, 79, 167, 4, 177, 95, 130, 79, 78, 14, 52, 215]
+    stream = a1111_pixels.lcg_bytes(100_100)
+    assert stream[:20].tolist() == reference and int(stream[100:].sum(dtype=int)) == 12731374
+    assert [a1111_pixels.strip_columns(n, 100) for n in (1, 1000, 1099, 1100, 1199)] == [1, 4, 4, 5, 5]
+
+    emb = make_emb()
+    (p,) = save_embedding(emb, tmp_path / "my-dog.png", format="a1111-png", preview=Image.new("RGB", (50, 60)))
+    with Image.open(p) as image:
+        pixels = image.convert("RGB")
+    strip = (pixels.width - 50 - 2) // 2
+    compressed = len(zlib.compress(json.dumps(a1111_pixels.find(pixels)).encode("utf-8"), 9))
+    assert strip == a1111_pixels.strip_columns(compressed, 60)
+    left, right = pixels.getpixel((0, 0)), pixels.getpixel((pixels.width - strip, 0))
+    assert [c & 0x0F for c in left[:2]] == [0x8 ^ 13, 0xA ^ 2] and [c & 0x0F for c in right[:2]] == [0x7 ^ 13, 0xD ^ 2]
 
 
 def test_default_filename():

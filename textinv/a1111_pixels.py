@@ -37,7 +37,7 @@ def lcg_bytes(count: int) -> np.ndarray:
     """
     states = np.array([_LCG_C], np.uint64)  # the first state, from seed 0
     a, c = _LCG_A, _LCG_C  # x -> a x + c mod 2**32 moves a state len(states) places on
-    while len(states) < count:  # doubling: a million bytes in milliseconds, where a loop takes half a second
+    while len(states) < count:  # doubling: a million bytes in 0.1 s, where a loop takes 0.5 s
         # (a x + c < 2**64: no overflow in uint64)
         states = np.concatenate([states, (states * np.uint64(a) + np.uint64(c)) % np.uint64(_LCG_M)])
         a, c = a * a % _LCG_M, (a * c + c) % _LCG_M

@@ -2328,9 +2328,8 @@ def _named_in_folder(folder: Path, said: str) -> list[Path]:
     for picture in [f for f in named if f.suffix.lower() == ".png" and not holds_png_embedding(f)]:
         named.remove(picture)  # (a preview picture: the web UI leaves it out, as it holds no embedding)
         if not any(_nfc(f.stem) == _nfc(picture.stem) for f in named):
-            warn(f"left out {picture}: a picture without an embedding's {PNG_CHUNK!r} text chunk (a "
-                 f"preview, or an embedding kept in its pixels, which textinv does not decode), so "
-                 f"{picture.stem!r} is read as words", stacklevel=4)
+            warn(f"left out {picture}: a picture without an embedding (no {PNG_CHUNK!r} text chunk, none hidden "
+                 f"in its pixels: a preview), so {picture.stem!r} is read as words", stacklevel=4)
     return named
 
 
