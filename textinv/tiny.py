@@ -107,64 +107,40 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0, width: int = 32) -> 
     sd2 = family == "sd2"
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(list(TINY_WORDS))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            hidden_act="gelu" if sd2 else "quick_gelu",
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=width,
-        attention_head_dim=(2, 4) if sd2 else 8,
-        use_linear_projection=sd2,
-        norm_num_groups=16,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=16,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction" if sd2 else "epsilon",
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    # (made in this order, so a seed gives the weights it always gave)
+    text_encoder = _tiny_sd_text_encoder(tokenizer, width, sd2)
+    unet = _tiny_sd_unet(width, sd2)
+    pipe = StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=_tiny_sd_scheduler(sd2), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _tiny_sd_text_encoder(tokenizer, width: int, sd2: bool) -> CLIPTextModel:
+    """A random CLIP text encoder `width` wide: SD 1.x's (quick GELU) or SD 2.x's OpenCLIP-style one (GELU)."""
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu" if sd2 else "quick_gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
+def _tiny_sd_unet(width: int, sd2: bool) -> UNet2DConditionModel:
+    """A random UNet over 8x8x4 latents reading a `width`-wide text encoder; SD 2.x's with linear projections."""
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=width, attention_head_dim=(2, 4) if sd2 else 8, use_linear_projection=sd2,
+        norm_num_groups=16,
+    )
+
+
+def _tiny_sd_scheduler(sd2: bool) -> DDIMScheduler:
+    """SD's DDIM scheduler: epsilon prediction, or SD 2.x's v-prediction."""
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1,
+                         prediction_type="v_prediction" if sd2 else "epsilon")
 
 
 def build_tiny_clip(seed: int = 0, width: int = 32, image_size: int = 32):
