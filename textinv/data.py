@@ -1013,15 +1013,7 @@ def load_training_images(
     >>> images[0].pixels.shape, images[0].caption  # doctest: +SKIP
     (torch.Size([3, 512, 512]), None)
     """
-    fixed = tuple(resolution) if isinstance(resolution, (tuple, list)) else (resolution, resolution)  # (W, H)
-    for side in fixed:
-        _check_resolution(side)
-    if fixed[0] != fixed[1] and bucket_step:
-        raise ValueError("buckets are made about a square's area: give one resolution with bucket_step")
-    if not paths:
-        raise DataError("no pictures to train on; give 3-10 pictures of your concept")
-    if no_upscale and not bucket_step:
-        raise ValueError("no_upscale makes each picture a bucket of its own: give its bucket_step too")
+    fixed = _fixed_size_checked(paths, resolution, bucket_step, no_upscale)
     result: list[TrainingImage] = []
     small: list[str] = []
     several: list[str] = []  # caption files of several lines
@@ -1045,25 +1037,49 @@ def load_training_images(
         fitted = center_crop and not no_upscale  # (no_upscale's crop is its own: `crop`, then squeezed to size)
         pixels = prepare_image(img, resolution, fitted, size, crop)
         weight = prepare_alpha(alpha, resolution, fitted, size, crop) if alpha is not None else None
-        if weight is not None and not weight.max() > 0:
-            raise DataError(f"{path} is transparent all over, so with --alpha-mask none of it would be learned; "
-                            "remove it, or fix its alpha channel")
-        found = caption_file(path, extension)
-        text = _read_text(found, "caption file") if found is not None else ""
+        _check_not_all_clear(path, weight)
+        found, text = _caption_text(path, extension)
         cover, cover_alpha = (_covers(img, alpha, size, area, scaled_to if no_upscale else None) if random_crop
                               else (None, None))
         result.append(TrainingImage(path=path, pixels=pixels, caption=_caption(text),
                                     original_size=(height, width), alpha=weight, caption_extension=extension,
                                     cover=cover, cover_alpha=cover_alpha,
                                     scaled_size=scaled_to[::-1] if no_upscale else None))
-        lines = sum(1 for line in text.splitlines() if line.strip())
-        if lines > 1 and not wildcards:
-            several.append(f"{found} ({lines} lines)")
+        if not wildcards and (note := _several_lines(found, text)):
+            several.append(note)
     if several:
         _warn_several_lines(several)
     if small:
         _warn_small(small, fixed, bucket_step)
     return result
+
+
+def _fixed_size_checked(paths: Sequence[str | os.PathLike], resolution: int | tuple[int, int],
+                        bucket_step: int | None, no_upscale: bool) -> tuple[int, int]:
+    """The (W, H) every picture is trained at without buckets (`load_training_images`), its options checked first."""
+    fixed = tuple(resolution) if isinstance(resolution, (tuple, list)) else (resolution, resolution)  # (W, H)
+    for side in fixed:
+        _check_resolution(side)
+    if fixed[0] != fixed[1] and bucket_step:
+        raise ValueError("buckets are made about a square's area: give one resolution with bucket_step")
+    if not paths:
+        raise DataError("no pictures to train on; give 3-10 pictures of your concept")
+    if no_upscale and not bucket_step:
+        raise ValueError("no_upscale makes each picture a bucket of its own: give its bucket_step too")
+    return fixed
+
+
+def _check_not_all_clear(path: Path, weight: torch.Tensor | None) -> None:
+    """Raise `DataError` where a picture's alpha (`weight`; None: opaque) is transparent all over."""
+    if weight is not None and not weight.max() > 0:
+        raise DataError(f"{path} is transparent all over, so with --alpha-mask none of it would be learned; "
+                        "remove it, or fix its alpha channel")
+
+
+def _several_lines(found: Path | None, text: str) -> str | None:
+    """Caption file `found` (of `text`) and its count of lines, for `_warn_several_lines`; None for one or none."""
+    lines = sum(1 for line in text.splitlines() if line.strip())
+    return f"{found} ({lines} lines)" if lines > 1 else None
 
 
 def _covers(img: Image.Image, alpha: Image.Image | None, size: tuple[int, int],
@@ -1271,9 +1287,14 @@ def read_caption_lines(image_path: str | os.PathLike, extension: str | None = No
     >>> read_caption_lines("photos/my_cat/cat1.jpg")  # doctest: +SKIP
     ['a {} asleep on a {red|blue} sofa', '{} on the floor']
     """
-    found = caption_file(image_path, extension)
-    text = _read_text(found, "caption file") if found is not None else ""
+    text = _caption_text(image_path, extension)[1]
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _caption_text(image_path: str | os.PathLike, extension: str | None) -> tuple[Path | None, str]:
+    """(a picture's caption file (`caption_file`), its text): (None, "") without one."""
+    found = caption_file(image_path, extension)
+    return found, (_read_text(found, "caption file") if found is not None else "")
 
 
 # kohya's wildcard: "{a|b|c}", one choice drawn; not nested, and "{}" (textinv's marker) is none
