@@ -145,15 +145,32 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
     for note in picture.notes + (picture.without_init if from_text else picture.with_init):
         warn(note, stacklevel=2)
     if from_text:  # (a ComfyUI img2img's steps are counted otherwise from text: its sampler's own are drawn)
-        for name, value in picture.text_only.items():
-            if name in flags:
-                continue
-            if value is None:
-                settings.pop(name, None)
-            else:
-                settings[name] = value
+        _take_text_only(picture, settings, flags)
     if not _is_grid(picture):  # (a grid's record holds the command's prompts, templates that draw each cell's)
         _as_drawn(settings)
+    _drop_unused(picture, settings, flags, from_text)
+    _check_files(picture, settings, flags)
+    keep = _batch_kept(picture, settings, flags)
+    if picture.origin == "textinv" and picture.version != __version__:
+        warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
+             f"{__version__}: the redraw may differ from it", stacklevel=2)
+    return build(GenerateConfig, settings, flags), keep
+
+
+def _take_text_only(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Nothing: `settings` take the picture's for a redraw from the prompt alone (`Picture.text_only`) but `flags`'."""
+    for name, value in picture.text_only.items():
+        if name in flags:
+            continue
+        if value is None:
+            settings.pop(name, None)
+        else:
+            settings[name] = value
+
+
+def _drop_unused(picture: Picture, settings: dict[str, Any], flags: dict[str, Any], from_text: bool
+                 ) -> None:
+    """Nothing: drops from `settings` the --token, denoise and mask settings the redraw has no use for."""
     recorded = settings.get("embedding", [])
     # the record's --token names are its files'; another count of --embedding is other files (the same count: the
     # same files, moved)
@@ -165,15 +182,23 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         for name in MASK_SETTINGS:
             settings.pop(name, None)
         for note in picture.without_mask if not from_text else []:
-            warn(note, stacklevel=2)
+            warn(note, stacklevel=3)
+
+
+def _check_files(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Nothing: refuses a file the redraw names that is gone or is not the one the picture was drawn with."""
     _check_still_there(picture, settings, flags)
     _check_unchanged(picture, flags.get("embedding", settings.get("embedding", [])))
-    if picture.bare_tokens_drawn:
+    if picture.bare_tokens_drawn:  # (the hashes below are checked on the prompts as they draw now)
         _name_bare_tokens(settings, flags)
     _check_init_unchanged(picture, flags.get("init_image", settings.get("init_image")))
     _check_init_unchanged(picture, flags.get("mask", settings.get("mask")), "mask")
     _check_ti_hashes(picture, flags.get("embedding", []), flags.get("token", []), _prompts(flags, settings))
     _check_lora_hashes(picture, _prompts(flags, settings), flags.get("lora_dir", []))
+
+
+def _batch_kept(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> set[int] | None:
+    """The seeds whose pictures to write (None: all), `settings`' seed, n and batch size set to the batch of them."""
     keep = None
     settings["n"] = 1
     seed, batch = settings.get("seed"), picture.batch_seeds
@@ -191,10 +216,7 @@ def again_config(path: str | Path, flags: dict[str, Any]) -> tuple[GenerateConfi
         # drew with
         settings["n"], keep = len(batch) or 1, None
         settings["batch_size"] = picture.settings.get("batch_size", settings.get("batch_size"))
-    if picture.origin == "textinv" and picture.version != __version__:
-        warn(f"{picture.path} was drawn by textinv {picture.version or '(unknown version)'}, this is "
-             f"{__version__}: the redraw may differ from it", stacklevel=2)
-    return build(GenerateConfig, settings, flags), keep
+    return keep
 
 
 def _eta_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
