@@ -1292,49 +1292,71 @@ def _comfy_hires(graph: _ComfyGraph, second: str, size: tuple[int, int] | None, 
     steps - s, its denoise the one whose schedule is `steps` long."""
     redraw = _comfy_refine(graph, second)
     link = graph.link(graph.inputs(second).get("latent_image"))
-    if redraw is None or link is None:
+    upscaled = _comfy_upscaled(graph, link) if redraw is not None and link is not None else None
+    if upscaled is None:
         return None
-    scalers, read = [], {second}
-    if graph.cls(link[0]) in ("LatentUpscale", "LatentUpscaleBy"):
-        scalers = [link[0]]
-        enlarged = graph.latent_size(link)
-        link = graph.link(graph.inputs(link[0]).get("samples"))
-    elif graph.cls(link[0]) == "VAEEncode":
-        read.add(link[0])
-        link = graph.link(graph.inputs(link[0]).get("pixels"))
-        while link is not None and graph.cls(link[0]) in _COMFY_PICTURE_SCALERS and link[0] not in scalers:
-            scalers.insert(0, link[0])
-            link = graph.link(graph.inputs(link[0]).get("image"))
-        if not scalers or link is None or graph.cls(link[0]) not in _COMFY_DECODERS:
-            return None
-        read.add(link[0])
-        link = graph.link(graph.inputs(link[0]).get("samples"))
-        enlarged = None
-    else:
+    scalers, passed, enlarged, link = upscaled
+    first_pass = _comfy_first_pass(graph, link)
+    if first_pass is None:
         return None
-    if link is None or graph.cls(link[0]) not in _COMFY_SAMPLER_NODES or not _comfy_full(graph, link[0]):
-        return None
-    first = link[0]
-    empty = graph.link(graph.inputs(first).get("latent_image"))
-    start = graph.latent_size(empty) if empty is not None and graph.cls(empty[0]) == "EmptyLatentImage" else None
-    if start is None:
-        return None
-    width, height = start[:2]
-    if graph.cls(scalers[0]) in ("LatentUpscale", "LatentUpscaleBy"):
-        target = enlarged and enlarged[:2]
-    else:
-        target = _comfy_picture_enlarged(graph, scalers, (width, height), None if changed else size)
-    target = target and (target[0] // 8 * 8, target[1] // 8 * 8)  # (in whole latents, as ComfyUI's VAE takes it)
-    if not target or target[0] < width or target[1] < height or target == (width, height):
+    first, (width, height) = first_pass
+    target = _comfy_hires_target(graph, scalers, enlarged, (width, height), None if changed else size)
+    if target is None:
         return None  # (a pass at the first's size or smaller is no hires fix textinv draws)
-
-    path, settings = graph.path, {"hires_steps": redraw[0], "denoise": redraw[1]}
+    read = {second, *passed}
+    settings = {"hires_steps": redraw[0], "denoise": redraw[1]}
     settings.update(_comfy_hires_size(graph, scalers, (width, height), target, notes))
     settings["hires_upscaler"] = _comfy_upscaler(graph, scalers, read, notes)
     read |= {first, *scalers}
     pairs = [(graph.value(n, "sampler_name", (str,)), graph.value(n, "scheduler", (str,))) for n in (first, second)]
     if pairs[1] != pairs[0]:
         _comfy_sampler(graph, second, True, settings, needs)
+    _note_comfy_passes_differ(graph, first, second, notes)
+    return _ComfyHires(first, settings, read)
+
+
+def _comfy_upscaled(graph: _ComfyGraph, link: Link) -> tuple[list[str], list[str], tuple | None, Link | None] | None:
+    """(`link`'s upscalers, VAEEncode and decoder, a latent upscale's size, the link they enlarge), or None: none."""
+    if graph.cls(link[0]) in ("LatentUpscale", "LatentUpscaleBy"):
+        return [link[0]], [], graph.latent_size(link), graph.link(graph.inputs(link[0]).get("samples"))
+    if graph.cls(link[0]) != "VAEEncode":
+        return None
+    scalers, passed = [], [link[0]]
+    link = graph.link(graph.inputs(link[0]).get("pixels"))
+    while link is not None and graph.cls(link[0]) in _COMFY_PICTURE_SCALERS and link[0] not in scalers:
+        scalers.insert(0, link[0])
+        link = graph.link(graph.inputs(link[0]).get("image"))
+    if not scalers or link is None or graph.cls(link[0]) not in _COMFY_DECODERS:
+        return None
+    passed.append(link[0])
+    return scalers, passed, None, graph.link(graph.inputs(link[0]).get("samples"))
+
+
+def _comfy_first_pass(graph: _ComfyGraph, link: Link | None) -> tuple[str, tuple[int, int]] | None:
+    """(the sampler `link` comes from, its EmptyLatentImage's (width, height)), or None where it is no first pass."""
+    if link is None or graph.cls(link[0]) not in _COMFY_SAMPLER_NODES or not _comfy_full(graph, link[0]):
+        return None
+    empty = graph.link(graph.inputs(link[0]).get("latent_image"))
+    start = graph.latent_size(empty) if empty is not None and graph.cls(empty[0]) == "EmptyLatentImage" else None
+    return None if start is None else (link[0], start[:2])
+
+
+def _comfy_hires_target(graph: _ComfyGraph, scalers: list[str], enlarged: tuple | None, start: tuple[int, int],
+                        size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The (width, height) `scalers` enlarge the first pass's `start` to, in whole latents; None where no larger."""
+    if graph.cls(scalers[0]) in ("LatentUpscale", "LatentUpscaleBy"):
+        target = enlarged and enlarged[:2]
+    else:
+        target = _comfy_picture_enlarged(graph, scalers, start, size)
+    target = target and (target[0] // 8 * 8, target[1] // 8 * 8)  # (in whole latents, as ComfyUI's VAE takes it)
+    if not target or target[0] < start[0] or target[1] < start[1] or target == start:
+        return None
+    return target
+
+
+def _note_comfy_passes_differ(graph: _ComfyGraph, first: str, second: str, notes: list[str]) -> None:
+    """Nothing: `notes` get what the hires pass `second` draws otherwise than `first` (textinv draws the first's)."""
+    path = graph.path
     seeds = [graph.value(n, graph.seed_input(n), (int,)) for n in (first, second)]
     if seeds[0] != seeds[1]:
         notes.append(f"{path}: its ComfyUI hires fix draws its second pass's noise from seed {seeds[1]} "
@@ -1346,7 +1368,6 @@ def _comfy_hires(graph: _ComfyGraph, second: str, size: tuple[int, int] | None, 
     if differ:
         notes.append(f"{path}: its ComfyUI hires fix's second pass ({graph.named(second)}) has another "
                      f"{', '.join(differ)} than its first ({graph.named(first)}); textinv redraws with the first's")
-    return _ComfyHires(first, settings, read)
 
 
 @dataclass
