@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from conftest import again_warned, fresh_model
+from conftest import again_warned, fresh_model, recorded_arguments
 from textinv import refine
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
@@ -726,20 +726,13 @@ def test_generate_writes_the_hires_prompts_as_the_web_ui_and_again_draws_them(sd
 
     emb = tmp_path / "zq.safetensors"  # (two vectors: a hires prompt's token is expanded as the prompt's)
     save_embedding(LearnedEmbedding("<zq>", {"text_encoder": torch.randn(2, fresh_model(sd1_dir).widths[0])}), emb)
-    seen = []
-    drawn = gen.render
-
-    def record(*args, **kwargs):
-        seen.append(next(a for a in args if isinstance(a, Hires)))
-        return drawn(*args, **kwargs)
-
-    monkeypatch.setattr(gen, "render", record)
+    seen = recorded_arguments(monkeypatch, gen, "render", "hires")
     config = GenerateConfig(prompt=["a dog", "a cat, detailed"], n=1, seed=4, steps=2, width=16,
                             model=str(sd1_dir), embedding=[str(emb)], out=str(tmp_path / "a"), hires_scale=1.5,
                             hires_prompt="a cat, detailed", hires_negative_prompt="blurry <zq>")
     dog, cat = generate(config, progress=False)
     # (the two prompts share one call since pictures of different prompts are batched together)
-    assert [(h.prompt, h.negative_prompt) for h in seen] == [("a cat, detailed", "blurry <zq> <zq>_1")]
+    assert [(h.prompt, h.negative_prompt) for (h,) in seen] == [("a cat, detailed", "blurry <zq> <zq>_1")]
     text = Image.open(dog).text
     # written as the web UI writes them (quoted where a comma or colon would split the field), only where they differ
     assert ('Hires prompt: "a cat, detailed", Hires negative prompt: blurry <zq>' in text["parameters"])
