@@ -1019,14 +1019,20 @@ def test_sigma_churn_draws_euler_heun_and_dpm2_with_fresh_noise_and_at_0_as_befo
     ({"sigma_tmin": 2.0, "sigma_tmax": 1.0, "sampler": "heun"}, r"--sigma-tmax 1 must be above 0 and not below "
                                                                 r"--sigma-tmin 2"),
     ({"sigma_churn": 0.5}, r"--sigma-churn 0.5: --sampler default takes no sigma churn settings"),
-    ({"sigma_noise": 0.5, "sampler": "dpm2_a"}, r"--sigma-noise 0.5: --sampler dpm2_a takes no sigma churn settings "
-                                                r"\(the web UI also scales its noise by Sigma noise"),
+    ({"sigma_noise": 0.5, "sampler": "dpm++2m_sde"}, r"--sigma-noise 0.5: --sampler dpm\+\+2m_sde takes no sigma "
+                                                     r"noise \(the web UI also scales its SDE samplers' noise"),
+    ({"sigma_noise": 0.5, "sampler": "euler_a"}, r"--sigma-noise 0.5: --sampler euler_a takes no sigma noise; give one "
+                                                 r"that does: euler, heun, dpm2 \(the churn's noise\), dpm2_a, "
+                                                 r"dpm\+\+2s_a"),
+    ({"sigma_churn": 0.5, "sigma_noise": 0.5, "sampler": "dpm2_a"}, r"--sigma-churn 0.5: --sampler dpm2_a takes no "
+                                                                    r"sigma churn settings"),
 ])
 def test_sigma_churn_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
     with pytest.raises(ConfigError, match=message):
         GenerateConfig(prompt=["a dog"], **settings).validate()
-    # settings the hires fix's sampler takes
+    # settings the hires fix's sampler takes; the noise alone, an ancestral sampler's
     GenerateConfig(prompt=["a dog"], sigma_churn=0.5, hires_scale=2, hires_sampler="dpm2_karras").validate()
+    GenerateConfig(prompt=["a dog"], sigma_noise=0.5, sampler="dpm++2s_a_karras").validate()
 
 
 def test_generate_writes_the_sigma_churn_settings_as_the_web_ui_and_again_draws_them(sd1_dir, tmp_path):
@@ -1053,6 +1059,26 @@ def test_generate_writes_the_sigma_churn_settings_as_the_web_ui_and_again_draws_
     assert "Sigma tmin" not in Image.open(only).text["parameters"]
 
 
+def test_sigma_noise_scales_an_ancestral_samplers_noise_written_and_drawn_again(sd1_dir, tmp_path):
+    """--sigma-noise on DPM2 a draws another picture than without, writes "Sigma noise" as the web UI does, and
+    --again draws the same picture from it."""
+    from textinv.again import again_config
+
+    def draw(out, **noise):
+        return generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=3, width=16, model=str(sd1_dir),
+                                       sampler="dpm2_a", metadata="full", out=str(tmp_path / out), **noise),
+                        progress=False)[0]
+
+    scaled, plain = draw("a", sigma_noise=0.7), draw("b")
+    assert "Sigma noise: 0.7" in Image.open(scaled).text["parameters"]
+    assert "Sigma" not in Image.open(plain).text["parameters"]
+    assert not np.array_equal(np.asarray(Image.open(scaled)), np.asarray(Image.open(plain)))
+    config, keep = again_config(scaled, {"out": str(tmp_path / "c")})
+    assert (config.sampler, config.sigma_noise) == ("dpm2_a", 0.7)
+    again = generate(config, progress=False, keep_seeds=keep)[0]
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(scaled)))
+
+
 def test_again_reads_the_web_uis_sigma_churn_settings(sd1_dir, tmp_path):
     web = _picture(tmp_path / "a.png", "a cat\nSteps: 4, Sampler: Euler, Schedule type: Karras, Seed: 3, "
                                        "Size: 16x16, Sigma churn: 0.4, Sigma tmin: 0.2, Sigma tmax: 10.0, "
@@ -1060,10 +1086,19 @@ def test_again_reads_the_web_uis_sigma_churn_settings(sd1_dir, tmp_path):
     config, said = again_warned(web, {"model": str(sd1_dir)})
     assert (config.sampler, config.sigma_churn, config.sigma_tmin, config.sigma_tmax, config.sigma_noise) == (
         "euler_karras", 0.4, 0.2, 10.0, 0.95) and "Sigma" not in said
-    # DPM2 a's Sigma noise the web UI applies; textinv's does not take it: named as not applied
+    # DPM2 a's Sigma noise, which scales its ancestral noise there and here
     web = _picture(tmp_path / "b.png", "a cat\nSteps: 4, Sampler: DPM2 a, Seed: 3, Size: 16x16, Sigma noise: 0.5")
     config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert (config.sampler, config.sigma_noise) == ("dpm2_a", 0.5) and "Sigma" not in said
+    # an SDE sampler's the web UI applies; textinv's does not take it: named as not applied
+    web = _picture(tmp_path / "c.png", "a cat\nSteps: 4, Sampler: DPM++ 2M SDE, Seed: 3, Size: 16x16, "
+                                       "Sigma noise: 0.5")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
     assert config.sigma_noise == 1.0 and "not applied from its A1111 parameters: Sigma noise" in said
+    # an ancestral sampler given beside Euler's: its noise kept, the churn's other settings drawn without, said
+    config, said = again_warned(tmp_path / "a.png", {"model": str(sd1_dir), "sampler": "DPM2 a"})
+    assert (config.sigma_churn, config.sigma_tmin, config.sigma_noise) == (0.0, 0.0, 0.95)
+    assert "drawn at sigma churn 0.4, sigma tmin 0.2, sigma tmax 10.0" in said and "sigma noise" not in said
     # another sampler given beside it, which takes none: drawn without, said
     config, said = again_warned(tmp_path / "a.png", {"model": str(sd1_dir), "sampler": "DPM++ 2M"})
     assert config.sigma_churn == 0.0 and config.sigma_tmax is None and "drawn at sigma churn 0.4" in said

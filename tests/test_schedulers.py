@@ -287,8 +287,8 @@ def _euler_ancestral(denoiser, x, sigmas, noise, eta):
     return x
 
 
-def _dpm2_ancestral(denoiser, x, sigmas, noise, eta):
-    """k-diffusion's sample_dpm_2_ancestral at `eta`, s_noise 1: DPM-Solver-2 to sigma_down through its log-midpoint,
+def _dpm2_ancestral(denoiser, x, sigmas, noise, eta, s_noise=1.0):
+    """k-diffusion's sample_dpm_2_ancestral at `eta` and `s_noise`: DPM-Solver-2 to sigma_down through its log-midpoint,
     Euler's step for the last, then noise of sigma_up."""
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         denoised = denoiser(x, s)
@@ -300,12 +300,12 @@ def _dpm2_ancestral(denoiser, x, sigmas, noise, eta):
             mid = math.exp((math.log(s) + math.log(down)) / 2)
             x_2 = x + d * (mid - s)
             x = x + (x_2 - denoiser(x_2, mid)) / mid * (down - s)
-            x = x + noise(x) * up
+            x = x + noise(x) * s_noise * up
     return x
 
 
-def _dpmpp_2s_ancestral_at(denoiser, x, sigmas, noise, eta):
-    """sample_dpmpp_2s_ancestral at `eta` (`_dpmpp_2s_ancestral` is it at 1)."""
+def _dpmpp_2s_ancestral_at(denoiser, x, sigmas, noise, eta, s_noise=1.0):
+    """sample_dpmpp_2s_ancestral at `eta` and `s_noise` (`_dpmpp_2s_ancestral` is it at 1 and 1)."""
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         denoised = denoiser(x, s)
         down, up = _ancestral_step(s, s_next, eta)
@@ -317,7 +317,7 @@ def _dpmpp_2s_ancestral_at(denoiser, x, sigmas, noise, eta):
             x_2 = (mid / s) * x - math.expm1(-h / 2) * denoised
             x = (down / s) * x - math.expm1(-h) * denoiser(x_2, mid)
         if s_next > 0:
-            x = x + noise(x) * up
+            x = x + noise(x) * s_noise * up
     return x
 
 
@@ -348,6 +348,51 @@ def test_an_ancestral_sampler_at_an_eta_takes_k_diffusions_steps_on_a_toy_denois
     torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
     at_one, _ = _drawn(scheduler_for(own, name), steps, x, calls, "epsilon", seed)
     assert not torch.allclose(got, at_one, atol=1e-3)
+
+
+@pytest.mark.parametrize("name, eta, s_noise", [("dpm2_a_karras", None, 0.5), ("dpm2_a", 0.5, 1.3),
+                                                ("dpm++2s_a_karras", None, 0.8), ("dpm++2s_a", 0.7, 0.0)])
+def test_an_ancestral_samplers_sigma_noise_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta, s_noise):
+    """With --sigma-noise (the web UI's Sigma noise, k-diffusion's s_noise), DPM2 a and DPM++ 2S a add s_noise times
+    sigma_up of the generator's noise at each step, at their own eta or another; the steps are otherwise theirs."""
+    from textinv.samplers import Churn
+
+    steps, seed = 5, 3
+    own = _sd_scheduler()
+    base, karras = name.removesuffix("_karras"), name.endswith("_karras")
+    sigmas = (_karras if karras else _evenly)(own, steps + (base == "dpm2_a"))
+    if base == "dpm2_a":  # (the web UI's discard_next_to_last_sigma)
+        sigmas = sigmas[:-2] + sigmas[-1:]
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[0]
+    calls = []
+
+    def recording(latents, sigma):
+        calls.append(sigma)
+        return _toy(latents, sigma)
+
+    generator = torch.Generator().manual_seed(seed)
+    write_out = {"dpm2_a": _dpm2_ancestral, "dpm++2s_a": _dpmpp_2s_ancestral_at}[base]
+    expected = write_out(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
+                         1.0 if eta is None else eta, s_noise)
+    got, _ = _drawn(scheduler_for(own, name, eta=eta, churn=Churn(noise=s_noise)), steps, x, calls, "epsilon", seed)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+    unscaled, _ = _drawn(scheduler_for(own, name, eta=eta), steps, x, calls, "epsilon", seed)
+    assert not torch.allclose(got, unscaled, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["dpm2_a_karras", "dpm++2s_a", "euler_a"])
+def test_an_ancestral_sampler_at_sigma_noise_1_is_the_one_it_was(name):
+    """The sigma churn settings at the web UI's defaults (Sigma noise 1) make the scheduler an ancestral sampler always
+    was: the same class, the same steps, bit for bit."""
+    from textinv.samplers import Churn
+
+    own = _sd_scheduler()
+    plain, given = scheduler_for(own, name), scheduler_for(own, name, churn=Churn(), generators=[torch.Generator()])
+    assert type(given) is type(plain)
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2)) * 14.6
+    plain.set_timesteps(4)
+    calls = [1.0] * len(plain.timesteps)
+    assert torch.equal(_drawn(plain, 4, x, calls, "epsilon", 5)[0], _drawn(given, 4, x, calls, "epsilon", 5)[0])
 
 
 @pytest.mark.parametrize("name", ["euler_a", "dpm2_a_karras", "dpm++2s_a", "ddim"])

@@ -69,7 +69,7 @@ from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_M
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .samplers import CHURN_LABELS, discards, eta_kind, from_comfy, from_webui, takes_churn
+from .samplers import CHURN_LABELS, churn_taken, discards, eta_kind, from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
@@ -240,12 +240,11 @@ def _eta_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]
 
 def _churn_taken(picture: Picture, settings: dict[str, Any], flags: dict[str, Any]) -> None:
     """Drop the picture's sigma churn settings from `settings`, with a warning, where `flags` give samplers none of
-    which takes them (`samplers.takes_churn`); any of them given is the command's, checked as given."""
-    drawn = [f"sigma_{key}" for key in CHURN_LABELS if f"sigma_{key}" in settings]
-    if not drawn or set(drawn) & set(flags):
-        return
+    which takes them (`samplers.churn_taken`); any of them given is the command's, checked as given."""
     names = [_sampler_named(flags.get(key, settings.get(key))) for key in ("sampler", "hires_sampler")]
-    if any(takes_churn(name) for name in names if name):
+    taken = {key for name in names if name for key in churn_taken(name)}
+    drawn = [f"sigma_{key}" for key in CHURN_LABELS if f"sigma_{key}" in settings and key not in taken]
+    if not drawn or {f"sigma_{key}" for key in CHURN_LABELS} & set(flags):
         return
     said = ", ".join(f"{name.replace('_', ' ')} {settings.pop(name)}" for name in drawn)
     warn(f"{picture.path} was drawn at {said}, which the sampler given does not take: it draws without",
@@ -631,11 +630,12 @@ def _a1111_eta(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, .
 def _a1111_churn(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, ...]:
     """The web UI's "Sigma churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" (each written where not its
     default) into `settings` as --sigma-churn, --sigma-tmin, --sigma-tmax and --sigma-noise, where one of the
-    picture's samplers takes them (`samplers.takes_churn`: Euler, Heun, DPM2); the labels read (the web UI's Sigma
-    noise on an ancestral or SDE sampler, which textinv's do not take, is then named as not applied)."""
-    if not any(takes_churn(settings.get(key) or "") for key in ("sampler", "hires_sampler")):
-        return ()
-    read = {key: label for key, label in CHURN_LABELS.items() if label in fields}
+    picture's samplers takes them (`samplers.churn_taken`: Euler, Heun, DPM2; DPM2 a and DPM++ 2S a the noise
+    alone); the labels read (the web UI's Sigma noise on an SDE sampler, which textinv's do not take, is then named as
+    not applied)."""
+    taken = {key for name in (settings.get("sampler"), settings.get("hires_sampler")) if name
+             for key in churn_taken(name)}
+    read = {key: label for key, label in CHURN_LABELS.items() if label in fields and key in taken}
     settings.update((f"sigma_{key}", fields[label]) for key, label in read.items())
     return tuple(read.values())
 

@@ -1071,7 +1071,8 @@ class GenerateConfig:
     sigma_tmin: float = opt(0.0, "the web UI's Sigma tmin: only steps whose sigma is at least this churn")
     sigma_tmax: float = opt(None, "the web UI's Sigma tmax: only steps whose sigma is at most this churn (default: no "
                                   "limit)")
-    sigma_noise: float = opt(1.0, "the web UI's Sigma noise: the churn's fresh noise is scaled by this")
+    sigma_noise: float = opt(1.0, "the web UI's Sigma noise: the churn's fresh noise is scaled by this, as is "
+                                  "dpm2_a's and dpm++2s_a's ancestral noise")
     discard_penultimate_sigma: bool = opt(False, "the web UI's \"Always discard next-to-last sigma\": N steps go "
                                                  "down the N + 1 step schedule less its smallest non-zero sigma (as "
                                                  "dpm2, dpm2_a and dpm++3m_sde always do), for its other k-diffusion "

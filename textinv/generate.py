@@ -50,7 +50,7 @@ from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_dif
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 from .samplers import (CHURN_LABELS, Churn, check_churn, check_discard, check_eta, check_pass, churn_given,
-                       discard_written, ensd_reaches, ensd_written, eta_default, eta_label, eta_of, takes_churn,
+                       churn_taken, discard_written, ensd_reaches, ensd_written, eta_default, eta_label, eta_of,
                        scheduler_for, step_multiplier, webui_hires_names, webui_names)
 from .tokens import (add_tokens, expand_prompt, saved_tokens, scratch_tokens, token_clash, token_names,
                      tokenizer_copy)
@@ -523,7 +523,8 @@ def render(
 
     `eta` is an ancestral sampler's or DDIM's (None: the sampler's own, `samplers.eta_default`), `ensd` the web UI's
     Eta noise seed delta: each pass's noise at every step is drawn from seed + `ensd` (`_step_noise`). `churn` is
-    the web UI's sigma churn settings (`samplers.Churn`), for each pass whose sampler takes them (Euler, Heun, DPM2);
+    the web UI's sigma churn settings (`samplers.Churn`), for each pass whose sampler takes them (Euler, Heun, DPM2;
+    DPM2 a and DPM++ 2S a the noise alone: `samplers.churn_taken`);
     `discard` its "Always discard next-to-last sigma", for each pass whose sampler takes it (`samplers.discards`).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
@@ -2981,7 +2982,8 @@ def _noise_params(config: GenerateConfig, seed: int) -> dict:
     empty without them). The eta is written as the web UI writes it, where it is not the sampler's default: "Eta"
     for an ancestral sampler, "Eta DDIM" for DDIM (the first pass's sampler's, else the hires fix's); "ENSD" where
     the web UI writes it (`samplers.ensd_written`: the first pass's sampler an ancestral one, its eta not 0); "Sigma
-    churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" where not the default and a pass's sampler takes them;
+    churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" where not the default and a pass's sampler takes them
+    (`samplers.churn_taken`: DPM2 a and DPM++ 2S a the noise alone);
     "Discard penultimate sigma: True" where it makes a pass's sampler discard it (`samplers.discard_written`)."""
     params = {"tiling": "True"} if config.tiling else {}
     taking = [s for s in (config.sampler, config.hires_sampler) if s and eta_default(s) is not None]
@@ -2989,9 +2991,9 @@ def _noise_params(config: GenerateConfig, seed: int) -> dict:
         params["eta_ddim" if eta_label(taking[0]) == "Eta DDIM" else "eta"] = f"{config.eta:g}"
     if config.ensd and ensd_written(config.sampler, eta_of(config.eta, config.sampler, taking)):
         params["ensd"] = config.ensd
-    if any(takes_churn(s) for s in (config.sampler, config.hires_sampler) if s):
-        # (as floats, as the web UI writes them: "Sigma churn: 0.5", "Sigma tmax: 20.0")
-        params.update({f"sigma_{key}": float(value) for key, value in churn_given(config.churn()).items()})
+    taken = {key for s in (config.sampler, config.hires_sampler) if s for key in churn_taken(s)}
+    # (as floats, as the web UI writes them: "Sigma churn: 0.5", "Sigma tmax: 20.0")
+    params.update({f"sigma_{key}": float(value) for key, value in churn_given(config.churn()).items() if key in taken})
     if discard_written([s for s in (config.sampler, config.hires_sampler) if s], config.discard_penultimate_sigma):
         params["discard_penultimate_sigma"] = "True"
     if config.emphasis not in ("original", "comfy"):  # (as the web UI: only another than its default; it has no

@@ -13,8 +13,8 @@ range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-t
 DPM2 a and DPM++ 2S a on Karras sigmas call the model at each sigma's own timestep, not a rounded one (`_unrounded`),
 and LMS counts its order from the pass's first step (`_lms_from_first_step`). `--eta` sets the ancestral samplers'
 eta (`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (with its tmin, tmax and noise: `Churn`) Euler's,
-Heun's and DPM2's sigma churn (`_churning`); `--discard-penultimate-sigma` discards the next-to-last sigma for the
-other k-diffusion samplers too (`discards`).
+Heun's and DPM2's sigma churn (`_churning`), its noise setting DPM2 a's and DPM++ 2S a's noise too (`_at_eta`);
+`--discard-penultimate-sigma` discards the next-to-last sigma for the other k-diffusion samplers too (`discards`).
 
 DPM++ 2S a and Restart have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers' are.
 
@@ -239,9 +239,12 @@ class Churn(NamedTuple):
 # the web UI's infotext labels of `Churn`'s settings, with the flags that give them
 CHURN_LABELS = {"churn": "Sigma churn", "tmin": "Sigma tmin", "tmax": "Sigma tmax", "noise": "Sigma noise"}
 CHURN_FLAGS = {"churn": "--sigma-churn", "tmin": "--sigma-tmin", "tmax": "--sigma-tmax", "noise": "--sigma-noise"}
-# the samplers whose noise the web UI scales by its Sigma noise alone (its sampler_extra_params): textinv's draw theirs
-# unscaled, so they take no --sigma-noise
-_NOISE_ONLY = ("dpm2_a", "dpm++2s_a", "dpm++sde", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde")
+# the samplers whose noise the web UI scales by its Sigma noise alone (its sampler_extra_params gives them s_noise, not
+# the churn's other settings): DPM2 a and DPM++ 2S a, whose ancestral noise textinv scales too (`_at_eta`), and the
+# SDE ones, which textinv draws with diffusers' noise, unscaled, so they take no --sigma-noise. Not Euler a: the web UI
+# hands sample_euler_ancestral no s_noise
+_NOISE_SCALED = ("dpm2_a", "dpm++2s_a")
+_NOISE_ONLY = _NOISE_SCALED + ("dpm++sde", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde")
 
 
 # the samplers the web UI's "Always discard next-to-last sigma" reaches that do not discard it already: its
@@ -289,6 +292,19 @@ def takes_churn(name: str) -> bool:
     return bool(base and BASES[base].churns)
 
 
+def churn_taken(name: str) -> tuple[str, ...]:
+    """The sigma churn settings (`Churn`'s fields) sampler `name` takes: all four for Euler, Heun and DPM2
+    (`takes_churn`), the noise alone for DPM2 a and DPM++ 2S a (their ancestral noise scaled by it, k-diffusion's
+    s_noise), none for another.
+
+    >>> churn_taken("dpm2_a_karras"), churn_taken("euler_a"), len(churn_taken("heun"))
+    (('noise',), (), 4)
+    """
+    if takes_churn(name):
+        return Churn._fields
+    return ("noise",) if _PARTS.get(name, (None, ""))[0] in _NOISE_SCALED else ()
+
+
 def churn_given(churn: Churn) -> dict[str, float]:
     """`churn`'s settings that are not the web UI's defaults, by field name.
 
@@ -301,22 +317,28 @@ def churn_given(churn: Churn) -> dict[str, float]:
 def check_churn(churn: Churn, names: list[str] | None) -> None:
     """Refuse sigma churn settings outside their range (each a finite number from 0, --sigma-tmax above 0 and not
     below --sigma-tmin), or given where none of the passes' samplers `names` (--sampler, --hires-sampler; None: not
-    known yet) takes them (`takes_churn`), naming those that do."""
+    known yet) takes them (`churn_taken`), naming those that do."""
     for key, value in churn._asdict().items():
         if not (value >= 0 and (math.isfinite(value) or key == "tmax")):
             raise ConfigError(f"{CHURN_FLAGS[key]} must be a number from 0, got {value}")
     if churn.tmax <= 0 or churn.tmax < churn.tmin:
         raise ConfigError(f"--sigma-tmax {churn.tmax:g} must be above 0 and not below --sigma-tmin {churn.tmin:g} (the "
                           f"steps that churn have a sigma from tmin to tmax); leave it out for no upper limit")
-    given = churn_given(churn)
-    if not given or names is None or any(map(takes_churn, names)):
+    taken = {key for name in names or () for key in churn_taken(name)}
+    refused = {key: value for key, value in churn_given(churn).items() if key not in taken}
+    if not refused or names is None:
         return
-    flags = ", ".join(f"{CHURN_FLAGS[key]} {value:g}" for key, value in given.items())
-    also = (" (the web UI also scales its noise by Sigma noise, which textinv does not)"
-            if "noise" in given and any(_PARTS.get(n, (None, ""))[0] in _NOISE_ONLY for n in names) else "")
-    raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma churn settings{also}; "
-                      f"give one that does: {', '.join(n for n, b in BASES.items() if b.churns)}, with a schedule "
-                      f"or without (the web UI's Euler, Heun and DPM2)")
+    flags = ", ".join(f"{CHURN_FLAGS[key]} {value:g}" for key, value in refused.items())
+    churning = ", ".join(n for n, b in BASES.items() if b.churns)
+    if list(refused) == ["noise"]:
+        also = (" (the web UI also scales its SDE samplers' noise by Sigma noise, which textinv does not)"
+                if any(_PARTS.get(n, (None, ""))[0] in _NOISE_ONLY for n in names) else "")
+        raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma noise{also}; give "
+                          f"one that does: {churning} (the churn's noise), {', '.join(_NOISE_SCALED)} (their "
+                          f"ancestral noise), with a schedule or without")
+    raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma churn settings; "
+                      f"give one that does: {churning}, with a schedule or without (the web UI's Euler, Heun and "
+                      f"DPM2)")
 
 
 def webui_names(name: str) -> tuple[str, str | None] | None:
@@ -463,7 +485,8 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     draws its picture at any batch size. `eta` (None: the sampler's own, `eta_default`) sets an ancestral sampler's
     (`_at_eta`; DDIM's is the pipeline's argument). `churn` sets the sigma churn of a sampler that takes it
     (`takes_churn`; another draws without), its noise drawn from `generators` (the pipeline's, one a picture, in
-    the batch's order), as the web UI draws it from each picture's. `discard` discards the next-to-last sigma where
+    the batch's order), as the web UI draws it from each picture's, and its noise setting DPM2 a's and DPM++ 2S a's
+    noise scale (`churn_taken`). `discard` discards the next-to-last sigma where
     the sampler takes that (`discards`; another draws as it does). A refusal names `flag` as where the sampler was
     given.
 
@@ -497,7 +520,8 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
         cls = _unrounded(cls)
     # (DDIM's is the pipeline's argument; a sampler that takes none draws as it does: the other pass's took it)
     at_eta = eta is not None and BASES[base].eta not in (None, eta) and base != "ddim"
-    if at_eta:
+    scaled = churn is not None and churn.noise != 1 and base in _NOISE_SCALED  # (at 1: the sampler's own noise)
+    if at_eta or scaled:
         cls = _at_eta(cls, base == "euler_a")
     churning = churn is not None and churn.churn > 0 and BASES[base].churns  # (at churn 0 the others do nothing)
     if churning:
@@ -508,6 +532,8 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     made = _made(cls, scheduler.config, {**spacing, **options})
     if at_eta:
         made.eta = eta
+    if scaled:
+        made.noise = churn.noise
     if churning:
         made.churn, made.generators = churn, generators
     if scheduler.config.get("rescale_betas_zero_snr"):
@@ -625,8 +651,9 @@ def _discarding(cls: type) -> type:
 def _at_eta(cls, euler: bool):
     """Ancestral scheduler `cls` at the eta its `eta` attribute holds (`schedulers.ancestral_step`): `euler`, Euler
     a's step (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's tables set for it after
-    `set_timesteps` (`schedulers.ancestral_tables`). At eta 1 (and while it has none, as when made) it is `cls`'s
-    own."""
+    `set_timesteps` (`schedulers.ancestral_tables`), their up sigmas then scaled by its `noise` attribute (the web
+    UI's Sigma noise, k-diffusion's s_noise: each step adds s_noise sigma_up of fresh noise). At eta 1 and noise 1
+    (and while it has neither, as when made) it is `cls`'s own."""
     from . import schedulers
 
     if euler:
@@ -636,8 +663,10 @@ def _at_eta(cls, euler: bool):
         cls.set_timesteps(self, *args, **kwargs)
         if getattr(self, "eta", 1.0) != 1.0:
             schedulers.ancestral_tables(self, self.eta)
+        if getattr(self, "noise", 1.0) != 1.0:
+            self.sigmas_up = self.sigmas_up * self.noise
 
-    return _variant(cls, "at another eta", set_timesteps=set_timesteps)
+    return _variant(cls, "at another eta or noise", set_timesteps=set_timesteps)
 
 
 def _churning(cls):
