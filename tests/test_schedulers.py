@@ -380,7 +380,7 @@ def test_an_ancestral_samplers_sigma_noise_takes_k_diffusions_steps_on_a_toy_den
     assert not torch.allclose(got, unscaled, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["dpm2_a_karras", "dpm++2s_a", "euler_a"])
+@pytest.mark.parametrize("name", ["dpm2_a_karras", "dpm++2s_a", "euler_a", "dpm++2m_sde_karras"])
 def test_an_ancestral_sampler_at_sigma_noise_1_is_the_one_it_was(name):
     """The sigma churn settings at the web UI's defaults (Sigma noise 1) make the scheduler an ancestral sampler always
     was: the same class, the same steps, bit for bit."""
@@ -395,7 +395,78 @@ def test_an_ancestral_sampler_at_sigma_noise_1_is_the_one_it_was(name):
     assert torch.equal(_drawn(plain, 4, x, calls, "epsilon", 5)[0], _drawn(given, 4, x, calls, "epsilon", 5)[0])
 
 
-@pytest.mark.parametrize("name", ["euler_a", "dpm2_a_karras", "dpm++2s_a", "ddim"])
+def _dpmpp_2m_sde(denoiser, x, sigmas, noise, eta, solver_type, s_noise=1.0):
+    """k-diffusion's sample_dpmpp_2m_sde at `eta` and `s_noise`, written out in float64 sigmas; `noise` is drawn at
+    every step, as diffusers' step draws it, and added where the step does not end at 0."""
+    old, h_last = None, None
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = denoiser(x, s)
+        drawn = noise(x)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s) - math.log(s_next)
+            x = s_next / s * math.exp(-eta * h) * x - math.expm1(-h - eta * h) * denoised
+            if old is not None:
+                d = (denoised - old) / (h_last / h)
+                if solver_type == "heun":
+                    x = x + (-math.expm1(-h - eta * h) / (-h - eta * h) + 1) * d
+                else:
+                    x = x + 0.5 * -math.expm1(-h - eta * h) * d
+            x = x + drawn * s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise
+        old, h_last = denoised, (math.log(s) - math.log(s_next) if s_next else None)
+    return x
+
+
+@pytest.mark.parametrize("name, eta, s_noise", [
+    ("dpm++2m_sde_karras", 0.5, 1.0), ("dpm++2m_sde_exponential", 0.0, 1.0), ("dpm++2m_sde_heun_karras", 0.3, 1.0),
+    ("dpm++2m_sde", 0.8, 0.6), ("dpm++2m_sde_karras", None, 0.5)])
+def test_dpmpp_2m_sde_at_an_eta_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta, s_noise):
+    """At --eta and --sigma-noise, DPM++ 2M SDE and its Heun variant take k-diffusion's sample_dpmpp_2m_sde steps at
+    that eta and s_noise: the latents keep exp(-eta h) more of themselves, the denoised estimates come in with
+    1 - exp(-(1 + eta) h), and the fresh noise is s_noise sigma_next sqrt(1 - exp(-2 eta h)) of the generator's (none
+    at eta 0: DPM++ 2M's steps)."""
+    from textinv.samplers import Churn
+
+    steps, seed = 5, 3
+    own = _sd_scheduler()
+    made = scheduler_for(own, name, eta=eta, churn=Churn(noise=s_noise))
+    made.set_timesteps(steps)
+    sigmas = made.sigmas.double().tolist()  # (the schedule is the sampler's own; the update is what is checked)
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[0]
+    calls = []
+
+    def recording(latents, sigma):
+        calls.append(sigma)
+        return _toy(latents, sigma)
+
+    generator = torch.Generator().manual_seed(seed)
+    expected = _dpmpp_2m_sde(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
+                             1.0 if eta is None else eta, "heun" if "heun" in name else "midpoint", s_noise)
+    # (diffusers' DPM-Solver works on alpha x0 + sigma' eps, sigma' = sigma / sqrt(sigma^2 + 1))
+    start = x / math.sqrt(sigmas[0] ** 2 + 1)
+    got, _ = _drawn(made, steps, start, calls, "epsilon", seed)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+    at_one, _ = _drawn(scheduler_for(own, name), steps, start, calls, "epsilon", seed)
+    assert not torch.allclose(got, at_one, atol=1e-3)
+
+
+def test_dpmpp_2m_sdes_update_at_eta_1_is_diffusers_own():
+    """textinv's DPM++ 2M SDE update (`schedulers.sde_first_order_update`), at eta 1, is diffusers' sde-dpmsolver++
+    update: the eta it adds changes nothing else."""
+    own = _sd_scheduler()
+    for name in ("dpm++2m_sde_karras", "dpm++2m_sde_heun"):
+        plain, ours = scheduler_for(own, name), scheduler_for(own, name, eta=0.5)
+        ours.eta = 1.0
+        x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2))
+        plain.set_timesteps(6)
+        calls = plain.sigmas[:-1].tolist()
+        torch.testing.assert_close(_drawn(ours, 6, x, calls, "epsilon", 5)[0],
+                                   _drawn(plain, 6, x, calls, "epsilon", 5)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["euler_a", "dpm2_a_karras", "dpm++2s_a", "ddim", "dpm++2m_sde_karras",
+                                  "dpm++2m_sde_heun"])
 def test_a_sampler_at_its_own_eta_is_the_one_it_was(name):
     """--eta at a sampler's default (1; DDIM's 0) makes the scheduler it always was: the same class, the same steps."""
     own = _sd_scheduler()

@@ -616,10 +616,10 @@ def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: di
 
 
 def _a1111_eta(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, ...]:
-    """The web UI's "Eta" (its ancestral samplers', written where not 1) or "Eta DDIM" (DDIM's, where not 0) into
-    `settings` as --eta, where the first of the picture's samplers (the first pass's, then the hires fix's) that
-    takes one takes that one (`samplers.eta_kind`, `samplers.eta_of`); the label read, or none (an SDE sampler's
-    Eta, or the other pass's kind's, is then named as not applied)."""
+    """The web UI's "Eta" (its ancestral and SDE samplers', written where not 1) or "Eta DDIM" (DDIM's, where not 0)
+    into `settings` as --eta, where the first of the picture's samplers (the first pass's, then the hires fix's) that
+    takes one takes that one (`samplers.eta_kind`, `samplers.eta_of`); the label read, or none (DPM++ 3M SDE's or DPM++
+    SDE's Eta, which textinv's draw at 1 only, or the other pass's kind's, is then named as not applied)."""
     label = eta_kind([settings.get("sampler"), settings.get("hires_sampler")])  # (the other's is named)
     if label in fields:
         settings["eta"] = fields[label]

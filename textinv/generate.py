@@ -2980,11 +2980,11 @@ def _old_editing_params(config: GenerateConfig, hires: Hires | None, texts: list
 def _noise_params(config: GenerateConfig, seed: int) -> dict:
     """The PNG text of a picture's variation seed, eta, ENSD, sigma churn settings and tiling (the web UI's labels;
     empty without them). The eta is written as the web UI writes it, where it is not the sampler's default: "Eta"
-    for an ancestral sampler, "Eta DDIM" for DDIM (the first pass's sampler's, else the hires fix's); "ENSD" where
-    the web UI writes it (`samplers.ensd_written`: the first pass's sampler an ancestral one, its eta not 0); "Sigma
-    churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" where not the default and a pass's sampler takes them
-    (`samplers.churn_taken`: DPM2 a and DPM++ 2S a the noise alone);
-    "Discard penultimate sigma: True" where it makes a pass's sampler discard it (`samplers.discard_written`)."""
+    for an ancestral sampler or DPM++ 2M SDE, "Eta DDIM" for DDIM (the first pass's sampler's, else the hires
+    fix's); "ENSD" where the web UI writes it (`samplers.ensd_written`: the first pass's sampler an ancestral one,
+    its eta not 0); "Sigma churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" where not the default and a pass's
+    sampler takes them (`samplers.churn_taken`: DPM2 a and DPM++ 2S a the noise alone); "Discard penultimate sigma:
+    True" where it makes a pass's sampler discard it (`samplers.discard_written`)."""
     params = {"tiling": "True"} if config.tiling else {}
     taking = [s for s in (config.sampler, config.hires_sampler) if s and eta_default(s) is not None]
     if config.eta is not None and taking and config.eta != eta_default(taking[0]):

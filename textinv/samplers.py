@@ -9,11 +9,11 @@ Exponential for the SDE ones, the model's own spacing for Euler), so a picture d
 sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
 
 Each is set as the web UI runs it where diffusers' defaults differ: a sigma schedule spans the model's whole noise
-range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), DPM2,
-DPM2 a and DPM++ 2S a on Karras sigmas call the model at each sigma's own timestep, not a rounded one (`_unrounded`),
-and LMS counts its order from the pass's first step (`_lms_from_first_step`). `--eta` sets the ancestral samplers'
-eta (`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (with its tmin, tmax and noise: `Churn`) Euler's,
-Heun's and DPM2's sigma churn (`_churning`), its noise setting DPM2 a's and DPM++ 2S a's noise too (`_at_eta`);
+range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), DPM2, DPM2
+a and DPM++ 2S a on Karras sigmas call the model at each sigma's own timestep, not a rounded one (`_unrounded`), and LMS
+counts its order from the pass's first step (`_lms_from_first_step`). `--eta` sets the ancestral samplers' and DPM++ 2M
+SDE's eta (`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (with its tmin, tmax and noise: `Churn`)
+Euler's, Heun's and DPM2's sigma churn (`_churning`), its noise setting DPM2 a's and DPM++ 2S a's noise too (`_at_eta`);
 `--discard-penultimate-sigma` discards the next-to-last sigma for the other k-diffusion samplers too (`discards`).
 
 DPM++ 2S a and Restart have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers' are.
@@ -69,9 +69,10 @@ BASES = {
     "euler_a": Base("Euler a", "EulerAncestralDiscreteScheduler", {}, eta=1.0),  # (diffusers' takes no sigma schedule)
     "dpm++2m": Base("DPM++ 2M", _DPM, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "karras", True),
     "dpm++2m_sde": Base("DPM++ 2M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-                        "exponential", True, brownian=True),
+                        "exponential", True, eta=1.0, brownian=True),
     "dpm++2m_sde_heun": Base("DPM++ 2M SDE Heun", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
-                                                         "solver_type": "heun"}, "exponential", True, brownian=True),
+                                                         "solver_type": "heun"}, "exponential", True, eta=1.0,
+                             brownian=True),
     "dpm++3m_sde": Base("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
                         "exponential", True, discard=True, brownian=True),
     "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde", second_order=True,
@@ -199,11 +200,11 @@ def check_eta(eta: float | None, names: list[str] | None) -> None:
                           f"afresh), got {eta}")
     if names is None or any(eta_default(name) is not None for name in names):
         return
-    ancestral = [n for n, b in BASES.items() if b.eta == 1]
-    sde = [n for n, b in BASES.items() if b.brownian]
+    taking = [n for n, b in BASES.items() if b.eta == 1]
+    sde = [n for n, b in BASES.items() if b.brownian and b.eta is None]
     raise ConfigError(f"--eta {eta:g}: --sampler {' or '.join(dict.fromkeys(names))} takes no eta; give one that "
-                      f"does: {', '.join(ancestral)} (the web UI's Eta, default 1) or ddim (its Eta DDIM, default 0), "
-                      f"with a schedule or without. textinv's SDE samplers ({', '.join(sde)}) draw at eta 1 only")
+                      f"does: {', '.join(taking)} (the web UI's Eta, default 1) or ddim (its Eta DDIM, default 0), "
+                      f"with a schedule or without. textinv's {' and '.join(sde)} draw at eta 1 only")
 
 
 def ensd_reaches(name: str) -> bool:
@@ -221,7 +222,7 @@ def ensd_written(name: str, eta: float | None) -> bool:
     >>> ensd_written("euler_a", None), ensd_written("euler_a", 0), ensd_written("ddim", 0.5), ensd_written("euler", 1)
     (True, False, False, False)
     """
-    return eta_label(name) == "Eta" and eta != 0
+    return eta_label(name) == "Eta" and ensd_reaches(name) and eta != 0
 
 
 class Churn(NamedTuple):
@@ -240,11 +241,11 @@ class Churn(NamedTuple):
 CHURN_LABELS = {"churn": "Sigma churn", "tmin": "Sigma tmin", "tmax": "Sigma tmax", "noise": "Sigma noise"}
 CHURN_FLAGS = {"churn": "--sigma-churn", "tmin": "--sigma-tmin", "tmax": "--sigma-tmax", "noise": "--sigma-noise"}
 # the samplers whose noise the web UI scales by its Sigma noise alone (its sampler_extra_params gives them s_noise, not
-# the churn's other settings): DPM2 a and DPM++ 2S a, whose ancestral noise textinv scales too (`_at_eta`), and the
-# SDE ones, which textinv draws with diffusers' noise, unscaled, so they take no --sigma-noise. Not Euler a: the web UI
-# hands sample_euler_ancestral no s_noise
-_NOISE_SCALED = ("dpm2_a", "dpm++2s_a")
-_NOISE_ONLY = _NOISE_SCALED + ("dpm++sde", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde")
+# the churn's other settings): DPM2 a, DPM++ 2S a and DPM++ 2M SDE (with its Heun variant), whose noise textinv scales
+# too (`_at_eta`), and DPM++ SDE and 3M SDE, which textinv draws with diffusers' noise, unscaled, so they take no
+# --sigma-noise. Not Euler a: the web UI hands sample_euler_ancestral no s_noise
+_NOISE_SCALED = ("dpm2_a", "dpm++2s_a", "dpm++2m_sde", "dpm++2m_sde_heun")
+_NOISE_ONLY = _NOISE_SCALED + ("dpm++sde", "dpm++3m_sde")
 
 
 # the samplers the web UI's "Always discard next-to-last sigma" reaches that do not discard it already: its
@@ -294,8 +295,8 @@ def takes_churn(name: str) -> bool:
 
 def churn_taken(name: str) -> tuple[str, ...]:
     """The sigma churn settings (`Churn`'s fields) sampler `name` takes: all four for Euler, Heun and DPM2
-    (`takes_churn`), the noise alone for DPM2 a and DPM++ 2S a (their ancestral noise scaled by it, k-diffusion's
-    s_noise), none for another.
+    (`takes_churn`), the noise alone for DPM2 a, DPM++ 2S a and DPM++ 2M SDE (their fresh noise scaled by it,
+    k-diffusion's s_noise), none for another.
 
     >>> churn_taken("dpm2_a_karras"), churn_taken("euler_a"), len(churn_taken("heun"))
     (('noise',), (), 4)
@@ -331,11 +332,11 @@ def check_churn(churn: Churn, names: list[str] | None) -> None:
     flags = ", ".join(f"{CHURN_FLAGS[key]} {value:g}" for key, value in refused.items())
     churning = ", ".join(n for n, b in BASES.items() if b.churns)
     if list(refused) == ["noise"]:
-        also = (" (the web UI also scales its SDE samplers' noise by Sigma noise, which textinv does not)"
+        also = (" (the web UI also scales DPM++ SDE's and DPM++ 3M SDE's noise by Sigma noise, which textinv does not)"
                 if any(_PARTS.get(n, (None, ""))[0] in _NOISE_ONLY for n in names) else "")
         raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma noise{also}; give "
                           f"one that does: {churning} (the churn's noise), {', '.join(_NOISE_SCALED)} (their "
-                          f"ancestral noise), with a schedule or without")
+                          f"fresh noise), with a schedule or without")
     raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma churn settings; "
                       f"give one that does: {churning}, with a schedule or without (the web UI's Euler, Heun and "
                       f"DPM2)")
@@ -522,7 +523,7 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     at_eta = eta is not None and BASES[base].eta not in (None, eta) and base != "ddim"
     scaled = churn is not None and churn.noise != 1 and base in _NOISE_SCALED  # (at 1: the sampler's own noise)
     if at_eta or scaled:
-        cls = _at_eta(cls, base == "euler_a")
+        cls = _at_eta(cls, base)
     churning = churn is not None and churn.churn > 0 and BASES[base].churns  # (at churn 0 the others do nothing)
     if churning:
         if not isinstance(generators, list):
@@ -648,16 +649,20 @@ def _discarding(cls: type) -> type:
     return _variant(cls, "discarding the next-to-last sigma", set_timesteps=set_timesteps)
 
 
-def _at_eta(cls, euler: bool):
-    """Ancestral scheduler `cls` at the eta its `eta` attribute holds (`schedulers.ancestral_step`): `euler`, Euler
-    a's step (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's tables set for it after
+def _at_eta(cls, base: str):
+    """Scheduler `cls` of sampler `base` at the eta its `eta` attribute holds: DPM++ 2M SDE's (and its Heun
+    variant's) updates at it (`schedulers.sde_first_order_update`); for an ancestral one (`schedulers.ancestral_step`)
+    Euler a's step (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's tables set for it after
     `set_timesteps` (`schedulers.ancestral_tables`), their up sigmas then scaled by its `noise` attribute (the web
-    UI's Sigma noise, k-diffusion's s_noise: each step adds s_noise sigma_up of fresh noise). At eta 1 and noise 1
-    (and while it has neither, as when made) it is `cls`'s own."""
+    UI's Sigma noise, k-diffusion's s_noise: each step adds s_noise sigma_up of fresh noise; DPM++ 2M SDE's update
+    scales its noise by it too). At eta 1 and noise 1 (and while it has neither, as when made) it is `cls`'s own."""
     from . import schedulers
 
-    if euler:
+    if base == "euler_a":
         return _variant(cls, "at another eta", step=schedulers.euler_ancestral_step)
+    if BASES[base].brownian:
+        return _variant(cls, "at another eta or noise", dpm_solver_first_order_update=schedulers.sde_first_order_update,
+                        multistep_dpm_solver_second_order_update=schedulers.sde_second_order_update)
 
     def set_timesteps(self, *args, **kwargs):
         cls.set_timesteps(self, *args, **kwargs)

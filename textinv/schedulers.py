@@ -5,6 +5,10 @@ with them as with their own (`samplers.scheduler_for` makes them from the model'
 ComfyUI's dpmpp_2s_ancestral: DPM-Solver++(2S) (Lu et al. 2022, "DPM-Solver++", Algorithm 1 with r = 1/2) from each
 sigma down to the ancestral step's sigma_down, then fresh noise of sigma_up (eta 1, s_noise 1).
 
+`sde_first_order_update` and `sde_second_order_update` are diffusers' DPM++ 2M SDE updates (DPMSolverMultistepScheduler,
+sde-dpmsolver++) at an eta or noise scale other than its 1, as k-diffusion's sample_dpmpp_2m_sde takes them (the web
+UI's Eta and Sigma noise).
+
 `RestartScheduler` is the web UI's "Restart" (its sd_samplers_extra.restart_sampler): Heun's steps with, at 20 steps
 or more, a stretch of the schedule drawn again after noise takes the latents back up it (Xu et al. 2023, "Restart
 Sampling for Improving Generative Processes").
@@ -266,3 +270,47 @@ def ancestral_tables(scheduler, eta: float) -> None:
         whole[:steps - 1] = values.to(whole)
         setattr(scheduler, name, table(whole))
     set_times(scheduler, middle, slice(1, None, 2))
+
+
+def sde_first_order_update(self, model_output: torch.Tensor, *args, sample: torch.Tensor | None = None,
+                           noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """Diffusers' DPMSolverMultistepScheduler's first-order sde-dpmsolver++ update at the scheduler's `eta` and
+    `noise` (`_sde_update`)."""
+    return _sde_update(self, [model_output], sample, noise)
+
+
+def sde_second_order_update(self, model_output_list: list[torch.Tensor], *args, sample: torch.Tensor | None = None,
+                            noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """Diffusers' DPMSolverMultistepScheduler's second-order sde-dpmsolver++ update at the scheduler's `eta` and
+    `noise` (`_sde_update`)."""
+    return _sde_update(self, model_output_list[-2:], sample, noise)
+
+
+def _sde_update(self, outputs: list[torch.Tensor], sample: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One step of k-diffusion's sample_dpmpp_2m_sde at eta and s_noise (the scheduler's `eta` and `noise`, 1 where not
+    set: the web UI's DPM++ 2M SDE and its Heun variant at its Eta and Sigma noise), written in diffusers' VP terms:
+    from sigma s to t, h = lambda_t - lambda_s (lambda = log alpha / sigma), the latents keep exp(-eta h) sigma_t /
+    sigma_s of themselves, the denoised estimate D0 (`outputs`' last) comes in with alpha_t (1 - exp(-(1 + eta) h)),
+    the multistep correction (with the step before's, D1 = (D0 - D_prev) / r) with that times 1/2 (midpoint) or
+    alpha_t ((1 - exp(-(1 + eta) h)) / (-(1 + eta) h) + 1) (heun), and fresh noise of s_noise sigma_t sqrt(1 -
+    exp(-2 eta h)). At eta 1 and s_noise 1 it is diffusers' own; at eta 0 DPM++ 2M's. A step to sigma 0 lands on D0."""
+    eta, scale = getattr(self, "eta", 1.0), getattr(self, "noise", 1.0)
+    sigma_t, sigma_s = self.sigmas[self.step_index + 1], self.sigmas[self.step_index]
+    alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(sigma_t)
+    if sigma_t == 0:
+        return alpha_t * outputs[-1]
+    alpha_s, sigma_s = self._sigma_to_alpha_sigma_t(sigma_s)
+    h = (torch.log(alpha_t) - torch.log(sigma_t)) - (torch.log(alpha_s) - torch.log(sigma_s))
+    gh = (1 + eta) * h
+    kept = -torch.expm1(-gh)  # 1 - exp(-(1 + eta) h)
+    x_t = (sigma_t / sigma_s * torch.exp(-eta * h)) * sample + (alpha_t * kept) * outputs[-1]
+    if len(outputs) == 2:
+        sigma_r = self.sigmas[self.step_index - 1]
+        alpha_r, sigma_r = self._sigma_to_alpha_sigma_t(sigma_r)
+        r = ((torch.log(alpha_s) - torch.log(sigma_s)) - (torch.log(alpha_r) - torch.log(sigma_r))) / h
+        d1 = (outputs[-1] - outputs[-2]) / r
+        if self.config.solver_type == "heun":
+            x_t = x_t + (alpha_t * (kept / -gh + 1.0)) * d1
+        else:
+            x_t = x_t + 0.5 * (alpha_t * kept) * d1
+    return x_t + (scale * sigma_t * torch.sqrt(-torch.expm1(-2 * eta * h))) * noise
