@@ -321,40 +321,9 @@ def _dpmpp_2s_ancestral_at(denoiser, x, sigmas, noise, eta, s_noise=1.0):
     return x
 
 
-@pytest.mark.parametrize("name, eta", [("euler_a", 0.5), ("euler_a", 0.0), ("dpm2_a_karras", 0.5),
-                                       ("dpm2_a", 0.0), ("dpm++2s_a_karras", 0.3), ("dpm++2s_a", 0.7)])
-def test_an_ancestral_sampler_at_an_eta_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta):
-    """At --eta, Euler a, DPM2 a (its next-to-last sigma discarded) and DPM++ 2S a take k-diffusion's steps at that
-    eta: each step to the lower sigma_down, the midpoint between (for the two-call ones) moved with it, then noise of
-    the smaller sigma_up from the generator."""
-    steps, seed = 5, 3
-    own = _sd_scheduler()
-    base, karras = name.removesuffix("_karras"), name.endswith("_karras")
-    sigmas = (_karras if karras else _evenly)(own, steps + (base == "dpm2_a"))
-    if base == "dpm2_a":  # (the web UI's discard_next_to_last_sigma)
-        sigmas = sigmas[:-2] + sigmas[-1:]
-    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[0]
-    calls = []
-
-    def recording(latents, sigma):
-        calls.append(sigma)
-        return _toy(latents, sigma)
-
-    generator = torch.Generator().manual_seed(seed)
-    write_out = {"euler_a": _euler_ancestral, "dpm2_a": _dpm2_ancestral, "dpm++2s_a": _dpmpp_2s_ancestral_at}[base]
-    expected = write_out(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
-                         eta)
-    got, _ = _drawn(scheduler_for(own, name, eta=eta), steps, x, calls, "epsilon", seed)
-    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
-    at_one, _ = _drawn(scheduler_for(own, name), steps, x, calls, "epsilon", seed)
-    assert not torch.allclose(got, at_one, atol=1e-3)
-
-
-@pytest.mark.parametrize("name, eta, s_noise", [("dpm2_a_karras", None, 0.5), ("dpm2_a", 0.5, 1.3),
-                                                ("dpm++2s_a_karras", None, 0.8), ("dpm++2s_a", 0.7, 0.0)])
-def test_an_ancestral_samplers_sigma_noise_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta, s_noise):
-    """With --sigma-noise (the web UI's Sigma noise, k-diffusion's s_noise), DPM2 a and DPM++ 2S a add s_noise times
-    sigma_up of the generator's noise at each step, at their own eta or another; the steps are otherwise theirs."""
+def _ancestral_on_a_toy_denoiser(name: str, eta: float | None, s_noise: float | None):
+    """Ancestral sampler `name`'s picture on the toy denoiser at `eta` and `s_noise` (None: its own), k-diffusion's
+    written out at those, and textinv's at its own eta and noise."""
     from textinv.samplers import Churn
 
     steps, seed = 5, 3
@@ -371,12 +340,34 @@ def test_an_ancestral_samplers_sigma_noise_takes_k_diffusions_steps_on_a_toy_den
         return _toy(latents, sigma)
 
     generator = torch.Generator().manual_seed(seed)
-    write_out = {"dpm2_a": _dpm2_ancestral, "dpm++2s_a": _dpmpp_2s_ancestral_at}[base]
+    write_out = {"euler_a": _euler_ancestral, "dpm2_a": _dpm2_ancestral, "dpm++2s_a": _dpmpp_2s_ancestral_at}[base]
     expected = write_out(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
-                         1.0 if eta is None else eta, s_noise)
-    got, _ = _drawn(scheduler_for(own, name, eta=eta, churn=Churn(noise=s_noise)), steps, x, calls, "epsilon", seed)
-    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
-    unscaled, _ = _drawn(scheduler_for(own, name, eta=eta), steps, x, calls, "epsilon", seed)
+                         1.0 if eta is None else eta, *(() if s_noise is None else (s_noise,)))
+    churn = None if s_noise is None else Churn(noise=s_noise)
+    got, _ = _drawn(scheduler_for(own, name, eta=eta, churn=churn), steps, x, calls, "epsilon", seed)
+    plain, _ = _drawn(scheduler_for(own, name), steps, x, calls, "epsilon", seed)
+    return got, expected.float(), plain
+
+
+@pytest.mark.parametrize("name, eta", [("euler_a", 0.5), ("euler_a", 0.0), ("dpm2_a_karras", 0.5),
+                                       ("dpm2_a", 0.0), ("dpm++2s_a_karras", 0.3), ("dpm++2s_a", 0.7)])
+def test_an_ancestral_sampler_at_an_eta_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta):
+    """At --eta, Euler a, DPM2 a (its next-to-last sigma discarded) and DPM++ 2S a take k-diffusion's steps at that
+    eta: each step to the lower sigma_down, the midpoint between (for the two-call ones) moved with it, then noise of
+    the smaller sigma_up from the generator."""
+    got, expected, at_one = _ancestral_on_a_toy_denoiser(name, eta, None)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, at_one, atol=1e-3)
+
+
+@pytest.mark.parametrize("name, eta, s_noise", [("dpm2_a_karras", None, 0.5), ("dpm2_a", 0.5, 1.3),
+                                                ("dpm++2s_a_karras", None, 0.8), ("dpm++2s_a", 0.7, 0.0)])
+def test_an_ancestral_samplers_sigma_noise_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta, s_noise):
+    """With --sigma-noise (the web UI's Sigma noise, k-diffusion's s_noise), DPM2 a and DPM++ 2S a add s_noise times
+    sigma_up of the generator's noise at each step, at their own eta or another; the steps are otherwise theirs."""
+    got, expected, _ = _ancestral_on_a_toy_denoiser(name, eta, s_noise)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    unscaled, _, _ = _ancestral_on_a_toy_denoiser(name, eta, None)
     assert not torch.allclose(got, unscaled, atol=1e-3)
 
 
