@@ -12,6 +12,21 @@ from diffusers import DDIMScheduler
 from textinv.samplers import scheduler_for
 
 
+def _toy_start(sigma: float, read: list | None = None):
+    """Starting latents (2, 4, 3, 3) at `sigma`, the list each call's sigma goes into, and the toy denoiser that
+    records them there (and each call's latents in `read`, if given)."""
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigma
+    calls = []
+
+    def recording(latents, at):
+        calls.append(at)
+        if read is not None:
+            read.append(latents.float())
+        return _toy(latents, at)
+
+    return x, calls, recording
+
+
 def _toy(x, sigma):
     """A denoiser: the latents' denoised estimate at noise level sigma, nonlinear in both."""
     return 0.5 * x / math.sqrt(1 + sigma ** 2) + 0.3 * torch.tanh(x) / (1 + sigma)
@@ -99,13 +114,8 @@ def test_dpmpp_2s_ancestral_takes_k_diffusions_steps_on_a_toy_denoiser(name, kin
     steps, seed = 5, 7
     own = _sd_scheduler(prediction_type=kind)
     sigmas = (_karras if name.endswith("_karras") else _evenly)(own, steps)
-    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[0]
-    calls, read = [], []  # each call's sigma and latents
-
-    def recording(latents, sigma):
-        calls.append(sigma)
-        read.append(latents.float())
-        return _toy(latents, sigma)
+    read = []  # each call's latents
+    x, calls, recording = _toy_start(sigmas[0], read)
 
     generator = torch.Generator().manual_seed(seed)
     expected = _dpmpp_2s_ancestral(recording, x.double(), sigmas, lambda like: torch.randn(like.shape,
@@ -170,13 +180,8 @@ def test_restart_takes_the_web_uis_steps_on_a_toy_denoiser(name, steps, start, k
     pipeline's begin index) plans its last 22 steps alone, as the web UI hands Restart those sigmas."""
     own = _sd_scheduler(prediction_type=kind)
     sigmas = (_karras if name.endswith("_karras") else _evenly)(own, steps)
-    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[start]
-    calls, read = [], []
-
-    def recording(latents, sigma):
-        calls.append(sigma)
-        read.append(latents.float())
-        return _toy(latents, sigma)
+    read = []  # each call's latents
+    x, calls, recording = _toy_start(sigmas[start], read)
 
     generator = torch.Generator().manual_seed(5)
     expected, taken = _restart(recording, x.double(), sigmas[start:], lambda like: torch.randn(like.shape,
@@ -332,12 +337,7 @@ def _ancestral_on_a_toy_denoiser(name: str, eta: float | None, s_noise: float | 
     sigmas = (_karras if karras else _evenly)(own, steps + (base == "dpm2_a"))
     if base == "dpm2_a":  # (the web UI's discard_next_to_last_sigma)
         sigmas = sigmas[:-2] + sigmas[-1:]
-    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[0]
-    calls = []
-
-    def recording(latents, sigma):
-        calls.append(sigma)
-        return _toy(latents, sigma)
+    x, calls, recording = _toy_start(sigmas[0])
 
     generator = torch.Generator().manual_seed(seed)
     write_out = {"euler_a": _euler_ancestral, "dpm2_a": _dpm2_ancestral, "dpm++2s_a": _dpmpp_2s_ancestral_at}[base]
@@ -424,12 +424,7 @@ def test_dpmpp_2m_sde_at_an_eta_takes_k_diffusions_steps_on_a_toy_denoiser(name,
     made = scheduler_for(own, name, eta=eta, churn=Churn(noise=s_noise))
     made.set_timesteps(steps)
     sigmas = made.sigmas.double().tolist()  # (the schedule is the sampler's own; the update is what is checked)
-    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[0]
-    calls = []
-
-    def recording(latents, sigma):
-        calls.append(sigma)
-        return _toy(latents, sigma)
+    x, calls, recording = _toy_start(sigmas[0])
 
     generator = torch.Generator().manual_seed(seed)
     expected = _dpmpp_2m_sde(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
@@ -535,12 +530,7 @@ def test_sigma_churn_takes_k_diffusions_steps_on_a_toy_denoiser(name, churn, tmi
     if base == "dpm2":  # (the web UI's discard_next_to_last_sigma)
         sigmas = sigmas[:-2] + sigmas[-1:]
     run = sigmas[first:]
-    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * run[0]
-    calls = []
-
-    def recording(latents, sigma):
-        calls.append(sigma)
-        return _toy(latents, sigma)
+    x, calls, recording = _toy_start(run[0])
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     expected = _churning(base, recording, x.double(), run,
@@ -638,12 +628,7 @@ def test_a_discarding_sampler_takes_k_diffusions_steps_on_a_toy_denoiser(name):
     base, karras = name.removesuffix("_karras"), name.endswith("_karras")
     sigmas = (_karras if karras else _evenly)(own, steps + 1)
     sigmas = sigmas[:-2] + sigmas[-1:]
-    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * sigmas[0]
-    calls = []
-
-    def recording(latents, sigma):
-        calls.append(sigma)
-        return _toy(latents, sigma)
+    x, calls, recording = _toy_start(sigmas[0])
 
     expected = _churning(base, recording, x.double(), sigmas, None, 0.0)
     got, _ = _drawn(scheduler_for(own, name, discard=True), steps, x, calls, "epsilon", 0)
