@@ -4,14 +4,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from textinv.config import DEFAULT_STEPS, TrainConfig
+from textinv.config import DEFAULT_LR, DEFAULT_STEPS, TrainConfig
 from textinv.errors import ConfigError, DataError, FormatError, TrainingError
 from textinv.formats import load_embedding
 from textinv.models import load_model
 from textinv.tokens import base_embedding, encode_init, init_vectors
 from textinv import run_folder
 from textinv import train as train_module
-from textinv.run_folder import read_loss_log
+from textinv.run_folder import read_loss_log, read_run_settings
 from textinv.train import TrainingInterrupted, train
 from conftest import fresh_model, recorded_caption_banks, recorded_results, train_config
 
@@ -928,11 +928,11 @@ def test_a1111_stepped_learning_rate_changes_the_rate_at_its_steps_and_resumes(s
         result = train(config(images, tmp_path / out, **kw), model=fresh_model(sd1_dir), progress=False)
         return result.embedding.vectors["text_encoder"]
 
-    stepped = vectors("a", lr=5e-3, lr_steps="0.05:3, 1e-9")  # 6 steps: three at 0.05, then (almost) none
+    stepped = vectors("a", lr=None, lr_steps="0.05:3, 1e-9")  # 6 steps: three at 0.05, then (almost) none
     assert torch.allclose(stepped, vectors("b", steps=3, lr=0.05), atol=1e-6)
     assert not torch.allclose(stepped, vectors("c", lr=0.05), atol=1e-4)
-    vectors("d", steps=3, save_every=3, lr=5e-3, lr_steps="0.05:3, 1e-9")
-    assert torch.equal(vectors("d", steps=6, lr=5e-3, lr_steps="0.05:3, 1e-9", resume=True), stepped)
+    vectors("d", steps=3, save_every=3, lr=None, lr_steps="0.05:3, 1e-9")
+    assert torch.equal(vectors("d", steps=6, lr=None, lr_steps="0.05:3, 1e-9", resume=True), stepped)
 
 
 def test_loss_csv_gives_each_rows_rate_and_epoch_as_the_web_uis_log_and_old_files_still_read(sd1_dir, images,
@@ -988,6 +988,43 @@ def test_a_steps_given_as_the_defaults_number_is_given_beside_a_stepped_rate_tha
     assert TrainConfig().steps is None and TrainConfig(lr_steps="0.05:2, 0.01:4").steps_to_run() == 4
     assert main(run + ["--out", str(tmp_path / "d"), "--batch", "2", "--save-every", "0", "--sample-every", "0"]) == 0
     assert load_embedding(tmp_path / "d" / "learned_embeds.safetensors").metadata["steps"] == "4"
+
+
+def test_an_lr_given_as_the_defaults_number_beside_a_stepped_rate_is_refused(sd1_dir, images, tmp_path, capsys):
+    """`--lr 0.005` (the default's number) given with --lr-steps is refused as any other --lr is, on the command
+    line, in a config file and from Python, where it read as left out. Left out, config.yaml records no lr beside
+    the stepped rate (the default's 0.005 without one); a flag's --lr-steps replaces a config file's lr; and a run's
+    config.yaml an older textinv wrote, with its default lr beside the stepped rate, still resumes."""
+    from textinv.cli import main
+
+    run = ["train", "--images", str(images), "--token", "<zq>", "--model", str(sd1_dir), "--batch", "2",
+           "--save-every", "0", "--sample-every", "0"]
+    stepped = ["--lr-steps", "0.05:2, 0.01:4"]
+    assert main(run + stepped + ["--out", str(tmp_path / "a"), "--lr", "0.005"]) == 2
+    assert "--lr-steps gives the rates: leave out --lr" in capsys.readouterr().err
+    (tmp_path / "run.yaml").write_text("lr: 0.005\nlr_steps: '0.05:2, 0.01:4'\n")
+    assert main(run + ["--out", str(tmp_path / "b"), "--config", str(tmp_path / "run.yaml")]) == 2
+    assert "--lr-steps gives the rates: leave out --lr" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"leave out --lr \(got 0.005\)"):
+        config(images, tmp_path / "c", lr=DEFAULT_LR, lr_steps="0.05:2, 0.01:4").validate()
+    assert TrainConfig().lr is None and TrainConfig(images="x", token="<t>", out="o").validate().lr == DEFAULT_LR
+    # left out: none recorded beside the stepped rate, so the file reruns (--config) and resumes as it is
+    assert main(run + stepped + ["--out", str(tmp_path / "d")]) == 0
+    saved = tmp_path / "d" / "config.yaml"
+    assert "\nlr: null\n" in saved.read_text()
+    assert main(run + ["--out", str(tmp_path / "e"), "--config", str(saved)]) == 0
+    assert main(run + ["--out", str(tmp_path / "f"), "--steps", "2"]) == 0  # (no stepped rate: the default's rate)
+    assert f"\nlr: {DEFAULT_LR}\n" in (tmp_path / "f" / "config.yaml").read_text()
+    # (a flag's --lr-steps replaces a config file's lr, as a flag's --epochs its steps: the file reruns stepped)
+    assert main(run + stepped + ["--out", str(tmp_path / "g"), "--config", str(tmp_path / "f" / "config.yaml")]) == 0
+    # a run an older textinv saved (its default lr written beside the stepped rate) resumes, from the CLI and Python
+    old = tmp_path / "old"
+    assert main(run + stepped + ["--out", str(old), "--save-every", "2", "--steps", "2"]) == 0
+    text = (old / "config.yaml").read_text()
+    (old / "config.yaml").write_text(text.replace("\nlr: null\n", f"\nlr: {DEFAULT_LR}\n"))
+    assert read_run_settings(old)["lr"] is None  # (what a resume from Python reads too)
+    assert main(["train", "--out", str(old), "--resume", "--steps", "3"]) == 0
+    assert load_embedding(old / "learned_embeds.safetensors").metadata["steps"] == "3"
 
 
 @pytest.mark.parametrize("text, error", [("0.05:10, fast", "'fast' is not RATE:STEP"),

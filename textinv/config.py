@@ -267,6 +267,7 @@ def check_guidance(guidance: float | None) -> None:
 
 
 DEFAULT_STEPS = 3000
+DEFAULT_LR = 5e-3  # the paper's base rate
 # loss.csv's and validation.csv's own columns (`run_folder.write_loss_log`), beside a column per token with several
 # concepts: no token may be named as one of them (`TrainConfig._check_log_columns`)
 LOG_COLUMNS = ("step", "loss", "validation_loss", "learn_rate", "epoch")
@@ -279,7 +280,8 @@ EITHER_LENGTH = ("give the run's length as --steps or as --epochs, not both (--e
 ALTERNATIVES = {"TrainConfig": {("steps", "epochs"): EITHER_LENGTH,
                                 ("max_grad_norm", "max_grad_value"):
                                     "--max-grad-norm and --max-grad-value: clip by the norm or by each value (the web "
-                                    "UI's gradient clipping mode picks one); give one of them"}}
+                                    "UI's gradient clipping mode picks one); give one of them",
+                                ("lr", "lr_steps"): "--lr-steps gives the rates: leave out --lr"}}
 
 
 @dataclass
@@ -328,7 +330,8 @@ class TrainConfig:
                             "up, are printed and saved in config.yaml")
     batch: int = opt(4, "images per step (per process)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
-    lr: float = opt(5e-3, "learning rate (the paper's base rate is 0.005)")
+    lr: float = opt(None, f"learning rate; default {DEFAULT_LR:g}, the paper's base rate (left out with --lr-steps, "
+                          f"which gives the rates)")
     scale_lr: bool = opt(False, "multiply lr by batch * grad_accum * processes, as the reference's --scale_lr")
     lr_schedule: str = opt("constant", "learning-rate schedule", choices=LR_SCHEDULES)
     lr_steps: str = opt(None, "the A1111 web UI's stepped rate instead of --lr: 'RATE:STEP, RATE:STEP, ..., RATE' "
@@ -554,13 +557,16 @@ class TrainConfig:
             return dataclasses.replace(self, resolution=training_size(self.resolution)).validate()
         if self.vectors is None and not self.init_embedding:  # (with it left out, `train` reads the file's count)
             return dataclasses.replace(self, vectors=1).validate()
+        if self.lr is None and self.lr_steps is None:  # (left out: None until here, so one given beside --lr-steps
+            return dataclasses.replace(self, lr=DEFAULT_LR).validate()  # is told from it; config.yaml holds it)
         # 2. the checks by topic, in the order a user meets their errors: the output and the concepts, the choices,
         # counts, validation, rates and trackers, loss, the model's inputs, the schedule and the optimizer
         tokens = self._check_concepts()
         check_choices(self)
         self._check_counts_and_tags()
         self._check_validation()
-        check_lr(self.lr)
+        if self.lr is not None:  # (None: left out beside --lr-steps, whose rates are checked with it)
+            check_lr(self.lr)
         self._check_trackers()
         self._check_regularizers()
         self._check_model_inputs(len(tokens))
@@ -694,7 +700,7 @@ class TrainConfig:
             if self.lr_schedule != "constant" or self.warmup_steps:
                 raise ConfigError("--lr-steps is a schedule of its own: leave --lr-schedule constant and "
                                   "--warmup-steps 0")
-            if self.lr != TrainConfig.lr:  # (the field's default)
+            if self.lr is not None:  # (None: --lr left out, a 0.005 given on purpose too)
                 raise ConfigError(f"--lr-steps gives the rates: leave out --lr (got {self.lr})")
             self._check_lr_steps_length()
         rates = [rate for rate, _ in parse_lr_steps(self.lr_steps)] if self.lr_steps is not None else [self.lr]
@@ -780,7 +786,8 @@ class TrainConfig:
                               f"its optimizer is AdamW with PyTorch's settings: leave out --optimizer "
                               f"{self.optimizer} and --optimizer-args with --reference-like")
         check_schedule(self.optimizer, self.lr_schedule, self.warmup_steps, self.lr_steps)
-        check_optimizer(self.optimizer, self.optimizer_args, self.lr, self.weight_decay, concepts)
+        first = self.lr if self.lr is not None else parse_lr_steps(self.lr_steps)[0][0]
+        check_optimizer(self.optimizer, self.optimizer_args, first, self.weight_decay, concepts)
         # one spelling for each value (a resume compares the recorded settings: betas=0.9,0.99 is betas=0.9, 0.99)
         self.optimizer_args = canonical_optimizer_args(self.optimizer_args)
         if self.optimizer in OWN_STEP_SIZE and self.lr_steps is None and self.lr != 1:

@@ -23,7 +23,7 @@ from typing import IO, Callable
 import torch
 
 from . import __version__
-from .config import SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, clip_steps, read_config_file
+from .config import DEFAULT_LR, SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, clip_steps, read_config_file
 from .data import _OS_LITTER, PictureSet
 from .errors import ConfigError, FormatError, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, first_file, load_embedding,
@@ -187,6 +187,8 @@ def read_run_settings(out: str | os.PathLike) -> dict:
                           f"{SETTINGS_END!r}, is missing: a copy cut short, or an edit that took it out), so the "
                           f"settings after the cut would be lost; put back a copy of it (or that line, if the "
                           f"settings are whole), or start the run again with --overwrite")
+    if settings.get("lr_steps") is not None and settings.get("lr") == DEFAULT_LR:  # (an older textinv wrote its
+        settings["lr"] = None  # default beside a stepped rate, where --lr was left out: this one writes None)
     return settings
 
 
