@@ -21,7 +21,7 @@ from textinv.formats import load_embedding
 from textinv.generate import drawing_dtype, generate
 from textinv.models import load_model, pick_device
 from textinv.run_folder import read_run_settings
-from conftest import fresh_model
+from conftest import fresh_model, write_images
 from textinv.train import resolve_precision, train
 
 
@@ -336,6 +336,64 @@ def test_accelerate_launchs_mixed_precision_that_the_run_does_not_take_is_warned
         assert len(warned) == 1 and re.search(
             rf"accelerate launch's mixed precision \(its --mixed_precision or your accelerate config\) is {asked}, "
             rf"not taken by textinv: this run takes fp32 \(--precision {taken}\); {said}", warned[0]), warned
+
+
+LAUNCH_SAID = ("--precision bf16: accelerate launch's mixed precision (its --mixed_precision or your accelerate "
+               "config), with --precision left out")
+
+
+def test_generate_takes_accelerate_launchs_mixed_precision_where_precision_is_left_out(sd1_dir, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """As train: under `accelerate launch --mixed_precision bf16`, generate drew at auto (fp32 on the CPU), the
+    launch's precision unread. Left out, --precision is the launch's, said as train says it (once for an X/Y/Z plot,
+    not by each cell); given, or with a model passed in, the launch's is not taken."""
+    import json
+
+    from PIL import Image
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    runs = iter(range(10))
+
+    def drawn_at(model=None, **settings):
+        paths = generate(GenerateConfig(**{"prompt": ["a photo of a dog"], "model": str(sd1_dir), "n": 1, "steps": 1,
+                                           "out": str(tmp_path / f"r{next(runs)}"), "metadata": "full", **settings}),
+                         model=model, progress=True)
+        return json.loads(Image.open(paths[-1]).text["textinv_settings"])["settings"]["precision"]
+
+    assert drawn_at() == "bf16"
+    assert capsys.readouterr().out.count(LAUNCH_SAID) == 1
+    assert drawn_at(x="steps=1,2") == "bf16"  # (a 2x1 plot)
+    assert capsys.readouterr().out.count(LAUNCH_SAID) == 1
+    assert drawn_at(precision="fp32") == "fp32"
+    assert drawn_at(model=fresh_model(sd1_dir)) == "fp32"  # (a model passed in draws at its own dtype)
+    assert LAUNCH_SAID not in capsys.readouterr().out
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # (every launch's default: auto)
+    assert drawn_at() == "fp32" and LAUNCH_SAID not in capsys.readouterr().out
+
+
+def test_score_takes_accelerate_launchs_mixed_precision_where_precision_is_left_out(sd1_dir, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """score loads its model as generate does: at the launch's precision where --precision is left out."""
+    from textinv import score as score_module
+    from textinv.formats import LearnedEmbedding, save_embedding
+    from textinv.score import ScoreConfig, score
+
+    class Loaded(Exception):
+        pass
+
+    def load(source, dtype, **kwargs):  # (the dtype asked for is all this test needs: no drawing)
+        raise Loaded(dtype)
+
+    monkeypatch.setattr(score_module, "load_model", load)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    file = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "q.safetensors")[0]
+    images = write_images(tmp_path / "images", n=2)
+    for precision, dtype in ((None, torch.bfloat16), ("fp32", torch.float32)):
+        with pytest.raises(Loaded) as loaded:
+            score(ScoreConfig(embedding=str(file), images=str(images), model=str(sd1_dir), n=1, steps=1,
+                              out=str(tmp_path / "o"), precision=precision), judge=object(), progress=True)
+        assert loaded.value.args == (dtype,)
+        assert capsys.readouterr().out.count(LAUNCH_SAID) == (precision is None)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="a launched subprocess")

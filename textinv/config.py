@@ -1154,8 +1154,9 @@ class GenerateConfig:
                                  "its VAE encoding and decoding that pass", path="source")
     batch_size: int = opt(4, "images per pipeline call: more is faster on a large GPU, fewer needs less memory; a "
                              "seed draws the same image at any batch size")
-    precision: str = opt("auto", "weights' precision; auto = fp16 on a CUDA GPU, else fp32", choices=PRECISIONS,
-                         refused=precision_refused)
+    precision: str = opt(None, "weights' precision; auto = fp16 on a CUDA GPU, else fp32; default: accelerate "
+                               "launch's --mixed_precision fp16 or bf16 (or its config file's), else auto",
+                         choices=PRECISIONS, refused=precision_refused)
     device: str = opt("auto", DEVICE_HELP)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family",

@@ -44,8 +44,8 @@ from .formats import (BUNDLE_PREFIX, BUNDLE_SEPARATOR, PNG_CHUNK, RECORD_KEY, Le
 from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
-                     check_model_object, encode_text, interrupt_kept, load_model, pick_device, precision_name,
-                     quiet_transformers, read_clip_skip, resolve_source, source_is_inpainting,
+                     check_model_object, encode_text, interrupt_kept, launched_precision, load_model, pick_device,
+                     precision_name, quiet_transformers, read_clip_skip, resolve_source, source_is_inpainting,
                      source_is_sdxl_refiner_file, source_is_xl)
 from .hub import fetch_embedding, hub_reference
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
@@ -1490,6 +1490,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     With `config.x`, `.y` or `.z` it draws the web UI's X/Y/Z plot instead (`xyz.plot`).
     """
+    config = launched(config, model, progress)
     if config.x or config.y or config.z:
         from .xyz import plot
 
@@ -1499,6 +1500,12 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
         paths = out_of_memory_as(lambda: _generate(config, model, progress, keep_seeds, where, refiner),
                                  lambda e: _memory_error(where, e), lambda: where.device)
     return [Path(absolute(p)) for p in paths]  # (as train's files: found from any working directory)
+
+
+def launched(config: GenerateConfig, model: Model | None, progress: bool) -> GenerateConfig:
+    """`config` with --precision left out (None) read as `accelerate launch`'s fp16 or bf16, said so where
+    `progress`, else as auto (`models.launched_precision`; a `model` passed in draws at its own dtype)."""
+    return replace(config, precision=launched_precision(config.precision, progress, passed=model is not None))
 
 
 @dataclass

@@ -74,6 +74,40 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_GUIDANCE = 7.5  # SD's classifier-free guidance scale, the default of its pipelines and of A1111
 
 
+LAUNCHED_AT = "accelerate launch's mixed precision (its --mixed_precision or your accelerate config)"
+
+
+def launcher_precision() -> str:
+    """The mixed precision `accelerate launch` was asked for: its --mixed_precision, else the `accelerate config`
+    file's mixed_precision, else "no", which the launcher passes on to the processes it starts as
+    ACCELERATE_MIXED_PRECISION (accelerate's utils/launch.py; the diffusers script's Accelerator takes its precision
+    from it). "no" without a launcher, too.
+
+    >>> launcher_precision()  # doctest: +SKIP
+    'bf16'
+    """
+    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+
+
+def launched_precision(precision: str | None, say: bool, passed: bool = False) -> str:
+    """`precision`, or left out (None) `accelerate launch`'s fp16 or bf16 (`launcher_precision`), as the diffusers
+    script reads it, and said so where `say`; else auto. The launcher's "no" is every launch's default (a launch
+    that asked for nothing), so it leaves auto, as fp8 does, none of textinv's precisions; a model `passed` in runs
+    at its own dtype, so leaves auto too (`train`, `generate` and `score` read it so).
+
+    >>> launched_precision(None, say=False)  # doctest: +SKIP
+    'bf16'
+    """
+    if precision is not None:
+        return precision
+    asked = launcher_precision()
+    if passed or asked not in ("fp16", "bf16"):
+        return "auto"
+    if say:
+        print(f"--precision {asked}: {LAUNCHED_AT}, with --precision left out")
+    return asked
+
+
 def precision_name(dtype: torch.dtype) -> str:
     """The --precision that names `dtype` (torch's own name for one it has none for).
 

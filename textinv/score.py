@@ -52,8 +52,8 @@ from .generate import (DEFAULT_STEPS, _file_name, _slug, check_fits, drawing_dty
                        handed_back, install_embedding, png_text, render)
 from .io import absolute, atomic_path, make_folder, sync_folder, write_json, write_text
 from .memory import memory_error, out_of_memory_as, smaller_side
-from .models import (Model, _is_local_path, check_model_object, load_model, offline_note, pick_device,
-                     quiet_transformers)
+from .models import (Model, _is_local_path, check_model_object, launched_precision, load_model, offline_note,
+                     pick_device, quiet_transformers)
 from .report import BASE_CSS, INK, LINE, MUTED, PAPER, data_uri, draw_loss_curve, font
 from .run_folder import drop_lock, embedding_file, saved_run, take_lock
 
@@ -123,7 +123,9 @@ class ScoreConfig:
     token: str = opt(None, "the token's name while scoring (default: the file's); for an embedding whose name the "
                            "model's tokenizer already knows as a word, e.g. an A1111 file named 'dog'")
     resolution: int = opt(None, "picture size; default: the model's native size")
-    precision: str = opt("auto", "weights' precision; auto = fp16 on a CUDA GPU, else fp32", choices=PRECISIONS)
+    precision: str = opt(None, "weights' precision; auto = fp16 on a CUDA GPU, else fp32; default: accelerate "
+                               "launch's --mixed_precision fp16 or bf16 (or its config file's), else auto",
+                         choices=PRECISIONS)
     device: str = opt("auto", DEVICE_HELP)
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family "
                                         "(default: the training run's, when the model is the run's)", path="source")
@@ -601,6 +603,8 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     """
     where = _Where()
+    passed = model is not None  # (a model passed in draws at its own dtype)
+    config = dataclasses.replace(config, precision=launched_precision(config.precision, progress, passed))
     return out_of_memory_as(lambda: _score(config, model, judge, progress, where),
                             lambda e: _memory_error(where, e), lambda: where.device)
 

@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import dataclasses
 import math
-import os
 import re
 import shlex
 import signal
@@ -54,8 +53,9 @@ from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
 from .memory import (WORKSPACE, is_out_of_memory, largest_batch, memory_error, meta_twin, out_of_memory_as,
                      release, sides, smaller_size, step_bytes)
-from .models import (DTYPES, EarlyInterrupt, Model, check_clip_skip, check_model_object, encode_text, load_model,
-                     model_fingerprints, pick_device, precision_name, shareable_name, webui_checkpoint, xl_time_ids)
+from .models import (DTYPES, LAUNCHED_AT, EarlyInterrupt, Model, check_clip_skip, check_model_object, encode_text,
+                     launched_precision, launcher_precision, load_model, model_fingerprints, pick_device,
+                     precision_name, shareable_name, webui_checkpoint, xl_time_ids)
 from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, check_same_precision, checkpoints, clear_run,
@@ -108,34 +108,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[precision]
 
 
-LAUNCHED_AT = "accelerate launch's mixed precision (its --mixed_precision or your accelerate config)"
-
-
-def launcher_precision() -> str:
-    """The mixed precision `accelerate launch` was asked for: its --mixed_precision, else the `accelerate config`
-    file's mixed_precision, else "no", which the launcher passes on to the processes it starts as
-    ACCELERATE_MIXED_PRECISION (accelerate's utils/launch.py; the diffusers script's Accelerator takes its precision
-    from it). "no" without a launcher, too.
-
-    >>> launcher_precision()  # doctest: +SKIP
-    'bf16'
-    """
-    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
-
-
 def _launched_precision(config: TrainConfig, say: bool, passed: bool) -> TrainConfig:
-    """`config` with --precision left out (None) read as `accelerate launch`'s fp16 or bf16 (`launcher_precision`),
-    as the diffusers script reads it, and said so where `say`; else as auto. The launcher's "no" is every launch's
-    default (a launch that asked for nothing), so it leaves auto, and fp8 is none of textinv's precisions (warned
-    about by `_warn_launcher_precision`); a model `passed` in trains at its own dtype, so leaves auto too."""
-    if config.precision is not None:
-        return config
-    asked = launcher_precision()
-    if passed or asked not in ("fp16", "bf16"):
-        return dataclasses.replace(config, precision="auto")
-    if say:
-        print(f"--precision {asked}: {LAUNCHED_AT}, with --precision left out")
-    return dataclasses.replace(config, precision=asked)
+    """`config` with --precision left out (None) read as `accelerate launch`'s fp16 or bf16 (`launched_precision`),
+    said so where `say`, else as auto; fp8 is none of textinv's precisions (warned about by
+    `_warn_launcher_precision`); a model `passed` in trains at its own dtype, so leaves auto too."""
+    return dataclasses.replace(config, precision=launched_precision(config.precision, say, passed))
 
 
 def _warn_launcher_precision(precision: str, dtype: torch.dtype) -> None:
