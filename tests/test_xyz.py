@@ -617,3 +617,18 @@ def test_a_sampler_the_model_cannot_sample_is_refused_before_any_cell_is_drawn(s
     with pytest.raises(ConfigError, match=r"--x 'sampler=euler,dpm\+\+2m_karras': sampler dpm\+\+2m_karras cannot"):
         generate(config, model=model, progress=False)
     assert not list((tmp_path / "r").glob("*.png"))
+
+
+def test_a_notice_of_the_run_is_said_once_per_plot_not_once_per_cell(sd1_dir, tmp_path):
+    """Each cell is drawn by generate, which warns of embeddings trained at different sizes (`generation_size`):
+    a 2x1 plot said it twice, Python's once-a-line filter undone by each cell's checks."""
+    model = fresh_model(sd1_dir)
+    side = model.resolution
+    files = [save_embedding(LearnedEmbedding(token, {"text_encoder": torch.randn(1, 32)}, {"resolution": size}),
+                            tmp_path / f"{i}.safetensors")[0]
+             for i, (token, size) in enumerate([("<q>", f"{side}x{side * 2}"), ("<r>", f"{side * 2}x{side}")])]
+    with pytest.warns(UserWarning) as heard:
+        generate(GenerateConfig(prompt=["<q> and <r>"], embedding=[str(f) for f in files], n=1, steps=1,
+                                out=str(tmp_path / "r"), x="steps=1,2"), model=model, progress=False)
+    said = [str(w.message) for w in heard if "the model's own size" in str(w.message)]
+    assert len(said) == 1, said

@@ -4,6 +4,8 @@ Every message names the bad value and says what to do instead. The command line 
 clean line (no traceback) and exits with status 2; anything else is a bug and keeps its traceback.
 """
 
+import contextlib
+import contextvars
 import os
 import sys
 import warnings
@@ -71,6 +73,27 @@ def warns_at_caller(function):
     return function
 
 
+# the warnings said so far where they are said once (`said_once`); None: each time
+_SAID: contextvars.ContextVar[set | None] = contextvars.ContextVar("said", default=None)
+
+
+@contextlib.contextmanager
+def said_once():
+    """Within it, `warn` says each message once: an X/Y/Z plot runs `generate` for each cell, whose notices of the
+    run (embeddings trained at different sizes, say) would be said again for every cell; Python's own once-a-line
+    filter forgets what it said whenever the filters change, which a cell's checks do. Nested, the outer one's
+    record holds.
+
+    >>> with said_once():  # doctest: +SKIP
+    ...     warn("a note"); warn("a note")  # said once
+    """
+    token = _SAID.set(set() if _SAID.get() is None else _SAID.get())
+    try:
+        yield
+    finally:
+        _SAID.reset(token)
+
+
 def warn(message, category=None, stacklevel: int = 1) -> None:
     """`warnings.warn`, named at the user's line inside a `warns_at_caller` function: a warning raised anywhere in a
     `train(...)` (its phases, the picture and kohya readers it calls) or a `generate(...)` names the line that called
@@ -84,6 +107,11 @@ def warn(message, category=None, stacklevel: int = 1) -> None:
 
     >>> warn("a note", UserWarning, stacklevel=2)  # doctest: +SKIP
     """
+    said = _SAID.get()
+    if said is not None:
+        if (str(message), category) in said:
+            return
+        said.add((str(message), category))
     frame, level, found = sys._getframe(1), 1, None  # (the caller's frame is stacklevel 1 to it)
     while frame is not None:
         if frame.f_code in _ENTRY_POINTS:

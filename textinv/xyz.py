@@ -43,11 +43,11 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
-from .errors import ConfigError, DeviceMemoryError, TextinvError, warns_at_caller
+from .errors import ConfigError, DeviceMemoryError, TextinvError, said_once, warns_at_caller
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
 from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _model_name, _Where,
-                       check_refiner_source, checked_settings, drawing_dtype, drawing_model, generate, make_grid,
-                       refiner_model, write_failed)
+                       check_refiner_source, checked_settings, drawing_dtype, drawing_model, generate, launched,
+                       make_grid, refiner_model, write_failed)
 from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
 from .models import interrupt_kept, pick_device
@@ -552,6 +552,7 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
     [PosixPath('renders/xyz_grid-0000.png'), PosixPath('renders/000-a-photo-of-dog-s0.png'), ...]
     """
     config = copy.copy(config).validate()  # (its seed drawn once: every cell draws it, as the web UI's fix_seed)
+    config = launched(config, model, progress)  # (--precision left out: said once, not by each cell's generate)
     ready = plan(config)
     clear_stale_temporaries(config.out, re.compile(rf"{GRID_NAME}-\d+\.png"))  # (a killed plot's half-written grid)
     refiners = list(dict.fromkeys(cell.refiner for cell in ready.cells))  # (each value's cells drawn together)
@@ -560,6 +561,15 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
     if model is None:
         model = _load(config)
     _check_samplers(ready, model)
+    with said_once():  # (a notice of the run, which each cell's generate gives, said once for the plot)
+        cells = _draw_cells(config, ready, model, progress, keep_seeds, refiner, refiners)
+    return _save_grids(config, ready, cells) + [path for paths in cells for path in paths]
+
+
+def _draw_cells(config: GenerateConfig, ready: Plan, model, progress: bool, keep_seeds: set[int] | None, refiner,
+                refiners: list) -> list[list[Path]]:
+    """`plot`'s cells, each drawn by `generate` (its refiner loaded once for all the cells that name it): their
+    pictures' paths, cell by cell."""
     drawn: dict[int, list[Path]] = {}
     order = sorted(range(len(ready.cells)), key=lambda i: refiners.index(ready.cells[i].refiner))
     loaded_for, loaded = (config.refiner, refiner) if refiner is not None else (None, None)
@@ -579,8 +589,7 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
             raise DeviceMemoryError(f"the X/Y/Z plot's cell {i + 1} of {len(ready.cells)} ({_cell_name(ready, i)}): "
                                     f"{e}. The {n} cell{'s' * (n != 1)} before it {'are' if n != 1 else 'is'} "
                                     f"written in {config.out}, with no grid") from e
-    cells = [drawn[i] for i in range(len(ready.cells))]
-    return _save_grids(config, ready, cells) + [path for paths in cells for path in paths]
+    return [drawn[i] for i in range(len(ready.cells))]
 
 
 def _check_samplers(ready: Plan, model) -> None:
