@@ -423,8 +423,11 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
                         ("channels_last=true", "would load or change the model")):
         with pytest.raises(ConfigError, match=f"--train-set.*{error}"):
             settings(flags={"train_set": [item]})
-    with pytest.raises(ConfigError, match="--train-set lr_steps gives the rates: leave out --lr"):
-        settings(flags={"lr": 0.01, "train_set": ["lr_steps=0.05:2, 0.005"]})
+    for lr in (0.01, 5e-3):  # (5e-3, the default's number, given on purpose: it read as left out)
+        with pytest.raises(ConfigError, match="--train-set lr_steps gives the rates: leave out --lr"):
+            settings(flags={"lr": lr, "train_set": ["lr_steps=0.05:2, 0.005"]})
+    assert settings(flags={"train_set": ["lr_steps=0.05:2, 0.005"]}).lr is None  # (the stepped rate's)
+    assert settings(flags={}).lr == 5e-3
     # (a stepped rate that ends before the benchmark's steps was refused only when the first concept began learning)
     with pytest.raises(ConfigError, match=r"^--train-set: --lr-steps '0.05:2, 0.005:10' ends the run at step 10 .*, "
                                           r"before --steps 50: leave out --steps"):

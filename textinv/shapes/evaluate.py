@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from textinv import __version__
-from textinv.config import (SAMPLER_SPELLINGS, SAMPLERS, TrainConfig, build, check_choices, check_guidance, check_lr,
-                            check_installed, check_seed, lr_steps_end, opt)
+from textinv.config import (DEFAULT_LR, SAMPLER_SPELLINGS, SAMPLERS, TrainConfig, build, check_choices, check_guidance,
+                            check_installed, check_lr, check_seed, lr_steps_end, opt)
 from textinv.errors import ConfigError
 from textinv.io import output_folder, write_json, write_text
 from textinv.tokens import scratch_tokens
@@ -80,7 +80,8 @@ class EvalConfig:
 
     steps: int = opt(None, f"training steps per concept (default {EVAL_STEPS}, or the last step of a --train-set "
                            f"lr_steps that ends in one, as train's --steps)")
-    lr: float = opt(5e-3, "learning rate (the paper's base rate)")
+    lr: float = opt(None, f"learning rate (default {DEFAULT_LR:g}, the paper's base rate; left out with a "
+                          f"--train-set lr_steps, which gives the rates)")
     batch: int = opt(4, "training images per step")
     vectors: int = opt(1, "vectors per learned token")
     images: int = opt(5, "training pictures per concept (the paper uses 3-5)")
@@ -112,13 +113,17 @@ class EvalConfig:
                               "lr_schedule=cosine): measures a trainer setting on the benchmark")
 
     def validate(self) -> "EvalConfig":
-        if self.steps is None:  # (left out: as train's --steps, a stepped rate's last step where it ends in one)
-            self.steps = lr_steps_end(self.trainer_config().lr_steps) or EVAL_STEPS
+        if self.steps is None or self.lr is None:  # (left out: as train's, a stepped rate's last step where it
+            # ends in one; the rate the stepped rate's, else the default)
+            stepped = self.trainer_config().lr_steps
+            self.steps = lr_steps_end(stepped) or EVAL_STEPS if self.steps is None else self.steps
+            self.lr = self.lr if self.lr is not None or stepped else DEFAULT_LR
         for name in ("steps", "batch", "vectors", "images", "samples", "sample_steps", "chunk", "runs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
-        check_lr(self.lr)
+        if self.lr is not None:
+            check_lr(self.lr)
         check_choices(self)
         check_installed(self.sampler)
         check_guidance(self.guidance)
@@ -155,7 +160,7 @@ class EvalConfig:
                 raise ConfigError(f"--train-set {item!r}: {key} would load or change the model, which the benchmark "
                                   f"loads once (--model) and shares between its concepts")
             settings[key] = value.strip()
-        if "lr_steps" in settings and self.lr != EvalConfig.lr:
+        if "lr_steps" in settings and self.lr is not None:  # (given: None until `validate` resolves it)
             raise ConfigError(f"--train-set lr_steps gives the rates: leave out --lr (got {self.lr})")
         # unknown keys, wrong types and bad values refused now, by name, not after the model has loaded; with the
         # benchmark's own steps, so what depends on them (an lr_steps that ends before them) is refused now too
