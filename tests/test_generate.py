@@ -2102,11 +2102,15 @@ def test_again_refuses_a_picture_without_settings_and_an_a1111_embedding_png(tmp
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
     (emb,) = save_embedding(LearnedEmbedding("<e>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "e.png",
                             "a1111-png")
+    with Image.open(emb) as image:  # (an image host's copy: its text chunk stripped, the pixels' copy kept)
+        image.convert("RGB").save(tmp_path / "hosted.png")
     cases = [("plain.png", r"plain.png holds no generation settings \(no textinv record, no A1111 'parameters' "
                            r"text, no ComfyUI 'prompt' graph, no EXIF UserComment\): give a picture that textinv, "
                            r"the web UI or ComfyUI drew"),
              ("photo.jpg", r"photo.jpg holds no generation settings"),
              ("e.png", r"e.png is an A1111 embedding .*: load it with --embedding .*e.png"),
+             ("hosted.png", r"hosted.png is an A1111 embedding \(an embedding hidden in a picture's pixels, its "
+                            r"'sd-ti-embedding' text gone\), not a drawn picture's settings: load it with --embedding"),
              ("gone.png", r"gone.png: no such file")]
     for name, message in cases:
         with pytest.raises(ConfigError, match=message):

@@ -38,8 +38,8 @@ What a picture's text can hold, and how each is read:
   The checkpoint must be given (--model), and a prompt, sampler or value textinv cannot read is asked for by its flag.
   A graph whose picture comes from no sampler it reads is refused.
 
-An A1111 embedding PNG (an embedding hidden in a picture's `sd-ti-embedding` text) is no drawn picture: it is refused
-with the flag that loads it.
+An A1111 embedding PNG (an embedding kept in a picture's `sd-ti-embedding` text, or hidden in its pixels) is no drawn
+picture: it is refused with the flag that loads it.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ from .dynamic import literal
 from .emphasis import as_words, lora_tags
 from .comfy_workflow import api_graph, is_api_graph, is_editor_workflow
 from .errors import ConfigError, warn
-from .formats import PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, load_embedding, on_disk, split_bundle
+from .formats import (PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, holds_png_embedding, load_embedding, on_disk,
+                      split_bundle)
 from .generate import (COMFY_BARE_TOKENS, COMFY_TOKEN, HIRES_SETTINGS, MASK_SETTINGS, embedding_files, file_digest,
                        file_sha256, folder_embeddings, hash_name, lora_files, lora_sha256)
 from .hub import hub_reference
@@ -364,6 +365,9 @@ def read_picture(path: str | Path) -> Picture:
     workflow = _json_object(text.get("workflow"))
     if is_editor_workflow(workflow):  # (the editor's layout alone: the graph it ran, translated from it)
         return _from_comfyui(path, json.dumps(api_graph(workflow, path)), size)
+    if holds_png_embedding(path):  # (its text chunk stripped, by an image host: the copy hidden in its pixels)
+        raise ConfigError(f"--again {path} is an A1111 embedding (an embedding hidden in a picture's pixels, its "
+                          f"{PNG_CHUNK!r} text gone), not a drawn picture's settings: load it with --embedding {path}")
     comment = decode_user_comment(comment) if comment is not None else ""
     if comment:  # a camera's or an editor's comment: no "Steps: .., Seed: .." line
         shown = comment if len(comment) <= 60 else comment[:57] + "..."
