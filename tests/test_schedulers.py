@@ -437,6 +437,77 @@ def test_dpmpp_2m_sde_at_an_eta_takes_k_diffusions_steps_on_a_toy_denoiser(name,
     assert not torch.allclose(got, at_one, atol=1e-3)
 
 
+def _dpmpp_3m_sde(denoiser, x, sigmas, noise):
+    """k-diffusion's sample_dpmpp_3m_sde at eta 1 and s_noise 1, written out in float64 sigmas; `noise` is drawn at
+    every step, as diffusers' step draws it, and added where the step does not end at 0."""
+    denoised_1 = denoised_2 = h_1 = h_2 = None
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = denoiser(x, s)
+        drawn = noise(x)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s) - math.log(s_next)
+            h_eta = 2 * h
+            x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised
+            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0, d1_1 = (denoised - denoised_1) / r0, (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+            elif h_1 is not None:
+                x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
+            x = x + drawn * s_next * math.sqrt(-math.expm1(-2 * h))
+            h_1, h_2 = h, h_1
+        denoised_1, denoised_2 = denoised, denoised_1
+    return x
+
+
+@pytest.mark.parametrize("name, steps", [("dpm++3m_sde", 6), ("dpm++3m_sde_karras", 8),
+                                         ("dpm++3m_sde_exponential", 16)])
+def test_dpmpp_3m_sde_takes_k_diffusions_steps_on_a_toy_denoiser(name, steps):
+    """DPM++ 3M SDE takes k-diffusion's sample_dpmpp_3m_sde steps (the web UI's): a first-order step, a second-order
+    one with phi_2 (the heun form), third-order ones up to the last (at any number of steps: diffusers' own takes a
+    second-order one before the last below 15), then the denoised estimate."""
+    seed = 3
+    made = scheduler_for(_sd_scheduler(), name)
+    made.set_timesteps(steps)
+    sigmas = made.sigmas.double().tolist()  # (the schedule is the sampler's own; the update is what is checked)
+    x, calls, recording = _toy_start(sigmas[0])
+    generator = torch.Generator().manual_seed(seed)
+    expected = _dpmpp_3m_sde(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator))
+    got, _ = _drawn(made, steps, x / math.sqrt(sigmas[0] ** 2 + 1), calls, "epsilon", seed)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_diffusers_third_order_sde_update_differs_from_k_diffusions_in_one_sign():
+    """Diffusers' own third-order sde-dpmsolver++ update adds the second difference D2 with alpha_t ((1 - exp(-2h) -
+    2h) / (2h)^2 - 0.5), k-diffusion's sample_dpmpp_3m_sde (textinv's) with + 0.5: the two differ by alpha_t D2 exactly,
+    the same step otherwise, so diffusers' correction tends to -alpha_t D2, not 0, as the steps shorten."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    ours = scheduler_for(_sd_scheduler(), "dpm++3m_sde")
+    theirs = DPMSolverMultistepScheduler.from_config(ours.config)
+    ours.set_timesteps(40)
+    theirs.set_timesteps(40)
+    theirs.sigmas = ours.sigmas  # (the same steps: ours drops the next-to-last sigma)
+    ours._step_index = theirs._step_index = 20
+    outputs = [torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    sample, noise = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3)
+    lambdas = [ours._sigma_to_alpha_sigma_t(ours.sigmas[20 - back]) for back in range(3)]
+    lambdas = [torch.log(alpha) - torch.log(sigma) for alpha, sigma in lambdas]
+    alpha_t, sigma_t = ours._sigma_to_alpha_sigma_t(ours.sigmas[21])
+    h = torch.log(alpha_t) - torch.log(sigma_t) - lambdas[0]
+    r0, r1 = (lambdas[0] - lambdas[1]) / h, (lambdas[1] - lambdas[2]) / h
+    d2 = ((outputs[2] - outputs[1]) / r0 - (outputs[1] - outputs[0]) / r1) / (r0 + r1)
+    got = ours.multistep_dpm_solver_third_order_update(outputs, sample=sample, noise=noise)
+    diffusers = theirs.multistep_dpm_solver_third_order_update(outputs, sample=sample, noise=noise)
+    torch.testing.assert_close(got - diffusers, alpha_t * d2, rtol=1e-4, atol=1e-5)
+    assert (alpha_t * d2).abs().max() > 0.1
+
+
 def test_dpmpp_2m_sdes_update_at_eta_1_is_diffusers_own():
     """textinv's DPM++ 2M SDE update (`schedulers.sde_first_order_update`), at eta 1, is diffusers' sde-dpmsolver++
     update: the eta it adds changes nothing else."""

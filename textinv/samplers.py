@@ -73,7 +73,10 @@ BASES = {
     "dpm++2m_sde_heun": Base("DPM++ 2M SDE Heun", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
                                                          "solver_type": "heun"}, "exponential", True, eta=1.0,
                              brownian=True),
-    "dpm++3m_sde": Base("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+    # k-diffusion's sample_dpmpp_3m_sde takes its third-order step (`schedulers.sde_third_order_update`) up to the
+    # last, where diffusers' lower_order_final takes a second-order one at the next-to-last below 15 steps
+    "dpm++3m_sde": Base("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3,
+                                               "lower_order_final": False},
                         "exponential", True, discard=True, brownian=True),
     "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde", second_order=True,
                      brownian=True),
@@ -522,7 +525,7 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     # (DDIM's is the pipeline's argument; a sampler that takes none draws as it does: the other pass's took it)
     at_eta = eta is not None and BASES[base].eta not in (None, eta) and base != "ddim"
     scaled = churn is not None and churn.noise != 1 and base in _NOISE_SCALED  # (at 1: the sampler's own noise)
-    if at_eta or scaled:
+    if at_eta or scaled or base == "dpm++3m_sde":  # (diffusers' third-order SDE update is not k-diffusion's)
         cls = _at_eta(cls, base)
     churning = churn is not None and churn.churn > 0 and BASES[base].churns  # (at churn 0 the others do nothing)
     if churning:
@@ -651,18 +654,21 @@ def _discarding(cls: type) -> type:
 
 def _at_eta(cls, base: str):
     """Scheduler `cls` of sampler `base` at the eta its `eta` attribute holds: DPM++ 2M SDE's (and its Heun
-    variant's) updates at it (`schedulers.sde_first_order_update`); for an ancestral one (`schedulers.ancestral_step`)
-    Euler a's step (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's tables set for it after
-    `set_timesteps` (`schedulers.ancestral_tables`), their up sigmas then scaled by its `noise` attribute (the web
-    UI's Sigma noise, k-diffusion's s_noise: each step adds s_noise sigma_up of fresh noise; DPM++ 2M SDE's update
-    scales its noise by it too). At eta 1 and noise 1 (and while it has neither, as when made) it is `cls`'s own."""
+    variant's) updates at it (`schedulers.sde_first_order_update`), DPM++ 3M SDE's at eta 1 always (its third-order
+    step k-diffusion's, `schedulers.sde_third_order_update`, which diffusers' is not); for an ancestral one
+    (`schedulers.ancestral_step`) Euler a's step (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's
+    tables set for it after `set_timesteps` (`schedulers.ancestral_tables`), their up sigmas then scaled by its
+    `noise` attribute (the web UI's Sigma noise, k-diffusion's s_noise: each step adds s_noise sigma_up of fresh
+    noise; DPM++ 2M SDE's update scales its noise by it too). At eta 1 and noise 1 (and while it has neither, as when
+    made) it is `cls`'s own, but for DPM++ 3M SDE's third-order step."""
     from . import schedulers
 
     if base == "euler_a":
         return _variant(cls, "at another eta", step=schedulers.euler_ancestral_step)
     if BASES[base].brownian:
         return _variant(cls, "at another eta or noise", dpm_solver_first_order_update=schedulers.sde_first_order_update,
-                        multistep_dpm_solver_second_order_update=schedulers.sde_second_order_update)
+                        multistep_dpm_solver_second_order_update=schedulers.sde_second_order_update,
+                        multistep_dpm_solver_third_order_update=schedulers.sde_third_order_update)
 
     def set_timesteps(self, *args, **kwargs):
         cls.set_timesteps(self, *args, **kwargs)

@@ -7,7 +7,8 @@ sigma down to the ancestral step's sigma_down, then fresh noise of sigma_up (eta
 
 `sde_first_order_update` and `sde_second_order_update` are diffusers' DPM++ 2M SDE updates (DPMSolverMultistepScheduler,
 sde-dpmsolver++) at an eta or noise scale other than its 1, as k-diffusion's sample_dpmpp_2m_sde takes them (the web
-UI's Eta and Sigma noise).
+UI's Eta and Sigma noise); `sde_third_order_update` is DPM++ 3M SDE's third-order one as k-diffusion's
+sample_dpmpp_3m_sde takes it (diffusers' differs in the sign of one term).
 
 `RestartScheduler` is the web UI's "Restart" (its sd_samplers_extra.restart_sampler): Heun's steps with, at 20 steps
 or more, a stretch of the schedule drawn again after noise takes the latents back up it (Xu et al. 2023, "Restart
@@ -286,31 +287,62 @@ def sde_second_order_update(self, model_output_list: list[torch.Tensor], *args, 
     return _sde_update(self, model_output_list[-2:], sample, noise)
 
 
+def sde_third_order_update(self, model_output_list: list[torch.Tensor], *args, sample: torch.Tensor | None = None,
+                           noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """Diffusers' DPMSolverMultistepScheduler's third-order sde-dpmsolver++ update as k-diffusion's
+    sample_dpmpp_3m_sde takes it (`_sde_update`): diffusers' own adds its second difference D2 with alpha_t
+    ((1 - exp(-2h) - 2h) / (2h)^2 - 0.5), which tends to -alpha_t as h -> 0 where a third-order correction vanishes;
+    k-diffusion's (the web UI's) has + 0.5 there."""
+    return _sde_update(self, model_output_list[-3:], sample, noise)
+
+
 def _sde_update(self, outputs: list[torch.Tensor], sample: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """One step of k-diffusion's sample_dpmpp_2m_sde at eta and s_noise (the scheduler's `eta` and `noise`, 1 where not
-    set: the web UI's DPM++ 2M SDE and its Heun variant at its Eta and Sigma noise), written in diffusers' VP terms:
-    from sigma s to t, h = lambda_t - lambda_s (lambda = log alpha / sigma), the latents keep exp(-eta h) sigma_t /
-    sigma_s of themselves, the denoised estimate D0 (`outputs`' last) comes in with alpha_t (1 - exp(-(1 + eta) h)),
-    the multistep correction (with the step before's, D1 = (D0 - D_prev) / r) with that times 1/2 (midpoint) or
-    alpha_t ((1 - exp(-(1 + eta) h)) / (-(1 + eta) h) + 1) (heun), and fresh noise of s_noise sigma_t sqrt(1 -
-    exp(-2 eta h)). At eta 1 and s_noise 1 it is diffusers' own; at eta 0 DPM++ 2M's. A step to sigma 0 lands on D0."""
+    """One step of k-diffusion's sample_dpmpp_2m_sde (sample_dpmpp_3m_sde's with three `outputs`) at eta and s_noise
+    (the scheduler's `eta` and `noise`, 1 where not set: the web UI's DPM++ 2M SDE and its Heun variant at its Eta and
+    Sigma noise), written in diffusers' VP terms: from sigma s to t, h = lambda_t - lambda_s (lambda = log alpha /
+    sigma), the latents keep exp(-eta h) sigma_t / sigma_s of themselves, the denoised estimate D0 (`outputs`' last)
+    comes in with alpha_t (1 - exp(-(1 + eta) h)), the multistep correction with alpha_t (`_sde_correction`), and
+    fresh noise of s_noise sigma_t sqrt(1 - exp(-2 eta h)). At eta 1 and s_noise 1 its first and second orders are
+    diffusers' own; at eta 0 DPM++ 2M's. A step to sigma 0 lands on D0."""
     eta, scale = getattr(self, "eta", 1.0), getattr(self, "noise", 1.0)
     sigma_t, sigma_s = self.sigmas[self.step_index + 1], self.sigmas[self.step_index]
     alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(sigma_t)
     if sigma_t == 0:
         return alpha_t * outputs[-1]
     alpha_s, sigma_s = self._sigma_to_alpha_sigma_t(sigma_s)
-    h = (torch.log(alpha_t) - torch.log(sigma_t)) - (torch.log(alpha_s) - torch.log(sigma_s))
+    lambdas = [_lambda(self, self.sigmas[self.step_index - back]) for back in range(len(outputs))]  # s0, s1, s2
+    h = (torch.log(alpha_t) - torch.log(sigma_t)) - lambdas[0]
     gh = (1 + eta) * h
     kept = -torch.expm1(-gh)  # 1 - exp(-(1 + eta) h)
     x_t = (sigma_t / sigma_s * torch.exp(-eta * h)) * sample + (alpha_t * kept) * outputs[-1]
-    if len(outputs) == 2:
-        sigma_r = self.sigmas[self.step_index - 1]
-        alpha_r, sigma_r = self._sigma_to_alpha_sigma_t(sigma_r)
-        r = ((torch.log(alpha_s) - torch.log(sigma_s)) - (torch.log(alpha_r) - torch.log(sigma_r))) / h
-        d1 = (outputs[-1] - outputs[-2]) / r
-        if self.config.solver_type == "heun":
-            x_t = x_t + (alpha_t * (kept / -gh + 1.0)) * d1
-        else:
-            x_t = x_t + 0.5 * (alpha_t * kept) * d1
+    x_t = x_t + alpha_t * _sde_correction(self, outputs, lambdas, h, gh)
     return x_t + (scale * sigma_t * torch.sqrt(-torch.expm1(-2 * eta * h))) * noise
+
+
+def _lambda(self, sigma: torch.Tensor) -> torch.Tensor:
+    """lambda = log alpha - log sigma at the scheduler's (VE) `sigma`."""
+    alpha, sigma = self._sigma_to_alpha_sigma_t(sigma)
+    return torch.log(alpha) - torch.log(sigma)
+
+
+def _sde_correction(self, outputs: list[torch.Tensor], lambdas: list[torch.Tensor], h: torch.Tensor,
+                    gh: torch.Tensor):
+    """k-diffusion's multistep correction (to be times alpha_t) from denoised estimates `outputs` (oldest first) at
+    `lambdas` (newest first), for a step of h at gh = (1 + eta) h: none for one; for two, with D1 = (D0 - D_prev) / r
+    (r = h_prev / h), D1 (1 - exp(-gh)) / 2 (midpoint) or phi_2 D1, phi_2 = (1 - exp(-gh)) / -gh + 1 (heun, and
+    sample_dpmpp_3m_sde's second step); for three, phi_2 D1 - phi_3 D2, phi_3 = phi_2 / gh - 1/2, D1 and D2 the
+    first and second differences (sample_dpmpp_3m_sde)."""
+    if len(outputs) == 1:
+        return 0.0
+    phi_2 = -torch.expm1(-gh) / -gh + 1.0
+    r0 = (lambdas[0] - lambdas[1]) / h
+    d1_0 = (outputs[-1] - outputs[-2]) / r0
+    if len(outputs) == 2:
+        if self.config.solver_type == "heun" or self.config.solver_order == 3:
+            return phi_2 * d1_0
+        return (0.5 * -torch.expm1(-gh)) * d1_0
+    r1 = (lambdas[1] - lambdas[2]) / h
+    d1_1 = (outputs[-2] - outputs[-3]) / r1
+    d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    return phi_2 * d1 - (phi_2 / gh - 0.5) * d2
