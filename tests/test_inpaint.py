@@ -463,16 +463,14 @@ def test_the_init_picture_and_the_mask_are_read_and_blurred_once_a_run_however_m
     """Dynamic prompts' random mode draws one prompt per picture: each used to decode the picture, hash it and the
     mask, and blur the mask again. Past `KEEP_PIXELS` a picture is decoded for each batch instead, and draws the
     same."""
-    from pathlib import Path
-
     from textinv import generate as generating
 
     room, mask = _files(tmp_path)
     decoded, hashed = [], []
-    real_load, real_bytes = generating.load_image, Path.read_bytes
+    real_load, real_hash = generating.load_image, generating.file_sha256
     monkeypatch.setattr(generating, "load_image", lambda path, *a, **k: decoded.append(str(path)) or
                         real_load(path, *a, **k))
-    monkeypatch.setattr(Path, "read_bytes", lambda self: hashed.append(str(self)) or real_bytes(self))
+    monkeypatch.setattr(generating, "file_sha256", lambda path: hashed.append(str(path)) or real_hash(path))
     blurred = []
     real_blur = inpaint.blur
     monkeypatch.setattr(inpaint, "blur", lambda *a: blurred.append(1) or real_blur(*a))

@@ -41,7 +41,7 @@ from .families import FAMILY_NAMES, describe_widths
 from .formats import (BUNDLE_PREFIX, BUNDLE_SEPARATOR, PNG_CHUNK, RECORD_KEY, LearnedEmbedding, ModelSpecWarning,
                       bundled_names, diffusers_file, holds_png_embedding, load_bundled, load_embedding,
                       load_embedding_pair, split_bundle)
-from .io import absolute, atomic_path, clear_stale_temporaries, output_folder
+from .io import absolute, atomic_path, clear_stale_temporaries, file_sha256, output_folder
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (CHECKPOINT_SUFFIXES, DTYPES, Model, _first_line, _quiet_diffusers, check_clip_skip,
                      check_model_object, encode_text, interrupt_kept, launched_precision, load_model, pick_device,
@@ -2574,12 +2574,6 @@ class _InitPictures:
         if source is None:
             return None
         return self.kept[source] if source in self.kept else load_image(source)
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, as a picture records its --init-image's and --mask's (and `--again` compares
-    them with)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _warn_unapplied(config: GenerateConfig, jobs: list[dynamic.Job],

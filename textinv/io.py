@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import random
@@ -175,6 +176,14 @@ def sync_folder(folder: str | os.PathLike) -> None:
         pass
     finally:
         os.close(handle)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in blocks (a checkpoint of gigabytes is never whole in memory): what a
+    picture records of its --init-image and --mask, and the web UI's hashes of an embedding and a checkpoint start
+    from."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def make_folder(path: str | os.PathLike) -> None:

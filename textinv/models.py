@@ -43,7 +43,7 @@ finally:
 from .errors import ConfigError, ModelError, backslash_note, warn
 from .families import FAMILY_NAMES, family_for_widths
 from .formats import embedding_layout, weights_kind
-from .io import absolute
+from .io import absolute, file_sha256
 
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "shapes" / "model"}
 DEFAULT_MODEL = "shapes"
@@ -251,9 +251,7 @@ def webui_checkpoint(source) -> dict[str, str]:
     path = Path(str(source)).expanduser()
     if not path.is_file():
         return {}
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"sd_checkpoint": digest[:10], "sd_checkpoint_name": path.stem}
+    return {"sd_checkpoint": file_sha256(path)[:10], "sd_checkpoint_name": path.stem}
 
 
 def model_fingerprints(model: Model) -> dict[str, str]:
