@@ -858,10 +858,13 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             # the run's signal handlers (`_StopRequest`, from its first step) go back last, once the folder is let go
             # of and the model handed back: a signal in those last moments is the run's, not Python's
-            with EarlyInterrupt(), contextlib.ExitStack() as handlers, \
-                    run_lock(Path(config.out), state.is_main_process), _handed_back(model):  # (one run per folder)
-                return _train(config, model, progress, on_step, state, device, source, where, prompts_from,
-                              handlers=handlers)
+            with EarlyInterrupt(), contextlib.ExitStack() as handlers:
+                stop = _StopRequest(_cpu_group(state, handlers))
+                # (data parallel: a process whose set-up fails, the folder's lock included, stops every process)
+                with stop.setting_up(), run_lock(Path(config.out), state.is_main_process), \
+                        _handed_back(model):  # (one run per folder)
+                    return _train(config, model, progress, on_step, state, device, source, where, prompts_from,
+                                  stop=stop, handlers=handlers)
 
     # out of memory: raised once the lock is released and the model handed back, as `out_of_memory_as` raises it
     return out_of_memory_as(run, lambda e: _memory_error(where, device, e), lambda: device)
@@ -1395,16 +1398,19 @@ class _Run:
 
 def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device,
            source: str | None = None, where: _Where | None = None, prompts_from: str | None = None,
-           *, handlers: contextlib.ExitStack) -> TrainResult:
+           *, stop: _StopRequest, handlers: contextlib.ExitStack) -> TrainResult:
     """`train`'s run; `source`: the --dataset-config the config's subsets and settings were read from; `where`: what
     it is doing, kept up to date for `_memory_error`; `prompts_from`: the kohya sample prompts file its sample
-    prompts were read from; `handlers`: where the run's signal handlers are put back (`train`'s, once it has let
-    go of the folder and the model)."""
-    run = _Run(config, state, device, where or _Where(config, torch.float32), progress, on_step, source, prompts_from)
+    prompts were read from; `stop`: the run's stop request, over its processes' CPU group (`_cpu_group`);
+    `handlers`: where the run's signal handlers are put back (`train`'s, once it has let go of the folder and the
+    model)."""
+    run = _Run(config, state, device, where or _Where(config, torch.float32), progress, on_step, source, prompts_from,
+               group=stop.group, stop=stop)
     _check_inputs(run, model)  # 1. settings, output folder and pictures, before the (slow) model load
     _load_model(run, model)  # 2. model and tokens
     _read_concepts(run)  # 3. data: each concept's cached latents and captions
     _prepare_step(run)  # the optimizer over the new vectors, its schedule, the compiled UNet
+    stop.agree_set_up()  # (data parallel: every process loaded all this, before the main one writes a file)
     _start_or_resume(run)  # config.yaml, or the checkpoint's state
     files = _loop(run, handlers)  # 4. the loop
     return _finish(run, files)  # 5. results
@@ -1789,7 +1795,7 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
     files written."""
     run.last_good, run.last_good_step = run.snapshot(), run.step
     run.started, run.first_step = time.time(), run.step
-    stop = run.stop = _StopRequest()
+    stop = run.stop
     handlers.callback(stop.release)
     # from here a first signal is noted, and stops the run at the next step boundary
     stop.install(alone=run.world == 1)
@@ -1809,17 +1815,10 @@ def _loop(run: _Run, handlers: contextlib.ExitStack) -> list[Path]:
 
 
 def _set_up_loop(run: _Run, undo: list) -> tqdm:
-    """What `_loop`'s steps need, each thing's undoing appended to `undo` as it is made: data parallel's CPU group,
-    the experiment trackers, autocast on the text encoders, and the progress bar, which is returned (closed first,
-    before an error's message, not after it)."""
+    """What `_loop`'s steps need, each thing's undoing appended to `undo` as it is made: the experiment trackers,
+    autocast on the text encoders, and the progress bar, which is returned (closed first, before an error's
+    message, not after it)."""
     config, device = run.config, run.device
-    # data parallel: the processes agree at every step boundary on whether to stop (a signal reaches them at
-    # different moments, or only one of them), over a CPU group, so the check costs no GPU synchronisation
-    if run.world > 1 and torch.distributed.get_backend() != "gloo":  # (NCCL's collectives need GPU tensors)
-        run.group = run.stop.group = torch.distributed.new_group(backend="gloo")
-        undo.append(lambda: torch.distributed.destroy_process_group(run.group))
-    elif run.world > 1:
-        run.group = run.stop.group = torch.distributed.group.WORLD
     # --log-with: loss.csv's rows and the grids go to experiment trackers too (a resumed run goes on in its logs)
     trackers = tracker_names(config.log_with)
     if trackers:
@@ -1847,6 +1846,7 @@ def _steps(run: _Run, bar: tqdm) -> list[Path]:
     config, samplers, stop = run.config, run.samplers, run.stop
     try:
         _first_actions(run)
+        stop.agree_set_up(last=True)  # (data parallel: the main process's files and grid done, or failed)
         while run.step < config.steps:
             stop.check()  # Ctrl-C or SIGTERM since the last step: stop here, between two steps
             run.where.step = run.step + 1
@@ -2096,6 +2096,20 @@ class _ProcessGroup:
 _PROCESS_GROUP = _ProcessGroup()
 
 
+def _cpu_group(state, stack: contextlib.ExitStack):
+    """Data parallel: the CPU group the processes agree over, on whether the set-up failed in one of them and at
+    every step boundary on whether to stop (a signal reaches them at different moments, or only one of them), so
+    the check costs no GPU synchronisation; made before the set-up, as NCCL's takes every process (ended by
+    `stack`). One process: None."""
+    if state.num_processes == 1:
+        return None
+    if torch.distributed.get_backend() == "gloo":
+        return torch.distributed.group.WORLD
+    group = torch.distributed.new_group(backend="gloo")  # (NCCL's collectives need GPU tensors)
+    stack.callback(torch.distributed.destroy_process_group, group)
+    return group
+
+
 def _write_embedding(emb: LearnedEmbedding, path: Path, file_format: str, date: str | None = None) -> list[Path]:
     """`save_embedding`, a failed write raised as the OSError it is: `textinv train` then says which checkpoint is
     kept and the command that goes on from it (the advice for `convert`, another output path, is not it here).
@@ -2135,9 +2149,11 @@ class _StopRequest:
     process asks the others at each boundary (`group`), so all stop at the same step even when the signal reaches
     them at different moments, or only one of them; otherwise a process would wait forever, or fail, for a step its
     peers never take, and the main process could stop without saving. Only the main thread gets signals; elsewhere
-    nothing is installed."""
+    nothing is installed. Before the first step they ask each other, the same way, whether the run's set-up failed
+    in any of them (`setting_up`)."""
 
     def __init__(self, group=None):
+        self.pending = group is not None  # data parallel: the set-up not yet agreed on by all (`agree_set_up`)
         self.asked = False
         self.signum = signal.SIGINT  # the first signal that asked
         self.agreed = False  # whether `check` stopped the run (every process at the same step)
@@ -2185,12 +2201,50 @@ class _StopRequest:
     def check(self) -> None:
         asked = self.asked
         if self.group is not None:  # stop if any process was asked to: all of them at this same step
-            flag = torch.tensor([int(asked)])
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.group)
-            asked = bool(flag.item())
+            asked = bool(self._largest(torch.tensor([int(asked)])).item())
         if asked:
             self.agreed = True
             raise KeyboardInterrupt
+
+    def _largest(self, flags: torch.Tensor) -> torch.Tensor:
+        """`flags`, each the largest any process holds: every process asks the others (over the CPU `group`)."""
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        return flags
+
+    @contextlib.contextmanager
+    def setting_up(self):
+        """The run's set-up, from the folder's lock to the first step. Data parallel, a process whose set-up fails
+        (a picture it cannot read, a check that fails there alone, the main process's lock, a Ctrl-C that reaches
+        it alone) says so at the other processes' next `agree_set_up`, and raises its error once they have heard
+        it; alone, it stopped while the others waited for it in their next collective until the launcher or a
+        timeout ended them, in a mix of its error, timeouts and "process exited" messages."""
+        try:
+            yield
+        except BaseException as error:
+            if self.pending:
+                with contextlib.suppress(RuntimeError):  # (a peer already gone: the launcher stops the rest)
+                    self.agree_set_up(error)
+            raise
+
+    def agree_set_up(self, error: BaseException | None = None, last: bool = False) -> None:
+        """Data parallel: every process says whether its set-up failed (`error`, on its way out of `setting_up`),
+        at points where they are all in step: the model and pictures loaded (before the main process writes a
+        file), and the loop about to begin (`last`). Where one failed, the others raise a short TrainingError
+        naming it, and every process stops: none is left in a collective. One process: nothing to ask."""
+        if not self.pending:
+            return
+        said = torch.zeros(torch.distributed.get_world_size(self.group), dtype=torch.int)  # each process's
+        said[torch.distributed.get_rank(self.group)] = 0 if error is None else 2 if isinstance(
+            error, KeyboardInterrupt) else 1  # 1: an error, 2: a Ctrl-C (or a SIGTERM Python raised)
+        said = self._largest(said).tolist()
+        self.pending = not last and not any(said)
+        if any(said):
+            _PROCESS_GROUP.together = True  # (every process stopped here: the group can end as they exit)
+        if error is None and any(said):
+            rank = next(r for r, s in enumerate(said) if s)
+            what = "was interrupted" if said[rank] == 2 else "failed (its error says why)"
+            raise TrainingError(f"process {rank} {what} as the run was set up; every process stopped before the "
+                                f"first step, nothing was trained")
 
     def hold(self) -> None:
         self.holding = True
