@@ -2235,16 +2235,16 @@ class _StopRequest:
             return
         said = torch.zeros(torch.distributed.get_world_size(self.group), dtype=torch.int)  # each process's
         said[torch.distributed.get_rank(self.group)] = 0 if error is None else 2 if isinstance(
-            error, KeyboardInterrupt) else 1  # 1: an error, 2: a Ctrl-C (or a SIGTERM Python raised)
+            error, KeyboardInterrupt) else 1  # 1: an error, 2: a Ctrl-C (KeyboardInterrupt)
         said = self._largest(said).tolist()
         self.pending = not last and not any(said)
         if any(said):
             _PROCESS_GROUP.together = True  # (every process stopped here: the group can end as they exit)
         if error is None and any(said):
             rank = next(r for r, s in enumerate(said) if s)
-            what = "was interrupted" if said[rank] == 2 else "failed (its error says why)"
-            raise TrainingError(f"process {rank} {what} as the run was set up; every process stopped before the "
-                                f"first step, nothing was trained")
+            what = "was interrupted" if said[rank] == 2 else "failed"
+            raise TrainingError(f"process {rank} {what} as the run was set up (its own message says why); every "
+                                f"process stopped before the first step, nothing was trained")
 
     def hold(self) -> None:
         self.holding = True
