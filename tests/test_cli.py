@@ -292,6 +292,77 @@ def test_accelerate_a_ctrl_c_kept_as_one_process_loads_stops_both_at_step_0(sd1_
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000000.pt"]
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo over localhost")
+def test_accelerate_a_picture_one_process_cannot_read_stops_both_with_its_error(sd1_dir, images, tmp_path):
+    """Process 1 alone meets a truncated picture (its folder stands for a file that one machine reads cut short). It
+    raised its error alone: process 0 wrote config.yaml and waited for it at its first step until gloo failed
+    ("Connection closed by peer") and the launcher killed the rest. Both stop at the set-up's agreement now: process
+    1 with its error, process 0 naming it, before any file is written."""
+    import shutil
+    import textwrap
+
+    broken = tmp_path / "broken"
+    shutil.copytree(images, broken)
+    whole = (broken / "img3.png").read_bytes()
+    (broken / "img3.png").write_bytes(whole[:len(whole) // 2])
+    out = tmp_path / "ddp"
+    script = tmp_path / "one_broken.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        from textinv.cli import main
+        {AT_EXIT}
+        images = {str(images)!r} if os.environ["RANK"] == "0" else {str(broken)!r}
+        sys.exit(main(["train", "--model", {str(sd1_dir)!r}, "--images", images, "--token", "<t>", "--init", "dog",
+                       "--steps", "2", "--batch", "2", "--save-every", "0", "--sample-every", "0", "--out",
+                       {str(out)!r}]))
+    """))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*ACCELERATE, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert f"textinv train: error: cannot read the picture {broken / 'img3.png'}" in proc.stderr, proc.stderr[-3000:]
+    assert "textinv train: error: process 1 failed as the run was set up (its own message says why)" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert "Connection closed by peer" not in proc.stderr
+    for rank in (0, 1):  # (both ended at the agreement, not killed: the group ends as they exit)
+        assert f"process {rank} exits with the process group running: False" in proc.stdout, proc.stdout
+    assert not out.exists()  # (the main process wrote nothing: the folder it made for the lock is gone)
+
+
+def test_a_data_parallel_set_up_says_a_ctrl_c_in_one_process_to_the_others(monkeypatch):
+    """A Ctrl-C that reaches one process as the run is set up (a KeyboardInterrupt there) is said at the set-up's
+    agreement, as an error is: that process stops with it, the others with an error naming it. (The agreement's
+    all-reduce is played here by a peer, process 1, that says what it was given.)"""
+    import torch.distributed as dist
+
+    from textinv.errors import TrainingError
+    from textinv.train import _StopRequest
+
+    heard = []
+
+    def all_reduce(flags, op, group):  # (this is process 0 of 2; process 1 says `peer`)
+        heard.append(flags.tolist())
+        flags[1] = peer
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(dist, "get_world_size", lambda group: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group: 0)
+    peer = 0
+    stop = _StopRequest(group="the CPU group")
+    with pytest.raises(KeyboardInterrupt), stop.setting_up():
+        raise KeyboardInterrupt  # (this process's own Ctrl-C: raised here, once process 1 has heard it)
+    assert heard == [[2, 0]] and not stop.pending
+    peer = 2
+    stop = _StopRequest(group="the CPU group")
+    with pytest.raises(TrainingError, match=r"process 1 was interrupted as the run was set up \(its own message says "
+                                            r"why\); every process stopped before the first step"), stop.setting_up():
+        stop.agree_set_up()
+    assert heard[1:] == [[0, 0]]  # (said once: not again as the error leaves `setting_up`)
+    stop = _StopRequest()  # one process: nothing to ask
+    with stop.setting_up():
+        stop.agree_set_up(last=True)
+    assert len(heard) == 2
+
+
 def test_an_interrupted_data_parallel_run_says_how_to_continue_once(images, tmp_path, monkeypatch, capsys):
     import textinv.train as train_module
 
