@@ -662,7 +662,7 @@ def test_a_churn_of_0_makes_the_sampler_it_always_was(name):
 
 
 @pytest.mark.parametrize("name", ["euler", "euler_a", "lms_karras", "heun", "heun_karras", "dpm++2m", "dpm++sde",
-                                  "dpm++2s_a_karras", "dpm++2m_sde_exponential"])
+                                  "dpm++2s_a_karras", "dpm++2m_sde_exponential", "lcm", "lcm_karras"])
 def test_discarding_the_penultimate_sigma_takes_it_out_of_the_longer_schedule(name):
     """--discard-penultimate-sigma (the web UI's "Always discard next-to-last sigma"): n steps go down the n + 1 step
     schedule without its smallest non-zero sigma, so there are still n steps and the last goes from the sigma before
@@ -716,3 +716,76 @@ def test_discarding_leaves_a_sampler_that_always_discards_or_has_no_sigma_schedu
     plain.set_timesteps(5)
     given.set_timesteps(5)
     assert torch.equal(plain.timesteps, given.timesteps)
+
+
+def _lcm_levels(scheduler) -> np.ndarray:
+    """The sigmas of timesteps 19, 39, ..., 999, the 50 an LCM is distilled at (the web UI's LCMCompVisDenoiser's)."""
+    return _training_sigmas(scheduler)[19::20]
+
+
+def _lcm_sigmas(scheduler, n: int, schedule: str = "") -> list[float]:
+    """The web UI's sigmas for LCM: its own (get_sigmas: n timesteps from 999 to 19, each between two of the 50
+    levels interpolated in log sigma), or Karras's over the levels' range; then 0."""
+    levels = _lcm_levels(scheduler)
+    if schedule == "karras":
+        low, high = levels[0] ** (1 / 7), levels[-1] ** (1 / 7)
+        return [(high + i / (n - 1) * (low - high)) ** 7 for i in range(n)] + [0.0]
+    sigmas = []
+    for t in np.linspace(999, 19, n):
+        index = (t - 19) / 20
+        low = math.floor(index)
+        high, w = min(low + 1, 49), index - low
+        sigmas.append(math.exp((1 - w) * math.log(levels[low]) + w * math.log(levels[high])))
+    return sigmas + [0.0]
+
+
+def _lcm(denoiser, x, sigmas, noise, levels):
+    """The web UI's sample_lcm on its LCM denoiser, written out in float64 sigmas: the model called at the nearest of
+    the 50 levels' timesteps t, its estimate taken under the boundary conditions at 10 t (sigma_data 0.5), then noise
+    of the next sigma."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        t = int(np.abs(np.log(levels) - math.log(s)).argmin()) * 20 + 19
+        scaled = 10.0 * t
+        c_skip, c_out = 0.25 / (scaled ** 2 + 0.25), scaled / (scaled ** 2 + 0.25) ** 0.5
+        x = c_out * denoiser(x, s) + c_skip * x
+        if s_next > 0:
+            x = x + s_next * noise(x)
+    return x
+
+
+@pytest.mark.parametrize("name, steps, kind", [("lcm", 4, "epsilon"), ("lcm", 8, "v_prediction"),
+                                               ("lcm_karras", 6, "epsilon"), ("lcm", 1, "epsilon")])
+def test_lcm_takes_the_web_uis_steps_on_a_toy_denoiser(name, steps, kind):
+    """Each model call's latents, its timestep and the result match the web UI's sample_lcm with its LCM denoiser on
+    the same sigmas and noise: at 4 steps the model is called at timesteps 999, 679, 339 and 19 (diffusers'
+    LCMScheduler: 999, 759, 499, 259)."""
+    own = _sd_scheduler(prediction_type=kind)
+    sigmas = _lcm_sigmas(own, steps, "karras" if name.endswith("_karras") else "")
+    read, seed = [], 4
+    x, calls, recording = _toy_start(sigmas[0], read)
+    generator = torch.Generator().manual_seed(seed)
+    expected = _lcm(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
+                    _lcm_levels(own))
+    made = scheduler_for(own, name)
+    assert type(made).__name__ == "LatentConsistencyScheduler"
+    made.set_timesteps(steps)
+    if (name, steps) == ("lcm", 4):
+        assert made.timesteps.tolist() == [999, 679, 339, 19]
+    got, got_read = _drawn(made, steps, x, calls, kind, seed)
+    for call, (latents, wanted) in enumerate(zip(got_read, read)):
+        torch.testing.assert_close(latents, wanted, rtol=1e-5, atol=1e-5, msg=f"call {call}")
+    # (tighter than the calls': the boundary conditions move the result by 7e-6 of x at timestep 19)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-6, atol=1e-6)
+    if steps > 1:
+        other, _ = _drawn(scheduler_for(own, name), steps, x, calls, kind, seed + 1)
+        assert not torch.allclose(got, other)  # (its noise is the generator's)
+
+
+def test_lcm_starts_from_noise_of_its_first_sigma_on_sd_1s_leading_spacing():
+    """The pipeline's starting latents are noise times `init_noise_sigma`: the first sigma, as the web UI's x = noise
+    sigma_0, where diffusers' Euler takes sqrt(sigma_0^2 + 1) on the "leading" spacing SD 1.x's config names."""
+    own = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    made = scheduler_for(own, "lcm")
+    made.set_timesteps(4)
+    assert own.config.timestep_spacing == "leading"
+    assert float(made.init_noise_sigma) == pytest.approx(_lcm_sigmas(own, 4)[0]) == pytest.approx(14.6146, abs=1e-4)

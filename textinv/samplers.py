@@ -16,7 +16,8 @@ SDE's eta (`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (wit
 Euler's, Heun's and DPM2's sigma churn (`_churning`), its noise setting DPM2 a's and DPM++ 2S a's noise too (`_at_eta`);
 `--discard-penultimate-sigma` discards the next-to-last sigma for the other k-diffusion samplers too (`discards`).
 
-DPM++ 2S a and Restart have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers' are.
+DPM++ 2S a, Restart and LCM have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers'
+are.
 
 Two bases need a package diffusers does not install: `lms` (and every `_beta` schedule) SciPy, `dpm++sde` torchsde
 (`pip install 'textinv[samplers]'` adds both); a name whose package is missing is refused when it is read
@@ -102,6 +103,9 @@ BASES = {
     # diffusers' single-step DPM-Solver++, kohya's dpmsingle: not ancestral, so not the web UI's "DPM++ 2S a"
     "dpm++2s": Base(None, "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "lms": Base("LMS", "LMSDiscreteScheduler", {}, spaced=True, needs="scipy"),
+    # latent consistency models' sampling (Luo et al. 2023) for an LCM or LCM-LoRA, as the web UI's LCM: its own
+    # schedule over the 50 timesteps an LCM is distilled at, the sigma schedules over their range
+    "lcm": Base("LCM", "LatentConsistencyScheduler", {}, spaced=True),
 }
 # a sigma schedule: (the web UI's "Schedule type", the diffusers flag that gives it)
 SCHEDULES = {"karras": ("Karras", "use_karras_sigmas"), "exponential": ("Exponential", "use_exponential_sigmas"),
@@ -122,14 +126,16 @@ KOHYA = {"ddim": "ddim", "ddpm": "ddpm", "euler": "euler", "k_euler": "euler", "
          "dpmsingle": "dpm++2s"}  # (DPMSolverSinglestep's defaults: dpmsolver++, order 2)
 KOHYA_OTHERS = ("pndm", "dpmsolver")  # kohya's, which textinv does not have
 # ComfyUI's samplers (KSampler's sampler_name) that textinv has, as textinv's base names. The _gpu ones draw the same
-# noise on the GPU; uni_pc is UniPC's bh1 variant, uni_pc_bh2 its bh2, both at order 3. Not here: dpm_fast,
-# dpm_adaptive, lcm, the cfg_pp ones
+# noise on the GPU; uni_pc is UniPC's bh1 variant, uni_pc_bh2 its bh2, both at order 3; lcm is the web UI's LCM as
+# ComfyUI draws it after a ModelSamplingDiscrete node's lcm sampling (the LCM-LoRA workflow: without it ComfyUI takes
+# lcm's steps on the model's own noise levels, with no boundary conditions). Not here: dpm_fast, dpm_adaptive, the
+# cfg_pp ones
 COMFY = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a",
          "lms": "lms", "dpmpp_2m": "dpm++2m", "dpmpp_2m_sde": "dpm++2m_sde", "dpmpp_2m_sde_gpu": "dpm++2m_sde",
          "dpmpp_2m_sde_heun": "dpm++2m_sde_heun", "dpmpp_2m_sde_heun_gpu": "dpm++2m_sde_heun",
          "dpmpp_3m_sde": "dpm++3m_sde", "dpmpp_3m_sde_gpu": "dpm++3m_sde", "dpmpp_sde": "dpm++sde",
          "dpmpp_sde_gpu": "dpm++sde", "dpmpp_2s_ancestral": "dpm++2s_a",
-         "ddim": "ddim", "uni_pc": "unipc", "uni_pc_bh2": "unipc_bh2", "ddpm": "ddpm"}
+         "ddim": "ddim", "uni_pc": "unipc", "uni_pc_bh2": "unipc_bh2", "ddpm": "ddpm", "lcm": "lcm"}
 # the schedules that space the steps evenly in timestep, differing at the ends only, as diffusers' own spacings
 # (leading, trailing, linspace) do: the model's own spacing, a name without a schedule. The web UI's labels and
 # ComfyUI's scheduler names, lowercase
@@ -254,7 +260,7 @@ _NOISE_ONLY = _NOISE_SCALED + ("dpm++sde", "dpm++3m_sde")
 # the samplers the web UI's "Always discard next-to-last sigma" reaches that do not discard it already: its
 # k-diffusion ones that textinv has on diffusers' sigma tables (not Restart, which plans its steps on them)
 _DISCARDING = ("euler", "euler_a", "lms", "heun", "dpm++2m", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++sde",
-               "dpm++2s_a")
+               "dpm++2s_a", "lcm")
 
 
 def discards(name: str, discard: bool = False) -> bool:

@@ -13,6 +13,11 @@ sample_dpmpp_3m_sde takes it (diffusers' differs in the sign of one term).
 `RestartScheduler` is the web UI's "Restart" (its sd_samplers_extra.restart_sampler): Heun's steps with, at 20 steps
 or more, a stretch of the schedule drawn again after noise takes the latents back up it (Xu et al. 2023, "Restart
 Sampling for Improving Generative Processes").
+
+`LatentConsistencyScheduler` is the web UI's "LCM" (its sd_samplers_lcm, since 1.8) and ComfyUI's lcm after its
+ModelSamplingDiscrete node's lcm sampling: the multistep sampling of latent consistency models (Luo et al. 2023,
+"Latent Consistency Models", Algorithm 1) on the 50 noise levels an LCM (or LCM-LoRA) was distilled at, each step the
+model's denoised estimate under the consistency boundary conditions, then fresh noise of the next step's sigma.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import math
 
 import numpy as np
 import torch
-from diffusers import HeunDiscreteScheduler, KDPM2AncestralDiscreteScheduler
+from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler, KDPM2AncestralDiscreteScheduler
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -199,6 +205,96 @@ class RestartScheduler(HeunDiscreteScheduler):
         if not return_dict:
             return prev_sample, denoised
         return HeunDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
+
+class LatentConsistencyScheduler(EulerDiscreteScheduler):
+    """The web UI's LCM: at each step's sigma s the model's denoised estimate D, taken as an LCM's consistency
+    function, c_skip x + c_out D (`boundary`), is the step's result; where a step follows, fresh noise of its sigma
+    from the pipeline's generator is added to it, x = D + s' noise (k-diffusion's form of LCM's multistep sampling:
+    sample_lcm, ComfyUI's too).
+
+    An LCM is distilled at 50 of the model's timesteps, 19, 39, ..., 999 (`original_steps`; every 20th of 1000), so
+    the model is called at the one of those whose sigma is nearest the step's, as the web UI's LCMCompVisDenoiser
+    does; the step's own sigma scales its input and its estimate. Its own schedule (the web UI's "Automatic" and
+    "Uniform" for LCM) takes n sigmas evenly spaced in index over those 50 levels, from 999 to 19, each between two
+    levels interpolated in log sigma. Karras, exponential and beta schedules (`use_karras_sigmas`, ...) span the same
+    range, sigma(19) to sigma(999), as the web UI's span its LCM denoiser's.
+
+    Its tables are laid out as diffusers' Euler lays out its own (the steps' sigmas, then 0; one timestep a step), so
+    `scale_model_input`, `add_noise` and img2img's start are that class's. Diffusers' own LCMScheduler takes the same
+    step on other timesteps (at 4 steps 999, 759, 499, 259; here 999, 679, 339, 19) and is what its LCM pipelines use.
+
+    >>> pipe.scheduler = LatentConsistencyScheduler.from_config(pipe.scheduler.config)  # doctest: +SKIP
+    >>> pipe("a cat", num_inference_steps=4, guidance_scale=1.5)  # doctest: +SKIP
+    """
+
+    original_steps = 50  # the timesteps an LCM was distilled at (diffusers' LCMScheduler's original_inference_steps)
+    timestep_scaling = 10.0  # the boundary conditions' time scale (LCMScheduler's timestep_scaling)
+
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None):
+        if num_inference_steps is None or timesteps is not None or sigmas is not None:
+            raise ValueError("LatentConsistencyScheduler takes a number of steps, not timesteps or sigmas")
+        levels = self.lcm_sigmas()
+        schedule = self._schedule(num_inference_steps, levels)
+        nearest = np.abs(np.log(schedule)[:, None] - np.log(levels)[None, :]).argmin(axis=1)
+        skip = self.config.num_train_timesteps // self.original_steps
+        self.timesteps = torch.from_numpy(nearest * skip + skip - 1).to(device=device, dtype=torch.float32)
+        self.sigmas = torch.from_numpy(np.append(schedule, 0.0)).to(torch.float32)  # (on the CPU, as Euler's)
+        self.num_inference_steps = num_inference_steps
+        self._step_index, self._begin_index = None, None
+
+    def lcm_sigmas(self) -> np.ndarray:
+        """The sigmas of the timesteps an LCM was distilled at, 19, 39, ..., 999 of 1000 (rising)."""
+        skip = self.config.num_train_timesteps // self.original_steps
+        alphas = self.alphas_cumprod.double().numpy()[skip - 1::skip][:self.original_steps]
+        return ((1 - alphas) / alphas) ** 0.5
+
+    def _schedule(self, n: int, levels: np.ndarray) -> np.ndarray:
+        """The n steps' sigmas over `levels` (`lcm_sigmas`): the sampler's own spacing, or the config's schedule."""
+        low, high = levels[0], levels[-1]
+        if self.config.use_karras_sigmas:
+            return np.array(karras(n, low, high)[:-1])
+        if self.config.use_exponential_sigmas:
+            return np.exp(np.linspace(math.log(high), math.log(low), n))
+        if self.config.use_beta_sigmas:  # (the web UI's beta_scheduler at its alpha = beta = 0.6)
+            import scipy.stats
+
+            return low + scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), 0.6, 0.6) * (high - low)
+        at = np.linspace(len(levels) - 1, 0, n)
+        return np.exp(np.interp(at, np.arange(len(levels)), np.log(levels)))
+
+    def boundary(self, timestep) -> tuple[float, float]:
+        """(c_skip, c_out) of an LCM's consistency function at `timestep` (Song et al. 2023, "Consistency Models",
+        eq. 7, with sigma_data 0.5 at the time timestep_scaling x timestep): c_skip -> 1 and c_out -> 0 as t -> 0."""
+        scaled = float(timestep) * self.timestep_scaling
+        return 0.25 / (scaled ** 2 + 0.25), scaled / (scaled ** 2 + 0.25) ** 0.5
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True):
+        """One step: the consistency function's estimate at this step's sigma, then the next step's noise (none
+        after the last). Returns (the next latents, the estimate)."""
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+        sample = sample.to(torch.float32)
+        skip, out = self.boundary(self.timesteps[self.step_index])
+        denoised = skip * sample + out * _denoised(self.config.prediction_type, model_output, sample, sigma)
+        prev_sample = denoised
+        if sigma_next > 0:
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                                 generator=generator)
+            prev_sample = denoised + noise * sigma_next
+        self._step_index += 1
+        prev_sample = prev_sample.to(model_output.dtype)
+        if not return_dict:
+            return prev_sample, denoised
+        return EulerDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
+    @property
+    def init_noise_sigma(self) -> torch.Tensor:
+        """The starting noise's sigma, the first step's, as the web UI's x = noise sigma_0 (Euler's is sqrt(sigma_0^2
+        + 1) on the "leading" spacing SD 1.x's configs name, which this schedule does not take)."""
+        return self.sigmas.max()
 
 
 def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
