@@ -401,7 +401,8 @@ def test_resume_needs_only_the_output_folder(sd1_dir, images, tmp_path):
                                           ("DPM++ SDE Karras", "dpm++sde_karras"), ("DPM++ 3M SDE", "dpm++3m_sde"),
                                           ("Euler Exponential", "euler_exponential"), ("DPM2 a Beta", "dpm2_a_beta"),
                                           ("DPM++ 2S a", "dpm++2s_a"), ("DPM++ 2S a Karras", "dpm++2s_a_karras"),
-                                          ("dpmpp_2s_ancestral", "dpm++2s_a"), ("Restart", "restart")])
+                                          ("dpmpp_2s_ancestral", "dpm++2s_a"), ("Restart", "restart"),
+                                          ("LCM", "lcm"), ("LCM Karras", "lcm_karras")])
 def test_the_web_uis_and_kohyas_sampler_names_are_taken_as_textinvs(tmp_path, given, ours):
     """`--sampler k_euler_a` (kohya's gen_img) or 'Euler a' (the web UI, as its pictures name it) was argparse's
     "invalid choice" for the very scheduler textinv draws as euler_a: on the command line, in a config file and from
@@ -420,7 +421,7 @@ def test_the_web_uis_and_kohyas_sampler_names_are_taken_as_textinvs(tmp_path, gi
 
 
 def test_a_sampler_textinv_does_not_have_is_still_refused_by_any_name(capsys):
-    for name in ("pndm", "dpmsolver", "LCM", "DPM fast", "Euler a Karras", "DPM++ 2M Align Your Steps"):
+    for name in ("pndm", "dpmsolver", "DPM fast", "Euler a Karras", "DPM++ 2M Align Your Steps"):
         with pytest.raises(SystemExit):
             main(["generate", "--prompt", "a dog", "--sampler", name])
         assert f"invalid choice: '{name}'" in capsys.readouterr().err

@@ -450,7 +450,7 @@ def test_a_size_the_models_vae_cannot_draw_is_refused_with_the_nearest_it_can(sd
         render(model, ["a dog"], [0], steps=1, width=24, height=32)
 
 
-@pytest.mark.parametrize("sampler", ["default", "euler_a"])
+@pytest.mark.parametrize("sampler", ["default", "euler_a", "lcm"])
 def test_a_seed_draws_the_same_picture_at_any_batch_size(sd1_dir, tmp_path, sampler):
     model = fresh_model(sd1_dir)
     calls = []
@@ -569,7 +569,7 @@ def test_a_composable_prompts_weights_are_not_among_the_words_it_is_named_by():
 
 
 NEW_SAMPLERS = ["heun", "dpm2", "dpm2_a", "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s", "dpm++2s_a",
-                "dpm++2s_a_karras", "restart"]
+                "dpm++2s_a_karras", "restart", "lcm", "lcm_karras"]
 # the web UI's SDE samplers, DDPM and LMS, and sigma schedules beside Karras
 SDE_SAMPLERS = ["dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde", "ddpm", "lms", "dpm++2m_sde_karras",
                 "dpm++2m_exponential", "euler_beta", "dpm++sde_karras"]
@@ -853,7 +853,7 @@ def test_generate_draws_with_the_clip_skip_the_embedding_was_trained_with(sd1_di
     assert np.array_equal(np.asarray(draw("e")), np.asarray(trained))
 
 
-@pytest.mark.parametrize("sampler", ["euler_a", "dpm++2m_sde", "dpm++3m_sde", "dpm++sde", "ddpm"])
+@pytest.mark.parametrize("sampler", ["euler_a", "dpm++2m_sde", "dpm++3m_sde", "dpm++sde", "ddpm", "lcm"])
 def test_a_sampler_that_adds_noise_draws_each_picture_from_its_own_seed(sd1_dir, tmp_path, sampler):
     """An ancestral or SDE sampler draws fresh noise at every step: from the picture's own seed (DPM++ SDE's
     Brownian tree too, one a picture), so picture i of a batch is the picture its seed draws alone."""
@@ -1958,7 +1958,9 @@ def test_again_reads_the_web_uis_parameters_and_says_what_it_cannot_use(sd1_dir,
                        ("Sampler: DPM++ 2S a, Schedule type: Exponential", "dpm++2s_a_exponential"),
                        ("Sampler: DPM++ 2S a, Schedule type: Uniform", "dpm++2s_a"),
                        ("Sampler: DPM++ 2S a Karras", "dpm++2s_a_karras"), ("Sampler: Restart", "restart_karras"),
-                       ("Sampler: Restart, Schedule type: Uniform", "restart")]:
+                       ("Sampler: Restart, Schedule type: Uniform", "restart"), ("Sampler: LCM", "lcm"),
+                       ("Sampler: LCM, Schedule type: Automatic", "lcm"),
+                       ("Sampler: LCM, Schedule type: Karras", "lcm_karras")]:
         path = picture(f"a cat\nSteps: 4, {text}, Seed: 3, Size: 16x16")
         assert again_config(path, {"model": str(sd1_dir)})[0].sampler == ours, text
 
@@ -2785,7 +2787,8 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
                        (("heun", "sgm_uniform"), "heun"), (("ddim", "ddim_uniform"), "ddim"),
                        (("uni_pc", "normal"), "unipc"), (("uni_pc_bh2", "normal"), "unipc_bh2"),
                        (("dpmpp_2s_ancestral", "karras"), "dpm++2s_a_karras"),
-                       (("dpmpp_2s_ancestral", "normal"), "dpm++2s_a"),
+                       (("dpmpp_2s_ancestral", "normal"), "dpm++2s_a"), (("lcm", "sgm_uniform"), "lcm"),
+                       (("lcm", "karras"), "lcm_karras"),
                        # (ComfyUI's ddim is its Euler: on Karras's schedule, refused as no ddim_karras)
                        (("ddim", "karras"), "euler_karras")]:
         assert read(*pair).settings["sampler"] == ours, pair
