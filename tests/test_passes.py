@@ -890,6 +890,22 @@ def test_ensd_seeds_each_steps_noise_from_seed_plus_the_delta_as_the_web_ui_does
     assert np.abs(draw("euler", hires=hires, ensd=7)[0] - draw("euler", hires=hires)[0]).max() > 10
 
 
+@pytest.mark.parametrize("sampler", ["lcm", "tcd"])
+def test_lcm_and_tcd_draw_fresh_noise_at_each_step_from_the_pictures_seeds(sd1_dir, sampler):
+    """LCM and TCD add fresh noise after every step but the last, drawn (after the starting noise) from each
+    picture's generator, so --ensd moves it and the starting noise stays: TCD at its gamma 0.3, though the
+    pipeline hands a step its eta, 0 (diffusers' TCDScheduler drew at gamma 0 there, with no noise, the same picture
+    at any ENSD)."""
+    model = load_model(sd1_dir)
+
+    def draw(**settings):
+        return np.asarray(render(model, ["a dog"], [5], steps=3, width=16, sampler=sampler, **settings)[0]).astype(int)
+
+    plain = draw()
+    assert np.array_equal(draw(ensd=0), plain)
+    assert np.abs(draw(ensd=31337) - plain).max() > 10
+
+
 def test_eta_sets_ddims_and_the_ancestral_samplers_noise_and_its_default_draws_as_before(sd1_dir):
     model = load_model(sd1_dir)
 
@@ -913,6 +929,8 @@ def test_eta_sets_ddims_and_the_ancestral_samplers_noise_and_its_default_draws_a
     ({"eta": 0.5}, r"--eta 0.5: --sampler default takes no eta; give one that does: euler_a, .* textinv's "
                    r"dpm\+\+3m_sde and dpm\+\+sde draw at eta 1 only"),
     ({"eta": 0.5, "sampler": "dpm++3m_sde_karras"}, r"--sampler dpm\+\+3m_sde_karras takes no eta"),
+    ({"eta": 0.5, "sampler": "tcd"}, r"--sampler tcd takes no eta; .* tcd at its gamma 0.3 only \(TCD's eta\)"),
+    ({"eta": 0.5, "sampler": "lcm"}, r"--sampler lcm takes no eta"),
     ({"ensd": -1}, r"--ensd must be 0 or more"),
 ])
 def test_an_eta_or_ensd_that_cannot_be_drawn_is_refused_naming_the_flag(settings, message):

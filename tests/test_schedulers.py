@@ -789,3 +789,51 @@ def test_lcm_starts_from_noise_of_its_first_sigma_on_sd_1s_leading_spacing():
     made.set_timesteps(4)
     assert own.config.timestep_spacing == "leading"
     assert float(made.init_noise_sigma) == pytest.approx(_lcm_sigmas(own, 4)[0]) == pytest.approx(14.6146, abs=1e-4)
+
+
+def _tcd_timesteps(n: int) -> list[int]:
+    """TCD's timesteps for n steps: n of the 50 an LCM or TCD is distilled at (19, 39, ..., 999), from 999 down, at
+    floor(i 50 / n)."""
+    distilled = [20 * k + 19 for k in range(50)][::-1]
+    return [distilled[math.floor(i * 50 / n)] for i in range(n)]
+
+
+def _tcd(denoiser, x, timesteps, alphas, noise, gamma=0.3):
+    """Zheng et al. 2024's strategic stochastic sampling, written out in float64 on latents x = sqrt(a) x0 +
+    sqrt(1 - a) eps: from t, the model's x0 and eps give the latents at s = floor((1 - gamma) t') (t': the next
+    timestep, 0 after the last), then noise takes them up to t' (none after the last)."""
+    for i, t in enumerate(timesteps):
+        a = alphas[t]
+        x0 = denoiser(x / math.sqrt(a), math.sqrt((1 - a) / a))  # (the toy reads x0 + sigma eps)
+        eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+        t_next = timesteps[i + 1] if i + 1 < len(timesteps) else 0
+        s = math.floor((1 - gamma) * t_next)
+        x = math.sqrt(alphas[s]) * x0 + math.sqrt(1 - alphas[s]) * eps
+        if i + 1 < len(timesteps):
+            kept = alphas[t_next] / alphas[s]
+            x = math.sqrt(kept) * x + math.sqrt(1 - kept) * noise(x)
+    return x
+
+
+@pytest.mark.parametrize("steps, kind", [(4, "epsilon"), (6, "v_prediction"), (1, "epsilon")])
+def test_tcd_takes_strategic_stochastic_steps_at_gamma_0_3_on_a_toy_denoiser(steps, kind):
+    """tcd is diffusers' TCDScheduler at gamma 0.3 whatever eta a pipeline hands a step: its step takes none (a
+    diffusers pipeline passes its own, 0 by default, to a step that takes one: no noise, gamma 0)."""
+    own = _sd_scheduler(prediction_type=kind)
+    alphas = own.alphas_cumprod.double().numpy()
+    timesteps = _tcd_timesteps(steps)
+    sigma = math.sqrt((1 - alphas[timesteps[0]]) / alphas[timesteps[0]])
+    read, seed = [], 2
+    x, calls, recording = _toy_start(sigma, read)
+    x = x * math.sqrt(alphas[timesteps[0]])  # (the latents at t: sqrt(a) (x0 + sigma eps))
+    generator = torch.Generator().manual_seed(seed)
+    expected = _tcd(recording, x.double(), timesteps, alphas, lambda like: torch.randn(like.shape,
+                                                                                        generator=generator))
+    made = scheduler_for(own, "tcd")
+    assert "eta" not in inspect.signature(made.step).parameters
+    made.set_timesteps(steps)
+    assert made.timesteps.tolist() == timesteps
+    got, got_read = _drawn(made, steps, x, calls, kind, seed)
+    for call, (latents, wanted) in enumerate(zip(got_read, read)):
+        torch.testing.assert_close(latents, wanted, rtol=1e-5, atol=1e-5, msg=f"call {call}")
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)

@@ -17,7 +17,7 @@ Euler's, Heun's and DPM2's sigma churn (`_churning`), its noise setting DPM2 a's
 `--discard-penultimate-sigma` discards the next-to-last sigma for the other k-diffusion samplers too (`discards`).
 
 DPM++ 2S a, Restart and LCM have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers'
-are.
+are; so is TCD, diffusers' at its own gamma.
 
 Two bases need a package diffusers does not install: `lms` (and every `_beta` schedule) SciPy, `dpm++sde` torchsde
 (`pip install 'textinv[samplers]'` adds both); a name whose package is missing is refused when it is read
@@ -106,6 +106,8 @@ BASES = {
     # latent consistency models' sampling (Luo et al. 2023) for an LCM or LCM-LoRA, as the web UI's LCM: its own
     # schedule over the 50 timesteps an LCM is distilled at, the sigma schedules over their range
     "lcm": Base("LCM", "LatentConsistencyScheduler", {}, spaced=True),
+    # diffusers' TCDScheduler (Zheng et al. 2024) at gamma 0.3, for a TCD or TCD-LoRA model; the web UI has none
+    "tcd": Base(None, "StochasticTCDScheduler", {}),
 }
 # a sigma schedule: (the web UI's "Schedule type", the diffusers flag that gives it)
 SCHEDULES = {"karras": ("Karras", "use_karras_sigmas"), "exponential": ("Exponential", "use_exponential_sigmas"),
@@ -211,9 +213,10 @@ def check_eta(eta: float | None, names: list[str] | None) -> None:
         return
     taking = [n for n, b in BASES.items() if b.eta == 1]
     sde = [n for n, b in BASES.items() if b.brownian and b.eta is None]
+    tcd = "; tcd at its gamma 0.3 only (TCD's eta)" if "tcd" in names else ""
     raise ConfigError(f"--eta {eta:g}: --sampler {' or '.join(dict.fromkeys(names))} takes no eta; give one that "
                       f"does: {', '.join(taking)} (the web UI's Eta, default 1) or ddim (its Eta DDIM, default 0), "
-                      f"with a schedule or without. textinv's {' and '.join(sde)} draw at eta 1 only")
+                      f"with a schedule or without. textinv's {' and '.join(sde)} draw at eta 1 only{tcd}")
 
 
 def ensd_reaches(name: str) -> bool:

@@ -18,6 +18,9 @@ Sampling for Improving Generative Processes").
 ModelSamplingDiscrete node's lcm sampling: the multistep sampling of latent consistency models (Luo et al. 2023,
 "Latent Consistency Models", Algorithm 1) on the 50 noise levels an LCM (or LCM-LoRA) was distilled at, each step the
 model's denoised estimate under the consistency boundary conditions, then fresh noise of the next step's sigma.
+
+`StochasticTCDScheduler` is diffusers' TCDScheduler (Zheng et al. 2024, "Trajectory Consistency Distillation",
+strategic stochastic sampling) at its own gamma, which a diffusers pipeline would otherwise set to its eta argument, 0.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import math
 
 import numpy as np
 import torch
-from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler, KDPM2AncestralDiscreteScheduler
+from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler, KDPM2AncestralDiscreteScheduler, TCDScheduler
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteSchedulerOutput
@@ -295,6 +298,26 @@ class LatentConsistencyScheduler(EulerDiscreteScheduler):
         """The starting noise's sigma, the first step's, as the web UI's x = noise sigma_0 (Euler's is sqrt(sigma_0^2
         + 1) on the "leading" spacing SD 1.x's configs name, which this schedule does not take)."""
         return self.sigmas.max()
+
+
+class StochasticTCDScheduler(TCDScheduler):
+    """Diffusers' TCDScheduler for a TCD (or TCD-LoRA) model, at its `gamma`, 0.3 (diffusers' default, the paper's
+    suggestion): each step from timestep t to t' predicts the latents at the earlier timestep s = floor((1 - gamma) t')
+    from the model's estimates of x0 and its noise, then adds fresh noise from the pipeline's generator up to t' (none
+    after the last step, which ends at s = 0). Its step takes no eta: diffusers' pipelines hand their eta (DDIM's, 0 by
+    default) to a step that takes one, which would draw TCD at gamma 0, with no noise.
+
+    >>> pipe.scheduler = StochasticTCDScheduler.from_config(pipe.scheduler.config)  # doctest: +SKIP
+    >>> pipe("a cat", num_inference_steps=4, guidance_scale=1.0)  # doctest: +SKIP
+    """
+
+    gamma = 0.3
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True):
+        """TCDScheduler's step at the scheduler's `gamma`."""
+        return super().step(model_output, timestep, sample, eta=self.gamma, generator=generator,
+                            return_dict=return_dict)
 
 
 def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
