@@ -450,7 +450,7 @@ def test_a_size_the_models_vae_cannot_draw_is_refused_with_the_nearest_it_can(sd
         render(model, ["a dog"], [0], steps=1, width=24, height=32)
 
 
-@pytest.mark.parametrize("sampler", ["default", "euler_a", "lcm"])
+@pytest.mark.parametrize("sampler", ["default", "euler_a", "lcm", "tcd"])
 def test_a_seed_draws_the_same_picture_at_any_batch_size(sd1_dir, tmp_path, sampler):
     model = fresh_model(sd1_dir)
     calls = []
@@ -569,7 +569,7 @@ def test_a_composable_prompts_weights_are_not_among_the_words_it_is_named_by():
 
 
 NEW_SAMPLERS = ["heun", "dpm2", "dpm2_a", "dpm2_karras", "dpm2_a_karras", "plms", "dpm++2s", "dpm++2s_a",
-                "dpm++2s_a_karras", "restart", "lcm", "lcm_karras"]
+                "dpm++2s_a_karras", "restart", "lcm", "lcm_karras", "tcd"]
 # the web UI's SDE samplers, DDPM and LMS, and sigma schedules beside Karras
 SDE_SAMPLERS = ["dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde", "ddpm", "lms", "dpm++2m_sde_karras",
                 "dpm++2m_exponential", "euler_beta", "dpm++sde_karras"]
@@ -588,8 +588,8 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
     assert model.pipeline.scheduler is own  # the model's own scheduler is put back
     img = Image.open(path)
     assert img.text["sampler"] == sampler
-    if sampler in ("dpm++2s", "unipc_bh2"):  # the web UI has no such sampler (its "DPM++ 2S a" is ancestral, its
-        assert "Sampler" not in img.text["parameters"]  # UniPC bh1): none is written
+    if sampler in ("dpm++2s", "unipc_bh2", "tcd"):  # the web UI has no such sampler (its "DPM++ 2S a" is ancestral,
+        assert "Sampler" not in img.text["parameters"]  # its UniPC bh1; no TCD): none is written
     else:
         assert f"Sampler: {webui_names(sampler)[0]}, " in img.text["parameters"]
     pixels = np.asarray(img)
@@ -853,7 +853,7 @@ def test_generate_draws_with_the_clip_skip_the_embedding_was_trained_with(sd1_di
     assert np.array_equal(np.asarray(draw("e")), np.asarray(trained))
 
 
-@pytest.mark.parametrize("sampler", ["euler_a", "dpm++2m_sde", "dpm++3m_sde", "dpm++sde", "ddpm", "lcm"])
+@pytest.mark.parametrize("sampler", ["euler_a", "dpm++2m_sde", "dpm++3m_sde", "dpm++sde", "ddpm", "lcm", "tcd"])
 def test_a_sampler_that_adds_noise_draws_each_picture_from_its_own_seed(sd1_dir, tmp_path, sampler):
     """An ancestral or SDE sampler draws fresh noise at every step: from the picture's own seed (DPM++ SDE's
     Brownian tree too, one a picture), so picture i of a batch is the picture its seed draws alone."""
