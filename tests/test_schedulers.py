@@ -371,14 +371,16 @@ def test_an_ancestral_samplers_sigma_noise_takes_k_diffusions_steps_on_a_toy_den
     assert not torch.allclose(got, unscaled, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["dpm2_a_karras", "dpm++2s_a", "euler_a", "dpm++2m_sde_karras"])
+@pytest.mark.parametrize("name", ["dpm2_a_karras", "dpm++2s_a", "euler_a", "dpm++2m_sde_karras", "dpm++3m_sde",
+                                  "dpm++sde"])
 def test_an_ancestral_sampler_at_sigma_noise_1_is_the_one_it_was(name):
     """The sigma churn settings at the web UI's defaults (Sigma noise 1) make the scheduler an ancestral sampler always
     was: the same class, the same steps, bit for bit."""
     from textinv.samplers import Churn
 
     own = _sd_scheduler()
-    plain, given = scheduler_for(own, name), scheduler_for(own, name, churn=Churn(), generators=[torch.Generator()])
+    plain = scheduler_for(own, name, seeds=[1])  # (DPM++ SDE's Brownian tree: the picture's seed's)
+    given = scheduler_for(own, name, seeds=[1], churn=Churn(), generators=[torch.Generator()])
     assert type(given) is type(plain)
     x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2)) * 14.6
     plain.set_timesteps(4)
@@ -508,6 +510,141 @@ def test_diffusers_third_order_sde_update_differs_from_k_diffusions_in_one_sign(
     assert (alpha_t * d2).abs().max() > 0.1
 
 
+def _dpmpp_3m_sde_at(denoiser, x, sigmas, noise, eta, s_noise):
+    """k-diffusion's sample_dpmpp_3m_sde at `eta` and `s_noise` (`_dpmpp_3m_sde` is it at 1 and 1), in float64 sigmas:
+    h_eta = (1 + eta) h in its phi_2, phi_3 and the denoised estimate's share, exp(-eta h) more of the latents kept,
+    noise of s_noise sigma_next sqrt(1 - exp(-2 eta h))."""
+    denoised_1 = denoised_2 = h_1 = h_2 = None
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = denoiser(x, s)
+        drawn = noise(x)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s) - math.log(s_next)
+            h_eta = h * (eta + 1)
+            x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised
+            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0, d1_1 = (denoised - denoised_1) / r0, (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+            elif h_1 is not None:
+                x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
+            x = x + drawn * s_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
+            h_1, h_2 = h, h_1
+        denoised_1, denoised_2 = denoised, denoised_1
+    return x
+
+
+@pytest.mark.parametrize("name, eta, s_noise", [("dpm++3m_sde", 0.5, 1.0), ("dpm++3m_sde_karras", 0.0, 1.0),
+                                                ("dpm++3m_sde_exponential", None, 0.6), ("dpm++3m_sde", 0.3, 1.4)])
+def test_dpmpp_3m_sde_at_an_eta_and_sigma_noise_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta, s_noise):
+    """At --eta and --sigma-noise, DPM++ 3M SDE takes k-diffusion's sample_dpmpp_3m_sde steps at that eta and s_noise
+    (the web UI hands it both): its third-order step with h_eta = (1 + eta) h, the fresh noise s_noise sigma_next
+    sqrt(1 - exp(-2 eta h)) of the generator's (none at eta 0)."""
+    from textinv.samplers import Churn
+
+    steps, seed = 7, 3
+    own = _sd_scheduler()
+    made = scheduler_for(own, name, eta=eta, churn=Churn(noise=s_noise))
+    made.set_timesteps(steps)
+    sigmas = made.sigmas.double().tolist()  # (the schedule is the sampler's own; the update is what is checked)
+    x, calls, recording = _toy_start(sigmas[0])
+    generator = torch.Generator().manual_seed(seed)
+    expected = _dpmpp_3m_sde_at(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
+                                1.0 if eta is None else eta, s_noise)
+    start = x / math.sqrt(sigmas[0] ** 2 + 1)
+    got, _ = _drawn(made, steps, start, calls, "epsilon", seed)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
+    at_one, _ = _drawn(scheduler_for(own, name), steps, start, calls, "epsilon", seed)
+    assert not torch.allclose(got, at_one, atol=1e-3)
+
+
+def _dpmpp_sde(denoiser, x, sigmas, noise, eta, s_noise):
+    """k-diffusion's sample_dpmpp_sde at `eta` and `s_noise`, r = 1/2, written out in float64 sigmas; `noise(s, e)`
+    is the Brownian tree's draw between sigmas s and e. Each step: to the ancestral sigma_down of the log-midpoint
+    s_m, noise of its sigma_up, the model at s_m; then from the step's start to sigma_down of the next sigma with that
+    estimate, and its noise; the last step, to 0, Euler's."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = denoiser(x, s)
+        if s_next == 0:
+            x = x + (x - denoised) / s * (s_next - s)
+            continue
+        t, t_next = -math.log(s), -math.log(s_next)
+        middle = math.exp(-(t + (t_next - t) / 2))
+        down, up = _ancestral_step(s, middle, eta)
+        x_2 = (down / s) * x - math.expm1(t + math.log(down)) * denoised + noise(s, middle) * s_noise * up
+        denoised_2 = denoiser(x_2, middle)
+        down, up = _ancestral_step(s, s_next, eta)
+        x = (down / s) * x - math.expm1(t + math.log(down)) * denoised_2 + noise(s, s_next) * s_noise * up
+    return x
+
+
+def _dpmpp_sde_on_a_toy_denoiser(name: str, eta: float | None, s_noise: float | None, steps: int = 5):
+    """DPM++ SDE's (`name`'s) picture on the toy denoiser at `eta` and `s_noise` (None: its own), k-diffusion's
+    written out at those on the same sigmas and Brownian tree (the pictures' seeds'), and textinv's at its own."""
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    from textinv.samplers import Churn
+
+    own, seeds = _sd_scheduler(), [3, 4]
+    churn = None if s_noise is None else Churn(noise=s_noise)
+    made = scheduler_for(own, name, seeds=seeds, eta=eta, churn=churn)
+    made.set_timesteps(steps)
+    table = made.sigmas  # [s0, s1, s1, ..., s(n-1), s(n-1), 0]
+    sigmas = torch.cat([table[:1], table[1::2]]).double().tolist()
+    x, calls, recording = _toy_start(sigmas[0])
+    tree = BrownianTreeNoiseSampler(x, table[table > 0].min().item(), table.max().item(), seeds)
+
+    def noise(s, e):  # (asked at float32 sigmas, as the scheduler asks)
+        return tree(torch.tensor(s, dtype=torch.float32), torch.tensor(e, dtype=torch.float32)).double()
+
+    expected = _dpmpp_sde(recording, x.double(), sigmas, noise, 1.0 if eta is None else eta,
+                          1.0 if s_noise is None else s_noise)
+    assert len(calls) == 2 * steps - 1
+    got, _ = _drawn(made, steps, x, calls, "epsilon", 0)
+    plain, _ = _drawn(scheduler_for(own, name, seeds=seeds), steps, x, calls, "epsilon", 0)
+    return got, expected.float(), plain
+
+
+@pytest.mark.parametrize("name, eta, s_noise", [("dpm++sde_karras", 0.5, None), ("dpm++sde", 0.0, None),
+                                                ("dpm++sde_karras", None, 0.5), ("dpm++sde_exponential", 0.3, 1.3)])
+def test_dpmpp_sde_at_an_eta_and_sigma_noise_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta, s_noise):
+    """At --eta and --sigma-noise, DPM++ SDE takes k-diffusion's sample_dpmpp_sde steps at that eta and s_noise (the
+    web UI hands it both; diffusers' DPMSolverSDEScheduler draws at eta 1): each half-step goes to its end's
+    ancestral sigma_down and adds s_noise sigma_up of the Brownian tree's noise, the model's midpoint call where it
+    was (none at eta 0: DPM-Solver++(2S)'s steps)."""
+    got, expected, plain = _dpmpp_sde_on_a_toy_denoiser(name, eta, s_noise)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_dpmpp_sde_at_eta_1_and_sigma_noise_1_is_diffusers_own():
+    """DPM++ SDE at eta 1 and noise 1 is diffusers' DPMSolverSDEScheduler, bit for bit: given as such it is that
+    class, as it always was; textinv's step (`schedulers.dpmpp_sde_step`) set to them draws its picture too, to
+    float32's precision, and matches k-diffusion's loop there."""
+    from textinv.samplers import Churn
+
+    own, seeds = _sd_scheduler(), [3, 4]
+    plain = scheduler_for(own, "dpm++sde_karras", seeds=seeds)
+    given = scheduler_for(own, "dpm++sde_karras", seeds=seeds, eta=1.0, churn=Churn(noise=1.0))
+    assert type(given) is type(plain) and type(plain).__name__ == "DPMSolverSDEScheduler"
+    ours = scheduler_for(own, "dpm++sde_karras", seeds=seeds, eta=0.5)
+    assert type(ours) is not type(plain)
+    ours.eta = 1.0
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(2)) * 14.6
+    plain.set_timesteps(5)
+    calls = [1.0 + k for k in range(len(plain.timesteps))]
+    drawn = _drawn(plain, 5, x, calls, "epsilon", 0)[0]
+    assert torch.equal(drawn, _drawn(given, 5, x, calls, "epsilon", 0)[0])
+    torch.testing.assert_close(_drawn(ours, 5, x, calls, "epsilon", 0)[0], drawn, rtol=1e-5, atol=1e-5)
+    got, expected, _ = _dpmpp_sde_on_a_toy_denoiser("dpm++sde_karras", None, None)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_dpmpp_2m_sdes_update_at_eta_1_is_diffusers_own():
     """textinv's DPM++ 2M SDE update (`schedulers.sde_first_order_update`), at eta 1, is diffusers' sde-dpmsolver++
     update: the eta it adds changes nothing else."""
@@ -523,11 +660,12 @@ def test_dpmpp_2m_sdes_update_at_eta_1_is_diffusers_own():
 
 
 @pytest.mark.parametrize("name", ["euler_a", "dpm2_a_karras", "dpm++2s_a", "ddim", "dpm++2m_sde_karras",
-                                  "dpm++2m_sde_heun"])
+                                  "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde_karras"])
 def test_a_sampler_at_its_own_eta_is_the_one_it_was(name):
     """--eta at a sampler's default (1; DDIM's 0) makes the scheduler it always was: the same class, the same steps."""
     own = _sd_scheduler()
-    plain, given = scheduler_for(own, name), scheduler_for(own, name, eta=0.0 if name == "ddim" else 1.0)
+    plain = scheduler_for(own, name, seeds=[1])  # (DPM++ SDE's Brownian tree: the picture's seed's)
+    given = scheduler_for(own, name, seeds=[1], eta=0.0 if name == "ddim" else 1.0)
     assert type(given) is type(plain)
     x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2)) * 14.6
     plain.set_timesteps(4)

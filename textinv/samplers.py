@@ -11,10 +11,11 @@ sampler that has a choice of its own says "Uniform", or the web UI would redraw 
 Each is set as the web UI runs it where diffusers' defaults differ: a sigma schedule spans the model's whole noise
 range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), DPM2, DPM2
 a and DPM++ 2S a on Karras sigmas call the model at each sigma's own timestep, not a rounded one (`_unrounded`), and LMS
-counts its order from the pass's first step (`_lms_from_first_step`). `--eta` sets the ancestral samplers' and DPM++ 2M
-SDE's eta (`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (with its tmin, tmax and noise: `Churn`)
-Euler's, Heun's and DPM2's sigma churn (`_churning`), its noise setting DPM2 a's and DPM++ 2S a's noise too (`_at_eta`);
-`--discard-penultimate-sigma` discards the next-to-last sigma for the other k-diffusion samplers too (`discards`).
+counts its order from the pass's first step (`_lms_from_first_step`). `--eta` sets the ancestral and SDE samplers' eta
+(`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (with its tmin, tmax and noise: `Churn`) Euler's,
+Heun's and DPM2's sigma churn (`_churning`), its noise setting DPM2 a's, DPM++ 2S a's and the SDE samplers' noise too
+(`_at_eta`); `--discard-penultimate-sigma` discards the next-to-last sigma for the other k-diffusion samplers too
+(`discards`).
 
 DPM++ 2S a, Restart and LCM have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers'
 are; so is TCD, diffusers' at its own gamma.
@@ -50,8 +51,8 @@ class Base(NamedTuple):
     # the web UI's second_order: two model calls a step, which it counts as two steps where it schedules prompt
     # editing (SamplerData.total_steps, StableDiffusionProcessing.step_multiplier): `step_multiplier`
     second_order: bool = False
-    # the eta it draws at where not told (the web UI's Eta, 1, for the ancestral samplers; its Eta DDIM, 0, for
-    # DDIM), or None: textinv's takes no --eta (`check_eta`)
+    # the eta it draws at where not told (the web UI's Eta, 1, for the ancestral and SDE samplers; its Eta DDIM, 0,
+    # for DDIM), or None: textinv's takes no --eta (`check_eta`)
     eta: float | None = None
     # the web UI draws its noise from a Brownian tree seeded by the picture's seed (its brownian_noise), which its
     # Eta noise seed delta (--ensd) does not reach
@@ -78,9 +79,9 @@ BASES = {
     # last, where diffusers' lower_order_final takes a second-order one at the next-to-last below 15 steps
     "dpm++3m_sde": Base("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3,
                                                "lower_order_final": False},
-                        "exponential", True, discard=True, brownian=True),
+                        "exponential", True, discard=True, eta=1.0, brownian=True),
     "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde", second_order=True,
-                     brownian=True),
+                     eta=1.0, brownian=True),
     "ddim": Base("DDIM", "DDIMScheduler", {}, eta=0.0),
     "ddpm": Base("DDPM", "DDPMScheduler", {}),
     # the web UI's UniPC at its defaults (uni_pc_variant bh1, uni_pc_order 3, uni_pc_lower_order_final) and ComfyUI's
@@ -161,8 +162,8 @@ def step_multiplier(name: str) -> int:
 
 
 def eta_default(name: str) -> float | None:
-    """The eta sampler `name` draws at without --eta: 1 for the ancestral ones (the web UI's Eta), 0 for DDIM (its
-    Eta DDIM); None for one that takes no --eta.
+    """The eta sampler `name` draws at without --eta: 1 for the ancestral and SDE ones (the web UI's Eta), 0 for DDIM
+    (its Eta DDIM); None for one that takes no --eta.
 
     >>> eta_default("euler_a"), eta_default("ddim"), eta_default("dpm++2m_karras")
     (1.0, 0.0, None)
@@ -172,8 +173,8 @@ def eta_default(name: str) -> float | None:
 
 
 def eta_label(name: str) -> str | None:
-    """The web UI's infotext label of sampler `name`'s eta: "Eta DDIM" for DDIM, "Eta" for the ancestral ones (None:
-    it takes none here)."""
+    """The web UI's infotext label of sampler `name`'s eta: "Eta DDIM" for DDIM, "Eta" for the ancestral and SDE ones
+    (None: it takes none here)."""
     default = eta_default(name)
     return None if default is None else "Eta DDIM" if _PARTS[name][0] == "ddim" else "Eta"
 
@@ -191,8 +192,8 @@ def eta_kind(names) -> str | None:
 def eta_of(eta: float | None, name: str, names: list[str]) -> float | None:
     """The eta a pass of sampler `name` draws at, of --eta `eta` given for the passes' samplers `names` (--sampler,
     then --hires-sampler): `eta` where `name` takes the eta of the first of them that takes one, else None (its own
-    default): the web UI's Eta (the ancestral samplers') and Eta DDIM are two settings, so a pass of the other kind
-    draws at that one's.
+    default): the web UI's Eta (the ancestral and SDE samplers') and Eta DDIM are two settings, so a pass of the other
+    kind draws at that one's.
 
     >>> eta_of(0.5, "ddim", ["euler_a", "ddim"]), eta_of(0.5, "dpm2_a", ["euler_a", "dpm2_a"])
     (None, 0.5)
@@ -207,16 +208,15 @@ def check_eta(eta: float | None, names: list[str] | None) -> None:
     if eta is None:
         return
     if not (math.isfinite(eta) and 0 <= eta <= 1):
-        raise ConfigError(f"--eta must be from 0 to 1 (the share of each step's noise an ancestral sampler adds "
-                          f"afresh), got {eta}")
+        raise ConfigError(f"--eta must be from 0 to 1 (the share of each step's noise an ancestral or SDE sampler "
+                          f"adds afresh), got {eta}")
     if names is None or any(eta_default(name) is not None for name in names):
         return
     taking = [n for n, b in BASES.items() if b.eta == 1]
-    sde = [n for n, b in BASES.items() if b.brownian and b.eta is None]
     tcd = "; tcd at its gamma 0.3 only (TCD's eta)" if "tcd" in names else ""
     raise ConfigError(f"--eta {eta:g}: --sampler {' or '.join(dict.fromkeys(names))} takes no eta; give one that "
                       f"does: {', '.join(taking)} (the web UI's Eta, default 1) or ddim (its Eta DDIM, default 0), "
-                      f"with a schedule or without. textinv's {' and '.join(sde)} draw at eta 1 only{tcd}")
+                      f"with a schedule or without{tcd}")
 
 
 def ensd_reaches(name: str) -> bool:
@@ -253,11 +253,9 @@ class Churn(NamedTuple):
 CHURN_LABELS = {"churn": "Sigma churn", "tmin": "Sigma tmin", "tmax": "Sigma tmax", "noise": "Sigma noise"}
 CHURN_FLAGS = {"churn": "--sigma-churn", "tmin": "--sigma-tmin", "tmax": "--sigma-tmax", "noise": "--sigma-noise"}
 # the samplers whose noise the web UI scales by its Sigma noise alone (its sampler_extra_params gives them s_noise, not
-# the churn's other settings): DPM2 a, DPM++ 2S a and DPM++ 2M SDE (with its Heun variant), whose noise textinv scales
-# too (`_at_eta`), and DPM++ SDE and 3M SDE, which textinv draws with diffusers' noise, unscaled, so they take no
-# --sigma-noise. Not Euler a: the web UI hands sample_euler_ancestral no s_noise
-_NOISE_SCALED = ("dpm2_a", "dpm++2s_a", "dpm++2m_sde", "dpm++2m_sde_heun")
-_NOISE_ONLY = _NOISE_SCALED + ("dpm++sde", "dpm++3m_sde")
+# the churn's other settings): DPM2 a, DPM++ 2S a, DPM++ 2M SDE (with its Heun variant), DPM++ 3M SDE and DPM++ SDE,
+# whose noise textinv scales too (`_at_eta`). Not Euler a: the web UI hands sample_euler_ancestral no s_noise
+_NOISE_SCALED = ("dpm2_a", "dpm++2s_a", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde")
 
 
 # the samplers the web UI's "Always discard next-to-last sigma" reaches that do not discard it already: its
@@ -307,7 +305,7 @@ def takes_churn(name: str) -> bool:
 
 def churn_taken(name: str) -> tuple[str, ...]:
     """The sigma churn settings (`Churn`'s fields) sampler `name` takes: all four for Euler, Heun and DPM2
-    (`takes_churn`), the noise alone for DPM2 a, DPM++ 2S a and DPM++ 2M SDE (their fresh noise scaled by it,
+    (`takes_churn`), the noise alone for DPM2 a, DPM++ 2S a and the SDE samplers (their fresh noise scaled by it,
     k-diffusion's s_noise), none for another.
 
     >>> churn_taken("dpm2_a_karras"), churn_taken("euler_a"), len(churn_taken("heun"))
@@ -344,9 +342,7 @@ def check_churn(churn: Churn, names: list[str] | None) -> None:
     flags = ", ".join(f"{CHURN_FLAGS[key]} {value:g}" for key, value in refused.items())
     churning = ", ".join(n for n, b in BASES.items() if b.churns)
     if list(refused) == ["noise"]:
-        also = (" (the web UI also scales DPM++ SDE's and DPM++ 3M SDE's noise by Sigma noise, which textinv does not)"
-                if any(_PARTS.get(n, (None, ""))[0] in _NOISE_ONLY for n in names) else "")
-        raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma noise{also}; give "
+        raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma noise; give "
                           f"one that does: {churning} (the churn's noise), {', '.join(_NOISE_SCALED)} (their "
                           f"fresh noise), with a schedule or without")
     raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma churn settings; "
@@ -495,11 +491,11 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     """The diffusers scheduler for sampler `name`, made from the model's own scheduler's config, so it keeps the
     model's noise schedule, prediction type and timestep spacing; "default" is the model's own scheduler. `seeds`
     (the pictures' seeds, in the batch's order) seed DPM++ SDE's Brownian noise, one tree a picture, so a seed
-    draws its picture at any batch size. `eta` (None: the sampler's own, `eta_default`) sets an ancestral sampler's
-    (`_at_eta`; DDIM's is the pipeline's argument). `churn` sets the sigma churn of a sampler that takes it
+    draws its picture at any batch size. `eta` (None: the sampler's own, `eta_default`) sets an ancestral or SDE
+    sampler's (`_at_eta`; DDIM's is the pipeline's argument). `churn` sets the sigma churn of a sampler that takes it
     (`takes_churn`; another draws without), its noise drawn from `generators` (the pipeline's, one a picture, in
-    the batch's order), as the web UI draws it from each picture's, and its noise setting DPM2 a's and DPM++ 2S a's
-    noise scale (`churn_taken`). `discard` discards the next-to-last sigma where
+    the batch's order), as the web UI draws it from each picture's, and its noise setting DPM2 a's, DPM++ 2S a's and
+    the SDE samplers' noise scale (`churn_taken`). `discard` discards the next-to-last sigma where
     the sampler takes that (`discards`; another draws as it does). A refusal names `flag` as where the sampler was
     given.
 
@@ -663,17 +659,20 @@ def _discarding(cls: type) -> type:
 
 def _at_eta(cls, base: str):
     """Scheduler `cls` of sampler `base` at the eta its `eta` attribute holds: DPM++ 2M SDE's (and its Heun
-    variant's) updates at it (`schedulers.sde_first_order_update`), DPM++ 3M SDE's at eta 1 always (its third-order
-    step k-diffusion's, `schedulers.sde_third_order_update`, which diffusers' is not); for an ancestral one
-    (`schedulers.ancestral_step`) Euler a's step (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's
-    tables set for it after `set_timesteps` (`schedulers.ancestral_tables`), their up sigmas then scaled by its
-    `noise` attribute (the web UI's Sigma noise, k-diffusion's s_noise: each step adds s_noise sigma_up of fresh
-    noise; DPM++ 2M SDE's update scales its noise by it too). At eta 1 and noise 1 (and while it has neither, as when
-    made) it is `cls`'s own, but for DPM++ 3M SDE's third-order step."""
+    variant's) and DPM++ 3M SDE's updates at it (`schedulers.sde_first_order_update`; DPM++ 3M SDE's third-order
+    step k-diffusion's, `schedulers.sde_third_order_update`, which diffusers' is not), DPM++ SDE's step
+    (`schedulers.dpmpp_sde_step`); for an ancestral one (`schedulers.ancestral_step`) Euler a's step
+    (`schedulers.euler_ancestral_step`), else DPM2 a's and DPM++ 2S a's tables set for it after `set_timesteps`
+    (`schedulers.ancestral_tables`), their up sigmas then scaled by its `noise` attribute (the web UI's Sigma noise,
+    k-diffusion's s_noise: each step adds s_noise sigma_up of fresh noise; the SDE samplers' updates scale their
+    noise by it too). At eta 1 and noise 1 (and while it has neither, as when made) it is `cls`'s own, but for DPM++
+    3M SDE's third-order step."""
     from . import schedulers
 
     if base == "euler_a":
         return _variant(cls, "at another eta", step=schedulers.euler_ancestral_step)
+    if base == "dpm++sde":
+        return _variant(cls, "at another eta or noise", step=schedulers.dpmpp_sde_step)
     if BASES[base].brownian:
         return _variant(cls, "at another eta or noise", dpm_solver_first_order_update=schedulers.sde_first_order_update,
                         multistep_dpm_solver_second_order_update=schedulers.sde_second_order_update,

@@ -8,7 +8,9 @@ sigma down to the ancestral step's sigma_down, then fresh noise of sigma_up (eta
 `sde_first_order_update` and `sde_second_order_update` are diffusers' DPM++ 2M SDE updates (DPMSolverMultistepScheduler,
 sde-dpmsolver++) at an eta or noise scale other than its 1, as k-diffusion's sample_dpmpp_2m_sde takes them (the web
 UI's Eta and Sigma noise); `sde_third_order_update` is DPM++ 3M SDE's third-order one as k-diffusion's
-sample_dpmpp_3m_sde takes it (diffusers' differs in the sign of one term).
+sample_dpmpp_3m_sde takes it (diffusers' differs in the sign of one term), at any eta and noise scale too.
+`dpmpp_sde_step` is DPM++ SDE's step (diffusers' DPMSolverSDEScheduler's) at an eta or noise scale other than its 1,
+as k-diffusion's sample_dpmpp_sde takes them.
 
 `RestartScheduler` is the web UI's "Restart" (its sd_samplers_extra.restart_sampler): Heun's steps with, at 20 steps
 or more, a stretch of the schedule drawn again after noise takes the latents back up it (Xu et al. 2023, "Restart
@@ -351,6 +353,41 @@ def euler_ancestral_step(self, model_output: torch.Tensor, timestep, sample: tor
     if not return_dict:
         return prev_sample, denoised
     return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
+
+def dpmpp_sde_step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
+                   s_noise: float = 1.0):
+    """Diffusers' DPMSolverSDEScheduler's step at the scheduler's `eta` and `noise` (k-diffusion's sample_dpmpp_sde
+    at r = 1/2, the web UI's DPM++ SDE at its Eta and Sigma noise). A step from sigma s to s' calls the model at s,
+    then at the midpoint s_m = sqrt(s s') (halfway in log sigma, at any eta); each call moves the step's start x to
+    the ancestral sigma_down of its end (s_m, then s': `ancestral_step` at eta) with the exponential integrator,
+    (sigma_down / s) x + (1 - sigma_down / s) D (D: that call's denoised estimate), then adds noise of noise *
+    sigma_up from the Brownian tree between s and that end. The last step, to 0, is Euler's. At eta 1 and noise 1
+    it is diffusers' own step (`s_noise`, which pipelines do not pass, scales the noise further, as there)."""
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler, DPMSolverSDESchedulerOutput
+
+    if self.step_index is None:
+        self._init_step_index(timestep)
+    if self.noise_sampler is None:  # (one tree over the schedule's range, seeded as diffusers seeds its own)
+        low, high = self.sigmas[self.sigmas > 0].min(), self.sigmas.max()
+        self.noise_sampler = BrownianTreeNoiseSampler(sample, low.item(), high.item(), self.noise_sampler_seed)
+    first = self.state_in_first_order
+    at = self.step_index if first else self.step_index - 1  # (the step's start: its first call's place)
+    sigma, sigma_next = self.sigmas[at], self.sigmas[at + 1]
+    middle = (sigma.log() + (sigma_next.log() - sigma.log()) / 2).exp() if sigma_next > 0 else None
+    denoised = _denoised(self.config.prediction_type, model_output, sample, sigma if first else middle)
+    if sigma_next == 0:
+        prev_sample = sample + (sample - denoised) / sigma * (sigma_next - sigma)
+    else:
+        end, start = (middle, sample) if first else (sigma_next, self.sample)
+        down, up = ancestral_step(sigma, end, getattr(self, "eta", 1.0))
+        prev_sample = (down / sigma) * start + (1 - down / sigma) * denoised
+        prev_sample = prev_sample + self.noise_sampler(sigma, end) * (s_noise * getattr(self, "noise", 1.0)) * up
+        self.sample, self.mid_point_sigma = (sample, middle) if first else (None, None)
+    self._step_index += 1
+    if not return_dict:
+        return prev_sample, denoised
+    return DPMSolverSDESchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
 
 
 def step_values(table: torch.Tensor) -> torch.Tensor:
