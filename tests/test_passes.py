@@ -919,16 +919,17 @@ def test_eta_sets_ddims_and_the_ancestral_samplers_noise_and_its_default_draws_a
     # at eta 0 DPM2 a adds no noise: it is DPM2 (the same steps and midpoints)
     assert np.abs(draw("dpm2_a", eta=0.0) - draw("dpm2")).max() <= 1
     with pytest.raises(ConfigError, match=r"--eta 0.5: --sampler dpm\+\+2m takes no eta; give one that does: "
-                                          r"euler_a, dpm\+\+2m_sde, dpm\+\+2m_sde_heun, dpm2_a, dpm\+\+2s_a "
+                                          r"euler_a, dpm\+\+2m_sde, dpm\+\+2m_sde_heun, dpm\+\+3m_sde, dpm\+\+sde, "
+                                          r"dpm2_a, dpm\+\+2s_a "
                                           r"\(the web UI.s Eta, default 1\) or ddim"):
         render(model, ["a dog"], [5], steps=3, width=16, sampler="dpm++2m", eta=0.5)
 
 
 @pytest.mark.parametrize("settings, message", [
     ({"eta": 1.5, "sampler": "euler_a"}, r"--eta must be from 0 to 1"),
-    ({"eta": 0.5}, r"--eta 0.5: --sampler default takes no eta; give one that does: euler_a, .* textinv's "
-                   r"dpm\+\+3m_sde and dpm\+\+sde draw at eta 1 only"),
-    ({"eta": 0.5, "sampler": "dpm++3m_sde_karras"}, r"--sampler dpm\+\+3m_sde_karras takes no eta"),
+    ({"eta": 0.5}, r"--eta 0.5: --sampler default takes no eta; give one that does: euler_a, .*dpm\+\+3m_sde, "
+                   r"dpm\+\+sde, .* or ddim \(its Eta DDIM, default 0\), with a schedule or without$"),
+    ({"eta": 0.5, "sampler": "dpm++2m_karras"}, r"--sampler dpm\+\+2m_karras takes no eta"),
     ({"eta": 0.5, "sampler": "tcd"}, r"--sampler tcd takes no eta; .* tcd at its gamma 0.3 only \(TCD's eta\)"),
     ({"eta": 0.5, "sampler": "lcm"}, r"--sampler lcm takes no eta"),
     ({"ensd": -1}, r"--ensd must be 0 or more"),
@@ -986,24 +987,31 @@ def test_ensd_is_written_as_the_web_ui_writes_it_and_recorded_for_any_sampler(sd
     assert "ENSD: 31337" in Image.open(draw("f", sampler="dpm2_a", ensd=31337)).text["parameters"]
 
 
-def test_dpmpp_2m_sde_at_an_eta_is_written_and_drawn_again(sd1_dir, tmp_path):
-    """--eta on DPM++ 2M SDE draws another picture than at its default, 1, writes "Eta" as the web UI does (not ENSD:
-    the web UI draws its noise from a Brownian tree), and --again draws the same picture from it."""
+@pytest.mark.parametrize("sampler, settings, written", [
+    ("dpm++2m_sde_karras", {"eta": 0.5}, "Eta: 0.5"), ("dpm++3m_sde", {"eta": 0.5}, "Eta: 0.5"),
+    ("dpm++sde_karras", {"eta": 0.5}, "Eta: 0.5"), ("dpm++3m_sde_karras", {"sigma_noise": 0.6}, "Sigma noise: 0.6"),
+    ("dpm++sde", {"sigma_noise": 0.6}, "Sigma noise: 0.6")])
+def test_an_sde_sampler_at_an_eta_or_sigma_noise_is_written_and_drawn_again(sd1_dir, tmp_path, sampler, settings,
+                                                                             written):
+    """--eta or --sigma-noise on DPM++ 2M SDE, 3M SDE or SDE draws another picture than at its defaults, 1, writes
+    "Eta" or "Sigma noise" as the web UI does (not ENSD: the web UI draws its noise from a Brownian tree), and
+    --again draws the same picture from it."""
     from textinv.again import again_config
 
-    def draw(out, **eta):
+    def draw(out, **given):
         return generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, steps=3, width=16, model=str(sd1_dir),
-                                       sampler="dpm++2m_sde_karras", ensd=31337, metadata="full",
-                                       out=str(tmp_path / out), **eta), progress=False)[0]
+                                       sampler=sampler, ensd=31337, metadata="full",
+                                       out=str(tmp_path / out), **given), progress=False)[0]
 
-    at_eta, plain = draw("a", eta=0.5), draw("b")
-    text = Image.open(at_eta).text["parameters"]
-    assert "Eta: 0.5" in text and "ENSD" not in text and "Eta" not in Image.open(plain).text["parameters"]
-    assert not np.array_equal(np.asarray(Image.open(at_eta)), np.asarray(Image.open(plain)))
-    config, keep = again_config(at_eta, {"out": str(tmp_path / "c")})
-    assert (config.sampler, config.eta) == ("dpm++2m_sde_karras", 0.5)
+    drawn, plain = draw("a", **settings), draw("b")
+    text = Image.open(drawn).text["parameters"]
+    assert written in text and "ENSD" not in text
+    assert "Eta" not in Image.open(plain).text["parameters"] and "Sigma" not in Image.open(plain).text["parameters"]
+    assert not np.array_equal(np.asarray(Image.open(drawn)), np.asarray(Image.open(plain)))
+    config, keep = again_config(drawn, {"out": str(tmp_path / "c")})
+    assert config.sampler == sampler and all(getattr(config, key) == value for key, value in settings.items())
     again = generate(config, progress=False, keep_seeds=keep)[0]
-    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(at_eta)))
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(drawn)))
 
 
 def test_again_reads_the_web_uis_eta_eta_ddim_and_ensd(sd1_dir, tmp_path):
@@ -1019,8 +1027,17 @@ def test_again_reads_the_web_uis_eta_eta_ddim_and_ensd(sd1_dir, tmp_path):
                                        "Size: 16x16, Eta: 0.5")
     config, said = again_warned(web, {"model": str(sd1_dir)})
     assert (config.sampler, config.eta) == ("dpm++2m_sde_karras", 0.5) and "Eta" not in said
-    # DPM++ 3M SDE's the web UI applies; textinv's draws at 1 only: named as not applied
+    # DPM++ 3M SDE's and DPM++ SDE's, drawn here as there
     web = _picture(tmp_path / "d.png", "a cat\nSteps: 4, Sampler: DPM++ 3M SDE, Schedule type: Karras, Seed: 3, "
+                                       "Size: 16x16, Eta: 0.5")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert (config.sampler, config.eta) == ("dpm++3m_sde_karras", 0.5) and "Eta" not in said
+    web = _picture(tmp_path / "e.png", "a cat\nSteps: 4, Sampler: DPM++ SDE, Schedule type: Karras, Seed: 3, "
+                                       "Size: 16x16, Eta: 0.7")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert (config.sampler, config.eta) == ("dpm++sde_karras", 0.7) and "Eta" not in said
+    # a sampler with no eta: named as not applied
+    web = _picture(tmp_path / "f.png", "a cat\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Karras, Seed: 3, "
                                        "Size: 16x16, Eta: 0.5")
     config, said = again_warned(web, {"model": str(sd1_dir)})
     assert config.eta is None and "not applied from its A1111 parameters: Eta" in said
@@ -1063,12 +1080,11 @@ def test_sigma_churn_draws_euler_heun_and_dpm2_with_fresh_noise_and_at_0_as_befo
     ({"sigma_tmin": 2.0, "sigma_tmax": 1.0, "sampler": "heun"}, r"--sigma-tmax 1 must be above 0 and not below "
                                                                 r"--sigma-tmin 2"),
     ({"sigma_churn": 0.5}, r"--sigma-churn 0.5: --sampler default takes no sigma churn settings"),
-    ({"sigma_noise": 0.5, "sampler": "dpm++3m_sde"}, r"--sigma-noise 0.5: --sampler dpm\+\+3m_sde takes no sigma "
-                                                     r"noise \(the web UI also scales DPM\+\+ SDE's and DPM\+\+ 3M "
-                                                     r"SDE's noise"),
+    ({"sigma_noise": 0.5, "sampler": "dpm++2m"}, r"--sigma-noise 0.5: --sampler dpm\+\+2m takes no sigma noise; "),
     ({"sigma_noise": 0.5, "sampler": "euler_a"}, r"--sigma-noise 0.5: --sampler euler_a takes no sigma noise; give one "
                                                  r"that does: euler, heun, dpm2 \(the churn's noise\), dpm2_a, "
-                                                 r"dpm\+\+2s_a, dpm\+\+2m_sde, dpm\+\+2m_sde_heun"),
+                                                 r"dpm\+\+2s_a, dpm\+\+2m_sde, dpm\+\+2m_sde_heun, dpm\+\+3m_sde, "
+                                                 r"dpm\+\+sde \(their fresh noise\)"),
     ({"sigma_churn": 0.5, "sigma_noise": 0.5, "sampler": "dpm2_a"}, r"--sigma-churn 0.5: --sampler dpm2_a takes no "
                                                                     r"sigma churn settings"),
 ])
@@ -1135,9 +1151,14 @@ def test_again_reads_the_web_uis_sigma_churn_settings(sd1_dir, tmp_path):
     web = _picture(tmp_path / "b.png", "a cat\nSteps: 4, Sampler: DPM2 a, Seed: 3, Size: 16x16, Sigma noise: 0.5")
     config, said = again_warned(web, {"model": str(sd1_dir)})
     assert (config.sampler, config.sigma_noise) == ("dpm2_a", 0.5) and "Sigma" not in said
-    # DPM++ 3M SDE's the web UI applies; textinv's does not take it: named as not applied
-    web = _picture(tmp_path / "c.png", "a cat\nSteps: 4, Sampler: DPM++ 3M SDE, Seed: 3, Size: 16x16, "
-                                       "Sigma noise: 0.5")
+    # DPM++ 3M SDE's and DPM++ SDE's, which scale their fresh noise there and here
+    for sampler, ours in (("DPM++ 3M SDE", "dpm++3m_sde"), ("DPM++ SDE", "dpm++sde")):
+        web = _picture(tmp_path / "c.png", f"a cat\nSteps: 4, Sampler: {sampler}, Seed: 3, Size: 16x16, "
+                                           f"Sigma noise: 0.5")
+        config, said = again_warned(web, {"model": str(sd1_dir)})
+        assert (config.sampler, config.sigma_noise) == (ours, 0.5) and "Sigma" not in said
+    # a sampler that takes none: named as not applied
+    web = _picture(tmp_path / "d.png", "a cat\nSteps: 4, Sampler: DPM++ 2M, Seed: 3, Size: 16x16, Sigma noise: 0.5")
     config, said = again_warned(web, {"model": str(sd1_dir)})
     assert config.sigma_noise == 1.0 and "not applied from its A1111 parameters: Sigma noise" in said
     # an ancestral sampler given beside Euler's: its noise kept, the churn's other settings drawn without, said

@@ -89,6 +89,11 @@ def _config(tmp_path, **settings):
     ({"x": f"seed=1,{2**64 - 5}", "ensd": 31337}, r"^--x seed=18446744073709551611: --ensd 31337: picture seed "
                                                   r"18446744073709551611 \+ ENSD is 18446744073709582948, past 2\^64 - 1"),
     ({"x": "seed=1,2", "n": 3, "ensd": 2**64 - 4}, r"^--x seed=2: --ensd 18446744073709551612: picture seed 4 \+ "),
+    # (DPM++ SDE and 3M SDE take --eta and --sigma-noise; the cell of a sampler that does not is named)
+    ({"x": "sampler=dpm++sde,dpm++3m_sde,dpm++2m", "eta": 0.5}, r"^--x sampler=dpm\+\+2m: --eta 0.5: --sampler "
+                                                                r"dpm\+\+2m takes no eta"),
+    ({"x": "sampler=dpm++3m_sde,dpm++sde,euler_a", "sigma_noise": 0.5}, r"^--x sampler=euler_a: --sigma-noise 0.5: "
+                                                                        r"--sampler euler_a takes no sigma noise"),
 ])
 def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, settings, said):
     with pytest.raises(ConfigError, match=said):

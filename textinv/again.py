@@ -622,8 +622,8 @@ def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: di
 def _a1111_eta(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, ...]:
     """The web UI's "Eta" (its ancestral and SDE samplers', written where not 1) or "Eta DDIM" (DDIM's, where not 0)
     into `settings` as --eta, where the first of the picture's samplers (the first pass's, then the hires fix's) that
-    takes one takes that one (`samplers.eta_kind`, `samplers.eta_of`); the label read, or none (DPM++ 3M SDE's or DPM++
-    SDE's Eta, which textinv's draw at 1 only, or the other pass's kind's, is then named as not applied)."""
+    takes one takes that one (`samplers.eta_kind`, `samplers.eta_of`); the label read, or none (the other pass's
+    kind's, or one on samplers that take none, is then named as not applied)."""
     label = eta_kind([settings.get("sampler"), settings.get("hires_sampler")])  # (the other's is named)
     if label in fields:
         settings["eta"] = fields[label]
@@ -634,9 +634,8 @@ def _a1111_eta(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, .
 def _a1111_churn(fields: dict[str, str], settings: dict[str, Any]) -> tuple[str, ...]:
     """The web UI's "Sigma churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" (each written where not its
     default) into `settings` as --sigma-churn, --sigma-tmin, --sigma-tmax and --sigma-noise, where one of the
-    picture's samplers takes them (`samplers.churn_taken`: Euler, Heun, DPM2; DPM2 a and DPM++ 2S a the noise
-    alone); the labels read (the web UI's Sigma noise on an SDE sampler, which textinv's do not take, is then named as
-    not applied)."""
+    picture's samplers takes them (`samplers.churn_taken`: Euler, Heun, DPM2; DPM2 a, DPM++ 2S a and the SDE samplers
+    the noise alone); the labels read (any other is then named as not applied)."""
     taken = {key for name in (settings.get("sampler"), settings.get("hires_sampler")) if name
              for key in churn_taken(name)}
     read = {key: label for key, label in CHURN_LABELS.items() if label in fields and key in taken}

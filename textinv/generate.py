@@ -521,11 +521,11 @@ def render(
     there is one, as the web UI's default (hires_fix_refiner_pass: second pass): of `hires.model`'s pass, where it
     has one.
 
-    `eta` is an ancestral sampler's or DDIM's (None: the sampler's own, `samplers.eta_default`), `ensd` the web UI's
-    Eta noise seed delta: each pass's noise at every step is drawn from seed + `ensd` (`_step_noise`). `churn` is
-    the web UI's sigma churn settings (`samplers.Churn`), for each pass whose sampler takes them (Euler, Heun, DPM2;
-    DPM2 a and DPM++ 2S a the noise alone: `samplers.churn_taken`);
-    `discard` its "Always discard next-to-last sigma", for each pass whose sampler takes it (`samplers.discards`).
+    `eta` is an ancestral or SDE sampler's or DDIM's (None: the sampler's own, `samplers.eta_default`), `ensd` the
+    web UI's Eta noise seed delta: each pass's noise at every step is drawn from seed + `ensd` (`_step_noise`).
+    `churn` is the web UI's sigma churn settings (`samplers.Churn`), for each pass whose sampler takes them (Euler,
+    Heun, DPM2; DPM2 a, DPM++ 2S a and the SDE samplers the noise alone: `samplers.churn_taken`); `discard` its
+    "Always discard next-to-last sigma", for each pass whose sampler takes it (`samplers.discards`).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -2981,10 +2981,10 @@ def _old_editing_params(config: GenerateConfig, hires: Hires | None, texts: list
 def _noise_params(config: GenerateConfig, seed: int) -> dict:
     """The PNG text of a picture's variation seed, eta, ENSD, sigma churn settings and tiling (the web UI's labels;
     empty without them). The eta is written as the web UI writes it, where it is not the sampler's default: "Eta"
-    for an ancestral sampler or DPM++ 2M SDE, "Eta DDIM" for DDIM (the first pass's sampler's, else the hires
-    fix's); "ENSD" where the web UI writes it (`samplers.ensd_written`: the first pass's sampler an ancestral one,
-    its eta not 0); "Sigma churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" where not the default and a pass's
-    sampler takes them (`samplers.churn_taken`: DPM2 a and DPM++ 2S a the noise alone); "Discard penultimate sigma:
+    for an ancestral or SDE sampler, "Eta DDIM" for DDIM (the first pass's sampler's, else the hires fix's); "ENSD"
+    where the web UI writes it (`samplers.ensd_written`: the first pass's sampler an ancestral one, its eta not 0);
+    "Sigma churn", "Sigma tmin", "Sigma tmax" and "Sigma noise" where not the default and a pass's sampler takes them
+    (`samplers.churn_taken`: DPM2 a, DPM++ 2S a and the SDE samplers the noise alone); "Discard penultimate sigma:
     True" where it makes a pass's sampler discard it (`samplers.discard_written`)."""
     params = {"tiling": "True"} if config.tiling else {}
     taking = [s for s in (config.sampler, config.hires_sampler) if s and eta_default(s) is not None]
