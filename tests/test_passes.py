@@ -1208,6 +1208,34 @@ def test_discard_penultimate_sigma_is_drawn_written_and_read_as_the_web_uis(sd1_
         GenerateConfig(prompt=["a dog"], sampler="ddim", discard_penultimate_sigma=True).validate()
 
 
+def test_restart_with_the_penultimate_sigma_discarded_is_drawn_written_and_read_as_the_web_uis(sd1_dir, tmp_path):
+    """The web UI's "Always discard next-to-last sigma" reaches its Restart: textinv's draws it on the longer schedule
+    less that sigma, writes "Discard penultimate sigma: True" and --again draws it again; where Restart would go down
+    to sigma 0 twice (the model's spacing at 20 to 24 steps), it is refused before anything is drawn."""
+    from textinv.again import again_config
+
+    def draw(out, **settings):
+        return generate(GenerateConfig(prompt=["a dog"], n=1, seed=4, width=16, model=str(sd1_dir), metadata="full",
+                                       out=str(tmp_path / out), **{"steps": 3, **settings}), progress=False)[0]
+
+    discarded = draw("a", sampler="restart_karras", discard_penultimate_sigma=True)
+    assert "Discard penultimate sigma: True" in Image.open(discarded).text["parameters"]
+    plain = draw("b", sampler="restart_karras")  # (Heun's steps below 20: the last, to 0, moves the picture least)
+    assert np.abs(np.asarray(Image.open(discarded)).astype(int) - np.asarray(Image.open(plain))).max() > 1
+    config, keep = again_config(discarded, {"out": str(tmp_path / "c")})
+    assert config.sampler == "restart_karras" and config.discard_penultimate_sigma
+    again = generate(config, progress=False, keep_seeds=keep)[0]
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(discarded)))
+    web = _picture(tmp_path / "w.png", "a cat\nSteps: 4, Sampler: Restart, Schedule type: Karras, Seed: 3, "
+                                       "Size: 16x16, Discard penultimate sigma: True")
+    config, said = again_warned(web, {"model": str(sd1_dir)})
+    assert config.sampler == "restart_karras" and config.discard_penultimate_sigma and "Discard" not in said
+    with pytest.raises(ConfigError, match=r"--sampler restart: --steps 22 with --discard-penultimate-sigma: "
+                                          r"Restart's level nearest sigma 0.1 on this schedule is 0"):
+        draw("d", sampler="restart", steps=22, discard_penultimate_sigma=True)
+    assert not (tmp_path / "d").exists() or not list((tmp_path / "d").iterdir())
+
+
 def test_the_refiners_switch_is_read_on_the_discarded_schedule():
     """With --discard-penultimate-sigma the steps' sigmas are the longer schedule's, so the refiner's switch (the
     first step whose noise level is past it) is found on those: Euler at 4 steps switches at 0.5 after its third step

@@ -800,7 +800,8 @@ def test_a_churn_of_0_makes_the_sampler_it_always_was(name):
 
 
 @pytest.mark.parametrize("name", ["euler", "euler_a", "lms_karras", "heun", "heun_karras", "dpm++2m", "dpm++sde",
-                                  "dpm++2s_a_karras", "dpm++2m_sde_exponential", "lcm", "lcm_karras"])
+                                  "dpm++2s_a_karras", "dpm++2m_sde_exponential", "lcm", "lcm_karras",
+                                  "restart_karras"])
 def test_discarding_the_penultimate_sigma_takes_it_out_of_the_longer_schedule(name):
     """--discard-penultimate-sigma (the web UI's "Always discard next-to-last sigma"): n steps go down the n + 1 step
     schedule without its smallest non-zero sigma, so there are still n steps and the last goes from the sigma before
@@ -844,10 +845,53 @@ def test_a_discarding_sampler_takes_k_diffusions_steps_on_a_toy_denoiser(name):
     torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["dpm2", "dpm2_a_karras", "dpm++3m_sde", "ddim", "unipc", "restart"])
+@pytest.mark.parametrize("name, steps, start", [("restart_karras", 8, 0), ("restart_karras", 24, 0),
+                                                ("restart", 25, 0), ("restart_karras", 40, 0), ("restart", 30, 8)])
+def test_restart_with_the_penultimate_sigma_discarded_takes_the_web_uis_steps_on_a_toy_denoiser(name, steps, start):
+    """The web UI's "Always discard next-to-last sigma" reaches its Restart (a KDiffusionSampler: its get_sigmas hands
+    restart_sampler the n + 1 step schedule less its next-to-last sigma): Restart plans its steps on that schedule, as
+    restart_sampler does, below 20 steps Heun's on it; an img2img pass from step 8 of 30 plans its last 22 alone."""
+    own = _sd_scheduler()
+    sigmas = (_karras if name.endswith("_karras") else _evenly)(own, steps + 1)
+    sigmas = sigmas[:-2] + sigmas[-1:]
+    read = []
+    x, calls, recording = _toy_start(sigmas[start], read)
+    generator = torch.Generator().manual_seed(5)
+    expected, taken = _restart(recording, x.double(), sigmas[start:], lambda like: torch.randn(like.shape,
+                                                                                                generator=generator))
+    assert taken == steps - start  # (its calls: the pipeline's, `_drawn` zips them strictly)
+    made = scheduler_for(own, name, discard=True)
+    got, got_read = _drawn(made, steps, x, calls, "epsilon", 5, begin=2 * start)
+    for call, (latents, wanted) in enumerate(zip(got_read, read)):
+        torch.testing.assert_close(latents, wanted, rtol=1e-5, atol=1e-5, msg=f"call {call}")
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+    plain, _ = _drawn(scheduler_for(own, name), steps, x, calls, "epsilon", 5, begin=2 * start)
+    assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_a_restart_whose_level_nearest_sigma_0_1_is_0_is_refused_by_name():
+    """On the model's spacing less its next-to-last sigma (20 to 24 steps for SD), the smallest non-zero sigma is
+    above 0.2, so the level nearest 0.1 the web UI's restart_sampler restarts from is 0: it goes down to 0 twice, one
+    model call fewer than a diffusers pipeline counts. Refused saying why, before drawing, not drawn otherwise."""
+    from textinv.errors import ConfigError
+    from textinv.samplers import check_pass
+
+    own = _sd_scheduler()
+    made = scheduler_for(own, "restart", discard=True)
+    with pytest.raises(ValueError, match=r"Restart's level nearest sigma 0.1 on this schedule is 0 \(its smallest "
+                                         r"non-zero sigma is 0.2[0-9]\): the web UI's goes down to 0, then restarts"):
+        made.set_timesteps(22)
+    with pytest.raises(ConfigError, match=r"^--sampler restart: --steps 22 with --discard-penultimate-sigma: "
+                                          r"Restart's level nearest sigma 0.1 .* draw it on a sigma schedule"):
+        check_pass(own, "restart", 22, 22, "--steps 22", discard=True)
+    check_pass(own, "restart", 22, 22, "--steps 22")
+    check_pass(own, "restart_karras", 22, 22, "--steps 22", discard=True)
+
+
+@pytest.mark.parametrize("name", ["dpm2", "dpm2_a_karras", "dpm++3m_sde", "ddim", "unipc"])
 def test_discarding_leaves_a_sampler_that_always_discards_or_has_no_sigma_schedule_as_it_was(name):
-    """DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma always; DDIM, UniPC and Restart are not discarded
-    from (the config refuses the flag for a pass of these alone): the same class, the same tables."""
+    """DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma always; DDIM and UniPC are not discarded from (the
+    config refuses the flag for a pass of these alone): the same class, the same tables."""
     own = _sd_scheduler()
     plain, given = scheduler_for(own, name, seeds=[1]), scheduler_for(own, name, seeds=[1], discard=True)
     assert type(given) is type(plain)

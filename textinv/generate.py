@@ -565,9 +565,11 @@ def _check_passes(model: Model, steps: int, sampler: str, start: list[Image.Imag
                           "img2img has no hires fix: redraw the pictures at the larger width and height instead")
     second_model = (hires.model or model) if hires is not None else model  # (the hires fix's second pass's)
     if hires is not None:
-        _check_hires(model, second_model, hires, steps, sampler)
+        _check_hires(model, second_model, hires, steps, sampler, discard)
     if start is not None:  # (refused now, not once its pictures are encoded)
-        _pass_schedule(model, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler)
+        _pass_schedule(model, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler, discard=discard)
+    else:  # (text to image: all its steps)
+        check_pass(model.pipeline.scheduler, sampler, steps, steps, f"--steps {steps}", discard=discard)
     if refiner is not None:
         img2img = (denoise or refine.IMG2IMG_DENOISE) if start is not None else None
         _check_refiner_passes(second_model, refiner, steps, sampler, img2img, hires, discard)
@@ -579,12 +581,13 @@ def _check_passes(model: Model, steps: int, sampler: str, start: list[Image.Imag
     return second_model
 
 
-def _check_hires(model: Model, second_model: Model, hires: Hires, steps: int, sampler: str) -> None:
+def _check_hires(model: Model, second_model: Model, hires: Hires, steps: int, sampler: str,
+                 discard: bool = False) -> None:
     """Refuse the hires fix's second pass (by `second_model`) now, not once the first pass has drawn: its model, its
-    schedule and sampler (`sampler`: the first pass's), its guidance."""
+    schedule and sampler (`sampler`: the first pass's; `discard`: --discard-penultimate-sigma), its guidance."""
     check_hires_model(model, second_model)
     _pass_schedule(second_model, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
-                   "--hires-sampler" if hires.sampler else "--sampler")
+                   "--hires-sampler" if hires.sampler else "--sampler", discard)
     if hires.sampler:
         scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
     if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
@@ -701,9 +704,9 @@ def _refined(model: Model, latents: torch.Tensor, steps: int, denoise: float, hi
     or `inpaint.blend_step` for noised); an inpainting model reads `pixels` (the
     pictures (B, 3, H, W) and their masks (B, 1, H, W)) at every step. `drawing`'s refiner draws the pass's last
     steps (`_pass`), or all of it where its first step is past the switch, as the web UI's does."""
-    schedule, run = _pass_schedule(model, steps, denoise, hires, sampler)
-    refiner, given = drawing.get("refiner"), model
     discard = drawing.get("discard", False)
+    schedule, run = _pass_schedule(model, steps, denoise, hires, sampler, discard=discard)
+    refiner, given = drawing.get("refiner"), model
     if refiner is not None and _refiner_start(model, refiner, sampler, schedule, run, discard)[0] == 0:
         # a pass that starts past the switch is the refiner's all through, as the web UI's (its apply_refiner runs
         # before each model call): its UNet and text encoder draw, its VAE decodes
@@ -762,9 +765,10 @@ def _redrawn(model: Model, start: list[Image.Image], inpaint: Inpaint | None, st
 
 
 def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool, sampler: str,
-                   sampler_flag: str = "--sampler") -> tuple[int, int]:
+                   sampler_flag: str = "--sampler", discard: bool = False) -> tuple[int, int]:
     """`refine.pass_steps`'s (schedule, run) of a pass, its schedule refused where longer than the model's, and
-    `sampler` (given as `sampler_flag`) where it would draw the pass short (`samplers.check_pass`)."""
+    `sampler` (given as `sampler_flag`; `discard`: --discard-penultimate-sigma) where it would draw the pass short
+    (`samplers.check_pass`)."""
     schedule, run = refine.pass_steps(steps, denoise, hires)
     most = model.pipeline.scheduler.config.get("num_train_timesteps")
     flag = "--hires-steps" if hires else "--steps"
@@ -773,7 +777,7 @@ def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool, sample
                           f"more than the {most} noise levels {model.source} was trained with: give fewer {flag} or "
                           f"a higher --denoise")
     given = f"{flag} {steps} at {'--hires-denoise' if hires else '--denoise'} {denoise:g}"
-    check_pass(model.pipeline.scheduler, sampler, schedule, run, given, sampler_flag)
+    check_pass(model.pipeline.scheduler, sampler, schedule, run, given, sampler_flag, discard)
     return schedule, run
 
 

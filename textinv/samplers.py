@@ -259,9 +259,10 @@ _NOISE_SCALED = ("dpm2_a", "dpm++2s_a", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm+
 
 
 # the samplers the web UI's "Always discard next-to-last sigma" reaches that do not discard it already: its
-# k-diffusion ones that textinv has on diffusers' sigma tables (not Restart, which plans its steps on them)
+# k-diffusion ones that textinv has (Restart too: its KDiffusionSampler's get_sigmas hands restart_sampler the schedule
+# of one step more, less that sigma, which it plans its steps on)
 _DISCARDING = ("euler", "euler_a", "lms", "heun", "dpm++2m", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++sde",
-               "dpm++2s_a", "lcm")
+               "dpm++2s_a", "lcm", "restart")
 
 
 def discards(name: str, discard: bool = False) -> bool:
@@ -586,21 +587,29 @@ def _plain(value):
     return value.tolist() if hasattr(value, "tolist") else repr(value)
 
 
-def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: str = "--sampler") -> None:
+def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: str = "--sampler",
+               discard: bool = False) -> None:
     """Refuse sampler `name` for a pass that runs the last `run` steps of a `schedule`-step schedule of the model
-    whose scheduler is `scheduler` where it would take fewer: Restart from below its restart interval, 20 steps or
-    more to run, where the web UI's takes 9 fewer (`schedulers.restart_plan`) and a diffusers pipeline has counted
-    them all. `given`: the settings that make the pass, `flag`: where the sampler was given, both for the message.
+    whose scheduler is `scheduler` (its next-to-last sigma discarded with `discard`) where it would take fewer calls:
+    Restart from below its restart interval, 20 steps or more to run, where the web UI's takes 9 fewer
+    (`schedulers.restart_plan`) and a diffusers pipeline has counted them all, or on a schedule whose level nearest
+    sigma 0.1 is 0 (the model's spacing less its next-to-last sigma at 20 to 24 steps), where it goes down to 0
+    twice. `given`: the settings that make the pass, `flag`: where the sampler was given, both for the message.
 
     >>> check_pass(model.pipeline.scheduler, "restart_karras", 200, 21, "--denoise 0.1")  # doctest: +SKIP
     ConfigError: --sampler restart_karras: --denoise 0.1 runs the last 21 steps of 200, from sigma 0.075, below ...
     """
-    if run == schedule or name not in _PARTS or _PARTS[name][0] != "restart":
+    if name not in _PARTS or _PARTS[name][0] != "restart":
         return
     from .schedulers import restart_plan
 
-    made = scheduler_for(scheduler, name, flag=flag)
-    made.set_timesteps(schedule)
+    made = scheduler_for(scheduler, name, flag=flag, discard=discard)
+    try:
+        made.set_timesteps(schedule)
+    except ValueError as e:  # (the schedule's own plan: `schedulers.RestartScheduler`)
+        raise ConfigError(f"{flag} {name}: {given}{' with --discard-penultimate-sigma' * discard}: {e}") from e
+    if run == schedule:
+        return
     levels = made.schedule[schedule - run:]
     taken = len(restart_plan(levels))
     if taken < run:
@@ -645,7 +654,11 @@ def _discarding(cls: type) -> type:
             # no longer schedule to take one from (diffusers' own __init__ sets every training timestep too)
             return cls.set_timesteps(self, num_inference_steps, *args, **kwargs)
         cls.set_timesteps(self, num_inference_steps + 1, *args, **kwargs)
-        if hasattr(self, "sigmas_interpol"):
+        if hasattr(self, "plan_steps"):  # (Restart: Heun's tables less the sigma, its steps planned on them again)
+            self.sigmas, self.timesteps = self._heun
+            _discard_two_calls(self)
+            self.plan_steps()
+        elif hasattr(self, "sigmas_interpol"):
             _discard_interleaved(self)
         elif self.order == 2:  # Heun's and DPM++ SDE's tables: two calls a step (`_discard_two_calls`)
             _discard_two_calls(self)

@@ -149,6 +149,11 @@ class RestartScheduler(HeunDiscreteScheduler):
 
     def set_timesteps(self, num_inference_steps=None, device=None, num_train_timesteps=None, timesteps=None):
         super().set_timesteps(num_inference_steps, device, num_train_timesteps, timesteps)
+        self.plan_steps()
+
+    def plan_steps(self) -> None:
+        """Plan the steps on Heun's tables as they are (`set_timesteps` made them; the web UI's "Always discard
+        next-to-last sigma" takes a sigma out of them first: `samplers._discarding`)."""
         # Heun's tables hold [s0, s1, s1, ..., s(n-1), s(n-1), 0]: the schedule is their first and every other one
         self.schedule = torch.cat([self.sigmas[:1], self.sigmas[1::2]]).tolist()
         self._heun = self.sigmas.clone(), self.timesteps.clone()
@@ -167,6 +172,14 @@ class RestartScheduler(HeunDiscreteScheduler):
         sigmas, times = (table[begin:] for table in self._heun)  # (a plan of the schedule's own steps: Heun's)
         if plan != list(zip(schedule[:-1], schedule[1:])):
             calls = [s for start, end in plan for s in ((start, end) if end > 0 else (start,))]
+            if sum(end == 0 for _, end in plan) > 1:
+                # (the web UI's restart_sampler takes the level nearest 0.1 as it finds it: 0 can be it, where the
+                # schedule's smallest non-zero sigma is above 0.2, as on the model's spacing less its next-to-last)
+                raise ValueError(f"Restart's level nearest sigma 0.1 on this schedule is 0 (its smallest non-zero "
+                                 f"sigma is {schedule[-2]:.2g}): the web UI's goes down to 0, then restarts from "
+                                 f"there, one model call fewer than a diffusers pipeline counts; draw it on a sigma "
+                                 f"schedule (restart_karras), at more steps, or without discarding the next-to-last "
+                                 f"sigma")
             if len(calls) != len(times):
                 # (the web UI would take fewer steps; a diffusers pipeline has counted the iterations already)
                 raise ValueError(f"Restart takes {len(plan)} steps, not {len(schedule) - 1}, on a schedule that "
