@@ -624,6 +624,17 @@ def test_a_sampler_the_model_cannot_sample_is_refused_before_any_cell_is_drawn(s
     assert not list((tmp_path / "r").glob("*.png"))
 
 
+def test_a_restart_cell_that_would_take_fewer_calls_is_refused_before_any_cell_is_drawn(sd1_dir, tmp_path):
+    """Restart with the next-to-last sigma discarded on the model's spacing at 20 to 24 steps would go down to sigma 0
+    twice (`samplers.check_pass`): its cell is refused once the model has loaded, before the cells before it."""
+    config = _config(tmp_path, model=str(sd1_dir), steps=22, discard_penultimate_sigma=True,
+                     x="sampler=euler,restart")
+    with pytest.raises(ConfigError, match=r"^--x 'sampler=euler,restart': sampler restart: --steps 22 with "
+                                          r"--discard-penultimate-sigma: Restart's level nearest sigma 0.1"):
+        generate(config, model=fresh_model(sd1_dir), progress=False)
+    assert not list((tmp_path / "r").glob("*.png"))
+
+
 def test_a_notice_of_the_run_is_said_once_per_plot_not_once_per_cell(sd1_dir, tmp_path):
     """Each cell is drawn by generate, which warns of embeddings trained at different sizes (`generation_size`):
     a 2x1 plot said it twice, Python's once-a-line filter undone by each cell's checks."""

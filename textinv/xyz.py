@@ -53,7 +53,7 @@ from .memory import out_of_memory_as
 from .models import interrupt_kept, pick_device
 from .run_folder import _nfc, embedding_file
 from .report import INK, PAPER, font
-from .samplers import scheduler_for
+from .samplers import check_pass, scheduler_for
 
 SCRIPT = "X/Y/Z plot"  # (the web UI's script's title, which its grids' text names)
 GRID_NAME = "xyz_grid"
@@ -594,11 +594,16 @@ def _draw_cells(config: GenerateConfig, ready: Plan, model, progress: bool, keep
 
 def _check_samplers(ready: Plan, model) -> None:
     """Each cell's sampler made for `model`'s noise schedule, so that one it cannot sample (a Karras schedule on a
-    zero-terminal-SNR model) is refused once the model has loaded, not after the cells before it are drawn."""
+    zero-terminal-SNR model, Restart on a schedule it would take fewer calls on: `samplers.check_pass`) is refused
+    once the model has loaded, not after the cells before it are drawn."""
     axis = next((a for a in ready.axes if a is not None and a.axis.name == "sampler"), None)
+    flag = f"{axis.flag} {'sampler=' + axis.given!r}: sampler" if axis is not None else "--sampler"
     for sampler in dict.fromkeys(cell.sampler for cell in ready.cells if cell.sampler != "default"):
-        flag = f"{axis.flag} {'sampler=' + axis.given!r}: sampler" if axis is not None else "--sampler"
         scheduler_for(model.pipeline.scheduler, sampler, flag=flag)
+    # (a text-to-image first pass runs all its steps; an img2img one is checked as generate checks it)
+    for sampler, steps, discard in dict.fromkeys((c.sampler, c.steps, c.discard_penultimate_sigma)
+                                                 for c in ready.cells if not c.init_image):
+        check_pass(model.pipeline.scheduler, sampler, steps, steps, f"--steps {steps}", flag, discard)
 
 
 def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path]]) -> list[Path]:
