@@ -602,7 +602,7 @@ def _check_samplers(ready: Plan, model) -> None:
         scheduler_for(model.pipeline.scheduler, sampler, flag=flag)
     # (a text-to-image first pass runs all its steps; an img2img one is checked as generate checks it)
     for sampler, steps, discard in dict.fromkeys((c.sampler, c.steps, c.discard_penultimate_sigma)
-                                                 for c in ready.cells if not c.init_image):
+                                                 for c in ready.cells if c.sampler != "default" and not c.init_image):
         check_pass(model.pipeline.scheduler, sampler, steps, steps, f"--steps {steps}", flag, discard)
 
 
