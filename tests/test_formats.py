@@ -210,15 +210,88 @@ def test_a_pair_of_two_saves_without_steps_is_refused_and_a_save_made_whole_load
     assert not any("pair" in key for key in loaded.metadata)  # (the record of its partner is the file's, not kept)
 
 
-def test_png_keeps_the_preview_image(tmp_path):
-    """The preview sits whole between the two strips of the embedding's pixel copy, one black column either side."""
+def test_png_keeps_the_preview_image_without_its_caption(tmp_path):
+    """Uncaptioned (caption=False; convert --no-caption, train --no-png-caption), the preview sits whole between the
+    two strips of the embedding's pixel copy, one black column either side."""
     preview = Image.new("RGB", (40, 30), (200, 10, 10))
-    (p,) = save_embedding(make_emb(), tmp_path / "dog.png", format="a1111-png", preview=preview)
+    (p,) = save_embedding(make_emb(), tmp_path / "dog.png", format="a1111-png", preview=preview, caption=False)
     with Image.open(p) as image:
         strip = (image.width - 40 - 2) // 2
         assert image.height == 30 and strip > 0
         assert image.convert("RGB").crop((strip + 1, 0, strip + 41, 30)).tobytes() == preview.tobytes()
         assert {image.getpixel((x, y)) for x in (strip, strip + 41) for y in range(30)} == {(0, 0, 0)}
+
+
+def _preview_part(path, preview_size):
+    """The preview's place in an A1111 PNG: between the strips and their black columns (RGB)."""
+    width, height = preview_size
+    with Image.open(path) as image:
+        strip = (image.width - width - 2) // 2
+        return image.convert("RGB").crop((strip + 1, 0, strip + 1 + width, height))
+
+
+def test_png_embedding_is_captioned_as_the_web_ui_captions_it(tmp_path):
+    """The web UI's "save images with embedding in PNG chunks" captions the picture (caption_image_overlay, as
+    textual_inversion.train_embedding calls it): title "<NAME>" at the top, footer "MODEL", "[HASH]", "Nv Ss" on a
+    band darkened toward the edges. The title's corner differs from the plain picture, the middle is dimmed (by
+    about a third), and the file still round-trips the same vectors from its chunk and from its pixels."""
+    preview = Image.new("RGB", (256, 192), (200, 180, 160))
+    emb = make_emb(metadata={**META, "sd_checkpoint": "6ce0161689", "sd_checkpoint_name": "v1-5-pruned"})
+    (p,) = save_embedding(emb, tmp_path / "my-dog.png", format="a1111-png", preview=preview)
+    (plain,) = save_embedding(emb, tmp_path / "plain" / "my-dog.png", format="a1111-png", preview=preview,
+                              caption=False)
+    captioned, uncaptioned = _preview_part(p, preview.size), _preview_part(plain, preview.size)
+    assert uncaptioned.tobytes() == preview.tobytes()
+    title = (10, 10, 120, 40)  # (the title's corner; the first rows are black, the band's darkest)
+    assert captioned.crop(title).tobytes() != uncaptioned.crop(title).tobytes()
+    assert captioned.getpixel((0, 0)) == (0, 0, 0)
+    middle = captioned.getpixel((5, 96))  # (no text at the left edge, halfway down)
+    assert all(0.6 * c < m < 0.8 * c for m, c in zip(middle, (200, 180, 160)))
+    white = {(x, y) for x in range(256) for y in range(192) if captioned.getpixel((x, y)) == (255, 255, 255)}
+    assert any(y < 60 for _, y in white) and any(y > 150 for _, y in white)  # (the title, and the footer)
+    for path in (p, _pixels_only(p, tmp_path / "hosted.png")):  # (its chunk; its pixels, once the chunk is gone)
+        loaded = load_embedding(path)
+        assert loaded.token == "<my-dog>"
+        assert_same_vectors(emb, loaded)
+
+
+def test_convert_no_caption_turns_the_caption_off(tmp_path):
+    """`convert` to .png captions its placeholder picture (its first rows black, the band's darkest);
+    --no-caption leaves it plain."""
+    from textinv.cli import main
+
+    src = tmp_path / "my-dog.pt"
+    save_embedding(make_emb(), src, format="a1111")
+    assert main(["convert", str(src), str(tmp_path / "a" / "my-dog.png")]) == 0
+    assert main(["convert", str(src), str(tmp_path / "b" / "my-dog.png"), "--no-caption"]) == 0
+    assert _preview_part(tmp_path / "a" / "my-dog.png", (256, 256)).getpixel((0, 0)) == (0, 0, 0)
+    assert _preview_part(tmp_path / "b" / "my-dog.png", (256, 256)).getpixel((0, 0)) == (40, 44, 52)
+
+
+def test_caption_texts_are_the_web_uis():
+    """textual_inversion.train_embedding's caption: title f"<{name}>", footer checkpoint.model_name,
+    f"[{checkpoint.shorthash}]", f"{vectorSize}v {steps_done}s". A token in brackets is not bracketed twice, and a
+    checkpoint not known (a hub model has no file hash) leaves its text out."""
+    from textinv.formats import _caption_texts
+
+    web_ui = {"name": "zq-500", "step": 500, "sd_checkpoint": "6ce0161689", "sd_checkpoint_name": "v1-5-pruned"}
+    assert _caption_texts(web_ui, 2) == ("<zq-500>", "v1-5-pruned", "[6ce0161689]", "2v 500s")
+    hub = {"name": "<my-dog>", "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None}
+    assert _caption_texts(hub, 3) == ("<my-dog>", "", "", "3v 0s")
+
+
+def test_a_picture_the_web_ui_captioned_reads_from_its_pixels(tmp_path):
+    """The web UI adds the strips to the captioned picture (RGBA, its alpha dropped on the RGB background): a
+    picture of its making, darkest at the top, text over it, transparent in places, gives its vectors back."""
+    preview = Image.new("RGBA", (120, 90), (10, 200, 90, 0))  # (transparent: the caption's RGBA keeps alpha)
+    vectors = torch.randn(2, 768, generator=torch.Generator().manual_seed(3))
+    data = {"string_to_token": {"*": 265}, "string_to_param": {"*": {"TORCHTENSOR": vectors.tolist()}},
+            "name": "zq-2", "step": 2, "sd_checkpoint": "0123456789", "sd_checkpoint_name": "model"}
+    picture = a1111_pixels.caption(preview, "<zq-2>", "model", "[0123456789]", "2v 2s")
+    assert picture.mode == "RGBA"
+    a1111_pixels.hide(picture, data, vectors[0].tolist()).save(tmp_path / "zq-2.png")
+    loaded = load_embedding(tmp_path / "zq-2.png")
+    assert loaded.token == "zq-2" and torch.equal(loaded.vectors["text_encoder"], vectors)
 
 
 def _pixels_only(path, to):

@@ -2440,7 +2440,8 @@ def test_latent_sampling_keeps_the_latents_as_the_web_uis_methods_do(sd1_dir, tm
 
 def test_png_embeddings_put_each_grids_step_embedding_in_its_picture(sd1_dir, images, tmp_path):
     """--png-embeddings, the web UI's "save images with embedding in PNG chunks": beside each sample grid, the step's
-    embedding inside that grid's picture, named as the web UI names its own (zq-2.png: called zq-2 there)."""
+    embedding inside that grid's picture, named as the web UI names its own (zq-2.png: called zq-2 there), and
+    captioned as there (the picture differs from the grid)."""
     from PIL import Image
 
     from textinv.formats import a1111_png_name
@@ -2453,21 +2454,26 @@ def test_png_embeddings_put_each_grids_step_embedding_in_its_picture(sd1_dir, im
     torch.testing.assert_close(load_embedding(png).vectors, result.embedding.vectors, rtol=0, atol=0)
     grid, picture = Image.open(out / "samples" / "step-000002.png").convert("RGB"), Image.open(png).convert("RGB")
     strip = (picture.width - grid.width - 2) // 2  # (the web UI's pixel copy of the embedding, either side)
-    assert picture.crop((strip + 1, 0, strip + 1 + grid.width, grid.height)).tobytes() == grid.tobytes()
+    assert picture.crop((strip + 1, 0, strip + 1 + grid.width, grid.height)).tobytes() != grid.tobytes()
     with pytest.raises(ConfigError, match="--png-embeddings .* --sample-every 0"):
         train_config(images, tmp_path / "b", png_embeddings=True, sample_every=0).validate()
 
 
 def test_a_resume_writes_the_png_embedding_a_run_stopped_before(sd1_dir, images, tmp_path):
     """--png-embeddings' picture is written after its step's grid: a run stopped between the two (after the step's
-    checkpoint) resumed with the grid there and never wrote the picture."""
+    checkpoint) resumed with the grid there and never wrote the picture. (--no-png-caption: the grid whole in it.)"""
+    from PIL import Image
+
     out = tmp_path / "a"
-    settings = dict(sample_every=2, sample_steps=2, save_every=2, png_embeddings=True)
+    settings = dict(sample_every=2, sample_steps=2, save_every=2, png_embeddings=True, png_caption=False)
     train(train_config(images, out, steps=2, **settings), model=fresh_model(sd1_dir), progress=False)
     png = out / "samples" / "zq-2.png"
     png.unlink()
     train(train_config(images, out, steps=3, resume=True, **settings), model=fresh_model(sd1_dir), progress=False)
     assert png.is_file()
+    grid, picture = Image.open(out / "samples" / "step-000002.png").convert("RGB"), Image.open(png).convert("RGB")
+    strip = (picture.width - grid.width - 2) // 2
+    assert picture.crop((strip + 1, 0, strip + 1 + grid.width, grid.height)).tobytes() == grid.tobytes()
 
 
 def test_templates_without_filewords_are_said_unread_for_captioned_pictures(sd1_dir, images, tmp_path):

@@ -1,4 +1,5 @@
-"""The A1111 web UI's second copy of an image embedding, hidden in the picture's pixels.
+"""The A1111 web UI's image embedding's picture: its caption, and its second copy of the embedding, hidden in the
+picture's pixels.
 
 The web UI's embedding PNGs carry the embedding twice: in the "sd-ti-embedding" text chunk, and in two strips of
 pixels added left and right of the picture, which survive an image host that strips text chunks (the web UI reads
@@ -15,6 +16,10 @@ them when the chunk is gone). The layout, as modules/textual_inversion/image_emb
 
 Reading crops the black border, keeps the low nibbles, and takes the strips as what lies left of the first and right
 of the last column whose low nibbles are all zero. zlib ignores the repeated tail.
+
+The caption (`caption`, the web UI's caption_image_overlay, drawn before the strips are added) darkens the picture
+toward its top and bottom and writes the embedding's name at the top, the checkpoint, its hash and the vectors and
+steps along the bottom; it leaves the strips and black columns alone, so reading is the same.
 """
 
 from __future__ import annotations
@@ -117,6 +122,62 @@ def find(image, object_hook=None) -> dict | None:
     except (zlib.error, ValueError):  # (UnicodeDecodeError is a ValueError)
         return None
     return data if isinstance(data, dict) else None
+
+
+_INK = (255, 255, 255, 230)  # the web UI's text colour, drawn into the RGBA picture (its alpha is dropped later)
+_FONT_SIZE, _LARGEST, _PADDING = 32, 72, 10
+
+
+def caption(image, title: str, left: str, mid: str, right: str):
+    """`image` (PIL) captioned as the web UI captions an embedding's picture (caption_image_overlay): darkened
+    toward its top and bottom edges, `title` at the top left, `left`, `mid` and `right` along the bottom, each at
+    its side or the middle; RGBA, as there. The web UI writes the title as "<NAME>", the footer as the checkpoint's
+    name, "[its short hash]" and "Nv Ss" (vectors, steps). Its font file (Noto Sans) is not ours: Pillow's default
+    font (scalable with FreeType) stands in, so the letters differ a little but sit and scale as there.
+
+    >>> caption(preview, "<my-dog>", "v1-5-pruned", "[6ce0161689]", "2v 500s")  # doctest: +SKIP
+    """
+    from PIL import Image, ImageDraw
+
+    out = Image.alpha_composite(image.convert("RGBA"), Image.fromarray(_shade(image.size)))
+    draw = ImageDraw.Draw(out)
+    width, height = out.size
+    # the title fills 3/4 of the width less 4 paddings; the footer, at one size, each text a third less a padding
+    size = _fitted(draw, title, _FONT_SIZE, width * 0.75 - 4 * _PADDING)
+    draw.text((_PADDING, _PADDING), title, anchor="lt", font=_font(size), fill=_INK)
+    footer = _font(min([_fitted(draw, text, size, width / 3 - _PADDING) for text in (left, mid, right) if text]
+                       or [size]))
+    for x, text, anchor in ((_PADDING, left, "ls"), (width / 2, mid, "ms"), (width - _PADDING, right, "rs")):
+        draw.text((x, height - _PADDING), text, anchor=anchor, font=footer, fill=_INK)
+    return out
+
+
+def _shade(size: tuple[int, int]) -> np.ndarray:
+    """The web UI's darkening, (height, width, 4) RGBA: black, opaque by row y of h as the larger of 1 - cos(1.5 y/h)
+    and 1 - cos(1.65 (h - y)/h), so the top rows (which reach past 1) are black, the bottom ones nearly, and the
+    middle is dimmed by about a third."""
+    width, height = size
+    y = np.arange(height, dtype=np.float64)
+    level = np.maximum(1 - np.cos(y / height * 1.5), 1 - np.cos((height - y) / height * 1.5 * 1.1))
+    layer = np.zeros((height, width, 4), np.uint8)
+    layer[..., 3] = np.minimum((level * 255).astype(np.int64), 255)[:, None]  # (Pillow clips the web UI's 275 to 255)
+    return layer
+
+
+def _fitted(draw, text: str, size: int, room: float) -> int:
+    # the web UI's fit: the size scaled by room over the text's width at `size`, at most 72 (and, here, at least 1:
+    # a picture too narrow for any text gave it a size below 1, which no font takes)
+    right = draw.textbbox((0, 0), text, font=_font(size))[2]
+    return max(1, min(int(size * room / right), _LARGEST)) if right > 0 else size
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # (Pillow before 10.1: one bitmap size)
+        return ImageFont.load_default()
 
 
 def _crop_black(pixels: np.ndarray) -> np.ndarray:

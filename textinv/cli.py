@@ -211,7 +211,7 @@ def cmd_convert(args) -> int:
     home = os.path.expanduser
     written = convert(embedding_file(Path(home(args.src))), home(args.dst), to=args.to, token=args.token,
                       second=args.second and home(args.second), overwrite=args.overwrite,
-                      into_lora=args.into_lora and home(args.into_lora))
+                      into_lora=args.into_lora and home(args.into_lora), caption=args.caption)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -421,6 +421,8 @@ def _add_convert(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace dst if it exists (default: refuse)")
     p.add_argument("--into-lora", metavar="LORA", help="write LORA (.safetensors) with the embedding bundled in it to "
                    "dst, as the web UI reads bundles: <lora:dst's name> in a prompt then installs it under its token")
+    p.add_argument("--no-caption", dest="caption", action="store_false", help="an a1111-png's picture without the "
+                   "web UI's caption (the name at the top, the checkpoint, hash, vectors and steps at the bottom)")
     p.set_defaults(func=cmd_convert)
 
 

@@ -483,6 +483,9 @@ class TrainConfig:
     png_embeddings: bool = opt(False, "with each sample grid also write samples/NAME-STEP.png, that step's "
                                       "embedding inside a picture of the grid, as the web UI's 'save images with "
                                       "embedding in PNG chunks' does (the web UI loads it from its embeddings folder)")
+    png_caption: bool = opt(True, "caption --png-embeddings' pictures as the web UI does: the name at the top, the "
+                                  "checkpoint, its hash, the vectors and steps at the bottom, on a darkened band "
+                                  "(--no-png-caption: the grid as drawn)")
     sample_prompts: list = opt([], "prompts for the sample grids ('{}' or the token written out marks it), or one "
                                    "file of them as kohya's --sample_prompts takes it (.txt, .toml or .json), with "
                                    "its per-prompt options (--n negative prompt, --d seed, --l CFG scale, --s steps, "

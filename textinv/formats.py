@@ -253,13 +253,14 @@ def first_file(path: str | Path) -> Path | None:
 
 
 def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffusers", preview=None, *,
-                   overwrite: bool = True, date: str | None = None) -> list[Path]:
+                   overwrite: bool = True, date: str | None = None, caption: bool = True) -> list[Path]:
     """Write `emb` to `path` in `format` (one of FORMATS), atomically; return the files written.
 
     `path` may be a folder (one that exists, or a new one written with a trailing slash, `out/`), in which case
     the file gets `default_filename(format, emb.token)`. For diffusers-sdxl `path` names the first file and the
     second is written beside it (see `second_file`). `preview`, a PIL image, is only used by a1111-png (a plain
-    placeholder picture is drawn when it is None). With `overwrite=False` a file already there is refused (before
+    placeholder picture is drawn when it is None), captioned as the web UI captions it unless `caption` is False
+    (`a1111_pixels.caption`). With `overwrite=False` a file already there is refused (before
     anything is written) instead of replaced. The safetensors formats also carry ModelSpec keys (`modelspec`);
     `date` is their `modelspec.date` (default: the one the embedding was read with, else now).
 
@@ -273,7 +274,7 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
     try:
         path = check_writable(path, format, emb.token, emb.widths, overwrite)
         # 2. Write.
-        return _write_embedding(emb, path, format, preview, date)
+        return _write_embedding(emb, path, format, preview, date, caption)
     except OSError as e:  # a read-only or full disk, a file where a folder should be, a name too long: say which
         raise FormatError(f"cannot write {path}: {e.strerror or e}; choose another output path") from None
 
@@ -323,7 +324,8 @@ def check_suffix(path: str | Path, format: str, token: str) -> None:
             f"by extension): rename it, e.g. {default_filename(format, token)!r}, or pick another format")
 
 
-def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, date: str | None = None) -> list[Path]:
+def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, date: str | None = None,
+                     caption: bool = True) -> list[Path]:
     vectors = {name: t.detach().to(torch.float32).contiguous().clone() for name, t in emb.vectors.items()}
     if format in modelspec.IMPLEMENTATIONS:  # the safetensors formats: each file says what it is
         metadata = {k: v for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX) and k != PAIR_KEY}
@@ -347,7 +349,7 @@ def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, da
     elif format == "a1111":
         _write_pickle(path, _a1111_dict(emb, vectors["text_encoder"]))
     elif format == "a1111-png":
-        _write_a1111_png(path, emb, vectors["text_encoder"], preview)
+        _write_a1111_png(path, emb, vectors["text_encoder"], preview, caption)
     return [path]
 
 
@@ -439,7 +441,7 @@ def _a1111_dict(emb: LearnedEmbedding, tensor, name: str | None = None) -> dict:
     }
 
 
-def _write_a1111_png(path: Path, emb: LearnedEmbedding, tensor, preview) -> None:
+def _write_a1111_png(path: Path, emb: LearnedEmbedding, tensor, preview, caption: bool = True) -> None:
     from PIL import Image, ImageDraw, PngImagePlugin
 
     # The web UI names a .pt by its file name but an image by the chunk's "name" (EmbeddingDatabase.load_from_file).
@@ -453,16 +455,29 @@ def _write_a1111_png(path: Path, emb: LearnedEmbedding, tensor, preview) -> None
     info.add_text(PNG_CHUNK, base64.b64encode(json.dumps(data).encode("utf-8")).decode("ascii"))
     if preview is None:
         image = Image.new("RGB", (256, 256), (40, 44, 52))
-        ImageDraw.Draw(image).text((12, 12), f"{emb.token}\n{emb.num_vectors} x {describe_widths(emb.widths)}",
-                                   fill=(230, 230, 230))
+        if not caption:  # (the caption says the name and the vectors)
+            ImageDraw.Draw(image).text((12, 12), f"{emb.token}\n{emb.num_vectors} x {describe_widths(emb.widths)}",
+                                       fill=(230, 230, 230))
     elif not isinstance(preview, Image.Image):
         raise FormatError(f"preview must be a PIL image, got {type(preview).__name__}")
     else:
         image = preview
+    if caption:
+        image = a1111_pixels.caption(image, *_caption_texts(data, len(tensor)))
     # the web UI's second copy, in strips of pixels either side: an image host that strips the chunk keeps it
     image = a1111_pixels.hide(image, data, tensor[0].tolist())
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
+
+
+def _caption_texts(data: dict, vectors: int) -> tuple[str, str, str, str]:
+    """The texts the web UI captions an embedding's picture with (textual_inversion.train_embedding): "<NAME>", the
+    checkpoint's name, "[its short hash]" and "Nv Ss" (vectors, steps); a checkpoint not known (a hub model has no
+    file hash) leaves its text out. A token already in brackets is not bracketed again."""
+    name = data["name"]
+    title = name if name.startswith("<") and name.endswith(">") else f"<{name}>"
+    mid = f"[{data['sd_checkpoint']}]" if data.get("sd_checkpoint") else ""
+    return title, data.get("sd_checkpoint_name") or "", mid, f"{vectors}v {data['step']}s"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1129,7 +1144,7 @@ def _vectors(path: Path, value, where: str) -> torch.Tensor:
 
 def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str | None = None,
             second: str | Path | None = None, overwrite: bool = False,
-            into_lora: str | Path | None = None) -> list[Path]:
+            into_lora: str | Path | None = None, caption: bool = True) -> list[Path]:
     """Read `src` (any layout) and write it to `dst` as `to`; return the files written.
 
     Without `to`, the format follows dst's extension: .pt -> a1111, .png -> a1111-png, .bin -> diffusers-bin,
@@ -1137,7 +1152,8 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
     diffusers-sdxl (two files), as training does. `token` renames the embedding. `second`: the other half of an SDXL
     embedding kept as two single-encoder files (`load_embedding_pair`), for names that do not pair by themselves.
     A file already at the destination is refused unless `overwrite` (as train refuses a used --out). `into_lora`:
-    write the LoRA file it names with the embedding bundled in it instead (`bundle_into_lora`).
+    write the LoRA file it names with the embedding bundled in it instead (`bundle_into_lora`). `caption`: an
+    a1111-png's picture captioned as the web UI's (`save_embedding`).
 
     >>> convert("learned_embeds.safetensors", "my-dog.pt")   # doctest: +SKIP
     [PosixPath('my-dog.pt')]
@@ -1148,7 +1164,8 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
     emb = load_embedding(src, token=token) if second is None else load_embedding_pair(src, second, token=token)
     if into_lora is not None:
         return [bundle_into_lora(emb, into_lora, dst, overwrite=overwrite)]
-    return save_embedding(emb, dst, format=format_for(dst, to, "text_encoder_2" in emb.vectors), overwrite=overwrite)
+    return save_embedding(emb, dst, format=format_for(dst, to, "text_encoder_2" in emb.vectors), overwrite=overwrite,
+                          caption=caption)
 
 
 def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, overwrite: bool = False) -> Path:

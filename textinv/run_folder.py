@@ -48,7 +48,7 @@ _LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyon
 # run that ran out of it goes on with it; cuda_graphs: the same kernels, launched at once; precision: compared as the
 # dtype it gives on this device with the one the checkpoint was trained at, `check_same_precision`)
 RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_embeddings", "sample_every",
-                     "sample_steps", "png_embeddings", "log_every", "device", "log_with", "log_dir",
+                     "sample_steps", "png_embeddings", "png_caption", "log_every", "device", "log_with", "log_dir",
                      "gradient_checkpointing", "cuda_graphs", "resume", "overwrite", "sample_prompts", "validate_every",
                      "precision", "out"}  # (out: the folder resumed, however spelt)
 # stored absolute: a run resumes, or reruns, from any directory. The settings the config marks as paths (`opt`'s

@@ -1333,7 +1333,7 @@ class _Run:
                     grid.save(tmp, format="PNG")
                 if config.png_embeddings:
                     save_embedding(self.embedding_of(c, at_step), self.png_path(c, at_step), "a1111-png",
-                                   preview=grid)
+                                   preview=grid, caption=config.png_caption)
                 if self.tracker is not None:  # (after its file: a grid the tracker has is in samples/ too)
                     self.tracker.log_grid(at_step, "samples" if len(concepts) == 1 else f"samples/{c.out.name}",
                                           grid)
