@@ -1304,3 +1304,86 @@ def test_comfy_emphasis_draws_a_dynamic_prompts_escape_as_its_character(sd1_dir)
     for written in ["a #1 {red} car", "__init__ a b", "// a b", "(a #1:1.2) \\(x\\) C:\\dir"]:
         (job,) = jobs([literal(written)], "", [0], None, False, 1)
         assert comfy_token_chunks(tok, comfy_syntax(job.prompt)) == comfy_token_chunks(tok, comfy_syntax(written))
+
+
+LONG = "a photo of a " + "dog " * 80  # (two chunks of 77)
+
+
+@pytest.mark.parametrize("prompt, negative, padded", [(LONG, "ugly", 0), ("a dog", "ugly, " * 50, 1)])
+def test_pad_cond_uncond_reads_the_prompt_and_its_negative_at_the_longers_length(sd1_dir, prompt, negative, padded):
+    """--pad-cond-uncond, the web UI's "Pad prompt/negative prompt to be same length" (CFGDenoiser.pad_cond_uncond):
+    the shorter of the prompt and its negative is padded with the empty prompt's encoding to the longer's chunks and
+    the UNet reads both whole, so a prompt of 2 chunks and a negative of 1 draw another picture than at their own
+    lengths (the default). Each UNet row is the UNet's output for the padded text (`padded`: the negative, 0, or the
+    prompt, 1)."""
+    from textinv.generate import encode_prompts
+
+    model = fresh_model(sd1_dir)
+    calls = []
+    model.unet.register_forward_hook(lambda m, args, kwargs, out: calls.append((args, kwargs, out)),
+                                     with_kwargs=True)
+    drawn = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative, sampler="euler",
+                   pad_conds=True)[0]
+    chunks = max(encode_prompts(model, [text])[0].shape[1] // 77 for text in (negative, prompt))
+    texts = [encode_prompts(model, [text], chunks)[0] for text in (negative, prompt)]  # (padded with empty chunks)
+    hooks = model.unet._forward_hooks.copy()
+    model.unet._forward_hooks.clear()
+    for args, kwargs, out in calls:
+        assert kwargs.get("encoder_attention_mask") is None  # (nothing hidden: both read whole)
+        own = [model.unet(args[0][i:i + 1], args[1], encoder_hidden_states=h, return_dict=False)[0]
+               for i, h in enumerate(texts)]
+        torch.testing.assert_close(out[0], torch.cat(own), atol=1e-5, rtol=1e-4)
+    model.unet._forward_hooks.update(hooks)
+    plain = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative, sampler="euler")[0]
+    assert not np.array_equal(np.asarray(drawn), np.asarray(plain))
+
+
+def test_pad_cond_uncond_changes_nothing_where_the_lengths_match(sd1_dir):
+    """A prompt and a negative of one chunk each, or of two each, need no padding: the same picture either way."""
+    from textinv.generate import encode_prompts
+
+    model = fresh_model(sd1_dir)
+    for prompt, negative in (("a dog", "ugly"), (LONG, "a photo of a " + "cat " * 80)):
+        assert encode_prompts(model, [prompt])[0].shape == encode_prompts(model, [negative])[0].shape
+        drawn = [render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative,
+                        sampler="euler", pad_conds=pad)[0] for pad in (False, True)]
+        assert np.array_equal(np.asarray(drawn[0]), np.asarray(drawn[1])), prompt
+
+
+def test_pad_cond_uncond_pads_each_picture_and_sub_prompt_as_the_web_ui(sd1_dir):
+    """Composable diffusion (AND): a picture's sub-prompts are read at its longest's length (the web UI's
+    stack_conds), and with padding the negative is read at it too, where it is shorter; in a batch each picture's
+    rows are padded to its own longer, so a picture is its own at any batch size."""
+    from textinv.generate import _layout, _padded_lengths
+
+    assert _padded_lengths([[2, 1]], [[1, 1]], [0, 1]) == ([[2, 1]], [[2, 1]])  # (two pictures)
+    assert _padded_lengths([[1, 1]], [[3]], [0, 0]) == ([[3, 3]], [[3]])  # (one picture of two sub-prompts)
+    model = fresh_model(sd1_dir)
+    at = _layout(model, [LONG + " AND a cat", "a cat"], "ugly", 2, pad=True)
+    # (picture 0: its sub-prompts and negative at 2 chunks; picture 1's at 1, the batch's padding hidden)
+    assert at.lengths == ([[2, 2, 1]], [[2, 1]], 2) and at.padded
+    alone = render(model, ["a cat"], [1], steps=2, width=16, negative_prompt="ugly", sampler="euler",
+                   pad_conds=True)[0]
+    batch = render(model, [LONG, "a cat"], [0, 1], steps=2, width=16, negative_prompt="ugly", sampler="euler",
+                   pad_conds=True)[1]
+    assert np.abs(np.asarray(alone, np.int16) - np.asarray(batch, np.int16)).max() <= 1
+
+
+def test_pad_cond_uncond_is_written_and_read_back_as_the_web_ui_does(sd1_dir, tmp_path):
+    """The web UI writes "Pad conds: True" where it padded (at a pass's last step), and its infotext reading sets
+    pad_cond_uncond from it; --again reads it back, from textinv's pictures and the web UI's."""
+    from textinv.again import again_config
+
+    def draw(name, negative, **pad):
+        return generate(GenerateConfig(prompt=[LONG], negative_prompt=negative, n=1, seed=2, steps=2, width=16,
+                                       model=str(sd1_dir), metadata="full", out=str(tmp_path / name), **pad),
+                        progress=False)[0]
+
+    padded = draw("padded", "ugly", pad_cond_uncond=True)
+    assert "Pad conds: True" in Image.open(padded).text["parameters"]
+    assert again_config(padded, {"out": str(tmp_path / "b")})[0].pad_cond_uncond
+    same = draw("same", "a photo of a " + "cat " * 80, pad_cond_uncond=True)  # (nothing padded: unsaid, as there)
+    assert "Pad conds" not in Image.open(same).text["parameters"]
+    assert "Pad conds" not in Image.open(draw("off", "ugly")).text["parameters"]
+    web = _picture(tmp_path / "w.png", "a dog\nSteps: 4, Seed: 3, Size: 16x16, Pad conds: True, Version: v1.9.0")
+    assert again_warned(web, {"model": str(sd1_dir)})[0].pad_cond_uncond

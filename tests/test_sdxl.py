@@ -805,3 +805,19 @@ def test_a_resume_without_checkpoints_names_a_diffusers_sdxl_pairs_first_step_fi
     with pytest.raises(ConfigError, match=f"--init-embedding {re.escape(str(first))} .in place of --init."):
         train(xl_config(images, out, format="diffusers", steps=6, resume=True), model=fresh_model(xl_dir),
               progress=False)
+
+
+def test_pad_cond_uncond_pads_an_empty_negatives_zeros_with_empty_chunks(xl_dir):
+    """SDXL's empty negative is zeros (the web UI's force_zero_negative_prompt), one chunk long; the web UI's
+    pad_cond_uncond pads it to a long prompt's length with the empty prompt's encoding, not with more zeros."""
+    model = fresh_model(xl_dir)
+    seen = []
+    model.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()),
+                                         with_kwargs=True)
+    long = "a photo of a " + "dog " * 80
+    render(model, [long], [0], steps=1, width=64, guidance=7.5, negative_prompt="", pad_conds=True)
+    negative = seen[0][0]  # (the negative's row, then the prompt's)
+    chunks = negative.shape[0] // 77
+    empty = encode_prompts(model, [""], chunks)[0][0, 77:]  # (the empty chunks a one-chunk prompt is padded with)
+    assert chunks > 1 and not negative[:77].any()
+    torch.testing.assert_close(negative[77:], empty.to(negative.dtype))

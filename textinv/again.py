@@ -85,7 +85,7 @@ _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
                "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
                "Variation seed strength", "Tiling", "Emphasis", "Mask blur", "Mask mode", "Masked content",
                "Inpaint area", "Masked area padding", "Inpaint blend", "Refiner", "Refiner switch at",
-               "Hires CFG Scale", "Hires checkpoint", "Old prompt editing timelines", "ENSD")
+               "Hires CFG Scale", "Hires checkpoint", "Old prompt editing timelines", "ENSD", "Pad conds")
 # sd-dynamic-prompts' templates, where a version writes them among the settings (else after them:
 # `_without_templates`): the prompts above are what was drawn, so a redraw needs nothing of them
 _A1111_DRAWN_FROM = ("Template", "Negative Template")
@@ -561,7 +561,8 @@ def _from_a1111(path: Path, text: str) -> Picture:
     settings: dict[str, Any] = {"prompt": [prompt], "negative_prompt": negative}
     names = {"Steps": "steps", "CFG scale": "guidance", "Seed": "seed", "Clip skip": "clip_skip",
              "Variation seed": "variation_seed", "Variation seed strength": "variation_strength", "Tiling": "tiling",
-             "Emphasis": "emphasis", "Old prompt editing timelines": "old_prompt_editing", "ENSD": "ensd"}
+             "Emphasis": "emphasis", "Old prompt editing timelines": "old_prompt_editing", "ENSD": "ensd",
+             "Pad conds": "pad_cond_uncond"}
     for label, name in names.items():
         if label in fields:
             settings[name] = fields[label]

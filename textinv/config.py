@@ -1095,6 +1095,10 @@ class GenerateConfig:
                                           "timelines\", before 1.6): in [a:b:N] an N below 1 is a fraction of the "
                                           "steps, any other a step (1.5: step 1), and the hires fix's pass takes the "
                                           "first pass's schedule")
+    pad_cond_uncond: bool = opt(False, "the web UI's \"Pad prompt/negative prompt to be same length\": a prompt "
+                                       "and its negative of different chunk counts (over 75 tokens, BREAK) are read "
+                                       "at the longer's, the shorter padded with empty chunks, which changes the "
+                                       "picture (off: each at its own length, the web UI's default)")
     emphasis: str = opt("original", "how (word:1.3) weights apply, as the web UI's Emphasis setting: original (the "
                                     "weights, each 75-token chunk then scaled back to its mean), no-norm (the weights "
                                     "alone), ignore (the syntax read, the weights left out); comfy: as ComfyUI's "

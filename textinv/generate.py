@@ -499,6 +499,7 @@ def render(
     clip_l: tuple[str | None, str | None] = (None, None),
     churn: Churn | None = None,
     discard: bool = False,
+    pad_conds: bool = False,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
@@ -526,6 +527,9 @@ def render(
     `churn` is the web UI's sigma churn settings (`samplers.Churn`), for each pass whose sampler takes them (Euler,
     Heun, DPM2; DPM2 a, DPM++ 2S a and the SDE samplers the noise alone: `samplers.churn_taken`); `discard` its
     "Always discard next-to-last sigma", for each pass whose sampler takes it (`samplers.discards`).
+    `pad_conds` is its "Pad prompt/negative prompt to be same length" (pad_cond_uncond): a prompt and its negative
+    of different chunk counts are read at the longer's, the shorter's extra chunks empty (`_padded_lengths`), where
+    by default each is read at its own.
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -545,7 +549,7 @@ def render(
     check_discard(discard, [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip, emphasis_mode=emphasis_mode, old_editing=old_editing, eta=eta, ensd=ensd,
-                   clip_l=clip_l, churn=churn, discard=discard)
+                   clip_l=clip_l, churn=churn, discard=discard, pad_conds=pad_conds)
     others = ([refiner.model.unet, refiner.model.vae] if refiner else []) + (
         [second_model.unet, second_model.vae] if second_model is not model else [])
     with _tiled(pipe, tiling, *others):
@@ -795,11 +799,12 @@ class _Layout(NamedTuple):
     kept: list[list[int]]
     lengths: tuple | None
     schedules: list[list[tuple[int, str]]]
+    padded: bool = False
 
 
 def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
             first_pass: int | None = None, old_editing: bool = False, comfy: bool = False,
-            clip_l: tuple[str | None, str | None] = (None, None)) -> _Layout:
+            clip_l: tuple[str | None, str | None] = (None, None), pad: bool = False) -> _Layout:
     """The sub-prompts, stretches of steps and chunks of 77 a pass over `steps` steps draws `prompts` with
     (`first_pass`: the first pass's steps, where this is the hires fix's pass: `emphasis.prompt_schedule`'s `first`;
     `old_editing`: its `old`; `comfy`: the prompts read and cut into chunks as ComfyUI's CLIPTextEncode does,
@@ -814,7 +819,11 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     combined at each UNet call (`_composing`); a batch without AND is drawn as it always was. `rows`,
     `negative_rows`: each stretch's chunks (`_prompt_chunks`), every one padded to `chunks`; `kept`: each stretch's
     chunk count the UNet reads of each sub-prompt row; `lengths`: what `_length_mask` or `_composing` hide of the
-    padding, each stretch's (None: nothing); `schedules`: each sub-prompt's schedule, then the negative's."""
+    padding, each stretch's (None: nothing); `schedules`: each sub-prompt's schedule, then the negative's.
+
+    `pad`: the web UI's "Pad prompt/negative prompt to be same length" (pad_cond_uncond): where a picture's prompt
+    and negative differ in chunks, the UNet reads both at the longer's length, the shorter's extra chunks empty
+    (`_padded_lengths`); `padded`: whether it did at the last step, where the web UI writes "Pad conds: True"."""
     if comfy:
         prompts, negative_prompt = [emphasis.comfy_syntax(p) for p in prompts], emphasis.comfy_syntax(negative_prompt)
     clip_l = [None if text is None else emphasis.comfy_syntax(text) for text in clip_l]
@@ -835,12 +844,30 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
     # the web UI reads a prompt and its negative each at its own length at each step (it pads neither by default):
     # the empty chunks that make them one length here are hidden from the UNet's cross-attention, each stretch's
-    own_negative = [_counts(r, 1)[0] for r in negative_rows]
+    own_negative = [[_counts(r, 1)[0]] * len(prompts) for r in negative_rows]  # (each picture's negative row)
     kept = _kept(rows, owners) if composed else []
     own = kept if composed else [_counts(r, len(subprompts)) for r in rows]
-    counts = {n for per in own for n in per} | set(own_negative)
+    padded = pad and any(n != own_negative[-1][0] for n in own[-1])
+    if pad:
+        own, own_negative = _padded_lengths(own, own_negative, owners)
+    counts = {n for per in own + own_negative for n in per}
     lengths = (own, own_negative, chunks) if counts != {chunks} else None
-    return _Layout(composed, owners, weights, ends, texts, rows, negative_rows, chunks, kept, lengths, schedules)
+    return _Layout(composed, owners, weights, ends, texts, rows, negative_rows, chunks, kept, lengths, schedules,
+                   padded)
+
+
+def _padded_lengths(own: list[list[int]], own_negative: list[list[int]], owners: list[int]) -> tuple[list, list]:
+    """Each stretch's chunk counts the UNet reads of the (sub-)prompt rows (`own[s]`, sub-prompt j of picture
+    `owners[j]`) and of each picture's negative row, padded as the web UI's pad_cond_uncond pads them
+    (CFGDenoiser.pad_cond_uncond): the shorter of a prompt and its negative to the longer's length, with empty
+    chunks (its encoding of the empty prompt, as an empty chunk here is encoded). Under composable diffusion a
+    picture's sub-prompts are read at its longest's length (`_kept`), which the negative is compared with."""
+    padded_own, padded_negative = [], []
+    for per, negative in zip(own, own_negative):
+        longest = {i: max(n for n, o in zip(per, owners) if o == i) for i in set(owners)}
+        padded_own.append([max(n, negative[o]) for n, o in zip(per, owners)])
+        padded_negative.append([max(n, longest[i]) for i, n in enumerate(negative)])
+    return padded_own, padded_negative
 
 
 def _kept(rows, owners: list[int]) -> list[list[int]]:
@@ -864,7 +891,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
           refiner: Refiner | None = None, first_pass: int | None = None, edit_steps: int | None = None,
           old_editing: bool = False, eta: float | None = None,
           clip_l: tuple[str | None, str | None] = (None, None), churn: Churn | None = None, discard: bool = False,
-          **call):
+          pad_conds: bool = False, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
@@ -877,14 +904,15 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     as its model calls (`step_multiplier`: two a step), as the web UI counts them; `old_editing`: the web UI's old
     prompt editing timelines (`emphasis.prompt_schedule`'s `old`); `clip_l`: `_layout`'s; `churn`: the sigma churn
     of a sampler that takes it (`samplers.scheduler_for`), its noise drawn by the pass's generators; `discard`: the
-    next-to-last sigma discarded where the sampler takes that."""
+    next-to-last sigma discarded where the sampler takes that; `pad_conds`: the prompt and its negative read at one
+    length (`_layout`'s `pad`)."""
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
     given_unet, given_vae = pipe.unet, pipe.vae
     multiplier = step_multiplier(sampler)
     prompting = (prompts, negative_prompt, (edit_steps or steps) * multiplier, clip_skip, size, emphasis_mode, stretch,
-                 first_pass, old_editing, clip_l)
+                 first_pass, old_editing, clip_l, pad_conds)
     ends, given, hooks = _prompted(model, pipe, pipe.unet, *prompting)
     kwargs = dict(given[0])
     switching = _switching_conditioning(model, steps, ends, given, stretch, multiplier > 1) if len(ends) > 1 else {}
@@ -926,13 +954,15 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
 
 def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str, steps: int, clip_skip: int,
               size: tuple[int, int], emphasis_mode: str, stretch: list[int], first_pass: int | None = None,
-              old_editing: bool = False, clip_l: tuple = (None, None)) -> tuple[list[int], list[dict], list]:
+              old_editing: bool = False, clip_l: tuple = (None, None), pad_conds: bool = False
+              ) -> tuple[list[int], list[dict], list]:
     """`model`'s conditioning of a pass (`_pass`) and what draws it: the stretches' last steps (`_layout`), the
     pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
     draw composable diffusion or hide the padding (`stretch`: the stretch the next UNet call is in)."""
     width, height = size
     zeros, negative_prompt = negative_prompt is None, negative_prompt or ""  # (None: `render`'s zeros)
-    at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing, emphasis_mode == "comfy", clip_l)
+    at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing, emphasis_mode == "comfy", clip_l,
+                 pad_conds)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step, ComfyUI's
     # CLIPTextEncode never (its ConditioningZeroOut does, on any model: `zeros`)
     zero_negative = zeros or (model.is_xl and pipe.config.force_zeros_for_empty_prompt
@@ -940,7 +970,7 @@ def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str
     means = _schedule_means(model, at.schedules, clip_skip, emphasis_mode)
     means = (means[:-1], means[-1:] * (len(at.schedules) - 1))  # (the sub-prompts', the negative's for each row)
     conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode,
-                                  means) for r, n in zip(at.rows, at.negative_rows)]
+                                  means, pad_conds and not zeros) for r, n in zip(at.rows, at.negative_rows)]
     if not at.composed:
         return at.ends, conditioning, [_length_mask(pipe, *at.lengths, stretch, unet)] if at.lengths else []
     # the pipeline's own arguments hold one row a picture (its first sub-prompt's, which `_composing` replaces by
@@ -1047,14 +1077,14 @@ def _also_each_step(kwargs: dict, on_step) -> dict:
 def _length_mask(pipe, own: list[list[int]], own_negative: list[int], chunks: int, stretch: list[int],
                  unet=None):
     """A hook on the UNet that gives each call an `encoder_attention_mask` keeping each prompt's own `own[s][i]`
-    chunks (and the negative's `own_negative[s]`) of the `chunks` every one was padded to, in the stretch `s` of
+    chunks (and its negative's `own_negative[s][i]`) of the `chunks` every one was padded to, in the stretch `s` of
     prompt editing the call is in (`stretch[0]`): the same as the web UI's UNet calls at each one's own length at
     that step (CFGDenoiser.forward, with pad_cond_uncond off, its default). `unet`: the one hooked (default
     `pipe`'s)."""
     def add_mask(module, args, kwargs):
         hidden = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
         own_now, negative_now = own[stretch[0]], own_negative[stretch[0]]
-        counts = ([negative_now] * len(own_now) if pipe.do_classifier_free_guidance else []) + own_now
+        counts = (negative_now if pipe.do_classifier_free_guidance else []) + own_now
         if hidden is None or hidden.shape[0] != len(counts):
             return None
         return args, {**kwargs, "encoder_attention_mask": _chunk_mask(counts, chunks, hidden)}
@@ -1101,8 +1131,8 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
     uncond), draws the web UI's uncond + sum_j w_j g (cond_j - uncond) (sd_samplers_cfg_denoiser.combine_denoised;
     the same in the UNet's output as in the denoised picture, both being affine in it). Guidance 1, which diffusers
     draws without the negative, still draws it here, as the web UI does. `lengths`: (kept, own_negative, chunks):
-    each stretch's chunk counts of the sub-prompt rows read (`_repeat_last`: a picture's longest) and of the
-    negative (its own), of the `chunks` all are padded to; or None (all are read whole). A step costs K + 1 UNet
+    each stretch's chunk counts of the sub-prompt rows read (`_repeat_last`: a picture's longest) and of each
+    picture's negative (its own, or as `_padded_lengths` pads it), of the `chunks` all are padded to; or None (all are read whole). A step costs K + 1 UNet
     rows a picture.
     `unet`: the one hooked (default `pipe`'s)."""
     count = len(set(owners))
@@ -1134,7 +1164,7 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
                 "time_ids": torch.cat([ids[:count], ids[-count:][owners]])}
         if lengths is not None:
             kept, own_negative, chunks = lengths
-            counts = [own_negative[stretch[0]]] * count + kept[stretch[0]]
+            counts = own_negative[stretch[0]] + kept[stretch[0]]
             kwargs["encoder_attention_mask"] = _chunk_mask(counts, chunks, hidden)
         return tuple(args), kwargs
 
@@ -1159,16 +1189,20 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
 
 
 def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
-                  size: tuple[int, int], emphasis_mode: str = "original", means: tuple = (None, None)) -> dict:
+                  size: tuple[int, int], emphasis_mode: str = "original", means: tuple = (None, None),
+                  pad: bool = False) -> dict:
     """The pipeline's conditioning arguments for prompts and their negative already cut into chunks;
     `zero_negative`: zeros for the negative (SDXL's for an empty negative prompt; ComfyUI's ConditioningZeroOut on
     any model); `size`: (height, width), SDXL's original and
     target size micro-conditioning (its time ids), in the order diffusers and SDXL's training use; `means`: the
-    prompts' and the negatives' `_encode_chunks` means."""
+    prompts' and the negatives' `_encode_chunks` means; `pad`: an SDXL empty negative's zeros are its first chunk
+    alone, the web UI's pad_cond_uncond padding them with the empty prompt's encoding (`_padded_lengths`)."""
     cond, pooled = _encode_chunks(model, rows, chunks, clip_skip, emphasis_mode, means[0])
     uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip, emphasis_mode, means[1])
     if zero_negative:
-        uncond, neg_pooled = torch.zeros_like(cond), None if pooled is None else torch.zeros_like(pooled)
+        zeroed = uncond.shape[1] // chunks if pad else uncond.shape[1]  # (an empty negative's one chunk, padded)
+        uncond = torch.cat([torch.zeros_like(uncond[:, :zeroed]), uncond[:, zeroed:]], dim=1)
+        neg_pooled = None if pooled is None else torch.zeros_like(pooled)
     if not model.is_xl:
         return dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
     return dict(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
@@ -1261,7 +1295,8 @@ def png_text(params: dict[str, str]) -> PngInfo:
               **{f"sigma_{key}": label for key, label in CHURN_LABELS.items()},
               "discard_penultimate_sigma": "Discard penultimate sigma",
               "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
-              "emphasis": "Emphasis", "old_prompt_editing": "Old prompt editing timelines", "mask_blur": "Mask blur",
+              "emphasis": "Emphasis", "old_prompt_editing": "Old prompt editing timelines",
+              "pad_cond_uncond": "Pad conds", "mask_blur": "Mask blur",
               "mask_mode": "Mask mode",
               "masked_content": "Masked content", "inpaint_area": "Inpaint area",
               "masked_padding": "Masked area padding", "inpaint_blend": inpainting.BLEND_LABEL,
@@ -2376,6 +2411,7 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             **({"ensd": config.ensd} if config.ensd else {}),
             **{f"sigma_{key}": getattr(config, f"sigma_{key}") for key in churn_given(config.churn())},
             **({"discard_penultimate_sigma": True} if config.discard_penultimate_sigma else {}),
+            **({"pad_cond_uncond": True} if config.pad_cond_uncond else {}),
             "init_image": _where(str(init_image) if init_image else None),
             "denoise": passes_denoise(config), **_mask_record(config), "refiner": _where(config.refiner),
             "refiner_switch_at": config.switch_at() if config.refiner else None,
@@ -2716,7 +2752,7 @@ def _mixable(run: _Run, prompt: _Prompt) -> tuple:
     shapes = []
     for steps, first_pass in passes:
         at = _layout(model, [prompt.expanded], prompt.negative, steps, first_pass, config.old_prompt_editing,
-                     config.emphasis == "comfy")
+                     config.emphasis == "comfy", pad=config.pad_cond_uncond)
         shapes.append((len(at.owners) if at.composed else 0, at.chunks, at.lengths is not None))
     return prompt.negative, tuple(_lora_set(prompt.tags).items()), prompt.switch, tuple(shapes)
 
@@ -2746,7 +2782,8 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
                     start=None if init is None else [init] * len(batch), denoise=passes_denoise(config), hires=hires,
                     variation=variation, tiling=config.tiling, emphasis_mode=config.emphasis, inpaint=run.inpaint,
                     refiner=run.refiner, old_editing=config.old_prompt_editing, eta=config.eta, ensd=config.ensd,
-                    clip_l=clip_l, churn=config.churn(), discard=config.discard_penultimate_sigma)
+                    clip_l=clip_l, churn=config.churn(), discard=config.discard_penultimate_sigma,
+                    pad_conds=config.pad_cond_uncond)
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
@@ -2843,8 +2880,24 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
     refined = run.refiner is not None and refiner_switches(second, run.refiner, run.steps, config.sampler, img2img,
                                                             hires, config.discard_penultimate_sigma)
     png = _Text(job.prompt, prompt.expanded, shared, prompt.hashes, run.recorded_sums, hires, source, job,
-                run.pictures.sums.get(source), run.mask_sum, refined)
+                run.pictures.sums.get(source), run.mask_sum, refined, _pads(run, prompt, hires))
     return width, height, hires, drawn, png
+
+
+def _pads(run: _Run, prompt: _Prompt, hires: Hires | None) -> bool:
+    """Whether --pad-cond-uncond pads the prompt or its negative at the last step of a pass (the hires fix's with its
+    own prompts where given): where the web UI writes "Pad conds: True" (its sampler's padded_cond_uncond, read once
+    a pass is done)."""
+    config = run.config
+    if not config.pad_cond_uncond:
+        return False
+    texts = [(prompt.expanded, prompt.negative)]
+    if hires is not None:
+        texts.append((hires.prompt if hires.prompt is not None else prompt.expanded,
+                      hires.negative_prompt if hires.negative_prompt is not None else prompt.negative))
+    return any(_layout(run.model, [text], negative, steps, first_pass, config.old_prompt_editing,
+                       config.emphasis == "comfy", pad=True).padded
+               for (steps, first_pass), (text, negative) in zip(_schedule_passes(run), texts))
 
 
 @dataclass
@@ -2866,6 +2919,7 @@ class _Text:
     init_sum: str | None = None
     mask_sum: str | None = None
     refined: bool = False  # whether the refiner took over in drawing them (`refiner_switches`)
+    padded: bool = False  # whether --pad-cond-uncond padded the prompt or its negative (`_pads`)
 
     def __post_init__(self):
         self.by_name: list[str] = []  # the settings recorded by name only, which --again asks for
@@ -2900,6 +2954,7 @@ class _Text:
                          **(_refiner_params(config) if self.refined else {}),
                          **_noise_params(config, seed),
                          **_old_editing_params(config, self.hires, [self.prompt, job.negative], shared["steps"]),
+                         **({"pad_cond_uncond": "True"} if self.padded else {}),
                          **{k: v for k, v in self.hashes.items() if v}, "textinv_version": __version__,
                          **templates, RECORD_KEY: json.dumps(record)})
 
