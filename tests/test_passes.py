@@ -1323,7 +1323,7 @@ def test_pad_cond_uncond_reads_the_prompt_and_its_negative_at_the_longers_length
     model.unet.register_forward_hook(lambda m, args, kwargs, out: calls.append((args, kwargs, out)),
                                      with_kwargs=True)
     drawn = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative, sampler="euler",
-                   pad_conds=True)[0]
+                   pad_conds="empty")[0]
     chunks = max(encode_prompts(model, [text])[0].shape[1] // 77 for text in (negative, prompt))
     texts = [encode_prompts(model, [text], chunks)[0] for text in (negative, prompt)]  # (padded with empty chunks)
     hooks = model.unet._forward_hooks.copy()
@@ -1346,7 +1346,7 @@ def test_pad_cond_uncond_changes_nothing_where_the_lengths_match(sd1_dir):
     for prompt, negative in (("a dog", "ugly"), (LONG, "a photo of a " + "cat " * 80)):
         assert encode_prompts(model, [prompt])[0].shape == encode_prompts(model, [negative])[0].shape
         drawn = [render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative,
-                        sampler="euler", pad_conds=pad)[0] for pad in (False, True)]
+                        sampler="euler", pad_conds="empty" if pad else None)[0] for pad in (False, True)]
         assert np.array_equal(np.asarray(drawn[0]), np.asarray(drawn[1])), prompt
 
 
@@ -1359,19 +1359,20 @@ def test_pad_cond_uncond_pads_each_picture_and_sub_prompt_as_the_web_ui(sd1_dir)
     assert _padded_lengths([[2, 1]], [[1, 1]], [0, 1]) == ([[2, 1]], [[2, 1]])  # (two pictures)
     assert _padded_lengths([[1, 1]], [[3]], [0, 0]) == ([[3, 3]], [[3]])  # (one picture of two sub-prompts)
     model = fresh_model(sd1_dir)
-    at = _layout(model, [LONG + " AND a cat", "a cat"], "ugly", 2, pad=True)
+    at = _layout(model, [LONG + " AND a cat", "a cat"], "ugly", 2, pad="empty")
     # (picture 0: its sub-prompts and negative at 2 chunks; picture 1's at 1, the batch's padding hidden)
     assert at.lengths == ([[2, 2, 1]], [[2, 1]], 2) and at.padded
     alone = render(model, ["a cat"], [1], steps=2, width=16, negative_prompt="ugly", sampler="euler",
-                   pad_conds=True)[0]
+                   pad_conds="empty")[0]
     batch = render(model, [LONG, "a cat"], [0, 1], steps=2, width=16, negative_prompt="ugly", sampler="euler",
-                   pad_conds=True)[1]
+                   pad_conds="empty")[1]
     assert np.abs(np.asarray(alone, np.int16) - np.asarray(batch, np.int16)).max() <= 1
 
 
 def test_pad_cond_uncond_is_written_and_read_back_as_the_web_ui_does(sd1_dir, tmp_path):
-    """The web UI writes "Pad conds: True" where it padded (at a pass's last step), and its infotext reading sets
-    pad_cond_uncond from it; --again reads it back, from textinv's pictures and the web UI's."""
+    """The web UI writes "Pad conds: True" (or "Pad conds v0: True") where it padded (at a pass's last step), and
+    its infotext reading sets pad_cond_uncond (pad_cond_uncond_v0) from it; --again reads it back, from textinv's
+    pictures and the web UI's."""
     from textinv.again import again_config
 
     def draw(name, negative, **pad):
@@ -1387,3 +1388,45 @@ def test_pad_cond_uncond_is_written_and_read_back_as_the_web_ui_does(sd1_dir, tm
     assert "Pad conds" not in Image.open(draw("off", "ugly")).text["parameters"]
     web = _picture(tmp_path / "w.png", "a dog\nSteps: 4, Seed: 3, Size: 16x16, Pad conds: True, Version: v1.9.0")
     assert again_warned(web, {"model": str(sd1_dir)})[0].pad_cond_uncond
+    v0 = draw("v0", "ugly", pad_cond_uncond_v0=True)
+    assert "Pad conds v0: True" in Image.open(v0).text["parameters"]
+    assert "Pad conds:" not in Image.open(v0).text["parameters"]
+    assert again_config(v0, {"out": str(tmp_path / "c")})[0].pad_cond_uncond_v0
+    web = _picture(tmp_path / "w.png", "a dog\nSteps: 4, Seed: 3, Size: 16x16, Pad conds v0: True, Version: v1.9.0")
+    assert again_warned(web, {"model": str(sd1_dir)})[0].pad_cond_uncond_v0
+    # the web UI's backcompat: a DDIM or PLMS picture from before 1.6 is redrawn with it
+    for version, sampler, expected in [("v1.5.2", "DDIM", True), ("v1.5.2", "PLMS", True), ("v1.6.0", "DDIM", False),
+                                       ("v1.5.2", "Euler", False), (None, "DDIM", False)]:
+        field = f", Version: {version}" if version else ""
+        web = _picture(tmp_path / "w.png", f"a dog\nSteps: 4, Sampler: {sampler}, Seed: 3, Size: 16x16{field}")
+        assert again_warned(web, {"model": str(sd1_dir)})[0].pad_cond_uncond_v0 is expected, (version, sampler)
+
+
+@pytest.mark.parametrize("prompt, negative", [(LONG, "ugly"), ("a dog", "ugly, " * 50)])
+def test_pad_cond_uncond_v0_makes_the_negative_the_prompts_length(sd1_dir, prompt, negative):
+    """--pad-cond-uncond-v0, the web UI's "Pad prompt/negative prompt (v0)" (CFGDenoiser.pad_cond_uncond_v0, its
+    DDIM's padding before 1.6): a shorter negative gets its last vector repeated to the prompt's length, a longer one
+    is cut to it; the prompt is read at its own. Each UNet row is the UNet's output for that text."""
+    from textinv.generate import encode_prompts
+
+    model = fresh_model(sd1_dir)
+    calls = []
+    model.unet.register_forward_hook(lambda m, args, kwargs, out: calls.append((args, kwargs, out)),
+                                     with_kwargs=True)
+    drawn = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative, sampler="euler",
+                   pad_conds="v0")[0]
+    cond, uncond = encode_prompts(model, [prompt])[0], encode_prompts(model, [negative])[0]
+    if uncond.shape[1] < cond.shape[1]:
+        uncond = torch.cat([uncond, uncond[:, -1:].expand(1, cond.shape[1] - uncond.shape[1], -1)], dim=1)
+    uncond = uncond[:, :cond.shape[1]]
+    hooks = model.unet._forward_hooks.copy()
+    model.unet._forward_hooks.clear()
+    for args, kwargs, out in calls:
+        own = [model.unet(args[0][i:i + 1], args[1], encoder_hidden_states=h, return_dict=False)[0]
+               for i, h in enumerate((uncond, cond))]
+        torch.testing.assert_close(out[0], torch.cat(own), atol=1e-5, rtol=1e-4)
+    model.unet._forward_hooks.update(hooks)
+    for other in (None, "empty"):
+        plain = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative,
+                       sampler="euler", pad_conds=other)[0]
+        assert not np.array_equal(np.asarray(drawn), np.asarray(plain)), other

@@ -815,7 +815,7 @@ def test_pad_cond_uncond_pads_an_empty_negatives_zeros_with_empty_chunks(xl_dir)
     model.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()),
                                          with_kwargs=True)
     long = "a photo of a " + "dog " * 80
-    render(model, [long], [0], steps=1, width=64, guidance=7.5, negative_prompt="", pad_conds=True)
+    render(model, [long], [0], steps=1, width=64, guidance=7.5, negative_prompt="", pad_conds="empty")
     negative = seen[0][0]  # (the negative's row, then the prompt's)
     chunks = negative.shape[0] // 77
     empty = encode_prompts(model, [""], chunks)[0][0, 77:]  # (the empty chunks a one-chunk prompt is padded with)

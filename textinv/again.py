@@ -85,7 +85,8 @@ _A1111_USED = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size",
                "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Variation seed",
                "Variation seed strength", "Tiling", "Emphasis", "Mask blur", "Mask mode", "Masked content",
                "Inpaint area", "Masked area padding", "Inpaint blend", "Refiner", "Refiner switch at",
-               "Hires CFG Scale", "Hires checkpoint", "Old prompt editing timelines", "ENSD", "Pad conds")
+               "Hires CFG Scale", "Hires checkpoint", "Old prompt editing timelines", "ENSD", "Pad conds",
+               "Pad conds v0")
 # sd-dynamic-prompts' templates, where a version writes them among the settings (else after them:
 # `_without_templates`): the prompts above are what was drawn, so a redraw needs nothing of them
 _A1111_DRAWN_FROM = ("Template", "Negative Template")
@@ -562,12 +563,15 @@ def _from_a1111(path: Path, text: str) -> Picture:
     names = {"Steps": "steps", "CFG scale": "guidance", "Seed": "seed", "Clip skip": "clip_skip",
              "Variation seed": "variation_seed", "Variation seed strength": "variation_strength", "Tiling": "tiling",
              "Emphasis": "emphasis", "Old prompt editing timelines": "old_prompt_editing", "ENSD": "ensd",
-             "Pad conds": "pad_cond_uncond"}
+             "Pad conds": "pad_cond_uncond", "Pad conds v0": "pad_cond_uncond_v0"}
     for label, name in names.items():
         if label in fields:
             settings[name] = fields[label]
     if _before_new_timelines(fields.get("Version")) and "[" in prompt and "old_prompt_editing" not in settings:
         settings["old_prompt_editing"] = True  # (as the web UI redraws it: infotext_versions.backcompat)
+    if _before_new_timelines(fields.get("Version")) and str(fields.get("Sampler", "")).strip() in ("DDIM", "PLMS") \
+            and "pad_cond_uncond_v0" not in settings:
+        settings["pad_cond_uncond_v0"] = True  # (likewise: DDIM padded so before 1.6)
     notes = []
     if str(settings.get("emphasis", "")).strip().lower() == "none":  # (the web UI's None: brackets read as words)
         notes.append(f"{path} was drawn with the web UI's Emphasis None, its brackets read as words; textinv reads "

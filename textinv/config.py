@@ -1099,6 +1099,9 @@ class GenerateConfig:
                                        "and its negative of different chunk counts (over 75 tokens, BREAK) are read "
                                        "at the longer's, the shorter padded with empty chunks, which changes the "
                                        "picture (off: each at its own length, the web UI's default)")
+    pad_cond_uncond_v0: bool = opt(False, "the web UI's \"Pad prompt/negative prompt (v0)\", its DDIM's way before "
+                                          "1.6: the negative made the prompt's length, its last vector repeated or "
+                                          "the rest cut (before --pad-cond-uncond where both are given)")
     emphasis: str = opt("original", "how (word:1.3) weights apply, as the web UI's Emphasis setting: original (the "
                                     "weights, each 75-token chunk then scaled back to its mean), no-norm (the weights "
                                     "alone), ignore (the syntax read, the weights left out); comfy: as ComfyUI's "

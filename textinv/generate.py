@@ -499,7 +499,7 @@ def render(
     clip_l: tuple[str | None, str | None] = (None, None),
     churn: Churn | None = None,
     discard: bool = False,
-    pad_conds: bool = False,
+    pad_conds: str | None = None,
 ) -> list[Image.Image]:
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
@@ -527,9 +527,11 @@ def render(
     `churn` is the web UI's sigma churn settings (`samplers.Churn`), for each pass whose sampler takes them (Euler,
     Heun, DPM2; DPM2 a, DPM++ 2S a and the SDE samplers the noise alone: `samplers.churn_taken`); `discard` its
     "Always discard next-to-last sigma", for each pass whose sampler takes it (`samplers.discards`).
-    `pad_conds` is its "Pad prompt/negative prompt to be same length" (pad_cond_uncond): a prompt and its negative
-    of different chunk counts are read at the longer's, the shorter's extra chunks empty (`_padded_lengths`), where
-    by default each is read at its own.
+    `pad_conds` reads a prompt and its negative of different chunk counts at one length, where by default (None)
+    each is read at its own: "empty" is the web UI's "Pad prompt/negative prompt to be same length"
+    (pad_cond_uncond: both at the longer's, the shorter's extra chunks empty, `_padded_lengths`), "v0" its "Pad
+    prompt/negative prompt (v0)" (pad_cond_uncond_v0, its DDIM's way before 1.6: the negative at the prompt's, its
+    last vector repeated or cut, `_repeat_negative_last`).
 
     Generators live on the CPU so a seed gives the same starting noise on every machine, and each image's noise
     is its own seed's whatever else is in the batch. A prompt with `AND` is drawn by composable diffusion, as the
@@ -804,7 +806,7 @@ class _Layout(NamedTuple):
 
 def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
             first_pass: int | None = None, old_editing: bool = False, comfy: bool = False,
-            clip_l: tuple[str | None, str | None] = (None, None), pad: bool = False) -> _Layout:
+            clip_l: tuple[str | None, str | None] = (None, None), pad: str | None = None) -> _Layout:
     """The sub-prompts, stretches of steps and chunks of 77 a pass over `steps` steps draws `prompts` with
     (`first_pass`: the first pass's steps, where this is the hires fix's pass: `emphasis.prompt_schedule`'s `first`;
     `old_editing`: its `old`; `comfy`: the prompts read and cut into chunks as ComfyUI's CLIPTextEncode does,
@@ -821,9 +823,10 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     chunk count the UNet reads of each sub-prompt row; `lengths`: what `_length_mask` or `_composing` hide of the
     padding, each stretch's (None: nothing); `schedules`: each sub-prompt's schedule, then the negative's.
 
-    `pad`: the web UI's "Pad prompt/negative prompt to be same length" (pad_cond_uncond): where a picture's prompt
-    and negative differ in chunks, the UNet reads both at the longer's length, the shorter's extra chunks empty
-    (`_padded_lengths`); `padded`: whether it did at the last step, where the web UI writes "Pad conds: True"."""
+    `pad`: where a picture's prompt and negative differ in chunks, "empty" (the web UI's pad_cond_uncond) has the
+    UNet read both at the longer's length, the shorter's extra chunks empty (`_padded_lengths`), "v0" (its
+    pad_cond_uncond_v0) the negative at the prompt's (`_repeat_negative_last`); `padded`: whether it did at the last
+    step, where the web UI writes "Pad conds: True" (or "Pad conds v0: True")."""
     if comfy:
         prompts, negative_prompt = [emphasis.comfy_syntax(p) for p in prompts], emphasis.comfy_syntax(negative_prompt)
     clip_l = [None if text is None else emphasis.comfy_syntax(text) for text in clip_l]
@@ -847,8 +850,10 @@ def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
     own_negative = [[_counts(r, 1)[0]] * len(prompts) for r in negative_rows]  # (each picture's negative row)
     kept = _kept(rows, owners) if composed else []
     own = kept if composed else [_counts(r, len(subprompts)) for r in rows]
-    padded = pad and any(n != own_negative[-1][0] for n in own[-1])
-    if pad:
+    padded = pad is not None and any(n != own_negative[-1][0] for n in own[-1])
+    if pad == "v0":
+        own_negative = [_longest(per, owners) for per in own]
+    elif pad == "empty":
         own, own_negative = _padded_lengths(own, own_negative, owners)
     counts = {n for per in own + own_negative for n in per}
     lengths = (own, own_negative, chunks) if counts != {chunks} else None
@@ -864,10 +869,32 @@ def _padded_lengths(own: list[list[int]], own_negative: list[list[int]], owners:
     picture's sub-prompts are read at its longest's length (`_kept`), which the negative is compared with."""
     padded_own, padded_negative = [], []
     for per, negative in zip(own, own_negative):
-        longest = {i: max(n for n, o in zip(per, owners) if o == i) for i in set(owners)}
         padded_own.append([max(n, negative[o]) for n, o in zip(per, owners)])
-        padded_negative.append([max(n, longest[i]) for i, n in enumerate(negative)])
+        padded_negative.append([max(n, longest) for n, longest in zip(negative, _longest(per, owners))])
     return padded_own, padded_negative
+
+
+def _longest(per: list[int], owners: list[int]) -> list[int]:
+    """Each picture's longest (sub-)prompt's chunk count, of one stretch's counts `per` (sub-prompt j: picture
+    `owners[j]`'s)."""
+    return [max(n for n, o in zip(per, owners) if o == i) for i in range(max(owners) + 1)]
+
+
+def _repeat_negative_last(conditioning: list[dict], at: _Layout) -> None:
+    """The negative's rows made each picture's prompt's length as the web UI's pad_cond_uncond_v0 makes it
+    (CFGDenoiser.pad_cond_uncond_v0): a shorter one's last vector repeated to it (a longer one is cut: `_layout`'s
+    lengths hide the rest). Row i is picture i's (under composable diffusion `_composing` reads the first rows, one a
+    picture), filled in place in each stretch's `negative_prompt_embeds` (rows, 77 * chunks, C)."""
+    # (no lengths: every row is read at all the chunks)
+    every = at.lengths[1] if at.lengths is not None else [[at.chunks] * len(conditioning[0]["negative_prompt_embeds"])
+                                                          for _ in conditioning]
+    for c, negative_rows, targets in zip(conditioning, at.negative_rows, every):
+        hidden = c["negative_prompt_embeds"].clone()
+        width = hidden.shape[1] // at.chunks  # (tokens a chunk)
+        n = _counts(negative_rows, 1)[0]
+        for i, target in enumerate(targets):
+            hidden[i, n * width:target * width] = hidden[i, n * width - 1]
+        c["negative_prompt_embeds"] = hidden
 
 
 def _kept(rows, owners: list[int]) -> list[list[int]]:
@@ -891,7 +918,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
           refiner: Refiner | None = None, first_pass: int | None = None, edit_steps: int | None = None,
           old_editing: bool = False, eta: float | None = None,
           clip_l: tuple[str | None, str | None] = (None, None), churn: Churn | None = None, discard: bool = False,
-          pad_conds: bool = False, **call):
+          pad_conds: str | None = None, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
     steps with `sampler` for `prompts`, conditioned on `size` (W, H) (SDXL's time ids), with `call`'s other
     arguments; its images (or latents). `on_step` (a `callback_on_step_end` that changes the latents: inpainting's
@@ -905,7 +932,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     prompt editing timelines (`emphasis.prompt_schedule`'s `old`); `clip_l`: `_layout`'s; `churn`: the sigma churn
     of a sampler that takes it (`samplers.scheduler_for`), its noise drawn by the pass's generators; `discard`: the
     next-to-last sigma discarded where the sampler takes that; `pad_conds`: the prompt and its negative read at one
-    length (`_layout`'s `pad`)."""
+    length (`render`'s, `_layout`'s `pad`)."""
     # We encode the prompts ourselves: the pipeline's own textual-inversion prompt rewriting would expand our
     # already expanded multi-vector tokens a second time (it replaces "<t>" inside "<t>_1" as well).
     stretch = [0]  # the stretch the next UNet call is in (kept by `_switching_conditioning`)
@@ -954,7 +981,7 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
 
 def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str, steps: int, clip_skip: int,
               size: tuple[int, int], emphasis_mode: str, stretch: list[int], first_pass: int | None = None,
-              old_editing: bool = False, clip_l: tuple = (None, None), pad_conds: bool = False
+              old_editing: bool = False, clip_l: tuple = (None, None), pad_conds: str | None = None
               ) -> tuple[list[int], list[dict], list]:
     """`model`'s conditioning of a pass (`_pass`) and what draws it: the stretches' last steps (`_layout`), the
     pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
@@ -970,7 +997,10 @@ def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str
     means = _schedule_means(model, at.schedules, clip_skip, emphasis_mode)
     means = (means[:-1], means[-1:] * (len(at.schedules) - 1))  # (the sub-prompts', the negative's for each row)
     conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode,
-                                  means, pad_conds and not zeros) for r, n in zip(at.rows, at.negative_rows)]
+                                  means, pad_conds == "empty" and not zeros)
+                    for r, n in zip(at.rows, at.negative_rows)]
+    if pad_conds == "v0":
+        _repeat_negative_last(conditioning, at)
     if not at.composed:
         return at.ends, conditioning, [_length_mask(pipe, *at.lengths, stretch, unet)] if at.lengths else []
     # the pipeline's own arguments hold one row a picture (its first sub-prompt's, which `_composing` replaces by
@@ -1296,7 +1326,7 @@ def png_text(params: dict[str, str]) -> PngInfo:
               "discard_penultimate_sigma": "Discard penultimate sigma",
               "size": "Size", "model": "Model", "denoise": "Denoising strength", "tiling": "Tiling",
               "emphasis": "Emphasis", "old_prompt_editing": "Old prompt editing timelines",
-              "pad_cond_uncond": "Pad conds", "mask_blur": "Mask blur",
+              "pad_cond_uncond": "Pad conds", "pad_cond_uncond_v0": "Pad conds v0", "mask_blur": "Mask blur",
               "mask_mode": "Mask mode",
               "masked_content": "Masked content", "inpaint_area": "Inpaint area",
               "masked_padding": "Masked area padding", "inpaint_blend": inpainting.BLEND_LABEL,
@@ -2412,6 +2442,7 @@ def _record(config: GenerateConfig, model: Model, steps: int, guidance: float, c
             **{f"sigma_{key}": getattr(config, f"sigma_{key}") for key in churn_given(config.churn())},
             **({"discard_penultimate_sigma": True} if config.discard_penultimate_sigma else {}),
             **({"pad_cond_uncond": True} if config.pad_cond_uncond else {}),
+            **({"pad_cond_uncond_v0": True} if config.pad_cond_uncond_v0 else {}),
             "init_image": _where(str(init_image) if init_image else None),
             "denoise": passes_denoise(config), **_mask_record(config), "refiner": _where(config.refiner),
             "refiner_switch_at": config.switch_at() if config.refiner else None,
@@ -2752,7 +2783,7 @@ def _mixable(run: _Run, prompt: _Prompt) -> tuple:
     shapes = []
     for steps, first_pass in passes:
         at = _layout(model, [prompt.expanded], prompt.negative, steps, first_pass, config.old_prompt_editing,
-                     config.emphasis == "comfy", pad=config.pad_cond_uncond)
+                     config.emphasis == "comfy", pad=_pad_mode(config))
         shapes.append((len(at.owners) if at.composed else 0, at.chunks, at.lengths is not None))
     return prompt.negative, tuple(_lora_set(prompt.tags).items()), prompt.switch, tuple(shapes)
 
@@ -2783,7 +2814,7 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
                     variation=variation, tiling=config.tiling, emphasis_mode=config.emphasis, inpaint=run.inpaint,
                     refiner=run.refiner, old_editing=config.old_prompt_editing, eta=config.eta, ensd=config.ensd,
                     clip_l=clip_l, churn=config.churn(), discard=config.discard_penultimate_sigma,
-                    pad_conds=config.pad_cond_uncond)
+                    pad_conds=_pad_mode(config))
     run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
@@ -2884,20 +2915,27 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
     return width, height, hires, drawn, png
 
 
-def _pads(run: _Run, prompt: _Prompt, hires: Hires | None) -> bool:
-    """Whether --pad-cond-uncond pads the prompt or its negative at the last step of a pass (the hires fix's with its
-    own prompts where given): where the web UI writes "Pad conds: True" (its sampler's padded_cond_uncond, read once
-    a pass is done)."""
-    config = run.config
-    if not config.pad_cond_uncond:
-        return False
+def _pad_mode(config: GenerateConfig) -> str | None:
+    """`render`'s `pad_conds` for --pad-cond-uncond-v0 (the web UI's v0 first, where both are on) or
+    --pad-cond-uncond."""
+    return "v0" if config.pad_cond_uncond_v0 else "empty" if config.pad_cond_uncond else None
+
+
+def _pads(run: _Run, prompt: _Prompt, hires: Hires | None) -> dict:
+    """The PNG text of --pad-cond-uncond (or -v0) where it pads the prompt or its negative at the last step of a pass
+    (the hires fix's with its own prompts where given): the web UI's "Pad conds: True" (or "Pad conds v0: True"),
+    from its sampler's padded_cond_uncond, read once a pass is done; empty where nothing was padded."""
+    config, mode = run.config, _pad_mode(run.config)
+    if mode is None:
+        return {}
     texts = [(prompt.expanded, prompt.negative)]
     if hires is not None:
         texts.append((hires.prompt if hires.prompt is not None else prompt.expanded,
                       hires.negative_prompt if hires.negative_prompt is not None else prompt.negative))
-    return any(_layout(run.model, [text], negative, steps, first_pass, config.old_prompt_editing,
-                       config.emphasis == "comfy", pad=True).padded
-               for (steps, first_pass), (text, negative) in zip(_schedule_passes(run), texts))
+    padded = any(_layout(run.model, [text], negative, steps, first_pass, config.old_prompt_editing,
+                         config.emphasis == "comfy", pad=mode).padded
+                 for (steps, first_pass), (text, negative) in zip(_schedule_passes(run), texts))
+    return {"pad_cond_uncond_v0" if mode == "v0" else "pad_cond_uncond": "True"} if padded else {}
 
 
 @dataclass
@@ -2919,7 +2957,7 @@ class _Text:
     init_sum: str | None = None
     mask_sum: str | None = None
     refined: bool = False  # whether the refiner took over in drawing them (`refiner_switches`)
-    padded: bool = False  # whether --pad-cond-uncond padded the prompt or its negative (`_pads`)
+    padded: dict = field(default_factory=dict)  # --pad-cond-uncond's PNG text (`_pads`)
 
     def __post_init__(self):
         self.by_name: list[str] = []  # the settings recorded by name only, which --again asks for
@@ -2954,7 +2992,7 @@ class _Text:
                          **(_refiner_params(config) if self.refined else {}),
                          **_noise_params(config, seed),
                          **_old_editing_params(config, self.hires, [self.prompt, job.negative], shared["steps"]),
-                         **({"pad_cond_uncond": "True"} if self.padded else {}),
+                         **self.padded,
                          **{k: v for k, v in self.hashes.items() if v}, "textinv_version": __version__,
                          **templates, RECORD_KEY: json.dumps(record)})
 
