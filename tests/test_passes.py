@@ -1338,6 +1338,11 @@ def test_pad_cond_uncond_reads_the_prompt_and_its_negative_at_the_longers_length
     assert not np.array_equal(np.asarray(drawn), np.asarray(plain))
 
 
+def test_render_refuses_a_pad_conds_it_does_not_know(sd1_dir):
+    with pytest.raises(ConfigError, match=r"pad_conds must be one of .* got True"):
+        render(fresh_model(sd1_dir), ["a dog"], [0], steps=1, width=16, pad_conds=True)
+
+
 def test_pad_cond_uncond_changes_nothing_where_the_lengths_match(sd1_dir):
     """A prompt and a negative of one chunk each, or of two each, need no padding: the same picture either way."""
     from textinv.generate import encode_prompts

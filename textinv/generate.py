@@ -549,6 +549,9 @@ def render(
     check_eta(eta, [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
     check_churn(churn or Churn(), [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
     check_discard(discard, [sampler] + ([hires.sampler] if hires is not None and hires.sampler else []))
+    if pad_conds not in PAD_MODES:
+        raise ConfigError(f"pad_conds must be one of {PAD_MODES}, got {pad_conds!r}: \"empty\" for the web UI's "
+                          "pad_cond_uncond, \"v0\" for its pad_cond_uncond_v0, None for neither")
     drawing = dict(prompts=prompts, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
                    clip_skip=clip_skip, emphasis_mode=emphasis_mode, old_editing=old_editing, eta=eta, ensd=ensd,
                    clip_l=clip_l, churn=churn, discard=discard, pad_conds=pad_conds)
@@ -1104,7 +1107,7 @@ def _also_each_step(kwargs: dict, on_step) -> dict:
     return dict(callback_on_step_end=both, callback_on_step_end_tensor_inputs=names + ["latents"])
 
 
-def _length_mask(pipe, own: list[list[int]], own_negative: list[int], chunks: int, stretch: list[int],
+def _length_mask(pipe, own: list[list[int]], own_negative: list[list[int]], chunks: int, stretch: list[int],
                  unet=None):
     """A hook on the UNet that gives each call an `encoder_attention_mask` keeping each prompt's own `own[s][i]`
     chunks (and its negative's `own_negative[s][i]`) of the `chunks` every one was padded to, in the stretch `s` of
@@ -1162,8 +1165,8 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
     the same in the UNet's output as in the denoised picture, both being affine in it). Guidance 1, which diffusers
     draws without the negative, still draws it here, as the web UI does. `lengths`: (kept, own_negative, chunks):
     each stretch's chunk counts of the sub-prompt rows read (`_repeat_last`: a picture's longest) and of each
-    picture's negative (its own, or as `_padded_lengths` pads it), of the `chunks` all are padded to; or None (all are read whole). A step costs K + 1 UNet
-    rows a picture.
+    picture's negative (its own, or as `_padded_lengths` pads it), of the `chunks` all are padded to; or None (all
+    are read whole). A step costs K + 1 UNet rows a picture.
     `unet`: the one hooked (default `pipe`'s)."""
     count = len(set(owners))
     state = {}
@@ -2913,6 +2916,9 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
     png = _Text(job.prompt, prompt.expanded, shared, prompt.hashes, run.recorded_sums, hires, source, job,
                 run.pictures.sums.get(source), run.mask_sum, refined, _pads(run, prompt, hires))
     return width, height, hires, drawn, png
+
+
+PAD_MODES = (None, "empty", "v0")  # `render`'s pad_conds
 
 
 def _pad_mode(config: GenerateConfig) -> str | None:
