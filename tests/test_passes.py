@@ -1392,13 +1392,13 @@ def test_pad_cond_uncond_is_written_and_read_back_as_the_web_ui_does(sd1_dir, tm
     assert "Pad conds" not in Image.open(same).text["parameters"]
     assert "Pad conds" not in Image.open(draw("off", "ugly")).text["parameters"]
     web = _picture(tmp_path / "w.png", "a dog\nSteps: 4, Seed: 3, Size: 16x16, Pad conds: True, Version: v1.9.0")
-    assert again_warned(web, {"model": str(sd1_dir)})[0].pad_cond_uncond
+    assert again_warned(web, {"model": str(sd1_dir)})[0].pad_cond_uncond is True
     v0 = draw("v0", "ugly", pad_cond_uncond_v0=True)
     assert "Pad conds v0: True" in Image.open(v0).text["parameters"]
     assert "Pad conds:" not in Image.open(v0).text["parameters"]
     assert again_config(v0, {"out": str(tmp_path / "c")})[0].pad_cond_uncond_v0
     web = _picture(tmp_path / "w.png", "a dog\nSteps: 4, Seed: 3, Size: 16x16, Pad conds v0: True, Version: v1.9.0")
-    assert again_warned(web, {"model": str(sd1_dir)})[0].pad_cond_uncond_v0
+    assert again_warned(web, {"model": str(sd1_dir)})[0].pad_cond_uncond_v0 is True
     # the web UI's backcompat: a DDIM or PLMS picture from before 1.6 is redrawn with it
     for version, sampler, expected in [("v1.5.2", "DDIM", True), ("v1.5.2", "PLMS", True), ("v1.6.0", "DDIM", False),
                                        ("v1.5.2", "Euler", False), (None, "DDIM", False)]:
