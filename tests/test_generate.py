@@ -1536,6 +1536,77 @@ def test_comfy_emphasis_finds_an_embeddings_file_by_its_exact_name_as_comfyui_on
         draw("e", "a embedding:easyneg dog", folder, "original")
 
 
+def test_comfy_emphasis_refuses_a_name_two_embeddings_folders_hold_and_takes_its_subfolder_or_suffix(sd1_dir,
+                                                                                                      tmp_path):
+    """ComfyUI finds `embedding:NAME` in any of its embeddings folders and their subfolders, searched in no fixed
+    order (comfy/sd1_clip.py, expand_directory_list: a set), so a name two folders hold draws either file: it was
+    refused as a clash of tokens with --token for the fix, which a folder's file does not take. It is refused naming
+    both files and the fixes ComfyUI reads too; a subfolder written before the name tells them apart, as there, and
+    in one folder NAME.safetensors comes before NAME.pt, as ComfyUI tries the suffixes in that order."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, seed in ((first, 1), (second / "style", 2), (tmp_path / "one", 3)):
+        torch.manual_seed(seed)
+        save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32) * 3}), folder / "easyneg.pt",
+                       "a1111")
+    torch.manual_seed(4)
+    save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32) * 3}),
+                   tmp_path / "one" / "easyneg.safetensors", "kohya")
+
+    def draw(out, prompt, embedding):
+        path = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=1, model=str(sd1_dir),
+                                       embedding=[str(e) for e in embedding], emphasis="comfy"), progress=False)[0]
+        return np.asarray(Image.open(path))
+
+    with pytest.raises(TokenError, match=r"embedding:easyneg in the prompt finds both \S+/first/easyneg.pt and "
+                                         r"\S+/second/style/easyneg.pt: ComfyUI looks a name up in each of its "
+                                         r"embeddings folders and their subfolders, in no fixed order, so which one "
+                                         r"it draws is not knowable; write the subfolder that tells them apart "
+                                         r"\(embedding:style/easyneg\), give --embedding only the one meant, or "
+                                         r"rename one of the files"):
+        draw("a", "a embedding:easyneg dog", [first, second])
+    with pytest.raises(TokenError, match=r"finds both \S+/first/easyneg.pt and \S+/second/style/easyneg.pt"):
+        draw("b", "a embedding:easyneg dog", [first / "easyneg.pt", second / "style" / "easyneg.pt"])
+    styled = draw("c", "a embedding:style/easyneg dog", [first, second])
+    assert np.array_equal(styled, draw("d", "a embedding:easyneg dog", [second / "style" / "easyneg.pt"]))
+    assert not np.array_equal(styled, draw("e", "a embedding:easyneg dog", [first]))
+    # (one folder: the .safetensors file for the name alone, the .pt by its whole name)
+    both = draw("f", "a embedding:easyneg embedding:easyneg.pt dog", [tmp_path / "one"])
+    safetensors = draw("g", "a embedding:easyneg dog", [tmp_path / "one" / "easyneg.safetensors"])
+    assert np.array_equal(draw("h", "a embedding:easyneg dog", [tmp_path / "one"]), safetensors)
+    assert not np.array_equal(both, safetensors)
+
+
+def test_comfy_emphasis_draws_case_twins_in_one_folder_each_by_its_exact_name(sd1_dir, tmp_path):
+    """easyneg.pt and EasyNeg.pt are two files to ComfyUI on Linux, `embedding:easyneg` and `embedding:EasyNeg`:
+    both were loaded for either name (the folder's names were compared ignoring case) and clashed as tokens, which
+    the text encoders' tokenizer reads ignoring case. Each is drawn by its exact name alone, both in one prompt too,
+    and the prompt the picture records draws it again alike."""
+    import json
+
+    folder, alone = tmp_path / "embeddings", tmp_path / "alone"
+    for name, seed in (("easyneg", 1), ("EasyNeg", 2)):
+        torch.manual_seed(seed)
+        vectors = torch.randn(2, 32) * 3
+        save_embedding(LearnedEmbedding("x", {"text_encoder": vectors}), folder / f"{name}.pt", "a1111")
+        save_embedding(LearnedEmbedding("x", {"text_encoder": vectors}), alone / f"{name.lower()}{seed}.pt", "a1111")
+
+    def draw(out, prompt, embedding):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (no twin is left unused)
+            path = generate(GenerateConfig(prompt=[prompt], out=str(tmp_path / out), n=1, steps=1,
+                                           model=str(sd1_dir), embedding=[str(embedding)], emphasis="comfy"),
+                            progress=False)[0]
+        return np.asarray(Image.open(path)), json.loads(Image.open(path).text["textinv_settings"])
+
+    upper, _ = draw("a", "a embedding:EasyNeg dog", folder)
+    assert np.array_equal(upper, draw("b", "a embedding:easyneg2 dog", alone / "easyneg2.pt")[0])
+    lower, _ = draw("c", "a embedding:easyneg dog", folder)
+    assert np.array_equal(lower, draw("d", "a embedding:easyneg1 dog", alone / "easyneg1.pt")[0])
+    both, record = draw("e", "a embedding:easyneg embedding:EasyNeg dog", folder)
+    assert np.array_equal(both, draw("f", "a embedding:easyneg1 embedding:easyneg2 dog", alone)[0])
+    assert np.array_equal(both, draw("g", record["settings"]["prompt"][0], folder)[0])
+
+
 def test_zero_negative_guides_against_zeros_on_sd1_as_comfyuis_conditioning_zero_out(sd1_dir, tmp_path):
     """ComfyUI's ConditioningZeroOut on a sampler's negative guides against zeros on any model; textinv drew zeros
     on SDXL alone (for an empty negative), so an SD 1.x picture drawn so could not be redrawn. A negative prompt

@@ -2185,7 +2185,8 @@ def _comfy_names(config: GenerateConfig, embeddings: list[LearnedEmbedding], pat
     under the token `embedding:NAME` alone, its names looked up as ComfyUI looks up a file (`_comfy_tokens`)."""
     texts = config.prompt + [config.negative_prompt] + [text or "" for text in _optional_prompts(config)]
     if config.emphasis == "comfy":
-        token = _comfy_tokens(embeddings, paths)  # (renames them: once)
+        written = list(dict.fromkeys(name for p in texts for name in emphasis.comfy_embeddings(p, whole=True)[1]))
+        token = _comfy_tokens(embeddings, paths, written, config.embedding)  # (renames them: once)
         texts = [emphasis.comfy_embeddings(p, token, whole=True)[0] for p in texts]
     else:
         plain = " ".join(emphasis.comfy_embeddings(p, lambda name: "")[0] for p in texts).lower()
@@ -2218,41 +2219,97 @@ _NAMES_NONE = ("embedding:{name} in the prompt names no embedding given: pass it
                "folder that holds it, as ComfyUI's models/embeddings)")
 
 
-def _comfy_tokens(embeddings: list[LearnedEmbedding], paths: list[str]) -> Callable[[str], str]:
-    """For --emphasis comfy: each embedding renamed `embedding:NAME` (NAME: its file's name, `_file_name`; an
-    embeddings folder's file is so named already, `_comfy_folder_tokens`), so that only a prompt's `embedding:NAME`
-    draws it and the token its file stores, written bare, is words, as in ComfyUI (the pictures record the prompt
-    so, which draws alike again); and what a prompt's `embedding:NAME`, as written (folder and suffix too), is
-    written as: the token of the embedding whose file ComfyUI on Linux finds by that name, case and all
-    (`_comfy_file_names`), else whose stored token (or --token) it is, ignoring case as tokens are read. A name
-    that matches a file only ignoring case is refused naming the file: ComfyUI there draws without it, warning."""
-    found: list[tuple[set[str], set[str], str, str]] = []  # (names that find the file, lowercased, label, token)
-    stored: dict[str, str] = {}
-    for i, (emb, path) in enumerate(zip(embeddings, paths)):
-        token = emb.token if emb.token.startswith(COMFY_TOKEN) else f"{COMFY_TOKEN}{_nfc(_file_name(path))}"
-        if token != emb.token:
-            stored.setdefault(emb.token.lower(), token)
-            embeddings[i] = LearnedEmbedding(token, emb.vectors, emb.metadata)
-        found.append((_comfy_file_names(path), _comfy_file_names(path, any_case=True), path, token))
+def _comfy_tokens(embeddings: list[LearnedEmbedding], paths: list[str], written: list[str], entries: list[str]
+                  ) -> Callable[[str], str]:
+    """For --emphasis comfy: what a prompt's `embedding:NAME`, as written (folder and suffix too), is written as: the
+    token of the embedding it finds (`_comfy_found`), each embedding renamed `embedding:NAME` (`_comfy_token`), so
+    that only a prompt's `embedding:NAME` draws it and the token its file stores, written bare, is words, as in
+    ComfyUI (the pictures record the prompt so, which draws alike again). `written`: every NAME the prompts write.
+    An embedding that no NAME finds (a folder's case twin of the one found: `easyneg.pt` beside `EasyNeg.pt`) is
+    left out of `embeddings` and `paths`, with a warning for a file given itself (`entries`: the --embedding)."""
+    found = {name: _comfy_found(name, embeddings, paths, entries) for name in written}
+    kept = sorted(set(found.values()))
+    for i, path in enumerate(paths):
+        if i not in kept and path in entries:
+            warn(f"{path} is left out: no embedding:NAME in the prompts finds it by its file's exact name, as ComfyUI "
+                 f"(on Linux) finds a file; write embedding:{_nfc(_file_name(path))} where the concept goes",
+                 stacklevel=4)
+    tokens: dict[int, str] = {}
+    for i in kept:
+        tokens[i] = _comfy_token(i, embeddings, paths, entries, [n for n, at in found.items() if at == i],
+                                 {t.lower() for t in tokens.values()})
+    embeddings[:] = [LearnedEmbedding(tokens[i], embeddings[i].vectors, embeddings[i].metadata) for i in kept]
+    paths[:] = [paths[i] for i in kept]
+    return lambda name: tokens[found[name]]
 
-    def token(written: str) -> str:  # (a name from the prompts, composed already)
-        base = re.split(r"[\\/]", written)[-1]
-        exact = next((token for names, _, _, token in found if base in names), None) \
-            or stored.get(emphasis.comfy_name(base).lower())
-        if exact is not None:
-            return exact
-        for names, folded, path, _ in found:
-            if base.lower() in folded:
-                right = min(names, key=len)
-                raise ConfigError(f"embedding:{written} in the prompt names {path} only ignoring case: ComfyUI (on "
-                                  f"Linux) finds an embedding by its file's exact name, and draws without it "
-                                  f"where none is; write embedding:{right}, or rename the file")
-        raise ConfigError(_NAMES_NONE.format(name=written))
 
-    return token
+def _comfy_token(i: int, embeddings: list[LearnedEmbedding], paths: list[str], entries: list[str],
+                 written: list[str], taken: set[str]) -> str:
+    """The token `embedding:NAME` embedding `i` is installed under (comfy mode): NAME its file's name (`_file_name`),
+    else the first of its file's other names and the names the prompts find it by (`written`) that finds it and no
+    other file (`_comfy_found`) and differs, ignoring case as the text encoders' tokenizers read it, from the tokens
+    `taken` (lowercased): of case twins `easyneg.pt` and `EasyNeg.pt` one is `embedding:EasyNeg.pt`."""
+    names = [_nfc(_file_name(paths[i]))] + sorted(_comfy_file_names(paths[i]), key=len) + written
+    for name in names:
+        if f"{COMFY_TOKEN}{name}".lower() in taken:
+            continue
+        with contextlib.suppress(ConfigError, TokenError):
+            if _comfy_found(name, embeddings, paths, entries) == i:
+                return f"{COMFY_TOKEN}{name}"
+    raise TokenError(f"{paths[i]}: every name that finds it in a prompt (embedding:{', embedding:'.join(names)}) "
+                     f"is, ignoring case as the text encoders' tokenizers read a prompt, another embedding's "
+                     f"given beside it; rename the file")
+
+
+def _comfy_found(written: str, embeddings: list[LearnedEmbedding], paths: list[str], entries: list[str]) -> int:
+    """The embedding (its place in `embeddings`) a prompt's `embedding:NAME` (`written`, folder and suffix too)
+    finds: the one whose file ComfyUI on Linux finds by that name, case and all (`_comfy_file_names`), else the one
+    whose stored token (or --token) it is, ignoring case as tokens are read. ComfyUI (comfy/sd1_clip.py, load_embed)
+    joins NAME to each of its embeddings folders and their subfolders in turn and takes the first file found, the
+    name as written, else it with .safetensors, .pt, .bin added: so a subfolder written before the name
+    (`embedding:style/easyneg`) tells two files of one name apart, and in one folder the file of the name as written
+    comes first, then those suffixes in that order. It turns the folders in no fixed order (a set), so a name two
+    folders hold is refused, naming both (`_comfy_twins`); so is one that finds a file only ignoring case, which
+    ComfyUI draws without, warning."""
+    *folders, base = re.split(r"[\\/]", written)
+    found = [i for i, path in enumerate(paths) if base in _comfy_file_names(path)]
+    if len(found) > 1 and folders:
+        found = [i for i in found if list(Path(paths[i]).parent.parts[-len(folders):]) == folders] or found
+    if len(found) > 1 and all(Path(paths[i]).is_file() for i in found) \
+            and len({Path(paths[i]).resolve().parent for i in found}) == 1:
+        found = [min(found, key=lambda i: _COMFY_ORDER.index(Path(paths[i]).name[len(base):]))]
+    if len(found) > 1:
+        raise _comfy_twins(written, base, [paths[i] for i in found], entries)
+    if found:
+        return found[0]
+    stored = next((i for i, emb in enumerate(embeddings) if not emb.token.startswith(COMFY_TOKEN)
+                   and emb.token.lower() == emphasis.comfy_name(base).lower()), None)
+    if stored is not None:
+        return stored
+    for path in paths:
+        if base.lower() in _comfy_file_names(path, any_case=True):
+            right = min(_comfy_file_names(path), key=len)
+            raise ConfigError(f"embedding:{written} in the prompt names {path} only ignoring case: ComfyUI (on "
+                              f"Linux) finds an embedding by its file's exact name, and draws without it "
+                              f"where none is; write embedding:{right}, or rename the file")
+    raise ConfigError(_NAMES_NONE.format(name=written))
+
+
+def _comfy_twins(written: str, base: str, files: list[str], entries: list[str]) -> TokenError:
+    """The error for an `embedding:NAME` that finds `files` in several folders (`_comfy_found`), with the subfolder
+    that finds one of them from its --embedding folder (`entries`) where one is in a subfolder of it."""
+    apart = [f"embedding:{Path(file).relative_to(entry).parent.as_posix()}/{base}" for file in files
+             for entry in entries if Path(entry).is_dir() and Path(file).is_relative_to(entry)
+             and Path(file).relative_to(entry).parent != Path(".")]
+    subfolder = f"write the subfolder that tells them apart ({apart[0]}), " if apart else ""
+    return TokenError(f"embedding:{written} in the prompt finds both {' and '.join(files)}: ComfyUI looks a name up "
+                      f"in each of its embeddings folders and their subfolders, in no fixed order, so which one it "
+                      f"draws is not knowable; {subfolder}give --embedding only the one meant, or rename one of the "
+                      f"files")
 
 
 _COMFY_SUFFIXES = (".safetensors", ".pt", ".bin")  # (what ComfyUI adds to an embedding:NAME, in lower case)
+_COMFY_ORDER = ("",) + _COMFY_SUFFIXES  # (the order ComfyUI tries them in one folder: the name as written first)
 
 
 def _comfy_file_names(label: str, any_case: bool = False) -> set[str]:
