@@ -165,6 +165,28 @@ def test_an_embedding_given_beside_a_bundle_of_its_name_wins_as_in_the_web_ui(sd
     assert np.array_equal(drawn, loose)
 
 
+def test_comfy_emphasis_leaves_a_loras_bundled_embeddings_out_as_comfyui_does(sd1_dir, loras, tmp_path):
+    """ComfyUI's LoRA loader leaves a LoRA's bundle_emb keys unread (comfy/lora.py: "lora key not loaded"), and a
+    prompt there names an embedding by `embedding:NAME`, a file in its embeddings folders. Under --emphasis comfy a
+    tag installed the bundle under its stored name, so its name written bare drew it, and beside an --embedding of
+    that name (installed as `embedding:NAME`) the check for a duplicate missed it. The bundle is left out, its name
+    is words, and a warning names the way to draw it."""
+    plain, bundled, vectors = loras
+    model = load_model(sd1_dir)
+    given = save_embedding(LearnedEmbedding("x", {"text_encoder": vectors.flip(0)}), tmp_path / "bund.pt",
+                           "a1111")[0]
+    prompt = "a photo of embedding:bund <lora:mystyle:1>, bund"
+    with pytest.warns(UserWarning, match=r"<lora:mystyle> bundles the embedding 'bund', which the prompt writes: "
+                                         r"ComfyUI does not read a LoRA's bundled embeddings, nor does --emphasis "
+                                         r"comfy, so it is words; to draw it, give --embedding \S+mystyle"
+                                         r".safetensors::bund and write embedding:bund"):
+        drawn, _ = _draw(model, tmp_path, "bundled", prompt, lora_dir=[str(bundled)], embedding=[str(given)],
+                         emphasis="comfy")
+    without, _ = _draw(model, tmp_path, "plain", prompt, lora_dir=[str(plain)], embedding=[str(given)],
+                       emphasis="comfy")
+    assert np.array_equal(drawn, without)
+
+
 def test_a_loose_file_that_does_not_fit_gives_way_to_the_bundle_of_its_name_that_does(sd1_dir, loras, tmp_path):
     """The web UI skips an embeddings-folder file of another shape, so a LoRA's bundle of its name is the one it
     draws: so here, with a warning naming the file skipped; where neither fits, the loose file is refused as before."""

@@ -1682,7 +1682,11 @@ def checked_settings(config: GenerateConfig) -> Checked:
         raise ConfigError(f"--hires-model draws without the prompts' LoRAs ({', '.join(sorted(loras))}) as yet: leave "
                           f"the <lora:...> tags out{keep}, or --hires-model (the hires fix then redraws with --model)")
     stand_ins: dict[str, tuple[LearnedEmbedding, str, str]] = {}
-    bundled = _add_bundled(loras, embeddings, paths, said, stand_ins)
+    if config.emphasis == "comfy":  # (ComfyUI's LoRA loader leaves a LoRA's bundled embeddings unread)
+        bundled = {}
+        _warn_comfy_bundles(loras, said)
+    else:
+        bundled = _add_bundled(loras, embeddings, paths, said, stand_ins)
     _check_bundled_prompted(config, jobs, bundled, loras)
     pictures = _InitPictures(refine.init_pictures(config.init_image))  # (a bad picture: said before the model loads)
     inpaint = mask_settings(config, pictures.sizes)  # (a bad mask too)
@@ -1733,6 +1737,18 @@ def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], pat
                 paths.append(f"{path}{BUNDLE_SEPARATOR}{emb.token}")
                 added[key], bundled[emb.token] = emb, name
     return bundled
+
+
+def _warn_comfy_bundles(loras: dict[str, Path], said: str) -> None:
+    """Under --emphasis comfy, warn of an embedding a prompt's LoRA bundles whose name the prompts (`said`,
+    lowercased) write as a word: ComfyUI's LoRA loader leaves a LoRA's bundle_emb keys unread (comfy/lora.py, "lora
+    key not loaded") and finds `embedding:NAME` in its embeddings folders alone, so the name is words, as here."""
+    words = emphasis.comfy_embeddings(emphasis.lora_tags(said)[0], lambda name: "")[0]
+    for name, path in loras.items():
+        for bundle in [b for b in bundled_names(path) if _named(b, words)]:
+            warn(f"<lora:{name}> bundles the embedding {bundle!r}, which the prompt writes: ComfyUI does not read a "
+                 f"LoRA's bundled embeddings, nor does --emphasis comfy, so it is words; to draw it, give --embedding "
+                 f"{path}{BUNDLE_SEPARATOR}{bundle} and write embedding:{bundle}", stacklevel=3)
 
 
 def _fitting(config: GenerateConfig, jobs: list, model: Model, embeddings: list[LearnedEmbedding], paths: list[str],
