@@ -1473,10 +1473,6 @@ def test_again_draws_an_older_textinv_comfy_picture_whose_bare_token_drew_the_em
     """A picture textinv drew under --emphasis comfy before a token written bare was words there records its prompt
     with the token bare (`a <zz> dog`), which drew the embedding: --again reads it as `embedding:<zz>`, the same
     picture; it drew the words, another picture. Its record lacks the mark newer comfy pictures carry."""
-    import json
-
-    from PIL.PngImagePlugin import PngInfo
-
     from textinv.again import again_config
 
     zz = save_embedding(LearnedEmbedding("<zz>", {"text_encoder": torch.randn(2, 32) * 3}),
@@ -1488,17 +1484,8 @@ def test_again_draws_an_older_textinv_comfy_picture_whose_bare_token_drew_the_em
                            progress=False)
     (drawn,) = generate(GenerateConfig(prompt=["a embedding:zz dog"], out=str(tmp_path / "b"),
                                        **{**common, "negative_prompt": "embedding:zz"}), progress=False)
-    text = dict(Image.open(drawn).text)
-    record = json.loads(text["textinv_settings"])
-    assert record.pop("comfy_bare_tokens") == "words"
-    record["settings"].update(prompt=["a <zz> dog"], negative_prompt="<zz>")  # (as the older textinv wrote it)
-    text["textinv_settings"] = json.dumps(record)
-    info = PngInfo()
-    for key, value in text.items():
-        info.add_text(key, value)
-    Image.open(drawn).save(tmp_path / "older.png", pnginfo=info)
-    config, _ = again_config(tmp_path / "older.png", {"out": str(tmp_path / "again"), "model": str(sd1_dir),
-                                                      "embedding": [str(zz)]})
+    older = _as_older_comfy_picture(drawn, tmp_path / "older.png", prompt=["a <zz> dog"], negative_prompt="<zz>")
+    config, _ = again_config(older, {"out": str(tmp_path / "again"), "model": str(sd1_dir), "embedding": [str(zz)]})
     assert (config.prompt, config.negative_prompt) == (["a embedding:<zz> dog"], "embedding:<zz>")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -1506,6 +1493,44 @@ def test_again_draws_an_older_textinv_comfy_picture_whose_bare_token_drew_the_em
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(drawn)))
     assert not np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(drawn)))
 
+
+def _as_older_comfy_picture(drawn, older, **settings):
+    """The textinv comfy picture `drawn` saved as `older` as a textinv before a bare token was words there wrote it:
+    its record without the comfy_bare_tokens mark, with `settings` (its prompts, as that textinv recorded them)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    text = dict(Image.open(drawn).text)
+    record = json.loads(text["textinv_settings"])
+    assert record.pop("comfy_bare_tokens") == "words"
+    record["settings"].update(settings)
+    text["textinv_settings"] = json.dumps(record)
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    Image.open(drawn).save(older, pnginfo=info)
+    return older
+
+
+def test_again_names_an_older_comfy_pictures_token_glued_to_a_word_or_a_mark_as_the_tokenizer_read_it(sd1_dir,
+                                                                                                      tmp_path):
+    """CLIP's tokenizer cuts a learned token out of the text wherever it stands, so in a picture an older textinv
+    drew under --emphasis comfy `of<zz>`, `[cat:<zz>:0.5]` and `<zz>-style` drew the embedding: --again left them
+    bare, words now, another picture; and it wrote `<zz>.` as `embedding:<zz>.`, a name no file has, refused. Each is
+    `embedding:<zz>`, set apart by a space from what it was glued to, which the tokenizer reads as the same ids."""
+    from textinv.again import again_config
+
+    zz = save_embedding(LearnedEmbedding("<zz>", {"text_encoder": torch.randn(2, 32) * 3}),
+                        tmp_path / "zz.safetensors")[0]
+    (drawn,) = generate(GenerateConfig(prompt=["a embedding:zz dog"], out=str(tmp_path / "a"), n=1, steps=1,
+                                       model=str(sd1_dir), embedding=[str(zz)], emphasis="comfy"), progress=False)
+    older = _as_older_comfy_picture(drawn, tmp_path / "older.png",
+                                    prompt=["a photo of<zz>, [cat:<zz>:0.5] <zz>-style, embedding:zz <ZZ>."])
+    config, _ = again_config(older, {"out": str(tmp_path / "again"), "model": str(sd1_dir), "embedding": [str(zz)]})
+    assert config.prompt == ["a photo of embedding:<zz>, [cat:embedding:<zz>:0.5] embedding:<zz> -style, "
+                             "embedding:zz embedding:<zz> ."]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        generate(config, progress=False)  # (each name finds the file)
 
 def test_comfy_emphasis_finds_an_embeddings_file_by_its_exact_name_as_comfyui_on_linux(sd1_dir, tmp_path):
     """ComfyUI looks `embedding:NAME` up as a file, NAME or NAME.safetensors/.pt/.bin, which on Linux is exact:

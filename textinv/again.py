@@ -58,7 +58,7 @@ from packaging.version import InvalidVersion, Version
 from . import __version__
 from .config import GenerateConfig, build, typed_settings
 from .dynamic import literal
-from .emphasis import as_words, lora_tags
+from .emphasis import _COMFY_EMBEDDING, as_words, lora_tags
 from .comfy_workflow import api_graph, is_api_graph, is_editor_workflow
 from .errors import ConfigError, warn
 from .formats import (PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, holds_png_embedding, load_embedding, on_disk,
@@ -1666,15 +1666,35 @@ def _name_bare_tokens(settings: dict[str, Any], flags: dict[str, Any]) -> None:
         warnings.simplefilter("ignore")
         files = embedding_files(entries, tokens[:len(entries)], "")
         named = {token or load_embedding(path).token for path, token in files}
-    for token in sorted(named, key=len, reverse=True):
-        bare = re.compile(rf"(?<![\w<:-]){re.escape(token)}(?![\w>-])", re.IGNORECASE)
-        for name in ("prompt", "negative_prompt", "hires_prompt", "hires_negative_prompt", "prompt_l",
-                     "negative_prompt_l"):
-            value = settings.get(name)
-            if isinstance(value, list):
-                settings[name] = [bare.sub(f"{COMFY_TOKEN}{token}", text) for text in value]
-            elif value:
-                settings[name] = bare.sub(f"{COMFY_TOKEN}{token}", value)
+    if not named:
+        return
+    either = "|".join(re.escape(token) for token in sorted(named, key=len, reverse=True))
+    # an embedding:NAME as it is, else a token wherever it stands, as the tokenizer cut it out of the text
+    found = re.compile(rf"{_COMFY_EMBEDDING.pattern}|(?P<token>(?i:{either}))")
+    by_case = {token.lower(): token for token in named}
+    for name in ("prompt", "negative_prompt", "hires_prompt", "hires_negative_prompt", "prompt_l",
+                 "negative_prompt_l"):
+        value = settings.get(name)
+        if isinstance(value, list):
+            settings[name] = [_as_named(text, found, by_case) for text in value]
+        elif value:
+            settings[name] = _as_named(value, found, by_case)
+
+
+def _as_named(text: str, found: re.Pattern, tokens: dict[str, str]) -> str:
+    """`text` with each token `found` matches (outside an `embedding:NAME`) written `embedding:TOKEN` (`tokens`: by
+    lowercased token). CLIP's tokenizer cut a learned token out of the text wherever it stood, glued to a word or a
+    mark too (`a<zz>dog`, `[cat:<zz>:0.5]`, `<zz>-style`, `<zz>.`), and read the word's parts apart: so the name is
+    set apart by a space from a word before it and from what follows it but where ComfyUI's name ends anyway (a
+    space, `,()[]|:`), which reads the same ids and keeps `embedding:<zz>.` from naming a file `<zz>.`."""
+    def named(match: re.Match) -> str:
+        if match.group("token") is None:
+            return match.group(0)
+        before = " " if re.match(r"\w", text[max(match.start() - 1, 0):match.start()]) else ""
+        after = "" if re.match(r"[\s,()\[\]|:]|$", text[match.end():]) else " "
+        return f"{before}{COMFY_TOKEN}{tokens[match.group('token').lower()]}{after}"
+
+    return found.sub(named, text)
 
 
 def _check_unchanged(picture: Picture, files: list[str]) -> None:
