@@ -1630,6 +1630,18 @@ def test_comfy_emphasis_draws_case_twins_in_one_folder_each_by_its_exact_name(sd
     both, record = draw("e", "a embedding:easyneg embedding:EasyNeg dog", folder)
     assert np.array_equal(both, draw("f", "a embedding:easyneg1 embedding:easyneg2 dog", alone)[0])
     assert np.array_equal(both, draw("g", record["settings"]["prompt"][0], folder)[0])
+    # a twin given as a file of its own that no name finds exactly is left out, said; a third twin has no name left
+    with pytest.warns(UserWarning, match=r"easyneg.pt is left out: no embedding:NAME in the prompts finds it by its "
+                                         r"file's exact name, as ComfyUI \(on Linux\) finds a file; write "
+                                         r"embedding:easyneg where the concept goes"):
+        generate(GenerateConfig(prompt=["a embedding:EasyNeg dog"], out=str(tmp_path / "h"), n=1, steps=1,
+                                model=str(sd1_dir), embedding=[str(folder / "easyneg.pt"), str(folder / "EasyNeg.pt")],
+                                emphasis="comfy"), progress=False)
+    save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(1, 32)}), folder / "EASYNEG.pt", "a1111")
+    with pytest.raises(TokenError, match=r"(?i)easyneg.pt: every name that finds it in a prompt \(embedding:easyneg, "
+                                         r"embedding:easyneg.pt\) is, ignoring case as the text encoders' tokenizers "
+                                         r"read a prompt, another embedding's given beside it; rename the file"):
+        draw("i", "a embedding:easyneg embedding:EasyNeg embedding:EASYNEG dog", folder)
 
 
 def test_zero_negative_guides_against_zeros_on_sd1_as_comfyuis_conditioning_zero_out(sd1_dir, tmp_path):

@@ -2266,6 +2266,7 @@ def _comfy_token(i: int, embeddings: list[LearnedEmbedding], paths: list[str], e
     other file (`_comfy_found`) and differs, ignoring case as the text encoders' tokenizers read it, from the tokens
     `taken` (lowercased): of case twins `easyneg.pt` and `EasyNeg.pt` one is `embedding:EasyNeg.pt`."""
     names = [_nfc(_file_name(paths[i]))] + sorted(_comfy_file_names(paths[i]), key=len) + written
+    names = list(dict.fromkeys(names))
     for name in names:
         if f"{COMFY_TOKEN}{name}".lower() in taken:
             continue
