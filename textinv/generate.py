@@ -2319,10 +2319,10 @@ def _comfy_twins(written: str, base: str, files: list[str], entries: list[str]) 
              for entry in entries if Path(entry).is_dir() and Path(file).is_relative_to(entry)
              and Path(file).relative_to(entry).parent != Path(".")]
     subfolder = f"write the subfolder that tells them apart ({apart[0]}), " if apart else ""
-    return TokenError(f"embedding:{written} in the prompt finds both {' and '.join(files)}: ComfyUI looks a name up "
-                      f"in each of its embeddings folders and their subfolders, in no fixed order, so which one it "
-                      f"draws is not knowable; {subfolder}give --embedding only the one meant, or rename one of the "
-                      f"files")
+    return TokenError(f"embedding:{written} in the prompt finds {'both ' * (len(files) == 2)}{' and '.join(files)}: "
+                      f"ComfyUI looks a name up in each of its embeddings folders and their subfolders, in no fixed "
+                      f"order, so which one it draws is not knowable; {subfolder}give --embedding only the one meant, "
+                      f"or rename one of the files")
 
 
 _COMFY_SUFFIXES = (".safetensors", ".pt", ".bin")  # (what ComfyUI adds to an embedding:NAME, in lower case)
