@@ -59,6 +59,49 @@ def test_an_interrupted_run_hands_the_model_back_and_resumes_on_it(sd1_dir, imag
     assert resumed.steps == 4 and len(model.tokenizer) == size
 
 
+@pytest.mark.parametrize("left_out", [("steps",), ("steps", "lr", "vectors")])
+def test_a_resume_from_python_takes_the_settings_left_out_from_the_run(left_out, sd1_dir, images, tmp_path,
+                                                                       monkeypatch):
+    """A resume whose config leaves out `steps` (or `lr`, `vectors`: None until the run resolves them) goes on with
+    the run's, as `--out DIR --resume` reads them from config.yaml, and ends where the uninterrupted run ends. It ran
+    on to the default steps (3000; 8 here), and took lr 5e-3 and 1 vector, which were refused as other settings."""
+    from textinv import config as config_module
+
+    monkeypatch.setattr(config_module, "DEFAULT_STEPS", 8)  # (a resume that runs to the default stops soon)
+    run = dict(steps=6, save_every=2, log_every=1, lr=3e-2, vectors=2)
+    straight = train(run_config(images, tmp_path / "a", **run), model=load_model(sd1_dir), progress=False)
+    undo = interrupt_loss_at(monkeypatch, 4)
+    with pytest.raises(TrainingInterrupted):
+        train(run_config(images, tmp_path / "b", **run), model=load_model(sd1_dir), progress=False)
+    undo()
+    resumed = train(run_config(images, tmp_path / "b", resume=True, **{**run, **dict.fromkeys(left_out)}),
+                    model=load_model(sd1_dir), progress=False)
+    assert resumed.steps == 6
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.losses == straight.losses
+
+
+def test_a_resume_from_python_that_leaves_out_the_precision_goes_on_at_the_runs(sd1_dir, images, tmp_path,
+                                                                                monkeypatch):
+    """A run started at `precision="bf16"` on the CPU, resumed from Python with `precision` left out: it goes on at
+    the run's bf16, as on the command line (it read as auto given, fp32 on the CPU, and went on at fp32 with a
+    warning that the run would not end where it would have)."""
+    from textinv.run_folder import PrecisionChangedWarning
+
+    run = dict(model=str(sd1_dir), steps=4, save_every=2, precision="bf16")
+    straight = train(run_config(images, tmp_path / "a", **run), progress=False)
+    undo = interrupt_loss_at(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted):
+        train(run_config(images, tmp_path / "b", **run), progress=False)
+    undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionChangedWarning)
+        resumed = train(run_config(images, tmp_path / "b", resume=True, **{**run, "precision": None}),
+                        progress=False)
+    assert resumed.steps == 4
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
 def test_a_resume_on_another_model_passed_in_is_refused_as_that_model(sd1_dir, images, tmp_path):
     """train(config, model=...) resumed with another model than the run's: it was warned about as "the model shapes
     has changed since the run started" (config.model's default, which nothing loaded) and the run went on; a model

@@ -23,7 +23,8 @@ from typing import IO, Callable
 import torch
 
 from . import __version__
-from .config import DEFAULT_LR, SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, clip_steps, read_config_file
+from .config import (ALTERNATIVES, DEFAULT_LR, SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, clip_steps,
+                     read_config_file)
 from .data import _OS_LITTER, PictureSet
 from .errors import ConfigError, FormatError, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, first_file, load_embedding,
@@ -106,6 +107,32 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
     return _absolute_paths(config), previous
 
 
+# the settings a TrainConfig leaves out as None until the run resolves them (--steps, --lr, --vectors, --precision):
+# a resume from Python that leaves one out goes on with the run's, as `--out DIR --resume` takes every setting left
+# out from config.yaml (from Python only these can be told left out: `save_every=500` may be the default or given)
+RESOLVED_LATER = ("steps", "lr", "vectors", "precision")
+
+
+def left_out_as_run(config: TrainConfig) -> TrainConfig:
+    """`config`, on --resume, with each `RESOLVED_LATER` setting it leaves out (None) taken from the run's
+    config.yaml, unless the setting that replaces it is given (`epochs` for `steps`, `lr_steps` for `lr`, as `build`
+    layers a --config file under the flags); without a config.yaml to read, as it is (`prepare_output` refuses it).
+
+    >>> left_out_as_run(TrainConfig(out="runs/dog", resume=True)).steps  # doctest: +SKIP
+    6
+    """
+    if not config.resume or not isinstance(config.out, (str, os.PathLike)):  # (a bad `out` is refused by `validate`)
+        return config
+    out = Path(config.out).expanduser()
+    if not (out / CONFIG_FILE).is_file():
+        return config
+    saved = read_run_settings(out)
+    instead = {name: pair for pair in ALTERNATIVES["TrainConfig"] for name in pair}
+    taken = {name: saved[name] for name in RESOLVED_LATER if getattr(config, name) is None
+             and saved.get(name) is not None and all(getattr(config, other) is None for other in instead.get(name, ()))}
+    return dataclasses.replace(config, **taken)
+
+
 def _resumed(out: Path, config: TrainConfig) -> TrainConfig:
     """The config a --resume of the run in `out` goes on with: the saved one, with the settings that may change
     (`RESUMABLE_CHANGES`, and those that may have moved, `_moved_settings`) taken from `config`; other settings given
@@ -113,9 +140,7 @@ def _resumed(out: Path, config: TrainConfig) -> TrainConfig:
     if not (out / CONFIG_FILE).exists():
         raise ConfigError(no_record(out))
     old = read_run_settings(out)
-    new = _absolute_paths(config).to_dict()
-    if new["vectors"] is None:  # (left out beside --init-embedding: the run's, the file's count when it started)
-        new["vectors"] = old.get("vectors")
+    new = _absolute_paths(config).to_dict()  # (--vectors left out beside --init-embedding: `left_out_as_run`'s)
     defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
     moved = _moved_settings(old, new, config)
     diffs = [k for k in new if k not in RESUMABLE_CHANGES | moved and not (k in MODEL_CHOICES and not new[k])

@@ -59,9 +59,9 @@ from .models import (DTYPES, LAUNCHED_AT, EarlyInterrupt, Model, check_clip_skip
 from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, check_same_precision, checkpoints, clear_run,
-                         clear_temporaries, concept_folder, load_checkpoint, moved_places, name_changes,
-                         newest_checkpoint, prepare_output, read_run_settings, run_lock, same_names, save_checkpoint,
-                         saved_validation, write_loss_log)
+                         clear_temporaries, concept_folder, left_out_as_run, load_checkpoint, moved_places,
+                         name_changes, newest_checkpoint, prepare_output, read_run_settings, run_lock, same_names,
+                         save_checkpoint, saved_validation, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
@@ -832,7 +832,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # (read now: the config validate returns holds what it gave, and config.yaml's header names the file)
     source = str(Path(config.dataset_config).expanduser().resolve()) if config.dataset_config else None
     prompts_from = prompt_file(config.sample_prompts)  # (kohya's sample prompts file: config.yaml's header names it)
-    config = config.validate()
+    config = left_out_as_run(config).validate()  # (a resume's steps, lr, vectors and precision left out: the run's)
     device = pick_device(config.device)  # (a device this machine lacks is refused before anything loads)
     # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
     started = not _PROCESS_GROUP.running()  # (a group the caller started is the caller's to end)
@@ -1453,11 +1453,9 @@ def _check_inputs(run: _Run, model: Model | None) -> None:
         if is_main and progress:
             print(length)
     end = lr_steps_end(config.lr_steps)
-    if config.steps is None:  # --steps left out (config.yaml then holds the steps, so a resume runs to them too)
-        # (a resume of a stepped rate that ends: the run's saved steps, as it started; a run an older textinv started
-        # ran on past the last rate's step to its --steps)
-        saved = _saved_setting(out / CONFIG_FILE, "steps") if checkpoint is not None and end is not None else None
-        config = dataclasses.replace(config, steps=saved if type(saved) is int else config.steps_to_run())
+    if config.steps is None:  # --steps left out (config.yaml then holds the steps, so a resume runs to them too:
+        # `left_out_as_run`, as a run an older textinv started ran on past a stepped rate's last step to its --steps)
+        config = dataclasses.replace(config, steps=config.steps_to_run())
         if end is not None and is_main and progress and checkpoint is None:  # (the web UI stops at the last step)
             print(f"--lr-steps ends at step {end}, its last rate's step, as the web UI's: the run is {end} steps")
     if config.cuda_graphs:
