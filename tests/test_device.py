@@ -199,6 +199,37 @@ def _run(images, sd1_dir, out, steps, **kw) -> TrainConfig:
                        batch=2, save_every=2, sample_every=0, lr=5e-2, **kw)
 
 
+def test_fp16_trains_on_the_cpu_with_loss_scaling(sd1_dir, images, tmp_path, monkeypatch):
+    """`--precision fp16` on the CPU, which torch (2.13) computes in: the frozen weights load at fp16, the loss is
+    scaled as on a GPU, the learned vector moves while every other row and weight stays as loaded, and the file
+    saves at fp32 and loads back as trained."""
+    from conftest import recorded_results
+    from textinv.tokens import base_embedding, encode_init
+
+    loaded = recorded_results(monkeypatch, train_module, "load_model")
+    out = tmp_path / "out"
+    assert main(["train", "--model", str(sd1_dir), "--images", str(images), "--token", "<zq>", "--init", "dog",
+                 "--out", str(out), "--steps", "4", "--batch", "2", "--lr", "0.05", "--save-every", "4",
+                 "--sample-every", "4", "--precision", "fp16", "--device", "cpu"]) == 0
+    [model], as_loaded = loaded, load_model(sd1_dir, dtype=torch.float16)
+    assert model.unet.dtype == torch.float16 and model.unet.device.type == "cpu"
+    for part in ("unet", "vae"):
+        got, want = getattr(model, part).state_dict(), getattr(as_loaded, part).state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), part
+    table = base_embedding(as_loaded.text_encoder).weight
+    assert torch.equal(base_embedding(model.text_encoder).weight, table)  # (the vocabulary's rows as loaded)
+    learned = load_embedding(out / "learned_embeds.safetensors")
+    assert learned.vectors["text_encoder"].dtype == torch.float32 and learned.metadata["steps"] == "4"
+    assert torch.isfinite(learned.vectors["text_encoder"]).all()
+    dog = table[encode_init(as_loaded.tokenizer, "dog")[0]].float()
+    assert not torch.allclose(learned.vectors["text_encoder"][0], dog), "the new vector did not move"
+    state = torch.load(out / "checkpoints" / "step-000004.pt", weights_only=True)
+    assert (state["precision"], state["device"]) == ("fp16", "cpu")
+    assert state["scaler"]["scale"] > 1  # (GradScaler on: fp32 and bf16 runs save it off, an empty state)
+    assert torch.equal(state["vectors"][0], learned.vectors["text_encoder"])
+    assert (out / "samples" / "step-000004.png").exists()
+
+
 def test_a_resume_at_the_same_precision_given_otherwise_goes_on_to_the_uninterrupted_run(sd1_dir, images, tmp_path):
     """`auto` is fp32 on the CPU, so `--precision fp32` resumes a run started with `auto` there (it was refused as
     another setting): the steps are the same arithmetic, and the run ends where the uninterrupted one does."""
