@@ -1,8 +1,10 @@
 """textinv from Python, as a notebook uses it: one loaded model through several calls, settings given as Python
 values, and the README's "Use from Python" example run as written."""
 
+import os
 import re
 import shutil
+import signal
 import warnings
 from pathlib import Path
 
@@ -84,6 +86,25 @@ def test_a_resume_from_python_takes_the_settings_left_out_from_the_run(left_out,
               progress=False)  # (a steps given is --steps: one below the step reached refused, a larger one goes on)
     assert train(run_config(images, tmp_path / "b", resume=True, **{**run, "steps": 7}), model=load_model(sd1_dir),
                  progress=False).steps == 7
+
+
+def test_a_resume_from_python_keeps_the_runs_tracker_and_validation_interval(sd1_dir, images, tmp_path, monkeypatch):
+    """`log_with`, `log_dir` and `validate_every` left out (None) on a Python resume are the run's too, as a resume
+    without --log-with, --log-dir or --validate-every takes them from config.yaml: the run went on unlogged (None
+    read as no tracker) and scored the validation loss at save_every's interval."""
+    from test_tracking import read_events, scalars
+
+    run = dict(steps=6, save_every=2, log_every=1, validation_split=0.25, validate_every=1, log_with="tensorboard",
+               log_dir=str(tmp_path / "tb"))
+    straight = train(run_config(images, tmp_path / "a", **run), model=load_model(sd1_dir), progress=False)
+    with pytest.raises(TrainingInterrupted):
+        train(run_config(images, tmp_path / "b", **run), model=load_model(sd1_dir), progress=False,
+              on_step=lambda step: step == 3 and os.kill(os.getpid(), signal.SIGINT))
+    resumed = train(run_config(images, tmp_path / "b", resume=True,
+                               **{**run, **dict.fromkeys(("log_with", "log_dir", "validate_every"))}),
+                    model=load_model(sd1_dir), progress=False)
+    assert resumed.validation == straight.validation and [s for s, _ in resumed.validation] == list(range(7))
+    assert [s for s, _ in scalars(read_events(tmp_path / "tb" / "b"))["loss"]] == list(range(1, 7))
 
 
 def test_a_resume_from_python_that_leaves_out_the_precision_goes_on_at_the_runs(sd1_dir, images, tmp_path,

@@ -107,14 +107,16 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
     return _absolute_paths(config), previous
 
 
-# the settings a TrainConfig leaves out as None until the run resolves them (--steps, --lr, --vectors, --precision):
-# a resume from Python that leaves one out goes on with the run's, as `--out DIR --resume` takes every setting left
-# out from config.yaml (from Python only these can be told left out: `save_every=500` may be the default or given)
-RESOLVED_LATER = ("steps", "lr", "vectors", "precision")
+# the settings a TrainConfig leaves out as None until the run resolves them (--steps, --lr, --vectors, --precision,
+# --validate-every, --log-dir) or as no tracker (--log-with, whose `none` turns a run's off): a resume from Python that
+# leaves one out goes on with the run's, as `--out DIR --resume` takes every setting left out from config.yaml. (Any
+# other setting left at None is compared with the run's, and refused where it differs; a default that is not None,
+# `save_every=500`, cannot be told from a value given.)
+LEFT_OUT_ON_RESUME = ("steps", "lr", "vectors", "precision", "validate_every", "log_with", "log_dir")
 
 
 def left_out_as_run(config: TrainConfig) -> TrainConfig:
-    """`config`, on --resume, with each `RESOLVED_LATER` setting it leaves out (None) taken from the run's
+    """`config`, on --resume, with each `LEFT_OUT_ON_RESUME` setting it leaves out (None) taken from the run's
     config.yaml, unless the setting that replaces it is given (`epochs` for `steps`, `lr_steps` for `lr`, as `build`
     layers a --config file under the flags); without a config.yaml to read, as it is (`prepare_output` refuses it).
 
@@ -128,7 +130,7 @@ def left_out_as_run(config: TrainConfig) -> TrainConfig:
         return config
     saved = read_run_settings(out)
     instead = {name: pair for pair in ALTERNATIVES["TrainConfig"] for name in pair}
-    taken = {name: saved[name] for name in RESOLVED_LATER if getattr(config, name) is None
+    taken = {name: saved[name] for name in LEFT_OUT_ON_RESUME if getattr(config, name) is None
              and saved.get(name) is not None and all(getattr(config, other) is None for other in instead.get(name, ()))}
     return dataclasses.replace(config, **taken)
 

@@ -832,7 +832,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # (read now: the config validate returns holds what it gave, and config.yaml's header names the file)
     source = str(Path(config.dataset_config).expanduser().resolve()) if config.dataset_config else None
     prompts_from = prompt_file(config.sample_prompts)  # (kohya's sample prompts file: config.yaml's header names it)
-    config = left_out_as_run(config).validate()  # (a resume's steps, lr, vectors and precision left out: the run's)
+    config = left_out_as_run(config).validate()  # (a resume's steps, lr, vectors, precision ... left out: the run's)
     device = pick_device(config.device)  # (a device this machine lacks is refused before anything loads)
     # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
     started = not _PROCESS_GROUP.running()  # (a group the caller started is the caller's to end)
