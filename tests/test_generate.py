@@ -773,15 +773,17 @@ def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
     assert scheduler_for(zero_snr, "dpm++2m").config.rescale_betas_zero_snr  # the schedule is kept
     # diffusers' Heun, KDPM2, PNDM and single-step DPM-Solver have no zero-terminal-SNR option: they would sample SD's
     # unrescaled schedule, so they are refused too (the Karras ones with them)
-    for sampler in NEW_SAMPLERS + ["dpm++sde", "lms"]:
+    for sampler in [s for s in NEW_SAMPLERS if not s.startswith(("lcm", "tcd"))] + ["dpm++sde", "lms"]:
         with pytest.raises(ConfigError, match=f"--sampler {re.escape(sampler)} cannot sample a model with a "
                                               f"zero-terminal-SNR .* has none; use euler, euler_a, dpm\\+\\+2m, "
                                               f"dpm\\+\\+2m_sde, dpm\\+\\+2m_sde_heun, dpm\\+\\+3m_sde, ddim, "
-                                              f"ddpm, unipc or unipc_bh2"):
+                                              f"ddpm, unipc, unipc_bh2, lcm or tcd"):
             scheduler_for(zero_snr, sampler)
     # the SDE samplers keep the schedule; no sigma schedule can (its largest noise level is infinite)
     assert scheduler_for(zero_snr, "dpm++3m_sde").config.rescale_betas_zero_snr
-    for sampler in ("dpm++2m_sde_exponential", "euler_beta"):
+    assert scheduler_for(zero_snr, "lcm").config.rescale_betas_zero_snr  # (on Euler's tables)
+    assert scheduler_for(zero_snr, "tcd").config.rescale_betas_zero_snr
+    for sampler in ("dpm++2m_sde_exponential", "euler_beta", "lcm_karras"):
         with pytest.raises(ConfigError, match=f"{re.escape(sampler)} cannot sample a model with a zero-terminal-SNR"):
             scheduler_for(zero_snr, sampler)
     model.pipeline.scheduler = zero_snr
