@@ -513,15 +513,19 @@ def test_a_bundled_name_kept_decomposed_answers_to_the_name_typed(sd1_dir, loras
     assert named.token == "caf\u00e9" and torch.equal(named.vectors["text_encoder"], vectors)
 
 
-def test_hires_model_beside_a_bundle_lora_says_how_to_keep_its_embeddings(sd1_dir, loras, tmp_path):
-    """--hires-model takes no LoRA tags as yet; left out, a bundle's name is words: the refusal names the
-    --embedding FILE::NAME that keeps each bundled embedding the prompts write."""
-    _, bundled, _ = loras
-    with pytest.raises(ConfigError, match=r"--hires-model draws without the prompts' LoRAs.*bundled embeddings the "
-                                          r"prompts write as --embedding .*mystyle.safetensors::bund"):
-        generate(GenerateConfig(prompt=["a bund <lora:mystyle:0>"], model=str(sd1_dir), hires_scale=2,
-                                hires_model=str(sd1_dir), lora_dir=[str(bundled)], out=str(tmp_path / "r")),
-                 progress=False)
+def test_a_bundled_embedding_conditions_the_hires_models_pass_as_given_as_embedding(sd1_dir, loras, tmp_path):
+    """Written only in the hires prompt, a bundled embedding draws in --hires-model's pass alone, as the same vectors
+    given as --embedding do there."""
+    plain, bundled, vectors = loras
+    pt = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors}), tmp_path / "bund.pt", "a1111")[0]
+    hires = dict(hires_scale=2, hires_model=str(sd1_dir), hires_prompt="a photo of bund <lora:mystyle:0.5>")
+    model = load_model(sd1_dir)
+    drawn, text = _draw(model, tmp_path, "bundled", "a photo <lora:mystyle:0.5>", lora_dir=[str(bundled)], **hires)
+    given, _ = _draw(model, tmp_path, "given", "a photo <lora:mystyle:0.5>", lora_dir=[str(plain)],
+                     embedding=[str(pt)], **hires)
+    words, _ = _draw(model, tmp_path, "words", "a photo <lora:mystyle:0.5>", lora_dir=[str(plain)], **hires)
+    assert np.array_equal(drawn, given) and not np.array_equal(drawn, words)
+    assert 'TI hashes: "bund: mystyle"' in text["parameters"]
 
 
 def test_into_lora_refuses_an_embedding_of_another_family_than_the_loras(loras, tmp_path):

@@ -193,12 +193,43 @@ def test_bad_hires_settings_are_refused_before_anything_loads(sd1_dir, tmp_path,
                            ({"hires_scale": 2, "hires_guidance": float("inf")}, "--hires-guidance must be a finite")):
         with pytest.raises(ConfigError, match=said):
             generate(GenerateConfig(prompt=PROMPT, model=str(sd1_dir), out=out, **settings), progress=False)
-    (tmp_path / "loras").mkdir()
-    (tmp_path / "loras" / "ink.safetensors").write_bytes(b"")
-    with pytest.raises(ConfigError, match="--hires-model draws without the prompts' LoRAs"):
-        generate(GenerateConfig(prompt=["a dog <lora:ink:1>"], model=str(sd1_dir), hires_scale=2,
-                                hires_model=str(sd1_dir), lora_dir=[str(tmp_path / "loras")], out=out),
-                 progress=False)
+
+
+def test_the_hires_model_draws_with_the_loras_of_its_pass_and_is_handed_back_without_them(
+        sd1_dir, other_dir, tmp_path, monkeypatch):
+    """As the web UI activates the hires pass's networks once the Hires checkpoint is loaded: the hires model draws
+    the second pass with the prompt's LoRAs (or the hires prompt's, which replace them), the first pass's model with
+    the prompt's, and both are handed back clean."""
+    from peft.tuners.lora import LoraLayer
+    from PIL import Image
+    from test_generate import _save_tiny_lora
+
+    import textinv.generate as generating
+
+    loras = tmp_path / "Lora"
+    loras.mkdir()
+    _save_tiny_lora(loras, "mystyle")
+    loaded, real = [], generating.load_model
+    monkeypatch.setattr(generating, "load_model", lambda source, **k: loaded.append(real(source, **k)) or loaded[-1])
+
+    def draw(out, prompt, hires_prompt=None):
+        path, = generate(GenerateConfig(prompt=[prompt], hires_prompt=hires_prompt, model=str(sd1_dir), steps=4, n=1,
+                                        hires_scale=2, hires_model=str(other_dir), lora_dir=[str(loras)],
+                                        out=str(tmp_path / out), metadata="full"), progress=False)
+        return path
+
+    tagged = draw("tagged", "a dog <lora:mystyle:1>")
+    again = draw("again", "a dog <lora:mystyle:1>", hires_prompt="a dog <lora:mystyle:1>")
+    first_only = draw("first", "a dog <lora:mystyle:1>", hires_prompt="a dog")
+    second_only = draw("second", "a dog", hires_prompt="a dog <lora:mystyle:1>")
+    plain = draw("plain", "a dog")
+    assert np.array_equal(_pixels(tagged), _pixels(again))  # (an empty hires prompt: the prompt's LoRAs)
+    assert not np.array_equal(_pixels(tagged), _pixels(first_only))  # the hires model drew with the LoRA
+    assert not np.array_equal(_pixels(second_only), _pixels(plain))  # (only its pass differs)
+    text = Image.open(tagged).text["parameters"]
+    assert "Lora hashes: \"mystyle: " in text and f"Hires checkpoint: {other_dir.name}" in text
+    assert all(not hasattr(m, "_loras") and not any(isinstance(x, LoraLayer) for x in m.unet.modules())
+               for m in loaded)
 
 
 def test_a_loaded_hires_model_of_other_latents_or_the_sdxl_refiner_is_refused(models, tmp_path):

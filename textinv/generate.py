@@ -354,7 +354,7 @@ class Hires:
     and `negative_prompt` (already expanded; None: the first pass's), the web UI's Hires prompt and Hires negative
     prompt, at `guidance` (None: the first pass's; Forge's Hires CFG Scale), by `model` (None: the first pass's; the
     web UI's Hires checkpoint, loaded with `hires_model`, the embeddings installed); `switch` (when given) is called
-    before the second pass (`_source_pass`: the hires prompt's LoRAs)."""
+    before the second pass (`_hires_switch`: that pass's LoRAs, made active on the model that draws it)."""
 
     scale: float | None = None
     width: int | None = None
@@ -1674,13 +1674,6 @@ def checked_settings(config: GenerateConfig) -> Checked:
                  f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
     loras = lora_files([tag for prompt in [job.prompt for job in jobs] + [config.hires_prompt or ""]
                         for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
-    if config.hires_model and loras:  # (they would be applied to the first pass's model alone)
-        words = emphasis.lora_tags(said)[0]  # (without the tag, a bundled name it writes is words)
-        kept = [f"{path}{BUNDLE_SEPARATOR}{name}" for path in loras.values() for name in bundled_names(path)
-                if _nfc(name).lower() in words]
-        keep = f" (and give the bundled embeddings the prompts write as --embedding {' '.join(kept)})" if kept else ""
-        raise ConfigError(f"--hires-model draws without the prompts' LoRAs ({', '.join(sorted(loras))}) as yet: leave "
-                          f"the <lora:...> tags out{keep}, or --hires-model (the hires fix then redraws with --model)")
     stand_ins: dict[str, tuple[LearnedEmbedding, str, str]] = {}
     if config.emphasis == "comfy":  # (ComfyUI's LoRA loader leaves a LoRA's bundled embeddings unread)
         bundled = {}
@@ -1847,6 +1840,8 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
                              second, {**_given_bundles(embeddings, paths), **bundled})
         finally:
             unload_loras(model)
+            if second:
+                unload_loras(second)
 
 
 def check_refiner_source(config: GenerateConfig, model: Model | None = None) -> None:
@@ -2892,7 +2887,8 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
                     refiner=run.refiner, old_editing=config.old_prompt_editing, eta=config.eta, ensd=config.ensd,
                     clip_l=clip_l, churn=config.churn(), discard=config.discard_penultimate_sigma,
                     pad_conds=_pad_mode(config))
-    run.loras_on = _lora_set(run.hires.tags if prompt.switch else prompt.tags)
+    # (the hires fix's LoRAs went to --hires-model, where there is one: `_hires_switch`)
+    run.loras_on = _lora_set(run.hires.tags if prompt.switch and run.hires_model is None else prompt.tags)
     _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
 
 
@@ -2977,8 +2973,7 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
     if hires is not None:  # (with this prompt's second pass)
         text = run.hires.text
         hires = replace(hires, prompt=expand_all(text, run.embeddings, run.model) if text is not None else None,
-                        negative_prompt=run.hires.negative, model=run.hires_model,
-                        switch=(lambda: apply_loras(model, run.hires.tags, run.loras)) if prompt.switch else None)
+                        negative_prompt=run.hires.negative, model=run.hires_model, switch=_hires_switch(run, prompt))
     if drawn not in run.warned:
         run.warned.add(drawn)
         _warn_large(model, drawn, stacklevel=5)
@@ -3016,6 +3011,17 @@ def _pads(run: _Run, prompt: _Prompt, hires: Hires | None) -> dict:
                          config.emphasis == "comfy", pad=mode).padded
                  for (steps, first_pass), (text, negative) in zip(_schedule_passes(run), texts))
     return {"pad_cond_uncond_v0" if mode == "v0" else "pad_cond_uncond": "True"} if padded else {}
+
+
+def _hires_switch(run: _Run, prompt: _Prompt) -> Callable[[], None] | None:
+    """What makes the hires fix's second pass draw with its LoRAs (`Hires.switch`; None: those of the first pass, on
+    its model already): the hires prompt's where they differ from the prompt's (`_Prompt.switch`), else the prompt's,
+    made active on the model that draws that pass, as the web UI activates the pass's networks once the Hires
+    checkpoint is loaded (processing.py's sample_hr_pass: its hr_extra_network_data)."""
+    tags = run.hires.tags if prompt.switch else prompt.tags
+    if run.hires_model is not None:
+        return lambda: apply_loras(run.hires_model, tags, run.loras)
+    return (lambda: apply_loras(run.model, tags, run.loras)) if prompt.switch else None
 
 
 @dataclass
