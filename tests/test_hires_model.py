@@ -205,6 +205,7 @@ def test_the_hires_model_draws_with_the_loras_of_its_pass_and_is_handed_back_wit
     from test_generate import _save_tiny_lora
 
     import textinv.generate as generating
+    from textinv.cli import main
 
     loras = tmp_path / "Lora"
     loras.mkdir()
@@ -228,6 +229,8 @@ def test_the_hires_model_draws_with_the_loras_of_its_pass_and_is_handed_back_wit
     assert not np.array_equal(_pixels(second_only), _pixels(plain))  # (only its pass differs)
     text = Image.open(tagged).text["parameters"]
     assert "Lora hashes: \"mystyle: " in text and f"Hires checkpoint: {other_dir.name}" in text
+    assert main(["generate", "--again", str(tagged), "--out", str(tmp_path / "redrawn")]) == 0
+    assert np.array_equal(_pixels(tmp_path / "redrawn" / tagged.name), _pixels(tagged))
     assert all(not hasattr(m, "_loras") and not any(isinstance(x, LoraLayer) for x in m.unet.modules())
                for m in loaded)
 
