@@ -915,3 +915,25 @@ def test_a_published_report_is_flushed_into_its_folder(tmp_path, monkeypatch):
     score_module._swap_in(partial, out, previous)
     assert synced == [(tmp_path, "new")]
     assert not previous.exists()
+
+
+def test_pictures_are_drawn_at_the_size_the_embedding_was_trained_at_as_generate_draws_it(sd1_dir, clip_dir, judge,
+                                                                                           tmp_path):
+    """Where no --resolution is given, the size a non-square embedding was trained at (`generate.generation_size`),
+    in the pictures, their PNG text and scores.json; --resolution still wins, and a square's is the model's own."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    side = load_model(sd1_dir).resolution
+    base = dict(images=str(write_images(tmp_path / "images", n=2)), model=str(sd1_dir), init="none")
+
+    def drawn(size, out, **kw):
+        emb = LearnedEmbedding("<wq>", {"text_encoder": torch.randn(1, 32)}, {"resolution": size})
+        path = save_embedding(emb, tmp_path / f"{out}.safetensors", "diffusers")[0]
+        report = score(_quick(path, clip_dir, tmp_path / out, **base, **kw), judge=judge, progress=False).report
+        picture = Image.open(tmp_path / out / report["methods"][0]["prompts"][0]["files"][0])
+        assert picture.text["size"] == "x".join(map(str, picture.size))
+        return picture.size, report["settings"]["resolution"]
+
+    assert drawn(f"{side}x{side * 2}", "tall") == ((side, side * 2), f"{side}x{side * 2}")
+    assert drawn(f"{side}x{side * 2}", "given", resolution=side) == ((side, side), side)
+    assert drawn(str(side * 2), "square") == ((side, side), side)

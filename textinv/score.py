@@ -49,7 +49,7 @@ from .formats import BUNDLE_SEPARATOR, LearnedEmbedding, load_embedding, on_disk
 from .hub import hub_reference
 from .samplers import check_installed
 from .generate import (DEFAULT_STEPS, _file_name, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
-                       handed_back, install_embedding, png_text, render)
+                       generation_size, handed_back, install_embedding, png_text, render)
 from .io import absolute, atomic_path, make_folder, sync_folder, write_json, write_text
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (Model, _is_local_path, check_model_object, launched_precision, load_model, offline_note,
@@ -122,7 +122,8 @@ class ScoreConfig:
                             "as --embedding takes", path="embedding")
     token: str = opt(None, "the token's name while scoring (default: the file's); for an embedding whose name the "
                            "model's tokenizer already knows as a word, e.g. an A1111 file named 'dog'")
-    resolution: int = opt(None, "picture size; default: the model's native size")
+    resolution: int = opt(None, "picture size (a square's side); default: the width and height the embeddings were "
+                                "trained at where not square, as generate draws them, else the model's native size")
     precision: str = opt(None, "weights' precision; auto = fp16 on a CUDA GPU, else fp32; default: accelerate "
                                "launch's --mixed_precision fp16 or bf16 (or its config file's), else auto",
                          choices=PRECISIONS)
@@ -616,7 +617,7 @@ class _Where:
     device: torch.device | None = None
     doing: str = "loading the CLIP judge"
     dtype: torch.dtype | None = None
-    size: int = 0  # the pictures' side, once drawing
+    size: tuple[int, int] | None = None  # the pictures' (width, height), once drawing
     out: str = ""
 
 
@@ -624,8 +625,8 @@ def _memory_error(where: _Where, error: BaseException):
     """The `DeviceMemoryError` for running out of memory at `where`, with the settings that need less there."""
     fixes = ["--precision fp16"] if where.dtype == torch.float32 else []
     if where.size:
-        fixes.append(f"--resolution {smaller_side(where.size)} (other pictures, and scores not comparable with a "
-                     f"report at {where.size})")
+        fixes.append(f"--resolution {smaller_side(max(where.size))} (other pictures, and scores not comparable with "
+                     f"a report at {_size_text(where.size)})")
     return memory_error(where.device or "cpu", where.doing, fixes, f"No report was written; {where.out} is left as "
                         f"it was", error, changes="the scores")
 
@@ -663,7 +664,7 @@ def _score(config: ScoreConfig, model: Model | None, judge: ClipJudge | None, pr
                            desc="score", unit="img")
         where.size = drawing.size
         where.doing = (f"drawing the report's pictures ({min(4, len(drawing.seeds))} at once at "
-                       f"{drawing.size}x{drawing.size})")
+                       f"{drawing.size[0]}x{drawing.size[1]})")
         table, drawn = _draw_and_judge(drawing, plan, texts)
         t_drawn = time.perf_counter()
 
@@ -744,13 +745,28 @@ def _drawing(config: ScoreConfig, plan: _Plan, model: Model, judge: ClipJudge, p
     """The settings every picture is drawn with and the training pictures' CLIP features they are judged against;
     its `bar` is set once drawing starts."""
     steps = config.steps or DEFAULT_STEPS
-    size = config.resolution or model.resolution
+    size = _size(config, model, plan.installed)
     guidance = model.guidance_or_own(config.guidance)
     clip_skip = generation_clip_skip(model, config.clip_skip, plan.installed)
     seeds = [config.seed + i for i in range(config.n)]
     training = judge.images(plan.pictures)  # (T, D)
     return Drawing(model, judge, plan.installed, partial, training, None, seeds, steps, size, guidance, clip_skip,
                    config.sampler, config.negative_prompt, str(plan.source), str(config.embedding))
+
+
+def _size(config: ScoreConfig, model: Model, embeddings: list) -> tuple[int, int]:
+    """The pictures' (width, height): --resolution's square, else the size the embeddings (the scored one and those
+    compared with it, all drawn alike) were trained at where generate would draw at it (`generation_size`: a size
+    that is not square), else the model's own square."""
+    if config.resolution:
+        return config.resolution, config.resolution
+    return generation_size(model, embeddings) or (model.resolution, model.resolution)
+
+
+def _size_text(size: tuple[int, int]) -> int | str:
+    """A report's resolution: a square's side (as --resolution takes it), else "WIDTHxHEIGHT" (as a run records
+    its --resolution)."""
+    return size[0] if size[0] == size[1] else f"{size[0]}x{size[1]}"
 
 
 def _draw_and_judge(drawing: Drawing, plan: _Plan, texts: torch.Tensor) -> tuple[list[dict], dict]:
@@ -787,7 +803,7 @@ def _report(config: ScoreConfig, plan: _Plan, model: Model, judge: ClipJudge, dr
                                            "guidance": drawing.guidance,
                                            # (the model as loaded: the run's revision and variant, if not given)
                                            **{k: model.loaded_with.get(k) for k in ("revision", "variant")},
-                                           "clip_skip": drawing.clip_skip, "resolution": drawing.size,
+                                           "clip_skip": drawing.clip_skip, "resolution": _size_text(drawing.size),
                                            "property": plan.kind},
         "seeds": drawing.seeds, "training_similarity": training_similarity(drawing.training), "methods": table,
         "loss": [list(x) for x in losses], "textinv_version": __version__,
@@ -816,7 +832,7 @@ class Drawing:
     bar: object
     seeds: list
     steps: int
-    size: int
+    size: tuple[int, int]  # (width, height)
     guidance: float
     clip_skip: int
     sampler: str
@@ -837,8 +853,9 @@ class Drawing:
         thumbs = []
         for start in range(0, len(self.seeds), 4):  # a few pictures per pipeline call bounds the memory
             chunk = self.seeds[start:start + 4]
-            pictures = render(self.model, [expanded] * len(chunk), chunk, self.steps, self.size, self.guidance,
-                              negative, self.sampler, self.clip_skip)
+            pictures = render(self.model, [expanded] * len(chunk), chunk, self.steps, guidance=self.guidance,
+                              negative_prompt=negative, sampler=self.sampler, clip_skip=self.clip_skip,
+                              width=self.size[0], height=self.size[1])
             started = time.perf_counter()
             feats = self.judge.images(pictures)  # (len(chunk), D)
             row["concept"] += [round(v, 4) for v in concept_similarity(feats, self.training).tolist()]
@@ -853,7 +870,7 @@ class Drawing:
     def _save(self, method: dict, j: int, prompt: str, seed: int, img: Image.Image) -> str:
         name = f"pictures/{_slug(method['name'])}/{j:02d}-{_slug(emphasis.words_drawn(prompt))}-s{seed}.png"
         params = {"prompt": prompt, "negative_prompt": self.negative_prompt, "seed": seed, "steps": self.steps,
-                  "sampler": self.sampler, "guidance": self.guidance, "size": f"{self.size}x{self.size}",
+                  "sampler": self.sampler, "guidance": self.guidance, "size": f"{self.size[0]}x{self.size[1]}",
                   "clip_skip": self.clip_skip, "model": self.source, "embeddings": self.embedding,
                   "textinv_version": __version__}
         with atomic_path(self.partial / name) as tmp:
