@@ -1161,8 +1161,8 @@ class GenerateConfig:
     hires_guidance: float = opt(None, "the hires fix's guidance scale (the web UI's Hires CFG Scale, as Forge has it; "
                                       "default: --guidance)")
     hires_model: str = opt(None, "the web UI's Hires checkpoint: this model (as --model takes it, of its family) "
-                                 "draws the hires fix's second pass, its text encoders reading the hires prompts, "
-                                 "its VAE encoding and decoding that pass", path="source")
+                                 "draws the hires fix's second pass with that pass's LoRAs, its text encoders reading "
+                                 "the hires prompts, its VAE encoding and decoding that pass", path="source")
     batch_size: int = opt(4, "images per pipeline call: more is faster on a large GPU, fewer needs less memory; a "
                              "seed draws the same image at any batch size")
     precision: str = opt(None, "weights' precision; auto = fp16 on a CUDA GPU, else fp32; default: accelerate "
