@@ -624,10 +624,12 @@ def test_each_picture_records_its_drawn_prompts_and_their_templates(sd1_dir, tmp
     assert first.name.startswith("000-a-" + expect.prompt.split()[1])  # (named by its own words)
     negatives = {s: j.negative for j in dynamic.jobs(["a {cat|dog} in __styles__"], "{blurry|dark}",
                                                      list(range(6)), str(wildcards)) for s in j.seeds}
-    for path in paths:  # a batch holds pictures of one negative prompt (of any prompts), the seeds of its call
+    batches = set()
+    for path in paths:  # a batch holds pictures of any prompts and negative prompts, the seeds of its call
         record = json.loads(_text(path)["textinv_settings"])
         assert record["settings"]["seed"] in record["batch_seeds"]
-        assert {negatives[s] for s in record["batch_seeds"]} == {record["settings"]["negative_prompt"]}
+        batches.add(tuple(record["batch_seeds"]))
+    assert sorted(map(len, batches)) == [2, 4] and set(negatives.values()) == {"blurry", "dark"}
 
 
 def test_a_pictures_prompt_does_not_depend_on_the_batch_size(sd1_dir, tmp_path):
@@ -817,6 +819,43 @@ def test_pictures_of_different_drawn_prompts_share_a_batch_each_the_picture_it_d
         assert _without_batch(_text(a)) == _without_batch(_text(b))
     record = json.loads(_text(mixed[0])["textinv_settings"])
     assert len(record["batch_seeds"]) == 4 and record["settings"]["seed"] in record["batch_seeds"]
+
+
+def test_prompts_the_hires_negative_lays_out_otherwise_are_not_drawn_in_one_batch(sd1_dir, tmp_path, monkeypatch):
+    """Alike in the first pass (the long negative pads both to 3 chunks), a prompt of 1 chunk and one of 2 are not
+    in the second pass, whose own negative is 1 chunk: they are drawn apart."""
+    model = load_model(sd1_dir)
+    paths, calls = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "r", "{a dog|a dog BREAK cat}", 8,
+                                  negative_prompt="x BREAK y BREAK z", hires_scale=2, hires_negative_prompt="ugly")
+    assert len(paths) == 8 and len(calls) == 2 and {len(set(c)) for c in calls} == {1}
+
+
+@pytest.mark.parametrize("template, negative, settings", [
+    ("a photo of a {dog|cat}", "{ugly|blurry, (dark:1.2)|[fog:sun:1]|}", {}),  # emphasis, editing, empty
+    ("{a red dog AND fog|a cat:0.5 AND sun}", "{ugly|blurry, dark}", {}),  # as many sub-prompts each
+    ("a dog BREAK sun BREAK sky", "{ugly|fog BREAK dark}", {}),  # each negative at its own length
+    ("a photo of a {dog|cat}", "{ugly|[blurry:dark:3]}", {"hires_scale": 2}),  # both passes, edited on in the second
+])
+def test_pictures_of_different_drawn_negatives_share_a_batch_each_the_picture_it_draws_alone(
+        sd1_dir, tmp_path, monkeypatch, template, negative, settings):
+    """A dynamic negative prompt does not cut the batches: pictures whose negatives differ are drawn in one call
+    (each row guided by its own negative, as the web UI stacks a batch's), each the picture drawn alone."""
+    import textinv.generate as gen
+
+    model = load_model(sd1_dir)
+    negatives = []
+    real = gen.render
+    monkeypatch.setattr(gen, "render", lambda *a, negative_prompt, **k: negatives.append(negative_prompt)
+                        or real(*a, negative_prompt=negative_prompt, **k))
+    mixed, calls = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "mixed", template, 4,
+                                  negative_prompt=negative, **settings)
+    alone, single = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "alone", template, 1,
+                                   negative_prompt=negative, **settings)
+    assert len(single) == 8 and len(calls) == 2 and any(isinstance(n, list) for n in negatives[:2])
+    assert [p.name for p in mixed] == [p.name for p in alone]
+    for a, b in zip(mixed, alone):
+        assert np.abs(np.asarray(Image.open(a)).astype(int) - np.asarray(Image.open(b))).max() <= 1
+        assert _without_batch(_text(a)) == _without_batch(_text(b))
 
 
 @pytest.mark.parametrize("template", [

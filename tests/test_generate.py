@@ -3658,6 +3658,33 @@ def _drawn(model, prompts, seeds=(0,), steps=3, **kwargs):
     return [np.asarray(img, dtype=int) for img in render(model, list(prompts), list(seeds), steps=steps, **kwargs)]
 
 
+@pytest.mark.parametrize("prompts, negatives", [
+    (["a dog", "a cat"], ["ugly", "(blurry:1.3), [dark:fog:1]"]),  # emphasis, prompt editing in one
+    (["a red dog AND fog", "a cat AND sun:0.5"], ["ugly", "blurry, dark"]),  # composable diffusion
+    (["a BREAK b BREAK c", "x BREAK y BREAK z"], ["ugly", "fog BREAK dark"]),  # each negative at its own length
+])
+def test_pictures_of_different_negatives_share_a_call_each_drawn_as_alone(sd1_dir, prompts, negatives):
+    """As the web UI stacks each picture's negative in a batch's uncond: one UNet call a step for the batch, each
+    row given its own picture's negative (and hidden padding), each picture the one drawn alone."""
+    model = fresh_model(sd1_dir)
+    seen = _conditioning_seen(model)
+    together = _drawn(model, prompts, seeds=(0, 1), negative_prompt=negatives)
+    rows = [hidden for hidden, _ in seen]  # (each call's: the negatives, then the prompts' rows)
+    assert len(rows) == 3
+    for i, (prompt, negative) in enumerate(zip(prompts, negatives)):
+        seen.clear()
+        alone, = _drawn(model, [prompt], seeds=(i,), negative_prompt=negative)
+        assert len(seen) == 3 and np.abs(together[i] - alone).max() <= 1
+        for hidden, (own, _) in zip(rows, seen):  # its negative's row, each step, as drawn alone
+            torch.testing.assert_close(hidden[i, :own.shape[1]], own[0], rtol=0, atol=1e-5)
+
+
+def test_render_refuses_negatives_that_are_not_one_a_prompt(sd1_dir):
+    model = fresh_model(sd1_dir)
+    with pytest.raises(ConfigError, match="one negative prompt, or one for each prompt: got 1 negative prompts for 2"):
+        render(model, ["a dog", "a cat"], [0, 1], steps=2, negative_prompt=["ugly"])
+
+
 def test_composable_diffusion_guides_with_each_sub_prompt(sd1_dir):
     """"a AND b" is neither "a b" nor "a"; "x:0.5 AND x:0.5" reduces to "x" (uncond + 0.5 g (x - uncond) twice), at
     guidance 1 too (no CFG: uncond + sum w (cond - uncond), as the web UI draws at CFG scale 1)."""

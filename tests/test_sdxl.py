@@ -475,6 +475,22 @@ def test_an_edited_sdxl_prompt_switches_the_pooled_embedding_too(xl_dir):
     assert seen[2][1][0].any()
 
 
+def test_sdxl_zeroes_the_empty_negative_of_its_own_picture_in_a_batch_of_several(xl_dir):
+    """A batch of pictures of other negatives zeroes (as diffusers and the web UI zero an empty one) the rows of
+    those empty at every step alone, and each picture is the one drawn alone."""
+    from test_generate import _conditioning_seen
+
+    model = fresh_model(xl_dir)
+    seen = _conditioning_seen(model)
+    negatives = ["", "ugly", "[ugly::1]"]
+    together = render(model, ["a dog"] * 3, [0, 1, 2], steps=3, negative_prompt=negatives)
+    hidden, pooled = seen[0]  # rows: the three negatives, then the prompts
+    assert len(seen) == 3 and not hidden[0].any() and not pooled[0].any() and hidden[1].any() and pooled[2].any()
+    for i, negative in enumerate(negatives):
+        alone, = render(model, ["a dog"], [i], steps=3, negative_prompt=negative)
+        assert np.abs(np.asarray(together[i], dtype=int) - np.asarray(alone)).max() <= 1
+
+
 def test_comfy_emphasis_encodes_an_empty_sdxl_negative_as_comfyui_does(xl_dir):
     """ComfyUI's CLIPTextEncode encodes an empty prompt as any other (zeros come from its ConditioningZeroOut node
     alone); diffusers' SDXL pipeline and the web UI zero it, and so did a ComfyUI picture's redraw."""

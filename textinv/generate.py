@@ -480,7 +480,7 @@ def render(
     steps: int = DEFAULT_STEPS,
     resolution: int | None = None,
     guidance: float | None = None,
-    negative_prompt: str | None = "",
+    negative_prompt: str | list[str] | None = "",
     sampler: str = "default",
     clip_skip: int = 1,
     width: int | None = None,
@@ -504,10 +504,12 @@ def render(
     """One image per (already expanded) prompt, image i from `torch.Generator().manual_seed(seeds[i])`, at
     `guidance` (by default the model's own, `Model.guidance`), with `sampler` (see `samplers.scheduler_for`), reading
     the text encoder's layer `clip_skip` from the end (`models.encode_text`), `width` x `height` pixels (each by
-    default `resolution`, by default the model's own size). `negative_prompt` None guides against zeros in its
-    place, on any model, as ComfyUI's ConditioningZeroOut on a sampler's negative does. `clip_l`: SDXL's CLIP-L
-    text of every prompt and of the negative (already expanded; None: theirs), as ComfyUI's CLIPTextEncodeSDXL
-    gives its text_l apart from its text_g, with `emphasis_mode` comfy (`_layout`).
+    default `resolution`, by default the model's own size). `negative_prompt` is every prompt's, or a list of each
+    one's (pictures of different negatives share the call, each drawn as alone, as the web UI stacks a batch's
+    conds); None guides against zeros in its place, on any model, as ComfyUI's ConditioningZeroOut on a sampler's
+    negative does. `clip_l`: SDXL's CLIP-L text of every prompt and of the negatives (already expanded; None:
+    theirs), as ComfyUI's CLIPTextEncodeSDXL gives its text_l apart from its text_g, with `emphasis_mode` comfy
+    (`_layout`).
 
     `start` (one RGB picture per prompt) draws img2img: each picture, cropped to the size, redrawn `denoise` of the
     way (default `refine.IMG2IMG_DENOISE`; `refine.pass_steps` counts the steps as the web UI does). `hires`
@@ -538,6 +540,9 @@ def render(
     web UI draws it (`emphasis.composable_parts`, `_composing`): its k sub-prompts cost k + 1 UNet rows a step.
     """
     pipe = model.pipeline
+    if isinstance(negative_prompt, list) and len(negative_prompt) != len(prompts):
+        raise ConfigError(f"render takes one negative prompt, or one for each prompt: got {len(negative_prompt)} "
+                          f"negative prompts for {len(prompts)} prompts")
     width, height = width or resolution or model.resolution, height or resolution or model.resolution
     multiple = math.lcm(8, pipe.vae_scale_factor)  # diffusers' pipelines want 8; the VAE its own scale factor
     check_side("--width", width, multiple)
@@ -807,53 +812,56 @@ class _Layout(NamedTuple):
     padded: bool = False
 
 
-def _layout(model: Model, prompts: list[str], negative_prompt: str, steps: int,
+def _layout(model: Model, prompts: list[str], negative_prompt: str | list[str], steps: int,
             first_pass: int | None = None, old_editing: bool = False, comfy: bool = False,
             clip_l: tuple[str | None, str | None] = (None, None), pad: str | None = None) -> _Layout:
     """The sub-prompts, stretches of steps and chunks of 77 a pass over `steps` steps draws `prompts` with
     (`first_pass`: the first pass's steps, where this is the hires fix's pass: `emphasis.prompt_schedule`'s `first`;
     `old_editing`: its `old`; `comfy`: the prompts read and cut into chunks as ComfyUI's CLIPTextEncode does,
-    `emphasis.comfy_syntax` and `emphasis.comfy_token_chunks`; `clip_l`: SDXL's CLIP-L text of every prompt and of
-    the negative where it is not theirs, as ComfyUI's CLIPTextEncodeSDXL gives its text_l, comfy alone: it has no
-    prompt editing or AND there, and a text of fewer chunks than the other encoder's gets empty ones, as there).
+    `emphasis.comfy_syntax` and `emphasis.comfy_token_chunks`; `negative_prompt`: every prompt's, or a list of each
+    one's; `clip_l`: SDXL's CLIP-L text of every prompt and of the negatives where it is not theirs, as ComfyUI's
+    CLIPTextEncodeSDXL gives its text_l, comfy alone: it has no prompt editing or AND there, and a text of fewer
+    chunks than the other encoder's gets empty ones, as there).
 
-    Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps (`ends`: each one's last
-    step) with texts of their own (`texts[stretch]`: each sub-prompt's, then the negative's); a prompt without them
-    is one stretch. Composable diffusion (`emphasis.composable_parts`): a prompt with AND is its sub-prompts
-    (`owners`: each one's prompt, `weights`), each encoded and scheduled on its own as a prompt of its own, then
-    combined at each UNet call (`_composing`); a batch without AND is drawn as it always was. `rows`,
-    `negative_rows`: each stretch's chunks (`_prompt_chunks`), every one padded to `chunks`; `kept`: each stretch's
-    chunk count the UNet reads of each sub-prompt row; `lengths`: what `_length_mask` or `_composing` hide of the
-    padding, each stretch's (None: nothing); `schedules`: each sub-prompt's schedule, then the negative's.
+    Prompt editing and alternation (`emphasis.prompt_schedule`) give stretches of steps (`ends`: each one's last step)
+    with texts of their own (`texts[stretch]`: each sub-prompt's, then each prompt's negative's); a prompt without them
+    is one stretch. Composable diffusion (`emphasis.composable_parts`): a prompt with AND is its sub-prompts (`owners`:
+    each one's prompt, `weights`), each encoded and scheduled on its own as a prompt of its own, then combined at each
+    UNet call (`_composing`); a batch without AND is drawn as it always was. `rows`, `negative_rows`: each stretch's
+    chunks (`_prompt_chunks`; a negative row for each sub-prompt, its prompt's), every one padded to `chunks`; `kept`:
+    each stretch's chunk count the UNet reads of each sub-prompt row; `lengths`: what `_length_mask` or `_composing`
+    hide of the padding, each stretch's (None: nothing); `schedules`: each sub-prompt's schedule, then each prompt's
+    negative's.
 
     `pad`: where a picture's prompt and negative differ in chunks, "empty" (the web UI's pad_cond_uncond) has the
     UNet read both at the longer's length, the shorter's extra chunks empty (`_padded_lengths`), "v0" (its
     pad_cond_uncond_v0) the negative at the prompt's (`_repeat_negative_last`); `padded`: whether it did at the last
     step, where the web UI writes "Pad conds: True" (or "Pad conds v0: True")."""
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if comfy:
-        prompts, negative_prompt = [emphasis.comfy_syntax(p) for p in prompts], emphasis.comfy_syntax(negative_prompt)
+        prompts, negatives = [emphasis.comfy_syntax(p) for p in prompts], [emphasis.comfy_syntax(n) for n in negatives]
     clip_l = [None if text is None else emphasis.comfy_syntax(text) for text in clip_l]
     composed = any(emphasis.has_and(p) for p in prompts)
     parts = [emphasis.composable_parts(p) if composed else [(p, 1.0)] for p in prompts]
     owners = [i for i, per in enumerate(parts) for _ in per]  # each sub-prompt's prompt
     weights = [w for per in parts for _, w in per]
     subprompts = [text for per in parts for text, _ in per]
-    schedules = [emphasis.prompt_schedule(text, steps, first_pass, old_editing)
-                 for text in subprompts + [negative_prompt]]
+    schedules = [emphasis.prompt_schedule(text, steps, first_pass, old_editing) for text in subprompts + negatives]
     ends = sorted({end for schedule in schedules for end, _ in schedule})
     texts = [[next(text for end, text in schedule if last <= end) for schedule in schedules] for last in ends]
-    own_l = None if clip_l[0] is None else [clip_l[0]] * len(subprompts)
-    rows = [_prompt_chunks(model, stretch[:-1], comfy, own_l) for stretch in texts]
-    negative_l = None if clip_l[1] is None else clip_l[1:]
-    negative_rows = [[per * len(subprompts) for per in _prompt_chunks(model, stretch[-1:], comfy, negative_l)]
-                     for stretch in texts]
+    count = len(subprompts)
+    own_l = None if clip_l[0] is None else [clip_l[0]] * count
+    rows = [_prompt_chunks(model, stretch[:count], comfy, own_l) for stretch in texts]
+    negative_l = None if clip_l[1] is None else [clip_l[1]] * len(prompts)
+    negative_chunks = [_prompt_chunks(model, stretch[count:], comfy, negative_l) for stretch in texts]  # (a picture's)
+    negative_rows = [[[per[i] for i in owners] for per in r] for r in negative_chunks]  # (a sub-prompt's: its own's)
     chunks = max(len(c) for r in rows + negative_rows for per in r for c in per)  # (every stretch: as many)
     # the web UI reads a prompt and its negative each at its own length at each step (it pads neither by default):
     # the empty chunks that make them one length here are hidden from the UNet's cross-attention, each stretch's
-    own_negative = [[_counts(r, 1)[0]] * len(prompts) for r in negative_rows]  # (each picture's negative row)
+    own_negative = [_counts(r, len(prompts)) for r in negative_chunks]  # (each picture's negative's)
     kept = _kept(rows, owners) if composed else []
-    own = kept if composed else [_counts(r, len(subprompts)) for r in rows]
-    padded = pad is not None and any(n != own_negative[-1][0] for n in own[-1])
+    own = kept if composed else [_counts(r, count) for r in rows]
+    padded = pad is not None and any(n != own_negative[-1][o] for n, o in zip(own[-1], owners))
     if pad == "v0":
         own_negative = [_longest(per, owners) for per in own]
     elif pad == "empty":
@@ -886,17 +894,15 @@ def _longest(per: list[int], owners: list[int]) -> list[int]:
 def _repeat_negative_last(conditioning: list[dict], at: _Layout) -> None:
     """The negative's rows made each picture's prompt's length as the web UI's pad_cond_uncond_v0 makes it
     (CFGDenoiser.pad_cond_uncond_v0): a shorter one's last vector repeated to it (a longer one is cut: `_layout`'s
-    lengths hide the rest). Row i is picture i's (under composable diffusion `_composing` reads the first rows, one a
-    picture), filled in place in each stretch's `negative_prompt_embeds` (rows, 77 * chunks, C)."""
+    lengths hide the rest). Row j is sub-prompt j's, its picture `at.owners[j]`'s negative, each at its own length,
+    filled in place in each stretch's `negative_prompt_embeds` (rows, 77 * chunks, C)."""
     # (no lengths: every row is read at all the chunks)
-    every = at.lengths[1] if at.lengths is not None else [[at.chunks] * len(conditioning[0]["negative_prompt_embeds"])
-                                                          for _ in conditioning]
+    every = at.lengths[1] if at.lengths is not None else [[at.chunks] * (max(at.owners) + 1) for _ in conditioning]
     for c, negative_rows, targets in zip(conditioning, at.negative_rows, every):
         hidden = c["negative_prompt_embeds"].clone()
         width = hidden.shape[1] // at.chunks  # (tokens a chunk)
-        n = _counts(negative_rows, 1)[0]
-        for i, target in enumerate(targets):
-            hidden[i, n * width:target * width] = hidden[i, n * width - 1]
+        for j, (n, i) in enumerate(zip(_counts(negative_rows, len(at.owners)), at.owners)):
+            hidden[j, n * width:targets[i] * width] = hidden[j, n * width - 1]
         c["negative_prompt_embeds"] = hidden
 
 
@@ -917,9 +923,9 @@ def _counts(per_encoder, rows: int) -> list[int]:
 
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],
-          guidance: float, negative_prompt: str, clip_skip: int, emphasis_mode: str, on_step=None, on_unet=None,
-          refiner: Refiner | None = None, first_pass: int | None = None, edit_steps: int | None = None,
-          old_editing: bool = False, eta: float | None = None,
+          guidance: float, negative_prompt: str | list[str] | None, clip_skip: int, emphasis_mode: str,
+          on_step=None, on_unet=None, refiner: Refiner | None = None, first_pass: int | None = None,
+          edit_steps: int | None = None, old_editing: bool = False, eta: float | None = None,
           clip_l: tuple[str | None, str | None] = (None, None), churn: Churn | None = None, discard: bool = False,
           pad_conds: str | None = None, **call):
     """One pipeline call (`pipe`: the model's text-to-image pipeline or its img2img one) that runs `steps` sampling
@@ -982,23 +988,25 @@ def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], p
     return result.images if call.get("output_type") == "latent" else list(result.images)
 
 
-def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str, steps: int, clip_skip: int,
-              size: tuple[int, int], emphasis_mode: str, stretch: list[int], first_pass: int | None = None,
-              old_editing: bool = False, clip_l: tuple = (None, None), pad_conds: str | None = None
+def _prompted(model: Model, pipe, unet, prompts: list[str], negative_prompt: str | list[str] | None, steps: int,
+              clip_skip: int, size: tuple[int, int], emphasis_mode: str, stretch: list[int],
+              first_pass: int | None = None, old_editing: bool = False, clip_l: tuple = (None, None),
+              pad_conds: str | None = None
               ) -> tuple[list[int], list[dict], list]:
     """`model`'s conditioning of a pass (`_pass`) and what draws it: the stretches' last steps (`_layout`), the
     pipeline's conditioning arguments for each stretch, and the hooks on `unet` (`pipe`'s, or a refiner's) that
     draw composable diffusion or hide the padding (`stretch`: the stretch the next UNet call is in)."""
     width, height = size
-    zeros, negative_prompt = negative_prompt is None, negative_prompt or ""  # (None: `render`'s zeros)
-    at = _layout(model, prompts, negative_prompt, steps, first_pass, old_editing, emphasis_mode == "comfy", clip_l,
-                 pad_conds)
+    zeros = negative_prompt is None  # (`render`'s zeros)
+    at = _layout(model, prompts, "" if zeros else negative_prompt, steps, first_pass, old_editing,
+                 emphasis_mode == "comfy", clip_l, pad_conds)
+    count = len(at.owners)  # (the sub-prompts; each prompt's negative's texts follow them in `at.texts`)
     # SDXL's pipeline zeroes an empty negative; the web UI does so when it is empty at every step, ComfyUI's
-    # CLIPTextEncode never (its ConditioningZeroOut does, on any model: `zeros`)
-    zero_negative = zeros or (model.is_xl and pipe.config.force_zeros_for_empty_prompt
-                              and not any(s[-1] for s in at.texts) and emphasis_mode != "comfy")
+    # CLIPTextEncode never (its ConditioningZeroOut does, on any model: `zeros`); each row's, by its prompt's negative
+    zero_negative = [zeros or (model.is_xl and pipe.config.force_zeros_for_empty_prompt and emphasis_mode != "comfy"
+                               and not any(s[count + i] for s in at.texts)) for i in at.owners]
     means = _schedule_means(model, at.schedules, clip_skip, emphasis_mode)
-    means = (means[:-1], means[-1:] * (len(at.schedules) - 1))  # (the sub-prompts', the negative's for each row)
+    means = (means[:count], [means[count + i] for i in at.owners])  # (the sub-prompts', each row's negative's)
     conditioning = [_conditioning(model, r, n, zero_negative, at.chunks, clip_skip, (height, width), emphasis_mode,
                                   means, pad_conds == "empty" and not zeros)
                     for r, n in zip(at.rows, at.negative_rows)]
@@ -1158,17 +1166,17 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
     """Hooks on the UNet that draw composable diffusion (`emphasis.composable_parts`) with the pipeline unchanged.
 
     `conditioning[stretch[0]]` holds one row per sub-prompt (sub-prompt j belongs to picture `owners[j]`, weight
-    `weights[j]`) and the negative's. Each UNet call is run on [uncond (B rows); cond_1 ... cond_K] instead of the
-    pipeline's [uncond; cond] (or [cond] without guidance), and gives back [uncond; uncond + sum_j w_j (cond_j -
-    uncond)] (without guidance: the second part alone), so the pipeline's own guidance step, uncond + g (x -
-    uncond), draws the web UI's uncond + sum_j w_j g (cond_j - uncond) (sd_samplers_cfg_denoiser.combine_denoised;
-    the same in the UNet's output as in the denoised picture, both being affine in it). Guidance 1, which diffusers
-    draws without the negative, still draws it here, as the web UI does. `lengths`: (kept, own_negative, chunks):
-    each stretch's chunk counts of the sub-prompt rows read (`_repeat_last`: a picture's longest) and of each
-    picture's negative (its own, or as `_padded_lengths` pads it), of the `chunks` all are padded to; or None (all
-    are read whole). A step costs K + 1 UNet rows a picture.
-    `unet`: the one hooked (default `pipe`'s)."""
+    `weights[j]`) and its picture's negative's. Each UNet call is run on [uncond (B rows); cond_1 ... cond_K] instead of
+    the pipeline's [uncond; cond] (or [cond] without guidance), and gives back [uncond; uncond + sum_j w_j (cond_j -
+    uncond)] (without guidance: the second part alone), so the pipeline's own guidance step, uncond + g (x - uncond),
+    draws the web UI's uncond + sum_j w_j g (cond_j - uncond) (sd_samplers_cfg_denoiser.combine_denoised; the same in
+    the UNet's output as in the denoised picture, both being affine in it). Guidance 1, which diffusers draws without
+    the negative, still draws it here, as the web UI does. `lengths`: (kept, own_negative, chunks): each stretch's chunk
+    counts of the sub-prompt rows read (`_repeat_last`: a picture's longest) and of each picture's negative (its own,
+    or as `_padded_lengths` pads it), of the `chunks` all are padded to; or None (all are read whole). A step costs
+    K + 1 UNet rows a picture. `unet`: the one hooked (default `pipe`'s)."""
     count = len(set(owners))
+    firsts = [owners.index(i) for i in range(count)]  # (each picture's first row: its negative's)
     state = {}
 
     def expand(module, args, kwargs):
@@ -1186,13 +1194,13 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
         args[0] = torch.cat([x, x[owners]])  # (B + K, C, h, w)
         if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == sample.shape[0]:
             args[1] = torch.cat([t[-count:], t[-count:][owners]])
-        hidden = torch.cat([c["negative_prompt_embeds"][:count], c["prompt_embeds"]])
+        hidden = torch.cat([c["negative_prompt_embeds"][firsts], c["prompt_embeds"]])
         kwargs["encoder_hidden_states"] = hidden
         added = kwargs.get("added_cond_kwargs")
         if added is not None and "text_embeds" in added:  # SDXL: each sub-prompt's pooled embedding, the time ids
             ids = added["time_ids"]
             kwargs["added_cond_kwargs"] = {
-                **added, "text_embeds": torch.cat([c["negative_pooled_prompt_embeds"][:count],
+                **added, "text_embeds": torch.cat([c["negative_pooled_prompt_embeds"][firsts],
                                                    c["pooled_prompt_embeds"]]),
                 "time_ids": torch.cat([ids[:count], ids[-count:][owners]])}
         if lengths is not None:
@@ -1221,21 +1229,23 @@ def _composing(pipe, conditioning: list[dict], stretch: list[int], owners: list[
             unet.register_forward_hook(combine, with_kwargs=True)]
 
 
-def _conditioning(model: Model, rows, negative_rows, zero_negative: bool, chunks: int, clip_skip: int,
+def _conditioning(model: Model, rows, negative_rows, zero_negative: list[bool], chunks: int, clip_skip: int,
                   size: tuple[int, int], emphasis_mode: str = "original", means: tuple = (None, None),
                   pad: bool = False) -> dict:
-    """The pipeline's conditioning arguments for prompts and their negative already cut into chunks;
-    `zero_negative`: zeros for the negative (SDXL's for an empty negative prompt; ComfyUI's ConditioningZeroOut on
-    any model); `size`: (height, width), SDXL's original and
+    """The pipeline's conditioning arguments for prompts and their negatives already cut into chunks;
+    `zero_negative`: each row's, True for zeros in place of its negative (SDXL's for an empty negative prompt;
+    ComfyUI's ConditioningZeroOut on any model); `size`: (height, width), SDXL's original and
     target size micro-conditioning (its time ids), in the order diffusers and SDXL's training use; `means`: the
     prompts' and the negatives' `_encode_chunks` means; `pad`: an SDXL empty negative's zeros are its first chunk
     alone, the web UI's pad_cond_uncond padding them with the empty prompt's encoding (`_padded_lengths`)."""
     cond, pooled = _encode_chunks(model, rows, chunks, clip_skip, emphasis_mode, means[0])
     uncond, neg_pooled = _encode_chunks(model, negative_rows, chunks, clip_skip, emphasis_mode, means[1])
-    if zero_negative:
+    if any(zero_negative):
         zeroed = uncond.shape[1] // chunks if pad else uncond.shape[1]  # (an empty negative's one chunk, padded)
-        uncond = torch.cat([torch.zeros_like(uncond[:, :zeroed]), uncond[:, zeroed:]], dim=1)
-        neg_pooled = None if pooled is None else torch.zeros_like(pooled)
+        zero = torch.tensor(zero_negative, device=uncond.device)
+        head = torch.where(zero[:, None, None], torch.zeros_like(uncond[:, :zeroed]), uncond[:, :zeroed])
+        uncond = torch.cat([head, uncond[:, zeroed:]], dim=1)
+        neg_pooled = None if pooled is None else torch.where(zero[:, None], torch.zeros_like(pooled), neg_pooled)
     if not model.is_xl:
         return dict(prompt_embeds=cond, negative_prompt_embeds=uncond)
     return dict(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
@@ -2846,18 +2856,22 @@ def _schedule_passes(run: _Run) -> list[tuple[int, int | None]]:
 
 def _mixable(run: _Run, prompt: _Prompt) -> tuple:
     """What pictures of different prompts must share to be drawn in one pipeline call as each is drawn alone: the
-    negative prompt and the LoRAs (one of each a call), and in each pass, the number of sub-prompts (AND), of chunks
-    of 77 the prompt and its negative are padded to (long prompts, BREAK), and whether the padding is hidden from
-    the UNet (`_layout`), each of which changes how the UNet's kernels run."""
+    LoRAs (one set a call), and in each pass, the number of sub-prompts (AND), of chunks of 77 the prompt and its
+    negative are padded to (long prompts, BREAK), and whether the padding is hidden from the UNet (`_layout`), each
+    of which changes how the UNet's kernels run. Their negative prompts may differ: each row of the call has its
+    own picture's (`render`), as the web UI's batch stacks each picture's."""
     config, model = run.config, run.model
-    # (its own hires prompt is the same for every picture: only the first pass's is compared)
-    passes = _schedule_passes(run)[:1 if run.hires.text is not None else None]
+    negative = "" if config.zero_negative else prompt.negative  # (zeros: `_prompted` lays out an empty one)
+    hires = run.hires
+    texts = [(prompt.expanded, negative),  # (each pass's, as it draws them: the hires fix's own where it has them)
+             (prompt.expanded if hires.text is None else expand_all(hires.text, run.embeddings, model),
+              negative if hires.negative is None or config.zero_negative else hires.negative)]
     shapes = []
-    for steps, first_pass in passes:
-        at = _layout(model, [prompt.expanded], prompt.negative, steps, first_pass, config.old_prompt_editing,
-                     config.emphasis == "comfy", pad=_pad_mode(config))
+    for (steps, first_pass), (text, negative) in zip(_schedule_passes(run), texts):
+        at = _layout(model, [text], negative, steps, first_pass, config.old_prompt_editing, config.emphasis == "comfy",
+                     pad=_pad_mode(config))
         shapes.append((len(at.owners) if at.composed else 0, at.chunks, at.lengths is not None))
-    return prompt.negative, tuple(_lora_set(prompt.tags).items()), prompt.switch, tuple(shapes)
+    return tuple(_lora_set(prompt.tags).items()), prompt.switch, tuple(shapes)
 
 
 def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batch: list[tuple[int, Path | None, int]],
@@ -2879,8 +2893,10 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     run.loras_on = None  # (unknown until render is done: the hires fix may switch)
     clip_l = tuple(text if text is None else expand_all(text, run.embeddings, model)
                    for text in (config.prompt_l, config.negative_prompt_l))
+    negatives = [prompts[index].negative for index, _, _ in batch]  # (each picture's own: `_mixable`)
+    negative = negatives if len(set(negatives)) > 1 else negatives[0]
     images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps,
-                    guidance=run.guidance, negative_prompt=None if config.zero_negative else prompt.negative,
+                    guidance=run.guidance, negative_prompt=None if config.zero_negative else negative,
                     sampler=config.sampler, clip_skip=run.clip_skip, width=width, height=height,
                     start=None if init is None else [init] * len(batch), denoise=passes_denoise(config), hires=hires,
                     variation=variation, tiling=config.tiling, emphasis_mode=config.emphasis, inpaint=run.inpaint,
