@@ -1435,3 +1435,24 @@ def test_pad_cond_uncond_v0_makes_the_negative_the_prompts_length(sd1_dir, promp
         plain = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative,
                        sampler="euler", pad_conds=other)[0]
         assert not np.array_equal(np.asarray(drawn), np.asarray(plain)), other
+
+
+@pytest.mark.parametrize("pad", ["empty", "v0"])
+def test_pad_cond_uncond_pads_each_picture_to_its_own_negative_in_a_batch_of_several(sd1_dir, pad):
+    """Pictures of different negatives share a call (each row guided by its own picture's negative), each padded to
+    its own prompt and negative: a prompt shorter than its negative, one longer, one as long; each picture is the
+    one drawn alone, which the padding changes."""
+    model = fresh_model(sd1_dir)
+    prompts, negatives = ["a dog", LONG, "a cat"], ["ugly, " * 50, "ugly", "blurry"]
+
+    def drawn(prompts, seeds, negative, pad_conds):
+        return [np.asarray(img, np.int16) for img in render(model, prompts, seeds, steps=2, width=16, guidance=7.5,
+                                                            negative_prompt=negative, sampler="euler",
+                                                            pad_conds=pad_conds)]
+
+    together = drawn(prompts, [0, 1, 2], negatives, pad)
+    for i, (prompt, negative) in enumerate(zip(prompts, negatives)):
+        (alone,) = drawn([prompt], [i], negative, pad)
+        assert np.abs(together[i] - alone).max() <= 1, i
+        if i < 2:  # (padded: another picture than at their own lengths)
+            assert not np.array_equal(alone, drawn([prompt], [i], negative, None)[0]), i
