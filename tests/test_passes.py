@@ -1022,20 +1022,14 @@ def test_again_reads_the_web_uis_eta_eta_ddim_and_ensd(sd1_dir, tmp_path):
     web = _picture(tmp_path / "b.png", "a cat\nSteps: 4, Sampler: DDIM, Seed: 3, Size: 16x16, Eta DDIM: 0.3")
     config, _ = again_warned(web, {"model": str(sd1_dir)})
     assert (config.sampler, config.eta, config.ensd) == ("ddim", 0.3, 0)
-    # DPM++ 2M SDE's Eta, drawn here as there
-    web = _picture(tmp_path / "c.png", "a cat\nSteps: 4, Sampler: DPM++ 2M SDE, Schedule type: Karras, Seed: 3, "
-                                       "Size: 16x16, Eta: 0.5")
-    config, said = again_warned(web, {"model": str(sd1_dir)})
-    assert (config.sampler, config.eta) == ("dpm++2m_sde_karras", 0.5) and "Eta" not in said
-    # DPM++ 3M SDE's and DPM++ SDE's, drawn here as there
-    web = _picture(tmp_path / "d.png", "a cat\nSteps: 4, Sampler: DPM++ 3M SDE, Schedule type: Karras, Seed: 3, "
-                                       "Size: 16x16, Eta: 0.5")
-    config, said = again_warned(web, {"model": str(sd1_dir)})
-    assert (config.sampler, config.eta) == ("dpm++3m_sde_karras", 0.5) and "Eta" not in said
-    web = _picture(tmp_path / "e.png", "a cat\nSteps: 4, Sampler: DPM++ SDE, Schedule type: Karras, Seed: 3, "
-                                       "Size: 16x16, Eta: 0.7")
-    config, said = again_warned(web, {"model": str(sd1_dir)})
-    assert (config.sampler, config.eta) == ("dpm++sde_karras", 0.7) and "Eta" not in said
+    # the SDE samplers' Eta, drawn here as there
+    for name, sampler, eta, drawn in [("c.png", "DPM++ 2M SDE", 0.5, "dpm++2m_sde_karras"),
+                                      ("d.png", "DPM++ 3M SDE", 0.5, "dpm++3m_sde_karras"),
+                                      ("e.png", "DPM++ SDE", 0.7, "dpm++sde_karras")]:
+        web = _picture(tmp_path / name, f"a cat\nSteps: 4, Sampler: {sampler}, Schedule type: Karras, Seed: 3, "
+                                        f"Size: 16x16, Eta: {eta}")
+        config, said = again_warned(web, {"model": str(sd1_dir)})
+        assert (config.sampler, config.eta) == (drawn, eta) and "Eta" not in said, sampler
     # a sampler with no eta: named as not applied
     web = _picture(tmp_path / "f.png", "a cat\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Karras, Seed: 3, "
                                        "Size: 16x16, Eta: 0.5")

@@ -439,9 +439,11 @@ def test_dpmpp_2m_sde_at_an_eta_takes_k_diffusions_steps_on_a_toy_denoiser(name,
     assert not torch.allclose(got, at_one, atol=1e-3)
 
 
-def _dpmpp_3m_sde(denoiser, x, sigmas, noise):
-    """k-diffusion's sample_dpmpp_3m_sde at eta 1 and s_noise 1, written out in float64 sigmas; `noise` is drawn at
-    every step, as diffusers' step draws it, and added where the step does not end at 0."""
+def _dpmpp_3m_sde(denoiser, x, sigmas, noise, eta=1.0, s_noise=1.0):
+    """k-diffusion's sample_dpmpp_3m_sde at `eta` and `s_noise`, written out in float64 sigmas: h_eta = (1 + eta) h in
+    its phi_2, phi_3 and the denoised estimate's share, exp(-eta h) more of the latents kept, noise of s_noise
+    sigma_next sqrt(1 - exp(-2 eta h)); `noise` is drawn at every step, as diffusers' step draws it, and added where
+    the step does not end at 0."""
     denoised_1 = denoised_2 = h_1 = h_2 = None
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         denoised = denoiser(x, s)
@@ -450,7 +452,7 @@ def _dpmpp_3m_sde(denoiser, x, sigmas, noise):
             x = denoised
         else:
             h = math.log(s) - math.log(s_next)
-            h_eta = 2 * h
+            h_eta = h * (eta + 1)
             x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised
             phi_2 = math.expm1(-h_eta) / h_eta + 1
             if h_2 is not None:
@@ -461,7 +463,7 @@ def _dpmpp_3m_sde(denoiser, x, sigmas, noise):
                 x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
             elif h_1 is not None:
                 x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
-            x = x + drawn * s_next * math.sqrt(-math.expm1(-2 * h))
+            x = x + drawn * s_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
             h_1, h_2 = h, h_1
         denoised_1, denoised_2 = denoised, denoised_1
     return x
@@ -510,35 +512,6 @@ def test_diffusers_third_order_sde_update_differs_from_k_diffusions_in_one_sign(
     assert (alpha_t * d2).abs().max() > 0.1
 
 
-def _dpmpp_3m_sde_at(denoiser, x, sigmas, noise, eta, s_noise):
-    """k-diffusion's sample_dpmpp_3m_sde at `eta` and `s_noise` (`_dpmpp_3m_sde` is it at 1 and 1), in float64 sigmas:
-    h_eta = (1 + eta) h in its phi_2, phi_3 and the denoised estimate's share, exp(-eta h) more of the latents kept,
-    noise of s_noise sigma_next sqrt(1 - exp(-2 eta h))."""
-    denoised_1 = denoised_2 = h_1 = h_2 = None
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        denoised = denoiser(x, s)
-        drawn = noise(x)
-        if s_next == 0:
-            x = denoised
-        else:
-            h = math.log(s) - math.log(s_next)
-            h_eta = h * (eta + 1)
-            x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised
-            phi_2 = math.expm1(-h_eta) / h_eta + 1
-            if h_2 is not None:
-                r0, r1 = h_1 / h, h_2 / h
-                d1_0, d1_1 = (denoised - denoised_1) / r0, (denoised_1 - denoised_2) / r1
-                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
-            elif h_1 is not None:
-                x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
-            x = x + drawn * s_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
-            h_1, h_2 = h, h_1
-        denoised_1, denoised_2 = denoised, denoised_1
-    return x
-
-
 @pytest.mark.parametrize("name, eta, s_noise", [("dpm++3m_sde", 0.5, 1.0), ("dpm++3m_sde_karras", 0.0, 1.0),
                                                 ("dpm++3m_sde_exponential", None, 0.6), ("dpm++3m_sde", 0.3, 1.4)])
 def test_dpmpp_3m_sde_at_an_eta_and_sigma_noise_takes_k_diffusions_steps_on_a_toy_denoiser(name, eta, s_noise):
@@ -554,7 +527,7 @@ def test_dpmpp_3m_sde_at_an_eta_and_sigma_noise_takes_k_diffusions_steps_on_a_to
     sigmas = made.sigmas.double().tolist()  # (the schedule is the sampler's own; the update is what is checked)
     x, calls, recording = _toy_start(sigmas[0])
     generator = torch.Generator().manual_seed(seed)
-    expected = _dpmpp_3m_sde_at(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
+    expected = _dpmpp_3m_sde(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
                                 1.0 if eta is None else eta, s_noise)
     start = x / math.sqrt(sigmas[0] ** 2 + 1)
     got, _ = _drawn(made, steps, start, calls, "epsilon", seed)
