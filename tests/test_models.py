@@ -380,6 +380,17 @@ def test_a_model_folder_missing_a_component_names_it_and_fp16_only_weights_load(
     assert torch.equal(model.unet.conv_in.weight, want.unet.conv_in.weight)
 
 
+def test_a_model_folder_missing_a_parts_config_names_the_part(sd1_dir, tmp_path):
+    """Without text_encoder/config.json transformers built a text encoder of its default size and failed on the
+    weights' shapes, after a table of every mismatched tensor; the part and its file are named instead."""
+    for part in ("text_encoder", "unet", "vae"):
+        folder = tmp_path / part
+        shutil.copytree(sd1_dir, folder)
+        (folder / part / "config.json").unlink()
+        with pytest.raises(ModelError, match=rf"is incomplete: {part}/ has no config.json; download or copy"):
+            load_model(folder)
+
+
 def test_single_file_config_must_be_a_model_folder_of_the_checkpoints_family(sd1_dir, tmp_path):
     sd1 = _fake_checkpoint(tmp_path / "sd1.safetensors", {
         "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),

@@ -656,7 +656,13 @@ def _folder_variant(folder: Path, xl: bool, wanted: str | None = None) -> str | 
         if not files:
             raise ModelError(f"{folder} is incomplete: its {name}/ folder is missing or empty; download or copy "
                              f"the whole model folder again")
-        if name.startswith(("scheduler", "tokenizer")):
+        if name.startswith("tokenizer"):  # (its files differ: vocab.json + merges.txt, or OpenCLIP's)
+            continue
+        config = "scheduler_config.json" if name.startswith("scheduler") else "config.json"
+        if config not in files:  # (transformers reinitialises a text encoder of its default size without it)
+            raise ModelError(f"{folder} is incomplete: {name}/ has no {config}; download or copy the whole model "
+                             f"folder again")
+        if name.startswith("scheduler"):
             continue
         found = [m.group("variant") for m in map(_WEIGHTS.match, files) if m]
         if not found:
