@@ -877,6 +877,20 @@ def test_inspect_says_the_hash_the_web_ui_names_a_file_by(tmp_path):
     assert f"web UI hash: {report['web_ui_hash']}" in report["text"]
 
 
+def test_inspect_lists_a_files_metadata_in_sorted_order(tmp_path):
+    """safetensors reads a file's metadata back in another order each run, so the line read differently for the
+    same file from one inspect to the next; it is sorted by key."""
+    from textinv.inspect import inspect_file
+
+    keys = ["vectors", "token", "steps", "resolution", "property", "init", "family", "clip_skip", "base_model"]
+    save_file({"<ball>": torch.randn(1, 768)}, tmp_path / "ball.safetensors",
+              metadata={key: str(i) for i, key in enumerate(keys)} | {"token": "<ball>"})
+    line = next(line for line in inspect_file(tmp_path / "ball.safetensors")["text"].splitlines()
+                if line.startswith("metadata: "))
+    shown = [pair.split("=")[0] for pair in line.removeprefix("metadata: ").split(", ")]
+    assert shown == sorted(keys)
+
+
 def test_inspect_says_an_embedding_longer_than_a_prompt_window_is_split(tmp_path):
     """76+ vectors cannot sit in one 75-token pass of CLIP: inspect says so (generate warns when it loads it)."""
     from textinv.inspect import inspect_file

@@ -100,9 +100,10 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
     lines += _notes(report, emb)
     if "model_mismatch" in report:
         lines.append(report["model_mismatch"])
-    own = {k: v for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX)}  # (shown above)
+    # (sorted: safetensors hands the metadata back in another order each run, though the file keeps it sorted)
+    own = sorted((k, v) for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX))  # (shown above)
     if own:
-        lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in own.items()))
+        lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in own))
     report["text"] = "\n".join(lines)
     return report
 
