@@ -737,7 +737,7 @@ def test_ctrl_c_while_the_command_line_starts_is_130_without_a_traceback(monkeyp
     command line imports neither, and the parser is built where Ctrl-C is caught."""
     import textinv.cli
 
-    def interrupted():
+    def interrupted(argv=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(textinv.cli, "make_parser", interrupted)
@@ -745,6 +745,18 @@ def test_ctrl_c_while_the_command_line_starts_is_130_without_a_traceback(monkeyp
     assert "interrupted" in capsys.readouterr().err
     code = "import sys, textinv.cli; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_help_builds_only_the_named_commands_flags():
+    """Building every command's flags imported torch and diffusers (5 s of CPU on the 2-core VM) before `textinv
+    --help` or `textinv convert --help` could print: only the command named is built, the others' help line kept."""
+    code = ("import sys, textinv.cli\ntry:\n    textinv.cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted({'torch', 'diffusers'} & set(sys.modules)), file=sys.stderr)")
+    for argv, imported in ((["--help"], "[]"), (["convert", "--help"], "[]"), (["generate", "--help"], "['torch']")):
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+        assert proc.stderr.strip() == imported, argv
+    top = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True).stdout
+    assert "score               how good is an embedding" in top and "evaluate            the quality" in top
 
 
 def test_an_unknown_config_key_is_answered_with_the_nearest_setting(tmp_path, capsys):

@@ -368,14 +368,39 @@ def _short_warning(message, category, filename, lineno, file=None, line=None) ->
     return f"textinv: warning: {message}\n"  # (not Python's file:line and the source line of the warning call)
 
 
-def make_parser() -> argparse.ArgumentParser:
+# each command's line in `textinv --help`
+_HELP = {
+    "train": "learn a token from a folder of pictures",
+    "generate": "generate images with learned tokens",
+    "convert": "convert an embedding file between formats (lossless)",
+    "merge": "make a new embedding of embeddings and words: weighted sums, concatenation",
+    "inspect": "what an embedding file holds and which model it fits (a drawn picture: the settings generate "
+               "--again reads from it)",
+    "score": "how good is an embedding: CLIP reconstruction and editability, with a report",
+    "caption": "write a caption file beside each training picture, with BLIP",
+    "push": "publish an embedding on the Hugging Face hub, with a model card",
+    "demo": "learn an example concept on the bundled model and write a report",
+    "evaluate": "the quality benchmark: reconstruction and editability per concept",
+}
+
+
+def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser, every command's flags in it; given the command line `argv`, only the command it
+    names has its flags, the others their line of help: building them imports torch, and `score`'s and `demo`'s
+    diffusers too (5 s of CPU on the 2-core VM), which `textinv --help` or `textinv convert --help` need not wait for.
+    """
     parser = _Parser(prog="textinv", description="Textual Inversion: learn a new word for a concept "
                                      "from a few pictures, and generate with it.")
     parser.add_argument("--version", action="version", version=f"textinv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    named = next((word for word in argv if not word.startswith("-")), None) if argv is not None else None
     for add_command in (_add_train, _add_generate, _add_convert, _add_merge, _add_inspect, _add_score, _add_caption,
                         _add_push, _add_demo, _add_evaluate):
-        add_command(sub)
+        name = add_command.__name__.removeprefix("_add_")
+        if argv is None or name == named:
+            add_command(sub)
+        else:
+            sub.add_parser(name, help=_HELP[name])
     parser.commands = sub.choices  # (name -> its parser: `_parse` names the command's own flags)
     return parser
 
@@ -387,7 +412,7 @@ def _add_config_file(p: argparse.ArgumentParser) -> None:
 def _add_train(sub) -> None:
     from .config import TrainConfig
 
-    p = sub.add_parser("train", help="learn a token from a folder of pictures",
+    p = sub.add_parser("train", help=_HELP["train"],
                        description="Learn new token vectors so the frozen model reconstructs your pictures.")
     _add_config_file(p)
     add_config_flags(p, TrainConfig)
@@ -397,7 +422,7 @@ def _add_train(sub) -> None:
 def _add_generate(sub) -> None:
     from .config import GenerateConfig
 
-    p = sub.add_parser("generate", help="generate images with learned tokens",
+    p = sub.add_parser("generate", help=_HELP["generate"],
                        description="Draw pictures from prompts that use learned tokens (embedding files of any "
                                    "supported format); each PNG carries its prompt, seed and settings.")
     _add_config_file(p)
@@ -410,7 +435,7 @@ def _add_generate(sub) -> None:
 
 
 def _add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="convert an embedding file between formats (lossless)")
+    p = sub.add_parser("convert", help=_HELP["convert"])
     p.add_argument("src", help="embedding file in any supported format")
     p.add_argument("dst", help="file to write")
     p.add_argument("--to", choices=("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "sdxl",
@@ -429,7 +454,7 @@ def _add_convert(sub) -> None:
 def _add_merge(sub) -> None:
     from .config import MergeConfig
 
-    p = sub.add_parser("merge", help="make a new embedding of embeddings and words: weighted sums, concatenation",
+    p = sub.add_parser("merge", help=_HELP["merge"],
                        description="Write a new embedding made of embedding files and vocabulary words, as the web "
                                    "UI's Embedding Inspector and Embedding Merge extensions do. E.g. textinv merge "
                                    "mix.pt --token '<mix>' \"dog.pt*0.7 + cat.pt*0.3\" \"style.pt[0:2]\"")
@@ -441,8 +466,7 @@ def _add_merge(sub) -> None:
 
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="what an embedding file holds and which model it fits "
-                       "(a drawn picture: the settings generate --again reads from it)")
+    p = sub.add_parser("inspect", help=_HELP["inspect"])
     p.add_argument("file", help="embedding file in any supported format, or a picture textinv, the web UI or "
                    "ComfyUI drew")
     p.add_argument("--model", help="also compare with this model's vocabulary (norms, nearest tokens)")
@@ -455,7 +479,7 @@ def _add_inspect(sub) -> None:
 def _add_score(sub) -> None:
     from .score import ScoreConfig
 
-    p = sub.add_parser("score", help="how good is an embedding: CLIP reconstruction and editability, with a report",
+    p = sub.add_parser("score", help=_HELP["score"],
                        description="Draw the concept in 'a photo of' and edit prompts, with the learned token and "
                                    "with baselines (the init word, your description) at the same seeds, judge the "
                                    "pictures with CLIP as the textual inversion paper does, and write report.html, "
@@ -468,7 +492,7 @@ def _add_score(sub) -> None:
 def _add_caption(sub) -> None:
     from .caption import CaptionConfig
 
-    p = sub.add_parser("caption", help="write a caption file beside each training picture, with BLIP",
+    p = sub.add_parser("caption", help=_HELP["caption"],
                        description="Caption each picture of a training folder with BLIP (as the web UI's "
                                    "preprocessing and kohya's make_captions.py do) into NAME.txt beside it, which "
                                    "train reads: --prefix 'a photo of {},' puts the token in each caption, "
@@ -480,7 +504,7 @@ def _add_caption(sub) -> None:
 def _add_push(sub) -> None:
     # a command of its own, not a train flag: it publishes a run once it is done (or resumed, or scored, or an older
     # one), a failed upload costs no training, and a token given to train would be saved in the run's config.yaml
-    p = sub.add_parser("push", help="publish an embedding on the Hugging Face hub, with a model card",
+    p = sub.add_parser("push", help=_HELP["push"],
                        description="Upload a training run's embedding (or any embedding file) to a Hugging Face hub "
                                    "repo, with a README.md model card (token, init, base model, family, steps, the "
                                    "run's last sample grid, how to load it), in one commit. `diffusers` then loads "
@@ -497,7 +521,7 @@ def _add_push(sub) -> None:
 def _add_demo(sub) -> None:
     from .shapes.demo import DemoConfig
 
-    p = sub.add_parser("demo", help="learn an example concept on the bundled model and write a report",
+    p = sub.add_parser("demo", help=_HELP["demo"],
                        description="Learn the example concept in examples/ (a teal star) on the CPU with the "
                                    "bundled shapes model, draw it in new prompts beside the init word, judge the "
                                    "pictures with the attribute probe, and write report.html + report.png.")
@@ -509,7 +533,7 @@ def _add_demo(sub) -> None:
 def _add_evaluate(sub) -> None:
     from .shapes.evaluate import EvalConfig
 
-    p = sub.add_parser("evaluate", help="the quality benchmark: reconstruction and editability per concept",
+    p = sub.add_parser("evaluate", help=_HELP["evaluate"],
                        description="Learn each benchmark concept of the shapes world and score it, with two "
                                    "baselines (init word, best description), by the attribute probe.")
     p.add_argument("--concepts", type=int, help="evaluate the first N benchmark concepts (default: all; 0 with "
@@ -573,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            args = _parse(make_parser(), argv)
+            args = _parse(make_parser(sys.argv[1:] if argv is None else argv), argv)
         finally:
             if collecting:
                 gc.enable()
