@@ -489,6 +489,19 @@ def test_a_mistyped_choice_is_one_line_not_the_whole_usage(capsys):
     assert info.value.code == 2 and len(err) == 1 and "invalid choice: 'fp33'" in err[0] and "--help" in err[0]
 
 
+def test_a_mistyped_choice_names_the_nearest_and_a_long_list_is_left_to_help(capsys):
+    """`--sampler eulr` printed all 61 sampler names and not the one meant: the nearest is named, a list of more
+    than 16 left to --help; a short list stays."""
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "a dog", "--sampler", "eulr"])
+    err = capsys.readouterr().err
+    assert re.search(r"invalid choice: 'eulr' \(one of \d+ names; did you mean 'euler'\?\)", err)
+    assert "'dpm2_a_beta'" not in err
+    with pytest.raises(SystemExit):
+        main(["train", "--property", "objct"])
+    assert "(choose from 'object', 'style'; did you mean 'object'?)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["train", "generate"])
 def test_precision_no_the_diffusers_scripts_and_accelerates_word_for_fp32_is_answered(command, capsys, tmp_path):
     """`--mixed_precision no` typed as `--precision no` said only "invalid choice" (a config file too)."""

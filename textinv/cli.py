@@ -361,7 +361,25 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         first, _, more = message.partition("\n")  # (lines under the first, e.g. other tools' names, follow it)
+        first = _near_choice(first)
         self.exit(2, f"{self.prog}: error: {first} (see {self.prog} --help)\n" + (more + "\n" if more else ""))
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: (?P<given>.+?) \(choose from (?P<choices>.+)\)$")
+
+
+def _near_choice(message: str) -> str:
+    """argparse's "invalid choice" with the nearest choice named (`--sampler eulr`: did you mean 'euler'?), and a
+    list of more than 16 choices (`--sampler`'s 61, a screenful) left to --help, which lists them."""
+    match = _INVALID_CHOICE.search(message)
+    if not match:
+        return message
+    given = match["given"].strip("'")
+    choices = [choice.strip("'") for choice in match["choices"].split(", ")]
+    near = difflib.get_close_matches(given, choices, n=1) if re.search(r"[a-zA-Z]", given) else []
+    said = f"choose from {match['choices']}" if len(choices) <= 16 else f"one of {len(choices)} names"
+    said += f"; did you mean {near[0]!r}?" if near else ""
+    return f"{message[:match.start()]}invalid choice: {match['given']} ({said})"
 
 
 def _short_warning(message, category, filename, lineno, file=None, line=None) -> str:
