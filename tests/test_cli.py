@@ -760,6 +760,21 @@ def test_ctrl_c_while_the_command_line_starts_is_130_without_a_traceback(monkeyp
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
 
 
+def test_inspect_names_a_pictures_embeddings_as_words_not_a_python_list(tmp_path, capsys):
+    """A picture drawn with --metadata shareable names its embedding files without their folders: inspect said
+    "the picture names ['a.pt', 'b.pt'] without saying where it is"."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("textinv_settings", json.dumps({"textinv_version": "0.1.0", "by_name": ["embedding"], "settings": {
+        "prompt": ["a photo of <a> <b>"], "seed": 0, "model": "shapes", "embedding": ["a.pt", "b.pt"]}}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "drawn.png", pnginfo=info)
+    assert main(["inspect", str(tmp_path / "drawn.png")]) == 0
+    assert "needs: --embedding: the picture names a.pt, b.pt without saying where they are" in capsys.readouterr().out
+
+
 def test_help_builds_only_the_named_commands_flags():
     """Building every command's flags imported torch and diffusers (5 s of CPU on the 2-core VM) before `textinv
     --help` or `textinv convert --help` could print: only the command named is built, the others' help line kept."""

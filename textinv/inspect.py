@@ -266,7 +266,10 @@ def inspect_picture(path) -> dict:
     for name in picture.by_name:  # (--metadata shareable: a file named without where it is, asked for by --again)
         value = picture.settings.get(name)
         if value and name not in needs and (name != "lora_dir" or any(lora_tags(p)[1] for p in prompts)):
-            needs[name] = f"--{name.replace('_', '-')}: the picture names {value} without saying where it is"
+            values = value if isinstance(value, list) else [value]  # (--embedding's and --lora-dir's are lists)
+            where = "they are" if len(values) > 1 else "it is"
+            needs[name] = (f"--{name.replace('_', '-')}: the picture names {', '.join(map(str, values))} without "
+                           f"saying where {where}")
     command = ["textinv", "generate", "--again", str(path)]
     for name in needs:
         command += ["--" + name.replace("_", "-"), name.upper()]
