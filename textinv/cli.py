@@ -49,7 +49,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         kind = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
-        if default not in (None, [], ""):
+        if default not in (None, [], "") and default is not False:  # (a switch: off unless given, as it reads)
             help_text += f" (default: {default})"
         kwargs: dict = dict(dest=f.name, help=help_text, default=argparse.SUPPRESS)
         if "choices" in f.metadata:
