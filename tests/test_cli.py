@@ -775,6 +775,28 @@ def test_inspect_names_a_pictures_embeddings_as_words_not_a_python_list(tmp_path
     assert "needs: --embedding: the picture names a.pt, b.pt without saying where they are" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["train", "generate"])
+def test_threads_sets_torchs_cpu_threads_before_the_run_and_is_checked(command, monkeypatch, capsys):
+    """torch's default of one thread per core ran a shapes-model training step about 9 times slower on a 2-core
+    machine busy with other work than one thread: `--threads` sets it, as `demo`'s does, and 0 is refused first."""
+    import textinv.generate
+    import textinv.train
+
+    seen = []
+    monkeypatch.setattr(textinv.train, "train", lambda config: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(textinv.generate, "generate", lambda config, **kw: seen.append(torch.get_num_threads()) or [])
+    flags = (["--images", "x", "--token", "<t>", "--out", "o"] if command == "train" else ["--prompt", "a dog"])
+    before = torch.get_num_threads()
+    try:
+        assert main([command, *flags, "--threads", "0"]) == 2 and not seen
+        assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+        torch.set_num_threads(2)
+        main([command, *flags, "--threads", "1"])
+        assert seen == [1]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_help_builds_only_the_named_commands_flags():
     """Building every command's flags imported torch and diffusers (5 s of CPU on the 2-core VM) before `textinv
     --help` or `textinv convert --help` could print: only the command named is built, the others' help line kept."""
