@@ -49,6 +49,16 @@ def test_a_weighted_sum_is_the_arithmetic_on_the_loaded_tensors(tmp_path):
     assert torch.equal(load_embedding(result.files[0]).vectors["text_encoder"], expected)
 
 
+def test_a_bare_word_that_names_no_file_is_answered_with_the_quotes_words_take(tmp_path, capsys):
+    """`textinv merge mix.pt --token '<m>' "dog.pt*0.5 + circle*0.5"` said only "circle: no such file": a word
+    of the vocabulary is written in single quotes, which the error now says."""
+    saved(tmp_path / "dog.safetensors", 1)
+    out = str(tmp_path / "mix.pt")
+    assert main(["merge", out, "--token", "<m>", f"{tmp_path / 'dog.safetensors'}*0.5 + circle*0.5"]) == 2
+    assert "circle: no such file; a word of the model's vocabulary goes in single quotes, \"'circle'\", with " \
+           "--model" in capsys.readouterr().err
+
+
 def test_concatenation_keeps_the_order_and_slices_take_their_rows(tmp_path):
     a = saved(tmp_path / "a.safetensors", 4, seed=1).vectors["text_encoder"]
     b = saved(tmp_path / "b.safetensors", 3, seed=2).vectors["text_encoder"]

@@ -283,9 +283,18 @@ def _read_files(terms: list[list[Part]]) -> dict[Part, LearnedEmbedding]:
     files = {}
     for part in (part for term in terms for part in term if not part.words):
         if part.source not in read:
-            read[part.source] = load_embedding(embedding_file(Path(part.source).expanduser()))
+            read[part.source] = _read_file(part.source)
         files[part] = take(read[part.source], part.take, str(Part(part.source)))
     return files
+
+
+def _read_file(source: str) -> LearnedEmbedding:
+    """A part's embedding file; a bare word that names no file is answered with how words are written."""
+    path = Path(source).expanduser()
+    if not path.exists() and not path.suffix and len(path.parts) == 1:
+        raise FormatError(f"{source}: no such file; a word of the model's vocabulary goes in single quotes, "
+                          f"\"'{source}'\", with --model")
+    return load_embedding(embedding_file(path))
 
 
 def _check_files(terms: list[list[Part]], files: dict[Part, LearnedEmbedding], config: MergeConfig,
