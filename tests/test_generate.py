@@ -1331,6 +1331,20 @@ def test_an_embeddings_folders_subfolders_are_read_and_its_preview_pictures_left
         assert embedding_files([str(folder)], [None], "a cat, mydog") == [(str(folder / "mydog.pt"), "mydog")]
 
 
+def test_an_embedding_folder_that_is_empty_or_a_model_is_said_so(sd1_dir, tmp_path):
+    """`--embedding` of an empty folder warned that no embedding in it "is named in the prompts", as if it held
+    some; a model folder given there drew without a word of it but that one."""
+    from textinv.generate import embedding_files
+
+    (tmp_path / "empty").mkdir()
+    with pytest.warns(UserWarning, match=r"the folder \S+empty holds no embedding file \(.pt, .bin, .safetensors, "
+                                         r".png, in it or its subfolders\): check the --embedding path"):
+        assert embedding_files([str(tmp_path / "empty")], [None], "a photo of <ball>") == []
+    with pytest.raises(ConfigError, match=r"is a diffusers model folder \(it holds model_index.json\), not "
+                                          r"embeddings: give it as --model"):
+        embedding_files([str(sd1_dir)], [None], "a photo of <ball>")
+
+
 def test_an_embeddings_folders_file_named_with_a_space_is_refused_naming_the_file_to_rename(tmp_path):
     """The web UI calls `My Dog.pt` "My Dog"; a learned token here is one word. It was refused once the model had
     loaded, saying to pass --token, which a folder's files do not take."""

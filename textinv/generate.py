@@ -2445,6 +2445,9 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
         if not folder.is_dir() or diffusers_file(folder) is not None:
             files.append((entry, token))
             continue
+        if (folder / "model_index.json").is_file():  # (its weights' .safetensors would be read as embeddings)
+            raise ConfigError(f"--embedding {entry} is a diffusers model folder (it holds model_index.json), not "
+                              f"embeddings: give it as --model")
         # a training run's --out (or one concept's folder of it) holds its embedding under the token's name
         # (--format a1111/kohya, SDXL's default sdxl file): its token is the run's, not the file's name
         run = saved_run(folder)
@@ -2464,7 +2467,10 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
             raise ConfigError(f"--token {token} renames one embedding file; {entry} is a folder of them, each named "
                               f"by its file name (rename the file instead)")
         named = _named_in_folder(folder, said)
-        if not named:
+        if not folder_embeddings(folder):
+            warn(f"the folder {entry} holds no embedding file ({', '.join(EMBEDDING_SUFFIXES)}, in it or its "
+                 f"subfolders): check the --embedding path", stacklevel=3)
+        elif not named:
             warn(f"no embedding in the folder {entry} is named in the prompts; a folder's embeddings are "
                  f"written by their file names, as in the A1111 web UI (e.g. 'easynegative' for "
                  f"easynegative.safetensors; under --emphasis comfy as in ComfyUI: 'embedding:easynegative')",
