@@ -877,6 +877,14 @@ def test_inspect_says_the_hash_the_web_ui_names_a_file_by(tmp_path):
     assert f"web UI hash: {report['web_ui_hash']}" in report["text"]
 
 
+def test_a_model_folder_read_as_an_embedding_is_named_a_model(sd1_dir):
+    """`textinv inspect MODEL_FOLDER` said "a folder without learned_embeds.safetensors or learned_embeds.bin: name
+    the embedding file", as for any folder: a model folder is said to be one, and where a model goes."""
+    with pytest.raises(FormatError, match=r"is a diffusers model folder \(it holds model_index.json\), not an "
+                                          r"embedding: name an embedding file \(a model goes to --model\)"):
+        load_embedding(sd1_dir)
+
+
 def test_inspect_lists_a_files_metadata_in_sorted_order(tmp_path):
     """safetensors reads a file's metadata back in another order each run, so the line read differently for the
     same file from one inspect to the next; it is sorted by key."""

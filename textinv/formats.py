@@ -733,6 +733,9 @@ def _local_file(path: str | Path) -> Path:
         found = diffusers_file(path)
         if found is not None:
             return found
+        if (path / "model_index.json").is_file():
+            raise FormatError(f"{path} is a diffusers model folder (it holds model_index.json), not an embedding: "
+                              f"name an embedding file (a model goes to --model)")
         raise FormatError(f"{path} is a folder without {' or '.join(_DIFFUSERS_NAMES)}: name the embedding file")
     if not path.is_file():
         raise FormatError(f"{path}: no such file: check the path (embedding files end in .safetensors, .pt, .bin "
