@@ -850,6 +850,9 @@ def test_a_mistyped_flag_is_answered_with_the_commands_nearest(capsys):
     (["generate", "--torch_dtype", "fp16"], "textinv's default auto is fp16 on a CUDA GPU, else fp32"),
     (["generate", "--num_inference_steps", "20"], "textinv calls it --steps"),
     (["generate", "--num_images_per_prompt", "2"], "textinv calls it -n"),
+    # (the web UI's API names, typed dashed too: --cfg-scale was "did you mean --hires-scale?")
+    (["generate", "--cfg-scale", "7"], "--cfg-scale is the web UI's name; textinv calls it --guidance (its CFG scale)"),
+    (["generate", "--sampler_name", "Euler a"], "textinv calls it --sampler (its names, such as 'Euler a'"),
     (["train", "--push_to_hub"], "textinv publishes with a command of its own, once the run is done: textinv push OUT "
                                  "--repo OWNER/NAME"),
     (["train", "--hub_model_id", "me/dog"], "--hub_model_id is the diffusers script's name; it is --repo OWNER/NAME "

@@ -379,6 +379,9 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("output_dir", _D, "generate", "--out", ""),
     ("outdir", _G, "generate", "--out", ""),
     ("num_inference_steps", _P, "generate", "--steps", ""),
+    ("cfg_scale", _W, "generate", "--guidance", "its CFG scale"),  # (its API's txt2img names)
+    ("sampler_name sampler_index", _W, "generate", "--sampler", "its names, such as 'Euler a' or 'DPM++ 2M Karras', "
+                                                                "are taken"),
     ("guidance_scale", _P, "generate", "--guidance", ""),
     ("scale", _G, "generate", "--guidance", ""),
     ("num_images_per_prompt", _P, "generate", "-n", ""),
