@@ -1546,3 +1546,29 @@ def test_a_yaml_stepped_clip_value_of_whole_numbers_is_refused_unquoted_a_number
     assert read_config_file(cfg) == {"max_grad_norm": 90, "max_grad_value": "0.1:100, 0.05"}
     cfg.write_text('max_grad_norm: "1:30"\n')
     assert read_config_file(cfg) == {"max_grad_norm": "1:30"}
+
+
+def test_a_ctrl_c_in_generate_says_how_many_pictures_were_written_and_where(sd1_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while generate drew said only "interrupted"; it now says how many of the pictures had been written
+    (each whole), and to which folder."""
+    import textinv.generate as generate_module
+
+    draw, calls = generate_module._draw_batch, []
+
+    def stopped_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "_draw_batch", stopped_at_the_second)
+    out = tmp_path / "r"
+    args = ["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "3", "--batch-size", "1", "--steps", "1",
+            "--width", "16", "--out", str(out)]
+    assert main(args) == 130
+    assert len(list(out.glob("*.png"))) == 1
+    assert f"interrupted: 1 of 3 pictures had been written to {out}, each whole" in capsys.readouterr().err
+    calls.clear()
+    calls.append(1)  # (the next call is the second: stopped before any picture)
+    assert main([*args[:-1], str(tmp_path / "none")]) == 130
+    assert "interrupted: none of 3 pictures had been written" in capsys.readouterr().err

@@ -648,3 +648,24 @@ def test_a_notice_of_the_run_is_said_once_per_plot_not_once_per_cell(sd1_dir, tm
                                 out=str(tmp_path / "r"), x="steps=1,2"), model=model, progress=False)
     said = [str(w.message) for w in heard if "the model's own size" in str(w.message)]
     assert len(said) == 1, said
+
+
+def test_a_ctrl_c_in_a_cell_names_the_cell_and_the_cells_written_before_it(sd1_dir, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C in an X/Y/Z plot's cell says which cell it stopped in, what of it was written, and that the cells
+    before it are written, with no grid."""
+    draw, calls = generate_module._draw_batch, []
+
+    def stopped_in_the_second_cell(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "_draw_batch", stopped_in_the_second_cell)
+    out = tmp_path / "r"
+    assert main(["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "1", "--width", "16",
+                 "--out", str(out), "--x", "cfg=2,4,6"]) == 130
+    said = capsys.readouterr().err
+    assert ("interrupted: in the X/Y/Z plot's cell 2 of 3 (--x guidance=4.0), where none of 1 picture had been written; "
+            f"the 1 cell before it is written in {out}, with no grid") in said
+    assert len(list(out.glob("*.png"))) == 1 and not list(out.glob("xyz_grid*"))

@@ -644,8 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"textinv {args.command}: error: {e.strerror or e}: {e.filename or 'a file'}; {fix}, then run it again",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # (generate's says what was written before it)
+        print(f"\ninterrupted: {e}" if str(e) else "\ninterrupted", file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = python_format

@@ -2700,9 +2700,21 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
             for batch in _batches(run, jobs, prompts):
                 kept.check()
                 _draw_batch(run, jobs, prompts, batch, bar)
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, GenerationInterrupted):
+            raise
+        done, total = len(run.written), bar.total
+        raise GenerationInterrupted(f"{done} of {total} picture{'s' * (total != 1)} had been written to {config.out}, "
+                                    f"each whole" if done else f"none of {total} picture{'s' * (total != 1)} had "
+                                    f"been written") from None
     finally:
         bar.close()
     return run.written
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C while `generate` drew; its text says how many pictures had been written, and where (each whole: every
+    write is atomic), which `textinv generate` says after "interrupted"."""
 
 
 class _InitPictures:

@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, DeviceMemoryError, TextinvError, said_once, warns_at_caller
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
-from .generate import (_as_prompted, _file_name, _infotext_value, _memory_error, _model_name, _Where,
-                       check_refiner_source, checked_settings, drawing_dtype, drawing_model, generate, launched,
+from .generate import (GenerationInterrupted, _as_prompted, _file_name, _infotext_value, _memory_error, _model_name,
+                       _Where, check_refiner_source, checked_settings, drawing_dtype, drawing_model, generate, launched,
                        make_grid, refiner_model, write_failed)
 from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
@@ -584,6 +584,11 @@ def _draw_cells(config: GenerateConfig, ready: Plan, model, progress: bool, keep
             loaded, loaded_for = _load_refiner(cell, model), cell.refiner
         try:
             drawn[i] = generate(cell, model, progress=False, keep_seeds=keep, refiner=loaded)
+        except GenerationInterrupted as e:  # (its own count of pictures written is the cell's too)
+            n = len(drawn)
+            raise GenerationInterrupted(f"in the X/Y/Z plot's cell {i + 1} of {len(ready.cells)} "
+                                        f"({_cell_name(ready, i)}), where {e}; the {n} cell{'s' * (n != 1)} before it "
+                                        f"{'are' if n != 1 else 'is'} written in {config.out}, with no grid") from None
         except DeviceMemoryError as e:  # (its own count of pictures written is the cell's)
             n = len(drawn)
             raise DeviceMemoryError(f"the X/Y/Z plot's cell {i + 1} of {len(ready.cells)} ({_cell_name(ready, i)}): "
