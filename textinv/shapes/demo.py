@@ -41,7 +41,6 @@ from textinv.errors import ConfigError, ModelError, TrainingError
 from textinv.io import atomic_path, output_folder, write_json, write_text
 from textinv.report import (BASE_CSS, FAIL, INK, LINE, MUTED, PAPER, PASS, UNKNOWN, data_uri, draw_loss_curve,
                             font)
-from textinv.run_folder import drop_lock, take_lock
 from textinv.shapes.evaluate import (check_judged_size, prompt_sets, sample, score_images, train_config,
                                      write_templates, write_training_images)
 from textinv.shapes.world import BENCHMARK_CONCEPTS, Concept
@@ -222,6 +221,8 @@ def _held(out: Path, given: str):
     training into the same run/. The lock is the operating system's (`run_folder.take_lock`, as score's), so it goes
     with its process however that ends; its hidden file goes when the demo ends, whichever way (a kill leaves it,
     held by nothing), so the folder keeps only the report and run/."""
+    from textinv.run_folder import drop_lock, take_lock  # (here: it loads the model loader, seconds --help waited)
+
     lock = out / LOCK_FILE
     held = take_lock(lock, lambda holder: f"--out {given} is being written by another textinv demo ({holder}); wait "
                                           f"for it to finish, or choose another --out")
