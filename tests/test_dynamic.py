@@ -297,10 +297,11 @@ def test_an_empty_key_is_refused_where_used(wildcards):
         dynamic.jobs(["__a__ __styles__"], "", [0], str(wildcards))
 
 
-def test_a_yaml_or_json_file_that_never_ends_expands_past_counting_or_nests_too_deeply_is_refused(wildcards):
+def test_a_yaml_or_json_file_that_never_ends_expands_past_counting_or_nests_too_deeply_is_refused(wildcards,
+                                                                                                     monkeypatch):
     """YAML's aliases can make a mapping hold itself, or a few lines stand for billions of keys; brackets may nest
     thousands deep: each file is skipped with a warning and named where its wildcard is used, not a hang or a
-    RecursionError."""
+    RecursionError. The count's limit is lowered for the test (counting to the real million took seconds)."""
     def refused(prompt, message):
         with pytest.warns(UserWarning, match="left out with its wildcards"), pytest.raises(ConfigError, match=message):
             dynamic.jobs([prompt], "", [0], str(wildcards))
@@ -308,10 +309,15 @@ def test_a_yaml_or_json_file_that_never_ends_expands_past_counting_or_nests_too_
     (wildcards / "self.yaml").write_text("a: &x\n  b: [red]\n  c: *x\n")
     refused("__a/b__", r"self.yaml: the key a/c holds a mapping around it \(a YAML alias of its own anchor\), so its "
                        r"names never end: ")
+    assert dynamic.MAX_STRUCTURED == 1_000_000  # README: "over a million keys and options"
     levels = ["l0: &l0 [x]"] + [f"l{k}: &l{k} {{" + ", ".join(f"k{j}: *l{k - 1}" for j in range(10)) + "}"
-                                for k in range(1, 9)]
-    (wildcards / "self.yaml").write_text("\n".join(levels) + "\n")  # (10**8 names)
-    refused("__l0__", r"self.yaml holds more than 1000000 keys and options \(its aliases expanded\)")
+                                for k in range(1, 4)]
+    (wildcards / "self.yaml").write_text("\n".join(levels) + "\n")  # (1234 keys and 1111 options, aliases expanded)
+    monkeypatch.setattr(dynamic, "MAX_STRUCTURED", 2345)  # each alias's keys and options counted, as often as used
+    assert [j.prompt for j in dynamic.jobs(["__l0__"], "", [0], str(wildcards))] == ["x"]
+    monkeypatch.setattr(dynamic, "MAX_STRUCTURED", 2344)
+    refused("__l0__", r"self.yaml holds more than 2344 keys and options \(its aliases expanded\)")
+    monkeypatch.undo()
     (wildcards / "self.yaml").unlink()
     (wildcards / "deep.json").write_text('{"a":' * 5000 + '["x"]' + "}" * 5000)
     refused("__a__", r"deep.json nests too deeply to read")
