@@ -3,6 +3,7 @@
 import json
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,7 +310,8 @@ def test_a_yaml_or_json_file_that_never_ends_expands_past_counting_or_nests_too_
     (wildcards / "self.yaml").write_text("a: &x\n  b: [red]\n  c: *x\n")
     refused("__a/b__", r"self.yaml: the key a/c holds a mapping around it \(a YAML alias of its own anchor\), so its "
                        r"names never end: ")
-    assert dynamic.MAX_STRUCTURED == 1_000_000  # README: "over a million keys and options"
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert dynamic.MAX_STRUCTURED == 1_000_000 and "stand for over a million keys and options" in readme
     levels = ["l0: &l0 [x]"] + [f"l{k}: &l{k} {{" + ", ".join(f"k{j}: *l{k - 1}" for j in range(10)) + "}"
                                 for k in range(1, 4)]
     (wildcards / "self.yaml").write_text("\n".join(levels) + "\n")  # (1234 keys and 1111 options, aliases expanded)
