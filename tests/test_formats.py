@@ -938,6 +938,19 @@ def test_describe():
     enc = info["encoders"]["text_encoder"]
     assert enc["norms"] == [5.0, 1.0] and enc["mean_norm"] == 3.0
     assert enc["vocab_norm_mean"] == 2.0 and enc["vocab_norm_std"] == 1.0
+
+
+def test_an_embedding_of_the_bundled_shapes_model_is_described_as_its():
+    """inspect said "fits: 128 (no known Stable Diffusion family)" of an embedding learned on the bundled model."""
+    from pathlib import Path
+
+    import textinv
+    from textinv.families import SHAPES_WIDTHS
+
+    config = json.loads((Path(textinv.__file__).parent / "shapes/model/text_encoder/config.json").read_text())
+    assert SHAPES_WIDTHS == (config["hidden_size"],)  # (the model's width, named where it is described)
+    emb = LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, config["hidden_size"])})
+    assert describe(emb)["family"] == "128 (the bundled shapes model)"
     xl = describe(make_emb("sdxl", 1), vocab_norms={"text_encoder_2": torch.ones(4)})
     assert xl["family"] == "768 + 1280 (Stable Diffusion XL)"
     assert "vocab_norm_mean" not in xl["encoders"]["text_encoder"]

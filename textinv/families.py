@@ -35,6 +35,10 @@ def family_for_widths(widths: tuple[int, ...]) -> str | None:
     return None
 
 
+# the width of the bundled shapes model's text encoder (textinv/shapes/model), named where widths are described
+SHAPES_WIDTHS = (128,)
+
+
 def describe_widths(widths: tuple[int, ...]) -> str:
     """Widths in words with the family they belong to, for error messages: '1024 (Stable Diffusion 2.x)'.
 
@@ -43,4 +47,7 @@ def describe_widths(widths: tuple[int, ...]) -> str:
     """
     text = " + ".join(str(w) for w in widths)
     family = family_for_widths(widths)
-    return f"{text} ({FAMILY_NAMES[family]})" if family else f"{text} (no known Stable Diffusion family)"
+    if family:
+        return f"{text} ({FAMILY_NAMES[family]})"
+    return f"{text} (the bundled shapes model)" if tuple(widths) == SHAPES_WIDTHS else \
+        f"{text} (no known Stable Diffusion family)"
