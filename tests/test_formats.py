@@ -1372,3 +1372,14 @@ def test_an_older_textinvs_drawn_picture_given_as_an_embedding_is_pointed_to_aga
     Image.new("RGB", (8, 8)).save(tmp_path / "old.png", pnginfo=info)
     with pytest.raises(FormatError, match=r"drawn picture .*textinv generate --again"):
         load_embedding(tmp_path / "old.png")
+
+
+def test_a_file_name_of_another_formats_suffix_is_answered_with_its_own_name_and_the_right_suffix(tmp_path):
+    """`convert ball.pt ball2.safetensors --to a1111` was told to rename it 'ball.pt', the token's name (a file that
+    may exist, and not the one asked for): the name given, with the format's suffix."""
+    from textinv.formats import check_suffix
+
+    with pytest.raises(FormatError, match=r"ball2\.safetensors: .* name it 'ball2\.pt', or pick another format"):
+        check_suffix("ball2.safetensors", "a1111", "ball")
+    with pytest.raises(FormatError, match=r"name it 'sub/mix\.safetensors'"):
+        check_suffix("sub/mix.pt", "kohya", "<mix>")

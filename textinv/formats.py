@@ -319,9 +319,10 @@ def check_suffix(path: str | Path, format: str, token: str) -> None:
     textinv.errors.FormatError: my-dog.pt: a 'kohya' file must end in .safetensors ...
     """
     if not _names_folder(path) and Path(path).suffix.lower() not in _SUFFIXES[format]:
+        named = Path(path).with_suffix(_SUFFIXES[format][0]) if Path(path).stem else default_filename(format, token)
         raise FormatError(
             f"{path}: a {format!r} file must end in {' or '.join(_SUFFIXES[format])} (tools choose their loader "
-            f"by extension): rename it, e.g. {default_filename(format, token)!r}, or pick another format")
+            f"by extension): name it {str(named)!r}, or pick another format")
 
 
 def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, date: str | None = None,
