@@ -802,9 +802,9 @@ def test_help_builds_only_the_named_commands_flags():
     --help` or `textinv convert --help` could print: only the command named is built, the others' help line kept."""
     code = ("import sys, textinv.cli\ntry:\n    textinv.cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)), file=sys.stderr)")
-    # (demo's took the model loader, transformers and all, through the run folder's lock: 4 s more)
+    # (demo's and score's took the model loader, transformers and all: 4 s more; score's its CLIP judge too)
     for argv, imported in ((["--help"], "[]"), (["convert", "--help"], "[]"), (["generate", "--help"], "['torch']"),
-                           (["demo", "--help"], "['torch']")):
+                           (["demo", "--help"], "['torch']"), (["score", "--help"], "['torch']")):
         proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
         assert proc.stderr.strip() == imported, argv
     top = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True).stdout

@@ -508,7 +508,7 @@ def _add_inspect(sub) -> None:
 
 
 def _add_score(sub) -> None:
-    from .score import ScoreConfig
+    from .config import ScoreConfig  # (not score's module: it loads the models, seconds --help need not wait)
 
     p = sub.add_parser("score", help=_HELP["score"],
                        description="Draw the concept in 'a photo of' and edit prompts, with the learned token and "

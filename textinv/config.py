@@ -1502,6 +1502,8 @@ def check_side(flag: str, pixels: int | None, multiple: int = 8) -> None:
 
 from .formats import FORMATS as EMBEDDING_FORMATS
 from .formats import check_suffix, format_for
+from .formats import on_disk
+from .hub import hub_reference
 
 
 @dataclass
@@ -1706,8 +1708,6 @@ _COMMANDS = {"TrainConfig": "train", "GenerateConfig": "generate"}  # (config cl
 
 def _command_of(keys) -> str | None:
     """The commands (`textinv train`, generate, score) whose settings include all `keys`, or None."""
-    from .score import ScoreConfig  # (here: score.py imports this module, and torch)
-
     commands = {"train": TrainConfig, "generate": GenerateConfig, "score": ScoreConfig}
     fits = [name for name, cls in commands.items() if set(keys) <= {f.name for f in dataclasses.fields(cls)}]
     return " or ".join(f"`textinv {name}`" for name in fits) or None
@@ -1885,3 +1885,81 @@ def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None
     settings = {k: (False if k in ("resume", "overwrite") else v) for k, v in dataclasses.asdict(config).items()}
     header += SETTINGS_END_NOTE + "\n"
     write_text(path, header + yaml.safe_dump(settings, sort_keys=False) + SETTINGS_END + "\n")
+
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # score's judge: the paper's
+
+
+@dataclass
+class ScoreConfig:
+    """Settings of `textinv score`; saved in its scores.json."""
+
+    embedding: str = opt(None, "the learned embedding: a file of any supported format, or a training run's --out "
+                               "folder (its pictures, model and init word are then the defaults), or a hub id "
+                               "(owner/name)", path="embedding")
+    images: str = opt(None, "the concept's training pictures (default: the training run's, read from the "
+                            "config.yaml beside the embedding)", path="file")
+    model: str = opt(None, "the model it was learned for (default: the training run's, else the embedding's "
+                           "base model): diffusers folder, single file, hub id or a bundled name", path="source")
+    revision: str = opt(None, "a hub id's branch, tag or commit to load (default: the training run's, else main); "
+                              "hub ids only")
+    variant: str = opt(None, "the weights' variant to load (e.g. fp16), for a hub id or a diffusers folder (default: "
+                             "the training run's, else the plain weights)")
+    out: str = opt("score-out", "folder for report.html, report.png, scores.json and the pictures; an earlier "
+                                "report there is replaced once the new one is complete", path="file")
+    prompts: list = opt([], "edit prompts, {} (or the token) where the concept goes (default: six for --property)")
+    property: str = opt(None, "object or style: picks the default prompts (default: the embedding's, else object)",
+                        choices=PROPERTIES)
+    init: str = opt(None, "baseline: this word in the token's place (default: the embedding's init word; 'none' "
+                          "leaves the baseline out)")
+    description: str = opt(None, "baseline: your own words for the concept in the token's place, e.g. 'a corgi "
+                                 "with a red collar' (the paper's human-caption baseline)")
+    clip: str = opt(DEFAULT_CLIP, "the CLIP model that judges (the paper's ViT-B/32): hub id or a local folder",
+                    path="source")
+    n: int = opt(8, "pictures per prompt and method (the paper drew 64)", short="-n")
+    seed: int = opt(0, "seed of the first picture of every prompt; picture i uses seed + i")
+    steps: int = opt(None, "denoising steps (default: 25, as generate's)")
+    guidance: float = opt(None, "classifier-free guidance scale (default: the model's own; 7.5 for SD)")
+    negative_prompt: str = opt("", "negative prompt for every picture")
+    sampler: str = opt("default", "sampling method (see textinv generate --help)", choices=SAMPLERS,
+                       spellings=SAMPLER_SPELLINGS)
+    clip_skip: int = opt(None, "text-encoder layer read, counted from the end (default: the embedding's)")
+    compare: list = opt([], "further embeddings of the same concept to score beside it at the same seeds, e.g. "
+                            "a run's embeddings/* to find its best step (each shown by its file name), or hub ids "
+                            "as --embedding takes", path="embedding")
+    token: str = opt(None, "the token's name while scoring (default: the file's); for an embedding whose name the "
+                           "model's tokenizer already knows as a word, e.g. an A1111 file named 'dog'")
+    resolution: int = opt(None, "picture size (a square's side); default: the width and height the embeddings were "
+                                "trained at where not square, as generate draws them, else the model's native size")
+    precision: str = opt(None, "weights' precision; auto = fp16 on a CUDA GPU, else fp32; default: accelerate "
+                               "launch's --mixed_precision fp16 or bf16 (or its config file's), else auto",
+                         choices=PRECISIONS)
+    device: str = opt("auto", DEVICE_HELP)
+    single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family "
+                                        "(default: the training run's, when the model is the run's)", path="source")
+    vae: str = opt(None, "use this VAE instead of the model's: folder, file or hub id (default: the training run's, "
+                         "when the model is the run's)", path="source")
+    prediction_type: str = opt(None, "override the model's prediction type (default: the training run's, when the "
+                                     "model is the run's)", choices=("epsilon", "v_prediction"))
+
+    def validate(self) -> "ScoreConfig":
+        check_types(self)  # (a Python caller's prompts="..." or steps="8")
+        if not self.embedding:
+            raise ConfigError("--embedding is required: the embedding file, or the training run's --out folder")
+        if not on_disk(self.embedding).exists() and hub_reference(self.embedding) is None:  # (FILE::NAME: FILE)
+            raise ConfigError(f"--embedding {self.embedding} does not exist")
+        check_choices(self)
+        check_installed(self.sampler)
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ConfigError(f"-n must be a whole number >= 1, got {self.n!r}")
+        check_seed(self.seed, self.n)  # (picture i uses seed + i)
+        check_drawing(self.steps, self.guidance, self.clip_skip, self.resolution)
+        if self.description is not None and not self.description.strip():
+            raise ConfigError("--description is empty; give the words you would use for the concept, or leave it out")
+        if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
+            raise ConfigError(f"--token {self.token!r} must be one word without spaces, e.g. '<my-dog>'")
+        for prompt in self.prompts:  # (a config file's list may hold a mapping: YAML reads `- {}` as one)
+            if not isinstance(prompt, str):
+                raise ConfigError(f"--prompts {prompt!r} is not text; in a YAML file put a prompt that starts with "
+                                  "{} in quotes: - \"{} on a beach\"")
+        return self
