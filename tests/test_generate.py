@@ -881,6 +881,23 @@ def test_web_ui_syntax_textinv_does_not_apply_is_warned_about(sd1_dir, tmp_path)
                                 model=str(sd1_dir)), progress=False)
 
 
+def test_a_token_no_embedding_given_holds_is_warned_about(sd1_dir, tmp_path):
+    """`--prompt "a photo of <ball>"` without `--embedding` drew the letters' pieces of words, silently: a <token> the
+    model's vocabulary lacks is named, with the flag that gives its file; one given, or another tool's tag, is not."""
+    config = GenerateConfig(prompt=["a photo of <ball> and [<cube>:<ball>:2] <lora-like:x>"], out=str(tmp_path / "r"),
+                            n=1, steps=1, width=16, model=str(sd1_dir))
+    with pytest.warns(UserWarning, match=r"<ball>, <cube> are in no embedding given and not in the model's "
+                                         r"vocabulary: .* give the file with --embedding"):
+        generate(config, progress=False)
+    (path,) = save_embedding(LearnedEmbedding("<ball>", {"text_encoder": torch.zeros(1, 32)}), tmp_path / "b.pt",
+                             "a1111")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        generate(GenerateConfig(prompt=["a photo of <ball>"], embedding=[str(path)], out=str(tmp_path / "s"), n=1,
+                                steps=1, width=16, model=str(sd1_dir)), progress=False)
+    assert not [w for w in said if "vocabulary" in str(w.message)]
+
+
 def test_lora_tags_are_read_as_the_web_ui_reads_them():
     from textinv.emphasis import LoraTag, lora_tags
 

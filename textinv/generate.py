@@ -2684,6 +2684,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     drawn = [words for words, _ in texts + list(negatives.values())] + [emphasis.lora_tags(config.hires_prompt or "")[0]]
     config = _trained_size_given(config, model, embeddings, drawn)
     _warn_unapplied(config, jobs, negatives)
+    _warn_unknown_tokens(config, model, drawn)
     names = _file_names(config, jobs, pictures.sources)
     mine = [name for (_, _, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
     run = _Run(config, model, embeddings, loras, _hires_prompts(config, embeddings, model), steps, guidance, clip_skip,
@@ -2761,6 +2762,25 @@ def _warn_unapplied(config: GenerateConfig, jobs: list[dynamic.Job],
         if emphasis.unsupported(text):
             warn(f"{text[:60]!r} uses the web UI's " + ", ".join(emphasis.unsupported(text)) + ", which "
                  "textinv does not apply: they are read as words", stacklevel=3)
+
+
+_TOKEN_LIKE = re.compile(r"<[^<>\s:|]+>")  # a learned token's usual spelling (not the web UI's <lora:...> tags)
+
+
+def _warn_unknown_tokens(config: GenerateConfig, model: Model, texts: list[str]) -> None:
+    """Warn of a `<token>` the prompts write (`texts`: their words, LoRA tags taken out) that no embedding given and
+    nothing in the model's vocabulary is: it is drawn as the pieces of words its letters make, without any concept,
+    most often because the embedding's file was not given. Not under --emphasis comfy, where a bare token is words
+    and `embedding:NAME` names a file (said on their own)."""
+    if config.emphasis == "comfy":
+        return
+    tokenizer = model.encoders[0][1]
+    unknown = [word for word in dict.fromkeys(w for text in texts for w in _TOKEN_LIKE.findall(text))
+               if tokenizer.convert_tokens_to_ids(word) == tokenizer.unk_token_id]
+    if unknown:
+        warn(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} in no embedding given and not in the "
+             f"model's vocabulary: drawn as pieces of words, without a concept; give the file with --embedding "
+             f"(a file or a folder of them)", stacklevel=3)
 
 
 def _file_names(config: GenerateConfig, jobs: list[dynamic.Job], sources: list[Path | None]
