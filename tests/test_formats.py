@@ -899,6 +899,19 @@ def test_inspect_lists_a_files_metadata_in_sorted_order(tmp_path):
     assert shown == sorted(keys)
 
 
+def test_inspect_of_a_folder_names_the_file_in_it_that_it_read(tmp_path):
+    """`inspect runs/c` headed its report "runs/c: diffusers format", naming no file: a folder's file is named."""
+    from textinv.inspect import inspect_file
+
+    (tmp_path / "c").mkdir()
+    save_embedding(LearnedEmbedding("<ball>", {"text_encoder": torch.randn(1, 768)}), tmp_path / "c", "diffusers")
+    assert inspect_file(tmp_path / "c")["text"].splitlines()[0] == \
+        f"{tmp_path / 'c'} (learned_embeds.safetensors): diffusers format"
+    (tmp_path / "c" / "learned_embeds.safetensors").rename(tmp_path / "c.safetensors")
+    assert inspect_file(tmp_path / "c.safetensors")["text"].splitlines()[0] == \
+        f"{tmp_path / 'c.safetensors'}: diffusers format"
+
+
 def test_inspect_says_an_embedding_longer_than_a_prompt_window_is_split(tmp_path):
     """76+ vectors cannot sit in one 75-token pass of CLIP: inspect says so (generate warns when it loads it)."""
     from textinv.inspect import inspect_file

@@ -85,7 +85,9 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
         nearest = _compare_with_model(report, emb, model, top_k, revision, variant)
     else:
         report.update(describe(emb))
-    lines = [f"{report['file']}: {report['format']} format", f"token: {emb.token}",
+    # (a folder: the file in it that was read, learned_embeds.safetensors or .bin)
+    shown = f"{path} ({_resolve(file).name})" if Path(file).is_dir() else str(path)
+    lines = [f"{shown}: {report['format']} format", f"token: {emb.token}",
              f"vectors: {emb.num_vectors}", f"fits: {report['family']}"]
     lines += _modelspec_lines(report)
     if mismatch:
