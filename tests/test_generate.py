@@ -89,7 +89,8 @@ def test_an_embedding_of_more_vectors_than_a_prompt_window_is_warned_about_and_s
     """A file of one key holding a [200, d] tensor loads as an embedding, but no 77-token window holds its token:
     it is split across chunks, read apart (ComfyUI does the same; the web UI fails on it). Said, not silent; 75
     vectors, which fit, are not warned about."""
-    from textinv.generate import encode_prompts, unload_embeddings
+    from textinv.conditioning import encode_prompts
+    from textinv.generate import unload_embeddings
 
     model = fresh_model(sd1_dir)
     with warnings.catch_warnings():
@@ -284,7 +285,7 @@ def test_seed_minus_one_draws_a_seed_that_is_recorded(sd1_dir, tmp_path):
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_encoded_in_chunks_as_the_web_ui_does(sd1_dir, tmp_path):
     from textinv.emphasis import token_chunks
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(8, 32)}))
@@ -488,7 +489,7 @@ def test_emphasis_is_read_as_the_a1111_web_ui_reads_it():
 
 
 def test_emphasis_scales_its_tokens_and_plain_prompts_encode_as_in_training(sd1_dir):
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
     from textinv.models import encode_text
 
     model = fresh_model(sd1_dir)
@@ -513,7 +514,7 @@ def test_emphasis_scales_its_tokens_and_plain_prompts_encode_as_in_training(sd1_
 def test_a_prompt_without_emphasis_encodes_as_alone_beside_one_with_it(sd1_dir):
     """A batch with emphasis scales back only its weighted prompts' chunks: a plain one is what it is alone (the tiny
     model's 'a blue cat' averages exactly 0, which 0 / 0 made NaN)."""
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     alone = encode_prompts(model, ["a blue cat"])[0][0]
@@ -527,7 +528,7 @@ def test_emphasis_is_scaled_back_to_the_mean_of_all_a_prompts_scheduled_texts_as
     "blue car" is scaled by the factor "(red:1.5) car" needs. Each text was scaled to its own mean: "blue car" was
     left as it is."""
     from textinv.emphasis import token_chunks
-    from textinv.generate import _prompted
+    from textinv.conditioning import _prompted
     from textinv.models import encode_text
 
     model = fresh_model(sd1_dir)
@@ -1202,7 +1203,7 @@ def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidan
     for steps 0-2 and `[ugly|dark]` goes ugly, ugly, dark, ugly; a sampler's extra calls keep their step's text."""
     from diffusers import PNDMScheduler
 
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     sampler = "euler"
@@ -1232,7 +1233,7 @@ def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidan
 def test_a_second_order_samplers_prompt_editing_counts_its_model_calls_as_the_web_ui_does(sd1_dir, sampler):
     """The web UI schedules a second-order sampler's prompt editing over twice the steps and counts its model calls
     (step_multiplier): `[red:blue:2]` at 4 steps (7 calls) draws red for calls 0-2, not for the first 3 steps' 5."""
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     seen = _conditioning_seen(model)
@@ -1822,7 +1823,7 @@ def test_sdxl_emphasis_restores_each_text_encoders_mean_on_its_own(tmp_path):
     """The web UI wraps SDXL's two text encoders one by one (sd_hijack: FrozenCLIPEmbedderForSDXLWithCustomWords,
     FrozenOpenCLIPEmbedder2WithCustomWords), and each applies the emphasis to its own output and scales it back to
     its own mean (sd_emphasis.EmphasisOriginal) before the conditioner lays the two side by side."""
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
     from textinv.tiny import build_tiny_xl_pipeline
 
     build_tiny_xl_pipeline().save_pretrained(tmp_path / "xl")
@@ -1880,7 +1881,7 @@ def test_a_prompt_and_negative_of_different_lengths_are_each_read_at_their_own_l
     pad_cond_uncond=False, "changes seeds"): CFGDenoiser.forward runs each through the UNet at its own length
     (`else:` branch when tensor.shape[1] != uncond.shape[1]); padding with empty chunks adds keys that its
     cross-attention reads, and changes the picture."""
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     calls = []
@@ -3749,7 +3750,7 @@ def test_composable_sub_prompts_of_different_lengths_are_padded_with_their_last_
     """As the web UI stacks sub-prompts (prompt_parser.stack_conds): a sub-prompt shorter than its picture's longest
     is read at that length, its own chunks followed by copies of its last vector (not empty chunks, not hidden);
     the negative is read at its own length (the web UI's pad_cond_uncond off)."""
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     unet = model.pipeline.unet
@@ -3790,6 +3791,7 @@ def test_prompt_editing_and_learned_tokens_work_inside_each_sub_prompt(sd1_dir):
 def test_a_prompt_without_and_draws_as_before(sd1_dir, monkeypatch):
     """A prompt without AND never reaches composable diffusion's code, and draws as the pipeline draws its
     conditioning directly."""
+    import textinv.conditioning as conditioning
     import textinv.generate as gen
     from textinv.emphasis import composable_parts
 
@@ -3800,12 +3802,12 @@ def test_a_prompt_without_and_draws_as_before(sd1_dir, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("composable diffusion's code reached for a prompt without AND")
 
-    monkeypatch.setattr(gen, "_composing", refuse)
+    monkeypatch.setattr(conditioning, "_composing", refuse)
     monkeypatch.setattr(gen.emphasis, "composable_parts", refuse)
     assert np.array_equal(_drawn(model, ["a photo of a dog"], steps=3)[0], ours)
     monkeypatch.undo()
     pipe = model.pipeline
-    cond, uncond = gen.encode_prompts(model, ["a photo of a dog"])[0], gen.encode_prompts(model, [""])[0]
+    cond, uncond = (conditioning.encode_prompts(model, [text])[0] for text in ("a photo of a dog", ""))
     size = model.resolution
     latents = torch.randn((pipe.unet.config.in_channels, size // pipe.vae_scale_factor,
                            size // pipe.vae_scale_factor), generator=torch.Generator().manual_seed(0))[None]

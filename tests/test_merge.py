@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from textinv.cli import main
+from textinv.conditioning import encode_prompts
 from textinv.config import MergeConfig
 from textinv.errors import ConfigError, FormatError, ModelError, TokenError
 from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
-from textinv.generate import encode_prompts, expand_all, install_embedding, unload_embeddings
+from textinv.generate import expand_all, install_embedding, unload_embeddings
 from textinv.merge import Part, merge, merge_embeddings, parse_term, take
 from textinv.models import load_model
 from textinv.tiny import build_tiny_xl_pipeline

@@ -408,7 +408,7 @@ def test_a_variation_that_cannot_be_drawn_is_refused_naming_the_flag(settings, m
 
 def test_the_web_uis_emphasis_settings_weigh_as_it_does_and_are_written_and_read_back(sd1_dir, tmp_path):
     from textinv.again import again_config
-    from textinv.generate import _encode_chunks, _prompt_chunks
+    from textinv.conditioning import _encode_chunks, _prompt_chunks
 
     model = fresh_model(sd1_dir)
     rows = [_prompt_chunks(model, ["a (red:1.5) dog"])[0]]
@@ -470,7 +470,7 @@ def test_comfy_emphasis_cuts_a_long_prompt_into_chunks_as_comfyui_does(sd1_dir):
     are a piece of their own. The web UI's cut (after a comma among a chunk's last 20 tokens) was used, then one word
     by word (ComfyUI's before it tokenized a piece whole: a long prompt's last word was moved, not split)."""
     from textinv.emphasis import comfy_token_chunks
-    from textinv.generate import _layout
+    from textinv.conditioning import _layout
 
     model = fresh_model(sd1_dir)
     tok = model.tokenizer
@@ -498,7 +498,7 @@ def test_comfy_emphasis_moves_weighted_tokens_from_the_empty_prompts_states_as_c
     (comfy/sd1_clip.py, encode_token_weights), and scales nothing back to a mean; its prompt editing brackets are
     words. Read as the web UI's, `(red:1.5)` was scaled and the chunk scaled back, `[red:blue:0.5]` edited."""
     from textinv.again import again_config
-    from textinv.generate import _encode_chunks, _prompt_chunks, _prompted, encode_prompts
+    from textinv.conditioning import _encode_chunks, _prompt_chunks, _prompted, encode_prompts
 
     model = fresh_model(sd1_dir)
     plain, empty = (_encode_chunks(model, [_prompt_chunks(model, [p])[0]], 1, 1)[0] for p in ("a red dog", ""))
@@ -701,7 +701,7 @@ def test_an_init_image_folder_redraws_each_of_its_pictures_with_every_prompt(sd1
 
 
 def test_a_hires_prompt_and_negative_prompt_condition_the_second_pass_only(sd1_dir):
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     calls = _unet_calls(model)
@@ -1310,7 +1310,7 @@ def test_pad_cond_uncond_reads_the_prompt_and_its_negative_at_the_longers_length
     the UNet reads both whole, so a prompt of 2 chunks and a negative of 1 draw another picture than at their own
     lengths (the default). Each UNet row is the UNet's output for the padded text (`padded`: the negative, 0, or the
     prompt, 1)."""
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     calls = []
@@ -1339,7 +1339,7 @@ def test_render_refuses_a_pad_conds_it_does_not_know(sd1_dir):
 
 def test_pad_cond_uncond_changes_nothing_where_the_lengths_match(sd1_dir):
     """A prompt and a negative of one chunk each, or of two each, need no padding: the same picture either way."""
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     for prompt, negative in (("a dog", "ugly"), (LONG, "a photo of a " + "cat " * 80)):
@@ -1353,7 +1353,7 @@ def test_pad_cond_uncond_pads_each_picture_and_sub_prompt_as_the_web_ui(sd1_dir)
     """Composable diffusion (AND): a picture's sub-prompts are read at its longest's length (the web UI's
     stack_conds), and with padding the negative is read at it too, where it is shorter; in a batch each picture's
     rows are padded to its own longer, so a picture is its own at any batch size."""
-    from textinv.generate import _layout, _padded_lengths
+    from textinv.conditioning import _layout, _padded_lengths
 
     assert _padded_lengths([[2, 1]], [[1, 1]], [0, 1]) == ([[2, 1]], [[2, 1]])  # (two pictures)
     assert _padded_lengths([[1, 1]], [[3]], [0, 0]) == ([[3, 3]], [[3]])  # (one picture of two sub-prompts)
@@ -1406,7 +1406,7 @@ def test_pad_cond_uncond_v0_makes_the_negative_the_prompts_length(sd1_dir, promp
     """--pad-cond-uncond-v0, the web UI's "Pad prompt/negative prompt (v0)" (CFGDenoiser.pad_cond_uncond_v0, its
     DDIM's padding before 1.6): a shorter negative gets its last vector repeated to the prompt's length, a longer one
     is cut to it; the prompt is read at its own. Each UNet row is the UNet's output for that text."""
-    from textinv.generate import encode_prompts
+    from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
     calls = []

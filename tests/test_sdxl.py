@@ -12,10 +12,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from textinv.conditioning import encode_prompts
 from textinv.config import GenerateConfig, TrainConfig
 from textinv.errors import ConfigError, ModelError
 from textinv.formats import load_embedding
-from textinv.generate import encode_prompts, generate, install_embedding, render, unload_embeddings
+from textinv.generate import generate, install_embedding, render, unload_embeddings
 from textinv.models import encode_text, load_model
 from textinv.tiny import build_tiny_xl_pipeline
 from textinv.tokens import base_embedding
@@ -705,7 +706,7 @@ def test_comfy_emphasis_draws_an_embedding_that_fits_no_sdxl_encoder_without_it_
 def test_an_embedding_left_out_of_an_encoders_chunk_closes_it_up_its_weights_staying_by_place():
     """As ComfyUI leaves out an embedding of another width: the ids go, the end token and the rest move up, padding
     fills the end, and each weight stays at its place (so the 1.5 after the embedding now falls on the end token)."""
-    from textinv.generate import _left_out
+    from textinv.conditioning import _left_out
 
     chunk = ([49406, 1, 500, 501, 2, 49407, 0, 0], [1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0])
     assert _left_out(chunk, {500, 501}, 0) == ([49406, 1, 2, 49407, 0, 0, 0, 0], chunk[1])

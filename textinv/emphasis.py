@@ -11,7 +11,7 @@ characters (a backslash before any other character is dropped); a bracket left o
 Long prompts: the web UI splits the tokens into chunks of 75 (breaking after the last comma when there is one among
 the chunk's last 20 tokens, and never through a learned token's vectors), `BREAK` starts a new chunk, and each chunk
 is encoded on its own between start and end tokens; the hidden states are laid end to end. `token_chunks` makes the
-chunks; `generate.encode_prompts` encodes them, scales each token's hidden state by its weight and restores each
+chunks; `conditioning.encode_prompts` encodes them, scales each token's hidden state by its weight and restores each
 chunk's mean, as the web UI does, so a weight changes the balance between the words, not the conditioning's scale
 (the mean over all of a prompt's `prompt_schedule` texts at once, as the web UI encodes them: `generate`).
 
