@@ -3333,7 +3333,7 @@ def test_a_shareable_picture_names_its_files_without_saying_where_they_are(sd1_d
     import json
     import re
 
-    from textinv.generate import shareable_record
+    from textinv.infotext import shareable_record
 
     picture, sep = _drawn_with_paths(sd1_dir, tmp_path, "shareable")
     text = Image.open(picture).text
@@ -3389,7 +3389,7 @@ def test_the_parameters_name_a_single_file_model_as_the_web_ui_does_and_again_st
     assert again_config(picture, {"out": str(tmp_path / "again")})[0].model == str(model)
     with pytest.raises(ConfigError, match=r"--model with where sd15 v2.safetensors is"):
         again_config(tmp_path / "shareable" / picture.name, {"out": str(tmp_path / "again")})
-    from textinv.generate import png_text  # (a folder, a hub id and a bundled name, as the web UI has none: as given)
+    from textinv.infotext import png_text  # (a folder, a hub id and a bundled name, as the web UI has none: as given)
 
     for given, named in ((str(sd1_dir), sd1_dir.name), ("sd15", "sd15"), ("org/sd-1.5", "org/sd-1.5"),
                          ("shapes", "shapes")):
@@ -3434,7 +3434,7 @@ def test_again_on_a_shareable_picture_asks_for_each_path_and_draws_it_bit_for_bi
 
 def test_again_reads_an_older_textinvs_per_key_text(sd1_dir, tmp_path):
     from textinv.again import again_config
-    from textinv.generate import png_text
+    from textinv.infotext import png_text
 
     old = {"prompt": "a dog", "expanded_prompt": "a dog", "negative_prompt": "cat", "seed": 7, "steps": 3,
            "sampler": "euler", "guidance": 5.0, "size": "24x16", "clip_skip": 1, "model": str(sd1_dir),
@@ -3605,7 +3605,7 @@ def test_the_web_ui_names_of_each_sampler_read_back_as_it(sd1_dir, tmp_path):
     from PIL.PngImagePlugin import PngInfo
 
     from textinv.again import again_config
-    from textinv.generate import png_text
+    from textinv.infotext import png_text
     from textinv.samplers import SAMPLERS
 
     def written(sampler):

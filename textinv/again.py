@@ -63,9 +63,10 @@ from .comfy_workflow import api_graph, is_api_graph, is_editor_workflow
 from .errors import ConfigError, warn
 from .formats import (PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, holds_png_embedding, load_embedding, on_disk,
                       split_bundle)
-from .generate import (COMFY_BARE_TOKENS, COMFY_TOKEN, HIRES_SETTINGS, MASK_SETTINGS, embedding_files, file_digest,
-                       file_sha256, folder_embeddings, hash_name, lora_files, lora_sha256)
+from .generate import (COMFY_BARE_TOKENS, COMFY_TOKEN, embedding_files, file_digest, file_sha256, folder_embeddings,
+                       lora_files, lora_sha256)
 from .hub import hub_reference
+from .infotext import HIRES_SETTINGS, MASK_SETTINGS, hash_name
 from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
@@ -744,7 +745,7 @@ def _a1111_mask(path: Path, fields: dict[str, str], settings: dict[str, Any], wi
 
 
 def parse_webui_hashes(text: str) -> dict[str, str]:
-    """The web UI's "TI hashes" (or "Lora hashes") value as {name: short hash}; `generate.webui_hashes` writes it.
+    """The web UI's "TI hashes" (or "Lora hashes") value as {name: short hash}; `infotext.webui_hashes` writes it.
 
     >>> parse_webui_hashes("easynegative: c74b4e810b03, bad-hands: 0123456789ab")
     {'easynegative': 'c74b4e810b03', 'bad-hands': '0123456789ab'}
@@ -1724,7 +1725,7 @@ def _check_init_unchanged(picture: Picture, init_image: str | None, name: str = 
 
 def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str], prompts: list[str] = ()) -> None:
     """Warn of an --embedding file that is not the one a web UI picture names: its "TI hashes" give each embedding's
-    name and the first digits of its file's SHA-256 (`generate.webui_hashes`). A file whose SHA-256 begins with one
+    name and the first digits of its file's SHA-256 (`infotext.webui_hashes`). A file whose SHA-256 begins with one
     of them is that embedding, whatever its name; one named as an embedding there (its file name, or its --token; in
     a folder given, the files so named) whose SHA-256 does not is another file or version. The embeddings no file
     given answers to are named too: without them the prompt reads their names as words. Names are compared in one

@@ -47,7 +47,8 @@ from .errors import ConfigError, DataError, FormatError, ModelError, warn, warns
 from .formats import BUNDLE_SEPARATOR, LearnedEmbedding, load_embedding, on_disk, split_bundle
 from .hub import hub_reference
 from .generate import (DEFAULT_STEPS, _file_name, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
-                       generation_size, handed_back, install_embedding, png_text, render)
+                       generation_size, handed_back, install_embedding, render)
+from .infotext import png_text
 from .io import absolute, atomic_path, make_folder, sync_folder, write_json, write_text
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (Model, _is_local_path, check_model_object, launched_precision, load_model, offline_note,

@@ -45,9 +45,10 @@ from tqdm.auto import tqdm
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
 from .errors import ConfigError, DeviceMemoryError, TextinvError, said_once, warns_at_caller
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
-from .generate import (GenerationInterrupted, _as_prompted, _file_name, _infotext_value, _memory_error, _model_name,
-                       _Where, check_refiner_source, checked_settings, drawing_dtype, drawing_model, generate, launched,
-                       make_grid, refiner_model, write_failed)
+from .generate import (GenerationInterrupted, _as_prompted, _file_name, _memory_error, _Where, check_refiner_source,
+                       checked_settings, drawing_dtype, drawing_model, generate, launched, make_grid, refiner_model,
+                       write_failed)
+from .infotext import _infotext_value, _model_name
 from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
 from .models import interrupt_kept, pick_device
