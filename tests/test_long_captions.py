@@ -6,14 +6,15 @@ import pytest
 import torch
 import yaml
 
-from textinv import train as train_module
+from textinv import losses, train as train_module
 from textinv.config import TrainConfig
 from textinv.errors import ConfigError
 from textinv.formats import load_embedding
 from textinv.models import encode_text, load_model
 from textinv.tiny import build_tiny_xl_pipeline
 from textinv.tokens import base_embedding
-from textinv.train import encode_captions, long_caption_ids, train
+from textinv.losses import encode_captions
+from textinv.train import long_caption_ids, train
 
 from test_train import config
 from conftest import fresh_model
@@ -124,7 +125,11 @@ def test_the_default_reads_one_pass_of_77_as_always(family, sd1_dir, xl_dir, ima
         raise AssertionError("the long captions' code ran in a default run")
 
     monkeypatch.setattr(train_module, "long_caption_ids", absent)
-    monkeypatch.setattr(train_module, "encode_captions", lambda m, ids, clip_skip=1: encode_text(m, ids, clip_skip))
+    def plain(m, ids, clip_skip=1):
+        return encode_text(m, ids, clip_skip)
+
+    monkeypatch.setattr(losses, "encode_captions", plain)  # (as `diffusion_loss` looks it up)
+    monkeypatch.setattr(train_module, "encode_captions", plain)  # (as `grouped_loss` does, with --buckets)
     without = train(config(images, tmp_path / "b", **run), model=load_model(where), progress=False)
     for name in default.embedding.vectors:
         assert torch.equal(default.embedding.vectors[name], without.embedding.vectors[name])
@@ -165,8 +170,8 @@ def test_a_token_across_a_chunks_end_trains_every_vector(sd1_dir, images, tmp_pa
     model = fresh_model(sd1_dir)
     caption_all(images, words(model.tokenizer, 74) + " {}")
     seen = []
-    real = train_module.encode_captions
-    monkeypatch.setattr(train_module, "encode_captions", lambda *a: seen.append(a[1][0]) or real(*a))
+    real = losses.encode_captions  # (where `diffusion_loss` looks it up)
+    monkeypatch.setattr(losses, "encode_captions", lambda *a: seen.append(a[1][0]) or real(*a))
     init = base_embedding(model.text_encoder).weight[model.tokenizer("dog", add_special_tokens=False).input_ids[0]]
     init = init.clone()
     result = train(config(images, tmp_path / "a", steps=3, vectors=2, max_token_length=150), model=model,

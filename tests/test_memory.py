@@ -11,7 +11,7 @@ import torch
 
 from conftest import CUDA_OUT_OF_MEMORY, fresh_model, out_of_memory_at, train_config
 from textinv import cli
-from textinv import train as train_module
+from textinv import losses, train as train_module
 from textinv.errors import DeviceMemoryError
 from textinv.memory import device_note, is_out_of_memory
 from textinv.models import load_model
@@ -525,7 +525,7 @@ def test_ctrl_c_while_the_batch_is_worked_out_shows_the_error_at_once(sd1_dir, i
         assert F.scaled_dot_product_attention is not attention  # (in the middle of the count)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "diffusion_loss", interrupted)  # (the step `step_bytes` runs)
+    monkeypatch.setattr(losses, "diffusion_loss", interrupted)  # (the step `step_bytes` runs)
     message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
     assert message.startswith("out of memory on cuda in training step 5") and "Worked out" not in message
     assert F.scaled_dot_product_attention is attention

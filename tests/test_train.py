@@ -130,7 +130,8 @@ def test_other_save_formats(fmt, name, sd1_dir, images, tmp_path):
 def fixed_batch_loss(model, images, prompt, n=64, seed=123):
     """The denoising loss on one fixed set of (picture, noise, timestep) draws: comparable across vectors."""
     from textinv.data import find_images, load_training_images
-    from textinv.train import diffusion_loss, encode_latents
+    from textinv.losses import diffusion_loss
+    from textinv.train import encode_latents
 
     pixels = torch.stack([p.pixels for p in load_training_images(find_images(images), model.resolution)])
     mean, _ = encode_latents(model.vae, pixels)
@@ -562,7 +563,7 @@ def test_timesteps_are_drawn_only_from_the_given_range(sd1_dir, images, tmp_path
 def test_loss_weights_cap_the_clean_latent_weight_at_gamma():
     """Min-SNR in the terms of the error of the predicted clean latent (epsilon loss = SNR x that error, v loss =
     (SNR + 1) x that error), finite at SNR 0 (a zero-terminal-SNR schedule's last timestep)."""
-    from textinv.train import loss_weights
+    from textinv.losses import loss_weights
 
     alphas = torch.tensor([0.0, 1e-3, 0.5, 0.9, 0.999])
     snr = alphas / (1 - alphas)
@@ -1186,7 +1187,7 @@ def cut_out(images, folder, keep=lambda a: a):
 def test_weighted_loss_ignores_pixels_of_weight_zero_and_keeps_the_plain_scale():
     from diffusers import DDPMScheduler
 
-    from textinv.train import denoising_loss
+    from textinv.losses import denoising_loss
 
     scheduler = DDPMScheduler()
     g = torch.Generator().manual_seed(0)
@@ -1629,12 +1630,14 @@ def test_buckets_on_square_pictures_change_nothing(sd1_dir, images, tmp_path):
 
 
 def test_grouped_loss_is_each_shapes_loss_in_the_batchs_order(sd1_dir, monkeypatch):
-    from textinv.train import diffusion_loss, grouped_loss
+    from textinv import losses
+    from textinv.losses import diffusion_loss
+    from textinv.train import grouped_loss
 
     model = fresh_model(sd1_dir)
     encodings = []
-    real_encode = train_module.encode_text
-    monkeypatch.setattr(train_module, "encode_text", lambda m, ids, *a: encodings.append(len(ids[0])) or
+    real_encode = losses.encode_text  # (where `encode_captions` looks it up)
+    monkeypatch.setattr(losses, "encode_text", lambda m, ids, *a: encodings.append(len(ids[0])) or
                         real_encode(m, ids, *a))
     scheduler = model.noise_scheduler()
     g = torch.Generator().manual_seed(0)

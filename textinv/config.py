@@ -907,7 +907,7 @@ class TrainConfig:
 
     def _check_noise_and_loss(self) -> None:
         """kohya's noise and loss settings (the ones that need the model, v-prediction or not, are checked once it
-        has loaded: `train.check_loss_for`)."""
+        has loaded: `losses.check_loss_for`)."""
         def number(name: str, low: float | None = 0.0, above: bool = False, typical: str = "") -> float:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (

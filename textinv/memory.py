@@ -296,7 +296,7 @@ def step_bytes(twin, first_ids: list[int], batch: int, resolution: int | tuple[i
     steps, on a meta-device model (`meta_twin`); with `max_token_length` 150 or 225 (--max-token-length) each
     caption is its 2 or 3 chunks, as the trainer's."""
     from .models import xl_time_ids
-    from .train import diffusion_loss
+    from .losses import diffusion_loss
 
     unet = twin.unet
     if checkpointing:

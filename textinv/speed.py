@@ -62,7 +62,7 @@ def _unet_and_input_gradient(unet, example: dict) -> tuple[torch.Tensor, ...]:
         pooled = rest["added_cond_kwargs"]["text_embeds"].clone().requires_grad_(True)
         rest["added_cond_kwargs"] = {**rest["added_cond_kwargs"], "text_embeds": pooled}
         learned.append(pooled)
-    # called as the training step calls it (`train.diffusion_loss`: three positional arguments, the rest by name):
+    # called as the training step calls it (`losses.diffusion_loss`: three positional arguments, the rest by name):
     # dynamo guards on how a compiled function is called, so keywords here would compile the UNet again at the
     # first step, and the graph checked would not be the one that trains
     out = unet(example["sample"], example["timestep"], context, **rest).sample

@@ -767,7 +767,7 @@ def _step_inputs(inputs: dict, vae, scale: float, device, autocast) -> dict[str,
 
 def _unet_loss(config: PretrainConfig, noise_scheduler, text_encoder, unet, autocast):
     """The UNet step's loss as a function of the step's inputs (`_step_inputs`)."""
-    from textinv.train import denoising_loss
+    from textinv.losses import denoising_loss
 
     def step_loss(inputs: dict) -> torch.Tensor:
         """The step's loss, (1,), from the latents, noise, timesteps and caption ids."""
