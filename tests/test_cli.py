@@ -335,7 +335,7 @@ def test_a_data_parallel_set_up_says_a_ctrl_c_in_one_process_to_the_others(monke
     import torch.distributed as dist
 
     from textinv.errors import TrainingError
-    from textinv.train import _StopRequest
+    from textinv.stopping import _StopRequest
 
     heard = []
 
