@@ -261,7 +261,7 @@ def test_running_out_of_memory_inside_the_capture_is_the_runs_error(on_the_cpu, 
 
 
 def test_a_grid_that_runs_out_of_memory_beside_the_captured_step_suggests_leaving_it_out(images, tmp_path):
-    from textinv.train import _memory_error, _Where
+    from textinv.train_memory import _memory_error, _Where
 
     for graphed in (False, True):
         where = _Where(config(images, tmp_path, cuda_graphs=graphed, sample_every=5), torch.float16, stage="grid",

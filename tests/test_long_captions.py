@@ -261,7 +261,7 @@ def test_the_memory_worked_out_counts_the_long_conditioning(sd1_dir, images, tmp
     """Out of memory on a GPU, the batch that fits is worked out for the run's step: with --max-token-length 225 the
     text encoders read three chunks a sample and the UNet attends to 227 states, so fewer samples fit."""
     from textinv.memory import RESERVE, WORKSPACE, meta_twin, step_bytes
-    from textinv.train import _memory_error, _Where
+    from textinv.train_memory import _memory_error, _Where
 
     from conftest import CUDA_OUT_OF_MEMORY
     from test_memory import _fake_cuda

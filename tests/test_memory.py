@@ -11,12 +11,13 @@ import torch
 
 from conftest import CUDA_OUT_OF_MEMORY, fresh_model, out_of_memory_at, train_config
 from textinv import cli
-from textinv import losses, train as train_module
+from textinv import losses, train as train_module, train_memory
 from textinv.errors import DeviceMemoryError
 from textinv.memory import device_note, is_out_of_memory
 from textinv.models import load_model
 from textinv.run_folder import checkpoints, run_lock
-from textinv.train import _memory_error, _Where, train
+from textinv.train import train
+from textinv.train_memory import _memory_error, _Where
 
 MPS_MESSAGE = ("MPS backend out of memory (MPS allocated: 17.90 GB, other allocations: 40.00 MB, max allowed: 18.13 "
                "GB). Tried to allocate 256.00 MB on private pool. Use PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 to disable "
@@ -506,7 +507,7 @@ def test_the_worked_out_batch_is_left_out_where_it_cannot_explain_the_failure(sd
     roomy = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
     assert "Worked out" not in roomy and "--batch 4 --grad-accum 2" in roomy
     _fake_cuda(monkeypatch, free=1, reserved=0, allocated=0)
-    monkeypatch.setattr(train_module, "meta_twin", lambda *a: 1 / 0)  # (a model it cannot rebuild: the plain message)
+    monkeypatch.setattr(train_memory, "meta_twin", lambda *a: 1 / 0)  # (a model it cannot rebuild: the plain message)
     assert str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY))) == roomy
 
 
@@ -555,7 +556,7 @@ def test_a_run_hands_its_model_and_size_to_the_worked_out_batch(sd1_dir, images,
         asked.append((where.model, where.resolution, where.clip_skip, where.held, batch))
         return 1, 5
 
-    monkeypatch.setattr(train_module, "_batches_that_fit", batches_that_fit)
+    monkeypatch.setattr(train_memory, "_batches_that_fit", batches_that_fit)
     monkeypatch.setattr(train_module, "_allocated", lambda device: 123_456)  # (torch's count on a GPU)
     out_of_memory_at(monkeypatch, 2)
     with pytest.raises(DeviceMemoryError) as info:
@@ -729,7 +730,7 @@ def test_a_width_by_height_run_hands_its_size_to_the_worked_out_batch(sd1_dir, i
         asked.append(where.resolution)
         return 1, 5
 
-    monkeypatch.setattr(train_module, "_batches_that_fit", batches_that_fit)
+    monkeypatch.setattr(train_memory, "_batches_that_fit", batches_that_fit)
     out_of_memory_at(monkeypatch, 2)
     with pytest.raises(DeviceMemoryError) as info:
         train(config(images, tmp_path / "run", batch=4, resolution="24x16"), model=model, progress=False)
