@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from textinv import losses, train as train_module
+from textinv import batches, losses, train as train_module
 from textinv.config import TrainConfig
 from textinv.errors import ConfigError
 from textinv.formats import load_embedding
@@ -14,7 +14,8 @@ from textinv.models import encode_text, load_model
 from textinv.tiny import build_tiny_xl_pipeline
 from textinv.tokens import base_embedding
 from textinv.losses import encode_captions
-from textinv.train import long_caption_ids, train
+from textinv.batches import long_caption_ids
+from textinv.train import train
 
 from test_train import config
 from conftest import fresh_model
@@ -124,7 +125,7 @@ def test_the_default_reads_one_pass_of_77_as_always(family, sd1_dir, xl_dir, ima
     def absent(*a, **k):
         raise AssertionError("the long captions' code ran in a default run")
 
-    monkeypatch.setattr(train_module, "long_caption_ids", absent)
+    monkeypatch.setattr(batches, "long_caption_ids", absent)  # (as `CaptionBank` looks it up)
     def plain(m, ids, clip_skip=1):
         return encode_text(m, ids, clip_skip)
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from textinv import losses, train as train_module
+from textinv import batches, losses, train as train_module
 from textinv.config import TrainConfig, config_file_settings
 from textinv.errors import ConfigError
 from textinv.models import load_model
 from textinv.losses import LossOptions, denoising_loss
-from textinv.train import BatchSampler, NoiseOptions, composed_noise, train
+from textinv.batches import BatchSampler, NoiseOptions
+from textinv.train import composed_noise, train
 
 from test_train import _mixed_pictures, config
 from conftest import fresh_model
@@ -192,8 +193,8 @@ def test_the_defaults_run_the_ops_they_always_ran(sd1_dir, images, tmp_path, mon
     def absent(*a, **k):
         raise AssertionError("kohya's noise or loss code ran in a default run")
 
-    for name in ("composed_noise", "pyramid_levels"):
-        monkeypatch.setattr(train_module, name, absent)
+    monkeypatch.setattr(train_module, "composed_noise", absent)
+    monkeypatch.setattr(batches, "pyramid_levels", absent)  # (as `BatchSampler` looks it up)
     for name in ("kohya_weights", "huber_threshold", "pixel_loss"):  # (looked up where `denoising_loss` is)
         monkeypatch.setattr(losses, name, absent)
     real, calls = train_module.diffusion_loss, []

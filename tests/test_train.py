@@ -9,7 +9,7 @@ from textinv.errors import ConfigError, DataError, FormatError, TrainingError
 from textinv.formats import load_embedding
 from textinv.models import load_model
 from textinv.tokens import base_embedding, encode_init, init_vectors
-from textinv import run_folder
+from textinv import batches, run_folder
 from textinv import train as train_module
 from textinv.run_folder import read_loss_log, read_run_settings
 from textinv.train import TrainingInterrupted, train
@@ -338,7 +338,7 @@ def test_a_run_moved_with_its_pictures_resumes_given_where_they_are_now(sd1_dir,
 def test_an_epoch_holds_each_picture_its_own_repeat_count_times():
     """kohya's folders give pictures different repeat counts: each epoch holds picture i exactly counts[i] times,
     and one count for all draws exactly what runs drew before counts per picture."""
-    from textinv.train import BatchSampler
+    from textinv.batches import BatchSampler
 
     sampler = BatchSampler(3, [20, 20, 6], flip=False, seed=0)
     drawn = torch.cat([sampler.draw(23, (1,), (0, 10))["image"] for _ in range(4)])  # two whole epochs of 46
@@ -356,7 +356,7 @@ def test_noise_offset_adds_one_normal_number_per_sample_and_channel_and_off_draw
     state after them are the stream runs drew before the setting (no extra number drawn: every later step's draws
     are unchanged); on, only the noise changes, by a constant over each sample's channel whose spread is X, so each
     (sample, channel) mean of the noise spreads by about sqrt(X^2 + 1/(h w)) instead of 1/sqrt(h w)."""
-    from textinv.train import BatchSampler
+    from textinv.batches import BatchSampler
 
     def sampler(**kw):
         return BatchSampler(3, 2, flip=True, seed=7, **kw)
@@ -1271,7 +1271,7 @@ def test_shuffled_tags_reach_the_training_prompts_and_resume_exactly(sd1_dir, im
 def test_caption_dropout_drops_samples_at_its_rate_and_off_draws_what_runs_always_drew():
     """kohya's caption_dropout_rate: each sample's caption dropped with that chance, drawn from the run's seeded
     generator after everything else, so a run without it draws what it always drew."""
-    from textinv.train import BatchSampler
+    from textinv.batches import BatchSampler
 
     dropping = BatchSampler(4, 25, flip=True, seed=0, caption_dropout=0.3)
     plain = BatchSampler(4, 25, flip=True, seed=0)
@@ -1291,7 +1291,7 @@ def test_caption_dropout_every_n_epochs_drops_exactly_those_epochs_and_resumes_m
     """kohya's caption_dropout_every_n_epochs N: every sample of epochs N, 2N, ... (counted from 1, as kohya's
     current_epoch) is dropped, also where an epoch ends inside a batch; a sampler restored from a checkpoint's
     state goes on dropping what the uninterrupted one drops."""
-    from textinv.train import BatchSampler
+    from textinv.batches import BatchSampler
 
     sampler = BatchSampler(3, 2, flip=False, seed=1, dropout_every=2)  # epochs of 6 samples, batches of 4
     dropped = torch.cat([sampler.draw(4, (1,), (0, 10))["dropped"] for _ in range(9)])  # 6 epochs
@@ -1314,7 +1314,7 @@ def test_a_dropped_caption_trains_on_the_empty_prompt_and_resumes_exactly(sd1_di
     7) is; a run stopped and resumed learns what the uninterrupted run learns."""
     for path in sorted(images.glob("*.png"))[:2]:  # (two with a caption file, two with the templates)
         path.with_suffix(".txt").write_text("{}, red square")
-    picks = recorded_results(monkeypatch, train_module.CaptionBank, "pick")
+    picks = recorded_results(monkeypatch, batches.CaptionBank, "pick")
     banks = recorded_caption_banks(monkeypatch)
     every = train(config(images, tmp_path / "a", caption_dropout_every=2, caption_prefix="art,"),
                   model=fresh_model(sd1_dir), progress=False)
@@ -2132,7 +2132,8 @@ def test_an_init_text_that_names_another_concepts_token_starts_as_in_its_own_run
 def test_epochs_are_the_samplers_epochs(counts, batch, grad_accum, processes):
     """--epochs E: the steps draw E epochs of the largest concept's `BatchSampler` (every picture its count times
     each), and less than one step more; a concept's other pictures only ever come more often."""
-    from textinv.train import BatchSampler, steps_for_epochs
+    from textinv.batches import BatchSampler
+    from textinv.train import steps_for_epochs
 
     epochs = 3
     steps, said = steps_for_epochs(epochs, counts, batch, grad_accum, processes, ["<a>", "<b>"][:len(counts)])

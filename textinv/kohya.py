@@ -181,7 +181,7 @@ SETTINGS: dict[str, tuple[tuple[str, ...], str, Callable]] = {
     "shuffle_caption": (SUBSET_KEY, "shuffle_tags", _bool),
     "keep_tokens": (SUBSET_KEY, "keep_tags", _whole(0)),
     # (kohya's textual inversion refuses the dropout keys: its sanitizer is built without them; its LoRA scripts and
-    # textinv have them. A dropped caption is the empty prompt: `train.BatchSampler.dropped`)
+    # textinv have them. A dropped caption is the empty prompt: `batches.BatchSampler.dropped`)
     "caption_tag_dropout_rate": (SUBSET_KEY, "tag_dropout", _chance),
     "caption_dropout_rate": (SUBSET_KEY, "caption_dropout", _rate),
     "caption_dropout_every_n_epochs": (SUBSET_KEY, "caption_dropout_every", _whole(0)),

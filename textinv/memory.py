@@ -316,7 +316,7 @@ def step_bytes(twin, first_ids: list[int], batch: int, resolution: int | tuple[i
         ids = []
         for (_, tok, _), first in zip(twin.encoders, first_ids):
             row = [tok.bos_token_id, first] + [tok.eos_token_id] * (tok.model_max_length - 2)
-            chunks = max_token_length // (tok.model_max_length - 2)  # (kohya's, `train.long_caption_ids`)
+            chunks = max_token_length // (tok.model_max_length - 2)  # (kohya's, `batches.long_caption_ids`)
             ids.append(torch.tensor([row * chunks] * batch, device="meta"))
         time_ids = None
         if twin.is_xl:

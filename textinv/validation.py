@@ -104,7 +104,7 @@ def fixed_draws(mean, std, bank, time_ids, pixel_weight, pictures: int, draws: i
                 seed: int, scaling: float, device) -> FixedDraws:
     """`draws` samples of each of a concept's `pictures` (the first of its cached latents `mean`/`std`: unmirrored),
     at timesteps spread evenly over [timesteps[0], timesteps[1]): the middles of `draws` equal stretches; the latent
-    samples, noise and captions drawn from `seed`. `bank` is the pictures' `train.CaptionBank`, `time_ids` and
+    samples, noise and captions drawn from `seed`. `bank` is the pictures' `batches.CaptionBank`, `time_ids` and
     `pixel_weight` their SDXL time ids and alpha weights (None where unused)."""
     low, high = timesteps
     steps = torch.tensor([low + (2 * j + 1) * (high - low) // (2 * draws) for j in range(draws)])
