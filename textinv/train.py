@@ -17,6 +17,9 @@ so a resumed run ends exactly where an uninterrupted one does (bit for bit on th
 (`accelerate launch`) draws the global batch on every process from those same generators, each process takes its
 slice, and the vectors' gradient is averaged across processes before the step. Several concepts in one run share
 the frozen model and every batch; each concept's loss term is its own mean, so it learns what its own run would.
+
+Beside it: the loss (`losses`), what a batch draws from (`batches`: the caption bank, the sampler), a signal's stop
+at a step boundary (`stopping`) and the out-of-memory message (`train_memory`).
 """
 
 from __future__ import annotations
