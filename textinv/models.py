@@ -846,7 +846,7 @@ class EarlyInterrupt:
     """Ctrl-C while a model (and a run's pictures) load stops at once, as Python's own handler does, and is noted:
     Python drops an exception raised inside an object's `__del__` (printing "Exception ignored in"), and a Ctrl-C
     landing in one, as the loading collects garbage, was lost and the work went on. Whoever holds it stops on
-    `noted` once the loading is done (`interrupt_kept`; train's `_StopRequest` as its loop begins, or, data
+    `noted` once the loading is done (`interrupt_kept`; `stopping._StopRequest` as train's loop begins, or, data
     parallel, at its first step boundary with the other processes). Only Python's own handler, in the main thread,
     is replaced, or another `EarlyInterrupt`'s (a block within a block: both note the Ctrl-C, so the inner one,
     which ends first, stops on it), and put back on exit."""
