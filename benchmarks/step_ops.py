@@ -77,7 +77,7 @@ def shapes_step_ops(settings: dict) -> dict[str, OpCount]:
     from diffusers import DDPMScheduler
 
     from textinv.shapes import pretrain
-    from textinv.train import denoising_loss
+    from textinv.losses import denoising_loss
 
     config = pretrain.PretrainConfig(**settings, unet_batch=2)
     tokenizer = pretrain.build_tokenizer_for_world()
