@@ -528,7 +528,7 @@ def test_dpmpp_3m_sde_at_an_eta_and_sigma_noise_takes_k_diffusions_steps_on_a_to
     x, calls, recording = _toy_start(sigmas[0])
     generator = torch.Generator().manual_seed(seed)
     expected = _dpmpp_3m_sde(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
-                                1.0 if eta is None else eta, s_noise)
+                             1.0 if eta is None else eta, s_noise)
     start = x / math.sqrt(sigmas[0] ** 2 + 1)
     got, _ = _drawn(made, steps, start, calls, "epsilon", seed)
     torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
