@@ -99,6 +99,21 @@ def recorded_results(monkeypatch, module, name: str) -> list:
     return results
 
 
+def interrupted_at(monkeypatch, module, name: str, call: int) -> list:
+    """`module.name` made to raise KeyboardInterrupt (a Ctrl-C) at its `call`-th call (1: the first), itself
+    otherwise; returned: the list its calls are counted in (one entry a call), to read or reset."""
+    real, calls = getattr(module, name), []
+
+    def stand_in(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, stand_in)
+    return calls
+
+
 def recorded_arguments(monkeypatch, module, name: str, *arguments: str) -> list:
     """The named arguments of each call of `module.name` from now on, a tuple a call, in the list returned: by name,
     so a parameter added to the function does not move them (`generate.render` takes two dozen)."""

@@ -1554,16 +1554,9 @@ def test_a_ctrl_c_in_generate_says_how_many_pictures_were_written_and_where(sd1_
     """Ctrl-C while generate drew said only "interrupted"; it now says how many of the pictures had been written
     (each whole), and to which folder."""
     import textinv.generate as generate_module
+    from conftest import interrupted_at
 
-    draw, calls = generate_module._draw_batch, []
-
-    def stopped_at_the_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return draw(*args, **kwargs)
-
-    monkeypatch.setattr(generate_module, "_draw_batch", stopped_at_the_second)
+    calls = interrupted_at(monkeypatch, generate_module, "_draw_batch", 2)
     out = tmp_path / "r"
     args = ["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "3", "--batch-size", "1", "--steps", "1",
             "--width", "16", "--out", str(out)]

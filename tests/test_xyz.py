@@ -653,15 +653,9 @@ def test_a_notice_of_the_run_is_said_once_per_plot_not_once_per_cell(sd1_dir, tm
 def test_a_ctrl_c_in_a_cell_names_the_cell_and_the_cells_written_before_it(sd1_dir, tmp_path, monkeypatch, capsys):
     """A Ctrl-C in an X/Y/Z plot's cell says which cell it stopped in, what of it was written, and that the cells
     before it are written, with no grid."""
-    draw, calls = generate_module._draw_batch, []
+    from conftest import interrupted_at
 
-    def stopped_in_the_second_cell(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return draw(*args, **kwargs)
-
-    monkeypatch.setattr(generate_module, "_draw_batch", stopped_in_the_second_cell)
+    interrupted_at(monkeypatch, generate_module, "_draw_batch", 2)  # (the second cell's one batch)
     out = tmp_path / "r"
     assert main(["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "1", "--width", "16",
                  "--out", str(out), "--x", "cfg=2,4,6"]) == 130
