@@ -34,7 +34,7 @@ def unet_example(model: Model, batch: int, latent_shape, like: torch.Tensor | No
     """Random UNet inputs of a training step's shapes (from a private generator: the run's RNG is untouched).
     `like`: a latent (4, h, w) whose memory layout the sample takes, as the training steps' UNet input takes the
     cached latents' (NHWC where oneDNN's VAE made them so, on the CPU): dynamo guards on strides too. `tokens`: the
-    conditioning's length, 77, or 2 + --max-token-length with kohya's long captions (`train.encode_captions`)."""
+    conditioning's length, 77, or 2 + --max-token-length with kohya's long captions (`losses.encode_captions`)."""
     unet = model.unet
     g = torch.Generator().manual_seed(0)
     device, dtype = unet.device, unet.dtype
