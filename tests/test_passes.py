@@ -1401,6 +1401,17 @@ def test_pad_cond_uncond_is_written_and_read_back_as_the_web_ui_does(sd1_dir, tm
         assert again_warned(web, {"model": str(sd1_dir)})[0].pad_cond_uncond_v0 is expected, (version, sampler)
 
 
+@pytest.mark.parametrize("hires, padded", [({}, False), ({"hires_prompt": LONG}, True),
+                                            ({"hires_negative_prompt": "ugly, " * 50}, True)])
+def test_pad_cond_uncond_is_written_where_the_hires_fixs_own_prompts_pad_its_pass(sd1_dir, tmp_path, hires, padded):
+    """"Pad conds: True" is read at each pass's last step: a prompt and negative of one chunk each pad nothing in
+    the first pass, but the hires fix's own prompt (or negative) of two chunks pads its pass."""
+    path = generate(GenerateConfig(prompt=["a dog"], negative_prompt="ugly", n=1, seed=2, steps=2, width=16,
+                                   hires_scale=2, pad_cond_uncond=True, model=str(sd1_dir), metadata="full",
+                                   out=str(tmp_path / "a"), **hires), progress=False)[0]
+    assert ("Pad conds: True" in Image.open(path).text["parameters"]) is padded
+
+
 @pytest.mark.parametrize("prompt, negative", [(LONG, "ugly"), ("a dog", "ugly, " * 50)])
 def test_pad_cond_uncond_v0_makes_the_negative_the_prompts_length(sd1_dir, prompt, negative):
     """--pad-cond-uncond-v0, the web UI's "Pad prompt/negative prompt (v0)" (CFGDenoiser.pad_cond_uncond_v0, its
