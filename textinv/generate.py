@@ -35,7 +35,7 @@ from . import inpaint as inpainting
 from .inpaint import Inpaint
 from .infotext import (_model_name, _mask_params, _noise_params, _record, _refiner_params, _variation_seed,
                        hash_name, passes_denoise, png_text, shareable_record, webui_hashes)
-from .conditioning import _layout, _prompted, _step_tensors, _switching_conditioning
+from .conditioning import _Layout, _layout, _prompted, _step_tensors, _switching_conditioning
 from .config import REFINER_SWITCH_AT, GenerateConfig, check_refiner_switch, check_side
 from .data import load_image, prepare_image
 from .errors import ConfigError, FormatError, ModelError, TokenError, warn, warns_at_caller
@@ -2272,18 +2272,24 @@ def _mixable(run: _Run, prompt: _Prompt) -> tuple:
     negative are padded to (long prompts, BREAK), and whether the padding is hidden from the UNet (`_layout`), each
     of which changes how the UNet's kernels run. Their negative prompts may differ: each row of the call has its
     own picture's (`render`), as the web UI's batch stacks each picture's."""
-    config, model = run.config, run.model
-    negative = "" if config.zero_negative else prompt.negative  # (zeros: `_prompted` lays out an empty one)
-    hires = run.hires
-    texts = [(prompt.expanded, negative),  # (each pass's, as it draws them: the hires fix's own where it has them)
+    shapes = tuple((len(at.owners) if at.composed else 0, at.chunks, at.lengths is not None)
+                   for at in _pass_layouts(run, prompt))
+    return tuple(_lora_set(prompt.tags).items()), prompt.switch, shapes
+
+
+def _pass_layouts(run: _Run, prompt: _Prompt) -> list[_Layout]:
+    """How each pass (`_schedule_passes`) lays out `prompt` and its negative as `render` draws them (`_layout`): the
+    first pass's, then the hires fix's with its own prompt and negative where given (`_source_pass` hands them to
+    `render`). Under --zero-negative the negative is laid out empty, as `_prompted` lays out the zeros (a negative
+    prompt beside it is refused, so each is empty there anyway)."""
+    config, model, hires = run.config, run.model, run.hires
+    negative = "" if config.zero_negative else prompt.negative
+    texts = [(prompt.expanded, negative),
              (prompt.expanded if hires.text is None else expand_all(hires.text, run.embeddings, model),
-              negative if hires.negative is None or config.zero_negative else hires.negative)]
-    shapes = []
-    for (steps, first_pass), (text, negative) in zip(_schedule_passes(run), texts):
-        at = _layout(model, [text], negative, steps, first_pass, config.old_prompt_editing, config.emphasis == "comfy",
-                     pad=_pad_mode(config))
-        shapes.append((len(at.owners) if at.composed else 0, at.chunks, at.lengths is not None))
-    return tuple(_lora_set(prompt.tags).items()), prompt.switch, tuple(shapes)
+              negative if hires.negative is None else hires.negative)]
+    return [_layout(model, [text], negative, steps, first_pass, config.old_prompt_editing, config.emphasis == "comfy",
+                    pad=_pad_mode(config))
+            for (steps, first_pass), (text, negative) in zip(_schedule_passes(run), texts)]
 
 
 def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batch: list[tuple[int, Path | None, int]],
@@ -2411,7 +2417,7 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
     refined = run.refiner is not None and refiner_switches(second, run.refiner, run.steps, config.sampler, img2img,
                                                             hires, config.discard_penultimate_sigma)
     png = _Text(job.prompt, prompt.expanded, shared, prompt.hashes, run.recorded_sums, hires, source, job,
-                run.pictures.sums.get(source), run.mask_sum, refined, _pads(run, prompt, hires))
+                run.pictures.sums.get(source), run.mask_sum, refined, _pads(run, prompt))
     return width, height, hires, drawn, png
 
 
@@ -2424,20 +2430,15 @@ def _pad_mode(config: GenerateConfig) -> str | None:
     return "v0" if config.pad_cond_uncond_v0 else "empty" if config.pad_cond_uncond else None
 
 
-def _pads(run: _Run, prompt: _Prompt, hires: Hires | None) -> dict:
+def _pads(run: _Run, prompt: _Prompt) -> dict:
     """The PNG text of --pad-cond-uncond (or -v0) where it pads the prompt or its negative at the last step of a pass
-    (the hires fix's with its own prompts where given): the web UI's "Pad conds: True" (or "Pad conds v0: True"),
-    from its sampler's padded_cond_uncond, read once a pass is done; empty where nothing was padded."""
-    config, mode = run.config, _pad_mode(run.config)
+    (the hires fix's with its own prompts where given, `_pass_layouts`): the web UI's "Pad conds: True" (or "Pad
+    conds v0: True"), from its sampler's padded_cond_uncond, read once a pass is done; empty where nothing was
+    padded."""
+    mode = _pad_mode(run.config)
     if mode is None:
         return {}
-    texts = [(prompt.expanded, prompt.negative)]
-    if hires is not None:
-        texts.append((hires.prompt if hires.prompt is not None else prompt.expanded,
-                      hires.negative_prompt if hires.negative_prompt is not None else prompt.negative))
-    padded = any(_layout(run.model, [text], negative, steps, first_pass, config.old_prompt_editing,
-                         config.emphasis == "comfy", pad=mode).padded
-                 for (steps, first_pass), (text, negative) in zip(_schedule_passes(run), texts))
+    padded = any(at.padded for at in _pass_layouts(run, prompt))
     return {"pad_cond_uncond_v0" if mode == "v0" else "pad_cond_uncond": "True"} if padded else {}
 
 
