@@ -67,11 +67,13 @@ MODEL_CHOICES = ("revision", "variant")
 # settings against the folder, and --overwrite
 
 
-def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConfig, dict | None]:
+def prepare_output(config: TrainConfig, is_main: bool = True, saved: dict | None = None
+                   ) -> tuple[TrainConfig, dict | None]:
     """Check the output folder against --resume/--overwrite before anything heavy is loaded. Returns the config
-    (on resume the saved one, with the settings that may change taken from `config`) and, when --overwrite is to
-    replace a previous run, that run's saved settings (`{}` if it has none) for `clear_run` to find its files;
-    nothing is deleted here, so a run that fails on its inputs leaves the folder as it was."""
+    (on resume the saved one, with the settings that may change taken from `config`; `saved`: those settings as
+    `settings_to_resume` read them, None: read here) and, when --overwrite is to replace a previous run, that run's
+    saved settings (`{}` if it has none) for `clear_run` to find its files; nothing is deleted here, so a run that
+    fails on its inputs leaves the folder as it was."""
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
@@ -94,7 +96,7 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
     holds_run = out.is_dir() and any(not p.name.startswith(".") and p.name.lower() not in _OS_LITTER
                                      for p in out.iterdir())
     if config.resume:
-        return _resumed(out, config), None
+        return _resumed(out, config, saved), None
     if holds_run and not config.overwrite:
         raise ConfigError(f"output folder {out} is not empty; pass --resume to continue the run there, "
                           f"--overwrite to replace it, or choose another --out")
@@ -115,33 +117,40 @@ def prepare_output(config: TrainConfig, is_main: bool = True) -> tuple[TrainConf
 LEFT_OUT_ON_RESUME = ("steps", "lr", "vectors", "precision", "validate_every", "log_with", "log_dir")
 
 
-def left_out_as_run(config: TrainConfig) -> TrainConfig:
-    """`config`, on --resume, with each `LEFT_OUT_ON_RESUME` setting it leaves out (None) taken from the run's
-    config.yaml, unless the setting that replaces it is given (`epochs` for `steps`, `lr_steps` for `lr`, as `build`
-    layers a --config file under the flags); without a config.yaml to read, as it is (`prepare_output` refuses it).
+def settings_to_resume(config: TrainConfig) -> dict | None:
+    """The settings saved in the run's config.yaml that a --resume of `config` goes on with (`read_run_settings`),
+    read once for both `left_out_as_run` and `prepare_output`; None where it does not resume or there is no
+    config.yaml to read (`prepare_output` refuses the resume)."""
+    if not config.resume or not isinstance(config.out, (str, os.PathLike)):  # (a bad `out` is refused by `validate`)
+        return None
+    out = Path(config.out).expanduser()
+    return read_run_settings(out) if (out / CONFIG_FILE).is_file() else None
 
-    >>> left_out_as_run(TrainConfig(out="runs/dog", resume=True)).steps  # doctest: +SKIP
+
+def left_out_as_run(config: TrainConfig, saved: dict | None) -> TrainConfig:
+    """`config`, on --resume, with each `LEFT_OUT_ON_RESUME` setting it leaves out (None) taken from the run's
+    settings `saved` (`settings_to_resume`), unless the setting that replaces it is given (`epochs` for `steps`,
+    `lr_steps` for `lr`, as `build` layers a --config file under the flags); without them (None), as it is.
+
+    >>> config = TrainConfig(out="runs/dog", resume=True)
+    >>> left_out_as_run(config, settings_to_resume(config)).steps  # doctest: +SKIP
     6
     """
-    if not config.resume or not isinstance(config.out, (str, os.PathLike)):  # (a bad `out` is refused by `validate`)
+    if saved is None:
         return config
-    out = Path(config.out).expanduser()
-    if not (out / CONFIG_FILE).is_file():
-        return config
-    saved = read_run_settings(out)
     instead = {name: pair for pair in ALTERNATIVES["TrainConfig"] for name in pair}
     taken = {name: saved[name] for name in LEFT_OUT_ON_RESUME if getattr(config, name) is None
              and saved.get(name) is not None and all(getattr(config, other) is None for other in instead.get(name, ()))}
     return dataclasses.replace(config, **taken)
 
 
-def _resumed(out: Path, config: TrainConfig) -> TrainConfig:
-    """The config a --resume of the run in `out` goes on with: the saved one, with the settings that may change
-    (`RESUMABLE_CHANGES`, and those that may have moved, `_moved_settings`) taken from `config`; other settings given
-    otherwise than the run's are refused."""
+def _resumed(out: Path, config: TrainConfig, saved: dict | None) -> TrainConfig:
+    """The config a --resume of the run in `out` goes on with: the saved one (`saved`, as `settings_to_resume` read
+    it; None: read here), with the settings that may change (`RESUMABLE_CHANGES`, and those that may have moved,
+    `_moved_settings`) taken from `config`; other settings given otherwise than the run's are refused."""
     if not (out / CONFIG_FILE).exists():
         raise ConfigError(no_record(out))
-    old = read_run_settings(out)
+    old = read_run_settings(out) if saved is None else saved
     new = _absolute_paths(config).to_dict()  # (--vectors left out beside --init-embedding: `left_out_as_run`'s)
     defaults = TrainConfig().to_dict()  # a setting newer than the saved run: only its default resumes it
     moved = _moved_settings(old, new, config)

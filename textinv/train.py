@@ -60,7 +60,7 @@ from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STE
                          check_resumable, check_same_model, check_same_precision, clear_run,
                          clear_temporaries, concept_folder, left_out_as_run, load_checkpoint, moved_places,
                          name_changes, newest_checkpoint, prepare_output, read_run_settings, run_lock, same_names,
-                         save_checkpoint, saved_validation, write_loss_log)
+                         save_checkpoint, saved_validation, settings_to_resume, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
 from .speed import check_compiled_unet, speed_up_unet, uncompiled, unet_example
@@ -311,7 +311,10 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     # (read now: the config validate returns holds what it gave, and config.yaml's header names the file)
     source = str(Path(config.dataset_config).expanduser().resolve()) if config.dataset_config else None
     prompts_from = prompt_file(config.sample_prompts)  # (kohya's sample prompts file: config.yaml's header names it)
-    config = left_out_as_run(config).validate()  # (a resume's steps, lr, vectors, precision ... left out: the run's)
+    # (a resume's steps, lr, vectors, precision ... left out: the run's, from its config.yaml, read once here for
+    # `prepare_output` too)
+    saved = settings_to_resume(config)
+    config = left_out_as_run(config, saved).validate()
     device = pick_device(config.device)  # (a device this machine lacks is refused before anything loads)
     # Without a GPU, `accelerate launch --multi_gpu --num_processes N` runs N CPU processes over gloo.
     started = not _PROCESS_GROUP.running()  # (a group the caller started is the caller's to end)
@@ -343,7 +346,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
                 with stop.setting_up(), run_lock(Path(config.out), state.is_main_process), \
                         _handed_back(model):  # (one run per folder)
                     return _train(config, model, progress, on_step, state, device, source, where, prompts_from,
-                                  stop=stop, handlers=handlers)
+                                  stop=stop, handlers=handlers, saved=saved)
 
     # out of memory: raised once the lock is released and the model handed back, as `out_of_memory_as` raises it
     return out_of_memory_as(run, lambda e: _memory_error(where, device, e), lambda: device)
@@ -687,15 +690,15 @@ class _Run:
 
 def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, state, device: torch.device,
            source: str | None = None, where: _Where | None = None, prompts_from: str | None = None,
-           *, stop: _StopRequest, handlers: contextlib.ExitStack) -> TrainResult:
+           *, stop: _StopRequest, handlers: contextlib.ExitStack, saved: dict | None) -> TrainResult:
     """`train`'s run; `source`: the --dataset-config the config's subsets and settings were read from; `where`: what
     it is doing, kept up to date for `_memory_error`; `prompts_from`: the kohya sample prompts file its sample
     prompts were read from; `stop`: the run's stop request, over its processes' CPU group (`_cpu_group`);
     `handlers`: where the run's signal handlers are put back (`train`'s, once it has let go of the folder and the
-    model)."""
+    model); `saved`: a resume's settings, as `settings_to_resume` read them."""
     run = _Run(config, state, device, where or _Where(config, torch.float32), progress, on_step, source, prompts_from,
                group=stop.group, stop=stop)
-    _check_inputs(run, model)  # 1. settings, output folder and pictures, before the (slow) model load
+    _check_inputs(run, model, saved)  # 1. settings, output folder and pictures, before the (slow) model load
     _load_model(run, model)  # 2. model and tokens
     _read_concepts(run)  # 3. data: each concept's cached latents and captions
     _prepare_step(run)  # the optimizer over the new vectors, its schedule, the compiled UNet
@@ -705,12 +708,12 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     return _finish(run, files)  # 5. results
 
 
-def _check_inputs(run: _Run, model: Model | None) -> None:
+def _check_inputs(run: _Run, model: Model | None, saved: dict | None) -> None:
     """`_train`'s first phase: the output folder, each concept's pictures (read before the slow model load, so bad
     data fails first), the pictures held out for validation, the steps --epochs gives, and the checkpoint a
-    --resume goes on from, checked against the settings."""
+    --resume goes on from, checked against the settings (`saved`: the run's, `_train`'s)."""
     config, is_main, progress, where = run.config, run.is_main, run.progress, run.where
-    config, run.previous = prepare_output(config, is_main)
+    config, run.previous = prepare_output(config, is_main, saved)
     out = Path(config.out)
     if is_main:  # (the folder is this run's now: a refused one is left as it is)
         clear_temporaries(out)
