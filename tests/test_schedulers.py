@@ -419,24 +419,32 @@ def test_dpmpp_2m_sde_at_an_eta_takes_k_diffusions_steps_on_a_toy_denoiser(name,
     that eta and s_noise: the latents keep exp(-eta h) more of themselves, the denoised estimates come in with
     1 - exp(-(1 + eta) h), and the fresh noise is s_noise sigma_next sqrt(1 - exp(-2 eta h)) of the generator's (none
     at eta 0: DPM++ 2M's steps)."""
+    solver = "heun" if "heun" in name else "midpoint"
+    got, expected, at_one = _multistep_sde_on_a_toy_denoiser(
+        name, eta, s_noise, 5, lambda *drawing, s_noise: _dpmpp_2m_sde(*drawing, solver, s_noise))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, at_one, atol=1e-3)
+
+
+def _multistep_sde_on_a_toy_denoiser(name: str, eta: float | None, s_noise: float, steps: int, written_out):
+    """A multistep SDE sampler's (`name`'s) picture on the toy denoiser at `eta` (None: its own, 1) and `s_noise`, the
+    same written out as k-diffusion draws it (`written_out(denoiser, x, sigmas, noise, eta, s_noise=...)`) on the
+    same sigmas and the generator's noise, and textinv's at its own eta and noise."""
     from textinv.samplers import Churn
 
-    steps, seed = 5, 3
-    own = _sd_scheduler()
+    seed, own = 3, _sd_scheduler()
     made = scheduler_for(own, name, eta=eta, churn=Churn(noise=s_noise))
     made.set_timesteps(steps)
     sigmas = made.sigmas.double().tolist()  # (the schedule is the sampler's own; the update is what is checked)
     x, calls, recording = _toy_start(sigmas[0])
-
     generator = torch.Generator().manual_seed(seed)
-    expected = _dpmpp_2m_sde(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
-                             1.0 if eta is None else eta, "heun" if "heun" in name else "midpoint", s_noise)
+    expected = written_out(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
+                           1.0 if eta is None else eta, s_noise=s_noise)
     # (diffusers' DPM-Solver works on alpha x0 + sigma' eps, sigma' = sigma / sqrt(sigma^2 + 1))
     start = x / math.sqrt(sigmas[0] ** 2 + 1)
     got, _ = _drawn(made, steps, start, calls, "epsilon", seed)
-    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
     at_one, _ = _drawn(scheduler_for(own, name), steps, start, calls, "epsilon", seed)
-    assert not torch.allclose(got, at_one, atol=1e-3)
+    return got, expected.float(), at_one
 
 
 def _dpmpp_3m_sde(denoiser, x, sigmas, noise, eta=1.0, s_noise=1.0):
@@ -518,21 +526,8 @@ def test_dpmpp_3m_sde_at_an_eta_and_sigma_noise_takes_k_diffusions_steps_on_a_to
     """At --eta and --sigma-noise, DPM++ 3M SDE takes k-diffusion's sample_dpmpp_3m_sde steps at that eta and s_noise
     (the web UI hands it both): its third-order step with h_eta = (1 + eta) h, the fresh noise s_noise sigma_next
     sqrt(1 - exp(-2 eta h)) of the generator's (none at eta 0)."""
-    from textinv.samplers import Churn
-
-    steps, seed = 7, 3
-    own = _sd_scheduler()
-    made = scheduler_for(own, name, eta=eta, churn=Churn(noise=s_noise))
-    made.set_timesteps(steps)
-    sigmas = made.sigmas.double().tolist()  # (the schedule is the sampler's own; the update is what is checked)
-    x, calls, recording = _toy_start(sigmas[0])
-    generator = torch.Generator().manual_seed(seed)
-    expected = _dpmpp_3m_sde(recording, x.double(), sigmas, lambda like: torch.randn(like.shape, generator=generator),
-                             1.0 if eta is None else eta, s_noise)
-    start = x / math.sqrt(sigmas[0] ** 2 + 1)
-    got, _ = _drawn(made, steps, start, calls, "epsilon", seed)
-    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-4)
-    at_one, _ = _drawn(scheduler_for(own, name), steps, start, calls, "epsilon", seed)
+    got, expected, at_one = _multistep_sde_on_a_toy_denoiser(name, eta, s_noise, 7, _dpmpp_3m_sde)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, at_one, atol=1e-3)
 
 
