@@ -1303,6 +1303,28 @@ def test_comfy_emphasis_draws_a_dynamic_prompts_escape_as_its_character(sd1_dir)
 LONG = "a photo of a " + "dog " * 80  # (two chunks of 77)
 
 
+def _drawn_with_unet_calls(model, prompt: str, negative: str, pad_conds: str):
+    """`render`'s picture of `prompt` against `negative` under `pad_conds` (two Euler steps at 16x16), and each UNet
+    call it made: (args, kwargs, output)."""
+    calls = []
+    hook = model.unet.register_forward_hook(lambda m, args, kwargs, out: calls.append((args, kwargs, out)),
+                                            with_kwargs=True)
+    drawn = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative, sampler="euler",
+                   pad_conds=pad_conds)[0]
+    hook.remove()
+    return drawn, calls
+
+
+def _assert_rows_are_the_unets_own(model, calls, texts) -> None:
+    """Each of the UNet `calls`' rows (`_drawn_with_unet_calls`: the negative's, then the prompt's) is the UNet's
+    output for that row's text alone (`texts`: their encodings, in that order)."""
+    assert calls  # (none: nothing checked)
+    for args, _, out in calls:
+        own = [model.unet(args[0][i:i + 1], args[1], encoder_hidden_states=h, return_dict=False)[0]
+               for i, h in enumerate(texts)]
+        torch.testing.assert_close(out[0], torch.cat(own), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("prompt, negative, padded", [(LONG, "ugly", 0), ("a dog", "ugly, " * 50, 1)])
 def test_pad_cond_uncond_reads_the_prompt_and_its_negative_at_the_longers_length(sd1_dir, prompt, negative, padded):
     """--pad-cond-uncond, the web UI's "Pad prompt/negative prompt to be same length" (CFGDenoiser.pad_cond_uncond):
@@ -1313,21 +1335,12 @@ def test_pad_cond_uncond_reads_the_prompt_and_its_negative_at_the_longers_length
     from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
-    calls = []
-    model.unet.register_forward_hook(lambda m, args, kwargs, out: calls.append((args, kwargs, out)),
-                                     with_kwargs=True)
-    drawn = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative, sampler="euler",
-                   pad_conds="empty")[0]
+    drawn, calls = _drawn_with_unet_calls(model, prompt, negative, "empty")
     chunks = max(encode_prompts(model, [text])[0].shape[1] // 77 for text in (negative, prompt))
     texts = [encode_prompts(model, [text], chunks)[0] for text in (negative, prompt)]  # (padded with empty chunks)
-    hooks = model.unet._forward_hooks.copy()
-    model.unet._forward_hooks.clear()
-    for args, kwargs, out in calls:
+    for _, kwargs, _ in calls:
         assert kwargs.get("encoder_attention_mask") is None  # (nothing hidden: both read whole)
-        own = [model.unet(args[0][i:i + 1], args[1], encoder_hidden_states=h, return_dict=False)[0]
-               for i, h in enumerate(texts)]
-        torch.testing.assert_close(out[0], torch.cat(own), atol=1e-5, rtol=1e-4)
-    model.unet._forward_hooks.update(hooks)
+    _assert_rows_are_the_unets_own(model, calls, texts)
     plain = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative, sampler="euler")[0]
     assert not np.array_equal(np.asarray(drawn), np.asarray(plain))
 
@@ -1420,22 +1433,12 @@ def test_pad_cond_uncond_v0_makes_the_negative_the_prompts_length(sd1_dir, promp
     from textinv.conditioning import encode_prompts
 
     model = fresh_model(sd1_dir)
-    calls = []
-    model.unet.register_forward_hook(lambda m, args, kwargs, out: calls.append((args, kwargs, out)),
-                                     with_kwargs=True)
-    drawn = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative, sampler="euler",
-                   pad_conds="v0")[0]
+    drawn, calls = _drawn_with_unet_calls(model, prompt, negative, "v0")
     cond, uncond = encode_prompts(model, [prompt])[0], encode_prompts(model, [negative])[0]
     if uncond.shape[1] < cond.shape[1]:
         uncond = torch.cat([uncond, uncond[:, -1:].expand(1, cond.shape[1] - uncond.shape[1], -1)], dim=1)
     uncond = uncond[:, :cond.shape[1]]
-    hooks = model.unet._forward_hooks.copy()
-    model.unet._forward_hooks.clear()
-    for args, kwargs, out in calls:
-        own = [model.unet(args[0][i:i + 1], args[1], encoder_hidden_states=h, return_dict=False)[0]
-               for i, h in enumerate((uncond, cond))]
-        torch.testing.assert_close(out[0], torch.cat(own), atol=1e-5, rtol=1e-4)
-    model.unet._forward_hooks.update(hooks)
+    _assert_rows_are_the_unets_own(model, calls, (uncond, cond))
     for other in (None, "empty"):
         plain = render(model, [prompt], [0], steps=2, width=16, guidance=7.5, negative_prompt=negative,
                        sampler="euler", pad_conds=other)[0]
