@@ -71,7 +71,7 @@ from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_M
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .samplers import CHURN_LABELS, churn_taken, discards, eta_kind, from_comfy, from_webui
+from .samplers import CHURN_LABELS, EVEN_SPACINGS, churn_taken, discards, eta_kind, from_comfy, from_webui
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
@@ -850,7 +850,13 @@ class _ComfyGraph:
         return str(self.nodes[node].get("class_type", "?"))
 
     def named(self, node: str) -> str:
-        return f"{self.cls(node)} node {node}"
+        custom = self.custom(node)
+        return f"{custom.cls if custom else self.cls(node)} node {node}"
+
+    def custom(self, node: str) -> _CustomSampling | None:
+        """What a KSampler read from ComfyUI's custom sampling nodes was read from (`_lower_custom`); None for
+        another node."""
+        return self.nodes[node].get(_CUSTOM)
 
     def seed_input(self, sampler: str) -> str:
         """The name of a sampler node's seed input: KSamplerAdvanced's noise_seed, KSampler's seed."""
@@ -1025,13 +1031,14 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int] | None) -
     # 2. its passes: a hires fix's two (the first's settings are the drawing's, the second's the hires fix's), or
     # an img2img's
     hires = _comfy_hires(graph, sampler, picture_size, changed, needs, notes)
-    read = {sampler}
+    read, second = {sampler}, sampler
     _comfy_other_samplers(graph, sampler, hires, notes)
     if hires is not None:
         settings.update(hires.settings)
         read |= hires.read
         sampler = hires.first
     _comfy_drawing(graph, sampler, settings, needs)
+    _comfy_custom_settings(graph, sampler, second if hires else None, settings, notes)
     # img2img: its steps counted as textinv's img2img counts them; drawn from the prompt alone, the sampler's own
     img2img = _comfy_img2img(graph, sampler, changed, notes) if hires is None else None
     if img2img is not None:
@@ -1066,7 +1073,210 @@ def _parsed_comfy_graph(path: Path, text: str) -> _ComfyGraph:
                           f"altered") from None
     if not isinstance(nodes, dict) or not all(isinstance(n, dict) for n in nodes.values()):
         raise ConfigError(f"--again {path}: its ComfyUI 'prompt' text holds no graph of nodes; the file was altered")
-    return _ComfyGraph(path, {str(k): v for k, v in nodes.items()})
+    graph = _ComfyGraph(path, {str(k): v for k, v in nodes.items()})
+    _lower_custom(graph)
+    return graph
+
+
+# --- ComfyUI's custom sampling: SamplerCustom and SamplerCustomAdvanced, read as the KSampler that draws the same ----
+
+_COMFY_CUSTOM = ("SamplerCustom", "SamplerCustomAdvanced")
+_CUSTOM = "_textinv_custom"  # a lowered node's key: what it was read from (`_CustomSampling`)
+_REFUSED = "_textinv_refused"  # a custom sampler's key that textinv cannot follow: why (`_comfy_saved` says it)
+# SD's largest and smallest noise levels (ComfyUI's ModelSamplingDiscrete on the scaled_linear betas SD 1.x, 2.x and
+# SDXL share), its KarrasScheduler's and ExponentialScheduler's defaults: the range textinv's _karras and _exponential
+# span on those models
+_SD_SIGMAS = (14.614642, 0.0291675)
+# ComfyUI's sampler nodes with settings (comfy_extras/nodes_custom_sampler.py; SamplerTCD: its TCD sampler, whose eta
+# is TCD's gamma): the KSampler sampler_name each runs, and its settings' defaults, as the KSampler runs that name
+_COMFY_SAMPLER_OPTIONS = {
+    "SamplerEulerAncestral": ("euler_ancestral", {"eta": 1.0, "s_noise": 1.0}),
+    "SamplerDPMPP_2S_Ancestral": ("dpmpp_2s_ancestral", {"eta": 1.0, "s_noise": 1.0}),
+    "SamplerDPMPP_SDE": ("dpmpp_sde", {"eta": 1.0, "s_noise": 1.0, "r": 0.5}),
+    "SamplerDPMPP_2M_SDE": ("dpmpp_2m_sde", {"eta": 1.0, "s_noise": 1.0}),
+    "SamplerDPMPP_3M_SDE": ("dpmpp_3m_sde", {"eta": 1.0, "s_noise": 1.0}),
+    "SamplerLMS": ("lms", {"order": 4}),
+    "SamplerTCD": ("tcd", {"eta": 0.3}),
+}
+# the samplers ComfyUI's KSampler runs on the schedule of one step more less its next-to-last sigma
+# (comfy/samplers.py, DISCARD_PENULTIMATE_SIGMA_SAMPLERS), as textinv's dpm2 and dpm2_a do; a custom sampler runs them
+# on the sigmas it is given
+_COMFY_DISCARDING = ("dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2")
+
+
+@dataclass
+class _CustomSampling:
+    """What a SamplerCustom or SamplerCustomAdvanced node draws, as textinv's settings."""
+
+    cls: str  # the node's own class, which names it
+    sampler: str | None  # textinv's sampler; None: none draws it (`why`)
+    why: str  # what it draws that textinv does not ("" where `sampler` is one)
+    settings: dict[str, Any]  # --eta and --sigma-noise where its sampler node's are not its defaults
+    parts: list[str]  # the nodes read into it: the sampler, sigmas, noise and guider nodes
+
+
+def _lower_custom(graph: _ComfyGraph) -> None:
+    """Nothing: each SamplerCustom and SamplerCustomAdvanced in `graph` is replaced by the KSampler that draws as it
+    does (a KSamplerAdvanced where it adds no noise), so the hires fix, img2img, prompts, size, model and LoRAs are
+    read from it as from a KSampler; its own class, textinv's sampler (or why none draws it) and --eta, --sigma-noise
+    are kept beside it (`_CustomSampling`). One whose parts textinv cannot follow (a custom guider, noise or sigmas)
+    keeps its type and says why (`_REFUSED`), where the saved picture comes from it (`_comfy_saved`).
+
+    A custom sampler runs its sampler node on the sigmas its scheduler node gives, from the noise its noise node
+    draws, guided by its guider (comfy_extras/nodes_custom_sampler.py): KSamplerSelect's sampler_name and
+    BasicScheduler's scheduler, steps and denoise are a KSampler's; KarrasScheduler and ExponentialScheduler (and
+    PolyexponentialScheduler at rho 1, which is exponential) over SD's whole noise range, Karras's at rho 7, are its
+    karras and exponential schedulers; CFGGuider gives cfg and both prompts, BasicGuider the positive alone, which is
+    cfg 1 (ComfyUI then skips the negative; so does diffusers at guidance 1); RandomNoise gives the seed, DisableNoise
+    none (a pass over a latent it was given)."""
+    for node in [n for n in graph.nodes if graph.cls(n) in _COMFY_CUSTOM]:
+        lowered = _custom_as_ksampler(graph, node)
+        if isinstance(lowered, str):
+            graph.nodes[node] = {**graph.nodes[node], _REFUSED: lowered}
+        else:
+            graph.nodes[node] = lowered
+
+
+def _custom_part(graph: _ComfyGraph, node: str, name: str, kinds: tuple[str, ...]) -> str:
+    """The node of `kinds` that input `name` of custom sampler `node` links to; raises `_Unfollowed` naming what it
+    links to where that is none of them."""
+    source = graph.link(graph.inputs(node).get(name))
+    if source is not None and graph.cls(source[0]) in kinds:
+        return source[0]
+    what = graph.named(source[0]) if source is not None else "no node"
+    raise _Unfollowed(f"its {name} comes from {what}, where textinv reads {' or '.join(kinds)}")
+
+
+class _Unfollowed(Exception):
+    """A part of a custom sampler textinv cannot follow (`_custom_part`)."""
+
+
+def _custom_as_ksampler(graph: _ComfyGraph, node: str) -> dict | str:
+    """The KSampler (or KSamplerAdvanced) node that draws as custom sampler `node`, with its `_CustomSampling`; why
+    textinv cannot follow it, where it cannot."""
+    inputs, parts = graph.inputs(node), []
+    try:
+        if graph.cls(node) == "SamplerCustomAdvanced":
+            guider = _custom_part(graph, node, "guider", ("CFGGuider", "BasicGuider"))
+            noise = _custom_part(graph, node, "noise", ("RandomNoise", "DisableNoise"))
+            parts += [guider, noise]
+            given = graph.inputs(guider)
+            basic = graph.cls(guider) == "BasicGuider"
+            guided = {"model": given.get("model"), "positive": given.get("conditioning" if basic else "positive"),
+                      "cfg": 1.0 if basic else given.get("cfg")}
+            if not basic:
+                guided["negative"] = given.get("negative")
+            seed, add_noise = graph.inputs(noise).get("noise_seed", 0), graph.cls(noise) == "RandomNoise"
+        else:
+            guided = {name: inputs.get(name) for name in ("model", "positive", "negative", "cfg")}
+            seed, add_noise = inputs.get("noise_seed"), graph.value(node, "add_noise", (bool,))
+            if add_noise is None:
+                raise _Unfollowed("its add_noise comes from a node textinv cannot read it from")
+        sampler = _custom_part(graph, node, "sampler", ("KSamplerSelect", *_COMFY_SAMPLER_OPTIONS))
+        sigmas = _custom_part(graph, node, "sigmas", ("BasicScheduler", "KarrasScheduler", "ExponentialScheduler",
+                                                      "PolyexponentialScheduler", "SDTurboScheduler",
+                                                      "BetaSamplingScheduler"))
+    except _Unfollowed as e:
+        return (f"--again {graph.path}: its ComfyUI {graph.named(node)} is custom sampling textinv cannot follow: {e}; "
+                f"draw it with `textinv generate` and its settings as flags")
+    parts += [sampler, sigmas]
+    name, options, why = _custom_sampler(graph, sampler)
+    scheduler, steps, denoise, schedule_why = _custom_sigmas(graph, sigmas)
+    ours = None
+    if not why and not schedule_why and name is not None and scheduler is not None:
+        ours = ("tcd" if scheduler.lower() in EVEN_SPACINGS else None) if name == "tcd" else from_comfy(name, scheduler)
+        if ours is None:
+            why = f"its sampler {name!r} on the {scheduler!r} schedule, which textinv does not have"
+    if ours is not None:
+        why = _custom_options(graph, sampler, ours, options)
+        ours = None if why else ours
+    custom = _CustomSampling(graph.cls(node), ours, why or schedule_why,
+                             {k: v for k, v in options.items() if k in ("eta", "sigma_noise")}, parts)
+    shared = {**guided, "sampler_name": name, "scheduler": scheduler, "latent_image": inputs.get("latent_image")}
+    if add_noise:
+        return {"class_type": "KSampler", _CUSTOM: custom,
+                "inputs": {**shared, "seed": seed, "steps": steps, "denoise": denoise}}
+    # (no noise added: a pass over the latent it is given, ComfyUI's KSamplerAdvanced from the step its denoise
+    # starts at, of the schedule BasicScheduler cut its sigmas from)
+    run, part = graph.value(sigmas, "steps", (int,)), graph.value(sigmas, "denoise", (int, float))
+    if run is None:
+        return (f"--again {graph.path}: its ComfyUI {graph.named(node)} adds no noise, and its steps come from a node "
+                f"textinv cannot read them from; draw it with `textinv generate` and its settings as flags")
+    schedule = run if part is None or part > 0.9999 or not part > 0 else int(run / part)
+    return {"class_type": "KSamplerAdvanced", _CUSTOM: custom,
+            "inputs": {**shared, "add_noise": "disable", "noise_seed": seed, "steps": schedule,
+                       "start_at_step": schedule - run, "end_at_step": 10000, "return_with_leftover_noise": "disable"}}
+
+
+def _custom_sampler(graph: _ComfyGraph, node: str) -> tuple[str | None, dict[str, Any], str]:
+    """(the KSampler sampler_name a custom sampler's sampler node runs, its settings by name, why textinv has no such
+    sampler or ""): KSamplerSelect's name, or a sampler node's with its settings (`_COMFY_SAMPLER_OPTIONS`)."""
+    if graph.cls(node) == "KSamplerSelect":
+        name = graph.value(node, "sampler_name", (str,))
+        if name in _COMFY_DISCARDING:
+            return name, {}, (f"its sampler {name!r} on the sigmas it is given, where ComfyUI's KSampler and textinv "
+                              f"discard the next-to-last sigma ({graph.named(node)})")
+        return name, {}, "" if name else f"a sampler name {graph.named(node)} takes from a node textinv cannot read"
+    name, defaults = _COMFY_SAMPLER_OPTIONS[graph.cls(node)]
+    if graph.cls(node) == "SamplerDPMPP_2M_SDE" and graph.value(node, "solver_type", (str,)) == "heun":
+        name = "dpmpp_2m_sde_heun"
+    options = {key: graph.value(node, key, (int, float)) for key in defaults}
+    unread = [key for key, value in options.items() if value is None]
+    if unread:
+        return name, {}, f"its {graph.named(node)}'s {', '.join(unread)}, from a node textinv cannot read it from"
+    return name, {key: value for key, value in options.items() if value != defaults[key]}, ""
+
+
+def _custom_options(graph: _ComfyGraph, node: str, ours: str, options: dict[str, Any]) -> str:
+    """Nothing but why: `options` (the sampler node's settings that are not its defaults) become --eta (`eta`) and
+    --sigma-noise (`sigma_noise`, from its s_noise), where textinv's sampler `ours` draws them as ComfyUI does; why
+    it does not ("" where it does)."""
+    named = graph.named(node)
+    base = ours.split("_karras")[0].split("_exponential")[0]
+    if "eta" in options and base == "tcd":
+        return (f"its {named} at eta {options['eta']:g}, TCD's gamma, where textinv's tcd draws at gamma 0.3 "
+                f"(ComfyUI's default) only")
+    if "eta" in options and not 0 <= options["eta"] <= 1:
+        return f"its {named} at eta {options['eta']:g}, where textinv's --eta is 0 to 1"
+    if "s_noise" in options and "noise" not in churn_taken(ours):
+        return (f"its {named} at s_noise {options['s_noise']:g}, which textinv's {base} does not take (--sigma-noise "
+                f"scales the SDE samplers', dpm2_a's and dpm++2s_a's fresh noise)")
+    if "r" in options:
+        return f"its {named} at r {options['r']:g}, where textinv's dpm++sde takes its midpoint at r 0.5 only"
+    if "order" in options:
+        return f"its {named} of order {options['order']}, where textinv's lms is of order 4 only"
+    if "eta" in options:
+        options["eta"] = float(options["eta"])
+    if "s_noise" in options:
+        options["sigma_noise"] = float(options.pop("s_noise"))
+    return ""
+
+
+def _custom_sigmas(graph: _ComfyGraph, node: str) -> tuple[str | None, Any, Any, str]:
+    """(the KSampler scheduler, steps and denoise whose sigmas a custom sampler's scheduler node gives, why textinv
+    draws no such schedule or ""): BasicScheduler's own; KarrasScheduler's, ExponentialScheduler's and
+    PolyexponentialScheduler's where they span SD's range (`_SD_SIGMAS`) as textinv's _karras (at rho 7) and
+    _exponential (Polyexponential at rho 1) do."""
+    cls, inputs, named = graph.cls(node), graph.inputs(node), graph.named(node)
+    steps = inputs.get("steps")
+    if cls == "BasicScheduler":
+        return graph.value(node, "scheduler", (str,)), steps, inputs.get("denoise", 1.0), ""
+    if cls in ("SDTurboScheduler", "BetaSamplingScheduler"):
+        what = ("SD Turbo's timesteps (999, 899, ...: every 100th from the top)" if cls == "SDTurboScheduler" else
+                "steps at beta quantiles of the model's timesteps (not the web UI's Beta, which textinv's _beta is)")
+        return None, steps, 1.0, f"its {named}'s {what}, which no textinv schedule draws"
+    scheduler = "karras" if cls == "KarrasScheduler" else "exponential"
+    said = {name: graph.value(node, name, (int, float)) for name in ("sigma_max", "sigma_min", "rho") if
+            name in inputs}
+    wanted = {"sigma_max": _SD_SIGMAS[0], "sigma_min": _SD_SIGMAS[1]}
+    wanted.update({"rho": 7.0} if cls == "KarrasScheduler" else {"rho": 1.0} if "rho" in said else {})
+    if all(said.get(name) is not None and math.isclose(said[name], value, rel_tol=1e-5)
+           for name, value in wanted.items()):
+        return scheduler, steps, 1.0, ""
+    given = ", ".join(f"{name} {value:g}" if value is not None else f"{name} (unread)" for name, value in said.items())
+    ours = ", ".join(f"{name} {value:g}" for name, value in wanted.items())
+    return None, steps, 1.0, (f"its {named}'s sigmas at {given}, where textinv's _{scheduler} schedule spans the "
+                              f"model's whole noise range (SD's, SDXL's: {ours})")
 
 
 def _comfy_other_samplers(graph: _ComfyGraph, sampler: str, hires: _ComfyHires | None, notes: list[str]) -> None:
@@ -1096,6 +1306,23 @@ def _comfy_drawing(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], n
     _comfy_sampler(graph, sampler, False, settings, needs)
 
 
+def _comfy_custom_settings(graph: _ComfyGraph, sampler: str, second: str | None, settings: dict[str, Any],
+                           notes: list[str]) -> None:
+    """A custom sampler's --eta and --sigma-noise into `settings` (`_CustomSampling`); where a hires fix's second
+    pass (`second`) draws at others, `notes` say so: textinv draws both passes at one eta and sigma noise."""
+    custom = graph.custom(sampler)
+    drawn = custom.settings if custom else {}
+    settings.update(drawn)
+    other = graph.custom(second).settings if second and graph.custom(second) else {}
+    if second and other != drawn:
+        def said(given: dict[str, Any]) -> str:
+            return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in given.items()) or "its defaults"
+
+        notes.append(f"{graph.path}: its ComfyUI hires fix's second pass ({graph.named(second)}) draws at "
+                     f"{said(other)}; textinv draws both passes at the first's ({graph.named(sampler)}): "
+                     f"{said(drawn)}")
+
+
 def _comfy_prompts(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], needs: dict[str, str],
                    notes: list[str], read: set[str]) -> list[str]:
     """The sampler's positive and negative prompts (or what it needs given), and the clip skip of the CLIP that
@@ -1104,6 +1331,9 @@ def _comfy_prompts(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], n
     clip: list[str] = []
     for side, setting in (("positive", "prompt"), ("negative", "negative_prompt")):
         link = graph.link(inputs.get(side))
+        if side == "negative" and graph.custom(sampler) and "negative" not in inputs:
+            settings["negative_prompt"] = ""  # (a BasicGuider's: cfg 1, which draws none)
+            continue
         if side == "negative" and link is not None and graph.cls(link[0]) == "ConditioningZeroOut":
             settings["negative_prompt"], settings["zero_negative"] = "", True  # (zeros, on any model)
             read.add(link[0])
@@ -1222,17 +1452,22 @@ def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int] | None, notes: list[s
              or [n for n in graph.nodes if graph.cls(n) == "PreviewImage"]
              # (a custom node's saver: what takes pictures and gives nothing on)
              or [n for n in graph.nodes if graph.link(graph.inputs(n).get("images")) and n not in consumed])
-    found, reached = [], []
+    found, reached, reached_nodes = [], [], set()
     for save in saves:
         sampler, decoder, changed, last = graph.sampler_of(save)
         if sampler is None:
             reached.append(graph.named(last))
+            reached_nodes.add(last)
         else:
             found.append((save, sampler, decoder, changed))
+    refused = [graph.nodes[n][_REFUSED] for n in graph.nodes if n in reached_nodes and _REFUSED in graph.nodes[n]]
+    if not found and refused:
+        raise ConfigError(refused[0])
     if not found:
         where = (f"its saved picture comes from {', '.join(reached)}" if reached
                  else "it has no SaveImage or PreviewImage node")
-        raise ConfigError(f"--again {graph.path}: textinv reads the KSampler or KSamplerAdvanced a ComfyUI picture "
+        raise ConfigError(f"--again {graph.path}: textinv reads the KSampler, KSamplerAdvanced, SamplerCustom or "
+                          f"SamplerCustomAdvanced a ComfyUI picture "
                           f"comes from, and {where}, not such a sampler: draw it with `textinv generate` and its "
                           f"settings as flags")
     chosen = found[-1]
@@ -1486,9 +1721,15 @@ def _comfy_sampler(graph: _ComfyGraph, node: str, hires: bool, settings: dict[st
     fix's second pass, its --hires-sampler), or into `needs` when textinv has none such (`_a1111_sampler`'s twin)."""
     name = "hires_sampler" if hires else "sampler"
     sampler_name, scheduler = graph.value(node, "sampler_name", (str,)), graph.value(node, "scheduler", (str,))
-    ours = from_comfy(sampler_name, scheduler) if sampler_name and scheduler else None
+    custom = graph.custom(node)
+    ours = custom.sampler if custom else from_comfy(sampler_name, scheduler) if sampler_name and scheduler else None
     if ours:
         settings[name] = ours
+        return
+    if custom:
+        needs[name] = (f"--again {graph.path} was {'redrawn by its hires fix' if hires else 'drawn'} by ComfyUI's "
+                       f"{graph.named(node)} with {custom.why}: choose a sampler with --{name.replace('_', '-')} "
+                       f"(textinv generate --help lists them){'' if hires else ', or default'}")
         return
     needs[name] = (f"--again {graph.path} was {'redrawn by its hires fix' if hires else 'drawn'} with ComfyUI's "
                    f"sampler {sampler_name!r} and scheduler {scheduler!r} ({graph.named(node)}), which textinv does "
