@@ -3026,10 +3026,10 @@ def test_again_refuses_a_comfyui_graph_it_cannot_follow_naming_the_file(tmp_path
     from textinv.formats import load_embedding
 
     graph = _comfy_graph()
-    graph["3"]["class_type"] = "SamplerCustomAdvanced"
-    with pytest.raises(ConfigError, match=r"c.png: textinv reads the KSampler or KSamplerAdvanced a ComfyUI picture "
-                                          r"comes from, and its saved picture comes from SamplerCustomAdvanced node 3, "
-                                          r"not such a sampler"):
+    graph["3"]["class_type"] = "SamplerCustomNoise"  # (a custom node's sampler)
+    with pytest.raises(ConfigError, match=r"c.png: textinv reads the KSampler, KSamplerAdvanced, SamplerCustom or "
+                                          r"SamplerCustomAdvanced a ComfyUI picture comes from, and its saved picture "
+                                          r"comes from SamplerCustomNoise node 3, not such a sampler"):
         read_picture(_comfy_picture(tmp_path / "c.png", graph))
     del graph["9"]
     with pytest.raises(ConfigError, match=r"c.png: .*and it has no SaveImage or PreviewImage node"):
@@ -3925,3 +3925,297 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_as_generate_draws_stops_it_before_th
                                 **settings), progress=False)
     assert len(list(out.rglob("*.png"))) == 1  # (the first batch's picture, written before the Ctrl-C landed)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# --- generate --again: ComfyUI's custom sampling (SamplerCustom, SamplerCustomAdvanced) ------------------------------
+
+
+def _comfy_custom_graph(advanced=True):
+    """The default graph (`_comfy_graph`) sampled by ComfyUI's custom sampling nodes, as SDXL workflows sample:
+    SamplerCustomAdvanced (node 3) with RandomNoise (30), CFGGuider (31), KSamplerSelect (32) and BasicScheduler
+    (33); `advanced` False: SamplerCustom, whose noise_seed and cfg are its own. The same drawing as the KSampler's."""
+    graph = _comfy_graph()
+    graph.update({
+        "32": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}},
+        "33": {"class_type": "BasicScheduler", "inputs": {"scheduler": "karras", "steps": 2, "denoise": 1.0,
+                                                          "model": ["4", 0]}}})
+    drawn = {"model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0]}
+    if advanced:
+        graph["3"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["30", 0], "guider": ["31", 0], "sampler": ["32", 0], "sigmas": ["33", 0],
+            "latent_image": ["5", 0]}}
+        graph["30"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 1234}}
+        graph["31"] = {"class_type": "CFGGuider", "inputs": {"cfg": 6.5, **drawn}}
+    else:
+        graph["3"] = {"class_type": "SamplerCustom", "inputs": {
+            "add_noise": True, "noise_seed": 1234, "cfg": 6.5, **drawn, "sampler": ["32", 0], "sigmas": ["33", 0],
+            "latent_image": ["5", 0]}}
+    return graph
+
+
+def _karras(steps=2, **given):
+    """ComfyUI's KarrasScheduler node at its defaults (SD's whole noise range, rho 7) but `given`."""
+    return {"class_type": "KarrasScheduler", "inputs": {"steps": steps, "sigma_max": 14.614642,
+                                                        "sigma_min": 0.0291675, "rho": 7.0, **given}}
+
+
+def _sampler_node(cls, **inputs):
+    return {"class_type": cls, "inputs": inputs}
+
+
+def test_again_reads_comfyuis_custom_sampling_as_the_ksampler_that_draws_the_same(sd1_dir, tmp_path):
+    """SDXL workflows sample with ComfyUI's custom sampling nodes, which --again refused ("textinv reads the KSampler
+    or KSamplerAdvanced"). SamplerCustomAdvanced and SamplerCustom are read as the KSampler that draws the same: the
+    seed (RandomNoise, or its own), cfg and prompts (CFGGuider, or its own), sampler (KSamplerSelect, or a sampler
+    node's, its eta and s_noise as --eta and --sigma-noise), schedule, steps and denoise (BasicScheduler, or the
+    Karras and exponential schedulers over SD's noise range), with nothing said."""
+    from textinv.again import again_config, read_picture
+
+    ksampler = read_picture(_comfy_picture(tmp_path / "k.png", _comfy_graph()))
+    for advanced in (True, False):
+        path = _comfy_picture(tmp_path / "c.png", _comfy_custom_graph(advanced))
+        assert read_picture(path).settings == ksampler.settings, advanced
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (its noise, guider, sampler and scheduler nodes are read, not named)
+            assert again_config(path, {"model": str(sd1_dir)})[0].seed == 1234
+
+    def read(**nodes):
+        graph = _comfy_custom_graph()
+        graph.update(nodes)
+        return read_picture(_comfy_picture(tmp_path / "c.png", graph)).settings
+
+    basic = {"33": _sampler_node("BasicScheduler", scheduler="normal", steps=2, denoise=1.0, model=["4", 0])}
+    for nodes, sampler, options in [
+            ({"33": _karras()}, "dpm++2m_karras", {}),
+            ({"33": _sampler_node("ExponentialScheduler", steps=2, sigma_max=14.614642, sigma_min=0.0291675)},
+             "dpm++2m_exponential", {}),
+            # (polyexponential at rho 1 is exponential: its ramp to the power 1)
+            ({"33": _sampler_node("PolyexponentialScheduler", steps=2, sigma_max=14.614642, sigma_min=0.0291675,
+                                  rho=1.0)}, "dpm++2m_exponential", {}),
+            ({"32": _sampler_node("SamplerEulerAncestral", eta=0.5, s_noise=1.0), **basic}, "euler_a", {"eta": 0.5}),
+            ({"32": _sampler_node("SamplerDPMPP_SDE", eta=0.7, s_noise=0.8, r=0.5, noise_device="gpu")},
+             "dpm++sde_karras", {"eta": 0.7, "sigma_noise": 0.8}),
+            ({"32": _sampler_node("SamplerDPMPP_2M_SDE", solver_type="heun", eta=1.0, s_noise=1.0,
+                                  noise_device="cpu")}, "dpm++2m_sde_heun_karras", {}),
+            ({"32": _sampler_node("SamplerDPMPP_2M_SDE", solver_type="midpoint", eta=0.25, s_noise=1.0,
+                                  noise_device="gpu"), "33": _karras()}, "dpm++2m_sde_karras", {"eta": 0.25}),
+            ({"32": _sampler_node("SamplerDPMPP_3M_SDE", eta=1.0, s_noise=0.5, noise_device="cpu")},
+             "dpm++3m_sde_karras", {"sigma_noise": 0.5}),
+            ({"32": _sampler_node("SamplerDPMPP_2S_Ancestral", eta=0.4, s_noise=1.0)}, "dpm++2s_a_karras",
+             {"eta": 0.4}),
+            ({"32": _sampler_node("SamplerLMS", order=4)}, "lms_karras", {}),
+            # (SamplerTCD's eta is TCD's gamma, at ComfyUI's default the 0.3 textinv's tcd draws at: not --eta)
+            ({"32": _sampler_node("SamplerTCD", eta=0.3), **basic}, "tcd", {}),
+            ({"32": _sampler_node("KSamplerSelect", sampler_name="ddim")}, "euler_karras", {})]:
+        settings = read(**nodes)
+        assert settings["sampler"] == sampler, nodes
+        assert {key: settings[key] for key in ("eta", "sigma_noise") if key in settings} == options, nodes
+    # its denoised_output (the model's last estimate) decoded in place of its output: said
+    graph = _comfy_custom_graph()
+    graph["8"]["inputs"]["samples"] = ["3", 1]
+    assert any("its ComfyUI picture is the denoised_output of SamplerCustomAdvanced node 3" in note
+               for note in read_picture(_comfy_picture(tmp_path / "c.png", graph)).notes)
+    # a BasicGuider guides by the positive prompt alone: cfg 1, where ComfyUI and diffusers draw no negative
+    settings = read(**{"31": _sampler_node("BasicGuider", model=["4", 0], conditioning=["6", 0])})
+    assert (settings["guidance"], settings["negative_prompt"]) == (1.0, "")
+    # DisableNoise over BasicScheduler's last 2 steps of 4: a pass over the latent it is given, said as
+    # KSamplerAdvanced's; a SamplerCustom's add_noise off alike
+    graph = _comfy_custom_graph()
+    graph["30"] = _sampler_node("DisableNoise")
+    graph["33"]["inputs"]["denoise"] = 0.5
+    picture = read_picture(_comfy_picture(tmp_path / "c.png", graph))
+    assert any("drawn by ComfyUI's SamplerCustomAdvanced node 3 from step 2 to 10000 of 4 without adding noise: it "
+               "refined a picture it was given" in note for note in picture.notes)
+    graph = _comfy_custom_graph(advanced=False)
+    graph["3"]["inputs"]["add_noise"] = False
+    picture = read_picture(_comfy_picture(tmp_path / "c.png", graph))
+    assert any("SamplerCustom node 3 from step 0 to 10000 of 2 without adding noise" in note for note in picture.notes)
+
+
+@pytest.mark.parametrize("nodes, why", [
+    ({"33": _karras(sigma_max=10.0)}, r"its KarrasScheduler node 33's sigmas at sigma_max 10, sigma_min 0.0291675, "
+                                      r"rho 7, where textinv's _karras schedule spans the model's whole noise range "
+                                      r"\(SD's, SDXL's: sigma_max 14.614642, sigma_min 0.0291675, rho 7\)"),
+    ({"33": _karras(rho=5.0)}, r"its KarrasScheduler node 33's sigmas at .*rho 5, where textinv's _karras"),
+    ({"33": _sampler_node("PolyexponentialScheduler", steps=2, sigma_max=14.614642, sigma_min=0.0291675, rho=2.0)},
+     r"its PolyexponentialScheduler node 33's sigmas at .*rho 2, where textinv's _exponential schedule"),
+    ({"33": _sampler_node("BetaSamplingScheduler", model=["4", 0], steps=2, alpha=0.6, beta=0.6)},
+     r"its BetaSamplingScheduler node 33's steps at beta quantiles of the model's timesteps .*which no textinv "
+     r"schedule draws"),
+    ({"33": _sampler_node("SDTurboScheduler", model=["4", 0], steps=2, denoise=1.0)},
+     r"its SDTurboScheduler node 33's SD Turbo's timesteps"),
+    ({"32": _sampler_node("SamplerEulerAncestral", eta=1.0, s_noise=0.5),
+      "33": _sampler_node("BasicScheduler", scheduler="normal", steps=2, denoise=1.0, model=["4", 0])},
+     r"its SamplerEulerAncestral node 32 at s_noise 0.5, which textinv's euler_a does not take"),
+    ({"32": _sampler_node("SamplerDPMPP_3M_SDE", eta=1.5, s_noise=1.0, noise_device="cpu")},
+     r"its SamplerDPMPP_3M_SDE node 32 at eta 1.5, where textinv's --eta is 0 to 1"),
+    ({"32": _sampler_node("SamplerDPMPP_SDE", eta=1.0, s_noise=1.0, r=0.3, noise_device="cpu")},
+     r"its SamplerDPMPP_SDE node 32 at r 0.3, where textinv's dpm\+\+sde takes its midpoint at r 0.5 only"),
+    ({"32": _sampler_node("SamplerLMS", order=3)}, r"its SamplerLMS node 32 of order 3, where textinv's lms is of "
+                                                   r"order 4"),
+    ({"32": _sampler_node("SamplerTCD", eta=0.5), "33": _sampler_node("BasicScheduler", scheduler="sgm_uniform",
+                                                                      steps=2, denoise=1.0, model=["4", 0])},
+     r"its SamplerTCD node 32 at eta 0.5, TCD's gamma, where textinv's tcd draws at gamma 0.3"),
+    ({"32": _sampler_node("KSamplerSelect", sampler_name="dpm_2")},
+     r"its sampler 'dpm_2' on the sigmas it is given, where ComfyUI's KSampler and textinv discard the "
+     r"next-to-last sigma \(KSamplerSelect node 32\)"),
+    ({"32": _sampler_node("KSamplerSelect", sampler_name="euler_ancestral")},
+     r"its sampler 'euler_ancestral' on the 'karras' schedule, which textinv does not have"),
+])
+def test_again_asks_for_a_sampler_for_comfyuis_custom_sampling_textinv_does_not_draw(sd1_dir, tmp_path, nodes, why):
+    """A custom sampler whose sampler or sigmas textinv draws no such way (another noise range or rho, ComfyUI's
+    beta or SD Turbo schedule, a sampler setting textinv's sampler lacks) is refused naming the node and the values,
+    until --sampler chooses one, as a KSampler's sampler textinv lacks is."""
+    from textinv.again import again_config
+
+    graph = _comfy_custom_graph()
+    graph.update(nodes)
+    path = _comfy_picture(tmp_path / "c.png", graph)
+    with pytest.raises(ConfigError, match=r"c.png was drawn by ComfyUI's SamplerCustomAdvanced node 3 with " + why
+                       + r".*: choose a sampler with --sampler \(textinv generate --help lists them\), or default"):
+        again_config(path, {"model": str(sd1_dir)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no eta of a sampler it did not draw with, said as dropped)
+        config = again_config(path, {"model": str(sd1_dir), "sampler": "euler"})[0]
+    assert (config.sampler, config.steps, config.seed) == ("euler", 2, 1234)
+
+
+def test_again_refuses_comfyuis_custom_sampling_it_cannot_follow_naming_the_node(tmp_path):
+    """A custom sampler whose guider, noise, sampler or sigmas come from a node textinv does not read (a custom
+    guider, SplitSigmas, ...) is refused naming it and what textinv reads there."""
+    from textinv.again import read_picture
+
+    for node, part, cls, reads in [("31", "guider", "DualCFGGuider", "CFGGuider or BasicGuider"),
+                                   ("30", "noise", "Noise_EmptyNoise", "RandomNoise or DisableNoise"),
+                                   ("33", "sigmas", "SplitSigmas", "BasicScheduler or KarrasScheduler"),
+                                   ("32", "sampler", "SamplerDPMAdaptative", "KSamplerSelect or")]:
+        graph = _comfy_custom_graph()
+        graph[node] = {"class_type": cls, "inputs": {}}
+        with pytest.raises(ConfigError, match=rf"c.png: its ComfyUI SamplerCustomAdvanced node 3 is custom sampling "
+                                              rf"textinv cannot follow: its {part} comes from {cls} node {node}, where "
+                                              rf"textinv reads {reads}.*draw it with `textinv generate` and its "
+                                              rf"settings as flags"):
+            read_picture(_comfy_picture(tmp_path / "c.png", graph))
+
+
+def test_again_reads_comfyuis_custom_sampling_from_the_editors_workflow(tmp_path):
+    """The editor's format ("Save", a PNG's 'workflow') of the custom sampling nodes, each node's widgets in the
+    order ComfyUI writes them, translates into the graph ComfyUI runs, read as the picture's 'prompt' is."""
+    import json
+
+    from textinv.again import read_picture
+    from textinv.comfy_workflow import api_graph
+
+    def node(id, type, widgets, inputs=()):
+        return {"id": id, "type": type, "mode": 0, "widgets_values": widgets,
+                "inputs": [{"name": name, "type": kind, "link": link} for name, kind, link in inputs]}
+
+    nodes = [
+        node(3, "SamplerCustomAdvanced", [], [("noise", "NOISE", 1), ("guider", "GUIDER", 2), ("sampler", "SAMPLER", 3),
+                                              ("sigmas", "SIGMAS", 4), ("latent_image", "LATENT", 5)]),
+        node(30, "RandomNoise", [1234, "fixed"]),
+        node(31, "CFGGuider", [6.5], [("model", "MODEL", 6), ("positive", "CONDITIONING", 7),
+                                      ("negative", "CONDITIONING", 8)]),
+        node(32, "SamplerDPMPP_2M_SDE", ["heun", 0.5, 0.75, "gpu"]),
+        node(33, "KarrasScheduler", [2, 14.614642, 0.0291675, 7]),
+        node(4, "CheckpointLoaderSimple", ["sdxl.safetensors"]),
+        node(5, "EmptyLatentImage", [24, 16, 1]),
+        node(6, "CLIPTextEncode", ["a cat"], [("clip", "CLIP", 9)]),
+        node(7, "CLIPTextEncode", ["blurry"], [("clip", "CLIP", 10)]),
+        node(8, "VAEDecode", [], [("samples", "LATENT", 11), ("vae", "VAE", 12)]),
+        node(9, "SaveImage", ["ComfyUI"], [("images", "IMAGE", 13)]),
+    ]
+    links = [[1, 30, 0, 3, 0, "NOISE"], [2, 31, 0, 3, 1, "GUIDER"], [3, 32, 0, 3, 2, "SAMPLER"],
+             [4, 33, 0, 3, 3, "SIGMAS"], [5, 5, 0, 3, 4, "LATENT"], [6, 4, 0, 31, 0, "MODEL"],
+             [7, 6, 0, 31, 1, "CONDITIONING"], [8, 7, 0, 31, 2, "CONDITIONING"], [9, 4, 1, 6, 0, "CLIP"],
+             [10, 4, 1, 7, 0, "CLIP"], [11, 3, 0, 8, 0, "LATENT"], [12, 4, 2, 8, 1, "VAE"], [13, 8, 0, 9, 0, "IMAGE"]]
+    workflow = {"nodes": nodes, "links": links, "version": 0.4}
+    graph = api_graph(workflow, tmp_path / "w.json")
+    assert graph["30"]["inputs"] == {"noise_seed": 1234}
+    assert graph["32"]["inputs"] == {"solver_type": "heun", "eta": 0.5, "s_noise": 0.75, "noise_device": "gpu"}
+    (tmp_path / "w.json").write_text(json.dumps(workflow))
+    settings = read_picture(tmp_path / "w.json").settings
+    assert (settings["seed"], settings["steps"], settings["guidance"], settings["sampler"]) == (
+        1234, 2, 6.5, "dpm++2m_sde_heun_karras")
+    assert (settings["eta"], settings["sigma_noise"], settings["prompt"], settings["negative_prompt"]) == (
+        0.5, 0.75, ["a cat"], "blurry")
+    # SamplerCustom's widgets: add_noise, noise_seed (its control_after_generate after it), cfg
+    nodes[0] = node(3, "SamplerCustom", [True, 99, "randomize", 4.0],
+                    [("model", "MODEL", 6), ("positive", "CONDITIONING", 7), ("negative", "CONDITIONING", 8),
+                     ("sampler", "SAMPLER", 3), ("sigmas", "SIGMAS", 4), ("latent_image", "LATENT", 5)])
+    workflow["links"] = [link for link in links if link[3] != 31] + [
+        [6, 4, 0, 3, 0, "MODEL"], [7, 6, 0, 3, 1, "CONDITIONING"], [8, 7, 0, 3, 2, "CONDITIONING"]]
+    (tmp_path / "w.json").write_text(json.dumps(workflow))
+    settings = read_picture(tmp_path / "w.json").settings
+    assert (settings["seed"], settings["guidance"], settings["negative_prompt"]) == (99, 4.0, "blurry")
+
+
+def test_again_follows_a_comfyui_hires_fix_drawn_by_custom_samplers(sd1_dir, tmp_path):
+    """A hires fix of two SamplerCustom passes (the second's BasicScheduler at denoise 0.5 over the enlarged
+    latent) is read as the KSampler hires fix: the first pass's settings the drawing's, the second's the hires
+    fix's; the second's other eta is said, textinv drawing both passes at one."""
+    graph = _comfy_hires_graph()
+    first = _comfy_custom_graph(advanced=False)["3"]
+    graph.update({"3": first, "32": _sampler_node("KSamplerSelect", sampler_name="dpmpp_2m"),
+                  "33": _karras(),
+                  "11": {"class_type": "SamplerCustom", "inputs": {**first["inputs"], "latent_image": ["10", 0],
+                                                                    "sampler": ["34", 0], "sigmas": ["35", 0]}},
+                  "34": _sampler_node("SamplerEulerAncestral", eta=0.5, s_noise=1.0),
+                  "35": _sampler_node("BasicScheduler", scheduler="normal", steps=3, denoise=0.5, model=["4", 0])})
+    config, said = _notes(_comfy_picture(tmp_path / "hires.png", graph, (48, 32)), {"model": str(sd1_dir)})
+    assert (config.seed, config.steps, config.guidance, config.sampler) == (1234, 2, 6.5, "dpm++2m_karras")
+    assert (config.hires_scale, config.hires_steps, config.denoise) == (2.0, 3, 0.5)
+    assert (config.hires_sampler, config.hires_upscaler, config.eta) == ("euler_a", "latent-nearest-exact", None)
+    assert said == ["PICTURE: its ComfyUI hires fix's second pass (SamplerCustom node 11) draws at eta 0.5; textinv "
+                    "draws both passes at the first's (SamplerCustom node 3): its defaults"]
+
+
+def test_again_redraws_a_comfyui_custom_sampling_picture_as_generate_draws_its_settings(sd1_dir, tmp_path):
+    """End to end: a SamplerCustomAdvanced picture (DPM++ 2M SDE at eta 0.5 and s_noise 0.8 on Karras's schedule)
+    drawn again on the tiny model is the picture `generate` draws with those settings as flags."""
+    import numpy as np
+
+    from textinv.cli import main
+
+    graph = _comfy_custom_graph()
+    graph["6"]["inputs"]["text"] = "a red cat"
+    graph["32"] = _sampler_node("SamplerDPMPP_2M_SDE", solver_type="midpoint", eta=0.5, s_noise=0.8,
+                                noise_device="cpu")
+    graph["33"] = _karras()
+    picture = _comfy_picture(tmp_path / "ComfyUI_custom.png", graph, (24, 16))
+    assert main(["generate", "--again", str(picture), "--model", str(sd1_dir), "--out", str(tmp_path / "again")]) == 0
+    assert main(["generate", "--model", str(sd1_dir), "--prompt", "a red cat", "--negative-prompt", "blurry",
+                 "--seed", "1234", "--steps", "2", "--guidance", "6.5", "--sampler", "dpm++2m_sde_karras",
+                 "--eta", "0.5", "--sigma-noise", "0.8", "--width", "24", "--height", "16", "--emphasis", "comfy",
+                 "-n", "1", "--out", str(tmp_path / "direct")]) == 0
+    (again,), (direct,) = (tmp_path / "again").iterdir(), (tmp_path / "direct").iterdir()
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(direct)))
+
+
+def test_comfyuis_tcd_eta_is_the_gamma_textinvs_tcd_draws_at():
+    """What --again reads SamplerTCD's eta as: ComfyUI's TCD (k-diffusion's sample_tcd, on latents x / sqrt(a) at
+    sigma) takes the model's x0 and eps to the timestep s = floor((1 - eta) t') of the next step's t', then noise up
+    to sigma'; diffusers' TCDScheduler, textinv's tcd, takes the same step at its gamma. So SamplerTCD at eta 0.3 is
+    textinv's tcd (its gamma 0.3; --eta is refused for tcd) and another eta is refused."""
+    import math
+
+    from diffusers import DDIMScheduler
+
+    from textinv.samplers import scheduler_for
+
+    tcd = scheduler_for(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012), "tcd")
+    tcd.set_timesteps(4)
+    a = tcd.alphas_cumprod.double()
+    t, t_next = (int(step) for step in tcd.timesteps[:2])
+    start = torch.Generator().manual_seed(0)
+    x, eps = (torch.randn(1, 4, 2, 2, generator=start, dtype=torch.float64) for _ in range(2))
+    x = a[t].sqrt() * x + (1 - a[t]).sqrt() * eps  # (the latents at t, whose noise is eps)
+    noise = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(1)).double()
+    # ComfyUI's step at eta 0.3, its latents x / sqrt(a) at sigma, its denoised x0
+    sigma, sigma_next = ((1 - a[t]) / a[t]).sqrt(), ((1 - a[t_next]) / a[t_next]).sqrt()
+    x0 = (x - (1 - a[t]).sqrt() * eps) / a[t].sqrt()
+    s = math.floor((1 - 0.3) * t_next)
+    at_s = a[s].sqrt() * x0 + (1 - a[s]).sqrt() * ((x / a[t].sqrt() - x0) / sigma)
+    comfy = at_s / a[s].sqrt() + noise * (sigma_next ** 2 + 1 - 1 / a[s]).sqrt()
+    drawn = tcd.step(eps.float(), t, x.float(), generator=torch.Generator().manual_seed(1)).prev_sample
+    torch.testing.assert_close(drawn.double() / a[t_next].sqrt(), comfy, rtol=1e-4, atol=1e-4)

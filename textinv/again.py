@@ -26,7 +26,9 @@ What a picture's text can hold, and how each is read:
   a link [node id, output index]; its `workflow` text, the editor's layout, is translated into it where the
   `prompt` is missing, `comfy_workflow`), or a workflow saved as a .json file, in either format
   (`_from_comfy_file`). From the saved picture its
-  links are followed back through VAEDecode to the KSampler or KSamplerAdvanced it comes from (of several samplers,
+  links are followed back through VAEDecode to the KSampler or KSamplerAdvanced it comes from (SamplerCustom and
+  SamplerCustomAdvanced read as the KSampler that draws the same, or refused naming the part textinv lacks:
+  `_lower_custom`; of several samplers,
   that one; the others are named; a hires fix's two passes are read as textinv's hires fix, its first pass's
   settings the drawing's: `_comfy_hires`; an img2img from a LoadImage as textinv's, its steps counted as textinv
   counts them: `_comfy_img2img`): its seed, steps, cfg, sampler and scheduler (as textinv's sampler,
@@ -1026,6 +1028,10 @@ def _from_comfyui(path: Path, text: str, picture_size: tuple[int, int] | None) -
     graph = _parsed_comfy_graph(path, text)
     notes: list[str] = []
     save, sampler, decoder, changed = _comfy_saved(graph, picture_size, notes)
+    decoded = graph.link(graph.inputs(decoder).get("samples")) if decoder else None
+    if graph.custom(sampler) and decoded == (sampler, 1):
+        notes.append(f"{path}: its ComfyUI picture is the denoised_output of {graph.named(sampler)}, the model's "
+                     f"estimate at its last step, where textinv's is the sampler's output, so the redraw may differ")
     settings: dict[str, Any] = {"emphasis": "comfy"}  # (its CLIPTextEncode's prompt syntax and weighting)
     needs: dict[str, str] = {}
     # 2. its passes: a hires fix's two (the first's settings are the drawing's, the second's the hires fix's), or
@@ -1112,7 +1118,6 @@ class _CustomSampling:
     sampler: str | None  # textinv's sampler; None: none draws it (`why`)
     why: str  # what it draws that textinv does not ("" where `sampler` is one)
     settings: dict[str, Any]  # --eta and --sigma-noise where its sampler node's are not its defaults
-    parts: list[str]  # the nodes read into it: the sampler, sigmas, noise and guider nodes
 
 
 def _lower_custom(graph: _ComfyGraph) -> None:
@@ -1154,12 +1159,11 @@ class _Unfollowed(Exception):
 def _custom_as_ksampler(graph: _ComfyGraph, node: str) -> dict | str:
     """The KSampler (or KSamplerAdvanced) node that draws as custom sampler `node`, with its `_CustomSampling`; why
     textinv cannot follow it, where it cannot."""
-    inputs, parts = graph.inputs(node), []
+    inputs = graph.inputs(node)
     try:
         if graph.cls(node) == "SamplerCustomAdvanced":
             guider = _custom_part(graph, node, "guider", ("CFGGuider", "BasicGuider"))
             noise = _custom_part(graph, node, "noise", ("RandomNoise", "DisableNoise"))
-            parts += [guider, noise]
             given = graph.inputs(guider)
             basic = graph.cls(guider) == "BasicGuider"
             guided = {"model": given.get("model"), "positive": given.get("conditioning" if basic else "positive"),
@@ -1179,7 +1183,6 @@ def _custom_as_ksampler(graph: _ComfyGraph, node: str) -> dict | str:
     except _Unfollowed as e:
         return (f"--again {graph.path}: its ComfyUI {graph.named(node)} is custom sampling textinv cannot follow: {e}; "
                 f"draw it with `textinv generate` and its settings as flags")
-    parts += [sampler, sigmas]
     name, options, why = _custom_sampler(graph, sampler)
     scheduler, steps, denoise, schedule_why = _custom_sigmas(graph, sigmas)
     ours = None
@@ -1190,8 +1193,8 @@ def _custom_as_ksampler(graph: _ComfyGraph, node: str) -> dict | str:
     if ours is not None:
         why = _custom_options(graph, sampler, ours, options)
         ours = None if why else ours
-    custom = _CustomSampling(graph.cls(node), ours, why or schedule_why,
-                             {k: v for k, v in options.items() if k in ("eta", "sigma_noise")}, parts)
+    drawn = {key: value for key, value in options.items() if key in ("eta", "sigma_noise")} if ours else {}
+    custom = _CustomSampling(graph.cls(node), ours, why or schedule_why, drawn)
     shared = {**guided, "sampler_name": name, "scheduler": scheduler, "latent_image": inputs.get("latent_image")}
     if add_noise:
         return {"class_type": "KSampler", _CUSTOM: custom,
@@ -1273,8 +1276,9 @@ def _custom_sigmas(graph: _ComfyGraph, node: str) -> tuple[str | None, Any, Any,
     if all(said.get(name) is not None and math.isclose(said[name], value, rel_tol=1e-5)
            for name, value in wanted.items()):
         return scheduler, steps, 1.0, ""
-    given = ", ".join(f"{name} {value:g}" if value is not None else f"{name} (unread)" for name, value in said.items())
-    ours = ", ".join(f"{name} {value:g}" for name, value in wanted.items())
+    given = ", ".join(f"{name} {value:.8g}" if value is not None else f"{name} (unread)" for name, value in
+                      said.items())
+    ours = ", ".join(f"{name} {value:.8g}" for name, value in wanted.items())
     return None, steps, 1.0, (f"its {named}'s sigmas at {given}, where textinv's _{scheduler} schedule spans the "
                               f"model's whole noise range (SD's, SDXL's: {ours})")
 
