@@ -4153,7 +4153,8 @@ def test_again_reads_comfyuis_custom_sampling_from_the_editors_workflow(tmp_path
 def test_again_follows_a_comfyui_hires_fix_drawn_by_custom_samplers(sd1_dir, tmp_path):
     """A hires fix of two SamplerCustom passes (the second's BasicScheduler at denoise 0.5 over the enlarged
     latent) is read as the KSampler hires fix: the first pass's settings the drawing's, the second's the hires
-    fix's; the second's other eta is said, textinv drawing both passes at one."""
+    fix's, its eta --eta where the first's sampler takes none; where both take one (textinv's one --eta draws both),
+    the second's other eta is said. A second pass textinv has no sampler for is asked for by --hires-sampler."""
     graph = _comfy_hires_graph()
     first = _comfy_custom_graph(advanced=False)["3"]
     graph.update({"3": first, "32": _sampler_node("KSamplerSelect", sampler_name="dpmpp_2m"),
@@ -4165,9 +4166,18 @@ def test_again_follows_a_comfyui_hires_fix_drawn_by_custom_samplers(sd1_dir, tmp
     config, said = _notes(_comfy_picture(tmp_path / "hires.png", graph, (48, 32)), {"model": str(sd1_dir)})
     assert (config.seed, config.steps, config.guidance, config.sampler) == (1234, 2, 6.5, "dpm++2m_karras")
     assert (config.hires_scale, config.hires_steps, config.denoise) == (2.0, 3, 0.5)
-    assert (config.hires_sampler, config.hires_upscaler, config.eta) == ("euler_a", "latent-nearest-exact", None)
-    assert said == ["PICTURE: its ComfyUI hires fix's second pass (SamplerCustom node 11) draws at eta 0.5; textinv "
-                    "draws both passes at the first's (SamplerCustom node 3): its defaults"]
+    assert (config.hires_sampler, config.hires_upscaler, config.eta, said) == (
+        "euler_a", "latent-nearest-exact", 0.5, [])
+    graph["32"] = _sampler_node("SamplerDPMPP_2M_SDE", solver_type="midpoint", eta=0.25, s_noise=1.0,
+                                noise_device="cpu")
+    config, said = _notes(_comfy_picture(tmp_path / "hires.png", graph, (48, 32)), {"model": str(sd1_dir)})
+    assert (config.sampler, config.hires_sampler, config.eta) == ("dpm++2m_sde_karras", "euler_a", 0.25)
+    assert said == ["PICTURE: its ComfyUI hires fix's second pass (SamplerCustom node 11) draws at eta 0.5, where "
+                    "textinv's --eta and --sigma-noise, one for both passes, draw it at eta 0.25"]
+    graph["34"] = _sampler_node("SamplerLMS", order=2)
+    with pytest.raises(ConfigError, match=r"redrawn by its hires fix by ComfyUI's SamplerCustom node 11 with its "
+                                          r"SamplerLMS node 34 of order 2, .*: choose a sampler with --hires-sampler"):
+        _notes(_comfy_picture(tmp_path / "hires.png", graph, (48, 32)), {"model": str(sd1_dir)})
 
 
 def test_again_redraws_a_comfyui_custom_sampling_picture_as_generate_draws_its_settings(sd1_dir, tmp_path):

@@ -73,7 +73,8 @@ from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_M
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .samplers import CHURN_LABELS, EVEN_SPACINGS, churn_taken, discards, eta_kind, from_comfy, from_webui
+from .samplers import (CHURN_LABELS, EVEN_SPACINGS, churn_taken, discards, eta_kind, eta_label, from_comfy,
+                       from_webui)
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
@@ -1170,7 +1171,7 @@ def _custom_as_ksampler(graph: _ComfyGraph, node: str) -> dict | str:
                       "cfg": 1.0 if basic else given.get("cfg")}
             if not basic:
                 guided["negative"] = given.get("negative")
-            seed, add_noise = graph.inputs(noise).get("noise_seed", 0), graph.cls(noise) == "RandomNoise"
+            seed, add_noise = graph.inputs(noise).get("noise_seed"), graph.cls(noise) == "RandomNoise"
         else:
             guided = {name: inputs.get(name) for name in ("model", "positive", "negative", "cfg")}
             seed, add_noise = inputs.get("noise_seed"), graph.value(node, "add_noise", (bool,))
@@ -1185,15 +1186,17 @@ def _custom_as_ksampler(graph: _ComfyGraph, node: str) -> dict | str:
                 f"draw it with `textinv generate` and its settings as flags")
     name, options, why = _custom_sampler(graph, sampler)
     scheduler, steps, denoise, schedule_why = _custom_sigmas(graph, sigmas)
-    ours = None
+    ours, drawn = None, {}
     if not why and not schedule_why and name is not None and scheduler is not None:
-        ours = ("tcd" if scheduler.lower() in EVEN_SPACINGS else None) if name == "tcd" else from_comfy(name, scheduler)
+        if name == "tcd":  # (textinv's tcd draws on the model's own spacing alone)
+            ours = "tcd" if scheduler.lower() in EVEN_SPACINGS else None
+        else:
+            ours = from_comfy(name, scheduler)
         if ours is None:
             why = f"its sampler {name!r} on the {scheduler!r} schedule, which textinv does not have"
     if ours is not None:
-        why = _custom_options(graph, sampler, ours, options)
+        why, drawn = _custom_options(graph, sampler, ours, options)
         ours = None if why else ours
-    drawn = {key: value for key, value in options.items() if key in ("eta", "sigma_noise")} if ours else {}
     custom = _CustomSampling(graph.cls(node), ours, why or schedule_why, drawn)
     shared = {**guided, "sampler_name": name, "scheduler": scheduler, "latent_image": inputs.get("latent_image")}
     if add_noise:
@@ -1205,7 +1208,7 @@ def _custom_as_ksampler(graph: _ComfyGraph, node: str) -> dict | str:
     if run is None:
         return (f"--again {graph.path}: its ComfyUI {graph.named(node)} adds no noise, and its steps come from a node "
                 f"textinv cannot read them from; draw it with `textinv generate` and its settings as flags")
-    schedule = run if part is None or part > 0.9999 or not part > 0 else int(run / part)
+    schedule = int(run / part) if part is not None and 0 < part <= 0.9999 else run
     return {"class_type": "KSamplerAdvanced", _CUSTOM: custom,
             "inputs": {**shared, "add_noise": "disable", "noise_seed": seed, "steps": schedule,
                        "start_at_step": schedule - run, "end_at_step": 10000, "return_with_leftover_noise": "disable"}}
@@ -1230,29 +1233,25 @@ def _custom_sampler(graph: _ComfyGraph, node: str) -> tuple[str | None, dict[str
     return name, {key: value for key, value in options.items() if value != defaults[key]}, ""
 
 
-def _custom_options(graph: _ComfyGraph, node: str, ours: str, options: dict[str, Any]) -> str:
-    """Nothing but why: `options` (the sampler node's settings that are not its defaults) become --eta (`eta`) and
-    --sigma-noise (`sigma_noise`, from its s_noise), where textinv's sampler `ours` draws them as ComfyUI does; why
-    it does not ("" where it does)."""
+def _custom_options(graph: _ComfyGraph, node: str, ours: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """("", the settings) of sampler node `node`'s `options` (those not at their defaults) where textinv's sampler
+    `ours` draws them as ComfyUI does: its eta as --eta, its s_noise as --sigma-noise (k-diffusion's, both); else
+    (why it does not, {})."""
     named = graph.named(node)
-    base = ours.split("_karras")[0].split("_exponential")[0]
-    if "eta" in options and base == "tcd":
+    if "eta" in options and ours == "tcd":
         return (f"its {named} at eta {options['eta']:g}, TCD's gamma, where textinv's tcd draws at gamma 0.3 "
-                f"(ComfyUI's default) only")
+                f"(ComfyUI's default) only"), {}
     if "eta" in options and not 0 <= options["eta"] <= 1:
-        return f"its {named} at eta {options['eta']:g}, where textinv's --eta is 0 to 1"
+        return f"its {named} at eta {options['eta']:g}, where textinv's --eta is 0 to 1", {}
     if "s_noise" in options and "noise" not in churn_taken(ours):
-        return (f"its {named} at s_noise {options['s_noise']:g}, which textinv's {base} does not take (--sigma-noise "
-                f"scales the SDE samplers', dpm2_a's and dpm++2s_a's fresh noise)")
+        return (f"its {named} at s_noise {options['s_noise']:g}, which textinv's {ours} does not take (--sigma-noise "
+                f"scales the SDE samplers', dpm2_a's and dpm++2s_a's fresh noise)"), {}
     if "r" in options:
-        return f"its {named} at r {options['r']:g}, where textinv's dpm++sde takes its midpoint at r 0.5 only"
+        return f"its {named} at r {options['r']:g}, where textinv's dpm++sde takes its midpoint at r 0.5 only", {}
     if "order" in options:
-        return f"its {named} of order {options['order']}, where textinv's lms is of order 4 only"
-    if "eta" in options:
-        options["eta"] = float(options["eta"])
-    if "s_noise" in options:
-        options["sigma_noise"] = float(options.pop("s_noise"))
-    return ""
+        return f"its {named} of order {options['order']}, where textinv's lms is of order 4 only", {}
+    names = {"eta": "eta", "s_noise": "sigma_noise"}
+    return "", {names[key]: float(value) for key, value in options.items()}
 
 
 def _custom_sigmas(graph: _ComfyGraph, node: str) -> tuple[str | None, Any, Any, str]:
@@ -1312,19 +1311,32 @@ def _comfy_drawing(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], n
 
 def _comfy_custom_settings(graph: _ComfyGraph, sampler: str, second: str | None, settings: dict[str, Any],
                            notes: list[str]) -> None:
-    """A custom sampler's --eta and --sigma-noise into `settings` (`_CustomSampling`); where a hires fix's second
-    pass (`second`) draws at others, `notes` say so: textinv draws both passes at one eta and sigma noise."""
-    custom = graph.custom(sampler)
-    drawn = custom.settings if custom else {}
+    """A custom sampler's --eta and --sigma-noise into `settings` (`_CustomSampling`), and a hires fix's second
+    pass's (`second`) where the first's sampler takes none (one --eta is the first pass's, else the hires pass's:
+    `samplers.eta_of`); `notes` say where textinv draws the second pass at others than ComfyUI did."""
+    custom, other = graph.custom(sampler), graph.custom(second) if second else None
+    drawn = dict(custom.settings) if custom else {}
+    given = other.settings if other else {}
+    drawn.update((key, value) for key, value in given.items()
+                 if key not in drawn and not _takes(settings.get("sampler"), key))
     settings.update(drawn)
-    other = graph.custom(second).settings if second and graph.custom(second) else {}
-    if second and other != drawn:
-        def said(given: dict[str, Any]) -> str:
-            return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in given.items()) or "its defaults"
+    hires = {key: value for key, value in drawn.items()
+             if _takes(settings.get("hires_sampler", settings.get("sampler")), key)}
+    if second and hires != given:
+        def said(values: dict[str, Any]) -> str:
+            return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in values.items()) or "its defaults"
 
         notes.append(f"{graph.path}: its ComfyUI hires fix's second pass ({graph.named(second)}) draws at "
-                     f"{said(other)}; textinv draws both passes at the first's ({graph.named(sampler)}): "
-                     f"{said(drawn)}")
+                     f"{said(given)}, where textinv's --eta and --sigma-noise, one for both passes, draw it at "
+                     f"{said(hires)}")
+
+
+def _takes(sampler: str | None, setting: str) -> bool:
+    """Whether textinv's `sampler` takes `setting` as a ComfyUI sampler node's: --eta as k-diffusion's eta (the web
+    UI's Eta, not DDIM's), --sigma-noise as its s_noise."""
+    if not sampler:
+        return False
+    return eta_label(sampler) == "Eta" if setting == "eta" else "noise" in churn_taken(sampler)
 
 
 def _comfy_prompts(graph: _ComfyGraph, sampler: str, settings: dict[str, Any], needs: dict[str, str],
@@ -1456,24 +1468,23 @@ def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int] | None, notes: list[s
              or [n for n in graph.nodes if graph.cls(n) == "PreviewImage"]
              # (a custom node's saver: what takes pictures and gives nothing on)
              or [n for n in graph.nodes if graph.link(graph.inputs(n).get("images")) and n not in consumed])
-    found, reached, reached_nodes = [], [], set()
+    found, reached, reached_nodes = [], [], []
     for save in saves:
         sampler, decoder, changed, last = graph.sampler_of(save)
         if sampler is None:
             reached.append(graph.named(last))
-            reached_nodes.add(last)
+            reached_nodes.append(last)
         else:
             found.append((save, sampler, decoder, changed))
-    refused = [graph.nodes[n][_REFUSED] for n in graph.nodes if n in reached_nodes and _REFUSED in graph.nodes[n]]
+    refused = [graph.nodes[n][_REFUSED] for n in reached_nodes if _REFUSED in graph.nodes[n]]
     if not found and refused:
         raise ConfigError(refused[0])
     if not found:
         where = (f"its saved picture comes from {', '.join(reached)}" if reached
                  else "it has no SaveImage or PreviewImage node")
         raise ConfigError(f"--again {graph.path}: textinv reads the KSampler, KSamplerAdvanced, SamplerCustom or "
-                          f"SamplerCustomAdvanced a ComfyUI picture "
-                          f"comes from, and {where}, not such a sampler: draw it with `textinv generate` and its "
-                          f"settings as flags")
+                          f"SamplerCustomAdvanced a ComfyUI picture comes from, and {where}, not such a sampler: draw "
+                          f"it with `textinv generate` and its settings as flags")
     chosen = found[-1]
     if len({f[1] for f in found}) > 1:
         fits = [f for f in found if not f[3] and (drawn := graph.latent_size(graph.link(graph.inputs(f[1]).get(
@@ -1557,10 +1568,21 @@ def _comfy_hires(graph: _ComfyGraph, second: str, size: tuple[int, int] | None, 
     settings["hires_upscaler"] = _comfy_upscaler(graph, scalers, read, notes)
     read |= {first, *scalers}
     pairs = [(graph.value(n, "sampler_name", (str,)), graph.value(n, "scheduler", (str,))) for n in (first, second)]
+    if graph.custom(first) or graph.custom(second):  # (a custom pass: the samplers textinv draws them with)
+        pairs = [_comfy_drawn_by(graph, n, pair) for n, pair in zip((first, second), pairs)]
     if pairs[1] != pairs[0]:
         _comfy_sampler(graph, second, True, settings, needs)
     _note_comfy_passes_differ(graph, first, second, notes)
     return _ComfyHires(first, settings, read)
+
+
+def _comfy_drawn_by(graph: _ComfyGraph, node: str, pair: tuple[Any, Any]) -> Any:
+    """The sampler textinv draws a sampler node's pass with, else why it has none (a custom sampler's), else its
+    ComfyUI `pair` (sampler_name, scheduler)."""
+    custom = graph.custom(node)
+    if custom:
+        return custom.sampler or custom.why
+    return (all(pair) and from_comfy(*pair)) or pair
 
 
 def _comfy_upscaled(graph: _ComfyGraph, link: Link) -> tuple[list[str], list[str], tuple | None, Link | None] | None:
