@@ -4057,7 +4057,7 @@ def test_again_reads_comfyuis_custom_sampling_as_the_ksampler_that_draws_the_sam
                                                                       steps=2, denoise=1.0, model=["4", 0])},
      r"its SamplerTCD node 32 at eta 0.5, TCD's gamma, where textinv's tcd draws at gamma 0.3"),
     ({"32": _sampler_node("KSamplerSelect", sampler_name="dpm_2")},
-     r"its sampler 'dpm_2' on the sigmas it is given, where ComfyUI's KSampler and textinv discard the "
+     r"its sampler 'dpm_2' on the sigmas it is given, where ComfyUI's KSampler, as textinv draws it, discards the "
      r"next-to-last sigma \(KSamplerSelect node 32\)"),
     ({"32": _sampler_node("KSamplerSelect", sampler_name="euler_ancestral")},
      r"its sampler 'euler_ancestral' on the 'karras' schedule, which textinv does not have"),

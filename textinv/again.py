@@ -1220,8 +1220,8 @@ def _custom_sampler(graph: _ComfyGraph, node: str) -> tuple[str | None, dict[str
     if graph.cls(node) == "KSamplerSelect":
         name = graph.value(node, "sampler_name", (str,))
         if name in _COMFY_DISCARDING:
-            return name, {}, (f"its sampler {name!r} on the sigmas it is given, where ComfyUI's KSampler and textinv "
-                              f"discard the next-to-last sigma ({graph.named(node)})")
+            return name, {}, (f"its sampler {name!r} on the sigmas it is given, where ComfyUI's KSampler, as textinv "
+                              f"draws it, discards the next-to-last sigma ({graph.named(node)})")
         return name, {}, "" if name else f"a sampler name {graph.named(node)} takes from a node textinv cannot read"
     name, defaults = _COMFY_SAMPLER_OPTIONS[graph.cls(node)]
     if graph.cls(node) == "SamplerDPMPP_2M_SDE" and graph.value(node, "solver_type", (str,)) == "heun":
