@@ -4096,6 +4096,21 @@ def test_again_refuses_comfyuis_custom_sampling_it_cannot_follow_naming_the_node
                                               rf"textinv reads {reads}.*draw it with `textinv generate` and its "
                                               rf"settings as flags"):
             read_picture(_comfy_picture(tmp_path / "c.png", graph))
+    # a value it needs from a node that gives no plain value (joined numbers, a switch): its add_noise, or the steps
+    # of a pass that adds no noise
+    graph = _comfy_custom_graph(advanced=False)
+    graph["3"]["inputs"]["add_noise"] = ["40", 0]
+    graph["40"] = {"class_type": "LogicSwitch", "inputs": {"a": True, "b": False}}
+    with pytest.raises(ConfigError, match=r"SamplerCustom node 3 is custom sampling textinv cannot follow: its "
+                                          r"add_noise comes from a node textinv cannot read it from"):
+        read_picture(_comfy_picture(tmp_path / "c.png", graph))
+    graph = _comfy_custom_graph()
+    graph["30"] = _sampler_node("DisableNoise")
+    graph["33"]["inputs"]["steps"] = ["40", 0]
+    graph["40"] = {"class_type": "MathExpression", "inputs": {"a": 2, "b": 2}}
+    with pytest.raises(ConfigError, match=r"SamplerCustomAdvanced node 3 adds no noise, and its steps come from a "
+                                          r"node textinv cannot read them from"):
+        read_picture(_comfy_picture(tmp_path / "c.png", graph))
 
 
 def test_again_reads_comfyuis_custom_sampling_from_the_editors_workflow(tmp_path):

@@ -1143,6 +1143,10 @@ def _lower_custom(graph: _ComfyGraph) -> None:
             graph.nodes[node] = lowered
 
 
+class _Unfollowed(Exception):
+    """A part of a custom sampler textinv cannot follow (`_custom_part`)."""
+
+
 def _custom_part(graph: _ComfyGraph, node: str, name: str, kinds: tuple[str, ...]) -> str:
     """The node of `kinds` that input `name` of custom sampler `node` links to; raises `_Unfollowed` naming what it
     links to where that is none of them."""
@@ -1151,10 +1155,6 @@ def _custom_part(graph: _ComfyGraph, node: str, name: str, kinds: tuple[str, ...
         return source[0]
     what = graph.named(source[0]) if source is not None else "no node"
     raise _Unfollowed(f"its {name} comes from {what}, where textinv reads {' or '.join(kinds)}")
-
-
-class _Unfollowed(Exception):
-    """A part of a custom sampler textinv cannot follow (`_custom_part`)."""
 
 
 def _custom_as_ksampler(graph: _ComfyGraph, node: str) -> dict | str:
