@@ -1469,16 +1469,26 @@ def test_an_epochs_run_resumes_to_the_uninterrupted_one(sd1_dir, images, tmp_pat
         assert (tmp_path / run / "loss.csv").read_text() == (tmp_path / "a" / "loss.csv").read_text(), run
 
 
-def test_a_home_folder_written_as_a_tilde_is_the_home_folder_in_every_command(sd1_dir, tmp_path, monkeypatch):
+def test_a_home_folder_written_as_a_tilde_is_the_home_folder_in_every_command(sd1_dir, images, tmp_path,
+                                                                              monkeypatch):
     """`--out=~/x`, a quoted '~/x' or a config file's `out: ~/x` reach textinv unexpanded (the shell expands a `~`
-    only at the start of a word). train and score read it as the home folder; generate, convert and inspect looked
-    for a folder named `~` in the working directory (generate and convert made one there)."""
+    only at the start of a word). Score read it as the home folder; generate, convert and inspect looked for a folder
+    named `~` in the working directory (generate and convert made one there), and train made its run folder in the
+    home folder but took its lock in `~/...` of the working directory: "No such file or directory", no run."""
+    import shutil
+
     from textinv.formats import LearnedEmbedding, save_embedding
 
     home, here = tmp_path / "home ü", tmp_path / "here"
     here.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(here)
+    shutil.copytree(images, home / "pictures")
+    (home / "train.yaml").write_text("images: ~/pictures\nout: ~/runs/dog\n")
+    assert main(["train", "--config", "~/train.yaml", "--model", str(sd1_dir), "--token", "<d>", "--init", "dog",
+                 "--steps", "1", "--sample-every", "0"]) == 0
+    assert load_embedding(home / "runs" / "dog" / "learned_embeds.safetensors").token == "<d>"
+    assert yaml.safe_load((home / "runs" / "dog" / "config.yaml").read_text())["images"] == str(home / "pictures")
     save_embedding(LearnedEmbedding("<c>", {"text_encoder": torch.randn(1, 32)}), home / "run" / "c.pt", "a1111")
     assert main(["inspect", "~/run/c.pt"]) == 0
     assert main(["convert", "~/run/c.pt", "~/converted/c.safetensors"]) == 0

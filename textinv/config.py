@@ -158,6 +158,31 @@ def check_types(config) -> None:
         raise ConfigError(f"{f.name}= takes {what}, got {type(value).__name__} {shown}" + (f"; {fix}" if fix else ""))
 
 
+def expand_home(config) -> None:
+    """Each local path of the dataclass `config` (its `path` settings) that starts with `~`, read as the home folder:
+    the shell leaves a `~` as it is when quoted, after `=` (`--out=~/runs/dog`) and in a config file, and every
+    command then reads and writes the same folder, and records it so (config.yaml). A hub id or bundled name never
+    starts with `~`; a sample prompt only where it names a file of prompts (`is_prompt_file`)."""
+    for f in dataclasses.fields(config):
+        kind = f.metadata.get("path")
+        if kind:
+            setattr(config, f.name, _at_home(getattr(config, f.name), kind))
+
+
+def _at_home(value, kind: str):
+    if isinstance(value, (list, tuple)):
+        return type(value)(_at_home(item, kind) for item in value)
+    if isinstance(value, dict) and "images" in value:  # (a --concepts mapping of a config file, or Python's)
+        return {**value, "images": _at_home(value["images"], "file")}
+    if isinstance(value, os.PathLike):  # (text from here on, as the command line gives it)
+        value = os.fspath(value)
+    if isinstance(value, str) and value.startswith("~"):
+        from .sample_prompts import is_prompt_file
+
+        return os.path.expanduser(value) if kind != "prompts" or is_prompt_file(value) else value
+    return value
+
+
 MAX_LR = 1e6  # far above any useful rate, far below where float32 arithmetic overflows
 
 
@@ -545,6 +570,7 @@ class TrainConfig:
         so does a kohya sample prompts file in --sample-prompts (`sample_prompts.read_prompt_file`).
         """
         check_types(self)
+        expand_home(self)
         # 1. a file that gives settings: read, and what it gave is checked instead
         if self.dataset_config:
             from .kohya import apply_dataset_config  # (kohya.py reads this module's settings)
@@ -1231,11 +1257,7 @@ class GenerateConfig:
         check_installed(self.sampler)
         if self.hires_sampler:
             check_installed(self.hires_sampler, "--hires-sampler")
-        # a `~` the shell left as it is (quoted, after `=`, in a config file): the home folder, as train reads it
-        self.out = os.path.expanduser(self.out)
-        self.init_image = self.init_image and os.path.expanduser(self.init_image)
-        self.embedding = [os.path.expanduser(p) for p in self.embedding]
-        self.lora_dir = [os.path.expanduser(p) for p in self.lora_dir]
+        expand_home(self)
         if not self.prompt:
             raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
         if self.n < 1:
@@ -1258,7 +1280,6 @@ class GenerateConfig:
             raise ConfigError(f"--zero-negative guides against zeros in place of a negative prompt: leave {given} "
                               f"out, or --zero-negative")
         if self.wildcards_dir is not None:
-            self.wildcards_dir = os.path.expanduser(self.wildcards_dir)
             if not Path(self.wildcards_dir).is_dir():
                 raise ConfigError(f"--wildcards-dir {self.wildcards_dir} is no folder; give the folder that holds the "
                                   f"wildcard files (name.txt for __name__)")
@@ -1365,7 +1386,6 @@ class GenerateConfig:
 
     def _check_mask(self) -> None:
         """Refuse a mask without the picture it masks, the mask's settings without a mask, and bad values."""
-        self.mask = self.mask and os.path.expanduser(self.mask)
         given = [flag for flag, value in (("--mask-blur", self.mask_blur), ("--inpaint-fill", self.inpaint_fill),
                                           ("--mask-invert", self.mask_invert or None),
                                           ("--inpaint-area", self.inpaint_area),
@@ -1571,7 +1591,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a YAML (.yaml/.yml, or a name without a suffix), TOML (.toml) or JSON file, as a dict; keys
     may use - or _. Any other suffix (.ini, .cfg, .txt) and a file that holds no settings are refused."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist{backslash_note(path)}")
     suffix = path.suffix.lower()
@@ -1729,7 +1749,7 @@ def config_file_settings(cls, path: str | Path) -> dict[str, Any]:
     check_known(cls, settings, where)
     check_alternatives(cls, settings, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    folder = Path(path).absolute().parent
+    folder = Path(path).expanduser().absolute().parent
     out = {}
     for key, value in typed_settings(cls, settings, where).items():
         kind = fields[key].metadata.get("path")
