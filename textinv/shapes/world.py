@@ -945,14 +945,20 @@ def _article(next_word: str) -> str:
     return "an" if next_word[0] in "aeiou" else "a"
 
 
-def _noun_phrase(o: ObjectSpec, rng: np.random.Generator, full: bool, with_pattern: bool = True) -> str:
+def _noun_phrase(o: ObjectSpec, rng: np.random.Generator, full: bool, with_pattern: bool = True,
+                 angle_share: float = 0.0) -> str:
     words, tail = [], ""
     if full or rng.random() < _KEEP["size"]:
         words.append(o.size)
     if full or rng.random() < _KEEP["color"]:
         words.append(o.color)
-    if with_pattern and (full or rng.random() < _KEEP["solid" if o.pattern == "solid" else "pattern"]):
-        if o.pattern != "solid" and not full and rng.random() < 0.4:
+    # (drawn only with a share above 0: at 0 a caption takes exactly the draws it took before the setting existed)
+    oriented = with_pattern and angle_share > 0 and o.pattern in ORIENTATIONS and (
+        full or rng.random() < angle_share)
+    if with_pattern and (full or oriented or rng.random() < _KEEP["solid" if o.pattern == "solid" else "pattern"]):
+        if oriented:
+            tail = f" with {orientation_word(o.pattern, o.pattern_angle)} {o.pattern}"
+        elif o.pattern != "solid" and not full and rng.random() < 0.4:
             tail = " " + _PATTERN_WITH[o.pattern]
         else:
             words.append(_PATTERN_ADJ[o.pattern])
@@ -961,18 +967,25 @@ def _noun_phrase(o: ObjectSpec, rng: np.random.Generator, full: bool, with_patte
     return f"{_article(words[0])} {' '.join(words)}{tail}"
 
 
-def caption(scene: Scene, rng: np.random.Generator | int | None = None) -> str:
+def caption(scene: Scene, rng: np.random.Generator | int | None = None, angle_share: float = 0.0) -> str:
     """A training caption for `scene`: varied wording, some attributes left out at random, never a false one.
 
-    Words come from `VOCABULARY` only. The main object is always named first.
+    Words come from `VOCABULARY` only, and from `ORIENTATION_WORDS` with `angle_share` > 0: that share of the
+    captions of a patterned object name its fill's orientation ("with vertical stripes", `orientation_word`). At 0
+    (the default) the captions and the draws they take from `rng` are those of the world before the setting. The
+    main object is always named first.
 
     >>> caption(Scene(ObjectSpec("star", "red", size="small"), background="navy"), 3)  # doctest: +SKIP
     'a photo of a small red star on a navy background'
+    >>> "with vertical stripes" in caption(Scene(ObjectSpec("star", "red", pattern="stripes", pattern_angle=88.0)),
+    ...                                    3, angle_share=1.0)
+    True
     """
+    _check_share(angle_share)
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     o = scene.obj
-    text = _PREFIXES[rng.integers(len(_PREFIXES))] + _noun_phrase(o, rng, full=False)
+    text = _PREFIXES[rng.integers(len(_PREFIXES))] + _noun_phrase(o, rng, full=False, angle_share=angle_share)
     extras = []
     if rng.random() < _KEEP["position"]:
         extras.append(rng.choice(_POSITION_PHRASES[o.position]))
@@ -990,14 +1003,20 @@ def caption(scene: Scene, rng: np.random.Generator | int | None = None) -> str:
     return text.lstrip(", ")
 
 
-def describe(scene: Scene) -> str:
+def describe(scene: Scene, orientation: bool = False) -> str:
     """The fullest description of a scene in the world's own words (every attribute that has a word).
+
+    `orientation`: name the main object's fill orientation too (`ORIENTATION_WORDS`), as the captions of a model
+    pretrained with `angle_share` > 0 do.
 
     >>> describe(Scene(ObjectSpec("star", "red", size="small", position="left"), background="navy"))
     'a small red solid star on the left on a navy background, flat style'
+    >>> describe(Scene(ObjectSpec("star", "red", pattern="checks", pattern_angle=50.0)), orientation=True)
+    'a medium red star with diagonal checks in the center on a white background, flat style'
     """
     o = scene.obj
-    text = f"{_noun_phrase(o, None, full=True)} {_POSITION_PHRASES[o.position][0]} on a {scene.background} " \
+    phrase = _noun_phrase(o, None, full=True, angle_share=1.0 if orientation else 0.0)
+    text = f"{phrase} {_POSITION_PHRASES[o.position][0]} on a {scene.background} " \
            f"background, {scene.style} style"
     if scene.second is not None:
         s = scene.second
@@ -1006,11 +1025,11 @@ def describe(scene: Scene) -> str:
     return text
 
 
-def captions(batch: SceneBatch, rng: np.random.Generator | int | None = None) -> list[str]:
+def captions(batch: SceneBatch, rng: np.random.Generator | int | None = None, angle_share: float = 0.0) -> list[str]:
     """`caption` for every scene of a batch."""
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    return [caption(s, rng) for s in batch.scenes()]
+    return [caption(s, rng, angle_share) for s in batch.scenes()]
 
 
 def _vocabulary() -> tuple[str, ...]:
@@ -1023,7 +1042,57 @@ def _vocabulary() -> tuple[str, ...]:
 
 VOCABULARY = _vocabulary()
 """Every word a caption or description can use (lower case; captions also hold commas). A closed list, so the
-world's tokenizer can be small."""
+world's tokenizer can be small. The orientation words (`ORIENTATION_WORDS`) are not in it: only captions drawn with
+an `angle_share` above 0 use them."""
+
+ORIENTATIONS = {
+    # pattern: (the period its fill repeats in, in degrees; the words of the bins, the first centred on 0 degrees)
+    "stripes": (180.0, ("horizontal", "rising", "vertical", "falling")),
+    "dots": (90.0, ("straight", "diagonal")),
+    "checks": (90.0, ("straight", "diagonal")),
+}
+"""The words that name a fill's orientation, in equal bins around the circle of angles the fill can tell apart.
+Stripes repeat every 180 degrees, so four bins of 45: horizontal (0), rising (45: up to the right), vertical (90),
+falling (135). Dots and checks sit on a square lattice that maps onto itself turned by 90 degrees (stripes at 0 and
+90 are different pictures, checks at 0 and 90 the same one), so their angle means something only modulo 90: two bins,
+straight (rows along the axes, 0) and diagonal (45). A finer or a 180-degree word for them would name a difference
+no picture shows."""
+
+ORIENTATION_WORDS = tuple(dict.fromkeys(w for _, words in ORIENTATIONS.values() for w in words))
+"""The words `orientation_word` can give, in a fixed order (the world's tokenizer appends them in this order)."""
+
+
+def orientation_word(pattern: str, angle: float) -> str:
+    """The orientation bin of a fill drawn at `angle` degrees (counter-clockwise from horizontal): `ORIENTATIONS`.
+
+    >>> orientation_word("stripes", 170.0), orientation_word("stripes", 40.0), orientation_word("checks", 95.0)
+    ('horizontal', 'rising', 'straight')
+    """
+    if pattern not in ORIENTATIONS:
+        raise ConfigError(f"a {pattern!r} fill has no orientation: only {', '.join(ORIENTATIONS)} have one")
+    period, words = ORIENTATIONS[pattern]
+    width = period / len(words)
+    # (the last % : a float just below 0 can come out of the first one as `period` itself)
+    return words[int(((float(angle) + width / 2) % period) // width) % len(words)]
+
+
+def orientation_error(pattern: str, drawn: float, named: str) -> float:
+    """How far (degrees) an angle `drawn` lies from the centre of the orientation bin `named`, on the pattern's
+    circle (`ORIENTATIONS`): 0 at the centre, half a bin's width at its edges.
+
+    >>> orientation_error("stripes", 100.0, "vertical"), orientation_error("dots", 80.0, "straight")
+    (10.0, 10.0)
+    """
+    period, words = ORIENTATIONS[pattern]
+    if named not in words:
+        raise ConfigError(f"{named!r} is no orientation of {pattern}: choose one of {', '.join(words)}")
+    centre = words.index(named) * period / len(words)
+    return abs((float(drawn) - centre + period / 2) % period - period / 2)
+
+
+def _check_share(share: float) -> None:
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"angle_share must be a share in [0, 1], got {share}")
 
 
 _SCENE_KEYS = ("shape", "color", "hue", "pattern", "stripe_angle", "size", "position", "background", "style",
