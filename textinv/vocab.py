@@ -81,12 +81,35 @@ def _join_split_words(words: list[str], vocab: dict[str, int], merges: list[tupl
     return {t: i for i, t in enumerate(tokens + [BOS, EOS])}, merges
 
 
-def build_tokenizer(words: list[str], model_max_length: int = 77, size: int | None = None) -> CLIPTokenizer:
+def _append_words(words: list[str], vocab: dict[str, int], merges: list[tuple[str, str]]):
+    """`vocab` and `merges` with each of `words` made one token, every existing entry keeping its id: a word's pieces
+    (as the tokenizer splits it now) are joined by merges ranked last, the new tokens numbered after the last id.
+    A merge ranked last cannot change a word that is already one token (see `_join_split_words`), so a model's
+    embedding rows stay valid and it grows by rows at the end."""
+    vocab, merges = dict(vocab), list(merges)
+    for word in dict.fromkeys(w.strip().lower() for w in words if w.strip()):
+        pieces = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77).tokenize(word)
+        left = pieces[0]
+        for right in pieces[1:]:
+            merges.append((left, right))
+            left = left + right
+            vocab.setdefault(left, len(vocab))
+    return vocab, merges
+
+
+def build_tokenizer(words: list[str], model_max_length: int = 77, size: int | None = None,
+                    appended: list[str] = ()) -> CLIPTokenizer:
     """A `CLIPTokenizer` whose vocabulary holds each of `words` as one token (plus every byte, as in CLIP).
+
+    `appended`: more words, each one token too, numbered after everything else (the end-of-text token included),
+    so the tokenizer of `words` alone keeps every id: what a model trained on it needs to learn new words.
 
     >>> tok = build_tokenizer(["a", "photo", "of", "dog"])
     >>> len(tok("a photo of a dog").input_ids)   # BOS + 5 words + EOS
     7
+    >>> more = build_tokenizer(["a", "photo", "of", "dog"], appended=["puppy"])
+    >>> more.convert_tokens_to_ids("puppy</w>") >= len(tok), more.eos_token_id == tok.eos_token_id
+    (True, True)
     """
     vocab, merges = _join_split_words(words, *build_vocab(words))
     if size is not None:  # pad to a real model's vocabulary size (e.g. 49,408) with entries no text produces
@@ -96,4 +119,6 @@ def build_tokenizer(words: list[str], model_max_length: int = 77, size: int | No
         tokens = [t for t in vocab if t not in specials]
         tokens += [f"<|filler-{i}|>" for i in range(size - len(vocab))]
         vocab = {tok: i for i, tok in enumerate(tokens + specials)}
+    if appended:
+        vocab, merges = _append_words(list(appended), vocab, merges)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
