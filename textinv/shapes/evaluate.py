@@ -798,11 +798,37 @@ def _fidelity(predicted: dict[str, list], truth: dict[str, list]) -> tuple[dict[
     return {a: _mean(h) for a, h in hits.items()}, core
 
 
+def knows_orientations(model) -> bool:
+    """Whether a model's tokenizer holds the orientation words as one token each (`world.ORIENTATION_WORDS`, a model
+    pretrained with `angle_caption_share` > 0): its caption check then names each fill's orientation. (A stand-in
+    without a tokenizer, as a test's renderer, knows none.)"""
+    tokenizer = getattr(model, "tokenizer", None)
+    return tokenizer is not None and all(len(tokenizer.tokenize(word)) == 1 for word in world.ORIENTATION_WORDS)
+
+
+def _orientation(predicted: dict[str, list], scenes: list) -> dict:
+    """The stripes' orientation as drawn, for pictures whose caption named it: over the striped scenes' pictures that
+    the probe reads as striped (the probe reads no angle of dots or checks), the mean angle error in degrees and
+    the share whose angle lies in the named bin (`world.orientation_word`)."""
+    rows = [(sc.obj.pattern_angle, got) for sc, pattern, got in
+            zip(scenes, predicted["pattern"], predicted["stripe_angle"]) if sc.obj.pattern == "stripes"
+            and pattern == "stripes"]
+    return {"striped": sum(sc.obj.pattern == "stripes" for sc in scenes), "read_striped": len(rows),
+            "angle_error": _mean([_circular(got, true, 180.0) for true, got in rows]),
+            "in_bin": _mean([world.orientation_word("stripes", got) == world.orientation_word("stripes", true)
+                             for true, got in rows])}
+
+
 def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_steps: int = 25,
-                     guidance: float | None = None, chunk: int = 32, sampler: str = "default") -> dict:
+                     guidance: float | None = None, chunk: int = 32, sampler: str = "default",
+                     orientation: bool | None = None) -> dict:
     """Draw `n` fresh held-in scenes' full captions (`world.describe`: one object, every attribute named, never a
     held-out combination) and probe each picture against its own scene: per-attribute accuracy, and the share of
     pictures with shape, colour, pattern and background all right. Sample i uses seed + i.
+
+    `orientation` (by default: whether the model knows the orientation words, `knows_orientations`): ask for each
+    fill's orientation too; the result's `orientation` then says how the stripes came out (`_orientation`: the
+    angle error and the share in the named bin), with the same two ceilings.
 
     Two ceilings come with it: the same scenes' true renders probed (`renders`: the probe's own errors) and those
     renders round-tripped through the model's autoencoder (`autoencoder`: what it loses cannot be drawn either).
@@ -812,22 +838,30 @@ def caption_fidelity(model, probe, n: int = 256, *, seed: int = 2000, sample_ste
     g = torch.Generator().manual_seed(seed)
     batch = world.sample_batch(n, g, second_prob=0.0, free_hue_prob=0.0)  # named hues: a caption can say them
     scenes = batch.scenes()
-    prompts = [world.describe(sc) for sc in scenes]
+    oriented = knows_orientations(model) if orientation is None else orientation
+    prompts = [world.describe(sc, orientation=oriented) for sc in scenes]
     truth = {"shape": [sc.obj.shape for sc in scenes], "color": [sc.obj.color for sc in scenes],
              "pattern": [sc.obj.pattern for sc in scenes], "background": [sc.background for sc in scenes],
              "size": [sc.obj.size for sc in scenes], "position": [sc.obj.position for sc in scenes],
              "style": [sc.style for sc in scenes]}
     started = time.perf_counter()
     images = sample(model, prompts, [seed + i for i in range(n)], sample_steps, guidance, chunk, sampler)
-    accuracy, core = _fidelity(probe.predict(to_tensor(images)), truth)
+    predicted = probe.predict(to_tensor(images))
+    accuracy, core = _fidelity(predicted, truth)
     seconds = round(time.perf_counter() - started, 1)
     renders = world.render(batch)
-    ceilings = {}
+    ceilings, orientation = {}, {}
+    if oriented:
+        orientation["drawn"] = _orientation(predicted, scenes)
     for name, pictures in (("renders", renders), ("autoencoder", round_trip(model, renders))):
-        ceiling, ceiling_core = _fidelity(probe.predict(pictures), truth)
+        read = probe.predict(pictures)
+        ceiling, ceiling_core = _fidelity(read, truth)
         ceilings[name] = {"accuracy": ceiling, "all_core": _mean(ceiling_core)}
+        if oriented:
+            orientation[name] = _orientation(read, scenes)
     return {"n": n, "seed": seed, "sample_steps": sample_steps, "guidance": guidance, "sampler": sampler,
             "accuracy": accuracy, "all_core": _mean(core), **ceilings,
+            **({"orientation": orientation} if oriented else {}),
             "seconds": seconds, "model": describe_model(model),
             "examples": [{"prompt": p, "ok": ok} for p, ok in list(zip(prompts, core))[:8]],
             "date": datetime.date.today().isoformat()}
@@ -848,7 +882,19 @@ def format_fidelity(result: dict) -> str:
             ceiling = result[name]
             lines.append(f"| {label} | " + " | ".join(f"{ceiling['accuracy'][a]:.2f}" for a in FIDELITY_ATTRIBUTES)
                          + f" | {ceiling['all_core']:.2f} |")
+    if "orientation" in result:  # (a model that knows the orientation words: its captions named them)
+        lines.append(format_orientation(result["orientation"]))
     return "\n".join(lines)
+
+
+def format_orientation(orientation: dict) -> str:
+    """The caption check's stripe orientations (`_orientation`), one line after its table."""
+    drawn = orientation["drawn"]
+    parts = [f"{label} {orientation[name]['angle_error']:.1f} deg, {orientation[name]['in_bin']:.2f} in the bin"
+             for name, label in (("drawn", "drawn"), ("renders", "true render"), ("autoencoder", "through the "
+                                                                                  "autoencoder"))]
+    return (f"\nstripes as captioned ({drawn['read_striped']} of the {drawn['striped']} striped captions' pictures "
+            f"read as striped): angle error " + "; ".join(parts))
 
 
 def _sampler_words(sampler: str) -> str:

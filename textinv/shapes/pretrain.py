@@ -104,6 +104,17 @@ class PretrainConfig:
     prediction_type: str = "v_prediction"  # or "epsilon" (the first exports' choice; needs zero_terminal_snr off)
     zero_terminal_snr: bool = True  # rescale the betas so the last timestep is pure noise; sample "trailing"
     ema_decay: float = 0.998
+    # The share of a patterned object's captions that name its fill's orientation ("with vertical stripes",
+    # world.ORIENTATIONS). The fills come out as incoherent mazes; one reading (README, "The bundled model and its
+    # benchmark") is that a caption that never names the angle asks for every angle at once, and the UNet must
+    # commit to one early in sampling: training with the angle named tests it. At 0 the captions and every random
+    # draw are the ones before the setting existed.
+    angle_caption_share: float = 0.0
+    # Whether the tokenizer and text encoder hold the orientation words (appended after the world's, whose ids stay):
+    # set by a share above 0, and kept by a work folder once set, so that a later chunk at share 0 still loads its
+    # text encoder. Without them (the default) the tokenizer is the committed model's, so a run at share 0 starts
+    # from the same initial weights as before.
+    angle_words: bool = False
     # The guidance scale the model samples best at, recorded in the export's training.json for textinv's tools to
     # default to (`models.recorded_guidance`). 2026-12-02 caption check (256 captions, all four core attributes
     # right): 0.41 at 2, 0.44 at 3, 0.43 at 4, 0.38 at 7.5.
@@ -166,6 +177,9 @@ class PretrainConfig:
             raise ConfigError(f"sample_guidance must be positive, got {self.sample_guidance}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.angle_caption_share <= 1.0:
+            raise ConfigError(f"angle_caption_share must be a share in [0, 1], got {self.angle_caption_share}")
+        self.angle_words = bool(self.angle_words) or self.angle_caption_share > 0
 
     @property
     def heads_per_level(self) -> tuple[int, ...]:
@@ -182,18 +196,23 @@ QUICK = dict(vae_channels=(8, 8, 16), vae_groups=4, unet_channels=(16, 32), unet
 # The pipeline's parts, built in code
 # ---------------------------------------------------------------------------------------------------------------
 
-def build_tokenizer_for_world():
-    """A CLIPTokenizer in which every word a caption can use is one token (`world.VOCABULARY`).
+def build_tokenizer_for_world(angle_words: bool = False):
+    """A CLIPTokenizer in which every word a caption can use is one token (`world.VOCABULARY`). `angle_words`: the
+    orientation words (`world.ORIENTATION_WORDS`) too, numbered after all the others, so every id of the tokenizer
+    without them (the committed model's) stays the same.
 
     >>> tok = build_tokenizer_for_world()
     >>> len(tok.tokenize("crescent"))
     1
+    >>> build_tokenizer_for_world(angle_words=True).get_vocab()["crescent</w>"] == tok.get_vocab()["crescent</w>"]
+    True
     """
     from textinv.vocab import build_tokenizer
 
+    appended = list(world.ORIENTATION_WORDS) if angle_words else []
     words = list(world.VOCABULARY)
-    tokenizer = build_tokenizer(words)
-    split = [w for w in words if len(tokenizer.tokenize(w)) != 1]
+    tokenizer = build_tokenizer(words, appended=appended)
+    split = [w for w in words + appended if len(tokenizer.tokenize(w)) != 1]
     if split:  # a bug in vocab.py, not a user error: say which words
         raise RuntimeError(f"world words still split into several tokens: {split}")
     return tokenizer
@@ -626,7 +645,7 @@ def _unet_draws(config: PretrainConfig, g: torch.Generator, rng: np.random.Gener
     from `g` and `rng` in the order the loop has always drawn them, and the two generators' states after (what a
     checkpoint at this step keeps). The pictures come after (`_unet_pictures`): rendering draws nothing."""
     batch = world.sample_batch(config.unet_batch, g, "cpu")
-    texts = world.captions(batch, rng)
+    texts = world.captions(batch, rng, config.angle_caption_share)
     drop = rng.random(len(texts)) < config.empty_caption_prob  # unconditional, for classifier-free guidance
     ids = ids_of(["" if d else t for t, d in zip(texts, drop)])  # (B, 77)
     noise = torch.randn((config.unet_batch, *latent_shape), generator=g)
@@ -691,7 +710,7 @@ def _unet_models(config: PretrainConfig, device):
     and the noise schedule."""
     from diffusers import DDPMScheduler
 
-    tokenizer = build_tokenizer_for_world()
+    tokenizer = build_tokenizer_for_world(config.angle_words)
     torch.manual_seed(config.seed + 1)  # the initial weights of a fresh run come from the seed too
     text_encoder = build_text_encoder(config, tokenizer).to(device).train()
     unet = build_unet(config).to(device).train()
@@ -888,7 +907,7 @@ def build_pipeline(config: PretrainConfig, work: Path, use_ema: bool = True):
     """The trained pipeline from a work folder (the UNet stage may be missing: its parts are then random)."""
     from diffusers import StableDiffusionPipeline
 
-    tokenizer = build_tokenizer_for_world()
+    tokenizer = build_tokenizer_for_world(config.angle_words)
     text_encoder, unet = build_text_encoder(config, tokenizer), build_unet(config)
     scale = 1.0
     unet_dir = work / "unet"
@@ -972,14 +991,16 @@ def _read_work(config: PretrainConfig, work: Path, out: Path, log) -> tuple:
 
 
 def _write_vocab_files(tokenizer, folder: Path) -> None:
-    """Make sure the slow-tokenizer files (vocab.json + merges.txt) exist beside tokenizer.json."""
-    from textinv.vocab import build_vocab
-
+    """Make sure the slow-tokenizer files (vocab.json + merges.txt) exist beside tokenizer.json, holding what it
+    holds (with the orientation words too, where the tokenizer has them)."""
     if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
         return
-    vocab, merges = build_vocab(list(world.VOCABULARY))
+    vocab = tokenizer.get_vocab()
+    # (tokenizers writes a merge as a pair, older versions as one "a b" string)
+    merges = [m if isinstance(m, str) else " ".join(m)
+              for m in json.loads((folder / "tokenizer.json").read_text())["model"]["merges"]]
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges))
 
 
 def _readme(record: dict) -> str:
@@ -1037,6 +1058,9 @@ def start_from_model(model_dir: Path, work: Path, keep: tuple[str, ...] = STAGES
     added = _grown_levels(exported, config) if "unet" in keep else []
     model = load_model(model_dir)  # float32, as the loader gives every model
     unet = grow_unet(model.unet, config, added, log) if added else None
+    tokenizer = build_tokenizer_for_world(config.angle_words)
+    if "unet" in keep and len(tokenizer) != model.text_encoder.get_input_embeddings().num_embeddings:
+        grow_text_encoder(model.text_encoder, model.tokenizer, tokenizer, log)
 
     # written beside `work` and renamed into place at the end: a run killed meanwhile leaves no half folder that
     # the next try would take for a run (it clears what a killed try left)
@@ -1154,6 +1178,31 @@ def grow_unet(unet, config: PretrainConfig, added: list[int], log=print):
     return grown
 
 
+def grow_text_encoder(text_encoder, exported, tokenizer, log=print) -> None:
+    """Give `text_encoder` (trained with the tokenizer `exported`) a token row for each entry `tokenizer` adds after
+    `exported`'s ids (the orientation words, `build_tokenizer_for_world(angle_words=True)`), in place. Refused
+    (ConfigError) unless `tokenizer` keeps every id of `exported`: an old row must go on meaning its old word.
+
+    A new row starts at the mean of the rows of the world's words, the only rows pretraining moves (captions never
+    use the byte pieces): it lies where the encoder's layers have seen inputs, at their scale, and reads as a word
+    in general rather than any one; a fresh random row (std 0.02) would be an input the trained layers never saw,
+    and a copy of one word's row (say "striped") would start the new word out meaning that word."""
+    old, new = exported.get_vocab(), tokenizer.get_vocab()
+    moved = [t for t, i in old.items() if new.get(t) != i]
+    if moved or len(new) <= len(old):
+        raise ConfigError(f"the exported tokenizer ({len(old)} entries) is not the start of the world's with the "
+                          f"orientation words ({len(new)} entries; {len(moved)} of its ids differ): only a model "
+                          f"pretrained here on the world's words learns them, and one that has them keeps them "
+                          f"(leave angle_words as exported)")
+    rows = text_encoder.get_input_embeddings().weight.detach()  # (len(old), width)
+    words = rows[[old[w + "</w>"] for w in world.VOCABULARY]]
+    grown = torch.cat([rows, words.mean(0, keepdim=True).expand(len(new) - len(old), -1)])  # (len(new), width)
+    text_encoder.set_input_embeddings(torch.nn.Embedding.from_pretrained(grown.clone(), freeze=False))
+    text_encoder.config.vocab_size = len(new)
+    log(f"text encoder: {len(new) - len(old)} token rows added for the orientation words "
+        f"({', '.join(world.ORIENTATION_WORDS)}), each starting at the mean of the world's word rows")
+
+
 def _as_stored(config: PretrainConfig) -> dict:
     """The config as config.json holds it (tuples as lists), for comparing with what a work folder stored."""
     return json.loads(json.dumps(asdict(config)))
@@ -1175,6 +1224,10 @@ def _config_for(work: Path, overrides: dict, write: bool = True) -> PretrainConf
         if clash:
             raise ConfigError(f"{work} has checkpoints made with another {', '.join(sorted(set(clash)))}; use a new "
                               f"--work folder (--from-model M --keep vae keeps the VAE and starts a new UNet)")
+        if (work / "unet" / "state.json").exists() and wanted["angle_words"] and not stored["angle_words"]:
+            raise ConfigError(f"{work}'s UNet checkpoint has a text encoder without the orientation words that "
+                              f"angle_caption_share > 0 captions use: export it (--export --out M), then start a new "
+                              f"folder from it with --from-model M --set angle_caption_share=..., which adds their rows")
         config = PretrainConfig(**{**stored, **overrides})
     else:
         config = PretrainConfig(**overrides)
