@@ -28,7 +28,11 @@ Parts, in order (a part that fails or runs out of its time is recorded, and the 
    machine). Before it replaces `textinv/shapes/model`, judge it on the CPU (`textinv evaluate --model DIR
    --captions 1024 --concepts 0`, then the quality table) and time it against the issue's CPU limits.
    `--shapes-from DIR` goes on training a model a lease packed before (unpacked and carried along) instead of
-   starting a new UNet, so several leases add up; `--speed-share 0` gives a lease to it alone.
+   starting a new UNet, so several leases add up; `--speed-share 0` gives a lease to it alone. `--angle-share S`
+   trains with that share of the patterned objects' captions naming the fill's orientation (`pretrain --set
+   angle_caption_share=S`, README "The bundled model and its benchmark"): the test of the reading that the fills
+   come out as mazes because no caption names their angle. With `--shapes-from textinv/shapes/model` it goes on
+   training the committed model, its text encoder grown by the orientation words' rows.
 `--quick` runs both parts on the CPU with tiny sizes and a few steps, without the compiled mode (whose CPU compile
 takes minutes): the test suite does; nothing is judged. `session.txt` is rewritten as each part starts and ends,
 so a session killed midway still says what finished; each command's rows are in its part's log as they come.
@@ -139,9 +143,13 @@ def main(argv=None) -> int:
     p.add_argument("--speed-share", type=float, default=0.6, help="part of the budget for the speed part")
     p.add_argument("--shapes-from", type=Path, help="a shapes model an earlier lease packed (its folder): the "
                    "shapes part goes on training it instead of starting a new UNet")
+    p.add_argument("--angle-share", type=float, default=0.0, help="the shapes part's share of patterned objects' "
+                   "captions that name the fill's orientation (pretrain's angle_caption_share; default 0: none)")
     p.add_argument("--work", type=Path, default=Path("/tmp/textinv-gpu-session"), help="scratch folder")
     p.add_argument("--quick", action="store_true", help="CPU, tiny sizes, a few steps: a smoke test")
     args = p.parse_args(argv)
+    if not 0.0 <= args.angle_share <= 1.0:  # (now, not after the speed part's minutes)
+        p.error(f"--angle-share must be a share in [0, 1], got {args.angle_share}")
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -206,6 +214,8 @@ def main(argv=None) -> int:
         # a new UNet of SHAPES_UNET's sizes on the committed VAE, or the model a lease packed before, as it is
         start = ["--from-model", str(args.shapes_from)] if args.shapes_from else [
             "--from-model", "textinv/shapes/model", "--keep", "vae"]
+        if args.angle_share:  # (on the new folder, whose config every chunk then reads; a kept text encoder grows)
+            start += ["--set", f"angle_caption_share={args.angle_share:g}"]
         sets = [] if args.shapes_from else [x for s in (QUICK_UNET if args.quick else SHAPES_UNET) for x in ("--set", s)]
         quick = ["--minutes", "0.03"] if args.shapes_from else ["--steps", "2"]  # (--steps counts the whole stage)
         # 16 cores: 14 threads render a batch each, one torch thread apiece (14 x 14 intra-op threads would

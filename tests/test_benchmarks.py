@@ -95,6 +95,7 @@ def test_gpu_session_runs_every_part_and_packs_a_loadable_model(tmp_path):
 
     from benchmarks.gpu_session import main as session
     from textinv.models import load_model
+    from textinv.shapes import world
 
     out = tmp_path / "out"
     assert session(["--quick", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
@@ -108,17 +109,22 @@ def test_gpu_session_runs_every_part_and_packs_a_loadable_model(tmp_path):
     assert tuple(model.unet.config.block_out_channels) == (16, 16)
     bundled = load_model("shapes")
     assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), bundled.vae.state_dict().values()))
-    # a later lease goes on training that model (and only that, with --speed-share 0)
+    # a later lease goes on training that model (and only that, with --speed-share 0), here with the fill's
+    # orientation named in half the patterned objects' captions: its text encoder grows the words' rows
     again = tmp_path / "again"
     assert session(["--quick", "--out", str(again), "--work", str(tmp_path / "work2"), "--speed-share", "0",
-                    "--shapes-from", str(tmp_path / "unpacked" / "shapes-model")]) == 0
+                    "--shapes-from", str(tmp_path / "unpacked" / "shapes-model"), "--angle-share", "0.5"]) == 0
     assert [line.split(": ")[0] for line in (again / "session.txt").read_text().splitlines()] == ["environment",
                                                                                                   "shapes"]
     with tarfile.open(again / "shapes-model.tar.gz") as tar:
         tar.extractall(tmp_path / "unpacked2", filter="data")
     record = json.loads((tmp_path / "unpacked2" / "shapes-model" / "training.json").read_text())
     assert record["stages"]["unet"]["steps"] > 2  # the first lease's 2 steps and this one's
+    assert record["config"]["angle_caption_share"] == 0.5
     later = load_model(tmp_path / "unpacked2" / "shapes-model")
+    assert all(len(later.tokenizer.tokenize(w)) == 1 for w in world.ORIENTATION_WORDS)
+    assert later.text_encoder.get_input_embeddings().num_embeddings > model.text_encoder.get_input_embeddings(
+    ).num_embeddings
     assert not all(torch.equal(a, b) for a, b in zip(later.unet.state_dict().values(),
                                                        model.unet.state_dict().values()))
 
@@ -576,7 +582,11 @@ def test_every_command_of_the_gpu_sessions_plan_parses(monkeypatch, tmp_path):
                         {"part": name, "status": "ok", "seconds": 0.0})
     monkeypatch.setattr(gs, "pack", lambda *a: None)
     monkeypatch.setenv("TORCH_LOGS", "")
-    gs.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    gs.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--angle-share", "0.5"])
+    (start,) = [c for c in planned if "--from-model" in c]
+    assert start[-2:] == ["--set", "angle_caption_share=0.5"]  # (a setting of the new folder: every chunk reads it)
+    with pytest.raises(SystemExit):
+        gs.main(["--out", str(tmp_path / "out"), "--angle-share", "1.5"])
 
     class Parsed(Exception):
         pass
