@@ -876,3 +876,129 @@ def test_the_ema_is_one_call_a_step_for_every_parameter(tmp_path, monkeypatch):
     weights = load_file(str(tmp_path / "unet" / "unet.safetensors"))
     assert [n for n, _ in calls] == [len(ema)] * 2 and calls[0][1] == 1 - 2 / 11  # (the warm-up's first decay)
     assert not all(torch.equal(ema[f"unet.{k}"].float(), v) for k, v in weights.items())  # it lags the weights
+
+
+# --- captions that name the fill's orientation (angle_caption_share) ------------------------------------------------
+
+
+def test_the_orientation_words_come_after_every_id_of_the_world_tokenizer():
+    """The committed model's tokenizer and text encoder rows stay valid: each of its ids means the same entry with
+    the orientation words, which are one token each after them; without them the tokenizer is the one it was."""
+    plain, more = build_tokenizer_for_world(), build_tokenizer_for_world(angle_words=True)
+    old, new = plain.get_vocab(), more.get_vocab()
+    assert all(new[t] == i for t, i in old.items()) and len(new) > len(old)
+    assert (plain.bos_token_id, plain.eos_token_id, plain.pad_token_id) == (more.bos_token_id, more.eos_token_id,
+                                                                           more.pad_token_id)
+    assert all(more.tokenize(w) == [w + "</w>"] and new[w + "</w>"] >= len(old) for w in world.ORIENTATION_WORDS)
+    text = "a photo of a small red star with checks, flat style on a navy background"
+    assert plain(text).input_ids == more(text).input_ids
+    if (BUNDLED / "tokenizer" / "vocab.json").exists():  # the committed model's words, ids and size
+        assert json.loads((BUNDLED / "tokenizer" / "vocab.json").read_text()) == old
+
+
+def test_unet_steps_with_an_angle_share_see_the_orientation_words_and_share_0_the_old_stream():
+    import numpy as np
+
+    from textinv.shapes.pretrain import _CaptionIds, _unet_draws
+
+    def draws(config):
+        ids = _CaptionIds(build_tokenizer_for_world(config.angle_words))
+        return _unet_draws(config, torch.Generator().manual_seed(1), np.random.default_rng(1), ids, (4, 16, 16),
+                           1000)[1]["ids"]
+
+    more = build_tokenizer_for_world(angle_words=True)
+    word_ids = torch.tensor([more.get_vocab()[w + "</w>"] for w in world.ORIENTATION_WORDS])
+    assert not torch.isin(draws(PretrainConfig()), word_ids).any()
+    assert torch.equal(draws(PretrainConfig()), draws(PretrainConfig(angle_caption_share=0.0)))
+    shared = draws(PretrainConfig(angle_caption_share=1.0, unet_batch=64))
+    assert torch.isin(shared, word_ids).any(1).sum() > 20
+    assert PretrainConfig(angle_caption_share=0.5).angle_words and not PretrainConfig().angle_words
+    with pytest.raises(ConfigError, match="angle_caption_share"):
+        PretrainConfig(angle_caption_share=2.0)
+
+
+@needs_bundled
+def test_the_committed_model_continued_with_an_angle_share_grows_its_text_encoder(tmp_path):
+    """`--from-model textinv/shapes/model --set angle_caption_share=0.5`: the kept text encoder gets a row for each
+    new token, every old row (weights and EMA) as exported, the new ones the mean of the world's word rows."""
+    from safetensors.torch import load_file
+
+    from textinv.shapes.pretrain import start_from_model
+
+    work = tmp_path / "w"
+    config = start_from_model(BUNDLED, work, settings={"angle_caption_share": 0.5}, log=lambda _: None)
+    assert config.angle_caption_share == 0.5 and config.angle_words
+    assert json.loads((work / "config.json").read_text())["angle_caption_share"] == 0.5
+    exported = load_file(str(BUNDLED / "text_encoder" / "model.safetensors"))
+    (key,) = [k for k in exported if k.endswith("token_embedding.weight")]
+    old = exported[key].float()  # (760, 128), stored as float16
+    rows = load_file(str(work / "unet" / "text_encoder.safetensors"))[key]
+    ema = load_file(str(work / "unet" / "ema.safetensors"))["text_encoder." + key].float()
+    grown = len(build_tokenizer_for_world(angle_words=True))
+    assert rows.shape == (grown, old.shape[1]) and ema.shape == rows.shape
+    assert torch.equal(rows[:len(old)], old) and torch.equal(ema[:len(old)], old)
+    vocab = build_tokenizer_for_world().get_vocab()
+    mean = old[[vocab[w + "</w>"] for w in world.VOCABULARY]].mean(0)
+    assert torch.allclose(rows[len(old):], mean.expand(grown - len(old), -1))
+    assert (rows[len(old):].norm(dim=1) > 0).all()
+
+
+def test_a_quick_run_with_an_angle_share_exports_a_model_that_knows_the_orientation_words(tmp_path):
+    """The pipeline end to end with the share: the export loads with the normal loader, its tokenizer files (all
+    three) hold the words as one token each and its text encoder has their rows; a later chunk at share 0 keeps
+    them, and a folder trained without them cannot take a share (its text encoder has no rows for them)."""
+    from transformers import CLIPTokenizer
+
+    from textinv.shapes.evaluate import knows_orientations
+
+    work, out = tmp_path / "work", tmp_path / "model"
+    assert pretrain_main(["--quick", "--work", str(work), "--out", str(out), "--steps", "2", "--set",
+                          "angle_caption_share=0.5"]) == 0
+    model = load_model(out)
+    words = len(build_tokenizer_for_world(angle_words=True))
+    assert len(model.tokenizer) == model.text_encoder.get_input_embeddings().num_embeddings == words
+    assert knows_orientations(model) and all(len(model.tokenizer.tokenize(w)) == 1 for w in world.ORIENTATION_WORDS)
+    merges = (out / "tokenizer" / "merges.txt").read_text().splitlines()[1:]  # (after its "#version" line)
+    slow = CLIPTokenizer(vocab=json.loads((out / "tokenizer" / "vocab.json").read_text()),
+                         merges=[tuple(m.split()) for m in merges])
+    text = "a red star with rising stripes on a navy background"
+    assert slow(text).input_ids == model.tokenizer(text).input_ids
+    assert json.loads((out / "training.json").read_text())["config"]["angle_caption_share"] == 0.5
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3", "--set",
+                          "angle_caption_share=0"]) == 0  # (its text encoder loads: the words stay)
+    assert json.loads((work / "config.json").read_text())["angle_words"] is True
+    if (BUNDLED / "model_index.json").exists():
+        assert not knows_orientations(load_model("shapes"))
+    plain = tmp_path / "plain"
+    assert pretrain_main(["--quick", "--work", str(plain), "--steps", "1", "--out", str(tmp_path / "p")]) == 0
+    refused(["--stage", "unet", "--work", str(plain), "--steps", "2", "--set", "angle_caption_share=0.5"],
+            "--from-model M --set angle_caption_share")
+
+
+@pytest.mark.skipif(not (BUNDLED.parent / "probe" / "probe.safetensors").exists(), reason="needs the bundled probe")
+def test_the_caption_check_reports_how_the_named_stripe_orientations_came_out(monkeypatch):
+    """A 'model' that draws each caption's true scene gets the stripes' angles right; one that draws every picture
+    mirrored (stripes at -angle) mostly out of the named bin. The check's prompts name the orientation."""
+    import textinv.shapes.evaluate as ev
+    from textinv.shapes.probe import DEFAULT_PATH, Probe
+
+    n, seed = 64, 2000
+    truth = world.render(world.sample_batch(n, torch.Generator().manual_seed(seed), second_prob=0.0,
+                                            free_hue_prob=0.0))
+    asked = []
+    monkeypatch.setattr(ev, "sample", lambda model, prompts, seeds, *a: asked.extend(prompts) or pictures)
+    monkeypatch.setattr(ev, "describe_model", lambda model: {"description": "renderer"})
+    monkeypatch.setattr(ev, "round_trip", lambda model, images: images)
+    probe = Probe.load(DEFAULT_PATH)
+    pictures = truth
+    right = ev.caption_fidelity(None, probe, n, seed=seed, guidance=3.0, orientation=True)
+    assert any(" with rising stripes " in p or " with falling stripes " in p for p in asked)
+    drawn = right["orientation"]["drawn"]
+    assert drawn["striped"] >= 8 and drawn["read_striped"] >= drawn["striped"] - 2
+    assert drawn["angle_error"] < 8 and drawn["in_bin"] > 0.8
+    assert "stripes as captioned" in ev.format_fidelity(right)
+    pictures = truth.flip(-1)  # mirrored: a stripe at a degrees becomes one at -a
+    wrong = ev.caption_fidelity(None, probe, n, seed=seed, guidance=3.0, orientation=True)["orientation"]["drawn"]
+    assert wrong["angle_error"] > 20 and wrong["in_bin"] < drawn["in_bin"] - 0.3
+    plain = ev.caption_fidelity(None, probe, n, seed=seed, guidance=3.0)  # (a stand-in: knows no words)
+    assert "orientation" not in plain and "stripes as captioned" not in ev.format_fidelity(plain)

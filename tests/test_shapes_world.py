@@ -266,6 +266,102 @@ def test_describe_names_every_attribute():
         check_caption_is_true(describe(scene), scene)
 
 
+# Captions drawn before `angle_share` existed (2026-12-06, seed 7): at share 0 they must stay these, word for word.
+CAPTIONS_SEED_7 = [
+    "a rendering of a purple cross with checks at the bottom left",
+    "a small pink triangle and a crescent at the bottom",
+    "a rendering of a medium red striped square next to a small red cross at the bottom",
+    "a drawing of a large diamond with checks",
+    "an image of a purple checkered star against a navy background at the bottom right, in sketchy style",
+    "a yellow hexagon",
+    "a rendering of a medium yellow hexagon with checks, shaded style on the left next to a small triangle",
+    "a rendering of a large cyan crescent on the right",
+    "a picture of a pink shape with stripes on gray",
+    "a picture of a red shape, in a outlined style in the bottom left corner",
+]
+CAPTIONS_SEED_3_SHA256 = "5eb7d63b2cf22bf5c6a9c2460a60f6820e17b2abc5017166b50b10e324d1ca6d"
+"""sha256 of 512 captions (seed 3, joined by newlines) drawn before `angle_share` existed."""
+
+
+def test_captions_at_angle_share_0_are_the_ones_before_the_setting_and_take_the_same_draws():
+    """The committed model's training stream (and every test built on it) depends on these draws."""
+    import hashlib
+
+    assert world.captions(sample_batch(10, gen(7)), 7) == CAPTIONS_SEED_7
+    assert world.captions(sample_batch(10, gen(7)), 7, angle_share=0.0) == CAPTIONS_SEED_7
+    rng = np.random.default_rng(3)
+    texts = world.captions(sample_batch(512, gen(3)), rng, angle_share=0.0)
+    assert hashlib.sha256("\n".join(texts).encode()).hexdigest() == CAPTIONS_SEED_3_SHA256
+    assert rng.random() == 0.011585809170440275  # the draw after them, as it was: they took the same draws
+
+
+@pytest.mark.parametrize("pattern", ["stripes", "dots", "checks"])
+def test_the_orientation_word_is_the_angles_bin_at_every_angle(pattern):
+    """A sweep over [-180, 360) in 0.25-degree steps: each word's angles form one interval per period, centred on
+    the word's angle, as wide as the others, and the word repeats with the fill's own period (dots and checks
+    every 90 degrees, stripes every 180)."""
+    period, words = world.ORIENTATIONS[pattern]
+    width = period / len(words)
+    for angle in np.arange(-180.0, 360.0, 0.25):
+        word = world.orientation_word(pattern, angle)
+        centre = words.index(word) * width
+        assert abs((angle - centre + period / 2) % period - period / 2) <= width / 2, (angle, word)
+        assert world.orientation_word(pattern, angle + period) == word
+        assert world.orientation_error(pattern, angle, word) <= width / 2
+    assert [world.orientation_word(pattern, i * width) for i in range(len(words))] == list(words)
+
+
+def test_orientation_words_name_what_the_picture_shows():
+    """Stripes at 45 degrees (counter-clockwise, y up) rise to the right: the picture is the same one step up and
+    one to the right; at 135 one step down and one to the right; checks at 0 and 90 are the same picture."""
+    def pixels(angle, pattern="stripes"):
+        scene = Scene(ObjectSpec("square", "red", pattern=pattern, pattern_angle=angle, pattern_period=8.0,
+                                 size="large"))
+        return render(scene)[0, 0, 24:40, 24:40]  # (16, 16) inside the square, rows going down
+
+    def shifted(img, rows, cols):  # mean change of the picture moved `rows` down and `cols` right
+        a = img[max(0, rows):16 + min(0, rows), max(0, cols):16 + min(0, cols)]
+        b = img[max(0, -rows):16 + min(0, -rows), max(0, -cols):16 + min(0, -cols)]
+        return (a - b).abs().mean().item()
+
+    rising, falling = pixels(45.0), pixels(135.0)
+    assert world.orientation_word("stripes", 45.0) == "rising" and shifted(rising, -2, 2) < 0.01 < shifted(rising, 2, 2)
+    assert world.orientation_word("stripes", 135.0) == "falling" and shifted(falling, 2, 2) < 0.01
+    assert shifted(pixels(0.0), 0, 2) < 0.01 and shifted(pixels(90.0), 2, 0) < 0.01
+    assert torch.allclose(pixels(0.0, "checks"), pixels(90.0, "checks"), atol=1e-4)
+
+
+def test_captions_with_an_angle_share_name_the_true_orientation_at_that_rate():
+    scenes = sample_batch(600, gen(11), second_prob=0.4).scenes()
+    rng = np.random.default_rng(11)
+    named = 0
+    for scene in scenes:
+        text = caption(scene, rng, angle_share=0.5)
+        words = world._words(text)
+        oriented = [w for w in words if w in world.ORIENTATION_WORDS]
+        if scene.obj.pattern == "solid":
+            assert not oriented, text
+            continue
+        if oriented:
+            named += 1
+            assert oriented == [world.orientation_word(scene.obj.pattern, scene.obj.pattern_angle)], text
+            assert f"with {oriented[0]} {scene.obj.pattern}" in text, text
+        check_caption_is_true(" ".join(w for w in words if w not in world.ORIENTATION_WORDS), scene)
+    patterned = sum(s.obj.pattern != "solid" for s in scenes)
+    assert 0.4 < named / patterned < 0.6
+    assert all(w in world.ORIENTATION_WORDS for w in ("horizontal", "vertical", "diagonal"))
+    assert not set(world.ORIENTATION_WORDS) & set(VOCABULARY)
+    with pytest.raises(ConfigError, match="angle_share"):
+        caption(scenes[0], 0, angle_share=1.5)
+
+
+def test_describe_names_the_orientation_when_asked():
+    scene = Scene(ObjectSpec("star", "red", pattern="stripes", pattern_angle=91.0))
+    assert not set(world._words(describe(scene))) & set(world.ORIENTATION_WORDS) and "striped" in describe(scene)
+    assert "with vertical stripes" in describe(scene, orientation=True)
+    assert describe(Scene(ObjectSpec("star", "red")), orientation=True) == describe(Scene(ObjectSpec("star", "red")))
+
+
 def test_vocabulary_is_small_and_closed():
     assert 40 < len(VOCABULARY) < 100
     assert VOCABULARY == tuple(sorted(set(VOCABULARY)))
