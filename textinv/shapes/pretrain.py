@@ -34,6 +34,7 @@ minutes (weights, optimizer moments, step, RNG states) and a re-run carries on f
     python -m textinv.shapes.pretrain --from-model textinv/shapes/model --work runs/more   # go on from an export
     python -m textinv.shapes.pretrain --from-model textinv/shapes/model --keep vae --work runs/wide   # its VAE, and
     python -m textinv.shapes.pretrain --stage unet --work runs/wide --set unet_layers=2 ...        # a new UNet
+    python -m textinv.shapes.pretrain --from-model textinv/shapes/model --work runs/angle --set angle_caption_share=0.5
 """
 
 from __future__ import annotations
@@ -1183,10 +1184,12 @@ def grow_text_encoder(text_encoder, exported, tokenizer, log=print) -> None:
     `exported`'s ids (the orientation words, `build_tokenizer_for_world(angle_words=True)`), in place. Refused
     (ConfigError) unless `tokenizer` keeps every id of `exported`: an old row must go on meaning its old word.
 
-    A new row starts at the mean of the rows of the world's words, the only rows pretraining moves (captions never
-    use the byte pieces): it lies where the encoder's layers have seen inputs, at their scale, and reads as a word
-    in general rather than any one; a fresh random row (std 0.02) would be an input the trained layers never saw,
-    and a copy of one word's row (say "striped") would start the new word out meaning that word."""
+    A new row starts at the mean of the rows of the world's words, the only rows pretraining trained (captions
+    never use the byte pieces, whose rows are their random start, decayed): the centre of what the encoder's layers
+    were trained on, a word in general rather than any one (in the committed model its norm is 0.30, the word rows'
+    2.4, the others' 0.15), from which training moves each new word its own way. A fresh random row would be an
+    input the trained layers never saw, and a copy of one word's row (say "striped") would start the new word out
+    meaning that word."""
     old, new = exported.get_vocab(), tokenizer.get_vocab()
     moved = [t for t, i in old.items() if new.get(t) != i]
     if moved or len(new) <= len(old):
@@ -1226,8 +1229,9 @@ def _config_for(work: Path, overrides: dict, write: bool = True) -> PretrainConf
                               f"--work folder (--from-model M --keep vae keeps the VAE and starts a new UNet)")
         if (work / "unet" / "state.json").exists() and wanted["angle_words"] and not stored["angle_words"]:
             raise ConfigError(f"{work}'s UNet checkpoint has a text encoder without the orientation words that "
-                              f"angle_caption_share > 0 captions use: export it (--export --out M), then start a new "
-                              f"folder from it with --from-model M --set angle_caption_share=..., which adds their rows")
+                              f"angle_caption_share > 0 captions use: export it (--export --out M), then start a "
+                              f"new folder from it with --from-model M --set angle_caption_share=..., which adds "
+                              f"their rows")
         config = PretrainConfig(**{**stored, **overrides})
     else:
         config = PretrainConfig(**overrides)
