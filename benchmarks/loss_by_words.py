@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     from textinv.shapes.demo import find_concept
     from textinv.shapes.evaluate import EvalConfig, learn
     from textinv.tokens import expand_prompt
-    from textinv.train import encode_latents
+    from textinv.latent_cache import encode_latents
 
     concept = find_concept(args.concept)
     model = load_model(args.model)

@@ -11,7 +11,7 @@ import torch
 
 from conftest import CUDA_OUT_OF_MEMORY, fresh_model, out_of_memory_at, train_config
 from textinv import cli
-from textinv import losses, train as train_module, train_memory
+from textinv import latent_cache, losses, train as train_module, train_memory
 from textinv.errors import DeviceMemoryError
 from textinv.memory import device_note, is_out_of_memory
 from textinv.models import load_model
@@ -151,17 +151,17 @@ def test_other_runtime_errors_pass_through_as_they_are(sd1_dir, images, tmp_path
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("x"))
 
 
-@pytest.mark.parametrize("where, said, fixes", [
-    ("load_model", "loading the model (fp32)", "--precision bf16"),
-    ("encode_latents", "caching the pictures' latents (the VAE encoding them at 16x16, fp32)",
+@pytest.mark.parametrize("module, where, said, fixes", [
+    (train_module, "load_model", "loading the model (fp32)", "--precision bf16"),
+    (latent_cache, "encode_latents", "caching the pictures' latents (the VAE encoding them at 16x16, fp32)",
      "--precision bf16; --resolution 8 (the pictures are learned at that size)"),
 ])
-def test_out_of_memory_before_the_run_starts_leaves_the_folder_as_it_was(where, said, fixes, sd1_dir, images,
+def test_out_of_memory_before_the_run_starts_leaves_the_folder_as_it_was(module, where, said, fixes, sd1_dir, images,
                                                                           tmp_path, monkeypatch):
     def fails(*a, **k):
         raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
 
-    monkeypatch.setattr(train_module, where, fails)
+    monkeypatch.setattr(module, where, fails)
     out = tmp_path / "b"
     with pytest.raises(DeviceMemoryError) as info:
         train(config(images, out, model=str(sd1_dir)), progress=False)

@@ -280,7 +280,7 @@ def test_fp16_sdxl_renders_with_its_vae_kept_in_fp32(xl_dir, images):
     """SDXL's VAE stays fp32 under fp16 (it overflows in fp16): training encodes with it, and the pipeline's fp16
     latents are decoded by it (they met fp32 weights: "Input type (c10::Half) and bias type (float)")."""
     from textinv.data import find_images, load_training_images
-    from textinv.train import encode_latents
+    from textinv.latent_cache import encode_latents
 
     half = load_model(xl_dir, dtype=torch.float16)
     assert half.unet.dtype == torch.float16 and half.vae.dtype == torch.float32
@@ -522,7 +522,7 @@ def test_fp16_sdxl_keeps_a_given_vae_that_says_it_overflows_in_fp32(xl_dir, imag
     infinite latents, NaN losses. Only a VAE that says it is fp16-safe (the fixed one: force_upcast false) stays
     in fp16, as the pipeline itself upcasts before decoding exactly when the flag is set."""
     from textinv.data import find_images, load_training_images
-    from textinv.train import encode_latents
+    from textinv.latent_cache import encode_latents
 
     pixels = torch.stack([p.pixels for p in load_training_images(find_images(str(images)), 16, True)])
     stock = load_model(xl_dir, dtype=torch.float16, vae=_overflowing_vae(tmp_path / "stock", True))

@@ -9,7 +9,7 @@ from textinv.errors import ConfigError, DataError, FormatError, TrainingError
 from textinv.formats import load_embedding
 from textinv.models import load_model
 from textinv.tokens import base_embedding, encode_init, init_vectors
-from textinv import batches, run_folder
+from textinv import batches, latent_cache, run_folder
 from textinv import train as train_module
 from textinv.run_folder import read_loss_log, read_run_settings
 from textinv.train import TrainingInterrupted, train
@@ -131,7 +131,7 @@ def fixed_batch_loss(model, images, prompt, n=64, seed=123):
     """The denoising loss on one fixed set of (picture, noise, timestep) draws: comparable across vectors."""
     from textinv.data import find_images, load_training_images
     from textinv.losses import diffusion_loss
-    from textinv.train import encode_latents
+    from textinv.latent_cache import encode_latents
 
     pixels = torch.stack([p.pixels for p in load_training_images(find_images(images), model.resolution)])
     mean, _ = encode_latents(model.vae, pixels)
@@ -1969,7 +1969,7 @@ def test_latents_are_cached_a_batch_at_a_time_with_the_mirror_images_after(sd1_d
     (32 GB at SDXL's 1024); each batch is now stacked, mirrored and encoded on its own, in the same layout and the
     same batches (so the same latents, bit for bit)."""
     from textinv.data import find_images, load_training_images
-    from textinv.train import encode_latents
+    from textinv.latent_cache import encode_latents
 
     vae = fresh_model(sd1_dir).vae
     pictures = [p.pixels for p in load_training_images(find_images(images), 24)]
@@ -2281,7 +2281,7 @@ def test_random_windows_are_held_as_bytes_and_encode_as_their_float_windows_did(
         x = next(x for x in range(33) if torch.equal(w.pixels, pictures[i % 3].cover[:, :, x:x + 16]))
         old.append(dataclasses.replace(w, pixels=cover[:, :, x:x + 16], alpha=cover_alpha[:, :, x:x + 16]))
     vae = fresh_model(sd1_dir).vae
-    now, before = (train_module._encoded(vae, each, tmp_path, True, "cpu") for each in (windows, old))
+    now, before = (latent_cache._encoded(vae, each, tmp_path, True, "cpu") for each in (windows, old))
     assert all(torch.equal(a, b) for a, b in zip(now, before))
 
 
@@ -2294,7 +2294,7 @@ def test_random_crop_trains_on_cached_windows_and_resumes_exactly(sd1_dir, tmp_p
     crop = dict(resolution=16, random_crop=True)
     whole = train(config(images, tmp_path / "a", **crop), model=fresh_model(sd1_dir), progress=False)
     mean = encoded[-1][0]
-    assert mean.shape[0] == 2 * 3 * train_module.RANDOM_CROPS
+    assert mean.shape[0] == 2 * 3 * latent_cache.RANDOM_CROPS
     assert not torch.allclose(mean[0], mean[3]) and not torch.allclose(mean[0], mean[6])  # picture 0's windows
     centre = train(config(images, tmp_path / "b", resolution=16), model=fresh_model(sd1_dir), progress=False)
     assert encoded[-1][0].shape[0] == 2 * 3
@@ -2694,7 +2694,7 @@ def test_random_crop_and_alpha_mask_at_a_width_by_height_train_on_each_windows_o
           model=model, progress=False)
     scale = model.pipeline.vae_scale_factor
     windows = random_windows(load_training_images(paths, (24, 16), use_alpha=True, random_crop=True),
-                             train_module.RANDOM_CROPS, train_module.concept_seed(0, 0))
+                             latent_cache.RANDOM_CROPS, train_module.concept_seed(0, 0))
     known = latent_weights(windows, (16 // scale, 24 // scale), images)  # (the windows', then their mirrors')
     assert len({tuple(w.flatten().tolist()) for w in known}) > 2  # (windows of different weights)
     for shape, weights in seen:

@@ -18,8 +18,9 @@ so a resumed run ends exactly where an uninterrupted one does (bit for bit on th
 slice, and the vectors' gradient is averaged across processes before the step. Several concepts in one run share
 the frozen model and every batch; each concept's loss term is its own mean, so it learns what its own run would.
 
-Beside it: the loss (`losses`), what a batch draws from (`batches`: the caption bank, the sampler), a signal's stop
-at a step boundary (`stopping`) and the out-of-memory message (`train_memory`).
+Beside it: the pictures' cached latents (`latent_cache`), the loss (`losses`), what a batch draws from (`batches`:
+the caption bank, the sampler), a signal's stop at a step boundary (`stopping`) and the out-of-memory message
+(`train_memory`).
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ from . import __version__, emphasis, modelspec
 from .batches import BatchSampler, CaptionBank, NoiseOptions, _check_no_other_tokens
 from .config import (TrainConfig, clip_steps, lr_steps_end, parse_lr_steps,
                      read_config_file, save_config, stepped_value, training_size)
-from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, latent_weights, latent_weights_each,
-                   load_training_images, picture_set, random_windows, read_caption, read_template_file, unit_pixels,
-                   warn_unread_templates)
+from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, load_training_images, picture_set,
+                   random_windows, read_caption, read_template_file, warn_unread_templates)
 from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError, warn, warns_at_caller
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, check_steps, expand_all, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
 from .io import atomic_path, output_folder
+from .latent_cache import RANDOM_CROPS, _encoded, sampled_latents
 from .losses import LossOptions, check_loss_for, diffusion_loss, encode_captions
 from .memory import is_out_of_memory, out_of_memory_as, release, sides
 from .models import (DTYPES, LAUNCHED_AT, EarlyInterrupt, Model, check_clip_skip, check_model_object,
@@ -131,42 +132,7 @@ def _warn_launcher_precision(precision: str, dtype: torch.dtype) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 3. data: cached latent distributions and pre-tokenized captions
-
-
-# --random-crop: each picture's windows encoded up front, one of them drawn for each sample (as the caption bank
-# holds 256 captions a picture); with 8, each window is used about 300 times in a 3000-step run of 5
-# pictures at batch 4, and encoding them costs 8 times the encoding of the centres
-RANDOM_CROPS = 8
-
-
-@torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor | Sequence[torch.Tensor], batch: int = 8,
-                   mirrored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the VAE's latent distribution for each picture (N, 3, H, W) -> 2 x (N, 4, H/8, W/8); with
-    `mirrored`, the N mirror images follow: 2 x (2N, 4, H/8, W/8).
-
-    The VAE encoder runs once per picture; training then samples z = mean + std * eps each step, which is exactly
-    what running the encoder every step would give (its output is deterministic), for a fraction of the cost.
-    `pixels` may be a list of (3, H, W) pictures: only one batch is stacked (and mirrored) at a time. Stacking
-    them all with their mirror images took four times the pictures' own memory: 6 GB more for 500 at 512 px.
-    uint8 pictures (0..255: --random-crop's windows) are turned into floats a batch at a time (`unit_pixels`).
-    """
-    means, stds = [], []
-    count = len(pixels)
-    for start in range(0, count * (2 if mirrored else 1), batch):  # batches as of the pictures then their mirrors
-        chunk = torch.stack([_floats(pixels[i % count]).flip(-1) if i >= count else _floats(pixels[i])
-                             for i in range(start, min(start + batch, count * (2 if mirrored else 1)))])
-        dist = vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist
-        means.append(dist.mean.float())
-        stds.append(dist.std.float())
-    return torch.cat(means), torch.cat(stds)
-
-
-def _floats(pixels: torch.Tensor) -> torch.Tensor:
-    """A picture as floats in [-1, 1]: a uint8 one converted, one by one (stacked with float ones, torch would
-    promote its 0..255 to floats as they are: a window transparent all over is its float centre)."""
-    return unit_pixels(pixels) if pixels.dtype == torch.uint8 else pixels
+# 3. data: cached latent distributions (`latent_cache`) and pre-tokenized captions
 
 
 def steps_for_epochs(epochs: int, counts: Sequence[Sequence[int]], batch: int, grad_accum: int = 1,
@@ -1629,37 +1595,6 @@ def bucket_step(model: Model) -> int:
     return model.pipeline.vae_scale_factor * 2 ** (len(model.unet.config.block_out_channels) - 1)
 
 
-def _encoded(vae, pictures: list, folder, alpha_mask: bool, device) -> tuple:
-    """Pictures' cached latent distributions and alpha weights (None without --alpha-mask): (means, stds, weights),
-    each of 2I, the pictures' then their mirror images': tensors (2I, 4, h, w) when the pictures are of one shape,
-    else lists (`_latents_each`: --buckets)."""
-    if len({p.pixels.shape for p in pictures}) > 1:
-        return _latents_each(vae, pictures, folder, alpha_mask, device)
-    mean, std = encode_latents(vae, [p.pixels for p in pictures], mirrored=True)  # (2I, 4, h, w)
-    return mean, std, latent_weights(pictures, mean.shape[-2:], folder).to(device) if alpha_mask else None
-
-
-def sampled_latents(mean, std, method: str, seed: int) -> tuple:
-    """Cached latent distributions (`_encoded`'s tensors, or lists of them) as --latent-sampling keeps them, the web
-    UI's latent sampling method: "random" as they are (each use of a picture draws mean + std * eps anew, as the
-    paper's code encodes every step); "deterministic" the means alone (std 0); "once" one draw of each from `seed`
-    (its own generator: the run's other draws stay as they are), std 0. The web UI's default is "once".
-
-    >>> mean, std = sampled_latents(torch.zeros(2, 4, 8, 8), torch.ones(2, 4, 8, 8), "deterministic", seed=0)
-    >>> bool(std.eq(0).all()) and bool(mean.eq(0).all())
-    True
-    """
-    if method == "random":
-        return mean, std
-    listed = isinstance(mean, list)
-    means, stds = (mean, std) if listed else ([mean], [std])
-    if method == "once":
-        g = torch.Generator().manual_seed(seed)
-        means = [m + s * torch.randn(m.shape, generator=g).to(m.device) for m, s in zip(means, stds)]
-    stds = [torch.zeros_like(s) for s in stds]
-    return (means, stds) if listed else (means[0], stds[0])
-
-
 def _size_text(resolution: int | tuple[int, int]) -> str:
     """The training size as an embedding's metadata records it: "512" for a square (as it always was), "512x768"."""
     return "x".join(map(str, resolution)) if isinstance(resolution, tuple) else str(resolution)
@@ -1669,23 +1604,6 @@ def _xl_time_ids(pictures: list, center_crop: bool, device) -> torch.Tensor:
     """SDXL's size and crop conditioning of each picture, (I, 6) (mirrored pictures share it)."""
     return torch.stack([xl_time_ids(torch.tensor([p.original_size]), torch.tensor([p.crop_top_left(center_crop)]),
                                     torch.tensor([list(p.pixels.shape[-2:])]))[0] for p in pictures]).to(device)
-
-
-@torch.no_grad()
-def _latents_each(vae, pictures: list, folder, alpha_mask: bool, device) -> tuple[list, list, list | None]:
-    """Cached latent distributions of pictures of several sizes, one at a time: (means, stds, pixel weights), each
-    a list of 2I: the pictures', then their mirror images' (as `encode_latents` lays them out)."""
-    means, stds = [], []
-    for p in pictures:
-        mean, std = encode_latents(vae, torch.stack([p.pixels, p.pixels.flip(-1)]))  # (2, 4, h, w)
-        means.append(mean)
-        stds.append(std)
-    means, stds = [m[0] for m in means] + [m[1] for m in means], [s[0] for s in stds] + [s[1] for s in stds]
-    weights = None
-    if alpha_mask:
-        each = [w[0].to(device) for w in latent_weights_each(pictures, [m.shape[-2:] for m in means], folder)]
-        weights = each + [w.flip(-1) for w in each]
-    return means, stds, weights
 
 
 PAIR_HINT = ("give its first file (learned_embeds) with its partner (learned_embeds_2) beside it, or join the two "
