@@ -275,9 +275,11 @@ def cache_snapshot(cache, repo: str):
 
 def each_concept_alone(model_dir, tmp_path, concepts: list[str], **settings):
     """Each of `concepts` ("FOLDER=TOKEN=INIT") learned in a run of its own, at the seed a joint run of them gives
-    it (`train.concept_seed`), on a fresh copy of the model (`fresh_model`): the embeddings a joint run's must equal."""
+    it (`batches.concept_seed`), on a fresh copy of the model (`fresh_model`): the embeddings a joint run's must
+    equal."""
     from textinv.config import TrainConfig
-    from textinv.train import concept_seed, train
+    from textinv.batches import concept_seed
+    from textinv.train import train
 
     alone = []
     for k, concept in enumerate(concepts):

@@ -2019,7 +2019,7 @@ def test_a_joint_fp16_run_with_one_concepts_overflow_equals_the_concepts_own_run
     import signal
 
     from conftest import write_images
-    from textinv.train import concept_seed
+    from textinv.batches import concept_seed
 
     dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
     common = dict(steps=5, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2, precision="fp16")
@@ -2108,7 +2108,7 @@ def test_an_init_text_that_names_another_concepts_token_starts_as_in_its_own_run
     word pieces it is in the concept's own run (with the warning for them), where it was refused once the other
     concept's token was in (and that token left in a model passed in)."""
     from conftest import write_images
-    from textinv.train import concept_seed
+    from textinv.batches import concept_seed
 
     dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
     common = dict(steps=2, batch=2, save_every=0, sample_every=0, log_every=1, lr=5e-2)
@@ -2694,7 +2694,7 @@ def test_random_crop_and_alpha_mask_at_a_width_by_height_train_on_each_windows_o
           model=model, progress=False)
     scale = model.pipeline.vae_scale_factor
     windows = random_windows(load_training_images(paths, (24, 16), use_alpha=True, random_crop=True),
-                             latent_cache.RANDOM_CROPS, train_module.concept_seed(0, 0))
+                             latent_cache.RANDOM_CROPS, batches.concept_seed(0, 0))
     known = latent_weights(windows, (16 // scale, 24 // scale), images)  # (the windows', then their mirrors')
     assert len({tuple(w.flatten().tolist()) for w in known}) > 2  # (windows of different weights)
     for shape, weights in seen:

@@ -1,7 +1,8 @@
 """What each training batch draws from: every caption tokenized once (`CaptionBank`, with the checks that a caption
 holds its concept's token whole and no other concept's), and the sampler of the random parts of a batch
 (`BatchSampler`: pictures in shuffled epochs, flips, captions, latent samples, noise with kohya's settings
-(`NoiseOptions`, `pyramid_levels`) and timesteps), whose state goes into checkpoints.
+(`NoiseOptions`, `pyramid_levels`) and timesteps), whose state goes into checkpoints, seeded for each concept of a
+run by `concept_seed`.
 
 Moved out of train.py, which keeps the run and its loop.
 """
@@ -211,6 +212,11 @@ def pyramid_levels(generator: torch.Generator, n: int, shape: tuple[int, ...], i
         if h == 1 or w == 1:
             break
     return total
+
+
+def concept_seed(seed: int, index: int) -> int:
+    """The data seed of concept `index` in a run seeded `seed` (the first concept's is the run's own)."""
+    return seed + 1_000_003 * index
 
 
 class BatchSampler:

@@ -708,7 +708,8 @@ class TrainConfig:
         """What the model is run with: --resolution, --seed (with room for every seed drawn from it), --clip-skip,
         --min-timestep and --max-timestep, and --vectors (they must fit in one 77-token prompt)."""
         check_training_size(training_size(self.resolution), self.buckets)
-        # (the seeds drawn: concept k's data seed + 1_000_003 k (`train.concept_seed`), sample grid image i's seed + i)
+        # (the seeds drawn: concept k's data seed + 1_000_003 k (`batches.concept_seed`), sample grid image i's
+        # seed + i)
         check_seed(self.seed, 1_000_003 * (concepts - 1) + max(4, len(self.sample_prompts)), negative=True)
         check_clip_skip_value(self.clip_skip)
         if not isinstance(self.min_timestep, int) or self.min_timestep < 0:

@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis, modelspec
-from .batches import BatchSampler, CaptionBank, NoiseOptions, _check_no_other_tokens
+from .batches import BatchSampler, CaptionBank, NoiseOptions, _check_no_other_tokens, concept_seed
 from .config import (TrainConfig, clip_steps, lr_steps_end, parse_lr_steps,
                      read_config_file, save_config, stepped_value, training_size)
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, load_training_images, picture_set,
@@ -1439,11 +1439,6 @@ def _lowest_validation(validated: list[tuple[int, float]], last: int, step_files
         kept = "no embedding of that step is kept (--save-every N keeps one every N steps)"
     summed = " (summed over the concepts)" if len(files) > 1 else ""
     return f"lowest validation loss{summed} {loss:.6f} at step {step} ({VALIDATION_LOG}); {kept}"
-
-
-def concept_seed(seed: int, index: int) -> int:
-    """The data seed of concept `index` in a run seeded `seed` (the first concept's is the run's own)."""
-    return seed + 1_000_003 * index
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
