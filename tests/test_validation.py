@@ -219,7 +219,7 @@ def test_a_resume_takes_the_validation_pictures_where_they_are_now(sd1_dir, imag
 
 
 def test_the_end_names_the_best_steps_embedding_file_where_one_was_kept(tmp_path):
-    from textinv.train import _lowest_validation
+    from textinv.validation import _lowest_validation
 
     def files(at):
         return [tmp_path / f"e-{at}.safetensors"]
@@ -285,7 +285,7 @@ def test_a_subsets_run_started_with_the_pooled_split_resumes_with_the_pictures_i
     """A run of several kohya subsets started before each subset held out its own share (one share of all their
     pictures together) goes on with the pictures its checkpoint held out: it was refused as if the folders had
     changed ("other pictures held out"), and putting them back, as that said, could not help."""
-    from textinv import train as train_module
+    from textinv import validation
 
     a, b = write_images(tmp_path / "a", n=3), write_images(tmp_path / "b", n=3, seed=1)
     dataset = tmp_path / "d.toml"
@@ -293,12 +293,13 @@ def test_a_subsets_run_started_with_the_pooled_split_resumes_with_the_pictures_i
                        f'[[datasets.subsets]]\nimage_dir = "{b}"\n')
     run = dict(dataset_config=str(dataset), token="<zq>", init="dog", batch=2, save_every=2, sample_every=0,
                validate_every=2)
-    real = train_module.split_pictures
+    real, pooled = validation.split_pictures, []
     with monkeypatch.context() as m:  # (the count before: round(0.5 x 6) = 3 of the six, not 2 of each subset)
-        m.setattr(train_module, "split_pictures", lambda p, share, seed, **_: real(p, share, seed))
+        m.setattr(validation, "split_pictures", lambda p, share, seed, **_: pooled.append(p) or real(p, share, seed))
         straight = train(TrainConfig(out=str(tmp_path / "s"), steps=4, **run), model=fresh_model(sd1_dir),
                          progress=False)
         train(TrainConfig(out=str(tmp_path / "r"), steps=2, **run), model=fresh_model(sd1_dir), progress=False)
+    assert len(pooled) == 2  # (the two runs started with the pooled split: the stand-in is where it is looked up)
     resumed = train(TrainConfig(out=str(tmp_path / "r"), steps=4, resume=True, **run), model=fresh_model(sd1_dir),
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])

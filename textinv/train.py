@@ -19,8 +19,8 @@ slice, and the vectors' gradient is averaged across processes before the step. S
 the frozen model and every batch; each concept's loss term is its own mean, so it learns what its own run would.
 
 Beside it: the pictures' cached latents (`latent_cache`), the loss (`losses`), what a batch draws from (`batches`:
-the caption bank, the sampler), a signal's stop at a step boundary (`stopping`) and the out-of-memory message
-(`train_memory`).
+the caption bank, the sampler), the validation loss and the pictures it scores (`validation`), a signal's stop at a
+step boundary (`stopping`) and the out-of-memory message (`train_memory`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, check_same_precision, clear_run,
                          clear_temporaries, concept_folder, left_out_as_run, load_checkpoint, moved_places,
-                         name_changes, newest_checkpoint, prepare_output, read_run_settings, run_lock, same_names,
+                         newest_checkpoint, prepare_output, run_lock,
                          save_checkpoint, saved_validation, settings_to_resume, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
@@ -70,7 +70,8 @@ from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_to
                      init_vectors, scratch_tokens, split_words, token_names, webui_init_ids)
 from .tracking import LOGS_DIR, RunTracker, run_name, tracker_names
 from .train_memory import _allocated, _memory_error, _Where
-from .validation import FixedDraws, fixed_draws, split_pictures, subset_sizes, validation_loss
+from .validation import (FixedDraws, _held_out, _lowest_validation, _split_then, _validation_pictures,
+                         _warn_other_validation_pictures, fixed_draws, validation_loss)
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the vectors at the last finished step were saved before stopping."""
@@ -1339,106 +1340,6 @@ def _saved_date(emb: LearnedEmbedding, path: Path) -> str | None:
     same = old.metadata.get("steps") == emb.metadata.get("steps") and old.vectors.keys() == emb.vectors.keys() and all(
         torch.equal(old.vectors[name], emb.vectors[name].detach().to("cpu", torch.float32)) for name in emb.vectors)
     return old.metadata.get(modelspec.PREFIX + "date") if same else None
-
-
-def _split_then(checkpoint: tuple[Path, dict] | None, config: TrainConfig) -> list[list[str] | None] | None:
-    """The pictures a resumed run's checkpoint held out, each concept's, where the run's --validation-split and
-    --validation-seed are today's (None otherwise): a run goes on with the split it started with, also one started
-    before textinv counted kohya subsets' shares each on its own."""
-    if checkpoint is None or not checkpoint[1].get("held_out"):
-        return None
-    saved = read_run_settings(config.out)
-    if (saved.get("validation_split"), saved.get("validation_seed")) != (config.validation_split,
-                                                                         config.validation_seed):
-        return None
-    return checkpoint[1]["held_out"]
-
-
-def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], seed: int, say: bool,
-              then: list[list[str] | None] | None) -> tuple[list[PictureSet], list[PictureSet]]:
-    """Each concept's pictures split by --validation-split (`validation.split_pictures`, concept k's by its own
-    seed): (the ones trained on, the ones held out); those held out are printed when `say`. A concept with a single
-    picture has none to spare. `then`: the pictures a resumed run held out (`_split_then`), each concept's, taken
-    where all of them are still there (a picture added or removed is then said by `check_resumable`)."""
-    for spec, pictures in zip(specs, found):
-        if len(pictures.paths) < 2:
-            raise ConfigError(f"--validation-split {config.validation_split:g}: {pictures.where} holds one picture "
-                              f"({spec['token']}'s), and training needs it; add pictures, or leave out "
-                              f"--validation-split (--validate-every N scores the training pictures instead)")
-    # (kohya's subsets, and the folders of its layout, which it makes subsets: each holds out its own share, as
-    # kohya counts it; `described` says a concept's pictures are one or the other)
-    split = [split_pictures(p, config.validation_split, concept_seed(seed, k), by_subset=p.described is not None,
-                            then=names) for k, (p, names) in enumerate(zip(found, then or [None] * len(found)))]
-    for pictures, (_, held) in zip(found, split):
-        if not held.paths:
-            _refuse_none_held(config.validation_split, pictures)
-    if say:
-        for spec, (_, held) in zip(specs, split):
-            mine = f"{spec['token']}: " if len(specs) > 1 else ""
-            print(f"{mine}held out for the validation loss: {', '.join(held.names)}")
-    return [kept for kept, _ in split], [held for _, held in split]
-
-
-def _refuse_none_held(share: float, pictures: PictureSet) -> None:
-    """Refuse a --validation-split `share` that holds out none of kohya subsets' `pictures` (each subset's
-    round(share x its pictures)), naming the share that holds one out."""
-    sizes = subset_sizes(pictures)
-    fix = (f"give a share above {0.5 / max(sizes):g}" if max(sizes) > 1 else
-           "each subset's one picture is trained on: add pictures")
-    raise ConfigError(f"--validation-split {share:g} holds out none of {pictures.where}'s pictures, counted as kohya "
-                      f"counts them (round({share:g} x each subset's pictures, {', '.join(map(str, sizes))}), leaving "
-                      f"one of each to train on); {fix}, or leave out --validation-split (validation_split)")
-
-
-def _validation_pictures(folder: str, trained: PictureSet) -> PictureSet:
-    """The pictures of --validation-images, none of them one that is trained on, their caption files read (one that
-    cannot be is said before the model loads, as the training pictures' are) with the training pictures' caption
-    extension where they share one (kohya's subsets' caption_extension)."""
-    shared = trained.caption_extensions[0] if len(set(trained.caption_extensions)) == 1 else None
-    try:
-        held = picture_set(folder) if shared is None else \
-            picture_set(subsets=[{"images": folder, "repeats": 1, "caption_extension": shared}])  # (its files known)
-        for path in held.paths:
-            read_caption(path, shared)
-    except DataError as e:  # (its own words are about the training pictures' folder: say which flag gave it)
-        raise DataError(f"--validation-images {folder}: {e}") from None
-    both = {p.resolve() for p in held.paths} & {p.resolve() for p in trained.paths}
-    if both:
-        raise ConfigError(f"--validation-images {folder}: {', '.join(sorted(p.name for p in both))} "
-                          f"{'is' if len(both) == 1 else 'are'} trained on too ({trained.where}), so "
-                          f"{'its' if len(both) == 1 else 'their'} loss says nothing of pictures the word has not "
-                          f"seen; keep the validation pictures in a folder of their own")
-    return held
-
-
-def _warn_other_validation_pictures(state: dict, held: PictureSet, step: int) -> None:
-    """Warn when --validation-images holds other pictures than the checkpoint's run scored: validation.csv's curve
-    then joins the losses of two sets at `step`."""
-    then = (state.get("held_out") or [None])[0]
-    if then is None or same_names(then, held.names) is not None:
-        return
-    detail = name_changes(then, held.names)
-    warn(f"--validation-images {held.where} holds other pictures than when the run began ({detail}): "
-         f"{VALIDATION_LOG} scores those before step {step} and these after it")  # (at `train`'s caller: `warn`)
-
-
-def _lowest_validation(validated: list[tuple[int, float]], last: int, step_files: Callable[[int], list[Path]]
-                       ) -> str:
-    """Which step's vectors had the lowest validation loss (summed over the concepts), and where they are saved;
-    `step_files`: each concept's embedding file of a step, when it was kept (embeddings/)."""
-    step, loss = min(validated, key=lambda entry: entry[1])
-    files = step_files(step)
-    if step == last:
-        kept = "the embedding saved" if len(files) == 1 else "each concept's embedding saved"
-    elif step == 0:
-        kept = "the starting vectors: training has not lowered it"
-    elif all(f.is_file() for f in files):
-        kept = f"that step's embedding: {files[0]}" if len(files) == 1 else \
-            f"that step's embeddings: {', '.join(map(str, files))}"
-    else:
-        kept = "no embedding of that step is kept (--save-every N keeps one every N steps)"
-    summed = " (summed over the concepts)" if len(files) > 1 else ""
-    return f"lowest validation loss{summed} {loss:.6f} at step {step} ({VALIDATION_LOG}); {kept}"
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

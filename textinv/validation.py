@@ -11,6 +11,12 @@ concept; without a split it is the training pictures', a smooth curve of how wel
 The loss is the run's own (`train.grouped_loss`, with its min-SNR or kohya weighting and loss type, and the
 pictures' alpha with --alpha-mask), without the noise settings' random parts (offset, pyramid and perturbation
 noise), which would make it a draw again.
+
+Below those, the run's side of it, moved out of train.py (which calls them as it checks its inputs, before the model
+loads, and as it ends): each concept's pictures split by --validation-split at its own seed (`_held_out`; a resumed
+run's split as its checkpoint holds it, `_split_then`), the --validation-images folder checked against the pictures
+trained on (`_validation_pictures`; on resume `_warn_other_validation_pictures`), and the closing line that names
+the step of the lowest loss and its file (`_lowest_validation`).
 """
 
 from __future__ import annotations
@@ -18,10 +24,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .data import PictureSet
+from .batches import concept_seed
+from .config import TrainConfig
+from .data import PictureSet, picture_set, read_caption
+from .errors import ConfigError, DataError, warn
+from .run_folder import VALIDATION_LOG, name_changes, read_run_settings, same_names
 
 DRAWS = 16  # per picture: 16 timesteps 62 apart over SD's 1000
 
@@ -132,3 +144,107 @@ def validation_loss(draws: FixedDraws, loss_of, batch: int) -> torch.Tensor:
     per-sample losses), as a 0-d tensor on the draws' device (no host sync)."""
     total = sum(loss_of(draws.chunk(slice(at, at + batch))).float().sum() for at in range(0, len(draws), batch))
     return total / len(draws)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a run's validation pictures, checked before the model loads, and its closing line
+
+
+def _split_then(checkpoint: tuple[Path, dict] | None, config: TrainConfig) -> list[list[str] | None] | None:
+    """The pictures a resumed run's checkpoint held out, each concept's, where the run's --validation-split and
+    --validation-seed are today's (None otherwise): a run goes on with the split it started with, also one started
+    before textinv counted kohya subsets' shares each on its own."""
+    if checkpoint is None or not checkpoint[1].get("held_out"):
+        return None
+    saved = read_run_settings(config.out)
+    if (saved.get("validation_split"), saved.get("validation_seed")) != (config.validation_split,
+                                                                         config.validation_seed):
+        return None
+    return checkpoint[1]["held_out"]
+
+
+def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], seed: int, say: bool,
+              then: list[list[str] | None] | None) -> tuple[list[PictureSet], list[PictureSet]]:
+    """Each concept's pictures split by --validation-split (`validation.split_pictures`, concept k's by its own
+    seed): (the ones trained on, the ones held out); those held out are printed when `say`. A concept with a single
+    picture has none to spare. `then`: the pictures a resumed run held out (`_split_then`), each concept's, taken
+    where all of them are still there (a picture added or removed is then said by `check_resumable`)."""
+    for spec, pictures in zip(specs, found):
+        if len(pictures.paths) < 2:
+            raise ConfigError(f"--validation-split {config.validation_split:g}: {pictures.where} holds one picture "
+                              f"({spec['token']}'s), and training needs it; add pictures, or leave out "
+                              f"--validation-split (--validate-every N scores the training pictures instead)")
+    # (kohya's subsets, and the folders of its layout, which it makes subsets: each holds out its own share, as
+    # kohya counts it; `described` says a concept's pictures are one or the other)
+    split = [split_pictures(p, config.validation_split, concept_seed(seed, k), by_subset=p.described is not None,
+                            then=names) for k, (p, names) in enumerate(zip(found, then or [None] * len(found)))]
+    for pictures, (_, held) in zip(found, split):
+        if not held.paths:
+            _refuse_none_held(config.validation_split, pictures)
+    if say:
+        for spec, (_, held) in zip(specs, split):
+            mine = f"{spec['token']}: " if len(specs) > 1 else ""
+            print(f"{mine}held out for the validation loss: {', '.join(held.names)}")
+    return [kept for kept, _ in split], [held for _, held in split]
+
+
+def _refuse_none_held(share: float, pictures: PictureSet) -> None:
+    """Refuse a --validation-split `share` that holds out none of kohya subsets' `pictures` (each subset's
+    round(share x its pictures)), naming the share that holds one out."""
+    sizes = subset_sizes(pictures)
+    fix = (f"give a share above {0.5 / max(sizes):g}" if max(sizes) > 1 else
+           "each subset's one picture is trained on: add pictures")
+    raise ConfigError(f"--validation-split {share:g} holds out none of {pictures.where}'s pictures, counted as kohya "
+                      f"counts them (round({share:g} x each subset's pictures, {', '.join(map(str, sizes))}), leaving "
+                      f"one of each to train on); {fix}, or leave out --validation-split (validation_split)")
+
+
+def _validation_pictures(folder: str, trained: PictureSet) -> PictureSet:
+    """The pictures of --validation-images, none of them one that is trained on, their caption files read (one that
+    cannot be is said before the model loads, as the training pictures' are) with the training pictures' caption
+    extension where they share one (kohya's subsets' caption_extension)."""
+    shared = trained.caption_extensions[0] if len(set(trained.caption_extensions)) == 1 else None
+    try:
+        held = picture_set(folder) if shared is None else \
+            picture_set(subsets=[{"images": folder, "repeats": 1, "caption_extension": shared}])  # (its files known)
+        for path in held.paths:
+            read_caption(path, shared)
+    except DataError as e:  # (its own words are about the training pictures' folder: say which flag gave it)
+        raise DataError(f"--validation-images {folder}: {e}") from None
+    both = {p.resolve() for p in held.paths} & {p.resolve() for p in trained.paths}
+    if both:
+        raise ConfigError(f"--validation-images {folder}: {', '.join(sorted(p.name for p in both))} "
+                          f"{'is' if len(both) == 1 else 'are'} trained on too ({trained.where}), so "
+                          f"{'its' if len(both) == 1 else 'their'} loss says nothing of pictures the word has not "
+                          f"seen; keep the validation pictures in a folder of their own")
+    return held
+
+
+def _warn_other_validation_pictures(state: dict, held: PictureSet, step: int) -> None:
+    """Warn when --validation-images holds other pictures than the checkpoint's run scored: validation.csv's curve
+    then joins the losses of two sets at `step`."""
+    then = (state.get("held_out") or [None])[0]
+    if then is None or same_names(then, held.names) is not None:
+        return
+    detail = name_changes(then, held.names)
+    warn(f"--validation-images {held.where} holds other pictures than when the run began ({detail}): "
+         f"{VALIDATION_LOG} scores those before step {step} and these after it")  # (at `train`'s caller: `warn`)
+
+
+def _lowest_validation(validated: list[tuple[int, float]], last: int, step_files: Callable[[int], list[Path]]
+                       ) -> str:
+    """Which step's vectors had the lowest validation loss (summed over the concepts), and where they are saved;
+    `step_files`: each concept's embedding file of a step, when it was kept (embeddings/)."""
+    step, loss = min(validated, key=lambda entry: entry[1])
+    files = step_files(step)
+    if step == last:
+        kept = "the embedding saved" if len(files) == 1 else "each concept's embedding saved"
+    elif step == 0:
+        kept = "the starting vectors: training has not lowered it"
+    elif all(f.is_file() for f in files):
+        kept = f"that step's embedding: {files[0]}" if len(files) == 1 else \
+            f"that step's embeddings: {', '.join(map(str, files))}"
+    else:
+        kept = "no embedding of that step is kept (--save-every N keeps one every N steps)"
+    summed = " (summed over the concepts)" if len(files) > 1 else ""
+    return f"lowest validation loss{summed} {loss:.6f} at step {step} ({VALIDATION_LOG}); {kept}"
