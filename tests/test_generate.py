@@ -1334,7 +1334,7 @@ def test_an_embeddings_folders_subfolders_are_read_and_its_preview_pictures_left
     """The web UI walks its embeddings folder's subfolders (embeddings/negative/easyneg.pt) and leaves out a picture
     that holds no embedding (a preview, mydog.png beside mydog.pt): the subfolder's file was not found, so the
     prompt drew its name as words, and the preview was refused as an embedding that could not be read."""
-    from textinv.generate import embedding_files
+    from textinv.embedding_names import embedding_files
 
     folder = tmp_path / "embeddings"
     for name in ("negative/easyneg", "mydog"):
@@ -1352,7 +1352,7 @@ def test_an_embeddings_folders_subfolders_are_read_and_its_preview_pictures_left
 def test_an_embedding_folder_that_is_empty_or_a_model_is_said_so(sd1_dir, tmp_path):
     """`--embedding` of an empty folder warned that no embedding in it "is named in the prompts", as if it held
     some; a model folder given there drew without a word of it but that one."""
-    from textinv.generate import embedding_files
+    from textinv.embedding_names import embedding_files
 
     (tmp_path / "empty").mkdir()
     with pytest.warns(UserWarning, match=r"the folder \S+empty holds no embedding file \(.pt, .bin, .safetensors, "
@@ -1366,7 +1366,7 @@ def test_an_embedding_folder_that_is_empty_or_a_model_is_said_so(sd1_dir, tmp_pa
 def test_an_embeddings_folders_file_named_with_a_space_is_refused_naming_the_file_to_rename(tmp_path):
     """The web UI calls `My Dog.pt` "My Dog"; a learned token here is one word. It was refused once the model had
     loaded, saying to pass --token, which a folder's files do not take."""
-    from textinv.generate import embedding_files
+    from textinv.embedding_names import embedding_files
 
     folder = tmp_path / "embeddings"
     save_embedding(LearnedEmbedding("x", {"text_encoder": torch.randn(2, 32)}), folder / "My Dog.pt", "a1111")

@@ -60,13 +60,13 @@ from packaging.version import InvalidVersion, Version
 from . import __version__
 from .config import GenerateConfig, build, typed_settings
 from .dynamic import literal
+from .embedding_names import COMFY_BARE_TOKENS, COMFY_TOKEN, embedding_files, file_digest, folder_embeddings
 from .emphasis import _COMFY_EMBEDDING, as_words, lora_tags
 from .comfy_workflow import api_graph, is_api_graph, is_editor_workflow
 from .errors import ConfigError, warn
 from .formats import (PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, holds_png_embedding, load_embedding, on_disk,
                       split_bundle)
-from .generate import (COMFY_BARE_TOKENS, COMFY_TOKEN, embedding_files, file_digest, file_sha256, folder_embeddings,
-                       lora_files, lora_sha256)
+from .generate import file_sha256, lora_files, lora_sha256
 from .hub import hub_reference
 from .infotext import HIRES_SETTINGS, MASK_SETTINGS, hash_name
 from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL

@@ -43,10 +43,11 @@ from tqdm.auto import tqdm
 from . import __version__, emphasis
 from .config import DEFAULT_CLIP, ScoreConfig  # (there: its --help needs none of this module's imports)
 from .data import PROPERTIES, load_image, picture_set
+from .embedding_names import _file_name
 from .errors import ConfigError, DataError, FormatError, ModelError, warn, warns_at_caller
 from .formats import BUNDLE_SEPARATOR, LearnedEmbedding, load_embedding, on_disk, split_bundle
 from .hub import hub_reference
-from .generate import (DEFAULT_STEPS, _file_name, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
+from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
                        generation_size, handed_back, install_embedding, render)
 from .infotext import png_text
 from .io import absolute, atomic_path, make_folder, sync_folder, write_json, write_text
@@ -336,7 +337,7 @@ def _expand_folders(paths: list[str]) -> list[tuple[str, str | None]]:
     files (a run's `embeddings/`, the diffusers script's --output_dir with its learned_embeds-steps-500 files
     beside the final learned_embeds) given as its files, in the order of the step number in their names (500
     before 1000); a training run's folder, or a diffusers folder of one embedding, stays one entry."""
-    from .generate import EMBEDDING_SUFFIXES
+    from .embedding_names import EMBEDDING_SUFFIXES
     from .run_folder import CONFIG_FILE
 
     out = []

@@ -43,11 +43,11 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
+from .embedding_names import _as_prompted, _file_name
 from .errors import ConfigError, DeviceMemoryError, TextinvError, said_once, warns_at_caller
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
-from .generate import (GenerationInterrupted, _as_prompted, _file_name, _memory_error, _Where, check_refiner_source,
-                       checked_settings, drawing_dtype, drawing_model, generate, launched, make_grid, refiner_model,
-                       write_failed)
+from .generate import (GenerationInterrupted, _memory_error, _Where, check_refiner_source, checked_settings,
+                       drawing_dtype, drawing_model, generate, launched, make_grid, refiner_model, write_failed)
 from .infotext import _infotext_value, _model_name
 from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
