@@ -413,7 +413,7 @@ def test_into_lora_writes_the_new_files_own_sshs_hashes(loras, tmp_path):
     import hashlib
     import json
 
-    from textinv.generate import lora_sha256
+    from textinv.loras import lora_sha256
 
     plain, _, vectors = loras
     tensors = dict(load_file(str(plain / "mystyle.safetensors")))

@@ -1782,7 +1782,7 @@ def test_a_lora_file_named_on_a_mac_is_found_by_a_typed_tag(tmp_path):
     import unicodedata
 
     from textinv.emphasis import lora_tags
-    from textinv.generate import lora_files
+    from textinv.loras import lora_files
 
     nfd = unicodedata.normalize("NFD", "Caf\u00e9")
     (tmp_path / "styles").mkdir()

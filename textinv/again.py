@@ -66,10 +66,11 @@ from .comfy_workflow import api_graph, is_api_graph, is_editor_workflow
 from .errors import ConfigError, warn
 from .formats import (PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, holds_png_embedding, load_embedding, on_disk,
                       split_bundle)
-from .generate import file_sha256, lora_files, lora_sha256
+from .generate import file_sha256
 from .hub import hub_reference
 from .infotext import HIRES_SETTINGS, MASK_SETTINGS, hash_name
 from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
+from .loras import lora_files, lora_sha256
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
@@ -2042,7 +2043,7 @@ def _check_ti_hashes(picture: Picture, files: list[str], tokens: list[str], prom
 
 def _check_lora_hashes(picture: Picture, prompts: list[str], folders: list[str]) -> None:
     """Warn of a LoRA file that is not the one a web UI picture names: its "Lora hashes" give each LoRA's name and the
-    first digits of the hash the web UI gives it (`generate.lora_sha256`); the file each `<lora:...>` tag of the
+    first digits of the hash the web UI gives it (`loras.lora_sha256`); the file each `<lora:...>` tag of the
     prompts finds in --lora-dir (found as generate finds it) is checked against the hash under its name. Without
     --lora-dir, or with a tag that finds no file, there is nothing to compare: generate refuses that itself."""
     if not picture.lora_hashes or not folders:

@@ -74,7 +74,7 @@ def webui_hashes(sums: dict[str, str]) -> str:
     """The web UI's "TI hashes" or "Lora hashes" text (sd_hijack_clip, extra_networks_lora): "name: shorthash" for
     each embedding or LoRA by the name the prompt called it, less the colons and commas that would split the list,
     and the first 12 hex digits of its hash (`Embedding.shorthash`: of the file's SHA-256; a LoRA's:
-    `generate.lora_sha256`).
+    `loras.lora_sha256`).
 
     >>> webui_hashes({"easy:negative": "c74b4e810b030f6b3d4b2d5ce4fc52ad53fc16e1bcbf2d8f0b2d27bd0d3a0a8d"})
     'easynegative: c74b4e810b03'
