@@ -8,6 +8,9 @@ that shapes the picture as one JSON record (`RECORD_KEY`), which `textinv genera
 `again`). `--metadata` says how much: shareable (the default) names local files and folders without saying where
 they are (`shareable_record`), full gives their absolute paths, none writes no text. Image i of a prompt uses seed +
 i, so any single image can be made again on its own.
+
+The --embedding entries' files, and the names the prompts call them by, are worked out in `embedding_names`; the
+prompts' <lora:...> tags are found in --lora-dir and applied in `loras`.
 """
 
 from __future__ import annotations
