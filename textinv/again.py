@@ -66,9 +66,9 @@ from .comfy_workflow import api_graph, is_api_graph, is_editor_workflow
 from .errors import ConfigError, warn
 from .formats import (PNG_CHUNK, RECORD_KEY, bundled_names, exif_comment, holds_png_embedding, load_embedding, on_disk,
                       split_bundle)
-from .generate import file_sha256
 from .hub import hub_reference
 from .infotext import HIRES_SETTINGS, MASK_SETTINGS, hash_name
+from .io import file_sha256
 from .inpaint import BLENDS, FILL_LABELS, INVERTED_LABEL, MASKED_PADDING, ONLY_MASKED_LABEL
 from .loras import lora_files, lora_sha256
 from .run_folder import _nfc
