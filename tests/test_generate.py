@@ -1349,6 +1349,30 @@ def test_an_embeddings_folders_subfolders_are_read_and_its_preview_pictures_left
         assert embedding_files([str(folder)], [None], "a cat, mydog") == [(str(folder / "mydog.pt"), "mydog")]
 
 
+def test_an_embeddings_folders_webp_embedding_is_read_and_its_webp_preview_left_out_as_in_the_web_ui(tmp_path):
+    """The web UI reads an embedding picture saved as WebP (lossless: the copy in its pixels survives) as it reads a
+    PNG; the folder's .webp files were skipped without a word, and the prompt drew the name as words under a warning
+    that no embedding of the folder was named."""
+    from textinv.embedding_names import embedding_files
+
+    folder = tmp_path / "embeddings"
+    emb = LearnedEmbedding("hero", {"text_encoder": torch.randn(2, 32)})
+    save_embedding(emb, tmp_path / "hero.png", "a1111-png")
+    (folder / "chars").mkdir(parents=True)
+    with Image.open(tmp_path / "hero.png") as picture:
+        picture.save(folder / "chars" / "hero.webp", lossless=True)
+    Image.new("RGB", (8, 8)).save(folder / "cat.webp", lossless=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert embedding_files([str(folder)], [None], "a photo of hero") == [(str(folder / "chars" / "hero.webp"),
+                                                                               "hero")]
+    assert torch.equal(load_embedding(folder / "chars" / "hero.webp").vectors["text_encoder"],
+                       emb.vectors["text_encoder"])
+    with pytest.warns(UserWarning, match=r"left out \S+cat.webp: a picture without an embedding"):
+        assert embedding_files([str(folder)], [None], "a cat, hero") == [(str(folder / "chars" / "hero.webp"),
+                                                                           "hero")]
+
+
 def test_an_embedding_folder_that_is_empty_or_a_model_is_said_so(sd1_dir, tmp_path):
     """`--embedding` of an empty folder warned that no embedding in it "is named in the prompts", as if it held
     some; a model folder given there drew without a word of it but that one."""
@@ -1356,7 +1380,7 @@ def test_an_embedding_folder_that_is_empty_or_a_model_is_said_so(sd1_dir, tmp_pa
 
     (tmp_path / "empty").mkdir()
     with pytest.warns(UserWarning, match=r"the folder \S+empty holds no embedding file \(.pt, .bin, .safetensors, "
-                                         r".png, in it or its subfolders\): check the --embedding path"):
+                                         r".png, .webp, in it or its subfolders\): check the --embedding path"):
         assert embedding_files([str(tmp_path / "empty")], [None], "a photo of <ball>") == []
     with pytest.raises(ConfigError, match=r"is a diffusers model folder \(it holds model_index.json\), not "
                                           r"embeddings: give it as --model"):

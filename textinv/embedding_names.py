@@ -31,7 +31,9 @@ from .io import file_sha256
 from .run_folder import _nfc, concept_folder, embedding_file, saved_run
 
 
-EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png")
+# (the web UI reads an embedding picture saved as WebP too: a lossless one keeps the copy in its pixels)
+EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp")
+PICTURE_SUFFIXES = (".png", ".webp")
 
 
 def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> list[tuple[str, str | None]]:
@@ -91,7 +93,7 @@ def _named_in_folder(folder: Path, said: str) -> list[Path]:
         raise ConfigError(f"{spaced}: the prompt calls it by its file's name, as the web UI does, but a learned "
                           f"token is one word without spaces: rename the file ({underscored}{spaced.suffix}) and "
                           f"write {underscored} in the prompt")
-    for picture in [f for f in named if f.suffix.lower() == ".png" and not holds_png_embedding(f)]:
+    for picture in [f for f in named if f.suffix.lower() in PICTURE_SUFFIXES and not holds_png_embedding(f)]:
         named.remove(picture)  # (a preview picture: the web UI leaves it out, as it holds no embedding)
         if not any(_nfc(f.stem) == _nfc(picture.stem) for f in named):
             warn(f"left out {picture}: a picture without an embedding (no {PNG_CHUNK!r} text chunk, none hidden "
