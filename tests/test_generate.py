@@ -1373,6 +1373,26 @@ def test_an_embeddings_folders_webp_embedding_is_read_and_its_webp_preview_left_
                                                                            "hero")]
 
 
+def test_one_name_in_two_subfolders_of_an_embeddings_folder_is_refused_saying_to_rename_a_file(sd1_dir, tmp_path):
+    """The refusal said to rename one with --token, which a folder's files do not take (that was refused in turn);
+    two files given each as its own --embedding are still told to use --token."""
+    folder = tmp_path / "embeddings"
+    for sub in ("style", "chars"):
+        save_embedding(LearnedEmbedding("twin", {"text_encoder": torch.randn(1, 32)}), folder / sub / "twin.pt",
+                       "a1111")
+
+    def draw(embedding):
+        generate(GenerateConfig(prompt=["a photo of twin"], embedding=embedding, out=str(tmp_path / "out"), n=1,
+                                steps=2, model=str(sd1_dir)), progress=False)
+
+    with pytest.raises(TokenError, match=r"style/twin.pt and \S+chars/twin.pt both define the token 'twin': a file "
+                                         r"in an --embedding folder is called by its file's name.*takes no --token; "
+                                         r"rename one of the files"):
+        draw([str(folder)])
+    with pytest.raises(TokenError, match=r"both define the token 'twin'; rename one with --token"):
+        draw([str(folder / "style" / "twin.pt"), str(folder / "chars" / "twin.pt")])
+
+
 def test_an_embedding_folder_that_is_empty_or_a_model_is_said_so(sd1_dir, tmp_path):
     """`--embedding` of an empty folder warned that no embedding in it "is named in the prompts", as if it held
     some; a model folder given there drew without a word of it but that one."""

@@ -1067,8 +1067,7 @@ def checked_settings(config: GenerateConfig) -> Checked:
     seen: dict[str, str] = {}
     for emb, path in zip(embeddings, paths):  # a clash between two files, before the model loads
         if emb.token in seen:
-            raise TokenError(f"{path} and {seen[emb.token]} both define the token {emb.token!r}; rename one "
-                             f"with --token (one --token per --embedding, in order)")
+            raise TokenError(_clash(emb.token, path, seen[emb.token], config.embedding))
         seen[emb.token] = str(path)
         if emb.token.lower() not in said:  # a typo in the prompt would leave the embedding silently unused
             warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
@@ -1085,6 +1084,18 @@ def checked_settings(config: GenerateConfig) -> Checked:
     pictures = _InitPictures(refine.init_pictures(config.init_image))  # (a bad picture: said before the model loads)
     inpaint = mask_settings(config, pictures.sizes)  # (a bad mask too)
     return Checked(config, jobs, embeddings, paths, loras, pictures, inpaint, bundled, stand_ins)
+
+
+def _clash(token: str, path: str, other: str, given: list[str]) -> str:
+    """Why two embedding files cannot both be loaded under `token`, and the fix: --token renames a file given as
+    its own --embedding, but a file found in an embeddings folder takes its file's name and no --token (the same
+    name in two subfolders: the web UI keeps whichever it reads last, so which one it draws is not knowable)."""
+    if path in given and other in given:
+        return (f"{path} and {other} both define the token {token!r}; rename one with --token (one --token per "
+                f"--embedding, in order)")
+    return (f"{path} and {other} both define the token {token!r}: a file in an --embedding folder is called by its "
+            f"file's name, as in the web UI (which draws whichever of the two it reads last), and takes no --token; "
+            f"rename one of the files and write its new name in the prompt where it is meant")
 
 
 def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], paths: list[str],
