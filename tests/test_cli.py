@@ -13,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import web_ui_picture
 from textinv.cli import main
 from textinv.config import GenerateConfig, TrainConfig, build, read_config_file
 from textinv.errors import ConfigError
@@ -601,7 +602,7 @@ def test_inspect_shows_a_drawn_pictures_settings_as_the_web_uis_png_info_does(sd
     assert report["origin"] == "a1111" and report["ti_hashes"] == {"my-dog": "0123456789ab"}
     assert {k: report["settings"][k] for k in ("--prompt", "--negative-prompt", "--seed", "--sampler")} == {
         "--prompt": ["a photo of <my-dog>"], "--negative-prompt": "blurry", "--seed": 42, "--sampler": "euler_a"}
-    assert "--model" in report["needs"][0] and report["again"].endswith("web.png --model MODEL")
+    assert "--model" in report["needs"][0] and report["again"].endswith("web.png --model MODEL --embedding EMBEDDING")
     assert any("Model" in note for note in report["notes"])
     assert "TI hashes: my-dog: 0123456789ab" in report["text"]
     assert main(["inspect", str(tmp_path / "web.png"), "--model", str(sd1_dir)]) == 2  # (no vectors to compare)
@@ -773,6 +774,27 @@ def test_inspect_names_a_pictures_embeddings_as_words_not_a_python_list(tmp_path
     Image.new("RGB", (8, 8)).save(tmp_path / "drawn.png", pnginfo=info)
     assert main(["inspect", str(tmp_path / "drawn.png")]) == 0
     assert "needs: --embedding: the picture names a.pt, b.pt without saying where they are" in capsys.readouterr().out
+
+
+def test_inspect_asks_for_the_embeddings_and_loras_a_web_ui_picture_names(tmp_path, capsys):
+    """A web UI picture names its embeddings (TI hashes) and LoRAs (<lora:...> tags) by name alone: inspect's
+    command line gave --model only, and that --again refused for the LoRA and drew the embeddings' names as words.
+    An embedding bundled in a LoRA the prompt names comes with the LoRA; a picture without either needs neither."""
+    import json
+
+    picture = web_ui_picture(tmp_path / "web.png", (
+        "a photo of charturner <lora:detail:0.8> <lora:detail:0.5>\nNegative prompt: easyneg\nSteps: 20, Seed: 1, "
+        'Size: 512x512, Model: v1-5, TI hashes: "charturner: 0123456789ab, easyneg: 123456789abc, hero: detail"'))
+    assert main(["inspect", str(picture), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["again"].endswith("web.png --model MODEL --embedding EMBEDDING --lora-dir LORA_DIR")
+    assert ("--embedding: the picture was drawn with the embeddings charturner, easyneg (its TI hashes): give their "
+            "files or the web UI's embeddings folder") in report["needs"][1]
+    assert report["needs"][2] == ("--lora-dir: the prompt names <lora:detail>: give the folder of your LoRA files "
+                                  "(the web UI's models/Lora)")
+    plain = web_ui_picture(tmp_path / "plain.png", "a dog\nSteps: 20, Seed: 1, Size: 512x512, Model: v1-5")
+    assert main(["inspect", str(plain), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["again"].endswith("plain.png --model MODEL")
 
 
 @pytest.mark.parametrize("command", ["train", "generate"])

@@ -272,6 +272,7 @@ def inspect_picture(path) -> dict:
             where = "they are" if len(values) > 1 else "it is"
             needs[name] = (f"--{name.replace('_', '-')}: the picture names {', '.join(map(str, values))} without "
                            f"saying where {where}")
+    needs.update({name: why for name, why in _files_named(picture, prompts).items() if name not in needs})
     command = ["textinv", "generate", "--again", str(path)]
     for name in needs:
         command += ["--" + name.replace("_", "-"), name.upper()]
@@ -292,6 +293,28 @@ def inspect_picture(path) -> dict:
     lines.append(f"draw it again: {report['again']}")
     report["text"] = "\n".join(lines)
     return report
+
+
+def _files_named(picture, prompts: list[str]) -> dict[str, str]:
+    """The files a picture's text names by name alone, with why each must be given beside --again: the embeddings of
+    a web UI picture's TI hashes (but those bundled in a LoRA its prompt's tags name, which come with it; --again
+    warns that the prompt reads the others' names as words) and the LoRAs of its prompt's `<lora:...>` tags
+    (refused without --lora-dir). A picture whose record holds the files' places needs neither."""
+    from .emphasis import lora_tags
+    from .run_folder import _nfc
+
+    tagged = list(dict.fromkeys(tag.name for prompt in prompts for tag in lora_tags(prompt)[1]))
+    loras = {_nfc(name).lower() for name in tagged}
+    embeddings = [name for name, short in picture.ti_hashes.items() if _nfc(short).lower() not in loras]
+    needs = {}
+    if embeddings and not picture.settings.get("embedding"):
+        needs["embedding"] = (f"--embedding: the picture was drawn with the embeddings {', '.join(embeddings)} (its "
+                              f"TI hashes): give their files or the web UI's embeddings folder, or the prompt reads "
+                              f"their names as words")
+    if tagged and not picture.settings.get("lora_dir"):
+        needs["lora_dir"] = (f"--lora-dir: the prompt names {', '.join(f'<lora:{name}>' for name in tagged)}: give "
+                             f"the folder of your LoRA files (the web UI's models/Lora)")
+    return needs
 
 
 _ORIGINS = {"textinv": "textinv", "a1111": "the A1111 web UI", "comfyui": "ComfyUI"}
