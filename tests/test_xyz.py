@@ -244,6 +244,25 @@ def test_again_on_a_grid_draws_every_prompt_and_each_cells_drawn_variant(sd1_dir
     assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0000.png"), pixels(grid))
 
 
+def test_again_on_a_web_ui_grid_draws_its_plot_along_the_axes_its_text_names(sd1_dir, tmp_path):
+    """The web UI's grid text names the X/Y/Z plot's axes (`Script: X/Y/Z plot, X Type: CFG Scale, X Values: ...`),
+    which its PNG Info restores: --again left them out, among the fields "not applied", and drew the first cell
+    alone. A seed axis takes the seeds it drew (`Fixed X Values`); an axis textinv lacks is left out, with a note."""
+    from conftest import again_warned, web_ui_picture
+
+    grid = web_ui_picture(tmp_path / "grid.png", (
+        'a photo of a dog\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 16x16, Model: v1-5, Script: X/Y/Z '
+        'plot, X Type: CFG Scale, X Values: "3,7", Y Type: Seed, Y Values: "-1, 4", Fixed Y Values: "812, 4", '
+        'Z Type: Checkpoint name, Z Values: "v1-5.safetensors, dreamshaper.safetensors", Version: v1.10.1'))
+    config, warned = again_warned(grid, {"model": str(sd1_dir), "out": str(tmp_path / "a")})
+    assert (config.x, config.y, config.z) == ("guidance=3,7", "seed=812, 4", None)
+    assert ("its Z axis, Checkpoint name (v1-5.safetensors, dreamshaper.safetensors), is no axis textinv has" in warned
+            and "X Type" not in warned)
+    assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--steps", "1", "--out",
+                 str(tmp_path / "a")]) == 0
+    assert len(list((tmp_path / "a").glob("xyz_grid-*.png"))) == 1 and len(list((tmp_path / "a").glob("0*.png"))) == 4
+
+
 @pytest.mark.parametrize("metadata", ["full", "shareable"])
 def test_again_on_a_grid_drawn_from_an_init_image_folder_draws_every_picture_of_it(sd1_dir, tmp_path, metadata):
     """Each cell holds every picture of the folder; the first cell's record names the one it redrew."""

@@ -16,7 +16,8 @@ What a picture's text can hold, and how each is read:
   an upscaling network's enlargement is Lanczos's here; a Hires checkpoint must be given: --hires-model), its
   Refiner switch at (the Refiner must be given: --refiner); its TI hashes check the
   --embedding files given (`_check_ti_hashes`), its Lora hashes the LoRA files the prompt's tags find in --lora-dir
-  (`_check_lora_hashes`). An img2img picture is drawn from its picture when --init-image gives it, else from the
+  (`_check_lora_hashes`); a grid's X/Y/Z plot (Script, X Type, X Values, ...) is read as --x, --y and --z
+  (`_a1111_plot`). An img2img picture is drawn from its picture when --init-image gives it, else from the
   prompt alone; an inpainted one's Mask blur, Mask mode, Masked content, Inpaint area and Masked area padding apply
   when --mask gives its mask (`_a1111_mask`), else it is redrawn whole, with a warning. The rest (Model, Model hash,
   VAE, ...) cannot be applied and is named in a warning;
@@ -222,7 +223,9 @@ def _batch_kept(picture: Picture, settings: dict[str, Any], flags: dict[str, Any
         # an X/Y/Z plot's grid (`xyz`): its seeds are each cell's, all drawn and written, in batches of the size it
         # drew with
         settings["n"], keep = len(batch) or 1, None
-        settings["batch_size"] = picture.settings.get("batch_size", settings.get("batch_size"))
+        batch_size = picture.settings.get("batch_size", settings.get("batch_size"))
+        if batch_size is not None:  # (a web UI grid records none: the default's)
+            settings["batch_size"] = batch_size
     return keep
 
 
@@ -596,7 +599,8 @@ def _from_a1111(path: Path, text: str) -> Picture:
     without_init: list[str] = []
     without_mask: list[str] = []
     _a1111_passes(path, fields, settings, needs, notes, without_init, without_mask)
-    used = _a1111_eta(fields, settings) + _a1111_churn(fields, settings) + _a1111_discard(fields, settings)
+    used = (_a1111_eta(fields, settings) + _a1111_churn(fields, settings) + _a1111_discard(fields, settings)
+            + _a1111_plot(path, fields, settings, notes))
     unused = [k for k in fields if k not in _A1111_USED + _A1111_DRAWN_FROM + used]
     if unused:
         notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
@@ -607,6 +611,34 @@ def _from_a1111(path: Path, text: str) -> Picture:
                    without_mask=without_mask,
                    ti_hashes=parse_webui_hashes(fields.get("TI hashes", "")),
                    lora_hashes=parse_webui_hashes(fields.get("Lora hashes", "")))
+
+
+def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], notes: list[str]) -> tuple[str, ...]:
+    """The axes of the web UI's X/Y/Z plot (its grid's, and first cell's, `Script: X/Y/Z plot`, `X Type`, `X Values`,
+    ...) into `settings` as --x, --y and --z, so that --again draws the plot, as the web UI's PNG Info restores the
+    script; a seed axis with the seeds it drew (`Fixed X Values`: -1 drawn). An axis textinv has none of
+    (Checkpoint name, Styles, ...), or whose values are model files the web UI names its own way (Refiner
+    checkpoint), is left out with a note. Returns the fields read."""
+    from .xyz import _SPELLINGS, AXES, SCRIPT  # (here: xyz imports generate, as this module does)
+
+    if str(fields.get("Script", "")).strip() != SCRIPT:
+        return ()
+    for key in "XYZ":
+        kind, values = str(fields.get(f"{key} Type", "")).strip(), fields.get(f"{key} Values", "")
+        if not kind:
+            continue
+        name = _SPELLINGS.get(kind.lower())
+        if name is None or name == "refiner":
+            why = (f"names models as the web UI finds them: give the files beside --again, --{key.lower()} "
+                   f"'refiner=FILE,...'" if name else f"is no axis textinv has (its axes: {', '.join(AXES)})")
+            notes.append(f"{path} is the web UI's X/Y/Z plot; its {key} axis, {kind} ({values}), {why}: the plot "
+                         f"is drawn without it")
+            continue
+        if name == "seed":
+            values = fields.get(f"Fixed {key} Values") or values
+        settings[key.lower()] = f"{name}={values}"
+    return ("Script", *(f"{fixed}{key} {what}" for key in "XYZ" for fixed, what in
+                         (("", "Type"), ("", "Values"), ("Fixed ", "Values"))))
 
 
 def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: dict[str, Any],
