@@ -719,6 +719,20 @@ def test_truncated_and_empty_files(tmp_path):
         load_embedding(tmp_path / "notes.txt")
 
 
+@pytest.mark.parametrize("text, fix", [
+    ("<!DOCTYPE html>\n<html><body>Sign in to download</body></html>", "it is a web page, which a download got in "
+                                                                        "place of the file .*: download it again"),
+    ("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 3\n", "it is a Git LFS pointer, not the file: "
+                                                                            "run `git lfs pull`"),
+    ("garbage", "it may be damaged or cut short: get the file again")])
+def test_a_file_that_is_no_embedding_is_said_what_it_is_and_how_to_get_the_file(tmp_path, text, fix):
+    """A failed download saves a model site's sign-in page under the file's name, and a repository cloned without
+    Git LFS holds pointers: they were refused as "not an embedding file", without saying what they are or the fix."""
+    (tmp_path / "easyneg.pt").write_text(text)
+    with pytest.raises(FormatError, match=f"easyneg.pt: not an embedding file: .*; {fix}"):
+        load_embedding(tmp_path / "easyneg.pt")
+
+
 def test_png_without_chunk(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
     with pytest.raises(FormatError, match="photo.png.*no 'sd-ti-embedding'"):

@@ -793,7 +793,21 @@ def _read(path: Path, bundle: str | None = None) -> _Read:
         _check_size(path, None)  # (a pickle's names are only known once the whole file is loaded)
         return _interpret(path, _read_pickle(path), {}, "diffusers-bin")
     raise FormatError(f"{path}: not an embedding file: it is neither safetensors, a torch .pt/.bin, nor a PNG/WebP "
-                      "with an embedding chunk")
+                      f"with an embedding chunk; {_what_instead(path)}")
+
+
+def _what_instead(path: Path) -> str:
+    """What a file that is no embedding most often is, from its first bytes, and the fix: a web page a download
+    got in place of the file (a model site's sign-in or error page, saved under the file's name), a Git LFS pointer
+    (a repository cloned without Git LFS), else a damaged file."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return ("it is a web page, which a download got in place of the file (a sign-in or error page): download it "
+                "again, in the browser where the site asks you to sign in")
+    if head.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer, not the file: run `git lfs pull` in its repository, or download the file"
+    return "it may be damaged or cut short: get the file again"
 
 
 def _read_safetensors(path: Path, header_len: int, bundle: str | None = None) -> tuple[dict, dict, str | None]:
