@@ -603,8 +603,10 @@ def _from_a1111(path: Path, text: str) -> Picture:
             + _a1111_plot(path, fields, settings, notes))
     unused = [k for k in fields if k not in _A1111_USED + _A1111_DRAWN_FROM + used]
     if unused:
-        notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} (--model, --embedding and "
-                      f"--lora-dir give models, embeddings and LoRAs; face restoration, a seed resized "
+        named = f" ({fields['VAE']})" if fields.get("VAE") else ""  # (the web UI's file name of its VAE)
+        vae = f"--vae gives its VAE{named}; " if {"VAE", "VAE hash"} & set(unused) else ""
+        notes.append(f"{path}: not applied from its A1111 parameters: {', '.join(unused)} ({vae}--model, --embedding "
+                      f"and --lora-dir give models, embeddings and LoRAs; face restoration, a seed resized "
                       f"and the like textinv does not do); its samplers and noise are diffusers', so expect a "
                       f"picture close to the web UI's, not the same pixels")
     return Picture(path, "a1111", _typed(path, settings), needs=needs, notes=notes, without_init=without_init,
