@@ -522,6 +522,23 @@ def test_precision_no_the_diffusers_scripts_and_accelerates_word_for_fp32_is_ans
         in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("word, layout", [("safetensors", "give kohya"), ("pt", "give a1111"),
+                                          ("ckpt", "give a1111"), (".bin", "give diffusers")])
+def test_a_file_suffix_given_to_format_is_answered_with_the_layout_that_writes_it(word, layout, capsys, tmp_path):
+    """kohya's `--save_model_as safetensors` typed as `--format safetensors` (as the answer to --save_model_as says
+    to) got only "invalid choice": --format names a layout, the suffix follows from it (a config file too)."""
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--format", word])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert f"--format: {word!r} is a file's suffix (kohya's --save_model_as); --format names the layout" in err[0]
+    assert layout in err[0]
+    config = tmp_path / "run.yaml"
+    config.write_text(f"format: {word}\nout: {tmp_path / 'out'}\nimages: {tmp_path}\ntoken: <t>\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert layout in capsys.readouterr().err
+
+
 def test_an_accelerate_config_given_to_config_is_named_as_one(tmp_path, capsys):
     """The file `accelerate config` writes (the diffusers script's launch settings) given to --config was refused
     for its mixed_precision key alone, as if it were a textinv config with one wrong name."""

@@ -76,6 +76,24 @@ def precision_refused(value) -> str | None:
         return "is the diffusers script's and accelerate's word for full precision: give fp32"
     return None
 SAVE_FORMATS = ("diffusers", "a1111", "kohya", "sdxl")
+# kohya's --save_model_as takes a suffix (safetensors, pt, ckpt) where --format takes a layout: the one that writes it
+_SUFFIX_LAYOUTS = {
+    "safetensors": "kohya (NAME.safetensors, {\"emb_params\": ...} as kohya's script writes it; SDXL: sdxl's "
+                   "clip_l and clip_g), or diffusers, the default (learned_embeds.safetensors)",
+    "pt": "a1111 (NAME.pt, the web UI's layout: it loads wherever kohya's .pt does)",
+    "ckpt": "a1111 (NAME.pt, the web UI's layout: it loads wherever kohya's .ckpt does)",
+    "bin": "diffusers (learned_embeds.safetensors; `textinv convert` writes the diffusers script's pickled "
+           "learned_embeds.bin from it)",
+}
+
+
+def format_refused(value) -> str | None:
+    """--format's answer to a file's suffix given for its layout (kohya's `--save_model_as safetensors`)."""
+    layout = _SUFFIX_LAYOUTS.get(str(value).strip().lower().lstrip("."))
+    if layout:
+        return (f"is a file's suffix (kohya's --save_model_as); --format names the layout, and the suffix follows: "
+                f"give {layout}")
+    return None
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 COMPILE = ("off", "blocks", "unet")
 LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")  # kohya's --loss_type
@@ -543,7 +561,8 @@ class TrainConfig:
     log_dir: str = opt(None, "the trackers' folder (with --log-with): TensorBoard writes to DIR/NAME, NAME being "
                              "--out's folder name; default: OUT/logs", path="file")
     format: str = opt(None, "file format of the embedding; default: diffusers (SD 1.x/2.x), sdxl (SDXL: one "
-                      "clip_l+clip_g file; 'diffusers' writes the diffusers SDXL script's two files)", choices=SAVE_FORMATS)
+                      "clip_l+clip_g file; 'diffusers' writes the diffusers SDXL script's two files)", choices=SAVE_FORMATS,
+                      refused=format_refused)
     prediction_type: str = opt(None, "override the model's prediction type", choices=("epsilon", "v_prediction"))
     single_file_config: str = opt(None, "for a single-file model offline: a local diffusers folder of the same family",
                                   path="source")
