@@ -1101,7 +1101,10 @@ def test_the_table_of_other_tools_names_names_only_flags_textinv_has():
 # textual_inversion_sdxl.py (with --only_save_embeds of its older versions), kohya's train_textual_inversion.py and
 # sdxl_train_textual_inversion.py with the library/ argument functions they call, kohya's gen_img.py and
 # finetune/make_captions.py, and the diffusers pipelines' from_pretrained / __call__ arguments that foreign.NAMES
-# covers.
+# covers; and the flags kohya's train_util added for its resume (initial_epoch, initial_step,
+# skip_until_initial_step), its other scripts' weighted_captions (kohya's own habit, which "did you mean
+# --weight-decay?" answered wrongly) and sdxl_train_util's text-encoder caching, which older versions give its SDXL
+# textual inversion script.
 _DIFFUSERS_TRAIN = """
 save_steps save_as_full_pipeline only_save_embeds num_vectors pretrained_model_name_or_path revision variant
 tokenizer_name train_data_dir placeholder_token initializer_token learnable_property repeats output_dir seed resolution
@@ -1143,6 +1146,8 @@ fused_backward_pass lr_scheduler_timescale lr_scheduler_min_lr_ratio
 dataset_config
 min_snr_gamma scale_v_pred_loss_like_noise_pred v_pred_like_loss debiased_estimation_loss
 disable_mmap_load_safetensors
+initial_epoch initial_step skip_until_initial_step weighted_captions cache_text_encoder_outputs
+cache_text_encoder_outputs_to_disk
 """.split()
 _WEB_UI_TRAIN = """
 embedding_name learn_rate batch_size gradient_step data_root log_directory training_width training_height varsize steps
@@ -1206,6 +1211,16 @@ def test_every_flag_of_the_other_tools_is_textinvs_own_or_answered(command, flag
             _parse(parser, [command, "--" + name])
         err = capsys.readouterr().err
         assert f"unrecognized arguments: --{name} (see" in err and "did you mean" not in err, (command, name, err)
+
+
+def test_kohyas_initial_step_is_answered_as_kohyas_resume_not_only_as_the_web_uis_record():
+    """--initial_step was answered as the web UI's record of a resumed run's step; in kohya's scripts it sets the
+    step a run goes on from (with --resume and --skip_until_initial_step), which textinv's --resume does itself."""
+    from textinv.foreign import foreign_hint
+
+    for name in ("--initial_step", "--initial_epoch", "--skip_until_initial_step"):
+        said = foreign_hint(name, "train")
+        assert "kohya's" in said and "textinv train --out DIR --resume goes on from" in said, said
 
 
 def test_a_runs_written_config_reruns_it_bit_for_bit_from_another_directory(sd1_dir, images, tmp_path, monkeypatch):

@@ -38,6 +38,8 @@ _SCHEDULES = ("textinv has the schedules of --lr-schedule (linear and cosine dec
 _PUSH = "textinv publishes with a command of its own, once the run is done: textinv push OUT --repo OWNER/NAME"
 _KEEP = ("textinv saves by steps (--save-every N) and keeps the last --keep-checkpoints checkpoints (2 unless told); "
          "with --step-embeddings every saved step's embedding stays")
+_RESUMED_COUNT = ("not needed: textinv train --out DIR --resume goes on from DIR's last checkpoint at its own step, "
+                  "with the pictures' order and the learning-rate schedule where they were")
 _DDP = ("textinv runs data-parallel through accelerate launch with its defaults: no DeepSpeed, no DDP settings (a few "
         "vectors need no sharding)")
 _NO_TEXT_TO_IMAGE = ("textinv draws from text, redraws a picture (--init-image) or the part of it a mask marks "
@@ -230,6 +232,13 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
      _K, "train", None, _KEEP),
     ("save_state_on_train_end", _K, "train", None, "not needed: the last checkpoint holds the optimizer's state; "
                                                    "textinv train --out DIR --resume continues"),
+    ("initial_epoch skip_until_initial_step", _K, "train", None, _RESUMED_COUNT),
+    ("weighted_captions", _K, "train", None, "textinv trains on a caption's text as it is written: (word:1.3) is no "
+                                             "weight there (kohya's textual inversion scripts do not take this "
+                                             "flag either); `textinv generate` weighs a prompt's (word:1.3)"),
+    ("cache_text_encoder_outputs cache_text_encoder_outputs_to_disk", _K, "train", None,
+     "not possible in textual inversion: the learned vectors go through the text encoders at every step, so their "
+     "outputs change as they learn"),
     ("max_token_length", _K, "train", "--max-token-length", "150 or 225, read in 75-token chunks laid end to end "
                                                             "as kohya lays them; left out, theirs reads 75, as "
                                                             "textinv's default"),
@@ -371,8 +380,8 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("model_hash num_of_dataset_images datetime", _W, "train", None,
      "a record of the run, not a setting: textinv records every setting of a run (the model among them) in "
      "config.yaml in --out"),
-    ("initial_step", _W, "train", None, "the step a run went on from, a record: textinv train --out DIR --resume "
-                                        "continues from DIR's last checkpoint"),
+    ("initial_step", "the web UI's and kohya's", "train", None,
+     _RESUMED_COUNT + " (the web UI's is the step a run went on from, a record; kohya's sets it)"),
     # generate: diffusers' pipeline arguments and kohya's gen_img
     ("pretrained_model_name_or_path", _DK, "generate", "--model", ""),
     ("ckpt", _G, "generate", "--model", ""),
