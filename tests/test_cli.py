@@ -936,6 +936,27 @@ def test_a_value_after_a_switch_is_said_to_be_one(capsys):
     assert "run/state-000500 (a value after --resume, which takes none)" in capsys.readouterr().err
 
 
+def test_a_path_after_resume_is_answered_with_the_command_that_resumes(tmp_path, capsys):
+    """kohya's `--resume STATE` and a checkpoint of a textinv run given to --resume were answered only "a value
+    after --resume, which takes none", leaving the user to find that the run's folder goes to --out; a path inside
+    a run names that run's folder, any other path the form of the command."""
+    run = tmp_path / "my-dog"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("token: <t>\n")
+    for given in (run, run / "checkpoints" / "step-000500.pt", run / "checkpoints"):
+        with pytest.raises(SystemExit):
+            main(["train", "--resume", str(given)])
+        err = capsys.readouterr().err
+        assert f"--resume takes no path: it goes on with the run in --out from its last checkpoint; " \
+               f"textinv train --out {run} --resume" in err, err
+    with pytest.raises(SystemExit):
+        main(["train", "--out", "run", "--resume", "latest"])
+    err = capsys.readouterr().err
+    assert "latest (a value after --resume, which takes none)" in err
+    assert "--resume takes no path: it goes on with the run in --out from its last checkpoint; " \
+           "textinv train --out DIR --resume" in err
+
+
 def test_an_underscore_spelling_of_a_flag_is_answered_with_its_own(capsys):
     """Every flag of train and generate, spelt with underscores (as the diffusers and kohya scripts spell theirs),
     is answered with its own name: by the nearest name, or where another tool's flag of that spelling means

@@ -612,8 +612,19 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
             else:
                 after = [given[i - 1] for i in range(1, len(given)) if given[i] == word and given[i - 1] in switches]
                 said.append(f"{word} (a value after {after[0]}, which takes none)" if after else word)
+                if after and after[0] == "--resume":
+                    notes.append(f"  {_resume_note(word)}")
         command.error("\n".join([f"unrecognized arguments: {' '.join(said)}", *notes]))
     return args
+
+
+def _resume_note(given: str) -> str:
+    """What a path after --resume (kohya's `--resume STATE`, a checkpoint of a run) should have been: the run's
+    folder as --out, named where the path is in one (its config.yaml there or a level up: `checkpoints/`)."""
+    path = Path(given)
+    run = next((folder for folder in (path, *list(path.parents)[:2]) if (folder / "config.yaml").is_file()), None)
+    return (f"--resume takes no path: it goes on with the run in --out from its last checkpoint; "
+            f"textinv train --out {run if run is not None else 'DIR'} --resume")
 
 
 # a disk full (or over quota) or read-only: said in one line, as a bad setting is
