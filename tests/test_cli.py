@@ -976,9 +976,10 @@ def test_a_config_key_of_another_tool_is_answered_with_textinvs_setting(tmp_path
     cfg.write_text("learning_rate: 1e-4\nplaceholder_token: <x>\nsteps: 10\n")
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert f"unknown settings in {cfg}: 'learning_rate': that is the diffusers and kohya scripts' name; textinv " \
-           "calls it 'lr'" in err
-    assert "'placeholder_token': that is the diffusers script's name; textinv calls it 'token'" in err
+    # one a line, as the command line's are: a kohya GUI config's dozens were one line of thousands of characters
+    assert f"unknown settings in {cfg}:\n  'learning_rate': that is the diffusers and kohya scripts' name; " \
+           "textinv calls it 'lr'" in err
+    assert "\n  'placeholder_token': that is the diffusers script's name; textinv calls it 'token'" in err
     with pytest.raises(ConfigError, match=r"'num_inference_steps': .* textinv calls it 'steps'"):
         build(GenerateConfig, {"num_inference_steps": 20})
 

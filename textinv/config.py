@@ -1725,18 +1725,20 @@ def check_known(cls, settings: dict[str, Any], where: str = "") -> None:
         raise ConfigError(f"{where.removeprefix(' in ')}: {' and '.join(f'[{key}]' for key in tables)} "
                           f"{'are tables' if len(tables) > 1 else 'is a table'}, as kohya's --config_file groups "
                           f"its settings; textinv reads settings at the top level: write them without the table "
-                          f"headers" + "".join(f"; {hint}" for hint in inner))
+                          f"headers" + "".join(f"\n  {hint}" for hint in inner))
     other = _command_of(settings) if unknown and where else None
     if other:  # a whole file meant for another command: its first key's nearest name here would mislead
         keys = ", ".join(map(repr, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
         raise ConfigError(f"unknown settings {keys}{where}: the file holds settings of {other}, so it is most "
                           f"likely a config of that command; give it to that command's --config")
-    # other tools' names (a config of the diffusers script's): all at once, and not the nearest by spelling, which
-    # would most often be the wrong setting
+    # other tools' names (a config of the diffusers script's): all at once, one a line as the command line's (a
+    # kohya GUI config holds dozens), and not the nearest by spelling, which would most often be the wrong setting
     others = [f"{key!r}: {hint}" for key in unknown
               if (hint := foreign_hint(str(key), _COMMANDS.get(cls.__name__, ""), as_key=True))]
+    if len(others) == 1:
+        raise ConfigError(f"unknown setting{where}: {others[0]}")
     if others:
-        raise ConfigError(f"unknown setting{'s' if len(others) > 1 else ''}{where}: " + "; ".join(others))
+        raise ConfigError(f"unknown settings{where}:" + "".join(f"\n  {other}" for other in others))
     for key in unknown:
         near = difflib.get_close_matches(str(key), names, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
