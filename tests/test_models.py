@@ -1000,3 +1000,13 @@ def test_a_ctrl_c_dropped_in_a_block_within_a_block_stops_at_the_inner_blocks_en
             went_on.append(True)
     assert not went_on
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_fp16_on_the_cpu_is_said_once_in_textinvs_words_not_three_times_as_failing(sd1_dir, capfd):
+    """`--precision fp16` on the CPU (the diffusers script's `--mixed_precision fp16`, typed out of habit) printed
+    diffusers' "Pipelines loaded with dtype=torch.float16 cannot run with cpu device ... running them will fail"
+    three times, then trained: it runs, only slowly, which one warning says."""
+    with pytest.warns(UserWarning, match=r"fp16 on the CPU runs, but slowly.*give --precision fp32") as said:
+        load_model(sd1_dir, dtype=torch.float16, device="cpu")
+    assert len([w for w in said if "fp16 on the CPU" in str(w.message)]) == 1
+    assert "will fail" not in capfd.readouterr().err

@@ -929,7 +929,9 @@ def load_model(
     for module in [pipe.unet, pipe.vae] + [te for _, _, te in model.encoders]:
         module.requires_grad_(False)
         module.eval()
-    pipe.to(device)
+    with _quiet_diffusers():  # (fp16 on the CPU: "cannot run ... will fail", once per module; it runs, `_warn_slow`)
+        pipe.to(device)
+    _warn_slow(dtype, device)
     # 5. the prediction type its scheduler follows, then what it was loaded with and what it records of itself
     model.prediction_type = _set_prediction_type(pipe, location, prediction_type, found)
     model.loaded_with = {k: str(v) for k, v in (("vae", vae), ("single_file_config", found.single_file_config),
@@ -1184,6 +1186,16 @@ def _single_file_config_repo(keys) -> str:
 def offline_note() -> str:
     """' (HF_HUB_OFFLINE is set)' when it is, for an error that says the hub could not be reached; else ''."""
     return " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+
+
+def _warn_slow(dtype: torch.dtype, device) -> None:
+    """Say that fp16 on the CPU (the diffusers script's `--mixed_precision fp16`, typed out of habit) is slow:
+    PyTorch runs it, without the CPU kernels fp32 and bf16 have (10 steps of the shapes model on one thread: 8 s,
+    2 s in fp32 or bf16; README: about 6 times slower)."""
+    if torch.device(device).type == "cpu" and dtype == torch.float16:
+        warn("fp16 on the CPU runs, but slowly: PyTorch has few half-precision CPU kernels (its steps take several "
+             "times as long as fp32's); give --precision fp32 (auto's choice on the CPU, exact) or bf16",
+             stacklevel=3)
 
 
 @contextlib.contextmanager
