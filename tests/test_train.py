@@ -1,5 +1,7 @@
 """Training invariants on tiny random SD 1.x / 2.x models: what changes, what must not, resume, and failures."""
 
+import warnings
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -2725,3 +2727,16 @@ def test_the_reference_like_mode_at_a_width_by_height_learns_what_the_cached_mod
     scale = fresh_model(sd1_dir).pipeline.vae_scale_factor
     assert set(shapes) == {(16 // scale, 24 // scale)} and len(shapes) == 8
     assert torch.allclose(ours.embedding.vectors["text_encoder"], ref.embedding.vectors["text_encoder"], atol=1e-5)
+
+
+def test_a_resolution_far_from_the_models_own_size_is_warned_of(sd1_dir, images, tmp_path):
+    """The diffusers script's --resolution 512, typed out of habit on the bundled 64 px model, trained at 512 without
+    a word: 64 times the work a step, at a size the model never saw. Within half to twice its size (SDXL at 512, SD
+    1.5 at 1024) nothing is said. (The tiny model is made for 16 px.)"""
+    with pytest.warns(UserWarning, match=r"--resolution 48x40 is far from the 16x16 pictures .* was made for.* "
+                                         r"each step costs 7.5 times as much.* leave --resolution out"):
+        train(config(images, tmp_path / "far", steps=1, resolution="48x40"), model=fresh_model(sd1_dir),
+              progress=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*--resolution")
+        train(config(images, tmp_path / "near", steps=1, resolution=32), model=fresh_model(sd1_dir), progress=False)

@@ -217,6 +217,20 @@ class Model:
         """The image size the UNet was built for (latent size times the VAE's downscale)."""
         return int(self.unet.config.sample_size) * int(self.pipeline.vae_scale_factor)
 
+    def size_note(self, size: int | tuple[int, int]) -> str | None:
+        """A warning where a training `size` (a side, or width x height) is over twice or under half the size the
+        model was made for (`resolution`): the diffusers script's --resolution 512 typed out of habit on the bundled
+        64 px model. SDXL at 512 and SD 1.5 at 1024 are within it; nothing is said of them."""
+        width, height = size if isinstance(size, tuple) else (size, size)
+        own = self.resolution
+        if all(own / 2 <= side <= 2 * own for side in (width, height)):
+            return None
+        shown = f"{width}x{height}" if width != height else str(width)
+        return (f"--resolution {shown} is far from the {own}x{own} pictures {self.source} was made for: it draws "
+                f"poorly at a size it never saw, so what the vectors learn there does not carry over to its own, and "
+                f"each step costs {width * height / own ** 2:.3g} times as much; leave --resolution out to train at "
+                f"{own}")
+
     def check_trainable(self) -> None:
         """Refuse what textinv's DDPM training objective does not fit: a model sampled on an EDM schedule or with
         normalised latents (Playground v2.5 loads as an SDXL pipeline but is both). It would train without error

@@ -854,6 +854,8 @@ def _read_concepts(run: _Run) -> None:
     config, model, device, where, specs = run.config, run.model, run.device, run.where, run.specs
     size = training_size(config.resolution)
     resolution = run.resolution = tuple(size) if isinstance(size, list) else size or model.resolution
+    if (far := model.size_note(resolution)) is not None:
+        warn(far)
     where.stage, where.resolution = "latents", resolution
     tokenizers = [tok for _, tok, _ in model.encoders]
     concepts = run.concepts
