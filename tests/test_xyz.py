@@ -94,6 +94,19 @@ def _config(tmp_path, **settings):
                                                                 r"dpm\+\+2m takes no eta"),
     ({"x": "sampler=dpm++3m_sde,dpm++sde,euler_a", "sigma_noise": 0.5}, r"^--x sampler=euler_a: --sigma-noise 0.5: "
                                                                         r"--sampler euler_a takes no sigma noise"),
+    # (the web UI's axes textinv lacks: said so, with the way to get the same)
+    ({"x": "Checkpoint name=a.safetensors,b.safetensors"}, r"^--x 'Checkpoint name=a.safetensors,b.safetensors': the "
+                                                           r"web UI's Checkpoint name axis is no axis textinv has: "
+                                                           r"textinv draws one --model a run: run generate once per"),
+    ({"y": "Styles=cinematic"}, r"Styles axis is no axis textinv has: .*write the style's text into --prompt"),
+    ({"x": "face restore=CodeFormer"}, r"Face restore axis is no axis textinv has: face restoration .* not in textinv"),
+    ({"x": "schedule=Karras", "sampler": "euler_a"}, r"^--x schedule=Karras: the sampler euler_a is not drawn on "),
+    ({"x": "schedule=Karras"}, r"^--x schedule=Karras: the sampler default is the model's own scheduler"),
+    ({"x": "Schedule type=Automatic,Polyexponential", "sampler": "euler"}, r"'Polyexponential' is no schedule type"),
+    ({"x": "hires-upscaler=Latent,R-ESRGAN 4x+", "hires_scale": 1.5}, r"'R-ESRGAN 4x\+' is the web UI's upscaling "),
+    ({"x": "discard-penultimate-sigma=maybe"}, r"'maybe' is neither True nor False"),
+    ({"x": "var-seed=1,2"}, r"^--x var-seed=1: --variation-seed needs --variation-strength"),
+    ({"x": "Eta=0.5,1"}, r"^--x eta=0.5: --eta 0.5: --sampler default takes no eta"),
 ])
 def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, settings, said):
     with pytest.raises(ConfigError, match=said):
@@ -119,6 +132,59 @@ def test_values_that_need_each_other_are_checked_together(tmp_path, no_model):
     fix's, and each cell is checked with both."""
     cells = xyz.plan(_config(tmp_path, x="denoise=0.3,0.6", y="hires-scale=1.5,2")).cells
     assert [(c.denoise, c.hires_scale) for c in cells] == [(0.3, 1.5), (0.6, 1.5), (0.3, 2.0), (0.6, 2.0)]
+
+
+@pytest.mark.parametrize("given, settings, field, values, labels", [
+    ("Var. seed=3-5", {"variation_strength": 0.5}, "variation_seed", [3, 4, 5], "Var. seed: 3"),
+    ("var-strength=0.1-0.3 [3]", {"variation_seed": 7}, "variation_strength", [0.1, 0.2, 0.3], "Var. strength: 0.1"),
+    ("Eta=0.5,1", {"sampler": "euler_a"}, "eta", [0.5, 1.0], "Eta: 0.5"),
+    ("ensd=0,31337", {}, "ensd", [0, 31337], "Eta noise seed delta: 31337"),
+    ("Sigma Churn=0,1", {"sampler": "euler"}, "sigma_churn", [0.0, 1.0], "Sigma Churn: 1.0"),
+    ("Sigma min=0,0.5", {"sampler": "euler", "sigma_churn": 1.0}, "sigma_tmin", [0.0, 0.5], "Sigma min: 0.5"),
+    ("sigma-tmax=5,10", {"sampler": "euler", "sigma_churn": 1.0}, "sigma_tmax", [5.0, 10.0], "Sigma max: 5.0"),
+    ("Sigma noise=1,1.003", {"sampler": "heun", "sigma_churn": 1.0}, "sigma_noise", [1.0, 1.003], "Sigma noise: 1.003"),
+    ("Schedule type=Automatic,Uniform,Karras,exponential", {"sampler": "dpm++2m"}, "sampler",
+     ["dpm++2m_karras", "dpm++2m", "dpm++2m_karras", "dpm++2m_exponential"], "Schedule type: Karras"),
+    ("Always discard next-to-last sigma=False,True", {"sampler": "euler"}, "discard_penultimate_sigma",
+     [False, True], "Always discard next-to-last sigma: True"),
+    ("Hires sampler=Euler,DPM++ 2M Karras", {"hires_scale": 1.5}, "hires_sampler", ["euler", "dpm++2m_karras"],
+     "Hires sampler: dpm++2m_karras"),
+    ("Hires upscaler=Latent (bicubic),lanczos", {"hires_scale": 1.5}, "hires_upscaler", ["latent-bicubic", "lanczos"],
+     "Hires upscaler: Latent (bicubic)"),
+])
+def test_the_web_uis_other_axes_each_set_their_setting_in_each_cell(tmp_path, no_model, given, settings, field,
+                                                                   values, labels):
+    """Each axis of the web UI's that textinv has a setting for, by its web UI label (so --again of a web UI grid
+    reads it) or textinv's name, sets that setting in its cells, its values read as the web UI reads them, and its
+    legend labelled as the web UI labels it."""
+    ready = xyz.plan(_config(tmp_path, x=given, **settings).validate())
+    assert [getattr(c, field) for c in ready.cells] == values
+    assert labels in ready.axes[0].labels
+
+
+def test_a_schedule_type_puts_each_cells_sampler_on_it_whichever_axis_gives_the_sampler(tmp_path, no_model):
+    """The web UI's Schedule type is its sampler's schedule, a setting of its own: textinv's sampler name carries
+    it, so the schedule is applied to each cell's sampler after a sampler axis sets it, on whichever axis."""
+    ready = xyz.plan(_config(tmp_path, x="schedule=Uniform,Karras", y="sampler=euler,dpm++2m_exponential").validate())
+    assert [c.sampler for c in ready.cells] == ["euler", "euler_karras", "dpm++2m", "dpm++2m_karras"]
+
+
+def test_a_schedule_type_z_axis_over_a_sampler_axis_writes_its_sub_grids(sd1_dir, tmp_path):
+    """A --z value's grid alone keeps the command's settings with the value's (for its --again): a schedule type
+    is the cells' sampler's, which the sampler axis gives, so it is their records', not the command's to change."""
+    paths = generate(_config(tmp_path, model=str(sd1_dir), steps=1, x="sampler=euler,dpm++2m",
+                             z="schedule=Uniform,Karras", xyz_sub_grids=True), model=fresh_model(sd1_dir), progress=False)
+    assert [p.name for p in paths[:3]] == ["xyz_grid-0000.png", "xyz_grid-0001.png", "xyz_grid-0002.png"]
+    assert [Image.open(p).text["sampler"] for p in paths[3:]] == ["euler", "dpm++2m", "euler_karras", "dpm++2m_karras"]
+
+
+def test_a_var_strength_axis_draws_one_variation_seed_for_the_plot_and_none_at_strength_0(tmp_path, no_model):
+    """As the web UI's: a variation seed left out (-1) is drawn once for the plot, so every cell varies toward the
+    same noise; at strength 0 a cell is drawn without variation (and a var-seed axis's seed is left out there)."""
+    cells = xyz.plan(_config(tmp_path, x="var-strength=0,0.3,0.6").validate()).cells
+    assert cells[0].variation_seed is None and cells[1].variation_seed == cells[2].variation_seed is not None
+    cells = xyz.plan(_config(tmp_path, x="var-strength=0,0.5", y="var-seed=4,5").validate()).cells
+    assert [(c.variation_seed, c.variation_strength) for c in cells] == [(None, 0), (4, 0.5), (None, 0), (5, 0.5)]
 
 
 def test_embedding_axis_files_that_are_no_embedding_or_hold_other_tokens_are_refused(tmp_path, no_model):
@@ -261,6 +327,52 @@ def test_again_on_a_web_ui_grid_draws_its_plot_along_the_axes_its_text_names(sd1
     assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--steps", "1", "--out",
                  str(tmp_path / "a")]) == 0
     assert len(list((tmp_path / "a").glob("xyz_grid-*.png"))) == 1 and len(list((tmp_path / "a").glob("0*.png"))) == 4
+
+
+def test_again_on_a_web_ui_grid_reads_its_sampling_axes_and_says_how_to_get_one_textinv_lacks(tmp_path):
+    """The web UI's axes textinv has a setting for are read by their labels (a Var. seed axis with the seeds it
+    drew); one it lacks is left out with the way to get the same with textinv."""
+    from conftest import again_warned, web_ui_picture
+
+    grid = web_ui_picture(tmp_path / "grid.png", (
+        'a photo of a dog\nSteps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 16x16, '
+        'Variation seed: 3, Variation seed strength: 0.5, Script: X/Y/Z plot, X Type: Schedule type, X Values: '
+        '"Automatic, Exponential", Y Type: Var. seed, Y Values: "-1, 4", Fixed Y Values: "812, 4", Z Type: Styles, '
+        'Z Values: "cinematic, anime", Version: v1.10.1'))
+    config, warned = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a")})
+    assert (config.x, config.y, config.z) == ("schedule=Automatic, Exponential", "var-seed=812, 4", None)
+    assert "its Z axis, Styles (cinematic, anime), is no axis textinv has (textinv has no saved styles: write" in warned
+    ready = xyz.plan(config.validate())
+    assert [(c.sampler, c.variation_seed) for c in ready.cells] == [
+        ("dpm++2m_karras", 812), ("dpm++2m_exponential", 812), ("dpm++2m_karras", 4), ("dpm++2m_exponential", 4)]
+
+
+def test_a_var_seed_axis_draws_each_cell_as_generate_draws_that_variation_and_again_draws_it_again(sd1_dir,
+                                                                                                  tmp_path):
+    """End to end on the tiny model: each cell of a Var. seed axis is the plain generate of --variation-seed at that
+    seed, bit for bit, the cells differ, and the grid's text names the axis as the web UI's, with the seeds drawn."""
+    model = fresh_model(sd1_dir)
+    grid, *cells = generate(_config(tmp_path, model=str(sd1_dir), seed=4, x="Var. seed=3,9", variation_strength=0.5),
+                            model=model, progress=False)
+    for seed, cell in zip((3, 9), cells):
+        plain = generate(_config(tmp_path, model=str(sd1_dir), out=str(tmp_path / f"plain{seed}"), seed=4,
+                                 variation_seed=seed, variation_strength=0.5), model=model, progress=False)[0]
+        assert np.array_equal(pixels(cell), pixels(plain))
+    assert not np.array_equal(pixels(cells[0]), pixels(cells[1]))
+    assert 'X Type: Var. seed, X Values: "3,9", Fixed X Values: "3, 9"' in Image.open(grid).text["parameters"]
+    assert json.loads(Image.open(grid).text["xyz_plot"])["x"]["labels"] == ["Var. seed: 3", "Var. seed: 9"]
+    assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--out", str(tmp_path / "a")]) == 0
+    assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0000.png"), pixels(grid))
+
+
+def test_again_on_a_var_strength_grid_draws_it_toward_the_variation_seed_drawn_for_it(sd1_dir, tmp_path):
+    """A variation seed left out is drawn once for the plot; its first cell, at strength 0, records none, so the
+    grid's record keeps the one drawn, and --again draws the same grid."""
+    grid, *cells = generate(_config(tmp_path, model=str(sd1_dir), x="var-strength=0,0.5"), model=fresh_model(sd1_dir),
+                            progress=False)
+    assert "variation_seed" in Image.open(cells[1]).text[RECORD_KEY]
+    assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--out", str(tmp_path / "a")]) == 0
+    assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0000.png"), pixels(grid))
 
 
 @pytest.mark.parametrize("metadata", ["full", "shareable"])

@@ -618,10 +618,11 @@ def _from_a1111(path: Path, text: str) -> Picture:
 def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], notes: list[str]) -> tuple[str, ...]:
     """The axes of the web UI's X/Y/Z plot (its grid's, and first cell's, `Script: X/Y/Z plot`, `X Type`, `X Values`,
     ...) into `settings` as --x, --y and --z, so that --again draws the plot, as the web UI's PNG Info restores the
-    script; a seed axis with the seeds it drew (`Fixed X Values`: -1 drawn). An axis textinv has none of
-    (Checkpoint name, Styles, ...), or whose values are model files the web UI names its own way (Refiner
-    checkpoint), is left out with a note. Returns the fields read."""
-    from .xyz import _SPELLINGS, AXES, SCRIPT  # (here: xyz imports generate, as this module does)
+    script; a seed or Var. seed axis with the seeds it drew (`Fixed X Values`: -1 drawn). An axis textinv has none
+    of (Checkpoint name, Styles, ...: the note says how to get the same with textinv, `xyz.WEBUI_ONLY`), or whose
+    values are model files the web UI names its own way (Refiner checkpoint), is left out with a note. Returns the
+    fields read."""
+    from .xyz import _SEED_AXES, _SPELLINGS, AXES, SCRIPT, WEBUI_ONLY  # (here: xyz imports generate, as this does)
 
     if str(fields.get("Script", "")).strip() != SCRIPT:
         return ()
@@ -631,12 +632,14 @@ def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], no
             continue
         name = _SPELLINGS.get(kind.lower())
         if name is None or name == "refiner":
+            known = WEBUI_ONLY.get(kind.lower())
             why = (f"names models as the web UI finds them: give the files beside --again, --{key.lower()} "
-                   f"'refiner=FILE,...'" if name else f"is no axis textinv has (its axes: {', '.join(AXES)})")
+                   f"'refiner=FILE,...'" if name else f"is no axis textinv has ({known[1]})" if known else
+                   f"is no axis textinv has (its axes: {', '.join(AXES)})")
             notes.append(f"{path} is the web UI's X/Y/Z plot; its {key} axis, {kind} ({values}), {why}: the plot "
                          f"is drawn without it")
             continue
-        if name == "seed":
+        if name in _SEED_AXES:
             values = fields.get(f"Fixed {key} Values") or values
         settings[key.lower()] = f"{name}={values}"
     return ("Script", *(f"{fixed}{key} {what}" for key in "XYZ" for fixed, what in

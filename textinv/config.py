@@ -1231,7 +1231,9 @@ class GenerateConfig:
                        "as generate draws it and xyz_grid-NNNN.png laying them out with labels, e.g. guidance=3,7.5,12 "
                        "or 'embedding=runs/dog/embeddings/*.safetensors' (axes: seed, steps, guidance, sampler, "
                        "prompt-sr, embedding, clip-skip, denoise, size, hires-scale, hires-steps, refiner, "
-                       "refiner-switch-at; numbers as the web UI's: 1-5, 1-10 (+2), 1-10 [5])")
+                       "refiner-switch-at, var-seed, var-strength, eta, ensd, sigma-churn, sigma-tmin, sigma-tmax, "
+                       "sigma-noise, schedule, discard-penultimate-sigma, hires-sampler, hires-upscaler; or their web "
+                       "UI labels; numbers as the web UI's: 1-5, 1-10 (+2), 1-10 [5])")
     y: str = opt(None, "the X/Y/Z plot's rows: AXIS=VALUES (see --x)")
     z: str = opt(None, "the X/Y/Z plot's third axis: AXIS=VALUES (see --x), one grid per value, drawn side by side "
                        "in one xyz_grid-NNNN.png under each value's label")
@@ -1325,7 +1327,8 @@ class GenerateConfig:
         if not (math.isfinite(self.variation_strength) and 0 <= self.variation_strength <= 1):
             raise ConfigError(f"--variation-strength must be from 0 to 1 (how far toward --variation-seed's noise), "
                               f"got {self.variation_strength}")
-        if self.variation_seed is not None and not self.variation_strength:
+        # (an X/Y/Z plot's var-strength axis may give it: each cell is checked with its own, `xyz.plan`)
+        if self.variation_seed is not None and not self.variation_strength and not (self.x or self.y or self.z):
             raise ConfigError("--variation-seed needs --variation-strength (how far toward its noise, e.g. 0.3)")
         if self.variation_strength and self.variation_seed in (None, -1):  # (the web UI's: a random one)
             self.variation_seed = random.randrange(2**32)

@@ -54,7 +54,8 @@ from .memory import out_of_memory_as
 from .models import interrupt_kept, pick_device
 from .run_folder import _nfc, embedding_file
 from .report import INK, PAPER, font
-from .samplers import check_pass, scheduler_for
+from .refine import SPELLINGS as UPSCALER_SPELLINGS, UPSCALERS, network_upscaler
+from .samplers import EVEN_SPACINGS, SCHEDULES, check_pass, from_webui, scheduler_for, webui_names
 
 SCRIPT = "X/Y/Z plot"  # (the web UI's script's title, which its grids' text names)
 GRID_NAME = "xyz_grid"
@@ -67,7 +68,8 @@ class Axis:
     text is read (`read`: the text's comma-separated items to values, refused with the reason), the settings a value
     sets (`apply`: the GenerateConfig fields it replaces, given the cell's config so far and all the axis's values),
     whether the legend shows "label: value" or the value alone (`named`, as the web UI's format_value_add_label or
-    format_value), and how a value is written there (`show`)."""
+    format_value), how a value is written there (`show`), and whether it is applied after the other axes (`last`:
+    it changes what they set, as a schedule type changes the cell's sampler)."""
 
     name: str
     label: str
@@ -75,6 +77,7 @@ class Axis:
     apply: Callable[[object, GenerateConfig, list], dict]
     named: bool = True
     show: Callable[[object], str] = str
+    last: bool = False
 
 
 # --- the values --------------------------------------------------------------------------------------------------
@@ -174,6 +177,63 @@ def _sizes(items: list[str], config: GenerateConfig) -> list[tuple[int, int]]:
 def _refiners(items: list[str], config: GenerateConfig) -> list[str | None]:
     """Refiner checkpoint's values: models as --refiner takes them, or None (the web UI's 'None': no refiner)."""
     return [None if item.lower() == "none" else item for item in items]
+
+
+def _hires_upscalers(items: list[str], config: GenerateConfig) -> list[str]:
+    """Hires upscaler's values: textinv's upscalers, by its names or the web UI's ("Latent (bicubic)")."""
+    names = [spelled(UPSCALER_SPELLINGS, item) for item in items]
+    for item, name in zip(items, names):
+        if name not in UPSCALERS:
+            raise ValueError(f"{item!r} " + (network_upscaler(item) or f"is no upscaler textinv has; its upscalers: "
+                                             f"{', '.join(UPSCALERS)} (or the web UI's names for them)"))
+    return names
+
+
+# the web UI's Schedule type values textinv draws: its even spacings, "Automatic" (the sampler's own) and the sigma
+# schedules a sampler's name carries (`samplers.SCHEDULES`)
+_SCHEDULE_TYPES = EVEN_SPACINGS | {"automatic"} | set(SCHEDULES) | {label.lower() for label, _ in SCHEDULES.values()}
+
+
+def _schedule_types(items: list[str], config: GenerateConfig) -> list[str]:
+    """Schedule type's values, as the web UI names them (Automatic, Uniform, Karras, Exponential, ...): each must be
+    one textinv draws; which sampler takes it is each cell's (`_scheduled`)."""
+    for item in items:
+        if item.lower() not in _SCHEDULE_TYPES:
+            raise ValueError(f"{item!r} is no schedule type textinv draws; its schedule types: Automatic, Uniform, "
+                             f"{', '.join(label for label, _ in SCHEDULES.values())} (Polyexponential, KL Optimal, "
+                             f"Align Your Steps and the like it does not have)")
+    return items
+
+
+def _scheduled(value: str, config: GenerateConfig, values: list[str]) -> dict:
+    """The cell's sampler drawn on schedule type `value`, as the web UI's Schedule type is its sampler's schedule
+    (textinv's sampler name carries it: dpm++2m_karras); refused for a sampler textinv has not on that schedule."""
+    names = webui_names(config.sampler)
+    sampler = from_webui(names[0], value) if names else None
+    if sampler is None:
+        why = ("is the model's own scheduler, which takes no schedule type: give --sampler (or a sampler axis)"
+               if config.sampler == "default" else
+               "is no sampler of the web UI's, which takes no schedule type" if names is None else
+               f"is not drawn on {value!r} in textinv: give another schedule type or sampler")
+        raise ConfigError(f"the sampler {config.sampler} {why}")
+    return {"sampler": sampler}
+
+
+def _strength(value: float, config: GenerateConfig, values: list[float]) -> dict:
+    """The cell's --variation-strength; at 0 with no --variation-seed either, as the web UI draws strength 0: with no
+    variation (applied after a var-seed axis, `Axis.last`, so that its seed is the one left out)."""
+    return {"variation_strength": value, **({} if value else {"variation_seed": None})}
+
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _booleans(items: list[str], config: GenerateConfig) -> list[bool]:
+    """A setting's True and False, as the web UI's boolean axes write them (true/false, yes/no, 1/0 taken too)."""
+    for item in items:
+        if item.lower() not in _TRUE + _FALSE:
+            raise ValueError(f"{item!r} is neither True nor False; write True or False")
+    return [item.lower() in _TRUE for item in items]
 
 
 def _search_replace(items: list[str], config: GenerateConfig) -> list[str]:
@@ -392,9 +452,53 @@ AXES = {axis.name: axis for axis in (
     Axis("refiner", "Refiner checkpoint", _refiners, _field("refiner"),
          show=lambda v: "None" if v is None else _model_name(v)),
     Axis("refiner-switch-at", "Refiner switch at", _numbers(float), _field("refiner_switch_at")),
+    Axis("var-seed", "Var. seed", _numbers(int), _field("variation_seed")),
+    Axis("var-strength", "Var. strength", _numbers(float), _strength, last=True),
+    Axis("eta", "Eta", _numbers(float), _field("eta")),
+    Axis("ensd", "Eta noise seed delta", _numbers(int), _field("ensd")),
+    Axis("sigma-churn", "Sigma Churn", _numbers(float), _field("sigma_churn")),
+    Axis("sigma-tmin", "Sigma min", _numbers(float), _field("sigma_tmin")),
+    Axis("sigma-tmax", "Sigma max", _numbers(float), _field("sigma_tmax")),
+    Axis("sigma-noise", "Sigma noise", _numbers(float), _field("sigma_noise")),
+    Axis("schedule", "Schedule type", _schedule_types, _scheduled, last=True),
+    Axis("discard-penultimate-sigma", "Always discard next-to-last sigma", _booleans,
+         _field("discard_penultimate_sigma")),
+    Axis("hires-sampler", "Hires sampler", _samplers, _field("hires_sampler")),
+    Axis("hires-upscaler", "Hires upscaler", _hires_upscalers, _field("hires_upscaler"),
+         show=lambda v: UPSCALERS[v].label),
 )}
-# the web UI's labels name them too ("CFG Scale", "Prompt S/R", "Denoising"), and "cfg"
-_SPELLINGS = {**{a.label.lower(): a.name for a in AXES.values()}, "cfg": "guidance"}
+# the web UI's labels name them too ("CFG Scale", "Prompt S/R", "Denoising"), and "cfg", and the flags' names of
+# those the web UI labels otherwise (--variation-seed, --sigma-tmin, ...)
+_SPELLINGS = {**{a.label.lower(): a.name for a in AXES.values()}, "cfg": "guidance", "variation-seed": "var-seed",
+              "variation-strength": "var-strength", "schedule-type": "schedule",
+              "sigma tmin": "sigma-tmin", "sigma tmax": "sigma-tmax"}
+_SEED_AXES = ("seed", "var-seed")  # (-1 draws one for the plot, and the grid's text keeps the one drawn)
+
+# the web UI's axes textinv has none of, by lowercase label: (the label, how to get the same with textinv)
+WEBUI_ONLY = {label.lower(): (label, how) for label, how in (
+    ("Nothing", "the web UI's empty axis: leave the flag out"),
+    ("Checkpoint name", "textinv draws one --model a run: run generate once per model, with the same --seed"),
+    ("VAE", "textinv loads one --vae a run, with its model: run generate once per --vae, with the same --seed"),
+    ("Styles", "textinv has no saved styles: write the style's text into --prompt and --negative-prompt, or vary it "
+               "with prompt-sr"),
+    ("Prompt order", "vary the order with prompt-sr, its first value the words as the prompt writes them, e.g. "
+                     "'prompt-sr=\"red, dog\",\"dog, red\"'"),
+    ("Face restore", "face restoration (CodeFormer, GFPGAN) is not in textinv"),
+    ("Token merging ratio", "token merging is not in textinv: it draws every token"),
+    ("Token merging ratio high-res", "token merging is not in textinv: it draws every token"),
+    ("UniPC Order", "textinv's unipc runs the web UI's default order 3 only"),
+    ("Initial noise multiplier", "textinv's img2img noise is not scaled (the web UI's default, 1)"),
+    ("Extra noise", "textinv's img2img adds no extra noise (the web UI's default, 0)"),
+    ("Schedule min sigma", "textinv's schedules span the model's own noise levels: not settable"),
+    ("Schedule max sigma", "textinv's schedules span the model's own noise levels: not settable"),
+    ("Schedule rho", "textinv's Karras schedule takes rho 7 (the web UI's default): not settable"),
+    ("Negative Guidance minimum sigma", "textinv guides every step with the negative prompt (the web UI's default, "
+                                        "0)"),
+    ("Image CFG Scale", "for instruct-pix2pix models, which textinv does not draw"),
+    ("Cond. Image Mask Weight", "not in textinv (the web UI's default, 1)"),
+    ("SGM noise multiplier", "not in textinv"),
+    ("RNG source", "textinv draws its noise with torch's CPU generator, the web UI's RNG source CPU, only"),
+)}
 
 
 @dataclass(frozen=True)
@@ -428,6 +532,10 @@ def read_axis(flag: str, text: str, config: GenerateConfig) -> Plotted:
     if not sep or not key:
         raise ConfigError(f"{flag} {text!r}: write AXIS=VALUES, e.g. {flag} guidance=3,7.5,12 (axes: "
                           f"{', '.join(AXES)})")
+    if key not in AXES and name.strip().lower() in WEBUI_ONLY:
+        label, how = WEBUI_ONLY[name.strip().lower()]
+        raise ConfigError(f"{flag} {text!r}: the web UI's {label} axis is no axis textinv has: {how} (the axes: "
+                          f"{', '.join(AXES)})")
     if key not in AXES:
         near = difflib.get_close_matches(key, list(AXES), n=1)
         raise ConfigError(f"{flag} {text!r}: no axis {name.strip()!r}" + (f" (did you mean {near[0]}?)" if near else "")
@@ -440,7 +548,7 @@ def read_axis(flag: str, text: str, config: GenerateConfig) -> Plotted:
         read = AXES[key].read(items, config)
     except ValueError as e:
         raise ConfigError(f"{flag} {text!r}: {e}") from None
-    if key == "seed":  # the web UI's: -1 is a seed drawn once for the plot
+    if key in _SEED_AXES:  # the web UI's: -1 is a seed drawn once for the plot
         read = [v if v != -1 else random.randrange(2**32) for v in read]
     return Plotted(AXES[key], flag, values.strip(), read)
 
@@ -448,16 +556,22 @@ def read_axis(flag: str, text: str, config: GenerateConfig) -> Plotted:
 _EXAMPLES = {"seed": "1-4", "steps": "10-30 (+10)", "guidance": "3,7.5,12", "sampler": "euler,dpm++2m_karras",
              "prompt-sr": "<dog>,<cat>", "embedding": "runs/dog/embeddings/*.safetensors", "clip-skip": "1,2",
              "denoise": "0.3-0.7 [3]", "size": "512x512,512x768", "hires-scale": "1.5,2", "hires-steps": "10,20",
-             "refiner": "None,stabilityai/stable-diffusion-xl-refiner-1.0", "refiner-switch-at": "0.6,0.8"}
+             "refiner": "None,stabilityai/stable-diffusion-xl-refiner-1.0", "refiner-switch-at": "0.6,0.8",
+             "var-seed": "1-4", "var-strength": "0-0.3 [4]", "eta": "0.5,1", "ensd": "0,31337",
+             "sigma-churn": "0,1", "sigma-tmin": "0,0.5", "sigma-tmax": "5,10", "sigma-noise": "1,1.003",
+             "schedule": "Automatic,Karras,Exponential", "discard-penultimate-sigma": "False,True",
+             "hires-sampler": "euler,dpm++2m_karras", "hires-upscaler": "latent,lanczos"}
 
 
 @dataclass
 class Plan:
-    """A plot ready to draw: its three axes (None: not given, one cell along it and no legend) and each cell's
-    settings, in the web UI's order (x fastest, then y, then z)."""
+    """A plot ready to draw: its three axes (None: not given, one cell along it and no legend), each cell's
+    settings, in the web UI's order (x fastest, then y, then z), and the variation seed drawn for a var-strength
+    axis given none (kept in the grid's record, as its first cell, at strength 0, has none: `_grid_record`)."""
 
     axes: tuple[Plotted | None, Plotted | None, Plotted | None]
     cells: list[GenerateConfig]
+    variation_seed: int | None = None
 
     def counts(self) -> tuple[int, int, int]:
         return tuple(len(a.values) if a is not None else 1 for a in self.axes)
@@ -486,18 +600,30 @@ def plan(config: GenerateConfig) -> Plan:
         raise ConfigError(f"{said} make {nx} x {ny} x {nz} = {nx * ny * nz} cells, more than --xyz-max-cells "
                           f"{config.xyz_max_cells} (each draws -n {config.n} pictures): give fewer values, or raise "
                           f"--xyz-max-cells")
-    base = replace(config, x=None, y=None, z=None)
+    base, drawn = replace(config, x=None, y=None, z=None), None
+    if any(a.axis.name == "var-strength" for a in axes if a) and base.variation_seed in (None, -1):
+        # (the web UI's: a variation seed left at -1 is drawn once for the plot, not once in each cell)
+        drawn = random.randrange(2**32)
+        base = replace(base, variation_seed=drawn)
     cells = []
     for iz in range(nz):
         for iy in range(ny):
             for ix in range(nx):
                 cell, parts = base, [(a, a.values[i]) for a, i in zip(axes, (ix, iy, iz)) if a is not None]
-                for a, value in parts:
-                    cell = replace(cell, **a.settings(value, cell))
+                for a, value in sorted(parts, key=lambda part: part[0].axis.last):
+                    cell = replace(cell, **_settings(a, value, cell))
                 if not cell.refiner and any(a.axis.name == "refiner" for a, _ in parts):
                     cell = replace(cell, refiner_switch_at=None)  # (the web UI's None: no refiner, no switch)
                 cells.append(_checked(cell, base, parts))
-    return Plan(axes, cells)
+    return Plan(axes, cells, drawn)
+
+
+def _settings(a: Plotted, value, cell: GenerateConfig) -> dict:
+    """The settings `value` of axis `a` gives `cell`, or the ConfigError of one it cannot, naming the axis value."""
+    try:
+        return a.settings(value, cell)
+    except ConfigError as e:
+        raise ConfigError(f"{a.flag} {a.axis.name}={a.show(value)}: {e}") from None
 
 
 def _checked(cell: GenerateConfig, base: GenerateConfig, parts: list[tuple[Plotted, object]]) -> GenerateConfig:
@@ -763,8 +889,9 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
     text = Image.open(cells[0][0]).text if cells and cells[0] else {}
     z = ready.axes[2]
     if iz is not None:
-        config = replace(config, z=None, **z.settings(z.values[iz], config))
-        ready = Plan((*ready.axes[:2], None), [])
+        # (an axis applied last changes what the others set, which its cells' records hold: not the command's)
+        config = replace(config, z=None, **({} if z.axis.last else z.settings(z.values[iz], config)))
+        ready = replace(ready, axes=(*ready.axes[:2], None), cells=[])
     first = text.get("parameters", "")
     fields = [("Script", SCRIPT)]
     plot_record: dict = {}
@@ -773,7 +900,7 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
             continue
         shown = ", ".join(a.axis.show(v) for v in a.values) if a.axis.name in _FILE_AXES else a.given
         fields += [(f"{key} Type", a.axis.label), (f"{key} Values", shown)]
-        if a.axis.name == "seed":
+        if a.axis.name in _SEED_AXES:
             fields.append((f"Fixed {key} Values", ", ".join(map(str, a.values))))
         plot_record[key.lower()] = {"axis": a.axis.name, "type": a.axis.label, "values": shown, "labels": a.labels}
     if iz is not None:
@@ -797,6 +924,8 @@ def _grid_record(config: GenerateConfig, ready: Plan, record: dict) -> dict:
         record.pop(key, None)
     record["settings"].update(prompt=list(config.prompt), negative_prompt=config.negative_prompt,
                               combinatorial=config.combinatorial, max_prompts=config.max_prompts)
+    if ready.variation_seed is not None:  # (a var-strength axis's, drawn for the plot)
+        record["settings"]["variation_seed"] = ready.variation_seed
     if config.wildcards_dir is not None and config.metadata == "full":  # (shareable: given again beside --again)
         record["settings"]["wildcards_dir"] = absolute(config.wildcards_dir)
     if config.init_image is not None and Path(config.init_image).is_dir():  # (the folder, not its first picture)
@@ -817,8 +946,8 @@ def _axis_setting(a: Plotted, full: bool) -> str:
     """An axis as the grid's record keeps it for `--again`: as given, a seed axis with the seeds it drew (-1's
     too), an embedding or refiner axis as its files (by their names only, unless `full`: --metadata shareable's
     way; a refiner's hub id as it is)."""
-    if a.axis.name == "seed":
-        return f"seed={','.join(map(str, a.values))}"
+    if a.axis.name in _SEED_AXES:
+        return f"{a.axis.name}={','.join(map(str, a.values))}"
     if a.axis.name not in _FILE_AXES:
         return f"{a.axis.name}={a.given}"
     line = io.StringIO()
