@@ -577,7 +577,7 @@ SDE_SAMPLERS = ["dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde", "d
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpm++2m", "dpm++2m_karras", "ddim", "unipc", "unipc_bh2",
-                                     *NEW_SAMPLERS, *SDE_SAMPLERS])
+                                     "dpm++3m_sde_comfy_exponential", *NEW_SAMPLERS, *SDE_SAMPLERS])
 def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp_path, sampler):
     from textinv.samplers import webui_names
 
@@ -589,8 +589,8 @@ def test_every_sampler_draws_on_the_models_schedule_and_is_recorded(sd1_dir, tmp
     assert model.pipeline.scheduler is own  # the model's own scheduler is put back
     img = Image.open(path)
     assert img.text["sampler"] == sampler
-    if sampler in ("dpm++2s", "unipc_bh2", "tcd"):  # the web UI has no such sampler (its "DPM++ 2S a" is ancestral,
-        assert "Sampler" not in img.text["parameters"]  # its UniPC bh1; no TCD): none is written
+    if webui_names(sampler) is None:  # the web UI has no such sampler (its "DPM++ 2S a" is ancestral, its UniPC bh1,
+        assert "Sampler" not in img.text["parameters"]  # its DPM++ 3M SDE discards a sigma; no TCD): none is written
     else:
         assert f"Sampler: {webui_names(sampler)[0]}, " in img.text["parameters"]
     pixels = np.asarray(img)
@@ -684,8 +684,9 @@ def test_unipc_is_the_web_uis_and_comfyuis_bh1_at_order_3_and_comfyuis_bh2_is_it
         # both stop at the model's smallest noise level, as the web UI's and ComfyUI's (their t = 1/N)
         made.set_timesteps(4)
         assert made.sigmas[-1].item() == pytest.approx(((1 - own.alphas_cumprod[0]) / own.alphas_cumprod[0]) ** 0.5)
-    assert from_webui("UniPC", None) == from_comfy("uni_pc", "normal") == "unipc"
-    assert from_comfy("uni_pc_bh2", "karras") is None and from_comfy("uni_pc_bh2", "normal") == "unipc_bh2"
+    # (ComfyUI's uni_pc and uni_pc_bh2 step to sigma 0.001 at the last: not these, `COMFY_UNLIKE`)
+    assert from_webui("UniPC", None) == "unipc" and from_comfy("uni_pc", "normal") is None
+    assert from_comfy("uni_pc_bh2", "karras") is None and from_comfy("uni_pc_bh2", "normal") is None
     assert webui_names("unipc") == ("UniPC", None) and webui_names("unipc_bh2") is None  # (the web UI's is bh1)
 
 
@@ -777,7 +778,8 @@ def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
     for sampler in [s for s in NEW_SAMPLERS if not s.startswith(("lcm", "tcd"))] + ["dpm++sde", "lms"]:
         with pytest.raises(ConfigError, match=f"--sampler {re.escape(sampler)} cannot sample a model with a "
                                               f"zero-terminal-SNR .* has none; use euler, euler_a, dpm\\+\\+2m, "
-                                              f"dpm\\+\\+2m_sde, dpm\\+\\+2m_sde_heun, dpm\\+\\+3m_sde, ddim, "
+                                              f"dpm\\+\\+2m_sde, dpm\\+\\+2m_sde_heun, dpm\\+\\+3m_sde, "
+                                              f"dpm\\+\\+3m_sde_comfy, ddim, "
                                               f"ddpm, unipc, unipc_bh2, lcm or tcd"):
             scheduler_for(zero_snr, sampler)
     # the SDE samplers keep the schedule; no sigma schedule can (its largest noise level is infinite)
@@ -2993,14 +2995,15 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
     for pair, ours in [(("euler", "normal"), "euler"), (("euler_ancestral", "simple"), "euler_a"),
                        (("dpmpp_2m", "normal"), "dpm++2m"), (("dpm_2_ancestral", "karras"), "dpm2_a_karras"),
                        (("heun", "sgm_uniform"), "heun"), (("ddim", "ddim_uniform"), "ddim"),
-                       (("uni_pc", "normal"), "unipc"), (("uni_pc_bh2", "normal"), "unipc_bh2"),
                        (("dpmpp_2s_ancestral", "karras"), "dpm++2s_a_karras"),
                        (("dpmpp_2s_ancestral", "normal"), "dpm++2s_a"), (("lcm", "sgm_uniform"), "lcm"),
                        (("lcm", "karras"), "lcm_karras"),
                        # (ComfyUI's ddim is its Euler: on Karras's schedule, refused as no ddim_karras)
                        (("ddim", "karras"), "euler_karras")]:
         assert read(*pair).settings["sampler"] == ours, pair
-    for pair in [("dpmpp_2s_ancestral_cfg_pp", "normal"), ("ddim", "beta"), ("euler", "kl_optimal")]:
+    # (ComfyUI's uni_pc and uni_pc_bh2 end at sigma 0.001, not the model's smallest as textinv's, the web UI's)
+    for pair in [("uni_pc", "normal"), ("uni_pc_bh2", "normal"), ("dpmpp_2s_ancestral_cfg_pp", "normal"),
+                 ("ddim", "beta"), ("euler", "kl_optimal")]:
         assert "sampler" not in read(*pair).settings
     path = tmp_path / "s.png"
     with pytest.raises(ConfigError, match=r"s.png was drawn with ComfyUI's sampler 'euler' and scheduler 'kl_optimal' "
@@ -3008,9 +3011,16 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
                                           r"--sampler \(textinv generate --help lists them\), or default"):
         textinv.again.again_config(path, {"model": str(sd1_dir)})
     assert textinv.again.again_config(path, {"model": str(sd1_dir), "sampler": "euler"})[0].sampler == "euler"
+    read("uni_pc_bh2", "normal")  # (what differs is said)
+    with pytest.raises(ConfigError, match=r"sampler 'uni_pc_bh2' and scheduler 'normal' \(KSampler node 3\), which "
+                                          r"textinv does not have \(uni_pc_bh2: its last step goes to sigma 0.001, .*"
+                                          r"where textinv's unipc_bh2, the web UI's UniPC, .*\): choose one with"):
+        textinv.again.again_config(tmp_path / "s.png", {"model": str(sd1_dir)})
     # the SDE samplers and the schedules beside Karras; ComfyUI's sampler names are --sampler's spellings too
     for sampler_name, scheduler, ours, base in [("dpmpp_2m_sde_gpu", "karras", "dpm++2m_sde_karras", "dpm++2m_sde"),
-                                                ("dpmpp_3m_sde", "exponential", "dpm++3m_sde_exponential", "dpm++3m_sde"),
+                                                # (ComfyUI's 3M SDE keeps the next-to-last sigma: its own)
+                                                ("dpmpp_3m_sde", "exponential", "dpm++3m_sde_comfy_exponential",
+                                                 "dpm++3m_sde_comfy"),
                                                 ("lms", "karras", "lms_karras", "lms"), ("dpmpp_sde", "normal", "dpm++sde",
                                                                                        "dpm++sde"),
                                                 # (k-diffusion's sample_dpmpp_2m_sde with solver_type heun, as the
@@ -4066,7 +4076,7 @@ def test_again_reads_comfyuis_custom_sampling_as_the_ksampler_that_draws_the_sam
             ({"32": _sampler_node("SamplerDPMPP_2M_SDE", solver_type="midpoint", eta=0.25, s_noise=1.0,
                                   noise_device="gpu"), "33": _karras()}, "dpm++2m_sde_karras", {"eta": 0.25}),
             ({"32": _sampler_node("SamplerDPMPP_3M_SDE", eta=1.0, s_noise=0.5, noise_device="cpu")},
-             "dpm++3m_sde_karras", {"sigma_noise": 0.5}),
+             "dpm++3m_sde_comfy_karras", {"sigma_noise": 0.5}),  # (ComfyUI's: no sigma discarded)
             ({"32": _sampler_node("SamplerDPMPP_2S_Ancestral", eta=0.4, s_noise=1.0)}, "dpm++2s_a_karras",
              {"eta": 0.4}),
             ({"32": _sampler_node("SamplerLMS", order=4)}, "lms_karras", {}),

@@ -919,7 +919,8 @@ def test_eta_sets_ddims_and_the_ancestral_samplers_noise_and_its_default_draws_a
     # at eta 0 DPM2 a adds no noise: it is DPM2 (the same steps and midpoints)
     assert np.abs(draw("dpm2_a", eta=0.0) - draw("dpm2")).max() <= 1
     with pytest.raises(ConfigError, match=r"--eta 0.5: --sampler dpm\+\+2m takes no eta; give one that does: "
-                                          r"euler_a, dpm\+\+2m_sde, dpm\+\+2m_sde_heun, dpm\+\+3m_sde, dpm\+\+sde, "
+                                          r"euler_a, dpm\+\+2m_sde, dpm\+\+2m_sde_heun, dpm\+\+3m_sde, "
+                                          r"dpm\+\+3m_sde_comfy, dpm\+\+sde, "
                                           r"dpm2_a, dpm\+\+2s_a "
                                           r"\(the web UI.s Eta, default 1\) or ddim"):
         render(model, ["a dog"], [5], steps=3, width=16, sampler="dpm++2m", eta=0.5)
@@ -928,7 +929,8 @@ def test_eta_sets_ddims_and_the_ancestral_samplers_noise_and_its_default_draws_a
 @pytest.mark.parametrize("settings, message", [
     ({"eta": 1.5, "sampler": "euler_a"}, r"--eta must be from 0 to 1"),
     ({"eta": 0.5}, r"--eta 0.5: --sampler default takes no eta; give one that does: euler_a, .*dpm\+\+3m_sde, "
-                   r"dpm\+\+sde, .* or ddim \(its Eta DDIM, default 0\), with a schedule or without$"),
+                   r"dpm\+\+3m_sde_comfy, dpm\+\+sde, .* or ddim \(its Eta DDIM, default 0\), with a schedule or "
+                   r"without$"),
     ({"eta": 0.5, "sampler": "dpm++2m_karras"}, r"--sampler dpm\+\+2m_karras takes no eta"),
     ({"eta": 0.5, "sampler": "tcd"}, r"--sampler tcd takes no eta; .* tcd at its gamma 0.3 only \(TCD's eta\)"),
     ({"eta": 0.5, "sampler": "lcm"}, r"--sampler lcm takes no eta"),

@@ -987,3 +987,74 @@ def test_tcd_takes_strategic_stochastic_steps_at_gamma_0_3_on_a_toy_denoiser(ste
     for call, (latents, wanted) in enumerate(zip(got_read, read)):
         torch.testing.assert_close(latents, wanted, rtol=1e-5, atol=1e-5, msg=f"call {call}")
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)
+
+
+# ComfyUI's KSampler (comfy/samplers.py, KSampler.calculate_sigmas) draws the samplers of its
+# DISCARD_PENULTIMATE_SIGMA_SAMPLERS on the schedule of one step more less its next-to-last sigma, every other sampler
+# on the schedule as it is (its SamplerCustom each on the sigmas it is given)
+_COMFY_DISCARDING = ("dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2")
+
+
+def _comfy_sigmas(scheduler, sampler_name: str, schedule: str, steps: int) -> list[float]:
+    """The sigmas ComfyUI's KSampler hands its sampler `sampler_name` for `steps` steps of its scheduler `schedule`
+    (karras or exponential) on the model whose noise schedule diffusers' `scheduler` holds, written out from ComfyUI's
+    definitions: sigma_min and sigma_max are ModelSamplingDiscrete's, the training schedule's smallest and largest
+    (after a ModelSamplingDiscrete node's lcm sampling, its 50 timesteps' 19, 39, ..., 999, where ComfyUI's lcm draws);
+    karras is k-diffusion's get_sigmas_karras at rho 7, exponential its get_sigmas_exponential (n sigmas evenly
+    spaced in log sigma), both then 0."""
+    sigmas = _training_sigmas(scheduler)
+    low, high = (sigmas[19], sigmas[999]) if sampler_name == "lcm" else (sigmas[0], sigmas[-1])
+    discard = sampler_name in _COMFY_DISCARDING
+    n = steps + discard
+    if schedule == "karras":
+        drawn = _karras(scheduler, n) if sampler_name != "lcm" else [
+            (high ** (1 / 7) + i / (n - 1) * (low ** (1 / 7) - high ** (1 / 7))) ** 7 for i in range(n)] + [0.0]
+    else:
+        drawn = [math.exp(math.log(high) + i / (n - 1) * (math.log(low) - math.log(high))) for i in range(n)] + [0.0]
+    return drawn[:-2] + drawn[-1:] if discard else drawn
+
+
+def _stepped(made, steps: int) -> list[float]:
+    """The sigmas scheduler `made` steps through for `steps` steps, ending at 0: diffusers' tables of two model calls
+    a step (Heun's, DPM++ SDE's, DPM2's) hold each step's more than once."""
+    made.set_timesteps(steps)
+    sigmas = made.sigmas
+    if hasattr(made, "sigmas_interpol"):  # ([s0, s1, s1, ..., the end thrice])
+        sigmas = torch.cat([sigmas[:1], sigmas[1::2][:-1]])
+    elif made.order == 2:  # ([s0, s1, s1, ..., s(n-1), s(n-1), 0])
+        sigmas = torch.cat([sigmas[:1], sigmas[1::2]])
+    return sigmas.double().tolist()
+
+
+@pytest.mark.parametrize("sampler_name", ["euler", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
+                                          "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde",
+                                          "dpmpp_3m_sde_gpu", "ddim", "lcm"])
+def test_a_comfyui_ksampler_sampler_on_a_sigma_schedule_draws_its_sigmas(sampler_name):
+    """Each ComfyUI KSampler sampler textinv reads on a Karras or exponential schedule (`from_comfy`) steps through
+    the sigmas ComfyUI's KSampler hands it: one step more less the next-to-last for dpm_2 and dpm_2_ancestral alone.
+    textinv read its dpmpp_3m_sde as the web UI's DPM++ 3M SDE, which discards the next-to-last sigma where ComfyUI's
+    does not: 8 steps drew on 9's schedule less its smallest non-zero sigma."""
+    from textinv.samplers import from_comfy
+
+    own = DDIMScheduler.from_config(_sd_scheduler().config, timestep_spacing="leading", steps_offset=1)  # (SD's)
+    for schedule in ("karras", "exponential"):
+        name = from_comfy(sampler_name, schedule)
+        got = _stepped(scheduler_for(own, name, seeds=[1]), 8)
+        assert got == pytest.approx(_comfy_sigmas(own, sampler_name, schedule, 8), rel=1e-4, abs=1e-6), name
+
+
+def test_comfyuis_uni_pc_is_not_read_as_the_web_uis_unipc():
+    """ComfyUI's uni_pc and uni_pc_bh2 take their last step to sigma 0.001 (its sample_unipc, in place of the
+    schedule's 0), on the schedule of one step more less the next-to-last sigma; textinv's unipc, the web UI's UniPC,
+    stops at the model's smallest noise level, on its own spacing. They were read as it; now, as a sampler textinv
+    does not have, they are asked for, saying what differs."""
+    from textinv.samplers import COMFY_UNLIKE, from_comfy
+
+    own = DDIMScheduler.from_config(_sd_scheduler().config, timestep_spacing="leading", steps_offset=1)  # (SD's)
+    for sampler_name, ours in [("uni_pc", "unipc"), ("uni_pc_bh2", "unipc_bh2")]:
+        assert from_comfy(sampler_name, "normal") is None and from_comfy(sampler_name, "karras") is None
+        made = scheduler_for(own, ours)
+        made.set_timesteps(8)
+        smallest = _training_sigmas(own)[0]
+        assert made.sigmas[-1].item() == pytest.approx(smallest) and smallest > 0.02  # (ComfyUI's: 0.001)
+        assert "sigma 0.001" in COMFY_UNLIKE[sampler_name] and ours in COMFY_UNLIKE[sampler_name]

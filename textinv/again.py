@@ -75,8 +75,8 @@ from .loras import lora_files, lora_sha256
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .samplers import (CHURN_LABELS, EVEN_SPACINGS, churn_taken, discards, eta_kind, eta_label, from_comfy,
-                       from_webui)
+from .samplers import (CHURN_LABELS, COMFY_UNLIKE, EVEN_SPACINGS, churn_taken, discards, eta_kind, eta_label,
+                       from_comfy, from_webui)
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
@@ -1795,9 +1795,10 @@ def _comfy_sampler(graph: _ComfyGraph, node: str, hires: bool, settings: dict[st
                        f"{graph.named(node)} with {custom.why}: choose a sampler with --{name.replace('_', '-')} "
                        f"(textinv generate --help lists them){'' if hires else ', or default'}")
         return
+    unlike = f" ({sampler_name}: {COMFY_UNLIKE[sampler_name]})" if sampler_name in COMFY_UNLIKE else ""
     needs[name] = (f"--again {graph.path} was {'redrawn by its hires fix' if hires else 'drawn'} with ComfyUI's "
                    f"sampler {sampler_name!r} and scheduler {scheduler!r} ({graph.named(node)}), which textinv does "
-                   f"not have: choose one with --{name.replace('_', '-')} (textinv generate --help lists them)"
+                   f"not have{unlike}: choose one with --{name.replace('_', '-')} (textinv generate --help lists them)"
                    f"{'' if hires else ', or default'}")
 
 

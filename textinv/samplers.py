@@ -4,7 +4,8 @@ and kohya's names for the same, and the diffusers scheduler each is made as (`sc
 A name is a base sampler ("dpm++2m") or a base and its sigma schedule ("dpm++2m_karras"). The web UI (1.9 on) writes
 the two apart, `Sampler: DPM++ 2M, Schedule type: Karras`, and reads its older one-name form, "DPM++ 2M Karras", as
 the same; `webui_names` (`webui_hires_names` for the hires fix's) and `from_webui` translate both ways, `from_comfy`
-reads ComfyUI's sampler and scheduler. Its "Automatic" schedule is each sampler's own choice (Karras for DPM++ 2M,
+reads ComfyUI's sampler and scheduler (its dpmpp_3m_sde as `dpm++3m_sde_comfy`, which keeps the next-to-last sigma the
+web UI's DPM++ 3M SDE discards). The web UI's "Automatic" schedule is each sampler's own choice (Karras for DPM++ 2M,
 Exponential for the SDE ones, the model's own spacing for Euler), so a picture drawn on the model's spacing with a
 sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
 
@@ -80,6 +81,11 @@ BASES = {
     "dpm++3m_sde": Base("DPM++ 3M SDE", _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3,
                                                "lower_order_final": False},
                         "exponential", True, discard=True, eta=1.0, brownian=True),
+    # ComfyUI's dpmpp_3m_sde: the same, on the n-step schedule as it is. Its KSampler drops the next-to-last sigma for
+    # dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2 alone (comfy/samplers.py, DISCARD_PENULTIMATE_SIGMA_SAMPLERS),
+    # its SamplerCustom for none
+    "dpm++3m_sde_comfy": Base(None, _DPM, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3,
+                                           "lower_order_final": False}, spaced=True, eta=1.0, brownian=True),
     "dpm++sde": Base("DPM++ SDE", "DPMSolverSDEScheduler", {}, "karras", True, "torchsde", second_order=True,
                      eta=1.0, brownian=True),
     "ddim": Base("DDIM", "DDIMScheduler", {}, eta=0.0),
@@ -129,16 +135,25 @@ KOHYA = {"ddim": "ddim", "ddpm": "ddpm", "euler": "euler", "k_euler": "euler", "
          "dpmsingle": "dpm++2s"}  # (DPMSolverSinglestep's defaults: dpmsolver++, order 2)
 KOHYA_OTHERS = ("pndm", "dpmsolver")  # kohya's, which textinv does not have
 # ComfyUI's samplers (KSampler's sampler_name) that textinv has, as textinv's base names. The _gpu ones draw the same
-# noise on the GPU; uni_pc is UniPC's bh1 variant, uni_pc_bh2 its bh2, both at order 3; lcm is the web UI's LCM as
+# noise on the GPU; uni_pc is UniPC's bh1 variant, uni_pc_bh2 its bh2, both at order 3 (--sampler's spellings: not
+# ComfyUI's KSampler's drawing, `COMFY_UNLIKE`); lcm is the web UI's LCM as
 # ComfyUI draws it after a ModelSamplingDiscrete node's lcm sampling (the LCM-LoRA workflow: without it ComfyUI takes
 # lcm's steps on the model's own noise levels, with no boundary conditions). Not here: dpm_fast, dpm_adaptive, the
 # cfg_pp ones
 COMFY = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a",
          "lms": "lms", "dpmpp_2m": "dpm++2m", "dpmpp_2m_sde": "dpm++2m_sde", "dpmpp_2m_sde_gpu": "dpm++2m_sde",
          "dpmpp_2m_sde_heun": "dpm++2m_sde_heun", "dpmpp_2m_sde_heun_gpu": "dpm++2m_sde_heun",
-         "dpmpp_3m_sde": "dpm++3m_sde", "dpmpp_3m_sde_gpu": "dpm++3m_sde", "dpmpp_sde": "dpm++sde",
+         "dpmpp_3m_sde": "dpm++3m_sde_comfy", "dpmpp_3m_sde_gpu": "dpm++3m_sde_comfy", "dpmpp_sde": "dpm++sde",
          "dpmpp_sde_gpu": "dpm++sde", "dpmpp_2s_ancestral": "dpm++2s_a",
          "ddim": "ddim", "uni_pc": "unipc", "uni_pc_bh2": "unipc_bh2", "ddpm": "ddpm", "lcm": "lcm"}
+# ComfyUI's KSampler samplers that textinv has a sampler of that name for (`COMFY`, --sampler's spellings) but draws
+# otherwise, so `from_comfy` has none for them, with what differs: its uni_pc and uni_pc_bh2 step to sigma 0.001 at
+# their last (comfy/extra_samplers/uni_pc.py, sample_unipc, in place of the schedule's 0) on the schedule of one step
+# more less its next-to-last sigma (DISCARD_PENULTIMATE_SIGMA_SAMPLERS)
+_UNIPC_UNLIKE = ("its last step goes to sigma 0.001, on its scheduler's schedule of one step more less the "
+                 "next-to-last sigma, where textinv's {}, the web UI's UniPC, steps on the model's own spacing to "
+                 "its smallest noise level (SD's 0.029)")
+COMFY_UNLIKE = {"uni_pc": _UNIPC_UNLIKE.format("unipc"), "uni_pc_bh2": _UNIPC_UNLIKE.format("unipc_bh2")}
 # the schedules that space the steps evenly in timestep, differing at the ends only, as diffusers' own spacings
 # (leading, trailing, linspace) do: the model's own spacing, a name without a schedule. The web UI's labels and
 # ComfyUI's scheduler names, lowercase
@@ -255,7 +270,9 @@ CHURN_FLAGS = {"churn": "--sigma-churn", "tmin": "--sigma-tmin", "tmax": "--sigm
 # the samplers whose noise the web UI scales by its Sigma noise alone (its sampler_extra_params gives them s_noise, not
 # the churn's other settings): DPM2 a, DPM++ 2S a, DPM++ 2M SDE (with its Heun variant), DPM++ 3M SDE and DPM++ SDE,
 # whose noise textinv scales too (`_at_eta`). Not Euler a: the web UI hands sample_euler_ancestral no s_noise
-_NOISE_SCALED = ("dpm2_a", "dpm++2s_a", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++sde")
+_NOISE_SCALED = ("dpm2_a", "dpm++2s_a", "dpm++2m_sde", "dpm++2m_sde_heun", "dpm++3m_sde", "dpm++3m_sde_comfy",
+                 "dpm++sde")
+_THIRD_ORDER_SDE = ("dpm++3m_sde", "dpm++3m_sde_comfy")  # (k-diffusion's sample_dpmpp_3m_sde, both)
 
 
 # the samplers the web UI's "Always discard next-to-last sigma" reaches that do not discard it already: its
@@ -418,12 +435,14 @@ def from_webui(sampler: str, schedule: str | None, first: str | None = None) -> 
 
 def from_comfy(sampler: str, scheduler: str) -> str | None:
     """textinv's name for ComfyUI's sampler and scheduler (KSampler's sampler_name and scheduler), or None when
-    textinv has no such one.
+    textinv has no such one: also where it draws ComfyUI's sampler otherwise (`COMFY_UNLIKE`, which says how).
 
     >>> from_comfy("dpmpp_2m", "karras"), from_comfy("euler_ancestral", "normal"), from_comfy("euler", "kl_optimal")
     ('dpm++2m_karras', 'euler_a', None)
+    >>> from_comfy("dpmpp_3m_sde", "exponential"), from_comfy("uni_pc", "normal")
+    ('dpm++3m_sde_comfy_exponential', None)
     """
-    if sampler not in COMFY or scheduler.lower() in COMFY_OTHER_SCHEDULES:
+    if sampler not in COMFY or sampler in COMFY_UNLIKE or scheduler.lower() in COMFY_OTHER_SCHEDULES:
         return None
     base = COMFY[sampler]
     if base == "ddim" and scheduler.lower() not in EVEN_SPACINGS:
@@ -531,7 +550,7 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     # (DDIM's is the pipeline's argument; a sampler that takes none draws as it does: the other pass's took it)
     at_eta = eta is not None and BASES[base].eta not in (None, eta) and base != "ddim"
     scaled = churn is not None and churn.noise != 1 and base in _NOISE_SCALED  # (at 1: the sampler's own noise)
-    if at_eta or scaled or base == "dpm++3m_sde":  # (diffusers' third-order SDE update is not k-diffusion's)
+    if at_eta or scaled or base in _THIRD_ORDER_SDE:  # (diffusers' third-order SDE update is not k-diffusion's)
         cls = _at_eta(cls, base)
     churning = churn is not None and churn.churn > 0 and BASES[base].churns  # (at churn 0 the others do nothing)
     if churning:
