@@ -1080,7 +1080,7 @@ def test_sigma_churn_draws_euler_heun_and_dpm2_with_fresh_noise_and_at_0_as_befo
     ({"sigma_noise": 0.5, "sampler": "euler_a"}, r"--sigma-noise 0.5: --sampler euler_a takes no sigma noise; give one "
                                                  r"that does: euler, heun, dpm2 \(the churn's noise\), dpm2_a, "
                                                  r"dpm\+\+2s_a, dpm\+\+2m_sde, dpm\+\+2m_sde_heun, dpm\+\+3m_sde, "
-                                                 r"dpm\+\+sde \(their fresh noise\)"),
+                                                 r"dpm\+\+3m_sde_comfy, dpm\+\+sde \(their fresh noise\)"),
     ({"sigma_churn": 0.5, "sigma_noise": 0.5, "sampler": "dpm2_a"}, r"--sigma-churn 0.5: --sampler dpm2_a takes no "
                                                                     r"sigma churn settings"),
 ])

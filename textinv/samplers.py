@@ -154,9 +154,10 @@ _UNIPC_UNLIKE = ("its last step goes to sigma 0.001, on its scheduler's schedule
                  "next-to-last sigma, where textinv's {}, the web UI's UniPC, steps on the model's own spacing to "
                  "its smallest noise level (SD's 0.029)")
 COMFY_UNLIKE = {"uni_pc": _UNIPC_UNLIKE.format("unipc"), "uni_pc_bh2": _UNIPC_UNLIKE.format("unipc_bh2")}
-# the schedules that space the steps evenly in timestep, differing at the ends only, as diffusers' own spacings
-# (leading, trailing, linspace) do: the model's own spacing, a name without a schedule. The web UI's labels and
-# ComfyUI's scheduler names, lowercase
+# the schedules that space the steps evenly in timestep, differing at the ends, as diffusers' own spacings (leading,
+# trailing, linspace) do: the model's own spacing, a name without a schedule, which is not theirs exactly (SD's at 20
+# steps starts at timestep 951, sigma 11.0, ComfyUI's normal at 999, 14.6; ComfyUI's ddim_uniform takes more steps
+# than asked where they do not divide 1000, 31 at 30). The web UI's labels and ComfyUI's scheduler names, lowercase
 EVEN_SPACINGS = {"uniform", "sgm uniform", "sgm_uniform", "normal", "simple", "ddim", "ddim_uniform"}
 # ComfyUI's schedulers that share a name with one of `SCHEDULES` but are another schedule: its "beta" takes the steps at
 # beta quantiles of the model's timesteps (Lee et al. 2024 as written), where the web UI's Beta and diffusers'
