@@ -1058,3 +1058,23 @@ def test_comfyuis_uni_pc_is_not_read_as_the_web_uis_unipc():
         smallest = _training_sigmas(own)[0]
         assert made.sigmas[-1].item() == pytest.approx(smallest) and smallest > 0.02  # (ComfyUI's: 0.001)
         assert "sigma 0.001" in COMFY_UNLIKE[sampler_name] and ours in COMFY_UNLIKE[sampler_name]
+
+
+def test_comfyuis_ddim_is_euler_on_every_schedule_and_on_ddim_uniform_draws_its_sigmas():
+    """ComfyUI's ddim is its Euler sampler (sampler_object: ksampler("euler")), which steps down to sigma 0; textinv
+    read it as its ddim on the even spacings, diffusers' DDIM, whose last step goes to the model's smallest noise level
+    under SD's config (set_alpha_to_one false), sigma 0.029, not 0. textinv's euler draws it: on ComfyUI's ddim_uniform
+    at a number of steps that divides 1000, the same sigmas."""
+    from textinv.samplers import from_comfy
+
+    own = DDIMScheduler.from_config(_sd_scheduler().config, timestep_spacing="leading", steps_offset=1)  # (SD's)
+    assert from_comfy("ddim", "ddim_uniform") == from_comfy("ddim", "normal") == "euler"
+    assert from_comfy("ddim", "karras") == "euler_karras"
+    made = scheduler_for(own, "ddim")
+    assert made.final_alpha_cumprod == own.alphas_cumprod[0]  # (what textinv's ddim ends at: not ComfyUI's 0)
+    # ComfyUI's ddim_uniform (comfy/samplers.py, ddim_scheduler): the training sigmas at timesteps 1, 1 + s, 1 + 2s, ...
+    # while below 1000, s = 1000 // steps, from the largest down, then 0
+    sigmas = _training_sigmas(own)
+    steps = 20
+    comfy = [sigmas[t] for t in range(1, len(sigmas), len(sigmas) // steps)][::-1] + [0.0]
+    assert _stepped(scheduler_for(own, from_comfy("ddim", "ddim_uniform")), steps) == pytest.approx(comfy, rel=1e-5)

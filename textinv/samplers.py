@@ -440,15 +440,16 @@ def from_comfy(sampler: str, scheduler: str) -> str | None:
 
     >>> from_comfy("dpmpp_2m", "karras"), from_comfy("euler_ancestral", "normal"), from_comfy("euler", "kl_optimal")
     ('dpm++2m_karras', 'euler_a', None)
-    >>> from_comfy("dpmpp_3m_sde", "exponential"), from_comfy("uni_pc", "normal")
-    ('dpm++3m_sde_comfy_exponential', None)
+    >>> from_comfy("dpmpp_3m_sde", "exponential"), from_comfy("uni_pc", "normal"), from_comfy("ddim", "ddim_uniform")
+    ('dpm++3m_sde_comfy_exponential', None, 'euler')
     """
     if sampler not in COMFY or sampler in COMFY_UNLIKE or scheduler.lower() in COMFY_OTHER_SCHEDULES:
         return None
     base = COMFY[sampler]
-    if base == "ddim" and scheduler.lower() not in EVEN_SPACINGS:
+    if base == "ddim":
         # ComfyUI's ddim runs its Euler sampler (comfy/samplers.py, get_sampler_method), DDIM's steps at eta 0 (Karras
-        # et al. 2022, section 3): on a sigma schedule, Euler's on it
+        # et al. 2022, section 3), on any schedule down to sigma 0: Euler's, where diffusers' DDIM (textinv's ddim)
+        # takes its last step to the model's smallest noise level under SD's config (set_alpha_to_one false)
         base = "euler"
     return _named(base, scheduler)
 
