@@ -4136,6 +4136,9 @@ def test_again_reads_comfyuis_custom_sampling_as_the_ksampler_that_draws_the_sam
     ({"32": _sampler_node("KSamplerSelect", sampler_name="dpm_2")},
      r"its sampler 'dpm_2' on the sigmas it is given, where ComfyUI's KSampler, as textinv draws it, discards the "
      r"next-to-last sigma \(KSamplerSelect node 32\)"),
+    ({"32": _sampler_node("KSamplerSelect", sampler_name="uni_pc_bh2")},
+     r"its sampler 'uni_pc_bh2', whose last step goes to sigma 0.001 where textinv's unipc_bh2 steps to the model's "
+     r"smallest noise level \(KSamplerSelect node 32\)"),
     ({"32": _sampler_node("KSamplerSelect", sampler_name="euler_ancestral")},
      r"its sampler 'euler_ancestral' on the 'karras' schedule, which textinv does not have"),
 ])

@@ -1257,6 +1257,10 @@ def _custom_sampler(graph: _ComfyGraph, node: str) -> tuple[str | None, dict[str
     sampler or ""): KSamplerSelect's name, or a sampler node's with its settings (`_COMFY_SAMPLER_OPTIONS`)."""
     if graph.cls(node) == "KSamplerSelect":
         name = graph.value(node, "sampler_name", (str,))
+        if name in ("uni_pc", "uni_pc_bh2"):  # (`samplers.COMFY_UNLIKE`: textinv has no such sampler at all)
+            return name, {}, (f"its sampler {name!r}, whose last step goes to sigma 0.001 where textinv's "
+                              f"{name.replace('uni_pc', 'unipc')} steps to the model's smallest noise level "
+                              f"({graph.named(node)})")
         if name in _COMFY_DISCARDING:
             return name, {}, (f"its sampler {name!r} on the sigmas it is given, where ComfyUI's KSampler, as textinv "
                               f"draws it, discards the next-to-last sigma ({graph.named(node)})")

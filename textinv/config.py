@@ -1119,7 +1119,8 @@ class GenerateConfig:
                                          "variation seed's)")
     eta: float = opt(None, "the web UI's Eta: the share of each step's noise an ancestral sampler (euler_a, dpm2_a, "
                            "dpm++2s_a) draws afresh, from 0 to 1 (its default), and the SDE samplers' (dpm++2m_sde, "
-                           "dpm++2m_sde_heun, dpm++3m_sde, dpm++sde) SDE noise; for ddim its Eta DDIM (default 0)")
+                           "dpm++2m_sde_heun, dpm++3m_sde, dpm++3m_sde_comfy, dpm++sde) SDE noise; for ddim its Eta "
+                           "DDIM (default 0)")
     ensd: int = opt(0, "the web UI's Eta noise seed delta (ENSD, e.g. 31337): a sampler's noise at every step is "
                        "drawn from seed + this, as the web UI's is; 0: from the seed, on from the starting noise")
     sigma_churn: float = opt(0.0, "the web UI's Sigma churn, for euler, heun and dpm2: each step first adds fresh "
@@ -1129,8 +1130,8 @@ class GenerateConfig:
     sigma_tmax: float = opt(None, "the web UI's Sigma tmax: only steps whose sigma is at most this churn (default: no "
                                   "limit)")
     sigma_noise: float = opt(1.0, "the web UI's Sigma noise: the churn's fresh noise is scaled by this, as is "
-                                  "the fresh noise of dpm2_a, dpm++2s_a, dpm++2m_sde, dpm++2m_sde_heun, dpm++3m_sde "
-                                  "and dpm++sde")
+                                  "the fresh noise of dpm2_a, dpm++2s_a, dpm++2m_sde, dpm++2m_sde_heun, dpm++3m_sde, "
+                                  "dpm++3m_sde_comfy and dpm++sde")
     discard_penultimate_sigma: bool = opt(False, "the web UI's \"Always discard next-to-last sigma\": N steps go "
                                                  "down the N + 1 step schedule less its smallest non-zero sigma (as "
                                                  "dpm2, dpm2_a and dpm++3m_sde always do), for its other k-diffusion "
