@@ -15,7 +15,7 @@ from textinv import train as train_module
 from textinv.cli import main
 from textinv.config import TrainConfig, build, config_file_settings
 from textinv.errors import ConfigError
-from textinv.optimizers import make_optimizer, parse_optimizer_args
+from textinv.optimizers import _step_skipping_overflows, make_optimizer, parse_optimizer_args
 from textinv.train import TrainingInterrupted, train
 from conftest import fresh_model, train_config
 
@@ -226,8 +226,6 @@ def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_as_its_own_sgd_run():
     AdamW's betas from SGD's settings)."""
     from types import SimpleNamespace
 
-    from textinv.train import _step_skipping_overflows
-
     def setup():
         encoders = [SimpleNamespace(vectors=torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator()
                                                                            .manual_seed(i)))) for i in range(2)]
@@ -299,8 +297,6 @@ def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_as_its_own_run(name, 
     decay of the rows put back) and for AdamW's amsgrad (its step divides by the running maximum of the second
     moment, not by the moment)."""
     from types import SimpleNamespace
-
-    from textinv.train import _step_skipping_overflows
 
     if name == "lion":
         pytest.importorskip("lion_pytorch")

@@ -1371,7 +1371,7 @@ def test_an_fp16_overflow_skips_only_its_own_concepts_step():
     other concepts (rows of the same tensors) take the step their own runs would; the scale is lowered."""
     from types import SimpleNamespace
 
-    from textinv.train import _step_skipping_overflows
+    from textinv.optimizers import _step_skipping_overflows
 
     def setup():
         encoders = [SimpleNamespace(vectors=torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator()
@@ -1419,7 +1419,7 @@ def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_with_its_own_runs_ada
     skips the whole step: its next steps must be its own run's, not ones corrected for a step it never took."""
     from types import SimpleNamespace
 
-    from textinv.train import _step_skipping_overflows
+    from textinv.optimizers import _step_skipping_overflows
 
     def setup():
         encoders = [SimpleNamespace(vectors=torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator()

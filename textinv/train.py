@@ -19,8 +19,9 @@ slice, and the vectors' gradient is averaged across processes before the step. S
 the frozen model and every batch; each concept's loss term is its own mean, so it learns what its own run would.
 
 Beside it: the pictures' cached latents (`latent_cache`), the loss (`losses`), what a batch draws from (`batches`:
-the caption bank, the sampler), the validation loss and the pictures it scores (`validation`), a signal's stop at a
-step boundary (`stopping`) and the out-of-memory message (`train_memory`).
+the caption bank, the sampler), the optimizer and its step (`optimizers`: clipping and fp16 skips per concept, the
+rate on resume), the validation loss and the pictures it scores (`validation`), a signal's stop at a step boundary
+(`stopping`) and the out-of-memory message (`train_memory`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ from .memory import is_out_of_memory, out_of_memory_as, release, sides
 from .models import (DTYPES, LAUNCHED_AT, EarlyInterrupt, Model, check_clip_skip, check_model_object,
                      launched_precision, launcher_precision, load_model, model_fingerprints, pick_device,
                      precision_name, shareable_name, webui_checkpoint, xl_time_ids)
-from .optimizers import SCHEDULE_FREE, evaluating, make_optimizer
+from .optimizers import (SCHEDULE_FREE, _clip_rows, _rate_from_schedule, _step_skipping_overflows, evaluating,
+                         make_optimizer)
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, check_same_precision, clear_run,
                          clear_temporaries, concept_folder, left_out_as_run, load_checkpoint, moved_places,
@@ -1534,94 +1536,6 @@ def timestep_range(config: TrainConfig, num_timesteps: int) -> tuple[int, int]:
         raise ConfigError(f"--min-timestep {config.min_timestep} / --max-timestep {high} do not fit the model's "
                           f"{num_timesteps} timesteps: draw from a range within 0..{num_timesteps}")
     return config.min_timestep, high
-
-
-def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[list[slice]],
-                             skipped: list[int] | None = None) -> None:
-    """The optimizer step under fp16 loss scaling (`scaler` enabled; else a plain step), skipped only for the
-    concepts whose gradients overflowed. GradScaler skips the whole step when any gradient is not finite, and all
-    concepts' vectors share one tensor per encoder, so one concept's overflow would cost every concept its step:
-    here the others step as in their own runs, and an overflowed concept's vectors and Adam moments are put back.
-
-    `skipped[k]` counts the steps concept k skipped alone (kept in checkpoints). Adam's step count, which its bias
-    correction divides by (Kingma & Ba 2015, alg. 1: 1 - beta^t), is one per tensor and so shared; concept k's own
-    run, whose skipped steps GradScaler skips whole, has taken `skipped[k]` steps fewer. Its rows are stepped at
-    that count (`_adamw_rows`), so every later step is its own run's. The scale is lowered either way."""
-    skipped = skipped if skipped is not None else [0] * len(rows_per_concept)
-    finite = [True] * len(rows_per_concept)
-    if scaler.is_enabled():  # one host sync for every concept (scaler.step syncs here anyway)
-        finite = torch.stack([torch.stack([torch.isfinite(e.vectors.grad[r]).all() for e, r in zip(exts, rows)]).all()
-                              for rows in rows_per_concept]).tolist()
-    behind = [k for k, ok in enumerate(finite) if ok and skipped[k]]  # finite, and behind the shared count
-    if not any(finite) or (all(finite) and not behind):
-        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
-        scaler.update()
-        return
-    kept, redo = [], []
-    for k, rows in enumerate(rows_per_concept):
-        for e, r in zip(exts, rows):
-            if not finite[k]:  # vectors and moments put back after the step
-                e.vectors.grad[r] = 0.0
-                state = optimizer.state.get(e.vectors, {})
-                # (None: no state yet, which the step makes: the rows' are zeroed, a moment or momentum not yet
-                # begun, as at its own run's first step; SGD's buffer would hold the weight decay of the rows)
-                kept.append((e.vectors, r, {name: v[r].clone() for name, v in state.items()
-                                            if name != "step" and torch.is_tensor(v)} if state else None,
-                             e.vectors.detach()[r].clone()))
-            elif skipped[k] and isinstance(optimizer, torch.optim.AdamW):
-                # stepped again below from these vectors, at its own step count (Lion's and SGD's steps do not
-                # depend on the count; Adafactor and Prodigy are refused with several concepts)
-                redo.append((e.vectors, r, skipped[k], e.vectors.detach()[r].clone()))
-    optimizer.step()  # the finite concepts' step (gradients already unscaled)
-    with torch.no_grad():
-        for vectors, r, moments, old in kept:
-            vectors[r] = old
-            if moments is None:
-                moments = {name: 0.0 for name, v in optimizer.state[vectors].items()
-                           if name != "step" and torch.is_tensor(v) and v.shape == vectors.shape}
-            for name, v in moments.items():
-                optimizer.state[vectors][name][r] = v
-        for vectors, r, behind_by, old in redo:
-            vectors[r] = _adamw_rows(optimizer, vectors, r, old, behind_by)
-    for k, ok in enumerate(finite):
-        skipped[k] += not ok
-    scaler.update()  # lowers the scale when the unscale found an overflow
-
-
-def _adamw_rows(optimizer, vectors: torch.Tensor, r: slice, old: torch.Tensor, behind_by: int) -> torch.Tensor:
-    """Rows `r` of `vectors` after the AdamW step just taken, from their vectors before it (`old`), had the step
-    count been `behind_by` lower: torch's AdamW update (decoupled weight decay, then the bias-corrected moments,
-    which the step has already updated), in its operations' order, so the rows are those of a run of their own."""
-    group = next(g for g in optimizer.param_groups if any(p is vectors for p in g["params"]))
-    state = optimizer.state[vectors]
-    t = float(state["step"]) - behind_by
-    lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-    new = old * (1 - lr * group["weight_decay"])
-    # (amsgrad, from --optimizer-args: the running maximum of the second moment, which the step has updated)
-    second = state["max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"][r]
-    denom = (second.sqrt() / (1 - beta2 ** t) ** 0.5).add_(eps)
-    return new.addcdiv_(state["exp_avg"][r], denom, value=-lr / (1 - beta1 ** t))
-
-
-def _rate_from_schedule(optimizer, lr_schedule) -> None:
-    """Set the optimizer's rate to what the schedule gives at its step. A checkpoint holds the rate its own schedule
-    set for the next step; a resume with a raised --steps rebuilds a decaying schedule over the longer run, whose
-    rate at that step differs (at the end of a linear schedule the saved one is 0). Unchanged settings give the
-    saved rate bit for bit (the same expression as LambdaLR's)."""
-    if not hasattr(lr_schedule, "lr_lambdas"):  # (every schedule here is a LambdaLR)
-        return
-    rates = [base * rate(lr_schedule.last_epoch) for base, rate in zip(lr_schedule.base_lrs, lr_schedule.lr_lambdas)]
-    for group, lr in zip(optimizer.param_groups, rates):
-        group["lr"] = lr
-    lr_schedule._last_lr = rates
-
-
-def _clip_rows(grads_and_rows: list[tuple[torch.Tensor, slice]], max_norm: float) -> None:
-    """Clip the gradient of some rows (across encoders) to a total L2 norm of `max_norm`, in place."""
-    norm = torch.sqrt(sum((g[r].float() ** 2).sum() for g, r in grads_and_rows))
-    factor = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-    for g, r in grads_and_rows:
-        g[r] *= factor
 
 
 # ---------------------------------------------------------------------------------------------------------------
