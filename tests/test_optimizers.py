@@ -15,7 +15,7 @@ from textinv import train as train_module
 from textinv.cli import main
 from textinv.config import TrainConfig, build, config_file_settings
 from textinv.errors import ConfigError
-from textinv.optimizers import _step_skipping_overflows, make_optimizer, parse_optimizer_args
+from textinv.optimizers import _clip_rows, _step_skipping_overflows, make_optimizer, parse_optimizer_args
 from textinv.train import TrainingInterrupted, train
 from conftest import fresh_model, train_config
 
@@ -218,6 +218,20 @@ def test_an_optimizer_that_mixes_the_concepts_rows_is_refused_with_several_conce
                                           rf"learn what its own run learns"):
         TrainConfig(concepts=["a=<a>", "b=<b>"], out=str(tmp_path / "o"), optimizer=name, lr=1.0).validate()
     TrainConfig(concepts=["a=<a>", "b=<b>"], out=str(tmp_path / "o"), optimizer="sgd").validate()
+
+
+def test_clipping_scales_the_given_rows_of_every_encoder_by_one_factor_to_the_norm_and_leaves_the_rest():
+    """--max-grad-norm clips each concept's rows on their own, their norm taken over all encoders together (a run of
+    that concept alone clips the same numbers). Nothing else checked that the clip happened: every run that clips
+    compared it with another run that clips."""
+    first, second = torch.full((4, 3), 2.0), torch.full((4, 2), 2.0)  # rows 0-1: a norm of sqrt(10 x 4)
+    _clip_rows([(first, slice(0, 2)), (second, slice(0, 2))], 1.0)
+    torch.testing.assert_close(first[:2], torch.full((2, 3), 2.0 / 40 ** 0.5))
+    torch.testing.assert_close(second[:2], torch.full((2, 2), 2.0 / 40 ** 0.5))
+    assert first[2:].eq(2.0).all() and second[2:].eq(2.0).all()  # (another concept's rows)
+    small = torch.full((2, 3), 0.01)  # under the norm: left as it is
+    _clip_rows([(small, slice(None))], 1.0)
+    assert small.eq(0.01).all()
 
 
 def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_as_its_own_sgd_run():
