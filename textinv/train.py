@@ -72,7 +72,7 @@ from .tokens import (ExtendedEmbedding, add_tokens, base_embedding, check_new_to
                      init_vectors, scratch_tokens, split_words, token_names, webui_init_ids)
 from .tracking import LOGS_DIR, RunTracker, run_name, tracker_names
 from .train_memory import _allocated, _memory_error, _Where
-from .validation import (FixedDraws, _held_out, _lowest_validation, _split_then, _validation_pictures,
+from .validation import (FixedDraws, _lowest_validation, _split_each_concept, _split_then, _validation_pictures,
                          _warn_other_validation_pictures, fixed_draws, validation_loss)
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -700,8 +700,8 @@ def _check_inputs(run: _Run, model: Model | None, saved: dict | None) -> None:
     held_back = [None] * len(found)  # each concept's pictures held out for the validation loss (--validation-split)
     checkpoint = newest_checkpoint(out) if config.resume else None
     if config.validation_split:
-        found, held_back = _held_out(config, specs, found, validation_seed, is_main and progress,
-                                     _split_then(checkpoint, config))
+        found, held_back = _split_each_concept(config, specs, found, validation_seed, is_main and progress,
+                                               _split_then(checkpoint, config))
     elif config.validation_images is not None:
         held_back = [_validation_pictures(config.validation_images, found[0])]
     # each picture's times in an epoch: its kohya folder's (or subset's) count x --repeats

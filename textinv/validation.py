@@ -13,10 +13,11 @@ pictures' alpha with --alpha-mask), without the noise settings' random parts (of
 noise), which would make it a draw again.
 
 Below those, the run's side of it, moved out of train.py (which calls them as it checks its inputs, before the model
-loads, and as it ends): each concept's pictures split by --validation-split at its own seed (`_held_out`; a resumed
-run's split as its checkpoint holds it, `_split_then`), the --validation-images folder checked against the pictures
-trained on (`_validation_pictures`; on resume `_warn_other_validation_pictures`), and the closing line that names
-the step of the lowest loss and its file (`_lowest_validation`).
+loads, and as it ends): each concept's pictures split by --validation-split at its own seed (`_split_each_concept`:
+every concept's `split_pictures`, checked and printed; a resumed run's split as its checkpoint holds it,
+`_split_then`), the --validation-images folder checked against the pictures trained on (`_validation_pictures`; on
+resume `_warn_other_validation_pictures`), and the closing line that names the step of the lowest loss and its file
+(`_lowest_validation`).
 """
 
 from __future__ import annotations
@@ -163,8 +164,8 @@ def _split_then(checkpoint: tuple[Path, dict] | None, config: TrainConfig) -> li
     return checkpoint[1]["held_out"]
 
 
-def _held_out(config: TrainConfig, specs: list[dict], found: list[PictureSet], seed: int, say: bool,
-              then: list[list[str] | None] | None) -> tuple[list[PictureSet], list[PictureSet]]:
+def _split_each_concept(config: TrainConfig, specs: list[dict], found: list[PictureSet], seed: int, say: bool,
+                        then: list[list[str] | None] | None) -> tuple[list[PictureSet], list[PictureSet]]:
     """Each concept's pictures split by --validation-split (`validation.split_pictures`, concept k's by its own
     seed): (the ones trained on, the ones held out); those held out are printed when `say`. A concept with a single
     picture has none to spare. `then`: the pictures a resumed run held out (`_split_then`), each concept's, taken
