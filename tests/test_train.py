@@ -1966,15 +1966,26 @@ def test_a_concept_without_an_init_takes_the_models_own_word_as_a_lone_concept_d
     assert [c["init"] for c in saved["concepts"]] == [None, "dog"]
 
 
-def test_latents_are_cached_a_batch_at_a_time_with_the_mirror_images_after(sd1_dir, images):
+def test_latents_are_cached_a_batch_at_a_time_with_the_mirror_images_after(sd1_dir, tmp_path):
     """500 pictures at 512 held as one stacked tensor plus its mirrored copy were 8 GB of RAM before the VAE ran
     (32 GB at SDXL's 1024); each batch is now stacked, mirrored and encoded on its own, in the same layout and the
-    same batches (so the same latents, bit for bit)."""
+    same batches (so the same latents, bit for bit). The pictures are not their own mirror images (the `images`
+    fixture's centred squares are: with them, a cache without the mirror images passed too)."""
+    import numpy as np
+    from PIL import Image
+
     from textinv.data import find_images, load_training_images
     from textinv.latent_cache import encode_latents
 
+    folder = tmp_path / "lopsided"
+    folder.mkdir()
+    for i in range(4):
+        arr = np.full((24, 24, 3), 40 * i, dtype=np.uint8)
+        arr[:, :4 + 3 * i] = (230, 40, 40)  # a bar along the left edge, wider in each picture
+        Image.fromarray(arr).save(folder / f"img{i}.png")
     vae = fresh_model(sd1_dir).vae
-    pictures = [p.pixels for p in load_training_images(find_images(images), 24)]
+    pictures = [p.pixels for p in load_training_images(find_images(folder), 24)]
+    assert not any(torch.equal(p, p.flip(-1)) for p in pictures)
     seen = []
     real_encode = vae.encode
     vae.encode = lambda x: seen.append(len(x)) or real_encode(x)
