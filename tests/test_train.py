@@ -1996,6 +1996,25 @@ def test_latents_are_cached_a_batch_at_a_time_with_the_mirror_images_after(sd1_d
     assert torch.equal(mean, expected[0]) and torch.equal(std, expected[1])
 
 
+def test_pictures_of_several_shapes_are_cached_with_their_mirror_images_after(sd1_dir, tmp_path):
+    """--buckets' pictures are encoded one at a time (`_latents_each`), laid out as `encode_latents` lays them: the
+    pictures', then their mirror images'. With the mirror left out, the buckets tests passed too."""
+    from types import SimpleNamespace
+
+    from textinv.latent_cache import _latents_each, encode_latents
+
+    vae = fresh_model(sd1_dir).vae
+    g = torch.Generator().manual_seed(0)
+    pictures = [SimpleNamespace(pixels=torch.rand(3, *size, generator=g) * 2 - 1) for size in ((16, 24), (24, 16))]
+    means, stds, weights = _latents_each(vae, pictures, tmp_path, False, "cpu")
+    assert len(means) == len(stds) == 4 and weights is None
+    for k, p in enumerate(pictures):
+        mean, std = encode_latents(vae, p.pixels.flip(-1)[None])
+        torch.testing.assert_close(means[2 + k], mean[0])
+        torch.testing.assert_close(stds[2 + k], std[0])
+        assert not torch.allclose(means[2 + k], means[k])
+
+
 def test_a_caption_that_is_not_utf8_is_refused_before_loading(images, tmp_path):
     """Captions were first read after the model had loaded (minutes for SDXL), so a latin-1 caption failed late."""
     (images / "img1.txt").write_bytes("a photo of {} caf\xe9".encode("latin-1"))
