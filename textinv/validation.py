@@ -166,7 +166,7 @@ def _split_then(checkpoint: tuple[Path, dict] | None, config: TrainConfig) -> li
 
 def _split_each_concept(config: TrainConfig, specs: list[dict], found: list[PictureSet], seed: int, say: bool,
                         then: list[list[str] | None] | None) -> tuple[list[PictureSet], list[PictureSet]]:
-    """Each concept's pictures split by --validation-split (`validation.split_pictures`, concept k's by its own
+    """Each concept's pictures split by --validation-split (`split_pictures`, concept k's by its own
     seed): (the ones trained on, the ones held out); those held out are printed when `say`. A concept with a single
     picture has none to spare. `then`: the pictures a resumed run held out (`_split_then`), each concept's, taken
     where all of them are still there (a picture added or removed is then said by `check_resumable`)."""
