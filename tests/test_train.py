@@ -2770,3 +2770,37 @@ def test_a_resolution_far_from_the_models_own_size_is_warned_of(sd1_dir, images,
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*--resolution")
         train(config(images, tmp_path / "near", steps=1, resolution=32), model=fresh_model(sd1_dir), progress=False)
+
+
+def test_grad_accumulation_steps_on_the_mean_of_its_micro_batches_gradients_and_logs_their_mean_loss(
+        sd1_dir, images, tmp_path, monkeypatch):
+    """With --grad-accum N the step's gradient, and its logged loss, are the mean of the N micro-batches', not their
+    sum. A loss of a known gradient stands in for the model's: micro-batch i's is (2i + 1) x the vectors' sum, so
+    two micro-batches' gradient is 2 (1 and 3 averaged) in every element, their sum would be 4. (AdamW hides a
+    gradient's scale, so the vectors alone do not tell.)"""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    calls, grads = [], []
+
+    def losses(self, inputs):
+        calls.append(None)
+        vectors = self.exts[0].vectors
+        return ((2 * ((len(calls) - 1) % 2) + 1) * vectors.sum())[None]  # (K,) = (1,)
+
+    monkeypatch.setattr(train_module._Run, "concept_losses", losses)
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: grads.append([p.grad.clone() for g in optimizer.param_groups
+                                                      for p in g["params"]]))
+    try:
+        result = train(config(images, tmp_path / "a", steps=2, log_every=1, grad_accum=2),
+                       model=fresh_model(sd1_dir), progress=False)
+    finally:
+        hook.remove()
+    assert len(calls) == 4 and len(grads) == 2
+    for (grad,) in grads:
+        assert torch.equal(grad, torch.full_like(grad, 2.0))
+    # the loss logged at step 1 is the mean of 1x and 3x the starting vectors' sum: 2x it
+    start = init_vectors(base_embedding(fresh_model(sd1_dir).text_encoder).weight,
+                         encode_init(fresh_model(sd1_dir).tokenizer, "dog"), 1)
+    assert result.losses[0][0] == 1
+    assert result.losses[0][1] == pytest.approx(2 * start.sum().item(), rel=1e-5)
