@@ -74,6 +74,20 @@ def test_gradient_reaches_only_the_new_vectors(pipe):
     assert all(p.grad is None for n, p in te.named_parameters() if n != "embeddings.token_embedding.rows.weight")
 
 
+def test_adding_a_second_token_keeps_the_first_tokens_vectors_and_every_word(pipe):
+    # a second embedding loaded (or a concept's tokens installed beside another's) grows the added rows: the rows
+    # there before, and the frozen table, read as they did
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    first, second = torch.randn(2, 32), torch.randn(1, 32)
+    table = base_embedding(te).weight.clone()
+    add_tokens(tok, te, token_names("<a-x>", 2), first)
+    ext = add_tokens(tok, te, ["<b-x>"], second)
+    v0 = table.shape[0]
+    assert torch.equal(ext.vectors.detach(), torch.cat([first, second]))
+    out = ext(torch.tensor([[0, v0 - 1, v0, v0 + 1, v0 + 2]]))[0]
+    assert torch.equal(out[:2], table[[0, v0 - 1]]) and torch.equal(out[2:], torch.cat([first, second]))
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two threads race only on two or more cores")
 def test_vectors_gradient_is_the_same_bits_every_time_at_two_threads():
     # a training batch's worth of positions (4 x 77 x 128 > 32,768 elements): `vectors[ids]`'s backward added
