@@ -2772,35 +2772,59 @@ def test_a_resolution_far_from_the_models_own_size_is_warned_of(sd1_dir, images,
         train(config(images, tmp_path / "near", steps=1, resolution=32), model=fresh_model(sd1_dir), progress=False)
 
 
-def test_grad_accumulation_steps_on_the_mean_of_its_micro_batches_gradients_and_logs_their_mean_loss(
-        sd1_dir, images, tmp_path, monkeypatch):
-    """With --grad-accum N the step's gradient, and its logged loss, are the mean of the N micro-batches', not their
-    sum. A loss of a known gradient stands in for the model's: micro-batch i's is (2i + 1) x the vectors' sum, so
-    two micro-batches' gradient is 2 (1 and 3 averaged) in every element, their sum would be 4. (AdamW hides a
-    gradient's scale, so the vectors alone do not tell.)"""
+def known_gradient_run(sd1_dir, images, out, monkeypatch, factors=(1.0,), **kw):
+    """`train` with a loss of a known gradient in place of the model's: the n-th micro-batch's loss is
+    factors[n % len(factors)] x the vectors' sum, so its gradient is that factor in every element. Returns the
+    result, and what the optimizer saw at each step: the gradient of each parameter, and each group's rate."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    calls, grads = [], []
+    calls, seen = [], []
 
     def losses(self, inputs):
         calls.append(None)
-        vectors = self.exts[0].vectors
-        return ((2 * ((len(calls) - 1) % 2) + 1) * vectors.sum())[None]  # (K,) = (1,)
+        return (factors[(len(calls) - 1) % len(factors)] * self.exts[0].vectors.sum())[None]  # (K,) = (1,)
+
+    def hook(optimizer, args, kwargs):
+        seen.append(([p.grad.clone() for g in optimizer.param_groups for p in g["params"]],
+                     [g["lr"] for g in optimizer.param_groups]))
 
     monkeypatch.setattr(train_module._Run, "concept_losses", losses)
-    hook = register_optimizer_step_pre_hook(
-        lambda optimizer, args, kwargs: grads.append([p.grad.clone() for g in optimizer.param_groups
-                                                      for p in g["params"]]))
+    handle = register_optimizer_step_pre_hook(hook)
     try:
-        result = train(config(images, tmp_path / "a", steps=2, log_every=1, grad_accum=2),
-                       model=fresh_model(sd1_dir), progress=False)
+        result = train(config(images, out, **kw), model=fresh_model(sd1_dir), progress=False)
     finally:
-        hook.remove()
-    assert len(calls) == 4 and len(grads) == 2
-    for (grad,) in grads:
+        handle.remove()
+    return result, seen
+
+
+def test_grad_accumulation_steps_on_the_mean_of_its_micro_batches_gradients_and_logs_their_mean_loss(
+        sd1_dir, images, tmp_path, monkeypatch):
+    """With --grad-accum N the step's gradient, and its logged loss, are the mean of the N micro-batches', not their
+    sum: micro-batches of gradient 1 and 3 step on 2 (their sum would be 4). AdamW hides a gradient's scale, so
+    the vectors alone do not tell."""
+    result, seen = known_gradient_run(sd1_dir, images, tmp_path / "a", monkeypatch, (1.0, 3.0), steps=2,
+                                      log_every=1, grad_accum=2)
+    assert len(seen) == 2
+    for (grad,), _ in seen:
         assert torch.equal(grad, torch.full_like(grad, 2.0))
     # the loss logged at step 1 is the mean of 1x and 3x the starting vectors' sum: 2x it
-    start = init_vectors(base_embedding(fresh_model(sd1_dir).text_encoder).weight,
-                         encode_init(fresh_model(sd1_dir).tokenizer, "dog"), 1)
+    model = fresh_model(sd1_dir)
+    start = init_vectors(base_embedding(model.text_encoder).weight, encode_init(model.tokenizer, "dog"), 1)
     assert result.losses[0][0] == 1
     assert result.losses[0][1] == pytest.approx(2 * start.sum().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_max_grad_norm_shrinks_a_larger_gradient_to_it_and_leaves_a_smaller_one(max_norm, sd1_dir, images, tmp_path,
+                                                                                 monkeypatch):
+    _, [((grad,), _)] = known_gradient_run(sd1_dir, images, tmp_path / "a", monkeypatch, (1.0,), steps=1,
+                                           max_grad_norm=max_norm)
+    norm = grad.shape.numel() ** 0.5  # (the gradient: 1 in every element)
+    want = torch.full_like(grad, min(1.0, max_norm / (norm + 1e-6)))
+    assert torch.allclose(grad, want, rtol=1e-6, atol=0)
+
+
+def test_scale_lr_multiplies_the_rate_by_batch_grad_accum_and_processes(sd1_dir, images, tmp_path, monkeypatch):
+    _, seen = known_gradient_run(sd1_dir, images, tmp_path / "a", monkeypatch, steps=1, batch=2, grad_accum=3,
+                                 lr=1e-3, scale_lr=True)
+    assert seen[0][1] == [pytest.approx(6e-3)]
