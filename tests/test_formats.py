@@ -537,6 +537,25 @@ def test_a_pairs_second_file_alone_finds_its_first_beside_it(tmp_path):
     assert load_embedding(second).widths == (768,)
 
 
+def test_a_diffusers_sdxl_save_cut_short_between_its_files_leaves_no_first_file_alone(tmp_path, monkeypatch):
+    """The first file is what users point at, and alone it loads as an SD 1.x embedding: it is written last, once
+    its partner is complete. A save stopped after one file's rename leaves only the second file."""
+    real, renames = os.replace, []
+
+    def replace(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "learned_embeds.safetensors"
+    emb = LearnedEmbedding("<cat>", {"text_encoder": torch.randn(2, 768), "text_encoder_2": torch.randn(2, 1280)})
+    with pytest.raises(KeyboardInterrupt):
+        save_embedding(emb, path, "diffusers-sdxl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["learned_embeds_2.safetensors"]
+
+
 def test_diffusers_sdxl_example_pair(tmp_path):
     l, g = torch.randn(3, 768), torch.randn(3, 1280)
     first = tmp_path / "learned_embeds-steps-500.safetensors"
