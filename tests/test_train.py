@@ -629,6 +629,12 @@ def test_checkpoints_are_ordered_by_step_past_six_digits(tmp_path):
                                                                      "step-1000000.pt"]
 
 
+
+def test_only_the_newest_keep_checkpoints_checkpoints_are_kept(sd1_dir, images, tmp_path):
+    train(config(images, tmp_path / "a", steps=6, save_every=2, keep_checkpoints=2), model=fresh_model(sd1_dir),
+          progress=False)
+    assert [p.name for p in run_folder.checkpoints(tmp_path / "a")] == ["step-000004.pt", "step-000006.pt"]
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_loss_curve_matches_fp32(precision, sd1_dir, images, tmp_path):
     """Frozen weights in bf16/fp16 (vectors stay fp32, fp16 with loss scaling) track the fp32 run."""
