@@ -408,10 +408,11 @@ def test_cmyk_cyan_becomes_rgb_cyan(tmp_path, fmt, tol):
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
-    Image.fromarray(np.array([[0, 32768, 65535, 257]], dtype=np.uint16)).save(tmp_path / "g16.png")
+    # (65280 = 255 x 256 tells 257 from 256: 254.0 of 255, where / 256 gives 255)
+    Image.fromarray(np.array([[0, 32768, 65535, 257, 65280]], dtype=np.uint16)).save(tmp_path / "g16.png")
     assert Image.open(tmp_path / "g16.png").mode.startswith("I")  # really 16-bit on disk
     out = load_image(tmp_path / "g16.png")
-    assert [out.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255), (1, 1, 1)]
+    assert [out.getpixel((x, 0)) for x in range(5)] == [(v, v, v) for v in (0, 128, 255, 1, 254)]
 
 
 def test_big_endian_sixteen_bit_tiff(tmp_path):
@@ -432,7 +433,7 @@ def test_float_grey_in_unit_range(tmp_path):
 @pytest.mark.parametrize(
     "mode, values, expected",
     [
-        ("I", [0, 32768, 65535], [0, 128, 255]),  # 16-bit data held as 32-bit ints
+        ("I", [0, 32768, 65280, 65535], [0, 128, 254, 255]),  # 16-bit data held as 32-bit ints
         ("I", [0, 100, 255], [0, 100, 255]),  # 8-bit data held as ints
         ("I", [-1000, 0, 1000], [0, 128, 255]),  # no known range: stretched
         ("F", [0.0, 127.0, 255.0], [0, 127, 255]),
@@ -443,7 +444,7 @@ def test_wide_grey_ranges(mode, values, expected):
     img = Image.fromarray(np.array([values], dtype=dtype))
     assert img.mode == mode
     out = to_rgb(img)
-    assert [out.getpixel((x, 0))[0] for x in range(3)] == expected
+    assert [out.getpixel((x, 0))[0] for x in range(len(values))] == expected
 
 
 @pytest.mark.parametrize(
