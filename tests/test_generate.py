@@ -325,6 +325,7 @@ def test_long_prompts_are_cut_into_chunks_at_commas_breaks_and_around_learned_to
     assert [len(words(c)) for c in token_chunks(tok, "dog dog BREAK dog")] == [2, 1]
     assert [c[1][1:3] for c in token_chunks(tok, "(dog:1.5) BREAK [dog]")] == [[1.5, 1.0], [round(1 / 1.1, 5), 1.0]]
     assert [len(words(c)) for c in token_chunks(tok, "dog " * 54 + ", " + "dog " * 21)] == [75, 1]  # 21 back: cut
+    assert [len(words(c)) for c in token_chunks(tok, "dog " * 55 + ", " + "dog " * 20)] == [56, 20]  # 20: moved on
     chunks = token_chunks(tok, "dog " * 60 + ", " + "dog " * 14 + ", dog")  # the 76th token, a comma, moves on
     assert [len(words(c)) for c in chunks] == [75, 2] and words(chunks[1])[0] == comma
     install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(4, 32)}))
