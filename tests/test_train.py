@@ -2834,3 +2834,27 @@ def test_scale_lr_multiplies_the_rate_by_batch_grad_accum_and_processes(sd1_dir,
     _, seen = known_gradient_run(sd1_dir, images, tmp_path / "a", monkeypatch, steps=1, batch=2, grad_accum=3,
                                  lr=1e-3, scale_lr=True)
     assert seen[0][1] == [pytest.approx(6e-3)]
+
+
+def test_max_grad_value_keeps_an_fp16_overflow_so_only_its_concept_skips_the_step(sd1_dir, tmp_path, monkeypatch):
+    """Clipped to the value, an overflowed gradient's inf would look finite, and the concepts' step be skipped
+    whole (GradScaler found the inf before the clipping): the inf is kept, so the overflowed concept alone keeps
+    its vectors and the other steps. A loss of 1e35 x the vectors is finite, its gradient times the loss scale
+    (65,536) is not."""
+    from conftest import write_images
+
+    def losses(self, inputs):  # concept 0 overflows, concept 1 does not
+        vectors = self.exts[0].vectors
+        return torch.stack([f * vectors[c.rows[0]].sum() for f, c in zip((1e35, 1.0), self.concepts)])
+
+    monkeypatch.setattr(train_module._Run, "concept_losses", losses)
+    dogs, cats = write_images(tmp_path / "dogs", seed=1), write_images(tmp_path / "cats", n=3, seed=2)
+    model = load_model(sd1_dir, dtype=torch.float16)
+    start = [init_vectors(base_embedding(model.text_encoder).weight, encode_init(model.tokenizer, word), 1)
+             for word in ("dog", "cat")]
+    result = train(TrainConfig(concepts=[f"{dogs}=<jd>=dog", f"{cats}=<jc>=cat"], out=str(tmp_path / "joint"),
+                               steps=1, batch=1, save_every=0, sample_every=0, lr=5e-2, precision="fp16",
+                               max_grad_value=0.1), model=model, progress=False)
+    overflowed, stepped = (e.vectors["text_encoder"] for e in result.embeddings)
+    assert torch.equal(overflowed, start[0]) and not torch.equal(stepped, start[1])
+
