@@ -21,6 +21,7 @@ from textinv.data import (
     CaptionLinesWarning,
     CaptionSampler,
     CaptionWithoutMarkerWarning,
+    EmptyCaptionWarning,
     SkippedFilesWarning,
     SmallImageWarning,
     TrainingImage,
@@ -305,6 +306,28 @@ def test_a_caption_file_of_several_lines_is_joined_and_said(tmp_path):
     with warnings.catch_warnings():  # (with wildcards the lines are meant: each a caption, `CaptionSampler`)
         warnings.simplefilter("error", CaptionLinesWarning)
         load_training_images(find_images(tmp_path), 8, wildcards=True)
+
+
+def test_empty_caption_files_are_said_once_naming_the_first_few(tmp_path):
+    """An empty caption file silently meant "no caption" (the templates train its picture), where kohya's scripts
+    train on the empty text: said once, with how many there are and the first three, and what textinv does."""
+    for name in "abcde":
+        solid(tmp_path / f"{name}.png")
+    for name in "abcd":
+        (tmp_path / f"{name}.txt").write_text(" \n" if name == "b" else "")
+    (tmp_path / "e.txt").write_text("a {} on grass")
+    with caught(EmptyCaptionWarning) as rec:
+        pictures = load_training_images(find_images(tmp_path), 8)
+    assert [p.caption for p in pictures] == [None] * 4 + ["a {} on grass"]
+    assert len(rec.list) == 1, [str(r) for r in rec.list]
+    said = str(rec.list[0])
+    assert said.startswith(f"4 caption file(s) are empty: {tmp_path / 'a.txt'}, {tmp_path / 'b.txt'}, "
+                           f"{tmp_path / 'c.txt'}, ...;"), said
+    assert "d.txt" not in said and "train on the templates" in said and "kohya's scripts train on the empty" in said
+    (tmp_path / "a.txt").unlink()  # (no caption file at all: the templates, as meant, said nowhere)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmptyCaptionWarning)
+        load_training_images([tmp_path / "a.png", tmp_path / "e.png"], 8)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need os.mkfifo")

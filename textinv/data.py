@@ -180,6 +180,11 @@ class UnreadTemplatesWarning(UserWarning):
     """--templates without `[filewords]` where pictures have caption files: those train on their captions alone."""
 
 
+class EmptyCaptionWarning(UserWarning):
+    """A caption file is empty, which textinv reads as no caption (its picture trains on the templates), where
+    kohya's scripts train on the empty text."""
+
+
 class CaptionLinesWarning(UserWarning):
     """A caption file holds several lines, which textinv joins into one caption where kohya's scripts take the
     first."""
@@ -1017,6 +1022,7 @@ def load_training_images(
     result: list[TrainingImage] = []
     small: list[str] = []
     several: list[str] = []  # caption files of several lines
+    empty: list[str] = []  # caption files with no text
 
     def training_size(full: tuple[int, int]) -> tuple[int, int]:  # (W, H) of a picture of upright size `full`
         if no_upscale:  # (what it is read at: the picture as scaled, which its bucket is cut from)
@@ -1047,8 +1053,12 @@ def load_training_images(
                                     scaled_size=scaled_to[::-1] if no_upscale else None))
         if not wildcards and (note := _several_lines(found, text)):
             several.append(note)
+        if found is not None and _caption(text) is None:
+            empty.append(str(found))
     if several:
         _warn_several_lines(several)
+    if empty:
+        _warn_empty_captions(empty)
     if small:
         _warn_small(small, fixed, bucket_step)
     return result
@@ -1102,6 +1112,17 @@ def _warn_several_lines(several: list[str]) -> None:
         f"reads a caption file): {', '.join(several[:3])}{', ...' if len(several) > 3 else ''}; kohya's scripts "
         f"train on the first line only: if the lines are alternatives, keep one a file, or give "
         f"--caption-wildcards to draw one of them each time, as kohya's enable_wildcard does"), stacklevel=3)
+
+
+def _warn_empty_captions(empty: list[str]) -> None:
+    """Warn (at `load_training_images`' caller) of the caption files `empty`: a file left empty by a captioning
+    tool, or by hand, silently meant "no caption" here and an empty caption in kohya's scripts."""
+    warn(EmptyCaptionWarning(
+        f"{len(empty)} caption file(s) are empty: {', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}; "
+        f"textinv reads an empty caption file as none, so those pictures train on the templates (--templates, or "
+        f"the --property's own; with [filewords] templates on no words, not their file names), where kohya's "
+        f"scripts train on the empty text; write a caption in them, or delete them to say the templates are "
+        f"meant"), stacklevel=3)
 
 
 def _warn_small(small: list[str], size: tuple[int, int], bucket_step: int | None) -> None:
