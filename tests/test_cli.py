@@ -351,17 +351,46 @@ def test_a_data_parallel_set_up_says_a_ctrl_c_in_one_process_to_the_others(monke
     stop = _StopRequest(group="the CPU group")
     with pytest.raises(KeyboardInterrupt), stop.setting_up():
         raise KeyboardInterrupt  # (this process's own Ctrl-C: raised here, once process 1 has heard it)
-    assert heard == [[2, 0]] and not stop.pending
+    assert heard == [[2, 0, 0, 0]] and not stop.pending  # (then whether each resumes: not said)
     peer = 2
     stop = _StopRequest(group="the CPU group")
     with pytest.raises(TrainingError, match=r"process 1 was interrupted as the run was set up \(its own message says "
                                             r"why\); every process stopped before the first step"), stop.setting_up():
         stop.agree_set_up()
-    assert heard[1:] == [[0, 0]]  # (said once: not again as the error leaves `setting_up`)
+    assert heard[1:] == [[0, 0, 0, 0]]  # (said once: not again as the error leaves `setting_up`)
     stop = _StopRequest()  # one process: nothing to ask
     with stop.setting_up():
         stop.agree_set_up(last=True)
     assert len(heard) == 2
+
+
+def test_data_parallel_processes_that_found_the_folder_otherwise_all_stop_before_the_first_step(monkeypatch):
+    """--resume-or-start is decided by each process from the folder as it finds it (one that cannot see the run's
+    checkpoint, on a disk of its own node, would start while the others resume, and train from other vectors
+    unseen): the decisions are compared at the set-up's agreement, and every process stops. (Process 1, played by
+    the all-reduce, resumes; this one, process 0, starts.)"""
+    import torch.distributed as dist
+
+    from textinv.errors import TrainingError
+    from textinv.stopping import _StopRequest
+
+    def all_reduce(flags, op, group):
+        flags[3] = peer
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(dist, "get_world_size", lambda group: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group: 0)
+    peer = 2
+    stop = _StopRequest(group="the CPU group")
+    with pytest.raises(TrainingError, match=r"process\(es\) 1 resume the run there, the others start it"):
+        with stop.setting_up():
+            stop.agree_set_up(resumes=False)
+    assert not stop.pending
+    peer = 1  # (both start: the set-up goes on)
+    stop = _StopRequest(group="the CPU group")
+    with stop.setting_up():
+        stop.agree_set_up(resumes=False)
+    assert stop.pending
 
 
 def test_an_interrupted_data_parallel_run_says_how_to_continue_once(images, tmp_path, monkeypatch, capsys):
@@ -481,6 +510,39 @@ def test_resume_of_the_diffusers_scripts_output_folder_names_its_last_step_file_
     assert "checkpoint-1000 is the diffusers script's" in err
     assert f"--init-embedding {out / 'learned_embeds-steps-1000.safetensors'}" in err
     assert "--out NEW_DIR" in err
+
+
+def test_resume_or_start_is_one_command_for_every_requeue_of_a_job(sd1_dir, images, tmp_path, capsys):
+    """The command a requeued cluster job runs each time: it starts the run, goes on with it, and once it is done
+    says there is nothing left to learn; the diffusers script's folder is answered as --resume answers it."""
+    out = tmp_path / "run"
+    def command(steps, folder=out):
+        return ["train", "--model", str(sd1_dir), "--images", str(images), "--token", "<r>", "--init", "dog",
+                "--batch", "1", "--sample-every", "0", "--save-every", "2", "--steps", steps, "--out", str(folder),
+                "--resume-or-start"]
+    assert main(command("2")) == 0
+    assert "learned <r> in 2 steps" in capsys.readouterr().out
+    assert main(command("4")) == 0  # (the job given more steps, as --resume takes them)
+    assert "learned <r>: steps 3-4" in capsys.readouterr().out
+    assert main(command("4")) == 0
+    said = capsys.readouterr().out
+    assert "<r>: nothing to learn, the run was at step 4 already" in said, said
+    assert load_embedding(out / "learned_embeds.safetensors").metadata["steps"] == "4"
+    diffusers = tmp_path / "textual_inversion_cat"
+    (diffusers / "checkpoint-500").mkdir(parents=True)
+    (diffusers / "learned_embeds-steps-500.safetensors").write_bytes(b"")
+    assert main(command("4", diffusers)) == 2
+    err = capsys.readouterr().err
+    assert f"--resume-or-start: {diffusers} holds no config.yaml, so no textinv run; its checkpoint-500 is the " \
+           f"diffusers script's" in err and "--out NEW_DIR" in err, err
+
+
+def test_the_diffusers_scripts_resume_latest_is_answered_with_resume_or_start(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--out", "run", "--resume_from_checkpoint", "latest"])
+    err = capsys.readouterr().err
+    assert "--resume_from_checkpoint" in err and "latest is --resume-or-start: textinv train --out DIR " \
+           "--resume-or-start" in err, err
 
 
 def test_a_mistyped_choice_is_one_line_not_the_whole_usage(capsys):

@@ -961,3 +961,53 @@ def test_a_picture_that_cannot_be_written_is_a_cli_error_naming_it_and_the_pictu
     assert f"--out {out}: cannot write 000-a-dog-s1.png (Permission denied); the 1 picture written before it is in " \
            f"{out}: make the folder writable, or choose another --out" in said and "Traceback" not in said
     assert [p.name for p in out.iterdir()] == ["000-a-dog-s0.png"]
+
+
+def test_resume_or_start_starts_again_a_run_killed_before_its_first_checkpoint(sd1_dir, images, tmp_path,
+                                                                               monkeypatch):
+    """A requeued job killed before its first checkpoint left its folder (and lock) with config.yaml at most: the
+    same command starts the run again, cleanly, to the result of one never killed, and does not refuse the folder
+    as --resume ("holds no checkpoint") or a plain start ("not empty") would."""
+    straight = train(config(images, tmp_path / "a", save_every=3), model=fresh_model(sd1_dir), progress=False)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("pid 1 on a node gone\n")  # (killed as the folder was made: its lock, held by none)
+
+    def killed(run, handlers):  # (a SIGKILL once config.yaml is written, before any step)
+        raise SystemExit(137)
+    real = train_module._loop
+    monkeypatch.setattr(train_module, "_loop", killed)
+    with pytest.raises(SystemExit):
+        train(config(images, out, save_every=3, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
+    assert (out / "config.yaml").is_file() and not checkpoints(out)
+    (out / "samples").mkdir()
+    (out / "samples" / "step-000000.png").write_bytes(b"the first grid")
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        train(config(images, out, save_every=3, resume=True), model=fresh_model(sd1_dir), progress=False)
+    with pytest.raises(ConfigError, match="is not empty"):
+        train(config(images, out, save_every=3), model=fresh_model(sd1_dir), progress=False)
+    monkeypatch.setattr(train_module, "_loop", real)
+    again = train(config(images, out, save_every=3, resume_or_start=True), model=fresh_model(sd1_dir),
+                  progress=False)
+    assert torch.equal(again.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert not (out / "samples").exists() and [p.name for p in checkpoints(out)] == ["step-000003.pt",
+                                                                                      "step-000006.pt"]
+
+
+def test_resume_or_start_keeps_a_run_whose_checkpoints_were_deleted(sd1_dir, images, tmp_path):
+    """A finished run whose checkpoints were deleted to make room has config.yaml and no checkpoint, as a run killed
+    before its first one has: but it holds what it learned, which starting again would delete; refused, naming the
+    file and how to start from it."""
+    out = tmp_path / "run"
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
+    for path in checkpoints(out):
+        path.unlink()
+    learned = (out / "learned_embeds.safetensors").read_bytes()
+    with pytest.raises(ConfigError) as e:
+        train(config(images, out, steps=2, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
+    assert str(e.value) == (f"--resume-or-start: {out} holds the run's learned vectors "
+                            f"({out / 'learned_embeds.safetensors'}) but no checkpoint to resume from, and starting "
+                            f"it again would delete them; start it again with --overwrite, and --init-embedding "
+                            f"{out / 'learned_embeds.safetensors'} (in place of --init) to start from the vectors it "
+                            f"saved, or give another --out")
+    assert (out / "learned_embeds.safetensors").read_bytes() == learned

@@ -184,6 +184,69 @@ def test_resume_with_changed_settings_is_refused(sd1_dir, images, tmp_path):
               progress=False)
 
 
+def test_resume_or_start_starts_resumes_to_the_uninterrupted_run_and_then_finds_it_complete(sd1_dir, images,
+                                                                                             tmp_path, monkeypatch):
+    """A requeued cluster job runs one command each time (the diffusers script's --resume_from_checkpoint latest):
+    the first starts the run, the next after an interruption goes on from its checkpoint to where the run would
+    have ended, and one after the run is done learns nothing and leaves its files as they were."""
+    from conftest import interrupted_at
+
+    straight = train(config(images, tmp_path / "a", save_every=2), model=fresh_model(sd1_dir), progress=False)
+    out = tmp_path / "b"
+    real = train_module.diffusion_loss
+    interrupted_at(monkeypatch, train_module, "diffusion_loss", 4)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(config(images, out, save_every=2, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
+    assert info.value.step == 3 and not (out / "checkpoints" / "step-000006.pt").exists()
+    monkeypatch.setattr(train_module, "diffusion_loss", real)
+    resumed = train(config(images, out, save_every=2, resume_or_start=True), model=fresh_model(sd1_dir),
+                    progress=False)
+    assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+    assert resumed.losses == straight.losses and read_run_settings(out)["resume_or_start"] is False
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "config.yaml"}
+    again = train(config(images, out, save_every=2, resume_or_start=True), model=fresh_model(sd1_dir),
+                  progress=False)
+    assert again.steps == 6 and again.losses == straight.losses
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "config.yaml"} == files
+
+
+def test_resume_or_start_refuses_a_folder_of_other_files_or_another_runs_settings(sd1_dir, images, tmp_path):
+    """It never empties a folder: files that are no run's are refused, as without it, and a run given other
+    settings than its own is refused as --resume refuses it, before the model loads."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    with pytest.raises(ConfigError, match=f"--resume-or-start: output folder {out} holds files but no textinv run"):
+        train(config(images, out, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
+    assert [p.name for p in out.iterdir()] == ["notes.md"]
+    other = tmp_path / "other"
+    train(config(images, other, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
+    with pytest.raises(ConfigError, match=r"cannot resume .* with different settings \(lr: 0.05 -> 0.001\)"):
+        train(config(images, other, steps=2, lr=1e-3, resume_or_start=True), model=fresh_model(sd1_dir),
+              progress=False)
+    with pytest.raises(ConfigError, match="--resume-or-start and --resume: give one"):
+        train(config(images, other, resume=True, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
+
+
+def test_a_resume_after_a_picture_was_added_names_the_runs_file_to_start_from(sd1_dir, images, tmp_path):
+    """A picture added, then --resume: refused (the checkpoint's epoch order counts the pictures), and besides
+    --overwrite, which starts from nothing, the way to keep what the run learned, naming its file."""
+    import shutil
+
+    out = tmp_path / "run"
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
+    shutil.copy(images / "img0.png", images / "img9.png")
+    with pytest.raises(ConfigError) as e:
+        train(config(images, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False)
+    assert str(e.value).endswith(f"(new: img9.png); put the folder back as it was, or start a new run with "
+                                 f"--overwrite, or keep what it learned: start a new run from its vectors with "
+                                 f"--init-embedding {out / 'learned_embeds.safetensors'} --out NEW_DIR"), e.value
+    kept = train(config(images, tmp_path / "new", steps=2, init=None,
+                        init_embedding=str(out / "learned_embeds.safetensors")), model=fresh_model(sd1_dir),
+                 progress=False)
+    assert kept.steps == 2
+
+
 def test_existing_output_folder_is_not_overwritten_silently(sd1_dir, images, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

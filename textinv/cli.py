@@ -118,7 +118,7 @@ _lr_type.__name__ = "float"  # (argparse names it in "invalid float value: 'x'",
 
 
 def _config_from_args(cls, args: argparse.Namespace):
-    from .config import build, config_file_settings
+    from .config import COMMAND_ONLY, build, config_file_settings
 
     names = {f.name for f in dataclasses.fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in names}
@@ -132,7 +132,13 @@ def _config_from_args(cls, args: argparse.Namespace):
             note = _diffusers_run_note(Path(flags["out"]))
             raise ConfigError(f"cannot resume: {flags['out']} holds no {CONFIG_FILE}, so no run was started there; {note}"
                               if note else no_record(flags["out"]))
-        layers.insert(0, {k: v for k, v in read_run_settings(flags["out"]).items() if k not in ("resume", "overwrite")})
+        layers.insert(0, {k: v for k, v in read_run_settings(flags["out"]).items() if k not in COMMAND_ONLY})
+    elif flags.get("resume_or_start") and flags.get("out"):  # (every setting given: nothing read from the folder)
+        from .run_folder import CONFIG_FILE
+
+        note = None if (Path(flags["out"]) / CONFIG_FILE).exists() else _diffusers_run_note(Path(flags["out"]))
+        if note:  # (the diffusers script's folder, which its `--resume_from_checkpoint latest` went on from)
+            raise ConfigError(f"--resume-or-start: {flags['out']} holds no {CONFIG_FILE}, so no textinv run; {note}")
     return build(cls, *layers, flags)
 
 
@@ -169,8 +175,9 @@ def cmd_train(args) -> int:
         if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch every process stops: one says so
             return 128 + e.signum
         # the saved config.yaml holds every setting: the folder alone resumes (a repeated --overwrite would refuse)
-        print(f"\ninterrupted: {e}. Continue with: textinv train --out {shlex.quote(str(config.out))} --resume",
-              file=sys.stderr)
+        again = " (or the same command again: --resume-or-start resumes it)" if config.resume_or_start else ""
+        print(f"\ninterrupted: {e}. Continue with: textinv train --out {shlex.quote(str(config.out))} --resume"
+              f"{again}", file=sys.stderr)
         return 128 + e.signum  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports them
     except OSError as e:  # a write failed (a full disk, a folder made read-only): what is kept, and how to go on
         from .run_folder import checkpoints
@@ -179,7 +186,8 @@ def cmd_train(args) -> int:
         fix = "make room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
         then = (f"the last checkpoint ({kept[-1].name}) is kept: {fix}, then continue with: textinv train --out "
                 f"{shlex.quote(str(config.out))} --resume" if kept
-                else f"no checkpoint was saved yet: {fix}, then start the run again with --overwrite")
+                else f"no checkpoint was saved yet: {fix}, then start the run again with "
+                     f"{'the same command' if config.resume_or_start else '--overwrite'}")
         print(f"textinv train: error: {e.strerror or e}: {e.filename or 'a file'}; {then}", file=sys.stderr)
         return 2
     return 0

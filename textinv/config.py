@@ -582,6 +582,10 @@ class TrainConfig:
                                "vocabulary table in AdamW with old rows restored, fp32 text encoder)")
     overwrite: bool = opt(False, "replace an existing output folder")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+    resume_or_start: bool = opt(False, "continue the run in --out when it holds one (its config.yaml and a "
+                                "checkpoint), else start it there: one command for a job that is requeued (a "
+                                "preempted cluster job); give every setting each time, as a resume checks them "
+                                "against the run's")
 
     def validate(self) -> "TrainConfig":
         """Check every setting before anything is loaded; raise ConfigError naming the bad value and the fix. A
@@ -803,6 +807,10 @@ class TrainConfig:
             raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: resume keeps the folder, overwrite empties it")
+        if self.resume_or_start and (self.resume or self.overwrite):
+            other = "--resume" if self.resume else "--overwrite"
+            raise ConfigError(f"--resume-or-start and {other}: give one; --resume-or-start resumes the run in --out "
+                              f"when there is one and starts it otherwise, and never empties a folder")
 
     def _check_sample_prompts(self, tokens: list[str]) -> None:
         """Each --sample-prompts entry, and that each prompt has '{}' or one of the tokens where the token goes."""
@@ -1891,6 +1899,11 @@ SETTINGS_END = "# end of settings"
 SETTINGS_END_NOTE = f'# the settings end with the line "{SETTINGS_END}": a copy of this file without it was cut short'
 
 
+# what one command does to its folder, not how the run learns (--resume, --overwrite, --resume-or-start): config.yaml
+# records them as off, and a resume takes them from the command, not the record
+COMMAND_ONLY = ("resume", "overwrite", "resume_or_start")
+
+
 def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None = None,
                 resolved: dict[str, Any] | None = None, length: str | None = None,
                 read_from: str | list[str] | None = None) -> None:
@@ -1926,9 +1939,9 @@ def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None
         header += f"# {length}\n"
     for note in [read_from] if isinstance(read_from, str) else read_from or []:
         header += f"# {note}\n"
-    # --resume and --overwrite say what one command does to its folder, not how the run learns: recorded as off,
-    # so the file reruns the run elsewhere (a resumed run's record would otherwise say resume: true)
-    settings = {k: (False if k in ("resume", "overwrite") else v) for k, v in dataclasses.asdict(config).items()}
+    # (`COMMAND_ONLY`: recorded as off, so the file reruns the run elsewhere; a resumed run's record would otherwise
+    # say resume: true)
+    settings = {k: (False if k in COMMAND_ONLY else v) for k, v in dataclasses.asdict(config).items()}
     header += SETTINGS_END_NOTE + "\n"
     write_text(path, header + yaml.safe_dump(settings, sort_keys=False) + SETTINGS_END + "\n")
 

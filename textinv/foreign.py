@@ -85,12 +85,16 @@ NAMES: tuple[tuple[str, str, str, str | None, str], ...] = (
                                                      "precision, the learned vectors stay fp32 as in theirs; "
                                                      "textinv's default auto is bf16 on a CUDA GPU that has it, "
                                                      "else fp32"),
-    ("resume_from_checkpoint", _D, "train", "--resume", "a switch, not a path: textinv train --out DIR --resume "
-                                                        "continues from DIR's last checkpoint, and refuses a DIR "
-                                                        "without a run, where latest started one; the script's "
-                                                        "checkpoint-N folders are not read: --init-embedding "
-                                                        "DIR/learned_embeds-steps-N.safetensors starts a new run "
-                                                        "from that step's vectors"),
+    ("resume_from_checkpoint", _D, "train", "--resume-or-start", "latest is --resume-or-start: textinv train --out "
+                                                                 "DIR --resume-or-start (every setting given, as "
+                                                                 "with latest) goes on from DIR's last checkpoint "
+                                                                 "when DIR holds the run and starts it when DIR is "
+                                                                 "empty, so a requeued job reruns one command; "
+                                                                 "--resume alone refuses a DIR without a run. A path "
+                                                                 "is not taken: the script's checkpoint-N folders "
+                                                                 "are not read, --init-embedding "
+                                                                 "DIR/learned_embeds-steps-N.safetensors starts a "
+                                                                 "new run from that step's vectors"),
     ("checkpointing_steps save_steps", _D, "train", "--save-every", _SAVE),
     ("save_every_n_steps", _K, "train", "--save-every", _SAVE),
     ("checkpoints_total_limit", _D, "train", "--keep-checkpoints", "textinv keeps the last 2 unless told"),

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import os
 import re
+import shlex
 import shutil
 import socket
 import unicodedata
@@ -23,8 +24,8 @@ from typing import IO, Callable
 import torch
 
 from . import __version__
-from .config import (ALTERNATIVES, DEFAULT_LR, SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build, clip_steps,
-                     read_config_file)
+from .config import (ALTERNATIVES, COMMAND_ONLY, DEFAULT_LR, SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build,
+                     clip_steps, read_config_file)
 from .data import _OS_LITTER, PictureSet
 from .errors import ConfigError, FormatError, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, first_file, load_embedding,
@@ -50,7 +51,8 @@ _LOCK_BYTE = 4096  # the byte of the lock file that msvcrt locks (Windows; beyon
 # dtype it gives on this device with the one the checkpoint was trained at, `check_same_precision`)
 RESUMABLE_CHANGES = {"steps", "epochs", "save_every", "keep_checkpoints", "step_embeddings", "sample_every",
                      "sample_steps", "png_embeddings", "png_caption", "log_every", "device", "log_with", "log_dir",
-                     "gradient_checkpointing", "cuda_graphs", "resume", "overwrite", "sample_prompts", "validate_every",
+                     "gradient_checkpointing", "cuda_graphs", "resume", "overwrite", "resume_or_start",
+                     "sample_prompts", "validate_every",
                      "precision", "out"}  # (out: the folder resumed, however spelt)
 # stored absolute: a run resumes, or reruns, from any directory. The settings the config marks as paths (`opt`'s
 # path=, which a --config file's relative ones are read by too): local ones, and model sources (a path, a hub id or
@@ -91,12 +93,11 @@ def prepare_output(config: TrainConfig, is_main: bool = True, saved: dict | None
         raise ConfigError(f"--concepts token {taken[0]} would put its files in {out / concept_folder(taken[0])}, "
                           f"where the run keeps its own {concept_folder(taken[0])}; give that concept another token")
     _check_token_names(tokens, config.vectors or 1)  # (left out: one token, --init-embedding's, which takes no other's)
-    # (what a file browser leaves in a folder looked into, .DS_Store, desktop.ini, is not a run; nor are hidden files,
-    # the lock's among them: a new run's files take none of their names)
-    holds_run = out.is_dir() and any(not p.name.startswith(".") and p.name.lower() not in _OS_LITTER
-                                     for p in out.iterdir())
+    holds_run = holds_files(out)
     if config.resume:
         return _resumed(out, config, saved), None
+    if config.resume_or_start:  # (still on: `resume_or_start` found files and no checkpoint there)
+        return _started_again(out, config, saved, is_main)
     if holds_run and not config.overwrite:
         raise ConfigError(f"output folder {out} is not empty; pass --resume to continue the run there, "
                           f"--overwrite to replace it, or choose another --out")
@@ -109,6 +110,75 @@ def prepare_output(config: TrainConfig, is_main: bool = True, saved: dict | None
     return _absolute_paths(config), previous
 
 
+def holds_files(out: Path) -> bool:
+    """Whether the folder `out` holds anything a run would be written over. What a file browser leaves in a folder
+    looked into (.DS_Store, desktop.ini) is not a run; nor are hidden files, the lock's and a killed write's
+    temporaries among them: a new run's files take none of their names."""
+    return out.is_dir() and any(not p.name.startswith(".") and p.name.lower() not in _OS_LITTER
+                                for p in out.iterdir())
+
+
+def resume_or_start(config: TrainConfig) -> TrainConfig:
+    """--resume-or-start as what it is in the folder now, decided before anything is written there: a --resume
+    where `config.out` holds a run (its config.yaml and a checkpoint: a run stopped, or complete, which a resume
+    then says has nothing left to learn), a new run where the folder is missing or holds nothing (`holds_files`: a
+    run killed before its config.yaml leaves only its lock). Anything else keeps it on for `prepare_output`
+    (`_started_again`): config.yaml without a checkpoint, a run killed before its first save, is started again,
+    other files are refused. Every process of a data-parallel run decides alone, from the folder as it was: the main
+    process writes there only once they all have loaded (`_StopRequest.agree_set_up`), which also compares what
+    they decided.
+
+    >>> resume_or_start(TrainConfig(out="runs/never-made", resume_or_start=True)).resume_or_start
+    False
+    """
+    if not config.resume_or_start or config.resume or config.overwrite or not isinstance(config.out, (str,
+                                                                                                    os.PathLike)):
+        return config  # (`validate` refuses a bad --out, and either flag beside it)
+    out = Path(config.out).expanduser()
+    if not holds_files(out):
+        return dataclasses.replace(config, resume_or_start=False)
+    if (out / CONFIG_FILE).is_file() and checkpoints(out):
+        return dataclasses.replace(config, resume=True, resume_or_start=False)
+    return config
+
+
+def _started_again(out: Path, config: TrainConfig, saved: dict | None, is_main: bool
+                   ) -> tuple[TrainConfig, dict | None]:
+    """`prepare_output` of --resume-or-start where `out` holds files and no checkpoint. A run killed before its first
+    --save-every step left its config.yaml (and maybe the first grid): with the same settings (refused otherwise, as
+    --resume refuses them), the run starts again over it, its files cleared as --overwrite clears them (`clear_run`,
+    once the inputs and the model have loaded). Files that are no run's are refused, as without the flag."""
+    if not (out / CONFIG_FILE).is_file():
+        if checkpoints(out):  # (its record deleted: `no_record` says how to go on)
+            raise ConfigError(no_record(out))
+        raise ConfigError(f"--resume-or-start: output folder {out} holds files but no textinv run (no "
+                          f"{CONFIG_FILE}), so neither resumes nor starts there; choose another --out, or move "
+                          f"those files out")
+    _resumed(out, config, saved)  # (the settings checked, as a resume checks them)
+    learned = _learned_file(out)
+    if learned is not None:  # (its checkpoints deleted, say to make room: starting again would delete this too)
+        raise ConfigError(f"--resume-or-start: {out} holds the run's learned vectors ({learned}) but no checkpoint "
+                          f"to resume from, and starting it again would delete them; start it again with --overwrite"
+                          f"{_from_saved_vectors(out)}, or give another --out")
+    previous = (read_run_settings(out) if saved is None else saved) if is_main else None
+    return _absolute_paths(config), previous
+
+
+def _learned_file(out: Path) -> Path | None:
+    """The embedding file the run in `out` saved (the first concept's that it has, in a run of several), or None:
+    a run killed before its first checkpoint has written none, as every save writes both."""
+    found = saved_run(out)
+    specs = found[1] if found is not None else []
+    for folder in [out] if len(specs) < 2 else [out / concept_folder(spec["token"]) for spec in specs]:
+        if not folder.is_dir():
+            continue
+        file = embedding_file(folder)
+        file = diffusers_file(file) if file.is_dir() else file
+        if file is not None:
+            return file
+    return None
+
+
 # the settings a TrainConfig leaves out as None until the run resolves them (--steps, --lr, --vectors, --precision,
 # --validate-every, --log-dir) or as no tracker (--log-with, whose `none` turns a run's off): a resume from Python that
 # leaves one out goes on with the run's, as `--out DIR --resume` takes every setting left out from config.yaml. (Any
@@ -119,10 +189,11 @@ LEFT_OUT_ON_RESUME = ("steps", "lr", "vectors", "precision", "validate_every", "
 
 def settings_to_resume(config: TrainConfig) -> dict | None:
     """The settings saved in the run's config.yaml that a --resume of `config` goes on with (`read_run_settings`),
-    read once for both `left_out_as_run` and `prepare_output`; None where it does not resume or there is no
-    config.yaml to read (`prepare_output` refuses the resume)."""
-    if not config.resume or not isinstance(config.out, (str, os.PathLike)):  # (a bad `out` is refused by `validate`)
-        return None
+    read once for both `left_out_as_run` and `prepare_output` (so does a --resume-or-start that starts a run killed
+    before its first checkpoint again, `_started_again`); None where it does not resume or there is no config.yaml
+    to read (`prepare_output` refuses the resume)."""
+    if not (config.resume or config.resume_or_start) or not isinstance(config.out, (str, os.PathLike)):
+        return None  # (a bad `out` is refused by `validate`)
     out = Path(config.out).expanduser()
     return read_run_settings(out) if (out / CONFIG_FILE).is_file() else None
 
@@ -648,10 +719,18 @@ def _check_crc(path: Path) -> None:
 def _from_saved_vectors(out: Path) -> str:
     """What a run restarted with --overwrite adds to start from the vectors its embedding file in `out` holds (the
     file stays: `clear_run`), or '' for none: --overwrite alone deletes it with the rest."""
+    file = saved_vectors_file(out)
+    return f", and --init-embedding {file} (in place of --init) to start from the vectors it saved" if file else ""
+
+
+def saved_vectors_file(out: Path) -> Path | None:
+    """The file of the vectors the one-concept run in `out` saved last that loads (its embedding file, else the
+    newest of its steps' files), for a new run to start from with --init-embedding; None for none, or a run of
+    several concepts (a file each, and --init-embedding starts one)."""
     try:
         found = embedding_file(out)
     except ConfigError:  # (a run of several concepts: one file each)
-        return ""
+        return None
     saved = saved_run(out)
     tokens = [spec["token"] for spec in saved[1]] if saved is not None else []
     if found.is_dir():  # (diffusers' layout, which embedding_file leaves to load_embedding)
@@ -666,8 +745,8 @@ def _from_saved_vectors(out: Path) -> str:
             load_embedding(file)
         except (FormatError, OSError):
             continue
-        return f", and --init-embedding {file} (in place of --init) to start from the vectors it saved"
-    return ""
+        return file
+    return None
 
 
 def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: list[PictureSet],
@@ -728,8 +807,11 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
                 said = lambda n: _in_subset(n, folders)  # noqa: E731
             detail = name_changes(names, now, said) or "other pictures held out by --validation-split"
         folder = "the subsets' folders back as they were" if config.subsets else "the folder back as it was"
+        learned = saved_vectors_file(out)  # (what the run learned so far need not be lost with it)
+        keep = (f", or keep what it learned: start a new run from its vectors with --init-embedding "
+                f"{shlex.quote(str(learned))} --out NEW_DIR" if learned is not None else "")
         raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
-                          f"({detail}); put {folder}, or start a new run with --overwrite")
+                          f"({detail}); put {folder}, or start a new run with --overwrite{keep}")
     return ordered, moved
 
 
@@ -934,7 +1016,7 @@ def saved_run(run: Path):
         return None
     try:
         saved = build(TrainConfig, {k: v for k, v in read_config_file(run / CONFIG_FILE).items()
-                                    if k not in ("resume", "overwrite")})
+                                    if k not in COMMAND_ONLY})
         return saved, saved.concept_list()
     except ConfigError:  # not a textinv training config: no defaults from it
         return None

@@ -160,25 +160,39 @@ class _StopRequest:
                     self.agree_set_up(error)
             raise
 
-    def agree_set_up(self, error: BaseException | None = None, last: bool = False) -> None:
+    def agree_set_up(self, error: BaseException | None = None, last: bool = False, resumes: bool | None = None
+                     ) -> None:
         """Data parallel: every process says whether its set-up failed (`error`, on its way out of `setting_up`),
         at points where they are all in step: the model and pictures loaded (before the main process writes a
         file), and the loop about to begin (`last`). Where one failed, the others raise a short TrainingError
-        naming it, and every process stops: none is left in a collective. One process: nothing to ask."""
+        naming it, and every process stops: none is left in a collective. At the first, each also says whether it
+        resumes the run (`resumes`): --resume-or-start is decided by each process from the folder as it finds it,
+        and one that started while another resumed would train from other vectors, silently; then all stop. One
+        process: nothing to ask."""
         if not self.pending:
             return
-        said = torch.zeros(torch.distributed.get_world_size(self.group), dtype=torch.int)  # each process's
-        said[torch.distributed.get_rank(self.group)] = 0 if error is None else 2 if isinstance(
+        world, rank = torch.distributed.get_world_size(self.group), torch.distributed.get_rank(self.group)
+        said = torch.zeros(2 * world, dtype=torch.int)  # each process's outcome, then whether it resumes
+        said[rank] = 0 if error is None else 2 if isinstance(
             error, KeyboardInterrupt) else 1  # 1: an error, 2: a Ctrl-C (KeyboardInterrupt)
-        said = self._largest(said).tolist()
-        self.pending = not last and not any(said)
-        if any(said):
+        said[world + rank] = 0 if resumes is None else 1 + int(resumes)  # 0: not said, 1: starts, 2: resumes
+        both = self._largest(said).tolist()
+        said, resuming = both[:world], both[world:]
+        split = error is None and not any(said) and {1, 2} <= set(resuming)
+        self.pending = not last and not any(said) and not split
+        if any(said) or split:
             _PROCESS_GROUP.together = True  # (every process stopped here: the group can end as they exit)
         if error is None and any(said):
             rank = next(r for r, s in enumerate(said) if s)
             what = "was interrupted" if said[rank] == 2 else "failed"
             raise TrainingError(f"process {rank} {what} as the run was set up (its own message says why); every "
                                 f"process stopped before the first step, nothing was trained")
+        if split:
+            which = ", ".join(str(r) for r, s in enumerate(resuming) if s == 2)
+            raise TrainingError(f"the processes found the output folder otherwise: process(es) {which} resume the "
+                                f"run there, the others start it (--resume-or-start decides by what each finds); "
+                                f"every process stopped before the first step, nothing was trained. Give them one "
+                                f"--out on a file system they all see")
 
     def hold(self) -> None:
         self.holding = True

@@ -62,7 +62,7 @@ from .optimizers import (SCHEDULE_FREE, _clip_rows, _rate_from_schedule, _step_s
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
                          check_resumable, check_same_model, check_same_precision, clear_run,
                          clear_temporaries, concept_folder, left_out_as_run, load_checkpoint, moved_places,
-                         newest_checkpoint, prepare_output, run_lock,
+                         newest_checkpoint, prepare_output, resume_or_start, run_lock,
                          save_checkpoint, saved_validation, settings_to_resume, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
@@ -281,7 +281,8 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     source = str(Path(config.dataset_config).expanduser().resolve()) if config.dataset_config else None
     prompts_from = prompt_file(config.sample_prompts)  # (kohya's sample prompts file: config.yaml's header names it)
     # (a resume's steps, lr, vectors, precision ... left out: the run's, from its config.yaml, read once here for
-    # `prepare_output` too)
+    # `prepare_output` too); --resume-or-start decided first, from the folder as it is
+    config = resume_or_start(config)
     saved = settings_to_resume(config)
     config = left_out_as_run(config, saved).validate()
     device = pick_device(config.device)  # (a device this machine lacks is refused before anything loads)
@@ -671,7 +672,8 @@ def _train(config: TrainConfig, model: Model | None, progress: bool, on_step, st
     _load_model(run, model)  # 2. model and tokens
     _read_concepts(run)  # 3. data: each concept's cached latents and captions
     _prepare_step(run)  # the optimizer over the new vectors, its schedule, the compiled UNet
-    stop.agree_set_up()  # (data parallel: every process loaded all this, before the main one writes a file)
+    # (data parallel: every process loaded all this, before the main one writes a file, and resumes or starts alike)
+    stop.agree_set_up(resumes=run.config.resume)
     _start_or_resume(run)  # config.yaml, or the checkpoint's state
     files = _loop(run, handlers)  # 4. the loop
     return _finish(run, files)  # 5. results
