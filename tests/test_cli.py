@@ -537,6 +537,20 @@ def test_resume_or_start_is_one_command_for_every_requeue_of_a_job(sd1_dir, imag
            f"diffusers script's" in err and "--out NEW_DIR" in err, err
 
 
+def test_an_interrupted_resume_or_start_job_says_its_own_command_goes_on(images, tmp_path, monkeypatch, capsys):
+    import textinv.train as train_module
+
+    def interrupted(config, **kw):
+        raise train_module.TrainingInterrupted(3, tmp_path / "run" / "learned_embeds.safetensors")
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    args = ["train", "--images", str(images), "--token", "<t>", "--init", "dog", "--out", str(tmp_path / "run"),
+            "--resume-or-start"]
+    assert main(args) == 130
+    assert f"Continue with: textinv train --out {tmp_path / 'run'} --resume (or the same command again: " \
+           "--resume-or-start resumes it)" in capsys.readouterr().err
+
+
 def test_the_diffusers_scripts_resume_latest_is_answered_with_resume_or_start(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--out", "run", "--resume_from_checkpoint", "latest"])

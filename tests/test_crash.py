@@ -1005,9 +1005,33 @@ def test_resume_or_start_keeps_a_run_whose_checkpoints_were_deleted(sd1_dir, ima
     learned = (out / "learned_embeds.safetensors").read_bytes()
     with pytest.raises(ConfigError) as e:
         train(config(images, out, steps=2, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
-    assert str(e.value) == (f"--resume-or-start: {out} holds the run's learned vectors "
+    assert str(e.value) == (f"--resume-or-start: {out} holds the finished run's learned vectors "
                             f"({out / 'learned_embeds.safetensors'}) but no checkpoint to resume from, and starting "
                             f"it again would delete them; start it again with --overwrite, and --init-embedding "
                             f"{out / 'learned_embeds.safetensors'} (in place of --init) to start from the vectors it "
                             f"saved, or give another --out")
     assert (out / "learned_embeds.safetensors").read_bytes() == learned
+
+
+def test_resume_or_start_starts_again_a_run_killed_between_its_first_files_and_checkpoint(sd1_dir, images, tmp_path,
+                                                                                         monkeypatch):
+    """A save writes the embedding file, then the checkpoint: a kill between them, at the first save, left the run's
+    vectors and no checkpoint, which is no finished run to keep (its step is short of the run's): started again, said
+    in a warning, to the result of a run never killed."""
+    straight = train(config(images, tmp_path / "a", save_every=3), model=fresh_model(sd1_dir), progress=False)
+    out = tmp_path / "run"
+
+    def killed(*a, **k):
+        raise SystemExit(137)
+    real = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint", killed)
+    with pytest.raises(SystemExit):
+        train(config(images, out, save_every=3, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
+    assert (out / "learned_embeds.safetensors").is_file() and not checkpoints(out)
+    monkeypatch.setattr(train_module, "save_checkpoint", real)
+    with pytest.warns(UserWarning, match=f"{out} holds the run's vectors of step 3 .* but no checkpoint to go on "
+                                         f"from them .a kill as the run saved, or checkpoints deleted.: the run "
+                                         f"starts again from its first step"):
+        again = train(config(images, out, save_every=3, resume_or_start=True), model=fresh_model(sd1_dir),
+                      progress=False)
+    assert torch.equal(again.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])

@@ -155,13 +155,27 @@ def _started_again(out: Path, config: TrainConfig, saved: dict | None, is_main: 
                           f"{CONFIG_FILE}), so neither resumes nor starts there; choose another --out, or move "
                           f"those files out")
     _resumed(out, config, saved)  # (the settings checked, as a resume checks them)
+    saved = read_run_settings(out) if saved is None else saved
     learned = _learned_file(out)
-    if learned is not None:  # (its checkpoints deleted, say to make room: starting again would delete this too)
-        raise ConfigError(f"--resume-or-start: {out} holds the run's learned vectors ({learned}) but no checkpoint "
-                          f"to resume from, and starting it again would delete them; start it again with --overwrite"
-                          f"{_from_saved_vectors(out)}, or give another --out")
-    previous = (read_run_settings(out) if saved is None else saved) if is_main else None
-    return _absolute_paths(config), previous
+    step = _saved_step(learned) if learned is not None else None
+    # (a finished run whose checkpoints were deleted to make room: starting again would delete what it learned)
+    if step is not None and step >= (saved.get("steps") or 0):
+        raise ConfigError(f"--resume-or-start: {out} holds the finished run's learned vectors ({learned}) but no "
+                          f"checkpoint to resume from, and starting it again would delete them; start it again with "
+                          f"--overwrite{_from_saved_vectors(out)}, or give another --out")
+    if learned is not None and is_main:  # (a kill between a save's embedding file and its checkpoint, the first)
+        warn(f"--resume-or-start: {out} holds the run's vectors of step {step if step is not None else '?'} "
+             f"({learned}) but no checkpoint to go on from them (a kill as the run saved, or checkpoints deleted): "
+             f"the run starts again from its first step", stacklevel=3)
+    return _absolute_paths(config), saved if is_main else None
+
+
+def _saved_step(file: Path) -> int | None:
+    """The step an embedding file the run saved was taken at (its `steps` record), or None where it cannot be read."""
+    try:
+        return int(load_embedding(file).metadata.get("steps", ""))
+    except (FormatError, OSError, ValueError):
+        return None
 
 
 def _learned_file(out: Path) -> Path | None:
