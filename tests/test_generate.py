@@ -774,6 +774,10 @@ def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
     with pytest.raises(ConfigError, match="dpm\\+\\+2m_karras cannot sample a model with a zero-terminal-SNR"):
         scheduler_for(zero_snr, "dpm++2m_karras")
     assert scheduler_for(zero_snr, "dpm++2m").config.rescale_betas_zero_snr  # the schedule is kept
+    for sampler in ("euler_normal", "dpm++2m_sgm_uniform", "lcm_simple"):  # (ComfyUI's top sigma is not diffusers')
+        with pytest.raises(ConfigError, match=f"{re.escape(sampler)} cannot sample a model with a zero-terminal-SNR "
+                                              f".*sigma 4.5e3 and diffusers elsewhere"):
+            scheduler_for(zero_snr, sampler)
     # diffusers' Heun, KDPM2, PNDM and single-step DPM-Solver have no zero-terminal-SNR option: they would sample SD's
     # unrescaled schedule, so they are refused too (the Karras ones with them)
     for sampler in [s for s in NEW_SAMPLERS if not s.startswith(("lcm", "tcd"))] + ["dpm++sde", "lms"]:
@@ -2984,7 +2988,9 @@ def test_again_reads_comfyuis_conditioning_combine_as_and_at_one_over_k(sd1_dir,
 
 def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_lacks(sd1_dir, tmp_path):
     """ComfyUI's sampler and scheduler are one of textinv's samplers, named base + schedule; a pair textinv does not
-    have is asked for by --sampler, naming both."""
+    have is asked for by --sampler, naming both. Its normal (the default), simple and sgm_uniform were read as the
+    model's own spacing, which they are not (SD's at 20 steps starts at sigma 11.0, normal at 14.6): they are
+    textinv's schedules of those names, for a sampler that takes a sigma schedule."""
     import textinv.again
     from textinv.again import read_picture
 
@@ -2993,11 +2999,12 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
         graph["3"]["inputs"].update(sampler_name=sampler_name, scheduler=scheduler)
         return read_picture(_comfy_picture(tmp_path / "s.png", graph))
 
-    for pair, ours in [(("euler", "normal"), "euler"), (("euler_ancestral", "simple"), "euler_a"),
-                       (("dpmpp_2m", "normal"), "dpm++2m"), (("dpm_2_ancestral", "karras"), "dpm2_a_karras"),
-                       (("heun", "sgm_uniform"), "heun"), (("ddim", "ddim_uniform"), "euler"),
-                       (("dpmpp_2s_ancestral", "karras"), "dpm++2s_a_karras"),
-                       (("dpmpp_2s_ancestral", "normal"), "dpm++2s_a"), (("lcm", "sgm_uniform"), "lcm"),
+    for pair, ours in [(("euler", "normal"), "euler_normal"), (("euler_ancestral", "simple"), "euler_a"),
+                       (("dpmpp_2m", "normal"), "dpm++2m_normal"), (("dpm_2_ancestral", "karras"), "dpm2_a_karras"),
+                       (("heun", "sgm_uniform"), "heun_sgm_uniform"), (("ddim", "ddim_uniform"), "euler"),
+                       (("dpmpp_2s_ancestral", "karras"), "dpm++2s_a_karras"), (("ddim", "simple"), "euler_simple"),
+                       (("dpmpp_2s_ancestral", "normal"), "dpm++2s_a_normal"),
+                       (("lcm", "sgm_uniform"), "lcm_sgm_uniform"), (("euler_ancestral", "normal"), "euler_a"),
                        (("lcm", "karras"), "lcm_karras"),
                        # (ComfyUI's ddim is its Euler, on every schedule: to sigma 0, where diffusers' DDIM stops
                        # at the model's smallest under SD's config; on Karras's it was refused as no ddim_karras)
@@ -3023,14 +3030,40 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
                                                 # (ComfyUI's 3M SDE keeps the next-to-last sigma: its own)
                                                 ("dpmpp_3m_sde", "exponential", "dpm++3m_sde_comfy_exponential",
                                                  "dpm++3m_sde_comfy"),
-                                                ("lms", "karras", "lms_karras", "lms"), ("dpmpp_sde", "normal", "dpm++sde",
-                                                                                       "dpm++sde"),
+                                                ("lms", "karras", "lms_karras", "lms"),
+                                                ("dpmpp_sde", "normal", "dpm++sde_normal", "dpm++sde"),
                                                 # (k-diffusion's sample_dpmpp_2m_sde with solver_type heun, as the
                                                 # web UI's DPM++ 2M SDE Heun: was refused, "textinv does not have")
                                                 ("dpmpp_2m_sde_heun_gpu", "karras", "dpm++2m_sde_heun_karras",
                                                  "dpm++2m_sde_heun")]:
         assert read(sampler_name, scheduler).settings["sampler"] == ours, sampler_name
         assert GenerateConfig(prompt=["a dog"], sampler=sampler_name).validate().sampler == base
+
+
+@pytest.mark.parametrize("sampler, timesteps", [
+    # ComfyUI's normal: timesteps evenly from the last to the first, 999 - 999 k / (n - 1); sgm_uniform: the first n of
+    # n + 1 so spaced, 999 - 999 k / n; simple: 999 - int(k 1000 / n), whole ones (comfy/samplers.py)
+    ("euler_normal", [999, 666, 333, 0]), ("euler_sgm_uniform", [999, 749.25, 499.5, 249.75]),
+    ("euler_simple", [999, 749, 499, 249]),
+    ("euler", [751, 501, 251, 1])])  # (the model's own spacing, SD's "leading": what ComfyUI's were read as)
+def test_a_comfyui_schedule_reaches_the_unet_at_its_timesteps(sd1_dir, sampler, timesteps):
+    """A picture drawn on ComfyUI's normal, simple or sgm_uniform calls the model at the timesteps of ComfyUI's sigmas,
+    each the timestep it was taken at, end to end through the pipeline."""
+    model = fresh_model(sd1_dir)
+    unet = model.pipeline.unet
+    seen = []
+    forward = unet.forward
+
+    def record(sample, timestep, *args, **kwargs):
+        seen.append(float(timestep))
+        return forward(sample, timestep, *args, **kwargs)
+
+    unet.forward = record
+    try:
+        render(model, ["a dog"], [0], steps=4, guidance=7.5, sampler=sampler)
+    finally:
+        del unet.forward
+    assert seen == pytest.approx(timesteps, abs=2e-3)
 
 
 def test_comfyuis_beta_scheduler_is_not_read_as_the_web_uis_beta_schedule(sd1_dir, tmp_path):
@@ -3693,7 +3726,8 @@ def test_the_web_ui_names_of_each_sampler_read_back_as_it(sd1_dir, tmp_path):
         return path
 
     text = {s: Image.open(written(s)).text["parameters"] for s in ("dpm++2m", "dpm++2m_sde_karras", "euler", "dpm++2s",
-                                                                  "euler_beta", "dpm2")}
+                                                                  "euler_beta", "dpm2", "heun_sgm_uniform")}
+    assert "Sampler: Heun, Schedule type: SGM Uniform, Seed" in text["heun_sgm_uniform"]
     assert text["dpm++2m"] == "a cat\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Uniform, Seed: 3, Size: 16x16"
     assert "Sampler: DPM++ 2M SDE, Schedule type: Karras, Seed" in text["dpm++2m_sde_karras"]
     assert "Sampler: Euler, Seed" in text["euler"] and "Sampler" not in text["dpm++2s"]
@@ -3708,7 +3742,10 @@ def test_the_web_ui_names_of_each_sampler_read_back_as_it(sd1_dir, tmp_path):
                        ("Sampler: DPM++ 3M SDE, Schedule type: Automatic", "dpm++3m_sde_exponential"),
                        ("Sampler: Euler a, Schedule type: Automatic", "euler_a"),
                        ("Sampler: DPM++ 2M SDE Karras", "dpm++2m_sde_karras"),
-                       ("Sampler: DPM++ 2M SDE, Schedule type: SGM Uniform", "dpm++2m_sde")]:
+                       # (the web UI's SGM Uniform, Normal and Simple, 1.10 on, are ComfyUI's rules: textinv's)
+                       ("Sampler: DPM++ 2M SDE, Schedule type: SGM Uniform", "dpm++2m_sde_sgm_uniform"),
+                       ("Sampler: Euler, Schedule type: Normal", "euler_normal"),
+                       ("Sampler: Euler a, Schedule type: Simple", "euler_a")]:
         path = tmp_path / "w.png"
         info = PngInfo()
         info.add_text("parameters", f"a cat\nSteps: 4, {text}, Seed: 3, Size: 16x16")

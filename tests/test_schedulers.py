@@ -650,11 +650,13 @@ def _sigma_to_t(scheduler, sigma: float) -> float:
     return (1 - w) * low + w * (low + 1)
 
 
-@pytest.mark.parametrize("name", ["dpm2_karras", "dpm2_a_karras", "dpm++2s_a_karras", "dpm2_a_karras@0.5"])
+@pytest.mark.parametrize("name", ["dpm2_karras", "dpm2_a_karras", "dpm++2s_a_karras", "dpm2_a_karras@0.5", "dpm2_normal",
+                                  "dpm2_a_sgm_uniform", "dpm++2s_a_normal"])
 def test_dpm2s_karras_steps_call_the_model_at_their_sigmas_own_timesteps(name):
     """Diffusers' DPM2 and DPM2 a round their steps' timesteps to whole ones on Karras sigmas (only there); the web
     UI calls the model at each sigma's own timestep, which textinv's take: the steps' model calls at their sigmas'
-    timesteps, unrounded, the midpoints' as they were."""
+    timesteps, unrounded, the midpoints' as they were. ComfyUI's normal and sgm_uniform, drawn where Karras's would
+    be (`samplers._comfy_spaced`), too."""
     name, _, eta = name.partition("@")
     own = _sd_scheduler()
     made = scheduler_for(own, name, eta=float(eta) if eta else None)
@@ -997,16 +999,30 @@ _COMFY_DISCARDING = ("dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2")
 
 def _comfy_sigmas(scheduler, sampler_name: str, schedule: str, steps: int) -> list[float]:
     """The sigmas ComfyUI's KSampler hands its sampler `sampler_name` for `steps` steps of its scheduler `schedule`
-    (karras or exponential) on the model whose noise schedule diffusers' `scheduler` holds, written out from ComfyUI's
-    definitions: sigma_min and sigma_max are ModelSamplingDiscrete's, the training schedule's smallest and largest
-    (after a ModelSamplingDiscrete node's lcm sampling, its 50 timesteps' 19, 39, ..., 999, where ComfyUI's lcm draws);
-    karras is k-diffusion's get_sigmas_karras at rho 7, exponential its get_sigmas_exponential (n sigmas evenly
-    spaced in log sigma), both then 0."""
+    (karras, exponential, normal, simple or sgm_uniform) on the model whose noise schedule diffusers' `scheduler`
+    holds, written out from ComfyUI's definitions: ModelSamplingDiscrete's sigmas are the training schedule's, one a
+    timestep (after a ModelSamplingDiscrete node's lcm sampling, its 50 timesteps' 19, 39, ..., 999, where ComfyUI's
+    lcm draws), sigma_min and sigma_max the smallest and largest; karras is k-diffusion's get_sigmas_karras at rho 7,
+    exponential its get_sigmas_exponential (n sigmas evenly spaced in log sigma); normal (comfy/samplers.py,
+    normal_scheduler) the sigmas at torch.linspace(timestep(sigma_max), timestep(sigma_min), n), sgm_uniform (the same
+    with sgm=True) at the first n of linspace(..., n + 1), each ModelSamplingDiscrete.sigma(t): the log sigmas of
+    timesteps floor(t) and ceil(t) weighed by t's fraction; simple (simple_scheduler) sigmas[-(1 + int(x * len /
+    n))] for x in range(n); all then 0."""
     sigmas = _training_sigmas(scheduler)
-    low, high = (sigmas[19], sigmas[999]) if sampler_name == "lcm" else (sigmas[0], sigmas[-1])
+    if sampler_name == "lcm":
+        sigmas = sigmas[19::20]
+    low, high = sigmas[0], sigmas[-1]
     discard = sampler_name in _COMFY_DISCARDING
     n = steps + discard
-    if schedule == "karras":
+    if schedule in ("normal", "sgm_uniform"):
+        times = torch.linspace(len(sigmas) - 1, 0, n + (schedule == "sgm_uniform"))[:n].double()
+        log_sigmas = torch.from_numpy(np.log(sigmas))
+        w = times.frac()
+        drawn = ((1 - w) * log_sigmas[times.floor().long()] + w * log_sigmas[times.ceil().long()]).exp().tolist()
+        drawn += [0.0]
+    elif schedule == "simple":
+        drawn = [float(sigmas[-(1 + int(x * (len(sigmas) / n)))]) for x in range(n)] + [0.0]
+    elif schedule == "karras":
         drawn = _karras(scheduler, n) if sampler_name != "lcm" else [
             (high ** (1 / 7) + i / (n - 1) * (low ** (1 / 7) - high ** (1 / 7))) ** 7 for i in range(n)] + [0.0]
     else:
@@ -1043,6 +1059,24 @@ def test_a_comfyui_ksampler_sampler_on_a_sigma_schedule_draws_its_sigmas(sampler
         assert got == pytest.approx(_comfy_sigmas(own, sampler_name, schedule, 8), rel=1e-4, abs=1e-6), name
 
 
+@pytest.mark.parametrize("sampler_name", ["euler", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
+                                          "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde",
+                                          "ddim", "lcm"])
+def test_a_comfyui_ksampler_sampler_on_its_normal_simple_or_sgm_uniform_schedule_draws_its_sigmas(sampler_name):
+    """ComfyUI's normal (its default), simple and sgm_uniform take the steps at timesteps of the model's own noise
+    levels: textinv read them as the model's own spacing, which at 20 steps starts at timestep 951 (sigma 11.0) on SD's
+    config, where normal starts at 999 (14.6). Each KSampler sampler on them now steps through ComfyUI's sigmas."""
+    from textinv.samplers import from_comfy
+
+    own = DDIMScheduler.from_config(_sd_scheduler().config, timestep_spacing="leading", steps_offset=1)  # (SD's)
+    for schedule in ("normal", "simple", "sgm_uniform"):
+        name = from_comfy(sampler_name, schedule)
+        for steps in (3, 8, 30) if sampler_name in ("euler", "dpm_2", "lcm") else (8,):
+            got = _stepped(scheduler_for(own, name, seeds=[1]), steps)
+            wanted = _comfy_sigmas(own, sampler_name, schedule, steps)
+            assert got == pytest.approx(wanted, rel=1e-5, abs=1e-6), (name, steps)
+
+
 def test_comfyuis_uni_pc_is_not_read_as_the_web_uis_unipc():
     """ComfyUI's uni_pc and uni_pc_bh2 take their last step to sigma 0.001 (its sample_unipc, in place of the
     schedule's 0), on the schedule of one step more less the next-to-last sigma; textinv's unipc, the web UI's UniPC,
@@ -1068,7 +1102,7 @@ def test_comfyuis_ddim_is_euler_on_every_schedule_and_on_ddim_uniform_draws_its_
     from textinv.samplers import from_comfy
 
     own = DDIMScheduler.from_config(_sd_scheduler().config, timestep_spacing="leading", steps_offset=1)  # (SD's)
-    assert from_comfy("ddim", "ddim_uniform") == from_comfy("ddim", "normal") == "euler"
+    assert from_comfy("ddim", "ddim_uniform") == "euler" and from_comfy("ddim", "normal") == "euler_normal"
     assert from_comfy("ddim", "karras") == "euler_karras"
     made = scheduler_for(own, "ddim")
     assert made.final_alpha_cumprod == own.alphas_cumprod[0]  # (what textinv's ddim ends at: not ComfyUI's 0)

@@ -1,7 +1,8 @@
 """The samplers `generate`, `score` and training's sample grids draw with: textinv's names for them, the web UI's
 and kohya's names for the same, and the diffusers scheduler each is made as (`scheduler_for`).
 
-A name is a base sampler ("dpm++2m") or a base and its sigma schedule ("dpm++2m_karras"). The web UI (1.9 on) writes
+A name is a base sampler ("dpm++2m") or a base and its sigma schedule ("dpm++2m_karras"; "euler_normal" for ComfyUI's
+normal, `SCHEDULES`). The web UI (1.9 on) writes
 the two apart, `Sampler: DPM++ 2M, Schedule type: Karras`, and reads its older one-name form, "DPM++ 2M Karras", as
 the same; `webui_names` (`webui_hires_names` for the hires fix's) and `from_webui` translate both ways, `from_comfy`
 reads ComfyUI's sampler and scheduler (its dpmpp_3m_sde as `dpm++3m_sde_comfy`, which keeps the next-to-last sigma the
@@ -116,9 +117,15 @@ BASES = {
     # diffusers' TCDScheduler (Zheng et al. 2024) at gamma 0.3, for a TCD or TCD-LoRA model; the web UI has none
     "tcd": Base(None, "StochasticTCDScheduler", {}),
 }
-# a sigma schedule: (the web UI's "Schedule type", the diffusers flag that gives it)
+# a sigma schedule: (the web UI's "Schedule type", the diffusers flag that gives it). ComfyUI's normal, simple and
+# sgm_uniform (the web UI's Normal, Simple and SGM Uniform) take the steps at timesteps of the model's noise levels
+# (`schedulers.comfy_spaced`): diffusers has no flag for them, so they ride on the Karras one, their sigmas in place of
+# Karras's where the scheduler makes its schedule (`_comfy_spaced`)
 SCHEDULES = {"karras": ("Karras", "use_karras_sigmas"), "exponential": ("Exponential", "use_exponential_sigmas"),
-             "beta": ("Beta", "use_beta_sigmas")}  # (the web UI's Beta at its default alpha = beta = 0.6)
+             "beta": ("Beta", "use_beta_sigmas"),  # (the web UI's Beta at its default alpha = beta = 0.6)
+             "normal": ("Normal", "use_karras_sigmas"), "simple": ("Simple", "use_karras_sigmas"),
+             "sgm_uniform": ("SGM Uniform", "use_karras_sigmas")}
+COMFY_RULES = ("normal", "simple", "sgm_uniform")
 
 _PARTS = {name: (name, "") for name in BASES} | {
     f"{name}_{schedule}": (name, schedule) for name, base in BASES.items() if base.spaced for schedule in SCHEDULES}
@@ -154,10 +161,14 @@ _UNIPC_UNLIKE = ("its last step goes to sigma 0.001, on its scheduler's schedule
                  "next-to-last sigma, where textinv's {}, the web UI's UniPC, steps on the model's own spacing to "
                  "its smallest noise level (SD's 0.029)")
 COMFY_UNLIKE = {"uni_pc": _UNIPC_UNLIKE.format("unipc"), "uni_pc_bh2": _UNIPC_UNLIKE.format("unipc_bh2")}
-# the schedules that space the steps evenly in timestep, differing at the ends, as diffusers' own spacings (leading,
-# trailing, linspace) do: the model's own spacing, a name without a schedule, which is not theirs exactly (SD's at 20
-# steps starts at timestep 951, sigma 11.0, ComfyUI's normal at 999, 14.6; ComfyUI's ddim_uniform takes more steps
-# than asked where they do not divide 1000, 31 at 30). The web UI's labels and ComfyUI's scheduler names, lowercase
+# the schedules that space the steps evenly in timestep, as diffusers' own spacings (leading, trailing, linspace) do,
+# read as the model's own spacing (a name without a schedule) where textinv has no such schedule: for a sampler that
+# takes none (`Base.spaced`: Euler a, DDIM, UniPC, ...) all of them, which it draws on its own spacing (SD's at 20
+# steps from timestep 951, sigma 11.0, where ComfyUI's normal starts at 999, 14.6); for the others the web UI's
+# Uniform (k-diffusion's get_sigmas: timesteps evenly from 999 to 0, as ComfyUI's normal) and DDIM, ComfyUI's
+# ddim_uniform: the timesteps 1 + k (1000 // steps), which is SD's and SDXL's own spacing (leading, steps offset 1)
+# where that gives the steps asked, but more where they do not divide 1000 (31 at 30), which textinv does not draw.
+# ComfyUI's normal, simple and sgm_uniform are `SCHEDULES`. The web UI's labels and ComfyUI's names, lowercase
 EVEN_SPACINGS = {"uniform", "sgm uniform", "sgm_uniform", "normal", "simple", "ddim", "ddim_uniform"}
 # ComfyUI's schedulers that share a name with one of `SCHEDULES` but are another schedule: its "beta" takes the steps at
 # beta quantiles of the model's timesteps (Lee et al. 2024 as written), where the web UI's Beta and diffusers'
@@ -436,10 +447,15 @@ def from_webui(sampler: str, schedule: str | None, first: str | None = None) -> 
 
 def from_comfy(sampler: str, scheduler: str) -> str | None:
     """textinv's name for ComfyUI's sampler and scheduler (KSampler's sampler_name and scheduler), or None when
-    textinv has no such one: also where it draws ComfyUI's sampler otherwise (`COMFY_UNLIKE`, which says how).
+    textinv has no such one: also where it draws ComfyUI's sampler otherwise (`COMFY_UNLIKE`, which says how). Its
+    normal (the default), simple and sgm_uniform are textinv's schedules of those names, ComfyUI's sigmas, for a sampler
+    that takes a sigma schedule; one that takes none (euler_ancestral, uni_pc, ...) draws on the model's own spacing
+    (`EVEN_SPACINGS`), as its ddim_uniform does.
 
     >>> from_comfy("dpmpp_2m", "karras"), from_comfy("euler_ancestral", "normal"), from_comfy("euler", "kl_optimal")
     ('dpm++2m_karras', 'euler_a', None)
+    >>> from_comfy("euler", "normal"), from_comfy("dpmpp_2m_sde_gpu", "sgm_uniform"), from_comfy("heun", "simple")
+    ('euler_normal', 'dpm++2m_sde_sgm_uniform', 'heun_simple')
     >>> from_comfy("dpmpp_3m_sde", "exponential"), from_comfy("uni_pc", "normal"), from_comfy("ddim", "ddim_uniform")
     ('dpm++3m_sde_comfy_exponential', None, 'euler')
     """
@@ -457,10 +473,10 @@ def from_comfy(sampler: str, scheduler: str) -> str | None:
 def _named(base: str, schedule: str) -> str | None:
     """textinv's name for `base` drawn on the schedule another tool names `schedule` ("": the model's own spacing),
     or None when textinv has no such pair (Euler a with Karras, Align Your Steps: diffusers has neither)."""
-    if schedule.lower() in EVEN_SPACINGS | {""}:
-        return base
     key = next((key for key, (label, _) in SCHEDULES.items() if schedule.lower() in (key, label.lower())), None)
-    return f"{base}_{key}" if key and f"{base}_{key}" in _PARTS else None
+    if key and f"{base}_{key}" in _PARTS:
+        return f"{base}_{key}"
+    return base if schedule.lower() in EVEN_SPACINGS | {""} else None
 
 
 def _webui_spellings() -> dict[str, str]:
@@ -479,7 +495,8 @@ def _webui_spellings() -> dict[str, str]:
 SPELLINGS = {**{name: name for name in SAMPLERS}, **KOHYA, **COMFY, **_webui_spellings()}
 HELP = (f"sampling method: default (the model's own scheduler), {', '.join(BASES)}; a k-diffusion one "
         f"({', '.join(n for n, b in BASES.items() if b.spaced)}) also with a sigma schedule after it: _karras, "
-        f"_exponential or _beta (dpm++2m_karras); the web UI's names ('Euler a', 'DPM++ 2M SDE Karras') and "
+        f"_exponential, _beta, or ComfyUI's _normal, _simple or _sgm_uniform (dpm++2m_karras, euler_normal); the web "
+        f"UI's names ('Euler a', 'DPM++ 2M SDE Karras') and "
         f"kohya's (k_euler_a, k_dpm_2, dpmsingle) and ComfyUI's (dpmpp_2m_sde, euler_ancestral) are taken as these")
 
 
@@ -534,7 +551,11 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     # the sigma spacing is the sampler's: a model whose scheduler config ships Karras (or exponential, beta) spacing
     # would otherwise draw "euler" with it, recorded as plain Euler
     takes = inspect.signature(cls.__init__).parameters
-    spacing = {flag: key == schedule for key, (_, flag) in SCHEDULES.items() if flag in takes}
+    spacing = {flag: False for _, flag in SCHEDULES.values() if flag in takes}
+    if schedule:
+        spacing[SCHEDULES[schedule][1]] = True
+    if schedule in COMFY_RULES:
+        cls = _comfy_spaced(cls, schedule)
     if schedule:
         # a schedule spans the model's whole noise range, as the web UI's (its sigma_min and sigma_max are the model's
         # smallest and largest): diffusers' Euler, Heun, DPM2, LMS and DPM++ SDE take the range from their timestep
@@ -547,7 +568,7 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
         cls = _discarding(cls)
     if base == "lms":
         cls = _lms_from_first_step(cls)
-    if schedule == "karras" and _interleaved(cls):
+    if spacing.get("use_karras_sigmas") and _interleaved(cls):  # (and ComfyUI's schedules, which take its place)
         cls = _unrounded(cls)
     # (DDIM's is the pipeline's argument; a sampler that takes none draws as it does: the other pass's took it)
     at_eta = eta is not None and BASES[base].eta not in (None, eta) and base != "ddim"
@@ -576,6 +597,14 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
             raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
                               f"this one's): its scheduler, {cls.__name__}, has none; use {', '.join(able[:-1])} or "
                               f"{able[-1]}")
+        if schedule in COMFY_RULES:
+            # ComfyUI's rule starts at the model's largest noise level, which ComfyUI's zero-terminal-SNR sampling
+            # (ModelSamplingDiscrete with zsnr) sets at sigma 4.5e3 and diffusers' at 4.1e3 (Euler) or infinity: not
+            # ComfyUI's sigmas, so not drawn as if they were
+            raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
+                              f"this one's): ComfyUI's {schedule} starts at the model's largest noise level, which "
+                              f"ComfyUI's zero-terminal-SNR sampling sets at sigma 4.5e3 and diffusers elsewhere "
+                              f"(4.1e3, or infinity); use {base}")
         if schedule:
             # its largest noise level is infinite: a sigma schedule puts most steps at the top, on the same timestep
             # (or takes the logarithm of infinity)
@@ -658,6 +687,21 @@ def _variant(cls: type, what: str, **methods) -> type:
         _VARIANTS[cls, what] = type(cls.__name__, (cls,), {**methods, "__module__": __name__,
                                                            "__doc__": f"{cls.__name__}, {what}"})
     return _VARIANTS[cls, what]
+
+
+def _comfy_spaced(cls: type, rule: str) -> type:
+    """Diffusers' scheduler `cls`, made with use_karras_sigmas, on ComfyUI's schedule `rule` (normal, simple or
+    sgm_uniform: `schedulers.comfy_spaced`) over the model's training noise levels in place of Karras's: each of
+    diffusers' k-diffusion-style schedulers makes its schedule's sigmas in `_convert_to_karras`, then their timesteps
+    and its tables from them, as for Karras's (textinv's LCM reads `comfy_rule` over its 50 levels itself)."""
+    from .schedulers import comfy_spaced
+
+    def _convert_to_karras(self, in_sigmas, num_inference_steps=None):
+        # (DPM++ 2M's hands it the 1000 training sigmas and the steps; the others the steps' sigmas alone)
+        alphas = self.alphas_cumprod.double().numpy()
+        return comfy_spaced(rule, ((1 - alphas) / alphas) ** 0.5, num_inference_steps or len(in_sigmas))
+
+    return _variant(cls, f"on ComfyUI's {rule} schedule", _convert_to_karras=_convert_to_karras, comfy_rule=rule)
 
 
 def _discarding(cls: type) -> type:

@@ -108,6 +108,34 @@ def karras(n: int, low: float, high: float, rho: float = 7.0) -> list[float]:
     return [(top + i / max(n - 1, 1) * (bottom - top)) ** rho for i in range(n)] + [0.0]
 
 
+def comfy_spaced(rule: str, levels: np.ndarray, n: int) -> np.ndarray:
+    """The n sigmas, largest first (the 0 after them not included), ComfyUI's scheduler `rule` takes over the model's
+    noise `levels` (its sigma at each timestep, rising: ModelSamplingDiscrete's sigmas), as comfy/samplers.py's
+    normal_scheduler (sgm_uniform: the same with sgm) and simple_scheduler take them; the web UI's Normal, Simple and
+    SGM Uniform schedule types (1.10 on) are the same rules. normal takes n timesteps evenly spaced from the last to
+    the first, sgm_uniform the first n of n + 1 so spaced (the step to the first becomes the step to 0), each sigma
+    interpolated in log sigma between two levels; simple the level every len / n timesteps down from the last, rounded
+    down to a whole timestep.
+
+    >>> levels = np.array([0.1, 1.0, 10.0])
+    >>> comfy_spaced("normal", levels, 3).round(6).tolist(), comfy_spaced("sgm_uniform", levels, 2).round(6).tolist()
+    ([10.0, 1.0, 0.1], [10.0, 1.0])
+    >>> comfy_spaced("simple", levels, 2).tolist()
+    [10.0, 1.0]
+    """
+    last = len(levels) - 1
+    if rule == "simple":
+        stride = len(levels) / n  # (in float, as ComfyUI takes it: int(x * stride) rounds down)
+        return np.array([levels[last - int(x * stride)] for x in range(n)])
+    if rule == "normal":
+        at = np.linspace(last, 0, n)
+    elif rule == "sgm_uniform":
+        at = np.linspace(last, 0, n + 1)[:-1]
+    else:
+        raise ValueError(f"{rule!r} is not one of ComfyUI's schedulers normal, simple or sgm_uniform")
+    return np.exp(np.interp(at, np.arange(len(levels)), np.log(levels)))
+
+
 def restart_plan(schedule: list[float]) -> list[tuple[float, float]]:
     """The Heun steps (from sigma, to sigma) the web UI's Restart takes on the sigma `schedule` (its n steps' sigmas,
     then 0): at fewer than 20 steps the schedule's own; from 20, n - 9 Karras steps over the schedule's range with 9
@@ -270,6 +298,8 @@ class LatentConsistencyScheduler(EulerDiscreteScheduler):
     def _schedule(self, n: int, levels: np.ndarray) -> np.ndarray:
         """The n steps' sigmas over `levels` (`lcm_sigmas`): the sampler's own spacing, or the config's schedule."""
         low, high = levels[0], levels[-1]
+        if getattr(self, "comfy_rule", None):  # (ComfyUI's lcm draws its schedulers over these 50 levels)
+            return comfy_spaced(self.comfy_rule, levels, n)
         if self.config.use_karras_sigmas:
             return np.array(karras(n, low, high)[:-1])
         if self.config.use_exponential_sigmas:
