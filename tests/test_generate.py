@@ -706,16 +706,19 @@ def test_dpm2_dpm2_a_and_dpm3m_sde_discard_the_next_to_last_sigma_as_the_web_ui_
     n + 1 step schedule less its smallest non-zero sigma, on every schedule type; its other samplers do not."""
     import diffusers
 
-    from textinv.samplers import BASES, SCHEDULES, scheduler_for
+    from textinv.samplers import BASES, COMFY_RULES, SCHEDULES, _comfy_spaced, scheduler_for
 
     own = fresh_model(sd1_dir).pipeline.scheduler
     own = type(own).from_config(own.config, timestep_spacing=spacing)  # (the model's own, a name without schedule's)
     discarding = {"dpm2", "dpm2_a", "dpm++3m_sde"}
     for base in ["dpm2", "dpm2_a", "dpm++3m_sde", "dpm++2m_sde", "euler"]:
-        for name in [base, *(f"{base}_{schedule}" for schedule in SCHEDULES)]:
+        for schedule in ("", *SCHEDULES):
+            name = f"{base}_{schedule}" if schedule else base
             made = scheduler_for(own, name)
-            # the same scheduler without the discard (diffusers' own class, same config)
-            plain = getattr(diffusers, type(made).__name__).from_config(made.config)
+            # the same scheduler without the discard (diffusers' own class, same config; ComfyUI's schedules drawn
+            # where its Karras one would be)
+            cls = getattr(diffusers, type(made).__name__)
+            plain = (_comfy_spaced(cls, schedule) if schedule in COMFY_RULES else cls).from_config(made.config)
             if base in discarding:
                 longer = _schedule(plain, 5)
                 assert _schedule(made, 4) == longer[:-2] + [0.0], name
