@@ -2,13 +2,13 @@
 and kohya's names for the same, and the diffusers scheduler each is made as (`scheduler_for`).
 
 A name is a base sampler ("dpm++2m") or a base and its sigma schedule ("dpm++2m_karras"; "euler_normal" for ComfyUI's
-normal, `SCHEDULES`). The web UI (1.9 on) writes
-the two apart, `Sampler: DPM++ 2M, Schedule type: Karras`, and reads its older one-name form, "DPM++ 2M Karras", as
-the same; `webui_names` (`webui_hires_names` for the hires fix's) and `from_webui` translate both ways, `from_comfy`
-reads ComfyUI's sampler and scheduler (its dpmpp_3m_sde as `dpm++3m_sde_comfy`, which keeps the next-to-last sigma the
-web UI's DPM++ 3M SDE discards). The web UI's "Automatic" schedule is each sampler's own choice (Karras for DPM++ 2M,
-Exponential for the SDE ones, the model's own spacing for Euler), so a picture drawn on the model's spacing with a
-sampler that has a choice of its own says "Uniform", or the web UI would redraw it otherwise.
+normal, `SCHEDULES`). The web UI (1.9 on) writes the two apart, `Sampler: DPM++ 2M, Schedule type: Karras`, and reads
+its older one-name form, "DPM++ 2M Karras", as the same; `webui_names` (`webui_hires_names` for the hires fix's) and
+`from_webui` translate both ways, `from_comfy` reads ComfyUI's sampler and scheduler (its dpmpp_3m_sde as
+`dpm++3m_sde_comfy`, which keeps the next-to-last sigma the web UI's DPM++ 3M SDE discards). The web UI's "Automatic"
+schedule is each sampler's own choice (Karras for DPM++ 2M, Exponential for the SDE ones, the model's own spacing for
+Euler), so a picture drawn on the model's spacing with a sampler that has a choice of its own says "Uniform", or the
+web UI would redraw it otherwise.
 
 Each is set as the web UI runs it where diffusers' defaults differ: a sigma schedule spans the model's whole noise
 range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), DPM2, DPM2
