@@ -176,6 +176,18 @@ def test_a_schedule_type_z_axis_over_a_sampler_axis_writes_its_sub_grids(sd1_dir
                              z="schedule=Uniform,Karras", xyz_sub_grids=True), model=fresh_model(sd1_dir), progress=False)
     assert [p.name for p in paths[:3]] == ["xyz_grid-0000.png", "xyz_grid-0001.png", "xyz_grid-0002.png"]
     assert [Image.open(p).text["sampler"] for p in paths[3:]] == ["euler", "dpm++2m", "euler_karras", "dpm++2m_karras"]
+    # its text keeps the schedule as a --z of that one value: the sampler axis alone would draw every cell on its
+    # sampler's own schedule; --again draws the grid of that value, then that grid alone (--xyz-sub-grids)
+    sub = Image.open(paths[2])
+    assert json.loads(sub.text[RECORD_KEY])["settings"]["z"] == "schedule=Karras"
+    assert sub.text["parameters"].endswith("X Type: Sampler, X Values: \"euler,dpm++2m\", Z Type: Schedule type, "
+                                           "Z Values: Karras")
+    assert main(["generate", "--again", str(paths[2]), "--model", str(sd1_dir), "--out", str(tmp_path / "a")]) == 0
+    again = (tmp_path / "a").glob("*.png")
+    assert sorted(Image.open(p).text["sampler"] for p in again if not p.name.startswith("xyz_grid")) == \
+        ["dpm++2m_karras", "euler_karras"]
+    assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0001.png"), pixels(paths[2]))
+    assert np.array_equal(pixels(tmp_path / "a" / "xyz_grid-0000.png")[-16:, -32:], pixels(paths[2])[-16:, -32:])
 
 
 def test_a_var_strength_axis_draws_one_variation_seed_for_the_plot_and_none_at_strength_0(tmp_path, no_model):

@@ -740,15 +740,16 @@ def _check_samplers(ready: Plan, model) -> None:
 
 def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path]]) -> list[Path]:
     """The plot's grids, written as the web UI saves them: the grid of every cell (with --z, each --z value's grid
-    side by side under its label), then with --xyz-sub-grids and more than one --z value each of those grids alone,
-    without its --z label (not for --z alone: each would be its cell, written already, and --again on it could not
-    tell it from a cell's picture). Their paths, in that order."""
+    side by side under its label), then with --xyz-sub-grids each of those grids alone, without its --z label (not
+    for --z alone: each would be its cell, written already, and --again on it could not tell it from a cell's
+    picture; for one --z value too, which --again on the grid of a value of an axis applied last draws: `_grid_text`).
+    Their paths, in that order."""
     nx, ny, nz = ready.counts()
     per_z = [cells[iz * nx * ny:(iz + 1) * nx * ny] for iz in range(nz)]
     subs = [_grid_picture(ready, [_cell_picture(paths) for paths in these], config) for these in per_z]
     whole = subs[0] if ready.axes[2] is None else _z_picture(ready, subs, config)
     written = [(whole, cells, None)]
-    if config.xyz_sub_grids and nz > 1 and (ready.axes[0] or ready.axes[1]):
+    if config.xyz_sub_grids and ready.axes[2] is not None and (ready.axes[0] or ready.axes[1]):
         written += [(sub, these, iz) for iz, (sub, these) in enumerate(zip(subs, per_z))]
     try:
         return [_save_grid(grid, Path(config.out), _grid_text(config, ready, these, iz) if config.metadata != "none"
@@ -885,12 +886,17 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
     their values and each cell's pictures' file names (x fastest) as JSON; and the first cell's record (`RECORD_KEY`)
     with the axes among its settings, so `--again GRID` draws the plot again, as the web UI's grid text restores
     the script's axes. A --z value's grid of its own (`iz`) is the plot at that value, as the web UI's sub-grid text
-    (no Z fields; its `xyz_plot` names the value), so `--again` on it draws that grid."""
+    (no Z fields; its `xyz_plot` names the value), so `--again` on it draws that grid. The value of an axis applied
+    last (`Axis.last`: a schedule type, which puts the sampler an x axis sets on it) is no setting of the command's
+    for it to hold: its text keeps the --z axis with that one value, and `--again` on it draws the grid of that value,
+    then that grid alone (--xyz-sub-grids)."""
     text = Image.open(cells[0][0]).text if cells and cells[0] else {}
     z = ready.axes[2]
-    if iz is not None:
-        # (an axis applied last changes what the others set, which its cells' records hold: not the command's)
-        config = replace(config, z=None, **({} if z.axis.last else z.settings(z.values[iz], config)))
+    if iz is not None and z.axis.last:
+        value = z.values[iz]
+        ready = replace(ready, axes=(*ready.axes[:2], replace(z, given=z.show(value), values=[value])), cells=[])
+    elif iz is not None:
+        config = replace(config, z=None, **z.settings(z.values[iz], config))
         ready = replace(ready, axes=(*ready.axes[:2], None), cells=[])
     first = text.get("parameters", "")
     fields = [("Script", SCRIPT)]
