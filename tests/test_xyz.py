@@ -359,6 +359,23 @@ def test_again_on_a_web_ui_grid_reads_its_sampling_axes_and_says_how_to_get_one_
         ("dpm++2m_karras", 812), ("dpm++2m_exponential", 812), ("dpm++2m_karras", 4), ("dpm++2m_exponential", 4)]
 
 
+def test_again_on_a_web_ui_grid_reads_an_upscaling_network_on_a_hires_upscaler_axis_as_lanczos(tmp_path):
+    """A picture's Hires upscaler that is an upscaling network (R-ESRGAN 4x+) is read as Lanczos with a note; a Hires
+    upscaler axis holding one was read as it is, and refused when the plot was drawn. Its values are read alike."""
+    from conftest import again_warned, web_ui_picture
+
+    grid = web_ui_picture(tmp_path / "grid.png", (
+        'a photo of a dog\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 16x16, Denoising strength: 0.5, '
+        'Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, Script: X/Y/Z plot, X Type: Hires upscaler, X Values: '
+        '"R-ESRGAN 4x+, Latent (bicubic), 4x-UltraSharp", Version: v1.10.1'))
+    config, warned = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a")})
+    assert config.x == "hires-upscaler=lanczos,latent-bicubic,lanczos"
+    for network in ("'R-ESRGAN 4x+', an upscaling network", "'4x-UltraSharp', an upscaling network"):
+        assert f"{grid} was enlarged for its hires fix by the web UI's {network}" in warned
+    ready = xyz.plan(config.validate())
+    assert [c.hires_upscaler for c in ready.cells] == ["lanczos", "latent-bicubic", "lanczos"]
+
+
 def test_a_var_seed_axis_draws_each_cell_as_generate_draws_that_variation_and_again_draws_it_again(sd1_dir,
                                                                                                   tmp_path):
     """End to end on the tiny model: each cell of a Var. seed axis is the plain generate of --variation-seed at that

@@ -618,11 +618,13 @@ def _from_a1111(path: Path, text: str) -> Picture:
 def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], notes: list[str]) -> tuple[str, ...]:
     """The axes of the web UI's X/Y/Z plot (its grid's, and first cell's, `Script: X/Y/Z plot`, `X Type`, `X Values`,
     ...) into `settings` as --x, --y and --z, so that --again draws the plot, as the web UI's PNG Info restores the
-    script; a seed or Var. seed axis with the seeds it drew (`Fixed X Values`: -1 drawn). An axis textinv has none
+    script; a seed or Var. seed axis with the seeds it drew (`Fixed X Values`: -1 drawn), a Hires upscaler axis's
+    upscaling networks as Lanczos (`_a1111_upscaler`, as the picture's own). An axis textinv has none
     of (Checkpoint name, Styles, ...: the note says how to get the same with textinv, `xyz.WEBUI_ONLY`), or whose
     values are model files the web UI names its own way (Refiner checkpoint), is left out with a note. Returns the
     fields read."""
-    from .xyz import _SEED_AXES, _SPELLINGS, AXES, SCRIPT, WEBUI_ONLY  # (here: xyz imports generate, as this does)
+    # (here: xyz imports generate, as this does)
+    from .xyz import _SEED_AXES, _SPELLINGS, AXES, SCRIPT, WEBUI_ONLY, split_values
 
     if str(fields.get("Script", "")).strip() != SCRIPT:
         return ()
@@ -641,9 +643,25 @@ def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], no
             continue
         if name in _SEED_AXES:
             values = fields.get(f"Fixed {key} Values") or values
+        if name == "hires-upscaler":  # (as the picture's own: an upscaling network read as Lanczos, with its note)
+            values = ",".join(_a1111_upscaler(path, value, notes) for value in split_values(values))
         settings[key.lower()] = f"{name}={values}"
     return ("Script", *(f"{fixed}{key} {what}" for key in "XYZ" for fixed, what in
                          (("", "Type"), ("", "Values"), ("Fixed ", "Values"))))
+
+
+def _a1111_upscaler(path: Path, upscaler: str, notes: list[str]) -> str:
+    """The web UI's Hires upscaler `upscaler` as textinv's: one of its own by the web UI's name, else Lanczos, with a
+    note (the web UI's others are upscaling networks, which textinv does not run)."""
+    name = upscaler.strip().lower()
+    if name in UPSCALER_SPELLINGS:
+        return UPSCALER_SPELLINGS[name]
+    said = (f"{path} was enlarged for its hires fix by the web UI's {upscaler.strip()!r}, an upscaling network textinv "
+            f"does not run: it is enlarged with Lanczos (--hires-upscaler), then redrawn as the web UI redrew it, so "
+            f"expect the finer detail to differ")
+    if said not in notes:
+        notes.append(said)
+    return "lanczos"
 
 
 def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: dict[str, Any],
@@ -740,13 +758,8 @@ def _a1111_passes(path: Path, fields: dict[str, str], settings: dict[str, Any], 
                          if side.strip("0")})  # (the web UI writes a side it derives as 0)
     if "Hires steps" in fields and _number(fields["Hires steps"]) != 0:  # (the web UI's 0: the first pass's steps)
         settings["hires_steps"] = fields["Hires steps"]
-    upscaler = fields.get("Hires upscaler")
-    if upscaler is not None:
-        settings["hires_upscaler"] = UPSCALER_SPELLINGS.get(upscaler.strip().lower(), "lanczos")
-        if upscaler.strip().lower() not in UPSCALER_SPELLINGS:
-            notes.append(f"{path} was enlarged for its hires fix by the web UI's {upscaler!r}, an upscaling network "
-                         f"textinv does not run: it is enlarged with Lanczos (--hires-upscaler), then redrawn as the "
-                         f"web UI redrew it, so expect the finer detail to differ")
+    if fields.get("Hires upscaler") is not None:
+        settings["hires_upscaler"] = _a1111_upscaler(path, fields["Hires upscaler"], notes)
     _a1111_sampler(path, fields, True, settings, needs)
     for label, name in (("Hires prompt", "hires_prompt"), ("Hires negative prompt", "hires_negative_prompt"),
                         ("Hires CFG Scale", "hires_guidance")):
