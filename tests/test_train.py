@@ -1,5 +1,6 @@
 """Training invariants on tiny random SD 1.x / 2.x models: what changes, what must not, resume, and failures."""
 
+import os
 import warnings
 
 import pytest
@@ -1633,6 +1634,17 @@ def test_step_embeddings_are_named_as_the_formats_tools_name_them_and_can_be_lef
           progress=False)
     assert sorted(p.name for p in (tmp_path / "a" / "embeddings").iterdir()) == ["zq-1.pt", "zq-2.pt"]
     assert load_embedding(tmp_path / "a" / "embeddings" / "zq-1.pt").metadata["steps"] == "1"
+    # each holds the web UI's step name, as its own step files do (diffusers loads a .pt by it); the run's file and
+    # textinv's reading (its record in the file), which an embedding axis over the steps draws each by, keep <zq>
+    assert [torch.load(tmp_path / "a" / name, weights_only=True)["name"]
+            for name in ("zq.pt", "embeddings/zq-1.pt", "embeddings/zq-2.pt")] == ["<zq>", "zq-1", "zq-2"]
+    from textinv import xyz
+    from textinv.config import GenerateConfig
+
+    steps = xyz.embedding_values([str(tmp_path / "a" / "embeddings" / "*.pt")],
+                                 GenerateConfig(prompt=["a photo of <zq>"]))
+    assert [(f.path.split(os.sep)[-1], f.tokens, load_embedding(f.path).token) for f in steps] == [
+        ("zq-1.pt", None, "<zq>"), ("zq-2.pt", None, "<zq>")]
     train(config(images, tmp_path / "b", steps=2, save_every=1, step_embeddings=False), model=fresh_model(sd1_dir),
           progress=False)
     assert not (tmp_path / "b" / "embeddings").exists()

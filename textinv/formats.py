@@ -253,7 +253,8 @@ def first_file(path: str | Path) -> Path | None:
 
 
 def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffusers", preview=None, *,
-                   overwrite: bool = True, date: str | None = None, caption: bool = True) -> list[Path]:
+                   overwrite: bool = True, date: str | None = None, caption: bool = True,
+                   name: str | None = None) -> list[Path]:
     """Write `emb` to `path` in `format` (one of FORMATS), atomically; return the files written.
 
     `path` may be a folder (one that exists, or a new one written with a trailing slash, `out/`), in which case
@@ -262,7 +263,9 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
     placeholder picture is drawn when it is None), captioned as the web UI captions it unless `caption` is False
     (`a1111_pixels.caption`). With `overwrite=False` a file already there is refused (before
     anything is written) instead of replaced. The safetensors formats also carry ModelSpec keys (`modelspec`);
-    `date` is their `modelspec.date` (default: the one the embedding was read with, else now).
+    `date` is their `modelspec.date` (default: the one the embedding was read with, else now). `name` is an a1111
+    file's `name` where it is not the token (a training step's file: the web UI's `my-dog-500`); the token stays in
+    textinv's own record, which textinv reads it by.
 
     >>> save_embedding(emb, "out/my-dog.pt", format="a1111")   # doctest: +SKIP
     [PosixPath('out/my-dog.pt')]
@@ -274,7 +277,7 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
     try:
         path = check_writable(path, format, emb.token, emb.widths, overwrite)
         # 2. Write.
-        return _write_embedding(emb, path, format, preview, date, caption)
+        return _write_embedding(emb, path, format, preview, date, caption, name)
     except OSError as e:  # a read-only or full disk, a file where a folder should be, a name too long: say which
         raise FormatError(f"cannot write {path}: {e.strerror or e}; choose another output path") from None
 
@@ -326,7 +329,7 @@ def check_suffix(path: str | Path, format: str, token: str) -> None:
 
 
 def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, date: str | None = None,
-                     caption: bool = True) -> list[Path]:
+                     caption: bool = True, name: str | None = None) -> list[Path]:
     vectors = {name: t.detach().to(torch.float32).contiguous().clone() for name, t in emb.vectors.items()}
     if format in modelspec.IMPLEMENTATIONS:  # the safetensors formats: each file says what it is
         metadata = {k: v for k, v in emb.metadata.items() if not k.startswith(modelspec.PREFIX) and k != PAIR_KEY}
@@ -348,7 +351,7 @@ def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, da
     elif format == "diffusers-bin":
         _write_pickle(path, {emb.token: vectors["text_encoder"]})  # diffusers wants exactly one key: no metadata
     elif format == "a1111":
-        _write_pickle(path, _a1111_dict(emb, vectors["text_encoder"]))
+        _write_pickle(path, _a1111_dict(emb, vectors["text_encoder"], name))
     elif format == "a1111-png":
         _write_a1111_png(path, emb, vectors["text_encoder"], preview, caption)
     return [path]
@@ -426,7 +429,8 @@ def _rehashed(data: bytes) -> bytes:
 
 def _a1111_dict(emb: LearnedEmbedding, tensor, name: str | None = None) -> dict:
     """The dict A1111 pickles into a .pt (and JSON-encodes into a PNG); loaders ignore our extra "textinv" key.
-    `name` (default: the token) is what the web UI calls an image embedding (see `_write_a1111_png`)."""
+    `name` (default: the token) is what the web UI calls an image embedding (see `_write_a1111_png`), and diffusers
+    a .pt (the web UI calls a .pt by its file's name)."""
     try:
         step = int(emb.metadata.get("steps", 0))
     except ValueError:

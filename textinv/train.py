@@ -520,10 +520,10 @@ class _Run:
             # (not for the last good vectors a non-finite loss falls back to: they are an earlier step's)
             if config.step_embeddings and config.save_every and at_step and at_step % config.save_every == 0 \
                     and vectors is None:
-                for c in concepts:  # (the step's files are the same bytes as the main file's at that step)
-                    _write_embedding(self.embedding_of(c, at_step),
-                                     c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step),
-                                     file_format, date)
+                for c in concepts:  # (the step's files are the main file's at that step, a .pt's name the step's)
+                    step_file = c.out / STEP_EMBEDDINGS_DIR / step_filename(file_format, c.token, at_step)
+                    _write_embedding(self.embedding_of(c, at_step), step_file, file_format, date,
+                                     name=step_file.stem if file_format == "a1111" else None)
         if checkpoint:
             save_checkpoint(self.out, at_step, self.exts, self.optimizer, self.lr_schedule, self.samplers,
                             self.scaler, (self.history, self.by_concept, self.rates), config,
@@ -1318,12 +1318,15 @@ def _finish(run: _Run, files: list[Path]) -> TrainResult:
                        embeddings=embeddings, validation=run.validated)
 
 
-def _write_embedding(emb: LearnedEmbedding, path: Path, file_format: str, date: str | None = None) -> list[Path]:
+def _write_embedding(emb: LearnedEmbedding, path: Path, file_format: str, date: str | None = None,
+                     name: str | None = None) -> list[Path]:
     """`save_embedding`, a failed write raised as the OSError it is: `textinv train` then says which checkpoint is
     kept and the command that goes on from it (the advice for `convert`, another output path, is not it here).
-    A file there that already holds `emb` keeps its `modelspec.date` (`_saved_date`)."""
+    A file there that already holds `emb` keeps its `modelspec.date` (`_saved_date`). `name`: a .pt's `name` where
+    it is not the token (a step's file holds the web UI's `my-dog-500`, as the web UI writes its own: textinv reads
+    the token from its record in the file, the web UI a .pt by its file's name)."""
     try:
-        return save_embedding(emb, path, file_format, date=_saved_date(emb, path) or date)
+        return save_embedding(emb, path, file_format, date=_saved_date(emb, path) or date, name=name)
     except FormatError as e:
         if isinstance(e.__context__, OSError):
             raise e.__context__ from None
