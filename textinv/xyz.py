@@ -740,10 +740,10 @@ def _check_samplers(ready: Plan, model) -> None:
 
 def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path]]) -> list[Path]:
     """The plot's grids, written as the web UI saves them: the grid of every cell (with --z, each --z value's grid
-    side by side under its label), then with --xyz-sub-grids each of those grids alone, without its --z label (not
-    for --z alone: each would be its cell, written already, and --again on it could not tell it from a cell's
-    picture; for one --z value too, which --again on the grid of a value of an axis applied last draws: `_grid_text`).
-    Their paths, in that order."""
+    side by side under its label), then with --xyz-sub-grids each of those grids alone, without its --z label, one
+    --z value's too (--again on the grid of a value of an axis applied last draws the plot at that one value, then
+    that grid alone: `_grid_text`); not for --z alone: each would be its cell, written already, and --again on it
+    could not tell it from a cell's picture. Their paths, in that order."""
     nx, ny, nz = ready.counts()
     per_z = [cells[iz * nx * ny:(iz + 1) * nx * ny] for iz in range(nz)]
     subs = [_grid_picture(ready, [_cell_picture(paths) for paths in these], config) for these in per_z]
