@@ -1283,7 +1283,7 @@ def test_a_restart_pass_the_web_ui_would_draw_short_is_refused_before_the_unet_i
     takes 9 fewer (a hires pass of 20 steps at --hires-denoise 0.1 on the Karras schedule, from sigma 0.07; an
     img2img pass of 21 of 200 steps at --denoise 0.1), is refused naming the flags before any UNet call: it was the
     scheduler's ValueError from inside the pipeline, the hires fix's once its first pass had drawn."""
-    from textinv.generate import Hires
+    from textinv.refine import Hires
 
     model = fresh_model(sd1_dir)
     calls = []

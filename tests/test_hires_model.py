@@ -8,8 +8,9 @@ import torch
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
 from textinv.formats import LearnedEmbedding, save_embedding
-from textinv.generate import Hires, generate, render
+from textinv.generate import generate, render
 from textinv.models import load_model
+from textinv.refine import Hires
 from textinv.tiny import build_tiny_pipeline
 
 PROMPT = ["a photo of a dog"]

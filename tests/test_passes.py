@@ -15,8 +15,9 @@ from textinv import refine
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
 from textinv.formats import RECORD_KEY
-from textinv.generate import Hires, generate, render
+from textinv.generate import generate, render
 from textinv.models import load_model
+from textinv.refine import Hires
 
 
 def test_the_hires_sizes_are_the_web_uis():

@@ -245,7 +245,7 @@ def test_prompt_editing_goes_on_in_the_refiner_with_its_own_encoding(models):
 
 def test_with_the_hires_fix_the_refiner_draws_the_last_steps_of_the_second_pass(models):
     """The web UI's default (hires_fix_refiner_pass: second pass): the first pass is the base's alone."""
-    from textinv.generate import Hires
+    from textinv.refine import Hires
 
     model, refiner = models
     base_calls, refiner_calls = [], []
@@ -407,7 +407,7 @@ def test_a_pass_that_starts_past_the_switch_is_drawn_by_the_refiner_all_through(
     draws every step of it, conditioned as the refiner (its encoder, 5 time ids ending in the aesthetic score)."""
     from PIL import Image
 
-    from textinv.generate import Hires
+    from textinv.refine import Hires
 
     model, refiner = models
     runs = {"text": ([], [])}

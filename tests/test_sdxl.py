@@ -608,7 +608,8 @@ def test_sdxl_draws_composable_diffusion_with_each_sub_prompts_pooled_embedding(
 
 def test_sdxl_draws_the_hires_fix_and_img2img_told_each_pass_its_own_size(xl_dir):
     """SDXL's img2img pipeline takes the latents as they are and each pass is told its own size (the time ids)."""
-    from textinv.generate import Hires, render
+    from textinv.generate import render
+    from textinv.refine import Hires
 
     model = fresh_model(xl_dir)
     told = []

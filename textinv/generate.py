@@ -52,6 +52,7 @@ from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, interrupt_kept, launched_precision, load_model,
                      pick_device, precision_name, read_clip_skip, resolve_source, source_is_inpainting,
                      source_is_sdxl_refiner_file, source_is_xl)
+from .refine import Hires, _check_hires, _pass_schedule, check_hires_model
 from .hub import hub_reference
 from .run_folder import _nfc
 from .samplers import (Churn, check_churn, check_discard, check_eta, check_pass, ensd_reaches, eta_label, eta_of,
@@ -227,35 +228,6 @@ def expand_all(prompt: str, embeddings: list[LearnedEmbedding], model: Model | N
     return prompt
 
 
-@dataclass(frozen=True)
-class Hires:
-    """The web UI's hires fix (`refine`): the first pass enlarged by `scale`, or to `width` x `height` (one of them
-    may be None: the first pass's proportions), with `upscaler` (`refine.UPSCALERS`), then redrawn at `denoise` over
-    `steps` sampling steps (None: as many as the first pass's) with `sampler` (None: the first pass's), for `prompt`
-    and `negative_prompt` (already expanded; None: the first pass's), the web UI's Hires prompt and Hires negative
-    prompt, at `guidance` (None: the first pass's; Forge's Hires CFG Scale), by `model` (None: the first pass's; the
-    web UI's Hires checkpoint, loaded with `hires_model`, the embeddings installed); `switch` (when given) is called
-    before the second pass (`_hires_switch`: that pass's LoRAs, made active on the model that draws it)."""
-
-    scale: float | None = None
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    denoise: float = refine.HIRES_DENOISE
-    upscaler: str = refine.DEFAULT_UPSCALER
-    sampler: str | None = None
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    guidance: float | None = None
-    model: Model | None = field(default=None, compare=False)
-    switch: Callable[[], None] | None = field(default=None, compare=False)
-
-    def sizes(self, width: int, height: int, factor: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        """(enlarged, crop, final) sizes for a first pass of `width` x `height` (`refine.hires_size`)."""
-        enlarged, crop = refine.hires_size(width, height, self.scale, self.width, self.height, factor)
-        return enlarged, crop, refine.final_size(enlarged, crop, factor)
-
-
 # the web UI's sdxl_refiner_high_aesthetic_score and sdxl_refiner_low_aesthetic_score: the SDXL refiner's time ids
 # end with one for the prompt, the other for the negative prompt
 AESTHETIC_SCORES = (6.0, 2.5)
@@ -285,19 +257,6 @@ def check_refiner(model: Model, refiner: Model, flag: str = "--refiner") -> None
         raise ConfigError(f"{flag} {refiner.source} predicts {refiner.prediction_type}, --model {model.source} "
                           f"{model.prediction_type}: textinv's refiner continues the sampler with the refiner's UNet "
                           f"as it is, so both must predict the same (give one of the same prediction type)")
-
-
-def check_hires_model(model: Model, hires: Model) -> None:
-    """Refuse a hires model (--hires-model) whose latents are not `model`'s: the hires fix's second pass redraws the
-    first pass's latents (enlarged) as they are, so both must be SDXL, or both SD 1.x/2.x with the same VAE latents.
-    Its prediction type may differ: that pass samples with its own scheduler."""
-    ours, theirs = model.vae.config, hires.vae.config
-    if (model.is_xl != hires.is_xl or hires.is_refiner or ours.latent_channels != theirs.latent_channels
-            or ours.scaling_factor != theirs.scaling_factor):
-        raise ConfigError(f"--hires-model {hires.source} ({FAMILY_NAMES.get(hires.family, 'custom model')}) does not "
-                          f"draw in the latents of --model {model.source} "
-                          f"({FAMILY_NAMES.get(model.family, 'custom model')}): give a model of the same family (an "
-                          f"SDXL model for SDXL, not its refiner; an SD 1.x/2.x model for SD 1.x/2.x)")
 
 
 def _check_refiner_passes(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
@@ -477,19 +436,6 @@ def _check_passes(model: Model, steps: int, sampler: str, start: list[Image.Imag
     return second_model
 
 
-def _check_hires(model: Model, second_model: Model, hires: Hires, steps: int, sampler: str,
-                 discard: bool = False) -> None:
-    """Refuse the hires fix's second pass (by `second_model`) now, not once the first pass has drawn: its model, its
-    schedule and sampler (`sampler`: the first pass's; `discard`: --discard-penultimate-sigma), its guidance."""
-    check_hires_model(model, second_model)
-    _pass_schedule(second_model, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
-                   "--hires-sampler" if hires.sampler else "--sampler", discard)
-    if hires.sampler:
-        scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
-    if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
-        raise ConfigError(f"--hires-guidance must be a finite number of at least 1, got {hires.guidance}")
-
-
 def _text_to_image(model: Model, steps: int, sampler: str, size: tuple[int, int], hires: Hires | None,
                    variation: tuple[list[int], float] | None, refiner: Refiner | None, ensd: int = 0, **drawing
                    ) -> list[Image.Image]:
@@ -658,23 +604,6 @@ def _redrawn(model: Model, start: list[Image.Image], inpaint: Inpaint | None, st
     drawn = _refined(model, refine.encode(pipe.vae, pixels), steps, denoise, False, sampler, size, variation,
                      pixels=(pixels, masks), redraw=(redraw, inpaint.fill, inpaint.blend), **drawing)
     return [inpainting.paste_back(d, r) for d, r in zip(drawn, ready)]
-
-
-def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool, sampler: str,
-                   sampler_flag: str = "--sampler", discard: bool = False) -> tuple[int, int]:
-    """`refine.pass_steps`'s (schedule, run) of a pass, its schedule refused where longer than the model's, and
-    `sampler` (given as `sampler_flag`; `discard`: --discard-penultimate-sigma) where it would draw the pass short
-    (`samplers.check_pass`)."""
-    schedule, run = refine.pass_steps(steps, denoise, hires)
-    most = model.pipeline.scheduler.config.get("num_train_timesteps")
-    flag = "--hires-steps" if hires else "--steps"
-    if most and schedule > most:
-        raise ConfigError(f"{flag} {steps} at --denoise {denoise} runs the last of a schedule of {schedule} steps, "
-                          f"more than the {most} noise levels {model.source} was trained with: give fewer {flag} or "
-                          f"a higher --denoise")
-    given = f"{flag} {steps} at {'--hires-denoise' if hires else '--denoise'} {denoise:g}"
-    check_pass(model.pipeline.scheduler, sampler, schedule, run, given, sampler_flag, discard)
-    return schedule, run
 
 
 def _pass(model: Model, pipe, steps: int, sampler: str, size: tuple[int, int], prompts: list[str], seeds: list[int],

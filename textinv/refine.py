@@ -6,7 +6,10 @@ the seed's noise added, instead of from pure noise (`--denoise`: how far up it s
 
 What is here is what those passes share, each as the web UI computes it, so a picture's `parameters` text means
 the same in both: its upscalers (`UPSCALERS`), the enlarged and cropped size (`hires_size`), how many steps a pass
-runs of how long a schedule (`pass_steps`), and the pictures' latents (`encode`).
+runs of how long a schedule (`pass_steps`, refused before drawing where the model or sampler cannot run them:
+`_pass_schedule`), and the pictures' latents (`encode`); and the hires fix's settings (`Hires`), checked before the
+first pass draws (`_check_hires`). The passes themselves are drawn in `generate`; a refiner's hand-over is in
+`refiner`.
 
 >>> hires_size(512, 768, 2.0, None, None)
 ((1024, 1536), (0, 0))
@@ -16,9 +19,11 @@ runs of how long a schedule (`pass_steps`), and the pictures' latents (`encode`)
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +31,11 @@ from PIL import Image
 
 from .data import _scan
 from .errors import ConfigError
+from .families import FAMILY_NAMES
+from .samplers import check_pass, scheduler_for
+
+if TYPE_CHECKING:  # (`config` imports this module, and `models` imports diffusers: seconds, not needed to read flags)
+    from .models import Model
 
 
 class Upscaler(NamedTuple):
@@ -106,6 +116,36 @@ def final_size(enlarged: tuple[int, int], crop: tuple[int, int], factor: int = 8
     return tuple((side // factor - cut) * factor for side, cut in zip(enlarged, crop))
 
 
+@dataclass(frozen=True)
+class Hires:
+    """The web UI's hires fix: the first pass enlarged by `scale`, or to `width` x `height` (one of them may be None:
+    the first pass's proportions), with `upscaler` (`UPSCALERS`), then redrawn at `denoise` over `steps` sampling
+    steps (None: as many as the first pass's) with `sampler` (None: the first pass's), for `prompt` and
+    `negative_prompt` (already expanded; None: the first pass's), the web UI's Hires prompt and Hires negative
+    prompt, at `guidance` (None: the first pass's; Forge's Hires CFG Scale), by `model` (None: the first pass's; the
+    web UI's Hires checkpoint, loaded with `generate.hires_model`, the embeddings installed); `switch` (when given)
+    is called before the second pass (`generate._hires_switch`: that pass's LoRAs, made active on the model that
+    draws it)."""
+
+    scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    denoise: float = HIRES_DENOISE
+    upscaler: str = DEFAULT_UPSCALER
+    sampler: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    guidance: float | None = None
+    model: Model | None = field(default=None, compare=False)
+    switch: Callable[[], None] | None = field(default=None, compare=False)
+
+    def sizes(self, width: int, height: int, factor: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(enlarged, crop, final) sizes for a first pass of `width` x `height` (`hires_size`)."""
+        enlarged, crop = hires_size(width, height, self.scale, self.width, self.height, factor)
+        return enlarged, crop, final_size(enlarged, crop, factor)
+
+
 def upscale_latents(latents: torch.Tensor, enlarged: tuple[int, int], crop: tuple[int, int], upscaler: str,
                     factor: int = 8) -> torch.Tensor:
     """A latent upscaler's enlargement (B, C, h, w) -> (B, C, H', W') of `hires_size`'s size and crop."""
@@ -147,6 +187,49 @@ def strength(schedule: int, run: int) -> float:
     [20, 20]
     """
     return min((run + 0.5) / schedule, 1.0)
+
+
+def check_hires_model(model: Model, hires: Model) -> None:
+    """Refuse a hires model (--hires-model) whose latents are not `model`'s: the hires fix's second pass redraws the
+    first pass's latents (enlarged) as they are, so both must be SDXL, or both SD 1.x/2.x with the same VAE latents.
+    Its prediction type may differ: that pass samples with its own scheduler."""
+    ours, theirs = model.vae.config, hires.vae.config
+    if (model.is_xl != hires.is_xl or hires.is_refiner or ours.latent_channels != theirs.latent_channels
+            or ours.scaling_factor != theirs.scaling_factor):
+        raise ConfigError(f"--hires-model {hires.source} ({FAMILY_NAMES.get(hires.family, 'custom model')}) does not "
+                          f"draw in the latents of --model {model.source} "
+                          f"({FAMILY_NAMES.get(model.family, 'custom model')}): give a model of the same family (an "
+                          f"SDXL model for SDXL, not its refiner; an SD 1.x/2.x model for SD 1.x/2.x)")
+
+
+def _check_hires(model: Model, second_model: Model, hires: Hires, steps: int, sampler: str,
+                 discard: bool = False) -> None:
+    """Refuse the hires fix's second pass (by `second_model`) now, not once the first pass has drawn: its model, its
+    schedule and sampler (`sampler`: the first pass's; `discard`: --discard-penultimate-sigma), its guidance."""
+    check_hires_model(model, second_model)
+    _pass_schedule(second_model, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
+                   "--hires-sampler" if hires.sampler else "--sampler", discard)
+    if hires.sampler:
+        scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
+    if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
+        raise ConfigError(f"--hires-guidance must be a finite number of at least 1, got {hires.guidance}")
+
+
+def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool, sampler: str,
+                   sampler_flag: str = "--sampler", discard: bool = False) -> tuple[int, int]:
+    """`pass_steps`'s (schedule, run) of a pass, its schedule refused where longer than the model's, and
+    `sampler` (given as `sampler_flag`; `discard`: --discard-penultimate-sigma) where it would draw the pass short
+    (`samplers.check_pass`)."""
+    schedule, run = pass_steps(steps, denoise, hires)
+    most = model.pipeline.scheduler.config.get("num_train_timesteps")
+    flag = "--hires-steps" if hires else "--steps"
+    if most and schedule > most:
+        raise ConfigError(f"{flag} {steps} at --denoise {denoise} runs the last of a schedule of {schedule} steps, "
+                          f"more than the {most} noise levels {model.source} was trained with: give fewer {flag} or "
+                          f"a higher --denoise")
+    given = f"{flag} {steps} at {'--hires-denoise' if hires else '--denoise'} {denoise:g}"
+    check_pass(model.pipeline.scheduler, sampler, schedule, run, given, sampler_flag, discard)
+    return schedule, run
 
 
 def start_size(picture: tuple[int, int], width: int | None, height: int | None, side: int,
