@@ -1305,7 +1305,7 @@ def test_the_refiner_switch_of_a_restart_img2img_pass_is_found_on_the_steps_plan
     once it has set its begin index, where the hand-on reads them: Restart's img2img pass plans its own steps."""
     from types import SimpleNamespace
 
-    from textinv.generate import _refiner_span, _switch_iteration
+    from textinv.refiner import _refiner_span, _switch_iteration
     from textinv.samplers import scheduler_for
 
     model = fresh_model(sd1_dir)

@@ -252,7 +252,7 @@ def test_a_loaded_hires_model_of_other_latents_or_the_sdxl_refiner_is_refused(mo
 def test_with_a_refiner_it_draws_the_last_steps_of_the_hires_model_s_pass(models, tmp_path):
     """As the web UI's second-pass refiner: --model draws the first pass, the hires model the second's first steps,
     the refiner that pass's last ones."""
-    from textinv.generate import Refiner
+    from textinv.refiner import Refiner
     from textinv.tiny import build_tiny_pipeline
 
     model, other = models

@@ -1241,7 +1241,7 @@ def test_the_refiners_switch_is_read_on_the_discarded_schedule():
 
     from diffusers import DDIMScheduler
 
-    from textinv.generate import _refiner_start
+    from textinv.refiner import _refiner_start
 
     own = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                         set_alpha_to_one=False, timestep_spacing="linspace")

@@ -9,8 +9,9 @@ import torch
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, ModelError
 from textinv.formats import LearnedEmbedding, save_embedding
-from textinv.generate import Refiner, generate, install_embedding, render
+from textinv.generate import generate, install_embedding, render
 from textinv.models import load_model
+from textinv.refiner import Refiner
 from textinv.tiny import build_tiny_xl_pipeline, build_tiny_xl_refiner
 
 PROMPT = ["a photo of a dog"]
@@ -619,7 +620,7 @@ def test_the_refiner_switch_of_a_dpm2_pass_reads_its_midpoint_calls_noise_level(
     call early. The switch is the web UI's at every Switch at (DPM2 a's and DPM++ 2S a's midpoint is sigma_next)."""
     from diffusers import DDIMScheduler
 
-    from textinv.generate import _switch_iteration
+    from textinv.refiner import _switch_iteration
     from textinv.samplers import scheduler_for
 
     own = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
