@@ -281,8 +281,8 @@ def test_a_config_file_with_kohyas_optimizer_and_schedule_loads_and_kohyas_keys_
     assert (loaded.optimizer, loaded.lr_schedule, loaded.lr_cycles) == ("adafactor", "cosine_with_restarts", 3)
     assert loaded.optimizer_args == ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
     cfg.write_text('optimizer_type = "AdamW8bit"\nlr_scheduler_num_cycles = 3\nlr_scheduler_power = 2\n')
-    with pytest.raises(ConfigError, match=r"'optimizer_type': that is kohya's name; textinv calls it 'optimizer' "
-                                          r".*'lr_scheduler_num_cycles': .* textinv calls it 'lr_cycles' .*"
+    with pytest.raises(ConfigError, match=r"(?s)'optimizer_type': that is kohya's name; textinv calls it "
+                                          r"'optimizer' .*'lr_scheduler_num_cycles': .* textinv calls it 'lr_cycles' .*"
                                           r"'lr_scheduler_power': .* textinv calls it 'lr_power'"):
         config_file_settings(TrainConfig, cfg)
     with pytest.raises(SystemExit):
