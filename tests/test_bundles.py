@@ -286,20 +286,12 @@ def test_a_bundle_given_as_embedding_is_in_ti_hashes_by_its_loras_name_and_again
 def test_again_takes_a_web_ui_pictures_bundled_embedding_from_its_lora_tag(sd1_dir, tmp_path):
     """The web UI lists a bundled embedding in TI hashes with its LoRA's name for a hash: no file is missing when the
     prompt's tag names that LoRA."""
-    import warnings
-
-    from PIL.PngImagePlugin import PngInfo
-
-    from textinv.again import again_config
+    from conftest import again_warned, web_ui_picture
 
     def said(prompt):
-        info = PngInfo()
-        info.add_text("parameters", f'{prompt}\nSteps: 2, Seed: 3, Size: 16x16, TI hashes: "bund: MyStyle"')
-        Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            again_config(tmp_path / "webui.png", {"model": str(sd1_dir)})
-        return " ".join(str(w.message) for w in caught)
+        picture = web_ui_picture(tmp_path / "webui.png", f'{prompt}\nSteps: 2, Seed: 3, Size: 16x16, TI hashes: '
+                                                         f'"bund: MyStyle"')
+        return again_warned(picture, {"model": str(sd1_dir)})[1]
 
     assert "no --embedding given is" not in said("a photo of bund <lora:MyStyle:0.5>")
     assert "drawn with the embeddings bund (its TI hashes), which no --embedding given is" in said("a photo of bund")

@@ -2196,18 +2196,10 @@ def test_again_checks_the_lora_files_found_against_a_web_ui_pictures_lora_hashes
 def test_again_on_a_web_ui_picture_drawn_with_its_own_vae_names_the_vae_flag(sd1_dir, tmp_path):
     """A web UI picture's `VAE` and `VAE hash` are not applied (textinv draws with the model's VAE unless --vae is
     given): the note named --model, --embedding and --lora-dir as what gives such files, never --vae."""
-    from PIL.PngImagePlugin import PngInfo
-
-    from textinv.again import again_config
-
     def said(parameters):
-        info = PngInfo()
-        info.add_text("parameters", f"a cat\nSteps: 2, Seed: 3, Size: 16x16, {parameters}Version: v1")
-        Image.new("RGB", (8, 8)).save(tmp_path / "webui.png", pnginfo=info)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            again_config(tmp_path / "webui.png", {"model": str(sd1_dir)})
-        return " ".join(str(w.message) for w in caught)
+        picture = web_ui_picture(tmp_path / "webui.png", f"a cat\nSteps: 2, Seed: 3, Size: 16x16, {parameters}"
+                                                         f"Version: v1")
+        return again_warned(picture, {"model": str(sd1_dir)})[1]
 
     assert "--vae gives its VAE (sdxl_vae.safetensors); --model" in said(
         "VAE hash: 235745af8d, VAE: sdxl_vae.safetensors, ")
