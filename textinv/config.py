@@ -1597,8 +1597,7 @@ class MergeConfig:
         if given and not self.model:
             raise ConfigError(f"{' and '.join(given)} picks which version of --model to load; give --model too, or "
                               "leave it out")
-        # a `~` the shell left as it is: the home folder (and `out/` keeps its slash: a folder to write into)
-        self.out = os.path.expanduser(self.out if isinstance(self.out, str) else str(self.out))
+        expand_home(self)  # (`out/` keeps its slash: a folder to write into)
         if Path(self.out).is_file() and not self.overwrite:
             raise ConfigError(f"{self.out} already exists; pass --overwrite to replace it, or choose another OUT")
         # an extension that names no format, or not --to's: said before any work (SDXL's formats take the same
