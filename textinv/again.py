@@ -1523,19 +1523,18 @@ def _comfy_saved(graph: _ComfyGraph, size: tuple[int, int] | None, notes: list[s
              or [n for n in graph.nodes if graph.cls(n) == "PreviewImage"]
              # (a custom node's saver: what takes pictures and gives nothing on)
              or [n for n in graph.nodes if graph.link(graph.inputs(n).get("images")) and n not in consumed])
-    found, reached, reached_nodes = [], [], []
+    found, reached = [], []
     for save in saves:
         sampler, decoder, changed, last = graph.sampler_of(save)
         if sampler is None:
-            reached.append(graph.named(last))
-            reached_nodes.append(last)
+            reached.append(last)
         else:
             found.append((save, sampler, decoder, changed))
-    refused = [graph.nodes[n][_REFUSED] for n in reached_nodes if _REFUSED in graph.nodes[n]]
+    refused = [graph.nodes[n][_REFUSED] for n in reached if _REFUSED in graph.nodes[n]]
     if not found and refused:
         raise ConfigError(refused[0])
     if not found:
-        where = (f"its saved picture comes from {', '.join(reached)}" if reached
+        where = (f"its saved picture comes from {', '.join(map(graph.named, reached))}" if reached
                  else "it has no SaveImage or PreviewImage node")
         raise ConfigError(f"--again {graph.path}: textinv reads the KSampler, KSamplerAdvanced, SamplerCustom or "
                           f"SamplerCustomAdvanced a ComfyUI picture comes from, and {where}, not such a sampler: draw "
