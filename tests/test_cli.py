@@ -329,24 +329,30 @@ def test_accelerate_a_picture_one_process_cannot_read_stops_both_with_its_error(
     assert not out.exists()  # (the main process wrote nothing: the folder it made for the lock is gone)
 
 
+def _as_process_0_of_2(monkeypatch, all_reduce) -> None:
+    """torch.distributed as process 0 of 2 sees it, its all-reduce over the stop request's group `all_reduce`
+    (which plays process 1's part: what it adds to the flags)."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(dist, "get_world_size", lambda group: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group: 0)
+
+
 def test_a_data_parallel_set_up_says_a_ctrl_c_in_one_process_to_the_others(monkeypatch):
     """A Ctrl-C that reaches one process as the run is set up (a KeyboardInterrupt there) is said at the set-up's
     agreement, as an error is: that process stops with it, the others with an error naming it. (The agreement's
     all-reduce is played here by a peer, process 1, that says what it was given.)"""
-    import torch.distributed as dist
-
     from textinv.errors import TrainingError
     from textinv.stopping import _StopRequest
 
     heard = []
 
-    def all_reduce(flags, op, group):  # (this is process 0 of 2; process 1 says `peer`)
+    def all_reduce(flags, op, group):  # (process 1 says `peer`)
         heard.append(flags.tolist())
         flags[1] = peer
 
-    monkeypatch.setattr(dist, "all_reduce", all_reduce)
-    monkeypatch.setattr(dist, "get_world_size", lambda group: 2)
-    monkeypatch.setattr(dist, "get_rank", lambda group: 0)
+    _as_process_0_of_2(monkeypatch, all_reduce)
     peer = 0
     stop = _StopRequest(group="the CPU group")
     with pytest.raises(KeyboardInterrupt), stop.setting_up():
@@ -369,17 +375,13 @@ def test_data_parallel_processes_that_found_the_folder_otherwise_all_stop_before
     checkpoint, on a disk of its own node, would start while the others resume, and train from other vectors
     unseen): the decisions are compared at the set-up's agreement, and every process stops. (Process 1, played by
     the all-reduce, resumes; this one, process 0, starts.)"""
-    import torch.distributed as dist
-
     from textinv.errors import TrainingError
     from textinv.stopping import _StopRequest
 
     def all_reduce(flags, op, group):
         flags[3] = peer
 
-    monkeypatch.setattr(dist, "all_reduce", all_reduce)
-    monkeypatch.setattr(dist, "get_world_size", lambda group: 2)
-    monkeypatch.setattr(dist, "get_rank", lambda group: 0)
+    _as_process_0_of_2(monkeypatch, all_reduce)
     peer = 2
     stop = _StopRequest(group="the CPU group")
     with pytest.raises(TrainingError, match=r"process\(es\) 1 resume the run there, the others start it"):

@@ -963,6 +963,18 @@ def test_a_picture_that_cannot_be_written_is_a_cli_error_naming_it_and_the_pictu
     assert [p.name for p in out.iterdir()] == ["000-a-dog-s0.png"]
 
 
+def _requeued_job_killed_at(monkeypatch, name: str, images, out, sd1_dir) -> None:
+    """A --resume-or-start run of `out` killed (a SIGKILL: SystemExit 137, nothing of Python's clean-up) as it calls
+    train's `name`; `name` is put back after it."""
+    def killed(*a, **k):
+        raise SystemExit(137)
+    real = getattr(train_module, name)
+    monkeypatch.setattr(train_module, name, killed)
+    with pytest.raises(SystemExit):
+        train(config(images, out, save_every=3, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
+    monkeypatch.setattr(train_module, name, real)
+
+
 def test_resume_or_start_starts_again_a_run_killed_before_its_first_checkpoint(sd1_dir, images, tmp_path,
                                                                                monkeypatch):
     """A requeued job killed before its first checkpoint left its folder (and lock) with config.yaml at most: the
@@ -973,12 +985,7 @@ def test_resume_or_start_starts_again_a_run_killed_before_its_first_checkpoint(s
     out.mkdir()
     (out / LOCK_FILE).write_text("pid 1 on a node gone\n")  # (killed as the folder was made: its lock, held by none)
 
-    def killed(run, handlers):  # (a SIGKILL once config.yaml is written, before any step)
-        raise SystemExit(137)
-    real = train_module._loop
-    monkeypatch.setattr(train_module, "_loop", killed)
-    with pytest.raises(SystemExit):
-        train(config(images, out, save_every=3, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
+    _requeued_job_killed_at(monkeypatch, "_loop", images, out, sd1_dir)  # (config.yaml written, before any step)
     assert (out / "config.yaml").is_file() and not checkpoints(out)
     (out / "samples").mkdir()
     (out / "samples" / "step-000000.png").write_bytes(b"the first grid")
@@ -986,7 +993,6 @@ def test_resume_or_start_starts_again_a_run_killed_before_its_first_checkpoint(s
         train(config(images, out, save_every=3, resume=True), model=fresh_model(sd1_dir), progress=False)
     with pytest.raises(ConfigError, match="is not empty"):
         train(config(images, out, save_every=3), model=fresh_model(sd1_dir), progress=False)
-    monkeypatch.setattr(train_module, "_loop", real)
     again = train(config(images, out, save_every=3, resume_or_start=True), model=fresh_model(sd1_dir),
                   progress=False)
     assert torch.equal(again.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
@@ -1021,14 +1027,8 @@ def test_resume_or_start_starts_again_a_run_killed_between_its_first_files_and_c
     straight = train(config(images, tmp_path / "a", save_every=3), model=fresh_model(sd1_dir), progress=False)
     out = tmp_path / "run"
 
-    def killed(*a, **k):
-        raise SystemExit(137)
-    real = train_module.save_checkpoint
-    monkeypatch.setattr(train_module, "save_checkpoint", killed)
-    with pytest.raises(SystemExit):
-        train(config(images, out, save_every=3, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
+    _requeued_job_killed_at(monkeypatch, "save_checkpoint", images, out, sd1_dir)
     assert (out / "learned_embeds.safetensors").is_file() and not checkpoints(out)
-    monkeypatch.setattr(train_module, "save_checkpoint", real)
     with pytest.warns(UserWarning, match=f"{out} holds the run's vectors of step 3 .* but no checkpoint to go on "
                                          f"from them .a kill as the run saved, or checkpoints deleted.: the run "
                                          f"starts again from its first step"):
