@@ -1076,20 +1076,6 @@ def orientation_word(pattern: str, angle: float) -> str:
     return words[int(((float(angle) + width / 2) % period) // width) % len(words)]
 
 
-def orientation_error(pattern: str, drawn: float, named: str) -> float:
-    """How far (degrees) an angle `drawn` lies from the centre of the orientation bin `named`, on the pattern's
-    circle (`ORIENTATIONS`): 0 at the centre, half a bin's width at its edges.
-
-    >>> orientation_error("stripes", 100.0, "vertical"), orientation_error("dots", 80.0, "straight")
-    (10.0, 10.0)
-    """
-    period, words = ORIENTATIONS[pattern]
-    if named not in words:
-        raise ConfigError(f"{named!r} is no orientation of {pattern}: choose one of {', '.join(words)}")
-    centre = words.index(named) * period / len(words)
-    return abs((float(drawn) - centre + period / 2) % period - period / 2)
-
-
 def _check_share(share: float) -> None:
     if not 0.0 <= share <= 1.0:
         raise ConfigError(f"angle_share must be a share in [0, 1], got {share}")
