@@ -1455,14 +1455,17 @@ def test_a_config_files_model_is_told_from_a_hub_id_as_the_model_flag_tells_it(t
 # --- the README against the code: its commands, the train options table and the Layout section -------------------
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+# the README and the pages it sends readers to (docs/): the commands and flags they show are checked alike
+DOCS = "\n".join([README] + [page.read_text(encoding="utf-8")
+                              for page in sorted((Path(__file__).resolve().parent.parent / "docs").glob("*.md"))])
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)(?![\w])")  # (not kohya's --enable_bucket: an underscore follows)
 
 
 def _readme_commands() -> list[str]:
-    """Every command line the README shows: its fenced code lines and its `code` spans."""
-    fenced = re.findall(r"```\w*\n(.*?)```", README, re.S)
+    """Every command line the README and docs/ show: their fenced code lines and their `code` spans."""
+    fenced = re.findall(r"```\w*\n(.*?)```", DOCS, re.S)
     lines = [line for block in fenced for line in block.splitlines()]
-    return lines + re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", README, flags=re.S))
+    return lines + re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", DOCS, flags=re.S))
 
 
 def _module_flags(module: str) -> set[str]:
@@ -1522,7 +1525,7 @@ def test_every_flag_the_readme_names_in_code_is_one_there_is():
 
     known = {s for parser in make_parser().commands.values() for action in parser._actions
              for s in action.option_strings} | _OTHER_TOOLS_FLAGS
-    for module in sorted(set(re.findall(r"python -m ((?:textinv|benchmarks)\.[\w.]+)", README))):
+    for module in sorted(set(re.findall(r"python -m ((?:textinv|benchmarks)\.[\w.]+)", DOCS))):
         known |= _module_flags(module)
     named = {flag for span in _readme_commands() for flag in _FLAG.findall(span)}
     assert len(named) > 100 and not sorted(named - known), sorted(named - known)
