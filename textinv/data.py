@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ConfigError, DataError, backslash_note, warn
 from .io import read_text
@@ -615,6 +615,8 @@ def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, 
         raise
     except FileNotFoundError as e:
         raise DataError(f"the picture {path} does not exist") from e
+    except UnidentifiedImageError as e:  # (only a file given by name gets here: a folder's are skipped by `_is_image`)
+        raise DataError(_unidentified(path)) from e
     except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError... on bad bytes
         raise DataError(f"cannot read the picture {path} ({e}); it may be corrupt or cut short: "
                         "re-export it or remove it from the folder") from e
@@ -623,6 +625,15 @@ def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, 
         return to_rgb(img), alpha_channel(img) if alpha else None, full, _area(extent, img.size, orientation)
     except Exception as e:  # a colour mode Pillow cannot convert, or a decoder or colour library failing
         raise DataError(f"cannot convert {path} (colour mode {img.mode}) to RGB: {e}; re-save it as RGB") from e
+
+
+def _unidentified(path: Path) -> str:
+    """What is wrong with a file Pillow does not take for a picture of any kind it knows, and the fix."""
+    if path.stat().st_size == 0:
+        return (f"cannot read the picture {path}: it is an empty file (a copy or download that did not finish); "
+                "copy it again")
+    return (f"cannot read the picture {path}: Pillow recognises no picture in it (not what its name says, or a kind "
+            "it cannot decode); re-save it as PNG or JPEG")
 
 
 def _area(extent: tuple[float, float], size: tuple[int, int], orientation: int
