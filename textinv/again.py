@@ -60,6 +60,7 @@ from packaging.version import InvalidVersion, Version
 
 from . import __version__
 from .config import GenerateConfig, build, typed_settings
+from .data import MAX_IMAGE_PIXELS, _open_image
 from .dynamic import literal
 from .embedding_names import COMFY_BARE_TOKENS, COMFY_TOKEN, embedding_files, file_digest, folder_embeddings
 from .emphasis import _COMFY_EMBEDDING, as_words, lora_tags
@@ -340,7 +341,7 @@ def read_picture(path: str | Path) -> Picture:
     EXIF UserComment (how it saves a JPEG, WebP or AVIF); else ComfyUI's editor layout (its `workflow`). A .json file
     is a ComfyUI workflow (`_from_comfy_file`). A file without any of them, an A1111 embedding PNG, and a file that is
     no picture are refused."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -348,10 +349,16 @@ def read_picture(path: str | Path) -> Picture:
     if path.suffix.lower() == ".json":
         return _from_comfy_file(path)
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:  # (Pillow's decompression-bomb error lifted: the limit is textinv's, here)
+            size = image.size
+            if size[0] * size[1] > MAX_IMAGE_PIXELS:  # (before its text: a PNG's means decoding all of it)
+                raise ConfigError(f"--again {path} is {size[0]}x{size[1]} pixels, more than the "
+                                  f"{MAX_IMAGE_PIXELS:,} textinv reads: no picture textinv, the web UI or ComfyUI "
+                                  f"drew; give the picture as it was saved")
             text = {**_comfy_exif(image), **(getattr(image, "text", None) or {})}  # (a PNG's own text first)
             comment = exif_comment(image)
-            size = image.size
+    except ConfigError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ConfigError(f"--again {path}: cannot read it as a picture ({e})") from None
     if PNG_CHUNK in text:
@@ -398,11 +405,13 @@ def has_settings(text: dict[str, str], comment: bytes | None) -> bool:
 
 
 def holds_settings(path: str | Path) -> bool:
-    """`has_settings` of the picture at `path`; False for a file that is no picture."""
-    from PIL import Image, UnidentifiedImageError
+    """`has_settings` of the picture at `path`; False for a file that is no picture, or one too large to read."""
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with _open_image(Path(path)) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:  # (too large for `read_picture` to read)
+                return False
             return has_settings({**_comfy_exif(image), **(getattr(image, "text", None) or {})}, exif_comment(image))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return False

@@ -63,6 +63,7 @@ from typing import Mapping, NamedTuple
 import torch
 
 from . import a1111_pixels, modelspec
+from .data import MAX_IMAGE_PIXELS, _open_image
 from .errors import ConfigError, FormatError, warn
 from .families import FAMILY_NAMES, TEXT_ENCODERS, describe_widths, family_for_widths
 from .io import atomic_path
@@ -945,10 +946,12 @@ def exif_comment(image) -> bytes | None:
 
 
 def _read_image(path: Path) -> dict:
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:  # (Pillow's decompression-bomb error lifted: the limit is textinv's, here)
+            if image.width * image.height > MAX_IMAGE_PIXELS:  # (before its text: a PNG's means decoding all of it)
+                raise FormatError(f"{path} is {image.width}x{image.height} pixels, more than the "
+                                  f"{MAX_IMAGE_PIXELS:,} textinv reads: no embedding picture (the web UI's are its "
+                                  f"preview's size); use the embedding's .pt or .safetensors file instead")
             chunks = getattr(image, "text", None) or image.info  # PNG text chunks; other formats' info
             chunk = chunks.get(PNG_CHUNK)
             # without the chunk (an image host strips text), the web UI reads the copy hidden in the pixels
@@ -978,10 +981,10 @@ def holds_png_embedding(path: str | Path) -> bool:
     """Whether a picture carries an A1111 embedding, in its text chunk (`PNG_CHUNK`) or its pixels
     (`a1111_pixels`); a preview picture does not. One that cannot be read counts as one, so that reading it says
     what is wrong."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
+        with _open_image(Path(path)) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:  # (`_read_image` says why it is refused)
+                return True
             return PNG_CHUNK in (getattr(image, "text", None) or image.info) or a1111_pixels.find(image) is not None
     except (OSError, ValueError, SyntaxError):
         return True
