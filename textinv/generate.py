@@ -44,7 +44,7 @@ from .config import GenerateConfig, check_side
 from .data import load_image, prepare_image
 from .embedding_names import (COMFY_BARE_TOKENS, COMFY_TOKEN, _comfy_folder_tokens, _comfy_names, _comfy_unnamed,
                               _named, _optional_prompts, _read_embeddings, embedding_files, file_digest)
-from .errors import ConfigError, FormatError, ModelError, TokenError, warn, warns_at_caller
+from .errors import ConfigError, DataError, FormatError, ModelError, TokenError, warn, warns_at_caller
 from .families import describe_widths
 from .formats import (BUNDLE_SEPARATOR, RECORD_KEY, LearnedEmbedding, ModelSpecWarning, bundled_names, load_bundled,
                       load_embedding, split_bundle)
@@ -1342,7 +1342,10 @@ class _InitPictures:
         for source in sources:
             if source is None:
                 continue
-            picture = load_image(source)
+            try:
+                picture = load_image(source)
+            except DataError as e:  # (said as the flag, as --mask says its picture)
+                raise DataError(f"--init-image {source}: {e}") from None
             self.sums[source], self.sizes[source] = file_sha256(source), picture.size
             if picture.width * picture.height <= room:
                 self.kept[source] = picture
