@@ -598,7 +598,7 @@ def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, 
             if width * height > MAX_IMAGE_PIXELS:
                 raise DataError(
                     f"{path} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} textinv reads; "
-                    "shrink it (it is scaled down to the training resolution anyway)"
+                    "shrink it (it is scaled down to the size it is used at anyway)"
                 )
             orientation = img.getexif().get(0x0112, 1)  # (EXIF's Orientation; 5-8 swap the sides)
             turned = orientation in (5, 6, 7, 8)
