@@ -359,6 +359,77 @@ def test_again_on_a_web_ui_grid_reads_its_sampling_axes_and_says_how_to_get_one_
         ("dpm++2m_karras", 812), ("dpm++2m_exponential", 812), ("dpm++2m_karras", 4), ("dpm++2m_exponential", 4)]
 
 
+_SAMPLER_AXIS = 'X Type: Sampler, X Values: "Euler,DPM++ 2M"'
+
+
+@pytest.mark.parametrize("schedule, axes, samplers", [
+    # the picture's Schedule type is each cell's (its first cell's, a --z value's grid alone's: the web UI writes
+    # no Z fields there), which the web UI puts each Sampler value on
+    ("Karras", _SAMPLER_AXIS, ["euler_karras", "dpm++2m_karras"]),
+    ("Automatic", _SAMPLER_AXIS, ["euler", "dpm++2m_karras"]),  # (each sampler's own)
+    ("Exponential", 'X Type: Sampler, X Values: "Euler,DPM++ 2M", Y Type: Steps, Y Values: "2,3"',
+     ["euler_exponential", "dpm++2m_exponential"] * 2),
+    # before the web UI had the setting: no schedule is the model's spacing, a name may carry one, Restart's Karras
+    (None, 'X Type: Sampler, X Values: "DPM++ 2M,DPM++ 2M Karras,Restart"', ["dpm++2m", "dpm++2m_karras",
+                                                                             "restart_karras"]),
+    # a Schedule type axis beside it, either way round, is each cell's schedule
+    ("Exponential", _SAMPLER_AXIS + ', Y Type: Schedule type, Y Values: "Uniform,Karras"',
+     ["euler", "dpm++2m", "euler_karras", "dpm++2m_karras"]),
+    ("Exponential", 'X Type: Schedule type, X Values: "Uniform,Karras", Y Type: Sampler, Y Values: "Euler,DPM++ 2M"',
+     ["euler", "euler_karras", "dpm++2m", "dpm++2m_karras"]),
+])
+def test_again_on_a_web_ui_grid_draws_its_sampler_axis_on_its_schedule_type(tmp_path, schedule, axes, samplers):
+    """The web UI's Sampler axis sets each cell's sampler alone, its Schedule type (the picture's, or an axis's)
+    staying the cell's: --again read the axis's samplers on their own schedules, so a grid drawn on Karras came back
+    without it (DPM++ 2M on Automatic, its own Karras, drew on the model's spacing)."""
+    from conftest import again_warned, web_ui_picture
+
+    scheduled = f"Schedule type: {schedule}, " if schedule else ""
+    grid = web_ui_picture(tmp_path / "grid.png", (
+        f"a photo of a dog\nSteps: 2, Sampler: Euler, {scheduled}CFG scale: 7, Seed: 5, Size: 16x16, Script: X/Y/Z "
+        f"plot, {axes}"))
+    config, _ = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a")})
+    assert [c.sampler for c in xyz.plan(config.validate()).cells] == samplers
+
+
+def test_again_on_a_web_ui_grid_asks_for_a_sampler_axis_textinv_lacks_on_its_schedule_type(tmp_path):
+    """A Sampler value textinv does not draw on the grid's Schedule type (diffusers' Euler a takes no Karras) is asked
+    for by the axis's flag, as a picture's own sampler is by --sampler; given beside --again, the axis is drawn."""
+    from conftest import again_warned, web_ui_picture
+    from textinv.again import again_config
+
+    grid = web_ui_picture(tmp_path / "grid.png", (
+        'a photo of a dog\nSteps: 2, Sampler: Euler, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 16x16, '
+        'Script: X/Y/Z plot, X Type: CFG Scale, X Values: "3,7", Y Type: Sampler, Y Values: "Euler,Euler a"'))
+    with pytest.raises(ConfigError, match=r"its Y axis, Sampler \(Euler,Euler a\), drew 'Euler a' on Schedule type "
+                                          r"Karras, which textinv does not have: give the axis beside --again, --y "):
+        again_config(grid, {"model": "shapes", "out": str(tmp_path / "a")})
+    config, _ = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a"), "y": "sampler=euler_karras,euler_a"})
+    assert [c.sampler for c in xyz.plan(config.validate()).cells] == ["euler_karras"] * 2 + ["euler_a"] * 2
+
+
+def test_again_on_a_grid_with_sampler_and_schedule_axes_draws_each_cell_on_its_schedule(sd1_dir, tmp_path):
+    """textinv's own grid of a sampler axis beside a schedule axis, either way round: --again draws each cell's
+    sampler on its row's or column's schedule, from the grid's record and from its web UI fields alike."""
+    from conftest import again_warned, web_ui_picture
+
+    model = fresh_model(sd1_dir)
+    for x, y, samplers in (("sampler=euler,dpm++2m", "schedule=Karras,Exponential",
+                            ["euler_karras", "dpm++2m_karras", "euler_exponential", "dpm++2m_exponential"]),
+                           ("schedule=Karras,Exponential", "sampler=euler,dpm++2m",
+                            ["euler_karras", "euler_exponential", "dpm++2m_karras", "dpm++2m_exponential"])):
+        out = tmp_path / x.partition("=")[0]
+        grid, *cells = generate(_config(tmp_path, model=str(sd1_dir), steps=1, x=x, y=y, out=str(out)), model=model,
+                                progress=False)
+        assert [Image.open(p).text["sampler"] for p in cells] == samplers
+        assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--out", str(out / "a")]) == 0
+        again = json.loads(Image.open(out / "a" / "xyz_grid-0000.png").text["xyz_plot"])["cells"]  # (x fastest)
+        assert [Image.open(out / "a" / name).text["sampler"] for name, in again] == samplers
+        fields = web_ui_picture(tmp_path / "fields.png", Image.open(grid).text["parameters"])  # (without its record)
+        config, _ = again_warned(fields, {"model": str(sd1_dir), "out": str(out / "b")})
+        assert [c.sampler for c in xyz.plan(config.validate()).cells] == samplers
+
+
 def test_again_on_a_web_ui_grid_reads_an_upscaling_network_on_a_hires_upscaler_axis_as_lanczos(tmp_path):
     """A picture's Hires upscaler that is an upscaling network (R-ESRGAN 4x+) is read as Lanczos with a note; a Hires
     upscaler axis holding one was read as it is, and refused when the plot was drawn. Its values are read alike."""

@@ -609,7 +609,7 @@ def _from_a1111(path: Path, text: str) -> Picture:
     without_mask: list[str] = []
     _a1111_passes(path, fields, settings, needs, notes, without_init, without_mask)
     used = (_a1111_eta(fields, settings) + _a1111_churn(fields, settings) + _a1111_discard(fields, settings)
-            + _a1111_plot(path, fields, settings, notes))
+            + _a1111_plot(path, fields, settings, needs, notes))
     unused = [k for k in fields if k not in _A1111_USED + _A1111_DRAWN_FROM + used]
     if unused:
         named = f" ({fields['VAE']})" if fields.get("VAE") else ""  # (the web UI's file name of its VAE)
@@ -624,19 +624,22 @@ def _from_a1111(path: Path, text: str) -> Picture:
                    lora_hashes=parse_webui_hashes(fields.get("Lora hashes", "")))
 
 
-def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], notes: list[str]) -> tuple[str, ...]:
+def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], needs: dict[str, str],
+                notes: list[str]) -> tuple[str, ...]:
     """The axes of the web UI's X/Y/Z plot (its grid's, and first cell's, `Script: X/Y/Z plot`, `X Type`, `X Values`,
     ...) into `settings` as --x, --y and --z, so that --again draws the plot, as the web UI's PNG Info restores the
     script; a seed or Var. seed axis with the seeds it drew (`Fixed X Values`: -1 drawn), a Hires upscaler axis's
-    upscaling networks as Lanczos (`_a1111_upscaler`, as the picture's own). An axis textinv has none
-    of (Checkpoint name, Styles, ...: the note says how to get the same with textinv, `xyz.WEBUI_ONLY`), or whose
-    values are model files the web UI names its own way (Refiner checkpoint), is left out with a note. Returns the
-    fields read."""
+    upscaling networks as Lanczos (`_a1111_upscaler`, as the picture's own), a Sampler axis's samplers on the
+    picture's Schedule type where no axis gives one (`_a1111_plot_samplers`; one textinv lacks into `needs`). An
+    axis textinv has none of (Checkpoint name, Styles, ...: the note says how to get the same with textinv,
+    `xyz.WEBUI_ONLY`), or whose values are model files the web UI names its own way (Refiner checkpoint), is left out
+    with a note. Returns the fields read."""
     # (here: xyz imports generate, as this does)
     from .xyz import _SEED_AXES, _SPELLINGS, AXES, SCRIPT, WEBUI_ONLY, split_values
 
     if str(fields.get("Script", "")).strip() != SCRIPT:
         return ()
+    kinds = {_SPELLINGS.get(str(fields.get(f"{key} Type", "")).strip().lower()) for key in "XYZ"}
     for key in "XYZ":
         kind, values = str(fields.get(f"{key} Type", "")).strip(), fields.get(f"{key} Values", "")
         if not kind:
@@ -654,9 +657,33 @@ def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], no
             values = fields.get(f"Fixed {key} Values") or values
         if name == "hires-upscaler":  # (as the picture's own: an upscaling network read as Lanczos, with its note)
             values = ",".join(_a1111_upscaler(path, value, notes) for value in split_values(values))
+        if name == "sampler" and "schedule" not in kinds:
+            values = _a1111_plot_samplers(path, key, values, fields.get("Schedule type"), needs)
+            if values is None:
+                continue
         settings[key.lower()] = f"{name}={values}"
     return ("Script", *(f"{fixed}{key} {what}" for key in "XYZ" for fixed, what in
                          (("", "Type"), ("", "Values"), ("Fixed ", "Values"))))
+
+
+def _a1111_plot_samplers(path: Path, key: str, values: str, schedule: str | None, needs: dict[str, str]
+                         ) -> str | None:
+    """The web UI's Sampler axis `values` (its `key` axis) as textinv's samplers, each on the picture's Schedule type
+    `schedule`: the axis sets each cell's sampler alone, its schedule staying the picture's (a sampler that carries
+    one in its name, "DPM++ 2M Karras", keeps its own, as in the web UI: `from_webui`), and textinv's sampler name
+    carries the schedule. None, the axis asked for in `needs`, where one is no sampler textinv draws on it."""
+    from .xyz import split_values
+
+    items = split_values(values)
+    ours = [from_webui(item, schedule) for item in items]
+    if None not in ours:
+        return ",".join(ours)
+    lacking = ", ".join(repr(item) for item, name in zip(items, ours) if name is None)
+    needs[key.lower()] = (f"--again {path} is the web UI's X/Y/Z plot, its {key} axis, Sampler ({values}), drew "
+                          f"{lacking}{f' on Schedule type {schedule}' if schedule else ''}, which textinv does not "
+                          f"have: give the axis beside --again, --{key.lower()} 'sampler=...', with samplers textinv "
+                          f"has (textinv generate --help lists them)")
+    return None
 
 
 def _a1111_upscaler(path: Path, upscaler: str, notes: list[str]) -> str:
