@@ -1112,3 +1112,35 @@ def test_comfyuis_ddim_is_euler_on_every_schedule_and_on_ddim_uniform_draws_its_
     steps = 20
     comfy = [sigmas[t] for t in range(1, len(sigmas), len(sigmas) // steps)][::-1] + [0.0]
     assert _stepped(scheduler_for(own, from_comfy("ddim", "ddim_uniform")), steps) == pytest.approx(comfy, rel=1e-5)
+
+
+def _start_noise(made, steps: int) -> float:
+    """The noise level, in k-diffusion's terms (x = x0 + sigma noise), of the pure noise scheduler `made` starts a pass
+    of `steps` steps from: diffusers' pipelines start at noise times its init_noise_sigma, which DPM-Solver's
+    multistep scheduler holds in VP terms (x / sqrt(1 + sigma^2), sigma its first)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    made.set_timesteps(steps)
+    first = float(made.sigmas[0])
+    return float(made.init_noise_sigma) * ((1 + first ** 2) ** 0.5 if isinstance(made, DPMSolverMultistepScheduler)
+                                           else 1.0)
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_a", "heun", "dpm2", "dpm2_a", "lms", "dpm++2s_a", "dpm++sde",
+                                  "restart", "dpm++2m", "dpm++2m_sde", "dpm++3m_sde_comfy"])
+def test_a_k_diffusion_sampler_starts_from_its_first_sigma_where_that_is_below_the_models_largest(name):
+    """Where a pass starts below the model's largest noise level (the model's own spacing under a "leading" config,
+    SDXL's: ComfyUI's ddim_uniform, the web UI's DDIM schedule type) both the web UI (x = noise sigmas[0]) and
+    ComfyUI (noise_scaling without max_denoise) start from noise times that first sigma. textinv's started at sqrt(1 +
+    s0^2): diffusers' Euler-style init_noise_sigma on that spacing, its DPM-Solver's unit VP noise (SD at 20 steps:
+    11.07 for 11.03). From the largest (every sigma schedule) the two tools differ, and diffusers' start is kept:
+    sigma_max for the Euler-style ones, as the web UI; sqrt(1 + sigma_max^2) for DPM-Solver's, as ComfyUI."""
+    own = DDIMScheduler.from_config(_sd_scheduler().config, timestep_spacing="leading", steps_offset=1)  # (SDXL's)
+    largest = _training_sigmas(own)[-1]
+    made = scheduler_for(own, name, seeds=[1])
+    start = _start_noise(made, 20)
+    assert start == pytest.approx(float(made.sigmas[0]), rel=1e-6) and start < 0.8 * largest
+    if name != "euler_a":  # (diffusers' Euler a takes no sigma schedule)
+        dpm_solver = name.startswith(("dpm++2m", "dpm++3m"))
+        wanted = (1 + largest ** 2) ** 0.5 if dpm_solver else largest
+        assert _start_noise(scheduler_for(own, f"{name}_karras", seeds=[1]), 20) == pytest.approx(wanted, rel=1e-6)
