@@ -1144,3 +1144,18 @@ def test_a_k_diffusion_sampler_starts_from_its_first_sigma_where_that_is_below_t
         dpm_solver = name.startswith(("dpm++2m", "dpm++3m"))
         wanted = (1 + largest ** 2) ** 0.5 if dpm_solver else largest
         assert _start_noise(scheduler_for(own, f"{name}_karras", seeds=[1]), 20) == pytest.approx(wanted, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dpm++2m_exponential", "dpm++2m_sde_exponential", "dpm++3m_sde_exponential",
+                                  "dpm++3m_sde_comfy_exponential", "dpm++2m_sde_heun_beta"])
+def test_dpm_solver_on_exponential_or_beta_sigmas_calls_the_model_at_the_nearest_whole_timestep(name):
+    """ComfyUI calls the model at the whole timestep nearest each sigma (ModelSamplingDiscrete.timestep: the training
+    level nearest in log sigma), as diffusers' DPM-Solver does on Karras sigmas; on exponential and beta ones it
+    truncated the sigma's own timestep, up to a whole one below it (and below the web UI's, which takes it as it is):
+    SD's first step, at sigma_max, at 998, not 999."""
+    own = DDIMScheduler.from_config(_sd_scheduler().config, timestep_spacing="leading", steps_offset=1)  # (SD's)
+    log_levels = np.log(_training_sigmas(own))
+    made = scheduler_for(own, name, seeds=[1])
+    made.set_timesteps(20)
+    nearest = [int(np.abs(math.log(s) - log_levels).argmin()) for s in made.sigmas[:-1].tolist()]
+    assert made.timesteps.tolist() == nearest and nearest[0] == 999

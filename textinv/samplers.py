@@ -12,12 +12,13 @@ web UI would redraw it otherwise.
 
 Each is set as the web UI runs it where diffusers' defaults differ: a sigma schedule spans the model's whole noise
 range, UniPC is bh1 at order 3, DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`_discarding`), DPM2, DPM2
-a and DPM++ 2S a on Karras sigmas call the model at each sigma's own timestep, not a rounded one (`_unrounded`), and LMS
-counts its order from the pass's first step (`_lms_from_first_step`). `--eta` sets the ancestral and SDE samplers' eta
-(`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (with its tmin, tmax and noise: `Churn`) Euler's,
-Heun's and DPM2's sigma churn (`_churning`), its noise setting DPM2 a's, DPM++ 2S a's and the SDE samplers' noise too
-(`_at_eta`); `--discard-penultimate-sigma` discards the next-to-last sigma for the other k-diffusion samplers too
-(`discards`).
+a and DPM++ 2S a on Karras sigmas call the model at each sigma's own timestep, not a rounded one (`_unrounded`), LMS
+counts its order from the pass's first step (`_lms_from_first_step`), and a k-diffusion sampler starts from noise of its
+first sigma where that is below the model's largest (`_from_first_sigma`; ComfyUI's start too). `--eta` sets the
+ancestral and SDE samplers' eta (`_at_eta`) and DDIM's (the pipeline's argument); `--sigma-churn` (with its tmin,
+tmax and noise: `Churn`) Euler's, Heun's and DPM2's sigma churn (`_churning`), its noise setting DPM2 a's, DPM++ 2S a's
+and the SDE samplers' noise too (`_at_eta`); `--discard-penultimate-sigma` discards the next-to-last sigma for the
+other k-diffusion samplers too (`discards`).
 
 DPM++ 2S a, Restart and LCM have no diffusers scheduler: they are textinv's own (`schedulers`), made as diffusers'
 are; so is TCD, diffusers' at its own gamma.
@@ -556,6 +557,8 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
         spacing[SCHEDULES[schedule][1]] = True
     if schedule in COMFY_RULES:
         cls = _comfy_spaced(cls, schedule)
+    if BASES[base].cls == _DPM and schedule in ("exponential", "beta"):
+        cls = _rounded(cls)
     if schedule:
         # a schedule spans the model's whole noise range, as the web UI's (its sigma_min and sigma_max are the model's
         # smallest and largest): diffusers' Euler, Heun, DPM2, LMS and DPM++ SDE take the range from their timestep
@@ -886,6 +889,24 @@ def _unrounded(cls):
     return _variant(cls, "its Karras timesteps unrounded", set_timesteps=set_timesteps)
 
 
+def _rounded(cls):
+    """Diffusers' DPM-Solver multistep scheduler on exponential or beta sigmas, each step's model call at the whole
+    timestep nearest its sigma, as diffusers' own takes it on Karras sigmas (and so on ComfyUI's schedules,
+    `_comfy_spaced`) and ComfyUI on every schedule (ModelSamplingDiscrete.timestep): diffusers casts the sigma's own
+    timestep to an integer there, which truncates it, up to a whole timestep below it and below the web UI's (which
+    takes it as it is): SD's first exponential step, at sigma_max, at 998, not 999; 942 for 942.9."""
+    import numpy as np
+    import torch
+
+    def set_timesteps(self, *args, **kwargs):
+        cls.set_timesteps(self, *args, **kwargs)
+        log_sigmas = np.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).numpy() ** 0.5)
+        times = self._sigma_to_t(self.sigmas[:-1].cpu().numpy(), log_sigmas)  # (the steps' sigmas, less the end)
+        self.timesteps = torch.from_numpy(np.round(times)).to(self.timesteps)
+
+    return _variant(cls, "its timesteps rounded", set_timesteps=set_timesteps)
+
+
 def _from_first_sigma(cls, vp: bool):
     """Diffusers' k-diffusion-style scheduler `cls` starting a pass from pure noise as the web UI and ComfyUI do where
     its first sigma, s0, is below the model's largest noise level (the model's own spacing on a "leading" config,
@@ -907,7 +928,8 @@ def _from_first_sigma(cls, vp: bool):
     def made_with(self, value):  # (DPMSolverMultistepScheduler.__init__ sets its 1)
         self._made_init_noise_sigma = value
 
-    return _variant(cls, "starting from its first sigma's noise", init_noise_sigma=property(init_noise_sigma, made_with))
+    return _variant(cls, "starting from its first sigma's noise",
+                    init_noise_sigma=property(init_noise_sigma, made_with))
 
 
 def _lms_from_first_step(cls):
