@@ -900,7 +900,7 @@ def _rounded(cls):
 
     def set_timesteps(self, *args, **kwargs):
         cls.set_timesteps(self, *args, **kwargs)
-        log_sigmas = np.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).numpy() ** 0.5)
+        log_sigmas = np.log(((1 - self.alphas_cumprod) / self.alphas_cumprod).cpu().numpy() ** 0.5)
         times = self._sigma_to_t(self.sigmas[:-1].cpu().numpy(), log_sigmas)  # (the steps' sigmas, less the end)
         self.timesteps = torch.from_numpy(np.round(times)).to(self.timesteps)
 
