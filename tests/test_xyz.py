@@ -791,12 +791,12 @@ def test_running_out_of_memory_in_a_cell_names_the_cell_and_the_cells_written(tm
     cell ran out and that the cells before it are written."""
     from textinv.errors import DeviceMemoryError
 
-    def draws(cell, model, progress, keep_seeds, refiner):
-        if (cell.steps, cell.guidance) == (1, 7.5):
+    def draws(cells, model, progress, keep_seeds, refiner, suffixes):
+        if (cells[0].steps, cells[0].guidance) == (1, 7.5):
             raise DeviceMemoryError("out of memory on cuda drawing 1 picture at once. No picture was written")
-        return []
+        return [[] for _ in cells]
 
-    monkeypatch.setattr(xyz, "generate", draws)
+    monkeypatch.setattr(xyz, "generate_together", draws)
     (tmp_path / "r").mkdir()  # (as generate makes --out: the plot stops when it is gone after a cell)
     with pytest.raises(DeviceMemoryError, match=r"^the X/Y/Z plot's cell 4 of 6 \(--x steps=1, --y guidance=7.5\): "
                                                 r"out of memory .* The 3 cells before it are written in \S+r, with "
@@ -828,7 +828,7 @@ def test_a_killed_plots_half_written_grid_is_cleared_and_a_grid_that_cannot_be_w
                                           r"pictures written before it are in"):
         generate(_config(tmp_path, model=str(sd1_dir), x="steps=1,2"), model=model, progress=False)
     monkeypatch.undo()
-    real = xyz.generate
+    real = xyz.generate_together
 
     def then_removed(*a, **k):  # (the folder removed after the first cell)
         import shutil
@@ -837,7 +837,7 @@ def test_a_killed_plots_half_written_grid_is_cleared_and_a_grid_that_cannot_be_w
         shutil.rmtree(out)
         return written
 
-    monkeypatch.setattr(xyz, "generate", then_removed)
+    monkeypatch.setattr(xyz, "generate_together", then_removed)
     with pytest.raises(ConfigError, match=r"was removed .* after 1 picture had been written to it"):
         generate(_config(tmp_path, model=str(sd1_dir), x="steps=1,2"), model=model, progress=False)
     assert not out.exists()

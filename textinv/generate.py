@@ -736,12 +736,49 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     if config.x or config.y or config.z:
         from .xyz import plot
 
-        paths = plot(config, model, progress, keep_seeds, refiner)
-    else:
-        where = _Where()
-        paths = out_of_memory_as(lambda: _generate(config, model, progress, keep_seeds, where, refiner),
-                                 lambda e: _memory_error(where, e), lambda: where.device)
-    return [Path(absolute(p)) for p in paths]  # (as train's files: found from any working directory)
+        return [Path(absolute(p)) for p in plot(config, model, progress, keep_seeds, refiner)]
+    return generate_together([config], model, progress, keep_seeds, refiner)[0]
+
+
+def generate_together(configs: list[GenerateConfig], model: Model | None = None, progress: bool = True,
+                      keep_seeds: set[int] | None = None, refiner: Model | None = None,
+                      suffixes: list[str] | None = None) -> list[list[Path]]:
+    """`generate` of each of `configs` in one run: the pictures of all of them share pipeline calls, up to
+    --batch-size pictures a call, where nothing but what a call mixes tells them apart (`_batches`); each picture is
+    the one its own `generate` draws, and is written with its name and text (the batch's seeds: those of the call it
+    was drawn in, as ever). The configs must be alike but for their prompts, negative prompts and seeds
+    (`together`: the X/Y/Z plot's cells of a Prompt S/R or Seed axis, `xyz.plot`). Their pictures' paths, absolute,
+    config by config; `keep_seeds`, `model` and `refiner` as `generate`'s (every config's); `suffixes`: each one's
+    files' suffix (`_new_run_suffix`; None: as each would take it drawn alone, one after the other: `_run_suffixes`).
+    Running out of memory is said as `generate` says it.
+
+    >>> generate_together([GenerateConfig(prompt=["a dog"], seed=1), GenerateConfig(prompt=["a cat"], seed=5)])  # doctest: +SKIP
+    [[PosixPath('/.../renders/000-a-dog-s1.png'), ...], [PosixPath('/.../renders/000-a-cat-s5.png'), ...]]
+    """
+    where = _Where()
+    parts = out_of_memory_as(lambda: _generate(configs, model, progress, keep_seeds, where, refiner, suffixes),
+                             lambda e: _memory_error(where, e), lambda: where.device)
+    return [[Path(absolute(p)) for p in paths] for paths in parts]  # (as train's files: found from any folder)
+
+
+def together(checked: Checked) -> tuple:
+    """What the runs of `generate_together` must share, given what `checked_settings` read of each: every setting but
+    the prompts, the negative prompt, the seed and the variation seed (each picture's own in a pipeline call), the
+    embeddings, the ones the prompts' LoRAs bundle among them, and the prompts themselves where the size they draw
+    at comes from the embeddings they write (`_trained_size_given`). Runs of equal keys draw as each alone."""
+    config = checked.config
+    sized = not (config.width or config.height or config.resolution or config.init_image) and any(
+        size[0] != size[1] for size in map(trained_size, checked.embeddings) if size)
+    words = [(job.prompt, job.negative) for job in checked.jobs] if sized else None
+    return (replace(config, prompt=[], negative_prompt="", seed=0, variation_seed=None), list(checked.paths),
+            checked.bundled, sorted((token, stand_in[1]) for token, stand_in in checked.stand_ins.items()), words)
+
+
+def run_names(checked: Checked) -> list[tuple[int, str]]:
+    """The file names of the pictures of the run `checked_settings` read, without the run's suffix, each with its
+    seed (`_file_names`)."""
+    return [(seed, name) for (_, _, seed), name in _file_names(checked.config, checked.jobs,
+                                                                  checked.pictures.sources).items()]
 
 
 def launched(config: GenerateConfig, model: Model | None, progress: bool) -> GenerateConfig:
@@ -982,11 +1019,17 @@ def _check_bundled_prompted(config: GenerateConfig, jobs: list, bundled: dict[st
                         f"or give it as --embedding {loras[lora]}{BUNDLE_SEPARATOR}{token}")
 
 
-def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_seeds: set[int] | None,
-              where: _Where, refiner: Model | None = None) -> list[Path]:
-    """`generate`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
+def _generate(configs: list[GenerateConfig], model: Model | None, progress: bool, keep_seeds: set[int] | None,
+              where: _Where, refiner: Model | None = None, suffixes: list[str] | None = None) -> list[list[Path]]:
+    """`generate_together`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     check_model_object(model)
-    config, jobs, embeddings, paths, loras, pictures, inpaint, bundled, stand_ins = checked_settings(config)
+    checked = [checked_settings(config) for config in configs]
+    if any(together(c) != together(checked[0]) for c in checked[1:]):
+        raise ConfigError("generate_together draws runs that differ in their prompts, negative prompts and seeds "
+                          "alone (`together`): draw the others with generate, one by one")
+    config, _, embeddings, paths, _, pictures, inpaint, bundled, stand_ins = checked[0]
+    jobs = [c.jobs for c in checked]
+    loras = {name: file for c in checked for name, file in c.loras.items()}  # (one set a call: `_mixable`)
     device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
     output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
@@ -1007,7 +1050,7 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
     where.installing = f"installing {what} in the model" if what else "preparing to draw"
     with handed_back(model), handed_back(refiner.model) if refiner else contextlib.nullcontext(), \
             handed_back(second) if second else contextlib.nullcontext():
-        _fitting(config, jobs, model, embeddings, paths, loras, bundled, stand_ins)
+        _fitting(config, [job for part in jobs for job in part], model, embeddings, paths, loras, bundled, stand_ins)
         for emb in embeddings:
             install_embedding(model, emb, config.emphasis == "comfy")
             if refiner:  # (its clip_g half, for an SDXL refiner: `check_fits`)
@@ -1016,9 +1059,9 @@ def _generate(config: GenerateConfig, model: Model | None, progress: bool, keep_
                 install_embedding(second, emb, config.emphasis == "comfy")
         digests = {entry: file_digest(entry) for entry in config.embedding}  # (the record's: a web UI folder's is None)
         try:
-            return _draw_all(config, model, embeddings, loras, progress, keep_seeds, digests,
+            return _draw_all([c.config for c in checked], model, embeddings, loras, progress, keep_seeds, digests,
                              _embedding_sums(embeddings, paths, digests), where, pictures, inpaint, jobs, refiner,
-                             second, {**_given_bundles(embeddings, paths), **bundled})
+                             second, {**_given_bundles(embeddings, paths), **bundled}, suffixes)
         finally:
             unload_loras(model)
             if second:
@@ -1266,39 +1309,48 @@ def _warn_large(model: Model, drawn: tuple[int, int], stacklevel: int = 3) -> No
              f"draw poorly far from their training size", stacklevel=stacklevel)
 
 
-def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbedding], loras: dict[str, Path],
-              progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
+def _draw_all(configs: list[GenerateConfig], model: Model, embeddings: list[LearnedEmbedding],
+              loras: dict[str, Path], progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
               embedding_sums: dict[str, str], where: _Where | None = None, pictures: _InitPictures | None = None,
-              inpaint: Inpaint | None = None, jobs: list[dynamic.Job] | None = None,
+              inpaint: Inpaint | None = None, jobs: list[list[dynamic.Job]] | None = None,
               refiner: Refiner | None = None, second: Model | None = None,
-              bundled: dict[str, str] | None = None) -> list[Path]:
-    """`generate`'s drawing and writing; `digests`: each --embedding's SHA-256 (None: a web UI folder),
+              bundled: dict[str, str] | None = None, suffixes: list[str] | None = None) -> list[list[Path]]:
+    """`generate_together`'s drawing and writing of the runs of `configs` (alike but for their prompts and seeds:
+    `together`), their pictures' paths run by run; `digests`: each --embedding's SHA-256 (None: a web UI folder),
     `embedding_sums`: each embedding's file's, by its token (`_embedding_sums`); `where`: what it is doing
     (`_memory_error`); `pictures`: the --init-image pictures each prompt redraws (`_InitPictures`; None: no
     picture), each drawn with every seed of the prompt's; `inpaint`: their mask and its settings (--mask); `jobs`:
-    the prompts and negative prompts as drawn from their templates, and their seeds (`_jobs`; None: each --prompt
-    with every seed); `refiner`: --refiner loaded, its embeddings installed (`refiner_model`); `second`: --hires-model
-    so (`hires_model`); `bundled`: the LoRA each embedding bundled in one came from, by token (`_add_bundled`)."""
+    each run's prompts and negative prompts as drawn from their templates, and their seeds (`_jobs`; None: each
+    --prompt with every seed); `refiner`: --refiner loaded, its embeddings installed (`refiner_model`); `second`:
+    --hires-model so (`hires_model`); `bundled`: the LoRA each embedding bundled in one came from, by token
+    (`_add_bundled`); `suffixes`: each run's files' (None: `_run_suffixes`)."""
+    config = configs[0]  # (what every run's pictures draw with: their prompts and seeds are their jobs')
     pictures = pictures or _InitPictures([None])
     steps = config.steps or DEFAULT_STEPS
     guidance = model.guidance_or_own(config.guidance)  # (render checks it, and the steps, before drawing)
     clip_skip = generation_clip_skip(model, config.clip_skip, embeddings)
-    jobs = jobs or [dynamic.Job(i, p, config.negative_prompt, tuple(range(config.seed, config.seed + config.n)))
-                    for i, p in enumerate(config.prompt)]
+    parts = jobs or [[dynamic.Job(i, p, c.negative_prompt, tuple(range(c.seed, c.seed + c.n)))
+                      for i, p in enumerate(c.prompt)] for c in configs]
+    jobs = [job for part in parts for job in part]
     # each prompt's and negative prompt's words and LoRAs, all read (a bad tag refused) before any picture is drawn
     texts = [emphasis.lora_tags(job.prompt) for job in jobs]
     negatives = {job.negative: emphasis.lora_tags(job.negative) for job in jobs}
     drawn = [words for words, _ in texts + list(negatives.values())] + [emphasis.lora_tags(config.hires_prompt or "")[0]]
-    config = _trained_size_given(config, model, embeddings, drawn)
+    config = _trained_size_given(config, model, embeddings, drawn)  # (each run's alike: `together`)
+    configs = [replace(c, width=config.width, height=config.height) for c in configs]
     _warn_unapplied(config, jobs, negatives)
     _warn_unknown_tokens(config, model, drawn)
     names = _file_names(config, jobs, pictures.sources)
-    mine = [name for (_, _, seed), name in names.items() if keep_seeds is None or seed in keep_seeds]
+    part = [p for p, mine in enumerate(parts) for _ in mine]  # (each job's run)
+    mine = [[name for (index, _, seed), name in names.items() if part[index] == p and (keep_seeds is None or
+             seed in keep_seeds)] for p in range(len(parts))]
     run = _Run(config, model, embeddings, loras, _hires_prompts(config, embeddings, model), steps, guidance, clip_skip,
                pictures, inpaint, recorded_sums=[digests[e] for e in config.embedding], embedding_sums=embedding_sums,
                mask_sum=file_sha256(Path(config.mask)) if config.mask else None, where=where or _Where(),
-               keep_seeds=keep_seeds, names=names, mine=mine, suffix=_new_run_suffix(Path(config.out), mine),
-               refiner=refiner, hires_model=second, bundled=bundled or {})
+               keep_seeds=keep_seeds, names=names, mine=mine,
+               suffix=list(suffixes) if suffixes is not None else _run_suffixes(Path(config.out), mine),
+               refiner=refiner, hires_model=second, bundled=bundled or {}, configs=configs, part=part,
+               written=[[] for _ in parts])
     prompts = [_prompt(run, *texts[index], negatives[job.negative][0]) for index, job in enumerate(jobs)]
     bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
                desc="generate", unit="img")
@@ -1311,7 +1363,7 @@ def _draw_all(config: GenerateConfig, model: Model, embeddings: list[LearnedEmbe
     except KeyboardInterrupt as stop:
         if isinstance(stop, GenerationInterrupted):
             raise
-        done, total = len(run.written), bar.total
+        done, total = sum(map(len, run.written)), bar.total
         raise GenerationInterrupted(f"{done} of {total} picture{'s' * (total != 1)} had been written to {config.out}, "
                                     f"each whole" if done else f"none of {total} picture{'s' * (total != 1)} had "
                                     f"been written") from None
@@ -1422,10 +1474,12 @@ def _hires_prompts(config: GenerateConfig, embeddings: list[LearnedEmbedding], m
 
 @dataclass
 class _Run:
-    """What every picture of one `generate` call shares as `_draw_all` draws them (`recorded_sums`: each
+    """What every picture of one `generate_together` call shares as `_draw_all` draws them (`recorded_sums`: each
     --embedding's SHA-256 as the record lists them; `embedding_sums`: by token, for the web UI's hashes;
     `mask_sum`: the --mask's SHA-256), each picture's file name (`names`: by its prompt's place, --init-image picture
-    and seed; `mine`: those written; `suffix`: the run's, `_new_run_suffix`), and what it has done so far."""
+    and seed), and what it has done so far. Each of its runs (`configs`, each job's by its place: `part`) has the
+    names it writes (`mine`), its suffix (`_run_suffixes`) and the paths written (`written`); `config` is the
+    first's, which every picture draws with (their prompts and seeds are their jobs')."""
 
     config: GenerateConfig
     model: Model
@@ -1443,15 +1497,21 @@ class _Run:
     where: _Where
     keep_seeds: set[int] | None
     names: dict[tuple[int, Path | None, int], str]
-    mine: list[str]
-    suffix: str
+    mine: list[list[str]]
+    suffix: list[str]
     lora_sums: dict[str, str] = field(default_factory=dict)  # each LoRA's web UI hash (`lora_sha256`), read once
     warned: set[tuple[int, int]] = field(default_factory=set)  # the sizes `_warn_large` has warned of
     loras_on: dict | None = None  # the LoRAs active on the model (`_lora_set`; None: not known)
     refiner: Refiner | None = None  # --refiner (`refiner_model`)
     hires_model: Model | None = None  # --hires-model (`hires_model`)
-    written: list[Path] = field(default_factory=list)
+    written: list[list[Path]] = field(default_factory=lambda: [[]])
     bundled: dict[str, str] = field(default_factory=dict)  # token -> the LoRA that bundles it (`_add_bundled`)
+    configs: list[GenerateConfig] = field(default_factory=list)
+    part: list[int] = field(default_factory=list)
+
+    def config_of(self, index: int) -> GenerateConfig:
+        """The settings of the run job `index` is of: its record's, its variation seeds' (counted from its --seed)."""
+        return self.configs[self.part[index]]
 
 
 @dataclass(frozen=True)
@@ -1534,13 +1594,13 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     config, model = run.config, run.model
     first, source, _ = batch[0]
     init = run.pictures.picture(source)
-    passes = {index: _source_pass(run, jobs[index], prompts[index], source, init)
+    passes = {index: _source_pass(run, jobs[index], prompts[index], source, init, run.config_of(index))
               for index in dict.fromkeys(index for index, _, _ in batch)}
     width, height, hires, drawn, _ = passes[first]  # (the same for every job: its size, its hires prompt)
     seeds = [seed for _, _, seed in batch]
     run.where.batch, (run.where.width, run.where.height) = len(batch), drawn
-    variation = ([_variation_seed(config, s) for s in seeds], config.variation_strength) \
-        if config.variation_strength else None
+    variation = ([_variation_seed(run.config_of(index), seed) for index, _, seed in batch],
+                 config.variation_strength) if config.variation_strength else None
     prompt = prompts[first]
     if run.loras_on != _lora_set(prompt.tags):
         apply_loras(model, prompt.tags, run.loras)
@@ -1588,14 +1648,15 @@ def _write_batch(run: _Run, batch: list[tuple[int, Path | None, int]], images: l
         bar.update(1)
         if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
             continue
-        info = texts[index].png(config, seed, chunk) if config.metadata != "none" else None
+        info = texts[index].png(run.config_of(index), seed, chunk) if config.metadata != "none" else None
+        part = run.part[index]
         try:
-            path, run.suffix = _save_new(img, Path(config.out), run.names[index, source, seed], run.suffix, run.mine,
-                                         info)
+            path, run.suffix[part] = _save_new(img, Path(config.out), run.names[index, source, seed],
+                                               run.suffix[part], run.mine[part], info)
         except OSError as e:
-            raise write_failed(e, Path(config.out), len(run.written)) from e
-        run.written.append(path)
-        run.where.written = len(run.written)
+            raise write_failed(e, Path(config.out), run.where.written) from e
+        run.written[part].append(path)
+        run.where.written += 1
 
 
 def _prompt(run: _Run, words: str, tags: list[emphasis.LoraTag], negative: str) -> _Prompt:
@@ -1633,12 +1694,12 @@ def _prompt_hashes(run: _Run, loras: list[emphasis.LoraTag], first: list[str], s
             "ti_hashes": ", ".join(text for text in (files, bundled) if text)}
 
 
-def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | None, init: Image.Image | None
-                 ) -> tuple[int, int, Hires | None, tuple[int, int], _Text]:
+def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | None, init: Image.Image | None,
+                 config: GenerateConfig) -> tuple[int, int, Hires | None, tuple[int, int], _Text]:
     """What a job's pictures from one --init-image picture `init` (None: none) draw at: the first pass's width and
     height, the hires fix with this prompt's second pass, the pictures' size (warned of when large) and their
-    PNG text."""
-    config, model = run.config, run.model
+    PNG text (recording `config`, its run's settings)."""
+    model = run.model
     width, height, hires, drawn = _sizes(config, model, init)
     if hires is not None:  # (with this prompt's second pass)
         text = run.hires.text
@@ -1830,12 +1891,26 @@ def _pass_params(config: GenerateConfig, hires: Hires | None, source: Path | Non
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _new_run_suffix(out: Path, names) -> str:
-    """'' when none of this run's file names is taken in `out`, else '-2', '-3', ...: the first suffix free for
-    every name, so a second run into the same folder (another embedding, more steps, the same prompt and seeds)
-    keeps the first run's pictures, as A1111 does, and its own share one suffix."""
+def _new_run_suffix(out: Path, names, taken: set[str] = frozenset()) -> str:
+    """'' when none of this run's file names is taken in `out` (nor in `taken`: names with their suffix that runs
+    drawn with it will write), else '-2', '-3', ...: the first suffix free for every name, so a second run into the
+    same folder (another embedding, more steps, the same prompt and seeds) keeps the first run's pictures, as A1111
+    does, and its own share one suffix."""
     names = list(names)
     run = 1
-    while any((out / f"{name}{'' if run == 1 else f'-{run}'}.png").exists() for name in names):
+    while any(f"{name}{'' if run == 1 else f'-{run}'}" in taken or
+              (out / f"{name}{'' if run == 1 else f'-{run}'}.png").exists() for name in names):
         run += 1
     return "" if run == 1 else f"-{run}"
+
+
+def _run_suffixes(out: Path, runs: list[list[str]]) -> list[str]:
+    """Each run's suffix (`_new_run_suffix`) where `runs` (each one's file names) are drawn together
+    (`generate_together`): as each would take it drawn alone, one after the other, each after the runs before it
+    had written their pictures."""
+    suffixes: list[str] = []
+    taken: set[str] = set()
+    for names in runs:
+        suffixes.append(_new_run_suffix(out, names, taken))
+        taken.update(f"{name}{suffixes[-1]}" for name in names)
+    return suffixes

@@ -34,7 +34,7 @@ import math
 import random
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -47,7 +47,8 @@ from .embedding_names import _as_prompted, _file_name
 from .errors import ConfigError, DeviceMemoryError, TextinvError, said_once, warns_at_caller
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
 from .generate import (GenerationInterrupted, _memory_error, _Where, check_refiner_source, checked_settings,
-                       drawing_dtype, drawing_model, generate, launched, make_grid, refiner_model, write_failed)
+                       _run_suffixes, drawing_dtype, drawing_model, generate_together, launched, make_grid,
+                       refiner_model, run_names, together, write_failed)
 from .infotext import _infotext_value, _model_name
 from .io import absolute, atomic_path, clear_stale_temporaries
 from .memory import out_of_memory_as
@@ -566,12 +567,16 @@ _EXAMPLES = {"seed": "1-4", "steps": "10-30 (+10)", "guidance": "3,7.5,12", "sam
 @dataclass
 class Plan:
     """A plot ready to draw: its three axes (None: not given, one cell along it and no legend), each cell's
-    settings, in the web UI's order (x fastest, then y, then z), and the variation seed drawn for a var-strength
-    axis given none (kept in the grid's record, as its first cell, at strength 0, has none: `_grid_record`)."""
+    settings, in the web UI's order (x fastest, then y, then z), the variation seed drawn for a var-strength
+    axis given none (kept in the grid's record, as its first cell, at strength 0, has none: `_grid_record`), each
+    cell's `generate.together` key (`keys`: cells of equal keys may be drawn in one run, `_groups`) and its
+    pictures' file names with their seeds (`names`: `generate.run_names`)."""
 
     axes: tuple[Plotted | None, Plotted | None, Plotted | None]
     cells: list[GenerateConfig]
     variation_seed: int | None = None
+    keys: list[tuple] = field(default_factory=list)
+    names: list[list[tuple[int, str]]] = field(default_factory=list)
 
     def counts(self) -> tuple[int, int, int]:
         return tuple(len(a.values) if a is not None else 1 for a in self.axes)
@@ -605,7 +610,7 @@ def plan(config: GenerateConfig) -> Plan:
         # (the web UI's: a variation seed left at -1 is drawn once for the plot, not once in each cell)
         drawn = random.randrange(2**32)
         base = replace(base, variation_seed=drawn)
-    cells = []
+    cells, read = [], []
     for iz in range(nz):
         for iy in range(ny):
             for ix in range(nx):
@@ -614,8 +619,9 @@ def plan(config: GenerateConfig) -> Plan:
                     cell = replace(cell, **_settings(a, value, cell))
                 if not cell.refiner and any(a.axis.name == "refiner" for a, _ in parts):
                     cell = replace(cell, refiner_switch_at=None)  # (the web UI's None: no refiner, no switch)
-                cells.append(_checked(cell, base, parts))
-    return Plan(axes, cells, drawn)
+                read.append(_checked(cell, base, parts))
+                cells.append(cell)
+    return Plan(axes, cells, drawn, [key for key, _ in read], [names for _, names in read])
 
 
 def _settings(a: Plotted, value, cell: GenerateConfig) -> dict:
@@ -626,13 +632,12 @@ def _settings(a: Plotted, value, cell: GenerateConfig) -> dict:
         raise ConfigError(f"{a.flag} {a.axis.name}={a.show(value)}: {e}") from None
 
 
-def _checked(cell: GenerateConfig, base: GenerateConfig, parts: list[tuple[Plotted, object]]) -> GenerateConfig:
-    """`cell` if generate would draw it (`_check`), else its error: as it is where the command's settings alone give
-    it, named by the axis value that alone gives it (`--x steps=0`), or by the cell where only the values together
-    do."""
+def _checked(cell: GenerateConfig, base: GenerateConfig, parts: list[tuple[Plotted, object]]) -> tuple:
+    """`cell`'s `generate.together` key and file names (`_check`) if generate would draw it, else its error: as it
+    is where the command's settings alone give it, named by the axis value that alone gives it (`--x steps=0`), or
+    by the cell where only the values together do."""
     try:
-        _check(cell)
-        return cell
+        return _check(cell)
     except TextinvError as e:
         error = e
     try:
@@ -654,13 +659,15 @@ def _said(parts: list[tuple[Plotted, object]]) -> str:
     return ", ".join(f"{a.flag} {a.axis.name}={a.show(value)}" for a, value in parts)
 
 
-def _check(cell: GenerateConfig) -> None:
+def _check(cell: GenerateConfig) -> tuple:
     """All that generate checks before its model loads (`checked_settings`: the settings, and the files, prompts and
-    pictures they name), so that no cell is refused once others have been drawn. Its warnings are the cell's own
+    pictures they name), so that no cell is refused once others have been drawn; from what it read, the cell's
+    `together` key and its pictures' file names with their seeds (`run_names`). Its warnings are the cell's own
     generate's to give."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        checked_settings(copy.copy(cell))
+        checked = checked_settings(copy.copy(cell))
+    return together(checked), run_names(checked)
 
 
 # --- drawing -----------------------------------------------------------------------------------------------------
@@ -695,33 +702,67 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
 
 def _draw_cells(config: GenerateConfig, ready: Plan, model, progress: bool, keep_seeds: set[int] | None, refiner,
                 refiners: list) -> list[list[Path]]:
-    """`plot`'s cells, each drawn by `generate` (its refiner loaded once for all the cells that name it): their
-    pictures' paths, cell by cell."""
+    """`plot`'s cells, drawn by `generate_together` a group at a time (`_groups`: cells alike but for their prompts
+    and seeds share pipeline calls; its refiner loaded once for all the cells that name it): their pictures' paths,
+    cell by cell."""
     drawn: dict[int, list[Path]] = {}
-    order = sorted(range(len(ready.cells)), key=lambda i: refiners.index(ready.cells[i].refiner))
     loaded_for, loaded = (config.refiner, refiner) if refiner is not None else (None, None)
-    for i in tqdm(order, disable=not progress, desc="xyz plot", unit="cell"):
-        cell = ready.cells[i]
-        keep = None if keep_seeds is None else {s - config.seed + cell.seed for s in keep_seeds}
+    order = sorted(range(len(ready.cells)), key=lambda i: refiners.index(ready.cells[i].refiner))
+    groups = _groups(ready, order) if keep_seeds is None else [[i] for i in order]
+    keeps = [None if keep_seeds is None else {s - config.seed + cell.seed for s in keep_seeds} for cell in ready.cells]
+    # (each cell's files' suffix as when each was drawn alone, one after the other: taken before any is drawn)
+    suffixes = dict(zip(order, _run_suffixes(Path(config.out), [
+        [name for seed, name in ready.names[i] if keeps[i] is None or seed in keeps[i]] for i in order])))
+    bar = tqdm(total=len(ready.cells), disable=not progress, desc="xyz plot", unit="cell")
+    for group in groups:
+        cells = [ready.cells[i] for i in group]
+        keep = keeps[group[0]]  # (with `keep_seeds` (`--again`), each cell alone: it redraws its picture's batch)
         if drawn and not Path(config.out).is_dir():  # (removed mid-plot: the cell's generate would make it again)
             raise write_failed(FileNotFoundError(errno.ENOENT, "No such file or directory", config.out),
                                Path(config.out), sum(map(len, drawn.values())))
-        if cell.refiner != loaded_for:  # (the one before let go first: one refiner held at a time)
+        if cells[0].refiner != loaded_for:  # (the one before let go first: one refiner held at a time)
             loaded = None
-            loaded, loaded_for = _load_refiner(cell, model), cell.refiner
+            loaded, loaded_for = _load_refiner(cells[0], model), cells[0].refiner
         try:
-            drawn[i] = generate(cell, model, progress=False, keep_seeds=keep, refiner=loaded)
-        except GenerationInterrupted as e:  # (its own count of pictures written is the cell's too)
+            drawn.update(zip(group, generate_together(cells, model, progress=False, keep_seeds=keep, refiner=loaded,
+                                                      suffixes=[suffixes[i] for i in group])))
+        except GenerationInterrupted as e:  # (its own count of pictures written is the group's too)
             n = len(drawn)
-            raise GenerationInterrupted(f"in the X/Y/Z plot's cell {i + 1} of {len(ready.cells)} "
-                                        f"({_cell_name(ready, i)}), where {e}; the {n} cell{'s' * (n != 1)} before it "
+            raise GenerationInterrupted(f"in the X/Y/Z plot's {_cells_named(ready, group)}, where {e}; the {n} "
+                                        f"cell{'s' * (n != 1)} before {'it' if len(group) == 1 else 'them'} "
                                         f"{'are' if n != 1 else 'is'} written in {config.out}, with no grid") from None
-        except DeviceMemoryError as e:  # (its own count of pictures written is the cell's)
+        except DeviceMemoryError as e:  # (its own count of pictures written is the group's)
             n = len(drawn)
-            raise DeviceMemoryError(f"the X/Y/Z plot's cell {i + 1} of {len(ready.cells)} ({_cell_name(ready, i)}): "
-                                    f"{e}. The {n} cell{'s' * (n != 1)} before it {'are' if n != 1 else 'is'} "
-                                    f"written in {config.out}, with no grid") from e
+            raise DeviceMemoryError(f"the X/Y/Z plot's {_cells_named(ready, group)}: {e}. The {n} "
+                                    f"cell{'s' * (n != 1)} before {'it' if len(group) == 1 else 'them'} "
+                                    f"{'are' if n != 1 else 'is'} written in {config.out}, with no grid") from e
+        bar.update(len(group))
+    bar.close()
     return [drawn[i] for i in range(len(ready.cells))]
+
+
+def _groups(ready: Plan, order: list[int]) -> list[list[int]]:
+    """The cells (by their place, taken in `order`) in the groups `generate_together` draws in one run each: those
+    of equal `together` keys (alike but for their prompts, negative prompts and seeds: a Prompt S/R or Seed axis),
+    whose pictures share pipeline calls up to --batch-size; each group where its first cell comes in `order`."""
+    groups: list[list[int]] = []
+    for i in order:
+        group = next((g for g in groups if ready.keys[g[0]] == ready.keys[i]), None)
+        if group is None:
+            groups.append([i])
+        else:
+            group.append(i)
+    return groups
+
+
+def _cells_named(ready: Plan, group: list[int]) -> str:
+    """A group of cells (`_groups`) as a message names it: `cell 4 of 6 (--x steps=1, --y guidance=7.5)`, or
+    `cells 1, 2 and 3 of 6, drawn together (--x prompt-sr=dog, ...; --x prompt-sr=cat, ...; ...)`."""
+    total, names = len(ready.cells), "; ".join(_cell_name(ready, i) for i in group)
+    if len(group) == 1:
+        return f"cell {group[0] + 1} of {total} ({names})"
+    numbers = [str(i + 1) for i in group]
+    return f"cells {', '.join(numbers[:-1])} and {numbers[-1]} of {total}, drawn together ({names})"
 
 
 def _check_samplers(ready: Plan, model) -> None:
