@@ -894,3 +894,125 @@ def test_a_ctrl_c_in_a_cell_names_the_cell_and_the_cells_written_before_it(sd1_d
     assert ("interrupted: in the X/Y/Z plot's cell 2 of 3 (--x guidance=4.0), where none of 1 picture had been written; "
             f"the 1 cell before it is written in {out}, with no grid") in said
     assert len(list(out.glob("*.png"))) == 1 and not list(out.glob("xyz_grid*"))
+
+
+def _text_but_the_batch(path):
+    """A picture's PNG text without what tells the pipeline call it was drawn in from another's: the batch's seeds
+    and --batch-size, in its record."""
+    text = dict(Image.open(path).text)
+    if RECORD_KEY in text:
+        record = json.loads(text[RECORD_KEY])
+        record.pop("batch_seeds", None)
+        record["settings"].pop("batch_size", None)
+        text[RECORD_KEY] = record
+    return text
+
+
+def test_cells_alike_but_for_their_prompts_and_seeds_share_pipeline_calls_each_drawn_as_alone(sd1_dir, tmp_path,
+                                                                                              monkeypatch):
+    """A Prompt S/R x Seed grid draws its 9 pictures in one pipeline call at --batch-size 9, not one call a cell: the
+    cells, their files' names and texts and the grid are those of the grid drawn a picture a call (but for the batch
+    each records), and each cell is the plain generate of its settings; each picture records the seeds of the call
+    it was drawn in, so --again redraws it in a batch of as many."""
+    from conftest import recorded_arguments
+
+    model = fresh_model(sd1_dir)
+    settings = dict(model=str(sd1_dir), negative_prompt="a dog, blurry", x="prompt-sr=dog,cat,bird", y="seed=1-3")
+    calls = recorded_arguments(monkeypatch, generate_module, "render", "seeds")
+    grid, *cells = generate(_config(tmp_path, out=str(tmp_path / "b"), batch_size=9, **settings), model=model,
+                            progress=False)
+    assert calls == [([1, 1, 1, 2, 2, 2, 3, 3, 3],)]
+    calls.clear()
+    one_grid, *one_cells = generate(_config(tmp_path, out=str(tmp_path / "one"), batch_size=1, **settings),
+                                    model=model, progress=False)
+    assert len(calls) == 9
+    assert [c.name for c in cells] == [c.name for c in one_cells] and len(set(c.name for c in cells)) == 9
+    for cell, one in zip([grid, *cells], [one_grid, *one_cells]):
+        assert np.array_equal(pixels(cell), pixels(one)) and _text_but_the_batch(cell) == _text_but_the_batch(one)
+    assert [Image.open(c).text["prompt"] for c in cells[:3]] == ["a photo of dog", "a photo of cat", "a photo of bird"]
+    plain = generate(_config(tmp_path, out=str(tmp_path / "plain"), model=str(sd1_dir), prompt=["a photo of cat"],
+                             negative_prompt="a cat, blurry", seed=2, batch_size=9), model=model, progress=False)[0]
+    assert np.array_equal(pixels(cells[4]), pixels(plain)) and _text_but_the_batch(cells[4]) == _text_but_the_batch(plain)
+    assert json.loads(Image.open(cells[4]).text[RECORD_KEY])["batch_seeds"] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert main(["generate", "--again", str(cells[4]), "--model", str(sd1_dir), "--out", str(tmp_path / "a")]) == 0
+    assert np.array_equal(pixels(tmp_path / "a" / plain.name), pixels(plain))
+
+
+def test_cells_of_a_seed_axis_drawn_together_count_their_variation_seeds_from_their_own_seeds(sd1_dir, tmp_path):
+    """Picture i of a run varies toward --variation-seed + i, counted from its run's --seed: a cell of a seed axis
+    drawn in one call with the others counts from its own seed, as its plain generate does."""
+    model = fresh_model(sd1_dir)
+    variation = dict(variation_seed=7, variation_strength=0.5)
+    cells = generate(_config(tmp_path, model=str(sd1_dir), x="seed=1,5", n=2, **variation), model=model,
+                     progress=False)[1:]
+    plain = generate(_config(tmp_path, model=str(sd1_dir), out=str(tmp_path / "plain"), seed=5, n=2, **variation),
+                     model=model, progress=False)
+    assert [Image.open(c).text["variation_seed"] for c in cells] == ["7", "8", "7", "8"]
+    for cell, alone in zip(cells[2:], plain):
+        assert np.array_equal(pixels(cell), pixels(alone)) and _text_but_the_batch(cell) == _text_but_the_batch(alone)
+
+
+def test_cells_that_differ_in_more_than_their_prompts_and_seeds_are_never_drawn_in_one_call(sd1_dir, tmp_path,
+                                                                                            monkeypatch):
+    """Each pipeline call draws one sampler at one number of steps: a Sampler x Seed x Steps plot's cells share calls
+    along the seed axis alone."""
+    from conftest import recorded_arguments
+
+    calls = recorded_arguments(monkeypatch, generate_module, "render", "sampler", "steps", "seeds")
+    generate(_config(tmp_path, model=str(sd1_dir), batch_size=8, x="sampler=euler,euler_a", y="seed=1,2",
+                     z="steps=1,2"), model=fresh_model(sd1_dir), progress=False)
+    assert calls == [("euler", 1, [1, 2]), ("euler_a", 1, [1, 2]), ("euler", 2, [1, 2]), ("euler_a", 2, [1, 2])]
+
+
+@pytest.mark.parametrize("settings, groups", [
+    ({"x": "prompt-sr=dog,cat", "y": "seed=1,2"}, [[0, 1, 2, 3]]),
+    ({"x": "guidance=3,7", "y": "prompt-sr=dog,cat"}, [[0, 2], [1, 3]]),
+    ({"x": "sampler=euler,euler_a", "y": "steps=1,2"}, [[0], [1], [2], [3]]),
+    ({"x": "var-seed=1,2", "y": "seed=1,2", "variation_strength": 0.5}, [[0, 1, 2, 3]]),
+    ({"x": "var-strength=0.2,0.4", "variation_seed": 3}, [[0], [1]]),
+    ({"x": "prompt-sr=dog,cat", "hires_scale": 1.5, "hires_prompt": "a sharp dog"}, [[0], [1]]),  # (one hires prompt)
+])
+def test_only_cells_alike_but_for_their_prompts_and_seeds_are_drawn_together(tmp_path, no_model, settings, groups):
+    """What a pipeline call mixes, each picture drawn as alone: the prompts, negative prompt, seed and variation
+    seed; the hires fix's prompt is the run's."""
+    ready = xyz.plan(_config(tmp_path, **settings).validate())
+    assert xyz._groups(ready, list(range(len(ready.cells)))) == groups
+
+
+def test_cells_drawn_apart_whose_embeddings_size_them_by_their_words(tmp_path, no_model):
+    """A prompt writing an embedding trained at 16x32 draws at that size where none is given
+    (`generate._trained_size_given`): its cells are drawn apart from those of other words; a size given draws
+    every cell at it, and they are drawn together."""
+    emb = save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}, {"resolution": "16x32"}),
+                         tmp_path / "q.safetensors")[0]
+    settings = dict(prompt=["a photo of <q>"], embedding=[str(emb)], x="prompt-sr=<q>,dog")
+    assert xyz._groups(xyz.plan(_config(tmp_path, **settings).validate()), [0, 1]) == [[0], [1]]
+    assert xyz._groups(xyz.plan(_config(tmp_path, width=16, **settings).validate()), [0, 1]) == [[0, 1]]
+
+
+def test_runs_that_differ_in_more_than_their_prompts_and_seeds_are_refused_together(tmp_path, no_model):
+    with pytest.raises(ConfigError, match=r"differ in their prompts, negative prompts and seeds alone"):
+        generate_module.generate_together([_config(tmp_path), _config(tmp_path, steps=3)])
+
+
+def test_cells_drawn_together_are_named_as_drawn_one_after_the_other(sd1_dir, tmp_path):
+    """Cells of the same files' names (a Prompt S/R of the negative prompt's words) take the suffixes they took
+    drawn one by one in the web UI's order, though the cells of each steps value are drawn together."""
+    paths = generate(_config(tmp_path, model=str(sd1_dir), negative_prompt="blurry", x="steps=1,2",
+                             y="prompt-sr=blurry,sharp"), model=fresh_model(sd1_dir), progress=False)
+    assert [p.name for p in paths[1:]] == ["000-a-photo-of-dog-s0.png", "000-a-photo-of-dog-s0-2.png",
+                                           "000-a-photo-of-dog-s0-3.png", "000-a-photo-of-dog-s0-4.png"]
+    assert [(Image.open(p).text["steps"], Image.open(p).text["negative_prompt"]) for p in paths[1:]] == [
+        ("1", "blurry"), ("2", "blurry"), ("1", "sharp"), ("2", "sharp")]
+
+
+def test_a_ctrl_c_in_cells_drawn_together_names_them(sd1_dir, tmp_path, monkeypatch, capsys):
+    from conftest import interrupted_at
+
+    interrupted_at(monkeypatch, generate_module, "_draw_batch", 2)
+    out = tmp_path / "r"
+    assert main(["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "1", "--width", "16",
+                 "--batch-size", "1", "--out", str(out), "--x", "prompt-sr=dog,cat"]) == 130
+    assert ("interrupted: in the X/Y/Z plot's cells 1 and 2 of 2, drawn together (--x prompt-sr=dog; --x "
+            f"prompt-sr=cat), where 1 of 2 pictures had been written to {out}, each whole; the 0 cells before them "
+            f"are written in {out}, with no grid") in capsys.readouterr().err
