@@ -932,7 +932,8 @@ def test_cells_alike_but_for_their_prompts_and_seeds_share_pipeline_calls_each_d
     assert [Image.open(c).text["prompt"] for c in cells[:3]] == ["a photo of dog", "a photo of cat", "a photo of bird"]
     plain = generate(_config(tmp_path, out=str(tmp_path / "plain"), model=str(sd1_dir), prompt=["a photo of cat"],
                              negative_prompt="a cat, blurry", seed=2, batch_size=9), model=model, progress=False)[0]
-    assert np.array_equal(pixels(cells[4]), pixels(plain)) and _text_but_the_batch(cells[4]) == _text_but_the_batch(plain)
+    assert np.array_equal(pixels(cells[4]), pixels(plain))
+    assert _text_but_the_batch(cells[4]) == _text_but_the_batch(plain)
     assert json.loads(Image.open(cells[4]).text[RECORD_KEY])["batch_seeds"] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert main(["generate", "--again", str(cells[4]), "--model", str(sd1_dir), "--out", str(tmp_path / "a")]) == 0
     assert np.array_equal(pixels(tmp_path / "a" / plain.name), pixels(plain))

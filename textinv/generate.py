@@ -745,14 +745,16 @@ def generate_together(configs: list[GenerateConfig], model: Model | None = None,
                       suffixes: list[str] | None = None) -> list[list[Path]]:
     """`generate` of each of `configs` in one run: the pictures of all of them share pipeline calls, up to
     --batch-size pictures a call, where nothing but what a call mixes tells them apart (`_batches`); each picture is
-    the one its own `generate` draws, and is written with its name and text (the batch's seeds: those of the call it
-    was drawn in, as ever). The configs must be alike but for their prompts, negative prompts and seeds
+    the one its own `generate` draws, as a seed's picture is at any --batch-size (the same but for the rounding of a
+    batch's kernels), written with its own name and text (its batch's seeds: those of the call it was drawn in, which
+    --again draws it among). The configs must be alike but for their prompts, negative prompts and seeds
     (`together`: the X/Y/Z plot's cells of a Prompt S/R or Seed axis, `xyz.plot`). Their pictures' paths, absolute,
     config by config; `keep_seeds`, `model` and `refiner` as `generate`'s (every config's); `suffixes`: each one's
     files' suffix (`_new_run_suffix`; None: as each would take it drawn alone, one after the other: `_run_suffixes`).
     Running out of memory is said as `generate` says it.
 
-    >>> generate_together([GenerateConfig(prompt=["a dog"], seed=1), GenerateConfig(prompt=["a cat"], seed=5)])  # doctest: +SKIP
+    >>> cells = [GenerateConfig(prompt=["a dog"], seed=1), GenerateConfig(prompt=["a cat"], seed=5)]
+    >>> generate_together(cells)  # doctest: +SKIP
     [[PosixPath('/.../renders/000-a-dog-s1.png'), ...], [PosixPath('/.../renders/000-a-cat-s5.png'), ...]]
     """
     where = _Where()
@@ -1341,7 +1343,7 @@ def _draw_all(configs: list[GenerateConfig], model: Model, embeddings: list[Lear
     _warn_unapplied(config, jobs, negatives)
     _warn_unknown_tokens(config, model, drawn)
     names = _file_names(config, jobs, pictures.sources)
-    part = [p for p, mine in enumerate(parts) for _ in mine]  # (each job's run)
+    part = [p for p, these in enumerate(parts) for _ in these]  # (each job's run)
     mine = [[name for (index, _, seed), name in names.items() if part[index] == p and (keep_seeds is None or
              seed in keep_seeds)] for p in range(len(parts))]
     run = _Run(config, model, embeddings, loras, _hires_prompts(config, embeddings, model), steps, guidance, clip_skip,
@@ -1531,9 +1533,10 @@ def _batches(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt]
              ) -> Iterator[list[tuple[int, Path | None, int]]]:
     """The pictures (their job's place, --init-image picture, seed) in the order they are written, a pipeline call's
     at a time: each job's seeds over each --init-image picture (or none), up to --batch-size pictures a call (which
-    bounds the memory). Pictures of different prompts (dynamic prompts' draws, several --prompt) share a call where
-    nothing but their words tells them apart (`_mixable`), so a varied template draws full batches; each is still the
-    picture its seed draws alone, as a seed's picture is at any batch size."""
+    bounds the memory). Pictures of different prompts (dynamic prompts' draws, several --prompt, the runs of
+    `generate_together`) share a call where nothing but their words tells them apart (`_mixable`), so a varied
+    template draws full batches; each is still the picture its seed draws alone, as a seed's picture is at any batch
+    size."""
     batch: list[tuple[int, Path | None, int]] = []
     kind = None
     for index, job in enumerate(jobs):

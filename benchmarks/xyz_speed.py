@@ -1,0 +1,78 @@
+"""An X/Y/Z plot's time with its cells drawn together (`generate.generate_together`: cells alike but for their
+prompts and seeds share pipeline calls) and drawn one `generate` run a cell, as before.
+
+    python -m benchmarks.xyz_speed                     # a 3x3 Prompt S/R x Seed grid, --batch-size 9, 1 thread
+    python -m benchmarks.xyz_speed --threads 2 --steps 10 --repeat 5 --batch-size 4
+
+The grid is drawn on the bundled shapes model (64x64) with its own guidance, -n 1, the same seeds each time, into a
+new folder each time, after one warm-up grid; "one run a cell" is `xyz._groups` made to give each cell alone, which
+draws what the plot drew before it grouped cells (a run and a pipeline call of one picture a cell here). The pictures
+of both are the same; the figures are seconds per grid (median, min-max) and the pipeline calls a grid takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def grid_seconds(loaded, out: Path, per_cell: bool, repeat: int, **settings) -> tuple[list[float], int]:
+    """Seconds of each of `repeat` grids of `settings` drawn on `loaded` (after one warm-up), and the pipeline calls
+    one grid takes."""
+    from unittest import mock
+
+    from textinv import generate as generate_module, xyz
+    from textinv.config import GenerateConfig
+
+    alone = (lambda ready, order: [[i] for i in order]) if per_cell else xyz._groups
+    calls, render = [], generate_module.render
+
+    def counted(*a, **k):
+        calls.append(1)
+        return render(*a, **k)
+
+    times = []
+    with mock.patch.object(xyz, "_groups", alone), mock.patch.object(generate_module, "render", counted):
+        for i in range(repeat + 1):
+            calls.clear()
+            start = time.perf_counter()
+            generate_module.generate(GenerateConfig(out=str(out / f"{per_cell}-{i}"), **settings), model=loaded,
+                                     progress=False)
+            times.append(time.perf_counter() - start)
+    return times[1:], len(calls)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=9)
+    p.add_argument("--repeat", type=int, default=3, help="grids timed in each way (after one warm-up)")
+    args = p.parse_args(argv)
+
+    from textinv.models import load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    settings = dict(prompt=["a red star on a blue background"], n=1, steps=args.steps, batch_size=args.batch_size,
+                    model=args.model, x="prompt-sr=star,circle,square", y="seed=1-3")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.model}, --steps {args.steps} --batch-size "
+          f"{args.batch_size}: x {settings['x']}, y {settings['y']}")
+    print("| cells drawn | pipeline calls | s per grid (median, min-max) |")
+    print("| --- | --- | --- |")
+    with tempfile.TemporaryDirectory(prefix="textinv-xyz-") as tmp:
+        for per_cell, name in ((True, "one run a cell (before)"), (False, "together")):
+            times, calls = grid_seconds(model, Path(tmp), per_cell, args.repeat, **settings)
+            print(f"| {name} | {calls} | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
