@@ -2,7 +2,7 @@
 prompts and seeds share pipeline calls) and drawn one `generate` run a cell, as before.
 
     python -m benchmarks.xyz_speed                     # a 3x3 Prompt S/R x Seed grid, --batch-size 9, 1 thread
-    python -m benchmarks.xyz_speed --threads 2 --steps 10 --repeat 5 --batch-size 4
+    python -m benchmarks.xyz_speed --threads 2 --steps 10 --repeat 5 --batch-size 4 --x sampler=euler,euler_a
 
 The grid is drawn on the bundled shapes model (64x64) with its own guidance, -n 1, the same seeds each time, into a
 new folder each time, after one warm-up grid; "one run a cell" is `xyz._groups` made to give each cell alone, which
@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--batch-size", type=int, default=9)
     p.add_argument("--repeat", type=int, default=3, help="grids timed in each way (after one warm-up)")
+    p.add_argument("--x", default="prompt-sr=star,circle,square", help="the grid's --x (its prompt: a red star ...)")
+    p.add_argument("--y", default="seed=1-3")
     args = p.parse_args(argv)
 
     from textinv.models import load_model
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     settings = dict(prompt=["a red star on a blue background"], n=1, steps=args.steps, batch_size=args.batch_size,
-                    model=args.model, x="prompt-sr=star,circle,square", y="seed=1-3")
+                    model=args.model, x=args.x, y=args.y)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.model}, --steps {args.steps} --batch-size "
           f"{args.batch_size}: x {settings['x']}, y {settings['y']}")
     print("| cells drawn | pipeline calls | s per grid (median, min-max) |")

@@ -783,3 +783,11 @@ def test_sampler_setup_prints_a_row_per_sampler(capsys):
     assert sampler_setup.main(["--samplers", "euler", "dpm2_a", "--repeat", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| euler", "| dpm2_a"]
+
+
+def test_xyz_speed_benchmark_draws_the_grid_both_ways_and_counts_their_calls(capsys):
+    from benchmarks.xyz_speed import main as xyz_speed
+
+    assert xyz_speed(["--steps", "1", "--repeat", "1", "--x", "prompt-sr=star,circle", "--y", "seed=1,2"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith(("| one", "| tog"))]
+    assert [(row[0], row[1]) for row in rows] == [("| one run a cell (before)", "4"), ("| together", "1")]
