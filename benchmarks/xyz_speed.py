@@ -4,10 +4,11 @@ prompts and seeds share pipeline calls) and drawn one `generate` run a cell, as 
     python -m benchmarks.xyz_speed                     # a 3x3 Prompt S/R x Seed grid, --batch-size 9, 1 thread
     python -m benchmarks.xyz_speed --threads 2 --steps 10 --repeat 5 --batch-size 4 --x sampler=euler,euler_a
 
-The grid is drawn on the bundled shapes model (64x64) with its own guidance, -n 1, the same seeds each time, into a
-new folder each time, after one warm-up grid; "one run a cell" is `xyz._groups` made to give each cell alone, which
-draws what the plot drew before it grouped cells (a run and a pipeline call of one picture a cell here). The pictures
-of both are the same; the figures are seconds per grid (median, min-max) and the pipeline calls a grid takes.
+The grid is drawn on the bundled shapes model (64x64; --model another, on --device) with its own guidance, -n 1,
+the same seeds each time, into a new folder each time, after one warm-up grid; "one run a cell" is `xyz._groups`
+made to give each cell alone, which draws what the plot drew before it grouped cells (a run and a pipeline call of
+one picture a cell here). The pictures of both are the same; the figures are seconds per grid (median, min-max) and
+the pipeline calls a grid takes.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def grid_seconds(loaded, out: Path, per_cell: bool, repeat: int, **settings) -> 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapes")
+    p.add_argument("--device", default="auto", help="as generate's --device (auto: a GPU where there is one)")
+    p.add_argument("--precision", default="auto", help="as generate's (auto: fp16 on a GPU, fp32 on the CPU)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--batch-size", type=int, default=9)
@@ -58,13 +61,16 @@ def main(argv=None) -> int:
     p.add_argument("--y", default="seed=1-3")
     args = p.parse_args(argv)
 
-    from textinv.models import load_model
+    from textinv.generate import drawing_dtype
+    from textinv.models import load_model, pick_device
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    device = pick_device(args.device)
+    model = load_model(args.model, dtype=drawing_dtype(args.precision, device), device=device)
     settings = dict(prompt=["a red star on a blue background"], n=1, steps=args.steps, batch_size=args.batch_size,
                     model=args.model, x=args.x, y=args.y)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.model}, --steps {args.steps} --batch-size "
+    print(f"torch {torch.__version__}, {device}, {model.unet.dtype}, {args.threads} thread(s), {args.model}, "
+          f"--steps {args.steps} --batch-size "
           f"{args.batch_size}: x {settings['x']}, y {settings['y']}")
     print("| cells drawn | pipeline calls | s per grid (median, min-max) |")
     print("| --- | --- | --- |")
