@@ -1025,7 +1025,10 @@ def _generate(configs: list[GenerateConfig], model: Model | None, progress: bool
               where: _Where, refiner: Model | None = None, suffixes: list[str] | None = None) -> list[list[Path]]:
     """`generate_together`'s work; `where`: what it is doing, kept up to date for `_memory_error`."""
     check_model_object(model)
-    checked = [checked_settings(config) for config in configs]
+    checked: list[Checked] = []
+    for config in configs:  # (the first's --init-image pictures are every run's: one run's held, not each one's)
+        read = checked_settings(config)
+        checked.append(read._replace(pictures=None) if checked else read)
     if any(together(c) != together(checked[0]) for c in checked[1:]):
         raise ConfigError("generate_together draws runs that differ in their prompts, negative prompts and seeds "
                           "alone (`together`): draw the others with generate, one by one")

@@ -8,13 +8,15 @@ writes `xyz_grid-NNNN.png`, the cells laid out with their labels as the web UI's
 scripts/xyz_grid.py and modules/images.py's image_grid and draw_grid_annotations); with --z one grid per value,
 side by side in one picture under each value's label (and each alone too with --xyz-sub-grids).
 
-Each cell is one `generate` call with the settings of the command and the cell's values, on the one model loaded for
-the plot: its pictures are written as generate writes them (each PNG with its own settings, so `--again` draws it
-again) and are the plain generate's of those settings bit for bit. Every cell draws the same seeds (--seed, and -n
-pictures from it) unless the seed is an axis, as the web UI keeps one seed; a cell of several pictures (-n, several
---prompt) holds them all, laid out as the web UI lays out a batch (`_cell_picture`). Everything is checked before the
-model loads: the axes, their values, the count and the cells' settings (each as generate checks its own before loading:
-the files, prompts and pictures they name too).
+Each cell is drawn as a `generate` of the settings of the command and the cell's values, on the one model loaded for
+the plot: cells alike but for their prompts and seeds (a Prompt S/R, Seed or Var. seed axis) in one run of
+`generate_together`, whose pictures share pipeline calls up to --batch-size, as several --prompt of one run do; its
+pictures are written as generate writes them (each PNG with its own settings and name, so `--again` draws it again)
+and are the plain generate's of those settings bit for bit, as a seed's picture is at any --batch-size. Every cell
+draws the same seeds (--seed, and -n pictures from it) unless the seed is an axis, as the web UI keeps one seed; a
+cell of several pictures (-n, several --prompt) holds them all, laid out as the web UI lays out a batch
+(`_cell_picture`). Everything is checked before the model loads: the axes, their values, the count and the cells'
+settings (each as generate checks its own before loading: the files, prompts and pictures they name too).
 The grid keeps its first cell's record with the axes, so `--again GRID` draws the whole plot again.
 
 Values are the web UI's: comma-separated (quote a value holding a comma, as CSV), and for numbers ranges: `1-5` (1 to
@@ -675,9 +677,10 @@ def _check(cell: GenerateConfig) -> tuple:
 @warns_at_caller  # (its cells' warnings name the user's line: `errors.warn`)
 def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: set[int] | None = None,
          refiner=None) -> list[Path]:
-    """Draw the X/Y/Z plot `config.x`, `.y`, `.z` ask for: each cell with `generate` on one model (`model`, or the
-    one `config` names, loaded once; its --refiner `refiner`, or loaded once too; a refiner axis's each once, its
-    cells drawn one after another), then its `xyz_grid-NNNN.png` in `config.out` (`_save_grids`). Returns the
+    """Draw the X/Y/Z plot `config.x`, `.y`, `.z` ask for: each cell as `generate` draws it, those alike but for
+    their prompts and seeds together (`_draw_cells`), on one model (`model`, or the one `config` names, loaded once;
+    its --refiner `refiner`, or loaded once too; a refiner axis's each once, its cells drawn one after another), then
+    its `xyz_grid-NNNN.png` in `config.out` (`_save_grids`). Returns the
     grids' paths, then the cells' pictures'. `keep_seeds` (`--again`: the pictures of the batch it was drawn in that
     are written) is counted from --seed, and moves with a seed axis.
 
