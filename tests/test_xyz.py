@@ -430,6 +430,41 @@ def test_again_on_a_grid_with_sampler_and_schedule_axes_draws_each_cell_on_its_s
         assert [c.sampler for c in xyz.plan(config.validate()).cells] == samplers
 
 
+@pytest.mark.parametrize("settings, samplers, hires", [
+    # the hires fix's sampler on the first pass's schedule (the web UI's "Use same scheduler") moves with it ...
+    ({"hires_sampler": "dpm++2m_karras"}, ["euler_karras", "euler_exponential", "euler"],
+     ["dpm++2m_karras", "dpm++2m_exponential", "dpm++2m_karras"]),  # (Automatic: each sampler's own)
+    ({"sampler": "euler", "hires_sampler": "heun"}, ["euler_karras", "euler_exponential", "euler"],
+     ["heun_karras", "heun_exponential", "heun"]),
+    # ... one on a schedule of its own (the web UI's Hires schedule type) keeps it
+    ({"hires_sampler": "heun_exponential"}, ["euler_karras", "euler_exponential", "euler"], ["heun_exponential"] * 3),
+    ({"hires_sampler": "dpm++2m"}, ["euler_karras", "euler_exponential", "euler"], ["dpm++2m"] * 3),
+])
+def test_a_schedule_type_axis_puts_a_hires_sampler_on_the_first_passs_schedule_on_it(tmp_path, no_model, settings,
+                                                                                       samplers, hires):
+    """The web UI's hires pass draws on the first pass's Schedule type unless given a Hires schedule type of its own,
+    so its Schedule type axis moves both passes: textinv's moved the first pass's sampler alone, and its grid's text
+    (no Hires schedule type where the two are alike) told the web UI otherwise than it drew."""
+    config = _config(tmp_path, x="schedule=Karras,Exponential,Automatic",
+                     **{"sampler": "euler_karras", "hires_scale": 1.5, **settings})
+    cells = xyz.plan(config.validate()).cells
+    assert ([c.sampler for c in cells], [c.hires_sampler for c in cells]) == (samplers, hires)
+
+
+def test_a_schedule_type_axis_beside_a_hires_sampler_axis_moves_the_values_on_the_first_passs_schedule(tmp_path,
+                                                                                                      no_model):
+    """Either way round; a hires sampler textinv lacks on the axis's schedule is refused, as a sampler is."""
+    for x, y in (("hires-sampler=euler_karras,dpm++2m_exponential", "schedule=Karras,Uniform"),
+                 ("schedule=Karras,Uniform", "hires-sampler=euler_karras,dpm++2m_exponential")):
+        cells = xyz.plan(_config(tmp_path, sampler="dpm++2m_karras", hires_scale=1.5, x=x, y=y).validate()).cells
+        hires = sorted(c.hires_sampler for c in cells)
+        assert hires == ["dpm++2m_exponential", "dpm++2m_exponential", "euler", "euler_karras"]
+    with pytest.raises(ConfigError, match=r"^--y schedule=Karras: the hires sampler euler_a is not drawn on 'Karras' "
+                                          r"in textinv: give another schedule type or sampler"):
+        xyz.plan(_config(tmp_path, sampler="euler", hires_scale=1.5, x="hires-sampler=euler,euler_a",
+                         y="schedule=Uniform,Karras").validate())
+
+
 def test_again_on_a_web_ui_grid_reads_an_upscaling_network_on_a_hires_upscaler_axis_as_lanczos(tmp_path):
     """A picture's Hires upscaler that is an upscaling network (R-ESRGAN 4x+) is read as Lanczos with a note; a Hires
     upscaler axis holding one was read as it is, and refused when the plot was drawn. Its values are read alike."""

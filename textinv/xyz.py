@@ -210,16 +210,35 @@ def _schedule_types(items: list[str], config: GenerateConfig) -> list[str]:
 
 def _scheduled(value: str, config: GenerateConfig, values: list[str]) -> dict:
     """The cell's sampler drawn on schedule type `value`, as the web UI's Schedule type is its sampler's schedule
-    (textinv's sampler name carries it: dpm++2m_karras); refused for a sampler textinv has not on that schedule."""
-    names = webui_names(config.sampler)
-    sampler = from_webui(names[0], value) if names else None
-    if sampler is None:
+    (textinv's sampler name carries it: dpm++2m_karras), and its hires fix's sampler too where that is on the first
+    pass's schedule: the web UI's hires pass takes the first pass's Schedule type ("Use same scheduler"), a Schedule
+    type axis's value with it, unless given one of its own (its Hires schedule type, here a schedule unlike the first
+    pass's, which it keeps). Refused for a sampler textinv has not on that schedule."""
+    settings = {"sampler": _on_schedule(config.sampler, value, "sampler")}
+    hires, first = config.hires_sampler, _schedule_type(config.sampler)
+    if hires and first is not None and _schedule_type(hires) == first:
+        settings["hires_sampler"] = _on_schedule(hires, value, "hires sampler")
+    return settings
+
+
+def _schedule_type(sampler: str) -> str | None:
+    """The web UI's Schedule type sampler `sampler` draws on ("Uniform": the model's own spacing), None for one the
+    web UI has not."""
+    names = webui_names(sampler)
+    return None if names is None else names[1] or "Uniform"
+
+
+def _on_schedule(sampler: str, value: str, what: str) -> str:
+    """`sampler` (the cell's `what`) drawn on schedule type `value`, or the ConfigError of one textinv lacks."""
+    names = webui_names(sampler)
+    ours = from_webui(names[0], value) if names else None
+    if ours is None:
         why = ("is the model's own scheduler, which takes no schedule type: give --sampler (or a sampler axis)"
-               if config.sampler == "default" else
+               if sampler == "default" else
                "is no sampler of the web UI's, which takes no schedule type" if names is None else
                f"is not drawn on {value!r} in textinv: give another schedule type or sampler")
-        raise ConfigError(f"the sampler {config.sampler} {why}")
-    return {"sampler": sampler}
+        raise ConfigError(f"the {what} {sampler} {why}")
+    return ours
 
 
 def _strength(value: float, config: GenerateConfig, values: list[float]) -> dict:
