@@ -465,6 +465,74 @@ def test_a_schedule_type_axis_beside_a_hires_sampler_axis_moves_the_values_on_th
                          y="schedule=Uniform,Karras").validate())
 
 
+_HIRES = "Denoising strength: 0.5, Hires upscale: 2"
+
+
+@pytest.mark.parametrize("first, hires, axes, samplers", [
+    # a Hires sampler axis: each value on the Hires schedule type, else on the first pass's Schedule type
+    ("Euler, Schedule type: Karras", "", 'X Type: Hires sampler, X Values: "Euler,DPM++ 2M"',
+     ["euler_karras", "dpm++2m_karras"]),
+    ("Euler, Schedule type: Karras", ", Hires schedule type: Exponential",
+     'X Type: Hires sampler, X Values: "Euler,DPM++ 2M"', ["euler_exponential", "dpm++2m_exponential"]),
+    # (a Schedule type that is the sampler's own may be its Automatic, each hires sampler's own then; not where the
+    # first cell's would have drawn on another on Automatic: a Hires schedule type would say so)
+    ("DPM++ 2M SDE, Schedule type: Exponential", "", 'X Type: Hires sampler, X Values: "Euler,Restart"',
+     ["euler", "restart_karras"]),
+    ("DPM++ 2M SDE, Schedule type: Exponential", "", 'X Type: Hires sampler, X Values: "Restart,Euler"',
+     ["restart_exponential", "euler_exponential"]),
+    # beside a Schedule type axis: each cell's, unless a Hires schedule type is the hires pass's own
+    ("Euler, Schedule type: Karras", "", 'X Type: Hires sampler, X Values: "Euler,DPM++ 2M", Y Type: Schedule type, '
+                                         'Y Values: "Karras,Exponential"',
+     ["euler_karras", "dpm++2m_karras", "euler_exponential", "dpm++2m_exponential"]),
+    ("Euler, Schedule type: Karras", ", Hires schedule type: Uniform", 'X Type: Schedule type, X Values: '
+                                                                         '"Karras,Exponential", Y Type: Hires sampler, '
+                                                                         'Y Values: "Euler,DPM++ 2M"',
+     ["euler", "euler", "dpm++2m", "dpm++2m"]),
+    # the picture's own Hires sampler likewise, beside a Schedule type axis or a Sampler axis and one
+    ("DPM++ 2M, Schedule type: Karras", ", Hires sampler: Heun", 'X Type: Schedule type, X Values: '
+                                                                   '"Karras,Exponential"', ["heun_karras", "heun_exponential"]),
+    ("DPM++ 2M, Schedule type: Karras", ", Hires sampler: Heun", 'X Type: Sampler, X Values: "DPM++ 2M,Euler", '
+                                                                   'Y Type: Schedule type, Y Values: "Karras,Exponential"',
+     ["heun_karras", "heun_karras", "heun_exponential", "heun_exponential"]),
+])
+def test_again_on_a_web_ui_grid_draws_its_hires_samplers_on_the_hires_passs_schedule_type(tmp_path, first, hires,
+                                                                                          axes, samplers):
+    """The web UI's hires pass draws on its Hires schedule type, else ("Use same scheduler") on the first pass's, a
+    Schedule type axis's value in the cell: --again read a Hires sampler axis's values each on its own schedule, and
+    the picture's Heun on none beside a Schedule type axis."""
+    from conftest import again_warned, web_ui_picture
+
+    grid = web_ui_picture(tmp_path / "grid.png", (
+        f"a photo of a dog\nSteps: 2, Sampler: {first}, CFG scale: 7, Seed: 5, Size: 16x16, {_HIRES}{hires}, "
+        f"Script: X/Y/Z plot, {axes}"))
+    config, _ = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a")})
+    assert [c.hires_sampler for c in xyz.plan(config.validate()).cells] == samplers
+
+
+def test_again_reads_a_web_ui_pictures_hires_sampler_on_a_schedule_type_chosen_for_the_first_pass(tmp_path):
+    """Euler's Schedule type Karras is a choice (its Automatic is none), which a hires pass with no Hires schedule type
+    of its own drew on: it was read on the model's spacing, as after a first pass whose schedule is its own."""
+    from conftest import again_warned, web_ui_picture
+
+    for first, ours in (("Euler", "heun_karras"), ("DPM++ 2M", "heun")):
+        picture = web_ui_picture(tmp_path / "p.png", f"a dog\nSteps: 2, Sampler: {first}, Schedule type: Karras, "
+                                                      f"Seed: 5, Size: 16x16, {_HIRES}, Hires sampler: Heun")
+        assert again_warned(picture, {"model": "shapes", "out": str(tmp_path / "a")})[0].hires_sampler == ours
+
+
+def test_again_on_a_web_ui_grid_asks_for_a_hires_sampler_axis_textinv_lacks_on_its_schedule_type(tmp_path):
+    from conftest import web_ui_picture
+    from textinv.again import again_config
+
+    grid = web_ui_picture(tmp_path / "grid.png", (
+        f'a photo of a dog\nSteps: 2, Sampler: Euler, Schedule type: Karras, Seed: 5, Size: 16x16, {_HIRES}, '
+        f'Script: X/Y/Z plot, X Type: Hires sampler, X Values: "Euler,Euler a"'))
+    with pytest.raises(ConfigError, match=r"its X axis, Hires sampler \(Euler,Euler a\), drew 'Euler a' on Schedule "
+                                          r"type Karras, which textinv does not have: give the axis beside --again, "
+                                          r"--x 'hires-sampler=...'"):
+        again_config(grid, {"model": "shapes", "out": str(tmp_path / "a")})
+
+
 def test_again_on_a_web_ui_grid_reads_an_upscaling_network_on_a_hires_upscaler_axis_as_lanczos(tmp_path):
     """A picture's Hires upscaler that is an upscaling network (R-ESRGAN 4x+) is read as Lanczos with a note; a Hires
     upscaler axis holding one was read as it is, and refused when the plot was drawn. Its values are read alike."""

@@ -629,8 +629,8 @@ def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], ne
     """The axes of the web UI's X/Y/Z plot (its grid's, and first cell's, `Script: X/Y/Z plot`, `X Type`, `X Values`,
     ...) into `settings` as --x, --y and --z, so that --again draws the plot, as the web UI's PNG Info restores the
     script; a seed or Var. seed axis with the seeds it drew (`Fixed X Values`: -1 drawn), a Hires upscaler axis's
-    upscaling networks as Lanczos (`_a1111_upscaler`, as the picture's own), a Sampler axis's samplers on the
-    picture's Schedule type where no axis gives one (`_a1111_plot_samplers`; one textinv lacks into `needs`). An
+    upscaling networks as Lanczos (`_a1111_upscaler`, as the picture's own), a Sampler or Hires sampler axis's
+    samplers on the schedule type they drew on (`_a1111_plot_samplers`; one textinv lacks into `needs`). An
     axis textinv has none of (Checkpoint name, Styles, ...: the note says how to get the same with textinv,
     `xyz.WEBUI_ONLY`), or whose values are model files the web UI names its own way (Refiner checkpoint), is left out
     with a note. Returns the fields read."""
@@ -639,7 +639,7 @@ def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], ne
 
     if str(fields.get("Script", "")).strip() != SCRIPT:
         return ()
-    kinds = {_SPELLINGS.get(str(fields.get(f"{key} Type", "")).strip().lower()) for key in "XYZ"}
+    kinds = _a1111_plot_kinds(fields)
     for key in "XYZ":
         kind, values = str(fields.get(f"{key} Type", "")).strip(), fields.get(f"{key} Values", "")
         if not kind:
@@ -657,8 +657,12 @@ def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], ne
             values = fields.get(f"Fixed {key} Values") or values
         if name == "hires-upscaler":  # (as the picture's own: an upscaling network read as Lanczos, with its note)
             values = ",".join(_a1111_upscaler(path, value, notes) for value in split_values(values))
-        if name == "sampler" and "schedule" not in kinds:
-            values = _a1111_plot_samplers(path, key, values, fields.get("Schedule type"), needs)
+        if name in ("sampler", "hires-sampler"):
+            plotted = "schedule" in kinds  # (a Schedule type axis sets each cell's schedule: `xyz._scheduled`)
+            on = (fields.get("Schedule type") if name == "sampler" else
+                  _a1111_hires_schedule(fields, plotted, next(iter(split_values(values)), "")))
+            moved = plotted and (name == "sampler" or "Hires schedule type" not in fields)
+            values = _a1111_plot_samplers(path, key, kind, name, values, on, moved, needs)
             if values is None:
                 continue
         settings[key.lower()] = f"{name}={values}"
@@ -666,24 +670,55 @@ def _a1111_plot(path: Path, fields: dict[str, str], settings: dict[str, Any], ne
                          (("", "Type"), ("", "Values"), ("Fixed ", "Values"))))
 
 
-def _a1111_plot_samplers(path: Path, key: str, values: str, schedule: str | None, needs: dict[str, str]
-                         ) -> str | None:
-    """The web UI's Sampler axis `values` (its `key` axis) as textinv's samplers, each on the picture's Schedule type
-    `schedule`: the axis sets each cell's sampler alone, its schedule staying the picture's (a sampler that carries
-    one in its name, "DPM++ 2M Karras", keeps its own, as in the web UI: `from_webui`), and textinv's sampler name
-    carries the schedule. None, the axis asked for in `needs`, where one is no sampler textinv draws on it."""
+def _a1111_plot_kinds(fields: dict[str, str]) -> set[str]:
+    """textinv's names of the axes of the web UI's X/Y/Z plot `fields` hold (none where they hold no plot)."""
+    from .xyz import _SPELLINGS, SCRIPT
+
+    if str(fields.get("Script", "")).strip() != SCRIPT:
+        return set()
+    return {_SPELLINGS[kind] for key in "XYZ" if (kind := str(fields.get(f"{key} Type", "")).strip().lower())
+            in _SPELLINGS}
+
+
+def _a1111_plot_samplers(path: Path, key: str, kind: str, name: str, values: str, on: str | None, moved: bool,
+                         needs: dict[str, str]) -> str | None:
+    """The web UI's Sampler or Hires sampler axis `values` (its `key` axis, textinv's axis `name`) as textinv's
+    samplers, each on the schedule type its cell drew it on, `on` (`from_webui`'s schedule): the axis
+    sets each cell's sampler alone, its schedule staying the picture's (a Sampler's Schedule type; a Hires sampler's
+    Hires schedule type, else the first pass's: `_a1111_hires_schedule`; a sampler that carries one in its name,
+    "DPM++ 2M Karras", keeps its own, as the web UI reads it: `from_webui`), and textinv's sampler name carries the
+    schedule. Where a Schedule type axis gives each cell's (`moved`), a sampler textinv lacks on the picture's is read
+    as it is (`xyz._scheduled` puts it on the cell's); else None, the axis asked for in `needs`."""
     from .xyz import split_values
 
     items = split_values(values)
-    ours = [from_webui(item, schedule) for item in items]
+    ours = [from_webui(item, on) or (item if moved else None) for item in items]
     if None not in ours:
         return ",".join(ours)
-    lacking = ", ".join(repr(item) for item, name in zip(items, ours) if name is None)
-    needs[key.lower()] = (f"--again {path} is the web UI's X/Y/Z plot, its {key} axis, Sampler ({values}), drew "
-                          f"{lacking}{f' on Schedule type {schedule}' if schedule else ''}, which textinv does not "
-                          f"have: give the axis beside --again, --{key.lower()} 'sampler=...', with samplers textinv "
+    lacking = ", ".join(repr(item) for item, drawn in zip(items, ours) if drawn is None)
+    needs[key.lower()] = (f"--again {path} is the web UI's X/Y/Z plot, its {key} axis, {kind} ({values}), drew "
+                          f"{lacking}{f' on Schedule type {on}' if on else ''}, which textinv does not "
+                          f"have: give the axis beside --again, --{key.lower()} '{name}=...', with samplers textinv "
                           f"has (textinv generate --help lists them)")
     return None
+
+
+def _a1111_hires_schedule(fields: dict[str, str], plotted: bool, hires: str) -> str | None:
+    """The schedule type the web UI's hires pass drew the picture's Hires sampler `hires` (a Hires sampler axis's
+    first value: the first cell's) on, and with it every other value, as `from_webui`'s schedule: its Hires schedule
+    type, else the first pass's (the web UI's "Use same scheduler": it writes a Hires schedule type only where the
+    two differ). That is its Schedule type where that was chosen: where a Schedule type axis gives each cell's
+    (`plotted`: the hires samplers are read on the picture's, and `xyz._scheduled` moves them with the cell's),
+    where it is not the Sampler's own (Euler on Karras), or where `hires` on it is not on its own (else written);
+    one that is the Sampler's own (DPM++ 2M on Karras) may be the web UI's Automatic, each hires sampler's own."""
+    if fields.get("Hires schedule type"):
+        return fields["Hires schedule type"]
+    first, sampler = fields.get("Schedule type"), fields.get("Sampler", "")
+    own = from_webui(hires, "Automatic")
+    if not first or plotted or from_webui(sampler, first) != from_webui(sampler, "Automatic") or (
+            own != from_webui(hires, "Uniform") and own != from_webui(hires, first)):
+        return first
+    return "Automatic"
 
 
 def _a1111_upscaler(path: Path, upscaler: str, notes: list[str]) -> str:
@@ -703,18 +738,19 @@ def _a1111_upscaler(path: Path, upscaler: str, notes: list[str]) -> str:
 def _a1111_sampler(path: Path, fields: dict[str, str], hires: bool, settings: dict[str, Any],
                    needs: dict[str, str]) -> None:
     """The web UI's `Sampler` and `Schedule type` (`hires`: its `Hires sampler` and `Hires schedule type`, which it
-    writes only where it differs from the first pass's: `from_webui`'s `first`) into `settings` as textinv's sampler,
-    or into `needs` when textinv has none such."""
+    writes only where it differs from the first pass's: `_a1111_hires_schedule`) into `settings` as textinv's
+    sampler, or into `needs` when textinv has none such."""
     sampler, schedule = ("Hires sampler", "Hires schedule type") if hires else ("Sampler", "Schedule type")
     if sampler not in fields:
         return
     name = "hires_sampler" if hires else "sampler"
-    first = fields.get("Schedule type") if hires else None
-    ours = from_webui(fields[sampler], fields.get(schedule), first)
+    plotted = "schedule" in _a1111_plot_kinds(fields)  # (a Schedule type axis: `_a1111_hires_schedule`)
+    on = _a1111_hires_schedule(fields, plotted, fields[sampler]) if hires else fields.get(schedule)
+    ours = from_webui(fields[sampler], on)
     if ours:
         settings[name] = ours
         return
-    said = ", Schedule type ".join(s for s in (fields[sampler], fields.get(schedule) or first) if s)
+    said = ", Schedule type ".join(s for s in (fields[sampler], on) if s)
     needs[name] = (f"--again {path} was {'redrawn by its hires fix' if hires else 'drawn'} with the web UI's sampler "
                    f"{said!r}, which textinv does not have: choose one with --{name.replace('_', '-')} (textinv "
                    f"generate --help lists them){'' if hires else ', or default'}")

@@ -419,13 +419,11 @@ def webui_hires_names(name: str, first: str) -> tuple[str, str | None] | None:
     return sampler, None if schedule == before else schedule
 
 
-def from_webui(sampler: str, schedule: str | None, first: str | None = None) -> str | None:
+def from_webui(sampler: str, schedule: str | None) -> str | None:
     """textinv's name for the web UI's `Sampler` and `Schedule type` (None when its text has none), or None when
     textinv has no such sampler. No schedule is the model's spacing, as before the web UI had the setting (Restart's
     Karras, its only one then); its sampler may carry the schedule in its name, as then ("DPM++ 2M Karras");
-    "Automatic" is the sampler's own. `first` (of a `Hires sampler`): the first pass's `Schedule type`, which a hires
-    sampler with a schedule of its own drew on where none of its own is written, as the web UI writes the hires
-    pass's only where it differs.
+    "Automatic" is the sampler's own.
 
     >>> from_webui("DPM++ 2M", "Karras"), from_webui("DPM++ 2M Karras", None), from_webui("DPM++ 2M", "Automatic")
     ('dpm++2m_karras', 'dpm++2m_karras', 'dpm++2m_karras')
@@ -439,8 +437,6 @@ def from_webui(sampler: str, schedule: str | None, first: str | None = None) -> 
     base = next((name for name, b in BASES.items() if b.label and b.label.lower() == sampler.lower()), None)
     if base is None:
         return None
-    if not schedule and first and BASES[base].automatic:
-        schedule = first.strip()
     if base == "restart" and not schedule:  # (before the setting, the web UI's Restart always drew on Karras's)
         schedule = "karras"
     return _named(base, BASES[base].automatic if schedule.lower() == "automatic" else schedule)
