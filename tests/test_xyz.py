@@ -533,6 +533,20 @@ def test_again_on_a_web_ui_grid_asks_for_a_hires_sampler_axis_textinv_lacks_on_i
         again_config(grid, {"model": "shapes", "out": str(tmp_path / "a")})
 
 
+def test_again_on_a_web_ui_grid_draws_a_sampler_named_with_a_schedule_on_a_schedule_type_axiss(tmp_path):
+    """The web UI's Sampler axis takes a name that carries a schedule ("DPM++ 2M Karras") before version 1.9 only,
+    where its Schedule type axis set the schedule of every sampler (Automatic left each its own), so the axis's
+    schedule is the cell's; 1.9 on refuses the name (an unknown sampler). A guard: textinv does so already."""
+    from conftest import again_warned, web_ui_picture
+
+    grid = web_ui_picture(tmp_path / "grid.png", (
+        'a photo of a dog\nSteps: 2, Sampler: DPM++ 2M Karras, Seed: 5, Size: 16x16, Script: X/Y/Z plot, X Type: '
+        'Sampler, X Values: "DPM++ 2M Karras,Euler", Y Type: Schedule type, Y Values: "exponential,Automatic"'))
+    config, _ = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a")})
+    assert [c.sampler for c in xyz.plan(config.validate()).cells] == ["dpm++2m_exponential", "euler_exponential",
+                                                                      "dpm++2m_karras", "euler"]
+
+
 def test_again_on_a_web_ui_grid_reads_an_upscaling_network_on_a_hires_upscaler_axis_as_lanczos(tmp_path):
     """A picture's Hires upscaler that is an upscaling network (R-ESRGAN 4x+) is read as Lanczos with a note; a Hires
     upscaler axis holding one was read as it is, and refused when the plot was drawn. Its values are read alike."""
