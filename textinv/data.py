@@ -619,7 +619,7 @@ def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, 
         raise DataError(_unidentified(path)) from e
     except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError... on bad bytes
         raise DataError(f"cannot read the picture {path} ({e}); it may be corrupt or cut short: "
-                        "re-export it or remove it from the folder") from e
+                        "re-export it (a training folder's: or move it out of the folder)") from e
     try:
         img = _eight_bit(img)  # (once, for both)
         return to_rgb(img), alpha_channel(img) if alpha else None, full, _area(extent, img.size, orientation)
