@@ -606,3 +606,32 @@ def test_a_mask_whose_white_is_lost_in_scaling_to_the_picture_is_refused(tmp_pat
         generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "small.png"),
                                 mask=str(tmp_path / "thin.png"), out=str(tmp_path / "o")), progress=False)
     assert Inpaint(inpaint.read_mask(tmp_path / "thin.png")).for_picture((16, 16)).getbbox() is None
+
+
+@pytest.mark.parametrize("area", ["whole", "masked"])
+def test_init_pictures_of_one_size_under_one_mask_share_a_call_each_inpainted_as_alone(sd1_dir, tmp_path,
+                                                                                       monkeypatch, area):
+    """A folder of pictures inpainted under one --mask draws them in one call at --batch-size 2, each row its own
+    picture and its own part of the mask, each picture kept where the mask keeps it: what --batch-size 1 draws."""
+    from conftest import recorded_arguments
+    from textinv import generate as generating
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in (0, 1):
+        _picture(seed=seed).save(photos / f"room{seed}.png")
+    _square_mask().save(tmp_path / "mask.png")
+    model = load_model(sd1_dir)
+    calls = recorded_arguments(monkeypatch, generating, "render", "seeds")
+    settings = dict(prompt=["a dog"], n=1, seed=3, steps=2, width=32, model=str(sd1_dir), init_image=str(photos),
+                    mask=str(tmp_path / "mask.png"), inpaint_area=area, mask_blur=0)
+    together = generate(GenerateConfig(**settings, batch_size=2, out=str(tmp_path / "b")), model=model,
+                        progress=False)
+    assert calls == [([3, 3],)]
+    alone = generate(GenerateConfig(**settings, batch_size=1, out=str(tmp_path / "a")), model=model, progress=False)
+    assert len(calls) == 3 and [p.name for p in together] == [p.name for p in alone]
+    for seed, mine, one in zip((0, 1), together, alone):
+        drawn = np.asarray(Image.open(mine)).astype(int)
+        assert np.abs(drawn - np.asarray(Image.open(one))).max() <= 1
+        kept = np.asarray(_square_mask()) == 0
+        assert np.array_equal(drawn[kept], np.asarray(_picture(seed=seed))[kept])

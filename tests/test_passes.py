@@ -823,6 +823,69 @@ def test_a_hires_prompt_without_lora_tags_draws_the_second_pass_without_the_prom
     assert "film: " in Image.open(paths[0]).text["lora_hashes"]  # (the first pass drew with it)
 
 
+def _text_but_the_batch(path: Path) -> dict:
+    """A picture's PNG text without what tells the batch it was drawn in (its call's seeds, the --batch-size)."""
+    text = dict(Image.open(path).text)
+    record = json.loads(text.pop(RECORD_KEY))
+    record.pop("batch_seeds")
+    record["settings"].pop("batch_size", None)
+    return {**text, RECORD_KEY: record}
+
+
+def test_an_init_image_folders_pictures_of_one_size_share_a_call_each_drawn_from_its_own(sd1_dir, tmp_path,
+                                                                                         monkeypatch):
+    """A folder of three pictures of one size at --batch-size 3 draws in one pipeline call, a row for each picture:
+    the files, their names, order and text are those of --batch-size 1 (but for the batch each records), and
+    --again redraws one of them."""
+    from textinv import generate as generating
+    from textinv.again import again_config
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, colour in (("a", "red"), ("b", "blue"), ("c", "yellow")):
+        Image.new("RGB", (40, 20), colour).save(photos / f"{name}.png")
+    model = fresh_model(sd1_dir)
+    calls = recorded_arguments(monkeypatch, generating, "render", "seeds", "start")
+    settings = dict(prompt=["a dog"], n=1, seed=2, steps=2, width=16, model=str(sd1_dir), init_image=str(photos),
+                    denoise=0.25, metadata="full")
+    together = generate(GenerateConfig(**settings, batch_size=3, out=str(tmp_path / "b")), model=model,
+                        progress=False)
+    assert [(seeds, [p.getpixel((0, 0)) for p in start]) for seeds, start in calls] == [
+        ([2, 2, 2], [(255, 0, 0), (0, 0, 255), (255, 255, 0)])]
+    calls.clear()
+    alone = generate(GenerateConfig(**settings, batch_size=1, out=str(tmp_path / "a")), model=model, progress=False)
+    assert len(calls) == 3
+    assert [p.name for p in together] == [p.name for p in alone] == ["000-a-dog-a-s2.png", "000-a-dog-b-s2.png",
+                                                                     "000-a-dog-c-s2.png"]
+    drawn = [np.asarray(Image.open(p)).astype(int) for p in together]
+    for mine, one in zip(together, alone):  # (up to rounding, as at any --batch-size)
+        assert np.abs(np.asarray(Image.open(mine)).astype(int) - np.asarray(Image.open(one))).max() <= 1
+        assert _text_but_the_batch(mine) == _text_but_the_batch(one)
+    assert np.abs(drawn[0] - drawn[1]).max() > 10  # (each row from its own picture)
+    assert json.loads(Image.open(together[1]).text[RECORD_KEY])["batch_seeds"] == [2, 2, 2]
+    config, keep = again_config(together[1], {"out": str(tmp_path / "c")})
+    again = generate(config, model=model, progress=False, keep_seeds=keep)
+    assert len(again) == 1  # (of the kept seed alone, drawn in a batch of as many, each row from b.png)
+    assert np.abs(np.asarray(Image.open(again[0])).astype(int) - drawn[1]).max() <= 1
+
+
+def test_init_pictures_drawn_at_different_sizes_never_share_a_call(sd1_dir, tmp_path, monkeypatch):
+    """Pictures share a call where they draw at one size (`refine.start_size`: a 40x20 and an 80x40 both at 16x8),
+    only with their neighbours in the order they are written: a tall picture between them cuts the batch."""
+    from textinv import generate as generating
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, size in (("a", (40, 20)), ("b", (80, 40)), ("c", (20, 40)), ("d", (40, 20))):
+        Image.new("RGB", size, "red").save(photos / f"{name}.png")
+    calls = recorded_arguments(monkeypatch, generating, "render", "seeds", "width", "height")
+    paths = generate(GenerateConfig(prompt=["a dog"], n=2, seed=2, steps=1, width=16, batch_size=8,
+                                    model=str(sd1_dir), init_image=str(photos), out=str(tmp_path / "a")),
+                     progress=False)
+    assert calls == [([2, 3, 2, 3], 16, 8), ([2, 3], 16, 32), ([2, 3], 16, 8)]
+    assert [Image.open(p).size for p in paths] == [(16, 8)] * 4 + [(16, 32)] * 2 + [(16, 8)] * 2
+
+
 def test_again_of_a_shareable_folder_drawn_picture_given_the_folder_redraws_that_picture(sd1_dir, tmp_path):
     # the refusal asks for "--init-image with where wide.png is": the folder it lies in is an answer, and draws the
     # picture recorded, not every picture of the folder

@@ -1275,14 +1275,14 @@ def drawing_dtype(precision: str, device: str | torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def _sizes(config: GenerateConfig, model: Model, init: Image.Image | None
+def _sizes(config: GenerateConfig, model: Model, init: tuple[int, int] | None
            ) -> tuple[int, int, Hires | None, tuple[int, int]]:
-    """The first pass's width and height (an --init-image's from its picture, `refine.start_size`), the hires fix
-    (None: off) and the pictures' own size (W, H)."""
+    """The first pass's width and height (an --init-image's from its picture's size `init`, `refine.start_size`),
+    the hires fix (None: off) and the pictures' own size (W, H)."""
     width = config.width or config.resolution or model.resolution
     height = config.height or config.resolution or model.resolution
     if init is not None:
-        width, height = refine.start_size(init.size, config.width, config.height,
+        width, height = refine.start_size(init, config.width, config.height,
                                           config.resolution or model.resolution,
                                           math.lcm(8, model.pipeline.vae_scale_factor))
     if not config.hires():
@@ -1538,14 +1538,17 @@ def _batches(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt]
     at a time: each job's seeds over each --init-image picture (or none), up to --batch-size pictures a call (which
     bounds the memory). Pictures of different prompts (dynamic prompts' draws, several --prompt, the runs of
     `generate_together`) share a call where nothing but their words tells them apart (`_mixable`), so a varied
-    template draws full batches; each is still the picture its seed draws alone, as a seed's picture is at any batch
-    size."""
+    template draws full batches, and pictures of different --init-image pictures share one where they draw at one
+    size (`_start_size`), each row from its own picture (and its own part of the --mask: `render`'s `start`), so a
+    folder of photos draws full batches too; each is still the picture its seed draws alone, as a seed's picture is
+    at any batch size."""
     batch: list[tuple[int, Path | None, int]] = []
     kind = None
+    starts = {source: _start_size(run, source) for source in run.pictures.sources}
     for index, job in enumerate(jobs):
         mixable = _mixable(run, prompts[index])  # (its prompt's, whatever the picture: laid out once a job)
         for source in run.pictures.sources:
-            mine = (source, mixable)
+            mine = (starts[source], mixable)
             for seed in job.seeds:
                 if batch and (mine != kind or len(batch) == run.config.batch_size):
                     yield batch
@@ -1554,6 +1557,14 @@ def _batches(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt]
                 kind = mine
     if batch:
         yield batch
+
+
+def _start_size(run: _Run, source: Path | None) -> tuple[int, int] | None:
+    """The size (W, H) the pictures redrawn from --init-image picture `source` are drawn at (None: no picture), read
+    from its size before it is decoded again: pictures of different sizes never share a pipeline call."""
+    if source is None:
+        return None
+    return _sizes(run.config, run.model, run.pictures.sizes[source])[:2]
 
 
 def _schedule_passes(run: _Run) -> list[tuple[int, int | None]]:
@@ -1599,10 +1610,11 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     """Draw and write one of `_batches`' batches in one `render` call, its LoRAs made active first."""
     config, model = run.config, run.model
     first, source, _ = batch[0]
-    init = run.pictures.picture(source)
-    passes = {index: _source_pass(run, jobs[index], prompts[index], source, init, run.config_of(index))
-              for index in dict.fromkeys(index for index, _, _ in batch)}
-    width, height, hires, drawn, _ = passes[first]  # (the same for every job: its size, its hires prompt)
+    inits = {s: run.pictures.picture(s) for _, s, _ in batch}  # (each row's, each picture decoded once a batch)
+    passes = {(index, s): _source_pass(run, jobs[index], prompts[index], s, run.config_of(index))
+              for index, s, _ in batch}
+    # (the same for every row: its size, `_start_size`, and its hires prompt)
+    width, height, hires, drawn, _ = passes[first, source]
     seeds = [seed for _, _, seed in batch]
     run.where.batch, (run.where.width, run.where.height) = len(batch), drawn
     variation = ([_variation_seed(run.config_of(index), seed) for index, _, seed in batch],
@@ -1618,14 +1630,15 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     images = render(model, [prompts[index].expanded for index, _, _ in batch], seeds, run.steps,
                     guidance=run.guidance, negative_prompt=None if config.zero_negative else negative,
                     sampler=config.sampler, clip_skip=run.clip_skip, width=width, height=height,
-                    start=None if init is None else [init] * len(batch), denoise=passes_denoise(config), hires=hires,
+                    start=None if source is None else [inits[s] for _, s, _ in batch],
+                    denoise=passes_denoise(config), hires=hires,
                     variation=variation, tiling=config.tiling, emphasis_mode=config.emphasis, inpaint=run.inpaint,
                     refiner=run.refiner, old_editing=config.old_prompt_editing, eta=config.eta, ensd=config.ensd,
                     clip_l=clip_l, churn=config.churn(), discard=config.discard_penultimate_sigma,
                     pad_conds=_pad_mode(config))
     # (the hires fix's LoRAs went to --hires-model, where there is one: `_hires_switch`)
     run.loras_on = _lora_set(run.hires.tags if prompt.switch and run.hires_model is None else prompt.tags)
-    _write_batch(run, batch, images, {index: made[4] for index, made in passes.items()}, bar)
+    _write_batch(run, batch, images, {row: made[4] for row, made in passes.items()}, bar)
 
 
 def write_failed(error: OSError, out: Path, written: int) -> ConfigError:
@@ -1645,16 +1658,17 @@ def write_failed(error: OSError, out: Path, written: int) -> ConfigError:
 
 
 def _write_batch(run: _Run, batch: list[tuple[int, Path | None, int]], images: list[Image.Image],
-                 texts: dict[int, _Text], bar) -> None:
+                 texts: dict[tuple[int, Path | None], _Text], bar) -> None:
     """Write the pictures of `batch` (`_batches`), drawn in one call (only `keep_seeds`' when given), each with its
-    job's PNG text (`texts`, by the job's place; none under --metadata none)."""
+    job's PNG text for its --init-image picture (`texts`, by the job's place and the picture; none under --metadata
+    none)."""
     config = run.config
     chunk = [seed for _, _, seed in batch]
     for (index, source, seed), img in zip(batch, images):
         bar.update(1)
         if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
             continue
-        info = texts[index].png(run.config_of(index), seed, chunk) if config.metadata != "none" else None
+        info = texts[index, source].png(run.config_of(index), seed, chunk) if config.metadata != "none" else None
         part = run.part[index]
         try:
             path, run.suffix[part] = _save_new(img, Path(config.out), run.names[index, source, seed],
@@ -1700,13 +1714,13 @@ def _prompt_hashes(run: _Run, loras: list[emphasis.LoraTag], first: list[str], s
             "ti_hashes": ", ".join(text for text in (files, bundled) if text)}
 
 
-def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | None, init: Image.Image | None,
-                 config: GenerateConfig) -> tuple[int, int, Hires | None, tuple[int, int], _Text]:
-    """What a job's pictures from one --init-image picture `init` (None: none) draw at: the first pass's width and
+def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | None, config: GenerateConfig
+                 ) -> tuple[int, int, Hires | None, tuple[int, int], _Text]:
+    """What a job's pictures from one --init-image picture `source` (None: none) draw at: the first pass's width and
     height, the hires fix with this prompt's second pass, the pictures' size (warned of when large) and their
     PNG text (recording `config`, its run's settings)."""
     model = run.model
-    width, height, hires, drawn = _sizes(config, model, init)
+    width, height, hires, drawn = _sizes(config, model, run.pictures.sizes.get(source))
     if hires is not None:  # (with this prompt's second pass)
         text = run.hires.text
         hires = replace(hires, prompt=expand_all(text, run.embeddings, run.model) if text is not None else None,
@@ -1715,7 +1729,7 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
         run.warned.add(drawn)
         _warn_large(model, drawn, stacklevel=5)
     shared = _record(config, model, run.steps, run.guidance, run.clip_skip, width, height, source)
-    img2img = (passes_denoise(config) or refine.IMG2IMG_DENOISE) if init is not None else None
+    img2img = (passes_denoise(config) or refine.IMG2IMG_DENOISE) if source is not None else None
     second = (hires.model or model) if hires is not None else model  # (the model of the pass the refiner draws in)
     refined = run.refiner is not None and refiner_switches(second, run.refiner, run.steps, config.sampler, img2img,
                                                             hires, config.discard_penultimate_sigma)
