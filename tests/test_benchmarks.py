@@ -791,3 +791,12 @@ def test_xyz_speed_benchmark_draws_the_grid_both_ways_and_counts_their_calls(cap
     assert xyz_speed(["--steps", "1", "--repeat", "1", "--x", "prompt-sr=star,circle", "--y", "seed=1,2"]) == 0
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith(("| one", "| tog"))]
     assert [(row[0], row[1]) for row in rows] == [("| one run a cell (before)", "4"), ("| together", "1")]
+
+
+def test_init_batch_speed_benchmark_draws_the_folder_both_ways_and_counts_their_calls(capsys):
+    from benchmarks.init_batch_speed import main as init_batch_speed
+
+    assert init_batch_speed(["--pictures", "2", "--steps", "2", "--repeat", "1"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and
+            line[2].isdigit()]
+    assert [(row[0], row[1]) for row in rows] == [("| 1", "2"), ("| 2", "1")]

@@ -1,0 +1,96 @@
+"""img2img over a folder of --init-image pictures of one size, at --batch-size 1 (a pipeline call a picture, as every
+folder drew before its pictures shared calls) and at one batch of them all.
+
+    python -m benchmarks.init_batch_speed                  # 6 pictures of 64x64, 25 steps, --denoise 0.75, 1 thread
+    python -m benchmarks.init_batch_speed --pictures 8 --steps 10 --repeat 5 --threads 2 --device cuda
+
+The folder holds `--pictures` pictures of the bundled shapes model's 64x64 (a shape of its own colour each, drawn
+with Pillow), redrawn with one prompt and seed on the shapes model (--model another, on --device), into a new
+folder each time, after one warm-up run. The pictures of both are the same (`tests/test_passes.py` checks that); the
+figures are seconds per folder (median, min-max) and the pipeline calls a folder takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+COLOURS = ["red", "blue", "green", "yellow", "white", "purple", "orange", "cyan", "magenta", "black"]
+
+
+def make_folder(folder: Path, count: int, size: int = 64) -> None:
+    """`count` pictures of `size` x `size` in `folder`: a shape on a background, each of its own colours."""
+    folder.mkdir()
+    for i in range(count):
+        picture = Image.new("RGB", (size, size), COLOURS[i % len(COLOURS)])
+        box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+        ImageDraw.Draw(picture).ellipse(box, fill=COLOURS[(i + 3) % len(COLOURS)])
+        picture.save(folder / f"{i:02d}.png")
+
+
+def folder_seconds(loaded, out: Path, batch_size: int, repeat: int, **settings) -> tuple[list[float], int]:
+    """Seconds of each of `repeat` runs of `settings` at `batch_size` drawn on `loaded` (after one warm-up), and the
+    pipeline calls one run takes."""
+    from unittest import mock
+
+    from textinv import generate as generate_module
+    from textinv.config import GenerateConfig
+
+    calls, render = [], generate_module.render
+
+    def counted(*a, **k):
+        calls.append(1)
+        return render(*a, **k)
+
+    times = []
+    with mock.patch.object(generate_module, "render", counted):
+        for i in range(repeat + 1):
+            calls.clear()
+            start = time.perf_counter()
+            generate_module.generate(GenerateConfig(out=str(out / f"{batch_size}-{i}"), batch_size=batch_size,
+                                                    **settings), model=loaded, progress=False)
+            times.append(time.perf_counter() - start)
+    return times[1:], len(calls)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--device", default="auto", help="as generate's --device (auto: a GPU where there is one)")
+    p.add_argument("--precision", default="auto", help="as generate's (auto: fp16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--pictures", type=int, default=6, help="pictures in the folder, all drawn in one call")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--denoise", type=float, default=0.75)
+    p.add_argument("--repeat", type=int, default=3, help="folders timed at each batch size (after one warm-up)")
+    args = p.parse_args(argv)
+
+    from textinv.generate import drawing_dtype
+    from textinv.models import load_model, pick_device
+
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    model = load_model(args.model, dtype=drawing_dtype(args.precision, device), device=device)
+    print(f"torch {torch.__version__}, {device}, {model.unet.dtype}, {args.threads} thread(s), {args.model}, "
+          f"{args.pictures} pictures of 64x64, --steps {args.steps} --denoise {args.denoise}")
+    print("| --batch-size | pipeline calls | s per folder (median, min-max) |")
+    print("| --- | --- | --- |")
+    with tempfile.TemporaryDirectory(prefix="textinv-init-") as tmp:
+        make_folder(Path(tmp) / "pictures", args.pictures)
+        settings = dict(prompt=["a red star on a blue background"], n=1, seed=1, steps=args.steps,
+                        denoise=args.denoise, model=args.model, init_image=str(Path(tmp) / "pictures"))
+        for batch_size in (1, args.pictures):
+            times, calls = folder_seconds(model, Path(tmp), batch_size, args.repeat, **settings)
+            print(f"| {batch_size} | {calls} | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
