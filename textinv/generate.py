@@ -1610,9 +1610,10 @@ def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batc
     """Draw and write one of `_batches`' batches in one `render` call, its LoRAs made active first."""
     config, model = run.config, run.model
     first, source, _ = batch[0]
-    inits = {s: run.pictures.picture(s) for _, s, _ in batch}  # (each row's, each picture decoded once a batch)
+    # (each row's, each picture decoded and each job's text made once a batch)
+    inits = {s: run.pictures.picture(s) for s in dict.fromkeys(s for _, s, _ in batch)}
     passes = {(index, s): _source_pass(run, jobs[index], prompts[index], s, run.config_of(index))
-              for index, s, _ in batch}
+              for index, s in dict.fromkeys((index, s) for index, s, _ in batch)}
     # (the same for every row: its size, `_start_size`, and its hires prompt)
     width, height, hires, drawn, _ = passes[first, source]
     seeds = [seed for _, _, seed in batch]
