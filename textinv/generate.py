@@ -1560,8 +1560,8 @@ def _batches(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt]
 
 
 def _start_size(run: _Run, source: Path | None) -> tuple[int, int] | None:
-    """The size (W, H) the pictures redrawn from --init-image picture `source` are drawn at (None: no picture), read
-    from its size before it is decoded again: pictures of different sizes never share a pipeline call."""
+    """The size (W, H) the pictures redrawn from --init-image picture `source` are drawn at (None: no picture), from
+    its size as read before the model loaded (`_InitPictures`): pictures of different sizes never share a call."""
     if source is None:
         return None
     return _sizes(run.config, run.model, run.pictures.sizes[source])[:2]
