@@ -9,6 +9,7 @@ import html
 import json
 import os
 import re
+import shutil
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -51,10 +52,23 @@ def probe_path(tmp_path_factory):
     return path
 
 
-def test_demo_quick_writes_the_html_and_png_report(model_dir, probe_path, tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--model", str(model_dir), "--probe", str(probe_path)]) == 0
-    assert "report.html" in capsys.readouterr().out  # it says where the report is
+@pytest.fixture(scope="module")
+def quick_demo(model_dir, probe_path, tmp_path_factory):
+    """One `demo --quick` of the default concept: its --out and what it printed. Tests read it; one that changes the
+    folder works on a copy (`shutil.copytree`): each demo run is seconds of training, drawing and judging."""
+    import contextlib
+    import io
+
+    out, printed = tmp_path_factory.mktemp("quick-demo") / "demo", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--quick", "--out", str(out), "--model", str(model_dir), "--probe", str(probe_path)])
+    assert code == 0
+    return out, printed.getvalue()
+
+
+def test_demo_quick_writes_the_html_and_png_report(model_dir, quick_demo):
+    out, printed = quick_demo
+    assert "report.html" in printed  # it says where the report is
 
     page = (out / "report.html").read_text()
     for section in ("training", "loss", "samples", "scores", "settings"):
@@ -485,13 +499,21 @@ def test_learning_can_start_from_the_description_one_vector_per_word(model_dir, 
     import textinv.shapes.evaluate as ev
     from textinv.tokens import base_embedding
 
+    class Learned(Exception):
+        """(raised once the word is learned: the pictures and scores after it are not this test's)"""
+
+    def learn_then_stop(*a, **k):
+        learned.append(real_learn(*a, **k))
+        raise Learned
+
     model = load_model(model_dir)
     concept = find_concept("teal-star")
     learned = []
     real_learn = ev.learn
-    monkeypatch.setattr(ev, "learn", lambda *a, **k: learned.append(real_learn(*a, **k)) or learned[-1])
-    evaluate(model, Probe.load(probe_path), [concept], progress=False, **{**FAST, "steps": 1, "lr": 1e-9},
-             vectors=3, init="description")
+    monkeypatch.setattr(ev, "learn", learn_then_stop)
+    with pytest.raises(Learned):
+        evaluate(model, Probe.load(probe_path), [concept], progress=False, **{**FAST, "steps": 1, "lr": 1e-9},
+                 vectors=3, init="description")
     words = best_description(concept).split()
     ids = [model.tokenizer.convert_tokens_to_ids(w + "</w>") for w in words]
     assert len(words) == 3 and model.tokenizer.unk_token_id not in ids
@@ -533,13 +555,14 @@ def _snapshot(folder: Path) -> dict:
             if p.is_file() and p.relative_to(folder).parts[0] != "examples"}
 
 
-def test_a_demo_rerun_that_fails_or_is_killed_keeps_the_last_report(model_dir, probe_path, tmp_path, monkeypatch):
+def test_a_demo_rerun_that_fails_or_is_killed_keeps_the_last_report(model_dir, probe_path, quick_demo, tmp_path,
+                                                                    monkeypatch):
     import textinv.train as train_module
     from textinv.shapes.demo import PREVIOUS, _put_back, _set_aside
 
     out = tmp_path / "demo"
     args = ["demo", "--quick", "--out", str(out), "--model", str(model_dir), "--probe", str(probe_path)]
-    assert main(args) == 0
+    shutil.copytree(quick_demo[0], out)  # (a finished demo of these settings; copied, as this test changes it)
     assert not (out / PREVIOUS).exists()
     good = _snapshot(out)
     assert json.loads(good["scores.json"])["concept"]["name"] == "teal star"
