@@ -396,6 +396,8 @@ def test_several_training_runs_pool_textual_inversion_and_sample_the_baselines_o
         return result
 
     monkeypatch.setattr(ev, "learn", spy)
+    # (4 true pictures a prompt for the ceilings, as `fast_evaluation` takes: 32 were half the run)
+    monkeypatch.setattr(ev, "CEILING_SCENES", 4)
     out = tmp_path / "results"
     assert main(["evaluate", "--fast", "--concepts", "1", "--runs", "2", "--train-seed", "5", "--samples", "2",
                  "--precision", "bf16", "--model", str(model_dir), "--probe", str(probe_path), "--out", str(out)]) == 0
@@ -472,9 +474,11 @@ def test_evaluate_steps_given_as_trains_default_number_is_given_and_left_out_fol
 
 
 def test_evaluate_learns_with_further_trainer_settings_and_records_them(model_dir, probe_path, monkeypatch):
+    import textinv.shapes.evaluate as ev
     import textinv.train
     from textinv.errors import ConfigError
 
+    monkeypatch.setattr(ev, "CEILING_SCENES", 4)  # (as `fast_evaluation`: 4 true pictures a prompt, not 32)
     real, used = textinv.train.train, []
     monkeypatch.setattr(textinv.train, "train", lambda config, **k: used.append(config) or real(config, **k))
     result = evaluate(load_model(model_dir), Probe.load(probe_path), [find_concept("teal-star")], progress=False,
