@@ -210,7 +210,7 @@ def test_fp16_trains_on_the_cpu_with_loss_scaling(sd1_dir, images, tmp_path, mon
     out = tmp_path / "out"
     assert main(["train", "--model", str(sd1_dir), "--images", str(images), "--token", "<zq>", "--init", "dog",
                  "--out", str(out), "--steps", "4", "--batch", "2", "--lr", "0.05", "--save-every", "4",
-                 "--sample-every", "4", "--precision", "fp16", "--device", "cpu"]) == 0
+                 "--sample-every", "4", "--sample-steps", "2", "--precision", "fp16", "--device", "cpu"]) == 0
     [model], as_loaded = loaded, load_model(sd1_dir, dtype=torch.float16)
     assert model.unet.dtype == torch.float16 and model.unet.device.type == "cpu"
     for part in ("unet", "vae"):

@@ -163,7 +163,7 @@ def test_a_replay_adds_its_own_gradients_and_returns_its_own_losses(fake_capture
 
 @pytest.mark.parametrize("settings", [
     dict(precision="fp16", grad_accum=2, max_grad_norm=0.05),  # (loss scaling, clipping, accumulation)
-    dict(min_snr_gamma=5.0, vectors=2, sample_every=3, save_every=3),  # (a grid and a save between replays)
+    dict(min_snr_gamma=5.0, vectors=2, sample_every=3, sample_steps=2, save_every=3),  # (a grid, a save between)
     dict(gradient_checkpointing=True, weight_decay=0.5, installed=True),  # (an installed token's rows put back)
     dict(reference_like=True),  # (the whole table trained, the frozen rows put back)
     dict(max_token_length=150, vectors=2),  # (kohya's long captions: every chunk through the text encoder)

@@ -300,7 +300,8 @@ def test_a_grid_sampler_the_models_schedule_refuses_is_refused_before_the_first_
         pytest.skip("needs the bundled shapes model")
     out = tmp_path / "run"
     config = TrainConfig(images=str(images), token="<zq>", model="shapes", out=str(out), steps=2, resolution=64,
-                         sample_every=2, sample_prompts=["a {}", {"prompt": "{} at night", "sampler": "dpm2"}])
+                         sample_every=2, sample_steps=2,
+                         sample_prompts=["a {}", {"prompt": "{} at night", "sampler": "dpm2"}])
     with pytest.raises(ConfigError, match=r"--sample-prompts '\{\} at night': its sampler dpm2 cannot sample a "
                                           r"model with a zero-terminal-SNR"):
         train(config.validate(), progress=False)

@@ -69,7 +69,8 @@ def images_of(events: list[Event]) -> dict[str, list[tuple[int, np.ndarray]]]:
 
 def test_tensorboard_gets_loss_csvs_values_at_its_steps_and_the_sample_grids(sd1_dir, images, tmp_path):
     out = tmp_path / "run"
-    result = train(config(images, out, steps=6, sample_every=3), model=fresh_model(sd1_dir), progress=False)
+    result = train(config(images, out, steps=6, sample_every=3, sample_steps=2), model=fresh_model(sd1_dir),
+                   progress=False)
     events = read_events(out / "logs" / "run")  # (--log-dir's default, OUT/logs, then the run's folder name)
     logged = scalars(events)
     assert sorted(logged) == ["loss", "lr"]
@@ -85,7 +86,7 @@ def test_tensorboard_gets_loss_csvs_values_at_its_steps_and_the_sample_grids(sd1
     for step, pixels in grids:
         assert np.array_equal(pixels, np.asarray(Image.open(out / "samples" / f"step-{step:06d}.png").convert("RGB")))
     # logging changes nothing the run learns or writes
-    plain = train(config(images, tmp_path / "plain", steps=6, sample_every=3, log_with=None),
+    plain = train(config(images, tmp_path / "plain", steps=6, sample_every=3, sample_steps=2, log_with=None),
                   model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(result.embedding.vectors["text_encoder"], plain.embedding.vectors["text_encoder"])
     assert (out / "loss.csv").read_bytes() == (tmp_path / "plain" / "loss.csv").read_bytes()
@@ -99,7 +100,8 @@ def test_several_concepts_each_log_their_own_loss_and_grid(sd1_dir, tmp_path):
     one, two = write_images(tmp_path / "one", n=2, seed=1), write_images(tmp_path / "two", n=2, seed=2)
     out = tmp_path / "pets"
     train(TrainConfig(concepts=[f"{one}=<jd>=dog", f"{two}=<jc>=cat"], out=str(out), steps=2, batch=1, save_every=0,
-                      sample_every=2, log_every=1, log_with="tensorboard", log_dir=str(tmp_path / "tb")),
+                      sample_every=2, sample_steps=2, log_every=1, log_with="tensorboard",
+                      log_dir=str(tmp_path / "tb")),
           model=fresh_model(sd1_dir), progress=False)
     events = read_events(tmp_path / "tb" / "pets")  # (--log-dir given: its folder, then the run's name)
     logged = scalars(events)
@@ -121,7 +123,7 @@ def test_a_run_resumed_after_a_crash_logs_each_step_once(sd1_dir, images, tmp_pa
 
     monkeypatch.setattr(tensorboardX.event_file_writer, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
     out = tmp_path / "run"
-    run = dict(steps=8, save_every=4, sample_every=4, keep_checkpoints=2)
+    run = dict(steps=8, save_every=4, sample_every=4, sample_steps=2, keep_checkpoints=2)
     undo = interrupt_loss_at(monkeypatch, 7)  # (a Ctrl-C in step 7: steps 2, 4, 6 logged, a checkpoint at 6)
     with pytest.raises(TrainingInterrupted):
         train(config(images, out, **run), model=fresh_model(sd1_dir), progress=False)

@@ -81,7 +81,8 @@ def test_v_prediction_model_trains_on_velocity(sd2_dir, images, tmp_path, monkey
 
 def test_outputs_written_and_embedding_file_is_diffusers_layout(sd1_dir, images, tmp_path):
     out = tmp_path / "out"
-    train(config(images, out, steps=4, save_every=2, sample_every=2), model=fresh_model(sd1_dir), progress=False)
+    train(config(images, out, steps=4, save_every=2, sample_every=2, sample_steps=2), model=fresh_model(sd1_dir),
+          progress=False)
     raw = load_file(out / "learned_embeds.safetensors")
     assert list(raw) == ["<zq>"] and raw["<zq>"].shape == (1, 32)
     emb = load_embedding(out / "learned_embeds.safetensors")
@@ -1956,7 +1957,7 @@ def test_sample_prompts_may_name_the_token_as_generate_prompts_do(sd1_dir, image
     grids = []
     for name, prompt in (("braces", "a photo of {} on grass"), ("token", "a photo of <ZQ> on grass")):
         out = tmp_path / name
-        train(config(images, out, steps=1, sample_every=1, sample_prompts=[prompt]).validate(),
+        train(config(images, out, steps=1, sample_every=1, sample_steps=2, sample_prompts=[prompt]).validate(),
               model=fresh_model(sd1_dir), progress=False)
         grids.append(np.asarray(Image.open(out / "samples" / "step-000001.png")))
     assert np.array_equal(grids[0], grids[1])
@@ -2661,7 +2662,7 @@ def test_a_width_by_height_run_trains_at_that_size_and_tells_sdxl(tmp_path, monk
     monkeypatch.setattr(train_module, "diffusion_loss", spy)
     from conftest import write_images
     result = train(train_config(write_images(tmp_path / "i"), tmp_path / "o", steps=2, resolution=[24, 16],
-                                sample_every=2), model=model, progress=False)
+                                sample_every=2, sample_steps=2), model=model, progress=False)
     scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
     assert {hw for hw, _ in seen} == {(16 // scale, 24 // scale)}
     assert all(ids == [24, 24, 4, 0, 16, 24] for _, rows in seen for ids in rows)
