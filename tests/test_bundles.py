@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from conftest import fresh_model
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError, FormatError, TokenError
 from textinv.formats import LearnedEmbedding, convert, detect_format, load_embedding, save_embedding
@@ -141,7 +142,7 @@ def _draw(model, tmp_path, out, prompt, **settings):
 
 def test_a_lora_tag_installs_its_bundled_embeddings_as_the_same_vectors_given_as_embedding(sd1_dir, loras, tmp_path):
     plain, bundled, vectors = loras
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     sizes = [len(tok) for _, tok, _ in model.encoders]
     pt = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors}), tmp_path / "bund.pt", "a1111")[0]
     prompt = "a photo of bund <lora:mystyle:0.5>"  # (the multiplier is the LoRA's, never the vectors')
@@ -155,7 +156,7 @@ def test_a_lora_tag_installs_its_bundled_embeddings_as_the_same_vectors_given_as
 
 def test_an_embedding_given_beside_a_bundle_of_its_name_wins_as_in_the_web_ui(sd1_dir, loras, tmp_path):
     plain, bundled, vectors = loras
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     other = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors.flip(0)}), tmp_path / "bund.pt",
                            "a1111")[0]
     prompt = "a photo of bund <lora:mystyle:1>"
@@ -172,7 +173,7 @@ def test_comfy_emphasis_leaves_a_loras_bundled_embeddings_out_as_comfyui_does(sd
     that name (installed as `embedding:NAME`) the check for a duplicate missed it. The bundle is left out, its name
     is words, and a warning names the way to draw it."""
     plain, bundled, vectors = loras
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     given = save_embedding(LearnedEmbedding("x", {"text_encoder": vectors.flip(0)}), tmp_path / "bund.pt",
                            "a1111")[0]
     prompt = "a photo of embedding:bund <lora:mystyle:1>, bund"
@@ -191,7 +192,7 @@ def test_a_loose_file_that_does_not_fit_gives_way_to_the_bundle_of_its_name_that
     """The web UI skips an embeddings-folder file of another shape, so a LoRA's bundle of its name is the one it
     draws: so here, with a warning naming the file skipped; where neither fits, the loose file is refused as before."""
     _, bundled, _ = loras
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     wide = save_embedding(LearnedEmbedding("bund", {"text_encoder": torch.randn(2, 64)}), tmp_path / "bund.pt",
                           "a1111")[0]
     prompt = "a photo of bund <lora:mystyle:1>"
@@ -246,7 +247,7 @@ def test_an_sdxl_bundle_installs_both_halves(tmp_path):
 
 def test_embedding_takes_one_bundled_embedding_by_file_and_name(sd1_dir, loras, tmp_path):
     plain, bundled, vectors = loras
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     pt = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors}), tmp_path / "bund.pt", "a1111")[0]
     named, _ = _draw(model, tmp_path, "named", "a photo of bund",
                      embedding=[f"{bundled / 'mystyle.safetensors'}::bund"])
@@ -264,7 +265,7 @@ def test_a_bundle_given_as_embedding_is_in_ti_hashes_by_its_loras_name_and_again
 
     _, bundled, _ = loras
     lora = bundled / "mystyle.safetensors"
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     for k, entry in enumerate((f"{lora}::bund", str(lora))):
         _, text = _draw(model, tmp_path, f"d{k}", "a photo of bund", embedding=[entry])
         assert 'TI hashes: "bund: mystyle"' in text["parameters"]
@@ -371,7 +372,7 @@ def test_again_redraws_textinvs_own_pictures_drawn_with_bundled_embeddings(sd1_d
 
     _, bundled, vectors = loras
     lora = bundled / "mystyle.safetensors"
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     for prompt, settings in (("a photo of bund <lora:mystyle:0.5>", dict(lora_dir=[str(bundled)])),
                              ("a photo of bund", dict(embedding=[f"{lora}::bund"]))):
         out = tmp_path / f"r{len(settings)}{prompt[-2]}"
@@ -435,7 +436,7 @@ def test_the_copy_of_a_lora_without_its_bundles_is_made_in_the_temporary_folder_
     import tempfile
 
     plain, bundled, _ = loras
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -470,7 +471,7 @@ def test_bundled_embeddings_the_prompts_do_not_write_are_left_out_and_a_name_of_
     plain, bundled, vectors = loras
     _bundle(plain / "mystyle.safetensors", bundled / "mystyle.safetensors",
             {"bund": {"string_to_param.*": vectors}, "my style": {"emb_params": vectors.flip(0)}})
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     pt = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors}), tmp_path / "bund.pt", "a1111")[0]
     drawn, _ = _draw(model, tmp_path, "bundled", "a photo of bund <lora:mystyle>", lora_dir=[str(bundled)])
     given, _ = _draw(model, tmp_path, "given", "a photo of bund <lora:mystyle>", lora_dir=[str(plain)],
@@ -494,7 +495,7 @@ def test_a_bundled_name_kept_decomposed_answers_to_the_name_typed(sd1_dir, loras
     plain, bundled, vectors = loras
     _bundle(plain / "mystyle.safetensors", bundled / "mystyle.safetensors",
             {"cafe\u0301": {"string_to_param.*": vectors}})
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     pt = save_embedding(LearnedEmbedding("caf\u00e9", {"text_encoder": vectors}), tmp_path / "c.pt", "a1111")[0]
     drawn, text = _draw(model, tmp_path, "bundled", "a photo of caf\u00e9 <lora:mystyle>", lora_dir=[str(bundled)])
     given, _ = _draw(model, tmp_path, "given", "a photo of caf\u00e9 <lora:mystyle>", lora_dir=[str(plain)],
@@ -511,7 +512,7 @@ def test_a_bundled_embedding_conditions_the_hires_models_pass_as_given_as_embedd
     plain, bundled, vectors = loras
     pt = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors}), tmp_path / "bund.pt", "a1111")[0]
     hires = dict(hires_scale=2, hires_model=str(sd1_dir), hires_prompt="a photo of bund <lora:mystyle:0.5>")
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     drawn, text = _draw(model, tmp_path, "bundled", "a photo <lora:mystyle:0.5>", lora_dir=[str(bundled)], **hires)
     given, _ = _draw(model, tmp_path, "given", "a photo <lora:mystyle:0.5>", lora_dir=[str(plain)],
                      embedding=[str(pt)], **hires)

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import again_warned, web_ui_picture
+from conftest import again_warned, fresh_model, web_ui_picture
 from textinv import dynamic, emphasis
 from textinv.config import GenerateConfig
 from textinv.errors import ConfigError
 from textinv.generate import generate
-from textinv.models import load_model
 
 
 def _draws(template, seeds=range(40), folder=None):
@@ -614,7 +613,7 @@ def _text(path):
 
 
 def test_each_picture_records_its_drawn_prompts_and_their_templates(sd1_dir, tmp_path, wildcards):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     paths = generate(GenerateConfig(prompt=["a {cat|dog} in __styles__"], negative_prompt="{blurry|dark}",
                                     wildcards_dir=str(wildcards), n=6, batch_size=4, steps=2, width=32,
                                     out=str(tmp_path / "r"), model=str(sd1_dir)), model=model, progress=False)
@@ -641,7 +640,7 @@ def test_each_picture_records_its_drawn_prompts_and_their_templates(sd1_dir, tmp
 
 
 def test_a_pictures_prompt_does_not_depend_on_the_batch_size(sd1_dir, tmp_path):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     drawn = {}
     for batch in (1, 4):
         paths = generate(GenerateConfig(prompt=["a {cat|dog|bird|fish}"], n=5, batch_size=batch, steps=2, width=32,
@@ -656,7 +655,7 @@ def test_again_redraws_a_dynamic_pictures_drawn_prompt_bit_for_bit(sd1_dir, tmp_
     their prompts); --again draws the picture from its drawn prompt, first in a batch of as many, the same picture."""
     from textinv.again import again_config, parse_a1111_parameters
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     paths = generate(GenerateConfig(prompt=["a {cat|dog} on {grass|sand}"], n=8, batch_size=4, steps=3, width=32,
                                     out=str(tmp_path / "r"), model=str(sd1_dir), metadata="full"), model=model,
                      progress=False)
@@ -728,7 +727,7 @@ def test_a_prompt_without_the_new_syntax_draws_the_pictures_it_drew_before(sd1_d
 
     import textinv.generate as gen
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     settings = dict(prompt=["a (photo:1.2) of [cat|dog] BREAK x", r"a \{b\}"], negative_prompt="[ugly:0.5]", n=3,
                     batch_size=2, steps=2, width=32, model=str(sd1_dir))
     new = generate(GenerateConfig(out=str(tmp_path / "new"), **settings), model=model, progress=False)
@@ -819,7 +818,7 @@ def test_pictures_of_different_drawn_prompts_share_a_batch_each_the_picture_it_d
     """Random mode gives each seed its own prompt: batches of --batch-size pictures of mixed prompts, not a call for
     each prompt's few pictures. Each picture is the one drawn alone (one a call), up to the rounding of a batch's
     kernels; the files, their order and their text are the same (but for their call's seeds and size)."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     mixed, calls = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "mixed", template, 4, negative_prompt="ugly")
     alone, single = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "alone", template, 1,
                                    negative_prompt="ugly")
@@ -835,7 +834,7 @@ def test_pictures_of_different_drawn_prompts_share_a_batch_each_the_picture_it_d
 def test_prompts_the_hires_negative_lays_out_otherwise_are_not_drawn_in_one_batch(sd1_dir, tmp_path, monkeypatch):
     """Alike in the first pass (the long negative pads both to 3 chunks), a prompt of 1 chunk and one of 2 are not
     in the second pass, whose own negative is 1 chunk: they are drawn apart."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     paths, calls = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "r", "{a dog|a dog BREAK cat}", 8,
                                   negative_prompt="x BREAK y BREAK z", hires_scale=2, hires_negative_prompt="ugly")
     assert len(paths) == 8 and len(calls) == 2 and {len(set(c)) for c in calls} == {1}
@@ -853,7 +852,7 @@ def test_pictures_of_different_drawn_negatives_share_a_batch_each_the_picture_it
     (each row guided by its own negative, as the web UI stacks a batch's), each the picture drawn alone."""
     import textinv.generate as gen
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     negatives = []
     real = gen.render
     monkeypatch.setattr(gen, "render", lambda *a, negative_prompt, **k: negatives.append(negative_prompt)
@@ -875,7 +874,7 @@ def test_pictures_of_different_drawn_negatives_share_a_batch_each_the_picture_it
 ])
 def test_prompts_laid_out_otherwise_are_not_drawn_in_one_batch(sd1_dir, tmp_path, monkeypatch, template):
     """Where pictures cannot share a call as each is drawn alone, they are drawn apart, as before."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     paths, calls = _drawn_batches(monkeypatch, model, sd1_dir, tmp_path / "r", template, 8)
     assert len(paths) == 8 and len(calls) == 2
     assert {len({emphasis.has_and(p) for p in c}) for c in calls} == {1}

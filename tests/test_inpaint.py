@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import fresh_model
 from textinv import inpaint, refine
 from textinv.config import GenerateConfig
 from textinv.data import prepare_image
@@ -30,7 +31,7 @@ def _square_mask(size=(32, 32), box=(8, 8, 24, 24)):
 
 
 def test_a_mask_keeps_the_init_pictures_pixels_exactly_and_redraws_the_rest(sd1_dir):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     init, mask = _picture(), _square_mask()
     white = np.asarray(mask) > 0
     for fill in inpaint.FILLS:
@@ -48,7 +49,7 @@ def test_a_mask_keeps_the_init_pictures_pixels_exactly_and_redraws_the_rest(sd1_
 def test_the_noised_blend_keeps_the_init_pictures_latents_noised_to_each_steps_level(sd1_dir):
     """--inpaint-blend noised: every UNet call reads, outside the mask, the init picture's latents noised with the
     pass's noise to that call's timestep (DDIM: the UNet's input is the latents as they are)."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     init, mask = _picture(), _square_mask()
     calls = []
     hook = model.unet.register_forward_pre_hook(
@@ -111,7 +112,7 @@ def test_the_denoised_blend_carries_the_kept_latents_to_the_init_pictures_with_e
     after it the kept latents are the init picture's exactly."""
     if sampler == "dpm++sde":
         pytest.importorskip("torchsde")
-    latents, kept, before, after = _drawn_latents(load_model(sd1_dir), sampler, monkeypatch)
+    latents, kept, before, after = _drawn_latents(fresh_model(sd1_dir), sampler, monkeypatch)
     assert torch.equal(after[:, :, kept], latents[:, :, kept])  # (the web UI's last blend)
     assert (after - latents)[:, :, ~kept].abs().mean() > 0.1  # (the rest drawn anew)
     carried = (before - latents)[:, :, kept].abs().mean()
@@ -122,14 +123,14 @@ def test_the_denoised_blend_carries_the_kept_latents_to_the_init_pictures_with_e
 
 
 def test_the_denoised_blend_holds_a_v_prediction_models_kept_latents(sd2_dir, monkeypatch):
-    latents, kept, before, _ = _drawn_latents(load_model(sd2_dir), "heun", monkeypatch)
+    latents, kept, before, _ = _drawn_latents(fresh_model(sd2_dir), "heun", monkeypatch)
     assert (before - latents)[:, :, kept].abs().mean() < 1e-5
 
 
 def test_with_a_timestep_sampler_the_unet_reads_the_init_latents_in_the_kept_part(sd1_dir):
     """DDIM, PLMS and UniPC: as the web UI's (sd_samplers_timesteps.py, mask_before_denoising), each UNet call reads
     the init picture's latents themselves outside the mask, not noised; the mask's part is the sampler's own."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     init, mask = _picture(), _square_mask()
     latents, kept = _kept_part(model, init, mask)
     calls = []
@@ -226,7 +227,7 @@ def test_an_inpainting_model_holds_the_kept_latents_as_any_model_does(inpainting
 def test_the_blend_hooks_are_gone_after_the_pass_even_one_that_fails(sd1_dir):
     """The denoised blend hooks the UNet for its pass only: the next picture drawn in the same process (an X/Y/Z
     plot's next cell) is drawn as if no inpainting had been, after a pass that stopped halfway too."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     init, mask = _picture(), _square_mask()
 
     def plain():
@@ -279,7 +280,7 @@ def test_the_noised_blend_is_written_read_back_and_redrawn_bit_for_bit(sd1_dir, 
 
 
 def test_only_masked_redraws_the_masks_box_at_the_drawn_size_and_pastes_it_back(sd1_dir):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     init, mask = _picture((64, 48)), _square_mask((64, 48), (40, 8, 48, 16))
     sizes = []
     hook = model.unet.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from conftest import fresh_model
 from textinv.cli import main
 from textinv.conditioning import encode_prompts
 from textinv.config import MergeConfig
@@ -70,7 +71,7 @@ def test_concatenation_keeps_the_order_and_slices_take_their_rows(tmp_path):
 
 
 def test_words_are_the_models_token_embedding_rows(sd1_dir, tmp_path):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     table = base_embedding(model.text_encoder).weight
     ids = model.tokenizer("red dog", add_special_tokens=False).input_ids
     result = merge(MergeConfig(out=str(tmp_path / "w.pt"), token="<w>", terms=["'red dog'", "'cat'*2"],
@@ -108,7 +109,7 @@ def test_sdxl_files_are_merged_in_both_halves(tmp_path):
 
 
 def test_one_embedding_alone_with_weight_1_is_the_original(sd1_dir, tmp_path):
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     original = saved(tmp_path / "a.pt", 2, widths=(32,), token="<a>", fmt="a1111", base_model="x", steps="40")
     result = run(tmp_path, f"{tmp_path}/a.pt*1", out="same.pt")
     merged = load_embedding(result.files[0], token="<a>")
@@ -281,7 +282,7 @@ def test_a_training_runs_folder_is_read_as_its_embedding(sd1_dir, images, tmp_pa
     from textinv.config import TrainConfig
     from textinv.train import train
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     run_out = tmp_path / "run"
     trained = train(TrainConfig(model=str(sd1_dir), images=str(images), token="<t>", init="dog", out=str(run_out),
                                 steps=2, batch=1, save_every=0, sample_every=0, format="a1111"),
@@ -297,7 +298,7 @@ def test_a_training_runs_folder_is_read_as_its_embedding(sd1_dir, images, tmp_pa
 
 def test_a_token_the_models_vocabulary_has_is_refused_before_writing(sd1_dir, tmp_path):
     """generate refuses such a file (it would overwrite a word's meaning): with --model, merge says so first."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     with pytest.raises(TokenError, match=r"--token 'dog' cannot be used with --model .*existing token 'dog</w>'"):
         merge(MergeConfig(out=str(tmp_path / "dog.pt"), token="dog", terms=["'cat'"]), model=model)
     with pytest.raises(TokenError, match=r"--token 'Cat'.*existing token 'cat</w>' \(CLIP lower-cases"):
@@ -311,7 +312,7 @@ def test_the_token_check_reads_each_tokenizers_vocabulary_once(sd1_dir, monkeypa
     built it twice for each of the token's vector names."""
     from textinv.merge import _check_token_is_new
 
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     real, calls = model.tokenizer.get_vocab, []
     monkeypatch.setattr(model.tokenizer, "get_vocab", lambda: calls.append(1) or real())
     _check_token_is_new(LearnedEmbedding("<new>", {"text_encoder": torch.randn(4, 32)}), model)
@@ -467,7 +468,7 @@ def test_a_term_whose_vectors_are_no_finite_numbers_is_refused_naming_it(tmp_pat
 def test_a_token_installed_in_a_models_tokenizer_is_refused_in_words_of_merging(sd1_dir, tmp_path):
     """An embedding installed in the model passed (by generate's install_embedding) holds the token: it was
     refused with check_new_token's words of training ("training it would overwrite")."""
-    model = load_model(sd1_dir)
+    model = fresh_model(sd1_dir)
     install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}))
     with pytest.raises(TokenError) as refused:
         merge(MergeConfig(out=str(tmp_path / "q.pt"), token="<q>", terms=["'cat'"]), model=model)
