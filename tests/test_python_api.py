@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from conftest import interrupt_loss_at
-from textinv.config import GenerateConfig, TrainConfig
-from textinv.errors import ConfigError, ModelError
+from textinv.config import GenerateConfig, MergeConfig, TrainConfig
+from textinv.errors import ConfigError, ModelError, UnknownSettingError
 from textinv.generate import generate
+from textinv.merge import merge
 from textinv.models import load_model
-from textinv.score import ScoreConfig
+from textinv.score import ScoreConfig, score
 from textinv.train import TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,6 +200,37 @@ def test_python_settings_of_another_type_are_refused_by_name(make, message, tmp_
     letter ("t: no such file" for an embedding path), n="4" failed inside a comparison with a TypeError."""
     with pytest.raises(ConfigError, match=message):
         make(tmp_path).validate()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainConfig(images="pics", stpes=3), r"TrainConfig has no setting 'stpes': did you mean steps=\?"),
+    (lambda: TrainConfig(placeholder_token="<zq>"),
+     r"TrainConfig has no setting 'placeholder_token': that is the diffusers script's name; textinv calls it 'token'"),
+    (lambda: GenerateConfig(prompt=["a"], guidance_scale=3.0), r"no setting 'guidance_scale'.* textinv calls it "
+                                                                r"'guidance'"),
+    (lambda: MergeConfig(out="mix.pt", tokn="<mix>"), r"MergeConfig has no setting 'tokn': did you mean token=\?"),
+    (lambda: ScoreConfig(embeding="runs/zq"), r"ScoreConfig has no setting 'embeding': did you mean embedding=\?"),
+    (lambda: TrainConfig(zzzqq=1), r"no setting 'zzzqq': its settings are the flags of textinv train"),
+])
+def test_a_setting_name_a_config_lacks_is_refused_with_the_one_meant(make, message):
+    """`TrainConfig(stpes=3)` raised Python's bare "unexpected keyword argument", where the command line's
+    `--stpes` names --steps: the nearest setting, or textinv's name for another tool's. Still a TypeError."""
+    with pytest.raises(UnknownSettingError, match=message) as raised:
+        make()
+    assert isinstance(raised.value, TypeError)
+
+
+def test_a_config_of_another_command_is_refused_by_name(sd1_dir, tmp_path):
+    """`train(GenerateConfig(...))`, or a dict of settings, failed with an AttributeError deep in the call."""
+    with pytest.raises(ConfigError, match=r"config= takes a TrainConfig, got GenerateConfig; GenerateConfig holds "
+                                          r"the settings of generate\(\)"):
+        train(GenerateConfig(prompt=["a"]), progress=False)
+    with pytest.raises(ConfigError, match=r"takes a GenerateConfig, got dict; pass GenerateConfig\(\*\*settings\)"):
+        generate({"prompt": ["a"]}, progress=False)
+    with pytest.raises(ConfigError, match=r"takes a MergeConfig, got TrainConfig"):
+        merge(TrainConfig(images="pics"))
+    with pytest.raises(ConfigError, match=r"takes a ScoreConfig, got str"):
+        score("runs/zq", progress=False)
 
 
 def test_pictures_in_memory_are_refused_with_how_to_save_them(images, tmp_path):

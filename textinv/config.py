@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import difflib
+import functools
 import itertools
 import json
 import math
@@ -26,7 +27,7 @@ import yaml
 
 from .emphasis import CHUNK, has_and, lora_tags
 from .emphasis import MODES as EMPHASIS
-from .errors import ConfigError, backslash_note, warn
+from .errors import ConfigError, UnknownSettingError, backslash_note, warn
 from .foreign import foreign_hint
 from .io import read_text
 from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, check_optimizer, check_schedule,
@@ -327,6 +328,48 @@ ALTERNATIVES = {"TrainConfig": {("steps", "epochs"): EITHER_LENGTH,
                                 ("lr", "lr_steps"): "--lr-steps gives the rates: leave out --lr"}}
 
 
+def named_settings(cls):
+    """`cls` (a config dataclass) made to refuse a keyword it has no setting of with the setting meant, as the
+    command line names the flag meant for a mistyped one: the nearest name (`TrainConfig(stpes=3)`: steps=?), or
+    textinv's name for another tool's (`placeholder_token=`: token=), where Python's own TypeError names only the
+    keyword."""
+    init, names = cls.__init__, {f.name for f in dataclasses.fields(cls) if f.init}
+    command = cls.__name__.removesuffix("Config").lower()
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        for key in (key for key in kwargs if key not in names):
+            hint = foreign_hint(key, command, as_key=True)
+            near = difflib.get_close_matches(key, sorted(names), n=1)
+            said = hint or (f"did you mean {near[0]}=?" if near else f"its settings are the flags of textinv "
+                                                                       f"{command} (see help({cls.__name__}))")
+            raise UnknownSettingError(f"{cls.__name__} has no setting {key!r}: {said}")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+def check_config_object(config, cls) -> None:
+    """Refuse a config argument (of `train`, `generate`, `merge`, `score`) that is no `cls`, naming what it is and
+    what to pass: a dict of settings, or another command's config, failed on a missing attribute.
+
+    >>> check_config_object({"steps": 3}, TrainConfig)
+    Traceback (most recent call last):
+    textinv.errors.ConfigError: config= takes a TrainConfig, got dict; pass TrainConfig(**settings)
+    """
+    if isinstance(config, cls):
+        return
+    if isinstance(config, dict):
+        fix = f"pass {cls.__name__}(**settings)"
+    elif dataclasses.is_dataclass(config) and type(config).__name__.endswith("Config"):
+        fix = f"{type(config).__name__} holds the settings of {type(config).__name__.removesuffix('Config').lower()}()"
+    else:
+        fix = f"see help({cls.__name__})"
+    raise ConfigError(f"config= takes a {cls.__name__}, got {type(config).__name__}; {fix}")
+
+
+@named_settings
 @dataclass
 class TrainConfig:
     """Everything that defines a textual-inversion training run."""
@@ -1078,6 +1121,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+@named_settings
 @dataclass
 class GenerateConfig:
     """Everything that defines a generation run."""
@@ -1558,6 +1602,7 @@ from .formats import on_disk
 from .hub import hub_reference
 
 
+@named_settings
 @dataclass
 class MergeConfig:
     """Everything that defines a merge (`textinv merge`): a new embedding made of embeddings and words."""
@@ -1948,6 +1993,7 @@ def save_config(config, path: str | Path, processes: int = 1, ran_on: str | None
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # score's judge: the paper's
 
 
+@named_settings
 @dataclass
 class ScoreConfig:
     """Settings of `textinv score`; saved in its scores.json."""

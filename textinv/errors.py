@@ -27,6 +27,11 @@ class ModelError(TextinvError):
     """The model cannot be loaded, or is of a family textinv does not support."""
 
 
+class UnknownSettingError(ConfigError, TypeError):
+    """A config class was given a keyword it has no setting of (`TrainConfig(stpes=3)`): a TypeError, as Python's
+    own for an unexpected keyword, that names the setting meant."""
+
+
 class TokenError(TextinvError, ValueError):
     """A placeholder or init token cannot be used with this tokenizer."""
 

@@ -40,7 +40,7 @@ from .inpaint import Inpaint
 from .infotext import (_model_name, _mask_params, _noise_params, _record, _refiner_params, _variation_seed,
                        hash_name, passes_denoise, png_text, shareable_record, webui_hashes)
 from .conditioning import _Layout, _layout, _prompted, _switching_conditioning
-from .config import GenerateConfig, check_side
+from .config import GenerateConfig, check_config_object, check_side
 from .data import load_image, prepare_image
 from .embedding_names import (COMFY_BARE_TOKENS, COMFY_TOKEN, _comfy_folder_tokens, _comfy_names, _comfy_unnamed,
                               _named, _optional_prompts, _read_embeddings, embedding_files, file_digest)
@@ -732,6 +732,7 @@ def generate(config: GenerateConfig, model: Model | None = None, progress: bool 
     Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     With `config.x`, `.y` or `.z` it draws the web UI's X/Y/Z plot instead (`xyz.plot`).
     """
+    check_config_object(config, GenerateConfig)
     config = launched(config, model, progress)
     if config.x or config.y or config.z:
         from .xyz import plot

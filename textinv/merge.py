@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, modelspec
-from .config import MergeConfig
+from .config import MergeConfig, check_config_object
 from .emphasis import CHUNK
 from .errors import ConfigError, FormatError, TokenError, warn, warns_at_caller
 from .families import describe_widths
@@ -249,6 +249,7 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     """
     # 1. Check the settings, read every file and check what they tell before loading anything: a model takes
     #    seconds to minutes to load
+    check_config_object(config, MergeConfig)
     check_model_object(model)
     config.validate()
     terms = [parse_term(term) for term in config.terms]

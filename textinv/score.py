@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 
 from . import __version__, emphasis
-from .config import DEFAULT_CLIP, ScoreConfig  # (there: its --help needs none of this module's imports)
+from .config import DEFAULT_CLIP, ScoreConfig, check_config_object  # (there: its --help needs none of this module's imports)
 from .data import PROPERTIES, load_image, picture_set
 from .embedding_names import _file_name
 from .errors import ConfigError, DataError, FormatError, ModelError, warn, warns_at_caller
@@ -527,6 +527,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
 
     Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     """
+    check_config_object(config, ScoreConfig)
     where = _Where()
     passed = model is not None  # (a model passed in draws at its own dtype)
     config = dataclasses.replace(config, precision=launched_precision(config.precision, progress, passed))

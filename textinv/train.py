@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, emphasis, modelspec
 from .batches import BatchSampler, CaptionBank, NoiseOptions, _check_no_other_tokens, concept_seed
-from .config import (TrainConfig, clip_steps, lr_steps_end, parse_lr_steps,
+from .config import (TrainConfig, check_config_object, clip_steps, lr_steps_end, parse_lr_steps,
                      read_config_file, save_config, stepped_value, training_size)
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, load_training_images, picture_set,
                    random_windows, read_caption, read_template_file, warn_unread_templates)
@@ -270,6 +270,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     """
     from accelerate import PartialState
 
+    check_config_object(config, TrainConfig)
     check_model_object(model)
     if model is not None:
         # the model trained with is the one passed in: config.yaml, the embedding's base_model and a later resume or
