@@ -220,6 +220,15 @@ def test_a_setting_name_a_config_lacks_is_refused_with_the_one_meant(make, messa
     assert isinstance(raised.value, TypeError)
 
 
+def test_a_mistyped_choice_from_python_names_the_one_meant(tmp_path):
+    """`sampler="eulr"` listed every sampler without the one meant, where the command line's --sampler eulr says
+    "did you mean 'euler'?"."""
+    with pytest.raises(ConfigError, match=r"--sampler 'eulr' is not one of: .*; did you mean 'euler'\?$"):
+        GenerateConfig(prompt=["a"], sampler="eulr").validate()
+    with pytest.raises(ConfigError, match=r"--format 'difusers' is not one of: .*; did you mean 'diffusers'\?$"):
+        run_config(tmp_path, tmp_path / "o", format="difusers").validate()
+
+
 def test_a_config_of_another_command_is_refused_by_name(sd1_dir, tmp_path):
     """`train(GenerateConfig(...))`, or a dict of settings, failed with an AttributeError deep in the call."""
     with pytest.raises(ConfigError, match=r"config= takes a TrainConfig, got GenerateConfig; GenerateConfig holds "

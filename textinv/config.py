@@ -135,8 +135,21 @@ def check_choices(config) -> None:
         value = getattr(config, f.name)
         if choices and value is not None and value not in choices:
             refused = f.metadata.get("refused", lambda _: None)(value)  # (a field's own answer to a name it lacks)
-            said = refused or f"is not one of: {', '.join(map(str, choices))}"
+            said = refused or f"is not one of: {', '.join(map(str, choices))}" + _near(value, choices)
             raise ConfigError(f"--{_flag(f.name)} {value!r} {said}")
+
+
+def _near(value, choices) -> str:
+    """"; did you mean 'euler'?" for a choice mistyped (`sampler="eulr"`), as the command line's argparse error
+    says it, where one is near enough; else nothing.
+
+    >>> _near("eulr", ["euler", "heun"]), _near("zzz", ["euler", "heun"])
+    ("; did you mean 'euler'?", '')
+    """
+    if not isinstance(value, str):
+        return ""
+    near = difflib.get_close_matches(value, [str(choice) for choice in choices], n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 # what a setting given from Python needs besides its type, where the plain "takes a list" would not say it
