@@ -430,3 +430,21 @@ def test_generate_returns_absolute_paths_as_train_does(settings, sd1_dir, tmp_pa
     paths = generate(GenerateConfig(prompt=["a dog"], n=1, steps=1, out="renders", **settings),
                      model=load_model(sd1_dir), progress=False)
     assert paths and all(p.is_absolute() and p.parent == tmp_path / "renders" and p.is_file() for p in paths)
+
+
+def test_building_a_tiny_model_leaves_the_callers_random_numbers_alone():
+    """build_tiny_pipeline (and the SDXL and CLIP builders) seeded torch's global generator and left it there: a
+    notebook's torch.rand after building one gave the build seed's numbers, not its own."""
+    from textinv.tiny import build_tiny_clip, build_tiny_pipeline, build_tiny_xl_pipeline, build_tiny_xl_refiner
+
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    build_tiny_xl_refiner(build_tiny_xl_pipeline())
+    build_tiny_pipeline("sd2")
+    build_tiny_clip()
+    assert torch.equal(torch.rand(4), expected)
+    # (and the seed still gives the weights it gave)
+    weights = build_tiny_pipeline("sd1", seed=4).unet.conv_in.weight
+    torch.manual_seed(0)
+    assert torch.equal(build_tiny_pipeline("sd1", seed=4).unet.conv_in.weight, weights)

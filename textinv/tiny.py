@@ -7,6 +7,8 @@ runs on them in seconds without downloading anything.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import models  # noqa: F401  (first: it imports diffusers' pipelines with transformers' import notes quiet)
@@ -22,6 +24,17 @@ TINY_WORDS = (
     "small large cool weird nice close up good one picture drawing sketch red blue green yellow purple orange pink "
     "black white"
 ).split()
+
+
+def _own_generator(build):
+    """`build` (seeding torch's global generator, so a seed gives the weights it always gave) made to put that
+    generator back as it found it: a caller's own random numbers after building a tiny model are those they would
+    have been without it, as after `train` or `generate`."""
+    @functools.wraps(build)
+    def built(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return build(*args, **kwargs)
+    return built
 
 
 def _text_config(tokenizer, width: int, act: str) -> CLIPTextConfig:
@@ -40,6 +53,7 @@ def _tiny_vae() -> AutoencoderKL:
     )
 
 
+@_own_generator
 def build_tiny_xl_pipeline(seed: int = 0, widths: tuple[int, int] = (32, 64)) -> StableDiffusionXLPipeline:
     """A tiny random SDXL pipeline: two text encoders (the second with a projection), text-time conditioning.
 
@@ -72,6 +86,7 @@ def build_tiny_xl_pipeline(seed: int = 0, widths: tuple[int, int] = (32, 64)) ->
     return pipe
 
 
+@_own_generator
 def build_tiny_xl_refiner(base: StableDiffusionXLPipeline, seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
     """A tiny random SDXL refiner for `base` (`build_tiny_xl_pipeline`): its second text encoder and VAE, a UNet of
     its own that reads that encoder alone and 5 time ids (size, crop, aesthetic score), as SDXL's refiner is laid out.
@@ -95,6 +110,7 @@ def build_tiny_xl_refiner(base: StableDiffusionXLPipeline, seed: int = 0) -> Sta
     return pipe
 
 
+@_own_generator
 def build_tiny_pipeline(family: str = "sd1", seed: int = 0, width: int = 32) -> StableDiffusionPipeline:
     """A tiny random SD pipeline ("sd1": epsilon; "sd2": v-prediction), 16x16 pixels, 8x8x4 latents.
 
@@ -143,6 +159,7 @@ def _tiny_sd_scheduler(sd2: bool) -> DDIMScheduler:
                          prediction_type="v_prediction" if sd2 else "epsilon")
 
 
+@_own_generator
 def build_tiny_clip(seed: int = 0, width: int = 32, image_size: int = 32):
     """A tiny random CLIP (both towers, the tiny tokenizer, an image processor at `image_size`): a stand-in for
     the judge `textinv score` loads (`CLIPModel` + tokenizer + `CLIPImageProcessor`), saved to a folder with
