@@ -448,3 +448,28 @@ def test_building_a_tiny_model_leaves_the_callers_random_numbers_alone():
     weights = build_tiny_pipeline("sd1", seed=4).unet.conv_in.weight
     torch.manual_seed(0)
     assert torch.equal(build_tiny_pipeline("sd1", seed=4).unet.conv_in.weight, weights)
+
+
+def test_train_and_generate_leave_the_callers_random_numbers_alone(sd1_dir, images, tmp_path):
+    """A notebook's own random numbers after a run are what they would have been without it: each run draws from
+    generators of its own. A seed (or variation seed) of -1 took Python's global generator a step on, and one that
+    the notebook had seeded gave the same "random" seed every time."""
+    import random
+
+    import numpy as np
+
+    def draws():
+        return random.random(), np.random.random(), torch.rand(1).item()
+
+    def seeded():
+        random.seed(5), np.random.seed(5), torch.manual_seed(5)
+
+    seeded()
+    expected = draws()
+    seeded()
+    model = load_model(sd1_dir)
+    train(run_config(images, tmp_path / "o", flip=True), model=model, progress=False)
+    paths = [generate(GenerateConfig(prompt=["a photo"], seed=-1, variation_strength=0.5, steps=2,
+                                     out=str(tmp_path / f"r{i}")), model=model, progress=False)[0] for i in (1, 2)]
+    assert draws() == expected
+    assert paths[0].name != paths[1].name  # (-1 drew a seed each time, its name in the file name)

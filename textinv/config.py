@@ -341,6 +341,14 @@ ALTERNATIVES = {"TrainConfig": {("steps", "epochs"): EITHER_LENGTH,
                                 ("lr", "lr_steps"): "--lr-steps gives the rates: leave out --lr"}}
 
 
+def random_seed() -> int:
+    """A seed asked for as -1 (the web UI's "random"), from the system's randomness rather than Python's global
+    generator: drawing it left a caller's own `random` numbers changed, and a notebook that had seeded `random` drew
+    the same "random" seed on every run. The seed drawn is recorded with every picture, which is how it is drawn
+    again."""
+    return random.SystemRandom().randrange(2**32)
+
+
 def named_settings(cls):
     """`cls` (a config dataclass) made to refuse a keyword it has no setting of with the setting meant, as the
     command line names the flag meant for a mistyped one: the nearest name (`TrainConfig(stpes=3)`: steps=?), or
@@ -1372,7 +1380,7 @@ class GenerateConfig:
                 raise ConfigError(f"--wildcards-dir {self.wildcards_dir} is no folder; give the folder that holds the "
                                   f"wildcard files (name.txt for __name__)")
         if self.seed == -1:  # A1111's "random": drawn once here, then recorded with every image like any seed
-            self.seed = random.randrange(2**32)
+            self.seed = random_seed()
         if not 0 <= self.seed <= 2**64 - self.n:  # what torch.Generator.manual_seed takes, for every image's seed
             raise ConfigError(f"--seed must be -1 (a random one) or between 0 and {2**64 - self.n} (image i uses "
                               f"seed + i), got {self.seed}")
@@ -1397,7 +1405,7 @@ class GenerateConfig:
         if self.variation_seed is not None and not self.variation_strength and not (self.x or self.y or self.z):
             raise ConfigError("--variation-seed needs --variation-strength (how far toward its noise, e.g. 0.3)")
         if self.variation_strength and self.variation_seed in (None, -1):  # (the web UI's: a random one)
-            self.variation_seed = random.randrange(2**32)
+            self.variation_seed = random_seed()
         if self.variation_seed is not None and not 0 <= self.variation_seed <= 2**64 - self.n:
             raise ConfigError(f"--variation-seed must be -1 (a random one) or between 0 and {2**64 - self.n} (image i "
                               f"uses it + i), got {self.variation_seed}")

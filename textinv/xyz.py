@@ -33,7 +33,6 @@ import glob
 import io
 import json
 import math
-import random
 import re
 import warnings
 from dataclasses import dataclass, field, replace
@@ -44,7 +43,7 @@ from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
-from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, spelled
+from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, random_seed, spelled
 from .embedding_names import _as_prompted, _file_name
 from .errors import ConfigError, DeviceMemoryError, TextinvError, said_once, warns_at_caller
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
@@ -571,7 +570,7 @@ def read_axis(flag: str, text: str, config: GenerateConfig) -> Plotted:
     except ValueError as e:
         raise ConfigError(f"{flag} {text!r}: {e}") from None
     if key in _SEED_AXES:  # the web UI's: -1 is a seed drawn once for the plot
-        read = [v if v != -1 else random.randrange(2**32) for v in read]
+        read = [v if v != -1 else random_seed() for v in read]
     return Plotted(AXES[key], flag, values.strip(), read)
 
 
@@ -629,7 +628,7 @@ def plan(config: GenerateConfig) -> Plan:
     base, drawn = replace(config, x=None, y=None, z=None), None
     if any(a.axis.name == "var-strength" for a in axes if a) and base.variation_seed in (None, -1):
         # (the web UI's: a variation seed left at -1 is drawn once for the plot, not once in each cell)
-        drawn = random.randrange(2**32)
+        drawn = random_seed()
         base = replace(base, variation_seed=drawn)
     cells, read = [], []
     for iz in range(nz):
