@@ -938,3 +938,13 @@ def test_pictures_are_drawn_at_the_size_the_embedding_was_trained_at_as_generate
     assert drawn(f"{side}x{side * 2}", "tall") == ((side, side * 2), f"{side}x{side * 2}")
     assert drawn(f"{side}x{side * 2}", "given", resolution=side) == ((side, side), side)
     assert drawn(str(side * 2), "square") == ((side, side), side)
+
+
+def test_score_takes_paths_as_text(run_dir, clip_dir, sd1_dir, tmp_path):
+    """ScoreConfig's paths given as Path objects (as TrainConfig's and GenerateConfig's may be) failed at the very
+    end, once every picture was drawn and judged, in the report's HTML escaping (Path has no .replace(a, b))."""
+    out = tmp_path / "score"
+    result = score(ScoreConfig(embedding=Path(run_dir), clip=Path(clip_dir), out=out, n=1, steps=2, init="none"),
+                   progress=False)
+    assert result.report["clip"] == str(clip_dir) and result.report["settings"]["out"] == str(out)
+    assert json.loads(result.scores.read_text())["settings"]["embedding"] == str(run_dir)

@@ -2069,6 +2069,7 @@ class ScoreConfig:
 
     def validate(self) -> "ScoreConfig":
         check_types(self)  # (a Python caller's prompts="..." or steps="8")
+        expand_home(self)  # (and a Python caller's Paths as text, which the report and scores.json write)
         if not self.embedding:
             raise ConfigError("--embedding is required: the embedding file, or the training run's --out folder")
         if not on_disk(self.embedding).exists() and hub_reference(self.embedding) is None:  # (FILE::NAME: FILE)
