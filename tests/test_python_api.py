@@ -284,7 +284,7 @@ def readme_python_blocks() -> list[str]:
 
 def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
     """The README's example, verbatim, on the bundled model: train, generate, diffusers' load_textual_inversion,
-    save and convert. The documented API cannot change without this failing."""
+    pictures into memory, save and convert. The documented API cannot change without this failing."""
     blocks = readme_python_blocks()
     assert len(blocks) >= 2, "the README's 'Use from Python' section lost its examples"
     shutil.copytree(ROOT / "examples" / "teal-star", tmp_path / "examples" / "teal-star")
@@ -295,6 +295,8 @@ def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
     assert scope["result"].files == [tmp_path / "runs" / "teal-star" / "learned_embeds.safetensors"]
     assert len(scope["pictures"]) == 4 and all(Path(p).is_file() for p in scope["pictures"])
     assert (tmp_path / "teal-star-diffusers.png").is_file()
+    assert [image.size for image in scope["images"]] == [(64, 64)] * 2
+    assert len(scope["model"].pipeline.tokenizer) == len(load_model("shapes").pipeline.tokenizer)  # (unloaded)
     assert (tmp_path / "teal-star.pt").is_file() and (tmp_path / "teal-star-kohya.safetensors").is_file()
 
 
