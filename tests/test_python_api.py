@@ -192,6 +192,9 @@ def test_a_run_on_a_model_passed_in_records_the_vae_it_was_loaded_with(sd1_dir, 
     (lambda tmp: run_config(tmp, tmp / "o", sample_prompts="a photo of {}"), r"sample_prompts= takes a list"),
     (lambda tmp: run_config(tmp, tmp / "o", steps=2.5), r"steps= takes a whole number, got float 2\.5"),
     (lambda tmp: run_config(tmp, tmp / "o", flip="no"), r"flip= takes True or False, got str 'no'"),
+    (lambda tmp: run_config(tmp, tmp / "o", lr="5e-3:100, 1e-3"),  # (as the command line's --lr says)
+     r"lr= takes a number, got str '5e-3:100, 1e-3'; it is the web UI's stepped rate \(RATE:STEP, \.\.\., RATE\): "
+     r"give it as lr_steps='5e-3:100, 1e-3'"),
     (lambda tmp: ScoreConfig(embedding=str(tmp), prompts="a {} on grass"), r"prompts= takes a list, got str"),
     (lambda tmp: ScoreConfig(embedding=str(tmp), steps="8"), r"steps= takes a whole number, got str '8'"),
 ])

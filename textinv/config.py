@@ -187,6 +187,8 @@ def check_types(config) -> None:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         fix = _PYTHON_HINTS.get(f.name) or (f"e.g. {f.name}=[{value!r}]" if kind is list and isinstance(
             value, (str, os.PathLike)) else "")
+        if f.name == "lr" and stepped_rate_note(value):  # (the command line's --lr says the same of it)
+            fix = f"it is the web UI's stepped rate (RATE:STEP, ..., RATE): give it as lr_steps={value!r}"
         raise ConfigError(f"{f.name}= takes {what}, got {type(value).__name__} {shown}" + (f"; {fix}" if fix else ""))
 
 
