@@ -13,7 +13,7 @@ import torch
 
 from conftest import interrupt_loss_at
 from textinv.config import GenerateConfig, MergeConfig, TrainConfig
-from textinv.errors import ConfigError, ModelError, UnknownSettingError
+from textinv.errors import ConfigError, FormatError, ModelError, UnknownSettingError
 from textinv.generate import generate
 from textinv.merge import merge
 from textinv.models import load_model
@@ -478,3 +478,15 @@ def test_train_and_generate_leave_the_callers_random_numbers_alone(sd1_dir, imag
                                      out=str(tmp_path / f"r{i}")), model=model, progress=False)[0] for i in (1, 2)]
     assert draws() == expected
     assert paths[0].name != paths[1].name  # (-1 drew a seed each time, its name in the file name)
+
+
+@pytest.mark.parametrize("name, fits", [("dog.pt", "'a1111' or 'diffusers-bin'"), ("dog.bin", "'diffusers-bin' or 'a1111'"),
+                                        ("dog.png", "'a1111-png'")])
+def test_saving_under_another_formats_suffix_names_the_format_that_takes_it(name, fits, tmp_path):
+    """save_embedding(emb, "dog.pt") (format left at diffusers) said only "pick another format"."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    emb = LearnedEmbedding("<dog>", {"text_encoder": torch.zeros(1, 32)}, {})
+    with pytest.raises(FormatError, match=rf"a 'diffusers' file must end in \.safetensors .*, or pick another format "
+                                          rf"\({name[3:]} is {fits}\)$"):
+        save_embedding(emb, tmp_path / name)

@@ -324,9 +324,13 @@ def check_suffix(path: str | Path, format: str, token: str) -> None:
     """
     if not _names_folder(path) and Path(path).suffix.lower() not in _SUFFIXES[format]:
         named = Path(path).with_suffix(_SUFFIXES[format][0]) if Path(path).stem else default_filename(format, token)
+        suffix = Path(path).suffix.lower()  # (the formats whose own suffix it is first: .pt is a1111's)
+        fits = sorted((name for name, suffixes in _SUFFIXES.items() if suffix in suffixes),
+                      key=lambda name: _SUFFIXES[name].index(suffix))
+        other = f" ({suffix} is {' or '.join(map(repr, fits))})" if fits else ""
         raise FormatError(
             f"{path}: a {format!r} file must end in {' or '.join(_SUFFIXES[format])} (tools choose their loader "
-            f"by extension): name it {str(named)!r}, or pick another format")
+            f"by extension): name it {str(named)!r}, or pick another format{other}")
 
 
 def _write_embedding(emb: LearnedEmbedding, path: Path, format: str, preview, date: str | None = None,
