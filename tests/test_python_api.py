@@ -490,3 +490,20 @@ def test_saving_under_another_formats_suffix_names_the_format_that_takes_it(name
     with pytest.raises(FormatError, match=rf"a 'diffusers' file must end in \.safetensors .*, or pick another format "
                                           rf"\({name[3:]} is {fits}\)$"):
         save_embedding(emb, tmp_path / name)
+
+
+def test_render_and_install_embedding_refuse_what_they_do_not_take_by_name(sd1_dir, tmp_path):
+    """render("a photo", ...) drew one prompt per letter into diffusers' batch-size error, too few seeds failed
+    there too, and install_embedding(model, PATH) raised an AttributeError ('PosixPath' has no 'widths')."""
+    from textinv.generate import install_embedding, render
+
+    model = load_model(sd1_dir)
+    with pytest.raises(ConfigError, match=r"render takes a list of prompts, got str 'a photo'; e\.g\. \['a photo'\]"):
+        render(model, "a photo", seeds=[0], steps=2)
+    with pytest.raises(ConfigError, match=r"one seed for each prompt: got seeds=\[0\] for 2 prompt\(s\); e\.g\. "
+                                          r"seeds=list\(range\(2\)\)"):
+        render(model, ["a photo", "a dog"], seeds=[0], steps=2)
+    with pytest.raises(FormatError, match=r"install_embedding takes a LearnedEmbedding, got PosixPath; pass "
+                                          r"load_embedding\('.*dog\.pt'\)"):
+        install_embedding(model, tmp_path / "dog.pt")
+    assert len(render(model, ("a photo",), seeds=range(1), steps=2)) == 1

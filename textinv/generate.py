@@ -22,6 +22,7 @@ import copy
 import errno
 import json
 import math
+import os
 import re
 import unicodedata
 import warnings
@@ -162,6 +163,10 @@ def install_embedding(model: Model, emb: LearnedEmbedding, comfy: bool = False) 
     tokenizers get its token too, whose ids `conditioning._prompt_chunks` takes out of those encoders' chunks, as
     ComfyUI does. Undo with `unload_embeddings`.
     """
+    if not isinstance(emb, LearnedEmbedding):  # (a file's path: loaded by load_embedding, which reads any format)
+        raise FormatError(f"install_embedding takes a LearnedEmbedding, got {type(emb).__name__}"
+                          + (f"; pass load_embedding({os.fspath(emb)!r})" if isinstance(emb, (str, os.PathLike))
+                             else ""))
     placed = comfy_vectors(model, emb) if comfy else None
     if placed is None:
         try:
@@ -300,6 +305,13 @@ def render(
     web UI draws it (`emphasis.composable_parts`, `conditioning._composing`): its k sub-prompts cost k + 1 UNet
     rows a step.
     """
+    # (a prompt as a str was drawn as one prompt per letter; seeds too few failed in diffusers' batch check)
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise ConfigError(f"render takes a list of prompts, got {type(prompts).__name__} {_shown(prompts)}"
+                          + (f"; e.g. [{prompts!r}]" if isinstance(prompts, str) else ""))
+    if not isinstance(seeds, (list, tuple, range)) or len(seeds) != len(prompts):
+        raise ConfigError(f"render takes one seed for each prompt: got seeds={_shown(seeds)} for {len(prompts)} "
+                          f"prompt(s); e.g. seeds=list(range({len(prompts)}))")
     pipe = model.pipeline
     if isinstance(negative_prompt, list) and len(negative_prompt) != len(prompts):
         raise ConfigError(f"render takes one negative prompt, or one for each prompt: got {len(negative_prompt)} "
@@ -328,6 +340,11 @@ def render(
             return _redrawn(model, start, inpaint, steps, denoise or refine.IMG2IMG_DENOISE, sampler,
                             (width, height), variation, refiner=refiner, **drawing)
         return _text_to_image(model, steps, sampler, (width, height), hires, variation, refiner, **drawing)
+
+
+def _shown(value) -> str:
+    """`value`'s repr, cut short for an error message."""
+    return repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
 
 
 def _check_passes(model: Model, steps: int, sampler: str, start: list[Image.Image] | None, denoise: float | None,
