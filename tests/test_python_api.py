@@ -507,3 +507,28 @@ def test_render_and_install_embedding_refuse_what_they_do_not_take_by_name(sd1_d
                                           r"load_embedding\('.*dog\.pt'\)"):
         install_embedding(model, tmp_path / "dog.pt")
     assert len(render(model, ("a photo",), seeds=range(1), steps=2)) == 1
+
+
+def test_every_warning_textinv_raises_is_a_textinv_warning(sd1_dir, images, tmp_path):
+    """A notebook could not silence textinv's notes as a whole: a plain note was a bare UserWarning, and a
+    module="textinv" filter misses them all, as they name the caller's line. TextinvWarning is every one's base."""
+    from textinv.errors import TextinvWarning
+
+    model = load_model(sd1_dir)
+
+    def run(out):
+        train(run_config(images, tmp_path / out, resolution=32), model=model, progress=False)  # 24px: upscaled
+        generate(GenerateConfig(prompt=["a photo of <nope>"], steps=2, out=str(tmp_path / out / "r")), model=model,
+                 progress=False)  # (a word the model does not know)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run("a")
+    ours = [w for w in seen if w.filename == __file__]
+    assert len(ours) >= 2 and all(issubclass(w.category, TextinvWarning) for w in ours), [
+        (w.category, str(w.message)[:80]) for w in ours]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=TextinvWarning)
+        run("b")
+    assert [w for w in seen if w.filename == __file__] == []

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ConfigError, DataError, backslash_note, warn
+from .errors import ConfigError, DataError, TextinvWarning, backslash_note, warn
 from .io import read_text
 
 __all__ = [
@@ -159,33 +159,33 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 
 
-class SkippedFilesWarning(UserWarning):
+class SkippedFilesWarning(TextinvWarning):
     """Some files in the image folder are not pictures Pillow can read, or some of its subfolders are not read
     (kohya's layout), and were left out."""
 
 
-class SmallImageWarning(UserWarning):
+class SmallImageWarning(TextinvWarning):
     """A picture is smaller than the training resolution and will be upscaled (and so blurred)."""
 
 
-class AlphaMaskWarning(UserWarning):
+class AlphaMaskWarning(TextinvWarning):
     """--alpha-mask was asked for, but none of a concept's pictures has any transparency."""
 
 
-class CaptionWithoutMarkerWarning(UserWarning):
+class CaptionWithoutMarkerWarning(TextinvWarning):
     """A caption file has no `{}` or `[name]` marker, so the placeholder is put in front of its text."""
 
 
-class UnreadTemplatesWarning(UserWarning):
+class UnreadTemplatesWarning(TextinvWarning):
     """--templates without `[filewords]` where pictures have caption files: those train on their captions alone."""
 
 
-class EmptyCaptionWarning(UserWarning):
+class EmptyCaptionWarning(TextinvWarning):
     """A caption file is empty, which textinv reads as no caption (its picture trains on the templates), where
     kohya's scripts train on the empty text."""
 
 
-class CaptionLinesWarning(UserWarning):
+class CaptionLinesWarning(TextinvWarning):
     """A caption file holds several lines, which textinv joins into one caption where kohya's scripts take the
     first."""
 
@@ -1411,7 +1411,7 @@ def filename_words(path: str | os.PathLike) -> str | None:
     return " ".join(re.sub(r"^[-\d]+\s*", "", Path(path).stem).split()) or None
 
 
-class TagOptionsWarning(UserWarning):
+class TagOptionsWarning(TextinvWarning):
     """Tag shuffling or dropout, or a caption prefix or suffix, was asked for, but no picture has a caption it could
     change."""
 

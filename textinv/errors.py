@@ -49,6 +49,13 @@ class DeviceMemoryError(TextinvError):
     there and, for a training run, the step it is saved at (`textinv.memory`)."""
 
 
+class TextinvWarning(UserWarning):
+    """Base of every warning textinv raises (a picture skipped, a word the model does not know, ...):
+    `warnings.filterwarnings("ignore", category=TextinvWarning)` silences them all, where a `module="textinv"` filter
+    cannot, as they name the caller's line (`warn`). Each kind has its own subclass where one is worth filtering
+    alone (`data.SmallImageWarning`, `formats.ModelSpecWarning`, ...)."""
+
+
 def backslash_note(path) -> str:
     """What a "does not exist" error adds for a path written with backslashes where folders are separated by '/': a
     path copied from Windows (C:\\Users\\me\\pics) names no folder here, and the plain error would not say why.
@@ -100,7 +107,7 @@ def said_once():
 
 
 def warn(message, category=None, stacklevel: int = 1) -> None:
-    """`warnings.warn`, named at the user's line inside a `warns_at_caller` function: a warning raised anywhere in a
+    """`warnings.warn` (of `category`, by default `TextinvWarning`), named at the user's line inside a `warns_at_caller` function: a warning raised anywhere in a
     `train(...)` (its phases, the picture and kohya readers it calls) or a `generate(...)` names the line that called
     it, where a fixed `stacklevel` names a line inside textinv at one depth or another. Where one such function runs
     another, the innermost one the user's own code called is named: `generate` with an X/Y/Z plot runs `plot`,
@@ -110,8 +117,9 @@ def warn(message, category=None, stacklevel: int = 1) -> None:
     (`find_images` called directly) it is `stacklevel` as `warnings.warn` counts it from the caller. (Python 3.12's
     `skip_file_prefixes` does the like.)
 
-    >>> warn("a note", UserWarning, stacklevel=2)  # doctest: +SKIP
+    >>> warn("a note", stacklevel=2)  # doctest: +SKIP
     """
+    category = category or TextinvWarning
     said = _SAID.get()
     if said is not None:
         if (str(message), category) in said:

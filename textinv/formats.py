@@ -64,7 +64,7 @@ import torch
 
 from . import a1111_pixels, modelspec
 from .data import MAX_IMAGE_PIXELS, _open_image
-from .errors import ConfigError, FormatError, warn
+from .errors import ConfigError, FormatError, TextinvWarning, warn
 from .families import FAMILY_NAMES, TEXT_ENCODERS, describe_widths, family_for_widths
 from .io import atomic_path
 
@@ -771,7 +771,7 @@ def _build(path: Path, read: _Read, token: str | None) -> LearnedEmbedding:
     return emb
 
 
-class ModelSpecWarning(UserWarning):
+class ModelSpecWarning(TextinvWarning):
     """A file's modelspec.architecture does not fit its vectors."""
 
 

@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from .config import TrainConfig, check_side, check_training_size, is_warmup_length, training_size
 from .data import side_buckets, skip_sides
-from .errors import ConfigError, backslash_note, warn
+from .errors import ConfigError, TextinvWarning, backslash_note, warn
 from .foreign import foreign_hint, setting_of
 from .io import read_text
 
@@ -62,7 +62,7 @@ SUBSET_KEY = (GENERAL, DATASET, SUBSET)
 OWN_KEY = (SUBSET,)
 
 
-class DatasetConfigWarning(UserWarning):
+class DatasetConfigWarning(TextinvWarning):
     """Keys of kohya's dataset config that textinv leaves unused, as kohya's textual inversion does."""
 
 

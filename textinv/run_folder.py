@@ -27,7 +27,7 @@ from . import __version__
 from .config import (ALTERNATIVES, COMMAND_ONLY, DEFAULT_LR, SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build,
                      clip_steps, read_config_file)
 from .data import _OS_LITTER, PictureSet
-from .errors import ConfigError, FormatError, warn
+from .errors import ConfigError, FormatError, TextinvWarning, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, first_file, load_embedding,
                       second_file, step_filename)
 from .hub import hub_reference
@@ -829,7 +829,7 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
     return ordered, moved
 
 
-class PrecisionChangedWarning(UserWarning):
+class PrecisionChangedWarning(TextinvWarning):
     """A run resumed with another --precision than it ran at, as asked: it goes on in other arithmetic."""
 
 
@@ -862,7 +862,7 @@ def check_same_precision(checkpoint: tuple[Path, dict], config: TrainConfig, dty
                       f"end where it would have; {fix} to go on at {now} knowingly")
 
 
-class ModelChangedWarning(UserWarning):
+class ModelChangedWarning(TextinvWarning):
     """A run resumed with a model whose weights are not the ones it started with, from the same source."""
 
 
