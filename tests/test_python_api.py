@@ -532,3 +532,17 @@ def test_every_warning_textinv_raises_is_a_textinv_warning(sd1_dir, images, tmp_
         warnings.filterwarnings("ignore", category=TextinvWarning)
         run("b")
     assert [w for w in seen if w.filename == __file__] == []
+
+
+def test_merge_leaves_the_callers_config_as_it_was(tmp_path):
+    """merge validated the caller's own MergeConfig, which turned its Paths into text (and the web UI's names into
+    textinv's): a notebook's config changed under it, as generate's no longer does."""
+    import copy
+
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    save_embedding(LearnedEmbedding("<dog>", {"text_encoder": torch.ones(1, 32)}, {}), tmp_path / "dog.pt", "a1111")
+    config = MergeConfig(out=tmp_path / "mix.pt", token="<mix>", terms=[f"{tmp_path / 'dog.pt'}*0.5"])
+    given = copy.deepcopy(config)
+    merge(config)
+    assert config == given and isinstance(config.out, Path)

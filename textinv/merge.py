@@ -18,6 +18,7 @@ written in a term: rename it (or, from Python, give the term as a `Path`: that o
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import os
@@ -251,7 +252,7 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     #    seconds to minutes to load
     check_config_object(config, MergeConfig)
     check_model_object(model)
-    config.validate()
+    config = copy.copy(config).validate()  # (a copy: the caller's config stays as given, Paths and all)
     terms = [parse_term(term) for term in config.terms]
     words = [part for term in terms for part in term if part.words]
     if words and model is None and not config.model:
