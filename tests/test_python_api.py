@@ -544,5 +544,16 @@ def test_merge_leaves_the_callers_config_as_it_was(tmp_path):
     save_embedding(LearnedEmbedding("<dog>", {"text_encoder": torch.ones(1, 32)}, {}), tmp_path / "dog.pt", "a1111")
     config = MergeConfig(out=tmp_path / "mix.pt", token="<mix>", terms=[f"{tmp_path / 'dog.pt'}*0.5"])
     given = copy.deepcopy(config)
-    merge(config)
+    result = merge(config)
     assert config == given and isinstance(config.out, Path)
+    assert result.files == [tmp_path / "mix.pt"]
+
+
+def test_merge_returns_absolute_paths_as_train_does(tmp_path, monkeypatch):
+    """merge's files were as given (relative), where train's, generate's and score's are absolute."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    monkeypatch.chdir(tmp_path)
+    save_embedding(LearnedEmbedding("<dog>", {"text_encoder": torch.ones(1, 32)}, {}), "dog.pt", "a1111")
+    result = merge(MergeConfig(out="mix.pt", token="<mix>", terms=["dog.pt*0.5"]))
+    assert result.files == [tmp_path / "mix.pt"]

@@ -35,6 +35,7 @@ from .errors import ConfigError, FormatError, TokenError, warn, warns_at_caller
 from .families import describe_widths
 from .formats import LearnedEmbedding, check_writable, describe, format_for, load_embedding, save_embedding
 from .inspect import encoder_lines, word_rows
+from .io import absolute
 from .models import Model, check_model_object, load_model, shareable_name, source_is_xl
 from .run_folder import embedding_file
 from .tokens import base_embedding, split_words, token_clash, token_names
@@ -276,7 +277,8 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
                              overwrite=config.overwrite)
     norms = None if model is None else {name: word_rows(base_embedding(te).weight.detach(), tok).float().norm(dim=1)
                                         for name, tok, te in model.encoders}
-    return MergeResult(written, emb, summary(emb, written, norms))
+    # (the files absolute, as train's and generate's: found from any working directory; the summary says them as given)
+    return MergeResult([Path(absolute(p)) for p in written], emb, summary(emb, written, norms))
 
 
 def _read_files(terms: list[list[Part]]) -> dict[Part, LearnedEmbedding]:
