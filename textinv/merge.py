@@ -247,7 +247,7 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     written. `model` (a loaded `models.Model`): the one words are read from, in place of loading `config.model`.
 
     >>> merge(MergeConfig(out="mix.pt", token="<mix>", terms=["dog.pt*0.5 + cat.pt*0.5"])).files  # doctest: +SKIP
-    [PosixPath('mix.pt')]
+    [PosixPath('/.../mix.pt')]
     """
     # 1. Check the settings, read every file and check what they tell before loading anything: a model takes
     #    seconds to minutes to load

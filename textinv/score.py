@@ -523,7 +523,7 @@ def score(config: ScoreConfig, model: Model | None = None, judge: ClipJudge | No
     """Draw, judge and report one embedding (see the module's docstring); return where the report is.
 
     >>> score(ScoreConfig(embedding="runs/my-dog", description="a corgi"))  # doctest: +SKIP
-    ScoreResult(html=PosixPath('score-out/report.html'), ...)
+    ScoreResult(html=PosixPath('/.../score-out/report.html'), ...)
 
     Running out of GPU memory raises `errors.DeviceMemoryError`, which says where and what needs less.
     """

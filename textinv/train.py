@@ -261,7 +261,7 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
     >>> from textinv.config import TrainConfig
     >>> result = train(TrainConfig(images="photos/dog", token="<my-dog>", init="dog", out="runs/dog"))  # doctest: +SKIP
     >>> result.files  # doctest: +SKIP
-    [PosixPath('runs/dog/learned_embeds.safetensors')]
+    [PosixPath('/.../runs/dog/learned_embeds.safetensors')]
 
     `on_step(step)` is called after each optimizer step (benchmarks time steps with it). A `model` passed in
     (`models.load_model`, loaded once for several runs) trains on the device it is on and comes back as it came,
