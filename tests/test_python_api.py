@@ -557,3 +557,4 @@ def test_merge_returns_absolute_paths_as_train_does(tmp_path, monkeypatch):
     save_embedding(LearnedEmbedding("<dog>", {"text_encoder": torch.ones(1, 32)}, {}), "dog.pt", "a1111")
     result = merge(MergeConfig(out="mix.pt", token="<mix>", terms=["dog.pt*0.5"]))
     assert result.files == [tmp_path / "mix.pt"]
+    assert "report" not in repr(result)  # (its summary, a screenful where a notebook shows the result)

@@ -948,3 +948,4 @@ def test_score_takes_paths_as_text(run_dir, clip_dir, sd1_dir, tmp_path):
                    progress=False)
     assert result.report["clip"] == str(clip_dir) and result.report["settings"]["out"] == str(out)
     assert json.loads(result.scores.read_text())["settings"]["embedding"] == str(run_dir)
+    assert repr(result) == f"ScoreResult(html={result.html!r}, png={result.png!r}, scores={result.scores!r})"

@@ -80,7 +80,8 @@ class Part:
 class MergeResult:
     files: list[Path]  # what was written (diffusers-sdxl: both files)
     embedding: LearnedEmbedding
-    report: dict = field(default_factory=dict)  # `describe`'s summary, the files, the recipe and a `text` to print
+    # `describe`'s summary, the files, the recipe and a `text` to print (left out of the repr a notebook shows)
+    report: dict = field(default_factory=dict, repr=False)
 
 
 def parse_term(term: str) -> list[Part]:

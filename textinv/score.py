@@ -87,7 +87,7 @@ class ScoreResult:
     html: Path
     png: Path
     scores: Path
-    report: dict
+    report: dict = dataclasses.field(repr=False)  # (scores.json's: a screenful, where a notebook shows the result)
 
 
 # ---------------------------------------------------------------------------------------------------------------
