@@ -14,6 +14,7 @@ import torch
 from conftest import interrupt_loss_at
 from textinv.config import GenerateConfig, MergeConfig, TrainConfig
 from textinv.errors import ConfigError, FormatError, ModelError, UnknownSettingError
+from textinv.formats import LearnedEmbedding
 from textinv.generate import generate
 from textinv.merge import merge
 from textinv.models import load_model
@@ -21,6 +22,9 @@ from textinv.score import ScoreConfig, score
 from textinv.train import TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+LOADED = LearnedEmbedding("<zq>", {"text_encoder": torch.zeros(1, 32)}, {})  # (an embedding in memory)
 
 
 def run_config(images, out, **kw):
@@ -197,6 +201,11 @@ def test_a_run_on_a_model_passed_in_records_the_vae_it_was_loaded_with(sd1_dir, 
      r"give it as lr_steps='5e-3:100, 1e-3'"),
     (lambda tmp: ScoreConfig(embedding=str(tmp), prompts="a {} on grass"), r"prompts= takes a list, got str"),
     (lambda tmp: ScoreConfig(embedding=str(tmp), steps="8"), r"steps= takes a whole number, got str '8'"),
+    (lambda tmp: GenerateConfig(prompt=["a"], embedding=[LOADED]),  # (failed in os.fspath with a bare TypeError)
+     r"embedding= takes a list of text or Paths, got LearnedEmbedding .*; pass its file \(train's result\.files\[0\], "
+     r"or one save_embedding\(emb, 'emb\.safetensors'\) writes\)"),
+    (lambda tmp: ScoreConfig(embedding=LOADED), r"embedding= takes text or a Path, got LearnedEmbedding .*; pass its "
+                                                r"file"),
 ])
 def test_python_settings_of_another_type_are_refused_by_name(make, message, tmp_path):
     """Settings given from Python skip the command line's reading of text: one prompt as a str was read letter by

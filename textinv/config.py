@@ -156,6 +156,9 @@ def _near(value, choices) -> str:
 _PYTHON_HINTS = {
     "images": "save the pictures into a folder first (for i, im in enumerate(pictures): im.save(f'pics/{i}.png')) "
               "and pass images='pics': the run records the folder in config.yaml, which --resume and a rerun read",
+    # (by the value's type: a loaded embedding, wherever a file of one is meant)
+    "LearnedEmbedding": "pass its file (train's result.files[0], or one save_embedding(emb, 'emb.safetensors') "
+                        "writes): what is drawn records the file it came from",
 }
 
 
@@ -180,12 +183,16 @@ def check_types(config) -> None:
               str: isinstance(value, (str, os.PathLike))
               or (f.metadata.get("stepped") and isinstance(value, (int, float)) and not isinstance(value, bool))
               }.get(kind, True)
-        if ok:
-            continue
         what = {list: "a list", bool: "True or False", int: "a whole number", float: "a number"}.get(
             kind, "text or a Path" if f.metadata.get("path") else "text")
+        if ok and kind is list and f.metadata.get("path"):  # (a list of paths: of text or Paths, or a mapping)
+            value = next((item for item in value if not isinstance(item, (str, os.PathLike, dict))), None)
+            ok, what = value is None, "a list of text or Paths"
+        if ok:
+            continue
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        fix = _PYTHON_HINTS.get(f.name) or (f"e.g. {f.name}=[{value!r}]" if kind is list and isinstance(
+        fix = _PYTHON_HINTS.get(type(value).__name__) or _PYTHON_HINTS.get(f.name) or (
+            f"e.g. {f.name}=[{value!r}]" if kind is list and isinstance(
             value, (str, os.PathLike)) else "")
         if f.name == "lr" and stepped_rate_note(value):  # (the command line's --lr says the same of it)
             fix = f"it is the web UI's stepped rate (RATE:STEP, ..., RATE): give it as lr_steps={value!r}"
