@@ -1774,6 +1774,22 @@ def test_prompt_l_is_refused_where_it_cannot_apply_before_any_drawing(sd1_dir, t
     assert not list((tmp_path / "a").glob("*.png"))
 
 
+def test_a_run_refused_once_its_model_has_loaded_leaves_no_empty_folder_it_made(sd1_dir, tmp_path):
+    """--out is made before the model loads (a file in the way is said at once); a refusal that needs the model
+    (here --prompt-l on a model of one text encoder) takes the folder away again where the run made it and wrote
+    nothing there, and leaves one that was there before, empty or not."""
+    settings = dict(prompt=["a dog"], prompt_l="a cat", model=str(sd1_dir), n=1, steps=1, emphasis="comfy")
+    made = tmp_path / "new" / "out"
+    with pytest.raises(ConfigError, match="--prompt-l"):
+        generate(GenerateConfig(out=str(made), **settings), progress=False)
+    assert not made.exists()
+    there = tmp_path / "there"
+    there.mkdir()
+    with pytest.raises(ConfigError, match="--prompt-l"):
+        generate(GenerateConfig(out=str(there), **settings), progress=False)
+    assert there.is_dir()
+
+
 def test_a_run_folder_copied_from_a_mac_names_its_token_named_files_in_either_unicode_form(sd1_dir, images,
                                                                                            tmp_path):
     """A run's token-named folder and file (`<café>`: café/café.pt) come back from macOS with the accent as a

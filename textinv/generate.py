@@ -49,7 +49,7 @@ from .errors import ConfigError, DataError, FormatError, ModelError, TokenError,
 from .families import describe_widths
 from .formats import (BUNDLE_SEPARATOR, RECORD_KEY, LearnedEmbedding, ModelSpecWarning, bundled_names, load_bundled,
                       load_embedding, split_bundle)
-from .io import absolute, atomic_path, clear_stale_temporaries, file_sha256, output_folder
+from .io import absolute, atomic_path, clear_stale_temporaries, file_sha256, output_folder_kept_if_used
 from .loras import _lora_set, apply_loras, lora_files, lora_sha256, unload_loras
 from .memory import memory_error, out_of_memory_as, smaller_side
 from .models import (DTYPES, Model, check_clip_skip, check_model_object, interrupt_kept, launched_precision, load_model,
@@ -1050,11 +1050,21 @@ def _generate(configs: list[GenerateConfig], model: Model | None, progress: bool
     if any(together(c) != together(checked[0]) for c in checked[1:]):
         raise ConfigError("generate_together draws runs that differ in their prompts, negative prompts and seeds "
                           "alone (`together`): draw the others with generate, one by one")
+    config = checked[0].config
+    device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
+    # a file in the way or no permission: said now, not after the model has loaded; refused later, and left empty,
+    # the folder made for the run goes again
+    with output_folder_kept_if_used(config.out):
+        return _load_and_draw(checked, model, device, progress, keep_seeds, where, refiner, suffixes)
+
+
+def _load_and_draw(checked: list[Checked], model: Model | None, device, progress: bool, keep_seeds: set[int] | None,
+                   where: _Where, refiner: Model | None, suffixes: list[str] | None) -> list[list[Path]]:
+    """`_generate`'s work in its --out: the models loaded (unless `model` is given; on `device`), the embeddings
+    installed, the pictures drawn and written."""
     config, _, embeddings, paths, _, pictures, inpaint, bundled, stand_ins = checked[0]
     jobs = [c.jobs for c in checked]
     loras = {name: file for c in checked for name, file in c.loras.items()}  # (one set a call: `_mixable`)
-    device = pick_device(config.device) if model is None else None  # (a device it lacks: before --out is made)
-    output_folder(config.out)  # a file in the way or no permission: said now, not after the model has loaded
     clear_stale_temporaries(config.out, PICTURE_NAME)  # (a killed run's half-written pictures)
     check_refiner_source(config, model)
     check_hires_source(config, model)

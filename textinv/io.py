@@ -227,6 +227,23 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+@contextlib.contextmanager
+def output_folder_kept_if_used(path: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
+    """`output_folder(path)` for the block's work: made now (a file in the way or no permission said before any slow
+    work), and, where the block raises and the folder was made for it and is still empty, removed again, so a
+    command refused once its model has loaded (a sampler the model cannot use) leaves no empty folder behind. A
+    folder that was there stays; so does one the block wrote into (its pictures are kept)."""
+    made = not Path(path).expanduser().exists()
+    folder = output_folder(path, flag)
+    try:
+        yield folder
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):  # (not empty, or gone: left as it is)
+                folder.rmdir()
+        raise
+
+
 def absolute(path: str | os.PathLike) -> str:
     """`path` made absolute, `~` expanded, links and `..` left as written (unlike `Path.resolve`): how a file
     recorded for later (a picture's settings, a report) is named, so it is found from any working directory."""
