@@ -845,10 +845,16 @@ def test_a_new_folder_written_with_a_trailing_slash_gets_the_file_inside(tmp_pat
     assert_same_vectors(emb, load_embedding(written))
 
 
-def test_convert_unknown_extension_names_the_flag(tmp_path):
+def test_convert_unknown_extension_names_the_flag(tmp_path, capsys):
+    """An extension that names no format is refused naming the setting that gives one: --to on the command line,
+    from Python the keywords (it said --to there too)."""
+    from textinv.cli import main
+
     save_embedding(make_emb("sd1", 1), tmp_path / "learned_embeds.safetensors")
-    with pytest.raises(FormatError, match=r"give the format \(--to\): diffusers, diffusers-bin, a1111,"):
+    with pytest.raises(FormatError, match=r"give the format \(to=, save_embedding's format=\): diffusers, "):
         convert(tmp_path / "learned_embeds.safetensors", tmp_path / "out.txt")
+    assert main(["convert", str(tmp_path / "learned_embeds.safetensors"), str(tmp_path / "out.txt")]) == 2
+    assert "give the format (--to): diffusers, diffusers-bin, a1111," in capsys.readouterr().err
 
 
 def test_convert_sdxl(tmp_path):

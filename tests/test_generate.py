@@ -267,7 +267,7 @@ def test_generate_settings_refused_before_loading(tmp_path):
     for settings, message in (({"seed": 2**64}, "--seed must be -1 .* or between"), ({"seed": -2}, "--seed must be"),
                               ({"seed": 2**64 - 1, "n": 2}, "--seed must be"),
                               ({"out": str(tmp_path / "file.png")}, "is a file"),
-                              ({"precision": "int8"}, "--precision 'int8' is not one of: auto, fp32")):
+                              ({"precision": "int8"}, "precision='int8' is not one of: auto, fp32")):
         with pytest.raises(ConfigError, match=message):
             generate(GenerateConfig(prompt=["a dog"], model=str(tmp_path / "no-model"), **settings), progress=False)
 
@@ -645,7 +645,7 @@ def test_a_sampler_named_as_the_web_ui_or_kohya_name_it_draws_as_textinvs_and_is
 
 def test_an_unknown_sampler_is_refused_with_the_list():
 
-    with pytest.raises(ConfigError, match="--sampler 'pndm' is not one of: default, euler, euler_a"):
+    with pytest.raises(ConfigError, match="sampler='pndm' is not one of: default, euler, euler_a"):
         GenerateConfig(prompt=["a dog"], sampler="pndm").validate()
 
 

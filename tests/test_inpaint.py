@@ -368,9 +368,9 @@ def test_the_latent_fills_encode_the_filled_picture_as_the_web_ui_does():
     ({"mask_invert": True}, r"--mask-invert set inpainting, which --mask turns on"),
     ({"init_image": __file__, "mask": __file__, "mask_blur": -1}, r"--mask-blur must be 0 or more pixels, got -1"),
     ({"init_image": __file__, "mask": __file__, "masked_padding": 8}, r"--masked-padding widens the box --inpaint-"),
-    ({"init_image": __file__, "mask": __file__, "inpaint_fill": "noise"}, r"--inpaint-fill 'noise' is not one of"),
+    ({"init_image": __file__, "mask": __file__, "inpaint_fill": "noise"}, r"inpaint_fill='noise' is not one of"),
     ({"inpaint_blend": "noised"}, r"--inpaint-blend set inpainting, which --mask turns on"),
-    ({"init_image": __file__, "mask": __file__, "inpaint_blend": "x0"}, r"--inpaint-blend 'x0' is not one of"),
+    ({"init_image": __file__, "mask": __file__, "inpaint_blend": "x0"}, r"inpaint_blend='x0' is not one of"),
 ])
 def test_mask_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
     with pytest.raises(ConfigError, match=message):

@@ -206,7 +206,7 @@ def test_resume_is_exact_and_refuses_another_length(sd1_dir, images, tmp_path):
 def test_other_lengths_are_refused_naming_the_allowed_ones(value, images, tmp_path, capsys):
     from textinv.cli import main
 
-    with pytest.raises(ConfigError, match=f"--max-token-length {value} is not one of: 75, 150, 225"):
+    with pytest.raises(ConfigError, match=f"max_token_length={value} is not one of: 75, 150, 225"):
         config(images, tmp_path / "a", max_token_length=value).validate()
     with pytest.raises(SystemExit):
         main(["train", "--images", str(images), "--token", "<t>", "--out", str(tmp_path / "b"),

@@ -274,8 +274,8 @@ def test_the_perturbation_noises_the_latents_and_the_target_keeps_the_noise(sd2_
     (dict(noise_offset_random_strength=True), r"--noise-offset-random-strength draws a fraction of --noise-offset"),
     (dict(ip_noise_gamma_random_strength=True), r"--ip-noise-gamma-random-strength draws a fraction of "
                                                 r"--ip-noise-gamma"),
-    (dict(loss_type="l3"), r"--loss-type 'l3' is not one of: l2, l1, huber, smooth_l1"),
-    (dict(huber_schedule="cosine"), r"--huber-schedule 'cosine' is not one of: snr, exponential, constant"),
+    (dict(loss_type="l3"), r"loss_type='l3' is not one of: l2, l1, huber, smooth_l1"),
+    (dict(huber_schedule="cosine"), r"huber_schedule='cosine' is not one of: snr, exponential, constant"),
     (dict(loss_type="huber", huber_scale=2.0), r"--huber-scale 2 scales the exponential and constant "
                                                r"--huber-schedule's threshold; the snr schedule has no scale"),
 ])

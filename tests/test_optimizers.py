@@ -148,7 +148,7 @@ def test_kohyas_optimizer_args_are_read_as_kohya_reads_them():
     (dict(optimizer="sgd", optimizer_args=["momentum=0"]), r"--optimizer sgd with --optimizer-args momentum=0: SGD "
                                                            r"says: Nesterov momentum requires a momentum"),
     (dict(optimizer="adafactor", optimizer_args=["relative_step=True"]), r"Adafactor would then set its own rate"),
-    (dict(optimizer="CAME"), r"--optimizer 'CAME' is not one of: adamw, lion, prodigy, adafactor, sgd"),
+    (dict(optimizer="CAME"), r"optimizer='CAME' is not one of: adamw, lion, prodigy, adafactor, sgd"),
     (dict(optimizer="sgd", reference_like=True), r"--reference-like does what the diffusers example does, .* its "
                                                  r"optimizer is AdamW"),
     (dict(lr_cycles=2), r"--lr-cycles 2 shapes --lr-schedule cosine_with_restarts, and the schedule is constant"),

@@ -235,10 +235,36 @@ def test_a_setting_name_a_config_lacks_is_refused_with_the_one_meant(make, messa
 def test_a_mistyped_choice_from_python_names_the_one_meant(tmp_path):
     """`sampler="eulr"` listed every sampler without the one meant, where the command line's --sampler eulr says
     "did you mean 'euler'?"."""
-    with pytest.raises(ConfigError, match=r"--sampler 'eulr' is not one of: .*; did you mean 'euler'\?$"):
+    with pytest.raises(ConfigError, match=r"^sampler='eulr' is not one of: .*; did you mean 'euler'\?$"):
         GenerateConfig(prompt=["a"], sampler="eulr").validate()
-    with pytest.raises(ConfigError, match=r"--format 'difusers' is not one of: .*; did you mean 'diffusers'\?$"):
+    with pytest.raises(ConfigError, match=r"^format='difusers' is not one of: .*; did you mean 'diffusers'\?$"):
         run_config(tmp_path, tmp_path / "o", format="difusers").validate()
+
+
+def test_a_choice_is_named_as_its_user_wrote_it(tmp_path, capsys):
+    """A choice refused from Python said `--sampler 'eulr'`, the command line's flag, where a type refused said
+    `sampler=`: Python's keyword from Python, the flag on the command line (a --config file's keys too)."""
+    from textinv.cli import main
+
+    with pytest.raises(ConfigError, match=r"^precision='no' is the diffusers script's and accelerate's word"):
+        GenerateConfig(prompt=["a"], precision="no").validate()
+    config = tmp_path / "g.yaml"
+    config.write_text(f"sampler: eulr\nout: {tmp_path / 'out'}\nprompt: [x]\n")
+    assert main(["generate", "--config", str(config)]) == 2
+    assert "error: --sampler 'eulr' is not one of: " in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"^sampler='eulr' is not"):  # (the command line's run is over)
+        GenerateConfig(prompt=["a"], sampler="eulr").validate()
+
+
+def test_a_mistyped_bundled_model_names_the_nearest(capsys):
+    """`load_model("shapez")` listed the bundled models without the one meant, where a mistyped choice names it;
+    the command line's --model says it too."""
+    from textinv.cli import main
+
+    with pytest.raises(ModelError, match=r"Bundled models: shapes; did you mean 'shapes'\?$"):
+        load_model("shapez")
+    assert main(["generate", "--prompt", "x", "--model", "shapez"]) == 2
+    assert "did you mean 'shapes'?" in capsys.readouterr().err
 
 
 def test_a_config_of_another_command_is_refused_by_name(sd1_dir, tmp_path):
@@ -492,13 +518,13 @@ def test_train_and_generate_leave_the_callers_random_numbers_alone(sd1_dir, imag
 @pytest.mark.parametrize("name, fits", [("dog.pt", "'a1111' or 'diffusers-bin'"), ("dog.bin", "'diffusers-bin' or 'a1111'"),
                                         ("dog.png", "'a1111-png'")])
 def test_saving_under_another_formats_suffix_names_the_format_that_takes_it(name, fits, tmp_path):
-    """save_embedding(emb, "dog.pt") (format left at diffusers) said only "pick another format"."""
+    """save_embedding(emb, "dog.pt", format="diffusers") said only "pick another format"."""
     from textinv.formats import LearnedEmbedding, save_embedding
 
     emb = LearnedEmbedding("<dog>", {"text_encoder": torch.zeros(1, 32)}, {})
     with pytest.raises(FormatError, match=rf"a 'diffusers' file must end in \.safetensors .*, or pick another format "
                                           rf"\({name[3:]} is {fits}\)$"):
-        save_embedding(emb, tmp_path / name)
+        save_embedding(emb, tmp_path / name, format="diffusers")
 
 
 def test_render_and_install_embedding_refuse_what_they_do_not_take_by_name(sd1_dir, tmp_path):

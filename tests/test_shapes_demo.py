@@ -430,9 +430,9 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
 
     with pytest.raises(ConfigError, match="runs must be a whole number >= 1"):
         settings(flags={"runs": 0})
-    with pytest.raises(ConfigError, match="--precision 'int8' is not one of: fp32, bf16, fp16"):
+    with pytest.raises(ConfigError, match="precision='int8' is not one of: fp32, bf16, fp16"):
         settings(flags={"precision": "int8"})
-    with pytest.raises(ConfigError, match="--init 'caption' is not one of: word, description"):
+    with pytest.raises(ConfigError, match="init='caption' is not one of: word, description"):
         settings(flags={"init": "caption"})
     for lr in (0, 1e38):  # the trainer's own bounds, so a benchmark fails here, not after the model loads
         with pytest.raises(ConfigError, match="--lr must be > 0 and at most"):

@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, FormatError, TextinvError
+from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvError
 from .foreign import foreign_hint  # (no more: the rest brings torch, imported inside main's Ctrl-C handler)
 
 
@@ -641,6 +641,7 @@ _WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 def main(argv: list[str] | None = None) -> int:
     python_format, warnings.formatwarning = warnings.formatwarning, _short_warning
+    on_command_line = ON_COMMAND_LINE.set(True)  # (refusals name flags, not Python's keywords: `errors.given`)
     try:
         # (building the parser imports torch and diffusers: seconds a Ctrl-C may come in) ~300k objects, none of
         # them garbage: the collector's passes over them as they piled up were a fifth of the start-up (~1 s here)
@@ -668,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = python_format
+        ON_COMMAND_LINE.reset(on_command_line)
 
 
 def _tolerant_output() -> None:

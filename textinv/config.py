@@ -27,7 +27,7 @@ import yaml
 
 from .emphasis import CHUNK, has_and, lora_tags
 from .emphasis import MODES as EMPHASIS
-from .errors import ConfigError, UnknownSettingError, backslash_note, warn
+from .errors import ConfigError, UnknownSettingError, backslash_note, given, warn
 from .foreign import foreign_hint
 from .io import read_text
 from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, check_optimizer, check_schedule,
@@ -126,7 +126,8 @@ def spelled(spellings: dict[str, str], value, note=None):
 
 def check_choices(config) -> None:
     """Raise ConfigError for any field of the dataclass `config` whose value is not among its `choices` (the
-    command line's argparse checks them too; config files and Python callers come here). A field that takes other
+    command line's argparse checks them too; config files and Python callers come here), naming it as its user wrote
+    it (`errors.given`: `sampler='eulr'` from Python, `--sampler 'eulr'` on the command line). A field that takes other
     tools' names of its choices (`spellings`) is first set to textinv's name, which the run records."""
     for f in dataclasses.fields(config):
         choices = f.metadata.get("choices")
@@ -136,7 +137,7 @@ def check_choices(config) -> None:
         if choices and value is not None and value not in choices:
             refused = f.metadata.get("refused", lambda _: None)(value)  # (a field's own answer to a name it lacks)
             said = refused or f"is not one of: {', '.join(map(str, choices))}" + _near(value, choices)
-            raise ConfigError(f"--{_flag(f.name)} {value!r} {said}")
+            raise ConfigError(f"{given(f.name, value)} {said}")
 
 
 def _near(value, choices) -> str:

@@ -49,6 +49,23 @@ class DeviceMemoryError(TextinvError):
     there and, for a training run, the step it is saved at (`textinv.memory`)."""
 
 
+# whether the command line runs this (`cli.main` sets it): a refusal then names a setting by its flag, and from Python
+# by its keyword, as each user wrote it (`given`)
+ON_COMMAND_LINE = contextvars.ContextVar("textinv_on_command_line", default=False)
+
+
+def given(name: str, value) -> str:
+    """Setting `name` given `value`, as its user wrote it, for a refusal: its keyword from Python
+    (`sampler='eulr'`), its flag on the command line (`--sampler 'eulr'`; a --config file's keys are its flags').
+
+    >>> given("lr_schedule", "cosin")
+    "lr_schedule='cosin'"
+    """
+    if ON_COMMAND_LINE.get():
+        return f"--{name.replace('_', '-')} {value!r}"
+    return f"{name}={value!r}"
+
+
 class TextinvWarning(UserWarning):
     """Base of every warning textinv raises (a picture skipped, a word the model does not know, ...):
     `warnings.filterwarnings("ignore", category=TextinvWarning)` silences them all, where a `module="textinv"` filter

@@ -64,7 +64,7 @@ import torch
 
 from . import a1111_pixels, modelspec
 from .data import MAX_IMAGE_PIXELS, _open_image
-from .errors import ConfigError, FormatError, TextinvWarning, warn
+from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvWarning, warn
 from .families import FAMILY_NAMES, TEXT_ENCODERS, describe_widths, family_for_widths
 from .io import atomic_path
 
@@ -1272,8 +1272,9 @@ def format_for(dst: str | Path, to: str | None, two: bool) -> str:
         return "sdxl" if two else "diffusers"
     to = {".pt": "a1111", ".png": "a1111-png", ".bin": "diffusers-bin"}.get(suffix)
     if to is None:
+        named = "--to" if ON_COMMAND_LINE.get() else "to=, save_embedding's format="  # (as its user writes it)
         raise FormatError(f"{dst}: cannot tell the format from the extension {suffix or '(none)'!r}: end it in "
-                          f".safetensors, .pt, .bin or .png, or give the format (--to): {', '.join(FORMATS)}")
+                          f".safetensors, .pt, .bin or .png, or give the format ({named}): {', '.join(FORMATS)}")
     return to
 
 

@@ -763,9 +763,11 @@ def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
         raise ModelError(f"model {source!r} not found: the path {path} does not exist{backslash_note(source)}. Check "
                          f"the path, or give a hub id 'owner/name' or a bundled model ({', '.join(BUNDLED_MODELS)}).")
     if not _is_hub_id(source):
+        from .config import _near  # (the nearest name, as a mistyped choice's: `load_model("shapez")`)
+
         raise ModelError(
             f"model {source!r} not found: no such folder or file{backslash_note(source)}, and not a hub id of the "
-            f"form 'owner/name'. Bundled models: {', '.join(BUNDLED_MODELS)}."
+            f"form 'owner/name'. Bundled models: {', '.join(BUNDLED_MODELS)}{_near(source, BUNDLED_MODELS) or '.'}"
         )
     return "hub", source
 
