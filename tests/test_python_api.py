@@ -593,3 +593,37 @@ def test_merge_returns_absolute_paths_as_train_does(tmp_path, monkeypatch):
     result = merge(MergeConfig(out="mix.pt", token="<mix>", terms=["dog.pt*0.5"]))
     assert result.files == [tmp_path / "mix.pt"]
     assert "report" not in repr(result)  # (its summary, a screenful where a notebook shows the result)
+
+
+def test_save_embedding_takes_its_format_from_the_suffix_as_convert_does(tmp_path):
+    """save_embedding(emb, "dog.pt") refused the name, as its format was diffusers whatever the suffix, where
+    convert picks the format from it: one rule for both, and a format the suffix contradicts refused naming both."""
+    from textinv.formats import convert, detect_format, save_embedding
+
+    emb = LearnedEmbedding("<dog>", {"text_encoder": torch.ones(1, 32)})
+    for name, format in (("dog.pt", "a1111"), ("dog.bin", "diffusers-bin"), ("dog.png", "a1111-png"),
+                         ("dog.safetensors", "diffusers")):
+        assert detect_format(save_embedding(emb, tmp_path / name)[0]) == format, name
+        assert detect_format(convert(tmp_path / "dog.pt", tmp_path / f"c-{name}")[0]) == format, name
+    assert save_embedding(emb, tmp_path / "old.pt", format="diffusers-bin")  # (an old diffusers .pt, when named)
+    xl = LearnedEmbedding("<xl>", {"text_encoder": torch.ones(1, 32), "text_encoder_2": torch.ones(1, 64)})
+    assert detect_format(save_embedding(xl, tmp_path / "xl.safetensors")[0]) == "sdxl"
+    assert len(save_embedding(xl, f"{tmp_path}/x/", format="diffusers")) == 2  # (diffusers-sdxl, as convert's)
+    for save in (lambda: save_embedding(emb, tmp_path / "k.pt", format="kohya"),
+                 lambda: convert(tmp_path / "dog.pt", tmp_path / "k.pt", to="kohya")):
+        with pytest.raises(FormatError, match=r"a 'kohya' file must end in .safetensors .*\(.pt is 'a1111' or"):
+            save()
+    with pytest.raises(FormatError, match=r"dog.txt: cannot tell the format from the extension '.txt'"):
+        save_embedding(emb, tmp_path / "dog.txt")
+
+
+def test_convert_and_save_embedding_return_absolute_paths_as_train_does(tmp_path, monkeypatch):
+    """They returned the paths as given, where train, generate, score and merge return them absolute: a notebook
+    that changed its working directory lost them."""
+    from textinv.formats import convert, save_embedding
+
+    monkeypatch.chdir(tmp_path)
+    emb = LearnedEmbedding("<dog>", {"text_encoder": torch.ones(1, 32)})
+    assert save_embedding(emb, "dog.pt") == [tmp_path / "dog.pt"]
+    assert convert("dog.pt", "dog.safetensors") == [tmp_path / "dog.safetensors"]
+

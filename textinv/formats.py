@@ -66,7 +66,7 @@ from . import a1111_pixels, modelspec
 from .data import MAX_IMAGE_PIXELS, _open_image
 from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvWarning, warn
 from .families import FAMILY_NAMES, TEXT_ENCODERS, describe_widths, family_for_widths
-from .io import atomic_path
+from .io import absolute, atomic_path
 
 # Formats we write, and the ones `detect_format` can name (we read OneTrainer files but do not write them).
 FORMATS = ("diffusers", "diffusers-bin", "a1111", "a1111-png", "kohya", "sdxl", "diffusers-sdxl")
@@ -253,10 +253,15 @@ def first_file(path: str | Path) -> Path | None:
 # Writing
 
 
-def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffusers", preview=None, *,
+def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str | None = None, preview=None, *,
                    overwrite: bool = True, date: str | None = None, caption: bool = True,
                    name: str | None = None) -> list[Path]:
-    """Write `emb` to `path` in `format` (one of FORMATS), atomically; return the files written.
+    """Write `emb` to `path` in `format` (one of FORMATS), atomically; return the files written, absolute (as
+    `train` returns its own: found from any working directory).
+
+    The format is chosen as `convert` chooses it (`format_for`): left out, it is the one path's extension names
+    (.pt: a1111; .safetensors or a folder: diffusers, sdxl for SDXL's two encoders); "diffusers" for SDXL is
+    diffusers-sdxl; a format whose files do not end in path's extension is refused, naming both.
 
     `path` may be a folder (one that exists, or a new one written with a trailing slash, `out/`), in which case
     the file gets `default_filename(format, emb.token)`. For diffusers-sdxl `path` names the first file and the
@@ -268,17 +273,19 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str = "diffu
     file's `name` where it is not the token (a training step's file: the web UI's `my-dog-500`); the token stays in
     textinv's own record, which textinv reads it by.
 
-    >>> save_embedding(emb, "out/my-dog.pt", format="a1111")   # doctest: +SKIP
-    [PosixPath('out/my-dog.pt')]
+    >>> save_embedding(emb, "out/my-dog.pt")   # doctest: +SKIP
+    [PosixPath('/home/me/out/my-dog.pt')]
     """
     # 1. Check everything before touching the disk.
-    _check_format(format)
+    if format is not None:
+        _check_format(format)
     if not isinstance(emb, LearnedEmbedding):
         raise FormatError(f"save_embedding needs a LearnedEmbedding, got {type(emb).__name__}")
+    format = format_for(path, format, "text_encoder_2" in emb.vectors)
     try:
         path = check_writable(path, format, emb.token, emb.widths, overwrite)
         # 2. Write.
-        return _write_embedding(emb, path, format, preview, date, caption, name)
+        return [Path(absolute(p)) for p in _write_embedding(emb, path, format, preview, date, caption, name)]
     except OSError as e:  # a read-only or full disk, a file where a folder should be, a name too long: say which
         raise FormatError(f"cannot write {path}: {e.strerror or e}; choose another output path") from None
 
@@ -1174,7 +1181,7 @@ def _vectors(path: Path, value, where: str) -> torch.Tensor:
 def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str | None = None,
             second: str | Path | None = None, overwrite: bool = False,
             into_lora: str | Path | None = None, caption: bool = True) -> list[Path]:
-    """Read `src` (any layout) and write it to `dst` as `to`; return the files written.
+    """Read `src` (any layout) and write it to `dst` as `to`; return the files written, absolute.
 
     Without `to`, the format follows dst's extension: .pt -> a1111, .png -> a1111-png, .bin -> diffusers-bin,
     .safetensors (or a folder) -> sdxl for an SDXL pair, else diffusers; `to="diffusers"` for an SDXL pair writes
@@ -1185,16 +1192,15 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
     a1111-png's picture captioned as the web UI's (`save_embedding`).
 
     >>> convert("learned_embeds.safetensors", "my-dog.pt")   # doctest: +SKIP
-    [PosixPath('my-dog.pt')]
+    [PosixPath('/home/me/my-dog.pt')]
     """
     if into_lora is not None and to is not None:
         raise FormatError(f"--to {to} names an embedding format; --into-lora writes the LoRA's .safetensors with the "
                           f"embedding bundled in it: give one of them")
     emb = load_embedding(src, token=token) if second is None else load_embedding_pair(src, second, token=token)
     if into_lora is not None:
-        return [bundle_into_lora(emb, into_lora, dst, overwrite=overwrite)]
-    return save_embedding(emb, dst, format=format_for(dst, to, "text_encoder_2" in emb.vectors), overwrite=overwrite,
-                          caption=caption)
+        return [Path(absolute(bundle_into_lora(emb, into_lora, dst, overwrite=overwrite)))]
+    return save_embedding(emb, dst, format=to, overwrite=overwrite, caption=caption)
 
 
 def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
