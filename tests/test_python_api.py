@@ -627,3 +627,14 @@ def test_convert_and_save_embedding_return_absolute_paths_as_train_does(tmp_path
     assert save_embedding(emb, "dog.pt") == [tmp_path / "dog.pt"]
     assert convert("dog.pt", "dog.safetensors") == [tmp_path / "dog.safetensors"]
 
+
+def test_a_train_result_shows_short():
+    """A TrainResult shown in a notebook printed every vector's numbers and every logged loss: a screenful, where
+    score's and merge's results show short."""
+    from textinv.train import TrainResult
+
+    emb = LearnedEmbedding("<dog>", {"text_encoder": torch.randn(2, 32)}, {"steps": 3})
+    result = TrainResult(emb, [Path("/r/learned_embeds.safetensors")], 300, [(step, 0.1) for step in range(300)],
+                         [emb], [(100, 0.2)])
+    assert repr(result) == ("TrainResult(embedding=LearnedEmbedding(token='<dog>', vectors={'text_encoder': (2, 32)}, "
+                            "metadata=<1 keys>), files=[PosixPath('/r/learned_embeds.safetensors')], steps=300)")

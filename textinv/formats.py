@@ -170,6 +170,12 @@ class LearnedEmbedding:
             metadata[str(key)] = str(value)
         self.metadata = metadata
 
+    def __repr__(self) -> str:
+        """The token, each encoder's (vectors, width) and the metadata's size: the tensors' numbers and the
+        ModelSpec keys were a screenful where a notebook shows an embedding (or a result that holds one)."""
+        shapes = {name: tuple(t.shape) for name, t in self.vectors.items()}
+        return f"LearnedEmbedding(token={self.token!r}, vectors={shapes}, metadata=<{len(self.metadata)} keys>)"
+
     @property
     def num_vectors(self) -> int:
         return self.vectors["text_encoder"].shape[0]

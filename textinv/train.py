@@ -94,9 +94,10 @@ class TrainResult:
     embedding: LearnedEmbedding
     files: list[Path]
     steps: int
-    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over the log interval)
-    embeddings: list[LearnedEmbedding] = field(default_factory=list)  # every concept's, in order
-    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss), when it was on
+    # (the lists are left out of the repr a notebook shows: a long run logs hundreds of losses)
+    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)  # (step, mean loss over the log interval)
+    embeddings: list[LearnedEmbedding] = field(default_factory=list, repr=False)  # every concept's, in order
+    validation: list[tuple[int, float]] = field(default_factory=list, repr=False)  # (step, validation loss), when on
 
 
 # ---------------------------------------------------------------------------------------------------------------
