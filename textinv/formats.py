@@ -287,8 +287,8 @@ def save_embedding(emb: LearnedEmbedding, path: str | Path, format: str | None =
         _check_format(format)
     if not isinstance(emb, LearnedEmbedding):
         raise FormatError(f"save_embedding needs a LearnedEmbedding, got {type(emb).__name__}")
-    format = format_for(path, format, "text_encoder_2" in emb.vectors)
     try:
+        format = format_for(path, format, "text_encoder_2" in emb.vectors)  # (a name too long fails in is_dir)
         path = check_writable(path, format, emb.token, emb.widths, overwrite)
         # 2. Write.
         return [Path(absolute(p)) for p in _write_embedding(emb, path, format, preview, date, caption, name)]
