@@ -712,7 +712,7 @@ def test_dpm2_dpm2_a_and_dpm3m_sde_discard_the_next_to_last_sigma_as_the_web_ui_
     own = type(own).from_config(own.config, timestep_spacing=spacing)  # (the model's own, a name without schedule's)
     discarding = {"dpm2", "dpm2_a", "dpm++3m_sde"}
     for base in ["dpm2", "dpm2_a", "dpm++3m_sde", "dpm++2m_sde", "euler"]:
-        for schedule in ("", *SCHEDULES):
+        for schedule in ("", *(s for s in SCHEDULES if s != "ddim_uniform")):  # (a spacing: test_schedulers')
             name = f"{base}_{schedule}" if schedule else base
             made = scheduler_for(own, name)
             # the same scheduler without the discard (diffusers' own class, same config; ComfyUI's schedules drawn
@@ -3012,7 +3012,12 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
 
     for pair, ours in [(("euler", "normal"), "euler_normal"), (("euler_ancestral", "simple"), "euler_a"),
                        (("dpmpp_2m", "normal"), "dpm++2m_normal"), (("dpm_2_ancestral", "karras"), "dpm2_a_karras"),
-                       (("heun", "sgm_uniform"), "heun_sgm_uniform"), (("ddim", "ddim_uniform"), "euler"),
+                       (("heun", "sgm_uniform"), "heun_sgm_uniform"),
+                       (("ddim", "ddim_uniform"), "euler_ddim_uniform"),
+                       # (ddim_uniform was the model's own spacing: ComfyUI's timesteps only under a "leading" config,
+                       # and not for DPM-Solver, which spaces "leading" otherwise)
+                       (("dpmpp_2m", "ddim_uniform"), "dpm++2m_ddim_uniform"),
+                       (("euler_ancestral", "ddim_uniform"), "euler_a_ddim_uniform"),
                        (("dpmpp_2s_ancestral", "karras"), "dpm++2s_a_karras"), (("ddim", "simple"), "euler_simple"),
                        (("dpmpp_2s_ancestral", "normal"), "dpm++2s_a_normal"),
                        (("lcm", "sgm_uniform"), "lcm_sgm_uniform"), (("euler_ancestral", "normal"), "euler_a"),
@@ -3023,7 +3028,8 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
         assert read(*pair).settings["sampler"] == ours, pair
     # (ComfyUI's uni_pc and uni_pc_bh2 end at sigma 0.001, not the model's smallest as textinv's, the web UI's)
     for pair in [("uni_pc", "normal"), ("uni_pc_bh2", "normal"), ("dpmpp_2s_ancestral_cfg_pp", "normal"),
-                 ("ddim", "beta"), ("euler", "kl_optimal")]:
+                 # (ComfyUI's lcm takes ddim_uniform's stride over its 50 levels, not textinv's lcm spacing)
+                 ("lcm", "ddim_uniform"), ("ddim", "beta"), ("euler", "kl_optimal")]:
         assert "sampler" not in read(*pair).settings
     path = tmp_path / "s.png"
     with pytest.raises(ConfigError, match=r"s.png was drawn with ComfyUI's sampler 'euler' and scheduler 'kl_optimal' "
@@ -3056,7 +3062,9 @@ def test_again_maps_comfyuis_samplers_and_schedulers_and_asks_for_one_textinv_la
     # n + 1 so spaced, 999 - 999 k / n; simple: 999 - int(k 1000 / n), whole ones (comfy/samplers.py)
     ("euler_normal", [999, 666, 333, 0]), ("euler_sgm_uniform", [999, 749.25, 499.5, 249.75]),
     ("euler_simple", [999, 749, 499, 249]),
-    ("euler", [751, 501, 251, 1])])  # (the model's own spacing, SD's "leading": what ComfyUI's were read as)
+    ("euler", [751, 501, 251, 1]),  # (the model's own spacing, SD's "leading": what ComfyUI's were read as)
+    # ddim_uniform: 1 + k (1000 // n), where DPM-Solver's "leading" (what it was read as) is 801, 601, 401, 201
+    ("dpm++2m_ddim_uniform", [751, 501, 251, 1]), ("euler_a_ddim_uniform", [751, 501, 251, 1])])
 def test_a_comfyui_schedule_reaches_the_unet_at_its_timesteps(sd1_dir, sampler, timesteps):
     """A picture drawn on ComfyUI's normal, simple or sgm_uniform calls the model at the timesteps of ComfyUI's sigmas,
     each the timestep it was taken at, end to end through the pipeline."""
@@ -3075,6 +3083,24 @@ def test_a_comfyui_schedule_reaches_the_unet_at_its_timesteps(sd1_dir, sampler, 
     finally:
         del unet.forward
     assert seen == pytest.approx(timesteps, abs=2e-3)
+
+
+def test_again_refuses_a_comfyui_picture_on_ddim_uniform_at_steps_it_draws_more_of_before_the_model_loads(
+        sd1_dir, tmp_path):
+    """ComfyUI's ddim_uniform draws 31 steps at 30 (timesteps 33 apart from 1): textinv's 30 would be others. --again
+    of such a picture is refused, before the model loads, naming the sampler, the steps and counts that draw; at 25 it
+    is read as is."""
+    import textinv.again
+
+    graph = _comfy_graph()
+    graph["3"]["inputs"].update(sampler_name="dpmpp_2m", scheduler="ddim_uniform", steps=30)
+    path = _comfy_picture(tmp_path / "s.png", graph)
+    with pytest.raises(ConfigError, match=r"dpm\+\+2m_ddim_uniform at 30 steps: ComfyUI's ddim_uniform takes 31 "
+                                          r"steps there .*give 27 or 37 steps, or draw dpm\+\+2m_normal"):
+        textinv.again.again_config(path, {"model": str(sd1_dir)})[0].validate()  # (generate's first check)
+    graph["3"]["inputs"]["steps"] = 25
+    config = textinv.again.again_config(_comfy_picture(path, graph), {"model": str(sd1_dir)})[0]
+    assert (config.sampler, config.steps) == ("dpm++2m_ddim_uniform", 25)
 
 
 def test_comfyuis_beta_scheduler_is_not_read_as_the_web_uis_beta_schedule(sd1_dir, tmp_path):

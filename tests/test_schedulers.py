@@ -1022,6 +1022,8 @@ def _comfy_sigmas(scheduler, sampler_name: str, schedule: str, steps: int) -> li
         drawn += [0.0]
     elif schedule == "simple":
         drawn = [float(sigmas[-(1 + int(x * (len(sigmas) / n)))]) for x in range(n)] + [0.0]
+    elif schedule == "ddim_uniform":  # (ddim_scheduler: timesteps 1, 1 + s, ... below 1000, s = 1000 // n)
+        drawn = [float(sigmas[t]) for t in range(1, len(sigmas), len(sigmas) // n)][::-1] + [0.0]
     elif schedule == "karras":
         drawn = _karras(scheduler, n) if sampler_name != "lcm" else [
             (high ** (1 / 7) + i / (n - 1) * (low ** (1 / 7) - high ** (1 / 7))) ** 7 for i in range(n)] + [0.0]
@@ -1102,7 +1104,7 @@ def test_comfyuis_ddim_is_euler_on_every_schedule_and_on_ddim_uniform_draws_its_
     from textinv.samplers import from_comfy
 
     own = DDIMScheduler.from_config(_sd_scheduler().config, timestep_spacing="leading", steps_offset=1)  # (SD's)
-    assert from_comfy("ddim", "ddim_uniform") == "euler" and from_comfy("ddim", "normal") == "euler_normal"
+    assert from_comfy("ddim", "ddim_uniform") == "euler_ddim_uniform" and from_comfy("ddim", "normal") == "euler_normal"
     assert from_comfy("ddim", "karras") == "euler_karras"
     made = scheduler_for(own, "ddim")
     assert made.final_alpha_cumprod == own.alphas_cumprod[0]  # (what textinv's ddim ends at: not ComfyUI's 0)
@@ -1159,3 +1161,93 @@ def test_dpm_solver_on_exponential_or_beta_sigmas_calls_the_model_at_the_nearest
     made.set_timesteps(20)
     nearest = [int(np.abs(math.log(s) - log_levels).argmin()) for s in made.sigmas[:-1].tolist()]
     assert made.timesteps.tolist() == nearest and nearest[0] == 999
+
+
+# SD's config ("leading", steps offset 1: SD 1.x's, SDXL's), one that states no spacing (linspace) and "trailing"
+_CONFIGS = {"leading": dict(timestep_spacing="leading", steps_offset=1), "linspace": {},
+            "trailing": dict(timestep_spacing="trailing")}
+
+
+@pytest.mark.parametrize("sampler_name", ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms",
+                                          "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde",
+                                          "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "ddim", "ddpm"])
+@pytest.mark.parametrize("config", list(_CONFIGS))
+def test_a_comfyui_ksampler_sampler_on_ddim_uniform_calls_the_model_at_its_timesteps_on_any_config(sampler_name,
+                                                                                                   config):
+    """ComfyUI's ddim_uniform takes its steps at timesteps 1, 1 + s, ... (s = 1000 // steps), largest first. textinv
+    read it as the model's own spacing, which is that only for its Euler-style samplers under a config that states
+    "leading" at steps offset 1: DPM-Solver spaces "leading" otherwise (941, 894, ..., 48 at 20), and a config that
+    states none gives linspace (999, ..., 0). Each now steps through ComfyUI's sigmas (dpm_2's of one step more, less
+    the next-to-last), its single-call samplers' model calls at ComfyUI's whole timesteps, on every config."""
+    from textinv.samplers import from_comfy
+
+    own = DDIMScheduler.from_config(_sd_scheduler().config, **_CONFIGS[config])
+    name = from_comfy(sampler_name, "ddim_uniform")
+    assert name.endswith("_ddim_uniform")
+    for steps in (n - (sampler_name in _COMFY_DISCARDING) for n in (4, 20, 25)):  # (counts ddim_uniform draws)
+        made = scheduler_for(own, name, seeds=[1])
+        wanted = _comfy_sigmas(own, sampler_name, "ddim_uniform", steps)
+        if hasattr(made, "sigmas"):
+            assert _stepped(made, steps) == pytest.approx(wanted, rel=1e-5, abs=1e-6), (name, steps)
+        made.set_timesteps(steps)
+        if made.order == 1:  # (DDPM too: its timesteps alone)
+            times = list(range(1, 1000, 1000 // steps))[::-1]
+            assert made.timesteps.tolist() == pytest.approx(times, abs=1e-3), (name, steps)
+
+
+def test_ddim_uniform_at_a_step_count_it_draws_more_steps_at_is_refused_naming_counts_that_draw():
+    """ComfyUI's ddim_uniform takes more steps than asked where 1000 // steps does not fit (31 at 30): the model's
+    "leading" spacing drew 30 others. It is refused by name with the nearest counts that draw (and a sampler that
+    discards the next-to-last sigma counts one more, as ComfyUI's dpm_2); the config refuses it before the model
+    loads."""
+    from textinv.config import GenerateConfig
+    from textinv.errors import ConfigError
+    from textinv.samplers import check_steps
+
+    for name, steps in (("euler_ddim_uniform", 20), ("dpm++2m_ddim_uniform", 25), ("dpm2_ddim_uniform", 24),
+                        ("heun_ddim_uniform", 3)):
+        check_steps(name, steps)
+    with pytest.raises(ConfigError, match=r"--sampler euler_ddim_uniform at 30 steps: ComfyUI's ddim_uniform takes "
+                                          r"31 steps there .*give 27 or 37 steps, or draw euler_normal"):
+        check_steps("euler_ddim_uniform", 30)
+    with pytest.raises(ConfigError, match=r"dpm2_ddim_uniform at 20 steps: .*takes 21 steps"):
+        check_steps("dpm2_ddim_uniform", 20)
+    with pytest.raises(ConfigError, match=r"--sampler dpm\+\+2m_ddim_uniform at 30 steps"):
+        GenerateConfig(prompt=["a dog"], model="m", sampler="dpm++2m_ddim_uniform", steps=30).validate()
+
+
+def _sweep_names():
+    from textinv.samplers import SAMPLERS
+
+    return [name for name in SAMPLERS if name != "default"]
+
+
+@pytest.mark.parametrize("name", _sweep_names())
+def test_every_sampler_takes_each_of_its_steps_once_in_order_at_any_step_count(name):
+    """Each sampler draws from a pass's first step to its last, one step index after another, or is refused by name
+    (`check_steps`). Where two of a pass's first timesteps were equal (DPM-Solver on the web UI's beta sigmas from 48
+    steps: sigma_max and the next both nearest 999; LCM from 100 steps, on beta sigmas from 9, its calls at the
+    nearest of 50 timesteps) diffusers started the pass at its second step and ran off the end of its sigmas (an
+    IndexError). SD's config; a dummy model output in place of a UNet."""
+    from textinv.errors import ConfigError
+    from textinv.samplers import check_pass
+
+    own = DDIMScheduler.from_config(_sd_scheduler().config, timestep_spacing="leading", steps_offset=1)
+    x0 = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    for steps in (1, 20, 25, 30, 50, 150):
+        try:
+            check_pass(own, name, steps, steps, f"--steps {steps}")
+        except ConfigError:
+            continue
+        made = scheduler_for(own, name, seeds=[1])
+        made.set_timesteps(steps)
+        noise = {"generator": torch.Generator().manual_seed(0)} \
+            if "generator" in inspect.signature(made.step).parameters else {}
+        indexed = isinstance(getattr(type(made), "step_index", None), property)  # (not DDIM, PLMS, DDPM)
+        x, after = x0 * float(made.init_noise_sigma), []
+        for t in made.timesteps:
+            x = made.step(0.1 * made.scale_model_input(x, t), t, x, **noise).prev_sample
+            after.append(made.step_index if indexed else None)
+        assert torch.isfinite(x).all(), (name, steps)
+        if indexed:  # (after call k, the index of the next: k + 1)
+            assert after == list(range(1, len(made.timesteps) + 1)), (name, steps)

@@ -34,7 +34,7 @@ from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, ch
                          memory_saver_note)
 from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
-from .samplers import SAMPLERS, Churn, check_churn, check_discard, check_eta, check_installed
+from .samplers import SAMPLERS, Churn, check_churn, check_discard, check_eta, check_installed, check_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
 from .refine import DEFAULT_UPSCALER, HIRES_DENOISE, IMG2IMG_DENOISE, UPSCALERS, network_upscaler
 from .refine import SPELLINGS as UPSCALER_SPELLINGS
@@ -1431,6 +1431,8 @@ class GenerateConfig:
                                                        else [])
         check_churn(self.churn(), names)
         check_discard(self.discard_penultimate_sigma, names)
+        if not plotted and self.init_image is None:  # (before the model loads; 25: generate's default steps)
+            check_steps(self.sampler, self.steps or 25, discard=self.discard_penultimate_sigma)
         if self.ensd < 0:
             raise ConfigError(f"--ensd must be 0 or more (the web UI's Eta noise seed delta), got {self.ensd}")
         last = self.seed + self.n - 1  # (the last picture's seed: manual_seed takes seed + ENSD up to 2^64 - 1)

@@ -125,11 +125,20 @@ BASES = {
 SCHEDULES = {"karras": ("Karras", "use_karras_sigmas"), "exponential": ("Exponential", "use_exponential_sigmas"),
              "beta": ("Beta", "use_beta_sigmas"),  # (the web UI's Beta at its default alpha = beta = 0.6)
              "normal": ("Normal", "use_karras_sigmas"), "simple": ("Simple", "use_karras_sigmas"),
-             "sgm_uniform": ("SGM Uniform", "use_karras_sigmas")}
+             "sgm_uniform": ("SGM Uniform", "use_karras_sigmas"),
+             # ComfyUI's ddim_uniform and the web UI's DDIM schedule type: a timestep spacing, not a sigma schedule
+             # (`ddim_uniform_times`), so no flag: "leading" at steps offset 1, or handed them (`_at_ddim_uniform`)
+             "ddim_uniform": ("DDIM", None)}
 COMFY_RULES = ("normal", "simple", "sgm_uniform")
+# the samplers that take ddim_uniform though no sigma schedule (diffusers' Euler a and DDPM space their timesteps as
+# Euler does), and the one sigma-schedule sampler that does not: textinv's LCM, whose own schedule spans its 50
+# distilled levels, where ComfyUI's lcm takes ddim_uniform's stride over those levels
+_DDIM_UNIFORM_TOO, _DDIM_UNIFORM_NOT = ("euler_a", "ddpm"), ("lcm",)
 
 _PARTS = {name: (name, "") for name in BASES} | {
-    f"{name}_{schedule}": (name, schedule) for name, base in BASES.items() if base.spaced for schedule in SCHEDULES}
+    f"{name}_{schedule}": (name, schedule) for name, base in BASES.items() for schedule in SCHEDULES
+    if (base.spaced or schedule == "ddim_uniform" and name in _DDIM_UNIFORM_TOO)
+    and not (schedule == "ddim_uniform" and name in _DDIM_UNIFORM_NOT)}
 SAMPLERS = ("default", *_PARTS)
 """Every --sampler name; "default" is the model's own scheduler, as it is."""
 
@@ -166,10 +175,9 @@ COMFY_UNLIKE = {"uni_pc": _UNIPC_UNLIKE.format("unipc"), "uni_pc_bh2": _UNIPC_UN
 # read as the model's own spacing (a name without a schedule) where textinv has no such schedule: for a sampler that
 # takes none (`Base.spaced`: Euler a, DDIM, UniPC, ...) all of them, which it draws on its own spacing (SD's at 20
 # steps from timestep 951, sigma 11.0, where ComfyUI's normal starts at 999, 14.6); for the others the web UI's
-# Uniform (k-diffusion's get_sigmas: timesteps evenly from 999 to 0, as ComfyUI's normal) and DDIM, ComfyUI's
-# ddim_uniform: the timesteps 1 + k (1000 // steps), which is SD's and SDXL's own spacing (leading, steps offset 1)
-# where that gives the steps asked, but more where they do not divide 1000 (31 at 30), which textinv does not draw.
-# ComfyUI's normal, simple and sgm_uniform are `SCHEDULES`. The web UI's labels and ComfyUI's names, lowercase
+# Uniform (k-diffusion's get_sigmas: timesteps evenly from 999 to 0, as ComfyUI's normal). ComfyUI's normal, simple,
+# sgm_uniform and ddim_uniform (the web UI's DDIM) are `SCHEDULES` where the sampler has them. The web UI's labels and
+# ComfyUI's names, lowercase
 EVEN_SPACINGS = {"uniform", "sgm uniform", "sgm_uniform", "normal", "simple", "ddim", "ddim_uniform"}
 # ComfyUI's schedulers that share a name with one of `SCHEDULES` but are another schedule: its "beta" takes the steps at
 # beta quantiles of the model's timesteps (Lee et al. 2024 as written), where the web UI's Beta and diffusers'
@@ -447,14 +455,14 @@ def from_comfy(sampler: str, scheduler: str) -> str | None:
     textinv has no such one: also where it draws ComfyUI's sampler otherwise (`COMFY_UNLIKE`, which says how). Its
     normal (the default), simple and sgm_uniform are textinv's schedules of those names, ComfyUI's sigmas, for a sampler
     that takes a sigma schedule; one that takes none (euler_ancestral, uni_pc, ...) draws on the model's own spacing
-    (`EVEN_SPACINGS`), as its ddim_uniform does.
+    (`EVEN_SPACINGS`). Its ddim_uniform is `_ddim_uniform` (`ddim_uniform_times`), which Euler a takes too.
 
     >>> from_comfy("dpmpp_2m", "karras"), from_comfy("euler_ancestral", "normal"), from_comfy("euler", "kl_optimal")
     ('dpm++2m_karras', 'euler_a', None)
     >>> from_comfy("euler", "normal"), from_comfy("dpmpp_2m_sde_gpu", "sgm_uniform"), from_comfy("heun", "simple")
     ('euler_normal', 'dpm++2m_sde_sgm_uniform', 'heun_simple')
     >>> from_comfy("dpmpp_3m_sde", "exponential"), from_comfy("uni_pc", "normal"), from_comfy("ddim", "ddim_uniform")
-    ('dpm++3m_sde_comfy_exponential', None, 'euler')
+    ('dpm++3m_sde_comfy_exponential', None, 'euler_ddim_uniform')
     """
     if sampler not in COMFY or sampler in COMFY_UNLIKE or scheduler.lower() in COMFY_OTHER_SCHEDULES:
         return None
@@ -473,6 +481,8 @@ def _named(base: str, schedule: str) -> str | None:
     key = next((key for key, (label, _) in SCHEDULES.items() if schedule.lower() in (key, label.lower())), None)
     if key and f"{base}_{key}" in _PARTS:
         return f"{base}_{key}"
+    if key == "ddim_uniform" and base in _DDIM_UNIFORM_NOT:
+        return None
     return base if schedule.lower() in EVEN_SPACINGS | {""} else None
 
 
@@ -492,7 +502,8 @@ def _webui_spellings() -> dict[str, str]:
 SPELLINGS = {**{name: name for name in SAMPLERS}, **KOHYA, **COMFY, **_webui_spellings()}
 HELP = (f"sampling method: default (the model's own scheduler), {', '.join(BASES)}; a k-diffusion one "
         f"({', '.join(n for n, b in BASES.items() if b.spaced)}) also with a sigma schedule after it: _karras, "
-        f"_exponential, _beta, or ComfyUI's _normal, _simple or _sgm_uniform (dpm++2m_karras, euler_normal); the web "
+        f"_exponential, _beta, or ComfyUI's _normal, _simple, _sgm_uniform or _ddim_uniform (dpm++2m_karras, "
+        f"euler_normal; euler_a_ddim_uniform); the web "
         f"UI's names ('Euler a', 'DPM++ 2M SDE Karras') and "
         f"kohya's (k_euler_a, k_dpm_2, dpmsingle) and ComfyUI's (dpmpp_2m_sde, euler_ancestral) are taken as these")
 
@@ -549,13 +560,22 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     # would otherwise draw "euler" with it, recorded as plain Euler
     takes = inspect.signature(cls.__init__).parameters
     spacing = {flag: False for _, flag in SCHEDULES.values() if flag in takes}
-    if schedule:
+    if schedule and SCHEDULES[schedule][1]:
         spacing[SCHEDULES[schedule][1]] = True
     if schedule in COMFY_RULES:
         cls = _comfy_spaced(cls, schedule)
     if BASES[base].cls == _DPM and schedule in ("exponential", "beta"):
         cls = _rounded(cls)
-    if schedule:
+    if BASES[base].cls == _DPM or base == "lcm":
+        cls = _first_of_equal_timesteps(cls)
+    if schedule == "ddim_uniform":
+        # ComfyUI's timesteps whatever the model's config says: diffusers' "leading" spacing at steps offset 1 is
+        # them for Euler, Heun, DPM2, LMS, DDPM, ...; its DPM-Solver spaces "leading" otherwise (941, 894, ..., 48 at
+        # 20 steps), so it is handed them (`_at_ddim_uniform`)
+        spacing |= {"timestep_spacing": "leading", "steps_offset": 1}
+        if BASES[base].cls == _DPM:
+            cls = _at_ddim_uniform(cls)
+    elif schedule:
         # a schedule spans the model's whole noise range, as the web UI's (its sigma_min and sigma_max are the model's
         # smallest and largest): diffusers' Euler, Heun, DPM2, LMS and DPM++ SDE take the range from their timestep
         # spacing, and "leading" (SD 2.x's and SDXL's) would start 20 Karras steps at sigma 11.0, not 14.6
@@ -638,6 +658,38 @@ def _plain(value):
     return value.tolist() if hasattr(value, "tolist") else repr(value)
 
 
+def check_steps(name: str, steps: int, flag: str = "--sampler", discard: bool = False) -> None:
+    """Refuse sampler `name` on a schedule of `steps` steps (its next-to-last sigma discarded with `discard`) that it
+    cannot draw as the tool it comes from draws it, naming step counts that draw: a `_ddim_uniform` one where ComfyUI's
+    ddim_uniform takes another number of steps on SD's and SDXL's 1000 timesteps (`ddim_uniform_times`: 31 at 30; one
+    step more for one that discards, as ComfyUI's dpm_2 and dpm_2_ancestral draw on the schedule of one step more),
+    TCD beyond the 50 timesteps a TCD model is distilled at, which diffusers' TCDScheduler chooses its steps among.
+
+    >>> check_steps("euler_ddim_uniform", 30)  # doctest: +SKIP
+    ConfigError: --sampler euler_ddim_uniform at 30 steps: ComfyUI's ddim_uniform takes 31 steps there ...
+    """
+    base, schedule = _PARTS.get(name, (None, ""))
+    if base == "tcd" and steps > 50:
+        raise ConfigError(f"{flag} {name} at {steps} steps: TCD takes its steps among the 50 timesteps a TCD model is "
+                          f"distilled at (diffusers' TCDScheduler); give 50 steps or fewer (2 to 8 is TCD's own use)")
+    if schedule != "ddim_uniform":
+        return
+    more = int(discards(name, discard))
+
+    def drawn(n):  # (ComfyUI's ddim_uniform draws n steps: on the schedule of n + more, less a sigma)
+        return len(ddim_uniform_times(n + more)) == n + more
+
+    if drawn(steps):
+        return
+    near = [n for n in (max((n for n in range(1, steps) if drawn(n)), default=None),
+                        next((n for n in range(steps + 1, 1000) if drawn(n)), None)) if n is not None]
+    taken = len(ddim_uniform_times(steps + more)) - more
+    others = f"{base}_normal" if f"{base}_normal" in _PARTS else base
+    raise ConfigError(f"{flag} {name} at {steps} steps: ComfyUI's ddim_uniform takes {taken} steps there (timesteps "
+                      f"{1000 // (steps + more)} apart from 1), which textinv does not draw; give "
+                      f"{' or '.join(map(str, near))} steps, or draw {others}")
+
+
 def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: str = "--sampler",
                discard: bool = False) -> None:
     """Refuse sampler `name` for a pass that runs the last `run` steps of a `schedule`-step schedule of the model
@@ -650,6 +702,8 @@ def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: 
     >>> check_pass(model.pipeline.scheduler, "restart_karras", 200, 21, "--denoise 0.1")  # doctest: +SKIP
     ConfigError: --sampler restart_karras: --denoise 0.1 runs the last 21 steps of 200, from sigma 0.075, below ...
     """
+    if name in _PARTS:
+        check_steps(name, schedule, flag, discard)
     if name not in _PARTS or _PARTS[name][0] != "restart":
         return
     from .schedulers import restart_plan
@@ -901,6 +955,49 @@ def _rounded(cls):
         self.timesteps = torch.from_numpy(np.round(times)).to(self.timesteps)
 
     return _variant(cls, "its timesteps rounded", set_timesteps=set_timesteps)
+
+
+def _first_of_equal_timesteps(cls):
+    """Diffusers' DPM-Solver multistep scheduler or textinv's LCM (`cls`), a pass that is not told its first step
+    (a txt2img pipeline's: no `set_begin_index`) starting at the first of equal timesteps, not the second. Their
+    steps go by sigma, and two sigmas can share a whole timestep: DPM-Solver's model call is at the whole timestep
+    nearest its sigma (on Karras, exponential and beta sigmas, as ComfyUI's), LCM's at the nearest of its 50 distilled
+    ones (the web UI's). Diffusers takes the second of equal timesteps as a pass's first step (for Heun-style tables,
+    whose first call of a step shares its timestep with the step before's second), so a pass whose first two
+    timesteps were equal (the web UI's beta sigmas from 48 steps on SD's: sigma_max and the next, 0.04 below it, both
+    at 999; LCM on them from 9 steps, on its own spacing from 100) skipped its first step and stepped past the end of
+    its sigmas (an IndexError). ComfyUI's beta scheduler (not the web UI's Beta) drops a repeated timestep, drawing
+    fewer steps; the web UI's Beta keeps every sigma, each at its own timestep, as textinv does at the nearest."""
+    def index_for_timestep(self, timestep, schedule_timesteps=None):
+        timesteps = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        found = (timesteps == timestep).nonzero()
+        return found[0].item() if len(found) else cls.index_for_timestep(self, timestep, schedule_timesteps)
+
+    return _variant(cls, "starting at the first of equal timesteps", index_for_timestep=index_for_timestep)
+
+
+def ddim_uniform_times(steps: int, train: int = 1000) -> list[int]:
+    """The timesteps, largest first, ComfyUI's ddim_uniform (the web UI's DDIM schedule type) takes `steps` steps at
+    on a model of `train` timesteps: 1, 1 + s, 1 + 2s, ... below `train`, s = train // steps (at least 1). That is
+    `steps` of them where s times steps is near enough `train`, more elsewhere (31 at 30 steps: `check_steps`).
+
+    >>> ddim_uniform_times(4), len(ddim_uniform_times(30))
+    ([751, 501, 251, 1], 31)
+    """
+    return list(range(1, train, max(train // steps, 1)))[::-1]
+
+
+def _at_ddim_uniform(cls):
+    """Diffusers' DPM-Solver multistep scheduler on ComfyUI's ddim_uniform timesteps (`ddim_uniform_times`), the
+    model's sigmas at them, then its end. A pass of a step count ddim_uniform draws more steps at is refused
+    (`check_steps` refuses it by name first)."""
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        times = ddim_uniform_times(num_inference_steps, self.config.num_train_timesteps)
+        if len(times) != num_inference_steps:
+            raise ValueError(f"ComfyUI's ddim_uniform takes {len(times)} steps, not {num_inference_steps}")
+        cls.set_timesteps(self, device=device, timesteps=times)
+
+    return _variant(cls, "on ComfyUI's ddim_uniform timesteps", set_timesteps=set_timesteps)
 
 
 def _from_first_sigma(cls, vp: bool):
