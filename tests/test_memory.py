@@ -11,7 +11,7 @@ import torch
 
 from conftest import CUDA_OUT_OF_MEMORY, fresh_model, out_of_memory_at, train_config
 from textinv import cli
-from textinv import latent_cache, losses, train as train_module, train_memory
+from textinv import latent_cache, losses, memory, train as train_module, train_memory
 from textinv.errors import DeviceMemoryError
 from textinv.memory import device_note, is_out_of_memory
 from textinv.models import load_model
@@ -580,7 +580,6 @@ def test_the_twins_step_holds_what_the_trainers_own_step_holds(arch, size, sd1_d
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from textinv import memory
     from textinv.models import check_clip_skip
     from textinv.tiny import build_tiny_xl_pipeline
 
@@ -680,7 +679,7 @@ def test_on_a_gpu_the_worked_out_batch_trains_where_the_larger_one_ran_out(tmp_p
         torch.cuda.empty_cache()
 
 
-def test_the_step_is_counted_by_its_pixels_width_by_height(sd1_dir):
+def test_the_step_is_counted_by_its_pixels_width_by_height(sd1_dir, monkeypatch):
     """--resolution 512x768 is 393,216 pixels a picture, 1.5 times 512x512's, and fewer than 640x640's 409,600 (1.5625
     times): the step's bytes follow the pixels (the tiny model has no attention at these sizes to make them grow
     faster), whichever way round the picture is; a square given as (W, H) is that square."""
@@ -691,7 +690,49 @@ def test_the_step_is_counted_by_its_pixels_width_by_height(sd1_dir):
     assert counted[(512, 768)] == counted[(768, 512)] < counted[(640, 640)]
     assert counted[(512, 768)] / counted[512] == pytest.approx(1.5, rel=0.01)
     assert counted[(640, 640)] / counted[512] == pytest.approx(1.5625, rel=0.01)
+    monkeypatch.setattr(memory, "_counted", {})  # (counted afresh, not the count (640, 640) left)
     assert step_bytes(twin, ids, 1, 640) == counted[(640, 640)]
+
+
+def test_a_step_is_counted_once_for_every_twin_of_the_model(sd1_dir, monkeypatch):
+    """Working out what fits asks for the same steps again (without and with checkpointing, and at each failure of a
+    run in a notebook), each time on a new twin of the model: each step is counted once."""
+    model, counted, count = fresh_model(sd1_dir), [], memory._step_peak
+    monkeypatch.setattr(memory, "_counted", {})
+    monkeypatch.setattr(memory, "_step_peak", lambda *a: counted.append(a[2:]) or count(*a))
+    assert len({memory.step_bytes(*memory.meta_twin(model), 3, 16, True) for _ in range(3)}) == 1
+    assert counted == [(3, 16, True, 1, 75)]
+    memory.step_bytes(*memory.meta_twin(model), 3, (16, 16), True)  # (the same step, its size as (W, H))
+    assert len(counted) == 1
+
+
+def test_a_kept_count_is_used_only_for_the_same_model_and_step(sd1_dir, monkeypatch):
+    """Any other setting, a model in another dtype or other attention code is counted afresh (each of these holds
+    other bytes)."""
+    from contextlib import nullcontext
+
+    model, bf16 = fresh_model(sd1_dir), fresh_model(sd1_dir)
+    bf16.text_encoder.to(torch.bfloat16)
+    monkeypatch.setattr(memory, "_counted", {})
+    twin, ids = memory.meta_twin(model)
+    first = memory.step_bytes(twin, ids, 2, 16)
+    others = [(twin, ids, 3, 16, False, 1, 75), (twin, ids, 2, (16, 24), False, 1, 75),
+              (twin, ids, 2, 16, True, 1, 75), (twin, ids, 2, 16, False, 2, 75), (twin, ids, 2, 16, False, 1, 150),
+              (*memory.meta_twin(bf16), 2, 16, False, 1, 75)]
+    for other in others:
+        assert memory.step_bytes(*other) == memory._step_peak(*other) != first, other
+    monkeypatch.setattr(memory, "fused_attention", nullcontext)  # (the meta device's own attention: the math path)
+    assert memory.step_bytes(twin, ids, 2, 16) == memory._step_peak(twin, ids, 2, 16, False, 1, 75) != first
+
+
+def test_the_counts_kept_are_the_latest(sd1_dir, monkeypatch):
+    twin, ids = memory.meta_twin(fresh_model(sd1_dir))
+    monkeypatch.setattr(memory, "_counted", {})
+    monkeypatch.setattr(memory, "COUNTED_STEPS", 2)
+    monkeypatch.setattr(memory, "_step_peak", lambda *a: a[2])  # (the batch for its bytes)
+    for batch in (1, 2, 3):
+        memory.step_bytes(twin, ids, batch, 16)
+    assert sorted(memory._counted.values()) == [2, 3]
 
 
 def test_out_of_memory_at_a_width_by_height_says_that_size_and_a_smaller_one(images, tmp_path):

@@ -289,12 +289,56 @@ def meta_twin(model, vectors: int = 1):
     return twin, first_ids
 
 
+COUNTED_STEPS = 256  # the most step counts `step_bytes` keeps (a few kilobytes each)
+_counted: dict = {}  # (`_step_key`) -> bytes, oldest first
+
+
+def _module_key(module, modes: bool = True) -> tuple:
+    """What a meta-device module's step depends on: its class and config, and each parameter's name, shape, dtype
+    and whether it learns (the learned rows' count among them), and with `modes` each submodule's training mode
+    (dropout)."""
+    config = (module if hasattr(module, "to_json_string") else module.config).to_json_string()  # (diffusers', HF's)
+    return (type(module), config,
+            tuple((name, p.shape, p.dtype, p.requires_grad) for name, p in module.named_parameters()),
+            tuple(m.training for m in module.modules()) if modes else None)
+
+
+def _step_key(twin, first_ids, batch, resolution, checkpointing, clip_skip, max_token_length) -> tuple:
+    """Everything `step_bytes`'s count depends on: the twin's parts (`_module_key`), its tokenizers' ids and
+    lengths, noise schedule and prediction type, the step's settings, torch's default dtype and whether it keeps
+    gradients, and the loss and attention code the step runs (a test may swap them)."""
+    from . import losses
+
+    pipe = twin.pipeline
+    encoders = tuple((_module_key(te), type(tok), tok.bos_token_id, tok.eos_token_id, tok.model_max_length)
+                     for _, tok, te in twin.encoders)
+    # (the UNet's modes are the step's own: set from `checkpointing`)
+    return (_module_key(twin.unet, modes=False), encoders, pipe.scheduler.to_json_string(), twin.prediction_type,
+            pipe.vae_scale_factor, tuple(first_ids), batch, sides(resolution), checkpointing, clip_skip,
+            max_token_length, torch.get_default_dtype(), torch.is_grad_enabled(), losses.diffusion_loss,
+            fused_attention)
+
+
 def step_bytes(twin, first_ids: list[int], batch: int, resolution: int | tuple[int, int],
                checkpointing: bool = False, clip_skip: int = 1, max_token_length: int = 75) -> int:
     """The most bytes a training step of `batch` samples at `resolution` (a square's side, or (W, H): --resolution
     WIDTHxHEIGHT) (forward, loss, backward to the learned vectors) holds at once beyond what the run holds between
     steps, on a meta-device model (`meta_twin`); with `max_token_length` 150 or 225 (--max-token-length) each
-    caption is its 2 or 3 chunks, as the trainer's."""
+    caption is its 2 or 3 chunks, as the trainer's.
+
+    Each count (a second or more on a full-size model) is kept for the process, for any twin of the same model and
+    settings (`_step_key`): working out what fits asks for the same batches again (without and with checkpointing,
+    and each time a run runs out of memory in a notebook). The latest `COUNTED_STEPS` counts are kept."""
+    key = _step_key(twin, first_ids, batch, resolution, checkpointing, clip_skip, max_token_length)
+    if key not in _counted:
+        if len(_counted) >= COUNTED_STEPS:
+            del _counted[next(iter(_counted))]
+        _counted[key] = _step_peak(twin, first_ids, batch, resolution, checkpointing, clip_skip, max_token_length)
+    return _counted[key]
+
+
+def _step_peak(twin, first_ids, batch, resolution, checkpointing, clip_skip, max_token_length) -> int:
+    """`step_bytes`'s count, run on the meta device."""
     from .models import xl_time_ids
     from .losses import diffusion_loss
 
