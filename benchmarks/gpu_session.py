@@ -34,21 +34,25 @@ Parts, in order (a part that fails or runs out of its time is recorded, and the 
    come out as mazes because no caption names their angle. With `--shapes-from textinv/shapes/model` it goes on
    training the committed model, its text encoder grown by the orientation words' rows.
 `--quick` runs both parts on the CPU with tiny sizes and a few steps, without the compiled mode (whose CPU compile
-takes minutes): the test suite does; nothing is judged. `session.txt` is rewritten as each part starts and ends,
+takes minutes), each command in this one process (`run_here`: torch imported once): the test suite does; nothing
+is judged. `session.txt` is rewritten as each part starts and ends,
 so a session killed midway still says what finished; each command's rows are in its part's log as they come.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
+import runpy
 import signal
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 # The UNet the shapes part trains: two ResNet blocks per level, as SD has (the drawn patterns are incoherent: the
@@ -72,12 +76,56 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def run_here(command: list[str], log) -> int:
+    """`command` (`python -m MODULE ARGS...` or `python -c CODE`) run in this process as its own process would run
+    it, its prints appended to `log`: its exit status. --quick's way (a smoke test): a new process spends seconds
+    importing torch, most of the test's time. Not bounded in time, and not kept apart: what a command leaves set
+    (torch's thread count) the next one finds."""
+    how, target, *rest = command[1:]
+    argv = sys.argv
+    sys.argv = [target, *rest]
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                if how == "-m":
+                    runpy.run_module(target, run_name="__main__", alter_sys=True)
+                else:
+                    exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+            except SystemExit as e:  # (as the interpreter: a message is printed and exits 1)
+                if e.code is None or isinstance(e.code, int):
+                    return e.code or 0
+                print(e.code, file=sys.stderr)
+                return 1
+            except Exception:
+                traceback.print_exc()
+                return 1
+        return 0
+    finally:
+        sys.argv = argv
+        log.flush()
+
+
+def _run_bounded(command: list[str], log, shown: str, allowed: float) -> str | None:
+    """`command` in a process of its own, killed with what it started after `allowed` seconds: what went wrong."""
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _RUNNING.append(proc)
+    try:
+        code = proc.wait(timeout=allowed)
+        return f"failed (exit {code}): {shown}" if code else None
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        return f"stopped at its time limit ({allowed:.0f} s): {shown}"
+    finally:
+        _RUNNING.remove(proc)
+
+
 def run_part(name: str, commands: list[list[str]], seconds: float, log_path: Path, keep_going: bool = False,
-             reserve: float = 0.0) -> dict:
+             reserve: float = 0.0, here: bool = False) -> dict:
     """Run `commands` one after another, all within `seconds`, their output appended to `log_path`. A command that
     fails or overruns ends the part, unless `keep_going` (independent measurements): then the next one runs in
     the time left. `reserve`: seconds kept back for each command still to come, so one that hangs (a long
-    compile) cannot take all of their time; a command overrunning its time is killed with what it started."""
+    compile) cannot take all of their time; a command overrunning its time is killed with what it started.
+    `here`: each command runs in this process instead (`run_here`: --quick), unbounded."""
     started = time.monotonic()
     record = {"part": name, "status": "ok"}
     with open(log_path, "a") as log:
@@ -90,16 +138,11 @@ def run_part(name: str, commands: list[list[str]], seconds: float, log_path: Pat
             if allowed <= 5:
                 record["status"] = f"skipped (no time left): {shown}"
                 break
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            _RUNNING.append(proc)
-            try:
-                code = proc.wait(timeout=allowed)
+            if here:
+                code = run_here(command, log)
                 problem = f"failed (exit {code}): {shown}" if code else None
-            except subprocess.TimeoutExpired:
-                _stop(proc)
-                problem = f"stopped at its time limit ({allowed:.0f} s): {shown}"
-            finally:
-                _RUNNING.remove(proc)
+            else:
+                problem = _run_bounded(command, log, shown, allowed)
             if problem:
                 record["status"] = problem if record["status"] == "ok" else f"{record['status']}; {problem}"
                 if not keep_going:
@@ -164,7 +207,7 @@ def main(argv=None) -> int:
 
     def part(name: str, *a, **kw) -> None:
         write_session(args.out, records, running=name)
-        records.append(run_part(name, *a, **kw))
+        records.append(run_part(name, *a, here=args.quick, **kw))
         write_session(args.out, records)
 
     try:

@@ -90,12 +90,19 @@ def test_compile_check_command_passes_a_faithful_regional_compile(capsys):
 
 def test_gpu_session_runs_every_part_and_packs_a_loadable_model(tmp_path):
     """The one-call GPU script (here in its CPU --quick form): each part is recorded, and the shapes part's new UNet
-    (other sizes, on the committed VAE) comes back as a model folder the normal loader takes."""
+    (other sizes, on the committed VAE) comes back as a model folder the normal loader takes. Each command parses
+    its arguments and runs as its module's `python -m` would; --quick runs them in the session's one process
+    (torch imported once a session, not once a command), a process of its own here: what a command leaves set
+    (pretrain's torch thread count) stays out of the tests'."""
+    import subprocess
+    import sys
     import tarfile
 
-    from benchmarks.gpu_session import main as session
     from textinv.models import load_model
     from textinv.shapes import world
+
+    def session(args: list[str]) -> int:
+        return subprocess.run([sys.executable, "-m", "benchmarks.gpu_session", *args]).returncode
 
     out = tmp_path / "out"
     assert session(["--quick", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
@@ -187,6 +194,28 @@ def test_a_session_part_of_independent_commands_goes_on_past_a_failure(tmp_path)
     assert going["status"].startswith("failed (exit 3)") and "\nran\n" in (tmp_path / "a.txt").read_text()
     stopping = run_part("shapes", [fail, ok], 60, tmp_path / "b.txt")
     assert stopping["status"].startswith("failed (exit 3)") and "ran\n" not in (tmp_path / "b.txt").read_text()
+
+
+def test_a_quick_sessions_commands_run_in_its_own_process_as_they_would_in_theirs(tmp_path, capsys):
+    """--quick runs each command in the session's process (torch imported once): a module as `python -m` runs it,
+    with its arguments, and code as `python -c` does; an exit status, a message or an error is the command's
+    failure, and its prints go to the part's log, not the session's output."""
+    import sys
+
+    from benchmarks.gpu_session import run_part
+
+    here = [sys.executable, "-c", "import os; print('pid', os.getpid())"]
+    module = [sys.executable, "-m", "json.tool", "--indent", "1", str(tmp_path / "missing.json")]
+    assert run_part("environment", [here], 60, tmp_path / "a.txt", here=True)["status"] == "ok"
+    assert f"pid {os.getpid()}\n" in (tmp_path / "a.txt").read_text()
+    failing = [[sys.executable, "-c", "raise SystemExit(3)"], [sys.executable, "-c", "raise SystemExit('no')"],
+               [sys.executable, "-c", "1 / 0"], module]
+    record = run_part("speed", failing, 60, tmp_path / "b.txt", keep_going=True, here=True)
+    assert [problem.split(":")[0] for problem in record["status"].split("; ")] == [
+        "failed (exit 3)", "failed (exit 1)", "failed (exit 1)", "failed (exit 2)"]  # (argparse's, for the module)
+    log = (tmp_path / "b.txt").read_text()
+    assert "\nno\n" in log and "ZeroDivisionError" in log and "missing.json" in log
+    assert "ok in" in capsys.readouterr().out and sys.argv[0] != "json.tool"
 
 
 def test_hue_by_guidance_prints_a_row_per_phrase_and_scale(capsys):
