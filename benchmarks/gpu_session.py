@@ -35,8 +35,8 @@ Parts, in order (a part that fails or runs out of its time is recorded, and the 
    training the committed model, its text encoder grown by the orientation words' rows.
 `--quick` runs both parts on the CPU with tiny sizes and a few steps, without the compiled mode (whose CPU compile
 takes minutes), each command in this one process (`run_here`: torch imported once): the test suite does; nothing
-is judged. `session.txt` is rewritten as each part starts and ends,
-so a session killed midway still says what finished; each command's rows are in its part's log as they come.
+is judged. `session.txt` is rewritten as each part starts and ends, so a session killed midway still says what
+finished; each command's rows are in its part's log as they come.
 """
 
 from __future__ import annotations

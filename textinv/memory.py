@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
 import re
 import traceback
@@ -289,18 +290,19 @@ def meta_twin(model, vectors: int = 1):
     return twin, first_ids
 
 
-COUNTED_STEPS = 256  # the most step counts `step_bytes` keeps (a few kilobytes each)
+COUNTED_STEPS = 256  # the most step counts `step_bytes` keeps (a few hundred bytes each)
 _counted: dict = {}  # (`_step_key`) -> bytes, oldest first
 
 
-def _module_key(module, modes: bool = True) -> tuple:
+def _module_key(module, modes: bool = True) -> str:
     """What a meta-device module's step depends on: its class and config, and each parameter's name, shape, dtype
     and whether it learns (the learned rows' count among them), and with `modes` each submodule's training mode
-    (dropout)."""
+    (dropout); as the SHA-256 of their text (a full-size UNet's is ~100 KB)."""
     config = (module if hasattr(module, "to_json_string") else module.config).to_json_string()  # (diffusers', HF's)
-    return (type(module), config,
-            tuple((name, p.shape, p.dtype, p.requires_grad) for name, p in module.named_parameters()),
-            tuple(m.training for m in module.modules()) if modes else None)
+    described = repr((type(module), config,
+                      [(name, tuple(p.shape), p.dtype, p.requires_grad) for name, p in module.named_parameters()],
+                      [m.training for m in module.modules()] if modes else None))
+    return hashlib.sha256(described.encode()).hexdigest()
 
 
 def _step_key(twin, first_ids, batch, resolution, checkpointing, clip_skip, max_token_length) -> tuple:
