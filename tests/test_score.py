@@ -196,7 +196,7 @@ def test_bad_input_is_refused_before_anything_is_drawn(run_dir, clip_dir, judge,
     assert (busy / "mine.txt").read_text() == "keep me"
     with pytest.raises(ConfigError, match="-n must be"):
         score(settings(run_dir, clip_dir, tmp_path / "o", n=0), judge=judge)
-    with pytest.raises(ConfigError, match="--sampler"):
+    with pytest.raises(ConfigError, match="sampler='pndm' is not one of"):
         score(settings(run_dir, clip_dir, tmp_path / "o", sampler="pndm"), judge=judge)
 
 

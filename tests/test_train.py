@@ -652,7 +652,7 @@ def test_grad_accumulation_and_clipping_run(sd1_dir, images, tmp_path):
 
 
 def test_bad_settings_fail_before_loading_anything(tmp_path, images):
-    with pytest.raises(ConfigError, match="--property"):
+    with pytest.raises(ConfigError, match="property='objet' is not one of"):
         train(config(images, tmp_path / "o", property="objet"), progress=False)
     with pytest.raises(DataError, match="no images"):
         (tmp_path / "empty").mkdir()
