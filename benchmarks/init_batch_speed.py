@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+
+from .xyz_speed import loaded_model, model_arguments, timed_generate
 
 COLOURS = ["red", "blue", "green", "yellow", "white", "purple", "orange", "cyan", "magenta", "black"]
 
@@ -37,46 +38,19 @@ def make_folder(folder: Path, count: int, size: int = 64) -> None:
 def folder_seconds(loaded, out: Path, batch_size: int, repeat: int, **settings) -> tuple[list[float], int]:
     """Seconds of each of `repeat` runs of `settings` at `batch_size` drawn on `loaded` (after one warm-up), and the
     pipeline calls one run takes."""
-    from unittest import mock
-
-    from textinv import generate as generate_module
-    from textinv.config import GenerateConfig
-
-    calls, render = [], generate_module.render
-
-    def counted(*a, **k):
-        calls.append(1)
-        return render(*a, **k)
-
-    times = []
-    with mock.patch.object(generate_module, "render", counted):
-        for i in range(repeat + 1):
-            calls.clear()
-            start = time.perf_counter()
-            generate_module.generate(GenerateConfig(out=str(out / f"{batch_size}-{i}"), batch_size=batch_size,
-                                                    **settings), model=loaded, progress=False)
-            times.append(time.perf_counter() - start)
-    return times[1:], len(calls)
+    return timed_generate(loaded, out / str(batch_size), repeat, batch_size=batch_size, **settings)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="shapes")
-    p.add_argument("--device", default="auto", help="as generate's --device (auto: a GPU where there is one)")
-    p.add_argument("--precision", default="auto", help="as generate's (auto: fp16 on a GPU, fp32 on the CPU)")
-    p.add_argument("--threads", type=int, default=1)
+    model_arguments(p)
     p.add_argument("--pictures", type=int, default=6, help="pictures in the folder, all drawn in one call")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--denoise", type=float, default=0.75)
     p.add_argument("--repeat", type=int, default=3, help="folders timed at each batch size (after one warm-up)")
     args = p.parse_args(argv)
 
-    from textinv.generate import drawing_dtype
-    from textinv.models import load_model, pick_device
-
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    model = load_model(args.model, dtype=drawing_dtype(args.precision, device), device=device)
+    model, device = loaded_model(args)
     print(f"torch {torch.__version__}, {device}, {model.unet.dtype}, {args.threads} thread(s), {args.model}, "
           f"{args.pictures} pictures of 64x64, --steps {args.steps} --denoise {args.denoise}")
     print("| --batch-size | pipeline calls | s per folder (median, min-max) |")

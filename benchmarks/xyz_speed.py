@@ -22,15 +22,16 @@ from pathlib import Path
 import torch
 
 
-def grid_seconds(loaded, out: Path, per_cell: bool, repeat: int, **settings) -> tuple[list[float], int]:
-    """Seconds of each of `repeat` grids of `settings` drawn on `loaded` (after one warm-up), and the pipeline calls
-    one grid takes."""
+def timed_generate(loaded, out: Path, repeat: int, patches=(), **settings) -> tuple[list[float], int]:
+    """Seconds of each of `repeat` `generate` runs of `settings` on `loaded` (after one warm-up run), each into a
+    new folder under `out`, with `patches` (`mock.patch` objects) on; and the pipeline calls (`render`) one run
+    takes. Also `init_batch_speed`'s."""
+    import contextlib
     from unittest import mock
 
-    from textinv import generate as generate_module, xyz
+    from textinv import generate as generate_module
     from textinv.config import GenerateConfig
 
-    alone = (lambda ready, order: [[i] for i in order]) if per_cell else xyz._groups
     calls, render = [], generate_module.render
 
     def counted(*a, **k):
@@ -38,22 +39,50 @@ def grid_seconds(loaded, out: Path, per_cell: bool, repeat: int, **settings) -> 
         return render(*a, **k)
 
     times = []
-    with mock.patch.object(xyz, "_groups", alone), mock.patch.object(generate_module, "render", counted):
+    with contextlib.ExitStack() as stack:
+        for patch in (mock.patch.object(generate_module, "render", counted), *patches):
+            stack.enter_context(patch)
         for i in range(repeat + 1):
             calls.clear()
             start = time.perf_counter()
-            generate_module.generate(GenerateConfig(out=str(out / f"{per_cell}-{i}"), **settings), model=loaded,
-                                     progress=False)
+            generate_module.generate(GenerateConfig(out=str(out / str(i)), **settings), model=loaded, progress=False)
             times.append(time.perf_counter() - start)
     return times[1:], len(calls)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def grid_seconds(loaded, out: Path, per_cell: bool, repeat: int, **settings) -> tuple[list[float], int]:
+    """Seconds of each of `repeat` grids of `settings` drawn on `loaded` (after one warm-up), and the pipeline calls
+    one grid takes; `per_cell`: each cell drawn alone (`xyz._groups` giving one cell a group), as before cells were
+    grouped."""
+    from unittest import mock
+
+    from textinv import xyz
+
+    alone = [mock.patch.object(xyz, "_groups", lambda ready, order: [[i] for i in order])] if per_cell else []
+    return timed_generate(loaded, out / str(per_cell), repeat, alone, **settings)
+
+
+def model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and machine options of a generation benchmark (also `init_batch_speed`'s)."""
     p.add_argument("--model", default="shapes")
     p.add_argument("--device", default="auto", help="as generate's --device (auto: a GPU where there is one)")
     p.add_argument("--precision", default="auto", help="as generate's (auto: fp16 on a GPU, fp32 on the CPU)")
     p.add_argument("--threads", type=int, default=1)
+
+
+def loaded_model(args):
+    """`model_arguments`' model, loaded on their device and precision, torch on their threads: (model, device)."""
+    from textinv.generate import drawing_dtype
+    from textinv.models import load_model, pick_device
+
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    return load_model(args.model, dtype=drawing_dtype(args.precision, device), device=device), device
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_arguments(p)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--batch-size", type=int, default=9)
     p.add_argument("--repeat", type=int, default=3, help="grids timed in each way (after one warm-up)")
@@ -61,12 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--y", default="seed=1-3")
     args = p.parse_args(argv)
 
-    from textinv.generate import drawing_dtype
-    from textinv.models import load_model, pick_device
-
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    model = load_model(args.model, dtype=drawing_dtype(args.precision, device), device=device)
+    model, device = loaded_model(args)
     settings = dict(prompt=["a red star on a blue background"], n=1, steps=args.steps, batch_size=args.batch_size,
                     model=args.model, x=args.x, y=args.y)
     print(f"torch {torch.__version__}, {device}, {model.unet.dtype}, {args.threads} thread(s), {args.model}, "
