@@ -1458,6 +1458,7 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encodi
 # the README and the pages it sends readers to (docs/): the commands and flags they show are checked alike
 DOCS = "\n".join([README] + [page.read_text(encoding="utf-8")
                               for page in sorted((Path(__file__).resolve().parent.parent / "docs").glob("*.md"))])
+TRAIN_PAGE = (Path(__file__).resolve().parent.parent / "docs" / "train.md").read_text(encoding="utf-8")
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)(?![\w])")  # (not kohya's --enable_bucket: an underscore follows)
 
 
@@ -1505,7 +1506,7 @@ def test_every_flag_the_readme_shows_with_a_command_is_one_of_its_flags():
         wrong += [(line, flag) for flag in _FLAG.findall(line) if flag not in known]
     assert checked > 20 and not wrong, wrong
     # the train options table: every flag in its first column is train's
-    table = README.split("Useful options (all of them: `textinv train --help`):")[1].split("\n\n")[1]
+    table = TRAIN_PAGE.split("Useful options (all of them: `textinv train --help`):")[1].split("\n\n")[1]
     firsts = [row.split(" | ")[0] for row in table.splitlines()[2:]]
     unknown = [flag for row in firsts for flag in _FLAG.findall(row) if flag not in commands["train"]]
     assert len(firsts) > 20 and not unknown, unknown
@@ -1532,12 +1533,12 @@ def test_every_flag_the_readme_names_in_code_is_one_there_is():
 
 
 def test_the_train_options_tables_defaults_are_the_codes():
-    """Where the README's train options table states a default as a value (a number, a choice, on or off), it is
+    """Where the train options table (docs/train.md) states a default as a value (a number, a choice, on or off), it is
     TrainConfig's; a default the run resolves (the model's size, the property's word) is told in words."""
     import dataclasses
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    table = README.split("Useful options (all of them: `textinv train --help`):")[1].split("\n\n")[1]
+    table = TRAIN_PAGE.split("Useful options (all of them: `textinv train --help`):")[1].split("\n\n")[1]
     compared, wrong = 0, []
     for row in table.splitlines()[2:]:
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
@@ -1578,6 +1579,36 @@ def test_the_readme_layout_names_every_module_and_only_those_there_are():
     top = set(re.findall(r"^  (\w+\.py) ", layout, re.M))  # textinv/'s own modules, one a line
     assert top == {p.name for p in files if p.parent.name == "textinv"}
 
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation but '-' and '_' dropped, spaces as '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_readme_and_docs_reaches_a_file_and_heading():
+    """The README sends readers into docs/ and the pages link back and to each other by heading: each relative link
+    names a file that is there, and a `#part` names one of that file's headings (a renamed heading or moved page
+    would otherwise leave a link that opens the page's top, or nothing)."""
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    checked, broken = 0, []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"\w+:", target):  # (https:, mailto:)
+                continue
+            path, _, part = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            checked += 1
+            if not linked.is_file():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif part and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", linked.read_text(encoding="utf-8"),
+                                                             flags=re.S), re.M)
+                if part not in {_anchor(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert checked > 40 and not broken, broken
 
 def test_epochs_and_steps_together_are_refused(images, tmp_path, capsys):
     """--epochs and --steps both say how long the run is: given together (flags, one config file, or Python) they

@@ -309,7 +309,7 @@ def test_a_yaml_or_json_file_that_never_ends_expands_past_counting_or_nests_too_
     (wildcards / "self.yaml").write_text("a: &x\n  b: [red]\n  c: *x\n")
     refused("__a/b__", r"self.yaml: the key a/c holds a mapping around it \(a YAML alias of its own anchor\), so its "
                        r"names never end: ")
-    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    readme = " ".join((Path(__file__).resolve().parent.parent / "docs" / "generate.md").read_text(encoding="utf-8").split())
     assert dynamic.MAX_STRUCTURED == 1_000_000 and "stand for over a million keys and options" in readme
     levels = ["l0: &l0 [x]"] + [f"l{k}: &l{k} {{" + ", ".join(f"k{j}: *l{k - 1}" for j in range(10)) + "}"
                                 for k in range(1, 4)]

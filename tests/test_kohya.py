@@ -832,7 +832,7 @@ def test_the_readmes_table_of_kohyas_keys_puts_each_key_in_the_row_that_says_wha
 
     from textinv.kohya import IGNORED, SETTINGS
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "train.md").read_text(encoding="utf-8")
     table = readme.split("| kohya's keys | in textinv |")[1].split("\n\n")[0]
     rows = {cells[2].strip(): set(re.findall(r"`(\w+)`", cells[1]))
             for cells in (line.split("|") for line in table.splitlines()[2:])}
