@@ -341,21 +341,27 @@ def test_again_on_a_web_ui_grid_draws_its_plot_along_the_axes_its_text_names(sd1
     assert len(list((tmp_path / "a").glob("xyz_grid-*.png"))) == 1 and len(list((tmp_path / "a").glob("0*.png"))) == 4
 
 
+def _again_on_web_ui_grid(tmp_path, parameters: str, **given):
+    """What --again reads from a web UI grid whose PNG text is `parameters` (on the bundled model, `given` beside it):
+    its config, the warnings it gave, and the cells that config's plot draws."""
+    from conftest import again_warned, web_ui_picture
+
+    grid = web_ui_picture(tmp_path / "grid.png", parameters)
+    config, warned = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a"), **given})
+    return config, warned, xyz.plan(config.validate()).cells
+
+
 def test_again_on_a_web_ui_grid_reads_its_sampling_axes_and_says_how_to_get_one_textinv_lacks(tmp_path):
     """The web UI's axes textinv has a setting for are read by their labels (a Var. seed axis with the seeds it
     drew); one it lacks is left out with the way to get the same with textinv."""
-    from conftest import again_warned, web_ui_picture
-
-    grid = web_ui_picture(tmp_path / "grid.png", (
+    config, warned, cells = _again_on_web_ui_grid(tmp_path, (
         'a photo of a dog\nSteps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 16x16, '
         'Variation seed: 3, Variation seed strength: 0.5, Script: X/Y/Z plot, X Type: Schedule type, X Values: '
         '"Automatic, Exponential", Y Type: Var. seed, Y Values: "-1, 4", Fixed Y Values: "812, 4", Z Type: Styles, '
         'Z Values: "cinematic, anime", Version: v1.10.1'))
-    config, warned = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a")})
     assert (config.x, config.y, config.z) == ("schedule=Automatic, Exponential", "var-seed=812, 4", None)
     assert "its Z axis, Styles (cinematic, anime), is no axis textinv has (textinv has no saved styles: write" in warned
-    ready = xyz.plan(config.validate())
-    assert [(c.sampler, c.variation_seed) for c in ready.cells] == [
+    assert [(c.sampler, c.variation_seed) for c in cells] == [
         ("dpm++2m_karras", 812), ("dpm++2m_exponential", 812), ("dpm++2m_karras", 4), ("dpm++2m_exponential", 4)]
 
 
@@ -382,14 +388,11 @@ def test_again_on_a_web_ui_grid_draws_its_sampler_axis_on_its_schedule_type(tmp_
     """The web UI's Sampler axis sets each cell's sampler alone, its Schedule type (the picture's, or an axis's)
     staying the cell's: --again read the axis's samplers on their own schedules, so a grid drawn on Karras came back
     without it (DPM++ 2M on Automatic, its own Karras, drew on the model's spacing)."""
-    from conftest import again_warned, web_ui_picture
-
     scheduled = f"Schedule type: {schedule}, " if schedule else ""
-    grid = web_ui_picture(tmp_path / "grid.png", (
+    *_, cells = _again_on_web_ui_grid(tmp_path, (
         f"a photo of a dog\nSteps: 2, Sampler: Euler, {scheduled}CFG scale: 7, Seed: 5, Size: 16x16, Script: X/Y/Z "
         f"plot, {axes}"))
-    config, _ = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a")})
-    assert [c.sampler for c in xyz.plan(config.validate()).cells] == samplers
+    assert [c.sampler for c in cells] == samplers
 
 
 def test_again_on_a_web_ui_grid_asks_for_a_sampler_axis_textinv_lacks_on_its_schedule_type(tmp_path):
@@ -500,13 +503,10 @@ def test_again_on_a_web_ui_grid_draws_its_hires_samplers_on_the_hires_passs_sche
     """The web UI's hires pass draws on its Hires schedule type, else ("Use same scheduler") on the first pass's, a
     Schedule type axis's value in the cell: --again read a Hires sampler axis's values each on its own schedule, and
     the picture's Heun on none beside a Schedule type axis."""
-    from conftest import again_warned, web_ui_picture
-
-    grid = web_ui_picture(tmp_path / "grid.png", (
+    *_, cells = _again_on_web_ui_grid(tmp_path, (
         f"a photo of a dog\nSteps: 2, Sampler: {first}, CFG scale: 7, Seed: 5, Size: 16x16, {_HIRES}{hires}, "
         f"Script: X/Y/Z plot, {axes}"))
-    config, _ = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a")})
-    assert [c.hires_sampler for c in xyz.plan(config.validate()).cells] == samplers
+    assert [c.hires_sampler for c in cells] == samplers
 
 
 def test_again_reads_a_web_ui_pictures_hires_sampler_on_a_schedule_type_chosen_for_the_first_pass(tmp_path):
@@ -537,14 +537,10 @@ def test_again_on_a_web_ui_grid_draws_a_sampler_named_with_a_schedule_on_a_sched
     """The web UI's Sampler axis takes a name that carries a schedule ("DPM++ 2M Karras") before version 1.9 only,
     where its Schedule type axis set the schedule of every sampler (Automatic left each its own), so the axis's
     schedule is the cell's; 1.9 on refuses the name (an unknown sampler). A guard: textinv does so already."""
-    from conftest import again_warned, web_ui_picture
-
-    grid = web_ui_picture(tmp_path / "grid.png", (
+    *_, cells = _again_on_web_ui_grid(tmp_path, (
         'a photo of a dog\nSteps: 2, Sampler: DPM++ 2M Karras, Seed: 5, Size: 16x16, Script: X/Y/Z plot, X Type: '
         'Sampler, X Values: "DPM++ 2M Karras,Euler", Y Type: Schedule type, Y Values: "exponential,Automatic"'))
-    config, _ = again_warned(grid, {"model": "shapes", "out": str(tmp_path / "a")})
-    assert [c.sampler for c in xyz.plan(config.validate()).cells] == ["dpm++2m_exponential", "euler_exponential",
-                                                                      "dpm++2m_karras", "euler"]
+    assert [c.sampler for c in cells] == ["dpm++2m_exponential", "euler_exponential", "dpm++2m_karras", "euler"]
 
 
 def test_again_on_a_web_ui_grid_reads_an_upscaling_network_on_a_hires_upscaler_axis_as_lanczos(tmp_path):
