@@ -241,6 +241,30 @@ def test_every_prompt_uses_only_words_the_model_knows():
     assert fill("{} and a yellow circle", "<t>", article=False) == "<t> and a yellow circle"
 
 
+def test_captioned_benchmark_pictures_train_on_their_own_position_and_background(tmp_path):
+    """`evaluate --captioned`: each training picture's prompts name where it is and its background, in the world's
+    words, around the token, and nothing of the concept (its colour, fill or shape word) that the token must learn."""
+    import torch
+
+    from textinv.data import CaptionSampler, TrainingImage, find_images, read_caption, read_template_file
+    from textinv.shapes.evaluate import write_scene_captions, write_training_images
+
+    concept = find_concept("teal-star")
+    folder = tmp_path / "images"
+    write_training_images(concept, folder, k=4, seed=3)
+    templates = write_scene_captions(concept, folder, 4, 3, tmp_path / "templates.txt")
+    pictures = [TrainingImage(path=p, pixels=torch.zeros(3, 8, 8), caption=read_caption(p)) for p in find_images(folder)]
+    sampler = CaptionSampler(pictures, read_template_file(templates), concept.token, torch.Generator().manual_seed(0))
+    known = set(world.VOCABULARY)
+    for i, scene in enumerate(concept.training_scenes(4, seed=3)):
+        said = {sampler(i) for _ in range(40)}
+        ending = f"{concept.token} {world.position_phrase(scene.obj.position)} on a {scene.background} background"
+        assert len(said) > 1 and all(text.endswith(ending) for text in said), (said, ending)
+        for text in said:
+            words = set(text.replace(concept.token, " ").split())
+            assert words <= known and not words & {"star", "cyan", "teal", "solid", "shape"}, text
+
+
 @pytest.mark.skipif(not HAVE_PROBE, reason=f"no probe weights at {PROBE_PATH} yet (python -m textinv.shapes.probe "
                                            "--train): the match test needs a real judge")
 def test_rendered_concept_pictures_score_as_the_concept():

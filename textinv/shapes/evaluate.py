@@ -109,6 +109,9 @@ class EvalConfig:
                                      "more than half the way to the nearest named colour: see concept_hue_tolerance)")
     angle_tolerance: float = opt(15.0, "a stripe angle within this many degrees counts as a match")
     chunk: int = opt(32, "samples drawn per pipeline call (bounds memory)")
+    captioned: bool = opt(False, "train each object concept's picture with a caption of what the concept leaves free, "
+                                 "its position and background (\"a photo of {} on the left on a navy background\"), "
+                                 "as a user's caption files keep the backdrop out of the learned word")
     train_set: list = opt([], "further `textinv train` settings for learning, KEY=VALUE each (e.g. min_snr_gamma=5 "
                               "lr_schedule=cosine): measures a trainer setting on the benchmark")
 
@@ -351,6 +354,17 @@ def write_training_images(concept: Concept, folder: Path, k: int = 5, seed: int 
     return paths
 
 
+def write_scene_captions(concept: Concept, folder: Path, k: int, seed: int, templates: Path) -> Path:
+    """Beside each of `write_training_images`' pictures, a caption file of what the concept leaves free there (its
+    position and background, in the world's words), and templates that put those words after the token
+    (`[filewords]`); returns the templates' path."""
+    for i, scene in enumerate(concept.training_scenes(k, seed)):
+        write_text(folder / f"{concept.token.strip('<>')}-{i + 1}.txt",
+                   f"{world.position_phrase(scene.obj.position)} on a {scene.background} background\n")
+    write_text(templates, "\n".join(f"{t} [filewords]" for t in training_templates(concept)) + "\n")
+    return templates
+
+
 def write_templates(concept: Concept, path: Path) -> Path:
     """Write the concept's training caption templates (the world's phrasing), one per line, for `--templates`."""
     write_text(path, "\n".join(training_templates(concept)) + "\n")
@@ -404,6 +418,8 @@ def learn(model, concept: Concept, config: EvalConfig, workdir: Path, progress: 
     images = workdir / "images"
     write_training_images(concept, images, config.images, seed)
     templates = write_templates(concept, workdir / "templates.txt")
+    if config.captioned and concept.kind == "object":
+        templates = write_scene_captions(concept, images, config.images, seed, workdir / "templates.txt")
     tc = train_config(concept, images, templates, workdir / "run", config.steps, config.lr, config.batch,
                       config.vectors, seed, model=model.source,
                       init=best_description(concept) if config.init == "description" else None)
@@ -713,6 +729,7 @@ def _settings_line(result: dict) -> str:
                else f"training seed {s['train_seed']}")
     init = " from the description" if s.get("init") == "description" else ""
     init += "".join(f", {item}" for item in s.get("train_set", []))
+    init += ", each object picture captioned with its position and background" if s.get("captioned") else ""
     return (f"{s['steps']} training steps (lr {s['lr']}, batch {s['batch']}, {s['vectors']} vector(s){init}, "
             f"{s['images']} pictures, {trained}, {s.get('precision', 'fp32')} weights); {s['samples']} samples per "
             f"prompt and method, seeds {s['seeds'][0]}.."

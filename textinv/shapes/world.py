@@ -925,6 +925,11 @@ _KEEP = {"color": 0.8, "pattern": 0.7, "solid": 0.2, "size": 0.5, "position": 0.
          "style": 0.5, "flat": 0.3, "second": 0.85, "second_detail": 0.6, "shape_word": 0.1}
 
 
+def position_phrase(position: str) -> str:
+    """The world's first wording of a position ("on the left", "in the center")."""
+    return _POSITION_PHRASES[position][0]
+
+
 def _words(text: str) -> list[str]:
     """Lower-case words of a caption (letters only; commas and the like are dropped).
 
