@@ -59,25 +59,10 @@ def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]
 def _join_split_words(words: list[str], vocab: dict[str, int], merges: list[tuple[str, str]]):
     """Make every word one token. BPE applies merges by rank across the whole word, so a merge made for an earlier
     word can split a later one ('cres' + 'cen' + 't'); for each word that still comes out in pieces, merges joining
-    those pieces are appended. Ranked last, they cannot change a word that is already one token."""
+    those pieces are appended (`_append_words`). Ranked last, they cannot change a word that is already one token.
+    The new tokens come before the start and end tokens, which stay the last two ids, as `build_vocab` numbers them."""
+    vocab, merges = _append_words(words, vocab, merges)
     tokens = [t for t in sorted(vocab, key=vocab.get) if t not in (BOS, EOS)]
-
-    def tokenizer():
-        return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens + [BOS, EOS])}, merges=merges,
-                             model_max_length=77)
-
-    current = tokenizer()
-    for word in dict.fromkeys(w.strip().lower() for w in words if w.strip()):
-        pieces = current.tokenize(word)
-        if len(pieces) < 2:
-            continue
-        left = pieces[0]
-        for right in pieces[1:]:
-            merges.append((left, right))
-            left = left + right
-            if left not in tokens:
-                tokens.append(left)
-        current = tokenizer()
     return {t: i for i, t in enumerate(tokens + [BOS, EOS])}, merges
 
 
@@ -87,13 +72,19 @@ def _append_words(words: list[str], vocab: dict[str, int], merges: list[tuple[st
     A merge ranked last cannot change a word that is already one token (see `_join_split_words`), so a model's
     embedding rows stay valid and it grows by rows at the end."""
     vocab, merges = dict(vocab), list(merges)
+    current = None  # (the tokenizer of `vocab` and `merges` as they are: built again only once they change)
     for word in dict.fromkeys(w.strip().lower() for w in words if w.strip()):
-        pieces = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77).tokenize(word)
+        if current is None:
+            current = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+        pieces = current.tokenize(word)
+        if len(pieces) < 2:
+            continue
         left = pieces[0]
         for right in pieces[1:]:
             merges.append((left, right))
             left = left + right
             vocab.setdefault(left, len(vocab))
+        current = None
     return vocab, merges
 
 
