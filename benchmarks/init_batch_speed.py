@@ -13,14 +13,12 @@ figures are seconds per folder (median, min-max) and the pipeline calls a folder
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw
 
-from .xyz_speed import loaded_model, model_arguments, timed_generate
+from .xyz_speed import loaded_model, machine_line, model_arguments, timed_generate, timing_row
 
 COLOURS = ["red", "blue", "green", "yellow", "white", "purple", "orange", "cyan", "magenta", "black"]
 
@@ -51,8 +49,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     model, device = loaded_model(args)
-    print(f"torch {torch.__version__}, {device}, {model.unet.dtype}, {args.threads} thread(s), {args.model}, "
-          f"{args.pictures} pictures of 64x64, --steps {args.steps} --denoise {args.denoise}")
+    print(f"{machine_line(model, device, args)}, {args.pictures} pictures of 64x64, --steps {args.steps} "
+          f"--denoise {args.denoise}")
     print("| --batch-size | pipeline calls | s per folder (median, min-max) |")
     print("| --- | --- | --- |")
     with tempfile.TemporaryDirectory(prefix="textinv-init-") as tmp:
@@ -61,8 +59,7 @@ def main(argv=None) -> int:
                         denoise=args.denoise, model=args.model, init_image=str(Path(tmp) / "pictures"))
         for batch_size in (1, args.pictures):
             times, calls = folder_seconds(model, Path(tmp), batch_size, args.repeat, **settings)
-            print(f"| {batch_size} | {calls} | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) |",
-                  flush=True)
+            print(timing_row(batch_size, calls, times), flush=True)
     return 0
 
 

@@ -80,6 +80,18 @@ def loaded_model(args):
     return load_model(args.model, dtype=drawing_dtype(args.precision, device), device=device), device
 
 
+def machine_line(model, device, args) -> str:
+    """What the figures were measured on: torch, `loaded_model`'s device and dtype, the threads, the model (also
+    `init_batch_speed`'s, whose settings follow it)."""
+    return f"torch {torch.__version__}, {device}, {model.unet.dtype}, {args.threads} thread(s), {args.model}"
+
+
+def timing_row(label, calls: int, times: list[float]) -> str:
+    """A table row of `timed_generate`'s figures: `label`, the pipeline calls a run takes, seconds a run as median
+    (min-max) (also `init_batch_speed`'s)."""
+    return f"| {label} | {calls} | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) |"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_arguments(p)
@@ -93,16 +105,14 @@ def main(argv=None) -> int:
     model, device = loaded_model(args)
     settings = dict(prompt=["a red star on a blue background"], n=1, steps=args.steps, batch_size=args.batch_size,
                     model=args.model, x=args.x, y=args.y)
-    print(f"torch {torch.__version__}, {device}, {model.unet.dtype}, {args.threads} thread(s), {args.model}, "
-          f"--steps {args.steps} --batch-size "
-          f"{args.batch_size}: x {settings['x']}, y {settings['y']}")
+    print(f"{machine_line(model, device, args)}, --steps {args.steps} --batch-size {args.batch_size}: "
+          f"x {settings['x']}, y {settings['y']}")
     print("| cells drawn | pipeline calls | s per grid (median, min-max) |")
     print("| --- | --- | --- |")
     with tempfile.TemporaryDirectory(prefix="textinv-xyz-") as tmp:
         for per_cell, name in ((True, "one run a cell (before)"), (False, "together")):
             times, calls = grid_seconds(model, Path(tmp), per_cell, args.repeat, **settings)
-            print(f"| {name} | {calls} | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) |",
-                  flush=True)
+            print(timing_row(name, calls, times), flush=True)
     return 0
 
 
