@@ -99,6 +99,19 @@ def recorded_results(monkeypatch, module, name: str) -> list:
     return results
 
 
+def recorded_rates(monkeypatch, cls=torch.optim.AdamW) -> list:
+    """The learning rate of every `cls` optimizer step taken from now on (read as the step is taken), in the list
+    returned."""
+    seen, real = [], cls.step
+
+    def step(self, *a, **kw):
+        seen.append(self.param_groups[0]["lr"])
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(cls, "step", step)
+    return seen
+
+
 def interrupted_at(monkeypatch, module, name: str, call: int) -> list:
     """`module.name` made to raise KeyboardInterrupt (a Ctrl-C) at its `call`-th call (1: the first), itself
     otherwise; returned: the list its calls are counted in (one entry a call), to read or reset."""

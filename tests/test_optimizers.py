@@ -17,7 +17,7 @@ from textinv.config import TrainConfig, build, config_file_settings
 from textinv.errors import ConfigError
 from textinv.optimizers import _clip_rows, _step_skipping_overflows, make_optimizer, parse_optimizer_args
 from textinv.train import TrainingInterrupted, train
-from conftest import fresh_model, train_config
+from conftest import fresh_model, recorded_rates, train_config
 
 
 config = train_config  # (a short run's settings, `kw` over them)
@@ -97,22 +97,11 @@ def test_a_resume_with_another_optimizer_or_its_args_is_refused(sd1_dir, images,
               model=fresh_model(sd1_dir), progress=False)
 
 
-def _rates(monkeypatch, cls) -> list:
-    seen, real = [], cls.step
-
-    def step(self, *a, **kw):
-        seen.append(self.param_groups[0]["lr"])
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(cls, "step", step)
-    return seen
-
-
 @pytest.mark.parametrize("schedule, shape", [("cosine_with_restarts", dict(num_cycles=3)),
                                              ("polynomial", dict(power=3.0))])
 def test_kohyas_schedules_give_diffusers_rates_with_their_cycles_and_power(schedule, shape, sd1_dir, images,
                                                                             tmp_path, monkeypatch):
-    seen = _rates(monkeypatch, torch.optim.AdamW)
+    seen = recorded_rates(monkeypatch)
     flag = {"num_cycles": "lr_cycles", "power": "lr_power"}
     train(config(images, tmp_path / "a", steps=9, warmup_steps=2, lr_schedule=schedule,
                  **{flag[k]: v for k, v in shape.items()}), model=fresh_model(sd1_dir), progress=False)

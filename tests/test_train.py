@@ -16,7 +16,7 @@ from textinv import batches, latent_cache, run_folder
 from textinv import train as train_module
 from textinv.run_folder import read_loss_log, read_run_settings
 from textinv.train import TrainingInterrupted, train
-from conftest import fresh_model, recorded_caption_banks, recorded_results, train_config
+from conftest import fresh_model, recorded_caption_banks, recorded_rates, recorded_results, train_config
 
 
 config = train_config  # (a short run's settings, `kw` over them)
@@ -1852,28 +1852,16 @@ def test_a_save_between_loss_checks_is_the_last_good_point_a_later_stop_falls_ba
     assert saved.metadata["steps"] == "6" and torch.equal(saved.vectors["text_encoder"], step6.vectors["text_encoder"])
 
 
-def _rates_of_steps(monkeypatch) -> list:
-    """The learning rate of every optimizer step taken from now on (read as the step is taken)."""
-    seen, real = [], torch.optim.AdamW.step
-
-    def step(self, *a, **kw):
-        seen.append(self.param_groups[0]["lr"])
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    return seen
-
-
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_a_resume_with_raised_steps_takes_the_longer_schedules_rate_from_its_first_step(schedule, sd1_dir, images,
                                                                                       tmp_path, monkeypatch):
     """README: raising --steps on resume makes the rest of the run follow the longer schedule. The first resumed
     step took the rate the old schedule had set in the optimizer (0 at the end of a linear one), a wasted step."""
-    straight = _rates_of_steps(monkeypatch)
+    straight = recorded_rates(monkeypatch)
     train(config(images, tmp_path / "a", steps=8, lr_schedule=schedule), model=fresh_model(sd1_dir), progress=False)
     train(config(images, tmp_path / "b", steps=4, save_every=4, lr_schedule=schedule), model=fresh_model(sd1_dir),
           progress=False)
-    resumed = _rates_of_steps(monkeypatch)
+    resumed = recorded_rates(monkeypatch)
     train(config(images, tmp_path / "b", steps=8, save_every=4, lr_schedule=schedule, resume=True),
           model=fresh_model(sd1_dir), progress=False)
     assert resumed == straight[4:8], (resumed, straight)
