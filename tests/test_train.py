@@ -1437,20 +1437,23 @@ def test_caption_dropout_that_cannot_be_trained_is_refused_by_name(given, said, 
         config(images, tmp_path / "o", **given).validate()
 
 
+def _fp16_parts():
+    """Two encoders' stand-ins of (4, 3) vectors each, their AdamW optimizer and a GradScaler at scale 1024, started
+    as a scaled loss starts it: what `_step_skipping_overflows` steps."""
+    from types import SimpleNamespace
+
+    encoders = [SimpleNamespace(vectors=torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator()
+                                                                       .manual_seed(i)))) for i in range(2)]
+    optimizer = torch.optim.AdamW([e.vectors for e in encoders], lr=0.1, weight_decay=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # (as a scaled loss would: the scale starts here)
+    return encoders, optimizer, scaler
+
+
 def test_an_fp16_overflow_skips_only_its_own_concepts_step():
     """Under fp16 loss scaling, a concept whose gradients overflowed keeps its vectors and Adam moments, while the
     other concepts (rows of the same tensors) take the step their own runs would; the scale is lowered."""
-    from types import SimpleNamespace
-
     from textinv.optimizers import _step_skipping_overflows
-
-    def setup():
-        encoders = [SimpleNamespace(vectors=torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator()
-                                                                           .manual_seed(i)))) for i in range(2)]
-        optimizer = torch.optim.AdamW([e.vectors for e in encoders], lr=0.1, weight_decay=0.01)
-        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-        scaler.scale(torch.ones(()))  # (as a scaled loss would: the scale starts here)
-        return encoders, optimizer, scaler
 
     rows = [[slice(0, 2)] * 2, [slice(2, 4)] * 2]  # concept A: rows 0-1 of both encoders; B: rows 2-3
 
@@ -1462,20 +1465,20 @@ def test_an_fp16_overflow_skips_only_its_own_concepts_step():
         scaler.unscale_(optimizer)
         _step_skipping_overflows(scaler, optimizer, encoders, rows)
 
-    encoders, optimizer, scaler = setup()
+    encoders, optimizer, scaler = _fp16_parts()
     step(encoders, optimizer, scaler, False)  # a normal step first, so there are moments to keep
     before = [e.vectors.detach().clone() for e in encoders]
     moments = [optimizer.state[e.vectors]["exp_avg"].clone() for e in encoders]
     step(encoders, optimizer, scaler, True)
     assert scaler.get_scale() < 1024.0
-    reference, ref_optimizer, ref_scaler = setup()  # B's own run: two finite steps
+    reference, ref_optimizer, ref_scaler = _fp16_parts()  # B's own run: two finite steps
     step(reference, ref_optimizer, ref_scaler, False)
     step(reference, ref_optimizer, ref_scaler, False)
     for e, ref, old, m in zip(encoders, reference, before, moments):
         assert torch.equal(e.vectors[:2], old[:2]) and torch.equal(optimizer.state[e.vectors]["exp_avg"][:2], m[:2])
         torch.testing.assert_close(e.vectors[2:], ref.vectors[2:])
         assert not torch.equal(e.vectors[2:], old[2:])
-    encoders, optimizer, scaler = setup()  # every concept overflowed: nothing moves, as GradScaler does
+    encoders, optimizer, scaler = _fp16_parts()  # every concept overflowed: nothing moves, as GradScaler does
     start = [e.vectors.detach().clone() for e in encoders]
     for e in encoders:
         e.vectors.grad = torch.full((4, 3), float("inf"))
@@ -1488,17 +1491,7 @@ def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_with_its_own_runs_ada
     """Adam's bias correction divides by 1 - beta^t, t the steps taken. A concept that skipped a step alone (its
     gradients overflowed) has taken one step fewer than the shared count says, as in its own run, where GradScaler
     skips the whole step: its next steps must be its own run's, not ones corrected for a step it never took."""
-    from types import SimpleNamespace
-
     from textinv.optimizers import _step_skipping_overflows
-
-    def setup():
-        encoders = [SimpleNamespace(vectors=torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator()
-                                                                           .manual_seed(i)))) for i in range(2)]
-        optimizer = torch.optim.AdamW([e.vectors for e in encoders], lr=0.1, weight_decay=0.01)
-        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-        scaler.scale(torch.ones(()))
-        return encoders, optimizer, scaler
 
     rows = [[slice(0, 2)] * 2, [slice(2, 4)] * 2]  # concept A: rows 0-1 of both encoders; B: rows 2-3
 
@@ -1510,17 +1503,17 @@ def test_a_concept_that_skipped_an_fp16_step_alone_goes_on_with_its_own_runs_ada
         scaler.unscale_(optimizer)
         _step_skipping_overflows(scaler, optimizer, encoders, rows, skipped)
 
-    joint, optimizer, scaler = setup()
+    joint, optimizer, scaler = _fp16_parts()
     skipped = [0, 0]
     for k, overflow in enumerate([None, slice(0, 2), None, None]):  # A overflows alone at the second step
         step(joint, optimizer, scaler, overflow, skipped, k)
     assert skipped == [1, 0]
-    own, own_optimizer, own_scaler = setup()  # A's own run: its second step skipped whole, by GradScaler
+    own, own_optimizer, own_scaler = _fp16_parts()  # A's own run: its second step skipped whole, by GradScaler
     own_skipped = [0, 0]
     for k, overflow in enumerate([None, slice(None), None, None]):
         step(own, own_optimizer, own_scaler, overflow, own_skipped, k)
     assert own_skipped == [0, 0] and own_optimizer.state[own[0].vectors]["step"] == 3
-    other, other_optimizer, other_scaler = setup()  # B's own run: four steps
+    other, other_optimizer, other_scaler = _fp16_parts()  # B's own run: four steps
     for k in range(4):
         step(other, other_optimizer, other_scaler, None, [0, 0], k)
     for e, mine, theirs in zip(joint, own, other):
