@@ -926,6 +926,13 @@ def test_an_init_image_folders_pictures_whose_names_shorten_alike_are_each_named
     assert len(set(names)) == 8 and not any(n.endswith("-2.png") for n in names)
 
 
+def _sampled(model, sampler: str, seeds=(5,), **settings) -> list[np.ndarray]:
+    """The pictures of "a dog" at each of `seeds`, drawn together by `sampler` in 3 steps at 16x16 with `settings`,
+    as int arrays: what the sampler-noise tests below compare."""
+    return [np.asarray(p).astype(int) for p in render(model, ["a dog"] * len(seeds), list(seeds), steps=3, width=16,
+                                                      sampler=sampler, **settings)]
+
+
 def test_ensd_seeds_each_steps_noise_from_seed_plus_the_delta_as_the_web_ui_does(sd1_dir):
     """The web UI's Eta noise seed delta: once a pass's starting noise is drawn from the seed, its sampler's noise
     at every step is drawn from seed + ENSD (its ImageRNG), for each picture of a batch; an SDE sampler's Brownian
@@ -940,8 +947,7 @@ def test_ensd_seeds_each_steps_noise_from_seed_plus_the_delta_as_the_web_ui_does
     model = load_model(sd1_dir)
 
     def draw(sampler, seeds=(5,), **settings):
-        return [np.asarray(p).astype(int) for p in render(model, ["a dog"] * len(seeds), list(seeds), steps=3,
-                                                          width=16, sampler=sampler, **settings)]
+        return _sampled(model, sampler, seeds, **settings)
 
     plain = draw("euler_a")[0]
     assert np.array_equal(draw("euler_a", ensd=0)[0], plain)
@@ -963,7 +969,7 @@ def test_lcm_and_tcd_draw_fresh_noise_at_each_step_from_the_pictures_seeds(sd1_d
     model = load_model(sd1_dir)
 
     def draw(**settings):
-        return np.asarray(render(model, ["a dog"], [5], steps=3, width=16, sampler=sampler, **settings)[0]).astype(int)
+        return _sampled(model, sampler, **settings)[0]
 
     plain = draw()
     assert np.array_equal(draw(ensd=0), plain)
@@ -974,7 +980,7 @@ def test_eta_sets_ddims_and_the_ancestral_samplers_noise_and_its_default_draws_a
     model = load_model(sd1_dir)
 
     def draw(sampler, **settings):
-        return np.asarray(render(model, ["a dog"], [5], steps=3, width=16, sampler=sampler, **settings)[0]).astype(int)
+        return _sampled(model, sampler, **settings)[0]
 
     for sampler, default in (("ddim", 0.0), ("euler_a", 1.0), ("dpm2_a", 1.0)):
         plain = draw(sampler)
@@ -1115,8 +1121,7 @@ def test_sigma_churn_draws_euler_heun_and_dpm2_with_fresh_noise_and_at_0_as_befo
     model = load_model(sd1_dir)
 
     def draw(sampler, seeds=(5,), **settings):
-        return [np.asarray(p).astype(int) for p in render(model, ["a dog"] * len(seeds), list(seeds), steps=3,
-                                                          width=16, sampler=sampler, **settings)]
+        return _sampled(model, sampler, seeds, **settings)
 
     for sampler in ("euler", "heun_karras", "dpm2"):
         plain = draw(sampler)[0]
