@@ -189,13 +189,19 @@ def strength(schedule: int, run: int) -> float:
     return min((run + 0.5) / schedule, 1.0)
 
 
+def same_latents(model: Model, other: Model) -> bool:
+    """Whether `other` can go on with `model`'s latents as they are (a hires model, a refiner): both SDXL, or both
+    SD 1.x/2.x, with the same VAE latent channels and scaling."""
+    ours, theirs = model.vae.config, other.vae.config
+    return (model.is_xl == other.is_xl and ours.latent_channels == theirs.latent_channels
+            and ours.scaling_factor == theirs.scaling_factor)
+
+
 def check_hires_model(model: Model, hires: Model) -> None:
-    """Refuse a hires model (--hires-model) whose latents are not `model`'s: the hires fix's second pass redraws the
-    first pass's latents (enlarged) as they are, so both must be SDXL, or both SD 1.x/2.x with the same VAE latents.
-    Its prediction type may differ: that pass samples with its own scheduler."""
-    ours, theirs = model.vae.config, hires.vae.config
-    if (model.is_xl != hires.is_xl or hires.is_refiner or ours.latent_channels != theirs.latent_channels
-            or ours.scaling_factor != theirs.scaling_factor):
+    """Refuse a hires model (--hires-model) whose latents are not `model`'s (`same_latents`): the hires fix's second
+    pass redraws the first pass's latents (enlarged) as they are, so both must be SDXL (not its refiner), or both
+    SD 1.x/2.x with the same VAE latents. Its prediction type may differ: that pass samples with its own scheduler."""
+    if hires.is_refiner or not same_latents(model, hires):
         raise ConfigError(f"--hires-model {hires.source} ({FAMILY_NAMES.get(hires.family, 'custom model')}) does not "
                           f"draw in the latents of --model {model.source} "
                           f"({FAMILY_NAMES.get(model.family, 'custom model')}): give a model of the same family (an "

@@ -40,10 +40,9 @@ class Refiner:
 
 def check_refiner(model: Model, refiner: Model, flag: str = "--refiner") -> None:
     """Refuse a refiner whose latents are not `model`'s (the web UI's refiner continues the base's latents as they
-    are: an SDXL model with an SDXL one, SD 1.x/2.x with SD 1.x/2.x) or that predicts another target."""
-    ours, theirs = model.vae.config, refiner.vae.config
-    if (model.is_xl != refiner.is_xl or ours.latent_channels != theirs.latent_channels
-            or ours.scaling_factor != theirs.scaling_factor):
+    are: an SDXL model with an SDXL one, SD 1.x/2.x with SD 1.x/2.x: `refine.same_latents`) or that predicts another
+    target."""
+    if not refine.same_latents(model, refiner):
         raise ConfigError(f"{flag} {refiner.source} ({FAMILY_NAMES.get(refiner.family, 'custom model')}) does not "
                           f"draw in the latents of --model {model.source} "
                           f"({FAMILY_NAMES.get(model.family, 'custom model')}): give an SDXL refiner for an SDXL "
