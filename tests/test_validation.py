@@ -263,11 +263,17 @@ def test_kohya_subsets_hold_out_each_its_own_share_as_kohya_counts_it():
     assert len({tuple(held_out_by_subset([4, 4], 0.5, seed)) for seed in range(6)}) > 1  # (the seed chooses)
 
 
-def test_a_dataset_configs_split_is_kohyas_count_and_one_holding_out_none_is_refused(sd1_dir, tmp_path, capsys):
+def _two_subsets_half_held_out(tmp_path):
+    """A kohya dataset config (d.toml) of two subsets of 3 pictures each (folders a and b), validation_split 0.5."""
     a, b = write_images(tmp_path / "a", n=3), write_images(tmp_path / "b", n=3, seed=1)
     dataset = tmp_path / "d.toml"
     dataset.write_text(f'[general]\nvalidation_split = 0.5\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{a}"\n'
                        f'[[datasets.subsets]]\nimage_dir = "{b}"\n')
+    return dataset
+
+
+def test_a_dataset_configs_split_is_kohyas_count_and_one_holding_out_none_is_refused(sd1_dir, tmp_path, capsys):
+    dataset = _two_subsets_half_held_out(tmp_path)
     run = dict(dataset_config=str(dataset), token="<zq>", init="dog", steps=2, batch=2, save_every=0,
                sample_every=0)
     train(TrainConfig(out=str(tmp_path / "o"), **run), model=fresh_model(sd1_dir))
@@ -287,10 +293,7 @@ def test_a_subsets_run_started_with_the_pooled_split_resumes_with_the_pictures_i
     changed ("other pictures held out"), and putting them back, as that said, could not help."""
     from textinv import validation
 
-    a, b = write_images(tmp_path / "a", n=3), write_images(tmp_path / "b", n=3, seed=1)
-    dataset = tmp_path / "d.toml"
-    dataset.write_text(f'[general]\nvalidation_split = 0.5\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{a}"\n'
-                       f'[[datasets.subsets]]\nimage_dir = "{b}"\n')
+    dataset = _two_subsets_half_held_out(tmp_path)
     run = dict(dataset_config=str(dataset), token="<zq>", init="dog", batch=2, save_every=2, sample_every=0,
                validate_every=2)
     real, pooled = validation.split_pictures, []
