@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ConfigError, DataError, TextinvWarning, backslash_note, warn
+from .errors import ConfigError, DataError, TextinvWarning, backslash_note, first_few, warn
 from .io import read_text
 
 __all__ = [
@@ -255,7 +255,7 @@ def _subfolders_left_out(folder: Path, subfolders: list[Path], subject: str, sub
 
 
 def _names(paths: Sequence[Path]) -> str:
-    return ", ".join(p.name for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
+    return first_few([p.name for p in paths], 5)
 
 
 def _scan(folder: Path, caption_extension: str | None = None, say_subfolders: bool = False,
@@ -1120,20 +1120,19 @@ def _warn_several_lines(several: list[str]) -> None:
     scripts train on a file's first line, or pick a line per step with enable_wildcard."""
     warn(CaptionLinesWarning(
         f"{len(several)} caption file(s) hold several lines, which textinv joins into one caption (as the web UI "
-        f"reads a caption file): {', '.join(several[:3])}{', ...' if len(several) > 3 else ''}; kohya's scripts "
-        f"train on the first line only: if the lines are alternatives, keep one a file, or give "
-        f"--caption-wildcards to draw one of them each time, as kohya's enable_wildcard does"), stacklevel=3)
+        f"reads a caption file): {first_few(several)}; kohya's scripts train on the first line only: if the lines "
+        f"are alternatives, keep one a file, or give --caption-wildcards to draw one of them each time, as kohya's "
+        f"enable_wildcard does"), stacklevel=3)
 
 
 def _warn_empty_captions(empty: list[str]) -> None:
     """Warn (at `load_training_images`' caller) of the caption files `empty`: a file left empty by a captioning
     tool, or by hand, silently meant "no caption" here and an empty caption in kohya's scripts."""
     warn(EmptyCaptionWarning(
-        f"{len(empty)} caption file(s) are empty: {', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}; "
-        f"textinv reads an empty caption file as none, so those pictures train on the templates (--templates, or "
-        f"the --property's own; with [filewords] templates on no words, not their file names), where kohya's "
-        f"scripts train on the empty text; write a caption in them, or delete them to say the templates are "
-        f"meant"), stacklevel=3)
+        f"{len(empty)} caption file(s) are empty: {first_few(empty)}; textinv reads an empty caption file as none, "
+        f"so those pictures train on the templates (--templates, or the --property's own; with [filewords] templates "
+        f"on no words, not their file names), where kohya's scripts train on the empty text; write a caption in "
+        f"them, or delete them to say the templates are meant"), stacklevel=3)
 
 
 def _warn_small(small: list[str], size: tuple[int, int], bucket_step: int | None) -> None:
@@ -1253,9 +1252,8 @@ def warn_unread_templates(path, templates: Sequence[str], sets: Sequence[Picture
     if captioned:
         warn(UnreadTemplatesWarning(
             f"{len(captioned)} picture(s) with a caption file train on it instead of the templates of {path} "
-            f"({', '.join(captioned[:3])}{', ...' if len(captioned) > 3 else ''}): write [filewords] in the "
-            f"templates where a caption goes to train on both (the web UI's templates without it leave the caption "
-            f"files unread)"), stacklevel=2)
+            f"({first_few(captioned)}): write [filewords] in the templates where a caption goes to train on both "
+            f"(the web UI's templates without it leave the caption files unread)"), stacklevel=2)
 
 
 WEBUI_TEMPLATES = ("style.txt", "style_filewords.txt", "subject.txt", "subject_filewords.txt")  # (the web UI's own)

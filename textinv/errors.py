@@ -66,6 +66,16 @@ def given(name: str, value) -> str:
     return f"{name}={value!r}"
 
 
+def first_few(names, most: int = 3) -> str:
+    """The first `most` of `names`, comma-separated, and ", ..." where there are more: how a message names what it
+    found without listing hundreds.
+
+    >>> first_few(["a.txt", "b.txt", "c.txt", "d.txt"])
+    'a.txt, b.txt, c.txt, ...'
+    """
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 class TextinvWarning(UserWarning):
     """Base of every warning textinv raises (a picture skipped, a word the model does not know, ...):
     `warnings.filterwarnings("ignore", category=TextinvWarning)` silences them all, where a `module="textinv"` filter

@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from .config import TrainConfig, check_side, check_training_size, is_warmup_length, training_size
 from .data import side_buckets, skip_sides
-from .errors import ConfigError, TextinvWarning, backslash_note, warn
+from .errors import ConfigError, TextinvWarning, backslash_note, first_few, warn
 from .foreign import foreign_hint, setting_of
 from .io import read_text
 
@@ -363,9 +363,9 @@ def _check_top(path: Path, data: dict) -> None:
     hints = [hint for key in others if key not in KEYS and (hint := foreign_hint(key, "train"))]
     if hints:
         raise ConfigError(f"--dataset-config {path} holds kohya's training settings (its --config_file: "
-                          f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), not its dataset config "
-                          f"([general] and [[datasets]]): give --dataset-config the dataset file, and those settings "
-                          f"as textinv's flags or --config keys ({hints[0]})")
+                          f"{first_few(others)}), not its dataset config ([general] and [[datasets]]): give "
+                          f"--dataset-config the dataset file, and those settings as textinv's flags or --config keys "
+                          f"({hints[0]})")
     key = others[0]
     where = f" (it is a {_places(KEYS[key][0])} key)" if key in KEYS else ""
     raise ConfigError(f"{path}: unknown key {key!r} at the top{where}; kohya's dataset config holds [general] and "
