@@ -680,31 +680,48 @@ def draw(nodes: list, rng: random.Random, wildcards: Wildcards, variables: dict 
     def again(value: list, known: dict) -> str:
         return draw(value, rng, wildcards, known, index)
 
-    nodes, variables = _assigned(nodes, variables or {}, again)
+    def chosen(node: Variant | Wildcard, known: dict) -> str:
+        if node.sampler == "@":
+            return _cycle(node, index, rng, wildcards, known)
+        if isinstance(node, Wildcard):  # (`!`, combinatorial, draws at random here, as dynamicprompts draws it)
+            return again(_line(node, _pick(wildcards.options(node.name), rng)), known)
+        return _joined(node.separator, [again(option, known) for option in _picked(node, rng, wildcards)])
+
+    return _walked(nodes, variables or {}, again, chosen)
+
+
+def _walked(nodes: list, variables: dict, again: Callable[[list, dict], str],
+            chosen: Callable[[Variant | Wildcard, dict], str]) -> str:
+    """The text `nodes` stand for, as `draw` and `_cycled` read them alike: their settings first (`_assigned`), text
+    as written, a variable's value and a wrap's parts by `again(nodes, variables)`; each variant and wildcard by
+    `chosen(node, variables)`, where the two differ."""
+    nodes, variables = _assigned(nodes, variables, again)
     out = []
     for node in nodes:
         if isinstance(node, str):
             out.append(node)
         elif isinstance(node, Variable):
             out.append(again(variables.get(node.name, node.default), variables))
-        elif isinstance(node, Wrap):
+        elif isinstance(node, Wrap):  # (dynamicprompts cannot cycle one: within a cyclical one its parts turn together)
             out.append(_wrapped(again(node.wrapper, variables), again(node.inner, variables)))
-        elif node.sampler == "@":
-            out.append(_cycle(node, index, rng, wildcards, variables))
-        elif isinstance(node, Wildcard):  # (`!`, combinatorial, draws at random here, as dynamicprompts draws it)
-            out.append(again(_line(node, _pick(wildcards.options(node.name), rng)), variables))
         else:
-            options = _options(node, wildcards)
-            count = rng.randint(*_count(node, options, wildcards))
-            picked = []
-            weights = [w for w, _ in options]
-            places = list(range(len(options)))
-            for _ in range(count):  # without replacement, each pick weighed by what is left
-                k = rng.choices(range(len(places)), weights if any(weights) else None)[0]
-                picked.append(options[places.pop(k)][1])
-                weights.pop(k)
-            out.append(_joined(node.separator, [again(option, variables) for option in picked]))
+            out.append(chosen(node, variables))
     return "".join(out)
+
+
+def _picked(node: Variant, rng: random.Random, wildcards: Wildcards) -> list[list]:
+    """The options a variant draws with `rng`: as many as `_count` allows, without replacement, each pick weighed by
+    what is left."""
+    options = _options(node, wildcards)
+    count = rng.randint(*_count(node, options, wildcards))
+    picked = []
+    weights = [w for w, _ in options]
+    places = list(range(len(options)))
+    for _ in range(count):
+        k = rng.choices(range(len(places)), weights if any(weights) else None)[0]
+        picked.append(options[places.pop(k)][1])
+        weights.pop(k)
+    return picked
 
 
 def _cycle(node: Variant | Wildcard, k: int, rng: random.Random, wildcards: Wildcards, variables: dict) -> str:
@@ -731,20 +748,12 @@ def _cycled(nodes: list, k: int, rng: random.Random, wildcards: Wildcards, varia
     def again(value: list, known: dict) -> str:
         return _cycled(value, k, rng, wildcards, known)
 
-    nodes, variables = _assigned(nodes, variables, again)
-    out = []
-    for node in nodes:
-        if isinstance(node, str):
-            out.append(node)
-        elif isinstance(node, Variable):
-            out.append(again(variables.get(node.name, node.default), variables))
-        elif isinstance(node, Wrap):  # (dynamicprompts cannot cycle one: its parts turn together here)
-            out.append(_wrapped(again(node.wrapper, variables), again(node.inner, variables)))
-        elif node.sampler == "~":
-            out.append(draw([node], rng, wildcards, variables))
-        else:
-            out.append(_cycle(node, k, rng, wildcards, variables))
-    return "".join(out)
+    def chosen(node: Variant | Wildcard, known: dict) -> str:
+        if node.sampler == "~":
+            return draw([node], rng, wildcards, known)
+        return _cycle(node, k, rng, wildcards, known)
+
+    return _walked(nodes, variables, again, chosen)
 
 
 def _joined(separator: str, texts: list[str]) -> str:
