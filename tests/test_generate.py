@@ -476,6 +476,60 @@ def test_a_seed_draws_the_same_picture_at_any_batch_size(sd1_dir, tmp_path, samp
     assert np.abs(alone[0].astype(int) - together[1]).max() > 10
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_an_init_image_folders_pictures_of_one_size_share_calls_wherever_they_lie(sd1_dir, tmp_path, monkeypatch,
+                                                                                masked):
+    """A folder whose pictures alternate between two drawn sizes (wide, tall, wide, tall) draws in two pipeline
+    calls, one a size, not one each time the size changes: the files are written in the order and with the names
+    they had, each picture the one a folder holding it alone draws (under one --mask too)."""
+    from textinv import generate as generating
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for place, (name, size) in enumerate((("a", (40, 20)), ("b", (20, 40)), ("c", (40, 20)), ("d", (20, 40)))):
+        Image.fromarray(np.random.default_rng(place).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+                        ).save(photos / f"{name}.png")
+    mask = tmp_path / "mask.png"
+    square = Image.new("L", (32, 32), 0)
+    square.paste(255, (8, 8, 24, 24))
+    square.save(mask)
+    model = fresh_model(sd1_dir)
+    settings = dict(prompt=["a dog"], n=2, seed=2, steps=2, width=16, denoise=0.5, model=str(sd1_dir),
+                    metadata="none", **({"mask": str(mask), "mask_blur": 0} if masked else {}))
+    calls = recorded_arguments(monkeypatch, generating, "render", "seeds", "width", "height")
+    written = recorded_arguments(monkeypatch, generating, "_save_new", "name")
+    paths = generate(GenerateConfig(**settings, init_image=str(photos), batch_size=8, out=str(tmp_path / "all")),
+                     model=model, progress=False)
+    assert calls == [([2, 3, 2, 3], 16, 8), ([2, 3, 2, 3], 16, 32)]
+    names = [f"000-a-dog-{name}-s{seed}" for name in "abcd" for seed in (2, 3)]
+    assert [p.name for p in paths] == [f"{name}.png" for name in names] and written == [(n,) for n in names]
+    for name in "abcd":
+        alone = generate(GenerateConfig(**settings, init_image=str(photos / f"{name}.png"), batch_size=8,
+                                        out=str(tmp_path / name)), model=model, progress=False)
+        for one in alone:  # (named without the folder's part: 000-a-dog-s2.png)
+            mine = tmp_path / "all" / one.name.replace("-dog-", f"-dog-{name}-")
+            assert np.array_equal(np.asarray(Image.open(mine)), np.asarray(Image.open(one)))
+
+
+def test_a_folder_run_stopped_between_its_sizes_calls_has_written_its_first_pictures(sd1_dir, tmp_path,
+                                                                                      monkeypatch):
+    """Ctrl-C after the wide pictures' call of a wide, tall, wide folder: the first picture is written, the third,
+    drawn in that call, was held for the second and is not, so what is written is the run's first pictures, as
+    the message says."""
+    from conftest import interrupted_at
+    from textinv import generate as generating
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, size in (("a", (40, 20)), ("b", (20, 40)), ("c", (40, 20))):
+        Image.new("RGB", size, "red").save(photos / f"{name}.png")
+    interrupted_at(monkeypatch, generating, "_draw_batch", 2)
+    with pytest.raises(generating.GenerationInterrupted, match="^1 of 3 pictures had been written"):
+        generate(GenerateConfig(prompt=["a dog"], n=1, seed=2, steps=1, width=16, model=str(sd1_dir),
+                                init_image=str(photos), batch_size=8, out=str(tmp_path / "r")), progress=False)
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["000-a-dog-a-s2.png"]
+
+
 def test_emphasis_is_read_as_the_a1111_web_ui_reads_it():
     from textinv.emphasis import parse, plain_text
 

@@ -1383,7 +1383,7 @@ def _draw_all(configs: list[GenerateConfig], model: Model, embeddings: list[Lear
                keep_seeds=keep_seeds, names=names, mine=mine,
                suffix=list(suffixes) if suffixes is not None else _run_suffixes(Path(config.out), mine),
                refiner=refiner, hires_model=second, bundled=bundled or {}, configs=configs, part=part,
-               written=[[] for _ in parts])
+               written=[[] for _ in parts], order=list(reversed(names)))
     prompts = [_prompt(run, *texts[index], negatives[job.negative][0]) for index, job in enumerate(jobs)]
     bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
                desc="generate", unit="img")
@@ -1541,6 +1541,10 @@ class _Run:
     bundled: dict[str, str] = field(default_factory=dict)  # token -> the LoRA that bundles it (`_add_bundled`)
     configs: list[GenerateConfig] = field(default_factory=list)
     part: list[int] = field(default_factory=list)
+    # the pictures not yet written, the next last (`names`' order, reversed), and those drawn but held until the
+    # pictures ahead of them are written, each with its PNG text and its call's seeds (`_write_batch`)
+    order: list[tuple[int, Path | None, int]] = field(default_factory=list)
+    drawn: dict[tuple[int, Path | None, int], tuple[Image.Image, _Text, list[int]]] = field(default_factory=dict)
 
     def config_of(self, index: int) -> GenerateConfig:
         """The settings of the run job `index` is of: its record's, its variation seeds' (counted from its --seed)."""
@@ -1562,29 +1566,29 @@ class _Prompt:
 
 def _batches(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt]
              ) -> Iterator[list[tuple[int, Path | None, int]]]:
-    """The pictures (their job's place, --init-image picture, seed) in the order they are written, a pipeline call's
-    at a time: each job's seeds over each --init-image picture (or none), up to --batch-size pictures a call (which
-    bounds the memory). Pictures of different prompts (dynamic prompts' draws, several --prompt, the runs of
-    `generate_together`) share a call where nothing but their words tells them apart (`_mixable`), so a varied
-    template draws full batches, and pictures of different --init-image pictures share one where they draw at one
-    size (`_start_size`), each row from its own picture (and its own part of the --mask: `render`'s `start`), so a
-    folder of photos draws full batches too; each is still the picture its seed draws alone, as a seed's picture is
-    at any batch size."""
-    batch: list[tuple[int, Path | None, int]] = []
-    kind = None
+    """The pictures (their job's place, --init-image picture, seed), a pipeline call's at a time, each call's in the
+    order they are written, the calls in the order of their first picture: each job's seeds over each --init-image
+    picture (or none), up to --batch-size pictures a call (which bounds the memory). Pictures of different prompts
+    (dynamic prompts' draws, several --prompt, the runs of `generate_together`) share a call where nothing but their
+    words tells them apart (`_mixable`), so a varied template draws full batches, and pictures of different
+    --init-image pictures share one where they draw at one size (`_start_size`), each row from its own picture (and
+    its own part of the --mask: `render`'s `start`), wherever they lie in the run, so a folder of photos of a few
+    sizes draws a few calls, not one each time the size changes; each is still the picture its seed draws alone, as a
+    seed's picture is at any batch size, and is written in its turn (`_write_batch`)."""
     starts = {source: _start_size(run, source) for source in run.pictures.sources}
+    filling: dict[tuple, list[tuple[int, Path | None, int]]] = {}  # (each kind's last call, by what it shares)
+    batches: list[list[tuple[int, Path | None, int]]] = []
     for index, job in enumerate(jobs):
         mixable = _mixable(run, prompts[index])  # (its prompt's, whatever the picture: laid out once a job)
         for source in run.pictures.sources:
-            mine = (starts[source], mixable)
+            kind = (starts[source], mixable)
             for seed in job.seeds:
-                if batch and (mine != kind or len(batch) == run.config.batch_size):
-                    yield batch
-                    batch = []
+                batch = filling.get(kind)
+                if batch is None or len(batch) == run.config.batch_size:
+                    batch = filling[kind] = []
+                    batches.append(batch)
                 batch.append((index, source, seed))
-                kind = mine
-    if batch:
-        yield batch
+    yield from batches
 
 
 def _start_size(run: _Run, source: Path | None) -> tuple[int, int] | None:
@@ -1688,24 +1692,36 @@ def write_failed(error: OSError, out: Path, written: int) -> ConfigError:
 
 def _write_batch(run: _Run, batch: list[tuple[int, Path | None, int]], images: list[Image.Image],
                  texts: dict[tuple[int, Path | None], _Text], bar) -> None:
-    """Write the pictures of `batch` (`_batches`), drawn in one call (only `keep_seeds`' when given), each with its
-    job's PNG text for its --init-image picture (`texts`, by the job's place and the picture; none under --metadata
-    none)."""
-    config = run.config
+    """Write the pictures of `batch` (`_batches`), drawn in one call, in the order a run writes its pictures
+    (`_Run.order`: that of their names): a picture drawn before one ahead of it (an --init-image folder's picture in
+    a call with a picture of its size further on) is held until that one is written, so the files are written, and
+    listed, in that order whatever calls drew them, and a run stopped part-way has written the first of them. Only
+    `keep_seeds`' are written when given, each with its job's PNG text for its --init-image picture (`texts`, by the
+    job's place and the picture; none under --metadata none) and the seeds of its call."""
     chunk = [seed for _, _, seed in batch]
     for (index, source, seed), img in zip(batch, images):
-        bar.update(1)
+        run.drawn[index, source, seed] = img, texts[index, source], chunk
+    bar.update(len(batch))  # (drawn: a held picture is done too)
+    while run.order and run.order[-1] in run.drawn:
+        index, source, seed = key = run.order.pop()
+        img, text, chunk = run.drawn.pop(key)
         if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
             continue
-        info = texts[index, source].png(run.config_of(index), seed, chunk) if config.metadata != "none" else None
-        part = run.part[index]
-        try:
-            path, run.suffix[part] = _save_new(img, Path(config.out), run.names[index, source, seed],
-                                               run.suffix[part], run.mine[part], info)
-        except OSError as e:
-            raise write_failed(e, Path(config.out), run.where.written) from e
-        run.written[part].append(path)
-        run.where.written += 1
+        _write_one(run, key, img, text.png(run.config_of(index), seed, chunk)
+                   if run.config.metadata != "none" else None)
+
+
+def _write_one(run: _Run, key: tuple[int, Path | None, int], img: Image.Image, info: PngInfo | None) -> None:
+    """Write the picture `key` (its job's place, --init-image picture and seed) under its name with the suffix of
+    its run, with the PNG text `info`."""
+    config, part = run.config, run.part[key[0]]
+    try:
+        path, run.suffix[part] = _save_new(img, Path(config.out), run.names[key], run.suffix[part], run.mine[part],
+                                           info)
+    except OSError as e:
+        raise write_failed(e, Path(config.out), run.where.written) from e
+    run.written[part].append(path)
+    run.where.written += 1
 
 
 def _prompt(run: _Run, words: str, tags: list[emphasis.LoraTag], negative: str) -> _Prompt:
