@@ -1639,7 +1639,8 @@ def _pass_layouts(run: _Run, prompt: _Prompt) -> list[_Layout]:
 
 def _draw_batch(run: _Run, jobs: list[dynamic.Job], prompts: list[_Prompt], batch: list[tuple[int, Path | None, int]],
                 bar) -> None:
-    """Draw and write one of `_batches`' batches in one `render` call, its LoRAs made active first."""
+    """Draw one of `_batches`' batches in one `render` call, its LoRAs made active first, and write its pictures in
+    their turn (`_write_batch`)."""
     config, model = run.config, run.model
     first, source, _ = batch[0]
     # (each row's, each picture decoded and each job's text made once a batch)
