@@ -1,5 +1,6 @@
 """img2img over a folder of --init-image pictures of one size, at --batch-size 1 (a pipeline call a picture, as every
-folder drew before its pictures shared calls) and at one batch of them all.
+folder drew before its pictures shared calls) and at one batch of them all; then a folder of as many pictures of two
+sizes taking turns (64x64 and 96x48, drawn at 64x64 and 88x40), at one batch of them all.
 
     python -m benchmarks.init_batch_speed                  # 6 pictures of 64x64, 25 steps, --denoise 0.75, 1 thread
     python -m benchmarks.init_batch_speed --pictures 8 --steps 10 --repeat 5 --threads 2 --device cuda
@@ -7,7 +8,9 @@ folder drew before its pictures shared calls) and at one batch of them all.
 The folder holds `--pictures` pictures of the bundled shapes model's 64x64 (a shape of its own colour each, drawn
 with Pillow), redrawn with one prompt and seed on the shapes model (--model another, on --device), into a new
 folder each time, after one warm-up run. The pictures of both are the same (`tests/test_passes.py` checks that); the
-figures are seconds per folder (median, min-max) and the pipeline calls a folder takes.
+figures are seconds per folder (median, min-max) and the pipeline calls a folder takes. The folder of two sizes
+takes a call a size (`tests/test_generate.py` checks that each picture is the one it draws alone); before a call
+took only pictures next to each other in the folder, one a picture here.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from .xyz_speed import loaded_model, machine_line, model_arguments, timed_genera
 COLOURS = ["red", "blue", "green", "yellow", "white", "purple", "orange", "cyan", "magenta", "black"]
 
 
-def make_folder(folder: Path, count: int, size: int = 64) -> None:
-    """`count` pictures of `size` x `size` in `folder`: a shape on a background, each of its own colours."""
+def make_folder(folder: Path, count: int, sizes: tuple[tuple[int, int], ...] = ((64, 64),)) -> None:
+    """`count` pictures in `folder`, of `sizes` (W, H) in turn: a shape on a background, each of its own colours."""
     folder.mkdir()
     for i in range(count):
-        picture = Image.new("RGB", (size, size), COLOURS[i % len(COLOURS)])
-        box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+        width, height = sizes[i % len(sizes)]
+        picture = Image.new("RGB", (width, height), COLOURS[i % len(COLOURS)])
+        box = (width // 4, height // 4, 3 * width // 4, 3 * height // 4)
         ImageDraw.Draw(picture).ellipse(box, fill=COLOURS[(i + 3) % len(COLOURS)])
         picture.save(folder / f"{i:02d}.png")
 
@@ -60,6 +64,13 @@ def main(argv=None) -> int:
         for batch_size in (1, args.pictures):
             times, calls = folder_seconds(model, Path(tmp), batch_size, args.repeat, **settings)
             print(timing_row(batch_size, calls, times), flush=True)
+        print(f"\n{args.pictures} pictures of 64x64 and 96x48 in turn:\n")
+        print("| folder | --batch-size | pipeline calls | s per folder (median, min-max) |")
+        print("| --- | --- | --- | --- |")
+        make_folder(Path(tmp) / "two-sizes", args.pictures, ((64, 64), (96, 48)))
+        settings["init_image"] = str(Path(tmp) / "two-sizes")
+        times, calls = folder_seconds(model, Path(tmp) / "two-sizes-out", args.pictures, args.repeat, **settings)
+        print(timing_row(f"two sizes in turn | {args.pictures}", calls, times), flush=True)
     return 0
 
 

@@ -825,7 +825,8 @@ def test_xyz_speed_benchmark_draws_the_grid_both_ways_and_counts_their_calls(cap
 def test_init_batch_speed_benchmark_draws_the_folder_both_ways_and_counts_their_calls(capsys):
     from benchmarks.init_batch_speed import main as init_batch_speed
 
-    assert init_batch_speed(["--pictures", "2", "--steps", "2", "--repeat", "1"]) == 0
-    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and
-            line[2].isdigit()]
-    assert [(row[0], row[1]) for row in rows] == [("| 1", "2"), ("| 2", "1")]
+    assert init_batch_speed(["--pictures", "3", "--steps", "2", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split(" | ") for line in out if line.startswith("| ") and line[2].isdigit()]
+    assert [(row[0], row[1]) for row in rows] == [("| 1", "3"), ("| 3", "1")]
+    assert [line.split(" | ")[1:3] for line in out if line.startswith("| two sizes")] == [["3", "2"]]  # (a size each)
