@@ -508,7 +508,9 @@ def test_an_init_image_folders_pictures_of_one_size_share_calls_wherever_they_li
                                         out=str(tmp_path / name)), model=model, progress=False)
         for one in alone:  # (named without the folder's part: 000-a-dog-s2.png)
             mine = tmp_path / "all" / one.name.replace("-dog-", f"-dog-{name}-")
-            assert np.array_equal(np.asarray(Image.open(mine)), np.asarray(Image.open(one)))
+            # (up to a batch's rounding, as at any --batch-size: the same bits here, but a call of 4 rows and one of
+            # 2 may sum in other orders on other kernels)
+            assert np.abs(np.asarray(Image.open(mine)).astype(int) - np.asarray(Image.open(one))).max() <= 1
 
 
 def test_a_folder_run_stopped_between_its_sizes_calls_has_written_its_first_pictures(sd1_dir, tmp_path,
