@@ -3144,22 +3144,62 @@ def test_a_comfyui_schedule_reaches_the_unet_at_its_timesteps(sd1_dir, sampler, 
     assert seen == pytest.approx(timesteps, abs=2e-3)
 
 
-def test_again_refuses_a_comfyui_picture_on_ddim_uniform_at_steps_it_draws_more_of_before_the_model_loads(
+def _unet_timesteps(model) -> list[float]:
+    """The timesteps `model`'s UNet is called at from now on, one a call, as they come."""
+    unet, seen = model.pipeline.unet, []
+    forward = unet.forward
+
+    def record(sample, timestep, *args, **kwargs):
+        seen.append(float(timestep))
+        return forward(sample, timestep, *args, **kwargs)
+
+    unet.forward = record
+    return seen
+
+
+@pytest.mark.parametrize("sampler, calls", [
+    # ComfyUI's ddim_uniform at 30: its 31 timesteps 33 apart from 1, one model call each
+    ("euler_ddim_uniform", [1 + 33 * k for k in range(30, -1, -1)]),
+    # its dpm_2 (DPM2, two calls a step, one for the last) on the schedule of 31 less its next-to-last sigma: 31 steps
+    ("dpm2_ddim_uniform", 2 * 31 - 1)])
+def test_a_ddim_uniform_sampler_at_steps_comfyui_draws_more_of_makes_comfyuis_model_calls(sd1_dir, sampler, calls):
+    """At 30 steps ComfyUI's ddim_uniform draws 31 (1000 // 30 does not fit); textinv refused the count. A picture at
+    30 calls the UNet as ComfyUI does, at its timesteps."""
+    model = fresh_model(sd1_dir)
+    seen = _unet_timesteps(model)
+    render(model, ["a dog"], [0], steps=30, guidance=7.5, sampler=sampler)
+    if isinstance(calls, list):
+        assert seen == pytest.approx(calls, abs=2e-3)
+    else:
+        assert len(seen) == calls and seen[0] == pytest.approx(993, abs=2e-3)  # (32 apart from 1: 31's)
+
+
+def test_again_redraws_a_comfyui_picture_on_ddim_uniform_at_steps_it_draws_more_of_as_comfyui_draws_it(
         sd1_dir, tmp_path):
-    """ComfyUI's ddim_uniform draws 31 steps at 30 (timesteps 33 apart from 1): textinv's 30 would be others. --again
-    of such a picture is refused, before the model loads, naming the sampler, the steps and counts that draw; at 25 it
-    is read as is."""
+    """ComfyUI's ddim_uniform draws 31 steps at 30 (timesteps 33 apart from 1): --again refused such a picture, as
+    textinv's 30 would be others. It is read at 30 steps and drawn with ComfyUI's 31 model calls at its timesteps;
+    the picture's record keeps the 30 asked for (its parameters "Steps: 30", as the web UI writes its DDIM schedule
+    type's), so --again of it draws it again, the same picture."""
     import textinv.again
+    from textinv.samplers import ddim_uniform_times
 
     graph = _comfy_graph()
     graph["3"]["inputs"].update(sampler_name="dpmpp_2m", scheduler="ddim_uniform", steps=30)
-    path = _comfy_picture(tmp_path / "s.png", graph)
-    with pytest.raises(ConfigError, match=r"dpm\+\+2m_ddim_uniform at 30 steps: ComfyUI's ddim_uniform takes 31 "
-                                          r"steps there .*give 27 or 37 steps, or draw dpm\+\+2m_normal"):
-        textinv.again.again_config(path, {"model": str(sd1_dir)})[0].validate()  # (generate's first check)
-    graph["3"]["inputs"]["steps"] = 25
-    config = textinv.again.again_config(_comfy_picture(path, graph), {"model": str(sd1_dir)})[0]
-    assert (config.sampler, config.steps) == ("dpm++2m_ddim_uniform", 25)
+    graph["6"]["inputs"]["text"] = "a (red:1.2) cat"
+    config = textinv.again.again_config(_comfy_picture(tmp_path / "s.png", graph),
+                                        {"model": str(sd1_dir), "out": str(tmp_path / "a")})[0]
+    assert (config.sampler, config.steps) == ("dpm++2m_ddim_uniform", 30)
+    model = fresh_model(sd1_dir)
+    seen = _unet_timesteps(model)
+    (drawn,) = generate(config, model=model, progress=False)
+    assert seen == pytest.approx(ddim_uniform_times(30), abs=2e-3) and len(seen) == 31
+    picture = Image.open(drawn)
+    assert json.loads(picture.text["textinv_settings"])["settings"]["steps"] == 30
+    assert "Steps: 30, Sampler: DPM++ 2M, Schedule type: DDIM" in picture.text["parameters"]
+    again = textinv.again.again_config(drawn, {"model": str(sd1_dir), "out": str(tmp_path / "b")})[0]
+    assert (again.sampler, again.steps) == ("dpm++2m_ddim_uniform", 30)
+    (redrawn,) = generate(again, model=model, progress=False)
+    assert np.array_equal(np.asarray(Image.open(redrawn)), np.asarray(picture))
 
 
 def test_comfyuis_beta_scheduler_is_not_read_as_the_web_uis_beta_schedule(sd1_dir, tmp_path):

@@ -1195,25 +1195,65 @@ def test_a_comfyui_ksampler_sampler_on_ddim_uniform_calls_the_model_at_its_times
             assert made.timesteps.tolist() == pytest.approx(times, abs=1e-3), (name, steps)
 
 
-def test_ddim_uniform_at_a_step_count_it_draws_more_steps_at_is_refused_naming_counts_that_draw():
-    """ComfyUI's ddim_uniform takes more steps than asked where 1000 // steps does not fit (31 at 30): the model's
-    "leading" spacing drew 30 others. It is refused by name with the nearest counts that draw (and a sampler that
-    discards the next-to-last sigma counts one more, as ComfyUI's dpm_2); the config refuses it before the model
-    loads."""
+@pytest.mark.parametrize("sampler_name", ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms",
+                                          "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde",
+                                          "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "ddim", "ddpm"])
+def test_a_comfyui_ksampler_sampler_on_ddim_uniform_draws_all_its_steps_where_1000_over_steps_does_not_fit(
+        sampler_name):
+    """Where 1000 // steps does not fit, ComfyUI's ddim_uniform takes more steps than asked: 31 at 30 (timesteps 33
+    apart from 1), 167 at 150; dpm_2's schedule of one step more, 32 timesteps 32 apart, less the next-to-last. textinv
+    refused those counts ("leading" drew 30 others). Each sampler now steps through all of ComfyUI's sigmas, its
+    single-call samplers' model calls at all of ComfyUI's timesteps, on SD's config and on one that states no
+    spacing."""
+    from textinv.samplers import ddim_uniform_times, from_comfy
+
+    name = from_comfy(sampler_name, "ddim_uniform")
+    for config in ("leading", "linspace"):
+        own = DDIMScheduler.from_config(_sd_scheduler().config, **_CONFIGS[config])
+        for steps in (30, 150):
+            made = scheduler_for(own, name, seeds=[1])
+            wanted = _comfy_sigmas(own, sampler_name, "ddim_uniform", steps)
+            assert len(wanted) - 1 > steps  # (ComfyUI's: more steps than asked)
+            if hasattr(made, "sigmas"):
+                assert _stepped(made, steps) == pytest.approx(wanted, rel=1e-5, abs=1e-6), (name, steps)
+            made.set_timesteps(steps)
+            if made.order == 1:  # (DDPM too: its timesteps alone)
+                assert made.timesteps.tolist() == pytest.approx(ddim_uniform_times(steps), abs=1e-3), (name, steps)
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_a", "heun", "dpm2", "dpm2_a", "lms", "dpm++2s_a", "dpm++sde",
+                                  "restart", "ddpm"])
+def test_a_ddim_uniform_sampler_at_a_count_that_fits_is_the_models_leading_spacing_as_before(name):
+    """Where 1000 // steps fits, ComfyUI's ddim_uniform timesteps are SD's "leading" spacing at steps offset 1, which
+    those samplers drew on before they drew every count: their tables are that spacing's, bit for bit, so every
+    picture drawn at those counts is drawn as it was (DPM2's on the schedule of one step more, less a sigma)."""
+    from textinv.samplers import ddim_uniform_times, discards
+
+    own = DDIMScheduler.from_config(_sd_scheduler().config, **_CONFIGS["leading"])
+    more = int(discards(name))
+    for steps in (n - more for n in (4, 20, 25, 50)):
+        assert len(ddim_uniform_times(steps + more)) == steps + more
+        spaced, plain = scheduler_for(own, f"{name}_ddim_uniform", seeds=[1]), scheduler_for(own, name, seeds=[1])
+        spaced.set_timesteps(steps)
+        plain.set_timesteps(steps)
+        assert torch.equal(spaced.timesteps, plain.timesteps), (name, steps)
+        if hasattr(plain, "sigmas"):
+            assert torch.equal(spaced.sigmas, plain.sigmas), (name, steps)
+
+
+def test_check_steps_refuses_tcd_beyond_its_50_timesteps_and_no_ddim_uniform_count():
+    """ddim_uniform was refused at the counts where it draws more steps than asked (31 at 30); it draws them now
+    (`samplers._at_ddim_uniform`), so only TCD's limit is left, refused by name before the model loads."""
     from textinv.config import GenerateConfig
     from textinv.errors import ConfigError
     from textinv.samplers import check_steps
 
-    for name, steps in (("euler_ddim_uniform", 20), ("dpm++2m_ddim_uniform", 25), ("dpm2_ddim_uniform", 24),
-                        ("heun_ddim_uniform", 3)):
+    for name, steps in (("euler_ddim_uniform", 30), ("dpm++2m_ddim_uniform", 150), ("dpm2_ddim_uniform", 20),
+                        ("heun_ddim_uniform", 3), ("tcd", 50)):
         check_steps(name, steps)
-    with pytest.raises(ConfigError, match=r"--sampler euler_ddim_uniform at 30 steps: ComfyUI's ddim_uniform takes "
-                                          r"31 steps there .*give 27 or 37 steps, or draw euler_normal"):
-        check_steps("euler_ddim_uniform", 30)
-    with pytest.raises(ConfigError, match=r"dpm2_ddim_uniform at 20 steps: .*takes 21 steps"):
-        check_steps("dpm2_ddim_uniform", 20)
-    with pytest.raises(ConfigError, match=r"--sampler dpm\+\+2m_ddim_uniform at 30 steps"):
-        GenerateConfig(prompt=["a dog"], model="m", sampler="dpm++2m_ddim_uniform", steps=30).validate()
+    GenerateConfig(prompt=["a dog"], model="m", sampler="dpm++2m_ddim_uniform", steps=30).validate()
+    with pytest.raises(ConfigError, match=r"--sampler tcd at 51 steps: TCD takes its steps among the 50"):
+        GenerateConfig(prompt=["a dog"], model="m", sampler="tcd", steps=51).validate()
 
 
 def _sweep_names():

@@ -1432,7 +1432,7 @@ class GenerateConfig:
         check_churn(self.churn(), names)
         check_discard(self.discard_penultimate_sigma, names)
         if not plotted and self.init_image is None:  # (before the model loads; 25: generate's default steps)
-            check_steps(self.sampler, self.steps or 25, discard=self.discard_penultimate_sigma)
+            check_steps(self.sampler, self.steps or 25)
         if self.ensd < 0:
             raise ConfigError(f"--ensd must be 0 or more (the web UI's Eta noise seed delta), got {self.ensd}")
         last = self.seed + self.n - 1  # (the last picture's seed: manual_seed takes seed + ENSD up to 2^64 - 1)

@@ -569,12 +569,10 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     if BASES[base].cls == _DPM or base == "lcm":
         cls = _first_of_equal_timesteps(cls)
     if schedule == "ddim_uniform":
-        # ComfyUI's timesteps whatever the model's config says: diffusers' "leading" spacing at steps offset 1 is
-        # them for Euler, Heun, DPM2, LMS, DDPM, ...; its DPM-Solver spaces "leading" otherwise (941, 894, ..., 48 at
-        # 20 steps), so it is handed them (`_at_ddim_uniform`)
+        # ComfyUI's timesteps whatever the model's config says, all of them (`_at_ddim_uniform`): diffusers'
+        # "leading" spacing at steps offset 1 is them for Euler, Heun, DPM2, LMS, DDPM, ... where 1000 // steps fits
         spacing |= {"timestep_spacing": "leading", "steps_offset": 1}
-        if BASES[base].cls == _DPM:
-            cls = _at_ddim_uniform(cls)
+        cls = _at_ddim_uniform(cls)
     elif schedule:
         # a schedule spans the model's whole noise range, as the web UI's (its sigma_min and sigma_max are the model's
         # smallest and largest): diffusers' Euler, Heun, DPM2, LMS and DPM++ SDE take the range from their timestep
@@ -658,36 +656,17 @@ def _plain(value):
     return value.tolist() if hasattr(value, "tolist") else repr(value)
 
 
-def check_steps(name: str, steps: int, flag: str = "--sampler", discard: bool = False) -> None:
-    """Refuse sampler `name` on a schedule of `steps` steps (its next-to-last sigma discarded with `discard`) that it
-    cannot draw as the tool it comes from draws it, naming step counts that draw: a `_ddim_uniform` one where ComfyUI's
-    ddim_uniform takes another number of steps on SD's and SDXL's 1000 timesteps (`ddim_uniform_times`: 31 at 30; one
-    step more for one that discards, as ComfyUI's dpm_2 and dpm_2_ancestral draw on the schedule of one step more),
-    TCD beyond the 50 timesteps a TCD model is distilled at, which diffusers' TCDScheduler chooses its steps among.
+def check_steps(name: str, steps: int, flag: str = "--sampler") -> None:
+    """Refuse sampler `name` at `steps` steps where it cannot draw them as the tool it comes from draws them: TCD
+    beyond the 50 timesteps a TCD model is distilled at, which diffusers' TCDScheduler chooses its steps among. (A
+    `_ddim_uniform` one draws at every count, ComfyUI's steps: `_at_ddim_uniform`.)
 
-    >>> check_steps("euler_ddim_uniform", 30)  # doctest: +SKIP
-    ConfigError: --sampler euler_ddim_uniform at 30 steps: ComfyUI's ddim_uniform takes 31 steps there ...
+    >>> check_steps("tcd", 60)  # doctest: +SKIP
+    ConfigError: --sampler tcd at 60 steps: TCD takes its steps among the 50 timesteps a TCD model is distilled at ...
     """
-    base, schedule = _PARTS.get(name, (None, ""))
-    if base == "tcd" and steps > 50:
+    if _PARTS.get(name, (None, ""))[0] == "tcd" and steps > 50:
         raise ConfigError(f"{flag} {name} at {steps} steps: TCD takes its steps among the 50 timesteps a TCD model is "
                           f"distilled at (diffusers' TCDScheduler); give 50 steps or fewer (2 to 8 is TCD's own use)")
-    if schedule != "ddim_uniform":
-        return
-    more = int(discards(name, discard))
-
-    def drawn(n):  # (ComfyUI's ddim_uniform draws n steps: on the schedule of n + more, less a sigma)
-        return len(ddim_uniform_times(n + more)) == n + more
-
-    if drawn(steps):
-        return
-    near = [n for n in (max((n for n in range(1, steps) if drawn(n)), default=None),
-                        next((n for n in range(steps + 1, 1000) if drawn(n)), None)) if n is not None]
-    taken = len(ddim_uniform_times(steps + more)) - more
-    others = f"{base}_normal" if f"{base}_normal" in _PARTS else base
-    raise ConfigError(f"{flag} {name} at {steps} steps: ComfyUI's ddim_uniform takes {taken} steps there (timesteps "
-                      f"{1000 // (steps + more)} apart from 1), which textinv does not draw; give "
-                      f"{' or '.join(map(str, near))} steps, or draw {others}")
 
 
 def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: str = "--sampler",
@@ -703,7 +682,7 @@ def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: 
     ConfigError: --sampler restart_karras: --denoise 0.1 runs the last 21 steps of 200, from sigma 0.075, below ...
     """
     if name in _PARTS:
-        check_steps(name, schedule, flag, discard)
+        check_steps(name, schedule, flag)
     if name not in _PARTS or _PARTS[name][0] != "restart":
         return
     from .schedulers import restart_plan
@@ -977,9 +956,10 @@ def _first_of_equal_timesteps(cls):
 
 
 def ddim_uniform_times(steps: int, train: int = 1000) -> list[int]:
-    """The timesteps, largest first, ComfyUI's ddim_uniform (the web UI's DDIM schedule type) takes `steps` steps at
-    on a model of `train` timesteps: 1, 1 + s, 1 + 2s, ... below `train`, s = train // steps (at least 1). That is
-    `steps` of them where s times steps is near enough `train`, more elsewhere (31 at 30 steps: `check_steps`).
+    """The timesteps, largest first, ComfyUI's ddim_uniform (comfy/samplers.py, ddim_scheduler; the web UI's DDIM
+    schedule type, sd_schedulers.ddim_scheduler) takes `steps` steps at on a model of `train` timesteps: 1, 1 + s,
+    1 + 2s, ... below `train`, s = train // steps (at least 1). That is `steps` of them where s times steps is near
+    enough `train`, more elsewhere: both tools draw them all (31 steps at 30, 167 at 150; 999 at 1000).
 
     >>> ddim_uniform_times(4), len(ddim_uniform_times(30))
     ([751, 501, 251, 1], 31)
@@ -988,16 +968,48 @@ def ddim_uniform_times(steps: int, train: int = 1000) -> list[int]:
 
 
 def _at_ddim_uniform(cls):
-    """Diffusers' DPM-Solver multistep scheduler on ComfyUI's ddim_uniform timesteps (`ddim_uniform_times`), the
-    model's sigmas at them, then its end. A pass of a step count ddim_uniform draws more steps at is refused
-    (`check_steps` refuses it by name first)."""
-    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
-        times = ddim_uniform_times(num_inference_steps, self.config.num_train_timesteps)
-        if len(times) != num_inference_steps:
-            raise ValueError(f"ComfyUI's ddim_uniform takes {len(times)} steps, not {num_inference_steps}")
-        cls.set_timesteps(self, device=device, timesteps=times)
+    """Diffusers' scheduler `cls`, made with "leading" spacing at steps offset 1, on ComfyUI's ddim_uniform timesteps
+    (`ddim_uniform_times`) at every step count, the model's sigmas at them, then its end: at a count where 1000 //
+    steps does not fit, more steps than asked (31 at 30), each a model call, as ComfyUI and the web UI draw them. A
+    pipeline counts the steps it was asked for and runs every timestep the scheduler holds (an img2img pass the last
+    of them from the same place as at the asked count: the web UI's sigmas[steps - t_enc - 1:]).
+
+    "leading" is them where the count fits, and is kept there, so those draw as they always have. Elsewhere the
+    scheduler is handed them where it takes timesteps (diffusers' Euler, Heun, DDPM; its DPM-Solver at every count, as
+    it spaces "leading" otherwise: 941, 894, ..., 48 at 20), else set at their count under a training length that
+    makes "leading"'s stride, train // count, ComfyUI's (`_strided`: Euler a, LMS, DPM2, DPM++ SDE, ...)."""
+    import diffusers
+
+    handed = issubclass(cls, diffusers.DPMSolverMultistepScheduler)
+    takes = "timesteps" in inspect.signature(cls.set_timesteps).parameters
+
+    def set_timesteps(self, num_inference_steps=None, device=None, *args, **kwargs):
+        train = self.config.num_train_timesteps
+        times = ddim_uniform_times(num_inference_steps, train)
+        if handed or len(times) != num_inference_steps and takes:
+            cls.set_timesteps(self, device=device, timesteps=times)
+        elif len(times) == num_inference_steps:
+            cls.set_timesteps(self, num_inference_steps, device, *args, **kwargs)
+        else:  # (a training length given, as Heun's and DPM2's __init__ give theirs at every timestep: 1000 // 999)
+            with _strided(self, max(train // num_inference_steps, 1) * len(times)):
+                cls.set_timesteps(self, len(times), device, *args, **kwargs)
 
     return _variant(cls, "on ComfyUI's ddim_uniform timesteps", set_timesteps=set_timesteps)
+
+
+@contextlib.contextmanager
+def _strided(scheduler, train: int):
+    """`scheduler` read as trained over `train` timesteps while it sets its timesteps: its "leading" spacing at n
+    steps takes them train // n apart, the one thing its set_timesteps reads the training length for (its sigmas come
+    from its own table of the model's, `alphas_cumprod`)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    config = scheduler._internal_dict
+    scheduler._internal_dict = FrozenDict({**config, "num_train_timesteps": train})
+    try:
+        yield
+    finally:
+        scheduler._internal_dict = config
 
 
 def _from_first_sigma(cls, vp: bool):
