@@ -2963,6 +2963,35 @@ def test_again_redraws_a_comfyui_img2img_from_its_picture(sd1_dir, tmp_path, mon
     assert len(calls) == 2  # (one call a step: the negative and the prompt in one batch)
 
 
+def test_again_redraws_comfyuis_last_steps_of_a_ddim_uniform_schedule_it_draws_more_of(sd1_dir, tmp_path):
+    """ComfyUI's KSampler at denoise d runs the last `steps` sigmas of its schedule of int(steps / d); textinv's passes
+    (as the web UI's) run theirs from step schedule - run on. Where ddim_uniform draws more steps than the schedule's
+    count (29 at 28: 20 steps at denoise 0.7) those were other steps: the img2img is read as 19 of 28 (--denoise
+    0.65), which draws ComfyUI's last 20 of its 29 timesteps, and a hires fix's second pass as --hires-steps 19 of a
+    schedule of 28."""
+    from textinv.refine import pass_steps
+    from textinv.samplers import ddim_uniform_times
+
+    start = tmp_path / "photo.png"
+    Image.new("RGB", (24, 16), "red").save(start)
+    graph = _comfy_img2img_graph()
+    graph["6"]["inputs"]["text"] = "a red cat"
+    graph["3"]["inputs"].update(sampler_name="euler", scheduler="ddim_uniform", steps=20, denoise=0.7)
+    config, said = _notes(_comfy_picture(tmp_path / "i.png", graph, (24, 16)),
+                          {"model": str(sd1_dir), "init_image": str(start), "out": str(tmp_path / "r")})
+    assert (config.sampler, config.steps, config.denoise, said) == ("euler_ddim_uniform", 28, 0.65, [])
+    assert pass_steps(config.steps, config.denoise, hires=False) == (28, 19)
+    model = fresh_model(sd1_dir)
+    seen = _unet_timesteps(model)
+    generate(config, model=model, progress=False)
+    assert len(ddim_uniform_times(28)) == 29 and seen == pytest.approx(ddim_uniform_times(28)[-20:], abs=2e-3)
+    hires = _comfy_hires_graph()
+    hires["11"]["inputs"].update(sampler_name="euler", scheduler="ddim_uniform", steps=20, denoise=0.7)
+    config, _ = _notes(_comfy_picture(tmp_path / "h.png", hires, (48, 32)), {"model": str(sd1_dir)})
+    assert (config.hires_sampler, config.hires_steps) == ("euler_ddim_uniform", 19)
+    assert pass_steps(config.hires_steps, config.denoise, hires=True) == (28, 19)
+
+
 def _comfy_combined_graph():
     """The default graph whose positive prompt is two prompts' conditioning joined (ConditioningCombine node 15)."""
     graph = _comfy_graph()

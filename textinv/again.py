@@ -76,8 +76,8 @@ from .loras import lora_files, lora_sha256
 from .run_folder import _nfc
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, final_size, hires_size, pass_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
-from .samplers import (CHURN_LABELS, COMFY_UNLIKE, EVEN_SPACINGS, churn_taken, discards, eta_kind, eta_label,
-                       from_comfy, from_webui)
+from .samplers import (CHURN_LABELS, COMFY_UNLIKE, EVEN_SPACINGS, churn_taken, discards, drawn_steps, eta_kind,
+                       eta_label, from_comfy, from_webui)
 
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
@@ -1788,7 +1788,8 @@ def _comfy_img2img(graph: _ComfyGraph, sampler: str, changed: bool, notes: list[
     ComfyUI runs a KSampler's `steps` at denoise d as the last of a schedule int(steps / d) long, as the web UI counts
     Hires steps; textinv's img2img, as the web UI's, runs int(denoise x steps) + 1 of --steps (`refine.pass_steps`).
     So the same pass is --steps int(steps / d) at a --denoise that runs `steps` of them: d itself where it does (0.6
-    of 20: 20 of 33), else the shortest that does (0.5 of 20: 20 of 40, --denoise 0.48), said where none does."""
+    of 20: 20 of 33), else the shortest that does (0.5 of 20: 20 of 40, --denoise 0.48), said where none does; on
+    ComfyUI's ddim_uniform at a schedule it draws more steps of, as many fewer (`_comfy_from_the_end`)."""
     counted = _comfy_schedule(graph, sampler)
     link = graph.link(graph.inputs(sampler).get("latent_image"))
     if counted is None or link is None or graph.cls(link[0]) not in _COMFY_PIXEL_ENCODERS:
@@ -1802,13 +1803,21 @@ def _comfy_img2img(graph: _ComfyGraph, sampler: str, changed: bool, notes: list[
         return None
     loader, (schedule, run) = link[0], counted
     given = graph.value(sampler, "denoise", (int, float)) if graph.cls(sampler) == "KSampler" else None
-    denoise = _img2img_denoise(schedule, run, given)
     path, named, name = graph.path, graph.named(sampler), graph.value(loader, "image", (str,))
+    # (ComfyUI's last `run` of the schedule: fewer of it, as textinv counts, where its ddim_uniform draws more)
+    ours = _comfy_from_the_end(graph, sampler, schedule, run) if given is not None and run < schedule else run
+    if ours < 1:
+        ours = run
+        notes.append(f"{path}: its ComfyUI {named} ran the last {run} of the {_comfy_drawn(graph, sampler, schedule)} "
+                     f"steps its ddim_uniform draws on a schedule of {schedule}; textinv's img2img, as the web UI's, "
+                     f"runs that schedule's steps from int(--denoise x --steps) + 1 before its end on, so it draws "
+                     f"{_comfy_drawn(graph, sampler, schedule) - schedule + run} of them")
+    denoise = _img2img_denoise(schedule, ours, given)
     if denoise is None:
         denoise = given if given is not None else run / schedule
         notes.append(f"{path}: its ComfyUI {named} ran the last {run} steps of a schedule of {schedule}; textinv's "
                      f"img2img runs int(--denoise x --steps) + 1 of --steps (at most 0.999 of them, as the web UI), "
-                     f"and no --denoise runs {run} of {schedule}: read as --steps {schedule} --denoise {denoise:g}, "
+                     f"and no --denoise runs {ours} of {schedule}: read as --steps {schedule} --denoise {denoise:g}, "
                      f"which runs {pass_steps(schedule, denoise, hires=False)[1]}")
     settings: dict[str, Any] = {"steps": schedule, "denoise": denoise}
     last = scalers[-1] if scalers else None
@@ -1842,6 +1851,23 @@ def _comfy_schedule(graph: _ComfyGraph, sampler: str) -> tuple[int, int] | None:
         return (steps, steps) if denoise > 0.9999 else (int(steps / denoise), steps)
     start = _advanced_start(graph, sampler, steps)
     return None if start is None else (steps, steps - start)
+
+
+def _comfy_from_the_end(graph: _ComfyGraph, sampler: str, schedule: int, steps: int) -> int:
+    """The steps textinv's pass runs of a `schedule`-step schedule for KSampler `sampler`'s last `steps` of it:
+    ComfyUI takes a pass at a denoise below 1 as the schedule's last steps + 1 sigmas (comfy/samplers.py,
+    KSampler.set_steps), textinv (as the web UI: sigmas[steps - t_enc - 1:]) its sigmas from step schedule - run on.
+    Those are the same steps where the schedule holds `schedule`; where ComfyUI's ddim_uniform draws more
+    (`_comfy_drawn`: 29 at 28), textinv runs as many fewer of `schedule` to draw ComfyUI's last `steps` (19 of 28
+    for ComfyUI's 20 at denoise 0.7); 0 or fewer where none does."""
+    return steps - (_comfy_drawn(graph, sampler, schedule) - schedule)
+
+
+def _comfy_drawn(graph: _ComfyGraph, sampler: str, schedule: int) -> int:
+    """The steps ComfyUI's KSampler `sampler` draws on a schedule of `schedule` (`samplers.drawn_steps`)."""
+    pair = graph.value(sampler, "sampler_name", (str,)), graph.value(sampler, "scheduler", (str,))
+    name = all(pair) and from_comfy(*pair)
+    return drawn_steps(name, schedule) if name else schedule
 
 
 def _advanced_start(graph: _ComfyGraph, sampler: str, steps: int) -> int | None:
@@ -1912,22 +1938,29 @@ def _comfy_full(graph: _ComfyGraph, sampler: str) -> bool:
 
 def _comfy_refine(graph: _ComfyGraph, sampler: str) -> tuple[int, float] | None:
     """(the steps run, the denoise) of a sampler that redrew the latent it was given as the web UI's hires fix
-    redraws (`refine.pass_steps`): the seed's noise added, the last of a longer schedule run to its end. None for
+    redraws (`refine.pass_steps`): the seed's noise added, the last of a longer schedule run to its end (a KSampler's
+    on ComfyUI's ddim_uniform at a schedule it draws more steps of: as many fewer, `_comfy_from_the_end`). None for
     any other sampler."""
     steps = graph.value(sampler, "steps", (int,))
     if steps is None or steps < 1:
         return None
     if graph.cls(sampler) == "KSampler":
         denoise = graph.value(sampler, "denoise", (int, float))
-        return (steps, float(denoise)) if denoise is not None and 0 < denoise < 1 else None
-    start = _advanced_start(graph, sampler, steps)
-    if not start:  # (none, or from step 0: a whole pass, no redrawing)
-        return None
-    run = steps - start
-    # the shortest denoise whose schedule is `steps` long, as the web UI writes one (0.5, not 0.4999...)
+        if denoise is None or not 0 < denoise < 1:
+            return None
+        schedule = int(steps / denoise)  # (ComfyUI's last `steps` of it: fewer of it where ddim_uniform draws more)
+        run = _comfy_from_the_end(graph, sampler, schedule, steps)
+        if run == steps:
+            return steps, float(denoise)
+    else:
+        start = _advanced_start(graph, sampler, steps)
+        if not start:  # (none, or from step 0: a whole pass, no redrawing)
+            return None
+        schedule, run = steps, steps - start
+    # the shortest denoise whose schedule is `schedule` long, as the web UI writes one (0.5, not 0.4999...)
     for digits in range(2, 8):
-        for denoise in (round(run / steps, digits), round(run / (steps + 0.5), digits)):
-            if 0 < denoise < 1 and pass_steps(run, denoise, hires=True) == (steps, run):
+        for denoise in (round(run / schedule, digits), round(run / (schedule + 0.5), digits)):
+            if run > 0 and 0 < denoise < 1 and pass_steps(run, denoise, hires=True) == (schedule, run):
                 return run, denoise
     return None
 

@@ -669,6 +669,21 @@ def check_steps(name: str, steps: int, flag: str = "--sampler") -> None:
                           f"distilled at (diffusers' TCDScheduler); give 50 steps or fewer (2 to 8 is TCD's own use)")
 
 
+def drawn_steps(name: str, steps: int, discard: bool = False) -> int:
+    """The steps sampler `name` draws when asked for `steps` (its next-to-last sigma discarded with `discard`): a
+    `_ddim_uniform` one ComfyUI's on SD's and SDXL's 1000 timesteps, more where 1000 // steps does not fit (31 at
+    30; one that discards, as ComfyUI's dpm_2, on the schedule of one step more less a sigma: 31 at 30, of 32),
+    `steps` for every other.
+
+    >>> drawn_steps("euler_ddim_uniform", 30), drawn_steps("dpm2_ddim_uniform", 20), drawn_steps("euler", 30)
+    (31, 21, 30)
+    """
+    if _PARTS.get(name, (None, ""))[1] != "ddim_uniform":
+        return steps
+    more = int(discards(name, discard))
+    return len(ddim_uniform_times(steps + more)) - more
+
+
 def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: str = "--sampler",
                discard: bool = False) -> None:
     """Refuse sampler `name` for a pass that runs the last `run` steps of a `schedule`-step schedule of the model
