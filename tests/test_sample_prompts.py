@@ -328,3 +328,30 @@ def test_a_multi_vector_token_the_model_has_saved_in_it_is_drawn_whole_in_the_gr
                       out=str(tmp_path / "run"), steps=1, vectors=2, batch=2, save_every=0, sample_every=1,
                       sample_steps=2, sample_prompts=[grid]), progress=False)
     assert seen and all(s == (["<zq> <zq>_1 beside <cat-toy> <cat-toy>_1"], "<cat-toy> <cat-toy>_1") for s in seen)
+
+
+def test_a_grid_sampler_refused_at_its_steps_fails_the_run_before_the_first_step_naming_the_file_and_line(
+        sd1_dir, images, tmp_path):
+    """A sample prompt whose sampler cannot draw its steps (TCD beyond the 50 timesteps a TCD model is distilled at)
+    was refused at the first grid, after the steps before it had run. It is refused as the run starts, naming the
+    file and the line (the grid's --sample-steps where the line gives none; a config file's mapping by its place);
+    a ddim_uniform sampler at 30 steps, which ComfyUI draws 31 of, is drawn."""
+    import re
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of {}\na painting of {} --ss tcd --s 60\n")
+    out = tmp_path / "run"
+    config = TrainConfig(images=str(images), token="<zq>", init="dog", model=str(sd1_dir), out=str(out), steps=2,
+                         save_every=1, sample_every=2, sample_steps=3, sample_prompts=[str(prompts)])
+    with pytest.raises(ConfigError, match=re.escape(f"{prompts} line 2: its sampler tcd at 60 steps: TCD takes its "
+                                                    f"steps among the 50 timesteps")):
+        train(config, progress=False)
+    assert not list(out.glob("checkpoints/*"))
+    prompts.write_text("a painting of {} --ss tcd\n")
+    with pytest.raises(ConfigError, match=r"prompts.txt line 1: its sampler tcd at 51 steps"):
+        TrainConfig(images="x", token="<zq>", out="o", sample_steps=51, sample_prompts=[str(prompts)]).validate()
+    with pytest.raises(ConfigError, match=r"sample prompt 2: its sampler tcd at 60 steps"):
+        TrainConfig(images="x", token="<zq>", out="o",
+                    sample_prompts=["a {}", {"prompt": "b {}", "sampler": "tcd", "steps": 60}]).validate()
+    assert read(tmp_path, "a {} --ss euler_ddim_uniform --s 30\n") == [
+        {"prompt": "a {}", "sampler": "euler_ddim_uniform", "steps": 30}]

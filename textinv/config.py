@@ -676,8 +676,8 @@ class TrainConfig:
         from .sample_prompts import is_prompt_file, read_prompt_file
 
         if any(is_prompt_file(entry) for entry in self.sample_prompts):  # kohya's file: what it gives from now on
-            return dataclasses.replace(self, sample_prompts=read_prompt_file(self.sample_prompts, self.resume)
-                                       ).validate()
+            read = read_prompt_file(self.sample_prompts, self.resume, self.sample_steps)
+            return dataclasses.replace(self, sample_prompts=read).validate()
         if training_size(self.resolution) != self.resolution:  # ("512x768" or (512, 768) from Python: as the CLI
             # reads it, so config.yaml records [512, 768], and 512x512 is 512)
             return dataclasses.replace(self, resolution=training_size(self.resolution)).validate()
@@ -890,7 +890,7 @@ class TrainConfig:
         """Each --sample-prompts entry, and that each prompt has '{}' or one of the tokens where the token goes."""
         from .sample_prompts import check_entries, names_a_file, prompt_text
 
-        check_entries(self.sample_prompts)
+        check_entries(self.sample_prompts, self.sample_steps)
         for prompt in map(prompt_text, self.sample_prompts):  # ({} or the token written, as in captions and score's)
             if "{}" not in prompt and not any(t and t.lower() in prompt.lower() for t in tokens):
                 named = (" (it names a file: kohya's sample prompts file is read when its name ends in .txt, .toml "

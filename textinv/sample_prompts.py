@@ -40,7 +40,7 @@ from typing import Any
 from .config import check_seed, check_side
 from .errors import ConfigError, backslash_note, warn
 from .io import read_text
-from .samplers import KOHYA, KOHYA_OTHERS, SAMPLERS, check_installed
+from .samplers import KOHYA, KOHYA_OTHERS, SAMPLERS, check_installed, check_steps
 
 SUFFIXES = (".txt", ".toml", ".json")  # (kohya's: it tells the three forms apart by these, and reads no other)
 
@@ -127,11 +127,12 @@ def prompt_file(entries: list) -> str | None:
     return str(Path(os.fspath(found[0]).strip()).expanduser().absolute()) if found else None
 
 
-def read_prompt_file(entries: list, resume: bool = False) -> list[str | dict]:
+def read_prompt_file(entries: list, resume: bool = False, steps: int = 25) -> list[str | dict]:
     """The prompts of the one file `entries` name (`is_prompt_file`), each read as kohya reads it and checked: the
-    text of a prompt without options, a mapping of `KEYS` for one with them. Errors name the file and the line (or
-    table, or entry); an option textinv leaves unused is warned about. `resume`: a resumed run, which has the prompts
-    it read recorded (a missing file is told so).
+    text of a prompt without options, a mapping of `KEYS` for one with them, its sampler at its steps, else the
+    grid's `steps` (--sample-steps: `check_drawn`). Errors name the file and the line (or table, or entry); an
+    option textinv leaves unused is warned about. `resume`: a resumed run, which has the prompts it read recorded (a
+    missing file is told so).
 
     >>> read_prompt_file(["prompts.txt"])  # "a photo of sks --d 42", "# a note", "sks on grass"  # doctest: +SKIP
     [{'prompt': 'a photo of sks', 'seed': 42}, 'sks on grass']
@@ -165,17 +166,18 @@ def read_prompt_file(entries: list, resume: bool = False) -> list[str | dict]:
     elif suffix == ".txt":
         # kohya leaves out blank lines and lines starting with #; an indented # line is a comment here too (kohya
         # would draw its text, which holds no token and is refused as a prompt anyway)
-        read = [_line(line.strip(), f"{path} line {n}") for n, line in enumerate(text.splitlines(), start=1)
+        read = [check_drawn(_line(line.strip(), f"{path} line {n}"), steps, f"{path} line {n}")
+                for n, line in enumerate(text.splitlines(), start=1)
                 if line.strip() and not line.strip().startswith("#")]
     else:
-        read = _toml(path, text) if suffix == ".toml" else _json(path, text)
+        read = _toml(path, text, steps) if suffix == ".toml" else _json(path, text, steps)
     if not read:
         raise ConfigError(f"--sample-prompts {path} holds no prompt; write one a line (\"a photo of sks --d 42\"), "
                           f"or leave out --sample-prompts for the caption templates' first 4")
     return read
 
 
-def _toml(path: Path, text: str) -> list[str | dict]:
+def _toml(path: Path, text: str, steps: int) -> list[str | dict]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -191,11 +193,11 @@ def _toml(path: Path, text: str) -> list[str | dict]:
         where = f"{path} [[prompt.subset]] {n}"
         if not isinstance(subset, dict):
             raise ConfigError(f"{where} must be a table of key = value, got {subset!r}")
-        out.append(_mapping({**common, **subset}, where))  # (a subset's key over [prompt]'s)
+        out.append(check_drawn(_mapping({**common, **subset}, where), steps, where))  # (a subset's key over [prompt]'s)
     return out
 
 
-def _json(path: Path, text: str) -> list[str | dict]:
+def _json(path: Path, text: str, steps: int) -> list[str | dict]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -208,12 +210,21 @@ def _json(path: Path, text: str) -> list[str | dict]:
     for n, item in enumerate(data, start=1):
         where = f"{path} entry {n}"
         if isinstance(item, str):
-            out.append(_line(item.strip(), where))
+            out.append(check_drawn(_line(item.strip(), where), steps, where))
         elif isinstance(item, dict):
-            out.append(_mapping(item, where))
+            out.append(check_drawn(_mapping(item, where), steps, where))
         else:
             raise ConfigError(f"{where} must be a prompt (text) or a mapping of prompt, seed, ..., got {item!r}")
     return out
+
+
+def check_drawn(entry: str | dict, steps: int, where: str) -> str | dict:
+    """Sample prompt `entry` (given at `where`), refused where its sampler cannot draw its steps, else the grid's
+    `steps` (--sample-steps), as the tool it comes from draws them (`samplers.check_steps`: TCD beyond its 50
+    timesteps): as the run starts, not at the first grid, after the steps before it have run."""
+    if isinstance(entry, dict) and entry.get("sampler"):
+        check_steps(entry["sampler"], entry.get("steps") or steps, f"{where}: its sampler")
+    return entry
 
 
 def _line(line: str, where: str) -> str | dict:
@@ -325,9 +336,10 @@ def _checked(name: str, value, where: str):
     return float(value) if name == "guidance" else value
 
 
-def check_entries(entries: list) -> None:
+def check_entries(entries: list, steps: int = 25) -> None:
     """Refuse a `TrainConfig.sample_prompts` entry that is neither a prompt nor a mapping of `KEYS` with a prompt
-    whose values can be drawn with (a config file's, or config.yaml's record of a kohya file)."""
+    whose values can be drawn with (a config file's, or config.yaml's record of a kohya file), its sampler at its
+    steps, else the grid's `steps` (`check_drawn`)."""
     for n, entry in enumerate(entries, start=1):
         if isinstance(entry, str):
             continue
@@ -345,3 +357,4 @@ def check_entries(entries: list) -> None:
                 raise ConfigError(f"{where}: sampler {value!r} is written {checked!r} in textinv")
         if "prompt" not in entry:
             raise ConfigError(f"{where} {entry!r} has no prompt; e.g. {{prompt: 'a photo of {{}}', seed: 42}}")
+        check_drawn(entry, steps, where)
