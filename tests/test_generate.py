@@ -1298,6 +1298,21 @@ def test_an_edited_prompt_conditions_each_step_with_its_own_text(sd1_dir, guidan
     assert np.array_equal(np.asarray(whole[0]), np.asarray(plain[0]))
 
 
+def test_prompt_editing_on_the_ddim_schedule_types_extra_steps_counts_them_as_the_web_ui_does(sd1_dir):
+    """The web UI's DDIM schedule type draws 31 steps at 30; its step counter counts them 0 to 30, over the prompt's
+    schedule of 30, so `[red:blue:15]` draws red for steps 0-15 and blue for the 15 after. Spread over the 30 steps
+    asked, red drew one step more."""
+    from textinv.conditioning import encode_prompts
+
+    model = fresh_model(sd1_dir)
+    seen = _conditioning_seen(model)
+    render(model, ["a [red:blue:15] dog"], [0], steps=30, guidance=1.0, sampler="euler_ddim_uniform")
+    red, blue = (encode_prompts(model, [f"a {c} dog"])[0] for c in ("red", "blue"))
+    assert len(seen) == 31
+    for step, (hidden, _) in enumerate(seen):
+        torch.testing.assert_close(hidden, red if step <= 15 else blue, msg=f"step {step}")
+
+
 @pytest.mark.parametrize("sampler", ["heun", "dpm2_karras", "dpm2_a", "dpm++sde", "dpm++2s_a_karras", "restart"])
 def test_a_second_order_samplers_prompt_editing_counts_its_model_calls_as_the_web_ui_does(sd1_dir, sampler):
     """The web UI schedules a second-order sampler's prompt editing over twice the steps and counts its model calls

@@ -447,8 +447,9 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
     switches after 6 steps, and `[a|b]` draws a, a, b, a, ...). Diffusers calls `callback_on_step_end` after each
     iteration and what it returns replaces the tensors the next ones read (under classifier-free guidance the
     negative's and the prompt's, laid end to end). An iteration's step is its timestep's place among the
-    schedule's distinct timesteps: PNDM repeats one (steps + 1 iterations), Heun-like samplers take two per step.
-    `per_call`: an iteration's step is its place among the iterations, one model call each, as the web UI counts
+    schedule's distinct timesteps: PNDM repeats one (steps + 1 iterations), Heun-like samplers take two per step; a
+    sampler that draws more steps than asked (ComfyUI's ddim_uniform, the web UI's DDIM schedule type: 31 at 30)
+    counts each on past the schedule's last, as the web UI's step counter does. `per_call`: an iteration's step is its place among the iterations, one model call each, as the web UI counts
     a second-order sampler's steps (`samplers.step_multiplier`).
     `current` ([0] to start) holds the stretch the next iteration is in, which `_composing` reads too."""
     names = ["prompt_embeds"] + (["add_text_embeds"] if model.is_xl else [])
@@ -458,7 +459,9 @@ def _switching_conditioning(model: Model, steps: int, ends: list[int], condition
         if not step_of:  # (an img2img pass runs the schedule's last `num_timesteps` only)
             timesteps = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) - pipe.num_timesteps:].tolist()
             place = {value: n for n, value in enumerate(dict.fromkeys(timesteps))}
-            step_of.extend(range(len(timesteps)) if per_call else (place[value] * steps // len(place)
+            more = len(place) > steps  # (its steps past the last take the last stretch)
+            step_of.extend(range(len(timesteps)) if per_call else (place[value] if more else
+                                                                   place[value] * steps // len(place)
                                                                    for value in timesteps))
         if i + 1 >= len(step_of):
             return {}
