@@ -1005,7 +1005,7 @@ def _at_ddim_uniform(cls):
             cls.set_timesteps(self, device=device, timesteps=times)
         elif len(times) == num_inference_steps:
             cls.set_timesteps(self, num_inference_steps, device, *args, **kwargs)
-        else:  # (a training length given, as Heun's and DPM2's __init__ give theirs at every timestep: 1000 // 999)
+        else:  # (DPM2's __init__ sets every timestep handing its own length, 1000: a stride of 1000 // 999 too)
             with _strided(self, max(train // num_inference_steps, 1) * len(times)):
                 cls.set_timesteps(self, len(times), device, *args, **kwargs)
 
