@@ -2,6 +2,7 @@
 out), and `textinv push` (against a stand-in for HfApi that records what would be uploaded: no network here)."""
 
 import hashlib
+import importlib
 import json
 import warnings
 from pathlib import Path
@@ -294,6 +295,26 @@ def test_push_offline_is_one_line_and_publishes_nothing(tmp_path, hub_cache, cap
     err = capsys.readouterr().err
     assert err.startswith("textinv push: error: --repo me/q: the Hugging Face hub could not be reached "
                           "(HF_HUB_OFFLINE is set)") and err.count("\n") == 1, err
+
+
+def test_push_with_no_route_to_the_hub_is_one_line_and_publishes_nothing(tmp_path, fake_hub, monkeypatch, capsys):
+    """No network and no HF_HUB_OFFLINE: huggingface_hub lets its HTTP library's own error through (httpx's
+    ConnectError, which is no OSError), said in one line as the offline case is, not as a traceback."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    http = importlib.import_module(HfHubHTTPError.__mro__[1].__module__)  # (httpx's errors, as huggingface_hub's)
+
+    def no_route(self, repo_id, **kwargs):
+        raise http.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(FakeHfApi, "create_repo", no_route)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (file,) = save_embedding(concept("<q>"), tmp_path / "learned_embeds.safetensors")
+    assert main(["push", str(file), "--repo", "me/q", "--hub-token", "hf_x"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("textinv push: error: --repo me/q: the Hugging Face hub could not be reached (ConnectError); "
+                   "nothing was published: run it again with a network\n"), err
+    assert fake_hub[0].files == {}
 
 
 def test_the_card_says_how_many_caption_tokens_training_read_when_not_75():

@@ -311,6 +311,9 @@ def _upload(folder: Path, repo: str, private: bool, hub_token: str | None, api, 
     from .errors import ConfigError
     from .models import offline_note
 
+    # with no route to the hub huggingface_hub lets its HTTP library's own error through (httpx's ConnectError or a
+    # timeout, which are no OSError): they share that library's HTTPError, the base HfHubHTTPError is made from
+    http_error = HfHubHTTPError.__mro__[1]
     if api is None:
         from huggingface_hub import HfApi
 
@@ -326,7 +329,7 @@ def _upload(folder: Path, repo: str, private: bool, hub_token: str | None, api, 
         why = ("the token was refused, or cannot write there: log in again with `hf auth login` (a token with "
                "write access), or pass --hub-token" if status in (401, 403) else str(e).splitlines()[0])
         raise ConfigError(f"--repo {repo}: the hub refused the upload ({status or type(e).__name__}): {why}") from None
-    except (ConnectionError, OSError) as e:  # (HF_HUB_OFFLINE's OfflineModeIsEnabled is a ConnectionError)
+    except (ConnectionError, OSError, http_error) as e:  # (HF_HUB_OFFLINE's OfflineModeIsEnabled: a ConnectionError)
         raise ConfigError(f"--repo {repo}: the Hugging Face hub could not be reached{offline_note()} "
                           f"({type(e).__name__}); nothing was published: run it again with a network") from None
     return str(getattr(url, "url", url) or f"https://huggingface.co/{repo}")
