@@ -32,6 +32,19 @@ def test_embedding_of_another_width_is_refused_naming_both(sd1_dir):
         install_embedding(model, xl)
 
 
+def test_an_embedding_of_another_width_names_the_model_its_file_says_it_was_trained_on(sd1_dir):
+    """`generate --embedding runs/my-dog` with --model left out draws on the bundled model: the refusal of an
+    embedding trained on another names that model, as the file records it, for --model."""
+    model = fresh_model(sd1_dir)
+    sd15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    emb = LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 768)}, {"base_model": sd15})
+    with pytest.raises(FormatError, match=re.escape(f"family (this one was trained on {sd15!r}: give that as --model)")):
+        install_embedding(model, emb)
+    with pytest.raises(FormatError) as unrecorded:
+        install_embedding(model, LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 768)}))
+    assert "trained on" not in str(unrecorded.value)
+
+
 def test_installing_an_embedding_builds_the_vocabulary_as_often_for_many_vectors_as_for_one(sd1_dir, monkeypatch):
     """get_vocab() builds the whole vocabulary (49,408 entries on a real CLIP tokenizer) as a new dict: the checks
     built it twice for each of the token's vector names, and once more for each as they were added."""

@@ -84,9 +84,11 @@ def check_fits(model: Model, emb: LearnedEmbedding,
                               f"model this embedding was made for, or draw without --refiner")
         return
     if emb.widths != model.widths or set(emb.vectors) != {name for name, _, _ in model.encoders}:
+        base = emb.metadata.get("base_model")  # (--model left out is the bundled model: say which one it needs)
         raise FormatError(
             f"embedding {emb.token!r} has width {describe_widths(emb.widths)} but the model {model.source} has "
             f"width {describe_widths(model.widths)}; use an embedding trained for this model's family"
+            + (f" (this one was trained on {base!r}: give that as --model)" if base else "")
             + ("; if it is one half of an SDXL embedding kept as two files (diffusers' SDXL script: learned_embeds"
                f" and learned_embeds_2), {pair_hint}"
                if model.is_xl and len(emb.widths) == 1 and emb.widths[0] in model.widths else "")
