@@ -892,17 +892,21 @@ def test_inspect_asks_for_the_embeddings_and_loras_a_web_ui_picture_names(tmp_pa
     assert json.loads(capsys.readouterr().out)["again"].endswith("plain.png --model MODEL")
 
 
-@pytest.mark.parametrize("command", ["train", "generate"])
+@pytest.mark.parametrize("command", ["train", "generate", "score"])
 def test_threads_sets_torchs_cpu_threads_before_the_run_and_is_checked(command, monkeypatch, capsys):
     """torch's default of one thread per core ran a shapes-model training step about 9 times slower on a 2-core
-    machine busy with other work than one thread: `--threads` sets it, as `demo`'s does, and 0 is refused first."""
+    machine busy with other work than one thread (and `score`'s 14 pictures 8 times): `--threads` sets it, as
+    `demo`'s does, and 0 is refused first."""
     import textinv.generate
+    import textinv.score
     import textinv.train
 
     seen = []
     monkeypatch.setattr(textinv.train, "train", lambda config: seen.append(torch.get_num_threads()))
     monkeypatch.setattr(textinv.generate, "generate", lambda config, **kw: seen.append(torch.get_num_threads()) or [])
-    flags = (["--images", "x", "--token", "<t>", "--out", "o"] if command == "train" else ["--prompt", "a dog"])
+    monkeypatch.setattr(textinv.score, "score", lambda config: seen.append(torch.get_num_threads()))
+    flags = {"train": ["--images", "x", "--token", "<t>", "--out", "o"], "generate": ["--prompt", "a dog"],
+             "score": ["--embedding", "x"]}[command]
     before = torch.get_num_threads()
     try:
         assert main([command, *flags, "--threads", "0"]) == 2 and not seen

@@ -287,6 +287,8 @@ def cmd_demo(args) -> int:
 def cmd_score(args) -> int:
     from .score import ScoreConfig, score
 
+    if args.threads is not None:
+        _set_threads(args.threads)
     config = _config_from_args(ScoreConfig, args)
     score(config)
     return 0
@@ -314,7 +316,8 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
 
 
 def _add_cpu_threads(p: argparse.ArgumentParser) -> None:
-    """`train`'s and `generate`'s --threads: torch's own count (every core) unless given, as before it existed."""
+    """`train`'s, `generate`'s and `score`'s --threads: torch's own count (every core) unless given, as before it
+    existed."""
     p.add_argument("--threads", type=int, help="torch CPU threads, for a run on the CPU (default: torch's, one per "
                    "core); on a machine busy with other work, 1 can be several times faster (a shapes-model training "
                    "step on the loaded 2-core VM: 0.17 s on 1, about 1.5 s on 2)")
@@ -525,6 +528,7 @@ def _add_score(sub) -> None:
                                    "report.png and scores.json.")
     _add_config_file(p)
     add_config_flags(p, ScoreConfig)
+    _add_cpu_threads(p)
     p.set_defaults(func=cmd_score)
 
 
