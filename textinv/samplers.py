@@ -1087,20 +1087,14 @@ def _discard_interleaved(scheduler) -> None:
     values twice, for its two UNet calls, [v0, v1, v1, ..., vn, vn, vn] from the schedule [v0, ..., vn] (vn: the end),
     and the timesteps [t0, its midpoint, t1, ..., the last midpoint, t(n-1)]. Without sigma n - 1 the last step goes
     from sigma n - 2 to 0: in the ancestral tables it then adds no noise and has no midpoint (0s, as diffusers' own
-    last step); everything before it is unchanged."""
-    import torch
-
-    def schedule(table):
-        return torch.cat([table[:1], table[1::2][:-1]])
-
-    def table(values):
-        return torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])
+    last step); everything before it is unchanged (`schedulers.step_values`, `schedulers.step_table`)."""
+    from .schedulers import step_table, step_values
 
     ancestral = hasattr(scheduler, "sigmas_up")
-    scheduler.sigmas = table(_without_next_to_last(schedule(scheduler.sigmas)))
+    scheduler.sigmas = step_table(_without_next_to_last(step_values(scheduler.sigmas)))
     for name in ("sigmas_interpol", "sigmas_up", "sigmas_down") if ancestral else ("sigmas_interpol",):
-        values = _without_next_to_last(schedule(getattr(scheduler, name)))
+        values = _without_next_to_last(step_values(getattr(scheduler, name)))
         if ancestral:
             values[-2] = 0.0  # the step into sigma 0: no noise to add, no midpoint
-        setattr(scheduler, name, table(values))
+        setattr(scheduler, name, step_table(values))
     scheduler.timesteps = scheduler.timesteps[:-2]

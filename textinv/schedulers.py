@@ -435,8 +435,14 @@ def dpmpp_sde_step(self, model_output: torch.Tensor, timestep, sample: torch.Ten
 
 def step_values(table: torch.Tensor) -> torch.Tensor:
     """The steps' values of a table diffusers' DPM2 and DPM2 a lay out two entries a step (DPM++ 2S a too), [v0, v1,
-    v1, ..., vn, vn] (vn: the end): [v0, v1, ..., vn]."""
+    v1, ..., vn, vn, vn] (vn: the end): [v0, v1, ..., vn]. `step_table` lays them out again."""
     return torch.cat([table[:1], table[1::2][:-1]])
+
+
+def step_table(values: torch.Tensor) -> torch.Tensor:
+    """The table diffusers' DPM2 and DPM2 a make of the steps' values [v0, v1, ..., vn] (vn: the end), each after the
+    first twice for a step's two model calls and the end once more: [v0, v1, v1, ..., vn, vn, vn] (`step_values`)."""
+    return torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])
 
 
 def set_times(scheduler, sigmas: torch.Tensor, places: slice) -> None:
@@ -456,9 +462,6 @@ def ancestral_tables(scheduler, eta: float) -> None:
     (halfway in log sigma), so it moves with eta. The tables hold each step's values twice, [v0, v1, v1, ..., vn, vn,
     vn] (vn: the end), and the timesteps [t0, its midpoint's, t1, ...]; the last step, to 0, adds no noise and has no
     midpoint at any eta."""
-    def table(values):
-        return torch.cat([values[:1], values[1:].repeat_interleave(2), values[-1:]])
-
     sigmas = step_values(scheduler.sigmas)  # (the steps' sigmas, then 0)
     steps = len(sigmas) - 1
     if steps < 2:
@@ -468,7 +471,7 @@ def ancestral_tables(scheduler, eta: float) -> None:
     for name, values in (("sigmas_down", down), ("sigmas_up", up), ("sigmas_interpol", middle)):
         whole = step_values(getattr(scheduler, name)).clone()
         whole[:steps - 1] = values.to(whole)
-        setattr(scheduler, name, table(whole))
+        setattr(scheduler, name, step_table(whole))
     set_times(scheduler, middle, slice(1, None, 2))
 
 
