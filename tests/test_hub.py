@@ -212,10 +212,14 @@ class FakeHfApi:
 
 @pytest.fixture
 def fake_hub(monkeypatch):
+    """FakeHfApi in place of HfApi, and the hub taken as reached (push asks it first: `hub._check_reachable`)."""
     import huggingface_hub
+
+    from textinv import hub
 
     FakeHfApi.made = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(hub, "_check_reachable", lambda repo, api=None: None)
     return FakeHfApi.made
 
 
@@ -315,6 +319,37 @@ def test_push_with_no_route_to_the_hub_is_one_line_and_publishes_nothing(tmp_pat
     assert err == ("textinv push: error: --repo me/q: the Hugging Face hub could not be reached (ConnectError); "
                    "nothing was published: run it again with a network\n"), err
     assert fake_hub[0].files == {}
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_push_with_the_hub_unreachable_says_so_at_once_in_one_try(offline, tmp_path, monkeypatch, capsys):
+    """The real HfApi with no route to the hub (each HTTP request counted): one request with a timeout (HfApi's have
+    none), none with HF_HUB_OFFLINE, and said before the embedding is read (reading it and writing the card import
+    torch and diffusers: the push took half a minute on a busy machine to say it could not publish)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from textinv import formats
+
+    http = importlib.import_module(HfHubHTTPError.__mro__[1].__module__)  # (huggingface_hub's HTTP library)
+    tried = []
+
+    def no_route(self, request):
+        tried.append((request.method, request.extensions.get("timeout", {}).get("connect")))
+        raise http.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(http.HTTPTransport, "handle_request", no_route)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    (file,) = save_embedding(concept("<q>"), tmp_path / "learned_embeds.safetensors")
+    read, reader = [], formats.read_embedding
+    monkeypatch.setattr(formats, "read_embedding", lambda *args, **kwargs: read.append(args) or reader(*args, **kwargs))
+    assert main(["push", str(file), "--repo", "me/q", "--hub-token", "hf_x"]) == 2
+    why = "(HF_HUB_OFFLINE is set) (OfflineModeIsEnabled)" if offline else "(ConnectError)"
+    assert capsys.readouterr().err == (f"textinv push: error: --repo me/q: the Hugging Face hub could not be reached "
+                                       f"{why}; nothing was published: run it again with a network\n")
+    assert tried == ([] if offline else [("HEAD", constants.HF_HUB_ETAG_TIMEOUT)])
+    assert not read
 
 
 def test_the_card_says_how_many_caption_tokens_training_read_when_not_75():

@@ -163,9 +163,11 @@ def push(source, repo: str, *, private: bool = False, hub_token: str | None = No
     import tempfile
 
     from .errors import ConfigError
-    from .models import _is_hub_id
 
-    # 1. everything checked, and the card written, before the hub is asked anything
+    # 1. the hub reached (`_check_reachable`), then everything checked and the card written before it is asked more
+    _check_reachable(repo, api)
+    from .models import _is_hub_id  # (only now: importing it imports torch and diffusers)
+
     if not _is_hub_id(repo):
         raise ConfigError(f"--repo {repo!r} is not a hub repo id: give OWNER/NAME, e.g. your-name/my-dog")
     files, emb, run = _published_files(Path(source).expanduser())
@@ -303,13 +305,40 @@ def _card_web_ui(emb, files: list[str], family: str | None) -> list[str]:
     return []
 
 
+def _check_reachable(repo: str, api=None) -> None:
+    """Refuse a push at once when the hub (`api`'s endpoint, else HF_ENDPOINT's) cannot be reached: HF_HUB_OFFLINE is
+    set, or one request, bounded by huggingface_hub's metadata timeout (HF_HUB_ETAG_TIMEOUT, 10 s), gets no answer.
+    First, so it is said at once, not after the embedding is read and the card written (which import torch and
+    diffusers: half a minute on a busy machine), nor by HfApi's requests, which wait without a timeout. Any answer
+    at all, an error status too, is a hub reached."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(getattr(api, "endpoint", None) or constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except (ConnectionError, OSError, HfHubHTTPError.__mro__[1]) as e:  # (as `_upload` catches them)
+        raise _unreached(repo, e) from None
+
+
+def _unreached(repo: str, error: Exception):
+    """The one-line error of a push that could not reach the hub, for `error`."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from .errors import ConfigError
+
+    # (models.offline_note's words, told by huggingface_hub's refusal: importing models imports torch and diffusers)
+    note = " (HF_HUB_OFFLINE is set)" if isinstance(error, OfflineModeIsEnabled) else ""
+    return ConfigError(f"--repo {repo}: the Hugging Face hub could not be reached{note} ({type(error).__name__}); "
+                       "nothing was published: run it again with a network")
+
+
 def _upload(folder: Path, repo: str, private: bool, hub_token: str | None, api, message: str) -> str:
     """`folder`'s files as one commit to `repo`, made first if need be (private, if asked); the hub's refusals and
     an unreachable hub as one line each."""
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
     from .errors import ConfigError
-    from .models import offline_note
 
     # with no route to the hub huggingface_hub lets its HTTP library's own error through (httpx's ConnectError or a
     # timeout, which are no OSError): they share that library's HTTPError, the base HfHubHTTPError is made from
@@ -330,6 +359,5 @@ def _upload(folder: Path, repo: str, private: bool, hub_token: str | None, api, 
                "write access), or pass --hub-token" if status in (401, 403) else str(e).splitlines()[0])
         raise ConfigError(f"--repo {repo}: the hub refused the upload ({status or type(e).__name__}): {why}") from None
     except (ConnectionError, OSError, http_error) as e:  # (HF_HUB_OFFLINE's OfflineModeIsEnabled: a ConnectionError)
-        raise ConfigError(f"--repo {repo}: the Hugging Face hub could not be reached{offline_note()} "
-                          f"({type(e).__name__}); nothing was published: run it again with a network") from None
+        raise _unreached(repo, e) from None
     return str(getattr(url, "url", url) or f"https://huggingface.co/{repo}")
