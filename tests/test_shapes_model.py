@@ -1,6 +1,7 @@
 """The embedded `shapes` model: the bundled folder loads offline and generates, and its pretraining command runs."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -18,6 +19,23 @@ needs_bundled = pytest.mark.skipif(not (BUNDLED / "model_index.json").exists(),
 @pytest.fixture(scope="module")
 def shapes_model():
     return load_model("shapes")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One `--quick --steps 2` run at the default seed: (its work folder, its export). Tests only read them; one that
+    trains on or changes the work folder takes a copy (`quick_work`): each quick run is seconds of rendering and
+    training on both stages, and a dozen tests began with one of these settings (or --steps 1)."""
+    base = tmp_path_factory.mktemp("quick")
+    work, out = base / "work", base / "model"
+    assert pretrain_main(["--quick", "--work", str(work), "--out", str(out), "--steps", "2"]) == 0
+    return work, out
+
+
+def quick_work(quick_run, folder):
+    """A copy of `quick_run`'s work folder (both stages at step 2, checkpoints and log) at `folder`, to go on with."""
+    shutil.copytree(quick_run[0], folder)
+    return folder
 
 
 def refused(argv, message):
@@ -90,10 +108,9 @@ def test_bundled_model_generates_a_64px_picture(shapes_model):
     assert torch.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
 
 
-def test_quick_pretraining_runs_end_to_end(tmp_path):
+def test_quick_pretraining_runs_end_to_end(quick_run, tmp_path):
     """`--quick` (tiny sizes, both stages, export) is the whole pipeline in about 10 s, well under a minute."""
-    work, out = tmp_path / "work", tmp_path / "model"
-    assert pretrain_main(["--quick", "--work", str(work), "--out", str(out), "--steps", "2"]) == 0
+    work, out = quick_run
     log = json.loads((work / "log.json").read_text())
     assert log["vae"]["steps"] == 2 and log["unet"]["steps"] == 2
     record = json.loads((out / "training.json").read_text())
@@ -103,28 +120,33 @@ def test_quick_pretraining_runs_end_to_end(tmp_path):
     assert model.prediction_type == "v_prediction"
     assert next(model.unet.parameters()).dtype == torch.float32
     # A re-run resumes from the checkpoint instead of starting over.
+    work = quick_work(quick_run, tmp_path / "work")
     assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
     assert json.loads((work / "log.json").read_text())["unet"]["steps"] == 3
 
 
-def test_fresh_pretraining_runs_are_reproducible_from_the_seed(tmp_path):
-    """Two fresh runs with one seed export the same weights (initial weights included); another seed does not."""
+def test_fresh_pretraining_runs_are_reproducible_from_the_seed(quick_run, tmp_path):
+    """Two fresh runs with one seed export the same weights (initial weights included); another seed does not. (The
+    first is `quick_run`'s, at the default seed.)"""
     from safetensors.torch import load_file
 
-    def run(name, seed):
+    def run(name, *seed):
         out = tmp_path / f"{name}-model"
         assert pretrain_main(["--quick", "--work", str(tmp_path / name), "--out", str(out), "--steps", "2",
-                              "--seed", str(seed)]) == 0
+                              *seed]) == 0
+        return out
+
+    def weights(out):
         return {part: load_file(str(out / part / f"{file}.safetensors")) for part, file in
                 (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"))}
 
-    a, b, c = run("a", 3), run("b", 3), run("c", 4)
+    a, b, c = weights(quick_run[1]), weights(run("b")), weights(run("c", "--seed", "4"))
     for part in a:
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
         assert not all(torch.equal(a[part][k], c[part][k]) for k in a[part]), part
 
 
-def test_pretraining_continues_from_an_exported_model(tmp_path, monkeypatch):
+def test_pretraining_continues_from_an_exported_model(quick_run, tmp_path, monkeypatch):
     """Without the original checkpoints, a new work folder starts from an exported model's weights and steps; with
     no further training, exporting it again gives the same pipeline. A start killed midway leaves nothing the next
     try stumbles on (it left a half folder that made the next try fail with a traceback)."""
@@ -132,8 +154,7 @@ def test_pretraining_continues_from_an_exported_model(tmp_path, monkeypatch):
 
     from textinv.shapes import pretrain
 
-    first = tmp_path / "first"
-    assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "2"]) == 0
+    first = quick_run[1]
     assert load_model(first).prompting["object"]["init"] == "shape"  # the export records the world's own words
     work = tmp_path / "w2"
     write = pretrain._write_json
@@ -188,11 +209,10 @@ def test_a_new_unet_of_other_sizes_trains_on_a_kept_vae(tmp_path):
     refused(["--from-model", str(first), "--work", str(tmp_path / "w3"), "--keep", "unet"], "keep 'vae' or 'vae,unet'")
 
 
-def test_a_folder_made_from_an_exported_model_takes_the_seed_flag(tmp_path):
+def test_a_folder_made_from_an_exported_model_takes_the_seed_flag(quick_run, tmp_path):
     """`--seed` is the seed of a new work folder, one that `--from-model` makes too (with `--keep vae` it seeds the
     new UNet); flags refused with --from-model are refused before its folder is written."""
-    first = tmp_path / "first"
-    assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "1"]) == 0
+    first = quick_run[1]
     work = tmp_path / "w2"
     assert pretrain_main(["--from-model", str(first), "--keep", "vae", "--work", str(work), "--seed", "5"]) == 0
     assert json.loads((work / "config.json").read_text())["seed"] == 5
@@ -201,12 +221,11 @@ def test_a_folder_made_from_an_exported_model_takes_the_seed_flag(tmp_path):
     assert not (tmp_path / "w3").exists()
 
 
-def test_a_kept_unet_grows_attention_that_starts_as_the_identity(tmp_path):
+def test_a_kept_unet_grows_attention_that_starts_as_the_identity(quick_run, tmp_path):
     """`--from-model M --set unet_attention=1,1` adds attention at the level that had none: the grown UNet predicts
     exactly what the export did (the new blocks' output projections start at zero), trains from there (the new
     blocks move), and exports a UNet with the block; any other size change of a kept UNet or VAE is refused."""
-    first = tmp_path / "first"
-    assert pretrain_main(["--quick", "--work", str(tmp_path / "w1"), "--out", str(first), "--steps", "2"]) == 0
+    first = quick_run[1]
     work, grown_out = tmp_path / "grown", tmp_path / "grown-model"
     assert pretrain_main(["--from-model", str(first), "--work", str(work), "--set", "unet_attention=1,1",
                           "--set", "unet_heads=1,2"]) == 0
@@ -269,14 +288,13 @@ def test_a_killed_chunk_keeps_its_record_up_to_its_last_checkpoint(tmp_path, mon
     assert log["chunks"][-1]["batch"] == config.vae_batch and log["chunks"][-1]["lr"] == config.vae_lr
 
 
-def test_a_decoder_only_chunk_keeps_the_latents_and_the_unet_trained_on_them(tmp_path, capsys):
+def test_a_decoder_only_chunk_keeps_the_latents_and_the_unet_trained_on_them(quick_run, tmp_path, capsys):
     """`--decoder-only` changes the decoder and nothing that makes latents (encoder and quant_conv stay bit-equal),
     so the next UNet chunk goes on with its latent scale instead of re-fitting to new latents; a full VAE chunk
     after it changes the encoder again and the UNet notices."""
     from safetensors.torch import load_file
 
-    work = tmp_path / "work"
-    assert pretrain_main(["--quick", "--work", str(work), "--out", str(tmp_path / "model"), "--steps", "2"]) == 0
+    work = quick_work(quick_run, tmp_path / "work")
     before = load_file(str(work / "vae" / "vae.safetensors"))
     scale = json.loads((work / "unet" / "state.json").read_text())["scaling_factor"]
     assert pretrain_main(["--stage", "vae", "--decoder-only", "--work", str(work), "--steps", "5"]) == 0
@@ -449,18 +467,17 @@ def test_zero_terminal_snr_needs_v_prediction():
         PretrainConfig(prediction_type="sample")
 
 
-def test_an_epsilon_run_resumes_as_a_v_prediction_fine_tune(tmp_path, capsys):
+def test_an_epsilon_run_resumes_as_a_v_prediction_fine_tune(quick_run, tmp_path, capsys):
     """A work folder from before the schedule change (its state names no objective: epsilon on SD's schedule) goes
     on with the current objective, says so, and records it."""
-    work = tmp_path / "work"
-    assert pretrain_main(["--quick", "--work", str(work), "--out", str(tmp_path / "model"), "--steps", "1"]) == 0
+    work = quick_work(quick_run, tmp_path / "work")
     state_path = work / "unet" / "state.json"
     state = json.loads(state_path.read_text())
     assert (state["prediction_type"], state["zero_terminal_snr"]) == ("v_prediction", True)
     del state["prediction_type"], state["zero_terminal_snr"]
     state_path.write_text(json.dumps(state))
     capsys.readouterr()
-    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "2"]) == 0
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
     assert "fine-tuning from epsilon (zero terminal SNR: False) to v_prediction" in capsys.readouterr().out
     assert json.loads(state_path.read_text())["prediction_type"] == "v_prediction"
 
@@ -499,11 +516,10 @@ def test_bundled_model_draws_the_background_its_caption_names(shapes_model):
     assert sum(d == e for d, e in zip(drawn, expected)) >= 12, list(zip(expected, drawn))
 
 
-def test_export_refuses_to_replace_what_is_not_an_export_and_needs_checkpoints(tmp_path):
+def test_export_refuses_to_replace_what_is_not_an_export_and_needs_checkpoints(quick_run, tmp_path):
     """The export swaps its --out folder whole, so --out must be new, empty or an earlier export; a --work with no
     checkpoint (a typo) exports nothing and creates nothing; an export only reads the work folder."""
-    work = tmp_path / "w"
-    assert pretrain_main(["--quick", "--work", str(work), "--steps", "1"]) == 0
+    work = quick_work(quick_run, tmp_path / "w")
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("keep me")
@@ -523,11 +539,10 @@ def test_export_refuses_to_replace_what_is_not_an_export_and_needs_checkpoints(t
     load_model(tmp_path / "again")
 
 
-def test_a_death_between_the_two_renames_of_a_checkpoint_loses_nothing(tmp_path):
+def test_a_death_between_the_two_renames_of_a_checkpoint_loses_nothing(quick_run, tmp_path):
     """A checkpoint is swapped in as `vae` -> `vae.old`, `vae.tmp` -> `vae`. Killed between the two, the next chunk
     takes `vae.old` back and resumes from it instead of starting over (and deleting it)."""
-    work = tmp_path / "w"
-    assert pretrain_main(["--quick", "--work", str(work), "--steps", "2"]) == 0
+    work = quick_work(quick_run, tmp_path / "w")
     (work / "vae").rename(work / "vae.old")  # what the kill leaves
     assert pretrain_main(["--stage", "vae", "--work", str(work), "--steps", "3"]) == 0
     assert json.loads((work / "vae" / "state.json").read_text())["step"] == 3 and not (work / "vae.old").exists()
@@ -597,13 +612,12 @@ def test_a_chunk_starting_beside_one_mid_swap_waits_for_the_swap(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.json.lock", "vae"]
 
 
-def test_a_unet_chunk_reads_the_vae_under_the_swap_lock(tmp_path, monkeypatch):
+def test_a_unet_chunk_reads_the_vae_under_the_swap_lock(quick_run, tmp_path, monkeypatch):
     """A UNet chunk loads the VAE while a decoder-only VAE chunk beside it may swap a new checkpoint in: it reads
     under the lock the swap holds, so it never finds `vae` gone (moved to `vae.old`) or half replaced."""
     from textinv.shapes import pretrain
 
-    work = tmp_path / "w"
-    assert pretrain_main(["--quick", "--work", str(work), "--steps", "1"]) == 0
+    work = quick_work(quick_run, tmp_path / "w")
     load, lock_free_at_read = pretrain.load_weights, []
 
     def probing_load(folder, name):
@@ -612,18 +626,17 @@ def test_a_unet_chunk_reads_the_vae_under_the_swap_lock(tmp_path, monkeypatch):
         return load(folder, name)
 
     monkeypatch.setattr(pretrain, "load_weights", probing_load)
-    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "2"]) == 0
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
     assert lock_free_at_read == [False]
 
 
-def test_an_export_reads_the_checkpoints_under_the_swap_lock(tmp_path, monkeypatch):
+def test_an_export_reads_the_checkpoints_under_the_swap_lock(quick_run, tmp_path, monkeypatch):
     """An export beside a running chunk read the checkpoints without the lock the chunk swaps them in under: mid-swap
     it could find `unet` gone (and export an untrained UNet, with a warning) or read one checkpoint's files and the
     next one's. It reads under the lock; an export from a read-only disk still writes nothing (see above)."""
     from textinv.shapes import pretrain
 
-    work = tmp_path / "w"
-    assert pretrain_main(["--quick", "--work", str(work), "--steps", "1"]) == 0
+    work = quick_work(quick_run, tmp_path / "w")
     build, lock_free_at_read = pretrain.build_pipeline, []
 
     def probing_build(config, folder, *a, **k):
@@ -664,16 +677,15 @@ def test_a_chunk_killed_mid_swap_leaves_no_lock_behind(tmp_path):
     assert json.loads((tmp_path / "vae" / "state.json").read_text())["step"] == 1
 
 
-def test_pretrain_settings_are_checked_before_anything_is_stored(tmp_path):
-    work = tmp_path / "w"
-    assert pretrain_main(["--quick", "--work", str(work), "--steps", "1"]) == 0
-    refused(["--stage", "unet", "--work", str(work), "--set", "text_heads=3", "--steps", "1"],
+def test_pretrain_settings_are_checked_before_anything_is_stored(quick_run, tmp_path):
+    work = quick_work(quick_run, tmp_path / "w")
+    refused(["--stage", "unet", "--work", str(work), "--set", "text_heads=3", "--steps", "3"],
             "must be a multiple of text_heads 3")
-    refused(["--stage", "unet", "--work", str(work), "--lr", "0", "--steps", "2"], "unet_lr must be positive")
-    refused(["--stage", "vae", "--work", str(work), "--batch", "0", "--steps", "2"], "vae_batch must be at least 1")
-    refused(["--stage", "unet", "--work", str(work), "--seed", "7", "--steps", "2"], "made with another seed")
+    refused(["--stage", "unet", "--work", str(work), "--lr", "0", "--steps", "3"], "unet_lr must be positive")
+    refused(["--stage", "vae", "--work", str(work), "--batch", "0", "--steps", "3"], "vae_batch must be at least 1")
+    refused(["--stage", "unet", "--work", str(work), "--seed", "7", "--steps", "3"], "made with another seed")
     assert json.loads((work / "config.json").read_text())["text_heads"] == 2  # nothing bad was stored
-    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "2"]) == 0
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3"]) == 0
 
 
 def test_vae_chunks_with_a_sampled_posterior_equal_one_run(tmp_path):
@@ -943,7 +955,7 @@ def test_the_committed_model_continued_with_an_angle_share_grows_its_text_encode
     assert (rows[len(old):].norm(dim=1) > 0).all()
 
 
-def test_a_quick_run_with_an_angle_share_exports_a_model_that_knows_the_orientation_words(tmp_path):
+def test_a_quick_run_with_an_angle_share_exports_a_model_that_knows_the_orientation_words(quick_run, tmp_path):
     """The pipeline end to end with the share: the export loads with the normal loader, its tokenizer files (all
     three) hold the words as one token each and its text encoder has their rows; a later chunk at share 0 keeps
     them, and a folder trained without them cannot take a share (its text encoder has no rows for them)."""
@@ -969,9 +981,8 @@ def test_a_quick_run_with_an_angle_share_exports_a_model_that_knows_the_orientat
     assert json.loads((work / "config.json").read_text())["angle_words"] is True
     if (BUNDLED / "model_index.json").exists():
         assert not knows_orientations(load_model("shapes"))
-    plain = tmp_path / "plain"
-    assert pretrain_main(["--quick", "--work", str(plain), "--steps", "1", "--out", str(tmp_path / "p")]) == 0
-    refused(["--stage", "unet", "--work", str(plain), "--steps", "2", "--set", "angle_caption_share=0.5"],
+    plain = quick_work(quick_run, tmp_path / "plain")
+    refused(["--stage", "unet", "--work", str(plain), "--steps", "3", "--set", "angle_caption_share=0.5"],
             "--from-model M --set angle_caption_share")
 
 
