@@ -152,7 +152,8 @@ def test_loss_goes_down_on_a_tiny_learnable_target(sd1_dir, images, tmp_path):
     from textinv.generate import install_embedding
 
     model = fresh_model(sd1_dir)
-    result = train(config(images, tmp_path / "out", steps=150, batch=4, lr=5e-2, log_every=50, vectors=2),
+    # (40 steps: the fixed batch's loss is as far down after 40 as after 150 were, 1.8%, in a quarter of the time)
+    result = train(config(images, tmp_path / "out", steps=40, batch=4, lr=5e-2, log_every=20, vectors=2),
                    model=model, progress=False)
     install_embedding(model, result.embedding)  # (the model came back without the token)
     ext = model.text_encoder.get_input_embeddings()
