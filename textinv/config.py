@@ -27,7 +27,7 @@ import yaml
 
 from .emphasis import CHUNK, has_and, lora_tags
 from .emphasis import MODES as EMPHASIS
-from .errors import ConfigError, UnknownSettingError, backslash_note, given, warn
+from .errors import ConfigError, UnknownSettingError, backslash_note, given, setting, warn
 from .foreign import foreign_hint
 from .io import read_text
 from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, check_optimizer, check_schedule,
@@ -44,12 +44,12 @@ from .tracking import check_trackers
 REFINER_SWITCH_AT = 0.8  # the web UI's default Refiner Switch at
 
 
-def check_refiner_switch(switch_at: float, flag: str = "--refiner-switch-at") -> None:
+def check_refiner_switch(switch_at: float) -> None:
     """Refuse a refiner switch that is not strictly between 0 (the refiner would draw every step) and 1 (none)."""
     if not (math.isfinite(switch_at) and 0 < switch_at < 1):
-        raise ConfigError(f"{flag} {switch_at:g} must be above 0 and below 1 (how far down the noise schedule the "
-                          f"refiner takes over; the web UI's default is {REFINER_SWITCH_AT}); to draw without the "
-                          f"refiner, leave --refiner out")
+        raise ConfigError(f"{setting('refiner_switch_at', switch_at, 'g')} must be above 0 and below 1 (how far down "
+                          f"the noise schedule the refiner takes over; the web UI's default is {REFINER_SWITCH_AT}); "
+                          f"to draw without the refiner, leave {setting('refiner')} out")
 
 
 def opt(default, help: str, **extra):
@@ -232,18 +232,20 @@ def check_lr(lr: float) -> None:
     """Refuse a learning rate that is not positive, or so large that Adam's first step overflows float32 (it
     divides by 0.1)."""
     if not (0 < lr <= MAX_LR):
-        raise ConfigError(f"--lr must be > 0 and at most {MAX_LR:g}, got {lr}; textual inversion uses about 5e-3")
+        raise ConfigError(f"{setting('lr')} must be > 0 and at most {MAX_LR:g}, got {lr}; textual inversion uses "
+                          f"about 5e-3")
 
 
-def parse_lr_steps(text: str, flag: str = "--lr-steps", what: str = "rate", most: float = MAX_LR
+def parse_lr_steps(text: str, name: str = "lr_steps", what: str = "rate", most: float = MAX_LR
                    ) -> list[tuple[float, int | None]]:
     """The A1111 web UI's stepped learning rate as (rate, until step) pairs; the last step may be None (to the end).
-    `flag`, `what` and `most`: the setting's name, its values' and their limit, for its other stepped settings.
+    `name`, `what` and `most`: the setting, its values' name and their limit, for its other stepped settings.
 
     >>> parse_lr_steps("0.05:10, 0.02:20, 0.005")
     [(0.05, 10), (0.02, 20), (0.005, None)]
     """
     pairs: list[tuple[float, int | None]] = []
+    flag = setting(name)
     items = [item.strip() for item in str(text).split(",") if item.strip()]  # (the web UI skips empty parts too)
     if not items:
         raise ConfigError(f"{flag} {text!r} holds no {what}; e.g. '0.05:10, 0.005'")
@@ -280,11 +282,11 @@ def stepped_value(pairs: list[tuple[float, int | None]], step: int) -> float:
     return next((value for value, until in pairs if until is None or step < until), pairs[-1][0])
 
 
-def clip_steps(value, flag: str) -> list[tuple[float, int | None]] | None:
-    """--max-grad-norm or --max-grad-value as stepped values (`parse_lr_steps`): one number, or the web UI's
-    stepped clip value ('0.1:100, 0.05'); None when off.
+def clip_steps(value, name: str) -> list[tuple[float, int | None]] | None:
+    """Setting `name`, --max-grad-norm or --max-grad-value, as stepped values (`parse_lr_steps`): one number, or the
+    web UI's stepped clip value ('0.1:100, 0.05'); None when off.
 
-    >>> clip_steps(1.0, "--max-grad-norm"), clip_steps("0.1:100, 0.05", "--max-grad-value")
+    >>> clip_steps(1.0, "max_grad_norm"), clip_steps("0.1:100, 0.05", "max_grad_value")
     ([(1.0, None)], [(0.1, 100), (0.05, None)])
     """
     if value is None:
@@ -292,9 +294,9 @@ def clip_steps(value, flag: str) -> list[tuple[float, int | None]] | None:
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
-        return parse_lr_steps(value, flag, "value", math.inf)
+        return parse_lr_steps(value, name, "value", math.inf)
     if not number > 0:  # (also refuses NaN)
-        raise ConfigError(f"{flag} must be > 0 when given, got {value}")
+        raise ConfigError(f"{setting(name)} must be > 0 when given, got {value}")
     return [(number, None)]
 
 
@@ -311,16 +313,18 @@ def lr_steps_end(text: str | None) -> int | None:
 def check_clip_skip_value(clip_skip: int) -> None:
     """Refuse a clip skip below 1 (the model's own depth is checked once it has loaded: `models.check_clip_skip`)."""
     if not isinstance(clip_skip, int) or clip_skip < 1:
-        raise ConfigError(f"--clip-skip must be a whole number >= 1 (1: the last layer), got {clip_skip!r}")
+        raise ConfigError(f"{setting('clip_skip')} must be a whole number >= 1 (1: the last layer), got {clip_skip!r}")
 
 
-def check_seed(seed: int, count: int = 1, flag: str = "--seed", negative: bool = False) -> None:
+def check_seed(seed: int, count: int = 1, flag: str | None = None, negative: bool = False) -> None:
     """Refuse a seed torch's generators cannot take: at most 2**64 - 1 for each of the `count` seeds seed, seed + 1,
     ... that a job draws with, and at least 0, or with `negative` -2**63 (torch wraps it: -1 is 2**64 - 1; a job
-    whose seeds also go to numpy, which refuses them, leaves it off)."""
+    whose seeds also go to numpy, which refuses them, leaves it off). `flag`: how the refusal names the seed (by
+    default the setting seed, as its user writes it: `errors.setting`)."""
     low = -2**63 if negative else 0
     if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= 2**64 - count:
-        raise ConfigError(f"{flag} must be a whole number from {low} to {2**64 - count}, got {seed!r}")
+        raise ConfigError(f"{flag or setting('seed')} must be a whole number from {low} to {2**64 - count}, got "
+                          f"{seed!r}")
 
 
 MAX_RESOLUTION = 8192  # 8x SD 1.x's 512 and SDXL's 1024: above it a typo (100000) would only exhaust memory
@@ -330,7 +334,7 @@ def check_guidance(guidance: float | None) -> None:
     """Refuse a guidance scale below 1: the pipelines only guide above 1, so 0 or -5 would draw unguided pictures
     while the settings said otherwise."""
     if guidance is not None and not guidance >= 1:
-        raise ConfigError(f"--guidance must be at least 1 (1 turns guidance off), got {guidance}")
+        raise ConfigError(f"{setting('guidance')} must be at least 1 (1 turns guidance off), got {guidance}")
 
 
 DEFAULT_STEPS = 3000
@@ -338,17 +342,23 @@ DEFAULT_LR = 5e-3  # the paper's base rate
 # loss.csv's and validation.csv's own columns (`run_folder.write_loss_log`), beside a column per token with several
 # concepts: no token may be named as one of them (`TrainConfig._check_log_columns`)
 LOG_COLUMNS = ("step", "loss", "validation_loss", "learn_rate", "epoch")
-# --steps and --epochs both say how long a run is: one of them, or the run would have two lengths
-EITHER_LENGTH = ("give the run's length as --steps or as --epochs, not both (--epochs E sets --steps to E epochs' "
-                 "steps)")
-# settings that say one thing two ways: a layer of settings (a config file, the flags) that gives one of them
-# replaces the other one a lower layer gave (a flag's --epochs beats a file's steps: `build`), and one that gives
-# both is refused (`check_alternatives`)
-ALTERNATIVES = {"TrainConfig": {("steps", "epochs"): EITHER_LENGTH,
-                                ("max_grad_norm", "max_grad_value"):
-                                    "--max-grad-norm and --max-grad-value: clip by the norm or by each value (the web "
-                                    "UI's gradient clipping mode picks one); give one of them",
-                                ("lr", "lr_steps"): "--lr-steps gives the rates: leave out --lr"}}
+
+
+def either_length() -> str:
+    """--steps and --epochs both say how long a run is: one of them, or the run would have two lengths."""
+    return (f"give the run's length as {setting('steps')} or as {setting('epochs')}, not both ({setting('epochs')} E "
+            f"sets {setting('steps')} to E epochs' steps)")
+
+
+# settings that say one thing two ways, each with what its refusal says: a layer of settings (a config file, the
+# flags) that gives one of them replaces the other one a lower layer gave (a flag's --epochs beats a file's steps:
+# `build`), and one that gives both is refused (`check_alternatives`)
+ALTERNATIVES = {"TrainConfig": {("steps", "epochs"): either_length,
+                                ("max_grad_norm", "max_grad_value"): lambda: (
+                                    f"{setting('max_grad_norm')} and {setting('max_grad_value')}: clip by the norm or "
+                                    f"by each value (the web UI's gradient clipping mode picks one); give one of them"),
+                                ("lr", "lr_steps"): lambda: f"{setting('lr_steps')} gives the rates: leave out "
+                                                            f"{setting('lr')}"}}
 
 
 def random_seed() -> int:
@@ -698,10 +708,10 @@ class TrainConfig:
         self._check_model_inputs(len(tokens))
         self._check_lr_steps()
         if self.init_embedding is not None and not str(self.init_embedding).strip():
-            raise ConfigError("--init-embedding needs an embedding file")
+            raise ConfigError(f"{setting('init_embedding')} needs an embedding file")
         if self.warmup_steps and self.lr_schedule == "constant":
-            raise ConfigError("--warmup-steps needs --lr-schedule constant_with_warmup, linear, cosine, "
-                              "cosine_with_restarts or polynomial")
+            raise ConfigError(f"{setting('warmup_steps')} needs {setting('lr_schedule')} constant_with_warmup, linear, "
+                              f"cosine, cosine_with_restarts or polynomial")
         self._check_schedule_and_optimizer(len(tokens))
         # 3. options that rule each other out, then the sample prompts (which name the tokens)
         self._check_exclusive_options()
@@ -712,23 +722,24 @@ class TrainConfig:
         """--out, and the pictures and tokens of the run: --images and --token, --concepts or kohya's subsets, one
         of them, with no token repeated or named by a caption prefix all concepts share; the tokens."""
         if not self.out:
-            raise ConfigError(f"--out is required ({_help('out')})")
+            raise ConfigError(f"{setting('out')} is required ({_help('out')})")
         if self.concepts and (self.images or self.token):
-            raise ConfigError("give either --images and --token (one concept) or --concepts (several), not both")
+            raise ConfigError(f"give either {setting('images')} and {setting('token')} (one concept) or "
+                              f"{setting('concepts')} (several), not both")
         if self.subsets and (self.images or self.concepts):
-            raise ConfigError(f"{'--images' if self.images else '--concepts'} and subsets (kohya's, as "
-                              f"--dataset-config reads them) both name the pictures: give one of them")
+            raise ConfigError(f"{setting('images' if self.images else 'concepts')} and subsets (kohya's, as "
+                              f"{setting('dataset_config')} reads them) both name the pictures: give one of them")
         self.subset_list()
         if self.init is not None and not str(self.init).strip():  # (it was taken as left out: the --property word)
-            raise ConfigError(f"--init {self.init!r} is empty: give a word or phrase to start from, or leave --init "
-                              f"out for the --property word ({self.property}); the web UI's empty initialization "
-                              f"text starts from zeros, which textinv does not do")
+            raise ConfigError(f"{given('init', self.init)} is empty: give a word or phrase to start from, or leave "
+                              f"{setting('init')} out for the {setting('property')} word ({self.property}); the web "
+                              f"UI's empty initialization text starts from zeros, which textinv does not do")
         if self.init_embedding and (self.init or self.concepts):
-            raise ConfigError("--init-embedding gives the starting vectors of the one --token: leave out --init "
-                              "and --concepts")
+            raise ConfigError(f"{setting('init_embedding')} gives the starting vectors of the one {setting('token')}: "
+                              f"leave out {setting('init')} and {setting('concepts')}")
         if self.init_embedding and self.init_spread != TrainConfig.init_spread:  # (no init text to spread)
-            raise ConfigError(f"--init-spread {self.init_spread} says how an init text fills the vectors, and "
-                              f"--init-embedding gives them: leave out --init-spread")
+            raise ConfigError(f"{setting('init_spread', self.init_spread)} says how an init text fills the vectors, "
+                              f"and {setting('init_embedding')} gives them: leave out {setting('init_spread')}")
         tokens = [spec["token"] for spec in self.concept_list()]
         for token in tokens:  # (said before the model loads; the tokenizer's checks need it loaded)
             if isinstance(token, str) and token.strip() and any(c.isspace() for c in token.strip()):
@@ -736,14 +747,14 @@ class TrainConfig:
                                   f"'<{'-'.join(token.split()).lower()}>' (the web UI's embedding names may hold "
                                   f"spaces: its prompts read the file's name, textinv's the token)")
         if len(set(tokens)) != len(tokens):
-            raise ConfigError(f"--concepts repeats a token: {tokens}; each concept needs its own")
+            raise ConfigError(f"{setting('concepts')} repeats a token: {tokens}; each concept needs its own")
         if len(tokens) > 1:  # (one prefix for all: each concept's captions would name that token)
             self._check_log_columns(tokens)
-            for flag, text in (("--caption-prefix", self.caption_prefix), ("--caption-suffix", self.caption_suffix)):
+            for name, text in (("caption_prefix", self.caption_prefix), ("caption_suffix", self.caption_suffix)):
                 named = [t for t in tokens if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text or "", re.IGNORECASE)]
                 if named:
-                    raise ConfigError(f"{flag} {text!r} names the token {named[0]}, and goes on the captions of every "
-                                      f"concept of the run: the others' samples would train {named[0]} too; write "
+                    raise ConfigError(f"{given(name, text)} names the token {named[0]}, and goes on the captions of "
+                                      f"every concept of the run: the others' samples would train {named[0]} too; write "
                                       f"each token in its own concept's caption files, or learn it in a run of its own")
         return tokens
 
@@ -761,43 +772,43 @@ class TrainConfig:
         """--epochs (not with --steps), the whole numbers >= 1 and >= 0, and the caption tags' settings."""
         if self.epochs is not None:
             if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-                raise ConfigError(f"--epochs must be a whole number >= 1, got {self.epochs!r}")
+                raise ConfigError(f"{setting('epochs')} must be a whole number >= 1, got {self.epochs!r}")
             if self.steps is not None:  # (a --steps given too; `build` sees it always)
-                raise ConfigError(EITHER_LENGTH)
+                raise ConfigError(either_length())
         positive = ("vectors", "steps", "batch", "grad_accum", "repeats", "sample_steps", "log_every")
         # (None: left out, resolved by `train`: --steps as its default or --lr-steps' end, --vectors as the
         # --init-embedding file's count)
         for name in (n for n in positive if n not in ("steps", "vectors") or getattr(self, n) is not None):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"--{_flag(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"{setting(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.tag_dropout < 1.0:  # (also refuses NaN)
-            raise ConfigError(f"--tag-dropout is a chance in [0, 1), got {self.tag_dropout}")
+            raise ConfigError(f"{setting('tag_dropout')} is a chance in [0, 1), got {self.tag_dropout}")
         self._check_caption_dropout()
         self._check_tag_separators()
         self._check_tag_warmup()
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints", "keep_tags"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{setting(name)} must be a whole number >= 0, got {getattr(self, name)!r}")
 
     def _check_trackers(self) -> None:
         """--log-with's trackers (unknown names and missing packages, before the model loads) and --log-dir."""
         check_trackers(self.log_with, self.resume)
         if self.log_dir is not None and self.log_with is None:
-            raise ConfigError(f"--log-dir {self.log_dir} is where --log-with's trackers write, and none is given; "
-                              f"add --log-with tensorboard (or another tracker)")
+            raise ConfigError(f"{setting('log_dir', self.log_dir)} is where {_owns('log_with')} trackers write, "
+                              f"and none is given; add {setting('log_with', 'tensorboard')} (or another tracker)")
 
     def _check_regularizers(self) -> None:
         """--weight-decay, --max-grad-norm, --min-snr-gamma, --noise-offset, then kohya's other noise and loss
         settings (`_check_noise_and_loss`)."""
         if not self.weight_decay >= 0:  # (also refuses NaN)
-            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+            raise ConfigError(f"{setting('weight_decay')} must be >= 0, got {self.weight_decay}")
         for name in ("max_grad_norm", "max_grad_value"):
-            clip_steps(getattr(self, name), f"--{_flag(name)}")
+            clip_steps(getattr(self, name), name)
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
-            raise ConfigError(f"--min-snr-gamma must be > 0 when given, got {self.min_snr_gamma}")
+            raise ConfigError(f"{setting('min_snr_gamma')} must be > 0 when given, got {self.min_snr_gamma}")
         offset = self.noise_offset
         if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < math.inf:  # (NaN)
-            raise ConfigError(f"--noise-offset must be a number >= 0 (0: off; 0.05-0.1 is typical), got "
+            raise ConfigError(f"{setting('noise_offset')} must be a number >= 0 (0: off; 0.05-0.1 is typical), got "
                               f"{offset!r}")
         self._check_noise_and_loss()
 
@@ -810,14 +821,14 @@ class TrainConfig:
         check_seed(self.seed, 1_000_003 * (concepts - 1) + max(4, len(self.sample_prompts)), negative=True)
         check_clip_skip_value(self.clip_skip)
         if not isinstance(self.min_timestep, int) or self.min_timestep < 0:
-            raise ConfigError(f"--min-timestep must be a whole number >= 0, got {self.min_timestep!r}")
+            raise ConfigError(f"{setting('min_timestep')} must be a whole number >= 0, got {self.min_timestep!r}")
         if self.max_timestep is not None and not (isinstance(self.max_timestep, int)
                                                   and self.max_timestep > self.min_timestep):
-            raise ConfigError(f"--max-timestep must be a whole number above --min-timestep ({self.min_timestep}), "
-                              f"got {self.max_timestep!r}")
+            raise ConfigError(f"{setting('max_timestep')} must be a whole number above {setting('min_timestep')} "
+                              f"({self.min_timestep}), got {self.max_timestep!r}")
         if self.vectors is not None and self.vectors > CHUNK:
-            raise ConfigError(f"--vectors {self.vectors} leaves no room in a 77-token prompt; use at most {CHUNK} "
-                              f"(1-8 is usual)")
+            raise ConfigError(f"{given('vectors', self.vectors)} leaves no room in a 77-token prompt; use at most "
+                              f"{CHUNK} (1-8 is usual)")
 
     def _check_lr_steps(self) -> None:
         """--lr-steps (a schedule of its own: not with --lr-schedule, --warmup-steps or --lr), and a warning for a
@@ -825,10 +836,10 @@ class TrainConfig:
         if self.lr_steps is not None:
             parse_lr_steps(self.lr_steps)
             if self.lr_schedule != "constant" or self.warmup_steps:
-                raise ConfigError("--lr-steps is a schedule of its own: leave --lr-schedule constant and "
-                                  "--warmup-steps 0")
+                raise ConfigError(f"{setting('lr_steps')} is a schedule of its own: leave "
+                                  f"{setting('lr_schedule', 'constant')} and {setting('warmup_steps', 0)}")
             if self.lr is not None:  # (None: --lr left out, a 0.005 given on purpose too)
-                raise ConfigError(f"--lr-steps gives the rates: leave out --lr (got {self.lr})")
+                raise ConfigError(f"{setting('lr_steps')} gives the rates: leave out {setting('lr')} (got {self.lr})")
             self._check_lr_steps_length()
         rates = [rate for rate, _ in parse_lr_steps(self.lr_steps)] if self.lr_steps is not None else [self.lr]
         if max(rates) > 1:  # (valid, but the loss goes NaN within steps: most likely 5e3 typed for 5e-3)
@@ -844,47 +855,53 @@ class TrainConfig:
         end = lr_steps_end(self.lr_steps)
         if end is None:
             return
-        said = f"--lr-steps {self.lr_steps!r} ends the run at step {end} (its last rate's step, as the web UI's)"
-        fix = "or end --lr-steps with a rate without a step ('..., RATE') to train on at it"
+        said = f"{given('lr_steps', self.lr_steps)} ends the run at step {end} (its last rate's step, as the web UI's)"
+        fix = f"or end {setting('lr_steps')} with a rate without a step ('..., RATE') to train on at it"
         if self.epochs is not None:
-            raise ConfigError(f"{said}, and --epochs {self.epochs} gives the length too: leave out --epochs, {fix}")
+            raise ConfigError(f"{said}, and {setting('epochs', self.epochs)} gives the length too: leave out "
+                              f"{setting('epochs')}, {fix}")
         if self.steps is not None and self.steps > end and not self.resume:  # (None: --steps left out)
-            raise ConfigError(f"{said}, before --steps {self.steps}: leave out --steps, {fix}")
+            raise ConfigError(f"{said}, before {setting('steps', self.steps)}: leave out {setting('steps')}, {fix}")
 
     def _check_exclusive_options(self) -> None:
         """Options that rule each other out: --cuda-graphs with --buckets or a compile mode that captures graphs,
         --random-crop, --buckets and --reference-like, --bucket-no-upscale without --buckets, --resume with
         --overwrite."""
         if self.cuda_graphs and self.buckets:
-            raise ConfigError("--cuda-graphs and --buckets: a captured step takes one shape of pictures, and buckets "
-                              "make several; leave out one of them")
+            raise ConfigError(f"{setting('cuda_graphs')} and {setting('buckets')}: a captured step takes one shape of "
+                              f"pictures, and buckets make several; leave out one of them")
         if self.cuda_graphs and self.compile_mode in ("reduce-overhead", "max-autotune"):
-            raise ConfigError(f"--cuda-graphs and --compile-mode {self.compile_mode}: that mode captures CUDA graphs "
-                              f"of its own, inside ours; use --compile-mode default (or "
-                              f"max-autotune-no-cudagraphs) with --cuda-graphs, or leave --cuda-graphs out")
+            raise ConfigError(f"{setting('cuda_graphs')} and {setting('compile_mode', self.compile_mode)}: that mode "
+                              f"captures CUDA graphs of its own, inside ours; use {setting('compile_mode', 'default')} "
+                              f"(or max-autotune-no-cudagraphs) with {setting('cuda_graphs')}, or leave "
+                              f"{setting('cuda_graphs')} out")
         if self.random_crop and not self.center_crop:
-            raise ConfigError("--random-crop and --no-center-crop: squashed, the whole picture is its training "
-                              "size and there is nothing to crop; leave out one of them")
+            raise ConfigError(f"{setting('random_crop')} and {setting('center_crop', False)}: squashed, the whole "
+                              f"picture is its training size and there is nothing to crop; leave out one of them")
         if self.random_crop and self.reference_like:
-            raise ConfigError("--random-crop and --reference-like: the diffusers example that benchmark mode does "
-                              "crops the centre; leave out one of them")
+            raise ConfigError(f"{setting('random_crop')} and {setting('reference_like')}: the diffusers example that "
+                              f"benchmark mode does crops the centre; leave out one of them")
         if self.png_embeddings and not self.sample_every:
-            raise ConfigError("--png-embeddings puts each sample grid's step's embedding into its picture, and "
-                              "--sample-every 0 draws none: give --sample-every N too")
+            raise ConfigError(f"{setting('png_embeddings')} puts each sample grid's step's embedding into its picture, "
+                              f"and {setting('sample_every', 0)} draws none: give {setting('sample_every')} N too")
         if self.bucket_no_upscale and not self.buckets:
-            raise ConfigError("--bucket-no-upscale says how --buckets sizes each picture's bucket, and the buckets are "
-                              "off: give --buckets too, or leave out --bucket-no-upscale")
+            raise ConfigError(f"{setting('bucket_no_upscale')} says how {setting('buckets')} sizes each picture's "
+                              f"bucket, and the buckets are off: give {setting('buckets')} too, or leave out "
+                              f"{setting('bucket_no_upscale')}")
         if self.latent_sampling != "random" and self.reference_like:
-            raise ConfigError(f"--latent-sampling {self.latent_sampling} and --reference-like: the diffusers example "
-                              f"that benchmark mode does draws a new latent each step (random)")
+            raise ConfigError(f"{setting('latent_sampling', self.latent_sampling)} and {setting('reference_like')}: "
+                              f"the diffusers example that benchmark mode does draws a new latent each step (random)")
         if self.buckets and self.reference_like:
-            raise ConfigError("--buckets and --reference-like: the reference-like benchmark mode trains squares only")
+            raise ConfigError(f"{setting('buckets')} and {setting('reference_like')}: the reference-like benchmark "
+                              f"mode trains squares only")
         if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other: resume keeps the folder, overwrite empties it")
+            raise ConfigError(f"{setting('resume')} and {setting('overwrite')} contradict each other: resume keeps the "
+                              f"folder, overwrite empties it")
         if self.resume_or_start and (self.resume or self.overwrite):
-            other = "--resume" if self.resume else "--overwrite"
-            raise ConfigError(f"--resume-or-start and {other}: give one; --resume-or-start resumes the run in --out "
-                              f"when there is one and starts it otherwise, and never empties a folder")
+            other = setting("resume" if self.resume else "overwrite")
+            raise ConfigError(f"{setting('resume_or_start')} and {other}: give one; {setting('resume_or_start')} "
+                              f"resumes the run in {setting('out')} when there is one and starts it otherwise, and "
+                              f"never empties a folder")
 
     def _check_sample_prompts(self, tokens: list[str]) -> None:
         """Each --sample-prompts entry, and that each prompt has '{}' or one of the tokens where the token goes."""
@@ -900,22 +917,23 @@ class TrainConfig:
     def _check_schedule_and_optimizer(self, concepts: int) -> None:
         """--lr-cycles and --lr-power with the schedule they shape, and the optimizer (`optimizers.check_optimizer`)."""
         if isinstance(self.lr_cycles, bool) or not isinstance(self.lr_cycles, int) or self.lr_cycles < 1:
-            raise ConfigError(f"--lr-cycles must be a whole number >= 1, got {self.lr_cycles!r}")
+            raise ConfigError(f"{setting('lr_cycles')} must be a whole number >= 1, got {self.lr_cycles!r}")
         if isinstance(self.lr_power, bool) or not isinstance(self.lr_power, (int, float)) or not (
                 0 < self.lr_power < math.inf):
-            raise ConfigError(f"--lr-power must be a number > 0 (1: linear), got {self.lr_power!r}")
+            raise ConfigError(f"{setting('lr_power')} must be a number > 0 (1: linear), got {self.lr_power!r}")
         for name, schedule in (("lr_cycles", "cosine_with_restarts"), ("lr_power", "polynomial")):
             if getattr(self, name) != getattr(TrainConfig, name) and self.lr_schedule != schedule:
-                raise ConfigError(f"--{_flag(name)} {getattr(self, name)} shapes --lr-schedule {schedule}, and the "
-                                  f"schedule is {self.lr_schedule}: give --lr-schedule {schedule}, or leave out "
-                                  f"--{_flag(name)}")
+                raise ConfigError(f"{setting(name, getattr(self, name))} shapes {setting('lr_schedule', schedule)}, "
+                                  f"and the schedule is {self.lr_schedule}: give {setting('lr_schedule', schedule)}, "
+                                  f"or leave out {setting(name)}")
         if self.lr_schedule == "polynomial" and self.lr <= 1e-7:  # (it decays to 1e-7: diffusers refuses a rise)
-            raise ConfigError(f"--lr-schedule polynomial decays --lr to 1e-7, and --lr is {self.lr:g}; give a "
-                              f"higher --lr, or another schedule")
+            raise ConfigError(f"{setting('lr_schedule', 'polynomial')} decays {setting('lr')} to 1e-7, and "
+                              f"{setting('lr')} is {self.lr:g}; give a higher {setting('lr')}, or another schedule")
         if self.reference_like and (self.optimizer != "adamw" or self.optimizer_args):
-            raise ConfigError(f"--reference-like does what the diffusers example does, for benchmarks against it, and "
-                              f"its optimizer is AdamW with PyTorch's settings: leave out --optimizer "
-                              f"{self.optimizer} and --optimizer-args with --reference-like")
+            raise ConfigError(f"{setting('reference_like')} does what the diffusers example does, for benchmarks "
+                              f"against it, and its optimizer is AdamW with PyTorch's settings: leave out "
+                              f"{setting('optimizer', self.optimizer)} and {setting('optimizer_args')} with "
+                              f"{setting('reference_like')}")
         check_schedule(self.optimizer, self.lr_schedule, self.warmup_steps, self.lr_steps)
         first = self.lr if self.lr is not None else parse_lr_steps(self.lr_steps)[0][0]
         check_optimizer(self.optimizer, self.optimizer_args, first, self.weight_decay, concepts)
@@ -967,32 +985,34 @@ class TrainConfig:
         pictures to spare is seen once they are found: `train`)."""
         share = self.validation_split
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:  # (NaN too)
-            raise ConfigError(f"--validation-split is the share of each concept's pictures held out, in [0, 1) "
-                              f"(e.g. 0.2: one picture of five), got {share!r}")
+            raise ConfigError(f"{setting('validation_split')} is the share of each concept's pictures held out, in "
+                              f"[0, 1) (e.g. 0.2: one picture of five), got {share!r}")
         if self.validation_images is not None:
             if share:
-                raise ConfigError("--validation-images and --validation-split both say which pictures the validation "
-                                  "loss scores; give one of them")
+                raise ConfigError(f"{setting('validation_images')} and {setting('validation_split')} both say which "
+                                  f"pictures the validation loss scores; give one of them")
             if len(self.concept_list()) > 1:
-                raise ConfigError("--validation-images holds one concept's pictures; with several --concepts use "
-                                  "--validation-split (each concept's share)")
+                raise ConfigError(f"{setting('validation_images')} holds one concept's pictures; with several "
+                                  f"{setting('concepts')} use {setting('validation_split')} (each concept's share)")
             if not str(self.validation_images).strip():
-                raise ConfigError("--validation-images needs a folder of pictures")
-        held = "--validation-images" if self.validation_images is not None else f"--validation-split {share:g}"
+                raise ConfigError(f"{setting('validation_images')} needs a folder of pictures")
+        held = "validation_images" if self.validation_images is not None else "validation_split"
+        held_as = setting(held) if held == "validation_images" else setting(held, share, "g")
         every = self.validate_every
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
-            raise ConfigError(f"--validate-every must be a whole number >= 0 (0: never), got {every!r}")
+            raise ConfigError(f"{setting('validate_every')} must be a whole number >= 0 (0: never), got {every!r}")
         if every == 0 and (share or self.validation_images is not None):
-            raise ConfigError(f"--validate-every 0 with {held}: the pictures held out would never be scored; give "
-                              f"--validate-every N (steps), or leave out {held.split()[0]}")
+            raise ConfigError(f"{setting('validate_every', 0)} with {held_as}: the pictures held out would never be "
+                              f"scored; give {setting('validate_every')} N (steps), or leave out {setting(held)}")
         draws = self.validation_draws
         if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-            raise ConfigError(f"--validation-draws must be a whole number >= 1, got {draws!r}")
+            raise ConfigError(f"{setting('validation_draws')} must be a whole number >= 1, got {draws!r}")
         if self.validation_seed is not None:
-            check_seed(self.validation_seed, len(self.concept_list()) * 1_000_003, "--validation-seed", negative=True)
+            check_seed(self.validation_seed, len(self.concept_list()) * 1_000_003, setting("validation_seed"),
+                       negative=True)
         if self.validation_seed is not None and not self.validating_every:
-            raise ConfigError("--validation-seed seeds the validation loss, which is off: give --validate-every N "
-                              "or --validation-split")
+            raise ConfigError(f"{setting('validation_seed')} seeds the validation loss, which is off: give "
+                              f"{setting('validate_every')} N or {setting('validation_split')}")
 
     def tag_warmup_length(self) -> int:
         """The steps of the tag warm-up (0: none): --tag-warmup-steps, a share of --steps below 1, as kohya counts
@@ -1014,11 +1034,11 @@ class TrainConfig:
         name = _namer(said)
         steps, low = self.tag_warmup_steps, self.tag_warmup_min
         if isinstance(low, bool) or not isinstance(low, int) or low < 0:
-            raise ConfigError(f"--tag-warmup-min must be a whole number >= 0 (the tags used at the first step), got "
-                              f"{low!r}")
+            raise ConfigError(f"{setting('tag_warmup_min')} must be a whole number >= 0 (the tags used at the first "
+                              f"step), got {low!r}")
         if not is_warmup_length(steps):
-            raise ConfigError(f"--tag-warmup-steps must be a whole number of steps, or a share of --steps below 1 "
-                              f"(0: no warm-up), got {steps!r}")
+            raise ConfigError(f"{setting('tag_warmup_steps')} must be a whole number of steps, or a share of "
+                              f"{setting('steps')} below 1 (0: no warm-up), got {steps!r}")
         if steps and self.caption_wildcards:
             raise ConfigError(f"{name('tag_warmup_steps')} and {name('caption_wildcards')} cannot be given together: "
                               f"textinv counts a picture's tags once, before the first step, where a wildcard "
@@ -1041,7 +1061,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
                     low is not None and (value <= low if above else value < low)):
                 bound = "" if low is None else f" {'>' if above else '>='} {low:g}"
-                raise ConfigError(f"--{_flag(name)} must be a number{bound}{typical}, got {value!r}")
+                raise ConfigError(f"{setting(name)} must be a number{bound}{typical}, got {value!r}")
             return value
 
         number("ip_noise_gamma", typical=" (0: off; about 0.1 is typical)")
@@ -1050,24 +1070,26 @@ class TrainConfig:
         number("huber_c", above=True, typical=" (0.1 is kohya's default)")
         number("huber_scale", above=True, typical=" (1: none)")
         if number("adaptive_noise_scale", low=None) and not self.noise_offset:
-            raise ConfigError(f"--adaptive-noise-scale {self.adaptive_noise_scale} adds to --noise-offset's offset, "
-                              f"which is off: give --noise-offset too (e.g. 0.05), or leave out "
-                              f"--adaptive-noise-scale")
+            raise ConfigError(f"{setting('adaptive_noise_scale', self.adaptive_noise_scale)} adds to "
+                              f"{_owns('noise_offset')} offset, which is off: give {setting('noise_offset')} too "
+                              f"(e.g. 0.05), or leave out {setting('adaptive_noise_scale')}")
         if self.noise_offset_random_strength and not self.noise_offset:
-            raise ConfigError("--noise-offset-random-strength draws a fraction of --noise-offset, which is off: give "
-                              "--noise-offset too (e.g. 0.1), or leave out --noise-offset-random-strength")
+            raise ConfigError(f"{setting('noise_offset_random_strength')} draws a fraction of "
+                              f"{setting('noise_offset')}, which is off: give {setting('noise_offset')} too (e.g. "
+                              f"0.1), or leave out {setting('noise_offset_random_strength')}")
         if self.ip_noise_gamma_random_strength and not self.ip_noise_gamma:
-            raise ConfigError("--ip-noise-gamma-random-strength draws a fraction of --ip-noise-gamma, which is off: "
-                              "give --ip-noise-gamma too (e.g. 0.1), or leave out --ip-noise-gamma-random-strength")
+            raise ConfigError(f"{setting('ip_noise_gamma_random_strength')} draws a fraction of "
+                              f"{setting('ip_noise_gamma')}, which is off: give {setting('ip_noise_gamma')} too (e.g. "
+                              f"0.1), or leave out {setting('ip_noise_gamma_random_strength')}")
         iterations = self.multires_noise_iterations
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise ConfigError(f"--multires-noise-iterations must be a whole number >= 0 (0: off; 6-10 is typical), "
-                              f"got {iterations!r}")
+            raise ConfigError(f"{setting('multires_noise_iterations')} must be a whole number >= 0 (0: off; 6-10 is "
+                              f"typical), got {iterations!r}")
         if self.huber_schedule == "snr" and self.huber_scale != 1 and self.loss_type in ("huber", "smooth_l1"):
             # (kohya's scripts leave it out there, silently)
-            raise ConfigError(f"--huber-scale {self.huber_scale:g} scales the exponential and constant "
-                              f"--huber-schedule's threshold; the snr schedule has no scale: leave out "
-                              f"--huber-scale, or use --huber-schedule exponential or constant")
+            raise ConfigError(f"{setting('huber_scale', self.huber_scale, 'g')} scales the exponential and constant "
+                              f"{_owns('huber_schedule')} threshold; the snr schedule has no scale: leave out "
+                              f"{setting('huber_scale')}, or use {setting('huber_schedule')} exponential or constant")
 
     def subset_list(self) -> list[dict[str, Any]]:
         """`subsets` as mappings of images (a folder), repeats (1 unless given) and caption_extension (None unless
@@ -1113,7 +1135,7 @@ class TrainConfig:
                 if name == "images" and self.subsets:  # (kohya's subsets name the pictures)
                     continue
                 if not getattr(self, name):
-                    raise ConfigError(f"--{name} is required ({_help(name)}), or give --concepts")
+                    raise ConfigError(f"{setting(name)} is required ({_help(name)}), or give {setting('concepts')}")
             return [{"images": self.images, "token": self.token, "init": fallback}]
         specs = []
         for item in self.concepts:
@@ -1136,14 +1158,14 @@ class TrainConfig:
                         parts = ["=".join(parts[:cut])] + parts[cut:]
                         break
                 if len(parts) not in (2, 3):
-                    raise ConfigError(f"--concepts {item!r} must be FOLDER=TOKEN or FOLDER=TOKEN=INIT")
+                    raise ConfigError(f"{given('concepts', item)} must be FOLDER=TOKEN or FOLDER=TOKEN=INIT")
                 spec = dict(zip(("images", "token", "init"), parts))
             if not spec.get("images") or not spec.get("token"):
                 raise ConfigError(f"concept {item!r} needs both a folder and a token")
             if spec.get("init") is not None and not spec["init"].strip():  # (as --init's: not the fallback)
                 raise ConfigError(f"concept {item!r}: its init is empty: give a word or phrase to start from, or "
-                                  f"leave it out (FOLDER=TOKEN) for --init's; the web UI's empty initialization "
-                                  f"text starts from zeros, which textinv does not do")
+                                  f"leave it out (FOLDER=TOKEN) for {_owns('init')}; the web UI's empty "
+                                  f"initialization text starts from zeros, which textinv does not do")
             spec["init"] = spec.get("init") or fallback
             specs.append(spec)
         return specs
@@ -1335,24 +1357,24 @@ class GenerateConfig:
 
     def _check_clip_l(self) -> None:
         """Refuse --prompt-l or --negative-prompt-l (ComfyUI's CLIPTextEncodeSDXL text_l) where they cannot apply."""
-        texts = (("--prompt-l", self.prompt_l), ("--negative-prompt-l", self.negative_prompt_l))
-        given = [flag for flag, text in texts if text is not None]
-        if not given:
+        texts = (("prompt_l", self.prompt_l), ("negative_prompt_l", self.negative_prompt_l))
+        named = [setting(name) for name, text in texts if text is not None]
+        if not named:
             return
         if self.emphasis != "comfy":
-            raise ConfigError(f"{given[0]} is ComfyUI's CLIPTextEncodeSDXL text_l: add --emphasis comfy, which reads "
-                              f"the prompts as it does")
+            raise ConfigError(f"{named[0]} is ComfyUI's CLIPTextEncodeSDXL text_l: add "
+                              f"{setting('emphasis', 'comfy')}, which reads the prompts as it does")
         if self.hires_prompt is not None or self.hires_negative_prompt is not None:
-            raise ConfigError(f"{given[0]} gives the prompts' CLIP-L text, which the hires fix's own prompt would "
-                              f"leave without one: leave --hires-prompt and --hires-negative-prompt out, or "
-                              f"{given[0]}")
+            raise ConfigError(f"{named[0]} gives the prompts' CLIP-L text, which the hires fix's own prompt would "
+                              f"leave without one: leave {setting('hires_prompt')} and "
+                              f"{setting('hires_negative_prompt')} out, or {named[0]}")
         if any(has_and(p) for p in self.prompt):
-            raise ConfigError(f"{given[0]} gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts "
-                              f"draws apart: write and for the word, or leave {given[0]} out")
-        for flag, text in texts:
+            raise ConfigError(f"{named[0]} gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts "
+                              f"draws apart: write and for the word, or leave {named[0]} out")
+        for name, text in texts:
             if text is not None and lora_tags(text)[1]:  # (else drawn as words, the LoRA not applied)
-                raise ConfigError(f"{flag} {text!r} holds a LoRA tag, which applies to the whole picture: write it "
-                                  f"in --prompt")
+                raise ConfigError(f"{given(name, text)} holds a LoRA tag, which applies to the whole picture: write "
+                                  f"it in {setting('prompt')}")
 
     def validate(self) -> "GenerateConfig":
         check_types(self)
@@ -1362,63 +1384,67 @@ class GenerateConfig:
         check_choices(self)
         check_installed(self.sampler)
         if self.hires_sampler:
-            check_installed(self.hires_sampler, "--hires-sampler")
+            check_installed(self.hires_sampler, setting("hires_sampler"))
         expand_home(self)
         if not self.prompt:
-            raise ConfigError("--prompt is required, e.g. --prompt 'a photo of <my-dog> on the moon'")
+            raise ConfigError(f"{setting('prompt')} is required, e.g. "
+                              f"{setting('prompt', ['a photo of <my-dog> on the moon'])}")
         if self.n < 1:
-            raise ConfigError(f"-n must be >= 1, got {self.n}")
+            raise ConfigError(f"{setting('n')} must be >= 1, got {self.n}")
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"{setting('batch_size')} must be >= 1, got {self.batch_size}")
         if self.refiner_switch_at is not None and not self.refiner:
-            raise ConfigError("--refiner-switch-at says when the refiner takes over: give the refiner too (--refiner)")
+            raise ConfigError(f"{setting('refiner_switch_at')} says when the refiner takes over: give the refiner too "
+                              f"({setting('refiner')})")
         if self.refiner:
             check_refiner_switch(self.switch_at())
         if self.max_prompts is not None and not self.combinatorial:
-            raise ConfigError("--max-prompts caps --combinatorial's combinations: add --combinatorial, or leave it out "
-                              "(each picture then draws one prompt)")
+            raise ConfigError(f"{setting('max_prompts')} caps {_owns('combinatorial')} combinations: add "
+                              f"{setting('combinatorial')}, or leave it out (each picture then draws one prompt)")
         if self.max_prompts is not None and self.max_prompts < 1:
-            raise ConfigError(f"--max-prompts must be >= 1, got {self.max_prompts}")
+            raise ConfigError(f"{setting('max_prompts')} must be >= 1, got {self.max_prompts}")
         self._check_clip_l()
         if self.zero_negative and (self.negative_prompt or self.hires_negative_prompt or self.negative_prompt_l):
-            given = ("--negative-prompt" if self.negative_prompt else
-                     "--hires-negative-prompt" if self.hires_negative_prompt else "--negative-prompt-l")
-            raise ConfigError(f"--zero-negative guides against zeros in place of a negative prompt: leave {given} "
-                              f"out, or --zero-negative")
+            negative = setting("negative_prompt" if self.negative_prompt else
+                               "hires_negative_prompt" if self.hires_negative_prompt else "negative_prompt_l")
+            raise ConfigError(f"{setting('zero_negative')} guides against zeros in place of a negative prompt: leave "
+                              f"{negative} out, or {setting('zero_negative')}")
         if self.wildcards_dir is not None:
             if not Path(self.wildcards_dir).is_dir():
-                raise ConfigError(f"--wildcards-dir {self.wildcards_dir} is no folder; give the folder that holds the "
-                                  f"wildcard files (name.txt for __name__)")
+                raise ConfigError(f"{setting('wildcards_dir', self.wildcards_dir)} is no folder; give the folder that "
+                                  f"holds the wildcard files (name.txt for __name__)")
         if self.seed == -1:  # A1111's "random": drawn once here, then recorded with every image like any seed
             self.seed = random_seed()
         if not 0 <= self.seed <= 2**64 - self.n:  # what torch.Generator.manual_seed takes, for every image's seed
-            raise ConfigError(f"--seed must be -1 (a random one) or between 0 and {2**64 - self.n} (image i uses "
-                              f"seed + i), got {self.seed}")
+            raise ConfigError(f"{setting('seed')} must be -1 (a random one) or between 0 and {2**64 - self.n} (image "
+                              f"i uses seed + i), got {self.seed}")
         self._check_variation()
         self._check_step_noise()
         if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise ConfigError(f"--out {self.out} is a file; give a folder for the PNGs")
+            raise ConfigError(f"{setting('out', self.out)} is a file; give a folder for the PNGs")
         check_drawing(self.steps, self.guidance, self.clip_skip, self.resolution)
-        check_side("--width", self.width)
-        check_side("--height", self.height)
+        check_side(setting("width"), self.width)
+        check_side(setting("height"), self.height)
         if self.token and len(self.token) != len(self.embedding):
-            raise ConfigError(f"got {len(self.token)} --token for {len(self.embedding)} --embedding; give one per file or none")
+            raise ConfigError(f"got {len(self.token)} {setting('token')} for {len(self.embedding)} "
+                              f"{setting('embedding')}; give one per file or none")
         self._check_passes()
         return self
 
     def _check_variation(self) -> None:
         """Refuse a variation the web UI would not draw; draw a variation seed asked for as -1 or left out."""
         if not (math.isfinite(self.variation_strength) and 0 <= self.variation_strength <= 1):
-            raise ConfigError(f"--variation-strength must be from 0 to 1 (how far toward --variation-seed's noise), "
-                              f"got {self.variation_strength}")
+            raise ConfigError(f"{setting('variation_strength')} must be from 0 to 1 (how far toward "
+                              f"{_owns('variation_seed')} noise), got {self.variation_strength}")
         # (an X/Y/Z plot's var-strength axis may give it: each cell is checked with its own, `xyz.plan`)
         if self.variation_seed is not None and not self.variation_strength and not (self.x or self.y or self.z):
-            raise ConfigError("--variation-seed needs --variation-strength (how far toward its noise, e.g. 0.3)")
+            raise ConfigError(f"{setting('variation_seed')} needs {setting('variation_strength')} (how far toward its "
+                              f"noise, e.g. 0.3)")
         if self.variation_strength and self.variation_seed in (None, -1):  # (the web UI's: a random one)
             self.variation_seed = random_seed()
         if self.variation_seed is not None and not 0 <= self.variation_seed <= 2**64 - self.n:
-            raise ConfigError(f"--variation-seed must be -1 (a random one) or between 0 and {2**64 - self.n} (image i "
-                              f"uses it + i), got {self.variation_seed}")
+            raise ConfigError(f"{setting('variation_seed')} must be -1 (a random one) or between 0 and "
+                              f"{2**64 - self.n} (image i uses it + i), got {self.variation_seed}")
 
     def _check_step_noise(self) -> None:
         """Refuse an --eta the samplers do not take (`samplers.check_eta`; an X/Y/Z plot's cells are checked each,
@@ -1434,11 +1460,12 @@ class GenerateConfig:
         if not plotted and self.init_image is None:  # (before the model loads; 25: generate's default steps)
             check_steps(self.sampler, self.steps or 25)
         if self.ensd < 0:
-            raise ConfigError(f"--ensd must be 0 or more (the web UI's Eta noise seed delta), got {self.ensd}")
+            raise ConfigError(f"{setting('ensd')} must be 0 or more (the web UI's Eta noise seed delta), got "
+                              f"{self.ensd}")
         last = self.seed + self.n - 1  # (the last picture's seed: manual_seed takes seed + ENSD up to 2^64 - 1)
         if last + self.ensd > 2**64 - 1:
-            raise ConfigError(f"--ensd {self.ensd}: picture seed {last} + ENSD is {last + self.ensd}, past 2^64 - 1 "
-                              f"(the largest seed torch takes); give a smaller --ensd or seed")
+            raise ConfigError(f"{setting('ensd', self.ensd)}: picture seed {last} + ENSD is {last + self.ensd}, past "
+                              f"2^64 - 1 (the largest seed torch takes); give a smaller {setting('ensd')} or seed")
 
     def churn(self) -> Churn:
         """--sigma-churn, --sigma-tmin, --sigma-tmax (None: no limit) and --sigma-noise, as the samplers take them."""
@@ -1456,81 +1483,89 @@ class GenerateConfig:
     def _check_passes(self) -> None:
         """Refuse --init-image and the hires fix's settings that do not go together or cannot be drawn."""
         if self.hires_scale is not None and not (math.isfinite(self.hires_scale) and self.hires_scale > 1):
-            raise ConfigError(f"--hires-scale must be a number above 1 (2 doubles each side), got {self.hires_scale}")
+            raise ConfigError(f"{setting('hires_scale')} must be a number above 1 (2 doubles each side), got "
+                              f"{self.hires_scale}")
         if self.hires_scale and (self.hires_width or self.hires_height):
-            raise ConfigError("give --hires-scale or --hires-width/--hires-height, not both (the web UI's Upscale by "
-                              "or its Resize width/height to)")
-        check_side("--hires-width", self.hires_width)
-        check_side("--hires-height", self.hires_height)
+            raise ConfigError(f"give {setting('hires_scale')} or {setting('hires_width')}/{setting('hires_height')}, "
+                              f"not both (the web UI's Upscale by or its Resize width/height to)")
+        check_side(setting("hires_width"), self.hires_width)
+        check_side(setting("hires_height"), self.hires_height)
         if self.hires_steps is not None and self.hires_steps < 1:
-            raise ConfigError(f"--hires-steps must be >= 1, got {self.hires_steps}")
+            raise ConfigError(f"{setting('hires_steps')} must be >= 1, got {self.hires_steps}")
         if self.hires_guidance is not None and not (math.isfinite(self.hires_guidance) and self.hires_guidance >= 1):
-            raise ConfigError(f"--hires-guidance must be a finite number of at least 1 (1 turns guidance off), got "
-                              f"{self.hires_guidance}")
+            raise ConfigError(f"{setting('hires_guidance')} must be a finite number of at least 1 (1 turns guidance "
+                              f"off), got {self.hires_guidance}")
         if not self.hires():
-            given = [flag for flag, value in (("--hires-steps", self.hires_steps), ("--hires-upscaler",
-                     self.hires_upscaler), ("--hires-sampler", self.hires_sampler), ("--hires-prompt",
-                     self.hires_prompt), ("--hires-negative-prompt", self.hires_negative_prompt),
-                     ("--hires-guidance", self.hires_guidance), ("--hires-model", self.hires_model))
-                     if value not in (None, "")]  # (an empty hires prompt is the web UI's: none of its own)
-            if given:
-                verb = "set" if len(given) > 1 else "sets"
-                raise ConfigError(f"{' and '.join(given)} {verb} the hires fix, which --hires-scale (or --hires-width "
-                                  f"and --hires-height) turns on; add it, e.g. --hires-scale 2")
+            named = [setting(name) for name in ("hires_steps", "hires_upscaler", "hires_sampler", "hires_prompt",
+                                                "hires_negative_prompt", "hires_guidance", "hires_model")
+                     if getattr(self, name) not in (None, "")]  # (an empty hires prompt is the web UI's: none)
+            if named:
+                verb = "set" if len(named) > 1 else "sets"
+                raise ConfigError(f"{' and '.join(named)} {verb} the hires fix, which {setting('hires_scale')} (or "
+                                  f"{setting('hires_width')} and {setting('hires_height')}) turns on; add it, e.g. "
+                                  f"{setting('hires_scale', 2)}")
         if self.denoise is not None:
             if not (math.isfinite(self.denoise) and 0 < self.denoise <= 1):
-                raise ConfigError(f"--denoise must be above 0 and at most 1 (the share of the picture redrawn), got "
-                                  f"{self.denoise}")
+                raise ConfigError(f"{setting('denoise')} must be above 0 and at most 1 (the share of the picture "
+                                  f"redrawn), got {self.denoise}")
             if not self.init_image and not self.hires():
-                raise ConfigError("--denoise says how much of a picture is redrawn: give the picture (--init-image) "
-                                  "or turn on the hires fix (--hires-scale 2)")
+                raise ConfigError(f"{setting('denoise')} says how much of a picture is redrawn: give the picture "
+                                  f"({setting('init_image')}) or turn on the hires fix ({setting('hires_scale', 2)})")
         if self.init_image and self.hires():
-            raise ConfigError("--init-image and the hires fix do not go together (the web UI's img2img has none): "
-                              "redraw the picture with --init-image at the larger --width and --height instead")
+            raise ConfigError(f"{setting('init_image')} and the hires fix do not go together (the web UI's img2img has "
+                              f"none): redraw the picture with {setting('init_image')} at the larger "
+                              f"{setting('width')} and {setting('height')} instead")
         self._check_mask()
         if self.init_image and not Path(self.init_image).exists():
-            raise ConfigError(f"--init-image {self.init_image} does not exist; give the picture to redraw (or a "
-                              f"folder of them)")
+            raise ConfigError(f"{setting('init_image', self.init_image)} does not exist; give the picture to redraw "
+                              f"(or a folder of them)")
 
 
     def _check_mask(self) -> None:
         """Refuse a mask without the picture it masks, the mask's settings without a mask, and bad values."""
-        given = [flag for flag, value in (("--mask-blur", self.mask_blur), ("--inpaint-fill", self.inpaint_fill),
-                                          ("--mask-invert", self.mask_invert or None),
-                                          ("--inpaint-area", self.inpaint_area),
-                                          ("--masked-padding", self.masked_padding),
-                                          ("--inpaint-blend", self.inpaint_blend)) if value is not None]
+        named = [setting(name) for name, value in (("mask_blur", self.mask_blur), ("inpaint_fill", self.inpaint_fill),
+                                                   ("mask_invert", self.mask_invert or None),
+                                                   ("inpaint_area", self.inpaint_area),
+                                                   ("masked_padding", self.masked_padding),
+                                                   ("inpaint_blend", self.inpaint_blend)) if value is not None]
         if not self.mask:
-            if given:
-                raise ConfigError(f"{' and '.join(given)} set inpainting, which --mask turns on; give the mask "
-                                  f"(white where the --init-image picture is redrawn)")
+            if named:
+                raise ConfigError(f"{' and '.join(named)} set inpainting, which {setting('mask')} turns on; give the "
+                                  f"mask (white where the {setting('init_image')} picture is redrawn)")
             return
         if not self.init_image:
-            raise ConfigError(f"--mask {self.mask} masks a picture: give the picture to redraw with --init-image")
+            raise ConfigError(f"{setting('mask', self.mask)} masks a picture: give the picture to redraw with "
+                              f"{setting('init_image')}")
         if not Path(self.mask).is_file():
-            raise ConfigError(f"--mask {self.mask} does not exist{backslash_note(self.mask)}; give the mask picture, "
-                              f"white where the picture is redrawn")
-        for flag, value in (("--mask-blur", self.mask_blur), ("--masked-padding", self.masked_padding)):
+            raise ConfigError(f"{setting('mask', self.mask)} does not exist{backslash_note(self.mask)}; give the mask "
+                              f"picture, white where the picture is redrawn")
+        for name, value in (("mask_blur", self.mask_blur), ("masked_padding", self.masked_padding)):
             if value is not None and value < 0:
-                raise ConfigError(f"{flag} must be 0 or more pixels, got {value}")
+                raise ConfigError(f"{setting(name)} must be 0 or more pixels, got {value}")
         if self.masked_padding is not None and self.inpaint_area != "masked":
-            raise ConfigError("--masked-padding widens the box --inpaint-area masked redraws: add --inpaint-area "
-                              "masked")
+            raise ConfigError(f"{setting('masked_padding')} widens the box {setting('inpaint_area', 'masked')} "
+                              f"redraws: add {setting('inpaint_area', 'masked')}")
+
+def _owns(name: str) -> str:
+    """Setting `name`'s, as its user writes it (`errors.setting`): --init's on the command line, init's from Python."""
+    return setting(name).removesuffix("=") + "'s"
+
 
 def _namer(said: dict[str, str] | None) -> Callable[[str], str]:
-    """A setting's name in a refusal: how `said` says it was given (a --dataset-config key), else its flag."""
-    return lambda setting: (said or {}).get(setting) or "--" + setting.replace("_", "-")
+    """A setting's name in a refusal: how `said` says it was given (a --dataset-config key), else as its user writes
+    it (`errors.setting`: its flag, or from Python its keyword)."""
+    return lambda name: (said or {}).get(name) or setting(name)
 
 
 def check_drawing(steps: int | None, guidance: float | None, clip_skip: int | None, resolution: int | None) -> None:
     """The drawing settings `generate` and `score` share (None: the default): --steps, --guidance, --clip-skip,
     --resolution; raise ConfigError naming the bad one."""
     if steps is not None and steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {steps}")
+        raise ConfigError(f"{setting('steps')} must be >= 1, got {steps}")
     check_guidance(guidance)
     if clip_skip is not None:
         check_clip_skip_value(clip_skip)
-    check_side("--resolution", resolution)
+    check_side(setting("resolution"), resolution)
 
 
 def is_warmup_length(value) -> bool:
@@ -1551,12 +1586,13 @@ def training_size(value) -> int | list[int] | None:
     if isinstance(value, str):
         sides = re.fullmatch(r"\s*(\d+)\s*(?:[x,]\s*(\d+)\s*)?", value.lower())
         if not sides:
-            raise ConfigError(f"--resolution must be a number of pixels (512) or WIDTHxHEIGHT (512x768), got "
-                              f"{value!r}")
+            raise ConfigError(f"{setting('resolution')} must be a number of pixels (512) or WIDTHxHEIGHT (512x768), "
+                              f"got {value!r}")
         value = [int(sides[1]), int(sides[2])] if sides[2] else int(sides[1])
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"--resolution as a pair must be two whole numbers [width, height], got {value!r}")
+            raise ConfigError(f"{setting('resolution')} as a pair must be two whole numbers [width, height], got "
+                              f"{value!r}")
         value = value[0] if value[0] == value[1] else list(value)
     return value
 
@@ -1566,16 +1602,17 @@ def check_training_size(resolution: int | list | None, buckets: bool) -> None:
     nearest), and WIDTHxHEIGHT with --buckets, whose sizes are made about one square's area."""
     if not isinstance(resolution, list):
         if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)):
-            raise ConfigError(f"--resolution takes a whole number of pixels (512) or [width, height] ([512, 768]), "
-                              f"got {resolution!r}")
-        check_side("--resolution", resolution)
+            raise ConfigError(f"{setting('resolution')} takes a whole number of pixels (512) or [width, height] "
+                              f"([512, 768]), got {resolution!r}")
+        check_side(setting("resolution"), resolution)
         return
     for name, side in zip(("width", "height"), resolution):
-        check_side(f"--resolution's {name}", side)
+        check_side(f"{_owns('resolution')} {name}", side)
     if buckets:
         area = round((resolution[0] * resolution[1]) ** 0.5 / 64) * 64
-        raise ConfigError(f"--buckets makes its sizes about one square's area: give --resolution one number with "
-                          f"it, e.g. {area} (about {resolution[0]}x{resolution[1]}'s area), or leave out --buckets")
+        raise ConfigError(f"{setting('buckets')} makes its sizes about one square's area: give "
+                          f"{setting('resolution')} one number with it, e.g. {area} (about "
+                          f"{resolution[0]}x{resolution[1]}'s area), or leave out {setting('buckets')}")
 
 
 def kohya_pair_note(value, names) -> str | None:
@@ -1664,30 +1701,27 @@ class MergeConfig:
         if not self.out:
             raise ConfigError("OUT is required: the embedding file to write, e.g. dog-cat.safetensors")
         if self.token is None:
-            raise ConfigError("--token is required: the word the new embedding is written as in prompts, e.g. "
-                              "'<dog-cat>'")
+            raise ConfigError(f"{setting('token')} is required: the word the new embedding is written as in prompts, "
+                              f"e.g. '<dog-cat>'")
         if not self.token or any(c.isspace() for c in self.token):
-            raise ConfigError(f"--token {self.token!r} must be one word without spaces, e.g. '<dog-cat>': the word "
-                              f"the new embedding is written as in prompts")
+            raise ConfigError(f"{given('token', self.token)} must be one word without spaces, e.g. '<dog-cat>': the "
+                              f"word the new embedding is written as in prompts")
         if not self.terms:
             raise ConfigError("nothing to merge: give one or more terms, e.g. \"dog.pt*0.5 + cat.pt*0.5\"")
-        given = [flag for flag, value in (("--revision", self.revision), ("--variant", self.variant)) if value]
-        if given and not self.model:
-            raise ConfigError(f"{' and '.join(given)} picks which version of --model to load; give --model too, or "
-                              "leave it out")
+        named = [setting(name) for name in ("revision", "variant") if getattr(self, name)]
+        if named and not self.model:
+            raise ConfigError(f"{' and '.join(named)} picks which version of {setting('model')} to load; give "
+                              f"{setting('model')} too, or leave it out")
         expand_home(self)  # (`out/` keeps its slash: a folder to write into)
         if Path(self.out).is_file() and not self.overwrite:
-            raise ConfigError(f"{self.out} already exists; pass --overwrite to replace it, or choose another OUT")
+            raise ConfigError(f"{self.out} already exists; pass {setting('overwrite', True)} to replace it, or choose "
+                              f"another OUT")
         # an extension that names no format, or not --to's: said before any work (SDXL's formats take the same
         # extensions as SD's, so the parts need not be read to tell)
         check_suffix(self.out, format_for(self.out, self.to, False), self.token)
         for term in self.terms:  # (each term's syntax: said before anything is loaded)
             parse_term(term)
         return self
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def _help(name: str) -> str:
@@ -1767,7 +1801,7 @@ def check_alternatives(cls, settings: dict[str, Any], where: str = "") -> None:
     train.yaml")."""
     for pair, message in ALTERNATIVES.get(cls.__name__, {}).items():
         if all(settings.get(name) is not None for name in pair):
-            raise ConfigError(message + (f"; {where.strip()} gives both" if where else ""))
+            raise ConfigError(message() + (f"; {where.strip()} gives both" if where else ""))
 
 
 def typed_settings(cls, settings: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -2083,21 +2117,23 @@ class ScoreConfig:
         check_types(self)  # (a Python caller's prompts="..." or steps="8")
         expand_home(self)  # (and a Python caller's Paths as text, which the report and scores.json write)
         if not self.embedding:
-            raise ConfigError("--embedding is required: the embedding file, or the training run's --out folder")
+            raise ConfigError(f"{setting('embedding')} is required: the embedding file, or the training run's "
+                              f"{setting('out')} folder")
         if not on_disk(self.embedding).exists() and hub_reference(self.embedding) is None:  # (FILE::NAME: FILE)
-            raise ConfigError(f"--embedding {self.embedding} does not exist")
+            raise ConfigError(f"{setting('embedding', self.embedding)} does not exist")
         check_choices(self)
         check_installed(self.sampler)
         if not isinstance(self.n, int) or self.n < 1:
-            raise ConfigError(f"-n must be a whole number >= 1, got {self.n!r}")
+            raise ConfigError(f"{setting('n')} must be a whole number >= 1, got {self.n!r}")
         check_seed(self.seed, self.n)  # (picture i uses seed + i)
         check_drawing(self.steps, self.guidance, self.clip_skip, self.resolution)
         if self.description is not None and not self.description.strip():
-            raise ConfigError("--description is empty; give the words you would use for the concept, or leave it out")
+            raise ConfigError(f"{setting('description')} is empty; give the words you would use for the concept, or "
+                              f"leave it out")
         if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
-            raise ConfigError(f"--token {self.token!r} must be one word without spaces, e.g. '<my-dog>'")
+            raise ConfigError(f"{given('token', self.token)} must be one word without spaces, e.g. '<my-dog>'")
         for prompt in self.prompts:  # (a config file's list may hold a mapping: YAML reads `- {}` as one)
             if not isinstance(prompt, str):
-                raise ConfigError(f"--prompts {prompt!r} is not text; in a YAML file put a prompt that starts with "
-                                  "{} in quotes: - \"{} on a beach\"")
+                raise ConfigError(f"{given('prompts', prompt)} is not text; in a YAML file put a prompt that starts "
+                                  "with {} in quotes: - \"{} on a beach\"")
         return self

@@ -54,6 +54,29 @@ class DeviceMemoryError(TextinvError):
 ON_COMMAND_LINE = contextvars.ContextVar("textinv_on_command_line", default=False)
 
 
+_LEFT_OUT = object()  # (`setting` called without a value)
+SHORT_FLAGS = {"n": "-n"}  # the settings whose refusals name their short flag (their `short` in `config.opt`)
+
+
+def setting(name: str, value=_LEFT_OUT, spec: str = "") -> str:
+    """Setting `name` as its user writes it, for a refusal that speaks of it: its flag on the command line
+    (`--steps`), its keyword from Python (`steps=`). With `value`, as that value is given to it, for a value to give
+    or one given beside the refused one: `--lr-schedule cosine` as typed (formatted by `spec`), `lr_schedule='cosine'`
+    (`given` is for the refused value itself, quoted on both). One test of `ON_COMMAND_LINE` for every check.
+
+    >>> setting("steps"), setting("lr_schedule", "cosine")
+    ('steps=', "lr_schedule='cosine'")
+    """
+    if ON_COMMAND_LINE.get():
+        flag = SHORT_FLAGS.get(name) or "--" + name.replace("_", "-")
+        if isinstance(value, bool):  # (a switch: --center-crop, --no-center-crop)
+            return flag if value else "--no-" + flag[2:]
+        if isinstance(value, list):  # (a list: the flag's words, each quoted for the shell)
+            value = " ".join(map(repr, value))
+        return flag if value is _LEFT_OUT else f"{flag} {value:{spec}}"
+    return f"{name}=" if value is _LEFT_OUT else f"{name}={value!r}"
+
+
 def given(name: str, value) -> str:
     """Setting `name` given `value`, as its user wrote it, for a refusal: its keyword from Python
     (`sampler='eulr'`), its flag on the command line (`--sampler 'eulr'`; a --config file's keys are its flags').
@@ -61,9 +84,7 @@ def given(name: str, value) -> str:
     >>> given("lr_schedule", "cosin")
     "lr_schedule='cosin'"
     """
-    if ON_COMMAND_LINE.get():
-        return f"--{name.replace('_', '-')} {value!r}"
-    return f"{name}={value!r}"
+    return setting(name, repr(value) if ON_COMMAND_LINE.get() else value)
 
 
 def first_few(names, most: int = 3) -> str:
