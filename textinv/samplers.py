@@ -38,7 +38,7 @@ import json
 import math
 from typing import NamedTuple
 
-from .errors import ConfigError
+from .errors import ConfigError, given, setting
 
 
 class Base(NamedTuple):
@@ -244,15 +244,16 @@ def check_eta(eta: float | None, names: list[str] | None) -> None:
     if eta is None:
         return
     if not (math.isfinite(eta) and 0 <= eta <= 1):
-        raise ConfigError(f"--eta must be from 0 to 1 (the share of each step's noise an ancestral or SDE sampler "
-                          f"adds afresh), got {eta}")
+        raise ConfigError(f"{setting('eta')} must be from 0 to 1 (the share of each step's noise an ancestral or "
+                          f"SDE sampler adds afresh), got {eta}")
     if names is None or any(eta_default(name) is not None for name in names):
         return
     taking = [n for n, b in BASES.items() if b.eta == 1]
     tcd = "; tcd at its gamma 0.3 only (TCD's eta)" if "tcd" in names else ""
-    raise ConfigError(f"--eta {eta:g}: --sampler {' or '.join(dict.fromkeys(names))} takes no eta; give one that "
-                      f"does: {', '.join(taking)} (the web UI's Eta, default 1) or ddim (its Eta DDIM, default 0), "
-                      f"with a schedule or without{tcd}")
+    samplers = setting("sampler", " or ".join(dict.fromkeys(names)))
+    raise ConfigError(f"{setting('eta', eta, 'g')}: {samplers} takes no eta; give one that does: {', '.join(taking)} "
+                      f"(the web UI's Eta, default 1) or ddim (its Eta DDIM, default 0), with a schedule or "
+                      f"without{tcd}")
 
 
 def ensd_reaches(name: str) -> bool:
@@ -287,7 +288,7 @@ class Churn(NamedTuple):
 
 # the web UI's infotext labels of `Churn`'s settings, with the flags that give them
 CHURN_LABELS = {"churn": "Sigma churn", "tmin": "Sigma tmin", "tmax": "Sigma tmax", "noise": "Sigma noise"}
-CHURN_FLAGS = {"churn": "--sigma-churn", "tmin": "--sigma-tmin", "tmax": "--sigma-tmax", "noise": "--sigma-noise"}
+CHURN_SETTINGS = {"churn": "sigma_churn", "tmin": "sigma_tmin", "tmax": "sigma_tmax", "noise": "sigma_noise"}
 # the samplers whose noise the web UI scales by its Sigma noise alone (its sampler_extra_params gives them s_noise, not
 # the churn's other settings): DPM2 a, DPM++ 2S a, DPM++ 2M SDE (with its Heun variant), DPM++ 3M SDE and DPM++ SDE,
 # whose noise textinv scales too (`_at_eta`). Not Euler a: the web UI hands sample_euler_ancestral no s_noise
@@ -326,10 +327,11 @@ def check_discard(discard: bool, names: list[str] | None) -> None:
     naming those that do."""
     if not discard or names is None or any(discards(n, True) for n in names):
         return
-    raise ConfigError(f"--discard-penultimate-sigma: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma "
-                      f"schedule to discard it from (the web UI draws its DDIM, PLMS and UniPC one step more with "
-                      f"it, which textinv does not); give one that does: {', '.join(_DISCARDING)}, with a schedule "
-                      f"or without (dpm2, dpm2_a and dpm++3m_sde discard it always)")
+    samplers = setting("sampler", " or ".join(dict.fromkeys(names)))
+    raise ConfigError(f"{setting('discard_penultimate_sigma')}: {samplers} takes no sigma schedule to discard it from "
+                      f"(the web UI draws its DDIM, PLMS and UniPC one step more with it, which textinv does not); "
+                      f"give one that does: {', '.join(_DISCARDING)}, with a schedule or without (dpm2, dpm2_a and "
+                      f"dpm++3m_sde discard it always)")
 
 
 def takes_churn(name: str) -> bool:
@@ -370,21 +372,23 @@ def check_churn(churn: Churn, names: list[str] | None) -> None:
     known yet) takes them (`churn_taken`), naming those that do."""
     for key, value in churn._asdict().items():
         if not (value >= 0 and (math.isfinite(value) or key == "tmax")):
-            raise ConfigError(f"{CHURN_FLAGS[key]} must be a number from 0, got {value}")
+            raise ConfigError(f"{setting(CHURN_SETTINGS[key])} must be a number from 0, got {value}")
     if churn.tmax <= 0 or churn.tmax < churn.tmin:
-        raise ConfigError(f"--sigma-tmax {churn.tmax:g} must be above 0 and not below --sigma-tmin {churn.tmin:g} (the "
-                          f"steps that churn have a sigma from tmin to tmax); leave it out for no upper limit")
+        raise ConfigError(f"{setting('sigma_tmax', churn.tmax, 'g')} must be above 0 and not below "
+                          f"{setting('sigma_tmin', churn.tmin, 'g')} (the steps that churn have a sigma from tmin "
+                          f"to tmax); leave it out for no upper limit")
     taken = {key for name in names or () for key in churn_taken(name)}
     refused = {key: value for key, value in churn_given(churn).items() if key not in taken}
     if not refused or names is None:
         return
-    flags = ", ".join(f"{CHURN_FLAGS[key]} {value:g}" for key, value in refused.items())
+    flags = ", ".join(setting(CHURN_SETTINGS[key], value, "g") for key, value in refused.items())
+    samplers = setting("sampler", " or ".join(dict.fromkeys(names)))
     churning = ", ".join(n for n, b in BASES.items() if b.churns)
     if list(refused) == ["noise"]:
-        raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma noise; give "
+        raise ConfigError(f"{flags}: {samplers} takes no sigma noise; give "
                           f"one that does: {churning} (the churn's noise), {', '.join(_NOISE_SCALED)} (their "
                           f"fresh noise), with a schedule or without")
-    raise ConfigError(f"{flags}: --sampler {' or '.join(dict.fromkeys(names))} takes no sigma churn settings; "
+    raise ConfigError(f"{flags}: {samplers} takes no sigma churn settings; "
                       f"give one that does: {churning}, with a schedule or without (the web UI's Euler, Heun and "
                       f"DPM2)")
 
@@ -520,19 +524,27 @@ def needed_packages(name: str) -> list[str]:
     return needs + (["scipy"] if schedule == "beta" and "scipy" not in needs else [])
 
 
-def check_installed(name: str, flag: str = "--sampler") -> None:
-    """Refuse sampler `name` when a package it needs is missing, naming `flag` and the install command."""
+def _sampler(name: str, flag: str | None, quoted: bool = False) -> str:
+    """Sampler `name` as a refusal names it: after `flag`, where the caller says where it was given (--hires-sampler,
+    a sample prompt's), else as the setting sampler, as its user writes it (`errors.setting`; `quoted`: `given`)."""
+    if flag:
+        return f"{flag} {name!r}" if quoted else f"{flag} {name}"
+    return given("sampler", name) if quoted else setting("sampler", name)
+
+
+def check_installed(name: str, flag: str | None = None) -> None:
+    """Refuse sampler `name` when a package it needs is missing, naming it (`_sampler`) and the install command."""
     for package in needed_packages(name):
         if importlib.util.find_spec(package) is not None:
             continue
         base = _PARTS[name][0]
-        raise ConfigError(f"{flag} {name} needs the {package} package (diffusers' {BASES[base].cls} uses it"
+        raise ConfigError(f"{_sampler(name, flag)} needs the {package} package (diffusers' {BASES[base].cls} uses it"
                           + (", as the Beta schedule does" if package == "scipy" and base != "lms" else "")
                           + f"): pip install {package} (or pip install 'textinv[samplers]', which adds SciPy and "
                             f"torchsde), or choose another sampler")
 
 
-def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: str = "--sampler",
+def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: str | None = None,
                   eta: float | None = None, churn: Churn | None = None,
                   generators: list | None = None, discard: bool = False):
     """The diffusers scheduler for sampler `name`, made from the model's own scheduler's config, so it keeps the
@@ -552,7 +564,7 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     if name == "default":
         return scheduler
     if name not in _PARTS:
-        raise ConfigError(f"{flag} {name!r} is not one of: {', '.join(SAMPLERS)}")
+        raise ConfigError(f"{_sampler(name, flag, quoted=True)} is not one of: {', '.join(SAMPLERS)}")
     check_installed(name, flag)
     base, schedule = _PARTS[name]
     cls = _scheduler_class(base)
@@ -613,22 +625,22 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
             # diffusers' class has no such option: it would quietly sample SD's unrescaled schedule, not the model's
             able = [n for n in BASES
                     if "rescale_betas_zero_snr" in inspect.signature(_scheduler_class(n).__init__).parameters]
-            raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
-                              f"this one's): its scheduler, {cls.__name__}, has none; use {', '.join(able[:-1])} or "
-                              f"{able[-1]}")
+            raise ConfigError(f"{_sampler(name, flag)} cannot sample a model with a zero-terminal-SNR noise schedule "
+                              f"(as this one's): its scheduler, {cls.__name__}, has none; use "
+                              f"{', '.join(able[:-1])} or {able[-1]}")
         if schedule in COMFY_RULES:
             # ComfyUI's rule starts at the model's largest noise level, which ComfyUI's zero-terminal-SNR sampling
             # (ModelSamplingDiscrete with zsnr) sets at sigma 4.5e3 and diffusers' at 4.1e3 (Euler) or infinity: not
             # ComfyUI's sigmas, so not drawn as if they were
-            raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
-                              f"this one's): ComfyUI's {schedule} starts at the model's largest noise level, which "
+            raise ConfigError(f"{_sampler(name, flag)} cannot sample a model with a zero-terminal-SNR noise schedule "
+                              f"(as this one's): ComfyUI's {schedule} starts at the model's largest noise level, which "
                               f"ComfyUI's zero-terminal-SNR sampling sets at sigma 4.5e3 and diffusers elsewhere "
                               f"(4.1e3, or infinity); use {base}")
         if schedule:
             # its largest noise level is infinite: a sigma schedule puts most steps at the top, on the same timestep
             # (or takes the logarithm of infinity)
-            raise ConfigError(f"{flag} {name} cannot sample a model with a zero-terminal-SNR noise schedule (as "
-                              f"this one's); use {base}")
+            raise ConfigError(f"{_sampler(name, flag)} cannot sample a model with a zero-terminal-SNR noise schedule "
+                              f"(as this one's); use {base}")
     return made
 
 
@@ -656,7 +668,7 @@ def _plain(value):
     return value.tolist() if hasattr(value, "tolist") else repr(value)
 
 
-def check_steps(name: str, steps: int, flag: str = "--sampler") -> None:
+def check_steps(name: str, steps: int, flag: str | None = None) -> None:
     """Refuse sampler `name` at `steps` steps where it cannot draw them as the tool it comes from draws them: TCD
     beyond the 50 timesteps a TCD model is distilled at, which diffusers' TCDScheduler chooses its steps among. (A
     `_ddim_uniform` one draws at every count, ComfyUI's steps: `_at_ddim_uniform`.)
@@ -665,8 +677,9 @@ def check_steps(name: str, steps: int, flag: str = "--sampler") -> None:
     ConfigError: --sampler tcd at 60 steps: TCD takes its steps among the 50 timesteps a TCD model is distilled at ...
     """
     if _PARTS.get(name, (None, ""))[0] == "tcd" and steps > 50:
-        raise ConfigError(f"{flag} {name} at {steps} steps: TCD takes its steps among the 50 timesteps a TCD model is "
-                          f"distilled at (diffusers' TCDScheduler); give 50 steps or fewer (2 to 8 is TCD's own use)")
+        raise ConfigError(f"{_sampler(name, flag)} at {steps} steps: TCD takes its steps among the 50 timesteps a TCD "
+                          f"model is distilled at (diffusers' TCDScheduler); give 50 steps or fewer (2 to 8 is TCD's "
+                          f"own use)")
 
 
 def drawn_steps(name: str, steps: int, discard: bool = False) -> int:
@@ -684,7 +697,7 @@ def drawn_steps(name: str, steps: int, discard: bool = False) -> int:
     return len(ddim_uniform_times(steps + more)) - more
 
 
-def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: str = "--sampler",
+def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: str | None = None,
                discard: bool = False) -> None:
     """Refuse sampler `name` for a pass that runs the last `run` steps of a `schedule`-step schedule of the model
     whose scheduler is `scheduler` (its next-to-last sigma discarded with `discard`) where it would take fewer calls:
@@ -706,13 +719,13 @@ def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: 
     try:
         made.set_timesteps(schedule)
     except ValueError as e:  # (the schedule's own plan: `schedulers.RestartScheduler`)
-        raise ConfigError(f"{flag} {name}: {given}{' with --discard-penultimate-sigma' * discard}: {e}") from e
+        raise ConfigError(f"{_sampler(name, flag)}: {given}{' with --discard-penultimate-sigma' * discard}: {e}") from e
     if run == schedule:
         return
     levels = made.schedule[schedule - run:]
     taken = len(restart_plan(levels))
     if taken < run:
-        raise ConfigError(f"{flag} {name}: {given} runs the last {run} steps of {schedule}, from sigma "
+        raise ConfigError(f"{_sampler(name, flag)}: {given} runs the last {run} steps of {schedule}, from sigma "
                           f"{levels[0]:.2g}, below Restart's restart interval (0.1 to 2), where the web UI's Restart "
                           f"takes only {taken}: give a higher denoise, or fewer than 20 steps to run")
 

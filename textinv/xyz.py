@@ -791,7 +791,7 @@ def _check_samplers(ready: Plan, model) -> None:
     zero-terminal-SNR model, Restart on a schedule it would take fewer calls on: `samplers.check_pass`) is refused
     once the model has loaded, not after the cells before it are drawn."""
     axis = next((a for a in ready.axes if a is not None and a.axis.name == "sampler"), None)
-    flag = f"{axis.flag} {'sampler=' + axis.given!r}: sampler" if axis is not None else "--sampler"
+    flag = f"{axis.flag} {'sampler=' + axis.given!r}: sampler" if axis is not None else None
     for sampler in dict.fromkeys(cell.sampler for cell in ready.cells if cell.sampler != "default"):
         scheduler_for(model.pipeline.scheduler, sampler, flag=flag)
     # (a text-to-image first pass runs all its steps; an img2img one is checked as generate checks it)
