@@ -45,7 +45,7 @@ from .config import GenerateConfig, check_config_object, check_side
 from .data import load_image, prepare_image
 from .embedding_names import (COMFY_BARE_TOKENS, COMFY_TOKEN, _comfy_folder_tokens, _comfy_names, _comfy_unnamed,
                               _named, _optional_prompts, _read_embeddings, embedding_files, file_digest)
-from .errors import ConfigError, DataError, FormatError, ModelError, TokenError, warn, warns_at_caller
+from .errors import ConfigError, DataError, FormatError, ModelError, TokenError, setting, warn, warns_at_caller
 from .families import describe_widths
 from .formats import (BUNDLE_SEPARATOR, RECORD_KEY, LearnedEmbedding, ModelSpecWarning, bundled_names, load_bundled,
                       load_embedding, split_bundle)
@@ -320,8 +320,8 @@ def render(
                           f"negative prompts for {len(prompts)} prompts")
     width, height = width or resolution or model.resolution, height or resolution or model.resolution
     multiple = math.lcm(8, pipe.vae_scale_factor)  # diffusers' pipelines want 8; the VAE its own scale factor
-    check_side("--width", width, multiple)
-    check_side("--height", height, multiple)
+    check_side(setting("width"), width, multiple)
+    check_side(setting("height"), height, multiple)
     guidance = model.guidance_or_own(guidance)
     _check_sampling(model, steps, guidance)
     check_clip_skip(model, clip_skip)
@@ -629,16 +629,16 @@ def _check_sampling(model: Model, steps: int, guidance: float) -> None:
     timesteps (DDIM/PNDM raise, Euler quietly repeats timesteps and draws noise) and an infinite guidance scale
     (it passes `>= 1` and draws NaN, black pictures)."""
     if not math.isfinite(guidance):
-        raise ConfigError(f"--guidance must be a finite number, got {guidance}")
+        raise ConfigError(f"{setting('guidance')} must be a finite number, got {guidance}")
     check_steps(model, steps)
 
 
-def check_steps(model: Model, steps: int, flag: str = "--steps") -> None:
-    """Refuse more sampling steps than the model's training timesteps (`flag`: the setting that gave them)."""
+def check_steps(model: Model, steps: int, name: str = "steps") -> None:
+    """Refuse more sampling steps than the model's training timesteps (`name`: the setting that gave them)."""
     most = model.pipeline.scheduler.config.get("num_train_timesteps")
     if most and steps > most:
-        raise ConfigError(f"{flag} {steps} is more than the {most} noise levels {model.source} was trained with; use "
-                          f"at most {most} (25-50 is usual)")
+        raise ConfigError(f"{setting(name, steps)} is more than the {most} noise levels {model.source} was trained "
+                          f"with; use at most {most} (25-50 is usual)")
 
 
 def make_grid(images: list[Image.Image], cols: int) -> Image.Image:
@@ -1078,8 +1078,8 @@ def _load_and_draw(checked: list[Checked], model: Model | None, device, progress
         refiner = refiner_model(config, model, refiner)
         second = hires_model(config, model)
     if (config.prompt_l, config.negative_prompt_l) != (None, None) and (not model.is_xl or model.is_refiner):
-        raise ConfigError(f"--prompt-l and --negative-prompt-l give SDXL's CLIP-L its own text; {model.source} has "
-                          f"one text encoder: leave them out, or give the prompt itself")
+        raise ConfigError(f"{setting('prompt_l')} and {setting('negative_prompt_l')} give SDXL's CLIP-L its own "
+                          f"text; {model.source} has one text encoder: leave them out, or give the prompt itself")
     # (up to the first picture: a model passed in, or one loaded, takes the embeddings now, the LoRAs by prompt)
     what = " and ".join(name for name, given in (("the embeddings", embeddings), ("the LoRAs", loras)) if given)
     where.installing = f"installing {what} in the model" if what else "preparing to draw"
@@ -1116,13 +1116,14 @@ def check_refiner_source(config: GenerateConfig, model: Model | None = None) -> 
         where = _where_model_is(config.refiner)
         inpainting_model = source_is_inpainting(config.refiner)
     if inpainting_model:
-        raise ConfigError(f"--refiner {config.refiner} is an inpainting model (its UNet reads a mask and a masked "
-                          f"picture besides the latents): a refiner goes on with the model's latents alone; give a "
-                          f"text-to-image model or the SDXL refiner")
+        raise ConfigError(f"{setting('refiner', config.refiner)} is an inpainting model (its UNet reads a mask and a "
+                          f"masked picture besides the latents): a refiner goes on with the model's latents alone; "
+                          f"give a text-to-image model or the SDXL refiner")
     if model is None and where == _where_model_is(config.model):
-        raise ConfigError(f"--refiner {config.refiner} is --model {config.model}: the web UI draws without a "
-                          f"refiner when its Refiner is the model loaded; leave --refiner out, or give another model")
-    _refuse_other_family(f"--refiner {config.refiner}", theirs, xl, config,
+        raise ConfigError(f"{setting('refiner', config.refiner)} is {setting('model', config.model)}: the web UI "
+                          f"draws without a refiner when its Refiner is the model loaded; leave {setting('refiner')} "
+                          f"out, or give another model")
+    _refuse_other_family(setting("refiner", config.refiner), theirs, xl, config,
                          "a refiner continues the model's latents, so it must be of the same kind (the SDXL refiner "
                          "or another SDXL model for SDXL, an SD 1.x/2.x model for SD 1.x/2.x)")
 
@@ -1133,7 +1134,7 @@ def check_hires_source(config: GenerateConfig, model: Model | None = None) -> No
     if not config.hires_model:
         return
     xl = model.is_xl if model is not None else source_is_xl(config.model)
-    _refuse_other_family(f"--hires-model {config.hires_model}", source_is_xl(config.hires_model), xl, config,
+    _refuse_other_family(setting("hires_model", config.hires_model), source_is_xl(config.hires_model), xl, config,
                          "the hires fix's second pass redraws the first pass's latents, so both must be of the same "
                          "family")
 
@@ -1143,7 +1144,7 @@ def _refuse_other_family(given: str, theirs: bool | None, xl: bool | None, confi
     otherwise (`xl`), or the reverse; None: not known before it loads. `why`: why they must match."""
     if xl is not None and theirs is not None and xl != theirs:
         name = {True: "an SDXL model", False: "an SD 1.x/2.x model"}
-        raise ConfigError(f"{given} is {name[theirs]} and --model {config.model} {name[xl]}: {why}")
+        raise ConfigError(f"{given} is {name[theirs]} and {setting('model', config.model)} {name[xl]}: {why}")
 
 
 def hires_model(config: GenerateConfig, model: Model) -> Model | None:
@@ -1683,14 +1684,14 @@ def write_failed(error: OSError, out: Path, written: int) -> ConfigError:
     kept = (f"the {written} picture{'s' * (written != 1)} written before it {'are' if written != 1 else 'is'} in {out}"
             if written else "no picture was written")
     if not out.is_dir():
-        return ConfigError(f"--out {out} was removed (or moved, or its disk unmounted) while drawing, after {written} "
-                           f"picture{'s' * (written != 1)} had been written to it; nothing more was written: give "
-                           f"the folder back, or another --out, and run the command again")
+        return ConfigError(f"{setting('out', out)} was removed (or moved, or its disk unmounted) while drawing, after "
+                           f"{written} picture{'s' * (written != 1)} had been written to it; nothing more was "
+                           f"written: give the folder back, or another {setting('out')}, and run the command again")
     name = Path(error.filename).name if error.filename else "a picture"
-    fix = {errno.ENOSPC: "make room", errno.EDQUOT: "make room", errno.EROFS: "choose another --out"}.get(
-        error.errno, "make the folder writable, or choose another --out")
-    return ConfigError(f"--out {out}: cannot write {name} ({error.strerror or error}); {kept}: {fix}, then run the "
-                       f"command again")
+    fix = {errno.ENOSPC: "make room", errno.EDQUOT: "make room", errno.EROFS: f"choose another {setting('out')}"}.get(
+        error.errno, f"make the folder writable, or choose another {setting('out')}")
+    return ConfigError(f"{setting('out', out)}: cannot write {name} ({error.strerror or error}); {kept}: {fix}, then "
+                       f"run the command again")
 
 
 def _write_batch(run: _Run, batch: list[tuple[int, Path | None, int]], images: list[Image.Image],

@@ -36,7 +36,7 @@ import inspect
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, given, setting
 
 SCHEDULE_FREE = ("adamw-schedulefree", "sgd-schedulefree", "radam-schedulefree")
 # D-Adaptation's, each textinv's name for kohya's (DAdaptation, kohya's first, is the Adam of the paper's preprint)
@@ -104,8 +104,9 @@ def optimizer_class(name: str):
     try:
         return getattr(importlib.import_module(module), cls)
     except ImportError:
-        raise ConfigError(f"--optimizer {name} needs the {package} package ({module}.{cls}, as kohya's scripts use): "
-                          f"pip install {package}, or choose another --optimizer (adamw needs nothing more)") from None
+        raise ConfigError(f"{setting('optimizer', name)} needs the {package} package ({module}.{cls}, as kohya's "
+                          f"scripts use): pip install {package}, or choose another {setting('optimizer')} (adamw needs "
+                          f"nothing more)") from None
 
 
 def parse_optimizer_args(items: list[str]) -> dict:
@@ -114,7 +115,7 @@ def parse_optimizer_args(items: list[str]) -> dict:
     for item in items:
         key, sep, text = (part.strip() for part in str(item).partition("="))
         if not sep or not key.isidentifier():
-            raise ConfigError(f"--optimizer-args {item!r} is not KEY=VALUE, e.g. betas=0.9,0.99 or "
+            raise ConfigError(f"{given('optimizer_args', item)} is not KEY=VALUE, e.g. betas=0.9,0.99 or "
                               f"relative_step=False")
         try:
             out[key] = ast.literal_eval(text)
@@ -141,27 +142,30 @@ def optimizer_arguments(name: str, items: list[str]) -> dict:
     """The keyword arguments --optimizer `name` is built with from --optimizer-args `items` (besides the rate and
     weight decay), each key checked against the constructor's own."""
     cls, (module, cls_name, _) = optimizer_class(name), _CLASSES[name]
-    given = parse_optimizer_args(items)
+    args = parse_optimizer_args(items)
     taken = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for key in given:
+    for key in args:
         if key in _OWN:
-            fix = {"lr": "give it as --lr (for prodigy and the dadapt ones, --lr 1.0 as kohya's configs do)",
-                   "weight_decay": "give it as --weight-decay, textinv's setting for every optimizer",
+            fix = {"lr": f"give it as {setting('lr')} (for prodigy and the dadapt ones, {setting('lr', 1.0)} as "
+                         f"kohya's configs do)",
+                   "weight_decay": f"give it as {setting('weight_decay')}, textinv's setting for every optimizer",
                    "params": "textinv gives the new vectors"}[key]
-            raise ConfigError(f"--optimizer-args {key}=...: {fix}")
+            raise ConfigError(f"{setting('optimizer_args', f'{key}=...')}: {fix}")
         if key == "warmup_steps" and name in SCHEDULE_FREE:
-            raise ConfigError(f"--optimizer-args warmup_steps=...: give it as --warmup-steps (with --lr-schedule "
-                              f"constant_with_warmup), which --optimizer {name} takes as its own warm-up")
+            raise ConfigError(f"{setting('optimizer_args', 'warmup_steps=...')}: give it as {setting('warmup_steps')} "
+                              f"(with {setting('lr_schedule', 'constant_with_warmup')}), which "
+                              f"{setting('optimizer', name)} takes as its own warm-up")
         if key not in taken:
             own = ", ".join(p for p in taken if p not in _OWN and not p.startswith("_"))
-            raise ConfigError(f"--optimizer-args {key}=...: {module}.{cls_name} (--optimizer {name}) "
-                              f"takes no {key}; its arguments are: {own}")
-    if name == "adafactor" and (given.get("relative_step") or given.get("warmup_init")):
-        raise ConfigError("--optimizer-args relative_step=True (or warmup_init=True): Adafactor would then set its "
-                          "own rate, and textinv's rate is --lr with --lr-schedule; leave them out (textinv gives "
-                          "relative_step=False, scale_parameter=False, warmup_init=False, kohya's usual AdaFactor "
-                          "args) and give the rate as --lr")
-    return {**_DEFAULTS.get(name, {}), **given}
+            raise ConfigError(f"{setting('optimizer_args', f'{key}=...')}: {module}.{cls_name} "
+                              f"({setting('optimizer', name)}) takes no {key}; its arguments are: {own}")
+    if name == "adafactor" and (args.get("relative_step") or args.get("warmup_init")):
+        raise ConfigError(f"{setting('optimizer_args', 'relative_step=True')} (or warmup_init=True): Adafactor would "
+                          f"then set its own rate, and textinv's rate is {setting('lr')} with "
+                          f"{setting('lr_schedule')}; leave them out (textinv gives relative_step=False, "
+                          f"scale_parameter=False, warmup_init=False, kohya's usual AdaFactor args) and give the rate "
+                          f"as {setting('lr')}")
+    return {**_DEFAULTS.get(name, {}), **args}
 
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float,
@@ -183,8 +187,8 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_deca
     try:
         optimizer = cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
     except (TypeError, ValueError) as e:  # (a value the optimizer refuses: betas=2, momentum=0 with nesterov)
-        raise ConfigError(f"--optimizer {name} with --optimizer-args {' '.join(items) or '(none)'}: "
-                          f"{cls.__name__} says: {e}") from None
+        raise ConfigError(f"{setting('optimizer', name)} with {setting('optimizer_args', ' '.join(items) or '(none)')}"
+                          f": {cls.__name__} says: {e}") from None
     if name in SCHEDULE_FREE:
         optimizer.train()
     return optimizer
@@ -223,15 +227,15 @@ def check_schedule(name: str, lr_schedule: str, warmup_steps: int, lr_steps: str
     if name not in SCHEDULE_FREE:
         return
     if lr_steps is not None or lr_schedule not in ("constant", "constant_with_warmup"):
-        given = "--lr-steps" if lr_steps is not None else f"--lr-schedule {lr_schedule}"
-        raise ConfigError(f"--optimizer {name} with {given}: a schedule-free optimizer needs no rate schedule (its "
-                          f"running average takes the place of one, and kohya's scripts give it none); leave "
-                          f"--lr-schedule constant, or give constant_with_warmup with --warmup-steps N for its own "
-                          f"warm-up")
+        scheduled = setting("lr_steps") if lr_steps is not None else setting("lr_schedule", lr_schedule)
+        raise ConfigError(f"{setting('optimizer', name)} with {scheduled}: a schedule-free optimizer needs no rate "
+                          f"schedule (its running average takes the place of one, and kohya's scripts give it none); "
+                          f"leave {setting('lr_schedule', 'constant')}, or give constant_with_warmup with "
+                          f"{setting('warmup_steps')} N for its own warm-up")
     if warmup_steps and name == "radam-schedulefree":
-        raise ConfigError("--optimizer radam-schedulefree with --warmup-steps: RAdam's rectification is its "
-                          "warm-up, and RAdamScheduleFree takes no warmup_steps; leave out --warmup-steps, or use "
-                          "--optimizer adamw-schedulefree")
+        raise ConfigError(f"{setting('optimizer', 'radam-schedulefree')} with {setting('warmup_steps')}: RAdam's "
+                          f"rectification is its warm-up, and RAdamScheduleFree takes no warmup_steps; leave out "
+                          f"{setting('warmup_steps')}, or use {setting('optimizer', 'adamw-schedulefree')}")
 
 
 def check_optimizer(name: str, items: list[str], lr: float, weight_decay: float, concepts: int) -> None:
@@ -239,9 +243,10 @@ def check_optimizer(name: str, items: list[str], lr: float, weight_decay: float,
     (it is built over a stand-in tensor), and one whose step mixes the rows of several concepts."""
     make_optimizer(name, [torch.zeros(2, 4, requires_grad=True)], lr, weight_decay, items)
     if concepts > 1 and name in _ROWS_SHARED:
-        raise ConfigError(f"--optimizer {name} with several --concepts: {_ROWS_SHARED[name]}, so a concept would "
-                          f"not learn what its own run learns; train them with --optimizer adamw, lion or sgd (each "
-                          f"row its own step), or each concept in a run of its own")
+        raise ConfigError(f"{setting('optimizer', name)} with several {setting('concepts')}: {_ROWS_SHARED[name]}, so "
+                          f"a concept would not learn what its own run learns; train them with "
+                          f"{setting('optimizer', 'adamw')}, lion or sgd (each row its own step), or each concept in a "
+                          f"run of its own")
 
 
 def _step_skipping_overflows(scaler, optimizer, exts, rows_per_concept: list[list[slice]],

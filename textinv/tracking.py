@@ -15,7 +15,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .errors import ConfigError, warn
+from .errors import ConfigError, given, setting, warn
 
 # accelerate's tracker names: the modules any of which provides one, and the package to install for it
 TRACKERS = {
@@ -62,38 +62,40 @@ def check_trackers(log_with: str | None, resume: bool = False) -> list[str]:
     """
     names = tracker_names(log_with)
     if not names and log_with is not None and log_with.strip().lower() != "none":
-        raise ConfigError(f"--log-with {log_with!r} names no tracker; give one of: {', '.join(TRACKERS)}, or none")
+        raise ConfigError(f"{given('log_with', log_with)} names no tracker; give one of: {', '.join(TRACKERS)}, or "
+                          f"none")
     for name in names:
         if name not in TRACKERS:
             all_ = " ('all' is not taken: name them, e.g. tensorboard,wandb)" if name == "all" else ""
-            raise ConfigError(f"--log-with {name!r} is no tracker textinv knows{all_}; give one or more of: "
+            raise ConfigError(f"{given('log_with', name)} is no tracker textinv knows{all_}; give one or more of: "
                               f"{', '.join(TRACKERS)} (comma-separated), or none")
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
         if name not in LOGGER_TYPE_TO_CLASS:  # (accelerate>=1.0 is required; swanlab and trackio came later)
             from importlib.metadata import version
 
-            raise ConfigError(f"--log-with {name}: the installed accelerate ({version('accelerate')}) has no {name} "
-                              f"tracker yet; pip install -U accelerate, or {_off(name, resume)}")
+            raise ConfigError(f"{setting('log_with', name)}: the installed accelerate ({version('accelerate')}) has "
+                              f"no {name} tracker yet; pip install -U accelerate, or {_off(name, resume)}")
         modules, package = TRACKERS[name]
         if not any(_installed(m) for m in modules):
             extra = " (or pip install 'textinv[tensorboard]'; the lighter tensorboardX also writes its logs)" \
                 if name == "tensorboard" else ""
-            raise ConfigError(f"--log-with {name}: the {package} package is not installed; pip install {package}"
-                              f"{extra}, or {_off(name, resume)}")
+            raise ConfigError(f"{setting('log_with', name)}: the {package} package is not installed; pip install "
+                              f"{package}{extra}, or {_off(name, resume)}")
     return names
 
 
 def _cannot_start(name: str, error: Exception, resume: bool) -> str:
     login = " (log in first: wandb login, or set WANDB_API_KEY)" if name == "wandb" else ""
-    again = ("" if resume else "; the run took no step, so start it again with --overwrite")
-    return (f"--log-with {name}: the {name} tracker could not start ({type(error).__name__}: {error}){login}; fix "
-            f"that, or {_off(name, resume)}{again}")
+    again = ("" if resume else f"; the run took no step, so start it again with {setting('overwrite', True)}")
+    return (f"{setting('log_with', name)}: the {name} tracker could not start ({type(error).__name__}: {error})"
+            f"{login}; fix that, or {_off(name, resume)}{again}")
 
 
 def _off(name: str, resume: bool) -> str:
     # (a resumed run left without --log-with takes its config.yaml's: only 'none' turns the tracker off)
-    return f"resume with --log-with none (the run's config.yaml names {name})" if resume else "leave out --log-with"
+    return (f"resume with {setting('log_with', 'none')} (the run's config.yaml names {name})" if resume
+            else f"leave out {setting('log_with')}")
 
 
 def run_name(out: str | Path) -> str:

@@ -46,7 +46,8 @@ from .config import (TrainConfig, check_config_object, clip_steps, lr_steps_end,
                      read_config_file, save_config, stepped_value, training_size)
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, load_training_images, picture_set,
                    random_windows, read_caption, read_template_file, warn_unread_templates)
-from .errors import ConfigError, DataError, FormatError, ModelError, TrainingError, warn, warns_at_caller
+from .errors import (ConfigError, DataError, FormatError, ModelError, TrainingError, setting, warn,
+                     warns_at_caller)
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, check_steps, expand_all, uses_clip_l_half, warn_clip_l_half
 from .graphs import CapturedStep, check_device as check_graph_device
@@ -296,8 +297,9 @@ def train(config: TrainConfig, model: Model | None = None, progress: bool = True
         _PROCESS_GROUP.end_at_exit()
     if state.num_processes > 1:  # launched data-parallel: each process's device is accelerate's
         if str(config.device).strip().lower() != "auto" and (device.type == "mps" or device.index is not None):
-            raise ConfigError(f"--device {config.device}: under accelerate launch each process takes its own GPU "
-                              f"(choose them with accelerate launch --gpu_ids); give --device auto, cuda or cpu")
+            raise ConfigError(f"{setting('device', config.device)}: under accelerate launch each process takes its "
+                              f"own GPU (choose them with accelerate launch --gpu_ids); give "
+                              f"{setting('device', 'auto')}, cuda or cpu")
         device = state.device
     elif model is not None:
         device = model.unet.device
@@ -780,14 +782,14 @@ def _load_model(run: _Run, model: Model | None) -> None:
     if run.file_format == "a1111" and run.is_main:  # (a full read of the file: once, not at every save)
         run.webui_checkpoint = webui_checkpoint(config.model)
     if config.png_embeddings and model.is_xl:
-        raise ConfigError("--png-embeddings writes the web UI's embedding PNGs, which hold one text encoder's "
-                          "vectors; an SDXL embedding has two: leave it out")
+        raise ConfigError(f"{setting('png_embeddings')} writes the web UI's embedding PNGs, which hold one text "
+                          f"encoder's vectors; an SDXL embedding has two: leave it out")
     timesteps = run.timesteps = timestep_range(config, model.noise_scheduler().config.num_train_timesteps)
     check_loss_for(config, model.prediction_type, model.source, model.noise_scheduler().alphas_cumprod, timesteps)
     run.loss_options = LossOptions.of(config)
     run.clip_skip = where.clip_skip = check_clip_skip(model, config.clip_skip)  # (SDXL's 2 is its own reading: 1)
     if config.sample_every:  # (now, not at the first grid: the sampler refuses them there)
-        check_steps(model, config.sample_steps, "--sample-steps")
+        check_steps(model, config.sample_steps, "sample_steps")
         for shot in map(as_sample, config.sample_prompts):  # (a sampler this model's schedule refuses, likewise)
             scheduler_for(model.pipeline.scheduler, shot.sampler or "default",
                           flag=f"--sample-prompts {shot.prompt!r}: its sampler")
@@ -1523,15 +1525,16 @@ def _read_init_embedding(config: TrainConfig) -> LearnedEmbedding:
     try:
         start = load_embedding(config.init_embedding)
     except FormatError as e:
-        raise FormatError(f"--init-embedding: {e}") from None
+        raise FormatError(f"{setting('init_embedding')}: {e}") from None
     if start.num_vectors > emphasis.CHUNK:  # (--vectors' own limit: say so, not "pass --vectors N", then refused)
-        raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vectors per encoder, more "
-                          f"than a 77-token prompt holds ({emphasis.CHUNK} at most, with its start and end), so it "
-                          f"cannot be trained; start from an embedding of at most {emphasis.CHUNK} vectors")
+        raise ConfigError(f"{setting('init_embedding', config.init_embedding)} has {start.num_vectors} vectors per "
+                          f"encoder, more than a 77-token prompt holds ({emphasis.CHUNK} at most, with its start and "
+                          f"end), so it cannot be trained; start from an embedding of at most {emphasis.CHUNK} vectors")
     if config.vectors is not None and start.num_vectors != config.vectors:
-        raise ConfigError(f"--init-embedding {config.init_embedding} has {start.num_vectors} vector(s) per encoder, "
-                          f"--vectors {config.vectors} asks for {config.vectors}: leave --vectors out (it is then the "
-                          f"file's count) or give --vectors {start.num_vectors}")
+        raise ConfigError(f"{setting('init_embedding', config.init_embedding)} has {start.num_vectors} vector(s) per "
+                          f"encoder, {setting('vectors', config.vectors)} asks for {config.vectors}: leave "
+                          f"{setting('vectors')} out (it is then the file's count) or give "
+                          f"{setting('vectors', start.num_vectors)}")
     return start
 
 
@@ -1540,8 +1543,8 @@ def timestep_range(config: TrainConfig, num_timesteps: int) -> tuple[int, int]:
     schedule of `num_timesteps`."""
     high = num_timesteps if config.max_timestep is None else config.max_timestep
     if high > num_timesteps or config.min_timestep >= high:
-        raise ConfigError(f"--min-timestep {config.min_timestep} / --max-timestep {high} do not fit the model's "
-                          f"{num_timesteps} timesteps: draw from a range within 0..{num_timesteps}")
+        raise ConfigError(f"{setting('min_timestep', config.min_timestep)} / {setting('max_timestep', high)} do not "
+                          f"fit the model's {num_timesteps} timesteps: draw from a range within 0..{num_timesteps}")
     return config.min_timestep, high
 
 
@@ -1553,13 +1556,13 @@ def _file_format(name: str | None, model: Model) -> str:
     """The file format for --format on this model: SDXL's are the single `sdxl` file or diffusers' two files."""
     if model.is_xl:
         if name not in (None, "sdxl", "diffusers"):
-            theirs = (" (kohya's sdxl_train_textual_inversion.py writes the 'sdxl' one (clip_l + clip_g): --format "
-                      "sdxl)" if name == "kohya" else "")
-            raise ConfigError(f"--format {name} holds one text encoder; an SDXL embedding is saved as 'sdxl' "
+            theirs = (f" (kohya's sdxl_train_textual_inversion.py writes the 'sdxl' one (clip_l + clip_g): "
+                      f"{setting('format', 'sdxl')})" if name == "kohya" else "")
+            raise ConfigError(f"{setting('format', name)} holds one text encoder; an SDXL embedding is saved as 'sdxl' "
                               f"(one file: clip_l + clip_g) or 'diffusers' (two files){theirs}")
         return "diffusers-sdxl" if name == "diffusers" else "sdxl"
     if name == "sdxl":
-        raise ConfigError(f"--format sdxl is for SDXL models; {model.source} is {model.family}")
+        raise ConfigError(f"{setting('format', 'sdxl')} is for SDXL models; {model.source} is {model.family}")
     return name or "diffusers"
 
 
