@@ -44,7 +44,7 @@ from . import __version__, emphasis
 from .config import DEFAULT_CLIP, ScoreConfig, check_config_object  # (there: its --help needs none of this module's imports)
 from .data import PROPERTIES, load_image, picture_set
 from .embedding_names import _file_name
-from .errors import ConfigError, DataError, FormatError, ModelError, warn, warns_at_caller
+from .errors import ConfigError, DataError, FormatError, ModelError, given, setting, warn, warns_at_caller
 from .formats import BUNDLE_SEPARATOR, LearnedEmbedding, load_embedding, on_disk, split_bundle
 from .hub import hub_reference
 from .generate import (DEFAULT_STEPS, _slug, check_fits, drawing_dtype, expand_all, generation_clip_skip,
@@ -266,8 +266,8 @@ def _recorded_model(name: str | None) -> str:
         said = f"it names {name!r}, a path not on this machine"
     else:
         said = f"it names {name!r}, a local model's name, which does not say where it is"
-    raise ConfigError(f"--model is required: the model the embedding was learned for ({said}); pass --model with "
-                      f"its folder, file or hub id")
+    raise ConfigError(f"{setting('model')} is required: the model the embedding was learned for ({said}); pass "
+                      f"{setting('model')} with its folder, file or hub id")
 
 
 def _template(prompt: str, token: str) -> str:
@@ -280,11 +280,11 @@ def _template(prompt: str, token: str) -> str:
     elif MARKER in prompt:
         template = prompt
     else:
-        raise ConfigError(f"--prompts {prompt!r} has no {MARKER} and no {token}: write {MARKER} where the concept "
-                          f"goes, e.g. 'a photo of {MARKER} on a beach'")
+        raise ConfigError(f"{given('prompts', prompt)} has no {MARKER} and no {token}: write {MARKER} where the "
+                          f"concept goes, e.g. 'a photo of {MARKER} on a beach'")
     if not re.search(r"\w", scored_text(template)):  # (editability would compare its pictures with empty text)
-        raise ConfigError(f"--prompts {prompt!r} is the concept alone: an edit prompt is scored by its other words "
-                          f"(the change asked for), so add them, e.g. '{MARKER} on a beach'")
+        raise ConfigError(f"{given('prompts', prompt)} is the concept alone: an edit prompt is scored by its other "
+                          f"words (the change asked for), so add them, e.g. '{MARKER} on a beach'")
     return template
 
 
@@ -300,7 +300,7 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
         path = Path(text).expanduser()
         on_hub = hub_reference(text) is not None  # (read as --embedding reads one: from the hub, or its cache)
         if not on_hub and not on_disk(path).exists():  # (FILE::NAME, a LoRA's bundled one: FILE)
-            raise ConfigError(f"--compare {text} does not exist")
+            raise ConfigError(f"{setting('compare', text)} does not exist")
         try:
             other, file = load_embedding(embedding_file(path)), _read_file(path)
         except FormatError:
@@ -318,16 +318,16 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
         token = _compare_token(name, tokens, text)
         tokens.add(token.lower())
         if other.num_vectors != emb.num_vectors or other.widths != emb.widths:
-            raise ConfigError(f"--compare {text} has {other.num_vectors} vector(s) of width "
+            raise ConfigError(f"{setting('compare', text)} has {other.num_vectors} vector(s) of width "
                               f"{'+'.join(map(str, other.widths))}, the scored one {emb.num_vectors} of width "
                               f"{'+'.join(map(str, emb.widths))}: compare embeddings of one concept, trained alike")
         found.append((LearnedEmbedding(token, other.vectors, {**other.metadata, "token": token}), _named_as(text)))
     for folder, names in skipped.items():
         listed = f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
         if folder not in read_from:
-            raise ConfigError(f"--compare {folder} holds no embedding file ({listed} are not); give the files, or a "
-                              f"run's embeddings/ folder")
-        warn(f"--compare {folder}: skipped {len(names)} file(s) that are no embedding: {listed}",
+            raise ConfigError(f"{setting('compare', folder)} holds no embedding file ({listed} are not); give the "
+                              f"files, or a run's embeddings/ folder")
+        warn(f"{setting('compare', folder)}: skipped {len(names)} file(s) that are no embedding: {listed}",
              stacklevel=3)
     return found
 
@@ -351,8 +351,8 @@ def _expand_folders(paths: list[str]) -> list[tuple[str, str | None]]:
             out.append((text, None))  # (one diffusers embedding: the folder reads it)
             continue
         if not files:
-            raise ConfigError(f"--compare {text} is a folder without embedding files; give the files, or a run's "
-                              f"embeddings/ folder")
+            raise ConfigError(f"{setting('compare', text)} is a folder without embedding files; give the files, or a "
+                              f"run's embeddings/ folder")
         out += [(str(f), text) for f in sorted(files, key=lambda f: [int(x) if x.isdecimal() else x
                                                                    for x in re.split(r"(\d+)", f.name)])]
     return out
@@ -387,8 +387,9 @@ def _compare_token(name: str, taken: set[str], text: str) -> str:
         token = f"<{name}>" if k == 1 else f"<{name}-{k}>"
         if not any(t in token or token in t for t in taken):
             return token
-    raise ConfigError(f"--compare {text}: no token of its own could be made beside {', '.join(sorted(taken))}; "
-                      f"score it with --token set to a name of angle brackets, e.g. --token '<my-concept>'")
+    raise ConfigError(f"{setting('compare', text)}: no token of its own could be made beside "
+                      f"{', '.join(sorted(taken))}; score it with {setting('token')} set to a name of angle brackets, "
+                      f"e.g. {given('token', '<my-concept>')}")
 
 
 def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict,
@@ -436,8 +437,9 @@ def out_folder(text: str) -> Path:
     out = Path(absolute(text))
     here = Path.cwd()
     if out == here or out in here.parents:
-        raise ConfigError(f"--out {text} is {'the folder you are in' if out == here else 'above the folder you are in'}"
-                          f"; the report replaces its folder whole: give a folder of its own, e.g. --out score-out")
+        raise ConfigError(f"{setting('out', text)} is "
+                          f"{'the folder you are in' if out == here else 'above the folder you are in'}; the report "
+                          f"replaces its folder whole: give a folder of its own, e.g. {setting('out', 'score-out')}")
     return out
 
 
@@ -450,7 +452,8 @@ def _prepare_out(out: Path) -> tuple[Path, Path, IO]:
         make_folder(out.parent)
         lock = _hold(out)
     except OSError as e:  # (said of --out as given, not of the files beside it)
-        raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror or e}); choose another --out") from None
+        raise ConfigError(f"{setting('out', out)}: cannot create the folder ({e.strerror or e}); choose another "
+                          f"{setting('out')}") from None
     try:
         _check_out(out, previous)
         if partial.exists():  # (a killed run's: a running one holds `out`)
@@ -459,8 +462,8 @@ def _prepare_out(out: Path) -> tuple[Path, Path, IO]:
     except BaseException as e:
         _release(lock, out)
         if isinstance(e, OSError):
-            raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror or e}); choose another --out") \
-                from None
+            raise ConfigError(f"{setting('out', out)}: cannot create the folder ({e.strerror or e}); choose another "
+                              f"{setting('out')}") from None
         raise
     return previous, partial, lock
 
@@ -488,7 +491,7 @@ def _check_out(out: Path, previous: Path) -> None:
     if not out.exists() and previous.is_dir():
         previous.rename(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder")
+        raise ConfigError(f"{setting('out', out)} is a file; give a folder")
     # (hidden files and OS litter, as a file browser's .DS_Store, go with the report). Without scores.json, which
     # every published report has, nothing there is a report's: a folder of the user's own called training/ or
     # pictures/ (their photos: --images data/training --out data) would go with the swap
@@ -498,8 +501,9 @@ def _check_out(out: Path, previous: Path) -> None:
                      ) if out.is_dir() else []
     if foreign:
         what = "is not a score report" if not report else "holds more than a score report"
-        raise ConfigError(f"--out {out} {what} (it holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''})"
-                          f" and would be replaced whole; give a new or empty folder, or move those out")
+        raise ConfigError(f"{setting('out', out)} {what} (it holds {', '.join(foreign[:5])}"
+                          f"{' ...' if len(foreign) > 5 else ''}) and would be replaced whole; give a new or empty "
+                          f"folder, or move those out")
 
 
 def _swap_in(partial: Path, out: Path, previous: Path) -> None:
@@ -641,8 +645,8 @@ def _plan(config: ScoreConfig) -> _Plan:
     images = config.images or run.get("images")
     subsets = [] if config.images else run.get("subsets", [])  # (a run of kohya subsets: their pictures)
     if not images and not subsets:
-        raise ConfigError("--images is required: the concept's training pictures, which reconstruction is measured "
-                          "against (no training run's config.yaml beside the embedding says where they are)")
+        raise ConfigError(f"{setting('images')} is required: the concept's training pictures, which reconstruction is "
+                          f"measured against (no training run's config.yaml beside the embedding says where they are)")
     pictures = _training_pictures(images, None if config.images else run, subsets)
     source = config.model or run.get("model") or _recorded_model(emb.metadata.get("base_model"))
     kind = config.property or run.get("property") or emb.metadata.get("property") or "object"
