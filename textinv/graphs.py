@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from .errors import ConfigError, warn
+from .errors import ConfigError, setting, warn
 from .memory import is_out_of_memory
 
 WARMUP = 2
@@ -35,8 +35,8 @@ PyTorch's CUDA-graph notes ask."""
 def check_device(device: torch.device) -> None:
     """--cuda-graphs needs a CUDA device: refuse it elsewhere, naming the device."""
     if torch.device(device).type != "cuda":
-        raise ConfigError(f"--cuda-graphs captures the step as a CUDA graph, which needs an NVIDIA GPU; this run is "
-                          f"on {torch.device(device).type}: leave --cuda-graphs out")
+        raise ConfigError(f"{setting('cuda_graphs')} captures the step as a CUDA graph, which needs an NVIDIA GPU; "
+                          f"this run is on {torch.device(device).type}: leave {setting('cuda_graphs')} out")
 
 
 class CapturedStep:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
-from .errors import ConfigError
+from .errors import ConfigError, setting
 from .models import Model, encode_text
 
 
@@ -93,13 +93,15 @@ def check_loss_for(config: TrainConfig, prediction_type: str, source: str, alpha
     the other kind of model, as kohya's scripts refuse them, and those that would be infinite at a timestep drawn
     (`timesteps`, [low, high)): 1/SNR terms where the schedule's SNR is 0 (zero terminal SNR)."""
     if config.scale_v_pred_loss_like_noise_pred and prediction_type != "v_prediction":
-        raise ConfigError(f"--scale-v-pred-loss-like-noise-pred weighs a v-prediction loss, and {source} predicts "
-                          f"{prediction_type}: leave it out (or give --prediction-type v_prediction, if the model "
-                          f"is a v-prediction one read as epsilon)")
+        raise ConfigError(f"{setting('scale_v_pred_loss_like_noise_pred')} weighs a v-prediction loss, and {source} "
+                          f"predicts {prediction_type}: leave it out (or give "
+                          f"{setting('prediction_type', 'v_prediction')}, if the model is a v-prediction one read as "
+                          f"epsilon)")
     if config.v_pred_like_loss and prediction_type == "v_prediction":
-        raise ConfigError(f"--v-pred-like-loss {config.v_pred_like_loss:g} adds a v-prediction-like term to an "
-                          f"epsilon loss, and {source} predicts v_prediction: leave it out (or use "
-                          f"--scale-v-pred-loss-like-noise-pred, which weighs a v loss like an epsilon one)")
+        raise ConfigError(f"{setting('v_pred_like_loss', config.v_pred_like_loss, 'g')} adds a v-prediction-like "
+                          f"term to an epsilon loss, and {source} predicts v_prediction: leave it out (or use "
+                          f"{setting('scale_v_pred_loss_like_noise_pred')}, which weighs a v loss like an epsilon "
+                          f"one)")
     # (SNR 0: the last timestep of such a schedule)
     zero = (torch.nonzero(alphas_cumprod[timesteps[0]:timesteps[1]] == 0).flatten() + timesteps[0]).tolist()
     infinite = [flag for flag, on in (("--debiased-estimation-loss", config.debiased_estimation_loss

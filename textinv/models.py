@@ -40,7 +40,7 @@ try:
 finally:
     _transformers_logging.set_verbosity(_level)
 
-from .errors import ConfigError, ModelError, backslash_note, warn
+from .errors import ConfigError, ModelError, backslash_note, setting, warn
 from .families import FAMILY_NAMES, family_for_widths
 from .formats import embedding_layout, weights_kind
 from .io import absolute, file_sha256
@@ -364,13 +364,13 @@ def check_clip_skip(model: Model, clip_skip: int) -> int:
     if clip_skip == 1:
         return 1
     if model.is_xl:
-        raise ConfigError(f"--clip-skip {clip_skip}: SDXL reads its text encoders' penultimate layers (clip skip 2 "
-                          "in the web UI's and ComfyUI's counting, which 1 and 2 both mean here); 3 or more is not "
-                          "taken on SDXL (the web UI ignores it there): leave it at 1 or 2")
+        raise ConfigError(f"{setting('clip_skip', clip_skip)}: SDXL reads its text encoders' penultimate layers "
+                          "(clip skip 2 in the web UI's and ComfyUI's counting, which 1 and 2 both mean here); 3 or "
+                          "more is not taken on SDXL (the web UI ignores it there): leave it at 1 or 2")
     layers = model.text_encoder.config.num_hidden_layers
     if clip_skip > layers:
-        raise ConfigError(f"--clip-skip {clip_skip} is more than the {layers} layers of {model.source}'s text "
-                          f"encoder; 2 is the usual value (the penultimate layer)")
+        raise ConfigError(f"{setting('clip_skip', clip_skip)} is more than the {layers} layers of {model.source}'s "
+                          f"text encoder; 2 is the usual value (the penultimate layer)")
     return clip_skip
 
 

@@ -33,7 +33,7 @@ import torch
 from .batches import concept_seed
 from .config import TrainConfig
 from .data import PictureSet, picture_set, read_caption
-from .errors import ConfigError, DataError, warn
+from .errors import ConfigError, DataError, setting, warn
 from .run_folder import VALIDATION_LOG, name_changes, read_run_settings, same_names
 
 DRAWS = 16  # per picture: 16 timesteps 62 apart over SD's 1000
@@ -172,9 +172,10 @@ def _split_each_concept(config: TrainConfig, specs: list[dict], found: list[Pict
     where all of them are still there (a picture added or removed is then said by `check_resumable`)."""
     for spec, pictures in zip(specs, found):
         if len(pictures.paths) < 2:
-            raise ConfigError(f"--validation-split {config.validation_split:g}: {pictures.where} holds one picture "
-                              f"({spec['token']}'s), and training needs it; add pictures, or leave out "
-                              f"--validation-split (--validate-every N scores the training pictures instead)")
+            raise ConfigError(f"{setting('validation_split', config.validation_split, 'g')}: {pictures.where} holds "
+                              f"one picture ({spec['token']}'s), and training needs it; add pictures, or leave out "
+                              f"{setting('validation_split')} ({setting('validate_every')} N scores the training "
+                              f"pictures instead)")
     # (kohya's subsets, and the folders of its layout, which it makes subsets: each holds out its own share, as
     # kohya counts it; `described` says a concept's pictures are one or the other)
     split = [split_pictures(p, config.validation_split, concept_seed(seed, k), by_subset=p.described is not None,
@@ -195,9 +196,10 @@ def _refuse_none_held(share: float, pictures: PictureSet) -> None:
     sizes = subset_sizes(pictures)
     fix = (f"give a share above {0.5 / max(sizes):g}" if max(sizes) > 1 else
            "each subset's one picture is trained on: add pictures")
-    raise ConfigError(f"--validation-split {share:g} holds out none of {pictures.where}'s pictures, counted as kohya "
-                      f"counts them (round({share:g} x each subset's pictures, {', '.join(map(str, sizes))}), leaving "
-                      f"one of each to train on); {fix}, or leave out --validation-split (validation_split)")
+    raise ConfigError(f"{setting('validation_split', share, 'g')} holds out none of {pictures.where}'s pictures, "
+                      f"counted as kohya counts them (round({share:g} x each subset's pictures, "
+                      f"{', '.join(map(str, sizes))}), leaving one of each to train on); {fix}, or leave out "
+                      f"{setting('validation_split')} (validation_split)")
 
 
 def _validation_pictures(folder: str, trained: PictureSet) -> PictureSet:
@@ -211,10 +213,10 @@ def _validation_pictures(folder: str, trained: PictureSet) -> PictureSet:
         for path in held.paths:
             read_caption(path, shared)
     except DataError as e:  # (its own words are about the training pictures' folder: say which flag gave it)
-        raise DataError(f"--validation-images {folder}: {e}") from None
+        raise DataError(f"{setting('validation_images', folder)}: {e}") from None
     both = {p.resolve() for p in held.paths} & {p.resolve() for p in trained.paths}
     if both:
-        raise ConfigError(f"--validation-images {folder}: {', '.join(sorted(p.name for p in both))} "
+        raise ConfigError(f"{setting('validation_images', folder)}: {', '.join(sorted(p.name for p in both))} "
                           f"{'is' if len(both) == 1 else 'are'} trained on too ({trained.where}), so "
                           f"{'its' if len(both) == 1 else 'their'} loss says nothing of pictures the word has not "
                           f"seen; keep the validation pictures in a folder of their own")
