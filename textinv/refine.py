@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data import _scan
-from .errors import ConfigError
+from .errors import ConfigError, setting
 from .families import FAMILY_NAMES
 from .samplers import check_pass, scheduler_for
 
@@ -202,8 +202,8 @@ def check_hires_model(model: Model, hires: Model) -> None:
     pass redraws the first pass's latents (enlarged) as they are, so both must be SDXL (not its refiner), or both
     SD 1.x/2.x with the same VAE latents. Its prediction type may differ: that pass samples with its own scheduler."""
     if hires.is_refiner or not same_latents(model, hires):
-        raise ConfigError(f"--hires-model {hires.source} ({FAMILY_NAMES.get(hires.family, 'custom model')}) does not "
-                          f"draw in the latents of --model {model.source} "
+        raise ConfigError(f"{setting('hires_model', hires.source)} ({FAMILY_NAMES.get(hires.family, 'custom model')}) "
+                          f"does not draw in the latents of {setting('model', model.source)} "
                           f"({FAMILY_NAMES.get(model.family, 'custom model')}): give a model of the same family (an "
                           f"SDXL model for SDXL, not its refiner; an SD 1.x/2.x model for SD 1.x/2.x)")
 
@@ -218,7 +218,7 @@ def _check_hires(model: Model, second_model: Model, hires: Hires, steps: int, sa
     if hires.sampler:
         scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
     if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
-        raise ConfigError(f"--hires-guidance must be a finite number of at least 1, got {hires.guidance}")
+        raise ConfigError(f"{setting('hires_guidance')} must be a finite number of at least 1, got {hires.guidance}")
 
 
 def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool, sampler: str,
@@ -228,12 +228,12 @@ def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool, sample
     (`samplers.check_pass`)."""
     schedule, run = pass_steps(steps, denoise, hires)
     most = model.pipeline.scheduler.config.get("num_train_timesteps")
-    flag = "--hires-steps" if hires else "--steps"
+    name = "hires_steps" if hires else "steps"
     if most and schedule > most:
-        raise ConfigError(f"{flag} {steps} at --denoise {denoise} runs the last of a schedule of {schedule} steps, "
-                          f"more than the {most} noise levels {model.source} was trained with: give fewer {flag} or "
-                          f"a higher --denoise")
-    given = f"{flag} {steps} at {'--hires-denoise' if hires else '--denoise'} {denoise:g}"
+        raise ConfigError(f"{setting(name, steps)} at {setting('denoise', denoise)} runs the last of a schedule of "
+                          f"{schedule} steps, more than the {most} noise levels {model.source} was trained with: give "
+                          f"fewer {setting(name)} or a higher {setting('denoise')}")
+    given = f"{setting(name, steps)} at {'--hires-denoise' if hires else '--denoise'} {denoise:g}"
     check_pass(model.pipeline.scheduler, sampler, schedule, run, given, sampler_flag, discard)
     return schedule, run
 

@@ -16,7 +16,7 @@ import torch
 from . import refine
 from .conditioning import _step_tensors
 from .config import REFINER_SWITCH_AT, check_refiner_switch
-from .errors import ConfigError
+from .errors import ConfigError, setting
 from .families import FAMILY_NAMES
 from .models import Model
 from .refine import Hires
@@ -38,19 +38,19 @@ class Refiner:
     switch_at: float = REFINER_SWITCH_AT
 
 
-def check_refiner(model: Model, refiner: Model, flag: str = "--refiner") -> None:
+def check_refiner(model: Model, refiner: Model) -> None:
     """Refuse a refiner whose latents are not `model`'s (the web UI's refiner continues the base's latents as they
     are: an SDXL model with an SDXL one, SD 1.x/2.x with SD 1.x/2.x: `refine.same_latents`) or that predicts another
     target."""
     if not refine.same_latents(model, refiner):
-        raise ConfigError(f"{flag} {refiner.source} ({FAMILY_NAMES.get(refiner.family, 'custom model')}) does not "
-                          f"draw in the latents of --model {model.source} "
+        raise ConfigError(f"{setting('refiner', refiner.source)} ({FAMILY_NAMES.get(refiner.family, 'custom model')}) "
+                          f"does not draw in the latents of {setting('model', model.source)} "
                           f"({FAMILY_NAMES.get(model.family, 'custom model')}): give an SDXL refiner for an SDXL "
                           f"model, an SD 1.x/2.x model for an SD 1.x/2.x one")
     if refiner.prediction_type != model.prediction_type:
-        raise ConfigError(f"{flag} {refiner.source} predicts {refiner.prediction_type}, --model {model.source} "
-                          f"{model.prediction_type}: textinv's refiner continues the sampler with the refiner's UNet "
-                          f"as it is, so both must predict the same (give one of the same prediction type)")
+        raise ConfigError(f"{setting('refiner', refiner.source)} predicts {refiner.prediction_type}, "
+                          f"{setting('model', model.source)} {model.prediction_type}: textinv's refiner continues the "
+                          f"sampler with the refiner's UNet as it is, so both must predict the same (give one of the same prediction type)")
 
 
 def _check_refiner_passes(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
@@ -101,9 +101,9 @@ def _refiner_start(model: Model, refiner: Refiner, sampler: str, schedule: int, 
 
 def _past_the_switch(refiner: Refiner) -> ConfigError:
     """The error of a text-to-image pass whose first step is past `refiner`'s switch (`_check_refiner_passes`)."""
-    return ConfigError(f"--refiner-switch-at {refiner.switch_at:g} falls at the first step of the text-to-image pass "
-                       f"(its sampler's first noise level is already past it), which textinv's refiner takes over "
-                       f"only after: give a higher --refiner-switch-at")
+    return ConfigError(f"{setting('refiner_switch_at', refiner.switch_at, 'g')} falls at the first step of the "
+                       f"text-to-image pass (its sampler's first noise level is already past it), which textinv's "
+                       f"refiner takes over only after: give a higher {setting('refiner_switch_at')}")
 
 
 def _handing_on(refiner: Refiner, given: list[dict], refined: list[dict], stretch: list[int], size: tuple[int, int],

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, random_seed, spelled
 from .embedding_names import _as_prompted, _file_name
-from .errors import ConfigError, DeviceMemoryError, TextinvError, said_once, warns_at_caller
+from .errors import ConfigError, DeviceMemoryError, TextinvError, said_once, setting, warns_at_caller
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
 from .generate import (GenerationInterrupted, _memory_error, _Where, check_refiner_source, checked_settings,
                        _run_suffixes, drawing_dtype, drawing_model, generate_together, launched, make_grid,
@@ -615,16 +615,16 @@ def plan(config: GenerateConfig) -> Plan:
         seen[a.axis.name] = a.flag
     nx, ny, nz = Plan(axes, []).counts()
     if config.xyz_max_cells is None or config.xyz_max_cells < 1:
-        raise ConfigError(f"--xyz-max-cells must be 1 or more, got {config.xyz_max_cells}")
+        raise ConfigError(f"{setting('xyz_max_cells')} must be 1 or more, got {config.xyz_max_cells}")
     if config.xyz_margin is None or not 0 <= config.xyz_margin <= MAX_MARGIN:
         # (checked here, before any cell is drawn: a grid of huge margins failed only once every cell was drawn)
-        raise ConfigError(f"--xyz-margin must be 0 to {MAX_MARGIN} pixels (the web UI's Grid margins slider), got "
-                          f"{config.xyz_margin}")
+        raise ConfigError(f"{setting('xyz_margin')} must be 0 to {MAX_MARGIN} pixels (the web UI's Grid margins "
+                          f"slider), got {config.xyz_margin}")
     if nx * ny * nz > config.xyz_max_cells:
         said = " ".join(f"{flag} {text!r}" for flag, text in flags if text)
-        raise ConfigError(f"{said} make {nx} x {ny} x {nz} = {nx * ny * nz} cells, more than --xyz-max-cells "
-                          f"{config.xyz_max_cells} (each draws -n {config.n} pictures): give fewer values, or raise "
-                          f"--xyz-max-cells")
+        raise ConfigError(f"{said} make {nx} x {ny} x {nz} = {nx * ny * nz} cells, more than "
+                          f"{setting('xyz_max_cells', config.xyz_max_cells)} (each draws {setting('n', config.n)} "
+                          f"pictures): give fewer values, or raise {setting('xyz_max_cells')}")
     base, drawn = replace(config, x=None, y=None, z=None), None
     if any(a.axis.name == "var-strength" for a in axes if a) and base.variation_seed in (None, -1):
         # (the web UI's: a variation seed left at -1 is drawn once for the plot, not once in each cell)
