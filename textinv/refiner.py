@@ -50,7 +50,8 @@ def check_refiner(model: Model, refiner: Model) -> None:
     if refiner.prediction_type != model.prediction_type:
         raise ConfigError(f"{setting('refiner', refiner.source)} predicts {refiner.prediction_type}, "
                           f"{setting('model', model.source)} {model.prediction_type}: textinv's refiner continues the "
-                          f"sampler with the refiner's UNet as it is, so both must predict the same (give one of the same prediction type)")
+                          f"sampler with the refiner's UNet as it is, so both must predict the same (give one of the "
+                          f"same prediction type)")
 
 
 def _check_refiner_passes(model: Model, refiner: Refiner, steps: int, sampler: str, denoise: float | None,
