@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import ConfigError, warn
+from .errors import ConfigError, given, setting, warn
 
 SEPARATOR = ","  # between the options a `{2$$...}` variant draws (dynamicprompts' default: "A red,pink rose")
 MAX_PROMPTS = 100  # combinatorial mode's default cap on each --prompt's combinations
@@ -360,8 +360,8 @@ class Wildcards:
 
     def _sources(self, name: str) -> list:
         if self.folder is None:
-            raise ConfigError(f"__{name}__ is a wildcard, and no --wildcards-dir was given: pass the folder that holds "
-                              f"{name}.txt, or write \\_\\_ for underscores that are text")
+            raise ConfigError(f"__{name}__ is a wildcard, and no {setting('wildcards_dir')} was given: pass the folder "
+                              f"that holds {name}.txt, or write \\_\\_ for underscores that are text")
         names = self._all()
         if name in names and isinstance(names[name], ConfigError):
             raise names[name]
@@ -375,8 +375,8 @@ class Wildcards:
             there = ", ".join(list(names)[:20]) or "no wildcard files"
             unread = "; ".join(self._unread.values())
             maybe = f"; it may be in a wildcard file that does not read: {unread}" if unread else ""
-            raise ConfigError(f"__{name}__: no wildcard file {name}.txt in --wildcards-dir {self.folder} (it holds: "
-                              f"{there}); add it, or fix the name{maybe}")
+            raise ConfigError(f"__{name}__: no wildcard file {name}.txt in {setting('wildcards_dir', self.folder)} "
+                              f"(it holds: {there}); add it, or fix the name{maybe}")
         return list(found.values())
 
     def _matching(self, pattern: str) -> dict:
@@ -392,7 +392,8 @@ class Wildcards:
             for path in sorted(self.folder.rglob("*")):
                 for name, source in self._found(path):
                     if name in names:
-                        source = ConfigError(f"__{name}__ is given twice in --wildcards-dir {self.folder}: by "
+                        source = ConfigError(f"__{name}__ is given twice in "
+                                             f"{setting('wildcards_dir', self.folder)}: by "
                                              f"{_origin(names[name])} and {_origin(source)}; rename or remove one")
                     if isinstance(source, ConfigError):
                         warn(f"{source} (left out; refused where a prompt uses it)")
@@ -963,8 +964,8 @@ def jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | None
     try:
         return _jobs(prompts, negative, seeds, folder, combinatorial, max_prompts)
     except RecursionError:  # (variants hundreds deep read, but drawing them goes deeper)
-        raise ConfigError(f"--prompt {prompts!r} or --negative-prompt {negative!r}: variants nest too deeply to draw "
-                          f"(Python's recursion limit): nest fewer") from None
+        raise ConfigError(f"{given('prompt', prompts)} or {given('negative_prompt', negative)}: variants nest too "
+                          f"deeply to draw (Python's recursion limit): nest fewer") from None
 
 
 def _jobs(prompts: list[str], negative: str, seeds: list[int], folder: str | None, combinatorial: bool,

@@ -23,7 +23,7 @@ import torch
 
 from . import emphasis
 from .config import GenerateConfig
-from .errors import ConfigError, TokenError, warn
+from .errors import ConfigError, TokenError, setting, warn
 from .formats import (PNG_CHUNK, LearnedEmbedding, ModelSpecWarning, diffusers_file, holds_png_embedding,
                       load_embedding, load_embedding_pair, split_bundle)
 from .hub import fetch_embedding, hub_reference
@@ -49,14 +49,14 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
             files.append((entry, token))
             continue
         if (folder / "model_index.json").is_file():  # (its weights' .safetensors would be read as embeddings)
-            raise ConfigError(f"--embedding {entry} is a diffusers model folder (it holds model_index.json), not "
-                              f"embeddings: give it as --model")
+            raise ConfigError(f"{setting('embedding', entry)} is a diffusers model folder (it holds model_index.json), "
+                              f"not embeddings: give it as {setting('model')}")
         # a training run's --out (or one concept's folder of it) holds its embedding under the token's name
         # (--format a1111/kohya, SDXL's default sdxl file): its token is the run's, not the file's name
         run = saved_run(folder)
         if run is not None and len(run[1]) > 1:
             if token:
-                raise ConfigError(f"--token {token} renames one embedding; {entry} is a training run of "
+                raise ConfigError(f"{setting('token', token)} renames one embedding; {entry} is a training run of "
                                   f"{len(run[1])} concepts (pass one concept's folder to rename it)")
             for spec in run[1]:
                 found = embedding_file(folder / concept_folder(spec["token"]))
@@ -67,8 +67,8 @@ def embedding_files(entries: list[str], tokens: list[str | None], said: str) -> 
             files.append((str(found), token))
             continue
         if token:
-            raise ConfigError(f"--token {token} renames one embedding file; {entry} is a folder of them, each named "
-                              f"by its file name (rename the file instead)")
+            raise ConfigError(f"{setting('token', token)} renames one embedding file; {entry} is a folder of them, "
+                              f"each named by its file name (rename the file instead)")
         named = _named_in_folder(folder, said)
         if not folder_embeddings(folder):
             warn(f"the folder {entry} holds no embedding file ({', '.join(EMBEDDING_SUFFIXES)}, in it or its "

@@ -67,6 +67,8 @@ def setting(name: str, value=_LEFT_OUT, spec: str = "") -> str:
     >>> setting("steps"), setting("lr_schedule", "cosine")
     ('steps=', "lr_schedule='cosine'")
     """
+    if isinstance(value, os.PathLike):  # (a Path from Python: shown as its text)
+        value = os.fspath(value)
     if ON_COMMAND_LINE.get():
         flag = SHORT_FLAGS.get(name) or "--" + name.replace("_", "-")
         if isinstance(value, bool):  # (a switch: --center-crop, --no-center-crop)

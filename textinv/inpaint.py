@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from .data import _fit, load_image_and_alpha, prepare_image
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, setting
 
 FILLS = ("original", "fill", "latent-noise", "latent-nothing")
 BLENDS = ("denoised", "noised")  # the web UI's (the default) and diffusers' (`blend_denoised`, `blend_step`)
@@ -99,8 +99,8 @@ class Inpaint:
         thin to outlast being scaled to the picture's size."""
         if self.fitted(size).getbbox() is None:
             w, h = self.mask.size
-            raise ConfigError(f"--mask {path} ({w}x{h}) redraws nothing of {picture} ({size[0]}x{size[1]}): fitted "
-                              f"to the picture (its middle at the picture's proportions, scaled to its size, then "
+            raise ConfigError(f"{setting('mask', path)} ({w}x{h}) redraws nothing of {picture} "
+                              f"({size[0]}x{size[1]}): fitted to the picture (its middle at the picture's proportions, scaled to its size, then "
                               f"black or white at 128) it keeps all of it; give a mask of the picture's own size")
 
 
@@ -116,14 +116,15 @@ def read_mask(path: str | Path, invert: bool = False) -> Image.Image:
     try:
         picture, alpha = load_image_and_alpha(path)
     except DataError as e:
-        raise ConfigError(f"--mask {path} cannot be read: {e}; give a picture, white where it is redrawn") from None
+        raise ConfigError(f"{setting('mask', path)} cannot be read: {e}; give a picture, white where it is "
+                          f"redrawn") from None
     source = alpha if alpha is not None and alpha.getextrema() != (255, 255) else picture.convert("L")
     mask = source.point(lambda v: 255 if v > 128 else 0)
     redrawn = 0 if invert else 255
     if redrawn not in {v for v in mask.getextrema()}:
-        what = "black (--mask-invert redraws the black part)" if invert else "white"
-        raise ConfigError(f"--mask {path} has nothing {what}: nothing would be redrawn; paint the part to redraw "
-                          f"{'black' if invert else 'white'} (a transparent mask: opaque)")
+        what = f"black ({setting('mask_invert')} redraws the black part)" if invert else "white"
+        raise ConfigError(f"{setting('mask', path)} has nothing {what}: nothing would be redrawn; paint the part to "
+                          f"redraw {'black' if invert else 'white'} (a transparent mask: opaque)")
     return mask
 
 

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from . import emphasis
-from .errors import ConfigError, FormatError
+from .errors import ConfigError, FormatError, setting
 from .formats import BUNDLE_PREFIX, bundled_names
 from .models import Model, _first_line, _quiet_diffusers, quiet_transformers
 from .run_folder import _nfc
@@ -35,8 +35,8 @@ def lora_files(tags: list[emphasis.LoraTag], folders: list[str]) -> dict[str, Pa
         return {}
     named = ", ".join(f"<lora:{t.name}>" for t in tags)
     if not folders:
-        raise ConfigError(f"the prompt names {named}: give --lora-dir the folder of your LoRA files (the web UI's "
-                          f"models/Lora)")
+        raise ConfigError(f"the prompt names {named}: give {setting('lora_dir')} the folder of your LoRA files (the "
+                          f"web UI's models/Lora)")
     import importlib.util
 
     if importlib.util.find_spec("peft") is None:
@@ -44,7 +44,7 @@ def lora_files(tags: list[emphasis.LoraTag], folders: list[str]) -> dict[str, Pa
     found: dict[str, Path] = {}
     for folder in folders:
         if not Path(folder).is_dir():
-            raise ConfigError(f"--lora-dir {folder} is not a folder")
+            raise ConfigError(f"{setting('lora_dir', folder)} is not a folder")
     candidates = [f for folder in folders for f in sorted(Path(folder).rglob("*")) if f.is_file()]
     for tag in tags:
         name = _nfc(tag.name)
@@ -57,8 +57,9 @@ def lora_files(tags: list[emphasis.LoraTag], folders: list[str]) -> dict[str, Pa
             raise ConfigError(f"<lora:{tag.name}> is a pickled file ({same[0]}); textinv loads LoRAs only from "
                               f".safetensors (a pickle can carry code): use the .safetensors version")
         else:
-            raise ConfigError(f"<lora:{tag.name}>: no {tag.name}.safetensors in --lora-dir {', '.join(folders)} or "
-                              f"its subfolders; the tag names the file without its suffix")
+            raise ConfigError(f"<lora:{tag.name}>: no {tag.name}.safetensors in "
+                              f"{setting('lora_dir', ', '.join(map(str, folders)))} or its subfolders; the tag names "
+                              f"the file without its suffix")
     return found
 
 
