@@ -100,8 +100,9 @@ class Inpaint:
         if self.fitted(size).getbbox() is None:
             w, h = self.mask.size
             raise ConfigError(f"{setting('mask', path)} ({w}x{h}) redraws nothing of {picture} "
-                              f"({size[0]}x{size[1]}): fitted to the picture (its middle at the picture's proportions, scaled to its size, then "
-                              f"black or white at 128) it keeps all of it; give a mask of the picture's own size")
+                              f"({size[0]}x{size[1]}): fitted to the picture (its middle at the picture's proportions, "
+                              f"scaled to its size, then black or white at 128) it keeps all of it; give a mask of the "
+                              f"picture's own size")
 
 
 def read_mask(path: str | Path, invert: bool = False) -> Image.Image:
