@@ -30,7 +30,7 @@ import torch
 from .config import DEVICE_HELP, PRECISIONS, check_choices, check_types, opt
 from .data import (CAPTION_SUFFIXES, _PICTURE_SUFFIXES, PictureSet, _caption, _read_text, caption_file, load_image,
                    picture_set)
-from .errors import ConfigError, DataError, ModelError
+from .errors import ConfigError, DataError, ModelError, given, setting
 from .io import clear_stale_temporaries, write_text
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
@@ -73,38 +73,40 @@ class CaptionConfig:
         check_types(self)
         check_choices(self)
         if not self.images and not self.dataset_config:
-            raise ConfigError("--images is required: the folder of pictures to caption, as train's --images (or "
-                              "--dataset-config, kohya's dataset config)")
+            raise ConfigError(f"{setting('images')} is required: the folder of pictures to caption, as train's "
+                              f"{setting('images')} (or {setting('dataset_config')}, kohya's dataset config)")
         if self.images and self.dataset_config:
-            raise ConfigError("--images and --dataset-config both name the pictures: give one of them (the file's "
-                              "subsets are its folders)")
+            raise ConfigError(f"{setting('images')} and {setting('dataset_config')} both name the pictures: give one "
+                              f"of them (the file's subsets are its folders)")
         _check_extension(self.caption_extension)
         for name in ("num_beams", "max_length", "batch"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{setting(name)} must be at least 1, got {getattr(self, name)}")
         if self.max_length <= PROMPT_TOKENS:
-            raise ConfigError(f"--max-length {self.max_length} leaves no room for a word: it counts BLIP's "
+            raise ConfigError(f"{setting('max_length', self.max_length)} leaves no room for a word: it counts BLIP's "
                               f"{PROMPT_TOKENS}-token prompt too; give at least {PROMPT_TOKENS + 1}, e.g. 75")
         if not 0 <= self.min_length <= self.max_length:
-            raise ConfigError(f"--min-length {self.min_length} must be from 0 to --max-length ({self.max_length})")
+            raise ConfigError(f"{setting('min_length', self.min_length)} must be from 0 to {setting('max_length')} "
+                              f"({self.max_length})")
         if self.beam_search and self.top_p is not None:
-            raise ConfigError("--top-p is for nucleus sampling; with --beam-search give --num-beams, or leave out "
-                              "--beam-search to sample")
+            raise ConfigError(f"{setting('top_p')} is for nucleus sampling; with {setting('beam_search')} give "
+                              f"{setting('num_beams')}, or leave out {setting('beam_search')} to sample")
         if not self.beam_search and self.num_beams != 1:
-            raise ConfigError(f"--num-beams {self.num_beams} is for beam search: add --beam-search (without it "
-                              f"captions are sampled, with --top-p)")
+            raise ConfigError(f"{setting('num_beams', self.num_beams)} is for beam search: add "
+                              f"{setting('beam_search')} (without it captions are sampled, with {setting('top_p')})")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top-p is a probability mass in (0, 1], got {self.top_p}")
+            raise ConfigError(f"{setting('top_p')} is a probability mass in (0, 1], got {self.top_p}")
         return self
 
 
 def _check_extension(extension: str) -> None:
     """Refuse a caption suffix that would name no caption file beside the picture, or the picture itself."""
     if not extension.startswith(".") or len(extension) < 2 or any(c in extension for c in "/\\"):
-        raise ConfigError(f"--caption-extension {extension!r} is no file suffix; give one such as .txt or .caption")
+        raise ConfigError(f"{given('caption_extension', extension)} is no file suffix; give one such as .txt or "
+                          f".caption")
     if extension.lower() in _PICTURE_SUFFIXES:
-        raise ConfigError(f"--caption-extension {extension} is a picture's suffix: a caption file could replace "
-                          f"a picture; give .txt or .caption")
+        raise ConfigError(f"{setting('caption_extension', extension)} is a picture's suffix: a caption file could "
+                          f"replace a picture; give .txt or .caption")
 
 
 @dataclass
