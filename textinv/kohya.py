@@ -48,6 +48,7 @@ from typing import Any, Callable
 from .config import TrainConfig, check_side, check_training_size, is_warmup_length, training_size
 from .data import side_buckets, skip_sides
 from .errors import ConfigError, TextinvWarning, backslash_note, first_few, warn
+from .errors import setting as written  # (`setting` names a TrainConfig field here)
 from .foreign import foreign_hint, setting_of
 from .io import read_text
 
@@ -303,22 +304,22 @@ def _load_dataset_config(path: Path) -> dict:
     """The tables of the dataset config file at `path` (.toml or .json, UTF-8 or UTF-16 with its byte-order mark),
     as read; refused where there is no such file or it cannot be read."""
     if not path.is_file():
-        raise ConfigError(f"--dataset-config {path} does not exist{backslash_note(path)}; give kohya's dataset config "
-                          f"file (.toml)")
+        raise ConfigError(f"{written('dataset_config', path)} does not exist{backslash_note(path)}; give kohya's dataset "
+                          f"config file (.toml)")
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".json"):  # (kohya's load_user_config reads these two)
-        raise ConfigError(f"--dataset-config {path}: kohya's dataset config is a .toml (or .json) file, not "
+        raise ConfigError(f"{written('dataset_config', path)}: kohya's dataset config is a .toml (or .json) file, not "
                           f"{suffix or 'a file without a suffix'}")
     try:
         text = read_text(path)  # (UTF-8, or UTF-16 with its byte-order mark)
         data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
     except UnicodeDecodeError as e:
-        raise ConfigError(f"--dataset-config {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as "
-                          f"UTF-8") from e
+        raise ConfigError(f"{written('dataset_config', path)} is not UTF-8 text ({e.reason} at byte {e.start}): save it "
+                          f"as UTF-8") from e
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot parse --dataset-config {path}: {e}") from e
+        raise ConfigError(f"cannot parse {written('dataset_config', path)}: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"--dataset-config {path} must hold [general] and [[datasets]] tables, got "
+        raise ConfigError(f"{written('dataset_config', path)} must hold [general] and [[datasets]] tables, got "
                           f"{type(data).__name__}")
     return data
 
@@ -356,13 +357,13 @@ def _check_top(path: Path, data: dict) -> None:
     if not others:
         return
     if {key.replace("-", "_") for key in others} <= {f.name for f in dataclasses.fields(TrainConfig)}:
-        raise ConfigError(f"--dataset-config {path} holds textinv settings ({', '.join(others[:4])}), not kohya's "
-                          f"[general] and [[datasets]]: give it to --config")
+        raise ConfigError(f"{written('dataset_config', path)} holds textinv settings ({', '.join(others[:4])}), not "
+                          f"kohya's [general] and [[datasets]]: give it to --config")
     # kohya's training settings (its --config_file, which its GUI saves beside the dataset config) given here; a
     # dataset key at the top (written above [general]) is said below, though kohya's training settings have it too
     hints = [hint for key in others if key not in KEYS and (hint := foreign_hint(key, "train"))]
     if hints:
-        raise ConfigError(f"--dataset-config {path} holds kohya's training settings (its --config_file: "
+        raise ConfigError(f"{written('dataset_config', path)} holds kohya's training settings (its --config_file: "
                           f"{first_few(others)}), not its dataset config ([general] and [[datasets]]): give "
                           f"--dataset-config the dataset file, and those settings as textinv's flags or --config keys "
                           f"({hints[0]})")
@@ -409,7 +410,7 @@ def _unknown(key: str) -> str:
         return f"unknown key {key!r}: that is textinv's name; kohya's file calls it {ours[setting_of(key)]}"
     if setting_of(key) in textinv:
         return (f"unknown key {key!r}: that is a textinv setting, not one of kohya's dataset keys; give it as "
-                f"--{setting_of(key).replace('_', '-')}")
+                f"{written(setting_of(key))}")
     near = difflib.get_close_matches(key, list(KEYS), n=1)
     return f"unknown key {key!r}" + (f"; did you mean {near[0]!r}?" if near else "; kohya's keys: " + ", ".join(KEYS))
 
@@ -446,10 +447,10 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
     """
     read = read_dataset_config(config.dataset_config)
     path = read.path
-    given = "--images" if config.images else "--concepts" if config.concepts else None
+    given = written("images") if config.images else written("concepts") if config.concepts else None
     if given:  # (kohya ignores --train_data_dir beside a dataset config; here the pictures are named once)
-        raise ConfigError(f"{given} and --dataset-config {path} both name the pictures: give one of them (the "
-                          f"file's subsets are its folders)")
+        raise ConfigError(f"{given} and {written('dataset_config', path)} both name the pictures: give one of them "
+                          f"(the file's subsets are its folders)")
     for values in read.subsets:
         _refuse_at_default(path, values)
     changes, said = _file_settings(config, read)
@@ -464,7 +465,8 @@ def apply_dataset_config(config: TrainConfig) -> TrainConfig:
     try:  # ([width, height] with buckets: textinv's are made about one square's area, not kohya's w x h)
         check_training_size(training_size(resolution), buckets)
     except ConfigError as e:
-        raise ConfigError(f"{path}: resolution = {resolution} with enable_bucket (or --buckets): {e}") from None
+        raise ConfigError(f"{path}: resolution = {resolution} with enable_bucket (or {written('buckets')}): "
+                          f"{e}") from None
     _check_buckets(read, resolution, buckets, changes.get("bucket_no_upscale", config.bucket_no_upscale))
     _warn_ignored(read)
     subsets = _file_subsets(config, read)
@@ -573,7 +575,7 @@ def _but_folders(subsets: list[dict]) -> list[dict]:
 
 
 def _resuming(config: TrainConfig, path: Path) -> str:
-    return f"cannot resume {config.out} with --dataset-config {path}"
+    return f"cannot resume {config.out} with {written('dataset_config', path)}"
 
 
 def _check_captions(config: TrainConfig, changes: dict[str, Any], said: dict[str, str]) -> None:
@@ -588,7 +590,8 @@ def _check_captions(config: TrainConfig, changes: dict[str, Any], said: dict[str
 
 
 def _flag(setting: str) -> str:
-    return "--" + setting.replace("_", "-")
+    """A textinv setting as its user writes it: --flag on the command line, keyword= from Python (`errors.setting`)."""
+    return written(setting)
 
 
 def _shown(value) -> str:
@@ -649,7 +652,7 @@ def _check_buckets(read: DatasetConfig, resolution: int | None, buckets: bool, n
                               f"the model's own down-sampling, 64 pixels (SDXL: 32); remove it")
         if key != "bucket_reso_steps" and resolution is None:
             raise ConfigError(f"{read.path}: {place}: {key} = {value} needs the resolution it is measured "
-                              f"against: give resolution (e.g. 512 in [general]) or --resolution")
+                              f"against: give resolution (e.g. 512 in [general]) or {written('resolution')}")
     for dataset in read.datasets:
         sizes = {key: dataset[key] for key in ("min_bucket_reso", "max_bucket_reso") if key in dataset}
         if not sizes or no_upscale:
