@@ -304,8 +304,8 @@ def _load_dataset_config(path: Path) -> dict:
     """The tables of the dataset config file at `path` (.toml or .json, UTF-8 or UTF-16 with its byte-order mark),
     as read; refused where there is no such file or it cannot be read."""
     if not path.is_file():
-        raise ConfigError(f"{written('dataset_config', path)} does not exist{backslash_note(path)}; give kohya's dataset "
-                          f"config file (.toml)")
+        raise ConfigError(f"{written('dataset_config', path)} does not exist{backslash_note(path)}; give kohya's "
+                          f"dataset config file (.toml)")
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".json"):  # (kohya's load_user_config reads these two)
         raise ConfigError(f"{written('dataset_config', path)}: kohya's dataset config is a .toml (or .json) file, not "
@@ -314,8 +314,8 @@ def _load_dataset_config(path: Path) -> dict:
         text = read_text(path)  # (UTF-8, or UTF-16 with its byte-order mark)
         data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{written('dataset_config', path)} is not UTF-8 text ({e.reason} at byte {e.start}): save it "
-                          f"as UTF-8") from e
+        raise ConfigError(f"{written('dataset_config', path)} is not UTF-8 text ({e.reason} at byte {e.start}): "
+                          f"save it as UTF-8") from e
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot parse {written('dataset_config', path)}: {e}") from e
     if not isinstance(data, dict):
