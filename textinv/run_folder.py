@@ -27,7 +27,7 @@ from . import __version__
 from .config import (ALTERNATIVES, COMMAND_ONLY, DEFAULT_LR, SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build,
                      clip_steps, read_config_file)
 from .data import _OS_LITTER, PictureSet
-from .errors import ConfigError, FormatError, TextinvWarning, warn
+from .errors import ConfigError, FormatError, TextinvWarning, setting, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, first_file, load_embedding,
                       second_file, step_filename)
 from .hub import hub_reference
@@ -78,20 +78,20 @@ def prepare_output(config: TrainConfig, is_main: bool = True, saved: dict | None
     fails on its inputs leaves the folder as it was."""
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder")
+        raise ConfigError(f"{setting('out', out)} is a file; give a folder")
     _check_writable(out)
     tokens = [spec["token"] for spec in config.concept_list()]
     folders = [concept_folder(token) for token in tokens]
     if len(folders) > 1 and len(set(folders)) < len(folders):
-        raise ConfigError(f"--concepts tokens {tokens} would share an "
+        raise ConfigError(f"{setting('concepts')} tokens {tokens} would share an "
                           f"output folder ({', '.join(folders)}): give each concept a token that differs in more than "
                           "its <angle brackets> or punctuation")
     # what the run itself writes at the top of --out
     own = {CHECKPOINT_DIR, SAMPLES_DIR, LOSS_LOG, VALIDATION_LOG, CONFIG_FILE}
     taken = [t for t, f in zip(tokens, folders) if f.lower() in own] if len(folders) > 1 else []
     if taken:
-        raise ConfigError(f"--concepts token {taken[0]} would put its files in {out / concept_folder(taken[0])}, "
-                          f"where the run keeps its own {concept_folder(taken[0])}; give that concept another token")
+        raise ConfigError(f"{setting('concepts')} token {taken[0]} would put its files in "
+                          f"{out / concept_folder(taken[0])}, where the run keeps its own {concept_folder(taken[0])}; give that concept another token")
     _check_token_names(tokens, config.vectors or 1)  # (left out: one token, --init-embedding's, which takes no other's)
     holds_run = holds_files(out)
     if config.resume:
@@ -99,8 +99,8 @@ def prepare_output(config: TrainConfig, is_main: bool = True, saved: dict | None
     if config.resume_or_start:  # (still on: `resume_or_start` found files and no checkpoint there)
         return _started_again(out, config, saved, is_main)
     if holds_run and not config.overwrite:
-        raise ConfigError(f"output folder {out} is not empty; pass --resume to continue the run there, "
-                          f"--overwrite to replace it, or choose another --out")
+        raise ConfigError(f"output folder {out} is not empty; pass {setting('resume', True)} to continue the run "
+                          f"there, {setting('overwrite', True)} to replace it, or choose another {setting('out')}")
     previous = None
     if holds_run and is_main:
         try:
@@ -151,18 +151,19 @@ def _started_again(out: Path, config: TrainConfig, saved: dict | None, is_main: 
     if not (out / CONFIG_FILE).is_file():
         if checkpoints(out):  # (its record deleted: `no_record` says how to go on)
             raise ConfigError(no_record(out))
-        raise ConfigError(f"--resume-or-start: output folder {out} holds files but no textinv run (no "
-                          f"{CONFIG_FILE}), so neither resumes nor starts there; choose another --out, or move "
-                          f"those files out")
+        raise ConfigError(f"{setting('resume_or_start')}: output folder {out} holds files but no textinv run (no "
+                          f"{CONFIG_FILE}), so neither resumes nor starts there; choose another {setting('out')}, or "
+                          f"move those files out")
     _resumed(out, config, saved)  # (the settings checked, as a resume checks them)
     saved = read_run_settings(out) if saved is None else saved
     learned = _learned_file(out)
     step = _saved_step(learned) if learned is not None else None
     # (a finished run whose checkpoints were deleted to make room: starting again would delete what it learned)
     if step is not None and step >= (saved.get("steps") or 0):
-        raise ConfigError(f"--resume-or-start: {out} holds the finished run's learned vectors ({learned}) but no "
-                          f"checkpoint to resume from, and starting it again would delete them; start it again with "
-                          f"--overwrite{_from_saved_vectors(out)}, or give another --out")
+        raise ConfigError(f"{setting('resume_or_start')}: {out} holds the finished run's learned vectors ({learned}) "
+                          f"but no checkpoint to resume from, and starting it again would delete them; start it again "
+                          f"with {setting('overwrite', True)}{_from_saved_vectors(out)}, or give another "
+                          f"{setting('out')}")
     if learned is not None and is_main:  # (a kill between a save's embedding file and its checkpoint, the first)
         warn(f"--resume-or-start: {out} holds the run's vectors of step {step if step is not None else '?'} "
              f"({learned}) but no checkpoint to go on from them (a kill as the run saved, or checkpoints deleted): "
@@ -435,9 +436,9 @@ def _check_token_names(tokens: list[str], vectors: int) -> None:
             other, other_name = owner.setdefault(name.lower(), (token, name))
             if other != token:
                 taker, taken = (other, other_name) if other_name != other else (token, name)
-                why = (f"with --vectors {vectors}, '{taker}' also takes '{taken}'" if taken != taker
+                why = (f"with {setting('vectors', vectors)}, '{taker}' also takes '{taken}'" if taken != taker
                        else "the tokenizer lower-cases text")
-                raise ConfigError(f"--concepts tokens '{other}' and '{token}' both need the tokenizer entry "
+                raise ConfigError(f"{setting('concepts')} tokens '{other}' and '{token}' both need the tokenizer entry "
                                   f"'{name.lower()}' ({why}); rename one of them")
 
 
@@ -560,12 +561,14 @@ def _check_writable(out: Path) -> None:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise ConfigError(f"--out {out}: {probe} is a file, so the folder cannot be made there; choose another --out")
+        raise ConfigError(f"{setting('out', out)}: {probe} is a file, so the folder cannot be made there; choose "
+                          f"another {setting('out')}")
     if not os.access(probe, os.W_OK | os.X_OK):
         # (a read-only mount refuses every user: not a matter of permissions to change)
         read_only = hasattr(os, "statvfs") and os.statvfs(probe).f_flag & os.ST_RDONLY
-        raise ConfigError(f"--out {out}: {probe} is {'on a read-only disk' if read_only else 'not writable by you'}; "
-                          f"choose another --out")
+        raise ConfigError(f"{setting('out', out)}: {probe} is "
+                          f"{'on a read-only disk' if read_only else 'not writable by you'}; choose another "
+                          f"{setting('out')}")
 
 
 def clear_run(out: Path, previous: dict, keep: Path | None = None) -> None:
@@ -786,12 +789,13 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
                           "not record which model they belong to; resume with the model where the run had it, or "
                           "start a new run")
     if step > config.steps:
-        raise ConfigError(f"cannot resume {out} at step {step} with --steps {config.steps}: the run is past "
-                          f"it; give --steps {step} or more")
+        raise ConfigError(f"cannot resume {out} at step {step} with {setting('steps', config.steps)}: the run is "
+                          f"past it; give {setting('steps', step)} or more")
     saved = state.get("processes", processes)  # (older checkpoints do not record it)
     if saved != processes:
         how = "without accelerate launch" if saved == 1 else f"with accelerate launch --num_processes {saved}"
-        raise ConfigError(f"cannot resume {out}: it was trained by {saved} process(es) at --batch {config.batch} "
+        raise ConfigError(f"cannot resume {out}: it was trained by {saved} process(es) at "
+                          f"{setting('batch', config.batch)} "
                           f"each, this launch has {processes}, which would change the batch of every step; resume "
                           f"{how}")
     ordered = []
