@@ -91,7 +91,8 @@ def prepare_output(config: TrainConfig, is_main: bool = True, saved: dict | None
     taken = [t for t, f in zip(tokens, folders) if f.lower() in own] if len(folders) > 1 else []
     if taken:
         raise ConfigError(f"{setting('concepts')} token {taken[0]} would put its files in "
-                          f"{out / concept_folder(taken[0])}, where the run keeps its own {concept_folder(taken[0])}; give that concept another token")
+                          f"{out / concept_folder(taken[0])}, where the run keeps its own {concept_folder(taken[0])}; "
+                          f"give that concept another token")
     _check_token_names(tokens, config.vectors or 1)  # (left out: one token, --init-embedding's, which takes no other's)
     holds_run = holds_files(out)
     if config.resume:

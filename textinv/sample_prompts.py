@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import check_seed, check_side
-from .errors import ConfigError, backslash_note, warn
+from .errors import ConfigError, backslash_note, setting, warn
 from .io import read_text
 from .samplers import KOHYA, KOHYA_OTHERS, SAMPLERS, check_installed, check_steps
 
@@ -140,7 +140,7 @@ def read_prompt_file(entries: list, resume: bool = False, steps: int = 25) -> li
     files = [e for e in entries if is_prompt_file(e)]
     if len(entries) > 1:
         others = [os.fspath(e) for e in entries if e is not files[0]]
-        raise ConfigError(f"--sample-prompts takes prompts, or one file of them (kohya's), not both: "
+        raise ConfigError(f"{setting('sample_prompts')} takes prompts, or one file of them (kohya's), not both: "
                           f"{os.fspath(files[0])} with {others[0]!r}" + (" and more" if len(others) > 1 else "")
                           + "; put every prompt in the file")
     path = Path(os.fspath(files[0]).strip()).expanduser()
@@ -150,16 +150,16 @@ def read_prompt_file(entries: list, resume: bool = False, steps: int = 25) -> li
         except (OSError, ValueError):
             folder = False
         what = "is a folder" if folder else f"does not exist{backslash_note(path)}"
-        kept = (" (the resumed run recorded the prompts it read in its config.yaml: leave out --sample-prompts to "
-                "draw those)" if resume else "")
-        raise ConfigError(f"--sample-prompts {path} {what}; give kohya's sample prompts file (.txt, .toml or "
+        kept = (f" (the resumed run recorded the prompts it read in its config.yaml: leave out "
+                f"{setting('sample_prompts')} to draw those)" if resume else "")
+        raise ConfigError(f"{setting('sample_prompts', path)} {what}; give kohya's sample prompts file (.txt, .toml or "
                           f".json){kept}. An entry that ends in {', '.join(SUFFIXES)} is read as such a file, not "
                           f"as a prompt")
     try:
         text = read_text(path)  # (UTF-8, or UTF-16 with its byte-order mark)
     except UnicodeDecodeError as e:
-        raise ConfigError(f"--sample-prompts {path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as "
-                          f"UTF-8") from e
+        raise ConfigError(f"{setting('sample_prompts', path)} is not UTF-8 text ({e.reason} at byte {e.start}): save it "
+                          f"as UTF-8") from e
     suffix = path.suffix.lower()
     if not text.strip():  # (an empty .json or .toml would be a parse error that does not say the file is empty)
         read = []
@@ -172,8 +172,8 @@ def read_prompt_file(entries: list, resume: bool = False, steps: int = 25) -> li
     else:
         read = _toml(path, text, steps) if suffix == ".toml" else _json(path, text, steps)
     if not read:
-        raise ConfigError(f"--sample-prompts {path} holds no prompt; write one a line (\"a photo of sks --d 42\"), "
-                          f"or leave out --sample-prompts for the caption templates' first 4")
+        raise ConfigError(f"{setting('sample_prompts', path)} holds no prompt; write one a line (\"a photo of sks --d "
+                          f"42\"), or leave out {setting('sample_prompts')} for the caption templates' first 4")
     return read
 
 
@@ -181,10 +181,10 @@ def _toml(path: Path, text: str, steps: int) -> list[str | dict]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"cannot parse --sample-prompts {path}: {e}") from e
+        raise ConfigError(f"cannot parse {setting('sample_prompts', path)}: {e}") from e
     shared, others = data.get("prompt"), [key for key in data if key != "prompt"]
     if not isinstance(shared, dict) or not isinstance(shared.get("subset"), list) or others:
-        raise ConfigError(f"--sample-prompts {path} must hold kohya's [prompt] table (the keys every prompt "
+        raise ConfigError(f"{setting('sample_prompts', path)} must hold kohya's [prompt] table (the keys every prompt "
                           f"shares) and its [[prompt.subset]] tables (one per prompt, e.g. prompt = \"a photo of "
                           f"sks\", seed = 42)" + (f", and nothing else: {others[0]!r}" if others else ""))
     common = {key: value for key, value in shared.items() if key != "subset"}
@@ -201,10 +201,10 @@ def _json(path: Path, text: str, steps: int) -> list[str | dict]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"cannot parse --sample-prompts {path}: {e}") from e
+        raise ConfigError(f"cannot parse {setting('sample_prompts', path)}: {e}") from e
     if not isinstance(data, list):
-        raise ConfigError(f"--sample-prompts {path} must hold a list of prompts, each a line as in kohya's .txt "
-                          f"(\"a photo of sks --d 42\") or a mapping ({{\"prompt\": \"a photo of sks\", \"seed\": "
+        raise ConfigError(f"{setting('sample_prompts', path)} must hold a list of prompts, each a line as in kohya's "
+                          f".txt (\"a photo of sks --d 42\") or a mapping ({{\"prompt\": \"a photo of sks\", \"seed\": "
                           f"42}}), got {type(data).__name__}")
     out = []
     for n, item in enumerate(data, start=1):
