@@ -158,8 +158,8 @@ def read_prompt_file(entries: list, resume: bool = False, steps: int = 25) -> li
     try:
         text = read_text(path)  # (UTF-8, or UTF-16 with its byte-order mark)
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{setting('sample_prompts', path)} is not UTF-8 text ({e.reason} at byte {e.start}): save it "
-                          f"as UTF-8") from e
+        raise ConfigError(f"{setting('sample_prompts', path)} is not UTF-8 text ({e.reason} at byte {e.start}): "
+                          f"save it as UTF-8") from e
     suffix = path.suffix.lower()
     if not text.strip():  # (an empty .json or .toml would be a parse error that does not say the file is empty)
         read = []
