@@ -256,6 +256,74 @@ def test_a_choice_is_named_as_its_user_wrote_it(tmp_path, capsys):
         GenerateConfig(prompt=["a"], sampler="eulr").validate()
 
 
+# (command, the settings given, as flags, the refusal from Python, on the command line): each names the setting as
+# its user wrote it, where every one of them named the flag to Python callers too
+NAMED = [
+    ("train", dict(steps=0), ["--steps", "0"],
+     "steps= must be a whole number >= 1, got 0", "--steps must be a whole number >= 1, got 0"),
+    ("train", dict(lr=-1.0), ["--lr", "-1"], "lr= must be > 0", "--lr must be > 0"),
+    ("train", dict(random_crop=True, center_crop=False), ["--random-crop", "--no-center-crop"],
+     "random_crop= and center_crop=False: squashed", "--random-crop and --no-center-crop: squashed"),
+    ("train", dict(lr_cycles=3), ["--lr-cycles", "3"],
+     "lr_cycles=3 shapes lr_schedule='cosine_with_restarts', and the schedule is constant: give "
+     "lr_schedule='cosine_with_restarts', or leave out lr_cycles=",
+     "--lr-cycles 3 shapes --lr-schedule cosine_with_restarts, and the schedule is constant: give "
+     "--lr-schedule cosine_with_restarts, or leave out --lr-cycles"),
+    ("train", dict(validation_split=0.2, validate_every=0), ["--validation-split", "0.2", "--validate-every", "0"],
+     "validate_every=0 with validation_split=0.2: the pictures held out would never be scored; give validate_every= N",
+     "--validate-every 0 with --validation-split 0.2: the pictures held out would never be scored; give "
+     "--validate-every N"),
+    ("train", dict(min_timestep=10, max_timestep=5), ["--min-timestep", "10", "--max-timestep", "5"],
+     "max_timestep= must be a whole number above min_timestep= (10)",
+     "--max-timestep must be a whole number above --min-timestep (10)"),
+    ("train", dict(steps=5, epochs=2), ["--steps", "5", "--epochs", "2"],
+     "give the run's length as steps= or as epochs=, not both", "give the run's length as --steps or as --epochs"),
+    ("train", dict(optimizer_args=["lr=0.1"]), ["--optimizer-args", "lr=0.1"],
+     "optimizer_args='lr=...': give it as lr= ", "--optimizer-args lr=...: give it as --lr "),
+    ("train", dict(resolution=[512, 770]), ["--resolution", "512x770"],
+     "resolution's height must be a multiple of 8", "--resolution's height must be a multiple of 8"),
+    ("generate", dict(guidance=-1.0), ["--guidance", "-1"],
+     "guidance= must be at least 1 (1 turns guidance off), got -1", "--guidance must be at least 1"),
+    ("generate", dict(n=0), ["-n", "0"], "n= must be >= 1, got 0", "-n must be >= 1, got 0"),
+    ("generate", dict(hires_steps=4), ["--hires-steps", "4"],
+     "hires_steps= sets the hires fix, which hires_scale= (or hires_width= and hires_height=) turns on; add it, "
+     "e.g. hires_scale=2",
+     "--hires-steps sets the hires fix, which --hires-scale (or --hires-width and --hires-height) turns on; add it, "
+     "e.g. --hires-scale 2"),
+    ("generate", dict(eta=2.0), ["--eta", "2"], "eta= must be from 0 to 1", "--eta must be from 0 to 1"),
+    ("generate", dict(width=100), ["--width", "100"],
+     "width= must be a multiple of 8 pixels, got 100", "--width must be a multiple of 8 pixels, got 100"),
+    ("generate", dict(variation_seed=5), ["--variation-seed", "5"],
+     "variation_seed= needs variation_strength=", "--variation-seed needs --variation-strength"),
+    ("score", dict(n=0), ["-n", "0"], "n= must be a whole number >= 1, got 0", "-n must be a whole number >= 1"),
+    ("score", dict(description=" "), ["--description", " "], "description= is empty", "--description is empty"),
+]
+
+
+@pytest.mark.parametrize("command, settings, flags, python, command_line", NAMED,
+                         ids=[f"{c[0]}-{'-'.join(c[1])}" for c in NAMED])
+def test_a_refused_setting_is_named_as_its_user_wrote_it(command, settings, flags, python, command_line, tmp_path,
+                                                           capsys):
+    """`TrainConfig(steps=0)` was told of --steps and `GenerateConfig(guidance=-1)` of --guidance, flags a notebook
+    never typed: from Python a refusal names the keyword (and no flag), on the command line the flag, as before."""
+    from textinv.cli import main
+
+    embedding = tmp_path / "e.safetensors"
+    embedding.write_bytes(b"")  # (score's check that it exists comes first; nothing reads it)
+    given = {"train": (TrainConfig, dict(images=str(tmp_path), token="<zq>", out=str(tmp_path / "o"))),
+             "generate": (GenerateConfig, dict(prompt=["a"], out=str(tmp_path / "g"))),
+             "score": (ScoreConfig, dict(embedding=str(embedding)))}
+    make, base = given[command]
+    with pytest.raises(ConfigError) as raised:
+        make(**base, **settings).validate()
+    assert python in str(raised.value)
+    assert not re.search(r"(?<![\w-])--?[a-z]", str(raised.value)), str(raised.value)
+    argv = [command] + [item for key, value in base.items()
+                        for item in (f"--{key}", value[0] if isinstance(value, list) else value)] + flags
+    assert main(argv) == 2
+    assert f"error: {command_line}" in capsys.readouterr().err
+
+
 def test_a_mistyped_bundled_model_names_the_nearest(capsys):
     """`load_model("shapez")` listed the bundled models without the one meant, where a mistyped choice names it;
     the command line's --model says it too."""

@@ -245,28 +245,27 @@ def parse_lr_steps(text: str, name: str = "lr_steps", what: str = "rate", most: 
     [(0.05, 10), (0.02, 20), (0.005, None)]
     """
     pairs: list[tuple[float, int | None]] = []
-    flag = setting(name)
     items = [item.strip() for item in str(text).split(",") if item.strip()]  # (the web UI skips empty parts too)
     if not items:
-        raise ConfigError(f"{flag} {text!r} holds no {what}; e.g. '0.05:10, 0.005'")
+        raise ConfigError(f"{given(name, text)} holds no {what}; e.g. '0.05:10, 0.005'")
     for n, item in enumerate(items):
         rate, sep, until = (part.strip() for part in item.partition(":"))
         try:
             value = float(rate)
             step = int(until) if sep else None
         except ValueError:
-            raise ConfigError(f"{flag} {text!r}: {item!r} is not {what.upper()}:STEP (e.g. 0.005:100) or a last "
+            raise ConfigError(f"{given(name, text)}: {item!r} is not {what.upper()}:STEP (e.g. 0.005:100) or a last "
                               f"{what.upper()}") from None
         if step == -1 and n == len(items) - 1:  # the web UI's "to the end"
             step = None
         if not 0 < value <= most:
             limit = f" and at most {most:g}" if most < math.inf else ""
-            raise ConfigError(f"{flag} {text!r}: the {what} {value:g} must be > 0{limit}")
+            raise ConfigError(f"{given(name, text)}: the {what} {value:g} must be > 0{limit}")
         if step is None and n < len(items) - 1:
-            raise ConfigError(f"{flag} {text!r}: only the last {what} may go without a step ({what.upper()}:STEP, "
+            raise ConfigError(f"{given(name, text)}: only the last {what} may go without a step ({what.upper()}:STEP, "
                               f"..., {what.upper()})")
         if step is not None and step <= (pairs[-1][1] if pairs else 0):
-            raise ConfigError(f"{flag} {text!r}: the steps must rise from 1, got {step} after "
+            raise ConfigError(f"{given(name, text)}: the steps must rise from 1, got {step} after "
                               f"{pairs[-1][1] if pairs else 'the start'}")
         pairs.append((value, step))
     return pairs
@@ -754,8 +753,9 @@ class TrainConfig:
                 named = [t for t in tokens if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text or "", re.IGNORECASE)]
                 if named:
                     raise ConfigError(f"{given(name, text)} names the token {named[0]}, and goes on the captions of "
-                                      f"every concept of the run: the others' samples would train {named[0]} too; write "
-                                      f"each token in its own concept's caption files, or learn it in a run of its own")
+                                      f"every concept of the run: the others' samples would train {named[0]} too; "
+                                      f"write each token in its own concept's caption files, or learn it in a run of "
+                                      f"its own")
         return tokens
 
     @staticmethod

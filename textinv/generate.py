@@ -363,7 +363,7 @@ def _check_passes(model: Model, steps: int, sampler: str, start: list[Image.Imag
     if start is not None:  # (refused now, not once its pictures are encoded)
         _pass_schedule(model, steps, denoise or refine.IMG2IMG_DENOISE, False, sampler, discard=discard)
     else:  # (text to image: all its steps)
-        check_pass(model.pipeline.scheduler, sampler, steps, steps, f"--steps {steps}", discard=discard)
+        check_pass(model.pipeline.scheduler, sampler, steps, steps, setting("steps", steps), discard=discard)
     if refiner is not None:
         img2img = (denoise or refine.IMG2IMG_DENOISE) if start is not None else None
         _check_refiner_passes(second_model, refiner, steps, sampler, img2img, hires, discard)

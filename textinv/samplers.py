@@ -719,7 +719,8 @@ def check_pass(scheduler, name: str, schedule: int, run: int, given: str, flag: 
     try:
         made.set_timesteps(schedule)
     except ValueError as e:  # (the schedule's own plan: `schedulers.RestartScheduler`)
-        raise ConfigError(f"{_sampler(name, flag)}: {given}{' with --discard-penultimate-sigma' * discard}: {e}") from e
+        discarding = f" with {setting('discard_penultimate_sigma')}" if discard else ""
+        raise ConfigError(f"{_sampler(name, flag)}: {given}{discarding}: {e}") from e
     if run == schedule:
         return
     levels = made.schedule[schedule - run:]

@@ -797,7 +797,7 @@ def _check_samplers(ready: Plan, model) -> None:
     # (a text-to-image first pass runs all its steps; an img2img one is checked as generate checks it)
     for sampler, steps, discard in dict.fromkeys((c.sampler, c.steps, c.discard_penultimate_sigma)
                                                  for c in ready.cells if c.sampler != "default" and not c.init_image):
-        check_pass(model.pipeline.scheduler, sampler, steps, steps, f"--steps {steps}", flag, discard)
+        check_pass(model.pipeline.scheduler, sampler, steps, steps, setting("steps", steps), flag, discard)
 
 
 def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path]]) -> list[Path]:
