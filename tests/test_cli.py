@@ -476,7 +476,7 @@ def test_config_file_values_take_their_settings_types(tmp_path):
     for text, message in (("lr: fast\n", "'lr' must be a number"), ("steps: 2.5\n", "'steps' must be a whole number"),
                           ("center_crop: maybe\n", "'center_crop' must be true or false"),
                           ("batch:\n", "'batch' needs a value"), ("sample_prompts: [[1]]\n", "each entry must be text"),
-                          ("weight_decay: .nan\n", "--weight-decay must be >= 0"), ("1: 2\n", "unknown setting '1'")):
+                          ("weight_decay: .nan\n", "weight_decay= must be >= 0"), ("1: 2\n", "unknown setting '1'")):
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=message):
             build(TrainConfig, read_config_file(cfg), {"out": "o", "images": "i", "token": "<t>"}).validate()
@@ -814,14 +814,14 @@ def test_a_seed_torch_cannot_take_is_refused_by_every_command_that_seeds(tmp_pat
     from textinv.shapes.evaluate import EvalConfig
 
     train = build(TrainConfig, {"out": "o", "images": "i", "token": "<t>", "seed": 2**70})
-    with pytest.raises(ConfigError, match=f"--seed must be a whole number from -{2**63} to .*, got {2**70}"):
+    with pytest.raises(ConfigError, match=f"seed= must be a whole number from -{2**63} to .*, got {2**70}"):
         train.validate()
-    with pytest.raises(ConfigError, match="--seed"):
+    with pytest.raises(ConfigError, match="seed="):
         DemoConfig(seed=2**70, quick=True).resolved()
-    with pytest.raises(ConfigError, match="--seed"):
+    with pytest.raises(ConfigError, match="seed="):
         ScoreConfig(embedding=str(tmp_path), seed=2**70).validate()
     for seed in (-2, 2**70):
-        with pytest.raises(ConfigError, match="--seed must be a whole number from 0 to"):
+        with pytest.raises(ConfigError, match="seed= must be a whole number from 0 to"):
             EvalConfig(seed=seed).validate()
         with pytest.raises(ConfigError, match="--train-seed"):
             EvalConfig(train_seed=seed).validate()
@@ -1161,14 +1161,14 @@ def test_a_width_by_height_of_a_bad_side_is_refused_before_the_model_loads(given
 
 
 def test_a_width_by_height_with_buckets_is_refused_naming_a_square_of_about_its_area(tmp_path, capsys):
-    with pytest.raises(ConfigError, match=r"--buckets makes its sizes about one square's area: give --resolution "
+    with pytest.raises(ConfigError, match=r"buckets= makes its sizes about one square's area: give resolution= "
                                           r"one number with it, e.g. 640 \(about 512x768's area\)"):
         TrainConfig(images="i", token="<t>", out="o", resolution=[512, 768], buckets=True).validate()
     with pytest.raises(SystemExit):
         main(["train", "--resolution", "512x", "--token", "<t>", "--out", str(tmp_path / "o")])
     assert "argument --resolution: invalid int value: '512x'" in capsys.readouterr().err
     assert build(TrainConfig, {"resolution": 512.0}).resolution == 512  # (YAML's 512.0: a whole number, as before)
-    with pytest.raises(ConfigError, match=r"--resolution takes a whole number of pixels \(512\) or \[width, height\]"):
+    with pytest.raises(ConfigError, match=r"resolution= takes a whole number of pixels \(512\) or \[width, height\]"):
         TrainConfig(images="i", token="<t>", out="o", resolution=512.5).validate()
     with pytest.raises(ConfigError, match=r"as a pair must be two whole numbers \[width, height\], got \[512, 768, 2\]"):
         TrainConfig(images="i", token="<t>", out="o", resolution=[512, 768, 2]).validate()
@@ -1625,9 +1625,9 @@ def test_epochs_and_steps_together_are_refused(images, tmp_path, capsys):
     cfg.write_text("epochs: 2\nsteps: 10\n")
     assert main([*args, "--config", str(cfg)]) == 2
     assert f"not both (--epochs E sets --steps to E epochs' steps); in {cfg} gives both" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="as --steps or as --epochs, not both"):
+    with pytest.raises(ConfigError, match="as steps= or as epochs=, not both"):
         TrainConfig(images="x", token="<t>", out="o", epochs=2, steps=10).validate()
-    with pytest.raises(ConfigError, match="--epochs must be a whole number >= 1, got 0"):
+    with pytest.raises(ConfigError, match="epochs= must be a whole number >= 1, got 0"):
         TrainConfig(images="x", token="<t>", out="o", epochs=0).validate()
     cfg.write_text("steps: 10\n")
     later_epochs = build(TrainConfig, {"steps": 10}, {"epochs": 2})

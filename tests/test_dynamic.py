@@ -600,11 +600,11 @@ def test_generate_refuses_bad_dynamic_settings_before_the_model_loads(tmp_path):
     with pytest.raises(ConfigError, match=r"--hires-negative-prompt '\$\{s:x\}': the hires fix's prompts take no .*"
                                           r"\$\{variables\} .*, or \\\{, \$\\\{ and \\_ for the characters"):
         generate(GenerateConfig(prompt=["a"], hires_scale=2, hires_negative_prompt="${s:x}", **base), progress=False)
-    with pytest.raises(ConfigError, match="--wildcards-dir .*nowhere is no folder"):
+    with pytest.raises(ConfigError, match="wildcards_dir=.*nowhere' is no folder"):
         generate(GenerateConfig(prompt=["a"], wildcards_dir=str(tmp_path / "nowhere"), **base), progress=False)
-    with pytest.raises(ConfigError, match="--max-prompts must be >= 1"):
+    with pytest.raises(ConfigError, match="max_prompts= must be >= 1"):
         generate(GenerateConfig(prompt=["a"], combinatorial=True, max_prompts=0, **base), progress=False)
-    with pytest.raises(ConfigError, match="--max-prompts caps --combinatorial's combinations: add --combinatorial"):
+    with pytest.raises(ConfigError, match="max_prompts= caps combinatorial's combinations: add combinatorial="):
         generate(GenerateConfig(prompt=["a"], max_prompts=5, **base), progress=False)
 
 

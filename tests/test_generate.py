@@ -277,8 +277,8 @@ def test_generate_hands_a_given_model_back_as_it_was(sd1_dir, tmp_path):
 def test_generate_settings_refused_before_loading(tmp_path):
 
     (tmp_path / "file.png").write_bytes(b"x")
-    for settings, message in (({"seed": 2**64}, "--seed must be -1 .* or between"), ({"seed": -2}, "--seed must be"),
-                              ({"seed": 2**64 - 1, "n": 2}, "--seed must be"),
+    for settings, message in (({"seed": 2**64}, "seed= must be -1 .* or between"), ({"seed": -2}, "seed= must be"),
+                              ({"seed": 2**64 - 1, "n": 2}, "seed= must be"),
                               ({"out": str(tmp_path / "file.png")}, "is a file"),
                               ({"precision": "int8"}, "precision='int8' is not one of: auto, fp32")):
         with pytest.raises(ConfigError, match=message):
@@ -846,17 +846,17 @@ def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
 
     model = fresh_model(sd1_dir)
     zero_snr = type(model.pipeline.scheduler).from_config(model.pipeline.scheduler.config, rescale_betas_zero_snr=True)
-    with pytest.raises(ConfigError, match="dpm\\+\\+2m_karras cannot sample a model with a zero-terminal-SNR"):
+    with pytest.raises(ConfigError, match="dpm\\+\\+2m_karras' cannot sample a model with a zero-terminal-SNR"):
         scheduler_for(zero_snr, "dpm++2m_karras")
     assert scheduler_for(zero_snr, "dpm++2m").config.rescale_betas_zero_snr  # the schedule is kept
     for sampler in ("euler_normal", "dpm++2m_sgm_uniform", "lcm_simple"):  # (ComfyUI's top sigma is not diffusers')
-        with pytest.raises(ConfigError, match=f"{re.escape(sampler)} cannot sample a model with a zero-terminal-SNR "
+        with pytest.raises(ConfigError, match=f"{re.escape(sampler)}' cannot sample a model with a zero-terminal-SNR "
                                               f".*sigma 4.5e3 and diffusers elsewhere"):
             scheduler_for(zero_snr, sampler)
     # diffusers' Heun, KDPM2, PNDM and single-step DPM-Solver have no zero-terminal-SNR option: they would sample SD's
     # unrescaled schedule, so they are refused too (the Karras ones with them)
     for sampler in [s for s in NEW_SAMPLERS if not s.startswith(("lcm", "tcd"))] + ["dpm++sde", "lms"]:
-        with pytest.raises(ConfigError, match=f"--sampler {re.escape(sampler)} cannot sample a model with a "
+        with pytest.raises(ConfigError, match=f"sampler='{re.escape(sampler)}' cannot sample a model with a "
                                               f"zero-terminal-SNR .* has none; use euler, euler_a, dpm\\+\\+2m, "
                                               f"dpm\\+\\+2m_sde, dpm\\+\\+2m_sde_heun, dpm\\+\\+3m_sde, "
                                               f"dpm\\+\\+3m_sde_comfy, ddim, "
@@ -867,7 +867,7 @@ def test_karras_sampling_is_refused_on_a_zero_terminal_snr_schedule(sd1_dir):
     assert scheduler_for(zero_snr, "lcm").config.rescale_betas_zero_snr  # (on Euler's tables)
     assert scheduler_for(zero_snr, "tcd").config.rescale_betas_zero_snr
     for sampler in ("dpm++2m_sde_exponential", "euler_beta", "lcm_karras"):
-        with pytest.raises(ConfigError, match=f"{re.escape(sampler)} cannot sample a model with a zero-terminal-SNR"):
+        with pytest.raises(ConfigError, match=f"{re.escape(sampler)}' cannot sample a model with a zero-terminal-SNR"):
             scheduler_for(zero_snr, sampler)
     model.pipeline.scheduler = zero_snr
     with pytest.raises(ConfigError, match="zero-terminal-SNR"):
@@ -1836,8 +1836,8 @@ def test_zero_negative_guides_against_zeros_on_sd1_as_comfyuis_conditioning_zero
     hidden = seen[0][0]
     assert not hidden[:1].any() and hidden[1:].any()  # (the negative's row zeros, the prompt's not)
     assert json.loads(Image.open(png).text["textinv_settings"])["settings"]["zero_negative"] is True
-    with pytest.raises(ConfigError, match="--zero-negative guides against zeros in place of a negative prompt: "
-                                          "leave --negative-prompt out, or --zero-negative"):
+    with pytest.raises(ConfigError, match="zero_negative= guides against zeros in place of a negative prompt: "
+                                          "leave negative_prompt= out, or zero_negative="):
         generate(replace(config, negative_prompt="blurry"), model=model, progress=False)
 
 
@@ -1847,15 +1847,15 @@ def test_prompt_l_is_refused_where_it_cannot_apply_before_any_drawing(sd1_dir, t
     common = dict(n=1, steps=1, out=str(tmp_path / "a"), emphasis="comfy")
     for config, message in (
             (GenerateConfig(prompt=["a dog"], prompt_l="a cat", model=str(sd1_dir), **common),
-             "--prompt-l and --negative-prompt-l give SDXL's CLIP-L its own text; .* has one text encoder"),
+             "prompt_l= and negative_prompt_l= give SDXL's CLIP-L its own text; .* has one text encoder"),
             (GenerateConfig(prompt=["a dog"], negative_prompt_l="dark", hires_scale=2, hires_prompt="a cat",
-                            **common), "--negative-prompt-l gives the prompts' CLIP-L text, which the hires fix's"),
+                            **common), "negative_prompt_l= gives the prompts' CLIP-L text, which the hires fix's"),
             (GenerateConfig(prompt=["a dog AND a cat"], prompt_l="a cat", **common),
-             "--prompt-l gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts draws apart"),
+             "prompt_l= gives a prompt's CLIP-L text whole, which a prompt of AND sub-prompts draws apart"),
             # (a LoRA tag there was drawn as words, the LoRA not applied)
             (GenerateConfig(prompt=["a dog"], negative_prompt_l="<lora:film:0.5> dark", **common),
-             "--negative-prompt-l '<lora:film:0.5> dark' holds a LoRA tag, which applies to the whole picture: write "
-             "it in --prompt")):
+             "negative_prompt_l='<lora:film:0.5> dark' holds a LoRA tag, which applies to the whole picture: "
+             "write it in prompt=")):
         with pytest.raises(ConfigError, match=message):
             generate(config, progress=False)
     assert not list((tmp_path / "a").glob("*.png"))
@@ -3965,15 +3965,16 @@ def test_a_sampler_whose_package_is_missing_is_refused_when_read(monkeypatch, tm
 
     found = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else found(name, *a))
-    said = f"{re.escape(sampler)} needs the {package} package .*pip install {package} \\(or pip install 'textinv\\[samplers\\]'"
-    with pytest.raises(ConfigError, match=f"--sampler {said}"):
+    said = f" needs the {package} package .*pip install {package} \\(or pip install 'textinv\\[samplers\\]'"
+    named = f"sampler='{re.escape(sampler)}'{said}"
+    with pytest.raises(ConfigError, match=f"^{named}"):
         GenerateConfig(prompt=["a dog"], sampler=sampler).validate()
-    with pytest.raises(ConfigError, match=f"--hires-sampler {said}"):
+    with pytest.raises(ConfigError, match=f"^hires_{named}"):
         GenerateConfig(prompt=["a dog"], hires_scale=2, hires_sampler=sampler).validate()
-    with pytest.raises(ConfigError, match=f"--sampler {said}"):
+    with pytest.raises(ConfigError, match=f"^{named}"):
         ScoreConfig(embedding=str(tmp_path), sampler=sampler).validate()
     (tmp_path / "p.txt").write_text(f"a {{}} --ss {sampler}\n")
-    with pytest.raises(ConfigError, match=f"line 1: --ss {said}"):
+    with pytest.raises(ConfigError, match=f"line 1: --ss {re.escape(sampler)}{said}"):
         TrainConfig(images="x", token="<zq>", out="o", sample_prompts=[str(tmp_path / "p.txt")]).validate()
     monkeypatch.undo()
     assert GenerateConfig(prompt=["a dog"], sampler=sampler).validate().sampler == sampler

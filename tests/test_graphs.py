@@ -101,13 +101,13 @@ def test_cuda_graphs_may_be_turned_on_when_resuming(on_the_cpu, sd1_dir, images,
 
 
 def test_what_a_captured_step_cannot_take_is_refused(images, tmp_path, sd1_dir):
-    with pytest.raises(ConfigError, match="--cuda-graphs and --buckets"):
+    with pytest.raises(ConfigError, match="cuda_graphs= and buckets="):
         config(images, tmp_path, cuda_graphs=True, buckets=True).validate()
-    with pytest.raises(ConfigError, match="--compile-mode reduce-overhead"):
+    with pytest.raises(ConfigError, match="compile_mode='reduce-overhead'"):
         config(images, tmp_path, cuda_graphs=True, compile="unet", compile_mode="reduce-overhead").validate()
     config(images, tmp_path, cuda_graphs=True, compile="blocks").validate()  # (regional compile is captured too)
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="needs an NVIDIA GPU; this run is on cpu: leave --cuda-graphs out"):
+        with pytest.raises(ConfigError, match="needs an NVIDIA GPU; this run is on cpu: leave cuda_graphs= out"):
             train(config(images, tmp_path / "run", cuda_graphs=True), model=fresh_model(sd1_dir), progress=False)
         assert not (tmp_path / "run" / "checkpoints").exists()
 

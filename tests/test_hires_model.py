@@ -185,13 +185,13 @@ def test_bad_hires_settings_are_refused_before_anything_loads(sd1_dir, tmp_path,
     monkeypatch.setattr(generating, "load_model", no_loading)
     out = str(tmp_path / "out")
     for model, hires in ((sd1_dir, tmp_path / "xl"), (tmp_path / "xl", sd1_dir)):
-        with pytest.raises(ConfigError, match=r"--hires-model .* must be of the same family"):
+        with pytest.raises(ConfigError, match=r"hires_model=.* must be of the same family"):
             generate(GenerateConfig(prompt=PROMPT, model=str(model), hires_scale=2, hires_model=str(hires), out=out),
                      progress=False)
-    for settings, said in (({"hires_guidance": 3}, "--hires-guidance sets the hires fix"),
-                           ({"hires_model": str(sd1_dir)}, "--hires-model sets the hires fix"),
-                           ({"hires_scale": 2, "hires_guidance": 0.5}, "--hires-guidance must be .* at least 1"),
-                           ({"hires_scale": 2, "hires_guidance": float("inf")}, "--hires-guidance must be a finite")):
+    for settings, said in (({"hires_guidance": 3}, "hires_guidance= sets the hires fix"),
+                           ({"hires_model": str(sd1_dir)}, "hires_model= sets the hires fix"),
+                           ({"hires_scale": 2, "hires_guidance": 0.5}, "hires_guidance= must be .* at least 1"),
+                           ({"hires_scale": 2, "hires_guidance": float("inf")}, "hires_guidance= must be a finite")):
         with pytest.raises(ConfigError, match=said):
             generate(GenerateConfig(prompt=PROMPT, model=str(sd1_dir), out=out, **settings), progress=False)
 

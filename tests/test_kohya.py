@@ -872,7 +872,7 @@ def test_caption_settings_that_do_not_go_together_are_refused_naming_the_files_k
         apply_dataset_config(TrainConfig(dataset_config=str(both), token="<t>", out="o"))
     one = toml(tmp_path / "e.toml", f'[general]\nenable_wildcard = true\n[[datasets]]\n'
                                     f'[[datasets.subsets]]\nimage_dir = "{folder.as_posix()}"\n')
-    with pytest.raises(ConfigError, match=r"^--tag-warmup-steps and \S+e\.toml's enable_wildcard \(\[general\]\)"):
+    with pytest.raises(ConfigError, match=r"^tag_warmup_steps= and \S+e\.toml's enable_wildcard \(\[general\]\)"):
         apply_dataset_config(TrainConfig(dataset_config=str(one), token="<t>", out="o", tag_warmup_steps=3))
     overlap = toml(tmp_path / "f.toml", f'[general]\ncaption_separator = ","\nkeep_tokens_separator = ",,"\n'
                                         f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder.as_posix()}"\n')

@@ -227,7 +227,7 @@ def test_an_existing_out_is_refused_unless_overwrite(tmp_path):
     a = saved(tmp_path / "a.safetensors", 1, seed=1)
     b = saved(tmp_path / "b.safetensors", 1, seed=2)
     run(tmp_path, f"{tmp_path}/a.safetensors")
-    with pytest.raises(ConfigError, match="already exists; pass --overwrite"):
+    with pytest.raises(ConfigError, match="already exists; pass overwrite=True"):
         run(tmp_path, f"{tmp_path}/b.safetensors")
     assert torch.equal(load_embedding(tmp_path / "out.safetensors").vectors["text_encoder"], a.vectors["text_encoder"])
     run(tmp_path, f"{tmp_path}/b.safetensors", overwrite=True)

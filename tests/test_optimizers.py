@@ -130,20 +130,20 @@ def test_kohyas_optimizer_args_are_read_as_kohya_reads_them():
 
 @pytest.mark.parametrize("settings, said", [
     (dict(optimizer="adafactor", optimizer_args=["betas=0.9,0.99"]),
-     r"--optimizer-args betas=\.\.\.: transformers.optimization.Adafactor \(--optimizer adafactor\) takes no betas; "
+     r"optimizer_args='betas=\.\.\.': transformers.optimization.Adafactor \(optimizer='adafactor'\) takes no betas; "
      r"its arguments are: eps, clip_threshold, decay_rate, beta1, scale_parameter, relative_step, warmup_init$"),
-    (dict(optimizer_args=["weight_decay=0.1"]), r"weight_decay=\.\.\.: give it as --weight-decay"),
-    (dict(optimizer_args=["betas"]), r"--optimizer-args 'betas' is not KEY=VALUE"),
-    (dict(optimizer="sgd", optimizer_args=["momentum=0"]), r"--optimizer sgd with --optimizer-args momentum=0: SGD "
+    (dict(optimizer_args=["weight_decay=0.1"]), r"weight_decay=\.\.\.': give it as weight_decay="),
+    (dict(optimizer_args=["betas"]), r"optimizer_args='betas' is not KEY=VALUE"),
+    (dict(optimizer="sgd", optimizer_args=["momentum=0"]), r"optimizer='sgd' with optimizer_args='momentum=0': SGD "
                                                            r"says: Nesterov momentum requires a momentum"),
     (dict(optimizer="adafactor", optimizer_args=["relative_step=True"]), r"Adafactor would then set its own rate"),
     (dict(optimizer="CAME"), r"optimizer='CAME' is not one of: adamw, lion, prodigy, adafactor, sgd"),
-    (dict(optimizer="sgd", reference_like=True), r"--reference-like does what the diffusers example does, .* its "
+    (dict(optimizer="sgd", reference_like=True), r"reference_like= does what the diffusers example does, .* its "
                                                  r"optimizer is AdamW"),
-    (dict(lr_cycles=2), r"--lr-cycles 2 shapes --lr-schedule cosine_with_restarts, and the schedule is constant"),
-    (dict(lr_schedule="cosine", lr_power=2.0), r"--lr-power 2.0 shapes --lr-schedule polynomial"),
-    (dict(lr_schedule="cosine_with_restarts", lr_cycles=0), r"--lr-cycles must be a whole number >= 1"),
-    (dict(lr_schedule="polynomial", lr=1e-8), r"decays --lr to 1e-7, and --lr is 1e-08"),
+    (dict(lr_cycles=2), r"lr_cycles=2 shapes lr_schedule='cosine_with_restarts', and the schedule is constant"),
+    (dict(lr_schedule="cosine", lr_power=2.0), r"lr_power=2.0 shapes lr_schedule='polynomial'"),
+    (dict(lr_schedule="cosine_with_restarts", lr_cycles=0), r"lr_cycles= must be a whole number >= 1"),
+    (dict(lr_schedule="polynomial", lr=1e-8), r"decays lr= to 1e-7, and lr= is 1e-08"),
 ])
 def test_what_an_optimizer_or_schedule_cannot_take_is_refused_before_anything_loads(settings, said, tmp_path):
     with pytest.raises(ConfigError, match=said):
@@ -154,8 +154,8 @@ def test_what_an_optimizer_or_schedule_cannot_take_is_refused_before_anything_lo
 def test_an_optimizer_whose_package_is_missing_is_refused_naming_the_pip_command(name, package, tmp_path,
                                                                                  monkeypatch):
     monkeypatch.setitem(sys.modules, package.replace("-", "_"), None)  # (missing, even where it is installed)
-    with pytest.raises(ConfigError, match=rf"--optimizer {name.lower()} needs the {package} package .*: pip "
-                                          rf"install {package}, or choose another --optimizer"):
+    with pytest.raises(ConfigError, match=rf"optimizer='{name.lower()}' needs the {package} package .*: pip "
+                                          rf"install {package}, or choose another optimizer="):
         config(tmp_path / "nowhere", tmp_path / "o", optimizer=name).validate()
 
 
@@ -195,7 +195,7 @@ def test_lion_and_prodigy_are_built_from_their_packages_with_kohyas_args(sd1_dir
         warnings.simplefilter("error")  # (at --lr 1.0, nothing to say)
         config(images, tmp_path / "b", optimizer="prodigy", lr=1.0, optimizer_args=["d_coef=2"]).validate()
     assert prodigy[-1] == dict(lr=1.0, weight_decay=0.01, d_coef=2)
-    with pytest.raises(ConfigError, match=r"prodigyopt.Prodigy \(--optimizer prodigy\) takes no betas; its "
+    with pytest.raises(ConfigError, match=r"prodigyopt.Prodigy \(optimizer='prodigy'\) takes no betas; its "
                                           r"arguments are: d_coef, use_bias_correction$"):
         config(images, tmp_path / "b", optimizer="prodigy", lr=1.0, optimizer_args=["betas=0.9,0.99"]).validate()
 
@@ -203,7 +203,7 @@ def test_lion_and_prodigy_are_built_from_their_packages_with_kohyas_args(sd1_dir
 @pytest.mark.parametrize("name", ["adafactor", "prodigy"])
 def test_an_optimizer_that_mixes_the_concepts_rows_is_refused_with_several_concepts(name, tmp_path, monkeypatch):
     _fake_package(monkeypatch, "prodigyopt", "Prodigy")
-    with pytest.raises(ConfigError, match=rf"--optimizer {name} with several --concepts: .* so a concept would not "
+    with pytest.raises(ConfigError, match=rf"optimizer='{name}' with several concepts=: .* so a concept would not "
                                           rf"learn what its own run learns"):
         TrainConfig(concepts=["a=<a>", "b=<b>"], out=str(tmp_path / "o"), optimizer=name, lr=1.0).validate()
     TrainConfig(concepts=["a=<a>", "b=<b>"], out=str(tmp_path / "o"), optimizer="sgd").validate()
@@ -361,12 +361,12 @@ def test_kohyas_schedule_free_names_build_the_packages_optimizers_in_training_mo
 
 
 @pytest.mark.parametrize("settings, said", [
-    (dict(lr_schedule="cosine"), r"--optimizer adamw-schedulefree with --lr-schedule cosine: a schedule-free "
-                                 r"optimizer needs no rate schedule .* leave --lr-schedule constant"),
-    (dict(lr_steps="0.05:2, 0.01", lr=TrainConfig.lr), r"with --lr-steps: a schedule-free optimizer needs no rate"),
-    (dict(optimizer_args=["warmup_steps=10"]), r"warmup_steps=\.\.\.: give it as --warmup-steps"),
+    (dict(lr_schedule="cosine"), r"optimizer='adamw-schedulefree' with lr_schedule='cosine': a schedule-free "
+                                 r"optimizer needs no rate schedule .* leave lr_schedule='constant'"),
+    (dict(lr_steps="0.05:2, 0.01", lr=TrainConfig.lr), r"with lr_steps=: a schedule-free optimizer needs no rate"),
+    (dict(optimizer_args=["warmup_steps=10"]), r"warmup_steps=\.\.\.': give it as warmup_steps="),
     (dict(optimizer="RAdamScheduleFree", lr_schedule="constant_with_warmup", warmup_steps=5),
-     r"radam-schedulefree with --warmup-steps: RAdam's rectification is its warm-up"),
+     r"radam-schedulefree' with warmup_steps=: RAdam's rectification is its warm-up"),
 ])
 def test_a_schedule_for_a_schedule_free_optimizer_is_refused_naming_the_fix(settings, said, tmp_path):
     pytest.importorskip("schedulefree")
@@ -376,7 +376,7 @@ def test_a_schedule_for_a_schedule_free_optimizer_is_refused_naming_the_fix(sett
 
 def test_schedule_free_is_refused_without_its_package_naming_the_pip_command(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "schedulefree", None)
-    with pytest.raises(ConfigError, match=r"--optimizer sgd-schedulefree needs the schedulefree package .*: pip "
+    with pytest.raises(ConfigError, match=r"optimizer='sgd-schedulefree' needs the schedulefree package .*: pip "
                                           r"install schedulefree"):
         config(tmp_path / "nowhere", tmp_path / "o", optimizer="SGDScheduleFree").validate()
 
@@ -498,10 +498,10 @@ def test_dadaptation_is_refused_without_its_package_at_another_rate_said_and_wit
     with pytest.warns(UserWarning, match=r"--optimizer dadapt-lion estimates its own step size and is meant to run "
                                          r"at --lr 1.0 .*; --lr 0.05 scales that estimate by 0.05"):
         config(tmp_path / "nowhere", tmp_path / "o", optimizer="DAdaptLion", lr=0.05).validate()
-    with pytest.raises(ConfigError, match=r"--optimizer-args lr=\.\.\.: give it as --lr \(for prodigy and the dadapt "
-                                          r"ones, --lr 1.0"):
+    with pytest.raises(ConfigError, match=r"optimizer_args='lr=\.\.\.': give it as lr= \(for prodigy and the dadapt "
+                                          r"ones, lr=1.0"):
         config(tmp_path / "nowhere", tmp_path / "o", optimizer="DAdaptAdam", optimizer_args=["lr=1.0"]).validate()
-    with pytest.raises(ConfigError, match=r"--optimizer dadapt-adam with several --concepts: D-Adaptation estimates "
+    with pytest.raises(ConfigError, match=r"optimizer='dadapt-adam' with several concepts=: D-Adaptation estimates "
                                           r"one step size from all the vectors at once"):
         TrainConfig(concepts=["a=<a>", "b=<b>"], out=str(tmp_path / "o"), optimizer="DAdaptAdam", lr=1.0).validate()
     monkeypatch.setitem(sys.modules, "dadaptation", None)

@@ -988,7 +988,7 @@ def test_eta_sets_ddims_and_the_ancestral_samplers_noise_and_its_default_draws_a
         assert np.abs(draw(sampler, eta=0.5) - plain).max() > 10, sampler
     # at eta 0 DPM2 a adds no noise: it is DPM2 (the same steps and midpoints)
     assert np.abs(draw("dpm2_a", eta=0.0) - draw("dpm2")).max() <= 1
-    with pytest.raises(ConfigError, match=r"--eta 0.5: --sampler dpm\+\+2m takes no eta; give one that does: "
+    with pytest.raises(ConfigError, match=r"eta=0.5: sampler='dpm\+\+2m' takes no eta; give one that does: "
                                           r"euler_a, dpm\+\+2m_sde, dpm\+\+2m_sde_heun, dpm\+\+3m_sde, "
                                           r"dpm\+\+3m_sde_comfy, dpm\+\+sde, "
                                           r"dpm2_a, dpm\+\+2s_a "
@@ -1133,7 +1133,7 @@ def test_sigma_churn_draws_euler_heun_and_dpm2_with_fresh_noise_and_at_0_as_befo
     hires = Hires(scale=2.0, denoise=0.6, sampler="euler")
     assert np.abs(draw("euler_a", hires=hires, churn=Churn(churn=1.0))[0]
                   - draw("euler_a", hires=hires)[0]).max() > 10
-    with pytest.raises(ConfigError, match=r"--sigma-churn 1: --sampler euler_a takes no sigma churn settings; give "
+    with pytest.raises(ConfigError, match=r"sigma_churn=1.0: sampler='euler_a' takes no sigma churn settings; give "
                                           r"one that does: euler, heun, dpm2"):
         render(model, ["a dog"], [5], steps=3, width=16, sampler="euler_a", churn=Churn(churn=1.0))
 
@@ -1268,7 +1268,7 @@ def test_discard_penultimate_sigma_is_drawn_written_and_read_as_the_web_uis(sd1_
                                        "Discard penultimate sigma: True")
     config, said = again_warned(web, {"model": str(sd1_dir)})
     assert not config.discard_penultimate_sigma and "not applied from its A1111 parameters: Discard" in said
-    with pytest.raises(ConfigError, match=r"--discard-penultimate-sigma: --sampler ddim takes no sigma schedule to "
+    with pytest.raises(ConfigError, match=r"discard_penultimate_sigma=: sampler='ddim' takes no sigma schedule to "
                                           r"discard it from .* give one that does: euler, euler_a"):
         GenerateConfig(prompt=["a dog"], sampler="ddim", discard_penultimate_sigma=True).validate()
 
@@ -1295,7 +1295,7 @@ def test_restart_with_the_penultimate_sigma_discarded_is_drawn_written_and_read_
                                        "Size: 16x16, Discard penultimate sigma: True")
     config, said = again_warned(web, {"model": str(sd1_dir)})
     assert config.sampler == "restart_karras" and config.discard_penultimate_sigma and "Discard" not in said
-    with pytest.raises(ConfigError, match=r"--sampler restart: --steps 22 with --discard-penultimate-sigma: "
+    with pytest.raises(ConfigError, match=r"sampler='restart': steps=22 with discard_penultimate_sigma=: "
                                           r"Restart's level nearest sigma 0.1 on this schedule is 0"):
         draw("d", sampler="restart", steps=22, discard_penultimate_sigma=True)
     assert not (tmp_path / "d").exists() or not list((tmp_path / "d").iterdir())
@@ -1353,7 +1353,7 @@ def test_an_x_y_z_plots_eta_is_checked_against_each_cells_sampler(tmp_path):
 
     ready = plan(GenerateConfig(prompt=["a dog"], eta=0.5, x="sampler=euler_a,ddim", out=str(tmp_path)).validate())
     assert [cell.sampler for cell in ready.cells] == ["euler_a", "ddim"]
-    with pytest.raises(ConfigError, match=r"--x sampler=dpm\+\+2m: --eta 0.5: --sampler dpm\+\+2m takes no eta"):
+    with pytest.raises(ConfigError, match=r"--x sampler=dpm\+\+2m: eta=0.5: sampler='dpm\+\+2m' takes no eta"):
         plan(GenerateConfig(prompt=["a dog"], eta=0.5, x="sampler=euler_a,dpm++2m", out=str(tmp_path)).validate())
 
 

@@ -145,9 +145,9 @@ def test_comfy_emphasis_draws_the_refiner_without_an_embedding_it_cannot_read_as
 
 @pytest.mark.parametrize("switch_at", [0, 1, 1.5, -0.2, float("nan")])
 def test_a_switch_outside_0_to_1_is_refused_naming_the_flag(switch_at):
-    with pytest.raises(ConfigError, match="--refiner-switch-at .* above 0 and below 1"):
+    with pytest.raises(ConfigError, match="refiner_switch_at=.* above 0 and below 1"):
         GenerateConfig(prompt=PROMPT, refiner="x", refiner_switch_at=switch_at).validate()
-    with pytest.raises(ConfigError, match="--refiner-switch-at .* give the refiner too"):
+    with pytest.raises(ConfigError, match="refiner_switch_at= .* give the refiner too"):
         GenerateConfig(prompt=PROMPT, refiner_switch_at=0.5).validate()
 
 

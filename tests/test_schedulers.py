@@ -851,7 +851,7 @@ def test_a_restart_whose_level_nearest_sigma_0_1_is_0_is_refused_by_name():
     with pytest.raises(ValueError, match=r"Restart's level nearest sigma 0.1 on this schedule is 0 \(its smallest "
                                          r"non-zero sigma is 0.2[0-9]\): the web UI's goes down to 0, then restarts"):
         made.set_timesteps(22)
-    with pytest.raises(ConfigError, match=r"^--sampler restart: --steps 22 with --discard-penultimate-sigma: "
+    with pytest.raises(ConfigError, match=r"^sampler='restart': --steps 22 with discard_penultimate_sigma=: "
                                           r"Restart's level nearest sigma 0.1 .* draw it on a sigma schedule"):
         check_pass(own, "restart", 22, 22, "--steps 22", discard=True)
     check_pass(own, "restart", 22, 22, "--steps 22")
@@ -1252,7 +1252,7 @@ def test_check_steps_refuses_tcd_beyond_its_50_timesteps_and_no_ddim_uniform_cou
                         ("heun_ddim_uniform", 3), ("tcd", 50)):
         check_steps(name, steps)
     GenerateConfig(prompt=["a dog"], model="m", sampler="dpm++2m_ddim_uniform", steps=30).validate()
-    with pytest.raises(ConfigError, match=r"--sampler tcd at 51 steps: TCD takes its steps among the 50"):
+    with pytest.raises(ConfigError, match=r"sampler='tcd' at 51 steps: TCD takes its steps among the 50"):
         GenerateConfig(prompt=["a dog"], model="m", sampler="tcd", steps=51).validate()
 
 

@@ -182,9 +182,9 @@ def _lone_copy(run_dir, tmp_path):
 
 def test_bad_input_is_refused_before_anything_is_drawn(run_dir, clip_dir, judge, tmp_path, monkeypatch):
     lone = _lone_copy(run_dir, tmp_path)
-    with pytest.raises(ConfigError, match="--images is required"):
+    with pytest.raises(ConfigError, match="images= is required"):
         score(ScoreConfig(embedding=str(lone), clip=str(clip_dir), out=str(tmp_path / "o")), judge=judge)
-    with pytest.raises(ConfigError, match="--embedding .* does not exist"):
+    with pytest.raises(ConfigError, match="embedding=.* does not exist"):
         score(ScoreConfig(embedding=str(tmp_path / "nope.pt")), judge=judge)
     with pytest.raises(ConfigError, match="no {} and no <zq>"):
         score(settings(run_dir, clip_dir, tmp_path / "o", prompts=["a dog on a beach"]), judge=judge)
@@ -194,7 +194,7 @@ def test_bad_input_is_refused_before_anything_is_drawn(run_dir, clip_dir, judge,
     with pytest.raises(ConfigError, match="not a score report"):
         score(settings(run_dir, clip_dir, busy), judge=judge)
     assert (busy / "mine.txt").read_text() == "keep me"
-    with pytest.raises(ConfigError, match="-n must be"):
+    with pytest.raises(ConfigError, match="n= must be"):
         score(settings(run_dir, clip_dir, tmp_path / "o", n=0), judge=judge)
     with pytest.raises(ConfigError, match="sampler='pndm' is not one of"):
         score(settings(run_dir, clip_dir, tmp_path / "o", sampler="pndm"), judge=judge)
@@ -323,7 +323,7 @@ def test_token_renames_an_embedding_whose_name_the_tokenizer_knows(run_dir, sd1_
     report = score(_quick(tmp_path / "dog.pt", clip_dir, tmp_path / "o", token="<dg>", **base), judge=judge,
                    progress=False).report
     assert report["methods"][0]["words"] == "<dg>"
-    with pytest.raises(ConfigError, match="--token"):
+    with pytest.raises(ConfigError, match="token='my dog' must be one word"):
         ScoreConfig(embedding=str(tmp_path / "dog.pt"), token="my dog").validate()
 
 

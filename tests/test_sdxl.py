@@ -740,7 +740,7 @@ def test_prompt_l_gives_sdxls_clip_l_its_own_text_as_comfyuis_clip_text_encode_s
     torch.testing.assert_close(negative[:, :77, 32:], encode_prompts(model, ["blurry"])[0][..., 32:])
     settings = json.loads(Image.open(png).text["textinv_settings"])["settings"]
     assert (settings["prompt_l"], settings["negative_prompt_l"]) == (long_l, "dark")
-    with pytest.raises(ConfigError, match="--prompt-l is ComfyUI's CLIPTextEncodeSDXL text_l: add --emphasis comfy"):
+    with pytest.raises(ConfigError, match="prompt_l= is ComfyUI's CLIPTextEncodeSDXL text_l: add emphasis='comfy'"):
         generate(replace(config, emphasis="original"), model=model, progress=False)
 
 

@@ -459,10 +459,10 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
     with pytest.raises(ConfigError, match="init='caption' is not one of: word, description"):
         settings(flags={"init": "caption"})
     for lr in (0, 1e38):  # the trainer's own bounds, so a benchmark fails here, not after the model loads
-        with pytest.raises(ConfigError, match="--lr must be > 0 and at most"):
+        with pytest.raises(ConfigError, match="lr= must be > 0 and at most"):
             settings(flags={"lr": lr})
     for item, error in (("min_snr_gamma", "expected KEY=VALUE"), ("steps=5", "sets steps itself \\(use --steps\\)"),
-                        ("flip=false", "sets flip itself"), ("init_embedding=a.pt", "sets init_embedding itself"), ("min_snr_gamma=0", "--min-snr-gamma must be > 0"),
+                        ("flip=false", "sets flip itself"), ("init_embedding=a.pt", "sets init_embedding itself"), ("min_snr_gamma=0", "min_snr_gamma= must be > 0"),
                         ("max_timestep=soon", "'max_timestep' must be a whole number"),
                         ("colour=red", "unknown setting 'colour'"), ("vae=/a/vae", "would load or change the model"),
                         ("channels_last=true", "would load or change the model")):
@@ -474,8 +474,8 @@ def test_evaluate_refuses_bad_runs_precision_and_lr():
     assert settings(flags={"train_set": ["lr_steps=0.05:2, 0.005"]}).lr is None  # (the stepped rate's)
     assert settings(flags={}).lr == 5e-3
     # (a stepped rate that ends before the benchmark's steps was refused only when the first concept began learning)
-    with pytest.raises(ConfigError, match=r"^--train-set: --lr-steps '0.05:2, 0.005:10' ends the run at step 10 .*, "
-                                          r"before --steps 50: leave out --steps"):
+    with pytest.raises(ConfigError, match=r"^--train-set: lr_steps='0.05:2, 0.005:10' ends the run at step 10 .*, "
+                                          r"before steps=50: leave out steps="):
         settings(flags={"steps": 50, "train_set": ["lr_steps=0.05:2, 0.005:10"]})
     assert settings(flags={"steps": 10, "train_set": ["lr_steps=0.05:2, 0.005:10"]}).steps == 10
 
@@ -490,7 +490,7 @@ def test_evaluate_steps_given_as_trains_default_number_is_given_and_left_out_fol
     from textinv.shapes.evaluate import settings
 
     stepped = ["lr_steps=0.05:2, 0.005:10"]
-    with pytest.raises(ConfigError, match=f"ends the run at step 10 .*, before --steps {DEFAULT_STEPS}: leave out"):
+    with pytest.raises(ConfigError, match=f"ends the run at step 10 .*, before steps={DEFAULT_STEPS}: leave out"):
         settings(flags={"steps": DEFAULT_STEPS, "train_set": stepped})
     assert main(["evaluate", "--steps", str(DEFAULT_STEPS), "--train-set", *stepped]) == 2
     assert f"before --steps {DEFAULT_STEPS}" in capsys.readouterr().err
@@ -744,6 +744,6 @@ def test_evaluate_from_python_refuses_a_sampler_the_models_schedule_cannot_take_
         raise AssertionError("learned before the sampler was checked")
 
     monkeypatch.setattr(ev, "learn", learn)
-    with pytest.raises(ConfigError, match="--sampler dpm2 cannot sample a model with a zero-terminal-SNR"):
+    with pytest.raises(ConfigError, match="sampler='dpm2' cannot sample a model with a zero-terminal-SNR"):
         evaluate(model, Probe.load(probe_path), world.BENCHMARK_CONCEPTS[:1], steps=1, samples=1, sampler="dpm2",
                  progress=False)

@@ -163,11 +163,11 @@ def test_a_missing_tracker_package_is_refused_before_the_model_loads(images, tmp
     monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     for module in ("tensorboard", "tensorboardX"):  # (None in sys.modules: `import` fails, as when not installed)
         monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(ConfigError, match=r"--log-with tensorboard: the tensorboard package is not installed; "
+    with pytest.raises(ConfigError, match=r"log_with='tensorboard': the tensorboard package is not installed; "
                                           r"pip install tensorboard"):
         train(config(images, tmp_path / "run"), progress=False)
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ConfigError, match=r"--log-with wandb: the wandb package is not installed; pip install wandb"):
+    with pytest.raises(ConfigError, match=r"log_with='wandb': the wandb package is not installed; pip install wandb"):
         train(config(images, tmp_path / "run", log_with="wandb"), progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -177,13 +177,13 @@ def test_a_resume_whose_tracker_is_missing_is_told_to_turn_it_off_not_to_leave_o
     """A resumed run takes --log-with from its config.yaml, so "leave out --log-with" would not help one resumed in
     another environment without the package: --log-with none does."""
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ConfigError, match=r"--log-with wandb: the wandb package is not installed; pip install wandb, "
-                                          r"or resume with --log-with none \(the run's config.yaml names wandb\)"):
+    with pytest.raises(ConfigError, match=r"log_with='wandb': the wandb package is not installed; pip install wandb, "
+                                          r"or resume with log_with='none' \(the run's config.yaml names wandb\)"):
         config(images, tmp_path / "run", log_with="wandb", resume=True).validate()
     from accelerate import tracking
 
     monkeypatch.delitem(tracking.LOGGER_TYPE_TO_CLASS, "tensorboard")
-    with pytest.raises(ConfigError, match=r"pip install -U accelerate, or resume with --log-with none"):
+    with pytest.raises(ConfigError, match=r"pip install -U accelerate, or resume with log_with='none'"):
         config(images, tmp_path / "run", resume=True).validate()
 
 
@@ -198,7 +198,7 @@ def test_an_unknown_tracker_is_refused_with_the_list(log_with, message, images, 
 
 
 def test_a_log_dir_without_a_tracker_is_refused(images, tmp_path):
-    with pytest.raises(ConfigError, match="--log-dir .* add --log-with tensorboard"):
+    with pytest.raises(ConfigError, match="log_dir=.* add log_with='tensorboard'"):
         config(images, tmp_path / "run", log_with=None, log_dir=str(tmp_path / "tb")).validate()
     config(images, tmp_path / "run", log_with="none", log_dir=str(tmp_path / "tb")).validate()  # (a resume's off)
 
@@ -240,7 +240,7 @@ def test_a_tracker_the_installed_accelerate_lacks_is_refused_before_the_model_lo
     from accelerate import tracking
 
     monkeypatch.delitem(tracking.LOGGER_TYPE_TO_CLASS, "tensorboard")  # (as in an accelerate without it)
-    with pytest.raises(ConfigError, match=r"--log-with tensorboard: the installed accelerate \(.*\) has no tensorboard "
+    with pytest.raises(ConfigError, match=r"log_with='tensorboard': the installed accelerate \(.*\) has no tensorboard "
                                           r"tracker yet; pip install -U accelerate"):
         config(images, tmp_path / "run").validate()
 

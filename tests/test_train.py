@@ -219,7 +219,7 @@ def test_resume_or_start_refuses_a_folder_of_other_files_or_another_runs_setting
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.md").write_text("mine")
-    with pytest.raises(ConfigError, match=f"--resume-or-start: output folder {out} holds files but no textinv run"):
+    with pytest.raises(ConfigError, match=f"resume_or_start=: output folder {out} holds files but no textinv run"):
         train(config(images, out, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
     assert [p.name for p in out.iterdir()] == ["notes.md"]
     other = tmp_path / "other"
@@ -227,7 +227,7 @@ def test_resume_or_start_refuses_a_folder_of_other_files_or_another_runs_setting
     with pytest.raises(ConfigError, match=r"cannot resume .* with different settings \(lr: 0.05 -> 0.001\)"):
         train(config(images, other, steps=2, lr=1e-3, resume_or_start=True), model=fresh_model(sd1_dir),
               progress=False)
-    with pytest.raises(ConfigError, match="--resume-or-start and --resume: give one"):
+    with pytest.raises(ConfigError, match="resume_or_start= and resume=: give one"):
         train(config(images, other, resume=True, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
 
 
@@ -254,7 +254,7 @@ def test_existing_output_folder_is_not_overwritten_silently(sd1_dir, images, tmp
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="--resume .* --overwrite"):
+    with pytest.raises(ConfigError, match="resume=True .* overwrite=True"):
         train(config(images, out), model=fresh_model(sd1_dir), progress=False)
     train(config(images, out, steps=2, overwrite=True), model=fresh_model(sd1_dir), progress=False)
     assert (out / "keep.txt").read_text() == "mine"  # --overwrite removes only what a run writes
@@ -483,7 +483,7 @@ def test_noise_offset_noise_is_what_the_latents_are_noised_with_and_the_velocity
 def test_a_noise_offset_that_is_no_number_from_0_up_is_refused_naming_the_flag(value, images, tmp_path):
     # (a value of another type is refused as Python gives it, by `config.check_types`)
     message = (r"noise_offset= takes a number, got" if isinstance(value, (bool, str)) else
-               r"--noise-offset must be a number >= 0 \(0: off; 0.05-0.1 is typical\)")
+               r"noise_offset= must be a number >= 0 \(0: off; 0.05-0.1 is typical\)")
     with pytest.raises(ConfigError, match=message):
         config(images, tmp_path / "o", noise_offset=value).validate()
     assert config(images, tmp_path / "o", noise_offset=0).validate().noise_offset == 0  # (off: valid)
@@ -658,11 +658,11 @@ def test_bad_settings_fail_before_loading_anything(tmp_path, images):
     with pytest.raises(DataError, match="no images"):
         (tmp_path / "empty").mkdir()
         train(config(tmp_path / "empty", tmp_path / "o"), progress=False)
-    with pytest.raises(ConfigError, match="--vectors"):
+    with pytest.raises(ConfigError, match="vectors= must be a whole number >= 1"):
         train(config(images, tmp_path / "o", vectors=0), progress=False)
-    with pytest.raises(ConfigError, match="--lr must be > 0 and at most"):  # Adam's first step would overflow
+    with pytest.raises(ConfigError, match="lr= must be > 0 and at most"):  # Adam's first step would overflow
         train(config(images, tmp_path / "o", lr=1e38), progress=False)
-    with pytest.raises(ConfigError, match="--init '' is empty"):  # (it started from 'object', said nowhere)
+    with pytest.raises(ConfigError, match="init='' is empty"):  # (it started from 'object', said nowhere)
         train(config(images, tmp_path / "o", init=""), progress=False)
     for item in (f"{images}=<zq>=", {"images": str(images), "token": "<zq>", "init": " "}):  # (a concept's, too)
         with pytest.raises(ConfigError, match="concept .*: its init is empty"):
@@ -972,7 +972,7 @@ def test_a_resumed_loss_log_is_the_uninterrupted_runs(sd1_dir, images, tmp_path)
 def test_resume_with_fewer_steps_than_done_is_refused(sd1_dir, images, tmp_path):
     out = tmp_path / "b"
     train(config(images, out, steps=4), model=fresh_model(sd1_dir), progress=False)
-    with pytest.raises(ConfigError, match="at step 4 with --steps 2.*--steps 4 or more"):
+    with pytest.raises(ConfigError, match="at step 4 with steps=2.*steps=4 or more"):
         train(config(images, out, steps=2, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert "steps: 4" in (out / "config.yaml").read_text()  # the record still says what made the file
 
@@ -1018,7 +1018,7 @@ def test_clip_skip_reads_an_earlier_layer_in_training_and_is_recorded_in_the_fil
     assert plain.losses != skipped.losses
     assert (plain.embedding.metadata["clip_skip"], skipped.embedding.metadata["clip_skip"]) == ("1", "2")
     assert load_embedding(tmp_path / "b" / "learned_embeds.safetensors").metadata["clip_skip"] == "2"
-    with pytest.raises(ConfigError, match="--clip-skip must be a whole number >= 1"):
+    with pytest.raises(ConfigError, match="clip_skip= must be a whole number >= 1"):
         config(images, tmp_path / "c", clip_skip=0).validate()
 
 
@@ -1060,9 +1060,9 @@ def test_a_stepped_rate_with_a_last_step_ends_the_run_there_as_the_web_uis(sd1_d
     assert [step for step, _ in result.losses] == [1, 2, 3, 4]
     assert "--lr-steps ends at step 4, its last rate's step" in capsys.readouterr().out
     assert "\nsteps: 4\n" in (tmp_path / "a" / "config.yaml").read_text()  # (so a resume runs to it too)
-    with pytest.raises(ConfigError, match=r"ends the run at step 4 .*, before --steps 6: leave out --steps, or end"):
+    with pytest.raises(ConfigError, match=r"ends the run at step 4 .*, before steps=6: leave out steps=, or end"):
         config(images, tmp_path / "b", lr=TrainConfig.lr, lr_steps="0.05:2, 0.01:4").validate()
-    with pytest.raises(ConfigError, match="and --epochs 2 gives the length too: leave out --epochs"):
+    with pytest.raises(ConfigError, match="and epochs=2 gives the length too: leave out epochs="):
         config(images, tmp_path / "b", steps=TrainConfig.steps, epochs=2, lr=TrainConfig.lr,
                lr_steps="0.05:2, 0.01:4").validate()
     config(images, tmp_path / "b", steps=3, lr=TrainConfig.lr, lr_steps="0.05:2, 0.01:4").validate()  # (stops first)
@@ -1082,7 +1082,7 @@ def test_a_steps_given_as_the_defaults_number_is_given_beside_a_stepped_rate_tha
     (tmp_path / "run.yaml").write_text(f"steps: {DEFAULT_STEPS}\n")
     assert main(run + ["--out", str(tmp_path / "b"), "--config", str(tmp_path / "run.yaml")]) == 2
     assert f"before --steps {DEFAULT_STEPS}" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match=f"before --steps {DEFAULT_STEPS}"):
+    with pytest.raises(ConfigError, match=f"before steps={DEFAULT_STEPS}"):
         config(images, tmp_path / "c", steps=DEFAULT_STEPS, lr=TrainConfig.lr, lr_steps="0.05:2, 0.01:4").validate()
     assert TrainConfig().steps is None and TrainConfig(lr_steps="0.05:2, 0.01:4").steps_to_run() == 4
     assert main(run + ["--out", str(tmp_path / "d"), "--batch", "2", "--save-every", "0", "--sample-every", "0"]) == 0
@@ -1104,7 +1104,7 @@ def test_an_lr_given_as_the_defaults_number_beside_a_stepped_rate_is_refused(sd1
     (tmp_path / "run.yaml").write_text("lr: 0.005\nlr_steps: '0.05:2, 0.01:4'\n")
     assert main(run + ["--out", str(tmp_path / "b"), "--config", str(tmp_path / "run.yaml")]) == 2
     assert "--lr-steps gives the rates: leave out --lr" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match=r"leave out --lr \(got 0.005\)"):
+    with pytest.raises(ConfigError, match=r"leave out lr= \(got 0.005\)"):
         config(images, tmp_path / "c", lr=DEFAULT_LR, lr_steps="0.05:2, 0.01:4").validate()
     assert TrainConfig().lr is None and TrainConfig(images="x", token="<t>", out="o").validate().lr == DEFAULT_LR
     # left out: none recorded beside the stepped rate, so the file reruns (--config) and resumes as it is
@@ -1133,9 +1133,9 @@ def test_an_lr_given_as_the_defaults_number_beside_a_stepped_rate_is_refused(sd1
 def test_bad_stepped_learning_rates_are_refused_naming_the_part(images, tmp_path, text, error):
     with pytest.raises(ConfigError, match=error):
         config(images, tmp_path / "a", lr_steps=text).validate()
-    with pytest.raises(ConfigError, match="--lr-steps is a schedule of its own"):
+    with pytest.raises(ConfigError, match="lr_steps= is a schedule of its own"):
         config(images, tmp_path / "a", lr_steps="0.05", lr_schedule="cosine").validate()
-    with pytest.raises(ConfigError, match="--lr-steps gives the rates: leave out --lr"):
+    with pytest.raises(ConfigError, match="lr_steps= gives the rates: leave out lr="):
         config(images, tmp_path / "a", lr_steps="0.05").validate()  # (the tests' config sets --lr 5e-2)
 
 
@@ -1157,8 +1157,8 @@ def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
     moved = train(config(images, tmp_path / "b", vectors=2, init=None, init_embedding=str(path)),
                   model=fresh_model(sd1_dir), progress=False).embedding.vectors["text_encoder"]
     assert not torch.allclose(moved, start, atol=1e-3)  # and it learns from there
-    with pytest.raises(ConfigError, match=r"has 2 vector\(s\) per encoder, --vectors 3 asks for 3: leave --vectors "
-                                          r"out \(it is then the file's count\) or give --vectors 2$"):
+    with pytest.raises(ConfigError, match=r"has 2 vector\(s\) per encoder, vectors=3 asks for 3: leave vectors= "
+                                          r"out \(it is then the file's count\) or give vectors=2$"):
         train(config(images, tmp_path / "c", vectors=3, init=None, init_embedding=str(path)),
               model=fresh_model(sd1_dir), progress=False)
     assert not (tmp_path / "c").exists()  # (refused before the model loads, nothing written)
@@ -1171,9 +1171,9 @@ def test_training_can_start_from_an_embedding_file(sd1_dir, images, tmp_path):
         train(config(images, tmp_path / "g", init=None, init_embedding=str(long)), progress=False)
     with pytest.raises(FormatError):  # an unreadable file: said before the model loads
         train(config(images, tmp_path / "e", init=None, init_embedding=str(images / "missing.pt")), progress=False)
-    with pytest.raises(ConfigError, match="leave out --init"):
+    with pytest.raises(ConfigError, match="leave out init="):
         config(images, tmp_path / "f", init_embedding=str(path)).validate()
-    with pytest.raises(ConfigError, match="--init-embedding needs an embedding file"):
+    with pytest.raises(ConfigError, match="init_embedding= needs an embedding file"):
         config(images, tmp_path / "f", init=None, init_embedding=" ").validate()
 
 
@@ -1237,7 +1237,7 @@ def test_a_run_started_from_an_embedding_file_resumes_without_it(sd1_dir, images
                     progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.embedding.metadata["init"] == f"embedding {path.name}"  # (not where it lies)
-    with pytest.raises(FormatError, match="^--init-embedding: "):  # a fresh run needs it, and says which flag
+    with pytest.raises(FormatError, match="^init_embedding=: "):  # a fresh run needs it, and says which flag
         train(config(images, tmp_path / "c", **settings), model=fresh_model(sd1_dir), progress=False)
 
 
@@ -1338,7 +1338,7 @@ def test_shuffled_tags_reach_the_training_prompts_and_resume_exactly(sd1_dir, im
     train(config(images, tmp_path / "c", steps=3, **tags), model=fresh_model(sd1_dir), progress=False)
     resumed = train(config(images, tmp_path / "c", resume=True, **tags), model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(resumed.embedding.vectors["text_encoder"], shuffled.embedding.vectors["text_encoder"])
-    with pytest.raises(ConfigError, match="--tag-dropout is a chance in"):
+    with pytest.raises(ConfigError, match="tag_dropout= is a chance in"):
         config(images, tmp_path / "d", tag_dropout=1.0).validate()
 
 
@@ -1975,7 +1975,7 @@ def test_init_spread_webui_starts_from_the_tokens_the_web_ui_reads(sd1_dir, imag
               model=fresh_model(sd1_dir), progress=False)
     assert torch.equal(starts[0], table[ids[:2]])
     assert torch.allclose(starts[1], torch.stack([c.mean(0) for c in torch.tensor_split(table[ids], 2)]))
-    with pytest.raises(ConfigError, match="--init-embedding gives them: leave out --init-spread"):
+    with pytest.raises(ConfigError, match="init_embedding= gives them: leave out init_spread="):
         config(images, tmp_path / "c", init=None, init_embedding="a.pt", init_spread="webui").validate()
 
 
@@ -2290,10 +2290,10 @@ def test_an_out_on_a_read_only_disk_is_said_to_be_on_one(monkeypatch, tmp_path):
     real_statvfs = os.statvfs
     monkeypatch.setattr(run_folder.os, "access", lambda path, mode: False)
     monkeypatch.setattr(run_folder.os, "statvfs", lambda path: SimpleNamespace(f_flag=os.ST_RDONLY))
-    with pytest.raises(ConfigError, match=rf"--out {tmp_path / 'run'}: {tmp_path} is on a read-only disk; choose"):
+    with pytest.raises(ConfigError, match=rf"out='{tmp_path / 'run'}': {tmp_path} is on a read-only disk; choose"):
         run_folder.prepare_output(TrainConfig(images="x", token="<t>", out=str(tmp_path / "run")))
     monkeypatch.setattr(run_folder.os, "statvfs", real_statvfs)
-    with pytest.raises(ConfigError, match=rf"{tmp_path} is not writable by you; choose another --out"):
+    with pytest.raises(ConfigError, match=rf"{tmp_path} is not writable by you; choose another out="):
         run_folder.prepare_output(TrainConfig(images="x", token="<t>", out=str(tmp_path / "run")))
 
 
@@ -2303,7 +2303,7 @@ def test_more_sample_steps_than_the_models_noise_levels_are_refused_before_the_r
     model = fresh_model(sd1_dir)
     most = model.pipeline.scheduler.config.num_train_timesteps
     out = tmp_path / "run"
-    with pytest.raises(ConfigError, match=f"--sample-steps {most + 1} is more than the {most} noise levels"):
+    with pytest.raises(ConfigError, match=f"sample_steps={most + 1} is more than the {most} noise levels"):
         train(config(images, out, sample_every=2, sample_steps=most + 1), model=model, progress=False)
     assert not out.exists()
     train(config(images, out, steps=2, sample_every=0, sample_steps=most + 1), model=model, progress=False)  # no grids
@@ -2407,10 +2407,10 @@ def test_random_crop_works_with_buckets_alpha_masks_and_a_validation_split_and_i
     run = train(config(images, tmp_path / "a", resolution=16, random_crop=True, buckets=True, alpha_mask=True,
                        validation_split=0.25, validate_every=3), model=fresh_model(sd1_dir), progress=False)
     assert torch.isfinite(run.embedding.vectors["text_encoder"]).all()
-    with pytest.raises(ConfigError, match="--random-crop and --no-center-crop: squashed, the whole picture is its "
+    with pytest.raises(ConfigError, match="random_crop= and center_crop=False: squashed, the whole picture is its "
                                           "training size and there is nothing to crop"):
         config(images, tmp_path / "b", random_crop=True, center_crop=False).validate()
-    with pytest.raises(ConfigError, match="--random-crop and --reference-like"):
+    with pytest.raises(ConfigError, match="random_crop= and reference_like="):
         config(images, tmp_path / "b", random_crop=True, reference_like=True).validate()
 
 
@@ -2477,8 +2477,8 @@ def test_bucket_no_upscale_resumes_exactly_and_a_resume_without_it_is_refused(sd
 
 
 def test_bucket_no_upscale_without_buckets_is_refused(images, tmp_path):
-    with pytest.raises(ConfigError, match=r"--bucket-no-upscale says how --buckets sizes each picture's bucket, and "
-                                          r"the buckets are off: give --buckets too"):
+    with pytest.raises(ConfigError, match=r"bucket_no_upscale= says how buckets= sizes each picture's bucket, and "
+                                          r"the buckets are off: give buckets= too"):
         config(images, tmp_path / "o", bucket_no_upscale=True).validate()
 
 
@@ -2512,7 +2512,7 @@ def test_max_grad_value_clips_each_number_of_the_gradient(sd1_dir, images, tmp_p
     assert 0 < moved <= 1.9 * 1e-7 * 1.01
     unclipped = train(train_config(images, tmp_path / "b", **settings), model=fresh_model(sd1_dir), progress=False)
     assert (unclipped.embedding.vectors["text_encoder"][0] - start).abs().max() > 100 * moved
-    with pytest.raises(ConfigError, match="--max-grad-norm and --max-grad-value"):
+    with pytest.raises(ConfigError, match="max_grad_norm= and max_grad_value="):
         build(TrainConfig, {"max_grad_value": 0.1, "max_grad_norm": 1.0})
 
 
@@ -2533,9 +2533,9 @@ def test_the_clip_value_may_be_stepped_as_the_web_uis(sd1_dir, images, tmp_path)
     given = {"images": str(images), "token": "<zq>", "out": str(tmp_path / "f")}  # (as a config file gives it)
     assert build(TrainConfig, {**given, "max_grad_norm": "0.1:100, 0.05"}).validate().max_grad_norm == "0.1:100, 0.05"
     assert build(TrainConfig, {**given, "max_grad_norm": 0.5}).max_grad_norm == "0.5"
-    with pytest.raises(ConfigError, match="--max-grad-norm '0.1:100, fast': 'fast' is not VALUE:STEP"):
+    with pytest.raises(ConfigError, match="max_grad_norm='0.1:100, fast': 'fast' is not VALUE:STEP"):
         build(TrainConfig, {**given, "max_grad_norm": "0.1:100, fast"}).validate()
-    with pytest.raises(ConfigError, match="--max-grad-value must be > 0 when given, got 0"):
+    with pytest.raises(ConfigError, match="max_grad_value= must be > 0 when given, got 0"):
         train_config(images, tmp_path / "f", max_grad_value=0).validate()
     # (a number given from Python, read back as text from config.yaml, resumes the same run)
     vectors("e", 1, max_grad_norm=0.05, save_every=1)
@@ -2558,7 +2558,7 @@ def test_latent_sampling_keeps_the_latents_as_the_web_uis_methods_do(sd1_dir, tm
     for method in ("deterministic", "once"):
         assert all(torch.equal(latent, seen[method][0]) for latent in seen[method])
     assert not torch.equal(seen["once"][0], seen["deterministic"][0])
-    with pytest.raises(ConfigError, match="--latent-sampling once and --reference-like"):
+    with pytest.raises(ConfigError, match="latent_sampling='once' and reference_like="):
         train_config(one, tmp_path / "r", latent_sampling="once", reference_like=True).validate()
 
 
@@ -2579,7 +2579,7 @@ def test_png_embeddings_put_each_grids_step_embedding_in_its_picture(sd1_dir, im
     grid, picture = Image.open(out / "samples" / "step-000002.png").convert("RGB"), Image.open(png).convert("RGB")
     strip = (picture.width - grid.width - 2) // 2  # (the web UI's pixel copy of the embedding, either side)
     assert picture.crop((strip + 1, 0, strip + 1 + grid.width, grid.height)).tobytes() != grid.tobytes()
-    with pytest.raises(ConfigError, match="--png-embeddings .* --sample-every 0"):
+    with pytest.raises(ConfigError, match="png_embeddings= .* sample_every=0"):
         train_config(images, tmp_path / "b", png_embeddings=True, sample_every=0).validate()
 
 

@@ -159,8 +159,8 @@ def test_a_bad_folder_of_validation_pictures_is_named_before_the_model_loads(mak
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(validation_split=0.2), r"--validation-images and --validation-split both"),
-    (dict(validate_every=0), r"--validate-every 0 with --validation-images"),
+    (dict(validation_split=0.2), r"validation_images= and validation_split= both"),
+    (dict(validate_every=0), r"validate_every=0 with validation_images="),
 ])
 def test_validation_pictures_with_a_split_or_no_scores_are_refused(settings, message, images, tmp_path):
     with pytest.raises(ConfigError, match=message):

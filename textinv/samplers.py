@@ -527,6 +527,8 @@ def needed_packages(name: str) -> list[str]:
 def _sampler(name: str, flag: str | None, quoted: bool = False) -> str:
     """Sampler `name` as a refusal names it: after `flag`, where the caller says where it was given (--hires-sampler,
     a sample prompt's), else as the setting sampler, as its user writes it (`errors.setting`; `quoted`: `given`)."""
+    if flag and flag.endswith("="):  # (a keyword, as `errors.setting` names one from Python: hires_sampler=)
+        return f"{flag}{name!r}"
     if flag:
         return f"{flag} {name!r}" if quoted else f"{flag} {name}"
     return given("sampler", name) if quoted else setting("sampler", name)
