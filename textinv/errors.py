@@ -50,7 +50,8 @@ class DeviceMemoryError(TextinvError):
 
 
 # whether the command line runs this (`cli.main` sets it): a refusal then names a setting by its flag, and from Python
-# by its keyword, as each user wrote it (`given`)
+# by its keyword, as each user wrote it (`setting`, `given`: the checks ask them, never this, so that each check reads
+# the same from both)
 ON_COMMAND_LINE = contextvars.ContextVar("textinv_on_command_line", default=False)
 
 
@@ -60,12 +61,13 @@ SHORT_FLAGS = {"n": "-n"}  # the settings whose refusals name their short flag (
 
 def setting(name: str, value=_LEFT_OUT, spec: str = "") -> str:
     """Setting `name` as its user writes it, for a refusal that speaks of it: its flag on the command line
-    (`--steps`), its keyword from Python (`steps=`). With `value`, as that value is given to it, for a value to give
-    or one given beside the refused one: `--lr-schedule cosine` as typed (formatted by `spec`), `lr_schedule='cosine'`
-    (`given` is for the refused value itself, quoted on both). One test of `ON_COMMAND_LINE` for every check.
+    (`--steps must be ...`), its keyword from Python (`steps= must be ...`). With `value`, as that value is given to
+    it, for a value to give or one given beside the refused one: as typed on the command line (`--lr-schedule cosine`,
+    formatted by `spec`; True and False a switch's flags, `--no-center-crop`; a list its words), as Python writes it
+    from Python (`lr_schedule='cosine'`, `center_crop=False`). `given` is for the refused value itself, quoted on both.
 
-    >>> setting("steps"), setting("lr_schedule", "cosine")
-    ('steps=', "lr_schedule='cosine'")
+    >>> setting("steps"), setting("lr_schedule", "cosine"), setting("center_crop", False)
+    ('steps=', "lr_schedule='cosine'", 'center_crop=False')
     """
     if isinstance(value, os.PathLike):  # (a Path from Python: shown as its text)
         value = os.fspath(value)
