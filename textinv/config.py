@@ -969,16 +969,17 @@ class TrainConfig:
         if not isinstance(self.tag_separator, str) or not self.tag_separator.strip():
             raise ConfigError(f"{name('tag_separator')} must be the text between a caption's tags, such as ',' or "
                               f"';', got {self.tag_separator!r}")
-        given = {name("tag_separator"): self.tag_separator, name("keep_tags_separator"): self.keep_tags_separator,
-                 name("tag_joiner"): self.tag_joiner}
-        for flag in (name("keep_tags_separator"), name("tag_joiner")):
-            text = given[flag]
+        texts = {key: getattr(self, key) for key in ("tag_separator", "keep_tags_separator", "tag_joiner")}
+        for key in ("keep_tags_separator", "tag_joiner"):
+            text = texts[key]
             if not isinstance(text, str) or (text and not text.strip()):
-                raise ConfigError(f"{flag} must be text such as '|||' (or '' for none), got {text!r}")
-        for (a, x), (b, y) in itertools.combinations(given.items(), 2):
+                raise ConfigError(f"{name(key)} must be text such as '|||' (or '' for none), got {text!r}")
+        for (a, x), (b, y) in itertools.combinations(texts.items(), 2):
             if x and y and (x in y or y in x):
-                raise ConfigError(f"{a} {x!r} and {b} {y!r} overlap, so a caption could not say which is meant; "
-                                  f"give {b} other text, e.g. '|||' to keep tags or ';;;' to join them")
+                shown = [f"{said[key]} {text!r}" if key in (said or {}) else given(key, text) for key, text in
+                         ((a, x), (b, y))]
+                raise ConfigError(f"{shown[0]} and {shown[1]} overlap, so a caption could not say which is meant; "
+                                  f"give {name(b)} other text, e.g. '|||' to keep tags or ';;;' to join them")
 
     def _check_validation(self) -> None:
         """--validation-split, --validate-every, --validation-seed and --validation-draws (whether each concept has

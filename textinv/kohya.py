@@ -521,8 +521,8 @@ def _check_beside_config(config: TrainConfig, read: DatasetConfig, key: str, pla
     if current != default and current != value:
         if config.resume:
             raise ConfigError(f"{_resuming(config, path)}: its {key} = {_toml(value)} ({place}) is not the run's "
-                              f"{_flag(setting)} {_shown(current)}; {_RESUME_FIX}")
-        raise ConfigError(f"{_flag(setting)} {_shown(current)} and {path}'s {key} = {_toml(value)} ({place}) "
+                              f"{_given(setting, current)}; {_RESUME_FIX}")
+        raise ConfigError(f"{_given(setting, current)} and {path}'s {key} = {_toml(value)} ({place}) "
                           f"both give the {setting.replace('_', ' ')}: leave one out")
     if any(v is None for v in found):  # (those take the command line's: textinv's setting, as it is)
         ours = config.use_flip if setting == "flip" else current
@@ -592,6 +592,13 @@ def _check_captions(config: TrainConfig, changes: dict[str, Any], said: dict[str
 def _flag(setting: str) -> str:
     """A textinv setting as its user writes it: --flag on the command line, keyword= from Python (`errors.setting`)."""
     return written(setting)
+
+
+def _given(setting: str, value) -> str:
+    """Setting `setting` of `value` as its user writes it (`errors.setting`): --batch 5 or batch=5; a switch on or
+    off, a pair as the command line shows them (--buckets on, --resolution [512, 768])."""
+    plain = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    return written(setting, value if plain else _shown(value))
 
 
 def _shown(value) -> str:

@@ -214,15 +214,15 @@ def _check_hires(model: Model, second_model: Model, hires: Hires, steps: int, sa
     schedule and sampler (`sampler`: the first pass's; `discard`: --discard-penultimate-sigma), its guidance."""
     check_hires_model(model, second_model)
     _pass_schedule(second_model, hires.steps or steps, hires.denoise, True, hires.sampler or sampler,
-                   "--hires-sampler" if hires.sampler else "--sampler", discard)
+                   setting("hires_sampler" if hires.sampler else "sampler"), discard)
     if hires.sampler:
-        scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag="--hires-sampler")
+        scheduler_for(second_model.pipeline.scheduler, hires.sampler, flag=setting("hires_sampler"))
     if hires.guidance is not None and not (math.isfinite(hires.guidance) and hires.guidance >= 1):
         raise ConfigError(f"{setting('hires_guidance')} must be a finite number of at least 1, got {hires.guidance}")
 
 
 def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool, sampler: str,
-                   sampler_flag: str = "--sampler", discard: bool = False) -> tuple[int, int]:
+                   sampler_flag: str | None = None, discard: bool = False) -> tuple[int, int]:
     """`pass_steps`'s (schedule, run) of a pass, its schedule refused where longer than the model's, and
     `sampler` (given as `sampler_flag`; `discard`: --discard-penultimate-sigma) where it would draw the pass short
     (`samplers.check_pass`)."""
@@ -233,7 +233,7 @@ def _pass_schedule(model: Model, steps: int, denoise: float, hires: bool, sample
         raise ConfigError(f"{setting(name, steps)} at {setting('denoise', denoise)} runs the last of a schedule of "
                           f"{schedule} steps, more than the {most} noise levels {model.source} was trained with: give "
                           f"fewer {setting(name)} or a higher {setting('denoise')}")
-    given = f"{setting(name, steps)} at {'--hires-denoise' if hires else '--denoise'} {denoise:g}"
+    given = f"{setting(name, steps)} at {setting('hires_denoise' if hires else 'denoise', denoise, 'g')}"
     check_pass(model.pipeline.scheduler, sampler, schedule, run, given, sampler_flag, discard)
     return schedule, run
 
