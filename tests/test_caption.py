@@ -242,12 +242,18 @@ def test_train_reads_the_written_captions(blip_dir, sd1_dir, tmp_path, capsys, m
     (["--revision", "v2"], ModelError, "--revision v2 is for a hub id"),
     (["--caption-extension", "txt"], ConfigError, "'txt' is no file suffix; give one such as .txt"),
     (["--caption-extension", ".PNG"], ConfigError, "is a picture's suffix"),
-    (["--num-beams", "3"], ConfigError, "--num-beams 3 is for beam search: add --beam-search"),
-    (["--beam-search", "--top-p", "0.5"], ConfigError, "--top-p is for nucleus sampling"),
-    (["--min-length", "9", "--max-length", "8"], ConfigError, "--min-length 9 must be from 0 to --max-length (8)"),
-    (["--batch", "0"], ConfigError, "--batch must be at least 1"),
-    (["--max-length", "4", "--min-length", "0"], ConfigError, "--max-length 4 leaves no room for a word"),
-    (["--dataset-config", "{tmp}/d.toml"], ConfigError, "--images and --dataset-config both name the pictures"),
+    # (the command line's words, and Python's where they name a setting: its keyword)
+    (["--num-beams", "3"], ConfigError, ("--num-beams 3 is for beam search: add --beam-search",
+                                         "num_beams=3 is for beam search: add beam_search=")),
+    (["--beam-search", "--top-p", "0.5"], ConfigError, ("--top-p is for nucleus sampling",
+                                                        "top_p= is for nucleus sampling")),
+    (["--min-length", "9", "--max-length", "8"], ConfigError, ("--min-length 9 must be from 0 to --max-length (8)",
+                                                               "min_length=9 must be from 0 to max_length= (8)")),
+    (["--batch", "0"], ConfigError, ("--batch must be at least 1", "batch= must be at least 1")),
+    (["--max-length", "4", "--min-length", "0"], ConfigError, ("--max-length 4 leaves no room for a word",
+                                                               "max_length=4 leaves no room for a word")),
+    (["--dataset-config", "{tmp}/d.toml"], ConfigError, ("--images and --dataset-config both name the pictures",
+                                                         "images= and dataset_config= both name the pictures")),
 ], ids=["missing", "file", "empty", "unknown-hub-id", "missing-folder", "not-blip", "revision-of-folder",
         "extension-without-dot", "picture-suffix", "beams-without-beam-search", "top-p-with-beams", "lengths",
         "batch", "length-of-the-prompt", "images-and-dataset-config"])
@@ -260,11 +266,12 @@ def test_bad_input_is_refused_before_any_caption_is_written(blip_dir, sd1_dir, t
     (tmp_path / "empty").mkdir()
     # (a flag given twice: the last is taken)
     argv = ["--images", folder, "--model", blip_dir] + [f.format(tmp=tmp_path, sd1=sd1_dir) for f in flags]
+    said, python = words if isinstance(words, tuple) else (words, words)
     code, _, err = run(capsys, *argv)
-    assert code == 2 and words in err, err
+    assert code == 2 and said in err, err
     assert not list(folder.glob("*.txt"))
     config = _config_from_args(CaptionConfig, _parse(make_parser(), ["caption", *map(str, argv)]))
-    with pytest.raises(error, match=re.escape(words)):  # (the same from Python)
+    with pytest.raises(error, match=re.escape(python)):  # (from Python: the same, a setting named by its keyword)
         caption_pictures(config)
 
 

@@ -934,7 +934,7 @@ def test_an_out_folder_removed_while_drawing_is_not_made_again_and_the_error_say
         return written
 
     monkeypatch.setattr(generate_module, "_save_new", then_removed)
-    with pytest.raises(ConfigError, match=rf"--out {re.escape(str(out))} was removed .* after 1 picture had been "
+    with pytest.raises(ConfigError, match=rf"out='{re.escape(str(out))}' was removed .* after 1 picture had been "
                                           r"written to it; nothing more was written"):
         generate_module.generate(_generate_config(sd1_dir, out), progress=False)
     assert not out.exists()
@@ -1011,11 +1011,11 @@ def test_resume_or_start_keeps_a_run_whose_checkpoints_were_deleted(sd1_dir, ima
     learned = (out / "learned_embeds.safetensors").read_bytes()
     with pytest.raises(ConfigError) as e:
         train(config(images, out, steps=2, resume_or_start=True), model=fresh_model(sd1_dir), progress=False)
-    assert str(e.value) == (f"--resume-or-start: {out} holds the finished run's learned vectors "
+    assert str(e.value) == (f"resume_or_start=: {out} holds the finished run's learned vectors "
                             f"({out / 'learned_embeds.safetensors'}) but no checkpoint to resume from, and starting "
-                            f"it again would delete them; start it again with --overwrite, and --init-embedding "
-                            f"{out / 'learned_embeds.safetensors'} (in place of --init) to start from the vectors it "
-                            f"saved, or give another --out")
+                            f"it again would delete them; start it again with overwrite=True, and init_embedding="
+                            f"'{out / 'learned_embeds.safetensors'}' (in place of init=) to start from the vectors it "
+                            f"saved, or give another out=")
     assert (out / "learned_embeds.safetensors").read_bytes() == learned
 
 

@@ -139,7 +139,7 @@ def test_under_accelerate_launch_a_numbered_gpu_or_mps_is_refused(monkeypatch, i
                                                              device=torch.device("cuda:0")))
     monkeypatch.setattr(train_module, "load_model", _no_model_load)
     for device in ("cuda:1", "mps"):
-        with pytest.raises(ConfigError, match=f"--device {device}: under accelerate launch each process takes its "
+        with pytest.raises(ConfigError, match=f"device='{device}': under accelerate launch each process takes its "
                                               f"own GPU.*--gpu_ids"):
             train(TrainConfig(images=str(images), token="<zq>", out=str(tmp_path / "run"), device=device),
                   progress=False)

@@ -705,8 +705,8 @@ def newest_checkpoint(out: Path) -> tuple[Path, dict]:
     found = checkpoints(out)
     if not found:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT_DIR} holds no checkpoint (the run stopped before its "
-                          f"first --save-every step, or they were deleted); start it again with --overwrite"
-                          f"{_from_saved_vectors(out)}")
+                          f"first {setting('save_every')} step, or they were deleted); start it again with "
+                          f"{setting('overwrite', True)}{_from_saved_vectors(out)}")
     damaged = []
     for i in reversed(range(len(found))):
         path = found[i]
@@ -720,7 +720,7 @@ def newest_checkpoint(out: Path) -> tuple[Path, dict]:
             warn(f"checkpoint {path} cannot be read ({why}); "
                  + (f"resuming from {older}" if older else "no older one is kept"), stacklevel=2)
     raise ConfigError(f"cannot resume: every checkpoint in {out / CHECKPOINT_DIR} is damaged ({', '.join(damaged)}); "
-                      f"start the run again with --overwrite{_from_saved_vectors(out)}")
+                      f"start the run again with {setting('overwrite', True)}{_from_saved_vectors(out)}")
 
 
 def _check_crc(path: Path) -> None:
@@ -738,7 +738,8 @@ def _from_saved_vectors(out: Path) -> str:
     """What a run restarted with --overwrite adds to start from the vectors its embedding file in `out` holds (the
     file stays: `clear_run`), or '' for none: --overwrite alone deletes it with the rest."""
     file = saved_vectors_file(out)
-    return f", and --init-embedding {file} (in place of --init) to start from the vectors it saved" if file else ""
+    return (f", and {setting('init_embedding', file)} (in place of {setting('init')}) to start from the vectors it "
+            f"saved" if file else "")
 
 
 def saved_vectors_file(out: Path) -> Path | None:
