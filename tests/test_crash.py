@@ -746,8 +746,8 @@ def test_a_resume_without_checkpoints_says_how_to_go_on_from_the_saved_vectors(s
     with pytest.raises(ConfigError) as e:
         train(config(images, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert str(e.value) == (f"cannot resume: {out / 'checkpoints'} holds no checkpoint (the run stopped before its "
-                            f"first --save-every step, or they were deleted); start it again with --overwrite, and "
-                            f"--init-embedding {out / 'learned_embeds.safetensors'} (in place of --init) to start "
+                            f"first save_every= step, or they were deleted); start it again with overwrite=True, and "
+                            f"init_embedding='{out / 'learned_embeds.safetensors'}' (in place of init=) to start "
                             f"from the vectors it saved")
     train(config(images, out, steps=2, overwrite=True, init=None,  # (the way it gives)
                  init_embedding=str(out / "learned_embeds.safetensors")), model=fresh_model(sd1_dir), progress=False)
@@ -762,11 +762,11 @@ def test_a_resume_without_checkpoints_names_the_newest_saved_vectors_that_load(s
     main = out / "learned_embeds.safetensors"
     main.write_bytes(main.read_bytes()[:300])
     newest = out / "embeddings" / "learned_embeds-steps-4.safetensors"
-    with pytest.raises(ConfigError, match=f"--init-embedding {re.escape(str(newest))} .in place of --init."):
+    with pytest.raises(ConfigError, match=f"init_embedding='{re.escape(str(newest))}' .in place of init=."):
         train(config(images, out, steps=6, resume=True), model=fresh_model(sd1_dir), progress=False)
     newest.write_bytes(b"")  # (and that one emptied: the step before it)
     before = newest.with_name(newest.name.replace("4", "2"))
-    with pytest.raises(ConfigError, match=f"--init-embedding {re.escape(str(before))} "):
+    with pytest.raises(ConfigError, match=f"init_embedding='{re.escape(str(before))}' "):
         train(config(images, out, steps=6, resume=True), model=fresh_model(sd1_dir), progress=False)
 
 

@@ -277,7 +277,7 @@ def test_options_in_yaml_and_json_files_weigh_what_they_say(wildcards):
     ("bad.yaml", "1234: [x]\n", "1234", r"bad.yaml: the key 1234 \(int\) is not a name: quote it"),
     ("bad.yaml", "just text\n", "a", r"bad.yaml holds str, where a mapping of names to lists of options"),
     ("bad.json", '{"a": [{"text": "x", "weight": -1}]}', "a", r"item 1 of the key a weighs -1: a weight is 0 or more"),
-    ("bad.yaml", "styles: [x]\n", "styles", r"__styles__ is given twice in --wildcards-dir .*: by .*bad.yaml \(key "
+    ("bad.yaml", "styles: [x]\n", "styles", r"__styles__ is given twice in wildcards_dir=.*: by .*bad.yaml \(key "
                                             r"styles\) and .*styles.txt; rename or remove one"),
 ])
 def test_a_bad_yaml_or_json_wildcard_file_or_key_is_skipped_with_a_warning_and_refused_where_used(wildcards, name,
@@ -522,9 +522,9 @@ def test_a_wildcards_lines_are_drawn_each_once_in_sorted_order_as_sd_dynamic_pro
 @pytest.mark.parametrize("template, folder, message", [
     ("a {cat|dog", None, r"the '\{' at character 3 is never closed: close it with '\}', or write \\\{"),
     ("a cat} dog", None, r"a '\}' at character 6 closes no '\{'"),
-    ("__styles__", None, r"__styles__ is a wildcard, and no --wildcards-dir was given: pass the folder that holds "
+    ("__styles__", None, r"__styles__ is a wildcard, and no wildcards_dir= was given: pass the folder that holds "
                          r"styles.txt"),
-    ("__nope__", "wildcards", r"__nope__: no wildcard file nope.txt in --wildcards-dir .*wildcards \(it holds: "
+    ("__nope__", "wildcards", r"__nope__: no wildcard file nope.txt in wildcards_dir=.*wildcards' \(it holds: "
                               r"colors/cold, colors/warm, empty, hats, latin, loop_a, loop_b, styles\)"),
     ("__empty__", "wildcards", r"__empty__: the wildcard file .*empty.txt holds no options"),
     ("{a|__loop_a__}", "wildcards", r"wildcards draw one another in a loop: __loop_a__ -> __loop_b__ -> __loop_a__"),
@@ -554,7 +554,7 @@ def test_braces_nested_hundreds_deep_are_refused_naming_the_prompt():
     with pytest.raises(ConfigError, match=r"--prompt '\{\{\{.*: its variants nest too deeply to read"):
         dynamic.jobs(["{" * 1000 + "a" + "}" * 1000], "", [0])
     for combinatorial in (False, True):  # (read, but drawn deeper)
-        with pytest.raises(ConfigError, match=r"--prompt \['\{\{\{.*: variants nest too deeply to draw"):
+        with pytest.raises(ConfigError, match=r"prompt=\['\{\{\{.*: variants nest too deeply to draw"):
             dynamic.jobs(["{" * 400 + "a|b" + "}" * 400], "", [0], combinatorial=combinatorial)
 
 

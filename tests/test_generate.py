@@ -395,8 +395,8 @@ def test_file_names_keep_the_words_of_non_ascii_prompts(sd1_dir, tmp_path):
 
 def test_steps_beyond_the_schedule_and_infinite_guidance_are_refused_before_drawing(sd1_dir, tmp_path):
 
-    for settings, message in (({"steps": 1001}, r"--steps 1001 is more than the 1000 noise levels"),
-                              ({"guidance": float("inf")}, r"--guidance must be a finite number")):
+    for settings, message in (({"steps": 1001}, r"steps=1001 is more than the 1000 noise levels"),
+                              ({"guidance": float("inf")}, r"guidance= must be a finite number")):
         with pytest.raises(ConfigError, match=message):  # (DDIM raised a ValueError mid-call; inf drew NaN)
             generate(GenerateConfig(prompt=["a dog"], out=str(tmp_path / "r"), n=1, model=str(sd1_dir), **settings),
                      progress=False)
@@ -447,10 +447,10 @@ def test_a_non_square_picture_has_the_asked_size_and_says_it_as_the_web_ui_does(
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"width": 500}, r"--width must be a multiple of 8 pixels, got 500; the nearest: 496 or 504"),
-    ({"height": 4}, r"--height must be a multiple of 8 pixels, got 4; the nearest: 8$"),
-    ({"resolution": 0}, r"--resolution must be a multiple of 8 pixels, got 0; the nearest: 8$"),
-    ({"batch_size": 0}, r"--batch-size must be >= 1, got 0"),
+    ({"width": 500}, r"width= must be a multiple of 8 pixels, got 500; the nearest: 496 or 504"),
+    ({"height": 4}, r"height= must be a multiple of 8 pixels, got 4; the nearest: 8$"),
+    ({"resolution": 0}, r"resolution= must be a multiple of 8 pixels, got 0; the nearest: 8$"),
+    ({"batch_size": 0}, r"batch_size= must be >= 1, got 0"),
 ])
 def test_a_bad_size_is_refused_before_loading_naming_the_flag_and_the_nearest_valid_sizes(tmp_path, settings,
                                                                                           message):
@@ -461,7 +461,7 @@ def test_a_bad_size_is_refused_before_loading_naming_the_flag_and_the_nearest_va
 def test_a_size_the_models_vae_cannot_draw_is_refused_with_the_nearest_it_can(sd1_dir):
     model = fresh_model(sd1_dir)
     model.pipeline.vae_scale_factor = 16  # (as a VAE that downscales 16x would be)
-    with pytest.raises(ConfigError, match=r"--width must be a multiple of 16 pixels, got 24; the nearest: 16 or 32"):
+    with pytest.raises(ConfigError, match=r"width= must be a multiple of 16 pixels, got 24; the nearest: 16 or 32"):
         render(model, ["a dog"], [0], steps=1, width=24, height=32)
 
 
@@ -1067,7 +1067,7 @@ def test_lora_tags_without_their_file_are_refused_before_the_model_loads(tmp_pat
     loras = tmp_path / "Lora"
     loras.mkdir()
     (loras / "old.pt").write_bytes(b"pickle")
-    cases = [([], "<lora:x:1>", "give --lora-dir"), ([str(loras)], "<lora:x:1>", "no x.safetensors in --lora-dir"),
+    cases = [([], "<lora:x:1>", "give lora_dir="), ([str(loras)], "<lora:x:1>", "no x.safetensors in lora_dir="),
              ([str(loras)], "<lora:old>", "pickled file"), ([str(tmp_path / "nope")], "<lora:x>", "is not a folder")]
     for folders, tag, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -1377,11 +1377,11 @@ def test_a_restart_pass_the_web_ui_would_draw_short_is_refused_before_the_unet_i
     model.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
     if pass_ == "hires":
         drawing = dict(steps=2, hires=Hires(scale=2, steps=20, denoise=0.1))
-        flags = r"--hires-steps 20 at --hires-denoise 0.1"
+        flags = r"hires_steps=20 at hires_denoise=0.1"
     else:
         drawing = dict(steps=200, start=[Image.new("RGB", (16, 16), (200, 120, 40))], denoise=0.1)
-        flags = r"--steps 200 at --denoise 0.1"
-    with pytest.raises(ConfigError, match=f"--sampler restart_karras: {flags} runs the last 2[01] steps of 200, "
+        flags = r"steps=200 at denoise=0.1"
+    with pytest.raises(ConfigError, match=f"sampler='restart_karras': {flags} runs the last 2[01] steps of 200, "
                                           r"from sigma 0\.07[0-9]*, below Restart's restart interval"):
         render(model, ["a cat"], [0], width=16, height=16, sampler="restart_karras", **drawing)
     assert not calls
@@ -1423,7 +1423,7 @@ def test_a_folder_of_embeddings_is_read_as_the_web_uis_embeddings_folder(sd1_dir
     with pytest.warns(UserWarning, match="no embedding in the folder .* is named in the prompts"):
         without = draw("b", "easynegative, blurry")  # (not its name: a word inside another is no match)
     assert not np.array_equal(with_it, without)
-    with pytest.raises(ConfigError, match="--token x renames one embedding file; .* is a folder"):
+    with pytest.raises(ConfigError, match="token=\['x'\] renames one embedding file; .* is a folder"):
         draw("c", "easyneg", token=["x"])
 
 
@@ -1500,7 +1500,7 @@ def test_an_embedding_folder_that_is_empty_or_a_model_is_said_so(sd1_dir, tmp_pa
                                          r".png, .webp, in it or its subfolders\): check the --embedding path"):
         assert embedding_files([str(tmp_path / "empty")], [None], "a photo of <ball>") == []
     with pytest.raises(ConfigError, match=r"is a diffusers model folder \(it holds model_index.json\), not "
-                                          r"embeddings: give it as --model"):
+                                          r"embeddings: give it as model="):
         embedding_files([str(sd1_dir)], [None], "a photo of <ball>")
 
 
@@ -1867,12 +1867,12 @@ def test_a_run_refused_once_its_model_has_loaded_leaves_no_empty_folder_it_made(
     nothing there, and leaves one that was there before, empty or not."""
     settings = dict(prompt=["a dog"], prompt_l="a cat", model=str(sd1_dir), n=1, steps=1, emphasis="comfy")
     made = tmp_path / "new" / "out"
-    with pytest.raises(ConfigError, match="--prompt-l"):
+    with pytest.raises(ConfigError, match="prompt_l="):
         generate(GenerateConfig(out=str(made), **settings), progress=False)
     assert not made.exists()
     there = tmp_path / "there"
     there.mkdir()
-    with pytest.raises(ConfigError, match="--prompt-l"):
+    with pytest.raises(ConfigError, match="prompt_l="):
         generate(GenerateConfig(out=str(there), **settings), progress=False)
     assert there.is_dir()
 
