@@ -245,7 +245,7 @@ def test_a_loaded_hires_model_of_other_latents_or_the_sdxl_refiner_is_refused(mo
     base.save_pretrained(tmp_path / "xl")
     xl, refiner = load_model(tmp_path / "xl"), load_model(tmp_path / "refiner", refiner=True)
     for first, second in ((model, xl), (xl, refiner)):
-        with pytest.raises(ConfigError, match="--hires-model .* does not draw in the latents of --model"):
+        with pytest.raises(ConfigError, match="hires_model=.* does not draw in the latents of model="):
             render(first, PROMPT, [0], steps=4, hires=Hires(scale=2, model=second))
 
 
@@ -301,7 +301,7 @@ def test_a_hires_model_that_predicts_otherwise_samples_with_its_own_scheduler(mo
 
 @pytest.mark.parametrize("guidance", [float("nan"), 0.5])
 def test_render_refuses_a_hires_guidance_it_cannot_guide_at(models, guidance):
-    with pytest.raises(ConfigError, match="--hires-guidance must be a finite number of at least 1"):
+    with pytest.raises(ConfigError, match="hires_guidance= must be a finite number of at least 1"):
         render(models[0], PROMPT, [0], steps=4, hires=Hires(scale=2, guidance=guidance))
 
 

@@ -362,14 +362,14 @@ def test_the_latent_fills_encode_the_filled_picture_as_the_web_ui_does():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"mask": "m.png"}, r"--mask m.png masks a picture: give the picture to redraw with --init-image"),
-    ({"init_image": __file__, "mask": "nowhere.png"}, r"--mask nowhere.png does not exist"),
-    ({"mask_blur": 8, "inpaint_fill": "fill"}, r"--mask-blur and --inpaint-fill set inpainting, which --mask turns"),
-    ({"mask_invert": True}, r"--mask-invert set inpainting, which --mask turns on"),
-    ({"init_image": __file__, "mask": __file__, "mask_blur": -1}, r"--mask-blur must be 0 or more pixels, got -1"),
-    ({"init_image": __file__, "mask": __file__, "masked_padding": 8}, r"--masked-padding widens the box --inpaint-"),
+    ({"mask": "m.png"}, r"mask='m.png' masks a picture: give the picture to redraw with init_image="),
+    ({"init_image": __file__, "mask": "nowhere.png"}, r"mask='nowhere.png' does not exist"),
+    ({"mask_blur": 8, "inpaint_fill": "fill"}, r"mask_blur= and inpaint_fill= set inpainting, which mask= turns"),
+    ({"mask_invert": True}, r"mask_invert= set inpainting, which mask= turns on"),
+    ({"init_image": __file__, "mask": __file__, "mask_blur": -1}, r"mask_blur= must be 0 or more pixels, got -1"),
+    ({"init_image": __file__, "mask": __file__, "masked_padding": 8}, r"masked_padding= widens the box inpaint_area="),
     ({"init_image": __file__, "mask": __file__, "inpaint_fill": "noise"}, r"inpaint_fill='noise' is not one of"),
-    ({"inpaint_blend": "noised"}, r"--inpaint-blend set inpainting, which --mask turns on"),
+    ({"inpaint_blend": "noised"}, r"inpaint_blend= set inpainting, which mask= turns on"),
     ({"init_image": __file__, "mask": __file__, "inpaint_blend": "x0"}, r"inpaint_blend='x0' is not one of"),
 ])
 def test_mask_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
@@ -390,11 +390,11 @@ def test_a_bad_mask_is_said_before_the_model_loads(tmp_path, monkeypatch):
         generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "room.png"), mask=str(tmp_path / mask),
                                 out=str(tmp_path / "o"), **settings), progress=False)
 
-    with pytest.raises(ConfigError, match=r"--mask .*bad.png cannot be read: .*give a picture, white where"):
+    with pytest.raises(ConfigError, match=r"mask=.*bad.png' cannot be read: .*give a picture, white where"):
         draw("bad.png")
-    with pytest.raises(ConfigError, match=r"--mask .*black.png has nothing white: nothing would be redrawn"):
+    with pytest.raises(ConfigError, match=r"mask=.*black.png' has nothing white: nothing would be redrawn"):
         draw("black.png")
-    with pytest.raises(ConfigError, match=r"--mask .*white.png has nothing black \(--mask-invert"):
+    with pytest.raises(ConfigError, match=r"mask=.*white.png' has nothing black \(mask_invert="):
         draw("white.png", mask_invert=True)
 
 
@@ -589,7 +589,7 @@ def test_a_mask_whose_middle_is_all_kept_is_refused_for_a_picture_of_other_propo
     _picture((16, 32)).save(tmp_path / "tall.png")
     _square_mask((32, 32), (0, 0, 4, 32)).save(tmp_path / "edge.png")  # (white at its left edge only)
     monkeypatch.setattr(generate_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    with pytest.raises(ConfigError, match=r"--mask .*edge.png \(32x32\) redraws nothing of .*tall.png \(16x32\)"):
+    with pytest.raises(ConfigError, match=r"mask=.*edge.png' \(32x32\) redraws nothing of .*tall.png \(16x32\)"):
         generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "tall.png"),
                                 mask=str(tmp_path / "edge.png"), out=str(tmp_path / "o")), progress=False)
     assert inpaint.crop_box(Image.new("L", (8, 8)), 2, (8, 8)) == (0, 0, 8, 8)  # (none left: the whole picture)
@@ -603,7 +603,7 @@ def test_a_mask_whose_white_is_lost_in_scaling_to_the_picture_is_refused(tmp_pat
     _picture((16, 16)).save(tmp_path / "small.png")
     _square_mask((64, 64), (30, 0, 31, 64)).save(tmp_path / "thin.png")
     monkeypatch.setattr(generate_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    with pytest.raises(ConfigError, match=r"--mask .*thin.png \(64x64\) redraws nothing of .*small.png \(16x16\)"):
+    with pytest.raises(ConfigError, match=r"mask=.*thin.png' \(64x64\) redraws nothing of .*small.png \(16x16\)"):
         generate(GenerateConfig(prompt=["a dog"], init_image=str(tmp_path / "small.png"),
                                 mask=str(tmp_path / "thin.png"), out=str(tmp_path / "o")), progress=False)
     assert Inpaint(inpaint.read_mask(tmp_path / "thin.png")).for_picture((16, 16)).getbbox() is None

@@ -224,7 +224,7 @@ def test_kohyas_name_on_the_command_line_and_in_a_dataset_config_is_answered_wit
     assert "--max_token_length is kohya's name; textinv calls it --max-token-length" in capsys.readouterr().err
     (tmp_path / "data.toml").write_text(f'[general]\nmax_token_length = 150\n\n[[datasets]]\n\n'
                                         f'  [[datasets.subsets]]\n  image_dir = "{images}"\n')
-    with pytest.raises(ConfigError, match="max_token_length.*give it as --max-token-length"):
+    with pytest.raises(ConfigError, match="max_token_length.*give it as max_token_length="):
         TrainConfig(dataset_config=str(tmp_path / "data.toml"), token="<t>", out=str(tmp_path / "b")).validate()
     # kohya's training settings file (its --config_file) holds it as textinv's --config takes it
     (tmp_path / "train.toml").write_text(f'images = "{images}"\ntoken = "<t>"\nmax_token_length = 225\n')

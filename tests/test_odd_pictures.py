@@ -146,7 +146,7 @@ def test_a_mask_reads_every_odd_picture_or_names_it(odd):
     for name, pixel in expected.items():
         path = folder / name
         if pixel is None:
-            with pytest.raises(ConfigError, match=f"--mask {re.escape(str(path))} cannot be read"):
+            with pytest.raises(ConfigError, match=f"mask='{re.escape(str(path))}' cannot be read"):
                 inpaint.read_mask(path)
         elif name in redrawn:
             mask, (white, black) = inpaint.read_mask(path), redrawn[name]
