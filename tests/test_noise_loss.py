@@ -263,21 +263,21 @@ def test_the_perturbation_noises_the_latents_and_the_target_keeps_the_noise(sd2_
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(ip_noise_gamma=-0.1), r"--ip-noise-gamma must be a number >= 0 \(0: off; about 0.1 is typical\), got -0.1"),
-    (dict(ip_noise_gamma=float("nan")), r"--ip-noise-gamma must be a number >= 0"),
-    (dict(v_pred_like_loss=-1.0), r"--v-pred-like-loss must be a number >= 0"),
-    (dict(multires_noise_iterations=-1), r"--multires-noise-iterations must be a whole number >= 0"),
-    (dict(multires_noise_discount=float("inf")), r"--multires-noise-discount must be a number >= 0"),
-    (dict(huber_c=0.0), r"--huber-c must be a number > 0"),
-    (dict(huber_scale=-1.0), r"--huber-scale must be a number > 0"),
-    (dict(adaptive_noise_scale=0.1), r"--adaptive-noise-scale 0.1 adds to --noise-offset's offset, which is off"),
-    (dict(noise_offset_random_strength=True), r"--noise-offset-random-strength draws a fraction of --noise-offset"),
-    (dict(ip_noise_gamma_random_strength=True), r"--ip-noise-gamma-random-strength draws a fraction of "
-                                                r"--ip-noise-gamma"),
+    (dict(ip_noise_gamma=-0.1), r"ip_noise_gamma= must be a number >= 0 \(0: off; about 0.1 is typical\), got -0.1"),
+    (dict(ip_noise_gamma=float("nan")), r"ip_noise_gamma= must be a number >= 0"),
+    (dict(v_pred_like_loss=-1.0), r"v_pred_like_loss= must be a number >= 0"),
+    (dict(multires_noise_iterations=-1), r"multires_noise_iterations= must be a whole number >= 0"),
+    (dict(multires_noise_discount=float("inf")), r"multires_noise_discount= must be a number >= 0"),
+    (dict(huber_c=0.0), r"huber_c= must be a number > 0"),
+    (dict(huber_scale=-1.0), r"huber_scale= must be a number > 0"),
+    (dict(adaptive_noise_scale=0.1), r"adaptive_noise_scale=0.1 adds to noise_offset's offset, which is off"),
+    (dict(noise_offset_random_strength=True), r"noise_offset_random_strength= draws a fraction of noise_offset="),
+    (dict(ip_noise_gamma_random_strength=True), r"ip_noise_gamma_random_strength= draws a fraction of "
+                                                r"ip_noise_gamma="),
     (dict(loss_type="l3"), r"loss_type='l3' is not one of: l2, l1, huber, smooth_l1"),
     (dict(huber_schedule="cosine"), r"huber_schedule='cosine' is not one of: snr, exponential, constant"),
-    (dict(loss_type="huber", huber_scale=2.0), r"--huber-scale 2 scales the exponential and constant "
-                                               r"--huber-schedule's threshold; the snr schedule has no scale"),
+    (dict(loss_type="huber", huber_scale=2.0), r"huber_scale=2.0 scales the exponential and constant "
+                                               r"huber_schedule's threshold; the snr schedule has no scale"),
 ])
 def test_bad_values_are_refused_naming_the_flag(settings, message, images, tmp_path):
     with pytest.raises(ConfigError, match=message):
@@ -286,11 +286,11 @@ def test_bad_values_are_refused_naming_the_flag(settings, message, images, tmp_p
 
 def test_the_weights_for_the_other_kind_of_model_are_refused_before_the_first_step(sd1_dir, sd2_dir, images,
                                                                                    tmp_path):
-    with pytest.raises(ConfigError, match="--scale-v-pred-loss-like-noise-pred weighs a v-prediction loss, and .* "
+    with pytest.raises(ConfigError, match="scale_v_pred_loss_like_noise_pred= weighs a v-prediction loss, and .* "
                                           "predicts epsilon: leave it out"):
         train(config(images, tmp_path / "a", scale_v_pred_loss_like_noise_pred=True), model=fresh_model(sd1_dir),
               progress=False)
-    with pytest.raises(ConfigError, match="--v-pred-like-loss 0.1 adds a v-prediction-like term to an epsilon loss, "
+    with pytest.raises(ConfigError, match="v_pred_like_loss=0.1 adds a v-prediction-like term to an epsilon loss, "
                                           "and .* predicts v_prediction"):
         train(config(images, tmp_path / "b", v_pred_like_loss=0.1), model=fresh_model(sd2_dir), progress=False)
     for out in ("a", "b"):
@@ -342,12 +342,12 @@ def test_a_1_over_snr_weight_is_refused_where_the_schedule_reaches_zero_snr(tmp_
     pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config, rescale_betas_zero_snr=True)
     pipe.save_pretrained(tmp_path / "zero")
     assert load_model(tmp_path / "zero").noise_scheduler().alphas_cumprod[-1] == 0
-    for settings, flag in ((dict(debiased_estimation_loss=True), "--debiased-estimation-loss"),
-                           (dict(v_pred_like_loss=0.1), "--v-pred-like-loss 0.1")):
+    for settings, flag in ((dict(debiased_estimation_loss=True), "debiased_estimation_loss="),
+                           (dict(v_pred_like_loss=0.1), "v_pred_like_loss=0.1")):
         with pytest.raises(ConfigError, match=f"{flag} weighs an epsilon loss by 1/SNR terms, and .* has zero SNR at "
-                                              r"timestep 999 .* \(--max-timestep 999\)"):
+                                              r"timestep 999 .* \(max_timestep=999\)"):
             train(config(images, tmp_path / "a", **settings), model=load_model(tmp_path / "zero"), progress=False)
-        below = train(config(images, tmp_path / flag[2:8], steps=2, max_timestep=999, **settings),
+        below = train(config(images, tmp_path / flag[:6], steps=2, max_timestep=999, **settings),
                       model=load_model(tmp_path / "zero"), progress=False)
         assert all(math.isfinite(loss) for _, loss in below.losses)
     v = build_tiny_pipeline("sd2")

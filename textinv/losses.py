@@ -104,14 +104,15 @@ def check_loss_for(config: TrainConfig, prediction_type: str, source: str, alpha
                           f"one)")
     # (SNR 0: the last timestep of such a schedule)
     zero = (torch.nonzero(alphas_cumprod[timesteps[0]:timesteps[1]] == 0).flatten() + timesteps[0]).tolist()
-    infinite = [flag for flag, on in (("--debiased-estimation-loss", config.debiased_estimation_loss
-                                       and prediction_type != "v_prediction"),
-                                      (f"--v-pred-like-loss {config.v_pred_like_loss:g}", config.v_pred_like_loss))
+    infinite = [named for named, on in ((setting("debiased_estimation_loss"), config.debiased_estimation_loss
+                                         and prediction_type != "v_prediction"),
+                                        (setting("v_pred_like_loss", config.v_pred_like_loss, "g"),
+                                         config.v_pred_like_loss))
                 if on]
     if zero and infinite:
         raise ConfigError(f"{infinite[0]} weighs an epsilon loss by 1/SNR terms, and {source}'s schedule has zero SNR "
                           f"at timestep {zero[0]} (zero terminal SNR), where the weight is infinite: leave it out, or "
-                          f"draw below that timestep (--max-timestep {zero[0]})")
+                          f"draw below that timestep ({setting('max_timestep', zero[0])})")
 
 
 SNR_CAP = 1000.0  # kohya's: SNR at timestep 0 is near 1,200 for SD (infinite on a schedule that starts at alpha 1)
